@@ -1,0 +1,316 @@
+"""ConfDict: a dict of config values whose keys split on "." into sub-dicts.
+
+``ConfDict({"a.b": 1}) == {"a": {"b": 1}}``; numeric parts index lists (``"layers.0.size"``).
+Setting a dict merges it into the existing sub-dict unless it holds ``ConfDict.OVERRIDE``.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import io
+import os
+import sys
+import typing as tp
+from pathlib import Path, PurePath
+
+from . import uidformat
+
+if tp.TYPE_CHECKING:
+    import pydantic
+
+_MISSING: tp.Any = object()
+
+
+def _to_confdict_value(value: tp.Any) -> tp.Any:
+    """Plain dicts become ConfDicts (recursively, also inside lists); OrderedDicts are kept."""
+    if isinstance(value, dict) and not isinstance(value, ConfDict | collections.OrderedDict):
+        return ConfDict(value)
+    if type(value) is list and any(isinstance(item, dict) for item in value):
+        return [_to_confdict_value(item) for item in value]
+    return value
+
+
+class ConfDict(dict[str, tp.Any]):
+    """Dictionary that splits keys on "." into nested sub-dictionaries.
+
+    Examples: ``cd["a.b"] = 1`` is ``cd["a"]["b"] = 1``; ``cd["a.0"]`` indexes a list;
+    ``cd.flat()`` goes back to dotted keys; ``cd.to_uid()`` gives the uid string.
+    """
+
+    OVERRIDE = "=replace="
+    UID_VERSION = uidformat.DEFAULT_UID_VERSION
+
+    def __init__(self, mapping: tp.Mapping[str, tp.Any] | None = None, **kwargs: tp.Any) -> None:
+        super().__init__()
+        self.update(mapping, **kwargs)
+
+    # --- dotted access ------------------------------------------------------------------
+    @staticmethod
+    def _check_key(key: tp.Any) -> str:
+        if not isinstance(key, str):
+            raise TypeError(f"ConfDict keys must be strings, got {key!r} ({type(key).__name__})")
+        return key
+
+    @staticmethod
+    def _step(container: tp.Any, part: str, full_key: str) -> tp.Any:
+        """One step down a dotted path (raises KeyError/IndexError/TypeError as dict/list would)."""
+        if isinstance(container, dict):
+            return dict.__getitem__(container, part)
+        if isinstance(container, list | tuple):
+            if not part.isdigit():
+                raise TypeError(
+                    f"Cannot index a list with {part!r} in key {full_key!r}: use a number"
+                )
+            return container[int(part)]
+        raise KeyError(f"{full_key!r}: {part!r} cannot index a {type(container).__name__}")
+
+    def _parent(self, key: str, create: bool) -> tuple[tp.Any, str]:
+        """The container holding the last part of a dotted key, and that last part."""
+        parts = key.split(".")
+        node: tp.Any = self
+        for part in parts[:-1]:
+            if create and isinstance(node, dict):
+                sub = dict.get(node, part, _MISSING)
+                if not isinstance(sub, dict | list):
+                    sub = ConfDict()
+                    dict.__setitem__(node, part, sub)
+                node = sub
+            else:
+                node = self._step(node, part, key)
+        return node, parts[-1]
+
+    def __getitem__(self, key: str) -> tp.Any:
+        if "." not in key:
+            return dict.__getitem__(self, self._check_key(key))
+        node: tp.Any = self
+        for part in key.split("."):
+            node = self._step(node, part, key)
+        return node
+
+    def get(self, key: str, default: tp.Any = None) -> tp.Any:  # type: ignore[override]
+        try:
+            return self[key]
+        except (KeyError, IndexError):
+            return default
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        try:
+            self[key]
+        except (KeyError, IndexError, TypeError):
+            return False
+        return True
+
+    def __setitem__(self, key: str, value: tp.Any) -> None:
+        self._check_key(key)
+        parent, last = self._parent(key, create=True) if "." in key else (self, key)
+        if isinstance(parent, list):
+            if not last.isdigit():
+                raise TypeError(f"Cannot index a list with {last!r} in key {key!r}: use a number")
+            parent[int(last)] = _to_confdict_value(value)
+            return
+        self._merge_into(parent, last, value)
+
+    @staticmethod
+    def _merge_into(parent: dict[str, tp.Any], key: str, value: tp.Any) -> None:
+        if isinstance(value, dict) and not isinstance(value, collections.OrderedDict):
+            replace = bool(value.get(ConfDict.OVERRIDE, False))
+            existing = dict.get(parent, key, _MISSING)
+            if replace or not isinstance(existing, ConfDict):
+                existing = ConfDict()
+                dict.__setitem__(parent, key, existing)
+            existing.update({k: v for k, v in value.items() if k != ConfDict.OVERRIDE})
+            return
+        dict.__setitem__(parent, key, _to_confdict_value(value))
+
+    def update(  # type: ignore[override]
+        self, mapping: tp.Mapping[str, tp.Any] | None = None, **kwargs: tp.Any
+    ) -> None:
+        """Merge values in (dotted keys allowed); ``{ConfDict.OVERRIDE: True}`` clears first."""
+        for source in (mapping or {}, kwargs):
+            if not isinstance(source, tp.Mapping):
+                raise TypeError(f"ConfDict.update expects a mapping, got {type(source).__name__}")
+            if source.get(self.OVERRIDE, False):
+                dict.clear(self)
+            for key, value in source.items():
+                if key != self.OVERRIDE:
+                    self[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        self.pop(key)
+
+    def pop(self, key: str, default: tp.Any = _MISSING) -> tp.Any:  # type: ignore[override]
+        """Remove a (dotted) key and return its value; empty parent dicts are pruned."""
+        self._check_key(key)
+        parts = key.split(".")
+        chain: list[tuple[tp.Any, str]] = []
+        node: tp.Any = self
+        try:
+            for part in parts[:-1]:
+                chain.append((node, part))
+                node = self._step(node, part, key)
+            if isinstance(node, list):
+                value = node.pop(int(parts[-1]))
+            else:
+                value = dict.pop(node, parts[-1])
+        except (KeyError, IndexError, TypeError, ValueError):
+            if default is _MISSING:
+                raise KeyError(key) from None
+            return default
+        for parent, part in reversed(chain):  # prune empty parents
+            child = self._step(parent, part, key)
+            if isinstance(child, dict) and not child and isinstance(parent, dict):
+                dict.__delitem__(parent, part)
+            else:
+                break
+        return value
+
+    # --- conversions ----------------------------------------------------------------------
+    def flat(self) -> dict[str, tp.Any]:
+        """Dotted keys down to the leaves: {"a": {"b": 1}} -> {"a.b": 1}."""
+        out: dict[str, tp.Any] = {}
+        _flatten(self, "", out)
+        return out
+
+    def copy(self) -> ConfDict:
+        return ConfDict(_deep_copy(self))
+
+    def to_uid(self, version: int | None = None) -> str:
+        """The uid string of this config (v3 by default, v2 with version=2 or the env)."""
+        if version is None and not os.environ.get(uidformat.UID_VERSION_ENV):
+            version = self.UID_VERSION
+        return uidformat.to_uid(self, version=version)
+
+    def to_yaml(self, filepath: Path | str | None = None) -> str:
+        """YAML text with chains of single-key dicts collapsed (``a.b.c: 1``)."""
+        import yaml
+
+        text: str = yaml.dump(
+            uidformat.collapse(self), Dumper=_dumper_class(), sort_keys=False, allow_unicode=False
+        )
+        if filepath is not None:
+            Path(filepath).write_text(text, encoding="utf8")
+        return text
+
+    @classmethod
+    def from_yaml(cls, yaml_text: str | Path | tp.IO[str]) -> ConfDict:
+        """Load from YAML text, a path, or an open file (a one-line existing path is read)."""
+        import yaml
+
+        if isinstance(yaml_text, PurePath):
+            yaml_text = Path(yaml_text).read_text(encoding="utf8")
+        elif isinstance(yaml_text, str):
+            if "\n" not in yaml_text.strip() and _is_existing_file(yaml_text):
+                yaml_text = Path(yaml_text.strip()).read_text(encoding="utf8")
+        elif isinstance(yaml_text, io.IOBase) or hasattr(yaml_text, "read"):
+            yaml_text = yaml_text.read()
+        data = yaml.safe_load(yaml_text)
+        if not isinstance(data, dict):
+            raise TypeError(
+                f"YAML config must hold a mapping, got {type(data).__name__}: {str(yaml_text)[:200]!r}"
+            )
+        return cls(data)
+
+    @classmethod
+    def from_model(
+        cls, model: pydantic.BaseModel, uid: bool = False, exclude_defaults: bool = False
+    ) -> ConfDict:
+        """Export a pydantic model (uid=True keeps only what identifies the computation)."""
+        from .infra import identity
+
+        return cls(identity.export_model(model, uid=uid, exclude_defaults=exclude_defaults))
+
+    @classmethod
+    def from_args(cls, args: tp.Sequence[str]) -> ConfDict:
+        """Parse ``["--a.b=1", "--c=x"]`` into a ConfDict (values stay strings)."""
+        out = cls()
+        for arg in args:
+            if not arg.startswith("--") or "=" not in arg:
+                raise ValueError(f"Cannot parse argument {arg!r}: expected the form --key=value")
+            key, value = arg[2:].split("=", 1)
+            if not key:
+                raise ValueError(f"Empty key in argument {arg!r}: expected the form --key=value")
+            out[key] = value
+        return out
+
+
+def _is_existing_file(text: str) -> bool:
+    try:
+        return Path(text.strip()).is_file()
+    except OSError:
+        return False
+
+
+def _flatten(value: tp.Any, prefix: str, out: dict[str, tp.Any]) -> None:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, dict) and value:
+        for key, sub in value.items():
+            _flatten(sub, f"{prefix}.{key}" if prefix else str(key), out)
+    elif prefix:
+        out[prefix] = value
+    # an empty top-level dict flattens to {}
+
+
+def _deep_copy(value: tp.Any) -> tp.Any:
+    if isinstance(value, collections.OrderedDict):
+        return collections.OrderedDict((k, _deep_copy(v)) for k, v in value.items())
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+_DUMPER: tp.Any = None
+
+
+def _dumper_class() -> tp.Any:
+    """A SafeDumper that also writes ConfDict, OrderedDict, tuples, Paths and numpy scalars."""
+    global _DUMPER
+    if _DUMPER is not None:
+        return _DUMPER
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def mapping(dumper: yaml.SafeDumper, data: dict[str, tp.Any]) -> yaml.Node:
+        return dumper.represent_dict(data.items())
+
+    def sequence(dumper: yaml.SafeDumper, data: tuple[tp.Any, ...]) -> yaml.Node:
+        return dumper.represent_list(list(data))
+
+    def path(dumper: yaml.SafeDumper, data: PurePath) -> yaml.Node:
+        return dumper.represent_str(str(data))
+
+    def fallback(dumper: yaml.SafeDumper, data: tp.Any) -> yaml.Node:
+        np = sys.modules.get("numpy")
+        if np is not None:
+            if isinstance(data, np.bool_):
+                return dumper.represent_bool(bool(data))
+            if isinstance(data, np.integer):
+                return dumper.represent_int(int(data))
+            if isinstance(data, np.floating):
+                return dumper.represent_float(float(data))
+        if isinstance(data, str):
+            return dumper.represent_str(str(data))
+        return dumper.represent_undefined(data)
+
+    Dumper.add_representer(ConfDict, mapping)
+    Dumper.add_representer(collections.OrderedDict, mapping)
+    Dumper.add_representer(tuple, sequence)
+    Dumper.add_multi_representer(PurePath, path)
+    Dumper.add_multi_representer(object, fallback)
+    _DUMPER = Dumper
+    return Dumper
+
+
+def env_uid_version() -> int:
+    """The uid version in force (``CONFDICT_UID_VERSION``, default 3)."""
+    return uidformat.uid_version(None)
+
+
+__all__ = ["ConfDict", "env_uid_version"]

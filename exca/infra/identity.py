@@ -1,0 +1,343 @@
+"""The identity of a pydantic config: its uid config (what defines the result) and freezing.
+
+``export_model(obj, uid=True, exclude_defaults=True)`` is what names a cache folder:
+non-default public fields, minus ``_exclude_from_cls_uid``, minus the fields a class keeps
+out of uids (an infra keeps only ``version``). Leaf values come from one
+``model_dump(mode="json")`` call; the per-class facts (defaults, exclusions,
+discriminators) are computed once per class.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import types
+import typing as tp
+import weakref
+
+import pydantic
+import pydantic_core
+
+MODEL_UID_FIELDS_ATTR = "_exca_uid_fields"  # ClassVar: only these fields enter a uid ("." = none)
+OVERRIDE_HOOK = "_exca_uid_dict_override"
+EXCLUDE_ATTR = "_exclude_from_cls_uid"
+_NO_DEFAULT: tp.Any = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class _FieldFacts:
+    name: str
+    required: bool
+    default: tp.Any  # python default (or _NO_DEFAULT)
+    default_json: tp.Any  # json-mode dump of the default
+    discriminator: str | None  # pydantic discriminator of the sub-model union, if any
+
+
+@dataclasses.dataclass(frozen=True)
+class _ClassFacts:
+    fields: tuple[_FieldFacts, ...]
+    static_exclusions: frozenset[str] | None  # None: computed per instance (callable)
+    uid_fields: frozenset[str] | None  # None: every field
+    has_extra_config: bool
+    has_override: bool
+
+
+_FACTS: dict[type, _ClassFacts] = {}
+
+
+def _discriminator_of(field: pydantic.fields.FieldInfo) -> str | None:
+    disc = field.discriminator
+    if disc is None:
+        for meta in field.metadata:
+            disc = getattr(meta, "discriminator", None)
+            if disc is not None:
+                break
+    if isinstance(disc, str):
+        return disc
+    return None
+
+
+def _model_types(annotation: tp.Any) -> list[tp.Any]:
+    """Model classes that a field annotation allows at its top level (unions unpacked)."""
+    origin = tp.get_origin(annotation)
+    if origin is tp.Annotated:
+        return _model_types(tp.get_args(annotation)[0])
+    if origin is tp.Union or origin is types.UnionType:
+        out: list[tp.Any] = []
+        for arg in tp.get_args(annotation):
+            out.extend(_model_types(arg))
+        return out
+    if annotation is pydantic.BaseModel:
+        return [annotation]
+    if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+        return [annotation]
+    return []
+
+
+def _check_field_annotation(cls: type, name: str, field: pydantic.fields.FieldInfo) -> None:
+    models = _model_types(field.annotation)
+    if pydantic.BaseModel in models:
+        raise RuntimeError(
+            f"Field {cls.__name__}.{name} is annotated as a raw pydantic.BaseModel, so its uid "
+            "cannot be defined from its type: use a discriminated union of explicit models "
+            "(pydantic.Field(discriminator=...)) or exca.helpers.DiscriminatedModel"
+        )
+    if len(models) > 1 and _discriminator_of(field) is None:
+        names = ", ".join(m.__name__ for m in models)
+        raise RuntimeError(
+            f"Field {cls.__name__}.{name} is a union of several pydantic models ({names}) without "
+            "a discriminator: the uid would be ambiguous. Add pydantic.Field(discriminator=...)"
+        )
+
+
+def _json_default(default: tp.Any) -> tp.Any:
+    if isinstance(default, pydantic.BaseModel):
+        return None  # compared through export_model instead
+    try:
+        return pydantic_core.to_jsonable_python(default)
+    except Exception:  # an exotic default: fall back to python equality
+        return default
+
+
+def class_facts(cls: type[pydantic.BaseModel]) -> _ClassFacts:
+    facts = _FACTS.get(cls)
+    if facts is not None:
+        return facts
+    fields = []
+    for name, field in cls.model_fields.items():
+        _check_field_annotation(cls, name, field)
+        required = field.is_required()
+        default = _NO_DEFAULT
+        if not required:
+            default = field.get_default(call_default_factory=True, validated_data={})
+        fields.append(
+            _FieldFacts(
+                name=name,
+                required=required,
+                default=default,
+                default_json=_NO_DEFAULT if required else _json_default(default),
+                discriminator=_discriminator_of(field),
+            )
+        )
+    static: frozenset[str] | None = frozenset()
+    private = getattr(cls, "__private_attributes__", {}).get(EXCLUDE_ATTR)
+    raw = private.default if private is not None else cls.__dict__.get(EXCLUDE_ATTR, _NO_DEFAULT)
+    if raw is _NO_DEFAULT:
+        raw = getattr(cls, EXCLUDE_ATTR, ())
+    if callable(raw) or isinstance(raw, classmethod | staticmethod):
+        static = None
+    else:
+        static = _validate_exclusions(cls, raw)
+    uid_fields = getattr(cls, MODEL_UID_FIELDS_ATTR, None)
+    facts = _ClassFacts(
+        fields=tuple(fields),
+        static_exclusions=static,
+        uid_fields=None if uid_fields is None else frozenset(uid_fields),
+        has_extra_config="extra" in cls.model_config,
+        has_override=callable(getattr(cls, OVERRIDE_HOOK, None)),
+    )
+    _FACTS[cls] = facts
+    return facts
+
+
+def _validate_exclusions(cls: type, raw: tp.Any) -> frozenset[str]:
+    if isinstance(raw, str) or not isinstance(raw, list | tuple | set | frozenset):
+        raise TypeError(
+            f"{cls.__name__}.{EXCLUDE_ATTR} must be a list/tuple/set of field names "
+            f"(or a method returning one), got {raw!r}"
+        )
+    names = frozenset(raw)
+    unknown = names - set(cls.model_fields) - {"."}  # type: ignore[attr-defined]
+    if unknown:
+        raise ValueError(
+            f"{cls.__name__}.{EXCLUDE_ATTR} names unknown fields {sorted(unknown)}; "
+            f"fields are {sorted(cls.model_fields)}"  # type: ignore[attr-defined]
+        )
+    return names
+
+
+def _exclusions(model: pydantic.BaseModel, facts: _ClassFacts) -> frozenset[str]:
+    if facts.static_exclusions is not None:
+        return facts.static_exclusions
+    raw = getattr(model, EXCLUDE_ATTR)
+    if callable(raw):
+        raw = raw()
+    return _validate_exclusions(type(model), raw)
+
+
+def dropped_from_parent(model: pydantic.BaseModel) -> bool:
+    """True when the model excludes itself (``"."``) from its parent's uid."""
+    facts = class_facts(type(model))
+    return "." in _exclusions(model, facts) or facts.uid_fields == frozenset({"."})
+
+
+def export_model(
+    model: pydantic.BaseModel,
+    uid: bool = False,
+    exclude_defaults: bool = False,
+    exclude: tp.Iterable[str] = (),
+) -> dict[str, tp.Any]:
+    """The config of a model as plain (json-mode) nested dicts.
+
+    uid=True drops what does not define the result (see module docstring);
+    exclude_defaults=True drops values equal to their default.
+    ``exclude`` names top-level fields to drop too (the cache-uid exclusions).
+    """
+    dumped = model.model_dump(mode="json", warnings=False)
+    out = _Exporter(uid=uid, exclude_defaults=exclude_defaults).model(model, dumped, keep=())
+    for name in exclude:
+        out.pop(name, None)
+    return out
+
+
+class _Exporter:
+    def __init__(self, uid: bool, exclude_defaults: bool) -> None:
+        self.uid = uid
+        self.exclude_defaults = exclude_defaults
+
+    def model(
+        self, model: pydantic.BaseModel, dumped: dict[str, tp.Any], keep: tp.Iterable[str]
+    ) -> dict[str, tp.Any]:
+        facts = class_facts(type(model))
+        if self.uid:
+            if not facts.has_extra_config:
+                raise RuntimeError(
+                    f"{type(model).__name__} has no 'extra' key in its model_config: it is strongly "
+                    "advised to forbid extra parameters (model_config = pydantic.ConfigDict("
+                    "extra='forbid')) so that a typo cannot silently change a uid"
+                )
+            if facts.has_override:
+                return dict(getattr(model, OVERRIDE_HOOK)())
+        excluded = _exclusions(model, facts) if self.uid else frozenset()
+        out: dict[str, tp.Any] = {}
+        for field in facts.fields:
+            name = field.name
+            if name in excluded or name not in dumped:
+                continue
+            if self.uid and facts.uid_fields is not None and name not in facts.uid_fields:
+                continue
+            value = model.__dict__.get(name)
+            dval = dumped[name]
+            if isinstance(value, pydantic.BaseModel):
+                if self.uid and dropped_from_parent(value):
+                    continue
+                if self.exclude_defaults and name not in keep:
+                    if not field.required and self._same_model(value, field.default):
+                        continue
+                    sub_keep = (field.discriminator,) if field.discriminator else ()
+                    out[name] = self.model(value, dval, keep=sub_keep)
+                else:
+                    out[name] = _Exporter(self.uid, False).model(value, dval, keep=())
+                continue
+            if (
+                self.exclude_defaults
+                and not field.required
+                and name not in keep
+                and (dval == field.default_json or value == field.default)
+            ):
+                continue
+            out[name] = self.value(value, dval)
+        return out
+
+    def _same_model(self, value: pydantic.BaseModel, default: tp.Any) -> bool:
+        if not isinstance(default, pydantic.BaseModel) or type(default) is not type(value):
+            return False
+        full = _Exporter(self.uid, exclude_defaults=False)
+        left = full.model(value, value.model_dump(mode="json", warnings=False), keep=())
+        right = full.model(default, default.model_dump(mode="json", warnings=False), keep=())
+        return left == right
+
+    def value(self, value: tp.Any, dval: tp.Any) -> tp.Any:
+        if isinstance(value, pydantic.BaseModel):
+            return self.model(value, dval, keep=())
+        if isinstance(value, dict) and isinstance(dval, dict):
+            items = {}
+            for key, sub in value.items():
+                skey = key if isinstance(key, str) else str(key)
+                if skey not in dval:
+                    continue
+                if self.uid and isinstance(sub, pydantic.BaseModel) and dropped_from_parent(sub):
+                    continue
+                items[skey] = self.value(sub, dval[skey])
+            if isinstance(value, collections.OrderedDict):
+                return collections.OrderedDict(items)
+            return items
+        if isinstance(value, list | tuple) and isinstance(dval, list):
+            return [
+                self.value(sub, dsub)
+                for sub, dsub in zip(value, dval)
+                if not (self.uid and isinstance(sub, pydantic.BaseModel) and dropped_from_parent(sub))
+            ]
+        return dval
+
+
+# --- freezing ---------------------------------------------------------------------------
+_FROZEN: dict[int, weakref.ref[tp.Any]] = {}
+_PATCHED_FLAG = "_exca_freeze_guard"
+
+
+def is_frozen(model: tp.Any) -> bool:
+    ref = _FROZEN.get(id(model))
+    return ref is not None and ref() is model
+
+
+def _patch_setattr(cls: type) -> None:
+    current = cls.__setattr__
+    if getattr(current, _PATCHED_FLAG, False):
+        return
+    original = current
+
+    def __setattr__(self: tp.Any, name: str, value: tp.Any) -> None:
+        if not name.startswith("_") and is_frozen(self):
+            raise RuntimeError(
+                f"Cannot set {type(self).__name__}.{name}: the instance was frozen when its uid "
+                "was computed, you can create an unfrozen instance with "
+                "type(obj)(**obj.model_dump()) (or obj.infra.clone_obj(...))"
+            )
+        original(self, name, value)
+
+    setattr(__setattr__, _PATCHED_FLAG, True)
+    cls.__setattr__ = __setattr__  # type: ignore[assignment,method-assign]
+
+
+def _forget(key: int) -> tp.Callable[[tp.Any], None]:
+    def callback(_: tp.Any) -> None:
+        _FROZEN.pop(key, None)
+
+    return callback
+
+
+def freeze(model: pydantic.BaseModel) -> None:
+    """Forbid public attribute changes on a model and on every model nested in it."""
+    for sub in iter_models(model):
+        if is_frozen(sub):
+            continue
+        _patch_setattr(type(sub))
+        try:
+            _FROZEN[id(sub)] = weakref.ref(sub, _forget(id(sub)))
+        except TypeError:  # not weak-referenceable (__slots__ without __weakref__)
+            pass
+
+
+def unfreeze(model: pydantic.BaseModel) -> None:
+    """Allow changes again on this model and its nested models (used by clones)."""
+    for sub in iter_models(model):
+        _FROZEN.pop(id(sub), None)
+
+
+def iter_models(value: tp.Any) -> tp.Iterator[pydantic.BaseModel]:
+    """The model itself and every pydantic model nested in its fields, lists and dicts."""
+    stack = [value]
+    seen: set[int] = set()
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, pydantic.BaseModel):
+            yield item
+            stack.extend(item.__dict__.values())
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(item)

@@ -1,0 +1,369 @@
+"""CacheDict: a dict facade over a cache folder (or over RAM only).
+
+Writes go through ``with cd.write(): cd[key] = value``; each thread of each process
+writes its own index and data files (see ``index.py``), so writers never share a file and
+need no lock. Reads are incremental. A key is any string; it never becomes a path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import threading
+import typing as tp
+import warnings
+from pathlib import Path
+
+import orjson
+
+from .formats import DATA_DIR, CachedError, DumpContext, DumpOptions, _chmod
+from .index import INDEX_SUFFIX, Entry, IndexReader, IndexWriter
+
+logger = logging.getLogger("exca")
+X = tp.TypeVar("X")
+
+
+class _ThreadState(threading.local):
+    writing = False
+    frozen = 0  # >0: a miss refreshes at most once (bulk checks)
+    refreshed_while_frozen = False
+    writer: IndexWriter | None = None
+    ctx: DumpContext | None = None
+    generation = -1  # fork generation the writer belongs to
+
+
+_FORK_GENERATION = 0
+
+
+def _after_fork() -> None:
+    global _FORK_GENERATION  # writer sessions of the parent must not be reused by a child
+    _FORK_GENERATION += 1
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+class CacheDict(tp.Generic[X]):
+    """Dictionary-like cache of values in a folder (and/or in RAM).
+
+    Parameters
+    ----------
+    folder: where entries are stored (None: RAM only, then keep_in_ram must be True)
+    keep_in_ram: also keep written/loaded values in memory
+    cache_type: name of the format used to write values (None: chosen per value type);
+        reading always uses the format an entry was written with
+    permissions: chmod applied to created files and folders (None: leave them alone)
+    """
+
+    def __init__(
+        self,
+        folder: Path | str | None,
+        keep_in_ram: bool = False,
+        cache_type: str | None = None,
+        permissions: int | None = 0o777,
+        options: DumpOptions | None = None,
+    ) -> None:
+        if folder is None and not keep_in_ram:
+            raise ValueError("CacheDict needs a folder or keep_in_ram=True (else it stores nothing)")
+        self.folder = None if folder is None else Path(folder)
+        self.keep_in_ram = keep_in_ram
+        if cache_type is not None:
+            DumpContext.handler(cache_type)  # fail early on an unknown format
+        self.cache_type = cache_type
+        self.permissions = permissions
+        self.options = options or DumpOptions()
+        self._ram: dict[str, X] = {}
+        self._reader = IndexReader(self.folder) if self.folder is not None else None
+        self._loader = (
+            DumpContext(self.folder, options=self.options, permissions=permissions)
+            if self.folder is not None
+            else None
+        )
+        self._local = _ThreadState()
+        self._read_once = False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.folder)!r}, keep_in_ram={self.keep_in_ram})"
+
+    # pickling gives a fresh view of the same folder, without RAM content
+    def __getstate__(self) -> dict[str, tp.Any]:
+        return {
+            "folder": self.folder,
+            "keep_in_ram": self.keep_in_ram,
+            "cache_type": self.cache_type,
+            "permissions": self.permissions,
+            "options": self.options.replace,
+        }
+
+    def __setstate__(self, state: dict[str, tp.Any]) -> None:
+        options = DumpOptions(state.pop("options", None))
+        self.__init__(**state, options=options)  # type: ignore[misc]
+
+    def __deepcopy__(self, memo: dict[int, tp.Any]) -> CacheDict[X]:
+        new = type(self).__new__(type(self))
+        new.__setstate__(self.__getstate__())
+        return new
+
+    # --- reading ------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Read what other writers added since the last read."""
+        if self._reader is not None:
+            self._reader.refresh()
+            self._read_once = True
+
+    def _entries(self) -> dict[str, tuple[str, int, dict[str, tp.Any]]]:
+        if self._reader is None:
+            return {}
+        if not self._read_once:
+            self.refresh()
+        return self._reader.entries
+
+    def _refresh_on_miss(self) -> bool:
+        """Refresh after a miss, unless a bulk check already refreshed (returns True if read)."""
+        if self._reader is None:
+            return False
+        local = self._local
+        if local.frozen:
+            if local.refreshed_while_frozen:
+                return False
+            local.refreshed_while_frozen = True
+        self.refresh()
+        return True
+
+    @contextlib.contextmanager
+    def frozen_cache_folder(self) -> tp.Iterator[None]:
+        """Within this context, misses re-read the folder at most once (bulk checks)."""
+        local = self._local
+        if not local.frozen:
+            local.refreshed_while_frozen = False
+        local.frozen += 1
+        try:
+            yield
+        finally:
+            local.frozen -= 1
+
+    def __contains__(self, key: object) -> bool:
+        if key in self._ram:
+            return True
+        entries = self._entries()
+        if key in entries:
+            return True
+        if not isinstance(key, str):
+            return False
+        return self._refresh_on_miss() and key in entries
+
+    def missing(self, keys: tp.Iterable[str]) -> list[str]:
+        """The keys (in order, deduplicated) that are not in the cache: one folder read."""
+        ram = self._ram
+        entries = self._entries()
+        out = [k for k in dict.fromkeys(keys) if k not in ram and k not in entries]
+        if out and self._refresh_on_miss():
+            out = [k for k in out if k not in entries]
+        return out
+
+    def entry_type(self, key: str) -> str | None:
+        """The stored format name of an entry (``"Error"`` for cached errors), without loading."""
+        entries = self._entries()
+        entry = entries.get(key)
+        if entry is None and self._refresh_on_miss():
+            entry = entries.get(key)
+        if entry is not None:
+            return str(entry[2]["#type"])
+        if key in self._ram:
+            return "Error" if isinstance(self._ram[key], CachedError) else "ram"
+        return None
+
+    def entry(self, key: str) -> Entry | None:
+        """Where an entry is stored (index file, offset, its index record), or None."""
+        entries = self._entries()
+        if key not in entries:
+            self._refresh_on_miss()
+        found = entries.get(key)
+        return None if found is None else Entry(*found)
+
+    def __getitem__(self, key: str) -> X:
+        ram = self._ram
+        if key in ram:
+            return ram[key]
+        entries = self._entries()
+        entry = entries.get(key)
+        if entry is None:
+            if self._refresh_on_miss():
+                entry = entries.get(key)
+            if entry is None:
+                raise KeyError(key)
+        value: X = self._loader.load(entry[2])  # type: ignore[union-attr]
+        if self.keep_in_ram:
+            ram[key] = value
+        return value
+
+    def get(self, key: str, default: tp.Any = None) -> tp.Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def keys(self) -> list[str]:
+        """Every key, after reading what other writers added."""
+        self.refresh()
+        if self._reader is None:
+            return list(self._ram)
+        keys = list(self._reader.entries)
+        if self.keep_in_ram and len(self._ram) > len(keys):  # RAM shadows deleted files
+            known = set(keys)
+            keys.extend(k for k in self._ram if k not in known)
+        return keys
+
+    def __iter__(self) -> tp.Iterator[str]:
+        return iter(self.keys())
+
+    def values(self) -> tp.Iterator[X]:
+        for key in self.keys():
+            yield self[key]
+
+    def items(self) -> tp.Iterator[tuple[str, X]]:
+        for key in self.keys():
+            yield key, self[key]
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __bool__(self) -> bool:
+        if self._ram:
+            return True
+        self.refresh()
+        return bool(self._reader is not None and self._reader.entries)
+
+    # --- writing ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def write(self) -> tp.Iterator[None]:
+        """Context in which ``cd[key] = value`` is allowed (one per thread at a time)."""
+        local = self._local
+        if local.writing:
+            raise RuntimeError("Already inside a write() context of this CacheDict in this thread")
+        local.writing = True
+        try:
+            yield
+        finally:
+            local.writing = False
+            if local.ctx is not None:
+                local.ctx.close_shared()
+            if local.writer is not None:
+                local.writer.close()
+
+    @contextlib.contextmanager
+    def writer(self) -> tp.Iterator[CacheDict[X]]:
+        """Deprecated: use ``with cd.write(): cd[key] = value``."""
+        warnings.warn(
+            "CacheDict.writer() is deprecated, use `with cache.write(): cache[key] = value`",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        with self.write():
+            yield self
+
+    def _session(self) -> tuple[IndexWriter, DumpContext]:
+        local = self._local
+        writer = local.writer
+        if writer is not None and local.generation == _FORK_GENERATION:
+            return writer, local.ctx  # type: ignore[return-value]
+        # new thread state, or after a fork: a new session
+        assert self.folder is not None
+        if not self.folder.exists():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if self.permissions is not None:
+                _chmod(self.folder, self.permissions)
+        writer = IndexWriter(self.folder, self.permissions)
+        local.writer = writer
+        local.generation = _FORK_GENERATION
+        local.ctx = DumpContext(
+            self.folder,
+            options=self.options,
+            permissions=self.permissions,
+            session_name=writer.session,
+        )
+        assert local.ctx is not None
+        return writer, local.ctx
+
+    def __setitem__(self, key: str, value: X) -> None:
+        if type(key) is not str and not isinstance(key, str):
+            raise TypeError(f"CacheDict keys must be str, got {key!r} ({type(key).__name__})")
+        reader = self._reader
+        if reader is None:
+            self._ram[key] = value
+            return
+        local = self._local
+        if not local.writing:
+            raise RuntimeError(
+                f"Writing {key!r} outside of a write context: use `with cache.write(): cache[key] = value`"
+            )
+        if key in reader.entries or key in self._ram:
+            raise ValueError(f"Key {key!r} is already in the cache {self.folder} (no overwrite)")
+        writer = local.writer
+        if writer is None or local.generation != _FORK_GENERATION:
+            writer = self._session()[0]
+        ctx: DumpContext = local.ctx
+        # payload first (complete when dump_entry returns), then its index line
+        info = ctx.dump_entry(key, value, self.cache_type)
+        line = orjson.dumps(info) + b"\n"
+        offset = writer.append(line)
+        if type(info.get("v")) is orjson.Fragment:  # inline formats pre-serialize "v"
+            info = orjson.loads(line)
+        state = writer.read_state
+        if state is None:
+            state = writer.read_state = reader.own_file(writer.name, writer.inode)
+        reader.entries[key] = (writer.name, offset, info)
+        state.keys.add(key)
+        state.offset = writer.size
+        if self.keep_in_ram:
+            self._ram[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        in_ram = key in self._ram
+        self._ram.pop(key, None)
+        if self.folder is None:
+            if not in_ram:
+                raise KeyError(key)
+            return
+        entry = self.entry(key)
+        if entry is None:
+            if in_ram:
+                return
+            raise KeyError(key)
+        writer, ctx = self._session()
+        line = orjson.dumps({"#del": key, "#of": f"{entry.file}:{entry.offset}"}) + b"\n"
+        try:
+            writer.append(line)
+        finally:
+            if not self._local.writing:
+                writer.close()
+        assert self._reader is not None
+        state = writer.read_state or self._reader.own_file(writer.name, writer.inode)
+        writer.read_state = state
+        state.offset = writer.size
+        self._reader.apply_tombstone(key, entry.id)
+        try:
+            ctx.delete(entry.info)  # payload files owned by this entry only
+        except OSError as e:
+            logger.warning("Could not remove the payload of %r in %s: %s", key, self.folder, e)
+
+    def clear(self) -> None:
+        """Remove every entry (index files first, then payloads); the folder is kept."""
+        self._ram.clear()
+        if self.folder is None or not self.folder.exists():
+            return
+        for item in os.scandir(self.folder):
+            if item.name.endswith(INDEX_SUFFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(item.path)
+        shutil.rmtree(self.folder / DATA_DIR, ignore_errors=True)
+        self._local.writer = None
+        self._local.ctx = None
+        self._reader = IndexReader(self.folder)
+        self._loader = DumpContext(self.folder, options=self.options, permissions=self.permissions)
+        self._read_once = False
+
+
+CacheDictWriter = CacheDict  # legacy name

@@ -1,0 +1,760 @@
+"""How values are written to and read from a cache folder, one format per value type.
+
+A format ("handler") is a class registered on ``DumpContext`` with
+``__dump_info__(ctx, value) -> dict`` (write the payload, return what is needed to read
+it back; small values can live in that dict, i.e. inline in the index line) and
+``__load_from_info__(ctx, **info) -> value``; ``__delete_info__(ctx, **info)`` removes
+payload files owned by one entry. Loading always dispatches on the stored ``#type``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import mmap
+import os
+import pickle
+import threading
+import traceback
+import typing as tp
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+
+import orjson
+
+INLINE_MAX_BYTES = 512
+MEMMAP_ARRAY_FILE_MAX_CACHE = 1024  # memory maps kept open per reader
+ALIGNMENT = 64  # byte alignment of arrays in shared data files
+DATA_DIR = "data"
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+_ORJSON_OPTIONS |= orjson.OPT_PASSTHROUGH_SUBCLASS
+
+
+def _refuse(value: tp.Any) -> tp.Any:
+    raise TypeError(f"not plain json: {type(value).__name__}")
+
+
+def plain_json(value: tp.Any) -> bytes | None:
+    """JSON bytes of a value that reads back equal, else None (tuples come back as lists).
+
+    dataclasses, datetimes, str/int/dict subclasses and non-finite floats would come
+    back changed, so they are refused (orjson turns NaN into null).
+    """
+    try:
+        data = orjson.dumps(value, default=_refuse, option=_ORJSON_OPTIONS)
+    except (TypeError, orjson.JSONEncodeError):
+        return None
+    if b"null" in data and _has_non_finite(value):
+        return None
+    return data
+
+
+def _has_non_finite(value: tp.Any) -> bool:
+    if isinstance(value, float):
+        return value != value or value in (float("inf"), float("-inf"))
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(v) for v in value)
+    return False
+
+
+def key_file_stem(key: str) -> str:
+    """A file-name stem for a key: safe characters only, never a path, unique by digest."""
+    digest = hashlib.md5(key.encode("utf8")).hexdigest()[:8]
+    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "-_=,.") else "-" for c in key)
+    cleaned = cleaned.lstrip(".-") or "key"
+    if len(cleaned) > 80:
+        cleaned = cleaned[:40] + "..." + cleaned[-40:]
+    return f"{cleaned}-{digest}"
+
+
+class SharedFile:
+    """An append-only data file owned by one writer session (never truncated)."""
+
+    def __init__(self, folder: Path, name: str, permissions: int | None) -> None:
+        self.name = name  # relative to the cache folder
+        path = folder / name
+        path.parent.mkdir(exist_ok=True)
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        self.size = os.fstat(self.fd).st_size
+        if permissions is not None and self.size == 0:
+            _chmod(path, permissions)
+
+    def append(self, data: tp.Any, tail: bytes = b"", align: int = 1) -> int:
+        """Write data (then tail) contiguously, after padding to `align`; return data's offset."""
+        pad = (-self.size) % align
+        nbytes = memoryview(data).nbytes
+        if pad or tail:
+            buffers = [b"\0" * pad, data, tail] if pad else [data, tail]
+            total = pad + nbytes + len(tail)
+            _write_all(self.fd, buffers, total)
+        else:
+            total = nbytes
+            _write_all(self.fd, [data], total)
+        offset = self.size + pad
+        self.size += total
+        return offset
+
+    def append_array(self, array: tp.Any, align: int) -> int:
+        """Append a C-contiguous array's bytes (padded to `align`); return their offset."""
+        pad = (-self.size) % align
+        nbytes = array.nbytes
+        if not array.ndim:  # 0-d arrays do not export a buffer os.write accepts
+            array = array.reshape(1)
+        if pad:
+            _write_all(self.fd, [_ZEROS[:pad], array], pad + nbytes)
+        elif os.write(self.fd, array) != nbytes:
+            raise OSError(f"short write of an array to {self.name}")
+        offset = self.size + pad
+        self.size += pad + nbytes
+        return offset
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+_ZEROS = bytes(ALIGNMENT)
+_DTYPE_STR: dict[tp.Any, str] = {}
+
+
+_NP: tp.Any = None
+
+
+def _numpy() -> tp.Any:
+    global _NP
+    import numpy
+
+    _NP = numpy
+    return numpy
+
+
+def _write_all(fd: int, buffers: list[tp.Any], total: int) -> None:
+    written = os.writev(fd, buffers) if len(buffers) > 1 else os.write(fd, buffers[0])
+    if written == total:
+        return
+    # a short write (signal, huge buffer): finish it byte-exactly
+    flat = b"".join(memoryview(b).cast("B").tobytes() for b in buffers)
+    while written < total:
+        written += os.write(fd, flat[written:])
+
+
+def _chmod(path: Path, permissions: int) -> None:
+    try:
+        os.chmod(path, permissions)
+    except OSError as e:
+        warnings.warn(f"Could not chmod {path} to {oct(permissions)}: {e}", stacklevel=3)
+
+
+class DumpOptions:
+    """Options of a context: ``replace`` remaps handler names on dump and load."""
+
+    def __init__(self, replace: dict[str, str] | None = None) -> None:
+        self.replace = dict(replace or {})
+
+
+class DumpInfo(tp.TypedDict, total=False):
+    """What an index line holds besides the key: the handler name and its own fields."""
+
+
+class DumpContext:
+    """What a format sees while writing or reading one cache folder."""
+
+    HANDLERS: tp.ClassVar[dict[str, tp.Any]] = {}
+    DEFAULTS: tp.ClassVar[dict[tp.Any, str]] = {}  # type or "module.QualName" -> handler name
+    ALIASES: tp.ClassVar[dict[str, str]] = {}
+
+    def __init__(
+        self,
+        folder: Path | str,
+        key: str | None = None,
+        options: DumpOptions | None = None,
+        permissions: int | None = 0o777,
+        session_name: str | None = None,
+    ) -> None:
+        self.folder = Path(folder)
+        self.key = key
+        self.options = options or DumpOptions()
+        self.permissions = permissions
+        self.session_name = session_name
+        self._shared: dict[str, SharedFile] = {}
+        self._memo: dict[str, tp.Any] = {}
+        self._maps: OrderedDict[str, mmap.mmap] = OrderedDict()
+        self._lock = threading.Lock()
+        self._dispatch_memo: dict[tuple[type, str | None], tuple[str, tp.Any, bool]] = {}
+
+    # --- registry --------------------------------------------------------------------------
+    @classmethod
+    def register(
+        cls, handler: tp.Any = None, *, default_for: tp.Any = None, name: str | None = None
+    ) -> tp.Any:
+        """Register a format class (usable as ``@register`` or ``@register(default_for=T)``)."""
+
+        def decorate(klass: tp.Any) -> tp.Any:
+            key = name or klass.__name__
+            for attr in ("__dump_info__", "__load_from_info__"):
+                if not hasattr(klass, attr):
+                    raise TypeError(f"Format {key} must define {attr}")
+            existing = cls.HANDLERS.get(key)
+            if existing is not None and existing is not klass:
+                raise ValueError(
+                    f"A format named {key!r} is already registered ({existing!r}): "
+                    "rename the class or pass name=..."
+                )
+            cls.HANDLERS[key] = klass
+            if default_for is not None:
+                targets = default_for if isinstance(default_for, tuple) else (default_for,)
+                for target in targets:
+                    cls.DEFAULTS[target] = key
+            return klass
+
+        if handler is not None:
+            return decorate(handler)
+        return decorate
+
+    @classmethod
+    def handler(cls, name: str) -> tp.Any:
+        name = cls.ALIASES.get(name, name)
+        try:
+            return cls.HANDLERS[name]
+        except KeyError:
+            known = ", ".join(sorted(cls.HANDLERS))
+            raise ValueError(f"Unknown cache_type {name!r}; known formats: {known}") from None
+
+    @classmethod
+    def default_name(cls, kind: type) -> str:
+        """Name of the default format of a value type ("Auto" when none is registered)."""
+        name = cls.DEFAULTS.get(kind)
+        if name is not None:
+            return name
+        for base in kind.__mro__:
+            name = cls.DEFAULTS.get(base) or cls.DEFAULTS.get(
+                f"{base.__module__}.{base.__qualname__}"
+            )
+            if name is not None:
+                cls.DEFAULTS[kind] = name  # memoize the resolution of lazy names
+                return name
+        if hasattr(kind, "__dump_info__") and hasattr(kind, "__load_from_info__"):
+            cls.register(kind)
+            cls.DEFAULTS[kind] = kind.__name__
+            return kind.__name__
+        return "Auto"
+
+    # --- dump / load ---------------------------------------------------------------------
+    def _dispatch(self, kind: type, cache_type: str | None) -> tuple[str, tp.Any, bool]:
+        """(stored name, handler, values dump themselves) for a value type: memoized."""
+        found = self._dispatch_memo.get((kind, cache_type))
+        if found is None:
+            name = cache_type or self.DEFAULTS.get(kind) or self.default_name(kind)
+            name = self.options.replace.get(name, name)
+            name = self.ALIASES.get(name, name)
+            handler = self.handler(name)
+            itself = _dumps_itself(handler) and issubclass(kind, handler)
+            found = self._dispatch_memo[(kind, cache_type)] = (name, handler, itself)
+        return found
+
+    def dump(self, value: tp.Any, cache_type: str | None = None) -> dict[str, tp.Any]:
+        """Write a value; return its info dict (with ``#type``), e.g. for nested values."""
+        name, handler, itself = self._dispatch(type(value), cache_type)
+        out = value.__dump_info__(self) if itself else handler.__dump_info__(self, value)
+        if "#key" in out or "#type" in out:
+            raise ValueError(f"Format {name} returned reserved keys #key/#type in {out}")
+        info = {"#type": name}
+        info.update(out)
+        return info
+
+    def dump_entry(self, key: str, value: tp.Any, cache_type: str | None) -> dict[str, tp.Any]:
+        """Write the payload of an entry; return its index record (``#key``, ``#type``, ...)."""
+        self.key = key
+        name, handler, itself = self._dispatch(type(value), cache_type)
+        out = value.__dump_info__(self) if itself else handler.__dump_info__(self, value)
+        if "#key" in out or "#type" in out:
+            raise ValueError(f"Format {name} returned reserved keys #key/#type in {out}")
+        info = {"#key": key, "#type": name}
+        info.update(out)
+        return info
+
+    def load(self, info: dict[str, tp.Any]) -> tp.Any:
+        """Read a value back from its index record (dispatching on the stored ``#type``)."""
+        name = info["#type"]
+        if not self.options.replace:
+            fast = FAST_LOADERS.get(name)
+            if fast is not None:
+                return fast(self, info)
+        name = self.options.replace.get(name, name)
+        handler = self.handler(name)
+        fields = {k: v for k, v in info.items() if k[0] != "#"}
+        return handler.__load_from_info__(self, **fields)
+
+    def delete(self, info: dict[str, tp.Any]) -> None:
+        handler = self.handler(info["#type"])
+        deleter = getattr(handler, "__delete_info__", None)
+        if deleter is not None:
+            deleter(self, **{k: v for k, v in info.items() if k[0] != "#"})
+
+    # --- payload files ---------------------------------------------------------------------
+    def key_path(self, suffix: str) -> Path:
+        """A path owned by the current key (``data/<key stem><suffix>``)."""
+        if self.key is None:
+            raise RuntimeError("key_path needs a key: only available while dumping an entry")
+        folder = self.folder / DATA_DIR
+        if not folder.exists():
+            folder.mkdir(exist_ok=True)
+            if self.permissions is not None:
+                _chmod(folder, self.permissions)
+        return folder / (key_file_stem(self.key) + suffix)
+
+    def write_key_file(self, suffix: str, writer: tp.Callable[[tp.IO[bytes]], None]) -> str:
+        """Write a per-entry file atomically (temporary name, then rename); return its name."""
+        path = self.key_path(suffix)
+        tmp = path.with_name(f"save-tmp-{os.urandom(6).hex()}-{path.name}")
+        with open(tmp, "wb") as handle:
+            writer(handle)
+        if self.permissions is not None:
+            _chmod(tmp, self.permissions)
+        os.replace(tmp, path)
+        return f"{DATA_DIR}/{path.name}"
+
+    def shared_file(self, suffix: str) -> SharedFile:
+        """The current writer's append-only file with this suffix (``data/<session><suffix>``)."""
+        shared = self._shared.get(suffix)
+        if shared is None:
+            if self.session_name is None:
+                raise RuntimeError("shared_file is only available while writing")
+            shared = SharedFile(
+                self.folder, f"{DATA_DIR}/{self.session_name}{suffix}", self.permissions
+            )
+            self._shared[suffix] = shared
+        return shared
+
+    def close_shared(self) -> None:
+        for shared in self._shared.values():
+            shared.close()
+        self._shared.clear()
+
+    def read_bytes(self, name: str, offset: int, length: int) -> bytes:
+        with open(self.folder / name, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read(length)
+        if len(data) != length:
+            raise OSError(f"{self.folder / name} is shorter than its index says ({offset}+{length})")
+        return data
+
+    def memmap(self, name: str, end: int) -> mmap.mmap:
+        """A read-only map of a shared file covering at least ``end`` bytes."""
+        current = self._maps.get(name)
+        if current is not None and len(current) >= end:
+            return current
+        with self._lock:
+            current = self._maps.get(name)
+            if current is not None and len(current) >= end:
+                self._maps.move_to_end(name)
+                return current
+            with open(self.folder / name, "rb") as handle:
+                mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            if len(mapped) < end:
+                raise OSError(f"{self.folder / name} is shorter than its index says ({end})")
+            self._maps[name] = mapped  # older maps stay alive while arrays view them
+            if len(self._maps) > MEMMAP_ARRAY_FILE_MAX_CACHE:
+                self._maps.popitem(last=False)
+            return mapped
+
+    def cached(self, key: str, factory: tp.Callable[[], tp.Any]) -> tp.Any:
+        with self._lock:
+            if key not in self._memo:
+                self._memo[key] = factory()
+            return self._memo[key]
+
+    def invalidate(self, key: str) -> None:
+        with self._lock:
+            self._memo.pop(key, None)
+            self._maps.pop(key, None)
+
+
+_SELF_DUMPING: dict[type, bool] = {}
+
+
+def _dumps_itself(klass: type) -> bool:
+    """True when ``__dump_info__`` is a plain method: values of the class dump themselves."""
+    known = _SELF_DUMPING.get(klass)
+    if known is None:
+        raw = next(b.__dict__["__dump_info__"] for b in klass.__mro__ if "__dump_info__" in b.__dict__)
+        known = _SELF_DUMPING[klass] = not isinstance(raw, classmethod | staticmethod)
+    return known
+
+
+def _delete_file(ctx: DumpContext, name: str) -> None:
+    try:
+        os.remove(ctx.folder / name)
+    except FileNotFoundError:
+        pass
+
+
+# --- built-in formats -----------------------------------------------------------------------
+@DumpContext.register(default_for="numpy.ndarray")
+class MemmapArray:
+    """Arrays appended to the writer's shared ``.data`` file; read back as read-only views."""
+
+    @classmethod
+    def __dump_info__(cls, ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
+        np = _NP or _numpy()
+        array = value
+        if type(array) is not np.ndarray or not array.flags.c_contiguous:
+            array = np.ascontiguousarray(value).reshape(np.shape(value))
+        dtype = array.dtype
+        dtype_str = _DTYPE_STR.get(dtype)
+        if dtype_str is None:
+            if dtype.hasobject:
+                raise TypeError(
+                    f"Cannot store an object array (dtype {dtype}) as MemmapArray: "
+                    "use cache_type='Pickle'"
+                )
+            dtype_str = _DTYPE_STR[dtype] = dtype.str
+        shared = ctx._shared.get(".data") or ctx.shared_file(".data")
+        offset = shared.append_array(array, ALIGNMENT)
+        return {"f": shared.name, "o": offset, "d": dtype_str, "s": array.shape}
+
+    @classmethod
+    def __load_from_info__(
+        cls, ctx: DumpContext, f: str, o: int, d: str, s: list[int]
+    ) -> tp.Any:
+        return _load_memmap(ctx, {"f": f, "o": o, "d": d, "s": s})
+
+
+_DTYPES: dict[str, tp.Any] = {}
+
+
+def _load_memmap(ctx: DumpContext, info: dict[str, tp.Any]) -> tp.Any:
+    np = _NP or _numpy()
+    code = info["d"]
+    dtype = _DTYPES.get(code)
+    if dtype is None:
+        dtype = _DTYPES[code] = np.dtype(code)
+    shape = info["s"]
+    count = math.prod(shape)
+    if count == 0:
+        return np.zeros(shape, dtype=dtype)
+    offset = info["o"]
+    mapped = ctx.memmap(info["f"], offset + count * dtype.itemsize)
+    return np.frombuffer(mapped, dtype, count, offset).reshape(shape)
+
+
+def _load_inline(ctx: DumpContext, info: dict[str, tp.Any]) -> tp.Any:
+    if "v" in info and "f" not in info:
+        return info["v"]
+    handler = DumpContext.handler(info["#type"])
+    return handler.__load_from_info__(ctx, **{k: v for k, v in info.items() if k[0] != "#"})
+
+
+# loaders that read an index record directly (no keyword unpacking): the hot read paths
+FAST_LOADERS: dict[str, tp.Callable[[DumpContext, dict[str, tp.Any]], tp.Any]] = {
+    "MemmapArray": _load_memmap,
+    "Json": _load_inline,
+    "Auto": _load_inline,
+    "Result": _load_inline,
+    "Text": _load_inline,
+}
+
+
+@DumpContext.register
+class NumpyArray:
+    """One ``.npy`` file per entry, read back fully into memory."""
+
+    @classmethod
+    def __dump_info__(cls, ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
+        import numpy as np
+
+        name = ctx.write_key_file(".npy", lambda handle: np.save(handle, np.asarray(value)))
+        return {"filename": name}
+
+    @classmethod
+    def __load_from_info__(cls, ctx: DumpContext, filename: str) -> tp.Any:
+        import numpy as np
+
+        return np.load(ctx.folder / filename, allow_pickle=False)
+
+    @classmethod
+    def __delete_info__(cls, ctx: DumpContext, filename: str) -> None:
+        _delete_file(ctx, filename)
+
+
+def dumps_pickle(value: tp.Any) -> bytes:
+    """Pickle, falling back to cloudpickle for classes that cannot be found by name."""
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        import cloudpickle
+
+        data: bytes = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        return data
+
+
+@DumpContext.register
+class Pickle:
+    """One ``.pkl`` file per entry."""
+
+    @classmethod
+    def __dump_info__(cls, ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
+        data = dumps_pickle(value)
+        return {"filename": ctx.write_key_file(".pkl", lambda handle: handle.write(data))}
+
+    @classmethod
+    def __load_from_info__(cls, ctx: DumpContext, filename: str) -> tp.Any:
+        with open(ctx.folder / filename, "rb") as handle:
+            return pickle.load(handle)
+
+    @classmethod
+    def __delete_info__(cls, ctx: DumpContext, filename: str) -> None:
+        _delete_file(ctx, filename)
+
+
+def _dump_text_like(ctx: DumpContext, data: bytes, suffix: str) -> dict[str, tp.Any]:
+    shared = ctx.shared_file(suffix)
+    # the trailing newline keeps the shared text/jsonl files readable by eye
+    return {"f": shared.name, "o": shared.append(data, tail=b"\n"), "n": len(data)}
+
+
+@DumpContext.register
+class Json:
+    """JSON: inline in the index line when small, else in the writer's shared jsonl file."""
+
+    @classmethod
+    def __dump_info__(cls, ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
+        data = plain_json(value)
+        if data is None:
+            raise TypeError(
+                f"Value of type {type(value).__name__} does not read back identical from JSON "
+                "(tuples, NaN, non-str keys, custom types): use cache_type='Pickle' or 'Auto'"
+            )
+        if len(data) <= INLINE_MAX_BYTES:
+            return {"v": orjson.Fragment(data)}
+        return _dump_text_like(ctx, data, "-data.jsonl")
+
+    @classmethod
+    def __load_from_info__(
+        cls,
+        ctx: DumpContext,
+        v: tp.Any = None,
+        f: str | None = None,
+        o: int = 0,
+        n: int = 0,
+    ) -> tp.Any:
+        if f is None:
+            return v
+        return orjson.loads(ctx.read_bytes(f, o, n))
+
+
+@DumpContext.register(default_for=str)
+class Text:
+    """Strings: inline when small, else in the writer's shared text file."""
+
+    @classmethod
+    def __dump_info__(cls, ctx: DumpContext, value: str) -> dict[str, tp.Any]:
+        if not isinstance(value, str):
+            raise TypeError(f"Text format stores str values, got {type(value).__name__}")
+        data = value.encode("utf8")
+        if len(data) <= INLINE_MAX_BYTES:
+            return {"v": value}
+        return _dump_text_like(ctx, data, "-data.txt")
+
+    @classmethod
+    def __load_from_info__(
+        cls, ctx: DumpContext, v: str | None = None, f: str | None = None, o: int = 0, n: int = 0
+    ) -> str:
+        if f is None:
+            return v or ""
+        return ctx.read_bytes(f, o, n).decode("utf8")
+
+
+_AUTO_TAG = "#type"
+
+
+@DumpContext.register(default_for=dict)
+class Auto:
+    """Plain JSON when possible; registered leaves (arrays...) dumped with their own format
+    inside the JSON structure; anything else pickled. Tuples come back as lists."""
+
+    @classmethod
+    def __dump_info__(cls, ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
+        data = plain_json(value)
+        if data is not None:
+            if len(data) <= INLINE_MAX_BYTES:
+                return {"v": orjson.Fragment(data)}
+            return _dump_text_like(ctx, data, "-data.jsonl")
+        try:
+            walked = cls._walk(ctx, value)
+        except _NotJsonable:
+            warnings.warn(
+                f"Auto format: {type(value).__name__} value is not JSON-serializable, pickling it "
+                "(use cache_type='Pickle' or 'AutoPickle' to silence this)",
+                DeprecationWarning,
+                stacklevel=4,
+            )
+            return {"pickle": Pickle.__dump_info__(ctx, value)["filename"]}
+        return {"tree": walked}
+
+    @classmethod
+    def _walk(cls, ctx: DumpContext, value: tp.Any) -> tp.Any:
+        if value is None or isinstance(value, bool | int | str):
+            return value
+        if isinstance(value, float):
+            if value != value or value in (float("inf"), float("-inf")):
+                raise _NotJsonable
+            return value
+        if isinstance(value, dict):
+            if _AUTO_TAG in value:
+                raise ValueError(f"{_AUTO_TAG!r} is a reserved key in values of the Auto format")
+            if not all(isinstance(k, str) for k in value):
+                raise _NotJsonable
+            return {k: cls._walk(ctx, v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [cls._walk(ctx, v) for v in value]
+        name = DumpContext.default_name(type(value))
+        if name in ("Auto", "AutoPickle"):
+            raise _NotJsonable
+        return ctx.dump(value, cache_type=name)
+
+    @classmethod
+    def __load_from_info__(
+        cls,
+        ctx: DumpContext,
+        v: tp.Any = None,
+        f: str | None = None,
+        o: int = 0,
+        n: int = 0,
+        tree: tp.Any = None,
+        pickle: str | None = None,
+    ) -> tp.Any:
+        if pickle is not None:
+            return Pickle.__load_from_info__(ctx, pickle)
+        if tree is not None:
+            return cls._unwalk(ctx, tree)
+        return Json.__load_from_info__(ctx, v=v, f=f, o=o, n=n)
+
+    @classmethod
+    def _unwalk(cls, ctx: DumpContext, tree: tp.Any) -> tp.Any:
+        if isinstance(tree, dict):
+            if _AUTO_TAG in tree:
+                return ctx.load(tree)
+            return {k: cls._unwalk(ctx, v) for k, v in tree.items()}
+        if isinstance(tree, list):
+            return [cls._unwalk(ctx, v) for v in tree]
+        return tree
+
+    @classmethod
+    def __delete_info__(cls, ctx: DumpContext, **info: tp.Any) -> None:
+        if info.get("pickle"):
+            _delete_file(ctx, info["pickle"])
+
+
+class _NotJsonable(Exception):
+    pass
+
+
+@DumpContext.register
+class AutoPickle(Auto):
+    """Like Auto, but pickles non-JSON values silently."""
+
+    @classmethod
+    def __dump_info__(cls, ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return super().__dump_info__(ctx, value)
+
+
+@DumpContext.register
+class Result:
+    """Results of tasks: exact JSON scalars inline, everything else pickled (read back as
+    ordinary, writable objects, unlike memory-mapped arrays)."""
+
+    @classmethod
+    def __dump_info__(cls, ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
+        if value is None or type(value) in (bool, int, str, float):
+            data = plain_json(value)
+            if data is not None and len(data) <= INLINE_MAX_BYTES:
+                return {"v": orjson.Fragment(data)}
+        return {"filename": Pickle.__dump_info__(ctx, value)["filename"]}
+
+    @classmethod
+    def __load_from_info__(
+        cls, ctx: DumpContext, v: tp.Any = None, filename: str | None = None
+    ) -> tp.Any:
+        if filename is None:
+            return v
+        return Pickle.__load_from_info__(ctx, filename)
+
+    @classmethod
+    def __delete_info__(cls, ctx: DumpContext, v: tp.Any = None, filename: str | None = None) -> None:
+        if filename is not None:
+            _delete_file(ctx, filename)
+
+
+class CachedError:
+    """An exception stored in a cache: type, message, traceback, and the exception itself
+    when it pickles (so it can be re-raised with its original type)."""
+
+    def __init__(
+        self,
+        type_name: str,
+        message: str,
+        traceback_text: str,
+        exception: BaseException | None = None,
+    ) -> None:
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+        self.exception = exception
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> CachedError:
+        kind = type(exc)
+        text = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
+        return cls(f"{kind.__module__}.{kind.__qualname__}", str(exc), text, exc)
+
+    def __repr__(self) -> str:
+        return f"CachedError({self.type_name}: {self.message})"
+
+    def __dump_info__(self, ctx: DumpContext) -> dict[str, tp.Any]:
+        info: dict[str, tp.Any] = {
+            "t": self.type_name,
+            "m": self.message[:20_000],
+            "tb": self.traceback_text[-50_000:],
+        }
+        if self.exception is not None:
+            try:
+                data = pickle.dumps(self.exception, protocol=pickle.HIGHEST_PROTOCOL)
+                pickle.loads(data)  # some exceptions pickle but do not unpickle
+            except Exception:
+                pass
+            else:
+                info["p"] = base64.b64encode(data).decode("ascii")
+        return info
+
+    @classmethod
+    def __load_from_info__(
+        cls, ctx: DumpContext, t: str, m: str, tb: str, p: str | None = None
+    ) -> CachedError:
+        exception = None
+        if p is not None:
+            try:
+                exception = pickle.loads(base64.b64decode(p))
+            except Exception:  # the exception class is gone: keep type name and message
+                exception = None
+        return cls(t, m, tb, exception)
+
+
+DumpContext.register(CachedError, name="Error")
+DumpContext.DEFAULTS[CachedError] = "Error"
+
+# legacy and alternative names
+DumpContext.ALIASES.update(
+    {
+        "MemmapArrayFile": "MemmapArray",
+        "NumpyMemmapArray": "MemmapArray",
+        "String": "Text",
+        "PickleDump": "Pickle",
+        "JsonDump": "Json",
+    }
+)

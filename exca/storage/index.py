@@ -1,0 +1,242 @@
+"""The index of a cache folder: one append-only JSON-lines file per writer session.
+
+Each line is ``{"#key": key, "#type": format, ...}`` (an entry) or
+``{"#del": key, "#of": "<file>:<offset>"}`` (a tombstone naming the exact entry it
+deletes, so the order in which files are read does not matter). A writer appends a line
+only after its payload is fully written, so a visible line always reads back right.
+Readers keep a byte offset per file and read only what was appended since; a last line
+without its newline is left for later; a line that does not parse is skipped with a
+warning. New files are found by listing the folder, never by trusting its mtime.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import operator
+import os
+import threading
+import typing as tp
+import warnings
+from pathlib import Path
+
+import orjson
+
+from . import process
+
+INDEX_SUFFIX = "-info.jsonl"
+
+EntryId = tuple[str, int]  # (index file name, byte offset of the line)
+
+
+class Entry(tp.NamedTuple):
+    """Where an entry's line is, and what it says (``#key``, ``#type``, the format's fields).
+
+    Stored internally as plain tuples of the same layout (cheaper to build in bulk).
+    """
+
+    file: str
+    offset: int
+    info: dict[str, tp.Any]
+
+    @property
+    def id(self) -> EntryId:
+        return (self.file, self.offset)
+
+
+@dataclasses.dataclass
+class FileState:
+    inode: int
+    offset: int  # bytes of complete lines consumed
+    keys: set[str]
+
+
+_KEY = operator.itemgetter("#key")
+_PLUS_NEWLINE = (1).__add__
+
+
+class IndexReader:
+    """Incremental view of every index file in a folder.
+
+    ``entries`` maps a key to a ``(file, offset, info)`` tuple (see ``Entry``).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.entries: dict[str, tuple[str, int, dict[str, tp.Any]]] = {}
+        self._files: dict[str, FileState] = {}
+        self._deleted: set[EntryId] = set()
+        self._lock = threading.RLock()
+
+    def refresh(self) -> None:
+        """Read what every writer appended since the last refresh."""
+        with self._lock:
+            try:
+                listing = [
+                    e.name for e in os.scandir(self.folder) if e.name.endswith(INDEX_SUFFIX)
+                ]
+            except FileNotFoundError:
+                listing = []
+            if len(listing) != len(self._files):
+                for name in set(self._files).difference(listing):
+                    self._forget_file(name)  # compacted or cleared by someone else
+            for name in listing:
+                self._read_file(name)
+
+    def file_names(self) -> list[str]:
+        return list(self._files)
+
+    def _forget_file(self, name: str) -> None:
+        state = self._files.pop(name)
+        for key in state.keys:
+            entry = self.entries.get(key)
+            if entry is not None and entry[0] == name:
+                del self.entries[key]
+
+    def _read_file(self, name: str) -> None:
+        path = self.folder / name
+        state = self._files.get(name)
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            if state is not None:
+                self._forget_file(name)
+            return
+        if state is not None:
+            if stat.st_size == state.offset and stat.st_ino == state.inode:
+                return
+            if stat.st_ino != state.inode or stat.st_size < state.offset:
+                self._forget_file(name)  # replaced or truncated: read it again
+                state = None
+        if state is None:
+            state = FileState(inode=stat.st_ino, offset=0, keys=set())
+            self._files[name] = state
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(state.offset)
+                data = handle.read()
+        except FileNotFoundError:
+            self._forget_file(name)
+            return
+        end = data.rfind(b"\n")
+        if end < 0:
+            return  # only an incomplete line so far
+        lines = data[:end].split(b"\n")
+        if not self._parse_bulk(name, state, lines):
+            self._parse_lines(name, state, lines)
+        state.offset += end + 1
+
+    def _parse_bulk(self, name: str, state: FileState, lines: list[bytes]) -> bool:
+        """Fast path: every line is a well-formed entry (no tombstone, nothing odd)."""
+        try:
+            records = orjson.loads(b"[" + b",".join(lines) + b"]")
+            keys = list(map(_KEY, records))
+            if set(map(type, keys)) != {str}:
+                return False
+            if not all(map(operator.contains, records, itertools.repeat("#type"))):
+                return False
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            return False
+        offsets = itertools.accumulate(map(_PLUS_NEWLINE, map(len, lines)), initial=state.offset)
+        located = zip(itertools.repeat(name), offsets, records)
+        if self._deleted:
+            pairs = [(k, e) for k, e in zip(keys, located) if (e[0], e[1]) not in self._deleted]
+            self.entries.update(pairs)
+            state.keys.update(k for k, _ in pairs)
+        else:
+            self.entries.update(zip(keys, located))
+            state.keys.update(keys)
+        return True
+
+    def _parse_lines(self, name: str, state: FileState, lines: list[bytes]) -> None:
+        position = state.offset
+        for line in lines:
+            offset = position
+            position += len(line) + 1
+            if not line or line.isspace():
+                continue
+            try:
+                record = orjson.loads(line)
+                key = record.get("#key") if type(record) is dict else None
+            except orjson.JSONDecodeError:
+                record = key = None
+            if key is not None:
+                if "#type" not in record or type(key) is not str:
+                    _warn_bad_line(self.folder / name, offset, line)
+                elif (name, offset) not in self._deleted:
+                    self.entries[key] = (name, offset, record)
+                    state.keys.add(key)
+                continue
+            target = record.get("#of") if type(record) is dict else None
+            if isinstance(target, str) and ":" in target:
+                file, _, off = target.rpartition(":")
+                if off.isdigit():
+                    self.apply_tombstone(record.get("#del"), (file, int(off)))
+                    continue
+            _warn_bad_line(self.folder / name, offset, line)
+
+    def apply_tombstone(self, key: tp.Any, target: EntryId) -> None:
+        with self._lock:
+            self._deleted.add(target)
+            entry = self.entries.get(key) if isinstance(key, str) else None
+            if entry is not None and (entry[0], entry[1]) == target:
+                del self.entries[key]
+
+    def own_file(self, name: str, inode: int) -> FileState:
+        """The read state of a file this process writes (so refresh skips its own lines)."""
+        with self._lock:
+            state = self._files.get(name)
+            if state is None or state.inode != inode:
+                state = self._files[name] = FileState(inode=inode, offset=0, keys=set())
+            return state
+
+
+def _warn_bad_line(path: Path, offset: int, line: bytes) -> None:
+    warnings.warn(
+        f"Skipping an unreadable index line at byte {offset} of {path} "
+        f"(a writer was probably killed while writing it): {line[:120]!r}",
+        RuntimeWarning,
+        stacklevel=5,
+    )
+
+
+class IndexWriter:
+    """The index file of one writer session (a process x thread x CacheDict instance)."""
+
+    def __init__(self, folder: Path, permissions: int | None) -> None:
+        self.folder = folder
+        self.permissions = permissions
+        self.session = process.unique_name()
+        self.name = self.session + INDEX_SUFFIX
+        self.fd: int | None = None
+        self.inode = 0
+        self.size = 0
+        self.read_state: FileState | None = None  # the reader's state of this file
+
+    def open(self) -> int:
+        if self.fd is None:
+            path = self.folder / self.name
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+            stat = os.fstat(self.fd)
+            self.inode, self.size = stat.st_ino, stat.st_size
+            if self.size == 0 and self.permissions is not None:
+                try:
+                    os.chmod(path, self.permissions)
+                except OSError as e:
+                    warnings.warn(f"Could not chmod {path}: {e}", stacklevel=3)
+        return self.fd
+
+    def append(self, data: bytes) -> int:
+        """Append complete lines (each with its newline); return the offset of the first."""
+        fd = self.fd if self.fd is not None else self.open()
+        offset = self.size
+        written = os.write(fd, data)
+        while written < len(data):  # rare short write: finish the same lines
+            written += os.write(fd, data[written:])
+        self.size = offset + len(data)
+        return offset
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

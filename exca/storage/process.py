@@ -1,0 +1,73 @@
+"""Who is writing: host, pid, process start time, thread; and whether such a process lives.
+
+A pid alone can be reused after its process dies; (pid, start time) cannot, so liveness
+checks on the same host compare both. Names built here are unique and never reused.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import threading
+import time
+
+_SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def safe_name(text: str, max_length: int = 40) -> str:
+    """Reduce text to characters safe in a file name (used for host names)."""
+    cleaned = "".join(c if c in _SAFE else "-" for c in text).strip(".") or "x"
+    return cleaned[:max_length]
+
+
+@functools.cache
+def hostname() -> str:
+    return safe_name(socket.gethostname())
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of a process in clock ticks since boot (None if it does not exist)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    # the command name (field 2) may contain spaces and parentheses: split after the last ")"
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[19])  # field 22 of the whole line
+    except (IndexError, ValueError):
+        return None
+
+
+_SELF: dict[int, int | None] = {}
+
+
+def self_start_time() -> int | None:
+    pid = os.getpid()
+    if pid not in _SELF:  # recomputed after a fork (new pid)
+        _SELF[pid] = process_start_time(pid)
+    return _SELF[pid]
+
+
+def is_alive(host: str, pid: int, start_time: int | None) -> bool | None:
+    """True/False for a process on this host; None when it runs on another host (unknown)."""
+    if host != hostname():
+        return None
+    current = process_start_time(pid)
+    if current is None:
+        return False
+    return start_time is None or current == start_time
+
+
+def unique_name(prefix: str = "") -> str:
+    """A name no other writer, thread or later process will ever produce."""
+    parts = [
+        hostname(),
+        str(os.getpid()),
+        str(threading.get_native_id()),
+        format(time.time_ns() // 1000, "x"),
+        os.urandom(3).hex(),
+    ]
+    return prefix + "-".join(parts)

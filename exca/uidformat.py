@@ -1,0 +1,277 @@
+"""The uid string format: a readable part plus an 8-hex digest of the typed content.
+
+A value is rendered recursively into a pair ``(display, typed hash)``. The display is
+cleaned and truncated at every level so that uids stay short and safe as folder names;
+the typed hash is never truncated, so two configs whose displays collide still get
+different digests. ``v3`` is the default; ``v2`` is the legacy format, kept so that
+existing cache folders can be found (see the SPEC appendix for the exact rules).
+"""
+
+from __future__ import annotations
+
+import collections
+import decimal
+import fractions
+import hashlib
+import logging
+import os
+import re
+import sys
+import typing as tp
+from pathlib import PurePath
+
+logger = logging.getLogger(__name__)
+
+UID_VERSION_ENV = "CONFDICT_UID_VERSION"
+TYPE_BYPASS_ENV = "CONFDICT_UID_TYPE_BYPASS"
+DEFAULT_UID_VERSION = 3
+MAX_DISPLAY_V3 = 128
+MAX_DISPLAY_V2 = 82
+V2_ELISION_KEEP = 35
+
+# v3 keeps A-Z a-z 0-9 { } - = , _ . ( ) ; "/ \ newline tab space" first become "-"
+_V3_ALLOWED = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789{}-=,_.()")
+_V2_ALLOWED = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789{}[]-=,.")
+_DASHED = "/\\\n\t "
+
+
+def _ascii_table(allowed: set[str]) -> dict[int, str | None]:
+    table: dict[int, str | None] = {}
+    for code in range(128):
+        char = chr(code)
+        if char in _DASHED:
+            table[code] = "-"
+        elif char not in allowed:
+            table[code] = None
+    return table
+
+
+_V3_TABLE = _ascii_table(_V3_ALLOWED)
+_V2_TABLE = _ascii_table(_V2_ALLOWED)
+_V3_FORBIDDEN = re.compile(r"[^A-Za-z0-9{}\-=,_.()]")
+_V2_FORBIDDEN = re.compile(r"[^A-Za-z0-9{}\[\]\-=,.]")
+
+
+def uid_version(version: int | None = None) -> int:
+    """The uid format version to use: explicit, else the environment, else 3."""
+    if version is not None:
+        if version not in (2, 3):
+            raise ValueError(f"Unknown uid version {version!r}: use 2 (legacy) or 3")
+        return version
+    env = os.environ.get(UID_VERSION_ENV)
+    if not env:
+        return DEFAULT_UID_VERSION
+    if env not in ("2", "3"):
+        raise ValueError(f"{UID_VERSION_ENV}={env!r} is not a uid version: use 2 or 3")
+    return int(env)
+
+
+def _clean(text: str, table: dict[int, str | None], forbidden: re.Pattern[str]) -> str:
+    if text.isascii():
+        return text.translate(table)
+    return forbidden.sub("", text.translate(table))
+
+
+def _clean_v3(text: str) -> str:
+    text = _clean(text, _V3_TABLE, _V3_FORBIDDEN)
+    if len(text) > MAX_DISPLAY_V3:
+        text = f"{text[:MAX_DISPLAY_V3]}...{len(text) - MAX_DISPLAY_V3}"
+    return text
+
+
+def _float_display(value: float) -> str:
+    magnitude = abs(value)
+    if 1e-3 <= magnitude <= 1e4:
+        return "%.2f" % value
+    return "%.2e" % value
+
+
+def collapse(data: tp.Any) -> tp.Any:
+    """Collapse chains of single-key dicts into dotted keys: {"a": {"b": 1}} -> {"a.b": 1}.
+
+    OrderedDicts are never collapsed (their order is meaningful and kept).
+    Lists/tuples are walked so that dicts inside them collapse too.
+    """
+    if isinstance(data, dict):
+        ordered = isinstance(data, collections.OrderedDict)
+        out: dict[str, tp.Any] = collections.OrderedDict() if ordered else {}
+        for key, value in data.items():
+            value = collapse(value)
+            if not ordered:
+                while (
+                    isinstance(value, dict)
+                    and len(value) == 1
+                    and not isinstance(value, collections.OrderedDict)
+                ):
+                    ((subkey, value),) = value.items()
+                    key = f"{key}.{subkey}"
+            out[key] = value
+        return out
+    if isinstance(data, list | tuple):
+        return type(data)(collapse(item) for item in data) if type(data) in (list, tuple) else data
+    return data
+
+
+def _is_tensor(value: tp.Any) -> bool:
+    torch = sys.modules.get("torch")
+    tensor_cls = getattr(torch, "Tensor", None) if torch is not None else None
+    return isinstance(tensor_cls, type) and isinstance(value, tensor_cls)
+
+
+def _numpy() -> tp.Any:
+    return sys.modules.get("numpy")
+
+
+class _Rendered(tp.NamedTuple):
+    display: str
+    hashed: str
+
+
+class _UidMakerV3:
+    """Renders values in the v3 format (see module docstring)."""
+
+    def render(self, value: tp.Any) -> _Rendered:
+        kind = type(value)
+        if kind is str:
+            return _Rendered(_clean_v3(value), "str:" + value)
+        if kind is int or kind is bool or value is None:
+            text = str(value)
+            return _Rendered(text, "int:" + text)
+        if kind is float:
+            if value.is_integer():
+                text = str(int(value))
+                return _Rendered(text, "int:" + text)
+            return _Rendered(_clean_v3(_float_display(value)), f"float:{hash(value)}")
+        if kind is dict or isinstance(value, dict):
+            return self._render_dict(value)
+        if kind is list or kind is tuple or isinstance(value, list | tuple | set | frozenset):
+            return self._render_seq(value)
+        return self._render_other(value)
+
+    def _render_dict(self, value: dict[tp.Any, tp.Any]) -> _Rendered:
+        items = [(str(key), self.render(sub)) for key, sub in value.items()]
+        if not isinstance(value, collections.OrderedDict):
+            items.sort(key=lambda kv: (len(kv[1].display) + len(kv[0]), kv[0]))
+        display = ",".join(f"{key}={rendered.display}" for key, rendered in items)
+        hashed = ",".join(f"{key}={rendered.hashed}" for key, rendered in items)
+        return _Rendered("{" + _clean_v3(display) + "}", "dict:{" + hashed + "}")
+
+    def _render_seq(self, value: tp.Iterable[tp.Any]) -> _Rendered:
+        rendered = [self.render(item) for item in value]
+        if isinstance(value, set | frozenset):
+            rendered.sort(key=lambda r: r.display)
+        display = ",".join(r.display for r in rendered)
+        hashed = ",".join(r.hashed for r in rendered)
+        return _Rendered("(" + _clean_v3(display) + ")", "seq:(" + hashed + ")")
+
+    def _render_other(self, value: tp.Any) -> _Rendered:
+        if isinstance(value, PurePath):
+            return self.render(str(value))
+        if isinstance(value, str):
+            return self.render(str(value))
+        if isinstance(value, bool):
+            return self.render(bool(value))
+        np = _numpy()
+        if _is_tensor(value):
+            value = value.detach().cpu().numpy()
+        if np is not None:
+            if isinstance(value, np.ndarray):
+                data = hashlib.md5(_array_bytes(np, value)).hexdigest()[:8]
+                core = ",".join(str(dim) for dim in value.shape) + "-" + data
+                return _Rendered(_clean_v3("data-" + core), "array:" + core)
+            if isinstance(value, np.bool_):
+                return self.render(bool(value))
+            if isinstance(value, np.integer):
+                return self.render(int(value))
+            if isinstance(value, np.floating):
+                if float(value).is_integer():
+                    return self.render(int(value))
+                return _Rendered(_clean_v3(_float_display(float(value))), f"float:{hash(value)}")
+        if isinstance(value, int):
+            return self.render(int(value))
+        if isinstance(value, float | decimal.Decimal | fractions.Fraction):
+            if isinstance(value, float) and value.is_integer():
+                return self.render(int(value))
+            return _Rendered(_clean_v3(_float_display(float(value))), f"float:{hash(value)}")
+        return _bypass(value, version=3)
+
+
+def _array_bytes(np: tp.Any, array: tp.Any) -> bytes:
+    return bytes(np.ascontiguousarray(array).data)
+
+
+def _bypass(value: tp.Any, version: int) -> _Rendered:
+    if not os.environ.get(TYPE_BYPASS_ENV):
+        raise TypeError(
+            f"Unsupported type {type(value)!r} in a uid (value {value!r}): use a str, number, "
+            f"bool, None, Path, list, dict or numpy array, or set {TYPE_BYPASS_ENV}=1 to use str()"
+        )
+    logger.warning("Using str() for unsupported type %s in a uid", type(value))
+    text = str(value)
+    try:
+        hashed = str(hash(value))
+    except TypeError:
+        hashed = text
+    if version == 2:
+        return _Rendered(_clean(text, _V2_TABLE, _V2_FORBIDDEN), hashed)
+    return _Rendered(_clean_v3(text), "unknown:" + hashed)
+
+
+class _UidMakerV2:
+    """Renders values in the legacy v2 format (alphabetical keys, untyped hashes)."""
+
+    @staticmethod
+    def _finish(display: str, brackets: str = "") -> str:
+        display = _clean(display, _V2_TABLE, _V2_FORBIDDEN)
+        if brackets:
+            display = brackets[0] + display + brackets[1]
+        if len(display) > MAX_DISPLAY_V2:
+            display = display[:V2_ELISION_KEEP] + "[.]" + display[-V2_ELISION_KEEP:]
+        return display
+
+    def render(self, value: tp.Any) -> _Rendered:
+        np = _numpy()
+        if _is_tensor(value):
+            value = value.detach().cpu().numpy()
+        if isinstance(value, PurePath):
+            value = str(value)
+        if np is not None and isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, dict):
+            keys = list(value) if isinstance(value, collections.OrderedDict) else sorted(value)
+            pairs = [(str(key), self.render(value[key])) for key in keys]
+            display = ",".join(f"{key}={r.display}" for key, r in pairs)
+            hashed = ",".join(r.hashed for _, r in pairs)
+            return _Rendered(self._finish(display, "{}"), hashed)
+        if isinstance(value, list | tuple | set | frozenset):
+            items = [self.render(item) for item in value]
+            if isinstance(value, set | frozenset):
+                items.sort(key=lambda r: r.display)
+            display = ",".join(r.display for r in items)
+            return _Rendered(self._finish(display, "[]"), ",".join(r.hashed for r in items))
+        if np is not None and isinstance(value, np.ndarray):
+            digest = hashlib.md5(_array_bytes(np, value)).hexdigest()
+            return _Rendered(self._finish("data-" + digest[:8]), digest)
+        if value is None or isinstance(value, str | int):
+            return _Rendered(self._finish(str(value)), str(value))
+        if isinstance(value, float | decimal.Decimal | fractions.Fraction):
+            return _Rendered(self._finish(_float_display(float(value))), str(hash(value)))
+        return _bypass(value, version=2)
+
+
+_MAKERS: dict[int, _UidMakerV3 | _UidMakerV2] = {3: _UidMakerV3(), 2: _UidMakerV2()}
+
+
+def to_uid(data: tp.Any, version: int | None = None) -> str:
+    """The uid string of a (nested) dict of config values ("" when empty)."""
+    version = uid_version(version)
+    rendered = _MAKERS[version].render(collapse(data))
+    display = rendered.display
+    if not display or display in ("{}", "()", "[]"):
+        return ""
+    if display[0] in "{([" and display[-1] in "})]":
+        display = display[1:-1]
+    digest = hashlib.md5(rendered.hashed.encode("utf8")).hexdigest()[:8]
+    return f"{display}-{digest}"
