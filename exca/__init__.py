@@ -1,1 +1,18 @@
+"""exca: turn a pydantic config into a cached, distributable, composable computation."""
+
+from . import cachedict
+from .confdict import ConfDict
+from .infra import MapInfra, TaskInfra
+
 __version__ = "0.1.0"
+
+__all__ = ["ConfDict", "MapInfra", "TaskInfra", "__version__", "cachedict", "helpers"]
+
+
+def __getattr__(name: str) -> object:
+    # heavier or optional parts load on first use (keeps `import exca` fast)
+    if name in ("helpers", "graph", "workdir", "slurm"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

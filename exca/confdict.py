@@ -26,8 +26,8 @@ def _to_confdict_value(value: tp.Any) -> tp.Any:
     """Plain dicts become ConfDicts (recursively, also inside lists); OrderedDicts are kept."""
     if isinstance(value, dict) and not isinstance(value, ConfDict | collections.OrderedDict):
         return ConfDict(value)
-    if type(value) is list and any(isinstance(item, dict) for item in value):
-        return [_to_confdict_value(item) for item in value]
+    if type(value) is list and any(isinstance(item, dict | list) for item in value):
+        return [_to_confdict_value(item) for item in value]  # also lists of lists of dicts
     return value
 
 

@@ -159,7 +159,7 @@ class _UidMakerV3:
     def _render_seq(self, value: tp.Iterable[tp.Any]) -> _Rendered:
         rendered = [self.render(item) for item in value]
         if isinstance(value, set | frozenset):
-            rendered.sort(key=lambda r: r.display)
+            rendered.sort()  # by display; ties (e.g. ":" and ";" both clean to "") by hash
         display = ",".join(r.display for r in rendered)
         hashed = ",".join(r.hashed for r in rendered)
         return _Rendered("(" + _clean_v3(display) + ")", "seq:(" + hashed + ")")
@@ -248,7 +248,7 @@ class _UidMakerV2:
         if isinstance(value, list | tuple | set | frozenset):
             items = [self.render(item) for item in value]
             if isinstance(value, set | frozenset):
-                items.sort(key=lambda r: r.display)
+                items.sort()  # by display, then hash: independent of PYTHONHASHSEED
             display = ",".join(r.display for r in items)
             return _Rendered(self._finish(display, "[]"), ",".join(r.hashed for r in items))
         if np is not None and isinstance(value, np.ndarray):

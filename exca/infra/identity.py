@@ -21,6 +21,7 @@ import pydantic_core
 MODEL_UID_FIELDS_ATTR = "_exca_uid_fields"  # ClassVar: only these fields enter a uid ("." = none)
 OVERRIDE_HOOK = "_exca_uid_dict_override"
 EXCLUDE_ATTR = "_exclude_from_cls_uid"
+PREFIX_HOOK = "_exca_uid_prefix"  # method giving keys always exported first (discriminators)
 _NO_DEFAULT: tp.Any = object()
 
 
@@ -209,7 +210,8 @@ class _Exporter:
             if facts.has_override:
                 return dict(getattr(model, OVERRIDE_HOOK)())
         excluded = _exclusions(model, facts) if self.uid else frozenset()
-        out: dict[str, tp.Any] = {}
+        prefix = getattr(model, PREFIX_HOOK, None)
+        out: dict[str, tp.Any] = dict(prefix()) if prefix is not None else {}
         for field in facts.fields:
             name = field.name
             if name in excluded or name not in dumped:

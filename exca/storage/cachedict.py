@@ -8,6 +8,7 @@ need no lock. Reads are incremental. A key is any string; it never becomes a pat
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import shutil
@@ -83,6 +84,7 @@ class CacheDict(tp.Generic[X]):
         )
         self._local = _ThreadState()
         self._read_once = False
+        self._ram_errors = 0  # cached errors held in RAM (values_of must check them)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.folder)!r}, keep_in_ram={self.keep_in_ram})"
@@ -156,12 +158,27 @@ class CacheDict(tp.Generic[X]):
 
     def missing(self, keys: tp.Iterable[str]) -> list[str]:
         """The keys (in order, deduplicated) that are not in the cache: one folder read."""
-        ram = self._ram
         entries = self._entries()
-        out = [k for k in dict.fromkeys(keys) if k not in ram and k not in entries]
+        out = list(itertools.filterfalse(entries.__contains__, dict.fromkeys(keys)))
+        if out and self._ram:
+            out = list(itertools.filterfalse(self._ram.__contains__, out))
         if out and self._refresh_on_miss():
-            out = [k for k in out if k not in entries]
+            out = list(itertools.filterfalse(entries.__contains__, out))
         return out
+
+    def values_of(self, keys: tp.Sequence[str], where: str = "") -> tp.Iterator[X]:
+        """Lazy values of keys, in order; a cached error raises (naming its key)."""
+        ram = self._ram
+        if self.keep_in_ram and not self._ram_errors and all(map(ram.__contains__, keys)):
+            return map(ram.__getitem__, keys)
+        return self._iter_values(keys, where)
+
+    def _iter_values(self, keys: tp.Sequence[str], where: str) -> tp.Iterator[X]:
+        for key in keys:
+            value = self[key]
+            if type(value) is CachedError:
+                raise value.to_exception(f"{where} item {key!r}" if where else repr(key))
+            yield value
 
     def entry_type(self, key: str) -> str | None:
         """The stored format name of an entry (``"Error"`` for cached errors), without loading."""
@@ -197,6 +214,8 @@ class CacheDict(tp.Generic[X]):
         value: X = self._loader.load(entry[2])  # type: ignore[union-attr]
         if self.keep_in_ram:
             ram[key] = value
+            if type(value) is CachedError:
+                self._ram_errors += 1
         return value
 
     def get(self, key: str, default: tp.Any = None) -> tp.Any:
@@ -291,6 +310,8 @@ class CacheDict(tp.Generic[X]):
         if type(key) is not str and not isinstance(key, str):
             raise TypeError(f"CacheDict keys must be str, got {key!r} ({type(key).__name__})")
         reader = self._reader
+        if type(value) is CachedError and (reader is None or self.keep_in_ram):
+            self._ram_errors += 1
         if reader is None:
             self._ram[key] = value
             return
@@ -299,7 +320,7 @@ class CacheDict(tp.Generic[X]):
             raise RuntimeError(
                 f"Writing {key!r} outside of a write context: use `with cache.write(): cache[key] = value`"
             )
-        if key in reader.entries or key in self._ram:
+        if key in self._ram or key in self._entries():  # a fresh instance reads the folder once
             raise ValueError(f"Key {key!r} is already in the cache {self.folder} (no overwrite)")
         writer = local.writer
         if writer is None or local.generation != _FORK_GENERATION:
@@ -320,6 +341,57 @@ class CacheDict(tp.Generic[X]):
         if self.keep_in_ram:
             self._ram[key] = value
 
+    def set_many(self, pairs: tp.Iterable[tuple[str, X]]) -> None:
+        """Write many entries at once (inside ``write()``): their payloads, then all their
+        index lines in one append. A crash leaves none or a prefix of them, never a wrong one."""
+        reader = self._reader
+        if reader is None:
+            pairs = list(pairs)
+            self._ram_errors += sum(type(v) is CachedError for _, v in pairs)
+            self._ram.update(pairs)
+            return
+        local = self._local
+        if not local.writing:
+            raise RuntimeError("set_many must be called inside `with cache.write():`")
+        writer = local.writer
+        if writer is None or local.generation != _FORK_GENERATION:
+            writer = self._session()[0]
+        ctx: DumpContext = local.ctx
+        entries = reader.entries
+        records: list[dict[str, tp.Any]] = []
+        lines: list[bytes] = []
+        values: list[tuple[str, X]] = []
+        ctx.start_batch()
+        try:
+            for key, value in pairs:
+                if type(key) is not str and not isinstance(key, str):
+                    raise TypeError(f"CacheDict keys must be str, got {key!r}")
+                if key in entries or key in self._ram:
+                    raise ValueError(f"Key {key!r} is already in the cache {self.folder}")
+                info = ctx.dump_entry(key, value, self.cache_type)
+                records.append(info)
+                lines.append(orjson.dumps(info))
+                values.append((key, value))
+        finally:
+            ctx.flush_batch()  # payloads are on disk before any of their index lines
+        if not lines:
+            return
+        offset = writer.append(b"\n".join(lines) + b"\n")
+        state = writer.read_state
+        if state is None:
+            state = writer.read_state = reader.own_file(writer.name, writer.inode)
+        for info, line in zip(records, lines):
+            if type(info.get("v")) is orjson.Fragment:
+                info = orjson.loads(line)
+            key = info["#key"]
+            entries[key] = (writer.name, offset, info)
+            state.keys.add(key)
+            offset += len(line) + 1
+        state.offset = writer.size
+        if self.keep_in_ram:
+            self._ram_errors += sum(type(v) is CachedError for _, v in values)
+            self._ram.update(values)
+
     def __delitem__(self, key: str) -> None:
         in_ram = key in self._ram
         self._ram.pop(key, None)
@@ -333,25 +405,31 @@ class CacheDict(tp.Generic[X]):
                 return
             raise KeyError(key)
         writer, ctx = self._session()
-        line = orjson.dumps({"#del": key, "#of": f"{entry.file}:{entry.offset}"}) + b"\n"
+        assert self._reader is not None
+        # every copy this reader knows of (duplicates written by concurrent writers)
+        copies = [Entry(*c) for c in self._reader.copies(key)] or [entry]
+        lines = b"".join(
+            orjson.dumps({"#del": key, "#of": f"{c.file}:{c.offset}"}) + b"\n" for c in copies
+        )
         try:
-            writer.append(line)
+            writer.append(lines)
         finally:
             if not self._local.writing:
                 writer.close()
-        assert self._reader is not None
         state = writer.read_state or self._reader.own_file(writer.name, writer.inode)
         writer.read_state = state
         state.offset = writer.size
-        self._reader.apply_tombstone(key, entry.id)
-        try:
-            ctx.delete(entry.info)  # payload files owned by this entry only
-        except OSError as e:
-            logger.warning("Could not remove the payload of %r in %s: %s", key, self.folder, e)
+        for copy in copies:
+            self._reader.apply_tombstone(key, copy.id)
+            try:
+                ctx.delete(copy.info)  # payload files owned by this entry only
+            except OSError as e:
+                logger.warning("Could not remove the payload of %r in %s: %s", key, self.folder, e)
 
     def clear(self) -> None:
         """Remove every entry (index files first, then payloads); the folder is kept."""
         self._ram.clear()
+        self._ram_errors = 0
         if self.folder is None or not self.folder.exists():
             return
         for item in os.scandir(self.folder):

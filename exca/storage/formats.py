@@ -25,6 +25,7 @@ from pathlib import Path
 import orjson
 
 INLINE_MAX_BYTES = 512
+BUFFER_FLUSH_BYTES = 16 << 20  # batched payload bytes kept in memory before writing
 MEMMAP_ARRAY_FILE_MAX_CACHE = 1024  # memory maps kept open per reader
 ALIGNMENT = 64  # byte alignment of arrays in shared data files
 DATA_DIR = "data"
@@ -80,11 +81,14 @@ class SharedFile:
         path.parent.mkdir(exist_ok=True)
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
         self.size = os.fstat(self.fd).st_size
+        self.pending: bytearray | None = None  # batched writes: bytes not written yet
         if permissions is not None and self.size == 0:
             _chmod(path, permissions)
 
     def append(self, data: tp.Any, tail: bytes = b"", align: int = 1) -> int:
         """Write data (then tail) contiguously, after padding to `align`; return data's offset."""
+        if self.pending is not None:
+            return self._buffer(data, tail, align)
         pad = (-self.size) % align
         nbytes = memoryview(data).nbytes
         if pad or tail:
@@ -98,8 +102,36 @@ class SharedFile:
         self.size += total
         return offset
 
+    def _buffer(self, data: tp.Any, tail: bytes, align: int) -> int:
+        pending = self.pending
+        assert pending is not None
+        pad = (-self.size) % align
+        if pad:
+            pending += _ZEROS[:pad]
+        offset = self.size + pad
+        pending += memoryview(data).cast("B") if not isinstance(data, bytes) else data
+        pending += tail
+        self.size = offset + memoryview(data).nbytes + len(tail)
+        if len(pending) > BUFFER_FLUSH_BYTES:
+            self.flush()
+            self.pending = bytearray()
+        return offset
+
+    def start_batch(self) -> None:
+        if self.pending is None:
+            self.pending = bytearray()
+
+    def flush(self) -> None:
+        """Write buffered bytes (a batch's payloads go to disk before its index lines)."""
+        pending = self.pending
+        if pending:
+            _write_all(self.fd, [pending], len(pending))
+        self.pending = None
+
     def append_array(self, array: tp.Any, align: int) -> int:
         """Append a C-contiguous array's bytes (padded to `align`); return their offset."""
+        if self.pending is not None:
+            return self._buffer(array.reshape(-1) if array.ndim != 1 else array, b"", align)
         pad = (-self.size) % align
         nbytes = array.nbytes
         if not array.ndim:  # 0-d arrays do not export a buffer os.write accepts
@@ -184,6 +216,7 @@ class DumpContext:
         self._maps: OrderedDict[str, mmap.mmap] = OrderedDict()
         self._lock = threading.Lock()
         self._dispatch_memo: dict[tuple[type, str | None], tuple[str, tp.Any, bool]] = {}
+        self.batching = False
 
     # --- registry --------------------------------------------------------------------------
     @classmethod
@@ -247,12 +280,15 @@ class DumpContext:
         """(stored name, handler, values dump themselves) for a value type: memoized."""
         found = self._dispatch_memo.get((kind, cache_type))
         if found is None:
+            if cache_type is not None and hasattr(kind, "__dump_info__"):
+                cache_type = None  # values that describe themselves keep their own format
             name = cache_type or self.DEFAULTS.get(kind) or self.default_name(kind)
             name = self.options.replace.get(name, name)
             name = self.ALIASES.get(name, name)
             handler = self.handler(name)
             itself = _dumps_itself(handler) and issubclass(kind, handler)
-            found = self._dispatch_memo[(kind, cache_type)] = (name, handler, itself)
+            found = (name, handler, itself)
+            self._dispatch_memo[(kind, cache_type)] = found
         return found
 
     def dump(self, value: tp.Any, cache_type: str | None = None) -> dict[str, tp.Any]:
@@ -326,13 +362,27 @@ class DumpContext:
             shared = SharedFile(
                 self.folder, f"{DATA_DIR}/{self.session_name}{suffix}", self.permissions
             )
+            if self.batching:
+                shared.start_batch()
             self._shared[suffix] = shared
         return shared
 
     def close_shared(self) -> None:
         for shared in self._shared.values():
+            shared.flush()
             shared.close()
         self._shared.clear()
+
+    def start_batch(self) -> None:
+        """Buffer shared-file payloads in memory until ``flush_batch``."""
+        self.batching = True
+        for shared in self._shared.values():
+            shared.start_batch()
+
+    def flush_batch(self) -> None:
+        self.batching = False
+        for shared in self._shared.values():
+            shared.flush()
 
     def read_bytes(self, name: str, offset: int, length: int) -> bytes:
         with open(self.folder / name, "rb") as handle:
@@ -441,9 +491,16 @@ def _load_memmap(ctx: DumpContext, info: dict[str, tp.Any]) -> tp.Any:
     return np.frombuffer(mapped, dtype, count, offset).reshape(shape)
 
 
+def _fresh(value: tp.Any) -> tp.Any:
+    """A copy of an inline dict/list: never hand out the index's own (mutable) object."""
+    if type(value) is dict or type(value) is list:
+        return orjson.loads(orjson.dumps(value))
+    return value
+
+
 def _load_inline(ctx: DumpContext, info: dict[str, tp.Any]) -> tp.Any:
     if "v" in info and "f" not in info:
-        return info["v"]
+        return _fresh(info["v"])
     handler = DumpContext.handler(info["#type"])
     return handler.__load_from_info__(ctx, **{k: v for k, v in info.items() if k[0] != "#"})
 
@@ -542,7 +599,7 @@ class Json:
         n: int = 0,
     ) -> tp.Any:
         if f is None:
-            return v
+            return _fresh(v)
         return orjson.loads(ctx.read_bytes(f, o, n))
 
 
@@ -691,6 +748,10 @@ class Result:
             _delete_file(ctx, filename)
 
 
+class ComputationError(RuntimeError):
+    """A cached error whose original exception type could not be restored."""
+
+
 class CachedError:
     """An exception stored in a cache: type, message, traceback, and the exception itself
     when it pickles (so it can be re-raised with its original type)."""
@@ -715,6 +776,23 @@ class CachedError:
 
     def __repr__(self) -> str:
         return f"CachedError({self.type_name}: {self.message})"
+
+    def to_exception(self, where: str) -> BaseException:
+        """The exception to raise for this cached error: the original type when it could be
+        restored, with where it happened and its original traceback attached as a note."""
+        import copy
+
+        note = f"exca: cached error of {where}; original traceback:\n{self.traceback_text}"
+        if self.exception is not None:
+            try:
+                exc = copy.copy(self.exception)
+            except Exception:
+                exc = self.exception
+            exc.__notes__ = [note]
+            return exc
+        error = ComputationError(f"{self.type_name}: {self.message}")
+        error.add_note(note)
+        return error
 
     def __dump_info__(self, ctx: DumpContext) -> dict[str, tp.Any]:
         info: dict[str, tp.Any] = {

@@ -66,6 +66,9 @@ class IndexReader:
         self.entries: dict[str, tuple[str, int, dict[str, tp.Any]]] = {}
         self._files: dict[str, FileState] = {}
         self._deleted: set[EntryId] = set()
+        # other live entries of a key whose current entry came from a later-read line:
+        # a tombstone of the current one promotes one of them (file read order is arbitrary)
+        self._shadowed: dict[str, list[tuple[str, int, dict[str, tp.Any]]]] = {}
         self._lock = threading.RLock()
 
     def refresh(self) -> None:
@@ -89,9 +92,22 @@ class IndexReader:
     def _forget_file(self, name: str) -> None:
         state = self._files.pop(name)
         for key in state.keys:
+            shadows = self._shadowed.get(key)
+            if shadows:
+                shadows[:] = [s for s in shadows if s[0] != name]
             entry = self.entries.get(key)
             if entry is not None and entry[0] == name:
                 del self.entries[key]
+                if shadows:
+                    self.entries[key] = shadows.pop()
+            if shadows is not None and not shadows:
+                del self._shadowed[key]
+
+    def _shadow(self, key: str, new: tuple[str, int, dict[str, tp.Any]]) -> None:
+        """Remember the current entry of a key about to be replaced by another live entry."""
+        old = self.entries.get(key)
+        if old is not None and (old[0], old[1]) != (new[0], new[1]):
+            self._shadowed.setdefault(key, []).append(old)
 
     def _read_file(self, name: str) -> None:
         path = self.folder / name
@@ -139,9 +155,11 @@ class IndexReader:
             return False
         offsets = itertools.accumulate(map(_PLUS_NEWLINE, map(len, lines)), initial=state.offset)
         located = zip(itertools.repeat(name), offsets, records)
-        if self._deleted:
+        if self._deleted or (self.entries and not self.entries.keys().isdisjoint(keys)):
             pairs = [(k, e) for k, e in zip(keys, located) if (e[0], e[1]) not in self._deleted]
-            self.entries.update(pairs)
+            for key, entry in pairs:  # rare: duplicate keys or deletions in the folder
+                self._shadow(key, entry)
+                self.entries[key] = entry
             state.keys.update(k for k, _ in pairs)
         else:
             self.entries.update(zip(keys, located))
@@ -164,7 +182,9 @@ class IndexReader:
                 if "#type" not in record or type(key) is not str:
                     _warn_bad_line(self.folder / name, offset, line)
                 elif (name, offset) not in self._deleted:
-                    self.entries[key] = (name, offset, record)
+                    entry = (name, offset, record)
+                    self._shadow(key, entry)
+                    self.entries[key] = entry
                     state.keys.add(key)
                 continue
             target = record.get("#of") if type(record) is dict else None
@@ -178,9 +198,26 @@ class IndexReader:
     def apply_tombstone(self, key: tp.Any, target: EntryId) -> None:
         with self._lock:
             self._deleted.add(target)
-            entry = self.entries.get(key) if isinstance(key, str) else None
+            if not isinstance(key, str):
+                return
+            shadows = self._shadowed.get(key)
+            if shadows:
+                shadows[:] = [s for s in shadows if (s[0], s[1]) != target]
+            entry = self.entries.get(key)
             if entry is not None and (entry[0], entry[1]) == target:
                 del self.entries[key]
+                if shadows:  # another live copy of the key was read earlier
+                    self.entries[key] = shadows.pop()
+            if shadows is not None and not shadows:
+                del self._shadowed[key]
+
+    def copies(self, key: str) -> list[tuple[str, int, dict[str, tp.Any]]]:
+        """Every live entry of a key that was read (the current one first)."""
+        with self._lock:
+            current = self.entries.get(key)
+            if current is None:
+                return []
+            return [current, *self._shadowed.get(key, [])]
 
     def own_file(self, name: str, inode: int) -> FileState:
         """The read state of a file this process writes (so refresh skips its own lines)."""

@@ -1,0 +1,57 @@
+"""Entry points used by decorated calls: a cache hit returns at once (no claim, no
+networkx, no submitit); anything else goes through the scheduler."""
+
+from __future__ import annotations
+
+import typing as tp
+
+from . import registry, store
+from .jobs import Job
+from .node import Node
+
+
+def task_result(node: Node) -> tp.Any:
+    """The result of a task node: from the cache when it can be reused, else computed."""
+    mode = node.mode
+    if mode != "force":
+        state = store.task_state(node)
+        if state == "done" or (state == "error" and mode != "retry"):
+            return store.task_result(node)
+    from .scheduler import Scheduler
+
+    Scheduler([node]).run()
+    return store.task_result(node)
+
+
+def task_job(node: Node) -> Job:
+    """The job of a task node, submitting it when there is none (does not wait)."""
+    from .executors import resolve_cluster
+    from .scheduler import Scheduler
+
+    mode = node.mode
+    state = store.task_state(node)
+    record = registry.latest(node.folder)
+    reusable = state == "done" or (state == "error" and mode != "retry")
+    if mode != "force" and (reusable or (record is not None and registry.is_active(record))):
+        job = registry.submitit_job(record) if record is not None else None
+        return Job(node, job, record.cluster if record is not None else None)
+    cluster = node.execution.cluster
+    if cluster is None:
+        try:
+            Scheduler([node]).run()
+        except Exception:  # cached with the result: job.result() raises it
+            pass
+        return Job(node, None, None)
+    handles = Scheduler([node]).submit()
+    handle = handles[node.key][0] if handles.get(node.key) else None
+    job = None if handle is None else handle.submitit_job
+    return Job(node, job, resolve_cluster(cluster))
+
+
+def map_items(node: Node, uids: list[str]) -> None:
+    """Make sure every item of a map node is in its cache (computing the missing ones)."""
+    if node.mode in ("cached", "read-only") and not node.cache.missing(uids):
+        return
+    from .scheduler import Scheduler
+
+    Scheduler([node], item_uids={node.key: uids}).run()

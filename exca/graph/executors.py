@@ -1,0 +1,321 @@
+"""Where units run: the caller's thread, a thread/process pool, or submitit jobs.
+
+Each submission of a list of units returns one handle per unit. Results never travel
+through handles (workers write them into the cache); handles only say whether a unit's
+job is over, and how it ended when it left no result.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import functools
+import getpass
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import typing as tp
+from pathlib import Path
+
+from .node import Execution
+from .worker import Report, Unit, run_unit
+
+logger = logging.getLogger("exca")
+FAILED_STATES = ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
+                 "BOOT_FAIL", "DEADLINE", "INTERRUPTED", "REVOKED")
+
+
+# --- cluster detection ---------------------------------------------------------------------
+@functools.cache
+def slurm_answers() -> bool:
+    """True when a Slurm controller answers (not merely when srun is on PATH)."""
+    if shutil.which("scontrol") is None:
+        return False
+    try:
+        out = subprocess.run(
+            ["scontrol", "ping"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and "UP" in out.stdout
+
+
+def resolve_cluster(cluster: str | None) -> str | None:
+    """``auto`` becomes ``slurm`` when a controller answers, else ``local``."""
+    if cluster == "auto":
+        return "slurm" if slurm_answers() else "local"
+    return cluster
+
+
+@functools.cache
+def max_array_size() -> int:
+    """Slurm's MaxArraySize (arrays larger than that are split)."""
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "config"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 1001
+    for line in out.splitlines():
+        if line.strip().startswith("MaxArraySize"):
+            try:
+                return int(line.split("=", 1)[1].strip())
+            except ValueError:
+                break
+    return 1001
+
+
+def format_logs(template: str, folder: Path | None) -> str:
+    """Resolve ``{folder}`` and ``{user}`` in a log folder template (``%j`` stays)."""
+    return template.replace("{folder}", str(folder)).replace("{user}", getpass.getuser())
+
+
+# --- handles -------------------------------------------------------------------------------
+class Handle:
+    """What the scheduler knows about the job running one unit."""
+
+    job_id = ""
+    cluster: str | None = None
+
+    def done(self) -> bool:
+        raise NotImplementedError
+
+    def error(self) -> BaseException | None:
+        """The exception that ended the job, if it failed (only meaningful once done)."""
+        return None
+
+    def ended_how(self) -> str:
+        """A short description of how a job ended without writing its result."""
+        error = self.error()
+        return f"{type(error).__name__}: {error}" if error is not None else "ended"
+
+    def cancel(self) -> None:
+        pass
+
+    @property
+    def submitit_job(self) -> tp.Any:
+        return None
+
+
+class DoneHandle(Handle):
+    """A unit that already ran in the caller's thread."""
+
+    def __init__(self, error: BaseException | None = None, job_id: str = "#local#") -> None:
+        self._error = error
+        self.job_id = job_id
+
+    def done(self) -> bool:
+        return True
+
+    def error(self) -> BaseException | None:
+        return self._error
+
+
+class FutureHandle(Handle):
+    def __init__(self, future: concurrent.futures.Future[tp.Any], cluster: str) -> None:
+        self.future = future
+        self.cluster = cluster
+        self.job_id = f"#{cluster}#"
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def error(self) -> BaseException | None:
+        if not self.future.done() or self.future.cancelled():
+            return None
+        return self.future.exception()
+
+    def cancel(self) -> None:
+        self.future.cancel()
+
+
+class SubmititHandle(Handle):
+    def __init__(self, job: tp.Any, cluster: str) -> None:
+        self.job = job
+        self.cluster = cluster
+        self.job_id = str(job.job_id)
+        self._done = False
+
+    @property
+    def submitit_job(self) -> tp.Any:
+        return self.job
+
+    def done(self) -> bool:
+        if not self._done:
+            self._done = bool(self.job.done())
+        return self._done
+
+    def state(self) -> str:
+        try:
+            return str(self.job.state)
+        except Exception:  # watcher/sacct hiccup
+            return "UNKNOWN"
+
+    def error(self) -> BaseException | None:
+        try:
+            return tp.cast(BaseException | None, self.job.exception())
+        except Exception as e:  # noqa: BLE001 - submitit raises for uncompleted jobs
+            return e
+
+    def ended_how(self) -> str:
+        state = self.state()
+        if self.cluster == "slurm" and state in ("UNKNOWN", "RUNNING", "PENDING", "COMPLETING"):
+            self.job.watcher.update()  # force a fresh sacct look before describing it
+            state = self.state()
+        kinds = {
+            "CANCELLED": "was cancelled",
+            "TIMEOUT": "timed out",
+            "OUT_OF_MEMORY": "ran out of memory",
+            "NODE_FAIL": "lost its node",
+            "PREEMPTED": "was preempted",
+            "INTERRUPTED": "was interrupted (killed)",
+        }
+        for key, text in kinds.items():
+            if state.startswith(key):
+                return f"job {self.job_id} {text} (state {state})"
+        error = self.error()
+        detail = f": {type(error).__name__}: {str(error)[-2000:]}" if error is not None else ""
+        return f"job {self.job_id} ended with state {state} without writing its result{detail}"
+
+    def cancel(self) -> None:
+        with contextlib.suppress(Exception):
+            self.job.cancel(check=False)
+
+
+# --- executors -------------------------------------------------------------------------------
+def run_inline(unit: Unit, progress: tp.Callable[[int], None] | None = None) -> DoneHandle:
+    """Run a unit now, in the caller's thread (exceptions are kept in the handle)."""
+    try:
+        run_unit(unit, progress)
+    except Exception as error:
+        return DoneHandle(error)
+    return DoneHandle()
+
+
+def run_unit_quietly(unit: Unit) -> Report | BaseException:
+    """For the debug executor without a terminal: return failures instead of raising (submitit
+    would open a pdb post-mortem nobody can answer); the cache holds the error anyway."""
+    try:
+        return run_unit(unit)
+    except Exception as error:
+        return error
+
+
+def _run_pickled(payload: bytes) -> Report:
+    import cloudpickle
+
+    unit = cloudpickle.loads(payload)
+    return run_unit(unit)
+
+
+class Pools:
+    """Thread and process pools of one run (created on first use, shut down at the end)."""
+
+    def __init__(self) -> None:
+        self._pools: dict[str, concurrent.futures.Executor] = {}
+
+    @staticmethod
+    def workers(count: int, max_jobs: int | None) -> int:
+        cpus = os.cpu_count() or 2
+        limit = max(1, cpus - 1)
+        if max_jobs:
+            limit = min(limit, max_jobs)
+        return max(1, min(count, limit))
+
+    def submit(self, units: list[Unit], cluster: str, max_jobs: int | None) -> list[Handle]:
+        pool = self._pools.get(cluster)
+        if pool is None:
+            workers = self.workers(len(units), max_jobs)
+            if cluster == "processpool":
+                import multiprocessing
+
+                context = multiprocessing.get_context("fork")
+                pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+            else:
+                pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="exca")
+            self._pools[cluster] = pool
+        handles: list[Handle] = []
+        if cluster == "processpool":
+            import cloudpickle
+
+            for unit in units:
+                handles.append(FutureHandle(pool.submit(_run_pickled, cloudpickle.dumps(unit)), cluster))
+        else:
+            for unit in units:
+                handles.append(FutureHandle(pool.submit(run_unit, unit), cluster))
+        return handles
+
+    def shutdown(self, cancel: bool = False) -> None:
+        for pool in self._pools.values():
+            pool.shutdown(wait=not cancel, cancel_futures=cancel)
+        self._pools.clear()
+
+
+def submitit_executor(execution: Execution, logs: str) -> tp.Any:
+    """A configured ``submitit.AutoExecutor`` for an execution (logs: folder with %j)."""
+    import submitit
+
+    cluster = resolve_cluster(execution.cluster)
+    kwargs: dict[str, tp.Any] = {}
+    if execution.conda_env is not None:
+        kwargs["slurm_python"] = _conda_python(execution.conda_env)
+    executor = submitit.AutoExecutor(folder=logs, cluster=cluster, **kwargs)
+    params = {k: v for k, v in execution.params if v is not None}
+    if execution.job_name and "name" not in params:
+        params["name"] = execution.job_name
+    executor.update_parameters(**params)
+    if execution.max_pickle_size_gb is not None:
+        executor._executor.max_pickle_size_gb = execution.max_pickle_size_gb
+    return executor
+
+
+def _conda_python(env: str) -> str:
+    path = Path(env)
+    if not path.is_absolute():
+        import sys
+
+        envs = Path(sys.executable).parents[2]
+        path = envs / env if envs.name == "envs" else envs / "envs" / env
+    python = path / "bin" / "python"
+    if not python.exists():
+        raise ValueError(f"conda_env={env!r}: no python at {python}")
+    return str(python)
+
+
+def submit_array(
+    units: list[Unit],
+    execution: Execution,
+    logs: str,
+    parallelism: int | None = None,
+    dependencies: tp.Sequence[str] = (),
+) -> list[SubmititHandle]:
+    """Submit units as one submitit array (split at Slurm's MaxArraySize)."""
+    import submitit
+
+    executor = submitit_executor(execution, logs)
+    cluster = executor.cluster
+    if cluster == "slurm":
+        extra: dict[str, tp.Any] = {"array_parallelism": parallelism or len(units)}
+        if dependencies:
+            params = dict(executor._executor.parameters.get("additional_parameters", {}) or {})
+            params["dependency"] = "afterany:" + ":".join(dependencies)
+            extra["additional_parameters"] = params
+        executor._executor.update_parameters(**extra)
+    size = max_array_size() if cluster == "slurm" else len(units) or 1
+    function: tp.Callable[[Unit], tp.Any] = run_unit
+    if cluster == "debug" and not sys.stdin.isatty():
+        function = run_unit_quietly
+    context = execution.workdir.activate() if execution.workdir is not None else contextlib.nullcontext()
+    jobs: list[tp.Any] = []
+    with submitit.helpers.clean_env(), context:
+        for start in range(0, len(units), size):
+            part = units[start : start + size]
+            if len(part) == 1:
+                jobs.append(executor.submit(function, part[0]))
+                continue
+            with executor.batch():
+                part_jobs = [executor.submit(function, unit) for unit in part]
+            jobs.extend(part_jobs)
+    return [SubmititHandle(job, cluster) for job in jobs]

@@ -1,0 +1,126 @@
+"""Nodes: immutable descriptions of one cached computation (a task, or a map over items).
+
+A node knows what to call, where its results live (its folder and CacheDict), how its
+missing work should run (``Execution``), and which nodes must be done before it
+(``inputs`` feed it values; ``chained`` only order it). Its identity is its folder:
+``<root>/<step>/<config uid>[/inputs-<digest>]``; equal identity means the same node.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import typing as tp
+from pathlib import Path
+
+from ..storage.cachedict import CacheDict
+
+TASK_KEY = "result"  # the CacheDict key of a task node's result
+Mode = tp.Literal["cached", "retry", "force", "read-only"]
+INLINE_CLUSTERS = (None, "inline")
+POOL_CLUSTERS = ("threadpool", "processpool")
+SUBMITIT_CLUSTERS = ("local", "debug", "slurm", "auto")
+
+
+@dataclasses.dataclass(frozen=True)
+class Execution:
+    """How and where missing work of a node runs (never part of any uid)."""
+
+    cluster: str | None = None
+    params: tuple[tuple[str, tp.Any], ...] = ()  # submitit parameters (name, value)
+    logs: str | None = None  # submitit log folder, with %j
+    max_jobs: int | None = None  # maps: at most this many jobs/chunks
+    min_items_per_job: int = 1
+    conda_env: str | None = None
+    max_pickle_size_gb: float | None = None
+    workdir: tp.Any = None  # an object with an ``activate()`` context manager
+    job_name: str | None = None
+
+    @property
+    def group_key(self) -> str:
+        """Nodes whose missing work can share one array have equal group keys."""
+        workdir = getattr(self.workdir, "folder", None)
+        return repr((self.cluster, self.params, self.conda_env, self.max_pickle_size_gb, workdir))
+
+    def describe(self) -> str:
+        """Where work would run, e.g. ``slurm(cpus_per_task=2, slurm_partition=debug)``."""
+        where = self.cluster or "inline"
+        shown = [f"{k}={v}" for k, v in self.params if v is not None and k != "name"]
+        return f"{where}({', '.join(shown)})" if shown and where not in ("inline",) else where
+
+
+@dataclasses.dataclass(frozen=True)
+class Value:
+    """A concrete input value of a task node, with the uid that identifies it."""
+
+    value: tp.Any
+    uid: str
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Node:
+    """One cached computation (see module docstring).
+
+    Task nodes call ``function(*input values)``; map nodes call ``function(items)`` and
+    store one entry per item, keyed by ``item_uid(item)``.
+    """
+
+    kind: tp.Literal["task", "map"]
+    step: str  # "<module>.<Class>.<method>,<version>"
+    config_uid: str  # "default" when the config uid is empty
+    root: Path | None  # the cache root folder (None: RAM only or no cache)
+    function: tp.Callable[..., tp.Any]
+    cache: CacheDict[tp.Any]
+    mode: Mode = "cached"
+    execution: Execution = Execution()
+    inputs: tuple[Node | Value, ...] = ()
+    chained: tuple[Node, ...] = ()
+    prepare: tp.Callable[[], None] | None = None  # checks/writes the uid folder's yaml files
+    label: str = ""
+    # maps only
+    item_uid: tp.Callable[[tp.Any], str] | None = None
+    items: tp.Sequence[tp.Any] | Node | None = None
+    forbid_single_item: bool = False
+
+    @property
+    def inputs_uid(self) -> str | None:
+        """``inputs-<md5[:8]>`` of the input uids (None for a node without inputs)."""
+        if not self.inputs:
+            return None
+        parts = [i.uid if isinstance(i, Value) else i.uid for i in self.inputs]
+        return "inputs-" + hashlib.md5("|".join(parts).encode("utf8")).hexdigest()[:8]
+
+    @property
+    def uid(self) -> str:
+        """``<step>/<config uid>[/inputs-<digest>]``: the node's path under its root."""
+        base = f"{self.step}/{self.config_uid}"
+        extra = self.inputs_uid
+        return f"{base}/{extra}" if extra else base
+
+    @property
+    def folder(self) -> Path | None:
+        return None if self.root is None else self.root / self.uid
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Deduplication key: equal keys are the same node."""
+        return (str(self.root), self.uid)
+
+    @property
+    def upstream(self) -> tuple[Node, ...]:
+        """Every node that must be done before this one (inputs, map items, chained)."""
+        nodes = [i for i in self.inputs if isinstance(i, Node)]
+        if isinstance(self.items, Node):
+            nodes.append(self.items)
+        nodes.extend(self.chained)
+        return tuple(nodes)
+
+    @property
+    def name(self) -> str:
+        return self.label or self.uid
+
+    def with_mode(self, mode: Mode) -> Node:
+        return dataclasses.replace(self, mode=mode)
+
+    def __repr__(self) -> str:
+        return f"Node({self.kind} {self.uid})"

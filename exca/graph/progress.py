@@ -1,0 +1,52 @@
+"""Progress display while maps compute and arrays are waited on (tqdm; quiet when not on a
+terminal; ``EXCA_PROGRESS=0`` turns it off, ``EXCA_PROGRESS=1`` forces it on)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import typing as tp
+
+PROGRESS_ENV = "EXCA_PROGRESS"
+
+
+def enabled(requested: bool | None = None) -> bool:
+    if requested is not None:
+        return requested
+    env = os.environ.get(PROGRESS_ENV)
+    if env is not None:
+        return env not in ("0", "false", "False", "")
+    return sys.stderr.isatty()
+
+
+class Progress:
+    """A counter that shows a bar only when enabled; cheap no-op otherwise."""
+
+    def __init__(self, total: int, desc: str, requested: bool | None = None) -> None:
+        self.total = total
+        self.count = 0
+        self._bar: tp.Any = None
+        if total > 0 and enabled(requested):
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, count: int = 1) -> None:
+        self.count += count
+        if self._bar is not None:
+            self._bar.update(count)
+
+    def add_total(self, count: int) -> None:
+        self.total += count
+        if self._bar is not None:
+            self._bar.total = self.total
+            self._bar.refresh()
+
+    def note(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

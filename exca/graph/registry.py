@@ -1,0 +1,192 @@
+"""Job registry: which jobs were submitted for a node (``<node folder>/jobs/*.json``).
+
+Submitted-but-not-started work lives here, not in claims: a later call or plan finds
+the job (to wait for it instead of submitting again, to show it as running, to reach its
+logs) from any process. A node folder also gets a ``submitit`` link to its latest job's
+log folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+import typing as tp
+from pathlib import Path
+
+import orjson
+
+from ..storage import process
+
+JOBS_DIR = "jobs"
+LINK_NAME = "submitit"
+
+
+@dataclasses.dataclass
+class JobRecord:
+    job_id: str
+    cluster: str
+    logs: str  # the job's own submitit folder (stdout/stderr/pickles)
+    submitted: float
+    run: str = ""
+    keys: list[str] | None = None  # map chunks: the item uids of the job
+    host: str = ""
+    pid: int = 0  # the submitting process
+
+    @property
+    def stdout(self) -> Path:
+        return _log_file(self, "out")
+
+    @property
+    def stderr(self) -> Path:
+        return _log_file(self, "err")
+
+
+def _log_file(record: JobRecord, kind: str) -> Path:
+    folder = Path(record.logs)
+    # submitit names logs <job_id>_<task>_log.out
+    candidates = sorted(folder.glob(f"{record.job_id}_*_log.{kind}"))
+    return candidates[0] if candidates else folder / f"{record.job_id}_0_log.{kind}"
+
+
+def write(folder: Path, record: JobRecord, link: bool = True) -> None:
+    """Record a submitted job for a node folder (atomic), and point ``submitit`` at it."""
+    jobs = folder / JOBS_DIR
+    jobs.mkdir(parents=True, exist_ok=True)
+    name = record.job_id.replace("/", "-")
+    tmp = jobs / f".{name}.{os.urandom(3).hex()}.tmp"
+    tmp.write_bytes(orjson.dumps(dataclasses.asdict(record)))
+    os.replace(tmp, jobs / f"{name}.json")
+    if link:
+        target = folder / LINK_NAME
+        tmp_link = folder / f".{LINK_NAME}.{os.urandom(3).hex()}"
+        try:
+            os.symlink(record.logs, tmp_link)
+            os.replace(tmp_link, target)
+        except OSError:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp_link)
+
+
+def read_all(folder: Path | None) -> list[JobRecord]:
+    """Every job recorded for a node folder, oldest first."""
+    if folder is None:
+        return []
+    try:
+        entries = list(os.scandir(folder / JOBS_DIR))
+    except FileNotFoundError:
+        return []
+    out = []
+    for entry in entries:
+        if not entry.name.endswith(".json"):
+            continue
+        try:
+            out.append(JobRecord(**orjson.loads(Path(entry.path).read_bytes())))
+        except (OSError, orjson.JSONDecodeError, TypeError):
+            continue
+    return sorted(out, key=lambda r: r.submitted)
+
+
+def latest(folder: Path | None) -> JobRecord | None:
+    records = read_all(folder)
+    return records[-1] if records else None
+
+
+def submitit_job(record: JobRecord) -> tp.Any:
+    """A submitit job object for a recorded job (logs, state, cancel) from any process."""
+    import submitit
+
+    if record.cluster == "slurm":
+        return submitit.SlurmJob(folder=record.logs, job_id=record.job_id)
+    from submitit.local.local import LocalJob
+
+    return LocalJob(folder=record.logs, job_id=record.job_id)
+
+
+ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "COMPLETING", "CONFIGURING")
+
+
+def is_active(record: JobRecord, queued: set[str] | None = None) -> bool:
+    """Whether a recorded job may still write results (pending or running)."""
+    if record.cluster == "slurm":
+        if queued is None:
+            queued = queued_jobs([record.job_id])
+        return record.job_id in queued
+    if record.cluster == "local":
+        alive = process.is_alive(record.host, int(record.job_id), None) if record.job_id.isdigit() else False
+        return bool(alive)
+    return False
+
+
+def queued_jobs(job_ids: tp.Sequence[str]) -> set[str]:
+    """Which of these Slurm jobs are pending or running, with ONE ``squeue`` call (the
+    controller knows a job at once; sacct may lag right after a submission)."""
+    import subprocess
+
+    if not job_ids:
+        return set()
+    base = sorted({j.split("_")[0] for j in job_ids})
+    try:
+        result = subprocess.run(
+            ["squeue", "-h", "-o", "%i|%T", "-j", ",".join(base)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return set(job_ids)  # cannot tell: assume they may still run (never resubmit twice)
+    if result.returncode and "Invalid job id" not in result.stderr:
+        return set(job_ids)
+    active: set[str] = set()
+    for line in result.stdout.splitlines():
+        job, _, state = line.partition("|")
+        if state.strip() not in ACTIVE_STATES:
+            continue
+        if "_[" in job:  # pending array elements are grouped: 12_[3-5%2]
+            root, _, ranges = job.partition("_[")
+            active.update(f"{root}_{i}" for i in _expand(ranges.rstrip("]").split("%")[0]))
+        else:
+            active.add(job)
+    return {j for j in job_ids if j in active or j.split("_")[0] in active}
+
+
+def sacct_states(job_ids: tp.Sequence[str]) -> dict[str, str]:
+    """States of Slurm jobs with ONE ``sacct`` call (array elements included)."""
+    import subprocess
+
+    if not job_ids:
+        return {}
+    base = sorted({j.split("_")[0] for j in job_ids})
+    try:
+        out = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(base)],
+            capture_output=True, text=True, timeout=30, check=False,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    states: dict[str, str] = {}
+    for line in out.splitlines():
+        if "|" not in line:
+            continue
+        job, state = line.split("|", 1)
+        states[job] = state.strip()
+        if "[" in job:  # pending array elements are grouped: 12_[3-5]
+            root, _, ranges = job.partition("_[")
+            for index in _expand(ranges.rstrip("]").split("%")[0]):
+                states.setdefault(f"{root}_{index}", state.strip())
+    return {j: states.get(j, "UNKNOWN") for j in job_ids}
+
+
+def _expand(ranges: str) -> list[int]:
+    out: list[int] = []
+    for part in ranges.split(","):
+        if "-" in part:
+            first, last = part.split("-", 1)
+            if first.isdigit() and last.isdigit():
+                out.extend(range(int(first), int(last) + 1))
+        elif part.isdigit():
+            out.append(int(part))
+    return out
+
+
+def now() -> float:
+    return time.time()

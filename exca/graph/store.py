@@ -1,0 +1,45 @@
+"""Reading a node's state and results from its CacheDict (no computation, no claims)."""
+
+from __future__ import annotations
+
+import typing as tp
+
+from ..storage.formats import CachedError
+from .errors import raise_from
+from .node import TASK_KEY, Node
+
+State = tp.Literal["missing", "done", "error"]
+
+
+def task_state(node: Node) -> State:
+    kind = node.cache.entry_type(TASK_KEY)
+    if kind is None:
+        return "missing"
+    return "error" if kind == "Error" else "done"
+
+
+def task_result(node: Node) -> tp.Any:
+    """The cached result of a task node (re-raises a cached error)."""
+    value = node.cache[TASK_KEY]
+    if isinstance(value, CachedError):
+        raise_from(value, node.uid)
+    return value
+
+
+def item_states(node: Node, uids: tp.Sequence[str]) -> tuple[list[str], list[str]]:
+    """(missing uids, uids holding a cached error), in order, deduplicated."""
+    cache = node.cache
+    with cache.frozen_cache_folder():
+        missing = cache.missing(uids)
+        missing_set = set(missing)
+        errors = [
+            u for u in dict.fromkeys(uids) if u not in missing_set and cache.entry_type(u) == "Error"
+        ]
+    return missing, errors
+
+
+def item_result(node: Node, uid: str) -> tp.Any:
+    value = node.cache[uid]
+    if isinstance(value, CachedError):
+        raise_from(value, f"{node.uid} item {uid!r}")
+    return value

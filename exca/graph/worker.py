@@ -1,0 +1,295 @@
+"""What runs a unit of work, wherever it runs (the caller's thread, a pool, a job).
+
+This is the only place where decorated methods are called. A unit claims what it is
+about to compute (so no other process or thread computes it too), re-checks the cache,
+computes, writes results or errors into the node's cache, and releases its claim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+import typing as tp
+
+from ..storage.claims import Claim, Claims, Owner
+from ..storage.formats import CachedError
+from . import store
+from .node import TASK_KEY, Node, Value
+
+logger = logging.getLogger("exca")
+Action = tp.Literal["compute", "force", "retry"]
+FLUSH_ITEMS = 256  # map outputs written per batch
+FLUSH_SECONDS = 0.5  # ... or at least this often
+
+
+@dataclasses.dataclass
+class Unit:
+    """One element of an array: a task node, or a chunk of a map node's items."""
+
+    node: Node
+    action: Action = "compute"
+    items: list[tp.Any] | None = None
+    uids: list[str] | None = None
+
+    @property
+    def keys(self) -> list[str]:
+        return [TASK_KEY] if self.uids is None else self.uids
+
+    def describe(self) -> str:
+        if self.uids is None:
+            return self.node.uid
+        return f"{self.node.uid} ({len(self.uids)} items)"
+
+
+@dataclasses.dataclass
+class Report:
+    computed: int = 0
+    errors: int = 0
+    reused: int = 0
+    waited: int = 0
+
+
+class UpstreamMissing(RuntimeError):
+    """An input of a task was not in the cache when the task started."""
+
+
+ProgressCallback = tp.Callable[[int], None]
+
+
+def run_unit(unit: Unit, progress: ProgressCallback | None = None) -> Report:
+    """Run one unit; raises the user's exception when a task failed (after caching it)."""
+    if unit.node.kind == "task":
+        return _run_task(unit)
+    return _run_map(unit, progress)
+
+
+def _wait_message(folder: tp.Any) -> tp.Callable[[dict[str, Owner]], None]:
+    shown: list[bool] = []
+
+    def on_wait(held: dict[str, Owner]) -> None:
+        if not shown:
+            owner = next(iter(held.values()))
+            logger.info("Waiting for %s to finish %d key(s) in %s", owner.describe(), len(held), folder)
+            shown.append(True)
+
+    return on_wait
+
+
+def _load_input(value: Node | Value) -> tp.Any:
+    if isinstance(value, Value):
+        return value.value
+    state = store.task_state(value)
+    if state == "missing":
+        raise UpstreamMissing(f"upstream {value.uid} has no cached result (upstream failed?)")
+    return store.task_result(value)
+
+
+def _run_task(unit: Unit) -> Report:
+    node = unit.node
+    folder = node.folder
+    if folder is None:  # no cache on disk: compute in place, RAM only
+        value = node.function(*[_load_input(i) for i in node.inputs])
+        with node.cache.write():
+            if TASK_KEY in node.cache:
+                del node.cache[TASK_KEY]
+            node.cache[TASK_KEY] = value
+        return Report(computed=1)
+    claims = Claims(folder)
+    forced = unit.action == "force"
+    while True:
+        state = store.task_state(node)
+        if state == "done" and not forced:
+            return Report(reused=1)
+        if state == "error" and unit.action == "compute":
+            return Report(reused=1)
+        claim = claims.claim([TASK_KEY])
+        if claim.reentered:
+            raise RuntimeError(
+                f"{node.uid} is already being computed by this very thread: a decorated "
+                "method cannot (directly or indirectly) call itself"
+            )
+        if claim.busy:
+            claims.wait([TASK_KEY], _task_done(node, forced), on_wait=_wait_message(folder))
+            forced = False  # another worker (re)computed it meanwhile
+            continue
+        with claim:
+            node.cache.refresh()
+            state = store.task_state(node)
+            if state == "done" and not forced:
+                return Report(reused=1)
+            if state == "error" and unit.action == "compute":
+                return Report(reused=1)
+            if state != "missing":
+                del node.cache[TASK_KEY]
+            return _compute_task(node)
+
+
+def _task_done(node: Node, forced: bool) -> tp.Callable[[list[str]], list[str]]:
+    def done(keys: list[str]) -> list[str]:
+        node.cache.refresh()
+        return keys if store.task_state(node) != "missing" else []
+
+    return done
+
+
+def _compute_task(node: Node) -> Report:
+    inputs = [_load_input(i) for i in node.inputs]
+    try:
+        value = node.function(*inputs)
+    except Exception as error:
+        with node.cache.write():
+            node.cache[TASK_KEY] = CachedError.from_exception(error)
+        raise
+    with node.cache.write():
+        node.cache[TASK_KEY] = value
+    return Report(computed=1)
+
+
+# --- maps ---------------------------------------------------------------------------------
+def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
+    node = unit.node
+    assert unit.items is not None and unit.uids is not None
+    by_uid = dict(zip(unit.uids, unit.items))
+    report = Report()
+    todo = _map_todo(node, list(by_uid), unit.action)
+    report.reused = len(by_uid) - len(todo)
+    if node.folder is None:
+        _compute_items(node, todo, by_uid, unit.action, report, progress)
+        return report
+    claims = Claims(node.folder)
+    action = unit.action
+    while todo:
+        claim = claims.claim(todo)
+        with claim:
+            mine = claim.mine
+            if mine:
+                node.cache.refresh()
+                mine = _map_todo(node, mine, action)
+                _compute_items(node, mine, by_uid, action, report, progress)
+        if claim.reentered:
+            logger.warning(
+                "%d item(s) of %s are being computed by an enclosing call of this thread; "
+                "computing them here too",
+                len(claim.reentered),
+                node.uid,
+            )
+            _compute_items(node, _map_todo(node, claim.reentered, "compute"), by_uid, "compute", report, progress)
+        if not claim.busy:
+            break
+        busy = list(claim.busy)
+        report.waited += len(busy)
+        todo = claims.wait(busy, _items_done(node), on_wait=_wait_message(node.folder))
+        action = "compute"  # what others computed meanwhile is fresh
+    return report
+
+
+def _map_todo(node: Node, uids: list[str], action: str) -> list[str]:
+    if action == "force":
+        return uids
+    missing, errors = store.item_states(node, uids)
+    if action == "retry":
+        wanted = set(missing) | set(errors)
+        return [u for u in uids if u in wanted]
+    return missing
+
+
+def _items_done(node: Node) -> tp.Callable[[list[str]], list[str]]:
+    def done(keys: list[str]) -> list[str]:
+        node.cache.refresh()
+        missing = set(node.cache.missing(keys))
+        return [k for k in keys if k not in missing]
+
+    return done
+
+
+def _compute_items(
+    node: Node,
+    uids: list[str],
+    by_uid: dict[str, tp.Any],
+    action: str,
+    report: Report,
+    progress: ProgressCallback | None,
+) -> None:
+    if not uids:
+        return
+    cache = node.cache
+    with cache.write():
+        if action in ("force", "retry"):
+            for uid in uids:
+                if uid in cache:
+                    del cache[uid]
+        position = 0
+        while position < len(uids):
+            position = _compute_from(node, uids, by_uid, position, report, progress)
+
+
+def _compute_from(
+    node: Node,
+    uids: list[str],
+    by_uid: dict[str, tp.Any],
+    start: int,
+    report: Report,
+    progress: ProgressCallback | None,
+) -> int:
+    """Call the method on items[start:]; write outputs in batches; cache an error for the
+    item being computed when the method raises. Returns where to restart."""
+    cache = node.cache
+    items = [by_uid[u] for u in uids[start:]]
+    position = start
+    batch: list[tuple[str, tp.Any]] = []
+    last_flush = time.monotonic()
+
+    def flush() -> None:
+        nonlocal last_flush
+        if batch:
+            cache.set_many(batch)
+            report.computed += len(batch)
+            if progress is not None:
+                progress(len(batch))
+            batch.clear()
+        last_flush = time.monotonic()
+
+    try:
+        for output in node.function(items):
+            if position >= len(uids):
+                raise RuntimeError(
+                    f"{node.label or node.uid} yielded more outputs than items: a map method "
+                    "must yield exactly once per item, in order"
+                )
+            batch.append((uids[position], output))
+            position += 1
+            if len(batch) >= FLUSH_ITEMS or time.monotonic() - last_flush > FLUSH_SECONDS:
+                flush()
+    except Exception as error:
+        flush()
+        if position >= len(uids):
+            raise
+        cache[uids[position]] = CachedError.from_exception(error)
+        report.errors += 1
+        logger.warning(
+            "Item %r of %s failed (%s: %s); the error is cached, other items go on",
+            uids[position],
+            node.label or node.uid,
+            type(error).__name__,
+            error,
+        )
+        return position + 1
+    flush()
+    if position < len(uids):
+        error = RuntimeError(
+            f"{node.label or node.uid} did not yield exactly once per item: "
+            f"{len(uids) - start} items, {position - start} outputs"
+        )
+        cache.set_many((u, CachedError.from_exception(error)) for u in uids[position:])
+        report.errors += len(uids) - position
+        return len(uids)
+    return position
+
+
+def current_job_id() -> str | None:
+    return os.environ.get("SLURM_JOB_ID")
+
+
+__all__ = ["Claim", "Report", "Unit", "run_unit"]

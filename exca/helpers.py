@@ -1,0 +1,228 @@
+"""Conveniences on top of infras: cached functions, config models of functions, finding a
+Slurm job's config, uid folder migration, and discriminated models."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+import subprocess
+import typing as tp
+import warnings
+from pathlib import Path
+
+import pydantic
+
+from .confdict import ConfDict
+from .infra import TaskInfra
+from .infra.discriminated import DiscriminatedModel
+from .infra.uidfolder import CONFIG_FILE, UID_FILE, read_yaml
+
+logger = logging.getLogger("exca")
+_CONFIG_CACHE_SIZE = 1024
+
+
+class FuncConfig(pydantic.BaseModel):
+    """Base of the config models built from functions (``to_config_model``):
+    one field per parameter, an ``infra`` field, and ``build()``, the cached call."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    def build(self) -> tp.Any:  # replaced by the cached call in each generated model
+        raise NotImplementedError
+
+
+@functools.cache
+def to_config_model(func: tp.Callable[..., tp.Any]) -> type[FuncConfig]:
+    """A pydantic model ``<func>_FuncConfig`` whose ``build()`` is the cached call of func."""
+    annotations: dict[str, tp.Any] = {}
+    namespace: dict[str, tp.Any] = {}
+    hints = tp.get_type_hints(func)
+    for param in inspect.signature(func).parameters.values():
+        if param.name == "infra":
+            raise ValueError(f"{func.__qualname__} has a parameter named 'infra', which is reserved")
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise ValueError(f"{func.__qualname__}: *args/**kwargs cannot become config fields")
+        hint = hints.get(param.name, param.annotation)
+        if hint is inspect.Parameter.empty or hint is tp.Any:
+            raise ValueError(
+                f"Parameter {param.name!r} of {func.__qualname__} needs a precise type "
+                "annotation (not missing, not Any) to become a config field"
+            )
+        annotations[param.name] = hint
+        if param.default is not inspect.Parameter.empty:
+            namespace[param.name] = param.default
+    names = list(annotations)
+    infra = TaskInfra(version="1")
+
+    def build(self: tp.Any) -> tp.Any:
+        return func(**{name: getattr(self, name) for name in names})
+
+    name = f"{func.__name__}_FuncConfig"
+    build.__qualname__ = f"{name}.build"
+    build.__module__ = func.__module__
+    annotations["infra"] = TaskInfra
+    namespace.update(
+        __annotations__=annotations,
+        __module__=func.__module__,
+        __qualname__=name,
+        infra=infra,
+        build=infra.apply(build),
+    )
+    return tp.cast(type[FuncConfig], type(pydantic.BaseModel)(name, (FuncConfig,), namespace))
+
+
+def to_config(func: tp.Callable[..., tp.Any], **kwargs: tp.Any) -> FuncConfig:
+    """An instance of ``to_config_model(func)``."""
+    return to_config_model(func)(**kwargs)
+
+
+class FunctionWithInfra:
+    """A function whose calls are cached (see ``with_infra``). Call it with keywords only."""
+
+    def __init__(self, func: tp.Callable[..., tp.Any], **infra: tp.Any) -> None:
+        self.func = func
+        self.infra = infra
+        functools.update_wrapper(self, func)
+        self._configs: dict[tp.Any, FuncConfig] = {}
+        if infra.get("folder") is None and infra.get("cluster") is None:
+            warnings.warn(
+                f"with_infra on {func.__qualname__} without folder nor cluster: nothing is cached "
+                "on disk and everything runs here",
+                stacklevel=3,
+            )
+
+    def config(self, **kwargs: tp.Any) -> FuncConfig:
+        """The config (pydantic model instance) of a call."""
+        return to_config(self.func, **kwargs, infra=self.infra)
+
+    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        if args:
+            raise RuntimeError(
+                f"{self.func.__qualname__} has an infra: call it with keyword arguments only"
+            )
+        try:
+            key: tp.Any = tuple(sorted(kwargs.items()))
+            hash(key)
+        except TypeError:
+            key = None
+        config = self._configs.get(key) if key is not None else None
+        if config is None:
+            config = self.config(**kwargs)
+            if key is not None:
+                if len(self._configs) >= _CONFIG_CACHE_SIZE:
+                    self._configs.pop(next(iter(self._configs)))
+                self._configs[key] = config
+        return config.build()
+
+    def __getstate__(self) -> dict[str, tp.Any]:
+        return {"func": self.func, "infra": self.infra}
+
+    def __setstate__(self, state: dict[str, tp.Any]) -> None:
+        self.func = state["func"]
+        self.infra = state["infra"]
+        functools.update_wrapper(self, self.func)
+        self._configs = {}
+
+
+def with_infra(**infra: tp.Any) -> tp.Callable[[tp.Callable[..., tp.Any]], FunctionWithInfra]:
+    """Cache a function's calls: ``@with_infra(folder=...)`` then ``f(a=1, b=2)``."""
+
+    def decorate(func: tp.Callable[..., tp.Any]) -> FunctionWithInfra:
+        return FunctionWithInfra(func, **infra)
+
+    return decorate
+
+
+def validate_kwargs(func: tp.Callable[..., tp.Any], kwargs: dict[str, tp.Any]) -> None:
+    """Check that kwargs fit func's signature (missing, unexpected, basic types) before a
+    job runs it; raises ValueError/TypeError naming the problem."""
+    signature = inspect.signature(func)
+    params = signature.parameters
+    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        extra = sorted(set(kwargs) - set(params))
+        if extra:
+            raise ValueError(f"{func.__qualname__} got unexpected arguments {extra}; it takes {list(params)}")
+    missing = [
+        name
+        for name, p in params.items()
+        if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in kwargs
+    ]
+    if missing:
+        raise ValueError(f"{func.__qualname__} is missing arguments {missing}")
+    hints = tp.get_type_hints(func)
+    for name, value in kwargs.items():
+        hint = hints.get(name)
+        if hint in (int, float, str, bool) and not isinstance(value, hint):
+            if hint is float and isinstance(value, int) and not isinstance(value, bool):
+                continue
+            raise TypeError(f"{func.__qualname__}: argument {name}={value!r} should be a {hint.__name__}")
+
+
+def find_slurm_job(job_id: str, folder: str | Path | None = None) -> tp.Any:
+    """The submitit job of a Slurm job id, with ``.config`` and ``.uid_config`` (ConfDict)
+    of the config it computes; searched in ``folder`` (recursively) or, when None, from
+    the job's output path given by scontrol."""
+    import submitit
+
+    from .graph import registry
+
+    job_id = str(job_id)
+    if folder is None:
+        out = subprocess.run(
+            ["scontrol", "show", "job", job_id.split("_")[0]], capture_output=True, text=True, timeout=30
+        ).stdout
+        paths = [part.split("=", 1)[1] for part in out.split() if part.startswith("StdOut=")]
+        if not paths:
+            raise RuntimeError(f"scontrol does not know job {job_id} (give the cache folder instead)")
+        folder = Path(paths[0]).parent
+        while folder != folder.parent and not any(folder.glob("*/*/" + registry.JOBS_DIR)):
+            folder = folder.parent
+    name = job_id.replace("/", "-") + ".json"
+    for record_path in Path(folder).rglob(f"{registry.JOBS_DIR}/{name}"):
+        node_folder = record_path.parent.parent
+        record = next(r for r in registry.read_all(node_folder) if r.job_id == job_id)
+        job = submitit.SlurmJob(folder=record.logs, job_id=job_id)
+        job.config = ConfDict(read_yaml(node_folder / CONFIG_FILE) or {})
+        job.uid_config = ConfDict(read_yaml(node_folder / UID_FILE) or {})
+        return job
+    raise RuntimeError(f"No record of job {job_id} under {folder}")
+
+
+def update_uids(folder: str | Path, dryrun: bool = True) -> list[tuple[Path, Path]]:
+    """Rename cache folders named with the legacy v2 uid format to the v3 names (reports
+    what it would do when dryrun=True). Returns the (old, new) pairs."""
+    renames: list[tuple[Path, Path]] = []
+    for uid_file in sorted(Path(folder).glob(f"*/*/{UID_FILE}")):
+        current = uid_file.parent
+        config = read_yaml(uid_file)
+        if config is None:
+            continue
+        cfg = ConfDict(config)
+        old, new = cfg.to_uid(version=2) or "default", cfg.to_uid(version=3) or "default"
+        if current.name != old or old == new:
+            continue
+        target = current.with_name(new)
+        if target.exists():
+            logger.warning("Not renaming %s: %s already exists", current, target)
+            continue
+        renames.append((current, target))
+        if not dryrun:
+            os.rename(current, target)
+    for old_path, new_path in renames:
+        logger.info("%s %s -> %s", "Would rename" if dryrun else "Renamed", old_path, new_path.name)
+    return renames
+
+
+__all__ = [
+    "DiscriminatedModel",
+    "FuncConfig",
+    "FunctionWithInfra",
+    "find_slurm_job",
+    "to_config",
+    "to_config_model",
+    "update_uids",
+    "validate_kwargs",
+    "with_infra",
+]

@@ -1,0 +1,71 @@
+"""Job arrays: many configs of one decorated method sent as ONE array of their missing work."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import typing as tp
+from pathlib import Path
+
+from ..graph.scheduler import Scheduler
+
+if tp.TYPE_CHECKING:
+    from .task import TaskInfra
+
+logger = logging.getLogger("exca")
+
+
+def submit_array(
+    array_infra: TaskInfra,
+    tasks: list[tp.Any],
+    max_workers: int,
+    allow_empty: bool,
+    allow_repeated_tasks: bool,
+) -> None:
+    """Submit the tasks that need work as one array with the array infra's settings."""
+    if not tasks:
+        if allow_empty:
+            return
+        raise RuntimeError("Nothing was added to the job array (use allow_empty=True to allow it)")
+    method = array_infra._method()
+    infras: dict[str, TaskInfra] = {}
+    for task in tasks:
+        infra = tp.cast("TaskInfra", method.infra_of(task))
+        uid = infra.uid()
+        if uid in infras:
+            if not allow_repeated_tasks:
+                raise ValueError(
+                    f"Job array contains the same config twice (uid {uid}):\n"
+                    f"{infras[uid].config(uid=False, exclude_defaults=True).to_yaml()}---\n"
+                    f"{infra.config(uid=False, exclude_defaults=True).to_yaml()}"
+                    "(use allow_repeated_tasks=True to deduplicate them)"
+                )
+            logger.warning("Job array: dropping a repeated config %s", uid)
+            continue
+        infras[uid] = infra
+    mode = array_infra.mode
+    if mode == "force" and array_infra._runtime().forced:
+        mode = "cached"
+    if array_infra.cluster is None:
+        for infra in infras.values():
+            if mode == "force":
+                infra.clear_job()
+            infra.job()
+    else:
+        step = array_infra._step_name()
+        folder = None if array_infra.folder is None else Path(array_infra.folder) / step
+        owner = type(array_infra._owner()).__name__
+        execution = array_infra._execution(
+            logs_folder=folder,
+            job_name=step[step.find(owner) :],
+            workdir_folder=array_infra._workdir_folder(step),
+        )
+        nodes = [dataclasses.replace(i._node(), mode=mode, execution=execution) for i in infras.values()]
+        Scheduler(nodes).submit(parallelism=max_workers)
+    if mode in ("force", "retry"):
+        for infra in [array_infra, *infras.values()]:
+            runtime = infra._runtime()
+            runtime.forced = True
+            runtime.node = None
+            if mode == "retry":
+                infra.__dict__["mode"] = "cached"

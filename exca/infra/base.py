@@ -1,0 +1,283 @@
+"""BaseInfra: what every infra shares (cache folder, mode, version) and its owner link.
+
+An infra is a field of a user's pydantic config (its *owner*). Its ``version`` is the only
+field that enters the owner's uid. Runtime state (owner link, memoized uid, RAM results)
+lives in a ``__slots__`` attribute, so it never enters dumps, equality or pickles.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import typing as tp
+from pathlib import Path
+
+import pydantic
+
+from ..confdict import ConfDict
+from . import identity, uidfolder
+
+if tp.TYPE_CHECKING:
+    from .method import InfraMethod
+
+logger = logging.getLogger("exca")
+Mode = tp.Literal["cached", "retry", "force", "read-only"]
+_UID_FIELDS = ("method", "version", "uid")
+
+
+class _Runtime:
+    """Per-instance runtime state of an infra (reset on pickling and copies)."""
+
+    __slots__ = ("cache", "checked", "forced", "method", "name", "node", "owner", "ram", "uid")
+
+    def __init__(self) -> None:
+        self.owner: pydantic.BaseModel | None = None
+        self.name = ""
+        self.method: InfraMethod | None = None
+        self.uid: str | None = None
+        self.checked = False  # uid folder yaml files checked/written
+        self.forced = False  # mode=force already applied once for this instance
+        self.ram: tp.Any = _MISSING
+        self.cache: tp.Any = None
+        self.node: tp.Any = None  # memoized graph node (configs are frozen once they have a uid)
+
+
+_MISSING: tp.Any = object()
+
+
+class BaseInfra(pydantic.BaseModel):
+    """Shared settings of TaskInfra and MapInfra (see their docstrings)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", revalidate_instances="always")
+    __slots__ = ("_rt",)
+    _exca_uid_fields: tp.ClassVar[tuple[str, ...]] = ("version",)
+    _uid_string: tp.ClassVar[str] = "{method},{version}/{uid}"
+
+    folder: Path | None = None
+    permissions: int | None = pydantic.Field(default=0o777, exclude=True)
+    mode: Mode = "cached"
+    keep_in_ram: bool = False
+    version: str = "0"
+
+    @pydantic.field_validator("permissions", mode="before")
+    @classmethod
+    def _parse_permissions(cls, value: tp.Any) -> tp.Any:
+        if isinstance(value, str):
+            if not value:
+                return None
+            if value == "a+rwx":
+                return 0o777
+            try:
+                return int(value, 8)
+            except ValueError:
+                raise ValueError(
+                    f"permissions={value!r}: use an int such as 0o777, 'a+rwx', or None"
+                ) from None
+        return value
+
+    def __repr_args__(self) -> tp.Iterable[tuple[str | None, tp.Any]]:
+        defaults = type(self).model_fields
+        for name, value in self.__dict__.items():
+            field = defaults.get(name)
+            if field is not None and value != field.default:
+                yield name, value
+
+    # --- copies and runtime state -------------------------------------------------------
+    def __deepcopy__(self, memo: dict[int, tp.Any] | None = None) -> tp.Self:
+        """A copy without runtime state (fast: infra fields are immutable or shallow)."""
+        new = object.__new__(type(self))
+        values = dict(self.__dict__)
+        for name, value in values.items():
+            if isinstance(value, dict | list | pydantic.BaseModel):
+                values[name] = copy.deepcopy(value, memo)
+        object.__setattr__(new, "__dict__", values)
+        object.__setattr__(new, "__pydantic_fields_set__", set(self.__pydantic_fields_set__))
+        object.__setattr__(new, "__pydantic_extra__", None)
+        object.__setattr__(new, "__pydantic_private__", None)
+        return new
+
+    def __copy__(self) -> tp.Self:
+        return self.__deepcopy__()
+
+    def _runtime(self) -> _Runtime:
+        try:
+            return self._rt  # type: ignore[no-any-return]
+        except AttributeError:
+            runtime = _Runtime()
+            object.__setattr__(self, "_rt", runtime)
+            return runtime
+
+    def _link(
+        self, owner: pydantic.BaseModel, name: str, default: BaseInfra, merge: bool
+    ) -> None:
+        """Attach to an owner instance; take the class default's explicitly set fields."""
+        runtime = _Runtime()
+        runtime.owner = owner
+        runtime.name = name
+        runtime.method = default._runtime().method
+        object.__setattr__(self, "_rt", runtime)
+        if merge and default is not self:
+            missing = default.__pydantic_fields_set__ - self.__pydantic_fields_set__
+            for field in missing:
+                self.__dict__[field] = copy.deepcopy(default.__dict__[field])
+        self._check_settings()
+
+    def _check_settings(self) -> None:
+        """Cross-field checks, done once the class-default settings are merged."""
+
+    def _owner(self) -> pydantic.BaseModel:
+        owner = self._runtime().owner
+        if owner is None:
+            raise RuntimeError(
+                f"This {type(self).__name__} is not attached to a config instance: use it as "
+                "a field of a pydantic model and decorate a method with @infra.apply"
+            )
+        return owner
+
+    def _method(self) -> InfraMethod:
+        method = self._runtime().method
+        if method is None:
+            name = self._runtime().name or "infra"
+            raise RuntimeError(
+                f"{type(self).__name__} field {name!r} was not applied to any method "
+                f"(decorate one with @{name}.apply)"
+            )
+        return method
+
+    # --- identity -------------------------------------------------------------------------
+    def _cache_exclusions(self) -> list[str]:
+        raw = self._method().options.get("exclude_from_cache_uid")
+        if raw is None:
+            return []
+        owner = self._owner()
+        if isinstance(raw, str):
+            if not raw.startswith("method:"):
+                raise TypeError(
+                    f"exclude_from_cache_uid={raw!r}: use a list of field names, a callable, "
+                    "or 'method:<name>'"
+                )
+            method_name = raw[len("method:") :]
+            func = getattr(owner, method_name, None)
+            if func is None:
+                raise RuntimeError(
+                    f"exclude_from_cache_uid names method {method_name!r} which "
+                    f"{type(owner).__name__} does not have"
+                )
+            raw = func()
+        elif callable(raw):
+            raw = raw(owner)
+        if isinstance(raw, str) or not isinstance(raw, tp.Iterable):
+            raise TypeError(f"exclude_from_cache_uid must give field names, got {raw!r}")
+        return list(raw)
+
+    def config(self, uid: bool = True, exclude_defaults: bool = False) -> ConfDict:
+        """The owner's config (uid=True: only what defines the cached result)."""
+        owner = self._owner()
+        exclude = self._cache_exclusions() if uid else []
+        out = identity.export_model(owner, uid=uid, exclude_defaults=exclude_defaults)
+        cfg = ConfDict(out)
+        for name in exclude:
+            cfg.pop(name, None)
+        return cfg
+
+    def _step_name(self) -> str:
+        """``<module>.<Class>.<method>,<version>``: the folder of all configs of a method."""
+        method = self._method()
+        return f"{method.step_name(self._owner())},{self.version}"
+
+    def uid(self) -> str:
+        """``<module>.<Class>.<method>,<version>/<config uid or 'default'>`` (memoized; the
+        first call freezes the config)."""
+        runtime = self._runtime()
+        if runtime.uid is None:
+            template = type(self)._uid_string
+            fields = {f for f in _UID_FIELDS if "{" + f + "}" in template}
+            if fields != set(_UID_FIELDS) or template.count("{") != len(_UID_FIELDS):
+                raise ValueError(
+                    f"_uid_string={template!r} must contain exactly {{method}}, {{version}} and {{uid}}"
+                )
+            owner = self._owner()
+            cfg_uid = self.config(uid=True, exclude_defaults=True).to_uid() or "default"
+            method = self._method().step_name(owner)
+            runtime.uid = template.format(method=method, version=self.version, uid=cfg_uid)
+            identity.freeze(owner)
+        return runtime.uid
+
+    def uid_folder(self, create: bool = False) -> Path | None:
+        """``folder / uid()``, or None without a folder (create=True writes the yaml files)."""
+        if self.folder is None:
+            return None
+        folder = Path(self.folder) / self.uid()
+        if create:
+            self._prepare_folder()
+        return folder
+
+    def _prepare_folder(self) -> None:
+        """Create the uid folder and check/write uid.yaml, full-uid.yaml, config.yaml."""
+        runtime = self._runtime()
+        if runtime.checked or self.folder is None:
+            return
+        folder = Path(self.folder) / self.uid()
+        uidfolder.prepare(
+            folder,
+            uid_config=self.config(uid=True, exclude_defaults=True),
+            full_uid_config=self.config(uid=True, exclude_defaults=False),
+            config=lambda: self.config(uid=False, exclude_defaults=False),
+            permissions=self.permissions,
+        )
+        runtime.checked = True
+
+    def clone_obj(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        """A new, unfrozen owner with some values changed (dotted keys allowed):
+        ``infra.clone_obj({"model.layers": 12})`` or ``infra.clone_obj(**{"infra.mode": "force"})``."""
+        if len(args) > 1 or (args and kwargs):
+            raise ValueError("clone_obj takes one dict or keyword arguments, not both")
+        owner = self._owner()
+        cfg = self.config(uid=False, exclude_defaults=True)
+        cfg.update(args[0] if args else kwargs)
+        return type(owner).model_validate(dict(cfg))
+
+    def obj_infras(self) -> dict[str, BaseInfra]:
+        """Every infra in the owner's config tree, by dotted name."""
+        out: dict[str, BaseInfra] = {}
+        _collect_infras(self._owner(), "", out)
+        return out
+
+    def iter_cached(self) -> tp.Iterator[pydantic.BaseModel]:
+        """Configs of this method/version that have a cache folder (read from config.yaml)."""
+        if self.folder is None:
+            return
+        step = Path(self.folder) / self._step_name()
+        if not step.is_dir():
+            return
+        cls = type(self._owner())
+        for sub in sorted(step.iterdir()):
+            if not (sub / uidfolder.UID_FILE).exists() or not self._has_result(sub):
+                continue
+            cfg = uidfolder.read_yaml(sub / uidfolder.CONFIG_FILE)
+            if cfg is None:
+                continue
+            yield cls(**cfg)
+
+    def _has_result(self, folder: Path) -> bool:
+        return True
+
+
+def _collect_infras(value: tp.Any, prefix: str, out: dict[str, BaseInfra]) -> None:
+    if isinstance(value, BaseInfra):
+        out[prefix] = value
+        return
+    if isinstance(value, pydantic.BaseModel):
+        names = list(type(value).model_fields)
+        private = value.__pydantic_private__ or {}
+        for name in names:
+            _collect_infras(value.__dict__.get(name), f"{prefix}.{name}" if prefix else name, out)
+        for name, sub in private.items():
+            if isinstance(sub, BaseInfra):
+                out[f"{prefix}.{name}" if prefix else name] = sub
+    elif isinstance(value, dict):
+        for key, sub in value.items():
+            _collect_infras(sub, f"{prefix}.{key}" if prefix else str(key), out)
+    elif isinstance(value, list | tuple):
+        for index, sub in enumerate(value):
+            _collect_infras(sub, f"{prefix}.{index}" if prefix else str(index), out)

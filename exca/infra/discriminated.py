@@ -1,0 +1,119 @@
+"""DiscriminatedModel: a base model whose subclasses are chosen by name from a key.
+
+``Base(type="Child", x=1)`` (or ``{"type": "Child", ...}`` in a parent's field typed
+``Base``) builds a ``Child``; dumps always carry the key and the subclass's own fields, so
+configs written to yaml come back as the same classes. The key defaults to ``"type"``;
+``class Base(DiscriminatedModel, discriminator_key="kind")`` changes it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import typing as tp
+
+import pydantic
+
+_SERIALIZING: contextvars.ContextVar[int] = contextvars.ContextVar("exca_serializing", default=0)
+
+
+class DiscriminatedModel(pydantic.BaseModel):
+    """Base class of models selected by name (see module docstring)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+    _exca_discriminator_key: tp.ClassVar[str] = "type"
+    _exca_subclasses: tp.ClassVar[dict[str, type[DiscriminatedModel]]] = {}
+
+    def __init_subclass__(cls, discriminator_key: str | None = None, **kwargs: tp.Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if discriminator_key is not None or DiscriminatedModel in cls.__bases__:
+            cls._exca_discriminator_key = discriminator_key or cls._exca_discriminator_key
+            cls._exca_subclasses = {}  # a new family
+        registry = cls._exca_subclasses
+        known = registry.get(cls.__name__)
+        if known is not None and known.__module__ != cls.__module__:
+            raise RuntimeError(
+                f"Two DiscriminatedModel classes are named {cls.__name__!r} ({known.__module__} "
+                f"and {cls.__module__}): names select subclasses, rename one"
+            )
+        registry[cls.__name__] = cls
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: tp.Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if cls._exca_discriminator_key in cls.model_fields:
+            raise RuntimeError(
+                f"{cls.__name__} has a field named {cls._exca_discriminator_key!r}, which is the "
+                "discriminator key of its family: rename the field or the key"
+            )
+
+    @classmethod
+    def _exca_family(cls) -> dict[str, type[DiscriminatedModel]]:
+        return {n: c for n, c in cls._exca_subclasses.items() if issubclass(c, cls)}
+
+    @classmethod
+    def _exca_lookup(cls, name: tp.Any) -> type[DiscriminatedModel]:
+        family = cls._exca_family()
+        found = family.get(name) if isinstance(name, str) else None
+        if found is None:
+            raise ValueError(
+                f"Unknown {cls.__name__} {cls._exca_discriminator_key}={name!r}; "
+                f"options are {sorted(family)}"
+            )
+        return found
+
+    @pydantic.model_validator(mode="wrap")
+    @classmethod
+    def _exca_dispatch(cls, value: tp.Any, handler: tp.Any) -> tp.Any:
+        key = cls._exca_discriminator_key
+        if isinstance(value, str):
+            return cls._exca_lookup(value)()
+        if isinstance(value, dict) and key in value:
+            sub = cls._exca_lookup(value[key])
+            data = {k: v for k, v in value.items() if k != key}
+            if sub is cls:
+                return handler(data)
+            return sub.model_validate(data)
+        try:
+            return handler(value)
+        except pydantic.ValidationError as error:
+            if isinstance(value, dict):
+                own = set(cls.model_fields)
+                elsewhere = [
+                    name
+                    for name, sub in cls._exca_family().items()
+                    if set(value) - own and set(value) - own <= set(sub.model_fields)
+                ]
+                if elsewhere:
+                    raise ValueError(
+                        f"{error}\nSummary: fields {sorted(set(value) - own)} belong to "
+                        f"{elsewhere}: did you forget the discriminator "
+                        f"{key}={elsewhere[0]!r}?"
+                    ) from None
+            raise
+
+    @pydantic.model_serializer(mode="wrap")
+    def _exca_serialize(self, handler: tp.Any, info: pydantic.SerializationInfo) -> tp.Any:
+        if _SERIALIZING.get() == id(self):
+            data = handler(self)
+        else:  # a field typed as the base holds a subclass: dump the subclass's fields
+            token = _SERIALIZING.set(id(self))
+            try:
+                data = type(self).__pydantic_serializer__.to_python(
+                    self,
+                    mode=info.mode,
+                    by_alias=bool(info.by_alias),
+                    exclude_unset=info.exclude_unset,
+                    exclude_defaults=info.exclude_defaults,
+                    exclude_none=info.exclude_none,
+                    round_trip=info.round_trip,
+                    warnings=False,
+                )
+            finally:
+                _SERIALIZING.reset(token)
+        if isinstance(data, dict):
+            data = {self._exca_discriminator_key: type(self).__name__, **data}
+        return data
+
+    def _exca_uid_prefix(self) -> dict[str, tp.Any]:
+        """Always part of a uid: the discriminator selects the class."""
+        return {self._exca_discriminator_key: type(self).__name__}

@@ -1,0 +1,233 @@
+"""MapInfra: a per-item cache for a method ``method(self, items) -> Iterator[output]``."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import typing as tp
+from pathlib import Path
+
+import pydantic
+
+from ..graph import calls
+from ..graph.node import Node
+from ..storage.cachedict import CacheDict
+from .base import BaseInfra
+from .method import InfraMethod
+from .resources import SubmititMixin
+from .task import MethodCall
+
+_SEQUENCE_HINTS = ("list", "tuple", "Sequence", "Iterable", "Iterator", "Collection")
+
+
+class ItemUid:
+    """``item_uid`` wrapped so that uids longer than ``max_length`` are shortened:
+    ``uid[:c]..<cut>..uid[-c:]-<md5[:8]>`` (idempotent; None disables)."""
+
+    def __init__(self, func: tp.Callable[[tp.Any], str], max_length: int | None) -> None:
+        if max_length is not None and max_length < 32:
+            raise ValueError(f"item_uid_max_length={max_length} is too small (minimum 32)")
+        self.func = func
+        self.max_length = max_length
+
+    def shorten(self, uid: str) -> str:
+        limit = self.max_length
+        if limit is None or len(uid) <= limit:
+            return uid
+        size = len(uid)
+        keep = (limit - 13 - len(str(size))) // 2
+        digest = hashlib.md5(uid.encode("utf8")).hexdigest()[:8]
+        return f"{uid[:keep]}..{size - 2 * keep}..{uid[-keep:]}-{digest}"
+
+    def __call__(self, item: tp.Any) -> str:
+        uid = self.func(item)
+        if not isinstance(uid, str):
+            raise TypeError(f"item_uid must return a str, got {uid!r} for item {item!r}")
+        return self.shorten(uid)
+
+    def many(self, items: tp.Sequence[tp.Any]) -> list[str]:
+        """Uids of many items (the common case runs at C speed: no per-item Python call)."""
+        uids = list(map(self.func, items))
+        if not uids:
+            return uids
+        if not all(map(str.__instancecheck__, uids)):
+            bad = next(u for u in uids if not isinstance(u, str))
+            raise TypeError(f"item_uid must return a str, got {bad!r}")
+        if self.max_length is not None and max(map(len, uids)) > self.max_length:
+            uids = [self.shorten(u) for u in uids]
+        return uids
+
+
+class MapMethod(InfraMethod):
+    def __init__(self, infra: BaseInfra, func: tp.Callable[..., tp.Any], **options: tp.Any) -> None:
+        params = list(inspect.signature(func).parameters.values())
+        if len(params) != 2:
+            raise ValueError(
+                f"MapInfra methods must have the signature (self, items), "
+                f"{func.__qualname__} has {[p.name for p in params]}"
+            )
+        annotation = params[1].annotation
+        text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+        text = str(text) + str(getattr(annotation, "__origin__", ""))
+        if annotation is inspect.Parameter.empty or not any(h in text for h in _SEQUENCE_HINTS):
+            raise TypeError(
+                f"The items parameter of {func.__qualname__} must be annotated as a list, tuple, "
+                f"Sequence or Iterable (got {annotation!r})"
+            )
+        super().__init__(infra, func, **options)
+        self.param_name = params[1].name
+        self.item_uid = ItemUid(options["item_uid"], options.get("item_uid_max_length", 256))
+
+    def bound(self, obj: tp.Any) -> BoundMap:
+        return BoundMap(self, obj)
+
+
+class BoundMap:
+    """``obj.method``: ``obj.method(items)`` computes every missing item, then returns a lazy
+    iterator over the outputs in input order (duplicates repeated)."""
+
+    __slots__ = ("method", "obj")
+
+    def __init__(self, method: MapMethod, obj: pydantic.BaseModel) -> None:
+        self.method = method
+        self.obj = obj
+
+    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Iterator[tp.Any]:
+        method = self.method
+        if kwargs:
+            if args or len(kwargs) != 1 or method.param_name not in kwargs:
+                if len(kwargs) == 1 and not args:
+                    raise NameError(
+                        f"{method.func.__qualname__} takes its items as {method.param_name!r}, "
+                        f"not {next(iter(kwargs))!r}"
+                    )
+                raise ValueError(f"{method.func.__qualname__} takes exactly one argument (the items)")
+            items = kwargs[method.param_name]
+        elif len(args) != 1:
+            raise ValueError(
+                f"{method.func.__qualname__} takes exactly one argument (the items), got {len(args)}"
+            )
+        else:
+            items = args[0]
+        if not isinstance(items, list | tuple):
+            items = list(items)
+        infra = tp.cast(MapInfra, method.infra_of(self.obj))
+        uids = method.item_uid.many(items)
+        node = infra._map_node(items)
+        calls.map_items(node, uids)
+        if infra.mode == "force":
+            infra._runtime().forced = True
+            infra._runtime().node = None
+        return node.cache.values_of(uids, where=node.uid)
+
+    def __repr__(self) -> str:
+        return f"<bound {self.method.func.__qualname__} of {type(self.obj).__name__}>"
+
+
+class MapInfra(BaseInfra, SubmititMixin):
+    """Per-item cache of a method ``(self, items) -> Iterator[output]``:
+    ``@infra.apply(item_uid=str)``. A call computes the missing items (in this process, a
+    thread/process pool, or submitit jobs packed by ``max_jobs`` / ``min_samples_per_job``),
+    then returns the outputs lazily, in input order."""
+
+    cluster: tp.Literal["auto", "local", "slurm", "debug", "threadpool", "processpool"] | None = None
+    keep_in_ram: bool = True
+    max_jobs: int | None = 128
+    min_samples_per_job: int = 1
+    forbid_single_item_computation: bool = False
+
+    def apply(
+        self,
+        method: tp.Any = None,
+        *,
+        item_uid: tp.Callable[[tp.Any], str] | None = None,
+        item_uid_max_length: int | None = 256,
+        exclude_from_cache_uid: tp.Any = (),
+        cache_type: str | None = None,
+    ) -> tp.Callable[[tp.Callable[..., tp.Any]], MapMethod]:
+        """Decorate a map method; ``item_uid(item) -> str`` names each item's cache entry."""
+        if method is not None:
+            raise TypeError(
+                "MapInfra.apply takes keyword arguments only: @infra.apply(item_uid=str)"
+            )
+        if item_uid is None:
+            raise TypeError("MapInfra.apply requires item_uid (a function item -> unique str)")
+
+        def decorate(func: tp.Callable[..., tp.Any]) -> MapMethod:
+            return MapMethod(
+                self,
+                func,
+                item_uid=item_uid,
+                item_uid_max_length=item_uid_max_length,
+                exclude_from_cache_uid=exclude_from_cache_uid or None,
+                cache_type=cache_type,
+            )
+
+        return decorate
+
+    def _check_settings(self) -> None:
+        self._check_resources(self.folder)
+        if self.folder is not None and not Path(self.folder).parent.exists():
+            raise ValueError(
+                f"MapInfra folder {self.folder} cannot be created: its parent does not exist"
+            )
+
+    @property
+    def item_uid(self) -> ItemUid:
+        return tp.cast(MapMethod, self._method()).item_uid
+
+    @property
+    def cache_dict(self) -> CacheDict[tp.Any]:
+        """The CacheDict of this config's items (in the uid folder)."""
+        runtime = self._runtime()
+        if runtime.cache is None:
+            folder = self.uid_folder()
+            if folder is None and not self.keep_in_ram:
+                return CacheDict(None, keep_in_ram=True)  # nothing kept: recomputed every call
+            runtime.cache = CacheDict(
+                folder,
+                keep_in_ram=self.keep_in_ram,
+                cache_type=self._method().options.get("cache_type"),
+                permissions=self.permissions,
+            )
+        cache: CacheDict[tp.Any] = runtime.cache
+        return cache
+
+    def _map_node(self, items: tp.Sequence[tp.Any]) -> Node:
+        runtime = self._runtime()
+        base: Node | None = runtime.node
+        if base is None:
+            owner = self._owner()
+            method = tp.cast(MapMethod, self._method())
+            uid = self.uid()
+            step, _, config_uid = uid.rpartition("/")
+            folder = self.uid_folder()
+            base = Node(
+                kind="map",
+                step=step,
+                config_uid=config_uid,
+                root=None if self.folder is None else Path(self.folder),
+                function=MethodCall(owner, method),
+                cache=self.cache_dict,
+                mode="cached" if (self.mode == "force" and runtime.forced) else self.mode,
+                execution=self._execution(
+                    logs_folder=folder,
+                    job_name=uid[uid.find(type(owner).__name__) :],
+                    workdir_folder=None if folder is None else folder / "code",
+                    max_jobs=self.max_jobs,
+                    min_items_per_job=self.min_samples_per_job,
+                ),
+                prepare=self._prepare_folder if self.folder is not None else None,
+                label=uid,
+                item_uid=method.item_uid,
+                forbid_single_item=self.forbid_single_item_computation,
+            )
+            if self.folder is not None or self.keep_in_ram:
+                runtime.node = base
+        return _with_items(base, items)
+
+
+def _with_items(node: Node, items: tp.Sequence[tp.Any]) -> Node:
+    import dataclasses
+
+    return dataclasses.replace(node, items=items)

@@ -1,0 +1,232 @@
+"""The decorator side of infras: ``@infra.apply`` returns an ``InfraMethod`` descriptor.
+
+Applying an infra to a method also adapts the owner class once: ``extra="forbid"``
+becomes its default, and instance creation / unpickling / copying link every infra of
+the instance to its owner (``BaseInfra._link``).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import sys
+import typing as tp
+
+import pydantic
+
+if tp.TYPE_CHECKING:
+    from .base import BaseInfra
+
+_HOOKED = "_exca_owner_hooked"
+
+
+class InfraMethod(property):
+    """Descriptor for a method decorated by an infra (the method itself is never called
+    directly: calls build graph nodes that the scheduler runs).
+
+    It subclasses ``property`` only so that pydantic leaves it out of the model fields.
+    """
+
+    def __init__(self, infra: BaseInfra, func: tp.Callable[..., tp.Any], **options: tp.Any) -> None:
+        if func.__name__.startswith("__"):
+            raise ValueError(f"Cannot apply an infra to a dunder method ({func.__name__})")
+        runtime = infra._runtime()
+        if runtime.method is not None:
+            raise RuntimeError(
+                f"Infra was already applied to {runtime.method.func.__qualname__}: "
+                f"use one infra instance per decorated method (cannot also decorate {func.__qualname__})"
+            )
+        super().__init__()
+        runtime.method = self
+        self.infra = infra  # the class-level default
+        self.func = func
+        self.options = options
+        self.name = func.__name__
+        self.owner: type[pydantic.BaseModel] | None = None
+        self.infra_name = ""
+        self.private = False
+        functools.update_wrapper(self, func)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.func.__qualname__})"
+
+    def __set_name__(self, owner: type[pydantic.BaseModel], name: str) -> None:
+        self.owner = owner
+        self.name = name
+        self.infra_name, self.private = _find_infra_name(owner, self.infra)
+        # pydantic builds the schema from this very dict after __set_name__ returns
+        owner.model_config.setdefault("extra", "forbid")
+        install_owner_hooks(owner)
+
+    def __get__(self, obj: tp.Any, objtype: tp.Any = None) -> tp.Any:
+        if obj is None:
+            return self
+        return self.bound(obj)
+
+    def bound(self, obj: tp.Any) -> tp.Any:  # overridden per infra kind
+        raise NotImplementedError
+
+    def __reduce__(self) -> tuple[tp.Any, ...]:
+        if self.owner is not None and importable(self.owner):
+            return (getattr, (self.owner, self.name))  # by name, like functions
+        # classes of __main__, notebooks or functions are pickled by value (cloudpickle):
+        # their dict holds this descriptor, so rebuild it without touching the class
+        return (_rebuild, (type(self), dict(self.__dict__)))
+
+    def infra_of(self, obj: pydantic.BaseModel) -> BaseInfra:
+        """The (linked) infra instance that this method uses on an owner instance."""
+        if self.private:
+            infra = obj.__pydantic_private__[self.infra_name]  # type: ignore[index]
+        else:
+            infra = obj.__dict__[self.infra_name]
+        if infra._runtime().owner is not obj:
+            link_infras(obj, merge=False)
+            infra = getattr(obj, self.infra_name)
+        return tp.cast("BaseInfra", infra)
+
+    def step_name(self, obj: pydantic.BaseModel) -> str:
+        """``<module>.<Class>.<method>``: the class of the instance when it inherits the
+        decorated method unchanged, else the class that defines it."""
+        cls = type(obj)
+        if cls.__dict__.get(self.name) is not self and getattr(cls, self.name, None) is self:
+            return f"{cls.__module__}.{cls.__qualname__}.{self.name}"
+        owner = self.owner or cls
+        return f"{owner.__module__}.{owner.__qualname__}.{self.name}"
+
+
+def importable(cls: type) -> bool:
+    """Whether a class can be found again by module and qualified name."""
+    if cls.__module__ == "__main__":
+        return False
+    obj: tp.Any = sys.modules.get(cls.__module__)
+    for part in cls.__qualname__.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return False
+    return obj is cls
+
+
+def _rebuild(kind: type[InfraMethod], state: dict[str, tp.Any]) -> InfraMethod:
+    method = kind.__new__(kind)
+    property.__init__(method)
+    method.__dict__.update(state)
+    state["infra"]._runtime().method = method
+    return method
+
+
+def _find_infra_name(owner: type, infra: tp.Any) -> tuple[str, bool]:
+    for name, value in owner.__dict__.items():
+        if value is infra:
+            return name, False
+    for name, private in getattr(owner, "__private_attributes__", {}).items():
+        if getattr(private, "default", None) is infra:
+            return name, True
+    for base in owner.__mro__[1:]:
+        for name, field in getattr(base, "model_fields", {}).items():
+            if field.default is infra:
+                return name, False
+    raise RuntimeError(
+        f"Could not find the infra used by @apply in class {owner.__qualname__}: declare it as a "
+        "field with a default (infra: TaskInfra = TaskInfra()) in the same class"
+    )
+
+
+# --- owner classes ------------------------------------------------------------------------
+class _OwnerFacts(tp.NamedTuple):
+    infras: tuple[tuple[str, bool, tp.Any], ...]  # (name, private, class default)
+
+
+_FACTS: dict[type, _OwnerFacts] = {}
+
+
+def owner_facts(cls: type[pydantic.BaseModel]) -> _OwnerFacts:
+    facts = _FACTS.get(cls)
+    if facts is not None:
+        return facts
+    from .base import BaseInfra
+
+    applied: dict[str, InfraMethod] = {}
+    for klass in reversed(cls.__mro__):
+        for value in vars(klass).values():
+            if isinstance(value, InfraMethod) and value.infra_name:
+                applied[value.infra_name] = value
+    infras: list[tuple[str, bool, tp.Any]] = []
+    for name, field in cls.model_fields.items():
+        if isinstance(field.default, BaseInfra):
+            infras.append((name, False, field.default))
+    for name, private in getattr(cls, "__private_attributes__", {}).items():
+        if isinstance(getattr(private, "default", None), BaseInfra):
+            infras.append((name, True, private.default))
+    for name, _, default in infras:
+        method = applied.get(name)
+        if method is not None and default._runtime().method is None:
+            raise RuntimeError(
+                f"{cls.__qualname__}.{name} overrides the infra that {method.func.__qualname__} "
+                f"is decorated with, without applying it: decorate a method with "
+                f"@{name}.apply in {cls.__qualname__} too, or do not override {name!r}"
+            )
+    facts = _FACTS[cls] = _OwnerFacts(tuple(infras))
+    return facts
+
+
+def link_infras(obj: pydantic.BaseModel, merge: bool) -> None:
+    """Link each infra of an owner instance to it (merging class-default settings)."""
+    for name, private, default in owner_facts(type(obj)).infras:
+        if private:
+            store = obj.__pydantic_private__
+            if store is None:
+                continue
+            infra = store.get(name)
+            if infra is None:
+                continue
+            if infra is default or _linked_elsewhere(infra, obj):
+                infra = store[name] = copy.deepcopy(infra)
+        else:
+            infra = obj.__dict__.get(name)
+            if infra is None:
+                continue
+            if infra is default or _linked_elsewhere(infra, obj):
+                infra = obj.__dict__[name] = copy.deepcopy(infra)
+        infra._link(obj, name, default, merge=merge and name in obj.model_fields_set)
+
+
+def _linked_elsewhere(infra: tp.Any, obj: tp.Any) -> bool:
+    owner = infra._runtime().owner
+    return owner is not None and owner is not obj
+
+
+def install_owner_hooks(cls: type[pydantic.BaseModel]) -> None:
+    """Wrap instance creation, unpickling and copies of an owner class (once per class)."""
+    if cls.__dict__.get(_HOOKED):
+        return
+    setattr(cls, _HOOKED, True)
+    post_init = cls.model_post_init
+
+    def model_post_init(self: pydantic.BaseModel, context: tp.Any, /) -> None:
+        post_init(self, context)
+        link_infras(self, merge=True)
+
+    setstate = cls.__setstate__
+
+    def __setstate__(self: pydantic.BaseModel, state: dict[tp.Any, tp.Any]) -> None:
+        setstate(self, state)
+        link_infras(self, merge=False)
+
+    shallow = cls.__copy__
+    deep = cls.__deepcopy__
+
+    def __copy__(self: pydantic.BaseModel) -> pydantic.BaseModel:
+        new = shallow(self)
+        link_infras(new, merge=False)  # infras shared with `self` get copied
+        return new
+
+    def __deepcopy__(
+        self: pydantic.BaseModel, memo: dict[int, tp.Any] | None = None
+    ) -> pydantic.BaseModel:
+        new = deep(self, memo)
+        link_infras(new, merge=False)
+        return new
+
+    for hook in (model_post_init, __setstate__, __copy__, __deepcopy__):
+        hook.__qualname__ = f"{cls.__qualname__}.{hook.__name__}"
+        setattr(cls, hook.__name__, hook)

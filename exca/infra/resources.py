@@ -1,0 +1,110 @@
+"""Where and with which resources missing work runs (the submitit fields of infras).
+
+None of these fields enters a uid: they change how a result is computed, not what it is.
+"""
+
+from __future__ import annotations
+
+import typing as tp
+from pathlib import Path
+
+import pydantic
+
+from ..graph.node import Execution
+from .workdir import WorkDir
+
+SUBMITIT_CLUSTERS = ("auto", "local", "slurm", "debug")
+_PARAMS = (
+    "timeout_min",
+    "nodes",
+    "tasks_per_node",
+    "cpus_per_task",
+    "gpus_per_node",
+    "mem_gb",
+    "slurm_constraint",
+    "slurm_partition",
+    "slurm_account",
+    "slurm_qos",
+    "slurm_use_srun",
+    "slurm_additional_parameters",
+    "slurm_setup",
+)
+
+
+class SubmititMixin(pydantic.BaseModel):
+    """Resources and cluster settings, forwarded to submitit (``slurm_*`` unchanged)."""
+
+    __slots__ = ()
+    cluster: str | None = None
+    logs: Path | str = "{folder}/logs/{user}/%j"
+    job_name: str | None = None
+    timeout_min: int | None = None
+    nodes: int | None = 1
+    tasks_per_node: int | None = 1
+    cpus_per_task: int | None = None
+    gpus_per_node: int | None = None
+    mem_gb: float | None = None
+    max_pickle_size_gb: float | None = None
+    slurm_constraint: str | None = None
+    slurm_partition: str | None = None
+    slurm_account: str | None = None
+    slurm_qos: str | None = None
+    slurm_use_srun: bool = False
+    slurm_additional_parameters: dict[str, int | str | float | bool] | None = None
+    slurm_setup: list[str] | None = None
+    conda_env: Path | str | None = None
+    workdir: WorkDir | None = None
+
+    def _check_resources(self, folder: Path | None) -> None:
+        cluster = self.cluster
+        if cluster in SUBMITIT_CLUSTERS and folder is None:
+            raise ValueError(
+                f"cluster={cluster!r} needs a folder (results come back through the cache): "
+                "set infra folder=..."
+            )
+        if self.workdir is not None and folder is None:
+            raise ValueError("workdir needs a folder (the code copy goes under it): set folder=...")
+        if (self.tasks_per_node or 1) > 1 and cluster in ("slurm", "auto") and not self.slurm_use_srun:
+            raise ValueError(
+                f"tasks_per_node={self.tasks_per_node} on Slurm requires slurm_use_srun=True "
+                "(each task is started by srun)"
+            )
+        if self.conda_env is not None and cluster in (None, "debug", "threadpool", "processpool"):
+            raise ValueError(
+                f"conda_env={self.conda_env!r} only applies to jobs (cluster local/slurm/auto), "
+                f"not to cluster={cluster!r}"
+            )
+
+    def _submitit_params(self) -> tuple[tuple[str, tp.Any], ...]:
+        out = []
+        for name in _PARAMS:
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                value = dict(value)
+            elif isinstance(value, list):
+                value = list(value)
+            out.append((name, value))
+        return tuple(out)
+
+    def _execution(
+        self,
+        logs_folder: Path | None,
+        job_name: str | None,
+        workdir_folder: Path | None,
+        max_jobs: int | None = None,
+        min_items_per_job: int = 1,
+    ) -> Execution:
+        workdir = self.workdir
+        if workdir is not None and workdir.folder is None and workdir_folder is not None:
+            workdir = workdir.model_copy(update={"folder": workdir_folder})
+        return Execution(
+            cluster=self.cluster,
+            params=self._submitit_params(),
+            logs=str(self.logs).replace("{folder}", str(logs_folder)),
+            max_jobs=max_jobs,
+            min_items_per_job=min_items_per_job,
+            conda_env=None if self.conda_env is None else str(self.conda_env),
+            max_pickle_size_gb=self.max_pickle_size_gb,
+            workdir=workdir,
+            job_name=self.job_name or job_name,
+        )

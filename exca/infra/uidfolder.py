@@ -1,0 +1,120 @@
+"""The three yaml files of a uid folder, and their consistency checks.
+
+- ``uid.yaml``: the minimal config defining the result (what the folder name encodes);
+- ``full-uid.yaml``: the same with defaults (so a changed default can be detected);
+- ``config.yaml``: the whole config, infra settings included (written once).
+
+Checks run once per instance before anything is computed: an existing ``uid.yaml`` that
+differs means two configs share a folder name (RuntimeError); an existing
+``full-uid.yaml`` whose value of a default changed means the cache was made with another
+default (RuntimeError). Unreadable files are replaced with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import typing as tp
+from pathlib import Path
+
+from ..confdict import ConfDict
+
+logger = logging.getLogger("exca")
+UID_FILE = "uid.yaml"
+FULL_UID_FILE = "full-uid.yaml"
+CONFIG_FILE = "config.yaml"
+
+
+def read_yaml(path: Path) -> dict[str, tp.Any] | None:
+    """A yaml mapping from a file; None if it is missing; unreadable files are removed."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf8")
+    except FileNotFoundError:
+        return None
+    try:
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError:
+        data = None
+    if not isinstance(data, dict):
+        logger.warning("Removing unreadable %s (it will be rewritten): %r", path, text[:200])
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        return None
+    return data
+
+
+def _normalized(cfg: ConfDict) -> dict[str, tp.Any]:
+    """The flat form of a config as it reads back from yaml (tuples become lists...)."""
+    import yaml
+
+    loaded = yaml.load(cfg.to_yaml(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return ConfDict(loaded or {}).flat()
+
+
+def _write_atomic(path: Path, text: str, permissions: int | None) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(3).hex()}")
+    tmp.write_text(text, encoding="utf8")
+    if permissions is not None:
+        try:
+            os.chmod(tmp, permissions)
+        except OSError as e:
+            logger.warning("Could not chmod %s: %s", tmp, e)
+    os.replace(tmp, path)
+
+
+def make_folder(folder: Path, permissions: int | None) -> None:
+    """mkdir -p, applying permissions to the folders it creates."""
+    missing = []
+    current = folder
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    if permissions is not None:
+        for path in missing:
+            try:
+                os.chmod(path, permissions)
+            except OSError as e:
+                logger.warning("Could not chmod %s: %s", path, e)
+
+
+def prepare(
+    folder: Path,
+    uid_config: ConfDict,
+    full_uid_config: ConfDict,
+    config: tp.Callable[[], ConfDict],
+    permissions: int | None,
+) -> None:
+    """Create the folder, check the existing yaml files, write the missing ones."""
+    make_folder(folder, permissions)
+    uid_flat = _normalized(uid_config)
+    existing = read_yaml(folder / UID_FILE)
+    if existing is None:
+        _write_atomic(folder / UID_FILE, uid_config.to_yaml(), permissions)
+    elif ConfDict(existing).flat() != uid_flat:
+        raise RuntimeError(
+            f"Inconsistent uid config in {folder}:\n"
+            f"existing {UID_FILE}:\n{ConfDict(existing).to_yaml()}"
+            f"current config:\n{uid_config.to_yaml()}"
+            "Two configs map to the same folder name; remove the folder if the cache is obsolete"
+        )
+    full_flat = _normalized(full_uid_config)
+    existing_full = read_yaml(folder / FULL_UID_FILE)
+    if existing_full is None:
+        _write_atomic(folder / FULL_UID_FILE, full_uid_config.to_yaml(), permissions)
+    else:
+        for key, value in ConfDict(existing_full).flat().items():
+            if key in uid_flat or key not in full_flat:
+                continue
+            if full_flat[key] != value:
+                raise RuntimeError(
+                    f"Default {key}={full_flat[key]!r} seems incompatible with the cached "
+                    f"{key}={value!r} in {folder / FULL_UID_FILE} (the class default changed "
+                    f"since the cache was written; to ignore, remove {FULL_UID_FILE})"
+                )
+    if not (folder / CONFIG_FILE).exists():
+        _write_atomic(folder / CONFIG_FILE, config().to_yaml(), permissions)

@@ -1,0 +1,144 @@
+"""WorkDir: run a job from a snapshot of the code, so that editing files while jobs are
+queued does not change what they run.
+
+The copy and the ``chdir`` happen when jobs are submitted (not at import): files matching
+``includes`` under each ``copied`` name are copied into ``folder`` (once), then the
+submitting process works from there while it submits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import importlib.util
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import typing as tp
+from pathlib import Path
+
+import pydantic
+
+logger = logging.getLogger("exca")
+
+
+class WorkDir(pydantic.BaseModel):
+    """Code snapshot settings (``copied`` names folders/files to copy, see module doc)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+    copied: tp.Sequence[str | Path]
+    folder: Path | str | None = None
+    log_commit: bool = False
+    includes: tp.Sequence[str] = ("*.py",)
+    excludes: tp.Sequence[str] = ("__pycache__", ".git")
+    _active: int = pydantic.PrivateAttr(default=0)
+
+    @pydantic.field_validator("copied")
+    @classmethod
+    def _not_empty(cls, value: tp.Sequence[str | Path]) -> tp.Sequence[str | Path]:
+        if not value:
+            raise ValueError("WorkDir.copied must name at least one folder or file to copy")
+        return value
+
+    def resolve(self, name: str | Path) -> Path:
+        """Find what a copied name refers to: cwd, PYTHONPATH, sys.path, then editable packages."""
+        path = Path(name)
+        if path.is_absolute():
+            if not path.exists():
+                raise ValueError(f"WorkDir: {path} does not exist")
+            return path
+        candidates = [Path.cwd()]
+        candidates += [Path(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        stdlib = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib")}
+        candidates += [Path(p) for p in sys.path if p and p not in stdlib and "site-packages" not in p]
+        for base in candidates:
+            if (base / path).exists():
+                return base / path
+        spec = importlib.util.find_spec(str(name))
+        if spec is not None and spec.origin:
+            origin = Path(spec.origin)
+            root = origin.parent if origin.name == "__init__.py" else origin
+            if "site-packages" in str(root) or "dist-packages" in str(root):
+                raise ValueError(
+                    f"WorkDir: package {name!r} is installed in {root}, it is not editable "
+                    "(install it with pip install -e, or copy a folder path instead)"
+                )
+            return root
+        raise ValueError(f"WorkDir: could not find {name!r} in cwd, PYTHONPATH or sys.path")
+
+    def _copy_tree(self, source: Path, destination: Path) -> None:
+        def excluded(name: str) -> bool:
+            return any(fnmatch.fnmatch(name, pattern) for pattern in self.excludes)
+
+        if source.is_file():
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination)
+            return
+        for root, dirs, files in os.walk(source):
+            dirs[:] = [d for d in dirs if not excluded(d)]
+            rel = Path(root).relative_to(source)
+            for name in files:
+                if excluded(name) or not any(fnmatch.fnmatch(name, p) for p in self.includes):
+                    continue
+                target = destination / rel / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(Path(root) / name, target)
+
+    def _log_commits(self, folder: Path) -> None:
+        lines = []
+        for name in self.copied:
+            source = self.resolve(name)
+            cwd = source if source.is_dir() else source.parent
+            dirty = subprocess.run(["git", "diff", "--exit-code"], cwd=cwd, capture_output=True)
+            if dirty.returncode:
+                raise RuntimeError(
+                    f"WorkDir(log_commit=True): {cwd} has uncommitted changes; commit them first"
+                )
+            commit = subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+            )
+            lines.append(f"{source}: {commit.stdout.strip()}")
+        (folder / "git-hashes.log").write_text("\n".join(lines) + "\n", encoding="utf8")
+
+    def populate(self) -> Path:
+        """Copy the code into ``folder`` (only what is not there yet); return the folder."""
+        if self.folder is None:
+            raise RuntimeError("WorkDir.folder is not set (the infra sets it from its own folder)")
+        folder = Path(self.folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in self.copied:
+            source = self.resolve(name)
+            relative = Path(name)
+            destination = folder / (source.name if relative.is_absolute() else relative)
+            if destination.exists():
+                continue  # never recopied: jobs of this snapshot keep the same code
+            self._copy_tree(source, destination)
+        if self.log_commit and not (folder / "git-hashes.log").exists():
+            self._log_commits(folder)
+        return folder
+
+    @contextlib.contextmanager
+    def activate(self) -> tp.Iterator[Path]:
+        """Copy if needed, then work from the copy (cwd and sys.path) within the context."""
+        folder = self.populate()
+        if self._active:
+            self._active += 1
+            try:
+                yield folder
+            finally:
+                self._active -= 1
+            return
+        previous = Path.cwd()
+        self._active = 1
+        os.chdir(folder)
+        sys.path.insert(0, str(folder))
+        try:
+            yield folder
+        finally:
+            self._active = 0
+            os.chdir(previous)
+            with contextlib.suppress(ValueError):
+                sys.path.remove(str(folder))

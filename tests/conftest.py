@@ -1,0 +1,27 @@
+"""Shared test setup: jobs can import test modules; the Slurm cluster fixture and marker."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from slurm_cluster import *  # noqa: F403  (fixtures: slurm_cluster; helpers)
+
+TESTS = Path(__file__).resolve().parent
+# submitted jobs (local subprocesses, Slurm) import the classes of test modules by name
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p
+)
+os.environ.setdefault("EXCA_PROGRESS", "0")
+
+
+@pytest.fixture(autouse=True)
+def _claim_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Short heartbeats so that takeover tests do not wait a minute."""
+    monkeypatch.setenv("EXCA_CLAIM_HEARTBEAT_S", os.environ.get("EXCA_CLAIM_HEARTBEAT_S", "2"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    add_slurm_fixture(items)  # noqa: F405
