@@ -55,3 +55,10 @@ def map_items(node: Node, uids: list[str]) -> None:
     from .scheduler import Scheduler
 
     Scheduler([node], item_uids={node.key: uids}).run()
+
+
+def run_nodes(targets: tp.Sequence[Node]) -> None:
+    """Compute whatever the targets need (waiting for it)."""
+    from .scheduler import Scheduler
+
+    Scheduler(targets).run()

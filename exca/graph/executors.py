@@ -299,9 +299,14 @@ def submit_array(
     if cluster == "slurm":
         extra: dict[str, tp.Any] = {"array_parallelism": parallelism or len(units)}
         if dependencies:
-            params = dict(executor._executor.parameters.get("additional_parameters", {}) or {})
-            params["dependency"] = "afterany:" + ":".join(dependencies)
-            extra["additional_parameters"] = params
+            from .registry import queued_jobs
+
+            # ended jobs cannot be waited for; an array id waits for all its elements
+            alive = sorted({j.split("_")[0] for j in queued_jobs(list(dependencies))})
+            if alive:
+                params = dict(executor._executor.parameters.get("additional_parameters", {}) or {})
+                params["dependency"] = "afterany:" + ":".join(alive)
+                extra["additional_parameters"] = params
         executor._executor.update_parameters(**extra)
     size = max_array_size() if cluster == "slurm" else len(units) or 1
     function: tp.Callable[[Unit], tp.Any] = run_unit

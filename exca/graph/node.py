@@ -45,7 +45,10 @@ class Execution:
     def describe(self) -> str:
         """Where work would run, e.g. ``slurm(cpus_per_task=2, slurm_partition=debug)``."""
         where = self.cluster or "inline"
-        shown = [f"{k}={v}" for k, v in self.params if v is not None and k != "name"]
+        defaults = {"nodes": 1, "tasks_per_node": 1, "slurm_use_srun": False}
+        shown = [
+            f"{k}={v}" for k, v in self.params if v is not None and k != "name" and defaults.get(k, ...) != v
+        ]
         return f"{where}({', '.join(shown)})" if shown and where not in ("inline",) else where
 
 
@@ -55,6 +58,23 @@ class Value:
 
     value: tp.Any
     uid: str
+
+    @classmethod
+    def of(cls, value: tp.Any) -> Value:
+        """Wrap a value; its uid comes from the uid format (arrays are hashed: md5 of bytes)."""
+        from ..uidformat import to_uid
+
+        try:
+            uid = to_uid(value) or "empty"
+        except TypeError as e:
+            raise TypeError(
+                f"Cannot use {type(value).__name__} value {value!r:.80} as a node input: {e}. "
+                "Pass a node, or a value of a type the uid format supports"
+            ) from None
+        return cls(value, uid)
+
+
+Input = tuple[str, "Node | Value"]  # (parameter name, what feeds it)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -73,7 +93,7 @@ class Node:
     cache: CacheDict[tp.Any]
     mode: Mode = "cached"
     execution: Execution = Execution()
-    inputs: tuple[Node | Value, ...] = ()
+    inputs: tuple[Input, ...] = ()
     chained: tuple[Node, ...] = ()
     prepare: tp.Callable[[], None] | None = None  # checks/writes the uid folder's yaml files
     label: str = ""
@@ -84,11 +104,12 @@ class Node:
 
     @property
     def inputs_uid(self) -> str | None:
-        """``inputs-<md5[:8]>`` of the input uids (None for a node without inputs)."""
+        """``inputs-<md5[:8]>`` of the inputs' names and uids (None without inputs): a
+        fixed length whatever the depth of the DAG."""
         if not self.inputs:
             return None
-        parts = [i.uid if isinstance(i, Value) else i.uid for i in self.inputs]
-        return "inputs-" + hashlib.md5("|".join(parts).encode("utf8")).hexdigest()[:8]
+        text = "|".join(f"{name}={source.uid}" for name, source in self.inputs)
+        return "inputs-" + hashlib.md5(text.encode("utf8")).hexdigest()[:8]
 
     @property
     def uid(self) -> str:
@@ -109,7 +130,7 @@ class Node:
     @property
     def upstream(self) -> tuple[Node, ...]:
         """Every node that must be done before this one (inputs, map items, chained)."""
-        nodes = [i for i in self.inputs if isinstance(i, Node)]
+        nodes = [source for _, source in self.inputs if isinstance(source, Node)]
         if isinstance(self.items, Node):
             nodes.append(self.items)
         nodes.extend(self.chained)
@@ -121,6 +142,28 @@ class Node:
 
     def with_mode(self, mode: Mode) -> Node:
         return dataclasses.replace(self, mode=mode)
+
+    # conveniences (see exca.graph.api)
+    def result(self) -> tp.Any:
+        """The output of this node, computing what is missing (upstream first)."""
+        from .api import result
+
+        return result(self)
+
+    def status(self) -> str:
+        from .api import status
+
+        return status(self)
+
+    def job(self) -> tp.Any:
+        from .api import job
+
+        return job(self)
+
+    def clear(self) -> None:
+        from .api import clear
+
+        clear(self)
 
     def __repr__(self) -> str:
         return f"Node({self.kind} {self.uid})"

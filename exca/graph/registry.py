@@ -69,6 +69,14 @@ def write(folder: Path, record: JobRecord, link: bool = True) -> None:
                 os.remove(tmp_link)
 
 
+def forget(folder: Path | None, job_id: str) -> None:
+    """Drop the record of a job (e.g. cancelled on purpose: a later run recomputes)."""
+    if folder is None or not job_id:
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(folder / JOBS_DIR / (job_id.replace("/", "-") + ".json"))
+
+
 def read_all(folder: Path | None) -> list[JobRecord]:
     """Every job recorded for a node folder, oldest first."""
     if folder is None:

@@ -42,7 +42,13 @@ class NodeRun:
 
     @property
     def needs_work(self) -> bool:
-        return self.action in ("compute", "force", "retry")
+        return self.action in ("compute", "force", "retry", "wait")
+
+
+def _upstream_failed(node: Node) -> bool:
+    """Whether a task's cached error only says that its upstream had failed."""
+    entry = node.cache.entry(TASK_KEY)
+    return entry is not None and str(entry.info.get("t", "")).endswith("UpstreamFailed")
 
 
 def collect(targets: tp.Sequence[Node]) -> dict[tuple[str, str], Node]:
@@ -77,6 +83,19 @@ def to_chunks(count: int, max_chunks: int | None, min_per_chunk: int) -> list[tu
         splits = min(splits, max_chunks)
     size = math.ceil(count / splits)
     return [(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+def _topological(
+    nodes: dict[tuple[str, str], Node], upstream: dict[tuple[str, str], list[tuple[str, str]]]
+) -> list[tuple[str, str]]:
+    if len(nodes) < 2:
+        return list(nodes)
+    import networkx as nx
+
+    graph = nx.DiGraph()
+    graph.add_nodes_from(nodes)
+    graph.add_edges_from((up, key) for key, ups in upstream.items() for up in ups)
+    return list(nx.topological_sort(graph))
 
 
 class Scheduler:
@@ -141,7 +160,33 @@ class Scheduler:
             if run.needs_work:
                 stack.extend(self._upstream[key])
         self.runs = runs
+        self._check_registry([r for r in runs.values() if r.action in ("compute", "retry")])
         return runs
+
+    def _check_registry(self, candidates: list[NodeRun]) -> None:
+        """Task nodes whose job was already submitted: wait for it if it is queued or
+        running; if it ended without a result, it failed (cancelled, timed out, killed)."""
+        records = {}
+        for run in candidates:
+            if run.node.kind == "task":
+                record = registry.latest(run.node.folder)
+                if record is not None:
+                    records[run.node.key] = record
+        if not records:
+            return
+        slurm_ids = [r.job_id for r in records.values() if r.cluster == "slurm"]
+        queued = registry.queued_jobs(slurm_ids) if slurm_ids else set()
+        for key, record in records.items():
+            run = self.runs[key]
+            if registry.is_active(record, queued):
+                run.action = "wait"
+                run.reason = f"running as job {record.job_id}"
+                run.handles = [executors.SubmititHandle(registry.submitit_job(record), record.cluster)]
+            elif run.action == "compute":
+                how = executors.SubmititHandle(registry.submitit_job(record), record.cluster).ended_how()
+                run.action = "fail"
+                run.reason = f"job {record.job_id} ended without a result"
+                run.error = JobFailedError(f"{run.node.uid}: {how} (use mode='retry' to recompute)")
 
     def _decide_node(self, run: NodeRun, forced: bool) -> None:
         node = run.node
@@ -154,6 +199,8 @@ class Scheduler:
             run.reason = "mode=force" if node.mode == "force" else "forced by upstream"
         elif state == "done":
             run.action, run.reason = "reuse", "cached"
+        elif state == "error" and _upstream_failed(node):
+            run.action, run.reason = "retry", "its upstream failed last time"
         elif state == "error":
             if node.mode == "retry":
                 run.action, run.reason = "retry", "retry of a cached error"
@@ -168,8 +215,23 @@ class Scheduler:
         node = run.node
         uids = self.item_uids.get(node.key)
         if uids is None:
-            assert node.item_uid is not None and not isinstance(node.items, Node)
-            uids = [node.item_uid(item) for item in node.items or ()]
+            if isinstance(node.items, Node) and not self._is_done(node.items):
+                run.action = "force" if forced else "compute"
+                run.reason = "items known at run time"
+                return
+            uids = store.map_item_uids(node)
+        self._decide_items(run, uids, forced)
+
+    def _is_done(self, node: Node) -> bool:
+        """Whether a node's outputs can be read now (used to resolve items early)."""
+        if node.kind == "task":
+            return node.mode != "force" and store.task_state(node) == "done"
+        if isinstance(node.items, Node):
+            return False
+        return node.mode != "force" and not node.cache.missing(store.map_item_uids(node))
+
+    def _decide_items(self, run: NodeRun, uids: list[str], forced: bool) -> None:
+        node = run.node
         run.uids = uids
         if forced:
             run.todo = list(dict.fromkeys(uids))
@@ -203,7 +265,7 @@ class Scheduler:
         for run in runs.values():
             if run.action == "fail":
                 run.state = "failed"
-                run.error = self._decision_error(run)
+                run.error = run.error or self._decision_error(run)
             elif not run.needs_work:
                 run.state = "done" if run.action == "reuse" else "skipped"
         work = [r for r in runs.values() if r.needs_work]
@@ -233,6 +295,101 @@ class Scheduler:
         self._launch(work, running, pools, progress, parallelism=parallelism)
         pools.shutdown()
         return {r.node.key: r.handles for r in work}
+
+    def run_detached(self) -> None:
+        """Submit every node that needs work at once and return without waiting: each
+        array depends (afterany) on the jobs of its upstream nodes, and its elements check
+        at start that their upstream results exist. Work that runs in this process
+        (cluster=None, pools) is done first when its upstream is ready."""
+        runs = self.decide()
+        for run in runs.values():
+            if run.action == "fail":
+                run.state = "failed"
+                run.error = run.error or self._decision_error(run)
+            elif not run.needs_work:
+                run.state = "done" if run.action == "reuse" else "skipped"
+        order = [k for k in _topological(self.nodes, self._upstream) if runs[k].needs_work]
+        for key in order:
+            blocked = [u for u in self._upstream[key] if runs[u].state == "failed"]
+            if blocked:
+                runs[key].state = "skipped"
+                runs[key].error = RuntimeError(f"{runs[key].node.uid}: upstream {runs[blocked[0]].node.uid} failed")
+        order = [k for k in order if runs[k].state != "skipped"]
+        for key in order:
+            if runs[key].node.prepare is not None:
+                runs[key].node.prepare()
+        pools = executors.Pools()
+        progress = Progress(0, desc="exca", requested=False)
+        submitted: list[tuple[NodeRun, executors.Handle]] = []
+        try:
+            for wave in self._waves(order):
+                groups: dict[str, list[tuple[NodeRun, Unit]]] = {}
+                for key in wave:
+                    run = runs[key]
+                    if run.action == "wait":
+                        continue
+                    cluster = run.node.execution.cluster
+                    deps = self._dependencies(key)
+                    if cluster not in ("slurm", "auto") or executors.resolve_cluster(cluster) != "slurm":
+                        if deps:
+                            raise ValueError(
+                                f"Cannot submit {run.node.uid} without waiting: it runs on "
+                                f"{run.node.execution.describe()} after upstream jobs, and only "
+                                "Slurm can start work after other jobs (give it cluster='slurm', "
+                                "or use wait=True)"
+                            )
+                        running: dict[tuple[str, str], NodeRun] = {}
+                        self._launch([run], running, pools, progress)
+                        if running:
+                            self._wait_some(running, progress)
+                        continue
+                    for unit in self._detached_units(run):
+                        groups.setdefault(f"{cluster}|{run.node.execution.group_key}", []).append((run, unit))
+                for members in groups.values():
+                    deps = sorted({d for run, _ in members for d in self._dependencies(run.node.key)})
+                    first = members[0][0].node
+                    logs = executors.format_logs(first.execution.logs or "{folder}/logs/{user}/%j", first.folder)
+                    handles = executors.submit_array(
+                        [u for _, u in members], first.execution, logs, len(members), dependencies=deps
+                    )
+                    for (run, unit), handle in zip(members, handles):
+                        run.handles.append(handle)
+                        run.state = "running"
+                        submitted.append((run, handle))
+                        self._record(run.node, unit, handle)
+        except BaseException:
+            for run, handle in submitted:  # a half-made submission is cancelled, not left behind
+                handle.cancel()
+                registry.forget(run.node.folder, handle.job_id)
+            raise
+        finally:
+            pools.shutdown()
+
+    def _waves(self, order: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+        level: dict[tuple[str, str], int] = {}
+        for key in order:
+            level[key] = max((level[u] + 1 for u in self._upstream[key] if u in level), default=0)
+        waves: dict[int, list[tuple[str, str]]] = {}
+        for key in order:
+            waves.setdefault(level[key], []).append(key)
+        return [waves[i] for i in sorted(waves)]
+
+    def _dependencies(self, key: tuple[str, str]) -> list[str]:
+        """Job ids this node must start after: its upstream nodes' queued/running jobs."""
+        deps: list[str] = []
+        for up in self._upstream[key]:
+            run = self.runs[up]
+            if run.state == "running" or run.action == "wait":
+                deps.extend(h.job_id for h in run.handles if isinstance(h, executors.SubmititHandle))
+        return deps
+
+    def _detached_units(self, run: NodeRun) -> list[Unit]:
+        node = run.node
+        action = tp.cast(Action, run.action)
+        if node.kind == "map" and run.uids is None:  # items known at run time
+            count = node.execution.max_jobs or 1
+            return [Unit(node, action, split=(i, count)) for i in range(count)]
+        return self._units(run)
 
     def _decision_error(self, run: NodeRun) -> BaseException:
         node = run.node
@@ -267,8 +424,11 @@ class Scheduler:
         except KeyboardInterrupt:
             logger.warning("Interrupted: cancelling the jobs this run submitted")
             for run in running.values():
+                if run.action == "wait":
+                    continue  # not ours
                 for handle in run.handles:
                     handle.cancel()
+                    registry.forget(run.node.folder, handle.job_id)
             pools.shutdown(cancel=True)
             raise
         finally:
@@ -292,6 +452,12 @@ class Scheduler:
         action = tp.cast(Action, run.action)
         if node.kind == "task":
             return [Unit(node, action)]
+        if run.uids is None:  # items known now that the upstream is done
+            forced = run.action == "force"
+            self._decide_items(run, store.map_item_uids(node), forced)
+            if not run.needs_work:
+                return []
+            action = tp.cast(Action, run.action)
         todo = list(run.todo or [])
         by_uid = self._items_by_uid(run)
         cluster = node.execution.cluster
@@ -310,7 +476,11 @@ class Scheduler:
 
     def _items_by_uid(self, run: NodeRun) -> dict[str, tp.Any]:
         items = run.node.items
-        assert run.uids is not None and not isinstance(items, Node) and items is not None
+        if isinstance(items, Node):
+            from .worker import load_output
+
+            items = load_output(items)
+        assert run.uids is not None and items is not None
         return dict(zip(run.uids, items))
 
     def _launch(
@@ -324,6 +494,9 @@ class Scheduler:
         groups: dict[str, list[tuple[NodeRun, Unit]]] = {}
         for run in ready:
             run.state = "running"
+            if run.action == "wait":  # already submitted by someone: just wait for it
+                running[run.node.key] = run
+                continue
             units = self._units(run)
             if not units:
                 run.state = "done"
@@ -422,6 +595,8 @@ class Scheduler:
                 return
             run.state = "failed"
             run.error = self._lost(run)
+            if isinstance(run.error, JobFailedError) and node.folder is not None:
+                self._cache_error(node, run.error)
             return
         missing = node.cache.missing(run.todo or [])
         if node.execution.cluster not in (None,):
@@ -431,6 +606,18 @@ class Scheduler:
             return
         run.state = "failed"
         run.error = self._lost(run, missing)
+
+    @staticmethod
+    def _cache_error(node: Node, error: BaseException) -> None:
+        """Remember that the job of a task failed (status 'failed'; mode retry recomputes)."""
+        from ..storage.formats import CachedError
+
+        try:
+            with node.cache.write():
+                if TASK_KEY not in node.cache:
+                    node.cache[TASK_KEY] = CachedError.from_exception(error)
+        except (OSError, ValueError) as e:
+            logger.warning("Could not cache the failure of %s: %s", node.uid, e)
 
     def _lost(self, run: NodeRun, missing: list[str] | None = None) -> BaseException:
         descriptions = []

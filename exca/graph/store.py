@@ -43,3 +43,21 @@ def item_result(node: Node, uid: str) -> tp.Any:
     if isinstance(value, CachedError):
         raise_from(value, f"{node.uid} item {uid!r}")
     return value
+
+
+def map_item_uids(node: Node) -> list[str]:
+    """Uids of a map node's items (its items come from a list, or an upstream's output)."""
+    from .worker import load_output
+
+    items = node.items
+    if isinstance(items, Node):
+        items = load_output(items)
+    assert node.item_uid is not None
+    many = getattr(node.item_uid, "many", None)
+    return many(list(items or ())) if many is not None else [node.item_uid(i) for i in items or ()]
+
+
+def map_outputs(node: Node) -> list[tp.Any]:
+    """The outputs of a map node for its items, in order (a cached error raises)."""
+    uids = map_item_uids(node)
+    return list(node.cache.values_of(uids, where=node.uid))

@@ -26,12 +26,17 @@ FLUSH_SECONDS = 0.5  # ... or at least this often
 
 @dataclasses.dataclass
 class Unit:
-    """One element of an array: a task node, or a chunk of a map node's items."""
+    """One element of an array: a task node, or a chunk of a map node's items.
+
+    ``split=(i, n)``: a map whose items come from an upstream node computes the i-th of n
+    contiguous chunks of them, found at run time (detached runs).
+    """
 
     node: Node
     action: Action = "compute"
     items: list[tp.Any] | None = None
     uids: list[str] | None = None
+    split: tuple[int, int] | None = None
 
     @property
     def keys(self) -> list[str]:
@@ -51,8 +56,12 @@ class Report:
     waited: int = 0
 
 
-class UpstreamMissing(RuntimeError):
-    """An input of a task was not in the cache when the task started."""
+class UpstreamFailed(RuntimeError):
+    """What a node needs from upstream was not in the cache when it started (the upstream
+    job failed); not this node's own failure: a later run recomputes it."""
+
+
+UpstreamMissing = UpstreamFailed
 
 
 ProgressCallback = tp.Callable[[int], None]
@@ -60,9 +69,40 @@ ProgressCallback = tp.Callable[[int], None]
 
 def run_unit(unit: Unit, progress: ProgressCallback | None = None) -> Report:
     """Run one unit; raises the user's exception when a task failed (after caching it)."""
+    if unit.split is not None:
+        unit = _resolve_split(unit)
     if unit.node.kind == "task":
         return _run_task(unit)
     return _run_map(unit, progress)
+
+
+def _resolve_split(unit: Unit) -> Unit:
+    """Items of a map chunk whose items come from an upstream node (known now)."""
+    from .scheduler import to_chunks
+
+    node = unit.node
+    assert unit.split is not None and isinstance(node.items, Node) and node.item_uid is not None
+    try:
+        items = list(load_output(node.items))
+    except (UpstreamFailed, KeyError) as e:
+        raise UpstreamFailed(f"{node.uid}: its items could not be read from {node.items.uid}: {e}") from e
+    uids = store.map_item_uids(dataclasses.replace(node, items=items))
+    index, count = unit.split
+    chunks = to_chunks(len(items), count, 1)
+    start, stop = chunks[index] if index < len(chunks) else (0, 0)
+    return dataclasses.replace(unit, items=items[start:stop], uids=uids[start:stop], split=None)
+
+
+def check_upstream(node: Node) -> None:
+    """Raise UpstreamFailed unless every upstream task's result is in the cache (an
+    element of a detached array starts after its upstream jobs, whatever they did)."""
+    for source in node.upstream:
+        if source.kind != "task":
+            continue
+        source.cache.refresh()
+        state = store.task_state(source)
+        if state != "done":
+            raise UpstreamFailed(f"{node.uid} did not run: upstream {source.uid} is {state}")
 
 
 def _wait_message(folder: tp.Any) -> tp.Callable[[dict[str, Owner]], None]:
@@ -77,20 +117,27 @@ def _wait_message(folder: tp.Any) -> tp.Callable[[dict[str, Owner]], None]:
     return on_wait
 
 
-def _load_input(value: Node | Value) -> tp.Any:
-    if isinstance(value, Value):
-        return value.value
-    state = store.task_state(value)
-    if state == "missing":
-        raise UpstreamMissing(f"upstream {value.uid} has no cached result (upstream failed?)")
-    return store.task_result(value)
+def load_output(source: Node | Value) -> tp.Any:
+    """What an input receives: a value, a task's result, or a map's outputs (in order)."""
+    if isinstance(source, Value):
+        return source.value
+    if source.kind == "map":
+        return store.map_outputs(source)
+    source.cache.refresh()
+    if store.task_state(source) == "missing":
+        raise UpstreamMissing(f"upstream {source.uid} has no cached result (upstream failed?)")
+    return store.task_result(source)
+
+
+def _inputs(node: Node) -> dict[str, tp.Any]:
+    return {name: load_output(source) for name, source in node.inputs}
 
 
 def _run_task(unit: Unit) -> Report:
     node = unit.node
     folder = node.folder
     if folder is None:  # no cache on disk: compute in place, RAM only
-        value = node.function(*[_load_input(i) for i in node.inputs])
+        value = node.function(**_inputs(node))
         with node.cache.write():
             if TASK_KEY in node.cache:
                 del node.cache[TASK_KEY]
@@ -134,16 +181,30 @@ def _task_done(node: Node, forced: bool) -> tp.Callable[[list[str]], list[str]]:
     return done
 
 
+def _provenance(node: Node) -> dict[str, tp.Any]:
+    """When and from which upstream entries a result is computed (plans use it to flag
+    results whose upstream was recomputed since as stale)."""
+    upstream = {}
+    for source in node.upstream:
+        if source.kind == "task":
+            entry = source.cache.entry(TASK_KEY)
+            if entry is not None:
+                upstream[source.uid] = f"{entry.file}:{entry.offset}"
+    return {"t": round(time.time(), 3), "up": upstream}
+
+
 def _compute_task(node: Node) -> Report:
-    inputs = [_load_input(i) for i in node.inputs]
+    meta = _provenance(node)
     try:
-        value = node.function(*inputs)
+        check_upstream(node)
+        inputs = _inputs(node)
+        value = node.function(**inputs)
     except Exception as error:
         with node.cache.write():
-            node.cache[TASK_KEY] = CachedError.from_exception(error)
+            node.cache.put(TASK_KEY, CachedError.from_exception(error), meta=meta)
         raise
     with node.cache.write():
-        node.cache[TASK_KEY] = value
+        node.cache.put(TASK_KEY, value, meta=meta)
     return Report(computed=1)
 
 

@@ -28,7 +28,9 @@ _UID_FIELDS = ("method", "version", "uid")
 class _Runtime:
     """Per-instance runtime state of an infra (reset on pickling and copies)."""
 
-    __slots__ = ("cache", "checked", "forced", "method", "name", "node", "owner", "ram", "uid")
+    __slots__ = (
+        "cache", "checked", "forced", "inputs_caches", "method", "name", "node", "owner", "ram", "uid",
+    )
 
     def __init__(self) -> None:
         self.owner: pydantic.BaseModel | None = None
@@ -40,6 +42,7 @@ class _Runtime:
         self.ram: tp.Any = _MISSING
         self.cache: tp.Any = None
         self.node: tp.Any = None  # memoized graph node (configs are frozen once they have a uid)
+        self.inputs_caches: dict[tp.Any, tp.Any] = {}  # CacheDicts of input sub-folders
 
 
 _MISSING: tp.Any = object()
@@ -48,7 +51,10 @@ _MISSING: tp.Any = object()
 class BaseInfra(pydantic.BaseModel):
     """Shared settings of TaskInfra and MapInfra (see their docstrings)."""
 
-    model_config = pydantic.ConfigDict(extra="forbid", revalidate_instances="always")
+    # defer_build: schemas are built on first use, which keeps `import exca` light
+    model_config = pydantic.ConfigDict(
+        extra="forbid", revalidate_instances="always", defer_build=True
+    )
     __slots__ = ("_rt",)
     _exca_uid_fields: tp.ClassVar[tuple[str, ...]] = ("version",)
     _uid_string: tp.ClassVar[str] = "{method},{version}/{uid}"

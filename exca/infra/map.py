@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pydantic
 
-from ..graph import calls
+from ..graph import calls, store
 from ..graph.node import Node
 from ..storage.cachedict import CacheDict
 from .base import BaseInfra
@@ -109,6 +109,10 @@ class BoundMap:
             )
         else:
             items = args[0]
+        if isinstance(items, Node):  # items produced by an upstream node
+            node = self.node(items)
+            calls.run_nodes([node])
+            return iter(store.map_outputs(node))
         if not isinstance(items, list | tuple):
             items = list(items)
         infra = tp.cast(MapInfra, method.infra_of(self.obj))
@@ -119,6 +123,14 @@ class BoundMap:
             infra._runtime().forced = True
             infra._runtime().node = None
         return node.cache.values_of(uids, where=node.uid)
+
+    def node(self, items: tp.Iterable[tp.Any] | Node) -> Node:
+        """The graph node of this map over items (a list, or an upstream node producing the
+        list); nothing runs. It shares its per-item cache with eager calls."""
+        infra = tp.cast(MapInfra, self.method.infra_of(self.obj))
+        if not isinstance(items, Node | list | tuple):
+            items = list(items)
+        return infra._map_node(items)
 
     def __repr__(self) -> str:
         return f"<bound {self.method.func.__qualname__} of {type(self.obj).__name__}>"
@@ -193,7 +205,7 @@ class MapInfra(BaseInfra, SubmititMixin):
         cache: CacheDict[tp.Any] = runtime.cache
         return cache
 
-    def _map_node(self, items: tp.Sequence[tp.Any]) -> Node:
+    def _map_node(self, items: tp.Sequence[tp.Any] | Node) -> Node:
         runtime = self._runtime()
         base: Node | None = runtime.node
         if base is None:
@@ -227,7 +239,7 @@ class MapInfra(BaseInfra, SubmititMixin):
         return _with_items(base, items)
 
 
-def _with_items(node: Node, items: tp.Sequence[tp.Any]) -> Node:
+def _with_items(node: Node, items: tp.Sequence[tp.Any] | Node) -> Node:
     import dataclasses
 
     return dataclasses.replace(node, items=items)

@@ -34,6 +34,7 @@ _PARAMS = (
 class SubmititMixin(pydantic.BaseModel):
     """Resources and cluster settings, forwarded to submitit (``slurm_*`` unchanged)."""
 
+    model_config = pydantic.ConfigDict(defer_build=True)
     __slots__ = ()
     cluster: str | None = None
     logs: Path | str = "{folder}/logs/{user}/%j"

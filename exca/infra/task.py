@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
+import functools
 import inspect
 import logging
 import os
@@ -13,16 +15,48 @@ from pathlib import Path
 
 import pydantic
 
+from ..confdict import ConfDict
 from ..graph import calls, registry, store
 from ..graph.jobs import Job
-from ..graph.node import TASK_KEY, Node
+from ..graph.node import TASK_KEY, Input, Node, Value
 from ..storage.cachedict import CacheDict
+from . import identity, uidfolder
 from .base import _MISSING, BaseInfra
 from .method import InfraMethod
 from .resources import SubmititMixin
 
 logger = logging.getLogger("exca")
 C = tp.TypeVar("C", bound=tp.Callable[..., tp.Any])
+INPUTS_FILE = "inputs.yaml"
+
+
+@functools.cache
+def _task_methods(cls: type) -> tuple[TaskMethod, ...]:
+    """The no-argument task methods a class uses (inherited ones included)."""
+    found: dict[str, TaskMethod] = {}
+    for klass in reversed(cls.__mro__):
+        for name, value in vars(klass).items():
+            if isinstance(value, TaskMethod) and not value.params:
+                found[name] = value
+            elif name in found:
+                del found[name]  # overridden without a decorator
+    return tuple(found.values())
+
+
+def chained_nodes(owner: pydantic.BaseModel) -> tuple[Node, ...]:
+    """Nodes of the no-argument task methods (with a folder) of every sub-config of an
+    owner: they are computed before the owner's own task nodes."""
+    nodes: dict[tuple[str, str], Node] = {}
+    for sub in identity.iter_models(owner):
+        if sub is owner or isinstance(sub, BaseInfra):
+            continue
+        for method in _task_methods(type(sub)):
+            infra = tp.cast("TaskInfra", method.infra_of(sub))
+            if infra.folder is None:
+                continue
+            node = infra._node()
+            nodes.setdefault(node.key, node)
+    return tuple(nodes.values())
 
 
 class MethodCall:
@@ -32,8 +66,8 @@ class MethodCall:
         self.owner = owner
         self.method = method
 
-    def __call__(self, *args: tp.Any) -> tp.Any:
-        return self.method.func(self.owner, *args)
+    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        return self.method.func(self.owner, *args, **kwargs)
 
     def __repr__(self) -> str:
         return f"MethodCall({self.method.func.__qualname__})"
@@ -41,21 +75,30 @@ class MethodCall:
 
 class TaskMethod(InfraMethod):
     def __init__(self, infra: BaseInfra, func: tp.Callable[..., tp.Any], **options: tp.Any) -> None:
-        params = list(inspect.signature(func).parameters.values())[1:]
-        if params:
-            raise ValueError(
-                f"TaskInfra can only decorate methods taking no parameter but self, "
-                f"{func.__qualname__} takes {[p.name for p in params]} (use a MapInfra for "
-                "per-item computations)"
-            )
+        self.signature = inspect.signature(func)
+        self.params = tuple(self.signature.parameters)[1:]
         super().__init__(infra, func, **options)
 
     def bound(self, obj: tp.Any) -> BoundTask:
         return BoundTask(self, obj)
 
+    def inputs(self, args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any]) -> tuple[Input, ...]:
+        """Named inputs of a call (nodes stay nodes, values get their uid)."""
+        try:
+            bound = self.signature.bind(None, *args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{self.func.__qualname__}: {e}") from None
+        bound.apply_defaults()
+        out: list[Input] = []
+        for name in self.params:
+            value = bound.arguments[name]
+            out.append((name, value if isinstance(value, Node) else Value.of(value)))
+        return tuple(out)
+
 
 class BoundTask:
-    """``obj.method``: calling it returns the cached result (computing it if needed)."""
+    """``obj.method``: calling it returns the cached result (computing it if needed);
+    ``obj.method.node(...)`` is the lazy graph node of that call."""
 
     __slots__ = ("method", "obj")
 
@@ -63,9 +106,11 @@ class BoundTask:
         self.method = method
         self.obj = obj
 
-    def __call__(self) -> tp.Any:
+    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         infra = tp.cast(TaskInfra, self.method.infra_of(self.obj))
         runtime = infra._rt
+        if args or kwargs or self.method.params:
+            return calls.task_result(self.node(*args, **kwargs))
         if runtime.ram is not _MISSING:
             return runtime.ram
         value = calls.task_result(infra._node())
@@ -75,6 +120,16 @@ class BoundTask:
         if infra.keep_in_ram:
             runtime.ram = value
         return value
+
+    def node(self, *args: tp.Any, **kwargs: tp.Any) -> Node:
+        """The graph node of this call (nothing runs): inputs may be nodes or values."""
+        infra = tp.cast(TaskInfra, self.method.infra_of(self.obj))
+        node = infra._node()
+        if not self.method.params:
+            if args or kwargs:
+                raise TypeError(f"{self.method.func.__qualname__} takes no input")
+            return node
+        return infra._input_node(node, self.method.inputs(args, kwargs))
 
     def __repr__(self) -> str:
         return f"<bound {self.method.func.__qualname__} of {type(self.obj).__name__}>"
@@ -98,11 +153,21 @@ class TaskInfra(BaseInfra, SubmititMixin):
         method: C | None = None,
         *,
         exclude_from_cache_uid: tp.Any = None,
+        chain_subconfigs: bool = True,
     ) -> tp.Any:
-        """Decorate a method (``@infra.apply`` or ``@infra.apply(exclude_from_cache_uid=...)``)."""
+        """Decorate a method (``@infra.apply`` or ``@infra.apply(exclude_from_cache_uid=...)``).
+
+        The method may take inputs (values or graph nodes); each input tuple is cached in
+        its own sub-folder. ``chain_subconfigs=False`` stops sub-configs' task methods from
+        being computed first (see the pipelines docs)."""
 
         def decorate(func: C) -> TaskMethod:
-            return TaskMethod(self, func, exclude_from_cache_uid=exclude_from_cache_uid)
+            return TaskMethod(
+                self,
+                func,
+                exclude_from_cache_uid=exclude_from_cache_uid,
+                chain_subconfigs=chain_subconfigs,
+            )
 
         if method is not None:
             return decorate(method)
@@ -152,10 +217,33 @@ class TaskInfra(BaseInfra, SubmititMixin):
             ),
             prepare=self._prepare_folder if self.folder is not None else None,
             label=uid,
+            chained=chained_nodes(owner) if method.options.get("chain_subconfigs", True) else (),
         )
         if self.folder is not None or self.keep_in_ram:
             runtime.node = node
         return node
+
+    def _input_node(self, base: Node, inputs: tuple[Input, ...]) -> Node:
+        """The node of a call with inputs: its own sub-folder ``inputs-<digest>``."""
+        node = dataclasses.replace(base, inputs=inputs)
+        folder = node.folder
+        if folder is None:
+            return dataclasses.replace(node, cache=CacheDict(None, keep_in_ram=True))
+        caches = self._runtime().inputs_caches
+        cache = caches.get(folder)
+        if cache is None:
+            cache = caches[folder] = CacheDict(folder, cache_type="Result", permissions=self.permissions)
+        label = f"{base.label}/{node.inputs_uid}"
+        return dataclasses.replace(
+            node, cache=cache, label=label, prepare=functools.partial(self._prepare_inputs, folder, inputs)
+        )
+
+    def _prepare_inputs(self, folder: Path, inputs: tuple[Input, ...]) -> None:
+        self._prepare_folder()
+        if not (folder / INPUTS_FILE).exists():
+            uidfolder.make_folder(folder, self.permissions)
+            described = ConfDict({name: source.uid for name, source in inputs})
+            uidfolder.write_atomic(folder / INPUTS_FILE, described.to_yaml(), self.permissions)
 
     def _default_job_name(self, uid: str) -> str:
         cls = type(self._owner()).__name__

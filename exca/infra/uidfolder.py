@@ -55,7 +55,7 @@ def _normalized(cfg: ConfDict) -> dict[str, tp.Any]:
     return ConfDict(loaded or {}).flat()
 
 
-def _write_atomic(path: Path, text: str, permissions: int | None) -> None:
+def write_atomic(path: Path, text: str, permissions: int | None) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(3).hex()}")
     tmp.write_text(text, encoding="utf8")
     if permissions is not None:
@@ -94,7 +94,7 @@ def prepare(
     uid_flat = _normalized(uid_config)
     existing = read_yaml(folder / UID_FILE)
     if existing is None:
-        _write_atomic(folder / UID_FILE, uid_config.to_yaml(), permissions)
+        write_atomic(folder / UID_FILE, uid_config.to_yaml(), permissions)
     elif ConfDict(existing).flat() != uid_flat:
         raise RuntimeError(
             f"Inconsistent uid config in {folder}:\n"
@@ -105,7 +105,7 @@ def prepare(
     full_flat = _normalized(full_uid_config)
     existing_full = read_yaml(folder / FULL_UID_FILE)
     if existing_full is None:
-        _write_atomic(folder / FULL_UID_FILE, full_uid_config.to_yaml(), permissions)
+        write_atomic(folder / FULL_UID_FILE, full_uid_config.to_yaml(), permissions)
     else:
         for key, value in ConfDict(existing_full).flat().items():
             if key in uid_flat or key not in full_flat:
@@ -117,4 +117,4 @@ def prepare(
                     f"since the cache was written; to ignore, remove {FULL_UID_FILE})"
                 )
     if not (folder / CONFIG_FILE).exists():
-        _write_atomic(folder / CONFIG_FILE, config().to_yaml(), permissions)
+        write_atomic(folder / CONFIG_FILE, config().to_yaml(), permissions)

@@ -28,7 +28,7 @@ logger = logging.getLogger("exca")
 class WorkDir(pydantic.BaseModel):
     """Code snapshot settings (``copied`` names folders/files to copy, see module doc)."""
 
-    model_config = pydantic.ConfigDict(extra="forbid")
+    model_config = pydantic.ConfigDict(extra="forbid", defer_build=True)
     copied: tp.Sequence[str | Path]
     folder: Path | str | None = None
     log_commit: bool = False

@@ -307,6 +307,11 @@ class CacheDict(tp.Generic[X]):
         return writer, local.ctx
 
     def __setitem__(self, key: str, value: X) -> None:
+        self.put(key, value)
+
+    def put(self, key: str, value: X, meta: dict[str, tp.Any] | None = None) -> None:
+        """``cd[key] = value``, optionally recording JSON metadata in the entry's index line
+        (readable without loading the value: ``cd.entry(key).info["#meta"]``)."""
         if type(key) is not str and not isinstance(key, str):
             raise TypeError(f"CacheDict keys must be str, got {key!r} ({type(key).__name__})")
         reader = self._reader
@@ -320,7 +325,7 @@ class CacheDict(tp.Generic[X]):
             raise RuntimeError(
                 f"Writing {key!r} outside of a write context: use `with cache.write(): cache[key] = value`"
             )
-        if key in self._ram or key in self._entries():  # a fresh instance reads the folder once
+        if key in reader.entries or key in self._ram:
             raise ValueError(f"Key {key!r} is already in the cache {self.folder} (no overwrite)")
         writer = local.writer
         if writer is None or local.generation != _FORK_GENERATION:
@@ -328,6 +333,8 @@ class CacheDict(tp.Generic[X]):
         ctx: DumpContext = local.ctx
         # payload first (complete when dump_entry returns), then its index line
         info = ctx.dump_entry(key, value, self.cache_type)
+        if meta is not None:
+            info["#meta"] = meta
         line = orjson.dumps(info) + b"\n"
         offset = writer.append(line)
         if type(info.get("v")) is orjson.Fragment:  # inline formats pre-serialize "v"

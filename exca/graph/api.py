@@ -1,0 +1,74 @@
+"""The public functions of the graph layer: plan, run, and what a node gives back."""
+
+from __future__ import annotations
+
+import typing as tp
+
+import networkx as nx
+
+from . import calls, registry, store
+from .jobs import Job
+from .node import TASK_KEY, Node
+from .planning import Plan
+from .scheduler import Scheduler, collect
+
+
+def plan(*targets: Node) -> Plan:
+    """Dry run: what running the targets would do for every node, and why (reads only)."""
+    return Plan(list(targets))
+
+
+def run(*targets: Node, wait: bool = True, progress: bool | None = None) -> Scheduler:
+    """Compute what the targets need; with ``wait=False``, submit every missing node at
+    once (Slurm dependencies between levels) and return without waiting."""
+    scheduler = Scheduler(list(targets), progress=progress)
+    if wait:
+        scheduler.run()
+    else:
+        scheduler.run_detached()
+    return scheduler
+
+
+def graph(*targets: Node) -> nx.DiGraph:
+    """The DAG of the targets (nodes keyed by uid, attribute ``node``); frozen."""
+    nodes = collect(list(targets))
+    dag = nx.DiGraph()
+    for node in nodes.values():
+        dag.add_node(node.uid, node=node)
+    for node in nodes.values():
+        for up in node.upstream:
+            dag.add_edge(up.uid, node.uid)
+    return nx.freeze(dag)
+
+
+def result(node: Node) -> tp.Any:
+    """The output of a node (computing what is missing): a task's result, or a map's
+    outputs in item order."""
+    if node.kind == "task":
+        return calls.task_result(node)
+    calls.run_nodes([node])
+    return store.map_outputs(node)
+
+
+def status(node: Node) -> str:
+    """``completed`` / ``failed`` / ``running`` / ``not submitted`` (task nodes)."""
+    node.cache.refresh()
+    state = store.task_state(node)
+    if state == "done":
+        return "completed"
+    if state == "error":
+        return "failed"
+    record = registry.latest(node.folder)
+    if record is None:
+        return "not submitted"
+    return "running" if registry.is_active(record) else "failed"
+
+
+def job(node: Node) -> Job:
+    return calls.task_job(node)
+
+
+def clear(node: Node) -> None:
+    """Remove a task node's result (its folder's yaml files are kept)."""
+    if TASK_KEY in node.cache:
+        del node.cache[TASK_KEY]

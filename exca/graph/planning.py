@@ -1,0 +1,265 @@
+"""Plans (dry runs): what a run would do for every node, and why, without running it.
+
+A plan never calls a decorated method (it may call ``item_uid``) and never writes,
+deletes or repairs anything: it only reads caches, job records and the queue.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import typing as tp
+
+from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Node
+from .scheduler import NodeRun, Scheduler, to_chunks
+
+STATUS_ORDER = ("running", "missing", "forced", "cached error", "stale", "cached", "not needed")
+_MERMAID_STYLE = {
+    "cached": "fill:#d4f4d4,stroke:#2e7d32",
+    "stale": "fill:#fff3cd,stroke:#b8860b",
+    "missing": "fill:#fde0dc,stroke:#c62828",
+    "forced": "fill:#ffe0b2,stroke:#ef6c00",
+    "cached error": "fill:#f8bbd0,stroke:#ad1457",
+    "running": "fill:#d0e4ff,stroke:#1565c0",
+    "not needed": "fill:#eeeeee,stroke:#9e9e9e",
+}
+
+
+@dataclasses.dataclass
+class PlanEntry:
+    """What a run would do for one node."""
+
+    uid: str
+    kind: str
+    status: str  # cached | cached error | running | missing | forced | stale | not needed
+    action: str  # reuse | compute | wait | fail | skip
+    reason: str
+    where: str
+    upstream: list[str]
+    items: str | None = None  # maps: "812/10000 missing" or "items known at run time"
+    job_id: str | None = None
+    array: int | None = None  # index of the array this node's work would go into
+    folder: str | None = None
+
+    def to_dict(self) -> dict[str, tp.Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class PlannedArray:
+    """One submission the run would make: where, and how many elements."""
+
+    index: int
+    where: str
+    elements: int
+    nodes: list[str]
+    wave: int
+
+
+class Plan:
+    """The dry run of some targets (see module docstring); ``str(plan)`` is a table,
+    ``plan.to_dict()`` is JSON-able, ``plan.to_mermaid()`` is a picture source."""
+
+    def __init__(self, targets: tp.Sequence[Node]) -> None:
+        self.scheduler = Scheduler(targets)
+        runs = self.scheduler.decide()
+        order = self._order()
+        self.entries = [self._entry(runs[key]) for key in order]
+        self.arrays = self._pack(order)
+        by_uid = {e.uid: e for e in self.entries}
+        for array in self.arrays:
+            for uid in array.nodes:
+                by_uid[uid].array = array.index
+
+    # --- building -------------------------------------------------------------------------
+    def _order(self) -> list[tuple[str, str]]:
+        """Nodes upstream first (targets' order otherwise)."""
+        done: set[tuple[str, str]] = set()
+        order: list[tuple[str, str]] = []
+        upstream = self.scheduler._upstream
+        for key in self.scheduler.nodes:
+            stack = [(key, False)]
+            while stack:
+                current, expanded = stack.pop()
+                if current in done:
+                    continue
+                if expanded:
+                    done.add(current)
+                    order.append(current)
+                    continue
+                stack.append((current, True))
+                stack.extend((up, False) for up in reversed(upstream[current]) if up not in done)
+        return order
+
+    def _entry(self, run: NodeRun) -> PlanEntry:
+        node = run.node
+        status, action = _status(run)
+        reason = run.reason
+        if status == "cached" and node.kind == "task":
+            stale = self._stale_reason(node)
+            if stale is not None:
+                status, reason = "stale", stale
+        items = None
+        if node.kind == "map" and run.action != "not-needed":
+            if run.uids is None:
+                items = "items known at run time"
+            else:
+                total = len(set(run.uids))
+                items = f"{len(run.todo or [])}/{total} missing"
+        job_id = None
+        if run.action == "wait" and run.handles:
+            job_id = run.handles[0].job_id
+        return PlanEntry(
+            uid=node.uid,
+            kind=node.kind,
+            status=status,
+            action=action,
+            reason=reason,
+            where=node.execution.describe(),
+            upstream=[self.scheduler.nodes[k].uid for k in self.scheduler._upstream[node.key]],
+            items=items,
+            job_id=job_id,
+            folder=None if node.folder is None else str(node.folder),
+        )
+
+    def _stale_reason(self, node: Node) -> str | None:
+        """A cached task whose recorded upstream entries were replaced since (forced)."""
+        entry = node.cache.entry(TASK_KEY)
+        meta = entry.info.get("#meta") if entry is not None else None
+        if not isinstance(meta, dict):
+            return None
+        for uid, recorded in (meta.get("up") or {}).items():
+            upstream = next((n for n in self.scheduler.nodes.values() if n.uid == uid), None)
+            if upstream is None or upstream.kind != "task":
+                continue
+            current = upstream.cache.entry(TASK_KEY)
+            if current is not None and f"{current.file}:{current.offset}" != recorded:
+                when = (current.info.get("#meta") or {}).get("t")
+                stamp = (
+                    datetime.datetime.fromtimestamp(when).isoformat(timespec="seconds")
+                    if isinstance(when, int | float)
+                    else "an unknown time"
+                )
+                return f"stale: upstream {uid} recomputed at {stamp}"
+        return None
+
+    def _pack(self, order: list[tuple[str, str]]) -> list[PlannedArray]:
+        """How missing work would be grouped: per topological wave of work, one array per
+        executor and resources (maps: one element per chunk of missing items)."""
+        runs = self.scheduler.runs
+        upstream = self.scheduler._upstream
+        wave: dict[tuple[str, str], int] = {}
+        for key in order:
+            ups = [wave[u] + 1 for u in upstream[key] if u in wave]
+            if runs[key].needs_work and runs[key].action != "wait":
+                wave[key] = max(ups, default=0)
+            elif ups:
+                wave[key] = max(ups) - 1
+        groups: dict[tuple[int, str], PlannedArray] = {}
+        for key in order:
+            run = runs[key]
+            if key not in wave or not run.needs_work or run.action == "wait":
+                continue
+            node = run.node
+            cluster = node.execution.cluster
+            elements = 1
+            if node.kind == "map":
+                todo = len(run.todo or []) if run.uids is not None else None
+                if cluster in SUBMITIT_CLUSTERS:
+                    chunks = to_chunks(todo, node.execution.max_jobs, node.execution.min_items_per_job) if todo else []
+                    elements = len(chunks) if todo is not None else (node.execution.max_jobs or 1)
+                elif cluster in POOL_CLUSTERS:
+                    elements = todo or 1
+            group = (wave[key], f"{cluster}|{node.execution.group_key}" if cluster else f"inline|{node.uid}")
+            array = groups.get(group)
+            if array is None:
+                array = groups[group] = PlannedArray(len(groups), node.execution.describe(), 0, [], wave[key])
+            array.elements += elements
+            array.nodes.append(node.uid)
+        return list(groups.values())
+
+    # --- rendering --------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for entry in self.entries:
+            out[entry.status] = out.get(entry.status, 0) + 1
+        return out
+
+    def to_dict(self) -> dict[str, tp.Any]:
+        return {
+            "nodes": [e.to_dict() for e in self.entries],
+            "arrays": [dataclasses.asdict(a) for a in self.arrays],
+            "counts": self.counts(),
+        }
+
+    def to_json(self, indent: int = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def __str__(self) -> str:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts().items(), key=lambda x: STATUS_ORDER.index(x[0])))
+        lines = [f"Plan: {len(self.entries)} node(s): {counts}"]
+        headers = ("status", "action", "node", "where", "reason")
+        rows = []
+        for e in self.entries:
+            reason = e.reason + (f" [{e.items}]" if e.items and e.items not in e.reason else "")
+            rows.append((e.status, e.action, e.uid, e.where if e.action in ("compute", "wait") else "-", reason))
+        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+        widths[2] = min(widths[2], 80)
+        fmt = "  ".join(f"{{:{w}}}" for w in widths[:-1]) + "  {}"
+        lines.append("  " + fmt.format(*headers))
+        for row in rows:
+            node = row[2] if len(row[2]) <= 80 else "..." + row[2][-77:]
+            lines.append("  " + fmt.format(row[0], row[1], node, row[3], row[4]))
+        if self.arrays:
+            lines.append("Submissions:")
+            for a in self.arrays:
+                lines.append(f"  wave {a.wave}: {a.elements} element(s) on {a.where} for {len(a.nodes)} node(s)")
+        return "\n".join(lines)
+
+    def to_mermaid(self) -> str:
+        """Mermaid flowchart source of the DAG, colored by status."""
+        ids = {e.uid: f"n{i}" for i, e in enumerate(self.entries)}
+        lines = ["flowchart TD"]
+        for e in self.entries:
+            step, _, rest = e.uid.partition("/")
+            short = step.rsplit(".", 2)
+            title = ".".join(short[-2:]) if len(short) >= 2 else step
+            label = f"{title}<br/>{rest[:40]}<br/><b>{e.status}</b>"
+            if e.items:
+                label += f"<br/>{e.items}"
+            lines.append(f'  {ids[e.uid]}["{_escape(label)}"]:::{e.status.replace(" ", "_")}')
+        for e in self.entries:
+            for up in e.upstream:
+                lines.append(f"  {ids[up]} --> {ids[e.uid]}")
+        for status, style in _MERMAID_STYLE.items():
+            lines.append(f"  classDef {status.replace(' ', '_')} {style}")
+        return "\n".join(lines) + "\n"
+
+
+def _escape(text: str) -> str:
+    return text.replace('"', "#quot;")
+
+
+def _status(run: NodeRun) -> tuple[str, str]:
+    action = run.action
+    if action == "reuse":
+        return "cached", "reuse"
+    if action == "not-needed":
+        return "not needed", "skip"
+    if action == "force":
+        return "forced", "compute"
+    if action == "retry":
+        return "cached error", "compute"
+    if action == "wait":
+        return "running", "wait"
+    if action == "fail":
+        if run.reason.startswith("cached error") or "ended without" in run.reason:
+            return "cached error", "fail"
+        return "missing", "fail"
+    return "missing", "compute"
+
+
+def plan(*targets: Node) -> Plan:
+    """The dry run of some target nodes (see ``Plan``)."""
+    return Plan(list(targets))
