@@ -81,8 +81,8 @@ class ConfDict(dict[str, tp.Any]):
         return node, parts[-1]
 
     def __getitem__(self, key: str) -> tp.Any:
-        if "." not in key:
-            return dict.__getitem__(self, self._check_key(key))
+        if "." not in self._check_key(key):
+            return dict.__getitem__(self, key)
         node: tp.Any = self
         for part in key.split("."):
             node = self._step(node, part, key)

@@ -79,6 +79,13 @@ def _clean_v3(text: str) -> str:
     return text
 
 
+def _number_hash(value: tp.Any) -> str:
+    """Python's numeric hash (deterministic), except NaN whose hash depends on the object."""
+    if value != value:
+        return "nan"
+    return str(hash(value))
+
+
 def _float_display(value: float) -> str:
     magnitude = abs(value)
     if 1e-3 <= magnitude <= 1e4:
@@ -141,7 +148,7 @@ class _UidMakerV3:
             if value.is_integer():
                 text = str(int(value))
                 return _Rendered(text, "int:" + text)
-            return _Rendered(_clean_v3(_float_display(value)), f"float:{hash(value)}")
+            return _Rendered(_clean_v3(_float_display(value)), f"float:{_number_hash(value)}")
         if kind is dict or isinstance(value, dict):
             return self._render_dict(value)
         if kind is list or kind is tuple or isinstance(value, list | tuple | set | frozenset):
@@ -186,13 +193,13 @@ class _UidMakerV3:
             if isinstance(value, np.floating):
                 if float(value).is_integer():
                     return self.render(int(value))
-                return _Rendered(_clean_v3(_float_display(float(value))), f"float:{hash(value)}")
+                return _Rendered(_clean_v3(_float_display(float(value))), f"float:{_number_hash(value)}")
         if isinstance(value, int):
             return self.render(int(value))
         if isinstance(value, float | decimal.Decimal | fractions.Fraction):
             if isinstance(value, float) and value.is_integer():
                 return self.render(int(value))
-            return _Rendered(_clean_v3(_float_display(float(value))), f"float:{hash(value)}")
+            return _Rendered(_clean_v3(_float_display(float(value))), f"float:{_number_hash(value)}")
         return _bypass(value, version=3)
 
 
@@ -257,7 +264,7 @@ class _UidMakerV2:
         if value is None or isinstance(value, str | int):
             return _Rendered(self._finish(str(value)), str(value))
         if isinstance(value, float | decimal.Decimal | fractions.Fraction):
-            return _Rendered(self._finish(_float_display(float(value))), str(hash(value)))
+            return _Rendered(self._finish(_float_display(float(value))), _number_hash(value))
         return _bypass(value, version=2)
 
 

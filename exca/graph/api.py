@@ -10,7 +10,8 @@ from . import calls, registry, store
 from .jobs import Job
 from .node import TASK_KEY, Node
 from .planning import Plan
-from .scheduler import Scheduler, collect
+from .decisions import collect
+from .scheduler import Scheduler
 
 
 def plan(*targets: Node) -> Plan:

@@ -12,7 +12,7 @@ import json
 import typing as tp
 
 from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Node
-from .scheduler import NodeRun, Scheduler, to_chunks
+from .decisions import Graph, Key, NodeRun, to_chunks
 
 STATUS_ORDER = ("running", "missing", "forced", "cached error", "stale", "cached", "not needed")
 _MERMAID_STYLE = {
@@ -62,9 +62,9 @@ class Plan:
     ``plan.to_dict()`` is JSON-able, ``plan.to_mermaid()`` is a picture source."""
 
     def __init__(self, targets: tp.Sequence[Node]) -> None:
-        self.scheduler = Scheduler(targets)
-        runs = self.scheduler.decide()
-        order = self._order()
+        self.graph = Graph(targets)
+        runs = self.graph.decide()
+        order = self.graph.order
         self.entries = [self._entry(runs[key]) for key in order]
         self.arrays = self._pack(order)
         by_uid = {e.uid: e for e in self.entries}
@@ -73,25 +73,6 @@ class Plan:
                 by_uid[uid].array = array.index
 
     # --- building -------------------------------------------------------------------------
-    def _order(self) -> list[tuple[str, str]]:
-        """Nodes upstream first (targets' order otherwise)."""
-        done: set[tuple[str, str]] = set()
-        order: list[tuple[str, str]] = []
-        upstream = self.scheduler._upstream
-        for key in self.scheduler.nodes:
-            stack = [(key, False)]
-            while stack:
-                current, expanded = stack.pop()
-                if current in done:
-                    continue
-                if expanded:
-                    done.add(current)
-                    order.append(current)
-                    continue
-                stack.append((current, True))
-                stack.extend((up, False) for up in reversed(upstream[current]) if up not in done)
-        return order
-
     def _entry(self, run: NodeRun) -> PlanEntry:
         node = run.node
         status, action = _status(run)
@@ -117,7 +98,7 @@ class Plan:
             action=action,
             reason=reason,
             where=node.execution.describe(),
-            upstream=[self.scheduler.nodes[k].uid for k in self.scheduler._upstream[node.key]],
+            upstream=[self.graph.nodes[k].uid for k in self.graph.upstream[node.key]],
             items=items,
             job_id=job_id,
             folder=None if node.folder is None else str(node.folder),
@@ -130,7 +111,7 @@ class Plan:
         if not isinstance(meta, dict):
             return None
         for uid, recorded in (meta.get("up") or {}).items():
-            upstream = next((n for n in self.scheduler.nodes.values() if n.uid == uid), None)
+            upstream = next((n for n in self.graph.nodes.values() if n.uid == uid), None)
             if upstream is None or upstream.kind != "task":
                 continue
             current = upstream.cache.entry(TASK_KEY)
@@ -144,12 +125,12 @@ class Plan:
                 return f"stale: upstream {uid} recomputed at {stamp}"
         return None
 
-    def _pack(self, order: list[tuple[str, str]]) -> list[PlannedArray]:
+    def _pack(self, order: list[Key]) -> list[PlannedArray]:
         """How missing work would be grouped: per topological wave of work, one array per
         executor and resources (maps: one element per chunk of missing items)."""
-        runs = self.scheduler.runs
-        upstream = self.scheduler._upstream
-        wave: dict[tuple[str, str], int] = {}
+        runs = self.graph.runs
+        upstream = self.graph.upstream
+        wave: dict[Key, int] = {}
         for key in order:
             ups = [wave[u] + 1 for u in upstream[key] if u in wave]
             if runs[key].needs_work and runs[key].action != "wait":

@@ -117,7 +117,9 @@ def _rebuild(kind: type[InfraMethod], state: dict[str, tp.Any]) -> InfraMethod:
 def _find_infra_name(owner: type, infra: tp.Any) -> tuple[str, bool]:
     for name, value in owner.__dict__.items():
         if value is infra:
-            return name, False
+            # recent pydantic versions turn `_name = value` into a private attribute only
+            # after __set_name__ ran, so the raw value is still in the class dict here
+            return name, name.startswith("_")
     for name, private in getattr(owner, "__private_attributes__", {}).items():
         if getattr(private, "default", None) is infra:
             return name, True
@@ -200,11 +202,22 @@ def install_owner_hooks(cls: type[pydantic.BaseModel]) -> None:
     if cls.__dict__.get(_HOOKED):
         return
     setattr(cls, _HOOKED, True)
-    post_init = cls.model_post_init
+    _hook_post_init(cls)
+    if hasattr(pydantic.BaseModel, "__pydantic_on_complete__"):
+        # recent pydantic versions replace model_post_init *after* __set_name__ when the
+        # class has private attributes: hook it again once the class is complete
+        own = cls.__dict__.get("__pydantic_on_complete__")
 
-    def model_post_init(self: pydantic.BaseModel, context: tp.Any, /) -> None:
-        post_init(self, context)
-        link_infras(self, merge=True)
+        def __pydantic_on_complete__(klass: type[pydantic.BaseModel]) -> None:
+            if own is not None:
+                own.__func__(klass)
+            else:
+                super(cls, klass).__pydantic_on_complete__()  # type: ignore[misc]
+            if not getattr(klass.model_post_init, _LINKS_FLAG, False):
+                _hook_post_init(klass)
+
+        __pydantic_on_complete__.__qualname__ = f"{cls.__qualname__}.__pydantic_on_complete__"
+        cls.__pydantic_on_complete__ = classmethod(__pydantic_on_complete__)  # type: ignore[assignment,method-assign]
 
     setstate = cls.__setstate__
 
@@ -227,6 +240,22 @@ def install_owner_hooks(cls: type[pydantic.BaseModel]) -> None:
         link_infras(new, merge=False)
         return new
 
-    for hook in (model_post_init, __setstate__, __copy__, __deepcopy__):
+    for hook in (__setstate__, __copy__, __deepcopy__):
         hook.__qualname__ = f"{cls.__qualname__}.{hook.__name__}"
         setattr(cls, hook.__name__, hook)
+
+
+_LINKS_FLAG = "_exca_links_infras"  # set on model_post_init hooks (kept by functools.wraps)
+
+
+def _hook_post_init(cls: type[pydantic.BaseModel]) -> None:
+    """Make instance creation link the infras of the instance (after model_post_init)."""
+    post_init = cls.model_post_init
+
+    def model_post_init(self: pydantic.BaseModel, context: tp.Any, /) -> None:
+        post_init(self, context)
+        link_infras(self, merge=True)
+
+    setattr(model_post_init, _LINKS_FLAG, True)
+    model_post_init.__qualname__ = f"{cls.__qualname__}.model_post_init"
+    cls.model_post_init = model_post_init  # type: ignore[method-assign]

@@ -211,7 +211,13 @@ class CacheDict(tp.Generic[X]):
                 entry = entries.get(key)
             if entry is None:
                 raise KeyError(key)
-        value: X = self._loader.load(entry[2])  # type: ignore[union-attr]
+        try:
+            value: X = self._loader.load(entry[2])  # type: ignore[union-attr]
+        except FileNotFoundError:
+            self.refresh()  # deleted by another writer since we read the index?
+            if key not in self._entries():
+                raise KeyError(key) from None
+            raise
         if self.keep_in_ram:
             ram[key] = value
             if type(value) is CachedError:

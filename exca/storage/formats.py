@@ -340,7 +340,9 @@ class DumpContext:
             folder.mkdir(exist_ok=True)
             if self.permissions is not None:
                 _chmod(folder, self.permissions)
-        return folder / (key_file_stem(self.key) + suffix)
+        # the writer's session in the name: a stale deleter can only remove its own entry's file
+        session = (self.session_name or "").rsplit("-", 1)[-1]
+        return folder / (key_file_stem(self.key) + (f"-{session}" if session else "") + suffix)
 
     def write_key_file(self, suffix: str, writer: tp.Callable[[tp.IO[bytes]], None]) -> str:
         """Write a per-entry file atomically (temporary name, then rename); return its name."""
@@ -582,8 +584,8 @@ class Json:
         data = plain_json(value)
         if data is None:
             raise TypeError(
-                f"Value of type {type(value).__name__} does not read back identical from JSON "
-                "(tuples, NaN, non-str keys, custom types): use cache_type='Pickle' or 'Auto'"
+                f"Value of type {type(value).__name__} does not read back equal from JSON "
+                "(NaN, non-str keys, custom types): use cache_type='Pickle' or 'Auto'"
             )
         if len(data) <= INLINE_MAX_BYTES:
             return {"v": orjson.Fragment(data)}

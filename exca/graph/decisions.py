@@ -1,0 +1,262 @@
+"""What to do with every node of a graph, and why: reuse, compute, force, retry, wait,
+fail, or nothing (not needed). Plans show these decisions; runs carry them out.
+
+Deciding only reads: caches, job records and the queue; it may call ``item_uid``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing as tp
+
+from . import executors, registry, store
+from .errors import JobFailedError
+from .node import TASK_KEY, Node
+
+Key = tuple[str, str]
+
+
+@dataclasses.dataclass
+class NodeRun:
+    """The decision for a node, and how carrying it out went."""
+
+    node: Node
+    action: str = "not-needed"  # reuse | compute | force | retry | wait | fail | not-needed
+    reason: str = "not needed"
+    uids: list[str] | None = None  # maps: uids of the items (None: known at run time)
+    todo: list[str] | None = None  # maps: uids to compute
+    handles: list[executors.Handle] = dataclasses.field(default_factory=list)
+    error: BaseException | None = None
+    state: str = "pending"  # pending | running | done | failed | skipped
+
+    @property
+    def needs_work(self) -> bool:
+        return self.action in ("compute", "force", "retry", "wait")
+
+
+def collect(targets: tp.Sequence[Node]) -> dict[Key, Node]:
+    """Every node the targets need, deduplicated by key (conflicting duplicates raise)."""
+    nodes: dict[Key, Node] = {}
+    stack = list(reversed(targets))  # depth-first, targets in the order given
+    while stack:
+        node = stack.pop()
+        known = nodes.get(node.key)
+        if known is not None:
+            if known is not node and (known.execution != node.execution or known.mode != node.mode):
+                raise ValueError(
+                    f"Two nodes with uid {node.uid} differ in how they run "
+                    f"({known.mode}, {known.execution.describe()}) vs "
+                    f"({node.mode}, {node.execution.describe()}): give them the same infra "
+                    "settings (mode, cluster, resources)"
+                )
+            continue
+        nodes[node.key] = node
+        stack.extend(reversed(node.upstream))
+    return nodes
+
+
+def to_chunks(count: int, max_chunks: int | None, min_per_chunk: int) -> list[tuple[int, int]]:
+    """Contiguous (start, stop) chunks: min(max_chunks, ceil(n/min)) chunks of equal size."""
+    if count == 0:
+        return []
+    splits = math.ceil(count / max(1, min_per_chunk))
+    if max_chunks:
+        splits = min(splits, max_chunks)
+    size = math.ceil(count / splits)
+    return [(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+def upstream_failed(node: Node) -> bool:
+    """Whether a task's cached error only says that its upstream had failed."""
+    entry = node.cache.entry(TASK_KEY)
+    return entry is not None and str(entry.info.get("t", "")).endswith("UpstreamFailed")
+
+
+class Graph:
+    """The nodes some targets need, their edges, and the decision for each node."""
+
+    def __init__(self, targets: tp.Sequence[Node], item_uids: dict[Key, list[str]] | None = None) -> None:
+        self.targets = list(targets)
+        self.nodes = collect(self.targets)
+        self.item_uids = item_uids or {}
+        self.upstream: dict[Key, list[Key]] = {k: [n.key for n in node.upstream] for k, node in self.nodes.items()}
+        self.downstream: dict[Key, list[Key]] = {k: [] for k in self.nodes}
+        for key, ups in self.upstream.items():
+            for up in ups:
+                self.downstream[up].append(key)
+        self.order = self._topological()
+        self.runs: dict[Key, NodeRun] = {}
+
+    def _topological(self) -> list[Key]:
+        if len(self.nodes) < 2:
+            return list(self.nodes)
+        import networkx as nx
+
+        dag = nx.DiGraph()
+        dag.add_nodes_from(self.nodes)
+        dag.add_edges_from((up, key) for key, ups in self.upstream.items() for up in ups)
+        try:
+            return list(nx.topological_sort(dag))
+        except nx.NetworkXUnfeasible:
+            cycle = nx.find_cycle(dag)
+            raise ValueError(f"The graph has a cycle: {[self.nodes[a].uid for a, _ in cycle]}") from None
+
+    # --- deciding ---------------------------------------------------------------------------
+    def decide(self) -> dict[Key, NodeRun]:
+        """Decide every node; what a reusable node needs is "not needed" (pruning)."""
+        forced = self._forced()
+        runs = {key: NodeRun(node) for key, node in self.nodes.items()}
+        self.runs = runs
+        visited: set[Key] = set()
+        stack = [t.key for t in self.targets]
+        while stack:
+            key = stack.pop()
+            if key in visited:
+                continue
+            visited.add(key)
+            run = runs[key]
+            if run.node.kind == "map":
+                self._decide_map(run, key in forced)
+            else:
+                self._decide_task(run, key in forced)
+            if run.needs_work:
+                stack.extend(self.upstream[key])
+        self._check_registry([r for r in runs.values() if r.action in ("compute", "retry")])
+        self._block_on_failures()
+        return runs
+
+    def _forced(self) -> set[Key]:
+        """Nodes in mode force, and everything downstream of them in this graph."""
+        forced = {k for k, n in self.nodes.items() if n.mode == "force"}
+        stack = list(forced)
+        while stack:
+            for down in self.downstream[stack.pop()]:
+                if down not in forced:
+                    forced.add(down)
+                    stack.append(down)
+        return forced
+
+    def _decide_task(self, run: NodeRun, forced: bool) -> None:
+        node = run.node
+        state = store.task_state(node)
+        if forced:
+            run.action = "force"
+            run.reason = "mode=force" if node.mode == "force" else "forced by upstream"
+        elif state == "done":
+            run.action, run.reason = "reuse", "cached"
+        elif state == "error" and upstream_failed(node):
+            run.action, run.reason = "retry", "its upstream failed last time"
+        elif state == "error":
+            if node.mode == "retry":
+                run.action, run.reason = "retry", "retry of a cached error"
+            else:
+                run.action, run.reason = "fail", "cached error"
+        elif node.mode == "read-only":
+            run.action, run.reason = "fail", "read-only and missing"
+        else:
+            run.action, run.reason = "compute", "missing"
+
+    def _decide_map(self, run: NodeRun, forced: bool) -> None:
+        node = run.node
+        uids = self.item_uids.get(node.key)
+        if uids is None:
+            if isinstance(node.items, Node) and not self._readable(node.items):
+                run.action = "force" if forced else "compute"
+                run.reason = "items known at run time"
+                return
+            uids = store.map_item_uids(node)
+        self.decide_items(run, uids, forced)
+
+    def _readable(self, node: Node) -> bool:
+        """Whether a node's outputs can be read now (items of a map are then known)."""
+        if node.mode == "force":
+            return False
+        if node.kind == "task":
+            return store.task_state(node) == "done"
+        if isinstance(node.items, Node):
+            return False
+        return not node.cache.missing(store.map_item_uids(node))
+
+    def decide_items(self, run: NodeRun, uids: list[str], forced: bool) -> None:
+        """Decide a map node once its item uids are known."""
+        node = run.node
+        run.uids = uids
+        total = len(set(uids))
+        if forced:
+            run.todo = list(dict.fromkeys(uids))
+            run.action = "force"
+            run.reason = "mode=force" if node.mode == "force" else "forced by upstream"
+        else:
+            if node.mode == "retry":
+                missing, errors = store.item_states(node, uids)
+            else:
+                missing, errors = node.cache.missing(uids), []
+            if errors:
+                wanted = set(missing) | set(errors)
+                run.todo = [u for u in dict.fromkeys(uids) if u in wanted]
+                run.action = "retry"
+                run.reason = f"{len(missing)} missing, retry of {len(errors)} cached errors"
+            elif missing:
+                run.todo = missing
+                if node.mode == "read-only":
+                    run.action = "fail"
+                    run.reason = f"read-only and {len(missing)}/{total} items missing"
+                else:
+                    run.action, run.reason = "compute", f"{len(missing)}/{total} missing"
+            else:
+                run.todo = []
+                run.action, run.reason = "reuse", "cached"
+        if run.needs_work and node.forbid_single_item and total == 1 and len(run.todo) == 1:
+            run.action = "fail"
+            run.reason = "single item computation is forbidden (forbid_single_item_computation)"
+
+    def _check_registry(self, candidates: list[NodeRun]) -> None:
+        """Task nodes whose job was already submitted: wait for it if it is queued or
+        running; if it ended without a result, it failed (cancelled, timed out, killed)."""
+        records = {}
+        for run in candidates:
+            if run.node.kind == "task":
+                record = registry.latest(run.node.folder)
+                if record is not None:
+                    records[run.node.key] = record
+        if not records:
+            return
+        slurm_ids = [r.job_id for r in records.values() if r.cluster == "slurm"]
+        queued = registry.queued_jobs(slurm_ids) if slurm_ids else set()
+        for key, record in records.items():
+            run = self.runs[key]
+            if registry.is_active(record, queued):
+                run.action = "wait"
+                run.reason = f"running as job {record.job_id}"
+                run.handles = [executors.SubmititHandle(registry.submitit_job(record), record.cluster)]
+            elif run.action == "compute":
+                how = executors.SubmititHandle(registry.submitit_job(record), record.cluster).ended_how()
+                run.action = "fail"
+                run.reason = f"job {record.job_id} ended without a result"
+                run.error = JobFailedError(f"{run.node.uid}: {how} (use mode='retry' to recompute)")
+
+    def _block_on_failures(self) -> None:
+        """Work whose upstream fails cannot run: it fails too (and says why)."""
+        for key in self.order:
+            run = self.runs[key]
+            if not run.needs_work or run.action == "wait":
+                continue
+            failing = next((u for u in self.upstream[key] if self.runs[u].action == "fail"), None)
+            if failing is not None:
+                run.action = "fail"
+                run.reason = f"upstream {self.nodes[failing].uid} fails ({self.runs[failing].reason})"
+
+    def decision_error(self, run: NodeRun) -> BaseException:
+        """The exception a node that fails at decision time raises."""
+        node = run.node
+        if run.error is not None:
+            return run.error
+        if run.reason == "cached error":
+            try:
+                store.task_result(node)
+            except Exception as error:
+                return error
+        if node.mode == "read-only" and "read-only" in run.reason:
+            return RuntimeError(f"{node.uid}: {run.reason} (mode='read-only' never computes)")
+        return RuntimeError(f"{node.uid}: {run.reason}")

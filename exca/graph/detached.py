@@ -1,0 +1,115 @@
+"""Detached runs: submit every missing node of a DAG at once and return.
+
+Each array depends (``afterany``) on the jobs of its upstream nodes: an array has one
+dependency list for all its elements, so ``afterok`` would let one failed element cancel
+unrelated work; instead each element checks at start that its own upstream results exist
+(else it records "upstream failed" and exits). Dependencies on jobs that already ended
+are dropped; a submission that fails half way cancels what it had submitted. Workers
+write their results into the cache; job ids go to the job registry, so a later plan shows
+them running and a later run waits for them instead of resubmitting.
+"""
+
+from __future__ import annotations
+
+import typing as tp
+
+from . import executors, registry
+from .progress import Progress
+from .worker import Action, Unit
+
+if tp.TYPE_CHECKING:
+    from .decisions import Key, NodeRun
+    from .scheduler import Scheduler
+
+
+class DetachedMixin:
+    """``Scheduler.run_detached`` (see module docstring)."""
+
+    def run_detached(self: Scheduler) -> None:  # type: ignore[misc]
+        """Submit every node that needs work and return without waiting. Work that runs
+        in this process (cluster=None, pools) is done now, when its upstream is ready."""
+        work = self.start()  # work whose upstream fails was already decided "fail"
+        graph = self.graph
+        pools = executors.Pools()
+        progress = Progress(0, desc="exca", requested=False)
+        submitted: list[tuple[NodeRun, executors.Handle]] = []
+        try:
+            for wave in _waves(graph.upstream, [r.node.key for r in work]):
+                groups: dict[str, list[tuple[NodeRun, Unit]]] = {}
+                for key in wave:
+                    run = self.runs[key]
+                    if run.action == "wait":
+                        continue
+                    if not _on_slurm(run):
+                        self._run_here(run, pools, progress)
+                        continue
+                    for unit in _units(self, run):
+                        groups.setdefault(run.node.execution.group_key, []).append((run, unit))
+                for members in groups.values():
+                    submitted.extend(self._submit_detached(members))
+        except BaseException:
+            for run, handle in submitted:  # never leave half a submission behind
+                handle.cancel()
+                registry.forget(run.node.folder, handle.job_id)
+            raise
+        finally:
+            pools.shutdown()
+
+    def _run_here(self: Scheduler, run: NodeRun, pools: executors.Pools, progress: Progress) -> None:  # type: ignore[misc]
+        if _dependencies(self, run.node.key):
+            raise ValueError(
+                f"Cannot submit {run.node.uid} without waiting: it runs on "
+                f"{run.node.execution.describe()} after upstream jobs, and only Slurm can start "
+                "work after other jobs (give it cluster='slurm', or use wait=True)"
+            )
+        running: dict[Key, NodeRun] = {}
+        self.launch([run], running, pools, progress)
+        while running:
+            self._wait_some(running, progress)
+
+    def _submit_detached(self: Scheduler, members: list[tuple[NodeRun, Unit]]) -> list[tuple[NodeRun, executors.Handle]]:  # type: ignore[misc]
+        deps = sorted({d for run, _ in members for d in _dependencies(self, run.node.key)})
+        first = members[0][0].node
+        logs = executors.format_logs(first.execution.logs or "{folder}/logs/{user}/%j", first.folder)
+        handles = executors.submit_array([u for _, u in members], first.execution, logs, len(members), dependencies=deps)
+        out = []
+        for (run, unit), handle in zip(members, handles):
+            run.handles.append(handle)
+            run.state = "running"
+            self.record(run.node, unit, handle)
+            out.append((run, handle))
+        return out
+
+
+def _on_slurm(run: NodeRun) -> bool:
+    cluster = run.node.execution.cluster
+    return cluster in ("slurm", "auto") and executors.resolve_cluster(cluster) == "slurm"
+
+
+def _waves(upstream: dict[Key, list[Key]], order: list[Key]) -> list[list[Key]]:
+    """Work grouped by depth (order must be topological)."""
+    level: dict[Key, int] = {}
+    for key in order:
+        level[key] = max((level[u] + 1 for u in upstream[key] if u in level), default=0)
+    waves: dict[int, list[Key]] = {}
+    for key in order:
+        waves.setdefault(level[key], []).append(key)
+    return [waves[i] for i in sorted(waves)]
+
+
+def _dependencies(scheduler: Scheduler, key: Key) -> list[str]:
+    """Job ids a node must start after: its upstream nodes' queued or running jobs."""
+    deps: list[str] = []
+    for up in scheduler.graph.upstream[key]:
+        run = scheduler.runs[up]
+        if run.state == "running" or run.action == "wait":
+            deps.extend(h.job_id for h in run.handles if isinstance(h, executors.SubmititHandle))
+    return deps
+
+
+def _units(scheduler: Scheduler, run: NodeRun) -> list[Unit]:
+    node = run.node
+    if node.kind == "map" and run.uids is None:  # items known at run time: split then
+        count = node.execution.max_jobs or 1
+        return [Unit(node, tp.cast(Action, run.action), split=(i, count)) for i in range(count)]
+    return scheduler.units(run)

@@ -1,0 +1,894 @@
+"""CacheDict (SPEC §5 API as implemented, DESIGN "Storage")."""
+
+import copy
+import itertools
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import typing as tp
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exca import cachedict
+from exca.cachedict import CacheDict, DumpContext
+from exca.storage import index as index_module
+from exca.storage.formats import CachedError
+
+
+def index_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*-info.jsonl"))
+
+
+def index_lines(folder: Path) -> list[bytes]:
+    return [line for f in index_files(folder) for line in f.read_bytes().splitlines() if line]
+
+
+def all_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def data_files(folder: Path) -> list[str]:
+    data = folder / "data"
+    return sorted(p.name for p in data.iterdir()) if data.exists() else []
+
+
+# --- the write context ----------------------------------------------------------------------
+def test_public_alias_module() -> None:
+    assert cachedict.CacheDict is CacheDict
+    assert cachedict.CacheDictWriter is CacheDict
+    assert cachedict.METADATA_TAG == "metadata="
+    assert cachedict.host_pid().endswith(f"-{os.getpid()}")
+
+
+def test_write_outside_context_raises(tmp_path: Path) -> None:
+    cd: CacheDict[int] = CacheDict(tmp_path / "cache")
+    with pytest.raises(RuntimeError, match="write"):
+        cd["a"] = 1
+    assert "a" not in cd
+    with cd.write():
+        cd["a"] = 1
+    assert cd["a"] == 1
+    with pytest.raises(RuntimeError):
+        cd["b"] = 2  # the context is over
+
+
+def test_write_reentry_raises(tmp_path: Path) -> None:
+    cd: CacheDict[int] = CacheDict(tmp_path / "cache")
+    with cd.write():
+        cd["a"] = 1
+        with pytest.raises(RuntimeError), cd.write():
+            pass
+        cd["b"] = 2  # still inside the outer context
+    with cd.write():  # usable again once exited
+        cd["c"] = 3
+    assert sorted(CacheDict(tmp_path / "cache").keys()) == ["a", "b", "c"]
+
+
+def test_values_written_before_an_exception_are_kept(tmp_path: Path) -> None:
+    cd: CacheDict[int] = CacheDict(tmp_path / "cache")
+    with pytest.raises(ZeroDivisionError), cd.write():
+        cd["a"] = 1
+        _ = 1 / 0
+    assert CacheDict(tmp_path / "cache")["a"] == 1
+
+
+def test_write_is_thread_local(tmp_path: Path) -> None:
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path / "cache")
+    barrier = threading.Barrier(2, timeout=30)
+    errors: list[BaseException] = []
+
+    def work(name: str) -> None:
+        try:
+            with cd.write():
+                barrier.wait()  # both threads are inside write() at the same time
+                for i in range(200):
+                    cd[f"{name}{i}"] = np.full(3, i) if i % 2 else {"i": i, "name": name}
+                barrier.wait()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(name,)) for name in "xy"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    files = index_files(tmp_path / "cache")
+    assert len(files) == 2
+    entry_x, entry_y = cd.entry("x0"), cd.entry("y0")
+    assert entry_x is not None and entry_y is not None
+    assert entry_x.file != entry_y.file
+    # each file holds only one thread's keys (no interleaving)
+    for f in files:
+        prefixes = {line[9:10] for line in f.read_bytes().splitlines()}  # {"#key":"x...
+        assert len(prefixes) == 1, prefixes
+    # the shared data files are per thread too
+    assert len([n for n in data_files(tmp_path / "cache") if n.endswith(".data")]) == 2
+    fresh: CacheDict[tp.Any] = CacheDict(tmp_path / "cache")
+    assert len(fresh) == 400
+    for name, i in itertools.product("xy", range(200)):
+        value = fresh[f"{name}{i}"]
+        if i % 2:
+            np.testing.assert_array_equal(value, np.full(3, i))
+        else:
+            assert value == {"i": i, "name": name}
+
+
+def test_legacy_writer_is_deprecated(tmp_path: Path) -> None:
+    cd: CacheDict[int] = CacheDict(tmp_path / "cache")
+    with pytest.warns(DeprecationWarning), cd.writer() as writer:
+        writer["a"] = 12
+    assert CacheDict(tmp_path / "cache")["a"] == 12
+
+
+def test_non_str_key(tmp_path: Path) -> None:
+    cd: CacheDict[int] = CacheDict(tmp_path / "cache")
+    with cd.write(), pytest.raises(TypeError):
+        cd[12] = 1  # type: ignore[index]
+    ram: CacheDict[int] = CacheDict(None, keep_in_ram=True)
+    with pytest.raises(TypeError):
+        ram[12] = 1  # type: ignore[index]
+    assert len(cd) == len(ram) == 0
+
+
+def test_existing_key_is_not_overwritten(tmp_path: Path) -> None:
+    cd: CacheDict[int] = CacheDict(tmp_path / "cache")
+    with cd.write():
+        cd["a"] = 1
+        with pytest.raises(ValueError):
+            cd["a"] = 2
+    # also from another instance that has read the folder (a never-read instance does
+    # not re-read the whole folder on its first write: that would cost O(#files) per writer)
+    other: CacheDict[int] = CacheDict(tmp_path / "cache")
+    assert "a" in other
+    with other.write(), pytest.raises(ValueError):
+        other["a"] = 3
+    assert CacheDict(tmp_path / "cache")["a"] == 1
+    assert len(index_lines(tmp_path / "cache")) == 1
+    ram: CacheDict[int] = CacheDict(None, keep_in_ram=True)
+    ram["a"] = 1
+    assert ram["a"] == 1
+
+
+def test_folder_none_requires_keep_in_ram() -> None:
+    with pytest.raises(ValueError):
+        CacheDict(None, keep_in_ram=False)
+
+
+def test_unknown_cache_type(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="Nope"):
+        CacheDict(tmp_path, cache_type="Nope")
+
+
+def test_ram_only_mode() -> None:
+    cd: CacheDict[tp.Any] = CacheDict(None, keep_in_ram=True)
+    assert not cd
+    value = {"x": [1, 2]}
+    cd["a"] = value  # no write context needed without a folder
+    with cd.write():
+        cd["b"] = np.ones(2)
+    assert cd["a"] is value
+    assert "a" in cd and "c" not in cd
+    assert sorted(cd.keys()) == ["a", "b"]
+    assert len(cd) == 2 and bool(cd)
+    assert dict(cd.items())["a"] is value
+    del cd["a"]
+    assert cd.keys() == ["b"]
+    with pytest.raises(KeyError):
+        del cd["a"]
+    with pytest.raises(KeyError):
+        cd["a"]
+    cd.clear()
+    assert len(cd) == 0
+
+
+def test_keep_in_ram(tmp_path: Path) -> None:
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path / "cache", keep_in_ram=True)
+    value = {"x": 1}
+    with cd.write():
+        cd["a"] = value
+    assert cd["a"] is value  # memoized, not reloaded
+    other: CacheDict[tp.Any] = CacheDict(tmp_path / "cache", keep_in_ram=True)
+    loaded = other["a"]
+    assert loaded == value and loaded is not value
+    assert other["a"] is loaded  # loaded once, then memoized
+    plain: CacheDict[tp.Any] = CacheDict(tmp_path / "cache")
+    assert plain["a"] == value
+    assert plain["a"] is not plain["a"]
+
+
+@pytest.mark.parametrize("cache_type", [None, "Json", "Auto", "Result"])
+def test_mutating_a_loaded_value_does_not_change_the_cache(
+    tmp_path: Path, cache_type: str | None
+) -> None:
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path, cache_type=cache_type)
+    with cd.write():
+        cd["d"] = {"x": [1]}
+        cd["l"] = [1, {"y": 2}]
+    for reader in (cd, CacheDict(tmp_path)):
+        loaded = reader["d"]
+        loaded["x"].append(2)
+        loaded["z"] = 3
+        reader["l"][1]["y"] = 12
+        assert reader["d"] == {"x": [1]}
+        assert reader["l"] == [1, {"y": 2}]
+
+
+# --- formats -------------------------------------------------------------------------------
+def _stored_types(folder: Path) -> dict[str, str]:
+    import json
+
+    return {r["#key"]: r["#type"] for r in map(json.loads, index_lines(folder)) if "#key" in r}
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(12, dtype=np.float64).reshape(3, 4),
+        np.arange(7, dtype=np.int16),
+        np.array([True, False, True]),
+        np.array([1 + 2j, 3 - 1j], dtype=np.complex64),
+        np.array(3.5),  # 0-d
+        np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3)),
+        np.arange(20, dtype=np.int32)[::3],  # not contiguous
+        np.array(["ab", "c"]),
+        np.arange(12, dtype=">f8").reshape(2, 2, 3),  # big-endian
+    ],
+)
+def test_memmap_array_default(tmp_path: Path, array: np.ndarray) -> None:
+    folder = tmp_path / "cache"
+    cd: CacheDict[np.ndarray] = CacheDict(folder)
+    with cd.write():
+        cd["x"] = array
+        cd["y"] = array  # a second entry in the same shared file
+    for reader in (cd, CacheDict(folder)):
+        for key in "xy":
+            loaded = reader[key]
+            assert isinstance(loaded, np.ndarray)
+            assert loaded.dtype == array.dtype
+            assert loaded.shape == array.shape
+            np.testing.assert_array_equal(loaded, array)
+            assert not loaded.flags.writeable
+            with pytest.raises(ValueError):
+                loaded[...] = 0  # read-only view of the file
+    assert reader.entry_type("x") == "MemmapArray"
+    assert _stored_types(folder) == {"x": "MemmapArray", "y": "MemmapArray"}
+    assert [n for n in data_files(folder) if n.endswith(".data")]  # one shared binary file
+    assert not [n for n in data_files(folder) if not n.endswith(".data")]
+
+
+def test_memmap_array_alias(tmp_path: Path) -> None:
+    cd: CacheDict[np.ndarray] = CacheDict(tmp_path, cache_type="MemmapArrayFile")
+    with cd.write():
+        cd["x"] = np.ones(3)
+    assert cd.entry_type("x") == "MemmapArray"
+
+
+def test_memmap_refuses_object_arrays(tmp_path: Path) -> None:
+    cd: CacheDict[np.ndarray] = CacheDict(tmp_path, cache_type="MemmapArray")
+    with cd.write(), pytest.raises(TypeError):
+        cd["x"] = np.array([{}, None], dtype=object)
+    assert "x" not in cd
+
+
+def test_numpy_array_format(tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    cd: CacheDict[np.ndarray] = CacheDict(folder, cache_type="NumpyArray")
+    array = np.arange(10, dtype=np.float32).reshape(2, 5)
+    with cd.write():
+        cd["x"] = array
+    loaded = CacheDict(folder)["x"]
+    np.testing.assert_array_equal(loaded, array)
+    assert loaded.dtype == np.float32
+    assert loaded.flags.writeable  # loaded fully into memory
+    npys = [n for n in data_files(folder) if n.endswith(".npy")]
+    assert len(npys) == 1
+    assert np.array_equal(np.load(folder / "data" / npys[0]), array)
+    assert cd.entry_type("x") == "NumpyArray"
+
+
+class Thing:
+    """A module-level class (picklable by reference)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Thing) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+
+def test_pickle_format(tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    cd: CacheDict[tp.Any] = CacheDict(folder, cache_type="Pickle")
+    values = {"set": {1, 2}, "thing": Thing(3), "tuple": (1, "a"), "array": np.ones(2)}
+    with cd.write():
+        for key, value in values.items():
+            cd[key] = value
+    fresh: CacheDict[tp.Any] = CacheDict(folder)
+    for key, value in values.items():
+        loaded = fresh[key]
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(loaded, value)
+        else:
+            assert loaded == value and type(loaded) is type(value)
+        assert fresh.entry_type(key) == "Pickle"
+    assert len([n for n in data_files(folder) if n.endswith(".pkl")]) == 4
+
+
+def test_json_format_inline_and_shared(tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    cd: CacheDict[tp.Any] = CacheDict(folder, cache_type="Json")
+    small = {"a": [1, 2.5, None, True, "é"]}
+    big = {"a": list(range(300))}  # > 512 bytes serialized
+    with cd.write():
+        cd["small"] = small
+        cd["big"] = big
+        with pytest.raises(TypeError):
+            cd["set"] = {1, 2}
+        cd["tuple"] = (1, 2)
+    lines = {line for line in index_lines(folder)}
+    small_line = next(line for line in lines if b'"small"' in line)
+    assert b'"v"' in small_line and b"2.5" in small_line  # inline in the index line
+    big_line = next(line for line in lines if b'"big"' in line)
+    assert b"299" not in big_line
+    assert [n for n in data_files(folder) if n.endswith("-data.jsonl")]
+    fresh: CacheDict[tp.Any] = CacheDict(folder)
+    assert fresh["small"] == small
+    assert fresh["big"] == big
+    assert fresh["tuple"] == [1, 2]  # tuples come back as lists
+    assert "set" not in fresh
+    assert fresh.entry_type("small") == fresh.entry_type("big") == "Json"
+
+
+def test_json_inline_threshold(tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    cd: CacheDict[tp.Any] = CacheDict(folder, cache_type="Json")
+    with cd.write():
+        cd["at"] = "x" * 510  # 512 bytes with its quotes: inline
+        cd["above"] = "x" * 511
+    line = next(line for line in index_lines(folder) if b'"at"' in line)
+    assert b"x" * 510 in line
+    line = next(line for line in index_lines(folder) if b'"above"' in line)
+    assert b"x" * 511 not in line
+    fresh: CacheDict[tp.Any] = CacheDict(folder)
+    assert fresh["at"] == "x" * 510 and fresh["above"] == "x" * 511
+
+
+def test_text_format(tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    cd: CacheDict[str] = CacheDict(folder)
+    long = "ligne\n" * 500 + "ü"
+    with cd.write():
+        cd["short"] = "hello\nworld"  # str defaults to Text
+        cd["long"] = long
+        cd["empty"] = ""
+    typed: CacheDict[tp.Any] = CacheDict(folder, cache_type="Text")
+    with typed.write(), pytest.raises(TypeError):
+        typed["int"] = 12
+    fresh: CacheDict[str] = CacheDict(folder)
+    assert fresh["short"] == "hello\nworld"
+    assert fresh["long"] == long
+    assert fresh["empty"] == ""
+    assert {fresh.entry_type(k) for k in ("short", "long", "empty")} == {"Text"}
+    assert [n for n in data_files(folder) if n.endswith("-data.txt")]
+
+
+def test_auto_with_nested_arrays(tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    cd: CacheDict[tp.Any] = CacheDict(folder)
+    value = {
+        "x": np.arange(3.0),
+        "y": [np.zeros((2, 2), dtype=np.int8), "r", {"deep": np.ones(1)}],
+        "z": {"w": 1, "t": (1, 2)},
+        "s": "text",
+    }
+    with cd.write():
+        cd["a"] = value
+        cd["plain"] = {"a": 1, "b": [1, 2]}
+    fresh: CacheDict[tp.Any] = CacheDict(folder)
+    loaded = fresh["a"]
+    assert fresh.entry_type("a") == "Auto"
+    assert fresh.entry_type("plain") == "Auto"  # dict defaults to Auto
+    assert set(loaded) == {"x", "y", "z", "s"}
+    np.testing.assert_array_equal(loaded["x"], value["x"])
+    assert not loaded["x"].flags.writeable  # arrays inside are MemmapArray views
+    np.testing.assert_array_equal(loaded["y"][0], value["y"][0])
+    assert loaded["y"][0].dtype == np.int8
+    assert loaded["y"][1] == "r"
+    np.testing.assert_array_equal(loaded["y"][2]["deep"], np.ones(1))
+    assert loaded["z"] == {"w": 1, "t": [1, 2]}  # tuples come back as lists
+    assert loaded["s"] == "text"
+    assert fresh["plain"] == {"a": 1, "b": [1, 2]}
+    assert not [n for n in data_files(folder) if n.endswith(".pkl")]
+
+
+def test_auto_reserved_key(tmp_path: Path) -> None:
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path)
+    with cd.write(), pytest.raises(ValueError, match="#type"):
+        cd["a"] = {"#type": "x", "arr": np.ones(2)}
+    assert "a" not in cd
+
+
+def test_auto_pickles_with_a_warning_and_autopickle_silently(tmp_path: Path) -> None:
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path / "auto")
+    with cd.write():
+        with pytest.warns(DeprecationWarning):
+            cd["set"] = {1, 2}
+        with pytest.warns(DeprecationWarning):
+            cd["thing"] = {"t": Thing(1), "a": np.ones(2)}
+    silent: CacheDict[tp.Any] = CacheDict(tmp_path / "autopickle", cache_type="AutoPickle")
+    with silent.write(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        silent["set"] = {1, 2}
+        silent["json"] = {"a": 1}
+    for folder in ("auto", "autopickle"):
+        fresh: CacheDict[tp.Any] = CacheDict(tmp_path / folder)
+        assert fresh["set"] == {1, 2}
+    assert CacheDict(tmp_path / "autopickle")["json"] == {"a": 1}
+    loaded = CacheDict(tmp_path / "auto")["thing"]
+    assert loaded["t"] == Thing(1)
+    np.testing.assert_array_equal(loaded["a"], np.ones(2))
+
+
+def test_unregistered_type_defaults_to_auto(tmp_path: Path) -> None:
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path)
+    with cd.write():
+        cd["list"] = [1, "a", None]
+        cd["int"] = 12
+        cd["float"] = 0.5
+    fresh: CacheDict[tp.Any] = CacheDict(tmp_path)
+    assert fresh["list"] == [1, "a", None]
+    assert fresh["int"] == 12
+    assert fresh["float"] == 0.5
+    assert fresh.entry_type("int") == "Auto"
+
+
+def test_result_format(tmp_path: Path) -> None:
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path, cache_type="Result")
+    with cd.write():
+        cd["float"] = 1.5
+        cd["none"] = None
+        cd["str"] = "x"
+        cd["array"] = np.arange(3)
+        cd["dict"] = {"t": (1, 2)}
+    fresh: CacheDict[tp.Any] = CacheDict(tmp_path)
+    assert fresh["float"] == 1.5
+    assert fresh["none"] is None
+    assert "none" in fresh
+    assert fresh["str"] == "x"
+    array = fresh["array"]
+    np.testing.assert_array_equal(array, np.arange(3))
+    assert array.flags.writeable  # an ordinary array, not a view of a file
+    assert fresh["dict"] == {"t": (1, 2)}  # pickled: the tuple stays a tuple
+    assert {fresh.entry_type(k) for k in fresh} == {"Result"}
+
+
+def test_cached_error_entry_type(tmp_path: Path) -> None:
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path)
+    try:
+        raise ValueError("boom")
+    except ValueError as e:
+        error = CachedError.from_exception(e)
+    with cd.write():
+        cd["err"] = error
+        cd["ok"] = 1
+    fresh: CacheDict[tp.Any] = CacheDict(tmp_path)
+    assert fresh.entry_type("err") == "Error"
+    assert fresh.entry_type("ok") == "Auto"
+    assert fresh.entry_type("missing") is None
+    loaded = fresh["err"]
+    assert isinstance(loaded, CachedError)
+    assert loaded.message == "boom"
+    assert loaded.type_name == "builtins.ValueError"
+    assert "boom" in loaded.traceback_text
+    assert isinstance(loaded.exception, ValueError)
+    ram: CacheDict[tp.Any] = CacheDict(None, keep_in_ram=True)
+    ram["err"] = error
+    assert ram.entry_type("err") == "Error"
+
+
+# --- persistence ---------------------------------------------------------------------------
+def _sample_values() -> dict[str, tp.Any]:
+    return {
+        "array": np.arange(10.0),
+        "dict": {"a": 1, "b": [1, 2], "c": "x" * 600},
+        "nested": {"arr": np.eye(2), "l": [1, np.ones(3, dtype=np.int32)]},
+        "text": "hello",
+        "number": 3,
+    }
+
+
+def _assert_equal(value: tp.Any, expected: tp.Any) -> None:
+    if isinstance(expected, np.ndarray):
+        assert isinstance(value, np.ndarray)
+        assert value.dtype == expected.dtype
+        np.testing.assert_array_equal(value, expected)
+    elif isinstance(expected, dict):
+        assert isinstance(value, dict) and set(value) == set(expected)
+        for key in expected:
+            _assert_equal(value[key], expected[key])
+    elif isinstance(expected, list | tuple):
+        assert isinstance(value, list) and len(value) == len(expected)
+        for sub, exp in zip(value, expected):
+            _assert_equal(sub, exp)
+    else:
+        assert value == expected
+
+
+_READER = """
+import pickle, sys
+import numpy as np
+from exca.cachedict import CacheDict
+cd = CacheDict(sys.argv[1])
+out = {k: cd[k] for k in cd.keys()}
+out = {k: (np.array(v) if isinstance(v, np.ndarray) else v) for k, v in out.items()}
+sys.stdout.buffer.write(pickle.dumps(out))
+"""
+
+
+def test_values_survive_new_instance_and_process(tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    values = _sample_values()
+    cd: CacheDict[tp.Any] = CacheDict(folder)
+    with cd.write():
+        for key, value in values.items():
+            cd[key] = value
+    fresh: CacheDict[tp.Any] = CacheDict(folder)
+    assert sorted(fresh.keys()) == sorted(values)
+    for key, value in values.items():
+        _assert_equal(fresh[key], value)
+    out = subprocess.run(
+        [sys.executable, "-c", _READER, str(folder)], capture_output=True, check=True
+    )
+    loaded = pickle.loads(out.stdout)
+    assert sorted(loaded) == sorted(values)
+    for key, value in values.items():
+        _assert_equal(loaded[key], value)
+
+
+def test_dict_api(tmp_path: Path) -> None:
+    cd: CacheDict[int] = CacheDict(tmp_path / "cache")
+    assert not cd and len(cd) == 0 and cd.keys() == []
+    assert not (tmp_path / "cache").exists() or not index_files(tmp_path / "cache")
+    with cd.write():
+        for i in range(5):
+            cd[f"k{i}"] = i
+    assert cd and len(cd) == 5
+    assert sorted(cd) == [f"k{i}" for i in range(5)]
+    assert sorted(cd.values()) == list(range(5))
+    assert dict(cd.items()) == {f"k{i}": i for i in range(5)}
+    assert cd.get("k1") == 1 and cd.get("nope", 12) == 12
+    with pytest.raises(KeyError):
+        cd["nope"]
+    assert "k1" in cd and "nope" not in cd and 12 not in cd
+
+
+def test_new_keys_from_another_writer_are_seen(tmp_path: Path) -> None:
+    reader: CacheDict[int] = CacheDict(tmp_path)
+    assert reader.keys() == []
+    writer: CacheDict[int] = CacheDict(tmp_path)
+    with writer.write():
+        writer["a"] = 1
+        assert "a" in reader  # a miss re-reads the folder
+        assert reader["a"] == 1
+        writer["b"] = 2
+    assert reader.get("b") == 2
+    assert sorted(reader.keys()) == ["a", "b"]
+    assert reader.missing(["a", "b", "c", "a"]) == ["c"]
+
+
+# --- deletion ------------------------------------------------------------------------------
+def test_delete(tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    cd: CacheDict[tp.Any] = CacheDict(folder)
+    pickled: CacheDict[tp.Any] = CacheDict(folder, cache_type="Pickle")
+    npy: CacheDict[tp.Any] = CacheDict(folder, cache_type="NumpyArray")
+    with cd.write():
+        cd["array"] = np.ones(3)
+        cd["json"] = {"a": list(range(300))}
+        cd["keep"] = 1
+    with pickled.write():
+        pickled["pickle"] = {1, 2}
+    with npy.write():
+        npy["npy"] = np.zeros(2)
+    other: CacheDict[tp.Any] = CacheDict(folder)
+    assert len(other) == 5  # other has read every entry
+    files_before = set(data_files(folder))
+    assert len([n for n in files_before if n.endswith((".pkl", ".npy"))]) == 2
+    deleter: CacheDict[tp.Any] = CacheDict(folder)
+    for key in ("array", "json", "pickle", "npy"):
+        del deleter[key]
+        assert key not in deleter
+    with pytest.raises(KeyError):
+        del deleter["array"]
+    with pytest.raises(KeyError):
+        del deleter["never"]
+    # payload files of per-entry formats are removed; shared files are kept
+    files_after = set(data_files(folder))
+    assert not [n for n in files_after if n.endswith((".pkl", ".npy"))]
+    assert [n for n in files_after if n.endswith(".data")]
+    # deletions are tombstone lines: no line of the writer's file was edited
+    tombstones = [line for line in index_lines(folder) if b'"#del"' in line]
+    assert len(tombstones) == 4
+    assert sum(1 for line in index_lines(folder) if b'"#key"' in line) == 5
+    assert sorted(other.keys()) == ["keep"]
+    assert sorted(CacheDict(folder).keys()) == ["keep"]
+    assert "array" not in CacheDict(folder)
+    assert CacheDict(folder)["keep"] == 1
+
+
+def test_delete_inside_write_context(tmp_path: Path) -> None:
+    cd: CacheDict[int] = CacheDict(tmp_path)
+    with cd.write():
+        cd["a"] = 1
+        cd["b"] = 2
+        del cd["a"]
+        cd["a"] = 3  # rewriting a deleted key
+    assert len(index_files(tmp_path)) == 1
+    fresh: CacheDict[int] = CacheDict(tmp_path)
+    assert dict(fresh.items()) == {"a": 3, "b": 2}
+
+
+def test_rewrite_deleted_key_any_read_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "cache"
+    for cache_type in ("Pickle", None):
+        sub = folder / str(cache_type)
+        first: CacheDict[tp.Any] = CacheDict(sub, cache_type=cache_type)
+        with first.write():
+            first["k"] = {"v": 1}
+            first["other"] = {"v": 0}
+        deleter: CacheDict[tp.Any] = CacheDict(sub)
+        del deleter["k"]
+        rewriter: CacheDict[tp.Any] = CacheDict(sub, cache_type=cache_type)
+        with rewriter.write():
+            rewriter["k"] = {"v": 2}
+        names = [p.name for p in index_files(sub)]
+        assert len(names) == 3
+        scandir = os.scandir
+        for order in itertools.permutations(names):
+
+            def ordered(
+                path: tp.Any, order: tuple[str, ...] = order, scandir: tp.Any = scandir
+            ) -> list[tp.Any]:
+                found = {e.name: e for e in scandir(path)}
+                return [found[n] for n in order if n in found] + [
+                    e for n, e in found.items() if n not in order
+                ]
+
+            monkeypatch.setattr(index_module.os, "scandir", ordered)
+            third: CacheDict[tp.Any] = CacheDict(sub)
+            assert sorted(third.keys()) == ["k", "other"], order
+            assert third["k"] == {"v": 2}, order
+            monkeypatch.undo()
+        # the stale instance catches up on keys()
+        assert sorted(deleter.keys()) == ["k", "other"]
+        assert deleter["k"] == {"v": 2}
+
+
+def test_clear_keeps_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    cd: CacheDict[tp.Any] = CacheDict(folder, keep_in_ram=True)
+    with cd.write():
+        cd["a"] = np.ones(2)
+        cd["b"] = "x" * 1000
+    other: CacheDict[tp.Any] = CacheDict(folder)
+    assert len(other) == 2
+    cd.clear()
+    assert folder.is_dir()
+    assert all_files(folder) == []
+    assert cd.keys() == [] and "a" not in cd
+    assert other.keys() == []
+    assert CacheDict(folder).keys() == []
+    with cd.write():
+        cd["a"] = np.zeros(2)
+    np.testing.assert_array_equal(CacheDict(folder)["a"], np.zeros(2))
+
+
+# --- keys are arbitrary strings ------------------------------------------------------------
+WEIRD_KEYS = [
+    "../../x",
+    "../../../../../../tmp/escape",
+    "/abs",
+    "/abs/path/file.txt",
+    "a\nb",
+    "a\\b",
+    "",
+    ".",
+    "..",
+    ".hidden",
+    "-dash",
+    "ü日本語🙂",
+    "x" * 10_000,
+    "save-tmp-123-x",
+    "a b\tc",
+    "*?[]",
+    "con",
+    "a/../b",
+]
+
+
+@pytest.mark.parametrize("cache_type", [None, "Pickle", "NumpyArray", "Json", "Text"])
+def test_keys_are_arbitrary_strings(tmp_path: Path, cache_type: str | None) -> None:
+    folder = tmp_path / "a" / "cache"
+    cd: CacheDict[tp.Any] = CacheDict(folder, cache_type=cache_type)
+
+    def value(i: int) -> tp.Any:
+        if cache_type == "Text":
+            return f"text{i}" * (1 if i % 2 else 200)
+        if cache_type == "Json":
+            return {"i": i, "pad": "x" * (0 if i % 2 else 600)}
+        return np.full(3, i)
+
+    with cd.write():
+        for i, key in enumerate(WEIRD_KEYS):
+            cd[key] = value(i)
+    everything = sorted(p for p in tmp_path.rglob("*"))
+    root = folder.resolve()
+    for path in everything:
+        assert path.resolve() == root or root in path.resolve().parents or path in folder.parents
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == all_files(folder)
+    for path in all_files(folder):
+        assert len(path.name) < 200
+    fresh: CacheDict[tp.Any] = CacheDict(folder)
+    assert sorted(fresh.keys()) == sorted(WEIRD_KEYS)
+    for i, key in enumerate(WEIRD_KEYS):
+        _assert_equal(fresh[key], value(i))
+    for key in WEIRD_KEYS:
+        del fresh[key]
+    assert CacheDict(folder).keys() == []
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == all_files(folder)
+
+
+# --- user formats --------------------------------------------------------------------------
+class Celsius:
+    def __init__(self, degrees: float) -> None:
+        self.degrees = degrees
+
+
+@DumpContext.register(default_for=Celsius)
+class TestCelsiusFormat:
+    @classmethod
+    def __dump_info__(cls, ctx: DumpContext, value: Celsius) -> dict[str, tp.Any]:
+        path = ctx.key_path(".celsius")
+        path.write_text(repr(value.degrees))
+        return {"file": path.name, "unit": "C"}
+
+    @classmethod
+    def __load_from_info__(cls, ctx: DumpContext, file: str, unit: str) -> Celsius:
+        assert unit == "C"
+        return Celsius(float((ctx.folder / "data" / file).read_text()))
+
+    @classmethod
+    def __delete_info__(cls, ctx: DumpContext, file: str, unit: str) -> None:
+        (ctx.folder / "data" / file).unlink()
+
+
+class SelfDumping:
+    """A value class that knows how to dump itself."""
+
+    def __init__(self, items: list[int]) -> None:
+        self.items = items
+
+    def __dump_info__(self, ctx: DumpContext) -> dict[str, tp.Any]:
+        return {"items": self.items}
+
+    @classmethod
+    def __load_from_info__(cls, ctx: DumpContext, items: list[int]) -> "SelfDumping":
+        return cls(items)
+
+
+def test_user_format(tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    cd: CacheDict[tp.Any] = CacheDict(folder)
+    with cd.write():
+        cd["temp"] = Celsius(21.5)
+        cd["nested"] = {"t": Celsius(-3.0), "arr": np.ones(2)}
+        cd["self"] = SelfDumping([1, 2])
+    fresh: CacheDict[tp.Any] = CacheDict(folder)
+    assert fresh.entry_type("temp") == "TestCelsiusFormat"
+    loaded = fresh["temp"]
+    assert isinstance(loaded, Celsius) and loaded.degrees == 21.5
+    nested = fresh["nested"]
+    assert isinstance(nested["t"], Celsius) and nested["t"].degrees == -3.0
+    assert fresh.entry_type("self") == "SelfDumping"
+    assert fresh["self"].items == [1, 2]
+    assert len([n for n in data_files(folder) if n.endswith(".celsius")]) == 2
+    del fresh["temp"]
+    assert len([n for n in data_files(folder) if n.endswith(".celsius")]) == 1
+    # an explicit cache_type naming the user format
+    explicit: CacheDict[tp.Any] = CacheDict(tmp_path / "explicit", cache_type="TestCelsiusFormat")
+    with explicit.write():
+        explicit["x"] = Celsius(1.0)
+    assert CacheDict(tmp_path / "explicit")["x"].degrees == 1.0
+
+
+def test_register_name_collision() -> None:
+    class TestCelsiusFormat:  # same name, another class
+        @classmethod
+        def __dump_info__(cls, ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
+            return {}
+
+        @classmethod
+        def __load_from_info__(cls, ctx: DumpContext) -> None:
+            return None
+
+    with pytest.raises(ValueError, match="TestCelsiusFormat"):
+        DumpContext.register(TestCelsiusFormat)
+    with pytest.raises(ValueError, match="Pickle"):
+        DumpContext.register(TestCelsiusFormat, name="Pickle")
+    # registering the same class again is harmless
+    assert DumpContext.register(globals()["TestCelsiusFormat"]) is globals()["TestCelsiusFormat"]
+    assert DumpContext.handler("TestCelsiusFormat") is globals()["TestCelsiusFormat"]
+
+
+def test_format_returning_reserved_keys(tmp_path: Path) -> None:
+    @DumpContext.register(name="TestReservedKeysFormat")
+    class Bad:
+        @classmethod
+        def __dump_info__(cls, ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
+            return {"#key": "other"}
+
+        @classmethod
+        def __load_from_info__(cls, ctx: DumpContext) -> None:
+            return None
+
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path, cache_type="TestReservedKeysFormat")
+    with cd.write(), pytest.raises(ValueError):
+        cd["a"] = 1
+    assert cd.keys() == []
+
+
+# --- pickling ------------------------------------------------------------------------------
+def test_pickle_gives_a_fresh_view(tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    cd: CacheDict[tp.Any] = CacheDict(folder, keep_in_ram=True, cache_type="Pickle")
+    with cd.write():
+        cd["a"] = {"x": 1}
+    value = cd["a"]
+    clones = [pickle.loads(pickle.dumps(cd)), copy.deepcopy(cd)]
+    for clone in clones:
+        assert isinstance(clone, CacheDict)
+        assert clone.folder == folder
+        assert clone.keep_in_ram and clone.cache_type == "Pickle"
+        assert clone.keys() == ["a"]
+        loaded = clone["a"]
+        assert loaded == value and loaded is not value  # reloaded: no RAM content copied
+    for i, clone in enumerate(clones):
+        with clone.write():  # writable in its own session
+            clone[f"from-clone-{i}"] = 1
+    assert sorted(CacheDict(folder).keys()) == ["a", "from-clone-0", "from-clone-1"]
+    assert len(index_files(folder)) == 3
+    ram: CacheDict[tp.Any] = CacheDict(None, keep_in_ram=True)
+    ram["a"] = 1
+    clone = pickle.loads(pickle.dumps(ram))
+    assert clone.keys() == [] and "a" not in clone
+
+
+# --- many index files ----------------------------------------------------------------------
+def test_many_index_files(tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    watcher: CacheDict[tp.Any] = CacheDict(folder)
+    assert watcher.keys() == []
+    for i in range(1000):
+        cd: CacheDict[tp.Any] = CacheDict(folder)
+        with cd.write():
+            cd[f"key{i}"] = np.array([i]) if i % 2 else {"i": i}
+    assert len(index_files(folder)) == 1000
+    fresh: CacheDict[tp.Any] = CacheDict(folder)
+    for reader in (fresh, watcher):
+        keys = reader.keys()
+        assert len(keys) == 1000
+        assert set(keys) == {f"key{i}" for i in range(1000)}
+    for i in (0, 1, 500, 999):
+        value = fresh[f"key{i}"]
+        assert (int(value[0]) if i % 2 else value["i"]) == i

@@ -1,0 +1,413 @@
+"""CacheDict under concurrency, SIGKILL, corrupted index files and fork (DESIGN "Storage").
+
+Values are derived from their keys (``value_for``), so any reader can check what it reads.
+"""
+
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import typing as tp
+import warnings
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from exca.cachedict import CacheDict
+
+# shared by the test process and the writer subprocesses (exec'd in both)
+VALUES_SRC = """
+import zlib
+import numpy as np
+
+
+def kind_of(key):
+    i = int(key.rsplit("-", 1)[1])
+    return i % 6 if key.startswith("r") else i % 2
+
+
+def value_for(key):
+    i = int(key.rsplit("-", 1)[1])
+    seed = zlib.crc32(key.encode("utf8"))
+    kind = kind_of(key)
+    if kind == 0:  # small array
+        size = 1 + seed % 7
+        return np.arange(size, dtype=np.float32) + np.float32(seed % 1000)
+    if kind == 1:  # small dict (inline json)
+        return {"key": key, "seed": seed, "l": [i, str(i)]}
+    if kind == 2:  # big array: 200k floats, so that kills land inside payload writes
+        return np.arange(200_000, dtype=np.float64) + seed
+    if kind == 3:  # Auto tree: json with a nested memmap array
+        return {"key": key, "text": key * 50, "arr": np.full(1000, seed % 97, dtype=np.int64)}
+    if kind == 4:  # pickled (one file per entry)
+        return {"set": {seed, i}, "key": key}
+    return key * 100  # Text in the shared text file
+"""
+namespace: dict[str, tp.Any] = {}
+exec(VALUES_SRC, namespace)
+value_for: tp.Callable[[str], tp.Any] = namespace["value_for"]
+kind_of: tp.Callable[[str], int] = namespace["kind_of"]
+
+
+def assert_same(value: tp.Any, expected: tp.Any) -> None:
+    if isinstance(expected, np.ndarray):
+        assert isinstance(value, np.ndarray), type(value)
+        assert value.dtype == expected.dtype and value.shape == expected.shape
+        assert np.array_equal(value, expected)
+    elif isinstance(expected, dict):
+        assert isinstance(value, dict) and set(value) == set(expected), value
+        for key in expected:
+            assert_same(value[key], expected[key])
+    else:
+        assert type(value) is type(expected) and value == expected, (value, expected)
+
+
+def check_all(cd: CacheDict[tp.Any], keys: tp.Iterable[str]) -> None:
+    for key in keys:
+        assert_same(cd[key], value_for(key))
+
+
+def index_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*-info.jsonl"))
+
+
+def keys_per_file(folder: Path) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for f in index_files(folder):
+        records = [orjson.loads(line) for line in f.read_bytes().splitlines() if line]
+        out[f.name] = {r["#key"] for r in records if "#key" in r}
+    return out
+
+
+# --- (a) concurrent writers ----------------------------------------------------------------
+CONCURRENT_WRITER = (
+    VALUES_SRC
+    + """
+import sys, threading, time
+from pathlib import Path
+from exca.cachedict import CacheDict
+
+folder, proc = Path(sys.argv[1]), int(sys.argv[2])
+cd = CacheDict(folder)
+errors = []
+
+
+def work(thread):
+    try:
+        with cd.write():
+            for i in range(5000):
+                key = f"p{proc}-t{thread}-{i}"
+                cd[key] = value_for(key)
+    except BaseException as e:
+        errors.append(e)
+        raise
+
+
+(folder.parent / f"ready-{proc}").touch()
+while not (folder.parent / "go").exists():
+    time.sleep(0.005)
+threads = [threading.Thread(target=work, args=(t,)) for t in range(2)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+sys.exit(1 if errors else 0)
+"""
+)
+
+
+def test_concurrent_processes_and_threads(tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    script = tmp_path / "writer.py"
+    script.write_text(CONCURRENT_WRITER)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(folder), str(p)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for p in range(4)
+    ]
+    deadline = time.time() + 60
+    while not all((tmp_path / f"ready-{p}").exists() for p in range(4)):
+        assert time.time() < deadline, "writers did not start"
+        assert all(proc.poll() is None for proc in procs), [p.communicate() for p in procs]
+        time.sleep(0.01)
+    (tmp_path / "go").touch()  # all writers start together
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+    expected = {f"p{p}-t{t}-{i}" for p in range(4) for t in range(2) for i in range(5000)}
+    fresh: CacheDict[tp.Any] = CacheDict(folder)
+    keys = fresh.keys()
+    assert len(keys) == 40_000
+    assert set(keys) == expected
+    check_all(fresh, expected)
+    # one index file per (process, thread): writers never shared a file
+    per_file = keys_per_file(folder)
+    assert len(per_file) == 8
+    for names in per_file.values():
+        assert len({name.rsplit("-", 1)[0] for name in names}) == 1
+        assert len(names) == 5000
+
+
+# --- (b) writers killed at random moments -----------------------------------------------------
+KILLED_WRITER = (
+    VALUES_SRC
+    + """
+import sys, warnings
+from exca.cachedict import CacheDict
+
+warnings.simplefilter("ignore")
+folder, run = sys.argv[1], int(sys.argv[2])
+cd = CacheDict(folder)
+pickled = CacheDict(folder, cache_type="Pickle")
+out = sys.stdout
+out.write("ready\\n")
+out.flush()
+with cd.write(), pickled.write():
+    i = 0
+    while True:
+        key = f"r{run}-{i}"
+        target = pickled if kind_of(key) == 4 else cd
+        target[key] = value_for(key)
+        out.write(key + "\\n")  # reported only once the write returned
+        out.flush()
+        i += 1
+"""
+)
+
+
+def test_writers_killed_at_random_moments(tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    script = tmp_path / "writer.py"
+    script.write_text(KILLED_WRITER)
+    rng = random.Random(12)
+    watcher: CacheDict[tp.Any] = CacheDict(folder)  # reads incrementally between runs
+    reported: set[str] = set()
+    checked: set[str] = set()
+    kills = 0
+    for run in range(24):
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(folder), str(run)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"ready\n", proc.communicate()
+        for _ in range(rng.randint(0, 14)):
+            line = proc.stdout.readline()
+            assert line.endswith(b"\n"), proc.communicate()
+            reported.add(line.decode().strip())
+        time.sleep(rng.uniform(0, 0.004))
+        proc.send_signal(signal.SIGKILL)
+        rest, err = proc.communicate(timeout=30)
+        assert proc.returncode == -signal.SIGKILL, err.decode()
+        kills += 1
+        # only complete lines were reported as done
+        reported.update(line.decode() for line in rest.split(b"\n")[:-1])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # reading never warns nor raises
+            keys = set(watcher.keys())
+        assert reported <= keys, reported - keys
+        check_all(watcher, keys - checked)
+        checked |= keys
+    assert kills >= 20
+    assert len({kind_of(k) for k in reported}) == 6  # every kind was written
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fresh: CacheDict[tp.Any] = CacheDict(folder)
+        keys = set(fresh.keys())
+        assert reported <= keys
+        check_all(fresh, keys)  # unreported entries may exist: they are right too
+        assert set(fresh.missing(sorted(reported))) == set()
+
+
+# --- (c) corrupted index files ---------------------------------------------------------------
+def _make_cache(folder: Path) -> tuple[CacheDict[tp.Any], Path]:
+    cd: CacheDict[tp.Any] = CacheDict(folder)
+    pickled: CacheDict[tp.Any] = CacheDict(folder, cache_type="Pickle")
+    with cd.write():
+        for i in range(5):
+            cd[f"d-{i}"] = {"i": i}
+        cd["arr-0"] = np.arange(100.0)
+        cd["txt-0"] = "t" * 2000
+    with pickled.write():
+        pickled["pk-0"] = {"p": 1}
+    files = [f for f in index_files(folder) if b"txt-0" in f.read_bytes()]
+    return cd, files[0]
+
+
+EXPECTED = {
+    **{f"d-{i}": {"i": i} for i in range(5)},
+    "arr-0": np.arange(100.0),
+    "txt-0": "t" * 2000,
+    "pk-0": {"p": 1},
+}
+
+
+def _check_expected(cd: CacheDict[tp.Any], extra: tp.Iterable[str] = ()) -> None:
+    assert set(cd.keys()) == set(EXPECTED) | set(extra)
+    for key, value in EXPECTED.items():
+        assert_same(cd[key], value)
+
+
+def test_truncated_last_line_is_ignored(tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    _, index = _make_cache(folder)
+    line = b'{"#key":"late","#type":"Json","v":{"x":1}}\n'
+    with index.open("ab") as handle:
+        handle.write(line[:20])  # a writer in the middle of its line (or killed there)
+    reader: CacheDict[tp.Any] = CacheDict(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _check_expected(reader)
+        assert "late" not in reader
+        _check_expected(CacheDict(folder))
+    with index.open("ab") as handle:
+        handle.write(line[20:])  # the line completes: the incremental reader now sees it
+    assert reader["late"] == {"x": 1}
+    _check_expected(reader, extra=["late"])
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"garbage{{", b'{"#key":"half", "#ty', b"[1, 2]", b'{"#key": 12, "#type": "Json"}'],
+    ids=str,
+)
+def test_garbage_line_in_the_middle(tmp_path: Path, garbage: bytes) -> None:
+    folder = tmp_path / "cache"
+    _, index = _make_cache(folder)
+    lines = index.read_bytes().split(b"\n")
+    assert len(lines) > 4
+    index.write_bytes(b"\n".join([*lines[:2], garbage, *lines[2:]]))
+    with pytest.warns(RuntimeWarning, match="unreadable index line"):
+        reader: CacheDict[tp.Any] = CacheDict(folder)
+        keys = reader.keys()
+    assert set(keys) == set(EXPECTED)
+    _check_expected(reader)
+
+
+def test_garbage_line_at_the_end(tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    cd, index = _make_cache(folder)
+    reader: CacheDict[tp.Any] = CacheDict(folder)
+    _check_expected(reader)
+    with index.open("ab") as handle:
+        handle.write(b'{"#key":"x","#type":"Js\x00\xff\n')
+    with pytest.warns(RuntimeWarning, match="unreadable index line"):
+        assert set(CacheDict(folder).keys()) == set(EXPECTED)
+    with pytest.warns(RuntimeWarning):  # the incremental reader too
+        assert set(reader.keys()) == set(EXPECTED)
+    _check_expected(reader)
+    with cd.write():  # the folder stays writable
+        cd["after"] = {"a": 1}
+    with pytest.warns(RuntimeWarning):
+        assert CacheDict(folder)["after"] == {"a": 1}
+
+
+def test_index_line_past_the_end_of_a_data_file(tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    _, index = _make_cache(folder)
+    records = [orjson.loads(line) for line in index.read_bytes().splitlines()]
+    array = next(r for r in records if r["#key"] == "arr-0")
+    text = next(r for r in records if r["#key"] == "txt-0")
+    data_size = (folder / array["f"]).stat().st_size
+    bad_array = {**array, "#key": "bad-arr", "o": data_size + 4096}
+    bad_text = {**text, "#key": "bad-txt", "o": (folder / text["f"]).stat().st_size - 10}
+    bad_file = {**array, "#key": "bad-file", "f": "data/does-not-exist.data"}
+    with index.open("ab") as handle:
+        for record in (bad_array, bad_text, bad_file):
+            handle.write(orjson.dumps(record) + b"\n")
+    reader: CacheDict[tp.Any] = CacheDict(folder)
+    with pytest.raises(OSError, match="shorter than its index says"):
+        reader["bad-arr"]
+    with pytest.raises(OSError, match="shorter than its index says"):
+        reader["bad-txt"]
+    with pytest.raises(FileNotFoundError):
+        reader["bad-file"]
+    _check_expected(reader, extra=["bad-arr", "bad-txt", "bad-file"])
+
+
+def test_missing_payload_file_is_a_load_error(tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    _make_cache(folder)
+    (pkl,) = (folder / "data").glob("*.pkl")
+    pkl.unlink()
+    reader: CacheDict[tp.Any] = CacheDict(folder)
+    with pytest.raises(FileNotFoundError):
+        reader["pk-0"]
+    assert reader["d-1"] == {"i": 1}
+
+
+# --- (d) fork of a writing process -------------------------------------------------------------
+def _child_writes(cd: CacheDict[tp.Any]) -> None:
+    for i in range(300):
+        key = f"c-{i}"
+        cd[key] = value_for(key)
+
+
+def _run_child(cd: CacheDict[tp.Any], method: str) -> None:
+    if method == "os.fork":
+        pid = os.fork()
+        if pid == 0:  # child: never return into pytest
+            code = 1
+            try:
+                _child_writes(cd)
+                code = 0
+            finally:
+                os._exit(code)
+        # the parent keeps writing while the child writes
+        for i in range(300, 600):
+            cd[f"f-{i}"] = value_for(f"f-{i}")
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    else:
+        proc = multiprocessing.get_context("fork").Process(target=_child_writes, args=(cd,))
+        proc.start()
+        for i in range(300, 600):
+            cd[f"f-{i}"] = value_for(f"f-{i}")
+        proc.join(60)
+        assert proc.exitcode == 0
+
+
+@pytest.mark.parametrize("method", ["os.fork", "multiprocessing"])
+def test_fork_of_a_writing_process(tmp_path: Path, method: str) -> None:
+    folder = tmp_path / "cache"
+    cd: CacheDict[tp.Any] = CacheDict(folder)
+    threading.Thread(target=lambda: None).start()  # a process that has used threads
+    with cd.write():
+        for i in range(300):
+            cd[f"f-{i}"] = value_for(f"f-{i}")  # the parent session is open and has data files
+        _run_child(cd, method)
+        for i in range(600, 700):
+            cd[f"f-{i}"] = value_for(f"f-{i}")
+    parent_keys = {f"f-{i}" for i in range(700)}
+    child_keys = {f"c-{i}" for i in range(300)}
+    # separate index files, each holding one process's keys
+    per_file = keys_per_file(folder)
+    assert len(per_file) == 2
+    assert sorted(per_file.values(), key=len) == [child_keys, parent_keys]
+    # separate data files
+    fresh: CacheDict[tp.Any] = CacheDict(folder)
+    assert set(fresh.keys()) == parent_keys | child_keys
+
+    def data_file_names(keys: set[str]) -> set[str]:
+        names = set()
+        for key in keys:
+            entry = fresh.entry(key)
+            assert entry is not None
+            names |= {v for v in orjson.dumps(entry.info).decode().split('"') if "data/" in v}
+        return names
+
+    parent_data, child_data = data_file_names(parent_keys), data_file_names(child_keys)
+    assert parent_data and child_data
+    assert not parent_data & child_data
+    check_all(fresh, parent_keys | child_keys)
+    check_all(cd, parent_keys | child_keys)  # the parent's own instance sees the child's keys

@@ -1,0 +1,341 @@
+"""ConfDict (SPEC §4): dotted access, merge semantics, flat/copy, yaml and args."""
+
+import collections
+import dataclasses
+import io
+import typing as tp
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exca.confdict import ConfDict
+
+
+# --- construction and dotted access -----------------------------------------------------------
+def test_init_dotted_nested_and_kwargs_equal() -> None:
+    nested = ConfDict({"a": {"b": {"c": 1}}, "d": 2})
+    dotted = ConfDict({"a.b.c": 1, "d": 2})
+    kwargs = ConfDict(d=2, **{"a.b.c": 1})
+    mixed = ConfDict({"a.b": {"c": 1}}, d=2)
+    assert nested == dotted == kwargs == mixed == {"a": {"b": {"c": 1}}, "d": 2}
+    assert isinstance(nested["a"], ConfDict)
+    assert isinstance(nested["a.b"], ConfDict)
+    assert nested.to_uid() == dotted.to_uid() == mixed.to_uid()
+    assert nested.to_uid(version=2) == dotted.to_uid(version=2)
+
+
+def test_dotted_get_set_in() -> None:
+    cd = ConfDict()
+    cd["a.b.c"] = 1
+    cd["a.b.d"] = 2
+    assert cd == {"a": {"b": {"c": 1, "d": 2}}}
+    assert cd["a.b.c"] == 1
+    assert cd["a"]["b"]["d"] == 2
+    assert "a.b.c" in cd
+    assert "a.b" in cd
+    assert "a.x" not in cd
+    assert "a.b.c.d" not in cd  # cannot go below a leaf
+    assert "x" not in cd
+    assert cd.get("a.b.c") == 1
+    assert cd.get("a.x") is None
+    assert cd.get("a.x.y", 12) == 12
+    with pytest.raises(KeyError):
+        cd["a.x"]
+    # a leaf replaced by a dotted set below it
+    cd["a.b.c.e"] = 3
+    assert cd["a.b.c"] == {"e": 3}
+
+
+def test_del_and_pop_prune_empty_parents() -> None:
+    cd = ConfDict({"a.b.c": 1, "a.b.d": 2, "x": 0})
+    del cd["a.b.c"]
+    assert cd == {"a": {"b": {"d": 2}}, "x": 0}
+    assert cd.pop("a.b.d") == 2
+    assert cd == {"x": 0}  # a.b and then a became empty: removed
+    cd = ConfDict({"a.b.c": 1, "a.e": 5})
+    assert cd.pop("a.b.c") == 1
+    assert cd == {"a": {"e": 5}}  # only the empty level goes
+    with pytest.raises(KeyError):
+        cd.pop("a.nope")
+    with pytest.raises(KeyError):
+        del cd["nope"]
+    assert cd.pop("a.nope", "default") == "default"
+    assert cd.pop("a.e.f", None) is None  # below a leaf
+    assert cd.pop("a") == {"e": 5}
+    assert cd == {}
+
+
+def test_list_indices() -> None:
+    cd = ConfDict({"a": [1, {"b": 2}]})
+    assert cd["a.0"] == 1
+    assert cd["a.1.b"] == 2
+    assert isinstance(cd["a.1"], ConfDict)  # lists of dicts hold ConfDicts
+    assert "a.1.b" in cd
+    assert "a.5" not in cd
+    assert cd.get("a.5", "d") == "d"
+    with pytest.raises(IndexError):
+        cd["a.5"]
+    cd["a.0"] = 13
+    cd["a.1.b"] = 12
+    cd["a.1.c"] = 14
+    assert cd == {"a": [13, {"b": 12, "c": 14}]}
+    assert cd.pop("a.1.c") == 14
+    assert cd.pop("a.0") == 13
+    assert cd == {"a": [{"b": 12}]}
+
+
+def test_non_digit_key_on_a_list() -> None:
+    cd = ConfDict({"a": [1, 2]})
+    with pytest.raises(TypeError, match="list"):
+        cd["a.x"]
+    with pytest.raises(TypeError, match="list"):
+        cd["a.x"] = 3
+    assert "a.x" not in cd
+    assert cd == {"a": [1, 2]}
+
+
+def test_non_str_keys() -> None:
+    cd = ConfDict({"a": 1})
+    with pytest.raises(TypeError):
+        cd[1] = 2  # type: ignore[index]
+    with pytest.raises(TypeError):
+        ConfDict({1: 2})  # type: ignore[dict-item]
+    with pytest.raises(TypeError):
+        cd[1]  # type: ignore[index]
+    with pytest.raises(TypeError):
+        cd.pop(1)  # type: ignore[arg-type]
+    assert 1 not in cd
+    assert cd == {"a": 1}
+
+
+# --- merge semantics --------------------------------------------------------------------------
+def test_setting_a_dict_merges() -> None:
+    cd = ConfDict({"a": {"b": 1, "c": 2}})
+    cd["a"] = {"b": 3, "d.e": 4}
+    assert cd == {"a": {"b": 3, "c": 2, "d": {"e": 4}}}
+    cd.update({"a": {"c": 5}})
+    assert cd == {"a": {"b": 3, "c": 5, "d": {"e": 4}}}
+    cd.update(a={"b": 6})
+    assert cd["a.b"] == 6 and cd["a.c"] == 5
+
+
+def test_override_replaces() -> None:
+    assert ConfDict.OVERRIDE == "=replace="
+    cd = ConfDict({"a": {"b": 1, "c": 2}, "x": 1})
+    cd["a"] = {"b": 4, ConfDict.OVERRIDE: True}
+    assert cd == {"a": {"b": 4}, "x": 1}
+    cd.update({"a": {"=replace=": True, "z": 1}})
+    assert cd == {"a": {"z": 1}, "x": 1}
+    cd["a"] = {"=replace=": False, "y": 2}  # False: a plain merge, key dropped
+    assert cd == {"a": {"z": 1, "y": 2}, "x": 1}
+
+
+def test_override_at_top_level() -> None:
+    cd = ConfDict({"a": {"b": 1}, "x": 1})
+    cd.update({ConfDict.OVERRIDE: True, "y": 2})
+    assert cd == {"y": 2}
+    cd.update({"=replace=": True})
+    assert cd == {}
+
+
+def test_non_dicts_replace() -> None:
+    cd = ConfDict({"a": {"b": 1}})
+    cd["a"] = 12
+    assert cd == {"a": 12}
+    cd["a"] = {"b": 2}  # a dict on a non-dict: replaces too
+    assert cd == {"a": {"b": 2}}
+
+
+def test_update_on_none() -> None:
+    cd = ConfDict({"a": {"b": None}})
+    cd.update({"a": {"b": {"c": 12}}})
+    assert cd == {"a": {"b": {"c": 12}}}
+    cd["a.b"] = None
+    assert cd == {"a": {"b": None}}
+    cd["a.b.d"] = 1
+    assert cd == {"a": {"b": {"d": 1}}}
+
+
+def test_update_on_lists() -> None:
+    cd = ConfDict({"a": [1, 2], "b": {"c": 1}})
+    cd.update({"a": [3]})  # lists are replaced, not merged
+    assert cd == {"a": [3], "b": {"c": 1}}
+    cd["b"] = [{"d": 1}]
+    assert cd == {"a": [3], "b": [{"d": 1}]}
+    assert isinstance(cd["b"][0], ConfDict)
+    cd.update({"b.0.e": 2})
+    assert cd == {"a": [3], "b": [{"d": 1, "e": 2}]}
+
+
+def test_ordereddict_values_replace_and_keep_their_type() -> None:
+    cd = ConfDict({"a": {"b": 1}})
+    cd["a"] = collections.OrderedDict([("d", 1), ("c", 2)])
+    assert type(cd["a"]) is collections.OrderedDict
+    assert cd == {"a": {"d": 1, "c": 2}}
+    cd["a"] = collections.OrderedDict(e=3)
+    assert cd == {"a": {"e": 3}}  # replaced, not merged
+
+
+# --- flat / copy ------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Point:
+    x: int = 1
+    y: tuple[int, int] = (2, 3)
+
+
+def test_flat() -> None:
+    cd = ConfDict(
+        {"a": {"b": 1, "c": (1, 2)}, "p": Path("/x/y"), "d": Point(), "e": {}, "l": [1, {"z": 1}]}
+    )
+    flat = cd.flat()
+    assert flat == {
+        "a.b": 1,
+        "a.c": (1, 2),
+        "p": Path("/x/y"),
+        "d.x": 1,
+        "d.y": (2, 3),
+        "e": {},
+        "l": [1, {"z": 1}],
+    }
+    assert isinstance(flat["a.c"], tuple)
+    assert isinstance(flat["p"], Path)
+    assert ConfDict(flat) == ConfDict({k: v for k, v in cd.items() if k != "d"}) | {
+        "d": {"x": 1, "y": (2, 3)}
+    }
+    assert ConfDict().flat() == {}
+
+
+def test_copy_is_deep() -> None:
+    cd = ConfDict({"a": {"b": [1, {"c": 2}]}, "o": collections.OrderedDict(x=1)})
+    copied = cd.copy()
+    assert isinstance(copied, ConfDict)
+    assert copied == cd
+    copied["a.b.1.c"] = 3
+    copied["a.b"].append(4)
+    copied["o"]["y"] = 2
+    assert cd == {"a": {"b": [1, {"c": 2}]}, "o": {"x": 1}}
+    assert type(copied["o"]) is collections.OrderedDict
+
+
+# --- yaml ----------------------------------------------------------------------------------
+def test_to_yaml_collapses_chains() -> None:
+    cd = ConfDict({"data": {"default": {"stuff": {"duration": 1.0}}}, "b": {"c": 12, "d": 13}})
+    assert cd.to_yaml() == "data.default.stuff.duration: 1.0\nb:\n  c: 12\n  d: 13\n"
+
+
+def test_to_yaml_keeps_insertion_order() -> None:
+    cd = ConfDict({"z": 1, "a": {"y": 2, "b": 3}})
+    cd["m.q"] = 4
+    cd["a.a"] = 5
+    assert cd.to_yaml() == "z: 1\na:\n  y: 2\n  b: 3\n  a: 5\nm.q: 4\n"
+
+
+def test_to_yaml_types(tmp_path: Path) -> None:
+    cd = ConfDict(
+        {
+            "p": Path("/x/y"),
+            "t": (1, 2),
+            "n": np.float32(1.5),
+            "i": np.int64(3),
+            "l": [{"a": {"b": 1}}],
+            "s": "x y",
+            "none": None,
+        }
+    )
+    text = cd.to_yaml()
+    assert text == "p: /x/y\nt:\n- 1\n- 2\nn: 1.5\ni: 3\nl:\n- a.b: 1\ns: x y\nnone: null\n"
+    assert "!!" not in text
+    filepath = tmp_path / "conf.yaml"
+    assert cd.to_yaml(filepath) == text
+    assert filepath.read_text() == text
+
+
+def test_ordereddict_yaml() -> None:
+    cd = ConfDict({"o": collections.OrderedDict([("b", 1), ("a", {"c": 2})])})
+    text = cd.to_yaml()
+    assert text == "o:\n  b: 1\n  a:\n    c: 2\n"  # order kept, not collapsed, no python tags
+    assert ConfDict.from_yaml(text) == {"o": {"b": 1, "a": {"c": 2}}}
+    top = collections.OrderedDict([("z", 1), ("a", 2)])
+    assert ConfDict({"t": top}).to_yaml() == "t:\n  z: 1\n  a: 2\n"
+
+
+def test_from_yaml_sources(tmp_path: Path) -> None:
+    text = "a.b: 1\nc:\n  d: [1, 2]\n"
+    expected = {"a": {"b": 1}, "c": {"d": [1, 2]}}
+    assert ConfDict.from_yaml(text) == expected
+    assert isinstance(ConfDict.from_yaml(text), ConfDict)
+    filepath = tmp_path / "conf.yaml"
+    filepath.write_text(text)
+    assert ConfDict.from_yaml(filepath) == expected
+    assert ConfDict.from_yaml(str(filepath)) == expected  # a one-line existing path
+    with filepath.open() as handle:
+        assert ConfDict.from_yaml(handle) == expected
+    assert ConfDict.from_yaml(io.StringIO(text)) == expected
+    # a one-line string that is not an existing path is yaml
+    assert ConfDict.from_yaml("x: 1") == {"x": 1}
+
+
+@pytest.mark.parametrize("text", ["- 1\n- 2\n", "12", "just a string", ""])
+def test_from_yaml_non_dict(text: str, tmp_path: Path) -> None:
+    with pytest.raises(TypeError):
+        ConfDict.from_yaml(text)
+    filepath = tmp_path / "conf.yaml"
+    filepath.write_text(text)
+    with pytest.raises(TypeError):
+        ConfDict.from_yaml(filepath)
+
+
+def test_empty_yaml_file(tmp_path: Path) -> None:
+    filepath = tmp_path / "empty.yaml"
+    filepath.touch()
+    with pytest.raises(TypeError):
+        ConfDict.from_yaml(filepath)
+    with pytest.raises(TypeError):
+        ConfDict.from_yaml(str(filepath))
+
+
+# --- from_args -------------------------------------------------------------------------------
+def test_from_args() -> None:
+    cd = ConfDict.from_args(["--a.b=1", "--a.c=x=y", "--d=", "--e.0=no"])
+    assert cd == {"a": {"b": "1", "c": "x=y"}, "d": "", "e": {"0": "no"}}
+    assert ConfDict.from_args([]) == {}
+
+
+@pytest.mark.parametrize("arg", ["a.b=1", "-a=1", "--ab", "--=1"])
+def test_from_args_bad_format(arg: str) -> None:
+    with pytest.raises(ValueError):
+        ConfDict.from_args([arg])
+
+
+# --- yaml round trip (property) ----------------------------------------------------------------
+keys = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_characters="."), min_size=1, max_size=8
+)
+leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=20),
+)
+values = st.recursive(
+    leaves,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(keys, children, max_size=3),
+    max_leaves=15,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(keys, values, max_size=5))
+def test_yaml_round_trip(data: dict[str, tp.Any]) -> None:
+    cd = ConfDict(data)
+    text = cd.to_yaml()
+    loaded = ConfDict.from_yaml(text)
+    assert loaded == cd
+    assert loaded.to_uid() == cd.to_uid()
+    assert loaded.to_yaml() == text
+    assert isinstance(yaml.safe_load(text) if text.strip() != "{}" else {}, dict)

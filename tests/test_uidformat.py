@@ -1,0 +1,386 @@
+"""The uid string format (SPEC appendix): goldens, ordering, truncation, typed hashes."""
+
+import collections
+import decimal
+import fractions
+import hashlib
+import os
+import pickle
+import random
+import subprocess
+import sys
+import typing as tp
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from exca import uidformat
+from exca.confdict import ConfDict
+from exca.uidformat import to_uid
+
+
+def md5_8(text: str) -> str:
+    return hashlib.md5(text.encode("utf8")).hexdigest()[:8]
+
+
+def display(uid: str) -> str:
+    """The readable part of a uid (everything before the final '-<8 hex>')."""
+    assert uid[-9] == "-", uid
+    return uid[:-9]
+
+
+# --- checked examples of the SPEC appendix ------------------------------------------------------
+SPEC_EXAMPLES = [
+    ({"training.optim.lr": 0.01}, "training.optim.lr=0.01-0f8936b4"),
+    (
+        {"x": 12, "y": {"stuff": 13, "thing": 12, "what": {"hello": 11}}},
+        "x=12,y={stuff=13,thing=12,what.hello=11}-3466db1c",
+    ),
+    (
+        {"a": None, "b": True, "c": [1, 2.5], "d": "x y/z"},
+        "a=None,b=True,d=x-y-z,c=(1,2.50)-dc1ed06b",
+    ),
+]
+
+
+@pytest.mark.parametrize("data,expected", SPEC_EXAMPLES)
+def test_spec_examples_v3(data: dict[str, tp.Any], expected: str) -> None:
+    assert to_uid(data) == expected
+    assert to_uid(data, version=3) == expected
+    assert ConfDict(data).to_uid() == expected
+
+
+def test_spec_example_v2_explicit() -> None:
+    assert to_uid({"training.optim.lr": 0.01}, version=2) == "training.optim.lr=0.01-346ce994"
+    assert ConfDict({"training.optim.lr": 0.01}).to_uid(version=2) == (
+        "training.optim.lr=0.01-346ce994"
+    )
+
+
+def test_spec_example_v2_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONFDICT_UID_VERSION", "2")
+    assert to_uid({"training.optim.lr": 0.01}) == "training.optim.lr=0.01-346ce994"
+    assert ConfDict({"training.optim.lr": 0.01}).to_uid() == "training.optim.lr=0.01-346ce994"
+    # explicit version wins over the environment
+    assert to_uid({"training.optim.lr": 0.01}, version=3) == "training.optim.lr=0.01-0f8936b4"
+    monkeypatch.setenv("CONFDICT_UID_VERSION", "3")
+    assert to_uid({"training.optim.lr": 0.01}) == "training.optim.lr=0.01-0f8936b4"
+
+
+def test_bad_uid_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError):
+        to_uid({"a": 1}, version=4)
+    monkeypatch.setenv("CONFDICT_UID_VERSION", "7")
+    with pytest.raises(ValueError, match="CONFDICT_UID_VERSION"):
+        to_uid({"a": 1})
+
+
+def test_digest_formula_v3() -> None:
+    """The digest is md5 of the typed hash string, as described in the appendix."""
+    assert to_uid({"a": 1}) == "a=1-" + md5_8("dict:{a=int:1}")
+    assert to_uid({"lr": 0.01}) == "lr=0.01-" + md5_8(f"dict:{{lr=float:{hash(0.01)}}}")
+    assert to_uid({"s": "x y", "l": [1, "b"]}) == "s=x-y,l=(1,b)-" + md5_8(
+        "dict:{s=str:x y,l=seq:(int:1,str:b)}"
+    )
+
+
+def test_v2_format_details() -> None:
+    # alphabetical keys, [] lists on the display, untyped hash of the values only
+    assert to_uid({"b": 1, "a": [1, 2]}, version=2) == "a=[1,2],b=1-" + md5_8("1,2,1")
+    # v2 cleaning removes "_" and parentheses
+    assert display(to_uid({"my_key": "(x)"}, version=2)) == "mykey=x"
+    # v2 elides a display longer than 82 characters into 35 + [.] + 35
+    # at every level: the string first...
+    assert display(to_uid({"a": "y" * 100}, version=2)) == "a=" + "y" * 35 + "[.]" + "y" * 35
+    # ... then the dict display (with its brackets, which the top level then strips)
+    uid = to_uid({"a": "y" * 70, "b": "z" * 70}, version=2)
+    assert display(uid) == "a=" + "y" * 32 + "[.]" + "z" * 34
+    assert to_uid({}, version=2) == ""
+
+
+# --- ordering -------------------------------------------------------------------------------
+def test_order_short_first_not_alphabetical() -> None:
+    # (len(display + key), key): c=1 (2), then a=22 and bb=1 (3, tie broken by key)
+    assert display(to_uid({"bb": 1, "a": 22, "c": 1})) == "c=1,a=22,bb=1"
+    assert display(to_uid({"aaaa": 1, "z": 1})) == "z=1,aaaa=1"
+
+
+def test_order_counts_brackets_of_the_final_display() -> None:
+    # "x" + "{p=1,q=2}" has 10 characters, "yyyyyyyy" + "1" has 9
+    assert display(to_uid({"x": {"p": 1, "q": 2}, "yyyyyyyy": 1})) == "yyyyyyyy=1,x={p=1,q=2}"
+    # "a" + "(1)" has 4 characters, like "bbb" + "1": tie broken by the key
+    assert display(to_uid({"bbb": 1, "a": [1]})) == "a=(1),bbb=1"
+
+
+def test_order_uses_raw_key_elan() -> None:
+    # "Élan0" counts 5 characters (not 6 bytes, not the 4 of its cleaned form "lan0")
+    assert display(to_uid({"abcdef": 1, "Élan0": 1})) == "lan0=1,abcdef=1"
+    assert display(to_uid({"Élan0": 1, "abcde": 1})) == "abcde=1,lan0=1"
+    # on a tie, "É" sorts after "z"
+    assert display(to_uid({"Élan0": 1, "zzzzz": 1})) == "zzzzz=1,lan0=1"
+    # the hash keeps the raw key
+    assert to_uid({"Élan0": 1}) == "lan0=1-" + md5_8("dict:{Élan0=int:1}")
+
+
+def test_ordereddict_keeps_order_and_is_not_collapsed() -> None:
+    forward = to_uid(collections.OrderedDict([("bbbbb", 1), ("a", 2)]))
+    backward = to_uid(collections.OrderedDict([("a", 2), ("bbbbb", 1)]))
+    assert display(forward) == "bbbbb=1,a=2"
+    assert display(backward) == "a=2,bbbbb=1"
+    assert forward != backward
+    assert display(to_uid({"a": collections.OrderedDict(b=1)})) == "a={b=1}"
+    # a plain dict is collapsed and ignores insertion order
+    assert display(to_uid({"a": {"b": 1}})) == "a.b=1"
+    assert to_uid({"bbbbb": 1, "a": 2}) == to_uid({"a": 2, "bbbbb": 1})
+
+
+def test_collapse() -> None:
+    assert uidformat.collapse({"a": {"b": {"c": 1}}, "d": [{"e": {"f": 2}}]}) == {
+        "a.b.c": 1,
+        "d": [{"e.f": 2}],
+    }
+    assert uidformat.collapse({"a": {"b": 1, "c": 2}}) == {"a": {"b": 1, "c": 2}}
+
+
+# --- truncation -----------------------------------------------------------------------------
+def test_truncation_top_level() -> None:
+    uid = to_uid({"a": "x" * 300})
+    # the string is cut first (128 + "...172"), then the whole display (136 chars) again
+    assert display(uid) == "a=" + "x" * 126 + "...8"
+    assert uid.endswith("-" + md5_8("dict:{a=str:" + "x" * 300 + "}"))
+
+
+def test_truncation_nested_levels() -> None:
+    uid = to_uid({"a": {"b": "x" * 200, "c": 1}})
+    s_b = "x" * 128 + "...72"
+    inner = "c=1,b=" + s_b
+    assert len(inner) == 139
+    inner = inner[:128] + "...11"
+    outer = "a={" + inner + "}"
+    assert len(outer) == 137
+    assert display(uid) == outer[:128] + "...9"
+
+
+def test_truncation_of_lists() -> None:
+    uid = to_uid({"l": list(range(100))})
+    full = ",".join(str(i) for i in range(100))
+    inner = full[:128] + f"...{len(full) - 128}"
+    outer = "l=(" + inner + ")"
+    assert display(uid) == outer[:128] + f"...{len(outer) - 128}"
+
+
+def test_short_strings_are_not_truncated() -> None:
+    assert display(to_uid({"a": "x" * 126})) == "a=" + "x" * 126  # exactly 128
+
+
+# --- typed hash -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "first,second",
+    [
+        ({"a": "1"}, {"a": 1}),
+        ({"a": "None"}, {"a": None}),
+        ({"a": "True"}, {"a": True}),
+        ({"a": "(1,2)"}, {"a": [1, 2]}),
+        ({"a": 0.1}, {"a": decimal.Decimal("0.1")}),
+        ({"a": 0.1}, {"a": fractions.Fraction(1, 10)}),
+        ({"a": decimal.Decimal("0.1")}, {"a": decimal.Decimal("0.1000001")}),
+        ({"a": 0.1}, {"a": 0.1000001}),
+        ({"a b": 1}, {"a-b": 1}),  # same cleaned key
+        ({"a": "x" * 200 + "a"}, {"a": "x" * 200 + "b"}),  # same 128-char prefix and length
+        ({"a": "x/y"}, {"a": "x y"}),
+    ],
+)
+def test_typed_hash_distinguishes_colliding_displays(
+    first: dict[str, tp.Any], second: dict[str, tp.Any]
+) -> None:
+    uid1, uid2 = to_uid(first), to_uid(second)
+    assert display(uid1) == display(uid2)
+    assert uid1 != uid2
+
+
+def test_decimal_and_fraction_are_floats() -> None:
+    # same typestr and numeric hash for equal rationals (documented), displayed like floats
+    assert to_uid({"a": decimal.Decimal("0.25")}) == to_uid({"a": fractions.Fraction(1, 4)})
+    assert to_uid({"a": fractions.Fraction(1, 4)}) == to_uid({"a": 0.25})  # 1/4 is exact
+    assert display(to_uid({"a": decimal.Decimal("0.1")})) == "a=0.10"
+
+
+def test_float_display() -> None:
+    assert display(to_uid({"a": 0.01})) == "a=0.01"
+    assert display(to_uid({"a": 1e-5})) == "a=1.00e-05"
+    assert display(to_uid({"a": 12345.6})) == "a=1.23e04"  # "+" is removed
+    assert display(to_uid({"a": -0.5})) == "a=-0.50"
+
+
+def test_integral_floats_become_ints() -> None:
+    assert to_uid({"a": 2.0}) == to_uid({"a": 2})
+    assert to_uid({"a": np.float32(3.0)}) == to_uid({"a": 3})
+    assert to_uid({"a": np.float64(0.5)}) == to_uid({"a": 0.5})
+    assert to_uid({"a": np.int64(4)}) == to_uid({"a": 4})
+    assert to_uid({"a": [1.0, 2.0]}) == to_uid({"a": [1, 2]})
+
+
+def test_path_is_str() -> None:
+    assert to_uid({"p": Path("/a/b c")}) == to_uid({"p": "/a/b c"})
+    assert display(to_uid({"p": Path("/a/b c")})) == "p=-a-b-c"
+
+
+def test_numpy_array_display() -> None:
+    array = np.arange(6, dtype=np.float64).reshape(2, 3)
+    h8 = hashlib.md5(array.tobytes()).hexdigest()[:8]
+    uid = to_uid({"a": array})
+    assert display(uid) == f"a=data-2,3-{h8}"
+    assert uid == f"a=data-2,3-{h8}-" + md5_8(f"dict:{{a=array:2,3-{h8}}}")
+    # a non-contiguous view hashes its C-contiguous content
+    transposed = array.T
+    h8t = hashlib.md5(np.ascontiguousarray(transposed).tobytes()).hexdigest()[:8]
+    assert display(to_uid({"a": transposed})) == f"a=data-3,2-{h8t}"
+    assert to_uid({"a": transposed}) == to_uid({"a": transposed.copy()})
+    assert to_uid({"a": array}) != to_uid({"a": array + 1})
+
+
+def test_sets_sorted_by_display() -> None:
+    assert display(to_uid({"s": {3, 1, 2}})) == "s=(1,2,3)"
+    assert display(to_uid({"s": {10, 9}})) == "s=(10,9)"  # display order, not numeric
+    assert to_uid({"s": {"b", "a", "c"}}) == to_uid({"s": {"c", "a", "b"}})
+    assert display(to_uid({"s": frozenset({"b", "a"})})) == "s=(a,b)"
+
+
+def test_tuple_and_list_same() -> None:
+    assert to_uid({"a": (1, 2)}) == to_uid({"a": [1, 2]})
+
+
+class Gadget:
+    def __str__(self) -> str:
+        return "my thing"
+
+
+def test_unsupported_type_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CONFDICT_UID_TYPE_BYPASS", raising=False)
+    with pytest.raises(TypeError, match="Gadget"):
+        to_uid({"a": Gadget()})
+    with pytest.raises(TypeError, match="Gadget"):
+        to_uid({"a": Gadget()}, version=2)
+
+
+def test_unsupported_type_bypass(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONFDICT_UID_TYPE_BYPASS", "1")
+    obj = Gadget()
+    uid = to_uid({"a": obj})
+    assert display(uid) == "a=my-thing"
+    assert uid == "a=my-thing-" + md5_8(f"dict:{{a=unknown:{hash(obj)}}}")
+    assert display(to_uid({"a": obj}, version=2)) == "a=my-thing"
+
+
+def test_empty() -> None:
+    assert to_uid({}) == ""
+    assert ConfDict().to_uid() == ""
+    assert to_uid({}, version=2) == ""
+
+
+# --- properties -----------------------------------------------------------------------------
+keys = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_characters="."), min_size=1, max_size=8
+)
+leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**12), max_value=10**12),
+    st.floats(allow_nan=False),  # hash(nan) depends on the object identity
+    st.text(max_size=40),
+    st.frozensets(st.text(max_size=5), max_size=4),
+    st.sets(st.integers(-100, 100), max_size=4),
+)
+configs = st.recursive(
+    leaves,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(keys, children, max_size=4),
+    max_leaves=20,
+)
+top_configs = st.dictionaries(keys, configs, max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(top_configs)
+def test_uids_are_glob_safe(data: dict[str, tp.Any]) -> None:
+    uid = to_uid(data)
+    assert not set(uid) & set("[]*?/\\ \n\t"), uid
+    assert set(uid) <= set(
+        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789{}-=,_.()"
+    )
+
+
+def test_long_uid_truncation_is_glob_safe() -> None:
+    uid = to_uid({"a": "[x]*?" * 100, "b": {"c": list(range(200))}})
+    assert "..." in uid
+    assert not set(uid) & set("[]*?")
+
+
+def _reorder(value: tp.Any, rng: random.Random) -> tp.Any:
+    if isinstance(value, dict):
+        items = list(value.items())
+        rng.shuffle(items)
+        return {k: _reorder(v, rng) for k, v in items}
+    if isinstance(value, list):
+        return [_reorder(v, rng) for v in value]
+    return value
+
+
+@settings(max_examples=200, deadline=None)
+@given(top_configs, st.randoms(use_true_random=False))
+def test_uid_stable_across_insertion_orders(data: dict[str, tp.Any], rng: random.Random) -> None:
+    assert to_uid(_reorder(data, rng)) == to_uid(data)
+    assert to_uid(_reorder(data, rng), version=2) == to_uid(data, version=2)
+
+
+def _dotted(value: dict[str, tp.Any], prefix: str = "") -> dict[str, tp.Any]:
+    out: dict[str, tp.Any] = {}
+    for key, sub in value.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if isinstance(sub, dict) and sub:
+            out.update(_dotted(sub, full))
+        else:
+            out[full] = sub
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(top_configs)
+def test_dotted_and_nested_input_give_the_same_uid(data: dict[str, tp.Any]) -> None:
+    dotted = _dotted(data)
+    expected = to_uid(data)
+    assert ConfDict(dotted).to_uid() == expected
+    assert ConfDict(data).to_uid() == expected
+    assert ConfDict(dotted).to_uid(version=2) == to_uid(data, version=2)
+
+
+_CHILD = """
+import pickle, sys
+from exca.uidformat import to_uid
+batch = pickle.loads(sys.stdin.buffer.read())
+sys.stdout.write("\\n".join(f"{to_uid(d)} {to_uid(d, version=2)}" for d in batch))
+"""
+
+
+@settings(
+    max_examples=3,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(st.lists(top_configs, min_size=30, max_size=30))
+def test_uid_stable_across_processes(batch: list[dict[str, tp.Any]]) -> None:
+    batch.append({"s": {"alpha", "beta", "gamma", "delta"}, "f": 0.3, "d": {"x": -1.5e-7}})
+    expected = "\n".join(f"{to_uid(d)} {to_uid(d, version=2)}" for d in batch)
+    for seed in ("0", "12345"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        env.pop("CONFDICT_UID_VERSION", None)
+        out = subprocess.run(
+            [sys.executable, "-c", _CHILD],
+            input=pickle.dumps(batch),
+            capture_output=True,
+            env=env,
+            check=True,
+        )
+        assert out.stdout.decode("utf8") == expected
