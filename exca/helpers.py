@@ -4,10 +4,12 @@ Slurm job's config, uid folder migration, and discriminated models."""
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import logging
 import os
 import subprocess
+import sys
 import typing as tp
 import warnings
 from pathlib import Path
@@ -116,6 +118,13 @@ class FunctionWithInfra:
                 self._configs[key] = config
         return config.build()
 
+    def __reduce__(self) -> tuple[tp.Any, ...]:
+        # decorated at module level, the module attribute is this object (not self.func,
+        # which pickle would then refuse as "not the same object"): pickle it by name
+        if _lookup(self.func.__module__, self.func.__qualname__) is self:
+            return (_lookup, (self.func.__module__, self.func.__qualname__))
+        return (object.__new__, (type(self),), self.__getstate__())
+
     def __getstate__(self) -> dict[str, tp.Any]:
         return {"func": self.func, "infra": self.infra}
 
@@ -124,6 +133,19 @@ class FunctionWithInfra:
         self.infra = state["infra"]
         functools.update_wrapper(self, self.func)
         self._configs = {}
+
+
+def _lookup(module: str, qualname: str) -> tp.Any:
+    """The object named ``module.qualname`` (None when it cannot be found)."""
+    obj: tp.Any = sys.modules.get(module)
+    if obj is None:
+        try:
+            obj = importlib.import_module(module)
+        except ImportError:
+            return None
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return obj
 
 
 def with_infra(**infra: tp.Any) -> tp.Callable[[tp.Callable[..., tp.Any]], FunctionWithInfra]:

@@ -55,25 +55,23 @@ def test_seed_documents_are_available() -> None:
 
 
 def _clamp_resources(monkeypatch: pytest.MonkeyPatch, cluster: tp.Any) -> None:
-    """Rewrite resources the docs ask for into what the one-node test cluster offers."""
-    from exca.graph import executors
+    """Rewrite resources the docs ask for into what the one-node test cluster offers
+    (where executions are built, so checks and submissions see the same values)."""
+    from exca.infra.resources import SubmititMixin
 
-    original = executors.submitit_executor
+    original = SubmititMixin._submitit_params
 
-    def adapted(execution: tp.Any, logs: str) -> tp.Any:
-        import dataclasses
-
-        params = dict(execution.params)
+    def adapted(self: tp.Any) -> tuple[tuple[str, tp.Any], ...]:
+        params = dict(original(self))
         if params.get("cpus_per_task"):
             params["cpus_per_task"] = min(params["cpus_per_task"], getattr(cluster, "cpus_per_node", 1) or 1)
         for name in ("gpus_per_node", "slurm_constraint"):
             params[name] = None
         if params.get("slurm_partition") is not None:
             params["slurm_partition"] = getattr(cluster, "partition", None)
-        execution = dataclasses.replace(execution, params=tuple(params.items()))
-        return original(execution, logs)
+        return tuple(params.items())
 
-    monkeypatch.setattr(executors, "submitit_executor", adapted)
+    monkeypatch.setattr(SubmititMixin, "_submitit_params", adapted)
 
 
 @pytest.mark.parametrize("fence", _blocks())

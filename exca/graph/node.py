@@ -97,6 +97,7 @@ class Node:
     chained: tuple[Node, ...] = ()
     prepare: tp.Callable[[], None] | None = None  # checks/writes the uid folder's yaml files
     label: str = ""
+    uid_config: tp.Callable[[], dict[str, tp.Any]] | None = None  # full uid config (explanations)
     # maps only
     item_uid: tp.Callable[[tp.Any], str] | None = None
     items: tp.Sequence[tp.Any] | Node | None = None

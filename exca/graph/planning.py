@@ -41,6 +41,7 @@ class PlanEntry:
     job_id: str | None = None
     array: int | None = None  # index of the array this node's work would go into
     folder: str | None = None
+    problems: list[str] = dataclasses.field(default_factory=list)  # resources vs the cluster
 
     def to_dict(self) -> dict[str, tp.Any]:
         return dataclasses.asdict(self)
@@ -91,6 +92,14 @@ class Plan:
         job_id = None
         if run.action == "wait" and run.handles:
             job_id = run.handles[0].job_id
+        problems: list[str] = []
+        if run.needs_work and run.action != "wait":
+            from .executors import resolve_cluster
+
+            if resolve_cluster(node.execution.cluster) == "slurm":
+                from .slurm_check import problems as check_problems
+
+                problems = check_problems(node.execution)
         return PlanEntry(
             uid=node.uid,
             kind=node.kind,
@@ -102,6 +111,7 @@ class Plan:
             items=items,
             job_id=job_id,
             folder=None if node.folder is None else str(node.folder),
+            problems=problems,
         )
 
     def _stale_reason(self, node: Node) -> str | None:
@@ -192,6 +202,10 @@ class Plan:
         for row in rows:
             node = row[2] if len(row[2]) <= 80 else "..." + row[2][-77:]
             lines.append("  " + fmt.format(row[0], row[1], node, row[3], row[4]))
+        problems = [(e.uid, p) for e in self.entries for p in e.problems]
+        if problems:
+            lines.append("Resource problems (a run would refuse to submit):")
+            lines.extend(f"  - {uid}: {p}" for uid, p in problems)
         if self.arrays:
             lines.append("Submissions:")
             for a in self.arrays:

@@ -59,6 +59,15 @@ class Scheduler(DetachedMixin):
             elif not run.needs_work:
                 run.state = "done" if run.action == "reuse" else "skipped"
         work = [runs[k] for k in self.graph.order if runs[k].needs_work]
+        slurm = [
+            (r.node.uid, r.node.execution, 1)
+            for r in work
+            if r.action != "wait" and executors.resolve_cluster(r.node.execution.cluster) == "slurm"
+        ]
+        if slurm:
+            from .slurm_check import check
+
+            check(slurm)  # every problem at once, before anything is queued
         for run in work:
             if run.node.prepare is not None and run.action != "wait":
                 run.node.prepare()

@@ -65,6 +65,13 @@ class BaseInfra(pydantic.BaseModel):
     keep_in_ram: bool = False
     version: str = "0"
 
+    @pydantic.field_validator("version", mode="before")
+    @classmethod
+    def _version_text(cls, value: tp.Any) -> tp.Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)  # `version: 2` in a yaml file
+        return value
+
     @pydantic.field_validator("permissions", mode="before")
     @classmethod
     def _parse_permissions(cls, value: tp.Any) -> tp.Any:

@@ -37,6 +37,16 @@ class DiscriminatedModel(pydantic.BaseModel):
             )
         registry[cls.__name__] = cls
 
+    def __new__(cls, *args: tp.Any, **kwargs: tp.Any) -> tp.Self:
+        # Base(type="Child", ...) must build a Child: __init__ cannot change the class of
+        # the instance, so pick it here (unknown names are reported by the validator)
+        name = kwargs.get(cls._exca_discriminator_key)
+        if isinstance(name, str) and name != cls.__name__:
+            sub = cls._exca_family().get(name)
+            if sub is not None:
+                return super().__new__(sub)  # type: ignore[return-value]
+        return super().__new__(cls)
+
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: tp.Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)

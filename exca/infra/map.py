@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import typing as tp
@@ -231,6 +232,7 @@ class MapInfra(BaseInfra, SubmititMixin):
                 ),
                 prepare=self._prepare_folder if self.folder is not None else None,
                 label=uid,
+                uid_config=functools.partial(self.config, uid=True, exclude_defaults=False),
                 item_uid=method.item_uid,
                 forbid_single_item=self.forbid_single_item_computation,
             )

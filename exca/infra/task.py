@@ -217,6 +217,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
             ),
             prepare=self._prepare_folder if self.folder is not None else None,
             label=uid,
+            uid_config=functools.partial(self.config, uid=True, exclude_defaults=False),
             chained=chained_nodes(owner) if method.options.get("chain_subconfigs", True) else (),
         )
         if self.folder is not None or self.keep_in_ram:

@@ -192,6 +192,12 @@ class CacheDict(tp.Generic[X]):
             return "Error" if isinstance(self._ram[key], CachedError) else "ram"
         return None
 
+    def entries_info(self) -> dict[str, dict[str, tp.Any]]:
+        """Every key's index record (``#type``, ``#meta``, format fields), without loading
+        any value: what inspection tools read."""
+        self.refresh()
+        return {key: entry[2] for key, entry in self._entries().items()}
+
     def entry(self, key: str) -> Entry | None:
         """Where an entry is stored (index file, offset, its index record), or None."""
         entries = self._entries()

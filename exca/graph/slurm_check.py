@@ -1,0 +1,212 @@
+"""Check requested resources against the Slurm cluster before anything is queued.
+
+"It queued 500 jobs on a partition that does not exist" becomes one error, raised before
+any sbatch, listing every problem: unknown partition, CPUs / GPUs / memory that no node
+of the partition has, a time limit above the partition's, an unknown constraint,
+account or qos. Cluster facts come from ``scontrol`` / ``sacctmgr`` once per process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import getpass
+import re
+import subprocess
+import typing as tp
+
+from .node import Execution
+
+TIMEOUT = 20
+
+
+class ResourceError(ValueError):
+    """Requested resources do not fit the cluster (nothing was submitted)."""
+
+
+@dataclasses.dataclass
+class SlurmNode:
+    name: str
+    cpus: int
+    memory_mb: int
+    gpus: int
+    features: set[str]
+    partitions: set[str]
+
+
+@dataclasses.dataclass
+class SlurmPartition:
+    name: str
+    default: bool
+    max_time_min: int | None  # None: unlimited
+    nodes: list[str]
+
+
+@dataclasses.dataclass
+class SlurmCluster:
+    partitions: dict[str, SlurmPartition]
+    nodes: dict[str, SlurmNode]
+    max_array_size: int
+    accounts: set[str] | None  # None: unknown (no accounting)
+    qos: set[str] | None
+
+    @property
+    def default_partition(self) -> str | None:
+        return next((p.name for p in self.partitions.values() if p.default), None)
+
+
+def _run(*command: str) -> str:
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return result.stdout if result.returncode == 0 else ""
+
+
+def _fields(line: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in line.split() if "=" in part)
+
+
+def _minutes(text: str) -> int | None:
+    """Slurm time limit text (``UNLIMITED``, ``1-02:03:04``, ``30:00``) in minutes."""
+    if not text or text.upper() in ("UNLIMITED", "INFINITE", "NONE"):
+        return None
+    days = 0
+    if "-" in text:
+        day_text, text = text.split("-", 1)
+        days = int(day_text)
+    parts = [int(p) for p in text.split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0)
+    hours, minutes, seconds = parts[-3:]
+    return days * 1440 + hours * 60 + minutes + (1 if seconds else 0)
+
+
+def _gpus(gres: str) -> int:
+    total = 0
+    for match in re.finditer(r"gpu(?::[^:,()]+)?:(\d+)", gres or ""):
+        total += int(match.group(1))
+    return total
+
+
+@functools.cache
+def cluster() -> SlurmCluster:
+    """What this Slurm cluster offers (read once per process)."""
+    partitions = {}
+    for line in _run("scontrol", "show", "partition", "-o").splitlines():
+        fields = _fields(line)
+        name = fields.get("PartitionName")
+        if not name:
+            continue
+        nodes = _expand_nodes(fields.get("Nodes", ""))
+        partitions[name] = SlurmPartition(name, fields.get("Default") == "YES", _minutes(fields.get("MaxTime", "")), nodes)
+    nodes = {}
+    for line in _run("scontrol", "show", "node", "-o").splitlines():
+        fields = _fields(line)
+        name = fields.get("NodeName")
+        if not name:
+            continue
+        nodes[name] = SlurmNode(
+            name=name,
+            cpus=int(fields.get("CPUTot", "0") or 0),
+            memory_mb=int(fields.get("RealMemory", "0") or 0),
+            gpus=_gpus(fields.get("Gres", "")),
+            features=set(filter(None, fields.get("AvailableFeatures", "").replace("(null)", "").split(","))),
+            partitions=set(fields.get("Partitions", "").split(",")),
+        )
+    for partition in partitions.values():  # "Nodes=ALL" or host ranges: use the nodes' own view
+        partition.nodes = [n for n, node in nodes.items() if partition.name in node.partitions]
+    max_array = 1001
+    for line in _run("scontrol", "show", "config").splitlines():
+        if line.strip().startswith("MaxArraySize"):
+            try:
+                max_array = int(line.split("=", 1)[1])
+            except ValueError:
+                pass
+    accounts: set[str] | None = None
+    qos: set[str] | None = None
+    assoc = _run("sacctmgr", "-n", "-P", "show", "assoc", f"user={getpass.getuser()}", "format=account,qos")
+    if assoc.strip():
+        accounts, qos = set(), set()
+        for line in assoc.splitlines():
+            account, _, qos_list = line.partition("|")
+            if account:
+                accounts.add(account)
+            qos.update(q for q in qos_list.split(",") if q)
+        if not qos:
+            qos = None
+    return SlurmCluster(partitions, nodes, max_array, accounts, qos)
+
+
+def _expand_nodes(text: str) -> list[str]:
+    return [n for n in text.split(",") if n and n != "(null)"]
+
+
+def problems(execution: Execution, elements: int = 1, info: SlurmCluster | None = None) -> list[str]:
+    """What in an execution's resources does not fit the cluster ([] when all is fine)."""
+    info = info or cluster()
+    if not info.partitions:
+        return []  # cluster facts unavailable: let sbatch speak
+    params = {k: v for k, v in execution.params if v is not None}
+    found: list[str] = []
+    name = params.get("slurm_partition") or info.default_partition
+    partition = info.partitions.get(name) if name else None
+    if name and partition is None:
+        found.append(f"partition {name!r} does not exist (partitions: {', '.join(sorted(info.partitions))})")
+    nodes = [info.nodes[n] for n in (partition.nodes if partition else info.nodes) if n in info.nodes]
+    if not nodes:
+        return found
+    where = f"partition {name!r}" if partition is not None else "the cluster"
+    cpus = (params.get("cpus_per_task") or 1) * (params.get("tasks_per_node") or 1)
+    best_cpus = max(n.cpus for n in nodes)
+    if cpus > best_cpus:
+        found.append(f"cpus_per_task x tasks_per_node = {cpus} but nodes of {where} have at most {best_cpus} CPUs")
+    gpus = params.get("gpus_per_node") or 0
+    best_gpus = max(n.gpus for n in nodes)
+    if gpus > best_gpus:
+        found.append(f"gpus_per_node={gpus} but nodes of {where} have at most {best_gpus} GPUs")
+    mem = params.get("mem_gb")
+    best_mem = max(n.memory_mb for n in nodes)
+    if mem is not None and best_mem and mem * 1024 > best_mem:
+        found.append(f"mem_gb={mem} but nodes of {where} have at most {best_mem / 1024:.1f} GB")
+    nodes_wanted = params.get("nodes") or 1
+    if nodes_wanted > len(nodes):
+        found.append(f"nodes={nodes_wanted} but {where} has {len(nodes)} node(s)")
+    timeout = params.get("timeout_min")
+    if timeout is not None and partition is not None and partition.max_time_min is not None and timeout > partition.max_time_min:
+        found.append(f"timeout_min={timeout} exceeds the time limit of {where} ({partition.max_time_min} min)")
+    constraint = params.get("slurm_constraint")
+    if constraint:
+        features = set().union(*(n.features for n in nodes))
+        # operators & | , [ ] ( ) and counts like "*2" separate feature names
+        wanted = {re.sub(r"\*\d+$", "", f) for f in re.split(r"[&|,\[\]()]+", constraint)} - {""}
+        unknown = wanted - features
+        if unknown:
+            found.append(
+                f"slurm_constraint={constraint!r}: no node of {where} has feature(s) {sorted(unknown)} "
+                f"(features: {sorted(features) or 'none'})"
+            )
+    account = params.get("slurm_account")
+    if account and info.accounts is not None and account not in info.accounts:
+        found.append(f"slurm_account={account!r} is not one of your accounts ({', '.join(sorted(info.accounts))})")
+    qos = params.get("slurm_qos")
+    if qos and info.qos is not None and qos not in info.qos:
+        found.append(f"slurm_qos={qos!r} is not available to you ({', '.join(sorted(info.qos))})")
+    return found
+
+
+def check(requests: tp.Sequence[tuple[str, Execution, int]]) -> None:
+    """Raise one ResourceError listing every problem of (node uid, execution, array
+    elements) requests, before anything is submitted."""
+    lines: list[str] = []
+    seen: dict[str, list[str]] = {}
+    for uid, execution, elements in requests:
+        key = execution.group_key
+        if key not in seen:
+            seen[key] = problems(execution, elements)
+        for problem in seen[key]:
+            lines.append(f"  - {uid}: {problem}")
+    if lines:
+        raise ResourceError(
+            "Requested Slurm resources do not fit the cluster; nothing was submitted:\n" + "\n".join(lines)
+        )

@@ -1,0 +1,327 @@
+"""Freeing disk space: each function returns a CleanPlan (a preview: what goes, how many
+bytes, why); nothing is removed until ``plan.execute()``.
+
+Safety: a folder with a live claim (being computed) or a queued/running job is never
+touched; a node folder loses its index files first (its entries disappear at once, never
+half-way), then its payloads; files younger than ``min_age_hours`` are kept when they may
+belong to a writer still at work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fnmatch
+import os
+import re
+import shutil
+import time
+import typing as tp
+from pathlib import Path
+
+import orjson
+
+from ..graph import registry
+from ..graph.node import TASK_KEY, Node
+from ..storage import process
+from ..storage.cachedict import CacheDict
+from ..storage.claims import CLAIMS_DIR, Claims
+from ..storage.formats import DATA_DIR
+from ..storage.index import INDEX_SUFFIX
+from .inspect import disk_usage, human_size, node_folders
+
+
+@dataclasses.dataclass
+class Removal:
+    path: Path
+    size: int
+    reason: str
+
+
+@dataclasses.dataclass
+class CleanPlan:
+    """What a cleaning would remove (``execute()`` does it)."""
+
+    removals: list[Removal] = dataclasses.field(default_factory=list)
+    kept: list[tuple[Path, str]] = dataclasses.field(default_factory=list)  # protected, and why
+
+    @property
+    def size(self) -> int:
+        return sum(r.size for r in self.removals)
+
+    def __str__(self) -> str:
+        lines = [f"{len(self.removals)} item(s) to remove, {human_size(self.size)}:"]
+        lines += [f"  - {human_size(r.size):>9s}  {r.path}  ({r.reason})" for r in self.removals]
+        if self.kept:
+            lines.append(f"{len(self.kept)} kept (in use):")
+            lines += [f"  - {path}  ({why})" for path, why in self.kept]
+        if not self.removals and not self.kept:
+            lines = ["Nothing to remove."]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, tp.Any]:
+        return {
+            "bytes": self.size,
+            "removals": [{"path": str(r.path), "bytes": r.size, "reason": r.reason} for r in self.removals],
+            "kept": [{"path": str(p), "why": why} for p, why in self.kept],
+        }
+
+    def execute(self) -> int:
+        """Remove everything listed (node folders: index files first); return bytes freed."""
+        freed = 0
+        for removal in self.removals:
+            path = removal.path
+            if busy_reason(path if path.is_dir() else path.parent) is not None and path.is_dir():
+                continue  # started being used since the preview
+            if path.is_dir() and not path.is_symlink():
+                remove_node_folder(path)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            freed += removal.size
+        return freed
+
+
+def busy_reason(folder: Path) -> str | None:
+    """Why a folder must not be touched now (being computed, job queued/running), or None."""
+    owners = Claims(folder).current()
+    if owners:
+        return f"being computed by {owners[0].owner.describe()}"
+    record = registry.latest(folder)
+    if record is not None and registry.is_active(record):
+        return f"job {record.job_id} is queued or running"
+    return None
+
+
+def remove_node_folder(folder: Path) -> None:
+    """Remove a node folder: index files first (entries vanish atomically), then the rest."""
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(folder):
+            if entry.name.endswith(INDEX_SUFFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(entry.path)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _add_folder(plan: CleanPlan, folder: Path, reason: str) -> None:
+    busy = busy_reason(folder)
+    if busy is not None:
+        plan.kept.append((folder, busy))
+        return
+    size, _ = disk_usage(folder, recursive_into_inputs=True)
+    plan.removals.append(Removal(folder, size, reason))
+
+
+# --- nodes and what depends on them ----------------------------------------------------------
+def downstream_folders(root: Path, folders: tp.Iterable[Path]) -> list[Path]:
+    """Node folders whose results were computed from the given ones (recorded provenance)."""
+    by_uid: dict[str, Path] = {}
+    parents: dict[Path, set[str]] = {}
+    for step, uid, folder in node_folders(root):
+        by_uid[f"{step}/{uid}"] = folder
+        entry = CacheDict(folder, permissions=None).entry(TASK_KEY)
+        meta = entry.info.get("#meta") if entry is not None else None
+        if isinstance(meta, dict):
+            parents[folder] = set((meta.get("up") or {}).keys())
+    targets = {Path(f).resolve() for f in folders}
+    found: list[Path] = []
+    frontier = {uid for uid, f in by_uid.items() if f.resolve() in targets}
+    while frontier:
+        next_frontier = set()
+        for folder, ups in parents.items():
+            if folder.resolve() in targets or folder in found:
+                continue
+            if ups & frontier:
+                found.append(folder)
+                next_frontier.update(u for u, f in by_uid.items() if f == folder)
+        frontier = next_frontier
+    return found
+
+
+def remove_nodes(
+    nodes: tp.Sequence[Node | Path | str], downstream: bool = False, root: Path | str | None = None
+) -> CleanPlan:
+    """Remove node folders (a Node or a folder path), and on request every folder whose
+    result was computed from them."""
+    plan = CleanPlan()
+    folders = []
+    for item in nodes:
+        folder = item.folder if isinstance(item, Node) else Path(item)
+        if folder is None:
+            continue
+        folders.append(folder)
+        _add_folder(plan, folder, "requested")
+    if downstream:
+        base = Path(root) if root is not None else _root_of(folders[0]) if folders else None
+        if base is not None:
+            for folder in downstream_folders(base, folders):
+                _add_folder(plan, folder, "computed from a removed node")
+    return plan
+
+
+def _root_of(folder: Path) -> Path:
+    folder = Path(folder)
+    while folder.parent != folder and "," not in folder.name:
+        folder = folder.parent
+    return folder.parent
+
+
+# --- old versions -------------------------------------------------------------------------------
+def _version_key(version: str) -> tuple[tp.Any, ...]:
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.\-_]", version))
+
+
+def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
+    """Every ``<method>,<version>`` folder but the newest version of each method."""
+    root = Path(root)
+    plan = CleanPlan()
+    methods: dict[str, list[Path]] = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and "," in p.name):
+        if step is not None and not (fnmatch.fnmatch(folder.name, step) or step in folder.name):
+            continue
+        methods.setdefault(folder.name.rpartition(",")[0], []).append(folder)
+    for folders in methods.values():
+        folders.sort(key=lambda p: _version_key(p.name.rpartition(",")[2]))
+        newest = folders[-1].name.rpartition(",")[2]
+        for old in folders[:-1]:
+            for config in sorted(p for p in old.iterdir() if p.is_dir()):
+                _add_folder(plan, config, f"old version (newest is {newest})")
+    return plan
+
+
+# --- orphans and leftovers -----------------------------------------------------------------------
+def _referenced(info: tp.Any, out: set[str]) -> None:
+    if isinstance(info, dict):
+        for key in ("f", "filename", "pickle"):
+            value = info.get(key)
+            if isinstance(value, str):
+                out.add(value)
+        for value in info.values():
+            if isinstance(value, dict | list):
+                _referenced(value, out)
+    elif isinstance(info, list):
+        for value in info:
+            _referenced(value, out)
+
+
+def orphans(root: Path | str, min_age_hours: float = 1.0) -> CleanPlan:
+    """Leftovers no entry reads: unreferenced payload files, temporary files of killed
+    writers, claims of dead owners, empty index files."""
+    plan = CleanPlan()
+    limit = time.time() - min_age_hours * 3600
+    for _, _, folder in node_folders(Path(root)):
+        if busy_reason(folder) is not None:
+            continue
+        cache: CacheDict[tp.Any] = CacheDict(folder, permissions=None)
+        referenced: set[str] = set()
+        for info in cache.entries_info().values():
+            _referenced(info, referenced)
+        data = folder / DATA_DIR
+        if data.is_dir():
+            for entry in os.scandir(data):
+                stat = entry.stat()
+                if stat.st_mtime > limit:
+                    continue  # may belong to a writer still at work
+                name = f"{DATA_DIR}/{entry.name}"
+                if entry.name.startswith("save-tmp-"):
+                    plan.removals.append(Removal(Path(entry.path), stat.st_blocks * 512, "temporary file of a killed writer"))
+                elif name not in referenced:
+                    plan.removals.append(Removal(Path(entry.path), stat.st_blocks * 512, "payload no entry refers to"))
+        claims = folder / CLAIMS_DIR
+        if claims.is_dir():
+            live = {c.path for c in Claims(folder).current()}
+            for entry in os.scandir(claims):
+                if Path(entry.path) not in live and entry.stat().st_mtime < limit and entry.name != ".lock":
+                    plan.removals.append(Removal(Path(entry.path), entry.stat().st_blocks * 512, "claim of a dead owner"))
+    return plan
+
+
+def logs(root: Path | str, older_than_days: float = 30.0) -> CleanPlan:
+    """submitit leftovers: log folders of jobs that ended more than N days ago."""
+    plan = CleanPlan()
+    limit = time.time() - older_than_days * 86400
+    root = Path(root)
+    seen: set[Path] = set()
+    for _, _, folder in node_folders(root):
+        for record in registry.read_all(folder):
+            logs_folder = Path(record.logs)
+            if logs_folder in seen or not logs_folder.exists() or record.submitted > limit:
+                continue
+            seen.add(logs_folder)
+            if registry.is_active(record):
+                plan.kept.append((logs_folder, f"job {record.job_id} is queued or running"))
+                continue
+            size, _ = disk_usage(logs_folder)
+            plan.removals.append(Removal(logs_folder, size, f"logs of job {record.job_id}, ended"))
+    return plan
+
+
+def garbage(root: Path | str, targets: tp.Sequence[Node]) -> CleanPlan:
+    """Node folders of a cache root that no given target reaches (their whole graph is
+    kept, upstream included)."""
+    from ..graph.decisions import collect
+
+    keep = {n.folder.resolve() for n in collect(list(targets)).values() if n.folder is not None}
+    keep_configs = {f.parent for f in keep if f.name.startswith("inputs-")}
+    plan = CleanPlan()
+    for _, uid, folder in node_folders(Path(root)):
+        resolved = folder.resolve()
+        if resolved in keep or (resolved in keep_configs and "/" not in uid):
+            continue
+        if "/" in uid and resolved.parent not in keep and resolved.parent not in keep_configs:
+            continue  # removed with its config folder
+        _add_folder(plan, folder, "not reached by the given targets")
+    return plan
+
+
+# --- compaction ---------------------------------------------------------------------------------
+def _writer_dead(name: str, mtime: float, grace: float) -> bool:
+    parts = name[: -len(INDEX_SUFFIX)].split("-")
+    if len(parts) >= 5 and parts[-4].isdigit():
+        host = "-".join(parts[:-4])
+        alive = process.is_alive(host, int(parts[-4]), None)
+        if alive is not None:
+            return not alive
+    return time.time() - mtime > grace
+
+
+def compact(folder: Path | str, grace_seconds: float = 3600.0) -> tuple[int, int]:
+    """Merge the index files of dead writers of a folder into one; returns (files merged,
+    entries kept). Readers see every entry throughout (new file written first)."""
+    folder = Path(folder)
+    if busy_reason(folder) is not None:
+        return 0, 0
+    claims = Claims(folder)
+    with claims._folder_lock(claims_owner()):
+        files = [
+            e for e in os.scandir(folder)
+            if e.name.endswith(INDEX_SUFFIX) and _writer_dead(e.name, e.stat().st_mtime, grace_seconds)
+        ]
+        if len(files) < 2:
+            return 0, 0
+        cache: CacheDict[tp.Any] = CacheDict(folder, permissions=None)
+        cache.refresh()
+        merged = {e.name for e in files}
+        reader = cache._reader
+        assert reader is not None
+        lines = []
+        for entry in reader.entries.values():
+            if entry[0] in merged:
+                lines.append(orjson.dumps(entry[2]))
+        for file, offset in reader._deleted:  # tombstones still needed by other files
+            if file not in merged:
+                lines.append(orjson.dumps({"#del": None, "#of": f"{file}:{offset}"}))
+        target = folder / (process.unique_name() + INDEX_SUFFIX)
+        tmp = target.with_name("." + target.name + ".tmp")
+        tmp.write_bytes(b"\n".join(lines) + b"\n" if lines else b"")
+        os.replace(tmp, target)
+        for entry in files:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(entry.path)
+    return len(files), len(lines)
+
+
+def claims_owner() -> tp.Any:
+    from ..storage.claims import Owner
+
+    return Owner.current()

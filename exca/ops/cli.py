@@ -1,0 +1,166 @@
+"""The command line: ``python -m exca <command>`` (also installed as ``exca``).
+
+  list    ROOT                  what a cache holds, by step and config
+  plan    TARGET [k=v ...]      what running a config would do (dry run)
+  explain TARGET [k=v ...]      why each node would compute
+  check   TARGET [k=v ...]      resources vs the Slurm cluster, before submitting
+  clean   ROOT <what>           free space (preview; --yes to remove)
+  logs    FOLDER                stdout/stderr of a node's (or a map item's) job
+
+TARGET is ``package.module:Class.method``; its config comes from ``--config FILE.yaml``
+and ``key=value`` overrides (dotted keys).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import typing as tp
+from pathlib import Path
+
+from ..confdict import ConfDict
+
+
+def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.Any:
+    """Build the node of ``module:Class.method`` for a config (yaml file + overrides)."""
+    if ":" not in target or "." not in target.split(":", 1)[1]:
+        raise SystemExit(f"TARGET must look like package.module:Class.method, got {target!r}")
+    module_name, _, attr = target.partition(":")
+    class_name, _, method = attr.rpartition(".")
+    sys.path.insert(0, str(Path.cwd()))
+    module = importlib.import_module(module_name)
+    cls = getattr(module, class_name)
+    cfg = ConfDict.from_yaml(Path(config)) if config else ConfDict()
+    cfg.update(ConfDict.from_args([f"--{o}" if not o.startswith("--") else o for o in overrides]))
+    for key, value in list(cfg.flat().items()):  # values from the command line are strings
+        if isinstance(value, str):
+            import yaml
+
+            cfg[key] = yaml.safe_load(value) if value else value
+    obj = cls(**cfg)
+    return getattr(obj, method).node()
+
+
+def _print(data: tp.Any, as_json: bool, text: str) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except Exception as error:  # config and cache errors: a message, not a traceback
+        import pydantic
+
+        if not isinstance(error, pydantic.ValidationError | ValueError | RuntimeError | ImportError | OSError):
+            raise
+        print(f"exca: error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = argparse.ArgumentParser(prog="exca", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_list = sub.add_parser("list", help="what a cache folder holds")
+    p_list.add_argument("root")
+    p_list.add_argument("--step", help="glob or substring of <module>.<Class>.<method>,<version>")
+    p_list.add_argument("--where", action="append", default=[], help="config condition key=value (repeatable)")
+    p_list.add_argument("--status", choices=["success", "error", "running", "computing", "partial", "empty"])
+    p_list.add_argument("--json", action="store_true")
+
+    for name, help_text in (
+        ("plan", "dry run of a config"),
+        ("explain", "why each node would compute"),
+        ("check", "check resources against the Slurm cluster"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("target", help="package.module:Class.method (then key=value overrides)")
+        p.add_argument("--config", help="yaml file of the config")
+        p.add_argument("--json", action="store_true")
+        if name == "plan":
+            p.add_argument("--mermaid", help="write the mermaid picture source to this file")
+
+    p_clean = sub.add_parser("clean", help="free space (preview unless --yes)")
+    p_clean.add_argument("root")
+    p_clean.add_argument("what", choices=["node", "versions", "orphans", "logs", "compact"])
+    p_clean.add_argument("folders", nargs="*", help="node folders (for 'node')")
+    p_clean.add_argument("--downstream", action="store_true", help="also what was computed from them")
+    p_clean.add_argument("--step", help="only these steps (for 'versions')")
+    p_clean.add_argument("--days", type=float, default=30.0, help="logs older than this (for 'logs')")
+    p_clean.add_argument("--yes", action="store_true", help="really remove (default: preview)")
+    p_clean.add_argument("--json", action="store_true")
+
+    p_logs = sub.add_parser("logs", help="stdout/stderr of a node's job")
+    p_logs.add_argument("folder", help="node folder (<root>/<step>/<uid>[/inputs-...])")
+    p_logs.add_argument("--item", help="map item uid")
+    p_logs.add_argument("--stderr", action="store_true")
+
+    args, rest = parser.parse_known_args(argv)
+    bad = [r for r in rest if "=" not in r or r.startswith("-")]
+    if bad or (rest and args.command not in ("plan", "explain", "check")):
+        parser.error(f"unrecognized arguments: {' '.join(bad or rest)}")
+    args.overrides = rest
+    if args.command == "list":
+        from .inspect import inspect, render
+
+        infos = inspect(args.root, step=args.step, where=args.where, status=args.status)
+        _print([i.to_dict() for i in infos], args.json, render(infos))
+    elif args.command in ("plan", "explain", "check"):
+        from ..graph.planning import Plan
+
+        node = _target_node(args.target, args.config, args.overrides)
+        plan = Plan([node])
+        if args.command == "plan":
+            _print(plan.to_dict(), args.json, str(plan))
+            if args.mermaid:
+                Path(args.mermaid).write_text(plan.to_mermaid())
+        elif args.command == "explain":
+            from .explain import explain, render as render_explanations
+
+            explanations = explain(node, plan=plan)
+            _print([e.to_dict() for e in explanations], args.json, render_explanations(explanations))
+        else:
+            problems = [(e.uid, p) for e in plan.entries for p in e.problems]
+            text = "\n".join(f"{uid}: {p}" for uid, p in problems) or "Resources fit the cluster."
+            _print([{"uid": u, "problem": p} for u, p in problems], args.json, text)
+            return 1 if problems else 0
+    elif args.command == "clean":
+        from . import clean
+
+        if args.what == "compact":
+            from .inspect import node_folders
+
+            total = [clean.compact(f) if args.yes else (0, 0) for _, _, f in node_folders(Path(args.root))]
+            merged = sum(t[0] for t in total)
+            print(f"merged {merged} index file(s)" if args.yes else "compact merges the index files of finished writers; run with --yes")
+            return 0
+        if args.what == "node":
+            plan = clean.remove_nodes(args.folders, downstream=args.downstream, root=args.root)
+        elif args.what == "versions":
+            plan = clean.old_versions(args.root, step=args.step)
+        elif args.what == "orphans":
+            plan = clean.orphans(args.root)
+        else:
+            plan = clean.logs(args.root, older_than_days=args.days)
+        if args.yes:
+            freed = plan.execute()
+            _print({"freed": freed, **plan.to_dict()}, args.json, f"{plan}\nremoved.")
+            del freed
+        else:
+            _print(plan.to_dict(), args.json, f"{plan}\n(preview: run again with --yes to remove)")
+    elif args.command == "logs":
+        from .logs import logs
+
+        found = logs(args.folder, item=args.item)
+        if not found:
+            print(f"No job recorded in {args.folder}" + (f" for item {args.item!r}" if args.item else ""))
+            return 1
+        job = found[-1]
+        print(f"# job {job.job_id} ({job.cluster}): {job.stderr_path if args.stderr else job.stdout_path}")
+        print(job.stderr() if args.stderr else job.stdout())
+    return 0

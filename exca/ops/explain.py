@@ -1,0 +1,122 @@
+"""Why a node will compute: the plan's reason, and for a missing config the difference
+with the nearest cached config of the same method (any version):
+``optim.lr 0.01 → 0.02``, ``version 1 → 2``, "never computed", "cached error", "forced",
+"stale: upstream X recomputed at ..."). Reads only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as tp
+from pathlib import Path
+
+from ..confdict import ConfDict
+from ..graph.node import Node
+from ..graph.planning import Plan, PlanEntry
+from ..infra.uidfolder import FULL_UID_FILE, read_yaml
+from ..storage.cachedict import CacheDict
+
+_MISSING: tp.Any = "<absent>"
+
+
+@dataclasses.dataclass
+class Explanation:
+    """Why one node would (not) be computed."""
+
+    uid: str
+    status: str
+    action: str
+    reason: str
+    nearest: str | None = None  # folder of the nearest cached config of the same method
+    diff: list[tuple[str, tp.Any, tp.Any]] = dataclasses.field(default_factory=list)  # key, cached, wanted
+
+    def summary(self) -> str:
+        if self.status == "missing" and self.action in ("compute", "fail") and self.reason == "missing":
+            if self.nearest is None:
+                return "never computed (no cached config of this method)"
+            changes = ", ".join(f"{k} {_show(a)} → {_show(b)}" for k, a, b in self.diff)
+            return f"config differs from the nearest cached one: {changes}" if changes else "missing"
+        return self.reason
+
+    def __str__(self) -> str:
+        text = f"{self.status:12s} {self.action:8s} {self.uid}\n    why: {self.summary()}"
+        if self.nearest is not None and self.diff:
+            text += f"\n    nearest cached: {self.nearest}"
+        return text
+
+    def to_dict(self) -> dict[str, tp.Any]:
+        out = dataclasses.asdict(self)
+        out["summary"] = self.summary()
+        return out
+
+
+def _show(value: tp.Any) -> str:
+    return "(absent)" if value is _MISSING else repr(value) if isinstance(value, str) else str(value)
+
+
+def _flat(data: dict[str, tp.Any] | None) -> dict[str, tp.Any]:
+    return ConfDict(data or {}).flat()
+
+
+def nearest_cached(node: Node) -> tuple[Path | None, list[tuple[str, tp.Any, tp.Any]]]:
+    """The cached config of the same method (any version) closest to the node's config,
+    and the differences (key, cached value, wanted value)."""
+    if node.root is None or node.uid_config is None:
+        return None, []
+    wanted = _flat(node.uid_config())
+    method, _, version = node.step.rpartition(",")
+    best: tuple[int, Path, list[tuple[str, tp.Any, tp.Any]]] | None = None
+    for step_folder in sorted(Path(node.root).glob(f"{method},*")):
+        other_version = step_folder.name.rpartition(",")[2]
+        for folder in sorted(p for p in step_folder.iterdir() if p.is_dir()):
+            if folder == node.folder or not _has_results(folder):
+                continue
+            cached = _flat(read_yaml(folder / FULL_UID_FILE))
+            diff = [
+                (key, cached.get(key, _MISSING), wanted.get(key, _MISSING))
+                for key in sorted(set(cached) | set(wanted))
+                if cached.get(key, _MISSING) != wanted.get(key, _MISSING) and key != "infra.version"
+            ]
+            if other_version != version:
+                diff.insert(0, ("version", other_version, version))
+            if best is None or len(diff) < best[0]:
+                best = (len(diff), folder, diff)
+    if best is None:
+        return None, []
+    return best[1], best[2]
+
+
+def _has_results(folder: Path) -> bool:
+    cache: CacheDict[tp.Any] = CacheDict(folder, permissions=None)
+    return any(info.get("#type") != "Error" for info in cache.entries_info().values())
+
+
+def explain(*targets: Node, plan: Plan | None = None) -> list[Explanation]:
+    """Explanations for every node of the targets' graph that is not simply reused."""
+    plan = plan or Plan(list(targets))
+    nodes = {n.uid: n for n in plan.graph.nodes.values()}
+    out = []
+    for entry in plan.entries:
+        if entry.action in ("reuse", "skip"):
+            if entry.status != "stale":
+                continue
+        out.append(_explain_entry(entry, nodes[entry.uid]))
+    return out
+
+
+def _explain_entry(entry: PlanEntry, node: Node) -> Explanation:
+    explanation = Explanation(entry.uid, entry.status, entry.action, entry.reason)
+    if entry.reason == "missing" or (node.kind == "map" and entry.status == "missing"):
+        explanation.nearest, explanation.diff = _nearest_str(node)
+    return explanation
+
+
+def _nearest_str(node: Node) -> tuple[str | None, list[tuple[str, tp.Any, tp.Any]]]:
+    folder, diff = nearest_cached(node)
+    return (None if folder is None else str(folder)), diff
+
+
+def render(explanations: list[Explanation]) -> str:
+    if not explanations:
+        return "Nothing to compute: every node is cached (or not needed)."
+    return "\n".join(str(e) for e in explanations)

@@ -1,0 +1,206 @@
+"""What a cache folder holds: one record per node folder (a config of a step, or a task
+with inputs), with its readable config, status, entry counts, size, last write and job.
+
+Reads only. Layout: ``<root>/<module>.<Class>.<method>,<version>/<uid>[/inputs-<digest>]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import fnmatch
+import os
+import typing as tp
+from pathlib import Path
+
+from ..confdict import ConfDict
+from ..graph import registry
+from ..graph.node import TASK_KEY
+from ..infra.uidfolder import UID_FILE, read_yaml
+from ..storage.cachedict import CacheDict
+from ..storage.claims import Claims
+from ..storage.index import INDEX_SUFFIX
+
+INPUTS_PREFIX = "inputs-"
+
+
+@dataclasses.dataclass
+class NodeInfo:
+    """One node folder of a cache."""
+
+    step: str  # <module>.<Class>.<method>,<version>
+    uid: str  # config uid [/inputs-<digest>]
+    folder: Path
+    kind: str  # task | map | empty
+    status: str  # success | error | running | computing | partial | empty
+    config: dict[str, tp.Any]  # uid.yaml (flat, dotted keys)
+    entries: int = 0
+    errors: int = 0
+    size: int = 0  # bytes on disk
+    modified: float = 0.0  # last index write (unix time)
+    job_id: str | None = None
+    job_state: str | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+
+    def to_dict(self) -> dict[str, tp.Any]:
+        out = dataclasses.asdict(self)
+        out["folder"] = str(self.folder)
+        out["modified"] = _iso(self.modified)
+        return out
+
+
+def _iso(stamp: float) -> str | None:
+    if not stamp:
+        return None
+    return datetime.datetime.fromtimestamp(stamp).isoformat(timespec="seconds")
+
+
+def node_folders(root: Path) -> tp.Iterator[tuple[str, str, Path]]:
+    """(step, uid, folder) of every node folder under a cache root."""
+    try:
+        steps = sorted((e for e in os.scandir(root) if e.is_dir() and "," in e.name), key=lambda e: e.name)
+    except FileNotFoundError:
+        return
+    for step in steps:
+        for config in sorted((e for e in os.scandir(step.path) if e.is_dir()), key=lambda e: e.name):
+            path = Path(config.path)
+            if not (path / UID_FILE).exists():
+                continue
+            yield step.name, config.name, path
+            subs = (e for e in os.scandir(path) if e.is_dir() and e.name.startswith(INPUTS_PREFIX))
+            for sub in sorted(subs, key=lambda e: e.name):
+                yield step.name, f"{config.name}/{sub.name}", Path(sub.path)
+
+
+def disk_usage(folder: Path, recursive_into_inputs: bool = False) -> tuple[int, float]:
+    """(bytes on disk, last index write) of a node folder (sub-node folders excluded)."""
+    total = 0
+    modified = 0.0
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = list(os.scandir(current))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if entry.is_symlink():
+                continue
+            if entry.is_dir():
+                if current == folder and entry.name.startswith(INPUTS_PREFIX) and not recursive_into_inputs:
+                    continue
+                stack.append(Path(entry.path))
+                continue
+            stat = entry.stat()
+            total += stat.st_blocks * 512
+            if entry.name.endswith(INDEX_SUFFIX):
+                modified = max(modified, stat.st_mtime)
+    return total, modified
+
+
+def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) -> NodeInfo:
+    """The NodeInfo of one node folder."""
+    config_folder = folder.parent if uid.rsplit("/", 1)[-1].startswith(INPUTS_PREFIX) else folder
+    config = ConfDict(read_yaml(config_folder / UID_FILE) or {}).flat()
+    cache: CacheDict[tp.Any] = CacheDict(folder, permissions=None)
+    cache.refresh()
+    entries = cache.entries_info()
+    errors = sum(1 for info in entries.values() if info.get("#type") == "Error")
+    kind = "empty"
+    if entries:
+        kind = "task" if set(entries) == {TASK_KEY} else "map"
+    size, modified = disk_usage(folder)
+    info = NodeInfo(step, uid, folder, kind, "empty", config, len(entries), errors, size, modified)
+    record = registry.latest(folder)
+    if record is not None:
+        info.job_id = record.job_id
+        info.stdout, info.stderr = str(record.stdout), str(record.stderr)
+        active = registry.is_active(record, queued)
+        info.job_state = "running" if active else "ended"
+    computing = bool(Claims(folder).current())
+    if kind == "task":
+        info.status = "error" if errors else "success"
+    elif kind == "map":
+        info.status = "partial" if errors else "success"
+    if computing:
+        info.status = "computing"
+    elif info.job_state == "running" and (kind == "empty" or kind == "map"):
+        info.status = "running"
+    return info
+
+
+def inspect(
+    root: Path | str,
+    step: str | None = None,
+    where: tp.Sequence[str] = (),
+    status: str | None = None,
+) -> list[NodeInfo]:
+    """Describe every node folder of a cache root (filters: step glob or substring,
+    ``key=value`` conditions on the uid config, status)."""
+    root = Path(root)
+    conditions = [_parse_condition(c) for c in where]
+    folders = [
+        (s, u, f)
+        for s, u, f in node_folders(root)
+        if step is None or fnmatch.fnmatch(s, step) or step in s
+    ]
+    records = [registry.latest(f) for _, _, f in folders]
+    slurm = [r.job_id for r in records if r is not None and r.cluster == "slurm"]
+    queued = registry.queued_jobs(slurm) if slurm else set()
+    out = []
+    for s, u, f in folders:
+        info = describe(s, u, f, queued)
+        if not all(_matches(info.config, key, value) for key, value in conditions):
+            continue
+        if status is not None and info.status != status:
+            continue
+        out.append(info)
+    return out
+
+
+def _parse_condition(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ValueError(f"Cannot parse condition {text!r}: expected key=value (e.g. optim.lr=0.01)")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def _matches(config: dict[str, tp.Any], key: str, value: str) -> bool:
+    """``key=value`` against a flat config; a missing key means the class default."""
+    import yaml
+
+    candidates = [k for k in config if k == key or k.endswith("." + key)]
+    if not candidates:
+        return False
+    expected = yaml.safe_load(value)
+    return any(config[k] == expected or str(config[k]) == value for k in candidates)
+
+
+def human_size(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"
+
+
+def render(infos: list[NodeInfo]) -> str:
+    """A table grouped by step."""
+    if not infos:
+        return "No cached node found."
+    lines = []
+    current = None
+    for info in infos:
+        if info.step != current:
+            current = info.step
+            count = sum(1 for i in infos if i.step == current)
+            lines.append(f"{current}  ({count} config(s))")
+        entries = f"{info.entries} item(s)" if info.kind == "map" else ""
+        errors = f", {info.errors} error(s)" if info.kind == "map" and info.errors else ""
+        job = f"  job {info.job_id} ({info.job_state})" if info.job_id else ""
+        lines.append(
+            f"  {info.status:9s} {human_size(info.size):>9s}  {_iso(info.modified) or '-':19s}  "
+            f"{info.uid}  {entries}{errors}{job}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,38 @@
+"""stdout/stderr of the job that computed a node, or a map item, from any process."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ..graph import registry
+from ..graph.node import Node
+
+
+@dataclasses.dataclass
+class JobLogs:
+    job_id: str
+    cluster: str
+    stdout_path: Path
+    stderr_path: Path
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+
+def logs(target: Node | Path | str, item: str | None = None) -> list[JobLogs]:
+    """Logs of the jobs recorded for a node (newest last); ``item``: only the map chunk
+    that computed this item uid. Jobs of grouped arrays are found through each node's
+    own record."""
+    folder = target.folder if isinstance(target, Node) else Path(target)
+    if folder is None:
+        return []
+    out = []
+    for record in registry.read_all(folder):
+        if item is not None and (record.keys is None or item not in record.keys):
+            continue
+        out.append(JobLogs(record.job_id, record.cluster, record.stdout, record.stderr))
+    return out
