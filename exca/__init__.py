@@ -1,10 +1,20 @@
 """exca: turn a pydantic config into a cached, distributable, composable computation."""
 
+import logging
+
 from . import cachedict
 from .confdict import ConfDict
 from .infra import MapInfra, TaskInfra
 
 __version__ = "0.1.0"
+
+# the "exca" logger says what runs where (INFO), on its own handler, like the reference
+logger = logging.getLogger("exca")
+if not logger.handlers:
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter("%(asctime)s - %(levelname)s - %(name)s - %(message)s"))
+    logger.addHandler(_handler)
+    logger.setLevel(logging.INFO)
 
 __all__ = ["ConfDict", "MapInfra", "TaskInfra", "__version__", "cachedict", "helpers"]
 

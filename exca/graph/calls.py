@@ -14,6 +14,7 @@ def task_result(node: Node) -> tp.Any:
     """The result of a task node: from the cache when it can be reused, else computed."""
     mode = node.mode
     if mode != "force":
+        node.cache.refresh()  # incremental: sees a result another process cleared or wrote
         state = store.task_state(node)
         if state == "done" or (state == "error" and mode != "retry"):
             return store.task_result(node)

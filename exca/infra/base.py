@@ -203,7 +203,7 @@ class BaseInfra(pydantic.BaseModel):
         first call freezes the config)."""
         runtime = self._runtime()
         if runtime.uid is None:
-            template = type(self)._uid_string
+            template = _uid_template(type(self))
             fields = {f for f in _UID_FIELDS if "{" + f + "}" in template}
             if fields != set(_UID_FIELDS) or template.count("{") != len(_UID_FIELDS):
                 raise ValueError(
@@ -274,6 +274,14 @@ class BaseInfra(pydantic.BaseModel):
 
     def _has_result(self, folder: Path) -> bool:
         return True
+
+
+def _uid_template(cls: type) -> str:
+    """``_uid_string`` of an infra class (a plain/ClassVar attribute or a private attribute)."""
+    private = getattr(cls, "__private_attributes__", {}).get("_uid_string")
+    if private is not None and isinstance(getattr(private, "default", None), str):
+        return str(private.default)
+    return str(cls._uid_string)  # type: ignore[attr-defined]
 
 
 def _collect_infras(value: tp.Any, prefix: str, out: dict[str, BaseInfra]) -> None:

@@ -315,7 +315,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
 
     def _has_result(self, folder: Path) -> bool:
         cache: CacheDict[tp.Any] = CacheDict(folder, permissions=None)
-        return cache.entry_type(TASK_KEY) == "Result"
+        return cache.entry_type(TASK_KEY) is not None  # computed (a result or an error)
 
     @contextlib.contextmanager
     def job_array(

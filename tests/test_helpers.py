@@ -1,0 +1,331 @@
+"""exca.helpers (SPEC §6): with_infra, to_config_model/to_config, validate_kwargs,
+update_uids and DiscriminatedModel."""
+
+from __future__ import annotations
+
+import pickle
+import typing as tp
+import warnings
+from pathlib import Path
+
+import pydantic
+import pytest
+import yaml
+
+from exca import ConfDict, TaskInfra, helpers
+from exca.helpers import DiscriminatedModel
+
+MODULE = __name__
+CALLS: list[tuple[str, tp.Any]] = []
+
+
+# --- with_infra -------------------------------------------------------------------------------
+def _add(a: int, b: int = 2) -> int:
+    CALLS.append(("add", (a, b)))
+    return a + b
+
+
+def test_with_infra(tmp_path: Path) -> None:
+    add = helpers.with_infra(folder=tmp_path)(_add)
+    assert isinstance(add, helpers.FunctionWithInfra)
+    before = len(CALLS)
+    assert add(a=1) == 3
+    assert add(a=1) == 3
+    assert add(a=1, b=2) == 3  # same config: explicit default
+    assert len(CALLS) == before + 1
+    assert add(a=1, b=5) == 6
+    assert len(CALLS) == before + 2
+    # cached on disk: another decorated function object reads it
+    assert helpers.with_infra(folder=tmp_path)(_add)(a=1) == 3
+    assert len(CALLS) == before + 2
+    with pytest.raises(RuntimeError, match="keyword"):
+        add(1)
+
+
+def test_with_infra_config(tmp_path: Path) -> None:
+    add = helpers.with_infra(folder=tmp_path, mode="force")(_add)
+    config = add.config(a=3)
+    assert isinstance(config, helpers.FuncConfig)
+    assert config.a == 3 and config.b == 2  # type: ignore[attr-defined]
+    assert config.infra.folder == tmp_path  # type: ignore[attr-defined]
+    assert config.infra.mode == "force"  # type: ignore[attr-defined]
+    assert config.infra.version == "1"  # type: ignore[attr-defined]
+    uid = config.infra.uid()  # type: ignore[attr-defined]
+    assert uid == f"{MODULE}._add_FuncConfig.build,1/{ConfDict(a=3).to_uid()}"
+    assert config.build() == 5
+    with pytest.raises(pydantic.ValidationError):
+        add.config(a=3, unknown=4)
+
+
+def test_with_infra_warns_without_folder_and_cluster(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning):
+        add = helpers.with_infra()(_add)
+    assert add(a=2) == 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        helpers.with_infra(folder=tmp_path)(_add)
+        helpers.with_infra(folder=tmp_path, cluster="local")(_add)
+
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # no folder nor cluster: warns (tested above)
+
+    @helpers.with_infra(keep_in_ram=True)
+    def module_level_square(x: int) -> int:
+        CALLS.append(("square", x))
+        return x * x
+
+
+def test_with_infra_picklable() -> None:
+    restored = pickle.loads(pickle.dumps(module_level_square))
+    assert restored(x=3) == 9
+    assert restored is module_level_square  # pickled by name
+
+
+def test_with_infra_picklable_by_value(tmp_path: Path) -> None:
+    add = helpers.with_infra(folder=tmp_path)(_add)  # not the module attribute: by value
+    restored = pickle.loads(pickle.dumps(add))
+    assert isinstance(restored, helpers.FunctionWithInfra)
+    assert restored(a=4) == 6
+    assert restored.infra == {"folder": tmp_path}
+
+
+# --- to_config_model / to_config --------------------------------------------------------------
+def _train(lr: float, layers: int = 3, name: str = "net") -> str:
+    CALLS.append(("train", (lr, layers, name)))
+    return f"{name}-{layers}-{lr}"
+
+
+def _no_annotation(x, y: int = 1) -> int:  # type: ignore[no-untyped-def]
+    return y
+
+
+def _any_annotation(x: tp.Any) -> int:
+    return 1
+
+
+def _infra_param(infra: int) -> int:
+    return infra
+
+
+def test_to_config_model() -> None:
+    model = helpers.to_config_model(_train)
+    assert issubclass(model, helpers.FuncConfig)
+    assert model.__name__ == "_train_FuncConfig"
+    assert set(model.model_fields) == {"lr", "layers", "name", "infra"}
+    assert model.model_fields["lr"].is_required()
+    assert model.model_fields["layers"].default == 3
+    assert model.model_fields["lr"].annotation is float
+    infra = model.model_fields["infra"].default
+    assert isinstance(infra, TaskInfra) and infra.version == "1"
+    assert helpers.to_config_model(_train) is model  # built once
+    with pytest.raises(pydantic.ValidationError):
+        model(lr="not a float")  # type: ignore[call-arg]
+    with pytest.raises(pydantic.ValidationError):
+        model()  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("func", [_no_annotation, _any_annotation, _infra_param])
+def test_to_config_model_refusals(func: tp.Callable[..., tp.Any]) -> None:
+    with pytest.raises(ValueError):
+        helpers.to_config_model(func)
+
+
+def test_to_config_build_cached(tmp_path: Path) -> None:
+    config = helpers.to_config(_train, lr=0.5, infra={"folder": tmp_path})
+    assert isinstance(config, helpers.to_config_model(_train))
+    before = len(CALLS)
+    assert config.build() == "net-3-0.5"
+    assert config.build() == "net-3-0.5"
+    assert helpers.to_config(_train, lr=0.5, infra={"folder": tmp_path}).build() == "net-3-0.5"
+    assert len(CALLS) == before + 1
+    cfg = config.infra.config()  # type: ignore[attr-defined]
+    assert cfg == {"lr": 0.5, "layers": 3, "name": "net", "infra": {"version": "1"}}
+    folder = config.infra.uid_folder()  # type: ignore[attr-defined]
+    assert folder is not None and (folder / "uid.yaml").exists()
+
+
+# --- validate_kwargs -------------------------------------------------------------------------
+def test_validate_kwargs() -> None:
+    helpers.validate_kwargs(_train, {"lr": 0.1})
+    helpers.validate_kwargs(_train, {"lr": 1, "layers": 2, "name": "x"})  # int for float is fine
+    with pytest.raises(ValueError, match="layerz"):
+        helpers.validate_kwargs(_train, {"lr": 0.1, "layerz": 2})
+    with pytest.raises(ValueError, match="lr"):
+        helpers.validate_kwargs(_train, {"layers": 2})
+    with pytest.raises(TypeError, match="layers"):
+        helpers.validate_kwargs(_train, {"lr": 0.1, "layers": "two"})
+
+    def with_kwargs(a: int, **kwargs: tp.Any) -> None:
+        pass
+
+    helpers.validate_kwargs(with_kwargs, {"a": 1, "anything": 2})
+
+
+# --- update_uids ------------------------------------------------------------------------------
+def _legacy_folder(root: Path, config: dict[str, tp.Any]) -> Path:
+    cfg = ConfDict(config)
+    folder = root / "mymod.Task.process,1" / cfg.to_uid(version=2)
+    folder.mkdir(parents=True)
+    cfg.to_yaml(folder / "uid.yaml")
+    (folder / "payload.txt").write_text("data")
+    return folder
+
+
+def test_update_uids(tmp_path: Path) -> None:
+    config = {"training": {"optim": {"lr": 0.01}}, "name": "a b"}
+    legacy = _legacy_folder(tmp_path, config)
+    v3_name = ConfDict(config).to_uid()
+    assert legacy.name != v3_name
+    # a folder already named in v3 is left alone
+    current = tmp_path / "mymod.Task.process,1" / ConfDict(x=1).to_uid()
+    current.mkdir()
+    ConfDict(x=1).to_yaml(current / "uid.yaml")
+    renames = helpers.update_uids(tmp_path, dryrun=True)
+    assert [(old, new.name) for old, new in renames] == [(legacy, v3_name)]
+    assert legacy.exists()  # dry run: nothing renamed
+    renames = helpers.update_uids(tmp_path, dryrun=False)
+    assert [(old, new.name) for old, new in renames] == [(legacy, v3_name)]
+    assert not legacy.exists()
+    moved = legacy.with_name(v3_name)
+    assert (moved / "payload.txt").read_text() == "data"
+    assert current.exists()
+    assert helpers.update_uids(tmp_path, dryrun=False) == []
+
+
+def test_update_uids_golden_example(tmp_path: Path) -> None:
+    legacy = _legacy_folder(tmp_path, {"training.optim.lr": 0.01})
+    assert legacy.name == "training.optim.lr=0.01-346ce994"
+    helpers.update_uids(tmp_path, dryrun=False)
+    assert (legacy.parent / "training.optim.lr=0.01-0f8936b4" / "uid.yaml").exists()
+
+
+def test_update_uids_then_infra_finds_cache(tmp_path: Path) -> None:
+    class Legacy(pydantic.BaseModel):
+        lr: float = 0.1
+        infra: TaskInfra = TaskInfra(version="1")
+
+        @infra.apply
+        def process(self) -> float:
+            return self.lr
+
+    obj = Legacy(lr=0.01, infra={"folder": tmp_path})
+    folder = obj.infra.uid_folder()
+    assert folder is not None
+    cfg = obj.infra.config(uid=True, exclude_defaults=True)
+    legacy = folder.with_name(cfg.to_uid(version=2))
+    legacy.mkdir(parents=True)
+    cfg.to_yaml(legacy / "uid.yaml")
+    helpers.update_uids(tmp_path, dryrun=False)
+    assert folder.exists() and not legacy.exists()
+    assert yaml.safe_load((folder / "uid.yaml").read_text()) == {"lr": 0.01}
+
+
+# --- DiscriminatedModel ----------------------------------------------------------------------
+class Animal(DiscriminatedModel):
+    legs: int = 4
+
+
+class Dog(Animal):
+    bark: str = "woof"
+
+
+class Bird(Animal):
+    legs: int = 2
+    wingspan: float = 0.3
+
+
+class Zoo(pydantic.BaseModel):
+    star: Animal = Animal()
+    others: list[Animal] = []
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def count(self) -> int:
+        return len(self.others) + 1
+
+
+class Shape(DiscriminatedModel, discriminator_key="kind"):
+    size: int = 1
+
+
+class Square(Shape):
+    side: int = 2
+
+
+def test_discriminated_construction() -> None:
+    dog = Animal(type="Dog", bark="wuff")  # type: ignore[call-arg]
+    assert type(dog) is Dog and dog.bark == "wuff"
+    zoo = Zoo(star={"type": "Bird", "wingspan": 1.5}, others=["Dog", {"type": "Animal"}])
+    assert type(zoo.star) is Bird and zoo.star.wingspan == 1.5 and zoo.star.legs == 2
+    assert type(zoo.others[0]) is Dog and zoo.others[0].bark == "woof"  # string: default subclass
+    assert type(zoo.others[1]) is Animal
+    assert type(Zoo(star=Dog()).star) is Dog
+    assert type(Animal.model_validate({"type": "Dog"})) is Dog
+    assert type(Shape(kind="Square", side=3)) is Square  # type: ignore[call-arg]
+
+
+def test_discriminated_unknown_name() -> None:
+    with pytest.raises(ValueError) as info:
+        Zoo(star={"type": "Cat"})
+    message = str(info.value)
+    assert "Cat" in message
+    for option in ("Animal", "Bird", "Dog"):
+        assert option in message
+
+
+def test_discriminated_forgotten_key_hint() -> None:
+    with pytest.raises(ValueError) as info:
+        Zoo(star={"bark": "wuff"})
+    message = str(info.value)
+    assert "forget" in message or "forgot" in message
+    assert "discriminator" in message and "Dog" in message
+
+
+def test_discriminated_field_named_like_key() -> None:
+    with pytest.raises(RuntimeError, match="type"):
+
+        class Clash(Animal):
+            type: str = "x"
+
+    with pytest.raises(RuntimeError, match="kind"):
+
+        class ClashKind(Shape):
+            kind: str = "x"
+
+
+def test_discriminated_same_name_in_two_modules() -> None:
+    class Family(DiscriminatedModel):
+        pass
+
+    class Member(Family):
+        pass
+
+    with pytest.raises(RuntimeError, match="Member"):
+
+        class Member(Family):  # type: ignore[no-redef]
+            __module__ = "some.other.module"
+
+
+def test_discriminated_dumps_and_yaml_round_trip() -> None:
+    zoo = Zoo(star=Bird(wingspan=2.0), others=[Dog(bark="wuff")])
+    dumped = zoo.model_dump(mode="json")
+    assert dumped["star"] == {"type": "Bird", "legs": 2, "wingspan": 2.0}
+    assert dumped["others"] == [{"type": "Dog", "legs": 4, "bark": "wuff"}]
+    back = Zoo(**yaml.safe_load(yaml.safe_dump(dumped)))
+    assert type(back.star) is Bird and back.star.wingspan == 2.0
+    assert type(back.others[0]) is Dog and back.others[0].bark == "wuff"
+    assert back.infra.uid() == zoo.infra.uid()
+    assert Square(side=5).model_dump() == {"kind": "Square", "size": 1, "side": 5}
+    config = zoo.infra.config(uid=False)
+    assert config["star.type"] == "Bird"
+
+
+def test_discriminated_uid_includes_key() -> None:
+    zoo = Zoo(star=Dog(), others=[Bird(wingspan=1.0)])
+    cfg = zoo.infra.config(uid=True, exclude_defaults=True)
+    assert cfg["star"] == {"type": "Dog"}
+    assert cfg["others"] == [{"type": "Bird", "wingspan": 1.0}]
+    assert "type=Dog" in zoo.infra.uid()
+    assert zoo.infra.uid() != Zoo(star=Bird(), others=[Bird(wingspan=1.0)]).infra.uid()
+    assert Zoo().infra.uid().endswith("/default")

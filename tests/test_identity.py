@@ -1,0 +1,1002 @@
+"""Config identity (SPEC §3): which fields enter a uid, the uid folder and its yaml files,
+freezing, class-default infra inheritance, subclassing and pickling of owners."""
+
+from __future__ import annotations
+
+import collections
+import copy
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import typing as tp
+from pathlib import Path
+
+import pydantic
+import pytest
+import yaml
+
+from exca import ConfDict, MapInfra, TaskInfra
+
+MODULE = __name__
+FORBID = pydantic.ConfigDict(extra="forbid")
+CALLS: list[str] = []  # every decorated method below appends its owner's name here
+
+
+def _calls(name: str) -> int:
+    return sum(1 for c in CALLS if c == name)
+
+
+def _cfg(obj: tp.Any) -> dict[str, tp.Any]:
+    """The uid config of an owner, as plain nested dicts."""
+    return _plain(obj.infra.config(uid=True, exclude_defaults=True))
+
+
+def _plain(value: tp.Any) -> tp.Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _read(path: Path) -> tp.Any:
+    return yaml.safe_load(path.read_text())
+
+
+# --- basic owners ---------------------------------------------------------------------------
+class Basic(pydantic.BaseModel):
+    p: int = 1
+    s: str = "hello"
+    f: float = 0.5
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> str:
+        CALLS.append("Basic")
+        return f"{self.p}-{self.s}"
+
+
+class Whatever(pydantic.BaseModel):
+    param1: int = 12
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return self.param1
+
+
+def test_only_non_default_fields() -> None:
+    assert _cfg(Basic()) == {}
+    assert _cfg(Basic(p=1, s="hello")) == {}  # explicitly set, but equal to the default
+    assert _cfg(Basic(p=2)) == {"p": 2}
+    assert _cfg(Basic(s="x", f=0.25)) == {"s": "x", "f": 0.25}
+    full = _plain(Basic(p=2).infra.config(uid=True, exclude_defaults=False))
+    assert full == {"p": 2, "s": "hello", "f": 0.5, "infra": {"version": "1"}}
+
+
+def test_uid_golden_and_hand_computed() -> None:
+    # the example of SPEC §3 (byte-identical to the reference)
+    assert Whatever(param1=13).infra.uid() == f"{MODULE}.Whatever.process,1/param1=13-4c541560"
+    obj = Basic(p=3, s="a b/c", f=0.1)
+    expected = ConfDict({"p": 3, "s": "a b/c", "f": 0.1}).to_uid()
+    assert obj.infra.uid() == f"{MODULE}.Basic.process,1/{expected}"
+    assert Basic().infra.uid() == f"{MODULE}.Basic.process,1/default"
+
+
+def test_uid_stable_across_processes() -> None:
+    code = (
+        "import test_identity as t; "
+        "print(t.Basic(p=3, s='some text', f=0.1).infra.uid()); "
+        "print(t.Whatever(param1=13).infra.uid())"
+    )
+    tests_dir = str(Path(__file__).parent)
+    env = dict(os.environ, PYTHONHASHSEED="1234")
+    env["PYTHONPATH"] = os.pathsep.join([tests_dir, env.get("PYTHONPATH", "")])
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    here = [
+        Basic(p=3, s="some text", f=0.1).infra.uid().replace(MODULE, "test_identity"),
+        Whatever(param1=13).infra.uid().replace(MODULE, "test_identity"),
+    ]
+    assert out == here
+
+
+# --- _exclude_from_cls_uid ------------------------------------------------------------------
+class ExclList(pydantic.BaseModel):
+    model_config = FORBID
+    _exclude_from_cls_uid = ["b"]
+    a: int = 1
+    b: int = 2
+
+
+class ExclTuple(pydantic.BaseModel):
+    model_config = FORBID
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("b",)
+    a: int = 1
+    b: int = 2
+
+
+class ExclSet(pydantic.BaseModel):
+    model_config = FORBID
+    _exclude_from_cls_uid = {"b"}
+    a: int = 1
+    b: int = 2
+
+
+class ExclMethod(pydantic.BaseModel):
+    model_config = FORBID
+    a: int = 1
+    b: int = 2
+
+    def _exclude_from_cls_uid(self) -> list[str]:
+        return ["b"]
+
+
+class ExclClassMethod(pydantic.BaseModel):
+    model_config = FORBID
+    a: int = 1
+    b: int = 2
+
+    @classmethod
+    def _exclude_from_cls_uid(cls) -> tuple[str, ...]:
+        return ("b",)
+
+
+def _excl_owner(cls: type[pydantic.BaseModel]) -> type[pydantic.BaseModel]:
+    class Owner(pydantic.BaseModel):
+        sub: cls = cls()  # type: ignore[valid-type]
+        infra: TaskInfra = TaskInfra()
+
+        @infra.apply
+        def process(self) -> int:
+            return 1
+
+    return Owner
+
+
+@pytest.mark.parametrize("cls", [ExclList, ExclTuple, ExclSet, ExclMethod, ExclClassMethod])
+def test_exclude_from_cls_uid_forms(cls: type[pydantic.BaseModel]) -> None:
+    owner = _excl_owner(cls)
+    assert _cfg(owner(sub={"a": 3, "b": 4})) == {"sub": {"a": 3}}
+    assert _cfg(owner(sub={"b": 4})) == {}
+    full = _plain(owner(sub={"b": 4}).infra.config(uid=True, exclude_defaults=False))  # type: ignore[attr-defined]
+    assert full == {"sub": {"a": 1}, "infra": {"version": "0"}}
+    # the non-uid config keeps everything
+    cfg = owner(sub={"b": 4}).infra.config(uid=False)  # type: ignore[attr-defined]
+    assert cfg["sub"] == {"a": 1, "b": 4}
+
+
+class ExclOnOwner(pydantic.BaseModel):
+    _exclude_from_cls_uid = ("workers",)
+    x: int = 1
+    workers: int = 4
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def process(self) -> int:
+        return self.x
+
+
+def test_exclude_from_cls_uid_on_owner() -> None:
+    assert _cfg(ExclOnOwner(workers=12)) == {}
+    assert ExclOnOwner(workers=12).infra.uid() == ExclOnOwner().infra.uid()
+    assert _cfg(ExclOnOwner(x=2, workers=12)) == {"x": 2}
+
+
+def test_exclude_from_cls_uid_string_is_type_error() -> None:
+    with pytest.raises(TypeError):
+
+        class ExclStr(pydantic.BaseModel):
+            model_config = FORBID
+            _exclude_from_cls_uid = "b"
+            b: int = 2
+
+        _excl_owner(ExclStr)(sub={"b": 3}).infra.uid()  # type: ignore[attr-defined]
+
+
+def test_exclude_from_cls_uid_unknown_field_is_value_error() -> None:
+    with pytest.raises(ValueError, match="unknown"):
+
+        class ExclUnknown(pydantic.BaseModel):
+            model_config = FORBID
+            _exclude_from_cls_uid = ("nope",)
+            b: int = 2
+
+        _excl_owner(ExclUnknown)(sub={"b": 3}).infra.uid()  # type: ignore[attr-defined]
+
+
+class SelfDropped(pydantic.BaseModel):
+    model_config = FORBID
+    _exclude_from_cls_uid = (".",)
+    x: int = 1
+
+
+class HoldsDropped(pydantic.BaseModel):
+    sub: SelfDropped = SelfDropped()
+    subs: list[SelfDropped] = []
+    y: int = 1
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
+def test_dot_drops_submodel_from_parent_uid() -> None:
+    obj = HoldsDropped(sub={"x": 5}, y=2)
+    assert _cfg(obj) == {"y": 2}
+    full = _plain(obj.infra.config(uid=True, exclude_defaults=False))
+    assert "sub" not in full
+    assert obj.infra.uid() == HoldsDropped(y=2).infra.uid()
+    assert obj.infra.config(uid=False)["sub"] == {"x": 5}  # still in the full config
+
+
+# --- infra fields -----------------------------------------------------------------------------
+class DefaultInfra(pydantic.BaseModel):
+    x: int = 1
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def process(self) -> int:
+        return self.x
+
+
+def test_infra_fields_excluded_except_version(tmp_path: Path) -> None:
+    base = Basic(infra={"folder": tmp_path})
+    other = Basic(
+        infra={
+            "folder": tmp_path / "other",
+            "mode": "force",
+            "keep_in_ram": True,
+            "gpus_per_node": 3,
+            "timeout_min": 12,
+            "job_name": "x",
+        }
+    )
+    assert base.infra.uid() == other.infra.uid() == f"{MODULE}.Basic.process,1/default"
+    full = _plain(other.infra.config(uid=True, exclude_defaults=False))
+    assert full["infra"] == {"version": "1"}
+
+
+def test_version_in_uid_only_when_differing_from_class_default() -> None:
+    assert _cfg(Basic(infra={"version": "1"})) == {}  # class default is TaskInfra(version="1")
+    assert _cfg(Basic(infra={"folder": None})) == {}  # inherits version "1"
+    assert _cfg(Basic(infra={"version": "2"})) == {"infra": {"version": "2"}}
+    assert Basic(infra={"version": "2"}).infra.uid().startswith(f"{MODULE}.Basic.process,2/")
+    assert _cfg(DefaultInfra(infra={"version": "0"})) == {}
+    assert _cfg(DefaultInfra(infra={"version": "1"})) == {"infra": {"version": "1"}}
+
+
+# --- exclude_from_cache_uid -------------------------------------------------------------------
+class CacheExclNames(pydantic.BaseModel):
+    a: int = 1
+    b: int = 2
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply(exclude_from_cache_uid=("b",))
+    def process(self) -> int:
+        return self.a
+
+
+class CacheExclCallable(pydantic.BaseModel):
+    a: int = 1
+    b: int = 2
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply(exclude_from_cache_uid=lambda obj: ["b"] if obj.a > 0 else ["a"])
+    def process(self) -> int:
+        return self.a
+
+
+class CacheExclMethod(pydantic.BaseModel):
+    a: int = 1
+    b: int = 2
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply(exclude_from_cache_uid="method:_cache_excluded")
+    def process(self) -> int:
+        return self.a
+
+    def _cache_excluded(self) -> list[str]:
+        return ["b"]
+
+
+class CacheExclMethodSub(CacheExclMethod):
+    def _cache_excluded(self) -> list[str]:
+        return ["a"]
+
+
+class CacheExclMissing(pydantic.BaseModel):
+    a: int = 1
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply(exclude_from_cache_uid="method:does_not_exist")
+    def process(self) -> int:
+        return self.a
+
+
+def test_exclude_from_cache_uid_names_and_callable() -> None:
+    assert _cfg(CacheExclNames(a=3, b=4)) == {"a": 3}
+    assert CacheExclNames(b=4).infra.uid() == CacheExclNames().infra.uid()
+    # only the cache uid: the full config keeps the field
+    assert CacheExclNames(b=4).infra.config(uid=False)["b"] == 4
+    assert _cfg(CacheExclCallable(a=3, b=4)) == {"a": 3}
+    assert _cfg(CacheExclCallable(a=-1, b=4)) == {"b": 4}
+
+
+def test_exclude_from_cache_uid_method_resolved_late() -> None:
+    assert _cfg(CacheExclMethod(a=3, b=4)) == {"a": 3}
+    sub = CacheExclMethodSub(a=3, b=4)
+    assert _cfg(sub) == {"b": 4}  # the subclass override is used
+    assert sub.infra.uid() == f"{MODULE}.CacheExclMethodSub.process,0/{ConfDict(b=4).to_uid()}"
+
+
+def test_exclude_from_cache_uid_missing_method() -> None:
+    obj = CacheExclMissing(a=2)  # fine at construction
+    with pytest.raises(RuntimeError, match="does_not_exist"):
+        obj.infra.config()
+
+
+def test_exclude_from_cache_uid_bad_string() -> None:
+    with pytest.raises(TypeError):
+
+        class BadExcl(pydantic.BaseModel):
+            a: int = 1
+            infra: TaskInfra = TaskInfra()
+
+            @infra.apply(exclude_from_cache_uid="a")
+            def process(self) -> int:
+                return self.a
+
+        BadExcl(a=2).infra.config()
+
+
+# --- nested defaults --------------------------------------------------------------------------
+class A(pydantic.BaseModel):
+    model_config = FORBID
+    x: int = 12
+    y: str = "y"
+
+
+class HoldsA(pydantic.BaseModel):
+    a: A = A(x=13)
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def process(self) -> int:
+        return self.a.x
+
+
+class RequiredFields(pydantic.BaseModel):
+    a: A
+    n: int
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def process(self) -> int:
+        return self.n
+
+
+def test_nested_defaults_compare_with_field_default_instance() -> None:
+    assert _cfg(HoldsA()) == {}
+    assert _cfg(HoldsA(a={"x": 13})) == {}
+    assert _cfg(HoldsA(a={"x": 12})) == {"a": {}}  # class default of A.x, not the field default
+    assert _cfg(HoldsA(a={"x": 11})) == {"a": {"x": 11}}
+    # a surviving sub-model compares its own fields with its class defaults
+    assert _cfg(HoldsA(a={"x": 13, "y": "z"})) == {"a": {"x": 13, "y": "z"}}
+    assert HoldsA(a={"x": 12}).infra.uid() != HoldsA().infra.uid()
+
+
+def test_required_fields_never_pruned() -> None:
+    assert _cfg(RequiredFields(a=A(), n=0)) == {"a": {}, "n": 0}
+    assert _cfg(RequiredFields(a=A(x=3), n=0)) == {"a": {"x": 3}, "n": 0}
+
+
+# --- discriminated unions ---------------------------------------------------------------------
+class D1(pydantic.BaseModel):
+    model_config = FORBID
+    kind: tp.Literal["d1"] = "d1"
+    x: int = 1
+
+
+class D2(pydantic.BaseModel):
+    model_config = FORBID
+    kind: tp.Literal["d2"] = "d2"
+    y: int = 2
+
+
+class HoldsDisc(pydantic.BaseModel):
+    inst: D1 | D2 = pydantic.Field(D1(), discriminator="kind")
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
+class TopDisc(pydantic.BaseModel):
+    kind: tp.Literal["top"] = "top"
+    z: int = 3
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def process(self) -> int:
+        return self.z
+
+
+class HoldsTopDisc(pydantic.BaseModel):
+    inst: TopDisc | D1 = pydantic.Field(D1(), discriminator="kind")
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
+def test_discriminated_union_uids() -> None:
+    assert _cfg(HoldsDisc()) == {}
+    assert _cfg(HoldsDisc(inst={"kind": "d1"})) == {}  # equal to the default: dropped whole
+    assert _cfg(HoldsDisc(inst={"kind": "d1", "x": 3})) == {"inst": {"kind": "d1", "x": 3}}
+    # the surviving sub-model keeps its discriminator, even at its default value
+    assert _cfg(HoldsDisc(inst={"kind": "d2"})) == {"inst": {"kind": "d2"}}
+    assert _cfg(HoldsDisc(inst={"kind": "d2", "y": 5})) == {"inst": {"kind": "d2", "y": 5}}
+    assert HoldsDisc(inst={"kind": "d2"}).infra.uid() != HoldsDisc().infra.uid()
+
+
+def test_top_model_discriminator_ignored() -> None:
+    assert _cfg(TopDisc()) == {}
+    assert _cfg(TopDisc(z=4)) == {"z": 4}
+    # the same class inside a discriminated union keeps it
+    assert _cfg(HoldsTopDisc(inst={"kind": "top"})) == {"inst": {"kind": "top"}}
+
+
+def test_union_of_models_without_discriminator() -> None:
+    with pytest.raises(RuntimeError, match="discriminator"):
+
+        class Ambiguous(pydantic.BaseModel):
+            inst: D1 | D2 = D1()
+            infra: TaskInfra = TaskInfra()
+
+            @infra.apply
+            def process(self) -> int:
+                return 1
+
+        Ambiguous(inst=D2(y=3)).infra.uid()
+
+
+def test_raw_basemodel_annotation() -> None:
+    with pytest.raises(RuntimeError, match="discriminat"):
+
+        class Raw(pydantic.BaseModel):
+            inst: pydantic.BaseModel = D1()
+            infra: TaskInfra = TaskInfra()
+
+            @infra.apply
+            def process(self) -> int:
+                return 1
+
+        Raw(inst=D1(x=3)).infra.uid()
+
+
+class NoExtra(pydantic.BaseModel):
+    x: int = 1
+
+
+class HoldsNoExtra(pydantic.BaseModel):
+    sub: NoExtra = NoExtra()
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
+def test_submodel_without_extra_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="extra"):
+        HoldsNoExtra(sub={"x": 2}).infra.uid()
+
+
+# --- owner model_config ---------------------------------------------------------------------
+class AllowsExtra(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="allow")
+    x: int = 1
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def process(self) -> int:
+        return self.x
+
+
+def test_infra_makes_extra_forbid_the_default() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        Basic(unknown=12)  # type: ignore[call-arg]
+    assert Basic.model_config.get("extra") == "forbid"
+    obj = AllowsExtra(unknown=12)  # type: ignore[call-arg]
+    assert obj.unknown == 12  # type: ignore[attr-defined]
+
+
+# --- hooks and dict order -------------------------------------------------------------------
+class Overridden(pydantic.BaseModel):
+    model_config = FORBID
+    x: int = 1
+    noise: int = 0
+
+    def _exca_uid_dict_override(self) -> dict[str, tp.Any]:
+        return {"custom": self.x * 10}
+
+
+class HoldsOverridden(pydantic.BaseModel):
+    sub: Overridden = Overridden()
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
+def test_uid_dict_override_hook() -> None:
+    assert _cfg(HoldsOverridden(sub={"x": 3, "noise": 5})) == {"sub": {"custom": 30}}
+    assert (
+        HoldsOverridden(sub={"x": 3, "noise": 5}).infra.uid()
+        == HoldsOverridden(sub={"x": 3, "noise": 6}).infra.uid()
+    )
+    assert _cfg(HoldsOverridden(sub={"noise": 5})) == {}  # same override as the default
+
+
+class Dicts(pydantic.BaseModel):
+    od: collections.OrderedDict[str, int] = collections.OrderedDict()
+    d: dict[str, int] = {}
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
+def test_ordered_dict_order_matters_plain_dict_not() -> None:
+    od1 = Dicts(od=collections.OrderedDict([("a", 1), ("bb", 2)]))
+    od2 = Dicts(od=collections.OrderedDict([("bb", 2), ("a", 1)]))
+    assert od1.infra.uid() != od2.infra.uid()
+    assert list(od2.infra.config()["od"]) == ["bb", "a"]
+    d1 = Dicts(d={"a": 1, "bb": 2})
+    d2 = Dicts(d={"bb": 2, "a": 1})
+    assert d1.infra.uid() == d2.infra.uid()
+
+
+# --- folder names -----------------------------------------------------------------------------
+def test_uid_folder(tmp_path: Path) -> None:
+    obj = Basic(p=2, infra={"folder": tmp_path})
+    expected = tmp_path / f"{MODULE}.Basic.process,1" / ConfDict(p=2).to_uid()
+    assert obj.infra.uid_folder() == expected
+    assert not expected.exists()  # create=False
+    assert Basic(infra={"folder": tmp_path}).infra.uid_folder() == expected.with_name("default")
+    assert Basic().infra.uid_folder() is None
+    created = obj.infra.uid_folder(create=True)
+    assert created == expected and (expected / "uid.yaml").exists()
+
+
+class CustomUidInfra(TaskInfra):
+    _uid_string = "{method}-v{version}/{uid}"
+
+
+class BadUidInfra(TaskInfra):
+    _uid_string = "{method}/{uid}"
+
+
+class BadUidInfraAnnotated(TaskInfra):
+    _uid_string: str = "{uid}/{method}/{version}/{uid}"
+
+
+class CustomUid(pydantic.BaseModel):
+    x: int = 1
+    infra: CustomUidInfra = CustomUidInfra(version="2")
+
+    @infra.apply
+    def process(self) -> int:
+        return self.x
+
+
+class BadUid(pydantic.BaseModel):
+    infra: BadUidInfra = BadUidInfra()
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
+class BadUidAnnotated(pydantic.BaseModel):
+    infra: BadUidInfraAnnotated = BadUidInfraAnnotated()
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
+def test_uid_string_customisation() -> None:
+    assert CustomUid(x=3).infra.uid() == f"{MODULE}.CustomUid.process-v2/{ConfDict(x=3).to_uid()}"
+    with pytest.raises(ValueError, match="_uid_string"):
+        BadUid().infra.uid()
+
+
+def test_uid_string_annotated_override_is_checked() -> None:
+    with pytest.raises(ValueError, match="_uid_string"):
+        BadUidAnnotated().infra.uid()
+
+
+# --- yaml files -------------------------------------------------------------------------------
+class WithSub(pydantic.BaseModel):
+    p: int = 1
+    a: A = A()
+    infra: TaskInfra = TaskInfra(version="1", gpus_per_node=2)
+
+    @infra.apply
+    def process(self) -> int:
+        CALLS.append("WithSub")
+        return self.p
+
+
+def test_yaml_files_written_when_computing(tmp_path: Path) -> None:
+    obj = WithSub(p=2, a={"y": "z"}, infra={"folder": tmp_path, "cpus_per_task": 3})
+    folder = obj.infra.uid_folder()
+    assert folder is not None
+    assert not folder.exists()  # nothing written at construction or by uid()
+    assert obj.process() == 2
+    assert ConfDict(_read(folder / "uid.yaml")) == {"p": 2, "a": {"y": "z"}}
+    assert ConfDict(_read(folder / "full-uid.yaml")) == {
+        "p": 2,
+        "a": {"x": 12, "y": "z"},
+        "infra": {"version": "1"},
+    }
+    config = ConfDict(_read(folder / "config.yaml"))
+    assert config["p"] == 2 and config["a"] == {"x": 12, "y": "z"}
+    infra = config["infra"]
+    assert "permissions" not in infra
+    assert infra["version"] == "1"
+    assert infra["gpus_per_node"] == 2  # inherited from the class default
+    assert infra["cpus_per_task"] == 3
+    assert infra["folder"] == str(tmp_path)
+    for name in ("cluster", "mode", "keep_in_ram", "logs", "timeout_min", "slurm_partition"):
+        assert name in infra
+    # the config round-trips into an equal object
+    assert WithSub(**config).infra.uid() == obj.infra.uid()
+
+
+def test_config_yaml_written_once(tmp_path: Path) -> None:
+    WithSub(p=3, infra={"folder": tmp_path, "cpus_per_task": 3}).process()
+    other = WithSub(p=3, infra={"folder": tmp_path, "cpus_per_task": 5, "keep_in_ram": True})
+    assert other.process() == 3
+    folder = other.infra.uid_folder()
+    assert folder is not None
+    assert _read(folder / "config.yaml")["infra"]["cpus_per_task"] == 3
+
+
+def test_inconsistent_uid_yaml(tmp_path: Path) -> None:
+    obj = WithSub(p=4, infra={"folder": tmp_path})
+    folder = obj.infra.uid_folder()
+    assert folder is not None
+    folder.mkdir(parents=True)
+    (folder / "uid.yaml").write_text("p: 5\n")
+    before = _calls("WithSub")
+    with pytest.raises(RuntimeError, match="Inconsistent uid config"):
+        obj.process()
+    assert _calls("WithSub") == before  # checked before computing
+
+
+def test_changed_default_in_full_uid_yaml(tmp_path: Path) -> None:
+    obj = WithSub(p=4, infra={"folder": tmp_path})
+    folder = obj.infra.uid_folder()
+    assert folder is not None
+    folder.mkdir(parents=True)
+    # as if the cache had been written when the class default of A.x was 99
+    stale = {"p": 4, "a": {"x": 99, "y": "y"}, "infra": {"version": "1"}}
+    (folder / "full-uid.yaml").write_text(yaml.safe_dump(stale))
+    before = _calls("WithSub")
+    with pytest.raises(RuntimeError, match=r"full-uid\.yaml"):
+        obj.process()
+    assert _calls("WithSub") == before
+    # removing full-uid.yaml is the documented way out
+    (folder / "full-uid.yaml").unlink()
+    assert WithSub(p=4, infra={"folder": tmp_path}).process() == 4
+    assert ConfDict(_read(folder / "full-uid.yaml"))["a.x"] == 12
+
+
+@pytest.mark.parametrize("content", ["p: [unclosed\n", "- 1\n- 2\n", ""])
+def test_unreadable_yaml_replaced(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, content: str
+) -> None:
+    obj = WithSub(p=6, infra={"folder": tmp_path})
+    folder = obj.infra.uid_folder()
+    assert folder is not None
+    folder.mkdir(parents=True)
+    (folder / "uid.yaml").write_text(content)
+    (folder / "config.yaml").write_text(content)
+    with caplog.at_level(logging.WARNING, logger="exca"):
+        assert obj.process() == 6
+    assert any(r.levelno >= logging.WARNING for r in caplog.records)
+    assert ConfDict(_read(folder / "uid.yaml")) == {"p": 6}
+    assert WithSub(p=6, infra={"folder": tmp_path}).process() == 6
+
+
+# --- freezing -------------------------------------------------------------------------------
+class Frozen(pydantic.BaseModel):
+    p: int = 1
+    a: A = A()
+    _note: str = pydantic.PrivateAttr("")
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def process(self) -> int:
+        return self.p
+
+
+def test_freeze_after_uid() -> None:
+    obj = Frozen()
+    obj.p = 2  # not frozen yet
+    obj.a.x = 3
+    uid = obj.infra.uid()
+    with pytest.raises(RuntimeError, match="frozen"):
+        obj.p = 3
+    with pytest.raises(RuntimeError, match="frozen"):
+        obj.a.x = 4
+    obj._note = "private attributes can still be set"
+    assert obj._note.startswith("private")
+    assert obj.p == 2 and obj.a.x == 3 and obj.infra.uid() == uid
+    clone = obj.infra.clone_obj()
+    clone.p = 5
+    clone.a.x = 5
+    assert clone.infra.uid() != uid
+    # freezing one instance does not freeze others
+    other = Frozen()
+    other.p = 7
+    other.a.x = 7
+
+
+def test_freeze_after_first_call() -> None:
+    obj = Frozen(p=3)
+    assert obj.process() == 3
+    with pytest.raises(RuntimeError):
+        obj.p = 4
+    clone = obj.infra.clone_obj(p=4)
+    assert clone.process() == 4
+    with pytest.raises(RuntimeError):
+        clone.p = 5
+
+
+# --- class-default inheritance and infra instances ----------------------------------------
+class Gpus(pydantic.BaseModel):
+    x: int = 1
+    infra: TaskInfra = TaskInfra(version="1", gpus_per_node=12)
+
+    @infra.apply
+    def process(self) -> int:
+        return self.x
+
+
+def test_class_default_infra_seeds_instances(tmp_path: Path) -> None:
+    obj = Gpus(infra={"folder": tmp_path})
+    assert obj.infra.gpus_per_node == 12 and obj.infra.version == "1"
+    assert obj.infra.folder == tmp_path
+    over = Gpus(infra={"folder": tmp_path, "gpus_per_node": 2, "version": "3"})
+    assert over.infra.gpus_per_node == 2 and over.infra.version == "3"
+    explicit = Gpus(infra=TaskInfra(folder=tmp_path))
+    assert explicit.infra.gpus_per_node == 12 and explicit.infra.version == "1"
+    # an explicitly set field equal to the field default still overrides the class default
+    assert Gpus(infra={"version": "0"}).infra.version == "0"
+    assert Gpus().infra.gpus_per_node == 12
+
+
+class GpusWithPrivate(pydantic.BaseModel):
+    x: int = 1
+    _scratch: dict[str, int] = pydantic.PrivateAttr(default_factory=dict)
+    infra: TaskInfra = TaskInfra(version="1", gpus_per_node=12)
+
+    @infra.apply
+    def process(self) -> int:
+        return self.x
+
+
+def test_owner_with_private_attributes_links_its_infra(tmp_path: Path) -> None:
+    # regression: pydantic replaced the linking hook of owners having private attributes
+    obj = GpusWithPrivate(x=2, infra={"folder": tmp_path})
+    assert obj.infra.gpus_per_node == 12 and obj.infra.version == "1"
+    assert obj.infra.uid() == f"{MODULE}.GpusWithPrivate.process,1/{ConfDict(x=2).to_uid()}"
+    assert obj._scratch == {}
+    assert obj.process() == 2
+
+
+def test_passed_infra_is_copied(tmp_path: Path) -> None:
+    infra = TaskInfra(folder=tmp_path, version="1")
+    one = Gpus(x=1, infra=infra)
+    two = Gpus(x=2, infra=infra)
+    assert one.infra is not two.infra
+    assert one.infra is not infra
+    assert one.infra.uid() != two.infra.uid()
+    assert one.process() == 1 and two.process() == 2
+    assert one.infra.gpus_per_node == 12
+    # the class-level default is not modified either
+    assert Gpus.model_fields["infra"].default.folder is None
+
+
+def test_infra_repr_shows_non_defaults() -> None:
+    assert repr(TaskInfra()) == "TaskInfra()"
+    text = repr(TaskInfra(version="1", gpus_per_node=12))
+    assert "version='1'" in text and "gpus_per_node=12" in text
+    for name in ("cluster", "mode", "folder", "keep_in_ram", "logs", "nodes", "permissions"):
+        assert f"{name}=" not in text
+    assert repr(MapInfra()) == "MapInfra()"
+
+
+# --- subclassing -------------------------------------------------------------------------
+class Parent(pydantic.BaseModel):
+    p: int = 1
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def func(self) -> int:
+        CALLS.append("Parent")
+        return self.p
+
+
+class Inherits(Parent):
+    q: int = 0
+
+
+class OverridesUndecorated(Parent):
+    def func(self) -> int:  # type: ignore[override]
+        return super().func() + 100
+
+
+class OverridesInfra(Parent):
+    infra: TaskInfra = TaskInfra(version="2")
+
+
+def test_subclass_inheriting_method_gets_own_folder(tmp_path: Path) -> None:
+    obj = Inherits(p=2, infra={"folder": tmp_path})
+    assert obj.infra.uid() == f"{MODULE}.Inherits.func,1/{ConfDict(p=2).to_uid()}"
+    assert obj.func() == 2
+    assert (tmp_path / f"{MODULE}.Inherits.func,1").is_dir()
+    assert not (tmp_path / f"{MODULE}.Parent.func,1").exists()
+
+
+def test_subclass_overriding_method_uses_parent_cache(tmp_path: Path) -> None:
+    parent = Parent(p=5, infra={"folder": tmp_path})
+    assert parent.func() == 5
+    before = _calls("Parent")
+    child = OverridesUndecorated(p=5, infra={"folder": tmp_path})
+    assert child.infra.uid() == parent.infra.uid()
+    assert child.func() == 105
+    assert _calls("Parent") == before  # read from the parent's cache
+    assert [p.name for p in tmp_path.iterdir()] == [f"{MODULE}.Parent.func,1"]
+
+
+def test_overriding_infra_without_apply() -> None:
+    with pytest.raises(RuntimeError, match="infra"):
+        OverridesInfra()
+
+
+# --- several infras, decorator errors, private infra ---------------------------------------
+class TwoInfras(pydantic.BaseModel):
+    x: int = 1
+    task: TaskInfra = TaskInfra(version="1")
+    mapper: MapInfra = MapInfra(version="2")
+
+    @task.apply
+    def total(self) -> int:
+        return self.x * 10
+
+    @mapper.apply(item_uid=str)
+    def each(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            yield item * self.x
+
+
+def test_two_infras_on_one_class(tmp_path: Path) -> None:
+    obj = TwoInfras(x=3, task={"folder": tmp_path}, mapper={"folder": tmp_path})
+    cfg_uid = ConfDict(x=3).to_uid()
+    assert obj.task.uid() == f"{MODULE}.TwoInfras.total,1/{cfg_uid}"
+    assert obj.mapper.uid() == f"{MODULE}.TwoInfras.each,2/{cfg_uid}"
+    assert obj.total() == 30
+    assert list(obj.each([1, 2])) == [3, 6]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"{MODULE}.TwoInfras.each,2",
+        f"{MODULE}.TwoInfras.total,1",
+    ]
+    assert set(obj.task.obj_infras()) == {"task", "mapper"}
+
+
+def test_apply_twice_refused() -> None:
+    with pytest.raises(RuntimeError, match="already applied"):
+
+        class Twice(pydantic.BaseModel):
+            infra: TaskInfra = TaskInfra()
+
+            @infra.apply
+            def one(self) -> int:
+                return 1
+
+            @infra.apply
+            def two(self) -> int:
+                return 2
+
+
+def test_apply_refuses_dunders() -> None:
+    # (methods with parameters are allowed: SPEC [ours] "Tasks with inputs")
+    with pytest.raises(ValueError):
+
+        class Dunder(pydantic.BaseModel):
+            infra: TaskInfra = TaskInfra()
+
+            @infra.apply
+            def __call__(self) -> int:
+                return 1
+
+
+class PrivateInfra(pydantic.BaseModel):
+    model_config = FORBID
+    x: int = 1
+    _infra: TaskInfra = TaskInfra(version="3", keep_in_ram=True)
+
+    @_infra.apply
+    def process(self) -> int:
+        CALLS.append("PrivateInfra")
+        return self.x * 2
+
+
+def test_private_infra() -> None:
+    obj = PrivateInfra(x=4)
+    assert obj._infra.uid() == f"{MODULE}.PrivateInfra.process,3/{ConfDict(x=4).to_uid()}"
+    before = _calls("PrivateInfra")
+    assert obj.process() == 8
+    assert obj.process() == 8
+    assert _calls("PrivateInfra") == before + 1  # keep_in_ram
+    assert obj.model_dump() == {"x": 4}
+    assert "_infra" in obj._infra.obj_infras()
+    other = PrivateInfra(x=5)
+    assert other._infra is not obj._infra
+    assert other.process() == 10
+
+
+def test_private_infra_with_folder(tmp_path: Path) -> None:
+    class LocalPrivate(pydantic.BaseModel):
+        model_config = FORBID
+        x: int = 1
+        _infra: TaskInfra = TaskInfra(folder=tmp_path)
+
+        @_infra.apply
+        def process(self) -> int:
+            CALLS.append("LocalPrivate")
+            return self.x
+
+    before = _calls("LocalPrivate")
+    assert LocalPrivate(x=2).process() == 2
+    assert LocalPrivate(x=2).process() == 2
+    assert _calls("LocalPrivate") == before + 1
+    folder = LocalPrivate(x=2)._infra.uid_folder()
+    assert folder is not None and (folder / "uid.yaml").exists()
+
+
+# --- pickling and copies --------------------------------------------------------------------
+def test_pickle_and_copies_keep_working_infra(tmp_path: Path) -> None:
+    obj = Basic(p=7, infra={"folder": tmp_path})
+    assert obj.process() == "7-hello"
+    uid = obj.infra.uid()
+    before = _calls("Basic")
+    for other in (
+        pickle.loads(pickle.dumps(obj)),
+        copy.deepcopy(obj),
+        copy.copy(obj),
+        obj.model_copy(),
+        obj.model_copy(deep=True),
+    ):
+        assert other.infra is not obj.infra
+        assert other.infra.uid() == uid
+        assert other.process() == "7-hello"
+        assert other.infra.folder == tmp_path
+    assert _calls("Basic") == before  # all read from the cache
+    # an unfrozen object can be pickled before its uid is computed too
+    fresh = pickle.loads(pickle.dumps(Basic(p=8, infra={"folder": tmp_path})))
+    assert fresh.process() == "8-hello"
+    assert fresh.infra.uid() == Basic(p=8).infra.uid()

@@ -1,0 +1,532 @@
+"""The TaskInfra / MapInfra user API that needs no job (cluster=None): caching, modes,
+errors, job()/status()/clear_job(), configs and clones, validation, MapInfra rules."""
+
+from __future__ import annotations
+
+import hashlib
+import typing as tp
+from pathlib import Path
+
+import pydantic
+import pytest
+import yaml
+
+from exca import ConfDict, MapInfra, TaskInfra
+from exca.infra.workdir import WorkDir
+
+MODULE = __name__
+CALLS: list[tuple[str, int]] = []  # (method, param) of every computation below
+
+
+def _count(name: str, param: int | None = None) -> int:
+    return sum(1 for n, p in CALLS if n == name and (param is None or p == param))
+
+
+class Task(pydantic.BaseModel):
+    param: int = 1
+    fail: bool = False
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        CALLS.append(("task", self.param))
+        if self.fail:
+            raise KeyError(f"failing on purpose with param={self.param}")
+        return self.param * 10
+
+
+class Sub(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    layers: int = 2
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def build(self) -> int:
+        return self.layers
+
+
+class Outer(pydantic.BaseModel):
+    model: Sub = Sub()
+    subs: list[Sub] = []
+    lr: float = 0.1
+    infra: TaskInfra = TaskInfra(version="2")
+
+    @infra.apply
+    def train(self) -> float:
+        CALLS.append(("outer", self.model.layers))
+        return self.lr * self.model.layers
+
+
+# --- caching --------------------------------------------------------------------------------
+def test_result_cached_and_reread(tmp_path: Path) -> None:
+    task = Task(param=2, infra={"folder": tmp_path})
+    before = _count("task", 2)
+    assert task.process() == 20
+    assert task.process() == 20
+    assert Task(param=2, infra={"folder": tmp_path}).process() == 20  # a new instance
+    assert _count("task", 2) == before + 1
+    assert Task(param=3, infra={"folder": tmp_path}).process() == 30
+    assert _count("task", 2) == before + 1
+
+
+def test_keep_in_ram(tmp_path: Path) -> None:
+    ram = Task(param=4, infra={"folder": tmp_path, "keep_in_ram": True})
+    assert ram.process() == 40
+    before = _count("task", 4)
+    Task(param=4, infra={"folder": tmp_path}).infra.clear_job()  # results removed from disk
+    assert ram.process() == 40  # still in RAM
+    assert _count("task", 4) == before
+    assert Task(param=4, infra={"folder": tmp_path}).process() == 40  # recomputed
+    assert _count("task", 4) == before + 1
+
+
+def test_without_keep_in_ram_a_cleared_result_is_recomputed(tmp_path: Path) -> None:
+    disk = Task(param=17, infra={"folder": tmp_path})
+    assert disk.process() == 170
+    before = _count("task", 17)
+    Task(param=17, infra={"folder": tmp_path}).infra.clear_job()
+    assert disk.process() == 170
+    assert _count("task", 17) == before + 1
+
+
+def test_no_folder() -> None:
+    plain = Task(param=5)
+    before = _count("task", 5)
+    assert plain.process() == 50
+    assert plain.process() == 50
+    assert _count("task", 5) == before + 2  # nothing kept: recomputed on each call
+    ram = Task(param=5, infra={"keep_in_ram": True})
+    assert ram.process() == 50
+    assert ram.process() == 50
+    assert _count("task", 5) == before + 3  # RAM only
+    assert Task(param=5, infra={"keep_in_ram": True}).process() == 50
+    assert _count("task", 5) == before + 4  # nothing on disk for a new instance
+    assert ram.infra.uid_folder() is None
+
+
+# --- modes ----------------------------------------------------------------------------------
+def test_mode_force(tmp_path: Path) -> None:
+    assert Task(param=6, infra={"folder": tmp_path}).process() == 60
+    before = _count("task", 6)
+    forced = Task(param=6, infra={"folder": tmp_path, "mode": "force"})
+    assert forced.process() == 60
+    assert _count("task", 6) == before + 1
+    assert forced.process() == 60  # forced once per instance, then reused
+    assert _count("task", 6) == before + 1
+    assert Task(param=6, infra={"folder": tmp_path, "mode": "force"}).process() == 60
+    assert _count("task", 6) == before + 2  # another instance forces again
+    assert Task(param=6, infra={"folder": tmp_path}).process() == 60
+    assert _count("task", 6) == before + 2
+
+
+def test_mode_read_only(tmp_path: Path) -> None:
+    before = _count("task", 7)
+    with pytest.raises(RuntimeError):
+        Task(param=7, infra={"folder": tmp_path, "mode": "read-only"}).process()
+    assert _count("task", 7) == before
+    assert Task(param=7, infra={"folder": tmp_path}).process() == 70
+    assert Task(param=7, infra={"folder": tmp_path, "mode": "read-only"}).process() == 70
+    assert _count("task", 7) == before + 1
+
+
+def test_mode_retry_on_success_does_not_recompute(tmp_path: Path) -> None:
+    assert Task(param=8, infra={"folder": tmp_path}).process() == 80
+    before = _count("task", 8)
+    assert Task(param=8, infra={"folder": tmp_path, "mode": "retry"}).process() == 80
+    assert _count("task", 8) == before
+
+
+def test_error_cached_and_retry(tmp_path: Path) -> None:
+    def make(**infra: tp.Any) -> Task:
+        return Task(param=9, fail=True, infra={"folder": tmp_path, **infra})
+
+    before = _count("task", 9)
+    task = make()
+    assert task.infra.status() == "not submitted"
+    with pytest.raises(KeyError, match="failing on purpose"):
+        task.process()
+    assert _count("task", 9) == before + 1
+    assert task.infra.status() == "failed"
+    with pytest.raises(KeyError):
+        make().process()  # the error is cached
+    assert _count("task", 9) == before + 1
+    assert make().infra.status() == "failed"
+    with pytest.raises(KeyError):
+        make(mode="retry").process()
+    assert _count("task", 9) == before + 2
+    with pytest.raises(KeyError):
+        make(mode="force").process()
+    assert _count("task", 9) == before + 3
+
+
+# --- jobs -----------------------------------------------------------------------------------
+def test_job_for_cluster_none(tmp_path: Path) -> None:
+    task = Task(param=11, infra={"folder": tmp_path})
+    before = _count("task", 11)
+    job = task.infra.job()
+    assert _count("task", 11) == before + 1  # computed synchronously at creation
+    assert job.job_id == "#local#"
+    assert job.done()
+    job.wait()
+    assert job.result() == 110
+    assert job.results() == [110]
+    assert task.infra.status() == "completed"
+    again = Task(param=11, infra={"folder": tmp_path}).infra.job()
+    assert again.result() == 110
+    assert _count("task", 11) == before + 1
+
+
+def test_job_of_failing_task(tmp_path: Path) -> None:
+    task = Task(param=12, fail=True, infra={"folder": tmp_path})
+    job = task.infra.job()  # does not raise
+    assert job.done()
+    with pytest.raises(KeyError):
+        job.result()
+    assert task.infra.status() == "failed"
+
+
+def test_status_values(tmp_path: Path) -> None:
+    task = Task(param=13, infra={"folder": tmp_path})
+    assert task.infra.status() == "not submitted"
+    task.process()
+    assert task.infra.status() == "completed"
+    assert Task(param=13, infra={"folder": tmp_path}).infra.status() == "completed"
+
+
+def test_clear_job(tmp_path: Path) -> None:
+    task = Task(param=14, infra={"folder": tmp_path})
+    assert task.process() == 140
+    folder = task.infra.uid_folder()
+    assert folder is not None
+    assert {"uid.yaml", "full-uid.yaml", "config.yaml"} <= {p.name for p in folder.iterdir()}
+    before = _count("task", 14)
+    task.infra.clear_job()
+    assert task.infra.status() == "not submitted"
+    names = {p.name for p in folder.iterdir()}
+    assert {"uid.yaml", "full-uid.yaml"} <= names
+    assert "config.yaml" not in names
+    assert list(task.infra.iter_cached()) == []
+    assert task.process() == 140  # recomputed
+    assert _count("task", 14) == before + 1
+    assert (folder / "config.yaml").exists()
+    assert task.infra.status() == "completed"
+
+
+def test_clear_job_of_failed_task(tmp_path: Path) -> None:
+    task = Task(param=15, fail=True, infra={"folder": tmp_path})
+    with pytest.raises(KeyError):
+        task.process()
+    task.infra.clear_job()
+    assert task.infra.status() == "not submitted"
+    before = _count("task", 15)
+    with pytest.raises(KeyError):
+        task.process()
+    assert _count("task", 15) == before + 1
+
+
+# --- config / clone_obj / iter_cached / obj_infras ------------------------------------------
+def test_config() -> None:
+    obj = Outer(model={"layers": 3}, infra={"gpus_per_node": 2})
+    assert obj.infra.config() == {
+        "model": {"layers": 3, "infra": {"version": "0"}},
+        "subs": [],
+        "lr": 0.1,
+        "infra": {"version": "2"},
+    }
+    uid_cfg = obj.infra.config(uid=True, exclude_defaults=True)
+    assert isinstance(uid_cfg, ConfDict)
+    assert uid_cfg == {"model": {"layers": 3}}
+    full = obj.infra.config(uid=False, exclude_defaults=False)
+    assert full["infra.gpus_per_node"] == 2
+    assert full["model.layers"] == 3
+    assert "permissions" not in full["infra"]
+    nondefault = obj.infra.config(uid=False, exclude_defaults=True)
+    # the infra differs from the field default: its fields are compared with TaskInfra's
+    assert nondefault == {"model": {"layers": 3}, "infra": {"gpus_per_node": 2, "version": "2"}}
+
+
+def test_clone_obj(tmp_path: Path) -> None:
+    obj = Outer(model={"layers": 3}, infra={"folder": tmp_path})
+    obj.infra.uid()  # frozen
+    clone = obj.infra.clone_obj({"model.layers": 4, "infra.mode": "force"})
+    assert isinstance(clone, Outer)
+    assert clone.model.layers == 4 and clone.infra.mode == "force"
+    assert clone.infra.folder == tmp_path and clone.lr == 0.1
+    assert obj.model.layers == 3 and obj.infra.mode == "cached"
+    clone.lr = 0.2  # not frozen
+    kw = obj.infra.clone_obj(**{"lr": 0.5, "model.layers": 5})
+    assert kw.lr == 0.5 and kw.model.layers == 5
+    nested = obj.infra.clone_obj({"model": {"layers": 6}})
+    assert nested.model.layers == 6
+    same = obj.infra.clone_obj()
+    assert same.infra.uid() == obj.infra.uid() and same is not obj
+    with pytest.raises(ValueError):
+        obj.infra.clone_obj({"lr": 0.3}, lr=0.4)
+    with pytest.raises(ValueError):
+        obj.infra.clone_obj({"lr": 0.3}, {"lr": 0.4})
+    with pytest.raises(pydantic.ValidationError):
+        obj.infra.clone_obj({"unknown": 1})
+
+
+def test_iter_cached(tmp_path: Path) -> None:
+    for layers in (1, 2):
+        assert Outer(model={"layers": layers}, infra={"folder": tmp_path}).train() > 0
+    # a uid folder without a result
+    pending = Outer(model={"layers": 3}, infra={"folder": tmp_path})
+    pending.infra.uid_folder(create=True)
+    cached = list(pending.infra.iter_cached())
+    assert all(isinstance(c, Outer) for c in cached)
+    assert sorted(c.model.layers for c in cached) == [1, 2]
+    assert all(c.infra.folder == tmp_path for c in cached)
+    before = _count("outer")
+    assert sorted(c.train() for c in cached) == [0.1, 0.2]
+    assert _count("outer") == before
+    assert list(Outer().infra.iter_cached()) == []  # no folder
+
+
+def test_obj_infras() -> None:
+    obj = Outer(subs=[Sub(), Sub(layers=4)])
+    infras = obj.infra.obj_infras()
+    assert set(infras) == {"infra", "model.infra", "subs.0.infra", "subs.1.infra"}
+    assert infras["infra"] is obj.infra
+    assert infras["model.infra"] is obj.model.infra
+    assert infras["subs.1.infra"] is obj.subs[1].infra
+    assert all(isinstance(i, TaskInfra) for i in infras.values())
+
+
+# --- validation -----------------------------------------------------------------------------
+@pytest.mark.parametrize("cluster", ["auto", "local", "slurm", "debug"])
+def test_cluster_requires_folder(cluster: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="folder"):
+        Task(infra={"cluster": cluster})
+    assert Task(infra={"cluster": cluster, "folder": tmp_path}).infra.cluster == cluster
+
+
+def test_workdir_requires_folder(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="folder"):
+        Task(infra={"workdir": {"copied": ["."]}})
+    task = Task(infra={"workdir": {"copied": ["."]}, "folder": tmp_path})
+    assert isinstance(task.infra.workdir, WorkDir)
+
+
+def test_tasks_per_node_requires_srun(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="slurm_use_srun"):
+        Task(infra={"folder": tmp_path, "cluster": "slurm", "tasks_per_node": 2})
+    ok = Task(
+        infra={"folder": tmp_path, "cluster": "slurm", "tasks_per_node": 2, "slurm_use_srun": True}
+    )
+    assert ok.infra.tasks_per_node == 2
+    assert Task(infra={"folder": tmp_path, "tasks_per_node": 2}).infra.tasks_per_node == 2
+
+
+def test_conda_env_refused_without_cluster(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="conda_env"):
+        Task(infra={"folder": tmp_path, "conda_env": "myenv"})
+    with pytest.raises(ValueError, match="conda_env"):
+        Task(infra={"folder": tmp_path, "conda_env": "myenv", "cluster": "debug"})
+
+
+def test_permissions_parsing() -> None:
+    assert TaskInfra().permissions == 0o777
+    assert TaskInfra(permissions="a+rwx").permissions == 0o777  # type: ignore[arg-type]
+    assert TaskInfra(permissions="").permissions is None  # type: ignore[arg-type]
+    assert TaskInfra(permissions=None).permissions is None
+    assert TaskInfra(permissions=0o750).permissions == 0o750
+    assert MapInfra(permissions="a+rwx").permissions == 0o777  # type: ignore[arg-type]
+
+
+def test_permissions_applied(tmp_path: Path) -> None:
+    task = Task(param=16, infra={"folder": tmp_path / "cache", "permissions": 0o750})
+    task.process()
+    folder = task.infra.uid_folder()
+    assert folder is not None
+    assert (folder / "uid.yaml").stat().st_mode & 0o777 == 0o750
+    assert folder.stat().st_mode & 0o777 == 0o750
+
+
+# --- MapInfra --------------------------------------------------------------------------------
+class Mapper(pydantic.BaseModel):
+    coeff: int = 1
+    infra: MapInfra = MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: tp.Sequence[int]) -> tp.Iterator[int]:
+        for item in items:
+            CALLS.append(("map", item))
+            yield item * self.coeff
+
+
+class LongUids(pydantic.BaseModel):
+    infra: MapInfra = MapInfra()
+
+    @infra.apply(item_uid=lambda item: "u" * item, item_uid_max_length=40)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        yield from items
+
+
+class NoShortening(pydantic.BaseModel):
+    infra: MapInfra = MapInfra()
+
+    @infra.apply(item_uid=lambda item: "u" * item, item_uid_max_length=None)
+    def process(self, items: tp.Iterable[int]) -> tp.Iterator[int]:
+        yield from items
+
+
+def test_map_defaults() -> None:
+    infra = MapInfra()
+    assert infra.keep_in_ram is True
+    assert infra.max_jobs == 128
+    assert infra.min_samples_per_job == 1
+    assert infra.forbid_single_item_computation is False
+    # (mode="retry" is allowed for maps: SPEC [ours] "Map errors")
+    for cluster in ("threadpool", "processpool"):
+        assert MapInfra(cluster=cluster).cluster == cluster  # type: ignore[arg-type]
+
+
+def test_map_apply_rules() -> None:
+    infra = MapInfra()
+    with pytest.raises(TypeError):
+
+        class Bare(pydantic.BaseModel):
+            infra: MapInfra = MapInfra()
+
+            @infra.apply
+            def process(self, items: list[int]) -> tp.Iterator[int]:
+                yield from items
+
+    with pytest.raises(TypeError, match="item_uid"):
+        infra.apply()
+
+    def three(self: tp.Any, items: list[int], other: int) -> tp.Iterator[int]:
+        yield from items
+
+    def one(self: tp.Any) -> tp.Iterator[int]:
+        yield 1
+
+    def unannotated(self: tp.Any, items):  # type: ignore[no-untyped-def]
+        yield from items
+
+    def wrong_hint(self: tp.Any, items: int) -> tp.Iterator[int]:
+        yield items
+
+    with pytest.raises(ValueError):
+        MapInfra().apply(item_uid=str)(three)
+    with pytest.raises(ValueError):
+        MapInfra().apply(item_uid=str)(one)
+    with pytest.raises(TypeError):
+        MapInfra().apply(item_uid=str)(unannotated)
+    with pytest.raises(TypeError):
+        MapInfra().apply(item_uid=str)(wrong_hint)
+    for hint in (list[int], tuple[int, ...], tp.Sequence[int], tp.Iterable[int], tp.List[int]):  # noqa: UP006
+
+        def ok(self: tp.Any, items: tp.Any) -> tp.Iterator[int]:
+            yield from items
+
+        ok.__annotations__["items"] = hint
+        assert MapInfra().apply(item_uid=str)(ok) is not None
+    with pytest.raises(ValueError):
+        MapInfra().apply(item_uid=str, item_uid_max_length=31)(ok)
+
+
+def test_map_call_rules(tmp_path: Path) -> None:
+    obj = Mapper(coeff=2, infra={"folder": tmp_path})
+    assert list(obj.process([1, 2])) == [2, 4]
+    assert list(obj.process(items=[3])) == [6]
+    with pytest.raises(NameError):
+        obj.process(things=[1])
+    with pytest.raises(ValueError):
+        obj.process()
+    with pytest.raises(ValueError):
+        obj.process([1], [2])
+    with pytest.raises(ValueError):
+        obj.process([1], items=[2])
+
+
+def test_map_output_order_and_duplicates(tmp_path: Path) -> None:
+    obj = Mapper(coeff=3, infra={"folder": tmp_path})
+    before = len(CALLS)
+    assert list(obj.process([4, 1, 4, 2, 1])) == [12, 3, 12, 6, 3]
+    computed = sorted(item for _, item in CALLS[before:])
+    assert computed == [1, 2, 4]  # each unique item computed once
+    assert list(obj.process(x for x in (2, 5, 2))) == [6, 15, 6]  # any iterable
+    assert list(Mapper(coeff=3, infra={"folder": tmp_path}).process([5, 4])) == [15, 12]
+    assert len(CALLS) == before + 4
+    assert sorted(obj.infra.cache_dict.keys()) == ["1", "2", "4", "5"]
+
+
+def test_map_cache_dict(tmp_path: Path) -> None:
+    obj = Mapper(coeff=4, infra={"folder": tmp_path})
+    list(obj.process([1, 2]))
+    cache = obj.infra.cache_dict
+    folder = obj.infra.uid_folder()
+    assert folder is not None
+    assert set(cache.keys()) == {"1", "2"}
+    assert cache["2"] == 8
+    assert any(p.name.endswith("-info.jsonl") for p in folder.iterdir())
+    assert (folder / "uid.yaml").exists() and (folder / "config.yaml").exists()
+    assert yaml.safe_load((folder / "uid.yaml").read_text()) == {"coeff": 4}
+
+
+def test_map_without_folder() -> None:
+    ram = Mapper(coeff=5)
+    before = len(CALLS)
+    assert list(ram.process([1])) == [5]
+    assert list(ram.process([1])) == [5]
+    assert len(CALLS) == before + 1  # keep_in_ram=True by default: RAM cache
+    plain = Mapper(coeff=5, infra={"keep_in_ram": False})
+    assert list(plain.process([1])) == [5]
+    assert list(plain.process([1])) == [5]
+    assert len(CALLS) == before + 3
+
+
+def test_map_modes(tmp_path: Path) -> None:
+    list(Mapper(coeff=6, infra={"folder": tmp_path}).process([1, 2]))
+    before = len(CALLS)
+    readonly = Mapper(coeff=6, infra={"folder": tmp_path, "mode": "read-only"})
+    assert list(readonly.process([2, 1])) == [12, 6]
+    with pytest.raises(RuntimeError):
+        list(readonly.process([1, 3]))
+    assert len(CALLS) == before
+    forced = Mapper(coeff=6, infra={"folder": tmp_path, "mode": "force"})
+    assert list(forced.process([1, 2])) == [6, 12]
+    assert len(CALLS) == before + 2
+    assert list(forced.process([1, 2, 3])) == [6, 12, 18]  # each uid forced once per instance
+    assert len(CALLS) == before + 3
+
+
+def test_forbid_single_item_computation(tmp_path: Path) -> None:
+    obj = Mapper(coeff=7, infra={"folder": tmp_path, "forbid_single_item_computation": True})
+    with pytest.raises(RuntimeError):
+        list(obj.process([1]))
+    assert list(obj.process([1, 2])) == [7, 14]
+    assert list(obj.process([1])) == [7]  # cached: fine
+
+
+def test_map_folder_parent_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="parent"):
+        Mapper(infra={"folder": tmp_path / "missing" / "cache"})
+    assert Mapper(infra={"folder": tmp_path / "cache"}).infra.folder == tmp_path / "cache"
+
+
+def _shortened(uid: str, max_length: int) -> str:
+    c = (max_length - 13 - len(str(len(uid)))) // 2
+    digest = hashlib.md5(uid.encode("utf8")).hexdigest()[:8]
+    return f"{uid[:c]}..{len(uid) - 2 * c}..{uid[-c:]}-{digest}"
+
+
+def test_item_uid_shortening(tmp_path: Path) -> None:
+    obj = LongUids(infra={"folder": tmp_path})
+    item_uid = obj.infra.item_uid
+    assert item_uid(40) == "u" * 40
+    long = "u" * 100
+    short = item_uid(100)
+    assert short == _shortened(long, 40)
+    assert short.startswith("u" * 12 + "..76..") and len(short) <= 40
+    assert item_uid.shorten(short) == short  # idempotent
+    assert list(obj.process([100, 3])) == [100, 3]
+    assert set(obj.infra.cache_dict.keys()) == {short, "uuu"}
+    # the default maximum is 256
+    default = Mapper(infra={"folder": tmp_path}).infra.item_uid
+    assert default.shorten("x" * 256) == "x" * 256
+    assert default.shorten("x" * 300) == _shortened("x" * 300, 256)
+    assert NoShortening().infra.item_uid(1000) == "u" * 1000

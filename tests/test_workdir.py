@@ -1,0 +1,214 @@
+"""WorkDir (SPEC §7): validation, name resolution, filters, copying at activation time,
+activate() (cwd and sys.path), and log_commit. No job is submitted here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pydantic
+import pytest
+
+import exca
+from exca.infra.workdir import WorkDir
+
+
+def _write(path: Path, text: str = "x = 1\n") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project folder (the cwd) with a package, data files and caches."""
+    root = tmp_path / "project"
+    _write(root / "pkg" / "__init__.py")
+    _write(root / "pkg" / "core.py", "VALUE = 1\n")
+    _write(root / "pkg" / "sub" / "deep" / "mod.py")
+    _write(root / "pkg" / "notes.txt", "not python")
+    _write(root / "pkg" / "config.yaml", "a: 1\n")
+    _write(root / "pkg" / "__pycache__" / "core.py")
+    _write(root / "pkg" / ".git" / "hooks.py")
+    _write(root / "pkg" / "skipme" / "mod.py")
+    _write(root / "pkg" / "skip_this.py")
+    _write(root / "script.py", "print('hello')\n")
+    monkeypatch.chdir(root)
+    return root
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_validation() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        WorkDir(copied=[])
+    with pytest.raises(pydantic.ValidationError):
+        WorkDir()  # type: ignore[call-arg]
+    with pytest.raises(pydantic.ValidationError):
+        WorkDir(copied=["."], unknown=1)  # type: ignore[call-arg]
+    wd = WorkDir(copied=["pkg"])
+    assert wd.folder is None and wd.log_commit is False
+    assert tuple(wd.includes) == ("*.py",)
+    assert tuple(wd.excludes) == ("__pycache__", ".git")
+
+
+def test_resolution(project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wd = WorkDir(copied=["pkg"])
+    assert wd.resolve("pkg") == project / "pkg"  # cwd first
+    assert wd.resolve("script.py") == project / "script.py"
+    absolute = _write(tmp_path / "elsewhere" / "otherpkg" / "a.py").parent
+    assert wd.resolve(absolute) == absolute
+    with pytest.raises(ValueError):
+        wd.resolve("does_not_exist_anywhere")
+    with pytest.raises(ValueError):
+        wd.resolve(tmp_path / "missing" / "abs")
+    # then PYTHONPATH
+    _write(tmp_path / "pythonpath" / "frompath" / "m.py")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "pythonpath"))
+    assert wd.resolve("frompath") == tmp_path / "pythonpath" / "frompath"
+    # an editable package (exca itself)
+    assert wd.resolve("exca") == Path(exca.__file__).parent
+    # a site-installed package cannot be copied
+    with pytest.raises(ValueError, match="editable"):
+        wd.resolve("yaml")
+
+
+def test_copy_happens_at_activation(project: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "code"
+    wd = WorkDir(copied=["pkg", "script.py"], folder=folder)
+    assert not folder.exists()  # nothing copied at construction
+    with wd.activate():
+        pass
+    assert _files(folder) == {
+        "pkg/__init__.py",
+        "pkg/core.py",
+        "pkg/sub/deep/mod.py",
+        "pkg/skipme/mod.py",
+        "pkg/skip_this.py",
+        "script.py",
+    }
+    assert (folder / "pkg" / "core.py").read_text() == "VALUE = 1\n"
+
+
+def test_includes_and_excludes(project: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "code"
+    wd = WorkDir(
+        copied=["pkg"], folder=folder, includes=("*.py", "*.yaml"), excludes=("skip*", "sub")
+    )
+    with wd.activate():
+        pass
+    assert _files(folder) == {
+        "pkg/__init__.py",
+        "pkg/core.py",
+        "pkg/config.yaml",
+        "pkg/__pycache__/core.py",  # the default excludes were replaced
+        "pkg/.git/hooks.py",
+    }
+
+
+def test_relative_and_absolute_destinations(project: Path, tmp_path: Path) -> None:
+    absolute = _write(tmp_path / "elsewhere" / "otherpkg" / "a.py").parent
+    folder = tmp_path / "code"
+    wd = WorkDir(copied=["pkg/sub", str(absolute)], folder=folder)
+    wd.populate()
+    assert _files(folder) == {"pkg/sub/deep/mod.py", "otherpkg/a.py"}
+
+
+def test_existing_destinations_not_recopied(project: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "code"
+    wd = WorkDir(copied=["pkg"], folder=folder)
+    with wd.activate():
+        pass
+    _write(project / "pkg" / "core.py", "VALUE = 2\n")
+    _write(project / "pkg" / "new.py")
+    with WorkDir(copied=["pkg"], folder=folder).activate():
+        pass
+    assert (folder / "pkg" / "core.py").read_text() == "VALUE = 1\n"
+    assert not (folder / "pkg" / "new.py").exists()
+    # another folder gets a fresh snapshot
+    other = tmp_path / "code2"
+    WorkDir(copied=["pkg"], folder=other).populate()
+    assert (other / "pkg" / "core.py").read_text() == "VALUE = 2\n"
+
+
+def test_activate_changes_and_restores_cwd_and_sys_path(project: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "code"
+    wd = WorkDir(copied=["pkg"], folder=folder)
+    path_before = list(sys.path)
+    with wd.activate() as active:
+        assert Path(active) == folder
+        assert Path.cwd() == folder
+        assert sys.path[0] == str(folder)
+        with wd.activate():  # re-entrant
+            assert Path.cwd() == folder
+            assert sys.path.count(str(folder)) == 1
+        assert Path.cwd() == folder  # still active after the inner exit
+        assert sys.path[0] == str(folder)
+    assert Path.cwd() == project
+    assert sys.path == path_before
+
+
+def test_activate_restores_on_error(project: Path, tmp_path: Path) -> None:
+    wd = WorkDir(copied=["pkg"], folder=tmp_path / "code")
+    path_before = list(sys.path)
+    with pytest.raises(KeyError), wd.activate():
+        raise KeyError("inside")
+    assert Path.cwd() == project
+    assert sys.path == path_before
+
+
+def _git(repo: Path, *args: str) -> str:
+    env = dict(
+        os.environ,
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@example.com",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@example.com",
+    )
+    out = subprocess.run(
+        ["git", *args], cwd=repo, env=env, capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    _write(repo / "code.py", "A = 1\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", "code.py")
+    _git(repo, "commit", "-q", "-m", "first")
+    return repo
+
+
+def test_log_commit_clean_repo(repo: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "code"
+    wd = WorkDir(copied=[repo], folder=folder, log_commit=True)
+    with wd.activate():
+        pass
+    log = folder / "git-hashes.log"
+    assert log.exists()
+    assert _git(repo, "rev-parse", "HEAD") in log.read_text()
+    assert (folder / "repo" / "code.py").exists()
+
+
+def test_log_commit_dirty_repo(repo: Path, tmp_path: Path) -> None:
+    _write(repo / "code.py", "A = 2\n")  # uncommitted change
+    wd = WorkDir(copied=[repo], folder=tmp_path / "code", log_commit=True)
+    cwd = Path.cwd()
+    with pytest.raises(RuntimeError, match="uncommitted"), wd.activate():
+        pass
+    assert Path.cwd() == cwd
+    assert not (tmp_path / "code" / "git-hashes.log").exists()
+    # without log_commit, a dirty repo is fine
+    WorkDir(copied=[repo], folder=tmp_path / "code3").populate()
+
+
+def test_public_module() -> None:
+    from exca.workdir import WorkDir as Public  # type: ignore[import-not-found]
+
+    assert Public is WorkDir
