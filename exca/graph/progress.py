@@ -48,5 +48,6 @@ class Progress:
 
     def close(self) -> None:
         if self._bar is not None:
+            self._bar.refresh()  # show the final count (logs keep it; terminals clear it)
             self._bar.close()
             self._bar = None

@@ -1,0 +1,117 @@
+"""A cache hit is nearly free: no networkx, no submitit, no claim, no Slurm command.
+And the progress display: shown on request, quiet otherwise."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, typing as tp
+    import numpy as np, pydantic
+    import exca
+
+    class Task(pydantic.BaseModel):
+        x: int = 1
+        infra: exca.TaskInfra = exca.TaskInfra(version="1", cluster="slurm")
+
+        @infra.apply
+        def process(self) -> int:
+            return self.x * 2
+
+    class Map(pydantic.BaseModel):
+        infra: exca.MapInfra = exca.MapInfra(version="1", cluster="slurm")
+
+        @infra.apply(item_uid=str)
+        def process(self, items: tp.Sequence[int]) -> tp.Iterator[np.ndarray]:
+            for item in items:
+                yield np.zeros(3) + item
+
+    folder = sys.argv[1]
+    if sys.argv[2] == "compute":  # fill the cache inline (cluster=None) first
+        Task(infra={"folder": folder, "cluster": None}).process()
+        list(Map(infra={"folder": folder, "cluster": None}).process([1, 2, 3]))
+        raise SystemExit
+    import subprocess as sp
+    import exca.storage.claims as claims
+
+    def no_claim(*args, **kwargs):
+        raise AssertionError("a cache hit took a claim")
+
+    def no_command(*args, **kwargs):
+        raise AssertionError(f"a cache hit ran a command: {args}")
+
+    claims.Claims.claim = no_claim
+    sp.run = sp.Popen = no_command
+    assert Task(infra={"folder": folder}).process() == 2
+    out = list(Map(infra={"folder": folder}).process([1, 2, 3]))
+    assert [float(o[0]) for o in out] == [1.0, 2.0, 3.0]
+    loaded = sorted(m for m in ("networkx", "submitit") if m in sys.modules)
+    print("LOADED", loaded)
+    """
+)
+
+
+def _run(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    return subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def test_cache_hit_imports_no_networkx_nor_submitit_and_takes_no_claim(tmp_path: Path) -> None:
+    folder = str(tmp_path / "cache")
+    first = _run(tmp_path, folder, "compute")
+    assert first.returncode == 0, first.stderr
+    hit = _run(tmp_path, folder, "hit")
+    assert hit.returncode == 0, hit.stderr
+    assert "LOADED []" in hit.stdout
+
+
+PROGRESS_SCRIPT = textwrap.dedent(
+    """
+    import sys, typing as tp
+    import pydantic
+    import exca
+
+    class Map(pydantic.BaseModel):
+        infra: exca.MapInfra = exca.MapInfra(version="1")
+
+        @infra.apply(item_uid=str)
+        def process(self, items: tp.Sequence[int]) -> tp.Iterator[int]:
+            for item in items:
+                yield item
+
+    print(sum(Map(infra={"folder": sys.argv[1]}).process(list(range(300)))))
+    """
+)
+
+
+def _progress_run(tmp_path: Path, value: str | None) -> str:
+    script = tmp_path / "progress.py"
+    script.write_text(PROGRESS_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "EXCA_PROGRESS"}
+    if value is not None:
+        env["EXCA_PROGRESS"] = value
+    folder = tmp_path / f"cache-{value}"
+    result = subprocess.run(
+        [sys.executable, str(script), str(folder)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(sum(range(300)))
+    return result.stderr
+
+
+def test_progress_is_shown_on_request_and_quiet_otherwise(tmp_path: Path) -> None:
+    forced = _progress_run(tmp_path, "1")
+    assert "300/300" in forced  # the bar reached the number of items
+    assert "it/s" in forced or "s/it" in forced
+    quiet = _progress_run(tmp_path, None)  # stderr is not a terminal here
+    assert "300/300" not in quiet
+    off = _progress_run(tmp_path, "0")
+    assert "300/300" not in off
