@@ -88,7 +88,7 @@ class ConfDict(dict[str, tp.Any]):
             node = self._step(node, part, key)
         return node
 
-    def get(self, key: str, default: tp.Any = None) -> tp.Any:  # type: ignore[override]
+    def get(self, key: str, default: tp.Any = None) -> tp.Any:
         try:
             return self[key]
         except (KeyError, IndexError):
@@ -141,7 +141,7 @@ class ConfDict(dict[str, tp.Any]):
     def __delitem__(self, key: str) -> None:
         self.pop(key)
 
-    def pop(self, key: str, default: tp.Any = _MISSING) -> tp.Any:  # type: ignore[override]
+    def pop(self, key: str, default: tp.Any = _MISSING) -> tp.Any:
         """Remove a (dotted) key and return its value; empty parent dicts are pruned."""
         self._check_key(key)
         parts = key.split(".")

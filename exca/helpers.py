@@ -43,7 +43,9 @@ def to_config_model(func: tp.Callable[..., tp.Any]) -> type[FuncConfig]:
     hints = tp.get_type_hints(func)
     for param in inspect.signature(func).parameters.values():
         if param.name == "infra":
-            raise ValueError(f"{func.__qualname__} has a parameter named 'infra', which is reserved")
+            raise ValueError(
+                f"{func.__qualname__} has a parameter named 'infra', which is reserved"
+            )
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise ValueError(f"{func.__qualname__}: *args/**kwargs cannot become config fields")
         hint = hints.get(param.name, param.annotation)
@@ -72,7 +74,8 @@ def to_config_model(func: tp.Callable[..., tp.Any]) -> type[FuncConfig]:
         infra=infra,
         build=infra.apply(build),
     )
-    return tp.cast(type[FuncConfig], type(pydantic.BaseModel)(name, (FuncConfig,), namespace))
+    metaclass: tp.Any = type(pydantic.BaseModel)
+    return tp.cast(type[FuncConfig], metaclass(name, (FuncConfig,), namespace))
 
 
 def to_config(func: tp.Callable[..., tp.Any], **kwargs: tp.Any) -> FuncConfig:
@@ -165,11 +168,15 @@ def validate_kwargs(func: tp.Callable[..., tp.Any], kwargs: dict[str, tp.Any]) -
     if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
         extra = sorted(set(kwargs) - set(params))
         if extra:
-            raise ValueError(f"{func.__qualname__} got unexpected arguments {extra}; it takes {list(params)}")
+            raise ValueError(
+                f"{func.__qualname__} got unexpected arguments {extra}; it takes {list(params)}"
+            )
     missing = [
         name
         for name, p in params.items()
-        if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in kwargs
+        if p.default is p.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and name not in kwargs
     ]
     if missing:
         raise ValueError(f"{func.__qualname__} is missing arguments {missing}")
@@ -179,7 +186,9 @@ def validate_kwargs(func: tp.Callable[..., tp.Any], kwargs: dict[str, tp.Any]) -
         if hint in (int, float, str, bool) and not isinstance(value, hint):
             if hint is float and isinstance(value, int) and not isinstance(value, bool):
                 continue
-            raise TypeError(f"{func.__qualname__}: argument {name}={value!r} should be a {hint.__name__}")
+            raise TypeError(
+                f"{func.__qualname__}: argument {name}={value!r} should be a {hint.__name__}"
+            )
 
 
 def find_slurm_job(job_id: str, folder: str | Path | None = None) -> tp.Any:
@@ -193,11 +202,16 @@ def find_slurm_job(job_id: str, folder: str | Path | None = None) -> tp.Any:
     job_id = str(job_id)
     if folder is None:
         out = subprocess.run(
-            ["scontrol", "show", "job", job_id.split("_")[0]], capture_output=True, text=True, timeout=30
+            ["scontrol", "show", "job", job_id.split("_")[0]],
+            capture_output=True,
+            text=True,
+            timeout=30,
         ).stdout
         paths = [part.split("=", 1)[1] for part in out.split() if part.startswith("StdOut=")]
         if not paths:
-            raise RuntimeError(f"scontrol does not know job {job_id} (give the cache folder instead)")
+            raise RuntimeError(
+                f"scontrol does not know job {job_id} (give the cache folder instead)"
+            )
         folder = Path(paths[0]).parent
         while folder != folder.parent and not any(folder.glob("*/*/" + registry.JOBS_DIR)):
             folder = folder.parent
@@ -205,7 +219,7 @@ def find_slurm_job(job_id: str, folder: str | Path | None = None) -> tp.Any:
     for record_path in Path(folder).rglob(f"{registry.JOBS_DIR}/{name}"):
         node_folder = record_path.parent.parent
         record = next(r for r in registry.read_all(node_folder) if r.job_id == job_id)
-        job = submitit.SlurmJob(folder=record.logs, job_id=job_id)
+        job: tp.Any = submitit.SlurmJob(folder=record.logs, job_id=job_id)
         job.config = ConfDict(read_yaml(node_folder / CONFIG_FILE) or {})
         job.uid_config = ConfDict(read_yaml(node_folder / UID_FILE) or {})
         return job

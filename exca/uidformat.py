@@ -89,8 +89,8 @@ def _number_hash(value: tp.Any) -> str:
 def _float_display(value: float) -> str:
     magnitude = abs(value)
     if 1e-3 <= magnitude <= 1e4:
-        return "%.2f" % value
-    return "%.2e" % value
+        return f"{value:.2f}"
+    return f"{value:.2e}"
 
 
 def collapse(data: tp.Any) -> tp.Any:
@@ -193,13 +193,17 @@ class _UidMakerV3:
             if isinstance(value, np.floating):
                 if float(value).is_integer():
                     return self.render(int(value))
-                return _Rendered(_clean_v3(_float_display(float(value))), f"float:{_number_hash(value)}")
+                return _Rendered(
+                    _clean_v3(_float_display(float(value))), f"float:{_number_hash(value)}"
+                )
         if isinstance(value, int):
             return self.render(int(value))
         if isinstance(value, float | decimal.Decimal | fractions.Fraction):
             if isinstance(value, float) and value.is_integer():
                 return self.render(int(value))
-            return _Rendered(_clean_v3(_float_display(float(value))), f"float:{_number_hash(value)}")
+            return _Rendered(
+                _clean_v3(_float_display(float(value))), f"float:{_number_hash(value)}"
+            )
         return _bypass(value, version=3)
 
 

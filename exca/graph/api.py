@@ -7,10 +7,10 @@ import typing as tp
 import networkx as nx
 
 from . import calls, registry, store
+from .decisions import collect
 from .jobs import Job
 from .node import TASK_KEY, Node
 from .planning import Plan
-from .decisions import collect
 from .scheduler import Scheduler
 
 

@@ -76,11 +76,15 @@ def upstream_failed(node: Node) -> bool:
 class Graph:
     """The nodes some targets need, their edges, and the decision for each node."""
 
-    def __init__(self, targets: tp.Sequence[Node], item_uids: dict[Key, list[str]] | None = None) -> None:
+    def __init__(
+        self, targets: tp.Sequence[Node], item_uids: dict[Key, list[str]] | None = None
+    ) -> None:
         self.targets = list(targets)
         self.nodes = collect(self.targets)
         self.item_uids = item_uids or {}
-        self.upstream: dict[Key, list[Key]] = {k: [n.key for n in node.upstream] for k, node in self.nodes.items()}
+        self.upstream: dict[Key, list[Key]] = {
+            k: [n.key for n in node.upstream] for k, node in self.nodes.items()
+        }
         self.downstream: dict[Key, list[Key]] = {k: [] for k in self.nodes}
         for key, ups in self.upstream.items():
             for up in ups:
@@ -100,7 +104,9 @@ class Graph:
             return list(nx.topological_sort(dag))
         except nx.NetworkXUnfeasible:
             cycle = nx.find_cycle(dag)
-            raise ValueError(f"The graph has a cycle: {[self.nodes[a].uid for a, _ in cycle]}") from None
+            raise ValueError(
+                f"The graph has a cycle: {[self.nodes[a].uid for a, _ in cycle]}"
+            ) from None
 
     # --- deciding ---------------------------------------------------------------------------
     def decide(self) -> dict[Key, NodeRun]:
@@ -229,9 +235,13 @@ class Graph:
             if registry.is_active(record, queued):
                 run.action = "wait"
                 run.reason = f"running as job {record.job_id}"
-                run.handles = [executors.SubmititHandle(registry.submitit_job(record), record.cluster)]
+                run.handles = [
+                    executors.SubmititHandle(registry.submitit_job(record), record.cluster)
+                ]
             elif run.action == "compute":
-                how = executors.SubmititHandle(registry.submitit_job(record), record.cluster).ended_how()
+                how = executors.SubmititHandle(
+                    registry.submitit_job(record), record.cluster
+                ).ended_how()
                 run.action = "fail"
                 run.reason = f"job {record.job_id} ended without a result"
                 run.error = JobFailedError(f"{run.node.uid}: {how} (use mode='retry' to recompute)")
@@ -245,7 +255,9 @@ class Graph:
             failing = next((u for u in self.upstream[key] if self.runs[u].action == "fail"), None)
             if failing is not None:
                 run.action = "fail"
-                run.reason = f"upstream {self.nodes[failing].uid} fails ({self.runs[failing].reason})"
+                run.reason = (
+                    f"upstream {self.nodes[failing].uid} fails ({self.runs[failing].reason})"
+                )
 
     def decision_error(self, run: NodeRun) -> BaseException:
         """The exception a node that fails at decision time raises."""

@@ -22,63 +22,66 @@ if tp.TYPE_CHECKING:
     from .scheduler import Scheduler
 
 
-class DetachedMixin:
-    """``Scheduler.run_detached`` (see module docstring)."""
+def submit_all(scheduler: Scheduler) -> None:
+    """Submit every node that needs work and return without waiting. Work that runs in
+    this process (cluster=None, pools) is done now, when its upstream is ready."""
+    work = scheduler.start()  # work whose upstream fails was already decided "fail"
+    pools = executors.Pools()
+    progress = Progress(0, desc="exca", requested=False)
+    submitted: list[tuple[NodeRun, executors.Handle]] = []
+    try:
+        for wave in _waves(scheduler.graph.upstream, [r.node.key for r in work]):
+            groups: dict[str, list[tuple[NodeRun, Unit]]] = {}
+            for key in wave:
+                run = scheduler.runs[key]
+                if run.action == "wait":
+                    continue
+                if not _on_slurm(run):
+                    _run_here(scheduler, run, pools, progress)
+                    continue
+                for unit in _units(scheduler, run):
+                    groups.setdefault(run.node.execution.group_key, []).append((run, unit))
+            for members in groups.values():
+                submitted.extend(_submit(scheduler, members))
+    except BaseException:
+        for run, handle in submitted:  # never leave half a submission behind
+            handle.cancel()
+            registry.forget(run.node.folder, handle.job_id)
+        raise
+    finally:
+        pools.shutdown()
 
-    def run_detached(self: Scheduler) -> None:  # type: ignore[misc]
-        """Submit every node that needs work and return without waiting. Work that runs
-        in this process (cluster=None, pools) is done now, when its upstream is ready."""
-        work = self.start()  # work whose upstream fails was already decided "fail"
-        graph = self.graph
-        pools = executors.Pools()
-        progress = Progress(0, desc="exca", requested=False)
-        submitted: list[tuple[NodeRun, executors.Handle]] = []
-        try:
-            for wave in _waves(graph.upstream, [r.node.key for r in work]):
-                groups: dict[str, list[tuple[NodeRun, Unit]]] = {}
-                for key in wave:
-                    run = self.runs[key]
-                    if run.action == "wait":
-                        continue
-                    if not _on_slurm(run):
-                        self._run_here(run, pools, progress)
-                        continue
-                    for unit in _units(self, run):
-                        groups.setdefault(run.node.execution.group_key, []).append((run, unit))
-                for members in groups.values():
-                    submitted.extend(self._submit_detached(members))
-        except BaseException:
-            for run, handle in submitted:  # never leave half a submission behind
-                handle.cancel()
-                registry.forget(run.node.folder, handle.job_id)
-            raise
-        finally:
-            pools.shutdown()
 
-    def _run_here(self: Scheduler, run: NodeRun, pools: executors.Pools, progress: Progress) -> None:  # type: ignore[misc]
-        if _dependencies(self, run.node.key):
-            raise ValueError(
-                f"Cannot submit {run.node.uid} without waiting: it runs on "
-                f"{run.node.execution.describe()} after upstream jobs, and only Slurm can start "
-                "work after other jobs (give it cluster='slurm', or use wait=True)"
-            )
-        running: dict[Key, NodeRun] = {}
-        self.launch([run], running, pools, progress)
-        while running:
-            self._wait_some(running, progress)
+def _run_here(
+    scheduler: Scheduler, run: NodeRun, pools: executors.Pools, progress: Progress
+) -> None:
+    if _dependencies(scheduler, run.node.key):
+        raise ValueError(
+            f"Cannot submit {run.node.uid} without waiting: it runs on "
+            f"{run.node.execution.describe()} after upstream jobs, and only Slurm can start "
+            "work after other jobs (give it cluster='slurm', or use wait=True)"
+        )
+    running: dict[Key, NodeRun] = {}
+    scheduler.launch([run], running, pools, progress)
+    while running:
+        scheduler.wait_some(running, progress)
 
-    def _submit_detached(self: Scheduler, members: list[tuple[NodeRun, Unit]]) -> list[tuple[NodeRun, executors.Handle]]:  # type: ignore[misc]
-        deps = sorted({d for run, _ in members for d in _dependencies(self, run.node.key)})
-        first = members[0][0].node
-        logs = executors.format_logs(first.execution.logs or "{folder}/logs/{user}/%j", first.folder)
-        handles = executors.submit_array([u for _, u in members], first.execution, logs, len(members), dependencies=deps)
-        out = []
-        for (run, unit), handle in zip(members, handles):
-            run.handles.append(handle)
-            run.state = "running"
-            self.record(run.node, unit, handle)
-            out.append((run, handle))
-        return out
+
+def _submit(
+    scheduler: Scheduler, members: list[tuple[NodeRun, Unit]]
+) -> list[tuple[NodeRun, executors.Handle]]:
+    deps = sorted({d for run, _ in members for d in _dependencies(scheduler, run.node.key)})
+    first = members[0][0].node
+    logs = executors.format_logs(first.execution.logs or "{folder}/logs/{user}/%j", first.folder)
+    units = [u for _, u in members]
+    handles = executors.submit_array(units, first.execution, logs, len(members), dependencies=deps)
+    out: list[tuple[NodeRun, executors.Handle]] = []
+    for (run, unit), handle in zip(members, handles):
+        run.handles.append(handle)
+        run.state = "running"
+        scheduler.record(run.node, unit, handle)
+        out.append((run, handle))
+    return out
 
 
 def _on_slurm(run: NodeRun) -> bool:

@@ -23,8 +23,18 @@ from .node import Execution
 from .worker import Report, Unit, run_unit
 
 logger = logging.getLogger("exca")
-FAILED_STATES = ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
-                 "BOOT_FAIL", "DEADLINE", "INTERRUPTED", "REVOKED")
+FAILED_STATES = (
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "INTERRUPTED",
+    "REVOKED",
+)
 
 
 # --- cluster detection ---------------------------------------------------------------------
@@ -156,7 +166,7 @@ class SubmititHandle(Handle):
     def error(self) -> BaseException | None:
         try:
             return tp.cast(BaseException | None, self.job.exception())
-        except Exception as e:  # noqa: BLE001 - submitit raises for uncompleted jobs
+        except Exception as e:
             return e
 
     def ended_how(self) -> str:
@@ -241,7 +251,9 @@ class Pools:
             import cloudpickle
 
             for unit in units:
-                handles.append(FutureHandle(pool.submit(_run_pickled, cloudpickle.dumps(unit)), cluster))
+                handles.append(
+                    FutureHandle(pool.submit(_run_pickled, cloudpickle.dumps(unit)), cluster)
+                )
         else:
             for unit in units:
                 handles.append(FutureHandle(pool.submit(run_unit, unit), cluster))
@@ -267,7 +279,7 @@ def submitit_executor(execution: Execution, logs: str) -> tp.Any:
         params["name"] = execution.job_name
     executor.update_parameters(**params)
     if execution.max_pickle_size_gb is not None:
-        executor._executor.max_pickle_size_gb = execution.max_pickle_size_gb
+        executor._executor.max_pickle_size_gb = execution.max_pickle_size_gb  # type: ignore[attr-defined]
     return executor
 
 
@@ -312,7 +324,9 @@ def submit_array(
     function: tp.Callable[[Unit], tp.Any] = run_unit
     if cluster == "debug" and not sys.stdin.isatty():
         function = run_unit_quietly
-    context = execution.workdir.activate() if execution.workdir is not None else contextlib.nullcontext()
+    context = (
+        execution.workdir.activate() if execution.workdir is not None else contextlib.nullcontext()
+    )
     jobs: list[tp.Any] = []
     with submitit.helpers.clean_env(), context:
         for start in range(0, len(units), size):

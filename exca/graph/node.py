@@ -47,7 +47,9 @@ class Execution:
         where = self.cluster or "inline"
         defaults = {"nodes": 1, "tasks_per_node": 1, "slurm_use_srun": False}
         shown = [
-            f"{k}={v}" for k, v in self.params if v is not None and k != "name" and defaults.get(k, ...) != v
+            f"{k}={v}"
+            for k, v in self.params
+            if v is not None and k != "name" and defaults.get(k, ...) != v
         ]
         return f"{where}({', '.join(shown)})" if shown and where not in ("inline",) else where
 

@@ -11,8 +11,8 @@ import datetime
 import json
 import typing as tp
 
-from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Node
 from .decisions import Graph, Key, NodeRun, to_chunks
+from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Node
 
 STATUS_ORDER = ("running", "missing", "forced", "cached error", "stale", "cached", "not needed")
 _MERMAID_STYLE = {
@@ -158,14 +158,23 @@ class Plan:
             if node.kind == "map":
                 todo = len(run.todo or []) if run.uids is not None else None
                 if cluster in SUBMITIT_CLUSTERS:
-                    chunks = to_chunks(todo, node.execution.max_jobs, node.execution.min_items_per_job) if todo else []
+                    chunks = (
+                        to_chunks(todo, node.execution.max_jobs, node.execution.min_items_per_job)
+                        if todo
+                        else []
+                    )
                     elements = len(chunks) if todo is not None else (node.execution.max_jobs or 1)
                 elif cluster in POOL_CLUSTERS:
                     elements = todo or 1
-            group = (wave[key], f"{cluster}|{node.execution.group_key}" if cluster else f"inline|{node.uid}")
+            group = (
+                wave[key],
+                f"{cluster}|{node.execution.group_key}" if cluster else f"inline|{node.uid}",
+            )
             array = groups.get(group)
             if array is None:
-                array = groups[group] = PlannedArray(len(groups), node.execution.describe(), 0, [], wave[key])
+                array = groups[group] = PlannedArray(
+                    len(groups), node.execution.describe(), 0, [], wave[key]
+                )
             array.elements += elements
             array.nodes.append(node.uid)
         return list(groups.values())
@@ -188,14 +197,28 @@ class Plan:
         return json.dumps(self.to_dict(), indent=indent)
 
     def __str__(self) -> str:
-        counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts().items(), key=lambda x: STATUS_ORDER.index(x[0])))
+        counts = ", ".join(
+            f"{n} {s}"
+            for s, n in sorted(self.counts().items(), key=lambda x: STATUS_ORDER.index(x[0]))
+        )
         lines = [f"Plan: {len(self.entries)} node(s): {counts}"]
         headers = ("status", "action", "node", "where", "reason")
         rows = []
         for e in self.entries:
             reason = e.reason + (f" [{e.items}]" if e.items and e.items not in e.reason else "")
-            rows.append((e.status, e.action, e.uid, e.where if e.action in ("compute", "wait") else "-", reason))
-        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+            rows.append(
+                (
+                    e.status,
+                    e.action,
+                    e.uid,
+                    e.where if e.action in ("compute", "wait") else "-",
+                    reason,
+                )
+            )
+        widths = [
+            max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+            for i, h in enumerate(headers)
+        ]
         widths[2] = min(widths[2], 80)
         fmt = "  ".join(f"{{:{w}}}" for w in widths[:-1]) + "  {}"
         lines.append("  " + fmt.format(*headers))
@@ -209,7 +232,9 @@ class Plan:
         if self.arrays:
             lines.append("Submissions:")
             for a in self.arrays:
-                lines.append(f"  wave {a.wave}: {a.elements} element(s) on {a.where} for {len(a.nodes)} node(s)")
+                lines.append(
+                    f"  wave {a.wave}: {a.elements} element(s) on {a.where} for {len(a.nodes)} node(s)"
+                )
         return "\n".join(lines)
 
     def to_mermaid(self) -> str:

@@ -29,7 +29,9 @@ class Progress:
         if total > 0 and enabled(requested):
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+            self._bar = tqdm(
+                total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr
+            )
 
     def update(self, count: int = 1) -> None:
         self.count += count

@@ -112,7 +112,15 @@ def submitit_job(record: JobRecord) -> tp.Any:
     return LocalJob(folder=record.logs, job_id=record.job_id)
 
 
-ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "COMPLETING", "CONFIGURING")
+ACTIVE_STATES = (
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "RESIZING",
+    "SUSPENDED",
+    "COMPLETING",
+    "CONFIGURING",
+)
 
 
 def is_active(record: JobRecord, queued: set[str] | None = None) -> bool:
@@ -122,7 +130,11 @@ def is_active(record: JobRecord, queued: set[str] | None = None) -> bool:
             queued = queued_jobs([record.job_id])
         return record.job_id in queued
     if record.cluster == "local":
-        alive = process.is_alive(record.host, int(record.job_id), None) if record.job_id.isdigit() else False
+        alive = (
+            process.is_alive(record.host, int(record.job_id), None)
+            if record.job_id.isdigit()
+            else False
+        )
         return bool(alive)
     return False
 
@@ -138,7 +150,10 @@ def queued_jobs(job_ids: tp.Sequence[str]) -> set[str]:
     try:
         result = subprocess.run(
             ["squeue", "-h", "-o", "%i|%T", "-j", ",".join(base)],
-            capture_output=True, text=True, timeout=30, check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return set(job_ids)  # cannot tell: assume they may still run (never resubmit twice)
@@ -167,7 +182,10 @@ def sacct_states(job_ids: tp.Sequence[str]) -> dict[str, str]:
     try:
         out = subprocess.run(
             ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(base)],
-            capture_output=True, text=True, timeout=30, check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return {}

@@ -16,7 +16,6 @@ import typing as tp
 
 from . import executors, registry, store
 from .decisions import Graph, Key, NodeRun, collect, to_chunks
-from .detached import DetachedMixin
 from .errors import JobFailedError, NodeFailures
 from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Node
 from .progress import Progress
@@ -29,7 +28,7 @@ POLL_MAX = 2.0
 __all__ = ["NodeRun", "Scheduler", "collect", "run", "to_chunks"]
 
 
-class Scheduler(DetachedMixin):
+class Scheduler:
     """Runs the nodes some targets need (see module docstring)."""
 
     def __init__(
@@ -81,6 +80,12 @@ class Scheduler(DetachedMixin):
             self._execute(work)
         self._raise_failures()
 
+    def run_detached(self) -> None:
+        """Submit every missing node at once and return (see ``detached.py``)."""
+        from .detached import submit_all
+
+        submit_all(self)
+
     def submit(self, parallelism: int | None = None) -> dict[Key, list[executors.Handle]]:
         """Submit the nodes that need work (none may depend on another's work) without
         waiting (inline nodes run now). Returns the handles per node key."""
@@ -88,7 +93,9 @@ class Scheduler(DetachedMixin):
         for run in work:
             blocked = [u for u in self.graph.upstream[run.node.key] if self.runs[u].needs_work]
             if blocked:
-                raise ValueError(f"{run.node.uid} depends on work not done yet: use run() to wait for it")
+                raise ValueError(
+                    f"{run.node.uid} depends on work not done yet: use run() to wait for it"
+                )
         pools = executors.Pools()
         self.launch(work, {}, pools, Progress(0, "exca", requested=False), parallelism)
         pools.shutdown()
@@ -108,7 +115,7 @@ class Scheduler(DetachedMixin):
                     del pending[run.node.key]
                 self.launch(ready, running, pools, progress)
                 if running:
-                    self._wait_some(running, progress)
+                    self.wait_some(running, progress)
                 elif not ready:
                     break
         except KeyboardInterrupt:
@@ -131,7 +138,11 @@ class Scheduler(DetachedMixin):
     def _skip_blocked(self, pending: dict[Key, NodeRun]) -> None:
         for key in [k for k in self.graph.order if k in pending]:
             failed = next(
-                (u for u in self.graph.upstream[key] if self.runs[u].state in ("failed", "skipped")),
+                (
+                    u
+                    for u in self.graph.upstream[key]
+                    if self.runs[u].state in ("failed", "skipped")
+                ),
                 None,
             )
             if failed is not None:
@@ -164,7 +175,10 @@ class Scheduler(DetachedMixin):
             chunks = to_chunks(len(todo), node.execution.max_jobs, node.execution.min_items_per_job)
         else:
             chunks = [(0, len(todo))] if todo else []
-        return [Unit(node, action, items=[by_uid[u] for u in todo[a:b]], uids=todo[a:b]) for a, b in chunks]
+        return [
+            Unit(node, action, items=[by_uid[u] for u in todo[a:b]], uids=todo[a:b])
+            for a, b in chunks
+        ]
 
     @staticmethod
     def _items_by_uid(run: NodeRun) -> dict[str, tp.Any]:
@@ -207,8 +221,8 @@ class Scheduler(DetachedMixin):
             groups.setdefault(key, []).extend((run, u) for u in units)
         for members in groups.values():
             self._submit_group(members, pools, parallelism)
-        for key in [k for k, r in running.items() if all(h.done() for h in r.handles)]:
-            self._finish(running.pop(key), progress)
+        for done in [k for k, r in running.items() if all(h.done() for h in r.handles)]:
+            self._finish(running.pop(done), progress)
 
     def _submit_group(
         self, members: list[tuple[NodeRun, Unit]], pools: executors.Pools, parallelism: int | None
@@ -220,8 +234,12 @@ class Scheduler(DetachedMixin):
         if cluster in POOL_CLUSTERS:
             handles = list(pools.submit(units, str(cluster), first.execution.max_jobs))
         else:
-            logs = executors.format_logs(first.execution.logs or "{folder}/logs/{user}/%j", first.folder)
-            handles = list(executors.submit_array(units, first.execution, logs, parallelism or len(units)))
+            logs = executors.format_logs(
+                first.execution.logs or "{folder}/logs/{user}/%j", first.folder
+            )
+            handles = list(
+                executors.submit_array(units, first.execution, logs, parallelism or len(units))
+            )
             for (run, unit), handle in zip(members, handles):
                 self.record(run.node, unit, handle)
         for (run, _), handle in zip(members, handles):
@@ -251,7 +269,7 @@ class Scheduler(DetachedMixin):
             logger.warning("Could not record job %s in %s: %s", handle.job_id, folder, e)
 
     # --- waiting -------------------------------------------------------------------------------
-    def _wait_some(self, running: dict[Key, NodeRun], progress: Progress) -> None:
+    def wait_some(self, running: dict[Key, NodeRun], progress: Progress) -> None:
         """Block until at least one running node finishes."""
         delay = POLL_START
         while True:
@@ -316,7 +334,7 @@ class Scheduler(DetachedMixin):
         return JobFailedError(f"{what}{run.node.uid} not computed: {detail}")
 
     def _raise_failures(self) -> None:
-        failures = {
+        failures: dict[str, BaseException] = {
             r.node.uid: r.error
             for k in self.graph.order
             if (r := self.runs[k]).state in ("failed", "skipped") and r.error is not None
@@ -324,8 +342,8 @@ class Scheduler(DetachedMixin):
         if not failures:
             return
         if len(failures) == 1:
-            raise next(iter(failures.values()))  # type: ignore[misc]
-        raise NodeFailures(tp.cast(dict[str, BaseException], failures))
+            raise next(iter(failures.values()))
+        raise NodeFailures(failures)
 
 
 def _cache_error(node: Node, error: BaseException) -> None:

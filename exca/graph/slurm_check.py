@@ -57,7 +57,9 @@ class SlurmCluster:
 
 def _run(*command: str) -> str:
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=TIMEOUT, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return result.stdout if result.returncode == 0 else ""
@@ -98,9 +100,11 @@ def cluster() -> SlurmCluster:
         name = fields.get("PartitionName")
         if not name:
             continue
-        nodes = _expand_nodes(fields.get("Nodes", ""))
-        partitions[name] = SlurmPartition(name, fields.get("Default") == "YES", _minutes(fields.get("MaxTime", "")), nodes)
-    nodes = {}
+        listed = _expand_nodes(fields.get("Nodes", ""))
+        partitions[name] = SlurmPartition(
+            name, fields.get("Default") == "YES", _minutes(fields.get("MaxTime", "")), listed
+        )
+    nodes: dict[str, SlurmNode] = {}
     for line in _run("scontrol", "show", "node", "-o").splitlines():
         fields = _fields(line)
         name = fields.get("NodeName")
@@ -111,7 +115,9 @@ def cluster() -> SlurmCluster:
             cpus=int(fields.get("CPUTot", "0") or 0),
             memory_mb=int(fields.get("RealMemory", "0") or 0),
             gpus=_gpus(fields.get("Gres", "")),
-            features=set(filter(None, fields.get("AvailableFeatures", "").replace("(null)", "").split(","))),
+            features=set(
+                filter(None, fields.get("AvailableFeatures", "").replace("(null)", "").split(","))
+            ),
             partitions=set(fields.get("Partitions", "").split(",")),
         )
     for partition in partitions.values():  # "Nodes=ALL" or host ranges: use the nodes' own view
@@ -125,7 +131,9 @@ def cluster() -> SlurmCluster:
                 pass
     accounts: set[str] | None = None
     qos: set[str] | None = None
-    assoc = _run("sacctmgr", "-n", "-P", "show", "assoc", f"user={getpass.getuser()}", "format=account,qos")
+    assoc = _run(
+        "sacctmgr", "-n", "-P", "show", "assoc", f"user={getpass.getuser()}", "format=account,qos"
+    )
     if assoc.strip():
         accounts, qos = set(), set()
         for line in assoc.splitlines():
@@ -142,7 +150,9 @@ def _expand_nodes(text: str) -> list[str]:
     return [n for n in text.split(",") if n and n != "(null)"]
 
 
-def problems(execution: Execution, elements: int = 1, info: SlurmCluster | None = None) -> list[str]:
+def problems(
+    execution: Execution, elements: int = 1, info: SlurmCluster | None = None
+) -> list[str]:
     """What in an execution's resources does not fit the cluster ([] when all is fine)."""
     info = info or cluster()
     if not info.partitions:
@@ -152,15 +162,21 @@ def problems(execution: Execution, elements: int = 1, info: SlurmCluster | None 
     name = params.get("slurm_partition") or info.default_partition
     partition = info.partitions.get(name) if name else None
     if name and partition is None:
-        found.append(f"partition {name!r} does not exist (partitions: {', '.join(sorted(info.partitions))})")
-    nodes = [info.nodes[n] for n in (partition.nodes if partition else info.nodes) if n in info.nodes]
+        found.append(
+            f"partition {name!r} does not exist (partitions: {', '.join(sorted(info.partitions))})"
+        )
+    nodes = [
+        info.nodes[n] for n in (partition.nodes if partition else info.nodes) if n in info.nodes
+    ]
     if not nodes:
         return found
     where = f"partition {name!r}" if partition is not None else "the cluster"
     cpus = (params.get("cpus_per_task") or 1) * (params.get("tasks_per_node") or 1)
     best_cpus = max(n.cpus for n in nodes)
     if cpus > best_cpus:
-        found.append(f"cpus_per_task x tasks_per_node = {cpus} but nodes of {where} have at most {best_cpus} CPUs")
+        found.append(
+            f"cpus_per_task x tasks_per_node = {cpus} but nodes of {where} have at most {best_cpus} CPUs"
+        )
     gpus = params.get("gpus_per_node") or 0
     best_gpus = max(n.gpus for n in nodes)
     if gpus > best_gpus:
@@ -173,8 +189,15 @@ def problems(execution: Execution, elements: int = 1, info: SlurmCluster | None 
     if nodes_wanted > len(nodes):
         found.append(f"nodes={nodes_wanted} but {where} has {len(nodes)} node(s)")
     timeout = params.get("timeout_min")
-    if timeout is not None and partition is not None and partition.max_time_min is not None and timeout > partition.max_time_min:
-        found.append(f"timeout_min={timeout} exceeds the time limit of {where} ({partition.max_time_min} min)")
+    if (
+        timeout is not None
+        and partition is not None
+        and partition.max_time_min is not None
+        and timeout > partition.max_time_min
+    ):
+        found.append(
+            f"timeout_min={timeout} exceeds the time limit of {where} ({partition.max_time_min} min)"
+        )
     constraint = params.get("slurm_constraint")
     if constraint:
         features = set().union(*(n.features for n in nodes))
@@ -188,7 +211,9 @@ def problems(execution: Execution, elements: int = 1, info: SlurmCluster | None 
             )
     account = params.get("slurm_account")
     if account and info.accounts is not None and account not in info.accounts:
-        found.append(f"slurm_account={account!r} is not one of your accounts ({', '.join(sorted(info.accounts))})")
+        found.append(
+            f"slurm_account={account!r} is not one of your accounts ({', '.join(sorted(info.accounts))})"
+        )
     qos = params.get("slurm_qos")
     if qos and info.qos is not None and qos not in info.qos:
         found.append(f"slurm_qos={qos!r} is not available to you ({', '.join(sorted(info.qos))})")
@@ -208,5 +233,6 @@ def check(requests: tp.Sequence[tuple[str, Execution, int]]) -> None:
             lines.append(f"  - {uid}: {problem}")
     if lines:
         raise ResourceError(
-            "Requested Slurm resources do not fit the cluster; nothing was submitted:\n" + "\n".join(lines)
+            "Requested Slurm resources do not fit the cluster; nothing was submitted:\n"
+            + "\n".join(lines)
         )

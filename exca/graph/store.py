@@ -33,7 +33,9 @@ def item_states(node: Node, uids: tp.Sequence[str]) -> tuple[list[str], list[str
         missing = cache.missing(uids)
         missing_set = set(missing)
         errors = [
-            u for u in dict.fromkeys(uids) if u not in missing_set and cache.entry_type(u) == "Error"
+            u
+            for u in dict.fromkeys(uids)
+            if u not in missing_set and cache.entry_type(u) == "Error"
         ]
     return missing, errors
 

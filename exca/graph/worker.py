@@ -85,7 +85,9 @@ def _resolve_split(unit: Unit) -> Unit:
     try:
         items = list(load_output(node.items))
     except (UpstreamFailed, KeyError) as e:
-        raise UpstreamFailed(f"{node.uid}: its items could not be read from {node.items.uid}: {e}") from e
+        raise UpstreamFailed(
+            f"{node.uid}: its items could not be read from {node.items.uid}: {e}"
+        ) from e
     uids = store.map_item_uids(dataclasses.replace(node, items=items))
     index, count = unit.split
     chunks = to_chunks(len(items), count, 1)
@@ -111,7 +113,9 @@ def _wait_message(folder: tp.Any) -> tp.Callable[[dict[str, Owner]], None]:
     def on_wait(held: dict[str, Owner]) -> None:
         if not shown:
             owner = next(iter(held.values()))
-            logger.info("Waiting for %s to finish %d key(s) in %s", owner.describe(), len(held), folder)
+            logger.info(
+                "Waiting for %s to finish %d key(s) in %s", owner.describe(), len(held), folder
+            )
             shown.append(True)
 
     return on_wait
@@ -236,7 +240,14 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
                 len(claim.reentered),
                 node.uid,
             )
-            _compute_items(node, _map_todo(node, claim.reentered, "compute"), by_uid, "compute", report, progress)
+            _compute_items(
+                node,
+                _map_todo(node, claim.reentered, "compute"),
+                by_uid,
+                "compute",
+                report,
+                progress,
+            )
         if not claim.busy:
             break
         busy = list(claim.busy)
@@ -339,11 +350,11 @@ def _compute_from(
         return position + 1
     flush()
     if position < len(uids):
-        error = RuntimeError(
+        short = RuntimeError(
             f"{node.label or node.uid} did not yield exactly once per item: "
             f"{len(uids) - start} items, {position - start} outputs"
         )
-        cache.set_many((u, CachedError.from_exception(error)) for u in uids[position:])
+        cache.set_many((u, CachedError.from_exception(short)) for u in uids[position:])
         report.errors += len(uids) - position
         return len(uids)
     return position

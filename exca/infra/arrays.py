@@ -60,7 +60,9 @@ def submit_array(
             job_name=step[step.find(owner) :],
             workdir_folder=array_infra._workdir_folder(step),
         )
-        nodes = [dataclasses.replace(i._node(), mode=mode, execution=execution) for i in infras.values()]
+        nodes = [
+            dataclasses.replace(i._node(), mode=mode, execution=execution) for i in infras.values()
+        ]
         Scheduler(nodes).submit(parallelism=max_workers)
     if mode in ("force", "retry"):
         for infra in [array_infra, *infras.values()]:

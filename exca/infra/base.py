@@ -29,7 +29,16 @@ class _Runtime:
     """Per-instance runtime state of an infra (reset on pickling and copies)."""
 
     __slots__ = (
-        "cache", "checked", "forced", "inputs_caches", "method", "name", "node", "owner", "ram", "uid",
+        "cache",
+        "checked",
+        "forced",
+        "inputs_caches",
+        "method",
+        "name",
+        "node",
+        "owner",
+        "ram",
+        "uid",
     )
 
     def __init__(self) -> None:
@@ -114,15 +123,13 @@ class BaseInfra(pydantic.BaseModel):
 
     def _runtime(self) -> _Runtime:
         try:
-            return self._rt  # type: ignore[no-any-return]
+            return tp.cast(_Runtime, self._rt)  # type: ignore[attr-defined]
         except AttributeError:
             runtime = _Runtime()
             object.__setattr__(self, "_rt", runtime)
             return runtime
 
-    def _link(
-        self, owner: pydantic.BaseModel, name: str, default: BaseInfra, merge: bool
-    ) -> None:
+    def _link(self, owner: pydantic.BaseModel, name: str, default: BaseInfra, merge: bool) -> None:
         """Attach to an owner instance; take the class default's explicitly set fields."""
         runtime = _Runtime()
         runtime.owner = owner

@@ -268,7 +268,9 @@ class _Exporter:
             return [
                 self.value(sub, dsub)
                 for sub, dsub in zip(value, dval)
-                if not (self.uid and isinstance(sub, pydantic.BaseModel) and dropped_from_parent(sub))
+                if not (
+                    self.uid and isinstance(sub, pydantic.BaseModel) and dropped_from_parent(sub)
+                )
             ]
         return dval
 
@@ -296,7 +298,7 @@ def _patch_setattr(cls: type) -> None:
                 "was computed, you can create an unfrozen instance with "
                 "type(obj)(**obj.model_dump()) (or obj.infra.clone_obj(...))"
             )
-        original(self, name, value)
+        original(self, name, value)  # type: ignore[call-arg]
 
     setattr(__setattr__, _PATCHED_FLAG, True)
     cls.__setattr__ = __setattr__  # type: ignore[assignment,method-assign]

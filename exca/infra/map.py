@@ -68,7 +68,11 @@ class MapMethod(InfraMethod):
                 f"{func.__qualname__} has {[p.name for p in params]}"
             )
         annotation = params[1].annotation
-        text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+        text = (
+            annotation
+            if isinstance(annotation, str)
+            else getattr(annotation, "__name__", str(annotation))
+        )
         text = str(text) + str(getattr(annotation, "__origin__", ""))
         if annotation is inspect.Parameter.empty or not any(h in text for h in _SEQUENCE_HINTS):
             raise TypeError(
@@ -102,7 +106,9 @@ class BoundMap:
                         f"{method.func.__qualname__} takes its items as {method.param_name!r}, "
                         f"not {next(iter(kwargs))!r}"
                     )
-                raise ValueError(f"{method.func.__qualname__} takes exactly one argument (the items)")
+                raise ValueError(
+                    f"{method.func.__qualname__} takes exactly one argument (the items)"
+                )
             items = kwargs[method.param_name]
         elif len(args) != 1:
             raise ValueError(
@@ -143,7 +149,9 @@ class MapInfra(BaseInfra, SubmititMixin):
     thread/process pool, or submitit jobs packed by ``max_jobs`` / ``min_samples_per_job``),
     then returns the outputs lazily, in input order."""
 
-    cluster: tp.Literal["auto", "local", "slurm", "debug", "threadpool", "processpool"] | None = None
+    cluster: tp.Literal["auto", "local", "slurm", "debug", "threadpool", "processpool"] | None = (
+        None
+    )
     keep_in_ram: bool = True
     max_jobs: int | None = 128
     min_samples_per_job: int = 1

@@ -27,6 +27,8 @@ class InfraMethod(property):
     It subclasses ``property`` only so that pydantic leaves it out of the model fields.
     """
 
+    func: tp.Callable[..., tp.Any]
+
     def __init__(self, infra: BaseInfra, func: tp.Callable[..., tp.Any], **options: tp.Any) -> None:
         if func.__name__.startswith("__"):
             raise ValueError(f"Cannot apply an infra to a dunder method ({func.__name__})")

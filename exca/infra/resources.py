@@ -65,7 +65,11 @@ class SubmititMixin(pydantic.BaseModel):
             )
         if self.workdir is not None and folder is None:
             raise ValueError("workdir needs a folder (the code copy goes under it): set folder=...")
-        if (self.tasks_per_node or 1) > 1 and cluster in ("slurm", "auto") and not self.slurm_use_srun:
+        if (
+            (self.tasks_per_node or 1) > 1
+            and cluster in ("slurm", "auto")
+            and not self.slurm_use_srun
+        ):
             raise ValueError(
                 f"tasks_per_node={self.tasks_per_node} on Slurm requires slurm_use_srun=True "
                 "(each task is started by srun)"

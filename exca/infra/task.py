@@ -108,7 +108,7 @@ class BoundTask:
 
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         infra = tp.cast(TaskInfra, self.method.infra_of(self.obj))
-        runtime = infra._rt
+        runtime = infra._runtime()
         if args or kwargs or self.method.params:
             return calls.task_result(self.node(*args, **kwargs))
         if runtime.ram is not _MISSING:
@@ -233,10 +233,15 @@ class TaskInfra(BaseInfra, SubmititMixin):
         caches = self._runtime().inputs_caches
         cache = caches.get(folder)
         if cache is None:
-            cache = caches[folder] = CacheDict(folder, cache_type="Result", permissions=self.permissions)
+            cache = caches[folder] = CacheDict(
+                folder, cache_type="Result", permissions=self.permissions
+            )
         label = f"{base.label}/{node.inputs_uid}"
         return dataclasses.replace(
-            node, cache=cache, label=label, prepare=functools.partial(self._prepare_inputs, folder, inputs)
+            node,
+            cache=cache,
+            label=label,
+            prepare=functools.partial(self._prepare_inputs, folder, inputs),
         )
 
     def _prepare_inputs(self, folder: Path, inputs: tuple[Input, ...]) -> None:
@@ -311,7 +316,9 @@ class TaskInfra(BaseInfra, SubmititMixin):
         from ..graph.executors import format_logs, submitit_executor
 
         node = self._node()
-        return submitit_executor(node.execution, format_logs(node.execution.logs or "", node.folder))
+        return submitit_executor(
+            node.execution, format_logs(node.execution.logs or "", node.folder)
+        )
 
     def _has_result(self, folder: Path) -> bool:
         cache: CacheDict[tp.Any] = CacheDict(folder, permissions=None)

@@ -53,7 +53,9 @@ class WorkDir(pydantic.BaseModel):
         candidates = [Path.cwd()]
         candidates += [Path(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         stdlib = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib")}
-        candidates += [Path(p) for p in sys.path if p and p not in stdlib and "site-packages" not in p]
+        candidates += [
+            Path(p) for p in sys.path if p and p not in stdlib and "site-packages" not in p
+        ]
         for base in candidates:
             if (base / path).exists():
                 return base / path

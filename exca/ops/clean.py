@@ -62,7 +62,9 @@ class CleanPlan:
     def to_dict(self) -> dict[str, tp.Any]:
         return {
             "bytes": self.size,
-            "removals": [{"path": str(r.path), "bytes": r.size, "reason": r.reason} for r in self.removals],
+            "removals": [
+                {"path": str(r.path), "bytes": r.size, "reason": r.reason} for r in self.removals
+            ],
             "kept": [{"path": str(p), "why": why} for p, why in self.kept],
         }
 
@@ -127,7 +129,7 @@ def downstream_folders(root: Path, folders: tp.Iterable[Path]) -> list[Path]:
     found: list[Path] = []
     frontier = {uid for uid, f in by_uid.items() if f.resolve() in targets}
     while frontier:
-        next_frontier = set()
+        next_frontier: set[str] = set()
         for folder, ups in parents.items():
             if folder.resolve() in targets or folder in found:
                 continue
@@ -224,15 +226,33 @@ def orphans(root: Path | str, min_age_hours: float = 1.0) -> CleanPlan:
                     continue  # may belong to a writer still at work
                 name = f"{DATA_DIR}/{entry.name}"
                 if entry.name.startswith("save-tmp-"):
-                    plan.removals.append(Removal(Path(entry.path), stat.st_blocks * 512, "temporary file of a killed writer"))
+                    plan.removals.append(
+                        Removal(
+                            Path(entry.path),
+                            stat.st_blocks * 512,
+                            "temporary file of a killed writer",
+                        )
+                    )
                 elif name not in referenced:
-                    plan.removals.append(Removal(Path(entry.path), stat.st_blocks * 512, "payload no entry refers to"))
+                    plan.removals.append(
+                        Removal(
+                            Path(entry.path), stat.st_blocks * 512, "payload no entry refers to"
+                        )
+                    )
         claims = folder / CLAIMS_DIR
         if claims.is_dir():
             live = {c.path for c in Claims(folder).current()}
             for entry in os.scandir(claims):
-                if Path(entry.path) not in live and entry.stat().st_mtime < limit and entry.name != ".lock":
-                    plan.removals.append(Removal(Path(entry.path), entry.stat().st_blocks * 512, "claim of a dead owner"))
+                if (
+                    Path(entry.path) not in live
+                    and entry.stat().st_mtime < limit
+                    and entry.name != ".lock"
+                ):
+                    plan.removals.append(
+                        Removal(
+                            Path(entry.path), entry.stat().st_blocks * 512, "claim of a dead owner"
+                        )
+                    )
     return plan
 
 
@@ -294,8 +314,10 @@ def compact(folder: Path | str, grace_seconds: float = 3600.0) -> tuple[int, int
     claims = Claims(folder)
     with claims._folder_lock(claims_owner()):
         files = [
-            e for e in os.scandir(folder)
-            if e.name.endswith(INDEX_SUFFIX) and _writer_dead(e.name, e.stat().st_mtime, grace_seconds)
+            e
+            for e in os.scandir(folder)
+            if e.name.endswith(INDEX_SUFFIX)
+            and _writer_dead(e.name, e.stat().st_mtime, grace_seconds)
         ]
         if len(files) < 2:
             return 0, 0
@@ -315,9 +337,9 @@ def compact(folder: Path | str, grace_seconds: float = 3600.0) -> tuple[int, int
         tmp = target.with_name("." + target.name + ".tmp")
         tmp.write_bytes(b"\n".join(lines) + b"\n" if lines else b"")
         os.replace(tmp, target)
-        for entry in files:
+        for index_file in files:
             with contextlib.suppress(FileNotFoundError):
-                os.remove(entry.path)
+                os.remove(index_file.path)
     return len(files), len(lines)
 
 

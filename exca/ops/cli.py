@@ -56,21 +56,29 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # config and cache errors: a message, not a traceback
         import pydantic
 
-        if not isinstance(error, pydantic.ValidationError | ValueError | RuntimeError | ImportError | OSError):
+        if not isinstance(
+            error, pydantic.ValidationError | ValueError | RuntimeError | ImportError | OSError
+        ):
             raise
         print(f"exca: error: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
 
 
 def _main(argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog="exca", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="exca", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_list = sub.add_parser("list", help="what a cache folder holds")
     p_list.add_argument("root")
     p_list.add_argument("--step", help="glob or substring of <module>.<Class>.<method>,<version>")
-    p_list.add_argument("--where", action="append", default=[], help="config condition key=value (repeatable)")
-    p_list.add_argument("--status", choices=["success", "error", "running", "computing", "partial", "empty"])
+    p_list.add_argument(
+        "--where", action="append", default=[], help="config condition key=value (repeatable)"
+    )
+    p_list.add_argument(
+        "--status", choices=["success", "error", "running", "computing", "partial", "empty"]
+    )
     p_list.add_argument("--json", action="store_true")
 
     for name, help_text in (
@@ -89,9 +97,13 @@ def _main(argv: list[str] | None) -> int:
     p_clean.add_argument("root")
     p_clean.add_argument("what", choices=["node", "versions", "orphans", "logs", "compact"])
     p_clean.add_argument("folders", nargs="*", help="node folders (for 'node')")
-    p_clean.add_argument("--downstream", action="store_true", help="also what was computed from them")
+    p_clean.add_argument(
+        "--downstream", action="store_true", help="also what was computed from them"
+    )
     p_clean.add_argument("--step", help="only these steps (for 'versions')")
-    p_clean.add_argument("--days", type=float, default=30.0, help="logs older than this (for 'logs')")
+    p_clean.add_argument(
+        "--days", type=float, default=30.0, help="logs older than this (for 'logs')"
+    )
     p_clean.add_argument("--yes", action="store_true", help="really remove (default: preview)")
     p_clean.add_argument("--json", action="store_true")
 
@@ -120,10 +132,13 @@ def _main(argv: list[str] | None) -> int:
             if args.mermaid:
                 Path(args.mermaid).write_text(plan.to_mermaid())
         elif args.command == "explain":
-            from .explain import explain, render as render_explanations
+            from .explain import explain
+            from .explain import render as render_explanations
 
             explanations = explain(node, plan=plan)
-            _print([e.to_dict() for e in explanations], args.json, render_explanations(explanations))
+            _print(
+                [e.to_dict() for e in explanations], args.json, render_explanations(explanations)
+            )
         else:
             problems = [(e.uid, p) for e in plan.entries for p in e.problems]
             text = "\n".join(f"{uid}: {p}" for uid, p in problems) or "Resources fit the cluster."
@@ -135,32 +150,47 @@ def _main(argv: list[str] | None) -> int:
         if args.what == "compact":
             from .inspect import node_folders
 
-            total = [clean.compact(f) if args.yes else (0, 0) for _, _, f in node_folders(Path(args.root))]
+            total = [
+                clean.compact(f) if args.yes else (0, 0)
+                for _, _, f in node_folders(Path(args.root))
+            ]
             merged = sum(t[0] for t in total)
-            print(f"merged {merged} index file(s)" if args.yes else "compact merges the index files of finished writers; run with --yes")
+            print(
+                f"merged {merged} index file(s)"
+                if args.yes
+                else "compact merges the index files of finished writers; run with --yes"
+            )
             return 0
         if args.what == "node":
-            plan = clean.remove_nodes(args.folders, downstream=args.downstream, root=args.root)
+            removal = clean.remove_nodes(args.folders, downstream=args.downstream, root=args.root)
         elif args.what == "versions":
-            plan = clean.old_versions(args.root, step=args.step)
+            removal = clean.old_versions(args.root, step=args.step)
         elif args.what == "orphans":
-            plan = clean.orphans(args.root)
+            removal = clean.orphans(args.root)
         else:
-            plan = clean.logs(args.root, older_than_days=args.days)
+            removal = clean.logs(args.root, older_than_days=args.days)
         if args.yes:
-            freed = plan.execute()
-            _print({"freed": freed, **plan.to_dict()}, args.json, f"{plan}\nremoved.")
-            del freed
+            freed = removal.execute()
+            _print({"freed": freed, **removal.to_dict()}, args.json, f"{removal}\nremoved.")
         else:
-            _print(plan.to_dict(), args.json, f"{plan}\n(preview: run again with --yes to remove)")
+            _print(
+                removal.to_dict(),
+                args.json,
+                f"{removal}\n(preview: run again with --yes to remove)",
+            )
     elif args.command == "logs":
         from .logs import logs
 
         found = logs(args.folder, item=args.item)
         if not found:
-            print(f"No job recorded in {args.folder}" + (f" for item {args.item!r}" if args.item else ""))
+            print(
+                f"No job recorded in {args.folder}"
+                + (f" for item {args.item!r}" if args.item else "")
+            )
             return 1
         job = found[-1]
-        print(f"# job {job.job_id} ({job.cluster}): {job.stderr_path if args.stderr else job.stdout_path}")
+        print(
+            f"# job {job.job_id} ({job.cluster}): {job.stderr_path if args.stderr else job.stdout_path}"
+        )
         print(job.stderr() if args.stderr else job.stdout())
     return 0

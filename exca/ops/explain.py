@@ -28,14 +28,22 @@ class Explanation:
     action: str
     reason: str
     nearest: str | None = None  # folder of the nearest cached config of the same method
-    diff: list[tuple[str, tp.Any, tp.Any]] = dataclasses.field(default_factory=list)  # key, cached, wanted
+    diff: list[tuple[str, tp.Any, tp.Any]] = dataclasses.field(
+        default_factory=list
+    )  # key, cached, wanted
 
     def summary(self) -> str:
-        if self.status == "missing" and self.action in ("compute", "fail") and self.reason == "missing":
+        if (
+            self.status == "missing"
+            and self.action in ("compute", "fail")
+            and self.reason == "missing"
+        ):
             if self.nearest is None:
                 return "never computed (no cached config of this method)"
             changes = ", ".join(f"{k} {_show(a)} → {_show(b)}" for k, a, b in self.diff)
-            return f"config differs from the nearest cached one: {changes}" if changes else "missing"
+            return (
+                f"config differs from the nearest cached one: {changes}" if changes else "missing"
+            )
         return self.reason
 
     def __str__(self) -> str:
@@ -51,7 +59,9 @@ class Explanation:
 
 
 def _show(value: tp.Any) -> str:
-    return "(absent)" if value is _MISSING else repr(value) if isinstance(value, str) else str(value)
+    return (
+        "(absent)" if value is _MISSING else repr(value) if isinstance(value, str) else str(value)
+    )
 
 
 def _flat(data: dict[str, tp.Any] | None) -> dict[str, tp.Any]:
@@ -97,9 +107,8 @@ def explain(*targets: Node, plan: Plan | None = None) -> list[Explanation]:
     nodes = {n.uid: n for n in plan.graph.nodes.values()}
     out = []
     for entry in plan.entries:
-        if entry.action in ("reuse", "skip"):
-            if entry.status != "stale":
-                continue
+        if entry.action in ("reuse", "skip") and entry.status != "stale":
+            continue
         out.append(_explain_entry(entry, nodes[entry.uid]))
     return out
 

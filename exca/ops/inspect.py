@@ -59,11 +59,15 @@ def _iso(stamp: float) -> str | None:
 def node_folders(root: Path) -> tp.Iterator[tuple[str, str, Path]]:
     """(step, uid, folder) of every node folder under a cache root."""
     try:
-        steps = sorted((e for e in os.scandir(root) if e.is_dir() and "," in e.name), key=lambda e: e.name)
+        steps = sorted(
+            (e for e in os.scandir(root) if e.is_dir() and "," in e.name), key=lambda e: e.name
+        )
     except FileNotFoundError:
         return
     for step in steps:
-        for config in sorted((e for e in os.scandir(step.path) if e.is_dir()), key=lambda e: e.name):
+        for config in sorted(
+            (e for e in os.scandir(step.path) if e.is_dir()), key=lambda e: e.name
+        ):
             path = Path(config.path)
             if not (path / UID_FILE).exists():
                 continue
@@ -88,7 +92,11 @@ def disk_usage(folder: Path, recursive_into_inputs: bool = False) -> tuple[int, 
             if entry.is_symlink():
                 continue
             if entry.is_dir():
-                if current == folder and entry.name.startswith(INPUTS_PREFIX) and not recursive_into_inputs:
+                if (
+                    current == folder
+                    and entry.name.startswith(INPUTS_PREFIX)
+                    and not recursive_into_inputs
+                ):
                     continue
                 stack.append(Path(entry.path))
                 continue
@@ -161,7 +169,9 @@ def inspect(
 
 def _parse_condition(text: str) -> tuple[str, str]:
     if "=" not in text:
-        raise ValueError(f"Cannot parse condition {text!r}: expected key=value (e.g. optim.lr=0.01)")
+        raise ValueError(
+            f"Cannot parse condition {text!r}: expected key=value (e.g. optim.lr=0.01)"
+        )
     key, value = text.split("=", 1)
     return key.strip(), value.strip()
 

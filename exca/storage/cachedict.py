@@ -67,7 +67,9 @@ class CacheDict(tp.Generic[X]):
         options: DumpOptions | None = None,
     ) -> None:
         if folder is None and not keep_in_ram:
-            raise ValueError("CacheDict needs a folder or keep_in_ram=True (else it stores nothing)")
+            raise ValueError(
+                "CacheDict needs a folder or keep_in_ram=True (else it stores nothing)"
+            )
         self.folder = None if folder is None else Path(folder)
         self.keep_in_ram = keep_in_ram
         if cache_type is not None:
@@ -176,7 +178,7 @@ class CacheDict(tp.Generic[X]):
     def _iter_values(self, keys: tp.Sequence[str], where: str) -> tp.Iterator[X]:
         for key in keys:
             value = self[key]
-            if type(value) is CachedError:
+            if isinstance(value, CachedError):
                 raise value.to_exception(f"{where} item {key!r}" if where else repr(key))
             yield value
 
@@ -342,7 +344,7 @@ class CacheDict(tp.Generic[X]):
         writer = local.writer
         if writer is None or local.generation != _FORK_GENERATION:
             writer = self._session()[0]
-        ctx: DumpContext = local.ctx
+        ctx = tp.cast(DumpContext, local.ctx)
         # payload first (complete when dump_entry returns), then its index line
         info = ctx.dump_entry(key, value, self.cache_type)
         if meta is not None:
@@ -375,7 +377,7 @@ class CacheDict(tp.Generic[X]):
         writer = local.writer
         if writer is None or local.generation != _FORK_GENERATION:
             writer = self._session()[0]
-        ctx: DumpContext = local.ctx
+        ctx = tp.cast(DumpContext, local.ctx)
         entries = reader.entries
         records: list[dict[str, tp.Any]] = []
         lines: list[bytes] = []

@@ -276,7 +276,9 @@ class _Heartbeat:
             self._paths[path] = period
             if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
                 self._pid = os.getpid()
-                self._thread = threading.Thread(target=self._run, name="exca-heartbeat", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._run, name="exca-heartbeat", daemon=True
+                )
                 self._thread.start()
 
     def remove(self, path: Path) -> None:

@@ -391,7 +391,9 @@ class DumpContext:
             handle.seek(offset)
             data = handle.read(length)
         if len(data) != length:
-            raise OSError(f"{self.folder / name} is shorter than its index says ({offset}+{length})")
+            raise OSError(
+                f"{self.folder / name} is shorter than its index says ({offset}+{length})"
+            )
         return data
 
     def memmap(self, name: str, end: int) -> mmap.mmap:
@@ -432,7 +434,9 @@ def _dumps_itself(klass: type) -> bool:
     """True when ``__dump_info__`` is a plain method: values of the class dump themselves."""
     known = _SELF_DUMPING.get(klass)
     if known is None:
-        raw = next(b.__dict__["__dump_info__"] for b in klass.__mro__ if "__dump_info__" in b.__dict__)
+        raw = next(
+            b.__dict__["__dump_info__"] for b in klass.__mro__ if "__dump_info__" in b.__dict__
+        )
         known = _SELF_DUMPING[klass] = not isinstance(raw, classmethod | staticmethod)
     return known
 
@@ -469,9 +473,7 @@ class MemmapArray:
         return {"f": shared.name, "o": offset, "d": dtype_str, "s": array.shape}
 
     @classmethod
-    def __load_from_info__(
-        cls, ctx: DumpContext, f: str, o: int, d: str, s: list[int]
-    ) -> tp.Any:
+    def __load_from_info__(cls, ctx: DumpContext, f: str, o: int, d: str, s: list[int]) -> tp.Any:
         return _load_memmap(ctx, {"f": f, "o": o, "d": d, "s": s})
 
 
@@ -557,7 +559,11 @@ class Pickle:
     @classmethod
     def __dump_info__(cls, ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
         data = dumps_pickle(value)
-        return {"filename": ctx.write_key_file(".pkl", lambda handle: handle.write(data))}
+
+        def write(handle: tp.IO[bytes]) -> None:
+            handle.write(data)
+
+        return {"filename": ctx.write_key_file(".pkl", write)}
 
     @classmethod
     def __load_from_info__(cls, ctx: DumpContext, filename: str) -> tp.Any:
@@ -745,7 +751,9 @@ class Result:
         return Pickle.__load_from_info__(ctx, filename)
 
     @classmethod
-    def __delete_info__(cls, ctx: DumpContext, v: tp.Any = None, filename: str | None = None) -> None:
+    def __delete_info__(
+        cls, ctx: DumpContext, v: tp.Any = None, filename: str | None = None
+    ) -> None:
         if filename is not None:
             _delete_file(ctx, filename)
 

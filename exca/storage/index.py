@@ -75,9 +75,7 @@ class IndexReader:
         """Read what every writer appended since the last refresh."""
         with self._lock:
             try:
-                listing = [
-                    e.name for e in os.scandir(self.folder) if e.name.endswith(INDEX_SUFFIX)
-                ]
+                listing = [e.name for e in os.scandir(self.folder) if e.name.endswith(INDEX_SUFFIX)]
             except FileNotFoundError:
                 listing = []
             if len(listing) != len(self._files):
