@@ -238,6 +238,9 @@ class Graph:
                 run.handles = [
                     executors.SubmititHandle(registry.submitit_job(record), record.cluster)
                 ]
+            elif run.action == "compute" and run.node.mode == "retry":
+                run.action = "retry"
+                run.reason = f"retry: job {record.job_id} ended without a result"
             elif run.action == "compute":
                 how = executors.SubmititHandle(
                     registry.submitit_job(record), record.cluster
