@@ -81,14 +81,15 @@ class SharedFile:
         path.parent.mkdir(exist_ok=True)
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
         self.size = os.fstat(self.fd).st_size
-        self.pending: bytearray | None = None  # batched writes: bytes not written yet
+        self.pending: list[tp.Any] | None = None  # batched writes: buffers not written yet
+        self.pending_bytes = 0
         if permissions is not None and self.size == 0:
             _chmod(path, permissions)
 
     def append(self, data: tp.Any, tail: bytes = b"", align: int = 1) -> int:
         """Write data (then tail) contiguously, after padding to `align`; return data's offset."""
         if self.pending is not None:
-            return self._buffer(data, tail, align)
+            return self._buffer(data, memoryview(data).nbytes, tail, align)
         pad = (-self.size) % align
         nbytes = memoryview(data).nbytes
         if pad or tail:
@@ -102,40 +103,47 @@ class SharedFile:
         self.size += total
         return offset
 
-    def _buffer(self, data: tp.Any, tail: bytes, align: int) -> int:
+    def _buffer(self, data: tp.Any, nbytes: int, tail: bytes, align: int) -> int:
+        """Queue buffers for one writev at flush time (no copy of the payload)."""
         pending = self.pending
         assert pending is not None
         pad = (-self.size) % align
         if pad:
-            pending += _ZEROS[:pad]
+            pending.append(_ZEROS[:pad])
         offset = self.size + pad
-        pending += memoryview(data).cast("B") if not isinstance(data, bytes) else data
-        pending += tail
-        self.size = offset + memoryview(data).nbytes + len(tail)
-        if len(pending) > BUFFER_FLUSH_BYTES:
+        pending.append(data)
+        if tail:
+            pending.append(tail)
+        self.size = offset + nbytes + len(tail)
+        self.pending_bytes += pad + nbytes + len(tail)
+        if self.pending_bytes > BUFFER_FLUSH_BYTES:
             self.flush()
-            self.pending = bytearray()
+            self.start_batch()
         return offset
 
     def start_batch(self) -> None:
         if self.pending is None:
-            self.pending = bytearray()
+            self.pending = []
+            self.pending_bytes = 0
 
     def flush(self) -> None:
-        """Write buffered bytes (a batch's payloads go to disk before its index lines)."""
+        """Write queued buffers (a batch's payloads go to disk before its index lines)."""
         pending = self.pending
-        if pending:
-            _write_all(self.fd, [pending], len(pending))
         self.pending = None
+        if not pending:
+            return
+        for start in range(0, len(pending), _IOV_MAX):
+            part = pending[start : start + _IOV_MAX]
+            _write_all(self.fd, part, sum(memoryview(b).nbytes for b in part))
 
     def append_array(self, array: tp.Any, align: int) -> int:
         """Append a C-contiguous array's bytes (padded to `align`); return their offset."""
-        if self.pending is not None:
-            return self._buffer(array.reshape(-1) if array.ndim != 1 else array, b"", align)
-        pad = (-self.size) % align
         nbytes = array.nbytes
         if not array.ndim:  # 0-d arrays do not export a buffer os.write accepts
             array = array.reshape(1)
+        if self.pending is not None:
+            return self._buffer(array, nbytes, b"", align)
+        pad = (-self.size) % align
         if pad:
             _write_all(self.fd, [_ZEROS[:pad], array], pad + nbytes)
         elif os.write(self.fd, array) != nbytes:
@@ -149,6 +157,7 @@ class SharedFile:
 
 
 _ZEROS = bytes(ALIGNMENT)
+_IOV_MAX = 1024  # buffers per writev call (the Linux limit)
 _DTYPE_STR: dict[tp.Any, str] = {}
 
 
