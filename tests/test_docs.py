@@ -28,9 +28,9 @@ SEEDS = ROOT.parent / "shared" / "seeds"
 
 
 def _documents() -> list[Path]:
-    docs = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
+    docs = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
     if SEEDS.is_dir():
-        docs = sorted(SEEDS.glob("*.md")) + docs
+        docs = [*sorted(SEEDS.glob("*.md")), *docs]
     return [d for d in docs if d.exists()]
 
 
@@ -64,7 +64,9 @@ def _clamp_resources(monkeypatch: pytest.MonkeyPatch, cluster: tp.Any) -> None:
     def adapted(self: tp.Any) -> tuple[tuple[str, tp.Any], ...]:
         params = dict(original(self))
         if params.get("cpus_per_task"):
-            params["cpus_per_task"] = min(params["cpus_per_task"], getattr(cluster, "cpus_per_node", 1) or 1)
+            params["cpus_per_task"] = min(
+                params["cpus_per_task"], getattr(cluster, "cpus_per_node", 1) or 1
+            )
         for name in ("gpus_per_node", "slurm_constraint"):
             params[name] = None
         if params.get("slurm_partition") is not None:
@@ -75,7 +77,9 @@ def _clamp_resources(monkeypatch: pytest.MonkeyPatch, cluster: tp.Any) -> None:
 
 
 @pytest.mark.parametrize("fence", _blocks())
-def test_doc_block(fence: tp.Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+def test_doc_block(
+    fence: tp.Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
     cluster = request.getfixturevalue("slurm_cluster") if "slurm" in request.keywords else None
     _clamp_resources(monkeypatch, cluster)
     workdir = tmp_path / "cwd"

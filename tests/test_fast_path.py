@@ -56,7 +56,9 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _run(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _run(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "script.py"
     script.write_text(SCRIPT)
     return subprocess.run(
@@ -100,7 +102,11 @@ def _progress_run(tmp_path: Path, value: str | None) -> str:
         env["EXCA_PROGRESS"] = value
     folder = tmp_path / f"cache-{value}"
     result = subprocess.run(
-        [sys.executable, str(script), str(folder)], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, str(script), str(folder)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(sum(range(300)))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import submitit
+
 from slurm_cluster import SlurmCluster, sacct_states, slurm_available, squeue_ids
 
 pytestmark = pytest.mark.slurm

@@ -16,7 +16,7 @@ def task_result(node: Node) -> tp.Any:
     if mode != "force":
         node.cache.refresh()  # incremental: sees a result another process cleared or wrote
         state = store.task_state(node)
-        if state == "done" or (state == "error" and mode != "retry"):
+        if state == "done" or (state == "error" and mode != "retry" and not _upstream_failed(node)):
             return store.task_result(node)
     from .scheduler import Scheduler
 
@@ -24,29 +24,31 @@ def task_result(node: Node) -> tp.Any:
     return store.task_result(node)
 
 
+def _upstream_failed(node: Node) -> bool:
+    from .decisions import upstream_failed
+
+    return upstream_failed(node)
+
+
 def task_job(node: Node) -> Job:
     """The job of a task node, submitting it when there is none (does not wait)."""
-    from .executors import resolve_cluster
+    from .executors import recorded_handle
     from .scheduler import Scheduler
 
-    mode = node.mode
+    node.cache.refresh()
     state = store.task_state(node)
     record = registry.latest(node.folder)
-    reusable = state == "done" or (state == "error" and mode != "retry")
-    if mode != "force" and (reusable or (record is not None and registry.is_active(record))):
-        job = registry.submitit_job(record) if record is not None else None
-        return Job(node, job, record.cluster if record is not None else None)
-    cluster = node.execution.cluster
-    if cluster is None:
+    reusable = state == "done" or (state == "error" and node.mode != "retry")
+    if node.mode != "force" and (reusable or (record is not None and registry.is_active(record))):
+        return Job(node, recorded_handle(record) if record is not None else None)
+    if node.execution.cluster is None:
         try:
             Scheduler([node]).run()
         except Exception:  # cached with the result: job.result() raises it
             pass
-        return Job(node, None, None)
-    handles = Scheduler([node]).submit()
-    handle = handles[node.key][0] if handles.get(node.key) else None
-    job = None if handle is None else handle.submitit_job
-    return Job(node, job, resolve_cluster(cluster))
+        return Job(node, None)
+    handles = Scheduler([node]).submit().get(node.key) or []
+    return Job(node, handles[0] if handles else None)
 
 
 def map_items(node: Node, uids: list[str]) -> None:

@@ -128,7 +128,9 @@ class Graph:
                 self._decide_task(run, key in forced)
             if run.needs_work:
                 stack.extend(self.upstream[key])
-        self._check_registry([r for r in runs.values() if r.action in ("compute", "retry")])
+        self._check_registry(
+            [r for r in runs.values() if r.action in ("compute", "retry", "force")]
+        )
         self._block_on_failures()
         return runs
 
@@ -145,6 +147,7 @@ class Graph:
 
     def _decide_task(self, run: NodeRun, forced: bool) -> None:
         node = run.node
+        node.cache.refresh()  # nodes may be long-lived: see what others wrote since
         state = store.task_state(node)
         if forced:
             run.action = "force"
@@ -202,7 +205,9 @@ class Graph:
                 wanted = set(missing) | set(errors)
                 run.todo = [u for u in dict.fromkeys(uids) if u in wanted]
                 run.action = "retry"
-                run.reason = f"{len(missing)} missing, retry of {len(errors)} cached errors"
+                run.reason = f"retry of {len(errors)} cached error(s)" + (
+                    f" and {len(missing)} missing" if missing else ""
+                )
             elif missing:
                 run.todo = missing
                 if node.mode == "read-only":
@@ -213,6 +218,11 @@ class Graph:
             else:
                 run.todo = []
                 run.action, run.reason = "reuse", "cached"
+                failed = node.cache.count_errors(uids)
+                if failed:
+                    run.reason = (
+                        f"cached, with {failed} item error(s) (mode='retry' recomputes them)"
+                    )
         if run.needs_work and node.forbid_single_item and total == 1 and len(run.todo) == 1:
             run.action = "fail"
             run.reason = "single item computation is forbidden (forbid_single_item_computation)"
@@ -221,11 +231,18 @@ class Graph:
         """Task nodes whose job was already submitted: wait for it if it is queued or
         running; if it ended without a result, it failed (cancelled, timed out, killed)."""
         records = {}
+        chunks: dict[Key, list[registry.JobRecord]] = {}
         for run in candidates:
             if run.node.kind == "task":
                 record = registry.latest(run.node.folder)
                 if record is not None:
                     records[run.node.key] = record
+            else:
+                found = registry.read_all(run.node.folder)
+                if found:
+                    chunks[run.node.key] = found
+        if chunks:
+            self._attach_map_jobs(chunks)
         if not records:
             return
         slurm_ids = [r.job_id for r in records.values() if r.cluster == "slurm"]
@@ -235,19 +252,28 @@ class Graph:
             if registry.is_active(record, queued):
                 run.action = "wait"
                 run.reason = f"running as job {record.job_id}"
-                run.handles = [
-                    executors.SubmititHandle(registry.submitit_job(record), record.cluster)
-                ]
+                run.handles = [executors.recorded_handle(record)]
             elif run.action == "compute" and run.node.mode == "retry":
                 run.action = "retry"
                 run.reason = f"retry: job {record.job_id} ended without a result"
             elif run.action == "compute":
-                how = executors.SubmititHandle(
-                    registry.submitit_job(record), record.cluster
-                ).ended_how()
+                how = executors.recorded_handle(record).ended_how()
                 run.action = "fail"
                 run.reason = f"job {record.job_id} ended without a result"
                 run.error = JobFailedError(f"{run.node.uid}: {how} (use mode='retry' to recompute)")
+
+    def _attach_map_jobs(self, chunks: dict[Key, list[registry.JobRecord]]) -> None:
+        """Maps whose chunk jobs are still queued or running: wait for them (what they
+        leave missing is computed afterwards) instead of submitting the items again."""
+        slurm = [r.job_id for records in chunks.values() for r in records if r.cluster == "slurm"]
+        queued = registry.queued_jobs(slurm) if slurm else set()
+        for key, records in chunks.items():
+            active = [r for r in records if registry.is_active(r, queued)]
+            if active:
+                run = self.runs[key]
+                run.action = "wait"
+                run.reason = f"running as job(s) {', '.join(r.job_id for r in active[:5])}"
+                run.handles = [executors.recorded_handle(r) for r in active]
 
     def _block_on_failures(self) -> None:
         """Work whose upstream fails cannot run: it fails too (and says why)."""

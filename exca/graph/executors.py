@@ -194,6 +194,49 @@ class SubmititHandle(Handle):
             self.job.cancel(check=False)
 
 
+class RecordedLocalHandle(Handle):
+    """A local job submitted by another process (known from the job registry): it runs
+    while its process does (a rebuilt submitit LocalJob cannot see that process)."""
+
+    def __init__(self, record: tp.Any) -> None:
+        self.record = record
+        self.job_id = record.job_id
+        self.cluster = "local"
+
+    @property
+    def submitit_job(self) -> tp.Any:
+        from .registry import submitit_job
+
+        return submitit_job(self.record)
+
+    def done(self) -> bool:
+        from .registry import is_active
+
+        return not is_active(self.record)
+
+    def ended_how(self) -> str:
+        stderr = self.record.stderr
+        tail = stderr.read_text(errors="replace")[-1500:] if stderr.exists() else ""
+        return f"local job {self.job_id} ended without writing its result" + (
+            f": {tail}" if tail else ""
+        )
+
+    def cancel(self) -> None:
+        import signal
+
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(self.job_id), signal.SIGTERM)
+
+
+def recorded_handle(record: tp.Any) -> Handle:
+    """The handle of a job found in the registry (submitted by any process)."""
+    if record.cluster == "local":
+        return RecordedLocalHandle(record)
+    from .registry import submitit_job
+
+    return SubmititHandle(submitit_job(record), record.cluster)
+
+
 # --- executors -------------------------------------------------------------------------------
 def run_inline(unit: Unit, progress: tp.Callable[[int], None] | None = None) -> DoneHandle:
     """Run a unit now, in the caller's thread (exceptions are kept in the handle)."""
@@ -337,4 +380,24 @@ def submit_array(
             with executor.batch():
                 part_jobs = [executor.submit(function, unit) for unit in part]
             jobs.extend(part_jobs)
+    _remove_template_folder(logs)
+    if jobs:
+        ids = sorted({str(j.job_id).split("_")[0] for j in jobs})
+        logger.info(
+            "Submitted %d job(s) to %s (%s): %s; logs in %s",
+            len(jobs),
+            cluster,
+            execution.describe(),
+            ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else ""),
+            logs.split("%j")[0],
+        )
     return [SubmititHandle(job, cluster) for job in jobs]
+
+
+def _remove_template_folder(logs: str) -> None:
+    """submitit creates the log folder template itself (a literal ``%j`` folder): drop it
+    when empty, job folders are its siblings."""
+    if "%j" in logs:
+        path = Path(logs.split("%j")[0] + "%j")
+        with contextlib.suppress(OSError):
+            path.rmdir()

@@ -1,6 +1,6 @@
-"""Jobs as users see them: ``result()``, ``done()``, ``wait()`` and, for submitit jobs,
-``stdout()``, ``stderr()``, ``cancel()``. Results are always read from the node's cache
-(workers write them there), so a job object works from any process."""
+"""Jobs as users see them: ``result()``, ``done()``, ``wait()`` and, for submitted work,
+``stdout()``, ``stderr()``, ``cancel()`` and ``submitit_job``. Results are always read
+from the node's cache (workers write them there), so a job works from any process."""
 
 from __future__ import annotations
 
@@ -8,26 +8,39 @@ import time
 import typing as tp
 
 from . import registry, store
+from .errors import JobFailedError
 from .node import Node
+
+if tp.TYPE_CHECKING:
+    from .executors import Handle
 
 
 class Job:
     """The job computing a task node (or a finished/cached one)."""
 
-    def __init__(self, node: Node, submitit_job: tp.Any = None, cluster: str | None = None) -> None:
+    def __init__(self, node: Node, handle: Handle | None = None) -> None:
         self.node = node
-        self.submitit_job = submitit_job
-        self.cluster = cluster
+        self.handle = handle
+
+    @property
+    def submitit_job(self) -> tp.Any:
+        return None if self.handle is None else self.handle.submitit_job
+
+    @property
+    def cluster(self) -> str | None:
+        return None if self.handle is None else self.handle.cluster
 
     @property
     def job_id(self) -> str:
-        if self.submitit_job is None:
+        if self.handle is None or not self.handle.job_id:
             return "#local#"
-        return str(self.submitit_job.job_id)
+        return self.handle.job_id
 
     def __repr__(self) -> str:
-        state = self.state
-        return f"{type(self).__name__}<job_id={self.job_id}, cluster={self.cluster}, state={state}, node={self.node.uid}>"
+        return (
+            f"{type(self).__name__}<job_id={self.job_id}, cluster={self.cluster}, "
+            f"state={self.state}, node={self.node.uid}>"
+        )
 
     @property
     def state(self) -> str:
@@ -36,35 +49,28 @@ class Job:
             return "COMPLETED"
         if cached == "error":
             return "FAILED"
-        if self.submitit_job is None:
+        if self.handle is None:
             return "NOT SUBMITTED"
-        try:
-            return str(self.submitit_job.state)
-        except Exception:
-            return "UNKNOWN"
+        return "FINISHED" if self.handle.done() else "RUNNING"
 
     def done(self) -> bool:
         self.node.cache.refresh()
         if store.task_state(self.node) != "missing":
             return True
-        if self.submitit_job is None:
-            return False
-        return bool(self.submitit_job.done())
+        return self.handle is not None and self.handle.done()
 
-    def wait(self, poll: float = 0.2) -> None:
+    def wait(self) -> None:
         delay = 0.05
         while not self.done():
             time.sleep(delay)
-            delay = min(delay * 1.5, max(poll, 2.0))
+            delay = min(delay * 1.5, 2.0)
 
     def result(self) -> tp.Any:
         """Wait for the job, then the node's result (re-raises a cached or job error)."""
         self.wait()
+        self.node.cache.refresh()
         if store.task_state(self.node) == "missing":
-            from .errors import JobFailedError
-            from .executors import SubmititHandle
-
-            how = SubmititHandle(self.submitit_job, str(self.cluster)).ended_how()
+            how = self.handle.ended_how() if self.handle is not None else "it was never submitted"
             raise JobFailedError(f"{self.node.uid} not computed: {how}")
         return store.task_result(self.node)
 
@@ -79,8 +85,9 @@ class Job:
         return None
 
     def _log(self, kind: str) -> str | None:
-        if self.submitit_job is not None:
-            text: str | None = getattr(self.submitit_job, kind)()
+        job = self.submitit_job
+        if job is not None:
+            text: str | None = getattr(job, kind)()
             return text
         record = registry.latest(self.node.folder)
         if record is None:
@@ -95,8 +102,8 @@ class Job:
         return self._log("stderr")
 
     def cancel(self, check: bool = True) -> None:
-        if self.submitit_job is not None:
-            self.submitit_job.cancel(check=check)
+        if self.handle is not None:
+            self.handle.cancel()
 
 
 LocalJob = Job

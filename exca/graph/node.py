@@ -9,6 +9,7 @@ missing work should run (``Execution``), and which nodes must be done before it
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import typing as tp
 from pathlib import Path
@@ -76,7 +77,22 @@ class Value:
         return cls(value, uid)
 
 
-Input = tuple[str, "Node | Value"]  # (parameter name, what feeds it)
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """A list input mixing nodes and values: the method receives the list of their outputs."""
+
+    sources: tuple[Node | Value, ...]
+
+    @property
+    def uid(self) -> str:
+        return "[" + ",".join(source.uid for source in self.sources) + "]"
+
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        return tuple(s for s in self.sources if isinstance(s, Node))
+
+
+Input = tuple[str, "Node | Value | Group"]  # (parameter name, what feeds it)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -103,6 +119,7 @@ class Node:
     # maps only
     item_uid: tp.Callable[[tp.Any], str] | None = None
     items: tp.Sequence[tp.Any] | Node | None = None
+    item_uids: tp.Sequence[str] | None = None  # of ``items`` when already computed
     forbid_single_item: bool = False
 
     @property
@@ -115,15 +132,40 @@ class Node:
         return "inputs-" + hashlib.md5(text.encode("utf8")).hexdigest()[:8]
 
     @property
-    def uid(self) -> str:
-        """``<step>/<config uid>[/inputs-<digest>]``: the node's path under its root."""
+    def path(self) -> str:
+        """``<step>/<config uid>[/inputs-<digest>]``: the node's folder under its root."""
         base = f"{self.step}/{self.config_uid}"
         extra = self.inputs_uid
         return f"{base}/{extra}" if extra else base
 
+    @functools.cached_property
+    def items_uid(self) -> str | None:
+        """``items-<md5[:8]>`` of a map node's items (their uids, or the upstream node that
+        produces them): what a map node outputs depends on its items, not only its config."""
+        if self.kind != "map" or self.items is None:
+            return None
+        if isinstance(self.items, Node):
+            text = "from:" + self.items.uid
+        else:
+            uids = self.item_uids
+            if uids is None:
+                assert self.item_uid is not None
+                many = getattr(self.item_uid, "many", None)
+                items = list(self.items)
+                uids = many(items) if many is not None else [self.item_uid(i) for i in items]
+            text = "|".join(uids)
+        return "items-" + hashlib.md5(text.encode("utf8")).hexdigest()[:8]
+
+    @property
+    def uid(self) -> str:
+        """The node's identity: its path, plus ``/items-<digest>`` for a map (map nodes of one
+        config share their folder and per-item cache, whatever their items)."""
+        items = self.items_uid
+        return f"{self.path}/{items}" if items else self.path
+
     @property
     def folder(self) -> Path | None:
-        return None if self.root is None else self.root / self.uid
+        return None if self.root is None else self.root / self.path
 
     @property
     def key(self) -> tuple[str, str]:
@@ -133,7 +175,12 @@ class Node:
     @property
     def upstream(self) -> tuple[Node, ...]:
         """Every node that must be done before this one (inputs, map items, chained)."""
-        nodes = [source for _, source in self.inputs if isinstance(source, Node)]
+        nodes: list[Node] = []
+        for _, source in self.inputs:
+            if isinstance(source, Node):
+                nodes.append(source)
+            elif isinstance(source, Group):
+                nodes.extend(source.nodes)
         if isinstance(self.items, Node):
             nodes.append(self.items)
         nodes.extend(self.chained)

@@ -88,7 +88,8 @@ class Plan:
                 items = "items known at run time"
             else:
                 total = len(set(run.uids))
-                items = f"{len(run.todo or [])}/{total} missing"
+                what = "missing" if run.action in ("compute", "reuse", "fail") else "to compute"
+                items = f"{len(run.todo or [])}/{total} {what}"
         job_id = None
         if run.action == "wait" and run.handles:
             job_id = run.handles[0].job_id
@@ -106,7 +107,7 @@ class Plan:
             status=status,
             action=action,
             reason=reason,
-            where=node.execution.describe(),
+            where=_where(node, run),
             upstream=[self.graph.nodes[k].uid for k in self.graph.upstream[node.key]],
             items=items,
             job_id=job_id,
@@ -124,6 +125,7 @@ class Plan:
             upstream = next((n for n in self.graph.nodes.values() if n.uid == uid), None)
             if upstream is None or upstream.kind != "task":
                 continue
+            upstream.cache.refresh()
             current = upstream.cache.entry(TASK_KEY)
             if current is not None and f"{current.file}:{current.offset}" != recorded:
                 when = (current.info.get("#meta") or {}).get("t")
@@ -165,11 +167,11 @@ class Plan:
                     )
                     elements = len(chunks) if todo is not None else (node.execution.max_jobs or 1)
                 elif cluster in POOL_CLUSTERS:
-                    elements = todo or 1
-            group = (
-                wave[key],
-                f"{cluster}|{node.execution.group_key}" if cluster else f"inline|{node.uid}",
-            )
+                    from .executors import Pools
+
+                    workers = Pools.workers(todo or 1, node.execution.max_jobs)
+                    elements = len(to_chunks(todo, 3 * workers, 1)) if todo else 1
+            group = (wave[key], f"{cluster}|{node.execution.group_key}" if cluster else "inline")
             array = groups.get(group)
             if array is None:
                 array = groups[group] = PlannedArray(
@@ -255,6 +257,16 @@ class Plan:
         for status, style in _MERMAID_STYLE.items():
             lines.append(f"  classDef {status.replace(' ', '_')} {style}")
         return "\n".join(lines) + "\n"
+
+
+def _where(node: Node, run: NodeRun) -> str:
+    """Where work would run; ``auto`` says what it resolves to here."""
+    where = node.execution.describe()
+    if node.execution.cluster == "auto" and run.needs_work:
+        from .executors import resolve_cluster
+
+        where = f"{resolve_cluster('auto')} (auto){where[len('auto') :]}"
+    return where
 
 
 def _escape(text: str) -> str:

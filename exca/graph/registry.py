@@ -59,14 +59,18 @@ def write(folder: Path, record: JobRecord, link: bool = True) -> None:
     tmp.write_bytes(orjson.dumps(dataclasses.asdict(record)))
     os.replace(tmp, jobs / f"{name}.json")
     if link:
-        target = folder / LINK_NAME
-        tmp_link = folder / f".{LINK_NAME}.{os.urandom(3).hex()}"
-        try:
-            os.symlink(record.logs, tmp_link)
-            os.replace(tmp_link, target)
-        except OSError:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp_link)
+        globals()["link"](folder, LINK_NAME, record.logs)
+
+
+def link(folder: Path, name: str, target: str) -> None:
+    """Point ``folder/name`` at target (replaced atomically)."""
+    tmp_link = folder / f".{name}.{os.urandom(3).hex()}"
+    try:
+        os.symlink(target, tmp_link)
+        os.replace(tmp_link, folder / name)
+    except OSError:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp_link)
 
 
 def forget(folder: Path | None, job_id: str) -> None:

@@ -39,6 +39,7 @@ class Scheduler:
     ) -> None:
         self.graph = Graph(targets, item_uids)
         self.progress_requested = progress
+        self._requeued: list[NodeRun] = []
         self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
 
     @property
@@ -51,6 +52,13 @@ class Scheduler:
     def start(self) -> list[NodeRun]:
         """Decide, settle what needs no work, prepare the folders of what does."""
         runs = self.graph.decide()
+        read_only = [r for r in runs.values() if r.action == "fail" and "read-only" in r.reason]
+        if read_only:  # read-only never computes: refuse before anything runs or is submitted
+            raise (
+                self.graph.decision_error(read_only[0])
+                if len(read_only) == 1
+                else NodeFailures({r.node.uid: self.graph.decision_error(r) for r in read_only})
+            )
         for run in runs.values():
             if run.action == "fail":
                 run.state = "failed"
@@ -118,6 +126,9 @@ class Scheduler:
                     self.wait_some(running, progress)
                 elif not ready:
                     break
+                for run in self._requeued:  # waited for others' jobs: compute what they left
+                    pending[run.node.key] = run
+                self._requeued.clear()
         except KeyboardInterrupt:
             logger.warning("Interrupted: cancelling the jobs this run submitted")
             for run in running.values():
@@ -265,6 +276,9 @@ class Scheduler:
         )
         try:
             registry.write(folder, record, link=unit.uids is None)
+            workdir = getattr(node.execution.workdir, "folder", None)
+            if workdir is not None and unit.uids is None:
+                registry.link(folder, "code", str(workdir))  # the code snapshot the job ran
         except OSError as e:
             logger.warning("Could not record job %s in %s: %s", handle.job_id, folder, e)
 
@@ -306,6 +320,17 @@ class Scheduler:
             run.error = self._lost(run)
             if isinstance(run.error, JobFailedError) and node.folder is not None:
                 _cache_error(node, run.error)
+            return
+        if run.action == "wait":  # someone else's chunk jobs ended: decide what is left
+            run.handles = []
+            self.graph.decide_items(run, store.map_item_uids(node), forced=False)
+            if run.needs_work:
+                run.state = "pending"
+                self._requeued.append(run)
+            else:
+                run.state = "done" if run.action == "reuse" else "failed"
+                if run.state == "failed":
+                    run.error = self.graph.decision_error(run)
             return
         todo = run.todo or []
         missing = node.cache.missing(todo)

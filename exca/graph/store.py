@@ -54,6 +54,8 @@ def map_item_uids(node: Node) -> list[str]:
     items = node.items
     if isinstance(items, Node):
         items = load_output(items)
+    elif node.item_uids is not None:
+        return list(node.item_uids)
     assert node.item_uid is not None
     many = getattr(node.item_uid, "many", None)
     return many(list(items or ())) if many is not None else [node.item_uid(i) for i in items or ()]

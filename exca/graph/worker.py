@@ -16,7 +16,7 @@ import typing as tp
 from ..storage.claims import Claim, Claims, Owner
 from ..storage.formats import CachedError
 from . import store
-from .node import TASK_KEY, Node, Value
+from .node import TASK_KEY, Group, Node, Value
 
 logger = logging.getLogger("exca")
 Action = tp.Literal["compute", "force", "retry"]
@@ -121,10 +121,13 @@ def _wait_message(folder: tp.Any) -> tp.Callable[[dict[str, Owner]], None]:
     return on_wait
 
 
-def load_output(source: Node | Value) -> tp.Any:
-    """What an input receives: a value, a task's result, or a map's outputs (in order)."""
+def load_output(source: Node | Value | Group) -> tp.Any:
+    """What an input receives: a value, a task's result, a map's outputs (in order), or
+    the list of these for a group."""
     if isinstance(source, Value):
         return source.value
+    if isinstance(source, Group):
+        return [load_output(s) for s in source.sources]
     if source.kind == "map":
         return store.map_outputs(source)
     source.cache.refresh()
@@ -276,6 +279,18 @@ def _items_done(node: Node) -> tp.Callable[[list[str]], list[str]]:
     return done
 
 
+def _items_provenance(node: Node) -> dict[str, tp.Any] | None:
+    """For maps fed by an upstream task: which entry the items came from (clean --downstream
+    finds maps computed from a task through it)."""
+    source = node.items
+    if not isinstance(source, Node) or source.kind != "task":
+        return None
+    entry = source.cache.entry(TASK_KEY)
+    if entry is None:
+        return None
+    return {"t": round(time.time(), 3), "up": {source.uid: f"{entry.file}:{entry.offset}"}}
+
+
 def _compute_items(
     node: Node,
     uids: list[str],
@@ -309,6 +324,7 @@ def _compute_from(
     item being computed when the method raises. Returns where to restart."""
     cache = node.cache
     items = [by_uid[u] for u in uids[start:]]
+    meta = _items_provenance(node)
     position = start
     batch: list[tuple[str, tp.Any]] = []
     last_flush = time.monotonic()
@@ -316,7 +332,7 @@ def _compute_from(
     def flush() -> None:
         nonlocal last_flush
         if batch:
-            cache.set_many(batch)
+            cache.set_many(batch, meta=meta)
             report.computed += len(batch)
             if progress is not None:
                 progress(len(batch))

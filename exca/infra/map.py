@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import inspect
@@ -124,7 +125,7 @@ class BoundMap:
             items = list(items)
         infra = tp.cast(MapInfra, method.infra_of(self.obj))
         uids = method.item_uid.many(items)
-        node = infra._map_node(items)
+        node = infra._map_node(items, uids)
         calls.map_items(node, uids)
         if infra.mode == "force":
             infra._runtime().forced = True
@@ -214,7 +215,9 @@ class MapInfra(BaseInfra, SubmititMixin):
         cache: CacheDict[tp.Any] = runtime.cache
         return cache
 
-    def _map_node(self, items: tp.Sequence[tp.Any] | Node) -> Node:
+    def _map_node(
+        self, items: tp.Sequence[tp.Any] | Node, uids: tp.Sequence[str] | None = None
+    ) -> Node:
         runtime = self._runtime()
         base: Node | None = runtime.node
         if base is None:
@@ -246,10 +249,4 @@ class MapInfra(BaseInfra, SubmititMixin):
             )
             if self.folder is not None or self.keep_in_ram:
                 runtime.node = base
-        return _with_items(base, items)
-
-
-def _with_items(node: Node, items: tp.Sequence[tp.Any] | Node) -> Node:
-    import dataclasses
-
-    return dataclasses.replace(node, items=items)
+        return dataclasses.replace(base, items=items, item_uids=uids)

@@ -18,7 +18,7 @@ import pydantic
 from ..confdict import ConfDict
 from ..graph import calls, registry, store
 from ..graph.jobs import Job
-from ..graph.node import TASK_KEY, Input, Node, Value
+from ..graph.node import TASK_KEY, Group, Input, Node, Value
 from ..storage.cachedict import CacheDict
 from . import identity, uidfolder
 from .base import _MISSING, BaseInfra
@@ -43,6 +43,16 @@ def _task_methods(cls: type) -> tuple[TaskMethod, ...]:
     return tuple(found.values())
 
 
+@functools.cache
+def _warn_unchained(cls: type, method: TaskMethod) -> None:
+    logger.warning(
+        "%s.%s has a TaskInfra without folder: it is not computed beforehand nor cached when "
+        "a config containing it runs (give its infra a folder to chain it)",
+        cls.__name__,
+        method.name,
+    )
+
+
 def chained_nodes(owner: pydantic.BaseModel) -> tuple[Node, ...]:
     """Nodes of the no-argument task methods (with a folder) of every sub-config of an
     owner: they are computed before the owner's own task nodes."""
@@ -53,6 +63,7 @@ def chained_nodes(owner: pydantic.BaseModel) -> tuple[Node, ...]:
         for method in _task_methods(type(sub)):
             infra = tp.cast("TaskInfra", method.infra_of(sub))
             if infra.folder is None:
+                _warn_unchained(type(sub), method)
                 continue
             node = infra._node()
             nodes.setdefault(node.key, node)
@@ -92,7 +103,13 @@ class TaskMethod(InfraMethod):
         out: list[Input] = []
         for name in self.params:
             value = bound.arguments[name]
-            out.append((name, value if isinstance(value, Node) else Value.of(value)))
+            if isinstance(value, Node):
+                out.append((name, value))
+            elif isinstance(value, list | tuple) and any(isinstance(v, Node) for v in value):
+                group = tuple(v if isinstance(v, Node) else Value.of(v) for v in value)
+                out.append((name, Group(group)))  # e.g. a sweep of nodes feeding one evaluation
+            else:
+                out.append((name, Value.of(value)))
         return tuple(out)
 
 

@@ -23,6 +23,7 @@ import orjson
 
 from ..graph import registry
 from ..graph.node import TASK_KEY, Node
+from ..infra.uidfolder import UID_FILE
 from ..storage import process
 from ..storage.cachedict import CacheDict
 from ..storage.claims import CLAIMS_DIR, Claims
@@ -121,8 +122,13 @@ def downstream_folders(root: Path, folders: tp.Iterable[Path]) -> list[Path]:
     parents: dict[Path, set[str]] = {}
     for step, uid, folder in node_folders(root):
         by_uid[f"{step}/{uid}"] = folder
-        entry = CacheDict(folder, permissions=None).entry(TASK_KEY)
-        meta = entry.info.get("#meta") if entry is not None else None
+        cache: CacheDict[tp.Any] = CacheDict(folder, permissions=None)
+        entry = cache.entry(TASK_KEY)
+        if entry is None:  # a map: its items may record the upstream they came from
+            first = next(iter(cache.entries_info().values()), None)
+            meta = first.get("#meta") if first is not None else None
+        else:
+            meta = entry.info.get("#meta")
         if isinstance(meta, dict):
             parents[folder] = set((meta.get("up") or {}).keys())
     targets = {Path(f).resolve() for f in folders}
@@ -186,8 +192,18 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
         folders.sort(key=lambda p: _version_key(p.name.rpartition(",")[2]))
         newest = folders[-1].name.rpartition(",")[2]
         for old in folders[:-1]:
-            for config in sorted(p for p in old.iterdir() if p.is_dir()):
-                _add_folder(plan, config, f"old version (newest is {newest})")
+            reason = f"old version (newest is {newest})"
+            kept_before = len(plan.kept)
+            subfolders = sorted(p for p in old.iterdir() if p.is_dir())
+            for config in subfolders:
+                if (config / UID_FILE).exists():
+                    _add_folder(plan, config, reason)
+            if len(plan.kept) > kept_before:
+                continue  # a config of this version is in use: keep its logs and code too
+            for other in subfolders:
+                if not (other / UID_FILE).exists():  # logs/, code/ of the old version
+                    size, _ = disk_usage(other, recursive_into_inputs=True)
+                    plan.removals.append(Removal(other, size, f"{other.name} of an {reason}"))
     return plan
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..confdict import ConfDict
 from ..graph import registry
 from ..graph.node import TASK_KEY
-from ..infra.uidfolder import UID_FILE, read_yaml
+from ..infra.uidfolder import FULL_UID_FILE, UID_FILE, read_yaml
 from ..storage.cachedict import CacheDict
 from ..storage.claims import Claims
 from ..storage.index import INDEX_SUFFIX
@@ -42,9 +42,11 @@ class NodeInfo:
     job_state: str | None = None
     stdout: str | None = None
     stderr: str | None = None
+    full_config: dict[str, tp.Any] = dataclasses.field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, tp.Any]:
         out = dataclasses.asdict(self)
+        del out["full_config"]
         out["folder"] = str(self.folder)
         out["modified"] = _iso(self.modified)
         return out
@@ -111,6 +113,7 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
     """The NodeInfo of one node folder."""
     config_folder = folder.parent if uid.rsplit("/", 1)[-1].startswith(INPUTS_PREFIX) else folder
     config = ConfDict(read_yaml(config_folder / UID_FILE) or {}).flat()
+    full = ConfDict(read_yaml(config_folder / FULL_UID_FILE) or {}).flat()
     cache: CacheDict[tp.Any] = CacheDict(folder, permissions=None)
     cache.refresh()
     entries = cache.entries_info()
@@ -120,6 +123,7 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
         kind = "task" if set(entries) == {TASK_KEY} else "map"
     size, modified = disk_usage(folder)
     info = NodeInfo(step, uid, folder, kind, "empty", config, len(entries), errors, size, modified)
+    info.full_config = full
     record = registry.latest(folder)
     if record is not None:
         info.job_id = record.job_id
@@ -131,10 +135,10 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
         info.status = "error" if errors else "success"
     elif kind == "map":
         info.status = "partial" if errors else "success"
-    if computing:
+    if info.job_state == "running" and (kind == "empty" or kind == "map"):
+        info.status = "running"  # queued, or computing inside its job
+    elif computing:
         info.status = "computing"
-    elif info.job_state == "running" and (kind == "empty" or kind == "map"):
-        info.status = "running"
     return info
 
 
@@ -156,10 +160,15 @@ def inspect(
     records = [registry.latest(f) for _, _, f in folders]
     slurm = [r.job_id for r in records if r is not None and r.cluster == "slurm"]
     queued = registry.queued_jobs(slurm) if slurm else set()
+    parents = {f.parent for _, u, f in folders if "/" in u}
     out = []
     for s, u, f in folders:
         info = describe(s, u, f, queued)
-        if not all(_matches(info.config, key, value) for key, value in conditions):
+        if f in parents and info.kind == "empty":
+            continue  # a config folder that only holds tasks with inputs (listed themselves)
+        if not all(
+            _matches(info.full_config or info.config, key, value) for key, value in conditions
+        ):
             continue
         if status is not None and info.status != status:
             continue
@@ -177,7 +186,7 @@ def _parse_condition(text: str) -> tuple[str, str]:
 
 
 def _matches(config: dict[str, tp.Any], key: str, value: str) -> bool:
-    """``key=value`` against a flat config; a missing key means the class default."""
+    """``key=value`` against a flat config (with defaults: full-uid.yaml)."""
     import yaml
 
     candidates = [k for k in config if k == key or k.endswith("." + key)]

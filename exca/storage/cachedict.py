@@ -182,6 +182,18 @@ class CacheDict(tp.Generic[X]):
                 raise value.to_exception(f"{where} item {key!r}" if where else repr(key))
             yield value
 
+    def count_errors(self, keys: tp.Iterable[str]) -> int:
+        """How many of these keys hold a cached error (read from the index, nothing loaded)."""
+        entries = self._entries()
+        count = 0
+        for key in set(keys):
+            entry = entries.get(key)
+            if entry is not None:
+                count += entry[2]["#type"] == "Error"
+            elif type(self._ram.get(key)) is CachedError:
+                count += 1
+        return count
+
     def entry_type(self, key: str) -> str | None:
         """The stored format name of an entry (``"Error"`` for cached errors), without loading."""
         entries = self._entries()
@@ -362,7 +374,9 @@ class CacheDict(tp.Generic[X]):
         if self.keep_in_ram:
             self._ram[key] = value
 
-    def set_many(self, pairs: tp.Iterable[tuple[str, X]]) -> None:
+    def set_many(
+        self, pairs: tp.Iterable[tuple[str, X]], meta: dict[str, tp.Any] | None = None
+    ) -> None:
         """Write many entries at once (inside ``write()``): their payloads, then all their
         index lines in one append. A crash leaves none or a prefix of them, never a wrong one."""
         reader = self._reader
@@ -390,6 +404,8 @@ class CacheDict(tp.Generic[X]):
                 if key in entries or key in self._ram:
                     raise ValueError(f"Key {key!r} is already in the cache {self.folder}")
                 info = ctx.dump_entry(key, value, self.cache_type)
+                if meta is not None:
+                    info["#meta"] = meta
                 records.append(info)
                 lines.append(orjson.dumps(info))
                 values.append((key, value))

@@ -240,7 +240,11 @@ class DumpContext:
                 if not hasattr(klass, attr):
                     raise TypeError(f"Format {key} must define {attr}")
             existing = cls.HANDLERS.get(key)
-            if existing is not None and existing is not klass:
+            redefined = existing is not None and (existing.__module__, existing.__qualname__) == (
+                klass.__module__,
+                klass.__qualname__,
+            )  # the same class defined again (a re-run notebook cell): replace it
+            if existing is not None and existing is not klass and not redefined:
                 raise ValueError(
                     f"A format named {key!r} is already registered ({existing!r}): "
                     "rename the class or pass name=..."

@@ -74,15 +74,20 @@ class IndexReader:
     def refresh(self) -> None:
         """Read what every writer appended since the last refresh."""
         with self._lock:
-            try:
-                listing = [e.name for e in os.scandir(self.folder) if e.name.endswith(INDEX_SUFFIX)]
-            except FileNotFoundError:
-                listing = []
-            if len(listing) != len(self._files):
+            for _ in range(10):
+                try:
+                    listing = [
+                        e.name for e in os.scandir(self.folder) if e.name.endswith(INDEX_SUFFIX)
+                    ]
+                except FileNotFoundError:
+                    listing = []
                 for name in set(self._files).difference(listing):
                     self._forget_file(name)  # compacted or cleared by someone else
-            for name in listing:
-                self._read_file(name)
+                vanished = [name for name in listing if not self._read_file(name)]
+                if not vanished:
+                    return
+                # a file vanished between listing and reading (compaction writes the merged
+                # file before removing the old ones): list again to find where they went
 
     def file_names(self) -> list[str]:
         return list(self._files)
@@ -107,7 +112,8 @@ class IndexReader:
         if old is not None and (old[0], old[1]) != (new[0], new[1]):
             self._shadowed.setdefault(key, []).append(old)
 
-    def _read_file(self, name: str) -> None:
+    def _read_file(self, name: str) -> bool:
+        """Read what was appended to one file; False if the file vanished."""
         path = self.folder / name
         state = self._files.get(name)
         try:
@@ -115,10 +121,10 @@ class IndexReader:
         except FileNotFoundError:
             if state is not None:
                 self._forget_file(name)
-            return
+            return False
         if state is not None:
             if stat.st_size == state.offset and stat.st_ino == state.inode:
-                return
+                return True
             if stat.st_ino != state.inode or stat.st_size < state.offset:
                 self._forget_file(name)  # replaced or truncated: read it again
                 state = None
@@ -131,14 +137,15 @@ class IndexReader:
                 data = handle.read()
         except FileNotFoundError:
             self._forget_file(name)
-            return
+            return False
         end = data.rfind(b"\n")
         if end < 0:
-            return  # only an incomplete line so far
+            return True  # only an incomplete line so far
         lines = data[:end].split(b"\n")
         if not self._parse_bulk(name, state, lines):
             self._parse_lines(name, state, lines)
         state.offset += end + 1
+        return True
 
     def _parse_bulk(self, name: str, state: FileState, lines: list[bytes]) -> bool:
         """Fast path: every line is a well-formed entry (no tombstone, nothing odd)."""

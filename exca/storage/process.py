@@ -27,7 +27,8 @@ def hostname() -> str:
 
 
 def process_start_time(pid: int) -> int | None:
-    """Start time of a process in clock ticks since boot (None if it does not exist)."""
+    """Start time of a process in clock ticks since boot (None if it does not exist or
+    has already exited and waits to be reaped)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             stat = handle.read()
@@ -35,6 +36,8 @@ def process_start_time(pid: int) -> int | None:
         return None
     # the command name (field 2) may contain spaces and parentheses: split after the last ")"
     fields = stat[stat.rfind(b")") + 2 :].split()
+    if fields and fields[0] in (b"Z", b"X"):
+        return None  # a zombie has finished: it is not running anything anymore
     try:
         return int(fields[19])  # field 22 of the whole line
     except (IndexError, ValueError):

@@ -1,0 +1,1086 @@
+"""Operating a cache (exca.ops and ``python -m exca``): inspect / list, explain, clean, logs
+and check, on real cache folders built by running exca (no Slurm here, see
+test_ops_slurm.py).
+
+Classes are defined at module level: local jobs, helper processes and the command line
+import them as ``test_ops`` (tests/ is on PYTHONPATH, see conftest). Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import typing as tp
+from pathlib import Path
+
+import pydantic
+import pytest
+import yaml
+
+import exca
+import exca.graph
+import exca.ops
+from exca.ops import clean
+from exca.storage.cachedict import CacheDict
+
+WAIT_S = 60.0  # bound on any wait (never reached when things work)
+INDEX_GLOB = "*-info.jsonl"
+
+
+# --- configs ---------------------------------------------------------------------------------
+class Optim(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    lr: float = 0.01
+    momentum: float = 0.9
+
+
+class Train(pydantic.BaseModel):
+    """A task with a nested config; prints to stdout and stderr; fails on request."""
+
+    optim: Optim = Optim()
+    seed: int = 0
+    fail: bool = False
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def fit(self) -> float:
+        print(f"fitting seed={self.seed} lr={self.optim.lr}", flush=True)
+        print(f"warning from seed={self.seed}", file=sys.stderr, flush=True)
+        if self.fail:
+            raise ValueError(f"cannot fit seed={self.seed}")
+        return self.optim.lr * 100 + self.seed
+
+
+class Squares(pydantic.BaseModel):
+    """A map: x -> x * x + offset; a negative item raises (a cached item error)."""
+
+    offset: int = 0
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def square(self, items: list[int]) -> tp.Iterator[int]:
+        for x in items:
+            if x < 0:
+                raise ValueError(f"negative item {x}")
+            yield x * x + self.offset
+
+
+class Ranges(pydantic.BaseModel):
+    """A map whose outputs are large enough to go to shared data files (not inline)."""
+
+    width: int = 200
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def expand(self, items: list[int]) -> tp.Iterator[list[int]]:
+        for x in items:
+            yield list(range(x, x + self.width))
+
+
+class Source(pydantic.BaseModel):
+    """Upstream task of a pipeline (its list result is stored as a payload file)."""
+
+    n: int = 3
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def make(self) -> list[int]:
+        return list(range(self.n))
+
+
+class Total(pydantic.BaseModel):
+    """Downstream task with an input (cached in <uid>/inputs-<digest>)."""
+
+    scale: int = 2
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def total(self, values: list[int]) -> int:
+        return self.scale * sum(values)
+
+
+class Slow(pydantic.BaseModel):
+    """Blocks while the file `flag` exists (at most `limit_s` seconds)."""
+
+    flag: str
+    limit_s: float = WAIT_S
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def wait_for_flag(self) -> str:
+        print("slow task started", flush=True)
+        end = time.time() + self.limit_s
+        while os.path.exists(self.flag) and time.time() < end:
+            time.sleep(0.02)
+        return "released"
+
+
+class Chatty(pydantic.BaseModel):
+    """A map printing one stdout and one stderr line per item it computes."""
+
+    tag: str = "a"
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def shout(self, items: list[int]) -> tp.Iterator[int]:
+        for x in items:
+            print(f"item-{x}-out pid={os.getpid()}", flush=True)
+            print(f"item-{x}-err", file=sys.stderr, flush=True)
+            yield x + 1
+
+
+# --- helpers -----------------------------------------------------------------------------------
+def cli(
+    *args: str | Path, cwd: Path | None = None, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``python -m exca <args>`` in a fresh process."""
+    result = subprocess.run(
+        [sys.executable, "-m", "exca", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+    )
+    if check:
+        assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def python(code: str, **popen: tp.Any) -> subprocess.Popen[str]:
+    """Start ``python -c code`` (it can ``import test_ops``)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+
+
+def run_python(code: str) -> str:
+    proc = python(code)
+    out, err = proc.communicate(timeout=WAIT_S)
+    assert proc.returncode == 0, f"helper process failed:\n{out}\n{err}"
+    return out
+
+
+def wait_until(predicate: tp.Callable[[], tp.Any], what: str, timeout: float = WAIT_S) -> tp.Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not reached within {timeout:.0f}s: {what}")
+        time.sleep(0.05)
+
+
+def tree_hash(root: Path) -> str:
+    """Digest of every path, file content and symlink target under root."""
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            path = Path(dirpath) / name
+            digest.update(str(path.relative_to(root)).encode() + b"\0")
+            if path.is_symlink():
+                digest.update(b"L" + os.readlink(path).encode())
+            elif path.is_file():
+                digest.update(b"F" + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def disk_bytes(folder: Path, skip_inputs: bool = False) -> int:
+    """Bytes on disk (allocated blocks) of the files under a folder (symlinks not followed);
+    ``skip_inputs``: without the inputs-* sub-folders of the folder itself."""
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(folder):
+        if skip_inputs and Path(dirpath) == folder:
+            dirnames[:] = [d for d in dirnames if not d.startswith("inputs-")]
+        for name in filenames:
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                total += path.stat().st_blocks * 512
+    return total
+
+
+def index_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob(INDEX_GLOB))
+
+
+def folder_of(obj: tp.Any) -> Path:
+    folder = obj.infra.uid_folder()
+    assert folder is not None
+    return Path(folder)
+
+
+def by_uid(infos: list[exca.ops.NodeInfo]) -> dict[str, exca.ops.NodeInfo]:
+    return {i.uid: i for i in infos}
+
+
+def grouped_lines(text: str) -> dict[str, list[str]]:
+    """The table of ``exca list``: {step header: its config lines}."""
+    groups: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if not line.startswith(" "):
+            current = line.split()[0]
+            groups[current] = []
+        else:
+            assert current is not None, text
+            groups[current].append(line.strip())
+    return groups
+
+
+TRAIN_STEP = f"{__name__}.Train.fit,1"
+
+
+# --- a cache with some of everything ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tp.Any]:
+    """Tasks (success, error, nested config values, a local job), maps (all good, with an
+    item error) and a pipeline whose downstream task has inputs."""
+    root = tmp_path_factory.mktemp("inspect") / "cache"
+    infra = {"folder": root}
+    out: dict[str, tp.Any] = {"root": root}
+    out["default"] = Train(infra=infra)
+    out["lr"] = Train(optim={"lr": 0.02}, infra=infra)
+    out["seed"] = Train(seed=3, infra=infra)
+    out["fail"] = Train(fail=True, infra=infra)
+    out["job"] = Train(seed=4, infra={**infra, "cluster": "local"})
+    for name in ("default", "lr", "seed", "job"):
+        out[name].fit()
+    with pytest.raises(ValueError, match="cannot fit"):
+        out["fail"].fit()
+    out["squares"] = Squares(infra=infra)
+    assert list(out["squares"].square([1, 2, 3, 4])) == [1, 4, 9, 16]
+    out["partial"] = Squares(offset=1, infra=infra)
+    with pytest.raises(ValueError, match="negative item -2"):
+        list(out["partial"].square([1, -2, 3]))
+    source = Source(n=4, infra=infra)
+    out["pipeline"] = Total(infra=infra).total.node(source.make.node())
+    assert out["pipeline"].result() == 12
+    out["source"] = source
+    return out
+
+
+def test_inspect_python_api(cache: dict[str, tp.Any]) -> None:
+    root = cache["root"]
+    infos = exca.ops.inspect(root)
+    train = by_uid([i for i in infos if i.step == TRAIN_STEP])
+    default, lr, seed, fail, job = (
+        folder_of(cache[k]) for k in ("default", "lr", "seed", "fail", "job")
+    )
+    assert set(train) == {p.name for p in (default, lr, seed, fail, job)}
+    assert train[default.name].status == "success"
+    assert train[default.name].kind == "task"
+    assert train[default.name].entries == 1
+    assert train[default.name].config == {}  # only non-default values identify a config
+    assert train[lr.name].config == {"optim.lr": 0.02}
+    assert train[fail.name].status == "error"
+    assert (train[fail.name].entries, train[fail.name].errors) == (1, 1)
+    # size on disk and last write time, as the files say
+    for name, info in train.items():
+        folder = root / TRAIN_STEP / name
+        assert info.folder == folder
+        assert info.size == disk_bytes(folder) > 0
+        assert info.modified == max(p.stat().st_mtime for p in index_files(folder))
+    # the job that produced a result, and its logs
+    assert train[job.name].job_id is not None and train[job.name].job_state == "ended"
+    assert train[default.name].job_id is None
+    stdout = Path(train[job.name].stdout or "")
+    assert "fitting seed=4" in stdout.read_text()
+    assert "warning from seed=4" in Path(train[job.name].stderr or "").read_text()
+    # maps: entry counts, errors included
+    maps = by_uid(exca.ops.inspect(root, step=f"{__name__}.Squares.square,1"))
+    good, partial = maps[folder_of(cache["squares"]).name], maps[folder_of(cache["partial"]).name]
+    assert (good.kind, good.status, good.entries, good.errors) == ("map", "success", 4, 0)
+    assert (partial.kind, partial.status, partial.entries, partial.errors) == (
+        "map",
+        "partial",
+        3,
+        1,
+    )
+
+
+def test_inspect_lists_inputs_node_on_its_own(cache: dict[str, tp.Any]) -> None:
+    node = cache["pipeline"]
+    infos = exca.ops.inspect(cache["root"], step="Total")
+    (info,) = [i for i in infos if i.folder == node.folder]
+    assert info.uid == f"{node.config_uid}/{node.inputs_uid}"
+    assert info.uid.split("/")[-1].startswith("inputs-")
+    assert (info.kind, info.status, info.entries) == ("task", "success", 1)
+    assert info.size == disk_bytes(node.folder)
+    # the config folder that only holds tasks with inputs is not listed as an empty node
+    assert not [i for i in infos if i.folder == node.folder.parent]
+
+
+def test_list_cli_table_grouped_by_step(cache: dict[str, tp.Any]) -> None:
+    root = cache["root"]
+    result = cli("list", root, check=True)
+    groups = grouped_lines(result.stdout)
+    steps = {
+        TRAIN_STEP,
+        f"{__name__}.Squares.square,1",
+        f"{__name__}.Source.make,1",
+        f"{__name__}.Total.total,1",
+    }
+    assert set(groups) == steps, result.stdout
+    for key, status in (
+        ("default", "success"),
+        ("lr", "success"),
+        ("fail", "error"),
+        ("job", "success"),
+    ):
+        name = folder_of(cache[key]).name
+        (line,) = [row for row in groups[TRAIN_STEP] if f"  {name}" in row]
+        assert line.split()[0] == status, line
+    job_line = next(r for r in groups[TRAIN_STEP] if folder_of(cache["job"]).name in r)
+    job_id = exca.ops.inspect(root, where=["seed=4"])[0].job_id
+    assert f"job {job_id}" in job_line
+    squares = groups[f"{__name__}.Squares.square,1"]
+    (partial,) = [r for r in squares if r.startswith("partial")]
+    assert "3 item(s), 1 error(s)" in partial
+    (good,) = [r for r in squares if r.startswith("success")]
+    assert "4 item(s)" in good
+
+
+def test_list_cli_filters_and_json(cache: dict[str, tp.Any]) -> None:
+    root = cache["root"]
+
+    def listed(*args: str) -> list[dict[str, tp.Any]]:
+        result = cli("list", root, "--json", *args, check=True)
+        return json.loads(result.stdout)
+
+    everything = listed()
+    fields = {"step", "uid", "folder", "kind", "status", "config", "entries", "errors", "size",
+              "modified", "job_id", "job_state", "stdout", "stderr"}  # fmt: skip
+    assert everything and all(set(row) == fields for row in everything)
+    python_side = exca.ops.inspect(root)
+    assert [r["folder"] for r in everything] == [str(i.folder) for i in python_side]
+    for row, info in zip(everything, python_side):
+        assert row["size"] == info.size and row["entries"] == info.entries
+        if info.modified:  # an empty config folder (parent of inputs-*) has no index yet
+            written = datetime.datetime.fromtimestamp(info.modified).replace(microsecond=0)
+            assert datetime.datetime.fromisoformat(row["modified"]) == written
+        else:
+            assert row["modified"] is None
+    # --step
+    steps = {r["step"] for r in listed("--step", f"{__name__}.Squares.*")}
+    assert steps == {f"{__name__}.Squares.square,1"}
+    assert {r["step"] for r in listed("--step", "Train")} == {TRAIN_STEP}
+    # --where, nested dotted keys
+    (row,) = listed("--where", "optim.lr=0.02")
+    assert row["folder"] == str(folder_of(cache["lr"]))
+    (row,) = listed("--where", "seed=3")
+    assert row["folder"] == str(folder_of(cache["seed"]))
+    assert listed("--where", "seed=3", "--where", "optim.lr=0.02") == []
+    assert listed("--where", "optim.lr=0.5") == []
+    # --status
+    (row,) = listed("--status", "error")
+    assert row["folder"] == str(folder_of(cache["fail"]))
+    (row,) = listed("--status", "partial")
+    assert row["folder"] == str(folder_of(cache["partial"]))
+    assert {r["status"] for r in listed("--status", "success")} == {"success"}
+    # the same filters from Python
+    (info,) = exca.ops.inspect(root, step="Train", where=["optim.lr=0.02"], status="success")
+    assert info.folder == folder_of(cache["lr"])
+    # a bad condition is an error message, not a traceback
+    bad = cli("list", root, "--where", "seed")
+    assert bad.returncode != 0 and "key=value" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_list_where_matches_default_values(cache: dict[str, tp.Any]) -> None:
+    infos = exca.ops.inspect(cache["root"], step="Train", where=["optim.lr=0.01", "seed=0"])
+    assert folder_of(cache["default"]) in {i.folder for i in infos}
+
+
+@pytest.fixture
+def busy_task(tmp_path: Path) -> tp.Iterator[tuple[Path, Path, subprocess.Popen[str]]]:
+    """A slow task computed (with its claim) by another process until the fixture ends;
+    yields (root, node folder, process)."""
+    root = tmp_path / "cache"
+    flag = tmp_path / "hold"
+    flag.touch()
+    Train(infra={"folder": root}).fit()  # something else in the cache
+    proc = python(
+        f"""
+        import test_ops
+        print(test_ops.Slow(flag={str(flag)!r}, infra={{"folder": {str(root)!r}}}).wait_for_flag())
+        """
+    )
+    folder = folder_of(Slow(flag=str(flag), infra={"folder": root}))
+    try:
+        wait_until(
+            lambda: exca.ops.inspect(root, step="Slow", status="computing"),
+            "the other process claims the slow task",
+        )
+        yield root, folder, proc
+    finally:
+        flag.unlink(missing_ok=True)
+        try:
+            out, err = proc.communicate(timeout=WAIT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # started by this fixture
+            out, err = proc.communicate()
+        assert proc.returncode == 0, err
+        assert "released" in out
+
+
+def test_inspect_shows_computing(busy_task: tuple[Path, Path, subprocess.Popen[str]]) -> None:
+    root, folder, proc = busy_task
+    (info,) = exca.ops.inspect(root, step="Slow")
+    assert info.status == "computing"
+    assert info.folder == folder
+    assert proc.poll() is None
+    rows = json.loads(cli("list", root, "--status", "computing", "--json", check=True).stdout)
+    assert [r["folder"] for r in rows] == [str(folder)]
+    table = cli("list", root, check=True).stdout
+    (line,) = grouped_lines(table)[f"{__name__}.Slow.wait_for_flag,1"]
+    assert line.startswith("computing")
+
+
+def test_listing_while_another_process_writes(tmp_path: Path) -> None:
+    """A writer process adds map items (one writer session per call) until told to stop;
+    listing meanwhile never fails and never goes backwards."""
+    root = tmp_path / "cache"
+    stop = tmp_path / "stop"
+    started = tmp_path / "started"
+    proc = python(
+        f"""
+        import os, test_ops
+        count = 0
+        while not os.path.exists({str(stop)!r}) and count < 3000:
+            items = list(range(count * 4, count * 4 + 4))
+            assert list(test_ops.Squares(infra={{"folder": {str(root)!r}}}).square(items)) == [x * x for x in items]
+            count += 1
+            if count == 1:
+                open({str(started)!r}, "w").close()
+        print(count)
+        """
+    )
+    try:
+        wait_until(started.exists, "the writer process starts writing")
+        seen: list[int] = []
+        for round_ in range(24):
+            assert proc.poll() is None, "the writer must still be writing"
+            if round_ % 8 == 0:
+                rows = json.loads(cli("list", root, "--json", check=True).stdout)
+                (row,) = rows
+                seen.append(row["entries"])
+            else:
+                (info,) = exca.ops.inspect(root)
+                assert info.kind == "map"
+                assert info.status in ("success", "computing")  # the writer holds claims
+                seen.append(info.entries)
+    finally:
+        stop.touch()
+        out, err = proc.communicate(timeout=WAIT_S)
+    assert proc.returncode == 0, err
+    written = int(out.strip()) * 4
+    assert seen == sorted(seen), seen
+    assert seen[0] > 0 and seen[-1] <= written
+    (info,) = exca.ops.inspect(root)
+    assert info.entries == written
+
+
+# --- explain -----------------------------------------------------------------------------------
+def test_explain_never_computed(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    Squares(infra={"folder": root}).square([1])  # another method is cached
+    (explanation,) = exca.ops.explain(Train(infra={"folder": root}).fit.node())
+    assert (explanation.status, explanation.action) == ("missing", "compute")
+    assert explanation.nearest is None
+    assert "never computed" in explanation.summary()
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"infra": {"folder": str(root)}}))
+    result = cli("explain", f"{__name__}:Train.fit", "--config", cfg, "seed=5", check=True)
+    assert "never computed" in result.stdout
+
+
+def test_explain_config_diff_against_nearest(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    infra = {"folder": root}
+    cached = {
+        "far": Train(optim={"lr": 0.03, "momentum": 0.5}, seed=5, infra=infra),
+        "seed0": Train(seed=0, infra=infra),
+        "near": Train(seed=1, infra=infra),  # differs from the wanted config by optim.lr only
+        "lr_seed2": Train(optim={"lr": 0.02}, seed=2, infra=infra),
+    }
+    for obj in cached.values():
+        obj.fit()
+    wanted = Train(optim={"lr": 0.02}, seed=1, infra=infra)
+    (explanation,) = exca.ops.explain(wanted.fit.node())
+    assert (explanation.status, explanation.action) == ("missing", "compute")
+    assert explanation.nearest == str(folder_of(cached["near"]))
+    assert explanation.diff == [("optim.lr", 0.01, 0.02)]
+    assert "optim.lr 0.01 → 0.02" in explanation.summary()
+    assert "optim.lr 0.01 → 0.02" in str(explanation)
+    assert explanation.to_dict()["summary"] == explanation.summary()
+    # from the command line: yaml config + dotted overrides
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"infra": {"folder": str(root)}, "seed": 1}))
+    result = cli("explain", f"{__name__}:Train.fit", "--config", cfg, "optim.lr=0.02", check=True)
+    assert "optim.lr 0.01 → 0.02" in result.stdout
+    assert str(folder_of(cached["near"])) in result.stdout
+    rows = json.loads(
+        cli(
+            "explain",
+            f"{__name__}:Train.fit",
+            "--config",
+            cfg,
+            "optim.lr=0.02",
+            "--json",
+            check=True,
+        ).stdout
+    )
+    assert [r["diff"] for r in rows] == [[["optim.lr", 0.01, 0.02]]]
+    # a cached config: nothing to explain
+    result = cli("explain", f"{__name__}:Train.fit", "--config", cfg, check=True)
+    assert "Nothing to compute" in result.stdout
+    assert exca.ops.explain(Train(seed=1, infra=infra).fit.node()) == []
+
+
+def test_explain_version_change(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    Train(seed=1, infra={"folder": root}).fit()
+    bumped = Train(seed=1, infra={"folder": root, "version": "2"})
+    (explanation,) = exca.ops.explain(bumped.fit.node())
+    assert explanation.diff == [("version", "1", "2")]
+    assert "version '1' → '2'" in explanation.summary()
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"infra": {"folder": str(root), "version": "2"}, "seed": 1}))
+    result = cli("explain", f"{__name__}:Train.fit", "--config", cfg, check=True)
+    assert "version '1' → '2'" in result.stdout
+
+
+def test_explain_cached_error_and_forced(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    failing = Train(fail=True, infra={"folder": root})
+    with pytest.raises(ValueError):
+        failing.fit()
+    (explanation,) = exca.ops.explain(Train(fail=True, infra={"folder": root}).fit.node())
+    assert explanation.status == "cached error"
+    assert explanation.summary() == "cached error"
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"infra": {"folder": str(root)}}))
+    result = cli("explain", f"{__name__}:Train.fit", "--config", cfg, "fail=true", check=True)
+    assert "cached error" in result.stdout
+    # forced
+    Train(seed=2, infra={"folder": root}).fit()
+    forced = Train(seed=2, infra={"folder": root, "mode": "force"})
+    (explanation,) = exca.ops.explain(forced.fit.node())
+    assert (explanation.status, explanation.action) == ("forced", "compute")
+    assert "mode=force" in explanation.summary()
+    result = cli(
+        "explain",
+        f"{__name__}:Train.fit",
+        "--config",
+        cfg,
+        "seed=2",
+        "infra.mode=force",
+        check=True,
+    )
+    assert "forced" in result.stdout
+
+
+def _pipeline(root: Path) -> tuple[exca.graph.Node, exca.graph.Node]:
+    source = Source(n=4, infra={"folder": root}).make.node()
+    return source, Total(infra={"folder": root}).total.node(source)
+
+
+def test_explain_stale_upstream(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    source, downstream = _pipeline(root)
+    assert downstream.result() == 12
+    # one run (another process) force-recomputes the upstream task only
+    run_python(
+        f"""
+        import test_ops
+        test_ops.Source(n=4, infra={{"folder": {str(root)!r}, "mode": "force"}}).make()
+        """
+    )
+    entry = CacheDict(source.folder).entry("result")
+    assert entry is not None
+    stamp = datetime.datetime.fromtimestamp(entry.info["#meta"]["t"]).isoformat(timespec="seconds")
+    source, downstream = _pipeline(root)
+    (explanation,) = exca.ops.explain(downstream)
+    assert explanation.uid == downstream.uid
+    assert explanation.status == "stale"
+    assert explanation.summary() == f"stale: upstream {source.uid} recomputed at {stamp}"
+
+
+def test_explain_stale_with_nodes_built_before(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    _, downstream = _pipeline(root)
+    assert downstream.result() == 12
+    Source(n=4, infra={"folder": root, "mode": "force"}).make()  # another instance
+    explanations = exca.ops.explain(downstream)
+    assert [e.status for e in explanations] == ["stale"]
+
+
+# --- clean -------------------------------------------------------------------------------------
+def test_clean_previews_remove_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    source, downstream = _pipeline(root)
+    downstream.result()
+    Train(seed=1, infra={"folder": root}).fit()
+    Train(seed=1, infra={"folder": root, "version": "2"}).fit()
+    Train(seed=2, infra={"folder": root, "cluster": "local"}).fit()
+    (source.folder / "data" / "save-tmp-0123456789ab-result.pkl").write_bytes(b"x" * 100)
+    before = tree_hash(root)
+    assert source.folder is not None
+    previews = {
+        "node": cli("clean", root, "node", source.folder, "--downstream", check=True),
+        "versions": cli("clean", root, "versions", check=True),
+        "orphans": cli("clean", root, "orphans", check=True),
+        "logs": cli("clean", root, "logs", "--days", "0", check=True),
+        "compact": cli("clean", root, "compact", check=True),
+    }
+    for what in ("node", "versions", "logs"):
+        assert "item(s) to remove" in previews[what].stdout, previews[what].stdout
+        assert "preview" in previews[what].stdout
+    # and from Python: plans only
+    plans = [
+        clean.remove_nodes([source], downstream=True),
+        clean.old_versions(root),
+        clean.orphans(root, min_age_hours=0),
+        clean.logs(root, older_than_days=0),
+        clean.garbage(root, []),
+    ]
+    assert all(plan.removals for plan in plans)
+    assert tree_hash(root) == before
+
+
+def test_clean_node_downstream(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    source4, down4 = _pipeline(root)
+    source5 = Source(n=5, infra={"folder": root}).make.node()
+    down5 = Total(infra={"folder": root}).total.node(source5)
+    assert (down4.result(), down5.result()) == (12, 20)
+    Train(infra={"folder": root}).fit()
+    before = tree_hash(root)
+    assert source4.folder is not None and down4.folder is not None
+    expected = {source4.folder: disk_bytes(source4.folder), down4.folder: disk_bytes(down4.folder)}
+    preview = json.loads(
+        cli("clean", root, "node", source4.folder, "--downstream", "--json", check=True).stdout
+    )
+    assert {Path(r["path"]): r["bytes"] for r in preview["removals"]} == expected
+    assert preview["bytes"] == sum(expected.values())
+    assert preview["kept"] == []
+    assert tree_hash(root) == before
+    text = cli("clean", root, "node", source4.folder, "--downstream", check=True).stdout
+    assert str(down4.folder) in text and "computed from a removed node" in text
+    # without --downstream: only the node
+    only = clean.remove_nodes([source4.folder])
+    assert [r.path for r in only.removals] == [source4.folder]
+    done = json.loads(
+        cli(
+            "clean", root, "node", source4.folder, "--downstream", "--yes", "--json", check=True
+        ).stdout
+    )
+    assert done["freed"] == sum(expected.values())
+    assert not source4.folder.exists() and not down4.folder.exists()
+    # the rest is intact and still cached
+    source5 = Source(n=5, infra={"folder": root}).make.node()
+    down5 = Total(infra={"folder": root}).total.node(source5)
+    assert [e.status for e in exca.graph.plan(down5).entries] == ["not needed", "cached"]
+    assert [i.status for i in exca.ops.inspect(root, step="Train")] == ["success"]
+
+
+def test_clean_node_downstream_includes_maps(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    source = Source(n=4, infra={"folder": root}).make.node()
+    mapped = Squares(infra={"folder": root}).square.node(source)
+    assert mapped.result() == [0, 1, 4, 9]
+    plan = clean.remove_nodes([source], downstream=True)
+    assert {r.path for r in plan.removals} == {source.folder, mapped.folder}
+
+
+def test_clean_old_versions(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    objs = {
+        "v1": Train(seed=1, infra={"folder": root}),
+        "v1b": Train(seed=2, infra={"folder": root}),
+        "v2": Train(seed=1, infra={"folder": root, "version": "2"}),
+        "v10": Train(seed=1, infra={"folder": root, "version": "10"}),  # newest: 10 > 2
+    }
+    for obj in objs.values():
+        obj.fit()
+    Squares(infra={"folder": root}).square([1, 2])  # another method, single version: untouched
+    old = {folder_of(objs[k]) for k in ("v1", "v1b", "v2")}
+    before = tree_hash(root)
+    plan = clean.old_versions(root)
+    assert {r.path for r in plan.removals} == old
+    assert all(r.size == disk_bytes(r.path) and "newest is 10" in r.reason for r in plan.removals)
+    assert clean.old_versions(root, step="Squares").removals == []
+    preview = json.loads(cli("clean", root, "versions", "--json", check=True).stdout)
+    assert {Path(r["path"]) for r in preview["removals"]} == old
+    assert tree_hash(root) == before
+    cli("clean", root, "versions", "--yes", check=True)
+    assert not any(p.exists() for p in old)
+    remaining = exca.ops.inspect(root)
+    assert {(i.step, i.status) for i in remaining} == {
+        (f"{__name__}.Train.fit,10", "success"),
+        (f"{__name__}.Squares.square,1", "success"),
+    }
+    node = Train(seed=1, infra={"folder": root, "version": "10"}).fit.node()
+    assert exca.graph.plan(node).entries[0].status == "cached"
+
+
+def _dead_claim(folder: Path) -> None:
+    """A claim left by a process that died without releasing it."""
+    run_python(
+        f"""
+        import os
+        from exca.storage.claims import Claims
+        claim = Claims({str(folder)!r}).claim(["result"])
+        assert claim.mine == ["result"]
+        os._exit(0)  # dies holding the claim
+        """
+    )
+
+
+def test_clean_orphans(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    source = Source(n=3, infra={"folder": root})
+    assert source.make() == [0, 1, 2]
+    folder = folder_of(source)
+    data = folder / "data"
+    (referenced,) = list(data.iterdir())
+    orphan = data / "result-0badc0de-ffffff.pkl"
+    orphan.write_bytes(referenced.read_bytes())
+    tmp_file = data / "save-tmp-0123456789ab-result.pkl"
+    tmp_file.write_bytes(b"half written")
+    _dead_claim(folder)
+    (dead_claim,) = list((folder / "claims").glob("*.claim"))
+    # young files may belong to a writer still at work: kept by the default grace period
+    assert clean.orphans(root).removals == []
+    plan = clean.orphans(root, min_age_hours=0)
+    reasons = {r.path: r.reason for r in plan.removals}
+    assert set(reasons) == {orphan, tmp_file, dead_claim}
+    assert "temporary" in reasons[tmp_file] and "no entry refers" in reasons[orphan]
+    assert {r.path: r.size for r in plan.removals}[orphan] == orphan.stat().st_blocks * 512
+    freed = plan.execute()
+    assert freed == plan.size
+    assert not orphan.exists() and not tmp_file.exists() and not dead_claim.exists()
+    assert referenced.exists()
+    assert CacheDict(folder)["result"] == [0, 1, 2]
+    # from the command line: files older than the grace period (1 hour) go
+    again = data / "result-0badc0de-eeeeee.pkl"
+    again.write_bytes(b"orphan")
+    old = time.time() - 2 * 3600
+    os.utime(again, (old, old))
+    preview = json.loads(cli("clean", root, "orphans", "--json", check=True).stdout)
+    assert [Path(r["path"]) for r in preview["removals"]] == [again]
+    assert again.exists()
+    cli("clean", root, "orphans", "--yes", check=True)
+    assert not again.exists() and referenced.exists()
+    assert Source(n=3, infra={"folder": root}).make() == [0, 1, 2]
+
+
+def test_clean_logs_of_ended_jobs(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    task = Train(seed=7, infra={"folder": root, "cluster": "local"})
+    assert task.fit() == 8
+    folder = folder_of(task)
+    (job,) = exca.ops.logs(folder)
+    log_folder = job.stdout_path.parent
+    assert "fitting seed=7" in job.stdout()
+    assert "item(s) to remove" not in cli("clean", root, "logs", check=True).stdout  # 30 days
+    before = tree_hash(root)
+    preview = json.loads(cli("clean", root, "logs", "--days", "0", "--json", check=True).stdout)
+    assert [Path(r["path"]) for r in preview["removals"]] == [log_folder]
+    assert preview["bytes"] == disk_bytes(log_folder) > 0
+    assert tree_hash(root) == before
+    cli("clean", root, "logs", "--days", "0", "--yes", check=True)
+    assert not log_folder.exists()
+    assert Train(seed=7, infra={"folder": root}).fit() == 8  # results are not logs
+    assert exca.ops.inspect(root)[0].status == "success"
+
+
+def test_clean_garbage_keeps_what_targets_reach(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    source4, down4 = _pipeline(root)
+    source5 = Source(n=5, infra={"folder": root}).make.node()
+    down5 = Total(infra={"folder": root}).total.node(source5)
+    assert (down4.result(), down5.result()) == (12, 20)
+    Train(infra={"folder": root}).fit()
+    squares = Squares(infra={"folder": root})
+    squares.square([1, 2])
+    assert down4.folder is not None and source4.folder is not None
+    before = tree_hash(root)
+    plan = clean.garbage(root, [down4])
+    removed = {r.path for r in plan.removals}
+    assert removed == {
+        source5.folder,
+        down5.folder,
+        folder_of(Train(infra={"folder": root})),
+        folder_of(squares),
+    }
+    assert plan.size == sum(disk_bytes(p) for p in removed)
+    assert tree_hash(root) == before  # a dry run
+    plan.execute()
+    for path in removed:
+        assert not path.exists()
+    # the target and its whole graph (upstream included) are intact and cached
+    source4, down4 = _pipeline(root)
+    assert [e.status for e in exca.graph.plan(down4).entries] == ["not needed", "cached"]
+    assert down4.result() == 12
+    assert Source(n=4, infra={"folder": root}).make() == [0, 1, 2, 3]
+
+
+def _many_writer_sessions(root: Path, processes: int) -> None:
+    """`processes` separate processes (forked by a helper) each write a few map items."""
+    run_python(
+        f"""
+        import os, test_ops
+        pids = []
+        for i in range({processes}):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    items = [3 * i, 3 * i + 1, 3 * i + 2]
+                    list(test_ops.Ranges(infra={{"folder": {str(root)!r}}}).expand(items))
+                finally:
+                    os._exit(0)
+            pids.append(pid)
+            if len(pids) == 10:
+                for p in pids:
+                    assert os.waitpid(p, 0)[1] == 0
+                pids = []
+        for p in pids:
+            assert os.waitpid(p, 0)[1] == 0
+        """
+    )
+
+
+def test_compact_many_writer_sessions(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    _many_writer_sessions(root, 50)
+    folder = folder_of(Ranges(infra={"folder": root}))
+    assert len(index_files(folder)) == 50
+    reader: CacheDict[tp.Any] = CacheDict(folder)  # a reader from before the compaction
+    before = {key: reader[key] for key in reader}
+    assert len(before) == 150 and before["7"] == list(range(7, 207))
+    size_before = exca.ops.inspect(root)[0].entries
+    result = cli("clean", root, "compact", "--yes", check=True)
+    assert "merged 50 index file(s)" in result.stdout
+    after = index_files(folder)
+    assert len(after) < 50
+    # every entry reads back identically: fresh readers, and the reader from before
+    assert {k: v for k, v in CacheDict(folder).items()} == before
+    assert all(reader[key] == value for key, value in before.items())
+    reader.refresh()
+    assert sorted(reader.keys()) == sorted(before)
+    assert all(reader[key] == value for key, value in before.items())
+    assert exca.ops.inspect(root)[0].entries == size_before
+    # nothing left to merge; the map still reads without recomputing
+    assert clean.compact(folder) == (0, 0)
+    assert list(Ranges(infra={"folder": root, "mode": "read-only"}).expand([0, 149])) == [
+        list(range(0, 200)),
+        list(range(149, 349)),
+    ]
+
+
+def _read_until(folder: Path, stop: threading.Event, counts: list[int]) -> None:
+    """Fresh readers, one after the other, each counting the entries it sees."""
+    while not stop.is_set():
+        counts.append(len(CacheDict(folder).keys()))
+
+
+def test_compact_never_hides_entries_from_a_concurrent_reader(tmp_path: Path) -> None:
+    """Fresh readers keep reading a folder while another process compacts it: each must see
+    every entry. A race, so a few rounds (stopping at the first loss), 4 staggered readers."""
+    lost: list[int] = []
+    for round_ in range(6):
+        folder = tmp_path / f"round{round_}"
+        # 30 writer sessions of a process that has ended, 2,000 entries each
+        run_python(
+            f"""
+            from exca.storage.cachedict import CacheDict
+            for session in range(30):
+                cache = CacheDict({str(folder)!r})
+                with cache.write():
+                    cache.set_many((f"s{{session}}-{{i}}", i) for i in range(2000))
+            """
+        )
+        assert len(CacheDict(folder).keys()) == 60_000
+        stop = threading.Event()
+        counts: list[int] = []
+        readers = [
+            threading.Thread(target=_read_until, args=(folder, stop, counts)) for _ in range(4)
+        ]
+        for reader in readers:
+            reader.start()
+            time.sleep(0.03)
+        try:
+            merged = run_python(
+                f"import exca.ops; print(exca.ops.clean.compact({str(folder)!r})[0])"
+            )
+        finally:
+            stop.set()
+            for reader in readers:
+                reader.join()
+        assert int(merged) == 30
+        assert len(index_files(folder)) == 1
+        lost.extend(60_000 - c for c in counts if c != 60_000)
+        if lost:
+            break
+    assert lost == []
+
+
+def test_clean_never_touches_a_folder_being_computed(
+    busy_task: tuple[Path, Path, subprocess.Popen[str]],
+) -> None:
+    root, folder, proc = busy_task
+    before = tree_hash(folder)
+    # node
+    plan = clean.remove_nodes([folder])
+    assert plan.removals == []
+    ((kept, why),) = plan.kept
+    assert kept == folder and "being computed" in why
+    result = cli("clean", root, "node", folder, "--yes", check=True)
+    assert "kept" in result.stdout and str(folder) in result.stdout
+    # garbage collection without targets: everything else goes, not the busy folder
+    plan = clean.garbage(root, [])
+    assert folder not in {r.path for r in plan.removals}
+    assert folder in {p for p, _ in plan.kept}
+    assert clean.compact(folder, grace_seconds=0) == (0, 0)
+    assert clean.orphans(root, min_age_hours=0).removals == []
+    assert folder.is_dir() and tree_hash(folder) == before
+    assert proc.poll() is None
+
+
+def _local_slow_job(tmp_path: Path, **infra: tp.Any) -> tuple[Slow, tp.Any, Path]:
+    flag = tmp_path / "hold"
+    flag.touch()
+    task = Slow(flag=str(flag), infra={"folder": tmp_path / "cache", "cluster": "local", **infra})
+    job = task.infra.job()
+    wait_until(lambda: "slow task started" in (job.stdout() or ""), "the local job starts")
+    return task, job, flag
+
+
+def test_clean_keeps_node_of_a_running_local_job(tmp_path: Path) -> None:
+    task, job, flag = _local_slow_job(tmp_path)
+    folder = folder_of(task)
+    try:
+        (info,) = exca.ops.inspect(tmp_path / "cache", step="Slow")
+        assert (info.job_id, info.job_state) == (job.job_id, "running")
+        plan = clean.remove_nodes([folder])
+        assert plan.removals == [] and [p for p, _ in plan.kept] == [folder]
+        assert plan.execute() == 0
+        assert folder.is_dir()
+    finally:
+        flag.unlink()
+    assert job.result() == "released"
+
+
+def _process_state(pid: str) -> str | None:
+    """State letter of a process (R, S, Z...), None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    return text[text.rfind(")") + 2]
+
+
+def test_finished_local_job_is_not_reported_running(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    task = Train(seed=12, infra={"folder": root, "cluster": "local"})
+    job = task.infra.job()  # held, as a user would
+    assert job.result() == 13.0
+    wait_until(lambda: _process_state(job.job_id) in (None, "Z"), "the job process exits")
+    (info,) = exca.ops.inspect(root)
+    assert (info.status, info.job_id) == ("success", job.job_id)
+    assert info.job_state == "ended"
+    assert [r.path for r in clean.remove_nodes([folder_of(task)]).removals] == [folder_of(task)]
+
+
+def test_clean_versions_keeps_logs_of_a_running_old_job(tmp_path: Path) -> None:
+    task, job, flag = _local_slow_job(tmp_path)
+    try:
+        Slow(flag="", infra={"folder": tmp_path / "cache", "version": "2"}).wait_for_flag()
+        stdout = Path(exca.ops.logs(folder_of(task))[-1].stdout_path)
+        assert stdout.exists()
+        plan = clean.old_versions(tmp_path / "cache")
+        assert folder_of(task) in {p for p, _ in plan.kept}
+        plan.execute()
+        assert stdout.exists(), "the running job's log file was deleted"
+    finally:
+        flag.unlink(missing_ok=True)
+        job.wait()
+
+
+# --- logs --------------------------------------------------------------------------------------
+def test_logs_of_a_local_task_from_a_fresh_process(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    task = Train(seed=9, infra={"folder": root, "cluster": "local"})
+    assert task.fit() == 9.0 + 1.0
+    folder = folder_of(task)
+    (job,) = exca.ops.logs(task.fit.node())
+    assert exca.ops.logs(folder) == [job]
+    assert "fitting seed=9" in job.stdout() and "warning from seed=9" in job.stderr()
+    out = cli("logs", folder, check=True).stdout
+    assert f"job {job.job_id}" in out and "fitting seed=9" in out
+    assert "warning from seed=9" not in out
+    err = cli("logs", folder, "--stderr", check=True).stdout
+    assert "warning from seed=9" in err
+    # a folder without any job: a message and a non-zero exit
+    inline = Train(seed=10, infra={"folder": root})
+    inline.fit()
+    result = cli("logs", folder_of(inline))
+    assert result.returncode == 1 and "No job recorded" in result.stdout
+
+
+def test_logs_of_the_map_chunk_that_computed_an_item(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    mapper = Chatty(infra={"folder": root, "cluster": "local", "max_jobs": 2})
+    items = [1, 2, 3, 4, 5, 6]
+    assert list(mapper.shout(items)) == [x + 1 for x in items]
+    folder = folder_of(mapper)
+    jobs = exca.ops.logs(folder)
+    assert len(jobs) == 2 and jobs[0].job_id != jobs[1].job_id
+    printed = {}
+    for job in jobs:
+        printed[job.job_id] = {x for x in items if f"item-{x}-out" in job.stdout()}
+    assert printed[jobs[0].job_id] | printed[jobs[1].job_id] == set(items)
+    assert not printed[jobs[0].job_id] & printed[jobs[1].job_id]
+    for x in items:  # each item: its own chunk's job, not the other one
+        (job,) = exca.ops.logs(folder, item=str(x))
+        assert x in printed[job.job_id]
+        assert f"item-{x}-err" in job.stderr()
+    assert exca.ops.logs(folder, item="999") == []
+    # from a fresh process: one item of each chunk
+    for job_id, own in printed.items():
+        x = min(own)
+        result = cli("logs", folder, "--item", str(x), check=True)
+        assert f"job {job_id}" in result.stdout
+        assert {y for y in items if f"item-{y}-out" in result.stdout} == own
+        err = cli("logs", folder, "--item", str(x), "--stderr", check=True).stdout
+        assert {y for y in items if f"item-{y}-err" in err} == own
+
+
+# --- check -------------------------------------------------------------------------------------
+def test_check_without_slurm_resources_fit(tmp_path: Path) -> None:
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"infra": {"folder": str(tmp_path / "cache"), "cluster": None}}))
+    result = cli("check", f"{__name__}:Train.fit", "--config", cfg, "seed=3")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "Resources fit the cluster."
+    rows = json.loads(
+        cli("check", f"{__name__}:Train.fit", "--config", cfg, "--json", check=True).stdout
+    )
+    assert rows == []
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())

@@ -1,0 +1,346 @@
+"""Operating a cache on a real Slurm cluster: resources checked before any sbatch (one
+error listing every problem, nothing queued), in plans and in ``python -m exca check``;
+arrays split at MaxArraySize; a queued/running job shown by ``inspect`` and protected from
+``clean``; logs of a finished Slurm task from a fresh process.
+
+Jobs import these classes as ``test_ops_slurm`` (tests/ is on PYTHONPATH, see conftest).
+Other sessions may use the cluster at the same time (and as the same user): jobs are told
+apart by their names, which start with the class names below.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import subprocess
+import sys
+import time
+import typing as tp
+from pathlib import Path
+
+import pydantic
+import pytest
+import yaml
+
+import exca
+import exca.graph
+import exca.ops
+from exca.graph import registry
+from exca.graph.slurm_check import ResourceError
+
+pytestmark = pytest.mark.slurm
+WAIT_S = 90.0  # bound on any wait
+QUEUE_S = 300.0  # bound on the wait for a job to start (the cluster may be shared and busy)
+HOLD = {"begin": "now+600"}  # keeps a job queued (BeginTime) until we cancel it
+
+
+class ImpossibleOpsTask(pydantic.BaseModel):
+    x: int = 1
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        return self.x
+
+
+class ImpossibleOpsMap(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def run(self, items: list[int]) -> tp.Iterator[int]:
+        yield from items
+
+
+class SplitOpsMap(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def run(self, items: list[int]) -> tp.Iterator[int]:
+        yield from items
+
+
+class NapOps(pydantic.BaseModel):
+    """Sleeps, printing a marker to stdout and stderr."""
+
+    seconds: float = 10.0
+    marker: str = "nap"
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def nap(self) -> str:
+        print(f"{self.marker}-stdout", flush=True)
+        print(f"{self.marker}-stderr", file=sys.stderr, flush=True)
+        time.sleep(self.seconds)
+        return self.marker
+
+
+# --- helpers -----------------------------------------------------------------------------------
+def _run(*cmd: str) -> str:
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, f"{' '.join(cmd)}: {result.stderr}"
+    return result.stdout
+
+
+def _jobs_named(prefix: str, since: float) -> dict[str, str]:
+    """{job id: name} of this user's jobs whose name starts with prefix, queued now
+    (squeue) or started since `since` (sacct)."""
+    user = getpass.getuser()
+    found = {}
+    for line in _run("squeue", "-h", "-u", user, "-o", "%i|%j").splitlines():
+        job, _, name = line.partition("|")
+        if name.startswith(prefix):
+            found[job.strip()] = name
+    start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 60))
+    sacct = _run("sacct", "-n", "-X", "-P", "-u", user, "-S", start, "-o", "JobID,JobName")
+    for line in sacct.splitlines():
+        job, _, name = line.partition("|")
+        if name.startswith(prefix):
+            found[job.strip()] = name
+    return found
+
+
+def _queue_state(job_id: str) -> str:
+    """squeue's state of a job ('' once it left the queue)."""
+    out = subprocess.run(
+        ["squeue", "-h", "-j", job_id.split("_")[0], "-o", "%T"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    ).stdout
+    return out.strip().splitlines()[0] if out.strip() else ""
+
+
+def _scancel(*job_ids: str) -> None:
+    """Cancel jobs this test submitted (by id)."""
+    ids = sorted({j.split("_")[0] for j in job_ids if j})
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True, timeout=30, check=False)
+
+
+def wait_until(predicate: tp.Callable[[], tp.Any], what: str, timeout: float = WAIT_S) -> tp.Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not reached within {timeout:.0f}s: {what}")
+        time.sleep(0.2)
+
+
+def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exca", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _has_accounting() -> bool:
+    user = getpass.getuser()
+    result = subprocess.run(
+        ["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", "format=account"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return result.returncode == 0 and bool(result.stdout.strip())
+
+
+IMPOSSIBLE = {
+    "cluster": "slurm",
+    "slurm_partition": "no_such_partition",
+    "cpus_per_task": 64,
+    "gpus_per_node": 4,
+    "mem_gb": 10000,
+    "slurm_constraint": "unobtainium",
+    "slurm_account": "no_such_account",
+    "slurm_qos": "no_such_qos",
+}
+
+
+def _expected_problems() -> list[str]:
+    expected = [
+        "partition 'no_such_partition' does not exist",
+        "cpus_per_task x tasks_per_node = 64",
+        "gpus_per_node=4",
+        "mem_gb=10000",
+        "slurm_constraint='unobtainium'",
+    ]
+    if _has_accounting():  # accounts and qos are only known with accounting
+        expected += ["slurm_account='no_such_account'", "slurm_qos='no_such_qos'"]
+    return expected
+
+
+# --- check before submitting ---------------------------------------------------------------------
+def test_impossible_resources_one_error_nothing_submitted(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    expected = _expected_problems()
+    start = time.time()
+    before = _jobs_named("ImpossibleOps", start)
+    task = ImpossibleOpsTask(infra={"folder": root, **IMPOSSIBLE})
+    with pytest.raises(ResourceError) as info:
+        task.run()
+    message = str(info.value)
+    assert "nothing was submitted" in message
+    lines = message.splitlines()[1:]
+    assert len(lines) == len(expected), message
+    for problem, line in zip(expected, lines):
+        assert problem in line, message
+        assert task.run.node().uid in line
+    # the same from job() and for a map
+    with pytest.raises(ResourceError):
+        ImpossibleOpsTask(x=2, infra={"folder": root, **IMPOSSIBLE}).infra.job()
+    mapper = ImpossibleOpsMap(infra={"folder": root, **IMPOSSIBLE, "max_jobs": 4})
+    with pytest.raises(ResourceError) as info:
+        list(mapper.run([1, 2, 3, 4, 5]))
+    assert len(str(info.value).splitlines()) == 1 + len(expected)
+    # nothing reached Slurm, nothing was recorded
+    time.sleep(2)  # sacct learns of a job asynchronously
+    assert _jobs_named("ImpossibleOps", start) == before
+    recorded = [*root.rglob("jobs"), *root.rglob("*_submitted.pkl")] if root.exists() else []
+    assert recorded == []
+    assert exca.ops.inspect(root, status="running") == []
+
+
+def test_plan_and_check_show_the_problems(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    expected = _expected_problems()
+    node = ImpossibleOpsTask(x=3, infra={"folder": root, **IMPOSSIBLE}).run.node()
+    plan = exca.graph.plan(node)
+    (entry,) = plan.entries
+    assert len(entry.problems) == len(expected)
+    for problem, found in zip(expected, entry.problems):
+        assert problem in found
+    text = str(plan)
+    assert "Resource problems" in text
+    assert all(problem in text for problem in expected)
+    assert plan.to_dict()["nodes"][0]["problems"] == entry.problems
+    # the command line: one line per problem, non-zero exit
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"infra": {"folder": str(root), **IMPOSSIBLE}}))
+    result = cli("check", f"{__name__}:ImpossibleOpsTask.run", "--config", cfg, "x=3")
+    assert result.returncode != 0
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == len(expected), result.stdout
+    for problem, line in zip(expected, lines):
+        assert line.startswith(f"{node.uid}: ") and problem in line
+    rows = json.loads(
+        cli("check", f"{__name__}:ImpossibleOpsTask.run", "--config", cfg, "--json").stdout
+    )
+    assert [r["problem"] for r in rows] == entry.problems
+    # resources that fit: exit 0
+    fine = tmp_path / "fine.yaml"
+    fine.write_text(
+        yaml.safe_dump({"infra": {"folder": str(root), "cluster": "slurm", "cpus_per_task": 1}})
+    )
+    result = cli("check", f"{__name__}:ImpossibleOpsTask.run", "--config", fine)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "Resources fit the cluster."
+
+
+def test_array_larger_than_max_array_size_is_split(tmp_path: Path, slurm_cluster: tp.Any) -> None:
+    limit = slurm_cluster.max_array_size
+    if limit > 2000:
+        pytest.skip(f"MaxArraySize={limit}: splitting would queue more than {limit} jobs")
+    mapper = SplitOpsMap(
+        infra={
+            "folder": tmp_path / "cache",
+            "cluster": "slurm",
+            "max_jobs": limit + 1,
+            "slurm_additional_parameters": HOLD,  # never runs: cancelled below
+        }
+    )
+    node = mapper.run.node(list(range(limit + 1)))
+    (array,) = exca.graph.plan(node).arrays
+    assert array.elements == limit + 1  # what would be submitted
+    ids: list[str] = []
+    try:
+        exca.graph.run(node, wait=False)
+        ids = [r.job_id for r in registry.read_all(node.folder)]
+        sizes: dict[str, int] = {}
+        for job_id in ids:
+            base = job_id.split("_")[0]
+            sizes[base] = sizes.get(base, 0) + 1
+        assert len(ids) == limit + 1
+        assert sorted(sizes.values()) == [1, limit]
+        queued = registry.queued_jobs(ids)
+        assert queued == set(ids)  # Slurm accepted both arrays
+    finally:
+        _scancel(*ids)
+
+
+# --- a queued / running job: inspect and clean ------------------------------------------------------
+def test_queued_job_shown_running_and_kept(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    task = NapOps(
+        seconds=1,
+        marker="held",
+        infra={"folder": root, "cluster": "slurm", "slurm_additional_parameters": HOLD},
+    )
+    job = task.infra.job()
+    try:
+        assert wait_until(lambda: _queue_state(job.job_id), "squeue lists the job") == "PENDING"
+        (info,) = exca.ops.inspect(root)
+        assert (info.status, info.job_id, info.job_state) == ("running", job.job_id, "running")
+        rows = json.loads(cli("list", root, "--status", "running", "--json").stdout)
+        assert [(r["status"], r["job_id"]) for r in rows] == [("running", job.job_id)]
+        table = cli("list", root).stdout
+        assert f"job {job.job_id} (running)" in table
+        folder = info.folder
+        plan = exca.ops.clean.remove_nodes([folder])
+        assert plan.removals == []
+        ((kept, why),) = plan.kept
+        assert kept == folder and job.job_id in why
+        result = cli("clean", root, "node", folder, "--yes")
+        assert result.returncode == 0 and "kept" in result.stdout
+        assert folder.is_dir() and registry.latest(folder) is not None
+        assert exca.ops.clean.garbage(root, []).removals == []
+    finally:
+        _scancel(job.job_id)
+    wait_until(lambda: not _queue_state(job.job_id), "the cancelled job leaves the queue")
+    (info,) = exca.ops.inspect(root)
+    assert info.job_state == "ended" and info.status != "running"
+
+
+@pytest.mark.timeout(QUEUE_S + 4 * WAIT_S)
+def test_running_job_then_logs_from_a_fresh_process(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    task = NapOps(seconds=8, marker="slurmnap", infra={"folder": root, "cluster": "slurm"})
+    job = task.infra.job()
+    try:
+        wait_until(lambda: _queue_state(job.job_id) == "RUNNING", "the job runs", QUEUE_S)
+        (info,) = exca.ops.inspect(root)
+        assert (info.job_id, info.job_state) == (job.job_id, "running")
+        # the running job also holds the claim of its node: "computing" (see report)
+        assert info.status in ("running", "computing")
+        plan = exca.ops.clean.remove_nodes([info.folder])
+        assert plan.removals == [] and [p for p, _ in plan.kept] == [info.folder]
+        assert job.result() == "slurmnap"
+    finally:
+        if _queue_state(job.job_id):  # only if something above failed
+            _scancel(job.job_id)
+    wait_until(lambda: not _queue_state(job.job_id), "the job leaves the queue")
+    (info,) = exca.ops.inspect(root)
+    assert (info.status, info.job_state) == ("success", "ended")
+    out = cli("logs", info.folder)
+    assert (
+        out.returncode == 0
+        and "slurmnap-stdout" in out.stdout
+        and f"job {job.job_id}" in out.stdout
+    )
+    err = cli("logs", info.folder, "--stderr")
+    assert err.returncode == 0 and "slurmnap-stderr" in err.stdout
+    code = (
+        f"import exca.ops; (j,) = exca.ops.logs({str(info.folder)!r}); print(j.cluster, j.stdout())"
+    )
+    fresh = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=WAIT_S, env=os.environ
+    )
+    assert fresh.returncode == 0, fresh.stderr
+    assert fresh.stdout.startswith("slurm ") and "slurmnap-stdout" in fresh.stdout

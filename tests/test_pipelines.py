@@ -1,0 +1,1048 @@
+"""Pipelines (DESIGN "Identity", "The graph layer", "Modes") without Slurm: the node DSL,
+sub-config chaining, pruning, plans (which never change anything), the scheduler over
+many nodes (order, force, failures, retry, read-only, concurrency) and Ctrl-C.
+
+Classes are defined at module level so that local (subprocess) jobs can import them
+(tests/ is on PYTHONPATH for jobs, see conftest). Every decorated method appends one line
+to the file named by its ``log`` field, so tests count the real calls wherever they ran.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import typing as tp
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import pydantic
+import pytest
+
+import exca
+import exca.graph
+import exca.graph.decisions
+import exca.graph.executors
+from exca.graph.errors import NodeFailures
+
+
+# --- helpers ----------------------------------------------------------------------------------
+def append(path: str, record: dict[str, tp.Any]) -> None:
+    """One JSON line per event; O_APPEND small writes are atomic across processes."""
+    with open(path, "a", encoding="utf8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def events(log: str | Path, event: str | None = None) -> list[dict[str, tp.Any]]:
+    path = Path(log)
+    if not path.exists():
+        return []
+    out = [json.loads(line) for line in path.read_text("utf8").splitlines() if line.strip()]
+    return [e for e in out if event is None or e["event"] == event]
+
+
+def started(log: str | Path) -> list[str]:
+    """Names of the computations started, in order."""
+    return [e["name"] for e in events(log, "start")]
+
+
+def wait_for(condition: tp.Callable[[], tp.Any], timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise TimeoutError(f"condition not met within {timeout}s")
+        time.sleep(0.05)
+
+
+def snapshot(root: Path) -> dict[str, tuple[tp.Any, ...]]:
+    """Every file, link and folder under root: path, size, md5 of the bytes, mtime."""
+    out: dict[str, tuple[tp.Any, ...]] = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        stat = path.lstat()
+        if path.is_symlink():
+            out[rel] = ("link", os.readlink(path))
+        elif path.is_dir():
+            out[rel] = ("dir", stat.st_mtime_ns)
+        else:
+            data = path.read_bytes()
+            out[rel] = ("file", len(data), hashlib.md5(data).hexdigest(), stat.st_mtime_ns)
+    return out
+
+
+# --- configs ------------------------------------------------------------------------------------
+class Step(pydantic.BaseModel):
+    """A task node of a DAG: ``run(a, b) -> "<name>(<a>,<b>)"``, logging what it saw.
+
+    Raises while the file ``fail_flag`` exists; blocks while ``block_flag`` exists; waits
+    (at most 60 s) until the file ``partner`` exists, after creating ``signal_file``."""
+
+    name: str
+    log: str
+    fail_flag: str = ""
+    block_flag: str = ""
+    signal_file: str = ""
+    partner: str = ""
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("log",)
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self, a: tp.Any = None, b: tp.Any = None) -> str:
+        shown = {
+            k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in (("a", a), ("b", b))
+        }
+        append(
+            self.log,
+            {"name": self.name, "event": "start", "t": time.time(), "pid": os.getpid(), **shown},
+        )
+        if self.signal_file:
+            Path(self.signal_file).touch()
+        if self.partner:
+            end = time.time() + 60
+            while not Path(self.partner).exists():
+                if time.time() > end:
+                    raise TimeoutError(f"{self.name}: {self.partner} never appeared")
+                time.sleep(0.02)
+        while self.block_flag and Path(self.block_flag).exists():
+            time.sleep(0.05)
+        if self.fail_flag and Path(self.fail_flag).exists():
+            raise ValueError(f"{self.name} fails on purpose")
+        out = f"{self.name}({_show(a)},{_show(b)})"
+        append(self.log, {"name": self.name, "event": "end", "t": time.time()})
+        return out
+
+
+def _show(value: tp.Any) -> str:
+    if isinstance(value, np.ndarray):
+        return "array" + "-".join(str(v) for v in value.tolist())
+    if isinstance(value, list):
+        return "[" + ";".join(str(v) for v in value) + "]"
+    return str(value)
+
+
+class Numbers(pydantic.BaseModel):
+    """A no-input task: ``make() -> [0, ..., count - 1]``."""
+
+    count: int = 4
+    log: str
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("log",)
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def make(self) -> list[int]:
+        append(self.log, {"name": f"numbers{self.count}", "event": "start"})
+        return list(range(self.count))
+
+
+class Square(pydantic.BaseModel):
+    """A map: ``item -> item ** power``, one log line per computed item."""
+
+    power: int = 2
+    log: str
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("log",)
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def apply(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            append(self.log, {"name": f"square{item}", "event": "start", "item": item})
+            yield item**self.power
+
+
+# sub-config chaining
+class Data(pydantic.BaseModel):
+    kind: tp.Literal["plain"] = "plain"
+    n: int = 3
+    log: str
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("log",)
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def prepare(self) -> list[int]:
+        append(self.log, {"name": f"prepare{self.n}", "event": "start"})
+        return list(range(self.n))
+
+
+class OtherData(pydantic.BaseModel):
+    kind: tp.Literal["other"] = "other"
+    n: int = 5
+    log: str
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("log",)
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def prepare(self) -> list[int]:
+        append(self.log, {"name": f"other{self.n}", "event": "start"})
+        return [10 * i for i in range(self.n)]
+
+
+class Train(pydantic.BaseModel):
+    data: Data
+    lr: float = 0.1
+    log: str
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("log",)
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def fit(self) -> int:
+        append(self.log, {"name": "fit", "event": "start"})
+        total = sum(self.data.prepare())
+        append(self.log, {"name": "fit", "event": "end"})
+        return total
+
+
+class TrainInline(pydantic.BaseModel):
+    """Same as Train, but opted out of sub-config chaining."""
+
+    data: Data
+    log: str
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("log",)
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply(chain_subconfigs=False)
+    def fit(self) -> int:
+        append(self.log, {"name": "fit", "event": "start"})
+        total = sum(self.data.prepare())
+        append(self.log, {"name": "fit", "event": "end"})
+        return total
+
+
+class TrainWithMap(pydantic.BaseModel):
+    """Sub-configs that are never chained: a MapInfra owner and a folder-less TaskInfra."""
+
+    square: Square
+    data: Data
+    log: str
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("log",)
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def fit(self) -> int:
+        append(self.log, {"name": "fit", "event": "start"})
+        total = sum(self.square.apply([1, 2])) + sum(self.data.prepare())
+        append(self.log, {"name": "fit", "event": "end"})
+        return total
+
+
+AnyData = tp.Annotated[Data | OtherData, pydantic.Field(discriminator="kind")]
+
+
+class Ensemble(pydantic.BaseModel):
+    """Sub-configs in a discriminated union, a list and a dict."""
+
+    choice: AnyData
+    many: list[Data] = []
+    named: dict[str, AnyData] = {}
+    log: str
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("log",)
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def fit(self) -> int:
+        append(self.log, {"name": "fit", "event": "start"})
+        total = sum(self.choice.prepare())
+        total += sum(sum(d.prepare()) for d in self.many)
+        total += sum(sum(d.prepare()) for d in self.named.values())
+        return total
+
+
+# --- fixtures -------------------------------------------------------------------------------------
+class Env:
+    """A cache folder, a call log, and factories of configs using them."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp = tmp_path
+        self.folder = tmp_path / "cache"
+        self.log = str(tmp_path / "calls.jsonl")
+
+    def infra(self, **kwargs: tp.Any) -> dict[str, tp.Any]:
+        return {"folder": self.folder, **kwargs}
+
+    def step(self, name: str, **kwargs: tp.Any) -> Step:
+        infra = self.infra(**kwargs.pop("infra", {}))
+        return Step(name=name, log=self.log, infra=infra, **kwargs)
+
+    def numbers(self, count: int = 4, **infra: tp.Any) -> Numbers:
+        return Numbers(count=count, log=self.log, infra=self.infra(**infra))
+
+    def square(self, power: int = 2, **infra: tp.Any) -> Square:
+        return Square(power=power, log=self.log, infra=self.infra(**infra))
+
+    def data(self, n: int = 3, **infra: tp.Any) -> Data:
+        return Data(n=n, log=self.log, infra=self.infra(**infra))
+
+    def starts(self, name: str) -> int:
+        return started(self.log).count(name)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    return Env(tmp_path)
+
+
+# =============================================================================================
+# 1. The DSL
+# =============================================================================================
+def test_nodes_are_lazy(env: Env) -> None:
+    a = env.step("a").run.node()
+    b = env.step("b").run.node(a, 3)
+    squares = env.square().apply.node(env.numbers().make.node())
+    top = env.step("top").run.node(b, squares)
+    train = Train(data=env.data(), log=env.log, infra=env.infra()).fit.node()
+    assert isinstance(top, exca.graph.Node) and isinstance(train, exca.graph.Node)
+    assert {n.uid for n in top.upstream} == {b.uid, squares.uid}
+    assert events(env.log) == []  # building nodes called no decorated method
+    assert not env.folder.exists()  # ... and wrote nothing
+    assert top.result() == "top(b(a(None,None),3),[0;1;4;9])"
+
+
+def test_task_inputs_from_nodes_and_values(env: Env) -> None:
+    a = env.step("a").run.node()
+    combine = env.step("combine")
+    node = combine.run.node(a, 7)
+    assert node.result() == "combine(a(None,None),7)"
+    seen = events(env.log, "start")[-1]
+    assert seen["name"] == "combine" and seen["a"] == "a(None,None)" and seen["b"] == 7
+    # keyword inputs name the same parameters: same node
+    assert combine.run.node(a=a, b=7).uid == node.uid
+    assert combine.run.node(b=7, a=a).result() == "combine(a(None,None),7)"
+    assert env.starts("combine") == 1
+    # another input value: another node
+    assert combine.run.node(a, 8).uid != node.uid
+    with pytest.raises(TypeError):
+        combine.run.node(a, 7, 9)  # too many inputs
+
+
+def test_each_input_tuple_has_its_own_folder(env: Env) -> None:
+    step = env.step("s")
+    uid_folder = Path(step.infra.uid_folder())  # type: ignore[arg-type]
+    nodes = [step.run.node(1, 2), step.run.node(2, 1), step.run.node(1)]
+    folders = [n.folder for n in nodes]
+    assert len(set(folders)) == 3
+    for folder in folders:
+        assert folder is not None and folder.parent == uid_folder
+        assert re.fullmatch(r"inputs-[0-9a-f]{8}", folder.name), folder.name
+    first, second, third = nodes
+    # status / job / result / clear per node
+    assert first.status() == "not submitted"
+    assert first.result() == "s(1,2)"
+    assert first.status() == "completed"
+    assert second.status() == "not submitted"
+    job = second.job()  # cluster=None: computed now
+    assert job.done() and job.result() == "s(2,1)"
+    assert second.status() == "completed"
+    assert first.folder is not None and first.folder.is_dir()
+    assert env.starts("s") == 2
+    first.clear()
+    assert first.status() == "not submitted"
+    assert second.status() == "completed"  # other inputs of the same config: untouched
+    assert first.result() == "s(1,2)"  # recomputed
+    assert env.starts("s") == 3
+    assert third.result() == "s(1,None)"
+    assert env.starts("s") == 4
+
+
+def test_eager_call_with_values_uses_the_node_folder(env: Env) -> None:
+    step = env.step("e")
+    assert step.run(1, 2) == "e(1,2)"
+    node = env.step("e").run.node(1, 2)  # another instance, same config
+    assert node.status() == "completed"
+    plan = exca.graph.plan(node)
+    assert [(e.status, e.action) for e in plan.entries] == [("cached", "reuse")]
+    assert node.result() == "e(1,2)"
+    assert env.starts("e") == 1
+    # and the other way round: a node's result is an eager call's cache hit
+    assert env.step("e").run.node(3, 4).result() == "e(3,4)"
+    assert env.step("e").run(3, 4) == "e(3,4)"
+    assert env.starts("e") == 2
+    assert env.step("e").run(b=4, a=3) == "e(3,4)"
+    assert env.starts("e") == 2
+
+
+def test_array_inputs_are_hashed(env: Env) -> None:
+    step = env.step("arr")
+    three, four = step.run.node(np.arange(3)), step.run.node(np.arange(4))
+    other_values = step.run.node(np.arange(3) + 1)
+    assert len({three.folder, four.folder, other_values.folder}) == 3
+    assert step.run(np.arange(3)) == "arr(array0-1-2,None)"
+    assert step.run.node(np.arange(3)).folder == three.folder  # equal content: same node
+    assert step.run(np.array([0, 1, 2])) == "arr(array0-1-2,None)"  # cache hit
+    assert env.starts("arr") == 1
+    assert four.result() == "arr(array0-1-2-3,None)"
+    assert env.starts("arr") == 2
+
+
+def test_map_node_shares_its_item_cache_with_eager_calls(env: Env) -> None:
+    square = env.square()
+    over_list = square.apply.node([1, 2, 3])
+    assert over_list.result() == [1, 4, 9]
+    assert list(env.square().apply([1, 2, 3, 4])) == [1, 4, 9, 16]  # eager: only 4 computed
+    assert started(env.log) == ["square1", "square2", "square3", "square4"]
+    # a map node over an upstream node's output uses the same per-item cache
+    numbers = env.numbers(count=5)
+    over_node = env.square().apply.node(numbers.make.node())
+    assert over_node.folder == over_list.folder
+    assert over_node.result() == [0, 1, 4, 9, 16]
+    assert started(env.log)[4:] == ["numbers5", "square0"]
+    assert list(env.square().apply([0, 1, 2, 3, 4])) == [0, 1, 4, 9, 16]
+    assert env.square().apply.node(numbers.make.node()).result() == [0, 1, 4, 9, 16]
+    assert len(started(env.log)) == 6  # nothing computed twice
+    # a map node feeds a task node like any other node
+    total = env.step("total").run.node(over_node)
+    assert total.result() == "total([0;1;4;9;16],None)"
+
+
+def test_duplicate_nodes_are_computed_once(env: Env) -> None:
+    left = env.step("x").run.node(1)
+    right = env.step("x").run.node(1)  # another instance, same uid
+    assert left is not right and left.uid == right.uid
+    top = env.step("top").run.node(left, right)
+    assert len(exca.graph.graph(top)) == 2
+    assert len(exca.graph.plan(top).entries) == 2
+    assert top.result() == "top(x(1,None),x(1,None))"
+    assert env.starts("x") == 1
+    # the same node as two targets, and shared by two branches
+    shared = env.step("shared").run.node()
+    one, two = env.step("one").run.node(shared), env.step("two").run.node(shared)
+    exca.graph.run(one, two, one)
+    assert env.starts("shared") == 1 and env.starts("one") == 1 and env.starts("two") == 1
+
+
+@pytest.mark.parametrize(
+    "other,shown",
+    [({"cluster": "local"}, ("inline", "local")), ({"mode": "force"}, ("cached", "force"))],
+)
+def test_same_uid_with_different_infra_is_an_error(
+    env: Env, other: dict[str, tp.Any], shown: tuple[str, str]
+) -> None:
+    plain = env.step("x").run.node(1)
+    different = env.step("x", infra=other).run.node(1)
+    assert plain.uid == different.uid  # cluster and mode are not part of the uid
+    top = env.step("top").run.node(plain, different)
+    for call in (exca.graph.plan, exca.graph.run, exca.graph.graph):
+        with pytest.raises(ValueError) as info:
+            call(top)
+        message = str(info.value)
+        assert plain.uid in message
+        assert all(word in message for word in shown), message
+    assert events(env.log) == []
+
+
+def test_graph_is_frozen(env: Env) -> None:
+    a = env.step("a").run.node()
+    b, c = env.step("b").run.node(a), env.step("c").run.node(a)
+    d = env.step("d").run.node(b, c)
+    dag = exca.graph.graph(d)
+    assert nx.is_frozen(dag)
+    assert set(dag.nodes) == {a.uid, b.uid, c.uid, d.uid}
+    assert set(dag.edges) == {(a.uid, b.uid), (a.uid, c.uid), (b.uid, d.uid), (c.uid, d.uid)}
+    assert dag.nodes[d.uid]["node"] is d
+    with pytest.raises(nx.NetworkXError):
+        dag.add_node("extra")
+    with pytest.raises(nx.NetworkXError):
+        dag.add_edge(d.uid, a.uid)
+    with pytest.raises(nx.NetworkXError):
+        dag.remove_node(a.uid)
+    assert exca.graph.graph(d).edges == dag.edges  # building it twice: the same graph
+    assert events(env.log) == []
+
+
+# =============================================================================================
+# 2. Sub-config chaining
+# =============================================================================================
+def _order(env: Env) -> list[str]:
+    return [f"{e['name']}:{e['event']}" for e in events(env.log)]
+
+
+def test_subconfig_task_is_computed_first(env: Env) -> None:
+    train = Train(data=env.data(), log=env.log, infra=env.infra())
+    data_node = env.data().prepare.node()
+    plan = exca.graph.plan(train.fit.node())
+    assert [e.uid for e in plan.entries] == [data_node.uid, train.fit.node().uid]
+    assert plan.entries[1].upstream == [data_node.uid]
+    assert [e.status for e in plan.entries] == ["missing", "missing"]
+    assert train.fit() == 3  # an eager call chains too
+    # prepare ran before fit started; inside fit, self.data.prepare() was a cache hit
+    assert _order(env) == ["prepare3:start", "fit:start", "fit:end"]
+    assert env.data().prepare.node().status() == "completed"
+    assert env.data().prepare() == [0, 1, 2]
+    assert env.starts("prepare3") == 1
+    # pruning through chaining: the cached fit does not need prepare, even when it is gone
+    shutil.rmtree(data_node.folder)  # type: ignore[arg-type]
+    again = Train(data=env.data(), log=env.log, infra=env.infra())
+    assert [e.status for e in exca.graph.plan(again.fit.node()).entries] == ["not needed", "cached"]
+    assert again.fit() == 3
+    assert env.starts("prepare3") == 1 and env.starts("fit") == 1
+
+
+def test_chain_subconfigs_false_runs_inline(env: Env) -> None:
+    train = TrainInline(data=env.data(), log=env.log, infra=env.infra())
+    plan = exca.graph.plan(train.fit.node())
+    assert len(plan.entries) == 1 and plan.entries[0].upstream == []
+    assert train.fit() == 3
+    assert _order(env) == ["fit:start", "prepare3:start", "fit:end"]
+    assert env.data().prepare() == [0, 1, 2]  # cached by the nested call
+    assert env.starts("prepare3") == 1
+
+
+def test_map_and_folderless_subconfigs_are_not_chained(env: Env) -> None:
+    train = TrainWithMap(
+        square=env.square(),
+        data=Data(log=env.log, infra={"folder": None}),
+        log=env.log,
+        infra=env.infra(),
+    )
+    plan = exca.graph.plan(train.fit.node())
+    assert len(plan.entries) == 1 and plan.entries[0].upstream == []
+    assert len(exca.graph.graph(train.fit.node())) == 1
+    assert train.fit() == 1 + 4 + 3
+    order = _order(env)
+    assert order[0] == "fit:start" and order[-1] == "fit:end"
+    assert sorted(order[1:-1]) == ["prepare3:start", "square1:start", "square2:start"]
+
+
+def test_chaining_through_lists_dicts_and_unions(env: Env) -> None:
+    def other(n: int) -> OtherData:
+        return OtherData(n=n, log=env.log, infra=env.infra())
+
+    ensemble = Ensemble(
+        choice=other(2),
+        many=[env.data(1), env.data(2)],
+        named={"x": env.data(4), "y": other(3)},
+        log=env.log,
+        infra=env.infra(),
+    )
+    expected = {
+        other(2).prepare.node().uid,
+        env.data(1).prepare.node().uid,
+        env.data(2).prepare.node().uid,
+        env.data(4).prepare.node().uid,
+        other(3).prepare.node().uid,
+    }
+    node = ensemble.fit.node()
+    assert {n.uid for n in node.upstream} == expected
+    plan = exca.graph.plan(node)
+    assert {e.uid for e in plan.entries} == expected | {node.uid}
+    assert plan.entries[-1].uid == node.uid and set(plan.entries[-1].upstream) == expected
+    assert ensemble.fit() == 10 + 0 + 1 + 6 + 30
+    names = started(env.log)
+    assert names[-1] == "fit"  # every chained task ran before fit started
+    assert sorted(names[:-1]) == ["other2", "other3", "prepare1", "prepare2", "prepare4"]
+
+
+# =============================================================================================
+# 3. Pruning
+# =============================================================================================
+def test_cached_target_does_not_need_its_upstream(env: Env) -> None:
+    a = env.step("a").run.node()
+    b = env.step("b").run.node(a)
+    c = env.step("c").run.node(b)
+    assert c.result() == "c(b(a(None,None),None),None)"
+    for node in (a, b):
+        shutil.rmtree(node.folder)  # type: ignore[arg-type]
+    plan = exca.graph.plan(c)
+    assert {e.uid: (e.status, e.action) for e in plan.entries} == {
+        a.uid: ("not needed", "skip"),
+        b.uid: ("not needed", "skip"),
+        c.uid: ("cached", "reuse"),
+    }
+    assert plan.arrays == []
+    exca.graph.run(c)
+    assert c.result() == "c(b(a(None,None),None),None)"
+    assert started(env.log) == ["a", "b", "c"]  # nothing recomputed
+    assert not a.folder.exists() and not b.folder.exists()  # type: ignore[union-attr]
+    # a new target that needs them recomputes them
+    fresh_b = env.step("b").run.node(env.step("a").run.node())
+    d = env.step("d").run.node(fresh_b)
+    assert d.result() == "d(b(a(None,None),None),None)"
+    assert started(env.log) == ["a", "b", "c", "a", "b", "d"]
+
+
+def test_result_removed_elsewhere_is_recomputed(env: Env) -> None:
+    b = env.step("b").run.node()
+    assert b.result() == "b(None,None)"
+    env.step("b").run.node().clear()  # another instance of the same config (or process)
+    d = env.step("d").run.node(b)
+    assert _by_uid(exca.graph.plan(d))[b.uid].status == "missing"
+    assert d.result() == "d(b(None,None),None)"
+    assert started(env.log) == ["b", "b", "d"]
+
+
+# =============================================================================================
+# 4. Plans
+# =============================================================================================
+def _by_uid(plan: tp.Any) -> dict[str, tp.Any]:
+    return {e.uid: e for e in plan.entries}
+
+
+def test_plan_statuses_actions_and_reasons(env: Env) -> None:
+    flag = env.tmp / "fail"
+    flag.touch()
+    a = env.step("a").run.node()
+    bad = env.step("bad", fail_flag=str(flag)).run.node()
+    with pytest.raises(ValueError, match="bad fails on purpose"):
+        bad.result()
+    b = env.step("b").run.node(a)
+    assert b.result() == "b(a(None,None),None)"
+    after_bad = env.step("after", fail_flag="").run.node(bad)
+    missing = env.step("missing").run.node()
+    readonly = env.step("ro", infra={"mode": "read-only"}).run.node()
+    plan = exca.graph.plan(b, after_bad, missing, readonly)
+    entries = _by_uid(plan)
+    got = {uid: (e.status, e.action, e.reason) for uid, e in entries.items()}
+    assert got[a.uid] == ("not needed", "skip", "not needed")
+    assert got[b.uid] == ("cached", "reuse", "cached")
+    assert got[bad.uid] == ("cached error", "fail", "cached error")
+    status, action, reason = got[after_bad.uid]
+    assert (status, action) == ("missing", "fail") and bad.uid in reason
+    assert got[missing.uid] == ("missing", "compute", "missing")
+    assert got[readonly.uid] == ("missing", "fail", "read-only and missing")
+    assert entries[after_bad.uid].upstream == [bad.uid]
+    for entry in plan.entries:
+        assert entry.job_id is None and entry.problems == []
+        assert entry.folder is not None and entry.kind == "task"
+    # retry of a cached error
+    retry = env.step("bad", fail_flag=str(flag), infra={"mode": "retry"}).run.node()
+    entry = _by_uid(exca.graph.plan(retry))[retry.uid]
+    assert (entry.status, entry.action, entry.reason) == (
+        "cached error",
+        "compute",
+        "retry of a cached error",
+    )
+    # force, and what it propagates to
+    forced_a = env.step("a", infra={"mode": "force"}).run.node()
+    forced_b = env.step("b").run.node(forced_a)
+    got = {e.uid: (e.status, e.action, e.reason) for e in exca.graph.plan(forced_b).entries}
+    assert got == {
+        a.uid: ("forced", "compute", "mode=force"),
+        b.uid: ("forced", "compute", "forced by upstream"),
+    }
+    assert started(env.log) == ["bad", "a", "b"]  # planning computed nothing
+
+
+def test_plan_flags_stale_results(env: Env) -> None:
+    a, b, c = _chain(env)
+    assert c.result() == "c(b(a(None,None),None),None)"
+    exca.graph.run(env.step("a", infra={"mode": "force"}).run.node())  # a recomputed alone
+    assert started(env.log) == ["a", "b", "c", "a"]
+    # planned later (fresh configs, as in another process)
+    a, b, c = _chain(env)
+    plan = exca.graph.plan(b)
+    entry = _by_uid(plan)[b.uid]
+    assert entry.status == "stale"
+    assert a.uid in entry.reason
+    assert "stale" in str(plan) and a.uid in str(plan)
+    # c's own upstream (b) was not recomputed: c is not stale with respect to b
+    assert _by_uid(exca.graph.plan(c))[c.uid].status == "cached"
+
+
+def _chain(env: Env) -> tuple[exca.graph.Node, exca.graph.Node, exca.graph.Node]:
+    a = env.step("a").run.node()
+    b = env.step("b").run.node(a)
+    return a, b, env.step("c").run.node(b)
+
+
+def test_plan_flags_stale_results_with_the_same_objects(env: Env) -> None:
+    _, b, c = _chain(env)
+    assert c.result() == "c(b(a(None,None),None),None)"
+    exca.graph.run(env.step("a", infra={"mode": "force"}).run.node())
+    assert _by_uid(exca.graph.plan(b))[b.uid].status == "stale"
+
+
+def test_plan_map_item_counts(env: Env) -> None:
+    square = env.square()
+    list(square.apply(range(7)))
+    ten = env.square().apply.node(list(range(10)))
+    entry = exca.graph.plan(ten).entries[0]
+    assert (entry.kind, entry.status, entry.action) == ("map", "missing", "compute")
+    assert entry.items == "3/10 missing"
+    assert "3/10 missing" in str(exca.graph.plan(ten))
+    # items from an uncached upstream node are only known at run time
+    numbers = env.numbers(count=12)
+    over_node = env.square().apply.node(numbers.make.node())
+    entries = _by_uid(exca.graph.plan(over_node))
+    assert entries[over_node.uid].items == "items known at run time"
+    assert entries[over_node.uid].action == "compute"
+    assert entries[numbers.make.node().uid].status == "missing"
+    numbers.make()
+    entries = _by_uid(exca.graph.plan(over_node))
+    assert entries[over_node.uid].items == "5/12 missing"  # items 0..6 are shared with the list map
+    assert entries[numbers.make.node().uid].status == "cached"  # read for the items
+    # fully cached
+    assert over_node.result() == [i**2 for i in range(12)]
+    entry = _by_uid(exca.graph.plan(over_node))[over_node.uid]
+    assert (entry.status, entry.action, entry.items) == ("cached", "reuse", "0/12 missing")
+    assert started(env.log).count("numbers12") == 1
+    assert len([n for n in started(env.log) if n.startswith("square")]) == 12
+
+
+def test_plan_where_and_packing(env: Env) -> None:
+    leaves = [env.step(f"leaf{i}", infra={"cluster": "local"}).run.node() for i in range(2)]
+    middle = env.step("middle", infra={"cluster": "local"}).run.node(*leaves)
+    local_map = env.square(power=3, cluster="local", max_jobs=3).apply.node(list(range(10)))
+    pool_map = env.square(power=4, cluster="threadpool").apply.node([1, 2, 3, 4])
+    inline = env.step("inline").run.node(middle)
+    plan = exca.graph.plan(inline, local_map, pool_map)
+    entries = _by_uid(plan)
+    assert {uid: e.where for uid, e in entries.items()} == {
+        leaves[0].uid: "local",
+        leaves[1].uid: "local",
+        middle.uid: "local",
+        local_map.uid: "local",
+        pool_map.uid: "threadpool",
+        inline.uid: "inline",
+    }
+    arrays = {(a.wave, a.where): a for a in plan.arrays}
+    assert set(arrays) == {(0, "local"), (0, "threadpool"), (1, "local"), (2, "inline")}
+    first = arrays[0, "local"]
+    assert sorted(first.nodes) == sorted([leaves[0].uid, leaves[1].uid, local_map.uid])
+    assert first.elements == 2 + 3  # two tasks + the map's 10 items split into max_jobs=3
+    # a pool runs chunks of the missing items: as many as the run itself will use
+    workers = exca.graph.executors.Pools.workers(4, pool_map.execution.max_jobs)
+    chunks = exca.graph.decisions.to_chunks(4, 3 * workers, 1)
+    pool = arrays[0, "threadpool"]
+    assert pool.elements == len(chunks) and pool.nodes == [pool_map.uid]
+    assert arrays[1, "local"].nodes == [middle.uid] and arrays[1, "local"].elements == 1
+    assert arrays[2, "inline"].nodes == [inline.uid]
+    for array in plan.arrays:
+        for uid in array.nodes:
+            assert entries[uid].array == array.index
+    text = str(plan)
+    assert "wave 0: 5 element(s) on local for 3 node(s)" in text
+    assert events(env.log) == [] and not env.folder.exists()
+
+
+def test_plan_renderings(env: Env) -> None:
+    a = env.step("a").run.node()
+    a.result()
+    b, c = env.step("b").run.node(a), env.step("c").run.node(a)
+    d = env.step("d").run.node(b, c)
+    squares = env.square().apply.node([1, 2])
+    plan = exca.graph.plan(d, squares)
+    text = str(plan)
+    assert text.splitlines()[0].startswith("Plan: 5 node(s)")
+    for entry in plan.entries:
+        assert entry.uid in text
+    assert "cached" in text and "missing" in text and "2/2 missing" in text
+    as_dict = plan.to_dict()
+    assert json.loads(json.dumps(as_dict)) == as_dict  # JSON-able
+    assert json.loads(plan.to_json()) == as_dict
+    assert [n["uid"] for n in as_dict["nodes"]] == [e.uid for e in plan.entries]
+    assert {n["uid"]: n["status"] for n in as_dict["nodes"]} == {
+        a.uid: "cached",
+        b.uid: "missing",
+        c.uid: "missing",
+        d.uid: "missing",
+        squares.uid: "missing",
+    }
+    assert as_dict["counts"] == {"cached": 1, "missing": 4}
+    assert len(as_dict["arrays"]) == len(plan.arrays)
+    mermaid = plan.to_mermaid()
+    lines = mermaid.strip().splitlines()
+    assert lines[0].startswith("flowchart")
+    node_lines = [line for line in lines if re.match(r"\s*n\d+\[", line)]
+    edge_lines = [line for line in lines if "-->" in line]
+    assert len(node_lines) == 5
+    assert len(edge_lines) == 4  # a->b, a->c, b->d, c->d
+    ids = {
+        e.uid: re.match(r"\s*(n\d+)\[", line).group(1) for e, line in zip(plan.entries, node_lines)
+    }  # type: ignore[union-attr]
+    edges = {tuple(line.split("-->")[i].strip() for i in (0, 1)) for line in edge_lines}
+    assert edges == {
+        (ids[a.uid], ids[b.uid]),
+        (ids[a.uid], ids[c.uid]),
+        (ids[b.uid], ids[d.uid]),
+        (ids[c.uid], ids[d.uid]),
+    }
+    assert started(env.log) == ["a"]
+
+
+def test_plan_changes_nothing(env: Env) -> None:
+    flag = env.tmp / "fail"
+    flag.touch()
+    numbers = env.numbers(count=6)
+    numbers.make()  # cached upstream of a map: planning calls item_uid on its output
+    list(env.square().apply([0, 1, 2]))  # the map is partly cached
+    squares = env.square().apply.node(numbers.make.node())
+    total = env.step("total").run.node(squares, 1)  # missing, downstream of the map
+    bad = env.step("bad", fail_flag=str(flag)).run.node()
+    with pytest.raises(ValueError):
+        bad.result()
+    after_bad = env.step("after").run.node(bad)
+    a = env.step("a").run.node()
+    cached = env.step("cached").run.node(a)
+    cached.result()
+    shutil.rmtree(a.folder)  # type: ignore[arg-type]
+    stale_source = env.step("src").run.node()
+    stale = env.step("stale").run.node(stale_source)
+    stale.result()
+    exca.graph.run(env.step("src", infra={"mode": "force"}).run.node())
+    stale_source = env.step("src").run.node()  # fresh configs, as in another process
+    stale = env.step("stale").run.node(stale_source)
+    forced = env.step("forced", infra={"mode": "force"}).run.node(stale_source)
+    train = Train(data=env.data(), log=env.log, infra=env.infra())  # chained, missing
+    readonly = env.step("ro", infra={"mode": "read-only"}).run.node()
+    retry = env.step("bad", fail_flag=str(flag), infra={"mode": "retry"}).run.node()
+    targets = [total, after_bad, cached, stale, forced, train.fit.node(), readonly]
+    calls_before = events(env.log)
+    before = snapshot(env.tmp)
+    time.sleep(0.01)  # a rewrite would change an mtime
+    plan = exca.graph.plan(*targets)
+    retry_plan = exca.graph.plan(retry)
+    str(plan), plan.to_json(), plan.to_mermaid(), str(retry_plan)
+    exca.graph.graph(*targets)
+    assert snapshot(env.tmp) == before
+    assert events(env.log) == calls_before
+    statuses = {e.status for e in plan.entries}
+    assert {"cached", "cached error", "missing", "forced", "stale", "not needed"} <= statuses
+    assert _by_uid(plan)[squares.uid].items == "3/6 missing"
+
+
+# =============================================================================================
+# 5. The scheduler over many nodes
+# =============================================================================================
+def _check_order(env: Env, upstream: dict[str, list[str]]) -> None:
+    """Every node started after all its upstream nodes ended (in the log's order)."""
+    lines = events(env.log)
+    position = {(e["name"], e["event"]): i for i, e in enumerate(lines)}
+    for name, ups in upstream.items():
+        for up in ups:
+            assert position[up, "end"] < position[name, "start"], (up, name)
+
+
+def test_diamond_in_topological_order(env: Env) -> None:
+    a = env.step("a").run.node()
+    b, c = env.step("b").run.node(a), env.step("c").run.node(a, 2)
+    d = env.step("d").run.node(b, c)
+    exca.graph.run(d)
+    assert sorted(started(env.log)) == ["a", "b", "c", "d"]  # each once
+    _check_order(env, {"b": ["a"], "c": ["a"], "d": ["b", "c"]})
+    seen = {e["name"]: (e["a"], e["b"]) for e in events(env.log, "start")}
+    assert seen["d"] == ("b(a(None,None),None)", "c(a(None,None),2)")
+    assert d.result() == "d(b(a(None,None),None),c(a(None,None),2))"
+
+
+def test_wider_dag(env: Env) -> None:
+    leaves = [env.step(f"l{i}").run.node(i) for i in range(4)]
+    middles = [env.step(f"m{i}").run.node(leaves[i], leaves[i + 1]) for i in range(3)]
+    upper = [env.step(f"u{i}").run.node(middles[i], middles[i + 1]) for i in range(2)]
+    top = env.step("top").run.node(*upper)
+    side = env.step("side").run.node(leaves[3])  # an independent branch
+    plan = exca.graph.plan(top, side)
+    assert len(plan.entries) == 11 and {e.status for e in plan.entries} == {"missing"}
+    exca.graph.run(top, side)
+    names = started(env.log)
+    assert sorted(names) == sorted(
+        ["top", "side", *(f"l{i}" for i in range(4)), "m0", "m1", "m2", "u0", "u1"]
+    )
+    upstream = {f"m{i}": [f"l{i}", f"l{i + 1}"] for i in range(3)}
+    upstream.update({f"u{i}": [f"m{i}", f"m{i + 1}"] for i in range(2)})
+    upstream.update({"top": ["u0", "u1"], "side": ["l3"]})
+    _check_order(env, upstream)
+    leaf = [f"l{i}({i},None)" for i in range(4)]
+    middle = [f"m{i}({leaf[i]},{leaf[i + 1]})" for i in range(3)]
+    expected = f"top(u0({middle[0]},{middle[1]}),u1({middle[1]},{middle[2]}))"
+    assert top.result() == expected
+    assert side.result() == f"side({leaf[3]},None)"
+    assert {e.status for e in exca.graph.plan(top, side).entries} == {"cached", "not needed"}
+
+
+def test_force_recomputes_once_and_propagates(env: Env) -> None:
+    def build(mode: str) -> tuple[exca.graph.Node, exca.graph.Node]:
+        a = env.step("a", infra={"mode": mode}).run.node()
+        b, c = env.step("b").run.node(a), env.step("c").run.node(a, 2)
+        return env.step("d").run.node(b, c), env.step("e").run.node(b)
+
+    unrelated = env.step("u").run.node(1)
+    d, e = build("cached")
+    exca.graph.run(d, e, unrelated)
+    assert sorted(started(env.log)) == ["a", "b", "c", "d", "e", "u"]
+    forced_d, forced_e = build("force")
+    plan = exca.graph.plan(forced_d, forced_e, unrelated)
+    assert {x.uid: x.status for x in plan.entries}[unrelated.uid] == "cached"
+    assert sorted(x.status for x in plan.entries) == ["cached"] + ["forced"] * 5
+    exca.graph.run(forced_d, forced_e, unrelated)
+    names = started(env.log)[6:]
+    assert sorted(names) == ["a", "b", "c", "d", "e"]  # a once per run, though used twice
+    _check_order(env, {"b": ["a"], "c": ["a"], "d": ["b", "c"], "e": ["b"]})
+    assert env.starts("u") == 1
+    assert forced_d.result() == "d(b(a(None,None),None),c(a(None,None),2))"
+    assert len(started(env.log)) == 11
+
+
+def test_failure_stops_only_its_dependents_then_retry(env: Env) -> None:
+    flag = env.tmp / "fail"
+    flag.touch()
+
+    def branches(mode: str = "cached") -> list[exca.graph.Node]:
+        x = env.step("x", fail_flag=str(flag), infra={"mode": mode}).run.node()
+        y = env.step("y").run.node(x)
+        z = env.step("z").run.node(y, 1)
+        p = env.step("p").run.node()
+        q = env.step("q").run.node(p)
+        return [x, y, z, p, q]
+
+    x, y, z, p, q = branches()
+    with pytest.raises(NodeFailures) as info:
+        exca.graph.run(z, q)
+    failures = info.value.failures
+    assert set(failures) == {x.uid, y.uid, z.uid}
+    assert isinstance(failures[x.uid], ValueError)
+    assert "fails on purpose" in str(failures[x.uid])
+    for uid in (x.uid, y.uid, z.uid):
+        assert uid in str(info.value)
+    assert sorted(started(env.log)) == ["p", "q", "x"]  # y and z never ran
+    assert q.status() == "completed" and p.status() == "completed"
+    assert q.result() == "q(p(None,None),None)"
+    assert x.status() == "failed"
+    assert y.status() == "not submitted" and z.status() == "not submitted"
+    # cached mode: the cached error is raised again, nothing runs
+    with pytest.raises(NodeFailures) as info:
+        exca.graph.run(z, q)
+    assert set(info.value.failures) == {x.uid, y.uid, z.uid}
+    assert len(started(env.log)) == 3
+    plan = _by_uid(exca.graph.plan(z, q))
+    assert plan[x.uid].status == "cached error" and plan[q.uid].status == "cached"
+    # fixed, and retried: only the failed nodes are computed
+    flag.unlink()
+    x, y, z, p, q = branches("retry")
+    exca.graph.run(z, q)
+    assert sorted(started(env.log)[3:]) == ["x", "y", "z"]
+    assert z.result() == "z(y(x(None,None),None),1)"
+    assert env.starts("p") == 1 and env.starts("q") == 1
+
+
+def test_read_only_fails_before_anything_runs(env: Env) -> None:
+    source = env.step("source", infra={"mode": "read-only"}).run.node()
+    child = env.step("child").run.node(source)
+    plan = _by_uid(exca.graph.plan(child))
+    assert (plan[source.uid].status, plan[source.uid].action) == ("missing", "fail")
+    assert plan[source.uid].reason == "read-only and missing"
+    assert plan[child.uid].action == "fail" and source.uid in plan[child.uid].reason
+    with pytest.raises(NodeFailures) as info:
+        exca.graph.run(child)
+    assert set(info.value.failures) == {source.uid, child.uid}
+    assert "read-only" in str(info.value.failures[source.uid])
+    assert events(env.log) == []
+    with pytest.raises(RuntimeError, match="read-only"):
+        child.result()
+    assert events(env.log) == [] and not child.folder.exists()  # type: ignore[union-attr]
+
+
+def test_read_only_missing_stops_the_whole_run(env: Env) -> None:
+    readonly = env.step("ro", infra={"mode": "read-only"}).run.node()
+    other = env.step("other").run.node()
+    with pytest.raises(RuntimeError, match="read-only"):
+        exca.graph.run(readonly, other)
+    assert events(env.log) == []
+
+
+@pytest.mark.timeout(120)
+def test_independent_branches_run_concurrently_on_local(env: Env) -> None:
+    """Each branch's first node waits for the other's to have started: they finish only if
+    they run at the same time (the waits are bounded: a sequential run fails)."""
+    sig = [str(env.tmp / f"started-{i}") for i in range(2)]
+    roots = [
+        env.step(
+            f"root{i}", signal_file=sig[i], partner=sig[1 - i], infra={"cluster": "local"}
+        ).run.node()
+        for i in range(2)
+    ]
+    leaves = [env.step(f"leaf{i}", infra={"cluster": "local"}).run.node(roots[i]) for i in range(2)]
+    exca.graph.run(*leaves)
+    assert [leaf.result() for leaf in leaves] == [
+        f"leaf{i}(root{i}(None,None),None)" for i in range(2)
+    ]
+    lines = events(env.log)
+    start = {e["name"]: e["t"] for e in lines if e["event"] == "start"}
+    end = {e["name"]: e["t"] for e in lines if e["event"] == "end"}
+    assert start["root0"] < end["root1"] and start["root1"] < end["root0"]  # overlap
+    assert end["root0"] <= start["leaf0"] and end["root1"] <= start["leaf1"]
+    pids = {e["name"]: e["pid"] for e in lines if e["event"] == "start"}
+    assert pids["root0"] != pids["root1"] and os.getpid() not in pids.values()
+
+
+# =============================================================================================
+# 6. Ctrl-C
+# =============================================================================================
+INTERRUPTED_SCRIPT = """
+import sys
+import exca
+import exca.graph
+from test_pipelines import Env
+
+env = Env(__import__("pathlib").Path(sys.argv[1]))
+quick = env.step("quick", infra={"cluster": "local"}).run.node()
+slow = env.step("slow", block_flag=sys.argv[2], infra={"cluster": "local"}).run.node(quick)
+try:
+    exca.graph.run(slow)
+except KeyboardInterrupt:
+    print("INTERRUPTED", flush=True)
+    sys.exit(3)
+print("FINISHED", flush=True)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] != "Z"  # a zombie has ended
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("target", ["process", "group"])
+def test_ctrl_c_cancels_the_jobs_of_the_run(env: Env, target: str) -> None:
+    """SIGINT to the driver alone (``kill -INT``), or to its whole process group (Ctrl-C in
+    a terminal, which the local job processes receive too)."""
+    block = env.tmp / "block"
+    block.touch()
+    script = env.tmp / "driver.py"
+    script.write_text(textwrap.dedent(INTERRUPTED_SCRIPT))
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(env.tmp), str(block)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: a group signal spares pytest
+    )
+    try:
+        wait_for(lambda: "slow" in started(env.log) or proc.poll() is not None, timeout=90)
+        assert proc.poll() is None, proc.communicate()[0].decode()
+        slow = env.step("slow", block_flag=str(block)).run.node(env.step("quick").run.node())
+        records = list((slow.folder / "jobs").glob("*.json"))  # type: ignore[operator]
+        assert len(records) == 1
+        job_id = json.loads(records[0].read_text())["job_id"]
+        worker_pid = events(env.log, "start")[-1]["pid"]
+        assert _alive(int(job_id)) and _alive(worker_pid)
+        assert len(list((slow.folder / "claims").glob("*.claim"))) == 1  # type: ignore[operator]
+        # while it runs, a plan shows it (from another process) with its job id
+        entry = _by_uid(exca.graph.plan(slow))[slow.uid]
+        assert (entry.status, entry.action, entry.job_id) == ("running", "wait", job_id)
+        if target == "group":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signal.SIGINT)
+        output = proc.communicate(timeout=60)[0].decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 3 and "INTERRUPTED" in output, output
+    wait_for(lambda: not _alive(int(job_id)) and not _alive(worker_pid), timeout=30)
+    assert not list((slow.folder / "jobs").glob("*.json"))  # type: ignore[operator]
+    assert not list((slow.folder / "claims").glob("*.claim"))  # type: ignore[operator]
+    assert slow.status() == "not submitted"
+    assert "end" not in [e["event"] for e in events(env.log) if e["name"] == "slow"]
+    # a later run recomputes the cancelled node (and only it)
+    block.unlink()
+    assert slow.result() == "slow(quick(None,None),None)"
+    assert started(env.log) == ["quick", "slow", "slow"]

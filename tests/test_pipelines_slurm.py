@@ -1,0 +1,385 @@
+"""Pipelines on a real Slurm cluster (DESIGN "Detached Slurm runs"): a whole DAG submitted
+at once with ``run(..., wait=False)``, one array per level chained with ``afterany``,
+re-attachment instead of resubmission, results read from a fresh process, failures that
+stop only their dependents, retry, and maps whose items come from an upstream job.
+
+Every ``sbatch`` goes through a PATH shim that logs the ``#SBATCH`` lines of each
+submission, so tests count submissions and arrays exactly. Jobs left in the queue by a
+test (only the ones it submitted, read from its job records) are cancelled at its end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import typing as tp
+from pathlib import Path
+
+import pydantic
+import pytest
+from test_pipelines import Env, _by_uid, events, started, wait_for
+
+import exca
+import exca.graph
+from exca.graph.errors import NodeFailures
+from slurm_cluster import squeue_ids
+
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(180)]
+
+
+def slurm(**extra: tp.Any) -> dict[str, tp.Any]:
+    return {"cluster": "slurm", "cpus_per_task": 1, "timeout_min": 3, **extra}
+
+
+class SlurmSquare(pydantic.BaseModel):
+    """A map ``item -> item ** 2`` that logs the Slurm job computing each item (blocks
+    while the file ``block_flag`` exists)."""
+
+    log: str
+    block_flag: str = ""
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("log",)
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def apply(self, items: list[int]) -> tp.Iterator[int]:
+        job = f"{os.environ.get('SLURM_ARRAY_JOB_ID')}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
+        while self.block_flag and Path(self.block_flag).exists():
+            time.sleep(0.05)
+        for item in items:
+            with open(self.log, "a", encoding="utf8") as handle:
+                handle.write(
+                    json.dumps({"name": f"square{item}", "event": "start", "job": job}) + "\n"
+                )
+            yield item**2
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+class Sbatch:
+    """The submissions made through the sbatch shim: one list of #SBATCH lines per call."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+
+    def calls(self) -> list[list[str]]:
+        if not self.log.exists():
+            return []
+        chunks = self.log.read_text().split("=== CALL\n")[1:]
+        return [[line for line in chunk.splitlines() if line.strip()] for chunk in chunks]
+
+    def count(self) -> int:
+        return len(self.calls())
+
+    @staticmethod
+    def option(call: list[str], name: str) -> str | None:
+        for line in call:
+            match = re.match(rf"#SBATCH --{name}=(\S+)", line)
+            if match:
+                return match.group(1)
+        return None
+
+
+@pytest.fixture
+def sbatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Sbatch:
+    real = shutil.which("sbatch")
+    assert real is not None
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    log = tmp_path / "sbatch.log"
+    script = shim / "sbatch"
+    script.write_text(
+        textwrap.dedent(
+            f"""\
+            #!/bin/sh
+            {{
+              echo "=== CALL"
+              for arg in "$@"; do
+                if [ -f "$arg" ]; then grep '^#SBATCH' "$arg"; fi
+              done
+            }} >> '{log}'
+            exec '{real}' "$@"
+            """
+        )
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim}{os.pathsep}{os.environ['PATH']}")
+    return Sbatch(log)
+
+
+def recorded_jobs(folder: Path) -> list[str]:
+    """Job ids recorded in every node folder under a cache folder."""
+    return [json.loads(p.read_text())["job_id"] for p in sorted(folder.rglob("jobs/*.json"))]
+
+
+@pytest.fixture
+def env(tmp_path: Path, sbatch: Sbatch) -> tp.Iterator[Env]:
+    environment = Env(tmp_path)
+    yield environment
+    # cancel what this test submitted and left in the queue (never anyone else's job)
+    if environment.folder.exists():
+        mine = {j.split("_")[0] for j in recorded_jobs(environment.folder)}
+        queued = {j.split("_")[0] for j in squeue_ids()}
+        if mine & queued:
+            subprocess.run(["scancel", *sorted(mine & queued)], check=False, timeout=30)
+
+
+def records(node: exca.graph.Node) -> list[dict[str, tp.Any]]:
+    assert node.folder is not None
+    return [json.loads(p.read_text()) for p in sorted((node.folder / "jobs").glob("*.json"))]
+
+
+def job_id(node: exca.graph.Node) -> str:
+    found = records(node)
+    assert len(found) == 1, found
+    return str(found[0]["job_id"])
+
+
+def wait_until_ended(ids: tp.Iterable[str], timeout: float = 150) -> None:
+    bases = {j.split("_")[0] for j in ids}
+    wait_for(lambda: not bases & {j.split("_")[0] for j in squeue_ids()}, timeout=timeout)
+
+
+def build_dag(
+    env: Env, block: str = "", fail: str = "", mode: str = "cached"
+) -> tuple[list[exca.graph.Node], list[exca.graph.Node], exca.graph.Node]:
+    """4 leaves (blocked while ``block`` exists; leaf 2 fails while ``fail`` exists, with
+    ``mode``) -> 2 middles (two leaves each) -> 1 top."""
+    leaves = []
+    for i in range(4):
+        kwargs: dict[str, tp.Any] = {"block_flag": block}
+        infra = slurm()
+        if i == 2:
+            kwargs["fail_flag"] = fail
+            infra["mode"] = mode
+        leaves.append(env.step(f"l{i}", infra=infra, **kwargs).run.node(i))
+    middles = [
+        env.step(f"m{i}", infra=slurm()).run.node(leaves[2 * i], leaves[2 * i + 1])
+        for i in range(2)
+    ]
+    return leaves, middles, env.step("top", infra=slurm()).run.node(*middles)
+
+
+def leaf_value(i: int) -> str:
+    return f"l{i}({i},None)"
+
+
+EXPECTED_TOP = f"top(m0({leaf_value(0)},{leaf_value(1)}),m1({leaf_value(2)},{leaf_value(3)}))"
+
+FRESH_PROCESS = """
+import sys
+from pathlib import Path
+from test_pipelines import Env
+from test_pipelines_slurm import build_dag
+
+_, _, top = build_dag(Env(Path(sys.argv[1])), block=sys.argv[2])
+print("RESULT", top.result(), flush=True)
+"""
+
+
+# --- tests ------------------------------------------------------------------------------------
+def test_detached_dag(env: Env, sbatch: Sbatch) -> None:
+    block = env.tmp / "block"
+    block.touch()  # the leaves cannot end before the test removes it
+    leaves, middles, top = build_dag(env, block=str(block))
+    exca.graph.run(top, wait=False)
+    # it returned with every job queued or running
+    ids = {n.uid: job_id(n) for n in [*leaves, *middles, top]}
+    queued = squeue_ids()
+    assert set(ids.values()) <= queued, (ids, queued)
+    assert "end" not in {e["event"] for e in events(env.log)}
+    # one array per level; each level waits (afterany) for the one below
+    leaf_array = {ids[n.uid].split("_")[0] for n in leaves}
+    middle_array = {ids[n.uid].split("_")[0] for n in middles}
+    assert len(leaf_array) == 1 and len(middle_array) == 1
+    (leaf_array_id,), (middle_array_id,) = leaf_array, middle_array
+    calls = sbatch.calls()
+    assert len(calls) == 3
+    assert [Sbatch.option(c, "array") for c in calls] == ["0-3%4", "0-1%2", None]
+    assert Sbatch.option(calls[0], "dependency") is None
+    assert Sbatch.option(calls[1], "dependency") == f"afterany:{leaf_array_id}"
+    assert Sbatch.option(calls[2], "dependency") == f"afterany:{middle_array_id}"
+    shown = subprocess.run(
+        ["scontrol", "show", "job", middle_array_id], capture_output=True, text=True, timeout=30
+    ).stdout
+    assert re.search(rf"Dependency=afterany:{leaf_array_id}(_\*)?\(", shown), shown
+    # a plan made now shows every node running, with its job id
+    plan = exca.graph.plan(top)
+    assert {e.uid: (e.status, e.action, e.job_id) for e in plan.entries} == {
+        uid: ("running", "wait", job) for uid, job in ids.items()
+    }
+    # running it again re-attaches: no new submission
+    exca.graph.run(top, wait=False)
+    exca.graph.run(*build_dag(env, block=str(block))[2:], wait=False)
+    assert sbatch.count() == 3
+    assert {n.uid: job_id(n) for n in [*leaves, *middles, top]} == ids
+    # a fresh process waits for the same jobs and reads the result
+    script = env.tmp / "fresh.py"
+    script.write_text(FRESH_PROCESS)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(env.tmp), str(block)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        block.unlink()
+        output = proc.communicate(timeout=150)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and f"RESULT {EXPECTED_TOP}" in output, output
+    assert sbatch.count() == 3  # the fresh process submitted nothing
+    assert sorted(started(env.log)) == sorted(["l0", "l1", "l2", "l3", "m0", "m1", "top"])
+    # middles started after their leaves ended, the top after the middles
+    lines = events(env.log)
+    position = {(e["name"], e["event"]): i for i, e in enumerate(lines)}
+    for down, ups in {"m0": ["l0", "l1"], "m1": ["l2", "l3"], "top": ["m0", "m1"]}.items():
+        assert all(position[up, "end"] < position[down, "start"] for up in ups), lines
+    assert top.result() == EXPECTED_TOP
+
+
+def test_failing_leaf_stops_only_its_dependents_then_retry(env: Env, sbatch: Sbatch) -> None:
+    flag = env.tmp / "fail"
+    flag.touch()
+    leaves, middles, top = build_dag(env, fail=str(flag))
+    exca.graph.run(top, wait=False)
+    assert sbatch.count() == 3
+    wait_until_ended(recorded_jobs(env.folder))
+    leaves, middles, top = build_dag(env, fail=str(flag))  # fresh configs, as a later session
+    assert sorted(started(env.log)) == ["l0", "l1", "l2", "l3", "m0"]  # m1 and top did not run
+    assert middles[0].status() == "completed"
+    assert middles[0].result() == f"m0({leaf_value(0)},{leaf_value(1)})"
+    assert leaves[2].status() == "failed"
+    assert middles[1].status() == "failed" and top.status() == "failed"
+    plan = _by_uid(exca.graph.plan(top))
+    assert (plan[leaves[2].uid].status, plan[leaves[2].uid].action) == ("cached error", "fail")
+    for node in (middles[1], top):
+        assert plan[node.uid].action == "fail"
+        assert leaves[2].uid in plan[node.uid].reason
+    assert plan[middles[0].uid].status == "cached"
+    # cached mode: the error is raised again, nothing is submitted
+    with pytest.raises(NodeFailures) as info:
+        exca.graph.run(top)
+    assert set(info.value.failures) == {leaves[2].uid, middles[1].uid, top.uid}
+    assert "fails on purpose" in str(info.value.failures[leaves[2].uid])
+    assert sbatch.count() == 3
+    # fixed and retried: only the failed leaf and its dependents are submitted again
+    flag.unlink()
+    leaves, middles, top = build_dag(env, fail=str(flag), mode="retry")
+    exca.graph.run(top, wait=False)
+    calls = sbatch.calls()[3:]
+    assert len(calls) == 3 and all(Sbatch.option(c, "array") is None for c in calls)  # 1 node each
+    wait_until_ended(recorded_jobs(env.folder))  # (see test_result_waits_for_a_resubmitted_job)
+    assert top.result() == EXPECTED_TOP
+    assert sbatch.count() == 6
+    for node in (leaves[2], middles[1], top):
+        assert len(records(node)) == 2
+    for node in (leaves[0], leaves[1], leaves[3], middles[0]):
+        assert len(records(node)) == 1
+    names = started(env.log)
+    assert {n: names.count(n) for n in set(names)} == {
+        "l0": 1,
+        "l1": 1,
+        "l2": 2,
+        "l3": 1,
+        "m0": 1,
+        "m1": 1,
+        "top": 1,
+    }
+
+
+def test_one_array_per_level(env: Env, sbatch: Sbatch) -> None:
+    """30 nodes on 3 levels with one resource set: 3 submissions, one array each."""
+    leaves = [env.step(f"l{i}", infra=slurm()).run.node(i) for i in range(18)]
+    middles = [
+        env.step(f"m{i}", infra=slurm()).run.node(leaves[2 * i], leaves[2 * i + 1])
+        for i in range(9)
+    ]
+    tops = [
+        env.step(f"t{i}", infra=slurm()).run.node(middles[3 * i], middles[3 * i + 1])
+        for i in range(3)
+    ]
+    targets = [*tops, *(middles[3 * i + 2] for i in range(3))]
+    plan = exca.graph.plan(*targets)
+    assert len(plan.entries) == 30
+    assert [(a.wave, a.elements) for a in plan.arrays] == [(0, 18), (1, 9), (2, 3)]
+    exca.graph.run(*targets, wait=False)
+    calls = sbatch.calls()
+    assert [Sbatch.option(c, "array") for c in calls] == ["0-17%18", "0-8%9", "0-2%3"]
+    assert len({j.split("_")[0] for j in recorded_jobs(env.folder)}) == 3
+    assert len(recorded_jobs(env.folder)) == 30
+    for i, top in enumerate(tops):
+        m = [
+            f"m{k}(l{2 * k}({2 * k},None),l{2 * k + 1}({2 * k + 1},None))"
+            for k in (3 * i, 3 * i + 1)
+        ]
+        assert top.result() == f"t{i}({m[0]},{m[1]})"
+    assert len(started(env.log)) == 30
+    assert sbatch.count() == 3
+
+
+def test_map_fed_by_upstream_is_split_at_run_time(env: Env, sbatch: Sbatch) -> None:
+    numbers = env.numbers(count=7, **slurm())
+    mapper = SlurmSquare(log=env.log, infra={"folder": env.folder, **slurm(max_jobs=3)})
+    squares = mapper.apply.node(numbers.make.node())
+    entry = _by_uid(exca.graph.plan(squares))[squares.uid]
+    assert entry.items == "items known at run time"
+    exca.graph.run(squares, wait=False)
+    calls = sbatch.calls()
+    assert len(calls) == 2
+    numbers_job = job_id(numbers.make.node())
+    assert Sbatch.option(calls[1], "array") == "0-2%3"  # max_jobs tasks, items unknown yet
+    assert Sbatch.option(calls[1], "dependency") == f"afterany:{numbers_job}"
+    wait_until_ended(recorded_jobs(env.folder))
+    fresh = SlurmSquare(log=env.log, infra={"folder": env.folder, **slurm(max_jobs=3)})
+    fresh_node = fresh.apply.node(env.numbers(count=7, **slurm()).make.node())
+    assert _by_uid(exca.graph.plan(fresh_node))[fresh_node.uid].status == "cached"
+    assert fresh_node.result() == [i**2 for i in range(7)]
+    assert sbatch.count() == 2
+    computed = [e for e in events(env.log) if e["name"].startswith("square")]
+    assert sorted(e["name"] for e in computed) == sorted(
+        f"square{i}" for i in range(7)
+    )  # once each
+    jobs = {e["job"] for e in computed}
+    assert len(jobs) == 3 and len({j.split("_")[0] for j in jobs}) == 1  # one array of 3
+    assert list(fresh.apply(list(range(7)))) == [i**2 for i in range(7)]  # shared with eager calls
+
+
+def test_detached_map_is_reattached(env: Env, sbatch: Sbatch) -> None:
+    block = env.tmp / "block"
+    block.touch()  # the map's jobs cannot end before the test ends
+    numbers = env.numbers(count=4, **slurm())
+    mapper = SlurmSquare(
+        log=env.log, block_flag=str(block), infra={"folder": env.folder, **slurm(max_jobs=2)}
+    )
+    squares = mapper.apply.node(numbers.make.node())
+    exca.graph.run(squares, wait=False)
+    assert sbatch.count() == 2
+    entry = _by_uid(exca.graph.plan(squares))[squares.uid]
+    assert entry.status == "running"
+    exca.graph.run(squares, wait=False)
+    assert sbatch.count() == 2
+
+
+def test_result_waits_for_a_resubmitted_job(env: Env, sbatch: Sbatch) -> None:
+    flag = env.tmp / "fail"
+    flag.touch()
+
+    def build(mode: str) -> exca.graph.Node:
+        leaf = env.step("leaf", fail_flag=str(flag), infra=slurm(mode=mode)).run.node()
+        return env.step("top", infra=slurm()).run.node(leaf)
+
+    exca.graph.run(build("cached"), wait=False)
+    wait_until_ended(recorded_jobs(env.folder))
+    assert build("cached").status() == "failed"  # its upstream failed
+    flag.unlink()
+    top = build("retry")
+    exca.graph.run(top, wait=False)  # the leaf and the top are submitted again
+    assert sbatch.count() == 4
+    assert top.result() == "top(leaf(None,None),None)"  # waits for the new job
