@@ -13,7 +13,7 @@ from .node import Node
 def task_result(node: Node) -> tp.Any:
     """The result of a task node: from the cache when it can be reused, else computed."""
     mode = node.mode
-    if mode != "force":
+    if not any(n.pending_force for n in node.closure):
         node.cache.refresh()  # incremental: sees a result another process cleared or wrote
         state = store.task_state(node)
         if state == "done" or (state == "error" and mode != "retry" and not _upstream_failed(node)):
@@ -53,8 +53,9 @@ def task_job(node: Node) -> Job:
 
 def map_items(node: Node, uids: list[str]) -> None:
     """Make sure every item of a map node is in its cache (computing the missing ones)."""
-    if node.mode in ("cached", "read-only") and not node.cache.missing(uids):
-        return
+    if node.mode != "retry" and not any(n.pending_force for n in node.closure):
+        if not node.cache.missing(uids):
+            return
     from .scheduler import Scheduler
 
     Scheduler([node], item_uids={node.key: uids}).run()

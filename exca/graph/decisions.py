@@ -136,7 +136,7 @@ class Graph:
 
     def _forced(self) -> set[Key]:
         """Nodes in mode force, and everything downstream of them in this graph."""
-        forced = {k for k, n in self.nodes.items() if n.mode == "force"}
+        forced = {k for k, n in self.nodes.items() if n.pending_force}
         stack = list(forced)
         while stack:
             for down in self.downstream[stack.pop()]:
@@ -151,7 +151,7 @@ class Graph:
         state = store.task_state(node)
         if forced:
             run.action = "force"
-            run.reason = "mode=force" if node.mode == "force" else "forced by upstream"
+            run.reason = "mode=force" if node.pending_force else "forced by upstream"
         elif state == "done":
             run.action, run.reason = "reuse", "cached"
         elif state == "error" and upstream_failed(node):
@@ -179,7 +179,7 @@ class Graph:
 
     def _readable(self, node: Node) -> bool:
         """Whether a node's outputs can be read now (items of a map are then known)."""
-        if node.mode == "force":
+        if node.pending_force:
             return False
         if node.kind == "task":
             return store.task_state(node) == "done"
@@ -195,7 +195,7 @@ class Graph:
         if forced:
             run.todo = list(dict.fromkeys(uids))
             run.action = "force"
-            run.reason = "mode=force" if node.mode == "force" else "forced by upstream"
+            run.reason = "mode=force" if node.pending_force else "forced by upstream"
         else:
             if node.mode == "retry":
                 missing, errors = store.item_states(node, uids)

@@ -121,6 +121,25 @@ class Node:
     items: tp.Sequence[tp.Any] | Node | None = None
     item_uids: tp.Sequence[str] | None = None  # of ``items`` when already computed
     forbid_single_item: bool = False
+    # shared by every node of one infra instance: mode=force applies once per instance
+    force_state: dict[str, bool] = dataclasses.field(default_factory=dict, compare=False)
+
+    @property
+    def pending_force(self) -> bool:
+        """mode=force that this instance has not applied yet."""
+        return self.mode == "force" and not self.force_state.get("done", False)
+
+    @functools.cached_property
+    def closure(self) -> tuple[Node, ...]:
+        """This node and every node upstream of it."""
+        seen: dict[tuple[str, str], Node] = {}
+        stack: list[Node] = [self]
+        while stack:
+            node = stack.pop()
+            if node.key not in seen:
+                seen[node.key] = node
+                stack.extend(node.upstream)
+        return tuple(seen.values())
 
     @property
     def inputs_uid(self) -> str | None:

@@ -305,6 +305,8 @@ class Scheduler:
             state = store.task_state(node)
             if state == "done":
                 run.state = "done"
+                if run.action == "force":
+                    node.force_state["done"] = True
                 return
             run.state = "failed"
             if state == "error":
@@ -340,6 +342,8 @@ class Scheduler:
             progress.update(len(todo))
         if not missing:
             run.state = "done"
+            if run.action == "force":
+                node.force_state["done"] = True
             return
         run.state = "failed"
         run.error = self._lost(run, missing)

@@ -44,7 +44,7 @@ def submit_array(
             continue
         infras[uid] = infra
     mode = array_infra.mode
-    if mode == "force" and array_infra._runtime().forced:
+    if mode == "force" and array_infra._runtime().force_state.get("done"):
         mode = "cached"
     if array_infra.cluster is None:
         for infra in infras.values():
@@ -67,7 +67,7 @@ def submit_array(
     if mode in ("force", "retry"):
         for infra in [array_infra, *infras.values()]:
             runtime = infra._runtime()
-            runtime.forced = True
+            runtime.force_state["done"] = True
             runtime.node = None
             if mode == "retry":
                 infra.__dict__["mode"] = "cached"

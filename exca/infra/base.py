@@ -31,7 +31,7 @@ class _Runtime:
     __slots__ = (
         "cache",
         "checked",
-        "forced",
+        "force_state",
         "inputs_caches",
         "method",
         "name",
@@ -47,7 +47,7 @@ class _Runtime:
         self.method: InfraMethod | None = None
         self.uid: str | None = None
         self.checked = False  # uid folder yaml files checked/written
-        self.forced = False  # mode=force already applied once for this instance
+        self.force_state: dict[str, bool] = {}  # shared with this instance's nodes
         self.ram: tp.Any = _MISSING
         self.cache: tp.Any = None
         self.node: tp.Any = None  # memoized graph node (configs are frozen once they have a uid)

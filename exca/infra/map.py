@@ -127,9 +127,6 @@ class BoundMap:
         uids = method.item_uid.many(items)
         node = infra._map_node(items, uids)
         calls.map_items(node, uids)
-        if infra.mode == "force":
-            infra._runtime().forced = True
-            infra._runtime().node = None
         return node.cache.values_of(uids, where=node.uid)
 
     def node(self, items: tp.Iterable[tp.Any] | Node) -> Node:
@@ -233,7 +230,8 @@ class MapInfra(BaseInfra, SubmititMixin):
                 root=None if self.folder is None else Path(self.folder),
                 function=MethodCall(owner, method),
                 cache=self.cache_dict,
-                mode="cached" if (self.mode == "force" and runtime.forced) else self.mode,
+                mode=self.mode,
+                force_state=runtime.force_state,
                 execution=self._execution(
                     logs_folder=folder,
                     job_name=uid[uid.find(type(owner).__name__) :],

@@ -128,12 +128,9 @@ class BoundTask:
         runtime = infra._runtime()
         if args or kwargs or self.method.params:
             return calls.task_result(self.node(*args, **kwargs))
-        if runtime.ram is not _MISSING:
+        if runtime.ram is not _MISSING and not any(n.pending_force for n in infra._node().closure):
             return runtime.ram
         value = calls.task_result(infra._node())
-        if infra.mode == "force" and not runtime.forced:
-            runtime.forced = True
-            runtime.node = None  # next calls reuse what was just forced
         if infra.keep_in_ram:
             runtime.ram = value
         return value
@@ -214,7 +211,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
         method = self._method()
         uid = self.uid()
         step, _, config_uid = uid.rpartition("/")
-        mode = "cached" if (self.mode == "force" and runtime.forced) else self.mode
+        mode = self.mode
         if self.folder is None and not self.keep_in_ram:
             cache: CacheDict[tp.Any] = CacheDict(None, keep_in_ram=True)  # recomputed per call
         else:
@@ -235,6 +232,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
             prepare=self._prepare_folder if self.folder is not None else None,
             label=uid,
             uid_config=functools.partial(self.config, uid=True, exclude_defaults=False),
+            force_state=runtime.force_state,
             chained=chained_nodes(owner) if method.options.get("chain_subconfigs", True) else (),
         )
         if self.folder is not None or self.keep_in_ram:
