@@ -43,7 +43,19 @@ class ConfDict(dict[str, tp.Any]):
 
     def __init__(self, mapping: tp.Mapping[str, tp.Any] | None = None, **kwargs: tp.Any) -> None:
         super().__init__()
-        self.update(mapping, **kwargs)
+        if type(mapping) is dict and not kwargs and self.OVERRIDE not in mapping:
+            self._fill(mapping)  # the common case: an exported config, no dotted keys
+        else:
+            self.update(mapping, **kwargs)
+
+    def _fill(self, mapping: dict[str, tp.Any]) -> None:
+        for key, value in mapping.items():
+            if type(key) is not str or "." in key or dict.__contains__(self, key):
+                self[key] = value  # dotted keys (and repeats) merge into what is there
+            elif type(value) is dict:
+                dict.__setitem__(self, key, ConfDict(value))
+            else:
+                dict.__setitem__(self, key, _to_confdict_value(value))
 
     # --- dotted access ------------------------------------------------------------------
     @staticmethod

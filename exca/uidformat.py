@@ -129,6 +129,10 @@ def _numpy() -> tp.Any:
     return sys.modules.get("numpy")
 
 
+def _order_key(item: tuple[str, tp.Any]) -> tuple[int, str]:
+    return (len(item[1].display) + len(item[0]), item[0])
+
+
 class _Rendered(tp.NamedTuple):
     display: str
     hashed: str
@@ -156,9 +160,22 @@ class _UidMakerV3:
         return self._render_other(value)
 
     def _render_dict(self, value: dict[tp.Any, tp.Any]) -> _Rendered:
-        items = [(str(key), self.render(sub)) for key, sub in value.items()]
-        if not isinstance(value, collections.OrderedDict):
-            items.sort(key=lambda kv: (len(kv[1].display) + len(kv[0]), kv[0]))
+        ordered = isinstance(value, collections.OrderedDict)
+        items = []
+        render = self.render
+        for key, sub in value.items():
+            key = str(key)
+            if not ordered:  # chains of single-key dicts collapse into dotted keys
+                while (
+                    isinstance(sub, dict)
+                    and len(sub) == 1
+                    and not isinstance(sub, collections.OrderedDict)
+                ):
+                    ((subkey, sub),) = sub.items()
+                    key = f"{key}.{subkey}"
+            items.append((key, render(sub)))
+        if not ordered:
+            items.sort(key=_order_key)
         display = ",".join(f"{key}={rendered.display}" for key, rendered in items)
         hashed = ",".join(f"{key}={rendered.hashed}" for key, rendered in items)
         return _Rendered("{" + _clean_v3(display) + "}", "dict:{" + hashed + "}")
@@ -278,7 +295,8 @@ _MAKERS: dict[int, _UidMakerV3 | _UidMakerV2] = {3: _UidMakerV3(), 2: _UidMakerV
 def to_uid(data: tp.Any, version: int | None = None) -> str:
     """The uid string of a (nested) dict of config values ("" when empty)."""
     version = uid_version(version)
-    rendered = _MAKERS[version].render(collapse(data))
+    # v3 collapses single-key chains while rendering; v2 on a collapsed copy
+    rendered = _MAKERS[version].render(data if version == 3 else collapse(data))
     display = rendered.display
     if not display or display in ("{}", "()", "[]"):
         return ""

@@ -5,29 +5,47 @@ from __future__ import annotations
 
 import typing as tp
 
+from ..storage.cachedict import CacheDict
 from . import registry, store
 from .jobs import Job
-from .node import Node
+from .node import TASK_KEY, Node
+
+MISSING: tp.Any = object()
+
+
+def reuse(cache: CacheDict[tp.Any], mode: str, where: str) -> tp.Any:
+    """The cached result of a task if it can be reused as is (else ``MISSING``): the fast
+    path of a call, one index check, before any node is built."""
+    if mode == "force":
+        return MISSING
+    cache.refresh()  # incremental: sees a result another process cleared or wrote
+    entry = cache.entry_type(TASK_KEY)
+    if entry is None:
+        return MISSING
+    if entry == "Error":
+        if mode == "retry" or cache_upstream_failed(cache):
+            return MISSING
+        value = cache[TASK_KEY]
+        raise value.to_exception(where)
+    return cache[TASK_KEY]
 
 
 def task_result(node: Node) -> tp.Any:
     """The result of a task node: from the cache when it can be reused, else computed."""
-    mode = node.mode
     if not any(n.pending_force for n in node.closure):
-        node.cache.refresh()  # incremental: sees a result another process cleared or wrote
-        state = store.task_state(node)
-        if state == "done" or (state == "error" and mode != "retry" and not _upstream_failed(node)):
-            return store.task_result(node)
+        value = reuse(node.cache, node.mode, node.uid)
+        if value is not MISSING:
+            return value
     from .scheduler import Scheduler
 
     Scheduler([node]).run()
     return store.task_result(node)
 
 
-def _upstream_failed(node: Node) -> bool:
-    from .decisions import upstream_failed
-
-    return upstream_failed(node)
+def cache_upstream_failed(cache: CacheDict[tp.Any]) -> bool:
+    """Whether a task's cached error only says that its upstream had failed."""
+    entry = cache.entry(TASK_KEY)
+    return entry is not None and str(entry.info.get("t", "")).endswith("UpstreamFailed")
 
 
 def task_job(node: Node) -> Job:
@@ -53,9 +71,9 @@ def task_job(node: Node) -> Job:
 
 def map_items(node: Node, uids: list[str]) -> None:
     """Make sure every item of a map node is in its cache (computing the missing ones)."""
-    if node.mode != "retry" and not any(n.pending_force for n in node.closure):
-        if not node.cache.missing(uids):
-            return
+    settled = node.mode != "retry" and not any(n.pending_force for n in node.closure)
+    if settled and not node.cache.missing(uids):
+        return
     from .scheduler import Scheduler
 
     Scheduler([node], item_uids={node.key: uids}).run()

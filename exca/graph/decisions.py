@@ -12,7 +12,7 @@ import typing as tp
 
 from . import executors, registry, store
 from .errors import JobFailedError
-from .node import TASK_KEY, Node
+from .node import Node
 
 Key = tuple[str, str]
 
@@ -29,6 +29,7 @@ class NodeRun:
     handles: list[executors.Handle] = dataclasses.field(default_factory=list)
     error: BaseException | None = None
     state: str = "pending"  # pending | running | done | failed | skipped
+    resume: str | None = None  # action to take after waiting for someone else's job
 
     @property
     def needs_work(self) -> bool:
@@ -69,8 +70,9 @@ def to_chunks(count: int, max_chunks: int | None, min_per_chunk: int) -> list[tu
 
 def upstream_failed(node: Node) -> bool:
     """Whether a task's cached error only says that its upstream had failed."""
-    entry = node.cache.entry(TASK_KEY)
-    return entry is not None and str(entry.info.get("t", "")).endswith("UpstreamFailed")
+    from .calls import cache_upstream_failed
+
+    return cache_upstream_failed(node.cache)
 
 
 class Graph:
@@ -233,7 +235,7 @@ class Graph:
         records = {}
         chunks: dict[Key, list[registry.JobRecord]] = {}
         for run in candidates:
-            if run.node.kind == "task":
+            if run.node.kind == "task" and run.node.folder is not None:
                 record = registry.latest(run.node.folder)
                 if record is not None:
                     records[run.node.key] = record
@@ -249,7 +251,10 @@ class Graph:
         queued = registry.queued_jobs(slurm_ids) if slurm_ids else set()
         for key, record in records.items():
             run = self.runs[key]
-            if registry.is_active(record, queued):
+            computed = run.action in ("retry", "force") and store.task_state(run.node) != "missing"
+            if registry.is_active(record, queued) and not computed:
+                if run.action in ("retry", "force"):
+                    run.resume = run.action  # retry/force once that job has ended
                 run.action = "wait"
                 run.reason = f"running as job {record.job_id}"
                 run.handles = [executors.recorded_handle(record)]

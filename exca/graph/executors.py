@@ -165,6 +165,8 @@ class SubmititHandle(Handle):
 
     def error(self) -> BaseException | None:
         try:
+            if not self.job.paths.result_pickle.exists():
+                return None  # ended without a result file: submitit would wait 15 s for it
             return tp.cast(BaseException | None, self.job.exception())
         except Exception as e:
             return e

@@ -83,7 +83,7 @@ class Group:
 
     sources: tuple[Node | Value, ...]
 
-    @property
+    @functools.cached_property
     def uid(self) -> str:
         return "[" + ",".join(source.uid for source in self.sources) + "]"
 
@@ -141,7 +141,7 @@ class Node:
                 stack.extend(node.upstream)
         return tuple(seen.values())
 
-    @property
+    @functools.cached_property
     def inputs_uid(self) -> str | None:
         """``inputs-<md5[:8]>`` of the inputs' names and uids (None without inputs): a
         fixed length whatever the depth of the DAG."""
@@ -150,7 +150,7 @@ class Node:
         text = "|".join(f"{name}={source.uid}" for name, source in self.inputs)
         return "inputs-" + hashlib.md5(text.encode("utf8")).hexdigest()[:8]
 
-    @property
+    @functools.cached_property
     def path(self) -> str:
         """``<step>/<config uid>[/inputs-<digest>]``: the node's folder under its root."""
         base = f"{self.step}/{self.config_uid}"
@@ -175,18 +175,18 @@ class Node:
             text = "|".join(uids)
         return "items-" + hashlib.md5(text.encode("utf8")).hexdigest()[:8]
 
-    @property
+    @functools.cached_property
     def uid(self) -> str:
         """The node's identity: its path, plus ``/items-<digest>`` for a map (map nodes of one
         config share their folder and per-item cache, whatever their items)."""
         items = self.items_uid
         return f"{self.path}/{items}" if items else self.path
 
-    @property
+    @functools.cached_property
     def folder(self) -> Path | None:
         return None if self.root is None else self.root / self.path
 
-    @property
+    @functools.cached_property
     def key(self) -> tuple[str, str]:
         """Deduplication key: equal keys are the same node."""
         return (str(self.root), self.uid)

@@ -64,6 +64,7 @@ class Plan:
 
     def __init__(self, targets: tp.Sequence[Node]) -> None:
         self.graph = Graph(targets)
+        self._by_uid: dict[str, Node] | None = None
         runs = self.graph.decide()
         order = self.graph.order
         self.entries = [self._entry(runs[key]) for key in order]
@@ -121,8 +122,10 @@ class Plan:
         meta = entry.info.get("#meta") if entry is not None else None
         if not isinstance(meta, dict):
             return None
+        if self._by_uid is None:
+            self._by_uid = {n.uid: n for n in self.graph.nodes.values()}
         for uid, recorded in (meta.get("up") or {}).items():
-            upstream = next((n for n in self.graph.nodes.values() if n.uid == uid), None)
+            upstream = self._by_uid.get(uid)
             if upstream is None or upstream.kind != "task":
                 continue
             upstream.cache.refresh()

@@ -176,6 +176,24 @@ def queued_jobs(job_ids: tp.Sequence[str]) -> set[str]:
     return {j for j in job_ids if j in active or j.split("_")[0] in active}
 
 
+_ALIVE_CACHE: dict[str, tuple[float, bool]] = {}
+
+
+def slurm_job_alive(job_id: str) -> bool | None:
+    """Whether a Slurm job is still queued or running (cached for 2 s; None: unknown)."""
+    import shutil
+
+    now = time.time()
+    cached = _ALIVE_CACHE.get(job_id)
+    if cached is not None and now - cached[0] < 2.0:
+        return cached[1]
+    if shutil.which("squeue") is None:
+        return None
+    alive = job_id in queued_jobs([job_id])
+    _ALIVE_CACHE[job_id] = (now, alive)
+    return alive
+
+
 def sacct_states(job_ids: tp.Sequence[str]) -> dict[str, str]:
     """States of Slurm jobs with ONE ``sacct`` call (array elements included)."""
     import subprocess

@@ -119,6 +119,7 @@ class Scheduler:
             while pending or running:
                 self._skip_blocked(pending)
                 ready = [r for k, r in pending.items() if self._ready(k)]
+                ready = self._hold_back(ready, running)
                 for run in ready:
                     del pending[run.node.key]
                 self.launch(ready, running, pools, progress)
@@ -142,6 +143,20 @@ class Scheduler:
         finally:
             progress.close()
         pools.shutdown()
+
+    @staticmethod
+    def _group(run: NodeRun) -> str | None:
+        """The array group of a node's work (None: runs here, no array)."""
+        cluster = run.node.execution.cluster
+        if cluster is None or cluster in POOL_CLUSTERS or run.action == "wait":
+            return None
+        return f"{cluster}|{run.node.execution.group_key}"
+
+    def _hold_back(self, ready: list[NodeRun], running: dict[Key, NodeRun]) -> list[NodeRun]:
+        """Work for an array group that still has jobs running waits for them, so that a
+        level of the DAG goes out as ONE array instead of one array per finished job."""
+        busy = {self._group(r) for r in running.values()} - {None}
+        return [r for r in ready if self._group(r) not in busy]
 
     def _ready(self, key: Key) -> bool:
         return all(self.runs[up].state == "done" for up in self.graph.upstream[key])
@@ -303,6 +318,11 @@ class Scheduler:
             if not inline:
                 progress.update(1)
             state = store.task_state(node)
+            if run.resume is not None and (state != "done" or run.resume == "force"):
+                run.action, run.resume, run.handles = run.resume, None, []
+                run.state = "pending"
+                self._requeued.append(run)  # waited for someone else's job: now retry/force
+                return
             if state == "done":
                 run.state = "done"
                 if run.action == "force":

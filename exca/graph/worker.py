@@ -13,9 +13,10 @@ import os
 import time
 import typing as tp
 
+from ..storage.cachedict import CacheDict
 from ..storage.claims import Claim, Claims, Owner
 from ..storage.formats import CachedError
-from . import store
+from . import registry, store
 from .node import TASK_KEY, Group, Node, Value
 
 logger = logging.getLogger("exca")
@@ -150,7 +151,7 @@ def _run_task(unit: Unit) -> Report:
                 del node.cache[TASK_KEY]
             node.cache[TASK_KEY] = value
         return Report(computed=1)
-    claims = Claims(folder)
+    claims = Claims(folder, job_alive=registry.slurm_job_alive)
     forced = unit.action == "force"
     while True:
         state = store.task_state(node)
@@ -210,8 +211,16 @@ def _compute_task(node: Node) -> Report:
         with node.cache.write():
             node.cache.put(TASK_KEY, CachedError.from_exception(error), meta=meta)
         raise
-    with node.cache.write():
-        node.cache.put(TASK_KEY, value, meta=meta)
+    try:
+        with node.cache.write():
+            node.cache.put(TASK_KEY, value, meta=meta)
+    except (
+        ValueError
+    ):  # written meanwhile by a worker thought dead (e.g. orphan of a cancelled job)
+        node.cache.refresh()
+        if TASK_KEY not in node.cache:
+            raise
+        logger.warning("%s was written by another worker meanwhile; keeping that result", node.uid)
     return Report(computed=1)
 
 
@@ -226,7 +235,7 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
     if node.folder is None:
         _compute_items(node, todo, by_uid, unit.action, report, progress)
         return report
-    claims = Claims(node.folder)
+    claims = Claims(node.folder, job_alive=registry.slurm_job_alive)
     action = unit.action
     while todo:
         claim = claims.claim(todo)
@@ -302,6 +311,8 @@ def _compute_items(
     if not uids:
         return
     cache = node.cache
+    if cache.is_writing():  # a map method calling itself: write through another instance
+        cache = cache.view()
     with cache.write():
         if action in ("force", "retry"):
             for uid in uids:
@@ -309,11 +320,12 @@ def _compute_items(
                     del cache[uid]
         position = 0
         while position < len(uids):
-            position = _compute_from(node, uids, by_uid, position, report, progress)
+            position = _compute_from(node, cache, uids, by_uid, position, report, progress)
 
 
 def _compute_from(
     node: Node,
+    cache: CacheDict[tp.Any],
     uids: list[str],
     by_uid: dict[str, tp.Any],
     start: int,
@@ -322,7 +334,6 @@ def _compute_from(
 ) -> int:
     """Call the method on items[start:]; write outputs in batches; cache an error for the
     item being computed when the method raises. Returns where to restart."""
-    cache = node.cache
     items = [by_uid[u] for u in uids[start:]]
     meta = _items_provenance(node)
     position = start
@@ -332,7 +343,7 @@ def _compute_from(
     def flush() -> None:
         nonlocal last_flush
         if batch:
-            cache.set_many(batch, meta=meta)
+            cache.set_many(batch, meta=meta, skip_existing=True)
             report.computed += len(batch)
             if progress is not None:
                 progress(len(batch))

@@ -8,6 +8,7 @@ lives in a ``__slots__`` attribute, so it never enters dumps, equality or pickle
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import typing as tp
 from pathlib import Path
@@ -31,9 +32,11 @@ class _Runtime:
     __slots__ = (
         "cache",
         "checked",
+        "folder",
         "force_state",
         "inputs_caches",
         "method",
+        "models",
         "name",
         "node",
         "owner",
@@ -50,6 +53,8 @@ class _Runtime:
         self.force_state: dict[str, bool] = {}  # shared with this instance's nodes
         self.ram: tp.Any = _MISSING
         self.cache: tp.Any = None
+        self.models: list[pydantic.BaseModel] = []  # the config tree, walked when frozen
+        self.folder: Path | None = None  # memoized uid folder
         self.node: tp.Any = None  # memoized graph node (configs are frozen once they have a uid)
         self.inputs_caches: dict[tp.Any, tp.Any] = {}  # CacheDicts of input sub-folders
 
@@ -105,17 +110,25 @@ class BaseInfra(pydantic.BaseModel):
                 yield name, value
 
     # --- copies and runtime state -------------------------------------------------------
+    # hashable by identity: pydantic then leaves class-level defaults alone instead of
+    # deep-copying them per instance; linking the owner makes the one copy needed
+    __hash__ = object.__hash__
+
     def __deepcopy__(self, memo: dict[int, tp.Any] | None = None) -> tp.Self:
-        """A copy without runtime state (fast: infra fields are immutable or shallow)."""
-        new = object.__new__(type(self))
-        values = dict(self.__dict__)
-        for name, value in values.items():
-            if isinstance(value, dict | list | pydantic.BaseModel):
+        """A copy without runtime state (fast: only container fields are copied)."""
+        cls = type(self)
+        new = object.__new__(cls)
+        values = self.__dict__.copy()
+        for name in _container_fields(cls):
+            value = values[name]
+            if value is not None:
                 values[name] = copy.deepcopy(value, memo)
-        object.__setattr__(new, "__dict__", values)
-        object.__setattr__(new, "__pydantic_fields_set__", set(self.__pydantic_fields_set__))
-        object.__setattr__(new, "__pydantic_extra__", None)
-        object.__setattr__(new, "__pydantic_private__", None)
+        setattr_ = object.__setattr__
+        setattr_(new, "__dict__", values)
+        setattr_(new, "__pydantic_fields_set__", self.__pydantic_fields_set__.copy())
+        setattr_(new, "__pydantic_extra__", None)
+        setattr_(new, "__pydantic_private__", None)
+        setattr_(new, "_rt", None)
         return new
 
     def __copy__(self) -> tp.Self:
@@ -123,11 +136,13 @@ class BaseInfra(pydantic.BaseModel):
 
     def _runtime(self) -> _Runtime:
         try:
-            return tp.cast(_Runtime, self._rt)  # type: ignore[attr-defined]
-        except AttributeError:
+            runtime = self._rt  # type: ignore[attr-defined]
+        except AttributeError:  # validated from a dict: the slot was never set
+            runtime = None
+        if runtime is None:
             runtime = _Runtime()
             object.__setattr__(self, "_rt", runtime)
-            return runtime
+        return tp.cast(_Runtime, runtime)
 
     def _link(self, owner: pydantic.BaseModel, name: str, default: BaseInfra, merge: bool) -> None:
         """Attach to an owner instance; take the class default's explicitly set fields."""
@@ -220,14 +235,14 @@ class BaseInfra(pydantic.BaseModel):
             cfg_uid = self.config(uid=True, exclude_defaults=True).to_uid() or "default"
             method = self._method().step_name(owner)
             runtime.uid = template.format(method=method, version=self.version, uid=cfg_uid)
-            identity.freeze(owner)
+            runtime.models = identity.freeze(owner)
         return runtime.uid
 
     def uid_folder(self, create: bool = False) -> Path | None:
         """``folder / uid()``, or None without a folder (create=True writes the yaml files)."""
         if self.folder is None:
             return None
-        folder = Path(self.folder) / self.uid()
+        folder = self.folder / self.uid()
         if create:
             self._prepare_folder()
         return folder
@@ -281,6 +296,17 @@ class BaseInfra(pydantic.BaseModel):
 
     def _has_result(self, folder: Path) -> bool:
         return True
+
+
+@functools.cache
+def _container_fields(cls: type[pydantic.BaseModel]) -> tuple[str, ...]:
+    """Fields whose values may be mutable containers (copied by ``__deepcopy__``)."""
+    out = []
+    for name, field in cls.model_fields.items():
+        text = str(field.annotation)
+        if any(marker in text for marker in ("dict", "list", "Sequence", "WorkDir", "set")):
+            out.append(name)
+    return tuple(out)
 
 
 def _uid_template(cls: type) -> str:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import types
 import typing as tp
 import weakref
+from pathlib import PurePath
 
 import pydantic
 import pydantic_core
@@ -41,6 +43,24 @@ class _ClassFacts:
     uid_fields: frozenset[str] | None  # None: every field
     has_extra_config: bool
     has_override: bool
+    has_prefix: bool
+
+    @functools.cached_property
+    def fields_in_uid(self) -> tuple[_FieldFacts, ...]:
+        """The fields a uid export looks at (all but those the class keeps out of uids)."""
+        if self.uid_fields is None:
+            return self.fields
+        return tuple(f for f in self.fields if f.name in self.uid_fields)
+
+    @functools.cached_property
+    def drops_itself(self) -> bool | None:
+        """Whether the class excludes itself ("."), when that does not depend on the
+        instance (None: it does)."""
+        if self.uid_fields == frozenset({"."}):
+            return True
+        if self.static_exclusions is None:
+            return None
+        return "." in self.static_exclusions
 
 
 _FACTS: dict[type, _ClassFacts] = {}
@@ -136,6 +156,7 @@ def class_facts(cls: type[pydantic.BaseModel]) -> _ClassFacts:
         uid_fields=None if uid_fields is None else frozenset(uid_fields),
         has_extra_config="extra" in cls.model_config,
         has_override=callable(getattr(cls, OVERRIDE_HOOK, None)),
+        has_prefix=callable(getattr(cls, PREFIX_HOOK, None)),
     )
     _FACTS[cls] = facts
     return facts
@@ -169,7 +190,10 @@ def _exclusions(model: pydantic.BaseModel, facts: _ClassFacts) -> frozenset[str]
 def dropped_from_parent(model: pydantic.BaseModel) -> bool:
     """True when the model excludes itself (``"."``) from its parent's uid."""
     facts = class_facts(type(model))
-    return "." in _exclusions(model, facts) or facts.uid_fields == frozenset({"."})
+    drops = facts.drops_itself
+    if drops is not None:
+        return drops
+    return "." in _exclusions(model, facts)
 
 
 def export_model(
@@ -191,6 +215,20 @@ def export_model(
     return out
 
 
+_DEFAULT_EXPORTS: dict[tuple[int, bool], dict[str, tp.Any]] = {}
+
+
+def _default_export(field: _FieldFacts, uid: bool) -> dict[str, tp.Any]:
+    """Full export of a field's default model instance (computed once per field)."""
+    key = (id(field), uid)
+    found = _DEFAULT_EXPORTS.get(key)
+    if found is None:
+        default = field.default
+        dumped = default.model_dump(mode="json", warnings=False)
+        found = _DEFAULT_EXPORTS[key] = _Exporter(uid, False).model(default, dumped, keep=())
+    return found
+
+
 class _Exporter:
     def __init__(self, uid: bool, exclude_defaults: bool) -> None:
         self.uid = uid
@@ -210,13 +248,10 @@ class _Exporter:
             if facts.has_override:
                 return dict(getattr(model, OVERRIDE_HOOK)())
         excluded = _exclusions(model, facts) if self.uid else frozenset()
-        prefix = getattr(model, PREFIX_HOOK, None)
-        out: dict[str, tp.Any] = dict(prefix()) if prefix is not None else {}
-        for field in facts.fields:
+        out: dict[str, tp.Any] = dict(getattr(model, PREFIX_HOOK)()) if facts.has_prefix else {}
+        for field in facts.fields_in_uid if self.uid else facts.fields:
             name = field.name
             if name in excluded or name not in dumped:
-                continue
-            if self.uid and facts.uid_fields is not None and name not in facts.uid_fields:
                 continue
             value = model.__dict__.get(name)
             dval = dumped[name]
@@ -224,9 +259,25 @@ class _Exporter:
                 if self.uid and dropped_from_parent(value):
                     continue
                 if self.exclude_defaults and name not in keep:
-                    if not field.required and self._same_model(value, field.default):
-                        continue
                     sub_keep = (field.discriminator,) if field.discriminator else ()
+                    default = field.default
+                    if not field.required and (value is default or value == default):
+                        continue  # untouched sub-model
+                    if (
+                        not field.required
+                        and isinstance(default, pydantic.BaseModel)
+                        and type(default) is type(value)
+                        and not default.__pydantic_fields_set__
+                        and not class_facts(type(value)).has_override
+                    ):
+                        # the default is the class's own defaults: equal to it in uid terms
+                        # exactly when nothing remains once defaults are pruned
+                        pruned = self.model(value, dval, keep=sub_keep)
+                        if any(key not in sub_keep for key in pruned):
+                            out[name] = pruned
+                        continue
+                    if not field.required and self._same_model(value, dval, field):
+                        continue
                     out[name] = self.model(value, dval, keep=sub_keep)
                 else:
                     out[name] = _Exporter(self.uid, False).model(value, dval, keep=())
@@ -241,13 +292,15 @@ class _Exporter:
             out[name] = self.value(value, dval)
         return out
 
-    def _same_model(self, value: pydantic.BaseModel, default: tp.Any) -> bool:
+    def _same_model(self, value: pydantic.BaseModel, dval: tp.Any, field: _FieldFacts) -> bool:
+        """Whether a sub-model equals its field's default instance (in uid terms)."""
+        default = field.default
         if not isinstance(default, pydantic.BaseModel) or type(default) is not type(value):
             return False
+        if value is default or value == default:  # the common case: left untouched
+            return True
         full = _Exporter(self.uid, exclude_defaults=False)
-        left = full.model(value, value.model_dump(mode="json", warnings=False), keep=())
-        right = full.model(default, default.model_dump(mode="json", warnings=False), keep=())
-        return left == right
+        return full.model(value, dval, keep=()) == _default_export(field, self.uid)
 
     def value(self, value: tp.Any, dval: tp.Any) -> tp.Any:
         if isinstance(value, pydantic.BaseModel):
@@ -285,7 +338,13 @@ def is_frozen(model: tp.Any) -> bool:
     return ref is not None and ref() is model
 
 
+_PATCHED: set[type] = set()
+
+
 def _patch_setattr(cls: type) -> None:
+    if cls in _PATCHED:
+        return
+    _PATCHED.add(cls)
     current = cls.__setattr__
     if getattr(current, _PATCHED_FLAG, False):
         return
@@ -304,23 +363,28 @@ def _patch_setattr(cls: type) -> None:
     cls.__setattr__ = __setattr__  # type: ignore[assignment,method-assign]
 
 
-def _forget(key: int) -> tp.Callable[[tp.Any], None]:
-    def callback(_: tp.Any) -> None:
-        _FROZEN.pop(key, None)
-
-    return callback
-
-
-def freeze(model: pydantic.BaseModel) -> None:
-    """Forbid public attribute changes on a model and on every model nested in it."""
-    for sub in iter_models(model):
-        if is_frozen(sub):
+def freeze(model: pydantic.BaseModel) -> list[pydantic.BaseModel]:
+    """Forbid public attribute changes on a model and on every model nested in it (returns
+    them all)."""
+    frozen = _FROZEN
+    models = iter_models(model)
+    for sub in models:
+        ref = frozen.get(id(sub))
+        if ref is not None and ref() is sub:
             continue
         _patch_setattr(type(sub))
         try:
-            _FROZEN[id(sub)] = weakref.ref(sub, _forget(id(sub)))
+            frozen[id(sub)] = weakref.ref(sub)
         except TypeError:  # not weak-referenceable (__slots__ without __weakref__)
             pass
+    if len(frozen) > _purge_at[0]:  # forget dead objects now and then (no per-object callback)
+        for key in [k for k, r in frozen.items() if r() is None]:
+            del frozen[key]
+        _purge_at[0] = max(1024, 2 * len(frozen))
+    return models
+
+
+_purge_at = [1024]
 
 
 def unfreeze(model: pydantic.BaseModel) -> None:
@@ -329,19 +393,44 @@ def unfreeze(model: pydantic.BaseModel) -> None:
         _FROZEN.pop(id(sub), None)
 
 
-def iter_models(value: tp.Any) -> tp.Iterator[pydantic.BaseModel]:
+_SCALARS = (str, int, float, bool, type(None), bytes, PurePath)
+
+
+def _scalar_annotation(annotation: tp.Any) -> bool:
+    """Whether a field annotation can only hold plain values (never a model)."""
+    origin = tp.get_origin(annotation)
+    if origin is tp.Literal:
+        return True
+    if origin is tp.Annotated:
+        return _scalar_annotation(tp.get_args(annotation)[0])
+    if origin is tp.Union or origin is types.UnionType:
+        return all(_scalar_annotation(arg) for arg in tp.get_args(annotation))
+    return isinstance(annotation, type) and issubclass(annotation, _SCALARS)
+
+
+@functools.cache
+def _fields_with_models(cls: type[pydantic.BaseModel]) -> tuple[str, ...]:
+    return tuple(n for n, f in cls.model_fields.items() if not _scalar_annotation(f.annotation))
+
+
+def iter_models(value: tp.Any) -> list[pydantic.BaseModel]:
     """The model itself and every pydantic model nested in its fields, lists and dicts."""
+    found: list[pydantic.BaseModel] = []
     stack = [value]
     seen: set[int] = set()
     while stack:
         item = stack.pop()
-        if id(item) in seen:
+        if type(item) in _SCALARS or id(item) in seen:
             continue
         seen.add(id(item))
         if isinstance(item, pydantic.BaseModel):
-            yield item
-            stack.extend(item.__dict__.values())
+            found.append(item)
+            values = item.__dict__
+            stack.extend(values.get(name) for name in _fields_with_models(type(item)))
+            if item.__pydantic_extra__:
+                stack.extend(item.__pydantic_extra__.values())
         elif isinstance(item, dict):
             stack.extend(item.values())
         elif isinstance(item, list | tuple | set | frozenset):
             stack.extend(item)
+    return found

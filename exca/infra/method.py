@@ -7,7 +7,6 @@ the instance to its owner (``BaseInfra._link``).
 
 from __future__ import annotations
 
-import copy
 import functools
 import sys
 import typing as tp
@@ -184,13 +183,13 @@ def link_infras(obj: pydantic.BaseModel, merge: bool) -> None:
             if infra is None:
                 continue
             if infra is default or _linked_elsewhere(infra, obj):
-                infra = store[name] = copy.deepcopy(infra)
+                infra = store[name] = infra.__deepcopy__()
         else:
             infra = obj.__dict__.get(name)
             if infra is None:
                 continue
             if infra is default or _linked_elsewhere(infra, obj):
-                infra = obj.__dict__[name] = copy.deepcopy(infra)
+                infra = obj.__dict__[name] = infra.__deepcopy__()
         infra._link(obj, name, default, merge=merge and name in obj.model_fields_set)
 
 

@@ -128,8 +128,15 @@ class BoundTask:
         runtime = infra._runtime()
         if args or kwargs or self.method.params:
             return calls.task_result(self.node(*args, **kwargs))
-        if runtime.ram is not _MISSING and not any(n.pending_force for n in infra._node().closure):
-            return runtime.ram
+        if infra.folder is not None and not infra._force_pending():
+            # fast path: one memoized uid and one index check, no node, no scheduler
+            if runtime.ram is not _MISSING:
+                return runtime.ram
+            value = calls.reuse(infra._cache(), infra.mode, runtime.uid or infra.uid())
+            if value is not calls.MISSING:
+                if infra.keep_in_ram:
+                    runtime.ram = value
+                return value
         value = calls.task_result(infra._node())
         if infra.keep_in_ram:
             runtime.ram = value
@@ -191,6 +198,16 @@ class TaskInfra(BaseInfra, SubmititMixin):
         self._check_resources(self.folder)
 
     # --- nodes -----------------------------------------------------------------------------
+    def _force_pending(self) -> bool:
+        """Whether this infra, or one of the sub-configs' infras, still has to apply
+        mode=force (then the call goes through the scheduler)."""
+        self.uid()  # walks the config tree once (freezing it) and keeps the models
+        for model in self._runtime().models:
+            if isinstance(model, BaseInfra) and model.mode == "force":
+                if not model._runtime().force_state.get("done", False):
+                    return True
+        return False
+
     def _cache(self) -> CacheDict[tp.Any]:
         runtime = self._runtime()
         if runtime.cache is None:

@@ -70,7 +70,7 @@ class CacheDict(tp.Generic[X]):
             raise ValueError(
                 "CacheDict needs a folder or keep_in_ram=True (else it stores nothing)"
             )
-        self.folder = None if folder is None else Path(folder)
+        self.folder = folder if folder is None or type(folder) is Path else Path(folder)
         self.keep_in_ram = keep_in_ram
         if cache_type is not None:
             DumpContext.handler(cache_type)  # fail early on an unknown format
@@ -79,17 +79,22 @@ class CacheDict(tp.Generic[X]):
         self.options = options or DumpOptions()
         self._ram: dict[str, X] = {}
         self._reader = IndexReader(self.folder) if self.folder is not None else None
-        self._loader = (
-            DumpContext(self.folder, options=self.options, permissions=permissions)
-            if self.folder is not None
-            else None
-        )
+        self._loader_context: DumpContext | None = None
         self._local = _ThreadState()
         self._read_once = False
         self._ram_errors = 0  # cached errors held in RAM (values_of must check them)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.folder)!r}, keep_in_ram={self.keep_in_ram})"
+
+    @property
+    def _loader(self) -> DumpContext | None:
+        """The context values are read through (created on first read)."""
+        if self._loader_context is None and self.folder is not None:
+            self._loader_context = DumpContext(
+                self.folder, options=self.options, permissions=self.permissions
+            )
+        return self._loader_context
 
     # pickling gives a fresh view of the same folder, without RAM content
     def __getstate__(self) -> dict[str, tp.Any]:
@@ -282,6 +287,16 @@ class CacheDict(tp.Generic[X]):
         return bool(self._reader is not None and self._reader.entries)
 
     # --- writing ------------------------------------------------------------------------------
+    def is_writing(self) -> bool:
+        """Whether this thread is inside a ``write()`` context of this instance."""
+        return bool(self._local.writing)
+
+    def view(self) -> CacheDict[X]:
+        """Another instance on the same folder (own RAM, own writer sessions)."""
+        new = type(self).__new__(type(self))
+        new.__setstate__(self.__getstate__())
+        return new
+
     @contextlib.contextmanager
     def write(self) -> tp.Iterator[None]:
         """Context in which ``cd[key] = value`` is allowed (one per thread at a time)."""
@@ -375,7 +390,10 @@ class CacheDict(tp.Generic[X]):
             self._ram[key] = value
 
     def set_many(
-        self, pairs: tp.Iterable[tuple[str, X]], meta: dict[str, tp.Any] | None = None
+        self,
+        pairs: tp.Iterable[tuple[str, X]],
+        meta: dict[str, tp.Any] | None = None,
+        skip_existing: bool = False,
     ) -> None:
         """Write many entries at once (inside ``write()``): their payloads, then all their
         index lines in one append. A crash leaves none or a prefix of them, never a wrong one."""
@@ -402,6 +420,8 @@ class CacheDict(tp.Generic[X]):
                 if type(key) is not str and not isinstance(key, str):
                     raise TypeError(f"CacheDict keys must be str, got {key!r}")
                 if key in entries or key in self._ram:
+                    if skip_existing:
+                        continue  # written meanwhile (e.g. by a re-entrant call)
                     raise ValueError(f"Key {key!r} is already in the cache {self.folder}")
                 info = ctx.dump_entry(key, value, self.cache_type)
                 if meta is not None:
@@ -477,7 +497,7 @@ class CacheDict(tp.Generic[X]):
         self._local.writer = None
         self._local.ctx = None
         self._reader = IndexReader(self.folder)
-        self._loader = DumpContext(self.folder, options=self.options, permissions=self.permissions)
+        self._loader_context = None
         self._read_once = False
 
 

@@ -38,6 +38,9 @@ def heartbeat_seconds() -> float:
     return float(os.environ.get(HEARTBEAT_ENV, DEFAULT_HEARTBEAT_S))
 
 
+JobAlive = tp.Callable[[str], "bool | None"]  # is this cluster job still queued/running?
+
+
 @dataclasses.dataclass(frozen=True)
 class Owner:
     host: str
@@ -68,11 +71,14 @@ class ClaimFile:
     keys: frozenset[str]
     mtime: float
 
-    def is_dead(self, heartbeat: float) -> bool:
+    def is_dead(self, heartbeat: float, job_alive: JobAlive | None = None) -> bool:
         alive = process.is_alive(self.owner.host, self.owner.pid, self.owner.start)
-        if alive is not None:
-            return not alive
-        return time.time() - self.mtime > 2 * heartbeat
+        if alive is None:  # another host: only its heartbeat tells
+            return time.time() - self.mtime > 2 * heartbeat
+        if alive and job_alive is not None and self.owner.job_id:
+            # a process can outlive its cancelled job (Slurm may lose track of it)
+            return job_alive(self.owner.job_id) is False
+        return not alive
 
 
 @dataclasses.dataclass
@@ -103,10 +109,13 @@ class Claim:
 class Claims:
     """Claims of the keys of one folder (stored in ``<folder>/claims/``)."""
 
-    def __init__(self, folder: Path | str, heartbeat: float | None = None) -> None:
+    def __init__(
+        self, folder: Path | str, heartbeat: float | None = None, job_alive: JobAlive | None = None
+    ) -> None:
         self.folder = Path(folder)
         self.dir = self.folder / CLAIMS_DIR
         self.heartbeat = heartbeat if heartbeat is not None else heartbeat_seconds()
+        self.job_alive = job_alive
 
     # --- reading ------------------------------------------------------------------------
     def _read(self, path: Path) -> ClaimFile | None:
@@ -126,7 +135,7 @@ class Claims:
         except FileNotFoundError:
             return []
         found = (self._read(Path(p)) for p in names)
-        return [c for c in found if c is not None and not c.is_dead(self.heartbeat)]
+        return [c for c in found if c is not None and not c.is_dead(self.heartbeat, self.job_alive)]
 
     def holders(self, keys: tp.Iterable[str]) -> dict[str, Owner]:
         """Which of these keys a live claim holds, and who holds them."""
@@ -147,7 +156,7 @@ class Claims:
             reentered: list[str] = []
             held: dict[str, Owner] = {}
             for claim in self._all_files():
-                if claim.is_dead(self.heartbeat):
+                if claim.is_dead(self.heartbeat, self.job_alive):
                     _discard(claim.path)  # we hold the folder lock: nobody else removes it
                     continue
                 for key in claim.keys:

@@ -63,6 +63,7 @@ class IndexReader:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self._dir = os.fspath(folder)  # plain strings on the hot path (no Path parsing)
         self.entries: dict[str, tuple[str, int, dict[str, tp.Any]]] = {}
         self._files: dict[str, FileState] = {}
         self._deleted: set[EntryId] = set()
@@ -77,7 +78,7 @@ class IndexReader:
             for _ in range(10):
                 try:
                     listing = [
-                        e.name for e in os.scandir(self.folder) if e.name.endswith(INDEX_SUFFIX)
+                        e.name for e in os.scandir(self._dir) if e.name.endswith(INDEX_SUFFIX)
                     ]
                 except FileNotFoundError:
                     listing = []
@@ -114,7 +115,7 @@ class IndexReader:
 
     def _read_file(self, name: str) -> bool:
         """Read what was appended to one file; False if the file vanished."""
-        path = self.folder / name
+        path = f"{self._dir}/{name}"
         state = self._files.get(name)
         try:
             stat = os.stat(path)

@@ -1,0 +1,471 @@
+"""TaskInfra on the real non-Slurm executors (DESIGN "Execution backends", SPEC §1, §10).
+
+Classes are defined at module level so that local (subprocess) jobs can import them
+(tests/ is on PYTHONPATH for jobs, see conftest). Every method appends a line to a file
+given in its config, so tests count the real calls, wherever they ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import typing as tp
+from pathlib import Path
+
+import pydantic
+import pytest
+
+import exca
+from exca.graph.errors import JobFailedError
+
+CLUSTERS = [None, "local", "debug"]
+
+
+def append(path: str, text: str) -> None:
+    """One line per call; O_APPEND small writes are atomic across processes."""
+    with open(path, "a", encoding="utf8") as handle:
+        handle.write(text + "\n")
+
+
+def calls(path: str | Path) -> list[str]:
+    path = Path(path)
+    return path.read_text("utf8").splitlines() if path.exists() else []
+
+
+class Counted(pydantic.BaseModel):
+    """process() -> 2 * x; raises ValueError while the file `fail_flag` exists, blocks while
+    the file `block_flag` exists."""
+
+    x: int = 1
+    log: str
+    fail_flag: str = ""
+    block_flag: str = ""
+    linger: float = 0.0  # after a failure, the process lives on this long (winding down)
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        append(self.log, f"x={self.x} pid={os.getpid()}")
+        print(f"computing x={self.x}", flush=True)
+        while self.block_flag and Path(self.block_flag).exists():
+            time.sleep(0.05)
+        if self.fail_flag and Path(self.fail_flag).exists():
+            if self.linger:  # a non-daemon thread: the process ends after it
+                threading.Thread(target=time.sleep, args=(self.linger,)).start()
+            raise ValueError(f"bad x={self.x}")
+        return 2 * self.x
+
+
+class Listed(pydantic.BaseModel):
+    """Returns a fresh list (identity shows whether a value came from RAM)."""
+
+    x: int = 1
+    log: str
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> list[int]:
+        append(self.log, f"x={self.x}")
+        return [self.x, self.x]
+
+
+@pytest.fixture(autouse=True)
+def _unblock(tmp_path: Path) -> tp.Iterator[None]:
+    """Whatever happens in a test, let its blocked jobs finish afterwards."""
+    yield
+    (tmp_path / "block-flag").unlink(missing_ok=True)
+
+
+def make(tmp_path: Path, cluster: str | None, **kwargs: tp.Any) -> Counted:
+    infra = {"folder": tmp_path / "cache", "cluster": cluster, **kwargs.pop("infra", {})}
+    return Counted(log=str(tmp_path / "calls.txt"), infra=infra, **kwargs)
+
+
+# --- results, cache, jobs -------------------------------------------------------------------
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cluster", CLUSTERS)
+def test_result_is_cached(tmp_path: Path, cluster: str | None) -> None:
+    task = make(tmp_path, cluster, x=3)
+    assert task.infra.status() == "not submitted"
+    assert task.process() == 6
+    assert task.infra.status() == "completed"
+    assert len(calls(tmp_path / "calls.txt")) == 1
+    # a new instance (same config) reads the cache without recomputing
+    again = make(tmp_path, cluster, x=3)
+    assert again.process() == 6
+    assert again.infra.status() == "completed"
+    # even with another cluster: the cluster is not part of the identity
+    other = make(tmp_path, None if cluster else "local", x=3)
+    assert other.process() == 6
+    assert len(calls(tmp_path / "calls.txt")) == 1
+    # another config is another computation
+    assert make(tmp_path, cluster, x=4).process() == 8
+    assert len(calls(tmp_path / "calls.txt")) == 2
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cluster", CLUSTERS)
+def test_job_api(tmp_path: Path, cluster: str | None) -> None:
+    task = make(tmp_path, cluster, x=5)
+    job = task.infra.job()
+    job.wait()
+    assert job.done()
+    assert job.result() == 10
+    assert task.process() == 10
+    # job() of a computed config returns a finished job, without recomputing
+    job2 = make(tmp_path, cluster, x=5).infra.job()
+    assert job2.done()
+    assert job2.result() == 10
+    assert len(calls(tmp_path / "calls.txt")) == 1
+
+
+@pytest.mark.timeout(120)
+def test_local_job_details(tmp_path: Path) -> None:
+    task = make(tmp_path, "local", x=7)
+    job = task.infra.job()
+    assert job.job_id.isdigit(), job.job_id  # a pid
+    assert job.result() == 14
+    # the method ran in another process (a child of the job's controller process)
+    (line,) = calls(tmp_path / "calls.txt")
+    assert line.startswith("x=7 pid=") and line != f"x=7 pid={os.getpid()}"
+    stdout = job.stdout()
+    assert stdout is not None and "computing x=7" in stdout
+    folder = task.infra.uid_folder()
+    assert folder is not None
+    link = folder / "submitit"
+    assert link.is_symlink()
+    log_folder = link.resolve()
+    assert log_folder.is_dir()
+    assert job.job_id in log_folder.name
+    assert any(log_folder.glob(f"{job.job_id}_*_log.out"))
+    records = [json.loads(p.read_text()) for p in (folder / "jobs").glob("*.json")]
+    assert [r["job_id"] for r in records] == [job.job_id]
+    assert Path(records[0]["logs"]).resolve() == log_folder
+    assert records[0]["cluster"] == "local"
+    # a fresh instance finds the same job and its logs
+    job2 = make(tmp_path, "local", x=7).infra.job()
+    assert job2.job_id == job.job_id
+    stdout2 = job2.stdout()
+    assert stdout2 is not None and "computing x=7" in stdout2
+
+
+# --- errors -------------------------------------------------------------------------------
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("cluster", CLUSTERS)
+def test_error_cached_and_retried(tmp_path: Path, cluster: str | None) -> None:
+    flag = tmp_path / "fail-flag"
+    flag.touch()
+    task = make(tmp_path, cluster, x=2, fail_flag=str(flag))
+    with pytest.raises(ValueError, match="bad x=2") as info:
+        task.process()
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    if cluster is not None:  # the traceback of the remote computation is attached
+        assert "Traceback" in notes and "bad x=2" in notes and "in process" in notes
+    assert task.infra.status() == "failed"
+    assert len(calls(tmp_path / "calls.txt")) == 1
+    # a second call (same or new instance) re-raises the cached error without recomputing
+    with pytest.raises(ValueError, match="bad x=2"):
+        task.process()
+    again = make(tmp_path, cluster, x=2, fail_flag=str(flag))
+    with pytest.raises(ValueError, match="bad x=2") as info2:
+        again.process()
+    assert "Traceback" in "\n".join(getattr(info2.value, "__notes__", []))
+    assert again.infra.status() == "failed"
+    with pytest.raises(ValueError):
+        again.infra.job().result()
+    assert len(calls(tmp_path / "calls.txt")) == 1
+    # retry recomputes (now succeeding)
+    flag.unlink()
+    retry = make(tmp_path, cluster, x=2, fail_flag=str(flag), infra={"mode": "retry"})
+    assert retry.process() == 4
+    assert len(calls(tmp_path / "calls.txt")) == 2
+    assert retry.infra.status() == "completed"
+    assert make(tmp_path, cluster, x=2, fail_flag=str(flag)).process() == 4
+    # retry does not recompute a success
+    assert make(tmp_path, cluster, x=2, fail_flag=str(flag), infra={"mode": "retry"}).process() == 4
+    assert len(calls(tmp_path / "calls.txt")) == 2
+
+
+def _wait_for(predicate: tp.Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.05)
+
+
+def children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(c) for c in text.split()]
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a local job: its controller process (the job id) and the task it started."""
+    kids = children(pid)
+    os.kill(pid, signal.SIGKILL)
+    for kid in kids:
+        os.kill(kid, signal.SIGKILL)
+
+
+@pytest.mark.timeout(120)
+def test_retry_right_after_a_failure(tmp_path: Path) -> None:
+    flag = tmp_path / "fail-flag"
+    flag.touch()
+    task = make(tmp_path, "local", x=3, fail_flag=str(flag), linger=3.0)
+    task.infra.job()
+    _wait_for(lambda: task.infra.status() == "failed")  # the error is cached; the job lingers
+    flag.unlink()
+    retry = make(tmp_path, "local", x=3, fail_flag=str(flag), linger=3.0, infra={"mode": "retry"})
+    assert retry.process() == 6
+    assert len(calls(tmp_path / "calls.txt")) == 2
+
+
+@pytest.fixture
+def short_result_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """submitit waits 15 s for the result pickle of a job that has none (NFS delays) every
+    time exca asks how a dead job ended; 1 s is enough on a local disk."""
+    import submitit.core.core
+
+    monkeypatch.setattr(submitit.core.core.Job, "_results_timeout_s", 1)
+
+
+@pytest.fixture(scope="module")
+def killed_job(tmp_path_factory: pytest.TempPathFactory) -> tp.Iterator[Path]:
+    """A local job killed (SIGKILL) while computing; yields its tmp folder."""
+    tmp_path = tmp_path_factory.mktemp("killed")
+    log = tmp_path / "calls.txt"
+    block = tmp_path / "block-flag"
+    block.touch()
+    job = make(tmp_path, "local", x=9, block_flag=str(block)).infra.job()
+    _wait_for(lambda: len(calls(log)) == 1)  # the method started in the job
+    kill_tree(int(job.job_id))
+    _wait_for(job.done)  # (reaps the killed process)
+    block.unlink()  # a recomputation would now finish
+    yield tmp_path
+
+
+def _killed(tmp_path: Path, **infra: tp.Any) -> Counted:
+    return make(tmp_path, "local", x=9, block_flag=str(tmp_path / "block-flag"), infra=infra)
+
+
+@pytest.mark.timeout(120)
+def test_killed_local_job_fails(killed_job: Path, short_result_wait: None) -> None:
+    task = _killed(killed_job)
+    with pytest.raises(JobFailedError):
+        task.process()
+    assert task.infra.status() == "failed"
+    with pytest.raises(JobFailedError):  # mode cached: not recomputed
+        _killed(killed_job).process()
+    assert _killed(killed_job).infra.status() == "failed"
+    assert len(calls(killed_job / "calls.txt")) == 1
+
+
+@pytest.mark.timeout(120)
+def test_killed_local_job_retry_recomputes(killed_job: Path, short_result_wait: None) -> None:
+    retry = _killed(killed_job, mode="retry")
+    assert retry.process() == 18
+    assert retry.infra.status() == "completed"
+    assert len(calls(killed_job / "calls.txt")) == 2
+    assert _killed(killed_job).process() == 18
+
+
+@pytest.mark.timeout(120)
+def test_job_killed_while_waited_for(tmp_path: Path, short_result_wait: None) -> None:
+    """The caller is blocked in the call when the job dies: JobFailedError, then retry."""
+    import threading
+
+    log = tmp_path / "calls.txt"
+    block = tmp_path / "block-flag"
+    block.touch()
+    task = make(tmp_path, "local", x=5, block_flag=str(block))
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            task.process()
+        except BaseException as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    _wait_for(lambda: len(calls(log)) == 1)
+    records = list((tmp_path / "cache").glob("*/*/jobs/*.json"))
+    assert len(records) == 1
+    kill_tree(int(json.loads(records[0].read_text())["job_id"]))
+    thread.join(timeout=100)
+    assert not thread.is_alive()
+    block.unlink()
+    assert len(errors) == 1 and isinstance(errors[0], JobFailedError), errors
+    assert make(tmp_path, "local", x=5, block_flag=str(block)).infra.status() == "failed"
+    retry = make(tmp_path, "local", x=5, block_flag=str(block), infra={"mode": "retry"})
+    assert retry.process() == 10
+    assert len(calls(log)) == 2
+
+
+@pytest.mark.timeout(120)
+def test_other_instance_waits_for_running_local_job(
+    tmp_path: Path, short_result_wait: None
+) -> None:
+    import threading
+
+    log = tmp_path / "calls.txt"
+    block = tmp_path / "block-flag"
+    block.touch()
+    job = make(tmp_path, "local", x=4, block_flag=str(block)).infra.job()
+    _wait_for(lambda: len(calls(log)) == 1)  # computing in the job
+    other = make(tmp_path, "local", x=4, block_flag=str(block))
+    assert other.infra.status() == "running"
+    other_job = other.infra.job()  # the same job, not a new one
+    assert other_job.job_id == job.job_id
+    assert not other_job.done()
+    out: list[tp.Any] = []
+    thread = threading.Thread(target=lambda: out.append(other.process()))
+    thread.start()
+    thread.join(timeout=2.0)
+    assert thread.is_alive()  # waiting for the running job
+    block.unlink()
+    thread.join(timeout=60)
+    assert out == [8]
+    assert other_job.result() == 8
+    assert make(tmp_path, "local", x=4, block_flag=str(block)).process() == 8
+    assert len(calls(log)) == 1
+
+
+# --- classes of __main__ -------------------------------------------------------------------
+MAIN_SCRIPT = """
+import os
+import sys
+import typing as tp
+
+import pydantic
+
+import exca
+
+
+class MainTask(pydantic.BaseModel):
+    x: int = 1
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> tuple[int, int]:
+        return self.x * 3, os.getpid()
+
+
+class MainMap(pydantic.BaseModel):
+    factor: int = 2
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[tuple[int, int]]:
+        for item in items:
+            yield item * self.factor, os.getpid()
+
+
+if __name__ == "__main__":
+    folder = sys.argv[1]
+    task = MainTask(x=4, infra={"folder": folder, "cluster": "local"})
+    value, pid = task.process()
+    assert value == 12, value
+    assert pid != os.getpid(), "expected a subprocess"
+    assert MainTask(x=4, infra={"folder": folder}).process()[0] == 12
+    mapper = MainMap(factor=3, infra={"folder": folder, "cluster": "processpool"})
+    out = list(mapper.process(list(range(6))))
+    assert [v for v, _ in out] == [0, 3, 6, 9, 12, 15], out
+    assert any(p != os.getpid() for _, p in out), "expected pool processes"
+    print("MAIN-OK")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_class_defined_in_main(tmp_path: Path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(MAIN_SCRIPT))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(  # only exca, not the test modules
+        p for p in [str(Path(exca.__file__).parents[1])] if p
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script), str(cache)],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MAIN-OK" in proc.stdout
+
+
+# --- keep_in_ram, force --------------------------------------------------------------------
+def test_keep_in_ram(tmp_path: Path) -> None:
+    log = tmp_path / "calls.txt"
+    task = Listed(log=str(log), infra={"folder": tmp_path / "cache", "keep_in_ram": True})
+    first = task.process()
+    assert first == [1, 1]
+    assert task.process() is first  # from RAM
+    assert len(calls(log)) == 1
+    # another instance reads the disk cache (equal, not the same object)
+    other = Listed(log=str(log), infra={"folder": tmp_path / "cache", "keep_in_ram": True})
+    assert other.process() == [1, 1]
+    assert other.process() is not first
+    assert len(calls(log)) == 1
+    # without keep_in_ram, each call reads the disk again (a new object)
+    plain = Listed(log=str(log), infra={"folder": tmp_path / "cache"})
+    assert plain.process() == plain.process()
+    assert plain.process() is not plain.process()
+    # RAM only (no folder): computed once per instance
+    ram = Listed(x=2, log=str(log), infra={"keep_in_ram": True})
+    value = ram.process()
+    assert ram.process() is value
+    assert len(calls(log)) == 2
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cluster", [None, "local"])
+def test_force_recomputes_once_per_instance(tmp_path: Path, cluster: str | None) -> None:
+    log = tmp_path / "calls.txt"
+    assert make(tmp_path, cluster, x=6).process() == 12
+    assert len(calls(log)) == 1
+    forced = make(tmp_path, cluster, x=6, infra={"mode": "force"})
+    assert forced.process() == 12
+    assert len(calls(log)) == 2
+    assert forced.process() == 12  # once per instance
+    assert len(calls(log)) == 2
+    assert make(tmp_path, cluster, x=6).process() == 12  # the forced result is cached
+    assert len(calls(log)) == 2
+    # a new forced instance recomputes again
+    assert make(tmp_path, cluster, x=6, infra={"mode": "force"}).process() == 12
+    assert len(calls(log)) == 3
+
+
+def test_force_recomputes_a_cached_error(tmp_path: Path) -> None:
+    flag = tmp_path / "fail-flag"
+    flag.touch()
+    with pytest.raises(ValueError):
+        make(tmp_path, None, fail_flag=str(flag)).process()
+    flag.unlink()
+    forced = make(tmp_path, None, fail_flag=str(flag), infra={"mode": "force"})
+    assert forced.process() == 2
+    assert forced.infra.status() == "completed"
+    assert len(calls(tmp_path / "calls.txt")) == 2
+
+
+def test_read_only(tmp_path: Path) -> None:
+    task = make(tmp_path, None, x=8, infra={"mode": "read-only"})
+    with pytest.raises(RuntimeError):
+        task.process()
+    assert calls(tmp_path / "calls.txt") == []
+    assert make(tmp_path, None, x=8).process() == 16
+    assert make(tmp_path, None, x=8, infra={"mode": "read-only"}).process() == 16
+    assert len(calls(tmp_path / "calls.txt")) == 1

@@ -1,0 +1,287 @@
+"""Job arrays of TaskInfra configs (SPEC §8) with cluster "local" and cluster None."""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+import time
+import typing as tp
+from pathlib import Path
+
+import pydantic
+import pytest
+
+import exca
+
+WAIT_S = 60.0
+
+
+def append(path: Path, text: str) -> None:
+    with open(path, "a", encoding="utf8") as handle:
+        handle.write(text + "\n")
+
+
+def wait_until(predicate: tp.Callable[[], bool], timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached in time")
+        time.sleep(0.05)
+
+
+class Square(pydantic.BaseModel):
+    """x -> x * x; appends x to <ctl>/calls.txt; blocks while <ctl>/block exists; raises
+    ValueError while <ctl>/fail-<x> exists (then its process lingers `linger` seconds, like
+    a job winding down after its error was cached)."""
+
+    x: int = 0
+    ctl: str
+    linger: float = 0.0
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        ctl = Path(self.ctl)
+        append(ctl / "calls.txt", str(self.x))
+        while (ctl / "block").exists():
+            time.sleep(0.05)
+        if (ctl / f"fail-{self.x}").exists():
+            if self.linger:  # a non-daemon thread: the process ends after it
+                threading.Thread(target=time.sleep, args=(self.linger,)).start()
+            raise ValueError(f"bad x={self.x}")
+        return self.x * self.x
+
+
+@pytest.fixture
+def ctl(tmp_path: Path) -> tp.Iterator[Path]:
+    folder = tmp_path / "ctl"
+    folder.mkdir()
+    (tmp_path / "cache").mkdir()
+    yield folder
+    (folder / "block").unlink(missing_ok=True)  # let blocked jobs end, whatever happened
+
+
+def base(tmp_path: Path, ctl: Path, cluster: str | None, **infra: tp.Any) -> Square:
+    return Square(ctl=str(ctl), infra={"folder": tmp_path / "cache", "cluster": cluster, **infra})
+
+
+def calls(ctl: Path) -> collections.Counter[int]:
+    path = ctl / "calls.txt"
+    text = path.read_text() if path.exists() else ""
+    return collections.Counter(int(x) for x in text.split())
+
+
+def records(task: Square) -> list[dict[str, tp.Any]]:
+    folder = task.infra.uid_folder()
+    assert folder is not None
+    return [json.loads(p.read_text()) for p in sorted((folder / "jobs").glob("*.json"))]
+
+
+# --- what goes in ----------------------------------------------------------------------------
+@pytest.mark.parametrize("cluster", [None, "local"])
+def test_empty_array(tmp_path: Path, ctl: Path, cluster: str | None) -> None:
+    task = base(tmp_path, ctl, cluster)
+    with pytest.raises(RuntimeError), task.infra.job_array():
+        pass
+    with task.infra.job_array(allow_empty=True) as array:
+        assert array == []
+    assert calls(ctl) == {}
+
+
+@pytest.mark.parametrize("cluster", [None, "local"])
+def test_repeated_configs(
+    tmp_path: Path, ctl: Path, cluster: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    task = base(tmp_path, ctl, cluster)
+    first = task.infra.clone_obj({"x": 3, "infra.timeout_min": 11})
+    second = task.infra.clone_obj({"x": 3, "infra.timeout_min": 22})
+    with pytest.raises(ValueError) as info, task.infra.job_array() as array:
+        array.extend([first, second])
+    message = str(info.value)
+    assert "x: 3" in message
+    assert "timeout_min: 11" in message and "timeout_min: 22" in message  # both configs
+    assert calls(ctl) == {}  # nothing submitted
+    caplog.set_level(logging.WARNING, logger="exca")
+    with task.infra.job_array(allow_repeated_tasks=True) as array:
+        array.extend(
+            [task.infra.clone_obj(x=3), task.infra.clone_obj(x=4), task.infra.clone_obj(x=3)]
+        )
+    assert any("repeated" in r.getMessage().lower() for r in caplog.records), caplog.text
+    wait_until(lambda: all(t.infra.status() == "completed" for t in array))
+    assert [t.process() for t in array] == [9, 16, 9]
+    assert calls(ctl) == {3: 1, 4: 1}
+
+
+# --- cluster None: computed now, in order --------------------------------------------------
+def test_inline_array_computes_in_order(tmp_path: Path, ctl: Path) -> None:
+    task = base(tmp_path, ctl, None)
+    assert task.infra.clone_obj(x=5).process() == 25  # already cached: not recomputed
+    with task.infra.job_array() as array:
+        for x in [3, 1, 5, 2]:
+            array.append(task.infra.clone_obj(x=x))
+        assert calls(ctl) == {5: 1}  # nothing runs before the exit
+    order = (ctl / "calls.txt").read_text().split()
+    assert order == ["5", "3", "1", "2"]
+    assert [t.infra.status() for t in array] == ["completed"] * 4
+    assert [t.process() for t in array] == [9, 1, 25, 4]
+    assert calls(ctl) == {1: 1, 2: 1, 3: 1, 5: 1}
+
+
+def test_inline_array_with_failure(tmp_path: Path, ctl: Path) -> None:
+    (ctl / "fail-2").touch()
+    task = base(tmp_path, ctl, None)
+    with task.infra.job_array() as array:
+        array.extend(task.infra.clone_obj(x=x) for x in [1, 2, 3])
+    assert [t.infra.status() for t in array] == ["completed", "failed", "completed"]
+    with pytest.raises(ValueError, match="bad x=2"):
+        array[1].process()
+    assert calls(ctl) == {1: 1, 2: 1, 3: 1}
+
+
+# --- cluster local: one array, no waiting ------------------------------------------------
+@pytest.mark.timeout(120)
+def test_local_array(tmp_path: Path, ctl: Path) -> None:
+    task = base(tmp_path, ctl, "local")
+    inline = base(tmp_path, ctl, None)
+    assert inline.infra.clone_obj(x=1).process() == 1  # 2 of the 5 are cached already
+    assert inline.infra.clone_obj(x=3).process() == 9
+    (ctl / "block").touch()
+    with task.infra.job_array() as array:
+        array.extend(task.infra.clone_obj(x=x) for x in range(5))
+    # exit did not wait: the jobs are blocked, the results are not there yet
+    statuses = [t.infra.status() for t in array]
+    assert statuses == ["running", "completed", "running", "completed", "running"]
+    submitted = [array[i] for i in (0, 2, 4)]
+    recs = [records(t) for t in submitted]
+    assert all(len(r) == 1 for r in recs)
+    job_ids = {r[0]["job_id"] for r in recs}
+    assert len(job_ids) == 3 and all(j.isdigit() for j in job_ids)
+    assert len({r[0]["run"] for r in recs}) == 1  # submitted together
+    # the logs are in the array infra's log folder
+    step = Path(tmp_path / "cache" / task.infra.uid()).parent
+    assert all(step in Path(r[0]["logs"]).parents for r in recs)
+    for i in (1, 3):  # cached: not resubmitted
+        folder = array[i].infra.uid_folder()
+        assert folder is not None and not (folder / "jobs").exists()
+    (ctl / "block").unlink()
+    # the results become available without anybody waiting on the jobs
+    wait_until(lambda: all(t.infra.status() == "completed" for t in array))
+    assert [t.process() for t in array] == [0, 1, 4, 9, 16]
+    assert [t.infra.job().result() for t in array] == [0, 1, 4, 9, 16]
+    assert calls(ctl) == {0: 1, 1: 1, 2: 1, 3: 1, 4: 1}
+    assert [t.infra.status() for t in array] == ["completed"] * 5
+    # a fresh instance reads the results, and a new array submits nothing
+    with task.infra.job_array() as again:
+        again.extend(task.infra.clone_obj(x=x) for x in range(5))
+    assert [t.process() for t in again] == [0, 1, 4, 9, 16]
+    assert calls(ctl) == {0: 1, 1: 1, 2: 1, 3: 1, 4: 1}
+    assert all(len(records(t)) == 1 for t in submitted)
+
+
+@pytest.mark.timeout(120)
+def test_local_array_does_not_resubmit_running_jobs(
+    tmp_path: Path, ctl: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import submitit.core.core
+
+    # submitit waits 15 s for a result pickle each time exca asks how a dead job ended
+    monkeypatch.setattr(submitit.core.core.Job, "_results_timeout_s", 1)
+    task = base(tmp_path, ctl, "local")
+    (ctl / "block").touch()
+    with task.infra.job_array() as array:
+        array.extend(task.infra.clone_obj(x=x) for x in range(2))
+    wait_until(lambda: sum(calls(ctl).values()) == 2)  # both jobs are computing
+    with task.infra.job_array() as again:  # still running: not submitted again
+        again.extend(task.infra.clone_obj(x=x) for x in range(3))
+    wait_until(lambda: sum(calls(ctl).values()) == 3)
+    assert [t.infra.status() for t in again] == ["running"] * 3
+    (ctl / "block").unlink()
+    wait_until(lambda: all(t.infra.status() != "running" for t in again))
+    assert [t.infra.status() for t in again] == ["completed"] * 3
+    assert [t.process() for t in again] == [0, 1, 4]
+    assert calls(ctl) == {0: 1, 1: 1, 2: 1}
+    assert [len(records(t)) for t in again] == [1, 1, 1]
+
+
+# --- modes on the array infra --------------------------------------------------------------
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cluster", [None, "local"])
+def test_force_array_resubmits_then_reverts(tmp_path: Path, ctl: Path, cluster: str | None) -> None:
+    cached = base(tmp_path, ctl, None)
+    assert [cached.infra.clone_obj(x=x).process() for x in range(3)] == [0, 1, 4]
+    forced = base(tmp_path, ctl, cluster, mode="force")
+    with forced.infra.job_array() as array:
+        array.extend(forced.infra.clone_obj(x=x) for x in range(3))
+    wait_until(lambda: calls(ctl) == {0: 2, 1: 2, 2: 2})
+    wait_until(lambda: all(t.infra.status() == "completed" for t in array))
+    assert [t.process() for t in array] == [0, 1, 4]
+    # the array infra and the tasks are back to cached: nothing is forced again
+    with forced.infra.job_array() as again:
+        again.extend(cached.infra.clone_obj(x=x) for x in range(3))
+    assert [t.process() for t in again] == [0, 1, 4]
+    assert all(t.infra.status() == "completed" for t in again)
+    assert calls(ctl) == {0: 2, 1: 2, 2: 2}
+
+
+def job_ended(task: Square) -> bool:
+    """The recorded jobs of a task have exited (gone, or a zombie nobody reaped yet)."""
+    for record in records(task):
+        stat = Path(f"/proc/{record['job_id']}/stat")
+        try:
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            return False
+    return True
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cluster", [None, "local"])
+def test_retry_array_resubmits_failed_only(tmp_path: Path, ctl: Path, cluster: str | None) -> None:
+    (ctl / "fail-1").touch()
+    task = base(tmp_path, ctl, cluster)
+    with task.infra.job_array() as array:
+        array.extend(task.infra.clone_obj(x=x) for x in range(3))
+    wait_until(lambda: [t.infra.status() for t in array] == ["completed", "failed", "completed"])
+    # mode cached: a failed task is not resubmitted
+    with task.infra.job_array() as again:
+        again.extend(task.infra.clone_obj(x=x) for x in range(3))
+    assert again[1].infra.status() == "failed"
+    assert calls(ctl) == {0: 1, 1: 1, 2: 1}
+    if cluster == "local":  # the failed job is over (see the next test for when it is not)
+        wait_until(lambda: job_ended(array[1]))
+    (ctl / "fail-1").unlink()
+    retry = base(tmp_path, ctl, cluster, mode="retry")
+    with retry.infra.job_array() as array:
+        array.extend(retry.infra.clone_obj(x=x) for x in range(3))
+    wait_until(lambda: calls(ctl) == {0: 1, 1: 2, 2: 1}, timeout=10)
+    wait_until(lambda: all(t.infra.status() == "completed" for t in array))
+    assert [t.process() for t in array] == [0, 1, 4]
+    assert calls(ctl) == {0: 1, 1: 2, 2: 1}
+    # back to cached: a new array on the same infra resubmits nothing
+    (ctl / "fail-1").touch()
+    with retry.infra.job_array() as again:
+        again.extend(task.infra.clone_obj(x=x) for x in range(3))
+    assert [t.process() for t in again] == [0, 1, 4]
+    assert calls(ctl) == {0: 1, 1: 2, 2: 1}
+
+
+@pytest.mark.timeout(120)
+def test_retry_array_right_after_a_failure(tmp_path: Path, ctl: Path) -> None:
+    (ctl / "fail-1").touch()
+    task = Square(
+        ctl=str(ctl), linger=3.0, infra={"folder": tmp_path / "cache", "cluster": "local"}
+    )
+    with task.infra.job_array() as array:
+        array.extend(task.infra.clone_obj(x=x) for x in range(2))
+    wait_until(lambda: [t.infra.status() for t in array] == ["completed", "failed"])
+    (ctl / "fail-1").unlink()
+    retry = task.infra.clone_obj({"infra.mode": "retry"})
+    with retry.infra.job_array() as again:
+        again.extend(retry.infra.clone_obj(x=x) for x in range(2))
+    wait_until(lambda: calls(ctl) == {0: 1, 1: 2}, timeout=10)
+    wait_until(lambda: all(t.infra.status() == "completed" for t in again))
+    assert [t.process() for t in again] == [0, 1]

@@ -1,0 +1,223 @@
+"""MapInfra on the real executors (SPEC §2 and the [ours] list: map errors are cached per item).
+
+The mapped method appends one line per item it computes to a file named in its config, so
+tests count the real per-item calls wherever they ran (threads, processes, local jobs).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import typing as tp
+from pathlib import Path
+
+import pydantic
+import pytest
+
+import exca
+
+CLUSTERS = [None, "threadpool", "processpool", "local", "debug"]
+
+
+def append(path: str, text: str) -> None:
+    with open(path, "a", encoding="utf8") as handle:
+        handle.write(text + "\n")
+
+
+def counts(path: str | Path) -> collections.Counter[int]:
+    path = Path(path)
+    lines = path.read_text("utf8").splitlines() if path.exists() else []
+    return collections.Counter(int(line) for line in lines)
+
+
+class Mapper(pydantic.BaseModel):
+    """item -> 10 * item; an item raises ValueError while the file <fail_dir>/<item> exists.
+    With `short`, the method yields one output less than it got items."""
+
+    log: str
+    fail_dir: str = ""
+    short: bool = False
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        todo = items[:-1] if self.short else items
+        for item in todo:
+            append(self.log, str(item))
+            if self.fail_dir and (Path(self.fail_dir) / str(item)).exists():
+                raise ValueError(f"bad item {item}")
+            yield 10 * item
+
+
+def make(tmp_path: Path, cluster: str | None, **kwargs: tp.Any) -> Mapper:
+    infra = {"folder": tmp_path / "cache", "cluster": cluster, **kwargs.pop("infra", {})}
+    return Mapper(log=str(tmp_path / "calls.txt"), infra=infra, **kwargs)
+
+
+def error_text(error: BaseException) -> str:
+    return "\n".join([str(error), *getattr(error, "__notes__", [])])
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cluster", CLUSTERS)
+def test_only_missing_items_are_computed(tmp_path: Path, cluster: str | None) -> None:
+    log = tmp_path / "calls.txt"
+    mapper = make(tmp_path, cluster)
+    assert list(mapper.process([1, 2, 3])) == [10, 20, 30]
+    assert counts(log) == {1: 1, 2: 1, 3: 1}
+    # outputs in input order, duplicates repeated; only 4 and 5 are computed
+    again = make(tmp_path, cluster)
+    assert list(again.process([5, 3, 4, 3, 1, 5])) == [50, 30, 40, 30, 10, 50]
+    assert counts(log) == {1: 1, 2: 1, 3: 1, 4: 1, 5: 1}
+    # everything cached: nothing computed, any order
+    assert list(make(tmp_path, cluster).process(items=[2, 2, 1])) == [20, 20, 10]
+    assert list(make(tmp_path, None).process([4])) == [40]
+    assert counts(log) == {1: 1, 2: 1, 3: 1, 4: 1, 5: 1}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cluster", CLUSTERS)
+def test_item_errors(tmp_path: Path, cluster: str | None) -> None:
+    log = tmp_path / "calls.txt"
+    fail_dir = tmp_path / "fail"
+    fail_dir.mkdir()
+    (fail_dir / "2").touch()
+    (fail_dir / "5").touch()
+    items = [1, 2, 3, 4, 5, 6]
+    # max_jobs=2: jobs/chunks of several items, so an error hits the middle of a chunk
+    mapper = make(tmp_path, cluster, fail_dir=str(fail_dir), infra={"max_jobs": 2})
+    outputs = mapper.process(items)  # computes every item; errors show when read
+    assert counts(log) == dict.fromkeys(items, 1)
+    with pytest.raises(ValueError, match="bad item 2") as info:
+        list(outputs)
+    assert "item '2'" in error_text(info.value)  # names the failing item
+    # the other items are cached
+    good = [1, 3, 4, 6]
+    assert list(make(tmp_path, cluster, fail_dir=str(fail_dir)).process(good)) == [10, 30, 40, 60]
+    with pytest.raises(ValueError, match="bad item 5") as info:
+        list(make(tmp_path, cluster, fail_dir=str(fail_dir)).process([6, 5]))
+    assert "item '5'" in error_text(info.value)
+    assert "Traceback" in error_text(info.value)
+    # a second call in mode cached re-raises without recomputing
+    with pytest.raises(ValueError, match="bad item 2"):
+        list(make(tmp_path, cluster, fail_dir=str(fail_dir)).process(items))
+    assert counts(log) == dict.fromkeys(items, 1)
+    # retry recomputes only the failed items
+    (fail_dir / "2").unlink()
+    (fail_dir / "5").unlink()
+    retry = make(tmp_path, cluster, fail_dir=str(fail_dir), infra={"mode": "retry"})
+    assert list(retry.process(items)) == [10, 20, 30, 40, 50, 60]
+    assert counts(log) == {1: 1, 2: 2, 3: 1, 4: 1, 5: 2, 6: 1}
+    reader = make(tmp_path, cluster, fail_dir=str(fail_dir))
+    assert list(reader.process(items[::-1])) == [60, 50, 40, 30, 20, 10]
+    assert counts(log) == {1: 1, 2: 2, 3: 1, 4: 1, 5: 2, 6: 1}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cluster", [None, "processpool", "local"])
+def test_fewer_outputs_than_items(tmp_path: Path, cluster: str | None) -> None:
+    mapper = make(tmp_path, cluster, short=True, infra={"max_jobs": 2})
+    items = list(range(8))
+    outputs = mapper.process(items)
+    with pytest.raises(RuntimeError, match="exactly once"):
+        list(outputs)
+    # each work unit lost (at least) one output: those items raise, the others are right
+    failed = []
+    for item in items:
+        try:
+            values = list(make(tmp_path, cluster, short=True).process([item]))
+        except RuntimeError as error:
+            assert "exactly once" in error_text(error)
+            failed.append(item)
+        else:
+            assert values == [10 * item]
+    assert failed
+    assert set(counts(tmp_path / "calls.txt")) == set(items) - set(failed)
+
+
+def test_fewer_outputs_inline_names_the_last_item(tmp_path: Path) -> None:
+    mapper = make(tmp_path, None, short=True)
+    with pytest.raises(RuntimeError, match="exactly once") as info:
+        list(mapper.process([1, 2, 3]))
+    assert "item '3'" in error_text(info.value)
+    assert list(make(tmp_path, None, short=True).process([1, 2])) == [10, 20]
+    assert counts(tmp_path / "calls.txt") == {1: 1, 2: 1}
+
+
+@pytest.mark.parametrize("cluster", [None, "threadpool"])
+def test_forbid_single_item_computation(tmp_path: Path, cluster: str | None) -> None:
+    mapper = make(tmp_path, cluster, infra={"forbid_single_item_computation": True})
+    with pytest.raises(RuntimeError):
+        list(mapper.process([1]))
+    assert counts(tmp_path / "calls.txt") == {}
+    assert list(mapper.process([1, 2])) == [10, 20]
+    # once cached, a single item can be read
+    again = make(tmp_path, cluster, infra={"forbid_single_item_computation": True})
+    assert list(again.process([1])) == [10]
+    assert counts(tmp_path / "calls.txt") == {1: 1, 2: 1}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cluster", [None, "threadpool", "local"])
+def test_force_recomputes_every_item_once(tmp_path: Path, cluster: str | None) -> None:
+    log = tmp_path / "calls.txt"
+    assert list(make(tmp_path, cluster).process([1, 2, 3])) == [10, 20, 30]
+    forced = make(tmp_path, cluster, infra={"mode": "force"})
+    assert list(forced.process([1, 2, 3, 4, 1])) == [10, 20, 30, 40, 10]
+    assert counts(log) == {1: 2, 2: 2, 3: 2, 4: 1}
+    assert list(forced.process([1, 2, 3, 4])) == [10, 20, 30, 40]  # once per instance
+    assert counts(log) == {1: 2, 2: 2, 3: 2, 4: 1}
+    assert list(make(tmp_path, cluster).process([4, 3])) == [40, 30]
+    assert counts(log) == {1: 2, 2: 2, 3: 2, 4: 1}
+    again = make(tmp_path, cluster, infra={"mode": "force"})
+    assert list(again.process([2])) == [20]
+    assert counts(log) == {1: 2, 2: 3, 3: 2, 4: 1}
+
+
+def test_read_only(tmp_path: Path) -> None:
+    assert list(make(tmp_path, None).process([1])) == [10]
+    reader = make(tmp_path, None, infra={"mode": "read-only"})
+    assert list(reader.process([1])) == [10]
+    with pytest.raises(RuntimeError):
+        list(reader.process([1, 2]))
+    assert counts(tmp_path / "calls.txt") == {1: 1}
+
+
+@pytest.mark.timeout(120)
+def test_local_packing_into_one_array(tmp_path: Path) -> None:
+    """13 items, max_jobs=2, min_samples_per_job=5: 2 jobs of 7 and 6 items, one submission."""
+    mapper = make(tmp_path, "local", infra={"max_jobs": 2, "min_samples_per_job": 5})
+    items = list(range(13))
+    assert list(mapper.process(items)) == [10 * i for i in items]
+    assert counts(tmp_path / "calls.txt") == dict.fromkeys(items, 1)
+    folder = mapper.infra.uid_folder()
+    assert folder is not None
+    records = [json.loads(p.read_text()) for p in sorted((folder / "jobs").glob("*.json"))]
+    assert len(records) == 2, records
+    assert len({r["job_id"] for r in records}) == 2
+    assert all(r["job_id"].isdigit() and r["cluster"] == "local" for r in records)
+    assert len({r["run"] for r in records}) == 1  # submitted together, by one run
+    assert sorted(len(r["keys"]) for r in records) == [6, 7]
+    assert sorted(k for r in records for k in r["keys"]) == sorted(str(i) for i in items)
+    # the jobs' logs are in the map's uid folder
+    for record in records:
+        assert Path(record["logs"]).is_dir()
+        assert folder in Path(record["logs"]).parents
+
+
+@pytest.mark.timeout(120)
+def test_local_packing_respects_max_jobs(tmp_path: Path) -> None:
+    mapper = make(tmp_path, "local", infra={"max_jobs": 3, "min_samples_per_job": 1})
+    items = list(range(10))
+    assert list(mapper.process(items)) == [10 * i for i in items]
+    folder = mapper.infra.uid_folder()
+    assert folder is not None
+    records = [json.loads(p.read_text()) for p in (folder / "jobs").glob("*.json")]
+    assert sorted(len(r["keys"]) for r in records) == [2, 4, 4]
+    # only the missing items go out next time: 3 new items, min 1 per job, max 3 jobs
+    more = make(tmp_path, "local", infra={"max_jobs": 3, "min_samples_per_job": 2})
+    assert list(more.process(list(range(13)))) == [10 * i for i in range(13)]
+    records = [json.loads(p.read_text()) for p in (folder / "jobs").glob("*.json")]
+    new = [r for r in records if set(r["keys"]) & {"10", "11", "12"}]
+    assert sorted(len(r["keys"]) for r in new) == [1, 2]
+    assert counts(tmp_path / "calls.txt") == dict.fromkeys(range(13), 1)

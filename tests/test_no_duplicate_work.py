@@ -1,0 +1,523 @@
+"""No duplicate work (DESIGN "Storage", in-flight claims; SPEC [ours] "No duplicate work, ever").
+
+Callers run in separate processes (a small script in tmp_path that imports this module:
+tests/ is on PYTHONPATH) and/or threads. Each computation appends "<pid> <thread id>" to
+`<ctl>/calls.txt`; the first computing caller blocks until the test creates
+`<ctl>/release`, so that the other callers ask while it computes.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import typing as tp
+from pathlib import Path
+
+import orjson
+import pydantic
+import pytest
+
+import exca
+from exca.storage import process as process_info
+
+WAIT_S = 60.0  # bound on any wait (never reached when things work)
+
+
+def append(path: Path, text: str) -> None:
+    with open(path, "a", encoding="utf8") as handle:
+        handle.write(text + "\n")
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text("utf8").splitlines() if path.exists() else []
+
+
+def me() -> str:
+    return f"{os.getpid()} {threading.get_native_id()}"
+
+
+def wait_until(predicate: tp.Callable[[], bool], timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached in time")
+        time.sleep(0.02)
+
+
+def block_if_first(ctl: Path) -> None:
+    """The first caller that computed anything (first line of calls.txt) waits for `release`."""
+    first = lines(ctl / "calls.txt")[0].split(" ", 2)[-2:]
+    if " ".join(first) == me():
+        wait_until((ctl / "release").exists)
+
+
+class Slow(pydantic.BaseModel):
+    x: int = 1
+    ctl: str
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        ctl = Path(self.ctl)
+        append(ctl / "calls.txt", f"task {me()}")
+        block_if_first(ctl)
+        return 2 * self.x
+
+
+class SlowMap(pydantic.BaseModel):
+    ctl: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        ctl = Path(self.ctl)
+        for item in items:
+            append(ctl / "calls.txt", f"{item} {me()}")
+            block_if_first(ctl)
+            yield 2 * item
+
+
+def build(spec: dict[str, tp.Any]) -> tp.Any:
+    infra = {"folder": spec["folder"]}
+    if spec["kind"] == "task":
+        return Slow(x=spec.get("x", 1), ctl=spec["ctl"], infra=infra)
+    return SlowMap(ctl=spec["ctl"], infra=infra)
+
+
+def call_in_threads(spec: dict[str, tp.Any]) -> None:
+    """Entry point of the caller script: `threads` threads call at once; prints results."""
+    results: dict[int, tp.Any] = {}
+
+    def call(index: int) -> None:
+        obj = build(spec)
+        (Path(spec["ctl"]) / f"ready-{os.getpid()}-{index}").touch()
+        try:
+            if spec["kind"] == "task":
+                results[index] = obj.process()
+            else:
+                results[index] = list(obj.process(spec["items"][index]))
+        except Exception as error:
+            results[index] = f"ERROR {type(error).__name__}: {error}"
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(spec["threads"])]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    print("RESULTS " + json.dumps([results[i] for i in range(spec["threads"])]), flush=True)
+
+
+SCRIPT = """
+import json
+import sys
+
+import test_no_duplicate_work
+
+test_no_duplicate_work.call_in_threads(json.loads(sys.argv[1]))
+"""
+
+
+class Caller:
+    """A caller process running `call_in_threads`."""
+
+    def __init__(self, tmp_path: Path, spec: dict[str, tp.Any], env: dict[str, str] | None = None):
+        script = tmp_path / "caller.py"
+        if not script.exists():
+            script.write_text(textwrap.dedent(SCRIPT))
+        index = len(list(tmp_path.glob("caller-*.out")))
+        self.out = tmp_path / f"caller-{index}.out"
+        self.err = tmp_path / f"caller-{index}.err"
+        with self.out.open("w") as out, self.err.open("w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(script), json.dumps(spec)],
+                stdout=out,
+                stderr=err,
+                env={**os.environ, **(env or {})},
+                cwd=tmp_path,
+            )
+
+    def results(self, timeout: float = WAIT_S) -> list[tp.Any]:
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        assert code == 0, self.err.read_text()[-3000:]
+        found = [x for x in self.out.read_text().splitlines() if x.startswith("RESULTS ")]
+        assert found, self.err.read_text()[-3000:]
+        return list(json.loads(found[0][len("RESULTS ") :]))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()  # reap it (a zombie keeps its pid)
+
+
+@pytest.fixture
+def ctl(tmp_path: Path) -> tp.Iterator[Path]:
+    folder = tmp_path / "ctl"
+    folder.mkdir()
+    (tmp_path / "cache").mkdir()
+    yield folder
+    (folder / "release").touch()  # let blocked callers end, whatever happened
+
+
+def _spec(tmp_path: Path, ctl: Path, kind: str, threads: int, **extra: tp.Any) -> dict[str, tp.Any]:
+    return {
+        "kind": kind,
+        "folder": str(tmp_path / "cache"),
+        "ctl": str(ctl),
+        "threads": threads,
+        **extra,
+    }
+
+
+def _run_callers(tmp_path: Path, specs: list[dict[str, tp.Any]], ctl: Path) -> list[tp.Any]:
+    callers = [Caller(tmp_path, spec) for spec in specs]
+    try:
+        total = sum(spec["threads"] for spec in specs)
+        # everybody is about to call, and someone is computing: give the others time to ask
+        wait_until(
+            lambda: len(list(ctl.glob("ready-*"))) == total and bool(lines(ctl / "calls.txt"))
+        )
+        time.sleep(1.0)
+        (ctl / "release").touch()
+        return [r for caller in callers for r in caller.results()]
+    finally:
+        for caller in callers:
+            caller.kill()
+
+
+def claim_files(folder: Path) -> list[str]:
+    claims = folder / "claims"
+    return sorted(os.listdir(claims)) if claims.exists() else []
+
+
+# --- the same task, asked at the same time -----------------------------------------------
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("processes,threads", [(2, 1), (1, 2), (2, 2)])
+def test_task_computed_once(tmp_path: Path, ctl: Path, processes: int, threads: int) -> None:
+    specs = [_spec(tmp_path, ctl, "task", threads, x=21) for _ in range(processes)]
+    results = _run_callers(tmp_path, specs, ctl)
+    assert results == [42] * (processes * threads)
+    assert len(lines(ctl / "calls.txt")) == 1
+    task = Slow(x=21, ctl=str(ctl), infra={"folder": tmp_path / "cache"})
+    assert task.process() == 42
+    assert len(lines(ctl / "calls.txt")) == 1
+    folder = task.infra.uid_folder()
+    assert folder is not None
+    assert not [n for n in claim_files(folder) if n.endswith(".claim")]
+
+
+@pytest.mark.timeout(60)
+def test_task_threads_in_this_process(tmp_path: Path, ctl: Path) -> None:
+    """Two threads of the test process itself, on two instances of one config."""
+    out: list[tp.Any] = []
+
+    def call() -> None:
+        out.append(Slow(x=4, ctl=str(ctl), infra={"folder": tmp_path / "cache"}).process())
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    threads[0].start()
+    wait_until(lambda: bool(lines(ctl / "calls.txt")))
+    threads[1].start()
+    time.sleep(0.5)
+    (ctl / "release").touch()
+    for thread in threads:
+        thread.join(timeout=WAIT_S)
+    assert out == [8, 8]
+    assert len(lines(ctl / "calls.txt")) == 1
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("processes,threads", [(2, 1), (1, 2), (2, 2)])
+def test_map_items_computed_once(tmp_path: Path, ctl: Path, processes: int, threads: int) -> None:
+    lists = [list(range(0, 10)), list(range(5, 15))]
+    specs = [
+        _spec(tmp_path, ctl, "map", threads, items=[lists[(p + t) % 2] for t in range(threads)])
+        for p in range(processes)
+    ]
+    results = _run_callers(tmp_path, specs, ctl)
+    expected = [[2 * i for i in items] for spec in specs for items in spec["items"]]
+    assert results == expected
+    computed = collections.Counter(int(line.split()[0]) for line in lines(ctl / "calls.txt"))
+    assert computed == dict.fromkeys(range(15), 1)
+    mapper = SlowMap(ctl=str(ctl), infra={"folder": tmp_path / "cache"})
+    assert list(mapper.process(list(range(15)))) == [2 * i for i in range(15)]
+    assert len(lines(ctl / "calls.txt")) == 15
+    folder = mapper.infra.uid_folder()
+    assert folder is not None
+    assert not [n for n in claim_files(folder) if n.endswith(".claim")]
+
+
+@pytest.mark.timeout(60)
+def test_map_threads_with_overlapping_items(tmp_path: Path, ctl: Path) -> None:
+    """Two threads of this process: [0..9] and [5..14] at the same time."""
+    out: dict[int, list[int]] = {}
+
+    def call(index: int, items: list[int]) -> None:
+        mapper = SlowMap(ctl=str(ctl), infra={"folder": tmp_path / "cache"})
+        out[index] = list(mapper.process(items))
+
+    first = threading.Thread(target=call, args=(0, list(range(10))))
+    second = threading.Thread(target=call, args=(1, list(range(5, 15))))
+    first.start()
+    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # the first thread holds its items
+    second.start()
+    # the second thread computes what nobody holds (10..14), then waits for 5..9
+    wait_until(lambda: len(lines(ctl / "calls.txt")) >= 6)
+    (ctl / "release").touch()
+    first.join(timeout=WAIT_S)
+    second.join(timeout=WAIT_S)
+    assert out == {0: [2 * i for i in range(10)], 1: [2 * i for i in range(5, 15)]}
+    computed = collections.Counter(int(line.split()[0]) for line in lines(ctl / "calls.txt"))
+    assert computed == dict.fromkeys(range(15), 1)
+
+
+# --- the computing process dies ------------------------------------------------------------
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["task", "map"])
+def test_killed_owner_is_taken_over(tmp_path: Path, ctl: Path, kind: str) -> None:
+    # a long heartbeat: the takeover must come from the dead pid, not from a stale heartbeat
+    env = {"EXCA_CLAIM_HEARTBEAT_S": "600"}
+    spec = _spec(tmp_path, ctl, kind, 1, x=5, items=[[1, 2, 3]])
+    owner = Caller(tmp_path, spec, env=env)
+    try:
+        wait_until(lambda: bool(lines(ctl / "calls.txt")))  # computing (blocked, no release)
+        waiter = Caller(tmp_path, spec, env=env)
+        wait_until(lambda: len(list(ctl.glob("ready-*"))) == 2)
+        time.sleep(1.0)  # the waiter is waiting for the owner's claim
+        assert len(lines(ctl / "calls.txt")) == 1
+        owner.kill()
+        results = waiter.results()  # WAIT_S bounds it; a 600 s heartbeat would exceed it
+    finally:
+        owner.kill()
+    expected = 10 if kind == "task" else [2, 4, 6]
+    assert results == [expected]
+    calls = [line.split() for line in lines(ctl / "calls.txt")]
+    # the owner started, the waiter computed the rest (after the owner died)
+    assert calls[0][1] == str(owner.proc.pid)
+    assert [c[1] for c in calls[1:]] == [str(waiter.proc.pid)] * (len(calls) - 1)
+    if kind == "task":
+        assert [c[0] for c in calls] == ["task", "task"]
+        obj: tp.Any = Slow(x=5, ctl=str(ctl), infra={"folder": tmp_path / "cache"})
+        assert obj.process() == 10
+    else:
+        assert sorted(int(c[0]) for c in calls[1:]) == [1, 2, 3]
+        obj = SlowMap(ctl=str(ctl), infra={"folder": tmp_path / "cache"})
+        assert list(obj.process([1, 2, 3])) == [2, 4, 6]
+    folder = obj.infra.uid_folder()
+    assert folder is not None
+    assert claim_files(folder) == []
+    assert len(lines(ctl / "calls.txt")) == len(calls)
+
+
+# --- an owner on another host ------------------------------------------------------------
+def write_foreign_claim(folder: Path, keys: list[str]) -> Path:
+    """A claim file as exca/storage/claims.py writes them, for a process on another host."""
+    claims = folder / "claims"
+    claims.mkdir(parents=True, exist_ok=True)
+    owner = {"host": "some-other-host", "pid": 12345, "start": 987, "thread": 12345, "job_id": "77"}
+    path = claims / f"some-other-host-12345-12345-{time.time_ns():x}-abcdef.claim"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(orjson.dumps({"owner": owner, "keys": keys}))
+    os.replace(tmp, path)
+    return path
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["task", "map"])
+def test_foreign_claim_waited_for_then_taken_over(
+    tmp_path: Path, ctl: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EXCA_CLAIM_HEARTBEAT_S", "0.5")
+    assert process_info.hostname() != "some-other-host"
+    (ctl / "release").touch()  # nothing blocks in this test
+    if kind == "task":
+        obj: tp.Any = Slow(x=3, ctl=str(ctl), infra={"folder": tmp_path / "cache"})
+        keys = ["result"]  # exca.graph.node.TASK_KEY
+    else:
+        obj = SlowMap(ctl=str(ctl), infra={"folder": tmp_path / "cache"})
+        keys = ["1", "2"]
+    folder = obj.infra.uid_folder(create=True)
+    assert folder is not None
+    claim = write_foreign_claim(folder, keys)
+    out: list[tp.Any] = []
+
+    def call() -> None:
+        if kind == "task":
+            out.append(obj.process())
+        else:
+            out.append(list(obj.process([1, 2, 3])))
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    # while the foreign owner's heartbeat is fresh, the caller waits
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        os.utime(claim)
+        time.sleep(0.1)
+    computed = [line.split()[0] for line in lines(ctl / "calls.txt")]
+    assert thread.is_alive()
+    assert computed == ([] if kind == "task" else ["3"])  # what nobody held is computed
+    # the owner stops beating: after two missed heartbeats the caller takes over
+    thread.join(timeout=WAIT_S)
+    assert not thread.is_alive()
+    if kind == "task":
+        assert out == [6]
+        assert [line.split()[0] for line in lines(ctl / "calls.txt")] == ["task"]
+    else:
+        assert out == [[2, 4, 6]]
+        assert sorted(line.split()[0] for line in lines(ctl / "calls.txt")) == ["1", "2", "3"]
+    assert not claim.exists()
+    assert [n for n in claim_files(folder) if n.endswith(".claim")] == []
+
+
+# --- nested decorated calls --------------------------------------------------------------
+class Inner(pydantic.BaseModel):
+    x: int = 1
+    log: str
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        append(Path(self.log), f"inner {self.x}")
+        return 10 * self.x
+
+
+class Squares(pydantic.BaseModel):
+    log: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            append(Path(self.log), f"square {item}")
+            yield item * item
+
+
+class Outer(pydantic.BaseModel):
+    """Its method calls other decorated methods (built inside the computation)."""
+
+    x: int = 1
+    log: str
+    cache: str
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        append(Path(self.log), f"outer {self.x}")
+        inner = Inner(x=self.x, log=self.log, infra={"folder": self.cache})
+        squares = Squares(log=self.log, infra={"folder": self.cache})
+        total = sum(squares.process(list(range(self.x + 1))))
+        # the same nested call twice: the second is a cache hit
+        return inner.process() + inner.process() + total
+
+
+class WithSub(pydantic.BaseModel):
+    """A sub-config with its own TaskInfra, called from the parent's method."""
+
+    sub: Inner
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return self.sub.process() + 1
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cluster", [None, "local"])
+def test_nested_calls(tmp_path: Path, cluster: str | None) -> None:
+    log = tmp_path / "calls.txt"
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    outer = Outer(x=3, log=str(log), cache=str(cache), infra={"folder": cache, "cluster": cluster})
+    assert outer.process() == 10 * 3 * 2 + (0 + 1 + 4 + 9)
+    assert collections.Counter(lines(log)) == {
+        "outer 3": 1,
+        "inner 3": 1,
+        "square 0": 1,
+        "square 1": 1,
+        "square 2": 1,
+        "square 3": 1,
+    }
+    # the nested results are cached for everyone
+    assert Inner(x=3, log=str(log), infra={"folder": cache}).process() == 30
+    assert list(Squares(log=str(log), infra={"folder": cache}).process([3, 2])) == [9, 4]
+    assert len(lines(log)) == 6
+
+
+@pytest.mark.timeout(60)
+def test_nested_calls_in_concurrent_threads(tmp_path: Path) -> None:
+    log = tmp_path / "calls.txt"
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    out: list[int] = []
+
+    def call(x: int) -> None:
+        out.append(Outer(x=x, log=str(log), cache=str(cache), infra={"folder": cache}).process())
+
+    threads = [threading.Thread(target=call, args=(x,)) for x in (2, 2, 3, 3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=WAIT_S)
+    assert sorted(out) == [45, 45, 74, 74]
+    counted = collections.Counter(lines(log))
+    assert all(count == 1 for count in counted.values()), counted
+    assert set(counted) == {
+        "outer 2",
+        "outer 3",
+        "inner 2",
+        "inner 3",
+        "square 0",
+        "square 1",
+        "square 2",
+        "square 3",
+    }
+
+
+def test_sub_config_task_called_from_parent(tmp_path: Path) -> None:
+    log = tmp_path / "calls.txt"
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    parent = WithSub(sub=Inner(x=2, log=str(log), infra={"folder": cache}), infra={"folder": cache})
+    assert parent.process() == 21
+    assert lines(log) == ["inner 2"]
+    assert Inner(x=2, log=str(log), infra={"folder": cache}).process() == 20
+    assert lines(log) == ["inner 2"]
+
+
+class Fib(pydantic.BaseModel):
+    """A map whose method calls itself (on self) for smaller items."""
+
+    log: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        for n in items:
+            append(Path(self.log), str(n))
+            if n < 2:
+                yield n
+            else:
+                a, b = self.process([n - 1, n - 2])
+                yield a + b
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("items", [[7], list(range(8))])
+def test_recursive_map_call(tmp_path: Path, items: list[int]) -> None:
+    fib = Fib(log=str(tmp_path / "calls.txt"), infra={"folder": tmp_path / "cache"})
+    expected = {0: 0, 1: 1, 2: 1, 3: 2, 4: 3, 5: 5, 6: 8, 7: 13}
+    assert list(fib.process(items)) == [expected[i] for i in items]
+    again = Fib(log=str(tmp_path / "calls.txt"), infra={"folder": tmp_path / "cache"})
+    assert list(again.process(list(range(8)))) == list(expected.values())

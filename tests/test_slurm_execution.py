@@ -1,0 +1,354 @@
+"""TaskInfra / MapInfra / job arrays on the real one-node Slurm cluster (DESIGN "Execution
+backends"; SPEC §1, §2, §6 find_slurm_job, §8, §10 and the [ours] error rules).
+
+Few, small jobs: the cluster has 2 CPUs. Every method appends a line to a file named in
+its config (the node shares this machine's disk), so tests count the real calls.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import time
+import typing as tp
+from pathlib import Path
+
+import pydantic
+import pytest
+
+import exca
+from exca.graph import executors
+from exca.graph.errors import JobFailedError
+from slurm_cluster import SlurmCluster, sacct_states
+
+pytestmark = pytest.mark.slurm
+
+WAIT_S = 120.0  # bound on waits for Slurm (never reached when things work)
+
+
+def append(path: str | Path, text: str) -> None:
+    with open(path, "a", encoding="utf8") as handle:
+        handle.write(text + "\n")
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text("utf8").splitlines() if path.exists() else []
+
+
+def wait_until(predicate: tp.Callable[[], bool], timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached in time")
+        time.sleep(0.2)
+
+
+class SlurmTask(pydantic.BaseModel):
+    """x -> 3 * x; raises ValueError while <ctl>/fail exists. The first call (only) blocks
+    while <ctl>/block exists: a cancelled job that lingers (submitit ignores SIGTERM until
+    Slurm's KillWait SIGKILL) never finishes, and recomputations do not block."""
+
+    x: int = 1
+    ctl: str
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        ctl = Path(self.ctl)
+        append(ctl / "calls.txt", str(self.x))
+        print(f"slurm task x={self.x}", flush=True)
+        first = len(lines(ctl / "calls.txt")) == 1
+        while first and (ctl / "block").exists():
+            time.sleep(0.1)
+        if (ctl / "fail").exists():
+            raise ValueError(f"bad x={self.x}")
+        return 3 * self.x
+
+
+class SlurmMap(pydantic.BaseModel):
+    ctl: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        append(Path(self.ctl) / "calls.txt", " ".join(str(i) for i in items))
+        for item in items:
+            yield item + 1
+
+
+@pytest.fixture
+def ctl(tmp_path: Path) -> tp.Iterator[Path]:
+    folder = tmp_path / "ctl"
+    folder.mkdir()
+    (tmp_path / "cache").mkdir()
+    yield folder
+    (folder / "block").unlink(missing_ok=True)  # let a blocked job end, whatever happened
+
+
+def resources(cluster: SlurmCluster, **extra: tp.Any) -> dict[str, tp.Any]:
+    return {
+        "cpus_per_task": 1,
+        "timeout_min": 5,
+        "slurm_partition": cluster.partition,
+        **extra,
+    }
+
+
+def task(tmp_path: Path, ctl: Path, slurm: SlurmCluster, x: int = 1, **infra: tp.Any) -> SlurmTask:
+    settings = {"folder": tmp_path / "cache", "cluster": "slurm", **resources(slurm), **infra}
+    return SlurmTask(x=x, ctl=str(ctl), infra=settings)
+
+
+def records(folder: Path | None) -> list[dict[str, tp.Any]]:
+    assert folder is not None
+    return [json.loads(p.read_text()) for p in sorted((folder / "jobs").glob("*.json"))]
+
+
+def in_sacct(job_id: str) -> bool:
+    """sacct knows the job (records reach the accounting database asynchronously: poll)."""
+    try:
+        wait_until(lambda: job_id in sacct_states([job_id]), timeout=60)
+    except TimeoutError:
+        return False
+    return True
+
+
+@pytest.fixture
+def short_result_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """submitit waits 15 s for the result pickle of a job that has none, each time exca asks
+    how a dead job ended; 1 s is enough on a local disk."""
+    import submitit.core.core
+
+    monkeypatch.setattr(submitit.core.core.Job, "_results_timeout_s", 1)
+
+
+def kill_leftover_worker(obj: SlurmTask, job_id: str) -> None:
+    """After a cancellation, SIGKILL the job's worker if it is still alive.
+
+    submitit's worker ignores SIGTERM, and Slurm's SIGKILL after KillWait does not reach it
+    on this cluster (proctrack/linuxproc loses it once the batch shell is gone): it would
+    keep its claim (alive, as far as exca can tell) and block any recomputation. Real
+    clusters (proctrack/cgroup) kill it; do the same for the worker of *our* job only,
+    found through its claim file, which records its pid and Slurm job id."""
+    import os
+    import signal
+
+    from exca.storage.process import hostname
+
+    folder = obj.infra.uid_folder()
+    assert folder is not None
+    time.sleep(6)  # KillWait (5 s here): let Slurm do it if it can
+    for path in (folder / "claims").glob("*.claim"):
+        owner = json.loads(path.read_text())["owner"]
+        if str(owner["job_id"]) == job_id and owner["host"] == hostname():
+            try:
+                os.kill(int(owner["pid"]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+# --- one task ------------------------------------------------------------------------------
+@pytest.mark.timeout(240)
+def test_slurm_task(tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster) -> None:
+    obj = task(tmp_path, ctl, slurm_cluster, x=7)
+    job = obj.infra.job()
+    assert job.job_id.isdigit(), job.job_id
+    assert job.result() == 21
+    assert obj.process() == 21
+    assert obj.infra.status() == "completed"
+    assert lines(ctl / "calls.txt") == ["7"]
+    stdout = job.stdout()
+    assert stdout is not None and "slurm task x=7" in stdout
+    assert in_sacct(job.job_id)
+    # the record, the link, and a fresh instance (cache hit: no new job)
+    folder = obj.infra.uid_folder()
+    (record,) = records(folder)
+    assert record["job_id"] == job.job_id and record["cluster"] == "slurm"
+    assert folder is not None and (folder / "submitit").resolve() == Path(record["logs"]).resolve()
+    assert task(tmp_path, ctl, slurm_cluster, x=7).process() == 21
+    assert lines(ctl / "calls.txt") == ["7"]
+    # find_slurm_job finds it, with its configs
+    found = exca.helpers.find_slurm_job(job.job_id, folder=tmp_path / "cache")
+    assert str(found.job_id) == job.job_id
+    assert found.config["x"] == 7
+    assert found.uid_config["x"] == 7
+    assert "slurm task x=7" in (found.stdout() or "")
+
+
+# --- a map packed into one array ----------------------------------------------------------
+@pytest.mark.timeout(240)
+def test_slurm_map_is_one_array(tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster) -> None:
+    infra = {"folder": tmp_path / "cache", "cluster": "slurm", "max_jobs": 4}
+    mapper = SlurmMap(ctl=str(ctl), infra={**infra, **resources(slurm_cluster)})
+    items = list(range(1000))
+    assert list(mapper.process(items)) == [i + 1 for i in items]
+    # every item computed exactly once, by 4 jobs of 250 items
+    chunks = [line.split() for line in lines(ctl / "calls.txt")]
+    assert sorted(len(c) for c in chunks) == [250] * 4
+    assert collections.Counter(int(i) for c in chunks for i in c) == dict.fromkeys(items, 1)
+    recs = records(mapper.infra.uid_folder())
+    ids = sorted(r["job_id"] for r in recs)
+    assert len(ids) == 4
+    assert all(r["cluster"] == "slurm" for r in recs)
+    bases = {i.split("_")[0] for i in ids}
+    assert len(bases) == 1, ids  # one sbatch array
+    (base,) = bases
+    assert base.isdigit()
+    assert sorted(int(i.split("_")[1]) for i in ids) == [0, 1, 2, 3]
+    # sacct knows the array and its 4 elements
+    wait_until(lambda: len([j for j in sacct_states([base]) if j.startswith(base + "_")]) == 4)
+    assert sorted(j for j in sacct_states([base]) if "_" in j) == ids
+    # cached: nothing more is submitted
+    assert list(SlurmMap(ctl=str(ctl), infra={**infra}).process([999, 0])) == [1000, 1]
+    assert len(lines(ctl / "calls.txt")) == 4
+    assert len(records(mapper.infra.uid_folder())) == 4
+
+
+# --- cluster="auto" -------------------------------------------------------------------------
+@pytest.mark.timeout(240)
+def test_auto_cluster(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    executors.slurm_answers.cache_clear()
+    try:
+        obj = task(tmp_path, ctl, slurm_cluster, x=2, cluster="auto")
+        job = obj.infra.job()
+        assert job.job_id.isdigit()
+        assert job.result() == 6
+        (record,) = records(obj.infra.uid_folder())
+        assert record["cluster"] == "slurm"
+        assert in_sacct(job.job_id)
+        # no controller answering: local
+        monkeypatch.setattr(executors, "slurm_answers", lambda: False)
+        local = task(tmp_path, ctl, slurm_cluster, x=3, cluster="auto")
+        assert local.process() == 9
+        (record,) = records(local.infra.uid_folder())
+        assert record["cluster"] == "local"
+        assert record["job_id"].isdigit()
+    finally:
+        monkeypatch.undo()
+        executors.slurm_answers.cache_clear()
+    assert lines(ctl / "calls.txt") == ["2", "3"]
+
+
+# --- job arrays -----------------------------------------------------------------------------
+@pytest.mark.timeout(240)
+def test_slurm_job_array(tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster) -> None:
+    base = task(tmp_path, ctl, slurm_cluster)
+    inline = task(tmp_path, ctl, slurm_cluster, cluster=None)
+    assert inline.infra.clone_obj(x=1).process() == 3  # 2 of the 5 are cached already
+    assert inline.infra.clone_obj(x=3).process() == 9
+    with base.infra.job_array() as array:
+        array.extend(base.infra.clone_obj(x=x) for x in range(5))
+    submitted = [array[i] for i in (0, 2, 4)]
+    ids = sorted(r["job_id"] for t in submitted for r in records(t.infra.uid_folder()))
+    assert len(ids) == 3
+    bases = {i.split("_")[0] for i in ids}
+    assert len(bases) == 1, ids  # one array of 3 elements
+    assert sorted(int(i.split("_")[1]) for i in ids) == [0, 1, 2]
+    for i in (1, 3):  # cached: not resubmitted
+        folder = array[i].infra.uid_folder()
+        assert folder is not None and not (folder / "jobs").exists()
+    wait_until(lambda: all(t.infra.status() == "completed" for t in array))
+    assert [t.process() for t in array] == [0, 3, 6, 9, 12]
+    assert [t.infra.job().result() for t in array] == [0, 3, 6, 9, 12]
+    assert collections.Counter(lines(ctl / "calls.txt")) == dict.fromkeys("01234", 1)
+    (base_id,) = bases
+    wait_until(lambda: len([j for j in sacct_states([base_id]) if "_" in j]) == 3)
+
+
+# --- failures -------------------------------------------------------------------------------
+@pytest.mark.timeout(240)
+def test_slurm_failure_then_retry(tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster) -> None:
+    (ctl / "fail").touch()
+    obj = task(tmp_path, ctl, slurm_cluster, x=4)
+    with pytest.raises(ValueError, match="bad x=4") as info:
+        obj.process()
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert "Traceback" in notes and "in process" in notes
+    assert obj.infra.status() == "failed"
+    with pytest.raises(ValueError, match="bad x=4"):  # cached: not resubmitted
+        task(tmp_path, ctl, slurm_cluster, x=4).process()
+    assert lines(ctl / "calls.txt") == ["4"]
+    (ctl / "fail").unlink()
+    retry = task(tmp_path, ctl, slurm_cluster, x=4, mode="retry")
+    assert retry.process() == 12
+    assert retry.infra.status() == "completed"
+    assert lines(ctl / "calls.txt") == ["4", "4"]
+    recs = records(retry.infra.uid_folder())
+    assert len(recs) == 2  # recomputed by a second Slurm job
+    assert all(r["cluster"] == "slurm" and r["job_id"].isdigit() for r in recs)
+
+
+@pytest.mark.timeout(300)
+def test_slurm_cancelled_job(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    (ctl / "block").touch()
+    obj = task(tmp_path, ctl, slurm_cluster, x=5)
+    job = obj.infra.job()
+    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
+    assert obj.infra.status() == "running"
+    job.cancel()
+    wait_until(lambda: sacct_states([job.job_id]).get(job.job_id) == "CANCELLED")
+    fresh = task(tmp_path, ctl, slurm_cluster, x=5)
+    wait_until(lambda: fresh.infra.status() != "running", timeout=60)
+    assert fresh.infra.status() == "failed"
+    with pytest.raises(JobFailedError, match=r"(?i)cancel"):
+        fresh.process()
+    assert fresh.infra.status() == "failed"
+    assert lines(ctl / "calls.txt") == ["5"]
+    kill_leftover_worker(obj, job.job_id)
+
+
+@pytest.mark.timeout(300)
+def test_slurm_scancel_while_waiting_then_retry(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    """The caller is blocked in the call when the job is cancelled with scancel."""
+    import subprocess
+    import threading
+
+    (ctl / "block").touch()
+    obj = task(tmp_path, ctl, slurm_cluster, x=6)
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            obj.process()
+        except BaseException as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
+    (record,) = records(obj.infra.uid_folder())
+    subprocess.run(["scancel", record["job_id"]], check=True, timeout=30)
+    thread.join(timeout=WAIT_S)
+    assert not thread.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], JobFailedError), errors
+    assert "cancel" in str(errors[0]).lower()
+    assert task(tmp_path, ctl, slurm_cluster, x=6).infra.status() == "failed"
+    kill_leftover_worker(obj, record["job_id"])
+    retry = task(tmp_path, ctl, slurm_cluster, x=6, mode="retry")
+    assert retry.process() == 18
+    assert lines(ctl / "calls.txt") == ["6", "6"]
+    assert len(records(retry.infra.uid_folder())) == 2
+
+
+@pytest.mark.timeout(300)
+def test_slurm_retry_after_cancel(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    (ctl / "block").touch()
+    obj = task(tmp_path, ctl, slurm_cluster, x=8)
+    job = obj.infra.job()
+    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
+    job.cancel()
+    wait_until(lambda: sacct_states([job.job_id]).get(job.job_id) == "CANCELLED")
+    kill_leftover_worker(obj, job.job_id)
+    with pytest.raises(JobFailedError):
+        task(tmp_path, ctl, slurm_cluster, x=8).process()
+    retry = task(tmp_path, ctl, slurm_cluster, x=8, mode="retry", timeout_min=2)
+    assert retry.process() == 24
+    assert lines(ctl / "calls.txt") == ["8", "8"]
