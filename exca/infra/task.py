@@ -202,11 +202,12 @@ class TaskInfra(BaseInfra, SubmititMixin):
         """Whether this infra, or one of the sub-configs' infras, still has to apply
         mode=force (then the call goes through the scheduler)."""
         self.uid()  # walks the config tree once (freezing it) and keeps the models
-        for model in self._runtime().models:
-            if isinstance(model, BaseInfra) and model.mode == "force":
-                if not model._runtime().force_state.get("done", False):
-                    return True
-        return False
+        return any(
+            isinstance(model, BaseInfra)
+            and model.mode == "force"
+            and not model._runtime().force_state.get("done", False)
+            for model in self._runtime().models
+        )
 
     def _cache(self) -> CacheDict[tp.Any]:
         runtime = self._runtime()
