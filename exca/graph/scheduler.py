@@ -132,13 +132,13 @@ class Scheduler:
                 self._requeued.clear()
         except KeyboardInterrupt:
             logger.warning("Interrupted: cancelling the jobs this run submitted")
-            for run in running.values():
-                if run.action == "wait":
-                    continue  # someone else's job
+            cancelled = [r for r in running.values() if r.action != "wait"]  # not others' jobs
+            for run in cancelled:
                 for handle in run.handles:
                     handle.cancel()
                     registry.forget(run.node.folder, handle.job_id)
             pools.shutdown(cancel=True)
+            _release_dead_claims(cancelled)
             raise
         finally:
             progress.close()
@@ -393,6 +393,24 @@ class Scheduler:
         if len(failures) == 1:
             raise next(iter(failures.values()))
         raise NodeFailures(failures)
+
+
+def _release_dead_claims(runs: list[NodeRun], timeout: float = 3.0) -> None:
+    """After cancelling: wait a little for the jobs to end, then drop the claims their
+    killed workers could not release (a later run would discard them anyway)."""
+    from ..storage.claims import Claims
+
+    folders = [r.node.folder for r in runs if r.node.folder is not None]
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = 0
+        for folder in folders:
+            claims = Claims(folder)
+            claims.prune_dead()
+            remaining += len(claims._all_files())
+        if not remaining or time.monotonic() > deadline:
+            return
+        time.sleep(0.1)  # killed workers may take a moment to exit
 
 
 def _cache_error(node: Node, error: BaseException) -> None:

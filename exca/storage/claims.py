@@ -137,6 +137,13 @@ class Claims:
         found = (self._read(Path(p)) for p in names)
         return [c for c in found if c is not None and not c.is_dead(self.heartbeat, self.job_alive)]
 
+    def prune_dead(self) -> int:
+        """Remove the claim files of dead owners; returns how many."""
+        dead = [c for c in self._all_files() if c.is_dead(self.heartbeat, self.job_alive)]
+        for claim in dead:
+            _discard(claim.path)
+        return len(dead)
+
     def holders(self, keys: tp.Iterable[str]) -> dict[str, Owner]:
         """Which of these keys a live claim holds, and who holds them."""
         wanted = set(keys)
