@@ -129,42 +129,45 @@ def _numpy() -> tp.Any:
     return sys.modules.get("numpy")
 
 
-def _order_key(item: tuple[str, tp.Any]) -> tuple[int, str]:
-    return (len(item[1].display) + len(item[0]), item[0])
+_Rendered = tuple[str, str]  # (display, typed hash)
 
 
-class _Rendered(tp.NamedTuple):
-    display: str
-    hashed: str
+def _float_v3(value: float) -> tuple[str, str]:
+    """(display, typed hash) of a float; integral values render as ints."""
+    if value.is_integer():
+        text = str(int(value))
+        return text, "int:" + text
+    # (cleaning would drop the "+" of exponents: done here)
+    fixed = 1e-3 <= abs(value) <= 1e4
+    display = f"{value:.2f}" if fixed else f"{value:.2e}".replace("+", "")
+    return display, f"float:{_number_hash(value)}"
 
 
 class _UidMakerV3:
-    """Renders values in the v3 format (see module docstring)."""
+    """Renders values in the v3 format (see module docstring) as (display, typed hash)."""
 
     def render(self, value: tp.Any) -> _Rendered:
         kind = type(value)
         if kind is str:
-            return _Rendered(_clean_v3(value), "str:" + value)
+            return _clean_v3(value), "str:" + value
         if kind is int or kind is bool or value is None:
             text = str(value)
-            return _Rendered(text, "int:" + text)
+            return text, "int:" + text
         if kind is float:
-            if value.is_integer():
-                text = str(int(value))
-                return _Rendered(text, "int:" + text)
-            return _Rendered(_clean_v3(_float_display(value)), f"float:{_number_hash(value)}")
+            return _float_v3(value)
         if kind is dict or isinstance(value, dict):
             return self._render_dict(value)
         if kind is list or kind is tuple or isinstance(value, list | tuple | set | frozenset):
             return self._render_seq(value)
         return self._render_other(value)
 
-    def _render_dict(self, value: dict[tp.Any, tp.Any]) -> _Rendered:
+    def _render_dict(self, value: dict[tp.Any, tp.Any]) -> tuple[str, str]:
         ordered = isinstance(value, collections.OrderedDict)
         items = []
         render = self.render
         for key, sub in value.items():
-            key = str(key)
+            if type(key) is not str:
+                key = str(key)
             if not ordered:  # chains of single-key dicts collapse into dotted keys
                 while (
                     isinstance(sub, dict)
@@ -173,20 +176,31 @@ class _UidMakerV3:
                 ):
                     ((subkey, sub),) = sub.items()
                     key = f"{key}.{subkey}"
-            items.append((key, render(sub)))
+            kind = type(sub)
+            if kind is str:
+                display, hashed = _clean_v3(sub), "str:" + sub
+            elif kind is int:
+                display = str(sub)
+                hashed = "int:" + display
+            elif kind is float:
+                display, hashed = _float_v3(sub)
+            else:
+                display, hashed = render(sub)
+            # ordered by (len(display + key), key): short first, NOT alphabetical
+            items.append((len(display) + len(key), key, display, hashed))
         if not ordered:
-            items.sort(key=_order_key)
-        display = ",".join(f"{key}={rendered.display}" for key, rendered in items)
-        hashed = ",".join(f"{key}={rendered.hashed}" for key, rendered in items)
-        return _Rendered("{" + _clean_v3(display) + "}", "dict:{" + hashed + "}")
+            items.sort()
+        display = ",".join([f"{k}={d}" for _, k, d, _ in items])
+        hashed = ",".join([f"{k}={h}" for _, k, _, h in items])
+        return "{" + _clean_v3(display) + "}", "dict:{" + hashed + "}"
 
-    def _render_seq(self, value: tp.Iterable[tp.Any]) -> _Rendered:
+    def _render_seq(self, value: tp.Iterable[tp.Any]) -> tuple[str, str]:
         rendered = [self.render(item) for item in value]
         if isinstance(value, set | frozenset):
             rendered.sort()  # by display; ties (e.g. ":" and ";" both clean to "") by hash
-        display = ",".join(r.display for r in rendered)
-        hashed = ",".join(r.hashed for r in rendered)
-        return _Rendered("(" + _clean_v3(display) + ")", "seq:(" + hashed + ")")
+        display = ",".join([r[0] for r in rendered])
+        hashed = ",".join([r[1] for r in rendered])
+        return "(" + _clean_v3(display) + ")", "seq:(" + hashed + ")"
 
     def _render_other(self, value: tp.Any) -> _Rendered:
         if isinstance(value, PurePath):
@@ -202,7 +216,7 @@ class _UidMakerV3:
             if isinstance(value, np.ndarray):
                 data = hashlib.md5(_array_bytes(np, value)).hexdigest()[:8]
                 core = ",".join(str(dim) for dim in value.shape) + "-" + data
-                return _Rendered(_clean_v3("data-" + core), "array:" + core)
+                return (_clean_v3("data-" + core), "array:" + core)
             if isinstance(value, np.bool_):
                 return self.render(bool(value))
             if isinstance(value, np.integer):
@@ -210,17 +224,13 @@ class _UidMakerV3:
             if isinstance(value, np.floating):
                 if float(value).is_integer():
                     return self.render(int(value))
-                return _Rendered(
-                    _clean_v3(_float_display(float(value))), f"float:{_number_hash(value)}"
-                )
+                return (_clean_v3(_float_display(float(value))), f"float:{_number_hash(value)}")
         if isinstance(value, int):
             return self.render(int(value))
         if isinstance(value, float | decimal.Decimal | fractions.Fraction):
             if isinstance(value, float) and value.is_integer():
                 return self.render(int(value))
-            return _Rendered(
-                _clean_v3(_float_display(float(value))), f"float:{_number_hash(value)}"
-            )
+            return (_clean_v3(_float_display(float(value))), f"float:{_number_hash(value)}")
         return _bypass(value, version=3)
 
 
@@ -241,8 +251,8 @@ def _bypass(value: tp.Any, version: int) -> _Rendered:
     except TypeError:
         hashed = text
     if version == 2:
-        return _Rendered(_clean(text, _V2_TABLE, _V2_FORBIDDEN), hashed)
-    return _Rendered(_clean_v3(text), "unknown:" + hashed)
+        return (_clean(text, _V2_TABLE, _V2_FORBIDDEN), hashed)
+    return (_clean_v3(text), "unknown:" + hashed)
 
 
 class _UidMakerV2:
@@ -270,22 +280,22 @@ class _UidMakerV2:
         if isinstance(value, dict):
             keys = list(value) if isinstance(value, collections.OrderedDict) else sorted(value)
             pairs = [(str(key), self.render(value[key])) for key in keys]
-            display = ",".join(f"{key}={r.display}" for key, r in pairs)
-            hashed = ",".join(r.hashed for _, r in pairs)
-            return _Rendered(self._finish(display, "{}"), hashed)
+            display = ",".join(f"{key}={r[0]}" for key, r in pairs)
+            hashed = ",".join(r[1] for _, r in pairs)
+            return (self._finish(display, "{}"), hashed)
         if isinstance(value, list | tuple | set | frozenset):
             items = [self.render(item) for item in value]
             if isinstance(value, set | frozenset):
                 items.sort()  # by display, then hash: independent of PYTHONHASHSEED
-            display = ",".join(r.display for r in items)
-            return _Rendered(self._finish(display, "[]"), ",".join(r.hashed for r in items))
+            display = ",".join(r[0] for r in items)
+            return (self._finish(display, "[]"), ",".join(r[1] for r in items))
         if np is not None and isinstance(value, np.ndarray):
             digest = hashlib.md5(_array_bytes(np, value)).hexdigest()
-            return _Rendered(self._finish("data-" + digest[:8]), digest)
+            return (self._finish("data-" + digest[:8]), digest)
         if value is None or isinstance(value, str | int):
-            return _Rendered(self._finish(str(value)), str(value))
+            return (self._finish(str(value)), str(value))
         if isinstance(value, float | decimal.Decimal | fractions.Fraction):
-            return _Rendered(self._finish(_float_display(float(value))), _number_hash(value))
+            return (self._finish(_float_display(float(value))), _number_hash(value))
         return _bypass(value, version=2)
 
 
@@ -297,10 +307,10 @@ def to_uid(data: tp.Any, version: int | None = None) -> str:
     version = uid_version(version)
     # v3 collapses single-key chains while rendering; v2 on a collapsed copy
     rendered = _MAKERS[version].render(data if version == 3 else collapse(data))
-    display = rendered.display
+    display = rendered[0]
     if not display or display in ("{}", "()", "[]"):
         return ""
     if display[0] in "{([" and display[-1] in "})]":
         display = display[1:-1]
-    digest = hashlib.md5(rendered.hashed.encode("utf8")).hexdigest()[:8]
+    digest = hashlib.md5(rendered[1].encode("utf8")).hexdigest()[:8]
     return f"{display}-{digest}"

@@ -30,6 +30,13 @@ def reuse(cache: CacheDict[tp.Any], mode: str, where: str) -> tp.Any:
     return cache[TASK_KEY]
 
 
+def items_reusable(cache: CacheDict[tp.Any], mode: str, uids: list[str]) -> bool:
+    """Whether every item of a map call can be read as is (no computation needed)."""
+    if mode not in ("cached", "read-only"):
+        return False
+    return cache.in_ram(uids) or cache.has_all(uids)
+
+
 def task_result(node: Node) -> tp.Any:
     """The result of a task node: from the cache when it can be reused, else computed."""
     if not any(n.pending_force for n in node.closure):

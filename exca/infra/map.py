@@ -52,7 +52,7 @@ class ItemUid:
         uids = list(map(self.func, items))
         if not uids:
             return uids
-        if not all(map(str.__instancecheck__, uids)):
+        if self.func is not str and set(map(type, uids)) != {str}:
             bad = next(u for u in uids if not isinstance(u, str))
             raise TypeError(f"item_uid must return a str, got {bad!r}")
         if self.max_length is not None and max(map(len, uids)) > self.max_length:
@@ -125,6 +125,9 @@ class BoundMap:
             items = list(items)
         infra = tp.cast(MapInfra, method.infra_of(self.obj))
         uids = method.item_uid.many(items)
+        cache = infra.cache_dict
+        if calls.items_reusable(cache, infra.mode, uids):  # fast path: no node, no scheduler
+            return cache.values_of(uids, where=infra.uid(), checked=True)
         node = infra._map_node(items, uids)
         calls.map_items(node, uids)
         return node.cache.values_of(uids, where=node.uid)

@@ -91,24 +91,24 @@ def prepare(
 ) -> None:
     """Create the folder, check the existing yaml files, write the missing ones."""
     make_folder(folder, permissions)
-    uid_flat = _normalized(uid_config)
     existing = read_yaml(folder / UID_FILE)
     if existing is None:
         write_atomic(folder / UID_FILE, uid_config.to_yaml(), permissions)
-    elif ConfDict(existing).flat() != uid_flat:
+    elif ConfDict(existing).flat() != _normalized(uid_config):
         raise RuntimeError(
             f"Inconsistent uid config in {folder}:\n"
             f"existing {UID_FILE}:\n{ConfDict(existing).to_yaml()}"
             f"current config:\n{uid_config.to_yaml()}"
             "Two configs map to the same folder name; remove the folder if the cache is obsolete"
         )
-    full_flat = _normalized(full_uid_config)
     existing_full = read_yaml(folder / FULL_UID_FILE)
     if existing_full is None:
         write_atomic(folder / FULL_UID_FILE, full_uid_config.to_yaml(), permissions)
-    else:
+    else:  # values normalized through yaml only when there is something to compare with
+        uid_keys = set(uid_config.flat())
+        full_flat = _normalized(full_uid_config)
         for key, value in ConfDict(existing_full).flat().items():
-            if key in uid_flat or key not in full_flat:
+            if key in uid_keys or key not in full_flat:
                 continue
             if full_flat[key] != value:
                 raise RuntimeError(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import orjson
 
-from .formats import DATA_DIR, CachedError, DumpContext, DumpOptions, _chmod
+from .formats import DATA_DIR, CachedError, DumpContext, DumpOptions, _chmod, load_memmap_runs
 from .index import INDEX_SUFFIX, Entry, IndexReader, IndexWriter
 
 logger = logging.getLogger("exca")
@@ -28,6 +28,7 @@ X = tp.TypeVar("X")
 
 class _ThreadState(threading.local):
     writing = False
+    ram_checked = False  # the last in_ram() answer of this thread
     frozen = 0  # >0: a miss refreshes at most once (bulk checks)
     refreshed_while_frozen = False
     writer: IndexWriter | None = None
@@ -173,19 +174,54 @@ class CacheDict(tp.Generic[X]):
             out = list(itertools.filterfalse(entries.__contains__, out))
         return out
 
-    def values_of(self, keys: tp.Sequence[str], where: str = "") -> tp.Iterator[X]:
-        """Lazy values of keys, in order; a cached error raises (naming its key)."""
+    def has_all(self, keys: tp.Sequence[str]) -> bool:
+        """Whether every key is in the cache (one folder read at most)."""
+        entries = self._entries()
+        if all(map(entries.__contains__, keys)):
+            return True
+        return not self.missing(keys)
+
+    def in_ram(self, keys: tp.Sequence[str]) -> bool:
+        """Whether every key's value is held in RAM (and none of them is a cached error)."""
+        checked = (
+            self.keep_in_ram and not self._ram_errors and all(map(self._ram.__contains__, keys))
+        )
+        self._local.ram_checked = checked  # per thread: threads share this instance
+        return checked
+
+    def values_of(
+        self, keys: tp.Sequence[str], where: str = "", checked: bool = False
+    ) -> tp.Iterator[X]:
+        """Lazy values of keys, in order; a cached error raises (naming its key).
+        ``checked``: ``in_ram(keys)`` was just called (skips a second pass over the keys)."""
         ram = self._ram
+        if checked and self._local.ram_checked:
+            return map(ram.__getitem__, keys)
         if self.keep_in_ram and not self._ram_errors and all(map(ram.__contains__, keys)):
             return map(ram.__getitem__, keys)
         return self._iter_values(keys, where)
 
     def _iter_values(self, keys: tp.Sequence[str], where: str) -> tp.Iterator[X]:
+        self._preload_arrays(keys)
         for key in keys:
             value = self[key]
             if isinstance(value, CachedError):
                 raise value.to_exception(f"{where} item {key!r}" if where else repr(key))
             yield value
+
+    def _preload_arrays(self, keys: tp.Sequence[str]) -> None:
+        """Load many memory-mapped arrays at once into RAM (they are views: no data is
+        read), when keep_in_ram holds them anyway."""
+        if not self.keep_in_ram or len(keys) < 16 or self._loader is None:
+            return
+        entries = self._entries()
+        ram = self._ram
+        todo = [k for k in dict.fromkeys(keys) if k not in ram and k in entries]
+        infos = [entries[k][2] for k in todo]
+        if not all(info["#type"] == "MemmapArray" for info in infos) or self.options.replace:
+            return
+        for key, value in zip(todo, load_memmap_runs(self._loader, infos)):
+            ram[key] = value
 
     def count_errors(self, keys: tp.Iterable[str]) -> int:
         """How many of these keys hold a cached error (read from the index, nothing loaded)."""

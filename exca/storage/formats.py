@@ -508,6 +508,53 @@ def _load_memmap(ctx: DumpContext, info: dict[str, tp.Any]) -> tp.Any:
     return np.frombuffer(mapped, dtype, count, offset).reshape(shape)
 
 
+def load_memmap_runs(ctx: DumpContext, infos: list[dict[str, tp.Any]]) -> list[tp.Any]:
+    """Arrays of many MemmapArray records: runs of equal dtype and shape at a regular
+    stride in one file come from one strided view (one array object per item, no per-item
+    ``frombuffer``); anything else is loaded one by one."""
+    np = _NP or _numpy()
+    out: list[tp.Any] = []
+    count = len(infos)
+    start = 0
+    while start < count:
+        first = infos[start]
+        file, shape, code, offset = first["f"], first["s"], first["d"], first["o"]
+        stop = start + 1
+        if stop < count:
+            step = infos[stop]["o"] - offset
+            while (
+                stop < count
+                and infos[stop]["o"] == offset + (stop - start) * step
+                and infos[stop]["f"] == file
+                and infos[stop]["d"] == code
+                and infos[stop]["s"] == shape
+            ):
+                stop += 1
+        dtype = _DTYPES.get(code)
+        if dtype is None:
+            dtype = _DTYPES[code] = np.dtype(code)
+        size = math.prod(shape) * dtype.itemsize
+        if stop - start < 3 or size == 0 or step < size:
+            out.append(_load_memmap(ctx, first))
+            start += 1
+            continue
+        mapped = ctx.memmap(file, offset + step * (stop - start - 1) + size)
+        strides = (step, *_c_strides(shape, dtype.itemsize))
+        view = np.ndarray((stop - start, *shape), dtype, mapped, offset, strides)
+        out.extend(view)
+        start = stop
+    return out
+
+
+def _c_strides(shape: list[int], itemsize: int) -> list[int]:
+    strides = []
+    running = itemsize
+    for dim in reversed(shape):
+        strides.append(running)
+        running *= dim
+    return strides[::-1]
+
+
 def _fresh(value: tp.Any) -> tp.Any:
     """A copy of an inline dict/list: never hand out the index's own (mutable) object."""
     if type(value) is dict or type(value) is list:
