@@ -459,12 +459,12 @@ class CacheDict(tp.Generic[X]):
                     if skip_existing:
                         continue  # written meanwhile (e.g. by a re-entrant call)
                     raise ValueError(f"Key {key!r} is already in the cache {self.folder}")
-                info = ctx.dump_entry(key, value, self.cache_type)
+                values.append((key, value))
+            records = ctx.dump_entries(values, self.cache_type)
+            for info in records:
                 if meta is not None:
                     info["#meta"] = meta
-                records.append(info)
                 lines.append(orjson.dumps(info))
-                values.append((key, value))
         finally:
             ctx.flush_batch()  # payloads are on disk before any of their index lines
         if not lines:

@@ -325,6 +325,33 @@ class DumpContext:
         info.update(out)
         return info
 
+    def dump_entries(
+        self, pairs: list[tuple[str, tp.Any]], cache_type: str | None
+    ) -> list[dict[str, tp.Any]]:
+        """Index records of many entries; runs of values of one format that can dump many
+        at once (``__dump_many__``) are dumped together."""
+        out: list[dict[str, tp.Any]] = []
+        start = 0
+        while start < len(pairs):
+            kind = type(pairs[start][1])
+            name, handler, itself = self._dispatch(kind, cache_type)
+            many = None if itself else getattr(handler, "__dump_many__", None)
+            if many is None:
+                key, value = pairs[start]
+                out.append(self.dump_entry(key, value, cache_type))
+                start += 1
+                continue
+            stop = start + 1
+            while stop < len(pairs) and type(pairs[stop][1]) is kind:
+                stop += 1
+            run = pairs[start:stop]
+            for (key, _), fields in zip(run, many(self, [v for _, v in run])):
+                info = {"#key": key, "#type": name}
+                info.update(fields)
+                out.append(info)
+            start = stop
+        return out
+
     def load(self, info: dict[str, tp.Any]) -> tp.Any:
         """Read a value back from its index record (dispatching on the stored ``#type``)."""
         name = info["#type"]
@@ -484,6 +511,27 @@ class MemmapArray:
         shared = ctx._shared.get(".data") or ctx.shared_file(".data")
         offset = shared.append_array(array, ALIGNMENT)
         return {"f": shared.name, "o": offset, "d": dtype_str, "s": array.shape}
+
+    @classmethod
+    def __dump_many__(cls, ctx: DumpContext, values: list[tp.Any]) -> list[dict[str, tp.Any]]:
+        """The same as one ``__dump_info__`` per value, with less per-value overhead."""
+        np = _NP or _numpy()
+        shared = ctx._shared.get(".data") or ctx.shared_file(".data")
+        name = shared.name
+        append = shared.append_array
+        ndarray = np.ndarray
+        out = []
+        for value in values:
+            array = value
+            if type(array) is not ndarray or not array.flags.c_contiguous:
+                array = np.ascontiguousarray(value).reshape(np.shape(value))
+            dtype = array.dtype
+            dtype_str = _DTYPE_STR.get(dtype)
+            if dtype_str is None:
+                out.append(cls.__dump_info__(ctx, array))  # checks object dtypes
+                continue
+            out.append({"f": name, "o": append(array, ALIGNMENT), "d": dtype_str, "s": array.shape})
+        return out
 
     @classmethod
     def __load_from_info__(cls, ctx: DumpContext, f: str, o: int, d: str, s: list[int]) -> tp.Any:
