@@ -33,6 +33,7 @@ MODULES = [
     "bench_map",
     "bench_graph",
     "bench_compare",
+    "bench_ops",
 ]
 README = common.BENCH_DIR / "README.md"
 RESULTS = common.BENCH_DIR / "results.json"
