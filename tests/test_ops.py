@@ -638,6 +638,7 @@ def test_clean_previews_remove_nothing(tmp_path: Path) -> None:
     Train(seed=1, infra={"folder": root}).fit()
     Train(seed=1, infra={"folder": root, "version": "2"}).fit()
     Train(seed=2, infra={"folder": root, "cluster": "local"}).fit()
+    (source.folder / "data").mkdir(exist_ok=True)  # small results are stored inline
     (source.folder / "data" / "save-tmp-0123456789ab-result.pkl").write_bytes(b"x" * 100)
     before = tree_hash(root)
     assert source.folder is not None
@@ -754,8 +755,9 @@ def _dead_claim(folder: Path) -> None:
 
 def test_clean_orphans(tmp_path: Path) -> None:
     root = tmp_path / "cache"
-    source = Source(n=3, infra={"folder": root})
-    assert source.make() == [0, 1, 2]
+    big = 1000  # a result this large is stored in its own payload file (small ones inline)
+    source = Source(n=big, infra={"folder": root})
+    assert source.make() == list(range(big))
     folder = folder_of(source)
     data = folder / "data"
     (referenced,) = list(data.iterdir())
@@ -776,7 +778,7 @@ def test_clean_orphans(tmp_path: Path) -> None:
     assert freed == plan.size
     assert not orphan.exists() and not tmp_file.exists() and not dead_claim.exists()
     assert referenced.exists()
-    assert CacheDict(folder)["result"] == [0, 1, 2]
+    assert CacheDict(folder)["result"] == list(range(big))
     # from the command line: files older than the grace period (1 hour) go
     again = data / "result-0badc0de-eeeeee.pkl"
     again.write_bytes(b"orphan")
@@ -787,7 +789,7 @@ def test_clean_orphans(tmp_path: Path) -> None:
     assert again.exists()
     cli("clean", root, "orphans", "--yes", check=True)
     assert not again.exists() and referenced.exists()
-    assert Source(n=3, infra={"folder": root}).make() == [0, 1, 2]
+    assert Source(n=big, infra={"folder": root}).make() == list(range(big))
 
 
 def test_clean_logs_of_ended_jobs(tmp_path: Path) -> None:

@@ -237,8 +237,8 @@ def orphans(root: Path | str, min_age_hours: float = 1.0) -> CleanPlan:
         data = folder / DATA_DIR
         if data.is_dir():
             for entry in os.scandir(data):
-                stat = entry.stat()
-                if stat.st_mtime > limit:
+                stat = _stat(entry)
+                if stat is None or stat.st_mtime > limit:
                     continue  # may belong to a writer still at work
                 name = f"{DATA_DIR}/{entry.name}"
                 if entry.name.startswith("save-tmp-"):
@@ -259,17 +259,24 @@ def orphans(root: Path | str, min_age_hours: float = 1.0) -> CleanPlan:
         if claims.is_dir():
             live = {c.path for c in Claims(folder).current()}
             for entry in os.scandir(claims):
+                stat = _stat(entry)
                 if (
-                    Path(entry.path) not in live
-                    and entry.stat().st_mtime < limit
+                    stat is not None
+                    and Path(entry.path) not in live
+                    and stat.st_mtime < limit
                     and entry.name != ".lock"
                 ):
                     plan.removals.append(
-                        Removal(
-                            Path(entry.path), entry.stat().st_blocks * 512, "claim of a dead owner"
-                        )
+                        Removal(Path(entry.path), stat.st_blocks * 512, "claim of a dead owner")
                     )
     return plan
+
+
+def _stat(entry: os.DirEntry[str]) -> os.stat_result | None:
+    try:
+        return entry.stat()
+    except FileNotFoundError:  # removed by its writer meanwhile
+        return None
 
 
 def logs(root: Path | str, older_than_days: float = 30.0) -> CleanPlan:

@@ -102,7 +102,10 @@ def disk_usage(folder: Path, recursive_into_inputs: bool = False) -> tuple[int, 
                     continue
                 stack.append(Path(entry.path))
                 continue
-            stat = entry.stat()
+            try:
+                stat = entry.stat()
+            except FileNotFoundError:  # a claim or temporary file removed meanwhile
+                continue
             total += stat.st_blocks * 512
             if entry.name.endswith(INDEX_SUFFIX):
                 modified = max(modified, stat.st_mtime)

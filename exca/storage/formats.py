@@ -25,6 +25,7 @@ from pathlib import Path
 import orjson
 
 INLINE_MAX_BYTES = 512
+INLINE_PICKLE_MAX_BYTES = 2048  # task results pickled smaller than this live in the index
 BUFFER_FLUSH_BYTES = 16 << 20  # batched payload bytes kept in memory before writing
 MEMMAP_ARRAY_FILE_MAX_CACHE = 1024  # memory maps kept open per reader
 ALIGNMENT = 64  # byte alignment of arrays in shared data files
@@ -611,6 +612,8 @@ def _fresh(value: tp.Any) -> tp.Any:
 
 
 def _load_inline(ctx: DumpContext, info: dict[str, tp.Any]) -> tp.Any:
+    if "p" in info and info["#type"] == "Result":
+        return pickle.loads(base64.b64decode(info["p"]))
     if "v" in info and "f" not in info:
         return _fresh(info["v"])
     handler = DumpContext.handler(info["#type"])
@@ -839,8 +842,9 @@ class AutoPickle(Auto):
 
 @DumpContext.register
 class Result:
-    """Results of tasks: exact JSON scalars inline, everything else pickled (read back as
-    ordinary, writable objects, unlike memory-mapped arrays)."""
+    """Results of tasks: exact JSON scalars inline, small pickles inline (base64), larger
+    ones in a pickle file (all read back as ordinary, writable objects, unlike
+    memory-mapped arrays)."""
 
     @classmethod
     def __dump_info__(cls, ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
@@ -848,19 +852,32 @@ class Result:
             data = plain_json(value)
             if data is not None and len(data) <= INLINE_MAX_BYTES:
                 return {"v": orjson.Fragment(data)}
-        return {"filename": Pickle.__dump_info__(ctx, value)["filename"]}
+        data = dumps_pickle(value)
+        if len(data) <= INLINE_PICKLE_MAX_BYTES:  # a hit then opens no payload file
+            return {"p": base64.b64encode(data).decode("ascii")}
+
+        def write(handle: tp.IO[bytes]) -> None:
+            handle.write(data)
+
+        return {"filename": ctx.write_key_file(".pkl", write)}
 
     @classmethod
     def __load_from_info__(
-        cls, ctx: DumpContext, v: tp.Any = None, filename: str | None = None
+        cls,
+        ctx: DumpContext,
+        v: tp.Any = None,
+        filename: str | None = None,
+        p: str | None = None,
     ) -> tp.Any:
+        if p is not None:
+            return pickle.loads(base64.b64decode(p))
         if filename is None:
             return v
         return Pickle.__load_from_info__(ctx, filename)
 
     @classmethod
     def __delete_info__(
-        cls, ctx: DumpContext, v: tp.Any = None, filename: str | None = None
+        cls, ctx: DumpContext, v: tp.Any = None, filename: str | None = None, p: str | None = None
     ) -> None:
         if filename is not None:
             _delete_file(ctx, filename)
