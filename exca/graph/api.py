@@ -53,8 +53,7 @@ def result(node: Node) -> tp.Any:
 
 def status(node: Node) -> str:
     """``completed`` / ``failed`` / ``running`` / ``not submitted`` (task nodes)."""
-    node.cache.refresh()
-    state = store.task_state(node)
+    state = store.task_state(node, refresh=True)
     if state == "done":
         return "completed"
     if state == "error":

@@ -18,8 +18,8 @@ def reuse(cache: CacheDict[tp.Any], mode: str, where: str) -> tp.Any:
     path of a call, one index check, before any node is built."""
     if mode == "force":
         return MISSING
-    cache.refresh()  # incremental: sees a result another process cleared or wrote
-    entry = cache.entry_type(TASK_KEY)
+    # incremental read: sees a result another process cleared or wrote
+    entry = cache.entry_type(TASK_KEY, refresh=True)
     if entry is None:
         return MISSING
     if entry == "Error":
@@ -60,8 +60,7 @@ def task_job(node: Node) -> Job:
     from .executors import recorded_handle
     from .scheduler import Scheduler
 
-    node.cache.refresh()
-    state = store.task_state(node)
+    state = store.task_state(node, refresh=True)
     record = registry.latest(node.folder)
     reusable = state == "done" or (state == "error" and node.mode != "retry")
     if node.mode != "force" and (reusable or (record is not None and registry.is_active(record))):

@@ -10,6 +10,7 @@ import dataclasses
 import math
 import typing as tp
 
+from ..storage import gcpause
 from . import executors, registry, store
 from .errors import JobFailedError
 from .node import Node
@@ -81,18 +82,19 @@ class Graph:
     def __init__(
         self, targets: tp.Sequence[Node], item_uids: dict[Key, list[str]] | None = None
     ) -> None:
-        self.targets = list(targets)
-        self.nodes = collect(self.targets)
-        self.item_uids = item_uids or {}
-        self.upstream: dict[Key, list[Key]] = {
-            k: [n.key for n in node.upstream] for k, node in self.nodes.items()
-        }
-        self.downstream: dict[Key, list[Key]] = {k: [] for k in self.nodes}
-        for key, ups in self.upstream.items():
-            for up in ups:
-                self.downstream[up].append(key)
-        self.order = self._topological()
-        self.runs: dict[Key, NodeRun] = {}
+        with gcpause.paused():
+            self.targets = list(targets)
+            self.nodes = collect(self.targets)
+            self.item_uids = item_uids or {}
+            self.upstream: dict[Key, list[Key]] = {
+                k: [n.key for n in node.upstream] for k, node in self.nodes.items()
+            }
+            self.downstream: dict[Key, list[Key]] = {k: [] for k in self.nodes}
+            for key, ups in self.upstream.items():
+                for up in ups:
+                    self.downstream[up].append(key)
+            self.order = self._topological()
+            self.runs: dict[Key, NodeRun] = {}
 
     def _topological(self) -> list[Key]:
         if len(self.nodes) < 2:
@@ -113,6 +115,10 @@ class Graph:
     # --- deciding ---------------------------------------------------------------------------
     def decide(self) -> dict[Key, NodeRun]:
         """Decide every node; what a reusable node needs is "not needed" (pruning)."""
+        with gcpause.paused():
+            return self._decide()
+
+    def _decide(self) -> dict[Key, NodeRun]:
         forced = self._forced()
         runs = {key: NodeRun(node) for key, node in self.nodes.items()}
         self.runs = runs
@@ -149,8 +155,8 @@ class Graph:
 
     def _decide_task(self, run: NodeRun, forced: bool) -> None:
         node = run.node
-        node.cache.refresh()  # nodes may be long-lived: see what others wrote since
-        state = store.task_state(node)
+        # refresh: nodes may be long-lived, see what others wrote since
+        state = store.task_state(node, refresh=True)
         if forced:
             run.action = "force"
             run.reason = "mode=force" if node.pending_force else "forced by upstream"

@@ -54,8 +54,7 @@ class Job:
         return "FINISHED" if self.handle.done() else "RUNNING"
 
     def done(self) -> bool:
-        self.node.cache.refresh()
-        if store.task_state(self.node) != "missing":
+        if store.task_state(self.node, refresh=True) != "missing":
             return True
         return self.handle is not None and self.handle.done()
 
@@ -68,8 +67,7 @@ class Job:
     def result(self) -> tp.Any:
         """Wait for the job, then the node's result (re-raises a cached or job error)."""
         self.wait()
-        self.node.cache.refresh()
-        if store.task_state(self.node) == "missing":
+        if store.task_state(self.node, refresh=True) == "missing":
             how = self.handle.ended_how() if self.handle is not None else "it was never submitted"
             raise JobFailedError(f"{self.node.uid} not computed: {how}")
         return store.task_result(self.node)

@@ -11,6 +11,7 @@ import datetime
 import json
 import typing as tp
 
+from ..storage import gcpause
 from .decisions import Graph, Key, NodeRun, to_chunks
 from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Node
 
@@ -63,12 +64,13 @@ class Plan:
     ``plan.to_dict()`` is JSON-able, ``plan.to_mermaid()`` is a picture source."""
 
     def __init__(self, targets: tp.Sequence[Node]) -> None:
-        self.graph = Graph(targets)
-        self._by_uid: dict[str, Node] | None = None
-        runs = self.graph.decide()
-        order = self.graph.order
-        self.entries = [self._entry(runs[key]) for key in order]
-        self.arrays = self._pack(order)
+        with gcpause.paused():
+            self.graph = Graph(targets)
+            self._by_uid: dict[str, Node] | None = None
+            runs = self.graph.decide()
+            order = self.graph.order
+            self.entries = [self._entry(runs[key]) for key in order]
+            self.arrays = self._pack(order)
         by_uid = {e.uid: e for e in self.entries}
         for array in self.arrays:
             for uid in array.nodes:
@@ -128,7 +130,8 @@ class Plan:
             upstream = self._by_uid.get(uid)
             if upstream is None or upstream.kind != "task":
                 continue
-            upstream.cache.refresh()
+            if self.graph.runs[upstream.key].action == "not-needed":
+                upstream.cache.refresh()  # not read by decide (the others were, just now)
             current = upstream.cache.entry(TASK_KEY)
             if current is not None and f"{current.file}:{current.offset}" != recorded:
                 when = (current.info.get("#meta") or {}).get("t")
@@ -202,6 +205,10 @@ class Plan:
         return json.dumps(self.to_dict(), indent=indent)
 
     def __str__(self) -> str:
+        with gcpause.paused():  # a table of 10k rows: many small strings, no cycles
+            return self._table()
+
+    def _table(self) -> str:
         counts = ", ".join(
             f"{n} {s}"
             for s, n in sorted(self.counts().items(), key=lambda x: STATUS_ORDER.index(x[0]))

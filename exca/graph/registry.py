@@ -86,7 +86,7 @@ def read_all(folder: Path | None) -> list[JobRecord]:
     if folder is None:
         return []
     try:
-        entries = list(os.scandir(folder / JOBS_DIR))
+        entries = list(os.scandir(os.path.join(folder, JOBS_DIR)))  # str: no Path parsing
     except FileNotFoundError:
         return []
     out = []

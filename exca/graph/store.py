@@ -11,8 +11,9 @@ from .node import TASK_KEY, Node
 State = tp.Literal["missing", "done", "error"]
 
 
-def task_state(node: Node) -> State:
-    kind = node.cache.entry_type(TASK_KEY)
+def task_state(node: Node, refresh: bool = False) -> State:
+    """``refresh``: first read what other writers added (long-lived nodes, waiting)."""
+    kind = node.cache.entry_type(TASK_KEY, refresh=refresh)
     if kind is None:
         return "missing"
     return "error" if kind == "Error" else "done"

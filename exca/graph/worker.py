@@ -102,8 +102,7 @@ def check_upstream(node: Node) -> None:
     for source in node.upstream:
         if source.kind != "task":
             continue
-        source.cache.refresh()
-        state = store.task_state(source)
+        state = store.task_state(source, refresh=True)
         if state != "done":
             raise UpstreamFailed(f"{node.uid} did not run: upstream {source.uid} is {state}")
 
@@ -131,8 +130,7 @@ def load_output(source: Node | Value | Group) -> tp.Any:
         return [load_output(s) for s in source.sources]
     if source.kind == "map":
         return store.map_outputs(source)
-    source.cache.refresh()
-    if store.task_state(source) == "missing":
+    if store.task_state(source, refresh=True) == "missing":
         raise UpstreamMissing(f"upstream {source.uid} has no cached result (upstream failed?)")
     return store.task_result(source)
 
@@ -170,8 +168,7 @@ def _run_task(unit: Unit) -> Report:
             forced = False  # another worker (re)computed it meanwhile
             continue
         with claim:
-            node.cache.refresh()
-            state = store.task_state(node)
+            state = store.task_state(node, refresh=True)
             if state == "done" and not forced:
                 return Report(reused=1)
             if state == "error" and unit.action == "compute":
@@ -183,8 +180,7 @@ def _run_task(unit: Unit) -> Report:
 
 def _task_done(node: Node, forced: bool) -> tp.Callable[[list[str]], list[str]]:
     def done(keys: list[str]) -> list[str]:
-        node.cache.refresh()
-        return keys if store.task_state(node) != "missing" else []
+        return keys if store.task_state(node, refresh=True) != "missing" else []
 
     return done
 

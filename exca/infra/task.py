@@ -307,8 +307,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
     def status(self) -> tp.Literal["not submitted", "running", "completed", "failed"]:
         """State of this config's computation, from its cache and its recorded job."""
         node = self._node()
-        node.cache.refresh()
-        state = store.task_state(node)
+        state = store.task_state(node, refresh=True)
         if state == "done":
             return "completed"
         if state == "error":

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import orjson
 
+from . import gcpause
 from .formats import DATA_DIR, CachedError, DumpContext, DumpOptions, _chmod, load_memmap_runs
 from .index import INDEX_SUFFIX, Entry, IndexReader, IndexWriter
 
@@ -220,8 +221,8 @@ class CacheDict(tp.Generic[X]):
         infos = [entries[k][2] for k in todo]
         if not all(info["#type"] == "MemmapArray" for info in infos) or self.options.replace:
             return
-        for key, value in zip(todo, load_memmap_runs(self._loader, infos)):
-            ram[key] = value
+        with gcpause.paused():
+            ram.update(zip(todo, load_memmap_runs(self._loader, infos)))
 
     def count_errors(self, keys: tp.Iterable[str]) -> int:
         """How many of these keys hold a cached error (read from the index, nothing loaded)."""
@@ -235,11 +236,14 @@ class CacheDict(tp.Generic[X]):
                 count += 1
         return count
 
-    def entry_type(self, key: str) -> str | None:
-        """The stored format name of an entry (``"Error"`` for cached errors), without loading."""
+    def entry_type(self, key: str, refresh: bool = False) -> str | None:
+        """The stored format name of an entry (``"Error"`` for cached errors), without loading.
+        ``refresh``: read the folder first (then a miss does not read it a second time)."""
+        if refresh:
+            self.refresh()
         entries = self._entries()
         entry = entries.get(key)
-        if entry is None and self._refresh_on_miss():
+        if entry is None and not refresh and self._refresh_on_miss():
             entry = entries.get(key)
         if entry is not None:
             return str(entry[2]["#type"])
@@ -433,6 +437,12 @@ class CacheDict(tp.Generic[X]):
     ) -> None:
         """Write many entries at once (inside ``write()``): their payloads, then all their
         index lines in one append. A crash leaves none or a prefix of them, never a wrong one."""
+        with gcpause.paused():
+            self._set_many(pairs, meta, skip_existing)
+
+    def _set_many(
+        self, pairs: tp.Iterable[tuple[str, X]], meta: dict[str, tp.Any] | None, skip_existing: bool
+    ) -> None:
         reader = self._reader
         if reader is None:
             pairs = list(pairs)

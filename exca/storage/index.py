@@ -22,7 +22,7 @@ from pathlib import Path
 
 import orjson
 
-from . import process
+from . import gcpause, process
 
 INDEX_SUFFIX = "-info.jsonl"
 
@@ -74,7 +74,7 @@ class IndexReader:
 
     def refresh(self) -> None:
         """Read what every writer appended since the last refresh."""
-        with self._lock:
+        with self._lock, gcpause.paused():
             for _ in range(10):
                 try:
                     listing = [
