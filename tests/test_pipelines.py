@@ -31,6 +31,7 @@ import exca
 import exca.graph
 import exca.graph.decisions
 import exca.graph.executors
+import exca.graph.scheduler
 from exca.graph.errors import NodeFailures
 
 
@@ -853,6 +854,53 @@ def test_wider_dag(env: Env) -> None:
     assert top.result() == expected
     assert side.result() == f"side({leaf[3]},None)"
     assert {e.status for e in exca.graph.plan(top, side).entries} == {"cached", "not needed"}
+
+
+def test_next_level_goes_out_when_jobs_are_seen_ending_at_different_polls(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Job states are polled (Slurm's through squeue/sacct), so the end of one job of an
+    array may be seen a poll after another's. Here b0 is seen ending only once a0 was
+    handled (while a1 waits to go out with b1): a1 and b1 must still go out, as one array
+    (a run once returned with that level never launched)."""
+    scheduler, executors = exca.graph.scheduler.Scheduler, exca.graph.executors
+    real_submit, real_done = executors.submit_array, executors.SubmititHandle.done
+    real_finish = scheduler._finish
+    sizes: list[int] = []
+    handles: dict[str, tp.Any] = {}  # step name -> its job's handle
+    finished: list[str] = []
+
+    def name(node: tp.Any) -> str:
+        return str(node.function.owner.name)
+
+    def submit(units: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        out = list(real_submit(units, *args, **kwargs))
+        sizes.append(len(units))
+        handles.update({name(u.node): h for u, h in zip(units, out)})
+        return out
+
+    def done(handle: tp.Any) -> bool:
+        if handle is handles.get("a0"):  # seen ending once b0 ended too
+            return bool(real_done(handle) and real_done(handles["b0"]))
+        if handle is handles.get("b0"):  # seen ending after a0 was handled
+            return bool(real_done(handle)) and "a0" in finished
+        return bool(real_done(handle))
+
+    def finish(self: tp.Any, run: tp.Any, progress: tp.Any) -> None:
+        finished.append(name(run.node))
+        real_finish(self, run, progress)
+
+    monkeypatch.setattr(executors, "submit_array", submit)
+    monkeypatch.setattr(executors.SubmititHandle, "done", done)
+    monkeypatch.setattr(scheduler, "_finish", finish)
+    chains = []
+    for c in "ab":
+        first = env.step(f"{c}0", infra={"cluster": "local"}).run.node()
+        chains.append(env.step(f"{c}1", infra={"cluster": "local"}).run.node(first))
+    exca.graph.run(*chains)
+    assert finished[:2] == ["a0", "b0"]
+    assert sizes == [2, 2]
+    assert [n.result() for n in chains] == ["a1(a0(None,None),None)", "b1(b0(None,None),None)"]
 
 
 def test_force_recomputes_once_and_propagates(env: Env) -> None:

@@ -294,8 +294,10 @@ def test_failing_leaf_stops_only_its_dependents_then_retry(env: Env, sbatch: Sba
     }
 
 
-def test_one_array_per_level(env: Env, sbatch: Sbatch) -> None:
-    """30 nodes on 3 levels with one resource set: 3 submissions, one array each."""
+@pytest.mark.parametrize("wait", [False, True])
+def test_one_array_per_level(env: Env, sbatch: Sbatch, wait: bool) -> None:
+    """30 nodes on 3 levels with one resource set: 3 submissions, one array each, whether
+    the run waits (a level goes out once the level below ended) or not (afterany)."""
     leaves = [env.step(f"l{i}", infra=slurm()).run.node(i) for i in range(18)]
     middles = [
         env.step(f"m{i}", infra=slurm()).run.node(leaves[2 * i], leaves[2 * i + 1])
@@ -309,9 +311,11 @@ def test_one_array_per_level(env: Env, sbatch: Sbatch) -> None:
     plan = exca.graph.plan(*targets)
     assert len(plan.entries) == 30
     assert [(a.wave, a.elements) for a in plan.arrays] == [(0, 18), (1, 9), (2, 3)]
-    exca.graph.run(*targets, wait=False)
+    exca.graph.run(*targets, wait=wait)
     calls = sbatch.calls()
     assert [Sbatch.option(c, "array") for c in calls] == ["0-17%18", "0-8%9", "0-2%3"]
+    if wait:  # run() returned: everything it was asked for is computed
+        assert [exca.graph.status(t) for t in targets] == ["completed"] * len(targets)
     assert len({j.split("_")[0] for j in recorded_jobs(env.folder)}) == 3
     assert len(recorded_jobs(env.folder)) == 30
     for i, top in enumerate(tops):

@@ -105,7 +105,10 @@ class Scheduler:
                     f"{run.node.uid} depends on work not done yet: use run() to wait for it"
                 )
         pools = executors.Pools()
-        self.launch(work, {}, pools, Progress(0, "exca", requested=False), parallelism)
+        running: dict[Key, NodeRun] = {}
+        progress = Progress(0, "exca", requested=False)
+        self.launch(work, running, pools, progress, parallelism)
+        self.finish_done(running, progress)  # the inline ones ran already
         pools.shutdown()
         return {r.node.key: r.handles for r in work}
 
@@ -116,7 +119,15 @@ class Scheduler:
         pending = {r.node.key: r for r in work}
         running: dict[Key, NodeRun] = {}
         try:
-            while pending or running:
+            while True:
+                # finish what is done BEFORE holding back: a group whose last job just ended
+                # must not hold its next level back (that left the level unlaunched)
+                self.finish_done(running, progress)
+                for run in self._requeued:  # waited for others' jobs: compute what they left
+                    pending[run.node.key] = run
+                self._requeued.clear()
+                if not pending and not running:
+                    break
                 self._skip_blocked(pending)
                 ready = [r for k, r in pending.items() if self._ready(k)]
                 ready = self._hold_back(ready, running)
@@ -127,9 +138,12 @@ class Scheduler:
                     self.wait_some(running, progress)
                 elif not ready:
                     break
-                for run in self._requeued:  # waited for others' jobs: compute what they left
-                    pending[run.node.key] = run
-                self._requeued.clear()
+            for run in pending.values():  # never return silently with requested work undone
+                run.state = "failed"
+                run.error = RuntimeError(
+                    f"{run.node.uid} was never started (its upstreams did not finish): "
+                    "please report this as an exca bug"
+                )
         except KeyboardInterrupt:
             logger.warning("Interrupted: cancelling the jobs this run submitted")
             cancelled = [r for r in running.values() if r.action != "wait"]  # not others' jobs
@@ -247,8 +261,6 @@ class Scheduler:
             groups.setdefault(key, []).extend((run, u) for u in units)
         for members in groups.values():
             self._submit_group(members, pools, parallelism)
-        for done in [k for k, r in running.items() if all(h.done() for h in r.handles)]:
-            self._finish(running.pop(done), progress)
 
     def _submit_group(
         self, members: list[tuple[NodeRun, Unit]], pools: executors.Pools, parallelism: int | None
@@ -301,14 +313,16 @@ class Scheduler:
     def wait_some(self, running: dict[Key, NodeRun], progress: Progress) -> None:
         """Block until at least one running node finishes."""
         delay = POLL_START
-        while True:
-            finished = [k for k, r in running.items() if all(h.done() for h in r.handles)]
-            if finished:
-                for key in finished:
-                    self._finish(running.pop(key), progress)
-                return
+        while not self.finish_done(running, progress):
             time.sleep(delay)
             delay = min(delay * 1.5, POLL_MAX)
+
+    def finish_done(self, running: dict[Key, NodeRun], progress: Progress) -> bool:
+        """Finish the running nodes whose jobs all ended; whether there was any."""
+        finished = [k for k, r in running.items() if all(h.done() for h in r.handles)]
+        for key in finished:
+            self._finish(running.pop(key), progress)
+        return bool(finished)
 
     def _finish(self, run: NodeRun, progress: Progress) -> None:
         node = run.node
