@@ -28,7 +28,9 @@ ITEMS = 100_000
 def _build(root: Path, configs: int, items: int) -> tuple[float, float]:
     start = time.perf_counter()
     for i in range(configs):
-        models.Experiment(seed=i, optim={"lr": 0.01 * (1 + i % 7)}, infra={"folder": root}).process()
+        models.Experiment(
+            seed=i, optim={"lr": 0.01 * (1 + i % 7)}, infra={"folder": root}
+        ).process()
     models.Experiment(seed=0, infra={"folder": root, "version": "2"}).process()  # a newer version
     build_configs = time.perf_counter() - start
     start = time.perf_counter()
@@ -130,7 +132,9 @@ def bench_compact(ctx: common.Context) -> None:
     folder = common.fresh_dir("ops_compact")
     try:
         for s in range(sessions):  # separate processes: their index files belong to dead writers
-            common.child("bench_ops", "child_write_session", folder=str(folder), start=s * per, count=per)
+            common.child(
+                "bench_ops", "child_write_session", folder=str(folder), start=s * per, count=per
+            )
         before = len(list(folder.glob("*-info.jsonl")))
         start = time.perf_counter()
         merged, kept = clean.compact(folder, grace_seconds=0)

@@ -50,12 +50,11 @@ def test_user_choice_to_disable_is_kept() -> None:
 
 
 def test_nested_pauses_and_errors() -> None:
-    with pytest.raises(ValueError, match="inside"):
+    with pytest.raises(ValueError, match="inside"), gcpause.paused():
         with gcpause.paused():
-            with gcpause.paused():
-                assert not gc.isenabled()
-            assert not gc.isenabled(), "the outer pause still holds"
-            raise ValueError("inside")
+            assert not gc.isenabled()
+        assert not gc.isenabled(), "the outer pause still holds"
+        raise ValueError("inside")
     assert gc.isenabled()
 
 
