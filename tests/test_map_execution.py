@@ -91,6 +91,10 @@ def test_item_errors(tmp_path: Path, cluster: str | None) -> None:
     with pytest.raises(ValueError, match="bad item 2") as info:
         list(outputs)
     assert "item '2'" in error_text(info.value)  # names the failing item
+    # the same instance again (its values held in RAM): the error again, nothing computed
+    with pytest.raises(ValueError, match="bad item 2"):
+        list(mapper.process(items))
+    assert counts(log) == dict.fromkeys(items, 1)
     # the other items are cached
     good = [1, 3, 4, 6]
     assert list(make(tmp_path, cluster, fail_dir=str(fail_dir)).process(good)) == [10, 30, 40, 60]

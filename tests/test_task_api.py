@@ -525,6 +525,9 @@ def test_item_uid_shortening(tmp_path: Path) -> None:
     assert item_uid.shorten(short) == short  # idempotent
     assert list(obj.process([100, 3])) == [100, 3]
     assert set(obj.infra.cache_dict.keys()) == {short, "uuu"}
+    # a warm call (values held in RAM) finds the long item under its shortened uid
+    assert list(obj.process([3, 100, 100])) == [3, 100, 100]
+    assert set(obj.infra.cache_dict.keys()) == {short, "uuu"}
     # the default maximum is 256
     default = Mapper(infra={"folder": tmp_path}).infra.item_uid
     assert default.shorten("x" * 256) == "x" * 256

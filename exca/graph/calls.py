@@ -11,6 +11,7 @@ from .jobs import Job
 from .node import TASK_KEY, Node
 
 MISSING: tp.Any = object()
+REUSING_MODES = ("cached", "read-only")  # modes under which a cached map item is used as is
 
 
 def reuse(cache: CacheDict[tp.Any], mode: str, where: str) -> tp.Any:
@@ -28,13 +29,6 @@ def reuse(cache: CacheDict[tp.Any], mode: str, where: str) -> tp.Any:
         value = cache[TASK_KEY]
         raise value.to_exception(where)
     return cache[TASK_KEY]
-
-
-def items_reusable(cache: CacheDict[tp.Any], mode: str, uids: list[str]) -> bool:
-    """Whether every item of a map call can be read as is (no computation needed)."""
-    if mode not in ("cached", "read-only"):
-        return False
-    return cache.in_ram(uids) or cache.has_all(uids)
 
 
 def task_result(node: Node) -> tp.Any:

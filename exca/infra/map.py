@@ -49,14 +49,19 @@ class ItemUid:
 
     def many(self, items: tp.Sequence[tp.Any]) -> list[str]:
         """Uids of many items (the common case runs at C speed: no per-item Python call)."""
+        return self.shorten_all(self.unshortened(items))
+
+    def unshortened(self, items: tp.Sequence[tp.Any]) -> list[str]:
+        """The item_uid function's strings (checked), before any shortening."""
         uids = list(map(self.func, items))
-        if not uids:
-            return uids
-        if self.func is not str and set(map(type, uids)) != {str}:
+        if uids and self.func is not str and set(map(type, uids)) != {str}:
             bad = next(u for u in uids if not isinstance(u, str))
             raise TypeError(f"item_uid must return a str, got {bad!r}")
-        if self.max_length is not None and max(map(len, uids)) > self.max_length:
-            uids = [self.shorten(u) for u in uids]
+        return uids
+
+    def shorten_all(self, uids: list[str]) -> list[str]:
+        if uids and self.max_length is not None and max(map(len, uids)) > self.max_length:
+            return [self.shorten(u) for u in uids]
         return uids
 
 
@@ -124,10 +129,16 @@ class BoundMap:
         if not isinstance(items, list | tuple):
             items = list(items)
         infra = tp.cast(MapInfra, method.infra_of(self.obj))
-        uids = method.item_uid.many(items)
+        uids = method.item_uid.unshortened(items)
         cache = infra.cache_dict
-        if calls.items_reusable(cache, infra.mode, uids):  # fast path: no node, no scheduler
-            return cache.values_of(uids, where=infra.uid(), checked=True)
+        reusing = infra.mode in calls.REUSING_MODES
+        if reusing:  # warm path: the keys in RAM are short enough, so these need no shortening
+            values = cache.ram_values(uids)
+            if values is not None:
+                return iter(values)
+        uids = method.item_uid.shorten_all(uids)
+        if reusing and cache.has_all(uids):  # fast path: no node, no scheduler
+            return cache.values_of(uids, where=infra.uid())
         node = infra._map_node(items, uids)
         calls.map_items(node, uids)
         return node.cache.values_of(uids, where=node.uid)

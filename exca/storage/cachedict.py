@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import operator
 import os
 import shutil
 import threading
@@ -29,7 +30,6 @@ X = tp.TypeVar("X")
 
 class _ThreadState(threading.local):
     writing = False
-    ram_checked = False  # the last in_ram() answer of this thread
     frozen = 0  # >0: a miss refreshes at most once (bulk checks)
     refreshed_while_frozen = False
     writer: IndexWriter | None = None
@@ -182,24 +182,23 @@ class CacheDict(tp.Generic[X]):
             return True
         return not self.missing(keys)
 
-    def in_ram(self, keys: tp.Sequence[str]) -> bool:
-        """Whether every key's value is held in RAM (and none of them is a cached error)."""
-        checked = (
-            self.keep_in_ram and not self._ram_errors and all(map(self._ram.__contains__, keys))
-        )
-        self._local.ram_checked = checked  # per thread: threads share this instance
-        return checked
+    def ram_values(self, keys: tp.Sequence[str]) -> tuple[X, ...] | None:
+        """The values of keys, in order, when every one is held in RAM and none of them is a
+        cached error; else None. One C-level pass (the warm path of map calls)."""
+        if not self.keep_in_ram or self._ram_errors or not keys:
+            return None
+        try:
+            if len(keys) == 1:
+                return (self._ram[keys[0]],)
+            return tp.cast(tuple[X, ...], operator.itemgetter(*keys)(self._ram))
+        except KeyError:
+            return None
 
-    def values_of(
-        self, keys: tp.Sequence[str], where: str = "", checked: bool = False
-    ) -> tp.Iterator[X]:
-        """Lazy values of keys, in order; a cached error raises (naming its key).
-        ``checked``: ``in_ram(keys)`` was just called (skips a second pass over the keys)."""
-        ram = self._ram
-        if checked and self._local.ram_checked:
-            return map(ram.__getitem__, keys)
-        if self.keep_in_ram and not self._ram_errors and all(map(ram.__contains__, keys)):
-            return map(ram.__getitem__, keys)
+    def values_of(self, keys: tp.Sequence[str], where: str = "") -> tp.Iterator[X]:
+        """Lazy values of keys, in order; a cached error raises (naming its key)."""
+        values = self.ram_values(keys)
+        if values is not None:
+            return iter(values)
         return self._iter_values(keys, where)
 
     def _iter_values(self, keys: tp.Sequence[str], where: str) -> tp.Iterator[X]:
