@@ -877,6 +877,12 @@ def test_compact_many_writer_sessions(tmp_path: Path) -> None:
     before = {key: reader[key] for key in reader}
     assert len(before) == 150 and before["7"] == list(range(7, 207))
     size_before = exca.ops.inspect(root)[0].entries
+    preview = cli("clean", root, "compact", check=True)
+    assert f"{folder}: 50 index file(s)" in preview.stdout
+    assert "preview: 50 index file(s) of finished writers would be merged" in preview.stdout
+    assert len(index_files(folder)) == 50  # a preview changes nothing
+    listed = json.loads(cli("clean", root, "compact", "--json", check=True).stdout)
+    assert listed == [{"folder": str(folder), "index_files": [f.name for f in index_files(folder)]}]
     result = cli("clean", root, "compact", "--yes", check=True)
     assert "merged 50 index file(s)" in result.stdout
     after = index_files(folder)

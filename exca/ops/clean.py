@@ -336,12 +336,7 @@ def compact(folder: Path | str, grace_seconds: float = 3600.0) -> tuple[int, int
         return 0, 0
     claims = Claims(folder)
     with claims._folder_lock(claims_owner()):
-        files = [
-            e
-            for e in os.scandir(folder)
-            if e.name.endswith(INDEX_SUFFIX)
-            and _writer_dead(e.name, e.stat().st_mtime, grace_seconds)
-        ]
+        files = _dead_index_files(folder, grace_seconds)
         if len(files) < 2:
             return 0, 0
         cache: CacheDict[tp.Any] = CacheDict(folder, permissions=None)
@@ -364,6 +359,24 @@ def compact(folder: Path | str, grace_seconds: float = 3600.0) -> tuple[int, int
             with contextlib.suppress(FileNotFoundError):
                 os.remove(index_file.path)
     return len(files), len(lines)
+
+
+def compactable(folder: Path | str, grace_seconds: float = 3600.0) -> list[str]:
+    """The index files ``compact(folder)`` would merge now (none when the folder is being
+    computed, or when fewer than two writers are finished): a preview, nothing changes."""
+    folder = Path(folder)
+    if busy_reason(folder) is not None:
+        return []
+    files = _dead_index_files(folder, grace_seconds)
+    return sorted(e.name for e in files) if len(files) >= 2 else []
+
+
+def _dead_index_files(folder: Path, grace_seconds: float) -> list[os.DirEntry[str]]:
+    return [
+        e
+        for e in os.scandir(folder)
+        if e.name.endswith(INDEX_SUFFIX) and _writer_dead(e.name, e.stat().st_mtime, grace_seconds)
+    ]
 
 
 def claims_owner() -> tp.Any:

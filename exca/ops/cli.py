@@ -150,15 +150,23 @@ def _main(argv: list[str] | None) -> int:
         if args.what == "compact":
             from .inspect import node_folders
 
-            total = [
-                clean.compact(f) if args.yes else (0, 0)
-                for _, _, f in node_folders(Path(args.root))
-            ]
-            merged = sum(t[0] for t in total)
-            print(
-                f"merged {merged} index file(s)"
-                if args.yes
-                else "compact merges the index files of finished writers; run with --yes"
+            folders = [f for _, _, f in node_folders(Path(args.root))]
+            if args.yes:
+                merged = sum(clean.compact(f)[0] for f in folders)
+                print(f"merged {merged} index file(s)")
+                return 0
+            previews = {str(f): clean.compactable(f) for f in folders}
+            previews = {f: names for f, names in previews.items() if names}
+            lines = [f"{f}: {len(names)} index file(s)" for f, names in previews.items()]
+            total = sum(len(names) for names in previews.values())
+            lines.append(
+                f"preview: {total} index file(s) of finished writers would be merged "
+                f"({len(previews)} folder(s)); run with --yes"
+            )
+            _print(
+                [{"folder": f, "index_files": names} for f, names in previews.items()],
+                args.json,
+                "\n".join(lines),
             )
             return 0
         if args.what == "node":
