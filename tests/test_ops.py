@@ -525,6 +525,9 @@ def test_explain_config_diff_against_nearest(tmp_path: Path) -> None:
     assert (explanation.status, explanation.action) == ("missing", "compute")
     assert explanation.nearest == str(folder_of(cached["near"]))
     assert explanation.diff == [("optim.lr", 0.01, 0.02)]
+    # lr_seed2 differs by one key too (seed): the first by folder name is shown, the tie said
+    assert explanation.equally_near == 1
+    assert "(and 1 other cached config(s) as near)" in str(explanation)
     assert "optim.lr 0.01 → 0.02" in explanation.summary()
     assert "optim.lr 0.01 → 0.02" in str(explanation)
     assert explanation.to_dict()["summary"] == explanation.summary()

@@ -31,6 +31,7 @@ class Explanation:
     diff: list[tuple[str, tp.Any, tp.Any]] = dataclasses.field(
         default_factory=list
     )  # key, cached, wanted
+    equally_near: int = 0  # other cached configs differing by as many keys (first by name shown)
 
     def summary(self) -> str:
         if (
@@ -50,6 +51,8 @@ class Explanation:
         text = f"{self.status:12s} {self.action:8s} {self.uid}\n    why: {self.summary()}"
         if self.nearest is not None and self.diff:
             text += f"\n    nearest cached: {self.nearest}"
+            if self.equally_near:
+                text += f" (and {self.equally_near} other cached config(s) as near)"
         return text
 
     def to_dict(self) -> dict[str, tp.Any]:
@@ -68,14 +71,16 @@ def _flat(data: dict[str, tp.Any] | None) -> dict[str, tp.Any]:
     return ConfDict(data or {}).flat()
 
 
-def nearest_cached(node: Node) -> tuple[Path | None, list[tuple[str, tp.Any, tp.Any]]]:
-    """The cached config of the same method (any version) closest to the node's config,
-    and the differences (key, cached value, wanted value)."""
+def nearest_cached(node: Node) -> tuple[Path | None, list[tuple[str, tp.Any, tp.Any]], int]:
+    """The cached config of the same method (any version) closest to the node's config
+    (the first by folder name among equally near ones), the differences (key, cached
+    value, wanted value), and how many other cached configs are as near."""
     if node.root is None or node.uid_config is None:
-        return None, []
+        return None, [], 0
     wanted = _flat(node.uid_config())
     method, _, version = node.step.rpartition(",")
     best: tuple[int, Path, list[tuple[str, tp.Any, tp.Any]]] | None = None
+    ties = 0
     for step_folder in sorted(Path(node.root).glob(f"{method},*")):
         other_version = step_folder.name.rpartition(",")[2]
         for folder in sorted(p for p in step_folder.iterdir() if p.is_dir()):
@@ -91,9 +96,12 @@ def nearest_cached(node: Node) -> tuple[Path | None, list[tuple[str, tp.Any, tp.
                 diff.insert(0, ("version", other_version, version))
             if best is None or len(diff) < best[0]:
                 best = (len(diff), folder, diff)
+                ties = 0
+            elif len(diff) == best[0]:
+                ties += 1
     if best is None:
-        return None, []
-    return best[1], best[2]
+        return None, [], 0
+    return best[1], best[2], ties
 
 
 def _has_results(folder: Path) -> bool:
@@ -116,13 +124,9 @@ def explain(*targets: Node, plan: Plan | None = None) -> list[Explanation]:
 def _explain_entry(entry: PlanEntry, node: Node) -> Explanation:
     explanation = Explanation(entry.uid, entry.status, entry.action, entry.reason)
     if entry.reason == "missing" or (node.kind == "map" and entry.status == "missing"):
-        explanation.nearest, explanation.diff = _nearest_str(node)
+        folder, explanation.diff, explanation.equally_near = nearest_cached(node)
+        explanation.nearest = None if folder is None else str(folder)
     return explanation
-
-
-def _nearest_str(node: Node) -> tuple[str | None, list[tuple[str, tp.Any, tp.Any]]]:
-    folder, diff = nearest_cached(node)
-    return (None if folder is None else str(folder)), diff
 
 
 def render(explanations: list[Explanation]) -> str:
