@@ -6,7 +6,7 @@ import typing as tp
 
 import networkx as nx
 
-from . import calls, registry, store
+from . import calls, store
 from .decisions import collect
 from .jobs import Job
 from .node import TASK_KEY, Node
@@ -53,15 +53,7 @@ def result(node: Node) -> tp.Any:
 
 def status(node: Node) -> str:
     """``completed`` / ``failed`` / ``running`` / ``not submitted`` (task nodes)."""
-    state = store.task_state(node, refresh=True)
-    if state == "done":
-        return "completed"
-    if state == "error":
-        return "failed"
-    record = registry.latest(node.folder)
-    if record is None:
-        return "not submitted"
-    return "running" if registry.is_active(record) else "failed"
+    return calls.task_status(node)
 
 
 def job(node: Node) -> Job:

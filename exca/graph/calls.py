@@ -31,6 +31,19 @@ def reuse(cache: CacheDict[tp.Any], mode: str, where: str) -> tp.Any:
     return cache[TASK_KEY]
 
 
+def task_status(node: Node) -> tp.Literal["not submitted", "running", "completed", "failed"]:
+    """State of a task node's computation, from its cache and its recorded job."""
+    state = store.task_state(node, refresh=True)
+    if state == "done":
+        return "completed"
+    if state == "error":
+        return "failed"
+    record = registry.latest(node.folder)
+    if record is None:
+        return "not submitted"
+    return "running" if registry.is_active(record) else "failed"
+
+
 def task_result(node: Node) -> tp.Any:
     """The result of a task node: from the cache when it can be reused, else computed."""
     if not any(n.pending_force for n in node.closure):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pydantic
 
 from ..confdict import ConfDict
-from ..graph import calls, registry, store
+from ..graph import calls, registry
 from ..graph.jobs import Job
 from ..graph.node import TASK_KEY, Group, Input, Node, Value
 from ..storage.cachedict import CacheDict
@@ -306,16 +306,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
 
     def status(self) -> tp.Literal["not submitted", "running", "completed", "failed"]:
         """State of this config's computation, from its cache and its recorded job."""
-        node = self._node()
-        state = store.task_state(node, refresh=True)
-        if state == "done":
-            return "completed"
-        if state == "error":
-            return "failed"
-        record = registry.latest(node.folder)
-        if record is None:
-            return "not submitted"
-        return "running" if registry.is_active(record) else "failed"
+        return calls.task_status(self._node())
 
     def clear_job(self) -> None:
         """Cancel a running job and remove the result (uid.yaml/full-uid.yaml are kept)."""
