@@ -302,6 +302,45 @@ def test_cluster_requires_folder(cluster: str, tmp_path: Path) -> None:
     assert Task(infra={"cluster": cluster, "folder": tmp_path}).infra.cluster == cluster
 
 
+def test_class_default_settings_are_checked_at_every_creation_and_after_a_change(
+    tmp_path: Path,
+) -> None:
+    class SlurmDefault(pydantic.BaseModel):
+        infra: TaskInfra = TaskInfra(cluster="slurm")  # fine only once a folder is given
+
+        @infra.apply
+        def process(self) -> int:
+            return 1
+
+    for _ in range(2):  # the check's result is remembered per class default: still raised
+        with pytest.raises(ValueError, match="folder"):
+            SlurmDefault()
+    assert SlurmDefault(infra={"folder": tmp_path}).infra.cluster == "slurm"
+    default = Task.model_fields["infra"].default
+    assert Task().infra.cluster is None  # checked and remembered as fine
+    default.cluster = "debug"  # changing the class default makes copies checked again
+    try:
+        with pytest.raises(ValueError, match="folder"):
+            Task()
+    finally:
+        default.cluster = None
+    assert Task().infra.cluster is None
+
+
+def test_class_default_containers_are_copied_per_instance(tmp_path: Path) -> None:
+    class WithParams(pydantic.BaseModel):
+        infra: TaskInfra = TaskInfra(slurm_additional_parameters={"qos": "low"})
+
+        @infra.apply
+        def process(self) -> int:
+            return 1
+
+    first, second = WithParams(), WithParams()
+    first.infra.slurm_additional_parameters["qos"] = "high"  # type: ignore[index]
+    assert second.infra.slurm_additional_parameters == {"qos": "low"}
+    assert WithParams().infra.slurm_additional_parameters == {"qos": "low"}
+
+
 def test_workdir_requires_folder(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="folder"):
         Task(infra={"workdir": {"copied": ["."]}})
@@ -506,6 +545,23 @@ def test_map_folder_parent_must_exist(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="parent"):
         Mapper(infra={"folder": tmp_path / "missing" / "cache"})
     assert Mapper(infra={"folder": tmp_path / "cache"}).infra.folder == tmp_path / "cache"
+
+
+def test_map_class_default_folder_parent_is_checked_at_every_creation(tmp_path: Path) -> None:
+    parent = tmp_path / "parent"
+    parent.mkdir()
+
+    class DefaultFolder(pydantic.BaseModel):
+        infra: MapInfra = MapInfra(folder=parent / "cache")
+
+        @infra.apply(item_uid=str)
+        def process(self, items: tp.Sequence[int]) -> tp.Iterator[int]:
+            yield from items
+
+    assert DefaultFolder().infra.folder == parent / "cache"
+    parent.rmdir()
+    with pytest.raises(ValueError, match="parent"):
+        DefaultFolder()
 
 
 def _shortened(uid: str, max_length: int) -> str:

@@ -26,40 +26,39 @@ Mode = tp.Literal["cached", "retry", "force", "read-only"]
 _UID_FIELDS = ("method", "version", "uid")
 
 
-class _Runtime:
-    """Per-instance runtime state of an infra (reset on pickling and copies)."""
-
-    __slots__ = (
-        "cache",
-        "checked",
-        "folder",
-        "force_state",
-        "inputs_caches",
-        "method",
-        "models",
-        "name",
-        "node",
-        "owner",
-        "ram",
-        "uid",
-    )
-
-    def __init__(self) -> None:
-        self.owner: pydantic.BaseModel | None = None
-        self.name = ""
-        self.method: InfraMethod | None = None
-        self.uid: str | None = None
-        self.checked = False  # uid folder yaml files checked/written
-        self.force_state: dict[str, bool] = {}  # shared with this instance's nodes
-        self.ram: tp.Any = _MISSING
-        self.cache: tp.Any = None
-        self.models: list[pydantic.BaseModel] = []  # the config tree, walked when frozen
-        self.folder: Path | None = None  # memoized uid folder
-        self.node: tp.Any = None  # memoized graph node (configs are frozen once they have a uid)
-        self.inputs_caches: dict[tp.Any, tp.Any] = {}  # CacheDicts of input sub-folders
-
-
 _MISSING: tp.Any = object()
+
+
+class _Runtime:
+    """Per-instance runtime state of an infra (reset on pickling and copies).
+
+    Plain values default to class attributes and the containers are made on first use:
+    a runtime is created for every config instance, most of which never compute.
+    """
+
+    owner: pydantic.BaseModel | None = None
+    name = ""
+    method: InfraMethod | None = None
+    uid: str | None = None
+    checked = False  # uid folder yaml files checked/written
+    ram: tp.Any = _MISSING
+    cache: tp.Any = None
+    folder: Path | None = None  # memoized uid folder
+    node: tp.Any = None  # memoized graph node (configs are frozen once they have a uid)
+    # on a class default: its settings passed _check_settings, and which of its container
+    # fields are set (copied per owner instance); reset when the default is changed
+    settings_checked = False
+    mutable_fields: tuple[str, ...] = ()
+    force_state: dict[str, bool]  # shared with this instance's nodes
+    models: list[pydantic.BaseModel]  # the config tree, walked when frozen
+    inputs_caches: dict[tp.Any, tp.Any]  # CacheDicts of input sub-folders
+
+    def __getattr__(self, name: str) -> tp.Any:
+        if name not in ("force_state", "models", "inputs_caches"):
+            raise AttributeError(name)
+        value: tp.Any = [] if name == "models" else {}
+        setattr(self, name, value)
+        return value
 
 
 class BaseInfra(pydantic.BaseModel):
@@ -116,20 +115,20 @@ class BaseInfra(pydantic.BaseModel):
 
     def __deepcopy__(self, memo: dict[int, tp.Any] | None = None) -> tp.Self:
         """A copy without runtime state (fast: only container fields are copied)."""
-        cls = type(self)
-        new = object.__new__(cls)
+        return self._bare_copy(_container_fields(type(self)), memo)
+
+    def _bare_copy(self, mutable_fields: tp.Iterable[str], memo: tp.Any = None) -> tp.Self:
+        """A copy of the field values (deep for ``mutable_fields``) without runtime state."""
+        new = object.__new__(type(self))
         values = self.__dict__.copy()
-        for name in _container_fields(cls):
-            value = values[name]
-            if value is not None:
-                values[name] = copy.deepcopy(value, memo)
+        for name in mutable_fields:
+            values[name] = copy.deepcopy(values[name], memo)
         setattr_ = object.__setattr__
         setattr_(new, "__dict__", values)
         setattr_(new, "__pydantic_fields_set__", self.__pydantic_fields_set__.copy())
         setattr_(new, "__pydantic_extra__", None)
         setattr_(new, "__pydantic_private__", None)
-        setattr_(new, "_rt", None)
-        return new
+        return new  # (its "_rt" slot stays unset: _runtime() makes one when needed)
 
     def __copy__(self) -> tp.Self:
         return self.__deepcopy__()
@@ -149,16 +148,52 @@ class BaseInfra(pydantic.BaseModel):
         runtime = _Runtime()
         runtime.owner = owner
         runtime.name = name
-        runtime.method = default._runtime().method
+        default_runtime = default._runtime()
+        runtime.method = default_runtime.method
         object.__setattr__(self, "_rt", runtime)
         if merge and default is not self:
             missing = default.__pydantic_fields_set__ - self.__pydantic_fields_set__
             for field in missing:
                 self.__dict__[field] = copy.deepcopy(default.__dict__[field])
         self._check_settings()
+        if self._checks_disk:
+            self._check_disk()
+
+    def _copy_linked_to(self, owner: pydantic.BaseModel, name: str) -> tp.Self:
+        """A copy of this class default attached to an owner instance: ``__deepcopy__`` +
+        ``_link`` for the common case (nothing to merge, and the settings are the
+        default's, checked once)."""
+        default_runtime = self._runtime()
+        if not default_runtime.settings_checked:
+            self._check_settings()
+            default_runtime.mutable_fields = tuple(
+                field for field in _container_fields(type(self)) if self.__dict__[field] is not None
+            )
+            default_runtime.settings_checked = True
+        new = self._bare_copy(default_runtime.mutable_fields)
+        runtime = _Runtime()
+        runtime.owner = owner
+        runtime.name = name
+        runtime.method = default_runtime.method
+        object.__setattr__(new, "_rt", runtime)
+        if self._checks_disk:
+            new._check_disk()
+        return new
+
+    def __setattr__(self, name: str, value: tp.Any) -> None:
+        super().__setattr__(name, value)
+        runtime = getattr(self, "_rt", None)
+        if runtime is not None:
+            runtime.settings_checked = False  # a class default changed: check copies again
 
     def _check_settings(self) -> None:
-        """Cross-field checks, done once the class-default settings are merged."""
+        """Cross-field checks, done once the class-default settings are merged (a function
+        of the field values only: done once per class default)."""
+
+    _checks_disk: tp.ClassVar[bool] = False  # whether _check_disk does something
+
+    def _check_disk(self) -> None:
+        """Checks of the file system, done each time an infra is linked to an owner."""
 
     def _owner(self) -> pydantic.BaseModel:
         owner = self._runtime().owner

@@ -136,7 +136,7 @@ def _find_infra_name(owner: type, infra: tp.Any) -> tuple[str, bool]:
 
 # --- owner classes ------------------------------------------------------------------------
 class _OwnerFacts(tp.NamedTuple):
-    infras: tuple[tuple[str, bool, tp.Any], ...]  # (name, private, class default)
+    infras: tuple[tuple[str, bool, BaseInfra], ...]  # (name, private, class default)
 
 
 _FACTS: dict[type, _OwnerFacts] = {}
@@ -153,7 +153,7 @@ def owner_facts(cls: type[pydantic.BaseModel]) -> _OwnerFacts:
         for value in vars(klass).values():
             if isinstance(value, InfraMethod) and value.infra_name:
                 applied[value.infra_name] = value
-    infras: list[tuple[str, bool, tp.Any]] = []
+    infras: list[tuple[str, bool, BaseInfra]] = []
     for name, field in cls.model_fields.items():
         if isinstance(field.default, BaseInfra):
             infras.append((name, False, field.default))
@@ -174,7 +174,13 @@ def owner_facts(cls: type[pydantic.BaseModel]) -> _OwnerFacts:
 
 def link_infras(obj: pydantic.BaseModel, merge: bool) -> None:
     """Link each infra of an owner instance to it (merging class-default settings)."""
-    for name, private, default in owner_facts(type(obj)).infras:
+    facts = _FACTS.get(type(obj)) or owner_facts(type(obj))
+    values = obj.__dict__
+    for name, private, default in facts.infras:
+        if not private and default is values.get(name):
+            # the common case: the owner was created without this infra
+            values[name] = default._copy_linked_to(obj, name)
+            continue
         if private:
             store = obj.__pydantic_private__
             if store is None:
@@ -185,11 +191,11 @@ def link_infras(obj: pydantic.BaseModel, merge: bool) -> None:
             if infra is default or _linked_elsewhere(infra, obj):
                 infra = store[name] = infra.__deepcopy__()
         else:
-            infra = obj.__dict__.get(name)
+            infra = values.get(name)
             if infra is None:
                 continue
-            if infra is default or _linked_elsewhere(infra, obj):
-                infra = obj.__dict__[name] = infra.__deepcopy__()
+            if _linked_elsewhere(infra, obj):
+                infra = values[name] = infra.__deepcopy__()
         infra._link(obj, name, default, merge=merge and name in obj.model_fields_set)
 
 
@@ -253,9 +259,16 @@ def _hook_post_init(cls: type[pydantic.BaseModel]) -> None:
     """Make instance creation link the infras of the instance (after model_post_init)."""
     post_init = cls.model_post_init
 
-    def model_post_init(self: pydantic.BaseModel, context: tp.Any, /) -> None:
-        post_init(self, context)
-        link_infras(self, merge=True)
+    if post_init is pydantic.BaseModel.model_post_init:  # a no-op: not worth a call
+
+        def model_post_init(self: pydantic.BaseModel, context: tp.Any, /) -> None:
+            link_infras(self, merge=True)
+
+    else:
+
+        def model_post_init(self: pydantic.BaseModel, context: tp.Any, /) -> None:
+            post_init(self, context)
+            link_infras(self, merge=True)
 
     setattr(model_post_init, _LINKS_FLAG, True)
     model_post_init.__qualname__ = f"{cls.__qualname__}.model_post_init"
