@@ -31,6 +31,26 @@ def _to_confdict_value(value: tp.Any) -> tp.Any:
     return value
 
 
+def _plain_keys(data: dict[tp.Any, tp.Any]) -> bool:
+    """Whether a ConfDict made of these nested dicts/lists would hold the same keys and
+    structure (no dotted key, no override marker; lists of lists are not looked into)."""
+    for key, value in data.items():
+        if type(key) is not str or "." in key or key == ConfDict.OVERRIDE:
+            return False
+        kind = type(value)
+        if kind is dict:
+            if not _plain_keys(value):
+                return False
+        elif kind is list:
+            for item in value:
+                kind = type(item)
+                if kind is list or (kind is dict and not _plain_keys(item)):
+                    return False
+        elif isinstance(value, dict) and not isinstance(value, collections.OrderedDict):
+            return False  # another mapping type: ConfDict converts it
+    return True
+
+
 class ConfDict(dict[str, tp.Any]):
     """Dictionary that splits keys on "." into nested sub-dictionaries.
 
@@ -194,6 +214,15 @@ class ConfDict(dict[str, tp.Any]):
         if version is None and not os.environ.get(uidformat.UID_VERSION_ENV):
             version = self.UID_VERSION
         return uidformat.to_uid(self, version=version)
+
+    @classmethod
+    def uid_of(cls, data: dict[str, tp.Any]) -> str:
+        """``ConfDict(data).to_uid()``, without building the ConfDict when ``data`` has no
+        key that it would split or merge (the common case of an exported config)."""
+        if not _plain_keys(data):
+            return cls(data).to_uid()
+        version = None if os.environ.get(uidformat.UID_VERSION_ENV) else cls.UID_VERSION
+        return uidformat.to_uid(data, version=version)
 
     def to_yaml(self, filepath: Path | str | None = None) -> str:
         """YAML text with chains of single-key dicts collapsed (``a.b.c: 1``)."""

@@ -143,32 +143,83 @@ def _float_v3(value: float) -> tuple[str, str]:
     return display, f"float:{_number_hash(value)}"
 
 
+# Renderings of leaf values, memoized (configs repeat the same values and keys), bounded.
+_MEMO_MAX = 20_000
+_STR_RENDERS: dict[str, _Rendered] = {}
+_INT_RENDERS: dict[int, _Rendered] = {}
+_FLOAT_RENDERS: dict[float, _Rendered] = {}
+_CLEAN_KEYS: set[str] = set()  # dict keys known to be unchanged by cleaning
+
+
+def _memo(store: dict[tp.Any, _Rendered], value: tp.Any, rendered: _Rendered) -> _Rendered:
+    if len(store) >= _MEMO_MAX:
+        store.clear()
+    store[value] = rendered
+    return rendered
+
+
+def _str_v3(value: str) -> _Rendered:
+    return _STR_RENDERS.get(value) or _memo(_STR_RENDERS, value, (_clean_v3(value), "str:" + value))
+
+
+def _int_v3(value: int) -> _Rendered:
+    found = _INT_RENDERS.get(value)
+    if found is None:
+        text = str(value)
+        found = _memo(_INT_RENDERS, value, (text, "int:" + text))
+    return found
+
+
+def _float_v3_memo(value: float) -> _Rendered:
+    # (NaN never equals itself: it is simply rendered again each time)
+    return _FLOAT_RENDERS.get(value) or _memo(_FLOAT_RENDERS, value, _float_v3(value))
+
+
+def _clean_key(key: str) -> bool:
+    """Whether a dict key is unchanged by cleaning (then a display made of it and of
+    cleaned values needs no cleaning again, only the length cut)."""
+    if key in _CLEAN_KEYS:
+        return True
+    if len(key) <= MAX_DISPLAY_V3 and _clean(key, _V3_TABLE, _V3_FORBIDDEN) == key:
+        if len(_CLEAN_KEYS) >= _MEMO_MAX:
+            _CLEAN_KEYS.clear()
+        _CLEAN_KEYS.add(key)
+        return True
+    return False
+
+
 class _UidMakerV3:
     """Renders values in the v3 format (see module docstring) as (display, typed hash)."""
 
     def render(self, value: tp.Any) -> _Rendered:
         kind = type(value)
         if kind is str:
-            return _clean_v3(value), "str:" + value
-        if kind is int or kind is bool or value is None:
+            return _str_v3(value)
+        if kind is int:
+            return _int_v3(value)
+        if kind is bool or value is None:
             text = str(value)
             return text, "int:" + text
         if kind is float:
-            return _float_v3(value)
+            return _float_v3_memo(value)
         if kind is dict or isinstance(value, dict):
             return self._render_dict(value)
         if kind is list or kind is tuple or isinstance(value, list | tuple | set | frozenset):
             return self._render_seq(value)
         return self._render_other(value)
 
-    def _render_dict(self, value: dict[tp.Any, tp.Any]) -> tuple[str, str]:
+    def _render_dict(self, value: dict[tp.Any, tp.Any]) -> _Rendered:
         ordered = isinstance(value, collections.OrderedDict)
         items = []
         render = self.render
+        str_memo, int_memo, float_memo = _STR_RENDERS, _INT_RENDERS, _FLOAT_RENDERS
+        clean_keys = True
         for key, sub in value.items():
             if type(key) is not str:
                 key = str(key)
-            if not ordered:  # chains of single-key dicts collapse into dotted keys
+            kind = type(sub)
+            if kind is not str and kind is not int and kind is not float and not ordered:
+                # chains of single-key dicts collapse into dotted keys
                 while (
                     isinstance(sub, dict)
                     and len(sub) == 1
@@ -176,23 +227,30 @@ class _UidMakerV3:
                 ):
                     ((subkey, sub),) = sub.items()
                     key = f"{key}.{subkey}"
-            kind = type(sub)
+                kind = type(sub)
+            # (memo lookups inlined: this loop is the hot path of every uid)
             if kind is str:
-                display, hashed = _clean_v3(sub), "str:" + sub
+                rendered = str_memo.get(sub) or _str_v3(sub)
             elif kind is int:
-                display = str(sub)
-                hashed = "int:" + display
+                rendered = int_memo.get(sub) or _int_v3(sub)
             elif kind is float:
-                display, hashed = _float_v3(sub)
+                rendered = float_memo.get(sub) or _float_v3_memo(sub)
             else:
-                display, hashed = render(sub)
+                rendered = render(sub)
+            if clean_keys and key not in _CLEAN_KEYS:
+                clean_keys = _clean_key(key)
+            display = rendered[0]
             # ordered by (len(display + key), key): short first, NOT alphabetical
-            items.append((len(display) + len(key), key, display, hashed))
+            items.append((len(display) + len(key), key, display, rendered[1]))
         if not ordered:
             items.sort()
         display = ",".join([f"{k}={d}" for _, k, d, _ in items])
         hashed = ",".join([f"{k}={h}" for _, k, _, h in items])
-        return "{" + _clean_v3(display) + "}", "dict:{" + hashed + "}"
+        if not clean_keys:
+            display = _clean_v3(display)
+        elif len(display) > MAX_DISPLAY_V3:  # keys and values are clean: only cut it
+            display = f"{display[:MAX_DISPLAY_V3]}...{len(display) - MAX_DISPLAY_V3}"
+        return "{" + display + "}", "dict:{" + hashed + "}"
 
     def _render_seq(self, value: tp.Iterable[tp.Any]) -> tuple[str, str]:
         rendered = [self.render(item) for item in value]

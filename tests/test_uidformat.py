@@ -384,3 +384,41 @@ def test_uid_stable_across_processes(batch: list[dict[str, tp.Any]]) -> None:
             check=True,
         )
         assert out.stdout.decode("utf8") == expected
+
+
+dotted_keys = st.one_of(keys, st.sampled_from(["a.b", "a", "b.0", "=replace=", "x.y.z"]))
+mixed_configs = st.recursive(
+    leaves,
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(dotted_keys, children, max_size=3)
+        | st.builds(collections.OrderedDict, st.dictionaries(dotted_keys, children, max_size=3))
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(dotted_keys, mixed_configs, max_size=5))
+def test_uid_of_is_the_uid_of_the_confdict(data: dict[str, tp.Any]) -> None:
+    """The shortcut used for model uids (no ConfDict built when no key would be split
+    or merged) gives what building the ConfDict gives."""
+    try:
+        expected = ConfDict(data).to_uid()
+    except (TypeError, ValueError, KeyError, IndexError) as error:  # not a valid ConfDict
+        with pytest.raises(type(error)):
+            ConfDict.uid_of(data)
+        return
+    assert ConfDict.uid_of(data) == expected
+
+
+def test_memoized_leaf_renders_are_kept_apart_by_type() -> None:
+    """Leaf renderings are memoized per type: equal values of other types keep their own
+    rendering, in any order of first use."""
+    for _ in range(2):  # second round: every rendering comes from the memo
+        assert to_uid({"a": True}) != to_uid({"a": 1})
+        assert to_uid({"a": 1.0}) == to_uid({"a": 1})  # integral floats are ints (spec)
+        assert to_uid({"a": 0.0}) == to_uid({"a": -0.0}) == to_uid({"a": 0})
+        assert to_uid({"a": "1"}) != to_uid({"a": 1})
+        assert to_uid({"a": 0.5}).startswith("a=0.50-")
+        assert to_uid({"a": float("nan")}).startswith("a=nan-")

@@ -250,6 +250,15 @@ class BaseInfra(pydantic.BaseModel):
             cfg.pop(name, None)
         return cfg
 
+    def _config_uid(self) -> str:
+        """``config(uid=True, exclude_defaults=True).to_uid()``, with fewer copies."""
+        exclude = self._cache_exclusions()
+        if any("." in name for name in exclude):  # a nested exclusion: ConfDict pops it
+            return self.config(uid=True, exclude_defaults=True).to_uid()
+        owner = self._owner()
+        out = identity.export_model(owner, uid=True, exclude_defaults=True, exclude=exclude)
+        return ConfDict.uid_of(out)
+
     def _step_name(self) -> str:
         """``<module>.<Class>.<method>,<version>``: the folder of all configs of a method."""
         method = self._method()
@@ -267,7 +276,7 @@ class BaseInfra(pydantic.BaseModel):
                     f"_uid_string={template!r} must contain exactly {{method}}, {{version}} and {{uid}}"
                 )
             owner = self._owner()
-            cfg_uid = self.config(uid=True, exclude_defaults=True).to_uid() or "default"
+            cfg_uid = self._config_uid() or "default"
             method = self._method().step_name(owner)
             runtime.uid = template.format(method=method, version=self.version, uid=cfg_uid)
             runtime.models = identity.freeze(owner)

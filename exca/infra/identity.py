@@ -34,6 +34,7 @@ class _FieldFacts:
     default: tp.Any  # python default (or _NO_DEFAULT)
     default_json: tp.Any  # json-mode dump of the default
     discriminator: str | None  # pydantic discriminator of the sub-model union, if any
+    plain: bool  # the annotation only allows plain values (never a model nor a dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +139,7 @@ def class_facts(cls: type[pydantic.BaseModel]) -> _ClassFacts:
                 default=default,
                 default_json=_NO_DEFAULT if required else _json_default(default),
                 discriminator=_discriminator_of(field),
+                plain=_plain_annotation(field.annotation),
             )
         )
     static: frozenset[str] | None = frozenset()
@@ -219,13 +221,15 @@ _DEFAULT_EXPORTS: dict[tuple[int, bool], dict[str, tp.Any]] = {}
 
 
 def _default_export(field: _FieldFacts, uid: bool) -> dict[str, tp.Any]:
-    """Full export of a field's default model instance (computed once per field)."""
+    """Export of a field's default model instance with its own defaults pruned, as a
+    sub-model is exported (computed once per field)."""
     key = (id(field), uid)
     found = _DEFAULT_EXPORTS.get(key)
     if found is None:
         default = field.default
         dumped = default.model_dump(mode="json", warnings=False)
-        found = _DEFAULT_EXPORTS[key] = _Exporter(uid, False).model(default, dumped, keep=())
+        keep = (field.discriminator,) if field.discriminator else ()
+        found = _DEFAULT_EXPORTS[key] = _Exporter(uid, True).model(default, dumped, keep=keep)
     return found
 
 
@@ -249,36 +253,41 @@ class _Exporter:
                 return dict(getattr(model, OVERRIDE_HOOK)())
         excluded = _exclusions(model, facts) if self.uid else frozenset()
         out: dict[str, tp.Any] = dict(getattr(model, PREFIX_HOOK)()) if facts.has_prefix else {}
+        values = model.__dict__
+        prune = self.exclude_defaults
         for field in facts.fields_in_uid if self.uid else facts.fields:
             name = field.name
             if name in excluded or name not in dumped:
                 continue
-            value = model.__dict__.get(name)
             dval = dumped[name]
+            if field.plain:  # the fast path: the json dump is the exported value
+                if (
+                    prune
+                    and not field.required
+                    and name not in keep
+                    and (dval == field.default_json or values.get(name) == field.default)
+                ):
+                    continue
+                out[name] = dval
+                continue
+            value = values.get(name)
             if isinstance(value, pydantic.BaseModel):
                 if self.uid and dropped_from_parent(value):
                     continue
                 if self.exclude_defaults and name not in keep:
+                    if value is field.default:
+                        continue  # the class default itself
                     sub_keep = (field.discriminator,) if field.discriminator else ()
-                    default = field.default
-                    if not field.required and (value is default or value == default):
-                        continue  # untouched sub-model
+                    pruned = self.model(value, dval, keep=sub_keep)
+                    # a sub-model equal to its field's default instance (in uid terms) is
+                    # left out: exactly when both exports, with defaults pruned, are equal
                     if (
                         not field.required
-                        and isinstance(default, pydantic.BaseModel)
-                        and type(default) is type(value)
-                        and not default.__pydantic_fields_set__
-                        and not class_facts(type(value)).has_override
+                        and type(field.default) is type(value)
+                        and pruned == _default_export(field, self.uid)
                     ):
-                        # the default is the class's own defaults: equal to it in uid terms
-                        # exactly when nothing remains once defaults are pruned
-                        pruned = self.model(value, dval, keep=sub_keep)
-                        if any(key not in sub_keep for key in pruned):
-                            out[name] = pruned
                         continue
-                    if not field.required and self._same_model(value, dval, field):
-                        continue
-                    out[name] = self.model(value, dval, keep=sub_keep)
+                    out[name] = pruned
                 else:
                     out[name] = _Exporter(self.uid, False).model(value, dval, keep=())
                 continue
@@ -291,16 +300,6 @@ class _Exporter:
                 continue
             out[name] = self.value(value, dval)
         return out
-
-    def _same_model(self, value: pydantic.BaseModel, dval: tp.Any, field: _FieldFacts) -> bool:
-        """Whether a sub-model equals its field's default instance (in uid terms)."""
-        default = field.default
-        if not isinstance(default, pydantic.BaseModel) or type(default) is not type(value):
-            return False
-        if value is default or value == default:  # the common case: left untouched
-            return True
-        full = _Exporter(self.uid, exclude_defaults=False)
-        return full.model(value, dval, keep=()) == _default_export(field, self.uid)
 
     def value(self, value: tp.Any, dval: tp.Any) -> tp.Any:
         if isinstance(value, pydantic.BaseModel):
@@ -372,7 +371,8 @@ def freeze(model: pydantic.BaseModel) -> list[pydantic.BaseModel]:
         ref = frozen.get(id(sub))
         if ref is not None and ref() is sub:
             continue
-        _patch_setattr(type(sub))
+        if type(sub) not in _PATCHED:
+            _patch_setattr(type(sub))
         try:
             frozen[id(sub)] = weakref.ref(sub)
         except TypeError:  # not weak-referenceable (__slots__ without __weakref__)
@@ -408,9 +408,21 @@ def _scalar_annotation(annotation: tp.Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, _SCALARS)
 
 
+def _plain_annotation(annotation: tp.Any) -> bool:
+    """Whether a field annotation only allows values whose json dump is their export:
+    scalars, and lists/tuples/sets of them (dicts are not: an OrderedDict keeps its type)."""
+    if _scalar_annotation(annotation):
+        return True
+    origin = tp.get_origin(annotation)
+    if origin in (list, tuple, set, frozenset):
+        args = tp.get_args(annotation)
+        return bool(args) and all(arg is Ellipsis or _scalar_annotation(arg) for arg in args)
+    return False
+
+
 @functools.cache
 def _fields_with_models(cls: type[pydantic.BaseModel]) -> tuple[str, ...]:
-    return tuple(n for n, f in cls.model_fields.items() if not _scalar_annotation(f.annotation))
+    return tuple(n for n, f in cls.model_fields.items() if not _plain_annotation(f.annotation))
 
 
 def iter_models(value: tp.Any) -> list[pydantic.BaseModel]:
@@ -418,15 +430,19 @@ def iter_models(value: tp.Any) -> list[pydantic.BaseModel]:
     found: list[pydantic.BaseModel] = []
     stack = [value]
     seen: set[int] = set()
+    scalars = _SCALARS
     while stack:
         item = stack.pop()
-        if type(item) in _SCALARS or id(item) in seen:
+        if type(item) in scalars or id(item) in seen:
             continue
         seen.add(id(item))
         if isinstance(item, pydantic.BaseModel):
             found.append(item)
             values = item.__dict__
-            stack.extend(values.get(name) for name in _fields_with_models(type(item)))
+            for name in _fields_with_models(type(item)):
+                sub = values.get(name)
+                if sub is not None:
+                    stack.append(sub)
             if item.__pydantic_extra__:
                 stack.extend(item.__pydantic_extra__.values())
         elif isinstance(item, dict):
