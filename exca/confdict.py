@@ -14,7 +14,7 @@ import sys
 import typing as tp
 from pathlib import Path, PurePath
 
-from . import uidformat
+from . import plainyaml, uidformat
 
 if tp.TYPE_CHECKING:
     import pydantic
@@ -226,11 +226,14 @@ class ConfDict(dict[str, tp.Any]):
 
     def to_yaml(self, filepath: Path | str | None = None) -> str:
         """YAML text with chains of single-key dicts collapsed (``a.b.c: 1``)."""
-        import yaml
+        collapsed = uidformat.collapse(self)
+        text = plainyaml.dump(collapsed)  # simple configs: the same text, no yaml import
+        if text is None:
+            import yaml
 
-        text: str = yaml.dump(
-            uidformat.collapse(self), Dumper=_dumper_class(), sort_keys=False, allow_unicode=False
-        )
+            text = yaml.dump(
+                collapsed, Dumper=_dumper_class(), sort_keys=False, allow_unicode=False
+            )
         if filepath is not None:
             Path(filepath).write_text(text, encoding="utf8")
         return text

@@ -7,10 +7,8 @@ job is over, and how it ended when it left no result.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import functools
-import getpass
 import logging
 import os
 import shutil
@@ -21,6 +19,9 @@ from pathlib import Path
 
 from .node import Execution
 from .worker import Report, Unit, run_unit
+
+if tp.TYPE_CHECKING:
+    import concurrent.futures
 
 logger = logging.getLogger("exca")
 FAILED_STATES = (
@@ -79,6 +80,8 @@ def max_array_size() -> int:
 
 def format_logs(template: str, folder: Path | None) -> str:
     """Resolve ``{folder}`` and ``{user}`` in a log folder template (``%j`` stays)."""
+    import getpass  # (lazy: only jobs with logs need it)
+
     return template.replace("{folder}", str(folder)).replace("{user}", getpass.getuser())
 
 
@@ -282,6 +285,8 @@ class Pools:
     def submit(self, units: list[Unit], cluster: str, max_jobs: int | None) -> list[Handle]:
         pool = self._pools.get(cluster)
         if pool is None:
+            import concurrent.futures  # (lazy: inline calls need no pool)
+
             workers = self.workers(len(units), max_jobs)
             if cluster == "processpool":
                 import multiprocessing

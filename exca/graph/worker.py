@@ -25,8 +25,7 @@ FLUSH_ITEMS = 256  # map outputs written per batch
 FLUSH_SECONDS = 0.5  # ... or at least this often
 
 
-@dataclasses.dataclass
-class Unit:
+class Unit(tp.NamedTuple):
     """One element of an array: a task node, or a chunk of a map node's items.
 
     ``split=(i, n)``: a map whose items come from an upstream node computes the i-th of n
@@ -93,7 +92,7 @@ def _resolve_split(unit: Unit) -> Unit:
     index, count = unit.split
     chunks = to_chunks(len(items), count, 1)
     start, stop = chunks[index] if index < len(chunks) else (0, 0)
-    return dataclasses.replace(unit, items=items[start:stop], uids=uids[start:stop], split=None)
+    return unit._replace(items=items[start:stop], uids=uids[start:stop], split=None)
 
 
 def check_upstream(node: Node) -> None:

@@ -25,14 +25,22 @@ FULL_UID_FILE = "full-uid.yaml"
 CONFIG_FILE = "config.yaml"
 
 
-def read_yaml(path: Path) -> dict[str, tp.Any] | None:
-    """A yaml mapping from a file; None if it is missing; unreadable files are removed."""
-    import yaml
-
+def read_text(path: Path) -> str | None:
     try:
-        text = path.read_text(encoding="utf8")
+        return path.read_text(encoding="utf8")
     except FileNotFoundError:
         return None
+
+
+def read_yaml(path: Path, text: str | None = None) -> dict[str, tp.Any] | None:
+    """A yaml mapping from a file (or its text, already read); None if it is missing;
+    unreadable files are removed."""
+    import yaml
+
+    if text is None:
+        text = read_text(path)
+        if text is None:
+            return None
     try:
         data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError:
@@ -82,6 +90,18 @@ def make_folder(folder: Path, permissions: int | None) -> None:
                 logger.warning("Could not chmod %s: %s", path, e)
 
 
+def _check_or_write(path: Path, text: str, permissions: int | None) -> dict[str, tp.Any] | None:
+    """Write ``text`` to a missing or unreadable file. Returns the file's mapping when it
+    holds another text, to be compared (an identical text needs no yaml parsing)."""
+    existing_text = read_text(path)
+    if existing_text == text:
+        return None
+    existing = None if existing_text is None else read_yaml(path, existing_text)
+    if existing is None:
+        write_atomic(path, text, permissions)
+    return existing
+
+
 def prepare(
     folder: Path,
     uid_config: ConfDict,
@@ -91,20 +111,16 @@ def prepare(
 ) -> None:
     """Create the folder, check the existing yaml files, write the missing ones."""
     make_folder(folder, permissions)
-    existing = read_yaml(folder / UID_FILE)
-    if existing is None:
-        write_atomic(folder / UID_FILE, uid_config.to_yaml(), permissions)
-    elif ConfDict(existing).flat() != _normalized(uid_config):
+    existing = _check_or_write(folder / UID_FILE, uid_config.to_yaml(), permissions)
+    if existing is not None and ConfDict(existing).flat() != _normalized(uid_config):
         raise RuntimeError(
             f"Inconsistent uid config in {folder}:\n"
             f"existing {UID_FILE}:\n{ConfDict(existing).to_yaml()}"
             f"current config:\n{uid_config.to_yaml()}"
             "Two configs map to the same folder name; remove the folder if the cache is obsolete"
         )
-    existing_full = read_yaml(folder / FULL_UID_FILE)
-    if existing_full is None:
-        write_atomic(folder / FULL_UID_FILE, full_uid_config.to_yaml(), permissions)
-    else:  # values normalized through yaml only when there is something to compare with
+    existing_full = _check_or_write(folder / FULL_UID_FILE, full_uid_config.to_yaml(), permissions)
+    if existing_full is not None:  # values normalized through yaml only when they differ
         uid_keys = set(uid_config.flat())
         full_flat = _normalized(full_uid_config)
         for key, value in ConfDict(existing_full).flat().items():

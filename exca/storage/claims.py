@@ -15,7 +15,6 @@ Protocol (only operations a network filesystem honours: O_EXCL create, rename, u
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import threading
 import time
@@ -41,8 +40,7 @@ def heartbeat_seconds() -> float:
 JobAlive = tp.Callable[[str], "bool | None"]  # is this cluster job still queued/running?
 
 
-@dataclasses.dataclass(frozen=True)
-class Owner:
+class Owner(tp.NamedTuple):  # (named tuples, not dataclasses: cheaper to import)
     host: str
     pid: int
     start: int | None
@@ -64,8 +62,7 @@ class Owner:
         return f"pid {self.pid} on {self.host}{job}"
 
 
-@dataclasses.dataclass
-class ClaimFile:
+class ClaimFile(tp.NamedTuple):
     path: Path
     owner: Owner
     keys: frozenset[str]
@@ -81,16 +78,28 @@ class ClaimFile:
         return not alive
 
 
-@dataclasses.dataclass
 class Claim:
     """Result of a claim: ``mine`` to compute now, ``busy`` held by live others (wait),
     ``reentered`` already held by this very thread (an enclosing call computes them)."""
 
-    folder: Path
-    mine: list[str]
-    busy: dict[str, Owner]
-    reentered: list[str]
-    path: Path | None = None
+    __slots__ = ("busy", "folder", "mine", "path", "reentered")
+
+    def __init__(
+        self,
+        folder: Path,
+        mine: list[str],
+        busy: dict[str, Owner],
+        reentered: list[str],
+        path: Path | None = None,
+    ) -> None:
+        self.folder = folder
+        self.mine = mine
+        self.busy = busy
+        self.reentered = reentered
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"Claim({self.folder}, mine={len(self.mine)}, busy={len(self.busy)})"
 
     def release(self) -> None:
         if self.path is not None:
@@ -192,14 +201,14 @@ class Claims:
     def _write(self, me: Owner, keys: list[str]) -> Path:
         path = self.dir / (process.unique_name() + CLAIM_SUFFIX)
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps({"owner": dataclasses.asdict(me), "keys": keys}))
+        tmp.write_bytes(orjson.dumps({"owner": me._asdict(), "keys": keys}))
         os.replace(tmp, path)
         return path
 
     @contextlib.contextmanager
     def _folder_lock(self, me: Owner) -> tp.Iterator[None]:
         lock = self.dir / LOCK_NAME
-        token = orjson.dumps({"owner": dataclasses.asdict(me), "token": os.urandom(8).hex()})
+        token = orjson.dumps({"owner": me._asdict(), "token": os.urandom(8).hex()})
         delay = 0.001
         while True:
             try:

@@ -1,0 +1,113 @@
+"""The YAML text PyYAML writes for a simple config, without importing PyYAML.
+
+Importing ``yaml`` costs ~13 ms, more than a whole cache hit: the uid folder's yaml files
+are written and compared on the first call of every process. Most configs hold only
+plain keys, numbers, booleans, None, simple strings and lists/dicts of them; for those
+:func:`dump` returns exactly what ``yaml.dump(data, Dumper=<ConfDict's dumper>,
+sort_keys=False)`` returns (the test suite checks it against PyYAML). Anything else
+(quoted or unicode strings, long keys, other types) returns None: the caller then uses
+PyYAML.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import typing as tp
+
+# strings PyYAML writes unquoted and reads back as the same string: a letter, "_" or "/"
+# first, then letters, digits and "_-./"; but the words YAML reads as booleans or null,
+# like numbers, are single-quoted
+_PLAIN = re.compile(r"[A-Za-z_/][A-Za-z0-9_\-./]*\Z")
+_RESERVED = frozenset(
+    form
+    for word in ("yes", "no", "true", "false", "on", "off", "null")
+    for form in (word, word.title(), word.upper())
+)
+# strings YAML would read as numbers: written between single quotes (leading zeros
+# excluded: PyYAML's resolvers treat some of them as strings)
+_NUMBER = re.compile(r"[-+]?(0|[1-9][0-9]{0,30})(\.[0-9]{0,30})?\Z")
+_MAX_KEY = 128  # longer keys are written as "? key" by PyYAML
+
+
+class _Unsupported(Exception):
+    """A value this module does not write (the caller falls back to PyYAML)."""
+
+
+def dump(data: tp.Mapping[str, tp.Any]) -> str | None:
+    """The block-style YAML text of a mapping, or None when PyYAML is needed."""
+    if not data:
+        return "{}\n"
+    lines: list[str] = []
+    try:
+        _mapping(data, "", lines)
+    except _Unsupported:
+        return None
+    return "\n".join(lines) + "\n"
+
+
+def _string(text: str) -> str:
+    if len(text) <= 1000 and _PLAIN.match(text):
+        return f"'{text}'" if text in _RESERVED else text
+    if _NUMBER.match(text) or not text:  # e.g. version: '1'
+        return f"'{text}'"
+    raise _Unsupported
+
+
+def _scalar(value: tp.Any) -> str:
+    kind = type(value)
+    if kind is str:
+        return _string(value)
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return str(value)
+    if kind is float:
+        if value != value:
+            return ".nan"
+        if value in (float("inf"), float("-inf")):
+            return ".inf" if value > 0 else "-.inf"
+        text = repr(value).lower()
+        if "." not in text and "e" in text:
+            text = text.replace("e", ".0e", 1)
+        return text
+    if value is None:
+        return "null"
+    if (kind is dict or kind is list or kind is tuple) and not value:
+        return "{}" if kind is dict else "[]"
+    raise _Unsupported
+
+
+def _is_block(value: tp.Any) -> bool:
+    return isinstance(value, dict | list | tuple) and bool(value)
+
+
+def _mapping(data: tp.Mapping[tp.Any, tp.Any], indent: str, lines: list[str]) -> None:
+    if type(data) is not dict and type(data) is not collections.OrderedDict:
+        raise _Unsupported  # (other mappings may have their own representer)
+    for key, value in data.items():
+        if type(key) is not str or len(key) > _MAX_KEY:
+            raise _Unsupported
+        key = _string(key)
+        if not _is_block(value):
+            lines.append(f"{indent}{key}: {_scalar(value)}")
+        elif isinstance(value, dict):
+            lines.append(f"{indent}{key}:")
+            _mapping(value, indent + "  ", lines)
+        else:  # a sequence in a mapping is not indented
+            lines.append(f"{indent}{key}:")
+            _sequence(value, indent, lines)
+
+
+def _sequence(items: tp.Sequence[tp.Any], indent: str, lines: list[str]) -> None:
+    inner = indent + "  "
+    for item in items:
+        if not _is_block(item):
+            lines.append(f"{indent}- {_scalar(item)}")
+            continue
+        start = len(lines)
+        if isinstance(item, dict):
+            _mapping(item, inner, lines)
+        else:
+            _sequence(item, inner, lines)
+        lines[start] = f"{indent}- {lines[start][len(inner) :]}"  # first line on the dash
