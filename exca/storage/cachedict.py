@@ -168,7 +168,8 @@ class CacheDict(tp.Generic[X]):
     def missing(self, keys: tp.Iterable[str]) -> list[str]:
         """The keys (in order, deduplicated) that are not in the cache: one folder read."""
         entries = self._entries()
-        out = list(itertools.filterfalse(entries.__contains__, dict.fromkeys(keys)))
+        # filter first, then deduplicate what is left (usually few keys)
+        out = list(dict.fromkeys(itertools.filterfalse(entries.__contains__, keys)))
         if out and self._ram:
             out = list(itertools.filterfalse(self._ram.__contains__, out))
         if out and self._refresh_on_miss():
