@@ -27,6 +27,9 @@ _RESERVED = frozenset(
 # strings YAML would read as numbers: written between single quotes (leading zeros
 # excluded: PyYAML's resolvers treat some of them as strings)
 _NUMBER = re.compile(r"[-+]?(0|[1-9][0-9]{0,30})(\.[0-9]{0,30})?\Z")
+# printable ASCII without spaces whose first character is a YAML indicator: never plain,
+# and PyYAML writes it single-quoted (spaces are left out: quoted text may be folded)
+_INDICATOR_FIRST = re.compile(r"""[#,\[\]{}&*!|>'"%@`][!-~]{0,300}\Z""")
 _MAX_KEY = 128  # longer keys are written as "? key" by PyYAML
 
 
@@ -51,6 +54,8 @@ def _string(text: str) -> str:
         return f"'{text}'" if text in _RESERVED else text
     if _NUMBER.match(text) or not text:  # e.g. version: '1'
         return f"'{text}'"
+    if _INDICATOR_FIRST.match(text):  # e.g. logs: '{folder}/logs/{user}/%j'
+        return "'" + text.replace("'", "''") + "'"
     raise _Unsupported
 
 
