@@ -261,6 +261,50 @@ def test_infra_fields_excluded_except_version(tmp_path: Path) -> None:
     assert full["infra"] == {"version": "1"}
 
 
+class Settings(pydantic.BaseModel):
+    """A sub-model that, like an infra, keeps all but one field out of uids."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+    _exca_uid_fields: tp.ClassVar[tuple[str, ...]] = ("size",)
+    size: int = 1
+    verbose: bool = False
+
+
+class WiderSettings(Settings):
+    _exca_uid_fields: tp.ClassVar[tuple[str, ...]] = ("size", "verbose")
+
+
+class HoldsSettings(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    settings: Settings = Settings()
+
+
+def test_uid_dump_skips_what_a_sub_model_keeps_out_but_not_for_a_subclass() -> None:
+    # the uid dump leaves out Settings.verbose (out of Settings' uid)...
+    assert ConfDict.from_model(HoldsSettings(settings=Settings(verbose=True)), uid=True) == {
+        "settings": {"size": 1}
+    }
+    # ...but a subclass instance keeping more fields is dumped whole
+    held = HoldsSettings(settings=WiderSettings(verbose=True))
+    exported = ConfDict.from_model(held, uid=True, exclude_defaults=True)
+    assert exported == {"settings": {"verbose": True}}
+
+
+class TreeNode(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    value: int = 0
+    child: TreeNode | None = None
+    settings: Settings = Settings()
+
+
+def test_recursive_models_have_uids() -> None:
+    tree = TreeNode(value=1, child=TreeNode(value=2, settings=Settings(size=3, verbose=True)))
+    assert ConfDict.from_model(tree, uid=True, exclude_defaults=True) == {
+        "value": 1,
+        "child": {"value": 2, "settings": {"size": 3}},
+    }
+
+
 def test_version_in_uid_only_when_differing_from_class_default() -> None:
     assert _cfg(Basic(infra={"version": "1"})) == {}  # class default is TaskInfra(version="1")
     assert _cfg(Basic(infra={"folder": None})) == {}  # inherits version "1"

@@ -35,11 +35,14 @@ class _FieldFacts:
     default_json: tp.Any  # json-mode dump of the default
     discriminator: str | None  # pydantic discriminator of the sub-model union, if any
     plain: bool  # the annotation only allows plain values (never a model nor a dict)
+    model_cls: type[pydantic.BaseModel] | None  # the annotation's model class, if a single one
+    # what a uid dump leaves out of this field's sub-model (when it is of model_cls)
+    dump_exclude: tp.Any
 
 
 @dataclasses.dataclass(frozen=True)
 class _ClassFacts:
-    fields: tuple[_FieldFacts, ...]
+    cls: type[pydantic.BaseModel]
     static_exclusions: frozenset[str] | None  # None: computed per instance (callable)
     uid_fields: frozenset[str] | None  # None: every field
     has_extra_config: bool
@@ -47,11 +50,29 @@ class _ClassFacts:
     has_prefix: bool
 
     @functools.cached_property
+    def fields(self) -> tuple[_FieldFacts, ...]:
+        return tuple(_field_facts(self.cls, n, f) for n, f in self.cls.model_fields.items())
+
+    @functools.cached_property
     def fields_in_uid(self) -> tuple[_FieldFacts, ...]:
-        """The fields a uid export looks at (all but those the class keeps out of uids)."""
+        """The fields a uid export looks at (all but those the class keeps out of uids;
+        an infra's other fields are never analysed for uids)."""
         if self.uid_fields is None:
             return self.fields
-        return tuple(f for f in self.fields if f.name in self.uid_fields)
+        keep = self.uid_fields
+        return tuple(
+            _field_facts(self.cls, n, f) for n, f in self.cls.model_fields.items() if n in keep
+        )
+
+    @functools.cached_property
+    def uid_dump_exclude(self) -> dict[str, tp.Any] | None:
+        """What a uid export need not dump: the fields a sub-model class keeps out of uids
+        (an infra's settings), as a pydantic ``exclude`` spec (None: dump everything)."""
+        spec: dict[str, tp.Any] = {}
+        for field in self.fields_in_uid:
+            if field.dump_exclude is not None:
+                spec[field.name] = field.dump_exclude
+        return spec or None
 
     @functools.cached_property
     def drops_itself(self) -> bool | None:
@@ -121,27 +142,46 @@ def _json_default(default: tp.Any) -> tp.Any:
         return default
 
 
+_ANALYSING: set[type] = set()
+
+
+def _field_facts(cls: type, name: str, field: pydantic.fields.FieldInfo) -> _FieldFacts:
+    _check_field_annotation(cls, name, field)
+    required = field.is_required()
+    default = _NO_DEFAULT
+    if not required:
+        default = field.get_default(call_default_factory=True, validated_data={})
+    models = _model_types(field.annotation)
+    model_cls: type[pydantic.BaseModel] | None = None
+    if len(models) == 1 and isinstance(models[0], type):
+        model_cls = models[0]
+    dump_exclude: tp.Any = None
+    if model_cls is not None and model_cls not in _ANALYSING:
+        sub = class_facts(model_cls)
+        if sub.uid_fields is not None and "." not in sub.uid_fields:
+            dump_exclude = set(model_cls.model_fields) - sub.uid_fields or None
+        elif sub.uid_fields is None:
+            _ANALYSING.add(cls)  # (recursive models: no spec below a class being analysed)
+            try:
+                dump_exclude = sub.uid_dump_exclude
+            finally:
+                _ANALYSING.discard(cls)
+    return _FieldFacts(
+        name=name,
+        required=required,
+        default=default,
+        default_json=_NO_DEFAULT if required else _json_default(default),
+        discriminator=_discriminator_of(field),
+        plain=_plain_annotation(field.annotation),
+        model_cls=model_cls,
+        dump_exclude=dump_exclude,
+    )
+
+
 def class_facts(cls: type[pydantic.BaseModel]) -> _ClassFacts:
     facts = _FACTS.get(cls)
     if facts is not None:
         return facts
-    fields = []
-    for name, field in cls.model_fields.items():
-        _check_field_annotation(cls, name, field)
-        required = field.is_required()
-        default = _NO_DEFAULT
-        if not required:
-            default = field.get_default(call_default_factory=True, validated_data={})
-        fields.append(
-            _FieldFacts(
-                name=name,
-                required=required,
-                default=default,
-                default_json=_NO_DEFAULT if required else _json_default(default),
-                discriminator=_discriminator_of(field),
-                plain=_plain_annotation(field.annotation),
-            )
-        )
     static: frozenset[str] | None = frozenset()
     private = getattr(cls, "__private_attributes__", {}).get(EXCLUDE_ATTR)
     raw = private.default if private is not None else cls.__dict__.get(EXCLUDE_ATTR, _NO_DEFAULT)
@@ -153,7 +193,7 @@ def class_facts(cls: type[pydantic.BaseModel]) -> _ClassFacts:
         static = _validate_exclusions(cls, raw)
     uid_fields = getattr(cls, MODEL_UID_FIELDS_ATTR, None)
     facts = _ClassFacts(
-        fields=tuple(fields),
+        cls=cls,
         static_exclusions=static,
         uid_fields=None if uid_fields is None else frozenset(uid_fields),
         has_extra_config="extra" in cls.model_config,
@@ -210,7 +250,8 @@ def export_model(
     exclude_defaults=True drops values equal to their default.
     ``exclude`` names top-level fields to drop too (the cache-uid exclusions).
     """
-    dumped = model.model_dump(mode="json", warnings=False)
+    spec = class_facts(type(model)).uid_dump_exclude if uid else None
+    dumped = model.model_dump(mode="json", warnings=False, exclude=spec)
     out = _Exporter(uid=uid, exclude_defaults=exclude_defaults).model(model, dumped, keep=())
     for name in exclude:
         out.pop(name, None)
@@ -274,6 +315,10 @@ class _Exporter:
             if isinstance(value, pydantic.BaseModel):
                 if self.uid and dropped_from_parent(value):
                     continue
+                if field.dump_exclude is not None and type(value) is not field.model_cls:
+                    # a subclass instance: the parent's dump left out what only the
+                    # annotated class keeps out of uids, dump it whole
+                    dval = value.model_dump(mode="json", warnings=False)
                 if self.exclude_defaults and name not in keep:
                     if value is field.default:
                         continue  # the class default itself
