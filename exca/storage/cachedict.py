@@ -406,24 +406,24 @@ class CacheDict(tp.Generic[X]):
             raise RuntimeError(
                 f"Writing {key!r} outside of a write context: use `with cache.write(): cache[key] = value`"
             )
-        if key in reader.entries or key in self._ram:
+        entries = reader.entries
+        if key in entries or key in self._ram:
             raise ValueError(f"Key {key!r} is already in the cache {self.folder} (no overwrite)")
         writer = local.writer
         if writer is None or local.generation != _FORK_GENERATION:
             writer = self._session()[0]
-        ctx = tp.cast(DumpContext, local.ctx)
         # payload first (complete when dump_entry returns), then its index line
-        info = ctx.dump_entry(key, value, self.cache_type)
+        info = local.ctx.dump_entry(key, value, self.cache_type)  # type: ignore[union-attr]
         if meta is not None:
             info["#meta"] = meta
-        line = orjson.dumps(info) + b"\n"
+        line = orjson.dumps(info, option=orjson.OPT_APPEND_NEWLINE)
         offset = writer.append(line)
-        if type(info.get("v")) is orjson.Fragment:  # inline formats pre-serialize "v"
+        if "v" in info and type(info["v"]) is orjson.Fragment:  # pre-serialized inline value
             info = orjson.loads(line)
         state = writer.read_state
         if state is None:
             state = writer.read_state = reader.own_file(writer.name, writer.inode)
-        reader.entries[key] = (writer.name, offset, info)
+        entries[key] = (writer.name, offset, info)
         state.keys.add(key)
         state.offset = writer.size
         if self.keep_in_ram:

@@ -320,10 +320,9 @@ class DumpContext:
         self.key = key
         name, handler, itself = self._dispatch(type(value), cache_type)
         out = value.__dump_info__(self) if itself else handler.__dump_info__(self, value)
-        if "#key" in out or "#type" in out:
+        info = {"#key": key, "#type": name, **out}
+        if len(info) != len(out) + 2:  # (cheaper than looking the two up in out)
             raise ValueError(f"Format {name} returned reserved keys #key/#type in {out}")
-        info = {"#key": key, "#type": name}
-        info.update(out)
         return info
 
     def dump_entries(
