@@ -471,25 +471,27 @@ class CacheDict(tp.Generic[X]):
                     raise ValueError(f"Key {key!r} is already in the cache {self.folder}")
                 values.append((key, value))
             records = ctx.dump_entries(values, self.cache_type)
-            for info in records:
-                if meta is not None:
+            if meta is not None:
+                for info in records:
                     info["#meta"] = meta
-                lines.append(orjson.dumps(info))
+            dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+            lines = [dumps(info, option=newline) for info in records]
         finally:
             ctx.flush_batch()  # payloads are on disk before any of their index lines
         if not lines:
             return
-        offset = writer.append(b"\n".join(lines) + b"\n")
+        offset = writer.append(b"".join(lines))
         state = writer.read_state
         if state is None:
             state = writer.read_state = reader.own_file(writer.name, writer.inode)
+        name, fragment, keys = writer.name, orjson.Fragment, state.keys
         for info, line in zip(records, lines):
-            if type(info.get("v")) is orjson.Fragment:
+            if "v" in info and type(info["v"]) is fragment:  # pre-serialized inline value
                 info = orjson.loads(line)
             key = info["#key"]
-            entries[key] = (writer.name, offset, info)
-            state.keys.add(key)
-            offset += len(line) + 1
+            entries[key] = (name, offset, info)
+            keys.add(key)
+            offset += len(line)
         state.offset = writer.size
         if self.keep_in_ram:
             self._ram_errors += sum(type(v) is CachedError for _, v in values)

@@ -346,9 +346,7 @@ class DumpContext:
                 stop += 1
             run = pairs[start:stop]
             for (key, _), fields in zip(run, many(self, [v for _, v in run])):
-                info = {"#key": key, "#type": name}
-                info.update(fields)
-                out.append(info)
+                out.append({"#key": key, "#type": name, **fields})
             start = stop
         return out
 
@@ -521,6 +519,7 @@ class MemmapArray:
         append = shared.append_array
         ndarray = np.ndarray
         out = []
+        pending = shared.pending
         for value in values:
             array = value
             if type(array) is not ndarray or not array.flags.c_contiguous:
@@ -529,8 +528,23 @@ class MemmapArray:
             dtype_str = _DTYPE_STR.get(dtype)
             if dtype_str is None:
                 out.append(cls.__dump_info__(ctx, array))  # checks object dtypes
+                pending = shared.pending
                 continue
-            out.append({"f": name, "o": append(array, ALIGNMENT), "d": dtype_str, "s": array.shape})
+            nbytes = array.nbytes
+            if (
+                pending is not None
+                and array.ndim
+                and not shared.size % ALIGNMENT
+                and shared.pending_bytes + nbytes <= BUFFER_FLUSH_BYTES
+            ):  # the common case of append_array, inlined: queue it, aligned already
+                offset = shared.size
+                pending.append(array)
+                shared.size += nbytes
+                shared.pending_bytes += nbytes
+            else:
+                offset = append(array, ALIGNMENT)
+                pending = shared.pending
+            out.append({"f": name, "o": offset, "d": dtype_str, "s": array.shape})
         return out
 
     @classmethod
