@@ -226,6 +226,7 @@ class DumpContext:
         self._maps: OrderedDict[str, mmap.mmap] = OrderedDict()
         self._lock = threading.Lock()
         self._dispatch_memo: dict[tuple[type, str | None], tuple[str, tp.Any, bool]] = {}
+        self._by_type: dict[type, tuple[str, tp.Any, bool]] = {}  # (cache_type None: hot path)
         self.batching = False
 
     # --- registry --------------------------------------------------------------------------
@@ -303,6 +304,8 @@ class DumpContext:
             itself = _dumps_itself(handler) and issubclass(kind, handler)
             found = (name, handler, itself)
             self._dispatch_memo[(kind, cache_type)] = found
+            if cache_type is None:
+                self._by_type[kind] = found
         return found
 
     def dump(self, value: tp.Any, cache_type: str | None = None) -> dict[str, tp.Any]:
@@ -318,7 +321,9 @@ class DumpContext:
     def dump_entry(self, key: str, value: tp.Any, cache_type: str | None) -> dict[str, tp.Any]:
         """Write the payload of an entry; return its index record (``#key``, ``#type``, ...)."""
         self.key = key
-        name, handler, itself = self._dispatch(type(value), cache_type)
+        kind = type(value)
+        found = self._by_type.get(kind) if cache_type is None else None
+        name, handler, itself = found or self._dispatch(kind, cache_type)
         out = value.__dump_info__(self) if itself else handler.__dump_info__(self, value)
         info = {"#key": key, "#type": name, **out}
         if len(info) != len(out) + 2:  # (cheaper than looking the two up in out)
