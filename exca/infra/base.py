@@ -269,12 +269,7 @@ class BaseInfra(pydantic.BaseModel):
         first call freezes the config)."""
         runtime = self._runtime()
         if runtime.uid is None:
-            template = _uid_template(type(self))
-            fields = {f for f in _UID_FIELDS if "{" + f + "}" in template}
-            if fields != set(_UID_FIELDS) or template.count("{") != len(_UID_FIELDS):
-                raise ValueError(
-                    f"_uid_string={template!r} must contain exactly {{method}}, {{version}} and {{uid}}"
-                )
+            template = _TEMPLATES.get(type(self)) or _uid_template(type(self))
             owner = self._owner()
             cfg_uid = self._config_uid() or "default"
             method = self._method().step_name(owner)
@@ -353,12 +348,24 @@ def _container_fields(cls: type[pydantic.BaseModel]) -> tuple[str, ...]:
     return tuple(out)
 
 
+_TEMPLATES: dict[type, str] = {}
+
+
 def _uid_template(cls: type) -> str:
-    """``_uid_string`` of an infra class (a plain/ClassVar attribute or a private attribute)."""
+    """``_uid_string`` of an infra class (a plain/ClassVar attribute or a private attribute),
+    checked, and remembered for the class."""
     private = getattr(cls, "__private_attributes__", {}).get("_uid_string")
     if private is not None and isinstance(getattr(private, "default", None), str):
-        return str(private.default)
-    return str(cls._uid_string)  # type: ignore[attr-defined]
+        template = str(private.default)
+    else:
+        template = str(cls._uid_string)  # type: ignore[attr-defined]
+    fields = {f for f in _UID_FIELDS if "{" + f + "}" in template}
+    if fields != set(_UID_FIELDS) or template.count("{") != len(_UID_FIELDS):
+        raise ValueError(
+            f"_uid_string={template!r} must contain exactly {{method}}, {{version}} and {{uid}}"
+        )
+    _TEMPLATES[cls] = template
+    return template
 
 
 def _collect_infras(value: tp.Any, prefix: str, out: dict[str, BaseInfra]) -> None:
