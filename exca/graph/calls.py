@@ -82,10 +82,13 @@ def task_job(node: Node) -> Job:
     return Job(node, handles[0] if handles else None)
 
 
-def map_items(node: Node, uids: list[str]) -> None:
-    """Make sure every item of a map node is in its cache (computing the missing ones)."""
+def map_items(node: Node, uids: list[str], missing: list[str] | None = None) -> None:
+    """Make sure every item of a map node is in its cache (computing the missing ones);
+    ``missing``: those of ``uids`` the caller just found missing, if it looked."""
     settled = node.mode != "retry" and not any(n.pending_force for n in node.closure)
-    if settled and not node.cache.missing(uids):
+    if missing is None and settled:
+        missing = node.cache.missing(uids)
+    if settled and not missing:
         return
     from .scheduler import Scheduler
 

@@ -137,10 +137,13 @@ class BoundMap:
             if values is not None:
                 return iter(values)
         uids = method.item_uid.shorten_all(uids)
-        if reusing and cache.has_all(uids):  # fast path: no node, no scheduler
-            return cache.values_of(uids, where=infra.uid())
+        missing = None
+        if reusing:
+            missing = cache.missing(uids)
+            if not missing:  # fast path: no node, no scheduler
+                return cache.values_of(uids, where=infra.uid())
         node = infra._map_node(items, uids)
-        calls.map_items(node, uids)
+        calls.map_items(node, uids, missing)
         return node.cache.values_of(uids, where=node.uid)
 
     def node(self, items: tp.Iterable[tp.Any] | Node) -> Node:

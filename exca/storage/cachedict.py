@@ -176,13 +176,6 @@ class CacheDict(tp.Generic[X]):
             out = list(itertools.filterfalse(entries.__contains__, out))
         return out
 
-    def has_all(self, keys: tp.Sequence[str]) -> bool:
-        """Whether every key is in the cache (one folder read at most)."""
-        entries = self._entries()
-        if all(map(entries.__contains__, keys)):
-            return True
-        return not self.missing(keys)
-
     def ram_values(self, keys: tp.Sequence[str]) -> tuple[X, ...] | None:
         """The values of keys, in order, when every one is held in RAM and none of them is a
         cached error; else None. One C-level pass (the warm path of map calls)."""
@@ -460,6 +453,7 @@ class CacheDict(tp.Generic[X]):
         records: list[dict[str, tp.Any]] = []
         lines: list[bytes] = []
         values: list[tuple[str, X]] = []
+        errors = 0  # cached errors among the values (counted for RAM reads)
         ctx.start_batch()
         try:
             for key, value in pairs:
@@ -470,6 +464,8 @@ class CacheDict(tp.Generic[X]):
                         continue  # written meanwhile (e.g. by a re-entrant call)
                     raise ValueError(f"Key {key!r} is already in the cache {self.folder}")
                 values.append((key, value))
+                if type(value) is CachedError:
+                    errors += 1
             records = ctx.dump_entries(values, self.cache_type)
             if meta is not None:
                 for info in records:
@@ -494,7 +490,7 @@ class CacheDict(tp.Generic[X]):
             offset += len(line)
         state.offset = writer.size
         if self.keep_in_ram:
-            self._ram_errors += sum(type(v) is CachedError for _, v in values)
+            self._ram_errors += errors
             self._ram.update(values)
 
     def __delitem__(self, key: str) -> None:

@@ -133,6 +133,9 @@ class SharedFile:
         self.pending = None
         if not pending:
             return
+        if len(pending) <= _IOV_MAX:  # one writev (the byte count is known)
+            _write_all(self.fd, pending, self.pending_bytes)
+            return
         for start in range(0, len(pending), _IOV_MAX):
             part = pending[start : start + _IOV_MAX]
             _write_all(self.fd, part, sum(memoryview(b).nbytes for b in part))
@@ -179,7 +182,7 @@ def _write_all(fd: int, buffers: list[tp.Any], total: int) -> None:
         return
     # a short write (signal, huge buffer): finish it byte-exactly
     flat = b"".join(memoryview(b).cast("B").tobytes() for b in buffers)
-    while written < total:
+    while written < len(flat):  # (the bytes themselves, whatever `total` said)
         written += os.write(fd, flat[written:])
 
 
