@@ -123,11 +123,10 @@ class BaseInfra(pydantic.BaseModel):
         values = self.__dict__.copy()
         for name in mutable_fields:
             values[name] = copy.deepcopy(values[name], memo)
-        setattr_ = object.__setattr__
-        setattr_(new, "__dict__", values)
-        setattr_(new, "__pydantic_fields_set__", self.__pydantic_fields_set__.copy())
-        setattr_(new, "__pydantic_extra__", None)
-        setattr_(new, "__pydantic_private__", None)
+        _SET_DICT(new, values)
+        _SET_FIELDS_SET(new, self.__pydantic_fields_set__.copy())
+        _SET_EXTRA(new, None)
+        _SET_PRIVATE(new, None)
         return new  # (its "_rt" slot stays unset: _runtime() makes one when needed)
 
     def __copy__(self) -> tp.Self:
@@ -135,13 +134,13 @@ class BaseInfra(pydantic.BaseModel):
 
     def _runtime(self) -> _Runtime:
         try:
-            runtime = self._rt  # type: ignore[attr-defined]
+            runtime: _Runtime | None = self._rt  # type: ignore[attr-defined]
         except AttributeError:  # validated from a dict: the slot was never set
             runtime = None
         if runtime is None:
             runtime = _Runtime()
-            object.__setattr__(self, "_rt", runtime)
-        return tp.cast(_Runtime, runtime)
+            _SET_RUNTIME(self, runtime)
+        return runtime
 
     def _link(self, owner: pydantic.BaseModel, name: str, default: BaseInfra, merge: bool) -> None:
         """Attach to an owner instance; take the class default's explicitly set fields."""
@@ -150,7 +149,7 @@ class BaseInfra(pydantic.BaseModel):
         runtime.name = name
         default_runtime = default._runtime()
         runtime.method = default_runtime.method
-        object.__setattr__(self, "_rt", runtime)
+        _SET_RUNTIME(self, runtime)
         if merge and default is not self:
             missing = default.__pydantic_fields_set__ - self.__pydantic_fields_set__
             for field in missing:
@@ -175,7 +174,7 @@ class BaseInfra(pydantic.BaseModel):
         runtime.owner = owner
         runtime.name = name
         runtime.method = default_runtime.method
-        object.__setattr__(new, "_rt", runtime)
+        _SET_RUNTIME(new, runtime)
         if self._checks_disk:
             new._check_disk()
         return new
@@ -348,6 +347,20 @@ def _container_fields(cls: type[pydantic.BaseModel]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _slot_setter(cls: type, name: str) -> tp.Callable[[tp.Any, tp.Any], None]:
+    """The setter of a slot of ``cls`` (faster than ``object.__setattr__`` on the hot path
+    of config creation), or a plain setattr if a pydantic version lays it out otherwise."""
+    descriptor = cls.__dict__.get(name)
+    if descriptor is not None and hasattr(descriptor, "__set__"):
+        return tp.cast(tp.Callable[[tp.Any, tp.Any], None], descriptor.__set__)
+    return lambda obj, value: object.__setattr__(obj, name, value)
+
+
+_SET_DICT = _slot_setter(pydantic.BaseModel, "__dict__")
+_SET_FIELDS_SET = _slot_setter(pydantic.BaseModel, "__pydantic_fields_set__")
+_SET_EXTRA = _slot_setter(pydantic.BaseModel, "__pydantic_extra__")
+_SET_PRIVATE = _slot_setter(pydantic.BaseModel, "__pydantic_private__")
+_SET_RUNTIME = _slot_setter(BaseInfra, "_rt")
 _TEMPLATES: dict[type, str] = {}
 
 

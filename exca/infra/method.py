@@ -262,13 +262,13 @@ def _hook_post_init(cls: type[pydantic.BaseModel]) -> None:
     if post_init is pydantic.BaseModel.model_post_init:  # a no-op: not worth a call
 
         def model_post_init(self: pydantic.BaseModel, context: tp.Any, /) -> None:
-            link_infras(self, merge=True)
+            link_infras(self, True)
 
     else:
 
         def model_post_init(self: pydantic.BaseModel, context: tp.Any, /) -> None:
             post_init(self, context)
-            link_infras(self, merge=True)
+            link_infras(self, True)
 
     setattr(model_post_init, _LINKS_FLAG, True)
     model_post_init.__qualname__ = f"{cls.__qualname__}.model_post_init"
