@@ -81,7 +81,7 @@ class InfraMethod(property):
         else:
             infra = obj.__dict__[self.infra_name]
         if infra._runtime().owner is not obj:
-            link_infras(obj, merge=False)
+            link_infras(obj, COPIED)
             infra = getattr(obj, self.infra_name)
         return tp.cast("BaseInfra", infra)
 
@@ -172,8 +172,15 @@ def owner_facts(cls: type[pydantic.BaseModel]) -> _OwnerFacts:
     return facts
 
 
-def link_infras(obj: pydantic.BaseModel, merge: bool) -> None:
-    """Link each infra of an owner instance to it (merging class-default settings)."""
+COPIED: tp.Any = object()  # link_infras' second argument for copies and unpickled objects
+
+
+def link_infras(obj: pydantic.BaseModel, context: tp.Any = None, /) -> None:
+    """Link each infra of an owner instance to it. ``context``: pydantic's post-init
+    context when the instance was just created (class-default settings are then merged,
+    and this function is the class's ``model_post_init`` itself: no wrapper call), or
+    ``COPIED`` for copies and unpickled instances (nothing to merge)."""
+    merge = context is not COPIED
     facts = _FACTS.get(type(obj)) or owner_facts(type(obj))
     values = obj.__dict__
     for name, private, default in facts.infras:
@@ -230,21 +237,21 @@ def install_owner_hooks(cls: type[pydantic.BaseModel]) -> None:
 
     def __setstate__(self: pydantic.BaseModel, state: dict[tp.Any, tp.Any]) -> None:
         setstate(self, state)
-        link_infras(self, merge=False)
+        link_infras(self, COPIED)
 
     shallow = cls.__copy__
     deep = cls.__deepcopy__
 
     def __copy__(self: pydantic.BaseModel) -> pydantic.BaseModel:
         new = shallow(self)
-        link_infras(new, merge=False)  # infras shared with `self` get copied
+        link_infras(new, COPIED)  # infras shared with `self` get copied
         return new
 
     def __deepcopy__(
         self: pydantic.BaseModel, memo: dict[int, tp.Any] | None = None
     ) -> pydantic.BaseModel:
         new = deep(self, memo)
-        link_infras(new, merge=False)
+        link_infras(new, COPIED)
         return new
 
     for hook in (__setstate__, __copy__, __deepcopy__):
@@ -253,22 +260,21 @@ def install_owner_hooks(cls: type[pydantic.BaseModel]) -> None:
 
 
 _LINKS_FLAG = "_exca_links_infras"  # set on model_post_init hooks (kept by functools.wraps)
+setattr(link_infras, _LINKS_FLAG, True)
 
 
 def _hook_post_init(cls: type[pydantic.BaseModel]) -> None:
     """Make instance creation link the infras of the instance (after model_post_init)."""
     post_init = cls.model_post_init
+    if getattr(post_init, _LINKS_FLAG, False):  # inherited from a hooked class: it links
+        return
+    if post_init is pydantic.BaseModel.model_post_init:  # a no-op: linking is the hook
+        cls.model_post_init = link_infras  # type: ignore[method-assign]
+        return
 
-    if post_init is pydantic.BaseModel.model_post_init:  # a no-op: not worth a call
-
-        def model_post_init(self: pydantic.BaseModel, context: tp.Any, /) -> None:
-            link_infras(self, True)
-
-    else:
-
-        def model_post_init(self: pydantic.BaseModel, context: tp.Any, /) -> None:
-            post_init(self, context)
-            link_infras(self, True)
+    def model_post_init(self: pydantic.BaseModel, context: tp.Any, /) -> None:
+        post_init(self, context)
+        link_infras(self)
 
     setattr(model_post_init, _LINKS_FLAG, True)
     model_post_init.__qualname__ = f"{cls.__qualname__}.model_post_init"
