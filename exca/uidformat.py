@@ -244,8 +244,11 @@ class _UidMakerV3:
             items.append((len(display) + len(key), key, display, rendered[1]))
         if not ordered:
             items.sort()
-        display = ",".join([f"{k}={d}" for _, k, d, _ in items])
-        hashed = ",".join([f"{k}={h}" for _, k, _, h in items])
+        displays, hashes = [], []  # (one loop: cheaper than two comprehensions)
+        for _, key, item_display, item_hash in items:
+            displays.append(f"{key}={item_display}")
+            hashes.append(f"{key}={item_hash}")
+        display, hashed = ",".join(displays), ",".join(hashes)
         if not clean_keys:
             display = _clean_v3(display)
         elif len(display) > MAX_DISPLAY_V3:  # keys and values are clean: only cut it
@@ -253,12 +256,15 @@ class _UidMakerV3:
         return "{" + display + "}", "dict:{" + hashed + "}"
 
     def _render_seq(self, value: tp.Iterable[tp.Any]) -> tuple[str, str]:
-        rendered = [self.render(item) for item in value]
+        render = self.render
+        rendered = [render(item) for item in value]
         if isinstance(value, set | frozenset):
             rendered.sort()  # by display; ties (e.g. ":" and ";" both clean to "") by hash
-        display = ",".join([r[0] for r in rendered])
-        hashed = ",".join([r[1] for r in rendered])
-        return "(" + _clean_v3(display) + ")", "seq:(" + hashed + ")"
+        if rendered:
+            displays, hashes = zip(*rendered)
+        else:
+            displays = hashes = ()
+        return "(" + _clean_v3(",".join(displays)) + ")", "seq:(" + ",".join(hashes) + ")"
 
     def _render_other(self, value: tp.Any) -> _Rendered:
         if isinstance(value, PurePath):
