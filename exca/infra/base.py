@@ -134,10 +134,8 @@ class BaseInfra(pydantic.BaseModel):
 
     def _runtime(self) -> _Runtime:
         try:
-            runtime: _Runtime | None = self._rt  # type: ignore[attr-defined]
-        except AttributeError:  # validated from a dict: the slot was never set
-            runtime = None
-        if runtime is None:
+            runtime: _Runtime = self._rt  # type: ignore[attr-defined]
+        except AttributeError:  # created by validation, a copy or unpickling: never set
             runtime = _Runtime()
             _SET_RUNTIME(self, runtime)
         return runtime
@@ -162,7 +160,10 @@ class BaseInfra(pydantic.BaseModel):
         """A copy of this class default attached to an owner instance: ``__deepcopy__`` +
         ``_link`` for the common case (nothing to merge, and the settings are the
         default's, checked once)."""
-        default_runtime = self._runtime()
+        try:
+            default_runtime: _Runtime = self._rt  # type: ignore[attr-defined]
+        except AttributeError:
+            default_runtime = self._runtime()
         if not default_runtime.settings_checked:
             self._check_settings()
             default_runtime.mutable_fields = tuple(
