@@ -366,6 +366,11 @@ class _UidMakerV2:
 _MAKERS: dict[int, _UidMakerV3 | _UidMakerV2] = {3: _UidMakerV3(), 2: _UidMakerV2()}
 
 
+def set_order(value: tp.Any) -> _Rendered:
+    """The sort key of a set item in a uid: its v3 (display, typed hash)."""
+    return _MAKERS[3].render(value)
+
+
 def to_uid(data: tp.Any, version: int | None = None) -> str:
     """The uid string of a (nested) dict of config values ("" when empty)."""
     version = uid_version(version)

@@ -85,11 +85,28 @@ def test_uid_golden_and_hand_computed() -> None:
     assert Basic().infra.uid() == f"{MODULE}.Basic.process,1/default"
 
 
+class Tagged(pydantic.BaseModel):
+    """Sets are dumped in hash order, which changes between processes for strings."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+    tags: set[str] = set()
+    anything: tp.Any = None
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def process(self) -> int:
+        return len(self.tags)
+
+
+TAGS = {"alpha", "beta", "gamma", "delta", "epsilon", "zeta"}
+
+
 def test_uid_stable_across_processes() -> None:
     code = (
         "import test_identity as t; "
         "print(t.Basic(p=3, s='some text', f=0.1).infra.uid()); "
-        "print(t.Whatever(param1=13).infra.uid())"
+        "print(t.Whatever(param1=13).infra.uid()); "
+        "print(t.Tagged(tags=t.TAGS, anything=frozenset(t.TAGS)).infra.uid())"
     )
     tests_dir = str(Path(__file__).parent)
     env = dict(os.environ, PYTHONHASHSEED="1234")
@@ -100,8 +117,10 @@ def test_uid_stable_across_processes() -> None:
     here = [
         Basic(p=3, s="some text", f=0.1).infra.uid().replace(MODULE, "test_identity"),
         Whatever(param1=13).infra.uid().replace(MODULE, "test_identity"),
+        Tagged(tags=TAGS, anything=frozenset(TAGS)).infra.uid().replace(MODULE, "test_identity"),
     ]
     assert out == here
+    assert "tags=(alpha,beta,delta,epsilon,gamma,zeta)" in here[2]
 
 
 # --- _exclude_from_cls_uid ------------------------------------------------------------------

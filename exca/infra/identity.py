@@ -20,6 +20,8 @@ from pathlib import PurePath
 import pydantic
 import pydantic_core
 
+from .. import uidformat
+
 MODEL_UID_FIELDS_ATTR = "_exca_uid_fields"  # ClassVar: only these fields enter a uid ("." = none)
 OVERRIDE_HOOK = "_exca_uid_dict_override"
 EXCLUDE_ATTR = "_exclude_from_cls_uid"
@@ -309,6 +311,8 @@ class _Exporter:
                     and (dval == field.default_json or values.get(name) == field.default)
                 ):
                     continue
+                if type(dval) is list and isinstance(values.get(name), set | frozenset):
+                    dval = _ordered_set(dval)
                 out[name] = dval
                 continue
             value = values.get(name)
@@ -369,7 +373,15 @@ class _Exporter:
                     self.uid and isinstance(sub, pydantic.BaseModel) and dropped_from_parent(sub)
                 )
             ]
+        if isinstance(value, set | frozenset) and isinstance(dval, list):
+            return _ordered_set(dval)
         return dval
+
+
+def _ordered_set(dumped: list[tp.Any]) -> list[tp.Any]:
+    """The json items of a set in a fixed order (as a uid sorts them): a json dump lists a
+    set in hash order, which changes from process to process for strings."""
+    return sorted(dumped, key=uidformat.set_order)
 
 
 # --- freezing ---------------------------------------------------------------------------
