@@ -219,7 +219,8 @@ class _UidMakerV3:
                 key = str(key)
             kind = type(sub)
             if kind is not str and kind is not int and kind is not float and not ordered:
-                # chains of single-key dicts collapse into dotted keys
+                # chains of single-key dicts collapse into dotted keys (the loop of
+                # collapse(), inlined: a call per value costs ~5% of a uid)
                 while (
                     isinstance(sub, dict)
                     and len(sub) == 1

@@ -20,17 +20,12 @@ from pathlib import Path
 
 import pydantic
 import pytest
+from filelog import append
 
 import exca
 from exca.graph.errors import JobFailedError
 
 CLUSTERS = [None, "local", "debug"]
-
-
-def append(path: str, text: str) -> None:
-    """One line per call; O_APPEND small writes are atomic across processes."""
-    with open(path, "a", encoding="utf8") as handle:
-        handle.write(text + "\n")
 
 
 def calls(path: str | Path) -> list[str]:

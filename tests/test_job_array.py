@@ -12,23 +12,9 @@ from pathlib import Path
 
 import pydantic
 import pytest
+from filelog import append, wait_until
 
 import exca
-
-WAIT_S = 60.0
-
-
-def append(path: Path, text: str) -> None:
-    with open(path, "a", encoding="utf8") as handle:
-        handle.write(text + "\n")
-
-
-def wait_until(predicate: tp.Callable[[], bool], timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached in time")
-        time.sleep(0.05)
 
 
 class Square(pydantic.BaseModel):

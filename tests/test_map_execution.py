@@ -13,15 +13,11 @@ from pathlib import Path
 
 import pydantic
 import pytest
+from filelog import append
 
 import exca
 
 CLUSTERS = [None, "threadpool", "processpool", "local", "debug"]
-
-
-def append(path: str, text: str) -> None:
-    with open(path, "a", encoding="utf8") as handle:
-        handle.write(text + "\n")
 
 
 def counts(path: str | Path) -> collections.Counter[int]:

@@ -9,6 +9,7 @@ tests/ is on PYTHONPATH) and/or threads. Each computation appends "<pid> <thread
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import os
 import signal
@@ -20,35 +21,21 @@ import time
 import typing as tp
 from pathlib import Path
 
+import filelog
 import orjson
 import pydantic
 import pytest
+from filelog import append, lines
 
 import exca
 from exca.storage import process as process_info
 
 WAIT_S = 60.0  # bound on any wait (never reached when things work)
-
-
-def append(path: Path, text: str) -> None:
-    with open(path, "a", encoding="utf8") as handle:
-        handle.write(text + "\n")
-
-
-def lines(path: Path) -> list[str]:
-    return path.read_text("utf8").splitlines() if path.exists() else []
+wait_until = functools.partial(filelog.wait_until, timeout=WAIT_S, poll=0.02)
 
 
 def me() -> str:
     return f"{os.getpid()} {threading.get_native_id()}"
-
-
-def wait_until(predicate: tp.Callable[[], bool], timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached in time")
-        time.sleep(0.02)
 
 
 def block_if_first(ctl: Path) -> None:

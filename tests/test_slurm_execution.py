@@ -8,13 +8,16 @@ its config (the node shares this machine's disk), so tests count the real calls.
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import time
 import typing as tp
 from pathlib import Path
 
+import filelog
 import pydantic
 import pytest
+from filelog import append, lines
 
 import exca
 from exca.graph import executors
@@ -24,23 +27,7 @@ from slurm_cluster import SlurmCluster, sacct_states
 pytestmark = pytest.mark.slurm
 
 WAIT_S = 120.0  # bound on waits for Slurm (never reached when things work)
-
-
-def append(path: str | Path, text: str) -> None:
-    with open(path, "a", encoding="utf8") as handle:
-        handle.write(text + "\n")
-
-
-def lines(path: Path) -> list[str]:
-    return path.read_text("utf8").splitlines() if path.exists() else []
-
-
-def wait_until(predicate: tp.Callable[[], bool], timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached in time")
-        time.sleep(0.2)
+wait_until = functools.partial(filelog.wait_until, timeout=WAIT_S, poll=0.2)
 
 
 class SlurmTask(pydantic.BaseModel):
