@@ -190,7 +190,12 @@ class BaseInfra(pydantic.BaseModel):
         """Cross-field checks, done once the class-default settings are merged (a function
         of the field values only: done once per class default)."""
 
-    _checks_disk: tp.ClassVar[bool] = False  # whether _check_disk does something
+    _checks_disk: tp.ClassVar[bool] = False  # whether _check_disk is overridden (set below)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: tp.Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls._checks_disk = cls._check_disk is not BaseInfra._check_disk  # (skip a no-op call)
 
     def _check_disk(self) -> None:
         """Checks of the file system, done each time an infra is linked to an owner."""

@@ -323,7 +323,7 @@ class _Exporter:
                     # a subclass instance: the parent's dump left out what only the
                     # annotated class keeps out of uids, dump it whole
                     dval = value.model_dump(mode="json", warnings=False)
-                if self.exclude_defaults and name not in keep:
+                if prune and name not in keep:
                     if value is field.default:
                         continue  # the class default itself
                     sub_keep = (field.discriminator,) if field.discriminator else ()
@@ -341,7 +341,7 @@ class _Exporter:
                     out[name] = _Exporter(self.uid, False).model(value, dval, keep=())
                 continue
             if (
-                self.exclude_defaults
+                prune
                 and not field.required
                 and name not in keep
                 and (dval == field.default_json or value == field.default)

@@ -204,8 +204,6 @@ class MapInfra(BaseInfra, SubmititMixin):
     def _check_settings(self) -> None:
         self._check_resources(self.folder)
 
-    _checks_disk: tp.ClassVar[bool] = True
-
     def _check_disk(self) -> None:
         if self.folder is not None and not Path(self.folder).parent.exists():
             raise ValueError(
