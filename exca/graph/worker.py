@@ -156,7 +156,7 @@ def _run_task(unit: Unit) -> Report:
             return Report(reused=1)
         if state == "error" and unit.action == "compute":
             return Report(reused=1)
-        claim = claims.claim([TASK_KEY])
+        claim = claims.claim_one(TASK_KEY)
         if claim.reentered:
             raise RuntimeError(
                 f"{node.uid} is already being computed by this very thread: a decorated "

@@ -63,31 +63,53 @@ def _normalized(cfg: ConfDict) -> dict[str, tp.Any]:
     return ConfDict(loaded or {}).flat()
 
 
-def write_atomic(path: Path, text: str, permissions: int | None) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(3).hex()}")
-    tmp.write_text(text, encoding="utf8")
+def write_atomic(path: Path | str, text: str, permissions: int | None) -> None:
+    """Write a whole file under a temporary name, then rename it into place (readers see
+    the old file or the new one, never a part)."""
+    path = os.fspath(path)
+    parent, name = os.path.split(path)
+    tmp = f"{parent}/.{name}.tmp-{os.getpid()}-{os.urandom(3).hex()}"
+    data = text.encode("utf8")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        written = os.write(fd, data)
+        while written < len(data):
+            written += os.write(fd, data[written:])
+    finally:
+        os.close(fd)
     if permissions is not None:
-        try:
-            os.chmod(tmp, permissions)
-        except OSError as e:
-            logger.warning("Could not chmod %s: %s", tmp, e)
+        _chmod(tmp, permissions)
     os.replace(tmp, path)
 
 
-def make_folder(folder: Path, permissions: int | None) -> None:
-    """mkdir -p, applying permissions to the folders it creates."""
-    missing = []
-    current = folder
-    while not current.exists():
-        missing.append(current)
-        current = current.parent
-    folder.mkdir(parents=True, exist_ok=True)
+def _chmod(path: str, permissions: int) -> None:
+    try:
+        os.chmod(path, permissions)
+    except OSError as e:
+        logger.warning("Could not chmod %s: %s", path, e)
+
+
+def make_folder(folder: Path | str, permissions: int | None) -> bool:
+    """mkdir -p, applying permissions to the folders it creates; True when it created
+    ``folder`` itself (then it was empty a moment ago)."""
+    folder = os.fspath(folder)
+    try:
+        os.mkdir(folder)
+    except FileExistsError:
+        return False
+    except FileNotFoundError:  # parents missing: create them first
+        missing = []
+        current = os.path.dirname(folder)
+        while not os.path.exists(current):
+            missing.append(current)
+            current = os.path.dirname(current)
+        os.makedirs(folder, exist_ok=True)
+        if permissions is not None:
+            for path in missing:
+                _chmod(path, permissions)
     if permissions is not None:
-        for path in missing:
-            try:
-                os.chmod(path, permissions)
-            except OSError as e:
-                logger.warning("Could not chmod %s: %s", path, e)
+        _chmod(folder, permissions)
+    return True
 
 
 def _check_or_write(path: Path, text: str, permissions: int | None) -> dict[str, tp.Any] | None:
@@ -110,7 +132,13 @@ def prepare(
     permissions: int | None,
 ) -> None:
     """Create the folder, check the existing yaml files, write the missing ones."""
-    make_folder(folder, permissions)
+    if make_folder(folder, permissions):
+        # created by this call: no file to check yet (a concurrent creator of the same
+        # folder writes the same texts, each file replaced whole)
+        for name, cfg in ((UID_FILE, uid_config), (FULL_UID_FILE, full_uid_config)):
+            write_atomic(f"{folder}/{name}", cfg.to_yaml(), permissions)
+        write_atomic(f"{folder}/{CONFIG_FILE}", config().to_yaml(), permissions)
+        return
     existing = _check_or_write(folder / UID_FILE, uid_config.to_yaml(), permissions)
     if existing is not None and ConfDict(existing).flat() != _normalized(uid_config):
         raise RuntimeError(
