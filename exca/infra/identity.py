@@ -152,7 +152,10 @@ def _field_facts(cls: type, name: str, field: pydantic.fields.FieldInfo) -> _Fie
     required = field.is_required()
     default = _NO_DEFAULT
     if not required:
-        default = field.get_default(call_default_factory=True, validated_data={})
+        # (read as is: get_default() would deep-copy it, e.g. a whole infra default)
+        default = field.default
+        if field.default_factory is not None:
+            default = field.get_default(call_default_factory=True, validated_data={})
     models = _model_types(field.annotation)
     model_cls: type[pydantic.BaseModel] | None = None
     if len(models) == 1 and isinstance(models[0], type):
@@ -455,6 +458,10 @@ _SCALARS = (str, int, float, bool, type(None), bytes, PurePath)
 
 def _scalar_annotation(annotation: tp.Any) -> bool:
     """Whether a field annotation can only hold plain values (never a model)."""
+    if type(annotation) is type:  # (a plain class, the common case: no typing call)
+        return issubclass(annotation, _SCALARS)
+    if type(annotation) is types.UnionType:  # X | Y
+        return all(_scalar_annotation(arg) for arg in annotation.__args__)
     origin = tp.get_origin(annotation)
     if origin is tp.Literal:
         return True
