@@ -59,10 +59,24 @@ def _string(text: str) -> str:
     raise _Unsupported
 
 
+_STRINGS: dict[str, str] = {}  # renderings of keys and values (configs repeat them), bounded
+_MEMO_MAX = 20_000
+
+
+def _string_memo(text: str) -> str:
+    found = _STRINGS.get(text)
+    if found is None:
+        found = _string(text)  # (raises for unsupported strings: never memoized)
+        if len(_STRINGS) >= _MEMO_MAX:
+            _STRINGS.clear()
+        _STRINGS[text] = found
+    return found
+
+
 def _scalar(value: tp.Any) -> str:
     kind = type(value)
     if kind is str:
-        return _string(value)
+        return _string_memo(value)
     if kind is bool:
         return "true" if value else "false"
     if kind is int:
@@ -93,8 +107,13 @@ def _mapping(data: tp.Mapping[tp.Any, tp.Any], indent: str, lines: list[str]) ->
     for key, value in data.items():
         if type(key) is not str or len(key) > _MAX_KEY:
             raise _Unsupported
-        key = _string(key)
-        if not _is_block(value):
+        key = _STRINGS.get(key) or _string_memo(key)
+        kind = type(value)
+        if kind is str:
+            lines.append(f"{indent}{key}: {_STRINGS.get(value) or _string_memo(value)}")
+        elif value is None:
+            lines.append(f"{indent}{key}: null")
+        elif not _is_block(value):
             lines.append(f"{indent}{key}: {_scalar(value)}")
         elif isinstance(value, dict):
             lines.append(f"{indent}{key}:")

@@ -93,6 +93,9 @@ def _float_display(value: float) -> str:
     return f"{value:.2e}"
 
 
+_LEAVES = frozenset({str, int, float, bool, type(None)})
+
+
 def collapse(data: tp.Any) -> tp.Any:
     """Collapse chains of single-key dicts into dotted keys: {"a": {"b": 1}} -> {"a.b": 1}.
 
@@ -103,6 +106,9 @@ def collapse(data: tp.Any) -> tp.Any:
         ordered = isinstance(data, collections.OrderedDict)
         out: dict[str, tp.Any] = collections.OrderedDict() if ordered else {}
         for key, value in data.items():
+            if type(value) in _LEAVES:
+                out[key] = value
+                continue
             value = collapse(value)
             if not ordered:
                 while (

@@ -326,8 +326,9 @@ class Scheduler:
 
     def _finish(self, run: NodeRun, progress: Progress) -> None:
         node = run.node
-        node.cache.refresh()
         inline = all(isinstance(h, executors.DoneHandle) for h in run.handles)
+        if not inline or node.kind != "task":
+            node.cache.refresh()  # (an inline task wrote through this very cache, or read it fresh)
         if node.kind == "task":
             if not inline:
                 progress.update(1)
