@@ -411,3 +411,34 @@ def test_fork_of_a_writing_process(tmp_path: Path, method: str) -> None:
     assert not parent_data & child_data
     check_all(fresh, parent_keys | child_keys)
     check_all(cd, parent_keys | child_keys)  # the parent's own instance sees the child's keys
+
+
+def test_short_writes_of_index_lines_are_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel may write fewer bytes than asked: lines are finished, never torn."""
+    real_write = os.write
+    shortened = []
+
+    def short_write(fd: int, data: tp.Any) -> int:
+        if isinstance(data, bytes) and len(data) > 40:  # index lines (payloads are arrays)
+            shortened.append(len(data))
+            return real_write(fd, data[:40])
+        return real_write(fd, data)
+
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path)
+    values = {f"key-{i}": {"text": "x" * (50 + i), "i": i} for i in range(20)}
+    values["array"] = np.arange(64.0)
+    monkeypatch.setattr(os, "write", short_write)
+    with cd.write():
+        for key, value in values.items():
+            cd[key] = value
+    monkeypatch.setattr(os, "write", real_write)
+    assert len(shortened) >= 20
+    fresh: CacheDict[tp.Any] = CacheDict(tmp_path)
+    assert set(fresh.keys()) == set(values)
+    for key, value in values.items():
+        if key == "array":
+            np.testing.assert_array_equal(fresh[key], value)
+        else:
+            assert fresh[key] == value

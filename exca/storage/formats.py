@@ -163,6 +163,20 @@ class SharedFile:
 _ZEROS = bytes(ALIGNMENT)
 _IOV_MAX = 1024  # buffers per writev call (the Linux limit)
 _DTYPE_STR: dict[tp.Any, str] = {}
+# One shared tuple per array shape in index records. A record (dict) holding only atomic
+# values and tuples the GC already untracked is not tracked itself: then 10k cached
+# entries cost the cyclic GC nothing (a fresh shape tuple per record made each record,
+# and its entry tuple, long-lived tracked objects: ~1/3 of the time of `cd[k] = v`).
+_SHAPES: dict[tuple[int, ...], tuple[int, ...]] = {}
+
+
+def _shared_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    found = _SHAPES.get(shape)
+    if found is None:
+        if len(_SHAPES) >= 10_000:
+            _SHAPES.clear()
+        found = _SHAPES[shape] = shape
+    return found
 
 
 _NP: tp.Any = None
@@ -516,7 +530,9 @@ class MemmapArray:
             dtype_str = _DTYPE_STR[dtype] = dtype.str
         shared = ctx._shared.get(".data") or ctx.shared_file(".data")
         offset = shared.append_array(array, ALIGNMENT)
-        return {"f": shared.name, "o": offset, "d": dtype_str, "s": array.shape}
+        shape = array.shape
+        shape = _SHAPES.get(shape) or _shared_shape(shape)
+        return {"f": shared.name, "o": offset, "d": dtype_str, "s": shape}
 
     @classmethod
     def __dump_many__(cls, ctx: DumpContext, values: list[tp.Any]) -> list[dict[str, tp.Any]]:
@@ -552,7 +568,9 @@ class MemmapArray:
             else:
                 offset = append(array, ALIGNMENT)
                 pending = shared.pending
-            out.append({"f": name, "o": offset, "d": dtype_str, "s": array.shape})
+            shape = array.shape
+            shape = _SHAPES.get(shape) or _shared_shape(shape)
+            out.append({"f": name, "o": offset, "d": dtype_str, "s": shape})
         return out
 
     @classmethod

@@ -274,10 +274,17 @@ class IndexWriter:
         fd = self.fd if self.fd is not None else self.open()
         offset = self.size
         written = os.write(fd, data)
-        while written < len(data):  # rare short write: finish the same lines
-            written += os.write(fd, data[written:])
+        if written != len(data):
+            self.finish_short_write(data, written)
         self.size = offset + len(data)
         return offset
+
+    def finish_short_write(self, data: bytes, written: int) -> None:
+        """After a short write of ``data`` (``written`` bytes of it): write the rest (rare),
+        so that the lines stay whole."""
+        assert self.fd is not None
+        while written < len(data):
+            written += os.write(self.fd, data[written:])
 
     def close(self) -> None:
         if self.fd is not None:
