@@ -112,3 +112,14 @@ def test_dead_batch_claim_is_removed(tmp_path: Path) -> None:
     with Claims(tmp_path).claim_one("result") as claim:
         assert claim.mine == ["result"]
     assert not dead.exists()
+
+
+def test_claim_of_a_dead_process_with_this_pid_is_not_reentered(tmp_path: Path) -> None:
+    """A pid is reused: a dead process's claim with our pid and thread id is taken over,
+    not mistaken for one this thread holds (its start time differs)."""
+    path = _key_claim_path(tmp_path)
+    me = Owner.current()
+    ghost = me._replace(start=(me.start or 0) + 12345)._asdict()
+    path.write_bytes(orjson.dumps({"owner": ghost, "keys": ["result"]}))
+    with Claims(tmp_path).claim_one("result") as claim:
+        assert claim.mine == ["result"] and not claim.reentered

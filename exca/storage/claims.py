@@ -217,7 +217,7 @@ class Claims:
                 if holder is None:
                     continue  # vanished meanwhile (released or taken over): link again
                 owner = holder.owner
-                if (owner.host, owner.pid, owner.thread) == (me.host, me.pid, me.thread):
+                if owner[:4] == me[:4]:  # host, pid, start time, thread: this very thread
                     return Claim(self.folder, [], {}, [key])
                 if not holder.is_dead(self.heartbeat, self.job_alive):
                     return Claim(self.folder, [], {key: owner}, [])
@@ -236,7 +236,7 @@ class Claims:
                 continue
             _discard(path)
             owner = other.owner
-            if (owner.host, owner.pid, owner.thread) == (me.host, me.pid, me.thread):
+            if owner[:4] == me[:4]:
                 return Claim(self.folder, [], {}, [key])
             return Claim(self.folder, [], {key: owner}, [])
         claimed = Path(path)
