@@ -216,10 +216,11 @@ class ConfDict(dict[str, tp.Any]):
         return uidformat.to_uid(self, version=version)
 
     @classmethod
-    def uid_of(cls, data: dict[str, tp.Any]) -> str:
+    def uid_of(cls, data: dict[str, tp.Any], plain_keys: bool = False) -> str:
         """``ConfDict(data).to_uid()``, without building the ConfDict when ``data`` has no
-        key that it would split or merge (the common case of an exported config)."""
-        if not _plain_keys(data):
+        key that it would split or merge (the common case of an exported config).
+        ``plain_keys=True``: the caller knows it has none (no check)."""
+        if not plain_keys and not _plain_keys(data):
             return cls(data).to_uid()
         version = None if os.environ.get(uidformat.UID_VERSION_ENV) else cls.UID_VERSION
         return uidformat.to_uid(data, version=version)

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from exca import ConfDict, MapInfra, TaskInfra
+from exca.infra import identity
 
 MODULE = __name__
 FORBID = pydantic.ConfigDict(extra="forbid")
@@ -1063,3 +1064,32 @@ def test_pickle_and_copies_keep_working_infra(tmp_path: Path) -> None:
     fresh = pickle.loads(pickle.dumps(Basic(p=8, infra={"folder": tmp_path})))
     assert fresh.process() == "8-hello"
     assert fresh.infra.uid() == Basic(p=8).infra.uid()
+
+
+class _DottedInside(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    params: dict[str, int] = {}
+    anything: tp.Any = None
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"params": {"a.b": 1, "a.c": 2}},  # split and merged by a ConfDict
+        {"anything": [{"x.y": 1, "x.z": 2}]},  # inside a list
+        {"anything": {"k": {"=replace=": True, "v": 3}}},
+        {"params": {"a": 1, "b": 2}},
+    ],
+)
+def test_uid_of_user_keys_matches_confdict(values: dict[str, tp.Any]) -> None:
+    """Keys that are not field names may hold dots: the uid is the ConfDict's uid of the
+    export, whatever shortcut the uid computation takes."""
+    obj = _DottedInside(**values)
+    exported = identity.export_model(obj, uid=True, exclude_defaults=True)
+    expected = ConfDict(exported).to_uid()
+    assert obj.infra.uid().rsplit("/", 1)[1] == expected

@@ -261,8 +261,8 @@ class BaseInfra(pydantic.BaseModel):
         if any("." in name for name in exclude):  # a nested exclusion: ConfDict pops it
             return self.config(uid=True, exclude_defaults=True).to_uid()
         owner = self._owner()
-        out = identity.export_model(owner, uid=True, exclude_defaults=True, exclude=exclude)
-        return ConfDict.uid_of(out)
+        out, plain = identity.export_with_keys(owner, True, True, exclude)
+        return ConfDict.uid_of(out, plain_keys=plain)
 
     def _step_name(self) -> str:
         """``<module>.<Class>.<method>,<version>``: the folder of all configs of a method."""
@@ -274,13 +274,24 @@ class BaseInfra(pydantic.BaseModel):
         first call freezes the config)."""
         runtime = self._runtime()
         if runtime.uid is None:
-            template = _TEMPLATES.get(type(self)) or _uid_template(type(self))
             owner = self._owner()
             cfg_uid = self._config_uid() or "default"
-            method = self._method().step_name(owner)
-            runtime.uid = template.format(method=method, version=self.version, uid=cfg_uid)
+            key = (type(self), self._method(), type(owner), self.version)
+            around = _UID_AROUND.get(key) or self._uid_around(key)
+            runtime.uid = around[0] + cfg_uid + around[1]
             runtime.models = identity.freeze(owner)
         return runtime.uid
+
+    def _uid_around(self, key: tuple[tp.Any, ...]) -> tuple[str, str]:
+        """What comes before and after the config uid in ``uid()`` (the template with
+        the method and version filled in), remembered per class, method and version."""
+        template = _TEMPLATES.get(type(self)) or _uid_template(type(self))
+        before, _, after = template.partition("{uid}")
+        values = {"method": self._method().step_name(self._owner()), "version": self.version}
+        if len(_UID_AROUND) >= 10_000:
+            _UID_AROUND.clear()
+        around = _UID_AROUND[key] = (before.format(**values), after.format(**values))
+        return around
 
     def uid_folder(self, create: bool = False) -> Path | None:
         """``folder / uid()``, or None without a folder (create=True writes the yaml files)."""
@@ -368,6 +379,7 @@ _SET_EXTRA = _slot_setter(pydantic.BaseModel, "__pydantic_extra__")
 _SET_PRIVATE = _slot_setter(pydantic.BaseModel, "__pydantic_private__")
 _SET_RUNTIME = _slot_setter(BaseInfra, "_rt")
 _TEMPLATES: dict[type, str] = {}
+_UID_AROUND: dict[tuple[tp.Any, ...], tuple[str, str]] = {}
 
 
 def _uid_template(cls: type) -> str:

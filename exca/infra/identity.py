@@ -255,12 +255,24 @@ def export_model(
     exclude_defaults=True drops values equal to their default.
     ``exclude`` names top-level fields to drop too (the cache-uid exclusions).
     """
+    return export_with_keys(model, uid, exclude_defaults, exclude)[0]
+
+
+def export_with_keys(
+    model: pydantic.BaseModel,
+    uid: bool = False,
+    exclude_defaults: bool = False,
+    exclude: tp.Iterable[str] = (),
+) -> tuple[dict[str, tp.Any], bool]:
+    """``export_model``, and whether every key of the export is a field name (then no key
+    holds a "." that a ConfDict would split: ``ConfDict.uid_of`` needs no check)."""
     spec = class_facts(type(model)).uid_dump_exclude if uid else None
     dumped = model.model_dump(mode="json", warnings=False, exclude=spec)
-    out = _Exporter(uid=uid, exclude_defaults=exclude_defaults).model(model, dumped, keep=())
+    exporter = _Exporter(uid=uid, exclude_defaults=exclude_defaults)
+    out = exporter.model(model, dumped, keep=())
     for name in exclude:
         out.pop(name, None)
-    return out
+    return out, exporter.field_keys_only
 
 
 _DEFAULT_EXPORTS: dict[tuple[int, bool], dict[str, tp.Any]] = {}
@@ -283,6 +295,9 @@ class _Exporter:
     def __init__(self, uid: bool, exclude_defaults: bool) -> None:
         self.uid = uid
         self.exclude_defaults = exclude_defaults
+        # whether every key written so far is a field name (not a user dict's key, nor a
+        # hook's); containers of containers count as not (conservative)
+        self.field_keys_only = True
 
     def model(
         self, model: pydantic.BaseModel, dumped: dict[str, tp.Any], keep: tp.Iterable[str]
@@ -296,9 +311,13 @@ class _Exporter:
                     "extra='forbid')) so that a typo cannot silently change a uid"
                 )
             if facts.has_override:
+                self.field_keys_only = False
                 return dict(getattr(model, OVERRIDE_HOOK)())
         excluded = _exclusions(model, facts) if self.uid else frozenset()
-        out: dict[str, tp.Any] = dict(getattr(model, PREFIX_HOOK)()) if facts.has_prefix else {}
+        out: dict[str, tp.Any] = {}
+        if facts.has_prefix:
+            self.field_keys_only = False
+            out.update(getattr(model, PREFIX_HOOK)())
         values = model.__dict__
         prune = self.exclude_defaults
         for field in facts.fields_in_uid if self.uid else facts.fields:
@@ -341,7 +360,9 @@ class _Exporter:
                         continue
                     out[name] = pruned
                 else:
-                    out[name] = _Exporter(self.uid, False).model(value, dval, keep=())
+                    exporter = _Exporter(self.uid, False)
+                    out[name] = exporter.model(value, dval, keep=())
+                    self.field_keys_only &= exporter.field_keys_only
                 continue
             if (
                 prune
@@ -356,6 +377,8 @@ class _Exporter:
     def value(self, value: tp.Any, dval: tp.Any) -> tp.Any:
         if isinstance(value, pydantic.BaseModel):
             return self.model(value, dval, keep=())
+        if isinstance(dval, dict | list):
+            self.field_keys_only = False  # (user keys, or containers in a list)
         if isinstance(value, dict) and isinstance(dval, dict):
             items = {}
             for key, sub in value.items():
@@ -425,16 +448,16 @@ def _patch_setattr(cls: type) -> None:
 def freeze(model: pydantic.BaseModel) -> list[pydantic.BaseModel]:
     """Forbid public attribute changes on a model and on every model nested in it (returns
     them all)."""
-    frozen = _FROZEN
+    frozen, patched, ref_to = _FROZEN, _PATCHED, weakref.ref
     models = iter_models(model)
     for sub in models:
         ref = frozen.get(id(sub))
         if ref is not None and ref() is sub:
             continue
-        if type(sub) not in _PATCHED:
+        if type(sub) not in patched:
             _patch_setattr(type(sub))
         try:
-            frozen[id(sub)] = weakref.ref(sub)
+            frozen[id(sub)] = ref_to(sub)
         except TypeError:  # not weak-referenceable (__slots__ without __weakref__)
             pass
     if len(frozen) > _purge_at[0]:  # forget dead objects now and then (no per-object callback)
@@ -484,9 +507,16 @@ def _plain_annotation(annotation: tp.Any) -> bool:
     return False
 
 
-@functools.cache
+_MODEL_FIELDS: dict[type, tuple[str, ...]] = {}  # per class: fields that may hold a model
+_LEAF_TYPES = frozenset({str, int, float, bool, type(None), bytes})
+
+
 def _fields_with_models(cls: type[pydantic.BaseModel]) -> tuple[str, ...]:
-    return tuple(n for n, f in cls.model_fields.items() if not _plain_annotation(f.annotation))
+    found = _MODEL_FIELDS.get(cls)
+    if found is None:
+        found = tuple(n for n, f in cls.model_fields.items() if not _plain_annotation(f.annotation))
+        _MODEL_FIELDS[cls] = found
+    return found
 
 
 def iter_models(value: tp.Any) -> list[pydantic.BaseModel]:
@@ -494,22 +524,23 @@ def iter_models(value: tp.Any) -> list[pydantic.BaseModel]:
     found: list[pydantic.BaseModel] = []
     stack = [value]
     seen: set[int] = set()
-    scalars = _SCALARS
+    leaves, with_models, base = _LEAF_TYPES, _MODEL_FIELDS, pydantic.BaseModel
     while stack:
         item = stack.pop()
-        if type(item) in scalars or id(item) in seen:
+        kind = type(item)
+        if kind in leaves or id(item) in seen:
             continue
         seen.add(id(item))
-        if isinstance(item, pydantic.BaseModel):
+        if isinstance(item, base):
             found.append(item)
             values = item.__dict__
-            for name in _fields_with_models(type(item)):
+            for name in with_models.get(kind) or _fields_with_models(kind):
                 sub = values.get(name)
                 if sub is not None:
                     stack.append(sub)
             if item.__pydantic_extra__:
                 stack.extend(item.__pydantic_extra__.values())
-        elif isinstance(item, dict):
+        elif kind is dict or isinstance(item, dict):
             stack.extend(item.values())
         elif isinstance(item, list | tuple | set | frozenset):
             stack.extend(item)
