@@ -262,6 +262,35 @@ def test_memmap_array_default(tmp_path: Path, array: np.ndarray) -> None:
     assert not [n for n in data_files(folder) if not n.endswith(".data")]
 
 
+def test_memmap_arrays_of_mixed_sizes_stay_aligned(tmp_path: Path) -> None:
+    """Arrays of every size, order and dtype one after the other in one data file: each
+    starts at a 64-byte boundary and reads back equal (whichever write path took it)."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for i in range(60):
+        size = int(rng.integers(0, 40))
+        dtype = [np.float64, np.float32, np.int8, np.uint16][i % 4]
+        array = rng.integers(0, 100, size=size).astype(dtype)
+        if i % 5 == 0:
+            array = np.arange(2 * size, dtype=dtype)[::2]  # not contiguous
+        if i % 7 == 0:
+            array = np.asfortranarray(rng.random((3, 2)).astype(dtype))
+        if i % 11 == 0:
+            array = np.array(i, dtype=dtype)  # 0-d
+        arrays[f"k{i}"] = array
+    cd: CacheDict[np.ndarray] = CacheDict(tmp_path)
+    with cd.write():
+        for key, array in arrays.items():
+            cd[key] = array
+    fresh: CacheDict[np.ndarray] = CacheDict(tmp_path)
+    for key, array in arrays.items():
+        entry = fresh.entry(key)
+        assert entry is not None and entry.info["o"] % 64 == 0, entry
+        loaded = fresh[key]
+        assert loaded.dtype == array.dtype and loaded.shape == array.shape
+        np.testing.assert_array_equal(loaded, array)
+
+
 def test_memmap_array_alias(tmp_path: Path) -> None:
     cd: CacheDict[np.ndarray] = CacheDict(tmp_path, cache_type="MemmapArrayFile")
     with cd.write():

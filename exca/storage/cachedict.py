@@ -377,9 +377,6 @@ class CacheDict(tp.Generic[X]):
         local.session = (writer, ctx, _FORK_GENERATION)
         return writer, ctx
 
-    def __setitem__(self, key: str, value: X) -> None:
-        self.put(key, value)
-
     def put(self, key: str, value: X, meta: dict[str, tp.Any] | None = None) -> None:
         """``cd[key] = value``, optionally recording JSON metadata in the entry's index line
         (readable without loading the value: ``cd.entry(key).info["#meta"]``)."""
@@ -427,6 +424,8 @@ class CacheDict(tp.Generic[X]):
         state.keys.add(key)
         if self.keep_in_ram:
             self._ram[key] = value
+
+    __setitem__ = put  # (no extra call on the hot path of `cd[key] = value`)
 
     def set_many(
         self,

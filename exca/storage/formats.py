@@ -341,6 +341,10 @@ class DumpContext:
         kind = type(value)
         found = self._by_type.get(kind) if cache_type is None else None
         name, handler, itself = found or self._dispatch(kind, cache_type)
+        if handler is MemmapArray:  # the hot path of `cd[key] = array`
+            info = MemmapArray.entry(self, key, name, value)
+            if info is not None:
+                return info
         out = value.__dump_info__(self) if itself else handler.__dump_info__(self, value)
         info = {"#key": key, "#type": name, **out}
         if len(info) != len(out) + 2:  # (cheaper than looking the two up in out)
@@ -533,6 +537,38 @@ class MemmapArray:
         shape = array.shape
         shape = _SHAPES.get(shape) or _shared_shape(shape)
         return {"f": shared.name, "o": offset, "d": dtype_str, "s": shape}
+
+    @staticmethod
+    def entry(ctx: DumpContext, key: str, name: str, array: tp.Any) -> dict[str, tp.Any] | None:
+        """The whole index record of one array, written now, in one call: for the common
+        case (a C-contiguous ndarray of a known dtype, the data file open, not batching,
+        its end aligned), else None (``__dump_info__`` handles everything)."""
+        shared = ctx._shared.get(".data")
+        if (
+            shared is None
+            or shared.pending is not None
+            or type(array) is not (_NP or _numpy()).ndarray
+            or not array.flags.c_contiguous
+        ):
+            return None
+        dtype_str = _DTYPE_STR.get(array.dtype)
+        shape = array.shape
+        offset = shared.size
+        if dtype_str is None or not shape or offset % ALIGNMENT:
+            return None
+        nbytes = array.nbytes
+        if os.write(shared.fd, array) != nbytes:
+            raise OSError(f"short write of an array to {shared.name}")
+        shared.size = offset + nbytes
+        shape = _SHAPES.get(shape) or _shared_shape(shape)
+        return {
+            "#key": key,
+            "#type": name,
+            "f": shared.name,
+            "o": offset,
+            "d": dtype_str,
+            "s": shape,
+        }
 
     @classmethod
     def __dump_many__(cls, ctx: DumpContext, values: list[tp.Any]) -> list[dict[str, tp.Any]]:
