@@ -507,41 +507,32 @@ def _plain_annotation(annotation: tp.Any) -> bool:
     return False
 
 
-_MODEL_FIELDS: dict[type, tuple[str, ...]] = {}  # per class: fields that may hold a model
 _LEAF_TYPES = frozenset({str, int, float, bool, type(None), bytes})
 
 
-def _fields_with_models(cls: type[pydantic.BaseModel]) -> tuple[str, ...]:
-    found = _MODEL_FIELDS.get(cls)
-    if found is None:
-        found = tuple(n for n, f in cls.model_fields.items() if not _plain_annotation(f.annotation))
-        _MODEL_FIELDS[cls] = found
-    return found
-
-
 def iter_models(value: tp.Any) -> list[pydantic.BaseModel]:
-    """The model itself and every pydantic model nested in its fields, lists and dicts."""
+    """The model itself and every pydantic model nested in its fields, lists and dicts.
+
+    Field values are looked at, not annotations: a type check per value is cheaper than
+    analysing a class's annotations once per process (an infra has 24 fields)."""
     found: list[pydantic.BaseModel] = []
     stack = [value]
     seen: set[int] = set()
-    leaves, with_models, base = _LEAF_TYPES, _MODEL_FIELDS, pydantic.BaseModel
+    leaves, base = _LEAF_TYPES, pydantic.BaseModel
     while stack:
         item = stack.pop()
-        kind = type(item)
-        if kind in leaves or id(item) in seen:
+        if id(item) in seen:
             continue
         seen.add(id(item))
         if isinstance(item, base):
             found.append(item)
-            values = item.__dict__
-            for name in with_models.get(kind) or _fields_with_models(kind):
-                sub = values.get(name)
-                if sub is not None:
+            for sub in item.__dict__.values():
+                if type(sub) not in leaves:
                     stack.append(sub)
             if item.__pydantic_extra__:
                 stack.extend(item.__pydantic_extra__.values())
-        elif kind is dict or isinstance(item, dict):
-            stack.extend(item.values())
+        elif type(item) is dict or isinstance(item, dict):
+            stack.extend(v for v in item.values() if type(v) not in leaves)
         elif isinstance(item, list | tuple | set | frozenset):
-            stack.extend(item)
+            stack.extend(v for v in item if type(v) not in leaves)
     return found
