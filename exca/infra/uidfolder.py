@@ -18,6 +18,7 @@ import typing as tp
 from pathlib import Path
 
 from ..confdict import ConfDict
+from ..storage.files import write_new
 
 logger = logging.getLogger("exca")
 UID_FILE = "uid.yaml"
@@ -69,14 +70,7 @@ def write_atomic(path: Path | str, text: str, permissions: int | None) -> None:
     path = os.fspath(path)
     parent, name = os.path.split(path)
     tmp = f"{parent}/.{name}.tmp-{os.getpid()}-{os.urandom(3).hex()}"
-    data = text.encode("utf8")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        written = os.write(fd, data)
-        while written < len(data):
-            written += os.write(fd, data[written:])
-    finally:
-        os.close(fd)
+    write_new(tmp, text.encode("utf8"))
     if permissions is not None:
         _chmod(tmp, permissions)
     os.replace(tmp, path)

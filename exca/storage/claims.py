@@ -29,6 +29,7 @@ from pathlib import Path
 import orjson
 
 from . import process
+from .files import write_new
 from .formats import key_file_stem
 
 CLAIMS_DIR = "claims"
@@ -359,18 +360,11 @@ _NOBODY = Owner(host="", pid=0, start=None, thread=0, job_id=None)  # of an unre
 
 def _write_new(path: str, data: bytes, dirname: str) -> None:
     """Create a file holding ``data`` (its folder too, when missing)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     try:
-        fd = os.open(path, flags, 0o666)
+        write_new(path, data)
     except FileNotFoundError:
         os.makedirs(dirname, exist_ok=True)
-        fd = os.open(path, flags, 0o666)
-    try:
-        written = os.write(fd, data)
-        while written < len(data):
-            written += os.write(fd, data[written:])
-    finally:
-        os.close(fd)
+        write_new(path, data)
 
 
 def _take_away(path: str, dead: ClaimFile) -> None:
