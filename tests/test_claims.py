@@ -1,17 +1,19 @@
-"""Single-key claims (a task's result): one winner among racing claimers, re-entry by the
-same thread, takeover of a dead holder's claim, and respect of batch claims."""
+"""Single-key claims (a task's result), taken without the folder lock: never two holders
+at once however claimers race, re-entry by the same thread, dead holders ignored and
+removed, batch claims respected."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import orjson
 
 from exca.storage import process
-from exca.storage.claims import CLAIMS_DIR, Claims, Owner
+from exca.storage.claims import CLAIMS_DIR, Claim, Claims, Owner
 
 
 def _dead_owner() -> dict[str, object]:
@@ -21,38 +23,52 @@ def _dead_owner() -> dict[str, object]:
     return {"host": process.hostname(), "pid": proc.pid, "start": 1, "thread": 1, "job_id": None}
 
 
-def _key_claim_path(folder: Path) -> Path:
-    claim = Claims(folder).claim_one("result")
-    path = claim.path
-    assert path is not None
-    claim.release()
+def _write_claim(folder: Path, owner: dict[str, object], keys: list[str]) -> Path:
+    claims = folder / CLAIMS_DIR
+    claims.mkdir(parents=True, exist_ok=True)
+    path = claims / f"{owner['host']}-{owner['pid']}-{time.time_ns():x}.claim"
+    path.write_bytes(orjson.dumps({"owner": owner, "keys": keys}))
     return path
 
 
-def test_one_winner_among_threads(tmp_path: Path) -> None:
+def _claim_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in (folder / CLAIMS_DIR).iterdir())
+
+
+def test_never_two_holders_among_racing_threads(tmp_path: Path) -> None:
+    """8 threads start together, each until it held the key once: at most one holds it
+    at any time, and every one gets it in the end (those that met retry)."""
     barrier = threading.Barrier(8)
-    outcomes: list[str] = []
-    claims_held = []
+    holders: list[int] = []
+    overlaps: list[int] = []
+    done: list[int] = []
 
-    def claim() -> None:
+    def worker(index: int) -> None:
+        claims = Claims(tmp_path)
         barrier.wait()
-        claim = Claims(tmp_path).claim_one("result")
-        outcomes.append("mine" if claim.mine else "busy" if claim.busy else "other")
-        claims_held.append(claim)
+        while True:
+            claim = claims.claim_one("result")
+            if not claim.mine:
+                assert claim.busy and not claim.reentered
+                claims.wait(["result"], lambda keys: [])
+                continue
+            with claim:
+                holders.append(index)
+                if len(holders) > 1:
+                    overlaps.append(index)
+                time.sleep(0.002)
+                holders.remove(index)
+            done.append(index)
+            return
 
-    threads = [threading.Thread(target=claim) for _ in range(8)]
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
-    assert sorted(outcomes) == ["busy"] * 7 + ["mine"]
-    # only the winner's claim file is left (no temporary file either)
-    assert [p.name for p in (tmp_path / CLAIMS_DIR).iterdir()] == [
-        next(c for c in claims_held if c.mine).path.name
-    ]
-    for claim in claims_held:
-        claim.release()
-    assert list((tmp_path / CLAIMS_DIR).iterdir()) == []
+        thread.join(timeout=60)
+    assert sorted(done) == list(range(8))
+    assert overlaps == []
+    assert _claim_files(tmp_path) == []  # every claim file removed, no temporary file left
 
 
 def test_same_thread_reenters(tmp_path: Path) -> None:
@@ -60,33 +76,45 @@ def test_same_thread_reenters(tmp_path: Path) -> None:
         assert first.mine == ["result"]
         again = Claims(tmp_path).claim_one("result")
         assert again.reentered == ["result"] and not again.mine and not again.busy
-        holders = Claims(tmp_path).holders(["result"])
-        assert holders["result"] == Owner.current()
+        assert Claims(tmp_path).holders(["result"])["result"] == Owner.current()
+        assert len(_claim_files(tmp_path)) == 1  # the re-entry left no file
     assert Claims(tmp_path).holders(["result"]) == {}
 
 
-def test_dead_holder_is_taken_over(tmp_path: Path) -> None:
-    path = _key_claim_path(tmp_path)
-    path.write_bytes(orjson.dumps({"owner": _dead_owner(), "keys": ["result"]}))
+def test_busy_leaves_the_holder_alone(tmp_path: Path) -> None:
+    out: list[Claim] = []
+    thread = threading.Thread(target=lambda: out.append(Claims(tmp_path).claim_one("result")))
+    thread.start()
+    thread.join()
+    held = out[0]
+    assert held.mine == ["result"] and held.path is not None
+    other = Claims(tmp_path).claim_one("result")  # this thread: another live owner
+    assert other.busy and not other.mine and other.path is None
+    assert _claim_files(tmp_path) == [held.path.name]
+    held.release()
     with Claims(tmp_path).claim_one("result") as claim:
         assert claim.mine == ["result"]
-        assert orjson.loads(path.read_bytes())["owner"]["pid"] == Owner.current().pid
-    assert not path.exists()
-    assert list((tmp_path / CLAIMS_DIR).iterdir()) == []
 
 
-def test_unreadable_claim_file_is_replaced(tmp_path: Path) -> None:
-    path = _key_claim_path(tmp_path)
-    path.write_bytes(b'{"owner": {"ho')  # never written by exca (links publish whole files)
+def test_dead_holder_is_removed(tmp_path: Path) -> None:
+    dead = _write_claim(tmp_path, _dead_owner(), ["result"])
     with Claims(tmp_path).claim_one("result") as claim:
         assert claim.mine == ["result"]
-    assert list((tmp_path / CLAIMS_DIR).iterdir()) == []
+        assert not dead.exists()
+    assert _claim_files(tmp_path) == []
+
+
+def test_unreadable_claim_file_is_ignored(tmp_path: Path) -> None:
+    (tmp_path / CLAIMS_DIR).mkdir()
+    (tmp_path / CLAIMS_DIR / "garbage.claim").write_bytes(b'{"owner": {"ho')
+    with Claims(tmp_path).claim_one("result") as claim:
+        assert claim.mine == ["result"]
 
 
 def test_live_batch_claim_of_the_key_wins(tmp_path: Path) -> None:
-    """A batch claim (e.g. from an older exca) holding the key: the single-key claimer
-    waits for it and leaves no claim file of its own."""
-    result: list[object] = []
+    """A batch claim (a map's items, or an older exca) holding the key: the single-key
+    claimer waits for it and leaves no claim file of its own."""
+    result: list[Claim] = []
 
     def batch_claim() -> None:
         result.append(Claims(tmp_path).claim(["result", "other"]))
@@ -95,31 +123,36 @@ def test_live_batch_claim_of_the_key_wins(tmp_path: Path) -> None:
     thread.start()
     thread.join()
     batch = result[0]
+    assert batch.path is not None
     single = Claims(tmp_path).claim_one("result")
     assert single.busy and not single.mine and single.path is None
-    names = [p.name for p in (tmp_path / CLAIMS_DIR).iterdir() if p.name.endswith(".claim")]
-    assert names == [batch.path.name]  # type: ignore[attr-defined]
-    batch.release()  # type: ignore[attr-defined]
+    names = [n for n in _claim_files(tmp_path) if n.endswith(".claim")]
+    assert names == [batch.path.name]
+    batch.release()
     with Claims(tmp_path).claim_one("result") as claim:
         assert claim.mine == ["result"]
-
-
-def test_dead_batch_claim_is_removed(tmp_path: Path) -> None:
-    claims = tmp_path / CLAIMS_DIR
-    claims.mkdir()
-    dead = claims / "somebody-1-1-abc-000000.claim"
-    dead.write_bytes(orjson.dumps({"owner": _dead_owner(), "keys": ["result"]}))
-    with Claims(tmp_path).claim_one("result") as claim:
-        assert claim.mine == ["result"]
-    assert not dead.exists()
 
 
 def test_claim_of_a_dead_process_with_this_pid_is_not_reentered(tmp_path: Path) -> None:
-    """A pid is reused: a dead process's claim with our pid and thread id is taken over,
-    not mistaken for one this thread holds (its start time differs)."""
-    path = _key_claim_path(tmp_path)
+    """A pid is reused: a dead process's claim with our pid and thread id is removed, not
+    mistaken for one this thread holds (its start time differs)."""
     me = Owner.current()
     ghost = me._replace(start=(me.start or 0) + 12345)._asdict()
-    path.write_bytes(orjson.dumps({"owner": ghost, "keys": ["result"]}))
+    stale = _write_claim(tmp_path, ghost, ["result"])
     with Claims(tmp_path).claim_one("result") as claim:
         assert claim.mine == ["result"] and not claim.reentered
+    assert not stale.exists()
+
+
+def test_release_removes_only_its_own_file(tmp_path: Path) -> None:
+    """Claim file names are never reused: a late release (a worker thought dead) cannot
+    remove the claim of the one that took over."""
+    first = Claims(tmp_path).claim_one("result")
+    assert first.path is not None
+    first_path = first.path
+    first_path.unlink()  # as if taken over after its owner was judged dead
+    with Claims(tmp_path).claim_one("result") as second:
+        assert second.mine == ["result"]
+        first.release()  # the late release
+        assert Claims(tmp_path).holders(["result"]) == {"result": Owner.current()}
+        assert second.path is not None and second.path.exists()

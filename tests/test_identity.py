@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import functools
 import logging
 import os
 import pickle
@@ -1093,3 +1094,55 @@ def test_uid_of_user_keys_matches_confdict(values: dict[str, tp.Any]) -> None:
     exported = identity.export_model(obj, uid=True, exclude_defaults=True)
     expected = ConfDict(exported).to_uid()
     assert obj.infra.uid().rsplit("/", 1)[1] == expected
+
+
+class _SerializedAsDict(pydantic.BaseModel):
+    """Plain annotations whose serializers dump dicts with dotted and override keys."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+    x: tp.Annotated[int, pydantic.PlainSerializer(lambda v: {"a.b": v, "a.c": 2, "d": 3})] = 0
+    y: int = 0
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @pydantic.field_serializer("y")
+    def _serialize_y(self, value: int) -> tp.Any:
+        return [{"=replace=": True, "k": value, "k2.z": 1}]
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
+def test_uid_of_serializer_output_matches_confdict() -> None:
+    obj = _SerializedAsDict(x=5, y=4)
+    exported = identity.export_model(obj, uid=True, exclude_defaults=True)
+    assert obj.infra.uid().rsplit("/", 1)[1] == ConfDict(exported).to_uid()
+
+
+class _Helper(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    counter: int = 0
+
+
+class _WithCachedHelper(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    p: int = 1
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @functools.cached_property
+    def helper(self) -> _Helper:  # runtime state kept in __dict__, not config
+        return _Helper()
+
+    @infra.apply
+    def process(self) -> int:
+        return self.p
+
+
+def test_cached_property_models_are_not_frozen() -> None:
+    obj = _WithCachedHelper()
+    helper = obj.helper
+    obj.infra.uid()
+    helper.counter += 1  # not part of the config: stays mutable
+    assert obj.helper.counter == 1
+    with pytest.raises(RuntimeError, match="frozen"):
+        obj.p = 2

@@ -333,8 +333,16 @@ class _Exporter:
                     and (dval == field.default_json or values.get(name) == field.default)
                 ):
                     continue
-                if type(dval) is list and isinstance(values.get(name), set | frozenset):
-                    dval = _ordered_set(dval)
+                kind = type(dval)
+                if kind is list:
+                    if isinstance(values.get(name), set | frozenset):
+                        dval = _ordered_set(dval)
+                    for item in dval:
+                        if type(item) is dict or type(item) is list:
+                            self.field_keys_only = False  # (a custom serializer's output)
+                            break
+                elif kind is dict:
+                    self.field_keys_only = False
                 out[name] = dval
                 continue
             value = values.get(name)
@@ -508,17 +516,19 @@ def _plain_annotation(annotation: tp.Any) -> bool:
 
 
 _LEAF_TYPES = frozenset({str, int, float, bool, type(None), bytes})
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 def iter_models(value: tp.Any) -> list[pydantic.BaseModel]:
     """The model itself and every pydantic model nested in its fields, lists and dicts.
 
     Field values are looked at, not annotations: a type check per value is cheaper than
-    analysing a class's annotations once per process (an infra has 24 fields)."""
+    analysing a class's annotations once per process (an infra has 24 fields). Only
+    fields: ``__dict__`` may also hold cached properties, which are not config."""
     found: list[pydantic.BaseModel] = []
     stack = [value]
     seen: set[int] = set()
-    leaves, base = _LEAF_TYPES, pydantic.BaseModel
+    leaves, base, field_names = _LEAF_TYPES, pydantic.BaseModel, _FIELD_NAMES
     while stack:
         item = stack.pop()
         if id(item) in seen:
@@ -526,7 +536,13 @@ def iter_models(value: tp.Any) -> list[pydantic.BaseModel]:
         seen.add(id(item))
         if isinstance(item, base):
             found.append(item)
-            for sub in item.__dict__.values():
+            kind = type(item)
+            names = field_names.get(kind)
+            if names is None:
+                names = field_names[kind] = tuple(kind.model_fields)
+            values = item.__dict__
+            for name in names:
+                sub = values.get(name)
                 if type(sub) not in leaves:
                     stack.append(sub)
             if item.__pydantic_extra__:

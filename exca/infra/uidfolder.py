@@ -69,7 +69,7 @@ def write_atomic(path: Path | str, text: str, permissions: int | None) -> None:
     the old file or the new one, never a part)."""
     path = os.fspath(path)
     parent, name = os.path.split(path)
-    tmp = f"{parent}/.{name}.tmp-{os.getpid()}-{os.urandom(3).hex()}"
+    tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}-{os.urandom(3).hex()}")
     write_new(tmp, text.encode("utf8"))
     if permissions is not None:
         _chmod(tmp, permissions)

@@ -2,15 +2,18 @@
 that another process or thread needing the same keys waits and reads instead of
 computing them again.
 
-Protocol (only operations a network filesystem honours: O_EXCL create, link, rename,
-unlink):
+Protocol (only operations a network filesystem honours: O_EXCL create, rename, unlink;
+claim files have unique names, never reused, written whole under a temporary name and
+renamed into place):
 - a batch of keys: a short folder lock (``claims/.lock``, O_EXCL) serialises claim
   *creation* (a few ms); under it, the claimer lists the claim files, drops dead ones,
   and writes one claim file for the keys nobody live holds (one file per batch);
-- a single key (a task's result): no lock. Its claim file has a name fixed by the key
-  and is written under a temporary name, then hard-linked into place: the link fails
-  when the name exists, so one claimer wins, and the file is complete when it appears.
-  A dead holder's file is renamed away (atomic: one taker wins) before linking again;
+- a single key (a task's result): no lock. The claimer writes its claim file first,
+  then lists the others: alone with the key, it holds it; else it removes its own file
+  and waits. Of two racing claimers the later one to write sees the earlier one, so two
+  never both hold a key (both may back off: they retry after a random pause). The keys
+  of a folder are claimed one way (a task's result alone, a map's items in batches):
+  a batch claimer lists before it writes, so it could miss a single-key claimer;
 - a claim records host, pid, process start time, thread and Slurm job id; a daemon thread
   refreshes its mtime (heartbeat). A claim is dead when its process is gone (same host:
   checked at once) or its heartbeat is older than two periods (other hosts);
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import threading
 import time
 import typing as tp
@@ -30,12 +34,11 @@ import orjson
 
 from . import process
 from .files import write_new
-from .formats import key_file_stem
 
 CLAIMS_DIR = "claims"
 LOCK_NAME = ".lock"
 CLAIM_SUFFIX = ".claim"
-KEY_CLAIM_PREFIX = "key-"  # claim files of a single key: key-<key file stem>.claim
+BACKOFF_S = 0.005  # at most this long a random pause after two claimers met
 HEARTBEAT_ENV = "EXCA_CLAIM_HEARTBEAT_S"
 DEFAULT_HEARTBEAT_S = 30.0
 LOCK_STALE_S = 60.0  # the folder lock is held for milliseconds: a minute means its owner died
@@ -202,62 +205,27 @@ class Claims:
     def claim_one(self, key: str) -> Claim:
         """Claim a single key without the folder lock (see the module docstring)."""
         me = Owner.current()
-        record = orjson.dumps({"owner": me._asdict(), "keys": [key]})
-        dirname = os.fspath(self.dir)
-        path = f"{dirname}/{KEY_CLAIM_PREFIX}{key_file_stem(key)}{CLAIM_SUFFIX}"
-        tmp = f"{dirname}/{process.unique_name()}.tmp"
-        _write_new(tmp, record, dirname)
-        try:
-            while True:
-                try:
-                    os.link(tmp, path)
-                    break
-                except FileExistsError:
-                    pass
-                holder = self._holder(path)
-                if holder is None:
-                    continue  # vanished meanwhile (released or taken over): link again
-                owner = holder.owner
-                if owner[:4] == me[:4]:  # host, pid, start time, thread: this very thread
-                    return Claim(self.folder, [], {}, [key])
-                if not holder.is_dead(self.heartbeat, self.job_alive):
-                    return Claim(self.folder, [], {key: owner}, [])
-                _take_away(path, holder)
-        finally:
-            _discard(tmp)
-        # a batch claim may hold this key too (a process of an older exca): it wins
-        mine = os.path.basename(path)
-        with os.scandir(dirname) as listing:
-            others = [e.path for e in listing if e.name.endswith(CLAIM_SUFFIX) and e.name != mine]
+        path = self._write(me, [key])
+        live: list[ClaimFile] = []
+        with os.scandir(self.dir) as listing:
+            others = [
+                e.path for e in listing if e.name.endswith(CLAIM_SUFFIX) and e.path != str(path)
+            ]
         for other in filter(None, (self._read(Path(p)) for p in others)):
             if key not in other.keys:
                 continue
             if other.is_dead(self.heartbeat, self.job_alive):
                 _discard(other.path)  # a unique name: nobody else can reuse it
-                continue
-            _discard(path)
-            owner = other.owner
-            if owner[:4] == me[:4]:
-                return Claim(self.folder, [], {}, [key])
-            return Claim(self.folder, [], {key: owner}, [])
-        claimed = Path(path)
-        _HEARTBEAT.add(claimed, self.heartbeat)
-        return Claim(self.folder, [key], {}, [], claimed)
-
-    def _holder(self, path: str) -> ClaimFile | None:
-        """The claim in a single-key claim file; None when it vanished. An unreadable one
-        (never written by exca: links publish complete files) counts as a dead owner's."""
-        try:
-            with open(path, "rb") as handle:
-                data = handle.read()
-            mtime = os.stat(path).st_mtime
-        except FileNotFoundError:
-            return None
-        try:
-            record = orjson.loads(data)
-            return ClaimFile(Path(path), Owner(**record["owner"]), frozenset(record["keys"]), mtime)
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            return ClaimFile(Path(path), _NOBODY, frozenset(), 0.0)
+            else:
+                live.append(other)
+        if not live:
+            _HEARTBEAT.add(path, self.heartbeat)
+            return Claim(self.folder, [key], {}, [], path)
+        _discard(path)
+        if any(c.owner[:4] == me[:4] for c in live):  # host, pid, start, thread: this thread
+            return Claim(self.folder, [], {}, [key])
+        time.sleep(random.uniform(0, BACKOFF_S))  # (two claimers that met retry apart)
+        return Claim(self.folder, [], {key: live[0].owner}, [])
 
     def _all_files(self) -> list[ClaimFile]:
         try:
@@ -267,11 +235,19 @@ class Claims:
         return [c for c in (self._read(Path(p)) for p in names) if c is not None]
 
     def _write(self, me: Owner, keys: list[str]) -> Path:
-        path = self.dir / (process.unique_name() + CLAIM_SUFFIX)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps({"owner": me._asdict(), "keys": keys}))
+        """A new claim file (a unique name), complete when it appears."""
+        dirname = os.fspath(self.dir)
+        name = process.unique_name()
+        tmp = f"{dirname}/{name}.tmp"
+        data = orjson.dumps({"owner": me._asdict(), "keys": keys})
+        try:
+            write_new(tmp, data)
+        except FileNotFoundError:
+            os.makedirs(dirname, exist_ok=True)
+            write_new(tmp, data)
+        path = f"{dirname}/{name}{CLAIM_SUFFIX}"
         os.replace(tmp, path)
-        return path
+        return Path(path)
 
     @contextlib.contextmanager
     def _folder_lock(self, me: Owner) -> tp.Iterator[None]:
@@ -353,39 +329,6 @@ class Claims:
 def _discard(path: Path | str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.remove(path)
-
-
-_NOBODY = Owner(host="", pid=0, start=None, thread=0, job_id=None)  # of an unreadable claim
-
-
-def _write_new(path: str, data: bytes, dirname: str) -> None:
-    """Create a file holding ``data`` (its folder too, when missing)."""
-    try:
-        write_new(path, data)
-    except FileNotFoundError:
-        os.makedirs(dirname, exist_ok=True)
-        write_new(path, data)
-
-
-def _take_away(path: str, dead: ClaimFile) -> None:
-    """Remove a dead holder's single-key claim file; atomic (a rename to a unique name), so
-    of several takers one removes it. A file that is no longer the dead one (another taker
-    linked its own claim meanwhile) is put back."""
-    stale = f"{path}.stale-{os.urandom(4).hex()}"
-    try:
-        os.rename(path, stale)
-    except FileNotFoundError:
-        return
-    try:
-        with open(stale, "rb") as handle:
-            record = orjson.loads(handle.read())
-        replaced = Owner(**record["owner"]) != dead.owner
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        replaced = dead.owner != _NOBODY
-    if replaced:
-        with contextlib.suppress(FileExistsError):
-            os.link(stale, path)
-    _discard(stale)
 
 
 class _Heartbeat:
