@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import enum
 import functools
 import logging
 import os
@@ -1146,3 +1147,129 @@ def test_cached_property_models_are_not_frozen() -> None:
     assert obj.helper.counter == 1
     with pytest.raises(RuntimeError, match="frozen"):
         obj.p = 2
+
+
+# --- configs that used to share a uid with a different config (found by a bug hunt) ---------
+class _Adam(pydantic.BaseModel):
+    model_config = FORBID
+    name: tp.Literal["adam"] = "adam"
+    lr: float = 1e-3
+
+
+class _SGD(pydantic.BaseModel):
+    model_config = FORBID
+    name: tp.Literal["sgd"] = "sgd"
+    lr: float = 0.1
+
+
+_Optim = tp.Annotated[_Adam | _SGD, pydantic.Field(discriminator="name")]
+
+
+class _Encoder(pydantic.BaseModel):
+    model_config = FORBID
+    dim: int = 10
+
+
+class _DeepEncoder(_Encoder):
+    depth: int = 2
+
+
+class _Kwargs(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="allow")
+    lr: float = 0.1
+
+
+class _Split(enum.Enum):
+    TRAIN = "train"
+    VALID = "valid"
+
+
+class _Band(enum.StrEnum):
+    ALPHA = "alpha"
+
+
+class _Aliased(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", serialize_by_alias=True)
+    lr: float = pydantic.Field(0.1, alias="learning_rate")
+
+
+class _Hunted(pydantic.BaseModel):
+    model_config = FORBID
+    optims: list[_Optim] = []
+    by_name: dict[str, _Optim] = {}
+    maybe: _Optim | None = None
+    augment: _Encoder | None = _Encoder()
+    encoder: _Encoder = _Encoder()
+    kwargs: _Kwargs = _Kwargs()
+    weights: dict[_Split, float] = {}
+    gains: dict[_Band, float] = {}
+    anything: tp.Any = None
+    scale: float = 1.0
+    steps: collections.OrderedDict[str, int] = collections.OrderedDict(a=1, b=2)
+    aliased: _Aliased = _Aliased()
+    dim: int = 8
+    hidden: int = pydantic.Field(default_factory=lambda data: 4 * data["dim"])
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
+@pytest.mark.parametrize(
+    "first,second",
+    [
+        ({"optims": [{"name": "adam"}]}, {"optims": [{"name": "sgd"}]}),
+        ({"by_name": {"x": {"name": "adam"}}}, {"by_name": {"x": {"name": "sgd"}}}),
+        ({"maybe": {"name": "adam"}}, {"maybe": {"name": "sgd"}}),
+        ({}, {"augment": None}),
+        ({"encoder": _DeepEncoder(depth=2)}, {"encoder": _DeepEncoder(depth=5)}),
+        ({"kwargs": {}}, {"kwargs": {"momentum": 0.9}}),
+        ({"kwargs": {"momentum": 0.5}}, {"kwargs": {"momentum": 0.9}}),
+        ({"weights": {"train": 1.0}}, {"weights": {"train": 1.0, "valid": 2.0}}),
+        ({"anything": {"max_norm": None}}, {"anything": {"max_norm": float("inf")}}),
+        ({"anything": [float("nan")]}, {"anything": [float("-inf")]}),
+        ({"scale": float("inf")}, {"scale": float("nan")}),
+        ({}, {"steps": collections.OrderedDict(b=2, a=1)}),
+        ({}, {"aliased": {"learning_rate": 0.5}}),
+        ({"dim": 8}, {"dim": 8, "hidden": 64}),
+    ],
+)
+def test_different_configs_get_different_uids(
+    first: dict[str, tp.Any], second: dict[str, tp.Any]
+) -> None:
+    uids = [_Hunted(**values).infra.uid() for values in (first, second)]
+    assert uids[0] != uids[1]
+
+
+def test_uid_renders_enum_keys_by_value_and_keeps_discriminators() -> None:
+    obj = _Hunted(
+        weights={"train": 0.5},
+        gains={"alpha": 2.0},
+        optims=[{"name": "adam"}],
+        maybe={"name": "sgd"},
+    )
+    uid = obj.infra.uid()
+    assert "weights.train=0.50" in uid and "gains.alpha=2" in uid
+    assert "optims=({name=adam})" in uid and "maybe.name=sgd" in uid
+    config = obj.infra.config(uid=False)
+    assert config["gains"] == {"alpha": 2.0}
+
+
+def test_hunted_configs_cache_and_reload(tmp_path: Path) -> None:
+    """Such configs write their uid folder, read it back in the same and in a new
+    instance, and iter_cached rebuilds them from config.yaml."""
+    values: dict[str, tp.Any] = {
+        "augment": None,
+        "kwargs": {"momentum": 0.9},
+        "weights": {"valid": 2.0},
+        "anything": {"max_norm": float("inf")},
+        "steps": collections.OrderedDict(b=2, a=1),
+    }
+    obj = _Hunted(**values, infra={"folder": tmp_path})
+    assert obj.process() == 1
+    again = _Hunted(**values, infra={"folder": tmp_path})
+    assert again.infra.uid() == obj.infra.uid() and again.process() == 1
+    found = list(obj.infra.iter_cached())
+    assert [f.infra.uid() for f in found] == [obj.infra.uid()]
+    assert found[0].augment is None and found[0].steps == values["steps"]

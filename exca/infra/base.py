@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import logging
 import typing as tp
 from pathlib import Path
@@ -325,7 +326,7 @@ class BaseInfra(pydantic.BaseModel):
         owner = self._owner()
         cfg = self.config(uid=False, exclude_defaults=True)
         cfg.update(args[0] if args else kwargs)
-        return type(owner).model_validate(dict(cfg))
+        return _from_config(type(owner), dict(cfg))
 
     def obj_infras(self) -> dict[str, BaseInfra]:
         """Every infra in the owner's config tree, by dotted name."""
@@ -347,7 +348,7 @@ class BaseInfra(pydantic.BaseModel):
             cfg = uidfolder.read_yaml(sub / uidfolder.CONFIG_FILE)
             if cfg is None:
                 continue
-            yield cls(**cfg)
+            yield _from_config(cls, dict(ConfDict(cfg)))  # (config.yaml has dotted keys)
 
     def _has_result(self, folder: Path) -> bool:
         return True
@@ -380,6 +381,17 @@ _SET_PRIVATE = _slot_setter(pydantic.BaseModel, "__pydantic_private__")
 _SET_RUNTIME = _slot_setter(BaseInfra, "_rt")
 _TEMPLATES: dict[type, str] = {}
 _UID_AROUND: dict[tuple[tp.Any, ...], tuple[str, str]] = {}
+
+
+# exported configs use field names, not aliases (pydantic >= 2.11 can validate them as such)
+_BY_NAME = "by_name" in inspect.signature(pydantic.BaseModel.model_validate).parameters
+
+
+def _from_config(cls: type[pydantic.BaseModel], data: dict[str, tp.Any]) -> tp.Any:
+    """A config instance from an exported config (field names, not aliases)."""
+    if _BY_NAME:
+        return cls.model_validate(data, by_name=True)
+    return cls.model_validate(data)
 
 
 def _uid_template(cls: type) -> str:

@@ -91,14 +91,37 @@ _FACTS: dict[type, _ClassFacts] = {}
 
 
 def _discriminator_of(field: pydantic.fields.FieldInfo) -> str | None:
+    """The field name a discriminated union of the field uses (also inside Optional[...],
+    Annotated[...] and lists/tuples/dicts of the union); None if there is none, or if it
+    is a callable discriminator (no single field)."""
+    disc = _raw_discriminator(field)
+    return disc if isinstance(disc, str) else None
+
+
+def _raw_discriminator(field: pydantic.fields.FieldInfo) -> tp.Any:
     disc = field.discriminator
     if disc is None:
         for meta in field.metadata:
             disc = getattr(meta, "discriminator", None)
             if disc is not None:
-                break
-    if isinstance(disc, str):
-        return disc
+                return disc
+        return _annotation_discriminator(field.annotation, depth=0)
+    return disc
+
+
+def _annotation_discriminator(annotation: tp.Any, depth: int) -> tp.Any:
+    if depth > 4 or type(annotation) is type:
+        return None
+    origin = tp.get_origin(annotation)
+    if origin is tp.Annotated:
+        for meta in annotation.__metadata__:
+            disc = getattr(meta, "discriminator", None)
+            if disc is not None:
+                return disc
+    for arg in tp.get_args(annotation):
+        disc = _annotation_discriminator(arg, depth + 1)
+        if disc is not None:
+            return disc
     return None
 
 
@@ -127,7 +150,7 @@ def _check_field_annotation(cls: type, name: str, field: pydantic.fields.FieldIn
             "cannot be defined from its type: use a discriminated union of explicit models "
             "(pydantic.Field(discriminator=...)) or exca.helpers.DiscriminatedModel"
         )
-    if len(models) > 1 and _discriminator_of(field) is None:
+    if len(models) > 1 and _raw_discriminator(field) is None:
         names = ", ".join(m.__name__ for m in models)
         raise RuntimeError(
             f"Field {cls.__name__}.{name} is a union of several pydantic models ({names}) without "
@@ -137,7 +160,7 @@ def _check_field_annotation(cls: type, name: str, field: pydantic.fields.FieldIn
 
 def _json_default(default: tp.Any) -> tp.Any:
     if isinstance(default, pydantic.BaseModel):
-        return None  # compared through export_model instead
+        return _NO_DEFAULT  # compared through export_model instead (never equal to a dump)
     try:
         return pydantic_core.to_jsonable_python(default)
     except Exception:  # an exotic default: fall back to python equality
@@ -155,7 +178,10 @@ def _field_facts(cls: type, name: str, field: pydantic.fields.FieldInfo) -> _Fie
         # (read as is: get_default() would deep-copy it, e.g. a whole infra default)
         default = field.default
         if field.default_factory is not None:
-            default = field.get_default(call_default_factory=True, validated_data={})
+            if getattr(field, "default_factory_takes_validated_data", False):
+                default = _NO_DEFAULT  # depends on the other fields: never pruned
+            else:
+                default = field.get_default(call_default_factory=True, validated_data={})
     models = _model_types(field.annotation)
     model_cls: type[pydantic.BaseModel] | None = None
     if len(models) == 1 and isinstance(models[0], type):
@@ -267,7 +293,7 @@ def export_with_keys(
     """``export_model``, and whether every key of the export is a field name (then no key
     holds a "." that a ConfDict would split: ``ConfDict.uid_of`` needs no check)."""
     spec = class_facts(type(model)).uid_dump_exclude if uid else None
-    dumped = model.model_dump(mode="json", warnings=False, exclude=spec)
+    dumped = model.model_dump(mode="json", warnings=False, exclude=spec, by_alias=False)
     exporter = _Exporter(uid=uid, exclude_defaults=exclude_defaults)
     out = exporter.model(model, dumped, keep=())
     for name in exclude:
@@ -285,7 +311,7 @@ def _default_export(field: _FieldFacts, uid: bool) -> dict[str, tp.Any]:
     found = _DEFAULT_EXPORTS.get(key)
     if found is None:
         default = field.default
-        dumped = default.model_dump(mode="json", warnings=False)
+        dumped = default.model_dump(mode="json", warnings=False, by_alias=False)
         keep = (field.discriminator,) if field.discriminator else ()
         found = _DEFAULT_EXPORTS[key] = _Exporter(uid, True).model(default, dumped, keep=keep)
     return found
@@ -334,7 +360,9 @@ class _Exporter:
                 ):
                     continue
                 kind = type(dval)
-                if kind is list:
+                if dval is None and type(values.get(name)) is float:
+                    dval = values[name]  # inf/nan: the json dump says null
+                elif kind is list:
                     if isinstance(values.get(name), set | frozenset):
                         dval = _ordered_set(dval)
                     for item in dval:
@@ -349,10 +377,11 @@ class _Exporter:
             if isinstance(value, pydantic.BaseModel):
                 if self.uid and dropped_from_parent(value):
                     continue
-                if field.dump_exclude is not None and type(value) is not field.model_cls:
-                    # a subclass instance: the parent's dump left out what only the
-                    # annotated class keeps out of uids, dump it whole
-                    dval = value.model_dump(mode="json", warnings=False)
+                if field.model_cls is not None and type(value) is not field.model_cls:
+                    # a subclass instance: the parent's dump followed the annotated class
+                    # (without the subclass's own fields, or leaving out what only the
+                    # annotated class keeps out of uids): dump it whole
+                    dval = value.model_dump(mode="json", warnings=False, by_alias=False)
                 if prune and name not in keep:
                     if value is field.default:
                         continue  # the class default itself
@@ -376,32 +405,54 @@ class _Exporter:
                 prune
                 and not field.required
                 and name not in keep
-                and (dval == field.default_json or value == field.default)
+                and (
+                    value == field.default  # (an OrderedDict's order counts: not its dump)
+                    if isinstance(value, collections.OrderedDict)
+                    else (dval == field.default_json or value == field.default)
+                )
             ):
                 continue
-            out[name] = self.value(value, dval)
+            out[name] = self.value(
+                value, dval, (field.discriminator,) if field.discriminator else ()
+            )
+        extra = model.__pydantic_extra__
+        if extra:  # extra="allow": what was given beyond the fields is config too
+            self.field_keys_only = False
+            for key, sub in extra.items():
+                if key in dumped and key not in excluded:
+                    out[key] = self.value(sub, dumped[key])
         return out
 
-    def value(self, value: tp.Any, dval: tp.Any) -> tp.Any:
+    def value(self, value: tp.Any, dval: tp.Any, keep: tuple[str, ...] = ()) -> tp.Any:
+        """Export of a field value (``dval``: its json dump); models met inside keep the
+        ``keep`` fields (the discriminator of a container of a discriminated union)."""
         if isinstance(value, pydantic.BaseModel):
-            return self.model(value, dval, keep=())
+            if type(dval) is not dict or len(dval) < len(type(value).__pydantic_fields__):
+                # dumped by a base class's schema (a subclass in a container): dump it whole
+                dval = value.model_dump(mode="json", warnings=False, by_alias=False)
+            return self.model(value, dval, keep=keep)
         if isinstance(dval, dict | list):
             self.field_keys_only = False  # (user keys, or containers in a list)
         if isinstance(value, dict) and isinstance(dval, dict):
+            # the dump keeps the order of the keys: the i-th json key is the i-th key's
+            # rendering (an Enum key as its value, an int as its text...)
+            if len(dval) == len(value):
+                keys = list(dval)
+            else:
+                keys = [k if type(k) is str else str(k) for k in value]
             items = {}
-            for key, sub in value.items():
-                skey = key if isinstance(key, str) else str(key)
+            for skey, sub in zip(keys, value.values()):
                 if skey not in dval:
                     continue
                 if self.uid and isinstance(sub, pydantic.BaseModel) and dropped_from_parent(sub):
                     continue
-                items[skey] = self.value(sub, dval[skey])
+                items[skey] = self.value(sub, dval[skey], keep)
             if isinstance(value, collections.OrderedDict):
                 return collections.OrderedDict(items)
             return items
         if isinstance(value, list | tuple) and isinstance(dval, list):
             return [
-                self.value(sub, dsub)
+                self.value(sub, dsub, keep)
                 for sub, dsub in zip(value, dval)
                 if not (
                     self.uid and isinstance(sub, pydantic.BaseModel) and dropped_from_parent(sub)
@@ -409,6 +460,8 @@ class _Exporter:
             ]
         if isinstance(value, set | frozenset) and isinstance(dval, list):
             return _ordered_set(dval)
+        if dval is None and type(value) is float:
+            return value  # inf/nan: the json dump says null
         return dval
 
 
