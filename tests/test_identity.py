@@ -1273,3 +1273,26 @@ def test_hunted_configs_cache_and_reload(tmp_path: Path) -> None:
     found = list(obj.infra.iter_cached())
     assert [f.infra.uid() for f in found] == [obj.infra.uid()]
     assert found[0].augment is None and found[0].steps == values["steps"]
+
+
+class _HoldsAny(pydantic.BaseModel):
+    model_config = FORBID
+    extra: tp.Any = None
+
+
+class _WithNumpyInside(pydantic.BaseModel):
+    model_config = FORBID
+    sub: _HoldsAny = _HoldsAny()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
+def test_value_without_json_form_names_its_field() -> None:
+    np = pytest.importorskip("numpy")
+    obj = _WithNumpyInside(sub={"extra": np.float32(0.5)})
+    with pytest.raises(TypeError, match=r"_WithNumpyInside\.sub\.extra.*float\(\)"):
+        obj.infra.uid()
+    assert "sub.extra=0.50" in _WithNumpyInside(sub={"extra": 0.5}).infra.uid()

@@ -293,12 +293,33 @@ def export_with_keys(
     """``export_model``, and whether every key of the export is a field name (then no key
     holds a "." that a ConfDict would split: ``ConfDict.uid_of`` needs no check)."""
     spec = class_facts(type(model)).uid_dump_exclude if uid else None
-    dumped = model.model_dump(mode="json", warnings=False, exclude=spec, by_alias=False)
+    try:
+        dumped = model.model_dump(mode="json", warnings=False, exclude=spec, by_alias=False)
+    except pydantic_core.PydanticSerializationError as e:
+        where = f"{type(model).__name__}.{_unserializable(model)}"
+        raise TypeError(
+            f"Cannot export {where} into a config (uid, yaml files): {e}. Config values must "
+            "have a json form: convert numpy scalars and arrays held by an Any field with "
+            "float()/int()/.tolist(), or annotate the field with a type pydantic serializes"
+        ) from e
     exporter = _Exporter(uid=uid, exclude_defaults=exclude_defaults)
     out = exporter.model(model, dumped, keep=())
     for name in exclude:
         out.pop(name, None)
     return out, exporter.field_keys_only
+
+
+def _unserializable(model: pydantic.BaseModel) -> str:
+    """The dotted name of the (first) field whose json dump fails (the error path only)."""
+    for name in type(model).model_fields:
+        try:
+            model.model_dump(mode="json", include={name}, warnings=False)
+        except pydantic_core.PydanticSerializationError:
+            value = getattr(model, name, None)
+            if isinstance(value, pydantic.BaseModel):
+                return f"{name}.{_unserializable(value)}"
+            return name
+    return "<extra values>"
 
 
 _DEFAULT_EXPORTS: dict[tuple[int, bool], dict[str, tp.Any]] = {}
