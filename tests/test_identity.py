@@ -1205,6 +1205,8 @@ class _Hunted(pydantic.BaseModel):
     gains: dict[_Band, float] = {}
     anything: tp.Any = None
     scale: float = 1.0
+    flag_or_scale: bool | float = 1.0
+    anything_default: tp.Any = 1
     steps: collections.OrderedDict[str, int] = collections.OrderedDict(a=1, b=2)
     aliased: _Aliased = _Aliased()
     dim: int = 8
@@ -1233,6 +1235,8 @@ class _Hunted(pydantic.BaseModel):
         ({}, {"steps": collections.OrderedDict(b=2, a=1)}),
         ({}, {"aliased": {"learning_rate": 0.5}}),
         ({"dim": 8}, {"dim": 8, "hidden": 64}),
+        ({}, {"flag_or_scale": True}),  # True == 1.0, but not in a uid
+        ({"anything_default": 1}, {"anything_default": True}),
     ],
 )
 def test_different_configs_get_different_uids(

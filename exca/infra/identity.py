@@ -378,6 +378,8 @@ class _Exporter:
                     and not field.required
                     and name not in keep
                     and (dval == field.default_json or values.get(name) == field.default)
+                    # (True == 1.0 for python, not for a uid: "True" vs "1")
+                    and (type(values.get(name)) is bool) is (type(field.default) is bool)
                 ):
                     continue
                 kind = type(dval)
@@ -431,6 +433,7 @@ class _Exporter:
                     if isinstance(value, collections.OrderedDict)
                     else (dval == field.default_json or value == field.default)
                 )
+                and (type(value) is bool) is (type(field.default) is bool)
             ):
                 continue
             out[name] = self.value(
