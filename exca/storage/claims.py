@@ -150,12 +150,7 @@ class Claims:
 
     def current(self) -> list[ClaimFile]:
         """Claim files of live owners (dead ones are ignored, not removed)."""
-        try:
-            names = [e.path for e in os.scandir(self.dir) if e.name.endswith(CLAIM_SUFFIX)]
-        except FileNotFoundError:
-            return []
-        found = (self._read(Path(p)) for p in names)
-        return [c for c in found if c is not None and not c.is_dead(self.heartbeat, self.job_alive)]
+        return [c for c in self._all_files() if not c.is_dead(self.heartbeat, self.job_alive)]
 
     def prune_dead(self) -> int:
         """Remove the claim files of dead owners; returns how many."""
@@ -207,11 +202,7 @@ class Claims:
         me = Owner.current()
         path = self._write(me, [key])
         live: list[ClaimFile] = []
-        with os.scandir(self.dir) as listing:
-            others = [
-                e.path for e in listing if e.name.endswith(CLAIM_SUFFIX) and e.path != str(path)
-            ]
-        for other in filter(None, (self._read(Path(p)) for p in others)):
+        for other in self._all_files(skip=path):
             if key not in other.keys:
                 continue
             if other.is_dead(self.heartbeat, self.job_alive):
@@ -227,9 +218,15 @@ class Claims:
         time.sleep(random.uniform(0, BACKOFF_S))  # (two claimers that met retry apart)
         return Claim(self.folder, [], {key: live[0].owner}, [])
 
-    def _all_files(self) -> list[ClaimFile]:
+    def _all_files(self, skip: Path | None = None) -> list[ClaimFile]:
+        """The readable claim files (``skip``: one not to read, e.g. one's own)."""
+        skipped = None if skip is None else os.fspath(skip)
         try:
-            names = [e.path for e in os.scandir(self.dir) if e.name.endswith(CLAIM_SUFFIX)]
+            names = [
+                e.path
+                for e in os.scandir(self.dir)
+                if e.name.endswith(CLAIM_SUFFIX) and e.path != skipped
+            ]
         except FileNotFoundError:
             return []
         return [c for c in (self._read(Path(p)) for p in names) if c is not None]
