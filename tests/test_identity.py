@@ -1193,6 +1193,11 @@ class _Aliased(pydantic.BaseModel):
     lr: float = pydantic.Field(0.1, alias="learning_rate")
 
 
+class _AnyHolder(pydantic.BaseModel):
+    model_config = FORBID
+    value: tp.Any = None
+
+
 class _Hunted(pydantic.BaseModel):
     model_config = FORBID
     optims: list[_Optim] = []
@@ -1211,6 +1216,10 @@ class _Hunted(pydantic.BaseModel):
     aliased: _Aliased = _Aliased()
     dim: int = 8
     hidden: int = pydantic.Field(default_factory=lambda data: 4 * data["dim"])
+    flags: list[tp.Any] = [1, 2]
+    options: dict[str, tp.Any] = {"a": 1}
+    tags: set[tp.Any] = {1, 3}
+    holder: _AnyHolder = _AnyHolder(value=[1])
     infra: TaskInfra = TaskInfra(version="1")
 
     @infra.apply
@@ -1237,6 +1246,11 @@ class _Hunted(pydantic.BaseModel):
         ({"dim": 8}, {"dim": 8, "hidden": 64}),
         ({}, {"flag_or_scale": True}),  # True == 1.0, but not in a uid
         ({"anything_default": 1}, {"anything_default": True}),
+        # ... at any depth: [True] == [1] for Python
+        ({}, {"flags": [True, 2]}),
+        ({}, {"options": {"a": True}}),
+        ({}, {"tags": {True, 3}}),
+        ({}, {"holder": {"value": [True]}}),
     ],
 )
 def test_different_configs_get_different_uids(
@@ -1244,6 +1258,27 @@ def test_different_configs_get_different_uids(
 ) -> None:
     uids = [_Hunted(**values).infra.uid() for values in (first, second)]
     assert uids[0] != uids[1]
+
+
+def test_clone_keeps_subclass_instances() -> None:
+    """A sub-model of a subclass of its field's class comes back as that subclass (a dict
+    would give the annotated class, or fail on the subclass's fields)."""
+    obj = _Hunted(encoder=_DeepEncoder(depth=5), by_name={"x": {"name": "adam"}})
+    clone = obj.infra.clone_obj({"encoder.dim": 3, "dim": 9})
+    assert type(clone.encoder) is _DeepEncoder
+    assert (clone.encoder.depth, clone.encoder.dim, clone.dim) == (5, 3, 9)
+    assert clone.by_name == obj.by_name
+    same = obj.infra.clone_obj()
+    assert same.infra.uid() == obj.infra.uid() and same.encoder is not obj.encoder
+    replaced = obj.infra.clone_obj(encoder=_Encoder(dim=4))
+    assert type(replaced.encoder) is _Encoder and replaced.encoder.dim == 4
+
+
+def test_values_equal_in_uid_terms_share_the_default_uid() -> None:
+    """1.0 renders as 1 in a uid: a value equal to the default that way is pruned."""
+    default = _Hunted().infra.uid()
+    assert _Hunted(flags=[1, 2.0], options={"a": 1.0}, tags={1.0, 3}).infra.uid() == default
+    assert _Hunted(holder={"value": [1.0]}).infra.uid() == default
 
 
 def test_uid_renders_enum_keys_by_value_and_keeps_discriminators() -> None:

@@ -15,7 +15,7 @@ import functools
 import types
 import typing as tp
 import weakref
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 import pydantic
 import pydantic_core
@@ -140,6 +140,16 @@ def _model_types(annotation: tp.Any) -> list[tp.Any]:
     if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
         return [annotation]
     return []
+
+
+def annotated_models(annotation: tp.Any) -> tuple[type[pydantic.BaseModel], ...]:
+    """Model classes named anywhere in an annotation (unions, containers, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+        return (annotation,)
+    out: list[type[pydantic.BaseModel]] = []
+    for arg in tp.get_args(annotation):
+        out.extend(annotated_models(arg))
+    return tuple(out)
 
 
 def _check_field_annotation(cls: type, name: str, field: pydantic.fields.FieldInfo) -> None:
@@ -377,9 +387,7 @@ class _Exporter:
                     prune
                     and not field.required
                     and name not in keep
-                    and (dval == field.default_json or values.get(name) == field.default)
-                    # (True == 1.0 for python, not for a uid: "True" vs "1")
-                    and (type(values.get(name)) is bool) is (type(field.default) is bool)
+                    and _equals_default(values.get(name), dval, field)
                 ):
                     continue
                 kind = type(dval)
@@ -415,7 +423,7 @@ class _Exporter:
                     if (
                         not field.required
                         and type(field.default) is type(value)
-                        and pruned == _default_export(field, self.uid)
+                        and _uid_equal(pruned, _default_export(field, self.uid))
                     ):
                         continue
                     out[name] = pruned
@@ -429,11 +437,11 @@ class _Exporter:
                 and not field.required
                 and name not in keep
                 and (
-                    value == field.default  # (an OrderedDict's order counts: not its dump)
+                    # (an OrderedDict's order counts: not its dump)
+                    _uid_equal(value, field.default)
                     if isinstance(value, collections.OrderedDict)
-                    else (dval == field.default_json or value == field.default)
+                    else _equals_default(value, dval, field)
                 )
-                and (type(value) is bool) is (type(field.default) is bool)
             ):
                 continue
             out[name] = self.value(
@@ -487,6 +495,45 @@ class _Exporter:
         if dval is None and type(value) is float:
             return value  # inf/nan: the json dump says null
         return dval
+
+
+def _equals_default(value: tp.Any, dval: tp.Any, field: _FieldFacts) -> bool:
+    """Whether a field value (``dval``: its json dump) is its default, as a uid sees it."""
+    if dval == field.default_json:
+        return _uid_equal(dval, field.default_json)
+    return value == field.default and _uid_equal(value, field.default)
+
+
+def _uid_equal(a: tp.Any, b: tp.Any) -> bool:
+    """``a == b`` as a uid sees it: True == 1 == 1.0 for Python, but a uid renders "True"
+    and "1" differently (at any depth: ``[True]`` is not ``[1]``)."""
+    return a == b and _same_bools(a, b)
+
+
+def _same_bools(a: tp.Any, b: tp.Any) -> bool:
+    """Given ``a == b``: whether the booleans sit at the same places in both."""
+    kind_a, kind_b = type(a), type(b)
+    if kind_a is bool or kind_b is bool:
+        return kind_a is kind_b
+    if kind_a in _NO_BOOLS and kind_b in _NO_BOOLS:
+        return True
+    if isinstance(a, dict) and isinstance(b, dict):
+        if _typed_items(a) != _typed_items(b):  # keys: {True: x} == {1: x}
+            return False
+        return all(_same_bools(sub, b[key]) for key, sub in a.items())
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return all(_same_bools(x, y) for x, y in zip(a, b))
+    if isinstance(a, set | frozenset) and isinstance(b, set | frozenset):
+        return _typed_items(a) == _typed_items(b)
+    return True
+
+
+_NO_BOOLS = frozenset({str, int, float, type(None)})
+
+
+def _typed_items(items: tp.Iterable[tp.Any]) -> set[tuple[bool, tp.Any]]:
+    """Set items or dict keys, each with whether it is a bool (they are hashable)."""
+    return {(type(item) is bool, item) for item in items}
 
 
 def _ordered_set(dumped: list[tp.Any]) -> list[tp.Any]:
@@ -592,7 +639,7 @@ def _plain_annotation(annotation: tp.Any) -> bool:
     return False
 
 
-_LEAF_TYPES = frozenset({str, int, float, bool, type(None), bytes})
+_LEAF_TYPES = frozenset({str, int, float, bool, type(None), bytes, type(Path()), type(PurePath())})
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
@@ -618,10 +665,13 @@ def iter_models(value: tp.Any) -> list[pydantic.BaseModel]:
             if names is None:
                 names = field_names[kind] = tuple(kind.model_fields)
             values = item.__dict__
-            for name in names:
-                sub = values.get(name)
-                if type(sub) not in leaves:
-                    stack.append(sub)
+            if len(values) == len(names):  # only fields (no cached property stored)
+                stack.extend([sub for sub in values.values() if type(sub) not in leaves])
+            else:
+                for name in names:
+                    sub = values.get(name)
+                    if type(sub) not in leaves:
+                        stack.append(sub)
             if item.__pydantic_extra__:
                 stack.extend(item.__pydantic_extra__.values())
         elif type(item) is dict or isinstance(item, dict):
