@@ -326,7 +326,7 @@ class BaseInfra(pydantic.BaseModel):
         owner = self._owner()
         cfg = self.config(uid=False, exclude_defaults=True)
         cfg.update(args[0] if args else kwargs)
-        return _from_config(type(owner), dict(cfg))
+        return _from_config(type(owner), _with_subclass_instances(owner, cfg))
 
     def obj_infras(self) -> dict[str, BaseInfra]:
         """Every infra in the owner's config tree, by dotted name."""
@@ -392,6 +392,39 @@ def _from_config(cls: type[pydantic.BaseModel], data: dict[str, tp.Any]) -> tp.A
     if _BY_NAME:
         return cls.model_validate(data, by_name=True)
     return cls.model_validate(data)
+
+
+def _with_subclass_instances(
+    model: pydantic.BaseModel, data: dict[str, tp.Any]
+) -> dict[str, tp.Any]:
+    """The input rebuilding ``model`` from its exported config ``data`` (values changed or
+    not): a sub-model of a subclass of its field's annotated class would come back from a
+    dict as the annotated class (or fail on its extra fields), so it is rebuilt by its own
+    class and passed as an instance."""
+    out = dict(data)
+    values = model.__dict__
+    for name, field in type(model).model_fields.items():
+        if name in out and name in values:
+            annotated = identity.annotated_models(field.annotation)
+            if annotated:
+                out[name] = _rebuilt(values[name], out[name], annotated)
+    return out
+
+
+def _rebuilt(value: tp.Any, data: tp.Any, annotated: tuple[type, ...]) -> tp.Any:
+    if isinstance(value, pydantic.BaseModel) and isinstance(data, dict):
+        data = _with_subclass_instances(value, data)
+        kind = type(value)
+        if kind not in annotated and issubclass(kind, annotated):
+            return _from_config(kind, data)
+        return data
+    if isinstance(value, list | tuple) and isinstance(data, list) and len(value) == len(data):
+        return [_rebuilt(sub, item, annotated) for sub, item in zip(value, data)]
+    if isinstance(value, dict) and isinstance(data, dict):
+        return {
+            k: _rebuilt(value[k], sub, annotated) if k in value else sub for k, sub in data.items()
+        }
+    return data
 
 
 def _uid_template(cls: type) -> str:
