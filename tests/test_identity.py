@@ -1165,6 +1165,17 @@ class _SGD(pydantic.BaseModel):
 _Optim = tp.Annotated[_Adam | _SGD, pydantic.Field(discriminator="name")]
 
 
+def _optim_name(value: tp.Any) -> str:
+    return str(value.get("name") if isinstance(value, dict) else value.name)
+
+
+# a callable discriminator: which field tells the members apart is unknown to exca
+_CalledOptim = tp.Annotated[
+    tp.Annotated[_Adam, pydantic.Tag("adam")] | tp.Annotated[_SGD, pydantic.Tag("sgd")],
+    pydantic.Discriminator(_optim_name),
+]
+
+
 class _Encoder(pydantic.BaseModel):
     model_config = FORBID
     dim: int = 10
@@ -1201,6 +1212,8 @@ class _AnyHolder(pydantic.BaseModel):
 class _Hunted(pydantic.BaseModel):
     model_config = FORBID
     optims: list[_Optim] = []
+    called: _CalledOptim = _Adam()
+    called_list: list[_CalledOptim] = []
     by_name: dict[str, _Optim] = {}
     maybe: _Optim | None = None
     augment: _Encoder | None = _Encoder()
@@ -1217,6 +1230,7 @@ class _Hunted(pydantic.BaseModel):
     dim: int = 8
     hidden: int = pydantic.Field(default_factory=lambda data: 4 * data["dim"])
     flags: list[tp.Any] = [1, 2]
+    ceiling: float = float("inf")
     options: dict[str, tp.Any] = {"a": 1}
     tags: set[tp.Any] = {1, 3}
     holder: _AnyHolder = _AnyHolder(value=[1])
@@ -1251,6 +1265,12 @@ class _Hunted(pydantic.BaseModel):
         ({}, {"options": {"a": True}}),
         ({}, {"tags": {True, 3}}),
         ({}, {"holder": {"value": [True]}}),
+        ({}, {"ceiling": float("nan")}),  # (inf and nan both dump to null)
+        ({}, {"ceiling": float("-inf")}),
+        # a callable discriminator keeps every field of the member
+        ({"called": _Adam(lr=0.5)}, {"called": _SGD(lr=0.5)}),
+        ({"called_list": [_Adam()]}, {"called_list": [_SGD()]}),
+        ({"called_list": [{"name": "adam"}]}, {"called_list": [{"name": "sgd"}]}),
     ],
 )
 def test_different_configs_get_different_uids(
@@ -1279,6 +1299,8 @@ def test_values_equal_in_uid_terms_share_the_default_uid() -> None:
     default = _Hunted().infra.uid()
     assert _Hunted(flags=[1, 2.0], options={"a": 1.0}, tags={1.0, 3}).infra.uid() == default
     assert _Hunted(holder={"value": [1.0]}).infra.uid() == default
+    assert _Hunted(ceiling=float("inf")).infra.uid() == default
+    assert _Hunted(called=_Adam()).infra.uid() == default
 
 
 def test_uid_renders_enum_keys_by_value_and_keeps_discriminators() -> None:

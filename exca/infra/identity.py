@@ -35,7 +35,9 @@ class _FieldFacts:
     required: bool
     default: tp.Any  # python default (or _NO_DEFAULT)
     default_json: tp.Any  # json-mode dump of the default
-    discriminator: str | None  # pydantic discriminator of the sub-model union, if any
+    # fields of a sub-model kept even at their default: its discriminator, or every field
+    # under a callable discriminator (which field tells the members apart is unknown)
+    keep: tuple[str, ...] | _KeepAll
     plain: bool  # the annotation only allows plain values (never a model nor a dict)
     model_cls: type[pydantic.BaseModel] | None  # the annotation's model class, if a single one
     # what a uid dump leaves out of this field's sub-model (when it is of model_cls)
@@ -90,12 +92,28 @@ class _ClassFacts:
 _FACTS: dict[type, _ClassFacts] = {}
 
 
-def _discriminator_of(field: pydantic.fields.FieldInfo) -> str | None:
-    """The field name a discriminated union of the field uses (also inside Optional[...],
-    Annotated[...] and lists/tuples/dicts of the union); None if there is none, or if it
-    is a callable discriminator (no single field)."""
+class _KeepAll:
+    """``keep`` of a sub-model under a callable discriminator: ``name in keep`` always."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+
+KEEP_ALL = _KeepAll()
+
+
+def _kept_fields(field: pydantic.fields.FieldInfo) -> tuple[str, ...] | _KeepAll:
+    """The discriminator field of a discriminated union of the field (also inside
+    Optional[...], Annotated[...] and lists/tuples/dicts of the union); every field under a
+    callable discriminator; none without a union."""
     disc = _raw_discriminator(field)
-    return disc if isinstance(disc, str) else None
+    if disc is None:
+        return ()
+    if isinstance(disc, str):
+        return (disc,)
+    if isinstance(getattr(disc, "discriminator", None), str):  # pydantic.Discriminator("kind")
+        return (disc.discriminator,)
+    return KEEP_ALL
 
 
 def _raw_discriminator(field: pydantic.fields.FieldInfo) -> tp.Any:
@@ -212,7 +230,7 @@ def _field_facts(cls: type, name: str, field: pydantic.fields.FieldInfo) -> _Fie
         required=required,
         default=default,
         default_json=_NO_DEFAULT if required else _json_default(default),
-        discriminator=_discriminator_of(field),
+        keep=_kept_fields(field),
         plain=_plain_annotation(field.annotation),
         model_cls=model_cls,
         dump_exclude=dump_exclude,
@@ -343,8 +361,7 @@ def _default_export(field: _FieldFacts, uid: bool) -> dict[str, tp.Any]:
     if found is None:
         default = field.default
         dumped = default.model_dump(mode="json", warnings=False, by_alias=False)
-        keep = (field.discriminator,) if field.discriminator else ()
-        found = _DEFAULT_EXPORTS[key] = _Exporter(uid, True).model(default, dumped, keep=keep)
+        found = _DEFAULT_EXPORTS[key] = _Exporter(uid, True).model(default, dumped, field.keep)
     return found
 
 
@@ -357,7 +374,7 @@ class _Exporter:
         self.field_keys_only = True
 
     def model(
-        self, model: pydantic.BaseModel, dumped: dict[str, tp.Any], keep: tp.Iterable[str]
+        self, model: pydantic.BaseModel, dumped: dict[str, tp.Any], keep: tp.Container[str]
     ) -> dict[str, tp.Any]:
         facts = class_facts(type(model))
         if self.uid:
@@ -383,13 +400,14 @@ class _Exporter:
                 continue
             dval = dumped[name]
             if field.plain:  # the fast path: the json dump is the exported value
-                if (
-                    prune
-                    and not field.required
-                    and name not in keep
-                    and _equals_default(values.get(name), dval, field)
-                ):
-                    continue
+                if prune and not field.required and name not in keep:
+                    djson = field.default_json
+                    if (
+                        dval == djson  # (a scalar at its default, the common case, inlined)
+                        and type(dval) in _JSON_SCALARS
+                        and (type(dval) is bool) is (type(djson) is bool)
+                    ) or _equals_default(values.get(name), dval, field):
+                        continue
                 kind = type(dval)
                 if dval is None and type(values.get(name)) is float:
                     dval = values[name]  # inf/nan: the json dump says null
@@ -416,8 +434,7 @@ class _Exporter:
                 if prune and name not in keep:
                     if value is field.default:
                         continue  # the class default itself
-                    sub_keep = (field.discriminator,) if field.discriminator else ()
-                    pruned = self.model(value, dval, keep=sub_keep)
+                    pruned = self.model(value, dval, keep=field.keep)
                     # a sub-model equal to its field's default instance (in uid terms) is
                     # left out: exactly when both exports, with defaults pruned, are equal
                     if (
@@ -444,9 +461,7 @@ class _Exporter:
                 )
             ):
                 continue
-            out[name] = self.value(
-                value, dval, (field.discriminator,) if field.discriminator else ()
-            )
+            out[name] = self.value(value, dval, field.keep)
         extra = model.__pydantic_extra__
         if extra:  # extra="allow": what was given beyond the fields is config too
             self.field_keys_only = False
@@ -455,7 +470,7 @@ class _Exporter:
                     out[key] = self.value(sub, dumped[key])
         return out
 
-    def value(self, value: tp.Any, dval: tp.Any, keep: tuple[str, ...] = ()) -> tp.Any:
+    def value(self, value: tp.Any, dval: tp.Any, keep: tp.Container[str] = ()) -> tp.Any:
         """Export of a field value (``dval``: its json dump); models met inside keep the
         ``keep`` fields (the discriminator of a container of a discriminated union)."""
         if isinstance(value, pydantic.BaseModel):
@@ -499,9 +514,11 @@ class _Exporter:
 
 def _equals_default(value: tp.Any, dval: tp.Any, field: _FieldFacts) -> bool:
     """Whether a field value (``dval``: its json dump) is its default, as a uid sees it."""
+    if dval is None and type(value) is float:  # inf/nan: the json dump says null
+        return value == field.default
     if dval == field.default_json:
-        return _uid_equal(dval, field.default_json)
-    return value == field.default and _uid_equal(value, field.default)
+        return _same_bools(dval, field.default_json)
+    return value == field.default and _same_bools(value, field.default)
 
 
 def _uid_equal(a: tp.Any, b: tp.Any) -> bool:
@@ -510,25 +527,35 @@ def _uid_equal(a: tp.Any, b: tp.Any) -> bool:
     return a == b and _same_bools(a, b)
 
 
+_JSON_SCALARS = frozenset({str, int, float, bool})
+_NO_BOOLS = frozenset({str, int, float, type(None)})
+
+
 def _same_bools(a: tp.Any, b: tp.Any) -> bool:
     """Given ``a == b``: whether the booleans sit at the same places in both."""
     kind_a, kind_b = type(a), type(b)
     if kind_a is bool or kind_b is bool:
         return kind_a is kind_b
-    if kind_a in _NO_BOOLS and kind_b in _NO_BOOLS:
+    if kind_a in _NO_BOOLS:
         return True
     if isinstance(a, dict) and isinstance(b, dict):
-        if _typed_items(a) != _typed_items(b):  # keys: {True: x} == {1: x}
+        for key, sub in a.items():
+            if type(key) is not str and _typed_items(a) != _typed_items(b):
+                return False  # keys: {True: x} == {1: x}
+            other = b[key]
+            if (type(sub) in _NO_BOOLS and type(other) in _NO_BOOLS) or _same_bools(sub, other):
+                continue
             return False
-        return all(_same_bools(sub, b[key]) for key, sub in a.items())
+        return True
     if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return all(_same_bools(x, y) for x, y in zip(a, b))
+        for sub, other in zip(a, b):
+            if (type(sub) in _NO_BOOLS and type(other) in _NO_BOOLS) or _same_bools(sub, other):
+                continue
+            return False
+        return True
     if isinstance(a, set | frozenset) and isinstance(b, set | frozenset):
         return _typed_items(a) == _typed_items(b)
     return True
-
-
-_NO_BOOLS = frozenset({str, int, float, type(None)})
 
 
 def _typed_items(items: tp.Iterable[tp.Any]) -> set[tuple[bool, tp.Any]]:
