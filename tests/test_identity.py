@@ -820,6 +820,31 @@ def test_freeze_after_uid() -> None:
     other.a.x = 7
 
 
+def _may_hold_a_model(annotation: tp.Any) -> bool:
+    if annotation is tp.Any or annotation is object:
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+        return True
+    return any(_may_hold_a_model(arg) for arg in tp.get_args(annotation))
+
+
+@pytest.mark.parametrize("cls", [TaskInfra, MapInfra])
+def test_infra_fields_skipped_by_freezing_hold_no_model(cls: type, tmp_path: Path) -> None:
+    """Freezing does not look into an infra's scalar settings: none can hold a model."""
+    scalars = cls._exca_scalar_fields
+    assert scalars <= set(TaskInfra.model_fields) | set(MapInfra.model_fields)  # (no stale name)
+    scalars &= set(cls.model_fields)
+    for name in scalars:
+        assert not _may_hold_a_model(cls.model_fields[name].annotation), name
+    assert not _may_hold_a_model(int | None) and _may_hold_a_model(list[tp.Any])
+    walked = set(cls.model_fields) - scalars
+    assert walked == {"workdir"}
+    obj = Frozen(infra={"workdir": {"copied": ["."]}, "folder": tmp_path})
+    obj.infra.uid()
+    with pytest.raises(RuntimeError, match="frozen"):
+        obj.infra.workdir.copied = []  # type: ignore[union-attr]
+
+
 def test_freeze_after_first_call() -> None:
     obj = Frozen(p=3)
     assert obj.process() == 3

@@ -72,6 +72,38 @@ class BaseInfra(pydantic.BaseModel):
     __slots__ = ("_rt",)
     _exca_uid_fields: tp.ClassVar[tuple[str, ...]] = ("version",)
     _uid_string: tp.ClassVar[str] = "{method},{version}/{uid}"
+    # fields that never hold a pydantic model: freezing does not look into them (all but
+    # workdir; tests/test_identity.py checks this against the annotations)
+    _exca_scalar_fields: tp.ClassVar[frozenset[str]] = frozenset(
+        [
+            "folder",
+            "permissions",
+            "mode",
+            "keep_in_ram",
+            "version",
+            "cluster",
+            "logs",
+            "job_name",
+            "timeout_min",
+            "nodes",
+            "tasks_per_node",
+            "cpus_per_task",
+            "gpus_per_node",
+            "mem_gb",
+            "max_pickle_size_gb",
+            "slurm_constraint",
+            "slurm_partition",
+            "slurm_account",
+            "slurm_qos",
+            "slurm_use_srun",
+            "slurm_additional_parameters",
+            "slurm_setup",
+            "conda_env",
+            "max_jobs",
+            "min_samples_per_job",
+            "forbid_single_item_computation",
+        ]
+    )
 
     folder: Path | None = None
     permissions: int | None = pydantic.Field(default=0o777, exclude=True)

@@ -25,6 +25,7 @@ from .. import uidformat
 MODEL_UID_FIELDS_ATTR = "_exca_uid_fields"  # ClassVar: only these fields enter a uid ("." = none)
 OVERRIDE_HOOK = "_exca_uid_dict_override"
 EXCLUDE_ATTR = "_exclude_from_cls_uid"
+SCALAR_FIELDS_ATTR = "_exca_scalar_fields"  # class attribute: fields that never hold a model
 PREFIX_HOOK = "_exca_uid_prefix"  # method giving keys always exported first (discriminators)
 _NO_DEFAULT: tp.Any = object()
 
@@ -670,6 +671,13 @@ _LEAF_TYPES = frozenset({str, int, float, bool, type(None), bytes, type(Path()),
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
+def _field_names(cls: type[pydantic.BaseModel]) -> tuple[str, ...]:
+    """The fields of a class that may hold models (an infra's settings never do)."""
+    scalars = getattr(cls, SCALAR_FIELDS_ATTR, ())
+    names = _FIELD_NAMES[cls] = tuple(name for name in cls.model_fields if name not in scalars)
+    return names
+
+
 def iter_models(value: tp.Any) -> list[pydantic.BaseModel]:
     """The model itself and every pydantic model nested in its fields, lists and dicts.
 
@@ -690,9 +698,9 @@ def iter_models(value: tp.Any) -> list[pydantic.BaseModel]:
             kind = type(item)
             names = field_names.get(kind)
             if names is None:
-                names = field_names[kind] = tuple(kind.model_fields)
+                names = _field_names(kind)
             values = item.__dict__
-            if len(values) == len(names):  # only fields (no cached property stored)
+            if len(values) == len(names):  # every field, nothing else (no cached property)
                 stack.extend([sub for sub in values.values() if type(sub) not in leaves])
             else:
                 for name in names:
