@@ -921,3 +921,76 @@ def test_many_index_files(tmp_path: Path) -> None:
     for i in (0, 1, 500, 999):
         value = fresh[f"key{i}"]
         assert (int(value[0]) if i % 2 else value["i"]) == i
+
+
+def test_numpy_scalars_and_big_ints_read_back_as_themselves(tmp_path: Path) -> None:
+    """numpy scalars (the float64 of a mean) are stored inline, as their own type; ints
+    beyond 64 bits are pickled (JSON cannot hold them)."""
+    values: dict[str, tp.Any] = {
+        "mean": np.float64(0.25),
+        "f32": np.float32(0.1),
+        "flag": np.bool_(True),
+        "day": np.datetime64("2020-01-02"),
+        "c": np.complex64(1 + 2j),
+        "record": np.zeros(1, dtype=[("a", "i4")])[0],
+        "nested": {"m": np.float64(0.5), "l": [np.int16(2)]},
+        "big": 2**70,
+        "big_inside": {"a": -(2**70)},
+    }
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # (big ints are pickled)
+        with cd.write():
+            for key, value in values.items():
+                cd[key] = value
+    again: CacheDict[tp.Any] = CacheDict(tmp_path)
+    for key, value in values.items():
+        assert again[key] == value and type(again[key]) is type(value), key
+    assert type(again["nested"]["m"]) is np.float64 and type(again["nested"]["l"][0]) is np.int16
+    assert len(list((tmp_path / "data").glob("*.pkl"))) == 2  # the big ints: no file per scalar
+
+
+def test_array_kinds_read_back_whole(tmp_path: Path) -> None:
+    """Structured dtypes keep their fields; ndarray subclasses (masked arrays...) are pickled
+    by default; formats that would drop something refuse it with a clear error."""
+    structured = np.array([(1, 2.0), (3, 4.0)], dtype=[("a", "i4"), ("b", "f8", (1,))])
+    masked = np.ma.array([1, 2, 3], mask=[0, 1, 0])
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path)
+    with cd.write():
+        cd["structured"] = structured
+        cd["masked"] = masked
+    again: CacheDict[tp.Any] = CacheDict(tmp_path)
+    assert again["structured"].dtype == structured.dtype
+    np.testing.assert_array_equal(again["structured"], structured)
+    assert type(again["masked"]) is np.ma.MaskedArray
+    assert again["masked"].mask.tolist() == [False, True, False]
+    for cache_type in ("MemmapArray", "NumpyArray"):
+        strict: CacheDict[tp.Any] = CacheDict(tmp_path / cache_type, cache_type=cache_type)
+        with strict.write():
+            with pytest.raises(TypeError, match="mask would be lost"):
+                strict["masked"] = masked
+            with pytest.raises(TypeError, match=r"object array.*Pickle"):
+                strict["objects"] = np.array([object()])
+            strict["structured"] = structured
+        assert CacheDict(tmp_path / cache_type)["structured"].dtype == structured.dtype
+
+
+def test_0d_arrays_stay_arrays_in_bulk_reads(tmp_path: Path) -> None:
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path)
+    keys = [str(i) for i in range(20)]
+    with cd.write():
+        for i, key in enumerate(keys):
+            cd[key] = np.array(float(i))
+    values = list(CacheDict(tmp_path, keep_in_ram=True).values_of(keys))
+    assert all(type(v) is np.ndarray and v.shape == () for v in values)
+    assert [float(v) for v in values] == list(range(20))
+
+
+def test_set_many_refuses_a_key_twice(tmp_path: Path) -> None:
+    cd: CacheDict[int] = CacheDict(tmp_path)
+    with cd.write():
+        with pytest.raises(ValueError, match="'a' is already in the cache"):
+            cd.set_many([("a", 1), ("b", 2), ("a", 3)])
+        assert "a" not in cd  # nothing of the refused call is written
+        cd.set_many([("a", 1), ("a", 3)], skip_existing=True)  # the first one wins
+    assert dict(CacheDict(tmp_path).items()) == {"a": 1}

@@ -456,15 +456,17 @@ class CacheDict(tp.Generic[X]):
         lines: list[bytes] = []
         values: list[tuple[str, X]] = []
         errors = 0  # cached errors among the values (counted for RAM reads)
+        batch_keys: set[str] = set()
         ctx.start_batch()
         try:
             for key, value in pairs:
                 if type(key) is not str and not isinstance(key, str):
                     raise TypeError(f"CacheDict keys must be str, got {key!r}")
-                if key in entries or key in self._ram:
+                if key in entries or key in self._ram or key in batch_keys:
                     if skip_existing:
                         continue  # written meanwhile (e.g. by a re-entrant call)
                     raise ValueError(f"Key {key!r} is already in the cache {self.folder}")
+                batch_keys.add(key)
                 values.append((key, value))
                 if type(value) is CachedError:
                     errors += 1

@@ -298,6 +298,8 @@ class DumpContext:
             name = cls.DEFAULTS.get(base) or cls.DEFAULTS.get(
                 f"{base.__module__}.{base.__qualname__}"
             )
+            if name == "MemmapArray" and base is not kind and kind.__name__ != "memmap":
+                name = "Pickle"  # an ndarray subclass (masked array...) keeps what it adds
             if name is not None:
                 cls.DEFAULTS[kind] = name  # memoize the resolution of lazy names
                 return name
@@ -523,6 +525,7 @@ class MemmapArray:
         array = value
         if type(array) is not np.ndarray or not array.flags.c_contiguous:
             array = np.ascontiguousarray(value).reshape(np.shape(value))
+        _refuse_masked(value, "MemmapArray")
         dtype = array.dtype
         dtype_str = _DTYPE_STR.get(dtype)
         if dtype_str is None:
@@ -531,7 +534,7 @@ class MemmapArray:
                     f"Cannot store an object array (dtype {dtype}) as MemmapArray: "
                     "use cache_type='Pickle'"
                 )
-            dtype_str = _DTYPE_STR[dtype] = dtype.str
+            dtype_str = _DTYPE_STR[dtype] = _dtype_code(dtype)
         shared = ctx._shared.get(".data") or ctx.shared_file(".data")
         offset = shared.append_array(array, ALIGNMENT)
         shape = array.shape
@@ -617,12 +620,53 @@ class MemmapArray:
 _DTYPES: dict[str, tp.Any] = {}
 
 
+def _dtype_code(dtype: tp.Any) -> str:
+    """How an index record names a dtype: ``dtype.str`` ("<f4"), or for a structured
+    dtype the JSON text of its ``.npy`` description (its ``str`` is only "|V12")."""
+    if dtype.fields is None and dtype.subdtype is None:
+        return str(dtype.str)
+    from numpy.lib import format as npy_format
+
+    return orjson.dumps(npy_format.dtype_to_descr(dtype)).decode("utf8")
+
+
+def _dtype_of(code: str) -> tp.Any:
+    np = _NP or _numpy()
+    if code.startswith("["):
+        from numpy.lib import format as npy_format
+
+        dtype = npy_format.descr_to_dtype(_descr_from_json(orjson.loads(code)))
+    else:
+        dtype = np.dtype(code)
+    _DTYPES[code] = dtype
+    return dtype
+
+
+def _descr_from_json(descr: tp.Any) -> tp.Any:
+    """A ``.npy`` dtype description back from JSON (which made its tuples lists)."""
+    if not isinstance(descr, list):
+        return descr
+    out = []
+    for name, fmt, *shape in descr:
+        name = tuple(name) if isinstance(name, list) else name
+        out.append((name, _descr_from_json(fmt), *(tuple(dims) for dims in shape)))
+    return out
+
+
+def _refuse_masked(value: tp.Any, name: str) -> None:
+    if type(value).__module__.startswith("numpy.ma"):
+        raise TypeError(
+            f"Cannot store a masked array as {name}: its mask would be lost; use "
+            "cache_type='Pickle' (or leave cache_type unset: masked arrays are pickled)"
+        )
+
+
 def _load_memmap(ctx: DumpContext, info: dict[str, tp.Any]) -> tp.Any:
     np = _NP or _numpy()
     code = info["d"]
     dtype = _DTYPES.get(code)
     if dtype is None:
-        dtype = _DTYPES[code] = np.dtype(code)
+        dtype = _dtype_of(code)
     shape = info["s"]
     count = math.prod(shape)
     if count == 0:
@@ -656,9 +700,10 @@ def load_memmap_runs(ctx: DumpContext, infos: list[dict[str, tp.Any]]) -> list[t
                 stop += 1
         dtype = _DTYPES.get(code)
         if dtype is None:
-            dtype = _DTYPES[code] = np.dtype(code)
+            dtype = _dtype_of(code)
         size = math.prod(shape) * dtype.itemsize
-        if stop - start < 3 or size == 0 or step < size:
+        # (0-d arrays one by one: items of a strided view would be numpy scalars)
+        if stop - start < 3 or size == 0 or step < size or not shape:
             out.append(_load_memmap(ctx, first))
             start += 1
             continue
@@ -713,7 +758,14 @@ class NumpyArray:
     def __dump_info__(cls, ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
         import numpy as np
 
-        name = ctx.write_key_file(".npy", lambda handle: np.save(handle, np.asarray(value)))
+        _refuse_masked(value, "NumpyArray")
+        array = np.asarray(value)
+        if array.dtype.hasobject:  # np.save would pickle it, and np.load refuse to read it
+            raise TypeError(
+                f"Cannot store an object array (dtype {array.dtype}) as NumpyArray: "
+                "use cache_type='Pickle'"
+            )
+        name = ctx.write_key_file(".npy", lambda handle: np.save(handle, array))
         return {"filename": name}
 
     @classmethod
@@ -736,6 +788,29 @@ def dumps_pickle(value: tp.Any) -> bytes:
 
         data: bytes = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         return data
+
+
+@DumpContext.register(default_for="numpy.generic")
+class NumpyScalar:
+    """A numpy scalar (the numpy.float64 of a mean...) in the index line: its dtype and
+    bytes, read back as the same numpy type (not a file per value, not a python float)."""
+
+    @classmethod
+    def __dump_info__(cls, ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
+        dtype = value.dtype
+        if dtype.hasobject or dtype.fields is not None or dtype.kind in "SUV":
+            return {"p": base64.b64encode(dumps_pickle(value)).decode("ascii")}
+        return {"d": dtype.str, "b": base64.b64encode(value.tobytes()).decode("ascii")}
+
+    @classmethod
+    def __load_from_info__(
+        cls, ctx: DumpContext, d: str = "", b: str = "", p: str | None = None
+    ) -> tp.Any:
+        if p is not None:
+            return pickle.loads(base64.b64decode(p))
+        import numpy as np
+
+        return np.frombuffer(base64.b64decode(b), dtype=np.dtype(d))[0]
 
 
 @DumpContext.register
@@ -848,19 +923,26 @@ class Auto:
 
     @classmethod
     def _walk(cls, ctx: DumpContext, value: tp.Any) -> tp.Any:
-        if value is None or isinstance(value, bool | int | str):
+        # exact types only: a subclass (numpy.float64, an Enum, a namedtuple...) would not
+        # come back as itself from JSON, or not be JSON at all
+        kind = type(value)
+        if value is None or kind is bool or kind is str:
             return value
-        if isinstance(value, float):
+        if kind is int:
+            if not _JSON_INT_MIN <= value <= _JSON_INT_MAX:
+                raise _NotJsonable
+            return value
+        if kind is float:
             if value != value or value in (float("inf"), float("-inf")):
                 raise _NotJsonable
             return value
-        if isinstance(value, dict):
+        if kind is dict:
             if _AUTO_TAG in value:
                 raise ValueError(f"{_AUTO_TAG!r} is a reserved key in values of the Auto format")
-            if not all(isinstance(k, str) for k in value):
+            if not all(type(k) is str for k in value):
                 raise _NotJsonable
             return {k: cls._walk(ctx, v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
+        if kind is list or kind is tuple:
             return [cls._walk(ctx, v) for v in value]
         name = DumpContext.default_name(type(value))
         if name in ("Auto", "AutoPickle"):
@@ -898,6 +980,9 @@ class Auto:
     def __delete_info__(cls, ctx: DumpContext, **info: tp.Any) -> None:
         if info.get("pickle"):
             _delete_file(ctx, info["pickle"])
+
+
+_JSON_INT_MIN, _JSON_INT_MAX = -(2**63), 2**64 - 1  # what orjson writes
 
 
 class _NotJsonable(Exception):
