@@ -7,10 +7,12 @@ tests count the real per-item calls wherever they ran (threads, processes, local
 from __future__ import annotations
 
 import collections
+import enum
 import json
 import typing as tp
 from pathlib import Path
 
+import numpy as np
 import pydantic
 import pytest
 from filelog import append
@@ -172,6 +174,11 @@ def test_force_recomputes_every_item_once(tmp_path: Path, cluster: str | None) -
     again = make(tmp_path, cluster, infra={"mode": "force"})
     assert list(again.process([2])) == [20]
     assert counts(log) == {1: 2, 2: 3, 3: 2, 4: 1}
+    # once per item uid: a later call forces the items this instance has not forced yet
+    assert list(again.process([2, 3])) == [20, 30]
+    assert counts(log) == {1: 2, 2: 3, 3: 3, 4: 1}
+    assert list(again.process([3, 2])) == [30, 20]
+    assert counts(log) == {1: 2, 2: 3, 3: 3, 4: 1}
 
 
 def test_read_only(tmp_path: Path) -> None:
@@ -221,3 +228,71 @@ def test_local_packing_respects_max_jobs(tmp_path: Path) -> None:
     new = [r for r in records if set(r["keys"]) & {"10", "11", "12"}]
     assert sorted(len(r["keys"]) for r in new) == [1, 2]
     assert counts(tmp_path / "calls.txt") == dict.fromkeys(range(13), 1)
+
+
+class Storing(pydantic.BaseModel):
+    """Outputs of any kind, stored with cache_type=NumpyArray (object arrays cannot be)."""
+
+    log: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str, cache_type="NumpyArray")
+    def process(self, items: list[int]) -> tp.Iterator[tp.Any]:
+        for item in items:
+            append(self.log, str(item))
+            yield np.array([object()]) if item == 3 else np.arange(item)
+
+
+def test_an_output_that_cannot_be_stored_is_that_items_error(tmp_path: Path) -> None:
+    """The other outputs of the batch are kept; the item's error names it and is cached."""
+    log = tmp_path / "calls.txt"
+    first = Storing(log=str(log), infra={"folder": tmp_path / "cache"})
+    outputs = first.process([1, 2, 3, 4])
+    assert [len(next(outputs)) for _ in range(2)] == [1, 2]
+    with pytest.raises(TypeError, match=r"item '3' cannot be stored.*object array"):
+        next(outputs)
+    again = Storing(log=str(log), infra={"folder": tmp_path / "cache"})
+    assert [len(a) for a in again.process([1, 2, 4])] == [1, 2, 4]
+    with pytest.raises(TypeError, match="item '3'"):
+        list(again.process([3]))
+    assert counts(log) == {1: 1, 2: 1, 3: 1, 4: 1}
+
+
+class Upper(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=lambda item: item)
+    def process(self, items: list[tp.Any]) -> tp.Iterator[str]:
+        for item in items:
+            yield str.upper(item)
+
+
+class _Color(str, enum.Enum):  # noqa: UP042 (str() of a member is "_Color.RED", not its text)
+    RED = "red"
+
+
+def test_item_uids_of_str_subclasses_are_their_text(tmp_path: Path) -> None:
+    obj = Upper(infra={"folder": tmp_path})
+    assert list(obj.process([_Color.RED, np.str_("blue")])) == ["RED", "BLUE"]
+    assert set(obj.infra.cache_dict.keys()) == {"red", "blue"}
+    assert list(Upper(infra={"folder": tmp_path}).process(["red", "blue"])) == ["RED", "BLUE"]
+    with pytest.raises(TypeError, match="item_uid must return a str, got 1 for item 1"):
+        list(obj.process([1]))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("keep_in_ram", [True, False])
+def test_processpool_without_a_folder(tmp_path: Path, keep_in_ram: bool) -> None:
+    """The pool processes hand their outputs back: nothing is written anywhere."""
+    mapper = Mapper(
+        log=str(tmp_path / "calls.txt"),
+        infra={"cluster": "processpool", "keep_in_ram": keep_in_ram},
+    )
+    items = list(range(12))
+    assert list(mapper.process(items)) == [10 * i for i in items]
+    assert list(mapper.process([3, 20])) == [30, 200]
+    assert counts(tmp_path / "calls.txt") == {
+        **{i: 1 if keep_in_ram else 2 for i in (3,)},
+        **{i: 1 for i in items if i != 3},
+        20: 1,
+    }

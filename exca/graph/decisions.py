@@ -200,7 +200,12 @@ class Graph:
         node = run.node
         run.uids = uids
         total = len(set(uids))
-        if forced:
+        done = node.force_state.get("uids") if node.pending_force else None
+        if forced and done:  # forced by its own mode: once per item uid and instance
+            absent = set(node.cache.missing(uids))
+            run.todo = [u for u in dict.fromkeys(uids) if u not in done or u in absent]
+            run.action, run.reason = "force", "mode=force"
+        elif forced:
             run.todo = list(dict.fromkeys(uids))
             run.action = "force"
             run.reason = "mode=force" if node.pending_force else "forced by upstream"

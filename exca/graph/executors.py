@@ -127,13 +127,25 @@ class DoneHandle(Handle):
 
 
 class FutureHandle(Handle):
-    def __init__(self, future: concurrent.futures.Future[tp.Any], cluster: str) -> None:
+    def __init__(
+        self,
+        future: concurrent.futures.Future[tp.Any],
+        cluster: str,
+        adopt: tp.Callable[[tp.Any], None] | None = None,
+    ) -> None:
         self.future = future
         self.cluster = cluster
         self.job_id = f"#{cluster}#"
+        self._adopt = adopt  # called once with the result, before done() says True
 
     def done(self) -> bool:
-        return self.future.done()
+        if not self.future.done():
+            return False
+        if self._adopt is not None:
+            adopt, self._adopt = self._adopt, None
+            if not self.future.cancelled() and self.future.exception() is None:
+                adopt(self.future.result())
+        return True
 
     def error(self) -> BaseException | None:
         if not self.future.done() or self.future.cancelled():
@@ -261,11 +273,31 @@ def run_unit_quietly(unit: Unit) -> Report | BaseException:
         return error
 
 
-def _run_pickled(payload: bytes) -> Report:
+def _run_pickled(payload: bytes) -> tuple[Report, list[tuple[str, tp.Any]] | None]:
+    """Run a unit in a pool process. Without a folder, its outputs live in this process's
+    memory: they are returned, for the caller's in-memory cache."""
     import cloudpickle
 
     unit = cloudpickle.loads(payload)
-    return run_unit(unit)
+    report = run_unit(unit)
+    cache = unit.node.cache
+    if cache is None or cache.folder is not None:
+        return report, None
+    return report, [(key, cache[key]) for key in unit.keys if key in cache]
+
+
+def _adopter(unit: Unit) -> tp.Callable[[tp.Any], None] | None:
+    """What takes a pool process's outputs into the caller's in-memory cache (no folder)."""
+    cache = unit.node.cache
+    if cache is None or cache.folder is not None:
+        return None
+
+    def adopt(result: tuple[Report, list[tuple[str, tp.Any]] | None]) -> None:
+        outputs = result[1]
+        if outputs:
+            cache.set_many(outputs, skip_existing=True)
+
+    return adopt
 
 
 class Pools:
@@ -301,9 +333,8 @@ class Pools:
             import cloudpickle
 
             for unit in units:
-                handles.append(
-                    FutureHandle(pool.submit(_run_pickled, cloudpickle.dumps(unit)), cluster)
-                )
+                future = pool.submit(_run_pickled, cloudpickle.dumps(unit))
+                handles.append(FutureHandle(future, cluster, adopt=_adopter(unit)))
         else:
             for unit in units:
                 handles.append(FutureHandle(pool.submit(run_unit, unit), cluster))

@@ -122,7 +122,8 @@ class Node:
     item_uids: tp.Sequence[str] | None = None  # of ``items`` when already computed
     forbid_single_item: bool = False
     # shared by every node of one infra instance: mode=force applies once per instance
-    force_state: dict[str, bool] = dataclasses.field(default_factory=dict, compare=False)
+    # ("done"), and once per item uid for maps ("uids": the item uids it forced)
+    force_state: dict[str, tp.Any] = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def pending_force(self) -> bool:

@@ -379,6 +379,7 @@ class Scheduler:
             run.state = "done"
             if run.action == "force":
                 node.force_state["done"] = True
+                node.force_state.setdefault("uids", set()).update(todo)
             return
         run.state = "failed"
         run.error = self._lost(run, missing)

@@ -338,8 +338,12 @@ def _compute_from(
     def flush() -> None:
         nonlocal last_flush
         if batch:
-            cache.set_many(batch, meta=meta, skip_existing=True)
-            report.computed += len(batch)
+            try:
+                cache.set_many(batch, meta=meta, skip_existing=True)
+            except Exception:  # an output that cannot be stored: only its item fails
+                _store_one_by_one(node, cache, batch, meta, report)
+            else:
+                report.computed += len(batch)
             if progress is not None:
                 progress(len(batch))
             batch.clear()
@@ -380,6 +384,39 @@ def _compute_from(
         report.errors += len(uids) - position
         return len(uids)
     return position
+
+
+def _store_one_by_one(
+    node: Node,
+    cache: CacheDict[tp.Any],
+    batch: list[tuple[str, tp.Any]],
+    meta: dict[str, tp.Any] | None,
+    report: Report,
+) -> None:
+    """Write a batch item by item: an output the cache cannot store (an object array as
+    NumpyArray...) becomes that item's cached error; the other outputs are kept."""
+    for uid, output in batch:
+        try:
+            cache.set_many([(uid, output)], meta=meta, skip_existing=True)
+        except Exception as error:
+            message = (
+                f"the output of item {uid!r} cannot be stored in {cache.folder} "
+                f"({type(output).__name__}): {error}"
+            )
+            try:
+                failure = type(error)(message)  # (the same type: retry/except clauses work)
+            except Exception:
+                failure = RuntimeError(message)
+            try:
+                cache[uid] = CachedError.from_exception(failure)
+            except Exception:  # (the error itself cannot be stored: it is raised instead)
+                raise failure from error
+            report.errors += 1
+            logger.warning(
+                "%s: %s; the error is cached, other items go on", node.label or node.uid, failure
+            )
+        else:
+            report.computed += 1
 
 
 def current_job_id() -> str | None:

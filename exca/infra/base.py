@@ -50,7 +50,7 @@ class _Runtime:
     # fields are set (copied per owner instance); reset when the default is changed
     settings_checked = False
     mutable_fields: tuple[str, ...] = ()
-    force_state: dict[str, bool]  # shared with this instance's nodes
+    force_state: dict[str, tp.Any]  # shared with this instance's nodes (see Node)
     models: list[pydantic.BaseModel]  # the config tree, walked when frozen
     inputs_caches: dict[tp.Any, tp.Any]  # CacheDicts of input sub-folders
 

@@ -43,8 +43,10 @@ class ItemUid:
 
     def __call__(self, item: tp.Any) -> str:
         uid = self.func(item)
-        if not isinstance(uid, str):
-            raise TypeError(f"item_uid must return a str, got {uid!r} for item {item!r}")
+        if type(uid) is not str:
+            if not isinstance(uid, str):
+                raise TypeError(f"item_uid must return a str, got {uid!r} for item {item!r}")
+            uid = str.__str__(uid)
         return self.shorten(uid)
 
     def many(self, items: tp.Sequence[tp.Any]) -> list[str]:
@@ -55,8 +57,11 @@ class ItemUid:
         """The item_uid function's strings (checked), before any shortening."""
         uids = list(map(self.func, items))
         if uids and self.func is not str and set(map(type, uids)) != {str}:
-            bad = next(u for u in uids if not isinstance(u, str))
-            raise TypeError(f"item_uid must return a str, got {bad!r}")
+            for uid, item in zip(uids, items):
+                if not isinstance(uid, str):
+                    raise TypeError(f"item_uid must return a str, got {uid!r} for item {item!r}")
+            # str subclasses (a str Enum, numpy.str_): their text, as plain str
+            uids = [u if type(u) is str else str.__str__(u) for u in uids]
         return uids
 
     def shorten_all(self, uids: list[str]) -> list[str]:
@@ -142,6 +147,10 @@ class BoundMap:
             missing = cache.missing(uids)
             if not missing:  # fast path: no node, no scheduler
                 return cache.values_of(uids, where=infra.uid())
+        if infra.mode == "force":  # items this instance has not forced yet are forced now
+            state = infra._runtime().force_state
+            if state.get("done") and not state.get("uids", set()).issuperset(uids):
+                state["done"] = False
         node = infra._map_node(items, uids)
         calls.map_items(node, uids, missing)
         return node.cache.values_of(uids, where=node.uid)
