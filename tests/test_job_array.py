@@ -271,3 +271,21 @@ def test_retry_array_right_after_a_failure(tmp_path: Path, ctl: Path) -> None:
     wait_until(lambda: calls(ctl) == {0: 1, 1: 2}, timeout=10)
     wait_until(lambda: all(t.infra.status() == "completed" for t in again))
     assert [t.process() for t in again] == [0, 1]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cluster", [None, "debug"])
+def test_the_array_infras_retry_applies_to_tasks_in_mode_cached(
+    tmp_path: Path, ctl: Path, cluster: str | None
+) -> None:
+    """The array infra's mode decides, whatever the tasks' own mode (here cached)."""
+    (ctl / "fail-1").touch()
+    task = base(tmp_path, ctl, None)
+    with base(tmp_path, ctl, cluster).infra.job_array() as array:
+        array.extend(task.infra.clone_obj(x=x) for x in range(2))
+    assert [t.infra.status() for t in array] == ["completed", "failed"]
+    (ctl / "fail-1").unlink()
+    with base(tmp_path, ctl, cluster, mode="retry").infra.job_array() as again:
+        again.extend(task.infra.clone_obj(x=x) for x in range(2))
+    assert [t.infra.status() for t in again] == ["completed", "completed"]
+    assert calls(ctl) == {0: 1, 1: 2}

@@ -47,8 +47,8 @@ def submit_array(
     if mode == "force" and array_infra._runtime().force_state.get("done"):
         mode = "cached"
     if array_infra.cluster is None:
-        for infra in infras.values():
-            if mode == "force":
+        for infra in infras.values():  # (the array's mode decides, as with a cluster)
+            if mode == "force" or (mode == "retry" and infra.status() == "failed"):
                 infra.clear_job()
             infra.job()
     else:
