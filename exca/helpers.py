@@ -35,17 +35,24 @@ class FuncConfig(pydantic.BaseModel):
         raise NotImplementedError
 
 
+def _check_parameter_names(func: tp.Callable[..., tp.Any]) -> None:
+    for name in inspect.signature(func).parameters:
+        if name in ("infra", "build") or name.startswith(("_", "model_")):
+            raise ValueError(
+                f"{func.__qualname__} has a parameter named {name!r}, which cannot be a "
+                "config field (reserved: 'infra', 'build', names starting with '_' or "
+                "'model_'): rename it"
+            )
+
+
 @functools.cache
 def to_config_model(func: tp.Callable[..., tp.Any]) -> type[FuncConfig]:
     """A pydantic model ``<func>_FuncConfig`` whose ``build()`` is the cached call of func."""
     annotations: dict[str, tp.Any] = {}
     namespace: dict[str, tp.Any] = {}
     hints = tp.get_type_hints(func)
+    _check_parameter_names(func)
     for param in inspect.signature(func).parameters.values():
-        if param.name == "infra":
-            raise ValueError(
-                f"{func.__qualname__} has a parameter named 'infra', which is reserved"
-            )
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise ValueError(f"{func.__qualname__}: *args/**kwargs cannot become config fields")
         hint = hints.get(param.name, param.annotation)
@@ -87,6 +94,7 @@ class FunctionWithInfra:
     """A function whose calls are cached (see ``with_infra``). Call it with keywords only."""
 
     def __init__(self, func: tp.Callable[..., tp.Any], **infra: tp.Any) -> None:
+        _check_parameter_names(func)  # (at decoration: a call would fail less clearly)
         self.func = func
         self.infra = infra
         functools.update_wrapper(self, func)

@@ -3,6 +3,7 @@ update_uids and DiscriminatedModel."""
 
 from __future__ import annotations
 
+import inspect
 import pickle
 import typing as tp
 import warnings
@@ -125,10 +126,29 @@ def test_to_config_model() -> None:
         model()  # type: ignore[call-arg]
 
 
+def _build_param(build: int) -> int:
+    return build
+
+
+def _model_param(model_config: int) -> int:
+    return model_config
+
+
+def _private_param(_x: int) -> int:
+    return _x
+
+
 @pytest.mark.parametrize("func", [_no_annotation, _any_annotation, _infra_param])
 def test_to_config_model_refusals(func: tp.Callable[..., tp.Any]) -> None:
     with pytest.raises(ValueError):
         helpers.to_config_model(func)
+
+
+@pytest.mark.parametrize("func", [_infra_param, _build_param, _model_param, _private_param])
+def test_reserved_parameter_names_are_refused_by_name(func: tp.Callable[..., tp.Any]) -> None:
+    name = next(iter(inspect.signature(func).parameters))
+    with pytest.raises(ValueError, match=f"parameter named '{name}'.*rename it"):
+        helpers.with_infra(folder="unused")(func)(**{name: 1})
 
 
 def test_to_config_build_cached(tmp_path: Path) -> None:
