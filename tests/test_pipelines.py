@@ -1022,8 +1022,13 @@ def test_independent_branches_run_concurrently_on_local(env: Env) -> None:
 # 6. Ctrl-C
 # =============================================================================================
 INTERRUPTED_SCRIPT = """
+import signal
 import sys
 import exca
+
+# as in a terminal: a test run started as a background job of a shell inherits SIGINT
+# ignored (POSIX, without job control), and Python then leaves it ignored
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import exca.graph
 from test_pipelines import Env
 
