@@ -845,6 +845,28 @@ def test_infra_fields_skipped_by_freezing_hold_no_model(cls: type, tmp_path: Pat
         obj.infra.workdir.copied = []  # type: ignore[union-attr]
 
 
+class _InfraWithModel(TaskInfra):
+    """A user's infra subclass: its own fields are walked by freezing."""
+
+    helper: A = A()
+
+
+class _UsesInfraWithModel(pydantic.BaseModel):
+    p: int = 1
+    infra: _InfraWithModel = _InfraWithModel()
+
+    @infra.apply
+    def process(self) -> int:
+        return self.p
+
+
+def test_fields_of_a_user_infra_subclass_are_frozen() -> None:
+    obj = _UsesInfraWithModel()
+    obj.infra.uid()
+    with pytest.raises(RuntimeError, match="frozen"):
+        obj.infra.helper.x = 5
+
+
 def test_freeze_after_first_call() -> None:
     obj = Frozen(p=3)
     assert obj.process() == 3

@@ -72,38 +72,10 @@ class BaseInfra(pydantic.BaseModel):
     __slots__ = ("_rt",)
     _exca_uid_fields: tp.ClassVar[tuple[str, ...]] = ("version",)
     _uid_string: tp.ClassVar[str] = "{method},{version}/{uid}"
-    # fields that never hold a pydantic model: freezing does not look into them (all but
-    # workdir; tests/test_identity.py checks this against the annotations)
-    _exca_scalar_fields: tp.ClassVar[frozenset[str]] = frozenset(
-        [
-            "folder",
-            "permissions",
-            "mode",
-            "keep_in_ram",
-            "version",
-            "cluster",
-            "logs",
-            "job_name",
-            "timeout_min",
-            "nodes",
-            "tasks_per_node",
-            "cpus_per_task",
-            "gpus_per_node",
-            "mem_gb",
-            "max_pickle_size_gb",
-            "slurm_constraint",
-            "slurm_partition",
-            "slurm_account",
-            "slurm_qos",
-            "slurm_use_srun",
-            "slurm_additional_parameters",
-            "slurm_setup",
-            "conda_env",
-            "max_jobs",
-            "min_samples_per_job",
-            "forbid_single_item_computation",
-        ]
-    )
+    # fields that never hold a pydantic model: freezing does not look into them (the
+    # settings of exca's own infra classes, all but workdir: set below, per class;
+    # tests/test_identity.py checks them against the annotations)
+    _exca_scalar_fields: tp.ClassVar[frozenset[str]] = frozenset()
 
     folder: Path | None = None
     permissions: int | None = pydantic.Field(default=0o777, exclude=True)
@@ -229,6 +201,8 @@ class BaseInfra(pydantic.BaseModel):
     def __pydantic_init_subclass__(cls, **kwargs: tp.Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
         cls._checks_disk = cls._check_disk is not BaseInfra._check_disk  # (skip a no-op call)
+        if cls.__module__.startswith("exca."):  # (a user's subclass may add model fields)
+            cls._exca_scalar_fields = frozenset(cls.model_fields) - {"workdir"}
 
     def _check_disk(self) -> None:
         """Checks of the file system, done each time an infra is linked to an owner."""
