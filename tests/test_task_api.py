@@ -212,6 +212,19 @@ def test_clear_job(tmp_path: Path) -> None:
     assert task.infra.status() == "completed"
 
 
+def test_clear_job_of_an_instance_that_read_an_older_result(tmp_path: Path) -> None:
+    """The result another instance rewrote since (mode=force) is the one removed."""
+    old = Task(param=18, infra={"folder": tmp_path})
+    assert old.process() == 180
+    Task(param=18, infra={"folder": tmp_path, "mode": "force"}).process()
+    old.infra.clear_job()
+    assert old.infra.status() == "not submitted"
+    fresh = Task(param=18, infra={"folder": tmp_path})
+    assert fresh.infra.status() == "not submitted"
+    before = _count("task", 18)
+    assert fresh.process() == 180 and _count("task", 18) == before + 1
+
+
 def test_clear_job_of_failed_task(tmp_path: Path) -> None:
     task = Task(param=15, fail=True, infra={"folder": tmp_path})
     with pytest.raises(KeyError):

@@ -301,6 +301,15 @@ class TaskInfra(BaseInfra, SubmititMixin):
         cluster=None, which computes in this process)."""
         if self.mode == "read-only":
             raise RuntimeError(f"{self.uid()}: mode='read-only' cannot submit jobs")
+        method = self._method()
+        params = getattr(method, "params", ())
+        if params:
+            name = method.func.__name__
+            raise TypeError(
+                f"{method.func.__qualname__} takes inputs {list(params)}: infra.job() "
+                f"cannot call it. Call obj.{name}(...), or build obj.{name}.node(...) and "
+                "run it with exca.graph.run (see the pipelines docs)"
+            )
         node = self._node()
         return calls.task_job(node)
 
@@ -319,6 +328,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
                 if registry.is_active(record):
                     with contextlib.suppress(Exception):
                         registry.submitit_job(record).cancel(check=False)
+        node.cache.refresh()  # (the result may have been rewritten since this instance read it)
         if TASK_KEY in node.cache:
             del node.cache[TASK_KEY]
         if folder is None:
