@@ -712,6 +712,18 @@ def test_clean_node_downstream_includes_maps(tmp_path: Path) -> None:
     assert {r.path for r in plan.removals} == {source.folder, mapped.folder}
 
 
+def test_clean_old_versions_orders_numbers_inside_versions(tmp_path: Path) -> None:
+    """v10 is newer than v9 (not a string comparison)."""
+    root = tmp_path / "cache"
+    v9 = Train(seed=1, infra={"folder": root, "version": "v9"})
+    v10 = Train(seed=1, infra={"folder": root, "version": "v10"})
+    v9.fit()
+    v10.fit()
+    plan = clean.old_versions(root)
+    assert {r.path for r in plan.removals} == {folder_of(v9)}
+    assert all("newest is v10" in r.reason for r in plan.removals)
+
+
 def test_clean_old_versions(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     objs = {

@@ -176,7 +176,8 @@ def _root_of(folder: Path) -> Path:
 
 # --- old versions -------------------------------------------------------------------------------
 def _version_key(version: str) -> tuple[tp.Any, ...]:
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.\-_]", version))
+    """Natural order: runs of digits compare as numbers ("v9" < "v10", "1.9" < "1.10")."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", version) if p)
 
 
 def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
