@@ -320,6 +320,10 @@ def test_task_inputs_from_nodes_and_values(env: Env) -> None:
     assert combine.run.node(a, 8).uid != node.uid
     with pytest.raises(TypeError):
         combine.run.node(a, 7, 9)  # too many inputs
+    # infra.job() cannot give the inputs: a clear error, and nothing cached
+    with pytest.raises(TypeError, match=r"takes inputs \['a', 'b'\]: infra.job\(\)"):
+        combine.infra.job()
+    assert combine.infra.status() == "not submitted"
 
 
 def test_each_input_tuple_has_its_own_folder(env: Env) -> None:
