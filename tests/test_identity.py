@@ -406,6 +406,39 @@ def test_exclude_from_cache_uid_missing_method() -> None:
         obj.infra.config()
 
 
+class _ExclSub(pydantic.BaseModel):
+    model_config = FORBID
+    x: int = 1
+
+
+class CacheExclTypo(pydantic.BaseModel):
+    a: int = 1
+    sub: _ExclSub = _ExclSub()
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply(exclude_from_cache_uid=lambda obj: ["sub.x"] if obj.a > 0 else ["sub.nope"])
+    def process(self) -> int:
+        return self.a
+
+
+class CacheExclTypoTop(pydantic.BaseModel):
+    a: int = 1
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply(exclude_from_cache_uid=("nonexistent",))
+    def process(self) -> int:
+        return self.a
+
+
+def test_exclude_from_cache_uid_names_fields_only() -> None:
+    """A typo would silently exclude nothing: it is an error naming the fields."""
+    assert _cfg(CacheExclTypo(a=2, sub={"x": 5})) == {"a": 2}  # sub.x excluded
+    with pytest.raises(ValueError, match=r"'sub.nope'.*_ExclSub has no field 'nope'"):
+        CacheExclTypo(a=-1).infra.uid()
+    with pytest.raises(ValueError, match=r"'nonexistent'.*fields: \['a', 'infra'\]"):
+        CacheExclTypoTop(a=2).infra.uid()
+
+
 def test_exclude_from_cache_uid_bad_string() -> None:
     with pytest.raises(TypeError):
 

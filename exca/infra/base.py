@@ -250,7 +250,10 @@ class BaseInfra(pydantic.BaseModel):
             raw = raw(owner)
         if isinstance(raw, str) or not isinstance(raw, tp.Iterable):
             raise TypeError(f"exclude_from_cache_uid must give field names, got {raw!r}")
-        return list(raw)
+        names = list(raw)
+        for name in names:
+            _check_field_path(owner, name)
+        return names
 
     def config(self, uid: bool = True, exclude_defaults: bool = False) -> ConfDict:
         """The owner's config (uid=True: only what defines the cached result)."""
@@ -398,6 +401,23 @@ def _from_config(cls: type[pydantic.BaseModel], data: dict[str, tp.Any]) -> tp.A
     if _BY_NAME:
         return cls.model_validate(data, by_name=True)
     return cls.model_validate(data)
+
+
+def _check_field_path(owner: pydantic.BaseModel, name: str) -> None:
+    """An exclude_from_cache_uid name must name a field (a typo would silently exclude
+    nothing); dotted names are checked as far as they go through sub-models."""
+    if not isinstance(name, str):
+        raise TypeError(f"exclude_from_cache_uid must give field names, got {name!r}")
+    value: tp.Any = owner
+    for part in name.split("."):
+        if not isinstance(value, pydantic.BaseModel):
+            return  # inside a dict or a list: not checked further
+        if part not in type(value).model_fields and part not in (value.__pydantic_extra__ or {}):
+            raise ValueError(
+                f"exclude_from_cache_uid names {name!r}, but {type(value).__name__} has no "
+                f"field {part!r} (fields: {sorted(type(value).model_fields)})"
+            )
+        value = getattr(value, part, None)
 
 
 def _with_subclass_instances(
