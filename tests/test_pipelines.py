@@ -33,6 +33,7 @@ import exca.graph.decisions
 import exca.graph.executors
 import exca.graph.scheduler
 from exca.graph.errors import NodeFailures
+from exca.graph.worker import UpstreamFailed
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -970,6 +971,46 @@ def test_failure_stops_only_its_dependents_then_retry(env: Env) -> None:
     assert sorted(started(env.log)[3:]) == ["x", "y", "z"]
     assert z.result() == "z(y(x(None,None),None),1)"
     assert env.starts("p") == 1 and env.starts("q") == 1
+
+
+class FlakySquare(pydantic.BaseModel):
+    """A map whose item 2 raises while the file ``fail_flag`` exists."""
+
+    log: str
+    fail_flag: str
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("log", "fail_flag")
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def apply(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            append(self.log, {"name": f"square{item}", "event": "start", "item": item})
+            if item == 2 and Path(self.fail_flag).exists():
+                raise ValueError("item 2 fails on purpose")
+            yield item**2
+
+
+def test_a_failed_map_item_then_retry(env: Env) -> None:
+    """A task fed by a map with a failed item did not fail itself: once the item is
+    fixed and retried, the task is computed (it was cached as its own error, for good)."""
+    flag = env.tmp / "fail"
+    flag.touch()
+
+    def target(mode: str = "cached") -> exca.graph.Node:
+        infra = env.infra(mode=mode)
+        squares = FlakySquare(log=env.log, fail_flag=str(flag), infra=infra).apply.node([1, 2, 3])
+        return env.step("total").run.node(squares)
+
+    with pytest.raises(UpstreamFailed, match="item 2 fails on purpose"):
+        target().result()
+    with pytest.raises(UpstreamFailed):
+        target().result()  # cached mode: the item's error is read again, nothing runs
+    assert started(env.log) == ["square1", "square2", "square3"]
+    flag.unlink()
+    assert target("retry").result() == "total([1;4;9],None)"
+    assert started(env.log)[3:] == ["square2", "total"]  # only the failed item, and the task
+    assert target().result() == "total([1;4;9],None)"
+    assert len(started(env.log)) == 5
 
 
 def test_read_only_fails_before_anything_runs(env: Env) -> None:

@@ -200,7 +200,15 @@ def _compute_task(node: Node) -> Report:
     meta = _provenance(node)
     try:
         check_upstream(node)
-        inputs = _inputs(node)
+        try:
+            inputs = _inputs(node)
+        except UpstreamFailed:
+            raise
+        except Exception as error:  # e.g. a map item's cached error: not this node's own
+            raise UpstreamFailed(
+                f"{node.uid} did not run: an input could not be read "
+                f"({type(error).__name__}: {error})"
+            ) from error
         value = node.function(**inputs)
     except Exception as error:
         with node.cache.write():
