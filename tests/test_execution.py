@@ -444,6 +444,27 @@ def test_force_recomputes_once_per_instance(tmp_path: Path, cluster: str | None)
     assert len(calls(log)) == 3
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cluster", [None, "local"])
+def test_forced_job_is_followed_and_submitted_once(tmp_path: Path, cluster: str | None) -> None:
+    """infra.job() in mode force: its result() is the new one, later job()/calls of the
+    instance follow that job instead of submitting again."""
+    log = tmp_path / "calls.txt"
+    assert make(tmp_path, cluster, x=7).process() == 14
+    block = tmp_path / "block-flag"
+    if cluster is not None:  # (inline, job() computes before it returns)
+        block.touch()
+    forced = make(tmp_path, cluster, x=7, block_flag=str(block), infra={"mode": "force"})
+    job = forced.infra.job()
+    if cluster is not None:  # still computing: not the old result
+        assert forced.infra.status() == "running" and not job.done()
+        assert forced.infra.job().job_id == job.job_id  # followed, not submitted again
+    block.unlink(missing_ok=True)
+    assert job.result() == 14
+    assert forced.process() == 14 and forced.infra.job().result() == 14
+    assert len(calls(log)) == 2
+
+
 def test_force_recomputes_a_cached_error(tmp_path: Path) -> None:
     flag = tmp_path / "fail-flag"
     flag.touch()

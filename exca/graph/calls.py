@@ -3,6 +3,7 @@ networkx, no submitit); anything else goes through the scheduler."""
 
 from __future__ import annotations
 
+import contextlib
 import typing as tp
 
 from ..storage.cachedict import CacheDict
@@ -70,8 +71,13 @@ def task_job(node: Node) -> Job:
     state = store.task_state(node, refresh=True)
     record = registry.latest(node.folder)
     reusable = state == "done" or (state == "error" and node.mode != "retry")
-    if node.mode != "force" and (reusable or (record is not None and registry.is_active(record))):
+    forcing = node.pending_force  # (once per instance: then its job is the one to follow)
+    if not forcing and (reusable or (record is not None and registry.is_active(record))):
         return Job(node, recorded_handle(record) if record is not None else None)
+    if forcing and state != "missing":
+        # the old result goes first: the job's result()/status() then follow the new one
+        with contextlib.suppress(KeyError):
+            del node.cache[TASK_KEY]
     if node.execution.cluster is None:
         try:
             Scheduler([node]).run()
@@ -79,6 +85,8 @@ def task_job(node: Node) -> Job:
             pass
         return Job(node, None)
     handles = Scheduler([node]).submit().get(node.key) or []
+    if forcing and handles:
+        node.force_state["done"] = True  # (the scheduler only sees the jobs it waits for)
     return Job(node, handles[0] if handles else None)
 
 
