@@ -122,6 +122,21 @@ class Slow(pydantic.BaseModel):
         return "released"
 
 
+class SlowWithInput(pydantic.BaseModel):
+    """A method with an input (its node lives in an ``inputs-*`` sub-folder) that blocks
+    while the file `flag` exists."""
+
+    flag: str
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def wait_then(self, value: int) -> int:
+        end = time.time() + WAIT_S
+        while os.path.exists(self.flag) and time.time() < end:
+            time.sleep(0.02)
+        return value
+
+
 class Chatty(pydantic.BaseModel):
     """A map printing one stdout and one stderr line per item it computes."""
 
@@ -962,6 +977,31 @@ def test_compact_never_hides_entries_from_a_concurrent_reader(tmp_path: Path) ->
         if lost:
             break
     assert lost == []
+
+
+def test_clean_keeps_a_config_whose_input_node_is_being_computed(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    flag = tmp_path / "hold"
+    flag.touch()
+    obj = SlowWithInput(flag=str(flag), infra={"folder": root})
+    thread = threading.Thread(target=obj.wait_then, args=(3,))
+    thread.start()
+    try:
+        config_folder = obj.infra.uid_folder()
+        assert config_folder is not None
+        wait_until(
+            lambda: [p for p in config_folder.glob("inputs-*/claims/*.claim")],
+            "the thread claims the input node",
+        )
+        plan = clean.remove_nodes([config_folder])
+        assert plan.removals == []
+        ((kept, why),) = plan.kept
+        assert kept == config_folder and "inputs-" in why and "being computed" in why
+    finally:
+        flag.unlink()
+        thread.join()
+    assert obj.wait_then(3) == 3
+    assert [r.path for r in clean.remove_nodes([config_folder]).removals] == [config_folder]
 
 
 def test_clean_never_touches_a_folder_being_computed(

@@ -29,7 +29,7 @@ from ..storage.cachedict import CacheDict
 from ..storage.claims import CLAIMS_DIR, Claims
 from ..storage.formats import DATA_DIR
 from ..storage.index import INDEX_SUFFIX
-from .inspect import disk_usage, human_size, node_folders
+from .inspect import INPUTS_PREFIX, disk_usage, human_size, node_folders
 
 
 @dataclasses.dataclass
@@ -74,7 +74,7 @@ class CleanPlan:
         freed = 0
         for removal in self.removals:
             path = removal.path
-            if busy_reason(path if path.is_dir() else path.parent) is not None and path.is_dir():
+            if path.is_dir() and _busy_with_inputs(path) is not None:
                 continue  # started being used since the preview
             if path.is_dir() and not path.is_symlink():
                 remove_node_folder(path)
@@ -96,6 +96,17 @@ def busy_reason(folder: Path) -> str | None:
     return None
 
 
+def _input_folders(folder: Path) -> list[Path]:
+    try:
+        return [
+            Path(e.path)
+            for e in os.scandir(folder)
+            if e.is_dir() and e.name.startswith(INPUTS_PREFIX)
+        ]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 def remove_node_folder(folder: Path) -> None:
     """Remove a node folder: index files first (entries vanish atomically), then the rest."""
     with contextlib.suppress(FileNotFoundError):
@@ -106,8 +117,19 @@ def remove_node_folder(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _add_folder(plan: CleanPlan, folder: Path, reason: str) -> None:
+def _busy_with_inputs(folder: Path) -> str | None:
+    """``busy_reason`` of a node folder or of a node in it (a method's inputs-* nodes)."""
     busy = busy_reason(folder)
+    if busy is None:
+        for sub in _input_folders(folder):
+            busy = busy_reason(sub)
+            if busy is not None:
+                return f"{sub.name}: {busy}"
+    return busy
+
+
+def _add_folder(plan: CleanPlan, folder: Path, reason: str) -> None:
+    busy = _busy_with_inputs(folder)
     if busy is not None:
         plan.kept.append((folder, busy))
         return
