@@ -727,6 +727,26 @@ def test_clean_node_downstream_includes_maps(tmp_path: Path) -> None:
     assert {r.path for r in plan.removals} == {source.folder, mapped.folder}
 
 
+def test_clean_downstream_through_a_map_fed_twice(tmp_path: Path) -> None:
+    """Items of one map folder computed from two upstream results: each upstream finds
+    the map, and the task fed through it."""
+    root = tmp_path / "cache"
+
+    def total(n: int) -> exca.graph.Node:
+        source = Source(n=n, infra={"folder": root}).make.node()
+        return Total(infra={"folder": root}).total.node(
+            Squares(infra={"folder": root}).square.node(source)
+        )
+
+    assert total(3).result() == 2 * (0 + 1 + 4)
+    assert total(5).result() == 2 * (0 + 1 + 4 + 9 + 16)  # items 3 and 4 come from n=5
+    source5 = Source(n=5, infra={"folder": root}).make.node()
+    removed = {r.path for r in clean.remove_nodes([source5], downstream=True).removals}
+    mapped = Squares(infra={"folder": root}).square.node(source5)
+    assert {source5.folder, mapped.folder, total(5).folder} <= removed
+    assert total(3).folder not in removed
+
+
 def test_clean_old_versions_orders_numbers_inside_versions(tmp_path: Path) -> None:
     """v10 is newer than v9 (not a string comparison)."""
     root = tmp_path / "cache"

@@ -650,6 +650,21 @@ def test_plan_flags_stale_results(env: Env) -> None:
     assert _by_uid(exca.graph.plan(c))[c.uid].status == "cached"
 
 
+def test_plan_flags_stale_results_through_a_map(env: Env) -> None:
+    """A task fed by a map fed by a task: recomputing the first makes the last stale."""
+
+    def chain() -> tuple[exca.graph.Node, exca.graph.Node]:
+        numbers = env.numbers(3).make.node()
+        return numbers, env.step("total").run.node(env.square().apply.node(numbers))
+
+    numbers, total = chain()
+    assert total.result() == "total([0;1;4],None)"
+    env.numbers(3, mode="force").make()  # recomputed alone
+    numbers, total = chain()
+    entry = _by_uid(exca.graph.plan(total))[total.uid]
+    assert entry.status == "stale" and numbers.uid in entry.reason
+
+
 def _chain(env: Env) -> tuple[exca.graph.Node, exca.graph.Node, exca.graph.Node]:
     a = env.step("a").run.node()
     b = env.step("b").run.node(a)

@@ -193,7 +193,28 @@ def _provenance(node: Node) -> dict[str, tp.Any]:
             entry = source.cache.entry(TASK_KEY)
             if entry is not None:
                 upstream[source.uid] = f"{entry.file}:{entry.offset}"
+        elif source.kind == "map":
+            upstream.update(_map_provenance(source))
     return {"t": round(time.time(), 3), "up": upstream}
+
+
+def _map_provenance(source: Node) -> dict[str, str]:
+    """The upstream entries a map node's items were computed from (a map fed by a task
+    records its entry with each item): what fed the map fed this node too, so a forced
+    task makes what follows its map stale."""
+    out: dict[str, str] = {}
+    if not isinstance(source.items, Node):
+        return out
+    try:
+        uids = store.map_item_uids(source)
+    except Exception:  # (the map's items cannot be read: nothing to record)
+        return out
+    infos = source.cache.entries_info()
+    for uid in dict.fromkeys(uids):
+        meta = (infos.get(uid) or {}).get("#meta")
+        if isinstance(meta, dict) and isinstance(meta.get("up"), dict):
+            out.update(meta["up"])
+    return out
 
 
 def _compute_task(node: Node) -> Report:

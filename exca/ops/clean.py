@@ -146,13 +146,14 @@ def downstream_folders(root: Path, folders: tp.Iterable[Path]) -> list[Path]:
         by_uid[f"{step}/{uid}"] = folder
         cache: CacheDict[tp.Any] = CacheDict(folder, permissions=None)
         entry = cache.entry(TASK_KEY)
-        if entry is None:  # a map: its items may record the upstream they came from
-            first = next(iter(cache.entries_info().values()), None)
-            meta = first.get("#meta") if first is not None else None
+        if entry is None:  # a map: each item may record the upstream it came from
+            metas = [info.get("#meta") for info in cache.entries_info().values()]
         else:
-            meta = entry.info.get("#meta")
-        if isinstance(meta, dict):
-            parents[folder] = set((meta.get("up") or {}).keys())
+            metas = [entry.info.get("#meta")]
+        ups = parents[folder] = set()
+        for meta in metas:
+            if isinstance(meta, dict) and isinstance(meta.get("up"), dict):
+                ups.update(meta["up"])
     targets = {Path(f).resolve() for f in folders}
     found: list[Path] = []
     frontier = {uid for uid, f in by_uid.items() if f.resolve() in targets}
