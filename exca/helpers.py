@@ -234,13 +234,27 @@ def find_slurm_job(job_id: str, folder: str | Path | None = None) -> tp.Any:
     raise RuntimeError(f"No record of job {job_id} under {folder}")
 
 
+_NOT_NODE_DIRS = frozenset({"data", "claims", "jobs", "logs", "code", "submitit"})
+
+
+def _uid_files(folder: Path) -> list[Path]:
+    """Every uid.yaml under a folder (a cache root, a method folder, a parent of roots...),
+    without walking into data, claims, logs or code folders."""
+    found = []
+    for current, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if d not in _NOT_NODE_DIRS)
+        if UID_FILE in files:
+            found.append(Path(current) / UID_FILE)
+    return found
+
+
 def update_uids(folder: str | Path, dryrun: bool = True) -> list[tuple[Path, Path]]:
     """Rename cache folders named with the legacy v2 uid format to the v3 names (reports
     what it would do when dryrun=True). Returns the (old, new) pairs."""
     renames: list[tuple[Path, Path]] = []
-    for uid_file in sorted(Path(folder).glob(f"*/*/{UID_FILE}")):
+    for uid_file in _uid_files(Path(folder)):
         current = uid_file.parent
-        config = read_yaml(uid_file)
+        config = read_yaml(uid_file, remove_unreadable=False)  # (a dry run changes nothing)
         if config is None:
             continue
         cfg = ConfDict(config)

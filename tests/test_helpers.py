@@ -213,6 +213,19 @@ def test_update_uids(tmp_path: Path) -> None:
     assert helpers.update_uids(tmp_path, dryrun=False) == []
 
 
+def test_update_uids_finds_folders_at_any_depth_and_changes_nothing_in_a_dry_run(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "project" / "cache"
+    legacy = _legacy_folder(root, {"training": {"optim": {"lr": 0.01}}})
+    broken = root / "mymod.Task.process,1" / "broken"
+    broken.mkdir()
+    (broken / "uid.yaml").write_text("{not: [yaml")
+    for start in (root, root / "mymod.Task.process,1", tmp_path):  # root, method, parent
+        assert [old for old, _ in helpers.update_uids(start)] == [legacy]
+    assert (broken / "uid.yaml").read_text() == "{not: [yaml"  # a dry run removes nothing
+
+
 def test_update_uids_golden_example(tmp_path: Path) -> None:
     legacy = _legacy_folder(tmp_path, {"training.optim.lr": 0.01})
     assert legacy.name == "training.optim.lr=0.01-346ce994"

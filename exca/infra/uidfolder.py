@@ -33,9 +33,11 @@ def read_text(path: Path) -> str | None:
         return None
 
 
-def read_yaml(path: Path, text: str | None = None) -> dict[str, tp.Any] | None:
+def read_yaml(
+    path: Path, text: str | None = None, remove_unreadable: bool = True
+) -> dict[str, tp.Any] | None:
     """A yaml mapping from a file (or its text, already read); None if it is missing;
-    unreadable files are removed."""
+    unreadable files are removed (unless ``remove_unreadable=False``: then None)."""
     import yaml
 
     if text is None:
@@ -47,6 +49,9 @@ def read_yaml(path: Path, text: str | None = None) -> dict[str, tp.Any] | None:
     except yaml.YAMLError:
         data = None
     if not isinstance(data, dict):
+        if not remove_unreadable:
+            logger.warning("Skipping unreadable %s: %r", path, text[:200])
+            return None
         logger.warning("Removing unreadable %s (it will be rewritten): %r", path, text[:200])
         try:
             path.unlink()
