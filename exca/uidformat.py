@@ -99,8 +99,8 @@ _LEAVES = frozenset({str, int, float, bool, type(None)})
 def collapse(data: tp.Any) -> tp.Any:
     """Collapse chains of single-key dicts into dotted keys: {"a": {"b": 1}} -> {"a.b": 1}.
 
-    OrderedDicts are never collapsed (their order is meaningful and kept).
-    Lists/tuples are walked so that dicts inside them collapse too.
+    An OrderedDict is never collapsed into its parent (its order is meaningful and kept);
+    the chains inside it are. Lists/tuples are walked so that dicts inside them collapse too.
     """
     if isinstance(data, dict):
         ordered = isinstance(data, collections.OrderedDict)
@@ -110,14 +110,13 @@ def collapse(data: tp.Any) -> tp.Any:
                 out[key] = value
                 continue
             value = collapse(value)
-            if not ordered:
-                while (
-                    isinstance(value, dict)
-                    and len(value) == 1
-                    and not isinstance(value, collections.OrderedDict)
-                ):
-                    ((subkey, value),) = value.items()
-                    key = f"{key}.{subkey}"
+            while (
+                isinstance(value, dict)
+                and len(value) == 1
+                and not isinstance(value, collections.OrderedDict)
+            ):
+                ((subkey, value),) = value.items()
+                key = f"{key}.{subkey}"
             out[key] = value
         return out
     if isinstance(data, list | tuple):
@@ -142,7 +141,7 @@ def _float_v3(value: float) -> tuple[str, str]:
     """(display, typed hash) of a float; integral values render as ints."""
     if value.is_integer():
         text = str(int(value))
-        return text, "int:" + text
+        return _cut_v3(text), "int:" + text
     # (cleaning would drop the "+" of exponents: done here)
     fixed = 1e-3 <= abs(value) <= 1e4
     display = f"{value:.2f}" if fixed else f"{value:.2e}".replace("+", "")
@@ -172,8 +171,15 @@ def _int_v3(value: int) -> _Rendered:
     found = _INT_RENDERS.get(value)
     if found is None:
         text = str(value)
-        found = _memo(_INT_RENDERS, value, (text, "int:" + text))
+        found = _memo(_INT_RENDERS, value, (_cut_v3(text), "int:" + text))
     return found
+
+
+def _cut_v3(text: str) -> str:
+    """The 128-character cut of a display that needs no cleaning (an int's digits)."""
+    if len(text) > MAX_DISPLAY_V3:
+        return f"{text[:MAX_DISPLAY_V3]}...{len(text) - MAX_DISPLAY_V3}"
+    return text
 
 
 def _float_v3_memo(value: float) -> _Rendered:
@@ -224,7 +230,7 @@ class _UidMakerV3:
             if type(key) is not str:
                 key = str(key)
             kind = type(sub)
-            if kind is not str and kind is not int and kind is not float and not ordered:
+            if kind is not str and kind is not int and kind is not float:
                 # chains of single-key dicts collapse into dotted keys (the loop of
                 # collapse(), inlined: a call per value costs ~5% of a uid)
                 while (
@@ -285,8 +291,10 @@ class _UidMakerV3:
             value = value.detach().cpu().numpy()
         if np is not None:
             if isinstance(value, np.ndarray):
-                data = hashlib.md5(_array_bytes(np, value)).hexdigest()[:8]
-                core = ",".join(str(dim) for dim in value.shape) + "-" + data
+                # (the shape of the C-contiguous array: a 0-d array counts as (1,))
+                array = np.ascontiguousarray(value)
+                data = hashlib.md5(bytes(array.data)).hexdigest()[:8]
+                core = ",".join(str(dim) for dim in array.shape) + "-" + data
                 return (_clean_v3("data-" + core), "array:" + core)
             if isinstance(value, np.bool_):
                 return self.render(bool(value))
@@ -349,7 +357,7 @@ class _UidMakerV2:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, dict):
-            keys = list(value) if isinstance(value, collections.OrderedDict) else sorted(value)
+            keys = sorted(value)  # (an OrderedDict too: v2 sorts every dict)
             pairs = [(str(key), self.render(value[key])) for key in keys]
             display = ",".join(f"{key}={r[0]}" for key, r in pairs)
             hashed = ",".join(r[1] for _, r in pairs)

@@ -257,7 +257,9 @@ def test_to_yaml_types(tmp_path: Path) -> None:
 def test_ordereddict_yaml() -> None:
     cd = ConfDict({"o": collections.OrderedDict([("b", 1), ("a", {"c": 2})])})
     text = cd.to_yaml()
-    assert text == "o:\n  b: 1\n  a:\n    c: 2\n"  # order kept, not collapsed, no python tags
+    # order kept, the OrderedDict not collapsed into its parent (the chains inside it are),
+    # no python tags
+    assert text == "o:\n  b: 1\n  a.c: 2\n"
     assert ConfDict.from_yaml(text) == {"o": {"b": 1, "a": {"c": 2}}}
     top = collections.OrderedDict([("z", 1), ("a", 2)])
     assert ConfDict({"t": top}).to_yaml() == "t:\n  z: 1\n  a: 2\n"

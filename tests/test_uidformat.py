@@ -132,6 +132,13 @@ def test_ordereddict_keeps_order_and_is_not_collapsed() -> None:
     assert display(backward) == "a=2,bbbbb=1"
     assert forward != backward
     assert display(to_uid({"a": collections.OrderedDict(b=1)})) == "a={b=1}"
+    # ... but the chains inside it are collapsed (the reference's uids)
+    nested = collections.OrderedDict([("a", {"b": 2})])
+    assert to_uid({"o": nested}) == "o={a.b=2}-69504f6b"
+    # v2 sorts every dict, an OrderedDict too
+    assert to_uid({"o": collections.OrderedDict([("z", 1), ("a", 2)])}, version=2) == (
+        "o={a=2,z=1}-3bfeaa70"
+    )
     # a plain dict is collapsed and ignores insertion order
     assert display(to_uid({"a": {"b": 1}})) == "a.b=1"
     assert to_uid({"bbbbb": 1, "a": 2}) == to_uid({"a": 2, "bbbbb": 1})
@@ -422,3 +429,13 @@ def test_memoized_leaf_renders_are_kept_apart_by_type() -> None:
         assert to_uid({"a": "1"}) != to_uid({"a": 1})
         assert to_uid({"a": 0.5}).startswith("a=0.50-")
         assert to_uid({"a": float("nan")}).startswith("a=nan-")
+
+
+def test_0d_arrays_and_huge_numbers_as_the_appendix_says() -> None:
+    """A 0-d array's shape is that of its C-contiguous array, (1,); the display of an int
+    is cut at 128 characters like any value (the hash keeps every digit)."""
+    np = pytest.importorskip("numpy")
+    assert to_uid({"a": np.array(3.0)}) == "a=data-1-c5ff9de9-9b7309c6"
+    uid = to_uid({"i": 10**130})
+    assert uid == "i=1" + "0" * 125 + "...6-97f16d64"  # (cut as a value, then in the dict)
+    assert to_uid({"f": 1e200}) == to_uid({"f": int(1e200)})  # an integral float is an int
