@@ -254,6 +254,36 @@ def test_update_uids_then_infra_finds_cache(tmp_path: Path) -> None:
     assert yaml.safe_load((folder / "uid.yaml").read_text()) == {"lr": 0.01}
 
 
+class _Legacy(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    lr: float = 0.1
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> float:
+        _LEGACY_CALLS.append(self.lr)
+        return 2 * self.lr
+
+
+_LEGACY_CALLS: list[float] = []
+
+
+def test_a_v2_named_cache_is_renamed_and_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache written with v2 uids (an older exca) is found by a v3 config: its method
+    folder is migrated (update_uids) instead of computing again."""
+    monkeypatch.setenv("CONFDICT_UID_VERSION", "2")
+    old = _Legacy(lr=0.2, infra={"folder": tmp_path})
+    assert old.process() == 0.4
+    v2_folder = old.infra.uid_folder()
+    monkeypatch.delenv("CONFDICT_UID_VERSION")
+    new = _Legacy(lr=0.2, infra={"folder": tmp_path})
+    assert new.process() == 0.4 and _LEGACY_CALLS == [0.2]  # read, not computed again
+    assert new.infra.uid_folder() != v2_folder and new.infra.status() == "completed"
+    assert v2_folder is not None and not v2_folder.exists()
+
+
 # --- DiscriminatedModel ----------------------------------------------------------------------
 class Animal(DiscriminatedModel):
     legs: int = 4

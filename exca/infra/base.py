@@ -11,11 +11,13 @@ import copy
 import functools
 import inspect
 import logging
+import os
 import typing as tp
 from pathlib import Path
 
 import pydantic
 
+from .. import uidformat
 from ..confdict import ConfDict
 from . import identity, uidfolder
 
@@ -311,6 +313,31 @@ class BaseInfra(pydantic.BaseModel):
         if create:
             self._prepare_folder()
         return folder
+
+    def _cache_folder(self) -> Path | None:
+        """``uid_folder()``, after renaming this config's cache from its legacy (v2) name
+        when only that one exists (a cache written by an older exca)."""
+        folder = self.uid_folder()
+        if folder is not None and not os.path.isdir(folder):
+            self._adopt_v2_folder(folder)
+        return folder
+
+    def _adopt_v2_folder(self, folder: Path) -> None:
+        if os.environ.get(uidformat.UID_VERSION_ENV) == "2":
+            return  # (v2 names asked for: the folder already has its v2 name)
+        legacy = self.config(uid=True, exclude_defaults=True).to_uid(version=2) or "default"
+        if legacy == folder.name or not (folder.parent / legacy / uidfolder.UID_FILE).is_file():
+            return
+        from .. import helpers
+
+        logger.warning(
+            "The cache of %s has its legacy (v2) name %s: renaming the v2-named folders of "
+            "%s to v3 names (exca.helpers.update_uids)",
+            folder.name,
+            legacy,
+            folder.parent,
+        )
+        helpers.update_uids(folder.parent, dryrun=False)
 
     def _prepare_folder(self) -> None:
         """Create the uid folder and check/write uid.yaml, full-uid.yaml, config.yaml."""

@@ -228,7 +228,7 @@ class MapInfra(BaseInfra, SubmititMixin):
         """The CacheDict of this config's items (in the uid folder)."""
         runtime = self._runtime()
         if runtime.cache is None:
-            folder = self.uid_folder()
+            folder = self._cache_folder()
             if folder is None and not self.keep_in_ram:
                 return CacheDict(None, keep_in_ram=True)  # nothing kept: recomputed every call
             runtime.cache = CacheDict(

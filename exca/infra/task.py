@@ -212,7 +212,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
     def _cache(self) -> CacheDict[tp.Any]:
         runtime = self._runtime()
         if runtime.cache is None:
-            folder = self.uid_folder()
+            folder = self._cache_folder()
             if folder is None:
                 runtime.cache = CacheDict(None, keep_in_ram=True)
             else:
