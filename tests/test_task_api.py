@@ -602,3 +602,30 @@ def test_item_uid_shortening(tmp_path: Path) -> None:
     assert default.shorten("x" * 256) == "x" * 256
     assert default.shorten("x" * 300) == _shortened("x" * 300, 256)
     assert NoShortening().infra.item_uid(1000) == "u" * 1000
+
+
+class _SubForDict(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    x: int = 1
+
+
+class _DictOfSubs(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    subs: dict[str, _SubForDict] = {}
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return len(self.subs)
+
+
+def test_iter_cached_skips_a_config_that_does_not_read_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dict key holding a "." reads back from config.yaml as nesting (it does not
+    validate): that folder is skipped with a warning, the others still come."""
+    _DictOfSubs(subs={"k.dot": {"x": 3}}, infra={"folder": tmp_path}).process()
+    _DictOfSubs(subs={"plain": {"x": 4}}, infra={"folder": tmp_path}).process()
+    found = list(_DictOfSubs(infra={"folder": tmp_path}).infra.iter_cached())
+    assert [obj.subs for obj in found] == [{"plain": _SubForDict(x=4)}]
+    assert "does not validate" in caplog.text

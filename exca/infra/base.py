@@ -384,7 +384,14 @@ class BaseInfra(pydantic.BaseModel):
             cfg = uidfolder.read_yaml(sub / uidfolder.CONFIG_FILE)
             if cfg is None:
                 continue
-            yield _from_config(cls, dict(ConfDict(cfg)))  # (config.yaml has dotted keys)
+            try:
+                obj = _from_config(cls, dict(ConfDict(cfg)))  # (config.yaml has dotted keys)
+            except pydantic.ValidationError as error:
+                # e.g. a config written by another version of the class, or a dict key
+                # holding a "." (read back as nesting): the other folders still come
+                logger.warning("Skipping %s: its config.yaml does not validate: %s", sub, error)
+                continue
+            yield obj
 
     def _has_result(self, folder: Path) -> bool:
         return True
