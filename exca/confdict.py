@@ -123,7 +123,7 @@ class ConfDict(dict[str, tp.Any]):
     def get(self, key: str, default: tp.Any = None) -> tp.Any:
         try:
             return self[key]
-        except (KeyError, IndexError):
+        except (KeyError, IndexError, TypeError):  # (TypeError: a dotted key into a list)
             return default
 
     def __contains__(self, key: object) -> bool:
@@ -276,7 +276,17 @@ class ConfDict(dict[str, tp.Any]):
         for arg in args:
             if not arg.startswith("--") or "=" not in arg:
                 raise ValueError(f"Cannot parse argument {arg!r}: expected the form --key=value")
-            key, value = arg[2:].split("=", 1)
+            text = arg[2:]
+            marker = text.find(cls.OVERRIDE)
+            if marker >= 0 and "=" not in text[:marker]:  # --model.=replace==true
+                end = marker + len(cls.OVERRIDE)
+                key, value = text[:end], text[end + 1 :]
+                if text[end : end + 1] != "=":
+                    raise ValueError(
+                        f"Cannot parse argument {arg!r}: expected --key.{cls.OVERRIDE}=true"
+                    )
+            else:
+                key, value = text.split("=", 1)
             if not key:
                 raise ValueError(f"Empty key in argument {arg!r}: expected the form --key=value")
             out[key] = value

@@ -341,3 +341,13 @@ def test_yaml_round_trip(data: dict[str, tp.Any]) -> None:
     assert loaded.to_uid() == cd.to_uid()
     assert loaded.to_yaml() == text
     assert isinstance(yaml.safe_load(text) if text.strip() != "{}" else {}, dict)
+
+
+def test_replace_from_the_command_line_and_get_through_a_list() -> None:
+    cfg = ConfDict({"model": {"kind": "cnn", "depth": 3}, "layers": [1, 2]})
+    args = ConfDict.from_args(["--model.=replace==true", "--model.kind=mlp"])
+    cfg.update(args)
+    assert cfg == {"model": {"kind": "mlp"}, "layers": [1, 2]}  # depth gone: replaced
+    with pytest.raises(ValueError, match="replace"):
+        ConfDict.from_args(["--model.=replace=true"])
+    assert cfg.get("layers.x", "default") == "default" and "layers.x" not in cfg
