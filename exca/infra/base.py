@@ -325,7 +325,10 @@ class BaseInfra(pydantic.BaseModel):
     def _adopt_v2_folder(self, folder: Path) -> None:
         if os.environ.get(uidformat.UID_VERSION_ENV) == "2" or not os.path.isdir(folder.parent):
             return  # (v2 names asked for, or no folder of this method at all)
-        legacy = self.config(uid=True, exclude_defaults=True).to_uid(version=2) or "default"
+        try:
+            legacy = self.config(uid=True, exclude_defaults=True).to_uid(version=2) or "default"
+        except Exception:  # (a value the legacy format cannot render: no v2 folder to find)
+            return
         if legacy == folder.name or not (folder.parent / legacy / uidfolder.UID_FILE).is_file():
             return
         from .. import helpers
