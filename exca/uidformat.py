@@ -73,9 +73,13 @@ def _clean(text: str, table: dict[int, str | None], forbidden: re.Pattern[str]) 
 
 
 def _clean_v3(text: str) -> str:
-    text = _clean(text, _V3_TABLE, _V3_FORBIDDEN)
+    return _cut_v3(_clean(text, _V3_TABLE, _V3_FORBIDDEN))
+
+
+def _cut_v3(text: str) -> str:
+    """The 128-character cut of a clean display: the first 128 and "...<number cut>"."""
     if len(text) > MAX_DISPLAY_V3:
-        text = f"{text[:MAX_DISPLAY_V3]}...{len(text) - MAX_DISPLAY_V3}"
+        return f"{text[:MAX_DISPLAY_V3]}...{len(text) - MAX_DISPLAY_V3}"
     return text
 
 
@@ -175,13 +179,6 @@ def _int_v3(value: int) -> _Rendered:
     return found
 
 
-def _cut_v3(text: str) -> str:
-    """The 128-character cut of a display that needs no cleaning (an int's digits)."""
-    if len(text) > MAX_DISPLAY_V3:
-        return f"{text[:MAX_DISPLAY_V3]}...{len(text) - MAX_DISPLAY_V3}"
-    return text
-
-
 def _float_v3_memo(value: float) -> _Rendered:
     # (NaN never equals itself: it is simply rendered again each time)
     return _FLOAT_RENDERS.get(value) or _memo(_FLOAT_RENDERS, value, _float_v3(value))
@@ -262,10 +259,8 @@ class _UidMakerV3:
             displays.append(f"{key}={item_display}")
             hashes.append(f"{key}={item_hash}")
         display, hashed = ",".join(displays), ",".join(hashes)
-        if not clean_keys:
-            display = _clean_v3(display)
-        elif len(display) > MAX_DISPLAY_V3:  # keys and values are clean: only cut it
-            display = f"{display[:MAX_DISPLAY_V3]}...{len(display) - MAX_DISPLAY_V3}"
+        # (keys and values clean: only the cut)
+        display = _cut_v3(display) if clean_keys else _clean_v3(display)
         return "{" + display + "}", "dict:{" + hashed + "}"
 
     def _render_seq(self, value: tp.Iterable[tp.Any]) -> tuple[str, str]:

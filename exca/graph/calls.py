@@ -93,6 +93,9 @@ def task_job(node: Node) -> Job:
 def map_items(node: Node, uids: list[str], missing: list[str] | None = None) -> None:
     """Make sure every item of a map node is in its cache (computing the missing ones);
     ``missing``: those of ``uids`` the caller just found missing, if it looked."""
+    state = node.force_state
+    if node.mode == "force" and state.get("done") and not state.get("uids", set()).issuperset(uids):
+        state["done"] = False  # mode=force: the items this instance has not forced yet
     settled = node.mode != "retry" and not any(n.pending_force for n in node.closure)
     if missing is None and settled:
         missing = node.cache.missing(uids)

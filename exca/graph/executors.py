@@ -280,17 +280,22 @@ def _run_pickled(payload: bytes) -> tuple[Report, list[tuple[str, tp.Any]] | Non
 
     unit = cloudpickle.loads(payload)
     report = run_unit(unit)
-    cache = unit.node.cache
-    if cache is None or cache.folder is not None:
+    if not _in_memory(unit):
         return report, None
+    cache = unit.node.cache
     return report, [(key, cache[key]) for key in unit.keys if key in cache]
+
+
+def _in_memory(unit: Unit) -> bool:
+    """Whether a unit's outputs stay in memory (a cache without a folder)."""
+    return unit.node.cache is not None and unit.node.cache.folder is None
 
 
 def _adopter(unit: Unit) -> tp.Callable[[tp.Any], None] | None:
     """What takes a pool process's outputs into the caller's in-memory cache (no folder)."""
-    cache = unit.node.cache
-    if cache is None or cache.folder is not None:
+    if not _in_memory(unit):
         return None
+    cache = unit.node.cache
 
     def adopt(result: tuple[Report, list[tuple[str, tp.Any]] | None]) -> None:
         outputs = result[1]

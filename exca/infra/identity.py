@@ -100,7 +100,7 @@ class _KeepAll:
         return True
 
 
-KEEP_ALL = _KeepAll()
+_KEEP_ALL = _KeepAll()
 
 
 def _kept_fields(field: pydantic.fields.FieldInfo) -> tuple[str, ...] | _KeepAll:
@@ -114,7 +114,7 @@ def _kept_fields(field: pydantic.fields.FieldInfo) -> tuple[str, ...] | _KeepAll
         return (disc,)
     if isinstance(getattr(disc, "discriminator", None), str):  # pydantic.Discriminator("kind")
         return (disc.discriminator,)
-    return KEEP_ALL
+    return _KEEP_ALL
 
 
 def _raw_discriminator(field: pydantic.fields.FieldInfo) -> tp.Any:
@@ -540,23 +540,21 @@ def _same_bools(a: tp.Any, b: tp.Any) -> bool:
     if kind_a in _NO_BOOLS:
         return True
     if isinstance(a, dict) and isinstance(b, dict):
-        for key, sub in a.items():
-            if type(key) is not str and _typed_items(a) != _typed_items(b):
-                return False  # keys: {True: x} == {1: x}
-            other = b[key]
-            if (type(sub) in _NO_BOOLS and type(other) in _NO_BOOLS) or _same_bools(sub, other):
-                continue
-            return False
-        return True
+        if any(type(key) is not str for key in a) and _typed_items(a) != _typed_items(b):
+            return False  # keys: {True: x} == {1: x}
+        return _all_same_bools((sub, b[key]) for key, sub in a.items())
     if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        for sub, other in zip(a, b):
-            if (type(sub) in _NO_BOOLS and type(other) in _NO_BOOLS) or _same_bools(sub, other):
-                continue
-            return False
-        return True
+        return _all_same_bools(zip(a, b))
     if isinstance(a, set | frozenset) and isinstance(b, set | frozenset):
         return _typed_items(a) == _typed_items(b)
     return True
+
+
+def _all_same_bools(pairs: tp.Iterable[tuple[tp.Any, tp.Any]]) -> bool:
+    return all(
+        (type(sub) in _NO_BOOLS and type(other) in _NO_BOOLS) or _same_bools(sub, other)
+        for sub, other in pairs
+    )
 
 
 def _typed_items(items: tp.Iterable[tp.Any]) -> set[tuple[bool, tp.Any]]:

@@ -147,10 +147,6 @@ class BoundMap:
             missing = cache.missing(uids)
             if not missing:  # fast path: no node, no scheduler
                 return cache.values_of(uids, where=infra.uid())
-        if infra.mode == "force":  # items this instance has not forced yet are forced now
-            state = infra._runtime().force_state
-            if state.get("done") and not state.get("uids", set()).issuperset(uids):
-                state["done"] = False
         node = infra._map_node(items, uids)
         calls.map_items(node, uids, missing)
         return node.cache.values_of(uids, where=node.uid)

@@ -29,7 +29,7 @@ from ..storage.cachedict import CacheDict
 from ..storage.claims import CLAIMS_DIR, Claims
 from ..storage.formats import DATA_DIR
 from ..storage.index import INDEX_SUFFIX
-from .inspect import INPUTS_PREFIX, disk_usage, human_size, node_folders
+from .inspect import disk_usage, human_size, input_folders, node_folders
 
 
 @dataclasses.dataclass
@@ -96,17 +96,6 @@ def busy_reason(folder: Path) -> str | None:
     return None
 
 
-def _input_folders(folder: Path) -> list[Path]:
-    try:
-        return [
-            Path(e.path)
-            for e in os.scandir(folder)
-            if e.is_dir() and e.name.startswith(INPUTS_PREFIX)
-        ]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
 def remove_node_folder(folder: Path) -> None:
     """Remove a node folder: index files first (entries vanish atomically), then the rest."""
     with contextlib.suppress(FileNotFoundError):
@@ -121,7 +110,7 @@ def _busy_with_inputs(folder: Path) -> str | None:
     """``busy_reason`` of a node folder or of a node in it (a method's inputs-* nodes)."""
     busy = busy_reason(folder)
     if busy is None:
-        for sub in _input_folders(folder):
+        for sub in input_folders(folder):
             busy = busy_reason(sub)
             if busy is not None:
                 return f"{sub.name}: {busy}"

@@ -74,9 +74,17 @@ def node_folders(root: Path) -> tp.Iterator[tuple[str, str, Path]]:
             if not (path / UID_FILE).exists():
                 continue
             yield step.name, config.name, path
-            subs = (e for e in os.scandir(path) if e.is_dir() and e.name.startswith(INPUTS_PREFIX))
-            for sub in sorted(subs, key=lambda e: e.name):
-                yield step.name, f"{config.name}/{sub.name}", Path(sub.path)
+            for sub in input_folders(path):
+                yield step.name, f"{config.name}/{sub.name}", sub
+
+
+def input_folders(folder: Path) -> list[Path]:
+    """The node folders of a config's method inputs (``inputs-*``), sorted."""
+    try:
+        subs = [e for e in os.scandir(folder) if e.is_dir() and e.name.startswith(INPUTS_PREFIX)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [Path(e.path) for e in sorted(subs, key=lambda e: e.name)]
 
 
 def disk_usage(folder: Path, recursive_into_inputs: bool = False) -> tuple[int, float]:
