@@ -10,7 +10,6 @@ discriminators) are computed once per class.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import functools
 import types
 import typing as tp
@@ -30,29 +29,63 @@ PREFIX_HOOK = "_exca_uid_prefix"  # method giving keys always exported first (di
 _NO_DEFAULT: tp.Any = object()
 
 
-@dataclasses.dataclass(frozen=True)
 class _FieldFacts:
-    name: str
-    required: bool
-    default: tp.Any  # python default (or _NO_DEFAULT)
-    default_json: tp.Any  # json-mode dump of the default
-    # fields of a sub-model kept even at their default: its discriminator, or every field
-    # under a callable discriminator (which field tells the members apart is unknown)
-    keep: tuple[str, ...] | _KeepAll
-    plain: bool  # the annotation only allows plain values (never a model nor a dict)
-    model_cls: type[pydantic.BaseModel] | None  # the annotation's model class, if a single one
-    # what a uid dump leaves out of this field's sub-model (when it is of model_cls)
-    dump_exclude: tp.Any
+    """What a uid needs to know of one field of a class (computed once per class)."""
+
+    # (plain classes, not dataclasses: creating a dataclass costs ~1-3 ms of `import exca`)
+    __slots__ = (
+        "default",
+        "default_json",
+        "dump_exclude",
+        "keep",
+        "model_cls",
+        "name",
+        "plain",
+        "required",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        required: bool,
+        default: tp.Any,
+        default_json: tp.Any,
+        keep: tuple[str, ...] | _KeepAll,
+        plain: bool,
+        model_cls: type[pydantic.BaseModel] | None,
+        dump_exclude: tp.Any,
+    ) -> None:
+        self.name = name
+        self.required = required
+        self.default = default  # python default (or _NO_DEFAULT)
+        self.default_json = default_json  # json-mode dump of the default
+        # fields of a sub-model kept even at their default: its discriminator, or every
+        # field under a callable discriminator (which field tells the members apart is unknown)
+        self.keep = keep
+        self.plain = plain  # the annotation only allows plain values (never a model nor a dict)
+        self.model_cls = model_cls  # the annotation's model class, if a single one
+        # what a uid dump leaves out of this field's sub-model (when it is of model_cls)
+        self.dump_exclude = dump_exclude
 
 
-@dataclasses.dataclass(frozen=True)
 class _ClassFacts:
-    cls: type[pydantic.BaseModel]
-    static_exclusions: frozenset[str] | None  # None: computed per instance (callable)
-    uid_fields: frozenset[str] | None  # None: every field
-    has_extra_config: bool
-    has_override: bool
-    has_prefix: bool
+    """What a uid needs to know of a model class (computed once per class)."""
+
+    def __init__(
+        self,
+        cls: type[pydantic.BaseModel],
+        static_exclusions: frozenset[str] | None,
+        uid_fields: frozenset[str] | None,
+        has_extra_config: bool,
+        has_override: bool,
+        has_prefix: bool,
+    ) -> None:
+        self.cls = cls
+        self.static_exclusions = static_exclusions  # None: computed per instance (callable)
+        self.uid_fields = uid_fields  # None: every field
+        self.has_extra_config = has_extra_config
+        self.has_override = has_override
+        self.has_prefix = has_prefix
 
     @functools.cached_property
     def fields(self) -> tuple[_FieldFacts, ...]:
