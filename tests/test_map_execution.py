@@ -30,11 +30,13 @@ def counts(path: str | Path) -> collections.Counter[int]:
 
 class Mapper(pydantic.BaseModel):
     """item -> 10 * item; an item raises ValueError while the file <fail_dir>/<item> exists.
-    With `short`, the method yields one output less than it got items."""
+    With `short`, the method yields one output less than it got items (the last item's);
+    with `extra`, one more (the first item's output twice)."""
 
     log: str
     fail_dir: str = ""
     short: bool = False
+    extra: bool = False
     infra: exca.MapInfra = exca.MapInfra(version="1")
 
     @infra.apply(item_uid=str)
@@ -45,6 +47,8 @@ class Mapper(pydantic.BaseModel):
             if self.fail_dir and (Path(self.fail_dir) / str(item)).exists():
                 raise ValueError(f"bad item {item}")
             yield 10 * item
+            if self.extra and item == items[0]:
+                yield 10 * item
 
 
 def make(tmp_path: Path, cluster: str | None, **kwargs: tp.Any) -> Mapper:
@@ -117,33 +121,46 @@ def test_item_errors(tmp_path: Path, cluster: str | None) -> None:
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("cluster", [None, "processpool", "local"])
-def test_fewer_outputs_than_items(tmp_path: Path, cluster: str | None) -> None:
-    mapper = make(tmp_path, cluster, short=True, infra={"max_jobs": 2})
-    items = list(range(8))
-    outputs = mapper.process(items)
+@pytest.mark.parametrize("miscount", ["short", "extra"])
+def test_miscounted_outputs_keep_no_value(
+    tmp_path: Path, cluster: str | None, miscount: str
+) -> None:
+    # which output belongs to which item is unknown: no output of a miscounted call is kept
+    flags = {miscount: True}
+    outputs = make(tmp_path, cluster, infra={"max_jobs": 2}, **flags).process(list(range(8)))
     with pytest.raises(RuntimeError, match="exactly once"):
         list(outputs)
-    # each work unit lost (at least) one output: those items raise, the others are right
-    failed = []
-    for item in items:
-        try:
-            values = list(make(tmp_path, cluster, short=True).process([item]))
-        except RuntimeError as error:
-            assert "exactly once" in error_text(error)
-            failed.append(item)
-        else:
-            assert values == [10 * item]
-    assert failed
-    assert set(counts(tmp_path / "calls.txt")) == set(items) - set(failed)
+    for item in range(8):  # each work unit miscounted: every item raises, none reads wrong
+        with pytest.raises(RuntimeError, match="exactly once") as info:
+            list(make(tmp_path, cluster, **flags).process([item]))
+        assert f"yielded {'fewer' if miscount == 'short' else 'more'} outputs" in str(info.value)
+    assert set(counts(tmp_path / "calls.txt")) <= set(range(8))  # computed once, not re-run
+    assert sum(counts(tmp_path / "calls.txt").values()) <= 8
 
 
-def test_fewer_outputs_inline_names_the_last_item(tmp_path: Path) -> None:
+@pytest.mark.parametrize("keep_in_ram", [False, True])
+def test_extra_outputs_inline(tmp_path: Path, keep_in_ram: bool) -> None:
+    infra: dict[str, tp.Any] = {"folder": None, "keep_in_ram": True} if keep_in_ram else {}
+    mapper = make(tmp_path, None, extra=True, infra=infra)
+    with pytest.raises(RuntimeError, match="yielded more outputs than its 3 items") as info:
+        list(mapper.process([1, 2, 3]))
+    assert "item '1'" in error_text(info.value)
+    with pytest.raises(RuntimeError, match="exactly once"):  # cached: the same error again
+        list(mapper.process([3]))
+    assert counts(tmp_path / "calls.txt") == {1: 1, 2: 1, 3: 1}
+    # the right method on the same items computes them (its config differs)
+    assert list(make(tmp_path, None, infra=infra).process([1, 2, 3])) == [10, 20, 30]
+
+
+def test_fewer_outputs_inline_names_the_first_item(tmp_path: Path) -> None:
     mapper = make(tmp_path, None, short=True)
     with pytest.raises(RuntimeError, match="exactly once") as info:
         list(mapper.process([1, 2, 3]))
-    assert "item '3'" in error_text(info.value)
-    assert list(make(tmp_path, None, short=True).process([1, 2])) == [10, 20]
-    assert counts(tmp_path / "calls.txt") == {1: 1, 2: 1}
+    assert "item '1'" in error_text(info.value)
+    retry = make(tmp_path, None, short=True, infra={"mode": "retry"})
+    with pytest.raises(RuntimeError, match="yielded fewer outputs than its 2 items"):
+        list(retry.process([1, 2]))  # retry recomputes them (still miscounted)
+    assert counts(tmp_path / "calls.txt") == {1: 2, 2: 1}
 
 
 @pytest.mark.parametrize("cluster", [None, "threadpool"])

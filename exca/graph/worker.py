@@ -381,10 +381,7 @@ def _compute_from(
     try:
         for output in node.function(items):
             if position >= len(uids):
-                raise RuntimeError(
-                    f"{node.label or node.uid} yielded more outputs than items: a map method "
-                    "must yield exactly once per item, in order"
-                )
+                return _miscounted(node, cache, uids, start, position - len(batch), report, "more")
             batch.append((uids[position], output))
             position += 1
             if len(batch) >= FLUSH_ITEMS or time.monotonic() - last_flush > FLUSH_SECONDS:
@@ -403,16 +400,37 @@ def _compute_from(
             error,
         )
         return position + 1
-    flush()
     if position < len(uids):
-        short = RuntimeError(
-            f"{node.label or node.uid} did not yield exactly once per item: "
-            f"{len(uids) - start} items, {position - start} outputs"
-        )
-        cache.set_many((u, CachedError.from_exception(short)) for u in uids[position:])
-        report.errors += len(uids) - position
-        return len(uids)
+        return _miscounted(node, cache, uids, start, position - len(batch), report, "fewer")
+    flush()
     return position
+
+
+def _miscounted(
+    node: Node,
+    cache: CacheDict[tp.Any],
+    uids: list[str],
+    start: int,
+    flushed: int,
+    report: Report,
+    how: str,
+) -> int:
+    """A method that yielded more or fewer outputs than items: which output belongs to which
+    item is unknown, so none of this call's outputs is kept (those already written are
+    deleted); every item of the call gets the error. Returns where to restart (the end)."""
+    error = RuntimeError(
+        f"{node.label or node.uid} did not yield exactly once per item: it yielded {how} "
+        f"outputs than its {len(uids) - start} items (a map method must yield one output "
+        "per item, in order)"
+    )
+    for uid in uids[start:flushed]:
+        if uid in cache:
+            del cache[uid]
+    cache.set_many((u, CachedError.from_exception(error)) for u in uids[start:])
+    report.computed -= flushed - start
+    report.errors += len(uids) - start
+    logger.warning("%s; the error is cached for each of those items", error)
+    return len(uids)
 
 
 def _store_one_by_one(
