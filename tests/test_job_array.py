@@ -211,6 +211,33 @@ def test_force_array_resubmits_then_reverts(tmp_path: Path, ctl: Path, cluster: 
     assert calls(ctl) == {0: 2, 1: 2, 2: 2}
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", ["force", "retry"])
+def test_forced_or_retried_array_never_shows_the_old_outcome(
+    tmp_path: Path, ctl: Path, mode: str
+) -> None:
+    (ctl / "fail-1").touch()
+    cached = base(tmp_path, ctl, None)
+    assert cached.infra.clone_obj(x=0).process() == 0
+    with pytest.raises(ValueError, match="bad x=1"):
+        cached.infra.clone_obj(x=1).process()
+    (ctl / "fail-1").unlink()
+    (ctl / "block").touch()  # the jobs start and wait
+    array_infra = base(tmp_path, ctl, "local", mode=mode)
+    with array_infra.infra.job_array() as array:
+        array.extend(array_infra.infra.clone_obj(x=x) for x in range(2))
+    # force replaces both results, retry the error only: until their jobs end, the tasks
+    # show them running (not the old result or error), and a new instance waits for them
+    expected = ["running", "running"] if mode == "force" else ["completed", "running"]
+    assert [t.infra.status() for t in array] == expected
+    fresh = base(tmp_path, ctl, None).infra.clone_obj(x=1)
+    assert fresh.infra.status() == "running"
+    (ctl / "block").unlink()
+    assert fresh.process() == 1
+    assert [t.infra.job().result() for t in array] == [0, 1]
+    assert calls(ctl) == ({0: 2, 1: 2} if mode == "force" else {0: 1, 1: 2})
+
+
 def job_ended(task: Square) -> bool:
     """The recorded jobs of a task have exited (gone, or a zombie nobody reaped yet)."""
     for record in records(task):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import typing as tp
 from pathlib import Path
 
+from ..graph.node import TASK_KEY
 from ..graph.scheduler import Scheduler
+from ..storage.cachedict import CacheDict
 
 if tp.TYPE_CHECKING:
     from .task import TaskInfra
@@ -63,6 +66,9 @@ def submit_array(
         nodes = [
             dataclasses.replace(i._node(), mode=mode, execution=execution) for i in infras.values()
         ]
+        if mode in ("force", "retry"):
+            for node in nodes:  # (else, until its job starts, a task shows its old outcome)
+                _drop_outdated(node.cache, mode)
         Scheduler(nodes).submit(parallelism=max_workers)
     if mode in ("force", "retry"):
         for infra in [array_infra, *infras.values()]:
@@ -71,3 +77,12 @@ def submit_array(
             runtime.node = None
             if mode == "retry":
                 infra.__dict__["mode"] = "cached"
+
+
+def _drop_outdated(cache: CacheDict[tp.Any], mode: str) -> None:
+    """Remove the result a job of the array is about to replace: any result under
+    mode="force", a cached error under mode="retry"."""
+    entry = cache.entry_type(TASK_KEY, refresh=True)
+    if entry is not None and (mode == "force" or entry == "Error"):
+        with contextlib.suppress(KeyError):  # (removed meanwhile by someone else)
+            del cache[TASK_KEY]
