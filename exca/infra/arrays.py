@@ -66,10 +66,10 @@ def submit_array(
         nodes = [
             dataclasses.replace(i._node(), mode=mode, execution=execution) for i in infras.values()
         ]
-        if mode in ("force", "retry"):
-            for node in nodes:  # (else, until its job starts, a task shows its old outcome)
-                _drop_outdated(node.cache, mode)
+        outdated = {n.key: _outdated(n.cache, mode) for n in nodes}
         Scheduler(nodes).submit(parallelism=max_workers)
+        for node in nodes:  # (else, until its job starts, a task shows its old outcome)
+            _drop(node.cache, outdated[node.key])
     if mode in ("force", "retry"):
         for infra in [array_infra, *infras.values()]:
             runtime = infra._runtime()
@@ -79,10 +79,26 @@ def submit_array(
                 infra.__dict__["mode"] = "cached"
 
 
-def _drop_outdated(cache: CacheDict[tp.Any], mode: str) -> None:
-    """Remove the result a job of the array is about to replace: any result under
-    mode="force", a cached error under mode="retry"."""
-    entry = cache.entry_type(TASK_KEY, refresh=True)
-    if entry is not None and (mode == "force" or entry == "Error"):
+def _outdated(cache: CacheDict[tp.Any], mode: str) -> tuple[str, int] | None:
+    """Where the outcome a job of the array replaces is: any result under mode="force",
+    a cached error under mode="retry" (None: nothing to replace)."""
+    if mode not in ("force", "retry"):
+        return None
+    cache.refresh()
+    entry = cache.entry(TASK_KEY)
+    if entry is None or (mode == "retry" and entry.info.get("#type") != "Error"):
+        return None
+    return entry.file, entry.offset
+
+
+def _drop(cache: CacheDict[tp.Any], outdated: tuple[str, int] | None) -> None:
+    """Remove an outdated outcome right after its replacing job was submitted, unless that
+    job already replaced it (a synchronous executor). Not before submitting: the scheduler
+    would then wait for the old job if it is still winding down, instead of submitting."""
+    if outdated is None:
+        return
+    cache.refresh()
+    entry = cache.entry(TASK_KEY)
+    if entry is not None and (entry.file, entry.offset) == outdated:
         with contextlib.suppress(KeyError):  # (removed meanwhile by someone else)
             del cache[TASK_KEY]
