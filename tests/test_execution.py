@@ -335,6 +335,49 @@ def test_other_instance_waits_for_running_local_job(
     assert len(calls(log)) == 1
 
 
+@pytest.mark.timeout(120)
+def test_clear_job_cancels_a_running_local_job(tmp_path: Path) -> None:
+    log = tmp_path / "calls.txt"
+    block = tmp_path / "block-flag"
+    block.touch()
+    job = make(tmp_path, "local", x=5, block_flag=str(block)).infra.job()
+    _wait_for(lambda: len(calls(log)) == 1)  # computing in the job
+    other = make(tmp_path, "local", x=5, block_flag=str(block))  # (knows the job from disk)
+    other.infra.clear_job()
+    _wait_for(lambda: exca.storage.process.process_start_time(int(job.job_id)) is None)
+    # the job's process was stopped (it is gone, or a zombie)...
+    block.unlink()
+    time.sleep(0.5)
+    assert other.infra.status() == "not submitted"  # ...before writing the cleared result
+    assert make(tmp_path, None, x=5).infra.status() == "not submitted"
+
+
+def test_a_reused_pid_is_not_a_running_local_job(tmp_path: Path) -> None:
+    from exca.graph import registry
+
+    task = make(tmp_path, "local", x=6)
+    folder = task.infra.uid_folder()
+    assert folder is not None
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        # a job recorded an hour ago, whose pid is now this unrelated process
+        record = registry.JobRecord(
+            job_id=str(stranger.pid),
+            cluster="local",
+            logs=str(tmp_path / "logs"),
+            submitted=time.time() - 3600,
+            host=exca.storage.process.hostname(),
+        )
+        registry.write(folder, record, link=True)
+        assert task.infra.status() == "failed"  # ended without a result, not "running"
+        task.infra.clear_job()
+        time.sleep(0.2)
+        assert stranger.poll() is None  # not killed
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
 # --- classes of __main__ -------------------------------------------------------------------
 MAIN_SCRIPT = """
 import os

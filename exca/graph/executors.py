@@ -241,8 +241,13 @@ class RecordedLocalHandle(Handle):
     def cancel(self) -> None:
         import signal
 
-        with contextlib.suppress(OSError, ValueError):
-            os.kill(int(self.job_id), signal.SIGTERM)
+        from .registry import is_active
+
+        # SIGINT, as submitit's own LocalJob.cancel (its job processes bypass SIGTERM);
+        # never to a process that reused the pid of an ended job
+        if is_active(self.record):
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(self.job_id), signal.SIGINT)
 
 
 def recorded_handle(record: tp.Any) -> Handle:

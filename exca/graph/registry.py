@@ -127,6 +127,9 @@ ACTIVE_STATES = (
 )
 
 
+LOCAL_START_SLACK = 2.0  # seconds: precision of a process start time (boot time, clock ticks)
+
+
 def is_active(record: JobRecord, queued: set[str] | None = None) -> bool:
     """Whether a recorded job may still write results (pending or running)."""
     if record.cluster == "slurm":
@@ -134,12 +137,11 @@ def is_active(record: JobRecord, queued: set[str] | None = None) -> bool:
             queued = queued_jobs([record.job_id])
         return record.job_id in queued
     if record.cluster == "local":
-        alive = (
-            process.is_alive(record.host, int(record.job_id), None)
-            if record.job_id.isdigit()
-            else False
-        )
-        return bool(alive)
+        if record.host != process.hostname() or not record.job_id.isdigit():
+            return False
+        started = process.start_epoch(int(record.job_id))
+        # the job's process started before it was recorded; a later one reuses its pid
+        return started is not None and started <= record.submitted + LOCAL_START_SLACK
     return False
 
 

@@ -324,10 +324,12 @@ class TaskInfra(BaseInfra, SubmititMixin):
         runtime.ram = _MISSING
         folder = node.folder
         if folder is not None:
+            from ..graph.executors import recorded_handle  # (not needed by cache hits)
+
             for record in registry.read_all(folder):
                 if registry.is_active(record):
                     with contextlib.suppress(Exception):
-                        registry.submitit_job(record).cancel(check=False)
+                        recorded_handle(record).cancel()
         node.cache.refresh()  # (the result may have been rewritten since this instance read it)
         if TASK_KEY in node.cache:
             del node.cache[TASK_KEY]

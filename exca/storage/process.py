@@ -44,6 +44,23 @@ def process_start_time(pid: int) -> int | None:
         return None
 
 
+def start_epoch(pid: int) -> float | None:
+    """When a running process started, in seconds since the epoch (to ~1 s), or None."""
+    ticks = process_start_time(pid)
+    if ticks is None:
+        return None
+    return _boot_time() + ticks / os.sysconf("SC_CLK_TCK")
+
+
+@functools.cache
+def _boot_time() -> float:
+    with open("/proc/stat", "rb") as handle:
+        for line in handle:
+            if line.startswith(b"btime "):
+                return float(line.split()[1])
+    return 0.0
+
+
 _SELF: dict[int, int | None] = {}
 
 
