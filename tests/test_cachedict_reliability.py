@@ -442,3 +442,76 @@ def test_short_writes_of_index_lines_are_finished(
             np.testing.assert_array_equal(fresh[key], value)
         else:
             assert fresh[key] == value
+
+
+# --- short and failed writes ------------------------------------------------------------------
+def test_short_writes_are_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Linux writes at most ~2 GiB per call, and a signal can cut a write short: every
+    write must still land whole (simulated: at most 1000 bytes per call)."""
+    real_write = os.write
+
+    def short_write(fd: int, data: tp.Any) -> int:
+        return real_write(fd, memoryview(data).cast("B")[:1000])
+
+    def short_writev(fd: int, buffers: tp.Sequence[tp.Any]) -> int:
+        return short_write(fd, memoryview(buffers[0]).cast("B"))
+
+    monkeypatch.setattr(os, "write", short_write)
+    monkeypatch.setattr(os, "writev", short_writev)
+    values = {f"a{i}": np.arange(1000 + i) * 1.5 for i in range(5)}
+    values["text"] = "x" * 5000
+    values["dict"] = {"a": np.ones((40, 30)), "b": list(range(400))}
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path)
+    with cd.write():
+        for key, value in list(values.items())[:4]:
+            cd[key] = value
+        cd.set_many(list(values.items())[4:])
+    monkeypatch.undo()
+    reread: CacheDict[tp.Any] = CacheDict(tmp_path)
+    assert sorted(reread) == sorted(values)
+    for key, value in values.items():
+        if key == "dict":
+            np.testing.assert_array_equal(reread[key]["a"], value["a"])
+            assert reread[key]["b"] == value["b"]
+        elif key == "text":
+            assert reread[key] == value
+        else:
+            np.testing.assert_array_equal(reread[key], value)
+
+
+def test_failed_data_write_does_not_shift_later_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails half-way (disk full) leaves bytes in the data file: the entries
+    written after it must not point into them."""
+    real_write, real_writev = os.write, os.writev
+    failing = {"on": False}
+
+    def write(fd: int, data: tp.Any) -> int:
+        if failing["on"] and memoryview(data).nbytes > 4000:
+            real_write(fd, memoryview(data).cast("B")[:1234])
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    def writev(fd: int, buffers: tp.Sequence[tp.Any]) -> int:
+        if failing["on"]:
+            return write(fd, b"".join(memoryview(b).cast("B") for b in buffers))
+        return real_writev(fd, buffers)
+
+    monkeypatch.setattr(os, "write", write)
+    monkeypatch.setattr(os, "writev", writev)
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path)
+    with cd.write():
+        cd["before"] = np.arange(10.0)
+        failing["on"] = True
+        with pytest.raises(OSError, match="No space"):
+            cd["big"] = np.ones(1000)
+        failing["on"] = False
+        cd["after"] = np.arange(16) + 100
+        cd["after-big"] = np.arange(1000) * 2
+    monkeypatch.undo()
+    reread: CacheDict[tp.Any] = CacheDict(tmp_path)
+    assert sorted(reread) == ["after", "after-big", "before"]
+    np.testing.assert_array_equal(reread["before"], np.arange(10.0))
+    np.testing.assert_array_equal(reread["after"], np.arange(16) + 100)
+    np.testing.assert_array_equal(reread["after-big"], np.arange(1000) * 2)

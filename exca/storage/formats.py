@@ -96,13 +96,27 @@ class SharedFile:
         if pad or tail:
             buffers = [b"\0" * pad, data, tail] if pad else [data, tail]
             total = pad + nbytes + len(tail)
-            _write_all(self.fd, buffers, total)
+            self.write(buffers, total)
         else:
             total = nbytes
-            _write_all(self.fd, [data], total)
+            self.write([data], total)
         offset = self.size + pad
         self.size += total
         return offset
+
+    def write(self, buffers: list[tp.Any], total: int) -> None:
+        """Append the buffers whole; if that fails (disk full...), the next offsets still
+        match the file: no later entry can point into the bytes of a failed one."""
+        try:
+            _write_all(self.fd, buffers, total)
+        except BaseException:
+            self.resync()
+            raise
+
+    def resync(self) -> None:
+        """Take the file's real size (after a failed write, some bytes may be in it)."""
+        self.pending = None
+        self.size = os.fstat(self.fd).st_size
 
     def _buffer(self, data: tp.Any, nbytes: int, tail: bytes, align: int) -> int:
         """Queue buffers for one writev at flush time (no copy of the payload)."""
@@ -134,11 +148,11 @@ class SharedFile:
         if not pending:
             return
         if len(pending) <= _IOV_MAX:  # one writev (the byte count is known)
-            _write_all(self.fd, pending, self.pending_bytes)
+            self.write(pending, self.pending_bytes)
             return
         for start in range(0, len(pending), _IOV_MAX):
             part = pending[start : start + _IOV_MAX]
-            _write_all(self.fd, part, sum(memoryview(b).nbytes for b in part))
+            self.write(part, sum(memoryview(b).nbytes for b in part))
 
     def append_array(self, array: tp.Any, align: int) -> int:
         """Append a C-contiguous array's bytes (padded to `align`); return their offset."""
@@ -148,10 +162,7 @@ class SharedFile:
         if self.pending is not None:
             return self._buffer(array, nbytes, b"", align)
         pad = (-self.size) % align
-        if pad:
-            _write_all(self.fd, [_ZEROS[:pad], array], pad + nbytes)
-        elif os.write(self.fd, array) != nbytes:
-            raise OSError(f"short write of an array to {self.name}")
+        self.write([_ZEROS[:pad], array] if pad else [array], pad + nbytes)
         offset = self.size + pad
         self.size += pad + nbytes
         return offset
@@ -192,12 +203,22 @@ def _numpy() -> tp.Any:
 
 def _write_all(fd: int, buffers: list[tp.Any], total: int) -> None:
     written = os.writev(fd, buffers) if len(buffers) > 1 else os.write(fd, buffers[0])
-    if written == total:
-        return
-    # a short write (signal, huge buffer): finish it byte-exactly
-    flat = b"".join(memoryview(b).cast("B").tobytes() for b in buffers)
-    while written < len(flat):  # (the bytes themselves, whatever `total` said)
-        written += os.write(fd, flat[written:])
+    if written != total:
+        _finish_short_write(fd, buffers, written)
+
+
+def _finish_short_write(fd: int, buffers: list[tp.Any], written: int) -> None:
+    """After a short write (a signal, or Linux's ~2 GiB limit per call) of `written` bytes
+    of the buffers: write the rest, byte-exactly, without copying."""
+    for buffer in buffers:
+        view = memoryview(buffer).cast("B")
+        if written >= len(view):
+            written -= len(view)
+            continue
+        view = view[written:]
+        written = 0
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 def _chmod(path: Path, permissions: int) -> None:
@@ -560,8 +581,13 @@ class MemmapArray:
         if dtype_str is None or not shape or offset % ALIGNMENT:
             return None
         nbytes = array.nbytes
-        if os.write(shared.fd, array) != nbytes:
-            raise OSError(f"short write of an array to {shared.name}")
+        try:
+            written = os.write(shared.fd, array)
+            if written != nbytes:  # (a signal, or an array over ~2 GiB)
+                _finish_short_write(shared.fd, [array], written)
+        except BaseException:
+            shared.resync()
+            raise
         shared.size = offset + nbytes
         shape = _SHAPES.get(shape) or _shared_shape(shape)
         return {
