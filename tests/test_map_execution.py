@@ -313,3 +313,35 @@ def test_processpool_without_a_folder(tmp_path: Path, keep_in_ram: bool) -> None
         **{i: 1 for i in items if i != 3},
         20: 1,
     }
+
+
+class Reusing(pydantic.BaseModel):
+    """Yields the same buffer (an array, or a dict) for every item, changed in place."""
+
+    kind: str = "small"
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[tp.Any]:
+        array = np.zeros(4 if self.kind == "small" else 100_000)
+        record: dict[str, tp.Any] = {"item": None}
+        for item in items:
+            if self.kind == "dict":
+                record["item"] = item
+                yield record
+            else:
+                array[:] = item
+                yield array
+
+
+@pytest.mark.parametrize("cluster", [None, "processpool"])
+@pytest.mark.parametrize("kind", ["small", "big", "dict"])
+def test_outputs_are_stored_as_yielded(tmp_path: Path, cluster: str | None, kind: str) -> None:
+    # each output is stored as it was when yielded, whatever the method does with it next
+    infra = {"folder": tmp_path, "cluster": cluster}
+    list(Reusing(kind=kind, infra=infra).process([1, 2, 3]))
+    outputs = list(Reusing(kind=kind, infra=infra).process([1, 2, 3]))
+    if kind == "dict":
+        assert outputs == [{"item": 1}, {"item": 2}, {"item": 3}]
+    else:
+        assert [set(o.tolist()) for o in outputs] == [{1.0}, {2.0}, {3.0}]

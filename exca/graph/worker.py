@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import time
 import typing as tp
 
@@ -23,6 +24,11 @@ logger = logging.getLogger("exca")
 Action = tp.Literal["compute", "force", "retry"]
 FLUSH_ITEMS = 256  # map outputs written per batch
 FLUSH_SECONDS = 0.5  # ... or at least this often
+# Outputs wait in a batch only when the method cannot change them afterwards (a method may
+# yield the same buffer again and again): immutable values, and copies of small arrays.
+# Anything else is written before the method resumes.
+_IMMUTABLE = frozenset({int, float, complex, str, bytes, bool, type(None)})
+SNAPSHOT_BYTES = 1 << 16
 
 
 class Unit(tp.NamedTuple):
@@ -378,13 +384,19 @@ def _compute_from(
             batch.clear()
         last_flush = time.monotonic()
 
+    numpy = sys.modules.get("numpy")
+    ndarray = numpy.ndarray if numpy is not None else None
     try:
         for output in node.function(items):
             if position >= len(uids):
                 return _miscounted(node, cache, uids, start, position - len(batch), report, "more")
+            kind = type(output)
+            now = kind not in _IMMUTABLE  # (written before the method resumes)
+            if now and kind is ndarray and output.nbytes <= SNAPSHOT_BYTES:
+                output, now = output.copy(), False
             batch.append((uids[position], output))
             position += 1
-            if len(batch) >= FLUSH_ITEMS or time.monotonic() - last_flush > FLUSH_SECONDS:
+            if now or len(batch) >= FLUSH_ITEMS or time.monotonic() - last_flush > FLUSH_SECONDS:
                 flush()
     except Exception as error:
         flush()
