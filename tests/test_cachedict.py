@@ -704,6 +704,40 @@ def test_rewrite_deleted_key_any_read_order(
         assert deleter["k"] == {"v": 2}
 
 
+@pytest.mark.parametrize("cache_type", ["Pickle", "NumpyArray", None])
+def test_stale_reader_deletes_only_its_entry(tmp_path: Path, cache_type: str | None) -> None:
+    """A key deleted and written again by one writer session; a reader that read the index
+    before deletes the key it knew: the new entry (and its payload file) stay whole."""
+    writer: CacheDict[tp.Any] = CacheDict(tmp_path, cache_type=cache_type)
+    with writer.write():
+        writer["k"] = np.arange(3)
+    stale: CacheDict[tp.Any] = CacheDict(tmp_path)
+    assert stale.keys() == ["k"]
+    with writer.write():
+        del writer["k"]
+        writer["k"] = np.arange(5)
+    del stale["k"]
+    fresh: CacheDict[tp.Any] = CacheDict(tmp_path)
+    assert fresh.keys() == ["k"]
+    np.testing.assert_array_equal(fresh["k"], np.arange(5))
+
+
+def test_stale_reader_reads_a_rewritten_key(tmp_path: Path) -> None:
+    """Deleted and written again by another process after this reader read the index: the
+    reader gets the new value (not FileNotFoundError)."""
+    reader: CacheDict[tp.Any] = CacheDict(tmp_path, cache_type="Pickle")
+    with reader.write():
+        reader["k"] = "old"
+    assert reader.keys() == ["k"]
+    code = (
+        "import sys; from exca.cachedict import CacheDict; "
+        "cd = CacheDict(sys.argv[1], cache_type='Pickle')\n"
+        "with cd.write():\n    del cd['k']\n    cd['k'] = 'new'"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
+    assert reader["k"] == "new"
+
+
 def test_clear_keeps_folder(tmp_path: Path) -> None:
     folder = tmp_path / "cache"
     cd: CacheDict[tp.Any] = CacheDict(folder, keep_in_ram=True)

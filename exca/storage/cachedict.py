@@ -272,10 +272,13 @@ class CacheDict(tp.Generic[X]):
         try:
             value: X = self._loader.load(entry[2])  # type: ignore[union-attr]
         except FileNotFoundError:
-            self.refresh()  # deleted by another writer since we read the index?
-            if key not in self._entries():
+            self.refresh()  # deleted (and maybe written again) by another writer since?
+            current = self._entries().get(key)
+            if current is None:
                 raise KeyError(key) from None
-            raise
+            if current[:2] == entry[:2]:  # the same entry: its payload is really missing
+                raise
+            value = self._loader.load(current[2])  # type: ignore[union-attr]
         if self.keep_in_ram:
             ram[key] = value
             if type(value) is CachedError:

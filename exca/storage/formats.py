@@ -266,6 +266,7 @@ class DumpContext:
         self._dispatch_memo: dict[tuple[type, str | None], tuple[str, tp.Any, bool]] = {}
         self._by_type: dict[type, tuple[str, tp.Any, bool]] = {}  # (cache_type None: hot path)
         self.batching = False
+        self._key_files = 0  # per-entry files named so far (see key_path)
 
     # --- registry --------------------------------------------------------------------------
     @classmethod
@@ -427,9 +428,13 @@ class DumpContext:
             folder.mkdir(exist_ok=True)
             if self.permissions is not None:
                 _chmod(folder, self.permissions)
-        # the writer's session in the name: a stale deleter can only remove its own entry's file
+        # the writer's session and a count in the name: a file is never reused, so a stale
+        # deleter (an entry deleted and written again since it read the index) can only
+        # remove the file of the entry it deletes
         session = (self.session_name or "").rsplit("-", 1)[-1]
-        return folder / (key_file_stem(self.key) + (f"-{session}" if session else "") + suffix)
+        self._key_files += 1
+        unique = f"-{session}{self._key_files:x}" if session else ""
+        return folder / (key_file_stem(self.key) + unique + suffix)
 
     def write_key_file(self, suffix: str, writer: tp.Callable[[tp.IO[bytes]], None]) -> str:
         """Write a per-entry file atomically (temporary name, then rename); return its name."""
