@@ -28,6 +28,7 @@ import exca
 import exca.graph
 import exca.ops
 from exca.ops import clean
+from exca.ops.inspect import node_folders
 from exca.storage.cachedict import CacheDict
 
 WAIT_S = 60.0  # bound on any wait (never reached when things work)
@@ -840,6 +841,27 @@ def test_clean_orphans(tmp_path: Path) -> None:
     cli("clean", root, "orphans", "--yes", check=True)
     assert not again.exists() and referenced.exists()
     assert Source(n=big, infra={"folder": root}).make() == list(range(big))
+
+
+class Named(pydantic.BaseModel):
+    """A map whose item uids are the items (strings), outputs pickled to one file each."""
+
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str, cache_type="Pickle")
+    def label(self, items: list[str]) -> tp.Iterator[str]:
+        for item in items:
+            yield item.upper()
+
+
+def test_clean_orphans_keeps_payloads_of_keys_named_like_temporary_files(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    assert list(Named(infra={"folder": root}).label(["save-tmp-a"])) == ["SAVE-TMP-A"]
+    (folder,) = [f for _, _, f in node_folders(root)]
+    (payload,) = list((folder / "data").iterdir())
+    assert payload.name.startswith("save-tmp-")
+    assert clean.orphans(root, min_age_hours=0).removals == []
+    assert payload.exists()
 
 
 def test_clean_logs_of_ended_jobs(tmp_path: Path) -> None:

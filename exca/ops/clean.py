@@ -253,21 +253,13 @@ def orphans(root: Path | str, min_age_hours: float = 1.0) -> CleanPlan:
                 stat = _stat(entry)
                 if stat is None or stat.st_mtime > limit:
                     continue  # may belong to a writer still at work
-                name = f"{DATA_DIR}/{entry.name}"
+                if f"{DATA_DIR}/{entry.name}" in referenced:
+                    continue  # (whatever its name: a key may start with "save-tmp-")
                 if entry.name.startswith("save-tmp-"):
-                    plan.removals.append(
-                        Removal(
-                            Path(entry.path),
-                            stat.st_blocks * 512,
-                            "temporary file of a killed writer",
-                        )
-                    )
-                elif name not in referenced:
-                    plan.removals.append(
-                        Removal(
-                            Path(entry.path), stat.st_blocks * 512, "payload no entry refers to"
-                        )
-                    )
+                    reason = "temporary file of a killed writer"
+                else:
+                    reason = "payload no entry refers to"
+                plan.removals.append(Removal(Path(entry.path), stat.st_blocks * 512, reason))
         claims = folder / CLAIMS_DIR
         if claims.is_dir():
             live = {c.path for c in Claims(folder).current()}
