@@ -396,6 +396,55 @@ def test_permissions_applied(tmp_path: Path) -> None:
     assert folder.stat().st_mode & 0o777 == 0o750
 
 
+class ArrayTask(pydantic.BaseModel):
+    x: int = 0
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> tp.Any:
+        import numpy as np
+
+        return np.arange(100) + self.x
+
+
+class ArrayMap(pydantic.BaseModel):
+    infra: MapInfra = MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: tp.Sequence[int]) -> tp.Iterator[tp.Any]:
+        import numpy as np
+
+        for item in items:
+            yield np.full(100, item)
+
+
+@pytest.mark.timeout(120)
+def test_permissions_reach_every_created_folder_and_file(tmp_path: Path) -> None:
+    """A shared cache (default permissions 0o777): whatever the umask, the folders and files
+    exca creates are open to the other users (claims/, data/ and jobs/ included)."""
+    import os
+    import stat
+
+    root = tmp_path / "cache"
+    previous = os.umask(0o077)
+    try:
+        assert ArrayTask(x=1, infra={"folder": root}).process()[0] == 1
+        assert ArrayTask(x=2, infra={"folder": root, "cluster": "local"}).process()[0] == 2
+        assert [o[0] for o in ArrayMap(infra={"folder": root}).process([1, 2])] == [1, 2]
+    finally:
+        os.umask(previous)
+    seen = set()
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != "logs"]  # (submitit's own logs)
+        for name in [*dirs, *files]:
+            path = Path(folder) / name
+            if path.is_symlink():
+                continue
+            seen.add(name)
+            assert stat.S_IMODE(path.stat().st_mode) == 0o777, path
+    assert {"claims", "data", "jobs", "uid.yaml", "config.yaml"} <= seen
+
+
 # --- MapInfra --------------------------------------------------------------------------------
 class Mapper(pydantic.BaseModel):
     coeff: int = 1

@@ -18,6 +18,7 @@ from pathlib import Path
 import orjson
 
 from ..storage import process
+from ..storage.files import chmod, make_folder
 
 JOBS_DIR = "jobs"
 LINK_NAME = "submitit"
@@ -50,13 +51,18 @@ def _log_file(record: JobRecord, kind: str) -> Path:
     return candidates[0] if candidates else folder / f"{record.job_id}_0_log.{kind}"
 
 
-def write(folder: Path, record: JobRecord, link: bool = True) -> None:
+def write(
+    folder: Path, record: JobRecord, link: bool = True, permissions: int | None = None
+) -> None:
     """Record a submitted job for a node folder (atomic), and point ``submitit`` at it."""
     jobs = folder / JOBS_DIR
-    jobs.mkdir(parents=True, exist_ok=True)
+    if not jobs.exists():
+        make_folder(jobs, permissions)
     name = record.job_id.replace("/", "-")
     tmp = jobs / f".{name}.{os.urandom(3).hex()}.tmp"
     tmp.write_bytes(orjson.dumps(dataclasses.asdict(record)))
+    if permissions is not None:
+        chmod(tmp, permissions)
     os.replace(tmp, jobs / f"{name}.json")
     if link:
         globals()["link"](folder, LINK_NAME, record.logs)

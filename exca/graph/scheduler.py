@@ -302,7 +302,9 @@ class Scheduler:
             pid=os.getpid(),
         )
         try:
-            registry.write(folder, record, link=unit.uids is None)
+            registry.write(
+                folder, record, link=unit.uids is None, permissions=node.cache.permissions
+            )
             workdir = getattr(node.execution.workdir, "folder", None)
             if workdir is not None and unit.uids is None:
                 registry.link(folder, "code", str(workdir))  # the code snapshot the job ran

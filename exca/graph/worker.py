@@ -154,7 +154,7 @@ def _run_task(unit: Unit) -> Report:
                 del node.cache[TASK_KEY]
             node.cache[TASK_KEY] = value
         return Report(computed=1)
-    claims = Claims(folder, job_alive=registry.slurm_job_alive)
+    claims = Claims(folder, job_alive=registry.slurm_job_alive, permissions=node.cache.permissions)
     forced = unit.action == "force"
     while True:
         state = store.task_state(node)
@@ -265,7 +265,9 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
     if node.folder is None:
         _compute_items(node, todo, by_uid, unit.action, report, progress)
         return report
-    claims = Claims(node.folder, job_alive=registry.slurm_job_alive)
+    claims = Claims(
+        node.folder, job_alive=registry.slurm_job_alive, permissions=node.cache.permissions
+    )
     action = unit.action
     while todo:
         claim = claims.claim(todo)

@@ -18,7 +18,7 @@ import typing as tp
 from pathlib import Path
 
 from ..confdict import ConfDict
-from ..storage.files import write_new
+from ..storage.files import chmod, make_folder, write_new
 
 logger = logging.getLogger("exca")
 UID_FILE = "uid.yaml"
@@ -77,38 +77,8 @@ def write_atomic(path: Path | str, text: str, permissions: int | None) -> None:
     tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}-{os.urandom(3).hex()}")
     write_new(tmp, text.encode("utf8"))
     if permissions is not None:
-        _chmod(tmp, permissions)
+        chmod(tmp, permissions)
     os.replace(tmp, path)
-
-
-def _chmod(path: str, permissions: int) -> None:
-    try:
-        os.chmod(path, permissions)
-    except OSError as e:
-        logger.warning("Could not chmod %s: %s", path, e)
-
-
-def make_folder(folder: Path | str, permissions: int | None) -> bool:
-    """mkdir -p, applying permissions to the folders it creates; True when it created
-    ``folder`` itself (then it was empty a moment ago)."""
-    folder = os.fspath(folder)
-    try:
-        os.mkdir(folder)
-    except FileExistsError:
-        return False
-    except FileNotFoundError:  # parents missing: create them first
-        missing = []
-        current = os.path.dirname(folder)
-        while not os.path.exists(current):
-            missing.append(current)
-            current = os.path.dirname(current)
-        os.makedirs(folder, exist_ok=True)
-        if permissions is not None:
-            for path in missing:
-                _chmod(path, permissions)
-    if permissions is not None:
-        _chmod(folder, permissions)
-    return True
 
 
 def _check_or_write(path: Path, text: str, permissions: int | None) -> dict[str, tp.Any] | None:

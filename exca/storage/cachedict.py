@@ -21,7 +21,8 @@ from pathlib import Path
 import orjson
 
 from . import gcpause
-from .formats import DATA_DIR, CachedError, DumpContext, DumpOptions, _chmod, load_memmap_runs
+from .files import make_folder
+from .formats import DATA_DIR, CachedError, DumpContext, DumpOptions, load_memmap_runs
 from .index import INDEX_SUFFIX, Entry, IndexReader, IndexWriter
 
 logger = logging.getLogger("exca")
@@ -367,9 +368,7 @@ class CacheDict(tp.Generic[X]):
         # new thread state, or after a fork: a new session
         assert self.folder is not None
         if not self.folder.exists():
-            self.folder.mkdir(parents=True, exist_ok=True)
-            if self.permissions is not None:
-                _chmod(self.folder, self.permissions)
+            make_folder(self.folder, self.permissions)
         writer = IndexWriter(self.folder, self.permissions)
         ctx = DumpContext(
             self.folder,

@@ -33,7 +33,7 @@ from pathlib import Path
 import orjson
 
 from . import process
-from .files import write_new
+from .files import make_folder, write_new
 
 CLAIMS_DIR = "claims"
 LOCK_NAME = ".lock"
@@ -130,12 +130,17 @@ class Claims:
     """Claims of the keys of one folder (stored in ``<folder>/claims/``)."""
 
     def __init__(
-        self, folder: Path | str, heartbeat: float | None = None, job_alive: JobAlive | None = None
+        self,
+        folder: Path | str,
+        heartbeat: float | None = None,
+        job_alive: JobAlive | None = None,
+        permissions: int | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.dir = self.folder / CLAIMS_DIR
         self.heartbeat = heartbeat if heartbeat is not None else heartbeat_seconds()
         self.job_alive = job_alive
+        self.permissions = permissions  # of the claims folder, when created here
 
     # --- reading ------------------------------------------------------------------------
     def _read(self, path: Path) -> ClaimFile | None:
@@ -240,7 +245,7 @@ class Claims:
         try:
             write_new(tmp, data)
         except FileNotFoundError:
-            os.makedirs(dirname, exist_ok=True)
+            make_folder(dirname, self.permissions)
             write_new(tmp, data)
         path = f"{dirname}/{name}{CLAIM_SUFFIX}"
         os.replace(tmp, path)
@@ -255,7 +260,7 @@ class Claims:
             try:
                 fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             except FileNotFoundError:
-                self.dir.mkdir(parents=True, exist_ok=True)
+                make_folder(self.dir, self.permissions)
                 continue
             except FileExistsError:
                 self._break_if_stale(lock)

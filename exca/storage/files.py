@@ -1,8 +1,13 @@
-"""Creating a file whole: the low-level step of atomic writes and claims."""
+"""Creating files and folders: the low-level steps of atomic writes, claims and shared
+caches (``permissions``: the mode applied to what is created, e.g. 0o777 for a cache
+several users write to; None leaves the umask's)."""
 
 from __future__ import annotations
 
+import logging
 import os
+
+logger = logging.getLogger("exca")
 
 
 def write_new(path: str, data: bytes) -> None:
@@ -15,3 +20,37 @@ def write_new(path: str, data: bytes) -> None:
             written += os.write(fd, data[written:])
     finally:
         os.close(fd)
+
+
+def chmod(path: str | os.PathLike[str], permissions: int) -> None:
+    """chmod that only logs a warning when it fails (e.g. a file of another user)."""
+    try:
+        os.chmod(path, permissions)
+    except OSError as e:
+        logger.warning("Could not chmod %s to %s: %s", path, oct(permissions), e)
+
+
+def make_folder(folder: str | os.PathLike[str], permissions: int | None) -> bool:
+    """mkdir -p, applying permissions to the folders it creates; True when it created
+    ``folder`` itself (then it was empty a moment ago)."""
+    folder = os.fspath(folder)
+    try:
+        os.mkdir(folder)
+    except FileExistsError:
+        return False
+    except FileNotFoundError:  # parents missing: create them first
+        missing = []
+        current = os.path.dirname(folder)
+        while not os.path.exists(current):
+            missing.append(current)
+            current = os.path.dirname(current)
+        try:
+            os.makedirs(folder)
+        except FileExistsError:  # (created meanwhile by someone else)
+            return False
+        if permissions is not None:
+            for path in missing:
+                chmod(path, permissions)
+    if permissions is not None:
+        chmod(folder, permissions)
+    return True

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import orjson
 
+from .files import chmod, make_folder
+
 INLINE_MAX_BYTES = 512
 INLINE_PICKLE_MAX_BYTES = 2048  # task results pickled smaller than this live in the index
 BUFFER_FLUSH_BYTES = 16 << 20  # batched payload bytes kept in memory before writing
@@ -79,13 +81,14 @@ class SharedFile:
     def __init__(self, folder: Path, name: str, permissions: int | None) -> None:
         self.name = name  # relative to the cache folder
         path = folder / name
-        path.parent.mkdir(exist_ok=True)
+        if not path.parent.exists():
+            make_folder(path.parent, permissions)
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
         self.size = os.fstat(self.fd).st_size
         self.pending: list[tp.Any] | None = None  # batched writes: buffers not written yet
         self.pending_bytes = 0
         if permissions is not None and self.size == 0:
-            _chmod(path, permissions)
+            chmod(path, permissions)
 
     def append(self, data: tp.Any, tail: bytes = b"", align: int = 1) -> int:
         """Write data (then tail) contiguously, after padding to `align`; return data's offset."""
@@ -219,13 +222,6 @@ def _finish_short_write(fd: int, buffers: list[tp.Any], written: int) -> None:
         written = 0
         while view:
             view = view[os.write(fd, view) :]
-
-
-def _chmod(path: Path, permissions: int) -> None:
-    try:
-        os.chmod(path, permissions)
-    except OSError as e:
-        warnings.warn(f"Could not chmod {path} to {oct(permissions)}: {e}", stacklevel=3)
 
 
 class DumpOptions:
@@ -425,9 +421,7 @@ class DumpContext:
             raise RuntimeError("key_path needs a key: only available while dumping an entry")
         folder = self.folder / DATA_DIR
         if not folder.exists():
-            folder.mkdir(exist_ok=True)
-            if self.permissions is not None:
-                _chmod(folder, self.permissions)
+            make_folder(folder, self.permissions)
         # the writer's session and a count in the name: a file is never reused, so a stale
         # deleter (an entry deleted and written again since it read the index) can only
         # remove the file of the entry it deletes
@@ -443,7 +437,7 @@ class DumpContext:
         with open(tmp, "wb") as handle:
             writer(handle)
         if self.permissions is not None:
-            _chmod(tmp, self.permissions)
+            chmod(tmp, self.permissions)
         os.replace(tmp, path)
         return f"{DATA_DIR}/{path.name}"
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import orjson
 
 from . import gcpause, process
+from .files import chmod
 
 INDEX_SUFFIX = "-info.jsonl"
 
@@ -267,10 +268,7 @@ class IndexWriter:
             stat = os.fstat(self.fd)
             self.inode, self.size = stat.st_ino, stat.st_size
             if self.size == 0 and self.permissions is not None:
-                try:
-                    os.chmod(path, self.permissions)
-                except OSError as e:
-                    warnings.warn(f"Could not chmod {path}: {e}", stacklevel=3)
+                chmod(path, self.permissions)
         return self.fd
 
     def append(self, data: bytes) -> int:
