@@ -339,3 +339,50 @@ def test_slurm_retry_after_cancel(
     retry = task(tmp_path, ctl, slurm_cluster, x=8, mode="retry", timeout_min=2)
     assert retry.process() == 24
     assert lines(ctl / "calls.txt") == ["8", "8"]
+
+
+@pytest.mark.timeout(120)
+def test_running_array_element_is_alive_by_its_own_job_id(
+    tmp_path: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """A claim made inside an array element records its SLURM_JOB_ID (its own job id),
+    which squeue prints as <array>_<index>: it must still be seen alive (else another
+    worker takes the claim over and computes the same work twice)."""
+    import subprocess
+
+    from exca.graph import registry
+
+    array = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--array=0-1",
+            f"--output={tmp_path}/%A_%a.out",
+            "--wrap=sleep 60",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.strip()
+    try:
+
+        def own_ids() -> list[str]:
+            out = subprocess.run(
+                ["squeue", "-h", "-o", "%i|%T|%A", "-j", array],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout.split()
+            return [line.split("|")[2] for line in out if line.split("|")[1] == "RUNNING"]
+
+        filelog.wait_until(lambda: len(own_ids()) == 2, timeout=60)
+        ids = own_ids()
+        assert array in ids  # one element has the array's own id, the other a new one
+        (other,) = [i for i in ids if i != array]
+        registry._ALIVE_CACHE.clear()
+        assert registry.slurm_job_alive(other) is True
+        assert registry.queued_jobs([other, f"{array}_1", f"{array}_7"]) == {other, f"{array}_1"}
+    finally:
+        subprocess.run(["scancel", array], check=False, timeout=30)
+    filelog.wait_until(lambda: not registry.queued_jobs([other]), timeout=60)

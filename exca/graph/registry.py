@@ -161,7 +161,7 @@ def queued_jobs(job_ids: tp.Sequence[str]) -> set[str]:
     base = sorted({j.split("_")[0] for j in job_ids})
     try:
         result = subprocess.run(
-            ["squeue", "-h", "-o", "%i|%T", "-j", ",".join(base)],
+            ["squeue", "-h", "-o", "%i|%T|%A", "-j", ",".join(base)],
             capture_output=True,
             text=True,
             timeout=30,
@@ -172,8 +172,10 @@ def queued_jobs(job_ids: tp.Sequence[str]) -> set[str]:
     if result.returncode and "Invalid job id" not in result.stderr:
         return set(job_ids)
     active: set[str] = set()
+    own_ids: set[str] = set()
     for line in result.stdout.splitlines():
-        job, _, state = line.partition("|")
+        job, _, rest = line.partition("|")
+        state, _, raw = rest.partition("|")
         if state.strip() not in ACTIVE_STATES:
             continue
         if "_[" in job:  # pending array elements are grouped: 12_[3-5%2]
@@ -181,7 +183,10 @@ def queued_jobs(job_ids: tp.Sequence[str]) -> set[str]:
             active.update(f"{root}_{i}" for i in _expand(ranges.rstrip("]").split("%")[0]))
         else:
             active.add(job)
-    return {j for j in job_ids if j in active or j.split("_")[0] in active}
+            # an array element started has its own job id too (its SLURM_JOB_ID, which
+            # claims record): squeue -j <that id> prints it as <array>_<index>
+            own_ids.add(raw.strip())
+    return {j for j in job_ids if j in active or j.split("_")[0] in active or j in own_ids}
 
 
 _ALIVE_CACHE: dict[str, tuple[float, bool]] = {}
