@@ -704,10 +704,23 @@ def test_rewrite_deleted_key_any_read_order(
         assert deleter["k"] == {"v": 2}
 
 
+@pytest.mark.parametrize("cache_type", ["Pickle", "NumpyArray"])
+def test_payload_files_are_never_reused(tmp_path: Path, cache_type: str) -> None:
+    """A key deleted and written again by one writer session gets a new payload file: a
+    reader deleting the old entry (from a stale view) can never remove the new one's."""
+    writer: CacheDict[tp.Any] = CacheDict(tmp_path, cache_type=cache_type)
+    with writer.write():
+        writer["k"] = np.arange(3)
+        (first,) = [p.name for p in (tmp_path / "data").iterdir()]
+        del writer["k"]
+        writer["k"] = np.arange(5)
+    (second,) = [p.name for p in (tmp_path / "data").iterdir()]
+    assert second != first
+    np.testing.assert_array_equal(CacheDict(tmp_path)["k"], np.arange(5))
+
+
 @pytest.mark.parametrize("cache_type", ["Pickle", "NumpyArray", None])
-def test_stale_reader_deletes_only_its_entry(tmp_path: Path, cache_type: str | None) -> None:
-    """A key deleted and written again by one writer session; a reader that read the index
-    before deletes the key it knew: the new entry (and its payload file) stay whole."""
+def test_stale_reader_deletes_the_current_entry(tmp_path: Path, cache_type: str | None) -> None:
     writer: CacheDict[tp.Any] = CacheDict(tmp_path, cache_type=cache_type)
     with writer.write():
         writer["k"] = np.arange(3)
@@ -716,10 +729,9 @@ def test_stale_reader_deletes_only_its_entry(tmp_path: Path, cache_type: str | N
     with writer.write():
         del writer["k"]
         writer["k"] = np.arange(5)
-    del stale["k"]
-    fresh: CacheDict[tp.Any] = CacheDict(tmp_path)
-    assert fresh.keys() == ["k"]
-    np.testing.assert_array_equal(fresh["k"], np.arange(5))
+    del stale["k"]  # the key, as it is now
+    assert "k" not in stale and "k" not in CacheDict(tmp_path)
+    assert writer.keys() == []  # (an instance sees deletions by others when it rereads)
 
 
 def test_stale_reader_reads_a_rewritten_key(tmp_path: Path) -> None:

@@ -974,6 +974,76 @@ def test_compact_many_writer_sessions(tmp_path: Path) -> None:
     ]
 
 
+def _dead_sessions(folder: Path, code: str) -> None:
+    """Run CacheDict code in a process that then ends (its index files become mergeable)."""
+    run_python(
+        f"from exca.storage.cachedict import CacheDict\ncd = CacheDict({str(folder)!r}, "
+        f"cache_type='Pickle')\n" + textwrap.dedent(code)
+    )
+
+
+def test_compact_keeps_deletions_whatever_the_read_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import itertools
+
+    from exca.storage import index as index_module
+
+    folder = tmp_path / "cache"
+    live: CacheDict[tp.Any] = CacheDict(folder, cache_type="Pickle")  # this process: alive
+    with live.write():
+        live["k1"] = "one"
+        live["k2"] = "two"
+    _dead_sessions(folder, "del cd['k1']")  # a dead process deleted a live writer's entry
+    _dead_sessions(folder, "with cd.write():\n    cd['k3'] = 'three'")
+    assert clean.compact(folder, grace_seconds=0)[0] == 2
+    names = [p.name for p in index_files(folder)]
+    assert len(names) == 2  # the live writer's file and the merged one
+    scandir = os.scandir
+    for order in itertools.permutations(names):
+
+        def ordered(path: tp.Any, order: tuple[str, ...] = order) -> list[tp.Any]:
+            found = {e.name: e for e in scandir(path)}
+            return [found[n] for n in order if n in found] + [
+                e for n, e in found.items() if n not in order
+            ]
+
+        monkeypatch.setattr(index_module.os, "scandir", ordered)
+        fresh: CacheDict[tp.Any] = CacheDict(folder)
+        assert dict(fresh.items()) == {"k2": "two", "k3": "three"}, order
+        monkeypatch.undo()
+
+
+def test_delete_by_a_reader_from_before_the_compaction(tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    _dead_sessions(folder, "with cd.write():\n    cd['a'] = 'A'")
+    _dead_sessions(folder, "with cd.write():\n    cd['b'] = 'B'")
+    reader: CacheDict[tp.Any] = CacheDict(folder)
+    assert sorted(reader.keys()) == ["a", "b"]
+    assert clean.compact(folder, grace_seconds=0) == (2, 2)
+    del reader["a"]  # its lines moved since this reader read the index
+    assert "a" not in reader and "a" not in CacheDict(folder)
+    assert dict(CacheDict(folder).items()) == {"b": "B"}
+
+
+def test_compaction_does_not_make_results_stale(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    # computed, then the source forced and the total recomputed, by processes that ended
+    # (their index files can be merged)
+    for code in ("", "'mode': 'force'"):
+        run_python(
+            "import test_ops, exca.graph\n"
+            f"source = test_ops.Source(n=4, infra={{'folder': {str(root)!r}, {code}}}).make.node()\n"
+            f"total = test_ops.Total(infra={{'folder': {str(root)!r}, {code}}}).total.node(source)\n"
+            "print(exca.graph.run(total))"
+        )
+    source, down = _pipeline(root)
+    assert [e.status for e in exca.graph.plan(down).entries] == ["not needed", "cached"]
+    assert clean.compact(source.folder, grace_seconds=0)[0] == 2
+    source, down = _pipeline(root)
+    assert [e.status for e in exca.graph.plan(down).entries] == ["not needed", "cached"]
+
+
 def _read_until(folder: Path, stop: threading.Event, counts: list[int]) -> None:
     """Fresh readers, one after the other, each counting the entries it sees."""
     while not stop.is_set():

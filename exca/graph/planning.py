@@ -12,6 +12,7 @@ import json
 import typing as tp
 
 from ..storage import gcpause
+from . import store
 from .decisions import Graph, Key, NodeRun, to_chunks
 from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Node
 
@@ -133,7 +134,10 @@ class Plan:
             if self.graph.runs[upstream.key].action == "not-needed":
                 upstream.cache.refresh()  # not read by decide (the others were, just now)
             current = upstream.cache.entry(TASK_KEY)
-            if current is not None and f"{current.file}:{current.offset}" != recorded:
+            if current is None:
+                continue
+            # (older versions recorded where the index line was)
+            if recorded not in (store.entry_ref(current), f"{current.file}:{current.offset}"):
                 when = (current.info.get("#meta") or {}).get("t")
                 stamp = (
                     datetime.datetime.fromtimestamp(when).isoformat(timespec="seconds")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typing as tp
 
 from ..storage.formats import CachedError
+from ..storage.index import Entry
 from .errors import raise_from
 from .node import TASK_KEY, Node
 
@@ -17,6 +18,15 @@ def task_state(node: Node, refresh: bool = False) -> State:
     if kind is None:
         return "missing"
     return "error" if kind == "Error" else "done"
+
+
+def entry_ref(entry: Entry) -> str:
+    """What identifies one computation of a result, as provenance records it: the time it
+    was computed (kept when ``clean compact`` moves index lines; recomputing changes it),
+    else where its index line is (results written without provenance, older caches)."""
+    meta = entry.info.get("#meta")
+    when = meta.get("t") if isinstance(meta, dict) else None
+    return f"t={when}" if isinstance(when, int | float) else f"{entry.file}:{entry.offset}"
 
 
 def task_result(node: Node) -> tp.Any:

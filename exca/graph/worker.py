@@ -198,7 +198,7 @@ def _provenance(node: Node) -> dict[str, tp.Any]:
         if source.kind == "task":
             entry = source.cache.entry(TASK_KEY)
             if entry is not None:
-                upstream[source.uid] = f"{entry.file}:{entry.offset}"
+                upstream[source.uid] = store.entry_ref(entry)
         elif source.kind == "map":
             upstream.update(_map_provenance(source))
     return {"t": round(time.time(), 3), "up": upstream}
@@ -329,7 +329,7 @@ def _items_provenance(node: Node) -> dict[str, tp.Any] | None:
     entry = source.cache.entry(TASK_KEY)
     if entry is None:
         return None
-    return {"t": round(time.time(), 3), "up": {source.uid: f"{entry.file}:{entry.offset}"}}
+    return {"t": round(time.time(), 3), "up": {source.uid: store.entry_ref(entry)}}
 
 
 def _compute_items(

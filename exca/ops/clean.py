@@ -353,9 +353,7 @@ def compact(folder: Path | str, grace_seconds: float = 3600.0) -> tuple[int, int
         for entry in reader.entries.values():
             if entry[0] in merged:
                 lines.append(orjson.dumps(entry[2]))
-        for file, offset in reader._deleted:  # tombstones still needed by other files
-            if file not in merged:
-                lines.append(orjson.dumps({"#del": None, "#of": f"{file}:{offset}"}))
+        lines += _tombstones_of_others(folder, merged)
         target = folder / (process.unique_name() + INDEX_SUFFIX)
         tmp = target.with_name("." + target.name + ".tmp")
         tmp.write_bytes(b"\n".join(lines) + b"\n" if lines else b"")
@@ -364,6 +362,28 @@ def compact(folder: Path | str, grace_seconds: float = 3600.0) -> tuple[int, int
             with contextlib.suppress(FileNotFoundError):
                 os.remove(index_file.path)
     return len(files), len(lines)
+
+
+def _tombstones_of_others(folder: Path, merged: set[str]) -> list[bytes]:
+    """The deletions written in the merged files of entries of the other files, as they
+    were written (with their key: a reader may read the deleted line before them)."""
+    out = []
+    for name in sorted(merged):
+        try:
+            data = (folder / name).read_bytes()
+        except FileNotFoundError:
+            continue
+        for line in data.split(b"\n"):
+            if b'"#of"' not in line:
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            target = record.get("#of") if isinstance(record, dict) else None
+            if isinstance(target, str) and target.rpartition(":")[0] not in merged:
+                out.append(line)
+    return out
 
 
 def compactable(folder: Path | str, grace_seconds: float = 3600.0) -> list[str]:

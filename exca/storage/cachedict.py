@@ -506,6 +506,7 @@ class CacheDict(tp.Generic[X]):
             if not in_ram:
                 raise KeyError(key)
             return
+        self.refresh()  # where the key's lines are now (e.g. moved by `clean compact`)
         entry = self.entry(key)
         if entry is None:
             if in_ram:
