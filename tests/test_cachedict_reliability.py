@@ -515,3 +515,34 @@ def test_failed_data_write_does_not_shift_later_entries(
     np.testing.assert_array_equal(reread["before"], np.arange(10.0))
     np.testing.assert_array_equal(reread["after"], np.arange(16) + 100)
     np.testing.assert_array_equal(reread["after-big"], np.arange(1000) * 2)
+
+
+@pytest.mark.timeout(60)
+def test_fork_while_another_thread_reads_the_index(tmp_path: Path) -> None:
+    """A thread is reading the index (holding the reader's lock) when another thread forks:
+    the child must be able to read the cache (the lock's owner does not exist there)."""
+    cd: CacheDict[int] = CacheDict(tmp_path)
+    with cd.write():
+        cd["k"] = 1
+    reader: CacheDict[int] = CacheDict(tmp_path)
+    assert reader.keys() == ["k"]
+    index_reader = reader._reader
+    assert index_reader is not None
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # (what a thread in the middle of refresh() does)
+        with index_reader._lock:
+            holding.set()
+            release.wait()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    holding.wait()
+    pid = os.fork()
+    if pid == 0:  # the child: read the cache, or be killed by the alarm
+        signal.alarm(10)
+        os._exit(0 if reader.keys() == ["k"] and reader["k"] == 1 else 1)
+    _, status = os.waitpid(pid, 0)
+    release.set()
+    thread.join()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status

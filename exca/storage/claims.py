@@ -366,5 +366,13 @@ class _Heartbeat:
                 with contextlib.suppress(FileNotFoundError):
                     os.utime(path)
 
+    def reset_in_child(self) -> None:
+        """After a fork: the claims are the parent's (it keeps them fresh), and the lock may
+        have been held by a thread that does not exist in the child."""
+        self._lock = threading.Lock()
+        self._paths = {}
+        self._thread = None
+
 
 _HEARTBEAT = _Heartbeat()
+os.register_at_fork(after_in_child=_HEARTBEAT.reset_in_child)

@@ -17,6 +17,7 @@ import os
 import threading
 import typing as tp
 import warnings
+import weakref
 from pathlib import Path
 
 import orjson
@@ -60,6 +61,19 @@ _KEY = operator.itemgetter("#key")
 _PLUS_NEWLINE = (1).__add__
 
 
+_READERS: weakref.WeakSet[IndexReader] = weakref.WeakSet()
+
+
+def _new_locks_in_child() -> None:
+    """After a fork, a reader's lock may be held by a thread of the parent (reading the
+    index right then), which does not exist in the child: it would never be released."""
+    for reader in list(_READERS):
+        reader._lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_new_locks_in_child)
+
+
 class IndexReader:
     """Incremental view of every index file in a folder.
 
@@ -76,6 +90,7 @@ class IndexReader:
         # a tombstone of the current one promotes one of them (file read order is arbitrary)
         self._shadowed: dict[str, list[tuple[str, int, dict[str, tp.Any]]]] = {}
         self._lock = threading.RLock()
+        _READERS.add(self)
 
     def refresh(self) -> None:
         """Read what every writer appended since the last refresh."""
