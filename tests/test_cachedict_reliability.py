@@ -546,3 +546,43 @@ def test_fork_while_another_thread_reads_the_index(tmp_path: Path) -> None:
     release.set()
     thread.join()
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
+_BOTH_WRITING = threading.Barrier(2)
+
+
+class BarrierText:
+    """A format whose dump waits until two threads are dumping (to force the race)."""
+
+    @classmethod
+    def __dump_info__(cls, ctx: tp.Any, value: str) -> dict[str, tp.Any]:
+        _BOTH_WRITING.wait(timeout=10)
+        return {"v": value}
+
+    @classmethod
+    def __load_from_info__(cls, ctx: tp.Any, v: str) -> str:
+        return v
+
+
+def test_two_threads_writing_one_key_then_delete(tmp_path: Path) -> None:
+    """Two threads of one instance write the same key at the same time (both pass the
+    existence check): a delete must then remove both copies, for every reader."""
+    from exca.cachedict import DumpContext
+
+    if "BarrierText" not in DumpContext.HANDLERS:
+        DumpContext.register(BarrierText)
+    cd: CacheDict[str] = CacheDict(tmp_path, cache_type="BarrierText")
+
+    def write(value: str) -> None:
+        with cd.write():
+            cd["k"] = value
+
+    threads = [threading.Thread(target=write, args=(f"from-{i}",)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert CacheDict(tmp_path)["k"] in ("from-0", "from-1")
+    del cd["k"]
+    assert "k" not in cd and cd.keys() == []
+    assert "k" not in CacheDict(tmp_path) and CacheDict(tmp_path).keys() == []

@@ -422,7 +422,10 @@ class CacheDict(tp.Generic[X]):
         writer.size = state.offset = offset + len(line)
         if "v" in info and type(info["v"]) is orjson.Fragment:  # pre-serialized inline value
             info = orjson.loads(line)
-        entries[key] = (writer.name, offset, info)
+        entry = (writer.name, offset, info)
+        if key in entries:  # written meanwhile by another thread: both copies are known
+            reader._shadow(key, entry)
+        entries[key] = entry
         state.keys.add(key)
         if self.keep_in_ram:
             self._ram[key] = value
@@ -491,7 +494,10 @@ class CacheDict(tp.Generic[X]):
             if "v" in info and type(info["v"]) is fragment:  # pre-serialized inline value
                 info = orjson.loads(line)
             key = info["#key"]
-            entries[key] = (name, offset, info)
+            entry = (name, offset, info)
+            if key in entries:  # written meanwhile by another thread: both copies are known
+                reader._shadow(key, entry)
+            entries[key] = entry
             keys.add(key)
             offset += len(line)
         state.offset = writer.size
