@@ -678,3 +678,42 @@ def test_iter_cached_skips_a_config_that_does_not_read_back(
     found = list(_DictOfSubs(infra={"folder": tmp_path}).infra.iter_cached())
     assert [obj.subs for obj in found] == [{"plain": _SubForDict(x=4)}]
     assert "does not validate" in caplog.text
+
+
+# --- folders written by the reference exca ----------------------------------------------------
+def test_task_folder_written_by_the_reference(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Same folder names, other payloads: the reference's job.pkl is left alone, the result
+    computed again, with a one-line warning."""
+    task = Task(param=3, infra={"folder": tmp_path})
+    folder = task.infra.uid_folder()
+    assert folder is not None
+    folder.mkdir(parents=True)
+    (folder / "job.pkl").write_bytes(b"a pickled submitit job of the reference")
+    with caplog.at_level("WARNING", logger="exca"):
+        assert task.process() == 30
+    (record,) = [r for r in caplog.records if "job.pkl" in r.getMessage()]
+    assert "\n" not in record.getMessage() and "left alone" in record.getMessage()
+    assert (folder / "job.pkl").read_bytes() == b"a pickled submitit job of the reference"
+    assert Task(param=3, infra={"folder": tmp_path}).process() == 30  # cached now
+
+
+def test_map_folder_written_by_the_reference(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    mapper = Mapper(coeff=2, infra={"folder": tmp_path})
+    folder = mapper.infra.uid_folder()
+    assert folder is not None
+    folder.mkdir(parents=True)
+    foreign = folder / "vm-123-info.jsonl"  # the reference's index file name and format
+    line = b'{"#key":"1","#type":"MemmapArray","filename":"data/vm-123.data","offset":0}\n'
+    foreign.write_bytes(line)
+    before = CALLS.count(("map", 1))
+    with caplog.at_level("WARNING", logger="exca"):
+        assert list(mapper.process([1, 2])) == [2, 4]
+        assert list(Mapper(coeff=2, infra={"folder": tmp_path}).process([1, 2])) == [2, 4]
+    warnings = [r.getMessage() for r in caplog.records if foreign.name in r.getMessage()]
+    assert len(warnings) == 1 and "left alone" in warnings[0]  # once per folder
+    assert foreign.read_bytes() == line
+    assert CALLS.count(("map", 1)) == before + 1  # computed once, then read from our entries

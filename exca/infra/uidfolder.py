@@ -93,6 +93,9 @@ def _check_or_write(path: Path, text: str, permissions: int | None) -> dict[str,
     return existing
 
 
+REFERENCE_RESULT = "job.pkl"  # where the reference exca keeps a task's result (not read)
+
+
 def prepare(
     folder: Path,
     uid_config: ConfDict,
@@ -108,6 +111,13 @@ def prepare(
             write_atomic(f"{folder}/{name}", cfg.to_yaml(), permissions)
         write_atomic(f"{folder}/{CONFIG_FILE}", config().to_yaml(), permissions)
         return
+    if os.path.exists(f"{folder}/{REFERENCE_RESULT}"):
+        logger.warning(
+            "%s holds a result written by another exca (%s, the reference package?): it is "
+            "left alone, and the result is computed again",
+            folder,
+            REFERENCE_RESULT,
+        )
     existing = _check_or_write(folder / UID_FILE, uid_config.to_yaml(), permissions)
     if existing is not None and ConfDict(existing).flat() != _normalized(uid_config):
         raise RuntimeError(

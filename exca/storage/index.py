@@ -12,8 +12,10 @@ warning. New files are found by listing the folder, never by trusting its mtime.
 from __future__ import annotations
 
 import itertools
+import logging
 import operator
 import os
+import re
 import threading
 import typing as tp
 import warnings
@@ -26,6 +28,7 @@ from . import gcpause, process
 from .files import chmod
 
 INDEX_SUFFIX = "-info.jsonl"
+logger = logging.getLogger("exca")
 
 EntryId = tuple[str, int]  # (index file name, byte offset of the line)
 
@@ -102,6 +105,9 @@ class IndexReader:
                     ]
                 except FileNotFoundError:
                     listing = []
+                known = self._files
+                if not known.keys() >= set(listing):  # new files: are they ours?
+                    listing = [n for n in listing if n in known or _written_here(n, self)]
                 for name in set(self._files).difference(listing):
                     self._forget_file(name)  # compacted or cleared by someone else
                 vanished = [name for name in listing if not self._read_file(name)]
@@ -252,6 +258,27 @@ class IndexReader:
             if state is None or state.inode != inode:
                 state = self._files[name] = FileState(inode=inode, offset=0, keys=set())
             return state
+
+
+# index files of this implementation: <host>-<pid>-<thread>-<time hex>-<random>-info.jsonl
+# (process.unique_name); other names come from another exca (the reference writes
+# <host>-<thread>-info.jsonl, whose payload formats differ): left alone, not read
+_OUR_INDEX_NAME = re.compile(r".+-\d+-\d+-[0-9a-f]{12,}-[0-9a-f]{6}" + re.escape(INDEX_SUFFIX))
+_WARNED_FOREIGN: set[str] = set()
+
+
+def _written_here(name: str, reader: IndexReader) -> bool:
+    if _OUR_INDEX_NAME.fullmatch(name):
+        return True
+    if reader._dir not in _WARNED_FOREIGN:  # (once per folder and process)
+        _WARNED_FOREIGN.add(reader._dir)
+        logger.warning(
+            "%s: %s was not written by this exca (the reference package?): its entries are "
+            "ignored and computed again; the file is left alone",
+            reader._dir,
+            name,
+        )
+    return False
 
 
 def _warn_bad_line(path: Path, offset: int, line: bytes) -> None:
