@@ -51,6 +51,13 @@ def _plain_keys(data: dict[tp.Any, tp.Any]) -> bool:
     return True
 
 
+def _import_uid_version() -> int:
+    try:
+        return uidformat.uid_version(None)
+    except ValueError:  # (a bad CONFDICT_UID_VERSION fails the uid calls, not the import)
+        return uidformat.DEFAULT_UID_VERSION
+
+
 class ConfDict(dict[str, tp.Any]):
     """Dictionary that splits keys on "." into nested sub-dictionaries.
 
@@ -59,7 +66,9 @@ class ConfDict(dict[str, tp.Any]):
     """
 
     OVERRIDE = "=replace="
-    UID_VERSION = uidformat.DEFAULT_UID_VERSION
+    # the version in force when exca was imported (the environment is read again by
+    # each to_uid call: it wins over this attribute when set)
+    UID_VERSION = _import_uid_version()
 
     def __init__(self, mapping: tp.Mapping[str, tp.Any] | None = None, **kwargs: tp.Any) -> None:
         super().__init__()

@@ -298,6 +298,32 @@ def test_memmap_array_alias(tmp_path: Path) -> None:
     assert cd.entry_type("x") == "MemmapArray"
 
 
+@pytest.mark.parametrize(
+    "legacy,current,value",
+    [
+        ("NumpyMemmapArray", "MemmapArray", np.arange(3.0)),
+        ("String", "Text", "some text"),
+        ("DataDict", "Auto", {"x": np.arange(2.0), "n": 3}),
+    ],
+)
+def test_legacy_writers_still_work(
+    tmp_path: Path, legacy: str, current: str, value: tp.Any
+) -> None:
+    with pytest.warns(DeprecationWarning, match=f"'{legacy}' is a legacy name: use '{current}'"):
+        cd: CacheDict[tp.Any] = CacheDict(tmp_path, cache_type=legacy)
+    with cd.write():
+        cd["k"] = value
+    assert cd.entry_type("k") == current
+    loaded = CacheDict(tmp_path)["k"]
+    if isinstance(value, dict):
+        np.testing.assert_array_equal(loaded["x"], value["x"])
+        assert loaded["n"] == 3
+    elif isinstance(value, np.ndarray):
+        np.testing.assert_array_equal(loaded, value)
+    else:
+        assert loaded == value
+
+
 def test_memmap_refuses_object_arrays(tmp_path: Path) -> None:
     cd: CacheDict[np.ndarray] = CacheDict(tmp_path, cache_type="MemmapArray")
     with cd.write(), pytest.raises(TypeError):

@@ -70,6 +70,17 @@ def test_spec_example_v2_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert to_uid({"training.optim.lr": 0.01}) == "training.optim.lr=0.01-0f8936b4"
 
 
+@pytest.mark.parametrize("env,expected", [("2", "2"), ("3", "3"), ("", "3"), ("7", "3")])
+def test_confdict_uid_version_follows_the_environment(env: str, expected: str) -> None:
+    """ConfDict.UID_VERSION is the version in force at import (a bad value fails the uid
+    calls, not the import)."""
+    code = "import exca; print(exca.ConfDict.UID_VERSION)"
+    environ = {**os.environ, "CONFDICT_UID_VERSION": env}
+    out = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == expected
+
+
 def test_bad_uid_version(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError):
         to_uid({"a": 1}, version=4)

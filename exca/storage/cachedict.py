@@ -22,7 +22,14 @@ import orjson
 
 from . import gcpause
 from .files import make_folder
-from .formats import DATA_DIR, CachedError, DumpContext, DumpOptions, load_memmap_runs
+from .formats import (
+    DATA_DIR,
+    LEGACY_WRITERS,
+    CachedError,
+    DumpContext,
+    DumpOptions,
+    load_memmap_runs,
+)
 from .index import INDEX_SUFFIX, Entry, IndexReader, IndexWriter
 
 logger = logging.getLogger("exca")
@@ -77,6 +84,13 @@ class CacheDict(tp.Generic[X]):
         self.keep_in_ram = keep_in_ram
         if cache_type is not None:
             DumpContext.handler(cache_type)  # fail early on an unknown format
+            if cache_type in LEGACY_WRITERS:
+                warnings.warn(
+                    f"cache_type={cache_type!r} is a legacy name: use "
+                    f"{LEGACY_WRITERS[cache_type]!r}",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
         self.cache_type = cache_type
         self.permissions = permissions
         self.options = options or DumpOptions()

@@ -1146,13 +1146,14 @@ class CachedError:
 DumpContext.register(CachedError, name="Error")
 DumpContext.DEFAULTS[CachedError] = "Error"
 
-# legacy and alternative names
+# names of the reference's legacy writers: they still work, with a DeprecationWarning
+LEGACY_WRITERS = {"NumpyMemmapArray": "MemmapArray", "String": "Text", "DataDict": "Auto"}
+# alternative names
 DumpContext.ALIASES.update(
     {
         "MemmapArrayFile": "MemmapArray",
-        "NumpyMemmapArray": "MemmapArray",
-        "String": "Text",
         "PickleDump": "Pickle",
         "JsonDump": "Json",
+        **LEGACY_WRITERS,
     }
 )
