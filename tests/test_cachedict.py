@@ -776,6 +776,37 @@ def test_stale_reader_reads_a_rewritten_key(tmp_path: Path) -> None:
     assert reader["k"] == "new"
 
 
+def test_writer_after_the_folder_was_cleared_elsewhere(tmp_path: Path) -> None:
+    """A writer whose index file was removed (clear() by another instance) writes its next
+    entries under a new name: a reader that knew the old file must see them."""
+    writer: CacheDict[str] = CacheDict(tmp_path)
+    with writer.write():
+        writer["k1"] = "one"
+        del writer["k1"]
+    reader: CacheDict[str] = CacheDict(tmp_path)
+    assert reader.keys() == []  # (it read the deletion of the old file's first line)
+    CacheDict(tmp_path).clear()
+    with writer.write():
+        writer["k2"] = "two"
+    assert reader.keys() == ["k2"] and reader["k2"] == "two"
+    assert dict(CacheDict(tmp_path).items()) == {"k2": "two"}
+
+
+def test_writer_after_the_folder_was_removed(tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "cache"
+    writer: CacheDict[tp.Any] = CacheDict(folder)
+    with writer.write():
+        writer["k1"] = np.arange(3)
+    shutil.rmtree(folder)  # e.g. `exca clean node`
+    with writer.write():
+        writer["k2"] = np.arange(4)
+    fresh: CacheDict[tp.Any] = CacheDict(folder)
+    assert fresh.keys() == ["k2"]
+    np.testing.assert_array_equal(fresh["k2"], np.arange(4))
+
+
 def test_clear_keeps_folder(tmp_path: Path) -> None:
     folder = tmp_path / "cache"
     cd: CacheDict[tp.Any] = CacheDict(folder, keep_in_ram=True)

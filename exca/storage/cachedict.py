@@ -355,6 +355,9 @@ class CacheDict(tp.Generic[X]):
         if local.writing:
             raise RuntimeError("Already inside a write() context of this CacheDict in this thread")
         local.writing = True
+        session = local.session
+        if session is not None and not session[0].still_there():
+            local.session = None  # cleared or removed since: a new session, a new name
         try:
             yield
         finally:

@@ -303,6 +303,16 @@ class IndexWriter:
         self.size = 0
         self.read_state: FileState | None = None  # the reader's state of this file
 
+    def still_there(self) -> bool:
+        """Whether this session's index file is still the one it wrote (not removed by a
+        clear() or a clean since): else the session must end (its name is never reused)."""
+        if not self.inode:
+            return True  # (nothing written yet)
+        try:
+            return os.stat(self.folder / self.name).st_ino == self.inode
+        except FileNotFoundError:
+            return False
+
     def open(self) -> int:
         if self.fd is None:
             path = self.folder / self.name
