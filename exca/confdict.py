@@ -212,7 +212,7 @@ class ConfDict(dict[str, tp.Any]):
     def flat(self) -> dict[str, tp.Any]:
         """Dotted keys down to the leaves: {"a": {"b": 1}} -> {"a.b": 1}."""
         out: dict[str, tp.Any] = {}
-        _flatten(self, "", out)
+        _flatten(self, None, out)
         return out
 
     def copy(self) -> ConfDict:
@@ -309,13 +309,14 @@ def _is_existing_file(text: str) -> bool:
         return False
 
 
-def _flatten(value: tp.Any, prefix: str, out: dict[str, tp.Any]) -> None:
+def _flatten(value: tp.Any, prefix: str | None, out: dict[str, tp.Any]) -> None:
+    """``prefix``: the dotted key of ``value`` (None at the top: "" is a key like others)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     if isinstance(value, dict) and value:
         for key, sub in value.items():
-            _flatten(sub, f"{prefix}.{key}" if prefix else str(key), out)
-    elif prefix:
+            _flatten(sub, str(key) if prefix is None else f"{prefix}.{key}", out)
+    elif prefix is not None:
         out[prefix] = value
     # an empty top-level dict flattens to {}
 

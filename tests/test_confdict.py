@@ -187,6 +187,12 @@ class Point:
     y: tuple[int, int] = (2, 3)
 
 
+def test_flat_keeps_an_empty_key() -> None:
+    cfg = ConfDict({"": 1, "a": {"": 2, "b": 3}})
+    assert cfg.flat() == {"": 1, "a.": 2, "a.b": 3}
+    assert ConfDict(cfg.flat()) == cfg
+
+
 def test_flat() -> None:
     cd = ConfDict(
         {"a": {"b": 1, "c": (1, 2)}, "p": Path("/x/y"), "d": Point(), "e": {}, "l": [1, {"z": 1}]}
