@@ -261,7 +261,40 @@ def test_killed_local_job_fails(killed_job: Path, short_result_wait: None) -> No
     with pytest.raises(JobFailedError):  # mode cached: not recomputed
         _killed(killed_job).process()
     assert _killed(killed_job).infra.status() == "failed"
+    with pytest.raises(JobFailedError, match="use mode='retry'"):  # a job too (it hung)
+        _killed(killed_job).infra.job().result()
     assert len(calls(killed_job / "calls.txt")) == 1
+
+
+@pytest.mark.timeout(60)
+def test_job_of_a_failing_task_without_folder(tmp_path: Path) -> None:
+    """No folder: the error is not cached; job().result() raises it (it hung)."""
+    task = Counted(x=5, log=str(tmp_path / "calls.txt"), fail_flag=str(tmp_path / "calls.txt"))
+    job = task.infra.job()  # (the log file exists once the method ran: then it fails)
+    assert job.done()
+    with pytest.raises(ValueError, match="bad x=5"):
+        job.result()
+
+
+@pytest.mark.timeout(120)
+def test_retry_job_follows_the_new_job(tmp_path: Path) -> None:
+    """mode=retry, job() on a submitit cluster: until the new job ends, the task shows it
+    running (not the old error), and its result is the new one."""
+    flag = tmp_path / "fail-flag"
+    flag.touch()
+    with pytest.raises(ValueError, match="bad x=7"):
+        make(tmp_path, None, x=7, fail_flag=str(flag)).process()
+    flag.unlink()
+    block = tmp_path / "block-flag"
+    block.touch()
+    retry = make(tmp_path, "local", x=7, fail_flag=str(flag), block_flag=str(block))
+    retry = retry.infra.clone_obj({"infra.mode": "retry"})
+    job = retry.infra.job()
+    assert retry.infra.status() == "running"
+    assert not job.done()
+    block.unlink()
+    assert job.result() == 14
+    assert retry.infra.status() == "completed"
 
 
 @pytest.mark.timeout(120)

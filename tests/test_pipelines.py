@@ -489,6 +489,58 @@ def test_subconfig_task_is_computed_first(env: Env) -> None:
     assert env.starts("prepare3") == 1 and env.starts("fit") == 1
 
 
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("cluster", ["debug", "local"])
+def test_job_of_a_config_whose_subconfig_is_not_cached(env: Env, cluster: str) -> None:
+    """job() and job_array() on a submitit cluster: the chained sub-config task is
+    computed first (it raised 'depends on work not done yet'), then the job goes out."""
+    infra = env.infra(cluster=cluster)
+    train = Train(data=env.data(cluster=cluster), log=env.log, infra=infra)
+    job = train.infra.job()
+    assert job.result() == 3
+    assert env.starts("prepare3") == 1 and env.starts("fit") == 1
+    base = Train(data=env.data(n=4, cluster=cluster), log=env.log, infra=infra)
+    with base.infra.job_array() as array:
+        array.extend(base.infra.clone_obj(lr=lr) for lr in (0.2, 0.3))
+    assert [t.infra.job().result() for t in array] == [6, 6]
+    assert env.starts("prepare4") == 1 and env.starts("fit") == 3
+
+
+class BrokenData(pydantic.BaseModel):
+    n: int = 3
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def prepare(self) -> list[int]:
+        raise ValueError(f"data {self.n} is broken")
+
+
+class TrainOnBroken(pydantic.BaseModel):
+    data: BrokenData = BrokenData()
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def fit(self) -> int:
+        return sum(self.data.prepare())
+
+
+def test_failing_subconfig_raises_its_own_error(env: Env) -> None:
+    """One node failed, the others only could not run: a call raises that node's own
+    error, with its type (as a call of the sub-config alone does), not NodeFailures."""
+    infra = env.infra()
+    train = TrainOnBroken(data=BrokenData(infra=infra), infra=infra)
+    with pytest.raises(ValueError, match="data 3 is broken"):
+        train.fit()
+    with pytest.raises(ValueError, match="data 3 is broken"):  # decided from the cache now
+        TrainOnBroken(data=BrokenData(infra=infra), infra=infra).fit()
+    with pytest.raises(ValueError, match="data 3 is broken"):  # ...and by a job (no hang)
+        TrainOnBroken(data=BrokenData(infra=infra), infra=infra).infra.job().result()
+    # two failures of their own: both reported
+    two = [TrainOnBroken(data=BrokenData(n=n, infra=infra), infra=infra) for n in (4, 5)]
+    with pytest.raises(NodeFailures, match="4 node"):
+        exca.graph.run(*[t.fit.node() for t in two])
+
+
 def test_chain_subconfigs_false_runs_inline(env: Env) -> None:
     train = TrainInline(data=env.data(), log=env.log, infra=env.infra())
     plan = exca.graph.plan(train.fit.node())

@@ -717,3 +717,14 @@ def test_map_folder_written_by_the_reference(
     assert len(warnings) == 1 and "left alone" in warnings[0]  # once per folder
     assert foreign.read_bytes() == line
     assert CALLS.count(("map", 1)) == before + 1  # computed once, then read from our entries
+
+
+@pytest.mark.timeout(60)
+def test_relative_folder_created_from_scratch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """folder="cache/run1" on a first run, in the working directory (it hung)."""
+    monkeypatch.chdir(tmp_path)
+    assert Task(param=2, infra={"folder": "cache/run1"}).process() == 20
+    assert list(Mapper(infra={"folder": "cache/run2"}).process([1, 2])) == [1, 2]
+    assert (tmp_path / "cache" / "run1").is_dir() and (tmp_path / "cache" / "run2").is_dir()

@@ -3,7 +3,6 @@ networkx, no submitit); anything else goes through the scheduler."""
 
 from __future__ import annotations
 
-import contextlib
 import typing as tp
 
 from ..storage.cachedict import CacheDict
@@ -53,7 +52,7 @@ def task_result(node: Node) -> tp.Any:
             return value
     from .scheduler import Scheduler
 
-    Scheduler([node]).run()
+    Scheduler([node]).run(root_cause=True)
     return store.task_result(node)
 
 
@@ -65,7 +64,7 @@ def cache_upstream_failed(cache: CacheDict[tp.Any]) -> bool:
 
 def task_job(node: Node) -> Job:
     """The job of a task node, submitting it when there is none (does not wait)."""
-    from .executors import recorded_handle
+    from .executors import DoneHandle, recorded_handle
     from .scheduler import Scheduler
 
     state = store.task_state(node, refresh=True)
@@ -74,20 +73,24 @@ def task_job(node: Node) -> Job:
     forcing = node.pending_force  # (once per instance: then its job is the one to follow)
     if not forcing and (reusable or (record is not None and registry.is_active(record))):
         return Job(node, recorded_handle(record) if record is not None else None)
-    if forcing and state != "missing":
-        # the old result goes first: the job's result()/status() then follow the new one
-        with contextlib.suppress(KeyError):
-            del node.cache[TASK_KEY]
+    scheduler = Scheduler([node])
     if node.execution.cluster is None:
         try:
-            Scheduler([node]).run()
-        except Exception:  # cached with the result: job.result() raises it
-            pass
-        return Job(node, None)
-    handles = Scheduler([node]).submit().get(node.key) or []
+            scheduler.run(root_cause=True)
+        except Exception as error:  # (a cached error is raised by job.result() from the cache)
+            return Job(node, DoneHandle(error))
+        return Job(node, DoneHandle())
+    # the outcome the new job replaces: removed once it is submitted (see arrays._drop)
+    outdated = store.outdated_outcome(node.cache, "force" if forcing else node.mode)
+    handles = scheduler.submit().get(node.key) or []
+    store.drop_outcome(node.cache, outdated)
     if forcing and handles:
         node.force_state["done"] = True  # (the scheduler only sees the jobs it waits for)
-    return Job(node, handles[0] if handles else None)
+    if handles:
+        return Job(node, handles[0])
+    run = scheduler.runs.get(node.key)  # nothing submitted: why (e.g. its last job was killed)
+    why = run.error if run is not None else None
+    return Job(node, DoneHandle(why) if why is not None else None)
 
 
 def map_items(node: Node, uids: list[str], missing: list[str] | None = None) -> None:
@@ -103,11 +106,11 @@ def map_items(node: Node, uids: list[str], missing: list[str] | None = None) -> 
         return
     from .scheduler import Scheduler
 
-    Scheduler([node], item_uids={node.key: uids}).run()
+    Scheduler([node], item_uids={node.key: uids}).run(root_cause=True)
 
 
 def run_nodes(targets: tp.Sequence[Node]) -> None:
     """Compute whatever the targets need (waiting for it)."""
     from .scheduler import Scheduler
 
-    Scheduler(targets).run()
+    Scheduler(targets).run(root_cause=True)

@@ -31,6 +31,7 @@ class NodeRun:
     error: BaseException | None = None
     state: str = "pending"  # pending | running | done | failed | skipped
     resume: str | None = None  # action to take after waiting for someone else's job
+    blocked: bool = False  # failed only because an upstream node failed
 
     @property
     def needs_work(self) -> bool:
@@ -300,6 +301,7 @@ class Graph:
             failing = next((u for u in self.upstream[key] if self.runs[u].action == "fail"), None)
             if failing is not None:
                 run.action = "fail"
+                run.blocked = True
                 run.reason = (
                     f"upstream {self.nodes[failing].uid} fails ({self.runs[failing].reason})"
                 )

@@ -56,7 +56,7 @@ class Job:
     def done(self) -> bool:
         if store.task_state(self.node, refresh=True) != "missing":
             return True
-        return self.handle is not None and self.handle.done()
+        return self.handle is None or self.handle.done()  # (no job: nothing to wait for)
 
     def wait(self) -> None:
         delay = 0.05
@@ -68,6 +68,9 @@ class Job:
         """Wait for the job, then the node's result (re-raises a cached or job error)."""
         self.wait()
         if store.task_state(self.node, refresh=True) == "missing":
+            error = self.handle.error() if self.handle is not None else None
+            if error is not None and self.handle is not None and self.handle.job_id == "#local#":
+                raise error  # computed here and not cached (no folder), or never started
             how = self.handle.ended_how() if self.handle is not None else "it was never submitted"
             raise JobFailedError(f"{self.node.uid} not computed: {how}")
         return store.task_result(self.node)

@@ -38,6 +38,7 @@ class Scheduler:
         progress: bool | None = None,
     ) -> None:
         self.graph = Graph(targets, item_uids)
+        self._targets, self._item_uids = targets, item_uids
         self.progress_requested = progress
         self._requeued: list[NodeRun] = []
         self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
@@ -81,12 +82,14 @@ class Scheduler:
         return work
 
     # --- waiting runs ------------------------------------------------------------------------
-    def run(self) -> None:
-        """Compute what the targets need and wait for it (raises on failure)."""
+    def run(self, root_cause: bool = False) -> None:
+        """Compute what the targets need and wait for it (raises on failure: NodeFailures
+        when several nodes failed; ``root_cause``: the error of the one node that failed
+        when the others only could not run because of it, as a call of that node raises)."""
         work = self.start()
         if work:
             self._execute(work)
-        self._raise_failures()
+        self._raise_failures(root_cause)
 
     def run_detached(self) -> None:
         """Submit every missing node at once and return (see ``detached.py``)."""
@@ -98,12 +101,17 @@ class Scheduler:
         """Submit the nodes that need work (none may depend on another's work) without
         waiting (inline nodes run now). Returns the handles per node key."""
         work = self.start()
-        for run in work:
-            blocked = [u for u in self.graph.upstream[run.node.key] if self.runs[u].needs_work]
-            if blocked:
-                raise ValueError(
-                    f"{run.node.uid} depends on work not done yet: use run() to wait for it"
-                )
+        needed = {
+            u for r in work for u in self.graph.upstream[r.node.key] if self.runs[u].needs_work
+        }
+        if needed:
+            # a job can start only once what it needs exists (e.g. the task of a sub-config
+            # it calls): that is computed first, waiting for it, then the job goes out
+            order = [k for k in self.graph.order if k in needed]
+            upstream = Scheduler([self.graph.nodes[k] for k in order], self._item_uids)
+            upstream.run(root_cause=True)
+            self.graph = Graph(self._targets, self._item_uids)
+            work = self.start()
         pools = executors.Pools()
         running: dict[Key, NodeRun] = {}
         progress = Progress(0, "exca", requested=False)
@@ -188,6 +196,7 @@ class Scheduler:
             if failed is not None:
                 run = pending.pop(key)
                 run.state = "skipped"
+                run.blocked = True
                 run.error = RuntimeError(
                     f"{run.node.uid} was not computed: upstream {self.graph.nodes[failed].uid} failed"
                 )
@@ -400,7 +409,7 @@ class Scheduler:
         detail = "; ".join(descriptions) or "the worker ended without writing it"
         return JobFailedError(f"{what}{run.node.uid} not computed: {detail}")
 
-    def _raise_failures(self) -> None:
+    def _raise_failures(self, root_cause: bool = False) -> None:
         failures: dict[str, BaseException] = {
             r.node.uid: r.error
             for k in self.graph.order
@@ -410,6 +419,14 @@ class Scheduler:
             return
         if len(failures) == 1:
             raise next(iter(failures.values()))
+        if root_cause:
+            causes = [
+                failures[r.node.uid]
+                for k in self.graph.order
+                if (r := self.runs[k]).node.uid in failures and not r.blocked
+            ]
+            if len(causes) == 1:
+                raise causes[0]
         raise NodeFailures(failures)
 
 

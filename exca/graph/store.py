@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import typing as tp
 
+from ..storage.cachedict import CacheDict
 from ..storage.formats import CachedError
 from ..storage.index import Entry
 from .errors import raise_from
@@ -27,6 +29,32 @@ def entry_ref(entry: Entry) -> str:
     meta = entry.info.get("#meta")
     when = meta.get("t") if isinstance(meta, dict) else None
     return f"t={when}" if isinstance(when, int | float) else f"{entry.file}:{entry.offset}"
+
+
+def outdated_outcome(cache: CacheDict[tp.Any], mode: str) -> tuple[str, int] | None:
+    """Where the outcome a new job of a task replaces is: any result under mode="force",
+    a cached error under mode="retry" (None: nothing to replace)."""
+    if mode not in ("force", "retry"):
+        return None
+    cache.refresh()
+    entry = cache.entry(TASK_KEY)
+    if entry is None or (mode == "retry" and entry.info.get("#type") != "Error"):
+        return None
+    return entry.file, entry.offset
+
+
+def drop_outcome(cache: CacheDict[tp.Any], outdated: tuple[str, int] | None) -> None:
+    """Remove an outdated outcome right after its replacing job was submitted, unless that
+    job already replaced it (a synchronous executor). Not before submitting: the scheduler
+    would then wait for the old job if it is still winding down, instead of submitting.
+    Until then (or without it), status() and result() showed the old outcome."""
+    if outdated is None:
+        return
+    cache.refresh()
+    entry = cache.entry(TASK_KEY)
+    if entry is not None and (entry.file, entry.offset) == outdated:
+        with contextlib.suppress(KeyError):  # (removed meanwhile by someone else)
+            del cache[TASK_KEY]
 
 
 def task_result(node: Node) -> tp.Any:

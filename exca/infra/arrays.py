@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import typing as tp
 from pathlib import Path
 
-from ..graph.node import TASK_KEY
+from ..graph import store
 from ..graph.scheduler import Scheduler
-from ..storage.cachedict import CacheDict
 
 if tp.TYPE_CHECKING:
     from .task import TaskInfra
@@ -66,10 +64,10 @@ def submit_array(
         nodes = [
             dataclasses.replace(i._node(), mode=mode, execution=execution) for i in infras.values()
         ]
-        outdated = {n.key: _outdated(n.cache, mode) for n in nodes}
+        outdated = {n.key: store.outdated_outcome(n.cache, mode) for n in nodes}
         Scheduler(nodes).submit(parallelism=max_workers)
         for node in nodes:  # (else, until its job starts, a task shows its old outcome)
-            _drop(node.cache, outdated[node.key])
+            store.drop_outcome(node.cache, outdated[node.key])
     if mode in ("force", "retry"):
         for infra in [array_infra, *infras.values()]:
             runtime = infra._runtime()
@@ -77,28 +75,3 @@ def submit_array(
             runtime.node = None
             if mode == "retry":
                 infra.__dict__["mode"] = "cached"
-
-
-def _outdated(cache: CacheDict[tp.Any], mode: str) -> tuple[str, int] | None:
-    """Where the outcome a job of the array replaces is: any result under mode="force",
-    a cached error under mode="retry" (None: nothing to replace)."""
-    if mode not in ("force", "retry"):
-        return None
-    cache.refresh()
-    entry = cache.entry(TASK_KEY)
-    if entry is None or (mode == "retry" and entry.info.get("#type") != "Error"):
-        return None
-    return entry.file, entry.offset
-
-
-def _drop(cache: CacheDict[tp.Any], outdated: tuple[str, int] | None) -> None:
-    """Remove an outdated outcome right after its replacing job was submitted, unless that
-    job already replaced it (a synchronous executor). Not before submitting: the scheduler
-    would then wait for the old job if it is still winding down, instead of submitting."""
-    if outdated is None:
-        return
-    cache.refresh()
-    entry = cache.entry(TASK_KEY)
-    if entry is not None and (entry.file, entry.offset) == outdated:
-        with contextlib.suppress(KeyError):  # (removed meanwhile by someone else)
-            del cache[TASK_KEY]

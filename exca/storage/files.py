@@ -41,9 +41,12 @@ def make_folder(folder: str | os.PathLike[str], permissions: int | None) -> bool
     except FileNotFoundError:  # parents missing: create them first
         missing = []
         current = os.path.dirname(folder)
-        while not os.path.exists(current):
+        while current and not os.path.exists(current):  # ("": the top of a relative path)
             missing.append(current)
-            current = os.path.dirname(current)
+            parent = os.path.dirname(current)
+            if parent == current:
+                break
+            current = parent
         try:
             os.makedirs(folder)
         except FileExistsError:  # (created meanwhile by someone else)
