@@ -864,6 +864,39 @@ def test_clean_orphans_keeps_payloads_of_keys_named_like_temporary_files(tmp_pat
     assert payload.exists()
 
 
+class ShoutedText:
+    """A user format (as in docs/cachedict.md): one file per entry, named in its own way."""
+
+    @classmethod
+    def __dump_info__(cls, ctx: tp.Any, value: str) -> dict[str, tp.Any]:
+        path = ctx.key_path(".txt")
+        path.write_text(value.upper())
+        return {"name": path.name}
+
+    @classmethod
+    def __load_from_info__(cls, ctx: tp.Any, name: str) -> str:
+        return (ctx.folder / "data" / name).read_text()
+
+
+def test_clean_orphans_keeps_payloads_of_user_formats(tmp_path: Path) -> None:
+    from exca.cachedict import DumpContext
+
+    if "ShoutedText" not in DumpContext.HANDLERS:
+        DumpContext.register(ShoutedText)
+    folder = tmp_path / "cache" / "step,1" / "default"
+    folder.mkdir(parents=True)
+    (folder / "uid.yaml").write_text("{}\n")
+    cd: CacheDict[str] = CacheDict(folder, cache_type="ShoutedText")
+    with cd.write():
+        cd["a"] = "quiet"
+    (payload,) = list((folder / "data").iterdir())
+    (folder / "data" / "nobody-reads-this.txt").write_text("orphan")
+    plan = clean.orphans(tmp_path / "cache", min_age_hours=0)
+    assert [r.path.name for r in plan.removals] == ["nobody-reads-this.txt"]
+    plan.execute()
+    assert payload.exists() and CacheDict(folder)["a"] == "QUIET"
+
+
 def test_clean_logs_of_ended_jobs(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     task = Train(seed=7, infra={"folder": root, "cluster": "local"})

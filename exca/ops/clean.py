@@ -222,14 +222,15 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
 
 # --- orphans and leftovers -----------------------------------------------------------------------
 def _referenced(info: tp.Any, out: set[str]) -> None:
-    if isinstance(info, dict):
-        for key in ("f", "filename", "pickle"):
-            value = info.get(key)
-            if isinstance(value, str):
-                out.add(value)
+    """Every file name an index record may point to: any string in it, and its last path
+    component (user formats name their files as they like: "data/x.txt", "x.txt", a path)."""
+    if isinstance(info, str):
+        if len(info) < 4096:
+            out.add(info)
+            out.add(os.path.basename(info))
+    elif isinstance(info, dict):
         for value in info.values():
-            if isinstance(value, dict | list):
-                _referenced(value, out)
+            _referenced(value, out)
     elif isinstance(info, list):
         for value in info:
             _referenced(value, out)
@@ -253,7 +254,7 @@ def orphans(root: Path | str, min_age_hours: float = 1.0) -> CleanPlan:
                 stat = _stat(entry)
                 if stat is None or stat.st_mtime > limit:
                     continue  # may belong to a writer still at work
-                if f"{DATA_DIR}/{entry.name}" in referenced:
+                if entry.name in referenced:
                     continue  # (whatever its name: a key may start with "save-tmp-")
                 if entry.name.startswith("save-tmp-"):
                     reason = "temporary file of a killed writer"
