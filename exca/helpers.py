@@ -254,7 +254,7 @@ def update_uids(folder: str | Path, dryrun: bool = True) -> list[tuple[Path, Pat
     renames: list[tuple[Path, Path]] = []
     for uid_file in _uid_files(Path(folder)):
         current = uid_file.parent
-        config = read_yaml(uid_file, remove_unreadable=False)  # (a dry run changes nothing)
+        config = read_yaml(uid_file)  # (unreadable: skipped, left alone)
         if config is None:
             continue
         cfg = ConfDict(config)

@@ -897,6 +897,22 @@ def test_clean_orphans_keeps_payloads_of_user_formats(tmp_path: Path) -> None:
     assert payload.exists() and CacheDict(folder)["a"] == "QUIET"
 
 
+def test_read_only_commands_leave_unreadable_yaml_alone(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    assert Train(seed=3, infra={"folder": root}).fit() == 4
+    folder = folder_of(Train(seed=3, infra={"folder": root}))
+    (folder / "uid.yaml").write_text("[unclosed\n")
+    (folder / "full-uid.yaml").write_text("[unclosed\n")
+    exca.ops.inspect(root)
+    cli("list", root, check=True)
+    exca.ops.explain(Train(seed=4, infra={"folder": root}).fit.node())
+    assert (folder / "uid.yaml").read_text() == "[unclosed\n"
+    assert (folder / "full-uid.yaml").read_text() == "[unclosed\n"
+    # a computation of that config (a writer) rewrites them
+    assert Train(seed=3, infra={"folder": root, "mode": "force"}).fit() == 4
+    assert yaml.safe_load((folder / "uid.yaml").read_text()) == {"seed": 3}
+
+
 def test_clean_logs_of_ended_jobs(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     task = Train(seed=7, infra={"folder": root, "cluster": "local"})

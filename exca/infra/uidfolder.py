@@ -34,10 +34,11 @@ def read_text(path: Path) -> str | None:
 
 
 def read_yaml(
-    path: Path, text: str | None = None, remove_unreadable: bool = True
+    path: Path, text: str | None = None, remove_unreadable: bool = False
 ) -> dict[str, tp.Any] | None:
-    """A yaml mapping from a file (or its text, already read); None if it is missing;
-    unreadable files are removed (unless ``remove_unreadable=False``: then None)."""
+    """A yaml mapping from a file (or its text, already read); None if it is missing or
+    unreadable (``remove_unreadable``: then removed too, by a writer about to rewrite it;
+    readers such as inspect or iter_cached leave it alone)."""
     import yaml
 
     if text is None:
@@ -87,7 +88,7 @@ def _check_or_write(path: Path, text: str, permissions: int | None) -> dict[str,
     existing_text = read_text(path)
     if existing_text == text:
         return None
-    existing = None if existing_text is None else read_yaml(path, existing_text)
+    existing = None if existing_text is None else read_yaml(path, existing_text, True)
     if existing is None:
         write_atomic(path, text, permissions)
     return existing
