@@ -77,6 +77,23 @@ def test_resolution(project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
         wd.resolve("yaml")
 
 
+def test_copy_of_the_working_directory(project: Path, tmp_path: Path) -> None:
+    """copied=["."]: the content of the cwd, even when the snapshot lies inside it (a
+    cache folder under the project); ".." names land inside the snapshot."""
+    _write(tmp_path / "shared_lib" / "util.py")
+    folder = project / "cache" / "step" / "code" / "snap"
+    with WorkDir(copied=[".", "../shared_lib"], folder=folder).activate():
+        assert Path.cwd() == folder
+    copied = _files(folder)
+    assert {"script.py", "pkg/core.py", "shared_lib/util.py"} <= copied
+    assert not [name for name in copied if name.startswith("cache/")]
+    assert not (tmp_path / "project" / "cache" / "step" / "code" / "shared_lib").exists()
+    (project / "pkg" / "core.py").write_text("VALUE = 2\n")  # the same snapshot: no recopy
+    with WorkDir(copied=["."], folder=folder).activate():
+        pass
+    assert (folder / "pkg" / "core.py").read_text() == "VALUE = 1\n"
+
+
 def test_copy_happens_at_activation(project: Path, tmp_path: Path) -> None:
     folder = tmp_path / "code"
     wd = WorkDir(copied=["pkg", "script.py"], folder=folder)

@@ -71,7 +71,10 @@ class WorkDir(pydantic.BaseModel):
             return root
         raise ValueError(f"WorkDir: could not find {name!r} in cwd, PYTHONPATH or sys.path")
 
-    def _copy_tree(self, source: Path, destination: Path) -> None:
+    def _copy_tree(self, source: Path, destination: Path, skip: Path) -> None:
+        """Copy the included files of ``source`` (``skip``: the snapshot itself, when it
+        lies inside the source, e.g. a cache folder under a copied ".")."""
+
         def excluded(name: str) -> bool:
             return any(fnmatch.fnmatch(name, pattern) for pattern in self.excludes)
 
@@ -79,8 +82,9 @@ class WorkDir(pydantic.BaseModel):
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, destination)
             return
+        skipped = skip.resolve()
         for root, dirs, files in os.walk(source):
-            dirs[:] = [d for d in dirs if not excluded(d)]
+            dirs[:] = [d for d in dirs if not excluded(d) and (Path(root) / d).resolve() != skipped]
             rel = Path(root).relative_to(source)
             for name in files:
                 if excluded(name) or not any(fnmatch.fnmatch(name, p) for p in self.includes):
@@ -111,13 +115,16 @@ class WorkDir(pydantic.BaseModel):
             raise RuntimeError("WorkDir.folder is not set (the infra sets it from its own folder)")
         folder = Path(self.folder)
         folder.mkdir(parents=True, exist_ok=True)
+        empty = not any(folder.iterdir())
         for name in self.copied:
             source = self.resolve(name)
-            relative = Path(name)
-            destination = folder / (source.name if relative.is_absolute() else relative)
-            if destination.exists():
+            relative = Path(os.path.normpath(name))
+            if relative.is_absolute() or relative.parts[:1] == ("..",):
+                relative = Path(source.name)  # (never outside the snapshot)
+            destination = folder / relative  # "." copies the content into the snapshot
+            if destination.exists() and not (destination == folder and empty):
                 continue  # never recopied: jobs of this snapshot keep the same code
-            self._copy_tree(source, destination)
+            self._copy_tree(source, destination, skip=folder)
         if self.log_commit and not (folder / "git-hashes.log").exists():
             self._log_commits(folder)
         return folder
