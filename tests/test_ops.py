@@ -571,6 +571,31 @@ def test_explain_config_diff_against_nearest(tmp_path: Path) -> None:
     assert exca.ops.explain(Train(seed=1, infra=infra).fit.node()) == []
 
 
+class Labelled(pydantic.BaseModel):
+    name: str = "x"
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def label(self) -> str:
+        return self.name.upper()
+
+
+def test_cli_config_file_values_keep_their_yaml_types(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    for name in ("123", "a: b"):
+        assert Labelled(name=name, infra={"folder": root}).label() == name.upper()
+        cfg = tmp_path / "cfg.yaml"
+        cfg.write_text(yaml.safe_dump({"infra": {"folder": str(root)}, "name": name}))
+        result = cli("explain", f"{__name__}:Labelled.label", "--config", cfg, check=True)
+        assert "Nothing to compute" in result.stdout
+    # values of the command line are yaml: name=123 is the int (a validation error)
+    result = cli("explain", f"{__name__}:Labelled.label", "--config", cfg, "name=123")
+    assert result.returncode == 2 and "name" in result.stderr
+    result = cli("explain", f"{__name__}:Nope.label", "--config", cfg)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "has no Nope.label" in result.stderr
+
+
 def test_explain_version_change(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     Train(seed=1, infra={"folder": root}).fit()

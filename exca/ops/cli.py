@@ -31,14 +31,17 @@ def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.An
     class_name, _, method = attr.rpartition(".")
     sys.path.insert(0, str(Path.cwd()))
     module = importlib.import_module(module_name)
-    cls = getattr(module, class_name)
+    cls = getattr(module, class_name, None)
+    if cls is None or not hasattr(cls, method):
+        raise ValueError(f"{target!r}: {module_name} has no {attr} (check TARGET)")
     cfg = ConfDict.from_yaml(Path(config)) if config else ConfDict()
-    cfg.update(ConfDict.from_args([f"--{o}" if not o.startswith("--") else o for o in overrides]))
-    for key, value in list(cfg.flat().items()):  # values from the command line are strings
-        if isinstance(value, str):
+    args = ConfDict.from_args([f"--{o}" if not o.startswith("--") else o for o in overrides])
+    for key, value in list(args.flat().items()):  # values from the command line are strings
+        if isinstance(value, str) and value:
             import yaml
 
-            cfg[key] = yaml.safe_load(value) if value else value
+            args[key] = yaml.safe_load(value)  # (not the file's: yaml typed them already)
+    cfg.update(args)
     obj = cls(**cfg)
     return getattr(obj, method).node()
 
