@@ -753,6 +753,39 @@ def test_clean_node_downstream_includes_maps(tmp_path: Path) -> None:
     assert {r.path for r in plan.removals} == {source.folder, mapped.folder}
 
 
+class Pair(pydantic.BaseModel):
+    a: int = 0
+    b: int = 0
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def make(self) -> list[int]:
+        return [self.a, self.b]
+
+
+def test_clean_node_downstream_of_a_uid_with_commas(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    source = Pair(a=1, b=2, infra={"folder": root}).make.node()
+    assert source.folder is not None and "," in source.folder.name
+    down = Total(infra={"folder": root}).total.node(source)
+    assert down.result() == 6
+    plan = clean.remove_nodes([source], downstream=True)  # (no root given: found from it)
+    assert {r.path for r in plan.removals} == {source.folder, down.folder}
+
+
+def test_clean_node_refuses_what_is_not_a_node_folder(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    source = Source(n=4, infra={"folder": root}).make.node()
+    assert source.result() == [0, 1, 2, 3]
+    assert source.folder is not None
+    for folder in (source.folder.parent, root):  # a method folder, a cache root
+        with pytest.raises(ValueError, match="not the folder of a node"):
+            clean.remove_nodes([folder])
+    result = cli("clean", root, "node", source.folder.parent, "--yes")
+    assert result.returncode == 2 and "not the folder of a node" in result.stderr
+    assert source.folder.is_dir()
+
+
 def test_clean_downstream_through_a_map_fed_twice(tmp_path: Path) -> None:
     """Items of one map folder computed from two upstream results: each upstream finds
     the map, and the task fed through it."""

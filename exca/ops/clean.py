@@ -29,7 +29,7 @@ from ..storage.cachedict import CacheDict
 from ..storage.claims import CLAIMS_DIR, Claims
 from ..storage.formats import DATA_DIR
 from ..storage.index import INDEX_SUFFIX
-from .inspect import disk_usage, human_size, input_folders, node_folders
+from .inspect import INPUTS_PREFIX, disk_usage, human_size, input_folders, node_folders
 
 
 @dataclasses.dataclass
@@ -167,8 +167,15 @@ def remove_nodes(
     folders = []
     for item in nodes:
         folder = item.folder if isinstance(item, Node) else Path(item)
-        if folder is None:
+        if folder is None or not folder.exists():
             continue
+        if not _is_node_folder(folder):  # (a method folder or a root holds many nodes,
+            # whose claims are not checked one by one here)
+            raise ValueError(
+                f"{folder} is not the folder of a node (no {UID_FILE}): pass config folders "
+                "(<root>/<module.Class.method,version>/<uid>); `clean versions` and "
+                "`clean garbage` remove whole methods"
+            )
         folders.append(folder)
         _add_folder(plan, folder, "requested")
     if downstream:
@@ -179,11 +186,19 @@ def remove_nodes(
     return plan
 
 
+def _is_node_folder(folder: Path) -> bool:
+    if folder.name.startswith(INPUTS_PREFIX):
+        return (folder.parent / UID_FILE).exists()
+    return (folder / UID_FILE).exists()
+
+
 def _root_of(folder: Path) -> Path:
+    """The cache root of a node folder: <root>/<step>/<uid>[/inputs-<digest>] (a uid may
+    hold commas, a step always does)."""
     folder = Path(folder)
-    while folder.parent != folder and "," not in folder.name:
+    if folder.name.startswith(INPUTS_PREFIX):
         folder = folder.parent
-    return folder.parent
+    return folder.parent.parent
 
 
 # --- old versions -------------------------------------------------------------------------------
