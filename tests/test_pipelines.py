@@ -998,6 +998,18 @@ def test_force_recomputes_once_and_propagates(env: Env) -> None:
     assert len(started(env.log)) == 11
 
 
+def test_force_applies_to_each_input_of_an_instance_once(env: Env) -> None:
+    """A task with inputs has a node per input values: mode=force recomputes each of them
+    once per instance (it forced only the first one called)."""
+    cached = env.step("s")
+    assert [cached.run(1), cached.run(2)] == ["s(1,None)", "s(2,None)"]
+    forced = env.step("s", infra={"mode": "force"})
+    assert forced.run(1) == "s(1,None)"
+    assert forced.run(1) == "s(1,None)"  # once per instance
+    assert forced.run(2) == "s(2,None)"
+    assert [e["a"] for e in events(env.log, "start")] == [1, 2, 1, 2]
+
+
 def test_failure_stops_only_its_dependents_then_retry(env: Env) -> None:
     flag = env.tmp / "fail"
     flag.touch()
