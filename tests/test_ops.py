@@ -971,6 +971,28 @@ def test_read_only_commands_leave_unreadable_yaml_alone(tmp_path: Path) -> None:
     assert yaml.safe_load((folder / "uid.yaml").read_text()) == {"seed": 3}
 
 
+def test_list_skips_a_folder_it_cannot_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a shared cache, another user's private folder: skipped with a warning (the whole
+    listing failed). Simulated: tests run as root, which reads everything."""
+    inspect_module = sys.modules["exca.ops.inspect"]  # (exca.ops.inspect is also a function)
+    root = tmp_path / "cache"
+    assert Train(seed=1, infra={"folder": root}).fit() == 2
+    assert Source(n=2, infra={"folder": root}).make() == [0, 1]
+    private = folder_of(Train(seed=1, infra={"folder": root})).parent
+    scandir = os.scandir
+
+    def guarded(path: tp.Any) -> tp.Any:
+        if Path(path) == private:
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(inspect_module.os, "scandir", guarded)
+    rows = exca.ops.inspect(root)
+    assert [r.step.split(".")[-1] for r in rows] == ["make,1"]
+
+
 def test_clean_logs_of_ended_jobs(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     task = Train(seed=7, infra={"folder": root, "cluster": "local"})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import fnmatch
+import logging
 import os
 import typing as tp
 from pathlib import Path
@@ -22,6 +23,8 @@ from ..storage.claims import Claims
 from ..storage.index import INDEX_SUFFIX
 
 INPUTS_PREFIX = "inputs-"
+
+logger = logging.getLogger("exca")
 
 
 @dataclasses.dataclass
@@ -67,11 +70,18 @@ def node_folders(root: Path) -> tp.Iterator[tuple[str, str, Path]]:
     except FileNotFoundError:
         return
     for step in steps:
-        for config in sorted(
-            (e for e in os.scandir(step.path) if e.is_dir()), key=lambda e: e.name
-        ):
+        try:
+            configs = sorted((e for e in os.scandir(step.path) if e.is_dir()), key=lambda e: e.name)
+        except PermissionError as error:  # (a shared cache: skip what this user cannot read)
+            logger.warning("Skipping %s: %s", step.path, error)
+            continue
+        for config in configs:
             path = Path(config.path)
-            if not (path / UID_FILE).exists():
+            try:
+                if not (path / UID_FILE).exists():
+                    continue
+            except PermissionError as error:
+                logger.warning("Skipping %s: %s", path, error)
                 continue
             yield step.name, config.name, path
             for sub in input_folders(path):
