@@ -328,6 +328,18 @@ def test_discriminated_construction() -> None:
     assert type(Shape(kind="Square", side=3)) is Square  # type: ignore[call-arg]
 
 
+def test_discriminated_clone_to_another_subclass() -> None:
+    """A sweep over subclasses: clone_obj switches the class by its key (it kept the old
+    class and refused the new name)."""
+    zoo = Zoo(star={"type": "Bird", "wingspan": 1.5}, others=["Dog"])
+    dog_star = zoo.infra.clone_obj({"star": {"type": "Dog", "=replace=": True}})
+    assert type(dog_star.star) is Dog and dog_star.star.bark == "woof"
+    renamed = Zoo(star="Bird").infra.clone_obj({"star.type": "Dog", "star.legs": 3})
+    assert type(renamed.star) is Dog and renamed.star.legs == 3
+    assert type(zoo.infra.clone_obj({"star.wingspan": 2.0}).star) is Bird  # same class kept
+    assert type(zoo.infra.clone_obj({"others": [{"type": "Bird"}]}).others[0]) is Bird
+
+
 def test_discriminated_unknown_name() -> None:
     with pytest.raises(ValueError) as info:
         Zoo(star={"type": "Cat"})

@@ -479,6 +479,9 @@ def _rebuilt(value: tp.Any, data: tp.Any, annotated: tuple[type, ...]) -> tp.Any
     if isinstance(value, pydantic.BaseModel) and isinstance(data, dict):
         data = _with_subclass_instances(value, data)
         kind = type(value)
+        key = getattr(kind, "_exca_discriminator_key", None)  # (a DiscriminatedModel)
+        if key is not None and key in data:
+            return data  # its key names the class (possibly another one now)
         if kind not in annotated and issubclass(kind, annotated):
             return _from_config(kind, data)
         return data
