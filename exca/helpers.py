@@ -131,9 +131,15 @@ class FunctionWithInfra:
 
     def __reduce__(self) -> tuple[tp.Any, ...]:
         # decorated at module level, the module attribute is this object (not self.func,
-        # which pickle would then refuse as "not the same object"): pickle it by name
-        if _lookup(self.func.__module__, self.func.__qualname__) is self:
-            return (_lookup, (self.func.__module__, self.func.__qualname__))
+        # which pickle would then refuse as "not the same object"): pickle it by name;
+        # not in a script (__main__), which a job's process does not run: by value then
+        module = self.func.__module__
+        if module == "__main__":
+            import cloudpickle  # (a dependency of submitit)
+
+            return (_from_script, (cloudpickle.dumps(self.func), self.infra))
+        if _lookup(module, self.func.__qualname__) is self:
+            return (_lookup, (module, self.func.__qualname__))
         return (object.__new__, (type(self),), self.__getstate__())
 
     def __getstate__(self) -> dict[str, tp.Any]:
@@ -144,6 +150,15 @@ class FunctionWithInfra:
         self.infra = state["infra"]
         functools.update_wrapper(self, self.func)
         self._configs = {}
+
+
+def _from_script(func: bytes, infra: dict[str, tp.Any]) -> FunctionWithInfra:
+    """A function of a script, pickled by value (as cloudpickle does for its classes)."""
+    import cloudpickle
+
+    rebuilt = object.__new__(FunctionWithInfra)
+    rebuilt.__setstate__({"func": cloudpickle.loads(func), "infra": infra})
+    return rebuilt
 
 
 def _lookup(module: str, qualname: str) -> tp.Any:

@@ -478,6 +478,51 @@ def test_class_defined_in_main(tmp_path: Path) -> None:
     assert "MAIN-OK" in proc.stdout
 
 
+MAIN_FUNCTIONS_SCRIPT = """
+import pickle
+import sys
+
+from exca.helpers import with_infra
+
+FOLDER = sys.argv[1]
+
+
+@with_infra(folder=FOLDER)
+def inner(a: int) -> int:
+    return a + 1
+
+
+@with_infra(folder=FOLDER, cluster=sys.argv[2])
+def outer(a: int) -> int:
+    return inner(a=a) * 10  # a with_infra function of the script, called in the job
+
+
+if __name__ == "__main__":
+    assert outer(a=1) == 20
+    assert pickle.loads(pickle.dumps(inner))(a=4) == 5  # plain pickle too
+    print("MAIN-OK")
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cluster", ["local", "debug"])
+def test_with_infra_functions_defined_in_main(tmp_path: Path, cluster: str) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(MAIN_FUNCTIONS_SCRIPT))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(exca.__file__).parents[1])  # only exca
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "cache"), cluster],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MAIN-OK" in proc.stdout
+
+
 # --- keep_in_ram, force --------------------------------------------------------------------
 def test_keep_in_ram(tmp_path: Path) -> None:
     log = tmp_path / "calls.txt"
