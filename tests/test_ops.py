@@ -1013,6 +1013,26 @@ def test_clean_logs_of_ended_jobs(tmp_path: Path) -> None:
     assert exca.ops.inspect(root)[0].status == "success"
 
 
+@pytest.mark.timeout(120)
+def test_clean_logs_keeps_a_log_folder_shared_with_a_running_job(tmp_path: Path) -> None:
+    root, shared = tmp_path / "cache", tmp_path / "shared-logs"  # logs= without %j
+    infra = {"folder": root, "cluster": "local", "logs": shared}
+    assert Pair(a=1, infra=infra).make() == [1, 0]  # a job that ended (listed first)
+    flag = tmp_path / "hold"
+    flag.touch()
+    job = Slow(flag=str(flag), infra=infra).infra.job()  # a running job, same log folder
+    try:
+        wait_until(lambda: "slow task started" in (job.stdout() or ""), "the job runs")
+        plan = clean.logs(root, older_than_days=0)
+        assert plan.removals == []
+        assert [(path, "running" in why) for path, why in plan.kept] == [(shared, True)]
+    finally:
+        flag.unlink()
+    assert job.result() == "released"
+    wait_until(lambda: clean.logs(root, older_than_days=0).removals, "the job ended")
+    assert [r.path for r in clean.logs(root, older_than_days=0).removals] == [shared]
+
+
 def test_clean_garbage_keeps_what_targets_reach(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     source4, down4 = _pipeline(root)

@@ -305,18 +305,20 @@ def logs(root: Path | str, older_than_days: float = 30.0) -> CleanPlan:
     plan = CleanPlan()
     limit = time.time() - older_than_days * 86400
     root = Path(root)
-    seen: set[Path] = set()
+    by_folder: dict[Path, list[registry.JobRecord]] = {}  # (jobs may share a log folder)
     for _, _, folder in node_folders(root):
         for record in registry.read_all(folder):
-            logs_folder = Path(record.logs)
-            if logs_folder in seen or not logs_folder.exists() or record.submitted > limit:
-                continue
-            seen.add(logs_folder)
-            if registry.is_active(record):
-                plan.kept.append((logs_folder, f"job {record.job_id} is queued or running"))
-                continue
-            size, _ = disk_usage(logs_folder)
-            plan.removals.append(Removal(logs_folder, size, f"logs of job {record.job_id}, ended"))
+            by_folder.setdefault(Path(record.logs), []).append(record)
+    for logs_folder, records in by_folder.items():
+        if not logs_folder.exists() or any(r.submitted > limit for r in records):
+            continue  # (a recent job's logs are in it too)
+        active = next((r for r in records if registry.is_active(r)), None)
+        if active is not None:
+            plan.kept.append((logs_folder, f"job {active.job_id} is queued or running"))
+            continue
+        ids = ", ".join(sorted({r.job_id for r in records}))
+        size, _ = disk_usage(logs_folder)
+        plan.removals.append(Removal(logs_folder, size, f"logs of job {ids}, ended"))
     return plan
 
 
