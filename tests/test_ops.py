@@ -596,6 +596,23 @@ def test_cli_config_file_values_keep_their_yaml_types(tmp_path: Path) -> None:
     assert "has no Nope.label" in result.stderr
 
 
+def test_explain_a_task_with_inputs(tmp_path: Path) -> None:
+    """The nearest cached call of a method with inputs: its config and input values."""
+    root = tmp_path / "cache"
+    source = Source(n=4, infra={"folder": root}).make.node()
+    assert Total(infra={"folder": root}).total.node(source).result() == 12
+    other_scale = Total(scale=3, infra={"folder": root}).total.node(source)
+    (explanation,) = [e for e in exca.ops.explain(other_scale) if e.uid == other_scale.uid]
+    assert explanation.diff == [("scale", 2, 3)]
+    assert explanation.nearest is not None and "inputs-" in explanation.nearest
+    other_input = Total(infra={"folder": root}).total.node(
+        Source(n=5, infra={"folder": root}).make.node()
+    )
+    (explanation,) = [e for e in exca.ops.explain(other_input) if e.uid == other_input.uid]
+    ((key, cached, wanted),) = explanation.diff
+    assert key == "inputs.values" and "n=4" in cached and "n=5" in wanted
+
+
 def test_explain_version_change(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     Train(seed=1, infra={"folder": root}).fit()

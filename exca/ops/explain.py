@@ -13,8 +13,10 @@ from pathlib import Path
 from ..confdict import ConfDict
 from ..graph.node import Node
 from ..graph.planning import Plan, PlanEntry
+from ..infra.task import INPUTS_FILE
 from ..infra.uidfolder import FULL_UID_FILE, read_yaml
 from ..storage.cachedict import CacheDict
+from .inspect import input_folders
 
 _MISSING: tp.Any = "<absent>"
 
@@ -78,27 +80,34 @@ def nearest_cached(node: Node) -> tuple[Path | None, list[tuple[str, tp.Any, tp.
     if node.root is None or node.uid_config is None:
         return None, [], 0
     wanted = _flat(node.uid_config())
+    with_inputs = bool(node.inputs)
+    if with_inputs:  # a call with inputs: its node is <config>/inputs-<digest>
+        wanted.update(_flat({"inputs": {name: source.uid for name, source in node.inputs}}))
     method, _, version = node.step.rpartition(",")
     best: tuple[int, Path, list[tuple[str, tp.Any, tp.Any]]] | None = None
     ties = 0
     for step_folder in sorted(Path(node.root).glob(f"{method},*")):
         other_version = step_folder.name.rpartition(",")[2]
-        for folder in sorted(p for p in step_folder.iterdir() if p.is_dir()):
-            if folder == node.folder or not _has_results(folder):
-                continue
-            cached = _flat(read_yaml(folder / FULL_UID_FILE))
-            diff = [
-                (key, cached.get(key, _MISSING), wanted.get(key, _MISSING))
-                for key in sorted(set(cached) | set(wanted))
-                if cached.get(key, _MISSING) != wanted.get(key, _MISSING) and key != "infra.version"
-            ]
-            if other_version != version:
-                diff.insert(0, ("version", other_version, version))
-            if best is None or len(diff) < best[0]:
-                best = (len(diff), folder, diff)
-                ties = 0
-            elif len(diff) == best[0]:
-                ties += 1
+        for config_folder in sorted(p for p in step_folder.iterdir() if p.is_dir()):
+            for folder in input_folders(config_folder) if with_inputs else [config_folder]:
+                if folder == node.folder or not _has_results(folder):
+                    continue
+                cached = _flat(read_yaml(config_folder / FULL_UID_FILE))
+                if with_inputs:
+                    cached.update(_flat({"inputs": read_yaml(folder / INPUTS_FILE) or {}}))
+                diff = [
+                    (key, cached.get(key, _MISSING), wanted.get(key, _MISSING))
+                    for key in sorted(set(cached) | set(wanted))
+                    if cached.get(key, _MISSING) != wanted.get(key, _MISSING)
+                    and key != "infra.version"
+                ]
+                if other_version != version:
+                    diff.insert(0, ("version", other_version, version))
+                if best is None or len(diff) < best[0]:
+                    best = (len(diff), folder, diff)
+                    ties = 0
+                elif len(diff) == best[0]:
+                    ties += 1
     if best is None:
         return None, [], 0
     return best[1], best[2], ties
