@@ -512,6 +512,16 @@ def test_listing_while_another_process_writes(tmp_path: Path) -> None:
 
 
 # --- explain -----------------------------------------------------------------------------------
+def test_where_with_a_float_in_exponent_notation(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    small = Train(optim={"lr": 1e-5}, infra={"folder": root})
+    small.fit()
+    Train(infra={"folder": root}).fit()
+    for value in ("1e-5", "1.0e-5", "0.00001"):
+        (row,) = exca.ops.inspect(root, where=[f"optim.lr={value}"])
+        assert row.folder == folder_of(small)
+
+
 def test_explain_never_computed(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     Squares(infra={"folder": root}).square([1])  # another method is cached

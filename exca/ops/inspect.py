@@ -214,6 +214,11 @@ def _matches(config: dict[str, tp.Any], key: str, value: str) -> bool:
     if not candidates:
         return False
     expected = yaml.safe_load(value)
+    if isinstance(expected, str):  # (yaml 1.1 reads 1e-5 as a string: a float for us)
+        try:
+            expected = float(value)
+        except ValueError:
+            pass
     return any(config[k] == expected or str(config[k]) == value for k in candidates)
 
 
