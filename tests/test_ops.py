@@ -1144,6 +1144,9 @@ def test_compact_many_writer_sessions(tmp_path: Path) -> None:
     assert exca.ops.inspect(root)[0].entries == size_before
     # nothing left to merge; the map still reads without recomputing
     assert clean.compact(folder) == (0, 0)
+    assert json.loads(cli("clean", root, "compact", "--yes", "--json", check=True).stdout) == {
+        "merged": 0
+    }
     assert list(Ranges(infra={"folder": root, "mode": "read-only"}).expand([0, 149])) == [
         list(range(0, 200)),
         list(range(149, 349)),
@@ -1388,11 +1391,15 @@ def test_logs_of_a_local_task_from_a_fresh_process(tmp_path: Path) -> None:
     assert "warning from seed=9" not in out
     err = cli("logs", folder, "--stderr", check=True).stdout
     assert "warning from seed=9" in err
+    data = json.loads(cli("logs", folder, "--json", check=True).stdout)
+    assert data["job_id"] == job.job_id and "fitting seed=9" in data["text"]
     # a folder without any job: a message and a non-zero exit
     inline = Train(seed=10, infra={"folder": root})
     inline.fit()
     result = cli("logs", folder_of(inline))
     assert result.returncode == 1 and "No job recorded" in result.stdout
+    result = cli("logs", folder_of(inline), "--json")
+    assert result.returncode == 1 and "No job recorded" in json.loads(result.stdout)["error"]
 
 
 def test_logs_of_the_map_chunk_that_computed_an_item(tmp_path: Path) -> None:

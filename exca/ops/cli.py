@@ -114,6 +114,7 @@ def _main(argv: list[str] | None) -> int:
     p_logs.add_argument("folder", help="node folder (<root>/<step>/<uid>[/inputs-...])")
     p_logs.add_argument("--item", help="map item uid")
     p_logs.add_argument("--stderr", action="store_true")
+    p_logs.add_argument("--json", action="store_true")
 
     args, rest = parser.parse_known_args(argv)
     bad = [r for r in rest if "=" not in r or r.startswith("-")]
@@ -156,7 +157,7 @@ def _main(argv: list[str] | None) -> int:
             folders = [f for _, _, f in node_folders(Path(args.root))]
             if args.yes:
                 merged = sum(clean.compact(f)[0] for f in folders)
-                print(f"merged {merged} index file(s)")
+                _print({"merged": merged}, args.json, f"merged {merged} index file(s)")
                 return 0
             previews = {str(f): clean.compactable(f) for f in folders}
             previews = {f: names for f, names in previews.items() if names}
@@ -194,14 +195,14 @@ def _main(argv: list[str] | None) -> int:
 
         found = logs(args.folder, item=args.item)
         if not found:
-            print(
-                f"No job recorded in {args.folder}"
-                + (f" for item {args.item!r}" if args.item else "")
+            message = f"No job recorded in {args.folder}" + (
+                f" for item {args.item!r}" if args.item else ""
             )
+            _print({"error": message}, args.json, message)
             return 1
         job = found[-1]
-        print(
-            f"# job {job.job_id} ({job.cluster}): {job.stderr_path if args.stderr else job.stdout_path}"
-        )
-        print(job.stderr() if args.stderr else job.stdout())
+        path = job.stderr_path if args.stderr else job.stdout_path
+        text = job.stderr() if args.stderr else job.stdout()
+        data = {"job_id": job.job_id, "cluster": job.cluster, "path": str(path), "text": text}
+        _print(data, args.json, f"# job {job.job_id} ({job.cluster}): {path}\n{text}")
     return 0
