@@ -506,6 +506,20 @@ def test_job_of_a_config_whose_subconfig_is_not_cached(env: Env, cluster: str) -
     assert env.starts("prepare4") == 1 and env.starts("fit") == 3
 
 
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("cluster", [None, "local"])
+def test_forced_subconfig_is_computed_once(env: Env, cluster: str | None) -> None:
+    """mode=force on a chained sub-config: forced before the job of its owner, and not
+    again by the owner's call inside that job (the job's copy of the instance knows)."""
+    assert Train(data=env.data(), log=env.log, infra=env.infra()).fit() == 3
+    data = env.data(cluster=cluster, mode="force")
+    train = Train(data=data, log=env.log, infra=env.infra(cluster=cluster))
+    assert train.fit() == 3
+    assert env.starts("prepare3") == 2 and env.starts("fit") == 2  # each forced once more
+    assert train.fit() == 3
+    assert env.starts("prepare3") == 2 and env.starts("fit") == 2
+
+
 class BrokenData(pydantic.BaseModel):
     n: int = 3
     infra: exca.TaskInfra = exca.TaskInfra(version="1")

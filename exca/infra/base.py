@@ -65,6 +65,9 @@ class _Runtime:
         return value
 
 
+_FORCED_KEY = "__exca_forced__"
+
+
 class BaseInfra(pydantic.BaseModel):
     """Shared settings of TaskInfra and MapInfra (see their docstrings)."""
 
@@ -140,6 +143,22 @@ class BaseInfra(pydantic.BaseModel):
     def __copy__(self) -> tp.Self:
         return self.__deepcopy__()
 
+    # Pickled into a job, an instance stays the same instance for mode=force: what the
+    # submitting process already forced (e.g. a sub-config's task, computed before the
+    # job that calls it) is not forced again in the job.
+    def __getstate__(self) -> dict[tp.Any, tp.Any]:
+        state = super().__getstate__()
+        runtime = getattr(self, "_rt", None)
+        if runtime is not None and runtime.force_state.get("done"):
+            state[_FORCED_KEY] = True
+        return state
+
+    def __setstate__(self, state: dict[tp.Any, tp.Any]) -> None:
+        forced = state.pop(_FORCED_KEY, False)
+        super().__setstate__(state)
+        if forced:
+            self._runtime().force_state["done"] = True
+
     def _runtime(self) -> _Runtime:
         try:
             runtime: _Runtime = self._rt  # type: ignore[attr-defined]
@@ -150,7 +169,10 @@ class BaseInfra(pydantic.BaseModel):
 
     def _link(self, owner: pydantic.BaseModel, name: str, default: BaseInfra, merge: bool) -> None:
         """Attach to an owner instance; take the class default's explicitly set fields."""
+        unpickled = getattr(self, "_rt", None)  # (see __setstate__)
         runtime = _Runtime()
+        if unpickled is not None and unpickled.owner is None and "force_state" in vars(unpickled):
+            runtime.force_state = unpickled.force_state
         runtime.owner = owner
         runtime.name = name
         default_runtime = default._runtime()
