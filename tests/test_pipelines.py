@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import typing as tp
 from pathlib import Path
@@ -1154,6 +1155,26 @@ def test_independent_branches_run_concurrently_on_local(env: Env) -> None:
     assert end["root0"] <= start["leaf0"] and end["root1"] <= start["leaf1"]
     pids = {e["name"]: e["pid"] for e in lines if e["event"] == "start"}
     assert pids["root0"] != pids["root1"] and os.getpid() not in pids.values()
+
+
+@pytest.mark.timeout(180)
+def test_a_long_job_does_not_hold_back_an_unrelated_branch(env: Env) -> None:
+    """slow, and quick -> add, all on cluster="local": add starts as soon as quick is done,
+    while slow still runs (it waited for slow: the same array group)."""
+    block = env.tmp / "block"
+    block.touch()
+    local = {"cluster": "local"}
+    slow = env.step("slow", block_flag=str(block), infra=local).run.node()
+    add = env.step("add", infra=local).run.node(env.step("quick", infra=local).run.node())
+    thread = threading.Thread(target=exca.graph.run, args=(slow, add))
+    thread.start()
+    try:
+        wait_for(lambda: "add" in started(env.log), timeout=90)
+        assert slow.status() == "running"
+    finally:
+        block.unlink()
+        thread.join(timeout=120)
+    assert add.result() == "add(quick(None,None),None)" and slow.result() == "slow(None,None)"
 
 
 # =============================================================================================

@@ -138,7 +138,7 @@ class Scheduler:
                     break
                 self._skip_blocked(pending)
                 ready = [r for k, r in pending.items() if self._ready(k)]
-                ready = self._hold_back(ready, running)
+                ready = self._hold_back(ready, running, pending)
                 for run in ready:
                     del pending[run.node.key]
                 self.launch(ready, running, pools, progress)
@@ -174,11 +174,15 @@ class Scheduler:
             return None
         return f"{cluster}|{run.node.execution.group_key}"
 
-    def _hold_back(self, ready: list[NodeRun], running: dict[Key, NodeRun]) -> list[NodeRun]:
-        """Work for an array group that still has jobs running waits for them, so that a
-        level of the DAG goes out as ONE array instead of one array per finished job."""
-        busy = {self._group(r) for r in running.values()} - {None}
-        return [r for r in ready if self._group(r) not in busy]
+    def _hold_back(
+        self, ready: list[NodeRun], running: dict[Key, NodeRun], pending: dict[Key, NodeRun]
+    ) -> list[NodeRun]:
+        """Ready work waits while running jobs will soon make more work of its array group
+        ready (then a level of the DAG goes out as ONE array, not one array per finished
+        job); it does not wait for jobs of unrelated branches."""
+        waiting = {k for k in pending if any(u in running for u in self.graph.upstream[k])}
+        soon = {self._group(pending[k]) for k in waiting} - {None}
+        return [r for r in ready if self._group(r) not in soon]
 
     def _ready(self, key: Key) -> bool:
         return all(self.runs[up].state == "done" for up in self.graph.upstream[key])
