@@ -512,6 +512,14 @@ def test_listing_while_another_process_writes(tmp_path: Path) -> None:
 
 
 # --- explain -----------------------------------------------------------------------------------
+def test_a_symlinked_step_folder_is_listed_once(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    Train(seed=2, infra={"folder": root}).fit()
+    step = folder_of(Train(seed=2, infra={"folder": root})).parent
+    (root / "alias,1").symlink_to(step)
+    assert len(exca.ops.inspect(root)) == 1
+
+
 def test_where_with_a_float_in_exponent_notation(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     small = Train(optim={"lr": 1e-5}, infra={"folder": root})

@@ -69,7 +69,12 @@ def node_folders(root: Path) -> tp.Iterator[tuple[str, str, Path]]:
         )
     except FileNotFoundError:
         return
+    seen: set[str] = set()  # (a step folder and a symlink to it: listed once)
     for step in steps:
+        real = os.path.realpath(step.path)
+        if real in seen:
+            continue
+        seen.add(real)
         try:
             configs = sorted((e for e in os.scandir(step.path) if e.is_dir()), key=lambda e: e.name)
         except PermissionError as error:  # (a shared cache: skip what this user cannot read)
