@@ -456,18 +456,15 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.timeout(120)
-def test_class_defined_in_main(tmp_path: Path) -> None:
+def run_main_script(tmp_path: Path, code: str, *args: str) -> None:
+    """Run code as a script (its classes and functions live in __main__); it prints
+    MAIN-OK when everything went right."""
     script = tmp_path / "script.py"
-    script.write_text(textwrap.dedent(MAIN_SCRIPT))
-    cache = tmp_path / "cache"
-    cache.mkdir()
+    script.write_text(textwrap.dedent(code))
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(  # only exca, not the test modules
-        p for p in [str(Path(exca.__file__).parents[1])] if p
-    )
+    env["PYTHONPATH"] = str(Path(exca.__file__).parents[1])  # only exca, not the tests
     proc = subprocess.run(
-        [sys.executable, str(script), str(cache)],
+        [sys.executable, str(script), *args],
         capture_output=True,
         text=True,
         timeout=100,
@@ -476,6 +473,13 @@ def test_class_defined_in_main(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "MAIN-OK" in proc.stdout
+
+
+@pytest.mark.timeout(120)
+def test_class_defined_in_main(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    run_main_script(tmp_path, MAIN_SCRIPT, str(cache))
 
 
 MAIN_FUNCTIONS_SCRIPT = """
@@ -507,20 +511,7 @@ if __name__ == "__main__":
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("cluster", ["local", "debug"])
 def test_with_infra_functions_defined_in_main(tmp_path: Path, cluster: str) -> None:
-    script = tmp_path / "script.py"
-    script.write_text(textwrap.dedent(MAIN_FUNCTIONS_SCRIPT))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(Path(exca.__file__).parents[1])  # only exca
-    proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "cache"), cluster],
-        capture_output=True,
-        text=True,
-        timeout=100,
-        cwd=tmp_path,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "MAIN-OK" in proc.stdout
+    run_main_script(tmp_path, MAIN_FUNCTIONS_SCRIPT, str(tmp_path / "cache"), cluster)
 
 
 # --- keep_in_ram, force --------------------------------------------------------------------
