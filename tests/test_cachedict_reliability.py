@@ -531,7 +531,7 @@ def test_fork_while_another_thread_reads_the_index(tmp_path: Path) -> None:
     holding, release = threading.Event(), threading.Event()
 
     def hold() -> None:  # (what a thread in the middle of refresh() does)
-        with index_reader._lock:
+        with index_reader.locked():
             holding.set()
             release.wait()
 

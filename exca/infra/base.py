@@ -55,7 +55,7 @@ class _Runtime:
     force_state: dict[str, tp.Any]  # shared with this instance's nodes (see Node)
     models: list[pydantic.BaseModel]  # the config tree, walked when frozen
     inputs_caches: dict[tp.Any, tp.Any]  # CacheDicts of input sub-folders
-    inputs_force: dict[str, dict[str, tp.Any]]  # force_state of each inputs-<digest> node
+    inputs_force: dict[str, dict[str, tp.Any]]  # force_state of each inputs node (mode=force)
 
     def __getattr__(self, name: str) -> tp.Any:
         if name not in ("force_state", "models", "inputs_caches", "inputs_force"):

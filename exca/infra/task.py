@@ -260,10 +260,11 @@ class TaskInfra(BaseInfra, SubmititMixin):
     def _input_node(self, base: Node, inputs: tuple[Input, ...]) -> Node:
         """The node of a call with inputs: its own sub-folder ``inputs-<digest>``, and its
         own mode=force state (each node is forced once per instance)."""
-        node = dataclasses.replace(base, inputs=inputs)
-        assert node.inputs_uid is not None
-        forced = self._runtime().inputs_force.setdefault(node.inputs_uid, {})
-        node = dataclasses.replace(node, force_state=forced)
+        forced = base.force_state
+        if base.mode == "force":  # (only then is a state needed: no dict per node else)
+            key = "|".join(f"{name}={source.uid}" for name, source in inputs)
+            forced = self._runtime().inputs_force.setdefault(key, {})
+        node = dataclasses.replace(base, inputs=inputs, force_state=forced)
         folder = node.folder
         if folder is None:
             return dataclasses.replace(node, cache=CacheDict(None, keep_in_ram=True))

@@ -19,7 +19,6 @@ import re
 import threading
 import typing as tp
 import warnings
-import weakref
 from pathlib import Path
 
 import orjson
@@ -64,17 +63,14 @@ _KEY = operator.itemgetter("#key")
 _PLUS_NEWLINE = (1).__add__
 
 
-_READERS: weakref.WeakSet[IndexReader] = weakref.WeakSet()
+_FORKS = [0]  # forks of this process so far (see IndexReader.locked)
 
 
-def _new_locks_in_child() -> None:
-    """After a fork, a reader's lock may be held by a thread of the parent (reading the
-    index right then), which does not exist in the child: it would never be released."""
-    for reader in list(_READERS):
-        reader._lock = threading.RLock()
+def _count_fork() -> None:
+    _FORKS[0] += 1
 
 
-os.register_at_fork(after_in_child=_new_locks_in_child)
+os.register_at_fork(after_in_child=_count_fork)
 
 
 class IndexReader:
@@ -93,11 +89,20 @@ class IndexReader:
         # a tombstone of the current one promotes one of them (file read order is arbitrary)
         self._shadowed: dict[str, list[tuple[str, int, dict[str, tp.Any]]]] = {}
         self._lock = threading.RLock()
-        _READERS.add(self)
+        self._lock_fork = _FORKS[0]
+
+    def locked(self) -> threading.RLock:
+        """The reader's lock. After a fork, a new one: the old one may be held by a thread
+        of the parent (reading the index right then), which does not exist in the child.
+        (Checked per use: a registry of readers for a fork hook costs a weakref each,
+        which the cyclic GC then has to walk.)"""
+        if self._lock_fork != _FORKS[0]:
+            self._lock, self._lock_fork = threading.RLock(), _FORKS[0]
+        return self._lock
 
     def refresh(self) -> None:
         """Read what every writer appended since the last refresh."""
-        with self._lock, gcpause.paused():
+        with self.locked(), gcpause.paused():
             for _ in range(10):
                 try:
                     listing = [
@@ -228,7 +233,7 @@ class IndexReader:
             _warn_bad_line(self.folder / name, offset, line)
 
     def apply_tombstone(self, key: tp.Any, target: EntryId) -> None:
-        with self._lock:
+        with self.locked():
             self._deleted.add(target)
             if not isinstance(key, str):
                 return
@@ -245,7 +250,7 @@ class IndexReader:
 
     def copies(self, key: str) -> list[tuple[str, int, dict[str, tp.Any]]]:
         """Every live entry of a key that was read (the current one first)."""
-        with self._lock:
+        with self.locked():
             current = self.entries.get(key)
             if current is None:
                 return []
@@ -253,7 +258,7 @@ class IndexReader:
 
     def own_file(self, name: str, inode: int) -> FileState:
         """The read state of a file this process writes (so refresh skips its own lines)."""
-        with self._lock:
+        with self.locked():
             state = self._files.get(name)
             if state is None or state.inode != inode:
                 state = self._files[name] = FileState(inode=inode, offset=0, keys=set())
