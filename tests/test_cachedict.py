@@ -807,6 +807,14 @@ def test_writer_after_the_folder_was_removed(tmp_path: Path) -> None:
     np.testing.assert_array_equal(fresh["k2"], np.arange(4))
 
 
+def test_delete_many(tmp_path: Path) -> None:
+    cd: CacheDict[int] = CacheDict(tmp_path)
+    with cd.write():
+        cd.set_many((f"k{i}", i) for i in range(5))
+    cd.delete_many(["k1", "k3", "absent"])  # (absent keys are skipped)
+    assert sorted(CacheDict(tmp_path).keys()) == ["k0", "k2", "k4"]
+
+
 def test_clear_keeps_folder(tmp_path: Path) -> None:
     folder = tmp_path / "cache"
     cd: CacheDict[tp.Any] = CacheDict(folder, keep_in_ram=True)

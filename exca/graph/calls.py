@@ -80,7 +80,7 @@ def task_job(node: Node) -> Job:
         except Exception as error:  # (a cached error is raised by job.result() from the cache)
             return Job(node, DoneHandle(error))
         return Job(node, DoneHandle())
-    # the outcome the new job replaces: removed once it is submitted (see arrays._drop)
+    # the outcome the new job replaces: removed once it is submitted (store.drop_outcome)
     outdated = store.outdated_outcome(node.cache, "force" if forcing else node.mode)
     handles = scheduler.submit().get(node.key) or []
     store.drop_outcome(node.cache, outdated)

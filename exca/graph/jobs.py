@@ -69,7 +69,7 @@ class Job:
         self.wait()
         if store.task_state(self.node, refresh=True) == "missing":
             error = self.handle.error() if self.handle is not None else None
-            if error is not None and self.handle is not None and self.handle.job_id == "#local#":
+            if error is not None and self.job_id == "#local#":
                 raise error  # computed here and not cached (no folder), or never started
             how = self.handle.ended_how() if self.handle is not None else "it was never submitted"
             raise JobFailedError(f"{self.node.uid} not computed: {how}")

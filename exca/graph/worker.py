@@ -347,9 +347,7 @@ def _compute_items(
         cache = cache.view()
     with cache.write():
         if action in ("force", "retry"):
-            for uid in uids:
-                if uid in cache:
-                    del cache[uid]
+            cache.delete_many(uids)
         position = 0
         while position < len(uids):
             position = _compute_from(node, cache, uids, by_uid, position, report, progress)
@@ -437,9 +435,7 @@ def _miscounted(
         f"outputs than its {len(uids) - start} items (a map method must yield one output "
         "per item, in order)"
     )
-    for uid in uids[start:flushed]:
-        if uid in cache:
-            del cache[uid]
+    cache.delete_many(uids[start:flushed])
     cache.set_many((u, CachedError.from_exception(error)) for u in uids[start:])
     report.computed -= flushed - start
     report.errors += len(uids) - start

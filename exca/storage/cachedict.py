@@ -523,13 +523,26 @@ class CacheDict(tp.Generic[X]):
             self._ram.update(values)
 
     def __delitem__(self, key: str) -> None:
+        if self.folder is not None:
+            self.refresh()  # where the key's lines are now (e.g. moved by `clean compact`)
+        self._delete(key)
+
+    def delete_many(self, keys: tp.Iterable[str]) -> None:
+        """Delete the keys that are in the cache (one index reread for all of them)."""
+        if self.folder is not None:
+            self.refresh()
+        entries, ram = self._entries(), self._ram
+        for key in keys:
+            if key in entries or key in ram:
+                self._delete(key)
+
+    def _delete(self, key: str) -> None:
         in_ram = key in self._ram
         self._ram.pop(key, None)
         if self.folder is None:
             if not in_ram:
                 raise KeyError(key)
             return
-        self.refresh()  # where the key's lines are now (e.g. moved by `clean compact`)
         entry = self.entry(key)
         if entry is None:
             if in_ram:

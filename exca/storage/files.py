@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import typing as tp
 
 logger = logging.getLogger("exca")
 
@@ -16,10 +17,24 @@ def write_new(path: str, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         written = os.write(fd, data)
-        while written < len(data):
-            written += os.write(fd, data[written:])
+        if written != len(data):
+            finish_write(fd, [data], written)
     finally:
         os.close(fd)
+
+
+def finish_write(fd: int, buffers: list[tp.Any], written: int) -> None:
+    """After a short write (a signal, or Linux's ~2 GiB limit per call) of ``written``
+    bytes of the buffers: write the rest, byte-exactly, without copying."""
+    for buffer in buffers:
+        view = memoryview(buffer).cast("B")
+        if written >= len(view):
+            written -= len(view)
+            continue
+        view = view[written:]
+        written = 0
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 def chmod(path: str | os.PathLike[str], permissions: int) -> None:
@@ -43,10 +58,7 @@ def make_folder(folder: str | os.PathLike[str], permissions: int | None) -> bool
         current = os.path.dirname(folder)
         while current and not os.path.exists(current):  # ("": the top of a relative path)
             missing.append(current)
-            parent = os.path.dirname(current)
-            if parent == current:
-                break
-            current = parent
+            current = os.path.dirname(current)
         try:
             os.makedirs(folder)
         except FileExistsError:  # (created meanwhile by someone else)

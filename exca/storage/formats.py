@@ -24,7 +24,7 @@ from pathlib import Path
 
 import orjson
 
-from .files import chmod, make_folder
+from .files import chmod, finish_write, make_folder
 
 INLINE_MAX_BYTES = 512
 INLINE_PICKLE_MAX_BYTES = 2048  # task results pickled smaller than this live in the index
@@ -207,21 +207,7 @@ def _numpy() -> tp.Any:
 def _write_all(fd: int, buffers: list[tp.Any], total: int) -> None:
     written = os.writev(fd, buffers) if len(buffers) > 1 else os.write(fd, buffers[0])
     if written != total:
-        _finish_short_write(fd, buffers, written)
-
-
-def _finish_short_write(fd: int, buffers: list[tp.Any], written: int) -> None:
-    """After a short write (a signal, or Linux's ~2 GiB limit per call) of `written` bytes
-    of the buffers: write the rest, byte-exactly, without copying."""
-    for buffer in buffers:
-        view = memoryview(buffer).cast("B")
-        if written >= len(view):
-            written -= len(view)
-            continue
-        view = view[written:]
-        written = 0
-        while view:
-            view = view[os.write(fd, view) :]
+        finish_write(fd, buffers, written)
 
 
 class DumpOptions:
@@ -583,7 +569,7 @@ class MemmapArray:
         try:
             written = os.write(shared.fd, array)
             if written != nbytes:  # (a signal, or an array over ~2 GiB)
-                _finish_short_write(shared.fd, [array], written)
+                finish_write(shared.fd, [array], written)
         except BaseException:
             shared.resync()
             raise

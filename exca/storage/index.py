@@ -24,7 +24,7 @@ from pathlib import Path
 import orjson
 
 from . import gcpause, process
-from .files import chmod
+from .files import chmod, finish_write
 
 INDEX_SUFFIX = "-info.jsonl"
 logger = logging.getLogger("exca")
@@ -342,8 +342,7 @@ class IndexWriter:
         """After a short write of ``data`` (``written`` bytes of it): write the rest (rare),
         so that the lines stay whole."""
         assert self.fd is not None
-        while written < len(data):
-            written += os.write(self.fd, data[written:])
+        finish_write(self.fd, [data], written)
 
     def close(self) -> None:
         if self.fd is not None:
