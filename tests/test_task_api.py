@@ -281,6 +281,71 @@ def test_clone_obj(tmp_path: Path) -> None:
         obj.infra.clone_obj({"unknown": 1})
 
 
+class _Optim(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    lr: float = 0.1
+    momentum: float = 0.0
+
+
+class _Adam(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    name: tp.Literal["adam"] = "adam"
+    lr: float = 0.1
+
+
+class _Sgd(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    name: tp.Literal["sgd"] = "sgd"
+    lr: float = 0.1
+
+
+class _Sweep(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    optim: _Optim = _Optim(momentum=0.9)
+    choice: tp.Annotated[_Adam | _Sgd, pydantic.Field(discriminator="name")] = _Sgd()
+    model: Sub = Sub()
+    infra: TaskInfra = TaskInfra(version="1", cluster="auto", gpus_per_node=2)
+
+    @infra.apply
+    def fit(self) -> float:
+        return self.optim.lr
+
+
+def test_clone_obj_keeps_values_of_sub_configs_at_their_field_default(tmp_path: Path) -> None:
+    """A change inside a sub-config left at its field default keeps the default
+    instance's other values (and its class: a discriminated union)."""
+    obj = _Sweep(infra={"folder": tmp_path})
+    clone = obj.infra.clone_obj({"optim.lr": 0.2})
+    assert (clone.optim.lr, clone.optim.momentum) == (0.2, 0.9)
+    merged = obj.infra.clone_obj({"optim": {"lr": 0.3}})
+    assert (merged.optim.lr, merged.optim.momentum) == (0.3, 0.9)
+    replaced = obj.infra.clone_obj({"optim": {"lr": 0.3, ConfDict.OVERRIDE: True}})
+    assert (replaced.optim.lr, replaced.optim.momentum) == (0.3, 0.0)
+    switched = obj.infra.clone_obj({"choice.lr": 0.5})
+    assert type(switched.choice) is _Sgd and switched.choice.lr == 0.5
+    other = obj.infra.clone_obj({"choice.name": "adam"})
+    assert type(other.choice) is _Adam
+
+
+def test_clone_obj_keeps_infra_settings_the_instance_overrode(tmp_path: Path) -> None:
+    """An instance setting an infra field back to TaskInfra's own default (which the
+    export leaves out) keeps it in clones instead of getting the class default's value."""
+    local = _Sweep(infra={"cluster": None, "gpus_per_node": None})
+    clone = local.infra.clone_obj({"optim.lr": 0.2})
+    assert clone.infra.cluster is None and clone.infra.gpus_per_node is None
+    assert clone.infra.version == "1"  # from the class default, not overridden
+    default = _Sweep(infra={"folder": tmp_path}).infra.clone_obj({"optim.lr": 0.2})
+    assert default.infra.cluster == "auto" and default.infra.gpus_per_node == 2
+    # a sub-config's infra: kept too, and the sub-config is not rebuilt from scratch
+    nested = _Sweep(model={"layers": 5, "infra": {"mode": "force"}}, infra={"folder": tmp_path})
+    nested_clone = nested.infra.clone_obj({"model.layers": 6})
+    assert nested_clone.model.infra.mode == "force" and nested_clone.model.layers == 6
+    assert (
+        local.infra.clone_obj({"infra.cluster": "debug", "infra.folder": tmp_path}).infra.cluster
+        == "debug"
+    )
+
+
 def test_iter_cached(tmp_path: Path) -> None:
     for layers in (1, 2):
         assert Outer(model={"layers": layers}, infra={"folder": tmp_path}).train() > 0

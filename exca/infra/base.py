@@ -386,8 +386,29 @@ class BaseInfra(pydantic.BaseModel):
         if len(args) > 1 or (args and kwargs):
             raise ValueError("clone_obj takes one dict or keyword arguments, not both")
         owner = self._owner()
+        changes = args[0] if args else kwargs
         cfg = self.config(uid=False, exclude_defaults=True)
-        cfg.update(args[0] if args else kwargs)
+        paths = set(_changed_parents(changes, ()))
+        # an infra's settings that the instance set (they win over the class default's
+        # settings, even when equal to BaseInfra's own defaults, which the export drops)
+        overrides: dict[tuple[str, ...], dict[str, tp.Any]] = {}
+        for name, infra in self.obj_infras().items():
+            parts = tuple(name.split("."))
+            if any(part.startswith("_") for part in parts):
+                continue  # a private infra: not config
+            paths.update(parts[:i] for i in range(1, len(parts)))
+            dumped = infra.model_dump(mode="json", include=infra.model_fields_set, warnings=False)
+            overrides[parts] = dumped
+        for path in sorted(paths, key=len):
+            _fill_sub_model(owner, path, cfg)
+        for parts, dumped in overrides.items():
+            if len(parts) > 1 and ".".join(parts[:-1]) not in cfg:
+                continue  # inside a container left at its default: nothing to keep
+            for key, value in dumped.items():
+                dotted = ".".join((*parts, key))
+                if dotted not in cfg:
+                    cfg[dotted] = value
+        cfg.update(changes)
         return _from_config(type(owner), _with_subclass_instances(owner, cfg))
 
     def obj_infras(self) -> dict[str, BaseInfra]:
@@ -478,6 +499,39 @@ def _check_field_path(owner: pydantic.BaseModel, name: str) -> None:
                 f"field {part!r} (fields: {sorted(type(value).model_fields)})"
             )
         value = getattr(value, part, None)
+
+
+def _changed_parents(
+    changes: tp.Mapping[str, tp.Any], base: tuple[str, ...]
+) -> tp.Iterator[tuple[str, ...]]:
+    """The dotted paths that a ``clone_obj`` change writes into (its parents)."""
+    for key, value in changes.items():
+        if key == ConfDict.OVERRIDE:
+            continue
+        parts = base + tuple(str(key).split("."))
+        yield from (parts[:i] for i in range(1, len(parts)))
+        if isinstance(value, dict) and not value.get(ConfDict.OVERRIDE):
+            yield parts  # merged into what is there
+            yield from _changed_parents(value, parts)
+
+
+def _fill_sub_model(owner: pydantic.BaseModel, path: tuple[str, ...], cfg: ConfDict) -> None:
+    """Put the sub-model at ``path`` into ``cfg`` when the export left it out (at its field
+    default): a change inside it then keeps the default instance's other values instead of
+    rebuilding it from its class defaults."""
+    parent: tp.Any = None
+    value: tp.Any = owner
+    for part in path:
+        if not isinstance(value, pydantic.BaseModel) or part not in type(value).model_fields:
+            return  # (through a dict or a list: not filled)
+        parent, value = value, value.__dict__.get(part)
+    key = ".".join(path)
+    if (
+        isinstance(value, pydantic.BaseModel)
+        and not isinstance(value, BaseInfra)
+        and key not in cfg
+    ):
+        cfg[key] = identity.export_field(parent, path[-1])
 
 
 def _with_subclass_instances(

@@ -371,6 +371,16 @@ def export_with_keys(
     return out, exporter.field_keys_only
 
 
+def export_field(parent: pydantic.BaseModel, name: str) -> dict[str, tp.Any]:
+    """The config export of the sub-model in field ``name`` of ``parent``, as it would
+    appear in the parent's export if it were not at its field default (defaults pruned,
+    a discriminator kept)."""
+    value = parent.__dict__[name]
+    field = next(f for f in class_facts(type(parent)).fields if f.name == name)
+    dumped = value.model_dump(mode="json", warnings=False, by_alias=False)
+    return _Exporter(uid=False, exclude_defaults=True).model(value, dumped, keep=field.keep)
+
+
 def _unserializable(model: pydantic.BaseModel) -> str:
     """The dotted name of the (first) field whose json dump fails (the error path only)."""
     for name in type(model).model_fields:
