@@ -51,6 +51,30 @@ def _plain_keys(data: dict[tp.Any, tp.Any]) -> bool:
     return True
 
 
+def _set_in(container: tp.Any, key: str, value: tp.Any) -> None:
+    """``container[key] = value`` without a ConfDict's key splitting (an OrderedDict
+    keeps its order bookkeeping: dict's own methods would bypass it)."""
+    if isinstance(container, ConfDict):
+        dict.__setitem__(container, key, value)
+    else:
+        container[key] = value
+
+
+def _wants_replace(mapping: tp.Mapping[str, tp.Any]) -> bool:
+    """Whether a dict asks to replace rather than merge (``"=replace=": true``; the text
+    "false" of a command line does not)."""
+    flag = mapping.get(ConfDict.OVERRIDE, False)
+    if isinstance(flag, str):
+        return flag.strip().lower() not in ("", "false", "0", "no", "off")
+    return bool(flag)
+
+
+def _index(container: tp.Sequence[tp.Any], part: str, full_key: str) -> int:
+    if not part.isdigit():
+        raise TypeError(f"Cannot index a list with {part!r} in key {full_key!r}: use a number")
+    return int(part)
+
+
 def _import_uid_version() -> int:
     try:
         return uidformat.uid_version(None)
@@ -113,9 +137,9 @@ class ConfDict(dict[str, tp.Any]):
         for part in parts[:-1]:
             if create and isinstance(node, dict):
                 sub = dict.get(node, part, _MISSING)
-                if not isinstance(sub, dict | list):
+                if not isinstance(sub, dict | list | tuple):
                     sub = ConfDict()
-                    dict.__setitem__(node, part, sub)
+                    _set_in(node, part, sub)
                 node = sub
             else:
                 node = self._step(node, part, key)
@@ -147,24 +171,50 @@ class ConfDict(dict[str, tp.Any]):
     def __setitem__(self, key: str, value: tp.Any) -> None:
         self._check_key(key)
         parent, last = self._parent(key, create=True) if "." in key else (self, key)
-        if isinstance(parent, list):
-            if not last.isdigit():
-                raise TypeError(f"Cannot index a list with {last!r} in key {key!r}: use a number")
-            parent[int(last)] = _to_confdict_value(value)
+        if isinstance(parent, list | tuple):
+            index = _index(parent, last, key)
+            existing = parent[index]
+            if _mergeable(value) and isinstance(existing, ConfDict) and not _wants_replace(value):
+                existing.update({k: v for k, v in value.items() if k != ConfDict.OVERRIDE})
+                return
+            if _mergeable(value):
+                value = ConfDict({k: v for k, v in value.items() if k != ConfDict.OVERRIDE})
+            if isinstance(parent, list):
+                parent[index] = _to_confdict_value(value)
+            else:  # a tuple: replaced by a copy with the new item
+                items = list(parent)
+                items[index] = _to_confdict_value(value)
+                self[key.rsplit(".", 1)[0]] = tuple(items)
             return
         self._merge_into(parent, last, value)
 
     @staticmethod
     def _merge_into(parent: dict[str, tp.Any], key: str, value: tp.Any) -> None:
-        if isinstance(value, dict) and not isinstance(value, collections.OrderedDict):
-            replace = bool(value.get(ConfDict.OVERRIDE, False))
+        if _mergeable(value):
             existing = dict.get(parent, key, _MISSING)
-            if replace or not isinstance(existing, ConfDict):
+            if _wants_replace(value) or not isinstance(existing, ConfDict):
                 existing = ConfDict()
-                dict.__setitem__(parent, key, existing)
+                _set_in(parent, key, existing)
             existing.update({k: v for k, v in value.items() if k != ConfDict.OVERRIDE})
             return
-        dict.__setitem__(parent, key, _to_confdict_value(value))
+        _set_in(parent, key, _to_confdict_value(value))
+
+    def setdefault(self, key: str, default: tp.Any = None) -> tp.Any:
+        """``self[key]`` if there (dotted keys allowed), else set it to ``default``."""
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def __ior__(self, other: tp.Any) -> tp.Self:  # type: ignore[override]
+        self.update(other)
+        return self
+
+    def __or__(self, other: tp.Any) -> ConfDict:  # type: ignore[override]
+        if not isinstance(other, tp.Mapping):
+            return NotImplemented
+        out = self.copy()
+        out.update(other)
+        return out
 
     def update(  # type: ignore[override]
         self, mapping: tp.Mapping[str, tp.Any] | None = None, **kwargs: tp.Any
@@ -173,7 +223,7 @@ class ConfDict(dict[str, tp.Any]):
         for source in (mapping or {}, kwargs):
             if not isinstance(source, tp.Mapping):
                 raise TypeError(f"ConfDict.update expects a mapping, got {type(source).__name__}")
-            if source.get(self.OVERRIDE, False):
+            if _wants_replace(source):
                 dict.clear(self)
             for key, value in source.items():
                 if key != self.OVERRIDE:
@@ -194,8 +244,14 @@ class ConfDict(dict[str, tp.Any]):
                 node = self._step(node, part, key)
             if isinstance(node, list):
                 value = node.pop(int(parts[-1]))
-            else:
-                value = dict.pop(node, parts[-1])
+            elif isinstance(node, tuple):
+                index = int(parts[-1])
+                value = node[index]
+                self[".".join(parts[:-1])] = node[:index] + node[index + 1 :]
+            elif isinstance(node, ConfDict) or not isinstance(node, dict):
+                value = dict.pop(node, parts[-1])  # (TypeError on a non-dict: not found)
+            else:  # (an OrderedDict: its own pop keeps its order bookkeeping)
+                value = node.pop(parts[-1])
         except (KeyError, IndexError, TypeError, ValueError):
             if default is _MISSING:
                 raise KeyError(key) from None
@@ -203,7 +259,10 @@ class ConfDict(dict[str, tp.Any]):
         for parent, part in reversed(chain):  # prune empty parents
             child = self._step(parent, part, key)
             if isinstance(child, dict) and not child and isinstance(parent, dict):
-                dict.__delitem__(parent, part)
+                if isinstance(parent, ConfDict):
+                    dict.__delitem__(parent, part)
+                else:
+                    del parent[part]
             else:
                 break
         return value
@@ -267,7 +326,9 @@ class ConfDict(dict[str, tp.Any]):
             raise TypeError(
                 f"YAML config must hold a mapping, got {type(data).__name__}: {str(yaml_text)[:200]!r}"
             )
-        return cls(data)
+        out = cls(data)
+        _keep_markers(out, data)
+        return out
 
     @classmethod
     def from_model(
@@ -300,6 +361,23 @@ class ConfDict(dict[str, tp.Any]):
                 raise ValueError(f"Empty key in argument {arg!r}: expected the form --key=value")
             out[key] = value
         return out
+
+
+def _mergeable(value: tp.Any) -> tp.TypeGuard[dict[str, tp.Any]]:
+    """A dict value merges into what is there (an OrderedDict replaces: its order counts)."""
+    return isinstance(value, dict) and not isinstance(value, collections.OrderedDict)
+
+
+def _keep_markers(target: ConfDict, source: dict[str, tp.Any]) -> None:
+    """Put back the ``=replace=`` markers of ``source`` that building ``target`` applied:
+    a ConfDict read from yaml is a patch that replaces when merged, as ``from_args``'s."""
+    if ConfDict.OVERRIDE in source:
+        dict.__setitem__(target, ConfDict.OVERRIDE, source[ConfDict.OVERRIDE])
+    for key, value in source.items():
+        if _mergeable(value) and isinstance(key, str) and key != ConfDict.OVERRIDE:
+            node = target.get(key)
+            if isinstance(node, ConfDict):
+                _keep_markers(node, value)
 
 
 def _is_existing_file(text: str) -> bool:

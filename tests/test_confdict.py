@@ -357,3 +357,65 @@ def test_replace_from_the_command_line_and_get_through_a_list() -> None:
     with pytest.raises(ValueError, match="replace"):
         ConfDict.from_args(["--model.=replace=true"])
     assert cfg.get("layers.x", "default") == "default" and "layers.x" not in cfg
+
+
+def test_replace_marker_from_yaml_and_a_false_flag() -> None:
+    """A patch read from yaml replaces as the same patch from the command line does; the
+    text "false" on a command line merges."""
+    base_text = "model:\n  kind: cnn\n  width: 64\n"
+    patch = ConfDict.from_yaml("model:\n  =replace=: true\n  kind: mlp\n")
+    merged = ConfDict.from_yaml(base_text)
+    merged.update(patch)
+    assert merged == {"model": {"kind": "mlp"}}
+    top = ConfDict.from_yaml(base_text)
+    top.update(ConfDict.from_yaml("=replace=: true\nlr: 0.1\n"))
+    assert top == {"lr": 0.1}
+    kept = ConfDict.from_yaml(base_text)
+    kept.update(ConfDict.from_args(["--model.=replace==false", "--model.kind=mlp"]))
+    assert kept == {"model": {"kind": "mlp", "width": 64}}
+
+
+def test_dotted_writes_inside_an_ordereddict() -> None:
+    """An OrderedDict value keeps its order bookkeeping: what a dotted set adds is seen by
+    iteration, yaml and uid; a dotted pop leaves it readable."""
+    cd = ConfDict({"layers": collections.OrderedDict(first=1)})
+    cd["layers.second"] = 2
+    assert list(cd["layers"]) == ["first", "second"]
+    assert cd.flat() == {"layers.first": 1, "layers.second": 2}
+    assert "second" in cd.to_yaml()
+    without = ConfDict({"layers": collections.OrderedDict(first=1)})
+    assert cd.to_uid() != without.to_uid()
+    assert cd.pop("layers.first") == 1
+    assert list(cd["layers"].items()) == [("second", 2)]
+    assert repr(cd)  # (a bypassed pop broke the OrderedDict's repr)
+
+
+def test_dict_at_a_list_index_merges() -> None:
+    cd = ConfDict({"layers": [{"size": 8, "act": "relu"}]})
+    cd["layers.0"] = {"size": 16}
+    assert cd["layers.0"] == {"size": 16, "act": "relu"}
+    cd["layers.0"] = {ConfDict.OVERRIDE: True, "size": 4}
+    assert cd["layers"] == [{"size": 4}]
+    assert isinstance(cd["layers.0"], ConfDict)
+
+
+def test_tuple_items_by_index() -> None:
+    cd = ConfDict({"shape": (3, 224, 224), "nested": {"pair": (1, 2)}})
+    cd["shape.0"] = 1
+    assert cd["shape"] == (1, 224, 224) and type(cd["shape"]) is tuple
+    assert cd.pop("nested.pair.0") == 1
+    assert cd["nested.pair"] == (2,)
+    with pytest.raises(KeyError):
+        cd.pop("shape.7")
+
+
+def test_setdefault_and_union_operators_split_dotted_keys() -> None:
+    cfg = ConfDict({"optim": {"lr": 0.5}})
+    assert cfg.setdefault("optim.lr", 0.1) == 0.5
+    assert cfg.setdefault("optim.momentum", 0.9) == 0.9
+    assert cfg == {"optim": {"lr": 0.5, "momentum": 0.9}}
+    cfg |= {"data.path": "x"}
+    assert cfg["data"] == {"path": "x"} and "data.path" in cfg
+    union = ConfDict({"a": {"x": 1}}) | {"a": {"y": 2}}
+    assert type(union) is ConfDict and union == {"a": {"x": 1, "y": 2}}
+    assert cfg.to_uid() == ConfDict(dict(cfg)).to_uid()
