@@ -287,8 +287,8 @@ class _UidMakerV3:
         if np is not None:
             if isinstance(value, np.ndarray):
                 # (the shape of the C-contiguous array: a 0-d array counts as (1,))
+                data = hashlib.md5(_array_bytes(np, value)).hexdigest()[:8]
                 array = np.ascontiguousarray(value)
-                data = hashlib.md5(bytes(array.data)).hexdigest()[:8]
                 core = ",".join(str(dim) for dim in array.shape) + "-" + data
                 return (_clean_v3("data-" + core), "array:" + core)
             if isinstance(value, np.bool_):
@@ -309,6 +309,11 @@ class _UidMakerV3:
 
 
 def _array_bytes(np: tp.Any, array: tp.Any) -> bytes:
+    if array.dtype.hasobject:  # its bytes are object addresses: another uid every run
+        raise TypeError(
+            f"Unsupported numpy array of dtype {array.dtype} in a uid (value {array!r}): its "
+            "bytes are memory addresses; use a list, or an array of numbers or fixed-size strings"
+        )
     return bytes(np.ascontiguousarray(array).data)
 
 

@@ -1437,3 +1437,19 @@ def test_value_without_json_form_names_its_field() -> None:
     with pytest.raises(TypeError, match=r"_WithNumpyInside\.sub\.extra.*float\(\)"):
         obj.infra.uid()
     assert "sub.extra=0.50" in _WithNumpyInside(sub={"extra": 0.5}).infra.uid()
+
+
+class _Signed(pydantic.BaseModel):
+    model_config = FORBID
+    key: bytes = b""
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return len(self.key)
+
+
+def test_bytes_that_are_not_utf8_get_a_clear_error() -> None:
+    with pytest.raises(TypeError, match=r"_Signed\.key.*ser_json_bytes"):
+        _Signed(key=b"\x89PNG").infra.uid()
+    assert "key=abc" in _Signed(key=b"abc").infra.uid()

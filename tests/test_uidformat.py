@@ -284,6 +284,15 @@ def test_unsupported_type_raises(monkeypatch: pytest.MonkeyPatch) -> None:
         to_uid({"a": Gadget()}, version=2)
 
 
+def test_object_arrays_are_refused() -> None:
+    """Their bytes are object addresses: the uid would change with every process."""
+    splits = np.array(["train", "valid", None], dtype=object)
+    for version in (2, 3):
+        with pytest.raises(TypeError, match="dtype object"):
+            to_uid({"splits": splits}, version=version)
+    assert to_uid({"splits": np.array(["train", "valid"])})  # fixed-size strings: fine
+
+
 def test_unsupported_type_bypass(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONFDICT_UID_TYPE_BYPASS", "1")
     obj = Gadget()

@@ -357,12 +357,18 @@ def export_with_keys(
     spec = class_facts(type(model)).uid_dump_exclude if uid else None
     try:
         dumped = model.model_dump(mode="json", warnings=False, exclude=spec, by_alias=False)
-    except pydantic_core.PydanticSerializationError as e:
+    except (pydantic_core.PydanticSerializationError, UnicodeDecodeError) as e:
         where = f"{type(model).__name__}.{_unserializable(model)}"
+        hint = (
+            "bytes are exported as utf-8 text: set model_config = pydantic.ConfigDict("
+            "ser_json_bytes='base64') or hold them as str"
+            if isinstance(e, UnicodeDecodeError)
+            else "convert numpy scalars and arrays held by an Any field with "
+            "float()/int()/.tolist(), or annotate the field with a type pydantic serializes"
+        )
         raise TypeError(
             f"Cannot export {where} into a config (uid, yaml files): {e}. Config values must "
-            "have a json form: convert numpy scalars and arrays held by an Any field with "
-            "float()/int()/.tolist(), or annotate the field with a type pydantic serializes"
+            f"have a json form: {hint}"
         ) from e
     exporter = _Exporter(uid=uid, exclude_defaults=exclude_defaults)
     out = exporter.model(model, dumped, keep=())
@@ -386,7 +392,7 @@ def _unserializable(model: pydantic.BaseModel) -> str:
     for name in type(model).model_fields:
         try:
             model.model_dump(mode="json", include={name}, warnings=False)
-        except pydantic_core.PydanticSerializationError:
+        except (pydantic_core.PydanticSerializationError, UnicodeDecodeError):
             value = getattr(model, name, None)
             if isinstance(value, pydantic.BaseModel):
                 return f"{name}.{_unserializable(value)}"
