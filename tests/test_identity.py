@@ -439,6 +439,35 @@ def test_exclude_from_cache_uid_names_fields_only() -> None:
         CacheExclTypoTop(a=2).infra.uid()
 
 
+class _Loader(pydantic.BaseModel):
+    model_config = FORBID
+    workers: int = 1
+    path: str = "data"
+
+
+class _LoadsData(pydantic.BaseModel):
+    model_config = FORBID
+    loader: _Loader = _Loader(workers=4)
+    options: dict[str, int] = {"threads": 2, "seed": 0}
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply(exclude_from_cache_uid=("loader.workers", "options.threads"))
+    def process(self) -> str:
+        return self.loader.path
+
+
+def test_nested_exclusions_do_not_change_the_uid() -> None:
+    """Configs that differ only by excluded values share a uid, also when a sub-config's
+    field default differs from its class default (workers=1 made `loader={}` before)."""
+    default = _LoadsData().infra.uid()
+    for workers in (1, 4, 8):
+        assert _LoadsData(loader={"workers": workers}).infra.uid() == default
+    assert _LoadsData(options={"threads": 9, "seed": 0}).infra.uid() == default
+    changed = _LoadsData(loader={"workers": 1, "path": "other"})
+    assert changed.infra.config(uid=True, exclude_defaults=True) == {"loader": {"path": "other"}}
+    assert "options.seed=1" in _LoadsData(options={"threads": 9, "seed": 1}).infra.uid()
+
+
 def test_exclude_from_cache_uid_bad_string() -> None:
     with pytest.raises(TypeError):
 

@@ -284,17 +284,14 @@ class BaseInfra(pydantic.BaseModel):
         """The owner's config (uid=True: only what defines the cached result)."""
         owner = self._owner()
         exclude = self._cache_exclusions() if uid else []
-        out = identity.export_model(owner, uid=uid, exclude_defaults=exclude_defaults)
-        cfg = ConfDict(out)
-        for name in exclude:
-            cfg.pop(name, None)
-        return cfg
+        out = identity.export_model(
+            owner, uid=uid, exclude_defaults=exclude_defaults, exclude=exclude
+        )
+        return ConfDict(out)
 
     def _config_uid(self) -> str:
         """``config(uid=True, exclude_defaults=True).to_uid()``, with fewer copies."""
         exclude = self._cache_exclusions()
-        if any("." in name for name in exclude):  # a nested exclusion: ConfDict pops it
-            return self.config(uid=True, exclude_defaults=True).to_uid()
         owner = self._owner()
         out, plain = identity.export_with_keys(owner, True, True, exclude)
         return ConfDict.uid_of(out, plain_keys=plain)

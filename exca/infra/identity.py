@@ -371,10 +371,49 @@ def export_with_keys(
             f"have a json form: {hint}"
         ) from e
     exporter = _Exporter(uid=uid, exclude_defaults=exclude_defaults)
-    out = exporter.model(model, dumped, keep=())
-    for name in exclude:
-        out.pop(name, None)
+    drop = _exclusion_tree(exclude)
+    out = exporter.model(model, dumped, keep=(), drop=drop)
     return out, exporter.field_keys_only
+
+
+# An exclusion tree: name -> None (drop the whole value) or the tree of what to drop in it.
+_Drops = dict[str, tp.Any]
+
+
+def _exclusion_tree(names: tp.Iterable[str]) -> _Drops | None:
+    """``["a", "b.c", "b.d"]`` -> ``{"a": None, "b": {"c": None, "d": None}}``."""
+    tree: _Drops = {}
+    for name in names:
+        node = tree
+        *parents, last = name.split(".")
+        for part in parents:
+            sub = node.setdefault(part, {})
+            if sub is None:
+                break  # a parent is dropped whole already
+            node = sub
+        else:
+            node[last] = None
+    return tree or None
+
+
+def _without(value: tp.Any, drop: _Drops) -> tp.Any:
+    """A copy of an exported value without the paths of an exclusion tree."""
+    if isinstance(value, dict):
+        out = type(value)() if isinstance(value, collections.OrderedDict) else {}
+        for key, sub in value.items():
+            if key in drop:
+                if drop[key] is None:
+                    continue
+                sub = _without(sub, drop[key])
+            out[key] = sub
+        return out
+    if isinstance(value, list):
+        return [
+            sub if str(i) not in drop else _without(sub, drop[str(i)])
+            for i, sub in enumerate(value)
+            if not (str(i) in drop and drop[str(i)] is None)
+        ]
+    return value
 
 
 def export_field(parent: pydantic.BaseModel, name: str) -> dict[str, tp.Any]:
@@ -424,8 +463,13 @@ class _Exporter:
         self.field_keys_only = True
 
     def model(
-        self, model: pydantic.BaseModel, dumped: dict[str, tp.Any], keep: tp.Container[str]
+        self,
+        model: pydantic.BaseModel,
+        dumped: dict[str, tp.Any],
+        keep: tp.Container[str],
+        drop: _Drops | None = None,
     ) -> dict[str, tp.Any]:
+        """``drop``: the exclusion tree of this model's fields (cache-uid exclusions)."""
         facts = class_facts(type(model))
         if self.uid:
             if not facts.has_extra_config:
@@ -447,6 +491,10 @@ class _Exporter:
         for field in facts.fields_in_uid if self.uid else facts.fields:
             name = field.name
             if name in excluded or name not in dumped:
+                continue
+            if drop is not None and name in drop:
+                if drop[name] is not None:
+                    self._field_without(out, model, dumped[name], field, drop[name])
                 continue
             dval = dumped[name]
             if field.plain:  # the fast path: the json dump is the exported value
@@ -517,8 +565,48 @@ class _Exporter:
             self.field_keys_only = False
             for key, sub in extra.items():
                 if key in dumped and key not in excluded:
+                    if drop is not None and key in drop:
+                        if drop[key] is not None:
+                            out[key] = _without(self.value(sub, dumped[key]), drop[key])
+                        continue
                     out[key] = self.value(sub, dumped[key])
         return out
+
+    def _field_without(
+        self,
+        out: dict[str, tp.Any],
+        model: pydantic.BaseModel,
+        dval: tp.Any,
+        field: _FieldFacts,
+        drop: _Drops,
+    ) -> None:
+        """Export a field with some nested values excluded: the default comparison leaves
+        them out too (values differing only there are at their default)."""
+        name = field.name
+        value = model.__dict__.get(name)
+        prune = self.exclude_defaults and not field.required
+        if isinstance(value, pydantic.BaseModel):
+            if self.uid and dropped_from_parent(value):
+                return
+            if field.model_cls is not None and type(value) is not field.model_cls:
+                dval = value.model_dump(mode="json", warnings=False, by_alias=False)
+            exported = self.model(value, dval, keep=field.keep, drop=drop)
+            if prune and type(field.default) is type(value):
+                default = field.default
+                ddump = default.model_dump(mode="json", warnings=False, by_alias=False)
+                reference = _Exporter(self.uid, True).model(default, ddump, field.keep, drop)
+                if _uid_equal(exported, reference):
+                    return
+        else:
+            exported = _without(self.value(value, dval, field.keep), drop)
+            default_json = field.default_json
+            if (
+                prune
+                and default_json is not _NO_DEFAULT
+                and _uid_equal(exported, _without(default_json, drop))
+            ):
+                return
+        out[name] = exported
 
     def value(self, value: tp.Any, dval: tp.Any, keep: tp.Container[str] = ()) -> tp.Any:
         """Export of a field value (``dval``: its json dump); models met inside keep the
