@@ -614,6 +614,42 @@ def test_cli_config_file_values_keep_their_yaml_types(tmp_path: Path) -> None:
     assert "has no Nope.label" in result.stderr
 
 
+def test_cli_bad_input_gets_a_message_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from exca.ops.cli import main
+
+    root = tmp_path / "cache"
+    Train(infra={"folder": root}).fit()
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("a: [1\n")
+    cases = {
+        ("plan", f"{__name__}:Squares.square", f"infra.folder={root}"): "from Python",
+        ("plan", f"{__name__}:Total.total", f"infra.folder={root}"): "from Python",
+        ("plan", f"{__name__}:Train.fit", "optim.lr=[1"): "optim.lr=[1",
+        ("plan", f"{__name__}:Train.fit", "--config", str(listed)): "list.yaml",
+        ("plan", f"{__name__}:Train.fit", "--config", str(broken)): "broken.yaml",
+        ("list", str(tmp_path / "nope")): "no such folder",
+        ("logs", str(tmp_path / "nope")): "no such folder",
+        ("clean", str(tmp_path / "nope"), "versions"): "no such folder",
+        ("clean", str(root), "node"): "give the node folders",
+        ("clean", str(root), "node", str(tmp_path / "nope")): "no such folder",
+    }
+    for argv, message in cases.items():
+        assert main(list(argv)) == 2, argv
+        err = capsys.readouterr().err
+        assert "exca: error:" in err and message in err, (argv, err)
+    # a --where value that is not yaml is compared as text (no error)
+    assert main(["list", str(root), "--where", "optim.lr=[1"]) == 0
+    assert "No cached node" in capsys.readouterr().out
+    # the step as `exca list` prints it (with its version) selects the method
+    Train(infra={"folder": root, "version": "2"}).fit()
+    assert main(["clean", str(root), "versions", "--step", f"{__name__}.Train.fit,2"]) == 0
+    assert "Train.fit,1" in capsys.readouterr().out
+
+
 def test_explain_a_task_with_inputs(tmp_path: Path) -> None:
     """The nearest cached call of a method with inputs: its config and input values."""
     root = tmp_path / "cache"

@@ -242,6 +242,11 @@ def test_plan_and_check_show_the_problems(tmp_path: Path) -> None:
     result = cli("check", f"{__name__}:ImpossibleOpsTask.run", "--config", fine)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "Resources fit the cluster."
+    # a cached config is checked too (a check comes before forcing or changing it)
+    assert ImpossibleOpsTask(x=4, infra={"folder": root}).run() == 4
+    result = cli("check", f"{__name__}:ImpossibleOpsTask.run", "--config", cfg, "x=4")
+    assert result.returncode != 0
+    assert len(result.stdout.strip().splitlines()) == len(expected), result.stdout
 
 
 def test_array_larger_than_max_array_size_is_split(tmp_path: Path, slurm_cluster: tp.Any) -> None:

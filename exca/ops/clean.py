@@ -173,8 +173,9 @@ def remove_nodes(
             # whose claims are not checked one by one here)
             raise ValueError(
                 f"{folder} is not the folder of a node (no {UID_FILE}): pass config folders "
-                "(<root>/<module.Class.method,version>/<uid>); `clean versions` and "
-                "`clean garbage` remove whole methods"
+                "(<root>/<module.Class.method,version>/<uid>); whole methods are removed by "
+                "`exca clean ROOT versions` (old versions) or, from Python, "
+                "exca.ops.clean.garbage(root, targets)"
             )
         folders.append(folder)
         _add_folder(plan, folder, "requested")
@@ -207,15 +208,24 @@ def _version_key(version: str) -> tuple[tp.Any, ...]:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", version) if p)
 
 
+def _step_matches(step: str, name: str, method: str) -> bool:
+    """A ``--step`` filter: a glob or substring of ``<method>,<version>``; a step written
+    with its version (as `exca list` prints it) selects every version of that method."""
+    if "," in step and not any(c in step for c in "*?["):
+        return step.rpartition(",")[0] == method
+    return fnmatch.fnmatch(name, step) or step in name
+
+
 def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
     """Every ``<method>,<version>`` folder but the newest version of each method."""
     root = Path(root)
     plan = CleanPlan()
     methods: dict[str, list[Path]] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and "," in p.name):
-        if step is not None and not (fnmatch.fnmatch(folder.name, step) or step in folder.name):
+        method = folder.name.rpartition(",")[0]
+        if step is not None and not _step_matches(step, folder.name, method):
             continue
-        methods.setdefault(folder.name.rpartition(",")[0], []).append(folder)
+        methods.setdefault(method, []).append(folder)
     for folders in methods.values():
         folders.sort(key=lambda p: _version_key(p.name.rpartition(",")[2]))
         newest = folders[-1].name.rpartition(",")[2]

@@ -7,8 +7,8 @@
   clean   ROOT <what>           free space (preview; --yes to remove)
   logs    FOLDER                stdout/stderr of a node's (or a map item's) job
 
-TARGET is ``package.module:Class.method``; its config comes from ``--config FILE.yaml``
-and ``key=value`` overrides (dotted keys).
+TARGET is package.module:Class.method; its config comes from --config FILE.yaml
+and key=value overrides (dotted keys).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import typing as tp
 from pathlib import Path
@@ -34,16 +35,47 @@ def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.An
     cls = getattr(module, class_name, None)
     if cls is None or not hasattr(cls, method):
         raise ValueError(f"{target!r}: {module_name} has no {attr} (check TARGET)")
-    cfg = ConfDict.from_yaml(Path(config)) if config else ConfDict()
+    import yaml
+
+    try:
+        cfg = ConfDict.from_yaml(Path(config)) if config else ConfDict()
+    except (yaml.YAMLError, TypeError) as error:
+        raise ValueError(
+            f"--config {config}: not a yaml mapping of config values ({error})"
+        ) from None
     args = ConfDict.from_args([f"--{o}" if not o.startswith("--") else o for o in overrides])
     for key, value in list(args.flat().items()):  # values from the command line are strings
         if isinstance(value, str) and value:
-            import yaml
-
-            args[key] = yaml.safe_load(value)  # (not the file's: yaml typed them already)
+            try:
+                args[key] = yaml.safe_load(value)  # (not the file's: yaml typed them already)
+            except yaml.YAMLError as error:
+                raise ValueError(
+                    f"{key}={value}: the value is not valid yaml (quote it as a string: "
+                    f"'{key}=\"{value}\"'): {error}"
+                ) from None
     cfg.update(args)
     obj = cls(**cfg)
-    return getattr(obj, method).node()
+    bound = getattr(obj, method)
+    try:
+        return bound.node()
+    except TypeError as error:  # a map (items) or a method with parameters
+        raise ValueError(
+            f"{target}: cannot build its node from a config alone ({error}); plan, explain "
+            "or check it from Python: exca.graph.plan(obj.method.node(...))"
+        ) from None
+
+
+def _resource_problems(plan: tp.Any) -> list[tuple[str, str]]:
+    """Resources of every node going to Slurm that the cluster cannot give (cached nodes
+    too: a check is asked before changing or forcing a config)."""
+    from ..graph.executors import resolve_cluster
+    from ..graph.slurm_check import problems
+
+    out: list[tuple[str, str]] = []
+    for node in plan.graph.nodes.values():
+        if resolve_cluster(node.execution.cluster) == "slurm":
+            out.extend((node.uid, problem) for problem in problems(node.execution))
+    return out
 
 
 def _print(data: tp.Any, as_json: bool, text: str) -> None:
@@ -56,6 +88,10 @@ def _print(data: tp.Any, as_json: bool, text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
+    except BrokenPipeError:  # `exca list ROOT | head`: the reader left, nothing to report
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # (the interpreter flushes stdout at exit)
+        return 1
     except Exception as error:  # config and cache errors: a message, not a traceback
         import pydantic
 
@@ -121,6 +157,16 @@ def _main(argv: list[str] | None) -> int:
     if bad or (rest and args.command not in ("plan", "explain", "check")):
         parser.error(f"unrecognized arguments: {' '.join(bad or rest)}")
     args.overrides = rest
+    for name in ("root", "folder"):
+        path = getattr(args, name, None)
+        if path is not None and not Path(path).is_dir():
+            raise ValueError(f"{path}: no such folder (give a cache folder)")
+    if args.command == "clean" and args.what == "node":
+        if not args.folders:
+            raise ValueError("clean node: give the node folders to remove (see `exca list ROOT`)")
+        missing = [f for f in args.folders if not Path(f).exists()]
+        if missing:
+            raise ValueError(f"clean node: no such folder: {', '.join(missing)}")
     if args.command == "list":
         from .inspect import inspect, render
 
@@ -144,7 +190,7 @@ def _main(argv: list[str] | None) -> int:
                 [e.to_dict() for e in explanations], args.json, render_explanations(explanations)
             )
         else:
-            problems = [(e.uid, p) for e in plan.entries for p in e.problems]
+            problems = _resource_problems(plan)
             text = "\n".join(f"{uid}: {p}" for uid, p in problems) or "Resources fit the cluster."
             _print([{"uid": u, "problem": p} for u, p in problems], args.json, text)
             return 1 if problems else 0

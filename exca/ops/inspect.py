@@ -218,7 +218,10 @@ def _matches(config: dict[str, tp.Any], key: str, value: str) -> bool:
     candidates = [k for k in config if k == key or k.endswith("." + key)]
     if not candidates:
         return False
-    expected = yaml.safe_load(value)
+    try:
+        expected = yaml.safe_load(value)
+    except yaml.YAMLError:  # not yaml (e.g. "[1"): compared as text
+        expected = value
     if isinstance(expected, str):  # (yaml 1.1 reads 1e-5 as a string: a float for us)
         try:
             expected = float(value)
