@@ -139,6 +139,7 @@ def test_local_job_details(tmp_path: Path) -> None:
     assert log_folder.is_dir()
     assert job.job_id in log_folder.name
     assert any(log_folder.glob(f"{job.job_id}_*_log.out"))
+    assert [p.name for p in log_folder.parent.iterdir()] == [job.job_id]  # no literal "%j"
     records = [json.loads(p.read_text()) for p in (folder / "jobs").glob("*.json")]
     assert [r["job_id"] for r in records] == [job.job_id]
     assert Path(records[0]["logs"]).resolve() == log_folder

@@ -278,6 +278,17 @@ def run_unit_quietly(unit: Unit) -> Report | BaseException:
         return error
 
 
+def run_local_unit(unit: Unit) -> Report:
+    """A unit in a submitit local job: its controller process created the literal log
+    folder template (``.../%j``) again; it holds nothing."""
+    with contextlib.suppress(Exception):
+        import submitit
+
+        folder = Path(submitit.JobEnvironment().paths.folder)
+        _remove_template_folder(str(folder.parent / "%j"))
+    return run_unit(unit)
+
+
 def _run_pickled(payload: bytes) -> tuple[Report, list[tuple[str, tp.Any]] | None]:
     """Run a unit in a pool process. Without a folder, its outputs live in this process's
     memory: they are returned, for the caller's in-memory cache."""
@@ -415,6 +426,8 @@ def submit_array(
     function: tp.Callable[[Unit], tp.Any] = run_unit
     if cluster == "debug" and not sys.stdin.isatty():
         function = run_unit_quietly
+    elif cluster == "local":
+        function = run_local_unit
     context = (
         execution.workdir.activate() if execution.workdir is not None else contextlib.nullcontext()
     )
