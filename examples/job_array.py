@@ -50,7 +50,7 @@ def main() -> None:
     grid = list(itertools.product([2, 4, 8], [32, 64]))
     before = [base.infra.clone_obj(layers=n, width=w).infra.status() for n, w in grid]
     print(f"{before.count('completed')}/{len(grid)} configs already computed")
-    with base.infra.job_array(max_workers=4) as array:  # at most 4 run at the same time
+    with base.infra.job_array(max_workers=4) as array:  # on Slurm, at most 4 run at once
         for layers, width in grid:
             array.append(base.infra.clone_obj({"layers": layers, "width": width}))
     # leaving the block submitted the missing configs as one array; it did not wait

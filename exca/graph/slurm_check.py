@@ -184,7 +184,8 @@ def problems(
     mem = params.get("mem_gb")
     best_mem = max(n.memory_mb for n in nodes)
     if mem is not None and best_mem and mem * 1024 > best_mem:
-        found.append(f"mem_gb={mem} but nodes of {where} have at most {best_mem / 1024:.1f} GB")
+        shown = int(mem) if float(mem).is_integer() else mem  # (the field is a float)
+        found.append(f"mem_gb={shown} but nodes of {where} have at most {best_mem / 1024:.1f} GB")
     nodes_wanted = params.get("nodes") or 1
     if nodes_wanted > len(nodes):
         found.append(f"nodes={nodes_wanted} but {where} has {len(nodes)} node(s)")

@@ -138,7 +138,8 @@ def prepare(
                 raise RuntimeError(
                     f"Default {key}={full_flat[key]!r} seems incompatible with the cached "
                     f"{key}={value!r} in {folder / FULL_UID_FILE} (the class default changed "
-                    f"since the cache was written; to ignore, remove {FULL_UID_FILE})"
+                    f"since the cache was written; to ignore, remove {FULL_UID_FILE}; if the cached "
+                    "results are wrong now, bump the infra version instead)"
                 )
     if not (folder / CONFIG_FILE).exists():
         write_atomic(folder / CONFIG_FILE, config().to_yaml(), permissions)
