@@ -27,7 +27,7 @@ from ..confdict import ConfDict
 def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.Any:
     """Build the node of ``module:Class.method`` for a config (yaml file + overrides)."""
     if ":" not in target or "." not in target.split(":", 1)[1]:
-        raise SystemExit(f"TARGET must look like package.module:Class.method, got {target!r}")
+        raise ValueError(f"TARGET must look like package.module:Class.method, got {target!r}")
     module_name, _, attr = target.partition(":")
     class_name, _, method = attr.rpartition(".")
     sys.path.insert(0, str(Path.cwd()))
