@@ -225,6 +225,25 @@ def test_log_commit_dirty_repo(repo: Path, tmp_path: Path) -> None:
     WorkDir(copied=[repo], folder=tmp_path / "code3").populate()
 
 
+def test_log_commit_untracked_and_unrelated_files(repo: Path, tmp_path: Path) -> None:
+    """An untracked file that would be copied refuses (the snapshot would not be the
+    commit); one that would not (not in includes), or a change outside the copied
+    folder, does not."""
+    _write(repo / "lib" / "mod.py", "B = 1\n")
+    _git(repo, "add", "lib/mod.py")
+    _git(repo, "commit", "-q", "-m", "lib")
+    _write(repo / "notes.txt", "not copied\n")
+    _write(repo / "code.py", "A = 2\n")  # dirty, but outside the copied folder
+    folder = tmp_path / "code"
+    with WorkDir(copied=[repo / "lib"], folder=folder, log_commit=True).activate():
+        pass
+    assert (folder / "git-hashes.log").exists()
+    _write(repo / "lib" / "new.py", "C = 1\n")
+    wd = WorkDir(copied=[repo / "lib"], folder=tmp_path / "code2", log_commit=True)
+    with pytest.raises(RuntimeError, match="new.py"), wd.activate():
+        pass
+
+
 def test_public_module() -> None:
     from exca.workdir import WorkDir as Public  # type: ignore[import-not-found]
 

@@ -93,15 +93,37 @@ class WorkDir(pydantic.BaseModel):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(Path(root) / name, target)
 
+    def _would_copy(self, name: str) -> bool:
+        return any(fnmatch.fnmatch(name, p) for p in self.includes) and not any(
+            fnmatch.fnmatch(name, p) for p in self.excludes
+        )
+
     def _log_commits(self, folder: Path) -> None:
         lines = []
         for name in self.copied:
             source = self.resolve(name)
             cwd = source if source.is_dir() else source.parent
-            dirty = subprocess.run(["git", "diff", "--exit-code"], cwd=cwd, capture_output=True)
+            # only what is copied counts (another folder of the repository may be dirty)
+            dirty = subprocess.run(
+                ["git", "diff", "HEAD", "--exit-code", "--", str(source)],
+                cwd=cwd,
+                capture_output=True,
+            )
             if dirty.returncode:
                 raise RuntimeError(
-                    f"WorkDir(log_commit=True): {cwd} has uncommitted changes; commit them first"
+                    f"WorkDir(log_commit=True): {source} has uncommitted changes; commit them first"
+                )
+            untracked = subprocess.run(
+                ["git", "ls-files", "--others", "--exclude-standard", "--", str(source)],
+                cwd=cwd,
+                capture_output=True,
+                text=True,
+            ).stdout.split()
+            copied = [f for f in untracked if self._would_copy(Path(f).name)]
+            if copied:
+                raise RuntimeError(
+                    f"WorkDir(log_commit=True): {source} has files git does not track, which "
+                    f"would be copied ({', '.join(copied[:5])}); commit them (or ignore them) first"
                 )
             commit = subprocess.run(
                 ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
