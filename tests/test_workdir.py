@@ -240,7 +240,7 @@ def test_log_commit_untracked_and_unrelated_files(repo: Path, tmp_path: Path) ->
     assert (folder / "git-hashes.log").exists()
     _write(repo / "lib" / "new.py", "C = 1\n")
     wd = WorkDir(copied=[repo / "lib"], folder=tmp_path / "code2", log_commit=True)
-    with pytest.raises(RuntimeError, match="new.py"), wd.activate():
+    with pytest.raises(RuntimeError, match=r"new\.py"), wd.activate():
         pass
 
 
