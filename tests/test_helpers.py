@@ -3,6 +3,7 @@ update_uids and DiscriminatedModel."""
 
 from __future__ import annotations
 
+import collections
 import inspect
 import pickle
 import typing as tp
@@ -282,6 +283,33 @@ def test_a_v2_named_cache_is_renamed_and_used(
     assert new.process() == 0.4 and _LEGACY_CALLS == [0.2]  # read, not computed again
     assert new.infra.uid_folder() != v2_folder and new.infra.status() == "completed"
     assert v2_folder is not None and not v2_folder.exists()
+
+
+class _LegacySteps(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    steps: collections.OrderedDict[str, int] = collections.OrderedDict()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        _LEGACY_CALLS.append(len(self.steps))
+        return sum(self.steps.values())
+
+
+def test_a_v2_named_cache_of_an_ordereddict_config_is_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uid.yaml does not say a dict was an OrderedDict (whose order is in its v3 uid):
+    the config's own v2 folder takes the name of its live config."""
+    steps = collections.OrderedDict([("warmup", 1), ("main", 10)])
+    monkeypatch.setenv("CONFDICT_UID_VERSION", "2")
+    assert _LegacySteps(steps=steps, infra={"folder": tmp_path}).process() == 11
+    monkeypatch.delenv("CONFDICT_UID_VERSION")
+    calls = len(_LEGACY_CALLS)
+    new = _LegacySteps(steps=steps, infra={"folder": tmp_path, "mode": "read-only"})
+    assert new.process() == 11 and len(_LEGACY_CALLS) == calls
+    folder = new.infra.uid_folder()
+    assert folder is not None and [p.name for p in folder.parent.iterdir()] == [folder.name]
 
 
 # --- DiscriminatedModel ----------------------------------------------------------------------

@@ -7,6 +7,7 @@ lives in a ``__slots__`` attribute, so it never enters dumps, equality or pickle
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
@@ -360,6 +361,11 @@ class BaseInfra(pydantic.BaseModel):
             legacy,
             folder.parent,
         )
+        # this config's own folder first, to the name its live config gives (uid.yaml
+        # does not say that a dict was an OrderedDict, whose order is in the v3 name)
+        if not folder.exists():
+            with contextlib.suppress(OSError):  # (renamed by another process meanwhile)
+                os.rename(folder.parent / legacy, folder)
         helpers.update_uids(folder.parent, dryrun=False)
 
     def _prepare_folder(self) -> None:
