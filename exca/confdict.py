@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import enum
 import io
 import os
 import sys
@@ -432,6 +433,8 @@ def _dumper_class() -> tp.Any:
         return dumper.represent_str(str(data))
 
     def fallback(dumper: yaml.SafeDumper, data: tp.Any) -> yaml.Node:
+        if isinstance(data, enum.Enum):  # by value, as a model's export writes it
+            return dumper.represent_data(data.value)
         np = sys.modules.get("numpy")
         if np is not None:
             if isinstance(data, np.bool_):

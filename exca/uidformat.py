@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import decimal
+import enum
 import fractions
 import hashlib
 import logging
@@ -275,6 +276,8 @@ class _UidMakerV3:
         return "(" + _clean_v3(",".join(displays)) + ")", "seq:(" + ",".join(hashes) + ")"
 
     def _render_other(self, value: tp.Any) -> _Rendered:
+        if isinstance(value, enum.Enum):  # by value, as a model's export writes it
+            return self.render(value.value)
         if isinstance(value, PurePath):
             return self.render(str(value))
         if isinstance(value, str):

@@ -419,3 +419,20 @@ def test_setdefault_and_union_operators_split_dotted_keys() -> None:
     union = ConfDict({"a": {"x": 1}}) | {"a": {"y": 2}}
     assert type(union) is ConfDict and union == {"a": {"x": 1, "y": 2}}
     assert cfg.to_uid() == ConfDict(dict(cfg)).to_uid()
+
+
+def test_enum_members_are_written_by_value() -> None:
+    """As a model's export writes them: yaml and uid agree with the plain value."""
+    import enum
+
+    class Mode(str, enum.Enum):  # noqa: UP042 (what users write; str() is not the value)
+        train = "train"
+
+    class Level(enum.IntEnum):
+        high = 2
+
+    for member, plain in ((Mode.train, "train"), (Level.high, 2)):
+        cd = ConfDict({"v": member})
+        assert cd.to_yaml() == ConfDict({"v": plain}).to_yaml()
+        assert cd.to_uid() == ConfDict({"v": plain}).to_uid()
+        assert ConfDict.from_yaml(cd.to_yaml()) == {"v": plain}
