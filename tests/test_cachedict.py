@@ -192,13 +192,15 @@ def test_keep_in_ram(tmp_path: Path) -> None:
     value = {"x": 1}
     with cd.write():
         cd["a"] = value
-    assert cd["a"] is value  # memoized, not reloaded
+    value["x"] = 2  # the caller's object: changing it does not change the cache
+    first = cd["a"]
+    assert first == {"x": 1} and cd["a"] is first  # read back as from disk, then memoized
     other: CacheDict[tp.Any] = CacheDict(tmp_path / "cache", keep_in_ram=True)
     loaded = other["a"]
-    assert loaded == value and loaded is not value
+    assert loaded == {"x": 1}
     assert other["a"] is loaded  # loaded once, then memoized
     plain: CacheDict[tp.Any] = CacheDict(tmp_path / "cache")
-    assert plain["a"] == value
+    assert plain["a"] == {"x": 1}
     assert plain["a"] is not plain["a"]
 
 

@@ -339,9 +339,23 @@ class Reusing(pydantic.BaseModel):
 def test_outputs_are_stored_as_yielded(tmp_path: Path, cluster: str | None, kind: str) -> None:
     # each output is stored as it was when yielded, whatever the method does with it next
     infra = {"folder": tmp_path, "cluster": cluster}
-    list(Reusing(kind=kind, infra=infra).process([1, 2, 3]))
-    outputs = list(Reusing(kind=kind, infra=infra).process([1, 2, 3]))
-    if kind == "dict":
-        assert outputs == [{"item": 1}, {"item": 2}, {"item": 3}]
-    else:
-        assert [set(o.tolist()) for o in outputs] == [{1.0}, {2.0}, {3.0}]
+    computing = Reusing(kind=kind, infra=infra)
+    first = list(computing.process([1, 2, 3]))
+    again = list(computing.process([1, 2, 3]))  # the same instance (keep_in_ram)
+    reread = list(Reusing(kind=kind, infra=infra).process([1, 2, 3]))
+    for outputs in (first, again, reread):
+        if kind == "dict":
+            assert outputs == [{"item": 1}, {"item": 2}, {"item": 3}]
+        else:
+            assert [set(o.tolist()) for o in outputs] == [{1.0}, {2.0}, {3.0}]
+            assert not any(o.flags.writeable for o in outputs)  # as memmaps from disk
+
+
+@pytest.mark.parametrize("kind", ["small", "big", "dict"])
+def test_outputs_kept_in_memory_only_are_copies(kind: str) -> None:
+    outputs = list(Reusing(kind=kind).process([1, 2, 3]))  # no folder: RAM only
+    for again in (outputs, list(Reusing(kind=kind).process([1, 2, 3]))):
+        if kind == "dict":
+            assert again == [{"item": 1}, {"item": 2}, {"item": 3}]
+        else:
+            assert [set(o.tolist()) for o in again] == [{1.0}, {2.0}, {3.0}]

@@ -7,6 +7,7 @@ computes, writes results or errors into the node's cache, and releases its claim
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -374,7 +375,7 @@ def _compute_from(
         nonlocal last_flush
         if batch:
             try:
-                cache.set_many(batch, meta=meta, skip_existing=True)
+                cache.set_many(batch, meta=meta, skip_existing=True, owned=True)
             except Exception:  # an output that cannot be stored: only its item fails
                 _store_one_by_one(node, cache, batch, meta, report)
             else:
@@ -386,14 +387,17 @@ def _compute_from(
 
     numpy = sys.modules.get("numpy")
     ndarray = numpy.ndarray if numpy is not None else None
+    in_memory = cache.folder is None  # (RAM keeps the objects: a copy of mutable ones)
     try:
         for output in node.function(items):
             if position >= len(uids):
                 return _miscounted(node, cache, uids, start, position - len(batch), report, "more")
             kind = type(output)
             now = kind not in _IMMUTABLE  # (written before the method resumes)
-            if now and kind is ndarray and output.nbytes <= SNAPSHOT_BYTES:
+            if now and kind is ndarray and (in_memory or output.nbytes <= SNAPSHOT_BYTES):
                 output, now = output.copy(), False
+            elif now and in_memory:
+                output, now = _copied(output), False
             batch.append((uids[position], output))
             position += 1
             if now or len(batch) >= FLUSH_ITEMS or time.monotonic() - last_flush > FLUSH_SECONDS:
@@ -416,6 +420,15 @@ def _compute_from(
         return _miscounted(node, cache, uids, start, position - len(batch), report, "fewer")
     flush()
     return position
+
+
+def _copied(output: tp.Any) -> tp.Any:
+    """A copy of a mutable output kept in memory only (the method may change the object
+    it yielded once it resumes); an object that cannot be copied is kept as it is."""
+    try:
+        return copy.deepcopy(output)
+    except Exception:
+        return output
 
 
 def _miscounted(

@@ -13,6 +13,7 @@ import logging
 import operator
 import os
 import shutil
+import sys
 import threading
 import typing as tp
 import warnings
@@ -46,6 +47,31 @@ class _ThreadState(threading.local):
 
 
 _FORK_GENERATION = 0
+
+# Written values that RAM (keep_in_ram, with a folder) keeps as they are: reading them back
+# from disk would give the same. Other values are loaded from disk at their first read
+# (what a new instance gets: a caller changing its object later, or a method refilling
+# one buffer, does not change what the cache returns).
+_KEPT_AS_WRITTEN = frozenset({int, float, complex, str, bytes, bool, type(None), CachedError})
+RAM_ARRAY_BYTES = 1 << 16  # smaller arrays: RAM keeps a read-only copy (no disk read)
+
+
+def _ram_copy(value: tp.Any, owned: bool) -> tp.Any:
+    """What RAM keeps of a written value, or ``_NOT_KEPT``. ``owned``: the caller holds no
+    other reference to the value (a copy made for the cache)."""
+    kind = type(value)
+    if kind in _KEPT_AS_WRITTEN:
+        return value
+    np = sys.modules.get("numpy")
+    if np is not None and kind is np.ndarray and value.nbytes <= RAM_ARRAY_BYTES:
+        if not owned:
+            value = value.copy()
+        value.flags.writeable = False  # as a memmap read back from disk
+        return value
+    return _NOT_KEPT
+
+
+_NOT_KEPT: tp.Any = object()
 
 
 def _after_fork() -> None:
@@ -445,7 +471,9 @@ class CacheDict(tp.Generic[X]):
         entries[key] = entry
         state.keys.add(key)
         if self.keep_in_ram:
-            self._ram[key] = value
+            kept = _ram_copy(value, owned=False)
+            if kept is not _NOT_KEPT:
+                self._ram[key] = kept
 
     __setitem__ = put  # (no extra call on the hot path of `cd[key] = value`)
 
@@ -454,14 +482,20 @@ class CacheDict(tp.Generic[X]):
         pairs: tp.Iterable[tuple[str, X]],
         meta: dict[str, tp.Any] | None = None,
         skip_existing: bool = False,
+        owned: bool = False,
     ) -> None:
         """Write many entries at once (inside ``write()``): their payloads, then all their
-        index lines in one append. A crash leaves none or a prefix of them, never a wrong one."""
+        index lines in one append. A crash leaves none or a prefix of them, never a wrong one.
+        ``owned``: nothing else references the values (RAM may keep them without a copy)."""
         with gcpause.paused():
-            self._set_many(pairs, meta, skip_existing)
+            self._set_many(pairs, meta, skip_existing, owned)
 
     def _set_many(
-        self, pairs: tp.Iterable[tuple[str, X]], meta: dict[str, tp.Any] | None, skip_existing: bool
+        self,
+        pairs: tp.Iterable[tuple[str, X]],
+        meta: dict[str, tp.Any] | None,
+        skip_existing: bool,
+        owned: bool = False,
     ) -> None:
         reader = self._reader
         if reader is None:
@@ -520,7 +554,11 @@ class CacheDict(tp.Generic[X]):
         state.offset = writer.size
         if self.keep_in_ram:
             self._ram_errors += errors
-            self._ram.update(values)
+            ram = self._ram
+            for key, value in values:
+                kept = _ram_copy(value, owned)
+                if kept is not _NOT_KEPT:
+                    ram[key] = kept
 
     def __delitem__(self, key: str) -> None:
         if self.folder is not None:
