@@ -359,3 +359,28 @@ def test_outputs_kept_in_memory_only_are_copies(kind: str) -> None:
             assert again == [{"item": 1}, {"item": 2}, {"item": 3}]
         else:
             assert [set(o.tolist()) for o in again] == [{1.0}, {2.0}, {3.0}]
+
+
+@pytest.mark.parametrize("keep_in_ram", [True, False])
+def test_a_long_lived_instance_sees_what_other_instances_did(
+    tmp_path: Path, keep_in_ram: bool
+) -> None:
+    """The documented workflow: an item fails, another process fixes it with mode="retry";
+    an instance that saw the failure reads the fix instead of raising the old error. A
+    deleted item is computed again (it raised KeyError)."""
+    fail_dir = tmp_path / "fail"
+    fail_dir.mkdir()
+    (fail_dir / "2").touch()
+    kwargs: dict[str, tp.Any] = {"fail_dir": str(fail_dir)}
+    seen = make(tmp_path, None, infra={"keep_in_ram": keep_in_ram}, **kwargs)
+    with pytest.raises(ValueError, match="bad item 2"):
+        list(seen.process([1, 2, 3]))
+    (fail_dir / "2").unlink()
+    fixer = make(tmp_path, None, infra={"mode": "retry"}, **kwargs)
+    assert list(fixer.process([1, 2, 3])) == [10, 20, 30]
+    assert list(seen.process([1, 2, 3])) == [10, 20, 30]
+    assert counts(tmp_path / "calls.txt") == {1: 1, 2: 2, 3: 1}
+    if not keep_in_ram:  # (RAM keeps what it read: documented)
+        del make(tmp_path, None, **kwargs).infra.cache_dict["3"]
+        assert list(seen.process([3, 1])) == [30, 10]
+        assert counts(tmp_path / "calls.txt")[3] == 2

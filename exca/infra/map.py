@@ -144,6 +144,7 @@ class BoundMap:
         uids = method.item_uid.shorten_all(uids)
         missing = None
         if reusing:
+            cache.reread()  # what other processes retried, forced or deleted meanwhile
             missing = cache.missing(uids)
             if not missing:  # fast path: no node, no scheduler
                 return cache.values_of(uids, where=infra.uid())

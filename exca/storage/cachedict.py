@@ -165,6 +165,12 @@ class CacheDict(tp.Generic[X]):
             self._reader.refresh()
             self._read_once = True
 
+    def reread(self) -> None:
+        """``refresh()`` if this view read the folder before (else its first read comes
+        anyway): for a long-lived view, what other processes wrote, forced or deleted."""
+        if self._read_once:
+            self.refresh()
+
     def _entries(self) -> dict[str, tuple[str, int, dict[str, tp.Any]]]:
         if self._reader is None:
             return {}
@@ -240,9 +246,21 @@ class CacheDict(tp.Generic[X]):
         self._preload_arrays(keys)
         for key in keys:
             value = self[key]
+            if isinstance(value, CachedError) and key in self._ram:
+                value = self._replaced_error(key, value)
             if isinstance(value, CachedError):
                 raise value.to_exception(f"{where} item {key!r}" if where else repr(key))
             yield value
+
+    def _replaced_error(self, key: str, error: X) -> X:
+        """A cached error held in RAM whose entry was replaced on disk since (recomputed by
+        another process with mode="retry"): the new value."""
+        entry = self._entries().get(key)
+        if entry is None or entry[2]["#type"] == "Error":
+            return error
+        del self._ram[key]
+        self._ram_errors -= 1
+        return self[key]
 
     def _preload_arrays(self, keys: tp.Sequence[str]) -> None:
         """Load many memory-mapped arrays at once into RAM (they are views: no data is
