@@ -1,18 +1,20 @@
 """WorkDir (SPEC §7): validation, name resolution, filters, copying at activation time,
-activate() (cwd and sys.path), and log_commit. No job is submitted here."""
+activate() (cwd and sys.path), log_commit; then jobs (local and debug clusters) running
+from their snapshots."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import typing as tp
 from pathlib import Path
 
 import pydantic
 import pytest
 
 import exca
-from exca.infra.workdir import WorkDir
+from exca.infra.workdir import SNAPSHOT_MARKER, WorkDir
 
 
 def _write(path: Path, text: str = "x = 1\n") -> Path:
@@ -40,7 +42,12 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _files(folder: Path) -> set[str]:
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    """The copied files (not the marker that every snapshot holds)."""
+    return {
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and p.name != SNAPSHOT_MARKER
+    }
 
 
 def test_validation() -> None:
@@ -248,3 +255,54 @@ def test_public_module() -> None:
     from exca.workdir import WorkDir as Public  # type: ignore[import-not-found]
 
     assert Public is WorkDir
+
+
+# --- jobs run from their snapshot ----------------------------------------------------------------
+class Reads(pydantic.BaseModel):
+    """Reads pkg.core.VALUE in the job (imported from the snapshot)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+    n: int = 0
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def value(self) -> str:
+        import pkg.core
+
+        return f"{pkg.core.VALUE} {os.getcwd()}"
+
+
+class MapReads(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def values(self, items: list[int]) -> tp.Iterator[str]:
+        import pkg.core
+
+        for _ in items:
+            yield f"{pkg.core.VALUE} {os.getcwd()}"
+
+
+@pytest.mark.parametrize("cluster", ["local", "debug"])
+def test_jobs_run_the_code_of_their_submission(project: Path, cluster: str) -> None:
+    """Each submission copies the code as it is then (maps too); a relative cache folder
+    inside the copied project works, and earlier snapshots are not copied again."""
+    infra = {"folder": "cache", "cluster": cluster, "workdir": {"copied": ["."]}}
+    seen = []
+    for n in range(3):
+        _write(project / "pkg" / "core.py", f"VALUE = {n}\n")
+        value, cwd = Reads(n=n, infra=infra).value().split()
+        (mapped,) = MapReads(infra=infra).values([n])
+        seen.append((value, mapped.split()[0]))
+        assert "/code/" in cwd and Path(cwd).is_relative_to(project / "cache")
+    if cluster == "local":
+        assert seen == [("0", "0"), ("1", "1"), ("2", "2")]
+    else:  # in this process: imported from the first snapshot, then kept by sys.modules
+        assert seen == [("0", "0")] * 3
+        sys.modules.pop("pkg.core", None)
+        sys.modules.pop("pkg", None)
+    # 6 snapshots, each with the project's 8 python files once (not the earlier snapshots)
+    snapshots = [p for p in (project / "cache").rglob(SNAPSHOT_MARKER)]
+    assert len(snapshots) == 6
+    assert len(list((project / "cache").rglob("core.py"))) == 6

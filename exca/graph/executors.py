@@ -278,6 +278,11 @@ def run_unit_quietly(unit: Unit) -> Report | BaseException:
         return error
 
 
+def _in_workdir(workdir: tp.Any, function: tp.Callable[[Unit], tp.Any], unit: Unit) -> tp.Any:
+    with workdir.activate():
+        return function(unit)
+
+
 def run_local_unit(unit: Unit) -> Report:
     """A unit in a submitit local job: its controller process created the literal log
     folder template (``.../%j``) again; it holds nothing."""
@@ -428,6 +433,10 @@ def submit_array(
         function = run_unit_quietly
     elif cluster == "local":
         function = run_local_unit
+    if cluster == "debug" and execution.workdir is not None:
+        # a debug job runs in this process when its result is asked for, after the
+        # submission's workdir context ended: it enters the snapshot itself
+        function = functools.partial(_in_workdir, execution.workdir, function)
     context = (
         execution.workdir.activate() if execution.workdir is not None else contextlib.nullcontext()
     )

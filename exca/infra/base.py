@@ -90,6 +90,14 @@ class BaseInfra(pydantic.BaseModel):
     keep_in_ram: bool = False
     version: str = "0"
 
+    @pydantic.field_validator("folder")
+    @classmethod
+    def _absolute_folder(cls, value: Path | None) -> Path | None:
+        # jobs may run elsewhere (a workdir snapshot is their current folder)
+        if value is not None and not value.is_absolute():
+            return value.absolute()
+        return value
+
     @pydantic.field_validator("version", mode="before")
     @classmethod
     def _version_text(cls, value: tp.Any) -> tp.Any:

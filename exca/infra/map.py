@@ -260,7 +260,7 @@ class MapInfra(BaseInfra, SubmititMixin):
                 execution=self._execution(
                     logs_folder=folder,
                     job_name=uid[uid.find(type(owner).__name__) :],
-                    workdir_folder=None if folder is None else folder / "code",
+                    workdir_folder=None,  # (a new snapshot per call: below)
                     max_jobs=self.max_jobs,
                     min_items_per_job=self.min_samples_per_job,
                 ),
@@ -272,4 +272,10 @@ class MapInfra(BaseInfra, SubmititMixin):
             )
             if self.folder is not None or self.keep_in_ram:
                 runtime.node = base
+        if self.workdir is not None and self.workdir.folder is None and self.folder is not None:
+            # each call that submits copies the code as it is now (the copy is made only
+            # when a job is submitted)
+            workdir = self.workdir.model_copy(update={"folder": self._workdir_folder(base.step)})
+            execution = dataclasses.replace(base.execution, workdir=workdir)
+            return dataclasses.replace(base, items=items, item_uids=uids, execution=execution)
         return dataclasses.replace(base, items=items, item_uids=uids)

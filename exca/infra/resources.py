@@ -5,6 +5,8 @@ None of these fields enters a uid: they change how a result is computed, not wha
 
 from __future__ import annotations
 
+import datetime
+import os
 import typing as tp
 from pathlib import Path
 
@@ -90,6 +92,14 @@ class SubmititMixin(pydantic.BaseModel):
                 value = list(value)
             out.append((name, value))
         return tuple(out)
+
+    def _workdir_folder(self, step: str) -> Path | None:
+        """A new code snapshot folder for one submission: ``<step>/code/<date>-<random>``."""
+        folder = getattr(self, "folder", None)
+        if self.workdir is None or folder is None:
+            return None
+        stamp = datetime.date.today().isoformat()
+        return Path(folder) / step / "code" / f"{stamp}-{os.urandom(3).hex()}"
 
     def _execution(
         self,

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import functools
 import inspect
 import logging
-import os
 import shutil
 import typing as tp
 from pathlib import Path
@@ -293,12 +291,6 @@ class TaskInfra(BaseInfra, SubmititMixin):
         cls = type(self._owner()).__name__
         index = uid.find(cls)
         return uid[index:] if index >= 0 else uid
-
-    def _workdir_folder(self, step: str) -> Path | None:
-        if self.workdir is None or self.folder is None:
-            return None
-        stamp = datetime.date.today().isoformat()
-        return Path(self.folder) / step / "code" / f"{stamp}-{os.urandom(3).hex()}"
 
     # --- jobs --------------------------------------------------------------------------------
     def job(self) -> Job:

@@ -25,6 +25,9 @@ import pydantic
 logger = logging.getLogger("exca")
 
 
+SNAPSHOT_MARKER = ".exca-snapshot"  # in every snapshot folder
+
+
 class WorkDir(pydantic.BaseModel):
     """Code snapshot settings (``copied`` names folders/files to copy, see module doc)."""
 
@@ -84,7 +87,14 @@ class WorkDir(pydantic.BaseModel):
             return
         skipped = skip.resolve()
         for root, dirs, files in os.walk(source):
-            dirs[:] = [d for d in dirs if not excluded(d) and (Path(root) / d).resolve() != skipped]
+            # never a snapshot (this one, or earlier ones when the cache is in the project)
+            dirs[:] = [
+                d
+                for d in dirs
+                if not excluded(d)
+                and (Path(root) / d).resolve() != skipped
+                and not (Path(root) / d / SNAPSHOT_MARKER).exists()
+            ]
             rel = Path(root).relative_to(source)
             for name in files:
                 if excluded(name) or not any(fnmatch.fnmatch(name, p) for p in self.includes):
@@ -138,6 +148,7 @@ class WorkDir(pydantic.BaseModel):
         folder = Path(self.folder)
         folder.mkdir(parents=True, exist_ok=True)
         empty = not any(folder.iterdir())
+        (folder / SNAPSHOT_MARKER).touch()  # (a later copy of "." skips this folder)
         for name in self.copied:
             source = self.resolve(name)
             relative = Path(os.path.normpath(name))
