@@ -380,6 +380,34 @@ def test_cluster_requires_folder(cluster: str, tmp_path: Path) -> None:
     assert Task(infra={"cluster": cluster, "folder": tmp_path}).infra.cluster == cluster
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"timeout_min": 0},
+        {"cpus_per_task": -1},
+        {"mem_gb": -3},
+        {"gpus_per_node": -1},
+        {"nodes": 0},
+        {"max_pickle_size_gb": 0},
+    ],
+)
+def test_resources_out_of_range_name_the_field(settings: dict[str, tp.Any]) -> None:
+    (name,) = settings
+    for infra in (TaskInfra, MapInfra):
+        with pytest.raises(pydantic.ValidationError, match=name):
+            infra(**settings)
+
+
+@pytest.mark.parametrize(
+    "settings", [{"max_jobs": 0}, {"max_jobs": -1}, {"min_samples_per_job": 0}]
+)
+def test_map_packing_out_of_range_names_the_field(settings: dict[str, tp.Any]) -> None:
+    (name,) = settings
+    with pytest.raises(pydantic.ValidationError, match=name):
+        MapInfra(**settings)
+    assert MapInfra(max_jobs=None).max_jobs is None  # no limit
+
+
 def test_class_default_settings_are_checked_at_every_creation_and_after_a_change(
     tmp_path: Path,
 ) -> None:

@@ -174,8 +174,8 @@ class MapInfra(BaseInfra, SubmititMixin):
         None
     )
     keep_in_ram: bool = True
-    max_jobs: int | None = 128
-    min_samples_per_job: int = 1
+    max_jobs: int | None = pydantic.Field(default=128, ge=1)  # None: no limit
+    min_samples_per_job: int = pydantic.Field(default=1, ge=1)
     forbid_single_item_computation: bool = False
 
     def apply(

@@ -41,13 +41,14 @@ class SubmititMixin(pydantic.BaseModel):
     cluster: str | None = None
     logs: Path | str = "{folder}/logs/{user}/%j"
     job_name: str | None = None
-    timeout_min: int | None = None
-    nodes: int | None = 1
-    tasks_per_node: int | None = 1
-    cpus_per_task: int | None = None
-    gpus_per_node: int | None = None
-    mem_gb: float | None = None
-    max_pickle_size_gb: float | None = None
+    # (bounds: a 0 or negative value was accepted, and jobs failed without naming it)
+    timeout_min: int | None = pydantic.Field(default=None, ge=1)
+    nodes: int | None = pydantic.Field(default=1, ge=1)
+    tasks_per_node: int | None = pydantic.Field(default=1, ge=1)
+    cpus_per_task: int | None = pydantic.Field(default=None, ge=1)
+    gpus_per_node: int | None = pydantic.Field(default=None, ge=0)
+    mem_gb: float | None = pydantic.Field(default=None, gt=0)
+    max_pickle_size_gb: float | None = pydantic.Field(default=None, gt=0)
     slurm_constraint: str | None = None
     slurm_partition: str | None = None
     slurm_account: str | None = None
