@@ -159,6 +159,31 @@ def test_error_cached_and_retry(tmp_path: Path) -> None:
     assert _count("task", 9) == before + 3
 
 
+class Unstorable(pydantic.BaseModel):
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> tp.Any:
+        import threading
+
+        CALLS.append(("unstorable", 0))
+        return {"weights": [1.0], "lock": threading.Lock()}
+
+
+def test_a_result_that_cannot_be_stored_is_a_cached_error(tmp_path: Path) -> None:
+    """Its error says so (same type as the storage error); it is not recomputed by every
+    call (the same result would come back), retry recomputes it."""
+    for _ in range(2):
+        obj = Unstorable(infra={"folder": tmp_path})
+        with pytest.raises(TypeError, match=r"result of .* cannot be stored .*pickle"):
+            obj.process()
+        assert obj.infra.status() == "failed"
+    assert _count("unstorable") == 1
+    with pytest.raises(TypeError, match="cannot be stored"):
+        Unstorable(infra={"folder": tmp_path, "mode": "retry"}).process()
+    assert _count("unstorable") == 2
+
+
 # --- jobs -----------------------------------------------------------------------------------
 def test_job_for_cluster_none(tmp_path: Path) -> None:
     task = Task(param=11, infra={"folder": tmp_path})

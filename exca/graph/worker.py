@@ -245,14 +245,34 @@ def _compute_task(node: Node) -> Report:
     try:
         with node.cache.write():
             node.cache.put(TASK_KEY, value, meta=meta)
-    except (
-        ValueError
-    ):  # written meanwhile by a worker thought dead (e.g. orphan of a cancelled job)
+    except OSError:  # (disk full, permissions...: not the result's fault, nothing cached)
+        raise
+    except Exception as error:
         node.cache.refresh()
-        if TASK_KEY not in node.cache:
-            raise
-        logger.warning("%s was written by another worker meanwhile; keeping that result", node.uid)
+        if isinstance(error, ValueError) and TASK_KEY in node.cache:
+            # written meanwhile by a worker thought dead (e.g. orphan of a cancelled job)
+            logger.warning(
+                "%s was written by another worker meanwhile; keeping that result", node.uid
+            )
+            return Report(computed=1)
+        # a result the cache cannot store: its error is cached (the same result would come
+        # again), naming the cause
+        failure = _unstorable(f"the result of {node.uid}", value, node.cache, error)
+        with node.cache.write():
+            node.cache.put(TASK_KEY, CachedError.from_exception(failure), meta=meta)
+        raise failure from error
     return Report(computed=1)
+
+
+def _unstorable(what: str, value: tp.Any, cache: CacheDict[tp.Any], error: Exception) -> Exception:
+    """The error of an output the cache cannot store (of the same type, when it can be built:
+    ``except`` clauses and retries keep working)."""
+    message = f"{what} cannot be stored in {cache.folder} ({type(value).__name__}): {error}"
+    try:
+        failure: Exception = type(error)(message)
+    except Exception:
+        failure = RuntimeError(message)
+    return failure
 
 
 # --- maps ---------------------------------------------------------------------------------
@@ -469,14 +489,7 @@ def _store_one_by_one(
         try:
             cache.set_many([(uid, output)], meta=meta, skip_existing=True)
         except Exception as error:
-            message = (
-                f"the output of item {uid!r} cannot be stored in {cache.folder} "
-                f"({type(output).__name__}): {error}"
-            )
-            try:
-                failure = type(error)(message)  # (the same type: retry/except clauses work)
-            except Exception:
-                failure = RuntimeError(message)
+            failure = _unstorable(f"the output of item {uid!r}", output, cache, error)
             try:
                 cache[uid] = CachedError.from_exception(failure)
             except Exception:  # (the error itself cannot be stored: it is raised instead)
