@@ -327,6 +327,8 @@ class _Sgd(pydantic.BaseModel):
 class _Sweep(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
     optim: _Optim = _Optim(momentum=0.9)
+    layers: list[_Optim] = [_Optim(), _Optim(lr=0.5)]
+    weights: dict[str, float] = {"a": 1.0, "b": 2.0}
     choice: tp.Annotated[_Adam | _Sgd, pydantic.Field(discriminator="name")] = _Sgd()
     model: Sub = Sub()
     infra: TaskInfra = TaskInfra(version="1", cluster="auto", gpus_per_node=2)
@@ -350,6 +352,10 @@ def test_clone_obj_keeps_values_of_sub_configs_at_their_field_default(tmp_path: 
     assert type(switched.choice) is _Sgd and switched.choice.lr == 0.5
     other = obj.infra.clone_obj({"choice.name": "adam"})
     assert type(other.choice) is _Adam
+    # inside a list or a dict at its default
+    indexed = obj.infra.clone_obj({"layers.1.momentum": 0.3, "weights.b": 3.0})
+    assert [(o.lr, o.momentum) for o in indexed.layers] == [(0.1, 0.0), (0.5, 0.3)]
+    assert indexed.weights == {"a": 1.0, "b": 3.0}
 
 
 def test_clone_obj_keeps_infra_settings_the_instance_overrode(tmp_path: Path) -> None:

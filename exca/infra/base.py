@@ -527,9 +527,9 @@ def _changed_parents(
 
 
 def _fill_sub_model(owner: pydantic.BaseModel, path: tuple[str, ...], cfg: ConfDict) -> None:
-    """Put the sub-model at ``path`` into ``cfg`` when the export left it out (at its field
-    default): a change inside it then keeps the default instance's other values instead of
-    rebuilding it from its class defaults."""
+    """Put the sub-model (or list, dict) at ``path`` into ``cfg`` when the export left it
+    out (at its field default): a change inside it then keeps the default's other values
+    instead of rebuilding it from its class defaults (or failing on a list index)."""
     parent: tp.Any = None
     value: tp.Any = owner
     for part in path:
@@ -537,12 +537,12 @@ def _fill_sub_model(owner: pydantic.BaseModel, path: tuple[str, ...], cfg: ConfD
             return  # (through a dict or a list: not filled)
         parent, value = value, value.__dict__.get(part)
     key = ".".join(path)
-    if (
-        isinstance(value, pydantic.BaseModel)
-        and not isinstance(value, BaseInfra)
-        and key not in cfg
-    ):
+    if key in cfg or isinstance(value, BaseInfra):
+        return
+    if isinstance(value, pydantic.BaseModel):
         cfg[key] = identity.export_field(parent, path[-1])
+    elif isinstance(value, list | tuple | dict):  # a change at an index or key inside it
+        cfg[key] = identity.export_model(parent)[path[-1]]
 
 
 def _with_subclass_instances(
