@@ -384,3 +384,55 @@ def test_a_long_lived_instance_sees_what_other_instances_did(
         del make(tmp_path, None, **kwargs).infra.cache_dict["3"]
         assert list(seen.process([3, 1])) == [30, 10]
         assert counts(tmp_path / "calls.txt")[3] == 2
+
+
+class Slow(pydantic.BaseModel):
+    log: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        import time
+
+        for item in items:
+            append(self.log, str(item))
+            time.sleep(0.3)
+            yield item
+
+
+def test_ctrl_c_stops_a_processpool_map(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the process group, as a terminal sends) stops the pool's workers:
+    they do not go on with the work already sent to them (the caller waited for it)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    log = tmp_path / "calls.txt"
+    code = (
+        "import test_map_execution as t\n"
+        f"m = t.Slow(log={str(log)!r}, infra={{'folder': {str(tmp_path / 'cache')!r}, "
+        "'cluster': 'processpool', 'max_jobs': 1})\n"
+        "list(m.process(range(40)))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, start_new_session=True, stderr=subprocess.PIPE
+    )
+    try:
+        for _ in range(600):  # until the worker computes
+            if log.exists() and log.read_text().count("\n") >= 2:
+                break
+            proc.poll()
+            assert proc.returncode is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # (started by this test)
+    computed = sum(counts(log).values())
+    assert computed < 10, f"{computed} items computed after Ctrl-C"  # (3 chunks of 13+)
+    cached = len(Slow(log=str(log), infra={"folder": tmp_path / "cache"}).infra.cache_dict.keys())
+    assert cached <= computed

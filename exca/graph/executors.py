@@ -367,8 +367,17 @@ class Pools:
         return handles
 
     def shutdown(self, cancel: bool = False) -> None:
+        """``cancel`` (Ctrl-C): drop queued work and stop the process pools' workers now
+        (they would finish the work already sent to them, and the interpreter would wait
+        for them at exit; what they wrote is complete, what they did not is not indexed)."""
         for pool in self._pools.values():
+            # (read before shutdown(), which forgets them)
+            processes = list((getattr(pool, "_processes", None) or {}).values())
             pool.shutdown(wait=not cancel, cancel_futures=cancel)
+            if cancel:
+                for process in processes:
+                    with contextlib.suppress(Exception):
+                        process.terminate()
         self._pools.clear()
 
 
