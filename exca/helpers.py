@@ -116,7 +116,8 @@ class FunctionWithInfra:
                 f"{self.func.__qualname__} has an infra: call it with keyword arguments only"
             )
         try:
-            key: tp.Any = tuple(sorted(kwargs.items()))
+            # (with the types: True == 1 == 1.0 for a dict, not for a config's uid)
+            key: tp.Any = tuple((k, type(v), v) for k, v in sorted(kwargs.items()))
             hash(key)
         except TypeError:
             key = None

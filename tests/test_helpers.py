@@ -44,6 +44,17 @@ def test_with_infra(tmp_path: Path) -> None:
         add(1)
 
 
+def _describe(x: bool | int) -> str:
+    return f"{type(x).__name__}:{x!r}"
+
+
+def test_with_infra_tells_true_from_1(tmp_path: Path) -> None:
+    """Equal for a dict key (True == 1), but two configs with two uids."""
+    describe = helpers.with_infra(folder=tmp_path)(_describe)
+    assert describe(x=1) == "int:1"
+    assert describe(x=True) == "bool:True"
+
+
 def test_with_infra_config(tmp_path: Path) -> None:
     add = helpers.with_infra(folder=tmp_path, mode="force")(_add)
     config = add.config(a=3)
