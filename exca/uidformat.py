@@ -389,14 +389,18 @@ def set_order(value: tp.Any) -> _Rendered:
     return _MAKERS[3].render(value)
 
 
-def to_uid(data: tp.Any, version: int | None = None) -> str:
-    """The uid string of a (nested) dict of config values ("" when empty)."""
+def to_uid(data: tp.Any, version: int | None = None, empty: str = "") -> str:
+    """The uid string of a (nested) dict of config values ("" when empty). ``empty``: the
+    text standing for an empty display, followed by the digest (a value whose display
+    cleans to nothing, "λ", is not the empty config)."""
     version = uid_version(version)
     # v3 collapses single-key chains while rendering; v2 on a collapsed copy
     rendered = _MAKERS[version].render(data if version == 3 else collapse(data))
     display = rendered[0]
     if not display or display in ("{}", "()", "[]"):
-        return ""
+        if not empty:
+            return ""
+        display = empty
     if display[0] in "{([" and display[-1] in "})]":
         display = display[1:-1]
     digest = hashlib.md5(rendered[1].encode("utf8")).hexdigest()[:8]

@@ -387,6 +387,28 @@ def test_array_inputs_are_hashed(env: Env) -> None:
     assert env.starts("arr") == 2
 
 
+def test_inputs_whose_uid_display_is_empty_are_different_inputs(env: Env) -> None:
+    """A string of non-ASCII letters cleans to nothing in a uid display: its digest still
+    tells it from the empty string and the empty list (they shared one result)."""
+    step = env.step("blank")
+    values = ["日本語", "λ", "", [], {}]
+    assert len({step.run.node(v).folder for v in values}) == len(values)
+    assert [step.run(v) for v in values] == [f"blank({_show(v)},None)" for v in values]
+    assert env.starts("blank") == len(values)
+
+
+def test_map_nodes_of_different_item_lists_have_different_uids(env: Env) -> None:
+    """Item uids may hold anything: ["1|2"] is not ["1", "2"] (their joined uids were the
+    same); lists without such characters keep the digest they always had."""
+    import hashlib
+
+    square = env.square()
+    lists: list[list[tp.Any]] = [["1|2"], ["1", "2"], [], [""], ["", ""], ["from:x"]]
+    uids = [square.apply.node(items).uid for items in lists]
+    assert len(set(uids)) == len(lists)
+    assert uids[1].endswith("/items-" + hashlib.md5(b"1|2").hexdigest()[:8])
+
+
 def test_map_node_shares_its_item_cache_with_eager_calls(env: Env) -> None:
     square = env.square()
     over_list = square.apply.node([1, 2, 3])

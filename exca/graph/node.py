@@ -68,7 +68,7 @@ class Value:
         from ..uidformat import to_uid
 
         try:
-            uid = to_uid(value) or "empty"
+            uid = to_uid(value, empty="empty")  # ("λ", "", [] are different inputs)
         except TypeError as e:
             raise TypeError(
                 f"Cannot use {type(value).__name__} value {value!r:.80} as a node input: {e}. "
@@ -174,6 +174,15 @@ class Node:
                 items = list(self.items)
                 uids = many(items) if many is not None else [self.item_uid(i) for i in items]
             text = "|".join(uids)
+            if (
+                (uids and text.count("|") != len(uids) - 1)  # a uid holds "|"
+                or "" in uids
+                or "\x00" in text
+                or text.startswith("from:")
+            ):  # the joined text is ambiguous: ["a|b"] and ["a", "b"] have the same
+                import json
+
+                text = "\x00" + json.dumps(list(uids))
         return "items-" + hashlib.md5(text.encode("utf8")).hexdigest()[:8]
 
     @functools.cached_property
