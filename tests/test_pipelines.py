@@ -357,6 +357,17 @@ def test_each_input_tuple_has_its_own_folder(env: Env) -> None:
     assert env.starts("s") == 4
 
 
+def test_clear_of_a_node_computed_by_a_local_job(env: Env) -> None:
+    """The next result() computes it again (the record of the finished job said that job
+    ended without a result: a failure, cached)."""
+    node = env.step("cleared", infra={"cluster": "local"}).run.node()
+    assert node.result() == "cleared(None,None)"
+    node.clear()
+    assert node.status() == "not submitted"
+    assert node.result() == "cleared(None,None)"
+    assert env.starts("cleared") == 2 and node.status() == "completed"
+
+
 def test_eager_call_with_values_uses_the_node_folder(env: Env) -> None:
     step = env.step("e")
     assert step.run(1, 2) == "e(1,2)"

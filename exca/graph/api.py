@@ -61,6 +61,14 @@ def job(node: Node) -> Job:
 
 
 def clear(node: Node) -> None:
-    """Remove a task node's result (its folder's yaml files are kept)."""
+    """Remove a task node's result (its folder's yaml files are kept), and the records of
+    its finished jobs: the next call computes it again (a record of a job that ended without
+    a result would say it failed). A job still running is left alone."""
+    from . import registry
+
+    node.cache.refresh()  # (the result may have been rewritten since this view read it)
     if TASK_KEY in node.cache:
         del node.cache[TASK_KEY]
+    for record in registry.read_all(node.folder):
+        if not registry.is_active(record):
+            registry.forget(node.folder, record.job_id)
