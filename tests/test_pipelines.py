@@ -1157,6 +1157,17 @@ def test_read_only_fails_before_anything_runs(env: Env) -> None:
     assert events(env.log) == [] and not child.folder.exists()  # type: ignore[union-attr]
 
 
+def test_read_only_map_fed_by_a_missing_node_fails_before_anything_runs(env: Env) -> None:
+    """Its items are unknown until the upstream runs, and it may not compute them."""
+    source = env.numbers(count=3).make.node()
+    squares = env.square(mode="read-only").apply.node(source)
+    entry = _by_uid(exca.graph.plan(squares))[squares.uid]
+    assert entry.action == "fail" and "read-only" in entry.reason
+    with pytest.raises(RuntimeError, match="read-only"):
+        exca.graph.run(squares)
+    assert events(env.log) == []
+
+
 def test_read_only_missing_stops_the_whole_run(env: Env) -> None:
     readonly = env.step("ro", infra={"mode": "read-only"}).run.node()
     other = env.step("other").run.node()
