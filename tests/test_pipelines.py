@@ -1168,6 +1168,39 @@ def test_read_only_map_fed_by_a_missing_node_fails_before_anything_runs(env: Env
     assert events(env.log) == []
 
 
+class Records(pydantic.BaseModel):
+    """Records of which one lacks the "name" that the map below names items by."""
+
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def make(self) -> list[dict[str, str]]:
+        return [{"name": "a"}, {"nom": "b"}]
+
+
+class ByName(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=lambda record: record["name"])
+    def apply(self, records: list[dict[str, str]]) -> tp.Iterator[str]:
+        for record in records:
+            yield record["name"].upper()
+
+
+@pytest.mark.parametrize("cached_upstream", [False, True])
+def test_item_uid_failing_on_upstream_items_fails_that_node_only(
+    env: Env, cached_upstream: bool
+) -> None:
+    records = Records(infra=env.infra())
+    if cached_upstream:
+        records.make()  # items known at plan time
+    by_name = ByName(infra=env.infra()).apply.node(records.make.node())
+    other = env.step("other").run.node()
+    with pytest.raises(KeyError, match=r"item_uid .* failed on item \{'nom': 'b'\}"):
+        exca.graph.run(by_name, other)
+    assert other.status() == "completed"  # the independent branch ran
+
+
 def test_read_only_missing_stops_the_whole_run(env: Env) -> None:
     readonly = env.step("ro", infra={"mode": "read-only"}).run.node()
     other = env.step("other").run.node()

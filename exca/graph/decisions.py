@@ -187,7 +187,12 @@ class Graph:
                 run.action = "force" if forced else "compute"
                 run.reason = "items known at run time"
                 return
-            uids = store.map_item_uids(node)
+            try:
+                uids = store.map_item_uids(node)
+            except Exception as error:  # (item_uid failing on an item: this node fails)
+                run.action, run.reason = "fail", f"{type(error).__name__}: {error}"
+                run.error = error
+                return
         self.decide_items(run, uids, forced)
 
     def _readable(self, node: Node) -> bool:

@@ -258,7 +258,12 @@ class Scheduler:
             running[run.node.key] = run
             if run.action == "wait":  # already submitted by someone: just wait for it
                 continue
-            units = self.units(run)
+            try:
+                units = self.units(run)
+            except Exception as error:  # e.g. item_uid failing on items made upstream:
+                del running[run.node.key]  # this node fails, the other branches go on
+                run.state, run.error = "failed", error
+                continue
             if run.node.kind == "map" and run.uids is not None and progress.total == 0:
                 progress.add_total(len(run.todo or []))
             if not units:

@@ -55,7 +55,10 @@ class ItemUid:
 
     def unshortened(self, items: tp.Sequence[tp.Any]) -> list[str]:
         """The item_uid function's strings (checked), before any shortening."""
-        uids = list(map(self.func, items))
+        try:
+            uids = list(map(self.func, items))
+        except Exception as error:
+            raise self._failed(items, error) from error
         if uids and self.func is not str and set(map(type, uids)) != {str}:
             for uid, item in zip(uids, items):
                 if not isinstance(uid, str):
@@ -63,6 +66,23 @@ class ItemUid:
             # str subclasses (a str Enum, numpy.str_): their text, as plain str
             uids = [u if type(u) is str else str.__str__(u) for u in uids]
         return uids
+
+    def _failed(self, items: tp.Sequence[tp.Any], error: Exception) -> Exception:
+        """The error of item_uid on the first item it fails on, naming that item."""
+        for item in items:
+            try:
+                self.func(item)
+            except Exception as found:
+                error = found
+                break
+        else:
+            item = "?"
+        name = getattr(self.func, "__qualname__", repr(self.func))
+        message = f"item_uid {name} failed on item {item!r:.200}: {type(error).__name__}: {error}"
+        try:
+            return type(error)(message)  # (the same type: except clauses keep working)
+        except Exception:
+            return RuntimeError(message)
 
     def shorten_all(self, uids: list[str]) -> list[str]:
         if uids and self.max_length is not None and max(map(len, uids)) > self.max_length:
