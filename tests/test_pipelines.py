@@ -420,6 +420,21 @@ def test_map_nodes_of_different_item_lists_have_different_uids(env: Env) -> None
     assert uids[1].endswith("/items-" + hashlib.md5(b"1|2").hexdigest()[:8])
 
 
+def test_a_dict_of_nodes_is_one_input(env: Env) -> None:
+    """The method receives the dict of their outputs; a node nested deeper, or a list of
+    nodes as a map's items, is a clear error (not a uid made of the node's repr)."""
+    first, second = env.step("first").run.node(), env.step("second").run.node()
+    node = env.step("join").run.node({"x": first, "y": second, "z": 3})
+    assert node.upstream == (first, second)
+    assert node.result() == "join({'x': 'first(None,None)', 'y': 'second(None,None)', 'z': 3},None)"
+    same = env.step("join").run.node({"z": 3, "y": second, "x": first})  # order of keys
+    assert same.uid == node.uid
+    with pytest.raises(TypeError, match="not an input"):
+        env.step("nested").run.node({"x": [first]})
+    with pytest.raises(TypeError, match="not a list of nodes"):
+        env.square().apply.node([first, second])
+
+
 def test_map_node_shares_its_item_cache_with_eager_calls(env: Env) -> None:
     square = env.square()
     over_list = square.apply.node([1, 2, 3])

@@ -70,6 +70,11 @@ class Value:
         try:
             uid = to_uid(value, empty="empty")  # ("λ", "", [] are different inputs)
         except TypeError as e:
+            if "Node" in str(e):  # a node nested deeper than a list or dict of nodes
+                raise TypeError(
+                    f"A node inside {type(value).__name__} value {value!r:.80} is not an "
+                    "input: pass a node, or a list or dict whose items are nodes or values"
+                ) from None
             raise TypeError(
                 f"Cannot use {type(value).__name__} value {value!r:.80} as a node input: {e}. "
                 "Pass a node, or a value of a type the uid format supports"
@@ -79,12 +84,17 @@ class Value:
 
 @dataclasses.dataclass(frozen=True)
 class Group:
-    """A list input mixing nodes and values: the method receives the list of their outputs."""
+    """A list (or dict) input mixing nodes and values: the method receives the list (dict)
+    of their outputs."""
 
     sources: tuple[Node | Value, ...]
+    keys: tuple[str, ...] | None = None  # a dict's keys, sorted (None: a list)
 
     @functools.cached_property
     def uid(self) -> str:
+        if self.keys is not None:
+            pairs = zip(self.keys, self.sources)
+            return "{" + ",".join(f"{key}={source.uid}" for key, source in pairs) + "}"
         return "[" + ",".join(source.uid for source in self.sources) + "]"
 
     @property

@@ -133,7 +133,8 @@ def load_output(source: Node | Value | Group) -> tp.Any:
     if isinstance(source, Value):
         return source.value
     if isinstance(source, Group):
-        return [load_output(s) for s in source.sources]
+        outputs = [load_output(s) for s in source.sources]
+        return outputs if source.keys is None else dict(zip(source.keys, outputs))
     if source.kind == "map":
         return store.map_outputs(source)
     if store.task_state(source, refresh=True) == "missing":

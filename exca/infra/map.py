@@ -260,6 +260,12 @@ class MapInfra(BaseInfra, SubmititMixin):
     def _map_node(
         self, items: tp.Sequence[tp.Any] | Node, uids: tp.Sequence[str] | None = None
     ) -> Node:
+        if not isinstance(items, Node) and Node in set(map(type, items)):  # (C speed)
+            raise TypeError(
+                f"{self._method().func.__qualname__}: the items of a map are values, or one "
+                "node whose output is the list of items, not a list of nodes (a task taking "
+                "the list of nodes can return the list of their outputs)"
+            )
         runtime = self._runtime()
         base: Node | None = runtime.node
         if base is None:

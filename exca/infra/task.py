@@ -106,9 +106,19 @@ class TaskMethod(InfraMethod):
             elif isinstance(value, list | tuple) and any(isinstance(v, Node) for v in value):
                 group = tuple(v if isinstance(v, Node) else Value.of(v) for v in value)
                 out.append((name, Group(group)))  # e.g. a sweep of nodes feeding one evaluation
+            elif isinstance(value, dict) and any(isinstance(v, Node) for v in value.values()):
+                if not all(isinstance(k, str) for k in value):
+                    raise TypeError(f"{self.func.__qualname__}: a dict of nodes needs str keys")
+                keys = tuple(sorted(value))
+                group = tuple(_source(value[k]) for k in keys)
+                out.append((name, Group(group, keys)))  # e.g. trainings by name
             else:
                 out.append((name, Value.of(value)))
         return tuple(out)
+
+
+def _source(value: tp.Any) -> Node | Value:
+    return value if isinstance(value, Node) else Value.of(value)
 
 
 class BoundTask:
