@@ -1249,6 +1249,17 @@ def test_independent_branches_run_concurrently_on_local(env: Env) -> None:
     assert pids["root0"] != pids["root1"] and os.getpid() not in pids.values()
 
 
+@pytest.mark.timeout(120)
+def test_jobs_go_out_before_inline_work_of_the_same_wave(env: Env) -> None:
+    """An inline node waits for a local job of the same wave to start: it would wait in
+    vain (and fail) if the job were submitted only once the inline work is done."""
+    sig = str(env.tmp / "job-started")
+    job = env.step("job", signal_file=sig, infra={"cluster": "local"}).run.node()
+    here = env.step("here", partner=sig).run.node()
+    exca.graph.run(job, here)
+    assert here.result() == "here(None,None)" and job.result() == "job(None,None)"
+
+
 @pytest.mark.timeout(180)
 def test_a_long_job_does_not_hold_back_an_unrelated_branch(env: Env) -> None:
     """slow, and quick -> add, all on cluster="local": add starts as soon as quick is done,

@@ -251,8 +251,10 @@ class Scheduler:
         progress: Progress,
         parallelism: int | None = None,
     ) -> None:
-        """Start ready nodes: inline ones run now; the others go out grouped in arrays."""
+        """Start ready nodes: the ones with a cluster go out grouped in arrays, then the
+        inline ones run (here: jobs first, so that they run meanwhile)."""
         groups: dict[str, list[tuple[NodeRun, Unit]]] = {}
+        inline: list[tuple[NodeRun, Unit]] = []
         for run in ready:
             run.state = "running"
             running[run.node.key] = run
@@ -271,14 +273,15 @@ class Scheduler:
             cluster = run.node.execution.cluster
             single_item = cluster in POOL_CLUSTERS and len(units) == 1 and len(units[0].keys) == 1
             if cluster is None or single_item:
-                for unit in units:
-                    on_items = progress.update if unit.uids is not None else None
-                    run.handles.append(executors.run_inline(unit, on_items))
+                inline.extend((run, unit) for unit in units)
                 continue
             key = f"{cluster}|{run.node.execution.group_key}"
             groups.setdefault(key, []).extend((run, u) for u in units)
         for members in groups.values():
             self._submit_group(members, pools, parallelism)
+        for run, unit in inline:
+            on_items = progress.update if unit.uids is not None else None
+            run.handles.append(executors.run_inline(unit, on_items))
 
     def _submit_group(
         self, members: list[tuple[NodeRun, Unit]], pools: executors.Pools, parallelism: int | None
