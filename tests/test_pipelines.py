@@ -1250,6 +1250,21 @@ def test_independent_branches_run_concurrently_on_local(env: Env) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_detached_run_without_slurm_starts_a_wave_together(env: Env) -> None:
+    """wait=False without Slurm runs the work here, but a wave's independent local jobs
+    run at the same time (each waits for the other to start: one at a time would fail)."""
+    sig = [str(env.tmp / f"started-{i}") for i in range(2)]
+    nodes = [
+        env.step(
+            f"w{i}", signal_file=sig[i], partner=sig[1 - i], infra={"cluster": "local"}
+        ).run.node()
+        for i in range(2)
+    ]
+    exca.graph.run(*nodes, wait=False)
+    assert [n.result() for n in nodes] == ["w0(None,None)", "w1(None,None)"]
+
+
+@pytest.mark.timeout(120)
 def test_jobs_go_out_before_inline_work_of_the_same_wave(env: Env) -> None:
     """An inline node waits for a local job of the same wave to start: it would wait in
     vain (and fail) if the job were submitted only once the inline work is done."""

@@ -32,17 +32,19 @@ def submit_all(scheduler: Scheduler) -> None:
     try:
         for wave in _waves(scheduler.graph.upstream, [r.node.key for r in work]):
             groups: dict[str, list[tuple[NodeRun, Unit]]] = {}
+            here: list[NodeRun] = []
             for key in wave:
                 run = scheduler.runs[key]
                 if run.action == "wait":
                     continue
                 if not _on_slurm(run):
-                    _run_here(scheduler, run, pools, progress)
+                    here.append(run)
                     continue
                 for unit in _units(scheduler, run):
                     groups.setdefault(run.node.execution.group_key, []).append((run, unit))
             for members in groups.values():
                 submitted.extend(_submit(scheduler, members))
+            _run_here(scheduler, here, pools, progress)  # (together: independent of each other)
     except BaseException:
         for run, handle in submitted:  # never leave half a submission behind
             handle.cancel()
@@ -53,16 +55,18 @@ def submit_all(scheduler: Scheduler) -> None:
 
 
 def _run_here(
-    scheduler: Scheduler, run: NodeRun, pools: executors.Pools, progress: Progress
+    scheduler: Scheduler, runs: list[NodeRun], pools: executors.Pools, progress: Progress
 ) -> None:
-    if _dependencies(scheduler, run.node.key):
-        raise ValueError(
-            f"Cannot submit {run.node.uid} without waiting: it runs on "
-            f"{run.node.execution.describe()} after upstream jobs, and only Slurm can start "
-            "work after other jobs (give it cluster='slurm', or use wait=True)"
-        )
+    """Nodes of one wave that do not go to Slurm: started together, waited for."""
+    for run in runs:
+        if _dependencies(scheduler, run.node.key):
+            raise ValueError(
+                f"Cannot submit {run.node.uid} without waiting: it runs on "
+                f"{run.node.execution.describe()} after upstream jobs, and only Slurm can "
+                "start work after other jobs (give it cluster='slurm', or use wait=True)"
+            )
     running: dict[Key, NodeRun] = {}
-    scheduler.launch([run], running, pools, progress)
+    scheduler.launch(runs, running, pools, progress)
     while running:
         scheduler.wait_some(running, progress)
 
