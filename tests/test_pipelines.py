@@ -1295,6 +1295,27 @@ def test_a_long_job_does_not_hold_back_an_unrelated_branch(env: Env) -> None:
     assert add.result() == "add(quick(None,None),None)" and slow.result() == "slow(None,None)"
 
 
+@pytest.mark.timeout(180)
+def test_ready_local_work_does_not_wait_for_its_group_to_fill(env: Env) -> None:
+    """slow -> follow, and quick -> add, with follow and add of one array group: add starts
+    at once (holding it back to send both in one array only pays off on Slurm)."""
+    block = env.tmp / "block"
+    block.touch()
+    local = {"cluster": "local"}
+    slow = env.step("slow", block_flag=str(block), infra=local).run.node()
+    follow = env.step("follow", infra=local).run.node(slow)
+    add = env.step("add", infra=local).run.node(env.step("quick").run.node())
+    thread = threading.Thread(target=exca.graph.run, args=(follow, add))
+    thread.start()
+    try:
+        wait_for(lambda: "add" in started(env.log), timeout=90)
+        assert slow.status() == "running"
+    finally:
+        block.unlink()
+        thread.join(timeout=120)
+    assert follow.result() == "follow(slow(None,None),None)"
+
+
 # =============================================================================================
 # 6. Ctrl-C
 # =============================================================================================

@@ -37,7 +37,7 @@ def submit_all(scheduler: Scheduler) -> None:
                 run = scheduler.runs[key]
                 if run.action == "wait":
                     continue
-                if not _on_slurm(run):
+                if not executors.on_slurm(run.node):
                     here.append(run)
                     continue
                 for unit in _units(scheduler, run):
@@ -86,11 +86,6 @@ def _submit(
         scheduler.record(run.node, unit, handle)
         out.append((run, handle))
     return out
-
-
-def _on_slurm(run: NodeRun) -> bool:
-    cluster = run.node.execution.cluster
-    return cluster in ("slurm", "auto") and executors.resolve_cluster(cluster) == "slurm"
 
 
 def _waves(upstream: dict[Key, list[Key]], order: list[Key]) -> list[list[Key]]:

@@ -283,6 +283,12 @@ def _in_workdir(workdir: tp.Any, function: tp.Callable[[Unit], tp.Any], unit: Un
         return function(unit)
 
 
+def on_slurm(node: tp.Any) -> bool:
+    """Whether a node's work goes to Slurm (cluster "slurm", or "auto" with a controller)."""
+    cluster = node.execution.cluster
+    return cluster in ("slurm", "auto") and resolve_cluster(cluster) == "slurm"
+
+
 def run_local_unit(unit: Unit) -> Report:
     """A unit in a submitit local job: its controller process created the literal log
     folder template (``.../%j``) again; it holds nothing."""

@@ -177,11 +177,13 @@ class Scheduler:
     def _hold_back(
         self, ready: list[NodeRun], running: dict[Key, NodeRun], pending: dict[Key, NodeRun]
     ) -> list[NodeRun]:
-        """Ready work waits while running jobs will soon make more work of its array group
-        ready (then a level of the DAG goes out as ONE array, not one array per finished
-        job); it does not wait for jobs of unrelated branches."""
+        """Ready Slurm work waits while running jobs will soon make more work of its array
+        group ready (then a level of the DAG goes out as ONE array, not one sbatch per
+        finished job). Other clusters gain nothing from waiting: their work starts now."""
         waiting = {k for k in pending if any(u in running for u in self.graph.upstream[k])}
-        soon = {self._group(pending[k]) for k in waiting} - {None}
+        soon = {self._group(pending[k]) for k in waiting if executors.on_slurm(pending[k].node)} - {
+            None
+        }
         return [r for r in ready if self._group(r) not in soon]
 
     def _ready(self, key: Key) -> bool:
