@@ -763,6 +763,9 @@ def test_plan_flags_stale_results(env: Env) -> None:
     assert "stale" in str(plan) and a.uid in str(plan)
     # c's own upstream (b) was not recomputed: c is not stale with respect to b
     assert _by_uid(exca.graph.plan(c))[c.uid].status == "cached"
+    # ... but once b is looked at (a target too), what was computed from it is stale
+    entry = _by_uid(exca.graph.plan(b, c))[c.uid]
+    assert entry.status == "stale" and entry.reason == f"stale: upstream {b.uid} is stale"
 
 
 def test_plan_flags_stale_results_through_a_map(env: Env) -> None:

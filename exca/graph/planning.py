@@ -68,6 +68,7 @@ class Plan:
         with gcpause.paused():
             self.graph = Graph(targets)
             self._by_uid: dict[str, Node] | None = None
+            self._stale: set[Key] = set()  # stale nodes seen so far (topological order)
             runs = self.graph.decide()
             order = self.graph.order
             self.entries = [self._entry(runs[key]) for key in order]
@@ -82,10 +83,16 @@ class Plan:
         node = run.node
         status, action = _status(run)
         reason = run.reason
-        if status == "cached" and node.kind == "task":
-            stale = self._stale_reason(node)
+        if status == "cached":
+            stale = self._stale_reason(node) if node.kind == "task" else None
+            if stale is None:  # computed from a stale result is stale too
+                ups = self.graph.upstream[node.key]
+                up = next((u for u in ups if u in self._stale), None)
+                if up is not None:
+                    stale = f"stale: upstream {self.graph.nodes[up].uid} is stale"
             if stale is not None:
                 status, reason = "stale", stale
+                self._stale.add(node.key)
         items = None
         if node.kind == "map" and run.action != "not-needed":
             if run.uids is None:
