@@ -32,6 +32,7 @@ class NodeRun:
     state: str = "pending"  # pending | running | done | failed | skipped
     resume: str | None = None  # action to take after waiting for someone else's job
     blocked: bool = False  # failed only because an upstream node failed
+    item_errors: int = 0  # maps reused as they are: how many items hold a cached error
 
     @property
     def needs_work(self) -> bool:
@@ -243,6 +244,7 @@ class Graph:
                 run.action, run.reason = "reuse", "cached"
                 failed = node.cache.count_errors(uids)
                 if failed:
+                    run.item_errors = failed
                     run.reason = (
                         f"cached, with {failed} item error(s) (mode='retry' recomputes them)"
                     )
@@ -307,13 +309,34 @@ class Graph:
             run = self.runs[key]
             if not run.needs_work or run.action == "wait":
                 continue
-            failing = next((u for u in self.upstream[key] if self.runs[u].action == "fail"), None)
-            if failing is not None:
-                run.action = "fail"
-                run.blocked = True
-                run.reason = (
-                    f"upstream {self.nodes[failing].uid} fails ({self.runs[failing].reason})"
+            failing = next((u for u in self.upstream[key] if self._fails(u)), None)
+            if failing is None:
+                continue
+            run.action = "fail"
+            run.blocked = True
+            up = self.runs[failing]
+            if up.action == "fail":
+                run.reason = f"upstream {up.node.uid} fails ({up.reason})"
+                continue
+            # a map kept with cached item errors: its outputs cannot be read
+            run.reason = (
+                f"upstream {up.node.uid} has {up.item_errors} cached item error(s) "
+                "(mode='retry' on it recomputes them)"
+            )
+            try:
+                store.map_outputs(up.node)
+            except Exception as error:
+                from .worker import UpstreamFailed
+
+                run.error = UpstreamFailed(
+                    f"{run.node.uid} did not run: an input could not be read "
+                    f"({type(error).__name__}: {error})"
                 )
+
+    def _fails(self, key: Key) -> bool:
+        """Whether what a node gives its downstream nodes cannot be read."""
+        run = self.runs[key]
+        return run.action == "fail" or (run.action == "reuse" and run.item_errors > 0)
 
     def decision_error(self, run: NodeRun) -> BaseException:
         """The exception a node that fails at decision time raises."""
