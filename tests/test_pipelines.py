@@ -796,6 +796,17 @@ def test_plan_flags_stale_results_with_the_same_objects(env: Env) -> None:
     assert _by_uid(exca.graph.plan(b))[b.uid].status == "stale"
 
 
+def test_plan_of_a_cached_map_fed_by_a_map(env: Env) -> None:
+    """Its items are read through the upstream map (cached): the plan says cached, as the
+    run then does (it said 'items known at run time', to compute)."""
+    numbers = env.numbers(3).make.node()
+    squares = env.square().apply.node(numbers)
+    cubes = env.square(power=3).apply.node(squares)
+    assert list(cubes.result()) == [0, 1, 64]
+    entry = _by_uid(exca.graph.plan(cubes))[cubes.uid]
+    assert (entry.status, entry.action) == ("cached", "reuse")
+
+
 def test_plan_map_item_counts(env: Env) -> None:
     square = env.square()
     list(square.apply(range(7)))

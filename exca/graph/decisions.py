@@ -202,9 +202,13 @@ class Graph:
             return False
         if node.kind == "task":
             return store.task_state(node) == "done"
-        if isinstance(node.items, Node):
+        if isinstance(node.items, Node) and not self._readable(node.items):
+            return False  # (a map fed by a map: readable when that one is, recursively)
+        try:
+            uids = store.map_item_uids(node)
+        except Exception:  # (item_uid failing: decided, and reported, with that map)
             return False
-        return not node.cache.missing(store.map_item_uids(node))
+        return not node.cache.missing(uids) and not node.cache.count_errors(uids)
 
     def decide_items(self, run: NodeRun, uids: list[str], forced: bool) -> None:
         """Decide a map node once its item uids are known."""
