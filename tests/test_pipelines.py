@@ -807,6 +807,14 @@ def test_plan_of_a_cached_map_fed_by_a_map(env: Env) -> None:
     assert (entry.status, entry.action) == ("cached", "reuse")
 
 
+def test_plan_of_a_map_on_jobs_with_items_known_at_run_time(env: Env) -> None:
+    """How many jobs depends on the items: the plan gives max_jobs as a bound."""
+    squares = env.square(cluster="local", max_jobs=5).apply.node(env.numbers(3).make.node())
+    (array,) = [a for a in exca.graph.plan(squares).arrays if squares.uid in a.nodes]
+    assert (array.elements, array.at_most) == (5, True)
+    assert "at most 5 element(s) on local" in str(exca.graph.plan(squares))
+
+
 def test_plan_map_item_counts(env: Env) -> None:
     square = env.square()
     list(square.apply(range(7)))

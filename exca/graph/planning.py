@@ -58,6 +58,7 @@ class PlannedArray:
     elements: int
     nodes: list[str]
     wave: int
+    at_most: bool = False  # a map's items are known at run time: elements is a bound
 
 
 class Plan:
@@ -195,6 +196,10 @@ class Plan:
                     len(groups), node.execution.describe(), 0, [], wave[key]
                 )
             array.elements += elements
+            # (max_jobs chunks at most: how many depends on the items)
+            array.at_most |= (
+                node.kind == "map" and run.uids is None and cluster in SUBMITIT_CLUSTERS
+            )
             array.nodes.append(node.uid)
         return list(groups.values())
 
@@ -256,7 +261,8 @@ class Plan:
             lines.append("Submissions:")
             for a in self.arrays:
                 lines.append(
-                    f"  wave {a.wave}: {a.elements} element(s) on {a.where} for {len(a.nodes)} node(s)"
+                    f"  wave {a.wave}: {'at most ' if a.at_most else ''}{a.elements} element(s)"
+                    f" on {a.where} for {len(a.nodes)} node(s)"
                 )
         return "\n".join(lines)
 
