@@ -1240,6 +1240,20 @@ def test_item_uid_failing_on_upstream_items_fails_that_node_only(
     assert other.status() == "completed"  # the independent branch ran
 
 
+def test_blocked_nodes_name_the_root_failure_and_repeated_inputs_are_one_edge(
+    env: Env,
+) -> None:
+    source = env.step("source", infra={"mode": "read-only"}).run.node()
+    child = env.step("child").run.node(source)
+    grandchild = env.step("grandchild").run.node([child, child])
+    plan = exca.graph.plan(grandchild)
+    reasons = {e.uid: e.reason for e in plan.entries}
+    expected = f"upstream {source.uid} fails (read-only and missing)"
+    assert reasons[child.uid] == reasons[grandchild.uid] == expected  # not nested
+    assert _by_uid(plan)[grandchild.uid].upstream == [child.uid]
+    assert plan.to_mermaid().count("-->") == 2
+
+
 def test_read_only_missing_stops_the_whole_run(env: Env) -> None:
     readonly = env.step("ro", infra={"mode": "read-only"}).run.node()
     other = env.step("other").run.node()

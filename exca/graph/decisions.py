@@ -89,7 +89,9 @@ class Graph:
             self.nodes = collect(self.targets)
             self.item_uids = item_uids or {}
             self.upstream: dict[Key, list[Key]] = {
-                k: [n.key for n in node.upstream] for k, node in self.nodes.items()
+                # (a node given twice, or two equal nodes, is one edge)
+                k: list(dict.fromkeys(n.key for n in node.upstream))
+                for k, node in self.nodes.items()
             }
             self.downstream: dict[Key, list[Key]] = {k: [] for k in self.nodes}
             for key, ups in self.upstream.items():
@@ -319,8 +321,10 @@ class Graph:
             run.action = "fail"
             run.blocked = True
             up = self.runs[failing]
-            if up.action == "fail":
-                run.reason = f"upstream {up.node.uid} fails ({up.reason})"
+            if up.action == "fail":  # (named by the root failure, not a chain of them)
+                run.reason = (
+                    up.reason if up.blocked else f"upstream {up.node.uid} fails ({up.reason})"
+                )
                 continue
             # a map kept with cached item errors: its outputs cannot be read
             run.reason = (
