@@ -1095,6 +1095,19 @@ def test_force_applies_to_each_input_of_an_instance_once(env: Env) -> None:
     assert [e["a"] for e in events(env.log, "start")] == [1, 2, 1, 2]
 
 
+def test_force_applies_to_each_item_of_a_map_instance_once_in_graph_runs(env: Env) -> None:
+    """As eager calls do: a second node of a forced map instance with other items forces
+    them (its plan said cached, and they were not recomputed)."""
+    env.square().apply([1, 2, 3, 4])
+    forced = env.square(mode="force")
+    exca.graph.run(forced.apply.node([1, 2]))
+    second = forced.apply.node([2, 3])
+    assert _by_uid(exca.graph.plan(second))[second.uid].status == "forced"
+    exca.graph.run(second)
+    exca.graph.run(forced.apply.node([1, 3]))  # all forced once already: reused
+    assert started(env.log) == [f"square{i}" for i in (1, 2, 3, 4, 1, 2, 3)]
+
+
 def test_failure_stops_only_its_dependents_then_retry(env: Env) -> None:
     flag = env.tmp / "fail"
     flag.touch()

@@ -137,8 +137,15 @@ class Node:
 
     @property
     def pending_force(self) -> bool:
-        """mode=force that this instance has not applied yet."""
-        return self.mode == "force" and not self.force_state.get("done", False)
+        """mode=force that this instance has not applied yet (to these items, for a map)."""
+        if self.mode != "force":
+            return False
+        state = self.force_state
+        if not state.get("done", False):
+            return True
+        if self.kind != "map" or self.items is None or isinstance(self.items, Node):
+            return False
+        return not state.get("uids", set()).issuperset(self.listed_item_uids)
 
     @functools.cached_property
     def closure(self) -> tuple[Node, ...]:
@@ -169,6 +176,16 @@ class Node:
         return f"{base}/{extra}" if extra else base
 
     @functools.cached_property
+    def listed_item_uids(self) -> tp.Sequence[str]:
+        """The uids of a map node's items given as a list (not from an upstream node)."""
+        if self.item_uids is not None:
+            return self.item_uids
+        assert self.item_uid is not None and not isinstance(self.items, Node)
+        many = getattr(self.item_uid, "many", None)
+        items = list(self.items or ())
+        return many(items) if many is not None else [self.item_uid(i) for i in items]
+
+    @functools.cached_property
     def items_uid(self) -> str | None:
         """``items-<md5[:8]>`` of a map node's items (their uids, or the upstream node that
         produces them): what a map node outputs depends on its items, not only its config."""
@@ -177,12 +194,7 @@ class Node:
         if isinstance(self.items, Node):
             text = "from:" + self.items.uid
         else:
-            uids = self.item_uids
-            if uids is None:
-                assert self.item_uid is not None
-                many = getattr(self.item_uid, "many", None)
-                items = list(self.items)
-                uids = many(items) if many is not None else [self.item_uid(i) for i in items]
+            uids = self.listed_item_uids
             text = "|".join(uids)
             if (
                 (uids and text.count("|") != len(uids) - 1)  # a uid holds "|"
