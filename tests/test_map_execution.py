@@ -436,3 +436,20 @@ def test_ctrl_c_stops_a_processpool_map(tmp_path: Path) -> None:
     assert computed < 10, f"{computed} items computed after Ctrl-C"  # (3 chunks of 13+)
     cached = len(Slow(log=str(log), infra={"folder": tmp_path / "cache"}).infra.cache_dict.keys())
     assert cached <= computed
+
+
+class Lowered(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=lambda text: text.lower())
+    def process(self, items: list[str]) -> tp.Iterator[str]:
+        for text in items:
+            yield f"from {text}"
+
+
+@pytest.mark.parametrize("cluster", [None, "threadpool"])
+def test_items_sharing_a_uid_read_the_first_ones_output(
+    tmp_path: Path, cluster: str | None
+) -> None:
+    mapper = Lowered(infra={"folder": tmp_path, "cluster": cluster})
+    assert list(mapper.process(["Apple", "APPLE", "pear"])) == ["from Apple"] * 2 + ["from pear"]

@@ -243,7 +243,8 @@ class Scheduler:
 
             items = load_output(items)
         assert run.uids is not None and items is not None
-        return dict(zip(run.uids, items))
+        # items with one uid: the first one is computed (the others read its output)
+        return dict(zip(reversed(run.uids), reversed(list(items))))
 
     def launch(
         self,
