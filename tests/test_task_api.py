@@ -429,6 +429,16 @@ def test_resources_out_of_range_name_the_field(settings: dict[str, tp.Any]) -> N
             infra(**settings)
 
 
+def test_folder_that_is_a_file_or_relative(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "afile").write_text("precious")
+    for infra in (TaskInfra, MapInfra):
+        with pytest.raises(pydantic.ValidationError, match="is a file"):
+            infra(folder=tmp_path / "afile")
+    assert (tmp_path / "afile").read_text() == "precious"
+    monkeypatch.chdir(tmp_path)
+    assert TaskInfra(folder="cache").folder == tmp_path / "cache"  # (jobs may run elsewhere)
+
+
 @pytest.mark.parametrize(
     "settings", [{"max_jobs": 0}, {"max_jobs": -1}, {"min_samples_per_job": 0}]
 )

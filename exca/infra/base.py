@@ -93,10 +93,12 @@ class BaseInfra(pydantic.BaseModel):
     @pydantic.field_validator("folder")
     @classmethod
     def _absolute_folder(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        if value.is_file():
+            raise ValueError(f"folder={str(value)!r} is a file: give the cache a folder")
         # jobs may run elsewhere (a workdir snapshot is their current folder)
-        if value is not None and not value.is_absolute():
-            return value.absolute()
-        return value
+        return value if value.is_absolute() else value.absolute()
 
     @pydantic.field_validator("version", mode="before")
     @classmethod
