@@ -1107,3 +1107,35 @@ def test_set_many_refuses_a_key_twice(tmp_path: Path) -> None:
         assert "a" not in cd  # nothing of the refused call is written
         cd.set_many([("a", 1), ("a", 3)], skip_existing=True)  # the first one wins
     assert dict(CacheDict(tmp_path).items()) == {"a": 1}
+
+
+def test_enums_uuids_and_str_subclasses_read_back_as_themselves(tmp_path: Path) -> None:
+    """JSON would give their plain values (orjson writes enums and UUIDs natively)."""
+    import enum
+    import uuid
+
+    class Level(enum.Enum):
+        HIGH = 3
+
+    class Color(str, enum.Enum):  # noqa: UP042 (what users write)
+        RED = "red"
+
+    class Name(str):
+        pass
+
+    values = {
+        "level": Level.HIGH,
+        "color": Color.RED,
+        "uuid": uuid.UUID(int=5),
+        "name": Name("a"),
+        "nested": {"c": Color.RED, "n": Name("b"), "l": [Level.HIGH]},
+    }
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path, cache_type="AutoPickle")
+    with cd.write():
+        for key, value in values.items():
+            cd[key] = value
+    fresh: CacheDict[tp.Any] = CacheDict(tmp_path)
+    for key, value in values.items():
+        assert fresh[key] == value
+        inner = fresh[key]["c"] if key == "nested" else fresh[key]
+        assert type(inner) is type(value["c"] if key == "nested" else value)

@@ -43,25 +43,32 @@ def _refuse(value: tp.Any) -> tp.Any:
 def plain_json(value: tp.Any) -> bytes | None:
     """JSON bytes of a value that reads back equal, else None (tuples come back as lists).
 
-    dataclasses, datetimes, str/int/dict subclasses and non-finite floats would come
-    back changed, so they are refused (orjson turns NaN into null).
+    dataclasses, datetimes, enums, UUIDs, str/int/dict subclasses and non-finite floats
+    would come back changed, so they are refused (orjson writes enums and UUIDs as their
+    values, and NaN as null).
     """
+    if not _plain(value):
+        return None
     try:
-        data = orjson.dumps(value, default=_refuse, option=_ORJSON_OPTIONS)
+        return orjson.dumps(value, default=_refuse, option=_ORJSON_OPTIONS)
     except (TypeError, orjson.JSONEncodeError):
         return None
-    if b"null" in data and _has_non_finite(value):
-        return None
-    return data
 
 
-def _has_non_finite(value: tp.Any) -> bool:
-    if isinstance(value, float):
-        return value != value or value in (float("inf"), float("-inf"))
-    if isinstance(value, dict):
-        return any(_has_non_finite(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return any(_has_non_finite(v) for v in value)
+_PLAIN_SCALARS = frozenset({str, int, bool, type(None)})
+
+
+def _plain(value: tp.Any) -> bool:
+    """Whether a value is made of the exact JSON types only (finite floats)."""
+    kind = type(value)
+    if kind in _PLAIN_SCALARS:
+        return True
+    if kind is float:
+        return value - value == 0.0  # (nan and inf: nan)
+    if kind is dict:
+        return all(type(k) is str for k in value) and all(map(_plain, value.values()))
+    if kind is list or kind is tuple:
+        return all(map(_plain, value))
     return False
 
 
@@ -304,6 +311,8 @@ class DumpContext:
             )
             if name == "MemmapArray" and base is not kind and kind.__name__ != "memmap":
                 name = "Pickle"  # an ndarray subclass (masked array...) keeps what it adds
+            elif name == "Text" and base is not kind:
+                name = "Pickle"  # a str subclass (a str Enum...) would come back a plain str
             if name is not None:
                 cls.DEFAULTS[kind] = name  # memoize the resolution of lazy names
                 return name
