@@ -1139,3 +1139,28 @@ def test_enums_uuids_and_str_subclasses_read_back_as_themselves(tmp_path: Path) 
         assert fresh[key] == value
         inner = fresh[key]["c"] if key == "nested" else fresh[key]
         assert type(inner) is type(value["c"] if key == "nested" else value)
+
+
+def test_a_new_view_refuses_an_existing_key(tmp_path: Path) -> None:
+    """It had not read the folder yet: the second value was written, and which one a
+    reader got depended on the listing order."""
+    first: CacheDict[tp.Any] = CacheDict(tmp_path)
+    with first.write():
+        first["k"] = "first"
+    second: CacheDict[tp.Any] = CacheDict(tmp_path)
+    with pytest.raises(ValueError, match="already in the cache"), second.write():
+        second["k"] = "second"
+    third: CacheDict[tp.Any] = CacheDict(tmp_path)
+    with third.write():
+        third.set_many([("k", "third"), ("other", 1)], skip_existing=True)
+    assert CacheDict(tmp_path)["k"] == "first" and CacheDict(tmp_path)["other"] == 1
+
+
+def test_set_many_refuses_a_masked_array_as_memmap(tmp_path: Path) -> None:
+    masked = np.ma.masked_array([1.0, 2.0], mask=[False, True])
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path, cache_type="MemmapArray")
+    with cd.write():
+        cd.set_many([("plain", np.zeros(2))])  # (the dtype seen once: the fast path)
+        with pytest.raises(TypeError, match="mask"):
+            cd.set_many([("masked", masked)])
+    assert "masked" not in CacheDict(tmp_path)

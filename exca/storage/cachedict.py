@@ -456,7 +456,7 @@ class CacheDict(tp.Generic[X]):
             raise RuntimeError(
                 f"Writing {key!r} outside of a write context: use `with cache.write(): cache[key] = value`"
             )
-        entries = reader.entries
+        entries = reader.entries if self._read_once else self._entries()  # (a new view: read)
         if key in entries or key in self._ram:
             raise ValueError(f"Key {key!r} is already in the cache {self.folder} (no overwrite)")
         session = local.session
@@ -525,7 +525,7 @@ class CacheDict(tp.Generic[X]):
         if not local.writing:
             raise RuntimeError("set_many must be called inside `with cache.write():`")
         writer, ctx = self._session()
-        entries = reader.entries
+        entries = reader.entries if self._read_once else self._entries()  # (a new view: read)
         records: list[dict[str, tp.Any]] = []
         lines: list[bytes] = []
         values: list[tuple[str, X]] = []

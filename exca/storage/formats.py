@@ -606,6 +606,8 @@ class MemmapArray:
         for value in values:
             array = value
             if type(array) is not ndarray or not array.flags.c_contiguous:
+                if type(value) is not ndarray:
+                    _refuse_masked(value, "MemmapArray")  # (as one by one: not its data only)
                 array = np.ascontiguousarray(value).reshape(np.shape(value))
             dtype = array.dtype
             dtype_str = _DTYPE_STR.get(dtype)
