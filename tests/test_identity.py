@@ -449,9 +449,10 @@ class _LoadsData(pydantic.BaseModel):
     model_config = FORBID
     loader: _Loader = _Loader(workers=4)
     options: dict[str, int] = {"threads": 2, "seed": 0}
+    loaders: list[_Loader] = [_Loader(), _Loader(path="other")]
     infra: TaskInfra = TaskInfra(version="1")
 
-    @infra.apply(exclude_from_cache_uid=("loader.workers", "options.threads"))
+    @infra.apply(exclude_from_cache_uid=("loader.workers", "options.threads", "loaders.0.workers"))
     def process(self) -> str:
         return self.loader.path
 
@@ -460,6 +461,8 @@ def test_nested_exclusions_do_not_change_the_uid() -> None:
     """Configs that differ only by excluded values share a uid, also when a sub-config's
     field default differs from its class default (workers=1 made `loader={}` before)."""
     default = _LoadsData().infra.uid()
+    assert default.endswith("/default")  # (a list of sub-configs at its default: nothing)
+    assert _LoadsData(loaders=[{"workers": 7}, {"path": "other"}]).infra.uid() == default
     for workers in (1, 4, 8):
         assert _LoadsData(loader={"workers": workers}).infra.uid() == default
     assert _LoadsData(options={"threads": 9, "seed": 0}).infra.uid() == default

@@ -600,12 +600,11 @@ class _Exporter:
         else:
             exported = _without(self.value(value, dval, field.keep), drop)
             default_json = field.default_json
-            if (
-                prune
-                and default_json is not _NO_DEFAULT
-                and _uid_equal(exported, _without(default_json, drop))
-            ):
-                return
+            if prune and default_json is not _NO_DEFAULT:
+                # the default exported as the value is (sub-models with defaults pruned)
+                reference = _Exporter(self.uid, True).value(field.default, default_json, field.keep)
+                if _uid_equal(exported, _without(reference, drop)):
+                    return
         out[name] = exported
 
     def value(self, value: tp.Any, dval: tp.Any, keep: tp.Container[str] = ()) -> tp.Any:
