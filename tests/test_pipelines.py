@@ -1209,15 +1209,20 @@ def test_read_only_fails_before_anything_runs(env: Env) -> None:
     assert events(env.log) == [] and not child.folder.exists()  # type: ignore[union-attr]
 
 
-def test_read_only_map_fed_by_a_missing_node_fails_before_anything_runs(env: Env) -> None:
-    """Its items are unknown until the upstream runs, and it may not compute them."""
+def test_read_only_map_fed_by_a_node_not_computed_yet(env: Env) -> None:
+    """Its items are known once its upstream ran (in its own mode); then a missing item is
+    a clear read-only error (not 'the worker ended without writing it'), and items all
+    cached are read."""
     source = env.numbers(count=3).make.node()
     squares = env.square(mode="read-only").apply.node(source)
-    entry = _by_uid(exca.graph.plan(squares))[squares.uid]
-    assert entry.action == "fail" and "read-only" in entry.reason
-    with pytest.raises(RuntimeError, match="read-only"):
+    with pytest.raises(RuntimeError, match=r"read-only and 3/3 items missing"):
         exca.graph.run(squares)
-    assert events(env.log) == []
+    assert started(env.log) == ["numbers3"]
+    env.square().apply([0, 1, 2])  # the items, cached by another config instance
+    source.clear()
+    assert list(
+        env.square(mode="read-only").apply.node(env.numbers(count=3).make.node()).result()
+    ) == [0, 1, 4]
 
 
 class Records(pydantic.BaseModel):

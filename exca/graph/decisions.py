@@ -183,10 +183,7 @@ class Graph:
         uids = self.item_uids.get(node.key)
         if uids is None:
             if isinstance(node.items, Node) and not self._readable(node.items):
-                if node.mode == "read-only" and not forced:  # (never computes: fail now)
-                    run.action = "fail"
-                    run.reason = f"read-only and its items are not computed ({node.items.uid})"
-                    return
+                # (read-only: its items are checked once its upstream, in its own mode, ran)
                 run.action = "force" if forced else "compute"
                 run.reason = "items known at run time"
                 return

@@ -215,6 +215,8 @@ class Scheduler:
             return [Unit(node, tp.cast(Action, run.action))]
         if run.uids is None:  # items known now that the upstream is done
             self.graph.decide_items(run, store.map_item_uids(node), run.action == "force")
+            if run.action == "fail":  # (e.g. read-only with missing items: say so)
+                raise self.graph.decision_error(run)
             if not run.needs_work:
                 return []
         action = tp.cast(Action, run.action)
