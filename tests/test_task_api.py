@@ -322,6 +322,7 @@ class _Sgd(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
     name: tp.Literal["sgd"] = "sgd"
     lr: float = 0.1
+    momentum: float = 0.0
 
 
 class _Sweep(pydantic.BaseModel):
@@ -329,7 +330,7 @@ class _Sweep(pydantic.BaseModel):
     optim: _Optim = _Optim(momentum=0.9)
     layers: list[_Optim] = [_Optim(), _Optim(lr=0.5)]
     weights: dict[str, float] = {"a": 1.0, "b": 2.0}
-    choice: tp.Annotated[_Adam | _Sgd, pydantic.Field(discriminator="name")] = _Sgd()
+    choice: tp.Annotated[_Adam | _Sgd, pydantic.Field(discriminator="name")] = _Sgd(momentum=0.7)
     model: Sub = Sub()
     infra: TaskInfra = TaskInfra(version="1", cluster="auto", gpus_per_node=2)
 
@@ -349,9 +350,14 @@ def test_clone_obj_keeps_values_of_sub_configs_at_their_field_default(tmp_path: 
     replaced = obj.infra.clone_obj({"optim": {"lr": 0.3, ConfDict.OVERRIDE: True}})
     assert (replaced.optim.lr, replaced.optim.momentum) == (0.3, 0.0)
     switched = obj.infra.clone_obj({"choice.lr": 0.5})
-    assert type(switched.choice) is _Sgd and switched.choice.lr == 0.5
-    other = obj.infra.clone_obj({"choice.name": "adam"})
-    assert type(other.choice) is _Adam
+    assert type(switched.choice) is _Sgd and (switched.choice.lr, switched.choice.momentum) == (
+        0.5,
+        0.7,
+    )
+    # another class: the default's values (momentum, which Adam has not) are not carried
+    for change in ({"choice.name": "adam"}, {"choice": {"name": "adam", "lr": 0.2}}):
+        other = obj.infra.clone_obj(change)
+        assert type(other.choice) is _Adam
     # inside a list or a dict at its default
     indexed = obj.infra.clone_obj({"layers.1.momentum": 0.3, "weights.b": 3.0})
     assert [(o.lr, o.momentum) for o in indexed.layers] == [(0.1, 0.0), (0.5, 0.3)]

@@ -412,8 +412,10 @@ class BaseInfra(pydantic.BaseModel):
             paths.update(parts[:i] for i in range(1, len(parts)))
             dumped = infra.model_dump(mode="json", include=infra.model_fields_set, warnings=False)
             overrides[parts] = dumped
+        switched = _switched_classes(owner, changes)
         for path in sorted(paths, key=len):
-            _fill_sub_model(owner, path, cfg)
+            if not any(path[: len(s)] == s for s in switched):
+                _fill_sub_model(owner, path, cfg)
         for parts, dumped in overrides.items():
             if len(parts) > 1 and ".".join(parts[:-1]) not in cfg:
                 continue  # inside a container left at its default: nothing to keep
@@ -526,6 +528,31 @@ def _changed_parents(
         if isinstance(value, dict) and not value.get(ConfDict.OVERRIDE):
             yield parts  # merged into what is there
             yield from _changed_parents(value, parts)
+
+
+def _switched_classes(
+    owner: pydantic.BaseModel, changes: tp.Mapping[str, tp.Any]
+) -> set[tuple[str, ...]]:
+    """Paths of sub-models whose discriminator a ``clone_obj`` change sets to another value
+    (another class: the default instance's values are not carried over)."""
+    out: set[tuple[str, ...]] = set()
+    for key, value in ConfDict(dict(changes)).flat().items():
+        *prefix, last = key.split(".")
+        parent: tp.Any = None
+        model: tp.Any = owner
+        for part in prefix:
+            if not isinstance(model, pydantic.BaseModel) or part not in type(model).model_fields:
+                model = None
+                break
+            parent, model = model, model.__dict__.get(part)
+        if parent is None or not isinstance(model, pydantic.BaseModel):
+            continue
+        field = next(f for f in identity.class_facts(type(parent)).fields if f.name == prefix[-1])
+        keys = set(field.keep) if isinstance(field.keep, tuple) else set()
+        keys.add(getattr(type(model), "_exca_discriminator_key", None))
+        if last in keys and getattr(model, last, None) != value:
+            out.add(tuple(prefix))
+    return out
 
 
 def _fill_sub_model(owner: pydantic.BaseModel, path: tuple[str, ...], cfg: ConfDict) -> None:
