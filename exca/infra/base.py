@@ -548,8 +548,8 @@ def _switched_classes(
         if parent is None or not isinstance(model, pydantic.BaseModel):
             continue
         field = next(f for f in identity.class_facts(type(parent)).fields if f.name == prefix[-1])
-        keys = set(field.keep) if isinstance(field.keep, tuple) else set()
-        keys.add(getattr(type(model), "_exca_discriminator_key", None))
+        keys: set[str] = set(field.keep) if isinstance(field.keep, tuple) else set()
+        keys.add(str(getattr(type(model), "_exca_discriminator_key", "")))
         if last in keys and getattr(model, last, None) != value:
             out.add(tuple(prefix))
     return out
