@@ -642,6 +642,11 @@ def test_cli_bad_input_gets_a_message_not_a_traceback(
         assert main(list(argv)) == 2, argv
         err = capsys.readouterr().err
         assert "exca: error:" in err and message in err, (argv, err)
+    # a --config file may replace a sub-config ("=replace=", as confdict.md shows)
+    replacing = tmp_path / "replace.yaml"
+    replacing.write_text(f"infra:\n  folder: {root}\noptim:\n  =replace=: true\n  lr: 0.5\n")
+    assert main(["plan", f"{__name__}:Train.fit", "--config", str(replacing)]) == 0
+    assert "optim.lr=0.50" in capsys.readouterr().out
     # a --where value that is not yaml is compared as text (no error)
     assert main(["list", str(root), "--where", "optim.lr=[1"]) == 0
     assert "No cached node" in capsys.readouterr().out

@@ -38,7 +38,9 @@ def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.An
     import yaml
 
     try:
-        cfg = ConfDict.from_yaml(Path(config)) if config else ConfDict()
+        cfg = ConfDict()  # (merging the file applies its "=replace=" markers)
+        if config:
+            cfg.update(ConfDict.from_yaml(Path(config)))
     except (yaml.YAMLError, TypeError) as error:
         raise ValueError(
             f"--config {config}: not a yaml mapping of config values ({error})"

@@ -258,8 +258,8 @@ class CacheDict(tp.Generic[X]):
         entry = self._entries().get(key)
         if entry is None or entry[2]["#type"] == "Error":
             return error
-        del self._ram[key]
-        self._ram_errors -= 1
+        if type(self._ram.pop(key, None)) is CachedError:  # (once, when threads race here)
+            self._ram_errors -= 1
         return self[key]
 
     def _preload_arrays(self, keys: tp.Sequence[str]) -> None:
