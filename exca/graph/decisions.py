@@ -328,9 +328,8 @@ class Graph:
                 f"upstream {up.node.uid} has {up.item_errors} cached item error(s) "
                 "(mode='retry' on it recomputes them)"
             )
-            try:
-                store.map_outputs(up.node)
-            except Exception as error:
+            error = _first_item_error(up.node, up.uids or [])
+            if error is not None:
                 from .worker import UpstreamFailed
 
                 run.error = UpstreamFailed(
@@ -356,3 +355,14 @@ class Graph:
         if node.mode == "read-only" and "read-only" in run.reason:
             return RuntimeError(f"{node.uid}: {run.reason} (mode='read-only' never computes)")
         return RuntimeError(f"{node.uid}: {run.reason}")
+
+
+def _first_item_error(node: Node, uids: list[str]) -> BaseException | None:
+    """The exception of a map's first item holding a cached error (found through the index:
+    no output is loaded)."""
+    cache = node.cache
+    key = next((u for u in uids if cache.entry_type(u) == "Error"), None)
+    if key is None:
+        return None
+    error = cache[key]
+    return error.to_exception(f"{node.uid} item {key!r}")
