@@ -351,14 +351,13 @@ def test_outputs_are_stored_as_yielded(tmp_path: Path, cluster: str | None, kind
             assert not any(o.flags.writeable for o in outputs)  # as memmaps from disk
 
 
-@pytest.mark.parametrize("kind", ["small", "big", "dict"])
-def test_outputs_kept_in_memory_only_are_copies(kind: str) -> None:
+@pytest.mark.parametrize("kind", ["small", "big"])
+def test_arrays_kept_in_memory_only_are_copies(kind: str) -> None:
+    """A method refilling one array buffer (other objects are kept as yielded: copying
+    every output cost 2.5x on lists)."""
     outputs = list(Reusing(kind=kind).process([1, 2, 3]))  # no folder: RAM only
     for again in (outputs, list(Reusing(kind=kind).process([1, 2, 3]))):
-        if kind == "dict":
-            assert again == [{"item": 1}, {"item": 2}, {"item": 3}]
-        else:
-            assert [set(o.tolist()) for o in again] == [{1.0}, {2.0}, {3.0}]
+        assert [set(o.tolist()) for o in again] == [{1.0}, {2.0}, {3.0}]
 
 
 @pytest.mark.parametrize("keep_in_ram", [True, False])

@@ -7,7 +7,6 @@ computes, writes results or errors into the node's cache, and releases its claim
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import os
@@ -408,7 +407,7 @@ def _compute_from(
 
     numpy = sys.modules.get("numpy")
     ndarray = numpy.ndarray if numpy is not None else None
-    in_memory = cache.folder is None  # (RAM keeps the objects: a copy of mutable ones)
+    in_memory = cache.folder is None  # (RAM keeps the objects: arrays are copied)
     try:
         for output in node.function(items):
             if position >= len(uids):
@@ -416,9 +415,9 @@ def _compute_from(
             kind = type(output)
             now = kind not in _IMMUTABLE  # (written before the method resumes)
             if now and kind is ndarray and (in_memory or output.nbytes <= SNAPSHOT_BYTES):
-                output, now = output.copy(), False
-            elif now and in_memory:
-                output, now = _copied(output), False
+                output, now = output.copy(), False  # (a method may refill one buffer)
+            elif in_memory:
+                now = False  # (nothing to write: other objects are kept as yielded)
             batch.append((uids[position], output))
             position += 1
             if now or len(batch) >= FLUSH_ITEMS or time.monotonic() - last_flush > FLUSH_SECONDS:
@@ -441,15 +440,6 @@ def _compute_from(
         return _miscounted(node, cache, uids, start, position - len(batch), report, "fewer")
     flush()
     return position
-
-
-def _copied(output: tp.Any) -> tp.Any:
-    """A copy of a mutable output kept in memory only (the method may change the object
-    it yielded once it resumes); an object that cannot be copied is kept as it is."""
-    try:
-        return copy.deepcopy(output)
-    except Exception:
-        return output
 
 
 def _miscounted(
