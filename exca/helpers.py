@@ -90,6 +90,9 @@ def to_config(func: tp.Callable[..., tp.Any], **kwargs: tp.Any) -> FuncConfig:
     return to_config_model(func)(**kwargs)
 
 
+_MEMO_TYPES = frozenset({str, int, float, bool, type(None)})
+
+
 class FunctionWithInfra:
     """A function whose calls are cached (see ``with_infra``). Call it with keywords only."""
 
@@ -115,12 +118,11 @@ class FunctionWithInfra:
             raise RuntimeError(
                 f"{self.func.__qualname__} has an infra: call it with keyword arguments only"
             )
-        try:
-            # (with the types: True == 1 == 1.0 for a dict, not for a config's uid)
-            key: tp.Any = tuple((k, type(v), v) for k, v in sorted(kwargs.items()))
-            hash(key)
-        except TypeError:
-            key = None
+        key: tp.Any = None
+        if all(type(v) in _MEMO_TYPES for v in kwargs.values()):
+            # (with the types: True == 1 == 1.0 for a dict key, not for a config's uid;
+            # containers are not memoized: (True,) == (1,) too)
+            key = tuple((k, type(v), v) for k, v in sorted(kwargs.items()))
         config = self._configs.get(key) if key is not None else None
         if config is None:
             config = self.config(**kwargs)

@@ -53,6 +53,8 @@ def test_with_infra_tells_true_from_1(tmp_path: Path) -> None:
     describe = helpers.with_infra(folder=tmp_path)(_describe)
     assert describe(x=1) == "int:1"
     assert describe(x=True) == "bool:True"
+    assert describe(x=(1,)) == "tuple:(1,)"  # type: ignore[arg-type]
+    assert describe(x=(True,)) == "tuple:(True,)"  # type: ignore[arg-type]
 
 
 def test_with_infra_config(tmp_path: Path) -> None:
