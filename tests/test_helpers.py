@@ -44,7 +44,7 @@ def test_with_infra(tmp_path: Path) -> None:
         add(1)
 
 
-def _describe(x: bool | int) -> str:
+def _describe(x: bool | int | tuple[bool | int, ...]) -> str:
     return f"{type(x).__name__}:{x!r}"
 
 
@@ -53,8 +53,8 @@ def test_with_infra_tells_true_from_1(tmp_path: Path) -> None:
     describe = helpers.with_infra(folder=tmp_path)(_describe)
     assert describe(x=1) == "int:1"
     assert describe(x=True) == "bool:True"
-    assert describe(x=(1,)) == "tuple:(1,)"  # type: ignore[arg-type]
-    assert describe(x=(True,)) == "tuple:(True,)"  # type: ignore[arg-type]
+    assert describe(x=(1,)) == "tuple:(1,)"
+    assert describe(x=(True,)) == "tuple:(True,)"
 
 
 def test_with_infra_config(tmp_path: Path) -> None:
