@@ -70,7 +70,7 @@ class Value:
         try:
             uid = to_uid(value, empty="empty")  # ("λ", "", [] are different inputs)
         except TypeError as e:
-            if "Node" in str(e):  # a node nested deeper than a list or dict of nodes
+            if _holds_node(value):  # a node nested deeper than a list or dict of nodes
                 raise TypeError(
                     f"A node inside {type(value).__name__} value {value!r:.80} is not an "
                     "input: pass a node, or a list or dict whose items are nodes or values"
@@ -80,6 +80,16 @@ class Value:
                 "Pass a node, or a value of a type the uid format supports"
             ) from None
         return cls(value, uid)
+
+
+def _holds_node(value: tp.Any) -> bool:
+    if isinstance(value, Node):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_node(v) for v in value.values())
+    if isinstance(value, list | tuple | set | frozenset):
+        return any(_holds_node(v) for v in value)
+    return False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -123,13 +123,13 @@ class WorkDir(pydantic.BaseModel):
                 raise RuntimeError(
                     f"WorkDir(log_commit=True): {source} has uncommitted changes; commit them first"
                 )
-            untracked = subprocess.run(
-                ["git", "ls-files", "--others", "--exclude-standard", "--", str(source)],
+            untracked = subprocess.run(  # (-z: names as they are, not quoted)
+                ["git", "ls-files", "-z", "--others", "--exclude-standard", "--", str(source)],
                 cwd=cwd,
                 capture_output=True,
                 text=True,
-            ).stdout.split()
-            copied = [f for f in untracked if self._would_copy(Path(f).name)]
+            ).stdout.split("\0")
+            copied = [f for f in untracked if f and self._would_copy(Path(f).name)]
             if copied:
                 raise RuntimeError(
                     f"WorkDir(log_commit=True): {source} has files git does not track, which "
