@@ -586,3 +586,42 @@ def test_two_threads_writing_one_key_then_delete(tmp_path: Path) -> None:
     del cd["k"]
     assert "k" not in cd and cd.keys() == []
     assert "k" not in CacheDict(tmp_path) and CacheDict(tmp_path).keys() == []
+
+
+FAILED_APPEND_SCRIPT = """
+import glob, os, resource, signal, sys
+from exca.cachedict import CacheDict
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # (over the limit: EFBIG, not a kill)
+folder = sys.argv[1]
+cache = CacheDict(folder)
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+with cache.write():
+    cache["a"] = "first"
+    (index,) = glob.glob(folder + "/*-info.jsonl")
+    resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(index) + 20, hard))
+    try:
+        cache["b"] = "y" * 100  # its index line is cut by the limit (a full disk)
+    except OSError:
+        pass
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    cache["c"] = "third"
+    del cache["a"]
+print(sorted(cache.keys()))
+"""
+
+
+def test_an_append_that_failed_half_way_loses_nothing_after_it(tmp_path: Path) -> None:
+    """A full disk cut an index line: the next line was glued to the fragment, and every
+    other reader skipped it (and the writer's offsets were wrong after it)."""
+    out = subprocess.run(
+        [sys.executable, "-c", FAILED_APPEND_SCRIPT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.strip() == "['c']"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (the fragment of "b" is skipped)
+        fresh: CacheDict[tp.Any] = CacheDict(tmp_path)
+        assert sorted(fresh.keys()) == ["c"] and fresh["c"] == "third"

@@ -476,11 +476,19 @@ class CacheDict(tp.Generic[X]):
         state = writer.read_state
         if state is None:
             state = writer.read_state = reader.own_file(writer.name, writer.inode)
-        offset = writer.size
-        written = os.write(fd, line)
-        if written != len(line):
-            writer.finish_short_write(line, written)
-        writer.size = state.offset = offset + len(line)
+        if writer.torn:  # (a failed append before: the slow path ends its fragment)
+            offset = writer.append(line)
+        else:
+            offset = writer.size
+            try:
+                written = os.write(fd, line)
+                if written != len(line):
+                    writer.finish_short_write(line, written)
+            except BaseException:
+                writer.recover()
+                raise
+            writer.size = offset + len(line)
+        state.offset = writer.size
         if "v" in info and type(info["v"]) is orjson.Fragment:  # pre-serialized inline value
             info = orjson.loads(line)
         entry = (writer.name, offset, info)

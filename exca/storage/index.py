@@ -307,6 +307,8 @@ class IndexWriter:
         self.inode = 0
         self.size = 0
         self.read_state: FileState | None = None  # the reader's state of this file
+        # a failed append left part of a line (no newline): the next append ends it first
+        self.torn = False
 
     def still_there(self) -> bool:
         """Whether this session's index file is still the one it wrote (not removed by a
@@ -331,12 +333,32 @@ class IndexWriter:
     def append(self, data: bytes) -> int:
         """Append complete lines (each with its newline); return the offset of the first."""
         fd = self.fd if self.fd is not None else self.open()
-        offset = self.size
-        written = os.write(fd, data)
-        if written != len(data):
-            self.finish_short_write(data, written)
-        self.size = offset + len(data)
+        offset, out = self.size, data
+        if self.torn:  # end the fragment a failed append left (readers skip that line)
+            offset, out = offset + 1, b"\n" + data
+        try:
+            written = os.write(fd, out)
+            if written != len(out):
+                self.finish_short_write(out, written)
+        except BaseException:
+            self.recover()
+            raise
+        self.size, self.torn = offset + len(data), False
         return offset
+
+    def recover(self) -> None:
+        """After a failed append (disk full, a signal): the real size of the file, and
+        whether it ends inside a line. Offsets of later lines stay right, and the fragment
+        does not swallow the next line."""
+        try:
+            size = os.fstat(self.fd).st_size if self.fd is not None else self.size
+            with open(self.folder / self.name, "rb") as handle:
+                handle.seek(max(0, size - 1))
+                last = handle.read(1)
+        except OSError:
+            return
+        self.size = size
+        self.torn = size > 0 and last != b"\n"
 
     def finish_short_write(self, data: bytes, written: int) -> None:
         """After a short write of ``data`` (``written`` bytes of it): write the rest (rare),
