@@ -1164,3 +1164,26 @@ def test_set_many_refuses_a_masked_array_as_memmap(tmp_path: Path) -> None:
         with pytest.raises(TypeError, match="mask"):
             cd.set_many([("masked", masked)])
     assert "masked" not in CacheDict(tmp_path)
+
+
+def test_keep_in_ram_keys_agree_with_in_and_reads(tmp_path: Path) -> None:
+    """RAM shadows a key another view deleted: keys(), len() and items() say so too."""
+    view: CacheDict[tp.Any] = CacheDict(tmp_path, keep_in_ram=True)
+    with view.write():
+        view["x"] = 1
+    other: CacheDict[tp.Any] = CacheDict(tmp_path)
+    with other.write():
+        del other["x"]
+        other["z"] = 2
+    assert "x" in view and view["x"] == 1
+    assert sorted(view.keys()) == ["x", "z"] and len(view) == 2
+    assert dict(view.items()) == {"x": 1, "z": 2}
+
+
+def test_keep_in_ram_with_a_format_chosen_gives_what_disk_gives(tmp_path: Path) -> None:
+    """A number stored as MemmapArray comes back as a 0-d array, from RAM too."""
+    view: CacheDict[tp.Any] = CacheDict(tmp_path, keep_in_ram=True, cache_type="MemmapArray")
+    with view.write():
+        view["n"] = 3.5
+    for reader in (view, CacheDict(tmp_path, cache_type="MemmapArray")):
+        assert isinstance(reader["n"], np.ndarray) and float(reader["n"]) == 3.5

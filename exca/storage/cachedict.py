@@ -56,14 +56,20 @@ _KEPT_AS_WRITTEN = frozenset({int, float, complex, str, bytes, bool, type(None),
 RAM_ARRAY_BYTES = 1 << 16  # smaller arrays: RAM keeps a read-only copy (no disk read)
 
 
-def _ram_copy(value: tp.Any, owned: bool) -> tp.Any:
+def _ram_copy(value: tp.Any, owned: bool, cache_type: str | None) -> tp.Any:
     """What RAM keeps of a written value, or ``_NOT_KEPT``. ``owned``: the caller holds no
-    other reference to the value (a copy made for the cache)."""
+    other reference to the value (a copy made for the cache). With a format chosen by
+    the caller, what comes back may differ (a number as a 0-d array...): not kept."""
     kind = type(value)
-    if kind in _KEPT_AS_WRITTEN:
+    if kind in _KEPT_AS_WRITTEN and cache_type is None:
         return value
     np = sys.modules.get("numpy")
-    if np is not None and kind is np.ndarray and value.nbytes <= RAM_ARRAY_BYTES:
+    if (
+        np is not None
+        and kind is np.ndarray
+        and value.nbytes <= RAM_ARRAY_BYTES
+        and cache_type in (None, "MemmapArray")
+    ):
         if not owned:
             value = value.copy()
         value.flags.writeable = False  # as a memmap read back from disk
@@ -355,10 +361,10 @@ class CacheDict(tp.Generic[X]):
         self.refresh()
         if self._reader is None:
             return list(self._ram)
-        keys = list(self._reader.entries)
-        if self.keep_in_ram and len(self._ram) > len(keys):  # RAM shadows deleted files
-            known = set(keys)
-            keys.extend(k for k in self._ram if k not in known)
+        entries = self._reader.entries
+        keys = list(entries)
+        if self._ram:  # RAM shadows files deleted elsewhere (as `in` and reads do)
+            keys.extend(k for k in self._ram if k not in entries)
         return keys
 
     def __iter__(self) -> tp.Iterator[str]:
@@ -497,7 +503,7 @@ class CacheDict(tp.Generic[X]):
         entries[key] = entry
         state.keys.add(key)
         if self.keep_in_ram:
-            kept = _ram_copy(value, owned=False)
+            kept = _ram_copy(value, False, self.cache_type)
             if kept is not _NOT_KEPT:
                 self._ram[key] = kept
 
@@ -582,7 +588,7 @@ class CacheDict(tp.Generic[X]):
             self._ram_errors += errors
             ram = self._ram
             for key, value in values:
-                kept = _ram_copy(value, owned)
+                kept = _ram_copy(value, owned, self.cache_type)
                 if kept is not _NOT_KEPT:
                     ram[key] = kept
 
