@@ -1187,3 +1187,19 @@ def test_keep_in_ram_with_a_format_chosen_gives_what_disk_gives(tmp_path: Path) 
         view["n"] = 3.5
     for reader in (view, CacheDict(tmp_path, cache_type="MemmapArray")):
         assert isinstance(reader["n"], np.ndarray) and float(reader["n"]) == 3.5
+
+
+def test_an_entry_of_a_format_not_registered_here(tmp_path: Path) -> None:
+    """Reading it names the key and says what to do; deleting it works (with a warning:
+    its payload files are left), instead of raising after the delete."""
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path)
+    with cd.write():
+        cd["a"] = "text"
+    (index,) = tmp_path.glob("*-info.jsonl")
+    index.write_text(index.read_text().replace('"Text"', '"Gone"'))  # (written elsewhere)
+    fresh: CacheDict[tp.Any] = CacheDict(tmp_path)
+    with pytest.raises(ValueError, match=r"'a' was written with the format 'Gone'.*import"):
+        fresh["a"]
+    with fresh.write(), pytest.warns(RuntimeWarning, match="not registered"):
+        del fresh["a"]
+    assert "a" not in CacheDict(tmp_path)

@@ -399,12 +399,28 @@ class DumpContext:
             if fast is not None:
                 return fast(self, info)
         name = self.options.replace.get(name, name)
+        if name not in self.HANDLERS and self.ALIASES.get(name, name) not in self.HANDLERS:
+            raise ValueError(
+                f"Entry {info.get('#key')!r} was written with the format {name!r}, which is "
+                "not registered in this process: import the module that registers it "
+                f"(known formats: {', '.join(sorted(self.HANDLERS))})"
+            )
         handler = self.handler(name)
         fields = {k: v for k, v in info.items() if k[0] != "#"}
         return handler.__load_from_info__(self, **fields)
 
     def delete(self, info: dict[str, tp.Any]) -> None:
-        handler = self.handler(info["#type"])
+        name = info["#type"]
+        if name not in self.HANDLERS and self.ALIASES.get(name, name) not in self.HANDLERS:
+            # (the entry is deleted; its payload files, if any, are left to `clean orphans`)
+            warnings.warn(
+                f"Deleted entry {info.get('#key')!r} of format {name!r}, not registered in "
+                "this process: its payload files (if any) are left in data/",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return
+        handler = self.handler(name)
         deleter = getattr(handler, "__delete_info__", None)
         if deleter is not None:
             deleter(self, **{k: v for k, v in info.items() if k[0] != "#"})
