@@ -1203,3 +1203,16 @@ def test_an_entry_of_a_format_not_registered_here(tmp_path: Path) -> None:
     with fresh.write(), pytest.warns(RuntimeWarning, match="not registered"):
         del fresh["a"]
     assert "a" not in CacheDict(tmp_path)
+
+
+def test_bad_keys_meta_and_values_are_refused_before_anything_is_written(tmp_path: Path) -> None:
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path, cache_type="Pickle")
+    with cd.write():
+        with pytest.raises(ValueError, match="UTF-8"):
+            cd["scan\udce9.nii"] = np.zeros(100_000)  # (os.fsdecode of a latin-1 name)
+        with pytest.raises(TypeError, match="meta of 'k' must be JSON"):
+            cd.put("k", np.zeros(100_000), meta={"loss": np.float64(0.3)})
+        with pytest.raises(TypeError, match="pickle") as info:
+            cd["lock"] = threading.Lock()
+        assert "while storing 'lock'" in "\n".join(getattr(info.value, "__notes__", []))
+    assert not (tmp_path / "data").exists() and CacheDict(tmp_path).keys() == []

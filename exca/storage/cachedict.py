@@ -56,6 +56,28 @@ _KEPT_AS_WRITTEN = frozenset({int, float, complex, str, bytes, bool, type(None),
 RAM_ARRAY_BYTES = 1 << 16  # smaller arrays: RAM keeps a read-only copy (no disk read)
 
 
+def _check_key_and_meta(key: str, meta: dict[str, tp.Any] | None) -> None:
+    try:
+        key.encode("utf8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"Key {key!r} cannot be written as UTF-8 ({error.reason}): e.g. a file name "
+            "decoded with surrogates; use os.fsencode(name).decode('utf8', 'replace')"
+        ) from None
+    if meta is not None:
+        try:
+            orjson.dumps(meta)
+        except TypeError as error:
+            raise TypeError(
+                f"meta of {key!r} must be JSON (str, numbers, lists, dicts): {error} in {meta!r:.200}"
+            ) from None
+
+
+def _add_note(error: BaseException, note: str) -> None:
+    if note not in getattr(error, "__notes__", ()):
+        error.add_note(note)
+
+
 def _ram_copy(value: tp.Any, owned: bool, cache_type: str | None) -> tp.Any:
     """What RAM keeps of a written value, or ``_NOT_KEPT``. ``owned``: the caller holds no
     other reference to the value (a copy made for the cache). With a format chosen by
@@ -470,8 +492,14 @@ class CacheDict(tp.Generic[X]):
             writer, ctx = self._session()
         else:
             writer, ctx = session[0], session[1]
+        if not key.isascii() or meta is not None:
+            _check_key_and_meta(key, meta)  # (before any payload is written)
         # payload first (complete when dump_entry returns), then its index line
-        info = ctx.dump_entry(key, value, self.cache_type)
+        try:
+            info = ctx.dump_entry(key, value, self.cache_type)
+        except Exception as error:  # (name the key: the format's message may not)
+            _add_note(error, f"while storing {key!r} in {self.folder}")
+            raise
         if meta is not None:
             info["#meta"] = meta
         line = orjson.dumps(info, option=orjson.OPT_APPEND_NEWLINE)
