@@ -306,3 +306,19 @@ def test_jobs_run_the_code_of_their_submission(project: Path, cluster: str) -> N
     snapshots = [p for p in (project / "cache").rglob(SNAPSHOT_MARKER)]
     assert len(snapshots) == 6
     assert len(list((project / "cache").rglob("core.py"))) == 6
+
+
+def test_nodes_of_one_array_share_one_snapshot(project: Path) -> None:
+    """Two configs and two map calls run in one graph go out as one array (same cluster,
+    resources and workdir), copying the code once (a snapshot folder per node split them
+    into an array each)."""
+    infra = {"folder": "cache", "cluster": "local", "workdir": {"copied": ["pkg"]}}
+    tasks = [Reads(n=n, infra=infra).value.node() for n in range(2)]
+    maps = [MapReads(infra=infra).values.node([n]) for n in range(2)]
+    plan = exca.graph.plan(*tasks, *maps)
+    assert [len(a.nodes) for a in plan.arrays] == [4]
+    exca.graph.run(*tasks, *maps)
+    cwds = {t.result().split()[1] for t in tasks} | {m.result()[0].split()[1] for m in maps}
+    assert len(cwds) == 1 and "/code/" in next(iter(cwds))
+    links = {(t.folder / "code").resolve() for t in tasks if t.folder is not None}
+    assert links == {Path(c) for c in cwds}

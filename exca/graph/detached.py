@@ -83,7 +83,9 @@ def _submit(
     for (run, unit), handle in zip(members, handles):
         run.handles.append(handle)
         run.state = "running"
-        scheduler.record(run.node, unit, handle)
+        scheduler.record(
+            run.node, unit, handle, code=getattr(first.execution.workdir, "folder", None)
+        )
         out.append((run, handle))
     return out
 

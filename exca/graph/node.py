@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import re
 import typing as tp
 from pathlib import Path
 
@@ -21,6 +22,15 @@ Mode = tp.Literal["cached", "retry", "force", "read-only"]
 INLINE_CLUSTERS = (None, "inline")
 POOL_CLUSTERS = ("threadpool", "processpool")
 SUBMITIT_CLUSTERS = ("local", "debug", "slurm", "auto")
+
+
+_SNAPSHOT_NAME = re.compile(r"\d{4}-\d\d-\d\d-[0-9a-f]{6}")
+
+
+def is_new_snapshot(folder: tp.Any) -> bool:
+    """Whether a workdir folder is one made for a submission (``code/<date>-<random>``)."""
+    path = Path(folder)
+    return path.parent.name == "code" and bool(_SNAPSHOT_NAME.fullmatch(path.name))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +50,12 @@ class Execution:
     @property
     def group_key(self) -> str:
         """Nodes whose missing work can share one array have equal group keys."""
-        workdir = getattr(self.workdir, "folder", None)
+        workdir = self.workdir
+        if workdir is not None:  # (one snapshot per array: the first node's new folder)
+            folder = getattr(workdir, "folder", None)
+            workdir = (repr(workdir.model_copy(update={"folder": None})), None)
+            if folder is not None and not is_new_snapshot(folder):
+                workdir = (workdir[0], str(folder))  # a folder the user chose
         return repr((self.cluster, self.params, self.conda_env, self.max_pickle_size_gb, workdir))
 
     def describe(self) -> str:

@@ -305,12 +305,13 @@ class Scheduler:
                 executors.submit_array(units, first.execution, logs, parallelism or len(units))
             )
             for (run, unit), handle in zip(members, handles):
-                self.record(run.node, unit, handle)
+                self.record(run.node, unit, handle, code=_code(first))
         for (run, _), handle in zip(members, handles):
             run.handles.append(handle)
 
-    def record(self, node: Node, unit: Unit, handle: executors.Handle) -> None:
-        """Write the job of a unit in its node's registry (and the ``submitit`` link)."""
+    def record(self, node: Node, unit: Unit, handle: executors.Handle, code: tp.Any = None) -> None:
+        """Write the job of a unit in its node's registry (and the ``submitit`` link;
+        ``code``: the workdir snapshot of its array, when not the node's own)."""
         folder = node.folder
         job = handle.submitit_job
         if folder is None or job is None:
@@ -331,7 +332,7 @@ class Scheduler:
             registry.write(
                 folder, record, link=unit.uids is None, permissions=node.cache.permissions
             )
-            workdir = getattr(node.execution.workdir, "folder", None)
+            workdir = code or getattr(node.execution.workdir, "folder", None)
             if workdir is not None and unit.uids is None:
                 registry.link(folder, "code", str(workdir))  # the code snapshot the job ran
         except OSError as e:
@@ -486,3 +487,8 @@ def run(
     scheduler = Scheduler(targets, item_uids=item_uids, progress=progress)
     scheduler.run()
     return scheduler
+
+
+def _code(node: Node) -> tp.Any:
+    """The workdir snapshot an array of this node's execution runs from."""
+    return getattr(node.execution.workdir, "folder", None)
