@@ -1106,6 +1106,10 @@ def test_force_applies_to_each_item_of_a_map_instance_once_in_graph_runs(env: En
     exca.graph.run(second)
     exca.graph.run(forced.apply.node([1, 3]))  # all forced once already: reused
     assert started(env.log) == [f"square{i}" for i in (1, 2, 3, 4, 1, 2, 3)]
+    # items from an upstream node (known at run time): the ones not forced yet
+    env.square().apply([0])
+    exca.graph.run(forced.apply.node(env.numbers(count=2).make.node()))  # items 0 and 1
+    assert started(env.log)[8:] == ["numbers2", "square0"]  # (7: square0 computed cached)
 
 
 def test_failure_stops_only_its_dependents_then_retry(env: Env) -> None:

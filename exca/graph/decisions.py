@@ -212,9 +212,19 @@ class Graph:
     def decide_items(self, run: NodeRun, uids: list[str], forced: bool) -> None:
         """Decide a map node once its item uids are known."""
         node = run.node
+        state = node.force_state
+        # mode=force on an instance that forced other items already (items from an
+        # upstream node are known only now): the items it has not forced yet
+        partial = (
+            not forced
+            and node.mode == "force"
+            and state.get("done", False)
+            and not set(state.get("uids", ())).issuperset(uids)
+        )
+        forced = forced or partial
         run.uids = uids
         total = len(set(uids))
-        done = node.force_state.get("uids") if node.pending_force else None
+        done = state.get("uids") if node.pending_force or partial else None
         if forced and done:  # forced by its own mode: once per item uid and instance
             absent = set(node.cache.missing(uids))
             run.todo = [u for u in dict.fromkeys(uids) if u not in done or u in absent]
