@@ -1216,3 +1216,14 @@ def test_bad_keys_meta_and_values_are_refused_before_anything_is_written(tmp_pat
             cd["lock"] = threading.Lock()
         assert "while storing 'lock'" in "\n".join(getattr(info.value, "__notes__", []))
     assert not (tmp_path / "data").exists() and CacheDict(tmp_path).keys() == []
+
+
+def test_deleting_a_structure_deletes_the_files_of_values_inside(tmp_path: Path) -> None:
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path)
+    masked = np.ma.masked_array([1.0, 2.0], mask=[False, True])  # (pickled in its own file)
+    with cd.write():
+        cd["nested"] = {"m": masked, "n": 1}
+    assert list((tmp_path / "data").iterdir())
+    with cd.write():
+        del cd["nested"]
+    assert list((tmp_path / "data").iterdir()) == []

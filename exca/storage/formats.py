@@ -1018,6 +1018,21 @@ class Auto:
     def __delete_info__(cls, ctx: DumpContext, **info: tp.Any) -> None:
         if info.get("pickle"):
             _delete_file(ctx, info["pickle"])
+        if info.get("tree") is not None:
+            cls._delete_tree(ctx, info["tree"])
+
+    @classmethod
+    def _delete_tree(cls, ctx: DumpContext, tree: tp.Any) -> None:
+        """The payloads of values stored with their own format inside the structure."""
+        if isinstance(tree, dict):
+            if _AUTO_TAG in tree:
+                ctx.delete(tree)
+                return
+            for sub in tree.values():
+                cls._delete_tree(ctx, sub)
+        elif isinstance(tree, list):
+            for sub in tree:
+                cls._delete_tree(ctx, sub)
 
 
 _JSON_INT_MIN, _JSON_INT_MAX = -(2**63), 2**64 - 1  # what orjson writes
