@@ -47,28 +47,50 @@ def plain_json(value: tp.Any) -> bytes | None:
     would come back changed, so they are refused (orjson writes enums and UUIDs as their
     values, and NaN as null).
     """
-    if not _plain(value):
+    if not _plain_types(value):
         return None
     try:
-        return orjson.dumps(value, default=_refuse, option=_ORJSON_OPTIONS)
+        data = orjson.dumps(value, default=_refuse, option=_ORJSON_OPTIONS)
     except (TypeError, orjson.JSONEncodeError):
         return None
+    if b"null" in data and _has_non_finite(value):
+        return None
+    return data
 
 
-_PLAIN_SCALARS = frozenset({str, int, bool, type(None)})
+_JSON_LEAVES = frozenset({str, int, float, bool, type(None)})
 
 
-def _plain(value: tp.Any) -> bool:
-    """Whether a value is made of the exact JSON types only (finite floats)."""
+def _plain_types(value: tp.Any) -> bool:
+    """Whether a value is made of the exact JSON types only (plain loops: this runs for
+    every small value written)."""
     kind = type(value)
-    if kind in _PLAIN_SCALARS:
+    if kind in _JSON_LEAVES:
         return True
-    if kind is float:
-        return value - value == 0.0  # (nan and inf: nan)
+    leaves = _JSON_LEAVES
     if kind is dict:
-        return all(type(k) is str for k in value) and all(map(_plain, value.values()))
+        for key in value:
+            if type(key) is not str:
+                return False
+        for sub in value.values():
+            if type(sub) not in leaves and not _plain_types(sub):
+                return False
+        return True
     if kind is list or kind is tuple:
-        return all(map(_plain, value))
+        for sub in value:  # noqa: SIM110 (a loop: twice as fast as all() of a generator)
+            if type(sub) not in leaves and not _plain_types(sub):
+                return False
+        return True
+    return False
+
+
+def _has_non_finite(value: tp.Any) -> bool:
+    if isinstance(value, float):
+        return value != value or value in (float("inf"), float("-inf"))
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(v) for v in value)
     return False
 
 
