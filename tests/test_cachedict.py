@@ -1227,3 +1227,13 @@ def test_deleting_a_structure_deletes_the_files_of_values_inside(tmp_path: Path)
     with cd.write():
         del cd["nested"]
     assert list((tmp_path / "data").iterdir()) == []
+
+
+def test_set_many_refuses_bad_keys_and_meta_before_writing(tmp_path: Path) -> None:
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path, cache_type="Pickle")
+    with cd.write():
+        with pytest.raises(ValueError, match="UTF-8"):
+            cd.set_many([("good", np.zeros(100_000)), ("bad\udcff", np.zeros(100_000))])
+        with pytest.raises(TypeError, match="must be JSON"):
+            cd.set_many([("good", np.zeros(100_000))], meta={"x": object()})
+    assert not (tmp_path / "data").exists() and CacheDict(tmp_path).keys() == []

@@ -385,8 +385,10 @@ class CacheDict(tp.Generic[X]):
             return list(self._ram)
         entries = self._reader.entries
         keys = list(entries)
-        if self._ram:  # RAM shadows files deleted elsewhere (as `in` and reads do)
-            keys.extend(k for k in self._ram if k not in entries)
+        if self._ram and self._reader.removals:
+            # RAM shadows entries deleted elsewhere, as `in` and reads do (a set
+            # difference: C speed, and no Python code runs while RAM is iterated)
+            keys.extend(self._ram.keys() - entries.keys())
         return keys
 
     def __iter__(self) -> tp.Iterator[str]:
@@ -573,11 +575,15 @@ class CacheDict(tp.Generic[X]):
         values: list[tuple[str, X]] = []
         errors = 0  # cached errors among the values (counted for RAM reads)
         batch_keys: set[str] = set()
+        if meta is not None:
+            _check_key_and_meta("", meta)  # (before any payload is written)
         ctx.start_batch()
         try:
             for key, value in pairs:
                 if type(key) is not str and not isinstance(key, str):
                     raise TypeError(f"CacheDict keys must be str, got {key!r}")
+                if not key.isascii():
+                    _check_key_and_meta(key, None)
                 if key in entries or key in self._ram or key in batch_keys:
                     if skip_existing:
                         continue  # written meanwhile (e.g. by a re-entrant call)

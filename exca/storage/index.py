@@ -88,6 +88,7 @@ class IndexReader:
         # other live entries of a key whose current entry came from a later-read line:
         # a tombstone of the current one promotes one of them (file read order is arbitrary)
         self._shadowed: dict[str, list[tuple[str, int, dict[str, tp.Any]]]] = {}
+        self.removals = 0  # entries removed by tombstones (RAM copies may outlive them)
         self._lock = threading.RLock()
         self._lock_fork = _FORKS[0]
 
@@ -133,6 +134,7 @@ class IndexReader:
             entry = self.entries.get(key)
             if entry is not None and entry[0] == name:
                 del self.entries[key]
+                self.removals += 1
                 if shadows:
                     self.entries[key] = shadows.pop()
             if shadows is not None and not shadows:
@@ -243,6 +245,7 @@ class IndexReader:
             entry = self.entries.get(key)
             if entry is not None and (entry[0], entry[1]) == target:
                 del self.entries[key]
+                self.removals += 1
                 if shadows:  # another live copy of the key was read earlier
                     self.entries[key] = shadows.pop()
             if shadows is not None and not shadows:
