@@ -1335,6 +1335,25 @@ def test_jobs_go_out_before_inline_work_of_the_same_wave(env: Env) -> None:
     assert here.result() == "here(None,None)" and job.result() == "job(None,None)"
 
 
+def _run_until_started(
+    env: Env,
+    targets: tuple[exca.graph.Node, ...],
+    name: str,
+    block: Path,
+    running: exca.graph.Node,
+) -> None:
+    """Run targets in a thread until node ``name`` started while ``running`` still runs
+    (blocked by the file ``block``, removed at the end whatever happens)."""
+    thread = threading.Thread(target=exca.graph.run, args=targets)
+    thread.start()
+    try:
+        wait_for(lambda: name in started(env.log), timeout=90)
+        assert running.status() == "running"
+    finally:
+        block.unlink()
+        thread.join(timeout=120)
+
+
 @pytest.mark.timeout(180)
 def test_a_long_job_does_not_hold_back_an_unrelated_branch(env: Env) -> None:
     """slow, and quick -> add, all on cluster="local": add starts as soon as quick is done,
@@ -1344,14 +1363,7 @@ def test_a_long_job_does_not_hold_back_an_unrelated_branch(env: Env) -> None:
     local = {"cluster": "local"}
     slow = env.step("slow", block_flag=str(block), infra=local).run.node()
     add = env.step("add", infra=local).run.node(env.step("quick", infra=local).run.node())
-    thread = threading.Thread(target=exca.graph.run, args=(slow, add))
-    thread.start()
-    try:
-        wait_for(lambda: "add" in started(env.log), timeout=90)
-        assert slow.status() == "running"
-    finally:
-        block.unlink()
-        thread.join(timeout=120)
+    _run_until_started(env, (slow, add), "add", block, running=slow)
     assert add.result() == "add(quick(None,None),None)" and slow.result() == "slow(None,None)"
 
 
@@ -1365,14 +1377,7 @@ def test_ready_local_work_does_not_wait_for_its_group_to_fill(env: Env) -> None:
     slow = env.step("slow", block_flag=str(block), infra=local).run.node()
     follow = env.step("follow", infra=local).run.node(slow)
     add = env.step("add", infra=local).run.node(env.step("quick").run.node())
-    thread = threading.Thread(target=exca.graph.run, args=(follow, add))
-    thread.start()
-    try:
-        wait_for(lambda: "add" in started(env.log), timeout=90)
-        assert slow.status() == "running"
-    finally:
-        block.unlink()
-        thread.join(timeout=120)
+    _run_until_started(env, (follow, add), "add", block, running=slow)
     assert follow.result() == "follow(slow(None,None),None)"
 
 

@@ -530,6 +530,18 @@ def _changed_parents(
             yield from _changed_parents(value, parts)
 
 
+def _field_at(owner: pydantic.BaseModel, path: tuple[str, ...]) -> tuple[tp.Any, tp.Any] | None:
+    """(the model holding the field, the field's value) at a dotted path of fields through
+    sub-models, or None (an empty path, or one through a dict or a list)."""
+    parent: tp.Any = None
+    value: tp.Any = owner
+    for part in path:
+        if not isinstance(value, pydantic.BaseModel) or part not in type(value).model_fields:
+            return None
+        parent, value = value, value.__dict__.get(part)
+    return None if parent is None else (parent, value)
+
+
 def _switched_classes(
     owner: pydantic.BaseModel, changes: tp.Mapping[str, tp.Any]
 ) -> set[tuple[str, ...]]:
@@ -538,15 +550,10 @@ def _switched_classes(
     out: set[tuple[str, ...]] = set()
     for key, value in ConfDict(dict(changes)).flat().items():
         *prefix, last = key.split(".")
-        parent: tp.Any = None
-        model: tp.Any = owner
-        for part in prefix:
-            if not isinstance(model, pydantic.BaseModel) or part not in type(model).model_fields:
-                model = None
-                break
-            parent, model = model, model.__dict__.get(part)
-        if parent is None or not isinstance(model, pydantic.BaseModel):
+        found = _field_at(owner, tuple(prefix))
+        if found is None or not isinstance(found[1], pydantic.BaseModel):
             continue
+        parent, model = found
         field = next(f for f in identity.class_facts(type(parent)).fields if f.name == prefix[-1])
         keys: set[str] = set(field.keep) if isinstance(field.keep, tuple) else set()
         keys.add(str(getattr(type(model), "_exca_discriminator_key", "")))
@@ -559,12 +566,10 @@ def _fill_sub_model(owner: pydantic.BaseModel, path: tuple[str, ...], cfg: ConfD
     """Put the sub-model (or list, dict) at ``path`` into ``cfg`` when the export left it
     out (at its field default): a change inside it then keeps the default's other values
     instead of rebuilding it from its class defaults (or failing on a list index)."""
-    parent: tp.Any = None
-    value: tp.Any = owner
-    for part in path:
-        if not isinstance(value, pydantic.BaseModel) or part not in type(value).model_fields:
-            return  # (through a dict or a list: not filled)
-        parent, value = value, value.__dict__.get(part)
+    found = _field_at(owner, path)
+    if found is None:
+        return  # (through a dict or a list: not filled)
+    parent, value = found
     key = ".".join(path)
     if key in cfg or isinstance(value, BaseInfra):
         return

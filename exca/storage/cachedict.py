@@ -505,25 +505,12 @@ class CacheDict(tp.Generic[X]):
         if meta is not None:
             info["#meta"] = meta
         line = orjson.dumps(info, option=orjson.OPT_APPEND_NEWLINE)
-        # (IndexWriter.append inlined: this is the hot path of every write)
-        fd = writer.fd
-        if fd is None:
-            fd = writer.open()
+        if writer.fd is None:
+            writer.open()  # (its inode names the file for the reader's state below)
         state = writer.read_state
         if state is None:
             state = writer.read_state = reader.own_file(writer.name, writer.inode)
-        if writer.torn:  # (a failed append before: the slow path ends its fragment)
-            offset = writer.append(line)
-        else:
-            offset = writer.size
-            try:
-                written = os.write(fd, line)
-                if written != len(line):
-                    writer.finish_short_write(line, written)
-            except BaseException:
-                writer.recover()
-                raise
-            writer.size = offset + len(line)
+        offset = writer.append(line)
         state.offset = writer.size
         if "v" in info and type(info["v"]) is orjson.Fragment:  # pre-serialized inline value
             info = orjson.loads(line)
