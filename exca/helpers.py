@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import sys
+import types
 import typing as tp
 import warnings
 from pathlib import Path
@@ -102,6 +103,7 @@ class FunctionWithInfra:
         self.infra = infra
         functools.update_wrapper(self, func)
         self._configs: dict[tp.Any, FuncConfig] = {}
+        _check_one_definition_per_folder(func, str(infra.get("version", "1")))
         if infra.get("folder") is None and infra.get("cluster") is None:
             warnings.warn(
                 f"with_infra on {func.__qualname__} without folder nor cluster: nothing is cached "
@@ -153,6 +155,67 @@ class FunctionWithInfra:
         self.infra = state["infra"]
         functools.update_wrapper(self, self.func)
         self._configs = {}
+
+
+# (module, name, version) -> the function last decorated under that cache folder name
+_DEFINITIONS: dict[tuple[str, str, str], tp.Callable[..., tp.Any]] = {}
+
+
+def _check_one_definition_per_folder(func: tp.Callable[..., tp.Any], version: str) -> None:
+    """Warn when a function with another body, or other captured values, takes the cache
+    folder of one decorated before in this process (a cell edited and run again, a
+    closure made in a loop): they share the cached results."""
+    key = (func.__module__, func.__name__, version)
+    previous = _DEFINITIONS.get(key)
+    _DEFINITIONS[key] = func
+    if previous is None or previous is func or _same_definition(previous, func):
+        return
+    warnings.warn(
+        f"with_infra: {func.__qualname__} (module {func.__module__}) differs from a function "
+        f"decorated before under the same name (another body, or other values captured from "
+        f"its enclosing scope), and both use the cache folder "
+        f"{func.__module__}.{func.__name__}_FuncConfig.build,{version}: each gets what the "
+        f"other cached. Give this one its own version (with_infra(version=...)), rename it, "
+        "or clear that folder",
+        stacklevel=4,
+    )
+
+
+def _same_definition(first: tp.Callable[..., tp.Any], second: tp.Callable[..., tp.Any]) -> bool:
+    """Same code (line numbers aside) and the same captured values."""
+    code_a, code_b = getattr(first, "__code__", None), getattr(second, "__code__", None)
+    if code_a is None or code_b is None:
+        return True  # (not plain functions: nothing to compare)
+    if _code_key(code_a) != _code_key(code_b):
+        return False
+    cells = zip(first.__closure__ or (), second.__closure__ or ())
+    return all(_same_value(_cell_value(a), _cell_value(b)) for a, b in cells)
+
+
+def _code_key(code: types.CodeType) -> tuple[tp.Any, ...]:
+    consts = tuple(_code_key(c) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+    return (code.co_code, consts, code.co_names, code.co_varnames, code.co_freevars)
+
+
+def _cell_value(cell: tp.Any) -> tp.Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # an empty cell (a name assigned after the function is made)
+        return _EMPTY_CELL
+
+
+_EMPTY_CELL = object()
+
+
+def _same_value(a: tp.Any, b: tp.Any) -> bool:
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    try:
+        return bool(a == b)
+    except Exception:  # (arrays: ambiguous truth value)
+        return False
 
 
 def _from_script(func: bytes, infra: dict[str, tp.Any]) -> FunctionWithInfra:

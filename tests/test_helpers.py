@@ -105,6 +105,39 @@ def test_with_infra_picklable_by_value(tmp_path: Path) -> None:
     assert restored.infra == {"folder": tmp_path}
 
 
+def _scaler(factor: int) -> tp.Callable[..., tp.Any]:
+    def scaled(x: int) -> int:
+        return x * factor
+
+    return scaled
+
+
+def _other_scaled() -> tp.Callable[..., tp.Any]:
+    def scaled(x: int) -> int:
+        return x + 100
+
+    return scaled
+
+
+def test_with_infra_warns_when_another_function_takes_the_same_folder(tmp_path: Path) -> None:
+    """Closures made in a loop, or a notebook cell edited and run again: same name, so the
+    same cache folder; the second definition is told it reads the first one's results."""
+    double = helpers.with_infra(folder=tmp_path)(_scaler(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = helpers.with_infra(folder=tmp_path)(_scaler(2))  # equal captured value: fine
+    assert double(x=5) == same(x=5) == 10
+    with pytest.warns(UserWarning, match=r"scaled_FuncConfig.build,1.*version"):
+        triple = helpers.with_infra(folder=tmp_path)(_scaler(3))
+    assert triple(x=5) == 10  # what the warning is about: the first definition's result
+    with pytest.warns(UserWarning, match="another body"):
+        helpers.with_infra(folder=tmp_path)(_other_scaled())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        own = helpers.with_infra(folder=tmp_path, version="2")(_scaler(3))  # the remedy
+        assert own(x=5) == 15
+
+
 # --- to_config_model / to_config --------------------------------------------------------------
 def _train(lr: float, layers: int = 3, name: str = "net") -> str:
     CALLS.append(("train", (lr, layers, name)))
