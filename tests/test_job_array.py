@@ -209,6 +209,11 @@ def test_force_array_resubmits_then_reverts(tmp_path: Path, ctl: Path, cluster: 
     assert [t.process() for t in again] == [0, 1, 4]
     assert all(t.infra.status() == "completed" for t in again)
     assert calls(ctl) == {0: 2, 1: 2, 2: 2}
+    # ... also for new clones of the forced base (in mode force themselves)
+    with forced.infra.job_array() as third:
+        third.extend(forced.infra.clone_obj(x=x) for x in range(3))
+    assert [t.process() for t in third] == [0, 1, 4]
+    assert calls(ctl) == {0: 2, 1: 2, 2: 2}
 
 
 @pytest.mark.timeout(120)

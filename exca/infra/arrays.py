@@ -44,9 +44,11 @@ def submit_array(
             logger.warning("Job array: dropping a repeated config %s", uid)
             continue
         infras[uid] = infra
-    mode = array_infra.mode
+    requested = mode = array_infra.mode
     if mode == "force" and array_infra._runtime().force_state.get("done"):
-        mode = "cached"
+        mode = "cached"  # this base forced its array once already: its tasks are reused
+        for infra in infras.values():
+            _forced(infra)  # (clones of the base are in mode force, not yet applied)
     if array_infra.cluster is None:
         for infra in infras.values():  # (the array's mode decides, as with a cluster)
             if mode == "force" or (mode == "retry" and infra.status() == "failed"):
@@ -68,10 +70,15 @@ def submit_array(
         Scheduler(nodes).submit(parallelism=max_workers)
         for node in nodes:  # (else, until its job starts, a task shows its old outcome)
             store.drop_outcome(node.cache, outdated[node.key])
-    if mode in ("force", "retry"):
+    if requested in ("force", "retry"):
         for infra in [array_infra, *infras.values()]:
-            runtime = infra._runtime()
-            runtime.force_state["done"] = True
-            runtime.node = None
-            if mode == "retry":
+            _forced(infra)
+            if requested == "retry":
                 infra.__dict__["mode"] = "cached"
+
+
+def _forced(infra: TaskInfra) -> None:
+    """Mark an infra's force as applied: its next calls read what the array computed."""
+    runtime = infra._runtime()
+    runtime.force_state["done"] = True
+    runtime.node = None
