@@ -9,6 +9,8 @@ from __future__ import annotations
 import collections
 import enum
 import json
+import threading
+import time
 import typing as tp
 from pathlib import Path
 
@@ -31,10 +33,12 @@ def counts(path: str | Path) -> collections.Counter[int]:
 class Mapper(pydantic.BaseModel):
     """item -> 10 * item; an item raises ValueError while the file <fail_dir>/<item> exists.
     With `short`, the method yields one output less than it got items (the last item's);
-    with `extra`, one more (the first item's output twice)."""
+    with `extra`, one more (the first item's output twice); item 0 waits while the file
+    `block_flag` exists."""
 
     log: str
     fail_dir: str = ""
+    block_flag: str = ""
     short: bool = False
     extra: bool = False
     infra: exca.MapInfra = exca.MapInfra(version="1")
@@ -44,6 +48,8 @@ class Mapper(pydantic.BaseModel):
         todo = items[:-1] if self.short else items
         for item in todo:
             append(self.log, str(item))
+            while item == 0 and self.block_flag and Path(self.block_flag).exists():
+                time.sleep(0.05)
             if self.fail_dir and (Path(self.fail_dir) / str(item)).exists():
                 raise ValueError(f"bad item {item}")
             yield 10 * item
@@ -227,6 +233,33 @@ def test_local_packing_into_one_array(tmp_path: Path) -> None:
     for record in records:
         assert Path(record["logs"]).is_dir()
         assert folder in Path(record["logs"]).parents
+
+
+@pytest.mark.timeout(120)
+def test_a_call_waits_only_for_jobs_computing_its_items(tmp_path: Path) -> None:
+    """A chunk job of another call is running (item 0, blocked): a call for other items
+    computes them at once; a call needing item 0 waits for that job, then reads it."""
+    block = tmp_path / "block-flag"
+    block.touch()
+    first: list[tp.Any] = []
+    submitter = make(tmp_path, "local", block_flag=str(block))
+    thread = threading.Thread(target=lambda: first.append(list(submitter.process([0]))))
+    thread.start()
+    deadline = time.time() + 60
+    while counts(tmp_path / "calls.txt")[0] == 0 and time.time() < deadline:
+        time.sleep(0.05)  # item 0 is being computed in its local job
+    other = make(tmp_path, None, block_flag=str(block))
+    assert list(other.process([100, 101])) == [1000, 1010]  # (used to wait for that job)
+    needing: list[tp.Any] = []
+    waiter = threading.Thread(target=lambda: needing.append(list(other.process([0, 102]))))
+    waiter.start()
+    waiter.join(timeout=1.0)
+    assert waiter.is_alive()  # waits for the job computing item 0
+    block.unlink()
+    waiter.join(timeout=60)
+    thread.join(timeout=60)
+    assert first == [[0]] and needing == [[0, 1020]]
+    assert counts(tmp_path / "calls.txt") == {0: 1, 100: 1, 101: 1, 102: 1}
 
 
 @pytest.mark.timeout(120)

@@ -309,9 +309,15 @@ class Graph:
         slurm = [r.job_id for records in chunks.values() for r in records if r.cluster == "slurm"]
         queued = registry.queued_jobs(slurm) if slurm else set()
         for key, records in chunks.items():
-            active = [r for r in records if registry.is_active(r, queued)]
+            run = self.runs[key]
+            todo = set(run.todo or ())
+            active = [
+                r
+                for r in records
+                if registry.is_active(r, queued)
+                and (r.keys is None or not todo or not todo.isdisjoint(r.keys))
+            ]  # (jobs computing other items than the missing ones: nothing to wait for)
             if active:
-                run = self.runs[key]
                 run.action = "wait"
                 run.reason = f"running as job(s) {', '.join(r.job_id for r in active[:5])}"
                 run.handles = [executors.recorded_handle(r) for r in active]
