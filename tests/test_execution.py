@@ -386,6 +386,102 @@ def test_clear_job_cancels_a_running_local_job(tmp_path: Path) -> None:
     assert make(tmp_path, None, x=5).infra.status() == "not submitted"
 
 
+@pytest.mark.timeout(120)
+def test_a_waiter_follows_a_resubmission_instead_of_caching_a_failure(
+    tmp_path: Path, short_result_wait: None
+) -> None:
+    """One instance waits for the job another submitted; the submitter cancels it and
+    submits again (clear_job + job, e.g. for other resources). The cancelled job is not
+    the config's failure: the waiter waits for the new job; nobody caches an error."""
+    import threading
+
+    log = tmp_path / "calls.txt"
+    block = tmp_path / "block-flag"
+    block.touch()
+    submitter = make(tmp_path, "local", x=7, block_flag=str(block))
+    first = submitter.infra.job()
+    _wait_for(lambda: len(calls(log)) == 1)  # computing in the first job
+    waiter = make(tmp_path, "local", x=7, block_flag=str(block))
+    out: list[tp.Any] = []
+    thread = threading.Thread(target=lambda: out.append(_result_or_error(waiter.process)))
+    thread.start()
+    thread.join(timeout=1.0)
+    assert thread.is_alive()  # waiting for the first job
+    submitter.infra.clear_job()  # cancels it
+    _wait_for(lambda: exca.storage.process.process_start_time(int(first.job_id)) is None)
+    again = make(tmp_path, "local", x=7, block_flag=str(block)).infra.job()
+    assert again.job_id != first.job_id
+    _wait_for(lambda: len(calls(log)) == 2)  # computing in the new job
+    block.unlink()
+    thread.join(timeout=60)
+    assert out == [14]
+    assert again.result() == 14
+    assert make(tmp_path, None, x=7, block_flag=str(block)).infra.status() == "completed"
+
+
+@pytest.mark.timeout(120)
+def test_a_job_cleared_by_another_instance_is_not_cached_as_failed(
+    tmp_path: Path, short_result_wait: None
+) -> None:
+    """clear_job() from another instance cancels the job a call is waiting for: that call
+    fails (it is not submitted again), and the next call computes (no cached failure)."""
+    import threading
+
+    log = tmp_path / "calls.txt"
+    block = tmp_path / "block-flag"
+    block.touch()
+    caller = make(tmp_path, "local", x=8, block_flag=str(block))
+    out: list[tp.Any] = []
+    thread = threading.Thread(target=lambda: out.append(_result_or_error(caller.process)))
+    thread.start()
+    _wait_for(lambda: len(calls(log)) == 1)  # computing in its job
+    make(tmp_path, "local", x=8, block_flag=str(block)).infra.clear_job()
+    thread.join(timeout=60)
+    assert len(out) == 1 and isinstance(out[0], JobFailedError), out
+    assert "withdrawn" in str(out[0]) and "clear_job" in str(out[0])
+    again = make(tmp_path, None, x=8, block_flag=str(block))
+    assert again.infra.status() == "not submitted"
+    block.unlink()
+    assert again.process() == 16
+    assert len(calls(log)) == 2
+
+
+@pytest.mark.timeout(120)
+def test_a_debug_job_of_another_process_is_waited_for(tmp_path: Path) -> None:
+    """A debug job runs inside the process that submitted it: while that process computes,
+    another one sees the task running and waits for it (it used to call it failed)."""
+    block = tmp_path / "block-flag"
+    block.touch()
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
+        "import test_execution as t; "
+        "print(t.make(Path(sys.argv[2]), 'debug', x=4, block_flag=sys.argv[3]).process())"
+    )
+    submitter = subprocess.Popen(
+        [sys.executable, "-c", code, str(Path(__file__).parent), str(tmp_path), str(block)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(lambda: len(calls(tmp_path / "calls.txt")) == 1)  # computing over there
+        waiter = make(tmp_path, "debug", x=4, block_flag=str(block))
+        assert waiter.infra.status() == "running"
+        block.unlink()
+        assert waiter.process() == 8
+        assert submitter.communicate(timeout=60)[0].strip().endswith("8")
+    finally:
+        submitter.kill()
+        submitter.wait()
+    assert len(calls(tmp_path / "calls.txt")) == 1
+
+
+def _result_or_error(func: tp.Callable[[], tp.Any]) -> tp.Any:
+    try:
+        return func()
+    except Exception as error:
+        return error
+
+
 def test_a_reused_pid_is_not_a_running_local_job(tmp_path: Path) -> None:
     from exca.graph import registry
 

@@ -273,7 +273,7 @@ class Graph:
         for run in candidates:
             if run.node.kind == "task" and run.node.folder is not None:
                 record = registry.latest(run.node.folder)
-                if record is not None:
+                if record is not None and not registry.is_own_debug_job(record):
                     records[run.node.key] = record
             else:
                 found = registry.read_all(run.node.folder)

@@ -252,7 +252,7 @@ class RecordedLocalHandle(Handle):
 
 def recorded_handle(record: tp.Any) -> Handle:
     """The handle of a job found in the registry (submitted by any process)."""
-    if record.cluster == "local":
+    if record.cluster in ("local", "debug"):  # (debug: the submitting process runs it)
         return RecordedLocalHandle(record)
     from .registry import submitit_job
 

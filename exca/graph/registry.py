@@ -148,7 +148,20 @@ def is_active(record: JobRecord, queued: set[str] | None = None) -> bool:
         started = process.start_epoch(int(record.job_id))
         # the job's process started before it was recorded; a later one reuses its pid
         return started is not None and started <= record.submitted + LOCAL_START_SLACK
+    if record.cluster == "debug":  # runs in the submitting process, during the submission
+        if record.host != process.hostname() or record.pid in (0, os.getpid()):
+            return False  # (in this process: its other threads wait through the claims)
+        started = process.start_epoch(record.pid)
+        return started is not None and started <= record.submitted + LOCAL_START_SLACK
     return False
+
+
+def is_own_debug_job(record: JobRecord) -> bool:
+    """A debug job of this very process (it ran, or runs in another thread, here)."""
+    return record.cluster == "debug" and (record.host, record.pid) == (
+        process.hostname(),
+        os.getpid(),
+    )
 
 
 def queued_jobs(job_ids: tp.Sequence[str]) -> set[str]:

@@ -41,6 +41,7 @@ class Scheduler:
         self._targets, self._item_uids = targets, item_uids
         self.progress_requested = progress
         self._requeued: list[NodeRun] = []
+        self._follow_ups: dict[Key, int] = {}  # withdrawn jobs seen, per node
         self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
 
     @property
@@ -383,6 +384,8 @@ class Scheduler:
                     except Exception as cached:
                         run.error = cached
                 return
+            if self._job_withdrawn(run):
+                return  # requeued: that job is not this config's failure
             run.error = self._lost(run)
             if isinstance(run.error, JobFailedError) and node.folder is not None:
                 _cache_error(node, run.error)
@@ -412,6 +415,38 @@ class Scheduler:
             return
         run.state = "failed"
         run.error = self._lost(run, missing)
+
+    def _job_withdrawn(self, run: NodeRun) -> bool:
+        """The job of a task ended without a result, and its record is gone (its submitter
+        was interrupted, or someone called clear_job) or names another job (resubmitted):
+        it was withdrawn, not failed. Then wait for the new job (the run is requeued), or
+        fail without caching the failure."""
+        if run.node.folder is None or not run.handles:
+            return False
+        if any(isinstance(h, executors.DoneHandle | executors.FutureHandle) for h in run.handles):
+            return False  # (ran here: no job record)
+        follow_ups = self._follow_ups[run.node.key] = self._follow_ups.get(run.node.key, 0) + 1
+        if follow_ups > MAX_FOLLOW_UPS:  # (e.g. records that cannot be written)
+            return False
+        latest = registry.latest(run.node.folder)
+        if latest is not None and latest.job_id in {h.job_id for h in run.handles}:
+            return False
+        if latest is not None and registry.is_active(latest):
+            run.action, run.handles = "wait", [executors.recorded_handle(latest)]
+            run.reason, run.resume = f"running as job {latest.job_id}", None
+            run.state = "pending"
+            self._requeued.append(run)
+            return True
+        # cancelled on purpose: not submitted again here, and no failure cached (the next
+        # call computes it)
+        ids = ", ".join(h.job_id for h in run.handles)
+        run.state = "failed"
+        run.error = JobFailedError(
+            f"{run.node.uid}: job {ids} was withdrawn before writing its result: its record "
+            "was removed (clear_job, or its submitter was interrupted). Nothing is cached: "
+            "the next call computes it"
+        )
+        return True
 
     @staticmethod
     def _lost(run: NodeRun, missing: list[str] | None = None) -> BaseException:
@@ -464,6 +499,9 @@ def _release_dead_claims(runs: list[NodeRun], timeout: float = 3.0) -> None:
         if not remaining or time.monotonic() > deadline:
             return
         time.sleep(0.1)  # killed workers may take a moment to exit
+
+
+MAX_FOLLOW_UPS = 3  # resubmissions of one node a run follows before calling it failed
 
 
 def _cache_error(node: Node, error: BaseException) -> None:

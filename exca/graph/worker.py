@@ -239,10 +239,15 @@ def _compute_task(node: Node) -> Report:
             ) from error
         value = node.function(**inputs)
     except Exception as error:
-        with node.cache.write():
-            node.cache.put(TASK_KEY, CachedError.from_exception(error), meta=meta)
+        node.cache.refresh()
+        if TASK_KEY not in node.cache:  # (see below)
+            with node.cache.write():
+                node.cache.put(TASK_KEY, CachedError.from_exception(error), meta=meta)
         raise
     try:
+        # what was written meanwhile counts: e.g. a job cancelled while this process ran
+        # on (Slurm waits before killing it) has its failure cached by who waited for it
+        node.cache.refresh()
         with node.cache.write():
             node.cache.put(TASK_KEY, value, meta=meta)
     except OSError:  # (disk full, permissions...: not the result's fault, nothing cached)
@@ -252,7 +257,9 @@ def _compute_task(node: Node) -> Report:
         if isinstance(error, ValueError) and TASK_KEY in node.cache:
             # written meanwhile by a worker thought dead (e.g. orphan of a cancelled job)
             logger.warning(
-                "%s was written by another worker meanwhile; keeping that result", node.uid
+                "%s was written by another process meanwhile (a worker thought dead, or the "
+                "failure of this cancelled job); keeping that entry",
+                node.uid,
             )
             return Report(computed=1)
         # a result the cache cannot store: its error is cached (the same result would come
