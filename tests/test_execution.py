@@ -475,6 +475,33 @@ def test_a_debug_job_of_another_process_is_waited_for(tmp_path: Path) -> None:
     assert len(calls(tmp_path / "calls.txt")) == 1
 
 
+@pytest.mark.timeout(120)
+def test_simultaneous_calls_submit_one_job(tmp_path: Path) -> None:
+    """Callers deciding at the same instant (before either job is recorded) submit ONE
+    job: the others wait for it (no second allocation waiting on the worker's claim)."""
+    import threading
+
+    barrier = threading.Barrier(3)
+    out: list[tp.Any] = []
+
+    def call() -> None:
+        task = make(tmp_path, "local", x=11)
+        barrier.wait()
+        out.append(_result_or_error(task.process))
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=90)
+    assert out == [22, 22, 22]
+    folder = make(tmp_path, None, x=11).infra.uid_folder()
+    assert folder is not None
+    assert len(list((folder / "jobs").glob("*.json"))) == 1  # one job recorded
+    assert len(calls(tmp_path / "calls.txt")) == 1
+    assert not list((folder / "claims").glob("*.claim"))  # the submission claims are gone
+
+
 def _result_or_error(func: tp.Callable[[], tp.Any]) -> tp.Any:
     try:
         return func()

@@ -33,6 +33,7 @@ class NodeRun:
     resume: str | None = None  # action to take after waiting for someone else's job
     blocked: bool = False  # failed only because an upstream node failed
     item_errors: int = 0  # maps reused as they are: how many items hold a cached error
+    seen_job: str | None = None  # tasks: the latest recorded job when this was decided
 
     @property
     def needs_work(self) -> bool:
@@ -273,8 +274,10 @@ class Graph:
         for run in candidates:
             if run.node.kind == "task" and run.node.folder is not None:
                 record = registry.latest(run.node.folder)
-                if record is not None and not registry.is_own_debug_job(record):
-                    records[run.node.key] = record
+                if record is not None:
+                    run.seen_job = record.job_id
+                    if not registry.is_own_debug_job(record):
+                        records[run.node.key] = record
             else:
                 found = registry.read_all(run.node.folder)
                 if found:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import typing as tp
 
-from . import executors, registry
+from . import executors, registry, submitting
 from .progress import Progress
 from .worker import Action, Unit
 
@@ -77,16 +77,21 @@ def _submit(
     deps = sorted({d for run, _ in members for d in _dependencies(scheduler, run.node.key)})
     first = members[0][0].node
     logs = executors.format_logs(first.execution.logs or "{folder}/logs/{user}/%j", first.folder)
-    units = [u for _, u in members]
-    handles = executors.submit_array(units, first.execution, logs, len(members), dependencies=deps)
     out: list[tuple[NodeRun, executors.Handle]] = []
-    for (run, unit), handle in zip(members, handles):
-        run.handles.append(handle)
-        run.state = "running"
-        scheduler.record(
-            run.node, unit, handle, code=getattr(first.execution.workdir, "folder", None)
+    with submitting.exclusive(members, scheduler.run_id) as members:
+        if not members:
+            return out  # (submitted or computed by another process meanwhile)
+        units = [u for _, u in members]
+        handles = executors.submit_array(
+            units, first.execution, logs, len(members), dependencies=deps
         )
-        out.append((run, handle))
+        for (run, unit), handle in zip(members, handles):
+            run.handles.append(handle)
+            run.state = "running"
+            scheduler.record(
+                run.node, unit, handle, code=getattr(first.execution.workdir, "folder", None)
+            )
+            out.append((run, handle))
     return out
 
 

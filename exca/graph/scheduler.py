@@ -14,7 +14,7 @@ import random
 import time
 import typing as tp
 
-from . import executors, registry, store
+from . import executors, registry, store, submitting
 from .decisions import Graph, Key, NodeRun, collect, to_chunks
 from .errors import JobFailedError, NodeFailures
 from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Node
@@ -302,11 +302,15 @@ class Scheduler:
             logs = executors.format_logs(
                 first.execution.logs or "{folder}/logs/{user}/%j", first.folder
             )
-            handles = list(
-                executors.submit_array(units, first.execution, logs, parallelism or len(units))
-            )
-            for (run, unit), handle in zip(members, handles):
-                self.record(run.node, unit, handle, code=_code(first))
+            with submitting.exclusive(members, self.run_id) as members:
+                if not members:
+                    return  # (submitted or computed by another process meanwhile)
+                units = [unit for _, unit in members]
+                handles = list(
+                    executors.submit_array(units, first.execution, logs, parallelism or len(units))
+                )
+                for (run, unit), handle in zip(members, handles):
+                    self.record(run.node, unit, handle, code=_code(first))
         for (run, _), handle in zip(members, handles):
             run.handles.append(handle)
 
@@ -364,6 +368,7 @@ class Scheduler:
                 progress.update(1)
             state = store.task_state(node)
             if run.resume is not None and (state != "done" or run.resume == "force"):
+                run.seen_job = next((h.job_id for h in run.handles), run.seen_job)
                 run.action, run.resume, run.handles = run.resume, None, []
                 run.state = "pending"
                 self._requeued.append(run)  # waited for someone else's job: now retry/force
@@ -434,6 +439,7 @@ class Scheduler:
         if latest is not None and registry.is_active(latest):
             run.action, run.handles = "wait", [executors.recorded_handle(latest)]
             run.reason, run.resume = f"running as job {latest.job_id}", None
+            run.seen_job = latest.job_id
             run.state = "pending"
             self._requeued.append(run)
             return True
