@@ -262,6 +262,39 @@ def test_a_call_waits_only_for_jobs_computing_its_items(tmp_path: Path) -> None:
     assert counts(tmp_path / "calls.txt") == {0: 1, 100: 1, 101: 1, 102: 1}
 
 
+class Pickled(pydantic.BaseModel):
+    """item -> 10 * item, each output in a file of its own (not inline in the index)."""
+
+    log: str
+    infra: exca.MapInfra = exca.MapInfra(version="1", keep_in_ram=False)
+
+    @infra.apply(item_uid=str, cache_type="Pickle")
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            append(self.log, str(item))
+            yield 10 * item
+
+
+def test_outputs_deleted_while_read_are_computed_again(tmp_path: Path) -> None:
+    """A call's outputs are read lazily: items deleted meanwhile (by mode force or retry
+    in another process, before it writes them again) are waited for or computed again,
+    not a KeyError in the middle of the iteration."""
+
+    def make_pickled() -> Pickled:
+        return Pickled(log=str(tmp_path / "calls.txt"), infra={"folder": tmp_path / "cache"})
+
+    items = list(range(6))
+    assert list(make_pickled().process(items)) == [10 * i for i in items]
+    outputs = make_pickled().process(items)
+    assert next(outputs) == 0
+    other = make_pickled().infra.cache_dict
+    with other.write():
+        for uid in ("2", "3"):
+            del other[uid]  # (as a forcing process does before computing them again)
+    assert list(outputs) == [10 * i for i in items[1:]]
+    assert counts(tmp_path / "calls.txt") == {0: 1, 1: 1, 2: 2, 3: 2, 4: 1, 5: 1}
+
+
 @pytest.mark.timeout(120)
 def test_local_packing_respects_max_jobs(tmp_path: Path) -> None:
     mapper = make(tmp_path, "local", infra={"max_jobs": 3, "min_samples_per_job": 1})

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import hashlib
 import inspect
+import types
 import typing as tp
 from pathlib import Path
 
@@ -167,10 +168,10 @@ class BoundMap:
             cache.reread()  # what other processes retried, forced or deleted meanwhile
             missing = cache.missing(uids)
             if not missing:  # fast path: no node, no scheduler
-                return cache.values_of(uids, where=infra.uid())
+                return _refilled(infra, items, uids, cache.values_of(uids, where=infra.uid()))
         node = infra._map_node(items, uids)
         calls.map_items(node, uids, missing)
-        return node.cache.values_of(uids, where=node.uid)
+        return _refilled(infra, items, uids, node.cache.values_of(uids, where=node.uid))
 
     def node(self, items: tp.Iterable[tp.Any] | Node) -> Node:
         """The graph node of this map over items (a list, or an upstream node producing the
@@ -182,6 +183,42 @@ class BoundMap:
 
     def __repr__(self) -> str:
         return f"<bound {self.method.func.__qualname__} of {type(self.obj).__name__}>"
+
+
+MAX_REFILLS = 3  # items deleted while read, computed again, before the call gives up
+
+
+def _refilled(
+    infra: MapInfra, items: tp.Sequence[tp.Any], uids: list[str], values: tp.Iterator[tp.Any]
+) -> tp.Iterator[tp.Any]:
+    """The outputs of a call, read lazily; an item deleted since the call found it (mode
+    force or retry in another process: deleted, then written again) is waited for, or
+    computed again, instead of raising KeyError."""
+    if not isinstance(values, types.GeneratorType):
+        return values  # (outputs held in memory: nothing can be deleted under them)
+    return _refilling(infra, items, uids, values)
+
+
+def _refilling(
+    infra: MapInfra, items: tp.Sequence[tp.Any], uids: list[str], values: tp.Iterator[tp.Any]
+) -> tp.Iterator[tp.Any]:
+    position = refills = 0
+    while True:
+        try:
+            for value in values:
+                yield value
+                position += 1
+            return
+        except KeyError as error:
+            key = uids[position]
+            cache = infra.cache_dict
+            cache.refresh()
+            if refills >= MAX_REFILLS or error.args != (key,) or cache.count_errors([key]):
+                raise  # (or a cached error of the method: its own KeyError)
+        refills += 1
+        node = infra._map_node(items[position:], uids[position:])
+        calls.map_items(node, uids[position:])
+        values = node.cache.values_of(uids[position:], where=node.uid)
 
 
 class MapInfra(BaseInfra, SubmititMixin):
