@@ -502,6 +502,24 @@ def test_simultaneous_calls_submit_one_job(tmp_path: Path) -> None:
     assert not list((folder / "claims").glob("*.claim"))  # the submission claims are gone
 
 
+@pytest.mark.timeout(120)
+def test_status_is_running_while_computed_without_a_job(tmp_path: Path) -> None:
+    """cluster=None: no job record, but a worker computing it holds its claim."""
+    import threading
+
+    block = tmp_path / "block-flag"
+    block.touch()
+    task = make(tmp_path, None, x=12, block_flag=str(block))
+    thread = threading.Thread(target=task.process)
+    thread.start()
+    _wait_for(lambda: len(calls(tmp_path / "calls.txt")) == 1)
+    other = make(tmp_path, None, x=12, block_flag=str(block))
+    assert other.infra.status() == "running"
+    block.unlink()
+    thread.join(timeout=60)
+    assert other.infra.status() == "completed"
+
+
 def _result_or_error(func: tp.Callable[[], tp.Any]) -> tp.Any:
     try:
         return func()

@@ -3,6 +3,7 @@ networkx, no submitit); anything else goes through the scheduler."""
 
 from __future__ import annotations
 
+import os
 import typing as tp
 
 from ..storage.cachedict import CacheDict
@@ -40,8 +41,18 @@ def task_status(node: Node) -> tp.Literal["not submitted", "running", "completed
         return "failed"
     record = registry.latest(node.folder)
     if record is None:
-        return "not submitted"
+        # no job: computed here or in another process (cluster None, a pool) if claimed
+        return "running" if _claimed(node) else "not submitted"
     return "running" if registry.is_active(record) else "failed"
+
+
+def _claimed(node: Node) -> bool:
+    """Whether a live worker holds the claim of a task's result."""
+    from ..storage.claims import CLAIMS_DIR, Claims
+
+    if node.folder is None or not os.path.isdir(os.path.join(node.folder, CLAIMS_DIR)):
+        return False
+    return bool(Claims(node.folder).holders([TASK_KEY]))
 
 
 def task_result(node: Node) -> tp.Any:
