@@ -10,6 +10,8 @@ from __future__ import annotations
 import collections
 import functools
 import json
+import os
+import signal
 import time
 import typing as tp
 from pathlib import Path
@@ -31,7 +33,8 @@ wait_until = functools.partial(filelog.wait_until, timeout=WAIT_S, poll=0.2)
 
 
 class SlurmTask(pydantic.BaseModel):
-    """x -> 3 * x; raises ValueError while <ctl>/fail exists. The first call (only) blocks
+    """x -> 3 * x; raises ValueError while <ctl>/fail exists, kills itself (SIGKILL) while
+    <ctl>/kill exists. The first call (only) blocks
     while <ctl>/block exists: a cancelled job that lingers (submitit ignores SIGTERM until
     Slurm's KillWait SIGKILL) never finishes, and recomputations do not block."""
 
@@ -49,6 +52,8 @@ class SlurmTask(pydantic.BaseModel):
             time.sleep(0.1)
         if (ctl / "fail").exists():
             raise ValueError(f"bad x={self.x}")
+        if (ctl / "kill").exists():
+            os.kill(os.getpid(), signal.SIGKILL)
         return 3 * self.x
 
 
@@ -117,9 +122,6 @@ def kill_leftover_worker(obj: SlurmTask, job_id: str) -> None:
     keep its claim (alive, as far as exca can tell) and block any recomputation. Real
     clusters (proctrack/cgroup) kill it; do the same for the worker of *our* job only,
     found through its claim file, which records its pid and Slurm job id."""
-    import os
-    import signal
-
     from exca.storage.process import hostname
 
     folder = obj.infra.uid_folder()
@@ -265,6 +267,19 @@ def test_slurm_failure_then_retry(tmp_path: Path, ctl: Path, slurm_cluster: Slur
     recs = records(retry.infra.uid_folder())
     assert len(recs) == 2  # recomputed by a second Slurm job
     assert all(r["cluster"] == "slurm" and r["job_id"].isdigit() for r in recs)
+
+
+@pytest.mark.timeout(300)
+def test_slurm_killed_job_says_how(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    (ctl / "kill").touch()
+    obj = task(tmp_path, ctl, slurm_cluster, x=6)
+    with pytest.raises(JobFailedError, match="SIGKILL"):
+        obj.process()
+    assert obj.infra.status() == "failed"
+    (ctl / "kill").unlink()
+    assert task(tmp_path, ctl, slurm_cluster, x=6, mode="retry").process() == 18
 
 
 @pytest.mark.timeout(300)

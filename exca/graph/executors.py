@@ -204,6 +204,11 @@ class SubmititHandle(Handle):
                 return f"job {self.job_id} {text} (state {state})"
         error = self.error()
         detail = f": {type(error).__name__}: {str(error)[-2000:]}" if error is not None else ""
+        if not detail and self.cluster == "slurm":
+            from .registry import slurm_exit
+
+            how = slurm_exit(self.job_id)
+            detail = f": {how}" if how else ""
         return f"job {self.job_id} ended with state {state} without writing its result{detail}"
 
     def cancel(self) -> None:

@@ -220,6 +220,42 @@ def slurm_job_alive(job_id: str) -> bool | None:
     return alive
 
 
+def slurm_exit(job_id: str) -> str:
+    """How a Slurm job's process ended, in words ("" when sacct does not say)."""
+    import signal
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-o", "ExitCode", "-j", job_id],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout.split()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    code, _, sig = (out[0] if out else "").partition(":")
+    if sig.isdigit() and int(sig):
+        try:
+            name = signal.Signals(int(sig)).name
+        except ValueError:
+            name = f"signal {sig}"
+        hint = " (out of memory, or killed by hand)" if name == "SIGKILL" else ""
+        return f"killed by {name}{hint}"
+    if not code.isdigit():
+        return ""
+    if int(code) == 0:
+        return "its process exited with code 0 (did the method call sys.exit or os._exit?)"
+    number = int(code) - 128 if int(code) > 128 else int(code)  # (shells: 128 + signal)
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        return f"its process exited with code {code}"
+    hint = " (out of memory, or killed by hand)" if name == "SIGKILL" else ""
+    return f"its process exited with code {code}, as when killed by {name}{hint}"
+
+
 def sacct_states(job_ids: tp.Sequence[str]) -> dict[str, str]:
     """States of Slurm jobs with ONE ``sacct`` call (array elements included)."""
     import subprocess
