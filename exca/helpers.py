@@ -103,7 +103,7 @@ class FunctionWithInfra:
         self.infra = infra
         functools.update_wrapper(self, func)
         self._configs: dict[tp.Any, FuncConfig] = {}
-        _check_one_definition_per_folder(func, str(infra.get("version", "1")))
+        _check_one_definition_per_folder(func, infra)
         if infra.get("folder") is None and infra.get("cluster") is None:
             warnings.warn(
                 f"with_infra on {func.__qualname__} without folder nor cluster: nothing is cached "
@@ -157,15 +157,21 @@ class FunctionWithInfra:
         self._configs = {}
 
 
-# (module, name, version) -> the function last decorated under that cache folder name
-_DEFINITIONS: dict[tuple[str, str, str], tp.Callable[..., tp.Any]] = {}
+# (folder, module, name, version) -> the function last decorated with that cache folder
+_DEFINITIONS: dict[tuple[str, str, str, str], tp.Callable[..., tp.Any]] = {}
 
 
-def _check_one_definition_per_folder(func: tp.Callable[..., tp.Any], version: str) -> None:
+def _check_one_definition_per_folder(
+    func: tp.Callable[..., tp.Any], infra: dict[str, tp.Any]
+) -> None:
     """Warn when a function with another body, or other captured values, takes the cache
     folder of one decorated before in this process (a cell edited and run again, a
     closure made in a loop): they share the cached results."""
-    key = (func.__module__, func.__name__, version)
+    version = str(infra.get("version", "1"))
+    folder = infra.get("folder")
+    if folder is None:
+        return  # (nothing shared on disk)
+    key = (str(Path(folder).absolute()), func.__module__, func.__name__, version)
     previous = _DEFINITIONS.get(key)
     _DEFINITIONS[key] = func
     if previous is None or previous is func or _same_definition(previous, func):

@@ -450,25 +450,36 @@ def test_a_job_cleared_by_another_instance_is_not_cached_as_failed(
 def test_a_debug_job_of_another_process_is_waited_for(tmp_path: Path) -> None:
     """A debug job runs inside the process that submitted it: while that process computes,
     another one sees the task running and waits for it (it used to call it failed)."""
+    import threading
+
     block = tmp_path / "block-flag"
     block.touch()
+    stay = tmp_path / "stay-flag"  # the submitting process lives on while this exists
+    stay.touch()
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
         "import test_execution as t; "
-        "print(t.make(Path(sys.argv[2]), 'debug', x=4, block_flag=sys.argv[3]).process())"
+        "print(t.make(Path(sys.argv[2]), 'debug', x=4, block_flag=sys.argv[3]).process(), "
+        "flush=True)\n"
+        "while Path(sys.argv[4]).exists(): time.sleep(0.05)"
     )
-    submitter = subprocess.Popen(
-        [sys.executable, "-c", code, str(Path(__file__).parent), str(tmp_path), str(block)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    args = [str(Path(__file__).parent), str(tmp_path), str(block), str(stay)]
+    submitter = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE)
     try:
         _wait_for(lambda: len(calls(tmp_path / "calls.txt")) == 1)  # computing over there
         waiter = make(tmp_path, "debug", x=4, block_flag=str(block))
         assert waiter.infra.status() == "running"
+        out: list[tp.Any] = []
+        thread = threading.Thread(target=lambda: out.append(_result_or_error(waiter.process)))
+        thread.start()
+        thread.join(timeout=1.0)
+        assert thread.is_alive()  # waiting
         block.unlink()
-        assert waiter.process() == 8
-        assert submitter.communicate(timeout=60)[0].strip().endswith("8")
+        thread.join(timeout=60)
+        assert out == [8]  # as soon as it is computed...
+        assert submitter.poll() is None  # ...not when the submitting process exits
+        stay.unlink()
+        assert submitter.communicate(timeout=60)[0].strip().endswith(b"8")
     finally:
         submitter.kill()
         submitter.wait()
@@ -518,6 +529,35 @@ def test_status_is_running_while_computed_without_a_job(tmp_path: Path) -> None:
     block.unlink()
     thread.join(timeout=60)
     assert other.infra.status() == "completed"
+
+
+@pytest.mark.timeout(120)
+def test_a_job_whose_record_could_not_be_written_fails_as_usual(
+    tmp_path: Path, short_result_wait: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No record written (e.g. permissions): its job killed is this config's failure
+    (cached), not a job "withdrawn" by someone who removed its record."""
+    import threading
+
+    from exca.graph import registry
+
+    def refuse(*args: tp.Any, **kwargs: tp.Any) -> None:
+        raise PermissionError("not allowed (simulated)")
+
+    monkeypatch.setattr(registry, "write", refuse)
+    block = tmp_path / "block-flag"
+    block.touch()
+    task = make(tmp_path, "local", x=13, block_flag=str(block))
+    out: list[tp.Any] = []
+    thread = threading.Thread(target=lambda: out.append(_result_or_error(task.process)))
+    thread.start()
+    _wait_for(lambda: len(calls(tmp_path / "calls.txt")) == 1)
+    pid = int(calls(tmp_path / "calls.txt")[0].split("pid=")[1])
+    kill_tree(pid)
+    thread.join(timeout=60)
+    assert len(out) == 1 and isinstance(out[0], JobFailedError), out
+    assert "withdrawn" not in str(out[0])
+    assert make(tmp_path, None, x=13, block_flag=str(block)).infra.status() == "failed"
 
 
 def _result_or_error(func: tp.Callable[[], tp.Any]) -> tp.Any:

@@ -136,6 +136,8 @@ def test_with_infra_warns_when_another_function_takes_the_same_folder(tmp_path: 
         warnings.simplefilter("error")
         own = helpers.with_infra(folder=tmp_path, version="2")(_scaler(3))  # the remedy
         assert own(x=5) == 15
+        elsewhere = helpers.with_infra(folder=tmp_path / "other")(_scaler(4))  # nothing shared
+        assert elsewhere(x=5) == 20
 
 
 # --- to_config_model / to_config --------------------------------------------------------------

@@ -40,10 +40,11 @@ def task_status(node: Node) -> tp.Literal["not submitted", "running", "completed
     if state == "error":
         return "failed"
     record = registry.latest(node.folder)
-    if record is None:
-        # no job: computed here or in another process (cluster None, a pool) if claimed
-        return "running" if _claimed(node) else "not submitted"
-    return "running" if registry.is_active(record) else "failed"
+    if record is not None and registry.is_active(record):
+        return "running"
+    if _claimed(node):  # computed by a worker: here or in another process (no job needed)
+        return "running"
+    return "not submitted" if record is None else "failed"
 
 
 def _claimed(node: Node) -> bool:

@@ -106,6 +106,13 @@ def read_all(folder: Path | None) -> list[JobRecord]:
     return sorted(out, key=lambda r: r.submitted)
 
 
+def recorded(folder: Path | None, job_id: str) -> bool:
+    """Whether a job's record is (still) in a node folder."""
+    if folder is None:
+        return False
+    return os.path.exists(os.path.join(folder, JOBS_DIR, job_id.replace("/", "-") + ".json"))
+
+
 def latest(folder: Path | None) -> JobRecord | None:
     records = read_all(folder)
     return records[-1] if records else None
@@ -148,20 +155,7 @@ def is_active(record: JobRecord, queued: set[str] | None = None) -> bool:
         started = process.start_epoch(int(record.job_id))
         # the job's process started before it was recorded; a later one reuses its pid
         return started is not None and started <= record.submitted + LOCAL_START_SLACK
-    if record.cluster == "debug":  # runs in the submitting process, during the submission
-        if record.host != process.hostname() or record.pid in (0, os.getpid()):
-            return False  # (in this process: its other threads wait through the claims)
-        started = process.start_epoch(record.pid)
-        return started is not None and started <= record.submitted + LOCAL_START_SLACK
-    return False
-
-
-def is_own_debug_job(record: JobRecord) -> bool:
-    """A debug job of this very process (it ran, or runs in another thread, here)."""
-    return record.cluster == "debug" and (record.host, record.pid) == (
-        process.hostname(),
-        os.getpid(),
-    )
+    return False  # (debug jobs run in their submitter's process: its claims tell)
 
 
 def queued_jobs(job_ids: tp.Sequence[str]) -> set[str]:
@@ -236,24 +230,21 @@ def slurm_exit(job_id: str) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return ""
     code, _, sig = (out[0] if out else "").partition(":")
-    if sig.isdigit() and int(sig):
+    number = int(sig) if sig.isdigit() and int(sig) else None
+    if number is None and code.isdigit() and int(code) > 128:
+        number = int(code) - 128  # (a shell's code for a process killed by a signal)
+    if number is not None:
         try:
-            name = signal.Signals(int(sig)).name
+            name = signal.Signals(number).name
         except ValueError:
-            name = f"signal {sig}"
+            name = f"signal {number}"
         hint = " (out of memory, or killed by hand)" if name == "SIGKILL" else ""
         return f"killed by {name}{hint}"
     if not code.isdigit():
         return ""
     if int(code) == 0:
         return "its process exited with code 0 (did the method call sys.exit or os._exit?)"
-    number = int(code) - 128 if int(code) > 128 else int(code)  # (shells: 128 + signal)
-    try:
-        name = signal.Signals(number).name
-    except ValueError:
-        return f"its process exited with code {code}"
-    hint = " (out of memory, or killed by hand)" if name == "SIGKILL" else ""
-    return f"its process exited with code {code}, as when killed by {name}{hint}"
+    return f"its process exited with code {code}"
 
 
 def sacct_states(job_ids: tp.Sequence[str]) -> dict[str, str]:

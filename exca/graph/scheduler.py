@@ -42,6 +42,7 @@ class Scheduler:
         self.progress_requested = progress
         self._requeued: list[NodeRun] = []
         self._follow_ups: dict[Key, int] = {}  # withdrawn jobs seen, per node
+        self._recorded: set[str] = set()  # ids of the jobs whose record this run wrote
         self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
 
     @property
@@ -337,6 +338,7 @@ class Scheduler:
             registry.write(
                 folder, record, link=unit.uids is None, permissions=node.cache.permissions
             )
+            self._recorded.add(record.job_id)
             workdir = code or getattr(node.execution.workdir, "folder", None)
             if workdir is not None and unit.uids is None:
                 registry.link(folder, "code", str(workdir))  # the code snapshot the job ran
@@ -431,11 +433,14 @@ class Scheduler:
         if any(isinstance(h, executors.DoneHandle | executors.FutureHandle) for h in run.handles):
             return False  # (ran here: no job record)
         follow_ups = self._follow_ups[run.node.key] = self._follow_ups.get(run.node.key, 0) + 1
-        if follow_ups > MAX_FOLLOW_UPS:  # (e.g. records that cannot be written)
+        if follow_ups > MAX_FOLLOW_UPS:
             return False
+        ids = {h.job_id for h in run.handles}
+        if run.action != "wait" and not ids <= self._recorded:
+            return False  # (its record could not be written: nobody removed it)
+        if any(registry.recorded(run.node.folder, job_id) for job_id in ids):
+            return False  # still recorded: it failed
         latest = registry.latest(run.node.folder)
-        if latest is not None and latest.job_id in {h.job_id for h in run.handles}:
-            return False
         if latest is not None and registry.is_active(latest):
             run.action, run.handles = "wait", [executors.recorded_handle(latest)]
             run.reason, run.resume = f"running as job {latest.job_id}", None
@@ -445,10 +450,9 @@ class Scheduler:
             return True
         # cancelled on purpose: not submitted again here, and no failure cached (the next
         # call computes it)
-        ids = ", ".join(h.job_id for h in run.handles)
         run.state = "failed"
         run.error = JobFailedError(
-            f"{run.node.uid}: job {ids} was withdrawn before writing its result: its record "
+            f"{run.node.uid}: job {', '.join(sorted(ids))} was withdrawn before writing its result: its record "
             "was removed (clear_job, or its submitter was interrupted). Nothing is cached: "
             "the next call computes it"
         )

@@ -59,7 +59,7 @@ def _settle(tasks: list[tuple[NodeRun, Unit]], run_id: str) -> set[tp.Any]:
     newer: dict[tp.Any, registry.JobRecord] = {}
     for run, _ in tasks:
         node = run.node
-        if run.action == "compute" and store.task_state(node, refresh=True) == "done":
+        if run.action in ("compute", "retry") and store.task_state(node, refresh=True) == "done":
             run.handles.append(executors.DoneHandle())
             settled.add(node.key)
             continue
