@@ -53,7 +53,9 @@ def _claimed(node: Node) -> bool:
 
     if node.folder is None or not os.path.isdir(os.path.join(node.folder, CLAIMS_DIR)):
         return False
-    return bool(Claims(node.folder).holders([TASK_KEY]))
+    # (as workers see it: the claim of a cancelled Slurm job's lingering process is dead)
+    claims = Claims(node.folder, job_alive=registry.slurm_job_alive)
+    return bool(claims.holders([TASK_KEY]))
 
 
 def task_result(node: Node) -> tp.Any:
