@@ -208,6 +208,11 @@ class SubmititHandle(Handle):
             from .registry import slurm_exit
 
             how = slurm_exit(self.job_id)
+            if not how and state.startswith("UNKNOWN"):
+                how = (
+                    "neither the queue nor the accounting (sacct) knows it: cancelled before "
+                    "it started?"
+                )
             detail = f": {how}" if how else ""
         return f"job {self.job_id} ended with state {state} without writing its result{detail}"
 
