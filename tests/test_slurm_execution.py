@@ -283,6 +283,28 @@ def test_slurm_killed_job_says_how(
     assert task(tmp_path, ctl, slurm_cluster, x=6, mode="retry").process() == 18
 
 
+def test_claim_of_an_ended_slurm_job_on_another_host_is_not_running(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """A worker killed on another node leaves its claim with a fresh heartbeat: its Slurm
+    job has ended (squeue), so the task is not 'running' (status agrees with the plan)."""
+    from exca.graph import registry
+    from exca.storage import process
+
+    obj = task(tmp_path, ctl, slurm_cluster, x=7)
+    folder = obj.infra.uid_folder(create=True)
+    assert folder is not None
+    record = registry.JobRecord(
+        job_id="999999", cluster="slurm", logs=str(tmp_path), submitted=time.time() - 5
+    )
+    registry.write(folder, record)
+    (folder / "claims").mkdir()
+    owner = {"host": "compute-node-7", "pid": 4242, "start": 1, "thread": 1, "job_id": "999999"}
+    claim = {"owner": owner, "keys": ["result"]}
+    (folder / "claims" / f"{process.unique_name()}.claim").write_text(json.dumps(claim))
+    assert obj.infra.status() == "failed"
+
+
 @pytest.mark.timeout(300)
 def test_slurm_cancelled_job(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None

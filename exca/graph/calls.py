@@ -40,6 +40,8 @@ def task_status(node: Node) -> tp.Literal["not submitted", "running", "completed
     if state == "error":
         return "failed"
     record = registry.latest(node.folder)
+    if record is not None and record.cluster == "debug":
+        record = None  # (run by its submitting process, like cluster=None: claims tell)
     if record is not None and registry.is_active(record):
         return "running"
     if _claimed(node):  # computed by a worker: here or in another process (no job needed)
@@ -53,9 +55,14 @@ def _claimed(node: Node) -> bool:
 
     if node.folder is None or not os.path.isdir(os.path.join(node.folder, CLAIMS_DIR)):
         return False
-    # (as workers see it: the claim of a cancelled Slurm job's lingering process is dead)
+    # the claim of a Slurm job that ended is not a computation, whatever its process does
+    # (a lingering one here, a heartbeat still fresh on another host)
     claims = Claims(node.folder, job_alive=registry.slurm_job_alive)
-    return bool(claims.holders([TASK_KEY]))
+    return any(
+        TASK_KEY in claim.keys
+        and not (claim.owner.job_id and registry.slurm_job_alive(claim.owner.job_id) is False)
+        for claim in claims.current()
+    )
 
 
 def task_result(node: Node) -> tp.Any:
