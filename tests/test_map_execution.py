@@ -295,6 +295,48 @@ def test_outputs_deleted_while_read_are_computed_again(tmp_path: Path) -> None:
     assert counts(tmp_path / "calls.txt") == {0: 1, 1: 1, 2: 2, 3: 2, 4: 1, 5: 1}
 
 
+@pytest.mark.timeout(60)
+def test_items_recomputed_by_another_process_right_after_are_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between this call writing its items and checking them, another process (here a
+    thread) forcing item 1 claims it and deletes it: the call waits for that recomputation
+    (it said the worker ended without writing it)."""
+    from exca.graph import worker
+    from exca.storage.claims import Claims
+
+    mapper = make(tmp_path, None, infra={"keep_in_ram": False})
+    folder = mapper.infra.uid_folder()
+    assert folder is not None
+    original = worker._run_map
+    forcer: list[threading.Thread] = []
+
+    def force_item_1() -> None:
+        with Claims(folder).claim(["1"]):
+            cache = make(tmp_path, None).infra.cache_dict
+            with cache.write():
+                del cache["1"]
+            claimed.set()
+            time.sleep(0.5)  # recomputing
+            with cache.write():
+                cache["1"] = 10
+
+    claimed = threading.Event()
+
+    def run_map(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        report = original(*args, **kwargs)
+        if not forcer:
+            forcer.append(threading.Thread(target=force_item_1))
+            forcer[0].start()
+            claimed.wait(10)
+        return report
+
+    monkeypatch.setattr(worker, "_run_map", run_map)
+    assert list(mapper.process([0, 1, 2])) == [0, 10, 20]
+    forcer[0].join()
+    assert counts(tmp_path / "calls.txt") == {0: 1, 1: 1, 2: 1}  # (1 written by the "forcer")
+
+
 @pytest.mark.timeout(120)
 def test_local_packing_respects_max_jobs(tmp_path: Path) -> None:
     mapper = make(tmp_path, "local", infra={"max_jobs": 3, "min_samples_per_job": 1})

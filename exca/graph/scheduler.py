@@ -398,15 +398,7 @@ class Scheduler:
                 _cache_error(node, run.error)
             return
         if run.action == "wait":  # someone else's chunk jobs ended: decide what is left
-            run.handles = []
-            self.graph.decide_items(run, store.map_item_uids(node), forced=False)
-            if run.needs_work:
-                run.state = "pending"
-                self._requeued.append(run)
-            else:
-                run.state = "done" if run.action == "reuse" else "failed"
-                if run.state == "failed":
-                    run.error = self.graph.decision_error(run)
+            self._redecide_items(run)
             return
         todo = run.todo or []
         missing = node.cache.missing(todo)
@@ -420,8 +412,40 @@ class Scheduler:
                 node.force_state["done"] = True
                 node.force_state.setdefault("uids", set()).update(todo)
             return
+        if self._recomputed_elsewhere(run, missing):
+            return
         run.state = "failed"
         run.error = self._lost(run, missing)
+
+    def _redecide_items(self, run: NodeRun) -> None:
+        """Decide again what a map still needs (requeued if anything)."""
+        run.handles = []
+        self.graph.decide_items(run, store.map_item_uids(run.node), forced=False)
+        if run.needs_work:
+            run.state = "pending"
+            self._requeued.append(run)
+        else:
+            run.state = "done" if run.action == "reuse" else "failed"
+            if run.state == "failed":
+                run.error = self.graph.decision_error(run)
+
+    def _recomputed_elsewhere(self, run: NodeRun, missing: list[str]) -> bool:
+        """Items this run computed, deleted since by another process that recomputes
+        them (mode force or retry there: it holds their claims): wait for them (the run is
+        requeued) instead of calling them lost."""
+        node = run.node
+        if node.folder is None or any(h.error() is not None for h in run.handles):
+            return False
+        follow_ups = self._follow_ups[node.key] = self._follow_ups.get(node.key, 0) + 1
+        if follow_ups > MAX_FOLLOW_UPS:
+            return False
+        from ..storage.claims import Claims
+
+        claims = Claims(node.folder, job_alive=registry.slurm_job_alive)
+        if not claims.holders(missing):
+            return False
+        self._redecide_items(run)
+        return True
 
     def _job_withdrawn(self, run: NodeRun) -> bool:
         """The job of a task ended without a result, and its record is gone (its submitter
