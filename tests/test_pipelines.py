@@ -368,6 +368,27 @@ def test_clear_of_a_node_computed_by_a_local_job(env: Env) -> None:
     assert env.starts("cleared") == 2 and node.status() == "completed"
 
 
+def test_status_and_clear_of_a_map_node(env: Env) -> None:
+    """A map node's status is about its items; clear() removes their outputs (it used to
+    say 'failed' for a completed map, and clear() only dropped its job records)."""
+    flag = env.tmp / "fail"
+    node = FlakySquare(log=env.log, fail_flag=str(flag), infra=env.infra()).apply.node([1, 3])
+    assert node.status() == "not submitted"
+    assert node.result() == [1, 9]
+    assert node.status() == "completed"
+    node.clear()
+    assert node.status() == "not submitted"
+    assert node.result() == [1, 9]
+    assert env.starts("square1") == 2
+    flag.touch()
+    failing = FlakySquare(log=env.log, fail_flag=str(flag), infra=env.infra()).apply.node([2])
+    with pytest.raises(ValueError, match="on purpose"):
+        failing.result()
+    assert failing.status() == "failed"
+    from_upstream = env.square().apply.node(env.numbers(count=2).make.node())
+    assert from_upstream.status() == "not submitted"  # (its items are not known yet)
+
+
 def test_eager_call_with_values_uses_the_node_folder(env: Env) -> None:
     step = env.step("e")
     assert step.run(1, 2) == "e(1,2)"

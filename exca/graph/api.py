@@ -52,8 +52,28 @@ def result(node: Node) -> tp.Any:
 
 
 def status(node: Node) -> str:
-    """``completed`` / ``failed`` / ``running`` / ``not submitted`` (task nodes)."""
-    return calls.task_status(node)
+    """``completed`` / ``failed`` / ``running`` / ``not submitted``. A map is completed
+    when every item is cached without error, failed with an item error (or items a job
+    left missing), running while a chunk job is queued or running."""
+    if node.kind == "task":
+        return calls.task_status(node)
+    from . import registry
+
+    records = registry.read_all(node.folder)
+    slurm = [r.job_id for r in records if r.cluster == "slurm"]
+    queued = registry.queued_jobs(slurm) if slurm else set()
+    if any(registry.is_active(r, queued) for r in records):
+        return "running"
+    try:
+        uids = store.map_item_uids(node)
+    except Exception:  # (items made by an upstream node not computed yet)
+        return "not submitted"
+    node.cache.refresh()
+    if node.cache.count_errors(uids):
+        return "failed"
+    if not node.cache.missing(uids):
+        return "completed"
+    return "failed" if records else "not submitted"
 
 
 def job(node: Node) -> Job:
@@ -61,13 +81,21 @@ def job(node: Node) -> Job:
 
 
 def clear(node: Node) -> None:
-    """Remove a task node's result (its folder's yaml files are kept), and the records of
-    its finished jobs: the next call computes it again (a record of a job that ended without
-    a result would say it failed). A job still running is left alone."""
+    """Remove a task node's result, or a map node's outputs for its items (the folder's
+    yaml files are kept), and the records of its finished jobs: the next call computes
+    them again (a record of a job that ended without a result would say it failed). A job
+    still running is left alone."""
     from . import registry
 
     node.cache.refresh()  # (the result may have been rewritten since this view read it)
-    if TASK_KEY in node.cache:
+    if node.kind == "map":
+        try:
+            uids = store.map_item_uids(node)
+        except Exception:  # (items made by an upstream node not computed: none cached)
+            uids = []
+        with node.cache.write():
+            node.cache.delete_many([u for u in dict.fromkeys(uids) if u in node.cache])
+    elif TASK_KEY in node.cache:
         del node.cache[TASK_KEY]
     for record in registry.read_all(node.folder):
         if not registry.is_active(record):
