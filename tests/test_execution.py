@@ -560,6 +560,33 @@ def test_a_job_whose_record_could_not_be_written_fails_as_usual(
     assert make(tmp_path, None, x=13, block_flag=str(block)).infra.status() == "failed"
 
 
+@pytest.mark.timeout(120)
+def test_a_forced_job_in_flight_is_waited_for_not_its_old_result(tmp_path: Path) -> None:
+    """While a forced recomputation's job is queued or running, other instances see the
+    task running and wait for the new result (they read the old one)."""
+    import threading
+
+    block = tmp_path / "block-flag"
+    assert make(tmp_path, None, x=14, block_flag=str(block)).process() == 28
+    block.touch()
+    forced = make(tmp_path, "local", x=14, block_flag=str(block), infra={"mode": "force"})
+    forcing = threading.Thread(target=forced.process)
+    forcing.start()
+    _wait_for(lambda: len(calls(tmp_path / "calls.txt")) == 2)  # recomputing in its job
+    other = make(tmp_path, None, x=14, block_flag=str(block))
+    assert other.infra.status() == "running"
+    out: list[tp.Any] = []
+    reader = threading.Thread(target=lambda: out.append(_result_or_error(other.process)))
+    reader.start()
+    reader.join(timeout=1.0)
+    assert reader.is_alive()  # waiting for the forced job
+    block.unlink()
+    reader.join(timeout=60)
+    forcing.join(timeout=60)
+    assert out == [28]
+    assert len(calls(tmp_path / "calls.txt")) == 2
+
+
 def _result_or_error(func: tp.Callable[[], tp.Any]) -> tp.Any:
     try:
         return func()

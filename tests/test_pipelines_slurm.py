@@ -387,3 +387,23 @@ def test_result_waits_for_a_resubmitted_job(env: Env, sbatch: Sbatch) -> None:
     exca.graph.run(top, wait=False)  # the leaf and the top are submitted again
     assert sbatch.count() == 4
     assert top.result() == "top(leaf(None,None),None)"  # waits for the new job
+
+
+def test_a_detached_forced_run_hides_the_old_results(env: Env, sbatch: Sbatch) -> None:
+    """While the jobs of a forced recomputation are queued or running, another instance
+    sees the nodes running and waits for the new results (it read the old ones)."""
+    block = env.tmp / "block"
+
+    def build(mode: str) -> exca.graph.Node:
+        leaf = env.step("leaf", block_flag=str(block), infra=slurm(mode=mode)).run.node()
+        return env.step("top", infra=slurm()).run.node(leaf)
+
+    assert build("cached").result() == "top(leaf(None,None),None)"
+    block.touch()  # the forced leaf cannot end before the test removes it
+    exca.graph.run(build("force"), wait=False)
+    fresh = build("cached")
+    assert fresh.status() == "running"  # (its old result was read: "completed")
+    assert fresh.upstream[0].status() == "running"
+    block.unlink()
+    assert fresh.result() == "top(leaf(None,None),None)"
+    assert started(env.log).count("leaf") == 2 and started(env.log).count("top") == 2

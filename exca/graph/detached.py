@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import typing as tp
 
-from . import executors, registry, submitting
+from . import executors, registry, store, submitting
 from .progress import Progress
 from .worker import Action, Unit
 
@@ -82,9 +82,11 @@ def _submit(
         if not members:
             return out  # (submitted or computed by another process meanwhile)
         units = [u for _, u in members]
+        outdated = store.outdated_outcomes(members)
         handles = executors.submit_array(
             units, first.execution, logs, len(members), dependencies=deps
         )
+        store.drop_outcomes(outdated)  # (a forced task no longer reads as its old result)
         for (run, unit), handle in zip(members, handles):
             run.handles.append(handle)
             run.state = "running"

@@ -307,9 +307,11 @@ class Scheduler:
                 if not members:
                     return  # (submitted or computed by another process meanwhile)
                 units = [unit for _, unit in members]
+                outdated = store.outdated_outcomes(members)
                 handles = list(
                     executors.submit_array(units, first.execution, logs, parallelism or len(units))
                 )
+                store.drop_outcomes(outdated)  # (forced: its old result is not read meanwhile)
                 for (run, unit), handle in zip(members, handles):
                     self.record(run.node, unit, handle, code=_code(first))
         for (run, _), handle in zip(members, handles):

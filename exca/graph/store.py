@@ -57,6 +57,22 @@ def drop_outcome(cache: CacheDict[tp.Any], outdated: tuple[str, int] | None) -> 
             del cache[TASK_KEY]
 
 
+def outdated_outcomes(members: tp.Sequence[tuple[tp.Any, tp.Any]]) -> list[tuple[Node, tp.Any]]:
+    """``outdated_outcome`` of each forced or retried task among (run, unit) members."""
+    out = []
+    for run, unit in members:
+        if unit.uids is None and run.action in ("force", "retry"):
+            found = outdated_outcome(run.node.cache, run.action)
+            if found is not None:
+                out.append((run.node, found))
+    return out
+
+
+def drop_outcomes(outdated: list[tuple[Node, tp.Any]]) -> None:
+    for node, found in outdated:
+        drop_outcome(node.cache, found)
+
+
 def task_result(node: Node) -> tp.Any:
     """The cached result of a task node (re-raises a cached error)."""
     value = node.cache[TASK_KEY]
