@@ -368,6 +368,20 @@ def test_clear_of_a_node_computed_by_a_local_job(env: Env) -> None:
     assert env.starts("cleared") == 2 and node.status() == "completed"
 
 
+def test_node_failures_name_the_cause_at_the_end_of_a_job_trace() -> None:
+    """A job that died before exca's worker ran prints a traceback: the summary keeps its
+    first and last lines (the cause), not the first one only."""
+    trace = (
+        "Job (task=0) failed during processing with trace:\n----------------------\n"
+        'Traceback (most recent call last):\n  File "x.py", line 1, in <module>\n'
+        "ModuleNotFoundError: No module named 'pipeline_module'\n"
+    )
+    error = NodeFailures({"a,1/x": RuntimeError(trace), "b,1/y": ValueError("bad y")})
+    assert "No module named 'pipeline_module'" in str(error)
+    assert "Job (task=0) failed" in str(error)
+    assert "  - b,1/y: ValueError: bad y" in str(error).splitlines()
+
+
 def test_status_and_clear_of_a_map_node(env: Env) -> None:
     """A map node's status is about its items; clear() removes their outputs (it used to
     say 'failed' for a completed map, and clear() only dropped its job records)."""

@@ -18,9 +18,18 @@ class NodeFailures(RuntimeError):
         self.failures = failures
         lines = [f"{len(failures)} node(s) failed:"]
         for uid, error in failures.items():
-            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            lines.append(f"  - {uid}: {type(error).__name__}: {first}")
+            lines.append(f"  - {uid}: {type(error).__name__}: {_summary(str(error))}")
         super().__init__("\n".join(lines))
+
+
+def _summary(message: str, limit: int = 300) -> str:
+    """First line of a message, and its last one when it has more (the cause, at the end
+    of a traceback a job printed)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    first = lines[0][:limit]
+    return first if len(lines) == 1 else f"{first} ... {lines[-1][:limit]}"
 
 
 def raise_from(record: CachedError, where: str) -> tp.NoReturn:
