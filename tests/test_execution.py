@@ -587,6 +587,21 @@ def test_a_forced_job_in_flight_is_waited_for_not_its_old_result(tmp_path: Path)
     assert len(calls(tmp_path / "calls.txt")) == 2
 
 
+@pytest.mark.timeout(120)
+def test_the_plan_of_a_forced_task_whose_job_runs_says_it_computes_again(
+    tmp_path: Path,
+) -> None:
+    block = tmp_path / "block-flag"
+    block.touch()
+    make(tmp_path, "local", x=15, block_flag=str(block)).infra.job()
+    _wait_for(lambda: len(calls(tmp_path / "calls.txt")) == 1)  # computing in its job
+    forced = make(tmp_path, "local", x=15, block_flag=str(block), infra={"mode": "force"})
+    (entry,) = exca.graph.plan(forced.process.node()).entries
+    assert (entry.status, entry.action) == ("running", "wait")
+    assert "then computed again once it ends (mode force)" in entry.reason
+    block.unlink()
+
+
 def _result_or_error(func: tp.Callable[[], tp.Any]) -> tp.Any:
     try:
         return func()

@@ -292,10 +292,11 @@ class Graph:
             run = self.runs[key]
             computed = run.action in ("retry", "force") and store.task_state(run.node) != "missing"
             if registry.is_active(record, queued) and not computed:
+                run.reason = f"running as job {record.job_id}"
                 if run.action in ("retry", "force"):
                     run.resume = run.action  # retry/force once that job has ended
+                    run.reason += f", then computed again once it ends (mode {run.action})"
                 run.action = "wait"
-                run.reason = f"running as job {record.job_id}"
                 run.handles = [executors.recorded_handle(record)]
             elif run.action == "compute" and run.node.mode == "retry":
                 run.action = "retry"
