@@ -338,6 +338,30 @@ def test_items_recomputed_by_another_process_right_after_are_waited_for(
 
 
 @pytest.mark.timeout(120)
+def test_simultaneous_map_calls_submit_the_chunks_once(tmp_path: Path) -> None:
+    """Calls deciding at the same instant (before either's jobs are recorded) submit the
+    chunk jobs once; the other calls wait for them."""
+    barrier = threading.Barrier(3)
+    out: list[tp.Any] = []
+
+    def call() -> None:
+        mapper = make(tmp_path, "local", infra={"max_jobs": 2})
+        barrier.wait()
+        out.append(list(mapper.process(list(range(6)))))
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=90)
+    assert out == [[10 * i for i in range(6)]] * 3
+    folder = make(tmp_path, None).infra.uid_folder()
+    assert folder is not None
+    assert len(list((folder / "jobs").glob("*.json"))) == 2  # one submission of 2 chunks
+    assert counts(tmp_path / "calls.txt") == dict.fromkeys(range(6), 1)
+
+
+@pytest.mark.timeout(120)
 def test_local_packing_respects_max_jobs(tmp_path: Path) -> None:
     mapper = make(tmp_path, "local", infra={"max_jobs": 3, "min_samples_per_job": 1})
     items = list(range(10))

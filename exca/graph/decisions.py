@@ -34,6 +34,7 @@ class NodeRun:
     blocked: bool = False  # failed only because an upstream node failed
     item_errors: int = 0  # maps reused as they are: how many items hold a cached error
     seen_job: str | None = None  # tasks: the latest recorded job when this was decided
+    seen_jobs: set[str] = dataclasses.field(default_factory=set)  # maps: the recorded jobs
 
     @property
     def needs_work(self) -> bool:
@@ -280,6 +281,7 @@ class Graph:
                         records[run.node.key] = record
             else:
                 found = registry.read_all(run.node.folder)
+                run.seen_jobs = {r.job_id for r in found}
                 if found:
                     chunks[run.node.key] = found
         if chunks:

@@ -1,9 +1,10 @@
-"""One submission per task across processes: the job registry is read when work is
+"""One submission per node across processes: the job registry is read when work is
 decided, but a submission (an ``sbatch`` takes ~0.5 s) is recorded only once it returns.
 Two processes deciding within that window would both submit; the worker's claims keep
-the computation single, yet the second job holds an allocation while it waits. So a
-task's submission is claimed (``SUBMIT_KEY`` in the node folder's claims), and once
-the claim is held the registry and cache are read again.
+the computation single, yet the second job holds an allocation while it waits. So the
+submission of a task, or of a map's chunks, is claimed (``SUBMIT_KEY`` in the node
+folder's claims), and once the claim is held the registry (and a task's cache) is read
+again.
 """
 
 from __future__ import annotations
@@ -18,23 +19,25 @@ if tp.TYPE_CHECKING:
     from .decisions import NodeRun
     from .executors import Unit
 
-SUBMIT_KEY = "#submitting"  # (not a cache key: a task's result is under "result")
+SUBMIT_KEY = "\x00submitting"  # (not a cache key: a task's is "result", a map's items' uids)
 
 
 @contextlib.contextmanager
 def exclusive(
     members: list[tuple[NodeRun, Unit]], run_id: str
 ) -> tp.Iterator[list[tuple[NodeRun, Unit]]]:
-    """Claim the submission of each task member; yield those still to submit. The others
-    are settled: submitted by another process meanwhile (the run waits for that job), or
-    computed meanwhile (the run is done). Claims are released on exit."""
+    """Claim the submission of each node among the members (a task, or a map's chunks);
+    yield the members still to submit. The others are settled: submitted by another
+    process meanwhile (the run waits for those jobs), or computed meanwhile (the run is
+    done). Claims are released on exit."""
     held: list[Claim] = []
-    tasks = [(r, u) for r, u in members if u.uids is None and r.node.folder is not None]
+    runs = {r.node.key: r for r, _ in members if r.node.folder is not None}
     try:
         # (in a global order: two processes claiming overlapping sets cannot deadlock)
-        for run, _ in sorted(tasks, key=lambda member: str(member[0].node.folder)):
+        for run in sorted(runs.values(), key=lambda r: str(r.node.folder)):
             held.append(_claim(run))
-        settled = _settle(tasks, run_id)
+        settled = _settle([r for r in runs.values() if r.node.kind == "task"], run_id)
+        settled |= _settle_maps([r for r in runs.values() if r.node.kind == "map"], run_id)
         yield [(r, u) for r, u in members if r.node.key not in settled]
     finally:
         for claim in held:
@@ -42,7 +45,7 @@ def exclusive(
 
 
 def _claim(run: NodeRun) -> Claim:
-    """The submission claim of a task (waiting while another process holds it)."""
+    """The submission claim of a node (waiting while another process holds it)."""
     node = run.node
     assert node.folder is not None
     claims = Claims(node.folder, permissions=node.cache.permissions)
@@ -53,11 +56,11 @@ def _claim(run: NodeRun) -> Claim:
         claims.wait([SUBMIT_KEY], done=lambda keys: [])  # until released (or its owner died)
 
 
-def _settle(tasks: list[tuple[NodeRun, Unit]], run_id: str) -> set[tp.Any]:
+def _settle(tasks: list[NodeRun], run_id: str) -> set[tp.Any]:
     """Tasks that another process submitted or computed since they were decided."""
     settled: set[tp.Any] = set()
     newer: dict[tp.Any, registry.JobRecord] = {}
-    for run, _ in tasks:
+    for run in tasks:
         node = run.node
         if run.action in ("compute", "retry") and store.task_state(node, refresh=True) == "done":
             run.handles.append(executors.DoneHandle())
@@ -70,7 +73,7 @@ def _settle(tasks: list[tuple[NodeRun, Unit]], run_id: str) -> set[tp.Any]:
         return settled
     slurm = [r.job_id for r in newer.values() if r.cluster == "slurm"]
     queued = registry.queued_jobs(slurm) if slurm else set()
-    for run, _ in tasks:
+    for run in tasks:
         record = newer.get(run.node.key)
         if record is None or not registry.is_active(record, queued):
             continue
@@ -79,5 +82,37 @@ def _settle(tasks: list[tuple[NodeRun, Unit]], run_id: str) -> set[tp.Any]:
         run.action = "wait"
         run.reason = f"running as job {record.job_id}"
         run.handles.append(executors.recorded_handle(record))
+        settled.add(run.node.key)
+    return settled
+
+
+def _settle_maps(maps: list[NodeRun], run_id: str) -> set[tp.Any]:
+    """Maps whose missing items chunk jobs of another process, submitted since they
+    were decided, are computing: the run waits for those jobs (then computes what they
+    leave missing)."""
+    newer: dict[tp.Any, list[registry.JobRecord]] = {}
+    for run in maps:
+        todo = set(run.todo or ())
+        found = [
+            r
+            for r in registry.read_all(run.node.folder)
+            if r.run != run_id
+            and r.job_id not in run.seen_jobs
+            and (r.keys is None or not todo or not todo.isdisjoint(r.keys))
+        ]
+        if found:
+            newer[run.node.key] = found
+    if not newer:
+        return set()
+    slurm = [r.job_id for records in newer.values() for r in records if r.cluster == "slurm"]
+    queued = registry.queued_jobs(slurm) if slurm else set()
+    settled: set[tp.Any] = set()
+    for run in maps:
+        active = [r for r in newer.get(run.node.key, []) if registry.is_active(r, queued)]
+        if not active:
+            continue
+        run.action = "wait"
+        run.reason = f"running as job(s) {', '.join(r.job_id for r in active[:5])}"
+        run.handles.extend(executors.recorded_handle(r) for r in active)
         settled.add(run.node.key)
     return settled
