@@ -310,8 +310,6 @@ def test_killed_local_job_retry_recomputes(killed_job: Path, short_result_wait: 
 @pytest.mark.timeout(120)
 def test_job_killed_while_waited_for(tmp_path: Path, short_result_wait: None) -> None:
     """The caller is blocked in the call when the job dies: JobFailedError, then retry."""
-    import threading
-
     log = tmp_path / "calls.txt"
     block = tmp_path / "block-flag"
     block.touch()
@@ -344,8 +342,6 @@ def test_job_killed_while_waited_for(tmp_path: Path, short_result_wait: None) ->
 def test_other_instance_waits_for_running_local_job(
     tmp_path: Path, short_result_wait: None
 ) -> None:
-    import threading
-
     log = tmp_path / "calls.txt"
     block = tmp_path / "block-flag"
     block.touch()
@@ -393,8 +389,6 @@ def test_a_waiter_follows_a_resubmission_instead_of_caching_a_failure(
     """One instance waits for the job another submitted; the submitter cancels it and
     submits again (clear_job + job, e.g. for other resources). The cancelled job is not
     the config's failure: the waiter waits for the new job; nobody caches an error."""
-    import threading
-
     log = tmp_path / "calls.txt"
     block = tmp_path / "block-flag"
     block.touch()
@@ -402,9 +396,7 @@ def test_a_waiter_follows_a_resubmission_instead_of_caching_a_failure(
     first = submitter.infra.job()
     _wait_for(lambda: len(calls(log)) == 1)  # computing in the first job
     waiter = make(tmp_path, "local", x=7, block_flag=str(block))
-    out: list[tp.Any] = []
-    thread = threading.Thread(target=lambda: out.append(_result_or_error(waiter.process)))
-    thread.start()
+    thread, out = _in_thread(waiter.process)
     thread.join(timeout=1.0)
     assert thread.is_alive()  # waiting for the first job
     submitter.infra.clear_job()  # cancels it
@@ -425,15 +417,11 @@ def test_a_job_cleared_by_another_instance_is_not_cached_as_failed(
 ) -> None:
     """clear_job() from another instance cancels the job a call is waiting for: that call
     fails (it is not submitted again), and the next call computes (no cached failure)."""
-    import threading
-
     log = tmp_path / "calls.txt"
     block = tmp_path / "block-flag"
     block.touch()
     caller = make(tmp_path, "local", x=8, block_flag=str(block))
-    out: list[tp.Any] = []
-    thread = threading.Thread(target=lambda: out.append(_result_or_error(caller.process)))
-    thread.start()
+    thread, out = _in_thread(caller.process)
     _wait_for(lambda: len(calls(log)) == 1)  # computing in its job
     make(tmp_path, "local", x=8, block_flag=str(block)).infra.clear_job()
     thread.join(timeout=60)
@@ -450,8 +438,6 @@ def test_a_job_cleared_by_another_instance_is_not_cached_as_failed(
 def test_a_debug_job_of_another_process_is_waited_for(tmp_path: Path) -> None:
     """A debug job runs inside the process that submitted it: while that process computes,
     another one sees the task running and waits for it (it used to call it failed)."""
-    import threading
-
     block = tmp_path / "block-flag"
     block.touch()
     stay = tmp_path / "stay-flag"  # the submitting process lives on while this exists
@@ -469,9 +455,7 @@ def test_a_debug_job_of_another_process_is_waited_for(tmp_path: Path) -> None:
         _wait_for(lambda: len(calls(tmp_path / "calls.txt")) == 1)  # computing over there
         waiter = make(tmp_path, "debug", x=4, block_flag=str(block))
         assert waiter.infra.status() == "running"
-        out: list[tp.Any] = []
-        thread = threading.Thread(target=lambda: out.append(_result_or_error(waiter.process)))
-        thread.start()
+        thread, out = _in_thread(waiter.process)
         thread.join(timeout=1.0)
         assert thread.is_alive()  # waiting
         block.unlink()
@@ -490,8 +474,6 @@ def test_a_debug_job_of_another_process_is_waited_for(tmp_path: Path) -> None:
 def test_simultaneous_calls_submit_one_job(tmp_path: Path) -> None:
     """Callers deciding at the same instant (before either job is recorded) submit ONE
     job: the others wait for it (no second allocation waiting on the worker's claim)."""
-    import threading
-
     barrier = threading.Barrier(3)
     out: list[tp.Any] = []
 
@@ -516,8 +498,6 @@ def test_simultaneous_calls_submit_one_job(tmp_path: Path) -> None:
 @pytest.mark.timeout(120)
 def test_status_is_running_while_computed_without_a_job(tmp_path: Path) -> None:
     """cluster=None: no job record, but a worker computing it holds its claim."""
-    import threading
-
     block = tmp_path / "block-flag"
     block.touch()
     task = make(tmp_path, None, x=12, block_flag=str(block))
@@ -537,8 +517,6 @@ def test_a_job_whose_record_could_not_be_written_fails_as_usual(
 ) -> None:
     """No record written (e.g. permissions): its job killed is this config's failure
     (cached), not a job "withdrawn" by someone who removed its record."""
-    import threading
-
     from exca.graph import registry
 
     def refuse(*args: tp.Any, **kwargs: tp.Any) -> None:
@@ -548,9 +526,7 @@ def test_a_job_whose_record_could_not_be_written_fails_as_usual(
     block = tmp_path / "block-flag"
     block.touch()
     task = make(tmp_path, "local", x=13, block_flag=str(block))
-    out: list[tp.Any] = []
-    thread = threading.Thread(target=lambda: out.append(_result_or_error(task.process)))
-    thread.start()
+    thread, out = _in_thread(task.process)
     _wait_for(lambda: len(calls(tmp_path / "calls.txt")) == 1)
     pid = int(calls(tmp_path / "calls.txt")[0].split("pid=")[1])
     kill_tree(pid)
@@ -564,8 +540,6 @@ def test_a_job_whose_record_could_not_be_written_fails_as_usual(
 def test_a_forced_job_in_flight_is_waited_for_not_its_old_result(tmp_path: Path) -> None:
     """While a forced recomputation's job is queued or running, other instances see the
     task running and wait for the new result (they read the old one)."""
-    import threading
-
     block = tmp_path / "block-flag"
     assert make(tmp_path, None, x=14, block_flag=str(block)).process() == 28
     block.touch()
@@ -575,9 +549,7 @@ def test_a_forced_job_in_flight_is_waited_for_not_its_old_result(tmp_path: Path)
     _wait_for(lambda: len(calls(tmp_path / "calls.txt")) == 2)  # recomputing in its job
     other = make(tmp_path, None, x=14, block_flag=str(block))
     assert other.infra.status() == "running"
-    out: list[tp.Any] = []
-    reader = threading.Thread(target=lambda: out.append(_result_or_error(other.process)))
-    reader.start()
+    reader, out = _in_thread(other.process)
     reader.join(timeout=1.0)
     assert reader.is_alive()  # waiting for the forced job
     block.unlink()
@@ -600,6 +572,14 @@ def test_the_plan_of_a_forced_task_whose_job_runs_says_it_computes_again(
     assert (entry.status, entry.action) == ("running", "wait")
     assert "then computed again once it ends (mode force)" in entry.reason
     block.unlink()
+
+
+def _in_thread(func: tp.Callable[[], tp.Any]) -> tuple[threading.Thread, list[tp.Any]]:
+    """Call func in a started thread; the list gets its result, or the exception raised."""
+    out: list[tp.Any] = []
+    thread = threading.Thread(target=lambda: out.append(_result_or_error(func)))
+    thread.start()
+    return thread, out
 
 
 def _result_or_error(func: tp.Callable[[], tp.Any]) -> tp.Any:

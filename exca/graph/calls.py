@@ -57,11 +57,10 @@ def _claimed(node: Node) -> bool:
         return False
     # the claim of a Slurm job that ended is not a computation, whatever its process does
     # (a lingering one here, a heartbeat still fresh on another host)
-    claims = Claims(node.folder, job_alive=registry.slurm_job_alive)
     return any(
         TASK_KEY in claim.keys
         and not (claim.owner.job_id and registry.slurm_job_alive(claim.owner.job_id) is False)
-        for claim in claims.current()
+        for claim in Claims(node.folder).current()
     )
 
 

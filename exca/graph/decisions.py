@@ -317,12 +317,10 @@ class Graph:
         for key, records in chunks.items():
             run = self.runs[key]
             todo = set(run.todo or ())
+            # (jobs computing other items than the missing ones: nothing to wait for)
             active = [
-                r
-                for r in records
-                if registry.is_active(r, queued)
-                and (r.keys is None or not todo or not todo.isdisjoint(r.keys))
-            ]  # (jobs computing other items than the missing ones: nothing to wait for)
+                r for r in records if registry.is_active(r, queued) and registry.covers(r, todo)
+            ]
             if active:
                 run.action = "wait"
                 run.reason = f"running as job(s) {', '.join(r.job_id for r in active[:5])}"

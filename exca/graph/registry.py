@@ -106,6 +106,12 @@ def read_all(folder: Path | None) -> list[JobRecord]:
     return sorted(out, key=lambda r: r.submitted)
 
 
+def covers(record: JobRecord, todo: set[str]) -> bool:
+    """Whether a job may compute some of these items (a task's job, a chunk of unknown
+    items, or no items known to compare with: yes)."""
+    return record.keys is None or not todo or not todo.isdisjoint(record.keys)
+
+
 def recorded(folder: Path | None, job_id: str) -> bool:
     """Whether a job's record is (still) in a node folder."""
     if folder is None:

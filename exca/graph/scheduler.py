@@ -478,9 +478,9 @@ class Scheduler:
         # call computes it)
         run.state = "failed"
         run.error = JobFailedError(
-            f"{run.node.uid}: job {', '.join(sorted(ids))} was withdrawn before writing its result: its record "
-            "was removed (clear_job, or its submitter was interrupted). Nothing is cached: "
-            "the next call computes it"
+            f"{run.node.uid}: job {', '.join(sorted(ids))} was withdrawn before writing its "
+            "result: its record was removed (clear_job, or its submitter was interrupted). "
+            "Nothing is cached: the next call computes it"
         )
         return True
 

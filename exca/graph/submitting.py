@@ -96,9 +96,7 @@ def _settle_maps(maps: list[NodeRun], run_id: str) -> set[tp.Any]:
         found = [
             r
             for r in registry.read_all(run.node.folder)
-            if r.run != run_id
-            and r.job_id not in run.seen_jobs
-            and (r.keys is None or not todo or not todo.isdisjoint(r.keys))
+            if r.run != run_id and r.job_id not in run.seen_jobs and registry.covers(r, todo)
         ]
         if found:
             newer[run.node.key] = found
