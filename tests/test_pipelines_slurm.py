@@ -27,6 +27,7 @@ from test_pipelines import Env, _by_uid, events, started, wait_for
 
 import exca
 import exca.graph
+import exca.ops
 from exca.graph.errors import NodeFailures
 from slurm_cluster import squeue_ids
 
@@ -352,6 +353,10 @@ def test_map_fed_by_upstream_is_split_at_run_time(env: Env, sbatch: Sbatch) -> N
     )  # once each
     jobs = {e["job"] for e in computed}
     assert len(jobs) == 3 and len({j.split("_")[0] for j in jobs}) == 1  # one array of 3
+    # each item's logs: the chunk job that computed it (its items were unknown when queued)
+    for event in computed:
+        (found,) = exca.ops.logs(squares.folder, item=event["name"][len("square") :])
+        assert found.job_id == event["job"]
     assert list(fresh.apply(list(range(7)))) == [i**2 for i in range(7)]  # shared with eager calls
 
 

@@ -83,8 +83,40 @@ def forget(folder: Path | None, job_id: str) -> None:
     """Drop the record of a job (e.g. cancelled on purpose: a later run recomputes)."""
     if folder is None or not job_id:
         return
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(folder / JOBS_DIR / (job_id.replace("/", "-") + ".json"))
+    name = job_id.replace("/", "-")
+    for suffix in (".json", ITEMS_SUFFIX):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(folder / JOBS_DIR / (name + suffix))
+
+
+ITEMS_SUFFIX = ".items"  # next to a record: the item uids its job took (known at run time)
+
+
+def write_items(folder: Path, job_id: str, uids: list[str], permissions: int | None = None) -> None:
+    """Note which items a map chunk job computes, when they were unknown at submission
+    (its record has no keys): ``logs(..., item=...)`` finds the job through it."""
+    jobs = folder / JOBS_DIR
+    if not jobs.exists():
+        make_folder(jobs, permissions)
+    name = job_id.replace("/", "-")
+    tmp = jobs / f".{name}.{os.urandom(3).hex()}.tmp"
+    tmp.write_bytes(orjson.dumps(uids))
+    if permissions is not None:
+        chmod(tmp, permissions)
+    os.replace(tmp, jobs / (name + ITEMS_SUFFIX))
+
+
+def items_of(folder: Path, record: JobRecord) -> list[str] | None:
+    """The item uids of a map chunk job: from its record, else from what the job noted
+    when it started (None: unknown, or not a map chunk)."""
+    if record.keys is not None:
+        return record.keys
+    path = folder / JOBS_DIR / (record.job_id.replace("/", "-") + ITEMS_SUFFIX)
+    try:
+        uids = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return [str(u) for u in uids] if isinstance(uids, list) else None
 
 
 def read_all(folder: Path | None) -> list[JobRecord]:

@@ -98,7 +98,20 @@ def _resolve_split(unit: Unit) -> Unit:
     index, count = unit.split
     chunks = to_chunks(len(items), count, 1)
     start, stop = chunks[index] if index < len(chunks) else (0, 0)
+    _note_items(node, uids[start:stop])
     return unit._replace(items=items[start:stop], uids=uids[start:stop], split=None)
+
+
+def _note_items(node: Node, uids: list[str]) -> None:
+    """Next to this job's record, which items it computes (for ``exca logs --item``)."""
+    if node.folder is None or not os.environ.get("SUBMITIT_EXECUTOR"):
+        return  # (not a submitit job: nothing recorded to find)
+    import submitit
+
+    # (written even before the submitter wrote the record: a fast job may start first)
+    registry.write_items(
+        node.folder, submitit.JobEnvironment().job_id, uids, node.cache.permissions
+    )
 
 
 def check_upstream(node: Node) -> None:

@@ -25,14 +25,15 @@ class JobLogs:
 
 def logs(target: Node | Path | str, item: str | None = None) -> list[JobLogs]:
     """Logs of the jobs recorded for a node (newest last); ``item``: only the map chunk
-    that computed this item uid. Jobs of grouped arrays are found through each node's
-    own record."""
+    that computed this item uid (a chunk of a map whose items came from an upstream
+    node is known once its job started). Jobs of grouped arrays are found through each
+    node's own record."""
     folder = target.folder if isinstance(target, Node) else Path(target)
     if folder is None:
         return []
     out = []
     for record in registry.read_all(folder):
-        if item is not None and (record.keys is None or item not in record.keys):
+        if item is not None and item not in (registry.items_of(folder, record) or ()):
             continue
         out.append(JobLogs(record.job_id, record.cluster, record.stdout, record.stderr))
     return out
