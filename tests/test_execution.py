@@ -455,6 +455,8 @@ def test_a_debug_job_of_another_process_is_waited_for(tmp_path: Path) -> None:
         _wait_for(lambda: len(calls(tmp_path / "calls.txt")) == 1)  # computing over there
         waiter = make(tmp_path, "debug", x=4, block_flag=str(block))
         assert waiter.infra.status() == "running"
+        (entry,) = exca.graph.plan(waiter.process.node()).entries  # the plan says so too
+        assert (entry.status, entry.action) == ("running", "wait")
         thread, out = _in_thread(waiter.process)
         thread.join(timeout=1.0)
         assert thread.is_alive()  # waiting
@@ -506,9 +508,14 @@ def test_status_is_running_while_computed_without_a_job(tmp_path: Path) -> None:
     _wait_for(lambda: len(calls(tmp_path / "calls.txt")) == 1)
     other = make(tmp_path, None, x=12, block_flag=str(block))
     assert other.infra.status() == "running"
+    (entry,) = exca.graph.plan(other.process.node()).entries
+    assert (entry.status, entry.action) == ("running", "wait")
+    assert "another process" in entry.reason
     block.unlink()
     thread.join(timeout=60)
     assert other.infra.status() == "completed"
+    (entry,) = exca.graph.plan(other.process.node()).entries
+    assert (entry.status, entry.action) == ("cached", "reuse")
 
 
 @pytest.mark.timeout(120)

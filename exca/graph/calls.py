@@ -44,12 +44,12 @@ def task_status(node: Node) -> tp.Literal["not submitted", "running", "completed
         record = None  # (run by its submitting process, like cluster=None: claims tell)
     if record is not None and registry.is_active(record):
         return "running"
-    if _claimed(node):  # computed by a worker: here or in another process (no job needed)
+    if being_computed(node):  # computed by a worker: here or in another process (no job needed)
         return "running"
     return "not submitted" if record is None else "failed"
 
 
-def _claimed(node: Node) -> bool:
+def being_computed(node: Node) -> bool:
     """Whether a live worker holds the claim of a task's result."""
     from ..storage.claims import CLAIMS_DIR, Claims
 

@@ -71,6 +71,7 @@ class Plan:
             self._by_uid: dict[str, Node] | None = None
             self._stale: set[Key] = set()  # stale nodes seen so far (topological order)
             runs = self.graph.decide()
+            _note_computed_elsewhere(runs)
             order = self.graph.order
             self.entries = [self._entry(runs[key]) for key in order]
             self.arrays = self._pack(order)
@@ -298,6 +299,24 @@ def _where(node: Node, run: NodeRun) -> str:
 
 def _escape(text: str) -> str:
     return text.replace('"', "#quot;")
+
+
+def _note_computed_elsewhere(runs: dict[Key, NodeRun]) -> None:
+    """Missing tasks that another process computes right now without a job (inline, in
+    a pool, on the debug cluster): run() would wait for that result (status() says
+    "running" too). A task that would go to a job still shows as computed: its job waits."""
+    from .calls import being_computed
+
+    for run in runs.values():
+        node = run.node
+        if (
+            run.action == "compute"
+            and node.kind == "task"
+            and node.execution.cluster in (None, "debug", *POOL_CLUSTERS)
+            and being_computed(node)
+        ):
+            run.action = "wait"
+            run.reason = "computed right now by another process: run() waits for its result"
 
 
 def _status(run: NodeRun) -> tuple[str, str]:
