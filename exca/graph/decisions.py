@@ -290,6 +290,7 @@ class Graph:
             return
         slurm_ids = [r.job_id for r in records.values() if r.cluster == "slurm"]
         queued = registry.queued_jobs(slurm_ids) if slurm_ids else set()
+        ended: list[tuple[NodeRun, registry.JobRecord]] = []
         for key, record in records.items():
             run = self.runs[key]
             computed = run.action in ("retry", "force") and store.task_state(run.node) != "missing"
@@ -304,10 +305,14 @@ class Graph:
                 run.action = "retry"
                 run.reason = f"retry: job {record.job_id} ended without a result"
             elif run.action == "compute":
-                how = executors.recorded_handle(record).ended_how()
-                run.action = "fail"
-                run.reason = f"job {record.job_id} ended without a result"
-                run.error = JobFailedError(f"{run.node.uid}: {how} (use mode='retry' to recompute)")
+                ended.append((run, record))
+        slurm_ended = [r.job_id for _, r in ended if r.cluster == "slurm"]
+        known = registry.slurm_endings(slurm_ended) if len(slurm_ended) > 1 else {}
+        for run, record in ended:
+            how = executors.recorded_handle(record).ended_how(known.get(record.job_id))
+            run.action = "fail"
+            run.reason = f"job {record.job_id} ended without a result"
+            run.error = JobFailedError(f"{run.node.uid}: {how} (use mode='retry' to recompute)")
 
     def _attach_map_jobs(self, chunks: dict[Key, list[registry.JobRecord]]) -> None:
         """Maps whose chunk jobs are still queued or running: wait for them (what they

@@ -99,8 +99,9 @@ class Handle:
         """The exception that ended the job, if it failed (only meaningful once done)."""
         return None
 
-    def ended_how(self) -> str:
-        """A short description of how a job ended without writing its result."""
+    def ended_how(self, known: tuple[str, str] | None = None) -> str:
+        """A short description of how a job ended without writing its result (``known``:
+        its state and exit in words, looked up with others' by ``registry.slurm_endings``)."""
         error = self.error()
         return f"{type(error).__name__}: {error}" if error is not None else "ended"
 
@@ -156,6 +157,9 @@ class FutureHandle(Handle):
         self.future.cancel()
 
 
+ACTIVE_OR_UNKNOWN = ("UNKNOWN", "RUNNING", "PENDING", "COMPLETING")
+
+
 class SubmititHandle(Handle):
     def __init__(self, job: tp.Any, cluster: str) -> None:
         self.job = job
@@ -186,11 +190,14 @@ class SubmititHandle(Handle):
         except Exception as e:
             return e
 
-    def ended_how(self) -> str:
-        state = self.state()
-        if self.cluster == "slurm" and state in ("UNKNOWN", "RUNNING", "PENDING", "COMPLETING"):
-            self.job.watcher.update()  # force a fresh sacct look before describing it
-            state = self.state()
+    def ended_how(self, known: tuple[str, str] | None = None) -> str:
+        if known is not None and self.cluster == "slurm" and known[0]:
+            state, how = known
+        else:
+            state, how = self.state(), None
+            if self.cluster == "slurm" and state in ACTIVE_OR_UNKNOWN:
+                self.job.watcher.update()  # force a fresh sacct look before describing it
+                state = self.state()
         kinds = {
             "CANCELLED": "was cancelled",
             "TIMEOUT": "timed out",
@@ -205,9 +212,10 @@ class SubmititHandle(Handle):
         error = self.error()
         detail = f": {type(error).__name__}: {str(error)[-2000:]}" if error is not None else ""
         if not detail and self.cluster == "slurm":
-            from .registry import slurm_exit
+            if how is None:
+                from .registry import slurm_exit
 
-            how = slurm_exit(self.job_id)
+                how = slurm_exit(self.job_id)
             if not how and state.startswith("UNKNOWN"):
                 how = (
                     "neither the queue nor the accounting (sacct) knows it: cancelled before "
@@ -241,7 +249,7 @@ class RecordedLocalHandle(Handle):
 
         return not is_active(self.record)
 
-    def ended_how(self) -> str:
+    def ended_how(self, known: tuple[str, str] | None = None) -> str:
         stderr = self.record.stderr
         tail = stderr.read_text(errors="replace")[-1500:] if stderr.exists() else ""
         return f"local job {self.job_id} ended without writing its result" + (

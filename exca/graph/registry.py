@@ -254,7 +254,6 @@ def slurm_job_alive(job_id: str) -> bool | None:
 
 def slurm_exit(job_id: str) -> str:
     """How a Slurm job's process ended, in words ("" when sacct does not say)."""
-    import signal
     import subprocess
 
     try:
@@ -267,7 +266,40 @@ def slurm_exit(job_id: str) -> str:
         ).stdout.split()
     except (OSError, subprocess.TimeoutExpired):
         return ""
-    code, _, sig = (out[0] if out else "").partition(":")
+    return _exit_words(out[0] if out else "")
+
+
+def slurm_endings(job_ids: tp.Sequence[str]) -> dict[str, tuple[str, str]]:
+    """State and exit (``slurm_exit``'s words) of ended Slurm jobs, with ONE ``sacct``
+    call (a plan describing many dead jobs would otherwise make two calls per job)."""
+    import subprocess
+
+    if not job_ids:
+        return {}
+    base = sorted({j.split("_")[0] for j in job_ids})
+    try:
+        out = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-o", "JobID,State,ExitCode", "-j", ",".join(base)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    found: dict[str, tuple[str, str]] = {}
+    for line in out.splitlines():
+        parts = line.split("|")
+        if len(parts) == 3:
+            found[parts[0]] = (parts[1].strip(), _exit_words(parts[2].strip()))
+    return {j: found[j] for j in job_ids if j in found}
+
+
+def _exit_words(exit_code: str) -> str:
+    """sacct's ExitCode (``code:signal``) in words ("" when it says nothing useful)."""
+    import signal
+
+    code, _, sig = exit_code.partition(":")
     number = int(sig) if sig.isdigit() and int(sig) else None
     if number is None and code.isdigit() and int(code) > 128:
         number = int(code) - 128  # (a shell's code for a process killed by a signal)

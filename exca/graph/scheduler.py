@@ -487,13 +487,15 @@ class Scheduler:
     @staticmethod
     def _lost(run: NodeRun, missing: list[str] | None = None) -> BaseException:
         descriptions = []
+        slurm = [h.job_id for h in run.handles if getattr(h, "cluster", None) == "slurm"]
+        known = registry.slurm_endings(slurm) if len(slurm) > 1 else {}  # (chunk jobs)
         for handle in run.handles:
             error = handle.error()
             if isinstance(handle, executors.DoneHandle | executors.FutureHandle):
                 if error is not None:
                     return error
                 continue
-            descriptions.append(handle.ended_how())
+            descriptions.append(handle.ended_how(known.get(handle.job_id)))
         what = f"{len(missing)} item(s) of " if missing else ""
         detail = "; ".join(descriptions) or "the worker ended without writing it"
         return JobFailedError(f"{what}{run.node.uid} not computed: {detail}")
