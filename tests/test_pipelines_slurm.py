@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import typing as tp
 from pathlib import Path
@@ -412,3 +413,72 @@ def test_a_detached_forced_run_hides_the_old_results(env: Env, sbatch: Sbatch) -
     block.unlink()
     assert fresh.result() == "top(leaf(None,None),None)"
     assert started(env.log).count("leaf") == 2 and started(env.log).count("top") == 2
+
+
+@pytest.mark.parametrize("wait", [False, True])
+def test_retried_middle_node_while_the_old_downstream_job_is_queued(
+    env: Env, sbatch: Sbatch, wait: bool
+) -> None:
+    """a -> b -> c, detached; b fails while c's job is still queued (held: a busy
+    cluster). b is fixed and retried: that old c job depends on b's failed job and
+    cannot use the new result, so the retry computes c again after b (it took a third
+    run: the old job cached "upstream failed" and the retry waited for it)."""
+    fail, block = env.tmp / "fail", env.tmp / "block"
+
+    def build(mode: str) -> exca.graph.Node:
+        a = env.step("a", infra=slurm()).run.node()
+        b = env.step("b", fail_flag=str(fail), block_flag=str(block), infra=slurm(mode=mode))
+        return env.step("c", infra=slurm()).run.node(b.run.node(a))
+
+    fail.touch()
+    block.touch()
+    c = build("cached")
+    exca.graph.run(c, wait=False)
+    old_c = job_id(c)
+    subprocess.run(["scontrol", "hold", old_c], check=True, capture_output=True)
+    block.unlink()  # b runs and fails
+    wait_for(lambda: "b" in started(env.log) and c.upstream[0].status() == "failed", timeout=120)
+    fail.unlink()
+    block.touch()  # the new b job runs a while
+    retried = build("retry")
+    entry = _by_uid(exca.graph.plan(retried))[retried.uid]
+    assert (entry.status, entry.action) == ("missing", "compute")
+    assert f"job {old_c} predates the new computation of upstream" in entry.reason
+
+    def release_old_c_then_unblock_b() -> None:
+        time.sleep(1.0)
+        subprocess.run(["scontrol", "release", old_c], check=True, capture_output=True)
+        wait_until_ended([old_c])  # it started before the new b result exists
+        block.unlink()
+
+    releaser = threading.Thread(target=release_old_c_then_unblock_b)
+    releaser.start()
+    exca.graph.run(retried, wait=wait)
+    releaser.join(timeout=150)
+    assert build("cached").result() == "c(b(a(None,None),None),None)"
+    assert started(env.log) == ["a", "b", "b", "c"]  # c computed once, from the new b
+    assert sbatch.count() == 5  # a, b, c; then b and c again
+
+
+def test_detached_forced_run_goes_after_the_running_job(env: Env, sbatch: Sbatch) -> None:
+    """mode=force while the node's previous job is still running: a detached run submits
+    the recomputation at once, to start after that job (it submitted nothing)."""
+    block = env.tmp / "block"
+    block.touch()
+
+    def build(mode: str) -> exca.graph.Node:
+        return env.step("solo", block_flag=str(block), infra=slurm(mode=mode)).run.node()
+
+    first = build("cached")
+    exca.graph.run(first, wait=False)
+    first_job = job_id(first)
+    wait_for(lambda: started(env.log) == ["solo"], timeout=120)  # running
+    forced = build("force")
+    exca.graph.run(forced, wait=False)
+    assert sbatch.count() == 2
+    dependency = Sbatch.option(sbatch.calls()[1], "dependency")
+    assert dependency == f"afterany:{first_job.split('_')[0]}"
+    block.unlink()
+    wait_until_ended(recorded_jobs(env.folder))
+    assert started(env.log) == ["solo", "solo"]  # computed again after the first job
+    assert build("cached").result() == "solo(None,None)"

@@ -25,7 +25,7 @@ def reuse(cache: CacheDict[tp.Any], mode: str, where: str) -> tp.Any:
     if entry is None:
         return MISSING
     if entry == "Error":
-        if mode == "retry" or cache_upstream_failed(cache):
+        if mode == "retry" or store.cache_upstream_failed(cache):
             return MISSING
         value = cache[TASK_KEY]
         raise value.to_exception(where)
@@ -44,6 +44,11 @@ def task_status(node: Node) -> tp.Literal["not submitted", "running", "completed
         record = None  # (run by its submitting process, like cluster=None: claims tell)
     if record is not None and registry.is_active(record):
         return "running"
+    if record is not None and record.cluster == "slurm":
+        # (squeue can miss a job for an instant: sacct tells whether it ended)
+        job_state, _ = registry.slurm_endings([record.job_id]).get(record.job_id, ("", ""))
+        if registry.active_state(job_state):
+            return "running"
     if being_computed(node):  # computed by a worker: here or in another process (no job needed)
         return "running"
     return "not submitted" if record is None else "failed"
@@ -74,12 +79,6 @@ def task_result(node: Node) -> tp.Any:
 
     Scheduler([node]).run(root_cause=True)
     return store.task_result(node)
-
-
-def cache_upstream_failed(cache: CacheDict[tp.Any]) -> bool:
-    """Whether a task's cached error only says that its upstream had failed."""
-    entry = cache.entry(TASK_KEY)
-    return entry is not None and str(entry.info.get("t", "")).endswith("UpstreamFailed")
 
 
 def task_job(node: Node) -> Job:

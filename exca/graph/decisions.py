@@ -35,6 +35,7 @@ class NodeRun:
     item_errors: int = 0  # maps reused as they are: how many items hold a cached error
     seen_job: str | None = None  # tasks: the latest recorded job when this was decided
     seen_jobs: set[str] = dataclasses.field(default_factory=set)  # maps: the recorded jobs
+    after: list[str] = dataclasses.field(default_factory=list)  # jobs its new job starts after
 
     @property
     def needs_work(self) -> bool:
@@ -43,6 +44,14 @@ class NodeRun:
 
 def collect(targets: tp.Sequence[Node]) -> dict[Key, Node]:
     """Every node the targets need, deduplicated by key (conflicting duplicates raise)."""
+    for target in targets:
+        if not isinstance(target, Node):
+            hint = (
+                "pass them one by one: run(*nodes), plan(*nodes)"
+                if isinstance(target, list | tuple | set)
+                else "get one with obj.method.node(...)"
+            )
+            raise TypeError(f"Targets must be graph nodes, got {type(target).__name__}: {hint}")
     nodes: dict[Key, Node] = {}
     stack = list(reversed(targets))  # depth-first, targets in the order given
     while stack:
@@ -75,9 +84,7 @@ def to_chunks(count: int, max_chunks: int | None, min_per_chunk: int) -> list[tu
 
 def upstream_failed(node: Node) -> bool:
     """Whether a task's cached error only says that its upstream had failed."""
-    from .calls import cache_upstream_failed
-
-    return cache_upstream_failed(node.cache)
+    return store.cache_upstream_failed(node.cache)
 
 
 class Graph:
@@ -268,8 +275,9 @@ class Graph:
             run.reason = "single item computation is forbidden (forbid_single_item_computation)"
 
     def _check_registry(self, candidates: list[NodeRun]) -> None:
-        """Task nodes whose job was already submitted: wait for it if it is queued or
-        running; if it ended without a result, it failed (cancelled, timed out, killed)."""
+        """Nodes whose jobs were already submitted: wait for them if they are queued or
+        running (unless they were queued before work this run redoes upstream); a task
+        whose job ended without a result failed (cancelled, timed out, killed)."""
         records = {}
         chunks: dict[Key, list[registry.JobRecord]] = {}
         for run in candidates:
@@ -284,17 +292,40 @@ class Graph:
                 run.seen_jobs = {r.job_id for r in found}
                 if found:
                     chunks[run.node.key] = found
-        if chunks:
-            self._attach_map_jobs(chunks)
-        if not records:
+        if not records and not chunks:
             return
         slurm_ids = [r.job_id for r in records.values() if r.cluster == "slurm"]
+        slurm_ids += [r.job_id for found in chunks.values() for r in found if r.cluster == "slurm"]
         queued = registry.queued_jobs(slurm_ids) if slurm_ids else set()
+        gone = [  # missing results whose job squeue does not list: ended, unless sacct...
+            r.job_id
+            for key, r in records.items()
+            if r.cluster == "slurm"
+            and r.job_id not in queued
+            and self.runs[key].action == "compute"
+        ]
+        known = registry.slurm_endings(gone) if gone else {}
+        # (...says it is still queued or running: squeue can miss a job for an instant)
+        queued |= {j for j, (state, _) in known.items() if registry.active_state(state)}
         ended: list[tuple[NodeRun, registry.JobRecord]] = []
-        for key, record in records.items():
+        for key in self.order:  # (upstream first: whether it is redone is known)
+            if key in chunks:
+                self._attach_map_jobs(self.runs[key], chunks[key], queued)
+                continue
+            record = records.get(key)
+            if record is None:
+                continue
             run = self.runs[key]
-            computed = run.action in ("retry", "force") and store.task_state(run.node) != "missing"
+            # (an outcome since that job was queued: not waited for; an "upstream failed"
+            # error is not one: that job computes it again)
+            computed = (
+                run.action in ("retry", "force")
+                and store.task_state(run.node) != "missing"
+                and not upstream_failed(run.node)
+            )
             if registry.is_active(record, queued) and not computed:
+                if self._redone_upstream(run, record.job_id):
+                    continue
                 run.reason = f"running as job {record.job_id}"
                 if run.action in ("retry", "force"):
                     run.resume = run.action  # retry/force once that job has ended
@@ -306,30 +337,39 @@ class Graph:
                 run.reason = f"retry: job {record.job_id} ended without a result"
             elif run.action == "compute":
                 ended.append((run, record))
-        slurm_ended = [r.job_id for _, r in ended if r.cluster == "slurm"]
-        known = registry.slurm_endings(slurm_ended) if len(slurm_ended) > 1 else {}
         for run, record in ended:
             how = executors.recorded_handle(record).ended_how(known.get(record.job_id))
             run.action = "fail"
             run.reason = f"job {record.job_id} ended without a result"
             run.error = JobFailedError(f"{run.node.uid}: {how} (use mode='retry' to recompute)")
 
-    def _attach_map_jobs(self, chunks: dict[Key, list[registry.JobRecord]]) -> None:
-        """Maps whose chunk jobs are still queued or running: wait for them (what they
+    def _redone_upstream(self, run: NodeRun, jobs: str) -> bool:
+        """Whether this run computes an upstream node anew: a job of this node queued
+        earlier cannot use that result (it depends on the upstream's previous job, and
+        caches "upstream failed" if it starts first), so it is not waited for: this
+        node is computed again after its upstream (the claim keeps them one at a time)."""
+        redo = ("compute", "retry", "force")
+        redone = next((u for u in self.upstream[run.node.key] if self.runs[u].action in redo), None)
+        if redone is None:
+            return False
+        run.reason = (
+            f"{run.reason}; job {jobs} predates the new computation of upstream "
+            f"{self.nodes[redone].uid}: computed again after it"
+        )
+        return True
+
+    def _attach_map_jobs(
+        self, run: NodeRun, records: list[registry.JobRecord], queued: set[str]
+    ) -> None:
+        """A map whose chunk jobs are still queued or running: wait for them (what they
         leave missing is computed afterwards) instead of submitting the items again."""
-        slurm = [r.job_id for records in chunks.values() for r in records if r.cluster == "slurm"]
-        queued = registry.queued_jobs(slurm) if slurm else set()
-        for key, records in chunks.items():
-            run = self.runs[key]
-            todo = set(run.todo or ())
-            # (jobs computing other items than the missing ones: nothing to wait for)
-            active = [
-                r for r in records if registry.is_active(r, queued) and registry.covers(r, todo)
-            ]
-            if active:
-                run.action = "wait"
-                run.reason = f"running as job(s) {', '.join(r.job_id for r in active[:5])}"
-                run.handles = [executors.recorded_handle(r) for r in active]
+        todo = set(run.todo or ())
+        # (jobs computing other items than the missing ones: nothing to wait for)
+        active = [r for r in records if registry.is_active(r, queued) and registry.covers(r, todo)]
+        if active and not self._redone_upstream(run, ", ".join(r.job_id for r in active[:5])):
+            run.action = "wait"
+            run.reason = f"running as job(s) {', '.join(r.job_id for r in active[:5])}"
+            run.handles = [executors.recorded_handle(r) for r in active]
 
     def _block_on_failures(self) -> None:
         """Work whose upstream fails cannot run: it fails too (and says why)."""

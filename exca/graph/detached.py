@@ -35,7 +35,7 @@ def submit_all(scheduler: Scheduler) -> None:
             here: list[NodeRun] = []
             for key in wave:
                 run = scheduler.runs[key]
-                if run.action == "wait":
+                if run.action == "wait" and not _after_own_job(run):
                     continue
                 if not executors.on_slurm(run.node):
                     here.append(run)
@@ -108,9 +108,23 @@ def _waves(upstream: dict[Key, list[Key]], order: list[Key]) -> list[list[Key]]:
     return [waves[i] for i in sorted(waves)]
 
 
+def _after_own_job(run: NodeRun) -> bool:
+    """A node forced or retried while its earlier Slurm job is queued or running: its
+    new job goes after that one (a waiting run waits for it, then computes again)."""
+    if run.resume is None or not executors.on_slurm(run.node):
+        return False
+    if not all(getattr(h, "cluster", None) == "slurm" for h in run.handles):
+        return False  # (a local job of another process: Slurm cannot wait for it)
+    run.after = [h.job_id for h in run.handles]
+    run.action, run.resume, run.handles = run.resume, None, []
+    run.reason += " (submitted now, to start after it)"
+    return True
+
+
 def _dependencies(scheduler: Scheduler, key: Key) -> list[str]:
-    """Job ids a node must start after: its upstream nodes' queued or running jobs."""
-    deps: list[str] = []
+    """Job ids a node must start after: its upstream nodes' queued or running jobs, and
+    its own earlier job when it is computed again."""
+    deps: list[str] = list(scheduler.runs[key].after)
     for up in scheduler.graph.upstream[key]:
         run = scheduler.runs[up]
         if run.state == "running" or run.action == "wait":

@@ -120,3 +120,10 @@ def map_outputs(node: Node) -> list[tp.Any]:
     """The outputs of a map node for its items, in order (a cached error raises)."""
     uids = map_item_uids(node)
     return list(node.cache.values_of(uids, where=node.uid))
+
+
+def cache_upstream_failed(cache: CacheDict[tp.Any]) -> bool:
+    """Whether a task's cached error only says that its upstream had failed (not an
+    error of its own: computed again once the upstream is there)."""
+    entry = cache.entry(TASK_KEY)
+    return entry is not None and str(entry.info.get("t", "")).endswith("UpstreamFailed")
