@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import enum
 import json
+import os
 import threading
 import time
 import typing as tp
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pydantic
 import pytest
-from filelog import append
+from filelog import append, lines
 
 import exca
 
@@ -584,3 +585,99 @@ def test_items_sharing_a_uid_read_the_first_ones_output(
 ) -> None:
     mapper = Lowered(infra={"folder": tmp_path, "cluster": cluster})
     assert list(mapper.process(["Apple", "APPLE", "pear"])) == ["from Apple"] * 2 + ["from pear"]
+
+
+class Interrupted(pydantic.BaseModel):
+    """item -> item + 1; Ctrl-C (KeyboardInterrupt) at item ``stop`` (while it exists)."""
+
+    stop: int
+    flag: str
+    log: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            append(self.log, str(item))
+            if item == self.stop and Path(self.flag).exists():
+                raise KeyboardInterrupt
+            yield item + 1
+
+
+def test_ctrl_c_keeps_the_outputs_yielded_before(tmp_path: Path) -> None:
+    """Outputs wait in a small batch before being written: an interruption writes them
+    (it lost them: a second call computed everything again)."""
+    flag = tmp_path / "interrupt"
+    flag.touch()
+
+    def mapper() -> Interrupted:
+        infra = {"folder": tmp_path / "cache"}
+        return Interrupted(stop=8, flag=str(flag), log=str(tmp_path / "calls.txt"), infra=infra)
+
+    with pytest.raises(KeyboardInterrupt):
+        list(mapper().process(list(range(12))))
+    flag.unlink()
+    assert list(mapper().process(list(range(12)))) == list(range(1, 13))
+    assert lines(tmp_path / "calls.txt") == [str(i) for i in range(9)] + [
+        str(i) for i in range(8, 12)
+    ]  # only the interrupted item and those after it, again
+
+
+class Dying(pydantic.BaseModel):
+    """item -> item; the process computing item 5 exits at once (os._exit) while ``flag``
+    exists."""
+
+    flag: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            if item == 5 and Path(self.flag).exists():
+                os._exit(3)
+            yield item
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cluster", ["local", "processpool"])
+def test_a_dead_chunk_job_is_the_one_blamed(tmp_path: Path, cluster: str) -> None:
+    """One of 3 chunk jobs dies: the error names that job (and its items' count), not the
+    two that did their share; a dead pool process is named as such."""
+    from exca.graph import registry
+    from exca.graph.errors import JobFailedError
+
+    flag = tmp_path / "die"
+    flag.touch()
+    infra = {"folder": tmp_path / "cache", "cluster": cluster, "max_jobs": 3}
+    mapper = Dying(flag=str(flag), infra=infra)
+    with pytest.raises(JobFailedError) as info:
+        list(mapper.process(list(range(12))))
+    message = str(info.value)
+    if cluster == "local":
+        records = registry.read_all(mapper.infra.uid_folder())
+        (dead,) = [r.job_id for r in records if r.keys is not None and "5" in r.keys]
+        others = [r.job_id for r in records if r.job_id != dead]
+        assert len(others) == 2
+        assert f"job {dead} " in message
+        assert not any(f"job {job} " in message for job in others), message
+    else:
+        assert "a process of the pool died" in message
+    flag.unlink()
+    assert list(Dying(flag=str(flag), infra=infra).process(list(range(12)))) == list(range(12))
+
+
+class NoYield(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:  # (forgot to yield)
+            _ = item + 1
+
+
+def test_a_method_that_yields_nothing_is_one_clear_error(tmp_path: Path) -> None:
+    """Not one cached TypeError per item ("'NoneType' object is not iterable")."""
+    mapper = NoYield(infra={"folder": tmp_path / "cache"})
+    with pytest.raises(TypeError, match="returned NoneType, not one output per item: yield"):
+        list(mapper.process([1, 2, 3]))
+    assert not list(mapper.infra.cache_dict.keys())  # no error cached for the items

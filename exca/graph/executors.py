@@ -108,6 +108,10 @@ class Handle:
     def cancel(self) -> None:
         pass
 
+    def finished_ok(self) -> bool:
+        """Whether the job is known to have ended with its work done (no error)."""
+        return False
+
     @property
     def submitit_job(self) -> tp.Any:
         return None
@@ -189,6 +193,12 @@ class SubmititHandle(Handle):
             return tp.cast(BaseException | None, self.job.exception())
         except Exception as e:
             return e
+
+    def finished_ok(self) -> bool:
+        try:
+            return bool(self.job.paths.result_pickle.exists()) and self.error() is None
+        except Exception:
+            return False
 
     def ended_how(self, known: tuple[str, str] | None = None) -> str:
         if known is not None and self.cluster == "slurm" and known[0]:

@@ -492,9 +492,17 @@ class Scheduler:
         for handle in run.handles:
             error = handle.error()
             if isinstance(handle, executors.DoneHandle | executors.FutureHandle):
+                if type(error).__name__ == "BrokenProcessPool":
+                    what = f"{len(missing)} item(s) of " if missing else ""
+                    return JobFailedError(
+                        f"{what}{run.node.uid} not computed: a process of the pool died (killed, "
+                        f"out of memory, or os._exit/sys.exit in the method): {error}"
+                    )
                 if error is not None:
                     return error
                 continue
+            if error is None and handle.finished_ok():
+                continue  # (a chunk job that did its share: not the one to blame)
             descriptions.append(handle.ended_how(known.get(handle.job_id)))
         what = f"{len(missing)} item(s) of " if missing else ""
         detail = "; ".join(descriptions) or "the worker ended without writing it"

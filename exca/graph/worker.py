@@ -170,12 +170,13 @@ def _run_task(unit: Unit) -> Report:
         return Report(computed=1)
     claims = Claims(folder, job_alive=registry.slurm_job_alive, permissions=node.cache.permissions)
     forced = unit.action == "force"
+    cache = node.cache
     while True:
         state = store.task_state(node)
         if state == "done" and not forced:
             return Report(reused=1)
-        if state == "error" and unit.action == "compute":
-            return Report(reused=1)
+        if state == "error" and unit.action == "compute" and not store.cache_upstream_failed(cache):
+            return Report(reused=1)  # (an error of its own; "upstream failed" is computed again)
         claim = claims.claim_one(TASK_KEY)
         if claim.reentered:
             raise RuntimeError(
@@ -190,7 +191,11 @@ def _run_task(unit: Unit) -> Report:
             state = store.task_state(node, refresh=True)
             if state == "done" and not forced:
                 return Report(reused=1)
-            if state == "error" and unit.action == "compute":
+            if (
+                state == "error"
+                and unit.action == "compute"
+                and not store.cache_upstream_failed(cache)
+            ):
                 return Report(reused=1)
             if state != "missing":
                 del node.cache[TASK_KEY]
@@ -429,7 +434,7 @@ def _compute_from(
     ndarray = numpy.ndarray if numpy is not None else None
     in_memory = cache.folder is None  # (RAM keeps the objects: arrays are copied)
     try:
-        for output in node.function(items):
+        for output in _outputs(node, items):
             if position >= len(uids):
                 return _miscounted(node, cache, uids, start, position - len(batch), report, "more")
             kind = type(output)
@@ -444,7 +449,7 @@ def _compute_from(
                 flush()
     except Exception as error:
         flush()
-        if position >= len(uids):
+        if position >= len(uids) or isinstance(error, NotIterableOutputs):
             raise
         cache[uids[position]] = CachedError.from_exception(error)
         report.errors += 1
@@ -456,10 +461,29 @@ def _compute_from(
             error,
         )
         return position + 1
+    except BaseException:  # Ctrl-C, SystemExit: what was computed stays computed
+        flush()
+        raise
     if position < len(uids):
         return _miscounted(node, cache, uids, start, position - len(batch), report, "fewer")
     flush()
     return position
+
+
+class NotIterableOutputs(TypeError):
+    """A map method that gives no iterable (a forgotten ``yield``): the method's error,
+    not one of each item."""
+
+
+def _outputs(node: Node, items: list[tp.Any]) -> tp.Iterator[tp.Any]:
+    outputs = node.function(items)
+    try:
+        return iter(outputs)
+    except TypeError:
+        raise NotIterableOutputs(
+            f"{node.label or node.uid}: the method returned {type(outputs).__name__}, not one "
+            "output per item: yield each output (or return a list of them)"
+        ) from None
 
 
 def _miscounted(
