@@ -518,6 +518,50 @@ def test_conda_env_refused_without_cluster(tmp_path: Path) -> None:
         Task(infra={"folder": tmp_path, "conda_env": "myenv", "cluster": "debug"})
 
 
+def test_version_must_name_one_folder(tmp_path: Path) -> None:
+    """A version names the method's cache folder: a float would lose digits (yaml reads
+    ``version: 1.10`` as 1.1, the cache of version 1.1), and a path would lead elsewhere."""
+    assert Task(infra={"folder": tmp_path, "version": 3}).infra.version == "3"
+    assert Task(infra={"folder": tmp_path, "version": "1.10"}).infra.version == "1.10"
+    with pytest.raises(pydantic.ValidationError, match=r"version=1\.1 is a float.*version='1\.1'"):
+        Task(**yaml.safe_load(f"infra: {{folder: {tmp_path}, version: 1.10}}"))
+    for bad in ["1/2", "../../elsewhere", "", " 1", "..", "1\n2", "a\\b"]:
+        with pytest.raises(pydantic.ValidationError, match="names a cache folder"):
+            Task(infra={"folder": tmp_path, "version": bad})
+    assert not any(tmp_path.iterdir())  # nothing written anywhere
+
+
+def test_folder_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    task = Task(infra={"folder": "~/cache"})
+    assert task.infra.folder == tmp_path / "cache"  # not a folder named "~"
+    task.process()
+    assert (tmp_path / "cache").is_dir()
+    for empty in ["", "  "]:
+        with pytest.raises(pydantic.ValidationError, match="is empty: give a folder path"):
+            Task(infra={"folder": empty})
+
+
+def test_infra_assignments_are_validated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``obj.infra.field = value`` is checked as the constructor checks it: the value at
+    once, combinations of fields before the first call (nothing submitted before)."""
+    monkeypatch.chdir(tmp_path)
+    task = Task(param=3)
+    with pytest.raises(pydantic.ValidationError, match="'cached', 'retry', 'force'"):
+        task.infra.mode = "forc"  # type: ignore[assignment]
+    with pytest.raises(pydantic.ValidationError, match="valid integer"):
+        task.infra.timeout_min = "abc"  # type: ignore[assignment]
+    task.infra.folder = str(tmp_path)  # type: ignore[assignment]
+    assert task.infra.folder == tmp_path  # converted as in the constructor
+    task.infra.cluster = "local"
+    task.infra.folder = None
+    with pytest.raises(ValueError, match="cluster='local' needs a folder"):
+        task.process()
+    assert not (tmp_path / "None").exists()  # (no job went to a folder named "None")
+    task.infra.folder = tmp_path
+    assert task.process() == 30  # a valid combination again: it runs
+
+
 def test_permissions_parsing() -> None:
     assert TaskInfra().permissions == 0o777
     assert TaskInfra(permissions="a+rwx").permissions == 0o777  # type: ignore[arg-type]
@@ -525,6 +569,9 @@ def test_permissions_parsing() -> None:
     assert TaskInfra(permissions=None).permissions is None
     assert TaskInfra(permissions=0o750).permissions == 0o750
     assert MapInfra(permissions="a+rwx").permissions == 0o777  # type: ignore[arg-type]
+    for bad in [-1, 0o4777]:  # (chmod would set setuid/sticky bits)
+        with pytest.raises(pydantic.ValidationError, match="not a mode between 0 and 0o777"):
+            TaskInfra(permissions=bad)
 
 
 def test_permissions_applied(tmp_path: Path) -> None:
@@ -868,3 +915,68 @@ def test_relative_folder_created_from_scratch(
     assert Task(param=2, infra={"folder": "cache/run1"}).process() == 20
     assert list(Mapper(infra={"folder": "cache/run2"}).process([1, 2])) == [1, 2]
     assert (tmp_path / "cache" / "run1").is_dir() and (tmp_path / "cache" / "run2").is_dir()
+
+
+class OptionalInfra(pydantic.BaseModel):
+    x: int = 1
+    infra: TaskInfra | None = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return self.x
+
+
+def test_misuse_gets_a_clear_error(tmp_path: Path) -> None:
+    """Wrong arguments raise an error naming them and what to do, not an internal
+    AttributeError; nothing is computed or submitted."""
+    import exca.graph
+    from exca import helpers
+
+    with pytest.raises(TypeError, match=r"OptionalInfra\.infra is None: give it an infra"):
+        OptionalInfra(infra=None).process()
+    task = Task(param=9123, infra={"folder": tmp_path})
+    with pytest.raises(TypeError, match=r"pass them one by one: run\(\*nodes\)"):
+        exca.graph.run([task.process.node()])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="got dict: append Task"), task.infra.job_array() as array:
+        array.append({"param": 3})
+    fine = Task(param=9124, infra={"folder": tmp_path})
+    with pytest.raises(ValueError, match="max_workers=0"), task.infra.job_array(0) as array:
+        array.append(fine)
+    with pytest.raises(TypeError, match="clone_obj takes a dict of changes"):
+        task.infra.clone_obj([("param", 3)])
+    with pytest.raises(TypeError, match="from_args takes a list of arguments"):
+        ConfDict.from_args("--x=1")  # type: ignore[arg-type]
+    with pytest.raises(pydantic.ValidationError, match="foldr"):
+        helpers.with_infra(foldr=str(tmp_path))(lambda a: a)
+    for decorator in (property, classmethod, staticmethod):
+        with pytest.raises(TypeError, match=f"got a {decorator.__name__}: put @infra.apply"):
+
+            class Wrong(pydantic.BaseModel):
+                infra: TaskInfra = TaskInfra()
+
+                @infra.apply  # type: ignore[arg-type]
+                @decorator  # type: ignore[misc]
+                def f(self) -> int:
+                    return 1
+
+    with pytest.raises(TypeError, match=r"use a list of field names \(\['param'\]\)"):
+
+        class Excluding(pydantic.BaseModel):
+            param: int = 1
+            infra: TaskInfra = TaskInfra()
+
+            @infra.apply(exclude_from_cache_uid="param")
+            def f(self) -> int:
+                return 1
+
+    with pytest.raises(RuntimeError) as info:  # (Python wraps errors of __set_name__)
+
+        class NotPydantic:
+            infra = TaskInfra()
+
+            @infra.apply
+            def f(self) -> int:
+                return 1
+
+    assert "is not a pydantic.BaseModel subclass" in str(info.value.__cause__)
+    assert not {("task", 9123), ("task", 9124)} & set(CALLS) and not list(tmp_path.iterdir())

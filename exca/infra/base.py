@@ -52,6 +52,9 @@ class _Runtime:
     # on a class default: its settings passed _check_settings, and which of its container
     # fields are set (copied per owner instance); reset when the default is changed
     settings_checked = False
+    # on an owner's infra: a field was assigned since its settings were checked (checked
+    # again before its first uid: assignments may pass through invalid combinations)
+    assigned = False
     mutable_fields: tuple[str, ...] = ()
     force_state: dict[str, tp.Any]  # shared with this instance's nodes (see Node)
     models: list[pydantic.BaseModel]  # the config tree, walked when frozen
@@ -73,8 +76,9 @@ class BaseInfra(pydantic.BaseModel):
     """Shared settings of TaskInfra and MapInfra (see their docstrings)."""
 
     # defer_build: schemas are built on first use, which keeps `import exca` light
+    # validate_assignment: `obj.infra.mode = "forc"` is refused as in the constructor
     model_config = pydantic.ConfigDict(
-        extra="forbid", revalidate_instances="always", defer_build=True
+        extra="forbid", revalidate_instances="always", defer_build=True, validate_assignment=True
     )
     __slots__ = ("_rt",)
     _exca_uid_fields: tp.ClassVar[tuple[str, ...]] = ("version",)
@@ -90,6 +94,20 @@ class BaseInfra(pydantic.BaseModel):
     keep_in_ram: bool = False
     version: str = "0"
 
+    @pydantic.field_validator("folder", mode="before")
+    @classmethod
+    def _folder_text(cls, value: tp.Any) -> tp.Any:
+        if isinstance(value, str | os.PathLike):
+            text = os.fspath(value)
+            if isinstance(text, str) and not text.strip():
+                # (Path("") is the current folder: a cache there is never what was meant)
+                raise ValueError(
+                    f"folder={text!r} is empty: give a folder path, or None to cache in RAM only"
+                )
+            if isinstance(text, str) and text.startswith("~"):
+                return os.path.expanduser(text)
+        return value
+
     @pydantic.field_validator("folder")
     @classmethod
     def _absolute_folder(cls, value: Path | None) -> Path | None:
@@ -103,8 +121,30 @@ class BaseInfra(pydantic.BaseModel):
     @pydantic.field_validator("version", mode="before")
     @classmethod
     def _version_text(cls, value: tp.Any) -> tp.Any:
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, int) and not isinstance(value, bool):
             return str(value)  # `version: 2` in a yaml file
+        if isinstance(value, float):
+            # (yaml reads `version: 1.10` as 1.1: it would share version 1.1's cache)
+            raise ValueError(
+                f"version={value!r} is a float, whose text loses digits (1.10 reads as "
+                f"1.1): give a string, e.g. version='{value}' (quote it in yaml files)"
+            )
+        return value
+
+    @pydantic.field_validator("version")
+    @classmethod
+    def _version_as_folder_name(cls, value: str) -> str:
+        # (it names the method's cache folder: nothing may lead outside it)
+        if not value or value != value.strip() or "/" in value or "\\" in value:
+            raise ValueError(
+                f"version={value!r} names a cache folder: give a non-empty name without "
+                "'/', '\\' or surrounding spaces, e.g. '1' or '2.1'"
+            )
+        if value in (".", "..") or not value.isprintable():
+            raise ValueError(
+                f"version={value!r} names a cache folder: use printable text other than "
+                "'.' and '..', e.g. '1'"
+            )
         return value
 
     @pydantic.field_validator("permissions", mode="before")
@@ -121,6 +161,11 @@ class BaseInfra(pydantic.BaseModel):
                 raise ValueError(
                     f"permissions={value!r}: use an int such as 0o777, 'a+rwx', or None"
                 ) from None
+        if isinstance(value, int) and not 0 <= value <= 0o777:
+            raise ValueError(
+                f"permissions={value!r} is not a mode between 0 and 0o777: use e.g. 0o777, "
+                "0o775, 'a+rwx', or None"
+            )
         return value
 
     def __repr_args__(self) -> tp.Iterable[tuple[str | None, tp.Any]]:
@@ -226,6 +271,7 @@ class BaseInfra(pydantic.BaseModel):
         runtime = getattr(self, "_rt", None)
         if runtime is not None:
             runtime.settings_checked = False  # a class default changed: check copies again
+            runtime.assigned = True
 
     def _check_settings(self) -> None:
         """Cross-field checks, done once the class-default settings are merged (a function
@@ -317,6 +363,11 @@ class BaseInfra(pydantic.BaseModel):
         first call freezes the config)."""
         runtime = self._runtime()
         if runtime.uid is None:
+            if runtime.assigned:  # (e.g. infra.cluster = "local" with no folder)
+                self._check_settings()
+                if self._checks_disk:
+                    self._check_disk()
+                runtime.assigned = False
             owner = self._owner()
             cfg_uid = self._config_uid() or "default"
             key = (type(self), self._method(), type(owner), self.version)
@@ -400,6 +451,11 @@ class BaseInfra(pydantic.BaseModel):
             raise ValueError("clone_obj takes one dict or keyword arguments, not both")
         owner = self._owner()
         changes = args[0] if args else kwargs
+        if not isinstance(changes, tp.Mapping):
+            raise TypeError(
+                f"clone_obj takes a dict of changes (dotted keys allowed), got "
+                f"{type(changes).__name__}: e.g. clone_obj({{'model.layers': 12}})"
+            )
         cfg = self.config(uid=False, exclude_defaults=True)
         paths = set(_changed_parents(changes, ()))
         # an infra's settings that the instance set (they win over the class default's

@@ -16,7 +16,7 @@ from ..graph import calls, store
 from ..graph.node import Node
 from ..storage.cachedict import CacheDict
 from .base import BaseInfra
-from .method import InfraMethod
+from .method import InfraMethod, check_plain_method
 from .resources import SubmititMixin
 from .task import MethodCall
 
@@ -93,6 +93,7 @@ class ItemUid:
 
 class MapMethod(InfraMethod):
     def __init__(self, infra: BaseInfra, func: tp.Callable[..., tp.Any], **options: tp.Any) -> None:
+        check_plain_method(func)
         params = list(inspect.signature(func).parameters.values())
         if len(params) != 2:
             raise ValueError(

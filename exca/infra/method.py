@@ -19,6 +19,16 @@ if tp.TYPE_CHECKING:
 _HOOKED = "_exca_owner_hooked"
 
 
+def check_plain_method(func: tp.Any) -> None:
+    """What ``infra.apply`` decorates must be a plain function of ``self``."""
+    if isinstance(func, property | classmethod | staticmethod) or not callable(func):
+        raise TypeError(
+            f"infra.apply decorates a plain method (def name(self, ...)), got a "
+            f"{type(func).__name__}: put @infra.apply directly above the def, with no "
+            "@property, @classmethod or @staticmethod (the method reads its config through self)"
+        )
+
+
 class InfraMethod(property):
     """Descriptor for a method decorated by an infra (the method itself is never called
     directly: calls build graph nodes that the scheduler runs).
@@ -29,8 +39,15 @@ class InfraMethod(property):
     func: tp.Callable[..., tp.Any]
 
     def __init__(self, infra: BaseInfra, func: tp.Callable[..., tp.Any], **options: tp.Any) -> None:
+        check_plain_method(func)
         if func.__name__.startswith("__"):
             raise ValueError(f"Cannot apply an infra to a dunder method ({func.__name__})")
+        excluded = options.get("exclude_from_cache_uid")
+        if isinstance(excluded, str) and not excluded.startswith("method:"):
+            raise TypeError(  # (checked again per call; the common slip is caught here)
+                f"exclude_from_cache_uid={excluded!r}: use a list of field names "
+                f"([{excluded!r}]), a callable, or 'method:<name>'"
+            )
         runtime = infra._runtime()
         if runtime.method is not None:
             raise RuntimeError(
@@ -52,6 +69,11 @@ class InfraMethod(property):
         return f"{type(self).__name__}({self.func.__qualname__})"
 
     def __set_name__(self, owner: type[pydantic.BaseModel], name: str) -> None:
+        if not (isinstance(owner, type) and issubclass(owner, pydantic.BaseModel)):
+            raise TypeError(
+                f"infra.apply decorates methods of pydantic models: {owner.__name__} is not a "
+                "pydantic.BaseModel subclass (make it one, with the infra as a field)"
+            )
         self.owner = owner
         self.name = name
         self.infra_name, self.private = _find_infra_name(owner, self.infra)
@@ -80,7 +102,17 @@ class InfraMethod(property):
             infra = obj.__pydantic_private__[self.infra_name]  # type: ignore[index]
         else:
             infra = obj.__dict__[self.infra_name]
-        if infra._runtime().owner is not obj:
+        try:
+            linked = infra._runtime().owner is obj
+        except AttributeError:
+            if infra is not None and hasattr(infra, "_runtime"):
+                raise
+            raise TypeError(
+                f"{type(obj).__name__}.{self.name} needs its infra, but "
+                f"{type(obj).__name__}.{self.infra_name} is {infra!r}: give it an infra "
+                f"(e.g. {self.infra_name}={{'folder': ...}}) to call this method"
+            ) from None
+        if not linked:
             link_infras(obj, COPIED)
             infra = getattr(obj, self.infra_name)
         return tp.cast("BaseInfra", infra)

@@ -20,7 +20,7 @@ from ..graph.node import TASK_KEY, Group, Input, Node, Value
 from ..storage.cachedict import CacheDict
 from . import identity, uidfolder
 from .base import _MISSING, BaseInfra
-from .method import InfraMethod
+from .method import InfraMethod, check_plain_method
 from .resources import SubmititMixin
 
 logger = logging.getLogger("exca")
@@ -84,6 +84,7 @@ class MethodCall:
 
 class TaskMethod(InfraMethod):
     def __init__(self, infra: BaseInfra, func: tp.Callable[..., tp.Any], **options: tp.Any) -> None:
+        check_plain_method(func)
         self.signature = inspect.signature(func)
         self.params = tuple(self.signature.parameters)[1:]
         super().__init__(infra, func, **options)

@@ -113,6 +113,15 @@ class WorkDir(pydantic.BaseModel):
         for name in self.copied:
             source = self.resolve(name)
             cwd = source if source.is_dir() else source.parent
+            head = subprocess.run(
+                ["git", "rev-parse", "--verify", "HEAD"], cwd=cwd, capture_output=True, text=True
+            )
+            if head.returncode:  # (git diff would fail too: not "uncommitted changes")
+                reason = head.stderr.strip().splitlines()[-1:] or ["git rev-parse failed"]
+                raise RuntimeError(
+                    f"WorkDir(log_commit=True): {source} is not in a git repository with a "
+                    f"commit ({reason[0]}); commit it in a repository, or set log_commit=False"
+                )
             # only what is copied counts (another folder of the repository may be dirty)
             dirty = subprocess.run(
                 ["git", "diff", "HEAD", "--exit-code", "--", str(source)],
@@ -135,10 +144,7 @@ class WorkDir(pydantic.BaseModel):
                     f"WorkDir(log_commit=True): {source} has files git does not track, which "
                     f"would be copied ({', '.join(copied[:5])}); commit them (or ignore them) first"
                 )
-            commit = subprocess.run(
-                ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
-            )
-            lines.append(f"{source}: {commit.stdout.strip()}")
+            lines.append(f"{source}: {head.stdout.strip()}")
         (folder / "git-hashes.log").write_text("\n".join(lines) + "\n", encoding="utf8")
 
     def populate(self) -> Path:
