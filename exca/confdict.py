@@ -324,6 +324,12 @@ class ConfDict(dict[str, tp.Any]):
             yaml_text = yaml_text.read()
         data = yaml.safe_load(yaml_text)
         if not isinstance(data, dict):
+            text = str(yaml_text).strip()
+            if isinstance(data, str) and "\n" not in text and text.endswith((".yaml", ".yml")):
+                raise FileNotFoundError(
+                    f"No such yaml file: {text!r} (a path is read when the file exists; "
+                    "any other text is parsed as yaml)"
+                )
             raise TypeError(
                 f"YAML config must hold a mapping, got {type(data).__name__}: {str(yaml_text)[:200]!r}"
             )
@@ -343,6 +349,11 @@ class ConfDict(dict[str, tp.Any]):
     @classmethod
     def from_args(cls, args: tp.Sequence[str]) -> ConfDict:
         """Parse ``["--a.b=1", "--c=x"]`` into a ConfDict (values stay strings)."""
+        if isinstance(args, str):
+            raise TypeError(
+                f"from_args takes a list of arguments (e.g. sys.argv[1:]), got a string "
+                f"{args[:80]!r}: use from_args({args.split()[:3]!r})"
+            )
         out = cls()
         for arg in args:
             if not arg.startswith("--") or "=" not in arg:

@@ -99,6 +99,9 @@ class FunctionWithInfra:
 
     def __init__(self, func: tp.Callable[..., tp.Any], **infra: tp.Any) -> None:
         _check_parameter_names(func)  # (at decoration: a call would fail less clearly)
+        from .infra.task import TaskInfra
+
+        TaskInfra(**infra)  # (a typo or a bad value: refused now, not at the first call)
         self.func = func
         self.infra = infra
         functools.update_wrapper(self, func)

@@ -438,6 +438,22 @@ def test_text_format(tmp_path: Path) -> None:
     assert [n for n in data_files(folder) if n.endswith("-data.txt")]
 
 
+def test_numpy_scalar_format(tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    cd: CacheDict[tp.Any] = CacheDict(folder, cache_type="NumpyScalar")
+    with cd.write():
+        cd["f"] = np.float32(1.5)
+        cd["i"] = np.int64(-7)
+        cd["s"] = np.str_("text")
+        for bad in [np.arange(3) + 10, 2.5, np.zeros(())]:  # (an array: its first element)
+            with pytest.raises(TypeError, match="stores numpy scalars"):
+                cd["bad"] = bad
+    fresh: CacheDict[tp.Any] = CacheDict(folder)
+    assert sorted(fresh.keys()) == ["f", "i", "s"]  # nothing stored for the refused values
+    for key, expected in [("f", np.float32(1.5)), ("i", np.int64(-7)), ("s", np.str_("text"))]:
+        assert type(fresh[key]) is type(expected) and fresh[key] == expected
+
+
 def test_auto_with_nested_arrays(tmp_path: Path) -> None:
     folder = tmp_path / "cache"
     cd: CacheDict[tp.Any] = CacheDict(folder)

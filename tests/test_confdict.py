@@ -436,3 +436,10 @@ def test_enum_members_are_written_by_value() -> None:
         assert cd.to_yaml() == ConfDict({"v": plain}).to_yaml()
         assert cd.to_uid() == ConfDict({"v": plain}).to_uid()
         assert ConfDict.from_yaml(cd.to_yaml()) == {"v": plain}
+
+
+def test_from_yaml_of_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"No such yaml file: .*missing\.yaml"):
+        ConfDict.from_yaml(str(tmp_path / "missing.yaml"))
+    with pytest.raises(TypeError, match="must hold a mapping"):
+        ConfDict.from_yaml("just text")

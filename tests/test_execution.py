@@ -171,7 +171,8 @@ def test_error_cached_and_retried(tmp_path: Path, cluster: str | None) -> None:
     again = make(tmp_path, cluster, x=2, fail_flag=str(flag))
     with pytest.raises(ValueError, match="bad x=2") as info2:
         again.process()
-    assert "Traceback" in "\n".join(getattr(info2.value, "__notes__", []))
+    notes = "\n".join(getattr(info2.value, "__notes__", []))
+    assert "Traceback" in notes and "(mode='retry' computes it again)" in notes
     assert again.infra.status() == "failed"
     with pytest.raises(ValueError):
         again.infra.job().result()

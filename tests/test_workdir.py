@@ -232,6 +232,25 @@ def test_log_commit_dirty_repo(repo: Path, tmp_path: Path) -> None:
     WorkDir(copied=[repo], folder=tmp_path / "code3").populate()
 
 
+def test_log_commit_outside_a_repository(tmp_path: Path) -> None:
+    """Not "uncommitted changes" (git diff fails there too): no repository, or no commit."""
+    plain = tmp_path / "plain"
+    _write(plain / "code.py", "A = 1\n")
+    wd = WorkDir(copied=[plain], folder=tmp_path / "code", log_commit=True)
+    with (
+        pytest.raises(RuntimeError, match="is not in a git repository with a commit"),
+        wd.activate(),
+    ):
+        pass
+    _git(plain, "init", "-q")  # a repository without any commit yet
+    wd = WorkDir(copied=[plain], folder=tmp_path / "code2", log_commit=True)
+    with (
+        pytest.raises(RuntimeError, match="is not in a git repository with a commit"),
+        wd.activate(),
+    ):
+        pass
+
+
 def test_log_commit_untracked_and_unrelated_files(repo: Path, tmp_path: Path) -> None:
     """An untracked file that would be copied refuses (the snapshot would not be the
     commit); one that would not (not in includes), or a change outside the copied

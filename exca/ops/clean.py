@@ -312,6 +312,8 @@ def _stat(entry: os.DirEntry[str]) -> os.stat_result | None:
 
 def logs(root: Path | str, older_than_days: float = 30.0) -> CleanPlan:
     """submitit leftovers: log folders of jobs that ended more than N days ago."""
+    if older_than_days < 0:
+        raise ValueError(f"older_than_days={older_than_days}: give a number of days >= 0")
     plan = CleanPlan()
     limit = time.time() - older_than_days * 86400
     root = Path(root)

@@ -231,7 +231,8 @@ def _main(argv: list[str] | None) -> int:
             removal = clean.logs(args.root, older_than_days=args.days)
         if args.yes:
             freed = removal.execute()
-            _print({"freed": freed, **removal.to_dict()}, args.json, f"{removal}\nremoved.")
+            done = "removed." if removal.removals else ""
+            _print({"freed": freed, **removal.to_dict()}, args.json, f"{removal}\n{done}".strip())
         else:
             _print(
                 removal.to_dict(),

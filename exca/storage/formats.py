@@ -15,6 +15,7 @@ import math
 import mmap
 import os
 import pickle
+import sys
 import threading
 import traceback
 import typing as tp
@@ -857,6 +858,13 @@ class NumpyScalar:
 
     @classmethod
     def __dump_info__(cls, ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
+        np = sys.modules.get("numpy")
+        if np is None or not isinstance(value, np.generic):
+            # (an array would be stored as its first element; a python float has no dtype)
+            raise TypeError(
+                f"cache_type 'NumpyScalar' stores numpy scalars (np.float64(1.5)...), got "
+                f"{type(value).__name__}: convert it (np.float64(x)) or use another cache_type"
+            )
         dtype = value.dtype
         if dtype.hasobject or dtype.fields is not None or dtype.kind in "SUV":
             return {"p": base64.b64encode(dumps_pickle(value)).decode("ascii")}
@@ -1152,7 +1160,10 @@ class CachedError:
         restored, with where it happened and its original traceback attached as a note."""
         import copy
 
-        note = f"exca: cached error of {where}; original traceback:\n{self.traceback_text}"
+        note = (
+            f"exca: cached error of {where} (mode='retry' computes it again); original "
+            f"traceback:\n{self.traceback_text}"
+        )
         if self.exception is not None:
             try:
                 exc = copy.copy(self.exception)
