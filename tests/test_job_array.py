@@ -65,7 +65,33 @@ def records(task: Square) -> list[dict[str, tp.Any]]:
     return [json.loads(p.read_text()) for p in sorted((folder / "jobs").glob("*.json"))]
 
 
+class Cube(Square):
+    """A subclass sharing the decorated method (its own uids: the class name is in them)."""
+
+
+class Doubled(Square):
+    factor: int = 2
+
+
 # --- what goes in ----------------------------------------------------------------------------
+def test_configs_of_sibling_classes_share_an_array(tmp_path: Path, ctl: Path) -> None:
+    """Any config of the class defining the method (or of a subclass) may join; anything
+    else is refused with a clear error."""
+    array_base = Cube(ctl=str(ctl), infra={"folder": tmp_path / "cache"})
+    mixed = [
+        Cube(x=1, ctl=str(ctl), infra={"folder": tmp_path / "cache"}),
+        Doubled(x=2, ctl=str(ctl), infra={"folder": tmp_path / "cache"}),
+        Square(x=3, ctl=str(ctl), infra={"folder": tmp_path / "cache"}),
+    ]
+    with array_base.infra.job_array() as array:
+        array.extend(mixed)
+    assert [task.process() for task in mixed] == [1, 4, 9]
+    assert calls(ctl) == {1: 1, 2: 1, 3: 1}
+    refused = pytest.raises(TypeError, match="got dict: append Square")
+    with refused, array_base.infra.job_array() as array:
+        array.append({"x": 4})
+
+
 @pytest.mark.parametrize("cluster", [None, "local"])
 def test_empty_array(tmp_path: Path, ctl: Path, cluster: str | None) -> None:
     task = base(tmp_path, ctl, cluster)

@@ -449,6 +449,8 @@ def test_retried_middle_node_while_the_old_downstream_job_is_queued(
         time.sleep(1.0)
         subprocess.run(["scontrol", "release", old_c], check=True, capture_output=True)
         wait_until_ended([old_c])  # it started before the new b result exists
+        if not wait:  # c's new job is queued, its old one cached "upstream failed":
+            exca.graph.run(build("cached"), wait=False)  # nothing more to submit
         block.unlink()
 
     releaser = threading.Thread(target=release_old_c_then_unblock_b)
@@ -482,3 +484,18 @@ def test_detached_forced_run_goes_after_the_running_job(env: Env, sbatch: Sbatch
     wait_until_ended(recorded_jobs(env.folder))
     assert started(env.log) == ["solo", "solo"]  # computed again after the first job
     assert build("cached").result() == "solo(None,None)"
+
+
+def test_two_detached_runs_of_one_forced_instance_force_it_once(env: Env, sbatch: Sbatch) -> None:
+    """One instance in mode force feeds two detached runs: the second follows the job of
+    the first (it forced the node again after that job, and its first downstream node had
+    read a result that was then replaced)."""
+    block = env.tmp / "block"
+    block.touch()
+    leaf = env.step("a", block_flag=str(block), infra=slurm(mode="force"))
+    exca.graph.run(env.step("b1", infra=slurm()).run.node(leaf.run.node()), wait=False)
+    exca.graph.run(env.step("b2", infra=slurm()).run.node(leaf.run.node()), wait=False)
+    assert sbatch.count() == 3  # a, b1, b2
+    block.unlink()
+    wait_until_ended(recorded_jobs(env.folder))
+    assert sorted(started(env.log)) == ["a", "b1", "b2"]

@@ -569,9 +569,11 @@ def test_permissions_parsing() -> None:
     assert TaskInfra(permissions=None).permissions is None
     assert TaskInfra(permissions=0o750).permissions == 0o750
     assert MapInfra(permissions="a+rwx").permissions == 0o777  # type: ignore[arg-type]
-    for bad in [-1, 0o4777]:  # (chmod would set setuid/sticky bits)
-        with pytest.raises(pydantic.ValidationError, match="not a mode between 0 and 0o777"):
-            TaskInfra(permissions=bad)
+    assert TaskInfra(permissions=0o2775).permissions == 0o2775  # (setgid: shared folders)
+    assert TaskInfra(permissions="2775").permissions == 0o2775  # type: ignore[arg-type]
+    for bad in [-1, "-1", 0o17777]:
+        with pytest.raises(pydantic.ValidationError, match=r"is not a file mode \(0 to 0o7777\)"):
+            TaskInfra(permissions=bad)  # type: ignore[arg-type]
 
 
 def test_permissions_applied(tmp_path: Path) -> None:

@@ -44,11 +44,8 @@ def task_status(node: Node) -> tp.Literal["not submitted", "running", "completed
         record = None  # (run by its submitting process, like cluster=None: claims tell)
     if record is not None and registry.is_active(record):
         return "running"
-    if record is not None and record.cluster == "slurm":
-        # (squeue can miss a job for an instant: sacct tells whether it ended)
-        job_state, _ = registry.slurm_endings([record.job_id]).get(record.job_id, ("", ""))
-        if registry.active_state(job_state):
-            return "running"
+    if record is not None and record.cluster == "slurm" and registry.is_active(record):
+        return "running"  # (a second look: squeue can miss a job for an instant)
     if being_computed(node):  # computed by a worker: here or in another process (no job needed)
         return "running"
     return "not submitted" if record is None else "failed"

@@ -297,16 +297,15 @@ class Graph:
         slurm_ids = [r.job_id for r in records.values() if r.cluster == "slurm"]
         slurm_ids += [r.job_id for found in chunks.values() for r in found if r.cluster == "slurm"]
         queued = registry.queued_jobs(slurm_ids) if slurm_ids else set()
-        gone = [  # missing results whose job squeue does not list: ended, unless sacct...
+        gone = [  # missing results whose job squeue does not list: ended, unless...
             r.job_id
             for key, r in records.items()
             if r.cluster == "slurm"
             and r.job_id not in queued
             and self.runs[key].action == "compute"
         ]
-        known = registry.slurm_endings(gone) if gone else {}
-        # (...says it is still queued or running: squeue can miss a job for an instant)
-        queued |= {j for j, (state, _) in known.items() if registry.active_state(state)}
+        if gone:  # (...a second look lists it: squeue can miss a job for an instant)
+            queued |= registry.queued_jobs(gone)
         ended: list[tuple[NodeRun, registry.JobRecord]] = []
         for key in self.order:  # (upstream first: whether it is redone is known)
             if key in chunks:
@@ -337,6 +336,8 @@ class Graph:
                 run.reason = f"retry: job {record.job_id} ended without a result"
             elif run.action == "compute":
                 ended.append((run, record))
+        slurm_ended = [r.job_id for _, r in ended if r.cluster == "slurm"]
+        known = registry.slurm_endings(slurm_ended) if slurm_ended else {}  # (one sacct call)
         for run, record in ended:
             how = executors.recorded_handle(record).ended_how(known.get(record.job_id))
             run.action = "fail"

@@ -19,6 +19,7 @@ from .worker import Action, Unit
 
 if tp.TYPE_CHECKING:
     from .decisions import Key, NodeRun
+    from .node import Node
     from .scheduler import Scheduler
 
 
@@ -90,11 +91,21 @@ def _submit(
         for (run, unit), handle in zip(members, handles):
             run.handles.append(handle)
             run.state = "running"
+            if run.action == "force" and run.node.pending_force:
+                _force_applied(run.node, unit)
             scheduler.record(
                 run.node, unit, handle, code=getattr(first.execution.workdir, "folder", None)
             )
             out.append((run, handle))
     return out
+
+
+def _force_applied(node: Node, unit: Unit) -> None:
+    """This instance's mode=force is carried out by a submitted job: a later run of the
+    same instance follows that job instead of forcing again (as a waiting run would)."""
+    node.force_state["done"] = True
+    if unit.uids is not None:
+        node.force_state.setdefault("uids", set()).update(unit.uids)
 
 
 def _waves(upstream: dict[Key, list[Key]], order: list[Key]) -> list[list[Key]]:
@@ -109,10 +120,14 @@ def _waves(upstream: dict[Key, list[Key]], order: list[Key]) -> list[list[Key]]:
 
 
 def _after_own_job(run: NodeRun) -> bool:
-    """A node forced or retried while its earlier Slurm job is queued or running: its
-    new job goes after that one (a waiting run waits for it, then computes again)."""
-    if run.resume is None or not executors.on_slurm(run.node):
+    """A node forced or retried (its own mode, not yet applied by this instance) while
+    its earlier Slurm job is queued or running: its new job goes after that one (a
+    waiting run waits for it, then computes again)."""
+    node = run.node
+    if run.resume is None or not executors.on_slurm(node):
         return False
+    if not (node.pending_force if run.resume == "force" else node.mode == "retry"):
+        return False  # (forced by upstream, or an "upstream failed" error: that job redoes it)
     if not all(getattr(h, "cluster", None) == "slurm" for h in run.handles):
         return False  # (a local job of another process: Slurm cannot wait for it)
     run.after = [h.job_id for h in run.handles]

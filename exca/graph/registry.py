@@ -178,11 +178,6 @@ ACTIVE_STATES = (
 )
 
 
-def active_state(state: str) -> bool:
-    """Whether a Slurm state (squeue's or sacct's, e.g. "CANCELLED by 0") is not final."""
-    return state.split(" ", 1)[0] in ACTIVE_STATES
-
-
 LOCAL_START_SLACK = 2.0  # seconds: precision of a process start time (boot time, clock ticks)
 
 

@@ -109,9 +109,11 @@ def _note_items(node: Node, uids: list[str]) -> None:
     import submitit
 
     # (written even before the submitter wrote the record: a fast job may start first)
-    registry.write_items(
-        node.folder, submitit.JobEnvironment().job_id, uids, node.cache.permissions
-    )
+    job_id = submitit.JobEnvironment().job_id
+    try:
+        registry.write_items(node.folder, job_id, uids, node.cache.permissions)
+    except OSError as error:  # (only `exca logs --item` needs it: compute anyway)
+        logger.warning("Could not note the items of job %s: %s", job_id, error)
 
 
 def check_upstream(node: Node) -> None:

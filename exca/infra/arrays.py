@@ -31,14 +31,14 @@ def submit_array(
     if max_workers < 1:
         raise ValueError(f"job_array(max_workers={max_workers}): give at least 1")
     method = array_infra._method()
-    owner_cls = type(array_infra._owner())
+    owner_cls = method.owner or type(array_infra._owner())  # (the class defining it)
     infras: dict[str, TaskInfra] = {}
     for task in tasks:
         if not isinstance(task, owner_cls):
             raise TypeError(
                 f"The job array of {owner_cls.__name__}.{method.name} holds configs of that "
-                f"class, got {type(task).__name__}: append {owner_cls.__name__}(...) objects "
-                "(e.g. infra.clone_obj({...}))"
+                f"class (or subclasses), got {type(task).__name__}: append "
+                f"{owner_cls.__name__}(...) objects (e.g. infra.clone_obj({{...}}))"
             )
         infra = tp.cast("TaskInfra", method.infra_of(task))
         uid = infra.uid()

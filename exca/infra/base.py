@@ -156,15 +156,15 @@ class BaseInfra(pydantic.BaseModel):
             if value == "a+rwx":
                 return 0o777
             try:
-                return int(value, 8)
+                value = int(value, 8)
             except ValueError:
                 raise ValueError(
                     f"permissions={value!r}: use an int such as 0o777, 'a+rwx', or None"
                 ) from None
-        if isinstance(value, int) and not 0 <= value <= 0o777:
+        if isinstance(value, int) and not 0 <= value <= 0o7777:
             raise ValueError(
-                f"permissions={value!r} is not a mode between 0 and 0o777: use e.g. 0o777, "
-                "0o775, 'a+rwx', or None"
+                f"permissions={value!r} is not a file mode (0 to 0o7777): use e.g. 0o777, "
+                "0o2775, 'a+rwx', or None"
             )
         return value
 
