@@ -342,8 +342,15 @@ class ConfDict(dict[str, tp.Any]):
         cls, model: pydantic.BaseModel, uid: bool = False, exclude_defaults: bool = False
     ) -> ConfDict:
         """Export a pydantic model (uid=True keeps only what identifies the computation)."""
+        import pydantic
+
         from .infra import identity
 
+        if not isinstance(model, pydantic.BaseModel):
+            raise TypeError(
+                f"from_model takes a pydantic model instance, got {type(model).__name__} "
+                "(for a dict, use ConfDict(the_dict))"
+            )
         return cls(identity.export_model(model, uid=uid, exclude_defaults=exclude_defaults))
 
     @classmethod

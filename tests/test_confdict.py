@@ -443,3 +443,8 @@ def test_from_yaml_of_a_missing_file(tmp_path: Path) -> None:
         ConfDict.from_yaml(str(tmp_path / "missing.yaml"))
     with pytest.raises(TypeError, match="must hold a mapping"):
         ConfDict.from_yaml("just text")
+
+
+def test_from_model_of_something_else() -> None:
+    with pytest.raises(TypeError, match="from_model takes a pydantic model instance, got dict"):
+        ConfDict.from_model({"a": 1})  # type: ignore[arg-type]

@@ -809,3 +809,27 @@ def test_read_only(tmp_path: Path) -> None:
     assert make(tmp_path, None, x=8).process() == 16
     assert make(tmp_path, None, x=8, infra={"mode": "read-only"}).process() == 16
     assert len(calls(tmp_path / "calls.txt")) == 1
+
+
+class Locked(pydantic.BaseModel):
+    """A config holding an object that cannot be pickled (a lock)."""
+
+    x: int = 1
+    _lock: tp.Any = pydantic.PrivateAttr(default_factory=threading.Lock)
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return self.x
+
+
+def test_a_config_that_cannot_be_pickled_gets_a_clear_error(tmp_path: Path) -> None:
+    """Not pickle's bare TypeError from inside submitit, nor an empty pickle left behind;
+    nothing is cached or recorded: the next call tries again."""
+    task = Locked(infra={"folder": tmp_path, "cluster": "local"})
+    for _ in range(2):
+        with pytest.raises(TypeError, match=r"its config cannot be sent to a job .*cannot pickle"):
+            task.process()
+    assert task.infra.status() == "not submitted"
+    assert not [p for p in tmp_path.rglob("*.pkl") if p.stat().st_size == 0]
+    assert Locked(x=1, infra={"folder": tmp_path}).process() == 1  # computed here

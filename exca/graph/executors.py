@@ -11,6 +11,7 @@ import contextlib
 import functools
 import logging
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -484,15 +485,28 @@ def submit_array(
         execution.workdir.activate() if execution.workdir is not None else contextlib.nullcontext()
     )
     jobs: list[tp.Any] = []
-    with submitit.helpers.clean_env(), context:
-        for start in range(0, len(units), size):
-            part = units[start : start + size]
-            if len(part) == 1:
-                jobs.append(executor.submit(function, part[0]))
-                continue
-            with executor.batch():
-                part_jobs = [executor.submit(function, unit) for unit in part]
-            jobs.extend(part_jobs)
+    try:
+        with submitit.helpers.clean_env(), context:
+            for start in range(0, len(units), size):
+                part = units[start : start + size]
+                if len(part) == 1:
+                    jobs.append(executor.submit(function, part[0]))
+                    continue
+                with executor.batch():
+                    part_jobs = [executor.submit(function, unit) for unit in part]
+                jobs.extend(part_jobs)
+    except (TypeError, AttributeError, pickle.PicklingError) as error:
+        if "pickle" not in str(error):
+            raise
+        for job in jobs:  # (what went out before: never half a submission)
+            with contextlib.suppress(Exception):
+                job.cancel(check=False)
+        _remove_empty_pickles(logs)
+        raise TypeError(
+            f"{units[0].node.uid}: its config cannot be sent to a job ({error}). Keep "
+            "unpicklable objects (locks, open files, clients) out of the config, e.g. create "
+            "them in the method, or use cluster=None to compute here"
+        ) from error
     _remove_template_folder(logs)
     if jobs:
         ids = sorted({str(j.job_id).split("_")[0] for j in jobs})
@@ -505,6 +519,15 @@ def submit_array(
             logs.split("%j")[0],
         )
     return [SubmititHandle(job, cluster) for job in jobs]
+
+
+def _remove_empty_pickles(logs: str) -> None:
+    """submitit opens a job's pickle before dumping into it: a failed dump leaves it empty."""
+    folder = Path(logs.split("%j")[0]) if "%j" in logs else Path(logs)
+    for path in folder.glob("*.pkl") if folder.is_dir() else []:
+        with contextlib.suppress(OSError):
+            if path.stat().st_size == 0:
+                path.unlink()
 
 
 def _remove_template_folder(logs: str) -> None:
