@@ -1,6 +1,6 @@
 """Public home of the cache dictionary: ``from exca import cachedict; cachedict.CacheDict``."""
 
-from . import storage as handlers  # the formats live in exca.storage.formats
+from .storage import formats as handlers  # (the format classes: handlers.MemmapArray...)
 from .storage.cachedict import CacheDict, CacheDictWriter
 from .storage.formats import (
     MEMMAP_ARRAY_FILE_MAX_CACHE,

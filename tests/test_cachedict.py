@@ -43,6 +43,9 @@ def test_public_alias_module() -> None:
     assert cachedict.CacheDictWriter is CacheDict
     assert cachedict.METADATA_TAG == "metadata="
     assert cachedict.host_pid().endswith(f"-{os.getpid()}")
+    # the format classes, as the reference's ``exca.cachedict.handlers`` module has them
+    for name in ("MemmapArray", "NumpyArray", "Pickle", "Json", "Auto", "Text", "NumpyScalar"):
+        assert cachedict.handlers.DumpContext.handler(name) is getattr(cachedict.handlers, name)
 
 
 def test_write_outside_context_raises(tmp_path: Path) -> None:

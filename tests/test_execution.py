@@ -139,6 +139,10 @@ def test_local_job_details(tmp_path: Path) -> None:
     assert log_folder.is_dir()
     assert job.job_id in log_folder.name
     assert any(log_folder.glob(f"{job.job_id}_*_log.out"))
+    # the rest of submitit's job API goes to the submitit job
+    assert job.paths.stdout.resolve() == next(log_folder.glob(f"{job.job_id}_*_log.out")).resolve()
+    with pytest.raises(AttributeError, match="only for work sent to a job"):
+        make(tmp_path, None, x=70).infra.job().paths  # noqa: B018
     assert [p.name for p in log_folder.parent.iterdir()] == [job.job_id]  # no literal "%j"
     records = [json.loads(p.read_text()) for p in (folder / "jobs").glob("*.json")]
     assert [r["job_id"] for r in records] == [job.job_id]

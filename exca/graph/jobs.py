@@ -26,6 +26,18 @@ class Job:
     def submitit_job(self) -> tp.Any:
         return None if self.handle is None else self.handle.submitit_job
 
+    def __getattr__(self, name: str) -> tp.Any:
+        """The rest of submitit's job API (``paths``, ``get_info()``, ``task()``...), for
+        work that went to a submitit job."""
+        handle = self.__dict__.get("handle")
+        job = None if handle is None or name.startswith("__") else handle.submitit_job
+        if job is None:
+            raise AttributeError(
+                f"{type(self).__name__} has no attribute {name!r} (submitit's job attributes "
+                "exist only for work sent to a job)"
+            )
+        return getattr(job, name)
+
     @property
     def cluster(self) -> str | None:
         return None if self.handle is None else self.handle.cluster

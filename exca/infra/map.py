@@ -96,7 +96,7 @@ class MapMethod(InfraMethod):
         check_plain_method(func)
         params = list(inspect.signature(func).parameters.values())
         if len(params) != 2:
-            raise ValueError(
+            raise TypeError(
                 f"MapInfra methods must have the signature (self, items), "
                 f"{func.__qualname__} has {[p.name for p in params]}"
             )
