@@ -15,6 +15,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import threading
 import typing as tp
 from pathlib import Path
 
@@ -166,11 +167,12 @@ ACTIVE_OR_UNKNOWN = ("UNKNOWN", "RUNNING", "PENDING", "COMPLETING")
 
 
 class SubmititHandle(Handle):
-    def __init__(self, job: tp.Any, cluster: str) -> None:
+    def __init__(self, job: tp.Any, cluster: str, template: str | None = None) -> None:
         self.job = job
         self.cluster = cluster
         self.job_id = str(job.job_id)
         self._done = False
+        self._template = template  # local jobs: the log-folder template to drop when done
 
     @property
     def submitit_job(self) -> tp.Any:
@@ -179,6 +181,9 @@ class SubmititHandle(Handle):
     def done(self) -> bool:
         if not self._done:
             self._done = bool(self.job.done())
+            if self._done and self._template is not None:
+                _template_job_done(self._template)
+                self._template = None
         return self._done
 
     def state(self) -> str:
@@ -318,9 +323,11 @@ def on_slurm(node: tp.Any) -> bool:
     return cluster in ("slurm", "auto") and resolve_cluster(cluster) == "slurm"
 
 
-def run_local_unit(unit: Unit) -> Report:
-    """A unit in a submitit local job: its controller process created the literal log
-    folder template (``.../%j``) again; it holds nothing."""
+def run_sole_local_unit(unit: Unit) -> Report:
+    """The unit of a one-job local submission: its controller process created the literal
+    log-folder template (``.../%j``) again; it holds nothing. (In an array, another job's
+    controller may be creating it right now, with a mkdir that fails if it vanishes
+    meanwhile: the submitter drops it once every job of the array ended.)"""
     with contextlib.suppress(Exception):
         import submitit
 
@@ -475,8 +482,8 @@ def submit_array(
     function: tp.Callable[[Unit], tp.Any] = run_unit
     if cluster == "debug" and not sys.stdin.isatty():
         function = run_unit_quietly
-    elif cluster == "local":
-        function = run_local_unit
+    elif cluster == "local" and len(units) == 1:
+        function = run_sole_local_unit
     if cluster == "debug" and execution.workdir is not None:
         # a debug job runs in this process when its result is asked for, after the
         # submission's workdir context ended: it enters the snapshot itself
@@ -507,7 +514,16 @@ def submit_array(
             "unpicklable objects (locks, open files, clients) out of the config, e.g. create "
             "them in the method, or use cluster=None to compute here"
         ) from error
-    _remove_template_folder(logs)
+    template = None
+    if cluster == "local" and len(jobs) > 1:
+        # each local job's controller process creates the template folder when it starts
+        # (mkdir exist_ok, which fails if the folder vanishes meanwhile): dropped once
+        # every job of the submission ended, not before
+        template = logs
+        with _TEMPLATES_LOCK:
+            _TEMPLATES[template] = _TEMPLATES.get(template, 0) + len(jobs)
+    elif cluster != "local":  # (a sole local job drops it itself, once started)
+        _remove_template_folder(logs)
     if jobs:
         ids = sorted({str(j.job_id).split("_")[0] for j in jobs})
         logger.info(
@@ -518,7 +534,21 @@ def submit_array(
             ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else ""),
             logs.split("%j")[0],
         )
-    return [SubmititHandle(job, cluster) for job in jobs]
+    return [SubmititHandle(job, cluster, template) for job in jobs]
+
+
+_TEMPLATES: dict[str, int] = {}  # local jobs not yet seen ended, per log-folder template
+_TEMPLATES_LOCK = threading.Lock()
+
+
+def _template_job_done(template: str) -> None:
+    with _TEMPLATES_LOCK:
+        left = _TEMPLATES.get(template, 1) - 1
+        if left > 0:
+            _TEMPLATES[template] = left
+            return
+        _TEMPLATES.pop(template, None)
+    _remove_template_folder(template)
 
 
 def _remove_empty_pickles(logs: str) -> None:
