@@ -252,46 +252,41 @@ def slurm_job_alive(job_id: str) -> bool | None:
     return alive
 
 
-def slurm_exit(job_id: str) -> str:
-    """How a Slurm job's process ended, in words ("" when sacct does not say)."""
+def _sacct(fields: str, job_ids: tp.Sequence[str]) -> list[list[str]]:
+    """``sacct`` rows (one per job, array elements included) of these jobs' arrays, with
+    the given comma-separated fields; no rows when sacct cannot answer."""
     import subprocess
 
+    base = ",".join(sorted({j.split("_")[0] for j in job_ids}))
     try:
         out = subprocess.run(
-            ["sacct", "-n", "-X", "-P", "-o", "ExitCode", "-j", job_id],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        ).stdout.split()
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return _exit_words(out[0] if out else "")
-
-
-def slurm_endings(job_ids: tp.Sequence[str]) -> dict[str, tuple[str, str]]:
-    """State and exit (``slurm_exit``'s words) of ended Slurm jobs, with ONE ``sacct``
-    call (a plan describing many dead jobs would otherwise make two calls per job)."""
-    import subprocess
-
-    if not job_ids:
-        return {}
-    base = sorted({j.split("_")[0] for j in job_ids})
-    try:
-        out = subprocess.run(
-            ["sacct", "-n", "-X", "-P", "-o", "JobID,State,ExitCode", "-j", ",".join(base)],
+            ["sacct", "-n", "-X", "-P", "-o", fields, "-j", base],
             capture_output=True,
             text=True,
             timeout=30,
             check=False,
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
+        return []
+    width = fields.count(",") + 1
+    return [row for line in out.splitlines() if len(row := line.split("|")) == width]
+
+
+def slurm_exit(job_id: str) -> str:
+    """How a Slurm job's process ended, in words ("" when sacct does not say)."""
+    rows = [r for r in _sacct("JobID,ExitCode", [job_id]) if r[0] == job_id]
+    return _exit_words(rows[0][1].strip() if rows else "")
+
+
+def slurm_endings(job_ids: tp.Sequence[str]) -> dict[str, tuple[str, str]]:
+    """State and exit (``slurm_exit``'s words) of ended Slurm jobs, with ONE ``sacct``
+    call (a plan describing many dead jobs would otherwise make two calls per job)."""
+    if not job_ids:
         return {}
-    found: dict[str, tuple[str, str]] = {}
-    for line in out.splitlines():
-        parts = line.split("|")
-        if len(parts) == 3:
-            found[parts[0]] = (parts[1].strip(), _exit_words(parts[2].strip()))
+    found = {
+        job: (state.strip(), _exit_words(code.strip()))
+        for job, state, code in _sacct("JobID,State,ExitCode", job_ids)
+    }
     return {j: found[j] for j in job_ids if j in found}
 
 
@@ -319,26 +314,10 @@ def _exit_words(exit_code: str) -> str:
 
 def sacct_states(job_ids: tp.Sequence[str]) -> dict[str, str]:
     """States of Slurm jobs with ONE ``sacct`` call (array elements included)."""
-    import subprocess
-
     if not job_ids:
         return {}
-    base = sorted({j.split("_")[0] for j in job_ids})
-    try:
-        out = subprocess.run(
-            ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(base)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
     states: dict[str, str] = {}
-    for line in out.splitlines():
-        if "|" not in line:
-            continue
-        job, state = line.split("|", 1)
+    for job, state in _sacct("JobID,State", job_ids):
         states[job] = state.strip()
         if "[" in job:  # pending array elements are grouped: 12_[3-5]
             root, _, ranges = job.partition("_[")

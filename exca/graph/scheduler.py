@@ -486,6 +486,7 @@ class Scheduler:
 
     @staticmethod
     def _lost(run: NodeRun, missing: list[str] | None = None) -> BaseException:
+        what = f"{len(missing)} item(s) of " if missing else ""
         descriptions = []
         slurm = [h.job_id for h in run.handles if getattr(h, "cluster", None) == "slurm"]
         known = registry.slurm_endings(slurm) if len(slurm) > 1 else {}  # (chunk jobs)
@@ -493,7 +494,6 @@ class Scheduler:
             error = handle.error()
             if isinstance(handle, executors.DoneHandle | executors.FutureHandle):
                 if type(error).__name__ == "BrokenProcessPool":
-                    what = f"{len(missing)} item(s) of " if missing else ""
                     return JobFailedError(
                         f"{what}{run.node.uid} not computed: a process of the pool died (killed, "
                         f"out of memory, or os._exit/sys.exit in the method): {error}"
@@ -504,7 +504,6 @@ class Scheduler:
             if error is None and handle.finished_ok():
                 continue  # (a chunk job that did its share: not the one to blame)
             descriptions.append(handle.ended_how(known.get(handle.job_id)))
-        what = f"{len(missing)} item(s) of " if missing else ""
         detail = "; ".join(descriptions) or "the worker ended without writing it"
         return JobFailedError(f"{what}{run.node.uid} not computed: {detail}")
 
