@@ -179,6 +179,29 @@ def _excl_owner(cls: type[pydantic.BaseModel]) -> type[pydantic.BaseModel]:
     return Owner
 
 
+class ExclMethodOverListParent(ExclList):
+    """A subclass's method wins over the parent's list (pydantic keeps the list as a
+    private attribute that the subclass inherits)."""
+
+    @classmethod
+    def _exclude_from_cls_uid(cls) -> list[str]:
+        return ["a"]
+
+
+class ExclListOverMethodParent(ExclMethodOverListParent):
+    _exclude_from_cls_uid = ["b"]
+
+
+class ExclInherited(ExclMethodOverListParent):
+    pass
+
+
+def test_exclude_from_cls_uid_closest_declaration_wins() -> None:
+    assert _cfg(_excl_owner(ExclMethodOverListParent)(sub={"a": 3, "b": 4})) == {"sub": {"b": 4}}
+    assert _cfg(_excl_owner(ExclInherited)(sub={"a": 3, "b": 4})) == {"sub": {"b": 4}}
+    assert _cfg(_excl_owner(ExclListOverMethodParent)(sub={"a": 3, "b": 4})) == {"sub": {"a": 3}}
+
+
 @pytest.mark.parametrize("cls", [ExclList, ExclTuple, ExclSet, ExclMethod, ExclClassMethod])
 def test_exclude_from_cls_uid_forms(cls: type[pydantic.BaseModel]) -> None:
     owner = _excl_owner(cls)
@@ -695,6 +718,21 @@ def test_ordered_dict_order_matters_plain_dict_not() -> None:
     d1 = Dicts(d={"a": 1, "bb": 2})
     d2 = Dicts(d={"bb": 2, "a": 1})
     assert d1.infra.uid() == d2.infra.uid()
+    # SPEC: plain dicts are sorted in the exported configs (the yaml files are one text)
+    assert list(d2.infra.config()["d"]) == ["a", "bb"]
+    assert list(d2.infra.config(uid=False)["d"]) == ["a", "bb"]
+    assert d1.infra.config().to_yaml() == d2.infra.config().to_yaml()
+
+
+def test_plain_dict_order_of_a_cache_written_before_reads_back(tmp_path: Path) -> None:
+    """A uid.yaml written in insertion order (before plain dicts were sorted) is the
+    same config: no "Inconsistent uid config", and the result is reused."""
+    first = Dicts(d={"bb": 2, "a": 1}, infra={"folder": tmp_path})
+    assert first.process() == 1
+    uid_yaml = first.infra.uid_folder() / "uid.yaml"
+    uid_yaml.write_text("d:\n  bb: 2\n  a: 1\n")
+    again = Dicts(d={"bb": 2, "a": 1}, infra={"folder": tmp_path, "mode": "read-only"})
+    assert again.process() == 1
 
 
 # --- folder names -----------------------------------------------------------------------------

@@ -214,6 +214,18 @@ def test_read_only(tmp_path: Path) -> None:
     assert counts(tmp_path / "calls.txt") == {1: 1}
 
 
+def test_executor(tmp_path: Path) -> None:
+    """As TaskInfra's: a configured submitit executor, None when computed in this process."""
+    assert make(tmp_path, None).infra.executor() is None
+    assert make(tmp_path, "processpool").infra.executor() is None
+    executor = make(tmp_path, "local", infra={"timeout_min": 7}).infra.executor()
+    assert executor.cluster == "local"
+    assert executor._executor.parameters["timeout_min"] == 7
+    assert str(tmp_path) in str(executor.folder)
+    with pytest.raises(RuntimeError, match="read-only"):
+        make(tmp_path, "local", infra={"mode": "read-only"}).infra.executor()
+
+
 @pytest.mark.timeout(120)
 def test_local_packing_into_one_array(tmp_path: Path) -> None:
     """13 items, max_jobs=2, min_samples_per_job=5: 2 jobs of 7 and 6 items, one submission."""

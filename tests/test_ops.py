@@ -632,6 +632,7 @@ def test_cli_bad_input_gets_a_message_not_a_traceback(
         ("plan", f"{__name__}:Train.fit", "--config", str(listed)): "list.yaml",
         ("plan", f"{__name__}:Train.fit", "--config", str(broken)): "broken.yaml",
         ("plan", "no_colon.Train.fit"): "TARGET must look like",
+        ("plan", f"{__name__}:Train.fit", "=3"): "override '=3': expected key=value",
         ("list", str(tmp_path / "nope")): "no such folder",
         ("logs", str(tmp_path / "nope")): "no such folder",
         ("clean", str(tmp_path / "nope"), "versions"): "no such folder",

@@ -276,10 +276,7 @@ def class_facts(cls: type[pydantic.BaseModel]) -> _ClassFacts:
     if facts is not None:
         return facts
     static: frozenset[str] | None = frozenset()
-    private = getattr(cls, "__private_attributes__", {}).get(EXCLUDE_ATTR)
-    raw = private.default if private is not None else cls.__dict__.get(EXCLUDE_ATTR, _NO_DEFAULT)
-    if raw is _NO_DEFAULT:
-        raw = getattr(cls, EXCLUDE_ATTR, ())
+    raw = _declared_exclusions(cls)
     if callable(raw) or isinstance(raw, classmethod | staticmethod):
         static = None
     else:
@@ -295,6 +292,23 @@ def class_facts(cls: type[pydantic.BaseModel]) -> _ClassFacts:
     )
     _FACTS[cls] = facts
     return facts
+
+
+def _declared_exclusions(cls: type) -> tp.Any:
+    """The ``_exclude_from_cls_uid`` of the closest class declaring one: a list, or a
+    method. (pydantic keeps a list as a private attribute, inherited as the same object:
+    a subclass's method must win over a parent's list, and a subclass's list too.)"""
+    for klass in cls.__mro__:
+        own = klass.__dict__
+        if EXCLUDE_ATTR in own:
+            return own[EXCLUDE_ATTR]
+        private = own.get("__private_attributes__", {}).get(EXCLUDE_ATTR)
+        if private is not None and all(
+            private is not getattr(base, "__private_attributes__", {}).get(EXCLUDE_ATTR)
+            for base in klass.__bases__
+        ):
+            return private.default
+    return ()
 
 
 def _validate_exclusions(cls: type, raw: tp.Any) -> frozenset[str]:
@@ -633,7 +647,9 @@ class _Exporter:
                 items[skey] = self.value(sub, dval[skey], keep)
             if isinstance(value, collections.OrderedDict):
                 return collections.OrderedDict(items)
-            return items
+            # a plain dict's order is not config: sorted, so the yaml files of two
+            # configs that differ only in insertion order are the same text
+            return dict(sorted(items.items())) if len(items) > 1 else items
         if isinstance(value, list | tuple) and isinstance(dval, list):
             return [
                 self.value(sub, dsub, keep)

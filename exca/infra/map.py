@@ -274,6 +274,20 @@ class MapInfra(BaseInfra, SubmititMixin):
                 f"MapInfra folder {self.folder} cannot be created: its parent does not exist"
             )
 
+    def executor(self) -> tp.Any:
+        """A configured ``submitit.AutoExecutor`` (None when items are computed in this
+        process: cluster None, threadpool or processpool)."""
+        if self.mode == "read-only":
+            raise RuntimeError("mode='read-only' cannot submit jobs: no executor")
+        if self.cluster in (None, "threadpool", "processpool"):
+            return None
+        from ..graph.executors import format_logs, submitit_executor
+
+        node = self._map_node([])
+        return submitit_executor(
+            node.execution, format_logs(node.execution.logs or "", node.folder)
+        )
+
     @property
     def item_uid(self) -> ItemUid:
         return tp.cast(MapMethod, self._method()).item_uid

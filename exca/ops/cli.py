@@ -45,6 +45,10 @@ def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.An
         raise ValueError(
             f"--config {config}: not a yaml mapping of config values ({error})"
         ) from None
+    for override in overrides:
+        key = override.removeprefix("--").partition("=")[0]
+        if "=" not in override or not key.strip():
+            raise ValueError(f"override {override!r}: expected key=value, e.g. optim.lr=0.01")
     args = ConfDict.from_args([f"--{o}" if not o.startswith("--") else o for o in overrides])
     for key, value in list(args.flat().items()):  # values from the command line are strings
         if isinstance(value, str) and value:
