@@ -230,12 +230,13 @@ def test_force_array_resubmits_then_reverts(tmp_path: Path, ctl: Path, cluster: 
     wait_until(lambda: all(t.infra.status() == "completed" for t in array))
     assert [t.process() for t in array] == [0, 1, 4]
     # the array infra and the tasks are back to cached: nothing is forced again
+    assert [forced.infra.mode, *(t.infra.mode for t in array)] == ["cached"] * 4
     with forced.infra.job_array() as again:
         again.extend(cached.infra.clone_obj(x=x) for x in range(3))
     assert [t.process() for t in again] == [0, 1, 4]
     assert all(t.infra.status() == "completed" for t in again)
     assert calls(ctl) == {0: 2, 1: 2, 2: 2}
-    # ... also for new clones of the forced base (in mode force themselves)
+    # ... also for new clones of the forced base
     with forced.infra.job_array() as third:
         third.extend(forced.infra.clone_obj(x=x) for x in range(3))
     assert [t.process() for t in third] == [0, 1, 4]

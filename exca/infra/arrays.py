@@ -82,8 +82,7 @@ def submit_array(
     if requested in ("force", "retry"):
         for infra in [array_infra, *infras.values()]:
             _forced(infra)
-            if requested == "retry":
-                infra.__dict__["mode"] = "cached"
+            infra.__dict__["mode"] = "cached"  # (SPEC §8: force/retry revert to cached)
 
 
 def _forced(infra: TaskInfra) -> None:
