@@ -223,7 +223,13 @@ class ConfDict(dict[str, tp.Any]):
         """Merge values in (dotted keys allowed); ``{ConfDict.OVERRIDE: True}`` clears first."""
         for source in (mapping or {}, kwargs):
             if not isinstance(source, tp.Mapping):
-                raise TypeError(f"ConfDict.update expects a mapping, got {type(source).__name__}")
+                try:  # key/value pairs, as dict.update takes (dataclasses.asdict gives those)
+                    source = dict(source)
+                except (TypeError, ValueError):
+                    raise TypeError(
+                        f"ConfDict.update expects a mapping or key/value pairs, "
+                        f"got {type(source).__name__}"
+                    ) from None
             if _wants_replace(source):
                 dict.clear(self)
             for key, value in source.items():

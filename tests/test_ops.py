@@ -372,6 +372,38 @@ def test_list_cli_table_grouped_by_step(cache: dict[str, tp.Any]) -> None:
     assert "4 item(s)" in good
 
 
+def test_list_a_step_or_config_folder(cache: dict[str, tp.Any]) -> None:
+    """Given a step folder (or one config's folder) instead of the cache root, `list`
+    shows that step (that config), not "No cached node found"."""
+    root = cache["root"]
+    everything = {i.uid for i in exca.ops.inspect(root) if i.step == TRAIN_STEP}
+    step = {(i.step, i.uid) for i in exca.ops.inspect(root / TRAIN_STEP)}
+    assert step == {(TRAIN_STEP, uid) for uid in everything} and len(step) == 5
+    (one,) = exca.ops.inspect(folder_of(cache["lr"]))
+    assert (one.step, one.uid, one.status) == (TRAIN_STEP, folder_of(cache["lr"]).name, "success")
+    groups = grouped_lines(cli("list", root / TRAIN_STEP, check=True).stdout)
+    assert list(groups) == [TRAIN_STEP] and len(groups[TRAIN_STEP]) == 5
+
+
+class WithSub(pydantic.BaseModel):
+    optim: Optim = Optim(lr=0.5)
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def fit(self) -> float:
+        return self.optim.lr
+
+
+def test_list_a_uid_with_an_empty_sub_config(tmp_path: Path) -> None:
+    """A sub-config at its class default (not its field default) is `optim={}` in the
+    uid: listing it (table and json) works."""
+    task = WithSub(optim=Optim(), infra={"folder": tmp_path})
+    assert task.fit() == Optim().lr and "optim={}" in task.infra.uid()
+    (info,) = exca.ops.inspect(tmp_path)
+    assert info.to_dict()["config"] == {"optim": {}}
+    assert info.uid in cli("list", tmp_path, check=True).stdout
+
+
 def test_list_cli_filters_and_json(cache: dict[str, tp.Any]) -> None:
     root = cache["root"]
 

@@ -61,11 +61,16 @@ def _iso(stamp: float) -> str | None:
     return datetime.datetime.fromtimestamp(stamp).isoformat(timespec="seconds")
 
 
-def node_folders(root: Path) -> tp.Iterator[tuple[str, str, Path]]:
-    """(step, uid, folder) of every node folder under a cache root."""
+def node_folders(root: Path, only: str | None = None) -> tp.Iterator[tuple[str, str, Path]]:
+    """(step, uid, folder) of every node folder under a cache root (``only``: one step)."""
     try:
         steps = sorted(
-            (e for e in os.scandir(root) if e.is_dir() and "," in e.name), key=lambda e: e.name
+            (
+                e
+                for e in os.scandir(root)
+                if e.is_dir() and "," in e.name and (only is None or e.name == only)
+            ),
+            key=lambda e: e.name,
         )
     except FileNotFoundError:
         return
@@ -178,10 +183,16 @@ def inspect(
     ``key=value`` conditions on the uid config, status)."""
     root = Path(root)
     conditions = [_parse_condition(c) for c in where]
+    only_step, only_config = None, None  # (given a step or config folder instead of a root)
+    if (root / UID_FILE).exists():
+        only_step, only_config, root = root.parent.name, root.name, root.parent.parent
+    elif "," in root.name and any(node_folders(root.parent, only=root.name)):
+        only_step, root = root.name, root.parent
     folders = [
         (s, u, f)
-        for s, u, f in node_folders(root)
-        if step is None or fnmatch.fnmatch(s, step) or step in s
+        for s, u, f in node_folders(root, only=only_step)
+        if (step is None or fnmatch.fnmatch(s, step) or step in s)
+        and (only_config is None or u.split("/")[0] == only_config)
     ]
     records = [registry.latest(f) for _, _, f in folders]
     slurm = [r.job_id for r in records if r is not None and r.cluster == "slurm"]
