@@ -724,6 +724,27 @@ def test_ordered_dict_order_matters_plain_dict_not() -> None:
     assert d1.infra.config().to_yaml() == d2.infra.config().to_yaml()
 
 
+class Weights(pydantic.BaseModel):
+    weights: dict[str, float] = {}
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
+def test_dict_keys_naming_the_same_path_are_refused() -> None:
+    """ "enc.bias" is read as a path: next to "enc", one value would hide the other in the
+    uid, and {"enc": 1, ...} and {"enc": 2, ...} would share one cache folder."""
+    for weights in ({"enc": 1.0, "enc.bias": 3.0}, {"enc.bias": 3.0, "enc": 2.0}):
+        with pytest.raises(ValueError, match=r"'enc' and 'enc\.bias' of a config name the same"):
+            Weights(weights=weights).infra.uid()
+    # dotted keys that do not collide keep their (dotted) uid
+    assert (
+        "weights={dec=1,enc.bias=3}" in Weights(weights={"enc.bias": 3.0, "dec": 1.0}).infra.uid()
+    )
+
+
 def test_plain_dict_order_of_a_cache_written_before_reads_back(tmp_path: Path) -> None:
     """A uid.yaml written in insertion order (before plain dicts were sorted) is the
     same config: no "Inconsistent uid config", and the result is reused."""

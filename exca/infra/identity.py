@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import itertools
 import types
 import typing as tp
 import weakref
@@ -645,6 +646,8 @@ class _Exporter:
                 if self.uid and isinstance(sub, pydantic.BaseModel) and dropped_from_parent(sub):
                     continue
                 items[skey] = self.value(sub, dval[skey], keep)
+            if any("." in key for key in items):
+                _check_dotted_keys(items)
             if isinstance(value, collections.OrderedDict):
                 return collections.OrderedDict(items)
             # a plain dict's order is not config: sorted, so the yaml files of two
@@ -663,6 +666,29 @@ class _Exporter:
         if dval is None and type(value) is float:
             return value  # inf/nan: the json dump says null
         return dval
+
+
+def _check_dotted_keys(items: dict[str, tp.Any]) -> None:
+    """Configs read a "." in a key as a path (``{"enc.bias": 3}`` is ``bias`` inside
+    ``enc``): keys naming the same value would lose one of them in the uid, and two
+    different configs would share a cache folder."""
+    paths = sorted(_leaf_paths(items, ()))
+    for short, long in itertools.pairwise(paths):
+        if long[: len(short)] == short:
+            raise ValueError(
+                f"The dict keys {'.'.join(short)!r} and {'.'.join(long)!r} of a config name "
+                f"the same value: exca's configs read '.' in a key as a path separator, so "
+                f"one would hide the other in the uid (two different configs, one cache "
+                f"folder). Use another separator in these keys (e.g. '/' or '_'). Dict: {items}"
+            )
+
+
+def _leaf_paths(value: tp.Any, prefix: tuple[str, ...]) -> tp.Iterator[tuple[str, ...]]:
+    if isinstance(value, dict) and value:
+        for key, sub in value.items():
+            yield from _leaf_paths(sub, (*prefix, *str(key).split(".")))
+    else:
+        yield prefix
 
 
 def _equals_default(value: tp.Any, dval: tp.Any, field: _FieldFacts) -> bool:
