@@ -893,6 +893,69 @@ def test_changed_default_in_full_uid_yaml(tmp_path: Path) -> None:
     assert ConfDict(_read(folder / "full-uid.yaml"))["a.x"] == 12
 
 
+CHANGING_DEFAULT = """
+import sys, typing as tp
+import pydantic, exca
+
+class Task(pydantic.BaseModel):
+    x: int = int(sys.argv[2])  # the class default of this run
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def value(self) -> int:
+        print("computing the task", flush=True)
+        return self.x
+
+class Items(pydantic.BaseModel):
+    x: int = int(sys.argv[2])
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        print("computing items", flush=True)
+        yield from (i * self.x for i in items)
+
+folder = sys.argv[1]
+calls = {
+    "task": lambda: Task(infra={"folder": folder}).value(),
+    "read-only": lambda: Task(infra={"folder": folder, "mode": "read-only"}).value(),
+    "map": lambda: list(Items(infra={"folder": folder}).process([1, 2])),
+    "run": lambda: exca.graph.run(Task(infra={"folder": folder}).value.node()),
+}
+for name in sys.argv[3:]:
+    try:
+        print(name, "->", calls[name]())
+    except RuntimeError as error:
+        print(name, "-> RuntimeError", str(error).split(" in ")[0])
+if sys.argv[3:] == ["task"]:
+    print(exca.graph.plan(Task(infra={"folder": folder}).value.node()))
+"""
+
+
+def test_cached_results_of_another_default_are_not_reused(tmp_path: Path) -> None:
+    """A class default changed between two runs: the results cached with the old default
+    are not returned (the uid, made of non-defaults, is the same): calls, read-only,
+    maps, run() and plans say so."""
+    script = tmp_path / "changing.py"
+    script.write_text(CHANGING_DEFAULT)
+
+    def run(default: int, *calls: str) -> str:
+        argv = [sys.executable, str(script), str(tmp_path / "cache"), str(default), *calls]
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+    first = run(1, "task", "map")
+    assert "task -> 1" in first and "map -> [1, 2]" in first
+    assert run(1, "task", "map").count("computing") == 0  # same defaults: reused
+    changed = run(2, "task", "read-only", "map", "run")
+    assert "computing" not in changed
+    expected = "-> RuntimeError Default x=2 seems incompatible with the cached x=1"
+    for name in ("task", "read-only", "map", "run"):
+        assert f"{name} {expected}" in changed, changed
+    plan = run(2, "task").splitlines()
+    (line,) = [line for line in plan if "Task.value,1/default" in line]
+    assert line.split()[:2] == ["cached", "fail"] and "x=2 seems incompatible" in line
+
+
 @pytest.mark.parametrize("content", ["p: [unclosed\n", "- 1\n- 2\n", ""])
 def test_unreadable_yaml_replaced(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, content: str

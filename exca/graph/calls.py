@@ -119,6 +119,8 @@ def map_items(node: Node, uids: list[str], missing: list[str] | None = None) -> 
     if missing is None and settled:
         missing = node.cache.missing(uids)
     if settled and not missing:
+        if node.check_reuse is not None:
+            node.check_reuse()
         return
     from .scheduler import Scheduler
 

@@ -174,7 +174,7 @@ class Graph:
             run.action = "force"
             run.reason = "mode=force" if node.pending_force else "forced by upstream"
         elif state == "done":
-            run.action, run.reason = "reuse", "cached"
+            _reuse(run)
         elif state == "error" and upstream_failed(node):
             run.action, run.reason = "retry", "its upstream failed last time"
         elif state == "error":
@@ -263,8 +263,7 @@ class Graph:
                     run.action, run.reason = "compute", f"{len(missing)}/{total} missing"
             else:
                 run.todo = []
-                run.action, run.reason = "reuse", "cached"
-                failed = node.cache.count_errors(uids)
+                failed = node.cache.count_errors(uids) if _reuse(run) else 0
                 if failed:
                     run.item_errors = failed
                     run.reason = (
@@ -421,6 +420,22 @@ class Graph:
         if node.mode == "read-only" and "read-only" in run.reason:
             return RuntimeError(f"{node.uid}: {run.reason} (mode='read-only' never computes)")
         return RuntimeError(f"{node.uid}: {run.reason}")
+
+
+OTHER_DEFAULTS = "cached with other defaults"
+
+
+def _reuse(run: NodeRun) -> bool:
+    """Decide to reuse what a node has cached, unless it was computed with other class
+    defaults than today's (then the node fails with the check's error)."""
+    run.action, run.reason = "reuse", "cached"
+    if run.node.check_reuse is not None:
+        try:
+            run.node.check_reuse()
+        except RuntimeError as error:
+            run.action, run.reason, run.error = "fail", f"{OTHER_DEFAULTS}: {error}", error
+            return False
+    return True
 
 
 def _first_item_error(node: Node, uids: list[str]) -> BaseException | None:

@@ -149,6 +149,8 @@ class Node:
     inputs: tuple[Input, ...] = ()
     chained: tuple[Node, ...] = ()
     prepare: tp.Callable[[], None] | None = None  # checks/writes the uid folder's yaml files
+    # before cached results are reused: raises if they were made with other class defaults
+    check_reuse: tp.Callable[[], None] | None = None
     label: str = ""
     uid_config: tp.Callable[[], dict[str, tp.Any]] | None = None  # full uid config (explanations)
     # maps only

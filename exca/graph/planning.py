@@ -13,7 +13,7 @@ import typing as tp
 
 from ..storage import gcpause
 from . import store
-from .decisions import Graph, Key, NodeRun, to_chunks
+from .decisions import OTHER_DEFAULTS, Graph, Key, NodeRun, to_chunks
 from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Node
 
 STATUS_ORDER = ("running", "missing", "forced", "cached error", "stale", "cached", "not needed")
@@ -334,6 +334,8 @@ def _status(run: NodeRun) -> tuple[str, str]:
     if action == "fail":
         if run.reason.startswith("cached error") or "ended without" in run.reason:
             return "cached error", "fail"
+        if run.reason.startswith(OTHER_DEFAULTS):
+            return "cached", "fail"
         return "missing", "fail"
     return "missing", "compute"
 

@@ -45,6 +45,7 @@ class _Runtime:
     method: InfraMethod | None = None
     uid: str | None = None
     checked = False  # uid folder yaml files checked/written
+    defaults_checked = False  # full-uid.yaml checked before reusing cached results
     ram: tp.Any = _MISSING
     cache: tp.Any = None
     folder: Path | None = None  # memoized uid folder
@@ -70,6 +71,8 @@ class _Runtime:
 
 
 _FORCED_KEY = "__exca_forced__"
+# uid folders whose full-uid.yaml this process found consistent with a class's defaults
+_DEFAULTS_CHECKED: dict[str, type] = {}
 
 
 class BaseInfra(pydantic.BaseModel):
@@ -434,15 +437,35 @@ class BaseInfra(pydantic.BaseModel):
         runtime = self._runtime()
         if runtime.checked or self.folder is None:
             return
-        folder = Path(self.folder) / self.uid()
+        folder = os.path.join(self.folder, self.uid())
         uidfolder.prepare(
-            folder,
+            Path(folder),
             uid_config=self.config(uid=True, exclude_defaults=True),
             full_uid_config=self.config(uid=True, exclude_defaults=False),
             config=lambda: self.config(uid=False, exclude_defaults=False),
             permissions=self.permissions,
         )
         runtime.checked = True
+        _DEFAULTS_CHECKED[folder] = type(self._owner())
+
+    def _check_defaults(self) -> None:
+        """Before reusing cached results (once per instance, nothing written): they were
+        computed with the class defaults of now (RuntimeError if a default changed)."""
+        runtime = self._runtime()
+        if runtime.checked or runtime.defaults_checked or self.folder is None:
+            return
+        folder = os.path.join(self.folder, runtime.uid or self.uid())
+        owner_cls = type(self._owner())
+        if _DEFAULTS_CHECKED.get(folder) is not owner_cls:  # (once per folder and class)
+            uidfolder.verify_defaults(
+                Path(folder),
+                uid_config=functools.partial(self.config, uid=True, exclude_defaults=True),
+                full_uid_config=functools.partial(self.config, uid=True, exclude_defaults=False),
+            )
+            if len(_DEFAULTS_CHECKED) >= 10_000:
+                _DEFAULTS_CHECKED.clear()  # (a bounded memo)
+            _DEFAULTS_CHECKED[folder] = owner_cls
+        runtime.defaults_checked = True
 
     def clone_obj(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         """A new, unfrozen owner with some values changed (dotted keys allowed):

@@ -169,6 +169,7 @@ class BoundMap:
             cache.reread()  # what other processes retried, forced or deleted meanwhile
             missing = cache.missing(uids)
             if not missing:  # fast path: no node, no scheduler
+                infra._check_defaults()  # (a class default changed since they were made?)
                 return _refilled(infra, items, uids, cache.values_of(uids, where=infra.uid()))
         node = infra._map_node(items, uids)
         calls.map_items(node, uids, missing)
@@ -343,6 +344,7 @@ class MapInfra(BaseInfra, SubmititMixin):
                     min_items_per_job=self.min_samples_per_job,
                 ),
                 prepare=self._prepare_folder if self.folder is not None else None,
+                check_reuse=self._check_defaults if self.folder is not None else None,
                 label=uid,
                 uid_config=functools.partial(self.config, uid=True, exclude_defaults=False),
                 item_uid=method.item_uid,

@@ -141,6 +141,8 @@ class BoundTask:
             # fast path: one memoized uid and one index check, no node, no scheduler
             if runtime.ram is not _MISSING:
                 return runtime.ram
+            if not (runtime.checked or runtime.defaults_checked):
+                infra._check_defaults()  # (a class default changed since the cache was made?)
             value = calls.reuse(infra._cache(), infra.mode, runtime.uid or infra.uid())
             if value is not calls.MISSING:
                 if infra.keep_in_ram:
@@ -257,6 +259,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
                 workdir_folder=self._workdir_folder(step),
             ),
             prepare=self._prepare_folder if self.folder is not None else None,
+            check_reuse=self._check_defaults if self.folder is not None else None,
             label=uid,
             uid_config=functools.partial(self.config, uid=True, exclude_defaults=False),
             force_state=runtime.force_state,

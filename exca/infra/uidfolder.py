@@ -7,7 +7,8 @@
 Checks run once per instance before anything is computed: an existing ``uid.yaml`` that
 differs means two configs share a folder name (RuntimeError); an existing
 ``full-uid.yaml`` whose value of a default changed means the cache was made with another
-default (RuntimeError). Unreadable files are replaced with a warning.
+default (RuntimeError). Unreadable files are replaced with a warning. The second check
+also runs before cached results are reused (``verify_defaults``, which writes nothing).
 """
 
 from __future__ import annotations
@@ -128,18 +129,46 @@ def prepare(
             "Two configs map to the same folder name; remove the folder if the cache is obsolete"
         )
     existing_full = _check_or_write(folder / FULL_UID_FILE, full_uid_config.to_yaml(), permissions)
-    if existing_full is not None:  # values normalized through yaml only when they differ
-        uid_keys = set(uid_config.flat())
-        full_flat = _normalized(full_uid_config)
-        for key, value in ConfDict(existing_full).flat().items():
-            if key in uid_keys or key not in full_flat:
-                continue
-            if full_flat[key] != value:
-                raise RuntimeError(
-                    f"Default {key}={full_flat[key]!r} seems incompatible with the cached "
-                    f"{key}={value!r} in {folder / FULL_UID_FILE} (the class default changed "
-                    f"since the cache was written; to ignore, remove {FULL_UID_FILE}; if the cached "
-                    "results are wrong now, bump the infra version instead)"
-                )
+    if existing_full is not None:
+        _check_defaults(folder, existing_full, uid_config, full_uid_config)
     if not (folder / CONFIG_FILE).exists():
         write_atomic(folder / CONFIG_FILE, config().to_yaml(), permissions)
+
+
+def verify_defaults(
+    folder: Path,
+    uid_config: tp.Callable[[], ConfDict],
+    full_uid_config: tp.Callable[[], ConfDict],
+) -> None:
+    """Before cached results are reused (nothing written): the class defaults they were
+    computed with are the defaults of now (``full-uid.yaml``, when there is one)."""
+    path = folder / FULL_UID_FILE
+    text = read_text(path)
+    if text is None:
+        return
+    full = full_uid_config()
+    if text == full.to_yaml():
+        return
+    existing = read_yaml(path, text)
+    if existing is not None:
+        _check_defaults(folder, existing, uid_config(), full)
+
+
+def _check_defaults(
+    folder: Path, existing: dict[str, tp.Any], uid_config: ConfDict, full_uid_config: ConfDict
+) -> None:
+    """RuntimeError when a value of ``full-uid.yaml`` that is a default (not in the uid)
+    differs from the current default. Values are normalized through yaml (only here:
+    when the texts differ)."""
+    uid_keys = set(uid_config.flat())
+    full_flat = _normalized(full_uid_config)
+    for key, value in ConfDict(existing).flat().items():
+        if key in uid_keys or key not in full_flat:
+            continue
+        if full_flat[key] != value:
+            raise RuntimeError(
+                f"Default {key}={full_flat[key]!r} seems incompatible with the cached "
+                f"{key}={value!r} in {folder / FULL_UID_FILE} (the class default changed "
+                f"since the cache was written; to ignore, remove {FULL_UID_FILE}; if the cached "
+                "results are wrong now, bump the infra version instead)"
+            )
