@@ -150,28 +150,37 @@ class IndexReader:
         """Read what was appended to one file; False if the file vanished."""
         path = f"{self._dir}/{name}"
         state = self._files.get(name)
+        fd = -1
         try:
-            stat = os.stat(path)
+            if state is None:  # a new file: open it at once (its fstat gives inode and size)
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                stat = os.fstat(fd)
+            else:  # (a known file, often unchanged: one stat tells)
+                stat = os.stat(path)
         except FileNotFoundError:
             if state is not None:
                 self._forget_file(name)
             return False
-        if state is not None:
-            if stat.st_size == state.offset and stat.st_ino == state.inode:
-                return True
-            if stat.st_ino != state.inode or stat.st_size < state.offset:
-                self._forget_file(name)  # replaced or truncated: read it again
-                state = None
-        if state is None:
-            state = FileState(inode=stat.st_ino, offset=0, keys=set())
-            self._files[name] = state
         try:
-            with open(path, "rb") as handle:
-                handle.seek(state.offset)
-                data = handle.read()
-        except FileNotFoundError:
-            self._forget_file(name)
-            return False
+            if state is not None:
+                if stat.st_size == state.offset and stat.st_ino == state.inode:
+                    return True
+                if stat.st_ino != state.inode or stat.st_size < state.offset:
+                    self._forget_file(name)  # replaced or truncated: read it again
+                    state = None
+            if state is None:
+                state = FileState(inode=stat.st_ino, offset=0, keys=set())
+                self._files[name] = state
+            try:
+                if fd < 0:
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                data = _read_span(fd, state.offset, stat.st_size - state.offset)
+            except FileNotFoundError:
+                self._forget_file(name)
+                return False
+        finally:
+            if fd >= 0:
+                os.close(fd)
         end = data.rfind(b"\n")
         if end < 0:
             return True  # only an incomplete line so far
@@ -273,6 +282,25 @@ class IndexReader:
 # <host>-<thread>-info.jsonl, whose payload formats differ): left alone, not read
 _OUR_INDEX_NAME = re.compile(r".+-\d+-\d+-[0-9a-f]{12,}-[0-9a-f]{6}" + re.escape(INDEX_SUFFIX))
 _WARNED_FOREIGN: set[str] = set()
+
+
+def _read_span(fd: int, offset: int, size: int) -> bytes:
+    """``size`` bytes from ``offset`` (what the fstat/stat saw; lines appended since are
+    read by the next refresh), fewer if the file was truncated meanwhile."""
+    if size <= 0:
+        return b""
+    data = os.pread(fd, size, offset)
+    if len(data) < size:  # (a short read: a huge span, or a signal)
+        parts = [data]
+        got = len(data)
+        while got < size:
+            more = os.pread(fd, size - got, offset + got)
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+        data = b"".join(parts)
+    return data
 
 
 def _written_here(name: str, reader: IndexReader) -> bool:
