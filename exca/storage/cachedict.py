@@ -29,11 +29,23 @@ from .formats import (
     CachedError,
     DumpContext,
     DumpOptions,
+    _load_inline,
     load_memmap_runs,
 )
 from .index import INDEX_SUFFIX, Entry, IndexReader, IndexWriter
 
 logger = logging.getLogger("exca")
+_INLINE_TYPES = frozenset({"Result", "Json", "Auto"})  # (their value may be in the index line)
+
+
+def _inline(info: dict[str, tp.Any]) -> bool:
+    """Whether an index record holds the value itself (a pickle or a json value)."""
+    kind = info["#type"]
+    if kind not in _INLINE_TYPES or "f" in info:
+        return False
+    return "v" in info or (kind == "Result" and "p" in info)
+
+
 X = tp.TypeVar("X")
 
 
@@ -357,7 +369,11 @@ class CacheDict(tp.Generic[X]):
             if entry is None:
                 raise KeyError(key)
         try:
-            value: X = self._loader.load(entry[2])  # type: ignore[union-attr]
+            info = entry[2]
+            if _inline(info) and not self.options.replace:
+                value: X = _load_inline(None, info)  # type: ignore[arg-type]  # (no file: no context)
+            else:
+                value = self._loader.load(info)  # type: ignore[union-attr]
         except FileNotFoundError:
             self.refresh()  # deleted (and maybe written again) by another writer since?
             current = self._entries().get(key)
