@@ -44,6 +44,7 @@ class _Runtime:
     name = ""
     method: InfraMethod | None = None
     uid: str | None = None
+    uid_export: tp.Any = None  # config(uid=True, exclude_defaults=True) as uid() exported it
     checked = False  # uid folder yaml files checked/written
     defaults_checked = False  # full-uid.yaml checked before reusing cached results
     ram: tp.Any = _MISSING
@@ -354,7 +355,15 @@ class BaseInfra(pydantic.BaseModel):
         exclude = self._cache_exclusions()
         owner = self._owner()
         out, plain = identity.export_with_keys(owner, True, True, exclude)
+        self._runtime().uid_export = out  # (the config is frozen from then on)
         return ConfDict.uid_of(out, plain_keys=plain)
+
+    def _uid_config(self) -> ConfDict:
+        """``config(uid=True, exclude_defaults=True)`` from the export uid() made (for
+        internal reads: uid.yaml, the legacy name)."""
+        self.uid()
+        out = self._runtime().uid_export
+        return ConfDict(out) if out is not None else self.config(uid=True, exclude_defaults=True)
 
     def _step_name(self) -> str:
         """``<module>.<Class>.<method>,<version>``: the folder of all configs of a method."""
@@ -411,7 +420,7 @@ class BaseInfra(pydantic.BaseModel):
         if os.environ.get(uidformat.UID_VERSION_ENV) == "2" or not os.path.isdir(folder.parent):
             return  # (v2 names asked for, or no folder of this method at all)
         try:
-            legacy = self.config(uid=True, exclude_defaults=True).to_uid(version=2) or "default"
+            legacy = self._uid_config().to_uid(version=2) or "default"
         except Exception:  # (a value the legacy format cannot render: no v2 folder to find)
             return
         if legacy == folder.name or not (folder.parent / legacy / uidfolder.UID_FILE).is_file():
@@ -440,7 +449,7 @@ class BaseInfra(pydantic.BaseModel):
         folder = os.path.join(self.folder, self.uid())
         uidfolder.prepare(
             Path(folder),
-            uid_config=self.config(uid=True, exclude_defaults=True),
+            uid_config=self._uid_config(),
             full_uid_config=self.config(uid=True, exclude_defaults=False),
             config=lambda: self.config(uid=False, exclude_defaults=False),
             permissions=self.permissions,
@@ -459,7 +468,7 @@ class BaseInfra(pydantic.BaseModel):
         if _DEFAULTS_CHECKED.get(folder) is not owner_cls:  # (once per folder and class)
             uidfolder.verify_defaults(
                 Path(folder),
-                uid_config=functools.partial(self.config, uid=True, exclude_defaults=True),
+                uid_config=self._uid_config,
                 full_uid_config=functools.partial(self.config, uid=True, exclude_defaults=False),
             )
             if len(_DEFAULTS_CHECKED) >= 10_000:

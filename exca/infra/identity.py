@@ -464,7 +464,10 @@ def _default_export(field: _FieldFacts, uid: bool) -> dict[str, tp.Any]:
     found = _DEFAULT_EXPORTS.get(key)
     if found is None:
         default = field.default
-        dumped = default.model_dump(mode="json", warnings=False, by_alias=False)
+        # (a uid export only looks at the fields the class keeps in uids: an infra's
+        # 20-odd settings need not be dumped)
+        spec = field.dump_exclude if uid and type(default) is field.model_cls else None
+        dumped = default.model_dump(mode="json", warnings=False, by_alias=False, exclude=spec)
         found = _DEFAULT_EXPORTS[key] = _Exporter(uid, True).model(default, dumped, field.keep)
     return found
 
