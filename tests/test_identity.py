@@ -733,12 +733,26 @@ class Weights(pydantic.BaseModel):
         return 1
 
 
+class Logging(pydantic.BaseModel):
+    levels: dict[str, str] = {}
+    infra: TaskInfra = TaskInfra()
+    _exclude_from_cls_uid = ("levels",)
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
 def test_dict_keys_naming_the_same_path_are_refused() -> None:
     """ "enc.bias" is read as a path: next to "enc", one value would hide the other in the
     uid, and {"enc": 1, ...} and {"enc": 2, ...} would share one cache folder."""
     for weights in ({"enc": 1.0, "enc.bias": 3.0}, {"enc.bias": 3.0, "enc": 2.0}):
         with pytest.raises(ValueError, match=r"'enc' and 'enc\.bias' of a config name the same"):
             Weights(weights=weights).infra.uid()
+    # ... only where they make a uid: a field kept out of the uid may hold such keys
+    levels = {"exca": "INFO", "exca.graph": "DEBUG"}
+    assert Logging(levels=levels).infra.uid() == Logging().infra.uid()
+    assert Logging(levels=levels).infra.config(uid=False)["levels.exca.graph"] == "DEBUG"
     # dotted keys that do not collide keep their (dotted) uid
     assert (
         "weights={dec=1,enc.bias=3}" in Weights(weights={"enc.bias": 3.0, "dec": 1.0}).infra.uid()
@@ -939,9 +953,10 @@ def test_cached_results_of_another_default_are_not_reused(tmp_path: Path) -> Non
     script = tmp_path / "changing.py"
     script.write_text(CHANGING_DEFAULT)
 
-    def run(default: int, *calls: str) -> str:
-        argv = [sys.executable, str(script), str(tmp_path / "cache"), str(default), *calls]
-        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    def run(default: int, *calls: str, cache: str = "cache", **env: str) -> str:
+        argv = [sys.executable, str(script), str(tmp_path / cache), str(default), *calls]
+        environ = {**os.environ, **env}
+        return subprocess.run(argv, capture_output=True, text=True, check=True, env=environ).stdout
 
     first = run(1, "task", "map")
     assert "task -> 1" in first and "map -> [1, 2]" in first
@@ -954,6 +969,9 @@ def test_cached_results_of_another_default_are_not_reused(tmp_path: Path) -> Non
     plan = run(2, "task").splitlines()
     (line,) = [line for line in plan if "Task.value,1/default" in line]
     assert line.split()[:2] == ["cached", "fail"] and "x=2 seems incompatible" in line
+    # a cache under legacy (v2) folder names is renamed by the first call, then checked
+    assert "task -> 1" in run(1, "task", cache="legacy", CONFDICT_UID_VERSION="2")
+    assert f"task {expected}" in run(2, "task", cache="legacy")
 
 
 @pytest.mark.parametrize("content", ["p: [unclosed\n", "- 1\n- 2\n", ""])

@@ -466,11 +466,13 @@ class BaseInfra(pydantic.BaseModel):
         folder = os.path.join(self.folder, runtime.uid or self.uid())
         owner_cls = type(self._owner())
         if _DEFAULTS_CHECKED.get(folder) is not owner_cls:  # (once per folder and class)
-            uidfolder.verify_defaults(
+            checked = uidfolder.verify_defaults(
                 Path(folder),
                 uid_config=self._uid_config,
                 full_uid_config=functools.partial(self.config, uid=True, exclude_defaults=False),
             )
+            if not checked:
+                return  # no full-uid.yaml (yet): another process may write one later
             if len(_DEFAULTS_CHECKED) >= 10_000:
                 _DEFAULTS_CHECKED.clear()  # (a bounded memo)
             _DEFAULTS_CHECKED[folder] = owner_cls

@@ -649,8 +649,8 @@ class _Exporter:
                 if self.uid and isinstance(sub, pydantic.BaseModel) and dropped_from_parent(sub):
                     continue
                 items[skey] = self.value(sub, dval[skey], keep)
-            if any("." in key for key in items):
-                _check_dotted_keys(items)
+            if self.uid and self.exclude_defaults and any("." in key for key in items):
+                _check_dotted_keys(items)  # (only where a uid is made)
             if isinstance(value, collections.OrderedDict):
                 return collections.OrderedDict(items)
             # a plain dict's order is not config: sorted, so the yaml files of two
@@ -673,8 +673,8 @@ class _Exporter:
 
 def _check_dotted_keys(items: dict[str, tp.Any]) -> None:
     """Configs read a "." in a key as a path (``{"enc.bias": 3}`` is ``bias`` inside
-    ``enc``): keys naming the same value would lose one of them in the uid, and two
-    different configs would share a cache folder."""
+    ``enc``): in a uid, a value under a key that is also the path of another key's value
+    would be lost (two different configs, one cache folder)."""
     paths = sorted(_leaf_paths(items, ()))
     for short, long in itertools.pairwise(paths):
         if long[: len(short)] == short:
@@ -682,7 +682,8 @@ def _check_dotted_keys(items: dict[str, tp.Any]) -> None:
                 f"The dict keys {'.'.join(short)!r} and {'.'.join(long)!r} of a config name "
                 f"the same value: exca's configs read '.' in a key as a path separator, so "
                 f"one would hide the other in the uid (two different configs, one cache "
-                f"folder). Use another separator in these keys (e.g. '/' or '_'). Dict: {items}"
+                f"folder). Use another separator in these keys (e.g. '/' or '_'), or keep "
+                f"the field out of the uid (_exclude_from_cls_uid) if it does not change results"
             )
 
 

@@ -141,9 +141,10 @@ class BoundTask:
             # fast path: one memoized uid and one index check, no node, no scheduler
             if runtime.ram is not _MISSING:
                 return runtime.ram
+            cache = infra._cache()  # (first: it may rename a legacy folder to today's name)
             if not (runtime.checked or runtime.defaults_checked):
                 infra._check_defaults()  # (a class default changed since the cache was made?)
-            value = calls.reuse(infra._cache(), infra.mode, runtime.uid or infra.uid())
+            value = calls.reuse(cache, infra.mode, runtime.uid or infra.uid())
             if value is not calls.MISSING:
                 if infra.keep_in_ram:
                     runtime.ram = value

@@ -139,19 +139,21 @@ def verify_defaults(
     folder: Path,
     uid_config: tp.Callable[[], ConfDict],
     full_uid_config: tp.Callable[[], ConfDict],
-) -> None:
+) -> bool:
     """Before cached results are reused (nothing written): the class defaults they were
-    computed with are the defaults of now (``full-uid.yaml``, when there is one)."""
+    computed with are the defaults of now (``full-uid.yaml``, when there is one: returns
+    whether there was one to check)."""
     path = folder / FULL_UID_FILE
     text = read_text(path)
     if text is None:
-        return
+        return False
     full = full_uid_config()
     if text == full.to_yaml():
-        return
+        return True
     existing = read_yaml(path, text)
     if existing is not None:
         _check_defaults(folder, existing, uid_config(), full)
+    return True
 
 
 def _check_defaults(
