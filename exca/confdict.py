@@ -15,7 +15,7 @@ import sys
 import typing as tp
 from pathlib import Path, PurePath
 
-from . import uidformat
+from . import plainyaml, uidformat
 
 if tp.TYPE_CHECKING:
     import pydantic
@@ -302,8 +302,6 @@ class ConfDict(dict[str, tp.Any]):
 
     def to_yaml(self, filepath: Path | str | None = None) -> str:
         """YAML text with chains of single-key dicts collapsed (``a.b.c: 1``)."""
-        from . import plainyaml  # (lazy: its regexes are compiled on first use)
-
         collapsed = uidformat.collapse(self)
         text = plainyaml.dump(collapsed)  # simple configs: the same text, no yaml import
         if text is None:

@@ -467,7 +467,7 @@ class BaseInfra(pydantic.BaseModel):
         owner_cls = type(self._owner())
         if _DEFAULTS_CHECKED.get(folder) is not owner_cls:  # (once per folder and class)
             checked = uidfolder.verify_defaults(
-                Path(folder),
+                folder,
                 uid_config=self._uid_config,
                 full_uid_config=functools.partial(self.config, uid=True, exclude_defaults=False),
             )

@@ -136,23 +136,26 @@ def prepare(
 
 
 def verify_defaults(
-    folder: Path,
+    folder: str,
     uid_config: tp.Callable[[], ConfDict],
     full_uid_config: tp.Callable[[], ConfDict],
 ) -> bool:
     """Before cached results are reused (nothing written): the class defaults they were
     computed with are the defaults of now (``full-uid.yaml``, when there is one: returns
     whether there was one to check)."""
-    path = folder / FULL_UID_FILE
-    text = read_text(path)
-    if text is None:
+    path = os.path.join(folder, FULL_UID_FILE)  # (str paths, bytes: a hit's path is short)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
         return False
     full = full_uid_config()
+    text = data.decode("utf8", errors="replace")
     if text == full.to_yaml():
         return True
-    existing = read_yaml(path, text)
+    existing = read_yaml(Path(path), text)
     if existing is not None:
-        _check_defaults(folder, existing, uid_config(), full)
+        _check_defaults(Path(folder), existing, uid_config(), full)
     return True
 
 
