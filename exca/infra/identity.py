@@ -712,6 +712,7 @@ def _uid_equal(a: tp.Any, b: tp.Any) -> bool:
 
 _JSON_SCALARS = frozenset({str, int, float, bool})
 _NO_BOOLS = frozenset({str, int, float, type(None)})
+_STR = frozenset({str})
 
 
 def _same_bools(a: tp.Any, b: tp.Any) -> bool:
@@ -722,8 +723,12 @@ def _same_bools(a: tp.Any, b: tp.Any) -> bool:
     if kind_a in _NO_BOOLS:
         return True
     if isinstance(a, dict) and isinstance(b, dict):
-        if any(type(key) is not str for key in a) and _typed_items(a) != _typed_items(b):
+        if not _STR.issuperset(map(type, a)) and _typed_items(a) != _typed_items(b):
             return False  # keys: {True: x} == {1: x}
+        if _NO_BOOLS.issuperset(map(type, a.values())) and _NO_BOOLS.issuperset(
+            map(type, b.values())
+        ):
+            return True  # (the common case, a flat export: no Python loop)
         return _all_same_bools((sub, b[key]) for key, sub in a.items())
     if isinstance(a, list | tuple) and isinstance(b, list | tuple):
         return _all_same_bools(zip(a, b))
