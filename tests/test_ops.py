@@ -562,6 +562,20 @@ def test_where_with_a_float_in_exponent_notation(tmp_path: Path) -> None:
         assert row.folder == folder_of(small)
 
 
+def test_explain_the_same_config_under_another_folder_name(tmp_path: Path) -> None:
+    """A folder name lists the values that differ from the defaults of the day it was
+    computed: after a default changed, the same config is cached under another name
+    (simulated by renaming the folder). explain says so instead of a bare "missing"."""
+    root = tmp_path / "cache"
+    cached = Train(optim={"lr": 0.02}, infra={"folder": root})
+    cached.fit()
+    renamed = folder_of(cached).parent / "default"
+    folder_of(cached).rename(renamed)
+    (explanation,) = exca.ops.explain(Train(optim={"lr": 0.02}, infra={"folder": root}).fit.node())
+    assert explanation.nearest == str(renamed) and explanation.diff == []
+    assert "the same config is cached under another folder name, default" in str(explanation)
+
+
 def test_explain_never_computed(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     Squares(infra={"folder": root}).square([1])  # another method is cached

@@ -43,10 +43,14 @@ class Explanation:
         ):
             if self.nearest is None:
                 return "never computed (no cached config of this method)"
+            if not self.diff:  # (same values: the folder name follows the defaults of then)
+                return (
+                    f"the same config is cached under another folder name, "
+                    f"{Path(self.nearest).name} (a class default changed since: folder names "
+                    "show only values that differ from the defaults)"
+                )
             changes = ", ".join(f"{k} {_show(a)} → {_show(b)}" for k, a, b in self.diff)
-            return (
-                f"config differs from the nearest cached one: {changes}" if changes else "missing"
-            )
+            return f"config differs from the nearest cached one: {changes}"
         return self.reason
 
     def __str__(self) -> str:
@@ -92,7 +96,10 @@ def nearest_cached(node: Node) -> tuple[Path | None, list[tuple[str, tp.Any, tp.
             for folder in input_folders(config_folder) if with_inputs else [config_folder]:
                 if folder == node.folder or not _has_results(folder):
                     continue
-                cached = _flat(read_yaml(config_folder / FULL_UID_FILE))
+                full = read_yaml(config_folder / FULL_UID_FILE)
+                if full is None:
+                    continue  # (nothing to compare with)
+                cached = _flat(full)
                 if with_inputs:
                     cached.update(_flat({"inputs": read_yaml(folder / INPUTS_FILE) or {}}))
                 diff = [
