@@ -383,6 +383,9 @@ def test_list_a_step_or_config_folder(cache: dict[str, tp.Any]) -> None:
     assert (one.step, one.uid, one.status) == (TRAIN_STEP, folder_of(cache["lr"]).name, "success")
     groups = grouped_lines(cli("list", root / TRAIN_STEP, check=True).stdout)
     assert list(groups) == [TRAIN_STEP] and len(groups[TRAIN_STEP]) == 5
+    inputs = cache["pipeline"].folder  # a task with inputs: <config>/inputs-<digest>
+    (node,) = exca.ops.inspect(inputs)
+    assert node.folder == inputs and node.uid == f"{inputs.parent.name}/{inputs.name}"
 
 
 class WithSub(pydantic.BaseModel):

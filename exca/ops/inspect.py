@@ -183,7 +183,10 @@ def inspect(
     ``key=value`` conditions on the uid config, status)."""
     root = Path(root)
     conditions = [_parse_condition(c) for c in where]
-    only_step, only_config = None, None  # (given a step or config folder instead of a root)
+    # (given a step, config or inputs folder instead of a root: that part of the root)
+    only_step, only_config, only_inputs = None, None, None
+    if root.name.startswith(INPUTS_PREFIX) and (root.parent / UID_FILE).exists():
+        only_inputs, root = root.name, root.parent
     if (root / UID_FILE).exists():
         only_step, only_config, root = root.parent.name, root.name, root.parent.parent
     elif "," in root.name and any(node_folders(root.parent, only=root.name)):
@@ -193,6 +196,7 @@ def inspect(
         for s, u, f in node_folders(root, only=only_step)
         if (step is None or fnmatch.fnmatch(s, step) or step in s)
         and (only_config is None or u.split("/")[0] == only_config)
+        and (only_inputs is None or u == f"{only_config}/{only_inputs}")
     ]
     records = [registry.latest(f) for _, _, f in folders]
     slurm = [r.job_id for r in records if r is not None and r.cluster == "slurm"]
