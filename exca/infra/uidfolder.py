@@ -175,5 +175,7 @@ def _check_defaults(
                 f"Default {key}={full_flat[key]!r} seems incompatible with the cached "
                 f"{key}={value!r} in {folder / FULL_UID_FILE} (the class default changed "
                 f"since the cache was written; to ignore, remove {FULL_UID_FILE}; if the cached "
-                "results are wrong now, bump the infra version instead)"
+                "results are wrong now, bump the infra version instead; if this field does not "
+                "change results, e.g. a path or a device, keep it out of the uid with "
+                "_exclude_from_cls_uid)"
             )
