@@ -272,6 +272,23 @@ def test_killed_local_job_fails(killed_job: Path, short_result_wait: None) -> No
     assert len(calls(killed_job / "calls.txt")) == 1
 
 
+@pytest.mark.timeout(150)
+def test_local_job_reaching_its_time_limit(tmp_path: Path) -> None:
+    """submitit stops a local job at its time limit by raising its UncompletedJobError in
+    the method: the task fails with JobFailedError (as on Slurm), cached; retry recomputes."""
+    flag = str(tmp_path / "block-flag")
+    task = make(tmp_path, "local", block_flag=flag, infra={"timeout_min": 1})
+    Path(flag).touch()
+    with pytest.raises(JobFailedError, match="timed-out"):
+        task.process()
+    assert task.infra.status() == "failed"
+    again = make(tmp_path, None, block_flag=flag)
+    with pytest.raises(JobFailedError, match="timed-out"):
+        again.process()
+    Path(flag).unlink()
+    assert make(tmp_path, None, block_flag=flag, infra={"mode": "retry"}).process() == 2
+
+
 @pytest.mark.timeout(60)
 def test_job_of_a_failing_task_without_folder(tmp_path: Path) -> None:
     """No folder: the error is not cached; job().result() raises it (it hung)."""

@@ -259,10 +259,13 @@ def _compute_task(node: Node) -> Report:
             ) from error
         value = node.function(**inputs)
     except Exception as error:
+        failure = _job_timeout(node.uid, error) or error
         node.cache.refresh()
         if TASK_KEY not in node.cache:  # (see below)
             with node.cache.write():
-                node.cache.put(TASK_KEY, CachedError.from_exception(error), meta=meta)
+                node.cache.put(TASK_KEY, CachedError.from_exception(failure), meta=meta)
+        if failure is not error:
+            raise failure from error
         raise
     try:
         # what was written meanwhile counts: e.g. a job cancelled while this process ran
@@ -289,6 +292,20 @@ def _compute_task(node: Node) -> Report:
             node.cache.put(TASK_KEY, CachedError.from_exception(failure), meta=meta)
         raise failure from error
     return Report(computed=1)
+
+
+def _job_timeout(uid: str, error: Exception) -> Exception | None:
+    """The error of a job stopped at its time limit, when ``error`` is submitit's signal
+    (raised in the method's frame, it is not the method's failure): the same error a task
+    gets on Slurm, where the job is killed instead."""
+    kind = type(error)
+    if kind.__name__ != "UncompletedJobError" or not kind.__module__.startswith("submitit"):
+        return None
+    from .errors import JobFailedError
+
+    return JobFailedError(
+        f"{uid} not computed: its job reached its time limit (timeout_min; submitit: {error})"
+    )
 
 
 def _unstorable(what: str, value: tp.Any, cache: CacheDict[tp.Any], error: Exception) -> Exception:
@@ -453,6 +470,8 @@ def _compute_from(
         flush()
         if position >= len(uids) or isinstance(error, NotIterableOutputs):
             raise
+        if _job_timeout(node.uid, error) is not None:
+            raise  # (the job's time is up: not this item's error; the rest stays missing)
         cache[uids[position]] = CachedError.from_exception(error)
         report.errors += 1
         logger.warning(
