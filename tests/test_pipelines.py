@@ -1248,6 +1248,25 @@ def test_read_only_fails_before_anything_runs(env: Env) -> None:
     assert events(env.log) == [] and not child.folder.exists()  # type: ignore[union-attr]
 
 
+def test_read_only_is_not_recomputed_below_a_forced_node(env: Env) -> None:
+    """read-only never computes: below a forced upstream, what it has cached is reused
+    (plan and run agree); a map too."""
+    source = env.step("source").run.node()
+    child = env.step("child").run.node(source)
+    squares = env.square().apply.node(env.numbers(count=3).make.node())
+    exca.graph.run(child, squares)
+    before = started(env.log)
+    forced = env.step("source", infra={"mode": "force"}).run.node()
+    reader = env.step("child", infra={"mode": "read-only"}).run.node(forced)
+    numbers = env.numbers(count=3, mode="force").make.node()
+    map_reader = env.square(mode="read-only").apply.node(numbers)
+    plan = _by_uid(exca.graph.plan(reader, map_reader))
+    assert (plan[reader.uid].status, plan[reader.uid].action) == ("cached", "reuse")
+    assert reader.result() == "child(source(None,None),None)"
+    assert list(map_reader.result()) == [0, 1, 4]
+    assert started(env.log) == [*before, "numbers3"]  # (the map's items come from it)
+
+
 def test_read_only_map_fed_by_a_node_not_computed_yet(env: Env) -> None:
     """Its items are known once its upstream ran (in its own mode); then a missing item is
     a clear read-only error (not 'the worker ended without writing it'), and items all

@@ -170,12 +170,13 @@ class Graph:
         node = run.node
         # refresh: nodes may be long-lived, see what others wrote since
         state = store.task_state(node, refresh=True)
-        if forced:
+        read_only = node.mode == "read-only"  # (never computes, even below a forced node)
+        if forced and not read_only:
             run.action = "force"
             run.reason = "mode=force" if node.pending_force else "forced by upstream"
         elif state == "done":
             _reuse(run)
-        elif state == "error" and upstream_failed(node):
+        elif state == "error" and upstream_failed(node) and not read_only:
             run.action, run.reason = "retry", "its upstream failed last time"
         elif state == "error":
             if node.mode == "retry":
@@ -193,7 +194,7 @@ class Graph:
         if uids is None:
             if isinstance(node.items, Node) and not self._readable(node.items):
                 # (read-only: its items are checked once its upstream, in its own mode, ran)
-                run.action = "force" if forced else "compute"
+                run.action = "force" if forced and node.mode != "read-only" else "compute"
                 run.reason = "items known at run time"
                 return
             try:
@@ -222,6 +223,7 @@ class Graph:
         """Decide a map node once its item uids are known."""
         node = run.node
         state = node.force_state
+        forced = forced and node.mode != "read-only"  # (never computes)
         # mode=force on an instance that forced other items already (items from an
         # upstream node are known only now): the items it has not forced yet
         partial = (
