@@ -1378,6 +1378,19 @@ def test_detached_run_without_slurm_starts_a_wave_together(env: Env) -> None:
     assert [n.result() for n in nodes] == ["w0(None,None)", "w1(None,None)"]
 
 
+def test_detached_run_raises_what_failed_here(env: Env) -> None:
+    """wait=False computes cluster=None work here: its failure is raised (as a waiting
+    run raises it), the first time and, cached, the next ones; the rest still runs."""
+    flag = env.tmp / "fail"
+    flag.touch()
+    broken = env.step("broken", fail_flag=str(flag)).run.node()
+    fine = env.step("fine").run.node()
+    for _ in range(2):
+        with pytest.raises(ValueError, match="broken fails on purpose"):
+            exca.graph.run(broken, fine, wait=False)
+    assert env.starts("broken") == 1 and fine.result() == "fine(None,None)"
+
+
 @pytest.mark.timeout(120)
 def test_jobs_go_out_before_inline_work_of_the_same_wave(env: Env) -> None:
     """An inline node waits for a local job of the same wave to start: it would wait in

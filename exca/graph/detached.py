@@ -53,6 +53,9 @@ def submit_all(scheduler: Scheduler) -> None:
         raise
     finally:
         pools.shutdown()
+    # what failed here (or was decided to fail: a cached error), raised as a waiting run
+    # would, once everything else is submitted (the submitted jobs stay)
+    scheduler._raise_failures()
 
 
 def _run_here(
