@@ -1392,6 +1392,27 @@ def test_detached_run_raises_what_failed_here(env: Env) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_detached_run_below_a_running_local_job_is_refused(env: Env) -> None:
+    """Only Slurm can start work after a job: below a local job still running, a
+    detached run raises (it ran the downstream node at once, which failed)."""
+    block = env.tmp / "block"
+    block.touch()
+    upstream = env.step("up", block_flag=str(block), infra={"cluster": "local"}).run.node()
+    thread = threading.Thread(target=exca.graph.run, args=(upstream,))
+    thread.start()  # (a waiting run of the upstream: its local job)
+    try:
+        wait_for(lambda: "up" in started(env.log), timeout=90)
+        down = env.step("down").run.node(upstream)
+        with pytest.raises(ValueError, match="only Slurm jobs can be waited for"):
+            exca.graph.run(down, wait=False)
+        assert env.starts("down") == 0
+    finally:
+        block.unlink()
+        thread.join(timeout=120)
+    assert down.result() == "down(up(None,None),None)"
+
+
+@pytest.mark.timeout(120)
 def test_jobs_go_out_before_inline_work_of_the_same_wave(env: Env) -> None:
     """An inline node waits for a local job of the same wave to start: it would wait in
     vain (and fail) if the job were submitted only once the inline work is done."""

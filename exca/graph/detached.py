@@ -146,7 +146,20 @@ def _dependencies(scheduler: Scheduler, key: Key) -> list[str]:
     for up in scheduler.graph.upstream[key]:
         run = scheduler.runs[up]
         if run.state == "running" or run.action == "wait":
-            deps.extend(h.job_id for h in run.handles if isinstance(h, executors.SubmititHandle))
+            jobs = [
+                h.job_id
+                for h in run.handles
+                if isinstance(h, executors.SubmititHandle) and h.cluster == "slurm"
+            ]
+            if not run.handles or len(jobs) < len(run.handles):
+                # (a local job, or another process computing it: nothing Slurm can wait for)
+                where = run.reason or "elsewhere"
+                raise ValueError(
+                    f"Cannot submit {scheduler.runs[key].node.uid} without waiting: its "
+                    f"upstream {run.node.uid} is not done ({where}), and only Slurm jobs "
+                    "can be waited for by a detached run (use wait=True)"
+                )
+            deps.extend(jobs)
     return deps
 
 
