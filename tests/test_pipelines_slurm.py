@@ -499,3 +499,24 @@ def test_two_detached_runs_of_one_forced_instance_force_it_once(env: Env, sbatch
     block.unlink()
     wait_until_ended(recorded_jobs(env.folder))
     assert sorted(started(env.log)) == ["a", "b1", "b2"]
+
+
+def test_a_forced_map_split_by_a_detached_run_is_forced_once(env: Env, sbatch: Sbatch) -> None:
+    """A map in mode force fed by an upstream node: the detached run's split jobs force
+    its items; the same instance's later runs and eager calls reuse them."""
+    numbers = env.numbers(count=3).make.node()
+    mapper = SlurmSquare(log=env.log, infra={"folder": env.folder, **slurm(max_jobs=1)})
+    exca.graph.run(mapper.apply.node(numbers))  # cached once
+    numbers.clear()  # (computed again by the detached run: the map's items unknown then)
+    forced = SlurmSquare(
+        log=env.log, infra={"folder": env.folder, **slurm(max_jobs=1, mode="force")}
+    )
+    exca.graph.run(forced.apply.node(numbers), wait=False)
+    wait_until_ended(recorded_jobs(env.folder))
+    squares = [e["name"] for e in events(env.log) if e["name"].startswith("square")]
+    assert sorted(squares) == sorted(2 * ["square0", "square1", "square2"])
+    again = forced.apply.node(numbers)
+    assert _by_uid(exca.graph.plan(again))[again.uid].action == "reuse"
+    assert again.result() == [0, 1, 4]
+    assert list(forced.apply([0, 1, 2])) == [0, 1, 4]
+    assert len([e for e in events(env.log) if e["name"].startswith("square")]) == 6

@@ -226,6 +226,9 @@ class Graph:
         forced = forced and node.mode != "read-only"  # (never computes)
         # mode=force on an instance that forced other items already (items from an
         # upstream node are known only now): the items it has not forced yet
+        if isinstance(node.items, Node) and node.items.key in state.get("sources", ()):
+            # a detached run's split jobs forced what this upstream node yields: these
+            state.setdefault("uids", set()).update(uids)
         partial = (
             not forced
             and node.mode == "force"
@@ -243,7 +246,7 @@ class Graph:
         elif forced:
             run.todo = list(dict.fromkeys(uids))
             run.action = "force"
-            run.reason = "mode=force" if node.pending_force else "forced by upstream"
+            run.reason = "mode=force" if node.pending_force or partial else "forced by upstream"
         else:
             if node.mode == "retry":
                 missing, errors = store.item_states(node, uids)

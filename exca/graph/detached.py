@@ -14,12 +14,12 @@ from __future__ import annotations
 import typing as tp
 
 from . import executors, registry, store, submitting
+from .node import Node
 from .progress import Progress
 from .worker import Action, Unit
 
 if tp.TYPE_CHECKING:
     from .decisions import Key, NodeRun
-    from .node import Node
     from .scheduler import Scheduler
 
 
@@ -109,6 +109,8 @@ def _force_applied(node: Node, unit: Unit) -> None:
     node.force_state["done"] = True
     if unit.uids is not None:
         node.force_state.setdefault("uids", set()).update(unit.uids)
+    elif isinstance(node.items, Node):  # (split jobs: every item that node yields)
+        node.force_state.setdefault("sources", set()).add(node.items.key)
 
 
 def _waves(upstream: dict[Key, list[Key]], order: list[Key]) -> list[list[Key]]:
