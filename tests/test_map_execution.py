@@ -544,6 +544,78 @@ class Slow(pydantic.BaseModel):
             yield item
 
 
+class Gated(pydantic.BaseModel):
+    """A map whose items wait while the file ``gate`` exists; logs ``<pid> <item>``."""
+
+    log: str
+    gate: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            while Path(self.gate).exists():
+                time.sleep(0.02)
+            append(self.log, f"{os.getpid()} {item}")
+            yield item
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf8") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"  # (a zombie is dead)
+    except FileNotFoundError:
+        return False
+
+
+def test_pool_processes_end_with_a_killed_caller(tmp_path: Path) -> None:
+    """SIGKILL of the process running a processpool map: its pool process finishes the
+    work it holds (cached), then ends (it waited for more work forever, holding the
+    caller's memory and output pipes)."""
+    import signal
+    import subprocess
+    import sys
+
+    log, gate = tmp_path / "calls.txt", tmp_path / "gate"
+    gate.touch()
+    code = (
+        "import test_map_execution as t\n"
+        f"m = t.Gated(log={str(log)!r}, gate={str(gate)!r}, "
+        f"infra={{'folder': {str(tmp_path / 'cache')!r}, 'cluster': 'processpool', 'max_jobs': 1}})\n"
+        "list(m.process([1, 2, 3]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("claims/*")):
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        time.sleep(0.5)  # (the pool process holds the items)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    gate.unlink()
+    deadline = time.time() + 30
+    while not log.exists():
+        assert time.time() < deadline, "the pool process did not finish its work"
+        time.sleep(0.05)
+    (worker,) = {int(line.split()[0]) for line in lines(log)}
+    try:
+        deadline = time.time() + 15
+        while _alive(worker):
+            assert time.time() < deadline, f"pool process {worker} outlived its caller"
+            time.sleep(0.1)
+    finally:
+        if _alive(worker):
+            os.kill(worker, signal.SIGKILL)  # (started by this test)
+    done_before = {line.split()[1] for line in lines(log)}
+    cached = Gated(log=str(log), gate=str(gate), infra={"folder": tmp_path / "cache"})
+    assert list(cached.process([1, 2, 3])) == [1, 2, 3]
+    items = [line.split()[1] for line in lines(log)]
+    assert sorted(items) == ["1", "2", "3"] and done_before  # what it finished is cached
+
+
 def test_ctrl_c_stops_a_processpool_map(tmp_path: Path) -> None:
     """Ctrl-C (SIGINT to the process group, as a terminal sends) stops the pool's workers:
     they do not go on with the work already sent to them (the caller waited for it)."""

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import typing as tp
 from pathlib import Path
 
@@ -336,13 +337,34 @@ def run_sole_local_unit(unit: Unit) -> Report:
     return run_unit(unit)
 
 
+_RUNNING = [0]  # units running in this pool process
+
+
+def _end_with_parent(parent: int) -> None:
+    """Pool process initializer: end once the process that made the pool is gone (e.g.
+    killed): a pool process would wait for work forever, holding a copy of its memory and
+    its output pipes. A unit running then is finished first: its outputs are cached."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent and not _RUNNING[0]:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="exca-parent-watch", daemon=True).start()
+
+
 def _run_pickled(payload: bytes) -> tuple[Report, list[tuple[str, tp.Any]] | None]:
     """Run a unit in a pool process. Without a folder, its outputs live in this process's
     memory: they are returned, for the caller's in-memory cache."""
     import cloudpickle
 
     unit = cloudpickle.loads(payload)
-    report = run_unit(unit)
+    _RUNNING[0] += 1
+    try:
+        report = run_unit(unit)
+    finally:
+        _RUNNING[0] -= 1
     if not _in_memory(unit):
         return report, None
     cache = unit.node.cache
@@ -392,7 +414,12 @@ class Pools:
                 import multiprocessing
 
                 context = multiprocessing.get_context("fork")
-                pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+                pool = concurrent.futures.ProcessPoolExecutor(
+                    workers,
+                    mp_context=context,
+                    initializer=_end_with_parent,
+                    initargs=(os.getpid(),),
+                )
             else:
                 pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="exca")
             self._pools[cluster] = pool
