@@ -4,6 +4,7 @@ removed, batch claims respected."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -11,7 +12,9 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 
+from exca.storage import claims as claims_module
 from exca.storage import process
 from exca.storage.claims import CLAIMS_DIR, Claim, Claims, Owner
 
@@ -156,3 +159,23 @@ def test_release_removes_only_its_own_file(tmp_path: Path) -> None:
         first.release()  # the late release
         assert Claims(tmp_path).holders(["result"]) == {"result": Owner.current()}
         assert second.path is not None and second.path.exists()
+
+
+@pytest.mark.timeout(60)
+def test_an_empty_folder_lock_of_a_dead_writer_is_broken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process killed between creating claims/.lock and writing its owner in it leaves
+    an empty lock: batch claims take it over once it is a little old (2 s), not after
+    the minute a lock whose owner is unknown gets (here an hour: it would hang)."""
+    monkeypatch.setattr(claims_module, "LOCK_STALE_S", 3600.0)
+    lock = tmp_path / CLAIMS_DIR / ".lock"
+    lock.parent.mkdir()
+    lock.touch()
+    old = time.time() - 5
+    os.utime(lock, (old, old))
+    claim = Claims(tmp_path).claim(["a", "b"])
+    try:
+        assert claim.mine == ["a", "b"]
+    finally:
+        claim.release()

@@ -42,6 +42,7 @@ BACKOFF_S = 0.005  # at most this long a random pause after two claimers met
 HEARTBEAT_ENV = "EXCA_CLAIM_HEARTBEAT_S"
 DEFAULT_HEARTBEAT_S = 30.0
 LOCK_STALE_S = 60.0  # the folder lock is held for milliseconds: a minute means its owner died
+EMPTY_LOCK_STALE_S = 2.0  # (written right after its creation: still empty after 2 s, it never will be)
 
 
 def heartbeat_seconds() -> float:
@@ -290,7 +291,9 @@ class Claims:
             alive = process.is_alive(owner.host, owner.pid, owner.start)
         except (orjson.JSONDecodeError, KeyError, TypeError):
             alive = None  # being written: judge by age only
-        if alive is False or (alive is None and age > LOCK_STALE_S):
+        # (empty for more than a moment: its owner died between creating and writing it)
+        limit = EMPTY_LOCK_STALE_S if not data else LOCK_STALE_S
+        if alive is False or (alive is None and age > limit):
             stale = lock.with_name(f"{LOCK_NAME}.stale-{os.urandom(4).hex()}")
             try:
                 os.rename(lock, stale)  # atomic: one breaker wins
