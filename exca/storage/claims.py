@@ -42,7 +42,7 @@ BACKOFF_S = 0.005  # at most this long a random pause after two claimers met
 HEARTBEAT_ENV = "EXCA_CLAIM_HEARTBEAT_S"
 DEFAULT_HEARTBEAT_S = 30.0
 LOCK_STALE_S = 60.0  # the folder lock is held for milliseconds: a minute means its owner died
-EMPTY_LOCK_STALE_S = 2.0  # (written right after its creation: still empty after 2 s, it never will be)
+EMPTY_LOCK_STALE_S = 2.0  # (written right after its creation: empty after 2 s, it stays so)
 
 
 def heartbeat_seconds() -> float:
