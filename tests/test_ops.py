@@ -1001,18 +1001,22 @@ def test_clean_orphans(tmp_path: Path) -> None:
     orphan.write_bytes(referenced.read_bytes())
     tmp_file = data / "save-tmp-0123456789ab-result.pkl"
     tmp_file.write_bytes(b"half written")
+    tmp_yaml = folder / ".uid.yaml.tmp-12345-abcdef"  # (a yaml file's writer killed)
+    tmp_yaml.write_text("n: 1")
     _dead_claim(folder)
     (dead_claim,) = list((folder / "claims").glob("*.claim"))
     # young files may belong to a writer still at work: kept by the default grace period
     assert clean.orphans(root).removals == []
     plan = clean.orphans(root, min_age_hours=0)
     reasons = {r.path: r.reason for r in plan.removals}
-    assert set(reasons) == {orphan, tmp_file, dead_claim}
+    assert set(reasons) == {orphan, tmp_file, tmp_yaml, dead_claim}
     assert "temporary" in reasons[tmp_file] and "no entry refers" in reasons[orphan]
+    assert "temporary" in reasons[tmp_yaml]
     assert {r.path: r.size for r in plan.removals}[orphan] == orphan.stat().st_blocks * 512
     freed = plan.execute()
     assert freed == plan.size
     assert not orphan.exists() and not tmp_file.exists() and not dead_claim.exists()
+    assert not tmp_yaml.exists() and (folder / "uid.yaml").exists()
     assert referenced.exists()
     assert CacheDict(folder)["result"] == list(range(big))
     # from the command line: files older than the grace period (1 hour) go

@@ -286,6 +286,19 @@ def orphans(root: Path | str, min_age_hours: float = 1.0) -> CleanPlan:
                 else:
                     reason = "payload no entry refers to"
                 plan.removals.append(Removal(Path(entry.path), stat.st_blocks * 512, reason))
+        for place in (folder, folder / "jobs"):  # yaml files, index compaction, job records
+            for entry in _scan(place):
+                if not (entry.name.startswith(".") and _is_temporary(entry.name)):
+                    continue
+                stat = _stat(entry)
+                if stat is not None and stat.st_mtime < limit and entry.is_file():
+                    plan.removals.append(
+                        Removal(
+                            Path(entry.path),
+                            stat.st_blocks * 512,
+                            "temporary file of a killed writer",
+                        )
+                    )
         claims = folder / CLAIMS_DIR
         if claims.is_dir():
             live = {c.path for c in Claims(folder).current()}
@@ -301,6 +314,19 @@ def orphans(root: Path | str, min_age_hours: float = 1.0) -> CleanPlan:
                         Removal(Path(entry.path), stat.st_blocks * 512, "claim of a dead owner")
                     )
     return plan
+
+
+def _scan(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        return list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _is_temporary(name: str) -> bool:
+    """A hidden file written under a temporary name, then renamed into place (what a
+    killed writer leaves): ``.uid.yaml.tmp-<pid>-<hex>``, ``.<index>.tmp``, ``.<job>.<hex>.tmp``."""
+    return ".tmp-" in name or name.endswith(".tmp")
 
 
 def _stat(entry: os.DirEntry[str]) -> os.stat_result | None:
