@@ -1265,6 +1265,16 @@ def test_read_only_is_not_recomputed_below_a_forced_node(env: Env) -> None:
     assert reader.result() == "child(source(None,None),None)"
     assert list(map_reader.result()) == [0, 1, 4]
     assert started(env.log) == [*before, "numbers3"]  # (the map's items come from it)
+    # below the read-only node, nothing is forced either (its input did not change)
+    below = env.step("below").run.node(child)
+    below.result()
+    before = started(env.log)
+    forced = env.step("source", infra={"mode": "force"}).run.node()
+    reader = env.step("child", infra={"mode": "read-only"}).run.node(forced)
+    below = env.step("below").run.node(reader)
+    for _ in range(2):
+        exca.graph.run(below)
+        assert started(env.log) == before
 
 
 def test_read_only_map_fed_by_a_node_not_computed_yet(env: Env) -> None:

@@ -161,7 +161,8 @@ class Graph:
         stack = list(forced)
         while stack:
             for down in self.downstream[stack.pop()]:
-                if down not in forced:
+                if down not in forced and self.nodes[down].mode != "read-only":
+                    # (a read-only node reuses its result: nothing below it changes)
                     forced.add(down)
                     stack.append(down)
         return forced
@@ -226,8 +227,14 @@ class Graph:
         forced = forced and node.mode != "read-only"  # (never computes)
         # mode=force on an instance that forced other items already (items from an
         # upstream node are known only now): the items it has not forced yet
-        if isinstance(node.items, Node) and node.items.key in state.get("sources", ()):
-            # a detached run's split jobs forced what this upstream node yields: these
+        if (
+            isinstance(node.items, Node)
+            and node.items.key in state.get("sources", ())
+            and node.folder is not None
+            and not any(registry.is_active(r) for r in registry.read_all(node.folder))
+        ):
+            # a detached run's split jobs forced what this upstream node yields (they
+            # ended: until then, the old items must not be read)
             state.setdefault("uids", set()).update(uids)
         partial = (
             not forced
