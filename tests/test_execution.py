@@ -289,6 +289,27 @@ def test_local_job_reaching_its_time_limit(tmp_path: Path) -> None:
     assert make(tmp_path, None, block_flag=flag, infra={"mode": "retry"}).process() == 2
 
 
+class WaitsOnItsOwnJob(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        from submitit.core.utils import UncompletedJobError
+
+        raise UncompletedJobError("Job 42 has not produced any output (state: CANCELLED)")
+
+
+def test_an_uncompleted_job_error_of_the_method_is_its_own(tmp_path: Path) -> None:
+    """Only submitit's time-limit signal is the job's failure: the same error type raised
+    by the method (a sub-job of its own that died) is the method's error, as it is."""
+    from submitit.core.utils import UncompletedJobError
+
+    task = WaitsOnItsOwnJob(infra={"folder": tmp_path})
+    for _ in range(2):  # computed, then read from the cache
+        with pytest.raises(UncompletedJobError, match="state: CANCELLED"):
+            task.process()
+
+
 @pytest.mark.timeout(60)
 def test_job_of_a_failing_task_without_folder(tmp_path: Path) -> None:
     """No folder: the error is not cached; job().result() raises it (it hung)."""
