@@ -344,6 +344,7 @@ def _end_with_parent(parent: int) -> None:
     """Pool process initializer: end once the process that made the pool is gone (e.g.
     killed): a pool process would wait for work forever, holding a copy of its memory and
     its output pipes. A unit running then is finished first: its outputs are cached."""
+    _RUNNING[0] = 0  # (forked from a pool process running a unit: none runs here yet)
 
     def watch() -> None:
         while True:
