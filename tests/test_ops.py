@@ -386,6 +386,12 @@ def test_list_a_step_or_config_folder(cache: dict[str, tp.Any]) -> None:
     inputs = cache["pipeline"].folder  # a task with inputs: <config>/inputs-<digest>
     (node,) = exca.ops.inspect(inputs)
     assert node.folder == inputs and node.uid == f"{inputs.parent.name}/{inputs.name}"
+    cwd = os.getcwd()
+    os.chdir(inputs)
+    try:  # `exca list .` from inside it
+        assert [i.uid for i in exca.ops.inspect(".")] == [node.uid]
+    finally:
+        os.chdir(cwd)
 
 
 class WithSub(pydantic.BaseModel):

@@ -182,6 +182,8 @@ def inspect(
     """Describe every node folder of a cache root (filters: step glob or substring,
     ``key=value`` conditions on the uid config, status)."""
     root = Path(root)
+    if root.name in ("", ".."):  # (".": the folder's own name tells what it is)
+        root = root.resolve()
     conditions = [_parse_condition(c) for c in where]
     # (given a step, config or inputs folder instead of a root: that part of the root)
     only_step, only_config, only_inputs = None, None, None
