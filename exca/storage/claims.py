@@ -45,6 +45,19 @@ LOCK_STALE_S = 60.0  # the folder lock is held for milliseconds: a minute means 
 EMPTY_LOCK_STALE_S = 2.0  # (written right after its creation: empty after 2 s, it stays so)
 
 
+def _server_time(folder: Path) -> float:
+    """Now, as the clock that stamps files in ``folder`` sees it (a probe file's mtime)."""
+    probe = folder / f".now-{os.urandom(4).hex()}"
+    try:
+        write_new(os.fspath(probe), b"")
+        try:
+            return os.stat(probe).st_mtime
+        finally:
+            os.remove(probe)
+    except OSError:
+        return time.time()
+
+
 def heartbeat_seconds() -> float:
     return float(os.environ.get(HEARTBEAT_ENV, DEFAULT_HEARTBEAT_S))
 
@@ -283,9 +296,12 @@ class Claims:
     def _break_if_stale(self, lock: Path) -> None:
         try:
             data = lock.read_bytes()
-            age = time.time() - os.stat(lock).st_mtime
+            mtime = os.stat(lock).st_mtime
         except FileNotFoundError:
             return
+        # (an empty lock is judged within seconds: by the file server's clock, which set
+        # its mtime, not this host's, which may differ by more on a network filesystem)
+        age = (_server_time(lock.parent) if not data else time.time()) - mtime
         try:
             owner = Owner(**orjson.loads(data)["owner"])
             alive = process.is_alive(owner.host, owner.pid, owner.start)
