@@ -1399,6 +1399,12 @@ def test_detached_run_raises_what_failed_here(env: Env) -> None:
         with pytest.raises(ValueError, match="broken fails on purpose"):
             exca.graph.run(broken, fine, wait=False)
     assert env.starts("broken") == 1 and fine.result() == "fine(None,None)"
+    # below what fails during the run: not run (as when waiting)
+    below = env.step("below").run.node(env.step("new", fail_flag=str(flag)).run.node())
+    with pytest.raises(NodeFailures, match=r"upstream .* failed"):
+        exca.graph.run(below, wait=False)
+    assert env.starts("new") == 1 and env.starts("below") == 0
+    assert below.status() == "not submitted"
 
 
 @pytest.mark.timeout(120)

@@ -34,8 +34,9 @@ def submit_all(scheduler: Scheduler) -> None:
         for wave in _waves(scheduler.graph.upstream, [r.node.key for r in work]):
             groups: dict[str, list[tuple[NodeRun, Unit]]] = {}
             here: list[NodeRun] = []
-            for key in wave:
-                run = scheduler.runs[key]
+            pending = {key: scheduler.runs[key] for key in wave}
+            scheduler._skip_blocked(pending)  # (below work that failed here: not run)
+            for run in pending.values():
                 if run.action == "wait" and not _after_own_job(run):
                     continue
                 if not executors.on_slurm(run.node):
