@@ -294,14 +294,22 @@ def _compute_task(node: Node) -> Report:
     return Report(computed=1)
 
 
-def _job_timeout(uid: str, error: Exception) -> Exception | None:
-    """The error of a job stopped at its time limit, when ``error`` is submitit's signal
-    (raised in the method's frame, it is not the method's failure): the same error a task
-    gets on Slurm, where the job is killed instead."""
+def _reached_time_limit(error: Exception) -> bool:
+    """Whether ``error`` is submitit's time-limit signal, raised in the method's frame: not
+    the method's failure (the same type raised by the method itself is: e.g. a job of its
+    own that died)."""
     kind = type(error)
-    if kind.__name__ != "UncompletedJobError" or not kind.__module__.startswith("submitit"):
-        return None
-    if "timed-out" not in str(error):  # (e.g. a job of the method's own that died)
+    return (
+        kind.__name__ == "UncompletedJobError"
+        and kind.__module__.startswith("submitit")
+        and "timed-out" in str(error)
+    )
+
+
+def _job_timeout(uid: str, error: Exception) -> Exception | None:
+    """The error of a job stopped at its time limit (the same error a task gets on Slurm,
+    where the job is killed instead), when ``error`` is submitit's signal."""
+    if not _reached_time_limit(error):
         return None
     from .errors import JobFailedError
 
@@ -472,7 +480,7 @@ def _compute_from(
         flush()
         if position >= len(uids) or isinstance(error, NotIterableOutputs):
             raise
-        if _job_timeout(node.uid, error) is not None:
+        if _reached_time_limit(error):
             raise  # (the job's time is up: not this item's error; the rest stays missing)
         cache[uids[position]] = CachedError.from_exception(error)
         report.errors += 1

@@ -76,6 +76,12 @@ _FORCED_KEY = "__exca_forced__"
 _DEFAULTS_CHECKED: dict[str, type] = {}
 
 
+def _remember_checked_defaults(folder: str, owner_cls: type) -> None:
+    if len(_DEFAULTS_CHECKED) >= 10_000:
+        _DEFAULTS_CHECKED.clear()  # (a bounded memo)
+    _DEFAULTS_CHECKED[folder] = owner_cls
+
+
 class BaseInfra(pydantic.BaseModel):
     """Shared settings of TaskInfra and MapInfra (see their docstrings)."""
 
@@ -455,7 +461,7 @@ class BaseInfra(pydantic.BaseModel):
             permissions=self.permissions,
         )
         runtime.checked = True
-        _DEFAULTS_CHECKED[folder] = type(self._owner())
+        _remember_checked_defaults(folder, type(self._owner()))
 
     def _check_defaults(self) -> None:
         """Before reusing cached results (once per instance, nothing written): they were
@@ -473,9 +479,7 @@ class BaseInfra(pydantic.BaseModel):
             )
             if not checked:
                 return  # no full-uid.yaml (yet): another process may write one later
-            if len(_DEFAULTS_CHECKED) >= 10_000:
-                _DEFAULTS_CHECKED.clear()  # (a bounded memo)
-            _DEFAULTS_CHECKED[folder] = owner_cls
+            _remember_checked_defaults(folder, owner_cls)
         runtime.defaults_checked = True
 
     def clone_obj(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:

@@ -287,20 +287,15 @@ _WARNED_FOREIGN: set[str] = set()
 def _read_span(fd: int, offset: int, size: int) -> bytes:
     """``size`` bytes from ``offset`` (what the fstat/stat saw; lines appended since are
     read by the next refresh), fewer if the file was truncated meanwhile."""
-    if size <= 0:
-        return b""
-    data = os.pread(fd, size, offset)
-    if len(data) < size:  # (a short read: a huge span, or a signal)
-        parts = [data]
-        got = len(data)
-        while got < size:
-            more = os.pread(fd, size - got, offset + got)
-            if not more:
-                break
-            parts.append(more)
-            got += len(more)
-        data = b"".join(parts)
-    return data
+    parts: list[bytes] = []
+    got = 0
+    while got < size:  # (more than one read: a huge span, or a signal)
+        more = os.pread(fd, size - got, offset + got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _written_here(name: str, reader: IndexReader) -> bool:
