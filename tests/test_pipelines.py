@@ -1283,6 +1283,10 @@ def test_read_only_map_fed_by_a_node_not_computed_yet(env: Env) -> None:
     cached are read."""
     source = env.numbers(count=3).make.node()
     squares = env.square(mode="read-only").apply.node(source)
+    plan = exca.graph.plan(squares)
+    entry = _by_uid(plan)[squares.uid]  # checked, never computed: no submission
+    assert (entry.status, entry.action, entry.array) == ("missing", "check", None)
+    assert [a.nodes for a in plan.arrays] == [[source.uid]]
     with pytest.raises(RuntimeError, match=r"read-only and 3/3 items missing"):
         exca.graph.run(squares)
     assert started(env.log) == ["numbers3"]

@@ -520,3 +520,29 @@ def test_a_forced_map_split_by_a_detached_run_is_forced_once(env: Env, sbatch: S
     assert again.result() == [0, 1, 4]
     assert list(forced.apply([0, 1, 2])) == [0, 1, 4]
     assert len([e for e in events(env.log) if e["name"].startswith("square")]) == 6
+
+
+def test_detached_read_only_map_fed_by_upstream_only_checks(env: Env, sbatch: Sbatch) -> None:
+    """Its items are known once its upstream job ran: one job checks them, and fails if
+    one is missing (it never computes, as a waiting run or an eager call)."""
+    numbers = env.numbers(count=5, **slurm())
+    mapper = SlurmSquare(
+        log=env.log, infra={"folder": env.folder, "mode": "read-only", **slurm(max_jobs=3)}
+    )
+    squares = mapper.apply.node(numbers.make.node())
+    entry = _by_uid(exca.graph.plan(squares))[squares.uid]
+    assert (entry.status, entry.action) == ("missing", "check")
+    exca.graph.run(squares, wait=False)
+    calls = sbatch.calls()
+    assert len(calls) == 2
+    assert Sbatch.option(calls[1], "array") is None  # one check job, not max_jobs chunks
+    wait_until_ended(recorded_jobs(env.folder))
+    assert not [e for e in events(env.log) if e["name"].startswith("square")]  # none computed
+    with pytest.raises(RuntimeError, match="read-only and 5/5 items missing"):
+        squares.result()
+    computing = SlurmSquare(log=env.log, infra={"folder": env.folder, "cluster": None})
+    assert list(computing.apply(list(range(5)))) == [i**2 for i in range(5)]
+    again = SlurmSquare(
+        log=env.log, infra={"folder": env.folder, "mode": "read-only", **slurm(max_jobs=3)}
+    )
+    assert again.apply.node(numbers.make.node()).result() == [i**2 for i in range(5)]

@@ -41,6 +41,18 @@ class NodeRun:
     def needs_work(self) -> bool:
         return self.action in ("compute", "force", "retry", "wait")
 
+    @property
+    def check_only(self) -> bool:
+        """A read-only map whose items come from an upstream node that has not run: it
+        is checked once they are known (it never computes; a missing item fails)."""
+        node = self.node
+        return (
+            node.kind == "map"
+            and self.uids is None
+            and node.mode == "read-only"
+            and self.action == "compute"
+        )
+
 
 def collect(targets: tp.Sequence[Node]) -> dict[Key, Node]:
     """Every node the targets need, deduplicated by key (conflicting duplicates raise)."""
@@ -194,9 +206,10 @@ class Graph:
         uids = self.item_uids.get(node.key)
         if uids is None:
             if isinstance(node.items, Node) and not self._readable(node.items):
-                # (read-only: its items are checked once its upstream, in its own mode, ran)
                 run.action = "force" if forced and node.mode != "read-only" else "compute"
                 run.reason = "items known at run time"
+                if node.mode == "read-only":  # (checked once its upstream, in its own mode, ran)
+                    run.reason = "read-only: items known at run time (a missing item fails)"
                 return
             try:
                 uids = store.map_item_uids(node)

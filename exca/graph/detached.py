@@ -169,6 +169,6 @@ def _dependencies(scheduler: Scheduler, key: Key) -> list[str]:
 def _units(scheduler: Scheduler, run: NodeRun) -> list[Unit]:
     node = run.node
     if node.kind == "map" and run.uids is None:  # items known at run time: split then
-        count = node.execution.max_jobs or 1
+        count = 1 if run.check_only else node.execution.max_jobs or 1
         return [Unit(node, tp.cast(Action, run.action), split=(i, count)) for i in range(count)]
     return scheduler.units(run)

@@ -107,7 +107,7 @@ class Plan:
         if run.action == "wait" and run.handles:
             job_id = run.handles[0].job_id
         problems: list[str] = []
-        if run.needs_work and run.action != "wait":
+        if run.needs_work and run.action != "wait" and not run.check_only:
             from .executors import resolve_cluster
 
             if resolve_cluster(node.execution.cluster) == "slurm":
@@ -164,14 +164,14 @@ class Plan:
         wave: dict[Key, int] = {}
         for key in order:
             ups = [wave[u] + 1 for u in upstream[key] if u in wave]
-            if runs[key].needs_work and runs[key].action != "wait":
+            if runs[key].needs_work and runs[key].action != "wait" and not runs[key].check_only:
                 wave[key] = max(ups, default=0)
             elif ups:
                 wave[key] = max(ups) - 1
         groups: dict[tuple[int, str], PlannedArray] = {}
         for key in order:
             run = runs[key]
-            if key not in wave or not run.needs_work or run.action == "wait":
+            if key not in wave or not run.needs_work or run.action == "wait" or run.check_only:
                 continue
             node = run.node
             cluster = node.execution.cluster
@@ -331,6 +331,8 @@ def _status(run: NodeRun) -> tuple[str, str]:
         return "cached error", "compute"
     if action == "wait":
         return "running", "wait"
+    if run.check_only:
+        return "missing", "check"
     if action == "fail":
         if run.reason.startswith("cached error") or "ended without" in run.reason:
             return "cached error", "fail"

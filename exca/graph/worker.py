@@ -95,6 +95,16 @@ def _resolve_split(unit: Unit) -> Unit:
             f"{node.uid}: its items could not be read from {node.items.uid}: {e}"
         ) from e
     uids = store.map_item_uids(dataclasses.replace(node, items=items))
+    if node.mode == "read-only":  # (never computes: checks what is cached)
+        node.cache.refresh()
+        missing = node.cache.missing(uids)
+        if missing:
+            total = len(set(uids))
+            raise RuntimeError(
+                f"{node.uid}: read-only and {len(missing)}/{total} items missing "
+                "(mode='read-only' never computes)"
+            )
+        return unit._replace(items=[], uids=[], split=None)
     index, count = unit.split
     chunks = to_chunks(len(items), count, 1)
     start, stop = chunks[index] if index < len(chunks) else (0, 0)
