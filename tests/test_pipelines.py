@@ -604,6 +604,45 @@ def test_forced_subconfig_is_computed_once(env: Env, cluster: str | None) -> Non
     assert env.starts("prepare3") == 2 and env.starts("fit") == 2
 
 
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("cluster", [None, "local"])
+def test_job_of_a_config_whose_subconfig_is_forced(env: Env, cluster: str | None) -> None:
+    """infra.job() forces a chained sub-config in mode force, then recomputes its owner
+    (as an eager call does); it returned the owner's cached result, nothing forced."""
+    assert Train(data=env.data(), log=env.log, infra=env.infra()).fit() == 3
+    data = env.data(cluster=cluster, mode="force")
+    train = Train(data=data, log=env.log, infra=env.infra(cluster=cluster))
+    assert train.infra.job().result() == 3
+    assert env.starts("prepare3") == 2 and env.starts("fit") == 2
+    assert train.infra.job().result() == 3  # forced once per instance
+    assert env.starts("prepare3") == 2 and env.starts("fit") == 2
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("cluster", [None, "local"])
+def test_a_forced_subconfig_held_by_several_configs_is_forced_once(
+    env: Env, cluster: str | None
+) -> None:
+    """Two configs, each with its own instance of one sub-config in mode force: a run of
+    both forces it once (one node), and neither instance forces it again afterwards, in
+    this process or in the jobs (which were given the instances after the force)."""
+    trains = [
+        Train(data=env.data(mode="force"), lr=lr, log=env.log, infra=env.infra(cluster=cluster))
+        for lr in (0.1, 0.2)
+    ]
+    exca.graph.run(*[t.fit.node() for t in trains])
+    assert env.starts("prepare3") == 1 and env.starts("fit") == 2
+    assert [t.fit() for t in trains] == [3, 3]
+    assert [t.data.prepare() for t in trains] == [[0, 1, 2], [0, 1, 2]]
+    assert env.starts("prepare3") == 1 and env.starts("fit") == 2
+    # a job array of clones (each clone holds its own copy of the sub-config)
+    base = Train(data=env.data(mode="force"), log=env.log, infra=env.infra(cluster=cluster))
+    with base.infra.job_array() as array:
+        array.extend(base.infra.clone_obj(lr=lr) for lr in (0.1, 0.2))
+    assert [t.infra.job().result() for t in array] == [3, 3]
+    assert env.starts("prepare3") == 2 and env.starts("fit") == 4
+
+
 class BrokenData(pydantic.BaseModel):
     n: int = 3
     infra: exca.TaskInfra = exca.TaskInfra(version="1")

@@ -86,7 +86,9 @@ def task_job(node: Node) -> Job:
     state = store.task_state(node, refresh=True)
     record = registry.latest(node.folder)
     reusable = state == "done" or (state == "error" and node.mode != "retry")
-    forcing = node.pending_force  # (once per instance: then its job is the one to follow)
+    # (once per instance: then its job is the one to follow); a forced sub-config forces
+    # this node too, as in an eager call
+    forcing = any(n.pending_force for n in node.closure)
     if not forcing and (reusable or (record is not None and registry.is_active(record))):
         return Job(node, recorded_handle(record) if record is not None else None)
     scheduler = Scheduler([node])
@@ -99,8 +101,9 @@ def task_job(node: Node) -> Job:
     # the outcome the new job replaces: removed once it is submitted (store.drop_outcome)
     outdated = store.outdated_outcome(node.cache, "force" if forcing else node.mode)
     handles = scheduler.submit().get(node.key) or []
-    store.drop_outcome(node.cache, outdated)
-    if forcing and handles:
+    if handles:  # (nothing submitted: what is cached stays)
+        store.drop_outcome(node.cache, outdated)
+    if node.pending_force and handles:
         node.force_state["done"] = True  # (the scheduler only sees the jobs it waits for)
     if handles:
         return Job(node, handles[0])

@@ -54,8 +54,11 @@ class NodeRun:
         )
 
 
-def collect(targets: tp.Sequence[Node]) -> dict[Key, Node]:
-    """Every node the targets need, deduplicated by key (conflicting duplicates raise)."""
+def collect(
+    targets: tp.Sequence[Node], aliases: dict[Key, list[Node]] | None = None
+) -> dict[Key, Node]:
+    """Every node the targets need, deduplicated by key (conflicting duplicates raise);
+    ``aliases`` receives the duplicates that are other objects (other config instances)."""
     for target in targets:
         if not isinstance(target, Node):
             hint = (
@@ -77,6 +80,8 @@ def collect(targets: tp.Sequence[Node]) -> dict[Key, Node]:
                     f"({node.mode}, {node.execution.describe()}): give them the same infra "
                     "settings (mode, cluster, resources)"
                 )
+            if known is not node and aliases is not None:
+                aliases.setdefault(node.key, []).append(node)
             continue
         nodes[node.key] = node
         stack.extend(reversed(node.upstream))
@@ -103,11 +108,18 @@ class Graph:
     """The nodes some targets need, their edges, and the decision for each node."""
 
     def __init__(
-        self, targets: tp.Sequence[Node], item_uids: dict[Key, list[str]] | None = None
+        self,
+        targets: tp.Sequence[Node],
+        item_uids: dict[Key, list[str]] | None = None,
+        forced: tp.Collection[Key] = (),
     ) -> None:
+        """``forced``: nodes forced whatever their upstream's state now (forced by an
+        upstream node that was forced, and computed, since)."""
         with gcpause.paused():
             self.targets = list(targets)
-            self.nodes = collect(self.targets)
+            self.forced_before = set(forced)
+            self.aliases: dict[Key, list[Node]] = {}  # other instances of the same nodes
+            self.nodes = collect(self.targets, self.aliases)
             self.item_uids = item_uids or {}
             self.upstream: dict[Key, list[Key]] = {
                 # (a node given twice, or two equal nodes, is one edge)
@@ -120,6 +132,21 @@ class Graph:
                     self.downstream[up].append(key)
             self.order = self._topological()
             self.runs: dict[Key, NodeRun] = {}
+
+    def share_force_states(self) -> None:
+        """What a node's mode=force did, told to the other instances of the same config
+        in the graph (a sub-config copied into several configs): forced once for all."""
+        for key, others in self.aliases.items():
+            state = self.nodes[key].force_state
+            if not state.get("done"):
+                continue
+            for other in others:
+                if other.force_state is state:
+                    continue
+                other.force_state["done"] = True
+                for name in ("uids", "sources"):
+                    if name in state:
+                        other.force_state.setdefault(name, set()).update(state[name])
 
     def _topological(self) -> list[Key]:
         if len(self.nodes) < 2:
@@ -170,6 +197,7 @@ class Graph:
     def _forced(self) -> set[Key]:
         """Nodes in mode force, and everything downstream of them in this graph."""
         forced = {k for k, n in self.nodes.items() if n.pending_force}
+        forced |= self.forced_before & set(self.nodes)
         stack = list(forced)
         while stack:
             for down in self.downstream[stack.pop()]:

@@ -32,6 +32,7 @@ def submit_all(scheduler: Scheduler) -> None:
     submitted: list[tuple[NodeRun, executors.Handle]] = []
     try:
         for wave in _waves(scheduler.graph.upstream, [r.node.key for r in work]):
+            scheduler.graph.share_force_states()  # (before instances are pickled into jobs)
             groups: dict[str, list[tuple[NodeRun, Unit]]] = {}
             here: list[NodeRun] = []
             pending = {key: scheduler.runs[key] for key in wave}
@@ -54,6 +55,7 @@ def submit_all(scheduler: Scheduler) -> None:
         raise
     finally:
         pools.shutdown()
+        scheduler.graph.share_force_states()
     # what failed here (or was decided to fail: a cached error), raised as a waiting run
     # would, once everything else is submitted (the submitted jobs stay)
     scheduler._raise_failures()

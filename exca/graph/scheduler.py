@@ -90,7 +90,10 @@ class Scheduler:
         when the others only could not run because of it, as a call of that node raises)."""
         work = self.start()
         if work:
-            self._execute(work)
+            try:
+                self._execute(work)
+            finally:
+                self.graph.share_force_states()
         self._raise_failures(root_cause)
 
     def run_detached(self) -> None:
@@ -110,9 +113,11 @@ class Scheduler:
             # a job can start only once what it needs exists (e.g. the task of a sub-config
             # it calls): that is computed first, waiting for it, then the job goes out
             order = [k for k in self.graph.order if k in needed]
+            # (forced by an upstream node computed now: still forced once that is done)
+            forced = {r.node.key for r in work if r.action == "force"} - needed
             upstream = Scheduler([self.graph.nodes[k] for k in order], self._item_uids)
             upstream.run(root_cause=True)
-            self.graph = Graph(self._targets, self._item_uids)
+            self.graph = Graph(self._targets, self._item_uids, forced=forced)
             work = self.start()
         pools = executors.Pools()
         running: dict[Key, NodeRun] = {}
@@ -120,6 +125,7 @@ class Scheduler:
         self.launch(work, running, pools, progress, parallelism)
         self.finish_done(running, progress)  # the inline ones ran already
         pools.shutdown()
+        self.graph.share_force_states()
         return {r.node.key: r.handles for r in work}
 
     def _execute(self, work: list[NodeRun]) -> None:
@@ -260,6 +266,7 @@ class Scheduler:
     ) -> None:
         """Start ready nodes: the ones with a cluster go out grouped in arrays, then the
         inline ones run (here: jobs first, so that they run meanwhile)."""
+        self.graph.share_force_states()  # (before instances are pickled into jobs)
         groups: dict[str, list[tuple[NodeRun, Unit]]] = {}
         inline: list[tuple[NodeRun, Unit]] = []
         for run in ready:

@@ -58,27 +58,23 @@ def submit_array(
         mode = "cached"  # this base forced its array once already: its tasks are reused
         for infra in infras.values():
             _forced(infra)  # (clones of the base are in mode force, not yet applied)
-    if array_infra.cluster is None:
-        for infra in infras.values():  # (the array's mode decides, as with a cluster)
-            if mode == "force" or (mode == "retry" and infra.status() == "failed"):
-                infra.clear_job()
-            infra.job()
-    else:
-        step = array_infra._step_name()
-        folder = None if array_infra.folder is None else Path(array_infra.folder) / step
-        owner = type(array_infra._owner()).__name__
-        execution = array_infra._execution(
-            logs_folder=folder,
-            job_name=step[step.find(owner) :],
-            workdir_folder=array_infra._workdir_folder(step),
-        )
-        nodes = [
-            dataclasses.replace(i._node(), mode=mode, execution=execution) for i in infras.values()
-        ]
-        outdated = {n.key: store.outdated_outcome(n.cache, mode) for n in nodes}
-        Scheduler(nodes).submit(parallelism=max_workers)
-        for node in nodes:  # (else, until its job starts, a task shows its old outcome)
-            store.drop_outcome(node.cache, outdated[node.key])
+    # one scheduler for all (cluster=None: computed here, one after the other; a failure
+    # is cached, job().result() raises it): a sub-config they share is one node
+    step = array_infra._step_name()
+    folder = None if array_infra.folder is None else Path(array_infra.folder) / step
+    owner = type(array_infra._owner()).__name__
+    execution = array_infra._execution(
+        logs_folder=folder,
+        job_name=step[step.find(owner) :],
+        workdir_folder=array_infra._workdir_folder(step),
+    )
+    nodes = [
+        dataclasses.replace(i._node(), mode=mode, execution=execution) for i in infras.values()
+    ]
+    outdated = {n.key: store.outdated_outcome(n.cache, mode) for n in nodes}
+    Scheduler(nodes).submit(parallelism=max_workers)
+    for node in nodes:  # (else, until its job starts, a task shows its old outcome)
+        store.drop_outcome(node.cache, outdated[node.key])
     if requested in ("force", "retry"):
         for infra in [array_infra, *infras.values()]:
             _forced(infra)
