@@ -736,6 +736,85 @@ def test_class_defined_in_main(tmp_path: Path) -> None:
     run_main_script(tmp_path, MAIN_SCRIPT, str(cache))
 
 
+MAIN_ERRORS_SCRIPT = """
+import sys
+import typing as tp
+
+import pydantic
+
+import exca
+
+
+class MyError(Exception):
+    pass
+
+
+class TwoArgsError(Exception):
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(f"{a}-{b}")
+        self.pair = (a, b)
+
+
+class Failing(pydantic.BaseModel):
+    kind: str = "mine"
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        raise MyError("mine") if self.kind == "mine" else TwoArgsError(1, 2)
+
+
+class FailingMap(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            if item == 1:
+                raise MyError(f"item {item}")
+            yield item
+
+
+def check(cluster: str | None) -> None:
+    for kind, error in (("mine", MyError), ("two", TwoArgsError)):
+        for _ in range(2):  # computed, then from the cache (a new instance)
+            task = Failing(kind=kind, infra={"folder": FOLDER, "cluster": cluster})
+            try:
+                task.process()
+            except error as caught:  # the script's own class, not a stand-in
+                if kind == "two":
+                    assert caught.pair == (1, 2) and str(caught) == "1-2"
+            else:
+                raise AssertionError("no error")
+    for _ in range(2):
+        mapper = FailingMap(infra={"folder": FOLDER, "cluster": cluster})
+        try:
+            list(mapper.process([0, 1, 2]))
+        except MyError as caught:
+            assert "item 1" in str(caught)
+        else:
+            raise AssertionError("no error")
+
+
+FOLDER = sys.argv[1]
+if __name__ == "__main__":
+    check(sys.argv[2] if sys.argv[2] != "none" else None)
+    print("MAIN-OK")
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cluster", ["local", "none"])
+def test_errors_of_classes_defined_in_main_keep_their_type(tmp_path: Path, cluster: str) -> None:
+    """An exception class of the user's script, raised in a job, is raised again as that
+    class (it was a ComputationError); one whose __init__ takes other arguments than its
+    args keeps its type and attributes when read back from the cache; and a new process
+    of the same script reads both cached errors as its own classes."""
+    cache = tmp_path / "cache"
+    run_main_script(tmp_path, MAIN_ERRORS_SCRIPT, str(cache), cluster)
+    run_main_script(tmp_path, MAIN_ERRORS_SCRIPT, str(cache), "none")  # all cached now
+
+
 MAIN_FUNCTIONS_SCRIPT = """
 import pickle
 import sys

@@ -1182,12 +1182,10 @@ class CachedError:
             "tb": self.traceback_text[-50_000:],
         }
         if self.exception is not None:
-            try:
-                data = pickle.dumps(self.exception, protocol=pickle.HIGHEST_PROTOCOL)
-                pickle.loads(data)  # some exceptions pickle but do not unpickle
-            except Exception:
-                pass
-            else:
+            from . import exceptions
+
+            data = exceptions.dumps(self.exception)
+            if data is not None:
                 info["p"] = base64.b64encode(data).decode("ascii")
         return info
 
@@ -1197,10 +1195,9 @@ class CachedError:
     ) -> CachedError:
         exception = None
         if p is not None:
-            try:
-                exception = pickle.loads(base64.b64decode(p))
-            except Exception:  # the exception class is gone: keep type name and message
-                exception = None
+            from . import exceptions
+
+            exception = exceptions.loads(base64.b64decode(p))
         return cls(t, m, tb, exception)
 
 
