@@ -383,6 +383,17 @@ def test_clone_obj_keeps_infra_settings_the_instance_overrode(tmp_path: Path) ->
     )
 
 
+def test_clone_obj_keeps_the_permissions_the_instance_set(tmp_path: Path) -> None:
+    """permissions is kept out of exports (not config): clones lost it, and created their
+    folders with the default 0o777 instead of the instance's 0o700."""
+    task = Task(param=1, infra={"folder": tmp_path, "permissions": 0o700})
+    clone = task.infra.clone_obj(param=2)
+    assert clone.infra.permissions == 0o700
+    clone.infra.uid_folder(create=True)
+    assert (clone.infra.uid_folder().stat().st_mode & 0o777) == 0o700
+    assert Task(infra={"folder": tmp_path}).infra.clone_obj(param=3).infra.permissions == 0o777
+
+
 def test_iter_cached(tmp_path: Path) -> None:
     for layers in (1, 2):
         assert Outer(model={"layers": layers}, infra={"folder": tmp_path}).train() > 0

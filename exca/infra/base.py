@@ -505,6 +505,8 @@ class BaseInfra(pydantic.BaseModel):
                 continue  # a private infra: not config
             paths.update(parts[:i] for i in range(1, len(parts)))
             dumped = infra.model_dump(mode="json", include=infra.model_fields_set, warnings=False)
+            for key in infra.model_fields_set - dumped.keys():  # (kept out of dumps: permissions)
+                dumped[key] = getattr(infra, key)
             overrides[parts] = dumped
         switched = _switched_classes(owner, changes)
         for path in sorted(paths, key=len):
