@@ -394,6 +394,44 @@ def test_clone_obj_keeps_the_permissions_the_instance_set(tmp_path: Path) -> Non
     assert Task(infra={"folder": tmp_path}).infra.clone_obj(param=3).infra.permissions == 0o777
 
 
+class Layered(pydantic.BaseModel):
+    layers: list[int] = [64]
+    params: dict[str, float] = {}
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def train(self) -> str:
+        return f"{self.layers} {self.params}"
+
+
+class LayeredMap(pydantic.BaseModel):
+    scale: list[int] = [1]
+    infra: MapInfra = MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def apply(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            yield item * sum(self.scale)
+
+
+def test_a_config_changed_in_place_after_its_uid_is_not_computed(tmp_path: Path) -> None:
+    """A list or dict changed in place after the uid was computed (a plan, a printed
+    folder): the result of the new values was cached under the old values' uid."""
+    exp = Layered(params={"lr": 0.1}, infra={"folder": tmp_path})
+    exp.infra.uid_folder(create=True)  # the folder is written: checked again anyway
+    exp.layers.append(128)
+    exp.params["lr"] = 0.9
+    with pytest.raises(RuntimeError, match=r"changed in place.*layers: its default -> \[64, 128\]"):
+        exp.train()
+    assert Layered(params={"lr": 0.1}, infra={"folder": tmp_path}).train() == "[64] {'lr': 0.1}"
+    mapper = LayeredMap(infra={"folder": tmp_path})
+    mapper.apply.node([1, 2]).uid  # noqa: B018  (the uid, computed by building the node)
+    mapper.scale[0] = 5
+    with pytest.raises(RuntimeError, match="scale"):
+        list(mapper.apply([1, 2]))
+    assert list(LayeredMap(infra={"folder": tmp_path}).apply([1, 2])) == [1, 2]
+
+
 def test_iter_cached(tmp_path: Path) -> None:
     for layers in (1, 2):
         assert Outer(model={"layers": layers}, infra={"folder": tmp_path}).train() > 0

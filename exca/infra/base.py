@@ -448,9 +448,13 @@ class BaseInfra(pydantic.BaseModel):
         helpers.update_uids(folder.parent, dryrun=False)
 
     def _prepare_folder(self) -> None:
-        """Create the uid folder and check/write uid.yaml, full-uid.yaml, config.yaml."""
+        """Create the uid folder and check/write uid.yaml, full-uid.yaml, config.yaml
+        (before computing: the config must still be the one its uid names)."""
         runtime = self._runtime()
-        if runtime.checked or self.folder is None:
+        if self.folder is None:
+            return
+        self._check_unchanged()
+        if runtime.checked:
             return
         folder = os.path.join(self.folder, self.uid())
         uidfolder.prepare(
@@ -462,6 +466,30 @@ class BaseInfra(pydantic.BaseModel):
         )
         runtime.checked = True
         _remember_checked_defaults(folder, type(self._owner()))
+
+    def _check_unchanged(self) -> None:
+        """RuntimeError if a list or dict of the config was changed in place since its
+        uid was computed (assignments are refused once frozen; in-place changes cannot be):
+        the result would be cached under the uid of the old values."""
+        runtime = self._runtime()
+        if runtime.uid_export is None:
+            return
+        exclude = self._cache_exclusions()
+        now, _ = identity.export_with_keys(self._owner(), True, True, exclude)
+        if now == runtime.uid_export:
+            return
+        before, after = ConfDict(runtime.uid_export).flat(), ConfDict(now).flat()
+        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+        def value(flat: dict[str, tp.Any], key: str) -> str:
+            return repr(flat[key]) if key in flat else "its default"
+
+        shown = ", ".join(f"{k}: {value(before, k)} -> {value(after, k)}" for k in changed[:5])
+        raise RuntimeError(
+            f"The config of {self.uid()} was changed in place after its uid was computed "
+            f"({shown}): its result would be cached under the uid of the old values. "
+            "Build a new config instead, e.g. infra.clone_obj({...}) with the new values"
+        )
 
     def _check_defaults(self) -> None:
         """Before reusing cached results (once per instance, nothing written): they were
