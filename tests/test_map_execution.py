@@ -765,3 +765,49 @@ def test_a_method_that_yields_nothing_is_one_clear_error(tmp_path: Path) -> None
     with pytest.raises(TypeError, match="returned NoneType, not one output per item: yield"):
         list(mapper.process([1, 2, 3]))
     assert not list(mapper.infra.cache_dict.keys())  # no error cached for the items
+
+
+class Lengths(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[str]) -> tp.Iterator[int]:
+        return {item: len(item) for item in items}  # type: ignore[return-value]
+
+
+class Count(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def make(self) -> int:
+        return 5
+
+
+def test_maps_refuse_what_is_not_one_value_per_item(tmp_path: Path) -> None:
+    """A method returning a dict (its keys were cached as the outputs), a string given as
+    the items (its characters were the items), a single item, or an upstream task whose
+    output is not a list: clear errors, nothing cached."""
+    mapper = Lengths(infra={"folder": tmp_path / "cache"})
+    with pytest.raises(TypeError, match="returned a dict, not one output per item"):
+        list(mapper.process(["cat", "horse"]))
+    with pytest.raises(TypeError, match=r"got the str 'recording.wav': wrap one item in a list"):
+        mapper.process("recording.wav")
+    with pytest.raises(TypeError, match=r"Lengths.process takes a list .* got int"):
+        mapper.process(3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="got the str"):
+        mapper.process.node("recording.wav")
+    assert not list(mapper.infra.cache_dict.keys())
+    source = Count(infra={"folder": tmp_path / "cache"}).make.node()
+    with pytest.raises(TypeError, match=r"come from .*Count.make.*not a list of items: int 5"):
+        mapper.process.node(source).result()
+
+
+def test_a_generator_method_cannot_be_a_task() -> None:
+    with pytest.raises(TypeError, match="yields: a TaskInfra method returns one result"):
+
+        class Generating(pydantic.BaseModel):
+            infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+            @infra.apply
+            def make(self) -> tp.Iterator[int]:
+                yield 1

@@ -108,7 +108,12 @@ def map_item_uids(node: Node) -> list[str]:
 
     items = node.items
     if isinstance(items, Node):
-        items = load_output(items)
+        source, items = items, load_output(items)
+        if isinstance(items, str | bytes) or not isinstance(items, tp.Iterable):
+            raise TypeError(
+                f"The items of {node.uid} come from {source.uid}, whose output is not a "
+                f"list of items: {type(items).__name__} {items!r:.80}"
+            )
     elif node.item_uids is not None:
         return list(node.item_uids)
     assert node.item_uid is not None

@@ -518,6 +518,11 @@ class NotIterableOutputs(TypeError):
 
 def _outputs(node: Node, items: list[tp.Any]) -> tp.Iterator[tp.Any]:
     outputs = node.function(items)
+    if isinstance(outputs, tp.Mapping | str | bytes):  # (iterating them is not one per item)
+        raise NotIterableOutputs(
+            f"{node.label or node.uid}: the method returned a {type(outputs).__name__}, not "
+            "one output per item: yield each output (or return a list of them)"
+        )
     try:
         return iter(outputs)
     except TypeError:

@@ -154,7 +154,7 @@ class BoundMap:
             calls.run_nodes([node])
             return iter(store.map_outputs(node))
         if not isinstance(items, list | tuple):
-            items = list(items)
+            items = as_items(items, method.func.__qualname__)
         infra = tp.cast(MapInfra, method.infra_of(self.obj))
         uids = method.item_uid.unshortened(items)
         cache = infra.cache_dict
@@ -180,11 +180,28 @@ class BoundMap:
         list); nothing runs. It shares its per-item cache with eager calls."""
         infra = tp.cast(MapInfra, self.method.infra_of(self.obj))
         if not isinstance(items, Node | list | tuple):
-            items = list(items)
+            items = as_items(items, self.method.func.__qualname__)
         return infra._map_node(items)
 
     def __repr__(self) -> str:
         return f"<bound {self.method.func.__qualname__} of {type(self.obj).__name__}>"
+
+
+def as_items(items: tp.Any, name: str) -> list[tp.Any]:
+    """The items of a map call as a list (a string is refused: its characters would be
+    the items)."""
+    if isinstance(items, str | bytes):
+        raise TypeError(
+            f"{name} takes a list of items, got the {type(items).__name__} {items!r:.80}: "
+            "wrap one item in a list ([item])"
+        )
+    try:
+        return list(items)
+    except TypeError:
+        raise TypeError(
+            f"{name} takes a list (or any iterable) of items, got {type(items).__name__}: "
+            "wrap one item in a list ([item])"
+        ) from None
 
 
 MAX_REFILLS = 3  # items deleted while read, computed again, before the call gives up

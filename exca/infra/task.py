@@ -85,6 +85,11 @@ class MethodCall:
 class TaskMethod(InfraMethod):
     def __init__(self, infra: BaseInfra, func: tp.Callable[..., tp.Any], **options: tp.Any) -> None:
         check_plain_method(func)
+        if inspect.isgeneratorfunction(func):  # (its outputs would be a generator: unstorable)
+            raise TypeError(
+                f"{func.__qualname__} yields: a TaskInfra method returns one result. Return a "
+                "list, or decorate it with a MapInfra (one output per item)"
+            )
         self.signature = inspect.signature(func)
         self.params = tuple(self.signature.parameters)[1:]
         super().__init__(infra, func, **options)
