@@ -712,6 +712,92 @@ def test_cli_bad_input_gets_a_message_not_a_traceback(
     assert "Train.fit,1" in capsys.readouterr().out
 
 
+class Helped(pydantic.BaseModel):
+    """A decorated method next to a plain one (not a TARGET)."""
+
+    name: str = "x"
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def label(self) -> str:
+        return self.name
+
+    def helper(self) -> int:
+        return 1
+
+
+def test_cli_target_not_decorated(capsys: pytest.CaptureFixture[str]) -> None:
+    from exca.ops.cli import main
+
+    for method in ("helper", "model_dump"):  # (model_dump: a method every config has)
+        assert main(["plan", f"{__name__}:Helped.{method}"]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "not decorated with an infra" in err, err
+        assert "decorated methods of Helped: label" in err, err
+
+
+def test_cli_misformed_overrides_get_the_key_value_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from exca.ops.cli import main
+
+    root = tmp_path / "cache"
+    target = f"{__name__}:Train.fit"
+    for bad in (["optim.lr"], ["--optim.lr", "0.3"], ["--seed"]):
+        assert main(["plan", target, f"infra.folder={root}", *bad]) == 2, bad
+        err = capsys.readouterr().err
+        assert f"override {bad[0]!r}: expected key=value, e.g. optim.lr=0.01" in err, err
+    # a leading -- is accepted, among the options of the command (in any order)
+    argv = ["plan", target, "--json", f"--infra.folder={root}", "--optim.lr=0.3"]
+    assert main(argv) == 0
+    (entry,) = json.loads(capsys.readouterr().out)["nodes"]
+    assert "optim.lr=0.3" in entry["uid"]
+    # other commands take no override
+    with pytest.raises(SystemExit) as exit_info:
+        main(["list", str(tmp_path), "seed=1"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: seed=1" in capsys.readouterr().err
+
+
+def test_cli_plan_and_explain_warn_of_a_missing_cache_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from exca.ops.cli import main
+
+    missing = tmp_path / "no_cache"
+    for command in ("plan", "explain"):
+        for extra in ([], ["--json"]):
+            argv = [command, f"{__name__}:Train.fit", f"infra.folder={missing}", *extra]
+            assert main(argv) == 0, argv
+            out, err = capsys.readouterr()
+            assert f"cache folder {missing} does not exist" in err, err
+            if extra:
+                json.loads(out)  # (the warning stays out of the json)
+    assert not missing.exists()  # (still a dry run)
+    root = tmp_path / "cache"
+    Train(infra={"folder": root}).fit()
+    assert main(["plan", f"{__name__}:Train.fit", f"infra.folder={root}"]) == 0
+    assert "does not exist" not in capsys.readouterr().err
+
+
+def test_cli_target_module_that_fails_to_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from exca.ops.cli import main
+
+    (tmp_path / "exca_cli_broken.py").write_text("raise ImportError('no module named torch')\n")
+    monkeypatch.chdir(tmp_path)  # (TARGET modules are imported from the current folder)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    assert main(["plan", "exca_cli_broken:X.run"]) == 2
+    err = capsys.readouterr().err
+    assert "importing 'exca_cli_broken', the module of TARGET" in err, err
+    assert "no module named torch" in err, err
+    assert main(["plan", "exca_cli_nowhere:X.run"]) == 2
+    err = capsys.readouterr().err
+    assert "importing 'exca_cli_nowhere', the module of TARGET" in err, err
+    assert "No module named 'exca_cli_nowhere'" in err, err
+
+
 def test_explain_a_task_with_inputs(tmp_path: Path) -> None:
     """The nearest cached call of a method with inputs: its config and input values."""
     root = tmp_path / "cache"

@@ -7,14 +7,15 @@
   clean   ROOT <what>           free space (preview; --yes to remove)
   logs    FOLDER                stdout/stderr of a node's (or a map item's) job
 
-TARGET is package.module:Class.method; its config comes from --config FILE.yaml
-and key=value overrides (dotted keys).
+TARGET is package.module:Class.method (decorated with an infra); its config comes
+from --config FILE.yaml and key=value overrides (dotted keys).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import os
 import sys
@@ -31,10 +32,32 @@ def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.An
     module_name, _, attr = target.partition(":")
     class_name, _, method = attr.rpartition(".")
     sys.path.insert(0, str(Path.cwd()))
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:
+        # (main prints these errors as one line: without this, nothing says the TARGET's
+        # module failed, e.g. a missing dependency of it)
+        where = f"importing {module_name!r}, the module of TARGET {target}, failed"
+        if isinstance(error, ModuleNotFoundError) and error.name == module_name:
+            where += " (modules are found from the current folder and sys.path)"
+        if isinstance(error, ImportError | ValueError | RuntimeError | OSError):
+            raise ImportError(f"{where}: {type(error).__name__}: {error}") from error
+        error.add_note(where)  # (other errors keep their traceback)
+        raise
     cls = getattr(module, class_name, None)
     if cls is None or not hasattr(cls, method):
         raise ValueError(f"{target!r}: {module_name} has no {attr} (check TARGET)")
+    from ..infra.method import InfraMethod
+
+    if not isinstance(inspect.getattr_static(cls, method), InfraMethod):
+        decorated = sorted(
+            {n for k in cls.__mro__ for n, v in vars(k).items() if isinstance(v, InfraMethod)}
+        )
+        raise ValueError(
+            f"{target!r}: {method} is not decorated with an infra (@infra.apply): only "
+            "decorated methods have a cache to plan; decorated methods of "
+            f"{class_name}: {', '.join(decorated) or 'none'}"
+        )
     import yaml
 
     try:
@@ -47,8 +70,9 @@ def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.An
         ) from None
     for override in overrides:
         key = override.removeprefix("--").partition("=")[0]
-        if "=" not in override or not key.strip():
-            raise ValueError(f"override {override!r}: expected key=value, e.g. optim.lr=0.01")
+        if "=" not in override or not key.strip() or key.startswith("-"):
+            hint = " (and not an option of this command: see --help)" if override[:1] == "-" else ""
+            raise ValueError(f"override {override!r}: expected key=value, e.g. optim.lr=0.01{hint}")
     args = ConfDict.from_args([f"--{o}" if not o.startswith("--") else o for o in overrides])
     for key, value in list(args.flat().items()):  # values from the command line are strings
         if isinstance(value, str) and value:
@@ -158,10 +182,10 @@ def _main(argv: list[str] | None) -> int:
     p_logs.add_argument("--stderr", action="store_true")
     p_logs.add_argument("--json", action="store_true")
 
+    # overrides are the arguments left: _target_node explains the misformed ones
     args, rest = parser.parse_known_args(argv)
-    bad = [r for r in rest if "=" not in r or r.startswith("-")]
-    if bad or (rest and args.command not in ("plan", "explain", "check")):
-        parser.error(f"unrecognized arguments: {' '.join(bad or rest)}")
+    if rest and args.command not in ("plan", "explain", "check"):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.overrides = rest
     for name in ("root", "folder"):
         path = getattr(args, name, None)
@@ -183,6 +207,14 @@ def _main(argv: list[str] | None) -> int:
 
         node = _target_node(args.target, args.config, args.overrides)
         plan = Plan([node])
+        if args.command != "check":  # (a typo in the folder reads as "nothing cached")
+            roots = {n.root for n in plan.graph.nodes.values() if n.root is not None}
+            for root in sorted(r for r in roots if not r.is_dir()):
+                print(
+                    f"exca: warning: cache folder {root} does not exist (yet): nothing is "
+                    "cached there",
+                    file=sys.stderr,
+                )
         if args.command == "plan":
             _print(plan.to_dict(), args.json, str(plan))
             if args.mermaid:
