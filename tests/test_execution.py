@@ -426,6 +426,25 @@ def test_clear_job_cancels_a_running_local_job(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_a_cancelled_local_job_is_said_cancelled(tmp_path: Path) -> None:
+    """SPEC: a cancelled job is "failed" with an error saying so (it said "ended without
+    writing its result", followed by the job's KeyboardInterrupt traceback)."""
+    log = tmp_path / "calls.txt"
+    block = tmp_path / "block-flag"
+    block.touch()
+    task = make(tmp_path, "local", x=7, block_flag=str(block))
+    job = task.infra.job()
+    _wait_for(lambda: len(calls(log)) == 1)  # computing in the job
+    job.cancel()
+    _wait_for(lambda: task.infra.status() == "failed")
+    with pytest.raises(exca.graph.errors.JobFailedError, match=r"local job \d+ was cancelled"):
+        job.result()
+    with pytest.raises(exca.graph.errors.JobFailedError, match="was cancelled") as info:
+        make(tmp_path, "local", x=7, block_flag=str(block)).process()  # a new instance
+    assert "Traceback" not in str(info.value)
+
+
+@pytest.mark.timeout(120)
 def test_a_waiter_follows_a_resubmission_instead_of_caching_a_failure(
     tmp_path: Path, short_result_wait: None
 ) -> None:

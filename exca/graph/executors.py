@@ -208,6 +208,11 @@ class SubmititHandle(Handle):
             return False
 
     def ended_how(self, known: tuple[str, str] | None = None) -> str:
+        if self.cluster == "local":
+            with contextlib.suppress(Exception):  # (no log to read: described below)
+                cancelled = _cancelled_local_job(self.job_id, Path(self.job.paths.stderr))
+                if cancelled is not None:
+                    return cancelled
         if known is not None and self.cluster == "slurm" and known[0]:
             state, how = known
         else:
@@ -268,6 +273,9 @@ class RecordedLocalHandle(Handle):
 
     def ended_how(self, known: tuple[str, str] | None = None) -> str:
         stderr = self.record.stderr
+        cancelled = _cancelled_local_job(self.job_id, stderr)
+        if cancelled is not None:
+            return cancelled
         tail = stderr.read_text(errors="replace")[-1500:] if stderr.exists() else ""
         return f"local job {self.job_id} ended without writing its result" + (
             f": {tail}" if tail else ""
@@ -283,6 +291,19 @@ class RecordedLocalHandle(Handle):
         if is_active(self.record):
             with contextlib.suppress(OSError, ValueError):
                 os.kill(int(self.job_id), signal.SIGINT)
+
+
+def _cancelled_local_job(job_id: str, stderr: Path) -> str | None:
+    """How a local job that ended on a KeyboardInterrupt ended: cancelling one sends it
+    SIGINT (its log's last line says so; not worth its traceback)."""
+    if not stderr.exists():
+        return None
+    with open(stderr, "rb") as handle:
+        handle.seek(max(0, os.path.getsize(stderr) - 200))
+        last = handle.read().decode(errors="replace").strip().rsplit("\n", 1)[-1]
+    if last.strip() != "KeyboardInterrupt":
+        return None
+    return f"local job {job_id} was cancelled (interrupted by SIGINT, which job.cancel() sends)"
 
 
 def recorded_handle(record: tp.Any) -> Handle:
