@@ -224,6 +224,25 @@ def test_task_threads_in_this_process(tmp_path: Path, ctl: Path) -> None:
     assert len(lines(ctl / "calls.txt")) == 1
 
 
+@pytest.mark.timeout(60)
+def test_task_kept_in_ram_only_threads_of_one_instance(ctl: Path) -> None:
+    """No folder (keep_in_ram only): no claim on disk, yet threads calling one instance
+    compute it once (each computed it)."""
+    task = Slow(x=5, ctl=str(ctl), infra={"keep_in_ram": True})
+    out: list[tp.Any] = []
+    threads = [threading.Thread(target=lambda: out.append(task.process())) for _ in range(3)]
+    threads[0].start()
+    wait_until(lambda: bool(lines(ctl / "calls.txt")))
+    for thread in threads[1:]:
+        thread.start()
+    time.sleep(0.5)
+    (ctl / "release").touch()
+    for thread in threads:
+        thread.join(timeout=WAIT_S)
+    assert out == [10, 10, 10]
+    assert len(lines(ctl / "calls.txt")) == 1
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("processes,threads", [(2, 1), (1, 2), (2, 2)])
 def test_map_items_computed_once(tmp_path: Path, ctl: Path, processes: int, threads: int) -> None:

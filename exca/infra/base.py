@@ -13,6 +13,7 @@ import functools
 import inspect
 import logging
 import os
+import threading
 import typing as tp
 from pathlib import Path
 
@@ -31,6 +32,9 @@ _UID_FIELDS = ("method", "version", "uid")
 
 
 _MISSING: tp.Any = object()
+
+
+_RAM_LOCKS_GUARD = threading.Lock()
 
 
 class _Runtime:
@@ -62,6 +66,15 @@ class _Runtime:
     models: list[pydantic.BaseModel]  # the config tree, walked when frozen
     inputs_caches: dict[tp.Any, tp.Any]  # CacheDicts of input sub-folders
     inputs_force: dict[str, dict[str, tp.Any]]  # force_state of each inputs node (mode=force)
+
+    def ram_lock(self) -> threading.RLock:
+        """Held while this instance computes a result kept in RAM only (no folder, hence
+        no claim): threads calling it at once compute it once."""
+        lock = self.__dict__.get("_ram_lock")
+        if lock is None:
+            with _RAM_LOCKS_GUARD:
+                lock = self.__dict__.setdefault("_ram_lock", threading.RLock())
+        return tp.cast(threading.RLock, lock)
 
     def __getattr__(self, name: str) -> tp.Any:
         if name not in ("force_state", "models", "inputs_caches", "inputs_force"):

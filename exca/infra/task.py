@@ -153,7 +153,11 @@ class BoundTask:
                 if infra.keep_in_ram:
                     runtime.ram = value
                 return value
-        value = calls.task_result(infra._node())
+        if infra.folder is None and infra.keep_in_ram:
+            with runtime.ram_lock():  # (the other threads then read what the first computed)
+                value = calls.task_result(infra._node())
+        else:
+            value = calls.task_result(infra._node())
         if infra.keep_in_ram:
             runtime.ram = value
         return value
