@@ -83,7 +83,24 @@ def to_config_model(func: tp.Callable[..., tp.Any]) -> type[FuncConfig]:
         build=infra.apply(build),
     )
     metaclass: tp.Any = type(pydantic.BaseModel)
-    return tp.cast(type[FuncConfig], metaclass(name, (FuncConfig,), namespace))
+    try:
+        return tp.cast(type[FuncConfig], metaclass(name, (FuncConfig,), namespace))
+    except pydantic.PydanticSchemaGenerationError:
+        bad = [n for n in names if not _has_schema(annotations[n])]
+        shown = ", ".join(f"{n!r} ({annotations[n]!r})" for n in bad) or "?"
+        raise TypeError(
+            f"Parameter(s) {shown} of {func.__qualname__} cannot become config fields: "
+            "their type has no pydantic schema (a config holds values: pass a list, a "
+            "number, a string or a path instead, e.g. the path of an array's file)"
+        ) from None
+
+
+def _has_schema(annotation: tp.Any) -> bool:
+    try:
+        pydantic.TypeAdapter(annotation)
+    except pydantic.PydanticSchemaGenerationError:
+        return False
+    return True
 
 
 def to_config(func: tp.Callable[..., tp.Any], **kwargs: tp.Any) -> FuncConfig:

@@ -10,6 +10,7 @@ import typing as tp
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pydantic
 import pytest
 import yaml
@@ -480,3 +481,15 @@ def test_discriminated_uid_includes_key() -> None:
     assert "type=Dog" in zoo.infra.uid()
     assert zoo.infra.uid() != Zoo(star=Bird(), others=[Bird(wingspan=1.0)]).infra.uid()
     assert Zoo().infra.uid().endswith("/default")
+
+
+def test_with_infra_parameter_without_a_schema_is_named(tmp_path: Path) -> None:
+    """An array parameter: the error names it (it was pydantic's own error about a
+    model_config the user never wrote)."""
+
+    @helpers.with_infra(folder=tmp_path)
+    def total(data: np.ndarray, scale: int = 1) -> float:
+        return float(data.sum()) * scale
+
+    with pytest.raises(TypeError, match=r"Parameter\(s\) 'data' .* of .*total cannot become"):
+        total(data=np.zeros(3))

@@ -443,6 +443,18 @@ def test_inputs_whose_uid_display_is_empty_are_different_inputs(env: Env) -> Non
     assert env.starts("blank") == len(values)
 
 
+def test_inputs_without_a_uid_get_a_hint(env: Env) -> None:
+    """A bound method instead of its node, an object: the error says what to pass (it
+    suggested str() as a uid, which holds an object's memory address)."""
+    step = env.step("hinted")
+    with pytest.raises(TypeError, match=r"pass its node: obj.method.node\(\)"):
+        step.run.node(env.step("up").run)
+    with pytest.raises(TypeError, match="a path or a name instead of an object") as info:
+        step.run(lambda x: x)
+    assert "CONFDICT_UID_TYPE_BYPASS" not in str(info.value)
+    assert env.starts("hinted") == 0
+
+
 def test_map_nodes_of_different_item_lists_have_different_uids(env: Env) -> None:
     """Item uids may hold anything: ["1|2"] is not ["1", "2"] (their joined uids were the
     same); lists without such characters keep the digest they always had."""

@@ -1032,3 +1032,65 @@ def test_misuse_gets_a_clear_error(tmp_path: Path) -> None:
 
     assert "is not a pydantic.BaseModel subclass" in str(info.value.__cause__)
     assert not {("task", 9123), ("task", 9124)} & set(CALLS) and not list(tmp_path.iterdir())
+
+
+READ_ONLY_SCRIPT = """
+import sys
+
+from test_task_api import CALLS, Task
+
+task = Task(param=3, infra={"folder": sys.argv[1]})
+try:
+    task.process()
+except OSError as error:
+    print("ERROR", error)
+print("CALLS", CALLS)
+"""
+
+
+def test_a_cache_folder_that_cannot_be_written_is_named(tmp_path: Path) -> None:
+    """A read-only cache folder: the error names infra.folder and the ways out (it was a
+    bare OSError from deep inside), raised before computing."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    script = [sys.executable, "-c", READ_ONLY_SCRIPT, str(folder)]
+    if os.geteuid() != 0:  # (chmod does not stop root)
+        folder.chmod(0o500)
+    elif shutil.which("unshare") and shutil.which("mount"):  # a read-only bind mount
+        mount = f"mount --bind {folder} {folder} && mount -o remount,ro,bind {folder} {folder}"
+        script = ["unshare", "-m", "sh", "-c", f'{mount} && exec "$@"', "sh", *script]
+    else:
+        pytest.skip("root without unshare/mount: no way to make a folder read-only")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    proc = subprocess.run(script, capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"Cannot write into the cache folder {folder} (infra.folder)" in proc.stdout
+    assert "mode='read-only'" in proc.stdout
+    assert "CALLS []" in proc.stdout  # refused before computing
+
+
+def test_a_property_above_apply_is_explained() -> None:
+    class Propertied(pydantic.BaseModel):
+        infra: TaskInfra = TaskInfra(version="1")
+
+        @property
+        @infra.apply
+        def value(self) -> int:
+            return 1
+
+    with pytest.raises(TypeError, match=r"a decorator above @infra.apply \(e.g. @property\)"):
+        Propertied().value  # noqa: B018
+
+
+def test_setting_a_frozen_infra_suggests_a_clone(tmp_path: Path) -> None:
+    task = Task(infra={"folder": tmp_path})
+    task.process()
+    with pytest.raises(RuntimeError, match=r"clone_obj\(\{'infra.mode': 'force'\}\)"):
+        task.infra.mode = "force"
+    clone = task.infra.clone_obj({"infra.mode": "force"})
+    assert clone.infra.mode == "force" and clone.process() == 10

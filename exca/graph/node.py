@@ -84,15 +84,23 @@ class Value:
 
         try:
             uid = to_uid(value, empty="empty")  # ("λ", "", [] are different inputs)
-        except TypeError as e:
+        except TypeError:
             if _holds_node(value):  # a node nested deeper than a list or dict of nodes
                 raise TypeError(
                     f"A node inside {type(value).__name__} value {value!r:.80} is not an "
                     "input: pass a node, or a list or dict whose items are nodes or values"
                 ) from None
+            if type(value).__name__ in ("BoundTask", "BoundMap") and hasattr(value, "node"):
+                hint = "to pass its output, pass its node: obj.method.node()"
+            else:  # (not the str() bypass: an object's text often holds its memory address)
+                hint = (
+                    "pass a node, or a value of a type the uid format supports (str, number, "
+                    "bool, None, Path, list, dict, numpy array): e.g. a path or a name "
+                    "instead of an object"
+                )
             raise TypeError(
-                f"Cannot use {type(value).__name__} value {value!r:.80} as a node input: {e}. "
-                "Pass a node, or a value of a type the uid format supports"
+                f"Cannot use {type(value).__name__} value {value!r:.80} as a node input: "
+                f"its type has no uid; {hint}"
             ) from None
         return cls(value, uid)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import functools
 import inspect
 import logging
@@ -470,13 +471,24 @@ class BaseInfra(pydantic.BaseModel):
         if runtime.checked:
             return
         folder = os.path.join(self.folder, self.uid())
-        uidfolder.prepare(
-            Path(folder),
-            uid_config=self._uid_config(),
-            full_uid_config=self.config(uid=True, exclude_defaults=False),
-            config=lambda: self.config(uid=False, exclude_defaults=False),
-            permissions=self.permissions,
-        )
+        try:
+            uidfolder.prepare(
+                Path(folder),
+                uid_config=self._uid_config(),
+                full_uid_config=self.config(uid=True, exclude_defaults=False),
+                config=lambda: self.config(uid=False, exclude_defaults=False),
+                permissions=self.permissions,
+            )
+        except (PermissionError, OSError) as error:
+            if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            raise type(error)(
+                error.errno,
+                f"Cannot write into the cache folder {self.folder} (infra.folder) for "
+                f"{self.uid()}: {error.strerror}. Use a folder you can write to, or "
+                "mode='read-only' to only read what is cached there",
+                error.filename,
+            ) from error
         runtime.checked = True
         _remember_checked_defaults(folder, type(self._owner()))
 

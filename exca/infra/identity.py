@@ -779,10 +779,13 @@ def _patch_setattr(cls: type) -> None:
 
     def __setattr__(self: tp.Any, name: str, value: tp.Any) -> None:
         if not name.startswith("_") and is_frozen(self):
+            hint = "(or obj.infra.clone_obj(...))"
+            if hasattr(self, "clone_obj"):  # an infra's setting: a clone with another value
+                hint = f"(or obj.infra.clone_obj({{'infra.{name}': {value!r}}}))"
             raise RuntimeError(
                 f"Cannot set {type(self).__name__}.{name}: the instance was frozen when its uid "
                 "was computed, you can create an unfrozen instance with "
-                "type(obj)(**obj.model_dump()) (or obj.infra.clone_obj(...))"
+                f"type(obj)(**obj.model_dump()) {hint}"
             )
         original(self, name, value)  # type: ignore[call-arg]
 

@@ -63,10 +63,18 @@ class InfraMethod(property):
         self.owner: type[pydantic.BaseModel] | None = None
         self.infra_name = ""
         self.private = False
-        functools.update_wrapper(self, func)  # type: ignore[arg-type]
+        functools.update_wrapper(self, func)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.func.__qualname__})"
+
+    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        # (reached only through a decorator above @infra.apply, e.g. @property)
+        raise TypeError(
+            f"{self.func.__qualname__} cannot be called this way: a decorator above "
+            "@infra.apply (e.g. @property) wraps it, which infra methods do not support. "
+            f"Remove that decorator and call obj.{self.name}()"
+        )
 
     def __set_name__(self, owner: type[pydantic.BaseModel], name: str) -> None:
         if not (isinstance(owner, type) and issubclass(owner, pydantic.BaseModel)):
