@@ -973,3 +973,21 @@ def test_a_config_that_cannot_be_pickled_gets_a_clear_error(tmp_path: Path) -> N
     assert task.infra.status() == "not submitted"
     assert not [p for p in tmp_path.rglob("*.pkl") if p.stat().st_size == 0]
     assert Locked(x=1, infra={"folder": tmp_path}).process() == 1  # computed here
+
+
+class Named(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=lambda item: item[0])
+    def process(self, items: list[tuple[str, tp.Any]]) -> tp.Iterator[int]:
+        for name, _ in items:
+            yield len(name)
+
+
+def test_map_items_that_cannot_be_pickled_are_named(tmp_path: Path) -> None:
+    """The items are to blame, not the config (the error said the config)."""
+    mapper = Named(infra={"folder": tmp_path, "cluster": "local"})
+    items = [("a", 1), ("bb", threading.Lock())]
+    with pytest.raises(TypeError, match=r"its items cannot be sent to a job .* item \('bb', <"):
+        list(mapper.process(items))
+    assert list(Named(infra={"folder": tmp_path}).process(items)) == [1, 2]  # here: fine

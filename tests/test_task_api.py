@@ -175,8 +175,9 @@ def test_a_result_that_cannot_be_stored_is_a_cached_error(tmp_path: Path) -> Non
     call (the same result would come back), retry recomputes it."""
     for _ in range(2):
         obj = Unstorable(infra={"folder": tmp_path})
-        with pytest.raises(TypeError, match=r"result of .* cannot be stored .*pickle"):
+        with pytest.raises(TypeError, match=r"result of .* cannot be stored .*pickle") as info:
             obj.process()
+        assert "the part that cannot be pickled: value['lock']" in str(info.value)
         assert obj.infra.status() == "failed"
     assert _count("unstorable") == 1
     with pytest.raises(TypeError, match="cannot be stored"):

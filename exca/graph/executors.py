@@ -293,6 +293,19 @@ class RecordedLocalHandle(Handle):
                 os.kill(int(self.job_id), signal.SIGINT)
 
 
+def _unpicklable_item(units: tp.Sequence[Unit]) -> tp.Any:
+    """The first map item of these units that cannot be pickled (None: the items pickle)."""
+    import cloudpickle
+
+    for unit in units:
+        for item in unit.items or ():
+            try:
+                cloudpickle.dumps(item)
+            except Exception:
+                return item
+    return None
+
+
 def _cancelled_local_job(job_id: str, stderr: Path) -> str | None:
     """How a local job that ended on a KeyboardInterrupt ended: cancelling one sends it
     SIGINT (its log's last line says so; not worth its traceback)."""
@@ -558,6 +571,13 @@ def submit_array(
             with contextlib.suppress(Exception):
                 job.cancel(check=False)
         _remove_empty_pickles(logs)
+        item = _unpicklable_item(units)
+        if item is not None:
+            raise TypeError(
+                f"{units[0].node.uid}: its items cannot be sent to a job ({error}): item "
+                f"{item!r:.120} cannot be pickled. Give items that pickle (e.g. paths or "
+                "ids instead of open files or clients), or use cluster=None to compute here"
+            ) from error
         raise TypeError(
             f"{units[0].node.uid}: its config cannot be sent to a job ({error}). Keep "
             "unpicklable objects (locks, open files, clients) out of the config, e.g. create "

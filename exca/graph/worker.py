@@ -332,11 +332,39 @@ def _unstorable(what: str, value: tp.Any, cache: CacheDict[tp.Any], error: Excep
     """The error of an output the cache cannot store (of the same type, when it can be built:
     ``except`` clauses and retries keep working)."""
     message = f"{what} cannot be stored in {cache.folder} ({type(value).__name__}): {error}"
+    path = _unpicklable_part(value)
+    if path:
+        message += (
+            f" (the part that cannot be pickled: value{path}; return what it is made "
+            "of instead, e.g. a state dict or a file path)"
+        )
     try:
         failure: Exception = type(error)(message)
     except Exception:
         failure = RuntimeError(message)
     return failure
+
+
+def _unpicklable_part(value: tp.Any, depth: int = 6) -> str:
+    """Where in a value the part that does not pickle is (``['model'].net``), or ""."""
+    import pickle
+
+    if depth == 0:
+        return ""
+    if isinstance(value, dict):
+        children: tp.Iterable[tuple[str, tp.Any]] = ((f"[{k!r}]", v) for k, v in value.items())
+    elif isinstance(value, list | tuple):
+        children = ((f"[{i}]", v) for i, v in enumerate(value))
+    elif hasattr(value, "__dict__") and not isinstance(value, type):
+        children = ((f".{k}", v) for k, v in vars(value).items())
+    else:
+        return ""
+    for where, child in children:
+        try:
+            pickle.dumps(child)
+        except Exception:
+            return where + _unpicklable_part(child, depth - 1)
+    return ""
 
 
 # --- maps ---------------------------------------------------------------------------------
