@@ -1095,3 +1095,17 @@ def test_setting_a_frozen_infra_suggests_a_clone(tmp_path: Path) -> None:
         task.infra.mode = "force"
     clone = task.infra.clone_obj({"infra.mode": "force"})
     assert clone.infra.mode == "force" and clone.process() == 10
+
+
+def test_folder_names_environment_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ "$SCRATCH/cache" from a yaml file: expanded (a literal "./$SCRATCH" folder was
+    created); an unset variable is an error naming it."""
+    monkeypatch.setenv("EXCA_TEST_SCRATCH", str(tmp_path))
+    task = Task(infra={"folder": "$EXCA_TEST_SCRATCH/cache"})
+    assert task.infra.folder == tmp_path / "cache"
+    assert Task(infra={"folder": "${EXCA_TEST_SCRATCH}/c2"}).infra.folder == tmp_path / "c2"
+    monkeypatch.delenv("EXCA_TEST_SCRATCH")
+    with pytest.raises(pydantic.ValidationError, match=r"\$EXCA_TEST_SCRATCH, which is not set"):
+        Task(infra={"folder": "$EXCA_TEST_SCRATCH/cache"})

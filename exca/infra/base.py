@@ -14,6 +14,7 @@ import functools
 import inspect
 import logging
 import os
+import re
 import threading
 import typing as tp
 from pathlib import Path
@@ -128,6 +129,15 @@ class BaseInfra(pydantic.BaseModel):
                 raise ValueError(
                     f"folder={text!r} is empty: give a folder path, or None to cache in RAM only"
                 )
+            if isinstance(text, str) and "$" in text:  # (from a yaml file: "$SCRATCH/cache")
+                expanded = os.path.expandvars(text)
+                unset = re.search(r"\$\{?\w+\}?", expanded)
+                if unset:
+                    raise ValueError(
+                        f"folder={text!r} names the environment variable {unset.group()}, "
+                        "which is not set: set it, or give the folder's path"
+                    )
+                text = value = expanded
             if isinstance(text, str) and text.startswith("~"):
                 return os.path.expanduser(text)
         return value
