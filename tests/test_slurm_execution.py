@@ -469,3 +469,22 @@ def test_running_array_element_is_alive_by_its_own_job_id(
     finally:
         subprocess.run(["scancel", array], check=False, timeout=30)
     filelog.wait_until(lambda: not registry.queued_jobs([other]), timeout=60)
+
+
+@pytest.mark.timeout(120)
+def test_an_option_sbatch_refuses_names_the_config(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """sbatch's own error named neither the config nor where the option came from."""
+    import submitit
+
+    obj = task(
+        tmp_path, ctl, slurm_cluster, x=2, slurm_additional_parameters={"gres": "gpu:volta:1"}
+    )
+    with pytest.raises(submitit.core.utils.FailedJobError) as info:
+        obj.process()
+    message = str(info.value)
+    assert "slurm refused the job(s) of" in message and obj.infra.uid() in message
+    assert "gres" in message and "slurm_additional_parameters" in message
+    assert obj.infra.status() == "not submitted"
+    assert not (ctl / "calls.txt").exists()

@@ -564,6 +564,17 @@ def submit_array(
                 with executor.batch():
                     part_jobs = [executor.submit(function, unit) for unit in part]
                 jobs.extend(part_jobs)
+    except submitit.core.utils.FailedJobError as error:
+        for job in jobs:  # (what went out before: never half a submission)
+            with contextlib.suppress(Exception):
+                job.cancel(check=False)
+        # (sbatch's own words name the option, not where it came from)
+        raise type(error)(
+            f"{cluster} refused the job(s) of {units[0].node.uid}"
+            + (f" and {len(units) - 1} more" if len(units) > 1 else "")
+            + f" ({execution.describe()}): {str(error).strip()}. Check the infra's "
+            "resources, slurm_* fields and slurm_additional_parameters"
+        ) from error
     except (TypeError, AttributeError, pickle.PicklingError) as error:
         if "pickle" not in str(error):
             raise
