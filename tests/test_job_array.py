@@ -126,6 +126,20 @@ def test_repeated_configs(
     assert calls(ctl) == {3: 1, 4: 1}
 
 
+def test_one_object_appended_twice_is_named(tmp_path: Path, ctl: Path) -> None:
+    """Changing one object between appends: the error said "the same config twice" and
+    showed two identical yamls."""
+    task = base(tmp_path, ctl, None)
+    variant = task.infra.clone_obj(x=3)
+    error = pytest.raises(ValueError, match="the same object twice")
+    with error as info, task.infra.job_array() as array:
+        array.append(variant)
+        variant.x = 4  # (not frozen yet: it has no uid)
+        array.append(variant)
+    assert "clone_obj" in str(info.value)
+    assert calls(ctl) == {}
+
+
 # --- cluster None: computed now, in order --------------------------------------------------
 def test_inline_array_computes_in_order(tmp_path: Path, ctl: Path) -> None:
     task = base(tmp_path, ctl, None)

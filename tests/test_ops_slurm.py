@@ -202,6 +202,12 @@ def test_impossible_resources_one_error_nothing_submitted(tmp_path: Path) -> Non
     assert len(str(info.value).splitlines()) == 1 + len(expected)
     # nothing reached Slurm, nothing was recorded
     time.sleep(2)  # sacct learns of a job asynchronously
+    # a job array of 3 configs with these resources: each problem listed once
+    with pytest.raises(ResourceError) as info, task.infra.job_array() as array:
+        array.extend(ImpossibleOpsTask(x=x, infra={"folder": root}) for x in (4, 5, 6))
+    lines = str(info.value).splitlines()[1:]
+    assert len(lines) == len(expected), info.value
+    assert all("(and 2 more with these resources)" in line for line in lines)
     assert _jobs_named("ImpossibleOps", start) == before
     recorded = [*root.rglob("jobs"), *root.rglob("*_submitted.pkl")] if root.exists() else []
     assert recorded == []

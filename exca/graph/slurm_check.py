@@ -225,13 +225,17 @@ def check(requests: tp.Sequence[tuple[str, Execution, int]]) -> None:
     """Raise one ResourceError listing every problem of (node uid, execution, array
     elements) requests, before anything is submitted."""
     lines: list[str] = []
-    seen: dict[str, list[str]] = {}
+    groups: dict[str, list[str]] = {}  # uids per resource set: its problems listed once
+    found: dict[str, list[str]] = {}
     for uid, execution, elements in requests:
         key = execution.group_key
-        if key not in seen:
-            seen[key] = problems(execution, elements)
-        for problem in seen[key]:
-            lines.append(f"  - {uid}: {problem}")
+        if key not in found:
+            found[key] = problems(execution, elements)
+        groups.setdefault(key, []).append(uid)
+    for key, uids in groups.items():
+        more = f" (and {len(uids) - 1} more with these resources)" if len(uids) > 1 else ""
+        for problem in found[key]:
+            lines.append(f"  - {uids[0]}{more}: {problem}")
     if lines:
         raise ResourceError(
             "Requested Slurm resources do not fit the cluster; nothing was submitted:\n"

@@ -43,6 +43,12 @@ def submit_array(
         infra = tp.cast("TaskInfra", method.infra_of(task))
         uid = infra.uid()
         if uid in infras:
+            if not allow_repeated_tasks and infras[uid]._owner() is task:
+                raise ValueError(
+                    f"Job array contains the same object twice (uid {uid}): append a new "
+                    "config for each task, e.g. base.infra.clone_obj({...}) with its values "
+                    "(changing one object between appends changes every entry)"
+                )
             if not allow_repeated_tasks:
                 raise ValueError(
                     f"Job array contains the same config twice (uid {uid}):\n"
