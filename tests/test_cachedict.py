@@ -1,6 +1,8 @@
 """CacheDict (SPEC §5 API as implemented, DESIGN "Storage")."""
 
+import collections
 import copy
+import enum
 import itertools
 import os
 import pickle
@@ -1200,12 +1202,12 @@ def test_keep_in_ram_keys_agree_with_in_and_reads(tmp_path: Path) -> None:
 
 
 def test_keep_in_ram_with_a_format_chosen_gives_what_disk_gives(tmp_path: Path) -> None:
-    """A number stored as MemmapArray comes back as a 0-d array, from RAM too."""
+    """A number as MemmapArray would come back as a 0-d array: it is refused, and RAM
+    keeps nothing of it either."""
     view: CacheDict[tp.Any] = CacheDict(tmp_path, keep_in_ram=True, cache_type="MemmapArray")
-    with view.write():
+    with view.write(), pytest.raises(TypeError, match="got float"):
         view["n"] = 3.5
-    for reader in (view, CacheDict(tmp_path, cache_type="MemmapArray")):
-        assert isinstance(reader["n"], np.ndarray) and float(reader["n"]) == 3.5
+    assert "n" not in view and "n" not in CacheDict(tmp_path)
 
 
 def test_an_entry_of_a_format_not_registered_here(tmp_path: Path) -> None:
@@ -1256,3 +1258,219 @@ def test_set_many_refuses_bad_keys_and_meta_before_writing(tmp_path: Path) -> No
         with pytest.raises(TypeError, match="must be JSON"):
             cd.set_many([("good", np.zeros(100_000))], meta={"x": object()})
     assert not (tmp_path / "data").exists() and CacheDict(tmp_path).keys() == []
+
+
+# --- values a format cannot store, stale views, failed writes and reads ---------------------
+class _Color(str, enum.Enum):  # noqa: UP042 (what users write)
+    RED = "red"
+
+
+_Point = collections.namedtuple("_Point", "x y")
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+@pytest.mark.parametrize("cache_type", ["MemmapArray", "NumpyArray"])
+def test_array_formats_refuse_what_is_not_an_array(tmp_path: Path, cache_type: str) -> None:
+    """They stored np.asarray(value): [1, "a"] came back as strings, a str Enum as
+    array('Col'), 5 as a 0-d array, a matrix or a namedtuple as a plain ndarray."""
+    refused = {
+        "mixed": ([1, "a"], "got list.*cache_type='Auto'"),
+        "enum": (_Color.RED, "got test_cachedict._Color.*cache_type='Pickle'"),
+        "number": (5, "got int"),
+        "point": (_Point(1, 2), "got test_cachedict._Point"),
+        "scalar": (np.float64(1.5), "got numpy.float64.*cache_type='NumpyScalar'"),
+        "matrix": (np.matrix([[1, 2]]), "got numpy.matrix.*cache_type='Pickle'"),
+    }
+    mapped = np.memmap(tmp_path / "mapped.dat", dtype=np.float32, mode="w+", shape=(3,))
+    mapped[:] = [1, 2, 3]
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path / "cache", cache_type=cache_type)
+    with cd.write():
+        cd.set_many([("first", np.zeros(2))])  # (the dtype seen once: the fast paths)
+        for key, (value, message) in refused.items():
+            with pytest.raises(TypeError, match=f"'{cache_type}' stores numpy arrays, {message}"):
+                cd[key] = value
+            with pytest.raises(TypeError, match=message):
+                cd.set_many([(f"{key}-many", value)])
+        cd["array"] = np.arange(3)
+        cd["mapped"] = mapped  # (an np.memmap: its data, as an array)
+    fresh: CacheDict[tp.Any] = CacheDict(tmp_path / "cache")
+    assert sorted(fresh.keys()) == ["array", "first", "mapped"]
+    np.testing.assert_array_equal(fresh["mapped"], [1, 2, 3])
+    assert type(fresh["array"]) is np.ndarray
+
+
+def test_a_stale_view_writes_a_key_deleted_elsewhere(tmp_path: Path) -> None:
+    """A view that read "k" before another view deleted it: `cd[k] = v` said "already in
+    the cache" (then `del` said KeyError), and set_many(skip_existing=True) skipped it."""
+    first: CacheDict[tp.Any] = CacheDict(tmp_path)
+    with first.write():
+        first["k"] = 1
+        first["j"] = 1
+    stale_put: CacheDict[tp.Any] = CacheDict(tmp_path)
+    stale_many: CacheDict[tp.Any] = CacheDict(tmp_path)
+    assert sorted(stale_put.keys()) == sorted(stale_many.keys()) == ["j", "k"]
+    deleter: CacheDict[tp.Any] = CacheDict(tmp_path)
+    del deleter["k"]
+    del deleter["j"]
+    with stale_many.write():
+        stale_many.set_many([("j", 2), ("new", 3)], skip_existing=True)
+    with stale_put.write():
+        stale_put["k"] = 2
+        with pytest.raises(ValueError, match="'k' is already in the cache"):
+            stale_put["k"] = 4  # (present: still refused)
+    assert dict(CacheDict(tmp_path).items()) == {"k": 2, "j": 2, "new": 3}
+
+
+def test_auto_pickles_a_structure_too_deep_for_json(tmp_path: Path) -> None:
+    """orjson writes 254 levels at most: a deeper dict raised "Recursion limit reached"."""
+    deep: tp.Any = 1
+    for _ in range(300):
+        deep = {"a": deep}
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path)
+    with cd.write(), pytest.warns(DeprecationWarning, match="pickling"):
+        cd["deep"] = deep
+    assert CacheDict(tmp_path)["deep"] == deep
+
+
+class _PathInfo:
+    """A format that returns a Path in its fields (not JSON)."""
+
+    @classmethod
+    def __dump_info__(cls, ctx: DumpContext, value: str) -> dict[str, tp.Any]:
+        path = ctx.key_path(".txt")
+        path.write_text(value)
+        return {"filename": path}
+
+    @classmethod
+    def __load_from_info__(cls, ctx: DumpContext, filename: str) -> str:
+        return Path(filename).read_text()
+
+
+class _EmptyField:
+    @classmethod
+    def __dump_info__(cls, ctx: DumpContext, value: str) -> dict[str, tp.Any]:
+        return {"": 0, "v": value}
+
+    @classmethod
+    def __load_from_info__(cls, ctx: DumpContext, v: str, **_: tp.Any) -> str:
+        return v
+
+
+class _LoadFails:
+    @classmethod
+    def __dump_info__(cls, ctx: DumpContext, value: str) -> dict[str, tp.Any]:
+        return {"v": value}
+
+    @classmethod
+    def __load_from_info__(cls, ctx: DumpContext, v: str) -> str:
+        raise RuntimeError("corrupt payload")
+
+
+for _format in (_PathInfo, _EmptyField, _LoadFails):
+    DumpContext.register(_format)
+
+
+def test_a_format_returning_fields_that_are_not_json(tmp_path: Path) -> None:
+    """The error names the key and the format, and the payload file written is removed."""
+    cd: CacheDict[str] = CacheDict(tmp_path, cache_type="_PathInfo")
+    with cd.write():
+        with pytest.raises(TypeError, match="not JSON serializable") as info:
+            cd["k"] = "text"
+        note = "\n".join(getattr(info.value, "__notes__", []))
+        assert "while storing 'k'" in note and "'_PathInfo' returned fields" in note
+        with pytest.raises(TypeError) as info:
+            cd.set_many([("a", "text"), ("b", "text")])
+        assert "while storing 'a'" in "\n".join(getattr(info.value, "__notes__", []))
+    assert data_files(tmp_path) == [] and CacheDict(tmp_path).keys() == []
+
+
+def test_a_format_returning_an_empty_field_name_is_refused(tmp_path: Path) -> None:
+    """It was written, then every read failed with IndexError."""
+    cd: CacheDict[str] = CacheDict(tmp_path, cache_type="_EmptyField")
+    with cd.write(), pytest.raises(ValueError, match="field with an empty name"):
+        cd["k"] = "text"
+    assert CacheDict(tmp_path).keys() == []
+
+
+def test_a_failing_read_names_the_key(tmp_path: Path) -> None:
+    cd: CacheDict[str] = CacheDict(tmp_path, cache_type="_LoadFails")
+    with cd.write():
+        cd["k"] = "text"
+    with pytest.raises(RuntimeError, match="corrupt payload") as info:
+        CacheDict(tmp_path)["k"]
+    assert "while reading 'k'" in "\n".join(getattr(info.value, "__notes__", []))
+
+
+def test_cache_type_error_refuses_other_values(tmp_path: Path) -> None:
+    """It raised AttributeError: 'DumpContext' object has no attribute 'type_name'."""
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path, cache_type="Error")
+    with cd.write():
+        with pytest.raises(TypeError, match=r"'Error' stores CachedError values only.*got int"):
+            cd["x"] = 1
+        cd["error"] = CachedError.from_exception(ValueError("boom"))
+    assert CacheDict(tmp_path).keys() == ["error"]
+
+
+def test_a_refused_value_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """np.save raises on overlapping fields inside write_key_file: its save-tmp-* file stayed."""
+    overlapping = np.dtype({"names": ["a", "b"], "formats": ["<i4", "<i4"], "offsets": [4, 0]})
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path, cache_type="NumpyArray")
+    with cd.write(), pytest.raises(ValueError, match="overlapping"):
+        cd["x"] = np.zeros(2, dtype=overlapping)
+    assert data_files(tmp_path) == [] and cd.keys() == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_clear_inside_write_closes_the_files(tmp_path: Path) -> None:
+    """clear() dropped the writer session without closing its index and data files."""
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path)
+
+    def cycle(i: int) -> None:
+        with cd.write():
+            cd[f"a{i}"] = np.ones(2)
+            cd.clear()
+            cd[f"b{i}"] = np.ones(2)
+
+    cycle(0)
+    before = len(os.listdir("/proc/self/fd"))
+    for i in range(1, 11):
+        cycle(i)
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert CacheDict(tmp_path).keys() == ["b10"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_inside_write_opens_its_own_context(tmp_path: Path) -> None:
+    """The child inherited the parent's "inside write()" flag: its own write() raised."""
+    cd: CacheDict[int] = CacheDict(tmp_path)
+    with cd.write():
+        cd["parent"] = 1
+        pid = os.fork()
+        if pid == 0:  # child: never return into pytest
+            code = 1
+            try:
+                with cd.write():
+                    cd["child"] = 2
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert dict(CacheDict(tmp_path).items()) == {"parent": 1, "child": 2}
+
+
+def test_ram_only_cachedict_enforces_the_write_rules() -> None:
+    """As with a folder: no overwrite (ValueError), str keys only (TypeError)."""
+    cd: CacheDict[tp.Any] = CacheDict(None, keep_in_ram=True)
+    cd["k"] = 1
+    with pytest.raises(ValueError, match="'k' is already in the cache"):
+        cd["k"] = 2
+    with pytest.raises(TypeError, match="keys must be str"):
+        cd.set_many([("ok", 1), (7, "int key")])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="'k' is already in the cache"):
+        cd.set_many([("other", 1), ("k", 3)])
+    assert dict(cd.items()) == {"k": 1}  # (nothing of a refused call is written)
+    cd.set_many([("k", 3), ("new", 4)], skip_existing=True)
+    del cd["k"]
+    cd["k"] = 5
+    assert dict(cd.items()) == {"new": 4, "k": 5}

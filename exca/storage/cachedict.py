@@ -51,6 +51,7 @@ X = tp.TypeVar("X")
 
 class _ThreadState(threading.local):
     writing = False
+    writing_generation = -1  # the fork generation whose write() context set `writing`
     frozen = 0  # >0: a miss refreshes at most once (bulk checks)
     refreshed_while_frozen = False
     # (writer, its dump context, the fork generation it belongs to): one thread-local
@@ -112,6 +113,14 @@ def _ram_copy(value: tp.Any, owned: bool, cache_type: str | None) -> tp.Any:
 
 
 _NOT_KEPT: tp.Any = object()
+
+
+def _not_json_record(info: dict[str, tp.Any]) -> bool:
+    try:
+        orjson.dumps(info)
+    except TypeError:
+        return True
+    return False
 
 
 def _after_fork() -> None:
@@ -374,19 +383,33 @@ class CacheDict(tp.Generic[X]):
                 value: X = _load_inline(None, info)  # type: ignore[arg-type]  # (no file: no context)
             else:
                 value = self._loader.load(info)  # type: ignore[union-attr]
-        except FileNotFoundError:
-            self.refresh()  # deleted (and maybe written again) by another writer since?
-            current = self._entries().get(key)
-            if current is None:
-                raise KeyError(key) from None
-            if current[:2] == entry[:2]:  # the same entry: its payload is really missing
-                raise
-            value = self._loader.load(current[2])  # type: ignore[union-attr]
+        except FileNotFoundError as error:
+            value = self._load_again(key, entry, error)
+        except Exception as error:  # (name the key: the format's message may not)
+            _add_note(error, f"while reading {key!r} from {self.folder}")
+            raise
         if self.keep_in_ram:
             ram[key] = value
             if type(value) is CachedError:
                 self._ram_errors += 1
         return value
+
+    def _load_again(
+        self, key: str, entry: tuple[str, int, dict[str, tp.Any]], error: FileNotFoundError
+    ) -> X:
+        """A payload file is missing: deleted (and maybe written again) by another writer
+        since this view read the index?"""
+        self.refresh()
+        current = self._entries().get(key)
+        if current is None:
+            raise KeyError(key) from None
+        try:
+            if current[:2] == entry[:2]:  # the same entry: its payload is really missing
+                raise error
+            return self._loader.load(current[2])  # type: ignore[union-attr]
+        except Exception as failure:
+            _add_note(failure, f"while reading {key!r} from {self.folder}")
+            raise
 
     def get(self, key: str, default: tp.Any = None) -> tp.Any:
         try:
@@ -442,19 +465,23 @@ class CacheDict(tp.Generic[X]):
     def write(self) -> tp.Iterator[None]:
         """Context in which ``cd[key] = value`` is allowed (one per thread at a time)."""
         local = self._local
-        if local.writing:
+        # (a child forked inside the parent's context may write, as the parent could, and
+        # may open its own context: that is no re-entry in the child)
+        if local.writing and local.writing_generation == _FORK_GENERATION:
             raise RuntimeError("Already inside a write() context of this CacheDict in this thread")
-        local.writing = True
+        outer = local.writing, local.writing_generation  # (the parent's, in a forked child)
+        local.writing, local.writing_generation = True, _FORK_GENERATION
         session = local.session
         if session is not None and not session[0].still_there():
             local.session = None  # cleared or removed since: a new session, a new name
         try:
             yield
         finally:
-            local.writing = False
-            if local.session is not None:
-                local.session[1].close_shared()
-                local.session[0].close()
+            local.writing, local.writing_generation = outer
+            session = local.session
+            if session is not None and session[2] == _FORK_GENERATION:  # (not the parent's)
+                session[1].close_shared()
+                session[0].close()
 
     @contextlib.contextmanager
     def writer(self) -> tp.Iterator[CacheDict[X]]:
@@ -492,10 +519,11 @@ class CacheDict(tp.Generic[X]):
         if type(key) is not str and not isinstance(key, str):
             raise TypeError(f"CacheDict keys must be str, got {key!r} ({type(key).__name__})")
         reader = self._reader
-        if type(value) is CachedError and (reader is None or self.keep_in_ram):
-            self._ram_errors += 1
-        if reader is None:
+        if reader is None:  # RAM only: the same rules as with a folder
+            if key in self._ram:
+                raise ValueError(f"Key {key!r} is already in the cache (no overwrite)")
             self._ram[key] = value
+            self._ram_errors += type(value) is CachedError
             return
         local = self._local
         if not local.writing:
@@ -503,8 +531,10 @@ class CacheDict(tp.Generic[X]):
                 f"Writing {key!r} outside of a write context: use `with cache.write(): cache[key] = value`"
             )
         entries = reader.entries if self._read_once else self._entries()  # (a new view: read)
-        if key in entries or key in self._ram:
+        if (key in entries or key in self._ram) and self._present(key):
             raise ValueError(f"Key {key!r} is already in the cache {self.folder} (no overwrite)")
+        if type(value) is CachedError and self.keep_in_ram:
+            self._ram_errors += 1
         session = local.session
         if session is None or session[2] != _FORK_GENERATION:
             writer, ctx = self._session()
@@ -520,7 +550,11 @@ class CacheDict(tp.Generic[X]):
             raise
         if meta is not None:
             info["#meta"] = meta
-        line = orjson.dumps(info, option=orjson.OPT_APPEND_NEWLINE)
+        try:
+            line = orjson.dumps(info, option=orjson.OPT_APPEND_NEWLINE)
+        except TypeError as error:  # (orjson.JSONEncodeError: from the format's fields)
+            self._not_json(ctx, error, info)
+            raise
         if writer.fd is None:
             writer.open()  # (its inode names the file for the reader's state below)
         state = writer.read_state
@@ -541,6 +575,26 @@ class CacheDict(tp.Generic[X]):
                 self._ram[key] = kept
 
     __setitem__ = put  # (no extra call on the hot path of `cd[key] = value`)
+
+    def _present(self, key: str) -> bool:
+        """Whether a key this view lists is still in the cache: its index is re-read first
+        (another view may have deleted the key since), so that a stale view decides as a
+        fresh one would. (Only on the rare path where a key to write is found.)"""
+        if key in self._ram:
+            return True
+        self.refresh()
+        return key in self._entries()
+
+    def _not_json(self, ctx: DumpContext, error: Exception, info: dict[str, tp.Any]) -> None:
+        """An index record that orjson refuses (a format returned a Path, a numpy number,
+        a structure too deep...): name the entry and remove what was written for it."""
+        ctx.discard_files()
+        _add_note(
+            error,
+            f"while storing {info.get('#key')!r} in {self.folder}: the format "
+            f"{info.get('#type')!r} returned fields that are not JSON (str, numbers, lists, "
+            f"dicts): {info!r:.300}",
+        )
 
     def set_many(
         self,
@@ -564,9 +618,7 @@ class CacheDict(tp.Generic[X]):
     ) -> None:
         reader = self._reader
         if reader is None:
-            pairs = list(pairs)
-            self._ram_errors += sum(type(v) is CachedError for _, v in pairs)
-            self._ram.update(pairs)
+            self._set_many_in_ram(pairs, skip_existing)
             return
         local = self._local
         if not local.writing:
@@ -578,6 +630,7 @@ class CacheDict(tp.Generic[X]):
         values: list[tuple[str, X]] = []
         errors = 0  # cached errors among the values (counted for RAM reads)
         batch_keys: set[str] = set()
+        stale = True  # (the index is re-read at most once: then it is up to date)
         if meta is not None:
             _check_key_and_meta("", meta)  # (before any payload is written)
         ctx.start_batch()
@@ -588,9 +641,15 @@ class CacheDict(tp.Generic[X]):
                 if not key.isascii():
                     _check_key_and_meta(key, None)
                 if key in entries or key in self._ram or key in batch_keys:
-                    if skip_existing:
-                        continue  # written meanwhile (e.g. by a re-entrant call)
-                    raise ValueError(f"Key {key!r} is already in the cache {self.folder}")
+                    if stale and key not in batch_keys:
+                        stale = False
+                        present = self._present(key)
+                    else:
+                        present = True
+                    if present:
+                        if skip_existing:
+                            continue  # written meanwhile (e.g. by a re-entrant call)
+                        raise ValueError(f"Key {key!r} is already in the cache {self.folder}")
                 batch_keys.add(key)
                 values.append((key, value))
                 if type(value) is CachedError:
@@ -600,7 +659,15 @@ class CacheDict(tp.Generic[X]):
                 for info in records:
                     info["#meta"] = meta
             dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
-            lines = [dumps(info, option=newline) for info in records]
+            try:
+                lines = [dumps(info, option=newline) for info in records]
+            except TypeError as error:  # (orjson.JSONEncodeError: from a format's fields)
+                bad = next(r for r in records if _not_json_record(r))
+                self._not_json(ctx, error, bad)
+                raise
+        except BaseException:
+            ctx.discard_files()  # (per-entry files of the batch: no index line names them)
+            raise
         finally:
             ctx.flush_batch()  # payloads are on disk before any of their index lines
         if not lines:
@@ -628,6 +695,21 @@ class CacheDict(tp.Generic[X]):
                 kept = _ram_copy(value, owned, self.cache_type)
                 if kept is not _NOT_KEPT:
                     ram[key] = kept
+
+    def _set_many_in_ram(self, pairs: tp.Iterable[tuple[str, X]], skip_existing: bool) -> None:
+        """set_many without a folder: the same rules (str keys, no overwrite), all or nothing."""
+        ram = self._ram
+        batch: dict[str, X] = {}
+        for key, value in pairs:
+            if type(key) is not str and not isinstance(key, str):
+                raise TypeError(f"CacheDict keys must be str, got {key!r}")
+            if key in ram or key in batch:
+                if skip_existing:
+                    continue
+                raise ValueError(f"Key {key!r} is already in the cache (no overwrite)")
+            batch[key] = value
+        self._ram_errors += sum(type(v) is CachedError for v in batch.values())
+        ram.update(batch)
 
     def __delitem__(self, key: str) -> None:
         if self.folder is not None:
@@ -688,7 +770,11 @@ class CacheDict(tp.Generic[X]):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(item.path)
         shutil.rmtree(self.folder / DATA_DIR, ignore_errors=True)
-        self._local.session = None
+        session, self._local.session = self._local.session, None
+        if session is not None and session[2] == _FORK_GENERATION:
+            # (inside write(): its files, removed above, would stay open until the process ends)
+            session[1].close_files()
+            session[0].close()
         self._reader = IndexReader(self.folder)
         self._loader_context = None
         self._read_once = False

@@ -48,11 +48,11 @@ def plain_json(value: tp.Any) -> bytes | None:
     would come back changed, so they are refused (orjson writes enums and UUIDs as their
     values, and NaN as null).
     """
-    if not _plain_types(value):
-        return None
     try:
+        if not _plain_types(value):
+            return None
         data = orjson.dumps(value, default=_refuse, option=_ORJSON_OPTIONS)
-    except (TypeError, orjson.JSONEncodeError):
+    except (TypeError, orjson.JSONEncodeError, RecursionError):  # (too deep for JSON)
         return None
     if b"null" in data and _has_non_finite(value):
         return None
@@ -279,6 +279,8 @@ class DumpContext:
         self._by_type: dict[type, tuple[str, tp.Any, bool]] = {}  # (cache_type None: hot path)
         self.batching = False
         self._key_files = 0  # per-entry files named so far (see key_path)
+        # per-entry files named for the current entry (or batch): removed if it fails
+        self.made: list[Path] = []
 
     # --- registry --------------------------------------------------------------------------
     @classmethod
@@ -356,7 +358,13 @@ class DumpContext:
             name = self.options.replace.get(name, name)
             name = self.ALIASES.get(name, name)
             handler = self.handler(name)
-            itself = _dumps_itself(handler) and issubclass(kind, handler)
+            itself = _dumps_itself(handler)
+            if itself and not issubclass(kind, handler):
+                raise TypeError(
+                    f"cache_type {name!r} stores {handler.__qualname__} values only (they write "
+                    f"themselves), got {kind.__qualname__}: use another cache_type (or leave "
+                    "it unset)"
+                )
             found = (name, handler, itself)
             self._dispatch_memo[(kind, cache_type)] = found
             if cache_type is None:
@@ -369,6 +377,7 @@ class DumpContext:
         out = value.__dump_info__(self) if itself else handler.__dump_info__(self, value)
         if "#key" in out or "#type" in out:
             raise ValueError(f"Format {name} returned reserved keys #key/#type in {out}")
+        _check_fields(name, out)
         info = {"#type": name}
         info.update(out)
         return info
@@ -383,10 +392,20 @@ class DumpContext:
             info = MemmapArray.entry(self, key, name, value)
             if info is not None:
                 return info
-        out = value.__dump_info__(self) if itself else handler.__dump_info__(self, value)
-        info = {"#key": key, "#type": name, **out}
-        if len(info) != len(out) + 2:  # (cheaper than looking the two up in out)
-            raise ValueError(f"Format {name} returned reserved keys #key/#type in {out}")
+        made = self.made
+        if made and not self.batching:
+            made.clear()  # (the files of the previous entry: it is written)
+        try:
+            out = value.__dump_info__(self) if itself else handler.__dump_info__(self, value)
+            info = {"#key": key, "#type": name, **out}
+            if len(info) != len(out) + 2:  # (cheaper than looking the two up in out)
+                raise ValueError(f"Format {name} returned reserved keys #key/#type in {out}")
+            if "" in out:
+                _check_fields(name, out)
+        except BaseException:
+            if not self.batching:  # (a batch removes its files itself)
+                self.discard_files()
+            raise
         return info
 
     def dump_entries(
@@ -413,6 +432,20 @@ class DumpContext:
                 out.append({"#key": key, "#type": name, **fields})
             start = stop
         return out
+
+    def discard_files(self) -> None:
+        """Remove the per-entry files named for an entry (or a batch) that failed: no index
+        line will name them."""
+        for path in self.made:
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+            except OSError:  # (a directory written by a format...)
+                import shutil
+
+                shutil.rmtree(path, ignore_errors=True)
+        self.made.clear()
 
     def load(self, info: dict[str, tp.Any]) -> tp.Any:
         """Read a value back from its index record (dispatching on the stored ``#type``)."""
@@ -462,17 +495,23 @@ class DumpContext:
         session = (self.session_name or "").rsplit("-", 1)[-1]
         self._key_files += 1
         unique = f"-{session}{self._key_files:x}" if session else ""
-        return folder / (key_file_stem(self.key) + unique + suffix)
+        path = folder / (key_file_stem(self.key) + unique + suffix)
+        self.made.append(path)
+        return path
 
     def write_key_file(self, suffix: str, writer: tp.Callable[[tp.IO[bytes]], None]) -> str:
         """Write a per-entry file atomically (temporary name, then rename); return its name."""
         path = self.key_path(suffix)
         tmp = path.with_name(f"save-tmp-{os.urandom(6).hex()}-{path.name}")
-        with open(tmp, "wb") as handle:
-            writer(handle)
-        if self.permissions is not None:
-            chmod(tmp, self.permissions)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as handle:
+                writer(handle)
+            if self.permissions is not None:
+                chmod(tmp, self.permissions)
+            os.replace(tmp, path)
+        except BaseException:  # (a value the writer refused, a full disk: no leftover)
+            tmp.unlink(missing_ok=True)
+            raise
         return f"{DATA_DIR}/{path.name}"
 
     def shared_file(self, suffix: str) -> SharedFile:
@@ -495,8 +534,16 @@ class DumpContext:
             shared.close()
         self._shared.clear()
 
+    def close_files(self) -> None:
+        """Close the shared files without writing what is queued (they were removed)."""
+        for shared in self._shared.values():
+            shared.pending = None
+            shared.close()
+        self._shared.clear()
+
     def start_batch(self) -> None:
         """Buffer shared-file payloads in memory until ``flush_batch``."""
+        self.made.clear()
         self.batching = True
         for shared in self._shared.values():
             shared.start_batch()
@@ -547,6 +594,11 @@ class DumpContext:
             self._maps.pop(key, None)
 
 
+def _check_fields(name: str, out: dict[str, tp.Any]) -> None:
+    if "" in out:  # (every read of the entry would fail)
+        raise ValueError(f"Format {name} returned a field with an empty name in {out!r:.200}")
+
+
 _SELF_DUMPING: dict[type, bool] = {}
 
 
@@ -578,8 +630,9 @@ class MemmapArray:
         np = _NP or _numpy()
         array = value
         if type(array) is not np.ndarray or not array.flags.c_contiguous:
+            if type(array) is not np.ndarray:
+                _refuse_non_array(value, "MemmapArray")
             array = np.ascontiguousarray(value).reshape(np.shape(value))
-        _refuse_masked(value, "MemmapArray")
         dtype = array.dtype
         dtype_str = _DTYPE_STR.get(dtype)
         if dtype_str is None:
@@ -646,7 +699,7 @@ class MemmapArray:
             array = value
             if type(array) is not ndarray or not array.flags.c_contiguous:
                 if type(value) is not ndarray:
-                    _refuse_masked(value, "MemmapArray")  # (as one by one: not its data only)
+                    _refuse_non_array(value, "MemmapArray")  # (as one by one)
                 array = np.ascontiguousarray(value).reshape(np.shape(value))
             dtype = array.dtype
             dtype_str = _DTYPE_STR.get(dtype)
@@ -720,6 +773,31 @@ def _refuse_masked(value: tp.Any, name: str) -> None:
             f"Cannot store a masked array as {name}: its mask would be lost; use "
             "cache_type='Pickle' (or leave cache_type unset: masked arrays are pickled)"
         )
+
+
+def _refuse_non_array(value: tp.Any, name: str) -> None:
+    """Array formats store numpy arrays (and np.memmap) only: anything else would come
+    back as a plain array (5 as a 0-d array, [1, "a"] as strings, a str Enum cut to its
+    first characters, a matrix or a namedtuple as an ndarray) instead of itself."""
+    np = _NP or _numpy()
+    kind = type(value)
+    if kind is np.ndarray or isinstance(value, np.memmap):
+        return
+    _refuse_masked(value, name)
+    if isinstance(value, np.ndarray):
+        use = "Pickle"  # (an ndarray subclass: what it adds would be lost)
+    elif isinstance(value, np.generic):
+        use = "NumpyScalar"
+    else:
+        use = DumpContext.default_name(kind)
+    what = kind.__qualname__
+    if kind.__module__ != "builtins":
+        what = f"{kind.__module__}.{what}"
+    raise TypeError(
+        f"cache_type {name!r} stores numpy arrays, got {what}"
+        f" (it would read back as a plain numpy array): use cache_type={use!r} (or leave "
+        "cache_type unset), or convert the value yourself (np.asarray(value))"
+    )
 
 
 def _load_memmap(ctx: DumpContext, info: dict[str, tp.Any]) -> tp.Any:
@@ -819,7 +897,8 @@ class NumpyArray:
     def __dump_info__(cls, ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
         import numpy as np
 
-        _refuse_masked(value, "NumpyArray")
+        if type(value) is not np.ndarray:
+            _refuse_non_array(value, "NumpyArray")
         array = np.asarray(value)
         if array.dtype.hasobject:  # np.save would pickle it, and np.load refuse to read it
             raise TypeError(
@@ -990,7 +1069,7 @@ class Auto:
         return {"tree": walked}
 
     @classmethod
-    def _walk(cls, ctx: DumpContext, value: tp.Any) -> tp.Any:
+    def _walk(cls, ctx: DumpContext, value: tp.Any, depth: int = 0) -> tp.Any:
         # exact types only: a subclass (numpy.float64, an Enum, a namedtuple...) would not
         # come back as itself from JSON, or not be JSON at all
         kind = type(value)
@@ -1004,14 +1083,16 @@ class Auto:
             if value != value or value in (float("inf"), float("-inf")):
                 raise _NotJsonable
             return value
+        if (kind is dict or kind is list or kind is tuple) and depth >= _TREE_MAX_DEPTH:
+            raise _NotJsonable  # (orjson refuses deeper index records)
         if kind is dict:
             if _AUTO_TAG in value:
                 raise ValueError(f"{_AUTO_TAG!r} is a reserved key in values of the Auto format")
             if not all(type(k) is str for k in value):
                 raise _NotJsonable
-            return {k: cls._walk(ctx, v) for k, v in value.items()}
+            return {k: cls._walk(ctx, v, depth + 1) for k, v in value.items()}
         if kind is list or kind is tuple:
-            return [cls._walk(ctx, v) for v in value]
+            return [cls._walk(ctx, v, depth + 1) for v in value]
         name = DumpContext.default_name(type(value))
         if name in ("Auto", "AutoPickle"):
             raise _NotJsonable
@@ -1066,6 +1147,9 @@ class Auto:
 
 
 _JSON_INT_MIN, _JSON_INT_MAX = -(2**63), 2**64 - 1  # what orjson writes
+# containers nested in an Auto tree: orjson writes at most 254 levels, and the tree sits
+# in the index record, with the records of values stored in their own format inside it
+_TREE_MAX_DEPTH = 240
 
 
 class _NotJsonable(Exception):
