@@ -141,7 +141,11 @@ class FunctionWithInfra:
                 f"{self.func.__qualname__} has an infra: call it with keyword arguments only"
             )
         key: tp.Any = None
-        if all(type(v) in _MEMO_TYPES for v in kwargs.values()):
+        # (mode force/retry: each call gets a new config, which forces (retries) once, as
+        # every call of the function should; a kept config would force only the first)
+        if self.infra.get("mode") not in ("force", "retry") and all(
+            type(v) in _MEMO_TYPES for v in kwargs.values()
+        ):
             # (with the types: True == 1 == 1.0 for a dict key, not for a config's uid;
             # containers are not memoized: (True,) == (1,) too)
             key = tuple((k, type(v), v) for k, v in sorted(kwargs.items()))

@@ -45,6 +45,17 @@ def test_with_infra(tmp_path: Path) -> None:
         add(1)
 
 
+def test_with_infra_force_recomputes_every_call(tmp_path: Path) -> None:
+    """mode="force" on a function: every call computes (a config kept per arguments
+    forced only the first call of the process)."""
+    add = helpers.with_infra(folder=tmp_path, mode="force")(_add)
+    before = len(CALLS)
+    assert add(a=4) == 6 and add(a=4) == 6
+    assert len(CALLS) == before + 2
+    assert helpers.with_infra(folder=tmp_path)(_add)(a=4) == 6  # cached for the others
+    assert len(CALLS) == before + 2
+
+
 def _describe(x: bool | int | tuple[bool | int, ...]) -> str:
     return f"{type(x).__name__}:{x!r}"
 
