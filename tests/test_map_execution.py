@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import enum
 import json
+import logging
 import os
 import threading
 import time
@@ -811,3 +812,30 @@ def test_a_generator_method_cannot_be_a_task() -> None:
             @infra.apply
             def make(self) -> tp.Iterator[int]:
                 yield 1
+
+
+class Thing:
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+class Sizes(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[Thing]) -> tp.Iterator[int]:
+        for item in items:
+            yield item.size
+
+
+def test_item_uids_holding_a_memory_address_are_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """item_uid=str on objects without a __str__: their uid changes every run (nothing
+    is ever reused, the cache grows): said once."""
+    mapper = Sizes(infra={"folder": tmp_path})
+    with caplog.at_level(logging.WARNING, logger="exca"):
+        assert list(mapper.process([Thing(1), Thing(2)])) == [1, 2]
+        assert list(mapper.process([Thing(3)])) == [3]
+    warned = [r for r in caplog.records if "memory address" in r.getMessage()]
+    assert len(warned) == 1 and "Thing object at 0x" in warned[0].getMessage()

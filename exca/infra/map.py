@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import hashlib
 import inspect
+import logging
 import types
 import typing as tp
 from pathlib import Path
@@ -20,6 +21,7 @@ from .method import InfraMethod, check_plain_method
 from .resources import SubmititMixin
 from .task import MethodCall
 
+logger = logging.getLogger("exca")
 _SEQUENCE_HINTS = ("list", "tuple", "Sequence", "Iterable", "Iterator", "Collection")
 
 
@@ -32,6 +34,7 @@ class ItemUid:
             raise ValueError(f"item_uid_max_length={max_length} is too small (minimum 32)")
         self.func = func
         self.max_length = max_length
+        self.warned = False  # (about uids holding a memory address)
 
     def shorten(self, uid: str) -> str:
         limit = self.max_length
@@ -66,6 +69,15 @@ class ItemUid:
                     raise TypeError(f"item_uid must return a str, got {uid!r} for item {item!r}")
             # str subclasses (a str Enum, numpy.str_): their text, as plain str
             uids = [u if type(u) is str else str.__str__(u) for u in uids]
+        if uids and not self.warned and " at 0x" in uids[0]:
+            self.warned = True  # (the first item only: this runs on every call)
+            logger.warning(
+                "item_uid %s gives %r: a memory address changes with every run, so nothing "
+                "would ever be reused. Make item_uid return what identifies the item (a "
+                "name, an id, a path)",
+                getattr(self.func, "__qualname__", repr(self.func)),
+                uids[0][:200],
+            )
         return uids
 
     def _failed(self, items: tp.Sequence[tp.Any], error: Exception) -> Exception:
