@@ -835,6 +835,29 @@ def test_plan_statuses_actions_and_reasons(env: Env) -> None:
     assert started(env.log) == ["bad", "a", "b"]  # planning computed nothing
 
 
+@pytest.mark.timeout(120)
+def test_plan_submits_work_below_a_running_job_on_its_own(env: Env) -> None:
+    """Work below a job submitted earlier goes out when that job ends: the plan showed it
+    packed with independent work of the same wave (one array, which the run never made)."""
+    block = env.tmp / "block"
+    block.touch()
+    local = {"cluster": "local"}
+    running = env.step("running", block_flag=str(block), infra=local).run.node()
+    job = running.job()
+    try:
+        wait_for(lambda: "running" in started(env.log), timeout=60)
+        below = env.step("below", infra=local).run.node(running)
+        apart = env.step("apart", infra=local).run.node()
+        plan = exca.graph.plan(below, apart)
+        arrays = {tuple(a.nodes): a for a in plan.arrays}
+        assert set(arrays) == {(below.uid,), (apart.uid,)}
+        assert arrays[(below.uid,)].after_running and not arrays[(apart.uid,)].after_running
+        assert "once the running jobs they need end" in str(plan)
+    finally:
+        block.unlink()
+    assert job.result() == "running(None,None)"
+
+
 def test_plan_flags_stale_results(env: Env) -> None:
     a, b, c = _chain(env)
     assert c.result() == "c(b(a(None,None),None),None)"

@@ -59,6 +59,8 @@ class PlannedArray:
     nodes: list[str]
     wave: int
     at_most: bool = False  # a map's items are known at run time: elements is a bound
+    # below a job submitted earlier (still running): goes out when that job ends, on its own
+    after_running: bool = False
 
 
 class Plan:
@@ -168,7 +170,11 @@ class Plan:
                 wave[key] = max(ups, default=0)
             elif ups:
                 wave[key] = max(ups) - 1
-        groups: dict[tuple[int, str], PlannedArray] = {}
+        behind: set[Key] = set()  # below a running job (waited for, not submitted now)
+        for key in order:
+            if any(runs[u].action == "wait" or u in behind for u in upstream[key]):
+                behind.add(key)
+        groups: dict[tuple[int, str, bool], PlannedArray] = {}
         for key in order:
             run = runs[key]
             if key not in wave or not run.needs_work or run.action == "wait" or run.check_only:
@@ -190,11 +196,12 @@ class Plan:
 
                     workers = Pools.workers(todo or 1, node.execution.max_jobs)
                     elements = len(to_chunks(todo, 3 * workers, 1)) if todo else 1
-            group = (wave[key], f"{cluster}|{node.execution.group_key}" if cluster else "inline")
+            where = f"{cluster}|{node.execution.group_key}" if cluster else "inline"
+            group = (wave[key], where, key in behind)
             array = groups.get(group)
             if array is None:
                 array = groups[group] = PlannedArray(
-                    len(groups), node.execution.describe(), 0, [], wave[key]
+                    len(groups), node.execution.describe(), 0, [], wave[key], False, key in behind
                 )
             array.elements += elements
             # (max_jobs chunks at most: how many depends on the items)
@@ -264,6 +271,7 @@ class Plan:
                 lines.append(
                     f"  wave {a.wave}: {'at most ' if a.at_most else ''}{a.elements} element(s)"
                     f" on {a.where} for {len(a.nodes)} node(s)"
+                    + (" (once the running jobs they need end)" if a.after_running else "")
                 )
         return "\n".join(lines)
 
