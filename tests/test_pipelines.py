@@ -858,6 +858,20 @@ def test_plan_submits_work_below_a_running_job_on_its_own(env: Env) -> None:
     assert job.result() == "running(None,None)"
 
 
+def test_plan_of_a_pool_map_with_one_item_to_compute_says_inline(env: Env) -> None:
+    """The run computes a single item here, without the pool (the plan said the pool)."""
+    square = env.square(cluster="threadpool")
+    assert list(square.apply([1])) == [1]
+    one, two = square.apply.node([1, 2]), square.apply.node([3, 4])
+    plan = exca.graph.plan(one, two)
+    entries = _by_uid(plan)
+    assert (entries[one.uid].where, entries[two.uid].where) == ("inline", "threadpool")
+    assert sorted((a.where, tuple(a.nodes)) for a in plan.arrays) == [
+        ("inline", (one.uid,)),
+        ("threadpool", (two.uid,)),
+    ]
+
+
 def test_plan_flags_stale_results(env: Env) -> None:
     a, b, c = _chain(env)
     assert c.result() == "c(b(a(None,None),None),None)"

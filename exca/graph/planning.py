@@ -196,12 +196,14 @@ class Plan:
 
                     workers = Pools.workers(todo or 1, node.execution.max_jobs)
                     elements = len(to_chunks(todo, 3 * workers, 1)) if todo else 1
-            where = f"{cluster}|{node.execution.group_key}" if cluster else "inline"
+            here = cluster is None or _single_pool_item(node, run)
+            where = "inline" if here else f"{cluster}|{node.execution.group_key}"
             group = (wave[key], where, key in behind)
             array = groups.get(group)
             if array is None:
+                shown = "inline" if here else node.execution.describe()
                 array = groups[group] = PlannedArray(
-                    len(groups), node.execution.describe(), 0, [], wave[key], False, key in behind
+                    len(groups), shown, 0, [], wave[key], False, key in behind
                 )
             array.elements += elements
             # (max_jobs chunks at most: how many depends on the items)
@@ -297,12 +299,23 @@ class Plan:
 
 def _where(node: Node, run: NodeRun) -> str:
     """Where work would run; ``auto`` says what it resolves to here."""
+    if _single_pool_item(node, run):
+        return "inline"
     where = node.execution.describe()
     if node.execution.cluster == "auto" and run.needs_work:
         from .executors import resolve_cluster
 
         where = f"{resolve_cluster('auto')} (auto){where[len('auto') :]}"
     return where
+
+
+def _single_pool_item(node: Node, run: NodeRun) -> bool:
+    """A map of a pool with one item to compute: the run computes it here, no pool."""
+    return (
+        node.execution.cluster in POOL_CLUSTERS
+        and run.uids is not None
+        and len(set(run.todo or ())) == 1
+    )
 
 
 def _escape(text: str) -> str:
