@@ -362,3 +362,39 @@ def test_the_array_infras_retry_applies_to_tasks_in_mode_cached(
         again.extend(task.infra.clone_obj(x=x) for x in range(2))
     assert [t.infra.status() for t in again] == ["completed", "completed"]
     assert calls(ctl) == {0: 1, 1: 2}
+
+
+class Source(pydantic.BaseModel):
+    n: int = 0
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def prepare(self) -> int:
+        if self.n == 1:
+            raise ValueError("source 1 fails")
+        return self.n
+
+
+class Consumer(pydantic.BaseModel):
+    source: Source = Source()
+    x: int = 0
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        return self.source.prepare() + 100 * self.x
+
+
+@pytest.mark.parametrize("cluster", [None, "local"])
+def test_a_failing_sub_config_fails_only_its_tasks(tmp_path: Path, cluster: str | None) -> None:
+    """A task whose chained sub-config fails: the other tasks of the array are computed
+    (submitted), and the exit raises nothing (the array was lost, cluster=None)."""
+    base = Consumer(
+        source={"infra": {"folder": tmp_path}}, infra={"folder": tmp_path, "cluster": cluster}
+    )
+    tasks = [base.infra.clone_obj({"source.n": n, "x": n}) for n in (0, 1, 2)]
+    with base.infra.job_array() as array:
+        array.extend(tasks)
+    assert [t.infra.job().result() for t in (tasks[0], tasks[2])] == [0, 202]
+    with pytest.raises(ValueError, match="source 1 fails"):
+        tasks[1].infra.job().result()

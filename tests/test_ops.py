@@ -726,6 +726,11 @@ class Helped(pydantic.BaseModel):
         return 1
 
 
+class Relabelled(Helped):
+    def label(self) -> str:  # (overridden without a decorator)
+        return self.name.upper()
+
+
 def test_cli_target_not_decorated(capsys: pytest.CaptureFixture[str]) -> None:
     from exca.ops.cli import main
 
@@ -734,6 +739,11 @@ def test_cli_target_not_decorated(capsys: pytest.CaptureFixture[str]) -> None:
         err = capsys.readouterr().err
         assert "Traceback" not in err and "not decorated with an infra" in err, err
         assert "decorated methods of Helped: label" in err, err
+    # a subclass overriding a decorated method without decorating it: said so
+    assert main(["plan", f"{__name__}:Relabelled.label"]) == 2
+    err = capsys.readouterr().err
+    assert "(Relabelled overrides Helped.label, which is)" in err, err
+    assert "decorated methods of Relabelled: none" in err, err
 
 
 def test_cli_misformed_overrides_get_the_key_value_message(

@@ -546,3 +546,21 @@ def test_detached_read_only_map_fed_by_upstream_only_checks(env: Env, sbatch: Sb
         log=env.log, infra={"folder": env.folder, "mode": "read-only", **slurm(max_jobs=3)}
     )
     assert again.apply.node(numbers.make.node()).result() == [i**2 for i in range(5)]
+
+
+def test_plan_of_work_below_a_running_job_on_slurm_is_one_array(env: Env, sbatch: Sbatch) -> None:
+    """On Slurm, a waiting run holds the independent work of the array back until the
+    running job ends, then sends both as one array: the plan says one array too."""
+    block = env.tmp / "block"
+    block.touch()
+    running = env.step("running", block_flag=str(block), infra=slurm()).run.node()
+    job = running.job()
+    try:
+        below = env.step("below", infra=slurm()).run.node(running)
+        apart = env.step("apart", infra=slurm()).run.node()
+        plan = exca.graph.plan(below, apart)
+        (array,) = plan.arrays
+        assert sorted(array.nodes) == sorted([below.uid, apart.uid]) and not array.after_running
+    finally:
+        block.unlink()
+    assert job.result() == "running(None,None)"

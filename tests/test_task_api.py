@@ -167,7 +167,7 @@ class Unstorable(pydantic.BaseModel):
         import threading
 
         CALLS.append(("unstorable", 0))
-        return {"weights": [1.0], "lock": threading.Lock()}
+        return {"weights": [1.0], "post": lambda x: x, "lock": threading.Lock()}
 
 
 def test_a_result_that_cannot_be_stored_is_a_cached_error(tmp_path: Path) -> None:
@@ -1109,3 +1109,6 @@ def test_folder_names_environment_variables(
     monkeypatch.delenv("EXCA_TEST_SCRATCH")
     with pytest.raises(pydantic.ValidationError, match=r"\$EXCA_TEST_SCRATCH, which is not set"):
         Task(infra={"folder": "$EXCA_TEST_SCRATCH/cache"})
+    literal = tmp_path / "cache$EXCA_TEST_SCRATCH"  # an existing folder: its name, as is
+    literal.mkdir()
+    assert Task(infra={"folder": str(literal)}).infra.folder == literal

@@ -107,7 +107,11 @@ def task_job(node: Node) -> Job:
         node.force_state["done"] = True  # (the scheduler only sees the jobs it waits for)
     if handles:
         return Job(node, handles[0])
-    run = scheduler.runs.get(node.key)  # nothing submitted: why (e.g. its last job was killed)
+    try:  # nothing submitted: why (an upstream's own error, as a call raises it)
+        scheduler._raise_failures(root_cause=True)
+    except Exception as error:
+        return Job(node, DoneHandle(error))
+    run = scheduler.runs.get(node.key)  # (e.g. its last job was killed)
     why = run.error if run is not None else None
     return Job(node, DoneHandle(why) if why is not None else None)
 

@@ -109,7 +109,7 @@ class Plan:
         if run.action == "wait" and run.handles:
             job_id = run.handles[0].job_id
         problems: list[str] = []
-        if run.needs_work and run.action != "wait" and not run.check_only:
+        if run.needs_work and run.action != "wait":  # (a check-only map's job too: checked)
             from .executors import resolve_cluster
 
             if resolve_cluster(node.execution.cluster) == "slurm":
@@ -170,10 +170,16 @@ class Plan:
                 wave[key] = max(ups, default=0)
             elif ups:
                 wave[key] = max(ups) - 1
-        behind: set[Key] = set()  # below a running job (waited for, not submitted now)
+        # below a running job (waited for, not submitted now): off Slurm, it goes out when
+        # that job ends, on its own; on Slurm, a waiting run holds back the ready work of its
+        # array until then (a detached one sends both with the dependency): one array
+        from .executors import on_slurm
+
+        behind: set[Key] = set()
         for key in order:
             if any(runs[u].action == "wait" or u in behind for u in upstream[key]):
                 behind.add(key)
+        behind = {k for k in behind if not on_slurm(runs[k].node)}
         groups: dict[tuple[int, str, bool], PlannedArray] = {}
         for key in order:
             run = runs[key]

@@ -102,9 +102,12 @@ class Scheduler:
 
         submit_all(self)
 
-    def submit(self, parallelism: int | None = None) -> dict[Key, list[executors.Handle]]:
+    def submit(
+        self, parallelism: int | None = None, keep_going: bool = False
+    ) -> dict[Key, list[executors.Handle]]:
         """Submit the nodes that need work (none may depend on another's work) without
-        waiting (inline nodes run now). Returns the handles per node key."""
+        waiting (inline nodes run now). Returns the handles per node key. ``keep_going``:
+        an upstream node that fails (cached) fails only the nodes that need it."""
         work = self.start()
         needed = {
             u for r in work for u in self.graph.upstream[r.node.key] if self.runs[u].needs_work
@@ -116,7 +119,11 @@ class Scheduler:
             # (forced by an upstream node computed now: still forced once that is done)
             forced = {r.node.key for r in work if r.action == "force"} - needed
             upstream = Scheduler([self.graph.nodes[k] for k in order], self._item_uids)
-            upstream.run(root_cause=True)
+            try:
+                upstream.run(root_cause=True)
+            except Exception:
+                if not keep_going:
+                    raise  # (else the cached failure is decided below: "upstream failed")
             self.graph = Graph(self._targets, self._item_uids, forced=forced)
             work = self.start()
         pools = executors.Pools()

@@ -332,7 +332,7 @@ def _unstorable(what: str, value: tp.Any, cache: CacheDict[tp.Any], error: Excep
     """The error of an output the cache cannot store (of the same type, when it can be built:
     ``except`` clauses and retries keep working)."""
     message = f"{what} cannot be stored in {cache.folder} ({type(value).__name__}): {error}"
-    path = _unpicklable_part(value)
+    path = _unpicklable_part(value) if "pickle" in str(error) else ""
     if path:
         message += (
             f" (the part that cannot be pickled: value{path}; return what it is made "
@@ -346,8 +346,9 @@ def _unstorable(what: str, value: tp.Any, cache: CacheDict[tp.Any], error: Excep
 
 
 def _unpicklable_part(value: tp.Any, depth: int = 6) -> str:
-    """Where in a value the part that does not pickle is (``['model'].net``), or ""."""
-    import pickle
+    """Where in a value the part that does not pickle is (``['model'].net``), or "" (with
+    cloudpickle, as the Pickle format: a lambda or a class of a script pickles)."""
+    import cloudpickle
 
     if depth == 0:
         return ""
@@ -361,7 +362,7 @@ def _unpicklable_part(value: tp.Any, depth: int = 6) -> str:
         return ""
     for where, child in children:
         try:
-            pickle.dumps(child)
+            cloudpickle.dumps(child)
         except Exception:
             return where + _unpicklable_part(child, depth - 1)
     return ""

@@ -132,7 +132,9 @@ class BaseInfra(pydantic.BaseModel):
             if isinstance(text, str) and "$" in text:  # (from a yaml file: "$SCRATCH/cache")
                 expanded = os.path.expandvars(text)
                 unset = re.search(r"\$\{?\w+\}?", expanded)
-                if unset:
+                if unset and os.path.exists(text):
+                    expanded = text  # (an existing folder with a "$" in its name)
+                elif unset:
                     raise ValueError(
                         f"folder={text!r} names the environment variable {unset.group()}, "
                         "which is not set: set it, or give the folder's path"

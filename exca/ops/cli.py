@@ -50,12 +50,21 @@ def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.An
     from ..infra.method import InfraMethod
 
     if not isinstance(inspect.getattr_static(cls, method), InfraMethod):
+        names = {n for k in cls.__mro__ for n in vars(k)}
         decorated = sorted(
-            {n for k in cls.__mro__ for n, v in vars(k).items() if isinstance(v, InfraMethod)}
+            n for n in names if isinstance(inspect.getattr_static(cls, n, None), InfraMethod)
+        )
+        parent = next(
+            (k for k in cls.__mro__[1:] if isinstance(vars(k).get(method), InfraMethod)), None
+        )
+        note = (
+            f" ({class_name} overrides {parent.__name__}.{method}, which is)"
+            if parent is not None
+            else ""
         )
         raise ValueError(
-            f"{target!r}: {method} is not decorated with an infra (@infra.apply): only "
-            "decorated methods have a cache to plan; decorated methods of "
+            f"{target!r}: {method} is not decorated with an infra (@infra.apply){note}: "
+            "only decorated methods have a cache to plan; decorated methods of "
             f"{class_name}: {', '.join(decorated) or 'none'}"
         )
     import yaml
