@@ -963,7 +963,7 @@ def test_user_format(tmp_path: Path) -> None:
     assert isinstance(loaded, Celsius) and loaded.degrees == 21.5
     nested = fresh["nested"]
     assert isinstance(nested["t"], Celsius) and nested["t"].degrees == -3.0
-    assert fresh.entry_type("self") == "SelfDumping"
+    assert fresh.entry_type("self") == "test_cachedict.SelfDumping"  # (module.Class)
     assert fresh["self"].items == [1, 2]
     assert len([n for n in data_files(folder) if n.endswith(".celsius")]) == 2
     del fresh["temp"]
@@ -1474,3 +1474,38 @@ def test_ram_only_cachedict_enforces_the_write_rules() -> None:
     del cd["k"]
     cd["k"] = 5
     assert dict(cd.items()) == {"new": 4, "k": 5}
+
+
+SELF_DUMPING_READER = """
+import sys
+
+from exca.cachedict import CacheDict
+
+cache = CacheDict(sys.argv[1])
+print("READ", type(cache["self"]).__module__, type(cache["self"]).__name__, cache["self"].items)
+"""
+
+
+def test_self_dumping_values_are_read_by_a_process_that_never_wrote_one(tmp_path: Path) -> None:
+    """The format is named module.Class: a reader finds the class (it raised "not
+    registered in this process" unless it had written such a value first); entries of
+    older versions, named by the bare class name, still read where the class is known."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "cache"
+    cd: CacheDict[tp.Any] = CacheDict(folder)
+    with cd.write():
+        cd["self"] = SelfDumping([1, 2])
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    proc = subprocess.run(
+        [sys.executable, "-c", SELF_DUMPING_READER, str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert "READ test_cachedict SelfDumping [1, 2]" in proc.stdout, proc.stderr[-2000:]
+    old = folder / "vm-1-1-0123456789abc-a1b2c3-info.jsonl"  # (a name this exca writes)
+    old.write_text('{"#key":"old","#type":"SelfDumping","items":[3]}\n')
+    assert CacheDict(folder)["old"].items == [3]

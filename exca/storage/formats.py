@@ -342,10 +342,40 @@ class DumpContext:
                 cls.DEFAULTS[kind] = name  # memoize the resolution of lazy names
                 return name
         if hasattr(kind, "__dump_info__") and hasattr(kind, "__load_from_info__"):
-            cls.register(kind)
-            cls.DEFAULTS[kind] = kind.__name__
-            return kind.__name__
+            # named by module and qualified name: two classes of one name stay apart, and
+            # a reading process finds the class from the name alone
+            name = f"{kind.__module__}.{kind.__qualname__}"
+            cls.register(kind, name=name)
+            cls.ALIASES.setdefault(kind.__name__, name)  # (entries of older versions)
+            cls.DEFAULTS[kind] = name
+            return name
         return "Auto"
+
+    @classmethod
+    def _find_self_dumping(cls, name: str) -> bool:
+        """Register the class a ``module.Class`` format name designates, if it dumps
+        itself (a process reading values it never wrote)."""
+        import importlib
+
+        parts = name.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            module_name = ".".join(parts[:cut])
+            try:
+                found: tp.Any = sys.modules.get(module_name) or importlib.import_module(module_name)
+                for part in parts[cut:]:
+                    found = getattr(found, part)
+            except (ImportError, AttributeError):
+                continue
+            if (
+                isinstance(found, type)
+                and hasattr(found, "__dump_info__")
+                and hasattr(found, "__load_from_info__")
+                and _dumps_itself(found)
+            ):
+                cls.register(found, name=name)
+                cls.DEFAULTS.setdefault(found, name)
+                return True
+        return False
 
     # --- dump / load ---------------------------------------------------------------------
     def _dispatch(self, kind: type, cache_type: str | None) -> tuple[str, tp.Any, bool]:
@@ -455,7 +485,11 @@ class DumpContext:
             if fast is not None:
                 return fast(self, info)
         name = self.options.replace.get(name, name)
-        if name not in self.HANDLERS and self.ALIASES.get(name, name) not in self.HANDLERS:
+        if (
+            name not in self.HANDLERS
+            and self.ALIASES.get(name, name) not in self.HANDLERS
+            and not ("." in name and self._find_self_dumping(name))
+        ):
             raise ValueError(
                 f"Entry {info.get('#key')!r} was written with the format {name!r}, which is "
                 "not registered in this process: import the module that registers it "
@@ -467,7 +501,11 @@ class DumpContext:
 
     def delete(self, info: dict[str, tp.Any]) -> None:
         name = info["#type"]
-        if name not in self.HANDLERS and self.ALIASES.get(name, name) not in self.HANDLERS:
+        if (
+            name not in self.HANDLERS
+            and self.ALIASES.get(name, name) not in self.HANDLERS
+            and not ("." in name and self._find_self_dumping(name))
+        ):
             # (the entry is deleted; its payload files, if any, are left to `clean orphans`)
             warnings.warn(
                 f"Deleted entry {info.get('#key')!r} of format {name!r}, not registered in "
