@@ -366,12 +366,13 @@ def test_the_array_infras_retry_applies_to_tasks_in_mode_cached(
 
 class Source(pydantic.BaseModel):
     n: int = 0
+    fail_flag: str = ""  # fails while this file exists
     infra: exca.TaskInfra = exca.TaskInfra(version="1")
 
     @infra.apply
     def prepare(self) -> int:
-        if self.n == 1:
-            raise ValueError("source 1 fails")
+        if self.n == 1 or (self.fail_flag and Path(self.fail_flag).exists()):
+            raise ValueError(f"source {self.n} fails")
         return self.n
 
 
@@ -398,3 +399,22 @@ def test_a_failing_sub_config_fails_only_its_tasks(tmp_path: Path, cluster: str 
     assert [t.infra.job().result() for t in (tasks[0], tasks[2])] == [0, 202]
     with pytest.raises(ValueError, match="source 1 fails"):
         tasks[1].infra.job().result()
+
+
+def test_a_forced_array_keeps_the_results_it_could_not_recompute(tmp_path: Path) -> None:
+    """mode force, the forced sub-config of a task fails: that task is not submitted, and
+    its cached result stays (it was removed as if a job were replacing it)."""
+    flag = tmp_path / "fail"
+    source = {"fail_flag": str(flag), "infra": {"folder": tmp_path}}
+    base = Consumer(source=source, infra={"folder": tmp_path, "cluster": "local"})
+    task = base.infra.clone_obj({"source.n": 3, "x": 1})
+    assert task.run() == 103
+    flag.touch()
+    forced = Consumer(
+        source={**source, "infra": {"folder": tmp_path, "mode": "force"}},
+        infra={"folder": tmp_path, "cluster": "local", "mode": "force"},
+    )
+    with forced.infra.job_array() as array:
+        array.append(forced.infra.clone_obj({"source.n": 3, "x": 1}))
+    assert base.infra.clone_obj({"source.n": 3, "x": 1}).infra.status() == "completed"
+    assert base.infra.clone_obj({"source.n": 3, "x": 1}).run() == 103

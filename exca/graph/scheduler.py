@@ -124,6 +124,9 @@ class Scheduler:
             except Exception:
                 if not keep_going:
                     raise  # (else the cached failure is decided below: "upstream failed")
+                for run in upstream.runs.values():  # (their force was tried: not again now)
+                    if run.state == "failed" and run.action == "force":
+                        run.node.force_state["done"] = True
             self.graph = Graph(self._targets, self._item_uids, forced=forced)
             work = self.start()
         pools = executors.Pools()

@@ -78,9 +78,10 @@ def submit_array(
         dataclasses.replace(i._node(), mode=mode, execution=execution) for i in infras.values()
     ]
     outdated = {n.key: store.outdated_outcome(n.cache, mode) for n in nodes}
-    Scheduler(nodes).submit(parallelism=max_workers, keep_going=True)
+    handles = Scheduler(nodes).submit(parallelism=max_workers, keep_going=True)
     for node in nodes:  # (else, until its job starts, a task shows its old outcome)
-        store.drop_outcome(node.cache, outdated[node.key])
+        if handles.get(node.key):  # (not submitted, e.g. its sub-config failed: kept)
+            store.drop_outcome(node.cache, outdated[node.key])
     if requested in ("force", "retry"):
         for infra in [array_infra, *infras.values()]:
             _forced(infra)
