@@ -369,7 +369,18 @@ class Scheduler:
         """Block until at least one running node finishes."""
         delay = POLL_START
         while not self.finish_done(running, progress):
-            time.sleep(delay)
+            futures = [
+                h.future
+                for r in running.values()
+                for h in r.handles
+                if isinstance(h, executors.FutureHandle) and not h.future.done()
+            ]
+            if futures:  # (a pool: woken as soon as one of its units ends, not at a poll)
+                import concurrent.futures
+
+                concurrent.futures.wait(futures, delay, concurrent.futures.FIRST_COMPLETED)
+            else:
+                time.sleep(delay)
             delay = min(delay * 1.5, POLL_MAX)
 
     def finish_done(self, running: dict[Key, NodeRun], progress: Progress) -> bool:
