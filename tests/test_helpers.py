@@ -345,6 +345,29 @@ def test_a_v2_named_cache_is_renamed_and_used(
     assert v2_folder is not None and not v2_folder.exists()
 
 
+class _LegacyLoose(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    x: int | str = 0
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> str:
+        return f"{self.x!r}"
+
+
+def test_a_v2_named_cache_of_another_config_is_not_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """v2 names are untyped: x="1" and x=1 share one. The v2 folder of x="1" was renamed
+    to x=1's name, and x=1 returned x="1"'s result."""
+    monkeypatch.setenv("CONFDICT_UID_VERSION", "2")
+    assert _LegacyLoose(x="1", infra={"folder": tmp_path}).process() == "'1'"
+    monkeypatch.delenv("CONFDICT_UID_VERSION")
+    assert _LegacyLoose(x=1, infra={"folder": tmp_path}).process() == "1"
+    old = _LegacyLoose(x="1", infra={"folder": tmp_path, "mode": "read-only"})
+    assert old.process() == "'1'"  # renamed to its own v3 name, by update_uids
+
+
 class _LegacySteps(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
     steps: collections.OrderedDict[str, int] = collections.OrderedDict()

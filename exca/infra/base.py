@@ -467,10 +467,12 @@ class BaseInfra(pydantic.BaseModel):
             folder.parent,
         )
         # this config's own folder first, to the name its live config gives (uid.yaml
-        # does not say that a dict was an OrderedDict, whose order is in the v3 name)
-        if not folder.exists():
+        # does not say that a dict was an OrderedDict, whose order is in the v3 name);
+        # only if it holds this very config: v2 names are untyped ("1" and 1 share one)
+        source = folder.parent / legacy
+        if not folder.exists() and uidfolder.holds_uid_config(source, self._uid_config()):
             with contextlib.suppress(OSError):  # (renamed by another process meanwhile)
-                os.rename(folder.parent / legacy, folder)
+                os.rename(source, folder)
         helpers.update_uids(folder.parent, dryrun=False)
 
     def _prepare_folder(self) -> None:

@@ -63,6 +63,12 @@ def read_yaml(
     return data
 
 
+def holds_uid_config(folder: Path, uid_config: ConfDict) -> bool:
+    """Whether a folder's uid.yaml describes this uid config (as it reads back)."""
+    existing = read_yaml(folder / UID_FILE)
+    return existing is not None and ConfDict(existing).flat() == _normalized(uid_config)
+
+
 def _normalized(cfg: ConfDict) -> dict[str, tp.Any]:
     """The flat form of a config as it reads back from yaml (tuples become lists...)."""
     import yaml
