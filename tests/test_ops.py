@@ -1246,6 +1246,21 @@ def test_clean_logs_of_ended_jobs(tmp_path: Path) -> None:
     assert exca.ops.inspect(root)[0].status == "success"
 
 
+def test_clean_logs_counts_from_when_the_job_ended(tmp_path: Path) -> None:
+    """A job submitted long ago (queued for days) that ended now: its logs are recent
+    (they were removed by --days 1, counted from the submission)."""
+    root = tmp_path / "cache"
+    task = Train(seed=8, infra={"folder": root, "cluster": "local"})
+    assert task.fit() == 9
+    folder = folder_of(task)
+    (path,) = (folder / "jobs").glob("*.json")
+    record = json.loads(path.read_text())
+    record["submitted"] -= 3 * 86400
+    path.write_text(json.dumps(record))
+    assert clean.logs(root, older_than_days=1).removals == []
+    assert len(clean.logs(root, older_than_days=0).removals) == 1
+
+
 @pytest.mark.timeout(120)
 def test_clean_logs_keeps_a_log_folder_shared_with_a_running_job(tmp_path: Path) -> None:
     root, shared = tmp_path / "cache", tmp_path / "shared-logs"  # logs= without %j
@@ -1357,6 +1372,20 @@ def test_compact_many_writer_sessions(tmp_path: Path) -> None:
         list(range(0, 200)),
         list(range(149, 349)),
     ]
+
+
+def test_compact_leaves_another_excas_index_files_alone(tmp_path: Path) -> None:
+    """An index file of the reference (<host>-<thread>-info.jsonl, not read by this exca)
+    was merged away as a dead writer's: SPEC, a folder the reference wrote is left alone."""
+    root = tmp_path / "cache"
+    _many_writer_sessions(root, 3)
+    folder = folder_of(Ranges(infra={"folder": root}))
+    foreign = folder / "vm-140245-info.jsonl"
+    foreign.write_text('{"#key": "x", "#type": "Json", "v": 1}\n')
+    old = time.time() - 7200
+    os.utime(foreign, (old, old))
+    assert clean.compact(folder, grace_seconds=0)[0] == 3
+    assert foreign.read_text() == '{"#key": "x", "#type": "Json", "v": 1}\n'
 
 
 def _dead_sessions(folder: Path, code: str) -> None:

@@ -355,3 +355,32 @@ def test_running_job_then_logs_from_a_fresh_process(tmp_path: Path) -> None:
     )
     assert fresh.returncode == 0, fresh.stderr
     assert fresh.stdout.startswith("slurm ") and "slurmnap-stdout" in fresh.stdout
+
+
+def test_a_queued_chunk_job_is_seen_after_a_later_job_ended(tmp_path: Path) -> None:
+    """A map's chunk job still queued while a later job of the same config (other items)
+    ended: inspect said the later job ("ended") and clean removed the folder, with the
+    queued job's files (it failed when it started)."""
+    root = tmp_path / "cache"
+    held = SplitOpsMap(
+        infra={
+            "folder": root,
+            "cluster": "slurm",
+            "max_jobs": 1,
+            "slurm_additional_parameters": HOLD,
+        }
+    )
+    exca.graph.run(held.run.node([1, 2]), wait=False)
+    (record,) = registry.read_all(held.infra.uid_folder())
+    try:
+        assert wait_until(lambda: _queue_state(record.job_id), "squeue lists it") == "PENDING"
+        later = SplitOpsMap(infra={"folder": root, "cluster": "local"})
+        assert list(later.run([3])) == [3]  # its own job, ended
+        folder = later.infra.uid_folder()
+        assert folder is not None and registry.latest(folder).job_id != record.job_id
+        (info,) = exca.ops.inspect(root)
+        assert (info.status, info.job_id, info.job_state) == ("running", record.job_id, "running")
+        plan = exca.ops.clean.remove_nodes([folder])
+        assert plan.removals == [] and record.job_id in plan.kept[0][1]
+    finally:
+        _scancel(record.job_id)

@@ -90,9 +90,13 @@ def busy_reason(folder: Path) -> str | None:
     owners = Claims(folder).current()
     if owners:
         return f"being computed by {owners[0].owner.describe()}"
-    record = registry.latest(folder)
-    if record is not None and registry.is_active(record):
-        return f"job {record.job_id} is queued or running"
+    # every record, not only the latest: a map's chunk job may still be queued after a
+    # later job (another call, other items) ended
+    records = registry.read_all(folder)
+    queued = registry.queued_jobs([r.job_id for r in records if r.cluster == "slurm"])
+    for record in reversed(records):
+        if registry.is_active(record, queued):
+            return f"job {record.job_id} is queued or running"
     return None
 
 
@@ -355,9 +359,21 @@ def logs(root: Path | str, older_than_days: float = 30.0) -> CleanPlan:
             plan.kept.append((logs_folder, f"job {active.job_id} is queued or running"))
             continue
         ids = ", ".join(sorted({r.job_id for r in records}))
+        if _newest_write(logs_folder) > limit:
+            continue  # (written until recently: a job queued long ago that ended lately)
         size, _ = disk_usage(logs_folder)
         plan.removals.append(Removal(logs_folder, size, f"logs of job {ids}, ended"))
     return plan
+
+
+def _newest_write(folder: Path) -> float:
+    """The latest modification time of the files under a folder (0 when empty)."""
+    newest = 0.0
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                newest = max(newest, os.stat(os.path.join(dirpath, name)).st_mtime)
+    return newest
 
 
 def garbage(root: Path | str, targets: tp.Sequence[Node]) -> CleanPlan:
@@ -453,10 +469,13 @@ def compactable(folder: Path | str, grace_seconds: float = 3600.0) -> list[str]:
 
 
 def _dead_index_files(folder: Path, grace_seconds: float) -> list[os.DirEntry[str]]:
+    from ..storage.index import _OUR_INDEX_NAME  # (another exca's files: left alone)
+
     return [
         e
         for e in os.scandir(folder)
-        if e.name.endswith(INDEX_SUFFIX) and _writer_dead(e.name, e.stat().st_mtime, grace_seconds)
+        if _OUR_INDEX_NAME.fullmatch(e.name)
+        and _writer_dead(e.name, e.stat().st_mtime, grace_seconds)
     ]
 
 

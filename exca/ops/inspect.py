@@ -155,12 +155,16 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
     size, modified = disk_usage(folder)
     info = NodeInfo(step, uid, folder, kind, "empty", config, len(entries), errors, size, modified)
     info.full_config = full
-    record = registry.latest(folder)
-    if record is not None:
+    records = registry.read_all(folder)
+    if queued is None:  # (one squeue call for the folder's Slurm jobs)
+        queued = registry.queued_jobs([r.job_id for r in records if r.cluster == "slurm"])
+    # the latest active job (a chunk job may still run after a later one ended), else the latest
+    record = next((r for r in reversed(records) if registry.is_active(r, queued)), None)
+    if record is not None or records:
+        info.job_state = "running" if record is not None else "ended"
+        record = record or records[-1]
         info.job_id = record.job_id
         info.stdout, info.stderr = str(record.stdout), str(record.stderr)
-        active = registry.is_active(record, queued)
-        info.job_state = "running" if active else "ended"
     computing = bool(Claims(folder).current())
     if kind == "task":
         info.status = "error" if errors else "success"
@@ -200,8 +204,8 @@ def inspect(
         and (only_config is None or u.split("/")[0] == only_config)
         and (only_inputs is None or u == f"{only_config}/{only_inputs}")
     ]
-    records = [registry.latest(f) for _, _, f in folders]
-    slurm = [r.job_id for r in records if r is not None and r.cluster == "slurm"]
+    records = [r for _, _, f in folders for r in registry.read_all(f)]  # (every job)
+    slurm = [r.job_id for r in records if r.cluster == "slurm"]
     queued = registry.queued_jobs(slurm) if slurm else set()
     parents = {f.parent for _, u, f in folders if "/" in u}
     out = []
