@@ -27,6 +27,7 @@ import yaml
 import exca
 import exca.graph
 import exca.ops
+from exca.graph import registry
 from exca.ops import clean
 from exca.ops.inspect import node_folders
 from exca.storage.cachedict import CacheDict
@@ -1279,6 +1280,43 @@ def test_clean_logs_keeps_a_log_folder_shared_with_a_running_job(tmp_path: Path)
     assert job.result() == "released"
     wait_until(lambda: clean.logs(root, older_than_days=0).removals, "the job ended")
     assert [r.path for r in clean.logs(root, older_than_days=0).removals] == [shared]
+
+
+class HeldMap(pydantic.BaseModel):
+    """A map that blocks while the file `flag` exists."""
+
+    flag: str = ""
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def compute(self, items: list[int]) -> tp.Iterator[int]:
+        end = time.time() + WAIT_S
+        while self.flag and os.path.exists(self.flag) and time.time() < end:
+            time.sleep(0.02)
+        yield from items
+
+
+@pytest.mark.timeout(120)
+def test_clean_keeps_a_folder_holding_another_running_jobs_files(tmp_path: Path) -> None:
+    """Maps packed in one array keep their jobs' files in the first node's folder:
+    removing that (finished) node removed the running job's logs and pickles."""
+    root, flag = tmp_path / "cache", tmp_path / "hold"
+    flag.touch()
+    infra = {"folder": root, "cluster": "local"}
+    fast = HeldMap(infra=infra).compute.node([1])
+    slow = HeldMap(flag=str(flag), infra=infra).compute.node([2])
+    thread = threading.Thread(target=exca.graph.run, args=(fast, slow))
+    thread.start()
+    try:
+        wait_until(lambda: fast.status() == "completed", "the fast map is done")
+        (record,) = registry.read_all(slow.folder)
+        assert fast.folder is not None and fast.folder in Path(record.logs).parents
+        plan = clean.remove_nodes([fast.folder])
+        assert plan.removals == [] and record.job_id in plan.kept[0][1]
+    finally:
+        flag.unlink()
+        thread.join(timeout=WAIT_S)
+    assert slow.result() == [2]
 
 
 def test_clean_garbage_keeps_what_targets_reach(tmp_path: Path) -> None:

@@ -122,12 +122,45 @@ def _busy_with_inputs(folder: Path) -> str | None:
 
 
 def _add_folder(plan: CleanPlan, folder: Path, reason: str) -> None:
-    busy = _busy_with_inputs(folder)
+    busy = _busy_with_inputs(folder) or _holds_what_jobs_use(folder, _root_of(folder))
     if busy is not None:
         plan.kept.append((folder, busy))
         return
     size, _ = disk_usage(folder, recursive_into_inputs=True)
     plan.removals.append(Removal(folder, size, reason))
+
+
+def _holds_what_jobs_use(folder: Path, root: Path) -> str | None:
+    """Why a folder holds files a queued or running job of ANOTHER node needs (jobs packed
+    in one array share the log folder and code snapshot of its first node), or None."""
+    resolved = folder.resolve()
+    for path, why in _used_by_jobs(root.resolve()).items():
+        if path == resolved or resolved in path.parents:
+            return why
+    return None
+
+
+_USED: dict[Path, tuple[float, dict[Path, str]]] = {}  # root -> (when read, paths in use)
+
+
+def _used_by_jobs(root: Path) -> dict[Path, str]:
+    """Log folders and code snapshots of the queued or running jobs under a root (read
+    once per plan: for a few seconds)."""
+    found = _USED.get(root)
+    if found is not None and time.monotonic() - found[0] < 5.0:
+        return found[1]
+    records = [(f, r) for _, _, f in node_folders(root) for r in registry.read_all(f)]
+    queued = registry.queued_jobs([r.job_id for _, r in records if r.cluster == "slurm"])
+    used: dict[Path, str] = {}
+    for folder, record in records:
+        if registry.is_active(record, queued):
+            why = f"files of job {record.job_id} ({folder.name}), queued or running"
+            used[Path(record.logs).resolve()] = why
+            code = folder / "code"
+            if code.is_symlink():
+                used[code.resolve()] = why
+    _USED[root] = (time.monotonic(), used)
+    return used
 
 
 # --- nodes and what depends on them ----------------------------------------------------------
@@ -244,6 +277,10 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
                 continue  # a config of this version is in use: keep its logs and code too
             for other in subfolders:
                 if not (other / UID_FILE).exists():  # logs/, code/ of the old version
+                    used = _holds_what_jobs_use(other, root)  # (a job of another method)
+                    if used is not None:
+                        plan.kept.append((other, used))
+                        continue
                     size, _ = disk_usage(other, recursive_into_inputs=True)
                     plan.removals.append(Removal(other, size, f"{other.name} of an {reason}"))
     return plan
