@@ -24,11 +24,16 @@ _MISSING: tp.Any = object()
 
 
 def _to_confdict_value(value: tp.Any) -> tp.Any:
-    """Plain dicts become ConfDicts (recursively, also inside lists); OrderedDicts are kept."""
+    """Plain dicts become ConfDicts (recursively, also inside lists); OrderedDicts are kept
+    (copied). Containers are never the caller's: a dotted write would change them."""
     if isinstance(value, dict) and not isinstance(value, ConfDict | collections.OrderedDict):
         return ConfDict(value)
-    if type(value) is list and any(isinstance(item, dict | list) for item in value):
-        return [_to_confdict_value(item) for item in value]  # also lists of lists of dicts
+    if type(value) is list:
+        if any(isinstance(item, dict | list) for item in value):
+            return [_to_confdict_value(item) for item in value]  # also lists of lists of dicts
+        return list(value)
+    if isinstance(value, collections.OrderedDict | tuple | set):
+        return _deep_copy(value)
     return value
 
 
@@ -429,6 +434,10 @@ def _deep_copy(value: tp.Any) -> tp.Any:
         return {k: _deep_copy(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_deep_copy(v) for v in value]
+    if type(value) is tuple:  # (a tuple of dicts: dotted writes go into its dicts)
+        return tuple(_deep_copy(v) for v in value)
+    if type(value) is set:
+        return set(value)
     return value
 
 

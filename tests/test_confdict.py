@@ -448,3 +448,19 @@ def test_from_yaml_of_a_missing_file(tmp_path: Path) -> None:
 def test_from_model_of_something_else() -> None:
     with pytest.raises(TypeError, match="from_model takes a pydantic model instance, got dict"):
         ConfDict.from_model({"a": 1})  # type: ignore[arg-type]
+
+
+def test_a_confdict_never_shares_containers_with_its_source() -> None:
+    """Dotted writes into a ConfDict (or its copy) changed the caller's lists and
+    OrderedDicts, and the dicts inside a copied tuple (the original's uid changed)."""
+    user_list, user_od = [1, 2, 3], collections.OrderedDict(a=1)
+    cd = ConfDict({"l": user_list, "od": user_od})
+    cd["l.0"] = 100
+    cd["od.b"] = 2
+    assert user_list == [1, 2, 3] and user_od == collections.OrderedDict(a=1)
+    orig = ConfDict({"layers": ({"size": 1}, {"size": 2}), "s": {1, 2}})
+    uid = orig.to_uid()
+    copy = orig.copy()
+    copy["layers.0.size"] = 99
+    copy["s"].add(3)
+    assert orig.to_uid() == uid and orig["layers"][0] == {"size": 1} and orig["s"] == {1, 2}
