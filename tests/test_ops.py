@@ -1313,6 +1313,10 @@ def test_clean_keeps_a_folder_holding_another_running_jobs_files(tmp_path: Path)
         assert fast.folder is not None and fast.folder in Path(record.logs).parents
         plan = clean.remove_nodes([fast.folder])
         assert plan.removals == [] and record.job_id in plan.kept[0][1]
+        # a removal previewed before the job started is checked again when executed
+        stale = clean.CleanPlan()
+        stale.removals.append(clean.Removal(fast.folder, 0, "previewed earlier"))
+        assert stale.execute() == 0 and Path(record.logs).is_dir()
     finally:
         flag.unlink()
         thread.join(timeout=WAIT_S)

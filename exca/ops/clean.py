@@ -72,10 +72,14 @@ class CleanPlan:
     def execute(self) -> int:
         """Remove everything listed (node folders: index files first); return bytes freed."""
         freed = 0
+        _USED.clear()  # (what jobs use is read again: some may have started since)
         for removal in self.removals:
             path = removal.path
             if path.is_dir() and _busy_with_inputs(path) is not None:
                 continue  # started being used since the preview
+            root = _root_of(path) if (path / UID_FILE).exists() else path.parent.parent
+            if path.is_dir() and _holds_what_jobs_use(path, root) is not None:
+                continue
             if path.is_dir() and not path.is_symlink():
                 remove_node_folder(path)
             else:
@@ -145,9 +149,9 @@ _USED: dict[Path, tuple[float, dict[Path, str]]] = {}  # root -> (when read, pat
 
 def _used_by_jobs(root: Path) -> dict[Path, str]:
     """Log folders and code snapshots of the queued or running jobs under a root (read
-    once per plan: for a few seconds)."""
+    once per plan: for a second; execute() reads them again)."""
     found = _USED.get(root)
-    if found is not None and time.monotonic() - found[0] < 5.0:
+    if found is not None and time.monotonic() - found[0] < 1.0:
         return found[1]
     records = [(f, r) for _, _, f in node_folders(root) for r in registry.read_all(f)]
     queued = registry.queued_jobs([r.job_id for _, r in records if r.cluster == "slurm"])
