@@ -103,9 +103,8 @@ def task_job(node: Node) -> Job:
     handles = scheduler.submit().get(node.key) or []
     if handles:  # (nothing submitted: what is cached stays)
         store.drop_outcome(node.cache, outdated)
-    if node.pending_force and handles:
-        node.force_state["done"] = True  # (the scheduler only sees the jobs it waits for)
-    if handles:
+        if node.pending_force:
+            node.force_state["done"] = True  # (the scheduler only sees the jobs it waits for)
         return Job(node, handles[0])
     try:  # nothing submitted: why (an upstream's own error, as a call raises it)
         scheduler._raise_failures(root_cause=True)

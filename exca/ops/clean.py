@@ -45,6 +45,10 @@ class CleanPlan:
 
     removals: list[Removal] = dataclasses.field(default_factory=list)
     kept: list[tuple[Path, str]] = dataclasses.field(default_factory=list)  # protected, and why
+    # per cache root: what its queued or running jobs use (read once while planning)
+    jobs_use: dict[Path, dict[Path, str]] = dataclasses.field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @property
     def size(self) -> int:
@@ -72,13 +76,13 @@ class CleanPlan:
     def execute(self) -> int:
         """Remove everything listed (node folders: index files first); return bytes freed."""
         freed = 0
-        _USED.clear()  # (what jobs use is read again: some may have started since)
+        jobs_use: dict[Path, dict[Path, str]] = {}  # (read again: jobs may have started since)
         for removal in self.removals:
             path = removal.path
             if path.is_dir() and _busy_with_inputs(path) is not None:
                 continue  # started being used since the preview
             root = _root_of(path) if (path / UID_FILE).exists() else path.parent.parent
-            if path.is_dir() and _holds_what_jobs_use(path, root) is not None:
+            if path.is_dir() and _holds_what_jobs_use(path, root, jobs_use) is not None:
                 continue
             if path.is_dir() and not path.is_symlink():
                 remove_node_folder(path)
@@ -126,7 +130,9 @@ def _busy_with_inputs(folder: Path) -> str | None:
 
 
 def _add_folder(plan: CleanPlan, folder: Path, reason: str) -> None:
-    busy = _busy_with_inputs(folder) or _holds_what_jobs_use(folder, _root_of(folder))
+    busy = _busy_with_inputs(folder) or _holds_what_jobs_use(
+        folder, _root_of(folder), plan.jobs_use
+    )
     if busy is not None:
         plan.kept.append((folder, busy))
         return
@@ -134,25 +140,24 @@ def _add_folder(plan: CleanPlan, folder: Path, reason: str) -> None:
     plan.removals.append(Removal(folder, size, reason))
 
 
-def _holds_what_jobs_use(folder: Path, root: Path) -> str | None:
+def _holds_what_jobs_use(
+    folder: Path, root: Path, jobs_use: dict[Path, dict[Path, str]]
+) -> str | None:
     """Why a folder holds files a queued or running job of ANOTHER node needs (jobs packed
-    in one array share the log folder and code snapshot of its first node), or None."""
+    in one array share the log folder and code snapshot of its first node), or None;
+    ``jobs_use`` memoizes ``_used_by_jobs`` per root."""
+    root = root.resolve()
+    if root not in jobs_use:
+        jobs_use[root] = _used_by_jobs(root)
     resolved = folder.resolve()
-    for path, why in _used_by_jobs(root.resolve()).items():
+    for path, why in jobs_use[root].items():
         if path == resolved or resolved in path.parents:
             return why
     return None
 
 
-_USED: dict[Path, tuple[float, dict[Path, str]]] = {}  # root -> (when read, paths in use)
-
-
 def _used_by_jobs(root: Path) -> dict[Path, str]:
-    """Log folders and code snapshots of the queued or running jobs under a root (read
-    once per plan: for a second; execute() reads them again)."""
-    found = _USED.get(root)
-    if found is not None and time.monotonic() - found[0] < 1.0:
-        return found[1]
+    """Log folders and code snapshots of the queued or running jobs under a root."""
     records = [(f, r) for _, _, f in node_folders(root) for r in registry.read_all(f)]
     queued = registry.queued_jobs([r.job_id for _, r in records if r.cluster == "slurm"])
     used: dict[Path, str] = {}
@@ -163,7 +168,6 @@ def _used_by_jobs(root: Path) -> dict[Path, str]:
             code = folder / "code"
             if code.is_symlink():
                 used[code.resolve()] = why
-    _USED[root] = (time.monotonic(), used)
     return used
 
 
@@ -281,7 +285,8 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
                 continue  # a config of this version is in use: keep its logs and code too
             for other in subfolders:
                 if not (other / UID_FILE).exists():  # logs/, code/ of the old version
-                    used = _holds_what_jobs_use(other, root)  # (a job of another method)
+                    # (a job of another method may use them)
+                    used = _holds_what_jobs_use(other, root, plan.jobs_use)
                     if used is not None:
                         plan.kept.append((other, used))
                         continue
