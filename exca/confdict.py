@@ -110,6 +110,10 @@ class ConfDict(dict[str, tp.Any]):
     def _fill(self, mapping: dict[str, tp.Any]) -> None:
         for key, value in mapping.items():
             if type(key) is not str or "." in key or dict.__contains__(self, key):
+                if isinstance(key, str) and key.endswith("." + self.OVERRIDE):
+                    dict.clear(self)  # a flat replace marker: update() orders the keys
+                    self.update(mapping)
+                    return
                 self[key] = value  # dotted keys (and repeats) merge into what is there
             elif type(value) is dict:
                 dict.__setitem__(self, key, ConfDict(value))
@@ -237,8 +241,15 @@ class ConfDict(dict[str, tp.Any]):
                     ) from None
             if _wants_replace(source):
                 dict.clear(self)
+            # a flat patch ({"model.=replace=": True, "model.kind": ...}, e.g. a patch's
+            # flat()) replaces as its nested form does, whatever the order of its keys
+            suffix = "." + self.OVERRIDE
             for key, value in source.items():
-                if key != self.OVERRIDE:
+                if isinstance(key, str) and key.endswith(suffix):
+                    if _wants_replace({self.OVERRIDE: value}):
+                        self[key[: -len(suffix)]] = {self.OVERRIDE: True}
+            for key, value in source.items():
+                if key != self.OVERRIDE and not (isinstance(key, str) and key.endswith(suffix)):
                     self[key] = value
 
     def __delitem__(self, key: str) -> None:

@@ -359,6 +359,21 @@ def test_replace_from_the_command_line_and_get_through_a_list() -> None:
     assert cfg.get("layers.x", "default") == "default" and "layers.x" not in cfg
 
 
+def test_replace_marker_in_flat_form() -> None:
+    """A flat patch (a patch's flat(), or dotted keys) replaces as its nested form does,
+    also when the marker comes after the keys it guards, and leaves no marker key."""
+    base = {"model": {"kind": "cnn", "depth": 3}, "lr": 0.1}
+    patch = ConfDict.from_args(["--model.=replace==true", "--model.kind=mlp"])
+    for flat in (patch.flat(), {"model.kind": "mlp", "model.=replace=": True}):
+        cfg = ConfDict(base)
+        cfg.update(flat)
+        assert cfg == {"model": {"kind": "mlp"}, "lr": 0.1}
+    kept = ConfDict(base)
+    kept.update({"model.=replace=": "false", "model.kind": "mlp"})
+    assert kept == {"model": {"kind": "mlp", "depth": 3}, "lr": 0.1}
+    assert ConfDict({"a.=replace=": True}) == {"a": {}}
+
+
 def test_replace_marker_from_yaml_and_a_false_flag() -> None:
     """A patch read from yaml replaces as the same patch from the command line does; the
     text "false" on a command line merges."""
