@@ -245,9 +245,9 @@ class ConfDict(dict[str, tp.Any]):
             # flat()) replaces as its nested form does, whatever the order of its keys
             suffix = "." + self.OVERRIDE
             for key, value in source.items():
-                if isinstance(key, str) and key.endswith(suffix):
-                    if _wants_replace({self.OVERRIDE: value}):
-                        self[key[: -len(suffix)]] = {self.OVERRIDE: True}
+                flag = {self.OVERRIDE: value}
+                if isinstance(key, str) and key.endswith(suffix) and _wants_replace(flag):
+                    self[key[: -len(suffix)]] = {self.OVERRIDE: True}
             for key, value in source.items():
                 if key != self.OVERRIDE and not (isinstance(key, str) and key.endswith(suffix)):
                     self[key] = value

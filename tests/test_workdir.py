@@ -341,3 +341,42 @@ def test_nodes_of_one_array_share_one_snapshot(project: Path) -> None:
     assert len(cwds) == 1 and "/code/" in next(iter(cwds))
     links = {(t.folder / "code").resolve() for t in tasks if t.folder is not None}
     assert links == {Path(c) for c in cwds}
+
+
+class ReadsSrcLayout(pydantic.BaseModel):
+    """Reads srclib.VALUE and srclib.linked.VALUE in the job (a src layout package with a
+    symlinked sub-package)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def value(self) -> str:
+        import srclib
+        import srclib.linked
+
+        return f"{srclib.VALUE} {srclib.linked.VALUE} {srclib.__file__}"
+
+
+@pytest.mark.parametrize("copied", ["src/srclib", "src"])
+@pytest.mark.parametrize("cluster", ["local", "debug"])
+def test_src_layout_and_symlinked_subpackages_run_from_the_snapshot(
+    project: Path, monkeypatch: pytest.MonkeyPatch, cluster: str, copied: str
+) -> None:
+    """A package under src/ (on sys.path, as an editable install puts it) is imported from
+    the snapshot, not from the live tree; a symlinked sub-package is copied too."""
+    _write(project / "src" / "srclib" / "__init__.py", "VALUE = 'snapshot'\n")
+    _write(project / "elsewhere" / "linked" / "__init__.py", "VALUE = 'linked'\n")
+    (project / "src" / "srclib" / "linked").symlink_to(project / "elsewhere" / "linked")
+    monkeypatch.syspath_prepend(str(project / "src"))
+    infra = {"folder": "cache", "cluster": cluster, "workdir": {"copied": [copied]}}
+    job = ReadsSrcLayout(infra=infra).infra.job()
+    _write(project / "src" / "srclib" / "__init__.py", "VALUE = 'live'\n")  # keep editing
+    try:
+        value, linked, origin = job.result().split()
+    finally:
+        sys.modules.pop("srclib.linked", None)
+        sys.modules.pop("srclib", None)
+    assert (value, linked) == ("snapshot", "linked")
+    assert "/code/" in origin and Path(origin).is_relative_to(project / "cache")
+    assert "PYTHONPATH" not in os.environ or str(project / "cache") not in os.environ["PYTHONPATH"]

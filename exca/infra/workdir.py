@@ -86,15 +86,19 @@ class WorkDir(pydantic.BaseModel):
             shutil.copy2(source, destination)
             return
         skipped = skip.resolve()
-        for root, dirs, files in os.walk(source):
+        visited = {source.resolve()}  # (symlinked folders are followed, each once: no loop)
+        for root, dirs, files in os.walk(source, followlinks=True):
             # never a snapshot (this one, or earlier ones when the cache is in the project)
-            dirs[:] = [
-                d
-                for d in dirs
-                if not excluded(d)
-                and (Path(root) / d).resolve() != skipped
-                and not (Path(root) / d / SNAPSHOT_MARKER).exists()
-            ]
+            kept = []
+            for d in dirs:
+                real = (Path(root) / d).resolve()
+                if excluded(d) or real == skipped or real in visited:
+                    continue
+                if (Path(root) / d / SNAPSHOT_MARKER).exists():
+                    continue
+                visited.add(real)
+                kept.append(d)
+            dirs[:] = kept
             rel = Path(root).relative_to(source)
             for name in files:
                 if excluded(name) or not any(fnmatch.fnmatch(name, p) for p in self.includes):
@@ -155,11 +159,7 @@ class WorkDir(pydantic.BaseModel):
         folder.mkdir(parents=True, exist_ok=True)
         empty = not any(folder.iterdir())
         (folder / SNAPSHOT_MARKER).touch()  # (a later copy of "." skips this folder)
-        for name in self.copied:
-            source = self.resolve(name)
-            relative = Path(os.path.normpath(name))
-            if relative.is_absolute() or relative.parts[:1] == ("..",):
-                relative = Path(source.name)  # (never outside the snapshot)
+        for source, relative in self._sources():
             destination = folder / relative  # "." copies the content into the snapshot
             if destination.exists() and not (destination == folder and empty):
                 continue  # never recopied: jobs of this snapshot keep the same code
@@ -181,12 +181,56 @@ class WorkDir(pydantic.BaseModel):
             return
         previous = Path.cwd()
         self._active = 1
+        roots = [str(root) for root in self.import_roots(folder)]
+        previous_pythonpath = os.environ.get("PYTHONPATH")
         os.chdir(folder)
-        sys.path.insert(0, str(folder))
+        sys.path[0:0] = roots
+        # jobs are new processes (local, Slurm): they find the copied packages through
+        # PYTHONPATH, read when they are submitted (the cwd alone covers only the root)
+        if len(roots) > 1:
+            paths = roots[1:] + ([previous_pythonpath] if previous_pythonpath else [])
+            os.environ["PYTHONPATH"] = os.pathsep.join(paths)
         try:
             yield folder
         finally:
             self._active = 0
             os.chdir(previous)
-            with contextlib.suppress(ValueError):
-                sys.path.remove(str(folder))
+            if previous_pythonpath is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = previous_pythonpath
+            for root in roots:
+                with contextlib.suppress(ValueError):
+                    sys.path.remove(root)
+
+    def _sources(self) -> tp.Iterator[tuple[Path, Path]]:
+        """What each copied name resolves to, and its path relative to the snapshot."""
+        for name in self.copied:
+            source = self.resolve(name)
+            relative = Path(os.path.normpath(name))
+            if relative.is_absolute() or relative.parts[:1] == ("..",):
+                relative = Path(source.name)  # (never outside the snapshot)
+            yield source, relative
+
+    def import_roots(self, folder: Path) -> list[Path]:
+        """The folders of the snapshot that imports start from: the snapshot itself, the
+        folder holding each copied package (``src`` for ``src/mylib``), and each copied
+        folder that was itself on ``sys.path`` (``src`` of a src layout)."""
+        on_path = set()
+        for entry in sys.path:
+            with contextlib.suppress(OSError, ValueError):
+                on_path.add(Path(entry or ".").resolve())
+        roots = [folder]
+        for source, relative in self._sources():
+            if source.is_dir() and (source / "__init__.py").exists():
+                root = folder / relative.parent  # a package: imported from its parent
+            elif source.is_dir() and source.resolve() in on_path:
+                root = folder / relative
+            elif source.suffix == ".py":
+                root = folder / relative.parent  # a module file
+            else:
+                continue
+            root = Path(os.path.normpath(root))
+            if root not in roots:
+                roots.append(root)
+        return roots
