@@ -645,6 +645,20 @@ def test_explain_config_diff_against_nearest(tmp_path: Path) -> None:
     assert exca.ops.explain(Train(seed=1, infra=infra).fit.node()) == []
 
 
+def test_explain_a_partly_cached_map_names_no_other_config(tmp_path: Path) -> None:
+    """Items missing from a map whose config has other items cached are new items: explain
+    says so, and does not send the user to another config's folder."""
+    root = tmp_path / "cache"
+    Squares(offset=1, infra={"folder": root}).square([1, 2, 3])
+    Squares(infra={"folder": root}).square([1, 2])
+    (explanation,) = exca.ops.explain(Squares(infra={"folder": root}).square.node([1, 2, 3, 4]))
+    assert explanation.nearest is None and explanation.diff == []
+    assert explanation.summary() == "2/4 missing (new items: the others are cached for this config)"
+    # nothing cached for this config: the nearest cached config is named, with the change
+    (fresh,) = exca.ops.explain(Squares(offset=2, infra={"folder": root}).square.node([1]))
+    assert fresh.nearest is not None and fresh.diff[0][0] == "offset"
+
+
 class Labelled(pydantic.BaseModel):
     name: str = "x"
     infra: exca.TaskInfra = exca.TaskInfra(version="1")
