@@ -938,6 +938,20 @@ def test_plan_of_a_map_on_jobs_with_items_known_at_run_time(env: Env) -> None:
     assert "at most 5 element(s) on local" in str(exca.graph.plan(squares))
 
 
+def test_plan_of_a_map_without_max_jobs_with_items_known_at_run_time(env: Env) -> None:
+    """max_jobs=None: a run sends one job per chunk of items, so the plan gives no bound
+    (it said "at most 1 element" and the run then sent 3 jobs)."""
+    squares = env.square(cluster="local", max_jobs=None).apply.node(env.numbers(3).make.node())
+    plan = exca.graph.plan(squares)
+    (array,) = [a for a in plan.arrays if squares.uid in a.nodes]
+    assert array.open_ended and "1 or more element(s)" in str(plan)
+    assert "at most 1 element" not in str(plan)
+    exca.graph.run(squares)
+    assert list(squares.result()) == [0, 1, 4]
+    logs = [p for p in env.folder.rglob("*_log.out") if "Square.apply" in str(p)]
+    assert len(logs) == 3  # one job per item (min_samples_per_job=1)
+
+
 def test_plan_map_item_counts(env: Env) -> None:
     square = env.square()
     list(square.apply(range(7)))

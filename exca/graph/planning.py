@@ -59,6 +59,8 @@ class PlannedArray:
     nodes: list[str]
     wave: int
     at_most: bool = False  # a map's items are known at run time: elements is a bound
+    # ... and one of those maps has max_jobs=None: no bound (one job per chunk of items)
+    open_ended: bool = False
     # below a job submitted earlier (still running): goes out when that job ends, on its own
     after_running: bool = False
 
@@ -213,8 +215,10 @@ class Plan:
                 )
             array.elements += elements
             # (max_jobs chunks at most: how many depends on the items)
-            array.at_most |= (
-                node.kind == "map" and run.uids is None and cluster in SUBMITIT_CLUSTERS
+            unknown_items = node.kind == "map" and run.uids is None
+            array.at_most |= unknown_items and cluster in SUBMITIT_CLUSTERS
+            array.open_ended |= (
+                unknown_items and cluster in SUBMITIT_CLUSTERS and not node.execution.max_jobs
             )
             array.nodes.append(node.uid)
         return list(groups.values())
@@ -276,9 +280,13 @@ class Plan:
         if self.arrays:
             lines.append("Submissions:")
             for a in self.arrays:
+                count = (
+                    f"{a.elements} or more element(s) (max_jobs=None: one per chunk of items)"
+                    if a.open_ended
+                    else f"{'at most ' if a.at_most else ''}{a.elements} element(s)"
+                )
                 lines.append(
-                    f"  wave {a.wave}: {'at most ' if a.at_most else ''}{a.elements} element(s)"
-                    f" on {a.where} for {len(a.nodes)} node(s)"
+                    f"  wave {a.wave}: {count} on {a.where} for {len(a.nodes)} node(s)"
                     + (" (once the running jobs they need end)" if a.after_running else "")
                 )
         return "\n".join(lines)
