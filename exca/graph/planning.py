@@ -59,10 +59,10 @@ class PlannedArray:
     nodes: list[str]
     wave: int
     at_most: bool = False  # a map's items are known at run time: elements is a bound
-    # ... and one of those maps has max_jobs=None: no bound (one job per chunk of items)
-    open_ended: bool = False
     # below a job submitted earlier (still running): goes out when that job ends, on its own
     after_running: bool = False
+    # a map of at_most has max_jobs=None: no bound (one job per chunk of items)
+    open_ended: bool = False
 
 
 class Plan:
