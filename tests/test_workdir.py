@@ -380,3 +380,42 @@ def test_src_layout_and_symlinked_subpackages_run_from_the_snapshot(
     assert (value, linked) == ("snapshot", "linked")
     assert "/code/" in origin and Path(origin).is_relative_to(project / "cache")
     assert "PYTHONPATH" not in os.environ or str(project / "cache") not in os.environ["PYTHONPATH"]
+
+
+class Prepared(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    n: int = 3
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def prepare(self) -> list[int]:
+        import pkg.core
+
+        return [pkg.core.VALUE] * self.n
+
+
+class Fitted(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    data: Prepared
+    lr: float = 0.1
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def fit(self) -> float:
+        return self.lr * sum(self.data.prepare())
+
+
+def test_a_sub_config_shared_by_a_sweep_with_a_workdir(project: Path) -> None:
+    """Each instance of a config gets its own new snapshot folder: two instances of one
+    sub-config (clones in a job array, two parents in a graph) are still one node (they
+    were refused as 'differing in how they run')."""
+    infra = {"folder": "cache", "cluster": "local", "workdir": {"copied": ["pkg"]}}
+    base = Fitted(data={"n": 3, "infra": infra}, infra=infra)
+    clones = [base.infra.clone_obj({"lr": lr}) for lr in (0.1, 0.2)]
+    plan = exca.graph.plan(*(c.fit.node() for c in clones))
+    assert len(plan.entries) == 3  # one Prepared node for both
+    with base.infra.job_array() as array:
+        array.extend(base.infra.clone_obj({"lr": lr}) for lr in (0.5, 1.0))
+    assert [t.fit() for t in array] == [1.5, 3.0]
+    sys.modules.pop("pkg.core", None)
+    sys.modules.pop("pkg", None)

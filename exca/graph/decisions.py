@@ -73,12 +73,13 @@ def collect(
         node = stack.pop()
         known = nodes.get(node.key)
         if known is not None:
-            if known is not node and (known.execution != node.execution or known.mode != node.mode):
+            same = known.mode == node.mode and known.execution.runs_like(node.execution)
+            if known is not node and not same:
                 raise ValueError(
                     f"Two nodes with uid {node.uid} differ in how they run "
                     f"({known.mode}, {known.execution.describe()}) vs "
                     f"({node.mode}, {node.execution.describe()}): give them the same infra "
-                    "settings (mode, cluster, resources)"
+                    "settings (mode, cluster, resources, workdir)"
                 )
             if known is not node and aliases is not None:
                 aliases.setdefault(node.key, []).append(node)

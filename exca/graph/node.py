@@ -58,6 +58,16 @@ class Execution:
                 workdir = (workdir[0], str(folder))  # a folder the user chose
         return repr((self.cluster, self.params, self.conda_env, self.max_pickle_size_gb, workdir))
 
+    def runs_like(self, other: Execution) -> bool:
+        """Same settings, the new snapshot folder of each instance's workdir aside (two
+        instances of one config each get one; an array uses the first node's)."""
+        if self == other:
+            return True
+        bare = dataclasses.replace(self, workdir=None)
+        return (
+            bare == dataclasses.replace(other, workdir=None) and self.group_key == other.group_key
+        )
+
     def describe(self) -> str:
         """Where work would run, e.g. ``slurm(cpus_per_task=2, slurm_partition=debug)``."""
         where = self.cluster or "inline"
