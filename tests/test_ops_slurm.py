@@ -224,7 +224,7 @@ def test_plan_and_check_show_the_problems(tmp_path: Path) -> None:
     for problem, found in zip(expected, entry.problems):
         assert problem in found
     text = str(plan)
-    assert "Resource problems" in text
+    assert "Problems (a run would refuse to submit)" in text
     assert all(problem in text for problem in expected)
     assert plan.to_dict()["nodes"][0]["problems"] == entry.problems
     # the command line: one line per problem, non-zero exit

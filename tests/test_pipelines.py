@@ -938,6 +938,27 @@ def test_plan_of_a_map_on_jobs_with_items_known_at_run_time(env: Env) -> None:
     assert "at most 5 element(s) on local" in str(exca.graph.plan(squares))
 
 
+def test_a_job_fed_by_a_ram_only_node_is_refused_before_submitting(env: Env) -> None:
+    """A job is another process: it cannot read an input kept in RAM only. The plan lists
+    the problem, and the run refuses before submitting (it sent a job that failed with
+    "upstream is missing", cached that error, and sent a new one at every run)."""
+    numbers = Numbers(count=3, log=env.log, infra={"keep_in_ram": True}).make.node()
+    total = env.step("total", infra={"cluster": "local"}).run.node(numbers)
+    plan = exca.graph.plan(total)
+    assert "has no folder (kept in RAM only)" in str(plan)
+    with pytest.raises(ValueError, match="cluster='local' runs in another process"):
+        exca.graph.run(total)
+    assert total.status() == "not submitted" and env.starts("total") == 0
+    assert not list(env.folder.rglob("*_log.out"))
+    # in this process (debug) and for a map, whose items are read by the run: it works
+    debug = env.step("total", infra={"cluster": "debug"}).run.node(numbers)
+    exca.graph.run(debug)
+    assert env.starts("total") == 1
+    squares = env.square(cluster="local").apply.node(numbers)
+    exca.graph.run(squares)
+    assert list(squares.result()) == [0, 1, 4]
+
+
 def test_plan_of_a_map_without_max_jobs_with_items_known_at_run_time(env: Env) -> None:
     """max_jobs=None: a run sends one job per chunk of items, so the plan gives no bound
     (it said "at most 1 element" and the run then sent 3 jobs)."""

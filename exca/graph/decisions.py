@@ -89,6 +89,23 @@ def collect(
     return nodes
 
 
+def unreachable_inputs(node: Node, detached: bool) -> str | None:
+    """Why a job of this node could not read an input computed upstream: an input kept in
+    RAM only (no folder) does not reach another process. A map's items are read where the
+    run is, except by a detached run, whose jobs read them when they start."""
+    cluster = node.execution.cluster
+    if cluster not in ("local", "slurm", "auto") or (node.kind == "map" and not detached):
+        return None
+    for name, source in node.inputs:
+        if isinstance(source, Node) and source.folder is None:
+            return (
+                f"its input {name!r} comes from {source.uid}, which has no folder (kept in "
+                f"RAM only): a job on cluster={cluster!r} runs in another process and cannot "
+                "read it. Give that config an infra folder, or run this one with cluster=None"
+            )
+    return None
+
+
 def to_chunks(count: int, max_chunks: int | None, min_per_chunk: int) -> list[tuple[int, int]]:
     """Contiguous (start, stop) chunks: min(max_chunks, ceil(n/min)) chunks of equal size."""
     if count == 0:

@@ -26,7 +26,7 @@ if tp.TYPE_CHECKING:
 def submit_all(scheduler: Scheduler) -> None:
     """Submit every node that needs work and return without waiting. Work that runs in
     this process (cluster=None, pools) is done now, when its upstream is ready."""
-    work = scheduler.start()  # work whose upstream fails was already decided "fail"
+    work = scheduler.start(detached=True)  # work whose upstream fails was decided "fail"
     pools = executors.Pools()
     progress = Progress(0, desc="exca", requested=False)
     submitted: list[tuple[NodeRun, executors.Handle]] = []

@@ -13,7 +13,7 @@ import typing as tp
 
 from ..storage import gcpause
 from . import store
-from .decisions import OTHER_DEFAULTS, Graph, Key, NodeRun, to_chunks
+from .decisions import OTHER_DEFAULTS, Graph, Key, NodeRun, to_chunks, unreachable_inputs
 from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Node
 
 STATUS_ORDER = ("running", "missing", "forced", "cached error", "stale", "cached", "not needed")
@@ -43,7 +43,7 @@ class PlanEntry:
     job_id: str | None = None
     array: int | None = None  # index of the array this node's work would go into
     folder: str | None = None
-    problems: list[str] = dataclasses.field(default_factory=list)  # resources vs the cluster
+    problems: list[str] = dataclasses.field(default_factory=list)  # a run would not submit
 
     def to_dict(self) -> dict[str, tp.Any]:
         return dataclasses.asdict(self)
@@ -118,6 +118,9 @@ class Plan:
                 from .slurm_check import problems as check_problems
 
                 problems = check_problems(node.execution)
+            unreachable = unreachable_inputs(node, detached=False)
+            if unreachable:
+                problems = [*problems, unreachable]
         return PlanEntry(
             uid=node.uid,
             kind=node.kind,
@@ -275,7 +278,7 @@ class Plan:
             lines.append("  " + fmt.format(row[0], row[1], node, row[3], row[4]))
         problems = [(e.uid, p) for e in self.entries for p in e.problems]
         if problems:
-            lines.append("Resource problems (a run would refuse to submit):")
+            lines.append("Problems (a run would refuse to submit):")
             lines.extend(f"  - {uid}: {p}" for uid, p in problems)
         if self.arrays:
             lines.append("Submissions:")

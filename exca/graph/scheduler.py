@@ -15,7 +15,7 @@ import time
 import typing as tp
 
 from . import executors, registry, store, submitting
-from .decisions import Graph, Key, NodeRun, collect, to_chunks
+from .decisions import Graph, Key, NodeRun, collect, to_chunks, unreachable_inputs
 from .errors import JobFailedError, NodeFailures
 from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Node
 from .progress import Progress
@@ -52,8 +52,9 @@ class Scheduler:
     def decide(self) -> dict[Key, NodeRun]:
         return self.graph.decide()
 
-    def start(self) -> list[NodeRun]:
-        """Decide, settle what needs no work, prepare the folders of what does."""
+    def start(self, detached: bool = False) -> list[NodeRun]:
+        """Decide, settle what needs no work, prepare the folders of what does
+        (``detached``: for a run that submits everything and returns)."""
         runs = self.graph.decide()
         read_only = [r for r in runs.values() if r.action == "fail" and "read-only" in r.reason]
         if read_only:  # read-only never computes: refuse before anything runs or is submitted
@@ -69,6 +70,10 @@ class Scheduler:
             elif not run.needs_work:
                 run.state = "done" if run.action == "reuse" else "skipped"
         work = [runs[k] for k in self.graph.order if runs[k].needs_work]
+        for run in work:  # (before anything is queued)
+            unreachable = run.action != "wait" and unreachable_inputs(run.node, detached)
+            if unreachable:
+                raise ValueError(f"Cannot submit {run.node.uid}: {unreachable}")
         slurm = [
             (r.node.uid, r.node.execution, 1)
             for r in work
