@@ -1354,6 +1354,23 @@ def test_a_failed_map_item_then_retry(env: Env) -> None:
     assert len(started(env.log)) == 5
 
 
+def test_a_map_fed_by_a_map_with_a_failed_item(env: Env) -> None:
+    """The downstream map did not fail itself: its items could not be read. It was blamed
+    with the upstream item's own error (a bare ValueError under its name)."""
+    flag = env.tmp / "fail"
+    flag.touch()
+    squares = FlakySquare(log=env.log, fail_flag=str(flag), infra=env.infra()).apply.node([1, 2])
+    cubes = env.square(power=3).apply.node(squares)
+    with pytest.raises(NodeFailures) as info:
+        exca.graph.run(env.step("total").run.node(cubes))
+    error = info.value.failures[cubes.uid]
+    assert isinstance(error, UpstreamFailed) and squares.uid in str(error)
+    assert "ValueError: item 2 fails on purpose" in str(error)
+    with pytest.raises(UpstreamFailed, match="item 2 fails on purpose"):
+        cubes.result()
+    assert env.starts("square1") == 1 and "total" not in started(env.log)
+
+
 def test_read_only_fails_before_anything_runs(env: Env) -> None:
     source = env.step("source", infra={"mode": "read-only"}).run.node()
     child = env.step("child").run.node(source)

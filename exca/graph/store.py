@@ -104,11 +104,20 @@ def item_result(node: Node, uid: str) -> tp.Any:
 
 def map_item_uids(node: Node) -> list[str]:
     """Uids of a map node's items (its items come from a list, or an upstream's output)."""
-    from .worker import load_output
+    from .worker import UpstreamFailed, load_output
 
     items = node.items
     if isinstance(items, Node):
-        source, items = items, load_output(items)
+        source = items
+        try:
+            items = load_output(source)
+        except UpstreamFailed:
+            raise
+        except Exception as error:  # (e.g. an upstream item's cached error: not this node's)
+            raise UpstreamFailed(
+                f"{node.uid}: its items could not be read from {source.uid} "
+                f"({type(error).__name__}: {error})"
+            ) from error
         if isinstance(items, str | bytes) or not isinstance(items, tp.Iterable):
             raise TypeError(
                 f"The items of {node.uid} come from {source.uid}, whose output is not a "

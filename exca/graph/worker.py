@@ -90,9 +90,10 @@ def _resolve_split(unit: Unit) -> Unit:
     assert unit.split is not None and isinstance(node.items, Node) and node.item_uid is not None
     try:
         items = list(load_output(node.items))
-    except (UpstreamFailed, KeyError) as e:
+    except Exception as e:  # (an upstream item's cached error too: not this node's own)
         raise UpstreamFailed(
-            f"{node.uid}: its items could not be read from {node.items.uid}: {e}"
+            f"{node.uid}: its items could not be read from {node.items.uid} "
+            f"({type(e).__name__}: {e})"
         ) from e
     uids = store.map_item_uids(dataclasses.replace(node, items=items))
     if node.mode == "read-only":  # (never computes: checks what is cached)
