@@ -550,7 +550,9 @@ def test_detached_read_only_map_fed_by_upstream_only_checks(env: Env, sbatch: Sb
 
 def test_plan_of_work_below_a_running_job_on_slurm_is_one_array(env: Env, sbatch: Sbatch) -> None:
     """On Slurm, a waiting run holds the independent work of the array back until the
-    running job ends, then sends both as one array: the plan says one array too."""
+    running job ends, then sends both as one array: the plan says one array too, and a
+    detached run sends one array, after the running job (it sent two: the running job
+    counted as a level)."""
     block = env.tmp / "block"
     block.touch()
     running = env.step("running", block_flag=str(block), infra=slurm()).run.node()
@@ -561,6 +563,13 @@ def test_plan_of_work_below_a_running_job_on_slurm_is_one_array(env: Env, sbatch
         plan = exca.graph.plan(below, apart)
         (array,) = plan.arrays
         assert sorted(array.nodes) == sorted([below.uid, apart.uid]) and not array.after_running
+        before = sbatch.count()
+        exca.graph.run(below, apart, wait=False)
+        assert sbatch.count() == before + 1
+        (call,) = sbatch.calls()[before:]
+        assert sbatch.option(call, "dependency") == f"afterany:{job_id(running).split('_')[0]}"
     finally:
         block.unlink()
     assert job.result() == "running(None,None)"
+    assert below.result() == "below(running(None,None),None)"
+    assert apart.result() == "apart(None,None)"

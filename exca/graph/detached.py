@@ -30,15 +30,18 @@ def submit_all(scheduler: Scheduler) -> None:
     pools = executors.Pools()
     progress = Progress(0, desc="exca", requested=False)
     submitted: list[tuple[NodeRun, executors.Handle]] = []
+    # jobs queued or running, waited for (not submitted again): no level of their own,
+    # as in the plan (what is below one goes with the other work, after that job)
+    waited = {r.node.key for r in work if r.action == "wait" and not _after_own_job(r)}
     try:
-        for wave in _waves(scheduler.graph.upstream, [r.node.key for r in work]):
+        for wave in _waves(scheduler.graph.upstream, [r.node.key for r in work], waited):
             scheduler.graph.share_force_states()  # (before instances are pickled into jobs)
             groups: dict[str, list[tuple[NodeRun, Unit]]] = {}
             here: list[NodeRun] = []
             pending = {key: scheduler.runs[key] for key in wave}
             scheduler._skip_blocked(pending)  # (below work that failed here: not run)
             for run in pending.values():
-                if run.action == "wait" and not _after_own_job(run):
+                if run.node.key in waited:
                     continue
                 if not executors.on_slurm(run.node):
                     here.append(run)
@@ -116,11 +119,13 @@ def _force_applied(node: Node, unit: Unit) -> None:
         node.force_state.setdefault("sources", set()).add(node.items.key)
 
 
-def _waves(upstream: dict[Key, list[Key]], order: list[Key]) -> list[list[Key]]:
-    """Work grouped by depth (order must be topological)."""
+def _waves(upstream: dict[Key, list[Key]], order: list[Key], waited: set[Key]) -> list[list[Key]]:
+    """Work grouped by depth (order must be topological; ``waited``: nodes of jobs already
+    submitted, which add no depth)."""
     level: dict[Key, int] = {}
     for key in order:
-        level[key] = max((level[u] + 1 for u in upstream[key] if u in level), default=0)
+        ups = [level[u] + (u not in waited) for u in upstream[key] if u in level]
+        level[key] = max(ups, default=0)
     waves: dict[int, list[Key]] = {}
     for key in order:
         waves.setdefault(level[key], []).append(key)
