@@ -228,6 +228,13 @@ def test_log_commit_dirty_repo(repo: Path, tmp_path: Path) -> None:
         pass
     assert Path.cwd() == cwd
     assert not (tmp_path / "code" / "git-hashes.log").exists()
+    # nothing was copied: once the change is reverted, the fixed folder gets the
+    # committed code (the refused copy stayed, and was logged as the commit)
+    assert not (tmp_path / "code" / "repo").exists()
+    _git(repo, "checkout", "-q", "code.py")
+    with wd.activate() as folder:
+        assert (Path(folder) / "repo" / "code.py").read_text() == "A = 1\n"
+        assert (Path(folder) / "git-hashes.log").exists()
     # without log_commit, a dirty repo is fine
     WorkDir(copied=[repo], folder=tmp_path / "code3").populate()
 

@@ -112,7 +112,8 @@ class WorkDir(pydantic.BaseModel):
             fnmatch.fnmatch(name, p) for p in self.excludes
         )
 
-    def _log_commits(self, folder: Path) -> None:
+    def _commit_lines(self) -> list[str]:
+        """``<source>: <commit>`` per copied name (RuntimeError if one is not committed)."""
         lines = []
         for name in self.copied:
             source = self.resolve(name)
@@ -149,13 +150,17 @@ class WorkDir(pydantic.BaseModel):
                     f"would be copied ({', '.join(copied[:5])}); commit them (or ignore them) first"
                 )
             lines.append(f"{source}: {head.stdout.strip()}")
-        (folder / "git-hashes.log").write_text("\n".join(lines) + "\n", encoding="utf8")
+        return lines
 
     def populate(self) -> Path:
         """Copy the code into ``folder`` (only what is not there yet); return the folder."""
         if self.folder is None:
             raise RuntimeError("WorkDir.folder is not set (the infra sets it from its own folder)")
         folder = Path(self.folder)
+        log = folder / "git-hashes.log"
+        # checked before copying: a refused (dirty) copy must not stay in a fixed folder,
+        # where a later submission would log a commit next to that uncommitted code
+        commits = self._commit_lines() if self.log_commit and not log.exists() else None
         folder.mkdir(parents=True, exist_ok=True)
         empty = not any(folder.iterdir())
         (folder / SNAPSHOT_MARKER).touch()  # (a later copy of "." skips this folder)
@@ -164,8 +169,8 @@ class WorkDir(pydantic.BaseModel):
             if destination.exists() and not (destination == folder and empty):
                 continue  # never recopied: jobs of this snapshot keep the same code
             self._copy_tree(source, destination, skip=folder)
-        if self.log_commit and not (folder / "git-hashes.log").exists():
-            self._log_commits(folder)
+        if commits is not None:
+            log.write_text("\n".join(commits) + "\n", encoding="utf8")
         return folder
 
     @contextlib.contextmanager
