@@ -426,6 +426,30 @@ def test_clear_job_cancels_a_running_local_job(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["clear_job", "cancel"])
+def test_a_local_job_ignoring_sigint_is_stopped_too(tmp_path: Path, how: str) -> None:
+    """A script started in the background by a shell ignores SIGINT, and so do its local
+    jobs: clear_job() and cancel() (SIGINT) stopped nothing, and the job cached its result."""
+    log = tmp_path / "calls.txt"
+    block = tmp_path / "block-flag"
+    block.touch()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        job = make(tmp_path, "local", x=6, block_flag=str(block)).infra.job()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    _wait_for(lambda: len(calls(log)) == 1)  # computing in the job
+    other = make(tmp_path, "local", x=6, block_flag=str(block))
+    other.infra.clear_job() if how == "clear_job" else job.cancel()
+    _wait_for(lambda: exca.storage.process.process_start_time(int(job.job_id)) is None)
+    block.unlink()
+    time.sleep(0.5)
+    assert other.infra.status() == ("not submitted" if how == "clear_job" else "failed")
+    with pytest.raises(exca.graph.errors.JobFailedError):
+        job.result()
+
+
+@pytest.mark.timeout(120)
 def test_a_cancelled_local_job_is_said_cancelled(tmp_path: Path) -> None:
     """SPEC: a cancelled job is "failed" with an error saying so (it said "ended without
     writing its result", followed by the job's KeyboardInterrupt traceback)."""

@@ -249,6 +249,10 @@ class SubmititHandle(Handle):
     def cancel(self) -> None:
         with contextlib.suppress(Exception):
             self.job.cancel(check=False)
+        process = getattr(self.job, "_process", None)  # (our child: its pid is not reused)
+        if self.cluster == "local" and process is not None and process.poll() is None:
+            with contextlib.suppress(Exception):
+                _kill_if_sigint_ignored(int(self.job_id))
 
 
 class RecordedLocalHandle(Handle):
@@ -291,6 +295,42 @@ class RecordedLocalHandle(Handle):
         if is_active(self.record):
             with contextlib.suppress(OSError, ValueError):
                 os.kill(int(self.job_id), signal.SIGINT)
+                _kill_if_sigint_ignored(int(self.job_id))
+
+
+def _kill_if_sigint_ignored(pid: int) -> None:
+    """SIGKILL a local job that ignores SIGINT, with the processes it started (submitit's
+    controller and its task): it inherited that from a script started in the background
+    by a shell (``python run.py &``), and SIGINT would not stop it."""
+    import signal
+
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:  # (ended, or no /proc: SIGINT is all there is)
+        return
+    ignored = [line for line in status.splitlines() if line.startswith("SigIgn:")]
+    if not ignored or not int(ignored[0].split()[1], 16) >> (signal.SIGINT - 1) & 1:
+        return
+    for process in [*_descendants(pid), pid]:  # (the tasks first: nothing restarts them)
+        with contextlib.suppress(OSError):
+            os.kill(process, signal.SIGKILL)
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # (after the command in parentheses, which may hold spaces: state, ppid)
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(stat.parent.name))
+    out: list[int] = []
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        out.append(child)
+        todo.extend(children.get(child, []))
+    return out
 
 
 def _unpicklable_item(units: tp.Sequence[Unit]) -> tp.Any:
