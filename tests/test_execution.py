@@ -426,6 +426,26 @@ def test_clear_job_cancels_a_running_local_job(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_a_forced_job_while_an_earlier_job_computes_computes_again(tmp_path: Path) -> None:
+    """mode=force while a job of the same config runs: job() returned that running job,
+    whose result (computed from before the force) counted as forced: nothing computed
+    again. Now a new job computes once the earlier one is done, and job.result() is its."""
+    log = tmp_path / "calls.txt"
+    block = tmp_path / "block-flag"
+    block.touch()
+    first = make(tmp_path, "local", x=5, block_flag=str(block)).infra.job()
+    _wait_for(lambda: len(calls(log)) == 1)  # computing in the job
+    forced = make(tmp_path, "local", x=5, block_flag=str(block), infra={"mode": "force"})
+    job = forced.infra.job()
+    assert job.job_id != first.job_id and not job.done()
+    block.unlink()
+    assert job.result() == 10
+    assert len(calls(log)) == 2  # computed again, after the first job
+    assert first.result() == 10 and forced.process() == 10  # (forced once per instance)
+    assert len(calls(log)) == 2
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("how", ["clear_job", "cancel"])
 def test_a_local_job_ignoring_sigint_is_stopped_too(tmp_path: Path, how: str) -> None:
     """A script started in the background by a shell ignores SIGINT, and so do its local

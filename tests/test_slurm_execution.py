@@ -372,6 +372,26 @@ def test_slurm_cancelled_job(
 
 
 @pytest.mark.timeout(300)
+def test_slurm_forced_job_while_an_earlier_job_runs(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """mode=force while the config's job runs: a new job, after that one (afterany), that
+    computes again; its job.result() is that new result (job() returned the running job,
+    and nothing was computed again)."""
+    (ctl / "block").touch()
+    first = task(tmp_path, ctl, slurm_cluster, x=4).infra.job()
+    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
+    forced = task(tmp_path, ctl, slurm_cluster, x=4, mode="force")
+    job = forced.infra.job()
+    assert job.job_id != first.job_id
+    (ctl / "block").unlink()
+    assert job.result() == 12
+    assert lines(ctl / "calls.txt") == ["4", "4"]
+    assert first.result() == 12 and forced.process() == 12
+    assert lines(ctl / "calls.txt") == ["4", "4"]
+
+
+@pytest.mark.timeout(300)
 def test_slurm_scancel_while_waiting_then_retry(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
 ) -> None:

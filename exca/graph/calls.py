@@ -105,7 +105,7 @@ def task_job(node: Node) -> Job:
         store.drop_outcome(node.cache, outdated)
         if node.pending_force:
             node.force_state["done"] = True  # (the scheduler only sees the jobs it waits for)
-        return Job(node, handles[0])
+        return Job(node, handles[0], replaces=forcing)
     try:  # nothing submitted: why (an upstream's own error, as a call raises it)
         scheduler._raise_failures(root_cause=True)
     except Exception as error:

@@ -36,6 +36,8 @@ class NodeRun:
     seen_job: str | None = None  # tasks: the latest recorded job when this was decided
     seen_jobs: set[str] = dataclasses.field(default_factory=set)  # maps: the recorded jobs
     after: list[str] = dataclasses.field(default_factory=list)  # jobs its new job starts after
+    # forced while an earlier job computes it: that job's result does not count as forced
+    after_running_job: bool = False
 
     @property
     def needs_work(self) -> bool:

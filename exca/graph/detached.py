@@ -26,13 +26,17 @@ if tp.TYPE_CHECKING:
 def submit_all(scheduler: Scheduler) -> None:
     """Submit every node that needs work and return without waiting. Work that runs in
     this process (cluster=None, pools) is done now, when its upstream is ready."""
+    from .scheduler import follow_own_job
+
     work = scheduler.start(detached=True)  # work whose upstream fails was decided "fail"
     pools = executors.Pools()
     progress = Progress(0, desc="exca", requested=False)
     submitted: list[tuple[NodeRun, executors.Handle]] = []
     # jobs queued or running, waited for (not submitted again): no level of their own,
     # as in the plan (what is below one goes with the other work, after that job)
-    waited = {r.node.key for r in work if r.action == "wait" and not _after_own_job(r)}
+    waited = {
+        r.node.key for r in work if r.action == "wait" and not follow_own_job(r, off_slurm=False)
+    }
     try:
         for wave in _waves(scheduler.graph.upstream, [r.node.key for r in work], waited):
             scheduler.graph.share_force_states()  # (before instances are pickled into jobs)
@@ -130,23 +134,6 @@ def _waves(upstream: dict[Key, list[Key]], order: list[Key], waited: set[Key]) -
     for key in order:
         waves.setdefault(level[key], []).append(key)
     return [waves[i] for i in sorted(waves)]
-
-
-def _after_own_job(run: NodeRun) -> bool:
-    """A node forced or retried (its own mode, not yet applied by this instance) while
-    its earlier Slurm job is queued or running: its new job goes after that one (a
-    waiting run waits for it, then computes again)."""
-    node = run.node
-    if run.resume is None or not executors.on_slurm(node):
-        return False
-    if not (node.pending_force if run.resume == "force" else node.mode == "retry"):
-        return False  # (forced by upstream, or an "upstream failed" error: that job redoes it)
-    if not all(getattr(h, "cluster", None) == "slurm" for h in run.handles):
-        return False  # (a local job of another process: Slurm cannot wait for it)
-    run.after = [h.job_id for h in run.handles]
-    run.action, run.resume, run.handles = run.resume, None, []
-    run.reason += " (submitted now, to start after it)"
-    return True
 
 
 def _dependencies(scheduler: Scheduler, key: Key) -> list[str]:

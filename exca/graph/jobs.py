@@ -18,9 +18,12 @@ if tp.TYPE_CHECKING:
 class Job:
     """The job computing a task node (or a finished/cached one)."""
 
-    def __init__(self, node: Node, handle: Handle | None = None) -> None:
+    def __init__(self, node: Node, handle: Handle | None = None, *, replaces: bool = False) -> None:
         self.node = node
         self.handle = handle
+        # a forced job: what is cached before it ends is the outcome it replaces (an
+        # earlier job may still write one after it was submitted)
+        self.replaces = replaces and handle is not None
 
     @property
     def submitit_job(self) -> tp.Any:
@@ -56,6 +59,8 @@ class Job:
 
     @property
     def state(self) -> str:
+        if self.replaces and self.handle is not None and not self.handle.done():
+            return "RUNNING"
         cached = store.task_state(self.node)
         if cached == "done":
             return "COMPLETED"
@@ -66,7 +71,7 @@ class Job:
         return "FINISHED" if self.handle.done() else "RUNNING"
 
     def done(self) -> bool:
-        if store.task_state(self.node, refresh=True) != "missing":
+        if not self.replaces and store.task_state(self.node, refresh=True) != "missing":
             return True
         return self.handle is None or self.handle.done()  # (no job: nothing to wait for)
 
@@ -80,12 +85,26 @@ class Job:
         """Wait for the job, then the node's result (re-raises a cached or job error)."""
         self.wait()
         if store.task_state(self.node, refresh=True) == "missing":
+            successor = self._successor()
+            if successor is not None:  # (e.g. a forced job removed this one's result)
+                return Job(self.node, successor).result()
             error = self.handle.error() if self.handle is not None else None
             if error is not None and self.job_id == "#local#":
                 raise error  # computed here and not cached (no folder), or never started
             how = self.handle.ended_how() if self.handle is not None else "it was never submitted"
             raise JobFailedError(f"{self.node.uid} not computed: {how}")
         return store.task_result(self.node)
+
+    def _successor(self) -> Handle | None:
+        """A later job of the node, queued or running (this one ended without a result)."""
+        if self.handle is None or self.node.folder is None:
+            return None
+        record = registry.latest(self.node.folder)
+        if record is None or record.job_id == self.job_id or not registry.is_active(record):
+            return None
+        from .executors import recorded_handle
+
+        return recorded_handle(record)
 
     def results(self) -> list[tp.Any]:
         return [self.result()]

@@ -134,6 +134,8 @@ class Scheduler:
                         run.node.force_state["done"] = True
             self.graph = Graph(self._targets, self._item_uids, forced=forced)
             work = self.start()
+        for run in work:  # (a job: not the one this instance's force came after)
+            follow_own_job(run, off_slurm=True)
         pools = executors.Pools()
         running: dict[Key, NodeRun] = {}
         progress = Progress(0, "exca", requested=False)
@@ -235,7 +237,9 @@ class Scheduler:
         """The units of a node's work (maps: chunks of the missing items)."""
         node = run.node
         if node.kind == "task":
-            return [Unit(node, tp.cast(Action, run.action))]
+            return [
+                Unit(node, tp.cast(Action, run.action), after_running_job=run.after_running_job)
+            ]
         if run.uids is None:  # items known now that the upstream is done
             self.graph.decide_items(run, store.map_item_uids(node), run.action == "force")
             if run.action == "fail":  # (e.g. read-only with missing items: say so)
@@ -330,8 +334,11 @@ class Scheduler:
                     return  # (submitted or computed by another process meanwhile)
                 units = [unit for _, unit in members]
                 outdated = store.outdated_outcomes(members)
+                after = sorted({job for run, _ in members for job in run.after})
                 handles = list(
-                    executors.submit_array(units, first.execution, logs, parallelism or len(units))
+                    executors.submit_array(
+                        units, first.execution, logs, parallelism or len(units), after
+                    )
                 )
                 store.drop_outcomes(outdated)  # (forced: its old result is not read meanwhile)
                 for (run, unit), handle in zip(members, handles):
@@ -559,6 +566,28 @@ class Scheduler:
             if len(causes) == 1:
                 raise causes[0]
         raise NodeFailures(failures)
+
+
+def follow_own_job(run: NodeRun, off_slurm: bool) -> bool:
+    """A node forced or retried (its own mode, not yet applied by this instance) while
+    its earlier job is queued or running gets a new job now instead of following that
+    one (whose result predates the force): on Slurm it starts after that job; off Slurm
+    (``off_slurm``) it starts at once and waits for that computation's claim."""
+    node = run.node
+    if run.action != "wait" or run.resume is None:
+        return False
+    if not (node.pending_force if run.resume == "force" else node.mode == "retry"):
+        return False  # (forced by upstream, or an "upstream failed" error: that job redoes it)
+    if executors.on_slurm(node):
+        if not all(getattr(h, "cluster", None) == "slurm" for h in run.handles):
+            return False  # (a local job of another process: Slurm cannot wait for it)
+        run.after = [h.job_id for h in run.handles]
+    elif not off_slurm or node.kind != "task":
+        return False
+    run.after_running_job = run.resume == "force"
+    run.action, run.resume, run.handles = run.resume, None, []
+    run.reason += " (submitted now, to start after it)"
+    return True
 
 
 def _release_dead_claims(runs: list[NodeRun], timeout: float = 3.0) -> None:

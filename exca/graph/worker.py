@@ -43,6 +43,9 @@ class Unit(tp.NamedTuple):
     items: list[tp.Any] | None = None
     uids: list[str] | None = None
     split: tuple[int, int] | None = None
+    # a task forced while an earlier job computes it: waits for that computation, then
+    # computes again (by default a computation that held the claim meanwhile counts)
+    after_running_job: bool = False
 
     @property
     def keys(self) -> list[str]:
@@ -198,7 +201,7 @@ def _run_task(unit: Unit) -> Report:
             )
         if claim.busy:
             claims.wait([TASK_KEY], _task_done(node, forced), on_wait=_wait_message(folder))
-            forced = False  # another worker (re)computed it meanwhile
+            forced = forced and unit.after_running_job  # (else: recomputed meanwhile)
             continue
         with claim:
             state = store.task_state(node, refresh=True)
