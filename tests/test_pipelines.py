@@ -949,6 +949,9 @@ def test_a_job_fed_by_a_ram_only_node_is_refused_before_submitting(env: Env) -> 
     with pytest.raises(ValueError, match="cluster='local' runs in another process"):
         exca.graph.run(total)
     assert total.status() == "not submitted" and env.starts("total") == 0
+    listed = env.step("total", infra={"cluster": "local"}).run.node([numbers, 1])  # (a list)
+    with pytest.raises(ValueError, match="has no folder"):
+        exca.graph.run(listed)
     assert not list(env.folder.rglob("*_log.out"))
     # in this process (debug) and for a map, whose items are read by the run: it works
     debug = env.step("total", infra={"cluster": "debug"}).run.node(numbers)

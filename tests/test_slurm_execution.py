@@ -392,6 +392,26 @@ def test_slurm_forced_job_while_an_earlier_job_runs(
 
 
 @pytest.mark.timeout(300)
+def test_slurm_forced_job_array_holds_back_only_the_config_with_a_running_job(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """In a forced job array, the config whose earlier job runs starts after that job,
+    in an array of its own: the other configs do not wait for it (they shared its
+    dependency)."""
+    (ctl / "block").touch()
+    first = task(tmp_path, ctl, slurm_cluster, x=4).infra.job()
+    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
+    base = task(tmp_path, ctl, slurm_cluster, x=4, mode="force")
+    with base.infra.job_array() as array:
+        array.extend(base.infra.clone_obj({"x": x}) for x in (4, 5))
+    wait_until(lambda: array[1].infra.status() == "completed", timeout=120)
+    assert (ctl / "block").exists() and not first.done()  # (x=5 did not wait for it)
+    (ctl / "block").unlink()
+    assert [t.process() for t in array] == [12, 15]
+    assert sorted(lines(ctl / "calls.txt")) == ["4", "4", "5"]
+
+
+@pytest.mark.timeout(300)
 def test_slurm_scancel_while_waiting_then_retry(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
 ) -> None:

@@ -89,6 +89,15 @@ def task_job(node: Node) -> Job:
     # (once per instance: then its job is the one to follow); a forced sub-config forces
     # this node too, as in an eager call
     forcing = any(n.pending_force for n in node.closure)
+    # the job of this instance's force, still running: what is cached is not its result
+    own = node.force_state.get("job")
+    if (
+        own is not None
+        and record is not None
+        and record.job_id == own
+        and registry.is_active(record)
+    ):
+        return Job(node, recorded_handle(record), replaces=True)
     if not forcing and (reusable or (record is not None and registry.is_active(record))):
         return Job(node, recorded_handle(record) if record is not None else None)
     scheduler = Scheduler([node])
@@ -105,6 +114,7 @@ def task_job(node: Node) -> Job:
         store.drop_outcome(node.cache, outdated)
         if node.pending_force:
             node.force_state["done"] = True  # (the scheduler only sees the jobs it waits for)
+            node.force_state["job"] = handles[0].job_id  # (a later call waits for it)
         return Job(node, handles[0], replaces=forcing)
     try:  # nothing submitted: why (an upstream's own error, as a call raises it)
         scheduler._raise_failures(root_cause=True)

@@ -13,7 +13,7 @@ import typing as tp
 from ..storage import gcpause
 from . import executors, registry, store
 from .errors import JobFailedError
-from .node import Node
+from .node import Group, Node
 
 Key = tuple[str, str]
 
@@ -98,8 +98,10 @@ def unreachable_inputs(node: Node, detached: bool) -> str | None:
     cluster = node.execution.cluster
     if cluster not in ("local", "slurm", "auto") or (node.kind == "map" and not detached):
         return None
-    for name, source in node.inputs:
-        if isinstance(source, Node) and source.folder is None:
+    for name, given in node.inputs:
+        sources = given.sources if isinstance(given, Group) else (given,)
+        source = next((s for s in sources if isinstance(s, Node) and s.folder is None), None)
+        if source is not None:
             return (
                 f"its input {name!r} comes from {source.uid}, which has no folder (kept in "
                 f"RAM only): a job on cluster={cluster!r} runs in another process and cannot "
@@ -235,8 +237,10 @@ class Graph:
         if forced and not read_only:
             run.action = "force"
             run.reason = "mode=force" if node.pending_force else "forced by upstream"
-        elif state == "done":
+        elif state == "done" and not _forcing_job_runs(run):
             _reuse(run)
+        elif state == "done":
+            pass  # (waits for the job this instance's force submitted)
         elif state == "error" and upstream_failed(node) and not read_only:
             run.action, run.reason = "retry", "its upstream failed last time"
         elif state == "error":
@@ -496,6 +500,21 @@ class Graph:
 
 
 OTHER_DEFAULTS = "cached with other defaults"
+
+
+def _forcing_job_runs(run: NodeRun) -> bool:
+    """Whether the job that carries out this instance's mode=force (submitted by its
+    ``job()``) is queued or running: what is cached meanwhile is not its result (an
+    earlier job may write one after it was submitted). The run then waits for it."""
+    job_id = run.node.force_state.get("job")
+    if job_id is None or run.node.folder is None:
+        return False
+    record = registry.latest(run.node.folder)
+    if record is None or record.job_id != job_id or not registry.is_active(record):
+        return False
+    run.action, run.reason = "wait", f"forced: running as job {job_id}"
+    run.handles = [executors.recorded_handle(record)]
+    return True
 
 
 def _reuse(run: NodeRun) -> bool:

@@ -308,7 +308,9 @@ class Scheduler:
             if cluster is None or single_item:
                 inline.extend((run, unit) for unit in units)
                 continue
-            key = f"{cluster}|{run.node.execution.group_key}"
+            # (a node that must start after its own earlier job: an array of its own, the
+            # dependency would hold the others back)
+            key = f"{cluster}|{run.node.execution.group_key}|{sorted(run.after)}"
             groups.setdefault(key, []).extend((run, u) for u in units)
         for members in groups.values():
             self._submit_group(members, pools, parallelism)
