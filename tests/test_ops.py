@@ -657,6 +657,14 @@ def test_explain_a_partly_cached_map_names_no_other_config(tmp_path: Path) -> No
     # nothing cached for this config: the nearest cached config is named, with the change
     (fresh,) = exca.ops.explain(Squares(offset=2, infra={"folder": root}).square.node([1]))
     assert fresh.nearest is not None and fresh.diff[0][0] == "offset"
+    # items known at run time (from an upstream node): nothing said of new items
+    numbers = Source(infra={"folder": root}).make.node()
+    (later,) = [
+        e
+        for e in exca.ops.explain(Squares(infra={"folder": root}).square.node(numbers))
+        if "Squares" in e.uid
+    ]
+    assert "new items" not in later.summary()
 
 
 class Labelled(pydantic.BaseModel):

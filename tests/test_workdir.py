@@ -176,6 +176,20 @@ def test_activate_changes_and_restores_cwd_and_sys_path(project: Path, tmp_path:
     assert sys.path == path_before
 
 
+def test_a_relative_folder_gives_jobs_absolute_import_paths(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """activate() changes the cwd: the paths it gives jobs (PYTHONPATH) must not be
+    relative to the cwd it left."""
+    _write(project / "src" / "srclib" / "__init__.py")
+    monkeypatch.syspath_prepend(str(project / "src"))
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    with WorkDir(copied=["src"], folder="snap").activate() as folder:
+        assert Path(folder).is_absolute() and Path.cwd() == project / "snap"
+        assert os.environ["PYTHONPATH"] == str(project / "snap" / "src")
+    assert "PYTHONPATH" not in os.environ
+
+
 def test_activate_restores_on_error(project: Path, tmp_path: Path) -> None:
     wd = WorkDir(copied=["pkg"], folder=tmp_path / "code")
     path_before = list(sys.path)
@@ -365,16 +379,19 @@ class ReadsSrcLayout(pydantic.BaseModel):
         return f"{srclib.VALUE} {srclib.linked.VALUE} {srclib.__file__}"
 
 
-@pytest.mark.parametrize("copied", ["src/srclib", "src"])
+@pytest.mark.parametrize("copied", ["src/srclib", "src", "."])
 @pytest.mark.parametrize("cluster", ["local", "debug"])
 def test_src_layout_and_symlinked_subpackages_run_from_the_snapshot(
     project: Path, monkeypatch: pytest.MonkeyPatch, cluster: str, copied: str
 ) -> None:
     """A package under src/ (on sys.path, as an editable install puts it) is imported from
-    the snapshot, not from the live tree; a symlinked sub-package is copied too."""
+    the snapshot, not from the live tree; a symlinked sub-package is copied too (also when
+    its target is copied as well), a symlinked data folder is not walked."""
     _write(project / "src" / "srclib" / "__init__.py", "VALUE = 'snapshot'\n")
     _write(project / "elsewhere" / "linked" / "__init__.py", "VALUE = 'linked'\n")
     (project / "src" / "srclib" / "linked").symlink_to(project / "elsewhere" / "linked")
+    _write(project / "datasets" / "huge" / "loader.py")
+    (project / "src" / "srclib" / "data").symlink_to(project / "datasets")
     monkeypatch.syspath_prepend(str(project / "src"))
     infra = {"folder": "cache", "cluster": cluster, "workdir": {"copied": [copied]}}
     job = ReadsSrcLayout(infra=infra).infra.job()
@@ -386,6 +403,7 @@ def test_src_layout_and_symlinked_subpackages_run_from_the_snapshot(
         sys.modules.pop("srclib", None)
     assert (value, linked) == ("snapshot", "linked")
     assert "/code/" in origin and Path(origin).is_relative_to(project / "cache")
+    assert not list(Path(origin).parent.rglob("loader.py"))  # (the data link: not walked)
     assert "PYTHONPATH" not in os.environ or str(project / "cache") not in os.environ["PYTHONPATH"]
 
 

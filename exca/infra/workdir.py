@@ -86,17 +86,21 @@ class WorkDir(pydantic.BaseModel):
             shutil.copy2(source, destination)
             return
         skipped = skip.resolve()
-        visited = {source.resolve()}  # (symlinked folders are followed, each once: no loop)
         for root, dirs, files in os.walk(source, followlinks=True):
-            # never a snapshot (this one, or earlier ones when the cache is in the project)
+            here = Path(root).resolve()
             kept = []
             for d in dirs:
-                real = (Path(root) / d).resolve()
-                if excluded(d) or real == skipped or real in visited:
+                path = Path(root) / d
+                real = path.resolve()
+                # never a snapshot (this one, or earlier ones when the cache is in the
+                # project); a symlinked folder only if it is a package (not a link to a
+                # data set), and never one of its own parents (a loop)
+                if excluded(d) or real == skipped or (path / SNAPSHOT_MARKER).exists():
                     continue
-                if (Path(root) / d / SNAPSHOT_MARKER).exists():
+                if path.is_symlink() and not (path / "__init__.py").exists():
                     continue
-                visited.add(real)
+                if real == here or real in here.parents:
+                    continue
                 kept.append(d)
             dirs[:] = kept
             rel = Path(root).relative_to(source)
@@ -156,7 +160,7 @@ class WorkDir(pydantic.BaseModel):
         """Copy the code into ``folder`` (only what is not there yet); return the folder."""
         if self.folder is None:
             raise RuntimeError("WorkDir.folder is not set (the infra sets it from its own folder)")
-        folder = Path(self.folder)
+        folder = Path(self.folder).absolute()  # (activate() changes the cwd)
         log = folder / "git-hashes.log"
         # checked before copying: a refused (dirty) copy must not stay in a fixed folder,
         # where a later submission would log a commit next to that uncommitted code
@@ -221,21 +225,28 @@ class WorkDir(pydantic.BaseModel):
         """The folders of the snapshot that imports start from: the snapshot itself, the
         folder holding each copied package (``src`` for ``src/mylib``), and each copied
         folder that was itself on ``sys.path`` (``src`` of a src layout)."""
-        on_path = set()
-        for entry in sys.path:
+        on_path = []
+        stdlib = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib")}
+        for text in sys.path:  # (installed packages stay where they are, e.g. a .venv copied)
+            if text in stdlib or "site-packages" in text or "dist-packages" in text:
+                continue
             with contextlib.suppress(OSError, ValueError):
-                on_path.add(Path(entry or ".").resolve())
+                on_path.append(Path(text or ".").resolve())
+        folder = Path(folder).absolute()  # (the cwd changes: relative paths would not hold)
         roots = [folder]
         for source, relative in self._sources():
+            found = []
             if source.is_dir() and (source / "__init__.py").exists():
-                root = folder / relative.parent  # a package: imported from its parent
-            elif source.is_dir() and source.resolve() in on_path:
-                root = folder / relative
+                found.append(folder / relative.parent)  # a package: imported from its parent
             elif source.suffix == ".py":
-                root = folder / relative.parent  # a module file
-            else:
-                continue
-            root = Path(os.path.normpath(root))
-            if root not in roots:
-                roots.append(root)
+                found.append(folder / relative.parent)  # a module file
+            if source.is_dir():  # path entries inside the copy: "src" of a src layout
+                real = source.resolve()
+                for entry in on_path:
+                    if entry == real or real in entry.parents:
+                        found.append(folder / relative / entry.relative_to(real))
+            for root in found:
+                root = Path(os.path.normpath(root))
+                if root not in roots:
+                    roots.append(root)
         return roots

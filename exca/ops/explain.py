@@ -140,7 +140,8 @@ def explain(*targets: Node, plan: Plan | None = None) -> list[Explanation]:
 def _explain_entry(entry: PlanEntry, node: Node) -> Explanation:
     explanation = Explanation(entry.uid, entry.status, entry.action, entry.reason)
     if entry.reason == "missing" or (node.kind == "map" and entry.status == "missing"):
-        if node.kind == "map" and node.folder is not None and _has_results(Path(node.folder)):
+        known = entry.items is not None and "/" in entry.items  # (e.g. "2/4 missing")
+        if known and node.folder is not None and _has_results(Path(node.folder)):
             # some items are cached for this very config: the others are new items, not
             # a config that differs from another one
             explanation.reason += " (new items: the others are cached for this config)"
