@@ -393,6 +393,18 @@ def test_local_packing_respects_max_jobs(tmp_path: Path) -> None:
     assert counts(tmp_path / "calls.txt") == dict.fromkeys(range(13), 1)
 
 
+def test_each_chunk_job_carries_only_its_own_items(tmp_path: Path) -> None:
+    """A chunk job's pickle held the whole item list and every uid (100k items in 128
+    jobs: GBs of pickles); it holds its own chunk now."""
+    items = [f"/data/subject_{i:05d}/" + "x" * 200 for i in range(400)]
+    upper = Upper(infra={"folder": tmp_path, "cluster": "local", "max_jobs": 4})
+    assert list(upper.process(items)) == [item.upper() for item in items]
+    pickles = list(tmp_path.rglob("*_submitted.pkl"))
+    total = sum(len(item) for item in items)
+    assert len(pickles) == 4
+    assert all(p.stat().st_size < total / 2 for p in pickles)  # (a quarter each, and some)
+
+
 class Storing(pydantic.BaseModel):
     """Outputs of any kind, stored with cache_type=NumpyArray (object arrays cannot be)."""
 

@@ -8,6 +8,7 @@ missing work should run (``Execution``), and which nodes must be done before it
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -191,6 +192,20 @@ class Node:
         if self.kind != "map" or self.items is None or isinstance(self.items, Node):
             return False
         return not state.get("uids", set()).issuperset(self.listed_item_uids)
+
+    def shipped(self) -> Node:
+        """This node as a unit of work carries it into a job or a pool process: a map's
+        items and their uids travel with each unit (its chunk) instead (a copy of all of
+        them in every chunk's pickle made 100k items weigh GBs). Its identity is kept."""
+        if self.kind != "map" or self.items is None or isinstance(self.items, Node):
+            return self
+        _ = self.uid, self.key, self.folder  # (computed from the items: kept as they are)
+        slim = copy.copy(self)
+        state = vars(slim)
+        state.update(items=None, item_uids=None)
+        for derived in ("listed_item_uids", "closure"):  # (they hold the items too)
+            state.pop(derived, None)
+        return slim
 
     @functools.cached_property
     def closure(self) -> tuple[Node, ...]:

@@ -259,8 +259,9 @@ class Scheduler:
             chunks = to_chunks(len(todo), node.execution.max_jobs, node.execution.min_items_per_job)
         else:
             chunks = [(0, len(todo))] if todo else []
+        shipped = node.shipped()
         return [
-            Unit(node, action, items=[by_uid[u] for u in todo[a:b]], uids=todo[a:b])
+            Unit(shipped, action, items=[by_uid[u] for u in todo[a:b]], uids=todo[a:b])
             for a, b in chunks
         ]
 
