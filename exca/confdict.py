@@ -11,11 +11,11 @@ import dataclasses
 import enum
 import io
 import os
-import sys
 import typing as tp
 from pathlib import Path, PurePath
 
 from . import plainyaml, uidformat
+from .storage.modules import imported
 
 if tp.TYPE_CHECKING:
     import pydantic
@@ -477,7 +477,7 @@ def _dumper_class() -> tp.Any:
     def fallback(dumper: yaml.SafeDumper, data: tp.Any) -> yaml.Node:
         if isinstance(data, enum.Enum):  # by value, as a model's export writes it
             return dumper.represent_data(data.value)
-        np = sys.modules.get("numpy")
+        np = imported("numpy")
         if np is not None:
             if isinstance(data, np.bool_):
                 return dumper.represent_bool(bool(data))

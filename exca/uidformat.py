@@ -21,6 +21,8 @@ import sys
 import typing as tp
 from pathlib import PurePath
 
+from .storage.modules import imported
+
 logger = logging.getLogger(__name__)
 
 UID_VERSION_ENV = "CONFDICT_UID_VERSION"
@@ -140,7 +142,7 @@ def _is_tensor(value: tp.Any) -> bool:
 
 
 def _numpy() -> tp.Any:
-    return sys.modules.get("numpy")
+    return imported("numpy")
 
 
 _Rendered = tuple[str, str]  # (display, typed hash)

@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 SCRIPT = textwrap.dedent(
     """
     import sys, typing as tp
@@ -121,3 +123,28 @@ def test_progress_is_shown_on_request_and_quiet_otherwise(tmp_path: Path) -> Non
     assert "300/300" not in quiet
     off = _progress_run(tmp_path, "0")
     assert "300/300" not in off
+
+
+def test_a_module_imported_by_another_thread_is_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """exca looks numpy up in sys.modules (never importing it for the user): a thread
+    importing it meanwhile put a half-made module there, and a map in a thread pool
+    failed with "partially initialized module 'numpy' has no attribute 'ndarray'"."""
+    import threading
+    import time
+
+    from exca.storage.modules import imported
+
+    (tmp_path / "slowly_made.py").write_text("import time\ntime.sleep(0.5)\nVALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "slowly_made", raising=False)
+    assert imported("slowly_made") is None  # (not imported: not imported for the user)
+    thread = threading.Thread(target=__import__, args=("slowly_made",))
+    thread.start()
+    while "slowly_made" not in sys.modules:
+        time.sleep(0.005)
+    module = imported("slowly_made")
+    assert module is not None and module.VALUE == 1
+    thread.join()
+    sys.modules.pop("slowly_made", None)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import sys
 import time
 import typing as tp
 
 from ..storage.cachedict import CacheDict
 from ..storage.claims import Claim, Claims, Owner
 from ..storage.formats import CachedError
+from ..storage.modules import imported
 from . import registry, store
 from .node import TASK_KEY, Group, Node, Value
 
@@ -502,7 +502,7 @@ def _compute_from(
             batch.clear()
         last_flush = time.monotonic()
 
-    numpy = sys.modules.get("numpy")
+    numpy = imported("numpy")
     ndarray = numpy.ndarray if numpy is not None else None
     in_memory = cache.folder is None  # (RAM keeps the objects: arrays are copied)
     try:

@@ -13,7 +13,6 @@ import logging
 import operator
 import os
 import shutil
-import sys
 import threading
 import typing as tp
 import warnings
@@ -33,6 +32,7 @@ from .formats import (
     load_memmap_runs,
 )
 from .index import INDEX_SUFFIX, Entry, IndexReader, IndexWriter
+from .modules import imported
 
 logger = logging.getLogger("exca")
 _INLINE_TYPES = frozenset({"Result", "Json", "Auto"})  # (their value may be in the index line)
@@ -98,7 +98,7 @@ def _ram_copy(value: tp.Any, owned: bool, cache_type: str | None) -> tp.Any:
     kind = type(value)
     if kind in _KEPT_AS_WRITTEN and cache_type is None:
         return value
-    np = sys.modules.get("numpy")
+    np = imported("numpy")
     if (
         np is not None
         and kind is np.ndarray
@@ -320,7 +320,9 @@ class CacheDict(tp.Generic[X]):
         ram = self._ram
         todo = [k for k in dict.fromkeys(keys) if k not in ram and k in entries]
         infos = [entries[k][2] for k in todo]
-        if not all(info["#type"] == "MemmapArray" for info in infos) or self.options.replace:
+        if not infos or self.options.replace:
+            return  # (nothing to load: numpy is not even needed)
+        if not all(info["#type"] == "MemmapArray" for info in infos):
             return
         with gcpause.paused():
             ram.update(zip(todo, load_memmap_runs(self._loader, infos)))

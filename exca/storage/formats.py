@@ -26,6 +26,7 @@ from pathlib import Path
 import orjson
 
 from .files import chmod, finish_write, make_folder
+from .modules import imported
 
 INLINE_MAX_BYTES = 512
 INLINE_PICKLE_MAX_BYTES = 2048  # task results pickled smaller than this live in the index
@@ -975,7 +976,7 @@ class NumpyScalar:
 
     @classmethod
     def __dump_info__(cls, ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
-        np = sys.modules.get("numpy")
+        np = imported("numpy")
         if np is None or not isinstance(value, np.generic):
             # (an array would be stored as its first element; a python float has no dtype)
             raise TypeError(
