@@ -467,8 +467,21 @@ def _compute_items(
         if action in ("force", "retry"):
             cache.delete_many(uids)
         position = 0
+        failures = _Failures()
         while position < len(uids):
-            position = _compute_from(node, cache, uids, by_uid, position, report, progress)
+            position = _compute_from(
+                node, cache, uids, by_uid, position, report, progress, failures
+            )
+
+
+@dataclasses.dataclass
+class _Failures:
+    """Item errors of one unit so far, while the method has produced no output at all:
+    the same error on two items in a row then is an error of the method's setup (a model
+    that does not load), not of those items."""
+
+    last: tuple[str, str] | None = None  # (type, message) of the last item error
+    blamed: list[str] = dataclasses.field(default_factory=list)  # uids given that error
 
 
 def _compute_from(
@@ -479,9 +492,11 @@ def _compute_from(
     start: int,
     report: Report,
     progress: ProgressCallback | None,
+    failures: _Failures,
 ) -> int:
-    """Call the method on items[start:]; write outputs in batches; cache an error for the
-    item being computed when the method raises. Returns where to restart."""
+    """Call the method on items[start:]; write outputs in batches; when the method raises,
+    cache the error for the item it was computing (confirmed by computing that item
+    alone: a method working on batches raises for a later item). Returns where to restart."""
     items = [by_uid[u] for u in uids[start:]]
     meta = _items_provenance(node)
     position = start
@@ -525,11 +540,22 @@ def _compute_from(
             raise
         if _reached_time_limit(error):
             raise  # (the job's time is up: not this item's error; the rest stays missing)
-        cache[uids[position]] = CachedError.from_exception(error)
+        uid = uids[position]
+        if len(uids) - start > 1:  # (the method had other items: is it this one's error?)
+            alone = _compute_alone(node, cache, uid, by_uid[uid], meta, report, progress)
+            if alone is None:
+                return position + 1  # (it computed alone: the error was a later item's)
+            error = alone
+        signature = (type(error).__name__, str(error))
+        if report.computed == 0 and signature == failures.last:
+            _setup_failed(node, cache, uids, start, failures, error)
+        failures.last = signature
+        failures.blamed.append(uid)
+        cache[uid] = CachedError.from_exception(error)
         report.errors += 1
         logger.warning(
             "Item %r of %s failed (%s: %s); the error is cached, other items go on",
-            uids[position],
+            uid,
             node.label or node.uid,
             type(error).__name__,
             error,
@@ -542,6 +568,59 @@ def _compute_from(
         return _miscounted(node, cache, uids, start, position - len(batch), report, "fewer")
     flush()
     return position
+
+
+def _compute_alone(
+    node: Node,
+    cache: CacheDict[tp.Any],
+    uid: str,
+    item: tp.Any,
+    meta: dict[str, tp.Any] | None,
+    report: Report,
+    progress: ProgressCallback | None,
+) -> Exception | None:
+    """Compute one item by itself: None once its output is stored, else its error."""
+    try:
+        outputs = list(_outputs(node, [item]))
+    except Exception as error:
+        if _reached_time_limit(error) or isinstance(error, NotIterableOutputs):
+            raise
+        return error
+    if len(outputs) != 1:
+        return RuntimeError(
+            f"{node.label or node.uid} did not yield exactly once per item: it yielded "
+            f"{len(outputs)} outputs for item {uid!r} alone"
+        )
+    _store_one_by_one(node, cache, [(uid, outputs[0])], meta, report)
+    if progress is not None:
+        progress(1)
+    return None
+
+
+def _setup_failed(
+    node: Node,
+    cache: CacheDict[tp.Any],
+    uids: list[str],
+    start: int,
+    failures: _Failures,
+    error: Exception,
+) -> tp.NoReturn:
+    """The method raised the same error for two items in a row without producing anything:
+    calling it once per item would repeat its setup (a model load...) for every item. Its
+    error is raised once; the items it was blamed on are left missing with the others of
+    the unit, so that a later call computes them all (nothing cached for them)."""
+    cache.delete_many(failures.blamed)
+    left = len(uids) - start + len(failures.blamed)
+    logger.warning(
+        "%s raised the same error (%s: %s) for two items in a row before producing any "
+        "output: an error of its setup, not of its items? Stopped; %d item(s) left missing "
+        "(computed again by the next call)",
+        node.label or node.uid,
+        type(error).__name__,
+        error,
+        left,
+    )
+    raise error
 
 
 class NotIterableOutputs(TypeError):
