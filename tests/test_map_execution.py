@@ -314,6 +314,20 @@ def test_outputs_deleted_while_read_are_computed_again(tmp_path: Path) -> None:
     assert counts(tmp_path / "calls.txt") == {0: 1, 1: 1, 2: 2, 3: 2, 4: 1, 5: 1}
 
 
+def test_a_deleted_cache_folder_gets_its_yaml_files_back(tmp_path: Path) -> None:
+    """A live instance writing into its folder after someone deleted it wrote only outputs
+    (no uid.yaml, config.yaml, full-uid.yaml): listing and iter_cached missed it."""
+    import shutil
+
+    mapper = make(tmp_path, None)
+    assert list(mapper.process([1, 2])) == [10, 20]
+    folder = mapper.infra.uid_folder()
+    assert folder is not None
+    shutil.rmtree(folder)
+    assert list(mapper.process([3])) == [30]
+    assert {"uid.yaml", "full-uid.yaml", "config.yaml"} <= {p.name for p in folder.iterdir()}
+
+
 @pytest.mark.timeout(60)
 def test_items_recomputed_by_another_process_right_after_are_waited_for(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -482,9 +482,10 @@ class BaseInfra(pydantic.BaseModel):
         if self.folder is None:
             return
         self._check_unchanged()
-        if runtime.checked:
-            return
         folder = os.path.join(self.folder, self.uid())
+        # (the folder may have been deleted since: its yaml files are written again)
+        if runtime.checked and os.path.exists(os.path.join(folder, uidfolder.UID_FILE)):
+            return
         try:
             uidfolder.prepare(
                 Path(folder),
