@@ -215,7 +215,7 @@ def test_read_only(tmp_path: Path) -> None:
     assert list(make(tmp_path, None).process([1])) == [10]
     reader = make(tmp_path, None, infra={"mode": "read-only"})
     assert list(reader.process([1])) == [10]
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=r"read-only and 1/2 items missing \('2'\)"):
         list(reader.process([1, 2]))
     assert counts(tmp_path / "calls.txt") == {1: 1}
 

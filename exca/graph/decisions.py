@@ -335,7 +335,11 @@ class Graph:
                 run.todo = missing
                 if node.mode == "read-only":
                     run.action = "fail"
-                    run.reason = f"read-only and {len(missing)}/{total} items missing"
+                    shown = ", ".join(repr(u) for u in missing[:3])
+                    more = ", ..." if len(missing) > 3 else ""
+                    run.reason = (
+                        f"read-only and {len(missing)}/{total} items missing ({shown}{more})"
+                    )
                 else:
                     run.action, run.reason = "compute", f"{len(missing)}/{total} missing"
             else:

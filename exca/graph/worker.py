@@ -104,9 +104,10 @@ def _resolve_split(unit: Unit) -> Unit:
         missing = node.cache.missing(uids)
         if missing:
             total = len(set(uids))
+            shown = ", ".join(repr(u) for u in missing[:3]) + (", ..." if len(missing) > 3 else "")
             raise RuntimeError(
-                f"{node.uid}: read-only and {len(missing)}/{total} items missing "
-                "(mode='read-only' never computes)"
+                f"{node.uid}: read-only and {len(missing)}/{total} items missing ({shown}; "
+                "mode='read-only' never computes)"
             )
         return unit._replace(items=[], uids=[], split=None)
     index, count = unit.split
