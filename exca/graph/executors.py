@@ -140,14 +140,26 @@ class FutureHandle(Handle):
         future: concurrent.futures.Future[tp.Any],
         cluster: str,
         adopt: tp.Callable[[tp.Any], None] | None = None,
+        isolation: _Isolation | None = None,
+        payload: bytes | None = None,
     ) -> None:
         self.future = future
         self.cluster = cluster
         self.job_id = f"#{cluster}#"
         self._adopt = adopt  # called once with the result, before done() says True
+        # a process pool's unit: run again on its own if the pool breaks (see _Isolation)
+        self._isolation, self._payload = isolation, payload
 
     def done(self) -> bool:
+        if self._isolation is not None:
+            self._isolation.pump()
         if not self.future.done():
+            return False
+        if self._payload is not None and type(self.future.exception()).__name__ == (
+            "BrokenProcessPool"
+        ):
+            assert self._isolation is not None
+            self.future, self._payload = self._isolation.submit(self._payload), None
             return False
         if self._adopt is not None:
             adopt, self._adopt = self._adopt, None
@@ -465,11 +477,77 @@ def _adopter(unit: Unit) -> tp.Callable[[tp.Any], None] | None:
     return adopt
 
 
+class _Isolation:
+    """The units of a process pool that broke (one of its processes died: killed, out of
+    memory, os._exit) fail all at once. They run again here one at a time, each in a
+    process pool of its own: the unit that dies again is the one to blame, the others
+    complete (at once, they could exhaust the memory again)."""
+
+    def __init__(self) -> None:
+        self.queue: list[tuple[bytes, concurrent.futures.Future[tp.Any]]] = []
+        self.running: tuple[tp.Any, concurrent.futures.Future[tp.Any]] | None = None
+
+    def submit(self, payload: bytes) -> concurrent.futures.Future[tp.Any]:
+        import concurrent.futures
+
+        outcome: concurrent.futures.Future[tp.Any] = concurrent.futures.Future()
+        self.queue.append((payload, outcome))
+        self.pump()
+        return outcome
+
+    def pump(self) -> None:
+        """Start the next unit once the one running ended (called by handles' done())."""
+        if self.running is not None:
+            if not self.running[1].done():
+                return
+            self.running[0].shutdown(wait=False)
+            self.running = None
+        if not self.queue:
+            return
+        payload, outcome = self.queue.pop(0)
+        pool = _process_pool(1)
+        inner = pool.submit(_run_pickled, payload)
+        inner.add_done_callback(functools.partial(_settle, outcome))
+        self.running = (pool, inner)
+
+    def shutdown(self) -> None:
+        for _, outcome in self.queue:
+            outcome.cancel()
+        self.queue.clear()
+        if self.running is not None:
+            self.running[0].shutdown(wait=False, cancel_futures=True)
+            self.running = None
+
+
+def _settle(
+    outcome: concurrent.futures.Future[tp.Any], inner: concurrent.futures.Future[tp.Any]
+) -> None:
+    if inner.cancelled():
+        outcome.cancel()
+    elif inner.exception() is not None:
+        outcome.set_exception(tp.cast(BaseException, inner.exception()))
+    else:
+        outcome.set_result(inner.result())
+
+
+def _process_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+    import concurrent.futures
+    import multiprocessing
+
+    return concurrent.futures.ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_end_with_parent,
+        initargs=(os.getpid(),),
+    )
+
+
 class Pools:
     """Thread and process pools of one run (created on first use, shut down at the end)."""
 
     def __init__(self) -> None:
         self._pools: dict[str, concurrent.futures.Executor] = {}
+        self._isolation = _Isolation()
 
     @staticmethod
     def workers(count: int, max_jobs: int | None) -> int:
@@ -486,15 +564,7 @@ class Pools:
 
             workers = self.workers(len(units), max_jobs)
             if cluster == "processpool":
-                import multiprocessing
-
-                context = multiprocessing.get_context("fork")
-                pool = concurrent.futures.ProcessPoolExecutor(
-                    workers,
-                    mp_context=context,
-                    initializer=_end_with_parent,
-                    initargs=(os.getpid(),),
-                )
+                pool = _process_pool(workers)
             else:
                 pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="exca")
             self._pools[cluster] = pool
@@ -503,8 +573,11 @@ class Pools:
             import cloudpickle
 
             for unit in units:
-                future = pool.submit(_run_pickled, cloudpickle.dumps(unit))
-                handles.append(FutureHandle(future, cluster, adopt=_adopter(unit)))
+                payload = cloudpickle.dumps(unit)
+                future = pool.submit(_run_pickled, payload)
+                handles.append(
+                    FutureHandle(future, cluster, _adopter(unit), self._isolation, payload)
+                )
         else:
             for unit in units:
                 handles.append(FutureHandle(pool.submit(run_unit, unit), cluster))
@@ -514,6 +587,7 @@ class Pools:
         """``cancel`` (Ctrl-C): drop queued work and stop the process pools' workers now
         (they would finish the work already sent to them, and the interpreter would wait
         for them at exit; what they wrote is complete, what they did not is not indexed)."""
+        self._isolation.shutdown()
         for pool in self._pools.values():
             # (read before shutdown(), which forgets them)
             processes = list((getattr(pool, "_processes", None) or {}).values())
