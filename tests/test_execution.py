@@ -883,6 +883,28 @@ def test_errors_of_classes_defined_in_main_keep_their_type(tmp_path: Path, clust
     run_main_script(tmp_path, MAIN_ERRORS_SCRIPT, str(cache), "none")  # all cached now
 
 
+class RaisesWithALock(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        raise ValueError("bad", threading.Lock())  # (a lock does not pickle)
+
+
+@pytest.mark.parametrize("cluster", [None, "local"])
+def test_an_error_holding_an_unpicklable_value_keeps_its_type(
+    tmp_path: Path, cluster: str | None
+) -> None:
+    """It came back as ComputationError (except ValueError missed it); the value that
+    does not pickle is replaced by its repr."""
+    infra = {"folder": tmp_path, "cluster": cluster}
+    with pytest.raises(ValueError, match="bad"):
+        RaisesWithALock(infra=infra).process()
+    with pytest.raises(ValueError) as info:  # read back from the cache
+        RaisesWithALock(infra=infra).process()
+    assert info.value.args[0] == "bad" and "lock" in info.value.args[1]
+
+
 MAIN_FUNCTIONS_SCRIPT = """
 import pickle
 import sys

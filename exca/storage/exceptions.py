@@ -7,7 +7,9 @@ Two kinds of exceptions do not survive a plain ``pickle`` round trip:
   ``__main__`` with this name", which the reading process (the user's script) resolves to
   its own class (``except MyError`` matches);
 - a class whose ``__init__`` does not take its ``args`` back (``def __init__(self, a, b)``
-  calling ``super().__init__(f"{a}-{b}")``): it is rebuilt without calling ``__init__``.
+  calling ``super().__init__(f"{a}-{b}")``): it is rebuilt without calling ``__init__``;
+- an exception holding something that cannot be pickled (a lock, a client object in its
+  args or attributes): rebuilt the same way, that value replaced by its ``repr``.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ _MAIN_CLASSES: dict[str, type] = {}
 
 def dumps(exception: BaseException) -> bytes | None:
     """The pickled exception, checked to load back (None when it cannot be)."""
-    for rebuild in (False, True):
+    for rebuild, lossy in ((False, False), (True, False), (True, True)):
         buffer = io.BytesIO()
         try:
-            _ExceptionPickler(buffer, rebuild).dump(exception)
+            _ExceptionPickler(buffer, rebuild, lossy).dump(exception)
             data = buffer.getvalue()
             pickle.loads(data)  # some exceptions pickle but do not unpickle
         except Exception:
@@ -45,17 +47,30 @@ def loads(data: bytes) -> BaseException | None:
 
 
 class _ExceptionPickler(pickle.Pickler):
-    def __init__(self, file: tp.IO[bytes], rebuild: bool) -> None:
+    def __init__(self, file: tp.IO[bytes], rebuild: bool, lossy: bool = False) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self.rebuild = rebuild
+        self.lossy = lossy  # (values that do not pickle become their repr)
 
     def reducer_override(self, obj: tp.Any) -> tp.Any:
         if isinstance(obj, type) and obj.__module__ == "__main__":
             _MAIN_CLASSES[obj.__qualname__] = obj
             return main_attribute, (obj.__qualname__,)
         if self.rebuild and isinstance(obj, BaseException):
-            return rebuild_exception, (type(obj), obj.args, dict(vars(obj)) or None)
+            args, state = obj.args, dict(vars(obj)) or None
+            if self.lossy:
+                args = tuple(_picklable(a) for a in args)
+                state = {k: _picklable(v) for k, v in state.items()} if state else None
+            return rebuild_exception, (type(obj), args, state)
         return NotImplemented
+
+
+def _picklable(value: tp.Any) -> tp.Any:
+    try:
+        pickle.loads(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:
+        return repr(value)
+    return value
 
 
 def main_attribute(qualname: str) -> tp.Any:
