@@ -936,6 +936,11 @@ def test_plan_of_a_map_on_jobs_with_items_known_at_run_time(env: Env) -> None:
     (array,) = [a for a in exca.graph.plan(squares).arrays if squares.uid in a.nodes]
     assert (array.elements, array.at_most) == (5, True)
     assert "at most 5 element(s) on local" in str(exca.graph.plan(squares))
+    # a pool: as many chunks as the run may make (it said 1)
+    pooled = env.square(cluster="processpool").apply.node(env.numbers(3).make.node())
+    (array,) = [a for a in exca.graph.plan(pooled).arrays if pooled.uid in a.nodes]
+    workers = exca.graph.executors.Pools.workers(1 << 30, None)
+    assert (array.elements, array.at_most) == (3 * workers, True)
 
 
 def test_a_job_fed_by_a_ram_only_node_is_refused_before_submitting(env: Env) -> None:

@@ -205,8 +205,9 @@ class Plan:
                 elif cluster in POOL_CLUSTERS:
                     from .executors import Pools
 
-                    workers = Pools.workers(todo or 1, node.execution.max_jobs)
-                    elements = len(to_chunks(todo, 3 * workers, 1)) if todo else 1
+                    # (items known at run time: as many chunks as there may be)
+                    workers = Pools.workers(todo or 1 << 30, node.execution.max_jobs)
+                    elements = len(to_chunks(todo, 3 * workers, 1)) if todo else 3 * workers
             here = cluster is None or _single_pool_item(node, run)
             where = "inline" if here else f"{cluster}|{node.execution.group_key}"
             group = (wave[key], where, key in behind)
@@ -219,7 +220,7 @@ class Plan:
             array.elements += elements
             # (max_jobs chunks at most: how many depends on the items)
             unknown_items = node.kind == "map" and run.uids is None
-            array.at_most |= unknown_items and cluster in SUBMITIT_CLUSTERS
+            array.at_most |= unknown_items and cluster in (*SUBMITIT_CLUSTERS, *POOL_CLUSTERS)
             array.open_ended |= (
                 unknown_items and cluster in SUBMITIT_CLUSTERS and not node.execution.max_jobs
             )
