@@ -431,6 +431,7 @@ class Batched(pydantic.BaseModel):
     log: str
     model: str = ""
     bad: tuple[int, ...] = ()
+    message: str = ""  # the error of every bad item (default: naming the item)
     infra: exca.MapInfra = exca.MapInfra(version="1")
 
     @infra.apply(item_uid=str)
@@ -442,7 +443,7 @@ class Batched(pydantic.BaseModel):
             batch = items[start : start + 4]
             for item in batch:
                 if item in self.bad:
-                    raise ValueError(f"item {item} is corrupt")
+                    raise ValueError(self.message or f"item {item} is corrupt")
             yield from (10 * item for item in batch)
 
 
@@ -464,23 +465,36 @@ def test_a_batch_error_is_cached_for_its_own_item_only(tmp_path: Path, cluster: 
 
 
 @pytest.mark.parametrize("cluster", [None, "local"])
-def test_a_setup_error_is_raised_once_not_once_per_item(
-    tmp_path: Path, cluster: str | None
-) -> None:
-    """A method failing before any output the same way for two items in a row (its model
-    file is missing) was called once per item, caching the error for every item. It is
-    raised after a few calls; no item keeps it: the next call computes them all."""
+def test_a_setup_error_stops_the_unit(tmp_path: Path, cluster: str | None) -> None:
+    """A method failing before any output the same way for 3 items in a row, and never
+    producing an output for this config (its model file is missing), was called once (and
+    now twice) per item. It stops there: the 3 items keep the error (mode="retry" computes
+    them again), the others are left missing for the next call."""
     model = tmp_path / "model.bin"
     log = tmp_path / "calls.txt"
     infra = {"folder": tmp_path / "cache", "cluster": cluster, "max_jobs": 1}
     mapper = Batched(log=str(log), model=str(model), infra=infra)
     with pytest.raises((FileNotFoundError, exca.graph.errors.JobFailedError)):
         list(mapper.process(list(range(50))))
-    assert len(lines(log)) == 4  # [0..49], [0] alone, [1..49], [1] alone: then stopped
-    assert not list(mapper.infra.cache_dict.keys())  # (nothing cached: all missing)
+    assert len(lines(log)) == 6  # 3 x (the rest of the items, then the first one alone)
+    infos = mapper.infra.cache_dict.entries_info()
+    assert len(infos) == 3 and all(info["#type"] == "Error" for info in infos.values())
     model.write_text("weights")
-    again = Batched(log=str(log), model=str(model), infra=infra)
-    assert list(again.process(list(range(50)))) == [10 * i for i in range(50)]
+    retry = Batched(log=str(log), model=str(model), infra={**infra, "mode": "retry"})
+    assert list(retry.process(list(range(50)))) == [10 * i for i in range(50)]
+
+
+def test_items_failing_alike_do_not_stop_the_others(tmp_path: Path) -> None:
+    """Two items failing with the same message (an assert) are their own errors: the
+    items after them are computed in the same call."""
+    log = str(tmp_path / "calls.txt")
+    mapper = Batched(log=log, bad=(0, 1), message="corrupt", infra={"folder": tmp_path})
+    outputs = mapper.process(list(range(6)))
+    infos = mapper.infra.cache_dict.entries_info()
+    assert sorted(k for k, i in infos.items() if i["#type"] == "Error") == ["0", "1"]
+    assert len(infos) == 6
+    with pytest.raises(ValueError):
+        next(outputs)
 
 
 class Storing(pydantic.BaseModel):

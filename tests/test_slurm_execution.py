@@ -406,9 +406,15 @@ def test_slurm_forced_job_array_holds_back_only_the_config_with_a_running_job(
         array.extend(base.infra.clone_obj({"x": x}) for x in (4, 5))
     wait_until(lambda: array[1].infra.status() == "completed", timeout=120)
     assert (ctl / "block").exists() and not first.done()  # (x=5 did not wait for it)
+    # the same with a detached run
+    nodes = [task(tmp_path, ctl, slurm_cluster, x=x, mode="force").process.node() for x in (4, 6)]
+    exca.graph.run(*nodes, wait=False)
+    wait_until(lambda: nodes[1].status() == "completed", timeout=120)
+    assert (ctl / "block").exists() and not first.done()
     (ctl / "block").unlink()
     assert [t.process() for t in array] == [12, 15]
-    assert sorted(lines(ctl / "calls.txt")) == ["4", "4", "5"]
+    assert nodes[0].result() == 12 and nodes[1].result() == 18
+    assert sorted(lines(ctl / "calls.txt")) == ["4", "4", "4", "5", "6"]
 
 
 @pytest.mark.timeout(300)

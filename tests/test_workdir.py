@@ -392,6 +392,11 @@ def test_src_layout_and_symlinked_subpackages_run_from_the_snapshot(
     (project / "src" / "srclib" / "linked").symlink_to(project / "elsewhere" / "linked")
     _write(project / "datasets" / "huge" / "loader.py")
     (project / "src" / "srclib" / "data").symlink_to(project / "datasets")
+    # two packages linking to each other: each copied once (not over and over)
+    _write(project / "src" / "srclib" / "a" / "__init__.py")
+    _write(project / "src" / "srclib" / "b" / "__init__.py")
+    (project / "src" / "srclib" / "a" / "to_b").symlink_to(project / "src" / "srclib" / "b")
+    (project / "src" / "srclib" / "b" / "to_a").symlink_to(project / "src" / "srclib" / "a")
     monkeypatch.syspath_prepend(str(project / "src"))
     infra = {"folder": "cache", "cluster": cluster, "workdir": {"copied": [copied]}}
     job = ReadsSrcLayout(infra=infra).infra.job()
@@ -404,6 +409,9 @@ def test_src_layout_and_symlinked_subpackages_run_from_the_snapshot(
     assert (value, linked) == ("snapshot", "linked")
     assert "/code/" in origin and Path(origin).is_relative_to(project / "cache")
     assert not list(Path(origin).parent.rglob("loader.py"))  # (the data link: not walked)
+    package = Path(origin).parent
+    inits = {p.parent.relative_to(package).as_posix() for p in package.rglob("__init__.py")}
+    assert inits == {".", "linked", "a", "a/to_b", "b", "b/to_a"}  # (a/to_b/to_a: a loop)
     assert "PYTHONPATH" not in os.environ or str(project / "cache") not in os.environ["PYTHONPATH"]
 
 

@@ -8,6 +8,7 @@ computes, writes results or errors into the node's cache, and releases its claim
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import time
@@ -475,14 +476,18 @@ def _compute_items(
             )
 
 
+SETUP_ERROR_REPEATS = 3  # the same error on this many items in a row, and no output ever
+
+
 @dataclasses.dataclass
 class _Failures:
-    """Item errors of one unit so far, while the method has produced no output at all:
-    the same error on two items in a row then is an error of the method's setup (a model
-    that does not load), not of those items."""
+    """Item errors of one unit in a row, while the method never produced an output for
+    this config: the same error on several items then looks like an error of the method's
+    setup (a model that does not load), not of those items."""
 
     last: tuple[str, str] | None = None  # (type, message) of the last item error
-    blamed: list[str] = dataclasses.field(default_factory=list)  # uids given that error
+    repeats: int = 0  # how many items in a row got it
+    alone_ok: bool = False  # an item computed alone after its batch raised (logged once)
 
 
 def _compute_from(
@@ -544,14 +549,23 @@ def _compute_from(
         uid = uids[position]
         if len(uids) - start > 1:  # (the method had other items: is it this one's error?)
             alone = _compute_alone(node, cache, uid, by_uid[uid], meta, report, progress)
-            if alone is None:
-                return position + 1  # (it computed alone: the error was a later item's)
+            if alone is None:  # (it computed alone: the error was a later item's)
+                if not failures.alone_ok:
+                    failures.alone_ok = True
+                    logger.info(
+                        "%s raised (%s: %s) on a batch from item %r, which computed alone: "
+                        "the error is a later item's",
+                        node.label or node.uid,
+                        type(error).__name__,
+                        error,
+                        uid,
+                    )
+                failures.last, failures.repeats = None, 0
+                return position + 1
             error = alone
         signature = (type(error).__name__, str(error))
-        if report.computed == 0 and signature == failures.last:
-            _setup_failed(node, cache, uids, start, failures, error)
+        failures.repeats = failures.repeats + 1 if signature == failures.last else 1
         failures.last = signature
-        failures.blamed.append(uid)
         cache[uid] = CachedError.from_exception(error)
         report.errors += 1
         logger.warning(
@@ -561,6 +575,9 @@ def _compute_from(
             type(error).__name__,
             error,
         )
+        left = len(uids) - position - 1
+        if failures.repeats >= SETUP_ERROR_REPEATS and left and _never_computed(cache, report):
+            _setup_failed(node, left, error)
         return position + 1
     except BaseException:  # Ctrl-C, SystemExit: what was computed stays computed
         flush()
@@ -582,7 +599,7 @@ def _compute_alone(
 ) -> Exception | None:
     """Compute one item by itself: None once its output is stored, else its error."""
     try:
-        outputs = list(_outputs(node, [item]))
+        outputs = list(itertools.islice(_outputs(node, [item]), 2))  # (one is expected)
     except Exception as error:
         if _reached_time_limit(error) or isinstance(error, NotIterableOutputs):
             raise
@@ -590,35 +607,40 @@ def _compute_alone(
     if len(outputs) != 1:
         return RuntimeError(
             f"{node.label or node.uid} did not yield exactly once per item: it yielded "
-            f"{len(outputs)} outputs for item {uid!r} alone"
+            f"{'more' if outputs else 'no'} output(s) for item {uid!r} alone"
         )
-    _store_one_by_one(node, cache, [(uid, outputs[0])], meta, report)
+    output = outputs[0]
+    numpy = imported("numpy")
+    if cache.folder is None and numpy is not None and type(output) is numpy.ndarray:
+        output = output.copy()  # (kept in RAM: a method may refill one buffer)
+    _store_one_by_one(node, cache, [(uid, output)], meta, report)
     if progress is not None:
         progress(1)
     return None
 
 
-def _setup_failed(
-    node: Node,
-    cache: CacheDict[tp.Any],
-    uids: list[str],
-    start: int,
-    failures: _Failures,
-    error: Exception,
-) -> tp.NoReturn:
-    """The method raised the same error for two items in a row without producing anything:
-    calling it once per item would repeat its setup (a model load...) for every item. Its
-    error is raised once; the items it was blamed on are left missing with the others of
-    the unit, so that a later call computes them all (nothing cached for them)."""
-    cache.delete_many(failures.blamed)
-    left = len(uids) - start + len(failures.blamed)
+def _never_computed(cache: CacheDict[tp.Any], report: Report) -> bool:
+    """Whether the method never produced an output for this config (in this unit, or
+    cached before): its errors so far may be its setup's, not its items'."""
+    if report.computed:
+        return False
+    return all(info.get("#type") == "Error" for info in cache.entries_info().values())
+
+
+def _setup_failed(node: Node, left: int, error: Exception) -> tp.NoReturn:
+    """The method raised the same error for several items in a row and never produced an
+    output: calling it once per remaining item would repeat its setup (a model load...)
+    each time. Its error is raised; the items it got are cached as failed (mode="retry"
+    computes them again), the rest of the unit is left missing (the next call computes
+    them, stopping the same way if nothing changed)."""
     logger.warning(
-        "%s raised the same error (%s: %s) for two items in a row before producing any "
-        "output: an error of its setup, not of its items? Stopped; %d item(s) left missing "
-        "(computed again by the next call)",
+        "%s raised the same error (%s: %s) for %d items in a row and never produced an "
+        "output: an error of its setup? Stopped; %d item(s) left missing (computed by "
+        "the next call)",
         node.label or node.uid,
         type(error).__name__,
         error,
+        SETUP_ERROR_REPEATS,
         left,
     )
     raise error

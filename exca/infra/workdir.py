@@ -86,21 +86,25 @@ class WorkDir(pydantic.BaseModel):
             shutil.copy2(source, destination)
             return
         skipped = skip.resolve()
+        # the real folders from the top down to each walked one: a symlink back to one of
+        # them is a loop (packages linking to each other included)
+        chains = {str(source): {source.resolve()}}
         for root, dirs, files in os.walk(source, followlinks=True):
-            here = Path(root).resolve()
+            chain = chains.pop(root, set())
             kept = []
             for d in dirs:
                 path = Path(root) / d
                 real = path.resolve()
                 # never a snapshot (this one, or earlier ones when the cache is in the
                 # project); a symlinked folder only if it is a package (not a link to a
-                # data set), and never one of its own parents (a loop)
+                # data set)
                 if excluded(d) or real == skipped or (path / SNAPSHOT_MARKER).exists():
                     continue
                 if path.is_symlink() and not (path / "__init__.py").exists():
                     continue
-                if real == here or real in here.parents:
+                if real in chain:
                     continue
+                chains[os.path.join(root, d)] = chain | {real}
                 kept.append(d)
             dirs[:] = kept
             rel = Path(root).relative_to(source)
