@@ -16,5 +16,8 @@ def imported(name: str) -> types.ModuleType | None:
     if module is None:
         return None
     if getattr(getattr(module, "__spec__", None), "_initializing", False):
-        return importlib.import_module(name)
+        try:
+            return importlib.import_module(name)
+        except ImportError:  # (that import failed: the module is not there after all)
+            return None
     return module
