@@ -120,6 +120,14 @@ def nearest_cached(node: Node) -> tuple[Path | None, list[tuple[str, tp.Any, tp.
     return best[1], best[2], ties
 
 
+def _some_items_cached(items: str | None) -> bool:
+    """From a map's plan entry (``"2/4 missing"``; not when its items come from upstream):
+    whether some of its items are in its cache already (reading the count the plan made,
+    not the cache: a map's index can hold 100k entries)."""
+    counts = (items or "").split(" ", 1)[0].split("/")
+    return len(counts) == 2 and all(c.isdigit() for c in counts) and int(counts[0]) < int(counts[1])
+
+
 def _has_results(folder: Path) -> bool:
     cache: CacheDict[tp.Any] = CacheDict(folder, permissions=None)
     return any(info.get("#type") != "Error" for info in cache.entries_info().values())
@@ -140,8 +148,7 @@ def explain(*targets: Node, plan: Plan | None = None) -> list[Explanation]:
 def _explain_entry(entry: PlanEntry, node: Node) -> Explanation:
     explanation = Explanation(entry.uid, entry.status, entry.action, entry.reason)
     if entry.reason == "missing" or (node.kind == "map" and entry.status == "missing"):
-        known = entry.items is not None and "/" in entry.items  # (e.g. "2/4 missing")
-        if known and node.folder is not None and _has_results(Path(node.folder)):
+        if _some_items_cached(entry.items):
             # some items are cached for this very config: the others are new items, not
             # a config that differs from another one
             explanation.reason += " (new items: the others are cached for this config)"
