@@ -67,9 +67,12 @@ def _set_in(container: tp.Any, key: str, value: tp.Any) -> None:
 
 
 def _wants_replace(mapping: tp.Mapping[str, tp.Any]) -> bool:
-    """Whether a dict asks to replace rather than merge (``"=replace=": true``; the text
-    "false" of a command line does not)."""
-    flag = mapping.get(ConfDict.OVERRIDE, False)
+    """Whether a dict asks to replace rather than merge (``"=replace=": true``)."""
+    return _flag_set(mapping.get(ConfDict.OVERRIDE, False))
+
+
+def _flag_set(flag: tp.Any) -> bool:
+    """A replace marker's value (the text "false" of a command line is not set)."""
     if isinstance(flag, str):
         return flag.strip().lower() not in ("", "false", "0", "no", "off")
     return bool(flag)
@@ -244,12 +247,12 @@ class ConfDict(dict[str, tp.Any]):
             # a flat patch ({"model.=replace=": True, "model.kind": ...}, e.g. a patch's
             # flat()) replaces as its nested form does, whatever the order of its keys
             suffix = "." + self.OVERRIDE
-            for key, value in source.items():
-                flag = {self.OVERRIDE: value}
-                if isinstance(key, str) and key.endswith(suffix) and _wants_replace(flag):
+            markers = [k for k in source if isinstance(k, str) and k.endswith(suffix)]
+            for key in markers:
+                if _flag_set(source[key]):
                     self[key[: -len(suffix)]] = {self.OVERRIDE: True}
             for key, value in source.items():
-                if key != self.OVERRIDE and not (isinstance(key, str) and key.endswith(suffix)):
+                if key != self.OVERRIDE and not (markers and key in markers):
                     self[key] = value
 
     def __delitem__(self, key: str) -> None:

@@ -89,15 +89,12 @@ def task_job(node: Node) -> Job:
     # (once per instance: then its job is the one to follow); a forced sub-config forces
     # this node too, as in an eager call
     forcing = any(n.pending_force for n in node.closure)
-    # the job of this instance's force, still running: what is cached is not its result
-    own = node.force_state.get("job")
-    if (
-        own is not None
-        and record is not None
-        and record.job_id == own
-        and registry.is_active(record)
-    ):
-        return Job(node, recorded_handle(record), replaces=True)
+    if node.force_state.get("job") is not None:  # (this instance's force went to a job)
+        from .decisions import forcing_job
+
+        own = forcing_job(node)
+        if own is not None:  # (still running: what is cached is not its result)
+            return Job(node, recorded_handle(own), replaces=True)
     if not forcing and (reusable or (record is not None and registry.is_active(record))):
         return Job(node, recorded_handle(record) if record is not None else None)
     scheduler = Scheduler([node])

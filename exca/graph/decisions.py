@@ -40,6 +40,12 @@ class NodeRun:
     after_running_job: bool = False
 
     @property
+    def array_key(self) -> str:
+        """Runs with equal keys can share one array: same resources, and the same jobs to
+        start after (a run's own earlier job would hold the others back)."""
+        return f"{self.node.execution.group_key}|{sorted(self.after)}"
+
+    @property
     def needs_work(self) -> bool:
         return self.action in ("compute", "force", "retry", "wait")
 
@@ -506,17 +512,25 @@ class Graph:
 OTHER_DEFAULTS = "cached with other defaults"
 
 
-def _forcing_job_runs(run: NodeRun) -> bool:
-    """Whether the job that carries out this instance's mode=force (submitted by its
-    ``job()``) is queued or running: what is cached meanwhile is not its result (an
-    earlier job may write one after it was submitted). The run then waits for it."""
-    job_id = run.node.force_state.get("job")
-    if job_id is None or run.node.folder is None:
-        return False
-    record = registry.latest(run.node.folder)
+def forcing_job(node: Node) -> registry.JobRecord | None:
+    """The job carrying out this instance's mode=force (submitted by its ``job()``) while
+    it is queued or running: what is cached meanwhile is not its result (an earlier job
+    may write one after it was submitted)."""
+    job_id = node.force_state.get("job")
+    if job_id is None or node.folder is None:
+        return None
+    record = registry.latest(node.folder)
     if record is None or record.job_id != job_id or not registry.is_active(record):
+        return None
+    return record
+
+
+def _forcing_job_runs(run: NodeRun) -> bool:
+    """Whether this instance's forcing job runs: the run then waits for it."""
+    record = forcing_job(run.node)
+    if record is None:
         return False
-    run.action, run.reason = "wait", f"forced: running as job {job_id}"
+    run.action, run.reason = "wait", f"forced: running as job {record.job_id}"
     run.handles = [executors.recorded_handle(record)]
     return True
 

@@ -50,10 +50,8 @@ def submit_all(scheduler: Scheduler) -> None:
                 if not executors.on_slurm(run.node):
                     here.append(run)
                     continue
-                # (a node that starts after its own earlier job: an array of its own)
-                key = f"{run.node.execution.group_key}|{sorted(run.after)}"
                 for unit in _units(scheduler, run):
-                    groups.setdefault(key, []).append((run, unit))
+                    groups.setdefault(run.array_key, []).append((run, unit))
             for members in groups.values():
                 submitted.extend(_submit(scheduler, members))
             _run_here(scheduler, here, pools, progress)  # (together: independent of each other)

@@ -309,9 +309,7 @@ class Scheduler:
             if cluster is None or single_item:
                 inline.extend((run, unit) for unit in units)
                 continue
-            # (a node that must start after its own earlier job: an array of its own, the
-            # dependency would hold the others back)
-            key = f"{cluster}|{run.node.execution.group_key}|{sorted(run.after)}"
+            key = f"{cluster}|{run.array_key}"
             groups.setdefault(key, []).extend((run, u) for u in units)
         for members in groups.values():
             self._submit_group(members, pools, parallelism)

@@ -11,6 +11,7 @@ import typing as tp
 from pathlib import Path
 
 from ..confdict import ConfDict
+from ..graph.decisions import NodeRun
 from ..graph.node import Node
 from ..graph.planning import Plan, PlanEntry
 from ..infra.task import INPUTS_FILE
@@ -120,14 +121,6 @@ def nearest_cached(node: Node) -> tuple[Path | None, list[tuple[str, tp.Any, tp.
     return best[1], best[2], ties
 
 
-def _some_items_cached(items: str | None) -> bool:
-    """From a map's plan entry (``"2/4 missing"``; not when its items come from upstream):
-    whether some of its items are in its cache already (reading the count the plan made,
-    not the cache: a map's index can hold 100k entries)."""
-    counts = (items or "").split(" ", 1)[0].split("/")
-    return len(counts) == 2 and all(c.isdigit() for c in counts) and int(counts[0]) < int(counts[1])
-
-
 def _has_results(folder: Path) -> bool:
     cache: CacheDict[tp.Any] = CacheDict(folder, permissions=None)
     return any(info.get("#type") != "Error" for info in cache.entries_info().values())
@@ -136,19 +129,21 @@ def _has_results(folder: Path) -> bool:
 def explain(*targets: Node, plan: Plan | None = None) -> list[Explanation]:
     """Explanations for every node of the targets' graph that is not simply reused."""
     plan = plan or Plan(list(targets))
-    nodes = {n.uid: n for n in plan.graph.nodes.values()}
+    runs = {r.node.uid: r for r in plan.graph.runs.values()}
     out = []
     for entry in plan.entries:
         if entry.action in ("reuse", "skip") and entry.status != "stale":
             continue
-        out.append(_explain_entry(entry, nodes[entry.uid]))
+        out.append(_explain_entry(entry, runs[entry.uid]))
     return out
 
 
-def _explain_entry(entry: PlanEntry, node: Node) -> Explanation:
+def _explain_entry(entry: PlanEntry, run: NodeRun) -> Explanation:
+    node = run.node
     explanation = Explanation(entry.uid, entry.status, entry.action, entry.reason)
     if entry.reason == "missing" or (node.kind == "map" and entry.status == "missing"):
-        if _some_items_cached(entry.items):
+        # (the plan's counts, not the cache: a map's index can hold 100k entries)
+        if run.uids is not None and len(run.todo or ()) < len(set(run.uids)):
             # some items are cached for this very config: the others are new items, not
             # a config that differs from another one
             explanation.reason += " (new items: the others are cached for this config)"
