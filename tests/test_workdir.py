@@ -101,6 +101,28 @@ def test_copy_of_the_working_directory(project: Path, tmp_path: Path) -> None:
     assert (folder / "pkg" / "core.py").read_text() == "VALUE = 1\n"
 
 
+def test_python_environments_inside_a_copied_folder_are_skipped(
+    project: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """copied=["."] in a project holding its virtual env (or a conda env, or a bare
+    site-packages): the installed packages are not the project's code, only the project's
+    files are copied, and the log says what was left out."""
+    _write(project / ".venv" / "pyvenv.cfg", "home = /usr/bin\n")
+    _write(project / ".venv" / "lib" / "python3.11" / "site-packages" / "big" / "mod.py")
+    _write(project / "envs" / "conda" / "conda-meta" / "history", "")
+    _write(project / "envs" / "conda" / "lib" / "thing.py")
+    _write(project / "vendor" / "site-packages" / "dep.py")
+    _write(project / "vendor" / "own.py")
+    folder = tmp_path / "code"
+    with caplog.at_level("INFO", logger="exca"):
+        with WorkDir(copied=["."], folder=folder).activate():
+            pass
+    copied = _files(folder)
+    assert {"script.py", "pkg/core.py", "vendor/own.py"} <= copied
+    assert not [n for n in copied if n.startswith((".venv/", "envs/")) or "site-packages" in n]
+    assert ".venv" in caplog.text and "environment" in caplog.text
+
+
 def test_copy_happens_at_activation(project: Path, tmp_path: Path) -> None:
     folder = tmp_path / "code"
     wd = WorkDir(copied=["pkg", "script.py"], folder=folder)

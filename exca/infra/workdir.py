@@ -28,6 +28,15 @@ logger = logging.getLogger("exca")
 SNAPSHOT_MARKER = ".exca-snapshot"  # in every snapshot folder
 
 
+def _is_environment(path: Path, name: str) -> bool:
+    """A virtual env, a conda env or an installation folder: installed packages, never the
+    project's own code (copying "." with a ``.venv`` inside would copy thousands of files
+    that jobs import from the environment anyway)."""
+    if name in ("site-packages", "dist-packages"):
+        return True
+    return (path / "pyvenv.cfg").is_file() or (path / "conda-meta").is_dir()
+
+
 class WorkDir(pydantic.BaseModel):
     """Code snapshot settings (``copied`` names folders/files to copy, see module doc)."""
 
@@ -89,6 +98,7 @@ class WorkDir(pydantic.BaseModel):
         # the real folders from the top down to each walked one: a symlink back to one of
         # them is a loop (packages linking to each other included)
         chains = {str(source): {source.resolve()}}
+        environments: list[Path] = []
         for root, dirs, files in os.walk(source, followlinks=True):
             chain = chains.pop(root, set())
             kept = []
@@ -99,6 +109,9 @@ class WorkDir(pydantic.BaseModel):
                 # project); a symlinked folder only if it is a package (not a link to a
                 # data set)
                 if excluded(d) or real == skipped or (path / SNAPSHOT_MARKER).exists():
+                    continue
+                if _is_environment(path, d):
+                    environments.append(path)
                     continue
                 if path.is_symlink() and not (path / "__init__.py").exists():
                     continue
@@ -114,6 +127,9 @@ class WorkDir(pydantic.BaseModel):
                 target = destination / rel / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(Path(root) / name, target)
+        if environments:
+            shown = ", ".join(str(p) for p in environments[:3])
+            logger.info("WorkDir: not copying the Python environment(s) in %s", shown)
 
     def _would_copy(self, name: str) -> bool:
         return any(fnmatch.fnmatch(name, p) for p in self.includes) and not any(
