@@ -947,3 +947,45 @@ def test_item_uids_holding_a_memory_address_are_warned_about(
         assert list(mapper.process([Thing(3)])) == [3]
     warned = [r for r in caplog.records if "memory address" in r.getMessage()]
     assert len(warned) == 1 and "Thing object at 0x" in warned[0].getMessage()
+
+
+_CROWD_LOCK = threading.Lock()
+_CROWD: dict[str, list[int]] = {}  # tag -> [running now, most at once]
+
+
+class Crowd(pydantic.BaseModel):
+    """Counts how many of its chunks run at once (threadpool: same process)."""
+
+    tag: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def apply(self, items: list[int]) -> tp.Iterator[int]:
+        state = _CROWD.setdefault(self.tag, [0, 0])
+        with _CROWD_LOCK:
+            state[0] += 1
+            state[1] = max(state[1], state[0])
+        try:
+            for item in items:
+                time.sleep(0.02)  # (lets the chunks overlap when the pool allows it)
+                yield item
+        finally:
+            with _CROWD_LOCK:
+                state[0] -= 1
+
+
+def test_each_pool_map_gets_its_own_max_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two threadpool maps in one run: the pool of the first (max_jobs=4) is not reused
+    for the second (max_jobs=1, e.g. to bound its memory): its chunks run one at a time,
+    and the first map's run several at once (an 8-core machine)."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    _CROWD.clear()
+    infra = {"folder": tmp_path / "cache", "cluster": "threadpool"}
+    wide = Crowd(tag="wide", infra={**infra, "max_jobs": 4}).apply.node(list(range(12)))
+    narrow = Crowd(tag="narrow", infra={**infra, "max_jobs": 1}).apply.node(wide)
+    exca.graph.run(narrow)
+    assert narrow.result() == list(range(12))
+    assert _CROWD["narrow"][1] == 1
+    assert _CROWD["wide"][1] > 1

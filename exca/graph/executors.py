@@ -546,7 +546,9 @@ class Pools:
     """Thread and process pools of one run (created on first use, shut down at the end)."""
 
     def __init__(self) -> None:
-        self._pools: dict[str, concurrent.futures.Executor] = {}
+        # one pool per cluster and worker count: a map's max_jobs bounds its own chunks
+        # (a pool made for an earlier map with more workers would run them all at once)
+        self._pools: dict[tuple[str, int], concurrent.futures.Executor] = {}
         self._isolation = _Isolation()
 
     @staticmethod
@@ -558,16 +560,16 @@ class Pools:
         return max(1, min(count, limit))
 
     def submit(self, units: list[Unit], cluster: str, max_jobs: int | None) -> list[Handle]:
-        pool = self._pools.get(cluster)
+        workers = self.workers(len(units), max_jobs)
+        pool = self._pools.get((cluster, workers))
         if pool is None:
             import concurrent.futures  # (lazy: inline calls need no pool)
 
-            workers = self.workers(len(units), max_jobs)
             if cluster == "processpool":
                 pool = _process_pool(workers)
             else:
                 pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="exca")
-            self._pools[cluster] = pool
+            self._pools[cluster, workers] = pool
         handles: list[Handle] = []
         if cluster == "processpool":
             import cloudpickle
