@@ -114,9 +114,8 @@ def test_python_environments_inside_a_copied_folder_are_skipped(
     _write(project / "vendor" / "site-packages" / "dep.py")
     _write(project / "vendor" / "own.py")
     folder = tmp_path / "code"
-    with caplog.at_level("INFO", logger="exca"):
-        with WorkDir(copied=["."], folder=folder).activate():
-            pass
+    with caplog.at_level("INFO", logger="exca"), WorkDir(copied=["."], folder=folder).activate():
+        pass
     copied = _files(folder)
     assert {"script.py", "pkg/core.py", "vendor/own.py"} <= copied
     assert not [n for n in copied if n.startswith((".venv/", "envs/")) or "site-packages" in n]
