@@ -625,3 +625,61 @@ def test_an_append_that_failed_half_way_loses_nothing_after_it(tmp_path: Path) -
         warnings.simplefilter("ignore", RuntimeWarning)  # (the fragment of "b" is skipped)
         fresh: CacheDict[tp.Any] = CacheDict(tmp_path)
         assert sorted(fresh.keys()) == ["c"] and fresh["c"] == "third"
+
+
+@pytest.mark.parametrize("how", ["put", "set_many", "delete"])
+def test_one_instance_written_and_read_by_two_threads(tmp_path: Path, how: str) -> None:
+    """A thread writes (or deletes) while another lists the same instance: the reader
+    never raises, never misses a key written before its call, and never reads past the
+    end of the writer's index file (which made later refreshes drop the file's keys)."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # (many thread switches: the window shows at once)
+    try:
+        cd: CacheDict[int] = CacheDict(tmp_path / "cache")
+        count = 4000
+        if how == "delete":
+            with cd.write():
+                cd.set_many((f"k{i}", i) for i in range(count))
+        done = [0]
+        stop = threading.Event()
+        problems: list[str] = []
+
+        def write() -> None:
+            try:
+                with cd.write():
+                    for i in range(count):
+                        if how == "put":
+                            cd[f"k{i}"] = i
+                        elif how == "set_many":
+                            cd.set_many([(f"k{i}", i)])
+                        else:
+                            del cd[f"k{i}"]
+                        done[0] = i + 1
+            finally:
+                stop.set()
+
+        def read() -> None:
+            while not stop.is_set():
+                settled = done[0]
+                try:
+                    keys = set(cd.keys())
+                except Exception as error:  # the failure this test looks for
+                    problems.append(repr(error))
+                    return
+                expected = {f"k{i}" for i in range(settled)}
+                if how == "delete" and keys & expected:
+                    problems.append(f"deleted keys listed: {sorted(keys & expected)[:3]}")
+                elif how != "delete" and not expected <= keys:
+                    problems.append(f"written keys missing: {sorted(expected - keys)[:3]}")
+
+        threads = [threading.Thread(target=read), threading.Thread(target=write)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert problems == []
+    again: CacheDict[int] = CacheDict(tmp_path / "cache")
+    assert len(again) == (0 if how == "delete" else count)
+    assert len(cd) == len(again)

@@ -562,15 +562,18 @@ class CacheDict(tp.Generic[X]):
         state = writer.read_state
         if state is None:
             state = writer.read_state = reader.own_file(writer.name, writer.inode)
-        offset = writer.append(line)
-        state.offset = writer.size
         if "v" in info and type(info["v"]) is orjson.Fragment:  # pre-serialized inline value
             info = orjson.loads(line)
-        entry = (writer.name, offset, info)
-        if key in entries:  # written meanwhile by another thread: both copies are known
-            reader._shadow(key, entry)
-        entries[key] = entry
-        state.keys.add(key)
+        # append and record under the reader's lock: a refresh by another thread in between
+        # would read this line too, then move the file's offset past its end
+        with reader.locked():
+            offset = writer.append(line)
+            state.offset = writer.size
+            entry = (writer.name, offset, info)
+            if key in entries:  # written meanwhile by another thread: both copies are known
+                reader._shadow(key, entry)
+            entries[key] = entry
+            state.keys.add(key)
         if self.keep_in_ram:
             kept = _ram_copy(value, False, self.cache_type)
             if kept is not _NOT_KEPT:
@@ -674,22 +677,25 @@ class CacheDict(tp.Generic[X]):
             ctx.flush_batch()  # payloads are on disk before any of their index lines
         if not lines:
             return
-        offset = writer.append(b"".join(lines))
+        if writer.fd is None:
+            writer.open()  # (its inode names the file for the reader's state below)
         state = writer.read_state
         if state is None:
             state = writer.read_state = reader.own_file(writer.name, writer.inode)
         name, fragment, keys = writer.name, orjson.Fragment, state.keys
-        for info, line in zip(records, lines):
-            if "v" in info and type(info["v"]) is fragment:  # pre-serialized inline value
-                info = orjson.loads(line)
-            key = info["#key"]
-            entry = (name, offset, info)
-            if key in entries:  # written meanwhile by another thread: both copies are known
-                reader._shadow(key, entry)
-            entries[key] = entry
-            keys.add(key)
-            offset += len(line)
-        state.offset = writer.size
+        with reader.locked():  # (see put)
+            offset = writer.append(b"".join(lines))
+            for info, line in zip(records, lines):
+                if "v" in info and type(info["v"]) is fragment:  # pre-serialized inline value
+                    info = orjson.loads(line)
+                key = info["#key"]
+                entry = (name, offset, info)
+                if key in entries:  # written meanwhile by another thread: both copies known
+                    reader._shadow(key, entry)
+                entries[key] = entry
+                keys.add(key)
+                offset += len(line)
+            state.offset = writer.size
         if self.keep_in_ram:
             self._ram_errors += errors
             ram = self._ram
@@ -746,16 +752,20 @@ class CacheDict(tp.Generic[X]):
         lines = b"".join(
             orjson.dumps({"#del": key, "#of": f"{c.file}:{c.offset}"}) + b"\n" for c in copies
         )
+        if writer.fd is None:
+            writer.open()
+        state = writer.read_state or self._reader.own_file(writer.name, writer.inode)
+        writer.read_state = state
         try:
-            writer.append(lines)
+            with self._reader.locked():  # (see put)
+                writer.append(lines)
+                state.offset = writer.size
+                for copy in copies:
+                    self._reader.apply_tombstone(key, copy.id)
         finally:
             if not self._local.writing:
                 writer.close()
-        state = writer.read_state or self._reader.own_file(writer.name, writer.inode)
-        writer.read_state = state
-        state.offset = writer.size
         for copy in copies:
-            self._reader.apply_tombstone(key, copy.id)
             try:
                 ctx.delete(copy.info)  # payload files owned by this entry only
             except OSError as e:
