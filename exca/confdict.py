@@ -78,9 +78,13 @@ def _flag_set(flag: tp.Any) -> bool:
     return bool(flag)
 
 
+class _NotAnIndex(TypeError):
+    pass
+
+
 def _index(container: tp.Sequence[tp.Any], part: str, full_key: str) -> int:
     if not part.isdigit():
-        raise TypeError(f"Cannot index a list with {part!r} in key {full_key!r}: use a number")
+        raise _NotAnIndex(f"Cannot index a list with {part!r} in key {full_key!r}: use a number")
     return int(part)
 
 
@@ -269,19 +273,21 @@ class ConfDict(dict[str, tp.Any]):
                 chain.append((node, part))
                 node = self._step(node, part, key)
             if isinstance(node, list):
-                value = node.pop(int(parts[-1]))
+                value = node.pop(_index(node, parts[-1], key))
             elif isinstance(node, tuple):
-                index = int(parts[-1])
+                index = _index(node, parts[-1], key)
                 value = node[index]
                 self[".".join(parts[:-1])] = node[:index] + node[index + 1 :]
             elif isinstance(node, ConfDict) or not isinstance(node, dict):
                 value = dict.pop(node, parts[-1])  # (TypeError on a non-dict: not found)
             else:  # (an OrderedDict: its own pop keeps its order bookkeeping)
                 value = node.pop(parts[-1])
-        except (KeyError, IndexError, TypeError, ValueError):
-            if default is _MISSING:
-                raise KeyError(key) from None
-            return default
+        except (KeyError, IndexError, TypeError, ValueError) as error:
+            if default is not _MISSING:
+                return default  # (as get does)
+            if isinstance(error, _NotAnIndex):
+                raise  # (as cd[key] does: "a.x" or "a.-1" on a list is not a missing key)
+            raise KeyError(key) from None
         for parent, part in reversed(chain):  # prune empty parents
             child = self._step(parent, part, key)
             if isinstance(child, dict) and not child and isinstance(parent, dict):

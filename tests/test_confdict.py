@@ -95,6 +95,14 @@ def test_non_digit_key_on_a_list() -> None:
     with pytest.raises(TypeError, match="list"):
         cd["a.x"] = 3
     assert "a.x" not in cd
+    # pop and del read the key as cd[key] does: a negative index is not a number either
+    # (it removed the last element, which "a.-1" in cd denies exists)
+    for key in ("a.x", "a.-1"):
+        with pytest.raises(TypeError, match="list"):
+            cd.pop(key)
+        with pytest.raises(TypeError, match="list"):
+            del cd[key]
+        assert cd.pop(key, "default") == "default"  # (as get does)
     assert cd == {"a": [1, 2]}
 
 
