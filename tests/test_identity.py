@@ -94,6 +94,7 @@ class Tagged(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
     tags: set[str] = set()
     anything: tp.Any = None
+    groups: set[frozenset[str]] = {frozenset({"alpha", "beta", "gamma", "delta"})}
     infra: TaskInfra = TaskInfra()
 
     @infra.apply
@@ -102,6 +103,7 @@ class Tagged(pydantic.BaseModel):
 
 
 TAGS = {"alpha", "beta", "gamma", "delta", "epsilon", "zeta"}
+GROUPS = {frozenset({"gamma", "alpha", "beta"}), frozenset({"epsilon", "delta"})}
 
 
 def test_uid_stable_across_processes() -> None:
@@ -109,20 +111,27 @@ def test_uid_stable_across_processes() -> None:
         "import test_identity as t; "
         "print(t.Basic(p=3, s='some text', f=0.1).infra.uid()); "
         "print(t.Whatever(param1=13).infra.uid()); "
-        "print(t.Tagged(tags=t.TAGS, anything=frozenset(t.TAGS)).infra.uid())"
+        "print(t.Tagged(tags=t.TAGS, anything=frozenset(t.TAGS)).infra.uid()); "
+        "print(t.Tagged(groups=t.GROUPS, anything=[t.GROUPS]).infra.uid()); "
+        "print(repr(t.Tagged().infra.config(uid=True, exclude_defaults=False).to_yaml()))"
     )
     tests_dir = str(Path(__file__).parent)
     env = dict(os.environ, PYTHONHASHSEED="1234")
     env["PYTHONPATH"] = os.pathsep.join([tests_dir, env.get("PYTHONPATH", "")])
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-    ).stdout.split()
+    ).stdout.splitlines()
+    # sets inside sets too: their order is fixed at every depth (the full-uid.yaml of a
+    # default included: a hit in another process compares it)
     here = [
         Basic(p=3, s="some text", f=0.1).infra.uid().replace(MODULE, "test_identity"),
         Whatever(param1=13).infra.uid().replace(MODULE, "test_identity"),
         Tagged(tags=TAGS, anything=frozenset(TAGS)).infra.uid().replace(MODULE, "test_identity"),
+        Tagged(groups=GROUPS, anything=[GROUPS]).infra.uid().replace(MODULE, "test_identity"),
+        repr(Tagged().infra.config(uid=True, exclude_defaults=False).to_yaml()),
     ]
     assert out == here
+    assert "groups=((alpha,beta,gamma),(delta,epsilon))" in here[3]
     assert "tags=(alpha,beta,delta,epsilon,gamma,zeta)" in here[2]
 
 

@@ -665,6 +665,8 @@ class _Exporter:
                 )
             ]
         if isinstance(value, set | frozenset) and isinstance(dval, list):
+            if len(dval) == len(value):  # (items in iteration order: sets inside sorted too)
+                dval = [self.value(sub, dsub, keep) for sub, dsub in zip(value, dval)]
             return _ordered_set(dval)
         if dval is None and type(value) is float:
             return value  # inf/nan: the json dump says null
