@@ -1634,3 +1634,77 @@ def test_bytes_that_are_not_utf8_get_a_clear_error() -> None:
     with pytest.raises(TypeError, match=r"_Signed\.key.*ser_json_bytes"):
         _Signed(key=b"\x89PNG").infra.uid()
     assert "key=abc" in _Signed(key=b"abc").infra.uid()
+
+
+# --- serializers ------------------------------------------------------------------------------
+Rounded = tp.Annotated[float, pydantic.PlainSerializer(lambda x: round(x, 2), return_type=float)]
+
+
+class Serialized(pydantic.BaseModel):
+    """Fields whose dump maps other values onto the default's json form."""
+
+    model_config = FORBID
+    lr: Rounded = 0.01
+    name: str = "adam"
+    infra: TaskInfra = TaskInfra()
+
+    @pydantic.field_serializer("name")
+    def _lower(self, value: str) -> str:
+        return value.lower()
+
+    @infra.apply
+    def process(self) -> tuple[float, str]:
+        return self.lr, self.name
+
+
+def test_a_value_dumped_as_the_default_is_not_the_default(tmp_path: Path) -> None:
+    """lr=0.012 dumps as 0.01, the default's dump: it is still not the default (python
+    values decide, as pydantic's exclude_defaults), so it does not share the default's
+    cache folder and its result. What the dump renders is the serializer's choice."""
+    default = Serialized(infra={"folder": tmp_path})
+    assert default.infra.uid().endswith("/default")
+    assert default.process() == (0.01, "adam")
+    for changes in ({"lr": 0.012}, {"name": "ADAM"}):
+        other = Serialized(**changes, infra={"folder": tmp_path})
+        assert other.infra.uid() != default.infra.uid()
+        assert other.process() == (changes.get("lr", 0.01), changes.get("name", "adam"))
+    assert ConfDict.from_model(Serialized(lr=0.012), uid=True, exclude_defaults=True) == {
+        "lr": 0.01
+    }
+
+
+class Renamed(pydantic.BaseModel):
+    """A model_serializer whose keys are not the field names."""
+
+    model_config = FORBID
+    lr: float = 0.1
+
+    @pydantic.model_serializer(mode="plain")
+    def _dump(self) -> dict[str, tp.Any]:
+        return {"learning_rate": self.lr}
+
+
+class HoldsRenamed(pydantic.BaseModel):
+    model_config = FORBID
+    optim: Renamed = Renamed()
+    x: int = 0
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def process(self) -> float:
+        return self.optim.lr
+
+
+def test_a_model_serializer_output_is_the_sub_config(tmp_path: Path) -> None:
+    """The fields of a model dumped under other names were all skipped: every optim.lr
+    had the uid of the default (one folder, one result for all)."""
+    uids = {
+        HoldsRenamed(optim=Renamed(lr=lr), infra={"folder": tmp_path}).infra.uid()
+        for lr in (0.1, 0.5, 0.9)
+    }
+    assert len(uids) == 3
+    assert HoldsRenamed().infra.uid().endswith("/default")  # (lr=0.1: the field's default)
+    obj = HoldsRenamed(optim=Renamed(lr=0.5), infra={"folder": tmp_path})
+    assert obj.process() == 0.5
+    assert obj.infra.config(uid=True, exclude_defaults=True) == {"optim": {"learning_rate": 0.5}}
+    assert HoldsRenamed(optim=Renamed(lr=0.9), infra={"folder": tmp_path}).process() == 0.9

@@ -80,6 +80,7 @@ class _ClassFacts:
         has_extra_config: bool,
         has_override: bool,
         has_prefix: bool,
+        has_serializer: bool = False,
     ) -> None:
         self.cls = cls
         self.static_exclusions = static_exclusions  # None: computed per instance (callable)
@@ -87,6 +88,8 @@ class _ClassFacts:
         self.has_extra_config = has_extra_config
         self.has_override = has_override
         self.has_prefix = has_prefix
+        # a model_serializer: the dump's keys need not be the fields (its dump is its config)
+        self.has_serializer = has_serializer
 
     @functools.cached_property
     def fields(self) -> tuple[_FieldFacts, ...]:
@@ -221,6 +224,18 @@ def _check_field_annotation(cls: type, name: str, field: pydantic.fields.FieldIn
         )
 
 
+def _has_serializer(cls: type, name: str, field: pydantic.fields.FieldInfo) -> bool:
+    """Whether a field's dump goes through a serializer of its own (``field_serializer``,
+    ``PlainSerializer``/``WrapSerializer`` in its annotation)."""
+    if any(
+        isinstance(m, pydantic.PlainSerializer | pydantic.WrapSerializer) for m in field.metadata
+    ):
+        return True
+    decorators = getattr(cls, "__pydantic_decorators__", None)
+    serializers = decorators.field_serializers.values() if decorators is not None else ()
+    return any(name in d.info.fields or "*" in d.info.fields for d in serializers)
+
+
 def _json_default(default: tp.Any) -> tp.Any:
     if isinstance(default, pydantic.BaseModel):
         return _NO_DEFAULT  # compared through export_model instead (never equal to a dump)
@@ -260,11 +275,14 @@ def _field_facts(cls: type, name: str, field: pydantic.fields.FieldInfo) -> _Fie
                 dump_exclude = sub.uid_dump_exclude
             finally:
                 _ANALYSING.discard(cls)
+    # a serializer may map another value onto the default's json: compare python values
+    # then (as pydantic's exclude_defaults does), never the dumps
+    compare_json = not required and not _has_serializer(cls, name, field)
     return _FieldFacts(
         name=name,
         required=required,
         default=default,
-        default_json=_NO_DEFAULT if required else _json_default(default),
+        default_json=_json_default(default) if compare_json else _NO_DEFAULT,
         keep=_kept_fields(field),
         plain=_plain_annotation(field.annotation),
         model_cls=model_cls,
@@ -290,6 +308,7 @@ def class_facts(cls: type[pydantic.BaseModel]) -> _ClassFacts:
         has_extra_config="extra" in cls.model_config,
         has_override=callable(getattr(cls, OVERRIDE_HOOK, None)),
         has_prefix=callable(getattr(cls, PREFIX_HOOK, None)),
+        has_serializer=bool(cls.__pydantic_decorators__.model_serializers),
     )
     _FACTS[cls] = facts
     return facts
@@ -388,6 +407,11 @@ def export_with_keys(
     exporter = _Exporter(uid=uid, exclude_defaults=exclude_defaults)
     drop = _exclusion_tree(exclude)
     out = exporter.model(model, dumped, keep=(), drop=drop)
+    if not isinstance(out, dict):
+        raise TypeError(
+            f"{type(model).__name__} serializes itself to {type(out).__name__} "
+            f"({out!r:.60}): a config must dump to a dict (its model_serializer decides)"
+        )
     return out, exporter.field_keys_only
 
 
@@ -499,6 +523,10 @@ class _Exporter:
             if facts.has_override:
                 self.field_keys_only = False
                 return dict(getattr(model, OVERRIDE_HOOK)())
+        if facts.has_serializer:
+            self.field_keys_only = False
+            # (maybe not a dict: see export_with_keys; exclusions name the dump's keys)
+            return _without(dumped, drop) if drop else dumped
         excluded = _exclusions(model, facts) if self.uid else frozenset()
         out: dict[str, tp.Any] = {}
         if facts.has_prefix:
