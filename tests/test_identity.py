@@ -1708,3 +1708,30 @@ def test_a_model_serializer_output_is_the_sub_config(tmp_path: Path) -> None:
     assert obj.process() == 0.5
     assert obj.infra.config(uid=True, exclude_defaults=True) == {"optim": {"learning_rate": 0.5}}
     assert HoldsRenamed(optim=Renamed(lr=0.9), infra={"folder": tmp_path}).process() == 0.9
+
+
+class TwoTexts(pydantic.BaseModel):
+    model_config = FORBID
+    a: str = ""
+    b: str = ""
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> str:
+        return f"{self.a}|{self.b}"
+
+
+def test_configs_whose_uids_collide_do_not_share_a_result(tmp_path: Path) -> None:
+    """The v3 format (SPEC) does not escape separators inside strings: once the display
+    is cut, a value holding ",b=str:..." has the uid of a config setting b. A cache hit
+    reads full-uid.yaml (not uid.yaml): the values the uid encodes are compared there too,
+    also for a second config of the same class in the same process."""
+    text = "str" * 42
+    first = TwoTexts(a="AAA,b=str:" + text, infra={"folder": tmp_path})
+    second = TwoTexts(a="AAA", b=text, infra={"folder": tmp_path})
+    assert first.infra.uid() == second.infra.uid()  # (the format's collision)
+    assert first.process() == f"AAA,b=str:{text}|"
+    with pytest.raises(RuntimeError, match="Inconsistent uid config"):
+        second.process()
+    again = TwoTexts(a="AAA,b=str:" + text, infra={"folder": tmp_path})
+    assert again.process() == f"AAA,b=str:{text}|"  # (the cached result is intact)

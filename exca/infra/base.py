@@ -87,14 +87,16 @@ class _Runtime:
 
 
 _FORCED_KEY = "__exca_forced__"
-# uid folders whose full-uid.yaml this process found consistent with a class's defaults
-_DEFAULTS_CHECKED: dict[str, type] = {}
+# uid folders whose full-uid.yaml this process found consistent with a class's defaults,
+# with the uid export checked (another config with the same folder name, whose uid
+# collides, is checked again)
+_DEFAULTS_CHECKED: dict[str, tuple[type, tp.Any]] = {}
 
 
-def _remember_checked_defaults(folder: str, owner_cls: type) -> None:
+def _remember_checked_defaults(folder: str, owner_cls: type, export: tp.Any) -> None:
     if len(_DEFAULTS_CHECKED) >= 10_000:
         _DEFAULTS_CHECKED.clear()  # (a bounded memo)
-    _DEFAULTS_CHECKED[folder] = owner_cls
+    _DEFAULTS_CHECKED[folder] = (owner_cls, export)
 
 
 class BaseInfra(pydantic.BaseModel):
@@ -505,7 +507,7 @@ class BaseInfra(pydantic.BaseModel):
                 error.filename,
             ) from error
         runtime.checked = True
-        _remember_checked_defaults(folder, type(self._owner()))
+        _remember_checked_defaults(folder, type(self._owner()), runtime.uid_export)
 
     def _check_unchanged(self) -> None:
         """RuntimeError if a list or dict of the config was changed in place since its
@@ -539,7 +541,10 @@ class BaseInfra(pydantic.BaseModel):
             return
         folder = os.path.join(self.folder, runtime.uid or self.uid())
         owner_cls = type(self._owner())
-        if _DEFAULTS_CHECKED.get(folder) is not owner_cls:  # (once per folder and class)
+        known = _DEFAULTS_CHECKED.get(folder)
+        # (once per folder, class and config: the export of two configs whose uids collide
+        # differs)
+        if known is None or known[0] is not owner_cls or known[1] != runtime.uid_export:
             checked = uidfolder.verify_defaults(
                 folder,
                 uid_config=self._uid_config,
@@ -547,7 +552,7 @@ class BaseInfra(pydantic.BaseModel):
             )
             if not checked:
                 return  # no full-uid.yaml (yet): another process may write one later
-            _remember_checked_defaults(folder, owner_cls)
+            _remember_checked_defaults(folder, owner_cls, runtime.uid_export)
         runtime.defaults_checked = True
 
     def clone_obj(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:

@@ -69,6 +69,11 @@ def holds_uid_config(folder: Path, uid_config: ConfDict) -> bool:
     return existing is not None and ConfDict(existing).flat() == _normalized(uid_config)
 
 
+def _differ(a: tp.Any, b: tp.Any) -> bool:
+    """``a != b``, with nan equal to nan (a nan read back from yaml is another object)."""
+    return a != b and not (a != a and b != b)
+
+
 def _normalized(cfg: ConfDict) -> dict[str, tp.Any]:
     """The flat form of a config as it reads back from yaml (tuples become lists...)."""
     import yaml
@@ -169,19 +174,25 @@ def _check_defaults(
     folder: Path, existing: dict[str, tp.Any], uid_config: ConfDict, full_uid_config: ConfDict
 ) -> None:
     """RuntimeError when a value of ``full-uid.yaml`` that is a default (not in the uid)
-    differs from the current default. Values are normalized through yaml (only here:
-    when the texts differ)."""
+    differs from the current default, or when a value the uid encodes differs (two
+    configs whose uids collide: a hit reads only this file). Values are normalized
+    through yaml (only here: when the texts differ)."""
     uid_keys = set(uid_config.flat())
     full_flat = _normalized(full_uid_config)
     for key, value in ConfDict(existing).flat().items():
-        if key in uid_keys or key not in full_flat:
+        if key not in full_flat or not _differ(full_flat[key], value):
             continue
-        if full_flat[key] != value:
+        if key in uid_keys:  # a value the uid encodes: another config has this folder name
             raise RuntimeError(
-                f"Default {key}={full_flat[key]!r} seems incompatible with the cached "
-                f"{key}={value!r} in {folder / FULL_UID_FILE} (the class default changed "
-                f"since the cache was written; to ignore, remove {FULL_UID_FILE}; if the cached "
-                "results are wrong now, bump the infra version instead; if this field does not "
-                "change results, e.g. a path or a device, keep it out of the uid with "
-                "_exclude_from_cls_uid)"
+                f"Inconsistent uid config in {folder}: {key}={full_flat[key]!r} here, "
+                f"{key}={value!r} in {folder / FULL_UID_FILE}. Two configs map to the same "
+                "folder name (their uids collide); remove the folder if the cache is obsolete"
             )
+        raise RuntimeError(
+            f"Default {key}={full_flat[key]!r} seems incompatible with the cached "
+            f"{key}={value!r} in {folder / FULL_UID_FILE} (the class default changed "
+            f"since the cache was written; to ignore, remove {FULL_UID_FILE}; if the cached "
+            "results are wrong now, bump the infra version instead; if this field does not "
+            "change results, e.g. a path or a device, keep it out of the uid with "
+            "_exclude_from_cls_uid)"
+        )
