@@ -1178,6 +1178,69 @@ def test_clean_orphans_keeps_payloads_of_keys_named_like_temporary_files(tmp_pat
     assert payload.exists()
 
 
+def _node_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "cache" / "pkg.Cls.method,1" / "default"
+    folder.mkdir(parents=True)
+    (folder / "uid.yaml").write_text("{}\n")
+    return folder
+
+
+def test_clean_orphans_keeps_what_readers_may_still_read(tmp_path: Path) -> None:
+    """Three payloads no entry of a fresh reader points to, still in use: the shared file
+    of a writer session whose index file is there (it writes again into it, and readers
+    mapped it), the payload of a duplicate entry (two writers raced on a key: a reader
+    may return either copy), and what another exca wrote (its index is not read)."""
+    import numpy as np
+
+    folder = _node_folder(tmp_path)
+    writer: CacheDict[tp.Any] = CacheDict(folder)
+    with writer.write():
+        writer["a"] = np.arange(8.0)
+    del writer["a"]  # every entry of the session's shared file deleted
+    first: CacheDict[str] = CacheDict(folder, cache_type="Pickle")
+    second: CacheDict[str] = CacheDict(folder, cache_type="Pickle")
+    assert "k" not in first and "k" not in second  # (both checked before either wrote)
+    with first.write():
+        first["k"] = "first"
+    with second.write():
+        second["k"] = "second"
+    foreign = folder / "vm-140245-info.jsonl"  # the reference's index name
+    foreign.write_text('{"#key": "x", "#type": "PickleDump", "filename": "x-abcdef12.pkl"}\n')
+    (folder / "data" / "x-abcdef12.pkl").write_bytes(b"\0" * 24)
+    before = sorted(p.name for p in (folder / "data").iterdir())
+    assert len(before) == 4  # the shared file, two payloads of k, the foreign one
+    assert clean.orphans(tmp_path / "cache", min_age_hours=0).removals == []
+    foreign.unlink()  # (without the foreign index: its payload is an orphan like any)
+    plan = clean.orphans(tmp_path / "cache", min_age_hours=0)
+    assert [r.path.name for r in plan.removals] == ["x-abcdef12.pkl"]
+    plan.execute()
+    assert sorted(p.name for p in (folder / "data").iterdir()) == sorted(
+        set(before) - {"x-abcdef12.pkl"}
+    )
+    assert {CacheDict(folder)["k"], first["k"], second["k"]} == {"first", "second"}
+
+
+def test_a_writer_whose_shared_file_was_removed_starts_a_new_one(tmp_path: Path) -> None:
+    """A shared data file removed under a live writer session (a clean) is not made again
+    under its name from offset 0: a reader that mapped the old file would read the old
+    bytes for the new entries."""
+    import numpy as np
+
+    folder = _node_folder(tmp_path)
+    writer: CacheDict[tp.Any] = CacheDict(folder)
+    reader: CacheDict[tp.Any] = CacheDict(folder)
+    with writer.write():
+        writer["a"] = np.arange(8.0)
+    assert reader["a"].tolist() == list(range(8))  # (the reader maps the file)
+    del writer["a"]
+    (shared,) = (folder / "data").iterdir()
+    shared.unlink()  # what a clean of its payloads does
+    with writer.write():
+        writer["b"] = np.full(8, 7.0)
+    assert reader["b"].tolist() == [7.0] * 8
+    assert not shared.exists()  # (a new session, a new name)
+
+
 class ShoutedText:
     """A user format (as in docs/cachedict.md): one file per entry, named in its own way."""
 

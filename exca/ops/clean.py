@@ -28,7 +28,7 @@ from ..storage import process
 from ..storage.cachedict import CacheDict
 from ..storage.claims import CLAIMS_DIR, Claims
 from ..storage.formats import DATA_DIR
-from ..storage.index import INDEX_SUFFIX
+from ..storage.index import _OUR_INDEX_NAME, INDEX_SUFFIX
 from .inspect import INPUTS_PREFIX, disk_usage, human_size, input_folders, node_folders
 
 
@@ -321,16 +321,22 @@ def orphans(root: Path | str, min_age_hours: float = 1.0) -> CleanPlan:
             continue
         cache: CacheDict[tp.Any] = CacheDict(folder, permissions=None)
         referenced: set[str] = set()
-        for info in cache.entries_info().values():
-            _referenced(info, referenced)
+        for copy in cache.live_copies():  # (duplicates a reader may return included)
+            _referenced(copy, referenced)
+        indexes = [e.name for e in _scan(folder) if e.name.endswith(INDEX_SUFFIX)]
         data = folder / DATA_DIR
-        if data.is_dir():
+        # another exca's index files (left alone, not read): what they point to is unknown
+        if data.is_dir() and all(_OUR_INDEX_NAME.fullmatch(n) for n in indexes):
+            # a session whose index file is there may write again into its shared files
+            sessions = tuple(n[: -len(INDEX_SUFFIX)] + "." for n in indexes)
             for entry in os.scandir(data):
                 stat = _stat(entry)
                 if stat is None or stat.st_mtime > limit:
                     continue  # may belong to a writer still at work
                 if entry.name in referenced:
                     continue  # (whatever its name: a key may start with "save-tmp-")
+                if entry.name.startswith(sessions):
+                    continue  # (compact merges the index files of dead writers first)
                 if entry.name.startswith("save-tmp-"):
                     reason = "temporary file of a killed writer"
                 else:
@@ -515,8 +521,6 @@ def compactable(folder: Path | str, grace_seconds: float = 3600.0) -> list[str]:
 
 
 def _dead_index_files(folder: Path, grace_seconds: float) -> list[os.DirEntry[str]]:
-    from ..storage.index import _OUR_INDEX_NAME  # (another exca's files: left alone)
-
     return [
         e
         for e in os.scandir(folder)

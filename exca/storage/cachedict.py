@@ -360,6 +360,15 @@ class CacheDict(tp.Generic[X]):
         self.refresh()
         return {key: entry[2] for key, entry in self._entries().items()}
 
+    def live_copies(self) -> list[dict[str, tp.Any]]:
+        """The index record of every live entry, duplicates of a key included (two writers
+        that raced on a key: a reader may return either): what cleaning must keep."""
+        self.refresh()
+        if self._reader is None:
+            return []
+        reader = self._reader
+        return [copy[2] for key in list(self._entries()) for copy in reader.copies(key)]
+
     def entry(self, key: str) -> Entry | None:
         """Where an entry is stored (index file, offset, its index record), or None."""
         entries = self._entries()
@@ -474,7 +483,7 @@ class CacheDict(tp.Generic[X]):
         outer = local.writing, local.writing_generation  # (the parent's, in a forked child)
         local.writing, local.writing_generation = True, _FORK_GENERATION
         session = local.session
-        if session is not None and not session[0].still_there():
+        if session is not None and not (session[0].still_there() and session[1].shared_files_there()):
             local.session = None  # cleared or removed since: a new session, a new name
         try:
             yield

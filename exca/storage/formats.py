@@ -273,6 +273,7 @@ class DumpContext:
         self.permissions = permissions
         self.session_name = session_name
         self._shared: dict[str, SharedFile] = {}
+        self._made_shared: set[str] = set()  # shared files this session created
         self._memo: dict[str, tp.Any] = {}
         self._maps: OrderedDict[str, mmap.mmap] = OrderedDict()
         self._lock = threading.Lock()
@@ -559,13 +560,19 @@ class DumpContext:
         if shared is None:
             if self.session_name is None:
                 raise RuntimeError("shared_file is only available while writing")
-            shared = SharedFile(
-                self.folder, f"{DATA_DIR}/{self.session_name}{suffix}", self.permissions
-            )
+            name = f"{DATA_DIR}/{self.session_name}{suffix}"
+            shared = SharedFile(self.folder, name, self.permissions)
+            self._made_shared.add(name)
             if self.batching:
                 shared.start_batch()
             self._shared[suffix] = shared
         return shared
+
+    def shared_files_there(self) -> bool:
+        """Whether the shared files this session made are all still there: one removed
+        since (a clean) must not be made again under its name, from offset 0, while
+        readers may hold a map of the old one (they would read the old bytes)."""
+        return all(os.path.exists(self.folder / name) for name in self._made_shared)
 
     def close_shared(self) -> None:
         for shared in self._shared.values():
