@@ -1567,6 +1567,30 @@ def test_delete_by_a_reader_from_before_the_compaction(tmp_path: Path) -> None:
     assert dict(CacheDict(folder).items()) == {"b": "B"}
 
 
+def test_delete_while_compacting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live writer deletes an entry after compaction read the index and before it
+    replaced the files: its tombstone names the old place, the merged line (which keeps
+    where it was) is still deleted for every reader, whatever it read first."""
+    folder = tmp_path / "cache"
+    _dead_sessions(folder, "with cd.write():\n    cd['a'] = 'A'")
+    _dead_sessions(folder, "with cd.write():\n    cd['b'] = 'B'")
+    deleter: CacheDict[tp.Any] = CacheDict(folder)
+    assert sorted(deleter.keys()) == ["a", "b"]
+    before_compaction: CacheDict[tp.Any] = CacheDict(folder)
+    assert sorted(before_compaction.keys()) == ["a", "b"]
+    read_index = clean._tombstones_of_others
+
+    def delete_meanwhile(folder_: Path, merged: set[str]) -> list[bytes]:
+        del deleter["a"]  # (this process is alive: its index file is not merged)
+        return read_index(folder_, merged)
+
+    monkeypatch.setattr(clean, "_tombstones_of_others", delete_meanwhile)
+    assert clean.compact(folder, grace_seconds=0) == (2, 2)
+    assert dict(CacheDict(folder).items()) == {"b": "B"}
+    before_compaction.refresh()
+    assert sorted(before_compaction.keys()) == ["b"]
+
+
 def test_compaction_does_not_make_results_stale(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     # computed, then the source forced and the total recomputed, by processes that ended

@@ -28,7 +28,7 @@ from ..storage import process
 from ..storage.cachedict import CacheDict
 from ..storage.claims import CLAIMS_DIR, Claims
 from ..storage.formats import DATA_DIR
-from ..storage.index import _OUR_INDEX_NAME, INDEX_SUFFIX
+from ..storage.index import _OUR_INDEX_NAME, FORMER_PLACES, INDEX_SUFFIX
 from .inspect import INPUTS_PREFIX, disk_usage, human_size, input_folders, node_folders
 
 
@@ -476,7 +476,11 @@ def compact(folder: Path | str, grace_seconds: float = 3600.0) -> tuple[int, int
         lines = []
         for entry in reader.entries.values():
             if entry[0] in merged:
-                lines.append(orjson.dumps(entry[2]))
+                # where it was, for deletions aimed there by writers who read the old file
+                record = dict(entry[2])
+                places = list(record.get(FORMER_PLACES) or ())
+                record[FORMER_PLACES] = [*places, f"{entry[0]}:{entry[1]}"]
+                lines.append(orjson.dumps(record))
         lines += _tombstones_of_others(folder, merged)
         target = folder / (process.unique_name() + INDEX_SUFFIX)
         tmp = target.with_name("." + target.name + ".tmp")

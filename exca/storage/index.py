@@ -30,6 +30,22 @@ INDEX_SUFFIX = "-info.jsonl"
 logger = logging.getLogger("exca")
 
 EntryId = tuple[str, int]  # (index file name, byte offset of the line)
+# compaction moves entries into a new index file; each moved line keeps where it was
+# ("file:offset" strings): a deletion written meanwhile, aimed at the old place, still
+# finds the entry
+FORMER_PLACES = "#was"
+
+
+def former_places(entry: tuple[str, int, dict[str, tp.Any]]) -> list[EntryId]:
+    places = entry[2].get(FORMER_PLACES)
+    if not places:
+        return []
+    out = []
+    for place in places:
+        file, _, offset = str(place).rpartition(":")
+        if offset.isdigit():
+            out.append((file, int(offset)))
+    return out
 
 
 class Entry(tp.NamedTuple):
@@ -204,7 +220,7 @@ class IndexReader:
         offsets = itertools.accumulate(map(_PLUS_NEWLINE, map(len, lines)), initial=state.offset)
         located = zip(itertools.repeat(name), offsets, records)
         if self._deleted or (self.entries and not self.entries.keys().isdisjoint(keys)):
-            pairs = [(k, e) for k, e in zip(keys, located) if (e[0], e[1]) not in self._deleted]
+            pairs = [(k, e) for k, e in zip(keys, located) if not self._is_deleted(e)]
             for key, entry in pairs:  # rare: duplicate keys or deletions in the folder
                 self._shadow(key, entry)
                 self.entries[key] = entry
@@ -229,7 +245,7 @@ class IndexReader:
             if key is not None:
                 if "#type" not in record or type(key) is not str:
                     _warn_bad_line(self.folder / name, offset, line)
-                elif (name, offset) not in self._deleted:
+                elif not self._is_deleted((name, offset, record)):
                     entry = (name, offset, record)
                     self._shadow(key, entry)
                     self.entries[key] = entry
@@ -243,16 +259,26 @@ class IndexReader:
                     continue
             _warn_bad_line(self.folder / name, offset, line)
 
+    def _is_deleted(self, entry: tuple[str, int, dict[str, tp.Any]]) -> bool:
+        deleted = self._deleted
+        if not deleted:
+            return False
+        return (entry[0], entry[1]) in deleted or any(w in deleted for w in former_places(entry))
+
     def apply_tombstone(self, key: tp.Any, target: EntryId) -> None:
         with self.locked():
             self._deleted.add(target)
             if not isinstance(key, str):
                 return
+
+            def hit(entry: tuple[str, int, dict[str, tp.Any]]) -> bool:
+                return (entry[0], entry[1]) == target or target in former_places(entry)
+
             shadows = self._shadowed.get(key)
             if shadows:
-                shadows[:] = [s for s in shadows if (s[0], s[1]) != target]
+                shadows[:] = [s for s in shadows if not hit(s)]
             entry = self.entries.get(key)
-            if entry is not None and (entry[0], entry[1]) == target:
+            if entry is not None and hit(entry):
                 del self.entries[key]
                 self.removals += 1
                 if shadows:  # another live copy of the key was read earlier
