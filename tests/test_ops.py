@@ -1591,6 +1591,42 @@ def test_delete_while_compacting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert sorted(before_compaction.keys()) == ["b"]
 
 
+def test_compact_of_an_idle_writer_on_another_host(tmp_path: Path) -> None:
+    """A writer on another host (its liveness unknown here) idle for longer than the
+    grace period gets merged; when it writes again, it sees its index file gone and starts
+    a new one (its appends to the removed file were lost). Idle checks are made every
+    60 s in real life, every 0.5 s here; the grace period, 1 s instead of an hour."""
+    folder = tmp_path / "cache"
+    _dead_sessions(folder, "with cd.write():\n    cd['old'] = 1")
+    go = tmp_path / "go"
+    writer = python(
+        f"""
+        import os, socket, time
+        socket.gethostname = lambda: "node042"  # (another host)
+        from exca.storage import index
+        index.IDLE_CHECK_SECONDS = 0.5
+        from exca.storage.cachedict import CacheDict
+        cd = CacheDict({str(folder)!r})
+        with cd.write():
+            cd["first"] = 1
+            print("wrote first", flush=True)
+            while not os.path.exists({str(go)!r}):
+                time.sleep(0.05)
+            cd["second"] = 2
+            del cd["first"]
+        print("done", flush=True)
+        """
+    )
+    assert writer.stdout is not None
+    assert writer.stdout.readline().strip() == "wrote first"
+    time.sleep(1.5)  # (the grace period passes: not a timing assertion)
+    assert clean.compact(folder, grace_seconds=1)[0] == 2
+    go.touch()
+    _, err = writer.communicate(timeout=WAIT_S)
+    assert writer.returncode == 0, err
+    assert dict(CacheDict(folder).items()) == {"old": 1, "second": 2}
+
+
 def test_compaction_does_not_make_results_stale(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     # computed, then the source forced and the total recomputed, by processes that ended

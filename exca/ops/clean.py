@@ -486,8 +486,11 @@ def compact(folder: Path | str, grace_seconds: float = 3600.0) -> tuple[int, int
         tmp = target.with_name("." + target.name + ".tmp")
         tmp.write_bytes(b"\n".join(lines) + b"\n" if lines else b"")
         os.replace(tmp, target)
+        read = {name: state.offset for name, state in reader._files.items()}
         for index_file in files:
             with contextlib.suppress(FileNotFoundError):
+                if os.stat(index_file.path).st_size != read.get(index_file.name):
+                    continue  # appended to since it was read (a writer idle, not dead): kept
                 os.remove(index_file.path)
     return len(files), len(lines)
 

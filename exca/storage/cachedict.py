@@ -483,7 +483,9 @@ class CacheDict(tp.Generic[X]):
         outer = local.writing, local.writing_generation  # (the parent's, in a forked child)
         local.writing, local.writing_generation = True, _FORK_GENERATION
         session = local.session
-        if session is not None and not (session[0].still_there() and session[1].shared_files_there()):
+        if session is not None and not (
+            session[0].still_there() and session[1].shared_files_there()
+        ):
             local.session = None  # cleared or removed since: a new session, a new name
         try:
             yield
@@ -505,11 +507,16 @@ class CacheDict(tp.Generic[X]):
         with self.write():
             yield self
 
-    def _session(self) -> tuple[IndexWriter, DumpContext]:
+    def _session(self, restart: bool = False) -> tuple[IndexWriter, DumpContext]:
         local = self._local
         session = local.session
         if session is not None and session[2] == _FORK_GENERATION:
-            return session[0], session[1]
+            if not restart and not session[0].gone_while_idle():
+                return session[0], session[1]
+            # its index file was merged away by a compaction while it was idle: what it
+            # appended there would be lost (a new session, a new name)
+            session[1].close_shared()
+            session[0].close()
         # new thread state, or after a fork: a new session
         assert self.folder is not None
         if not self.folder.exists():
@@ -551,6 +558,8 @@ class CacheDict(tp.Generic[X]):
             writer, ctx = self._session()
         else:
             writer, ctx = session[0], session[1]
+            if writer.gone_while_idle():
+                writer, ctx = self._session(restart=True)
         if not key.isascii() or meta is not None:
             _check_key_and_meta(key, meta)  # (before any payload is written)
         # payload first (complete when dump_entry returns), then its index line

@@ -17,6 +17,7 @@ import operator
 import os
 import re
 import threading
+import time
 import typing as tp
 import warnings
 from pathlib import Path
@@ -30,6 +31,9 @@ INDEX_SUFFIX = "-info.jsonl"
 logger = logging.getLogger("exca")
 
 EntryId = tuple[str, int]  # (index file name, byte offset of the line)
+# a writer idle for longer checks that its index file is still there before appending
+# (compaction merges files idle for an hour by default; the check costs one fstat)
+IDLE_CHECK_SECONDS = 60.0
 # compaction moves entries into a new index file; each moved line keeps where it was
 # ("file:offset" strings): a deletion written meanwhile, aimed at the old place, still
 # finds the entry
@@ -361,6 +365,23 @@ class IndexWriter:
         self.read_state: FileState | None = None  # the reader's state of this file
         # a failed append left part of a line (no newline): the next append ends it first
         self.torn = False
+        self.last_append = 0.0  # (monotonic time)
+
+    def gone_while_idle(self) -> bool:
+        """After a long pause (compaction merges only files idle for longer): whether this
+        session's index file was removed since its last append (one fstat, then a stat)."""
+        if self.fd is None:
+            return False
+        now = time.monotonic()
+        if now - self.last_append < IDLE_CHECK_SECONDS:
+            return False
+        self.last_append = now
+        try:
+            if os.fstat(self.fd).st_nlink == 0:
+                return True
+        except OSError:
+            return True
+        return not self.still_there()
 
     def still_there(self) -> bool:
         """Whether this session's index file is still the one it wrote (not removed by a
@@ -396,6 +417,7 @@ class IndexWriter:
             self.recover()
             raise
         self.size, self.torn = offset + len(data), False
+        self.last_append = time.monotonic()
         return offset
 
     def recover(self) -> None:
