@@ -516,6 +516,19 @@ def test_auto_pickles_with_a_warning_and_autopickle_silently(tmp_path: Path) -> 
     np.testing.assert_array_equal(loaded["a"], np.ones(2))
 
 
+def test_auto_pickles_text_that_is_not_utf8(tmp_path: Path) -> None:
+    """A file name from os.listdir decoded with surrogateescape is a str JSON cannot hold
+    (it was refused with a message blaming the format): pickled like any non-JSON value."""
+    name = os.fsdecode(b"caf\xe9.wav")
+    values = {"value": {"files": [name], "n": 1}, "key": {name: 1}}
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path / "auto")
+    with cd.write(), pytest.warns(DeprecationWarning, match="pickling"):
+        for key, value in values.items():
+            cd[key] = value
+    fresh: CacheDict[tp.Any] = CacheDict(tmp_path / "auto")
+    assert {key: fresh[key] for key in values} == values
+
+
 def test_unregistered_type_defaults_to_auto(tmp_path: Path) -> None:
     cd: CacheDict[tp.Any] = CacheDict(tmp_path)
     with cd.write():

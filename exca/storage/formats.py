@@ -96,6 +96,15 @@ def _has_non_finite(value: tp.Any) -> bool:
     return False
 
 
+def _utf8(text: str) -> bool:
+    """Whether a str can be written as UTF-8 (JSON): not when it holds lone surrogates."""
+    try:
+        text.encode("utf8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def key_file_stem(key: str) -> str:
     """A file-name stem for a key: safe characters only, never a path, unique by digest."""
     digest = hashlib.md5(key.encode("utf8")).hexdigest()[:8]
@@ -1119,7 +1128,11 @@ class Auto:
         # exact types only: a subclass (numpy.float64, an Enum, a namedtuple...) would not
         # come back as itself from JSON, or not be JSON at all
         kind = type(value)
-        if value is None or kind is bool or kind is str:
+        if kind is str:
+            if not value.isascii() and not _utf8(value):
+                raise _NotJsonable  # (a file name decoded with surrogateescape: pickled)
+            return value
+        if value is None or kind is bool:
             return value
         if kind is int:
             if not _JSON_INT_MIN <= value <= _JSON_INT_MAX:
@@ -1134,7 +1147,7 @@ class Auto:
         if kind is dict:
             if _AUTO_TAG in value:
                 raise ValueError(f"{_AUTO_TAG!r} is a reserved key in values of the Auto format")
-            if not all(type(k) is str for k in value):
+            if not all(type(k) is str and (k.isascii() or _utf8(k)) for k in value):
                 raise _NotJsonable
             return {k: cls._walk(ctx, v, depth + 1) for k, v in value.items()}
         if kind is list or kind is tuple:
