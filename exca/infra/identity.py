@@ -496,6 +496,16 @@ def _default_export(field: _FieldFacts, uid: bool) -> dict[str, tp.Any]:
     return found
 
 
+def _renamed(dumped: tp.Any, facts: _ClassFacts, uid: bool, excluded: frozenset[str]) -> bool:
+    """Whether a model_serializer's dump is not made of the fields (some are missing, or
+    it is not a dict): then the dump is the config as it is. (A serializer adding keys,
+    like DiscriminatedModel's, keeps the fields: they are exported as usual.)"""
+    if type(dumped) is not dict:
+        return True
+    fields = facts.fields_in_uid if uid else facts.fields
+    return any(f.name not in dumped and f.name not in excluded for f in fields)
+
+
 class _Exporter:
     def __init__(self, uid: bool, exclude_defaults: bool) -> None:
         self.uid = uid
@@ -523,11 +533,11 @@ class _Exporter:
             if facts.has_override:
                 self.field_keys_only = False
                 return dict(getattr(model, OVERRIDE_HOOK)())
-        if facts.has_serializer:
+        excluded = _exclusions(model, facts) if self.uid else frozenset()
+        if facts.has_serializer and _renamed(dumped, facts, self.uid, excluded):
             self.field_keys_only = False
             # (maybe not a dict: see export_with_keys; exclusions name the dump's keys)
-            return _without(dumped, drop) if drop else dumped
-        excluded = _exclusions(model, facts) if self.uid else frozenset()
+            return _without(dumped, drop) if drop and type(dumped) is dict else dumped
         out: dict[str, tp.Any] = {}
         if facts.has_prefix:
             self.field_keys_only = False
