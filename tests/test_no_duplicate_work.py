@@ -224,6 +224,49 @@ def test_task_threads_in_this_process(tmp_path: Path, ctl: Path) -> None:
     assert len(lines(ctl / "calls.txt")) == 1
 
 
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("call", ["run", "job", "job_array"])
+def test_no_job_for_a_task_another_worker_computes(tmp_path: Path, ctl: Path, call: str) -> None:
+    """A config computed inline by another caller (its claim is live) and asked for with
+    cluster="local": no job is submitted (it would only wait for the claim inside its
+    allocation, and its end, e.g. a time limit, was taken for the task's failure, which
+    then replaced the result being computed). The call waits for that computation."""
+    folder = tmp_path / "cache"
+    inline: list[int] = []
+    first = threading.Thread(
+        target=lambda: inline.append(Slow(ctl=str(ctl), infra={"folder": folder}).process())
+    )
+    first.start()
+    wait_until(lambda: bool(lines(ctl / "calls.txt")))
+    other = Slow(ctl=str(ctl), infra={"folder": folder, "cluster": "local"})
+    assert other.infra.status() == "running"
+    results: list[int] = []
+    waiter = None
+    if call == "run":
+        waiter = threading.Thread(target=lambda: results.append(other.process()))
+        waiter.start()
+        time.sleep(1.0)  # (it decides meanwhile: a submission would show in jobs/)
+    elif call == "job":
+        job = other.infra.job()
+    else:
+        with other.infra.job_array() as array:
+            array.append(other.infra.clone_obj())
+    folder_of_task = other.infra.uid_folder()
+    assert folder_of_task is not None
+    assert not (folder_of_task / "jobs").exists()  # no job record: nothing submitted
+    (ctl / "release").touch()
+    first.join(timeout=WAIT_S)
+    if waiter is not None:
+        waiter.join(timeout=WAIT_S)
+    elif call == "job":
+        results.append(job.result())
+    else:
+        results.append(Slow(ctl=str(ctl), infra={"folder": folder}).process())
+    assert inline == [2] and results == [2]
+    assert len(lines(ctl / "calls.txt")) == 1
+    assert not (folder_of_task / "jobs").exists()
+
+
 @pytest.mark.timeout(60)
 def test_task_kept_in_ram_only_threads_of_one_instance(ctl: Path) -> None:
     """No folder (keep_in_ram only): no claim on disk, yet threads calling one instance

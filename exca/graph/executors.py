@@ -134,6 +134,21 @@ class DoneHandle(Handle):
         return self._error
 
 
+class ClaimHandle(Handle):
+    """A task another worker is computing (it holds the claim of its result, with no job
+    of this run): done when that claim ends, released or its owner dead."""
+
+    job_id = "#claim#"
+
+    def __init__(self, node: tp.Any) -> None:
+        self.node = node
+
+    def done(self) -> bool:
+        from .calls import being_computed
+
+        return not being_computed(self.node)
+
+
 class FutureHandle(Handle):
     def __init__(
         self,

@@ -15,6 +15,7 @@ import time
 import typing as tp
 
 from . import executors, registry, store, submitting
+from .calls import being_computed
 from .decisions import Graph, Key, NodeRun, collect, to_chunks, unreachable_inputs
 from .errors import JobFailedError, NodeFailures
 from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Node
@@ -412,7 +413,11 @@ class Scheduler:
             if not inline:
                 progress.update(1)
             state = store.task_state(node)
-            if run.resume is not None and (state != "done" or run.resume == "force"):
+            resume = run.resume
+            # (waited for another worker's computation: compute only what it left missing)
+            if resume is not None and (
+                resume == "force" or state == "missing" or (state == "error" and resume == "retry")
+            ):
                 run.seen_job = next((h.job_id for h in run.handles), run.seen_job)
                 run.action, run.resume, run.handles = run.resume, None, []
                 run.state = "pending"
@@ -437,7 +442,13 @@ class Scheduler:
             if self._job_withdrawn(run):
                 return  # requeued: that job is not this config's failure
             run.error = self._lost(run)
-            if isinstance(run.error, JobFailedError) and node.folder is not None:
+            # (not while another worker computes it: e.g. this job only waited for that
+            # worker's claim; its result is the outcome, not this job's end)
+            if (
+                isinstance(run.error, JobFailedError)
+                and node.folder is not None
+                and not being_computed(node)
+            ):
                 _cache_error(node, run.error)
             return
         if run.action == "wait":  # someone else's chunk jobs ended: decide what is left

@@ -14,6 +14,7 @@ import typing as tp
 
 from ..storage.claims import Claim, Claims
 from . import executors, registry, store
+from .calls import being_computed
 
 if tp.TYPE_CHECKING:
     from .decisions import NodeRun
@@ -64,6 +65,15 @@ def _settle(tasks: list[NodeRun], run_id: str) -> set[tp.Any]:
         node = run.node
         if run.action in ("compute", "retry") and store.task_state(node, refresh=True) == "done":
             run.handles.append(executors.DoneHandle())
+            settled.add(node.key)
+            continue
+        if run.action in ("compute", "retry") and being_computed(node):
+            # another worker computes it (e.g. an inline call of another process): a job
+            # would only wait inside its allocation, and its end (a time limit) would be
+            # taken for this task's failure. Wait here; submit if it ends without a result
+            run.resume, run.action = run.action, "wait"
+            run.reason = "being computed by another worker (its claim is live)"
+            run.handles.append(executors.ClaimHandle(node))
             settled.add(node.key)
             continue
         record = registry.latest(node.folder)
