@@ -419,7 +419,7 @@ class Scheduler:
                 resume == "force" or state == "missing" or (state == "error" and resume == "retry")
             ):
                 run.seen_job = next((h.job_id for h in run.handles), run.seen_job)
-                run.action, run.resume, run.handles = run.resume, None, []
+                run.action, run.resume, run.handles = resume, None, []
                 run.state = "pending"
                 self._requeued.append(run)  # waited for someone else's job: now retry/force
                 return
