@@ -7,6 +7,7 @@ given in its config, so tests count the real calls, wherever they ran.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ import pytest
 from filelog import append
 
 import exca
+from exca.cachedict import CacheDict
 from exca.graph.errors import JobFailedError
 
 CLUSTERS = [None, "local", "debug"]
@@ -270,6 +272,30 @@ def test_killed_local_job_fails(killed_job: Path, short_result_wait: None) -> No
     with pytest.raises(JobFailedError, match="use mode='retry'"):  # a job too (it hung)
         _killed(killed_job).infra.job().result()
     assert len(calls(killed_job / "calls.txt")) == 1
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("outcome", ["result", "error"])
+def test_a_job_whose_outcome_was_removed_since_did_not_fail(tmp_path: Path, outcome: str) -> None:
+    """A forced or retried run removes the old outcome before it submits; interrupted
+    then (Ctrl-C, a killed notebook), the latest job record is the earlier job, which ran
+    to its end: the config is "not submitted" and computed again, not "failed" with "the
+    job ended without writing its result"."""
+    flag = tmp_path / "fail-flag"
+    if outcome == "error":
+        flag.touch()
+    task = make(tmp_path, "local", x=5, fail_flag=str(flag))
+    with contextlib.suppress(ValueError):
+        task.process()
+    folder = task.infra.uid_folder()
+    assert folder is not None and (folder / "jobs").exists()
+    flag.unlink(missing_ok=True)
+    cache: CacheDict[tp.Any] = CacheDict(folder)
+    del cache["result"]  # (what a force or a retry does before it submits)
+    fresh = make(tmp_path, "local", x=5, fail_flag=str(flag))
+    assert fresh.infra.status() == "not submitted"
+    assert fresh.process() == 10
+    assert len(calls(tmp_path / "calls.txt")) == 2
 
 
 @pytest.mark.timeout(150)

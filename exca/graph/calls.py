@@ -48,7 +48,9 @@ def task_status(node: Node) -> tp.Literal["not submitted", "running", "completed
         return "running"  # (a second look: squeue can miss a job for an instant)
     if being_computed(node):  # computed by a worker: here or in another process (no job needed)
         return "running"
-    return "not submitted" if record is None else "failed"
+    if record is None or registry.wrote_outcome(record):
+        return "not submitted"  # (an outcome removed since, e.g. by an interrupted force)
+    return "failed"
 
 
 def being_computed(node: Node) -> bool:

@@ -167,6 +167,17 @@ def submitit_job(record: JobRecord) -> tp.Any:
     return LocalJob(folder=record.logs, job_id=record.job_id)
 
 
+def wrote_outcome(record: JobRecord) -> bool:
+    """Whether a recorded job ran to its end (submitit wrote its result file): its
+    outcome, a result or an error, went into the cache. Missing from the cache now, it
+    was removed since (mode force or retry, then interrupted; a clear): the job did not
+    fail."""
+    try:
+        return bool(submitit_job(record).paths.result_pickle.exists())
+    except Exception:  # (logs gone, an unreadable record: nothing says it ended well)
+        return False
+
+
 ACTIVE_STATES = (
     "PENDING",
     "RUNNING",
