@@ -127,6 +127,10 @@ def test_mode_read_only(tmp_path: Path) -> None:
     assert Task(param=7, infra={"folder": tmp_path}).process() == 70
     assert Task(param=7, infra={"folder": tmp_path, "mode": "read-only"}).process() == 70
     assert _count("task", 7) == before + 1
+    # job() as well: a cached result is its job's result; it refuses only to submit
+    assert Task(param=7, infra={"folder": tmp_path, "mode": "read-only"}).infra.job().result() == 70
+    with pytest.raises(RuntimeError, match="read-only"):
+        Task(param=17, infra={"folder": tmp_path, "mode": "read-only"}).infra.job()
 
 
 def test_mode_retry_on_success_does_not_recompute(tmp_path: Path) -> None:

@@ -80,6 +80,15 @@ def task_result(node: Node) -> tp.Any:
     return store.task_result(node)
 
 
+def has_job_or_outcome(node: Node) -> bool:
+    """Whether a task's outcome is cached, or a job of it is queued or running (then
+    ``task_job`` submits nothing)."""
+    if store.task_state(node, refresh=True) != "missing":
+        return True
+    record = registry.latest(node.folder)
+    return record is not None and registry.is_active(record)
+
+
 def task_job(node: Node) -> Job:
     """The job of a task node, submitting it when there is none (does not wait)."""
     from .executors import DoneHandle, recorded_handle

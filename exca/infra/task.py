@@ -319,8 +319,6 @@ class TaskInfra(BaseInfra, SubmititMixin):
     def job(self) -> Job:
         """The job computing this config (submitting it if needed; does not wait, except for
         cluster=None, which computes in this process)."""
-        if self.mode == "read-only":
-            raise RuntimeError(f"{self.uid()}: mode='read-only' cannot submit jobs")
         method = self._method()
         params = getattr(method, "params", ())
         if params:
@@ -331,6 +329,11 @@ class TaskInfra(BaseInfra, SubmititMixin):
                 "run it with exca.graph.run (see the pipelines docs)"
             )
         node = self._node()
+        if self.mode == "read-only" and not calls.has_job_or_outcome(node):
+            raise RuntimeError(
+                f"{self.uid()}: mode='read-only' cannot submit jobs, and nothing is cached "
+                "or running for this config"
+            )
         return calls.task_job(node)
 
     def status(self) -> tp.Literal["not submitted", "running", "completed", "failed"]:
