@@ -318,7 +318,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
     # --- jobs --------------------------------------------------------------------------------
     def job(self) -> Job:
         """The job computing this config (submitting it if needed; does not wait, except for
-        cluster=None, which computes in this process)."""
+        cluster=None and "debug", which compute in this process)."""
         method = self._method()
         params = getattr(method, "params", ())
         if params:
