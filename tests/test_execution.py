@@ -263,10 +263,10 @@ def _killed(tmp_path: Path, **infra: tp.Any) -> Counted:
 @pytest.mark.timeout(120)
 def test_killed_local_job_fails(killed_job: Path, short_result_wait: None) -> None:
     task = _killed(killed_job)
-    with pytest.raises(JobFailedError):
+    with pytest.raises(JobFailedError, match="its process died"):  # (not "state FINISHED")
         task.process()
     assert task.infra.status() == "failed"
-    with pytest.raises(JobFailedError):  # mode cached: not recomputed
+    with pytest.raises(JobFailedError, match="its process died"):  # mode cached: not recomputed
         _killed(killed_job).process()
     assert _killed(killed_job).infra.status() == "failed"
     with pytest.raises(JobFailedError, match="use mode='retry'"):  # a job too (it hung)

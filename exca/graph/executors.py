@@ -260,6 +260,12 @@ class SubmititHandle(Handle):
                 return f"job {self.job_id} {text} (state {state})"
         error = self.error()
         detail = f": {type(error).__name__}: {str(error)[-2000:]}" if error is not None else ""
+        if not detail and self.cluster == "local":
+            # (submitit's local controller ends normally whatever happened to the worker)
+            return (
+                f"local job {self.job_id} ended without writing its result: its process died "
+                "(killed, out of memory, or sys.exit/os._exit in the method)"
+            )
         if not detail and self.cluster == "slurm":
             if how is None:
                 from .registry import slurm_exit
@@ -308,9 +314,10 @@ class RecordedLocalHandle(Handle):
         if cancelled is not None:
             return cancelled
         tail = stderr.read_text(errors="replace")[-1500:] if stderr.exists() else ""
-        return f"local job {self.job_id} ended without writing its result" + (
-            f": {tail}" if tail else ""
-        )
+        return (
+            f"local job {self.job_id} ended without writing its result: its process died "
+            "(killed, out of memory, or sys.exit/os._exit in the method)"
+        ) + (f"; the end of its stderr: {tail}" if tail else "")
 
     def cancel(self) -> None:
         import signal
