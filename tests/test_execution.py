@@ -269,8 +269,11 @@ def test_killed_local_job_fails(killed_job: Path, short_result_wait: None) -> No
     with pytest.raises(JobFailedError, match="its process died"):  # mode cached: not recomputed
         _killed(killed_job).process()
     assert _killed(killed_job).infra.status() == "failed"
-    with pytest.raises(JobFailedError, match="use mode='retry'"):  # a job too (it hung)
-        _killed(killed_job).infra.job().result()
+    job = _killed(killed_job).infra.job()  # the killed job itself (not a stand-in)
+    assert job.job_id == task.infra.job().job_id != "#local#"
+    assert (job.cluster, job.state) == ("local", "FAILED") and job.done()
+    with pytest.raises(JobFailedError, match="use mode='retry'"):  # (it hung)
+        job.result()
     assert len(calls(killed_job / "calls.txt")) == 1
 
 

@@ -8,6 +8,7 @@ import typing as tp
 
 from ..storage.cachedict import CacheDict
 from . import registry, store
+from .errors import JobFailedError
 from .jobs import Job
 from .node import TASK_KEY, Node
 
@@ -124,11 +125,13 @@ def task_job(node: Node) -> Job:
             node.force_state["done"] = True  # (the scheduler only sees the jobs it waits for)
             node.force_state["job"] = handles[0].job_id  # (a later call waits for it)
         return Job(node, handles[0], replaces=forcing)
+    run = scheduler.runs.get(node.key)
+    if run is not None and isinstance(run.error, JobFailedError) and record is not None:
+        return Job(node, recorded_handle(record))  # its last job ended without a result
     try:  # nothing submitted: why (an upstream's own error, as a call raises it)
         scheduler._raise_failures(root_cause=True)
     except Exception as error:
         return Job(node, DoneHandle(error))
-    run = scheduler.runs.get(node.key)  # (e.g. its last job was killed)
     why = run.error if run is not None else None
     return Job(node, DoneHandle(why) if why is not None else None)
 

@@ -15,6 +15,9 @@ if tp.TYPE_CHECKING:
     from .executors import Handle
 
 
+_FAILED_STATES = ("CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "FAILED")
+
+
 class Job:
     """The job computing a task node (or a finished/cached one)."""
 
@@ -68,7 +71,14 @@ class Job:
             return "FAILED"
         if self.handle is None:
             return "NOT SUBMITTED"
-        return "FINISHED" if self.handle.done() else "RUNNING"
+        if not self.handle.done():
+            return "RUNNING"
+        if self.job_id == "#local#":
+            return "FINISHED"
+        # ended without an outcome: how submitit saw it (CANCELLED, TIMEOUT...), else FAILED
+        state = getattr(self.handle, "state", None)
+        seen = str(state()) if callable(state) else ""
+        return seen if seen.startswith(_FAILED_STATES) else "FAILED"
 
     def done(self) -> bool:
         if not self.replaces and store.task_state(self.node, refresh=True) != "missing":
@@ -91,8 +101,12 @@ class Job:
             error = self.handle.error() if self.handle is not None else None
             if error is not None and self.job_id == "#local#":
                 raise error  # computed here and not cached (no folder), or never started
-            how = self.handle.ended_how() if self.handle is not None else "it was never submitted"
-            raise JobFailedError(f"{self.node.uid} not computed: {how}")
+            if self.handle is None:
+                raise JobFailedError(f"{self.node.uid} not computed: it was never submitted")
+            how = self.handle.ended_how()
+            raise JobFailedError(
+                f"{self.node.uid} not computed: {how} (use mode='retry' to recompute)"
+            )
         return store.task_result(self.node)
 
     def _successor(self) -> Handle | None:
