@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from exca import ConfDict, MapInfra, TaskInfra
+from exca.cachedict import CacheDict
 from exca.infra.workdir import WorkDir
 
 MODULE = __name__
@@ -628,6 +629,12 @@ def test_permissions_parsing() -> None:
     for bad in [-1, "-1", 0o17777]:
         with pytest.raises(pydantic.ValidationError, match=r"is not a file mode \(0 to 0o7777\)"):
             TaskInfra(permissions=bad)  # type: ignore[arg-type]
+    # an octal mode written in decimal: 777 is 0o1411 (sticky bit, almost no access)
+    with pytest.raises(pydantic.ValidationError, match=r"777 is 0o1411.*did you mean 0o777\?"):
+        TaskInfra(permissions=777)
+    with pytest.raises(ValueError, match=r"755 is 0o1363.*did you mean 0o755\?"):
+        CacheDict("unused-folder", permissions=755)
+    assert TaskInfra(permissions=1533).permissions == 0o2775  # (0o2775 in decimal: valid)
 
 
 def test_permissions_applied(tmp_path: Path) -> None:

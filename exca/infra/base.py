@@ -23,6 +23,7 @@ import pydantic
 
 from .. import uidformat
 from ..confdict import ConfDict
+from ..storage.files import check_permissions
 from . import identity, uidfolder
 
 if tp.TYPE_CHECKING:
@@ -199,11 +200,8 @@ class BaseInfra(pydantic.BaseModel):
                 raise ValueError(
                     f"permissions={value!r}: use an int such as 0o777, 'a+rwx', or None"
                 ) from None
-        if isinstance(value, int) and not 0 <= value <= 0o7777:
-            raise ValueError(
-                f"permissions={value!r} is not a file mode (0 to 0o7777): use e.g. 0o777, "
-                "0o2775, 'a+rwx', or None"
-            )
+        if isinstance(value, int):
+            return check_permissions(value)
         return value
 
     def __repr_args__(self) -> tp.Iterable[tuple[str | None, tp.Any]]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import orjson
 
 from . import gcpause
-from .files import make_folder
+from .files import check_permissions, make_folder
 from .formats import (
     DATA_DIR,
     LEGACY_WRITERS,
@@ -167,6 +167,8 @@ class CacheDict(tp.Generic[X]):
                     stacklevel=2,
                 )
         self.cache_type = cache_type
+        if permissions is not None and permissions != 0o777:  # (the default: no check)
+            check_permissions(permissions)
         self.permissions = permissions
         self.options = options or DumpOptions()
         self._ram: dict[str, X] = {}

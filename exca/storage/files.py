@@ -37,6 +37,28 @@ def finish_write(fd: int, buffers: list[tp.Any], written: int) -> None:
             view = view[os.write(fd, view) :]
 
 
+def check_permissions(value: int | None) -> int | None:
+    """A file mode for a cache (ValueError otherwise): 0 to 0o7777, without the setuid or
+    sticky bit, which a shared cache never wants and which ``permissions=777`` (decimal:
+    0o1411, the sticky bit and almost no access) sets by mistake."""
+    if value is None:
+        return None
+    if type(value) is bool or not isinstance(value, int) or not 0 <= value <= 0o7777:
+        raise ValueError(
+            f"permissions={value!r} is not a file mode (0 to 0o7777): use e.g. 0o777, "
+            "0o2775, 'a+rwx', or None"
+        )
+    if value & 0o5000:
+        octal = set(str(value)) <= set("01234567") and not int(str(value), 8) & 0o5000
+        guess = f": did you mean 0o{value}?" if octal else "."
+        raise ValueError(
+            f"permissions={value} is {oct(value)}, which sets the setuid or sticky bit (a "
+            f"sticky folder lets only its owner remove what others wrote){guess} Write "
+            "modes in octal, e.g. 0o777 or 0o2775 (setgid), or as the string '777'"
+        )
+    return value
+
+
 def chmod(path: str | os.PathLike[str], permissions: int) -> None:
     """chmod that only logs a warning when it fails (e.g. a file of another user)."""
     try:
