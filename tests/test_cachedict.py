@@ -716,6 +716,23 @@ def test_delete(tmp_path: Path) -> None:
     assert CacheDict(folder)["keep"] == 1
 
 
+def test_iterating_while_another_instance_deletes(tmp_path: Path) -> None:
+    """items()/values() over a folder where another writer deletes a listed key (its
+    payload file gone): the key is skipped, not a KeyError in the middle of the loop."""
+    cd: CacheDict[int] = CacheDict(tmp_path / "c", cache_type="Pickle")
+    with cd.write():
+        cd.set_many([("k1", 1), ("k2", 2), ("k3", 3)])
+    other: CacheDict[int] = CacheDict(tmp_path / "c")
+    items = cd.items()
+    assert next(items) == ("k1", 1)
+    del other["k2"]
+    assert list(items) == [("k3", 3)]
+    values = cd.values()
+    assert next(values) == 1
+    del other["k3"]
+    assert list(values) == []
+
+
 def test_delete_inside_write_context(tmp_path: Path) -> None:
     cd: CacheDict[int] = CacheDict(tmp_path)
     with cd.write():

@@ -447,12 +447,16 @@ class CacheDict(tp.Generic[X]):
         return iter(self.keys())
 
     def values(self) -> tp.Iterator[X]:
-        for key in self.keys():
-            yield self[key]
+        for _, value in self.items():
+            yield value
 
     def items(self) -> tp.Iterator[tuple[str, X]]:
         for key in self.keys():
-            yield key, self[key]
+            try:
+                value = self[key]
+            except KeyError:  # deleted by another writer since the listing: skipped
+                continue
+            yield key, value
 
     def __len__(self) -> int:
         return len(self.keys())
