@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from exca import ConfDict, MapInfra, TaskInfra
+from exca.helpers import DiscriminatedModel
 from exca.infra import identity
 
 MODULE = __name__
@@ -1735,3 +1736,64 @@ def test_configs_whose_uids_collide_do_not_share_a_result(tmp_path: Path) -> Non
         second.process()
     again = TwoTexts(a="AAA,b=str:" + text, infra={"folder": tmp_path})
     assert again.process() == f"AAA,b=str:{text}|"  # (the cached result is intact)
+
+
+class DropsNone(pydantic.BaseModel):
+    """A wrap serializer leaving out None values: the other fields keep their names."""
+
+    model_config = FORBID
+    a: int = 1
+    b: str | None = None
+    c: float = 0.5
+
+    @pydantic.model_serializer(mode="wrap")
+    def _dump(self, handler: tp.Any) -> dict[str, tp.Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class Backbone(DiscriminatedModel):
+    pass
+
+
+class Wide(Backbone):
+    layers: int = 2
+    width: int = 8
+    cache_dir: str = pydantic.Field("/tmp", exclude=True)  # (never dumped: a path)
+
+
+class Item(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+    a: int = 1
+    b: str = "x"
+
+
+class KeepsItsUids(pydantic.BaseModel):
+    model_config = FORBID
+    sub: DropsNone = DropsNone()
+    model: Backbone = Wide()
+    items: frozenset[Item] = frozenset()
+    anything: tp.Any = None
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
+@pytest.mark.parametrize(
+    "changes, uid",
+    [
+        # (uids computed before serializers and nested sets were handled: caches on disk
+        # keep their folders)
+        ({"sub": DropsNone(a=2)}, "sub.a=2-d364c196"),
+        ({"sub": DropsNone(a=2, b="z")}, "sub={a=2,b=z}-bd875bc2"),
+        ({"model": Wide(layers=3)}, "model={layers=3,type=Wide}-913311ae"),
+        (
+            {"items": frozenset({Item(a=2, b="x"), Item(a=1, b="y")})},
+            "items=({a=1,b=y},{a=2,b=x})-98fb9b42",
+        ),
+        ({"anything": {float("inf"), 2.0}}, "anything=(2,None)-ef3cc8df"),
+    ],
+)
+def test_serializers_and_sets_keep_earlier_uids(changes: dict[str, tp.Any], uid: str) -> None:
+    assert KeepsItsUids(**changes).infra.uid() == f"{MODULE}.KeepsItsUids.process,1/{uid}"

@@ -497,13 +497,20 @@ def _default_export(field: _FieldFacts, uid: bool) -> dict[str, tp.Any]:
 
 
 def _renamed(dumped: tp.Any, facts: _ClassFacts, uid: bool, excluded: frozenset[str]) -> bool:
-    """Whether a model_serializer's dump is not made of the fields (some are missing, or
-    it is not a dict): then the dump is the config as it is. (A serializer adding keys,
-    like DiscriminatedModel's, keeps the fields: they are exported as usual.)"""
+    """Whether a model_serializer's dump is not made of the fields: not a dict, or fields
+    missing while keys that are not fields stand in their place (renamed). Then the dump
+    is the config as it is. A serializer that adds a key (DiscriminatedModel's) or drops
+    some (None values, ``exclude=True`` fields) keeps the others: exported as usual."""
     if type(dumped) is not dict:
         return True
+    model_fields = facts.cls.model_fields
+    if all(key in model_fields for key in dumped):
+        return False  # (nothing renamed: only fields, maybe fewer)
     fields = facts.fields_in_uid if uid else facts.fields
-    return any(f.name not in dumped and f.name not in excluded for f in fields)
+    return any(
+        f.name not in dumped and f.name not in excluded and not model_fields[f.name].exclude
+        for f in fields
+    )
 
 
 class _Exporter:
@@ -703,9 +710,7 @@ class _Exporter:
                 )
             ]
         if isinstance(value, set | frozenset) and isinstance(dval, list):
-            if len(dval) == len(value):  # (items in iteration order: sets inside sorted too)
-                dval = [self.value(sub, dsub, keep) for sub, dsub in zip(value, dval)]
-            return _ordered_set(dval)
+            return _sets_ordered(value, dval)
         if dval is None and type(value) is float:
             return value  # inf/nan: the json dump says null
         return dval
@@ -787,6 +792,18 @@ def _all_same_bools(pairs: tp.Iterable[tuple[tp.Any, tp.Any]]) -> bool:
 def _typed_items(items: tp.Iterable[tp.Any]) -> set[tuple[bool, tp.Any]]:
     """Set items or dict keys, each with whether it is a bool (they are hashable)."""
     return {(type(item) is bool, item) for item in items}
+
+
+def _sets_ordered(value: tp.Any, dumped: tp.Any) -> tp.Any:
+    """The json dump of a value with every set in it, at any depth, in a fixed order
+    (the rest of the dump as it is)."""
+    if type(dumped) is not list or len(dumped) != len(value):
+        return dumped
+    if isinstance(value, set | frozenset):  # (items in iteration order: the dump's)
+        return _ordered_set([_sets_ordered(s, d) for s, d in zip(value, dumped)])
+    if isinstance(value, list | tuple):
+        return [_sets_ordered(s, d) for s, d in zip(value, dumped)]
+    return dumped
 
 
 def _ordered_set(dumped: list[tp.Any]) -> list[tp.Any]:
