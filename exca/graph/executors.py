@@ -148,6 +148,9 @@ class ClaimHandle(Handle):
 
         return not being_computed(self.node)
 
+    def ended_how(self, known: tuple[str, str] | None = None) -> str:
+        return "the worker that was computing it ended without writing its result"
+
 
 class FutureHandle(Handle):
     def __init__(
@@ -313,6 +316,13 @@ class RecordedLocalHandle(Handle):
         cancelled = _cancelled_local_job(self.job_id, stderr)
         if cancelled is not None:
             return cancelled
+        error = None
+        with contextlib.suppress(Exception):  # (no result file: the process died)
+            job = self.submitit_job
+            if job.paths.result_pickle.exists():
+                error = job.exception()
+        if error is not None:
+            return f"local job {self.job_id} failed: {type(error).__name__}: {str(error)[-2000:]}"
         tail = stderr.read_text(errors="replace")[-1500:] if stderr.exists() else ""
         return (
             f"local job {self.job_id} ended without writing its result: its process died "
@@ -568,9 +578,12 @@ class Pools:
     """Thread and process pools of one run (created on first use, shut down at the end)."""
 
     def __init__(self) -> None:
-        # one pool per cluster and worker count: a map's max_jobs bounds its own chunks
-        # (a pool made for an earlier map with more workers would run them all at once)
-        self._pools: dict[tuple[str, int], concurrent.futures.Executor] = {}
+        # one pool per cluster and bound (cpus - 1, max_jobs): a map's max_jobs bounds its
+        # own chunks (a pool made for an earlier map with a higher bound ran them all at
+        # once), with its size: a map needing more workers replaces a smaller pool (which
+        # finishes its work, then ends)
+        self._pools: dict[tuple[str, int], tuple[concurrent.futures.Executor, int]] = {}
+        self._retired: list[concurrent.futures.Executor] = []
         self._isolation = _Isolation()
 
     @staticmethod
@@ -582,16 +595,20 @@ class Pools:
         return max(1, min(count, limit))
 
     def submit(self, units: list[Unit], cluster: str, max_jobs: int | None) -> list[Handle]:
+        key = (cluster, self.workers(1 << 30, max_jobs))
         workers = self.workers(len(units), max_jobs)
-        pool = self._pools.get((cluster, workers))
-        if pool is None:
+        pool, size = self._pools.get(key, (None, 0))
+        if pool is None or size < workers:
             import concurrent.futures  # (lazy: inline calls need no pool)
 
+            if pool is not None:
+                pool.shutdown(wait=False)  # (its work goes on; its workers end after it)
+                self._retired.append(pool)
             if cluster == "processpool":
                 pool = _process_pool(workers)
             else:
                 pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="exca")
-            self._pools[cluster, workers] = pool
+            self._pools[key] = (pool, workers)
         handles: list[Handle] = []
         if cluster == "processpool":
             import cloudpickle
@@ -612,7 +629,7 @@ class Pools:
         (they would finish the work already sent to them, and the interpreter would wait
         for them at exit; what they wrote is complete, what they did not is not indexed)."""
         self._isolation.shutdown()
-        for pool in self._pools.values():
+        for pool in [*self._retired, *(pool for pool, _ in self._pools.values())]:
             # (read before shutdown(), which forgets them)
             processes = list((getattr(pool, "_processes", None) or {}).values())
             pool.shutdown(wait=not cancel, cancel_futures=cancel)
@@ -621,6 +638,7 @@ class Pools:
                     with contextlib.suppress(Exception):
                         process.terminate()
         self._pools.clear()
+        self._retired.clear()
 
 
 def submitit_executor(execution: Execution, logs: str) -> tp.Any:
