@@ -296,6 +296,13 @@ def test_a_job_whose_outcome_was_removed_since_did_not_fail(tmp_path: Path, outc
     cache: CacheDict[tp.Any] = CacheDict(folder)
     del cache["result"]  # (what a force or a retry does before it submits)
     fresh = make(tmp_path, "local", x=5, fail_flag=str(flag))
+    if outcome == "error":
+        # (a failed job's result file holds an error: whether the method's, cached then
+        # removed, or the job's own, it cannot tell: failed, naming that error)
+        assert fresh.infra.status() == "failed"
+        with pytest.raises(JobFailedError, match="ValueError: bad x=5"):
+            fresh.process()
+        return
     assert fresh.infra.status() == "not submitted"
     assert fresh.process() == 10
     assert len(calls(tmp_path / "calls.txt")) == 2

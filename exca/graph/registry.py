@@ -168,14 +168,19 @@ def submitit_job(record: JobRecord) -> tp.Any:
 
 
 def wrote_outcome(record: JobRecord) -> bool:
-    """Whether a recorded job ran to its end (submitit wrote its result file): its
-    outcome, a result or an error, went into the cache. Missing from the cache now, it
+    """Whether a recorded job ran to its end (submitit wrote a successful result file):
+    its outcome, a result or the method's error, went into the cache. Missing from the cache now, it
     was removed since (mode force or retry, then interrupted; a clear): the job did not
     fail."""
+    import pickle
+
     try:
-        return bool(submitit_job(record).paths.result_pickle.exists())
-    except Exception:  # (logs gone, an unreadable record: nothing says it ended well)
+        with open(submitit_job(record).paths.result_pickle, "rb") as handle:
+            outcome = pickle.load(handle)  # (small: workers write results to the cache)
+    except Exception:  # (no file: it died; logs gone, unreadable: nothing says it ended well)
         return False
+    # ("error", traceback): the job itself failed (e.g. its module would not import)
+    return isinstance(outcome, tuple) and bool(outcome) and outcome[0] == "success"
 
 
 ACTIVE_STATES = (
