@@ -87,7 +87,7 @@ def has_job_or_outcome(node: Node) -> bool:
     if store.task_state(node, refresh=True) != "missing":
         return True
     record = registry.latest(node.folder)
-    return record is not None and registry.is_active(record)
+    return (record is not None and registry.is_active(record)) or being_computed(node)
 
 
 def task_job(node: Node) -> Job:
@@ -109,7 +109,12 @@ def task_job(node: Node) -> Job:
             return Job(node, recorded_handle(own), replaces=True)
     if not forcing and (reusable or (record is not None and registry.is_active(record))):
         return Job(node, recorded_handle(record) if record is not None else None)
+    if node.mode == "read-only" and state == "missing" and being_computed(node):
+        from .executors import ClaimHandle
+
+        return Job(node, ClaimHandle(node))  # (another worker computes it: its outcome)
     scheduler = Scheduler([node])
+    scheduler.claim_waits = False  # (a job: it waits for a live claim, then computes if needed)
     if node.execution.cluster is None:
         try:
             scheduler.run(root_cause=True)

@@ -45,6 +45,10 @@ class Scheduler:
         self._follow_ups: dict[Key, int] = {}  # withdrawn jobs seen, per node
         self._recorded: set[str] = set()  # ids of the jobs whose record this run wrote
         self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
+        # a task another worker computes (live claim) is waited for, not submitted: only
+        # when this scheduler waits and can submit once that worker ends without a result
+        # (job() submits: the job waits for the claim, then computes if needed)
+        self.claim_waits = True
 
     @property
     def runs(self) -> dict[Key, NodeRun]:
@@ -331,7 +335,7 @@ class Scheduler:
             logs = executors.format_logs(
                 first.execution.logs or "{folder}/logs/{user}/%j", first.folder
             )
-            with submitting.exclusive(members, self.run_id) as members:
+            with submitting.exclusive(members, self.run_id, self.claim_waits) as members:
                 if not members:
                     return  # (submitted or computed by another process meanwhile)
                 units = [unit for _, unit in members]

@@ -25,7 +25,7 @@ SUBMIT_KEY = "\x00submitting"  # (not a cache key: a task's is "result", a map's
 
 @contextlib.contextmanager
 def exclusive(
-    members: list[tuple[NodeRun, Unit]], run_id: str
+    members: list[tuple[NodeRun, Unit]], run_id: str, claim_waits: bool = True
 ) -> tp.Iterator[list[tuple[NodeRun, Unit]]]:
     """Claim the submission of each node among the members (a task, or a map's chunks);
     yield the members still to submit. The others are settled: submitted by another
@@ -37,7 +37,7 @@ def exclusive(
         # (in a global order: two processes claiming overlapping sets cannot deadlock)
         for run in sorted(runs.values(), key=lambda r: str(r.node.folder)):
             held.append(_claim(run))
-        settled = _settle([r for r in runs.values() if r.node.kind == "task"], run_id)
+        settled = _settle([r for r in runs.values() if r.node.kind == "task"], run_id, claim_waits)
         settled |= _settle_maps([r for r in runs.values() if r.node.kind == "map"], run_id)
         yield [(r, u) for r, u in members if r.node.key not in settled]
     finally:
@@ -57,8 +57,9 @@ def _claim(run: NodeRun) -> Claim:
         claims.wait([SUBMIT_KEY], done=lambda keys: [])  # until released (or its owner died)
 
 
-def _settle(tasks: list[NodeRun], run_id: str) -> set[tp.Any]:
-    """Tasks that another process submitted or computed since they were decided."""
+def _settle(tasks: list[NodeRun], run_id: str, claim_waits: bool = True) -> set[tp.Any]:
+    """Tasks that another process submitted or computed since they were decided (or, with
+    ``claim_waits``, a worker computes now: waited for, instead of a job that would wait)."""
     settled: set[tp.Any] = set()
     newer: dict[tp.Any, registry.JobRecord] = {}
     for run in tasks:
@@ -67,7 +68,7 @@ def _settle(tasks: list[NodeRun], run_id: str) -> set[tp.Any]:
             run.handles.append(executors.DoneHandle())
             settled.add(node.key)
             continue
-        if run.action in ("compute", "retry") and being_computed(node):
+        if claim_waits and run.action in ("compute", "retry") and being_computed(node):
             # another worker computes it (e.g. an inline call of another process): a job
             # would only wait inside its allocation, and its end (a time limit) would be
             # taken for this task's failure. Wait here; submit if it ends without a result
