@@ -1196,7 +1196,9 @@ def test_clean_orphans_keeps_what_readers_may_still_read(tmp_path: Path) -> None
     writer: CacheDict[tp.Any] = CacheDict(folder)
     with writer.write():
         writer["a"] = np.arange(8.0)
-    del writer["a"]  # every entry of the session's shared file deleted
+        writer["t"] = "long text " * 100  # (its own shared file: <session>-data.txt)
+    del writer["a"]  # every entry of the session's shared files deleted
+    del writer["t"]
     first: CacheDict[str] = CacheDict(folder, cache_type="Pickle")
     second: CacheDict[str] = CacheDict(folder, cache_type="Pickle")
     assert "k" not in first and "k" not in second  # (both checked before either wrote)
@@ -1208,7 +1210,7 @@ def test_clean_orphans_keeps_what_readers_may_still_read(tmp_path: Path) -> None
     foreign.write_text('{"#key": "x", "#type": "PickleDump", "filename": "x-abcdef12.pkl"}\n')
     (folder / "data" / "x-abcdef12.pkl").write_bytes(b"\0" * 24)
     before = sorted(p.name for p in (folder / "data").iterdir())
-    assert len(before) == 4  # the shared file, two payloads of k, the foreign one
+    assert len(before) == 5  # two shared files, two payloads of k, the foreign one
     assert clean.orphans(tmp_path / "cache", min_age_hours=0).removals == []
     foreign.unlink()  # (without the foreign index: its payload is an orphan like any)
     plan = clean.orphans(tmp_path / "cache", min_age_hours=0)
@@ -1625,6 +1627,38 @@ def test_compact_of_an_idle_writer_on_another_host(tmp_path: Path) -> None:
     _, err = writer.communicate(timeout=WAIT_S)
     assert writer.returncode == 0, err
     assert dict(CacheDict(folder).items()) == {"old": 1, "second": 2}
+
+
+def test_repeated_compactions_converge(tmp_path: Path) -> None:
+    """A dead writer's file ending in a torn line is merged and removed (it was kept,
+    seen as "appended since", and merged again at every compaction); each merged line
+    keeps at most two former places (they grew by one per compaction)."""
+    folder = tmp_path / "cache"
+    _dead_sessions(folder, "with cd.write():\n    cd['a'] = 'A'")
+    _dead_sessions(folder, "with cd.write():\n    cd['b'] = 'B'")
+    torn = index_files(folder)[0]
+    with torn.open("ab") as handle:
+        handle.write(b'{"#key": "half-writ')  # (a writer killed mid-line)
+    for round_ in range(4):  # each compaction in a process that ends (its file is dead)
+        run_python(
+            f"from exca.ops import clean\nprint(clean.compact({str(folder)!r}, grace_seconds=0))"
+        )
+        _dead_sessions(folder, f"with cd.write():\n    cd['more{round_}'] = {round_}")
+    assert len(index_files(folder)) == 2  # the last merged file and the last writer's
+    places = [
+        len(json.loads(line).get("#was", []))
+        for path in index_files(folder)
+        for line in path.read_text().splitlines()
+    ]
+    assert max(places) == 2
+    assert dict(CacheDict(folder).items()) == {
+        "a": "A",
+        "b": "B",
+        **{f"more{i}": i for i in range(4)},
+    }
+    reader: CacheDict[tp.Any] = CacheDict(folder)
+    del reader["a"]
+    assert "a" not in CacheDict(folder)
 
 
 def test_compaction_does_not_make_results_stale(tmp_path: Path) -> None:

@@ -328,7 +328,7 @@ def orphans(root: Path | str, min_age_hours: float = 1.0) -> CleanPlan:
         # another exca's index files (left alone, not read): what they point to is unknown
         if data.is_dir() and all(_OUR_INDEX_NAME.fullmatch(n) for n in indexes):
             # a session whose index file is there may write again into its shared files
-            sessions = tuple(n[: -len(INDEX_SUFFIX)] + "." for n in indexes)
+            sessions = tuple(n[: -len(INDEX_SUFFIX)] for n in indexes)  # (.data, -data.txt...)
             for entry in os.scandir(data):
                 stat = _stat(entry)
                 if stat is None or stat.st_mtime > limit:
@@ -457,6 +457,11 @@ def _writer_dead(name: str, mtime: float, grace: float) -> bool:
     return time.time() - mtime > grace
 
 
+# former places kept per merged line: a writer whose view predates more compactions than
+# that is unlikely (an hour of idleness each), and the lines must not grow forever
+KEPT_PLACES = 2
+
+
 def compact(folder: Path | str, grace_seconds: float = 3600.0) -> tuple[int, int]:
     """Merge the index files of dead writers of a folder into one; returns (files merged,
     entries kept). Readers see every entry throughout (new file written first)."""
@@ -478,7 +483,7 @@ def compact(folder: Path | str, grace_seconds: float = 3600.0) -> tuple[int, int
             if entry[0] in merged:
                 # where it was, for deletions aimed there by writers who read the old file
                 record = dict(entry[2])
-                places = list(record.get(FORMER_PLACES) or ())
+                places = list(record.get(FORMER_PLACES) or ())[-(KEPT_PLACES - 1) :]
                 record[FORMER_PLACES] = [*places, f"{entry[0]}:{entry[1]}"]
                 lines.append(orjson.dumps(record))
         lines += _tombstones_of_others(folder, merged)
@@ -486,11 +491,11 @@ def compact(folder: Path | str, grace_seconds: float = 3600.0) -> tuple[int, int
         tmp = target.with_name("." + target.name + ".tmp")
         tmp.write_bytes(b"\n".join(lines) + b"\n" if lines else b"")
         os.replace(tmp, target)
-        read = {name: state.offset for name, state in reader._files.items()}
         for index_file in files:
             with contextlib.suppress(FileNotFoundError):
-                if os.stat(index_file.path).st_size != read.get(index_file.name):
-                    continue  # appended to since it was read (a writer idle, not dead): kept
+                # (the size when listed, before it was read: a torn last line counts too)
+                if os.stat(index_file.path).st_size != index_file.stat().st_size:
+                    continue  # appended to since (a writer idle, not dead): kept
                 os.remove(index_file.path)
     return len(files), len(lines)
 
