@@ -525,8 +525,12 @@ def test_auto_pickles_text_that_is_not_utf8(tmp_path: Path) -> None:
     with cd.write(), pytest.warns(DeprecationWarning, match="pickling"):
         for key, value in values.items():
             cd[key] = value
+    with cd.write():  # a bare str (Text format): stored as its bytes, given back as is
+        cd["bare"] = name
+        cd["lone"] = "\ud800 a lone surrogate"
     fresh: CacheDict[tp.Any] = CacheDict(tmp_path / "auto")
     assert {key: fresh[key] for key in values} == values
+    assert (fresh["bare"], fresh["lone"]) == (name, "\ud800 a lone surrogate")
 
 
 def test_unregistered_type_defaults_to_auto(tmp_path: Path) -> None:

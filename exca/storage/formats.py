@@ -1082,18 +1082,29 @@ class Text:
     def __dump_info__(cls, ctx: DumpContext, value: str) -> dict[str, tp.Any]:
         if not isinstance(value, str):
             raise TypeError(f"Text format stores str values, got {type(value).__name__}")
-        data = value.encode("utf8")
+        try:
+            data = value.encode("utf8")
+        except UnicodeEncodeError:  # lone surrogates (a file name from os.listdir...):
+            # not JSON, so never inline; stored as the bytes "surrogatepass" gives back
+            info = _dump_text_like(ctx, value.encode("utf8", "surrogatepass"), "-data.txt")
+            return {**info, "s": 1}
         if len(data) <= INLINE_MAX_BYTES:
             return {"v": value}
         return _dump_text_like(ctx, data, "-data.txt")
 
     @classmethod
     def __load_from_info__(
-        cls, ctx: DumpContext, v: str | None = None, f: str | None = None, o: int = 0, n: int = 0
+        cls,
+        ctx: DumpContext,
+        v: str | None = None,
+        f: str | None = None,
+        o: int = 0,
+        n: int = 0,
+        s: int = 0,
     ) -> str:
         if f is None:
             return v or ""
-        return ctx.read_bytes(f, o, n).decode("utf8")
+        return ctx.read_bytes(f, o, n).decode("utf8", "surrogatepass" if s else "strict")
 
 
 _AUTO_TAG = "#type"
