@@ -778,6 +778,24 @@ def test_map_apply_rules() -> None:
         assert MapInfra().apply(item_uid=str)(ok) is not None
     with pytest.raises(ValueError):
         MapInfra().apply(item_uid=str, item_uid_max_length=31)(ok)
+    # items keyword-only or *items: refused here (the call failed, and its error was cached
+    # for every item, outliving the fix of the signature)
+
+    def keyword_only(self: tp.Any, *, items: list[int]) -> tp.Iterator[int]:
+        yield from items
+
+    def star(self: tp.Any, *items: list[int]) -> tp.Iterator[int]:
+        yield from items
+
+    for bad in (keyword_only, star):
+        with pytest.raises(TypeError, match="plain positional parameter"):
+            MapInfra().apply(item_uid=str)(bad)
+    # the other arguments, checked here too
+    with pytest.raises(TypeError, match=r"item_uid .* must be a function"):
+        MapInfra().apply(item_uid="str")(ok)
+    for length in ("abc", 40.5):
+        with pytest.raises(ValueError, match="item_uid_max_length"):
+            MapInfra().apply(item_uid=str, item_uid_max_length=length)(ok)
 
 
 def test_map_call_rules(tmp_path: Path) -> None:

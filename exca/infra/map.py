@@ -107,10 +107,12 @@ class MapMethod(InfraMethod):
     def __init__(self, infra: BaseInfra, func: tp.Callable[..., tp.Any], **options: tp.Any) -> None:
         check_plain_method(func)
         params = list(inspect.signature(func).parameters.values())
-        if len(params) != 2:
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        if len(params) != 2 or any(p.kind not in positional for p in params):
+            shown = str(inspect.signature(func))
             raise TypeError(
-                f"MapInfra methods must have the signature (self, items), "
-                f"{func.__qualname__} has {[p.name for p in params]}"
+                f"MapInfra methods must have the signature (self, items), with items a plain "
+                f"positional parameter: {func.__qualname__} has {shown}"
             )
         annotation = params[1].annotation
         text = (
@@ -124,9 +126,20 @@ class MapMethod(InfraMethod):
                 f"The items parameter of {func.__qualname__} must be annotated as a list, tuple, "
                 f"Sequence or Iterable (got {annotation!r})"
             )
+        item_uid, max_length = options.get("item_uid"), options.get("item_uid_max_length", 256)
+        if not callable(item_uid):
+            raise TypeError(
+                f"item_uid of {func.__qualname__} must be a function of one item returning a "
+                f"str (e.g. item_uid=str), got {item_uid!r}"
+            )
+        if max_length is not None and (type(max_length) is not int or max_length < 32):
+            raise ValueError(
+                f"item_uid_max_length of {func.__qualname__} must be an int >= 32, or None "
+                f"(no shortening), got {max_length!r}"
+            )
         super().__init__(infra, func, **options)
         self.param_name = params[1].name
-        self.item_uid = ItemUid(options["item_uid"], options.get("item_uid_max_length", 256))
+        self.item_uid = ItemUid(item_uid, max_length)
 
     def bound(self, obj: tp.Any) -> BoundMap:
         return BoundMap(self, obj)
