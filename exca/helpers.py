@@ -362,6 +362,8 @@ def _uid_files(folder: Path) -> list[Path]:
 def update_uids(folder: str | Path, dryrun: bool = True) -> list[tuple[Path, Path]]:
     """Rename cache folders named with the legacy v2 uid format to the v3 names (reports
     what it would do when dryrun=True). Returns the (old, new) pairs."""
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"update_uids: {folder} is not a folder (a cache folder to scan)")
     renames: list[tuple[Path, Path]] = []
     for uid_file in _uid_files(Path(folder)):
         current = uid_file.parent

@@ -253,6 +253,11 @@ def _legacy_folder(root: Path, config: dict[str, tp.Any]) -> Path:
     return folder
 
 
+def test_update_uids_of_a_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="not a folder"):  # (a typo: not "nothing to do")
+        helpers.update_uids(tmp_path / "typo")
+
+
 def test_update_uids(tmp_path: Path) -> None:
     config = {"training": {"optim": {"lr": 0.01}}, "name": "a b"}
     legacy = _legacy_folder(tmp_path, config)
@@ -478,6 +483,10 @@ def test_discriminated_field_named_like_key() -> None:
 
         class ClashKind(Shape):
             kind: str = "x"
+
+    # a refused class cannot be selected by its name afterwards
+    with pytest.raises(pydantic.ValidationError, match="Clash"):
+        Animal(type="Clash")
 
 
 def test_discriminated_same_name_in_two_modules() -> None:

@@ -100,6 +100,12 @@ def test_empty_array(tmp_path: Path, ctl: Path, cluster: str | None) -> None:
     with task.infra.job_array(allow_empty=True) as array:
         assert array == []
     assert calls(ctl) == {}
+    # a bad max_workers is refused before the block runs (not after it, nor as a '<' error)
+    for bad in (0, "x", None, 1.5):
+        entered = []
+        with pytest.raises(ValueError, match="max_workers"), task.infra.job_array(max_workers=bad):  # type: ignore[arg-type]
+            entered.append(1)
+        assert entered == []
 
 
 @pytest.mark.parametrize("cluster", [None, "local"])

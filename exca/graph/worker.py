@@ -276,6 +276,10 @@ def _compute_task(node: Node) -> Report:
         value = node.function(**inputs)
     except Exception as error:
         failure = _job_timeout(node.uid, error) or error
+        if not isinstance(failure, UpstreamFailed):  # (that node's own failure is logged)
+            # (SPEC: logged, then re-raised: a job array or a detached run goes on without
+            # raising it, and a job's log holds it)
+            logger.warning("%s failed (its error is cached)", node.uid, exc_info=failure)
         node.cache.refresh()
         if TASK_KEY not in node.cache:  # (see below)
             with node.cache.write():

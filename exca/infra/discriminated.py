@@ -51,6 +51,9 @@ class DiscriminatedModel(pydantic.BaseModel):
     def __pydantic_init_subclass__(cls, **kwargs: tp.Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
         if cls._exca_discriminator_key in cls.model_fields:
+            family = cls._exca_subclasses
+            if family.get(cls.__name__) is cls:  # (refused: not selectable by its name)
+                del family[cls.__name__]
             raise RuntimeError(
                 f"{cls.__name__} has a field named {cls._exca_discriminator_key!r}, which is the "
                 "discriminator key of its family: rename the field or the key"

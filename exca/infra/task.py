@@ -388,6 +388,11 @@ class TaskInfra(BaseInfra, SubmititMixin):
     ) -> tp.Iterator[list[tp.Any]]:
         """Collect configs in a list; on exit, submit the ones without a result as ONE array
         (with this infra's cluster, resources, logs and workdir), without waiting."""
+        if type(max_workers) is not int or max_workers < 1:  # (before the block runs)
+            raise ValueError(
+                f"job_array(max_workers={max_workers!r}): give an int >= 1, the number of "
+                "array tasks running at once"
+            )
         tasks: list[tp.Any] = []
         yield tasks
         from . import arrays
