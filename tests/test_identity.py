@@ -998,6 +998,7 @@ def test_unreadable_yaml_replaced(
         assert obj.process() == 6
     assert any(r.levelno >= logging.WARNING for r in caplog.records)
     assert ConfDict(_read(folder / "uid.yaml")) == {"p": 6}
+    assert _read(folder / "config.yaml")["p"] == 6  # (SPEC §10: rewritten too)
     assert WithSub(p=6, infra={"folder": tmp_path}).process() == 6
 
 

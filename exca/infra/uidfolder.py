@@ -142,7 +142,8 @@ def prepare(
     existing_full = _check_or_write(folder / FULL_UID_FILE, full_uid_config.to_yaml(), permissions)
     if existing_full is not None:
         _check_defaults(folder, existing_full, uid_config, full_uid_config)
-    if not (folder / CONFIG_FILE).exists():
+    config_text = read_text(folder / CONFIG_FILE)  # (unparsable: removed and rewritten)
+    if config_text is None or read_yaml(folder / CONFIG_FILE, config_text, True) is None:
         write_atomic(folder / CONFIG_FILE, config().to_yaml(), permissions)
 
 
