@@ -306,7 +306,8 @@ def validate_kwargs(func: tp.Callable[..., tp.Any], kwargs: dict[str, tp.Any]) -
             if hint is float and isinstance(value, int) and not isinstance(value, bool):
                 continue
             raise TypeError(
-                f"{func.__qualname__}: argument {name}={value!r} should be a {hint.__name__}"
+                f"{func.__qualname__}: argument {name}={value!r} should be "
+                f"{'an' if hint.__name__[:1].lower() in 'aeiou' else 'a'} {hint.__name__}"
             )
 
 
