@@ -503,12 +503,17 @@ def _renamed(dumped: tp.Any, facts: _ClassFacts, uid: bool, excluded: frozenset[
     some (None values, ``exclude=True`` fields) keeps the others: exported as usual."""
     if type(dumped) is not dict:
         return True
-    model_fields = facts.cls.model_fields
-    if all(key in model_fields for key in dumped):
-        return False  # (nothing renamed: only fields, maybe fewer)
+    cls = facts.cls
+    model_fields = cls.model_fields
+    known = (*model_fields, *cls.model_computed_fields, getattr(cls, "_exca_discriminator_key", None))
+    if all(key in known for key in dumped):
+        return False  # (nothing renamed: only fields, maybe fewer, and an added key)
     fields = facts.fields_in_uid if uid else facts.fields
     return any(
-        f.name not in dumped and f.name not in excluded and not model_fields[f.name].exclude
+        f.name not in dumped
+        and f.name not in excluded
+        and not model_fields[f.name].exclude
+        and getattr(model_fields[f.name], "exclude_if", None) is None
         for f in fields
     )
 
@@ -797,6 +802,15 @@ def _typed_items(items: tp.Iterable[tp.Any]) -> set[tuple[bool, tp.Any]]:
 def _sets_ordered(value: tp.Any, dumped: tp.Any) -> tp.Any:
     """The json dump of a value with every set in it, at any depth, in a fixed order
     (the rest of the dump as it is)."""
+    if dumped is None and type(value) is float:
+        return value  # inf/nan: the json dump says null (None itself stays None)
+    if type(dumped) is dict:
+        if isinstance(value, pydantic.BaseModel):  # (its fields, by name: they may hold sets)
+            fields = value.__dict__
+            return {k: _sets_ordered(fields[k], d) if k in fields else d for k, d in dumped.items()}
+        if isinstance(value, dict) and len(value) == len(dumped):  # (keys in the same order)
+            return {k: _sets_ordered(v, d) for v, (k, d) in zip(value.values(), dumped.items())}
+        return dumped
     if type(dumped) is not list or len(dumped) != len(value):
         return dumped
     if isinstance(value, set | frozenset):  # (items in iteration order: the dump's)
