@@ -1141,3 +1141,37 @@ def test_folder_names_environment_variables(
     literal = tmp_path / "cache$EXCA_TEST_SCRATCH"  # an existing folder: its name, as is
     literal.mkdir()
     assert Task(infra={"folder": str(literal)}).infra.folder == literal
+
+
+class Prepared(pydantic.BaseModel):
+    """process() calls prep(), which fails: one failure, logged once."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+    prep_infra: TaskInfra = TaskInfra(version="1")
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @prep_infra.apply
+    def prep(self) -> int:
+        raise ValueError("bad prep")
+
+    @infra.apply
+    def process(self) -> int:
+        return self.prep() + 1
+
+
+def test_a_task_failure_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """SPEC §10: logged with its traceback, then cached and re-raised (a job array goes
+    on without raising it). A task failing because a task it calls failed logs nothing
+    more (it was logged twice)."""
+    import logging
+
+    obj = Prepared(infra={"folder": tmp_path}, prep_infra={"folder": tmp_path})
+    with (
+        caplog.at_level(logging.WARNING, logger="exca"),
+        pytest.raises(ValueError, match="bad prep"),
+    ):
+        obj.process()
+    logged = [r for r in caplog.records if "failed (its error is cached)" in r.getMessage()]
+    assert len(logged) == 1 and "Prepared.prep" in logged[0].getMessage()
+    assert logged[0].exc_info is not None and "bad prep" in str(logged[0].exc_info[1])
+    assert obj.infra.status() == "failed"  # (process: the same error, cached too)

@@ -114,13 +114,13 @@ def task_job(node: Node) -> Job:
 
         return Job(node, ClaimHandle(node))  # (another worker computes it: its outcome)
     scheduler = Scheduler([node])
-    scheduler.claim_waits = False  # (a job: it waits for a live claim, then computes if needed)
     if node.execution.cluster is None:
         try:
             scheduler.run(root_cause=True)
         except Exception as error:  # (a cached error is raised by job.result() from the cache)
             return Job(node, DoneHandle(error))
         return Job(node, DoneHandle())
+    scheduler.claim_waits = False  # (a job: it waits for a live claim, then computes if needed)
     # the outcome the new job replaces: removed once it is submitted (store.drop_outcome)
     outdated = store.outdated_outcome(node.cache, "force" if forcing else node.mode)
     handles = scheduler.submit().get(node.key) or []

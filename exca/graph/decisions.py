@@ -418,7 +418,7 @@ class Graph:
                 run.action = "wait"
                 run.handles = [executors.recorded_handle(record)]
             elif run.action == "compute" and registry.wrote_outcome(record):
-                pass  # its outcome was removed since (forced, then interrupted): computed
+                pass  # its result was removed since (forced, then interrupted): computed
             elif run.action == "compute" and run.node.mode == "retry":
                 run.action = "retry"
                 run.reason = f"retry: job {record.job_id} ended without a result"

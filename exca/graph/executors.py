@@ -583,7 +583,9 @@ class Pools:
         # once), with its size: a map needing more workers replaces a smaller pool (which
         # finishes its work, then ends)
         self._pools: dict[tuple[str, int], tuple[concurrent.futures.Executor, int]] = {}
-        self._retired: list[concurrent.futures.Executor] = []
+        # replaced pools, with their processes (shutdown(wait=False) forgets them: a
+        # Ctrl-C must still stop them)
+        self._retired: list[tuple[concurrent.futures.Executor, list[tp.Any]]] = []
         self._isolation = _Isolation()
 
     @staticmethod
@@ -602,8 +604,9 @@ class Pools:
             import concurrent.futures  # (lazy: inline calls need no pool)
 
             if pool is not None:
+                processes = list((getattr(pool, "_processes", None) or {}).values())
                 pool.shutdown(wait=False)  # (its work goes on; its workers end after it)
-                self._retired.append(pool)
+                self._retired.append((pool, processes))
             if cluster == "processpool":
                 pool = _process_pool(workers)
             else:
@@ -629,9 +632,12 @@ class Pools:
         (they would finish the work already sent to them, and the interpreter would wait
         for them at exit; what they wrote is complete, what they did not is not indexed)."""
         self._isolation.shutdown()
-        for pool in [*self._retired, *(pool for pool, _ in self._pools.values())]:
+        current = [
             # (read before shutdown(), which forgets them)
-            processes = list((getattr(pool, "_processes", None) or {}).values())
+            (pool, list((getattr(pool, "_processes", None) or {}).values()))
+            for pool, _ in self._pools.values()
+        ]
+        for pool, processes in [*self._retired, *current]:
             pool.shutdown(wait=not cancel, cancel_futures=cancel)
             if cancel:
                 for process in processes:

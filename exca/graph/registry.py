@@ -169,9 +169,9 @@ def submitit_job(record: JobRecord) -> tp.Any:
 
 def wrote_outcome(record: JobRecord) -> bool:
     """Whether a recorded job ran to its end (submitit wrote a successful result file):
-    its outcome, a result or the method's error, went into the cache. Missing from the cache now, it
-    was removed since (mode force or retry, then interrupted; a clear): the job did not
-    fail."""
+    its result went into the cache. Missing from the cache now, it was removed since (mode
+    force, then interrupted; a clear): the job did not fail. (A job whose method raised
+    wrote an error file: that error, cached or not, is how it ended.)"""
     import pickle
 
     try:

@@ -7,6 +7,7 @@ computes, writes results or errors into the node's cache, and releases its claim
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -276,10 +277,7 @@ def _compute_task(node: Node) -> Report:
         value = node.function(**inputs)
     except Exception as error:
         failure = _job_timeout(node.uid, error) or error
-        if not isinstance(failure, UpstreamFailed):  # (that node's own failure is logged)
-            # (SPEC: logged, then re-raised: a job array or a detached run goes on without
-            # raising it, and a job's log holds it)
-            logger.warning("%s failed (its error is cached)", node.uid, exc_info=failure)
+        _log_failure(node.uid, failure)
         node.cache.refresh()
         if TASK_KEY not in node.cache:  # (see below)
             with node.cache.write():
@@ -308,10 +306,25 @@ def _compute_task(node: Node) -> Report:
         # a result the cache cannot store: its error is cached (the same result would come
         # again), naming the cause
         failure = _unstorable(f"the result of {node.uid}", value, node.cache, error)
+        _log_failure(node.uid, failure)
         with node.cache.write():
             node.cache.put(TASK_KEY, CachedError.from_exception(failure), meta=meta)
         raise failure from error
     return Report(computed=1)
+
+
+_LOGGED = "__exca_logged__"
+
+
+def _log_failure(uid: str, failure: BaseException) -> None:
+    """SPEC: a task's failure is logged, then cached and re-raised (a job array or a
+    detached run goes on without raising it; a job's log holds it). Once per exception: a
+    task calling a failing task fails with the same one."""
+    if isinstance(failure, UpstreamFailed) or getattr(failure, _LOGGED, False):
+        return  # (an upstream node's failure: logged there)
+    logger.warning("%s failed (its error is cached)", uid, exc_info=failure)
+    with contextlib.suppress(Exception):  # (an exception type refusing new attributes)
+        setattr(failure, _LOGGED, True)
 
 
 def _reached_time_limit(error: Exception) -> bool:

@@ -505,7 +505,11 @@ def _renamed(dumped: tp.Any, facts: _ClassFacts, uid: bool, excluded: frozenset[
         return True
     cls = facts.cls
     model_fields = cls.model_fields
-    known = (*model_fields, *cls.model_computed_fields, getattr(cls, "_exca_discriminator_key", None))
+    known = (
+        *model_fields,
+        *cls.model_computed_fields,
+        getattr(cls, "_exca_discriminator_key", None),
+    )
     if all(key in known for key in dumped):
         return False  # (nothing renamed: only fields, maybe fewer, and an added key)
     fields = facts.fields_in_uid if uid else facts.fields

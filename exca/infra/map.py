@@ -7,6 +7,7 @@ import functools
 import hashlib
 import inspect
 import logging
+import operator
 import types
 import typing as tp
 from pathlib import Path
@@ -132,10 +133,16 @@ class MapMethod(InfraMethod):
                 f"item_uid of {func.__qualname__} must be a function of one item returning a "
                 f"str (e.g. item_uid=str), got {item_uid!r}"
             )
-        if max_length is not None and (type(max_length) is not int or max_length < 32):
+        given = max_length
+        if max_length is not None:
+            try:
+                max_length = operator.index(max_length)  # (numpy ints are ints)
+            except TypeError:
+                max_length = 0
+        if max_length is not None and max_length < 32:
             raise ValueError(
                 f"item_uid_max_length of {func.__qualname__} must be an int >= 32, or None "
-                f"(no shortening), got {max_length!r}"
+                f"(no shortening), got {given!r}"
             )
         super().__init__(infra, func, **options)
         self.param_name = params[1].name

@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import inspect
 import logging
+import operator
 import shutil
 import typing as tp
 from pathlib import Path
@@ -388,9 +389,14 @@ class TaskInfra(BaseInfra, SubmititMixin):
     ) -> tp.Iterator[list[tp.Any]]:
         """Collect configs in a list; on exit, submit the ones without a result as ONE array
         (with this infra's cluster, resources, logs and workdir), without waiting."""
-        if type(max_workers) is not int or max_workers < 1:  # (before the block runs)
+        given = max_workers
+        try:  # (before the block runs; numpy ints are ints)
+            max_workers = operator.index(max_workers)
+        except TypeError:
+            max_workers = 0
+        if max_workers < 1:
             raise ValueError(
-                f"job_array(max_workers={max_workers!r}): give an int >= 1, the number of "
+                f"job_array(max_workers={given!r}): give an int >= 1, the number of "
                 "array tasks running at once"
             )
         tasks: list[tp.Any] = []

@@ -483,7 +483,8 @@ def compact(folder: Path | str, grace_seconds: float = 3600.0) -> tuple[int, int
             if entry[0] in merged:
                 # where it was, for deletions aimed there by writers who read the old file
                 record = dict(entry[2])
-                places = list(record.get(FORMER_PLACES) or ())[-(KEPT_PLACES - 1) :]
+                places = list(record.get(FORMER_PLACES) or ())
+                places = places[len(places) - KEPT_PLACES + 1 :] if KEPT_PLACES > 1 else []
                 record[FORMER_PLACES] = [*places, f"{entry[0]}:{entry[1]}"]
                 lines.append(orjson.dumps(record))
         lines += _tombstones_of_others(folder, merged)
