@@ -17,6 +17,7 @@ import threading
 import typing as tp
 import warnings
 from pathlib import Path
+from time import monotonic as _monotonic
 
 import orjson
 
@@ -31,7 +32,7 @@ from .formats import (
     _load_inline,
     load_memmap_runs,
 )
-from .index import INDEX_SUFFIX, Entry, IndexReader, IndexWriter
+from .index import _FORKS, INDEX_SUFFIX, Entry, IndexReader, IndexWriter
 from .modules import imported
 
 logger = logging.getLogger("exca")
@@ -564,7 +565,7 @@ class CacheDict(tp.Generic[X]):
             writer, ctx = self._session()
         else:
             writer, ctx = session[0], session[1]
-            if writer.gone_while_idle():
+            if _monotonic() >= writer.next_check and writer.gone_while_idle():
                 writer, ctx = self._session(restart=True)
         if not key.isascii() or meta is not None:
             _check_key_and_meta(key, meta)  # (before any payload is written)
@@ -590,7 +591,8 @@ class CacheDict(tp.Generic[X]):
             info = orjson.loads(line)
         # append and record under the reader's lock: a refresh by another thread in between
         # would read this line too, then move the file's offset past its end
-        with reader.locked():
+        lock = reader._lock if reader._lock_fork == _FORKS[0] else reader.locked()
+        with lock:
             offset = writer.append(line)
             state.offset = writer.size
             entry = (writer.name, offset, info)

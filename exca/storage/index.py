@@ -365,17 +365,18 @@ class IndexWriter:
         self.read_state: FileState | None = None  # the reader's state of this file
         # a failed append left part of a line (no newline): the next append ends it first
         self.torn = False
-        self.last_append = 0.0  # (monotonic time)
+        self.next_check = 0.0  # (monotonic time of the next gone_while_idle check)
 
     def gone_while_idle(self) -> bool:
-        """After a long pause (compaction merges only files idle for longer): whether this
-        session's index file was removed since its last append (one fstat, then a stat)."""
+        """At most once a minute (compaction merges only files idle for an hour): whether
+        this session's index file was removed (one fstat, then a stat). Writers call it
+        before appending: one that was idle checks at its next write."""
         if self.fd is None:
             return False
         now = time.monotonic()
-        if now - self.last_append < IDLE_CHECK_SECONDS:
+        if now < self.next_check:
             return False
-        self.last_append = now
+        self.next_check = now + IDLE_CHECK_SECONDS
         try:
             if os.fstat(self.fd).st_nlink == 0:
                 return True
@@ -397,6 +398,7 @@ class IndexWriter:
         if self.fd is None:
             path = self.folder / self.name
             self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+            self.next_check = time.monotonic() + IDLE_CHECK_SECONDS  # (it is there now)
             stat = os.fstat(self.fd)
             self.inode, self.size = stat.st_ino, stat.st_size
             if self.size == 0 and self.permissions is not None:
@@ -417,7 +419,6 @@ class IndexWriter:
             self.recover()
             raise
         self.size, self.torn = offset + len(data), False
-        self.last_append = time.monotonic()
         return offset
 
     def recover(self) -> None:
