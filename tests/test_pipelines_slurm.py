@@ -573,3 +573,29 @@ def test_plan_of_work_below_a_running_job_on_slurm_is_one_array(env: Env, sbatch
     assert job.result() == "running(None,None)"
     assert below.result() == "below(running(None,None),None)"
     assert apart.result() == "apart(None,None)"
+
+
+def test_detached_run_above_a_node_another_worker_computes(env: Env, sbatch: Sbatch) -> None:
+    """A leaf computed inline by another caller (its claim is live) under a detached run:
+    the leaf still gets a job (it waits for that claim), so the node above it can be
+    queued after that job (a run that waits would wait for the claim instead; a detached
+    one cannot, and refused to submit)."""
+    block = env.tmp / "block"
+    block.touch()
+    inline = env.step("l0", block_flag=str(block)).run.node(0)
+    computing = threading.Thread(target=lambda: exca.graph.run(inline))
+    computing.start()
+    try:
+        wait_for(lambda: "l0" in started(env.log), timeout=60)
+        leaf = env.step("l0", infra=slurm(), block_flag=str(block)).run.node(0)
+        top = env.step("m0", infra=slurm()).run.node(leaf)
+        assert leaf.uid == inline.uid
+        exca.graph.run(top, wait=False)
+        assert sbatch.count() == 2
+        assert Sbatch.option(sbatch.calls()[1], "dependency") == f"afterany:{job_id(leaf)}"
+    finally:
+        block.unlink()
+        computing.join(timeout=60)
+    wait_until_ended([job_id(top)])
+    assert top.result() == f"m0({leaf_value(0)},None)"
+    assert started(env.log).count("l0") == 1  # (the leaf's job read what the caller wrote)

@@ -92,7 +92,9 @@ def _submit(
     first = members[0][0].node
     logs = executors.format_logs(first.execution.logs or "{folder}/logs/{user}/%j", first.folder)
     out: list[tuple[NodeRun, executors.Handle]] = []
-    with submitting.exclusive(members, scheduler.run_id) as members:
+    # (claim_waits=False: a task another worker computes gets its job, which waits for
+    # that claim; the jobs below it can then start after that job)
+    with submitting.exclusive(members, scheduler.run_id, claim_waits=False) as members:
         if not members:
             return out  # (submitted or computed by another process meanwhile)
         units = [u for _, u in members]
