@@ -89,6 +89,11 @@ def format_logs(template: str, folder: Path | None) -> str:
 
 
 # --- handles -------------------------------------------------------------------------------
+# how a local job ended when it wrote no result file (submitit's local controller ends
+# normally whatever happened to the worker)
+_DIED = "its process died (killed, out of memory, or sys.exit/os._exit in the method)"
+
+
 class Handle:
     """What the scheduler knows about the job running one unit."""
 
@@ -265,10 +270,7 @@ class SubmititHandle(Handle):
         detail = f": {type(error).__name__}: {str(error)[-2000:]}" if error is not None else ""
         if not detail and self.cluster == "local":
             # (submitit's local controller ends normally whatever happened to the worker)
-            return (
-                f"local job {self.job_id} ended without writing its result: its process died "
-                "(killed, out of memory, or sys.exit/os._exit in the method)"
-            )
+            return f"local job {self.job_id} ended without writing its result: {_DIED}"
         if not detail and self.cluster == "slurm":
             if how is None:
                 from .registry import slurm_exit
@@ -324,10 +326,9 @@ class RecordedLocalHandle(Handle):
         if error is not None:
             return f"local job {self.job_id} failed: {type(error).__name__}: {str(error)[-2000:]}"
         tail = stderr.read_text(errors="replace")[-1500:] if stderr.exists() else ""
-        return (
-            f"local job {self.job_id} ended without writing its result: its process died "
-            "(killed, out of memory, or sys.exit/os._exit in the method)"
-        ) + (f"; the end of its stderr: {tail}" if tail else "")
+        return (f"local job {self.job_id} ended without writing its result: {_DIED}") + (
+            f"; the end of its stderr: {tail}" if tail else ""
+        )
 
     def cancel(self) -> None:
         import signal

@@ -92,6 +92,14 @@ class _ClassFacts:
         self.has_serializer = has_serializer
 
     @functools.cached_property
+    def dump_keys(self) -> frozenset[str | None]:
+        """Keys a serializer's dump may hold without renaming anything: the fields, the
+        computed fields, a DiscriminatedModel's key."""
+        cls = self.cls
+        added = getattr(cls, "_exca_discriminator_key", None)
+        return frozenset((*cls.model_fields, *cls.model_computed_fields, added))
+
+    @functools.cached_property
     def fields(self) -> tuple[_FieldFacts, ...]:
         return tuple(_field_facts(self.cls, n, f) for n, f in self.cls.model_fields.items())
 
@@ -503,15 +511,9 @@ def _renamed(dumped: tp.Any, facts: _ClassFacts, uid: bool, excluded: frozenset[
     some (None values, ``exclude=True`` fields) keeps the others: exported as usual."""
     if type(dumped) is not dict:
         return True
-    cls = facts.cls
-    model_fields = cls.model_fields
-    known = (
-        *model_fields,
-        *cls.model_computed_fields,
-        getattr(cls, "_exca_discriminator_key", None),
-    )
-    if all(key in known for key in dumped):
+    if dumped.keys() <= facts.dump_keys:
         return False  # (nothing renamed: only fields, maybe fewer, and an added key)
+    model_fields = facts.cls.model_fields
     fields = facts.fields_in_uid if uid else facts.fields
     return any(
         f.name not in dumped

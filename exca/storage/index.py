@@ -40,12 +40,14 @@ IDLE_CHECK_SECONDS = 60.0
 FORMER_PLACES = "#was"
 
 
-def former_places(entry: tuple[str, int, dict[str, tp.Any]]) -> list[EntryId]:
-    places = entry[2].get(FORMER_PLACES)
-    if not places:
-        return []
-    out = []
-    for place in places:
+def places(entry: tuple[str, int, dict[str, tp.Any]]) -> list[EntryId]:
+    """Where an entry is, then where it was before compactions (tombstones name either)."""
+    here = (entry[0], entry[1])
+    former = entry[2].get(FORMER_PLACES)
+    if not former:
+        return [here]
+    out = [here]
+    for place in former:
         file, _, offset = str(place).rpartition(":")
         if offset.isdigit():
             out.append((file, int(offset)))
@@ -267,7 +269,7 @@ class IndexReader:
         deleted = self._deleted
         if not deleted:
             return False
-        return (entry[0], entry[1]) in deleted or any(w in deleted for w in former_places(entry))
+        return not deleted.isdisjoint(places(entry))
 
     def apply_tombstone(self, key: tp.Any, target: EntryId) -> None:
         with self.locked():
@@ -275,14 +277,11 @@ class IndexReader:
             if not isinstance(key, str):
                 return
 
-            def hit(entry: tuple[str, int, dict[str, tp.Any]]) -> bool:
-                return (entry[0], entry[1]) == target or target in former_places(entry)
-
             shadows = self._shadowed.get(key)
             if shadows:
-                shadows[:] = [s for s in shadows if not hit(s)]
+                shadows[:] = [s for s in shadows if target not in places(s)]
             entry = self.entries.get(key)
-            if entry is not None and hit(entry):
+            if entry is not None and target in places(entry):
                 del self.entries[key]
                 self.removals += 1
                 if shadows:  # another live copy of the key was read earlier
