@@ -21,7 +21,7 @@ __all__ = ["ConfDict", "MapInfra", "TaskInfra", "__version__", "cachedict", "hel
 
 def __getattr__(name: str) -> object:
     # heavier or optional parts load on first use (keeps `import exca` fast)
-    if name in ("helpers", "graph", "workdir", "slurm"):
+    if name in ("helpers", "graph", "workdir", "slurm", "ops"):
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")

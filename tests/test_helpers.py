@@ -350,6 +350,30 @@ def test_a_v2_named_cache_is_renamed_and_used(
     assert v2_folder is not None and not v2_folder.exists()
 
 
+def test_read_only_commands_leave_a_v2_named_cache_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`exca plan` / `explain` / `check` never write: they name the legacy folder they
+    found instead of renaming it (a run renames it)."""
+    from exca.ops.cli import main
+
+    monkeypatch.setenv("CONFDICT_UID_VERSION", "2")
+    old = _Legacy(lr=0.3, infra={"folder": tmp_path})
+    assert old.process() == 0.6
+    v2_folder = old.infra.uid_folder()
+    assert v2_folder is not None
+    monkeypatch.delenv("CONFDICT_UID_VERSION")
+    target = f"{__name__}:_Legacy.process"
+    for command in ("plan", "explain", "check"):
+        caplog.clear()
+        assert main([command, target, f"infra.folder={tmp_path}", "lr=0.3"]) == 0
+        assert f"legacy (v2) name {v2_folder.name}, which a read-only command" in caplog.text
+        assert v2_folder.exists()
+    new = _Legacy(lr=0.3, infra={"folder": tmp_path})
+    assert new.process() == 0.6 and _LEGACY_CALLS.count(0.3) == 1  # renamed by the run
+    assert not v2_folder.exists()
+
+
 class _LegacyLoose(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
     x: int | str = 0

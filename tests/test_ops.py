@@ -12,6 +12,7 @@ import datetime
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -785,6 +786,11 @@ def test_cli_misformed_overrides_get_the_key_value_message(
     assert main(argv) == 0
     (entry,) = json.loads(capsys.readouterr().out)["nodes"]
     assert "optim.lr=0.3" in entry["uid"]
+    # a yaml word given for a str field: pydantic's message, and how to quote it
+    assert main(["plan", f"{__name__}:Labelled.label", f"infra.folder={root}", "name=no"]) == 2
+    err = capsys.readouterr().err
+    assert "name\n  Input should be a valid string" in err, err
+    assert """overrides are read as yaml; for a string, quote it: 'name="no"'""" in err, err
     # other commands take no override
     with pytest.raises(SystemExit) as exit_info:
         main(["list", str(tmp_path), "seed=1"])
@@ -829,6 +835,27 @@ def test_cli_target_module_that_fails_to_import(
     err = capsys.readouterr().err
     assert "importing 'exca_cli_nowhere', the module of TARGET" in err, err
     assert "No module named 'exca_cli_nowhere'" in err, err
+    (tmp_path / "exca_cli_typo.py").write_text("x = (\n")
+    assert main(["plan", "exca_cli_typo:X.run"]) == 2
+    err = capsys.readouterr().err
+    assert "importing 'exca_cli_typo', the module of TARGET" in err, err
+    assert "SyntaxError" in err and "exca_cli_typo.py, line 1" in err and "Traceback" not in err
+    # the part before the method names no class: a message, not an AttributeError
+    (tmp_path / "exca_cli_notclass.py").write_text("import pydantic\n")
+    assert main(["plan", "exca_cli_notclass:pydantic.BaseModel"]) == 2
+    err = capsys.readouterr().err
+    assert "pydantic in exca_cli_notclass is not a class" in err, err
+
+
+def test_exca_ops_loads_on_first_use() -> None:
+    """`exca.ops.clean.garbage(...)`, as the docs write it, after a bare `import exca`."""
+    code = (
+        "import sys, exca; assert 'exca.ops' not in sys.modules; "
+        "print(exca.ops.clean.garbage.__name__, exca.ops.inspect.__name__)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["garbage", "inspect"]
 
 
 def test_explain_a_task_with_inputs(tmp_path: Path) -> None:
@@ -996,6 +1023,29 @@ def test_clean_node_downstream(tmp_path: Path) -> None:
     assert [i.status for i in exca.ops.inspect(root, step="Train")] == ["success"]
 
 
+class Double(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def twice(self, value: int) -> int:
+        return 2 * value
+
+
+def test_clean_downstream_of_a_config_folder_holding_input_nodes(tmp_path: Path) -> None:
+    """Removing a config folder removes its inputs-* node folders: what was computed from
+    them is downstream too."""
+    root = tmp_path / "cache"
+    source, total = _pipeline(root)
+    doubled = Double(infra={"folder": root}).twice.node(total)
+    assert doubled.result() == 24
+    assert total.folder is not None and doubled.folder is not None
+    config_folder = total.folder.parent  # <root>/<step>/default, holding inputs-<digest>
+    plan = clean.remove_nodes([config_folder], downstream=True, root=root)
+    assert [r.path for r in plan.removals] == [config_folder, doubled.folder]
+    plan.execute()
+    assert not doubled.folder.exists() and source.folder is not None and source.folder.exists()
+
+
 def test_clean_node_downstream_includes_maps(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     source = Source(n=4, infra={"folder": root}).make.node()
@@ -1087,6 +1137,11 @@ def test_clean_old_versions(tmp_path: Path) -> None:
     assert {r.path for r in plan.removals} == old
     assert all(r.size == disk_bytes(r.path) and "newest is 10" in r.reason for r in plan.removals)
     assert clean.old_versions(root, step="Squares").removals == []
+    # a step as `exca list` prints it, with or without its module, or a glob naming one
+    # version: every version of that method
+    for step in (f"{__name__}.Train.fit,1", "Train.fit,1", "*fit,2", "Train"):
+        assert {r.path for r in clean.old_versions(root, step=step).removals} == old, step
+    assert clean.old_versions(root, step="Trains.fit,1").removals == []  # (no such method)
     preview = json.loads(cli("clean", root, "versions", "--json", check=True).stdout)
     assert {Path(r["path"]) for r in preview["removals"]} == old
     assert tree_hash(root) == before
@@ -1099,6 +1154,43 @@ def test_clean_old_versions(tmp_path: Path) -> None:
     }
     node = Train(seed=1, infra={"folder": root, "version": "10"}).fit.node()
     assert exca.graph.plan(node).entries[0].status == "cached"
+
+
+def test_clean_refuses_a_step_or_node_folder_as_root(tmp_path: Path) -> None:
+    """Given a step folder, `versions` took configs whose uid holds a comma
+    (a=5,b=3-... and a=5,b=4-...) for two versions of a method "a=5", and removed the
+    payloads of the "older" one under its index."""
+    root = tmp_path / "cache"
+    for b in (3, 4):
+        assert Pair(a=5, b=b, infra={"folder": root}).make() == [5, b]
+    config = folder_of(Pair(a=5, b=3, infra={"folder": root}))
+    step = config.parent
+    before = tree_hash(root)
+    for what in ("versions", "orphans", "logs", "compact"):
+        for folder in (step, config):
+            result = cli("clean", folder, what, "--yes")
+            assert result.returncode == 2, result
+            kind = "a step folder" if folder == step else "the folder of one node"
+            assert f"{folder} is {kind}, not a cache root" in result.stderr
+            assert f"give the cache root ({root})" in result.stderr
+    assert tree_hash(root) == before
+    with pytest.raises(ValueError, match="is a step folder"):
+        clean.old_versions(step)
+    assert [Pair(a=5, b=b, infra={"folder": root}).make() for b in (3, 4)] == [[5, 3], [5, 4]]
+
+
+def test_clean_versions_leaves_folders_exca_did_not_write(tmp_path: Path) -> None:
+    """A folder of the user's named like a step (`report,2023`) is not an old version."""
+    root = tmp_path / "cache"
+    Train(seed=1, infra={"folder": root}).fit()
+    Train(seed=1, infra={"folder": root, "version": "2"}).fit()
+    for year in (2023, 2024):
+        (root / f"report,{year}" / "figures").mkdir(parents=True)
+        (root / f"report,{year}" / "figures" / "a.png").write_bytes(b"png")
+    plan = clean.old_versions(root)
+    assert [r.path for r in plan.removals] == [folder_of(Train(seed=1, infra={"folder": root}))]
+    plan.execute()
+    assert (root / "report,2023" / "figures" / "a.png").read_bytes() == b"png"
 
 
 def _dead_claim(folder: Path) -> None:
@@ -1332,6 +1424,21 @@ def test_clean_logs_of_ended_jobs(tmp_path: Path) -> None:
     assert not log_folder.exists()
     assert Train(seed=7, infra={"folder": root}).fit() == 8  # results are not logs
     assert exca.ops.inspect(root)[0].status == "success"
+
+
+def test_clean_logs_of_a_copied_cache_leaves_the_original_alone(tmp_path: Path) -> None:
+    """Job records hold absolute log paths: those of a copied cache point at the original's
+    logs, which cleaning the copy removed."""
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    assert Train(seed=7, infra={"folder": original, "cluster": "local"}).fit() == 8
+    (job,) = exca.ops.logs(folder_of(Train(seed=7, infra={"folder": original})))
+    log_folder = job.stdout_path.parent
+    shutil.copytree(original, copy, symlinks=True)
+    plan = clean.logs(copy, older_than_days=0)
+    assert plan.removals == []
+    assert plan.kept == [(log_folder, f"in another cache root ({original}): clean that one")]
+    cli("clean", copy, "logs", "--days", "0", "--yes", check=True)
+    assert job.stdout_path.exists()
 
 
 def test_clean_logs_counts_from_when_the_job_ended(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ lives in a ``__slots__`` attribute, so it never enters dumps, equality or pickle
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import errno
 import functools
@@ -38,6 +39,11 @@ _MISSING: tp.Any = object()
 
 
 _RAM_LOCKS_GUARD = threading.Lock()
+# False while a read-only command builds nodes (exca plan/explain/check): a config found
+# under its legacy (v2) name is then reported, not renamed
+LEGACY_RENAMES: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "exca_legacy_renames", default=True
+)
 
 
 class _Runtime:
@@ -456,6 +462,16 @@ class BaseInfra(pydantic.BaseModel):
         except Exception:  # (a value the legacy format cannot render: no v2 folder to find)
             return
         if legacy == folder.name or not (folder.parent / legacy / uidfolder.UID_FILE).is_file():
+            return
+        if not LEGACY_RENAMES.get():
+            logger.warning(
+                "The cache of %s has its legacy (v2) name %s, which a read-only command does "
+                "not rename: it shows as missing here. A run renames it, or rename the whole "
+                "cache first with exca.helpers.update_uids(%r, dryrun=False)",
+                folder.name,
+                legacy,
+                str(folder.parent.parent),
+            )
             return
         from .. import helpers
 

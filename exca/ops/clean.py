@@ -129,6 +129,25 @@ def _busy_with_inputs(folder: Path) -> str | None:
     return busy
 
 
+def cache_root(root: Path | str) -> Path:
+    """``root`` if it is a cache root; a clear error for a step or node folder (whose
+    subfolders a cleaning would take for steps or versions)."""
+    root = Path(root)
+    if root.name in ("", ".."):  # (".": the folder's own name tells what it is)
+        root = root.resolve()
+    if is_node_folder(root):
+        raise ValueError(
+            f"{root} is the folder of one node, not a cache root: give the cache root "
+            f"({_root_of(root)}); to remove this node: `exca clean ROOT node {root}`"
+        )
+    if "," in root.name and any(node_folders(root.parent, only=root.name)):
+        raise ValueError(
+            f"{root} is a step folder, not a cache root: give the cache root ({root.parent}) "
+            f"and restrict to this step with --step '{root.name}'"
+        )
+    return root
+
+
 def _add_folder(plan: CleanPlan, folder: Path, reason: str) -> None:
     busy = _busy_with_inputs(folder) or _holds_what_jobs_use(
         folder, _root_of(folder), plan.jobs_use
@@ -188,7 +207,8 @@ def downstream_folders(root: Path, folders: tp.Iterable[Path]) -> list[Path]:
         for meta in metas:
             if isinstance(meta, dict) and isinstance(meta.get("up"), dict):
                 ups.update(meta["up"])
-    targets = {Path(f).resolve() for f in folders}
+    # a config folder goes with the node folders of its inputs (inputs-*) inside it
+    targets = {g.resolve() for f in folders for g in (Path(f), *input_folders(Path(f)))}
     found: list[Path] = []
     frontier = {uid for uid, f in by_uid.items() if f.resolve() in targets}
     while frontier:
@@ -198,7 +218,8 @@ def downstream_folders(root: Path, folders: tp.Iterable[Path]) -> list[Path]:
                 continue
             if ups & frontier:
                 found.append(folder)
-                next_frontier.update(u for u, f in by_uid.items() if f == folder)
+                gone = {folder, *input_folders(folder)}
+                next_frontier.update(u for u, f in by_uid.items() if f in gone)
         frontier = next_frontier
     return found
 
@@ -214,7 +235,7 @@ def remove_nodes(
         folder = item.folder if isinstance(item, Node) else Path(item)
         if folder is None or not folder.exists():
             continue
-        if not _is_node_folder(folder):  # (a method folder or a root holds many nodes,
+        if not is_node_folder(folder):  # (a method folder or a root holds many nodes,
             # whose claims are not checked one by one here)
             raise ValueError(
                 f"{folder} is not the folder of a node (no {UID_FILE}): pass config folders "
@@ -225,14 +246,14 @@ def remove_nodes(
         folders.append(folder)
         _add_folder(plan, folder, "requested")
     if downstream:
-        base = Path(root) if root is not None else _root_of(folders[0]) if folders else None
+        base = cache_root(root) if root is not None else _root_of(folders[0]) if folders else None
         if base is not None:
             for folder in downstream_folders(base, folders):
                 _add_folder(plan, folder, "computed from a removed node")
     return plan
 
 
-def _is_node_folder(folder: Path) -> bool:
+def is_node_folder(folder: Path) -> bool:
     if folder.name.startswith(INPUTS_PREFIX):
         return (folder.parent / UID_FILE).exists()
     return (folder / UID_FILE).exists()
@@ -257,21 +278,35 @@ def _step_matches(step: str, name: str, method: str) -> bool:
     """A ``--step`` filter: a glob or substring of ``<method>,<version>``; a step written
     with its version (as `exca list` prints it) selects every version of that method."""
     if "," in step and not any(c in step for c in "*?["):
-        return step.rpartition(",")[0] == method
+        given = step.rpartition(",")[0]  # (the module may be left out: Train.fit,1)
+        return method == given or method.endswith("." + given)
     return fnmatch.fnmatch(name, step) or step in name
+
+
+_STEP_EXTRAS = ("logs", "code")  # what exca writes in a step folder besides node folders
+
+
+def _is_step_folder(folder: Path) -> bool:
+    """Whether a folder is a ``<method>,<version>`` folder exca wrote: it holds node
+    folders, or only exca's logs and code (its configs removed)."""
+    subfolders = [p for p in folder.iterdir() if p.is_dir()]
+    if any((p / UID_FILE).exists() for p in subfolders):
+        return True
+    return bool(subfolders) and all(p.name in _STEP_EXTRAS for p in subfolders)
 
 
 def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
     """Every ``<method>,<version>`` folder but the newest version of each method."""
-    root = Path(root)
+    root = cache_root(root)
     plan = CleanPlan()
     methods: dict[str, list[Path]] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and "," in p.name):
-        method = folder.name.rpartition(",")[0]
-        if step is not None and not _step_matches(step, folder.name, method):
-            continue
-        methods.setdefault(method, []).append(folder)
-    for folders in methods.values():
+        if not _is_step_folder(folder):
+            continue  # (a folder of the user's whose name holds a comma)
+        methods.setdefault(folder.name.rpartition(",")[0], []).append(folder)
+    for method, folders in methods.items():
+        if step is not None and not any(_step_matches(step, f.name, method) for f in folders):
+            continue  # (a step given with its version selects every version of its method)
         folders.sort(key=lambda p: _version_key(p.name.rpartition(",")[2]))
         newest = folders[-1].name.rpartition(",")[2]
         for old in folders[:-1]:
@@ -284,7 +319,7 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
             if len(plan.kept) > kept_before:
                 continue  # a config of this version is in use: keep its logs and code too
             for other in subfolders:
-                if not (other / UID_FILE).exists():  # logs/, code/ of the old version
+                if other.name in _STEP_EXTRAS:  # logs/, code/ of the old version
                     # (a job of another method may use them)
                     used = _holds_what_jobs_use(other, root, plan.jobs_use)
                     if used is not None:
@@ -316,7 +351,7 @@ def orphans(root: Path | str, min_age_hours: float = 1.0) -> CleanPlan:
     writers, claims of dead owners, empty index files."""
     plan = CleanPlan()
     limit = time.time() - min_age_hours * 3600
-    for _, _, folder in node_folders(Path(root)):
+    for _, _, folder in node_folders(cache_root(root)):
         if busy_reason(folder) is not None:
             continue
         cache: CacheDict[tp.Any] = CacheDict(folder, permissions=None)
@@ -398,14 +433,20 @@ def logs(root: Path | str, older_than_days: float = 30.0) -> CleanPlan:
         raise ValueError(f"older_than_days={older_than_days}: give a number of days >= 0")
     plan = CleanPlan()
     limit = time.time() - older_than_days * 86400
-    root = Path(root)
+    root = cache_root(root)
     by_folder: dict[Path, list[registry.JobRecord]] = {}  # (jobs may share a log folder)
-    for _, _, folder in node_folders(root):
+    steps: dict[Path, str] = {}
+    for step, _, folder in node_folders(root):
         for record in registry.read_all(folder):
             by_folder.setdefault(Path(record.logs), []).append(record)
+            steps[Path(record.logs)] = step
     for logs_folder, records in by_folder.items():
         if not logs_folder.exists() or any(r.submitted > limit for r in records):
             continue  # (a recent job's logs are in it too)
+        other = _default_logs_of_another_root(logs_folder, steps[logs_folder], root)
+        if other is not None:  # (records of a copied or moved cache point at the original)
+            plan.kept.append((logs_folder, f"in another cache root ({other}): clean that one"))
+            continue
         active = next((r for r in records if registry.is_active(r)), None)
         if active is not None:
             plan.kept.append((logs_folder, f"job {active.job_id} is queued or running"))
@@ -416,6 +457,18 @@ def logs(root: Path | str, older_than_days: float = 30.0) -> CleanPlan:
         size, _ = disk_usage(logs_folder)
         plan.removals.append(Removal(logs_folder, size, f"logs of job {ids}, ended"))
     return plan
+
+
+def _default_logs_of_another_root(logs_folder: Path, step: str, root: Path) -> Path | None:
+    """The cache root whose default log folder (``<root>/<step>/logs/...``) this is, when
+    it is not ``root`` (a log folder set by the user elsewhere is this cache's to clean)."""
+    parts = logs_folder.parts
+    for i in range(len(parts) - 1):
+        if parts[i] == step and parts[i + 1] == "logs":
+            other = Path(*parts[:i])
+            if os.path.realpath(other) != os.path.realpath(root):
+                return other
+    return None
 
 
 def _newest_write(folder: Path) -> float:
@@ -436,7 +489,7 @@ def garbage(root: Path | str, targets: tp.Sequence[Node]) -> CleanPlan:
     keep = {n.folder.resolve() for n in collect(list(targets)).values() if n.folder is not None}
     keep_configs = {f.parent for f in keep if f.name.startswith("inputs-")}
     plan = CleanPlan()
-    for _, uid, folder in node_folders(Path(root)):
+    for _, uid, folder in node_folders(cache_root(root)):
         resolved = folder.resolve()
         if resolved in keep or (resolved in keep_configs and "/" not in uid):
             continue

@@ -40,11 +40,16 @@ def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.An
         where = f"importing {module_name!r}, the module of TARGET {target}, failed"
         if isinstance(error, ModuleNotFoundError) and error.name == module_name:
             where += " (modules are found from the current folder and sys.path)"
-        if isinstance(error, ImportError | ValueError | RuntimeError | OSError):
+        if isinstance(error, ImportError | ValueError | RuntimeError | OSError | SyntaxError):
             raise ImportError(f"{where}: {type(error).__name__}: {error}") from error
         error.add_note(where)  # (other errors keep their traceback)
         raise
     cls = getattr(module, class_name, None)
+    if cls is not None and not isinstance(cls, type):
+        raise ValueError(
+            f"{target!r}: {class_name} in {module_name} is not a class (check TARGET: "
+            "package.module:Class.method)"
+        )
     if cls is None or not hasattr(cls, method):
         raise ValueError(f"{target!r}: {module_name} has no {attr} (check TARGET)")
     from ..infra.method import InfraMethod
@@ -83,6 +88,7 @@ def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.An
             hint = " (and not an option of this command: see --help)" if override[:1] == "-" else ""
             raise ValueError(f"override {override!r}: expected key=value, e.g. optim.lr=0.01{hint}")
     args = ConfDict.from_args([f"--{o}" if not o.startswith("--") else o for o in overrides])
+    retyped: dict[str, str] = {}  # (values yaml did not read as a str: no, on, 123...)
     for key, value in list(args.flat().items()):  # values from the command line are strings
         if isinstance(value, str) and value:
             try:
@@ -92,8 +98,21 @@ def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.An
                     f"{key}={value}: the value is not valid yaml (quote it as a string: "
                     f"'{key}=\"{value}\"'): {error}"
                 ) from None
+            if not isinstance(args[key], str):
+                retyped[key] = value
     cfg.update(args)
-    obj = cls(**cfg)
+    import pydantic
+
+    try:
+        obj = cls(**cfg)
+    except pydantic.ValidationError as error:
+        invalid = {".".join(map(str, e["loc"])) for e in error.errors()}
+        quoted = [f"'{k}=\"{v}\"'" for k, v in retyped.items() if k in invalid]
+        if not quoted:
+            raise
+        raise ValueError(
+            f"{error}\n(overrides are read as yaml; for a string, quote it: {', '.join(quoted)})"
+        ) from None
     bound = getattr(obj, method)
     try:
         return bound.node()
@@ -140,6 +159,37 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"exca: error: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
+
+
+def _read_only_command(args: argparse.Namespace) -> int:
+    """plan, explain and check."""
+    from ..graph.planning import Plan
+
+    node = _target_node(args.target, args.config, args.overrides)
+    plan = Plan([node])
+    if args.command != "check":  # (a typo in the folder reads as "nothing cached")
+        roots = {n.root for n in plan.graph.nodes.values() if n.root is not None}
+        for root in sorted(r for r in roots if not r.is_dir()):
+            print(
+                f"exca: warning: cache folder {root} does not exist (yet): nothing is cached there",
+                file=sys.stderr,
+            )
+    if args.command == "plan":
+        _print(plan.to_dict(), args.json, str(plan))
+        if args.mermaid:
+            Path(args.mermaid).write_text(plan.to_mermaid())
+    elif args.command == "explain":
+        from .explain import explain
+        from .explain import render as render_explanations
+
+        explanations = explain(node, plan=plan)
+        _print([e.to_dict() for e in explanations], args.json, render_explanations(explanations))
+    else:
+        problems = _resource_problems(plan)
+        text = "\n".join(f"{uid}: {p}" for uid, p in problems) or "Resources fit the cluster."
+        _print([{"uid": u, "problem": p} for u, p in problems], args.json, text)
+        return 1 if problems else 0
+    return 0
 
 
 def _main(argv: list[str] | None) -> int:
@@ -199,7 +249,8 @@ def _main(argv: list[str] | None) -> int:
     for name in ("root", "folder"):
         path = getattr(args, name, None)
         if path is not None and not Path(path).is_dir():
-            raise ValueError(f"{path}: no such folder (give a cache folder)")
+            kind = "a node folder" if name == "folder" else "a cache folder"
+            raise ValueError(f"{path}: no such folder (give {kind})")
     if args.command == "clean" and args.what == "node":
         if not args.folders:
             raise ValueError("clean node: give the node folders to remove (see `exca list ROOT`)")
@@ -210,44 +261,30 @@ def _main(argv: list[str] | None) -> int:
         from .inspect import inspect, render
 
         infos = inspect(args.root, step=args.step, where=args.where, status=args.status)
-        _print([i.to_dict() for i in infos], args.json, render(infos))
-    elif args.command in ("plan", "explain", "check"):
-        from ..graph.planning import Plan
-
-        node = _target_node(args.target, args.config, args.overrides)
-        plan = Plan([node])
-        if args.command != "check":  # (a typo in the folder reads as "nothing cached")
-            roots = {n.root for n in plan.graph.nodes.values() if n.root is not None}
-            for root in sorted(r for r in roots if not r.is_dir()):
-                print(
-                    f"exca: warning: cache folder {root} does not exist (yet): nothing is "
-                    "cached there",
-                    file=sys.stderr,
-                )
-        if args.command == "plan":
-            _print(plan.to_dict(), args.json, str(plan))
-            if args.mermaid:
-                Path(args.mermaid).write_text(plan.to_mermaid())
-        elif args.command == "explain":
-            from .explain import explain
-            from .explain import render as render_explanations
-
-            explanations = explain(node, plan=plan)
-            _print(
-                [e.to_dict() for e in explanations], args.json, render_explanations(explanations)
+        text = render(infos)
+        if not infos and any(inspect(args.root)):
+            text = "No cached node matches --step/--where/--status."
+        elif not infos:
+            text = (
+                f"No cached node found in {args.root}: it holds no "
+                "<module>.<Class>.<method>,<version> folder (give an infra's folder)"
             )
-        else:
-            problems = _resource_problems(plan)
-            text = "\n".join(f"{uid}: {p}" for uid, p in problems) or "Resources fit the cluster."
-            _print([{"uid": u, "problem": p} for u, p in problems], args.json, text)
-            return 1 if problems else 0
+        _print([i.to_dict() for i in infos], args.json, text)
+    elif args.command in ("plan", "explain", "check"):
+        from ..infra.base import LEGACY_RENAMES
+
+        token = LEGACY_RENAMES.set(False)  # (these commands only read)
+        try:
+            return _read_only_command(args)
+        finally:
+            LEGACY_RENAMES.reset(token)
     elif args.command == "clean":
         from . import clean
 
         if args.what == "compact":
             from .inspect import node_folders
 
-            folders = [f for _, _, f in node_folders(Path(args.root))]
+            folders = [f for _, _, f in node_folders(clean.cache_root(args.root))]
             if args.yes:
                 merged = sum(clean.compact(f)[0] for f in folders)
                 _print({"merged": merged}, args.json, f"merged {merged} index file(s)")
@@ -285,8 +322,14 @@ def _main(argv: list[str] | None) -> int:
                 f"{removal}\n(preview: run again with --yes to remove)",
             )
     elif args.command == "logs":
+        from .clean import is_node_folder
         from .logs import logs
 
+        if not is_node_folder(Path(args.folder)):
+            raise ValueError(
+                f"{args.folder} is not a node folder (<root>/<step>/<uid>, holding uid.yaml): "
+                "`exca list ROOT` shows them"
+            )
         found = logs(args.folder, item=args.item)
         if not found:
             message = f"No job recorded in {args.folder}" + (
