@@ -24,6 +24,7 @@ import pytest
 from filelog import append
 
 import exca
+import exca.graph.executors
 from exca.cachedict import CacheDict
 from exca.graph.errors import JobFailedError
 
@@ -484,6 +485,68 @@ def test_a_forced_job_while_an_earlier_job_computes_computes_again(
     assert len(calls(log)) == 2  # computed again, after the first job
     assert job.result() == 10 and forced.process() == 10  # (forced once per instance)
     assert len(calls(log)) == 2
+
+
+@pytest.mark.timeout(120)
+def test_plan_of_a_forced_config_whose_earlier_job_runs(tmp_path: Path) -> None:
+    """The plan listed no submission for it (it waits for that job), but the run gives
+    it a job of its own: the plan's submissions say so."""
+    log = tmp_path / "calls.txt"
+    block = tmp_path / "block-flag"
+    block.touch()
+    make(tmp_path, "local", x=8, block_flag=str(block)).infra.job()
+    _wait_for(lambda: len(calls(log)) == 1)  # computing in the job
+    forced = make(tmp_path, "local", x=8, block_flag=str(block), infra={"mode": "force"})
+    plan = exca.graph.plan(forced.process.node())
+    (entry,) = plan.entries
+    assert entry.status == "running" and "then computed again once it ends" in entry.reason
+    assert [(a.where, a.elements, a.nodes) for a in plan.arrays] == [("local", 1, [entry.uid])]
+    block.unlink()
+    assert forced.process() == 16 and len(calls(log)) == 2
+
+
+@pytest.mark.timeout(120)
+def test_a_call_whose_job_result_was_forced_away_follows_the_new_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call waits for its job; the job writes the result; another caller forces the
+    config before the call sees it (its poll is held back here): the call raised "not
+    computed: the worker ended without writing it", and cached that failure, which the
+    forced job then kept instead of its own result."""
+    log = tmp_path / "calls.txt"
+    block = tmp_path / "block-flag"
+    block.touch()
+    waiter = make(tmp_path, "local", x=7, block_flag=str(block))
+    polled = threading.Event()
+    done = exca.graph.executors.SubmititHandle.done
+
+    def held_back(handle: tp.Any) -> bool:
+        if threading.current_thread() is thread and not polled.is_set():
+            return False
+        return done(handle)
+
+    monkeypatch.setattr(exca.graph.executors.SubmititHandle, "done", held_back)
+    got: list[tp.Any] = []
+
+    def call() -> None:
+        try:
+            got.append(waiter.process())
+        except Exception as error:  # (shown by the assertion below)
+            got.append(error)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    _wait_for(lambda: len(calls(log)) == 1)  # computing in the waiter's job
+    block.unlink()
+    same = {"x": 7, "block_flag": str(block)}  # (the flag is gone: nothing blocks now)
+    _wait_for(lambda: make(tmp_path, None, **same).infra.status() == "completed")
+    forced = make(tmp_path, "local", **same, infra={"mode": "force"})
+    new_job = forced.infra.job()  # (removes the result, submits a new job)
+    polled.set()
+    thread.join(timeout=90)
+    assert got == [14]  # the new job's result
+    assert new_job.result() == 14 and len(calls(log)) == 2
+    assert make(tmp_path, None, **same).process() == 14
 
 
 @pytest.mark.timeout(120)

@@ -950,9 +950,21 @@ class Items(pydantic.BaseModel):
         print("computing items", flush=True)
         yield from (i * self.x for i in items)
 
+class Down(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def twice(self, value: int) -> int:
+        print("computing downstream", flush=True)
+        return 2 * value
+
 folder = sys.argv[1]
+down = lambda: Down(infra={"folder": folder}).twice.node(Task(infra={"folder": folder}).value.node())
 calls = {
     "task": lambda: Task(infra={"folder": folder}).value(),
+    "node": lambda: Task(infra={"folder": folder}).value.node().result(),
+    "job": lambda: Task(infra={"folder": folder}).value.node().job().result(),
+    "down": lambda: down().result(),
     "read-only": lambda: Task(infra={"folder": folder, "mode": "read-only"}).value(),
     "map": lambda: list(Items(infra={"folder": folder}).process([1, 2])),
     "run": lambda: exca.graph.run(Task(infra={"folder": folder}).value.node()),
@@ -964,6 +976,8 @@ for name in sys.argv[3:]:
         print(name, "-> RuntimeError", str(error).split(" in ")[0])
 if sys.argv[3:] == ["task"]:
     print(exca.graph.plan(Task(infra={"folder": folder}).value.node()))
+if sys.argv[3:] == ["down"]:
+    print(exca.graph.plan(down()))
 """
 
 
@@ -979,16 +993,23 @@ def test_cached_results_of_another_default_are_not_reused(tmp_path: Path) -> Non
         environ = {**os.environ, **env}
         return subprocess.run(argv, capture_output=True, text=True, check=True, env=environ).stdout
 
-    first = run(1, "task", "map")
-    assert "task -> 1" in first and "map -> [1, 2]" in first
-    assert run(1, "task", "map").count("computing") == 0  # same defaults: reused
-    changed = run(2, "task", "read-only", "map", "run")
+    first = run(1, "task", "map", "down")
+    assert "task -> 1" in first and "map -> [1, 2]" in first and "down -> 2" in first
+    assert run(1, "task", "map", "down").count("computing") == 0  # same defaults: reused
+    changed = run(2, "node", "job", "task", "read-only", "map", "run")
     assert "computing" not in changed
     expected = "-> RuntimeError Default x=2 seems incompatible with the cached x=1"
-    for name in ("task", "read-only", "map", "run"):
+    for name in ("node", "job", "task", "read-only", "map", "run"):
         assert f"{name} {expected}" in changed, changed
     plan = run(2, "task").splitlines()
     (line,) = [line for line in plan if "Task.value,1/default" in line]
+    assert line.split()[:2] == ["cached", "fail"] and "x=2 seems incompatible" in line
+    # what was computed from an output made with the old default (its uid did not change)
+    changed = run(2, "down")
+    assert "computing" not in changed
+    assert "down -> RuntimeError" in changed and "was computed from" in changed, changed
+    (line,) = [line for line in changed.splitlines() if line.startswith("  cached ")]
+    assert "Down.twice,1/default" in line
     assert line.split()[:2] == ["cached", "fail"] and "x=2 seems incompatible" in line
     # a cache under legacy (v2) folder names is renamed by the first call, then checked
     assert "task -> 1" in run(1, "task", cache="legacy", CONFDICT_UID_VERSION="2")

@@ -382,6 +382,41 @@ def test_node_failures_name_the_cause_at_the_end_of_a_job_trace() -> None:
     assert "  - b,1/y: ValueError: bad y" in str(error).splitlines()
 
 
+def test_plan_status_below_a_failure_is_missing(env: Env) -> None:
+    """Work blocked by an upstream whose job ended without a result, or holding only an
+    "upstream failed" error, is "missing" (the status came from the reason's wording:
+    "cached error" for these)."""
+    from exca.graph.node import TASK_KEY
+    from exca.storage.formats import CachedError
+
+    block = env.tmp / "block"
+    block.touch()
+    up = env.step("up", block_flag=str(block), infra={"cluster": "local"}).run.node()
+    job = up.job()
+    wait_for(lambda: env.starts("up") == 1)
+    job.cancel()
+    wait_for(lambda: up.status() == "failed")
+    down = env.step("down").run.node(up)
+    below = env.step("below").run.node(down)
+    entries = _by_uid(exca.graph.plan(below))
+    assert (entries[up.uid].status, entries[up.uid].action) == ("cached error", "fail")
+    assert "ended without a result" in entries[up.uid].reason
+    for node in (down, below):
+        assert (entries[node.uid].status, entries[node.uid].action) == ("missing", "fail")
+    # what a job of `down` leaves when it starts after its upstream failed (Slurm, afterany)
+    with down.cache.write():
+        failure = UpstreamFailed(f"{down.uid} did not run: its upstream failed")
+        down.cache.put(TASK_KEY, CachedError.from_exception(failure))
+    retried = env.step("up", block_flag=str(block), infra={"mode": "retry"}).run.node()
+    down = env.step("down").run.node(retried)
+    entry = _by_uid(exca.graph.plan(down))[down.uid]
+    assert (entry.status, entry.action, entry.reason) == (
+        "missing",
+        "compute",
+        "its upstream failed last time",
+    )
+
+
 def test_status_and_clear_of_a_map_node(env: Env) -> None:
     """A map node's status is about its items; clear() removes their outputs (it used to
     say 'failed' for a completed map, and clear() only dropped its job records)."""

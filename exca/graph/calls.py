@@ -72,6 +72,7 @@ def being_computed(node: Node) -> bool:
 def task_result(node: Node) -> tp.Any:
     """The result of a task node: from the cache when it can be reused, else computed."""
     if not any(n.pending_force for n in node.closure):
+        node.check_defaults()  # (as a call does: made with today's class defaults?)
         value = reuse(node.cache, node.mode, node.uid)
         if value is not MISSING:
             return value
@@ -108,6 +109,8 @@ def task_job(node: Node) -> Job:
         if own is not None:  # (still running: what is cached is not its result)
             return Job(node, recorded_handle(own), replaces=True)
     if not forcing and (reusable or (record is not None and registry.is_active(record))):
+        if reusable:
+            node.check_defaults()
         return Job(node, recorded_handle(record) if record is not None else None)
     if node.mode == "read-only" and state == "missing" and being_computed(node):
         from .executors import ClaimHandle
@@ -151,8 +154,7 @@ def map_items(node: Node, uids: list[str], missing: list[str] | None = None) -> 
     if missing is None and settled:
         missing = node.cache.missing(uids)
     if settled and not missing:
-        if node.check_reuse is not None:
-            node.check_reuse()
+        node.check_defaults()
         return
     from .scheduler import Scheduler
 

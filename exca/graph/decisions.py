@@ -32,6 +32,9 @@ class NodeRun:
     state: str = "pending"  # pending | running | done | failed | skipped
     resume: str | None = None  # action to take after waiting for someone else's job
     blocked: bool = False  # failed only because an upstream node failed
+    # its own failure is on record: a cached error (not "upstream failed"), or its last job
+    # ended without a result (the plan's "cached error")
+    holds_error: bool = False
     item_errors: int = 0  # maps reused as they are: how many items hold a cached error
     seen_job: str | None = None  # tasks: the latest recorded job when this was decided
     seen_jobs: set[str] = dataclasses.field(default_factory=set)  # maps: the recorded jobs
@@ -250,6 +253,7 @@ class Graph:
         elif state == "error" and upstream_failed(node) and not read_only:
             run.action, run.reason = "retry", "its upstream failed last time"
         elif state == "error":
+            run.holds_error = True
             if node.mode == "retry":
                 run.action, run.reason = "retry", "retry of a cached error"
             else:
@@ -331,6 +335,7 @@ class Graph:
             else:
                 missing, errors = node.cache.missing(uids), []
             if errors:
+                run.holds_error = True
                 wanted = set(missing) | set(errors)
                 run.todo = [u for u in dict.fromkeys(uids) if u in wanted]
                 run.action = "retry"
@@ -420,7 +425,7 @@ class Graph:
             elif run.action == "compute" and registry.wrote_outcome(record):
                 pass  # its result was removed since (forced, then interrupted): computed
             elif run.action == "compute" and run.node.mode == "retry":
-                run.action = "retry"
+                run.action, run.holds_error = "retry", True
                 run.reason = f"retry: job {record.job_id} ended without a result"
             elif run.action == "compute":
                 ended.append((run, record))
@@ -428,7 +433,7 @@ class Graph:
         known = registry.slurm_endings(slurm_ended) if slurm_ended else {}  # (one sacct call)
         for run, record in ended:
             how = executors.recorded_handle(record).ended_how(known.get(record.job_id))
-            run.action = "fail"
+            run.action, run.holds_error = "fail", True
             run.reason = f"job {record.job_id} ended without a result"
             run.error = JobFailedError(f"{run.node.uid}: {how} (use mode='retry' to recompute)")
 
@@ -537,16 +542,29 @@ def _forcing_job_runs(run: NodeRun) -> bool:
     return True
 
 
+def gets_own_job(run: NodeRun, off_slurm: bool) -> bool:
+    """Whether a node waiting for its earlier job, in its own mode force or retry, gets a
+    new job instead (see ``scheduler.follow_own_job``)."""
+    node = run.node
+    if run.action != "wait" or run.resume is None:
+        return False
+    if not (node.pending_force if run.resume == "force" else node.mode == "retry"):
+        return False  # (forced by upstream, or an "upstream failed" error: that job redoes it)
+    if executors.on_slurm(node):
+        # (a local job of another process: Slurm cannot start after it)
+        return all(getattr(h, "cluster", None) == "slurm" for h in run.handles)
+    return off_slurm and node.kind == "task"
+
+
 def _reuse(run: NodeRun) -> bool:
     """Decide to reuse what a node has cached, unless it was computed with other class
     defaults than today's (then the node fails with the check's error)."""
     run.action, run.reason = "reuse", "cached"
-    if run.node.check_reuse is not None:
-        try:
-            run.node.check_reuse()
-        except RuntimeError as error:
-            run.action, run.reason, run.error = "fail", f"{OTHER_DEFAULTS}: {error}", error
-            return False
+    try:
+        run.node.check_defaults()
+    except RuntimeError as error:
+        run.action, run.reason, run.error = "fail", f"{OTHER_DEFAULTS}: {error}", error
+        return False
     return True
 
 

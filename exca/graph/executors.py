@@ -313,6 +313,11 @@ class RecordedLocalHandle(Handle):
 
         return not is_active(self.record)
 
+    def finished_ok(self) -> bool:
+        from .registry import wrote_outcome
+
+        return self.done() and wrote_outcome(self.record)
+
     def ended_how(self, known: tuple[str, str] | None = None) -> str:
         stderr = self.record.stderr
         cancelled = _cancelled_local_job(self.job_id, stderr)

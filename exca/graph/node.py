@@ -219,6 +219,20 @@ class Node:
                 stack.extend(node.upstream)
         return tuple(seen.values())
 
+    def check_defaults(self) -> None:
+        """Before a cached result is reused: raise if this node, or a node it was computed
+        from, was cached with other class defaults than today's (an upstream's changed
+        default leaves every uid as it was, and its old output behind this result)."""
+        for node in self.closure:
+            if node.check_reuse is None:
+                continue
+            try:
+                node.check_reuse()
+            except RuntimeError as error:
+                if node is self:
+                    raise
+                raise RuntimeError(f"{self.uid} was computed from {node.uid}: {error}") from None
+
     @functools.cached_property
     def inputs_uid(self) -> str | None:
         """``inputs-<md5[:8]>`` of the inputs' names and uids (None without inputs): a

@@ -13,7 +13,15 @@ import typing as tp
 
 from ..storage import gcpause
 from . import store
-from .decisions import OTHER_DEFAULTS, Graph, Key, NodeRun, to_chunks, unreachable_inputs
+from .decisions import (
+    OTHER_DEFAULTS,
+    Graph,
+    Key,
+    NodeRun,
+    gets_own_job,
+    to_chunks,
+    unreachable_inputs,
+)
 from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Node
 
 STATUS_ORDER = ("running", "missing", "forced", "cached error", "stale", "cached", "not needed")
@@ -111,7 +119,7 @@ class Plan:
         if run.action == "wait" and run.handles:
             job_id = run.handles[0].job_id
         problems: list[str] = []
-        if run.needs_work and run.action != "wait":  # (a check-only map's job too: checked)
+        if run.needs_work and not _waits(run):  # (a check-only map's job too: checked)
             from .executors import resolve_cluster
 
             if resolve_cluster(node.execution.cluster) == "slurm":
@@ -171,7 +179,7 @@ class Plan:
         wave: dict[Key, int] = {}
         for key in order:
             ups = [wave[u] + 1 for u in upstream[key] if u in wave]
-            if runs[key].needs_work and runs[key].action != "wait" and not runs[key].check_only:
+            if runs[key].needs_work and not _waits(runs[key]) and not runs[key].check_only:
                 wave[key] = max(ups, default=0)
             elif ups:
                 wave[key] = max(ups) - 1
@@ -182,13 +190,13 @@ class Plan:
 
         behind: set[Key] = set()
         for key in order:
-            if any(runs[u].action == "wait" or u in behind for u in upstream[key]):
+            if any(_waits(runs[u]) or u in behind for u in upstream[key]):
                 behind.add(key)
         behind = {k for k in behind if not on_slurm(runs[k].node)}
         groups: dict[tuple[int, str, bool], PlannedArray] = {}
         for key in order:
             run = runs[key]
-            if key not in wave or not run.needs_work or run.action == "wait" or run.check_only:
+            if key not in wave or not run.needs_work or _waits(run) or run.check_only:
                 continue
             node = run.node
             cluster = node.execution.cluster
@@ -358,6 +366,12 @@ def _note_computed_elsewhere(runs: dict[Key, NodeRun]) -> None:
             run.reason = "computed right now by another process: run() waits for its result"
 
 
+def _waits(run: NodeRun) -> bool:
+    """Whether a run only waits for an earlier job (a node forced or retried in its own
+    mode while that job runs gets a job of its own: a submission)."""
+    return run.action == "wait" and not gets_own_job(run, off_slurm=True)
+
+
 def _status(run: NodeRun) -> tuple[str, str]:
     action = run.action
     if action == "reuse":
@@ -366,14 +380,14 @@ def _status(run: NodeRun) -> tuple[str, str]:
         return "not needed", "skip"
     if action == "force":
         return "forced", "compute"
-    if action == "retry":
-        return "cached error", "compute"
+    if action == "retry":  # (an "upstream failed" error is not this node's)
+        return ("cached error" if run.holds_error else "missing"), "compute"
     if action == "wait":
         return "running", "wait"
     if run.check_only:
         return "missing", "check"
     if action == "fail":
-        if run.reason.startswith("cached error") or "ended without" in run.reason:
+        if run.holds_error:
             return "cached error", "fail"
         if run.reason.startswith(OTHER_DEFAULTS):
             return "cached", "fail"

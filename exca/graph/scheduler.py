@@ -16,7 +16,7 @@ import typing as tp
 
 from . import executors, registry, store, submitting
 from .calls import being_computed
-from .decisions import Graph, Key, NodeRun, collect, to_chunks, unreachable_inputs
+from .decisions import Graph, Key, NodeRun, collect, gets_own_job, to_chunks, unreachable_inputs
 from .errors import JobFailedError, NodeFailures
 from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Node
 from .progress import Progress
@@ -443,7 +443,7 @@ class Scheduler:
                     except Exception as cached:
                         run.error = cached
                 return
-            if self._job_withdrawn(run):
+            if self._job_withdrawn(run) or self._result_removed_since(run):
                 return  # requeued: that job is not this config's failure
             run.error = self._lost(run)
             # (not while another worker computes it: e.g. this job only waited for that
@@ -540,6 +540,31 @@ class Scheduler:
         )
         return True
 
+    def _result_removed_since(self, run: NodeRun) -> bool:
+        """The jobs of a task ended well, and its result is missing: removed since they
+        wrote it (another process forcing it, a clear()). Not their failure: follow the
+        job that computes it again, or compute it again (the run is requeued)."""
+        node = run.node
+        if node.folder is None or not run.handles:
+            return False
+        if not all(h.finished_ok() for h in run.handles):
+            return False  # (inline handles, or a job that did not end well)
+        follow_ups = self._follow_ups[node.key] = self._follow_ups.get(node.key, 0) + 1
+        if follow_ups > MAX_FOLLOW_UPS:
+            return False
+        ids = {h.job_id for h in run.handles}
+        latest = registry.latest(node.folder)
+        run.state, run.resume = "pending", None
+        if latest is not None and latest.job_id not in ids and registry.is_active(latest):
+            run.action, run.handles = "wait", [executors.recorded_handle(latest)]
+            run.reason = f"running as job {latest.job_id}"
+            run.seen_job = latest.job_id
+        else:
+            run.action, run.handles = "compute", []
+            run.reason = f"the result of job {', '.join(sorted(ids))} was removed since"
+        self._requeued.append(run)
+        return True
+
     @staticmethod
     def _lost(run: NodeRun, missing: list[str] | None = None) -> BaseException:
         what = f"{len(missing)} item(s) of " if missing else ""
@@ -589,17 +614,10 @@ def follow_own_job(run: NodeRun, off_slurm: bool) -> bool:
     its earlier job is queued or running gets a new job now instead of following that
     one (whose result predates the force): on Slurm it starts after that job; off Slurm
     (``off_slurm``) it starts at once and waits for that computation's claim."""
-    node = run.node
-    if run.action != "wait" or run.resume is None:
+    if not gets_own_job(run, off_slurm) or run.resume is None:
         return False
-    if not (node.pending_force if run.resume == "force" else node.mode == "retry"):
-        return False  # (forced by upstream, or an "upstream failed" error: that job redoes it)
-    if executors.on_slurm(node):
-        if not all(getattr(h, "cluster", None) == "slurm" for h in run.handles):
-            return False  # (a local job of another process: Slurm cannot wait for it)
+    if executors.on_slurm(run.node):
         run.after = [h.job_id for h in run.handles]
-    elif not off_slurm or node.kind != "task":
-        return False
     run.after_running_job = run.resume == "force"
     run.action, run.resume, run.handles = run.resume, None, []
     run.reason += " (submitted now, to start after it)"
