@@ -488,6 +488,31 @@ def test_a_forced_job_while_an_earlier_job_computes_computes_again(
 
 
 @pytest.mark.timeout(120)
+def test_a_forced_call_whose_result_was_removed_since_is_forced_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its job computed the forced result, removed before the call looked (another
+    process forcing or clearing it): computed again, and the force of this instance
+    counts as done (the next call forced once more)."""
+    from exca.graph.node import TASK_KEY
+    from exca.graph.scheduler import Scheduler
+
+    log = tmp_path / "calls.txt"
+    finish = Scheduler._finish
+
+    def removed_first(scheduler: tp.Any, run: tp.Any, progress: tp.Any) -> None:
+        run.node.cache.refresh()
+        if len(calls(log)) == 1 and TASK_KEY in run.node.cache:
+            del run.node.cache[TASK_KEY]  # (what another process did meanwhile)
+        finish(scheduler, run, progress)
+
+    monkeypatch.setattr(Scheduler, "_finish", removed_first)
+    forced = make(tmp_path, "local", x=9, infra={"mode": "force"})
+    assert forced.process() == 18 and len(calls(log)) == 2
+    assert forced.process() == 18 and len(calls(log)) == 2
+
+
+@pytest.mark.timeout(120)
 def test_plan_of_a_forced_config_whose_earlier_job_runs(tmp_path: Path) -> None:
     """The plan listed no submission for it (it waits for that job), but the run gives
     it a job of its own: the plan's submissions say so."""

@@ -525,6 +525,53 @@ def test_an_output_that_cannot_be_stored_is_that_items_error(tmp_path: Path) -> 
     assert counts(log) == {1: 1, 2: 1, 3: 1, 4: 1}
 
 
+def test_a_full_disk_caches_no_item_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outputs that cannot be written for lack of space: the call raises the OSError and
+    caches nothing for them (they were cached as the items' own errors, raised again by
+    every call once space was back, until mode='retry')."""
+    import errno
+
+    from exca.storage.cachedict import CacheDict
+
+    log = tmp_path / "calls.txt"
+    set_many = CacheDict.set_many
+
+    def full(cache: tp.Any, items: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        items = list(items)
+        if any(uid == "3" for uid, _ in items):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return set_many(cache, items, *args, **kwargs)
+
+    monkeypatch.setattr(CacheDict, "set_many", full)
+    with pytest.raises(OSError, match="No space left"):
+        list(make(tmp_path, None).process([1, 2, 3, 4]))
+    monkeypatch.undo()
+    assert list(make(tmp_path, None).process([1, 2, 3, 4])) == [10, 20, 30, 40]
+    assert counts(log)[3] == 2
+
+
+def test_a_folder_it_cannot_write_to_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New items in a cache folder this process cannot write to (a read-only mount):
+    the bare "Read-only file system: '.../claims/.lock'" said nothing of what to do.
+    Simulated: tests run as root, which writes everywhere."""
+    import errno
+
+    assert list(make(tmp_path, None).process([1, 2])) == [10, 20]
+    open_ = os.open
+
+    def read_only(path: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> int:
+        if "claims" in str(path):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return open_(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(OSError, match=r"Cannot write into the cache folder .* mode='read-only'"):
+        list(make(tmp_path, None).process([1, 2, 3]))
+    assert list(make(tmp_path, None).process([1, 2])) == [10, 20]  # (cached: no claim)
+
+
 class Upper(pydantic.BaseModel):
     infra: exca.MapInfra = exca.MapInfra(version="1")
 

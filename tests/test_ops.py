@@ -1193,6 +1193,45 @@ def test_clean_versions_leaves_folders_exca_did_not_write(tmp_path: Path) -> Non
     assert (root / "report,2023" / "figures" / "a.png").read_bytes() == b"png"
 
 
+def test_clean_versions_skips_a_step_folder_it_cannot_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shared cache root (named with a comma here) whose parent and one step folder
+    (another user's) cannot be listed: the rest is cleaned (it stopped with
+    PermissionError). Simulated: tests run as root, which reads everything."""
+    root = tmp_path / "exp,2024"
+    Train(seed=1, infra={"folder": root}).fit()
+    Train(seed=1, infra={"folder": root, "version": "2"}).fit()
+    Source(infra={"folder": root}).make()
+    private = folder_of(Source(infra={"folder": root})).parent
+    scandir = os.scandir
+
+    def guarded(path: tp.Any) -> tp.Any:
+        if Path(path) in (private, tmp_path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", guarded)
+    plan = clean.old_versions(root)
+    assert [r.path for r in plan.removals] == [folder_of(Train(seed=1, infra={"folder": root}))]
+    assert clean.orphans(root).removals == []
+
+
+def test_clean_versions_removes_a_log_folder_named_by_the_logs_setting(tmp_path: Path) -> None:
+    """logs="{folder}/slurm-logs/%j": that folder went with the old version too (it was
+    kept, and the old version, left with it only, was no longer seen)."""
+    root = tmp_path / "cache"
+    infra = {"folder": root, "cluster": "local", "logs": "{folder}/slurm-logs/%j"}
+    Train(seed=1, infra=infra).fit()
+    Train(seed=1, infra={**infra, "version": "2"}).fit()
+    old = folder_of(Train(seed=1, infra={"folder": root}))
+    assert (old.parent / "slurm-logs").is_dir()
+    plan = clean.old_versions(root)
+    assert sorted(r.path for r in plan.removals) == [old, old.parent / "slurm-logs"]
+    plan.execute()
+    assert sorted(p.name for p in old.parent.iterdir()) == []
+
+
 def _dead_claim(folder: Path) -> None:
     """A claim left by a process that died without releasing it."""
     run_python(
@@ -1432,13 +1471,18 @@ def test_clean_logs_of_a_copied_cache_leaves_the_original_alone(tmp_path: Path) 
     original, copy = tmp_path / "original", tmp_path / "copy"
     assert Train(seed=7, infra={"folder": original, "cluster": "local"}).fit() == 8
     (job,) = exca.ops.logs(folder_of(Train(seed=7, infra={"folder": original})))
-    log_folder = job.stdout_path.parent
+    squares = Squares(infra={"folder": original, "cluster": "local"})
+    assert list(squares.square([1, 2])) == [1, 4]  # (a map's logs are in its node folder)
+    jobs = [job, *exca.ops.logs(squares.square.node([1, 2]))]
+    assert len(jobs) > 1
     shutil.copytree(original, copy, symlinks=True)
     plan = clean.logs(copy, older_than_days=0)
     assert plan.removals == []
-    assert plan.kept == [(log_folder, f"in another cache root ({original}): clean that one")]
+    assert sorted(plan.kept) == sorted(
+        (j.stdout_path.parent, f"in another cache root ({original}): clean that one") for j in jobs
+    )
     cli("clean", copy, "logs", "--days", "0", "--yes", check=True)
-    assert job.stdout_path.exists()
+    assert all(j.stdout_path.exists() for j in jobs)
 
 
 def test_clean_logs_counts_from_when_the_job_ended(tmp_path: Path) -> None:
@@ -1632,6 +1676,47 @@ def _dead_sessions(folder: Path, code: str) -> None:
     )
 
 
+def test_a_compaction_killed_between_its_removals_brings_nothing_back(tmp_path: Path) -> None:
+    """Killed after removing the file holding a deletion, before removing the one holding
+    the deleted entry: the entry was live again (its payload removed: unreadable)."""
+    folder = tmp_path / "cache"
+    _dead_sessions(folder, "with cd.write():\n    cd['a'] = 'A'\n    cd['b'] = 'B'")
+    (entries,) = [p for p in folder.glob("*-info.jsonl")]
+    _dead_sessions(folder, "del cd['a']")
+    (deletion,) = [p for p in folder.glob("*-info.jsonl") if p != entries]
+    killed = python(
+        textwrap.dedent(
+            f"""
+            import os, pathlib
+            from exca.ops import clean
+            remove = os.remove
+
+            def killed_after_the_deletion_went(path):
+                if pathlib.Path(path) == pathlib.Path({str(entries)!r}):
+                    pathlib.Path({str(deletion)!r}).unlink(missing_ok=True)  # (first)
+                    os._exit(9)  # the compaction dies here
+                remove(path)
+
+            os.remove = killed_after_the_deletion_went
+            clean.compact({str(folder)!r}, grace_seconds=0)
+            """
+        )
+    )
+    killed.communicate(timeout=WAIT_S)
+    assert killed.returncode == 9
+    assert entries.exists() and not deletion.exists()
+    assert dict(CacheDict(folder).items()) == {"b": "B"}
+    _dead_sessions(folder, "from exca.ops import clean\nclean.compact(cd.folder, grace_seconds=0)")
+    assert [p.name for p in folder.glob("*-info.jsonl")] != [entries.name]
+    assert dict(CacheDict(folder).items()) == {"b": "B"}
+    # the deletion, aimed at a file gone that no line names any more, is dropped then
+    _dead_sessions(folder, "with cd.write():\n    cd['c'] = 'C'")
+    _dead_sessions(folder, "from exca.ops import clean\nclean.compact(cd.folder, grace_seconds=0)")
+    (merged,) = folder.glob("*-info.jsonl")
+    assert b'"#of"' not in merged.read_bytes()
+    assert dict(CacheDict(folder).items()) == {"b": "B", "c": "C"}
+
+
 def test_compact_keeps_deletions_whatever_the_read_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1687,13 +1772,13 @@ def test_delete_while_compacting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert sorted(deleter.keys()) == ["a", "b"]
     before_compaction: CacheDict[tp.Any] = CacheDict(folder)
     assert sorted(before_compaction.keys()) == ["a", "b"]
-    read_index = clean._tombstones_of_others
+    read_index = clean._tombstones_still_needed
 
     def delete_meanwhile(folder_: Path, merged: set[str]) -> list[bytes]:
         del deleter["a"]  # (this process is alive: its index file is not merged)
         return read_index(folder_, merged)
 
-    monkeypatch.setattr(clean, "_tombstones_of_others", delete_meanwhile)
+    monkeypatch.setattr(clean, "_tombstones_still_needed", delete_meanwhile)
     assert clean.compact(folder, grace_seconds=0) == (2, 2)
     assert dict(CacheDict(folder).items()) == {"b": "B"}
     before_compaction.refresh()
@@ -1951,6 +2036,11 @@ def test_logs_of_a_local_task_from_a_fresh_process(tmp_path: Path) -> None:
     assert "fitting seed=9" in job.stdout() and "warning from seed=9" in job.stderr()
     out = cli("logs", folder, check=True).stdout
     assert f"job {job.job_id}" in out and "fitting seed=9" in out
+    assert cli("logs", ".", cwd=folder, check=True).stdout == out.replace(str(folder), ".")
+    source = Source(infra={"folder": root}).make.node()
+    total = Total(infra={"folder": root, "cluster": "local"}).total.node(source)
+    assert total.result() == 6 and total.folder is not None
+    assert "total" in cli("logs", ".", cwd=total.folder, check=True).stdout  # (inputs-*)
     assert "warning from seed=9" not in out
     err = cli("logs", folder, "--stderr", check=True).stdout
     assert "warning from seed=9" in err

@@ -382,6 +382,35 @@ def test_node_failures_name_the_cause_at_the_end_of_a_job_trace() -> None:
     assert "  - b,1/y: ValueError: bad y" in str(error).splitlines()
 
 
+def test_defaults_of_a_chain_are_checked_once_per_node(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reusing a node checks the class defaults of everything upstream of it: once per
+    node of the graph, not once per node and target (a plan of a long chain with every
+    node a target was quadratic)."""
+    checks: list[str] = []
+    check = exca.infra.base.BaseInfra._check_defaults
+
+    def counted(infra: tp.Any) -> None:
+        checks.append(infra.uid())
+        check(infra)
+
+    monkeypatch.setattr(exca.infra.base.BaseInfra, "_check_defaults", counted)
+
+    def build() -> list[exca.graph.Node]:
+        nodes = [env.step("s0").run.node()]
+        for i in range(1, 30):
+            nodes.append(env.step(f"s{i}").run.node(nodes[-1]))
+        return nodes
+
+    assert build()[-1].result().count("s") == 30
+    chain = build()  # (new instances: nothing checked yet)
+    checks.clear()
+    plan = exca.graph.plan(*chain)
+    assert plan.counts() == {"cached": 30}
+    assert sorted(checks) == sorted(n.uid.partition("/inputs-")[0] for n in chain)
+
+
 def test_plan_status_below_a_failure_is_missing(env: Env) -> None:
     """Work blocked by an upstream whose job ended without a result, or holding only an
     "upstream failed" error, is "missing" (the status came from the reason's wording:

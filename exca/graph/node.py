@@ -34,6 +34,9 @@ def is_new_snapshot(folder: tp.Any) -> bool:
     return path.parent.name == "code" and bool(_SNAPSHOT_NAME.fullmatch(path.name))
 
 
+_DEFAULTS_OK = "_defaults_ok"  # (in a node's __dict__: it and its upstream passed)
+
+
 @dataclasses.dataclass(frozen=True)
 class Execution:
     """How and where missing work of a node runs (never part of any uid)."""
@@ -223,7 +226,18 @@ class Node:
         """Before a cached result is reused: raise if this node, or a node it was computed
         from, was cached with other class defaults than today's (an upstream's changed
         default leaves every uid as it was, and its old output behind this result)."""
-        for node in self.closure:
+        # (each node once: a node and its upstream that passed are not walked again)
+        todo: list[Node] = []
+        seen: set[tuple[str, str]] = set()
+        stack: list[Node] = [self]
+        while stack:
+            node = stack.pop()
+            if node.key in seen or node.__dict__.get(_DEFAULTS_OK):
+                continue
+            seen.add(node.key)
+            todo.append(node)
+            stack.extend(node.upstream)
+        for node in todo:
             if node.check_reuse is None:
                 continue
             try:
@@ -232,6 +246,8 @@ class Node:
                 if node is self:
                     raise
                 raise RuntimeError(f"{self.uid} was computed from {node.uid}: {error}") from None
+        for node in todo:
+            node.__dict__[_DEFAULTS_OK] = True
 
     @functools.cached_property
     def inputs_uid(self) -> str | None:

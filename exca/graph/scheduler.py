@@ -553,6 +553,8 @@ class Scheduler:
         if follow_ups > MAX_FOLLOW_UPS:
             return False
         ids = {h.job_id for h in run.handles}
+        if run.action == "force":
+            node.force_state["done"] = True  # (its jobs computed it: forced once, as asked)
         latest = registry.latest(node.folder)
         run.state, run.resume = "pending", None
         if latest is not None and latest.job_id not in ids and registry.is_active(latest):

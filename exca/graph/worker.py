@@ -721,6 +721,8 @@ def _store_one_by_one(
     for uid, output in batch:
         try:
             cache.set_many([(uid, output)], meta=meta, skip_existing=True)
+        except OSError:  # (disk full, permissions...: not the output's fault, nothing cached)
+            raise
         except Exception as error:
             failure = _unstorable(f"the output of item {uid!r}", output, cache, error)
             try:

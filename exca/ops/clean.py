@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
+import logging
 import os
 import re
 import shutil
@@ -30,6 +31,8 @@ from ..storage.claims import CLAIMS_DIR, Claims
 from ..storage.formats import DATA_DIR
 from ..storage.index import _OUR_INDEX_NAME, FORMER_PLACES, INDEX_SUFFIX
 from .inspect import INPUTS_PREFIX, disk_usage, human_size, input_folders, node_folders
+
+logger = logging.getLogger("exca")
 
 
 @dataclasses.dataclass
@@ -140,7 +143,7 @@ def cache_root(root: Path | str) -> Path:
             f"{root} is the folder of one node, not a cache root: give the cache root "
             f"({_root_of(root)}); to remove this node: `exca clean ROOT node {root}`"
         )
-    if "," in root.name and any(node_folders(root.parent, only=root.name)):
+    if "," in root.name and _holds_node_folders(root):
         raise ValueError(
             f"{root} is a step folder, not a cache root: give the cache root ({root.parent}) "
             f"and restrict to this step with --step '{root.name}'"
@@ -283,16 +286,42 @@ def _step_matches(step: str, name: str, method: str) -> bool:
     return fnmatch.fnmatch(name, step) or step in name
 
 
-_STEP_EXTRAS = ("logs", "code")  # what exca writes in a step folder besides node folders
+def _holds_node_folders(folder: Path) -> bool:
+    """Whether a folder holds node folders (one it cannot list holds none it may clean)."""
+    try:
+        return any(
+            entry.is_dir() and os.path.exists(os.path.join(entry.path, UID_FILE))
+            for entry in os.scandir(folder)
+        )
+    except OSError:
+        return False
+
+
+_SUBMITIT_FILES = ("_submitted.pkl", "_log.out", "_log.err", "_result.pkl")
+
+
+def _written_by_exca(folder: Path) -> bool:
+    """Whether a folder of a step folder (not a node folder) is exca's: ``code/``, or a
+    log folder (``logs/``, or one a ``logs`` setting named otherwise: it holds job logs)."""
+    if folder.name in ("logs", "code"):
+        return True
+    for _, _, files in os.walk(folder):
+        if any(name.endswith(_SUBMITIT_FILES) for name in files):
+            return True
+    return False
 
 
 def _is_step_folder(folder: Path) -> bool:
     """Whether a folder is a ``<method>,<version>`` folder exca wrote: it holds node
-    folders, or only exca's logs and code (its configs removed)."""
-    subfolders = [p for p in folder.iterdir() if p.is_dir()]
-    if any((p / UID_FILE).exists() for p in subfolders):
+    folders, or only what exca writes besides them (its configs removed)."""
+    try:
+        subfolders = [Path(e.path) for e in os.scandir(folder) if e.is_dir()]
+    except OSError as error:  # (a shared cache: another user's step folder)
+        logger.warning("Skipping %s: %s", folder, error)
+        return False
+    if _holds_node_folders(folder):
         return True
-    return bool(subfolders) and all(p.name in _STEP_EXTRAS for p in subfolders)
+    return bool(subfolders) and all(_written_by_exca(p) for p in subfolders)
 
 
 def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
@@ -319,7 +348,8 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
             if len(plan.kept) > kept_before:
                 continue  # a config of this version is in use: keep its logs and code too
             for other in subfolders:
-                if other.name in _STEP_EXTRAS:  # logs/, code/ of the old version
+                # logs/, code/ of the old version (not what the user put there)
+                if not (other / UID_FILE).exists() and _written_by_exca(other):
                     # (a job of another method may use them)
                     used = _holds_what_jobs_use(other, root, plan.jobs_use)
                     if used is not None:
@@ -435,15 +465,13 @@ def logs(root: Path | str, older_than_days: float = 30.0) -> CleanPlan:
     limit = time.time() - older_than_days * 86400
     root = cache_root(root)
     by_folder: dict[Path, list[registry.JobRecord]] = {}  # (jobs may share a log folder)
-    steps: dict[Path, str] = {}
-    for step, _, folder in node_folders(root):
+    for _, _, folder in node_folders(root):
         for record in registry.read_all(folder):
             by_folder.setdefault(Path(record.logs), []).append(record)
-            steps[Path(record.logs)] = step
     for logs_folder, records in by_folder.items():
         if not logs_folder.exists() or any(r.submitted > limit for r in records):
             continue  # (a recent job's logs are in it too)
-        other = _default_logs_of_another_root(logs_folder, steps[logs_folder], root)
+        other = _another_cache_root(logs_folder, root)
         if other is not None:  # (records of a copied or moved cache point at the original)
             plan.kept.append((logs_folder, f"in another cache root ({other}): clean that one"))
             continue
@@ -459,15 +487,18 @@ def logs(root: Path | str, older_than_days: float = 30.0) -> CleanPlan:
     return plan
 
 
-def _default_logs_of_another_root(logs_folder: Path, step: str, root: Path) -> Path | None:
-    """The cache root whose default log folder (``<root>/<step>/logs/...``) this is, when
-    it is not ``root`` (a log folder set by the user elsewhere is this cache's to clean)."""
-    parts = logs_folder.parts
-    for i in range(len(parts) - 1):
-        if parts[i] == step and parts[i + 1] == "logs":
-            other = Path(*parts[:i])
-            if os.path.realpath(other) != os.path.realpath(root):
-                return other
+def _another_cache_root(logs_folder: Path, root: Path) -> Path | None:
+    """The cache root other than ``root`` that a log folder lies in (in a step folder or a
+    node folder of it), if any: a log folder set elsewhere by the user is this cache's."""
+    real_root = Path(os.path.realpath(root))
+    real = Path(os.path.realpath(logs_folder))
+    if real.is_relative_to(real_root):
+        return None
+    for folder in real.parents:
+        if os.path.exists(folder / UID_FILE):  # a node folder (a map's logs are in it)
+            return _root_of(folder)
+        if "," in folder.name and _holds_node_folders(folder):  # a step folder
+            return folder.parent
     return None
 
 
@@ -540,7 +571,7 @@ def compact(folder: Path | str, grace_seconds: float = 3600.0) -> tuple[int, int
                 places = places[len(places) - KEPT_PLACES + 1 :] if KEPT_PLACES > 1 else []
                 record[FORMER_PLACES] = [*places, f"{entry[0]}:{entry[1]}"]
                 lines.append(orjson.dumps(record))
-        lines += _tombstones_of_others(folder, merged)
+        lines += _tombstones_still_needed(folder, merged)
         target = folder / (process.unique_name() + INDEX_SUFFIX)
         tmp = target.with_name("." + target.name + ".tmp")
         tmp.write_bytes(b"\n".join(lines) + b"\n" if lines else b"")
@@ -554,9 +585,14 @@ def compact(folder: Path | str, grace_seconds: float = 3600.0) -> tuple[int, int
     return len(files), len(lines)
 
 
-def _tombstones_of_others(folder: Path, merged: set[str]) -> list[bytes]:
-    """The deletions written in the merged files of entries of the other files, as they
-    were written (with their key: a reader may read the deleted line before them)."""
+def _tombstones_still_needed(folder: Path, merged: set[str]) -> list[bytes]:
+    """The deletions written in the merged files that may still meet the line they
+    delete, as they were written (with their key: a reader may read the deleted line
+    before them). They are aimed at a file that exists, merged ones included (it stays
+    until the removals below end: a compaction killed half-way through them would
+    otherwise bring back an entry deleted in a removed file), or at a place that an index
+    line names as a former place of its entry. The others are dropped."""
+    named = _former_places(folder)
     out = []
     for name in sorted(merged):
         try:
@@ -571,9 +607,39 @@ def _tombstones_of_others(folder: Path, merged: set[str]) -> list[bytes]:
             except orjson.JSONDecodeError:
                 continue
             target = record.get("#of") if isinstance(record, dict) else None
-            if isinstance(target, str) and target.rpartition(":")[0] not in merged:
+            if not isinstance(target, str):
+                continue
+            aimed = target.rpartition(":")[0]
+            if aimed in merged or target in named or os.path.exists(folder / aimed):
                 out.append(line)
     return out
+
+
+def _former_places(folder: Path) -> set[str]:
+    """The former places (``<index file>:<offset>``, written by compactions as ``#was``)
+    of the lines of the folder's index files."""
+    named: set[str] = set()
+    for entry in os.scandir(folder):
+        if not entry.name.endswith(INDEX_SUFFIX):
+            continue
+        try:
+            with open(entry.path, "rb") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            continue
+        if FORMER_PLACES.encode() not in data:
+            continue
+        for line in data.split(b"\n"):
+            if FORMER_PLACES.encode() not in line:
+                continue
+            try:
+                places = orjson.loads(line).get(FORMER_PLACES)
+            except (orjson.JSONDecodeError, AttributeError):
+                continue
+            for place in places if isinstance(places, list) else ():
+                if isinstance(place, str):
+                    named.add(place)
+    return named
 
 
 def compactable(folder: Path | str, grace_seconds: float = 3600.0) -> list[str]:

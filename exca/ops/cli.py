@@ -325,7 +325,7 @@ def _main(argv: list[str] | None) -> int:
         from .clean import is_node_folder
         from .logs import logs
 
-        if not is_node_folder(Path(args.folder)):
+        if not is_node_folder(Path(args.folder).resolve()):  # (".": its name tells)
             raise ValueError(
                 f"{args.folder} is not a node folder (<root>/<step>/<uid>, holding uid.yaml): "
                 "`exca list ROOT` shows them"

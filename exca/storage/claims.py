@@ -23,6 +23,7 @@ renamed into place):
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
 import threading
@@ -274,13 +275,22 @@ class Claims:
             try:
                 fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             except FileNotFoundError:
-                make_folder(self.dir, self.permissions)
+                try:
+                    make_folder(self.dir, self.permissions)
+                except OSError as error:
+                    if error.errno in _UNWRITABLE:
+                        raise _unwritable(self.dir, error) from error
+                    raise
                 continue
             except FileExistsError:
                 self._break_if_stale(lock)
                 time.sleep(delay)
                 delay = min(delay * 2, 0.05)
                 continue
+            except OSError as error:
+                if error.errno in _UNWRITABLE:
+                    raise _unwritable(self.dir, error) from error
+                raise
             try:
                 os.write(fd, token)
             finally:
@@ -395,3 +405,18 @@ class _Heartbeat:
 
 _HEARTBEAT = _Heartbeat()
 os.register_at_fork(after_in_child=_HEARTBEAT.reset_in_child)
+
+
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _unwritable(folder: Path, error: OSError) -> OSError:
+    """The error of a claim that cannot be taken in a folder this process cannot write
+    to (a read-only or another user's cache), saying what to do."""
+    return type(error)(
+        error.errno,
+        f"Cannot write into the cache folder {folder.parent} to compute what is missing there: "
+        f"{error.strerror}. Use a folder you can write to, or mode='read-only' to only read "
+        "what is cached there",
+        error.filename,
+    )
