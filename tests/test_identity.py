@@ -1016,6 +1016,52 @@ def test_cached_results_of_another_default_are_not_reused(tmp_path: Path) -> Non
     assert f"task {expected}" in run(2, "task", cache="legacy")
 
 
+class _Upstream(pydantic.BaseModel):
+    x: int = 1
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def value(self) -> int:
+        return self.x
+
+
+class _Downstream(pydantic.BaseModel):
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def twice(self, value: int) -> int:
+        return 2 * value
+
+
+def test_a_defaults_check_with_nothing_to_check_yet_is_made_again(tmp_path: Path) -> None:
+    """A downstream result reused while its upstream's folder is gone: nothing to check
+    then; once another process computed the upstream with another class default, the
+    same node refuses its result (the first check was remembered as passed)."""
+    import shutil
+
+    def down() -> tp.Any:
+        up = _Upstream(infra={"folder": tmp_path}).value.node()
+        return _Downstream(infra={"folder": tmp_path}).twice.node(up), up
+
+    def in_another_process(call: str) -> None:
+        code = f"import test_identity as t; folder = {str(tmp_path)!r}; {call}"
+        subprocess.run([sys.executable, "-c", code], check=True)
+
+    in_another_process(
+        "t._Downstream(infra={'folder': folder}).twice(t._Upstream(infra={'folder': folder}).value.node())"
+    )
+    node, up = down()
+    assert up.folder is not None
+    shutil.rmtree(up.folder)  # (cleaned, or removed by another user)
+    assert node.result() == 2  # nothing to check against
+    # another process, whose class default is x=2, computes the upstream again
+    in_another_process("t._Upstream(infra={'folder': folder}).value()")
+    full = up.folder / "full-uid.yaml"
+    full.write_text(full.read_text().replace("x: 1", "x: 2"))
+    with pytest.raises(RuntimeError, match=r"was computed from .*Default x=1 seems incompatible"):
+        node.result()
+
+
 @pytest.mark.parametrize("content", ["p: [unclosed\n", "- 1\n- 2\n", ""])
 def test_unreadable_yaml_replaced(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, content: str

@@ -550,6 +550,32 @@ def test_a_full_disk_caches_no_item_error(tmp_path: Path, monkeypatch: pytest.Mo
     assert counts(log)[3] == 2
 
 
+def test_an_oserror_of_a_format_is_that_items_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A format raising OSError for one value (numpy's tofile on an object array, PIL
+    refusing a mode): that item's cached error, not the whole call's (only a full disk,
+    permissions and the like are the folder's fault)."""
+    from exca.storage.cachedict import CacheDict
+
+    set_many = CacheDict.set_many
+
+    def refuses_3(cache: tp.Any, items: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        items = list(items)
+        if any(uid == "3" for uid, _ in items):
+            raise OSError("cannot write mode RGBA as JPEG")
+        return set_many(cache, items, *args, **kwargs)
+
+    monkeypatch.setattr(CacheDict, "set_many", refuses_3)
+    outputs = make(tmp_path, None).process([1, 2, 3, 4])
+    assert [next(outputs) for _ in range(2)] == [10, 20]
+    with pytest.raises(OSError, match="item '3' cannot be stored"):
+        next(outputs)
+    monkeypatch.undo()
+    assert list(make(tmp_path, None).process([1, 2, 4])) == [10, 20, 40]
+    assert counts(tmp_path / "calls.txt") == {1: 1, 2: 1, 3: 1, 4: 1}
+
+
 def test_a_folder_it_cannot_write_to_says_what_to_do(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

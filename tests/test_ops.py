@@ -28,6 +28,7 @@ import yaml
 import exca
 import exca.graph
 import exca.ops
+import exca.storage.process
 from exca.graph import registry
 from exca.ops import clean
 from exca.ops.inspect import node_folders
@@ -1187,10 +1188,18 @@ def test_clean_versions_leaves_folders_exca_did_not_write(tmp_path: Path) -> Non
     for year in (2023, 2024):
         (root / f"report,{year}" / "figures").mkdir(parents=True)
         (root / f"report,{year}" / "figures" / "a.png").write_bytes(b"png")
+        (root / f"report,{year}" / "runs").mkdir()
+        (root / f"report,{year}" / "runs" / "eval_log.out").write_text("log")
+        (root / f"report,{year}" / "logs").mkdir()
+        (root / f"report,{year}" / "logs" / "notes.txt").write_text("mine")
+    old = folder_of(Train(seed=1, infra={"folder": root}))
+    (old.parent / "analysis").mkdir()  # (the user's, in an old step folder)
+    (old.parent / "analysis" / "eval_log.out").write_text("mine")
     plan = clean.old_versions(root)
-    assert [r.path for r in plan.removals] == [folder_of(Train(seed=1, infra={"folder": root}))]
+    assert [r.path for r in plan.removals] == [old]
     plan.execute()
     assert (root / "report,2023" / "figures" / "a.png").read_bytes() == b"png"
+    assert (old.parent / "analysis" / "eval_log.out").read_text() == "mine"
 
 
 def test_clean_versions_skips_a_step_folder_it_cannot_read(
@@ -1715,6 +1724,22 @@ def test_a_compaction_killed_between_its_removals_brings_nothing_back(tmp_path: 
     (merged,) = folder.glob("*-info.jsonl")
     assert b'"#of"' not in merged.read_bytes()
     assert dict(CacheDict(folder).items()) == {"b": "B", "c": "C"}
+
+
+def test_a_writer_never_reopens_its_removed_index_file_by_name(tmp_path: Path) -> None:
+    """A deletion outside write() by a writer whose index file was merged away reopened
+    that file by name: offsets started at 0 again, where deletions kept by the merged
+    file were aimed (a new entry there read as deleted)."""
+    folder = tmp_path / "cache"
+    cd: CacheDict[tp.Any] = CacheDict(folder, cache_type="Pickle")
+    with cd.write():
+        cd["a"], cd["b"] = "A", "B"
+    (first,) = folder.glob("*-info.jsonl")
+    merged = folder / (exca.storage.process.unique_name() + "-info.jsonl")
+    os.rename(first, merged)  # (what a compaction does, in effect: the lines live elsewhere)
+    del cd["a"]
+    assert not first.exists()
+    assert dict(CacheDict(folder).items()) == {"b": "B"}
 
 
 def test_compact_keeps_deletions_whatever_the_read_order(

@@ -391,9 +391,9 @@ def test_defaults_of_a_chain_are_checked_once_per_node(
     checks: list[str] = []
     check = exca.infra.base.BaseInfra._check_defaults
 
-    def counted(infra: tp.Any) -> None:
+    def counted(infra: tp.Any) -> bool:
         checks.append(infra.uid())
-        check(infra)
+        return check(infra)
 
     monkeypatch.setattr(exca.infra.base.BaseInfra, "_check_defaults", counted)
 

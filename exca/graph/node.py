@@ -172,7 +172,8 @@ class Node:
     chained: tuple[Node, ...] = ()
     prepare: tp.Callable[[], None] | None = None  # checks/writes the uid folder's yaml files
     # before cached results are reused: raises if they were made with other class defaults
-    check_reuse: tp.Callable[[], None] | None = None
+    # (returns whether that is settled: False while nothing is on disk to check against)
+    check_reuse: tp.Callable[[], bool] | None = None
     label: str = ""
     uid_config: tp.Callable[[], dict[str, tp.Any]] | None = None  # full uid config (explanations)
     # maps only
@@ -237,17 +238,19 @@ class Node:
             seen.add(node.key)
             todo.append(node)
             stack.extend(node.upstream)
+        settled = True
         for node in todo:
             if node.check_reuse is None:
                 continue
             try:
-                node.check_reuse()
+                settled = node.check_reuse() and settled
             except RuntimeError as error:
                 if node is self:
                     raise
                 raise RuntimeError(f"{self.uid} was computed from {node.uid}: {error}") from None
-        for node in todo:
-            node.__dict__[_DEFAULTS_OK] = True
+        if settled:  # (else checked again next time: another process may compute one)
+            for node in todo:
+                node.__dict__[_DEFAULTS_OK] = True
 
     @functools.cached_property
     def inputs_uid(self) -> str | None:

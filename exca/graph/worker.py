@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import itertools
 import logging
 import os
@@ -721,20 +722,36 @@ def _store_one_by_one(
     for uid, output in batch:
         try:
             cache.set_many([(uid, output)], meta=meta, skip_existing=True)
-        except OSError:  # (disk full, permissions...: not the output's fault, nothing cached)
-            raise
+        except OSError as error:
+            if error.errno in _ENVIRONMENT_ERRORS:  # (not the output's fault: nothing cached)
+                raise
+            _cache_unstorable(node, cache, uid, output, error, report)
+            continue
         except Exception as error:
-            failure = _unstorable(f"the output of item {uid!r}", output, cache, error)
-            try:
-                cache[uid] = CachedError.from_exception(failure)
-            except Exception:  # (the error itself cannot be stored: it is raised instead)
-                raise failure from error
-            report.errors += 1
-            logger.warning(
-                "%s: %s; the error is cached, other items go on", node.label or node.uid, failure
-            )
-        else:
-            report.computed += 1
+            _cache_unstorable(node, cache, uid, output, error, report)
+            continue
+        report.computed += 1
+
+
+# disk full, quota, permissions, read-only, I/O: the folder's fault, not an output's
+_ENVIRONMENT_ERRORS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO}
+)
+
+
+def _cache_unstorable(
+    node: Node, cache: CacheDict[tp.Any], uid: str, output: tp.Any, error: Exception, report: Report
+) -> None:
+    """An output the cache cannot store: its item's cached error (the others go on)."""
+    failure = _unstorable(f"the output of item {uid!r}", output, cache, error)
+    try:
+        cache[uid] = CachedError.from_exception(failure)
+    except Exception:  # (the error itself cannot be stored: it is raised instead)
+        raise failure from error
+    report.errors += 1
+    logger.warning(
+        "%s: %s; the error is cached, other items go on", node.label or node.uid, failure
+    )
 
 
 def current_job_id() -> str | None:

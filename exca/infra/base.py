@@ -547,12 +547,13 @@ class BaseInfra(pydantic.BaseModel):
             "Build a new config instead, e.g. infra.clone_obj({...}) with the new values"
         )
 
-    def _check_defaults(self) -> None:
+    def _check_defaults(self) -> bool:
         """Before reusing cached results (once per instance, nothing written): they were
-        computed with the class defaults of now (RuntimeError if a default changed)."""
+        computed with the class defaults of now (RuntimeError if a default changed).
+        Whether that is settled (False: no full-uid.yaml yet, to check again later)."""
         runtime = self._runtime()
         if runtime.checked or runtime.defaults_checked or self.folder is None:
-            return
+            return True
         folder = os.path.join(self.folder, runtime.uid or self.uid())
         owner_cls = type(self._owner())
         known = _DEFAULTS_CHECKED.get(folder)
@@ -565,9 +566,10 @@ class BaseInfra(pydantic.BaseModel):
                 full_uid_config=functools.partial(self.config, uid=True, exclude_defaults=False),
             )
             if not checked:
-                return  # no full-uid.yaml (yet): another process may write one later
+                return False  # no full-uid.yaml (yet): another process may write one later
             _remember_checked_defaults(folder, owner_cls, runtime.uid_export)
         runtime.defaults_checked = True
+        return True
 
     def clone_obj(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         """A new, unfrozen owner with some values changed (dotted keys allowed):

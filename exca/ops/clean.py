@@ -297,18 +297,33 @@ def _holds_node_folders(folder: Path) -> bool:
         return False
 
 
-_SUBMITIT_FILES = ("_submitted.pkl", "_log.out", "_log.err", "_result.pkl")
+# the files submitit writes for a job (local, Slurm, debug; arrays: <job>_<index>_...)
+_JOB_FILE = re.compile(
+    r"(DEBUG_)?\d+(_\d+)*_(log\.out|log\.err|result\.pkl|submitted\.pkl|submission\.sh)"
+)
+_CODE_SNAPSHOT = re.compile(r"\d{4}-\d\d-\d\d-[0-9a-f]{6}")  # (workdir copies)
 
 
 def _written_by_exca(folder: Path) -> bool:
-    """Whether a folder of a step folder (not a node folder) is exca's: ``code/``, or a
-    log folder (``logs/``, or one a ``logs`` setting named otherwise: it holds job logs)."""
-    if folder.name in ("logs", "code"):
-        return True
-    for _, _, files in os.walk(folder):
-        if any(name.endswith(_SUBMITIT_FILES) for name in files):
-            return True
-    return False
+    """Whether a folder of a step folder (not a node folder) is exca's: job logs (``logs/``
+    or the folder a ``logs`` setting named: only files of submitit jobs in it), or code
+    snapshots (``code/<date>-<random>``). The walk stops at the first other file."""
+    if folder.name == "code":
+        try:
+            names = [e.name for e in os.scandir(folder)]
+        except OSError:
+            return False
+        return bool(names) and all(_CODE_SNAPSHOT.fullmatch(n) for n in names)
+    found = False
+    try:
+        for _, _, files in os.walk(folder):
+            for name in files:
+                if not _JOB_FILE.fullmatch(name):
+                    return False
+                found = True
+    except OSError:
+        return False
+    return found
 
 
 def _is_step_folder(folder: Path) -> bool:
@@ -612,7 +627,7 @@ def _tombstones_still_needed(folder: Path, merged: set[str]) -> list[bytes]:
             aimed = target.rpartition(":")[0]
             if aimed in merged or target in named or os.path.exists(folder / aimed):
                 out.append(line)
-    return out
+    return list(dict.fromkeys(out))  # (copies of one: merged files of a killed compaction)
 
 
 def _former_places(folder: Path) -> set[str]:

@@ -518,8 +518,12 @@ class CacheDict(tp.Generic[X]):
         local = self._local
         session = local.session
         if session is not None and session[2] == _FORK_GENERATION:
-            if not restart and not session[0].gone_while_idle():
-                return session[0], session[1]
+            writer = session[0]
+            # (a closed writer reopens its file by name: not once that file was removed,
+            # e.g. merged away by a compaction, as offsets would start again at 0)
+            there = writer.fd is not None or writer.still_there()
+            if not restart and there and not writer.gone_while_idle():
+                return writer, session[1]
             # its index file was merged away by a compaction while it was idle: what it
             # appended there would be lost (a new session, a new name)
             session[1].close_shared()

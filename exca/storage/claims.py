@@ -415,8 +415,8 @@ def _unwritable(folder: Path, error: OSError) -> OSError:
     to (a read-only or another user's cache), saying what to do."""
     return type(error)(
         error.errno,
-        f"Cannot write into the cache folder {folder.parent} to compute what is missing there: "
-        f"{error.strerror}. Use a folder you can write to, or mode='read-only' to only read "
-        "what is cached there",
+        f"Cannot write into the cache folder {folder.parent}: {error.strerror} (computing "
+        "or cleaning there needs write access; use a folder you can write to, or "
+        "mode='read-only' to only read what is cached there)",
         error.filename,
     )
