@@ -722,12 +722,9 @@ def _store_one_by_one(
     for uid, output in batch:
         try:
             cache.set_many([(uid, output)], meta=meta, skip_existing=True)
-        except OSError as error:
-            if error.errno in _ENVIRONMENT_ERRORS:  # (not the output's fault: nothing cached)
-                raise
-            _cache_unstorable(node, cache, uid, output, error, report)
-            continue
         except Exception as error:
+            if isinstance(error, OSError) and error.errno in _ENVIRONMENT_ERRORS:
+                raise  # (not the output's fault: nothing cached)
             _cache_unstorable(node, cache, uid, output, error, report)
             continue
         report.computed += 1
