@@ -334,7 +334,7 @@ def _is_step_folder(folder: Path) -> bool:
     except OSError as error:  # (a shared cache: another user's step folder)
         logger.warning("Skipping %s: %s", folder, error)
         return False
-    if _holds_node_folders(folder):
+    if any(os.path.exists(p / UID_FILE) for p in subfolders):  # (holds node folders)
         return True
     return bool(subfolders) and all(_written_by_exca(p) for p in subfolders)
 
@@ -634,6 +634,7 @@ def _former_places(folder: Path) -> set[str]:
     """The former places (``<index file>:<offset>``, written by compactions as ``#was``)
     of the lines of the folder's index files."""
     named: set[str] = set()
+    marker = FORMER_PLACES.encode()
     for entry in os.scandir(folder):
         if not entry.name.endswith(INDEX_SUFFIX):
             continue
@@ -642,10 +643,10 @@ def _former_places(folder: Path) -> set[str]:
                 data = handle.read()
         except FileNotFoundError:
             continue
-        if FORMER_PLACES.encode() not in data:
+        if marker not in data:
             continue
         for line in data.split(b"\n"):
-            if FORMER_PLACES.encode() not in line:
+            if marker not in line:
                 continue
             try:
                 places = orjson.loads(line).get(FORMER_PLACES)
