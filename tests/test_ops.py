@@ -1157,6 +1157,27 @@ def test_clean_old_versions(tmp_path: Path) -> None:
     assert exca.graph.plan(node).entries[0].status == "cached"
 
 
+def test_clean_versions_refuses_a_step_naming_methods_of_several_modules(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "cache"
+    for version in ("1", "2"):
+        Train(seed=1, infra={"folder": root, "version": version}).fit()
+    ours = f"{__name__}.Train.fit"
+    for other in ("other.Train.fit", f"x.{ours}"):  # the same method in other modules
+        for version in ("1", "2"):
+            shutil.copytree(root / f"{ours},{version}", root / f"{other},{version}")
+    before = tree_hash(root)
+    with pytest.raises(ValueError, match=r"names 3 methods: .*other\.Train\.fit.*with its module"):
+        clean.old_versions(root, step="Train.fit,1")
+    result = cli("clean", root, "versions", "--step", "Train.fit,2", "--yes")
+    assert result.returncode != 0 and "names 3 methods" in result.stderr
+    assert tree_hash(root) == before  # (nothing removed)
+    # named in full: that method only, not another one whose name ends the same way
+    removals = clean.old_versions(root, step=f"{ours},2").removals
+    assert {r.path.parent.name for r in removals} == {f"{ours},1"}
+
+
 def test_clean_refuses_a_step_or_node_folder_as_root(tmp_path: Path) -> None:
     """Given a step folder, `versions` took configs whose uid holds a comma
     (a=5,b=3-... and a=5,b=4-...) for two versions of a method "a=5", and removed the

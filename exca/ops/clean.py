@@ -286,6 +286,26 @@ def _step_matches(step: str, name: str, method: str) -> bool:
     return fnmatch.fnmatch(name, step) or step in name
 
 
+def _selected_methods(step: str, methods: dict[str, list[Path]]) -> dict[str, list[Path]]:
+    """The methods a ``--step`` filter selects. Given as ``Class.method,version`` (module
+    left out) and naming methods of several modules, it is refused: which one is meant is
+    unclear, and `versions` removes data."""
+    selected = {
+        method: folders
+        for method, folders in methods.items()
+        if any(_step_matches(step, f.name, method) for f in folders)
+    }
+    if "," not in step or any(c in step for c in "*?[") or len(selected) < 2:
+        return selected
+    given = step.rpartition(",")[0]
+    if given in selected:  # (named in full: that one, not others ending the same way)
+        return {given: selected[given]}
+    raise ValueError(
+        f"--step {step!r} names {len(selected)} methods: {', '.join(sorted(selected))}; "
+        "give the one meant with its module (as `exca list` prints it)"
+    )
+
+
 def _holds_node_folders(folder: Path) -> bool:
     """Whether a folder holds node folders (one it cannot list holds none it may clean)."""
     try:
@@ -348,9 +368,9 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
         if not _is_step_folder(folder):
             continue  # (a folder of the user's whose name holds a comma)
         methods.setdefault(folder.name.rpartition(",")[0], []).append(folder)
+    if step is not None:
+        methods = _selected_methods(step, methods)
     for method, folders in methods.items():
-        if step is not None and not any(_step_matches(step, f.name, method) for f in folders):
-            continue  # (a step given with its version selects every version of its method)
         folders.sort(key=lambda p: _version_key(p.name.rpartition(",")[2]))
         newest = folders[-1].name.rpartition(",")[2]
         for old in folders[:-1]:
