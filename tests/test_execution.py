@@ -599,9 +599,13 @@ def test_a_local_job_ignoring_sigint_is_stopped_too(tmp_path: Path, how: str) ->
 
 
 @pytest.mark.timeout(120)
-def test_a_cancelled_local_job_is_said_cancelled(tmp_path: Path) -> None:
+def test_a_cancelled_local_job_is_said_cancelled(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     """SPEC: a cancelled job is "failed" with an error saying so (it said "ended without
-    writing its result", followed by the job's KeyboardInterrupt traceback)."""
+    writing its result", followed by the job's KeyboardInterrupt traceback). Its traceback
+    stays in the job's log (submitit's controller printed its own in the caller's
+    terminal)."""
     log = tmp_path / "calls.txt"
     block = tmp_path / "block-flag"
     block.touch()
@@ -612,6 +616,9 @@ def test_a_cancelled_local_job_is_said_cancelled(tmp_path: Path) -> None:
     _wait_for(lambda: task.infra.status() == "failed")
     with pytest.raises(exca.graph.errors.JobFailedError, match=r"local job \d+ was cancelled"):
         job.result()
+    _wait_for(lambda: job.handle.job._process.poll() is not None)  # (the controller ended)
+    assert "KeyboardInterrupt" not in capfd.readouterr().err
+    assert "KeyboardInterrupt" in (job.stderr() or "")
     with pytest.raises(exca.graph.errors.JobFailedError, match="was cancelled") as info:
         make(tmp_path, "local", x=7, block_flag=str(block)).process()  # a new instance
     assert "Traceback" not in str(info.value)

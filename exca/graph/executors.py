@@ -285,12 +285,12 @@ class SubmititHandle(Handle):
         return f"job {self.job_id} ended with state {state} without writing its result{detail}"
 
     def cancel(self) -> None:
-        with contextlib.suppress(Exception):
-            self.job.cancel(check=False)
         process = getattr(self.job, "_process", None)  # (our child: its pid is not reused)
         if self.cluster == "local" and process is not None and process.poll() is None:
-            with contextlib.suppress(Exception):
-                _kill_if_sigint_ignored(int(self.job_id))
+            _cancel_local_job(process)
+            return
+        with contextlib.suppress(Exception):
+            self.job.cancel(check=False)
 
 
 class RecordedLocalHandle(Handle):
@@ -348,6 +348,36 @@ class RecordedLocalHandle(Handle):
                 _kill_if_sigint_ignored(int(self.job_id))
 
 
+def _cancel_local_job(process: tp.Any) -> None:
+    """SIGINT the tasks of a local job, as submitit's cancel() does through their
+    controller; not to the controller itself: it shares the caller's terminal and would
+    print its own KeyboardInterrupt traceback there (it ends once its tasks have). A
+    controller still running a moment later (no task started yet, or a task that caught
+    the interrupt) gets the SIGINT too."""
+    import signal
+    import threading
+
+    pid = process.pid
+    tasks = _children().get(pid, [])
+    for task in tasks:
+        with contextlib.suppress(OSError):
+            os.kill(task, signal.SIGINT)
+
+    def finish() -> None:
+        if process.poll() is None:
+            with contextlib.suppress(OSError):
+                process.send_signal(signal.SIGINT)
+            with contextlib.suppress(Exception):
+                _kill_if_sigint_ignored(pid)
+
+    if not tasks:
+        finish()
+        return
+    timer = threading.Timer(2.0, finish)
+    timer.daemon = True
+    timer.start()
+
+
 def _kill_if_sigint_ignored(pid: int) -> None:
     """SIGKILL a local job that ignores SIGINT, with the processes it started (submitit's
     controller and its task): it inherited that from a script started in the background
@@ -366,14 +396,20 @@ def _kill_if_sigint_ignored(pid: int) -> None:
             os.kill(process, signal.SIGKILL)
 
 
-def _descendants(pid: int) -> list[int]:
-    """The processes below ``pid`` (read from /proc)."""
+def _children() -> dict[int, list[int]]:
+    """The child processes of every process (read from /proc)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
             # (after the command in parentheses, which may hold spaces: state, ppid)
             ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
             children.setdefault(ppid, []).append(int(stat.parent.name))
+    return children
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid``."""
+    children = _children()
     out: list[int] = []
     todo = list(children.get(pid, []))
     while todo:

@@ -370,7 +370,7 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
         methods.setdefault(folder.name.rpartition(",")[0], []).append(folder)
     if step is not None:
         methods = _selected_methods(step, methods)
-    for method, folders in methods.items():
+    for folders in methods.values():
         folders.sort(key=lambda p: _version_key(p.name.rpartition(",")[2]))
         newest = folders[-1].name.rpartition(",")[2]
         for old in folders[:-1]:
