@@ -13,6 +13,7 @@ import errno
 import itertools
 import logging
 import os
+import threading
 import time
 import typing as tp
 
@@ -416,20 +417,19 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
                 mine = _map_todo(node, mine, action)
                 _compute_items(node, mine, by_uid, action, report, progress)
         if claim.reentered:
-            logger.warning(
-                "%d item(s) of %s are being computed by an enclosing call of this thread; "
-                "computing them here too",
-                len(claim.reentered),
-                node.uid,
-            )
-            _compute_items(
-                node,
-                _map_todo(node, claim.reentered, "compute"),
-                by_uid,
-                "compute",
-                report,
-                progress,
-            )
+            # (a method calling itself: what the enclosing calls computed is written first)
+            for flush in _UNWRITTEN.by_folder.get(str(node.folder), ()):
+                flush()
+            node.cache.refresh()
+            again = _map_todo(node, claim.reentered, "compute")
+            if again:
+                logger.warning(
+                    "%d item(s) of %s are being computed by an enclosing call of this "
+                    "thread; computing them here too",
+                    len(again),
+                    node.uid,
+                )
+            _compute_items(node, again, by_uid, "compute", report, progress)
         if not claim.busy:
             break
         busy = list(claim.busy)
@@ -494,6 +494,16 @@ def _compute_items(
             )
 
 
+class _Unwritten(threading.local):
+    """Per thread: the flushes of the map computations running, by node folder (a map
+    method calling itself finds the items its enclosing calls computed, not yet written)."""
+
+    def __init__(self) -> None:
+        self.by_folder: dict[str, list[tp.Callable[[], None]]] = {}
+
+
+_UNWRITTEN = _Unwritten()
+
 SETUP_ERROR_REPEATS = 3  # the same error on this many items in a row, and no output ever
 
 
@@ -544,6 +554,8 @@ def _compute_from(
     numpy = imported("numpy")
     ndarray = numpy.ndarray if numpy is not None else None
     in_memory = cache.folder is None  # (RAM keeps the objects: arrays are copied)
+    unwritten = _UNWRITTEN.by_folder.setdefault(str(node.folder), [])
+    unwritten.append(flush)
     try:
         for output in _outputs(node, items):
             if position >= len(uids):
@@ -600,6 +612,8 @@ def _compute_from(
     except BaseException:  # Ctrl-C, SystemExit: what was computed stays computed
         flush()
         raise
+    finally:
+        unwritten.remove(flush)
     if position < len(uids):
         return _miscounted(node, cache, uids, start, position - len(batch), report, "fewer")
     flush()
