@@ -85,6 +85,7 @@ def test_doc_block(
     workdir = tmp_path / "cwd"
     workdir.mkdir()
     monkeypatch.chdir(workdir)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # (a block may add its project folder)
     torch = seed_globals.torch_module()
     monkeypatch.setitem(sys.modules, "torch", torch)
     if "346ce994" in fence.source:  # seed 003 checks the legacy v2 uid string

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -379,12 +380,16 @@ def test_retry_job_follows_the_new_job(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_killed_local_job_retry_recomputes(killed_job: Path, short_result_wait: None) -> None:
-    retry = _killed(killed_job, mode="retry")
+def test_killed_local_job_retry_recomputes(
+    killed_job: Path, tmp_path: Path, short_result_wait: None
+) -> None:
+    folder = tmp_path / "killed"  # (a copy: the fixture's folder stays as the kill left it)
+    shutil.copytree(killed_job, folder, symlinks=True)
+    retry = _killed(folder, mode="retry")
     assert retry.process() == 18
     assert retry.infra.status() == "completed"
-    assert len(calls(killed_job / "calls.txt")) == 2
-    assert _killed(killed_job).process() == 18
+    assert len(calls(folder / "calls.txt")) == 2
+    assert _killed(folder).process() == 18
 
 
 @pytest.mark.timeout(120)

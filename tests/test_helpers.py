@@ -345,7 +345,7 @@ def test_a_v2_named_cache_is_renamed_and_used(
     v2_folder = old.infra.uid_folder()
     monkeypatch.delenv("CONFDICT_UID_VERSION")
     new = _Legacy(lr=0.2, infra={"folder": tmp_path})
-    assert new.process() == 0.4 and _LEGACY_CALLS == [0.2]  # read, not computed again
+    assert new.process() == 0.4 and _LEGACY_CALLS.count(0.2) == 1  # read, not computed again
     assert new.infra.uid_folder() != v2_folder and new.infra.status() == "completed"
     assert v2_folder is not None and not v2_folder.exists()
 
