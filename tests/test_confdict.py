@@ -297,20 +297,20 @@ def test_from_yaml_sources(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("text", ["- 1\n- 2\n", "12", "just a string", ""])
 def test_from_yaml_non_dict(text: str, tmp_path: Path) -> None:
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="must hold a mapping"):
         ConfDict.from_yaml(text)
     filepath = tmp_path / "conf.yaml"
     filepath.write_text(text)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="must hold a mapping"):
         ConfDict.from_yaml(filepath)
 
 
 def test_empty_yaml_file(tmp_path: Path) -> None:
     filepath = tmp_path / "empty.yaml"
     filepath.touch()
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="must hold a mapping"):
         ConfDict.from_yaml(filepath)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="must hold a mapping"):
         ConfDict.from_yaml(str(filepath))
 
 

@@ -322,7 +322,7 @@ def test_retry_array_resubmits_failed_only(tmp_path: Path, ctl: Path, cluster: s
     retry = base(tmp_path, ctl, cluster, mode="retry")
     with retry.infra.job_array() as array:
         array.extend(retry.infra.clone_obj(x=x) for x in range(3))
-    wait_until(lambda: calls(ctl) == {0: 1, 1: 2, 2: 1}, timeout=10)
+    wait_until(lambda: calls(ctl) == {0: 1, 1: 2, 2: 1})
     wait_until(lambda: all(t.infra.status() == "completed" for t in array))
     assert [t.process() for t in array] == [0, 1, 4]
     assert calls(ctl) == {0: 1, 1: 2, 2: 1}
@@ -347,7 +347,7 @@ def test_retry_array_right_after_a_failure(tmp_path: Path, ctl: Path) -> None:
     retry = task.infra.clone_obj({"infra.mode": "retry"})
     with retry.infra.job_array() as again:
         again.extend(retry.infra.clone_obj(x=x) for x in range(2))
-    wait_until(lambda: calls(ctl) == {0: 1, 1: 2}, timeout=10)
+    wait_until(lambda: calls(ctl) == {0: 1, 1: 2})
     wait_until(lambda: all(t.infra.status() == "completed" for t in again))
     assert [t.process() for t in again] == [0, 1]
 

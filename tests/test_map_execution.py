@@ -708,22 +708,9 @@ def test_a_long_lived_instance_sees_what_other_instances_did(
         assert counts(tmp_path / "calls.txt")[3] == 2
 
 
-class Slow(pydantic.BaseModel):
-    log: str
-    infra: exca.MapInfra = exca.MapInfra(version="1")
-
-    @infra.apply(item_uid=str)
-    def process(self, items: list[int]) -> tp.Iterator[int]:
-        import time
-
-        for item in items:
-            append(self.log, str(item))
-            time.sleep(0.3)
-            yield item
-
-
 class Gated(pydantic.BaseModel):
-    """A map whose items wait while the file ``gate`` exists; logs ``<pid> <item>``."""
+    """A map whose items wait while the file ``gate`` exists; logs ``<pid> <item>``. The
+    file ``<gate>.started`` receives the pid of each process the method runs in."""
 
     log: str
     gate: str
@@ -731,6 +718,7 @@ class Gated(pydantic.BaseModel):
 
     @infra.apply(item_uid=str)
     def process(self, items: list[int]) -> tp.Iterator[int]:
+        append(self.gate + ".started", str(os.getpid()))
         for item in items:
             while Path(self.gate).exists():
                 time.sleep(0.02)
@@ -766,10 +754,9 @@ def test_pool_processes_end_with_a_killed_caller(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 60
-        while not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("claims/*")):
+        while not Path(f"{gate}.started").exists():  # (the pool process holds the items)
             assert time.time() < deadline and proc.poll() is None
             time.sleep(0.05)
-        time.sleep(0.5)  # (the pool process holds the items)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -797,39 +784,49 @@ def test_pool_processes_end_with_a_killed_caller(tmp_path: Path) -> None:
 def test_ctrl_c_stops_a_processpool_map(tmp_path: Path) -> None:
     """Ctrl-C (SIGINT to the process group, as a terminal sends) stops the pool's workers:
     they do not go on with the work already sent to them (the caller waited for it)."""
-    import os
     import signal
     import subprocess
     import sys
-    import time
 
-    log = tmp_path / "calls.txt"
+    log, gate = tmp_path / "calls.txt", tmp_path / "gate"
+    gate.touch()
     code = (
         "import test_map_execution as t\n"
-        f"m = t.Slow(log={str(log)!r}, infra={{'folder': {str(tmp_path / 'cache')!r}, "
-        "'cluster': 'processpool', 'max_jobs': 1})\n"
+        f"m = t.Gated(log={str(log)!r}, gate={str(gate)!r}, "
+        f"infra={{'folder': {str(tmp_path / 'cache')!r}, 'cluster': 'processpool', 'max_jobs': 1}})\n"
         "list(m.process(range(40)))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
     proc = subprocess.Popen(
         [sys.executable, "-c", code], env=env, start_new_session=True, stderr=subprocess.PIPE
     )
+    started = Path(f"{gate}.started")
     try:
-        for _ in range(600):  # until the worker computes
-            if log.exists() and log.read_text().count("\n") >= 2:
-                break
-            proc.poll()
-            assert proc.returncode is None, proc.stderr.read() if proc.stderr else ""
+        deadline = time.time() + 60
+        while not started.exists():  # the worker holds its items, behind the gate
+            assert time.time() < deadline and proc.poll() is None, (
+                proc.stderr.read() if proc.stderr else ""
+            )
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # (started by this test)
-    computed = sum(counts(log).values())
-    assert computed < 10, f"{computed} items computed after Ctrl-C"  # (3 chunks of 13+)
-    cached = len(Slow(log=str(log), infra={"folder": tmp_path / "cache"}).infra.cache_dict.keys())
-    assert cached <= computed
+    gate.unlink()  # (a worker still going would now compute its items)
+    (worker,) = {int(pid) for pid in started.read_text().split()}
+    try:
+        deadline = time.time() + 30
+        while _alive(worker):
+            assert time.time() < deadline, f"pool process {worker} went on after Ctrl-C"
+            time.sleep(0.1)
+    finally:
+        if _alive(worker):
+            os.kill(worker, signal.SIGKILL)  # (started by this test)
+    assert not log.exists(), log.read_text()  # nothing computed after Ctrl-C
+    assert not Gated(
+        log=str(log), gate=str(gate), infra={"folder": tmp_path / "cache"}
+    ).infra.cache_dict.keys()
 
 
 class Lowered(pydantic.BaseModel):

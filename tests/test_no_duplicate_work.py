@@ -171,11 +171,13 @@ def _run_callers(tmp_path: Path, specs: list[dict[str, tp.Any]], ctl: Path) -> l
     callers = [Caller(tmp_path, spec) for spec in specs]
     try:
         total = sum(spec["threads"] for spec in specs)
-        # everybody is about to call, and someone is computing: give the others time to ask
-        wait_until(
-            lambda: len(list(ctl.glob("ready-*"))) == total and bool(lines(ctl / "calls.txt"))
-        )
-        time.sleep(1.0)
+
+        # someone is computing (blocked until released), and every other caller waits
+        # for it: each says so once on its stderr
+        def waiting() -> int:
+            return sum(c.err.read_text().count("Waiting for ") for c in callers)
+
+        wait_until(lambda: bool(lines(ctl / "calls.txt")) and waiting() == total - 1)
         (ctl / "release").touch()
         return [r for caller in callers for r in caller.results()]
     finally:
@@ -344,8 +346,7 @@ def test_killed_owner_is_taken_over(tmp_path: Path, ctl: Path, kind: str) -> Non
     try:
         wait_until(lambda: bool(lines(ctl / "calls.txt")))  # computing (blocked, no release)
         waiter = Caller(tmp_path, spec, env=env)
-        wait_until(lambda: len(list(ctl.glob("ready-*"))) == 2)
-        time.sleep(1.0)  # the waiter is waiting for the owner's claim
+        wait_until(lambda: "Waiting for " in waiter.err.read_text())  # for the owner's claim
         assert len(lines(ctl / "calls.txt")) == 1
         owner.kill()
         results = waiter.results()  # WAIT_S bounds it; a 600 s heartbeat would exceed it
