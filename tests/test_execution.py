@@ -46,11 +46,13 @@ class Counted(pydantic.BaseModel):
     fail_flag: str = ""
     block_flag: str = ""
     linger: float = 0.0  # after a failure, the process lives on this long (winding down)
+    offset_file: str = ""  # a number added to the result (a recomputation then differs)
     infra: exca.TaskInfra = exca.TaskInfra(version="1")
 
     @infra.apply
     def process(self) -> int:
         append(self.log, f"x={self.x} pid={os.getpid()}")
+        offset = Path(self.offset_file) if self.offset_file else None
         print(f"computing x={self.x}", flush=True)
         while self.block_flag and Path(self.block_flag).exists():
             time.sleep(0.05)
@@ -58,7 +60,7 @@ class Counted(pydantic.BaseModel):
             if self.linger:  # a non-daemon thread: the process ends after it
                 threading.Thread(target=time.sleep, args=(self.linger,)).start()
             raise ValueError(f"bad x={self.x}")
-        return 2 * self.x
+        return 2 * self.x + (int(offset.read_text()) if offset and offset.exists() else 0)
 
 
 class Listed(pydantic.BaseModel):
@@ -794,14 +796,16 @@ def test_a_job_whose_record_could_not_be_written_fails_as_usual(
 def test_a_forced_job_in_flight_is_waited_for_not_its_old_result(tmp_path: Path) -> None:
     """While a forced recomputation's job is queued or running, other instances see the
     task running and wait for the new result (they read the old one)."""
-    block = tmp_path / "block-flag"
-    assert make(tmp_path, None, x=14, block_flag=str(block)).process() == 28
+    block, offset = tmp_path / "block-flag", tmp_path / "offset"
+    flags = {"block_flag": str(block), "offset_file": str(offset)}
+    assert make(tmp_path, None, x=14, **flags).process() == 28
     block.touch()
-    forced = make(tmp_path, "local", x=14, block_flag=str(block), infra={"mode": "force"})
+    offset.write_text("1000")  # the recomputation returns 1028
+    forced = make(tmp_path, "local", x=14, **flags, infra={"mode": "force"})
     forcing = threading.Thread(target=forced.process)
     forcing.start()
     _wait_for(lambda: len(calls(tmp_path / "calls.txt")) == 2)  # recomputing in its job
-    other = make(tmp_path, None, x=14, block_flag=str(block))
+    other = make(tmp_path, None, x=14, **flags)
     assert other.infra.status() == "running"
     reader, out = _in_thread(other.process)
     reader.join(timeout=1.0)
@@ -809,7 +813,7 @@ def test_a_forced_job_in_flight_is_waited_for_not_its_old_result(tmp_path: Path)
     block.unlink()
     reader.join(timeout=60)
     forcing.join(timeout=60)
-    assert out == [28]
+    assert out == [1028]  # (the new result, not the old 28)
     assert len(calls(tmp_path / "calls.txt")) == 2
 
 
@@ -1150,7 +1154,7 @@ def test_force_recomputes_a_cached_error(tmp_path: Path) -> None:
 
 def test_read_only(tmp_path: Path) -> None:
     task = make(tmp_path, None, x=8, infra={"mode": "read-only"})
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="read-only and missing"):
         task.process()
     assert calls(tmp_path / "calls.txt") == []
     assert make(tmp_path, None, x=8).process() == 16

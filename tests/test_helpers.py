@@ -201,7 +201,9 @@ def _private_param(_x: int) -> int:
 
 @pytest.mark.parametrize("func", [_no_annotation, _any_annotation, _infra_param])
 def test_to_config_model_refusals(func: tp.Callable[..., tp.Any]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(
+        ValueError, match=rf"{func.__name__} .*(precise type annotation|named 'infra')"
+    ):
         helpers.to_config_model(func)
 
 

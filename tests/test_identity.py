@@ -1164,11 +1164,11 @@ def test_fields_of_a_user_infra_subclass_are_frozen() -> None:
 def test_freeze_after_first_call() -> None:
     obj = Frozen(p=3)
     assert obj.process() == 3
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=r"Cannot set Frozen\.p: the instance was frozen"):
         obj.p = 4
     clone = obj.infra.clone_obj(p=4)
     assert clone.process() == 4
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=r"Cannot set Frozen\.p"):
         clone.p = 5
 
 

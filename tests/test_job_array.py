@@ -95,7 +95,7 @@ def test_configs_of_sibling_classes_share_an_array(tmp_path: Path, ctl: Path) ->
 @pytest.mark.parametrize("cluster", [None, "local"])
 def test_empty_array(tmp_path: Path, ctl: Path, cluster: str | None) -> None:
     task = base(tmp_path, ctl, cluster)
-    with pytest.raises(RuntimeError), task.infra.job_array():
+    with pytest.raises(RuntimeError, match="Nothing was added"), task.infra.job_array():
         pass
     with task.infra.job_array(allow_empty=True) as array:
         assert array == []

@@ -122,7 +122,7 @@ def test_mode_force(tmp_path: Path) -> None:
 
 def test_mode_read_only(tmp_path: Path) -> None:
     before = _count("task", 7)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="read-only and missing"):
         Task(param=7, infra={"folder": tmp_path, "mode": "read-only"}).process()
     assert _count("task", 7) == before
     assert Task(param=7, infra={"folder": tmp_path}).process() == 70
@@ -854,7 +854,7 @@ def test_map_modes(tmp_path: Path) -> None:
     before = len(CALLS)
     readonly = Mapper(coeff=6, infra={"folder": tmp_path, "mode": "read-only"})
     assert list(readonly.process([2, 1])) == [12, 6]
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=r"read-only and 1/2 items missing \('3'\)"):
         list(readonly.process([1, 3]))
     assert len(CALLS) == before
     forced = Mapper(coeff=6, infra={"folder": tmp_path, "mode": "force"})
