@@ -173,6 +173,10 @@ def test_error_cached_and_retried(tmp_path: Path, cluster: str | None) -> None:
     notes = "\n".join(getattr(info.value, "__notes__", []))
     if cluster is not None:  # the traceback of the remote computation is attached
         assert "Traceback" in notes and "bad x=2" in notes and "in process" in notes
+    if cluster == "local":  # the job's log: which config failed, and its traceback once
+        log = task.infra.job().stderr() or ""
+        assert "x=2" in log and "failed (its error is cached)" in log
+        assert log.count("ValueError: bad x=2") == 1, log
     assert task.infra.status() == "failed"
     assert len(calls(tmp_path / "calls.txt")) == 1
     # a second call (same or new instance) re-raises the cached error without recomputing

@@ -82,6 +82,8 @@ ProgressCallback = tp.Callable[[int], None]
 
 def run_unit(unit: Unit, progress: ProgressCallback | None = None) -> Report:
     """Run one unit; raises the user's exception when a task failed (after caching it)."""
+    if not _JOB_UNIT and "SUBMITIT_FOLDER" in os.environ:  # (set in submitit's job process)
+        _JOB_UNIT.append(unit.node.uid)  # the first unit a job process runs is its own
     if unit.split is not None:
         unit = _resolve_split(unit)
     if unit.node.kind == "task":
@@ -318,13 +320,18 @@ def _compute_task(node: Node) -> Report:
 _LOGGED = "__exca_logged__"
 
 
+_JOB_UNIT: list[str] = []  # in a submitit job's process: the uid of the job's unit
+
+
 def _log_failure(uid: str, failure: BaseException) -> None:
     """SPEC: a task's failure is logged, then cached and re-raised (a job array or a
     detached run goes on without raising it; a job's log holds it). Once per exception: a
     task calling a failing task fails with the same one."""
     if isinstance(failure, UpstreamFailed) or getattr(failure, _LOGGED, False):
         return  # (an upstream node's failure: logged there)
-    logger.warning("%s failed (its error is cached)", uid, exc_info=failure)
+    # the job's own task: submitit logs its traceback right after (not twice in the log)
+    own = uid in _JOB_UNIT
+    logger.warning("%s failed (its error is cached)", uid, exc_info=None if own else failure)
     with contextlib.suppress(Exception):  # (an exception type refusing new attributes)
         setattr(failure, _LOGGED, True)
 
