@@ -372,6 +372,30 @@ def test_slurm_cancelled_job(
 
 
 @pytest.mark.timeout(300)
+def test_clear_job_of_a_running_slurm_job_leaves_nothing_cached(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """scancel sends SIGTERM, which submitit's worker ignores until Slurm's SIGKILL: a
+    task finishing meanwhile stored its result after clear_job() removed the old one (the
+    config read "completed", from the job the user cancelled)."""
+    (ctl / "block").touch()
+    obj = task(tmp_path, ctl, slurm_cluster, x=5)
+    job = obj.infra.job()
+    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
+    obj.infra.clear_job()
+    wait_until(lambda: "SIGTERM" in (job.stderr() or ""))  # the worker got it, and goes on
+    (ctl / "block").unlink()  # its task finishes now (Slurm's SIGKILL misses it here)
+    folder = obj.infra.uid_folder()
+    assert folder is not None
+    wait_until(lambda: not list((folder / "claims").glob("*.claim")))  # the worker ended
+    assert "nothing was cached" in (job.stderr() or "")
+    fresh = task(tmp_path, ctl, slurm_cluster, x=5)
+    assert fresh.infra.status() == "not submitted"
+    assert fresh.process() == 15  # computed again, by a new job
+    assert lines(ctl / "calls.txt") == ["5", "5"]
+
+
+@pytest.mark.timeout(300)
 def test_slurm_forced_job_while_an_earlier_job_runs(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
 ) -> None:

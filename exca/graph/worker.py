@@ -77,6 +77,10 @@ class UpstreamFailed(RuntimeError):
 UpstreamMissing = UpstreamFailed
 
 
+class JobStopped(RuntimeError):
+    """A job told to stop (SIGTERM) finished a task anyway: its outcome is not stored."""
+
+
 ProgressCallback = tp.Callable[[int], None]
 
 
@@ -84,6 +88,7 @@ def run_unit(unit: Unit, progress: ProgressCallback | None = None) -> Report:
     """Run one unit; raises the user's exception when a task failed (after caching it)."""
     if not _JOB_UNIT and "SUBMITIT_FOLDER" in os.environ:  # (set in submitit's job process)
         _JOB_UNIT.append(unit.node.uid)  # the first unit a job process runs is its own
+        _watch_sigterm()
     if unit.split is not None:
         unit = _resolve_split(unit)
     if unit.node.kind == "task":
@@ -282,6 +287,7 @@ def _compute_task(node: Node) -> Report:
     except Exception as error:
         failure = _job_timeout(node.uid, error) or error
         _log_failure(node.uid, failure)
+        _refuse_after_sigterm(node)
         node.cache.refresh()
         if TASK_KEY not in node.cache:  # (see below)
             with node.cache.write():
@@ -289,6 +295,7 @@ def _compute_task(node: Node) -> Report:
         if failure is not error:
             raise failure from error
         raise
+    _refuse_after_sigterm(node)
     try:
         # what was written meanwhile counts: e.g. a job cancelled while this process ran
         # on (Slurm waits before killing it) has its failure cached by who waited for it
@@ -321,6 +328,40 @@ _LOGGED = "__exca_logged__"
 
 
 _JOB_UNIT: list[str] = []  # in a submitit job's process: the uid of the job's unit
+_SIGTERM: list[bool] = []  # in a submitit job's process: whether it received SIGTERM
+
+
+def _watch_sigterm() -> None:
+    """In a submitit job's process, note SIGTERM (scancel, clear_job(), preemption, the
+    time limit) before submitit's handler, which ignores it until Slurm's SIGKILL: a task
+    finishing meanwhile must not store its outcome (clear_job() removed the old one)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: tp.Any) -> None:
+        _SIGTERM.append(True)
+        if callable(previous):
+            previous(signum, frame)
+        else:  # (no handler of submitit's: the default action, ending the process)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with contextlib.suppress(ValueError, OSError):
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _refuse_after_sigterm(node: Node) -> None:
+    """A task whose job was told to stop stores nothing (its job is cancelled or out of
+    time: the submitter records that ending)."""
+    if _SIGTERM:
+        raise JobStopped(
+            f"{node.uid}: its job received SIGTERM (cancelled, preempted or out of time) "
+            "before the outcome was stored: nothing was cached"
+        )
 
 
 def _log_failure(uid: str, failure: BaseException) -> None:
