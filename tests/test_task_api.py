@@ -671,7 +671,10 @@ class ArrayMap(pydantic.BaseModel):
 @pytest.mark.timeout(120)
 def test_permissions_reach_every_created_folder_and_file(tmp_path: Path) -> None:
     """A shared cache (default permissions 0o777): whatever the umask, the folders and files
-    exca creates are open to the other users (claims/, data/ and jobs/ included)."""
+    exca creates are open to the other users (claims/, data/ and jobs/ included), and so
+    are the log folders, where each user adds a folder of their own (submitit created
+    them with the umask: another user's submission failed with PermissionError)."""
+    import getpass
     import os
     import stat
 
@@ -681,18 +684,22 @@ def test_permissions_reach_every_created_folder_and_file(tmp_path: Path) -> None
         assert ArrayTask(x=1, infra={"folder": root}).process()[0] == 1
         assert ArrayTask(x=2, infra={"folder": root, "cluster": "local"}).process()[0] == 2
         assert [o[0] for o in ArrayMap(infra={"folder": root}).process([1, 2])] == [1, 2]
+        local_map = ArrayMap(infra={"folder": root, "cluster": "local"})
+        assert [o[0] for o in local_map.process([3, 4])] == [3, 4]
     finally:
         os.umask(previous)
     seen = set()
+    user = getpass.getuser()
     for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if d != "logs"]  # (submitit's own logs)
+        if Path(folder).name == user and Path(folder).parent.name == "logs":
+            dirs[:], files = [], []  # (submitit's own job folders and files)
         for name in [*dirs, *files]:
             path = Path(folder) / name
             if path.is_symlink():
                 continue
             seen.add(name)
             assert stat.S_IMODE(path.stat().st_mode) == 0o777, path
-    assert {"claims", "data", "jobs", "uid.yaml", "config.yaml"} <= seen
+    assert {"claims", "data", "jobs", "uid.yaml", "config.yaml", "logs", user} <= seen
 
 
 # --- MapInfra --------------------------------------------------------------------------------

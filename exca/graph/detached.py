@@ -100,7 +100,12 @@ def _submit(
         units = [u for _, u in members]
         outdated = store.outdated_outcomes(members)
         handles = executors.submit_array(
-            units, first.execution, logs, len(members), dependencies=deps
+            units,
+            first.execution,
+            logs,
+            len(members),
+            dependencies=deps,
+            permissions=first.cache.permissions,
         )
         store.drop_outcomes(outdated)  # (a forced task no longer reads as its old result)
         for (run, unit), handle in zip(members, handles):

@@ -20,6 +20,7 @@ import time
 import typing as tp
 from pathlib import Path
 
+from ..storage.files import make_folder
 from .node import Execution
 from .worker import Report, Unit, run_unit
 
@@ -86,6 +87,17 @@ def format_logs(template: str, folder: Path | None) -> str:
     import getpass  # (lazy: only jobs with logs need it)
 
     return template.replace("{folder}", str(folder)).replace("{user}", getpass.getuser())
+
+
+def _make_log_folder(logs: str, permissions: int | None) -> None:
+    """Create the fixed part of a log folder template (up to the component holding ``%j``)
+    with the cache's permissions: submitit would create it with the user's umask, and
+    another user of a shared cache could not add their own ``{user}`` folder next to it."""
+    parts = Path(logs).parts
+    fixed = next((i for i, part in enumerate(parts) if "%" in part), len(parts))
+    if fixed > 1:
+        with contextlib.suppress(OSError):  # (submitit reports a folder it cannot create)
+            make_folder(Path(*parts[:fixed]), permissions)
 
 
 # --- handles -------------------------------------------------------------------------------
@@ -726,10 +738,12 @@ def submit_array(
     logs: str,
     parallelism: int | None = None,
     dependencies: tp.Sequence[str] = (),
+    permissions: int | None = None,
 ) -> list[SubmititHandle]:
     """Submit units as one submitit array (split at Slurm's MaxArraySize)."""
     import submitit
 
+    _make_log_folder(logs, permissions)
     executor = submitit_executor(execution, logs)
     cluster = executor.cluster
     if cluster == "slurm":

@@ -371,7 +371,12 @@ class Scheduler:
                 after = sorted({job for run, _ in members for job in run.after})
                 handles = list(
                     executors.submit_array(
-                        units, first.execution, logs, parallelism or len(units), after
+                        units,
+                        first.execution,
+                        logs,
+                        parallelism or len(units),
+                        after,
+                        permissions=first.cache.permissions,
                     )
                 )
                 store.drop_outcomes(outdated)  # (forced: its old result is not read meanwhile)
