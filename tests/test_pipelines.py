@@ -32,7 +32,6 @@ import exca
 import exca.graph
 import exca.graph.decisions
 import exca.graph.executors
-import exca.graph.registry
 import exca.graph.scheduler
 from exca.graph.errors import NodeFailures
 from exca.graph.worker import UpstreamFailed
@@ -1341,28 +1340,6 @@ def test_force_applies_to_each_item_of_a_map_instance_once_in_graph_runs(env: En
     env.square().apply([0])
     exca.graph.run(forced.apply.node(env.numbers(count=2).make.node()))  # items 0 and 1
     assert started(env.log)[8:] == ["numbers2", "square0"]  # (7: square0 computed cached)
-
-
-@pytest.mark.timeout(180)
-@pytest.mark.parametrize("cluster", [None, "threadpool", "local"])
-@pytest.mark.parametrize("mode", ["force", "cached"])
-def test_two_map_nodes_of_one_config_with_shared_items_compute_them_once(
-    env: Env, cluster: str | None, mode: str
-) -> None:
-    """Two map nodes of one config on overlapping items, in one graph run: under
-    mode=force the shared items were computed twice (once per node); on jobs, each node
-    sent them in its own job elements (12 items sent for 8)."""
-    if mode == "force":
-        env.square().apply([1, 2, 3, 4, 5, 6, 7, 8])  # (cached before, forced below)
-    square = env.square(mode=mode, cluster=cluster)
-    first, second = square.apply.node([1, 2, 3, 4, 5, 6]), square.apply.node([3, 4, 5, 6, 7, 8])
-    before = len(started(env.log))
-    exca.graph.run(first, second)
-    assert sorted(started(env.log)[before:]) == sorted(f"square{i}" for i in range(1, 9))
-    assert first.result() == [1, 4, 9, 16, 25, 36] and second.result() == [9, 16, 25, 36, 49, 64]
-    if cluster == "local":  # the items each job element was given: every item once
-        sent = [k for r in exca.graph.registry.read_all(first.folder) for k in r.keys or []]
-        assert sorted(sent) == [str(i) for i in range(1, 9)]
 
 
 def test_failure_stops_only_its_dependents_then_retry(env: Env) -> None:

@@ -41,9 +41,6 @@ class NodeRun:
     after: list[str] = dataclasses.field(default_factory=list)  # jobs its new job starts after
     # forced while an earlier job computes it: that job's result does not count as forced
     after_running_job: bool = False
-    # maps: other runs of this graph run computing some of its items (the same config
-    # and method on overlapping items): it waits for their handles instead
-    providers: list[NodeRun] = dataclasses.field(default_factory=list)
 
     @property
     def array_key(self) -> str:

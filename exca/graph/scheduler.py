@@ -44,8 +44,6 @@ class Scheduler:
         self._requeued: list[NodeRun] = []
         self._follow_ups: dict[Key, int] = {}  # withdrawn jobs seen, per node
         self._recorded: set[str] = set()  # ids of the jobs whose record this run wrote
-        # map items given to a unit in this run, per (folder, action): which run has them
-        self._item_owners: dict[tuple[str, str], dict[str, NodeRun]] = {}
         self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
         # a task another worker computes (live claim) is waited for, not submitted: only
         # when this scheduler waits and can submit once that worker ends without a result
@@ -254,7 +252,7 @@ class Scheduler:
             if not run.needs_work:
                 return []
         action = tp.cast(Action, run.action)
-        todo = self._own_items(run)
+        todo = list(run.todo or [])
         by_uid = self._items_by_uid(run)
         cluster = node.execution.cluster
         if cluster in POOL_CLUSTERS and len(todo) > 1:
@@ -271,27 +269,6 @@ class Scheduler:
             Unit(shipped, action, items=[by_uid[u] for u in todo[a:b]], uids=todo[a:b])
             for a, b in chunks
         ]
-
-    def _own_items(self, run: NodeRun) -> list[str]:
-        """The items of a map run that no other run of this graph run computes or computed
-        with the same action: two map nodes of one config and method on overlapping items
-        compute the shared ones once (under mode=force, forcing them twice; else an extra
-        job for each). Items of a run that ended badly are computed again."""
-        todo = list(run.todo or [])
-        if run.node.folder is None:
-            return todo
-        owners = self._item_owners.setdefault((str(run.node.folder), str(run.action)), {})
-        own: list[str] = []
-        providers: dict[int, NodeRun] = {}
-        for uid in todo:
-            owner = owners.get(uid)
-            if owner is None or owner is run or owner.state in ("failed", "skipped"):
-                owners[uid] = run
-                own.append(uid)
-            elif owner.state != "done":  # (done: computed, and checked, already)
-                providers[id(owner)] = owner
-        run.providers = list(providers.values())
-        return own
 
     @staticmethod
     def _items_by_uid(run: NodeRun) -> dict[str, tp.Any]:
@@ -330,8 +307,6 @@ class Scheduler:
                 continue
             if run.node.kind == "map" and run.uids is not None and progress.total == 0:
                 progress.add_total(len(run.todo or []))
-            if run.providers and run.node.execution.cluster is None:  # (counted as computed)
-                progress.add_total(sum(len(u.keys) for u in units) - len(run.todo or []))
             if not units:
                 continue
             cluster = run.node.execution.cluster
@@ -346,9 +321,6 @@ class Scheduler:
         for run, unit in inline:
             on_items = progress.update if unit.uids is not None else None
             run.handles.append(executors.run_inline(unit, on_items))
-        for run in ready:  # (done once the runs computing its shared items are)
-            for provider in run.providers:
-                run.handles.extend(provider.handles)
 
     def _submit_group(
         self, members: list[tuple[NodeRun, Unit]], pools: executors.Pools, parallelism: int | None
@@ -502,13 +474,6 @@ class Scheduler:
             if run.action == "force":
                 node.force_state["done"] = True
                 node.force_state.setdefault("uids", set()).update(todo)
-            return
-        if any(p.state != "done" for p in run.providers):
-            # a run computing some of its items did not end well (or is not finished yet):
-            # this one computes what is missing
-            run.todo, run.handles, run.providers = missing, [], []
-            run.state = "pending"
-            self._requeued.append(run)
             return
         if self._recomputed_elsewhere(run, missing):
             return
