@@ -1342,6 +1342,29 @@ def test_force_applies_to_each_item_of_a_map_instance_once_in_graph_runs(env: En
     assert started(env.log)[8:] == ["numbers2", "square0"]  # (7: square0 computed cached)
 
 
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("cluster", [None, "threadpool", "processpool", "local"])
+@pytest.mark.parametrize("mode", ["force", "cached"])
+def test_two_map_nodes_of_one_config_with_shared_items_compute_them_once(
+    env: Env, cluster: str | None, mode: str
+) -> None:
+    """Two map nodes of one config on overlapping items, in one graph run: under
+    mode=force the shared items were computed twice (once per node; the claims only
+    keep the two apart in time). Each output records the run that forced it."""
+    if mode == "force":
+        env.square().apply([1, 2, 3, 4, 5, 6, 7, 8])  # (cached before, forced below)
+    square = env.square(mode=mode, cluster=cluster)
+    first, second = square.apply.node([1, 2, 3, 4, 5, 6]), square.apply.node([3, 4, 5, 6, 7, 8])
+    before = len(started(env.log))
+    exca.graph.run(first, second)
+    assert sorted(started(env.log)[before:]) == sorted(f"square{i}" for i in range(1, 9))
+    assert first.result() == [1, 4, 9, 16, 25, 36] and second.result() == [9, 16, 25, 36, 49, 64]
+    # a later run forces them again (once)
+    if mode == "force":
+        exca.graph.run(env.square(mode="force", cluster=cluster).apply.node([2, 3]))
+        assert sorted(started(env.log)[before + 8 :]) == ["square2", "square3"]
+
+
 def test_failure_stops_only_its_dependents_then_retry(env: Env) -> None:
     flag = env.tmp / "fail"
     flag.touch()

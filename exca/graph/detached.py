@@ -171,5 +171,7 @@ def _units(scheduler: Scheduler, run: NodeRun) -> list[Unit]:
     node = run.node
     if node.kind == "map" and run.uids is None:  # items known at run time: split then
         count = 1 if run.check_only else node.execution.max_jobs or 1
-        return [Unit(node, tp.cast(Action, run.action), split=(i, count)) for i in range(count)]
+        forced_by = scheduler.run_id if run.action == "force" else ""
+        action = tp.cast(Action, run.action)
+        return [Unit(node, action, split=(i, count), forced_by=forced_by) for i in range(count)]
     return scheduler.units(run)

@@ -265,8 +265,15 @@ class Scheduler:
         else:
             chunks = [(0, len(todo))] if todo else []
         shipped = node.shipped()
+        forced_by = self.run_id if action == "force" else ""  # (shared items: forced once)
         return [
-            Unit(shipped, action, items=[by_uid[u] for u in todo[a:b]], uids=todo[a:b])
+            Unit(
+                shipped,
+                action,
+                items=[by_uid[u] for u in todo[a:b]],
+                uids=todo[a:b],
+                forced_by=forced_by,
+            )
             for a, b in chunks
         ]
 

@@ -50,6 +50,10 @@ class Unit(tp.NamedTuple):
     # a task forced while an earlier job computes it: waits for that computation, then
     # computes again (by default a computation that held the claim meanwhile counts)
     after_running_job: bool = False
+    # map items forced by a run: the id of that run, recorded with each output; an item
+    # already written under it (by another node of the run on the same items) is not
+    # computed again
+    forced_by: str = ""
 
     @property
     def keys(self) -> list[str]:
@@ -447,10 +451,11 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
     assert unit.items is not None and unit.uids is not None
     by_uid = dict(zip(unit.uids, unit.items))
     report = Report()
-    todo = _map_todo(node, list(by_uid), unit.action)
+    forced_by = unit.forced_by
+    todo = _map_todo(node, list(by_uid), unit.action, forced_by)
     report.reused = len(by_uid) - len(todo)
     if node.folder is None:
-        _compute_items(node, todo, by_uid, unit.action, report, progress)
+        _compute_items(node, todo, by_uid, unit.action, report, progress, forced_by)
         return report
     claims = Claims(
         node.folder, job_alive=registry.slurm_job_alive, permissions=node.cache.permissions
@@ -462,8 +467,8 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
             mine = claim.mine
             if mine:
                 node.cache.refresh()
-                mine = _map_todo(node, mine, action)
-                _compute_items(node, mine, by_uid, action, report, progress)
+                mine = _map_todo(node, mine, action, forced_by)
+                _compute_items(node, mine, by_uid, action, report, progress, forced_by)
         if claim.reentered:
             # (a method calling itself: what the enclosing calls computed is written first)
             for flush in _UNWRITTEN.by_folder.get(str(node.folder), ()):
@@ -487,14 +492,21 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
     return report
 
 
-def _map_todo(node: Node, uids: list[str], action: str) -> list[str]:
+def _map_todo(node: Node, uids: list[str], action: str, forced_by: str = "") -> list[str]:
     if action == "force":
-        return uids
+        return [u for u in uids if not _forced_by(node, u, forced_by)] if forced_by else uids
     missing, errors = store.item_states(node, uids)
     if action == "retry":
         wanted = set(missing) | set(errors)
         return [u for u in uids if u in wanted]
     return missing
+
+
+def _forced_by(node: Node, uid: str, run: str) -> bool:
+    """Whether an item's output (or error) was written under this forcing run."""
+    entry = node.cache.entry(uid)
+    meta = entry.info.get("#meta") if entry is not None else None
+    return isinstance(meta, dict) and meta.get("forced") == run
 
 
 def _items_done(node: Node) -> tp.Callable[[list[str]], list[str]]:
@@ -525,6 +537,7 @@ def _compute_items(
     action: str,
     report: Report,
     progress: ProgressCallback | None,
+    forced_by: str = "",
 ) -> None:
     if not uids:
         return
@@ -538,7 +551,7 @@ def _compute_items(
         failures = _Failures()
         while position < len(uids):
             position = _compute_from(
-                node, cache, uids, by_uid, position, report, progress, failures
+                node, cache, uids, by_uid, position, report, progress, failures, forced_by
             )
 
 
@@ -575,12 +588,15 @@ def _compute_from(
     report: Report,
     progress: ProgressCallback | None,
     failures: _Failures,
+    forced_by: str = "",
 ) -> int:
     """Call the method on items[start:]; write outputs in batches; when the method raises,
     cache the error for the item it was computing (confirmed by computing that item
     alone: a method working on batches raises for a later item). Returns where to restart."""
     items = [by_uid[u] for u in uids[start:]]
     meta = _items_provenance(node)
+    if forced_by:
+        meta = {**(meta or {}), "forced": forced_by}
     position = start
     batch: list[tuple[str, tp.Any]] = []
     last_flush = time.monotonic()
@@ -644,7 +660,7 @@ def _compute_from(
         signature = (type(error).__name__, str(error))
         failures.repeats = failures.repeats + 1 if signature == failures.last else 1
         failures.last = signature
-        cache[uid] = CachedError.from_exception(error)
+        cache.put(uid, CachedError.from_exception(error), meta=meta)
         report.errors += 1
         logger.warning(
             "Item %r of %s failed (%s: %s); the error is cached, other items go on",
