@@ -361,33 +361,34 @@ class RecordedLocalHandle(Handle):
 
 
 def _cancel_local_job(process: tp.Any) -> None:
-    """SIGINT the tasks of a local job, as submitit's cancel() does through their
-    controller; not to the controller itself: it shares the caller's terminal and would
-    print its own KeyboardInterrupt traceback there (it ends once its tasks have). A
-    controller still running a moment later (no task started yet, or a task that caught
-    the interrupt) gets the SIGINT too."""
+    """Stop a local job as submitit's cancel() does through its controller (SIGINT to the
+    tasks, SIGKILL to those still alive a second later), but from here: SIGINT to the
+    controller made it print its own KeyboardInterrupt traceback in the caller's terminal
+    (it ends normally once its tasks have). A job that ignores SIGINT is killed at once."""
     import signal
-    import threading
 
     pid = process.pid
+    with contextlib.suppress(Exception):
+        _kill_if_sigint_ignored(pid)
     tasks = _children().get(pid, [])
+    if not tasks:  # (none started yet: the controller's own handling)
+        with contextlib.suppress(OSError):
+            process.send_signal(signal.SIGINT)
+        return
     for task in tasks:
         with contextlib.suppress(OSError):
             os.kill(task, signal.SIGINT)
 
-    def finish() -> None:
-        if process.poll() is None:
+    def kill_the_rest() -> None:
+        if process.poll() is not None:
+            return
+        for task in set(tasks) & set(_children().get(pid, [])):  # (still the job's tasks)
             with contextlib.suppress(OSError):
-                process.send_signal(signal.SIGINT)
-            with contextlib.suppress(Exception):
-                _kill_if_sigint_ignored(pid)
+                os.kill(task, signal.SIGKILL)
 
-    if not tasks:
-        finish()
-        return
-    timer = threading.Timer(2.0, finish)
-    timer.daemon = True
-    timer.start()
+    # (not a daemon: a caller exiting right after cancel() still stops a task that caught
+    # the interrupt)
+    threading.Timer(1.0, kill_the_rest).start()
 
 
 def _kill_if_sigint_ignored(pid: int) -> None:
