@@ -609,6 +609,45 @@ def test_a_local_job_ignoring_sigint_is_stopped_too(tmp_path: Path, how: str) ->
         job.result()
 
 
+class Stubborn(pydantic.BaseModel):
+    """Catches KeyboardInterrupt (e.g. to save a checkpoint) and goes on while the file
+    ``block_flag`` exists."""
+
+    log: str
+    block_flag: str
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        append(self.log, "start")
+        while Path(self.block_flag).exists():
+            try:
+                time.sleep(0.05)
+            except KeyboardInterrupt:
+                append(self.log, "caught")
+        return 1
+
+
+@pytest.mark.timeout(120)
+def test_cancel_stops_a_local_job_that_catches_the_interrupt(tmp_path: Path) -> None:
+    log, block = tmp_path / "calls.txt", tmp_path / "block-flag"
+    block.touch()
+    task = Stubborn(
+        log=str(log),
+        block_flag=str(block),
+        infra={"folder": tmp_path / "cache", "cluster": "local"},
+    )
+    job = task.infra.job()
+    _wait_for(lambda: calls(log) == ["start"])
+    job.cancel()
+    _wait_for(job.done)  # (killed a second after the interrupt it caught)
+    assert "caught" in calls(log)
+    block.unlink()
+    with pytest.raises(exca.graph.errors.JobFailedError):
+        job.result()
+    assert task.infra.status() == "failed"
+
+
 @pytest.mark.timeout(120)
 def test_a_cancelled_local_job_is_said_cancelled(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
