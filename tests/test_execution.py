@@ -1195,6 +1195,40 @@ def test_force_recomputes_a_cached_error(tmp_path: Path) -> None:
     assert len(calls(tmp_path / "calls.txt")) == 2
 
 
+@pytest.mark.timeout(120)
+def test_read_only_waits_for_a_running_job(tmp_path: Path) -> None:
+    """mode='read-only' never computes, but a result being computed by a job is not
+    missing: the call waits for it (it raised "read-only and missing" while status()
+    said "running"); a job that ends without a result leaves it missing (nothing cached
+    by the read-only caller)."""
+    block = tmp_path / "block-flag"
+    block.touch()
+    job = make(tmp_path, "local", x=9, block_flag=str(block)).infra.job()
+    _wait_for(lambda: len(calls(tmp_path / "calls.txt")) == 1)  # computing in its job
+    reader = make(tmp_path, None, x=9, block_flag=str(block), infra={"mode": "read-only"})
+    assert reader.infra.status() == "running"
+    thread, out = _in_thread(reader.process)
+    thread.join(timeout=1.0)
+    assert thread.is_alive()  # waiting for the job
+    block.unlink()
+    thread.join(timeout=60)
+    assert out == [18] and job.result() == 18
+    assert len(calls(tmp_path / "calls.txt")) == 1
+    # the same for a job that dies: read-only reports it missing, and caches nothing
+    block.touch()
+    job = make(tmp_path, "local", x=10, block_flag=str(block)).infra.job()
+    _wait_for(lambda: len(calls(tmp_path / "calls.txt")) == 2)
+    reader = make(tmp_path, None, x=10, block_flag=str(block), infra={"mode": "read-only"})
+    thread, out = _in_thread(reader.process)
+    thread.join(timeout=1.0)
+    assert thread.is_alive()
+    kill_tree(int(job.job_id))
+    thread.join(timeout=60)
+    assert isinstance(out[0], RuntimeError) and "read-only" in str(out[0]), out
+    folder = reader.infra.uid_folder()
+    assert folder is not None and not CacheDict(folder).keys()  # (nothing cached)
+
+
 def test_read_only(tmp_path: Path) -> None:
     task = make(tmp_path, None, x=8, infra={"mode": "read-only"})
     with pytest.raises(RuntimeError, match="read-only and missing"):

@@ -65,6 +65,12 @@ class NodeRun:
         )
 
 
+def _read_only_missing(run: NodeRun) -> bool:
+    """A read-only node with something missing: it fails, unless a job computes it now
+    (then it waits for that job: read-only never computes, but may wait)."""
+    return run.action == "fail" and run.reason.startswith("read-only and")
+
+
 def collect(
     targets: tp.Sequence[Node], aliases: dict[Key, list[Node]] | None = None
 ) -> dict[Key, Node]:
@@ -220,7 +226,11 @@ class Graph:
             if run.needs_work:
                 stack.extend(self.upstream[key])
         self._check_registry(
-            [r for r in runs.values() if r.action in ("compute", "retry", "force")]
+            [
+                r
+                for r in runs.values()
+                if r.action in ("compute", "retry", "force") or _read_only_missing(r)
+            ]
         )
         self._block_on_failures()
         return runs

@@ -429,6 +429,9 @@ class Scheduler:
             if not inline:
                 progress.update(1)
             state = store.task_state(node)
+            if node.mode == "read-only" and state != "done":  # (waited for a job: never
+                self._read_only_left(run, state)  # computes, never writes)
+                return
             resume = run.resume
             # (waited for another worker's computation: compute only what it left missing)
             if resume is not None and (
@@ -486,6 +489,22 @@ class Scheduler:
             return
         run.state = "failed"
         run.error = self._lost(run, missing)
+
+    @staticmethod
+    def _read_only_left(run: NodeRun, state: str) -> None:
+        """A read-only task whose job (waited for) ended without a result."""
+        run.state = "failed"
+        if state == "error":
+            try:
+                store.task_result(run.node)
+            except Exception as cached:
+                run.error = cached
+                return
+        jobs = ", ".join(h.job_id for h in run.handles) or "its job"
+        run.error = RuntimeError(
+            f"{run.node.uid}: read-only and missing (job {jobs} ended without a result; "
+            "mode='read-only' never computes)"
+        )
 
     def _redecide_items(self, run: NodeRun) -> None:
         """Decide again what a map still needs (requeued if anything)."""
