@@ -1666,6 +1666,8 @@ def test_compact_many_writer_sessions(tmp_path: Path) -> None:
     assert "merged 50 index file(s)" in result.stdout
     after = index_files(folder)
     assert len(after) < 50
+    # with the mode of the files it merged (0o777, the default permissions: a shared cache)
+    assert {oct(f.stat().st_mode & 0o777) for f in after} == {oct(0o777)}
     # every entry reads back identically: fresh readers, and the reader from before
     assert {k: v for k, v in CacheDict(folder).items()} == before
     assert all(reader[key] == value for key, value in before.items())
