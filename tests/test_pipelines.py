@@ -1353,7 +1353,7 @@ def test_two_map_nodes_of_one_config_with_shared_items_compute_them_once(
     keep the two apart in time). Each output records the run that forced it."""
     if mode == "force":
         env.square().apply([1, 2, 3, 4, 5, 6, 7, 8])  # (cached before, forced below)
-    square = env.square(mode=mode, cluster=cluster)
+    square = env.square(mode=mode, cluster=cluster, max_jobs=2)
     first, second = square.apply.node([1, 2, 3, 4, 5, 6]), square.apply.node([3, 4, 5, 6, 7, 8])
     before = len(started(env.log))
     exca.graph.run(first, second)
@@ -1361,7 +1361,7 @@ def test_two_map_nodes_of_one_config_with_shared_items_compute_them_once(
     assert first.result() == [1, 4, 9, 16, 25, 36] and second.result() == [9, 16, 25, 36, 49, 64]
     # a later run forces them again (once)
     if mode == "force":
-        exca.graph.run(env.square(mode="force", cluster=cluster).apply.node([2, 3]))
+        exca.graph.run(env.square(mode="force", cluster=cluster, max_jobs=2).apply.node([2, 3]))
         assert sorted(started(env.log)[before + 8 :]) == ["square2", "square3"]
 
 
