@@ -388,7 +388,7 @@ def test_clear_job_of_a_running_slurm_job_leaves_nothing_cached(
     folder = obj.infra.uid_folder()
     assert folder is not None
     wait_until(lambda: not list((folder / "claims").glob("*.claim")))  # the worker ended
-    assert "nothing was cached" in (job.stderr() or "")
+    assert "its outcome is not stored" in (job.stderr() or "")
     fresh = task(tmp_path, ctl, slurm_cluster, x=5)
     assert fresh.infra.status() == "not submitted"
     assert fresh.process() == 15  # computed again, by a new job

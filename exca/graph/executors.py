@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..storage.files import make_folder
 from .node import Execution
-from .worker import Report, Unit, run_unit
+from .worker import Report, Unit, run_job_unit, run_unit
 
 if tp.TYPE_CHECKING:
     import concurrent.futures
@@ -93,7 +93,7 @@ def _make_log_folder(logs: str, permissions: int | None) -> None:
     """Create the fixed part of a log folder template (up to the component holding ``%j``)
     with the cache's permissions: submitit would create it with the user's umask, and
     another user of a shared cache could not add their own ``{user}`` folder next to it."""
-    parts = Path(logs).parts
+    parts = Path(logs).expanduser().parts  # (as submitit reads it)
     fixed = next((i for i, part in enumerate(parts) if "%" in part), len(parts))
     if fixed > 1:
         with contextlib.suppress(OSError):  # (submitit reports a folder it cannot create)
@@ -507,7 +507,7 @@ def run_sole_local_unit(unit: Unit) -> Report:
 
         folder = Path(submitit.JobEnvironment().paths.folder)
         _remove_template_folder(str(folder.parent / "%j"))
-    return run_unit(unit)
+    return run_job_unit(unit)
 
 
 _RUNNING = [0]  # units running in this pool process
@@ -760,9 +760,9 @@ def submit_array(
                 extra["additional_parameters"] = params
         executor._executor.update_parameters(**extra)
     size = max_array_size() if cluster == "slurm" else len(units) or 1
-    function: tp.Callable[[Unit], tp.Any] = run_unit
-    if cluster == "debug" and not sys.stdin.isatty():
-        function = run_unit_quietly
+    function: tp.Callable[[Unit], tp.Any] = run_job_unit  # (in the job's own process)
+    if cluster == "debug":  # (in this process)
+        function = run_unit if sys.stdin.isatty() else run_unit_quietly
     elif cluster == "local" and len(units) == 1:
         function = run_sole_local_unit
     if cluster == "debug" and execution.workdir is not None:

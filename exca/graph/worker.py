@@ -81,8 +81,10 @@ class UpstreamFailed(RuntimeError):
 UpstreamMissing = UpstreamFailed
 
 
-class JobStopped(RuntimeError):
-    """A job told to stop (SIGTERM) finished a task anyway: its outcome is not stored."""
+class JobStopped(BaseException):
+    """A job withdrawn while it ran (clear_job(): cancelled, its record removed) finished
+    its task anyway: the outcome is not stored. Not an Exception: submitit writes no
+    result for it (the job ends as a killed one would)."""
 
 
 ProgressCallback = tp.Callable[[int], None]
@@ -90,14 +92,19 @@ ProgressCallback = tp.Callable[[int], None]
 
 def run_unit(unit: Unit, progress: ProgressCallback | None = None) -> Report:
     """Run one unit; raises the user's exception when a task failed (after caching it)."""
-    if not _JOB_UNIT and "SUBMITIT_FOLDER" in os.environ:  # (set in submitit's job process)
-        _JOB_UNIT.append(unit.node.uid)  # the first unit a job process runs is its own
-        _watch_sigterm()
     if unit.split is not None:
         unit = _resolve_split(unit)
     if unit.node.kind == "task":
         return _run_task(unit)
     return _run_map(unit, progress)
+
+
+def run_job_unit(unit: Unit) -> Report:
+    """What a submitit job (local or Slurm) runs: its unit (see ``_JOB_UNIT``)."""
+    if not _JOB_UNIT:
+        _JOB_UNIT.append(unit.node.uid)
+        _watch_sigterm()
+    return run_unit(unit)
 
 
 def _resolve_split(unit: Unit) -> Unit:
@@ -350,7 +357,7 @@ def _watch_sigterm() -> None:
         _SIGTERM.append(True)
         if callable(previous):
             previous(signum, frame)
-        else:  # (no handler of submitit's: the default action, ending the process)
+        elif previous == signal.SIG_DFL:  # (no handler of submitit's: ending the process)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
 
@@ -359,13 +366,23 @@ def _watch_sigterm() -> None:
 
 
 def _refuse_after_sigterm(node: Node) -> None:
-    """A task whose job was told to stop stores nothing (its job is cancelled or out of
-    time: the submitter records that ending)."""
-    if _SIGTERM:
-        raise JobStopped(
-            f"{node.uid}: its job received SIGTERM (cancelled, preempted or out of time) "
-            "before the outcome was stored: nothing was cached"
-        )
+    """A task whose job was withdrawn stores nothing: it received SIGTERM and its record
+    is gone (clear_job() removes it after cancelling). A job preempted, requeued or out of
+    time keeps its record: its outcome stands."""
+    if not _SIGTERM or node.folder is None:
+        return
+    try:
+        import submitit
+
+        job_id = str(submitit.JobEnvironment().job_id)
+    except Exception:  # (not a submitit job after all: nothing to check)
+        return
+    if registry.recorded(node.folder, job_id):
+        return
+    raise JobStopped(
+        f"{node.uid}: its job {job_id} was cancelled and withdrawn (clear_job()) while it "
+        "ran: its outcome is not stored"
+    )
 
 
 def _log_failure(uid: str, failure: BaseException) -> None:
@@ -494,7 +511,10 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
 
 def _map_todo(node: Node, uids: list[str], action: str, forced_by: str = "") -> list[str]:
     if action == "force":
-        return [u for u in uids if not _forced_by(node, u, forced_by)] if forced_by else uids
+        if not forced_by:
+            return uids
+        with node.cache.frozen_cache_folder():  # (misses: one folder read, not one each)
+            return [u for u in uids if not _forced_by(node, u, forced_by)]
     missing, errors = store.item_states(node, uids)
     if action == "retry":
         wanted = set(missing) | set(errors)

@@ -611,8 +611,11 @@ def compact(folder: Path | str, grace_seconds: float = 3600.0) -> tuple[int, int
         target = folder / (process.unique_name() + INDEX_SUFFIX)
         tmp = target.with_name("." + target.name + ".tmp")
         tmp.write_bytes(b"\n".join(lines) + b"\n" if lines else b"")
-        with contextlib.suppress(OSError):  # (the mode of what it merges: e.g. a shared cache)
-            os.chmod(tmp, stat.S_IMODE(files[0].stat().st_mode))
+        with contextlib.suppress(OSError):  # (what the merged files allowed: a shared cache)
+            mode = 0
+            for index_file in files:
+                mode |= stat.S_IMODE(index_file.stat().st_mode)
+            os.chmod(tmp, mode)
         os.replace(tmp, target)
         for index_file in files:
             with contextlib.suppress(FileNotFoundError):
