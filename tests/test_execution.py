@@ -649,6 +649,23 @@ def test_cancel_stops_a_local_job_that_catches_the_interrupt(tmp_path: Path) -> 
 
 
 @pytest.mark.timeout(120)
+def test_a_job_told_to_stop_but_still_recorded_keeps_its_result(tmp_path: Path) -> None:
+    """SIGTERM also comes with preemption, requeues and time limits (submitit ignores it
+    until SIGKILL): a task finishing meanwhile keeps its result while its job is still
+    recorded (only clear_job(), which removes the record, withdraws it)."""
+    block = tmp_path / "block-flag"
+    block.touch()
+    task = make(tmp_path, "local", x=21, block_flag=str(block))
+    job = task.infra.job()
+    _wait_for(lambda: len(calls(tmp_path / "calls.txt")) == 1)  # computing in its job
+    os.kill(int(job.job_id), signal.SIGTERM)  # (the controller forwards it to its task)
+    _wait_for(lambda: "SIGTERM" in (job.stderr() or ""))
+    block.unlink()
+    assert job.result() == 42
+    assert make(tmp_path, None, x=21, block_flag=str(block)).infra.status() == "completed"
+
+
+@pytest.mark.timeout(120)
 def test_a_cancelled_local_job_is_said_cancelled(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -1227,6 +1244,69 @@ def test_read_only_waits_for_a_running_job(tmp_path: Path) -> None:
     assert isinstance(out[0], RuntimeError) and "read-only" in str(out[0]), out
     folder = reader.infra.uid_folder()
     assert folder is not None and not CacheDict(folder).keys()  # (nothing cached)
+
+
+class Source(pydantic.BaseModel):
+    n: int = 3
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def load(self) -> list[int]:
+        return list(range(self.n))
+
+
+class UsesSource(pydantic.BaseModel):
+    source: Source = Source()
+    block_flag: str
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def fit(self) -> int:
+        while Path(self.block_flag).exists():
+            time.sleep(0.05)
+        return sum(self.source.load())
+
+
+@pytest.mark.timeout(120)
+def test_read_only_waits_for_a_running_job_of_a_config_with_a_sub_config(tmp_path: Path) -> None:
+    """The upstream of a read-only node is not decided (nothing of it is needed): it did
+    not hold the wait back ("upstream ... failed")."""
+    block = tmp_path / "block-flag"
+    source = {"infra": {"folder": tmp_path}}
+    assert Source(**source).load() == [0, 1, 2]
+    block.touch()
+    job = UsesSource(
+        source=source, block_flag=str(block), infra={"folder": tmp_path, "cluster": "local"}
+    ).infra.job()
+    reader = UsesSource(
+        source=source, block_flag=str(block), infra={"folder": tmp_path, "mode": "read-only"}
+    )
+    _wait_for(lambda: reader.infra.status() == "running")
+    thread, out = _in_thread(reader.fit)
+    thread.join(timeout=1.0)
+    assert thread.is_alive()  # waiting for the job
+    block.unlink()
+    thread.join(timeout=60)
+    assert out == [3] and job.result() == 3
+
+
+@pytest.mark.timeout(60)
+def test_read_only_does_not_wait_for_a_job_squeue_cannot_confirm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stale Slurm record (a job long gone) seen from a host where squeue does not
+    answer: read-only reports the result missing (it waited forever); only a run that
+    could submit assumes such a job may still run."""
+    task = make(tmp_path, None, x=31, infra={"mode": "read-only"})
+    folder = task.infra.uid_folder(create=True)
+    assert folder is not None
+    record = exca.graph.registry.JobRecord(
+        job_id="424242", cluster="slurm", logs=str(folder / "logs"), submitted=time.time() - 86400
+    )
+    exca.graph.registry.write(folder, record)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))
+    with pytest.raises(RuntimeError, match="read-only and missing"):
+        task.process()
 
 
 def test_read_only(tmp_path: Path) -> None:

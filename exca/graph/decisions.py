@@ -407,6 +407,16 @@ class Graph:
         ]
         if gone:  # (...a second look lists it: squeue can miss a job for an instant)
             queued |= registry.queued_jobs(gone)
+        readers = [k for k in (*records, *chunks) if _read_only_missing(self.runs[k])]
+        if readers and slurm_ids:  # read-only waits only for jobs squeue lists for sure
+            # (the others, when squeue does not answer, are assumed queued: never resubmitted)
+            sure = registry.queued_jobs(slurm_ids, unknown_active=False)
+            queued -= {
+                r.job_id
+                for k in readers
+                for r in ([records[k]] if k in records else chunks[k])
+                if r.cluster == "slurm" and r.job_id not in sure
+            }
         ended: list[tuple[NodeRun, registry.JobRecord]] = []
         for key in self.order:  # (upstream first: whether it is redone is known)
             if key in chunks:

@@ -212,9 +212,10 @@ def is_active(record: JobRecord, queued: set[str] | None = None) -> bool:
     return False  # (debug jobs run in their submitter's process: its claims tell)
 
 
-def queued_jobs(job_ids: tp.Sequence[str]) -> set[str]:
+def queued_jobs(job_ids: tp.Sequence[str], unknown_active: bool = True) -> set[str]:
     """Which of these Slurm jobs are pending or running, with ONE ``squeue`` call (the
-    controller knows a job at once; sacct may lag right after a submission)."""
+    controller knows a job at once; sacct may lag right after a submission). When squeue
+    does not answer: all of them (``unknown_active``), else none."""
     import subprocess
 
     if not job_ids:
@@ -229,9 +230,10 @@ def queued_jobs(job_ids: tp.Sequence[str]) -> set[str]:
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
-        return set(job_ids)  # cannot tell: assume they may still run (never resubmit twice)
+        # cannot tell: assume they may still run (never resubmit twice)
+        return set(job_ids) if unknown_active else set()
     if result.returncode and "Invalid job id" not in result.stderr:
-        return set(job_ids)
+        return set(job_ids) if unknown_active else set()
     active: set[str] = set()
     own_ids: set[str] = set()
     for line in result.stdout.splitlines():

@@ -29,6 +29,12 @@ POLL_MAX = 2.0
 __all__ = ["NodeRun", "Scheduler", "collect", "run", "to_chunks"]
 
 
+def _reads_only(run: NodeRun) -> bool:
+    """A read-only node waiting for a job that computes it: its upstream, not decided
+    (nothing of it is needed here), does not hold it back."""
+    return run.action == "wait" and run.node.mode == "read-only"
+
+
 class Scheduler:
     """Runs the nodes some targets need (see module docstring)."""
 
@@ -217,10 +223,12 @@ class Scheduler:
         return [r for r in ready if self._group(r) not in soon]
 
     def _ready(self, key: Key) -> bool:
+        if _reads_only(self.runs[key]):
+            return True
         return all(self.runs[up].state == "done" for up in self.graph.upstream[key])
 
     def _skip_blocked(self, pending: dict[Key, NodeRun]) -> None:
-        for key in [k for k in self.graph.order if k in pending]:
+        for key in [k for k in self.graph.order if k in pending and not _reads_only(pending[k])]:
             failed = next(
                 (
                     u
