@@ -665,6 +665,66 @@ def test_a_job_told_to_stop_but_still_recorded_keeps_its_result(tmp_path: Path) 
     assert make(tmp_path, None, x=21, block_flag=str(block)).infra.status() == "completed"
 
 
+class CallsCounted(pydantic.BaseModel):
+    """A task computing a Counted task (its sub-computation) inside its own job."""
+
+    x: int = 1
+    log: str
+    block_flag: str = ""
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        inner = Counted(
+            x=self.x, log=self.log, block_flag=self.block_flag, infra={"folder": self.infra.folder}
+        )
+        return inner.process() + 1
+
+
+@pytest.mark.timeout(120)
+def test_a_task_computed_inside_a_job_told_to_stop_keeps_its_result(tmp_path: Path) -> None:
+    """The withdrawal check looked for the job's record in the folder of any task the job
+    computed: a task computed inside it (never recorded there) was refused, and the job
+    ended without a result."""
+    block = tmp_path / "block-flag"
+    block.touch()
+    outer = CallsCounted(
+        x=4,
+        log=str(tmp_path / "calls.txt"),
+        block_flag=str(block),
+        infra={"folder": tmp_path / "cache", "cluster": "local"},
+    )
+    job = outer.infra.job()
+    _wait_for(lambda: len(calls(tmp_path / "calls.txt")) == 1)  # the inner task computes
+    os.kill(int(job.job_id), signal.SIGTERM)  # (the controller forwards it to its task)
+    _wait_for(lambda: "SIGTERM" in (job.stderr() or ""))
+    block.unlink()
+    assert job.result() == 9
+    assert make(tmp_path, None, x=4, block_flag=str(block)).infra.status() == "completed"
+
+
+@pytest.mark.timeout(120)
+def test_clear_job_withdraws_a_local_job_whose_method_catches_the_interrupt(
+    tmp_path: Path,
+) -> None:
+    """A local job is cancelled by SIGINT: a method that catches it and returns stored its
+    result after clear_job() (the config read "completed" from the withdrawn job)."""
+    log, block = tmp_path / "calls.txt", tmp_path / "block-flag"
+    block.touch()
+    infra = {"folder": tmp_path / "cache", "cluster": "local"}
+    task = Stubborn(log=str(log), block_flag=str(block), infra=infra)
+    job = task.infra.job()
+    _wait_for(lambda: calls(log) == ["start"])
+    task.infra.clear_job()
+    _wait_for(lambda: "caught" in calls(log))
+    block.unlink()  # (it returns now, before the SIGKILL a second after the interrupt)
+    _wait_for(job.done)
+    fresh = Stubborn(log=str(log), block_flag=str(block), infra=infra)
+    _wait_for(lambda: fresh.infra.status() != "running")
+    assert fresh.infra.status() == "not submitted"
+    assert "its outcome is not stored" in (job.stderr() or "")
+
+
 @pytest.mark.timeout(120)
 def test_a_cancelled_local_job_is_said_cancelled(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
@@ -1307,6 +1367,54 @@ def test_read_only_does_not_wait_for_a_job_squeue_cannot_confirm(
     monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))
     with pytest.raises(RuntimeError, match="read-only and missing"):
         task.process()
+
+
+class FlakyItems(pydantic.BaseModel):
+    fail_flag: str
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def make(self) -> list[int]:
+        if Path(self.fail_flag).exists():
+            raise ValueError("no items today")
+        return [1, 2, 3]
+
+
+class SquareItems(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def run(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            yield item**2
+
+
+@pytest.mark.timeout(60)
+def test_a_read_only_map_fed_by_a_failed_node_fails_without_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only map whose items come from an upstream node is checked once they are
+    known; a job recorded for the map (here a stale one, squeue unreachable) did not make
+    it start at once, before its upstream (it waited forever, or raised from the wrong
+    place)."""
+    flag = tmp_path / "fail"
+    flag.touch()
+    source = FlakyItems(fail_flag=str(flag), infra={"folder": tmp_path})
+    with pytest.raises(ValueError, match="no items today"):
+        source.make()
+    node = SquareItems(infra={"folder": tmp_path, "mode": "read-only"}).run.node(source.make.node())
+    assert node.folder is not None
+    node.folder.mkdir(parents=True, exist_ok=True)
+    record = exca.graph.registry.JobRecord(
+        job_id="424242",
+        cluster="slurm",
+        logs=str(node.folder / "logs"),
+        submitted=time.time() - 86400,
+    )
+    exca.graph.registry.write(node.folder, record)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))
+    with pytest.raises(exca.graph.errors.NodeFailures, match="no items today"):
+        exca.graph.run(node)
 
 
 def test_read_only(tmp_path: Path) -> None:

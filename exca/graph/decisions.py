@@ -41,6 +41,9 @@ class NodeRun:
     after: list[str] = dataclasses.field(default_factory=list)  # jobs its new job starts after
     # forced while an earlier job computes it: that job's result does not count as forced
     after_running_job: bool = False
+    # read-only with something missing, waiting for the job that computes it (its
+    # upstream was not decided: it does not hold the wait back)
+    reads_only: bool = False
 
     @property
     def array_key(self) -> str:
@@ -408,6 +411,8 @@ class Graph:
         if gone:  # (...a second look lists it: squeue can miss a job for an instant)
             queued |= registry.queued_jobs(gone)
         readers = [k for k in (*records, *chunks) if _read_only_missing(self.runs[k])]
+        for key in readers:
+            self.runs[key].reads_only = True
         if readers and slurm_ids:  # read-only waits only for jobs squeue lists for sure
             # (the others, when squeue does not answer, are assumed queued: never resubmitted)
             sure = registry.queued_jobs(slurm_ids, unknown_active=False)

@@ -30,9 +30,9 @@ __all__ = ["NodeRun", "Scheduler", "collect", "run", "to_chunks"]
 
 
 def _reads_only(run: NodeRun) -> bool:
-    """A read-only node waiting for a job that computes it: its upstream, not decided
-    (nothing of it is needed here), does not hold it back."""
-    return run.action == "wait" and run.node.mode == "read-only"
+    """A read-only node waiting for a job that computes what it misses: its upstream, not
+    decided (nothing of it is needed here), does not hold it back."""
+    return run.action == "wait" and run.reads_only
 
 
 class Scheduler:

@@ -297,8 +297,8 @@ def _compute_task(node: Node) -> Report:
         value = node.function(**inputs)
     except Exception as error:
         failure = _job_timeout(node.uid, error) or error
-        _log_failure(node.uid, failure)
         _refuse_after_sigterm(node)
+        _log_failure(node.uid, failure)
         node.cache.refresh()
         if TASK_KEY not in node.cache:  # (see below)
             with node.cache.write():
@@ -344,33 +344,37 @@ _SIGTERM: list[bool] = []  # in a submitit job's process: whether it received SI
 
 def _watch_sigterm() -> None:
     """In a submitit job's process, note SIGTERM (scancel, clear_job(), preemption, the
-    time limit) before submitit's handler, which ignores it until Slurm's SIGKILL: a task
-    finishing meanwhile must not store its outcome (clear_job() removed the old one)."""
+    time limit) before submitit's handler, which ignores it until Slurm's SIGKILL, and
+    SIGINT (how a local job is cancelled; a method may catch the KeyboardInterrupt): a
+    task finishing meanwhile must not store its outcome if clear_job() withdrew it."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         return
-    previous = signal.getsignal(signal.SIGTERM)
+    for kind in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(kind)
+        if previous is None:  # (a handler not installed from Python: left alone)
+            continue
 
-    def on_sigterm(signum: int, frame: tp.Any) -> None:
-        _SIGTERM.append(True)
-        if callable(previous):
-            previous(signum, frame)
-        elif previous == signal.SIG_DFL:  # (no handler of submitit's: ending the process)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
+        def noted(signum: int, frame: tp.Any, previous: tp.Any = previous) -> None:
+            _SIGTERM.append(True)
+            if callable(previous):
+                previous(signum, frame)
+            elif previous == signal.SIG_DFL:  # (no handler of submitit's: the default)
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
 
-    with contextlib.suppress(ValueError, OSError):
-        signal.signal(signal.SIGTERM, on_sigterm)
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(kind, noted)
 
 
 def _refuse_after_sigterm(node: Node) -> None:
     """A task whose job was withdrawn stores nothing: it received SIGTERM and its record
     is gone (clear_job() removes it after cancelling). A job preempted, requeued or out of
     time keeps its record: its outcome stands."""
-    if not _SIGTERM or node.folder is None:
-        return
+    if not _SIGTERM or node.folder is None or node.uid not in _JOB_UNIT:
+        return  # (a task computed inside the job's own: the job's record is not there)
     try:
         import submitit
 

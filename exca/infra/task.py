@@ -350,7 +350,11 @@ class TaskInfra(BaseInfra, SubmititMixin):
         if folder is not None:
             from ..graph.executors import recorded_handle  # (not needed by cache hits)
 
-            for record in registry.read_all(folder):
+            records = registry.read_all(folder)
+            # records first: a job told to stop whose record is gone stores nothing (one
+            # finishing before it is told has its result removed below)
+            shutil.rmtree(folder / registry.JOBS_DIR, ignore_errors=True)
+            for record in records:
                 if registry.is_active(record):
                     with contextlib.suppress(Exception):
                         recorded_handle(record).cancel()
@@ -359,7 +363,6 @@ class TaskInfra(BaseInfra, SubmititMixin):
             del node.cache[TASK_KEY]
         if folder is None:
             return
-        shutil.rmtree(folder / registry.JOBS_DIR, ignore_errors=True)
         for name in (registry.LINK_NAME, "code", "config.yaml"):
             path = folder / name
             if path.is_symlink() or path.is_file():
