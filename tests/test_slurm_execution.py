@@ -395,6 +395,50 @@ def test_clear_job_of_a_running_slurm_job_leaves_nothing_cached(
     assert lines(ctl / "calls.txt") == ["5", "5"]
 
 
+class GatedPickle:
+    """A result whose pickling waits while the file ``gate`` exists (a big result being
+    written), saying so in ``log``."""
+
+    def __init__(self, gate: str, log: str) -> None:
+        self.gate, self.log = gate, log
+
+    def __reduce__(self) -> tuple[tp.Any, ...]:
+        append(Path(self.log), "pickling")
+        while Path(self.gate).exists():
+            time.sleep(0.05)
+        return (GatedPickle, (self.gate, self.log))
+
+
+class SlowToStore(pydantic.BaseModel):
+    ctl: str
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> GatedPickle:
+        return GatedPickle(str(Path(self.ctl) / "block"), str(Path(self.ctl) / "calls.txt"))
+
+
+@pytest.mark.timeout(300)
+def test_clear_job_while_the_result_is_being_written_leaves_nothing_cached(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """clear_job() while the job already writes its result (past the last check): the
+    result it finishes writing is removed again."""
+    (ctl / "block").touch()
+    settings = {"folder": tmp_path / "cache", "cluster": "slurm", **resources(slurm_cluster)}
+    obj = SlowToStore(ctl=str(ctl), infra=settings)
+    job = obj.infra.job()
+    wait_until(lambda: lines(ctl / "calls.txt") == ["pickling"])
+    obj.infra.clear_job()
+    wait_until(lambda: "SIGTERM" in (job.stderr() or ""))
+    (ctl / "block").unlink()  # the result is written now (Slurm's SIGKILL misses it here)
+    folder = obj.infra.uid_folder()
+    assert folder is not None
+    wait_until(lambda: not list((folder / "claims").glob("*.claim")))  # the worker ended
+    assert "its outcome is not stored" in (job.stderr() or "")
+    assert SlowToStore(ctl=str(ctl), infra=settings).infra.status() == "not submitted"
+
+
 @pytest.mark.timeout(300)
 def test_slurm_forced_job_while_an_earlier_job_runs(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster

@@ -332,6 +332,7 @@ def _compute_task(node: Node) -> Report:
         with node.cache.write():
             node.cache.put(TASK_KEY, CachedError.from_exception(failure), meta=meta)
         raise failure from error
+    _refuse_after_sigterm(node, written=True)  # (withdrawn while it wrote: removed again)
     return Report(computed=1)
 
 
@@ -369,10 +370,11 @@ def _watch_sigterm() -> None:
             signal.signal(kind, noted)
 
 
-def _refuse_after_sigterm(node: Node) -> None:
+def _refuse_after_sigterm(node: Node, written: bool = False) -> None:
     """A task whose job was withdrawn stores nothing: it received SIGTERM and its record
     is gone (clear_job() removes it after cancelling). A job preempted, requeued or out of
-    time keeps its record: its outcome stands."""
+    time keeps its record: its outcome stands. ``written``: checked again after storing
+    (clear_job() may have come while a big result was written): removed then."""
     if not _SIGTERM or node.folder is None or node.uid not in _JOB_UNIT:
         return  # (a task computed inside the job's own: the job's record is not there)
     try:
@@ -383,6 +385,10 @@ def _refuse_after_sigterm(node: Node) -> None:
         return
     if registry.recorded(node.folder, job_id):
         return
+    if written:
+        node.cache.refresh()
+        with contextlib.suppress(KeyError), node.cache.write():
+            del node.cache[TASK_KEY]
     raise JobStopped(
         f"{node.uid}: its job {job_id} was cancelled and withdrawn (clear_job()) while it "
         "ran: its outcome is not stored"
