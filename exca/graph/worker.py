@@ -103,7 +103,7 @@ def run_job_unit(unit: Unit) -> Report:
     """What a submitit job (local or Slurm) runs: its unit (see ``_JOB_UNIT``)."""
     if not _JOB_UNIT:
         _JOB_UNIT.append(unit.node.uid)
-        _watch_sigterm()
+        _watch_stop_signals()
     return run_unit(unit)
 
 
@@ -297,7 +297,7 @@ def _compute_task(node: Node) -> Report:
         value = node.function(**inputs)
     except Exception as error:
         failure = _job_timeout(node.uid, error) or error
-        _refuse_after_sigterm(node)
+        _refuse_if_withdrawn(node)
         _log_failure(node.uid, failure)
         node.cache.refresh()
         if TASK_KEY not in node.cache:  # (see below)
@@ -306,7 +306,7 @@ def _compute_task(node: Node) -> Report:
         if failure is not error:
             raise failure from error
         raise
-    _refuse_after_sigterm(node)
+    _refuse_if_withdrawn(node)
     try:
         # what was written meanwhile counts: e.g. a job cancelled while this process ran
         # on (Slurm waits before killing it) has its failure cached by who waited for it
@@ -332,7 +332,7 @@ def _compute_task(node: Node) -> Report:
         with node.cache.write():
             node.cache.put(TASK_KEY, CachedError.from_exception(failure), meta=meta)
         raise failure from error
-    _refuse_after_sigterm(node, written=True)  # (withdrawn while it wrote: removed again)
+    _refuse_if_withdrawn(node, written=True)  # (withdrawn while it wrote: removed again)
     return Report(computed=1)
 
 
@@ -340,16 +340,15 @@ _LOGGED = "__exca_logged__"
 
 
 _JOB_UNIT: list[str] = []  # in a submitit job's process: the uid of the job's unit
-_SIGTERM: list[bool] = []  # in a submitit job's process: whether it received SIGTERM
+_TOLD_TO_STOP: list[bool] = []  # in a submitit job's process: SIGTERM or SIGINT received
 
 
-def _watch_sigterm() -> None:
+def _watch_stop_signals() -> None:
     """In a submitit job's process, note SIGTERM (scancel, clear_job(), preemption, the
     time limit) before submitit's handler, which ignores it until Slurm's SIGKILL, and
     SIGINT (how a local job is cancelled; a method may catch the KeyboardInterrupt): a
     task finishing meanwhile must not store its outcome if clear_job() withdrew it."""
     import signal
-    import threading
 
     if threading.current_thread() is not threading.main_thread():
         return
@@ -359,7 +358,7 @@ def _watch_sigterm() -> None:
             continue
 
         def noted(signum: int, frame: tp.Any, previous: tp.Any = previous) -> None:
-            _SIGTERM.append(True)
+            _TOLD_TO_STOP.append(True)
             if callable(previous):
                 previous(signum, frame)
             elif previous == signal.SIG_DFL:  # (no handler of submitit's: the default)
@@ -370,12 +369,12 @@ def _watch_sigterm() -> None:
             signal.signal(kind, noted)
 
 
-def _refuse_after_sigterm(node: Node, written: bool = False) -> None:
-    """A task whose job was withdrawn stores nothing: it received SIGTERM and its record
-    is gone (clear_job() removes it after cancelling). A job preempted, requeued or out of
+def _refuse_if_withdrawn(node: Node, written: bool = False) -> None:
+    """A task whose job was withdrawn stores nothing: it was told to stop (SIGTERM,
+    SIGINT) and its record is gone (clear_job() removes it, then cancels). A job preempted, requeued or out of
     time keeps its record: its outcome stands. ``written``: checked again after storing
     (clear_job() may have come while a big result was written): removed then."""
-    if not _SIGTERM or node.folder is None or node.uid not in _JOB_UNIT:
+    if not _TOLD_TO_STOP or node.folder is None or node.uid not in _JOB_UNIT:
         return  # (a task computed inside the job's own: the job's record is not there)
     try:
         import submitit
