@@ -648,6 +648,14 @@ def test_cancel_stops_a_local_job_that_catches_the_interrupt(tmp_path: Path) -> 
     assert task.infra.status() == "failed"
 
 
+def _sigterm_while_computing(job: tp.Any, log: Path, block: Path) -> None:
+    """SIGTERM to a local job once its (blocked) task computes, then let it finish."""
+    _wait_for(lambda: len(calls(log)) == 1)
+    os.kill(int(job.job_id), signal.SIGTERM)  # (the controller forwards it to its task)
+    _wait_for(lambda: "SIGTERM" in (job.stderr() or ""))  # (noted, and ignored by submitit)
+    block.unlink()
+
+
 @pytest.mark.timeout(120)
 def test_a_job_told_to_stop_but_still_recorded_keeps_its_result(tmp_path: Path) -> None:
     """SIGTERM also comes with preemption, requeues and time limits (submitit ignores it
@@ -657,10 +665,7 @@ def test_a_job_told_to_stop_but_still_recorded_keeps_its_result(tmp_path: Path) 
     block.touch()
     task = make(tmp_path, "local", x=21, block_flag=str(block))
     job = task.infra.job()
-    _wait_for(lambda: len(calls(tmp_path / "calls.txt")) == 1)  # computing in its job
-    os.kill(int(job.job_id), signal.SIGTERM)  # (the controller forwards it to its task)
-    _wait_for(lambda: "SIGTERM" in (job.stderr() or ""))
-    block.unlink()
+    _sigterm_while_computing(job, tmp_path / "calls.txt", block)
     assert job.result() == 42
     assert make(tmp_path, None, x=21, block_flag=str(block)).infra.status() == "completed"
 
@@ -695,10 +700,7 @@ def test_a_task_computed_inside_a_job_told_to_stop_keeps_its_result(tmp_path: Pa
         infra={"folder": tmp_path / "cache", "cluster": "local"},
     )
     job = outer.infra.job()
-    _wait_for(lambda: len(calls(tmp_path / "calls.txt")) == 1)  # the inner task computes
-    os.kill(int(job.job_id), signal.SIGTERM)  # (the controller forwards it to its task)
-    _wait_for(lambda: "SIGTERM" in (job.stderr() or ""))
-    block.unlink()
+    _sigterm_while_computing(job, tmp_path / "calls.txt", block)  # (in the inner task)
     assert job.result() == 9
     assert make(tmp_path, None, x=4, block_flag=str(block)).infra.status() == "completed"
 
@@ -1306,6 +1308,15 @@ def test_read_only_waits_for_a_running_job(tmp_path: Path) -> None:
     assert folder is not None and not CacheDict(folder).keys()  # (nothing cached)
 
 
+def _stale_slurm_record_without_squeue(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node folder records a Slurm job long gone, and no Slurm command is on PATH."""
+    record = exca.graph.registry.JobRecord(
+        job_id="424242", cluster="slurm", logs=str(folder / "logs"), submitted=time.time() - 86400
+    )
+    exca.graph.registry.write(folder, record)
+    monkeypatch.setenv("PATH", str(folder / "no-slurm-here"))
+
+
 class Source(pydantic.BaseModel):
     n: int = 3
     infra: exca.TaskInfra = exca.TaskInfra(version="1")
@@ -1360,11 +1371,7 @@ def test_read_only_does_not_wait_for_a_job_squeue_cannot_confirm(
     task = make(tmp_path, None, x=31, infra={"mode": "read-only"})
     folder = task.infra.uid_folder(create=True)
     assert folder is not None
-    record = exca.graph.registry.JobRecord(
-        job_id="424242", cluster="slurm", logs=str(folder / "logs"), submitted=time.time() - 86400
-    )
-    exca.graph.registry.write(folder, record)
-    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))
+    _stale_slurm_record_without_squeue(folder, monkeypatch)
     with pytest.raises(RuntimeError, match="read-only and missing"):
         task.process()
 
@@ -1405,14 +1412,7 @@ def test_a_read_only_map_fed_by_a_failed_node_fails_without_waiting(
     node = SquareItems(infra={"folder": tmp_path, "mode": "read-only"}).run.node(source.make.node())
     assert node.folder is not None
     node.folder.mkdir(parents=True, exist_ok=True)
-    record = exca.graph.registry.JobRecord(
-        job_id="424242",
-        cluster="slurm",
-        logs=str(node.folder / "logs"),
-        submitted=time.time() - 86400,
-    )
-    exca.graph.registry.write(node.folder, record)
-    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))
+    _stale_slurm_record_without_squeue(node.folder, monkeypatch)
     with pytest.raises(exca.graph.errors.NodeFailures, match="no items today"):
         exca.graph.run(node)
 
