@@ -400,7 +400,9 @@ class Graph:
             return
         slurm_ids = [r.job_id for r in records.values() if r.cluster == "slurm"]
         slurm_ids += [r.job_id for found in chunks.values() for r in found if r.cluster == "slurm"]
-        queued = registry.queued_jobs(slurm_ids) if slurm_ids else set()
+        confirmed = registry.confirmed_queued(slurm_ids)
+        # (squeue not answering: they may still run, never resubmitted twice)
+        queued = set(slurm_ids) if confirmed is None else set(confirmed)
         gone = [  # missing results whose job squeue does not list: ended, unless...
             r.job_id
             for key, r in records.items()
@@ -413,14 +415,12 @@ class Graph:
         readers = [k for k in (*records, *chunks) if _read_only_missing(self.runs[k])]
         for key in readers:
             self.runs[key].reads_only = True
-        if readers and slurm_ids:  # read-only waits only for jobs squeue lists for sure
-            # (the others, when squeue does not answer, are assumed queued: never resubmitted)
-            sure = registry.queued_jobs(slurm_ids, unknown_active=False)
+        if readers and confirmed is None:  # read-only waits only for jobs squeue lists
             queued -= {
                 r.job_id
                 for k in readers
                 for r in ([records[k]] if k in records else chunks[k])
-                if r.cluster == "slurm" and r.job_id not in sure
+                if r.cluster == "slurm"
             }
         ended: list[tuple[NodeRun, registry.JobRecord]] = []
         for key in self.order:  # (upstream first: whether it is redone is known)

@@ -212,10 +212,16 @@ def is_active(record: JobRecord, queued: set[str] | None = None) -> bool:
     return False  # (debug jobs run in their submitter's process: its claims tell)
 
 
-def queued_jobs(job_ids: tp.Sequence[str], unknown_active: bool = True) -> set[str]:
+def queued_jobs(job_ids: tp.Sequence[str]) -> set[str]:
     """Which of these Slurm jobs are pending or running, with ONE ``squeue`` call (the
     controller knows a job at once; sacct may lag right after a submission). When squeue
-    does not answer: all of them (``unknown_active``), else none."""
+    does not answer: all of them (they may still run: never resubmitted twice)."""
+    confirmed = confirmed_queued(job_ids)
+    return set(job_ids) if confirmed is None else confirmed
+
+
+def confirmed_queued(job_ids: tp.Sequence[str]) -> set[str] | None:
+    """``queued_jobs`` as squeue says it; None when squeue does not answer."""
     import subprocess
 
     if not job_ids:
@@ -230,10 +236,9 @@ def queued_jobs(job_ids: tp.Sequence[str], unknown_active: bool = True) -> set[s
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
-        # cannot tell: assume they may still run (never resubmit twice)
-        return set(job_ids) if unknown_active else set()
+        return None
     if result.returncode and "Invalid job id" not in result.stderr:
-        return set(job_ids) if unknown_active else set()
+        return None
     active: set[str] = set()
     own_ids: set[str] = set()
     for line in result.stdout.splitlines():
