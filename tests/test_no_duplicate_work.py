@@ -92,6 +92,7 @@ def call_in_threads(spec: dict[str, tp.Any]) -> None:
                 results[index] = list(obj.process(spec["items"][index]))
         except Exception as error:
             results[index] = f"ERROR {type(error).__name__}: {error}"
+        (Path(spec["ctl"]) / f"done-{os.getpid()}-{index}").touch()
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(spec["threads"])]
     for thread in threads:
@@ -172,12 +173,18 @@ def _run_callers(tmp_path: Path, specs: list[dict[str, tp.Any]], ctl: Path) -> l
     try:
         total = sum(spec["threads"] for spec in specs)
 
-        # someone is computing (blocked until released), and every other caller waits
-        # for it: each says so once on its stderr
-        def waiting() -> int:
-            return sum(c.err.read_text().count("Waiting for ") for c in callers)
+        # someone is computing (blocked until released), and every other caller thread
+        # waits for it (it says so on its stderr) or ended (its items were all computed
+        # by a caller that was not blocked: overlapping map lists)
+        def asked() -> int:
+            count = 0
+            for caller, spec in zip(callers, specs):
+                waits = caller.err.read_text().count("Waiting for ")
+                done = len(list(ctl.glob(f"done-{caller.proc.pid}-*")))
+                count += min(waits + done, spec["threads"])
+            return count
 
-        wait_until(lambda: bool(lines(ctl / "calls.txt")) and waiting() == total - 1)
+        wait_until(lambda: bool(lines(ctl / "calls.txt")) and asked() >= total - 1)
         (ctl / "release").touch()
         return [r for caller in callers for r in caller.results()]
     finally:
