@@ -9,6 +9,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import time
 import typing as tp
 import warnings
 from pathlib import Path
@@ -872,6 +873,167 @@ def test_delete_many(tmp_path: Path) -> None:
     assert sorted(CacheDict(tmp_path).keys()) == ["k0", "k2", "k4"]
 
 
+# --- freeing the files of ended writers ------------------------------------------------------
+def _write_elsewhere(folder: Path, code: str) -> None:
+    """Run ``code`` in a process that ends (``cache`` is a CacheDict of ``folder``), then
+    date its index files back: only files idle for 2 minutes are freed."""
+    header = (
+        "import sys\nimport numpy as np\nfrom exca.cachedict import CacheDict\n"
+        "cache = CacheDict(sys.argv[1])\n"
+    )
+    subprocess.run([sys.executable, "-c", header + code, str(folder)], check=True)
+    _idle(folder, 300)
+
+
+def _idle(folder: Path, seconds: float) -> None:
+    """Date the folder's index files ``seconds`` back (as if written that long ago)."""
+    then = time.time() - seconds
+    for path in index_files(folder):
+        os.utime(path, (then, then))
+
+
+def test_deleting_every_entry_of_an_ended_writer_frees_its_files(tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    _write_elsewhere(
+        folder,
+        "with cache.write():\n"
+        "    cache['a'] = np.zeros(1000)\n"
+        "    cache['b'] = np.ones(1000)\n"
+        "    cache['json'] = {'x': list(range(300))}\n"  # data/<writer>-data.jsonl
+        "    cache['text'] = 'y' * 1000\n",  # data/<writer>-data.txt
+    )
+    [written] = index_files(folder)
+    writer = written.name[: -len("-info.jsonl")]
+    assert len(data_files(folder)) == 3 and all(n.startswith(writer) for n in data_files(folder))
+    stale: CacheDict[tp.Any] = CacheDict(folder)
+    assert sorted(stale.keys()) == ["a", "b", "json", "text"]  # (read the index, no payload)
+    deleter: CacheDict[tp.Any] = CacheDict(folder)
+    deleter.delete_many(["a", "json", "text"])
+    assert written.exists() and len(data_files(folder)) == 3  # "b" still lives there
+    np.testing.assert_array_equal(CacheDict(folder)["b"], np.ones(1000))
+    del deleter["b"]
+    assert not written.exists() and data_files(folder) == []
+    assert [f.name for f in index_files(folder)] != [written.name]  # (the deleter's own)
+    assert deleter.keys() == [] and CacheDict(folder).keys() == []
+    with pytest.raises(KeyError):
+        stale["a"]  # its payload is gone: the index is read again, the key is gone too
+    assert stale.keys() == []
+
+
+def test_files_written_to_recently_are_kept(tmp_path: Path) -> None:
+    """A writer whose process is not seen may still run (a pid this process cannot see):
+    its files are freed only once idle for 2 minutes."""
+    folder = tmp_path / "cache"
+    _write_elsewhere(folder, "with cache.write():\n    cache['k'] = np.zeros(10)")
+    _idle(folder, 30)
+    [written] = index_files(folder)
+    del CacheDict(folder)["k"]
+    assert written.exists() and len(data_files(folder)) == 1
+    _idle(folder, 300)
+    assert CacheDict(folder).keys() == []  # a new reader meets it again: freed
+    assert not written.exists() and data_files(folder) == []
+
+
+def test_a_stale_view_reads_the_values_written_again_after_a_free(tmp_path: Path) -> None:
+    """Every entry deleted and written again by another process (a forced recomputation)
+    after a view read the index: the old writer's files are freed, the view reads the new
+    values (arrays loaded in bulk too)."""
+    folder = tmp_path / "cache"
+    _write_elsewhere(
+        folder,
+        "with cache.write():\n    for i in range(20):\n        cache[str(i)] = np.full(8, i)",
+    )
+    [old] = index_files(folder)
+    stale: CacheDict[tp.Any] = CacheDict(folder, keep_in_ram=True)
+    keys = stale.keys()
+    assert len(keys) == 20
+    _write_elsewhere(
+        folder,
+        "keys = [str(i) for i in range(20)]\n"
+        "with cache.write():\n"
+        "    cache.delete_many(keys)\n"
+        "    for i in range(20):\n        cache[str(i)] = np.full(8, -i)",
+    )
+    assert not old.exists() and len(index_files(folder)) == 1
+    values = list(stale.values_of([str(i) for i in range(20)]))
+    assert [v.tolist() for v in values] == [[-i] * 8 for i in range(20)]
+
+
+def test_files_of_a_writer_still_running_are_kept_until_it_ends(tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    code = (
+        "import sys\nfrom exca.cachedict import CacheDict\n"
+        "cache = CacheDict(sys.argv[1])\n"
+        "with cache.write():\n    cache['k'] = 'v' * 1000\n"
+        "print('written', flush=True)\nsys.stdin.read()\n"
+    )
+    running = subprocess.Popen(
+        [sys.executable, "-c", code, str(folder)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert running.stdout is not None and running.stdout.readline() == "written\n"
+        _idle(folder, 300)
+        [written] = index_files(folder)
+        del CacheDict(folder)["k"]
+        assert written.exists() and len(data_files(folder)) == 1  # its writer may go on
+    finally:
+        running.communicate("", timeout=60)
+    assert running.returncode == 0
+    assert CacheDict(folder).keys() == []  # the next reader frees them
+    assert not written.exists() and data_files(folder) == []
+
+
+def test_a_file_whose_deletions_still_apply_is_kept(tmp_path: Path) -> None:
+    """Writer B deleted A's "k1" and wrote "k2"; "k2" is deleted: B's file holds no live
+    entry but its tombstone still deletes "k1" (removing it would bring "k1" back)."""
+    folder = tmp_path / "cache"
+    _write_elsewhere(folder, "with cache.write():\n    cache['k1'] = 1\n    cache['k3'] = 3")
+    [first] = index_files(folder)
+    _write_elsewhere(folder, "with cache.write():\n    del cache['k1']\n    cache['k2'] = 2")
+    [second] = [f for f in index_files(folder) if f != first]
+    del CacheDict(folder)["k2"]
+    assert second.exists()
+    assert sorted(CacheDict(folder).keys()) == ["k3"]
+    del CacheDict(folder)["k3"]  # A's last entry: A goes, then B's tombstone aims at nothing
+    assert not first.exists()
+    assert CacheDict(folder).keys() == []
+    assert not second.exists()
+
+
+def test_a_child_keeps_the_file_of_its_parent_whose_deletions_still_apply(
+    tmp_path: Path,
+) -> None:
+    """A process deletes "k1" of an older writer and its own last entry, forks, and ends:
+    its child must not free the parent's file (its tombstone still deletes "k1")."""
+    folder = tmp_path / "cache"
+    _write_elsewhere(folder, "with cache.write():\n    cache['k1'] = 1\n    cache['k3'] = 3")
+    code = (
+        "import os, sys, time\nfrom exca.cachedict import CacheDict\n"
+        "from exca.storage import reclaim\n"
+        # (no 2-minute idle floor, no 1-minute recheck delay: the test does not wait)
+        "reclaim.MIN_IDLE_SECONDS = reclaim.RECHECK_SECONDS = 0.0\n"
+        "cache = CacheDict(sys.argv[1])\n"
+        "with cache.write():\n    cache['mine'] = 0\n"
+        "del cache['k1']\ndel cache['mine']\n"
+        "parent = os.getpid()\n"
+        "if os.fork() == 0:\n"
+        "    while os.getppid() == parent:\n        time.sleep(0.01)\n"  # until it ended
+        "    cache.keys()\n"  # may the parent's file go?
+        "    open(sys.argv[2], 'w').close()\n"
+        "    os._exit(0)\n"
+    )
+    flag = tmp_path / "child-done"
+    subprocess.run([sys.executable, "-c", code, str(folder), str(flag)], check=True, timeout=60)
+    deadline = time.monotonic() + 60
+    while not flag.exists():
+        assert time.monotonic() < deadline, "the child did not end"
+        time.sleep(0.05)
+    assert sorted(CacheDict(folder).keys()) == ["k3"]
+
+
 def test_clear_keeps_folder(tmp_path: Path) -> None:
     folder = tmp_path / "cache"
     cd: CacheDict[tp.Any] = CacheDict(folder, keep_in_ram=True)
@@ -1543,3 +1705,82 @@ def test_self_dumping_values_are_read_by_a_process_that_never_wrote_one(tmp_path
     old = folder / "vm-1-1-0123456789abc-a1b2c3-info.jsonl"  # (a name this exca writes)
     old.write_text('{"#key":"old","#type":"SelfDumping","items":[3]}\n')
     assert CacheDict(folder)["old"].items == [3]
+
+
+def test_a_writer_whose_files_were_freed_while_idle_starts_a_new_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer on another host (its session named so), idle for 2 hours, enters write();
+    its entries are deleted and its files freed before its next entry: that entry goes
+    to new files (not to files made again under the old names, from offset 0, where the
+    old tombstones and a reader's map of the old data file would meet it)."""
+    from exca.storage import process
+
+    folder = tmp_path / "cache"
+    here = process.unique_name
+    monkeypatch.setattr(
+        process, "unique_name", lambda prefix="": here(prefix).replace(process.hostname(), "far")
+    )
+    writer: CacheDict[tp.Any] = CacheDict(folder)
+    with writer.write():
+        writer["a"] = np.arange(10.0)
+    monkeypatch.setattr(process, "unique_name", here)
+    _idle(folder, 7200)
+    [old] = index_files(folder)
+    stale: CacheDict[tp.Any] = CacheDict(folder)
+    np.testing.assert_array_equal(stale["a"], np.arange(10.0))  # (maps the old data file)
+    with writer.write():
+        del CacheDict(folder)["a"]
+        assert not old.exists() and data_files(folder) == []  # freed
+        writer["c"] = np.full(10, 7.0)
+    assert CacheDict(folder).keys() == ["c"]
+    np.testing.assert_array_equal(CacheDict(folder)["c"], np.full(10, 7.0))
+    np.testing.assert_array_equal(stale["c"], np.full(10, 7.0))
+    assert not old.exists()
+
+
+def test_a_deletion_aimed_at_an_entry_moved_by_a_compaction_is_kept(tmp_path: Path) -> None:
+    """Compaction moved "k1" from file A (gone) into M, noting its former place A:0;
+    the ended writer B deleted it there (A:0) and its own "k2" was deleted since: B holds
+    no live entry, but its tombstone still deletes "k1"."""
+    from exca.storage import process
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    host, now = process.hostname(), time.time_ns() // 1000
+
+    def name(pid: int, suffix: str) -> str:  # (ended writers: no such pids)
+        return f"{host}-{pid}-1-{now:x}-{suffix}-info.jsonl"
+
+    a, m, b, c = (
+        name(4_000_000 + i, s) for i, s in enumerate(["aaaaaa", "bbbbbb", "cccccc", "dddddd"])
+    )
+    (folder / m).write_text(
+        f'{{"#key":"k1","#type":"Json","v":1,"#was":["{a}:0"]}}\n'
+        f'{{"#key":"k3","#type":"Json","v":3,"#was":["{a}:30"]}}\n'
+    )
+    deletion = f'{{"#del":"k1","#of":"{a}:0"}}\n'
+    (folder / b).write_text(deletion + '{"#key":"k2","#type":"Json","v":2}\n')
+    (folder / c).write_text(f'{{"#del":"k2","#of":"{b}:{len(deletion)}"}}\n')
+    _idle(folder, 300)
+    assert sorted(CacheDict(folder).keys()) == ["k3"]
+    assert (folder / b).exists()
+    assert sorted(CacheDict(folder).keys()) == ["k3"]
+
+
+def test_a_writer_session_whose_pid_was_reused_has_ended() -> None:
+    import time
+
+    from exca.storage import process
+
+    pid, host = os.getpid(), process.hostname()
+    started = process.start_epoch(pid)
+    assert started is not None
+    assert not process.session_ended(process.unique_name(), time.time(), 3600.0)
+    # a session named by an earlier process that had this pid
+    earlier = f"{host}-{pid}-{pid}-{int((started - 60) * 1e6):x}-abcdef"
+    assert process.session_ended(earlier, time.time(), 3600.0)
+    # another host: ended after the grace without a write
+    remote = f"elsewhere-{pid}-1-{time.time_ns() // 1000:x}-abcdef"
+    assert not process.session_ended(remote, time.time(), 3600.0)
+    assert process.session_ended(remote, time.time() - 7200, 3600.0)

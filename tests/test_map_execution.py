@@ -1059,3 +1059,42 @@ def test_each_pool_map_gets_its_own_max_jobs(
     assert narrow.result() == list(range(12))
     assert _CROWD["narrow"][1] == 1
     assert _CROWD["wide"][1] > 1
+
+
+class ArrayMapper(pydantic.BaseModel):
+    """item -> an array of 1000 times (item + offset); offset is not part of the uid."""
+
+    offset: int = 0
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str, exclude_from_cache_uid=("offset",))
+    def process(self, items: list[int]) -> tp.Iterator[np.ndarray]:
+        for item in items:
+            yield np.full(1000, float(item + self.offset))
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("cluster", ["processpool", "local"])
+def test_forced_outputs_free_the_space_of_those_they_replace(tmp_path: Path, cluster: str) -> None:
+    """Forcing a map again and again does not make its folder grow: the outputs it
+    replaces were written by processes that ended (a while ago), whose files are freed."""
+    items = list(range(300))
+    sizes = []
+    for offset in (0, 1000, 2000, 3000):
+        mode = "force" if offset else "cached"
+        mapper = ArrayMapper(
+            offset=offset,
+            infra={"folder": tmp_path, "cluster": cluster, "mode": mode, "max_jobs": 2},
+        )
+        outputs = list(mapper.process(items))
+        assert [float(o[0]) for o in outputs] == [i + offset for i in items]
+        folder = mapper.infra.uid_folder()
+        data = folder / "data"
+        sizes.append(sum(f.stat().st_size for f in data.iterdir()))
+        then = time.time() - 300  # (only files idle for 2 minutes are freed)
+        for index in folder.glob("*-info.jsonl"):
+            os.utime(index, (then, then))
+    assert sizes[0] >= 300 * 8000
+    assert sizes[-1] == sizes[0]  # (not 4x: the three replaced runs' data files are gone)
+    fresh = ArrayMapper(offset=5, infra={"folder": tmp_path, "mode": "read-only"})
+    assert [float(o[0]) for o in fresh.process(items)] == [i + 3000 for i in items]

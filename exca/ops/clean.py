@@ -568,13 +568,7 @@ def garbage(root: Path | str, targets: tp.Sequence[Node]) -> CleanPlan:
 
 # --- compaction ---------------------------------------------------------------------------------
 def _writer_dead(name: str, mtime: float, grace: float) -> bool:
-    parts = name[: -len(INDEX_SUFFIX)].split("-")
-    if len(parts) >= 5 and parts[-4].isdigit():
-        host = "-".join(parts[:-4])
-        alive = process.is_alive(host, int(parts[-4]), None)
-        if alive is not None:
-            return not alive
-    return time.time() - mtime > grace
+    return process.session_ended(name[: -len(INDEX_SUFFIX)], mtime, grace)
 
 
 # former places kept per merged line: a writer whose view predates more compactions than

@@ -213,9 +213,19 @@ class CacheDict(tp.Generic[X]):
     # --- reading ------------------------------------------------------------------------------
     def refresh(self) -> None:
         """Read what other writers added since the last read."""
-        if self._reader is not None:
-            self._reader.refresh()
+        reader = self._reader
+        if reader is not None:
+            reader.refresh()
             self._read_once = True
+            if reader.emptied or (reader.deferred and _monotonic() >= reader.deferred_until):
+                self._free_lifeless_files()
+
+    def _free_lifeless_files(self) -> None:
+        """Remove the files of ended writers whose entries were all deleted (reclaim.py)."""
+        from .reclaim import free_lifeless_files
+
+        assert self.folder is not None and self._reader is not None
+        free_lifeless_files(self.folder, self._reader)
 
     def reread(self) -> None:
         """``refresh()`` if this view read the folder before (else its first read comes
@@ -327,8 +337,11 @@ class CacheDict(tp.Generic[X]):
             return  # (nothing to load: numpy is not even needed)
         if not all(info["#type"] == "MemmapArray" for info in infos):
             return
-        with gcpause.paused():
-            ram.update(zip(todo, load_memmap_runs(self._loader, infos)))
+        try:
+            with gcpause.paused():
+                ram.update(zip(todo, load_memmap_runs(self._loader, infos)))
+        except FileNotFoundError:
+            return  # (a data file freed since this view read the index: loaded one by one)
 
     def count_errors(self, keys: tp.Iterable[str]) -> int:
         """How many of these keys hold a cached error (read from the index, nothing loaded)."""
@@ -569,7 +582,12 @@ class CacheDict(tp.Generic[X]):
             writer, ctx = self._session()
         else:
             writer, ctx = session[0], session[1]
-            if _monotonic() >= writer.next_check and writer.gone_while_idle():
+            if writer.fd is None and writer.inode:  # (its first entry in this context)
+                # its files freed since write() checked (reclaim.py): never made again
+                # under their names, from offset 0
+                if not (writer.still_there() and ctx.shared_files_there()):
+                    writer, ctx = self._session(restart=True)
+            elif _monotonic() >= writer.next_check and writer.gone_while_idle():
                 writer, ctx = self._session(restart=True)
         if not key.isascii() or meta is not None:
             _check_key_and_meta(key, meta)  # (before any payload is written)
@@ -753,6 +771,8 @@ class CacheDict(tp.Generic[X]):
         if self.folder is not None:
             self.refresh()  # where the key's lines are now (e.g. moved by `clean compact`)
         self._delete(key)
+        if self._reader is not None and self._reader.emptied:
+            self._free_lifeless_files()
 
     def delete_many(self, keys: tp.Iterable[str]) -> None:
         """Delete the keys that are in the cache (one index reread for all of them)."""
@@ -762,6 +782,8 @@ class CacheDict(tp.Generic[X]):
         for key in keys:
             if key in entries or key in ram:
                 self._delete(key)
+        if self._reader is not None and self._reader.emptied:
+            self._free_lifeless_files()
 
     def _delete(self, key: str) -> None:
         in_ram = key in self._ram
@@ -786,6 +808,9 @@ class CacheDict(tp.Generic[X]):
             writer.open()
         state = writer.read_state or self._reader.own_file(writer.name, writer.inode)
         writer.read_state = state
+        # (as a reader of this file would note: a file whose tombstones aim elsewhere is
+        # kept while they may apply, e.g. in a child forked after this process ended)
+        state.aims = (state.aims or set()).union(c.file for c in copies)
         try:
             with self._reader.locked():  # (see put)
                 writer.append(lines)

@@ -38,6 +38,7 @@ IDLE_CHECK_SECONDS = 60.0
 # ("file:offset" strings): a deletion written meanwhile, aimed at the old place, still
 # finds the entry
 FORMER_PLACES = "#was"
+FORMER_PLACES_BYTES = b'"#was"'
 
 
 def places(entry: tuple[str, int, dict[str, tp.Any]]) -> list[EntryId]:
@@ -73,12 +74,13 @@ class FileState:
     """What a reader has consumed of one index file."""
 
     # (a plain class: a dataclass costs ~1 ms of `import exca`)
-    __slots__ = ("inode", "keys", "offset")
+    __slots__ = ("aims", "inode", "keys", "offset")
 
     def __init__(self, inode: int, offset: int, keys: set[str]) -> None:
         self.inode = inode
         self.offset = offset  # bytes of complete lines consumed
         self.keys = keys
+        self.aims: set[str] | None = None  # the files its tombstones delete from
 
 
 _KEY = operator.itemgetter("#key")
@@ -111,6 +113,14 @@ class IndexReader:
         # a tombstone of the current one promotes one of them (file read order is arbitrary)
         self._shadowed: dict[str, list[tuple[str, int, dict[str, tp.Any]]]] = {}
         self.removals = 0  # entries removed by tombstones (RAM copies may outlive them)
+        # files that lost entries to tombstones: maybe none of theirs is live anymore
+        self.emptied: set[str] = set()
+        # lifeless files whose writer may still write: checked again at a monotonic time
+        self.deferred: dict[str, float] = {}
+        self.deferred_until = 0.0  # (the earliest of those times)
+        # whether an entry moved by a compaction was read (a tombstone aimed at a file
+        # that is gone may still delete it, at its former place)
+        self.saw_moved_entries = False
         self._lock = threading.RLock()
         self._lock_fork = _FORKS[0]
 
@@ -206,6 +216,8 @@ class IndexReader:
         end = data.rfind(b"\n")
         if end < 0:
             return True  # only an incomplete line so far
+        if not self.saw_moved_entries and FORMER_PLACES_BYTES in data:
+            self.saw_moved_entries = True
         lines = data[:end].split(b"\n")
         if not self._parse_bulk(name, state, lines):
             self._parse_lines(name, state, lines)
@@ -227,6 +239,8 @@ class IndexReader:
         located = zip(itertools.repeat(name), offsets, records)
         if self._deleted or (self.entries and not self.entries.keys().isdisjoint(keys)):
             pairs = [(k, e) for k, e in zip(keys, located) if not self._is_deleted(e)]
+            if len(pairs) < len(keys):
+                self.emptied.add(name)
             for key, entry in pairs:  # rare: duplicate keys or deletions in the folder
                 self._shadow(key, entry)
                 self.entries[key] = entry
@@ -256,11 +270,16 @@ class IndexReader:
                     self._shadow(key, entry)
                     self.entries[key] = entry
                     state.keys.add(key)
+                else:
+                    self.emptied.add(name)
                 continue
             target = record.get("#of") if type(record) is dict else None
             if isinstance(target, str) and ":" in target:
                 file, _, off = target.rpartition(":")
                 if off.isdigit():
+                    if state.aims is None:
+                        state.aims = set()
+                    state.aims.add(file)
                     self.apply_tombstone(record.get("#del"), (file, int(off)))
                     continue
             _warn_bad_line(self.folder / name, offset, line)
@@ -279,11 +298,14 @@ class IndexReader:
 
             shadows = self._shadowed.get(key)
             if shadows:
-                shadows[:] = [s for s in shadows if target not in places(s)]
+                kept = [s for s in shadows if target not in places(s)]
+                self.emptied.update(s[0] for s in shadows if target in places(s))
+                shadows[:] = kept
             entry = self.entries.get(key)
             if entry is not None and target in places(entry):
                 del self.entries[key]
                 self.removals += 1
+                self.emptied.add(entry[0])
                 if shadows:  # another live copy of the key was read earlier
                     self.entries[key] = shadows.pop()
             if shadows is not None and not shadows:
@@ -296,6 +318,62 @@ class IndexReader:
             if current is None:
                 return []
             return [current, *self._shadowed.get(key, [])]
+
+    def lifeless_files(self) -> list[tuple[str, int, int, set[str]]]:
+        """``(name, inode, bytes read, other files its tombstones aim at)`` of the files
+        that lost entries to tombstones and hold no live entry now, nor a tombstone that
+        may still delete an entry this reader knows of (removing the file would bring
+        the entry back): once their writer ended, their space can be freed."""
+        out = []
+        with self.locked():
+            if self.deferred and time.monotonic() >= self.deferred_until:
+                now = time.monotonic()
+                due = [name for name, when in self.deferred.items() if when <= now]
+                for name in due:
+                    del self.deferred[name]
+                self.emptied.update(due)
+                self.deferred_until = min(self.deferred.values(), default=0.0)
+            for name in list(self.emptied):
+                state = self._files.get(name)
+                if state is None or self._deletes_elsewhere(name, state):
+                    self.emptied.discard(name)
+                    continue
+                if any(self._lives_in(name, key) for key in state.keys):
+                    self.emptied.discard(name)  # (a later tombstone adds it again)
+                    continue
+                state.keys = set()  # (nothing there to forget: later checks are cheap)
+                aims = state.aims - {name} if state.aims else set()
+                out.append((name, state.inode, state.offset, aims))
+        return out
+
+    def _deletes_elsewhere(self, name: str, state: FileState) -> bool:
+        """Whether a tombstone of the file may still delete an entry of another file."""
+        others = state.aims - {name} if state.aims else None
+        if not others:
+            return False
+        return self.saw_moved_entries or not others.isdisjoint(self._files)
+
+    def _lives_in(self, name: str, key: str) -> bool:
+        entry = self.entries.get(key)
+        if entry is not None and entry[0] == name:
+            return True
+        return any(s[0] == name for s in self._shadowed.get(key, ()))
+
+    def defer(self, name: str, seconds: float) -> None:
+        """Check a lifeless file again in that many seconds, not at every read."""
+        with self.locked():
+            self.emptied.discard(name)
+            when = time.monotonic() + seconds
+            self.deferred[name] = when
+            self.deferred_until = min(self.deferred_until or when, when)
+
+    def forget_removed(self, name: str) -> None:
+        """A file this reader found lifeless was removed."""
+        with self.locked():
+            self.emptied.discard(name)
+            self.deferred.pop(name, None)
+            if name in self._files:
+                self._forget_file(name)
 
     def own_file(self, name: str, inode: int) -> FileState:
         """The read state of a file this process writes (so refresh skips its own lines)."""

@@ -81,6 +81,24 @@ def is_alive(host: str, pid: int, start_time: int | None) -> bool | None:
     return start_time is None or current == start_time
 
 
+def session_ended(session: str, last_write: float, grace: float) -> bool:
+    """Whether the writer session named ``session`` (by ``unique_name``) can never write
+    again: its process is gone (on this host, where /proc tells; a pid reused by a process
+    started after the session counts as gone), or, on another host, it wrote nothing for
+    ``grace`` seconds (``last_write``: its file's mtime)."""
+    parts = session.split("-")
+    if len(parts) >= 5 and parts[-4].isdigit() and "-".join(parts[:-4]) == hostname():
+        started = start_epoch(int(parts[-4]))
+        if started is None:
+            return True
+        try:
+            created = int(parts[-2], 16) / 1e6
+        except ValueError:
+            return False
+        return started > created + 2.0  # (start times are known to ~1 s)
+    return time.time() - last_write > grace
+
+
 def unique_name(prefix: str = "") -> str:
     """A name no other writer, thread or later process will ever produce."""
     parts = [

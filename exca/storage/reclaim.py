@@ -1,0 +1,114 @@
+"""Freeing the files of ended writers whose every entry was deleted.
+
+A deletion writes a tombstone in the deleter's own index file and leaves the entry's
+line (and its bytes in the writer's shared data files) where they are. Once no entry of
+an index file is live and its writer can never append again, the file and the writer's
+shared data files (``data/<session>*``) hold nothing anyone reads: readers remove them
+as they meet them (after a forced recomputation, a deletion, a ``keys()``). A reader
+that still holds an older view finds the payload missing, reads the index again and
+sees the entry gone (or its new copy).
+
+A writer misjudged as ended (its pid hidden from this process, another pid namespace
+under the same host name) loses nothing either: only files idle for two of its idle
+checks are freed, and a writer idle that long checks that its files are still there
+before it appends (IndexWriter.gone_while_idle, CacheDict.put), then starts a new session.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from . import process
+from .formats import DATA_DIR
+from .index import _OUR_INDEX_NAME, IDLE_CHECK_SECONDS, INDEX_SUFFIX, IndexReader
+
+logger = logging.getLogger("exca")
+# a writer on another host (no /proc to ask) counts as ended after this long without a
+# write (as for `clean compact`)
+REMOTE_WRITER_GRACE = 3600.0
+# no file written to more recently is freed, whatever its writer's state seems to be
+MIN_IDLE_SECONDS = 2 * IDLE_CHECK_SECONDS
+# a lifeless file whose writer lives is checked again after this long (not at every read)
+RECHECK_SECONDS = 60.0
+
+
+def free_lifeless_files(folder: Path, reader: IndexReader) -> list[str]:
+    """Remove the index and shared data files of ended writers whose entries are all
+    deleted; returns the removed index files' names."""
+    sessions = []
+    unknown_files: bool | None = None
+    for name, inode, size, aims in reader.lifeless_files():
+        if not _OUR_INDEX_NAME.fullmatch(name):
+            reader.emptied.discard(name)
+            continue
+        path = folder / name
+        try:
+            stat = os.stat(path)
+            if aims:
+                # its tombstones aim at files this reader did not read (removed since):
+                # they may still delete entries moved by a compaction this reader has not
+                # seen yet (it writes the merged file, then removes the old ones: checked
+                # here in that order)
+                if any(os.path.exists(folder / aimed) for aimed in aims):
+                    reader.emptied.discard(name)
+                    continue
+                if unknown_files is None:
+                    unknown_files = _unread_index_files(folder, reader)
+                if unknown_files:
+                    continue  # (the next read reads them, then checks again)
+        except FileNotFoundError:  # (removed by another reader)
+            reader.forget_removed(name)
+            continue
+        except OSError as error:  # (a stale NFS handle...: not this reader's problem)
+            logger.debug("Could not check %s: %s", path, error)
+            reader.defer(name, RECHECK_SECONDS)
+            continue
+        if (stat.st_ino, stat.st_size) != (inode, size):
+            continue  # appended to since this reader read it: the next read tells
+        idle = time.time() - stat.st_mtime
+        session = name[: -len(INDEX_SUFFIX)]
+        if idle < MIN_IDLE_SECONDS:
+            reader.defer(name, MIN_IDLE_SECONDS - idle)
+            continue
+        if not process.session_ended(session, stat.st_mtime, REMOTE_WRITER_GRACE):
+            reader.defer(name, RECHECK_SECONDS)
+            continue
+        try:
+            os.remove(path)  # the index first: a crash then leaves unreferenced data only
+        except FileNotFoundError:
+            pass
+        except OSError as error:  # (a reader without write access to a shared cache)
+            logger.debug("Could not free %s: %s", path, error)
+            reader.emptied.discard(name)
+            continue
+        reader.forget_removed(name)
+        sessions.append(session)
+    if sessions:
+        _remove_shared_data(folder / DATA_DIR, tuple(sessions))
+    return [s + INDEX_SUFFIX for s in sessions]
+
+
+def _unread_index_files(folder: Path, reader: IndexReader) -> bool:
+    known = set(reader.file_names())
+    with os.scandir(folder) as listing:
+        return any(
+            e.name not in known and _OUR_INDEX_NAME.fullmatch(e.name) is not None for e in listing
+        )
+
+
+def _remove_shared_data(data: Path, sessions: tuple[str, ...]) -> None:
+    try:
+        listing = list(os.scandir(data))
+    except OSError:
+        return
+    for entry in listing:
+        if entry.name.startswith(sessions):
+            try:
+                os.remove(entry.path)
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                logger.debug("Could not free %s: %s", entry.path, error)
