@@ -148,3 +148,48 @@ def test_a_module_imported_by_another_thread_is_waited_for(
     assert module is not None and module.VALUE == 1
     thread.join()
     sys.modules.pop("slowly_made", None)
+
+
+NEW_ITEMS_SCRIPT = textwrap.dedent(
+    """
+    import sys, typing as tp
+    import pydantic
+    import exca
+
+    class Map(pydantic.BaseModel):
+        infra: exca.MapInfra = exca.MapInfra(version="1")
+
+        @infra.apply(item_uid=str)
+        def process(self, items: tp.Sequence[int]) -> tp.Iterator[int]:
+            for item in items:
+                yield item * 2
+
+    out = list(Map(infra={"folder": sys.argv[1]}).process(list(range(int(sys.argv[2])))))
+    assert out == [2 * i for i in range(int(sys.argv[2]))]
+    print("YAML", "yaml" in sys.modules)
+    """
+)
+
+
+def test_new_items_in_an_existing_folder_need_no_yaml_parsing(tmp_path: Path) -> None:
+    """The first call of a process writing into an existing uid folder checks its yaml
+    files by their text: PyYAML (~20 ms to import) is not loaded."""
+    script = tmp_path / "new_items.py"
+    script.write_text(NEW_ITEMS_SCRIPT)
+    folder = str(tmp_path / "cache")
+    for count in ("3", "6"):  # (creates the folder; then 3 new items in it)
+        result = subprocess.run(
+            [sys.executable, str(script), folder, count],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "YAML False" in result.stdout
+    [config] = (tmp_path / "cache").glob("*/*/config.yaml")
+    config.write_text(config.read_text() + "\n")  # (the same config, another text: parsed)
+    result = subprocess.run(
+        [sys.executable, str(script), folder, "7"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "YAML True" in result.stdout

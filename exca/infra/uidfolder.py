@@ -143,8 +143,13 @@ def prepare(
     if existing_full is not None:
         _check_defaults(folder, existing_full, uid_config, full_uid_config)
     config_text = read_text(folder / CONFIG_FILE)  # (unparsable: removed and rewritten)
-    if config_text is None or read_yaml(folder / CONFIG_FILE, config_text, True) is None:
+    if config_text is None:
         write_atomic(folder / CONFIG_FILE, config().to_yaml(), permissions)
+        return
+    current = config().to_yaml()
+    # (the same text is readable: parsing it would import PyYAML, ~20 ms of a first call)
+    if config_text != current and read_yaml(folder / CONFIG_FILE, config_text, True) is None:
+        write_atomic(folder / CONFIG_FILE, current, permissions)
 
 
 def verify_defaults(
