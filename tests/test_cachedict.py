@@ -1768,6 +1768,92 @@ def test_a_deletion_aimed_at_an_entry_moved_by_a_compaction_is_kept(tmp_path: Pa
     assert sorted(CacheDict(folder).keys()) == ["k3"]
 
 
+class _FreesWhilePickled:
+    """A value whose pickling takes "a while": another view of the folder reads it then
+    (and frees what it can)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = str(folder)
+
+    def __reduce__(self) -> tuple[tp.Any, ...]:
+        CacheDict(self.folder).keys()
+        return (dict, ())
+
+
+@pytest.mark.parametrize("context", ["new", "open", "open-set_many"])
+def test_an_entry_written_while_its_writers_files_are_freed_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, context: str
+) -> None:
+    """A writer on another host, idle for 2 hours, whose entries were all deleted: its
+    files are freed while it writes its next payload (in a new write() context, or in one
+    open for that long). The entry, and the next ones, go to a new session."""
+    from exca.storage import process
+
+    folder = tmp_path / "cache"
+    here = process.unique_name
+    monkeypatch.setattr(
+        process, "unique_name", lambda prefix="": here(prefix).replace(process.hostname(), "far")
+    )
+    writer: CacheDict[tp.Any] = CacheDict(folder, cache_type="Pickle")
+    with writer.write():
+        writer["a"] = 1
+        monkeypatch.setattr(process, "unique_name", here)
+        [old] = index_files(folder)
+        del CacheDict(folder)["a"]
+        _idle(folder, 7200)
+        if context.startswith("open"):
+            writer._local.session[0].next_check = 0.0  # (as 2 hours later: checks again)
+            if context == "open-set_many":
+                writer.set_many([("c", _FreesWhilePickled(folder)), ("d", 4)])
+            else:
+                writer["c"] = _FreesWhilePickled(folder)
+                writer["d"] = 4
+    if context == "new":
+        with writer.write():
+            writer["c"] = _FreesWhilePickled(folder)
+            writer["d"] = 4
+    assert not old.exists()  # freed meanwhile
+    assert dict(CacheDict(folder).items()) == {"c": {}, "d": 4}
+    assert dict(writer.items()) == {"c": {}, "d": 4}
+
+
+def test_nothing_is_freed_while_a_compaction_may_run(tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    _write_elsewhere(folder, "with cache.write():\n    cache['k'] = np.zeros(10)")
+    [written] = index_files(folder)
+    lock = folder / "claims" / ".lock"  # (held by a compaction while it merges)
+    lock.parent.mkdir()
+    lock.write_text("{}")
+    del CacheDict(folder)["k"]
+    assert written.exists()
+    day_ago = time.time() - 86400  # (a leftover of a killed process: ignored)
+    os.utime(lock, (day_ago, day_ago))
+    assert CacheDict(folder).keys() == []
+    assert not written.exists()
+
+
+def test_forced_writes_are_freed_after_a_compaction_too(tmp_path: Path) -> None:
+    """Entries moved by a compaction name their former files: only deletions aimed at
+    those keep a file; the files of later writers are freed as before."""
+    folder = tmp_path / "cache"
+    for key in ("y", "z"):  # two ended writers, merged into one file by an ended process
+        _write_elsewhere(folder, f"with cache.write():\n    cache[{key!r}] = np.zeros(10)")
+    _write_elsewhere(
+        folder, "from exca.ops import clean\nassert clean.compact(sys.argv[1], 0)[0] == 2"
+    )
+    [merged] = index_files(folder)
+    for value in (0, 1, 2, 3):  # "x" forced again and again, each time by a process that ends
+        _write_elsewhere(
+            folder,
+            "with cache.write():\n"
+            "    cache.delete_many(['x'])\n"
+            f"    cache['x'] = np.full(10, {value})",
+        )
+    assert len(index_files(folder)) == 2 and merged.exists()  # and the last writer's
+    assert CacheDict(folder)["x"].tolist() == [3.0] * 10
+    assert sorted(CacheDict(folder).keys()) == ["x", "y", "z"]
+
+
 def test_a_writer_session_whose_pid_was_reused_has_ended() -> None:
     import time
 

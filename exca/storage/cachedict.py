@@ -32,7 +32,7 @@ from .formats import (
     _load_inline,
     load_memmap_runs,
 )
-from .index import _FORKS, INDEX_SUFFIX, Entry, IndexReader, IndexWriter
+from .index import _FORKS, INDEX_SUFFIX, Entry, IndexReader, IndexWriter, SessionFilesGone
 from .modules import imported
 
 logger = logging.getLogger("exca")
@@ -578,6 +578,7 @@ class CacheDict(tp.Generic[X]):
         if type(value) is CachedError and self.keep_in_ram:
             self._ram_errors += 1
         session = local.session
+        resumed = False  # (after a while without writing: its files may be freed meanwhile)
         if session is None or session[2] != _FORK_GENERATION:
             writer, ctx = self._session()
         else:
@@ -585,10 +586,13 @@ class CacheDict(tp.Generic[X]):
             if writer.fd is None and writer.inode:  # (its first entry in this context)
                 # its files freed since write() checked (reclaim.py): never made again
                 # under their names, from offset 0
+                resumed = True
                 if not (writer.still_there() and ctx.shared_files_there()):
                     writer, ctx = self._session(restart=True)
-            elif _monotonic() >= writer.next_check and writer.gone_while_idle():
-                writer, ctx = self._session(restart=True)
+            elif _monotonic() >= writer.next_check:
+                resumed = True
+                if writer.gone_while_idle():
+                    writer, ctx = self._session(restart=True)
         if not key.isascii() or meta is not None:
             _check_key_and_meta(key, meta)  # (before any payload is written)
         # payload first (complete when dump_entry returns), then its index line
@@ -605,7 +609,11 @@ class CacheDict(tp.Generic[X]):
             self._not_json(ctx, error, info)
             raise
         if writer.fd is None:
-            writer.open()  # (its inode names the file for the reader's state below)
+            try:
+                writer.open()  # (its inode names the file for the reader's state below)
+            except SessionFilesGone:  # freed while the payload was written: anew
+                self._put_anew(key, value, meta)
+                return
         state = writer.read_state
         if state is None:
             state = writer.read_state = reader.own_file(writer.name, writer.inode)
@@ -616,18 +624,35 @@ class CacheDict(tp.Generic[X]):
         lock = reader._lock if reader._lock_fork == _FORKS[0] else reader.locked()
         with lock:
             offset = writer.append(line)
-            state.offset = writer.size
-            entry = (writer.name, offset, info)
-            if key in entries:  # written meanwhile by another thread: both copies are known
-                reader._shadow(key, entry)
-            entries[key] = entry
-            state.keys.add(key)
+            if resumed and writer.unlinked():
+                # freed while the payload was written (the file was idle for long): the
+                # line went nowhere; this entry and the next ones go to a new session
+                retry = True
+            else:
+                retry = False
+                state.offset = writer.size
+                entry = (writer.name, offset, info)
+                if key in entries:  # written meanwhile by another thread: both copies known
+                    reader._shadow(key, entry)
+                entries[key] = entry
+                state.keys.add(key)
+        if retry:
+            self._put_anew(key, value, meta)
+            return
         if self.keep_in_ram:
             kept = _ram_copy(value, False, self.cache_type)
             if kept is not _NOT_KEPT:
                 self._ram[key] = kept
 
     __setitem__ = put  # (no extra call on the hot path of `cd[key] = value`)
+
+    def _put_anew(self, key: str, value: X, meta: dict[str, tp.Any] | None) -> None:
+        """Write an entry again, in a new session: the current one's files were freed
+        (reclaim.py) while its payload was written."""
+        if type(value) is CachedError and self.keep_in_ram:
+            self._ram_errors -= 1  # (counted again)
+        self._session(restart=True)
+        self.put(key, value, meta)
 
     def _present(self, key: str) -> bool:
         """Whether a key this view lists is still in the cache: its index is re-read first
@@ -676,6 +701,11 @@ class CacheDict(tp.Generic[X]):
         local = self._local
         if not local.writing:
             raise RuntimeError("set_many must be called inside `with cache.write():`")
+        session = local.session
+        resumed = session is not None and (  # (as in put: its files may be freed meanwhile)
+            (session[0].fd is None and bool(session[0].inode))
+            or _monotonic() >= session[0].next_check
+        )
         writer, ctx = self._session()
         entries = reader.entries if self._read_once else self._entries()  # (a new view: read)
         records: list[dict[str, tp.Any]] = []
@@ -726,14 +756,20 @@ class CacheDict(tp.Generic[X]):
         if not lines:
             return
         if writer.fd is None:
-            writer.open()  # (its inode names the file for the reader's state below)
+            try:
+                writer.open()  # (its inode names the file for the reader's state below)
+            except SessionFilesGone:  # freed while the payloads were written: anew
+                self._session(restart=True)
+                self._set_many(values, meta, skip_existing, owned)
+                return
         state = writer.read_state
         if state is None:
             state = writer.read_state = reader.own_file(writer.name, writer.inode)
         name, fragment, keys = writer.name, orjson.Fragment, state.keys
         with reader.locked():  # (see put)
             offset = writer.append(b"".join(lines))
-            for info, line in zip(records, lines):
+            freed = resumed and writer.unlinked()
+            for info, line in () if freed else zip(records, lines):
                 if "v" in info and type(info["v"]) is fragment:  # pre-serialized inline value
                     info = orjson.loads(line)
                 key = info["#key"]
@@ -743,7 +779,12 @@ class CacheDict(tp.Generic[X]):
                 entries[key] = entry
                 keys.add(key)
                 offset += len(line)
-            state.offset = writer.size
+            if not freed:
+                state.offset = writer.size
+        if freed:  # (see put: the lines went nowhere)
+            self._session(restart=True)
+            self._set_many(values, meta, skip_existing, owned)
+            return
         if self.keep_in_ram:
             self._ram_errors += errors
             ram = self._ram
@@ -805,12 +846,19 @@ class CacheDict(tp.Generic[X]):
             orjson.dumps({"#del": key, "#of": f"{c.file}:{c.offset}"}) + b"\n" for c in copies
         )
         if writer.fd is None:
-            writer.open()
+            try:
+                writer.open()
+            except SessionFilesGone:  # (freed just now: see put)
+                self._session(restart=True)
+                self._delete(key)
+                return
         state = writer.read_state or self._reader.own_file(writer.name, writer.inode)
         writer.read_state = state
         # (as a reader of this file would note: a file whose tombstones aim elsewhere is
         # kept while they may apply, e.g. in a child forked after this process ended)
-        state.aims = (state.aims or set()).union(c.file for c in copies)
+        if state.aims is None:
+            state.aims = set()
+        state.aims.update(c.file for c in copies)
         try:
             with self._reader.locked():  # (see put)
                 writer.append(lines)

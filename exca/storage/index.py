@@ -118,9 +118,9 @@ class IndexReader:
         # lifeless files whose writer may still write: checked again at a monotonic time
         self.deferred: dict[str, float] = {}
         self.deferred_until = 0.0  # (the earliest of those times)
-        # whether an entry moved by a compaction was read (a tombstone aimed at a file
-        # that is gone may still delete it, at its former place)
-        self.saw_moved_entries = False
+        # the files entries were moved from by compactions (a tombstone aimed at such a
+        # file, gone, may still delete the entry at its former place)
+        self.moved_from: set[str] = set()
         self._lock = threading.RLock()
         self._lock_fork = _FORKS[0]
 
@@ -216,13 +216,25 @@ class IndexReader:
         end = data.rfind(b"\n")
         if end < 0:
             return True  # only an incomplete line so far
-        if not self.saw_moved_entries and FORMER_PLACES_BYTES in data:
-            self.saw_moved_entries = True
+        if FORMER_PLACES_BYTES in data[:end]:
+            self._note_former_places(data[:end])
         lines = data[:end].split(b"\n")
         if not self._parse_bulk(name, state, lines):
             self._parse_lines(name, state, lines)
         state.offset += end + 1
         return True
+
+    def _note_former_places(self, data: bytes) -> None:
+        for line in data.split(b"\n"):
+            if FORMER_PLACES_BYTES not in line:
+                continue
+            try:
+                former = orjson.loads(line).get(FORMER_PLACES)
+            except (orjson.JSONDecodeError, AttributeError):
+                continue
+            for place in former if isinstance(former, list) else ():
+                if isinstance(place, str):
+                    self.moved_from.add(place.rpartition(":")[0])
 
     def _parse_bulk(self, name: str, state: FileState, lines: list[bytes]) -> bool:
         """Fast path: every line is a well-formed entry (no tombstone, nothing odd)."""
@@ -335,8 +347,11 @@ class IndexReader:
                 self.deferred_until = min(self.deferred.values(), default=0.0)
             for name in list(self.emptied):
                 state = self._files.get(name)
-                if state is None or self._deletes_elsewhere(name, state):
+                if state is None:
                     self.emptied.discard(name)
+                    continue
+                if self._deletes_elsewhere(name, state):
+                    self.defer(name, 60.0)  # (when what it deletes is gone, it may go)
                     continue
                 if any(self._lives_in(name, key) for key in state.keys):
                     self.emptied.discard(name)  # (a later tombstone adds it again)
@@ -351,7 +366,7 @@ class IndexReader:
         others = state.aims - {name} if state.aims else None
         if not others:
             return False
-        return self.saw_moved_entries or not others.isdisjoint(self._files)
+        return not (others.isdisjoint(self._files) and others.isdisjoint(self.moved_from))
 
     def _lives_in(self, name: str, key: str) -> bool:
         entry = self.entries.get(key)
@@ -428,6 +443,10 @@ def _warn_bad_line(path: Path, offset: int, line: bytes) -> None:
     )
 
 
+class SessionFilesGone(FileNotFoundError):
+    """A writer session's files were removed while it was idle: a new session writes."""
+
+
 class IndexWriter:
     """The index file of one writer session (a process x thread x CacheDict instance)."""
 
@@ -461,6 +480,13 @@ class IndexWriter:
             return True
         return not self.still_there()
 
+    def unlinked(self) -> bool:
+        """Whether the open index file was removed (one fstat)."""
+        try:
+            return self.fd is not None and os.fstat(self.fd).st_nlink == 0
+        except OSError:
+            return True
+
     def still_there(self) -> bool:
         """Whether this session's index file is still the one it wrote (not removed by a
         clear() or a clean since): else the session must end (its name is never reused)."""
@@ -474,7 +500,16 @@ class IndexWriter:
     def open(self) -> int:
         if self.fd is None:
             path = self.folder / self.name
-            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+            # a file this session made and that was removed since (a clean, freed by a
+            # reader) is never made again under its name, from offset 0: old deletions
+            # aimed at its lines would meet the new ones
+            flags = os.O_WRONLY | os.O_APPEND | (0 if self.inode else os.O_CREAT)
+            try:
+                self.fd = os.open(path, flags, 0o666)
+            except FileNotFoundError:
+                if not self.inode:
+                    raise
+                raise SessionFilesGone(f"{path} was removed since this session wrote it") from None
             self.next_check = time.monotonic() + IDLE_CHECK_SECONDS  # (it is there now)
             stat = os.fstat(self.fd)
             self.inode, self.size = stat.st_ino, stat.st_size

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 from . import process
+from .claims import CLAIMS_DIR, LOCK_STALE_S
+from .claims import LOCK_NAME as COMPACTION_LOCK
 from .formats import DATA_DIR
 from .index import _OUR_INDEX_NAME, IDLE_CHECK_SECONDS, INDEX_SUFFIX, IndexReader
 
@@ -47,13 +49,16 @@ def free_lifeless_files(folder: Path, reader: IndexReader) -> list[str]:
         path = folder / name
         try:
             stat = os.stat(path)
+            if _compaction_may_run(folder):
+                reader.defer(name, RECHECK_SECONDS)
+                continue
             if aims:
                 # its tombstones aim at files this reader did not read (removed since):
                 # they may still delete entries moved by a compaction this reader has not
                 # seen yet (it writes the merged file, then removes the old ones: checked
                 # here in that order)
                 if any(os.path.exists(folder / aimed) for aimed in aims):
-                    reader.emptied.discard(name)
+                    reader.defer(name, RECHECK_SECONDS)
                     continue
                 if unknown_files is None:
                     unknown_files = _unread_index_files(folder, reader)
@@ -67,7 +72,10 @@ def free_lifeless_files(folder: Path, reader: IndexReader) -> list[str]:
             reader.defer(name, RECHECK_SECONDS)
             continue
         if (stat.st_ino, stat.st_size) != (inode, size):
-            continue  # appended to since this reader read it: the next read tells
+            # appended to since this reader read it (the next read tells), or a torn
+            # last line of a killed writer (kept: `clean compact` merges it)
+            reader.defer(name, RECHECK_SECONDS)
+            continue
         idle = time.time() - stat.st_mtime
         session = name[: -len(INDEX_SUFFIX)]
         if idle < MIN_IDLE_SECONDS:
@@ -89,6 +97,16 @@ def free_lifeless_files(folder: Path, reader: IndexReader) -> list[str]:
     if sessions:
         _remove_shared_data(folder / DATA_DIR, tuple(sessions))
     return [s + INDEX_SUFFIX for s in sessions]
+
+
+def _compaction_may_run(folder: Path) -> bool:
+    """Whether the folder lock (held by `clean compact` while it merges, by claims for
+    milliseconds) is taken, by a process that may still be alive (not a leftover)."""
+    try:
+        lock = os.stat(folder / CLAIMS_DIR / COMPACTION_LOCK)
+    except FileNotFoundError:
+        return False
+    return time.time() - lock.st_mtime < LOCK_STALE_S
 
 
 def _unread_index_files(folder: Path, reader: IndexReader) -> bool:
