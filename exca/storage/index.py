@@ -216,27 +216,22 @@ class IndexReader:
         end = data.rfind(b"\n")
         if end < 0:
             return True  # only an incomplete line so far
-        if FORMER_PLACES_BYTES in data[:end]:
-            self._note_former_places(data[:end])
         lines = data[:end].split(b"\n")
-        if not self._parse_bulk(name, state, lines):
+        moved = FORMER_PLACES_BYTES in data  # (lines a compaction moved: rare)
+        if not self._parse_bulk(name, state, lines, moved):
             self._parse_lines(name, state, lines)
         state.offset += end + 1
         return True
 
-    def _note_former_places(self, data: bytes) -> None:
-        for line in data.split(b"\n"):
-            if FORMER_PLACES_BYTES not in line:
-                continue
-            try:
-                former = orjson.loads(line).get(FORMER_PLACES)
-            except (orjson.JSONDecodeError, AttributeError):
-                continue
-            for place in former if isinstance(former, list) else ():
-                if isinstance(place, str):
-                    self.moved_from.add(place.rpartition(":")[0])
+    def _note_former_places(self, record: dict[str, tp.Any]) -> None:
+        former = record.get(FORMER_PLACES)
+        for place in former if isinstance(former, list) else ():
+            if isinstance(place, str):
+                self.moved_from.add(place.rpartition(":")[0])
 
-    def _parse_bulk(self, name: str, state: FileState, lines: list[bytes]) -> bool:
+    def _parse_bulk(
+        self, name: str, state: FileState, lines: list[bytes], moved: bool = False
+    ) -> bool:
         """Fast path: every line is a well-formed entry (no tombstone, nothing odd)."""
         try:
             records = orjson.loads(b"[" + b",".join(lines) + b"]")
@@ -247,6 +242,10 @@ class IndexReader:
                 return False
         except (orjson.JSONDecodeError, TypeError, KeyError):
             return False
+        if moved:
+            for record in records:
+                if FORMER_PLACES in record:
+                    self._note_former_places(record)
         offsets = itertools.accumulate(map(_PLUS_NEWLINE, map(len, lines)), initial=state.offset)
         located = zip(itertools.repeat(name), offsets, records)
         if self._deleted or (self.entries and not self.entries.keys().isdisjoint(keys)):
@@ -275,6 +274,8 @@ class IndexReader:
             except orjson.JSONDecodeError:
                 record = key = None
             if key is not None:
+                if FORMER_PLACES in record:
+                    self._note_former_places(record)
                 if "#type" not in record or type(key) is not str:
                     _warn_bad_line(self.folder / name, offset, line)
                 elif not self._is_deleted((name, offset, record)):
