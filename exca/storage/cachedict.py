@@ -267,21 +267,23 @@ class CacheDict(tp.Generic[X]):
     def __contains__(self, key: object) -> bool:
         if key in self._ram:
             return True
+        first_read = not self._read_once  # (then a miss needs no second read)
         entries = self._entries()
         if key in entries:
             return True
-        if not isinstance(key, str):
+        if not isinstance(key, str) or first_read:
             return False
         return self._refresh_on_miss() and key in entries
 
     def missing(self, keys: tp.Iterable[str]) -> list[str]:
         """The keys (in order, deduplicated) that are not in the cache: one folder read."""
+        first_read = not self._read_once
         entries = self._entries()
         # filter first, then deduplicate what is left (usually few keys)
         out = list(dict.fromkeys(itertools.filterfalse(entries.__contains__, keys)))
         if out and self._ram:
             out = list(itertools.filterfalse(self._ram.__contains__, out))
-        if out and self._refresh_on_miss():
+        if out and not first_read and self._refresh_on_miss():
             out = list(itertools.filterfalse(entries.__contains__, out))
         return out
 
@@ -360,9 +362,10 @@ class CacheDict(tp.Generic[X]):
         ``refresh``: read the folder first (then a miss does not read it a second time)."""
         if refresh:
             self.refresh()
+        first_read = not self._read_once
         entries = self._entries()
         entry = entries.get(key)
-        if entry is None and not refresh and self._refresh_on_miss():
+        if entry is None and not (refresh or first_read) and self._refresh_on_miss():
             entry = entries.get(key)
         if entry is not None:
             return str(entry[2]["#type"])
@@ -387,8 +390,9 @@ class CacheDict(tp.Generic[X]):
 
     def entry(self, key: str) -> Entry | None:
         """Where an entry is stored (index file, offset, its index record), or None."""
+        first_read = not self._read_once
         entries = self._entries()
-        if key not in entries:
+        if key not in entries and not first_read:
             self._refresh_on_miss()
         found = entries.get(key)
         return None if found is None else Entry(*found)
@@ -397,10 +401,11 @@ class CacheDict(tp.Generic[X]):
         ram = self._ram
         if key in ram:
             return ram[key]
+        first_read = not self._read_once
         entries = self._entries()
         entry = entries.get(key)
         if entry is None:
-            if self._refresh_on_miss():
+            if not first_read and self._refresh_on_miss():
                 entry = entries.get(key)
             if entry is None:
                 raise KeyError(key)
