@@ -194,6 +194,48 @@ def test_slurm_map_is_one_array(tmp_path: Path, ctl: Path, slurm_cluster: SlurmC
     assert len(records(mapper.infra.uid_folder())) == 4
 
 
+class SlurmArrays(pydantic.BaseModel):
+    """item -> 1000 times (item + offset) as an array; offset is not part of the uid."""
+
+    offset: int = 0
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str, exclude_from_cache_uid=("offset",))
+    def process(self, items: list[int]) -> tp.Iterator[tp.Any]:
+        import numpy as np
+
+        for item in items:
+            yield np.full(1000, float(item + self.offset))
+
+
+@pytest.mark.timeout(300)
+def test_slurm_forced_map_frees_the_space_of_what_it_replaces(
+    tmp_path: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """The forcing jobs free the files of the jobs whose outputs they replace (ended, on
+    this node): the folder does not grow with each forced run."""
+    items = list(range(200))
+    sizes = []
+    for offset in (0, 1000, 2000):
+        infra = {
+            "folder": tmp_path / "cache",
+            "cluster": "slurm",
+            "mode": "force" if offset else "cached",
+            "max_jobs": 2,
+            **resources(slurm_cluster),
+        }
+        mapper = SlurmArrays(offset=offset, infra=infra)
+        assert [float(o[0]) for o in mapper.process(items)] == [i + offset for i in items]
+        folder = mapper.infra.uid_folder()
+        assert folder is not None
+        sizes.append(sum(f.stat().st_size for f in (folder / "data").iterdir()))
+        then = time.time() - 300  # (only files idle for 2 minutes are freed)
+        for index in folder.glob("*-info.jsonl"):
+            os.utime(index, (then, then))
+    assert sizes[0] >= 200 * 8000
+    assert sizes == [sizes[0]] * 3
+
+
 # --- cluster="auto" -------------------------------------------------------------------------
 @pytest.mark.timeout(240)
 def test_auto_cluster(
