@@ -617,6 +617,7 @@ class CacheDict(tp.Generic[X]):
             try:
                 writer.open()  # (its inode names the file for the reader's state below)
             except SessionFilesGone:  # freed while the payload was written: anew
+                ctx.discard_files()  # (no line names them)
                 self._put_anew(key, value, meta)
                 return
         state = writer.read_state
@@ -764,6 +765,7 @@ class CacheDict(tp.Generic[X]):
             try:
                 writer.open()  # (its inode names the file for the reader's state below)
             except SessionFilesGone:  # freed while the payloads were written: anew
+                ctx.discard_files()  # (no line names them)
                 self._session(restart=True)
                 self._set_many(values, meta, skip_existing, owned)
                 return
