@@ -32,7 +32,15 @@ from .formats import (
     _load_inline,
     load_memmap_runs,
 )
-from .index import _FORKS, INDEX_SUFFIX, Entry, IndexReader, IndexWriter, SessionFilesGone
+from .index import (
+    _FORKS,
+    IDLE_CHECK_SECONDS,
+    INDEX_SUFFIX,
+    Entry,
+    IndexReader,
+    IndexWriter,
+    SessionFilesGone,
+)
 from .modules import imported
 
 logger = logging.getLogger("exca")
@@ -240,6 +248,16 @@ class CacheDict(tp.Generic[X]):
             self.refresh()
         return self._reader.entries
 
+    def _entries_read(self) -> tuple[dict[str, tuple[str, int, dict[str, tp.Any]]], bool]:
+        """The entries, and whether this call read the folder (a view's first read: then a
+        miss needs no second read)."""
+        if self._reader is None:
+            return {}, False
+        if not self._read_once:
+            self.refresh()
+            return self._reader.entries, True
+        return self._reader.entries, False
+
     def _refresh_on_miss(self) -> bool:
         """Refresh after a miss, unless a bulk check already refreshed (returns True if read)."""
         if self._reader is None:
@@ -267,8 +285,7 @@ class CacheDict(tp.Generic[X]):
     def __contains__(self, key: object) -> bool:
         if key in self._ram:
             return True
-        first_read = not self._read_once  # (then a miss needs no second read)
-        entries = self._entries()
+        entries, first_read = self._entries_read()
         if key in entries:
             return True
         if not isinstance(key, str) or first_read:
@@ -277,8 +294,7 @@ class CacheDict(tp.Generic[X]):
 
     def missing(self, keys: tp.Iterable[str]) -> list[str]:
         """The keys (in order, deduplicated) that are not in the cache: one folder read."""
-        first_read = not self._read_once
-        entries = self._entries()
+        entries, first_read = self._entries_read()
         # filter first, then deduplicate what is left (usually few keys)
         out = list(dict.fromkeys(itertools.filterfalse(entries.__contains__, keys)))
         if out and self._ram:
@@ -362,8 +378,7 @@ class CacheDict(tp.Generic[X]):
         ``refresh``: read the folder first (then a miss does not read it a second time)."""
         if refresh:
             self.refresh()
-        first_read = not self._read_once
-        entries = self._entries()
+        entries, first_read = self._entries_read()
         entry = entries.get(key)
         if entry is None and not (refresh or first_read) and self._refresh_on_miss():
             entry = entries.get(key)
@@ -390,8 +405,7 @@ class CacheDict(tp.Generic[X]):
 
     def entry(self, key: str) -> Entry | None:
         """Where an entry is stored (index file, offset, its index record), or None."""
-        first_read = not self._read_once
-        entries = self._entries()
+        entries, first_read = self._entries_read()
         if key not in entries and not first_read:
             self._refresh_on_miss()
         found = entries.get(key)
@@ -401,8 +415,7 @@ class CacheDict(tp.Generic[X]):
         ram = self._ram
         if key in ram:
             return ram[key]
-        first_read = not self._read_once
-        entries = self._entries()
+        entries, first_read = self._entries_read()
         entry = entries.get(key)
         if entry is None:
             if not first_read and self._refresh_on_miss():
@@ -601,6 +614,7 @@ class CacheDict(tp.Generic[X]):
         if not key.isascii() or meta is not None:
             _check_key_and_meta(key, meta)  # (before any payload is written)
         # payload first (complete when dump_entry returns), then its index line
+        started = _monotonic()
         try:
             info = ctx.dump_entry(key, value, self.cache_type)
         except Exception as error:  # (name the key: the format's message may not)
@@ -628,6 +642,8 @@ class CacheDict(tp.Generic[X]):
         # append and record under the reader's lock: a refresh by another thread in between
         # would read this line too, then move the file's offset past its end
         lock = reader._lock if reader._lock_fork == _FORKS[0] else reader.locked()
+        # (a long dump: the file may have become idle for long enough to be freed meanwhile)
+        resumed = resumed or _monotonic() - started > IDLE_CHECK_SECONDS / 2
         with lock:
             offset = writer.append(line)
             if resumed and writer.unlinked():
