@@ -986,21 +986,45 @@ def test_files_of_a_writer_still_running_are_kept_until_it_ends(tmp_path: Path) 
     assert not written.exists() and data_files(folder) == []
 
 
-def test_a_file_whose_deletions_still_apply_is_kept(tmp_path: Path) -> None:
+def test_a_file_whose_deletions_still_apply_goes_once_re_issued(tmp_path: Path) -> None:
     """Writer B deleted A's "k1" and wrote "k2"; "k2" is deleted: B's file holds no live
-    entry but its tombstone still deletes "k1" (removing it would bring "k1" back)."""
+    entry but its tombstone still deletes "k1" (removing it alone would bring "k1" back):
+    the deleter re-issues that tombstone in its own index, then frees B."""
     folder = tmp_path / "cache"
     _write_elsewhere(folder, "with cache.write():\n    cache['k1'] = 1\n    cache['k3'] = 3")
     [first] = index_files(folder)
     _write_elsewhere(folder, "with cache.write():\n    del cache['k1']\n    cache['k2'] = 2")
     [second] = [f for f in index_files(folder) if f != first]
     del CacheDict(folder)["k2"]
-    assert second.exists()
+    assert not second.exists() and first.exists()
     assert sorted(CacheDict(folder).keys()) == ["k3"]
-    del CacheDict(folder)["k3"]  # A's last entry: A goes, then B's tombstone aims at nothing
+    assert "k1" not in CacheDict(folder)
+    del CacheDict(folder)["k3"]  # A's last entry: A goes too
     assert not first.exists()
     assert CacheDict(folder).keys() == []
-    assert not second.exists()
+
+
+def test_forcing_some_items_again_and_again_keeps_one_generation(tmp_path: Path) -> None:
+    """A writer of many entries, some of them forced again and again by processes that
+    end: each forced generation's files go, the first writer's stay (its other entries
+    live), and the deletions of its forced entries keep applying."""
+    folder = tmp_path / "cache"
+    _write_elsewhere(
+        folder, "with cache.write():\n    for k in 'abcd':\n        cache[k] = np.zeros(100)"
+    )
+    [first] = index_files(folder)
+    for value in (1, 2, 3, 4):
+        _write_elsewhere(
+            folder,
+            "with cache.write():\n"
+            "    cache.delete_many(['a', 'b'])\n"
+            f"    cache['a'] = np.full(100, {value})\n    cache['b'] = np.full(100, {value})",
+        )
+    assert first.exists() and len(index_files(folder)) == 2  # the first, the last forced
+    assert len(data_files(folder)) == 2
+    fresh: CacheDict[tp.Any] = CacheDict(folder)
+    assert sorted(fresh.keys()) == ["a", "b", "c", "d"]
+    assert [fresh[k][0] for k in "abcd"] == [4.0, 4.0, 0.0, 0.0]
 
 
 def test_a_child_keeps_the_file_of_its_parent_whose_deletions_still_apply(

@@ -228,12 +228,45 @@ class CacheDict(tp.Generic[X]):
             if reader.emptied or (reader.deferred and _monotonic() >= reader.deferred_until):
                 self._free_lifeless_files()
 
-    def _free_lifeless_files(self) -> None:
-        """Remove the files of ended writers whose entries were all deleted (reclaim.py)."""
+    def _free_lifeless_files(self, deleter: bool = False) -> None:
+        """Remove the files of ended writers whose entries were all deleted (reclaim.py);
+        a ``deleter`` re-issues their tombstones that still apply in its own index."""
         from .reclaim import free_lifeless_files
 
         assert self.folder is not None and self._reader is not None
-        free_lifeless_files(self.folder, self._reader)
+        free_lifeless_files(
+            self.folder, self._reader, self._reissue_tombstones if deleter else None
+        )
+
+    def _reissue_tombstones(self, lines: list[bytes]) -> None:
+        """Append another file's tombstone lines to this view's own index (that file is
+        freed next: its deletions must keep applying)."""
+        if not lines:
+            return
+        reader = self._reader
+        assert reader is not None
+        targets = []
+        for line in lines:
+            record = orjson.loads(line)
+            file, _, offset = record["#of"].rpartition(":")
+            targets.append((record.get("#del"), (file, int(offset))))
+        writer, _ = self._session()
+        try:
+            if writer.fd is None:
+                writer.open()
+            state = writer.read_state or reader.own_file(writer.name, writer.inode)
+            writer.read_state = state
+            with reader.locked():  # (see put)
+                writer.append(b"".join(lines))
+                state.offset = writer.size
+                for key, target in targets:
+                    reader.apply_tombstone(key, target)
+                if state.aims is None:
+                    state.aims = set()
+                state.aims.update(target[0] for _, target in targets)
+        finally:
+            if not self._local.writing:
+                writer.close()
 
     def reread(self) -> None:
         """``refresh()`` if this view read the folder before (else its first read comes
@@ -836,7 +869,7 @@ class CacheDict(tp.Generic[X]):
             self.refresh()  # where the key's lines are now (e.g. moved by `clean compact`)
         self._delete(key)
         if self._reader is not None and self._reader.emptied:
-            self._free_lifeless_files()
+            self._free_lifeless_files(deleter=True)
 
     def delete_many(self, keys: tp.Iterable[str]) -> None:
         """Delete the keys that are in the cache (one index reread for all of them)."""
@@ -847,7 +880,7 @@ class CacheDict(tp.Generic[X]):
             if key in entries or key in ram:
                 self._delete(key)
         if self._reader is not None and self._reader.emptied:
-            self._free_lifeless_files()
+            self._free_lifeless_files(deleter=True)
 
     def _delete(self, key: str) -> None:
         in_ram = key in self._ram

@@ -332,11 +332,13 @@ class IndexReader:
                 return []
             return [current, *self._shadowed.get(key, [])]
 
-    def lifeless_files(self) -> list[tuple[str, int, int, set[str]]]:
+    def lifeless_files(self, with_live_aims: bool = False) -> list[tuple[str, int, int, set[str]]]:
         """``(name, inode, bytes read, other files its tombstones aim at)`` of the files
         that lost entries to tombstones and hold no live entry now, nor a tombstone that
         may still delete an entry this reader knows of (removing the file would bring
-        the entry back): once their writer ended, their space can be freed."""
+        the entry back): once their writer ended, their space can be freed.
+        ``with_live_aims``: also those with such tombstones (a deleter re-issues them in
+        its own index first)."""
         out = []
         with self.locked():
             if self.deferred and time.monotonic() >= self.deferred_until:
@@ -351,7 +353,7 @@ class IndexReader:
                 if state is None:
                     self.emptied.discard(name)
                     continue
-                if self._deletes_elsewhere(name, state):
+                if not with_live_aims and self._deletes_elsewhere(name, state):
                     self.defer(name, 60.0)  # (when what it deletes is gone, it may go)
                     continue
                 if any(self._lives_in(name, key) for key in state.keys):

@@ -19,7 +19,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+import typing as tp
 from pathlib import Path
+
+import orjson
 
 from . import process
 from .claims import CLAIMS_DIR, LOCK_STALE_S
@@ -37,12 +40,18 @@ MIN_IDLE_SECONDS = 2 * IDLE_CHECK_SECONDS
 RECHECK_SECONDS = 60.0
 
 
-def free_lifeless_files(folder: Path, reader: IndexReader) -> list[str]:
+def free_lifeless_files(
+    folder: Path,
+    reader: IndexReader,
+    reissue: tp.Callable[[list[bytes]], None] | None = None,
+) -> list[str]:
     """Remove the index and shared data files of ended writers whose entries are all
-    deleted; returns the removed index files' names."""
+    deleted; returns the removed index files' names. ``reissue`` (a deleter's): appends
+    tombstone lines to its own index; a file whose tombstones may still delete another
+    file's entries is then freed too, once they are re-issued there (else it is kept)."""
     sessions = []
     unknown_files: bool | None = None
-    for name, inode, size, aims in reader.lifeless_files():
+    for name, inode, size, aims in reader.lifeless_files(with_live_aims=reissue is not None):
         if not _OUR_INDEX_NAME.fullmatch(name):
             reader.emptied.discard(name)
             continue
@@ -57,13 +66,15 @@ def free_lifeless_files(folder: Path, reader: IndexReader) -> list[str]:
                 # they may still delete entries moved by a compaction this reader has not
                 # seen yet (it writes the merged file, then removes the old ones: checked
                 # here in that order)
-                if any(os.path.exists(folder / aimed) for aimed in aims):
+                there = [os.path.exists(folder / aimed) for aimed in aims]
+                if any(there) and reissue is None:  # (a deleter re-issues them below)
                     reader.defer(name, RECHECK_SECONDS)
                     continue
-                if unknown_files is None:
-                    unknown_files = _unread_index_files(folder, reader)
-                if unknown_files:
-                    continue  # (the next read reads them, then checks again)
+                if not all(there):
+                    if unknown_files is None:
+                        unknown_files = _unread_index_files(folder, reader)
+                    if unknown_files:
+                        continue  # (the next read reads them, then checks again)
         except FileNotFoundError:  # (removed by another reader)
             reader.forget_removed(name)
             continue
@@ -84,6 +95,13 @@ def free_lifeless_files(folder: Path, reader: IndexReader) -> list[str]:
         if not process.session_ended(session, stat.st_mtime, REMOTE_WRITER_GRACE):
             reader.defer(name, RECHECK_SECONDS)
             continue
+        if aims and reissue is not None:
+            try:
+                reissue(_tombstones_still_needed(folder, name, reader.moved_from))
+            except OSError as error:
+                logger.debug("Could not re-issue the deletions of %s: %s", path, error)
+                reader.defer(name, RECHECK_SECONDS)
+                continue
         try:
             os.remove(path)  # the index first: a crash then leaves unreferenced data only
         except FileNotFoundError:
@@ -97,6 +115,25 @@ def free_lifeless_files(folder: Path, reader: IndexReader) -> list[str]:
     if sessions:
         _remove_shared_data(folder / DATA_DIR, tuple(sessions))
     return [s + INDEX_SUFFIX for s in sessions]
+
+
+def _tombstones_still_needed(folder: Path, name: str, moved_from: set[str]) -> list[bytes]:
+    """The tombstone lines of an index file that delete entries of another file that is
+    there, or whose entries a compaction moved (those aimed at a removed file are not
+    re-issued: generations of forced writes would carry them all along)."""
+    out = []
+    for line in (folder / name).read_bytes().split(b"\n"):
+        if b'"#of"' not in line:
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        target = record.get("#of") if isinstance(record, dict) else None
+        aimed = target.rpartition(":")[0] if isinstance(target, str) else name
+        if aimed != name and (aimed in moved_from or os.path.exists(folder / aimed)):
+            out.append(line + b"\n")
+    return out
 
 
 def _compaction_may_run(folder: Path) -> bool:
