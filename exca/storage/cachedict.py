@@ -868,7 +868,7 @@ class CacheDict(tp.Generic[X]):
         if self.folder is not None:
             self.refresh()  # where the key's lines are now (e.g. moved by `clean compact`)
         self._delete(key)
-        if self._reader is not None and self._reader.emptied:
+        if self._reader is not None and (self._reader.emptied or self._reader.awaiting_deleter):
             self._free_lifeless_files(deleter=True)
 
     def delete_many(self, keys: tp.Iterable[str]) -> None:
@@ -879,7 +879,7 @@ class CacheDict(tp.Generic[X]):
         for key in keys:
             if key in entries or key in ram:
                 self._delete(key)
-        if self._reader is not None and self._reader.emptied:
+        if self._reader is not None and (self._reader.emptied or self._reader.awaiting_deleter):
             self._free_lifeless_files(deleter=True)
 
     def _delete(self, key: str) -> None:

@@ -117,6 +117,8 @@ class IndexReader:
         self.emptied: set[str] = set()
         # lifeless files whose writer may still write: checked again at a monotonic time
         self.deferred: dict[str, float] = {}
+        # lifeless files whose tombstones still apply elsewhere: freed by a deletion
+        self.awaiting_deleter: set[str] = set()
         self.deferred_until = 0.0  # (the earliest of those times)
         # the files entries were moved from by compactions (a tombstone aimed at such a
         # file, gone, may still delete the entry at its former place)
@@ -348,16 +350,22 @@ class IndexReader:
                     del self.deferred[name]
                 self.emptied.update(due)
                 self.deferred_until = min(self.deferred.values(), default=0.0)
-            for name in list(self.emptied):
+            names = self.emptied | self.awaiting_deleter if with_live_aims else self.emptied
+            for name in list(names):
                 state = self._files.get(name)
                 if state is None:
                     self.emptied.discard(name)
+                    self.awaiting_deleter.discard(name)
                     continue
                 if not with_live_aims and self._deletes_elsewhere(name, state):
-                    self.defer(name, 60.0)  # (when what it deletes is gone, it may go)
+                    # (when what it deletes is gone, it may go; else the next deletion
+                    # through this reader re-issues its tombstones and frees it)
+                    self.emptied.discard(name)
+                    self.awaiting_deleter.add(name)
                     continue
                 if any(self._lives_in(name, key) for key in state.keys):
                     self.emptied.discard(name)  # (a later tombstone adds it again)
+                    self.awaiting_deleter.discard(name)
                     continue
                 state.keys = set()  # (nothing there to forget: later checks are cheap)
                 aims = state.aims - {name} if state.aims else set()
@@ -381,6 +389,7 @@ class IndexReader:
         """Check a lifeless file again in that many seconds, not at every read."""
         with self.locked():
             self.emptied.discard(name)
+            self.awaiting_deleter.discard(name)
             when = time.monotonic() + seconds
             self.deferred[name] = when
             self.deferred_until = min(self.deferred_until or when, when)
@@ -389,6 +398,7 @@ class IndexReader:
         """A file this reader found lifeless was removed."""
         with self.locked():
             self.emptied.discard(name)
+            self.awaiting_deleter.discard(name)
             self.deferred.pop(name, None)
             if name in self._files:
                 self._forget_file(name)

@@ -133,7 +133,7 @@ def _tombstones_still_needed(folder: Path, name: str, moved_from: set[str]) -> l
         aimed = target.rpartition(":")[0] if isinstance(target, str) else name
         if aimed != name and (aimed in moved_from or os.path.exists(folder / aimed)):
             out.append(line + b"\n")
-    return out
+    return list(dict.fromkeys(out))  # (copies: re-issued by two deleters, or a crash)
 
 
 def _compaction_may_run(folder: Path) -> bool:
