@@ -117,9 +117,9 @@ class IndexReader:
         self.emptied: set[str] = set()
         # lifeless files whose writer may still write: checked again at a monotonic time
         self.deferred: dict[str, float] = {}
+        self.deferred_until = 0.0  # (the earliest of those times)
         # lifeless files whose tombstones still apply elsewhere: freed by a deletion
         self.awaiting_deleter: set[str] = set()
-        self.deferred_until = 0.0  # (the earliest of those times)
         # the files entries were moved from by compactions (a tombstone aimed at such a
         # file, gone, may still delete the entry at its former place)
         self.moved_from: set[str] = set()
