@@ -980,8 +980,10 @@ def test_files_of_a_writer_still_running_are_kept_until_it_ends(tmp_path: Path) 
         [written] = index_files(folder)
         del CacheDict(folder)["k"]
         assert written.exists() and len(data_files(folder)) == 1  # its writer may go on
-    finally:
         running.communicate("", timeout=60)
+    finally:
+        running.kill()
+        running.wait()
     assert running.returncode == 0
     assert CacheDict(folder).keys() == []  # the next reader frees them
     assert not written.exists() and data_files(folder) == []
@@ -1032,6 +1034,70 @@ def test_forcing_some_items_again_and_again_keeps_one_generation(
     fresh: CacheDict[tp.Any] = CacheDict(folder)
     assert sorted(fresh.keys()) == ["a", "b", "c", "d"]
     assert [fresh[k][0] for k in "abcd"] == [4.0, 4.0, 0.0, 0.0]
+    # the last forced writer's entries deleted: its file goes, the first writer's forced
+    # entries stay deleted (the tombstones it carried are re-issued)
+    _write_elsewhere(folder, "cache.delete_many(['a', 'b'])")
+    assert sorted(CacheDict(folder).keys()) == ["c", "d"]
+    assert first.exists() and len(index_files(folder)) == 2  # the first, the deleter's
+
+
+def test_a_file_a_read_kept_goes_at_the_next_deletion(tmp_path: Path) -> None:
+    """A read keeps an ended writer's lifeless file whose tombstones still apply; the
+    next deletion through the same view (of anything) re-issues them and frees it."""
+    folder = tmp_path / "cache"
+    _write_elsewhere(folder, "with cache.write():\n    cache['k1'] = 1\n    cache['k3'] = 3")
+    [first] = index_files(folder)
+    _write_elsewhere(folder, "with cache.write():\n    del cache['k1']\n    cache['k2'] = 2")
+    [second] = [f for f in index_files(folder) if f != first]
+    _write_elsewhere(
+        folder,
+        "from exca.storage import reclaim\n"
+        "reclaim.MIN_IDLE_SECONDS = 1e9\n"  # (this deletion frees nothing)
+        "del cache['k2']",
+    )
+    view: CacheDict[tp.Any] = CacheDict(folder)
+    assert sorted(view.keys()) == ["k3"]
+    assert second.exists()  # a read keeps it
+    view.delete_many(["absent"])  # a deletion (of nothing)
+    assert not second.exists() and first.exists()
+    assert sorted(CacheDict(folder).keys()) == ["k3"]
+
+
+def test_a_view_checks_a_kept_file_again_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file kept because its writer still ran is checked again by the same view (a
+    minute later; at once here), and freed once the writer ended."""
+    from exca.storage import reclaim
+
+    monkeypatch.setattr(reclaim, "RECHECK_SECONDS", 0.0)
+    folder = tmp_path / "cache"
+    code = (
+        "import sys\nfrom exca.cachedict import CacheDict\n"
+        "cache = CacheDict(sys.argv[1])\n"
+        "with cache.write():\n    cache['k'] = 'v' * 1000\n"
+        "print('written', flush=True)\nsys.stdin.read()\n"
+    )
+    running = subprocess.Popen(
+        [sys.executable, "-c", code, str(folder)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert running.stdout is not None and running.stdout.readline() == "written\n"
+        _idle(folder, 300)
+        [written] = index_files(folder)
+        view: CacheDict[tp.Any] = CacheDict(folder)
+        del view["k"]
+        assert written.exists()  # its writer runs
+        running.communicate("", timeout=60)
+    finally:
+        running.kill()
+        running.wait()
+    _idle(folder, 300)
+    assert view.keys() == []  # the same view, checking again
+    assert not written.exists()
 
 
 def test_a_child_keeps_the_file_of_its_parent_whose_deletions_still_apply(
@@ -1780,11 +1846,11 @@ def test_a_deletion_aimed_at_an_entry_moved_by_a_compaction_is_kept(tmp_path: Pa
     folder.mkdir()
     host, now = process.hostname(), time.time_ns() // 1000
 
-    def name(pid: int, suffix: str) -> str:  # (ended writers: no such pids)
+    def name(pid: int, suffix: str) -> str:  # (ended writers: pids beyond Linux's 2**22)
         return f"{host}-{pid}-1-{now:x}-{suffix}-info.jsonl"
 
     a, m, b, c = (
-        name(4_000_000 + i, s) for i, s in enumerate(["aaaaaa", "bbbbbb", "cccccc", "dddddd"])
+        name(5_000_000 + i, s) for i, s in enumerate(["aaaaaa", "bbbbbb", "cccccc", "dddddd"])
     )
     (folder / m).write_text(
         f'{{"#key":"k1","#type":"Json","v":1,"#was":["{a}:0"]}}\n'

@@ -2143,3 +2143,29 @@ def test_check_without_slurm_resources_fit(tmp_path: Path) -> None:
     )
     assert rows == []
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_inspection_and_previews_free_nothing(tmp_path: Path) -> None:
+    """A forced task leaves the first run's index file without a live entry (its writer
+    ended): listings, previews and explanations leave it on disk; a read of the cache
+    frees it."""
+    root = tmp_path / "cache"
+    for mode in ("cached", "force"):
+        run_python(
+            "import test_ops\n"
+            f"test_ops.Source(n=5, infra={{'folder': {str(root)!r}, 'mode': {mode!r}}}).make()"
+        )
+    folder = Source(n=5, infra={"folder": root}).infra.uid_folder()
+    assert folder is not None
+    then = time.time() - 300  # (files idle for 2 minutes may be freed)
+    for index in folder.glob("*-info.jsonl"):
+        os.utime(index, (then, then))
+    before = sorted(folder.glob("*-info.jsonl"))
+    assert len(before) == 2
+    exca.ops.inspect(root)
+    clean.orphans(root, min_age_hours=0)
+    clean.garbage(root, [])
+    exca.ops.explain(Source(n=6, infra={"folder": root}).make.node())
+    assert sorted(folder.glob("*-info.jsonl")) == before
+    assert CacheDict(folder).keys() == ["result"]  # a read of the cache frees it
+    assert len(list(folder.glob("*-info.jsonl"))) == 1

@@ -213,7 +213,8 @@ def test_slurm_forced_map_frees_the_space_of_what_it_replaces(
     tmp_path: Path, slurm_cluster: SlurmCluster
 ) -> None:
     """The forcing jobs free the files of the jobs whose outputs they replace (ended, on
-    this node): the folder does not grow with each forced run."""
+    the same node: the jobs are pinned to one; a job on another host counts as ended an
+    hour after its last write): the folder does not grow with each forced run."""
     items = list(range(200))
     sizes = []
     for offset in (0, 1000, 2000):
@@ -222,6 +223,7 @@ def test_slurm_forced_map_frees_the_space_of_what_it_replaces(
             "cluster": "slurm",
             "mode": "force" if offset else "cached",
             "max_jobs": 2,
+            "slurm_additional_parameters": {"nodelist": slurm_cluster.node},
             **resources(slurm_cluster),
         }
         mapper = SlurmArrays(offset=offset, infra=infra)

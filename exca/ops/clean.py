@@ -27,7 +27,7 @@ from ..graph import registry
 from ..graph.node import TASK_KEY, Node
 from ..infra.uidfolder import UID_FILE
 from ..storage import process
-from ..storage.cachedict import CacheDict
+from ..storage.cachedict import CacheDict, inspecting_view
 from ..storage.claims import CLAIMS_DIR, Claims
 from ..storage.formats import DATA_DIR
 from ..storage.index import _OUR_INDEX_NAME, FORMER_PLACES, INDEX_SUFFIX
@@ -201,7 +201,7 @@ def downstream_folders(root: Path, folders: tp.Iterable[Path]) -> list[Path]:
     parents: dict[Path, set[str]] = {}
     for step, uid, folder in node_folders(root):
         by_uid[f"{step}/{uid}"] = folder
-        cache: CacheDict[tp.Any] = CacheDict(folder, permissions=None)
+        cache = inspecting_view(folder)
         entry = cache.entry(TASK_KEY)
         if entry is None:  # a map: each item may record the upstream it came from
             metas = [info.get("#meta") for info in cache.entries_info().values()]
@@ -420,7 +420,7 @@ def orphans(root: Path | str, min_age_hours: float = 1.0) -> CleanPlan:
     for _, _, folder in node_folders(cache_root(root)):
         if busy_reason(folder) is not None:
             continue
-        cache: CacheDict[tp.Any] = CacheDict(folder, permissions=None)
+        cache = inspecting_view(folder)
         referenced: set[str] = set()
         for copy in cache.live_copies():  # (duplicates a reader may return included)
             _referenced(copy, referenced)

@@ -16,7 +16,7 @@ from ..graph.node import Node
 from ..graph.planning import Plan, PlanEntry
 from ..infra.task import INPUTS_FILE
 from ..infra.uidfolder import FULL_UID_FILE, read_yaml
-from ..storage.cachedict import CacheDict
+from ..storage.cachedict import inspecting_view
 from .inspect import input_folders
 
 _MISSING: tp.Any = "<absent>"
@@ -122,7 +122,7 @@ def nearest_cached(node: Node) -> tuple[Path | None, list[tuple[str, tp.Any, tp.
 
 
 def _has_results(folder: Path) -> bool:
-    cache: CacheDict[tp.Any] = CacheDict(folder, permissions=None)
+    cache = inspecting_view(folder)
     return any(info.get("#type") != "Error" for info in cache.entries_info().values())
 
 

@@ -18,7 +18,7 @@ from ..confdict import ConfDict
 from ..graph import registry
 from ..graph.node import TASK_KEY
 from ..infra.uidfolder import FULL_UID_FILE, UID_FILE, read_yaml
-from ..storage.cachedict import CacheDict
+from ..storage.cachedict import inspecting_view
 from ..storage.claims import Claims
 from ..storage.index import INDEX_SUFFIX
 
@@ -145,7 +145,7 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
     config_folder = folder.parent if uid.rsplit("/", 1)[-1].startswith(INPUTS_PREFIX) else folder
     config = ConfDict(read_yaml(config_folder / UID_FILE) or {}).flat()
     full = ConfDict(read_yaml(config_folder / FULL_UID_FILE) or {}).flat()
-    cache: CacheDict[tp.Any] = CacheDict(folder, permissions=None)
+    cache = inspecting_view(folder)
     cache.refresh()
     entries = cache.entries_info()
     errors = sum(1 for info in entries.values() if info.get("#type") == "Error")

@@ -152,6 +152,10 @@ class CacheDict(tp.Generic[X]):
     permissions: chmod applied to created files and folders (None: leave them alone)
     """
 
+    # reads free the files of ended writers whose entries were all deleted (reclaim.py);
+    # an inspecting view (`inspecting_view`) changes nothing on disk
+    _frees_files = True
+
     def __init__(
         self,
         folder: Path | str | None,
@@ -225,7 +229,9 @@ class CacheDict(tp.Generic[X]):
         if reader is not None:
             reader.refresh()
             self._read_once = True
-            if reader.emptied or (reader.deferred and _monotonic() >= reader.deferred_until):
+            if (
+                reader.emptied or (reader.deferred and _monotonic() >= reader.deferred_until)
+            ) and self._frees_files:
                 self._free_lifeless_files()
 
     def _free_lifeless_files(self, deleter: bool = False) -> None:
@@ -952,3 +958,11 @@ class CacheDict(tp.Generic[X]):
 
 
 CacheDictWriter = CacheDict  # legacy name
+
+
+def inspecting_view(folder: Path | str) -> CacheDict[tp.Any]:
+    """A view of a cache folder for inspection tools (listings, previews, explanations):
+    its reads free nothing (reclaim.py), whatever they meet."""
+    view: CacheDict[tp.Any] = CacheDict(folder, permissions=None)
+    view._frees_files = False
+    return view
