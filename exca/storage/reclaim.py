@@ -9,9 +9,11 @@ that still holds an older view finds the payload missing, reads the index again 
 sees the entry gone (or its new copy).
 
 A writer misjudged as ended (its pid hidden from this process, another pid namespace
-under the same host name) loses nothing either: only files idle for two of its idle
-checks are freed, and a writer idle that long checks that its files are still there
-before it appends (IndexWriter.gone_while_idle, CacheDict.put), then starts a new session.
+under the same host name) is protected too: only files idle for two of its idle checks
+are freed, and a writer idle that long checks, before and after it appends, that its
+files are still there (IndexWriter.gone_while_idle / unlinked, CacheDict.put), else it
+writes again in a new session. (Left: a freeing between that last check and the
+unlink, a window of microseconds, loses that writer's entry; it never reads back wrong.)
 """
 
 from __future__ import annotations
