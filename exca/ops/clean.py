@@ -30,7 +30,13 @@ from ..storage import process
 from ..storage.cachedict import CacheDict, inspecting_view
 from ..storage.claims import CLAIMS_DIR, Claims
 from ..storage.formats import DATA_DIR
-from ..storage.index import _OUR_INDEX_NAME, FORMER_PLACES, INDEX_SUFFIX
+from ..storage.index import (
+    _OUR_INDEX_NAME,
+    FORMER_PLACES,
+    FORMER_PLACES_BYTES,
+    INDEX_SUFFIX,
+    tombstone_lines,
+)
 from .inspect import INPUTS_PREFIX, disk_usage, human_size, input_folders, node_folders
 
 logger = logging.getLogger("exca")
@@ -634,16 +640,7 @@ def _tombstones_still_needed(folder: Path, merged: set[str]) -> list[bytes]:
             data = (folder / name).read_bytes()
         except FileNotFoundError:
             continue
-        for line in data.split(b"\n"):
-            if b'"#of"' not in line:
-                continue
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            target = record.get("#of") if isinstance(record, dict) else None
-            if not isinstance(target, str):
-                continue
+        for line, target in tombstone_lines(data):
             aimed = target.rpartition(":")[0]
             if aimed in merged or target in named or os.path.exists(folder / aimed):
                 out.append(line)
@@ -654,7 +651,7 @@ def _former_places(folder: Path) -> set[str]:
     """The former places (``<index file>:<offset>``, written by compactions as ``#was``)
     of the lines of the folder's index files."""
     named: set[str] = set()
-    marker = FORMER_PLACES.encode()
+    marker = FORMER_PLACES_BYTES
     for entry in os.scandir(folder):
         if not entry.name.endswith(INDEX_SUFFIX):
             continue

@@ -456,6 +456,21 @@ def _warn_bad_line(path: Path, offset: int, line: bytes) -> None:
     )
 
 
+def tombstone_lines(data: bytes) -> tp.Iterator[tuple[bytes, str]]:
+    """The tombstone lines of an index file's bytes, each with the place it names
+    (``"<file>:<offset>"``); lines that do not parse are skipped."""
+    for line in data.split(b"\n"):
+        if b'"#of"' not in line:
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        target = record.get("#of") if isinstance(record, dict) else None
+        if isinstance(target, str):
+            yield line, target
+
+
 class SessionFilesGone(FileNotFoundError):
     """A writer session's files were removed while it was idle: a new session writes."""
 

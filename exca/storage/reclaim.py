@@ -24,13 +24,17 @@ import time
 import typing as tp
 from pathlib import Path
 
-import orjson
-
 from . import process
 from .claims import CLAIMS_DIR, LOCK_STALE_S
 from .claims import LOCK_NAME as COMPACTION_LOCK
 from .formats import DATA_DIR
-from .index import _OUR_INDEX_NAME, IDLE_CHECK_SECONDS, INDEX_SUFFIX, IndexReader
+from .index import (
+    _OUR_INDEX_NAME,
+    IDLE_CHECK_SECONDS,
+    INDEX_SUFFIX,
+    IndexReader,
+    tombstone_lines,
+)
 
 logger = logging.getLogger("exca")
 # a writer on another host (no /proc to ask) counts as ended after this long without a
@@ -124,15 +128,8 @@ def _tombstones_still_needed(folder: Path, name: str, moved_from: set[str]) -> l
     there, or whose entries a compaction moved (those aimed at a removed file are not
     re-issued: generations of forced writes would carry them all along)."""
     out = []
-    for line in (folder / name).read_bytes().split(b"\n"):
-        if b'"#of"' not in line:
-            continue
-        try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue
-        target = record.get("#of") if isinstance(record, dict) else None
-        aimed = target.rpartition(":")[0] if isinstance(target, str) else name
+    for line, target in tombstone_lines((folder / name).read_bytes()):
+        aimed = target.rpartition(":")[0]
         if aimed != name and (aimed in moved_from or os.path.exists(folder / aimed)):
             out.append(line + b"\n")
     return list(dict.fromkeys(out))  # (copies: re-issued by two deleters, or a crash)
