@@ -960,8 +960,8 @@ def test_a_stale_view_reads_the_values_written_again_after_a_free(tmp_path: Path
     assert [v.tolist() for v in values] == [[-i] * 8 for i in range(20)]
 
 
-def test_files_of_a_writer_still_running_are_kept_until_it_ends(tmp_path: Path) -> None:
-    folder = tmp_path / "cache"
+def _running_writer(folder: Path) -> subprocess.Popen[str]:
+    """A process that wrote "k" in ``folder`` and keeps running until its stdin closes."""
     code = (
         "import sys\nfrom exca.cachedict import CacheDict\n"
         "cache = CacheDict(sys.argv[1])\n"
@@ -974,8 +974,16 @@ def test_files_of_a_writer_still_running_are_kept_until_it_ends(tmp_path: Path) 
         stdout=subprocess.PIPE,
         text=True,
     )
+    if running.stdout is None or running.stdout.readline() != "written\n":
+        running.kill()
+        raise AssertionError("the writer process did not write")
+    return running
+
+
+def test_files_of_a_writer_still_running_are_kept_until_it_ends(tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    running = _running_writer(folder)
     try:
-        assert running.stdout is not None and running.stdout.readline() == "written\n"
         _idle(folder, 300)
         [written] = index_files(folder)
         del CacheDict(folder)["k"]
@@ -1072,20 +1080,8 @@ def test_a_view_checks_a_kept_file_again_later(
 
     monkeypatch.setattr(reclaim, "RECHECK_SECONDS", 0.0)
     folder = tmp_path / "cache"
-    code = (
-        "import sys\nfrom exca.cachedict import CacheDict\n"
-        "cache = CacheDict(sys.argv[1])\n"
-        "with cache.write():\n    cache['k'] = 'v' * 1000\n"
-        "print('written', flush=True)\nsys.stdin.read()\n"
-    )
-    running = subprocess.Popen(
-        [sys.executable, "-c", code, str(folder)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    running = _running_writer(folder)
     try:
-        assert running.stdout is not None and running.stdout.readline() == "written\n"
         _idle(folder, 300)
         [written] = index_files(folder)
         view: CacheDict[tp.Any] = CacheDict(folder)
