@@ -621,6 +621,18 @@ def test_graph_is_frozen(env: Env) -> None:
     assert events(env.log) == []
 
 
+def test_a_cycle_is_an_error_naming_its_nodes(env: Env) -> None:
+    # (nodes are immutable: a cycle cannot be built through the API, only by hand here)
+    a = env.step("a").run.node()
+    b = env.step("b").run.node(a)
+    graph = exca.graph.decisions.Graph([b])
+    assert graph.order == [a.key, b.key]
+    graph.upstream[a.key].append(b.key)
+    with pytest.raises(ValueError, match="The graph has a cycle") as info:
+        graph._topological()
+    assert a.uid in str(info.value) and b.uid in str(info.value)
+
+
 # =============================================================================================
 # 2. Sub-config chaining
 # =============================================================================================

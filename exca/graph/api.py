@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import typing as tp
 
-import networkx as nx
-
 from . import calls, store
 from .decisions import collect
 from .jobs import Job
 from .node import TASK_KEY, Node
 from .planning import Plan
 from .scheduler import Scheduler
+
+if tp.TYPE_CHECKING:
+    import networkx as nx
 
 
 def plan(*targets: Node) -> Plan:
@@ -32,6 +33,8 @@ def run(*targets: Node, wait: bool = True, progress: bool | None = None) -> Sche
 
 def graph(*targets: Node) -> nx.DiGraph:
     """The DAG of the targets (nodes keyed by uid, attribute ``node``); frozen."""
+    import networkx as nx  # (lazily: plan and run do not need it)
+
     nodes = collect(list(targets))
     dag = nx.DiGraph()
     for node in nodes.values():
