@@ -2147,8 +2147,8 @@ def test_check_without_slurm_resources_fit(tmp_path: Path) -> None:
 
 def test_inspection_and_previews_free_nothing(tmp_path: Path) -> None:
     """A forced task leaves the first run's index file without a live entry (its writer
-    ended): listings, previews and explanations leave it on disk; a read of the cache
-    frees it."""
+    ended): listings, previews, explanations and plans leave it on disk; a read of the
+    cache frees it."""
     root = tmp_path / "cache"
     for mode in ("cached", "force"):
         run_python(
@@ -2166,6 +2166,12 @@ def test_inspection_and_previews_free_nothing(tmp_path: Path) -> None:
     clean.orphans(root, min_age_hours=0)
     clean.garbage(root, [])
     exca.ops.explain(Source(n=6, infra={"folder": root}).make.node())
+    # dry runs of the node itself read its cache without freeing (even twice: a second
+    # read re-checks files it could not free at the first)
+    node = Source(n=5, infra={"folder": root}).make.node()
+    for _ in range(2):
+        assert exca.graph.plan(node).counts() == {"cached": 1}
+        exca.ops.explain(node)
     assert sorted(folder.glob("*-info.jsonl")) == before
     assert CacheDict(folder).keys() == ["result"]  # a read of the cache frees it
     assert len(list(folder.glob("*-info.jsonl"))) == 1

@@ -12,6 +12,7 @@ import json
 import typing as tp
 
 from ..storage import gcpause
+from ..storage.cachedict import keeping_files
 from . import store
 from .decisions import (
     OTHER_DEFAULTS,
@@ -78,7 +79,7 @@ class Plan:
     ``plan.to_dict()`` is JSON-able, ``plan.to_mermaid()`` is a picture source."""
 
     def __init__(self, targets: tp.Sequence[Node]) -> None:
-        with gcpause.paused():
+        with gcpause.paused(), keeping_files():  # (a dry run: reads only)
             self.graph = Graph(targets)
             self._by_uid: dict[str, Node] | None = None
             self._stale: set[Key] = set()  # stale nodes seen so far (topological order)

@@ -16,7 +16,7 @@ from ..graph.node import Node
 from ..graph.planning import Plan, PlanEntry
 from ..infra.task import INPUTS_FILE
 from ..infra.uidfolder import FULL_UID_FILE, read_yaml
-from ..storage.cachedict import inspecting_view
+from ..storage.cachedict import inspecting_view, keeping_files
 from .inspect import input_folders
 
 _MISSING: tp.Any = "<absent>"
@@ -128,13 +128,14 @@ def _has_results(folder: Path) -> bool:
 
 def explain(*targets: Node, plan: Plan | None = None) -> list[Explanation]:
     """Explanations for every node of the targets' graph that is not simply reused."""
-    plan = plan or Plan(list(targets))
-    runs = {r.node.uid: r for r in plan.graph.runs.values()}
-    out = []
-    for entry in plan.entries:
-        if entry.action in ("reuse", "skip") and entry.status != "stale":
-            continue
-        out.append(_explain_entry(entry, runs[entry.uid]))
+    with keeping_files():  # (reads only)
+        plan = plan or Plan(list(targets))
+        runs = {r.node.uid: r for r in plan.graph.runs.values()}
+        out = []
+        for entry in plan.entries:
+            if entry.action in ("reuse", "skip") and entry.status != "stale":
+                continue
+            out.append(_explain_entry(entry, runs[entry.uid]))
     return out
 
 

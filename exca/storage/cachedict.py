@@ -8,6 +8,7 @@ need no lock. Reads are incremental. A key is any string; it never becomes a pat
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import itertools
 import logging
 import operator
@@ -230,8 +231,10 @@ class CacheDict(tp.Generic[X]):
             reader.refresh()
             self._read_once = True
             if (
-                reader.emptied or (reader.deferred and _monotonic() >= reader.deferred_until)
-            ) and self._frees_files:
+                (reader.emptied or (reader.deferred and _monotonic() >= reader.deferred_until))
+                and self._frees_files
+                and not _KEEPING_FILES.get()
+            ):
                 self._free_lifeless_files()
 
     def _free_lifeless_files(self, deleter: bool = False) -> None:
@@ -958,6 +961,23 @@ class CacheDict(tp.Generic[X]):
 
 
 CacheDictWriter = CacheDict  # legacy name
+
+
+# set inside dry runs (plans, explanations): reads there free nothing (see keeping_files)
+_KEEPING_FILES: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "exca_keeping_files", default=False
+)
+
+
+@contextlib.contextmanager
+def keeping_files() -> tp.Iterator[None]:
+    """Reads of any cache in this block (this thread) free no file of an ended writer: a
+    dry run only reads. What they would have freed is freed by the next read outside."""
+    token = _KEEPING_FILES.set(True)
+    try:
+        yield
+    finally:
+        _KEEPING_FILES.reset(token)
 
 
 def inspecting_view(folder: Path | str) -> CacheDict[tp.Any]:
