@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typing as tp
 
-from ..storage.formats import CachedError, ComputationError
+from ..storage.cachederror import CachedError, ComputationError
 
 
 class JobFailedError(RuntimeError):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import typing as tp
 
+from ..storage.cachederror import CachedError
 from ..storage.cachedict import CacheDict
-from ..storage.formats import CachedError
 from ..storage.index import Entry
 from .errors import raise_from
 from .node import TASK_KEY, Node

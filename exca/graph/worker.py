@@ -17,9 +17,9 @@ import threading
 import time
 import typing as tp
 
+from ..storage.cachederror import CachedError
 from ..storage.cachedict import CacheDict
 from ..storage.claims import Claim, Claims, Owner
-from ..storage.formats import CachedError
 from ..storage.modules import imported
 from . import registry, store
 from .node import TASK_KEY, Group, Node, Value

@@ -29,7 +29,7 @@ from ..infra.uidfolder import UID_FILE
 from ..storage import process
 from ..storage.cachedict import CacheDict, inspecting_view
 from ..storage.claims import CLAIMS_DIR, Claims
-from ..storage.formats import DATA_DIR
+from ..storage.dumping import DATA_DIR
 from ..storage.index import (
     _OUR_INDEX_NAME,
     FORMER_PLACES,

@@ -30,7 +30,7 @@ from .formats import (
     CachedError,
     DumpContext,
     DumpOptions,
-    _load_inline,
+    load_inline,
     load_memmap_runs,
 )
 from .index import (
@@ -467,7 +467,7 @@ class CacheDict(tp.Generic[X]):
         try:
             info = entry[2]
             if _inline(info) and not self.options.replace:
-                value: X = _load_inline(None, info)  # type: ignore[arg-type]  # (no file: no context)
+                value: X = load_inline(None, info)  # type: ignore[arg-type]  # (no file: no context)
             else:
                 value = self._loader.load(info)  # type: ignore[union-attr]
         except FileNotFoundError as error:

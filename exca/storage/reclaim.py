@@ -27,7 +27,7 @@ from pathlib import Path
 from . import process
 from .claims import CLAIMS_DIR, LOCK_STALE_S
 from .claims import LOCK_NAME as COMPACTION_LOCK
-from .formats import DATA_DIR
+from .dumping import DATA_DIR
 from .index import (
     _OUR_INDEX_NAME,
     IDLE_CHECK_SECONDS,

@@ -1,0 +1,351 @@
+"""The numpy formats: arrays appended to the writer's shared data file and read back as
+memory-mapped views (MemmapArray, the default for arrays), one ``.npy`` file per entry
+(NumpyArray), numpy scalars inline (NumpyScalar)."""
+
+from __future__ import annotations
+
+import base64
+import math
+import os
+import pickle
+import typing as tp
+
+import orjson
+
+from .dumping import FAST_LOADERS, DumpContext, delete_file, dumps_pickle
+from .files import finish_write
+from .modules import imported
+from .sharedfile import ALIGNMENT, BUFFER_FLUSH_BYTES
+
+_DTYPE_STR: dict[tp.Any, str] = {}
+# One shared tuple per array shape in index records. A record (dict) holding only atomic
+# values and tuples the GC already untracked is not tracked itself: then 10k cached
+# entries cost the cyclic GC nothing (a fresh shape tuple per record made each record,
+# and its entry tuple, long-lived tracked objects: ~1/3 of the time of `cd[k] = v`).
+_SHAPES: dict[tuple[int, ...], tuple[int, ...]] = {}
+
+
+def _shared_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    found = _SHAPES.get(shape)
+    if found is None:
+        if len(_SHAPES) >= 10_000:
+            _SHAPES.clear()
+        found = _SHAPES[shape] = shape
+    return found
+
+
+_NP: tp.Any = None
+
+
+def _numpy() -> tp.Any:
+    global _NP
+    import numpy
+
+    _NP = numpy
+    return numpy
+
+
+@DumpContext.register(default_for="numpy.ndarray")
+class MemmapArray:
+    """Arrays appended to the writer's shared ``.data`` file; read back as read-only views."""
+
+    @classmethod
+    def __dump_info__(cls, ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
+        np = _NP or _numpy()
+        array = value
+        if type(array) is not np.ndarray or not array.flags.c_contiguous:
+            if type(array) is not np.ndarray:
+                _refuse_non_array(value, "MemmapArray")
+            array = np.ascontiguousarray(value).reshape(np.shape(value))
+        dtype = array.dtype
+        dtype_str = _DTYPE_STR.get(dtype)
+        if dtype_str is None:
+            if dtype.hasobject:
+                raise TypeError(
+                    f"Cannot store an object array (dtype {dtype}) as MemmapArray: "
+                    "use cache_type='Pickle'"
+                )
+            dtype_str = _DTYPE_STR[dtype] = _dtype_code(dtype)
+        shared = ctx._shared.get(".data") or ctx.shared_file(".data")
+        offset = shared.append_array(array, ALIGNMENT)
+        shape = array.shape
+        shape = _SHAPES.get(shape) or _shared_shape(shape)
+        return {"f": shared.name, "o": offset, "d": dtype_str, "s": shape}
+
+    @staticmethod
+    def entry(ctx: DumpContext, key: str, name: str, array: tp.Any) -> dict[str, tp.Any] | None:
+        """The whole index record of one array, written now, in one call: for the common
+        case (a C-contiguous ndarray of a known dtype, the data file open, not batching,
+        its end aligned), else None (``__dump_info__`` handles everything)."""
+        shared = ctx._shared.get(".data")
+        if (
+            shared is None
+            or shared.pending is not None
+            or type(array) is not (_NP or _numpy()).ndarray
+            or not array.flags.c_contiguous
+        ):
+            return None
+        dtype_str = _DTYPE_STR.get(array.dtype)
+        shape = array.shape
+        offset = shared.size
+        if dtype_str is None or not shape or offset % ALIGNMENT:
+            return None
+        nbytes = array.nbytes
+        try:
+            written = os.write(shared.fd, array)
+            if written != nbytes:  # (a signal, or an array over ~2 GiB)
+                finish_write(shared.fd, [array], written)
+        except BaseException:
+            shared.resync()
+            raise
+        shared.size = offset + nbytes
+        shape = _SHAPES.get(shape) or _shared_shape(shape)
+        return {
+            "#key": key,
+            "#type": name,
+            "f": shared.name,
+            "o": offset,
+            "d": dtype_str,
+            "s": shape,
+        }
+
+    @classmethod
+    def __dump_many__(cls, ctx: DumpContext, values: list[tp.Any]) -> list[dict[str, tp.Any]]:
+        """The same as one ``__dump_info__`` per value, with less per-value overhead."""
+        np = _NP or _numpy()
+        shared = ctx._shared.get(".data") or ctx.shared_file(".data")
+        name = shared.name
+        append = shared.append_array
+        ndarray = np.ndarray
+        out = []
+        pending = shared.pending
+        for value in values:
+            array = value
+            if type(array) is not ndarray or not array.flags.c_contiguous:
+                if type(value) is not ndarray:
+                    _refuse_non_array(value, "MemmapArray")  # (as one by one)
+                array = np.ascontiguousarray(value).reshape(np.shape(value))
+            dtype = array.dtype
+            dtype_str = _DTYPE_STR.get(dtype)
+            if dtype_str is None:
+                out.append(cls.__dump_info__(ctx, array))  # checks object dtypes
+                pending = shared.pending
+                continue
+            nbytes = array.nbytes
+            if (
+                pending is not None
+                and array.ndim
+                and not shared.size % ALIGNMENT
+                and shared.pending_bytes + nbytes <= BUFFER_FLUSH_BYTES
+            ):  # the common case of append_array, inlined: queue it, aligned already
+                offset = shared.size
+                pending.append(array)
+                shared.size += nbytes
+                shared.pending_bytes += nbytes
+            else:
+                offset = append(array, ALIGNMENT)
+                pending = shared.pending
+            shape = array.shape
+            shape = _SHAPES.get(shape) or _shared_shape(shape)
+            out.append({"f": name, "o": offset, "d": dtype_str, "s": shape})
+        return out
+
+    @classmethod
+    def __load_from_info__(cls, ctx: DumpContext, f: str, o: int, d: str, s: list[int]) -> tp.Any:
+        return load_memmap(ctx, {"f": f, "o": o, "d": d, "s": s})
+
+
+_DTYPES: dict[str, tp.Any] = {}
+
+
+def _dtype_code(dtype: tp.Any) -> str:
+    """How an index record names a dtype: ``dtype.str`` ("<f4"), or for a structured
+    dtype the JSON text of its ``.npy`` description (its ``str`` is only "|V12")."""
+    if dtype.fields is None and dtype.subdtype is None:
+        return str(dtype.str)
+    from numpy.lib import format as npy_format
+
+    return orjson.dumps(npy_format.dtype_to_descr(dtype)).decode("utf8")
+
+
+def _dtype_of(code: str) -> tp.Any:
+    np = _NP or _numpy()
+    if code.startswith("["):
+        from numpy.lib import format as npy_format
+
+        dtype = npy_format.descr_to_dtype(_descr_from_json(orjson.loads(code)))
+    else:
+        dtype = np.dtype(code)
+    _DTYPES[code] = dtype
+    return dtype
+
+
+def _descr_from_json(descr: tp.Any) -> tp.Any:
+    """A ``.npy`` dtype description back from JSON (which made its tuples lists)."""
+    if not isinstance(descr, list):
+        return descr
+    out = []
+    for name, fmt, *shape in descr:
+        name = tuple(name) if isinstance(name, list) else name
+        out.append((name, _descr_from_json(fmt), *(tuple(dims) for dims in shape)))
+    return out
+
+
+def _refuse_masked(value: tp.Any, name: str) -> None:
+    if type(value).__module__.startswith("numpy.ma"):
+        raise TypeError(
+            f"Cannot store a masked array as {name}: its mask would be lost; use "
+            "cache_type='Pickle' (or leave cache_type unset: masked arrays are pickled)"
+        )
+
+
+def _refuse_non_array(value: tp.Any, name: str) -> None:
+    """Array formats store numpy arrays (and np.memmap) only: anything else would come
+    back as a plain array (5 as a 0-d array, [1, "a"] as strings, a str Enum cut to its
+    first characters, a matrix or a namedtuple as an ndarray) instead of itself."""
+    np = _NP or _numpy()
+    kind = type(value)
+    if kind is np.ndarray or isinstance(value, np.memmap):
+        return
+    _refuse_masked(value, name)
+    if isinstance(value, np.ndarray):
+        use = "Pickle"  # (an ndarray subclass: what it adds would be lost)
+    elif isinstance(value, np.generic):
+        use = "NumpyScalar"
+    else:
+        use = DumpContext.default_name(kind)
+    what = kind.__qualname__
+    if kind.__module__ != "builtins":
+        what = f"{kind.__module__}.{what}"
+    raise TypeError(
+        f"cache_type {name!r} stores numpy arrays, got {what}"
+        f" (it would read back as a plain numpy array): use cache_type={use!r} (or leave "
+        "cache_type unset), or convert the value yourself (np.asarray(value))"
+    )
+
+
+def load_memmap(ctx: DumpContext, info: dict[str, tp.Any]) -> tp.Any:
+    np = _NP or _numpy()
+    code = info["d"]
+    dtype = _DTYPES.get(code)
+    if dtype is None:
+        dtype = _dtype_of(code)
+    shape = info["s"]
+    count = math.prod(shape)
+    if count == 0:
+        return np.zeros(shape, dtype=dtype)
+    offset = info["o"]
+    mapped = ctx.memmap(info["f"], offset + count * dtype.itemsize)
+    return np.frombuffer(mapped, dtype, count, offset).reshape(shape)
+
+
+def load_memmap_runs(ctx: DumpContext, infos: list[dict[str, tp.Any]]) -> list[tp.Any]:
+    """Arrays of many MemmapArray records: runs of equal dtype and shape at a regular
+    stride in one file come from one strided view (one array object per item, no per-item
+    ``frombuffer``); anything else is loaded one by one."""
+    np = _NP or _numpy()
+    out: list[tp.Any] = []
+    count = len(infos)
+    start = 0
+    while start < count:
+        first = infos[start]
+        file, shape, code, offset = first["f"], first["s"], first["d"], first["o"]
+        stop = start + 1
+        if stop < count:
+            step = infos[stop]["o"] - offset
+            while (
+                stop < count
+                and infos[stop]["o"] == offset + (stop - start) * step
+                and infos[stop]["f"] == file
+                and infos[stop]["d"] == code
+                and infos[stop]["s"] == shape
+            ):
+                stop += 1
+        dtype = _DTYPES.get(code)
+        if dtype is None:
+            dtype = _dtype_of(code)
+        size = math.prod(shape) * dtype.itemsize
+        # (0-d arrays one by one: items of a strided view would be numpy scalars)
+        if stop - start < 3 or size == 0 or step < size or not shape:
+            out.append(load_memmap(ctx, first))
+            start += 1
+            continue
+        mapped = ctx.memmap(file, offset + step * (stop - start - 1) + size)
+        strides = (step, *_c_strides(shape, dtype.itemsize))
+        view = np.ndarray((stop - start, *shape), dtype, mapped, offset, strides)
+        out.extend(view)
+        start = stop
+    return out
+
+
+def _c_strides(shape: list[int], itemsize: int) -> list[int]:
+    strides = []
+    running = itemsize
+    for dim in reversed(shape):
+        strides.append(running)
+        running *= dim
+    return strides[::-1]
+
+
+DumpContext.FAST_DUMPER = MemmapArray
+FAST_LOADERS["MemmapArray"] = load_memmap
+
+
+@DumpContext.register
+class NumpyArray:
+    """One ``.npy`` file per entry, read back fully into memory."""
+
+    @classmethod
+    def __dump_info__(cls, ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
+        import numpy as np
+
+        if type(value) is not np.ndarray:
+            _refuse_non_array(value, "NumpyArray")
+        array = np.asarray(value)
+        if array.dtype.hasobject:  # np.save would pickle it, and np.load refuse to read it
+            raise TypeError(
+                f"Cannot store an object array (dtype {array.dtype}) as NumpyArray: "
+                "use cache_type='Pickle'"
+            )
+        name = ctx.write_key_file(".npy", lambda handle: np.save(handle, array))
+        return {"filename": name}
+
+    @classmethod
+    def __load_from_info__(cls, ctx: DumpContext, filename: str) -> tp.Any:
+        import numpy as np
+
+        return np.load(ctx.folder / filename, allow_pickle=False)
+
+    @classmethod
+    def __delete_info__(cls, ctx: DumpContext, filename: str) -> None:
+        delete_file(ctx, filename)
+
+
+@DumpContext.register(default_for="numpy.generic")
+class NumpyScalar:
+    """A numpy scalar (the numpy.float64 of a mean...) in the index line: its dtype and
+    bytes, read back as the same numpy type (not a file per value, not a python float)."""
+
+    @classmethod
+    def __dump_info__(cls, ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
+        np = imported("numpy")
+        if np is None or not isinstance(value, np.generic):
+            # (an array would be stored as its first element; a python float has no dtype)
+            raise TypeError(
+                f"cache_type 'NumpyScalar' stores numpy scalars (np.float64(1.5)...), got "
+                f"{type(value).__name__}: convert it (np.float64(x)) or use another cache_type"
+            )
+        dtype = value.dtype
+        if dtype.hasobject or dtype.fields is not None or dtype.kind in "SUV":
+            return {"p": base64.b64encode(dumps_pickle(value)).decode("ascii")}
+        return {"d": dtype.str, "b": base64.b64encode(value.tobytes()).decode("ascii")}
+
+    @classmethod
+    def __load_from_info__(
+        cls, ctx: DumpContext, d: str = "", b: str = "", p: str | None = None
+    ) -> tp.Any:
+        if p is not None:
+            return pickle.loads(base64.b64decode(p))
+        import numpy as np
+
+        return np.frombuffer(base64.b64decode(b), dtype=np.dtype(d))[0]

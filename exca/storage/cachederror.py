@@ -1,0 +1,89 @@
+"""Errors stored in a cache (a failed task or map item): type, message, traceback, and
+the exception itself when it pickles, re-raised with its original type."""
+
+from __future__ import annotations
+
+import base64
+import traceback
+import typing as tp
+
+from .dumping import DumpContext
+
+
+class ComputationError(RuntimeError):
+    """A cached error whose original exception type could not be restored."""
+
+
+class CachedError:
+    """An exception stored in a cache: type, message, traceback, and the exception itself
+    when it pickles (so it can be re-raised with its original type)."""
+
+    def __init__(
+        self,
+        type_name: str,
+        message: str,
+        traceback_text: str,
+        exception: BaseException | None = None,
+    ) -> None:
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+        self.exception = exception
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> CachedError:
+        kind = type(exc)
+        text = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
+        return cls(f"{kind.__module__}.{kind.__qualname__}", str(exc), text, exc)
+
+    def __repr__(self) -> str:
+        return f"CachedError({self.type_name}: {self.message})"
+
+    def to_exception(self, where: str) -> BaseException:
+        """The exception to raise for this cached error: the original type when it could be
+        restored, with where it happened and its original traceback attached as a note."""
+        import copy
+
+        note = (
+            f"exca: cached error of {where} (mode='retry' computes it again); original "
+            f"traceback:\n{self.traceback_text}"
+        )
+        if self.exception is not None:
+            try:
+                exc = copy.copy(self.exception)
+            except Exception:
+                exc = self.exception
+            exc.__notes__ = [note]
+            return exc
+        error = ComputationError(f"{self.type_name}: {self.message}")
+        error.add_note(note)
+        return error
+
+    def __dump_info__(self, ctx: DumpContext) -> dict[str, tp.Any]:
+        info: dict[str, tp.Any] = {
+            "t": self.type_name,
+            "m": self.message[:20_000],
+            "tb": self.traceback_text[-50_000:],
+        }
+        if self.exception is not None:
+            from . import exceptions
+
+            data = exceptions.dumps(self.exception)
+            if data is not None:
+                info["p"] = base64.b64encode(data).decode("ascii")
+        return info
+
+    @classmethod
+    def __load_from_info__(
+        cls, ctx: DumpContext, t: str, m: str, tb: str, p: str | None = None
+    ) -> CachedError:
+        exception = None
+        if p is not None:
+            from . import exceptions
+
+            exception = exceptions.loads(base64.b64decode(p))
+        return cls(t, m, tb, exception)
+
+
+DumpContext.register(CachedError, name="Error")
+DumpContext.DEFAULTS[CachedError] = "Error"

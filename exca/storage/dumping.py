@@ -1,0 +1,484 @@
+"""The dump context: what a format sees while writing or reading one cache folder (the
+registry of formats, the dispatch of a value to its format, per-entry and shared payload
+files, memory maps).
+
+A format ("handler") is a class registered on ``DumpContext`` with
+``__dump_info__(ctx, value) -> dict`` (write the payload, return what is needed to read
+it back; small values can live in that dict, i.e. inline in the index line) and
+``__load_from_info__(ctx, **info) -> value``; ``__delete_info__(ctx, **info)`` removes
+payload files owned by one entry. Loading always dispatches on the stored ``#type``.
+The built-in formats are in formats.py (arrays.py for numpy), cached errors in
+cachederror.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import pickle
+import sys
+import threading
+import typing as tp
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+
+from .files import chmod, make_folder
+from .sharedfile import SharedFile
+
+MEMMAP_ARRAY_FILE_MAX_CACHE = 1024  # memory maps kept open per reader
+DATA_DIR = "data"
+# loaders that read an index record directly (no keyword unpacking): the hot read paths
+# (filled by the modules of the built-in formats)
+FAST_LOADERS: dict[str, tp.Callable[[DumpContext, dict[str, tp.Any]], tp.Any]] = {}
+
+
+def key_file_stem(key: str) -> str:
+    """A file-name stem for a key: safe characters only, never a path, unique by digest."""
+    digest = hashlib.md5(key.encode("utf8")).hexdigest()[:8]
+    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "-_=,.") else "-" for c in key)
+    cleaned = cleaned.lstrip(".-") or "key"
+    if len(cleaned) > 80:
+        cleaned = cleaned[:40] + "..." + cleaned[-40:]
+    return f"{cleaned}-{digest}"
+
+
+class DumpOptions:
+    """Options of a context: ``replace`` remaps handler names on dump and load."""
+
+    def __init__(self, replace: dict[str, str] | None = None) -> None:
+        self.replace = dict(replace or {})
+
+
+class DumpInfo(tp.TypedDict, total=False):
+    """What an index line holds besides the key: the handler name and its own fields."""
+
+
+class DumpContext:
+    """What a format sees while writing or reading one cache folder."""
+
+    HANDLERS: tp.ClassVar[dict[str, tp.Any]] = {}
+    DEFAULTS: tp.ClassVar[dict[tp.Any, str]] = {}  # type or "module.QualName" -> handler name
+    ALIASES: tp.ClassVar[dict[str, str]] = {}
+    # the format with an ``entry(ctx, key, name, value)`` fast path (arrays.MemmapArray):
+    # ``info`` or None to go the general way
+    FAST_DUMPER: tp.ClassVar[tp.Any] = None
+
+    def __init__(
+        self,
+        folder: Path | str,
+        key: str | None = None,
+        options: DumpOptions | None = None,
+        permissions: int | None = 0o777,
+        session_name: str | None = None,
+    ) -> None:
+        self.folder = Path(folder)
+        self.key = key
+        self.options = options or DumpOptions()
+        self.permissions = permissions
+        self.session_name = session_name
+        self._shared: dict[str, SharedFile] = {}
+        self._made_shared: set[str] = set()  # shared files this session created
+        self._memo: dict[str, tp.Any] = {}
+        self._maps: OrderedDict[str, mmap.mmap] = OrderedDict()
+        self._lock = threading.Lock()
+        self._dispatch_memo: dict[tuple[type, str | None], tuple[str, tp.Any, bool]] = {}
+        self._by_type: dict[type, tuple[str, tp.Any, bool]] = {}  # (cache_type None: hot path)
+        self.batching = False
+        self._key_files = 0  # per-entry files named so far (see key_path)
+        # per-entry files named for the current entry (or batch): removed if it fails
+        self.made: list[Path] = []
+
+    # --- registry --------------------------------------------------------------------------
+    @classmethod
+    def register(
+        cls, handler: tp.Any = None, *, default_for: tp.Any = None, name: str | None = None
+    ) -> tp.Any:
+        """Register a format class (usable as ``@register`` or ``@register(default_for=T)``)."""
+
+        def decorate(klass: tp.Any) -> tp.Any:
+            key = name or klass.__name__
+            for attr in ("__dump_info__", "__load_from_info__"):
+                if not hasattr(klass, attr):
+                    raise TypeError(f"Format {key} must define {attr}")
+            existing = cls.HANDLERS.get(key)
+            redefined = existing is not None and (existing.__module__, existing.__qualname__) == (
+                klass.__module__,
+                klass.__qualname__,
+            )  # the same class defined again (a re-run notebook cell): replace it
+            if existing is not None and existing is not klass and not redefined:
+                raise ValueError(
+                    f"A format named {key!r} is already registered ({existing!r}): "
+                    "rename the class or pass name=..."
+                )
+            cls.HANDLERS[key] = klass
+            if default_for is not None:
+                targets = default_for if isinstance(default_for, tuple) else (default_for,)
+                for target in targets:
+                    cls.DEFAULTS[target] = key
+            return klass
+
+        if handler is not None:
+            return decorate(handler)
+        return decorate
+
+    @classmethod
+    def handler(cls, name: str) -> tp.Any:
+        name = cls.ALIASES.get(name, name)
+        try:
+            return cls.HANDLERS[name]
+        except KeyError:
+            known = ", ".join(sorted(cls.HANDLERS))
+            raise ValueError(f"Unknown cache_type {name!r}; known formats: {known}") from None
+
+    @classmethod
+    def default_name(cls, kind: type) -> str:
+        """Name of the default format of a value type ("Auto" when none is registered)."""
+        name = cls.DEFAULTS.get(kind)
+        if name is not None:
+            return name
+        for base in kind.__mro__:
+            name = cls.DEFAULTS.get(base) or cls.DEFAULTS.get(
+                f"{base.__module__}.{base.__qualname__}"
+            )
+            if name == "MemmapArray" and base is not kind and kind.__name__ != "memmap":
+                name = "Pickle"  # an ndarray subclass (masked array...) keeps what it adds
+            elif name == "Text" and base is not kind:
+                name = "Pickle"  # a str subclass (a str Enum...) would come back a plain str
+            if name is not None:
+                cls.DEFAULTS[kind] = name  # memoize the resolution of lazy names
+                return name
+        if hasattr(kind, "__dump_info__") and hasattr(kind, "__load_from_info__"):
+            # named by module and qualified name: two classes of one name stay apart, and
+            # a reading process finds the class from the name alone
+            name = f"{kind.__module__}.{kind.__qualname__}"
+            cls.register(kind, name=name)
+            cls.ALIASES.setdefault(kind.__name__, name)  # (entries of older versions)
+            cls.DEFAULTS[kind] = name
+            return name
+        return "Auto"
+
+    @classmethod
+    def _find_self_dumping(cls, name: str) -> bool:
+        """Register the class a ``module.Class`` format name designates, if it dumps
+        itself (a process reading values it never wrote)."""
+        import importlib
+
+        parts = name.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            module_name = ".".join(parts[:cut])
+            try:
+                found: tp.Any = sys.modules.get(module_name) or importlib.import_module(module_name)
+                for part in parts[cut:]:
+                    found = getattr(found, part)
+            except (ImportError, AttributeError):
+                continue
+            if (
+                isinstance(found, type)
+                and hasattr(found, "__dump_info__")
+                and hasattr(found, "__load_from_info__")
+                and _dumps_itself(found)
+            ):
+                cls.register(found, name=name)
+                cls.DEFAULTS.setdefault(found, name)
+                return True
+        return False
+
+    # --- dump / load ---------------------------------------------------------------------
+    def _dispatch(self, kind: type, cache_type: str | None) -> tuple[str, tp.Any, bool]:
+        """(stored name, handler, values dump themselves) for a value type: memoized."""
+        found = self._dispatch_memo.get((kind, cache_type))
+        if found is None:
+            if cache_type is not None and hasattr(kind, "__dump_info__"):
+                cache_type = None  # values that describe themselves keep their own format
+            name = cache_type or self.DEFAULTS.get(kind) or self.default_name(kind)
+            name = self.options.replace.get(name, name)
+            name = self.ALIASES.get(name, name)
+            handler = self.handler(name)
+            itself = _dumps_itself(handler)
+            if itself and not issubclass(kind, handler):
+                raise TypeError(
+                    f"cache_type {name!r} stores {handler.__qualname__} values only (they write "
+                    f"themselves), got {kind.__qualname__}: use another cache_type (or leave "
+                    "it unset)"
+                )
+            found = (name, handler, itself)
+            self._dispatch_memo[(kind, cache_type)] = found
+            if cache_type is None:
+                self._by_type[kind] = found
+        return found
+
+    def dump(self, value: tp.Any, cache_type: str | None = None) -> dict[str, tp.Any]:
+        """Write a value; return its info dict (with ``#type``), e.g. for nested values."""
+        name, handler, itself = self._dispatch(type(value), cache_type)
+        out = value.__dump_info__(self) if itself else handler.__dump_info__(self, value)
+        if "#key" in out or "#type" in out:
+            raise ValueError(f"Format {name} returned reserved keys #key/#type in {out}")
+        _check_fields(name, out)
+        info = {"#type": name}
+        info.update(out)
+        return info
+
+    def dump_entry(self, key: str, value: tp.Any, cache_type: str | None) -> dict[str, tp.Any]:
+        """Write the payload of an entry; return its index record (``#key``, ``#type``, ...)."""
+        self.key = key
+        kind = type(value)
+        found = self._by_type.get(kind) if cache_type is None else None
+        name, handler, itself = found or self._dispatch(kind, cache_type)
+        if handler is self.FAST_DUMPER:  # the hot path of `cd[key] = array`
+            info = handler.entry(self, key, name, value)
+            if info is not None:
+                return info
+        made = self.made
+        if made and not self.batching:
+            made.clear()  # (the files of the previous entry: it is written)
+        try:
+            out = value.__dump_info__(self) if itself else handler.__dump_info__(self, value)
+            info = {"#key": key, "#type": name, **out}
+            if len(info) != len(out) + 2:  # (cheaper than looking the two up in out)
+                raise ValueError(f"Format {name} returned reserved keys #key/#type in {out}")
+            if "" in out:
+                _check_fields(name, out)
+        except BaseException:
+            if not self.batching:  # (a batch removes its files itself)
+                self.discard_files()
+            raise
+        return info
+
+    def dump_entries(
+        self, pairs: list[tuple[str, tp.Any]], cache_type: str | None
+    ) -> list[dict[str, tp.Any]]:
+        """Index records of many entries; runs of values of one format that can dump many
+        at once (``__dump_many__``) are dumped together."""
+        out: list[dict[str, tp.Any]] = []
+        start = 0
+        while start < len(pairs):
+            kind = type(pairs[start][1])
+            name, handler, itself = self._dispatch(kind, cache_type)
+            many = None if itself else getattr(handler, "__dump_many__", None)
+            if many is None:
+                key, value = pairs[start]
+                out.append(self.dump_entry(key, value, cache_type))
+                start += 1
+                continue
+            stop = start + 1
+            while stop < len(pairs) and type(pairs[stop][1]) is kind:
+                stop += 1
+            run = pairs[start:stop]
+            for (key, _), fields in zip(run, many(self, [v for _, v in run])):
+                out.append({"#key": key, "#type": name, **fields})
+            start = stop
+        return out
+
+    def discard_files(self) -> None:
+        """Remove the per-entry files named for an entry (or a batch) that failed: no index
+        line will name them."""
+        for path in self.made:
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+            except OSError:  # (a directory written by a format...)
+                import shutil
+
+                shutil.rmtree(path, ignore_errors=True)
+        self.made.clear()
+
+    def load(self, info: dict[str, tp.Any]) -> tp.Any:
+        """Read a value back from its index record (dispatching on the stored ``#type``)."""
+        name = info["#type"]
+        if not self.options.replace:
+            fast = FAST_LOADERS.get(name)
+            if fast is not None:
+                return fast(self, info)
+        name = self.options.replace.get(name, name)
+        if (
+            name not in self.HANDLERS
+            and self.ALIASES.get(name, name) not in self.HANDLERS
+            and not ("." in name and self._find_self_dumping(name))
+        ):
+            raise ValueError(
+                f"Entry {info.get('#key')!r} was written with the format {name!r}, which is "
+                "not registered in this process: import the module that registers it "
+                f"(known formats: {', '.join(sorted(self.HANDLERS))})"
+            )
+        handler = self.handler(name)
+        fields = {k: v for k, v in info.items() if k[0] != "#"}
+        return handler.__load_from_info__(self, **fields)
+
+    def delete(self, info: dict[str, tp.Any]) -> None:
+        name = info["#type"]
+        if (
+            name not in self.HANDLERS
+            and self.ALIASES.get(name, name) not in self.HANDLERS
+            and not ("." in name and self._find_self_dumping(name))
+        ):
+            # (the entry is deleted; its payload files, if any, are left to `clean orphans`)
+            warnings.warn(
+                f"Deleted entry {info.get('#key')!r} of format {name!r}, not registered in "
+                "this process: its payload files (if any) are left in data/",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return
+        handler = self.handler(name)
+        deleter = getattr(handler, "__delete_info__", None)
+        if deleter is not None:
+            deleter(self, **{k: v for k, v in info.items() if k[0] != "#"})
+
+    # --- payload files ---------------------------------------------------------------------
+    def key_path(self, suffix: str) -> Path:
+        """A path owned by the current key (``data/<key stem><suffix>``)."""
+        if self.key is None:
+            raise RuntimeError("key_path needs a key: only available while dumping an entry")
+        folder = self.folder / DATA_DIR
+        if not folder.exists():
+            make_folder(folder, self.permissions)
+        # the writer's session and a count in the name: a file is never reused, so a stale
+        # deleter (an entry deleted and written again since it read the index) can only
+        # remove the file of the entry it deletes
+        session = (self.session_name or "").rsplit("-", 1)[-1]
+        self._key_files += 1
+        unique = f"-{session}{self._key_files:x}" if session else ""
+        path = folder / (key_file_stem(self.key) + unique + suffix)
+        self.made.append(path)
+        return path
+
+    def write_key_file(self, suffix: str, writer: tp.Callable[[tp.IO[bytes]], None]) -> str:
+        """Write a per-entry file atomically (temporary name, then rename); return its name."""
+        path = self.key_path(suffix)
+        tmp = path.with_name(f"save-tmp-{os.urandom(6).hex()}-{path.name}")
+        try:
+            with open(tmp, "wb") as handle:
+                writer(handle)
+            if self.permissions is not None:
+                chmod(tmp, self.permissions)
+            os.replace(tmp, path)
+        except BaseException:  # (a value the writer refused, a full disk: no leftover)
+            tmp.unlink(missing_ok=True)
+            raise
+        return f"{DATA_DIR}/{path.name}"
+
+    def shared_file(self, suffix: str) -> SharedFile:
+        """The current writer's append-only file with this suffix (``data/<session><suffix>``)."""
+        shared = self._shared.get(suffix)
+        if shared is None:
+            if self.session_name is None:
+                raise RuntimeError("shared_file is only available while writing")
+            name = f"{DATA_DIR}/{self.session_name}{suffix}"
+            shared = SharedFile(self.folder, name, self.permissions)
+            self._made_shared.add(name)
+            if self.batching:
+                shared.start_batch()
+            self._shared[suffix] = shared
+        return shared
+
+    def shared_files_there(self) -> bool:
+        """Whether the shared files this session made are all still there: one removed
+        since (a clean) must not be made again under its name, from offset 0, while
+        readers may hold a map of the old one (they would read the old bytes)."""
+        return all(os.path.exists(self.folder / name) for name in self._made_shared)
+
+    def close_shared(self) -> None:
+        for shared in self._shared.values():
+            shared.flush()
+            shared.close()
+        self._shared.clear()
+
+    def close_files(self) -> None:
+        """Close the shared files without writing what is queued (they were removed)."""
+        for shared in self._shared.values():
+            shared.pending = None
+            shared.close()
+        self._shared.clear()
+
+    def start_batch(self) -> None:
+        """Buffer shared-file payloads in memory until ``flush_batch``."""
+        self.made.clear()
+        self.batching = True
+        for shared in self._shared.values():
+            shared.start_batch()
+
+    def flush_batch(self) -> None:
+        self.batching = False
+        for shared in self._shared.values():
+            shared.flush()
+
+    def read_bytes(self, name: str, offset: int, length: int) -> bytes:
+        with open(self.folder / name, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read(length)
+        if len(data) != length:
+            raise OSError(
+                f"{self.folder / name} is shorter than its index says ({offset}+{length})"
+            )
+        return data
+
+    def memmap(self, name: str, end: int) -> mmap.mmap:
+        """A read-only map of a shared file covering at least ``end`` bytes."""
+        current = self._maps.get(name)
+        if current is not None and len(current) >= end:
+            return current
+        with self._lock:
+            current = self._maps.get(name)
+            if current is not None and len(current) >= end:
+                self._maps.move_to_end(name)
+                return current
+            with open(self.folder / name, "rb") as handle:
+                mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            if len(mapped) < end:
+                raise OSError(f"{self.folder / name} is shorter than its index says ({end})")
+            self._maps[name] = mapped  # older maps stay alive while arrays view them
+            if len(self._maps) > MEMMAP_ARRAY_FILE_MAX_CACHE:
+                self._maps.popitem(last=False)
+            return mapped
+
+    def cached(self, key: str, factory: tp.Callable[[], tp.Any]) -> tp.Any:
+        with self._lock:
+            if key not in self._memo:
+                self._memo[key] = factory()
+            return self._memo[key]
+
+    def invalidate(self, key: str) -> None:
+        with self._lock:
+            self._memo.pop(key, None)
+            self._maps.pop(key, None)
+
+
+def _check_fields(name: str, out: dict[str, tp.Any]) -> None:
+    if "" in out:  # (every read of the entry would fail)
+        raise ValueError(f"Format {name} returned a field with an empty name in {out!r:.200}")
+
+
+_SELF_DUMPING: dict[type, bool] = {}
+
+
+def _dumps_itself(klass: type) -> bool:
+    """True when ``__dump_info__`` is a plain method: values of the class dump themselves."""
+    known = _SELF_DUMPING.get(klass)
+    if known is None:
+        raw = next(
+            b.__dict__["__dump_info__"] for b in klass.__mro__ if "__dump_info__" in b.__dict__
+        )
+        known = _SELF_DUMPING[klass] = not isinstance(raw, classmethod | staticmethod)
+    return known
+
+
+def delete_file(ctx: DumpContext, name: str) -> None:
+    """Remove a payload file of the folder (gone already: nothing to do)."""
+    try:
+        os.remove(ctx.folder / name)
+    except FileNotFoundError:
+        pass
+
+
+def dumps_pickle(value: tp.Any) -> bytes:
+    """Pickle, falling back to cloudpickle for classes that cannot be found by name."""
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        import cloudpickle
+
+        data: bytes = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        return data
