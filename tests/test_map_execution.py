@@ -281,6 +281,33 @@ def test_a_call_waits_only_for_jobs_computing_its_items(tmp_path: Path) -> None:
     assert counts(tmp_path / "calls.txt") == {0: 1, 100: 1, 101: 1, 102: 1}
 
 
+@pytest.mark.timeout(120)
+def test_a_forced_call_waits_for_running_jobs_then_forces(tmp_path: Path) -> None:
+    """mode=force while a job of another call computes the same items (its outputs
+    predate the force): the forced call waits for it to end, then computes the items
+    again (it used to read that job's outputs: a force that recomputed nothing)."""
+    block = tmp_path / "block-flag"
+    block.touch()
+    first: list[tp.Any] = []
+    submitter = make(tmp_path, "local", block_flag=str(block))
+    thread = threading.Thread(target=lambda: first.append(list(submitter.process([0, 1]))))
+    thread.start()
+    deadline = time.time() + 60
+    while counts(tmp_path / "calls.txt")[0] == 0 and time.time() < deadline:
+        time.sleep(0.05)  # item 0 is being computed in its local job
+    forced = make(tmp_path, None, block_flag=str(block), infra={"mode": "force"})
+    plan = exca.graph.plan(forced.process.node([0, 1]))
+    assert plan.entries[0].action == "wait"
+    assert plan.entries[0].reason.endswith("then computed again once they end (mode force)")
+    release = threading.Timer(1.0, block.unlink)  # (once the forced call waits)
+    release.start()
+    assert list(forced.process([0, 1])) == [0, 10]
+    thread.join(timeout=60)
+    release.join()
+    assert first == [[0, 10]]
+    assert counts(tmp_path / "calls.txt") == {0: 2, 1: 2}
+
+
 class Pickled(pydantic.BaseModel):
     """item -> 10 * item, each output in a file of its own (not inline in the index)."""
 

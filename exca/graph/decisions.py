@@ -484,9 +484,13 @@ class Graph:
         todo = set(run.todo or ())
         # (jobs computing other items than the missing ones: nothing to wait for)
         active = [r for r in records if registry.is_active(r, queued) and registry.covers(r, todo)]
-        if active and not self._redone_upstream(run, ", ".join(r.job_id for r in active[:5])):
+        jobs = ", ".join(r.job_id for r in active[:5])
+        if active and not self._redone_upstream(run, jobs):
+            run.reason = f"running as job(s) {jobs}"
+            if run.action == "force" and run.node.pending_force:
+                # (their outputs predate this instance's force: see _redecide_items)
+                run.reason += ", then computed again once they end (mode force)"
             run.action = "wait"
-            run.reason = f"running as job(s) {', '.join(r.job_id for r in active[:5])}"
             run.handles = [executors.recorded_handle(r) for r in active]
 
     def _block_on_failures(self) -> None:

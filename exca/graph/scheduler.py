@@ -515,9 +515,12 @@ class Scheduler:
         )
 
     def _redecide_items(self, run: NodeRun) -> None:
-        """Decide again what a map still needs (requeued if anything)."""
+        """Decide again what a map still needs (requeued if anything): after someone
+        else's jobs, this instance's own mode=force still applies (their outputs
+        predate it)."""
         run.handles = []
-        self.graph.decide_items(run, store.map_item_uids(run.node), forced=False)
+        forced = run.node.pending_force
+        self.graph.decide_items(run, store.map_item_uids(run.node), forced=forced)
         if run.needs_work:
             run.state = "pending"
             self._requeued.append(run)
@@ -688,7 +691,7 @@ MAX_FOLLOW_UPS = 3  # resubmissions of one node a run follows before calling it 
 
 def _cache_error(node: Node, error: BaseException) -> None:
     """Remember that the job of a task failed (status 'failed'; mode retry recomputes)."""
-    from ..storage.formats import CachedError
+    from ..storage.cachederror import CachedError
 
     try:
         with node.cache.write():
