@@ -497,6 +497,29 @@ def test_array_inputs_are_hashed(env: Env) -> None:
     assert env.starts("arr") == 2
 
 
+def test_values_changed_after_the_node_was_built_do_not_change_it(env: Env) -> None:
+    """A node keeps a copy of its input values and map items: a list reused in a loop, or
+    an array filled again, changed after node() was the result of the new values cached
+    under the uid of the old ones (read back by any later call with the old values)."""
+    step = env.step("snap")
+    values, array, named = [1, 2], np.arange(3), {"x": [1]}
+    node = step.run.node(array, [values, named])
+    values.append(3)
+    array += 10
+    named["x"].append(2)
+    assert node.result() == "snap(array0-1-2,[[1, 2];{'x': [1]}])"
+    assert step.run(np.arange(3), [[1, 2], {"x": [1]}]) == node.result()  # (a hit)
+    assert env.starts("snap") == 1
+    square = env.square()
+    items = [1, 2]
+    mapped = square.apply.node(items)
+    total = env.step("total").run.node(mapped)
+    items.append(3)
+    assert total.result() == "total([1;4],None)"
+    assert list(square.apply([1, 2, 3])) == [1, 4, 9]  # (3 computed now: it was not before)
+    assert [e["item"] for e in events(env.log, "start") if "item" in e] == [1, 2, 3]
+
+
 def test_inputs_whose_uid_display_is_empty_are_different_inputs(env: Env) -> None:
     """A string of non-ASCII letters cleans to nothing in a uid display: its digest still
     tells it from the empty string and the empty list (they shared one result)."""

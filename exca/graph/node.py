@@ -17,6 +17,7 @@ import typing as tp
 from pathlib import Path
 
 from ..storage.cachedict import CacheDict
+from ..storage.modules import imported
 
 TASK_KEY = "result"  # the CacheDict key of a task node's result
 Mode = tp.Literal["cached", "retry", "force", "read-only"]
@@ -92,9 +93,14 @@ class Value:
     uid: str
 
     @classmethod
-    def of(cls, value: tp.Any) -> Value:
-        """Wrap a value; its uid comes from the uid format (arrays are hashed: md5 of bytes)."""
+    def of(cls, value: tp.Any, snapshot: bool = False) -> Value:
+        """Wrap a value; its uid comes from the uid format (arrays are hashed: md5 of bytes).
+        ``snapshot``: keep a copy of its lists, dicts, sets and arrays (a node built now and
+        run later: the caller may change them meanwhile, e.g. a list reused in a loop)."""
         from ..uidformat import to_uid
+
+        if snapshot:
+            value = _snapshot(value)
 
         try:
             uid = to_uid(value, empty="empty")  # ("λ", "", [] are different inputs)
@@ -117,6 +123,22 @@ class Value:
                 f"its type has no uid; {hint}"
             ) from None
         return cls(value, uid)
+
+
+def _snapshot(value: tp.Any) -> tp.Any:
+    """A copy of a value's mutable parts (lists, dicts, sets, numpy arrays; the rest of what
+    has a uid is immutable): what a node computes stays what its uid names."""
+    kind = type(value)
+    if kind is list or kind is tuple or kind is set or kind is frozenset:
+        return kind(_snapshot(v) for v in value)
+    if kind is dict:
+        return {k: _snapshot(v) for k, v in value.items()}
+    np = imported("numpy")
+    if np is not None and isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, list | tuple | dict | set):  # (subclasses: as deepcopy copies them)
+        return copy.deepcopy(value)
+    return value
 
 
 def _holds_node(value: tp.Any) -> bool:

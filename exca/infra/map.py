@@ -209,9 +209,12 @@ class BoundMap:
 
     def node(self, items: tp.Iterable[tp.Any] | Node) -> Node:
         """The graph node of this map over items (a list, or an upstream node producing the
-        list); nothing runs. It shares its per-item cache with eager calls."""
+        list); nothing runs. It shares its per-item cache with eager calls. It keeps a copy
+        of the list: adding or removing items afterwards does not change the node."""
         infra = tp.cast(MapInfra, self.method.infra_of(self.obj))
-        if not isinstance(items, Node | list | tuple):
+        if isinstance(items, list | tuple):
+            items = list(items)
+        elif not isinstance(items, Node):
             items = as_items(items, self.method.func.__qualname__)
         return infra._map_node(items)
 

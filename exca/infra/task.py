@@ -98,8 +98,11 @@ class TaskMethod(InfraMethod):
     def bound(self, obj: tp.Any) -> BoundTask:
         return BoundTask(self, obj)
 
-    def inputs(self, args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any]) -> tuple[Input, ...]:
-        """Named inputs of a call (nodes stay nodes, values get their uid)."""
+    def inputs(
+        self, args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any], snapshot: bool = False
+    ) -> tuple[Input, ...]:
+        """Named inputs of a call (nodes stay nodes, values get their uid; ``snapshot``:
+        values are copied, see ``Value.of``)."""
         try:
             bound = self.signature.bind(None, *args, **kwargs)
         except TypeError as e:
@@ -111,21 +114,21 @@ class TaskMethod(InfraMethod):
             if isinstance(value, Node):
                 out.append((name, value))
             elif isinstance(value, list | tuple) and any(isinstance(v, Node) for v in value):
-                group = tuple(v if isinstance(v, Node) else Value.of(v) for v in value)
+                group = tuple(_source(v, snapshot) for v in value)
                 out.append((name, Group(group)))  # e.g. a sweep of nodes feeding one evaluation
             elif isinstance(value, dict) and any(isinstance(v, Node) for v in value.values()):
                 if not all(isinstance(k, str) for k in value):
                     raise TypeError(f"{self.func.__qualname__}: a dict of nodes needs str keys")
                 keys = tuple(sorted(value))
-                group = tuple(_source(value[k]) for k in keys)
+                group = tuple(_source(value[k], snapshot) for k in keys)
                 out.append((name, Group(group, keys)))  # e.g. trainings by name
             else:
-                out.append((name, Value.of(value)))
+                out.append((name, Value.of(value, snapshot)))
         return tuple(out)
 
 
-def _source(value: tp.Any) -> Node | Value:
-    return value if isinstance(value, Node) else Value.of(value)
+def _source(value: tp.Any, snapshot: bool) -> Node | Value:
+    return value if isinstance(value, Node) else Value.of(value, snapshot)
 
 
 class BoundTask:
@@ -141,8 +144,8 @@ class BoundTask:
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         infra = tp.cast(TaskInfra, self.method.infra_of(self.obj))
         runtime = infra._runtime()
-        if args or kwargs or self.method.params:
-            return calls.task_result(self.node(*args, **kwargs))
+        if args or kwargs or self.method.params:  # (run now: its inputs are not copied)
+            return calls.task_result(self._node(args, kwargs, snapshot=False))
         if infra.folder is not None and not infra._force_pending():
             # fast path: one memoized uid and one index check, no node, no scheduler
             if runtime.ram is not _MISSING:
@@ -164,14 +167,18 @@ class BoundTask:
         return value
 
     def node(self, *args: tp.Any, **kwargs: tp.Any) -> Node:
-        """The graph node of this call (nothing runs): inputs may be nodes or values."""
+        """The graph node of this call (nothing runs): inputs may be nodes or values (it
+        keeps a copy of the values: changing them afterwards does not change the node)."""
+        return self._node(args, kwargs, snapshot=True)
+
+    def _node(self, args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any], snapshot: bool) -> Node:
         infra = tp.cast(TaskInfra, self.method.infra_of(self.obj))
         node = infra._node()
         if not self.method.params:
             if args or kwargs:
                 raise TypeError(f"{self.method.func.__qualname__} takes no input")
             return node
-        return infra._input_node(node, self.method.inputs(args, kwargs))
+        return infra._input_node(node, self.method.inputs(args, kwargs, snapshot))
 
     def __repr__(self) -> str:
         return f"<bound {self.method.func.__qualname__} of {type(self.obj).__name__}>"
