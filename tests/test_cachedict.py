@@ -1588,26 +1588,32 @@ def test_array_formats_refuse_what_is_not_an_array(tmp_path: Path, cache_type: s
     assert type(fresh["array"]) is np.ndarray
 
 
-def test_a_stale_view_writes_a_key_deleted_elsewhere(tmp_path: Path) -> None:
+@pytest.mark.parametrize("keep_in_ram", [False, True])
+def test_a_stale_view_writes_a_key_deleted_elsewhere(tmp_path: Path, keep_in_ram: bool) -> None:
     """A view that read "k" before another view deleted it: `cd[k] = v` said "already in
-    the cache" (then `del` said KeyError), and set_many(skip_existing=True) skipped it."""
+    the cache" (then `del` said KeyError), and set_many(skip_existing=True) skipped it;
+    with keep_in_ram, the value it held in memory made it refuse too."""
     first: CacheDict[tp.Any] = CacheDict(tmp_path)
     with first.write():
         first["k"] = 1
         first["j"] = 1
-    stale_put: CacheDict[tp.Any] = CacheDict(tmp_path)
-    stale_many: CacheDict[tp.Any] = CacheDict(tmp_path)
-    assert sorted(stale_put.keys()) == sorted(stale_many.keys()) == ["j", "k"]
+        first["i"] = 1
+    stale_put: CacheDict[tp.Any] = CacheDict(tmp_path, keep_in_ram=keep_in_ram)
+    stale_many: CacheDict[tp.Any] = CacheDict(tmp_path, keep_in_ram=keep_in_ram)
+    assert sorted(stale_put.keys()) == sorted(stale_many.keys()) == ["i", "j", "k"]
+    # (held in memory with keep_in_ram)
+    assert stale_put["k"] == stale_many["j"] == stale_many["i"] == 1
     deleter: CacheDict[tp.Any] = CacheDict(tmp_path)
-    del deleter["k"]
-    del deleter["j"]
+    for key in ("k", "j", "i"):
+        del deleter[key]
     with stale_many.write():
-        stale_many.set_many([("j", 2), ("new", 3)], skip_existing=True)
+        stale_many.set_many([("i", 2), ("j", 2), ("new", 3)], skip_existing=True)
     with stale_put.write():
         stale_put["k"] = 2
         with pytest.raises(ValueError, match="'k' is already in the cache"):
             stale_put["k"] = 4  # (present: still refused)
-    assert dict(CacheDict(tmp_path).items()) == {"k": 2, "j": 2, "new": 3}
+    assert dict(CacheDict(tmp_path).items()) == {"k": 2, "j": 2, "i": 2, "new": 3}
+    assert stale_many["j"] == stale_put["k"] == 2
 
 
 def test_auto_pickles_a_structure_too_deep_for_json(tmp_path: Path) -> None:

@@ -341,6 +341,39 @@ def test_outputs_deleted_while_read_are_computed_again(tmp_path: Path) -> None:
     assert counts(tmp_path / "calls.txt") == {0: 1, 1: 1, 2: 2, 3: 2, 4: 1, 5: 1}
 
 
+class Offset(pydantic.BaseModel):
+    """item -> item + offset; offset is not part of the uid (instances of one folder that
+    compute different values: what each returns tells where it read from)."""
+
+    log: str
+    offset: int = 0
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str, exclude_from_cache_uid=("offset",))
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            append(self.log, str(item))
+            yield item + self.offset
+
+
+def test_a_long_lived_instance_reads_what_another_forced_or_deleted(tmp_path: Path) -> None:
+    """keep_in_ram (the default): an instance holding outputs in memory, called with a
+    missing item (not served from memory), returns the outputs another instance forced
+    since and recomputes those it deleted (it returned the old values from memory)."""
+
+    def offset(value: int, **infra: tp.Any) -> Offset:
+        infra = {"folder": tmp_path / "cache", **infra}
+        return Offset(log=str(tmp_path / "calls.txt"), offset=value, infra=infra)
+
+    long_lived = offset(0)
+    assert list(long_lived.process([1, 2])) == [1, 2]
+    assert list(offset(100, mode="force").process([1])) == [101]
+    del offset(0).infra.cache_dict["2"]
+    assert list(long_lived.process([1, 2])) == [1, 2]  # (served from memory: as it was)
+    assert list(long_lived.process([1, 2, 3])) == [101, 2, 3]
+    assert counts(tmp_path / "calls.txt") == {1: 2, 2: 2, 3: 1}
+
+
 def test_a_deleted_cache_folder_gets_its_yaml_files_back(tmp_path: Path) -> None:
     """A live instance writing into its folder after someone deleted it wrote only outputs
     (no uid.yaml, config.yaml, full-uid.yaml): listing and iter_cached missed it."""

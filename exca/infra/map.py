@@ -199,6 +199,7 @@ class BoundMap:
         missing = None
         if reusing:
             cache.reread()  # what other processes retried, forced or deleted meanwhile
+            cache.drop_stale_ram()
             missing = cache.missing(uids)
             if not missing:  # fast path: no node, no scheduler
                 infra._check_defaults()  # (a class default changed since they were made?)

@@ -283,6 +283,30 @@ class CacheDict(tp.Generic[X]):
         if self._read_once:
             self.refresh()
 
+    def drop_stale_ram(self) -> None:
+        """Forget the values held in RAM whose entries other views deleted (or replaced)
+        since they were kept, as read by the last refresh: for callers that promise what
+        the folder holds now (a map call not served from memory). Otherwise RAM shadows
+        them, as documented. (The first call starts tracking what refreshes remove: a
+        view that never calls it keeps no such record.)"""
+        reader = self._reader
+        if reader is None:
+            return
+        if reader.removed_keys is None:
+            reader.removed_keys = set()
+            return
+        if not reader.removed_keys:
+            return
+        with reader.locked():
+            removed, reader.removed_keys = reader.removed_keys, set()
+        ram = self._ram
+        for key in removed & ram.keys():
+            self._forget_ram(key)
+
+    def _forget_ram(self, key: str) -> None:
+        if type(self._ram.pop(key, None)) is CachedError:  # (once, when threads race here)
+            self._ram_errors -= 1
+
     def _entries(self) -> dict[str, tuple[str, int, dict[str, tp.Any]]]:
         if self._reader is None:
             return {}
@@ -380,8 +404,7 @@ class CacheDict(tp.Generic[X]):
         entry = self._entries().get(key)
         if entry is None or entry[2]["#type"] == "Error":
             return error
-        if type(self._ram.pop(key, None)) is CachedError:  # (once, when threads race here)
-            self._ram_errors -= 1
+        self._forget_ram(key)
         return self[key]
 
     def _preload_arrays(self, keys: tp.Sequence[str]) -> None:
@@ -721,11 +744,14 @@ class CacheDict(tp.Generic[X]):
     def _present(self, key: str) -> bool:
         """Whether a key this view lists is still in the cache: its index is re-read first
         (another view may have deleted the key since), so that a stale view decides as a
-        fresh one would. (Only on the rare path where a key to write is found.)"""
-        if key in self._ram:
-            return True
+        fresh one would; a value it holds in RAM of a key deleted elsewhere is dropped
+        (written anew). (Only on the rare path where a key to write is found.)"""
         self.refresh()
-        return key in self._entries()
+        if key in self._entries():
+            return True
+        if key in self._ram:
+            self._forget_ram(key)
+        return False
 
     def _not_json(self, ctx: DumpContext, error: Exception, info: dict[str, tp.Any]) -> None:
         """An index record that orjson refuses (a format returned a Path, a numpy number,
@@ -788,11 +814,15 @@ class CacheDict(tp.Generic[X]):
                 if not key.isascii():
                     _check_key_and_meta(key, None)
                 if key in entries or key in self._ram or key in batch_keys:
-                    if stale and key not in batch_keys:
+                    if key in batch_keys:
+                        present = True
+                    elif stale:
                         stale = False
                         present = self._present(key)
-                    else:
-                        present = True
+                    else:  # (the index was read just now, by _present)
+                        present = key in entries
+                        if not present:
+                            self._forget_ram(key)  # (a value of a key deleted elsewhere)
                     if present:
                         if skip_existing:
                             continue  # written meanwhile (e.g. by a re-entrant call)

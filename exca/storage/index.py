@@ -113,6 +113,8 @@ class IndexReader:
         # a tombstone of the current one promotes one of them (file read order is arbitrary)
         self._shadowed: dict[str, list[tuple[str, int, dict[str, tp.Any]]]] = {}
         self.removals = 0  # entries removed by tombstones (RAM copies may outlive them)
+        # the keys of those entries, when a view asks (see CacheDict.drop_stale_ram)
+        self.removed_keys: set[str] | None = None
         # files that lost entries to tombstones: maybe none of theirs is live anymore
         self.emptied: set[str] = set()
         # lifeless files whose writer may still write: checked again at a monotonic time
@@ -169,6 +171,8 @@ class IndexReader:
             if entry is not None and entry[0] == name:
                 del self.entries[key]
                 self.removals += 1
+                if self.removed_keys is not None:
+                    self.removed_keys.add(key)
                 if shadows:
                     self.entries[key] = shadows.pop()
             if shadows is not None and not shadows:
@@ -320,6 +324,8 @@ class IndexReader:
             if entry is not None and target in places(entry):
                 del self.entries[key]
                 self.removals += 1
+                if self.removed_keys is not None:
+                    self.removed_keys.add(key)
                 self.emptied.add(entry[0])
                 if shadows:  # another live copy of the key was read earlier
                     self.entries[key] = shadows.pop()
