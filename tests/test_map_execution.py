@@ -179,7 +179,7 @@ def test_fewer_outputs_inline_names_the_first_item(tmp_path: Path) -> None:
 @pytest.mark.parametrize("cluster", [None, "threadpool"])
 def test_forbid_single_item_computation(tmp_path: Path, cluster: str | None) -> None:
     mapper = make(tmp_path, cluster, infra={"forbid_single_item_computation": True})
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="item '1'; pass it with other items in one call"):
         list(mapper.process([1]))
     assert counts(tmp_path / "calls.txt") == {}
     assert list(mapper.process([1, 2])) == [10, 20]

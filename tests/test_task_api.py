@@ -1026,6 +1026,11 @@ def test_misuse_gets_a_clear_error(tmp_path: Path) -> None:
     task = Task(param=9123, infra={"folder": tmp_path})
     with pytest.raises(TypeError, match=r"pass them one by one: run\(\*nodes\)"):
         exca.graph.run([task.process.node()])  # type: ignore[list-item]
+    for function in (exca.graph.result, exca.graph.status, exca.graph.job, exca.graph.clear):
+        with pytest.raises(TypeError, match=r"got int 5: get one with obj.method.node"):
+            function(5)
+    with pytest.raises(ValueError, match="got 2 positional arguments: merge them into one"):
+        task.infra.clone_obj({"param": 3}, {"param": 4})
     with pytest.raises(TypeError, match="got dict: append Task"), task.infra.job_array() as array:
         array.append({"param": 3})
     fine = Task(param=9124, infra={"folder": tmp_path})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typing as tp
 
 from . import calls, store
-from .decisions import collect
+from .decisions import check_node, collect
 from .jobs import Job
 from .node import TASK_KEY, Node
 from .planning import Plan
@@ -48,6 +48,7 @@ def graph(*targets: Node) -> nx.DiGraph:
 def result(node: Node) -> tp.Any:
     """The output of a node (computing what is missing): a task's result, or a map's
     outputs in item order."""
+    check_node(node)
     if node.kind == "task":
         return calls.task_result(node)
     calls.run_nodes([node])
@@ -58,6 +59,7 @@ def status(node: Node) -> str:
     """``completed`` / ``failed`` / ``running`` / ``not submitted``. A map is completed
     when every item is cached without error, failed with an item error (or items a job
     left missing), running while a chunk job is queued or running."""
+    check_node(node)
     if node.kind == "task":
         return calls.task_status(node)
     from . import registry
@@ -80,6 +82,7 @@ def status(node: Node) -> str:
 
 
 def job(node: Node) -> Job:
+    check_node(node)
     return calls.task_job(node)
 
 
@@ -90,6 +93,7 @@ def clear(node: Node) -> None:
     still running is left alone."""
     from . import registry
 
+    check_node(node)
     node.cache.refresh()  # (the result may have been rewritten since this view read it)
     if node.kind == "map":
         try:

@@ -75,19 +75,26 @@ def _read_only_missing(run: NodeRun) -> bool:
     return run.action == "fail" and run.reason.startswith("read-only and")
 
 
+def check_node(target: tp.Any) -> None:
+    """TypeError, saying what to pass, for a target that is not a graph node."""
+    if not isinstance(target, Node):
+        hint = (
+            "pass them one by one: run(*nodes), plan(*nodes)"
+            if isinstance(target, list | tuple | set)
+            else "get one with obj.method.node(...)"
+        )
+        raise TypeError(
+            f"Targets must be graph nodes, got {type(target).__name__} {target!r:.80}: {hint}"
+        )
+
+
 def collect(
     targets: tp.Sequence[Node], aliases: dict[Key, list[Node]] | None = None
 ) -> dict[Key, Node]:
     """Every node the targets need, deduplicated by key (conflicting duplicates raise);
     ``aliases`` receives the duplicates that are other objects (other config instances)."""
     for target in targets:
-        if not isinstance(target, Node):
-            hint = (
-                "pass them one by one: run(*nodes), plan(*nodes)"
-                if isinstance(target, list | tuple | set)
-                else "get one with obj.method.node(...)"
-            )
-            raise TypeError(f"Targets must be graph nodes, got {type(target).__name__}: {hint}")
+        check_node(target)
     nodes: dict[Key, Node] = {}
     stack = list(reversed(targets))  # depth-first, targets in the order given
     while stack:
@@ -375,7 +382,11 @@ class Graph:
                     )
         if run.needs_work and node.forbid_single_item and total == 1 and len(run.todo) == 1:
             run.action = "fail"
-            run.reason = "single item computation is forbidden (forbid_single_item_computation)"
+            run.reason = (
+                "single item computation is forbidden (forbid_single_item_computation): "
+                f"item {run.todo[0]!r}; pass it with other items in one call, or set "
+                "forbid_single_item_computation=False"
+            )
 
     def _check_registry(self, candidates: list[NodeRun]) -> None:
         """Nodes whose jobs were already submitted: wait for them if they are queued or

@@ -574,7 +574,12 @@ class BaseInfra(pydantic.BaseModel):
     def clone_obj(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         """A new, unfrozen owner with some values changed (dotted keys allowed):
         ``infra.clone_obj({"model.layers": 12})`` or ``infra.clone_obj(**{"infra.mode": "force"})``."""
-        if len(args) > 1 or (args and kwargs):
+        if len(args) > 1:
+            raise ValueError(
+                f"clone_obj takes one dict of changes, got {len(args)} positional arguments: "
+                "merge them into one dict (dotted keys allowed)"
+            )
+        if args and kwargs:
             raise ValueError("clone_obj takes one dict or keyword arguments, not both")
         owner = self._owner()
         changes = args[0] if args else kwargs
