@@ -308,6 +308,36 @@ def test_a_forced_call_waits_for_running_jobs_then_forces(tmp_path: Path) -> Non
     assert counts(tmp_path / "calls.txt") == {0: 2, 1: 2}
 
 
+@pytest.mark.timeout(120)
+def test_items_computed_right_now_elsewhere_are_running(tmp_path: Path) -> None:
+    """A worker without a job (another thread or process) computes a map's missing items:
+    the plan says run() waits for them and status() says running (they said compute and
+    not submitted, while run() then only waited)."""
+    block = tmp_path / "block-flag"
+    block.touch()
+    computing = make(tmp_path, None, block_flag=str(block))
+    thread = threading.Thread(target=lambda: list(computing.process([0, 1])))
+    thread.start()
+    deadline = time.time() + 60
+    while counts(tmp_path / "calls.txt")[0] == 0 and time.time() < deadline:
+        time.sleep(0.05)  # items 0 and 1 are claimed, item 0 is being computed
+    try:
+        node = make(tmp_path, None, block_flag=str(block)).process.node([0, 1])
+        [entry] = exca.graph.plan(node).entries
+        assert (entry.status, entry.action) == ("running", "wait"), entry.reason
+        assert "computed right now by another process" in entry.reason
+        assert node.status() == "running"
+        more = make(tmp_path, None, block_flag=str(block)).process.node([0, 1, 2])
+        [entry] = exca.graph.plan(more).entries
+        assert (entry.status, entry.action) == ("missing", "compute")
+        assert entry.reason == "3/3 missing (2 of them computed right now by another process)"
+    finally:
+        block.unlink()
+        thread.join(timeout=60)
+    assert node.status() == "completed" and more.status() == "not submitted"
+    assert counts(tmp_path / "calls.txt") == {0: 1, 1: 1}
+
+
 class Pickled(pydantic.BaseModel):
     """item -> 10 * item, each output in a file of its own (not inline in the index)."""
 

@@ -76,8 +76,11 @@ def status(node: Node) -> str:
     node.cache.refresh()
     if node.cache.count_errors(uids):
         return "failed"
-    if not node.cache.missing(uids):
+    missing = node.cache.missing(uids)
+    if not missing:
         return "completed"
+    if calls.keys_being_computed(node, missing):  # (by a worker without a job)
+        return "running"
     return "failed" if records else "not submitted"
 
 

@@ -56,17 +56,25 @@ def task_status(node: Node) -> tp.Literal["not submitted", "running", "completed
 
 def being_computed(node: Node) -> bool:
     """Whether a live worker holds the claim of a task's result."""
+    return bool(keys_being_computed(node, (TASK_KEY,)))
+
+
+def keys_being_computed(node: Node, keys: tp.Iterable[str]) -> set[str]:
+    """Which of these keys of a node's cache live workers hold claims of (computing them
+    right now: here, in another process, in a job)."""
     from ..storage.claims import CLAIMS_DIR, Claims
 
     if node.folder is None or not os.path.isdir(os.path.join(node.folder, CLAIMS_DIR)):
-        return False
+        return set()
+    wanted = set(keys)
     # the claim of a Slurm job that ended is not a computation, whatever its process does
     # (a lingering one here, a heartbeat still fresh on another host)
-    return any(
-        TASK_KEY in claim.keys
-        and not (claim.owner.job_id and registry.slurm_job_alive(claim.owner.job_id) is False)
+    return {
+        key
         for claim in Claims(node.folder).current()
-    )
+        if not (claim.owner.job_id and registry.slurm_job_alive(claim.owner.job_id) is False)
+        for key in claim.keys & wanted
+    }
 
 
 def task_result(node: Node) -> tp.Any:

@@ -350,21 +350,26 @@ def _escape(text: str) -> str:
 
 
 def _note_computed_elsewhere(runs: dict[Key, NodeRun]) -> None:
-    """Missing tasks that another process computes right now without a job (inline, in
-    a pool, on the debug cluster): run() would wait for that result (status() says
-    "running" too). A task that would go to a job still shows as computed: its job waits."""
-    from .calls import being_computed
+    """Missing tasks, and map items, that another process computes right now without a
+    job (inline, in a pool, on the debug cluster): run() would wait for them (status()
+    says "running" too). Work that would go to a job still shows as computed: its job
+    waits."""
+    from .calls import keys_being_computed
 
     for run in runs.values():
         node = run.node
-        if (
-            run.action == "compute"
-            and node.kind == "task"
-            and node.execution.cluster in (None, "debug", *POOL_CLUSTERS)
-            and being_computed(node)
-        ):
+        if run.action != "compute" or node.execution.cluster not in (None, "debug", *POOL_CLUSTERS):
+            continue
+        keys = (TASK_KEY,) if node.kind == "task" else (run.todo or ())
+        if not keys:
+            continue
+        elsewhere = keys_being_computed(node, keys)
+        if len(elsewhere) == len(set(keys)):
             run.action = "wait"
-            run.reason = "computed right now by another process: run() waits for its result"
+            what = "its result" if node.kind == "task" else "its items"
+            run.reason = f"computed right now by another process: run() waits for {what}"
+        elif elsewhere:
+            run.reason += f" ({len(elsewhere)} of them computed right now by another process)"
 
 
 def _waits(run: NodeRun) -> bool:
