@@ -36,14 +36,33 @@ class FuncConfig(pydantic.BaseModel):
         raise NotImplementedError
 
 
-def _check_parameter_names(func: tp.Callable[..., tp.Any]) -> None:
-    for name in inspect.signature(func).parameters:
+_ANY = (tp.Any, "Any", "tp.Any", "typing.Any")  # (unresolved string annotations too)
+
+
+def _check_parameters(func: tp.Callable[..., tp.Any]) -> None:
+    """Every parameter can become a config field (checked at decoration, cheaply: the
+    config model is built at the first call)."""
+    for param in inspect.signature(func).parameters.values():
+        name = param.name
         if name in ("infra", "build") or name.startswith(("_", "model_")):
             raise ValueError(
                 f"{func.__qualname__} has a parameter named {name!r}, which cannot be a "
                 "config field (reserved: 'infra', 'build', names starting with '_' or "
                 "'model_'): rename it"
             )
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise ValueError(f"{func.__qualname__}: *args/**kwargs cannot become config fields")
+        if param.annotation is inspect.Parameter.empty or any(
+            param.annotation is a or param.annotation == a for a in _ANY
+        ):
+            raise _imprecise(func, name)
+
+
+def _imprecise(func: tp.Callable[..., tp.Any], name: str) -> ValueError:
+    return ValueError(
+        f"Parameter {name!r} of {func.__qualname__} needs a precise type annotation (not "
+        "missing, not Any) to become a config field"
+    )
 
 
 @functools.cache
@@ -51,17 +70,12 @@ def to_config_model(func: tp.Callable[..., tp.Any]) -> type[FuncConfig]:
     """A pydantic model ``<func>_FuncConfig`` whose ``build()`` is the cached call of func."""
     annotations: dict[str, tp.Any] = {}
     namespace: dict[str, tp.Any] = {}
+    _check_parameters(func)
     hints = tp.get_type_hints(func)
-    _check_parameter_names(func)
     for param in inspect.signature(func).parameters.values():
-        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            raise ValueError(f"{func.__qualname__}: *args/**kwargs cannot become config fields")
         hint = hints.get(param.name, param.annotation)
-        if hint is inspect.Parameter.empty or hint is tp.Any:
-            raise ValueError(
-                f"Parameter {param.name!r} of {func.__qualname__} needs a precise type "
-                "annotation (not missing, not Any) to become a config field"
-            )
+        if hint is tp.Any:  # (an alias of Any, resolved)
+            raise _imprecise(func, param.name)
         annotations[param.name] = hint
         if param.default is not inspect.Parameter.empty:
             namespace[param.name] = param.default
@@ -115,7 +129,7 @@ class FunctionWithInfra:
     """A function whose calls are cached (see ``with_infra``). Call it with keywords only."""
 
     def __init__(self, func: tp.Callable[..., tp.Any], **infra: tp.Any) -> None:
-        _check_parameter_names(func)  # (at decoration: a call would fail less clearly)
+        _check_parameters(func)  # (at decoration: a call would fail less clearly)
         from .infra.task import TaskInfra
 
         TaskInfra(**infra)  # (a typo or a bad value: refused now, not at the first call)

@@ -199,12 +199,17 @@ def _private_param(_x: int) -> int:
     return _x
 
 
-@pytest.mark.parametrize("func", [_no_annotation, _any_annotation, _infra_param])
+def _var_params(*values: int, **named: int) -> int:
+    return 0
+
+
+@pytest.mark.parametrize("func", [_no_annotation, _any_annotation, _infra_param, _var_params])
 def test_to_config_model_refusals(func: tp.Callable[..., tp.Any]) -> None:
-    with pytest.raises(
-        ValueError, match=rf"{func.__name__} .*(precise type annotation|named 'infra')"
-    ):
+    expected = rf"{func.__name__}.*(precise type annotation|named 'infra'|\*args/\*\*kwargs)"
+    with pytest.raises(ValueError, match=expected):
         helpers.to_config_model(func)
+    with pytest.raises(ValueError, match=expected):  # (at decoration, not at the first call)
+        helpers.with_infra(folder="unused")(func)
 
 
 @pytest.mark.parametrize("func", [_infra_param, _build_param, _model_param, _private_param])
