@@ -723,6 +723,10 @@ def test_cli_bad_input_gets_a_message_not_a_traceback(
         assert main(list(argv)) == 2, argv
         err = capsys.readouterr().err
         assert "exca: error:" in err and message in err, (argv, err)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["clean"])  # (the optional node folders are not named among the missing)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith("required: root, what")
     # a --config file may replace a sub-config ("=replace=", as confdict.md shows)
     replacing = tmp_path / "replace.yaml"
     replacing.write_text(f"infra:\n  folder: {root}\noptim:\n  =replace=: true\n  lr: 0.5\n")

@@ -222,9 +222,12 @@ def _main(argv: list[str] | None) -> int:
             p.add_argument("--mermaid", help="write the mermaid picture source to this file")
 
     p_clean = sub.add_parser("clean", help="free space (preview unless --yes)")
-    p_clean.add_argument("root")
-    p_clean.add_argument("what", choices=["node", "versions", "orphans", "logs", "compact"])
-    p_clean.add_argument("folders", nargs="*", help="node folders (for 'node')")
+    p_clean.add_argument("root", help="the cache root folder")
+    p_clean.add_argument(
+        "what", choices=["node", "versions", "orphans", "logs", "compact"], help="what to free"
+    )
+    # (a default: argparse then does not list it among the missing required arguments)
+    p_clean.add_argument("folders", nargs="*", default=[], help="node folders (for 'node')")
     p_clean.add_argument(
         "--downstream", action="store_true", help="also what was computed from them"
     )
