@@ -129,10 +129,10 @@ class FunctionWithInfra:
     """A function whose calls are cached (see ``with_infra``). Call it with keywords only."""
 
     def __init__(self, func: tp.Callable[..., tp.Any], **infra: tp.Any) -> None:
-        _check_parameters(func)  # (at decoration: a call would fail less clearly)
         from .infra.task import TaskInfra
 
         TaskInfra(**infra)  # (a typo or a bad value: refused now, not at the first call)
+        _check_parameters(func)  # (at decoration: a call would fail less clearly)
         self.func = func
         self.infra = infra
         functools.update_wrapper(self, func)

@@ -326,6 +326,7 @@ def test_items_computed_right_now_elsewhere_are_running(tmp_path: Path) -> None:
         [entry] = exca.graph.plan(node).entries
         assert (entry.status, entry.action) == ("running", "wait"), entry.reason
         assert "computed right now by another process" in entry.reason
+        assert entry.items == "2/2 missing"
         assert node.status() == "running"
         more = make(tmp_path, None, block_flag=str(block)).process.node([0, 1, 2])
         [entry] = exca.graph.plan(more).entries
@@ -336,6 +337,30 @@ def test_items_computed_right_now_elsewhere_are_running(tmp_path: Path) -> None:
         thread.join(timeout=60)
     assert node.status() == "completed" and more.status() == "not submitted"
     assert counts(tmp_path / "calls.txt") == {0: 1, 1: 1}
+
+
+@pytest.mark.timeout(120)
+def test_a_forced_instance_called_from_two_threads_forces_once(tmp_path: Path) -> None:
+    """The second call waits for the first call's jobs: they carry out this instance's
+    force, so it reads their outputs (it forced the items a second time)."""
+    assert list(make(tmp_path, None).process([0, 1])) == [0, 10]
+    block = tmp_path / "block-flag"
+    block.touch()
+    forced = make(tmp_path, "local", block_flag=str(block), infra={"mode": "force"})
+    outputs: list[tp.Any] = []
+    first = threading.Thread(target=lambda: outputs.append(list(forced.process([0, 1]))))
+    first.start()
+    deadline = time.time() + 60
+    while counts(tmp_path / "calls.txt")[0] < 2 and time.time() < deadline:
+        time.sleep(0.05)  # item 0 is being forced in its local job
+    second = threading.Thread(target=lambda: outputs.append(list(forced.process([0, 1]))))
+    second.start()
+    second.join(timeout=1.0)  # (it waits for the first call's job)
+    block.unlink()
+    first.join(timeout=60)
+    second.join(timeout=60)
+    assert outputs == [[0, 10], [0, 10]]
+    assert counts(tmp_path / "calls.txt") == {0: 2, 1: 2}
 
 
 class Pickled(pydantic.BaseModel):
@@ -402,6 +427,11 @@ def test_a_long_lived_instance_reads_what_another_forced_or_deleted(tmp_path: Pa
     assert list(long_lived.process([1, 2])) == [1, 2]  # (served from memory: as it was)
     assert list(long_lived.process([1, 2, 3])) == [101, 2, 3]
     assert counts(tmp_path / "calls.txt") == {1: 2, 2: 2, 3: 1}
+    # the same when its memory was filled through a graph node first
+    through_graph = offset(0)
+    assert list(exca.graph.result(through_graph.process.node([4]))) == [4]
+    assert list(offset(100, mode="force").process([4])) == [104]
+    assert list(through_graph.process([4, 5])) == [104, 5]
 
 
 def test_a_deleted_cache_folder_gets_its_yaml_files_back(tmp_path: Path) -> None:

@@ -510,6 +510,14 @@ def test_values_changed_after_the_node_was_built_do_not_change_it(env: Env) -> N
     assert node.result() == "snap(array0-1-2,[[1, 2];{'x': [1]}])"
     assert step.run(np.arange(3), [[1, 2], {"x": [1]}]) == node.result()  # (a hit)
     assert env.starts("snap") == 1
+    # an array nobody can change (a memory-mapped output read back from a cache) is not
+    # copied: a node of a 200 MB cached array took 200 MB more
+    frozen = np.arange(4.0)
+    frozen.flags.writeable = False
+    view = frozen[1:]
+    for value, copied in ((frozen, False), (view, False), (np.arange(4.0), True)):
+        (_, source), _ = step.run.node(value).inputs  # (a, then b=None)
+        assert np.shares_memory(source.value, value) is not copied
     square = env.square()
     items = [1, 2]
     mapped = square.apply.node(items)

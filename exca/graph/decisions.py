@@ -495,13 +495,8 @@ class Graph:
         todo = set(run.todo or ())
         # (jobs computing other items than the missing ones: nothing to wait for)
         active = [r for r in records if registry.is_active(r, queued) and registry.covers(r, todo)]
-        jobs = ", ".join(r.job_id for r in active[:5])
-        if active and not self._redone_upstream(run, jobs):
-            run.reason = f"running as job(s) {jobs}"
-            if run.action == "force" and run.node.pending_force:
-                # (their outputs predate this instance's force: see _redecide_items)
-                run.reason += ", then computed again once they end (mode force)"
-            run.action = "wait"
+        if active and not self._redone_upstream(run, ", ".join(r.job_id for r in active[:5])):
+            wait_for_map_jobs(run, active)
             run.handles = [executors.recorded_handle(r) for r in active]
 
     def _block_on_failures(self) -> None:
@@ -569,6 +564,23 @@ def forcing_job(node: Node) -> registry.JobRecord | None:
     if record is None or record.job_id != job_id or not registry.is_active(record):
         return None
     return record
+
+
+def wait_for_map_jobs(run: NodeRun, active: list[registry.JobRecord]) -> None:
+    """A map waits for chunk jobs that compute its missing items. In its own mode force,
+    it computes them again once they end (``resume``: their outputs predate the force),
+    unless they are this instance's own forcing jobs (another call of it, e.g. in
+    another thread: forced once)."""
+    run.reason = f"running as job(s) {', '.join(r.job_id for r in active[:5])}"
+    own = run.node.force_state.get("jobs", ())
+    if (
+        run.action == "force"
+        and run.node.pending_force
+        and any(r.job_id not in own for r in active)
+    ):
+        run.resume = "force"
+        run.reason += ", then computed again once they end (mode force)"
+    run.action = "wait"
 
 
 def _forcing_job_runs(run: NodeRun) -> bool:

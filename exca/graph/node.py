@@ -130,15 +130,30 @@ def _snapshot(value: tp.Any) -> tp.Any:
     has a uid is immutable): what a node computes stays what its uid names."""
     kind = type(value)
     if kind is list or kind is tuple or kind is set or kind is frozenset:
+        if set(map(type, value)) <= _IMMUTABLE:  # (the common case: a shallow copy)
+            return kind(value)
         return kind(_snapshot(v) for v in value)
     if kind is dict:
         return {k: _snapshot(v) for k, v in value.items()}
     np = imported("numpy")
     if np is not None and isinstance(value, np.ndarray):
-        return value.copy()
+        return value if _read_only(value, np) else value.copy()
     if isinstance(value, list | tuple | dict | set):  # (subclasses: as deepcopy copies them)
         return copy.deepcopy(value)
     return value
+
+
+_IMMUTABLE = frozenset({int, float, str, bool, bytes, type(None), Path, type(Path())})
+
+
+def _read_only(array: tp.Any, np: tp.Any) -> bool:
+    """Whether nobody can change an array's data: neither it nor an array it views is
+    writeable (e.g. a memory-mapped output read back from a cache: copied for nothing)."""
+    while isinstance(array, np.ndarray):
+        if array.flags.writeable:
+            return False
+        array = array.base
+    return True
 
 
 def _holds_node(value: tp.Any) -> bool:

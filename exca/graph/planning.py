@@ -114,7 +114,11 @@ class Plan:
                 items = "items known at run time"
             else:
                 total = len(set(run.uids))
-                what = "missing" if run.action in ("compute", "reuse", "fail") else "to compute"
+                what = (
+                    "missing"
+                    if run.action in ("compute", "reuse", "fail", "wait")
+                    else "to compute"
+                )
                 items = f"{len(run.todo or [])}/{total} {what}"
         job_id = None
         if run.action == "wait" and run.handles:

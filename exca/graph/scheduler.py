@@ -368,6 +368,10 @@ class Scheduler:
                 )
                 store.drop_outcomes(outdated)  # (forced: its old result is not read meanwhile)
                 for (run, unit), handle in zip(members, handles):
+                    if unit.action == "force" and unit.uids is not None:
+                        # (before its record: a call of this instance that sees the job
+                        # knows it carries out this instance's force)
+                        run.node.force_state.setdefault("jobs", set()).add(handle.job_id)
                     self.record(run.node, unit, handle, code=_code(first))
         for (run, _), handle in zip(members, handles):
             run.handles.append(handle)
@@ -516,10 +520,10 @@ class Scheduler:
 
     def _redecide_items(self, run: NodeRun) -> None:
         """Decide again what a map still needs (requeued if anything): after someone
-        else's jobs, this instance's own mode=force still applies (their outputs
-        predate it)."""
+        else's jobs, this instance's own mode=force still applies (``resume``, see
+        ``decisions.wait_for_map_jobs``)."""
         run.handles = []
-        forced = run.node.pending_force
+        forced, run.resume = run.resume == "force", None
         self.graph.decide_items(run, store.map_item_uids(run.node), forced=forced)
         if run.needs_work:
             run.state = "pending"

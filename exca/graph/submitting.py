@@ -15,6 +15,7 @@ import typing as tp
 from ..storage.claims import Claim, Claims
 from . import executors, registry, store
 from .calls import being_computed
+from .decisions import wait_for_map_jobs
 
 if tp.TYPE_CHECKING:
     from .decisions import NodeRun
@@ -120,8 +121,7 @@ def _settle_maps(maps: list[NodeRun], run_id: str) -> set[tp.Any]:
         active = [r for r in newer.get(run.node.key, []) if registry.is_active(r, queued)]
         if not active:
             continue
-        run.action = "wait"
-        run.reason = f"running as job(s) {', '.join(r.job_id for r in active[:5])}"
+        wait_for_map_jobs(run, active)
         run.handles.extend(executors.recorded_handle(r) for r in active)
         settled.add(run.node.key)
     return settled

@@ -45,6 +45,7 @@ from .index import (
 from .modules import imported
 
 logger = logging.getLogger("exca")
+_REMOVED_KEYS_KEPT = 4096  # removed keys noted before pruning those without a RAM copy
 _INLINE_TYPES = frozenset({"Result", "Json", "Auto"})  # (their value may be in the index line)
 
 
@@ -187,6 +188,8 @@ class CacheDict(tp.Generic[X]):
         self.options = options or DumpOptions()
         self._ram: dict[str, X] = {}
         self._reader = IndexReader(self.folder) if self.folder is not None else None
+        if self._reader is not None and keep_in_ram:
+            self._reader.removed_keys = set()  # (see drop_stale_ram)
         self._loader_context: DumpContext | None = None
         self._local = _ThreadState()
         self._read_once = False
@@ -230,6 +233,10 @@ class CacheDict(tp.Generic[X]):
         if reader is not None:
             reader.refresh()
             self._read_once = True
+            removed = reader.removed_keys
+            if removed is not None and len(removed) > _REMOVED_KEYS_KEPT:
+                with reader.locked():  # (only the keys of RAM copies matter)
+                    removed.intersection_update(self._ram.keys())
             if (
                 (reader.emptied or (reader.deferred and _monotonic() >= reader.deferred_until))
                 and self._frees_files
@@ -287,15 +294,9 @@ class CacheDict(tp.Generic[X]):
         """Forget the values held in RAM whose entries other views deleted (or replaced)
         since they were kept, as read by the last refresh: for callers that promise what
         the folder holds now (a map call not served from memory). Otherwise RAM shadows
-        them, as documented. (The first call starts tracking what refreshes remove: a
-        view that never calls it keeps no such record.)"""
+        them, as documented."""
         reader = self._reader
-        if reader is None:
-            return
-        if reader.removed_keys is None:
-            reader.removed_keys = set()
-            return
-        if not reader.removed_keys:
+        if reader is None or not reader.removed_keys:
             return
         with reader.locked():
             removed, reader.removed_keys = reader.removed_keys, set()
