@@ -45,6 +45,8 @@ class NodeRun:
     # read-only with something missing, waiting for the job that computes it (its
     # upstream was not decided: it does not hold the wait back)
     reads_only: bool = False
+    # a task whose folder did not exist when decided: no job record nor claim to look for
+    folder_absent: bool = False
 
     @property
     def array_key(self) -> str:
@@ -261,6 +263,7 @@ class Graph:
         node = run.node
         # refresh: nodes may be long-lived, see what others wrote since
         state = store.task_state(node, refresh=True)
+        run.folder_absent = node.cache.folder_absent and node.cache.folder == node.folder
         read_only = node.mode == "read-only"  # (never computes, even below a forced node)
         if forced and not read_only:
             run.action = "force"
@@ -395,6 +398,8 @@ class Graph:
         records = {}
         chunks: dict[Key, list[registry.JobRecord]] = {}
         for run in candidates:
+            if run.folder_absent:
+                continue  # (most missing nodes of a large graph: a syscall each saved)
             if run.node.kind == "task" and run.node.folder is not None:
                 record = registry.latest(run.node.folder)
                 if record is not None:

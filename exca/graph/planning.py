@@ -364,6 +364,8 @@ def _note_computed_elsewhere(runs: dict[Key, NodeRun]) -> None:
         node = run.node
         if run.action != "compute" or node.execution.cluster not in (None, "debug", *POOL_CLUSTERS):
             continue
+        if run.folder_absent:
+            continue  # (no claim without a folder)
         keys = (TASK_KEY,) if node.kind == "task" else (run.todo or ())
         if not keys:
             continue

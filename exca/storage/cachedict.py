@@ -290,6 +290,11 @@ class CacheDict(tp.Generic[X]):
         if self._read_once:
             self.refresh()
 
+    @property
+    def folder_absent(self) -> bool:
+        """Whether the last read of the folder found no folder at all."""
+        return self._reader is not None and self._reader.absent
+
     def drop_stale_ram(self) -> None:
         """Forget the values held in RAM whose entries other views deleted (or replaced)
         since they were kept, as read by the last refresh: for callers that promise what

@@ -115,6 +115,7 @@ class IndexReader:
         self.removals = 0  # entries removed by tombstones (RAM copies may outlive them)
         # the keys of those entries, when a view asks (see CacheDict.drop_stale_ram)
         self.removed_keys: set[str] | None = None
+        self.absent = False  # whether the last refresh found no folder at all
         # files that lost entries to tombstones: maybe none of theirs is live anymore
         self.emptied: set[str] = set()
         # lifeless files whose writer may still write: checked again at a monotonic time
@@ -145,8 +146,10 @@ class IndexReader:
                     listing = [
                         e.name for e in os.scandir(self._dir) if e.name.endswith(INDEX_SUFFIX)
                     ]
+                    self.absent = False
                 except FileNotFoundError:
                     listing = []
+                    self.absent = True
                 known = self._files
                 if not known.keys() >= set(listing):  # new files: are they ours?
                     listing = [n for n in listing if n in known or _written_here(n, self)]
