@@ -36,11 +36,12 @@ class Mapper(pydantic.BaseModel):
     """item -> 10 * item; an item raises ValueError while the file <fail_dir>/<item> exists.
     With `short`, the method yields one output less than it got items (the last item's);
     with `extra`, one more (the first item's output twice); item 0 waits while the file
-    `block_flag` exists."""
+    `block_flag` exists, item 2 while `slow_flag` exists."""
 
     log: str
     fail_dir: str = ""
     block_flag: str = ""
+    slow_flag: str = ""
     short: bool = False
     extra: bool = False
     infra: exca.MapInfra = exca.MapInfra(version="1")
@@ -51,6 +52,8 @@ class Mapper(pydantic.BaseModel):
         for item in todo:
             append(self.log, str(item))
             while item == 0 and self.block_flag and Path(self.block_flag).exists():
+                time.sleep(0.05)
+            while item == 2 and self.slow_flag and Path(self.slow_flag).exists():
                 time.sleep(0.05)
             if self.fail_dir and (Path(self.fail_dir) / str(item)).exists():
                 raise ValueError(f"bad item {item}")
@@ -341,26 +344,35 @@ def test_items_computed_right_now_elsewhere_are_running(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(120)
 def test_a_forced_instance_called_from_two_threads_forces_once(tmp_path: Path) -> None:
-    """The second call waits for the first call's jobs: they carry out this instance's
-    force, so it reads their outputs (it forced the items a second time)."""
-    assert list(make(tmp_path, None).process([0, 1])) == [0, 10]
-    block = tmp_path / "block-flag"
+    """The second call waits for the first call's job on their shared item 0: that job
+    carries out this instance's force, so it reads it (it forced it a second time), and
+    it forces its other item 1 itself while the first call still waits for item 2 (a
+    fix of the former read item 1's old output)."""
+    assert list(make(tmp_path, None).process([0, 1, 2])) == [0, 10, 20]
+    block, slow = tmp_path / "block-flag", tmp_path / "slow-flag"
     block.touch()
-    forced = make(tmp_path, "local", block_flag=str(block), infra={"mode": "force"})
-    outputs: list[tp.Any] = []
-    first = threading.Thread(target=lambda: outputs.append(list(forced.process([0, 1]))))
+    slow.touch()
+    flags = {"block_flag": str(block), "slow_flag": str(slow)}
+    forced = make(tmp_path, "local", infra={"mode": "force"}, **flags)
+    outputs: dict[str, list[tp.Any]] = {}
+    first = threading.Thread(target=lambda: outputs.update(a=list(forced.process([0, 2]))))
     first.start()
     deadline = time.time() + 60
-    while counts(tmp_path / "calls.txt")[0] < 2 and time.time() < deadline:
-        time.sleep(0.05)  # item 0 is being forced in its local job
-    second = threading.Thread(target=lambda: outputs.append(list(forced.process([0, 1]))))
+    log = tmp_path / "calls.txt"
+    while (counts(log)[0] < 2 or counts(log)[2] < 2) and time.time() < deadline:
+        time.sleep(0.05)  # items 0 and 2 are being forced in their local jobs
+    second = threading.Thread(target=lambda: outputs.update(b=list(forced.process([0, 1]))))
     second.start()
-    second.join(timeout=1.0)  # (it waits for the first call's job)
+    second.join(timeout=1.0)  # (it waits for the first call's job on item 0)
     block.unlink()
-    first.join(timeout=60)
     second.join(timeout=60)
-    assert outputs == [[0, 10], [0, 10]]
-    assert counts(tmp_path / "calls.txt") == {0: 2, 1: 2}
+    assert outputs == {"b": [0, 10]} and counts(log) == {0: 2, 1: 2, 2: 2}
+    slow.unlink()
+    first.join(timeout=60)
+    assert outputs == {"a": [0, 20], "b": [0, 10]}
+    assert counts(log) == {0: 2, 1: 2, 2: 2}
+    assert list(forced.process([0, 1, 2])) == [0, 10, 20]  # (forced once: read now)
+    assert counts(log) == {0: 2, 1: 2, 2: 2}
 
 
 class Pickled(pydantic.BaseModel):
@@ -427,11 +439,15 @@ def test_a_long_lived_instance_reads_what_another_forced_or_deleted(tmp_path: Pa
     assert list(long_lived.process([1, 2])) == [1, 2]  # (served from memory: as it was)
     assert list(long_lived.process([1, 2, 3])) == [101, 2, 3]
     assert counts(tmp_path / "calls.txt") == {1: 2, 2: 2, 3: 1}
-    # the same when its memory was filled through a graph node first
+    # the same when its memory was filled through a graph node first, or after a clear()
     through_graph = offset(0)
     assert list(exca.graph.result(through_graph.process.node([4]))) == [4]
     assert list(offset(100, mode="force").process([4])) == [104]
     assert list(through_graph.process([4, 5])) == [104, 5]
+    through_graph.infra.cache_dict.clear()
+    assert list(through_graph.process([6])) == [6]
+    assert list(offset(100, mode="force").process([6])) == [106]
+    assert list(through_graph.process([6, 7])) == [106, 7]
 
 
 def test_a_deleted_cache_folder_gets_its_yaml_files_back(tmp_path: Path) -> None:

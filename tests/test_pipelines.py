@@ -512,10 +512,14 @@ def test_values_changed_after_the_node_was_built_do_not_change_it(env: Env) -> N
     assert env.starts("snap") == 1
     # an array nobody can change (a memory-mapped output read back from a cache) is not
     # copied: a node of a 200 MB cached array took 200 MB more
+    cache: exca.cachedict.CacheDict[tp.Any] = exca.cachedict.CacheDict(env.tmp / "arrays")
+    with cache.write():
+        cache["x"] = np.arange(4.0)
+    loaded = exca.cachedict.CacheDict(env.tmp / "arrays")["x"]
     frozen = np.arange(4.0)
-    frozen.flags.writeable = False
-    view = frozen[1:]
-    for value, copied in ((frozen, False), (view, False), (np.arange(4.0), True)):
+    frozen.flags.writeable = False  # (its owner may make it writeable again)
+    cases = ((loaded, False), (loaded[1:], False), (frozen, True), (np.arange(4.0), True))
+    for value, copied in cases:
         (_, source), _ = step.run.node(value).inputs  # (a, then b=None)
         assert np.shares_memory(source.value, value) is not copied
     square = env.square()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import mmap
 import re
 import typing as tp
 from pathlib import Path
@@ -172,13 +173,25 @@ _IMMUTABLE = frozenset({int, float, str, bool, bytes, type(None), Path, type(Pat
 
 
 def _read_only(array: tp.Any, np: tp.Any) -> bool:
-    """Whether nobody can change an array's data: neither it nor an array it views is
-    writeable (e.g. a memory-mapped output read back from a cache: copied for nothing)."""
+    """Whether nobody can change an array's data (then a copy is for nothing, e.g. of a
+    large output read back from a cache): no array of its chain is writeable, and the
+    memory at its end is immutable: bytes, or a read-only map of a file (exca never
+    rewrites its data files). Its own data can be made writeable again by its owner;
+    a user's np.memmap may see its file rewritten: both are copied."""
+    if isinstance(array, np.memmap):
+        return False
     while isinstance(array, np.ndarray):
         if array.flags.writeable:
             return False
         array = array.base
-    return True
+    if isinstance(array, memoryview):  # (np.frombuffer's base: what it views)
+        array = array.obj
+    if isinstance(array, bytes):
+        return True
+    if isinstance(array, mmap.mmap):
+        with memoryview(array) as view:
+            return view.readonly
+    return False
 
 
 def _holds_node(value: tp.Any) -> bool:

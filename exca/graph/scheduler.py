@@ -370,8 +370,10 @@ class Scheduler:
                 for (run, unit), handle in zip(members, handles):
                     if unit.action == "force" and unit.uids is not None:
                         # (before its record: a call of this instance that sees the job
-                        # knows it carries out this instance's force)
-                        run.node.force_state.setdefault("jobs", set()).add(handle.job_id)
+                        # knows it carries out this instance's force of these items)
+                        state = run.node.force_state
+                        state.setdefault("jobs", set()).add(handle.job_id)
+                        state.setdefault("uids", set()).update(unit.uids)
                     self.record(run.node, unit, handle, code=_code(first))
         for (run, _), handle in zip(members, handles):
             run.handles.append(handle)
@@ -483,7 +485,9 @@ class Scheduler:
                 _cache_error(node, run.error)
             return
         if run.action == "wait":  # someone else's chunk jobs ended: decide what is left
-            self._redecide_items(run)
+            # (this instance's own mode=force still applies to what it has not forced:
+            # the jobs it waited for computed what it had before, see wait_for_map_jobs)
+            self._redecide_items(run, forced=node.pending_force)
             return
         todo = run.todo or []
         missing = node.cache.missing(todo)
@@ -518,12 +522,9 @@ class Scheduler:
             "mode='read-only' never computes)"
         )
 
-    def _redecide_items(self, run: NodeRun) -> None:
-        """Decide again what a map still needs (requeued if anything): after someone
-        else's jobs, this instance's own mode=force still applies (``resume``, see
-        ``decisions.wait_for_map_jobs``)."""
-        run.handles = []
-        forced, run.resume = run.resume == "force", None
+    def _redecide_items(self, run: NodeRun, forced: bool = False) -> None:
+        """Decide again what a map still needs (requeued if anything)."""
+        run.handles, run.resume = [], None
         self.graph.decide_items(run, store.map_item_uids(run.node), forced=forced)
         if run.needs_work:
             run.state = "pending"

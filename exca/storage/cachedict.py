@@ -187,9 +187,7 @@ class CacheDict(tp.Generic[X]):
         self.permissions = permissions
         self.options = options or DumpOptions()
         self._ram: dict[str, X] = {}
-        self._reader = IndexReader(self.folder) if self.folder is not None else None
-        if self._reader is not None and keep_in_ram:
-            self._reader.removed_keys = set()  # (see drop_stale_ram)
+        self._reader = self._new_reader() if self.folder is not None else None
         self._loader_context: DumpContext | None = None
         self._local = _ThreadState()
         self._read_once = False
@@ -289,6 +287,13 @@ class CacheDict(tp.Generic[X]):
         anyway): for a long-lived view, what other processes wrote, forced or deleted."""
         if self._read_once:
             self.refresh()
+
+    def _new_reader(self) -> IndexReader:
+        assert self.folder is not None
+        reader = IndexReader(self.folder)
+        if self.keep_in_ram:
+            reader.removed_keys = set()  # (see drop_stale_ram)
+        return reader
 
     @property
     def folder_absent(self) -> bool:
@@ -991,7 +996,7 @@ class CacheDict(tp.Generic[X]):
             # (inside write(): its files, removed above, would stay open until the process ends)
             session[1].close_files()
             session[0].close()
-        self._reader = IndexReader(self.folder)
+        self._reader = self._new_reader()
         self._loader_context = None
         self._read_once = False
 
