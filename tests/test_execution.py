@@ -220,11 +220,16 @@ def children(pid: int) -> list[int]:
 
 
 def kill_tree(pid: int) -> None:
-    """SIGKILL a local job: its controller process (the job id) and the task it started."""
+    """SIGKILL a local job: its controller process (the job id) and the task it started;
+    returns once the task is gone (a signal is delivered asynchronously: a process in
+    uninterruptible I/O, under load, ran on for a moment, its claim still live)."""
+    from exca.storage.process import process_start_time
+
     kids = children(pid)
     os.kill(pid, signal.SIGKILL)
     for kid in kids:
         os.kill(kid, signal.SIGKILL)
+    _wait_for(lambda: all(process_start_time(kid) is None for kid in kids))
 
 
 @pytest.mark.timeout(120)
