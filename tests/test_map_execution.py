@@ -375,6 +375,29 @@ def test_a_forced_instance_called_from_two_threads_forces_once(tmp_path: Path) -
     assert counts(log) == {0: 2, 1: 2, 2: 2}
 
 
+@pytest.mark.timeout(120)
+def test_a_forced_call_interrupted_after_submitting_forces_at_the_next_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C right after the jobs went out (they are cancelled before computing): the
+    same instance's next call forces the items (a fix counted them as forced at their
+    submission, and read the old outputs)."""
+    import exca.graph.scheduler
+
+    assert list(make(tmp_path, None).process([1, 2])) == [10, 20]
+    forced = make(tmp_path, "local", infra={"mode": "force"})
+
+    def interrupted(*args: tp.Any, **kwargs: tp.Any) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(exca.graph.scheduler.Scheduler, "wait_some", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            list(forced.process([1, 2]))
+    assert list(forced.process([1, 2])) == [10, 20]
+    assert counts(tmp_path / "calls.txt") == {1: 2, 2: 2}
+
+
 class Pickled(pydantic.BaseModel):
     """item -> 10 * item, each output in a file of its own (not inline in the index)."""
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import mmap
 import re
 import typing as tp
 from pathlib import Path
@@ -173,25 +172,17 @@ _IMMUTABLE = frozenset({int, float, str, bool, bytes, type(None), Path, type(Pat
 
 
 def _read_only(array: tp.Any, np: tp.Any) -> bool:
-    """Whether nobody can change an array's data (then a copy is for nothing, e.g. of a
-    large output read back from a cache): no array of its chain is writeable, and the
-    memory at its end is immutable: bytes, or a read-only map of a file (exca never
-    rewrites its data files). Its own data can be made writeable again by its owner;
-    a user's np.memmap may see its file rewritten: both are copied."""
-    if isinstance(array, np.memmap):
-        return False
+    """Whether nobody can change an array's data (then a copy is for nothing): no array
+    of its chain is writeable and the memory at its end is bytes. (Not a read-only map
+    of a file: its file may be rewritten, and a map of a cache's data file cannot be
+    told from a user's. An owner can make its array writeable again.)"""
     while isinstance(array, np.ndarray):
         if array.flags.writeable:
             return False
         array = array.base
     if isinstance(array, memoryview):  # (np.frombuffer's base: what it views)
         array = array.obj
-    if isinstance(array, bytes):
-        return True
-    if isinstance(array, mmap.mmap):
-        with memoryview(array) as view:
-            return view.readonly
-    return False
+    return isinstance(array, bytes)
 
 
 def _holds_node(value: tp.Any) -> bool:

@@ -371,9 +371,8 @@ class Scheduler:
                     if unit.action == "force" and unit.uids is not None:
                         # (before its record: a call of this instance that sees the job
                         # knows it carries out this instance's force of these items)
-                        state = run.node.force_state
-                        state.setdefault("jobs", set()).add(handle.job_id)
-                        state.setdefault("uids", set()).update(unit.uids)
+                        jobs = run.node.force_state.setdefault("jobs", {})
+                        jobs[handle.job_id] = list(unit.uids)
                     self.record(run.node, unit, handle, code=_code(first))
         for (run, _), handle in zip(members, handles):
             run.handles.append(handle)
@@ -485,8 +484,12 @@ class Scheduler:
                 _cache_error(node, run.error)
             return
         if run.action == "wait":  # someone else's chunk jobs ended: decide what is left
-            # (this instance's own mode=force still applies to what it has not forced:
-            # the jobs it waited for computed what it had before, see wait_for_map_jobs)
+            # (this instance's own forcing jobs, of another call, ended: their items are
+            # forced; its mode=force still applies to the rest, see wait_for_map_jobs)
+            own = node.force_state.get("jobs", {})
+            for handle in run.handles:
+                if handle.job_id in own:
+                    node.force_state.setdefault("uids", set()).update(own[handle.job_id])
             self._redecide_items(run, forced=node.pending_force)
             return
         todo = run.todo or []
