@@ -59,10 +59,10 @@ SCRIPT = textwrap.dedent(
 
 
 def _run(
-    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, code: str = SCRIPT
 ) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "script.py"
-    script.write_text(SCRIPT)
+    script.write_text(code)
     return subprocess.run(
         [sys.executable, str(script), *args], capture_output=True, text=True, env=env, timeout=120
     )
@@ -105,14 +105,7 @@ GRAPH_SCRIPT = textwrap.dedent(
 def test_plan_and_run_of_a_graph_do_not_import_networkx(tmp_path: Path) -> None:
     # (its import takes ~110 ms, a third of a small graph's run in a fresh process;
     # only exca.graph.graph(), which returns a networkx DiGraph, needs it)
-    script = tmp_path / "graph.py"
-    script.write_text(GRAPH_SCRIPT)
-    out = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "cache")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = _run(tmp_path, str(tmp_path / "cache"), code=GRAPH_SCRIPT)
     assert out.returncode == 0, out.stderr
     assert "PLAN {'missing': 2}" in out.stdout
     assert "RESULT 3" in out.stdout

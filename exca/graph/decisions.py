@@ -577,7 +577,7 @@ def wait_for_map_jobs(run: NodeRun, active: list[registry.JobRecord]) -> None:
     unless they are this instance's own forcing jobs (another call of it, e.g. in
     another thread: forced once)."""
     run.reason = f"running as job(s) {', '.join(r.job_id for r in active[:5])}"
-    own = run.node.force_state.get("jobs", ())
+    own = run.node.force_state.get("jobs", {})
     if (
         run.action == "force"
         and run.node.pending_force

@@ -275,9 +275,7 @@ class CacheDict(tp.Generic[X]):
                 state.offset = writer.size
                 for key, target in targets:
                     reader.apply_tombstone(key, target)
-                if state.aims is None:
-                    state.aims = set()
-                state.aims.update(target[0] for _, target in targets)
+                state.aim_at(target[0] for _, target in targets)
         finally:
             if not self._local.writing:
                 writer.close()
@@ -918,8 +916,7 @@ class CacheDict(tp.Generic[X]):
         if self.folder is not None:
             self.refresh()  # where the key's lines are now (e.g. moved by `clean compact`)
         self._delete(key)
-        if self._reader is not None and (self._reader.emptied or self._reader.awaiting_deleter):
-            self._free_lifeless_files(deleter=True)
+        self._free_after_deleting()
 
     def delete_many(self, keys: tp.Iterable[str]) -> None:
         """Delete the keys that are in the cache (one index reread for all of them)."""
@@ -929,6 +926,10 @@ class CacheDict(tp.Generic[X]):
         for key in keys:
             if key in entries or key in ram:
                 self._delete(key)
+        self._free_after_deleting()
+
+    def _free_after_deleting(self) -> None:
+        """A deleter frees the files of ended writers its deletions emptied (reclaim.py)."""
         if self._reader is not None and (self._reader.emptied or self._reader.awaiting_deleter):
             self._free_lifeless_files(deleter=True)
 
@@ -962,9 +963,7 @@ class CacheDict(tp.Generic[X]):
         writer.read_state = state
         # (as a reader of this file would note: a file whose tombstones aim elsewhere is
         # kept while they may apply, e.g. in a child forked after this process ended)
-        if state.aims is None:
-            state.aims = set()
-        state.aims.update(c.file for c in copies)
+        state.aim_at(c.file for c in copies)
         try:
             with self._reader.locked():  # (see put)
                 writer.append(lines)

@@ -82,6 +82,12 @@ class FileState:
         self.keys = keys
         self.aims: set[str] | None = None  # the files its tombstones delete from
 
+    def aim_at(self, files: tp.Iterable[str]) -> None:
+        """Note files this one's tombstones delete from."""
+        if self.aims is None:
+            self.aims = set()
+        self.aims.update(files)
+
 
 _KEY = operator.itemgetter("#key")
 _PLUS_NEWLINE = (1).__add__
@@ -172,14 +178,18 @@ class IndexReader:
                 shadows[:] = [s for s in shadows if s[0] != name]
             entry = self.entries.get(key)
             if entry is not None and entry[0] == name:
-                del self.entries[key]
-                self.removals += 1
-                if self.removed_keys is not None:
-                    self.removed_keys.add(key)
+                self._drop_entry(key)
                 if shadows:
                     self.entries[key] = shadows.pop()
             if shadows is not None and not shadows:
                 del self._shadowed[key]
+
+    def _drop_entry(self, key: str) -> None:
+        """Remove a key's current entry (a RAM copy of it may outlive it: counted, noted)."""
+        del self.entries[key]
+        self.removals += 1
+        if self.removed_keys is not None:
+            self.removed_keys.add(key)
 
     def _shadow(self, key: str, new: tuple[str, int, dict[str, tp.Any]]) -> None:
         """Remember the current entry of a key about to be replaced by another live entry."""
@@ -299,9 +309,7 @@ class IndexReader:
             if isinstance(target, str) and ":" in target:
                 file, _, off = target.rpartition(":")
                 if off.isdigit():
-                    if state.aims is None:
-                        state.aims = set()
-                    state.aims.add(file)
+                    state.aim_at((file,))
                     self.apply_tombstone(record.get("#del"), (file, int(off)))
                     continue
             _warn_bad_line(self.folder / name, offset, line)
@@ -325,10 +333,7 @@ class IndexReader:
                 shadows[:] = kept
             entry = self.entries.get(key)
             if entry is not None and target in places(entry):
-                del self.entries[key]
-                self.removals += 1
-                if self.removed_keys is not None:
-                    self.removed_keys.add(key)
+                self._drop_entry(key)
                 self.emptied.add(entry[0])
                 if shadows:  # another live copy of the key was read earlier
                     self.entries[key] = shadows.pop()
