@@ -1257,3 +1257,44 @@ def test_forced_outputs_free_the_space_of_those_they_replace(tmp_path: Path, clu
     assert sizes[-1] == sizes[0]  # (not 4x: the three replaced runs' data files are gone)
     fresh = ArrayMapper(offset=5, infra={"folder": tmp_path, "mode": "read-only"})
     assert [float(o[0]) for o in fresh.process(items)] == [i + 3000 for i in items]
+
+
+FORCED_MODULE = """
+import typing as tp
+import pydantic
+import exca
+
+
+class Doubler(pydantic.BaseModel):
+    factor: int = 2
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            yield self.factor * item
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_forcing_job_that_dies_before_computing_is_an_error_not_the_old_outputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The forcing job cannot even load its work (its module is gone by then): the call
+    raises, naming the job's end, instead of returning the outputs it was asked to
+    replace; the next call forces them."""
+    (tmp_path / "forced_module.py").write_text(FORCED_MODULE, "utf8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import forced_module
+
+    from exca.graph.errors import JobFailedError
+
+    folder = tmp_path / "cache"
+    assert list(forced_module.Doubler(infra={"folder": folder}).process([1, 2])) == [2, 4]
+    (tmp_path / "forced_module.py").unlink()  # (and the job's interpreter cannot import it)
+    infra = {"folder": folder, "cluster": "local", "mode": "force"}
+    forced = forced_module.Doubler(infra=infra)
+    with pytest.raises(JobFailedError, match="2 item") as failed:
+        list(forced.process([1, 2]))
+    assert "ModuleNotFoundError" in str(failed.value)
+    assert list(forced_module.Doubler(infra={"folder": folder}).process([1, 2])) == [2, 4]

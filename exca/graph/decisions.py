@@ -47,6 +47,10 @@ class NodeRun:
     reads_only: bool = False
     # a task whose folder did not exist when decided: no job record nor claim to look for
     folder_absent: bool = False
+    # a forcing map sent to jobs or a pool: where each item's old output was when they went
+    # out (an output still there when they end was not recomputed: e.g. a job that died
+    # before starting its worker)
+    replaced: dict[str, tuple[str, int]] = dataclasses.field(default_factory=dict)
 
     @property
     def array_key(self) -> str:

@@ -345,6 +345,7 @@ class Scheduler:
         units = [unit for _, unit in members]
         handles: list[executors.Handle]
         if cluster in POOL_CLUSTERS:
+            _note_replaced(members)
             handles = list(pools.submit(units, str(cluster), first.execution.max_jobs))
         else:
             logs = executors.format_logs(
@@ -355,6 +356,7 @@ class Scheduler:
                     return  # (submitted or computed by another process meanwhile)
                 units = [unit for _, unit in members]
                 outdated = store.outdated_outcomes(members)
+                _note_replaced(members)
                 after = sorted({job for run, _ in members for job in run.after})
                 handles = list(
                     executors.submit_array(
@@ -494,6 +496,9 @@ class Scheduler:
             return
         todo = run.todo or []
         missing = node.cache.missing(todo)
+        if run.replaced:  # (forced: an old output its jobs did not replace is missing too)
+            missing += store.not_replaced(node.cache, run.replaced)
+            run.replaced = {}
         if not inline and node.execution.cluster not in POOL_CLUSTERS:
             progress.update(len(todo) - len(missing))
         elif node.execution.cluster in POOL_CLUSTERS and run.handles and not inline:
@@ -718,6 +723,13 @@ def run(
     scheduler = Scheduler(targets, item_uids=item_uids, progress=progress)
     scheduler.run()
     return scheduler
+
+
+def _note_replaced(members: list[tuple[NodeRun, Unit]]) -> None:
+    """Where the old outputs of the items forcing units recompute are (see NodeRun)."""
+    for run, unit in members:
+        if unit.action == "force" and unit.uids:
+            run.replaced.update(store.output_places(run.node.cache, unit.uids))
 
 
 def _code(node: Node) -> tp.Any:

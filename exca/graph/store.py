@@ -57,6 +57,23 @@ def drop_outcome(cache: CacheDict[tp.Any], outdated: tuple[str, int] | None) -> 
             del cache[TASK_KEY]
 
 
+def output_places(cache: CacheDict[tp.Any], uids: tp.Iterable[str]) -> dict[str, tuple[str, int]]:
+    """Where the current output of each item is (items without one are left out)."""
+    places = {}
+    with cache.frozen_cache_folder():  # (misses: one folder read, not one each)
+        for uid in uids:
+            entry = cache.entry(uid)
+            if entry is not None:
+                places[uid] = (entry.file, entry.offset)
+    return places
+
+
+def not_replaced(cache: CacheDict[tp.Any], places: dict[str, tuple[str, int]]) -> list[str]:
+    """The items whose output is still where ``output_places`` saw it."""
+    now = output_places(cache, places)
+    return [uid for uid, place in places.items() if now.get(uid) == place]
+
+
 def outdated_outcomes(members: tp.Sequence[tuple[tp.Any, tp.Any]]) -> list[tuple[Node, tp.Any]]:
     """``outdated_outcome`` of each forced or retried task among (run, unit) members."""
     out = []
