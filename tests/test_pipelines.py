@@ -1498,6 +1498,27 @@ def test_a_failed_map_item_then_retry(env: Env) -> None:
     assert len(started(env.log)) == 6
 
 
+def test_running_a_map_target_holding_cached_item_errors_raises(env: Env) -> None:
+    """run() of a map whose item failed raises the item's error, the second time too (it
+    is read back from the cache, nothing computes), as the map's own call does."""
+    flag = env.tmp / "fail"
+    flag.touch()
+
+    def squares() -> exca.graph.Node:
+        return FlakySquare(log=env.log, fail_flag=str(flag), infra=env.infra()).apply.node([1, 2])
+
+    for _ in range(2):
+        with pytest.raises(ValueError, match="item 2 fails on purpose") as info:
+            exca.graph.run(squares())
+        assert "'2'" in str(info.value) + "".join(getattr(info.value, "__notes__", []))
+    # (the failed item was computed once more, alone: is the error its own?)
+    assert started(env.log) == ["square1", "square2", "square2"]
+    other = FlakySquare(log=env.log, fail_flag=str(flag), infra=env.infra()).apply.node([3])
+    with pytest.raises(ValueError, match="item 2 fails on purpose"):
+        exca.graph.run(squares(), other)  # (the other targets are computed all the same)
+    assert started(env.log)[3:] == ["square3"]
+
+
 def test_a_map_fed_by_a_map_with_a_failed_item(env: Env) -> None:
     """The downstream map did not fail itself: its items could not be read. It was blamed
     with the upstream item's own error (a bare ValueError under its name)."""

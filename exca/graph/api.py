@@ -5,7 +5,8 @@ from __future__ import annotations
 import typing as tp
 
 from . import calls, store
-from .decisions import check_node, collect
+from .decisions import check_node, collect, first_item_error
+from .errors import NodeFailures
 from .jobs import Job
 from .node import TASK_KEY, Node
 from .planning import Plan
@@ -26,9 +27,28 @@ def run(*targets: Node, wait: bool = True, progress: bool | None = None) -> Sche
     scheduler = Scheduler(list(targets), progress=progress)
     if wait:
         scheduler.run()
+        _raise_item_errors(scheduler, targets)
     else:
         scheduler.run_detached()
     return scheduler
+
+
+def _raise_item_errors(scheduler: Scheduler, targets: tp.Sequence[Node]) -> None:
+    """Target maps whose items hold errors (computed now or cached) cannot be read: raise
+    the first item's error, as iterating the map's call does."""
+    failures: dict[str, BaseException] = {}
+    for node in dict.fromkeys(targets):
+        run = scheduler.runs.get(node.key)
+        if node.kind != "map" or run is None or run.state != "done":
+            continue
+        uids = run.uids if run.uids is not None else store.map_item_uids(node)
+        error = first_item_error(node, uids)
+        if error is not None:
+            failures[node.uid] = error
+    if len(failures) == 1:
+        raise next(iter(failures.values()))
+    if failures:
+        raise NodeFailures(failures)
 
 
 def graph(*targets: Node) -> nx.DiGraph:

@@ -530,7 +530,7 @@ class Graph:
                 f"upstream {up.node.uid} has {up.item_errors} cached item error(s) "
                 "(mode='retry' on it recomputes them)"
             )
-            error = _first_item_error(up.node, up.uids or [])
+            error = first_item_error(up.node, up.uids or [])
             if error is not None:
                 from .worker import UpstreamFailed
 
@@ -628,7 +628,7 @@ def _reuse(run: NodeRun) -> bool:
     return True
 
 
-def _first_item_error(node: Node, uids: list[str]) -> BaseException | None:
+def first_item_error(node: Node, uids: list[str]) -> BaseException | None:
     """The exception of a map's first item holding a cached error (found through the index:
     no output is loaded)."""
     cache = node.cache
