@@ -389,3 +389,24 @@ def test_a_queued_chunk_job_is_seen_after_a_later_job_ended(tmp_path: Path) -> N
         assert plan.removals == [] and record.job_id in plan.kept[0][1]
     finally:
         _scancel(record.job_id)
+
+
+@pytest.mark.timeout(QUEUE_S + 2 * WAIT_S)
+def test_clean_versions_removes_the_logs_of_an_old_versions_slurm_array(tmp_path: Path) -> None:
+    """An array's logs folder holds submitit's `.submission_file_<hex>.sh` link besides the
+    job files: it is exca's all the same, removed with the old version (it was kept, and
+    no other clean command reached it)."""
+    root = tmp_path / "cache"
+    infra = {"folder": root, "cluster": "slurm"}
+    tasks = [NapOps(seconds=0, marker=f"v1-{i}", infra=infra) for i in range(2)]
+    with tasks[0].infra.job_array() as array:
+        array.extend(tasks)
+    step = tasks[0].infra.uid_folder().parent  # (<module>.NapOps.nap,1)
+    assert any(p.name.startswith(".submission_file_") for p in (step / "logs").rglob("*"))
+    for task in tasks:  # (a job still ending keeps its folders: not what is tested here)
+        job_id = task.infra.job().job_id
+        wait_until(lambda: not _queue_state(job_id), "the job leaves the queue")
+    NapOps(seconds=0, marker="v1-0", infra={"folder": root, "version": "2"}).nap()
+    result = cli("clean", root, "versions", "--yes")
+    assert "logs of an old version" in result.stdout
+    assert list(step.iterdir()) == []

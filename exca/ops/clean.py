@@ -325,8 +325,10 @@ def _holds_node_folders(folder: Path) -> bool:
 
 
 # the files submitit writes for a job (local, Slurm, debug; arrays: <job>_<index>_...)
+# (submitit's job files, and the link to an array's shared submission script)
 _JOB_FILE = re.compile(
     r"(DEBUG_)?\d+(_\d+)*_(log\.out|log\.err|result\.pkl|submitted\.pkl|submission\.sh)"
+    r"|\.submission_file_[0-9a-f]+\.sh"
 )
 _CODE_SNAPSHOT = re.compile(r"\d{4}-\d\d-\d\d-[0-9a-f]{6}")  # (workdir copies)
 
