@@ -403,9 +403,9 @@ def test_clean_versions_removes_the_logs_of_an_old_versions_slurm_array(tmp_path
         array.extend(tasks)
     step = tasks[0].infra.uid_folder().parent  # (<module>.NapOps.nap,1)
     assert any(p.name.startswith(".submission_file_") for p in (step / "logs").rglob("*"))
-    for task in tasks:  # (a job still ending keeps its folders: not what is tested here)
-        job_id = task.infra.job().job_id
-        wait_until(lambda: not _queue_state(job_id), "the job leaves the queue")
+    # (a job still ending keeps its folders: not what is tested here)
+    job_ids = [task.infra.job().job_id for task in tasks]
+    wait_until(lambda: not any(map(_queue_state, job_ids)), "the jobs leave the queue")
     NapOps(seconds=0, marker="v1-0", infra={"folder": root, "version": "2"}).nap()
     result = cli("clean", root, "versions", "--yes")
     assert "logs of an old version" in result.stdout
