@@ -1500,8 +1500,8 @@ def test_clean_logs_of_ended_jobs(tmp_path: Path) -> None:
 
 
 def test_clean_logs_of_a_copied_cache_leaves_the_original_alone(tmp_path: Path) -> None:
-    """Job records hold absolute log paths: those of a copied cache point at the original's
-    logs, which cleaning the copy removed."""
+    """Job records hold absolute log paths, those of the original: a copy's logs are read
+    and cleaned from the copy's own log folders (the original's were removed once)."""
     original, copy = tmp_path / "original", tmp_path / "copy"
     assert Train(seed=7, infra={"folder": original, "cluster": "local"}).fit() == 8
     (job,) = exca.ops.logs(folder_of(Train(seed=7, infra={"folder": original})))
@@ -1510,13 +1510,37 @@ def test_clean_logs_of_a_copied_cache_leaves_the_original_alone(tmp_path: Path) 
     jobs = [job, *exca.ops.logs(squares.square.node([1, 2]))]
     assert len(jobs) > 1
     shutil.copytree(original, copy, symlinks=True)
+    copied = [copy / j.stdout_path.parent.relative_to(original) for j in jobs]
     plan = clean.logs(copy, older_than_days=0)
-    assert plan.removals == []
-    assert sorted(plan.kept) == sorted(
-        (j.stdout_path.parent, f"in another cache root ({original}): clean that one") for j in jobs
-    )
+    assert sorted(r.path for r in plan.removals) == sorted(copied)
     cli("clean", copy, "logs", "--days", "0", "--yes", check=True)
     assert all(j.stdout_path.exists() for j in jobs)
+    assert not any(c.exists() for c in copied)
+
+
+def test_logs_of_a_moved_cache(tmp_path: Path) -> None:
+    """The records of a moved cache name the old place of the logs: `exca logs` and
+    `clean logs` find them in the moved cache (they printed nothing, found nothing); a log
+    file that is not there is an error, not an empty text."""
+    before, after = tmp_path / "cache", tmp_path / "moved"
+    assert Train(seed=7, infra={"folder": before, "cluster": "local"}).fit() == 8
+    squares = Squares(infra={"folder": before, "cluster": "local", "max_jobs": 1})
+    assert list(squares.square([1, 2])) == [1, 4]
+    task_folder = folder_of(Train(seed=7, infra={"folder": before}))
+    map_folder = squares.square.node([1, 2]).folder
+    assert map_folder is not None
+    before.rename(after)
+    for folder in (task_folder, map_folder):
+        moved = after / folder.relative_to(before)
+        result = cli("logs", moved, check=True)
+        assert str(after) in result.stdout.splitlines()[0]
+        assert (moved / "submitit").resolve().is_relative_to(after)  # (the link too)
+    assert "fitting seed=7" in cli("logs", after / task_folder.relative_to(before)).stdout
+    plan = clean.logs(after, older_than_days=0)
+    assert len(plan.removals) == 2 and all(r.path.is_relative_to(after) for r in plan.removals)
+    plan.execute()
+    result = cli("logs", after / task_folder.relative_to(before))
+    assert result.returncode == 1 and "is not there" in result.stdout
 
 
 def test_clean_logs_counts_from_when_the_job_ended(tmp_path: Path) -> None:

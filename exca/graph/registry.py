@@ -35,6 +35,9 @@ class JobRecord:
     host: str = ""
     pid: int = 0  # the submitting process
 
+    # the node folder the record was read from (not written: see logs_folder)
+    node_folder: Path | None = dataclasses.field(default=None, compare=False, repr=False)
+
     @property
     def stdout(self) -> Path:
         return _log_file(self, "out")
@@ -43,9 +46,25 @@ class JobRecord:
     def stderr(self) -> Path:
         return _log_file(self, "err")
 
+    def logs_folder(self) -> Path:
+        """The job's log folder. The record holds the absolute path it had: in a cache
+        moved or copied since, the same place under the node folder the record was read
+        from, when it is there (a copy's own logs, not the original's)."""
+        recorded = Path(self.logs)
+        if self.node_folder is None:
+            return recorded
+        parts = recorded.parts
+        for ancestor in (self.node_folder, self.node_folder.parent):  # (node, step folder)
+            if ancestor.name in parts:
+                last = len(parts) - 1 - parts[::-1].index(ancestor.name)
+                here = ancestor.joinpath(*parts[last + 1 :])
+                if here == recorded or here.exists():
+                    return here
+        return recorded
+
 
 def _log_file(record: JobRecord, kind: str) -> Path:
-    folder = Path(record.logs)
+    folder = record.logs_folder()
     # submitit names logs <job_id>_<task>_log.out
     candidates = sorted(folder.glob(f"{record.job_id}_*_log.{kind}"))
     return candidates[0] if candidates else folder / f"{record.job_id}_0_log.{kind}"
@@ -60,12 +79,23 @@ def write(
         make_folder(jobs, permissions)
     name = record.job_id.replace("/", "-")
     tmp = jobs / f".{name}.{os.urandom(3).hex()}.tmp"
-    tmp.write_bytes(orjson.dumps(dataclasses.asdict(record)))
+    written = {k: v for k, v in dataclasses.asdict(record).items() if k != "node_folder"}
+    tmp.write_bytes(orjson.dumps(written))
     if permissions is not None:
         chmod(tmp, permissions)
     os.replace(tmp, jobs / f"{name}.json")
     if link:
-        globals()["link"](folder, LINK_NAME, record.logs)
+        globals()["link"](folder, LINK_NAME, _link_target(folder, record.logs))
+
+
+def _link_target(folder: Path, logs: str) -> str:
+    """A log folder inside the step folder is linked relatively: the link survives moving
+    or copying the cache (one elsewhere keeps its absolute path)."""
+    try:
+        relative = os.path.relpath(logs, folder)
+    except ValueError:  # (another drive)
+        return logs
+    return logs if relative.startswith(os.path.join(os.pardir, os.pardir)) else relative
 
 
 def link(folder: Path, name: str, target: str) -> None:
@@ -132,9 +162,11 @@ def read_all(folder: Path | None) -> list[JobRecord]:
         if not entry.name.endswith(".json"):
             continue
         try:
-            out.append(JobRecord(**orjson.loads(Path(entry.path).read_bytes())))
+            record = JobRecord(**orjson.loads(Path(entry.path).read_bytes()))
         except (OSError, orjson.JSONDecodeError, TypeError):
             continue
+        record.node_folder = Path(folder)
+        out.append(record)
     return sorted(out, key=lambda r: r.submitted)
 
 
@@ -161,10 +193,10 @@ def submitit_job(record: JobRecord) -> tp.Any:
     import submitit
 
     if record.cluster == "slurm":
-        return submitit.SlurmJob(folder=record.logs, job_id=record.job_id)
+        return submitit.SlurmJob(folder=record.logs_folder(), job_id=record.job_id)
     from submitit.local.local import LocalJob
 
-    return LocalJob(folder=record.logs, job_id=record.job_id)
+    return LocalJob(folder=record.logs_folder(), job_id=record.job_id)
 
 
 def wrote_outcome(record: JobRecord) -> bool:

@@ -193,7 +193,7 @@ def _used_by_jobs(root: Path) -> dict[Path, str]:
     for folder, record in records:
         if registry.is_active(record, queued):
             why = f"files of job {record.job_id} ({folder.name}), queued or running"
-            used[Path(record.logs).resolve()] = why
+            used[record.logs_folder().resolve()] = why
             code = folder / "code"
             if code.is_symlink():
                 used[code.resolve()] = why
@@ -511,7 +511,7 @@ def logs(root: Path | str, older_than_days: float = 30.0) -> CleanPlan:
     by_folder: dict[Path, list[registry.JobRecord]] = {}  # (jobs may share a log folder)
     for _, _, folder in node_folders(root):
         for record in registry.read_all(folder):
-            by_folder.setdefault(Path(record.logs), []).append(record)
+            by_folder.setdefault(record.logs_folder(), []).append(record)
     for logs_folder, records in by_folder.items():
         if not logs_folder.exists() or any(r.submitted > limit for r in records):
             continue  # (a recent job's logs are in it too)

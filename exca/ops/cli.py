@@ -342,6 +342,13 @@ def _main(argv: list[str] | None) -> int:
             return 1
         job = found[-1]
         path = job.stderr_path if args.stderr else job.stdout_path
+        if not path.exists():
+            message = (
+                f"The log file of job {job.job_id} ({job.cluster}) is not there: {path} (its "
+                "logs were removed, e.g. by `exca clean ROOT logs`, or the job never started)"
+            )
+            _print({"error": message, "job_id": job.job_id, "path": str(path)}, args.json, message)
+            return 1
         text = job.stderr() if args.stderr else job.stdout()
         data = {"job_id": job.job_id, "cluster": job.cluster, "path": str(path), "text": text}
         _print(data, args.json, f"# job {job.job_id} ({job.cluster}): {path}\n{text}")
