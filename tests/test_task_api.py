@@ -454,6 +454,19 @@ def test_iter_cached(tmp_path: Path) -> None:
     assert list(Outer().infra.iter_cached()) == []  # no folder
 
 
+def test_iter_cached_of_a_moved_cache_reads_from_where_it_was_found(tmp_path: Path) -> None:
+    """config.yaml names the folder it was written in: the configs of a moved cache
+    computed again, in the old place (it came back, with new results)."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    assert Outer(model={"layers": 1}, infra={"folder": old}).train() > 0
+    old.rename(new)
+    (cached,) = Outer(infra={"folder": new}).infra.iter_cached()
+    assert cached.infra.folder == new and cached.infra.status() == "completed"
+    before = _count("outer")
+    assert cached.train() == 0.1
+    assert _count("outer") == before and not old.exists()
+
+
 def test_obj_infras() -> None:
     obj = Outer(subs=[Sub(), Sub(layers=4)])
     infras = obj.infra.obj_infras()

@@ -629,15 +629,22 @@ class BaseInfra(pydantic.BaseModel):
         step = Path(self.folder) / self._step_name()
         if not step.is_dir():
             return
-        cls = type(self._owner())
+        owner = self._owner()
+        cls = type(owner)
+        # (config.yaml names the folder it was written in: a cache moved since would make
+        # its configs compute again, in the old place; they belong where they were found)
+        name = next(n for n in type(owner).model_fields if getattr(owner, n, None) is self)
         for sub in sorted(step.iterdir()):
             if not (sub / uidfolder.UID_FILE).exists() or not self._has_result(sub):
                 continue
             cfg = uidfolder.read_yaml(sub / uidfolder.CONFIG_FILE)
             if cfg is None:
                 continue
+            data = dict(ConfDict(cfg))  # (config.yaml has dotted keys)
+            if isinstance(data.get(name), dict) and data[name].get("folder") is not None:
+                data[name] = {**data[name], "folder": self.folder}
             try:
-                obj = _from_config(cls, dict(ConfDict(cfg)))  # (config.yaml has dotted keys)
+                obj = _from_config(cls, data)
             except pydantic.ValidationError as error:
                 # e.g. a config written by another version of the class, or a dict key
                 # holding a "." (read back as nesting): the other folders still come
