@@ -50,15 +50,22 @@ def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.An
             f"{target!r}: {class_name} in {module_name} is not a class (check TARGET: "
             "package.module:Class.method)"
         )
-    if cls is None or not hasattr(cls, method):
-        raise ValueError(f"{target!r}: {module_name} has no {attr} (check TARGET)")
     from ..infra.method import InfraMethod
 
-    if not isinstance(inspect.getattr_static(cls, method), InfraMethod):
+    def decorated_methods() -> str:
+        assert cls is not None
         names = {n for k in cls.__mro__ for n in vars(k)}
-        decorated = sorted(
-            n for n in names if isinstance(inspect.getattr_static(cls, n, None), InfraMethod)
+        found = [n for n in names if isinstance(inspect.getattr_static(cls, n, None), InfraMethod)]
+        return ", ".join(sorted(found)) or "none"
+
+    if cls is None:
+        raise ValueError(f"{target!r}: {module_name} has no {class_name} (check TARGET)")
+    if not hasattr(cls, method):
+        raise ValueError(
+            f"{target!r}: {class_name} has no method {method!r} (check TARGET); decorated "
+            f"methods of {class_name}: {decorated_methods()}"
         )
+    if not isinstance(inspect.getattr_static(cls, method), InfraMethod):
         parent = next(
             (k for k in cls.__mro__[1:] if isinstance(vars(k).get(method), InfraMethod)), None
         )
@@ -70,7 +77,7 @@ def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.An
         raise ValueError(
             f"{target!r}: {method} is not decorated with an infra (@infra.apply){note}: "
             "only decorated methods have a cache to plan; decorated methods of "
-            f"{class_name}: {', '.join(decorated) or 'none'}"
+            f"{class_name}: {decorated_methods()}"
         )
     import yaml
 
@@ -106,7 +113,10 @@ def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.An
     try:
         obj = cls(**cfg)
     except pydantic.ValidationError as error:
-        invalid = {".".join(map(str, e["loc"])) for e in error.errors()}
+        # (a value yaml typed that a str field refused: not an unknown key)
+        invalid = {
+            ".".join(map(str, e["loc"])) for e in error.errors() if e["type"] != "extra_forbidden"
+        }
         quoted = [f"'{k}=\"{v}\"'" for k, v in retyped.items() if k in invalid]
         if not quoted:
             raise
