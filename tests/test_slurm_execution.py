@@ -23,7 +23,7 @@ import pytest
 from filelog import append, lines
 
 import exca
-from exca.graph import executors
+from exca.graph import executors, registry
 from exca.graph.errors import JobFailedError, NodeFailures
 from slurm_cluster import SlurmCluster, sacct_states
 
@@ -338,7 +338,6 @@ def test_many_killed_jobs_are_described_with_one_sacct_call(
 ) -> None:
     """A plan or run meeting several jobs that died without a result says how each ended,
     from one sacct call for all of them (not two per job: ~0.1 s each)."""
-    from exca.graph import registry
 
     (ctl / "kill").touch()
     array = [task(tmp_path, ctl, slurm_cluster, x=x) for x in (20, 21, 22)]
@@ -646,3 +645,31 @@ def test_an_option_sbatch_refuses_names_the_config(
     assert "gres" in message and "slurm_additional_parameters" in message
     assert obj.infra.status() == "not submitted"
     assert not (ctl / "calls.txt").exists()
+
+
+class LingeringMap(pydantic.BaseModel):
+    """Its job's process stays a few seconds after writing its result (an exit handler):
+    Slurm lists the job as running, then completing, meanwhile."""
+
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        import atexit
+
+        atexit.register(time.sleep, 8)
+        yield from items
+
+
+@pytest.mark.timeout(300)
+def test_status_of_a_map_whose_job_wrote_everything_is_completed(tmp_path: Path) -> None:
+    """Right after the call returned, status() said "running" (and `exca list` too) while
+    Slurm still listed the job that had written every output."""
+    mapper = LingeringMap(infra={"folder": tmp_path, "cluster": "slurm"})
+    assert list(mapper.process([1, 2])) == [1, 2]
+    node = mapper.process.node([1, 2])
+    job_id = exca.ops.logs(node)[-1].job_id
+    assert job_id in registry.queued_jobs([job_id])  # (still listed: the case)
+    assert node.status() == "completed"
+    (info,) = exca.ops.inspect(tmp_path)
+    assert (info.status, info.job_state) == ("success", "ended")

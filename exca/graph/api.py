@@ -87,7 +87,7 @@ def status(node: Node) -> str:
     records = registry.read_all(node.folder)
     slurm = [r.job_id for r in records if r.cluster == "slurm"]
     queued = registry.queued_jobs(slurm) if slurm else set()
-    if any(registry.is_active(r, queued) for r in records):
+    if any(registry.still_running(r, queued) for r in records):
         return "running"
     try:
         uids = store.map_item_uids(node)

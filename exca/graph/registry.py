@@ -244,6 +244,12 @@ def is_active(record: JobRecord, queued: set[str] | None = None) -> bool:
     return False  # (debug jobs run in their submitter's process: its claims tell)
 
 
+def still_running(record: JobRecord, queued: set[str] | None = None) -> bool:
+    """``is_active``, except for a job whose python ended well: Slurm may list it a while
+    after its result was written (its epilogue, ``COMPLETING``)."""
+    return is_active(record, queued) and not wrote_outcome(record)
+
+
 def queued_jobs(job_ids: tp.Sequence[str]) -> set[str]:
     """Which of these Slurm jobs are pending or running, with ONE ``squeue`` call (the
     controller knows a job at once; sacct may lag right after a submission). When squeue

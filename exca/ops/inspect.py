@@ -159,7 +159,7 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
     if queued is None:  # (one squeue call for the folder's Slurm jobs)
         queued = registry.queued_jobs([r.job_id for r in records if r.cluster == "slurm"])
     # the latest active job (a chunk job may still run after a later one ended), else the latest
-    record = next((r for r in reversed(records) if registry.is_active(r, queued)), None)
+    record = next((r for r in reversed(records) if registry.still_running(r, queued)), None)
     if record is not None or records:
         info.job_state = "running" if record is not None else "ended"
         record = record or records[-1]
