@@ -1117,6 +1117,44 @@ def test_clean_downstream_through_a_map_fed_twice(tmp_path: Path) -> None:
     mapped = Squares(infra={"folder": root}).square.node(source5)
     assert {source5.folder, mapped.folder, total(5).folder} <= removed
     assert total(3).folder not in removed
+    # the map's folder holds the items of n=3 too: only items 3 and 4 go
+    plan = clean.remove_nodes([source5], downstream=True)
+    (items,) = [r for r in plan.removals if r.path == mapped.folder]
+    assert sorted(items.keys or []) == ["3", "4"] and "2 of 5 items" in items.reason
+    plan.execute()
+    assert mapped.folder is not None and mapped.folder.exists()
+    assert exca.graph.plan(total(3)).counts() == {"cached": 1, "not needed": 2}
+    assert exca.graph.plan(total(5)).counts() == {"missing": 3}
+
+
+class Shift(pydantic.BaseModel):
+    """A map fed by a map (x -> x + 1)."""
+
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def shift(self, items: list[int]) -> tp.Iterator[int]:
+        for x in items:
+            yield x + 1
+
+
+def test_clean_downstream_of_a_map_of_given_items(tmp_path: Path) -> None:
+    """A map whose items were given (not made by a node) and what was computed from it: a
+    task, and a map fed by it then a task (they were not found: nothing recorded the map)."""
+    root = tmp_path / "cache"
+    squares = Squares(infra={"folder": root}).square.node([1, 2, 3])
+    total = Total(infra={"folder": root}).total.node(squares)
+    shifted = Shift(infra={"folder": root}).shift.node(squares)
+    after = Total(scale=3, infra={"folder": root}).total.node(shifted)
+    assert (total.result(), after.result()) == (28, 3 * (2 + 5 + 10))
+    other = Total(infra={"folder": root}).total.node(
+        Source(n=2, infra={"folder": root}).make.node()
+    )
+    assert other.result() == 2
+    plan = clean.remove_nodes([squares], downstream=True)
+    expected = [squares.folder, total.folder, shifted.folder, after.folder]
+    assert sorted(r.path for r in plan.removals) == sorted(expected)  # type: ignore[type-var]
+    assert all(r.keys is None for r in plan.removals)
 
 
 def test_clean_old_versions_orders_numbers_inside_versions(tmp_path: Path) -> None:

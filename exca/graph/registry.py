@@ -245,8 +245,9 @@ def is_active(record: JobRecord, queued: set[str] | None = None) -> bool:
 
 
 def still_running(record: JobRecord, queued: set[str] | None = None) -> bool:
-    """``is_active``, except for a job whose python ended well: Slurm may list it a while
-    after its result was written (its epilogue, ``COMPLETING``)."""
+    """``is_active``, except for a job whose python ended well: it writes nothing more
+    to the cache, though Slurm may list it a while (its epilogue, ``COMPLETING``) and a
+    local job's process may not have exited yet (what status, list and clean show)."""
     return is_active(record, queued) and not wrote_outcome(record)
 
 

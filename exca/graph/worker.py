@@ -259,7 +259,14 @@ def _provenance(node: Node) -> dict[str, tp.Any]:
                 upstream[source.uid] = store.entry_ref(entry)
         elif source.kind == "map":
             upstream.update(_map_provenance(source))
+            upstream[source.path] = MAP_REF
     return {"t": round(time.time(), 3), "up": upstream}
+
+
+# a map's place in provenance, under its folder's path (its items are cached there, whichever
+# node computed them): recorded for `clean --downstream` (a plan's staleness check compares
+# task entries only: a map has no single entry to compare)
+MAP_REF = "map"
 
 
 def _map_provenance(source: Node) -> dict[str, str]:
@@ -548,11 +555,13 @@ def _items_done(node: Node) -> tp.Callable[[list[str]], list[str]]:
 
 
 def _items_provenance(node: Node) -> dict[str, tp.Any] | None:
-    """For maps fed by an upstream task: which entry the items came from (clean --downstream
-    finds maps computed from a task through it)."""
+    """For maps fed by an upstream node: where the items came from (clean --downstream
+    finds maps computed from a node through it; a plan, tasks made stale since)."""
     source = node.items
-    if not isinstance(source, Node) or source.kind != "task":
+    if not isinstance(source, Node):
         return None
+    if source.kind == "map":  # (and what fed that map, as for a task fed by a map)
+        return {"t": round(time.time(), 3), "up": {**_map_provenance(source), source.path: MAP_REF}}
     entry = source.cache.entry(TASK_KEY)
     if entry is None:
         return None

@@ -47,6 +47,7 @@ class Removal:
     path: Path
     size: int
     reason: str
+    keys: list[str] | None = None  # only these items of a map's folder (None: the path)
 
 
 @dataclasses.dataclass
@@ -91,6 +92,10 @@ class CleanPlan:
             path = removal.path
             if path.is_dir() and _busy_with_inputs(path) is not None:
                 continue  # started being used since the preview
+            if removal.keys is not None:
+                _remove_items(path, removal.keys)
+                freed += removal.size
+                continue
             root = _root_of(path) if (path / UID_FILE).exists() else path.parent.parent
             if path.is_dir() and _holds_what_jobs_use(path, root, jobs_use) is not None:
                 continue
@@ -113,9 +118,20 @@ def busy_reason(folder: Path) -> str | None:
     records = registry.read_all(folder)
     queued = registry.queued_jobs([r.job_id for r in records if r.cluster == "slurm"])
     for record in reversed(records):
-        if registry.is_active(record, queued):
+        if registry.still_running(record, queued):
             return f"job {record.job_id} is queued or running"
     return None
+
+
+def _remove_items(folder: Path, keys: list[str]) -> None:
+    """Delete items of a map's folder (tombstones: other processes stop reading them)."""
+    from ..cachedict import CacheDict
+
+    cache: CacheDict[tp.Any] = CacheDict(folder=folder, keep_in_ram=False)
+    with cache.write():
+        for key in keys:
+            with contextlib.suppress(KeyError):  # (removed meanwhile)
+                del cache[key]
 
 
 def remove_node_folder(folder: Path) -> None:
@@ -169,6 +185,18 @@ def _add_folder(plan: CleanPlan, folder: Path, reason: str) -> None:
     plan.removals.append(Removal(folder, size, reason))
 
 
+def _add_items(plan: CleanPlan, folder: Path, keys: list[str], reason: str) -> None:
+    """Some items of a map folder (the size: their share of the folder's, an estimate)."""
+    busy = _busy_with_inputs(folder)
+    if busy is not None:
+        plan.kept.append((folder, busy))
+        return
+    total = max(len(inspecting_view(folder).entries_info()), 1)
+    size, _ = disk_usage(folder)
+    shown = f"{len(keys)} of {total} items: {reason}"
+    plan.removals.append(Removal(folder, size * len(keys) // total, shown, keys=keys))
+
+
 def _holds_what_jobs_use(
     folder: Path, root: Path, jobs_use: dict[Path, dict[Path, str]]
 ) -> str | None:
@@ -191,7 +219,7 @@ def _used_by_jobs(root: Path) -> dict[Path, str]:
     queued = registry.queued_jobs([r.job_id for _, r in records if r.cluster == "slurm"])
     used: dict[Path, str] = {}
     for folder, record in records:
-        if registry.is_active(record, queued):
+        if registry.still_running(record, queued):
             why = f"files of job {record.job_id} ({folder.name}), queued or running"
             used[record.logs_folder().resolve()] = why
             code = folder / "code"
@@ -201,37 +229,52 @@ def _used_by_jobs(root: Path) -> dict[Path, str]:
 
 
 # --- nodes and what depends on them ----------------------------------------------------------
-def downstream_folders(root: Path, folders: tp.Iterable[Path]) -> list[Path]:
-    """Node folders whose results were computed from the given ones (recorded provenance)."""
+def computed_from(
+    root: Path, folders: tp.Iterable[Path]
+) -> tuple[list[Path], dict[Path, list[str]]]:
+    """What was computed from the given node folders (recorded provenance): whole node
+    folders, and the items of map folders of which only some were (a map's folder holds
+    the items of every call of its config: those computed from other inputs stay)."""
     by_uid: dict[str, Path] = {}
-    parents: dict[Path, set[str]] = {}
+    parents: dict[Path, dict[str | None, set[str]]] = {}  # (None: a task's result)
     for step, uid, folder in node_folders(root):
         by_uid[f"{step}/{uid}"] = folder
         cache = inspecting_view(folder)
         entry = cache.entry(TASK_KEY)
+        metas: dict[str | None, tp.Any]
         if entry is None:  # a map: each item may record the upstream it came from
-            metas = [info.get("#meta") for info in cache.entries_info().values()]
+            metas = {key: info.get("#meta") for key, info in cache.entries_info().items()}
         else:
-            metas = [entry.info.get("#meta")]
-        ups = parents[folder] = set()
-        for meta in metas:
-            if isinstance(meta, dict) and isinstance(meta.get("up"), dict):
-                ups.update(meta["up"])
+            metas = {None: entry.info.get("#meta")}
+        parents[folder] = {
+            key: set(meta["up"])
+            if isinstance(meta, dict) and isinstance(meta.get("up"), dict)
+            else set()
+            for key, meta in metas.items()
+        }
     # a config folder goes with the node folders of its inputs (inputs-*) inside it
     targets = {g.resolve() for f in folders for g in (Path(f), *input_folders(Path(f)))}
     found: list[Path] = []
+    some_items: dict[Path, list[str]] = {}
     frontier = {uid for uid, f in by_uid.items() if f.resolve() in targets}
     while frontier:
         next_frontier: set[str] = set()
         for folder, ups in parents.items():
             if folder.resolve() in targets or folder in found:
                 continue
-            if ups & frontier:
-                found.append(folder)
-                gone = {folder, *input_folders(folder)}
-                next_frontier.update(u for u, f in by_uid.items() if f in gone)
+            hit = [key for key, up in ups.items() if up & frontier]
+            if not hit:
+                continue
+            if len(hit) < len(ups):  # (what follows these items recorded where they came
+                done = some_items.setdefault(folder, [])  # from: found through that)
+                done.extend(k for k in hit if k is not None and k not in done)
+                continue
+            some_items.pop(folder, None)
+            found.append(folder)
+            gone = {folder, *input_folders(folder)}
+            next_frontier.update(u for u, f in by_uid.items() if f in gone)
         frontier = next_frontier
-    return found
+    return found, some_items
 
 
 def remove_nodes(
@@ -258,8 +301,11 @@ def remove_nodes(
     if downstream:
         base = cache_root(root) if root is not None else _root_of(folders[0]) if folders else None
         if base is not None:
-            for folder in downstream_folders(base, folders):
+            whole, some_items = computed_from(base, folders)
+            for folder in whole:
                 _add_folder(plan, folder, "computed from a removed node")
+            for folder, keys in some_items.items():
+                _add_items(plan, folder, keys, "computed from a removed node")
     return plan
 
 
