@@ -1298,3 +1298,26 @@ def test_a_forcing_job_that_dies_before_computing_is_an_error_not_the_old_output
         list(forced.process([1, 2]))
     assert "ModuleNotFoundError" in str(failed.value)
     assert list(forced_module.Doubler(infra={"folder": folder}).process([1, 2])) == [2, 4]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("cluster", ["local", "processpool"])
+def test_overlapping_map_nodes_of_one_run_send_each_item_to_one_job(
+    tmp_path: Path, cluster: str
+) -> None:
+    """Two map nodes of one config in one run, sharing items: each item goes to the jobs of
+    one node (the jobs of both included the shared ones, and half of them only waited for
+    the other's claims); the other node waits for those jobs."""
+    from exca.graph import registry
+
+    mapper = make(tmp_path, cluster)
+    first, second = mapper.process.node([1, 2, 3, 4]), mapper.process.node([3, 4, 5])
+    if cluster == "local":  # (one item per job here: as many jobs as distinct items)
+        assert [a.elements for a in exca.graph.plan(first, second).arrays] == [5]
+    exca.graph.run(first, second)
+    assert (first.result(), second.result()) == ([10, 20, 30, 40], [30, 40, 50])
+    assert counts(tmp_path / "calls.txt") == {1: 1, 2: 1, 3: 1, 4: 1, 5: 1}
+    if cluster == "local":
+        records = registry.read_all(first.folder)
+        sent = collections.Counter(k for r in records for k in r.keys or [])
+        assert sent == {"1": 1, "2": 1, "3": 1, "4": 1, "5": 1}, records

@@ -199,6 +199,8 @@ class Plan:
                 behind.add(key)
         behind = {k for k in behind if not on_slurm(runs[k].node)}
         groups: dict[tuple[int, str, bool], PlannedArray] = {}
+        # (map nodes of one config launched together: each item goes to one node's jobs)
+        taken: dict[tuple[int, str, str, str], set[str]] = {}
         for key in order:
             run = runs[key]
             if key not in wave or not run.needs_work or _waits(run) or run.check_only:
@@ -207,7 +209,13 @@ class Plan:
             cluster = node.execution.cluster
             elements = 1
             if node.kind == "map":
-                todo = len(run.todo or []) if run.uids is not None else None
+                todo = None
+                if run.uids is not None:
+                    place = (wave[key], str(node.folder), str(cluster), run.action)
+                    seen = taken.setdefault(place, set())
+                    own = [u for u in run.todo or [] if u not in seen]
+                    seen.update(own)
+                    todo = len(own)
                 if cluster in SUBMITIT_CLUSTERS:
                     chunks = (
                         to_chunks(todo, node.execution.max_jobs, node.execution.min_items_per_job)

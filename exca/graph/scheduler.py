@@ -55,6 +55,12 @@ class Scheduler:
         # when this scheduler waits and can submit once that worker ends without a result
         # (job() submits: the job waits for the claim, then computes if needed)
         self.claim_waits = True
+        # map nodes of one config (one folder) with overlapping items: each item goes to
+        # the jobs of one of them, the others wait for those jobs (see _take_items)
+        self._shared_folders: set[tuple[str, str]] | None = None
+        self._item_owners: dict[tuple[str, str, str], dict[str, NodeRun]] = {}
+        self._item_handles: dict[tuple[str, str, str], dict[str, executors.Handle]] = {}
+        self._borrowed: list[tuple[NodeRun, tuple[str, str, str], list[str]]] = []
 
     @property
     def runs(self) -> dict[Key, NodeRun]:
@@ -263,6 +269,8 @@ class Scheduler:
         todo = list(run.todo or [])
         by_uid = self._items_by_uid(run)
         cluster = node.execution.cluster
+        if cluster in POOL_CLUSTERS or cluster in SUBMITIT_CLUSTERS:
+            todo = self._take_items(run, todo)
         if cluster in POOL_CLUSTERS and len(todo) > 1:
             random.shuffle(todo)  # overlapping runs start on different items
             workers = executors.Pools.workers(len(todo), node.execution.max_jobs)
@@ -284,6 +292,72 @@ class Scheduler:
             )
             for a, b in chunks
         ]
+
+    def _item_key(self, run: NodeRun) -> tuple[str, str, str] | None:
+        """Where a map node's items may be shared with another map node of this run (None:
+        no other map node has its folder, the usual case)."""
+        node = run.node
+        if self._shared_folders is None:
+            seen: set[tuple[str, str]] = set()
+            self._shared_folders = set()
+            for other in self.graph.nodes.values():
+                if other.kind == "map" and other.folder is not None:
+                    place = (str(other.folder), str(other.execution.cluster))
+                    (self._shared_folders if place in seen else seen).add(place)
+        place = (str(node.folder), str(node.execution.cluster))
+        return (*place, run.action) if place in self._shared_folders else None
+
+    def _take_items(self, run: NodeRun, todo: list[str]) -> list[str]:
+        """The items a map node's own jobs compute: those no other running map node of its
+        folder took (each job of theirs would compute its share of the overlap, or wait
+        for the other's claims: jobs doing nothing). It waits for the others' jobs for the
+        rest (their handles are added to its own once submitted, see _add_borrowed)."""
+        key = self._item_key(run)
+        if key is None:
+            return todo
+        owners = self._item_owners.setdefault(key, {})
+        handles = self._item_handles.setdefault(key, {})
+        own, borrowed = [], []
+        for uid in todo:
+            owner = owners.get(uid)
+            handle = handles.get(uid)
+            if (
+                owner is not None
+                and owner is not run
+                and owner.state == "running"
+                and (handle is None or not handle.done())
+            ):
+                borrowed.append(uid)
+            else:
+                owners[uid] = run
+                handles.pop(uid, None)
+                own.append(uid)
+        if borrowed:
+            self._borrowed.append((run, key, borrowed))
+        return own
+
+    def _note_handles(self, members: list[tuple[NodeRun, Unit]], handles: list[tp.Any]) -> None:
+        """Which job computes each item of the map nodes sharing a folder."""
+        for (run, unit), handle in zip(members, handles):
+            key = self._item_key(run) if unit.uids else None
+            if key is not None:
+                found = self._item_handles.setdefault(key, {})
+                for uid in unit.uids or ():
+                    found[uid] = handle
+
+    def _add_borrowed(self) -> None:
+        """Runs whose items other runs' jobs compute wait for those jobs too."""
+        for run, key, uids in self._borrowed:
+            handles = self._item_handles.get(key, {})
+            owners = self._item_owners.get(key, {})
+            for uid in uids:
+                handle = handles.get(uid)
+                # (not submitted here after all, e.g. found running elsewhere: its owner's)
+                found = [handle] if handle is not None else list(owners[uid].handles)
+                for other in found:
+                    if not any(other is mine for mine in run.handles):
+                        run.handles.append(other)
+        self._borrowed.clear()
 
     @staticmethod
     def _items_by_uid(run: NodeRun) -> dict[str, tp.Any]:
@@ -333,6 +407,7 @@ class Scheduler:
             groups.setdefault(key, []).extend((run, u) for u in units)
         for members in groups.values():
             self._submit_group(members, pools, parallelism)
+        self._add_borrowed()
         for run, unit in inline:
             on_items = progress.update if unit.uids is not None else None
             run.handles.append(executors.run_inline(unit, on_items))
@@ -378,6 +453,7 @@ class Scheduler:
                     self.record(run.node, unit, handle, code=_code(first))
         for (run, _), handle in zip(members, handles):
             run.handles.append(handle)
+        self._note_handles(members, handles)
 
     def record(self, node: Node, unit: Unit, handle: executors.Handle, code: tp.Any = None) -> None:
         """Write the job of a unit in its node's registry (and the ``submitit`` link;
