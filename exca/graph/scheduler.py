@@ -61,6 +61,8 @@ class Scheduler:
         self._item_owners: dict[tuple[str, str, str], dict[str, NodeRun]] = {}
         self._item_handles: dict[tuple[str, str, str], dict[str, executors.Handle]] = {}
         self._borrowed: list[tuple[NodeRun, tuple[str, str, str], list[str]]] = []
+        # (not for a detached run: what follows a node starts after that node's own jobs)
+        self.shares_items = True
 
     @property
     def runs(self) -> dict[Key, NodeRun]:
@@ -122,6 +124,7 @@ class Scheduler:
         """Submit every missing node at once and return (see ``detached.py``)."""
         from .detached import submit_all
 
+        self.shares_items = False
         submit_all(self)
 
     def submit(
@@ -312,7 +315,7 @@ class Scheduler:
         folder took (each job of theirs would compute its share of the overlap, or wait
         for the other's claims: jobs doing nothing). It waits for the others' jobs for the
         rest (their handles are added to its own once submitted, see _add_borrowed)."""
-        key = self._item_key(run)
+        key = self._item_key(run) if self.shares_items else None
         if key is None:
             return todo
         owners = self._item_owners.setdefault(key, {})
