@@ -41,6 +41,8 @@ def _raise_item_errors(scheduler: Scheduler, targets: tp.Sequence[Node]) -> None
         run = scheduler.runs.get(node.key)
         if node.kind != "map" or run is None or run.state != "done":
             continue
+        if run.action == "reuse" and not run.item_errors:  # (counted when decided)
+            continue
         uids = run.uids if run.uids is not None else store.map_item_uids(node)
         error = first_item_error(node, uids)
         if error is not None:
