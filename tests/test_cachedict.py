@@ -834,6 +834,39 @@ def test_stale_reader_reads_a_rewritten_key(tmp_path: Path) -> None:
     assert reader["k"] == "new"
 
 
+def test_a_key_rewritten_again_and_again_under_a_reader_reads_as_the_newest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each time the reader goes to load the payload, another writer has just deleted it
+    and written a new one: the reader follows (it raised FileNotFoundError the second time);
+    deleted for good meanwhile, the key reads as absent (KeyError)."""
+    reader: CacheDict[tp.Any] = CacheDict(tmp_path, cache_type="Pickle", keep_in_ram=False)
+    other: CacheDict[tp.Any] = CacheDict(tmp_path, cache_type="Pickle", keep_in_ram=False)
+    with other.write():
+        other["k"] = "v0"
+    assert reader.keys() == ["k"]
+    load = reader._loader.load  # type: ignore[union-attr]
+    replaced = []
+
+    def replaced_first(info: tp.Any, rewrite: bool = True) -> tp.Any:
+        if len(replaced) < 3:
+            with other.write():
+                del other["k"]
+                if rewrite:
+                    other["k"] = f"v{len(replaced) + 1}"
+            replaced.append(1)
+        return load(info)
+
+    monkeypatch.setattr(reader._loader, "load", replaced_first)
+    assert reader["k"] == "v3"
+    replaced.clear()
+    monkeypatch.setattr(
+        reader._loader, "load", lambda info: replaced_first(info, len(replaced) < 2)
+    )
+    with pytest.raises(KeyError):
+        reader["k"]
+
+
 def test_writer_after_the_folder_was_cleared_elsewhere(tmp_path: Path) -> None:
     """A writer whose index file was removed (clear() by another instance) writes its next
     entries under a new name: a reader that knew the old file must see them."""

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pydantic
 import pytest
-from filelog import append
+from filelog import append, wait_until
 
 import exca
 import exca.graph.executors
@@ -1472,3 +1472,68 @@ def test_map_items_that_cannot_be_pickled_are_named(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match=r"its items cannot be sent to a job .* item \('bb', <"):
         list(mapper.process(items))
     assert list(Named(infra={"folder": tmp_path}).process(items)) == [1, 2]  # here: fine
+
+
+class Large(pydantic.BaseModel):
+    """A result stored in a payload file of its own (not inline in the index)."""
+
+    log: str
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> list[int]:
+        append(self.log, "large")
+        return list(range(1000))
+
+
+def test_a_result_removed_between_its_check_and_its_read_is_computed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process forcing the task removes its result right after this call found it,
+    and again right after this call computed it: the call computes it again (it raised a
+    bare KeyError('result'))."""
+    from exca.storage.cachedict import CacheDict
+
+    def large() -> Large:
+        return Large(log=str(tmp_path / "calls.txt"), infra={"folder": tmp_path / "cache"})
+
+    assert large().process() == list(range(1000))
+    folder = large().infra.uid_folder()
+    read = CacheDict.__getitem__
+    removals = []
+
+    def removed_first(self: tp.Any, key: str) -> tp.Any:
+        if key == "result" and len(removals) < 2:  # (as a forcing process would)
+            other: CacheDict[tp.Any] = CacheDict(folder, keep_in_ram=False)
+            with other.write():
+                del other["result"]
+            removals.append(key)
+        return read(self, key)
+
+    monkeypatch.setattr(CacheDict, "__getitem__", removed_first)
+    assert large().process() == list(range(1000))
+    assert len(removals) == 2 and len(calls(tmp_path / "calls.txt")) == 3
+
+
+@pytest.mark.timeout(120)
+def test_read_only_waits_for_a_worker_forcing_the_result(tmp_path: Path) -> None:
+    """A forced call removes the result, then computes it again, holding its claim: a
+    read-only call meanwhile waits for it (it raised "read-only and missing" while the
+    result was a moment away)."""
+    block = tmp_path / "block-flag"
+    assert make(tmp_path, None, x=6, block_flag=str(block)).process() == 12
+    block.touch()
+    forced = make(tmp_path, None, x=6, block_flag=str(block), infra={"mode": "force"})
+    forcing = threading.Thread(target=forced.process)
+    forcing.start()
+    reader = make(tmp_path, None, x=6, block_flag=str(block), infra={"mode": "read-only"})
+    wait_until(lambda: reader.infra.status() == "running")  # (removed, being computed)
+    threading.Timer(0.5, block.unlink).start()
+    assert reader.process() == 12
+    forcing.join(timeout=60)
+    assert len(calls(tmp_path / "calls.txt")) == 2
+    block.unlink(missing_ok=True)
+    assert (
+        make(tmp_path, None, x=6, block_flag=str(block), infra={"mode": "read-only"}).process()
+        == 12
+    )

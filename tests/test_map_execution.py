@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pydantic
 import pytest
-from filelog import append, lines
+from filelog import append, lines, wait_until
 
 import exca
 
@@ -1321,3 +1321,22 @@ def test_overlapping_map_nodes_of_one_run_send_each_item_to_one_job(
         records = registry.read_all(first.folder)
         sent = collections.Counter(k for r in records for k in r.keys or [])
         assert sent == {"1": 1, "2": 1, "3": 1, "4": 1, "5": 1}, records
+
+
+@pytest.mark.timeout(120)
+def test_read_only_waits_for_a_worker_forcing_the_items(tmp_path: Path) -> None:
+    """A forced call removes its items' outputs, then computes them again, holding their
+    claims: a read-only call meanwhile waits for it (it raised "read-only and 3/3 items
+    missing" while they were a moment away)."""
+    block = tmp_path / "block-flag"
+    assert list(make(tmp_path, None, block_flag=str(block)).process([0, 1, 2])) == [0, 10, 20]
+    block.touch()
+    forced = make(tmp_path, None, block_flag=str(block), infra={"mode": "force"})
+    forcing = threading.Thread(target=lambda: list(forced.process([0, 1, 2])))
+    forcing.start()
+    reader = make(tmp_path, None, block_flag=str(block), infra={"mode": "read-only"})
+    wait_until(lambda: reader.process.node([0, 1, 2]).status() == "running")
+    threading.Timer(0.5, block.unlink).start()
+    assert list(reader.process([0, 1, 2])) == [0, 10, 20]
+    forcing.join(timeout=60)
+    assert counts(tmp_path / "calls.txt") == {0: 2, 1: 2, 2: 2}

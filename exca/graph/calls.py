@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import typing as tp
 
+from ..storage.cachederror import CachedError
 from ..storage.cachedict import CacheDict
 from . import registry, store
 from .errors import JobFailedError
@@ -13,6 +14,7 @@ from .jobs import Job
 from .node import TASK_KEY, Node
 
 MISSING: tp.Any = object()
+READ_ATTEMPTS = 5  # computations of a task whose result others keep removing
 REUSING_MODES = ("cached", "read-only")  # modes under which a cached map item is used as is
 
 
@@ -25,12 +27,15 @@ def reuse(cache: CacheDict[tp.Any], mode: str, where: str) -> tp.Any:
     entry = cache.entry_type(TASK_KEY, refresh=True)
     if entry is None:
         return MISSING
-    if entry == "Error":
+    try:
+        value = cache[TASK_KEY]
+    except KeyError:  # (removed since the check, e.g. forced by another process: not reused)
+        return MISSING
+    if type(value) is CachedError:  # (the value, not the entry type: replaced meanwhile?)
         if mode == "retry" or store.cache_upstream_failed(cache):
             return MISSING
-        value = cache[TASK_KEY]
         raise value.to_exception(where)
-    return cache[TASK_KEY]
+    return value
 
 
 def task_status(node: Node) -> tp.Literal["not submitted", "running", "completed", "failed"]:
@@ -86,8 +91,17 @@ def task_result(node: Node) -> tp.Any:
             return value
     from .scheduler import Scheduler
 
-    Scheduler([node]).run(root_cause=True)
-    return store.task_result(node)
+    for _ in range(READ_ATTEMPTS):
+        Scheduler([node]).run(root_cause=True)
+        value = store.task_result(node, missing=MISSING)
+        if value is not MISSING:
+            return value
+        # (removed right after it was computed or waited for: by another process forcing
+        # or clearing it; computed, or waited for, again)
+    raise RuntimeError(
+        f"{node.uid}: its result was removed right after each of {READ_ATTEMPTS} "
+        "computations (another process forcing or clearing it again and again?)"
+    )
 
 
 def has_job_or_outcome(node: Node) -> bool:

@@ -14,7 +14,7 @@ import typing as tp
 from ..storage import gcpause
 from . import executors, registry, store
 from .errors import JobFailedError
-from .node import Group, Node
+from .node import TASK_KEY, Group, Node
 
 Key = tuple[str, str]
 
@@ -75,10 +75,43 @@ class NodeRun:
         )
 
 
-def _read_only_missing(run: NodeRun) -> bool:
+def read_only_missing(run: NodeRun) -> bool:
     """A read-only node with something missing: it fails, unless a job computes it now
     (then it waits for that job: read-only never computes, but may wait)."""
     return run.action == "fail" and run.reason.startswith("read-only and")
+
+
+def wait_for_claims(run: NodeRun) -> bool:
+    """A read-only node whose missing results other workers compute right now, holding
+    their claims with no job (e.g. a forced call recomputing them, inline or in a pool):
+    it waits for those workers, then reads (read-only never computes, but may wait)."""
+    node = run.node
+    if run.folder_absent or node.folder is None:
+        return False
+    from .calls import keys_being_computed
+
+    keys = [TASK_KEY] if node.kind == "task" else list(dict.fromkeys(run.todo or ()))
+    busy = keys_being_computed(node, keys) if keys else set()
+    if len(busy) < len(keys):
+        # (written meanwhile? a worker forcing them holds their claims from removing them
+        # to writing them again: it may have ended since they were found missing)
+        node.cache.refresh()
+        keys = node.cache.missing(keys)
+        if not keys:
+            if node.kind == "map":
+                run.todo = []
+                if _reuse(run):
+                    run.item_errors = node.cache.count_errors(run.uids or ())
+            else:
+                _reuse(run)
+            return True
+        busy = keys_being_computed(node, keys)
+        if len(busy) < len(keys):  # (what nobody computes stays missing: it fails now)
+            return False
+    run.action, run.reads_only = "wait", True
+    run.reason = "read-only: being computed right now by another worker (waited for)"
+    run.handles = [executors.ClaimHandle(node, None if node.kind == "task" else keys)]
+    return True
 
 
 def check_node(target: tp.Any) -> None:
@@ -244,9 +277,12 @@ class Graph:
             [
                 r
                 for r in runs.values()
-                if r.action in ("compute", "retry", "force") or _read_only_missing(r)
+                if r.action in ("compute", "retry", "force") or read_only_missing(r)
             ]
         )
+        for run in runs.values():
+            if read_only_missing(run):
+                wait_for_claims(run)
         self._block_on_failures()
         return runs
 
@@ -431,7 +467,7 @@ class Graph:
         ]
         if gone:  # (...a second look lists it: squeue can miss a job for an instant)
             queued |= registry.queued_jobs(gone)
-        readers = [k for k in (*records, *chunks) if _read_only_missing(self.runs[k])]
+        readers = [k for k in (*records, *chunks) if read_only_missing(self.runs[k])]
         for key in readers:
             self.runs[key].reads_only = True
         if readers and confirmed is None:  # read-only waits only for jobs squeue lists

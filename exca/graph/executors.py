@@ -152,18 +152,21 @@ class DoneHandle(Handle):
 
 
 class ClaimHandle(Handle):
-    """A task another worker is computing (it holds the claim of its result, with no job
-    of this run): done when that claim ends, released or its owner dead."""
+    """A task (or map items: ``keys``) another worker is computing (it holds their claims,
+    with no job of this run): done when those claims end, released or their owner dead."""
 
     job_id = "#claim#"
 
-    def __init__(self, node: tp.Any) -> None:
+    def __init__(self, node: tp.Any, keys: tp.Sequence[str] | None = None) -> None:
         self.node = node
+        self.keys = keys
 
     def done(self) -> bool:
-        from .calls import being_computed
+        from .calls import being_computed, keys_being_computed
 
-        return not being_computed(self.node)
+        if self.keys is None:
+            return not being_computed(self.node)
+        return not keys_being_computed(self.node, self.keys)
 
     def ended_how(self, known: tuple[str, str] | None = None) -> str:
         return "the worker that was computing it ended without writing its result"

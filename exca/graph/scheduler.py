@@ -16,7 +16,17 @@ import typing as tp
 
 from . import executors, registry, store, submitting
 from .calls import being_computed
-from .decisions import Graph, Key, NodeRun, collect, gets_own_job, to_chunks, unreachable_inputs
+from .decisions import (
+    Graph,
+    Key,
+    NodeRun,
+    collect,
+    gets_own_job,
+    read_only_missing,
+    to_chunks,
+    unreachable_inputs,
+    wait_for_claims,
+)
 from .errors import JobFailedError, NodeFailures
 from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Node
 from .progress import Progress
@@ -603,16 +613,21 @@ class Scheduler:
             except Exception as cached:
                 run.error = cached
                 return
-        jobs = ", ".join(h.job_id for h in run.handles) or "its job"
+        if any(isinstance(h, executors.ClaimHandle) for h in run.handles):
+            ended = "the worker that was computing it ended without writing it"
+        else:
+            jobs = ", ".join(h.job_id for h in run.handles) or "its job"
+            ended = f"job {jobs} ended without a result"
         run.error = RuntimeError(
-            f"{run.node.uid}: read-only and missing (job {jobs} ended without a result; "
-            "mode='read-only' never computes)"
+            f"{run.node.uid}: read-only and missing ({ended}; mode='read-only' never computes)"
         )
 
     def _redecide_items(self, run: NodeRun, forced: bool = False) -> None:
         """Decide again what a map still needs (requeued if anything)."""
         run.handles, run.resume = [], None
         self.graph.decide_items(run, store.map_item_uids(run.node), forced=forced)
+        if read_only_missing(run):  # (still being computed by another worker: waits again)
+            wait_for_claims(run)
         if run.needs_work:
             run.state = "pending"
             self._requeued.append(run)

@@ -90,9 +90,15 @@ def drop_outcomes(outdated: list[tuple[Node, tp.Any]]) -> None:
         drop_outcome(node.cache, found)
 
 
-def task_result(node: Node) -> tp.Any:
-    """The cached result of a task node (re-raises a cached error)."""
-    value = node.cache[TASK_KEY]
+def task_result(node: Node, missing: tp.Any = None) -> tp.Any:
+    """The cached result of a task node (re-raises a cached error). ``missing``: returned
+    when there is none (else KeyError: a user's cached KeyError is raised as it was)."""
+    try:
+        value = node.cache[TASK_KEY]
+    except KeyError:
+        if missing is None:
+            raise
+        return missing
     if isinstance(value, CachedError):
         raise_from(value, node.uid)
     return value

@@ -45,6 +45,7 @@ from .index import (
 from .modules import imported
 
 logger = logging.getLogger("exca")
+LOAD_ATTEMPTS = 20  # reads of a key whose payload keeps being deleted under the reader
 _REMOVED_KEYS_KEPT = 4096  # removed keys noted before pruning those without a RAM copy
 _INLINE_TYPES = frozenset({"Result", "Json", "Auto"})  # (their value may be in the index line)
 
@@ -517,18 +518,27 @@ class CacheDict(tp.Generic[X]):
         self, key: str, entry: tuple[str, int, dict[str, tp.Any]], error: FileNotFoundError
     ) -> X:
         """A payload file is missing: deleted (and maybe written again) by another writer
-        since this view read the index?"""
-        self.refresh()
-        current = self._entries().get(key)
-        if current is None:
-            raise KeyError(key) from None
-        try:
-            if current[:2] == entry[:2]:  # the same entry: its payload is really missing
-                raise error
-            return self._loader.load(current[2])  # type: ignore[union-attr]
-        except Exception as failure:
-            _add_note(failure, f"while reading {key!r} from {self.folder}")
-            raise
+        since this view read the index? Then the newer entry is read, as many times as it
+        was replaced meanwhile (a bound: a key deleted and written in a loop reads as
+        deleted, a KeyError, never as a missing file)."""
+        for _ in range(LOAD_ATTEMPTS):
+            self.refresh()
+            current = self._entries().get(key)
+            if current is None:
+                raise KeyError(key) from None
+            try:
+                if current[:2] == entry[:2]:  # the same entry: its payload is really missing
+                    raise error
+                return self._loader.load(current[2])  # type: ignore[union-attr]
+            except FileNotFoundError as again:
+                if current[:2] == entry[:2]:
+                    _add_note(again, f"while reading {key!r} from {self.folder}")
+                    raise
+                entry, error = current, again  # (replaced again since: read the newer one)
+            except Exception as failure:
+                _add_note(failure, f"while reading {key!r} from {self.folder}")
+                raise
+        raise KeyError(key)
 
     def get(self, key: str, default: tp.Any = None) -> tp.Any:
         try:
