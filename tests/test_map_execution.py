@@ -1340,3 +1340,75 @@ def test_read_only_waits_for_a_worker_forcing_the_items(tmp_path: Path) -> None:
     assert list(reader.process([0, 1, 2])) == [0, 10, 20]
     forcing.join(timeout=60)
     assert counts(tmp_path / "calls.txt") == {0: 2, 1: 2, 2: 2}
+
+
+DYING_MODULE = """
+import sys
+import time
+import typing as tp
+from pathlib import Path
+
+import pydantic
+
+import exca
+
+if sys.argv[0].endswith("_submit.py") and Path(__file__).with_name("die").exists():
+    time.sleep(3)  # (a job that lives a while, then dies before computing anything)
+    raise ImportError("this job dies before computing")
+
+
+class Scaled(pydantic.BaseModel):
+    scale_file: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        scale = int(Path(self.scale_file).read_text())
+        for item in items:
+            yield scale * item
+"""
+
+
+@pytest.mark.timeout(180)
+def test_a_second_call_of_a_forcing_instance_whose_job_dies_forces_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two threads call one forced instance; the first one's job dies before computing: the
+    second, which waited for that job, does not take the old outputs as forced (it returned
+    them, and so did every later call of the instance)."""
+    from exca.graph import registry
+    from exca.graph.errors import JobFailedError
+
+    (tmp_path / "dying_module.py").write_text(DYING_MODULE, "utf8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # (the jobs import it)
+    import dying_module
+
+    scale = tmp_path / "scale"
+    scale.write_text("1")
+    folder = tmp_path / "cache"
+    config = {"scale_file": str(scale)}
+    assert list(dying_module.Scaled(**config, infra={"folder": folder}).process([1, 2])) == [1, 2]
+    scale.write_text("10")
+    (tmp_path / "die").touch()
+    forced = dying_module.Scaled(
+        **config, infra={"folder": folder, "cluster": "local", "mode": "force", "max_jobs": 1}
+    )
+    outcomes: list[tp.Any] = []
+
+    def first() -> None:
+        try:
+            outcomes.append(list(forced.process([1, 2])))
+        except JobFailedError as error:
+            outcomes.append(error)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    node = forced.process.node([1, 2])
+    wait_until(lambda: registry.read_all(node.folder))  # (its job is on its way)
+    with pytest.raises(JobFailedError, match="this job dies"):
+        list(forced.process([1, 2]))
+    thread.join(timeout=120)
+    assert len(outcomes) == 1 and isinstance(outcomes[0], JobFailedError)
+    (tmp_path / "die").unlink()
+    assert list(forced.process([1, 2])) == [10, 20]

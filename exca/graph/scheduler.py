@@ -461,8 +461,9 @@ class Scheduler:
                     if unit.action == "force" and unit.uids is not None:
                         # (before its record: a call of this instance that sees the job
                         # knows it carries out this instance's force of these items)
+                        # (with where the old outputs were: see _finish)
                         jobs = run.node.force_state.setdefault("jobs", {})
-                        jobs[handle.job_id] = list(unit.uids)
+                        jobs[handle.job_id] = {u: run.replaced.get(u) for u in unit.uids}
                     self.record(run.node, unit, handle, code=_code(first))
         for (run, _), handle in zip(members, handles):
             run.handles.append(handle)
@@ -577,10 +578,14 @@ class Scheduler:
         if run.action == "wait":  # someone else's chunk jobs ended: decide what is left
             # (this instance's own forcing jobs, of another call, ended: their items are
             # forced; its mode=force still applies to the rest, see wait_for_map_jobs)
+            # (an old output still in its place was not replaced: the job died first)
             own = node.force_state.get("jobs", {})
             for handle in run.handles:
-                if handle.job_id in own:
-                    node.force_state.setdefault("uids", set()).update(own[handle.job_id])
+                places = own.get(handle.job_id)
+                if places is not None:
+                    kept = set(store.not_replaced(node.cache, places))
+                    forced = (u for u in places if u not in kept)
+                    node.force_state.setdefault("uids", set()).update(forced)
             self._redecide_items(run, forced=node.pending_force)
             return
         todo = run.todo or []

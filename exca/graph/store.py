@@ -68,10 +68,12 @@ def output_places(cache: CacheDict[tp.Any], uids: tp.Iterable[str]) -> dict[str,
     return places
 
 
-def not_replaced(cache: CacheDict[tp.Any], places: dict[str, tuple[str, int]]) -> list[str]:
-    """The items whose output is still where ``output_places`` saw it."""
-    now = output_places(cache, places)
-    return [uid for uid, place in places.items() if now.get(uid) == place]
+def not_replaced(
+    cache: CacheDict[tp.Any], places: tp.Mapping[str, tuple[str, int] | None]
+) -> list[str]:
+    """The items whose output is still where ``output_places`` saw it (None: none then)."""
+    now = output_places(cache, [u for u, place in places.items() if place is not None])
+    return [uid for uid, place in places.items() if place is not None and now.get(uid) == place]
 
 
 def outdated_outcomes(members: tp.Sequence[tuple[tp.Any, tp.Any]]) -> list[tuple[Node, tp.Any]]:
