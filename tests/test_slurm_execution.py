@@ -673,3 +673,38 @@ def test_status_of_a_map_whose_job_wrote_everything_is_completed(tmp_path: Path)
     assert node.status() == "completed"
     (info,) = exca.ops.inspect(tmp_path)
     assert (info.status, info.job_state) == ("success", "ended")
+
+
+@pytest.mark.timeout(300)
+def test_a_detached_forcing_map_whose_jobs_die_is_not_completed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run(wait=False) of a forced map whose jobs die before computing: its old outputs
+    went when the jobs went out, so it shows failed and its result is computed anew (it
+    said completed and returned the outputs it was forced to replace)."""
+    from test_map_execution import DYING_MODULE
+
+    (tmp_path / "dying_module.py").write_text(DYING_MODULE, "utf8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ["PYTHONPATH"]]))
+    import dying_module
+
+    scale = tmp_path / "scale"
+    scale.write_text("1")
+    folder = tmp_path / "cache"
+    config = {"scale_file": str(scale)}
+    assert list(dying_module.Scaled(**config, infra={"folder": folder}).process([1, 2])) == [1, 2]
+    scale.write_text("10")
+    (tmp_path / "die").touch()
+    infra = {"folder": folder, "cluster": "slurm", "mode": "force", "max_jobs": 1}
+    node = dying_module.Scaled(**config, infra=infra).process.node([1, 2])
+    exca.graph.run(node, wait=False)
+    filelog.wait_until(lambda: node.status() != "running", timeout=120, poll=0.5)
+    assert node.status() == "failed"
+    (tmp_path / "die").unlink()
+    assert dying_module.Scaled(**config, infra={"folder": folder}).process.node(
+        [1, 2]
+    ).result() == [
+        10,
+        20,
+    ]
