@@ -467,6 +467,50 @@ def test_iter_cached_of_a_moved_cache_reads_from_where_it_was_found(tmp_path: Pa
     assert _count("outer") == before and not old.exists()
 
 
+class TwoSteps(pydantic.BaseModel):
+    x: int = 1
+    first: TaskInfra = TaskInfra(version="1")
+    second: TaskInfra = TaskInfra(version="1")
+
+    @first.apply
+    def a(self) -> int:
+        CALLS.append(("two-a", self.x))
+        return self.x
+
+    @second.apply
+    def b(self) -> int:
+        CALLS.append(("two-b", self.x))
+        return 10 * self.x
+
+
+class PrivateInfra(pydantic.BaseModel):
+    x: int = 1
+    _infra: TaskInfra = TaskInfra(version="1")
+
+    @_infra.apply
+    def run(self) -> int:
+        return 2 * self.x
+
+
+def test_iter_cached_of_a_moved_cache_moves_every_infra_of_the_config(tmp_path: Path) -> None:
+    """A config with an infra per method: the other method's infra follows the move too
+    (it computed in the old place); a private infra (not in config.yaml) is listed too."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    obj = TwoSteps(x=3, first={"folder": old}, second={"folder": old})
+    assert (obj.a(), obj.b()) == (3, 30)
+    old.rename(new)
+    (cached,) = TwoSteps(first={"folder": new}).first.iter_cached()
+    assert cached.first.folder == new and cached.second.folder == new
+    before = len(CALLS)
+    assert (cached.a(), cached.b()) == (3, 30)
+    assert len(CALLS) == before
+    assert not old.exists()
+    private = PrivateInfra(x=3)
+    private._infra = TaskInfra(version="1", folder=tmp_path / "private")
+    assert private.run() == 6
+    assert [c.x for c in private._infra.iter_cached()] == [3]
+
+
 def test_obj_infras() -> None:
     obj = Outer(subs=[Sub(), Sub(layers=4)])
     infras = obj.infra.obj_infras()

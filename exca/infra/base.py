@@ -632,8 +632,9 @@ class BaseInfra(pydantic.BaseModel):
         owner = self._owner()
         cls = type(owner)
         # (config.yaml names the folder it was written in: a cache moved since would make
-        # its configs compute again, in the old place; they belong where they were found)
-        name = next(n for n in type(owner).model_fields if getattr(owner, n, None) is self)
+        # its configs compute again, in the old place; they belong where they were found.
+        # A private infra is not in config.yaml: nothing to move)
+        name = next((n for n in cls.model_fields if getattr(owner, n, None) is self), None)
         for sub in sorted(step.iterdir()):
             if not (sub / uidfolder.UID_FILE).exists() or not self._has_result(sub):
                 continue
@@ -641,8 +642,10 @@ class BaseInfra(pydantic.BaseModel):
             if cfg is None:
                 continue
             data = dict(ConfDict(cfg))  # (config.yaml has dotted keys)
-            if isinstance(data.get(name), dict) and data[name].get("folder") is not None:
-                data[name] = {**data[name], "folder": self.folder}
+            written = data.get(name) if name is not None else None
+            written = written.get("folder") if isinstance(written, dict) else None
+            if written is not None and Path(written) != Path(self.folder):
+                data = _moved_folder(data, str(written), str(self.folder))
             try:
                 obj = _from_config(cls, data)
             except pydantic.ValidationError as error:
@@ -687,6 +690,19 @@ _UID_AROUND: dict[tuple[tp.Any, ...], tuple[str, str]] = {}
 
 # exported configs use field names, not aliases (pydantic >= 2.11 can validate them as such)
 _BY_NAME = "by_name" in inspect.signature(pydantic.BaseModel.model_validate).parameters
+
+
+def _moved_folder(data: tp.Any, old: str, new: str) -> tp.Any:
+    """An exported config whose infras' folder ``old`` (every infra in it: of other
+    methods, of sub-configs) is now ``new``."""
+    if isinstance(data, dict):
+        moved = {k: _moved_folder(v, old, new) for k, v in data.items()}
+        if "folder" in moved and moved["folder"] is not None and str(moved["folder"]) == old:
+            moved["folder"] = new
+        return moved
+    if isinstance(data, list):
+        return [_moved_folder(v, old, new) for v in data]
+    return data
 
 
 def _from_config(cls: type[pydantic.BaseModel], data: dict[str, tp.Any]) -> tp.Any:
