@@ -1310,6 +1310,35 @@ def test_clean_versions_removes_a_log_folder_named_by_the_logs_setting(tmp_path:
     assert sorted(p.name for p in old.parent.iterdir()) == []
 
 
+def test_clean_versions_keeps_logs_a_current_node_of_the_same_array_needs(
+    tmp_path: Path,
+) -> None:
+    """Two nodes sent in one array keep their logs in the first one's step folder: a new
+    version of that one made the folder "old", and cleaning removed the logs of the other,
+    current, node."""
+    root = tmp_path / "cache"
+    local = {"folder": root, "cluster": "local"}
+    train, source = Train(seed=8, infra=local).fit.node(), Source(n=9, infra=local).make.node()
+    exca.graph.run(train, source)
+    (log,) = {exca.ops.logs(n)[-1].stdout_path for n in (source,)}
+    holder = next(
+        n for n in (train, source) if n.folder is not None and n.folder.parent in log.parents
+    )
+    other = source if holder is train else train
+    assert holder.folder is not None and other.folder is not None
+    if holder is train:
+        Train(seed=8, infra={"folder": root, "version": "2"}).fit()
+    else:
+        Source(n=9, infra={"folder": root, "version": "2"}).make()
+    plan = clean.old_versions(root)
+    assert [r.path for r in plan.removals] == [holder.folder]
+    assert [(p, why.split(" (")[0]) for p, why in plan.kept] == [
+        (holder.folder.parent / "logs", "logs of jobs of current nodes too")
+    ]
+    plan.execute()
+    assert exca.ops.logs(other)[-1].stdout_path.exists()
+
+
 def _dead_claim(folder: Path) -> None:
     """A claim left by a process that died without releasing it."""
     run_python(
@@ -1572,16 +1601,25 @@ def test_logs_of_a_moved_cache(tmp_path: Path) -> None:
     assert list(squares.square([1, 2])) == [1, 4]
     task_folder = folder_of(Train(seed=7, infra={"folder": before}))
     map_folder = squares.square.node([1, 2]).folder
-    assert map_folder is not None
+    # a task with inputs (its node folder is <uid>/inputs-*), and two nodes of one array
+    # (the second one's logs are in the first one's step folder)
+    local = {"folder": before, "cluster": "local"}
+    total = Total(infra=local).total.node(Source(n=3, infra=local).make.node())
+    packed = [Train(seed=8, infra=local).fit.node(), Source(n=9, infra=local).make.node()]
+    exca.graph.run(total, *packed)
+    assert map_folder is not None and total.folder is not None
+    logs = {str(exca.ops.logs(n)[-1].stdout_path.parent.parent.parent) for n in packed}
+    assert len(logs) == 1  # (one array: one log folder)
     before.rename(after)
-    for folder in (task_folder, map_folder):
+    for folder in (task_folder, map_folder, total.folder, *(n.folder for n in packed)):
+        assert folder is not None
         moved = after / folder.relative_to(before)
         result = cli("logs", moved, check=True)
         assert str(after) in result.stdout.splitlines()[0]
         assert (moved / "submitit").resolve().is_relative_to(after)  # (the link too)
     assert "fitting seed=7" in cli("logs", after / task_folder.relative_to(before)).stdout
     plan = clean.logs(after, older_than_days=0)
-    assert len(plan.removals) == 2 and all(r.path.is_relative_to(after) for r in plan.removals)
+    assert plan.kept == [] and all(r.path.is_relative_to(after) for r in plan.removals)
     plan.execute()
     result = cli("logs", after / task_folder.relative_to(before))
     assert result.returncode == 1 and "is not there" in result.stdout

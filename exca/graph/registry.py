@@ -48,18 +48,18 @@ class JobRecord:
 
     def logs_folder(self) -> Path:
         """The job's log folder. The record holds the absolute path it had: in a cache
-        moved or copied since, the same place under the node folder the record was read
-        from, when it is there (a copy's own logs, not the original's)."""
+        moved or copied since, the same place in the cache the record was read from, when
+        it is there (a copy's own logs, not the original's; an array's logs may be in the
+        folder of another node of it)."""
         recorded = Path(self.logs)
         if self.node_folder is None:
             return recorded
+        root = cache_root(self.node_folder)
         parts = recorded.parts
-        for ancestor in (self.node_folder, self.node_folder.parent):  # (node, step folder)
-            if ancestor.name in parts:
-                last = len(parts) - 1 - parts[::-1].index(ancestor.name)
-                here = ancestor.joinpath(*parts[last + 1 :])
-                if here == recorded or here.exists():
-                    return here
+        for start in range(1, len(parts)):  # (the longest tail of it found in this cache)
+            here = root.joinpath(*parts[start:])
+            if here == recorded or here.exists():
+                return here
         return recorded
 
 
@@ -89,13 +89,20 @@ def write(
 
 
 def _link_target(folder: Path, logs: str) -> str:
-    """A log folder inside the step folder is linked relatively: the link survives moving
-    or copying the cache (one elsewhere keeps its absolute path)."""
-    try:
-        relative = os.path.relpath(logs, folder)
-    except ValueError:  # (another drive)
+    """A log folder inside the cache is linked relatively: the link survives moving or
+    copying the cache (one elsewhere keeps its absolute path)."""
+    root = os.path.abspath(cache_root(folder))
+    if os.path.commonpath([root, os.path.abspath(logs)]) != root:
         return logs
-    return logs if relative.startswith(os.path.join(os.pardir, os.pardir)) else relative
+    return os.path.relpath(logs, folder)
+
+
+def cache_root(node_folder: Path) -> Path:
+    """The cache root of a node folder: <root>/<step>/<uid>[/inputs-<digest>]."""
+    folder = Path(node_folder)
+    if folder.name.startswith("inputs-"):
+        folder = folder.parent
+    return folder.parent.parent
 
 
 def link(folder: Path, name: str, target: str) -> None:

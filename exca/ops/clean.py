@@ -425,8 +425,10 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
         methods.setdefault(folder.name.rpartition(",")[0], []).append(folder)
     if step is not None:
         methods = _selected_methods(step, methods)
+    old_steps = {f for folders in methods.values() for f in _by_version(folders)[:-1]}
+    logs_users: dict[Path, set[Path]] | None = None  # (read when an old version has logs)
     for folders in methods.values():
-        folders.sort(key=lambda p: _version_key(p.name.rpartition(",")[2]))
+        folders = _by_version(folders)
         newest = folders[-1].name.rpartition(",")[2]
         for old in folders[:-1]:
             reason = f"old version (newest is {newest})"
@@ -445,12 +447,38 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
                     if used is not None:
                         plan.kept.append((other, used))
                         continue
+                    if logs_users is None:
+                        logs_users = _logs_users(root)
+                    current = sorted(
+                        node
+                        for logs, nodes in logs_users.items()
+                        if logs == other.resolve() or other.resolve() in logs.parents
+                        for node in nodes
+                        if not any(s in node.parents for s in old_steps)
+                    )
+                    if current:  # (an array of several nodes keeps its logs in the first's)
+                        why = f"logs of jobs of current nodes too ({current[0]})"
+                        plan.kept.append((other, why))
+                        continue
                     size, _ = disk_usage(other, recursive_into_inputs=True)
                     plan.removals.append(Removal(other, size, f"{other.name} of an {reason}"))
     return plan
 
 
 # --- orphans and leftovers -----------------------------------------------------------------------
+def _by_version(folders: list[Path]) -> list[Path]:
+    return sorted(folders, key=lambda p: _version_key(p.name.rpartition(",")[2]))
+
+
+def _logs_users(root: Path) -> dict[Path, set[Path]]:
+    """The node folders whose job records name each log folder under a root."""
+    users: dict[Path, set[Path]] = {}
+    for _, _, folder in node_folders(root):
+        for record in registry.read_all(folder):
+            users.setdefault(record.logs_folder().resolve(), set()).add(folder)
+    return users
+
+
 def _referenced(info: tp.Any, out: set[str]) -> None:
     """Every file name an index record may point to: any string in it, and its last path
     component (user formats name their files as they like: "data/x.txt", "x.txt", a path)."""
