@@ -1537,3 +1537,32 @@ def test_read_only_waits_for_a_worker_forcing_the_result(tmp_path: Path) -> None
         make(tmp_path, None, x=6, block_flag=str(block), infra={"mode": "read-only"}).process()
         == 12
     )
+
+
+class _BadPickle:
+    """Loading it raises KeyError (a user's object whose unpickling fails)."""
+
+    def __reduce__(self) -> tuple[tp.Any, ...]:
+        import operator
+
+        return (operator.getitem, ({}, "missing-key"))
+
+
+class Unloadable(pydantic.BaseModel):
+    log: str
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> tp.Any:
+        append(self.log, "unloadable")
+        return _BadPickle()
+
+
+def test_a_key_error_loading_a_result_is_raised_as_it_is(tmp_path: Path) -> None:
+    """Not taken for a result removed by another process (computed again five times, then
+    a RuntimeError blaming another process)."""
+    for _ in range(2):
+        task = Unloadable(log=str(tmp_path / "calls.txt"), infra={"folder": tmp_path / "cache"})
+        with pytest.raises(KeyError, match="missing-key"):
+            task.process()
+    assert calls(tmp_path / "calls.txt") == ["unloadable"]

@@ -1412,3 +1412,15 @@ def test_a_second_call_of_a_forcing_instance_whose_job_dies_forces_again(
     assert len(outcomes) == 1 and isinstance(outcomes[0], JobFailedError)
     (tmp_path / "die").unlink()
     assert list(forced.process([1, 2])) == [10, 20]
+
+
+def test_the_plan_of_a_pool_map_node_whose_items_another_node_computes(tmp_path: Path) -> None:
+    """Its items all computed by the other node's pool: no element of its own (the plan
+    counted the elements of a map whose items are not known yet, or one inline)."""
+    mapper = make(tmp_path, "threadpool")
+    first, second = mapper.process.node([1, 2]), mapper.process.node([1])
+    plan = exca.graph.plan(first, second)
+    assert [(a.where, a.elements) for a in plan.arrays] == [(plan.arrays[0].where, 2)]
+    assert plan.arrays[0].where != "inline"
+    exca.graph.run(first, second)
+    assert counts(tmp_path / "calls.txt") == {1: 1, 2: 1}

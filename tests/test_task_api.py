@@ -467,8 +467,14 @@ def test_iter_cached_of_a_moved_cache_reads_from_where_it_was_found(tmp_path: Pa
     assert _count("outer") == before and not old.exists()
 
 
+class Where(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    folder: str = ""  # (a user's field named like an infra's)
+
+
 class TwoSteps(pydantic.BaseModel):
     x: int = 1
+    where: Where = Where()
     first: TaskInfra = TaskInfra(version="1")
     second: TaskInfra = TaskInfra(version="1")
 
@@ -496,11 +502,12 @@ def test_iter_cached_of_a_moved_cache_moves_every_infra_of_the_config(tmp_path: 
     """A config with an infra per method: the other method's infra follows the move too
     (it computed in the old place); a private infra (not in config.yaml) is listed too."""
     old, new = tmp_path / "old", tmp_path / "new"
-    obj = TwoSteps(x=3, first={"folder": old}, second={"folder": old})
+    obj = TwoSteps(x=3, where={"folder": str(old)}, first={"folder": old}, second={"folder": old})
     assert (obj.a(), obj.b()) == (3, 30)
     old.rename(new)
     (cached,) = TwoSteps(first={"folder": new}).first.iter_cached()
     assert cached.first.folder == new and cached.second.folder == new
+    assert cached.where.folder == str(old)  # (not an infra's: part of the uid, kept)
     before = len(CALLS)
     assert (cached.a(), cached.b()) == (3, 30)
     assert len(CALLS) == before

@@ -29,8 +29,10 @@ def reuse(cache: CacheDict[tp.Any], mode: str, where: str) -> tp.Any:
         return MISSING
     try:
         value = cache[TASK_KEY]
-    except KeyError:  # (removed since the check, e.g. forced by another process: not reused)
-        return MISSING
+    except KeyError:  # (removed since the check, e.g. forced by another process: not reused;
+        if cache.entry_type(TASK_KEY, refresh=True) is None:  # else a KeyError loading it)
+            return MISSING
+        raise
     if type(value) is CachedError:  # (the value, not the entry type: replaced meanwhile?)
         if mode == "retry" or store.cache_upstream_failed(cache):
             return MISSING

@@ -99,13 +99,13 @@ def _submit(
             return out  # (submitted or computed by another process meanwhile)
         units = [u for _, u in members]
         outdated = store.outdated_outcomes(members)
-        # forced map items: their old outputs go once the jobs are out (nothing waits here
-        # to tell a job that dies before computing from one that recomputed them)
-        replaced = [
-            (run.node.cache, store.output_places(run.node.cache, unit.uids))
-            for run, unit in members
-            if unit.action == "force" and unit.uids
-        ]
+        # forced map items: their old outputs go now (nothing waits here to tell a job that
+        # dies before computing from one that recomputed them; once the jobs are out, one
+        # may have written its new outputs already)
+        for run, unit in members:
+            if unit.action == "force" and unit.uids:
+                with run.node.cache.write():
+                    run.node.cache.delete_many(unit.uids)
         handles = executors.submit_array(
             units,
             first.execution,
@@ -115,8 +115,6 @@ def _submit(
             permissions=first.cache.permissions,
         )
         store.drop_outcomes(outdated)  # (a forced task no longer reads as its old result)
-        for cache, places in replaced:
-            store.drop_outputs(cache, places)
         for (run, unit), handle in zip(members, handles):
             run.handles.append(handle)
             run.state = "running"

@@ -208,8 +208,8 @@ class Plan:
             node = run.node
             cluster = node.execution.cluster
             elements = 1
+            todo = None
             if node.kind == "map":
-                todo = None
                 if run.uids is not None:
                     place = (wave[key], str(node.folder), str(cluster), run.action)
                     seen = taken.setdefault(place, set())
@@ -227,9 +227,14 @@ class Plan:
                     from .executors import Pools
 
                     # (items known at run time: as many chunks as there may be)
-                    workers = Pools.workers(todo or 1 << 30, node.execution.max_jobs)
-                    elements = len(to_chunks(todo, 3 * workers, 1)) if todo else 3 * workers
-            here = cluster is None or _single_pool_item(node, run)
+                    workers = Pools.workers(
+                        1 << 30 if todo is None else todo, node.execution.max_jobs
+                    )
+                    elements = 3 * workers if todo is None else len(to_chunks(todo, 3 * workers, 1))
+            # (one item of a pool's map, its own: computed here, no pool)
+            here = cluster is None or (
+                node.kind == "map" and cluster in POOL_CLUSTERS and todo == 1
+            )
             where = "inline" if here else f"{cluster}|{node.execution.group_key}"
             group = (wave[key], where, key in behind)
             array = groups.get(group)

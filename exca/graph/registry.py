@@ -58,7 +58,11 @@ class JobRecord:
         parts = recorded.parts
         for start in range(1, len(parts)):  # (the longest tail of it found in this cache)
             here = root.joinpath(*parts[start:])
-            if here == recorded or here.exists():
+            if here == recorded:
+                return here
+            # (from a <method>,<version> folder down: a shorter tail, <user>/<job id>,
+            # could name another job's logs, local job ids being reused pids)
+            if "," in parts[start] and here.exists():
                 return here
         return recorded
 

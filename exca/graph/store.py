@@ -76,15 +76,6 @@ def not_replaced(
     return [uid for uid, place in places.items() if place is not None and now.get(uid) == place]
 
 
-def drop_outputs(cache: CacheDict[tp.Any], places: tp.Mapping[str, tuple[str, int]]) -> None:
-    """Remove the old outputs of forced items, those still where ``output_places`` saw
-    them (not replaced yet by the job that recomputes them)."""
-    stale = not_replaced(cache, places)
-    if stale:
-        with cache.write():
-            cache.delete_many(stale)
-
-
 def outdated_outcomes(members: tp.Sequence[tuple[tp.Any, tp.Any]]) -> list[tuple[Node, tp.Any]]:
     """``outdated_outcome`` of each forced or retried task among (run, unit) members."""
     out = []
@@ -106,8 +97,8 @@ def task_result(node: Node, missing: tp.Any = None) -> tp.Any:
     when there is none (else KeyError: a user's cached KeyError is raised as it was)."""
     try:
         value = node.cache[TASK_KEY]
-    except KeyError:
-        if missing is None:
+    except KeyError:  # (absent, or a KeyError loading it: the latter is raised)
+        if missing is None or node.cache.entry_type(TASK_KEY, refresh=True) is not None:
             raise
         return missing
     if isinstance(value, CachedError):

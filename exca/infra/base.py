@@ -644,10 +644,10 @@ class BaseInfra(pydantic.BaseModel):
             data = dict(ConfDict(cfg))  # (config.yaml has dotted keys)
             written = data.get(name) if name is not None else None
             written = written.get("folder") if isinstance(written, dict) else None
-            if written is not None and Path(written) != Path(self.folder):
-                data = _moved_folder(data, str(written), str(self.folder))
             try:
                 obj = _from_config(cls, data)
+                if written is not None and Path(written) != Path(self.folder):
+                    obj = _moved(obj, data, Path(written), self.folder)
             except pydantic.ValidationError as error:
                 # e.g. a config written by another version of the class, or a dict key
                 # holding a "." (read back as nesting): the other folders still come
@@ -692,17 +692,24 @@ _UID_AROUND: dict[tuple[tp.Any, ...], tuple[str, str]] = {}
 _BY_NAME = "by_name" in inspect.signature(pydantic.BaseModel.model_validate).parameters
 
 
-def _moved_folder(data: tp.Any, old: str, new: str) -> tp.Any:
-    """An exported config whose infras' folder ``old`` (every infra in it: of other
-    methods, of sub-configs) is now ``new``."""
-    if isinstance(data, dict):
-        moved = {k: _moved_folder(v, old, new) for k, v in data.items()}
-        if "folder" in moved and moved["folder"] is not None and str(moved["folder"]) == old:
-            moved["folder"] = new
-        return moved
-    if isinstance(data, list):
-        return [_moved_folder(v, old, new) for v in data]
-    return data
+def _moved(
+    obj: pydantic.BaseModel, data: dict[str, tp.Any], old: Path, new: str | Path
+) -> pydantic.BaseModel:
+    """A config read from a cache moved from ``old`` to ``new``: its infras whose folder
+    was ``old`` (every one of them: of other methods, of sub-configs) have ``new``."""
+    found: dict[str, BaseInfra] = {}
+    _collect_infras(obj, "", found)
+    names = [
+        n
+        for n, i in found.items()
+        if i.folder is not None and Path(i.folder) == old and not n.split(".")[-1].startswith("_")
+    ]
+    if not names:
+        return obj
+    moved = ConfDict(data)
+    for name in names:
+        moved[f"{name}.folder"] = str(new)
+    return tp.cast(pydantic.BaseModel, _from_config(type(obj), dict(moved)))
 
 
 def _from_config(cls: type[pydantic.BaseModel], data: dict[str, tp.Any]) -> tp.Any:
