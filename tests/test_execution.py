@@ -462,7 +462,11 @@ def test_other_instance_waits_for_running_local_job(
 
 
 @pytest.mark.timeout(120)
-def test_clear_job_cancels_a_running_local_job(tmp_path: Path) -> None:
+def test_clear_job_cancels_a_running_local_job(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """(quietly: SIGINT to the job's controller made it print a KeyboardInterrupt traceback
+    in the terminal of the process that had started the job)"""
     log = tmp_path / "calls.txt"
     block = tmp_path / "block-flag"
     block.touch()
@@ -476,6 +480,7 @@ def test_clear_job_cancels_a_running_local_job(tmp_path: Path) -> None:
     time.sleep(0.5)
     assert other.infra.status() == "not submitted"  # ...before writing the cleared result
     assert make(tmp_path, None, x=5).infra.status() == "not submitted"
+    assert "KeyboardInterrupt" not in capfd.readouterr().err
 
 
 @pytest.mark.timeout(120)

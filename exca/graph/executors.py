@@ -357,33 +357,48 @@ class RecordedLocalHandle(Handle):
 
         # SIGINT, as submitit's own LocalJob.cancel (its job processes bypass SIGTERM);
         # never to a process that reused the pid of an ended job
-        if is_active(self.record):
-            with contextlib.suppress(OSError, ValueError):
-                os.kill(int(self.job_id), signal.SIGINT)
-                _kill_if_sigint_ignored(int(self.job_id))
+        if is_active(self.record) and self.job_id.isdigit():
+            pid = int(self.job_id)
+
+            def controller_interrupted() -> None:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGINT)
+
+            _cancel_local(pid, lambda: is_active(self.record), controller_interrupted)
 
 
 def _cancel_local_job(process: tp.Any) -> None:
-    """Stop a local job as submitit's cancel() does through its controller (SIGINT to the
-    tasks, SIGKILL to those still alive a second later), but from here: SIGINT to the
-    controller made it print its own KeyboardInterrupt traceback in the caller's terminal
-    (it ends normally once its tasks have). A job that ignores SIGINT is killed at once."""
+    """Stop a local job this process started (see ``_cancel_local``)."""
     import signal
 
-    pid = process.pid
+    _cancel_local(
+        process.pid, lambda: process.poll() is None, lambda: process.send_signal(signal.SIGINT)
+    )
+
+
+def _cancel_local(
+    pid: int, alive: tp.Callable[[], bool], interrupt_controller: tp.Callable[[], None]
+) -> None:
+    """Stop a local job (its submitit controller: ``pid``) as submitit's cancel() does
+    through the controller (SIGINT to the tasks, SIGKILL to those still alive a second
+    later), but from here: SIGINT to the controller made it print its own KeyboardInterrupt
+    traceback in the terminal of the process that started it (it ends normally once its
+    tasks have). A job that ignores SIGINT is killed at once."""
+    import signal
+
     with contextlib.suppress(Exception):
         _kill_if_sigint_ignored(pid)
     tasks = _children().get(pid, [])
     if not tasks:  # (none started yet: the controller's own handling)
         with contextlib.suppress(OSError):
-            process.send_signal(signal.SIGINT)
+            interrupt_controller()
         return
     for task in tasks:
         with contextlib.suppress(OSError):
             os.kill(task, signal.SIGINT)
 
     def kill_the_rest() -> None:
-        if process.poll() is not None:
+        if not alive():
             return
         for task in set(tasks) & set(_children().get(pid, [])):  # (still the job's tasks)
             with contextlib.suppress(OSError):
