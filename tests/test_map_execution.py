@@ -1369,6 +1369,27 @@ class Scaled(pydantic.BaseModel):
 """
 
 
+def dying_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tp.Any:
+    """DYING_MODULE, importable here and in jobs, with its map computed once (scale 1),
+    then its scale file set to 10 and its jobs set to die."""
+    import importlib
+    import sys
+
+    (tmp_path / "dying_module.py").write_text(DYING_MODULE, "utf8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    paths = [str(tmp_path), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))  # (jobs)
+    monkeypatch.delitem(sys.modules, "dying_module", raising=False)  # (another test's)
+    module = importlib.import_module("dying_module")
+    scale = tmp_path / "scale"
+    scale.write_text("1")
+    computed = module.Scaled(scale_file=str(scale), infra={"folder": tmp_path / "cache"})
+    assert list(computed.process([1, 2])) == [1, 2]
+    scale.write_text("10")
+    (tmp_path / "die").touch()
+    return module
+
+
 @pytest.mark.timeout(180)
 def test_a_second_call_of_a_forcing_instance_whose_job_dies_forces_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -1379,21 +1400,9 @@ def test_a_second_call_of_a_forcing_instance_whose_job_dies_forces_again(
     from exca.graph import registry
     from exca.graph.errors import JobFailedError
 
-    (tmp_path / "dying_module.py").write_text(DYING_MODULE, "utf8")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # (the jobs import it)
-    import dying_module
-
-    scale = tmp_path / "scale"
-    scale.write_text("1")
-    folder = tmp_path / "cache"
-    config = {"scale_file": str(scale)}
-    assert list(dying_module.Scaled(**config, infra={"folder": folder}).process([1, 2])) == [1, 2]
-    scale.write_text("10")
-    (tmp_path / "die").touch()
-    forced = dying_module.Scaled(
-        **config, infra={"folder": folder, "cluster": "local", "mode": "force", "max_jobs": 1}
-    )
+    module = dying_module(tmp_path, monkeypatch)
+    infra = {"folder": tmp_path / "cache", "cluster": "local", "mode": "force", "max_jobs": 1}
+    forced = module.Scaled(scale_file=str(tmp_path / "scale"), infra=infra)
     outcomes: list[tp.Any] = []
 
     def first() -> None:

@@ -682,29 +682,16 @@ def test_a_detached_forcing_map_whose_jobs_die_is_not_completed(
     """run(wait=False) of a forced map whose jobs die before computing: its old outputs
     went when the jobs went out, so it shows failed and its result is computed anew (it
     said completed and returned the outputs it was forced to replace)."""
-    from test_map_execution import DYING_MODULE
+    from test_map_execution import dying_module
 
-    (tmp_path / "dying_module.py").write_text(DYING_MODULE, "utf8")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ["PYTHONPATH"]]))
-    import dying_module
-
-    scale = tmp_path / "scale"
-    scale.write_text("1")
+    module = dying_module(tmp_path, monkeypatch)
     folder = tmp_path / "cache"
-    config = {"scale_file": str(scale)}
-    assert list(dying_module.Scaled(**config, infra={"folder": folder}).process([1, 2])) == [1, 2]
-    scale.write_text("10")
-    (tmp_path / "die").touch()
+    config = {"scale_file": str(tmp_path / "scale")}
     infra = {"folder": folder, "cluster": "slurm", "mode": "force", "max_jobs": 1}
-    node = dying_module.Scaled(**config, infra=infra).process.node([1, 2])
+    node = module.Scaled(**config, infra=infra).process.node([1, 2])
     exca.graph.run(node, wait=False)
     filelog.wait_until(lambda: node.status() != "running", timeout=120, poll=0.5)
     assert node.status() == "failed"
     (tmp_path / "die").unlink()
-    assert dying_module.Scaled(**config, infra={"folder": folder}).process.node(
-        [1, 2]
-    ).result() == [
-        10,
-        20,
-    ]
+    again = module.Scaled(**config, infra={"folder": folder}).process.node([1, 2])
+    assert again.result() == [10, 20]
