@@ -1433,3 +1433,44 @@ def test_the_plan_of_a_pool_map_node_whose_items_another_node_computes(tmp_path:
     assert plan.arrays[0].where != "inline"
     exca.graph.run(first, second)
     assert counts(tmp_path / "calls.txt") == {1: 1, 2: 1}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cluster", [None, "threadpool"])
+def test_a_forced_and_a_cached_map_node_of_one_config_compute_shared_items_once(
+    tmp_path: Path, cluster: str | None
+) -> None:
+    """One run, two map nodes of one config, one forced: an item both need is computed once
+    (the forced node recomputed what the other had just computed)."""
+    forced = make(tmp_path, cluster, infra={"mode": "force"}).process.node([3, 4])
+    cached = make(tmp_path, cluster).process.node([4, 6])
+    exca.graph.run(cached, forced)  # (the cached one first: it computes item 4)
+    assert counts(tmp_path / "calls.txt") == {3: 1, 4: 1, 6: 1}
+    assert (forced.result(), cached.result()) == ([30, 40], [40, 60])
+
+
+class SlowItems(pydantic.BaseModel):
+    """A task making the items of a map, after a pause (other nodes end meanwhile)."""
+
+    items: list[int]
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def make(self) -> list[int]:
+        time.sleep(1.0)
+        return self.items
+
+
+@pytest.mark.timeout(120)
+def test_a_forced_node_whose_shared_item_another_forced_node_computed_before(
+    tmp_path: Path,
+) -> None:
+    """Two forced map nodes of one config; the second gets its items from a slow upstream
+    task, after the first forced their shared item: that item is forced once, and the
+    second does not report it as not computed (its job skips it: forced by this run)."""
+    first = make(tmp_path, "threadpool", infra={"mode": "force"}).process.node([2, 4])
+    items = SlowItems(items=[1, 2], infra={"folder": tmp_path / "cache"}).make.node()
+    second = make(tmp_path, "threadpool", infra={"mode": "force"}).process.node(items)
+    exca.graph.run(first, second)
+    assert counts(tmp_path / "calls.txt") == {1: 1, 2: 1, 4: 1}
+    assert second.result() == [10, 20]

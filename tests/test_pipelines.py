@@ -1517,6 +1517,13 @@ def test_running_a_map_target_holding_cached_item_errors_raises(env: Env) -> Non
     with pytest.raises(ValueError, match="item 2 fails on purpose"):
         exca.graph.run(squares(), other)  # (the other targets are computed all the same)
     assert started(env.log)[3:] == ["square3"]
+    # the plan says so; with another failing target, both failures are named
+    (entry,) = exca.graph.plan(squares()).entries
+    assert (entry.status, entry.action) == ("cached error", "fail")
+    broken = env.step("broken", fail_flag=str(flag)).run.node()
+    with pytest.raises(NodeFailures) as info:
+        exca.graph.run(squares(), broken)
+    assert set(info.value.failures) == {squares().uid, broken.uid}  # (the map was left out)
 
 
 def test_a_map_fed_by_a_map_with_a_failed_item(env: Env) -> None:

@@ -26,16 +26,27 @@ def run(*targets: Node, wait: bool = True, progress: bool | None = None) -> Sche
     once (Slurm dependencies between levels) and return without waiting."""
     scheduler = Scheduler(list(targets), progress=progress)
     if wait:
-        scheduler.run()
-        _raise_item_errors(scheduler, targets)
+        try:
+            scheduler.run()
+        except Exception:
+            items = _item_errors(scheduler, targets)
+            if not items:
+                raise
+            # (other nodes failed too: every failure is named)
+            raise NodeFailures({**scheduler.failures(), **items}) from None
+        items = _item_errors(scheduler, targets)
+        if len(items) == 1:
+            raise next(iter(items.values()))
+        if items:
+            raise NodeFailures(items)
     else:
         scheduler.run_detached()
     return scheduler
 
 
-def _raise_item_errors(scheduler: Scheduler, targets: tp.Sequence[Node]) -> None:
-    """Target maps whose items hold errors (computed now or cached) cannot be read: raise
-    the first item's error, as iterating the map's call does."""
+def _item_errors(scheduler: Scheduler, targets: tp.Sequence[Node]) -> dict[str, BaseException]:
+    """Target maps whose items hold errors (computed now or cached) cannot be read: the
+    first item's error of each (raised, as iterating the map's call does)."""
     failures: dict[str, BaseException] = {}
     for node in dict.fromkeys(targets):
         run = scheduler.runs.get(node.key)
@@ -47,10 +58,7 @@ def _raise_item_errors(scheduler: Scheduler, targets: tp.Sequence[Node]) -> None
         error = first_item_error(node, uids)
         if error is not None:
             failures[node.uid] = error
-    if len(failures) == 1:
-        raise next(iter(failures.values()))
-    if failures:
-        raise NodeFailures(failures)
+    return failures
 
 
 def graph(*targets: Node) -> nx.DiGraph:

@@ -97,6 +97,8 @@ class Plan:
     def _entry(self, run: NodeRun) -> PlanEntry:
         node = run.node
         status, action = _status(run)
+        if run.action == "reuse" and run.item_errors and self._is_target(node):
+            status, action = "cached error", "fail"  # (run() raises an item's error)
         reason = run.reason
         if status == "cached":
             stale = self._stale_reason(node) if node.kind == "task" else None
@@ -147,6 +149,9 @@ class Plan:
             folder=None if node.folder is None else str(node.folder),
             problems=problems,
         )
+
+    def _is_target(self, node: Node) -> bool:
+        return any(t.key == node.key for t in self.graph.targets)
 
     def _stale_reason(self, node: Node) -> str | None:
         """A cached task whose recorded upstream entries were replaced since (forced)."""
@@ -200,7 +205,7 @@ class Plan:
         behind = {k for k in behind if not on_slurm(runs[k].node)}
         groups: dict[tuple[int, str, bool], PlannedArray] = {}
         # (map nodes of one config launched together: each item goes to one node's jobs)
-        taken: dict[tuple[int, str, str, str], set[str]] = {}
+        taken: dict[tuple[int, str, str], set[str]] = {}
         for key in order:
             run = runs[key]
             if key not in wave or not run.needs_work or _waits(run) or run.check_only:
@@ -211,7 +216,7 @@ class Plan:
             todo = None
             if node.kind == "map":
                 if run.uids is not None:
-                    place = (wave[key], str(node.folder), str(cluster), run.action)
+                    place = (wave[key], str(node.folder), str(cluster))
                     seen = taken.setdefault(place, set())
                     own = [u for u in run.todo or [] if u not in seen]
                     seen.update(own)

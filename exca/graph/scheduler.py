@@ -68,9 +68,9 @@ class Scheduler:
         # map nodes of one config (one folder) with overlapping items: each item goes to
         # the jobs of one of them, the others wait for those jobs (see _take_items)
         self._shared_folders: set[tuple[str, str]] | None = None
-        self._item_owners: dict[tuple[str, str, str], dict[str, NodeRun]] = {}
-        self._item_handles: dict[tuple[str, str, str], dict[str, executors.Handle]] = {}
-        self._borrowed: list[tuple[NodeRun, tuple[str, str, str], list[str]]] = []
+        self._item_owners: dict[tuple[str, str], dict[str, NodeRun]] = {}
+        self._item_handles: dict[tuple[str, str], dict[str, executors.Handle]] = {}
+        self._borrowed: list[tuple[NodeRun, tuple[str, str], list[str]]] = []
         # (not for a detached run: what follows a node starts after that node's own jobs)
         self.shares_items = True
 
@@ -294,7 +294,9 @@ class Scheduler:
         else:
             chunks = [(0, len(todo))] if todo else []
         shipped = node.shipped()
-        forced_by = self.run_id if action == "force" else ""  # (shared items: forced once)
+        # (shared items: forced once; what a node of the folder computes in this run is
+        # marked too: a forced node of it then does not compute it again)
+        forced_by = self.run_id if action == "force" or self._forced_here(run) else ""
         return [
             Unit(
                 shipped,
@@ -306,7 +308,7 @@ class Scheduler:
             for a, b in chunks
         ]
 
-    def _item_key(self, run: NodeRun) -> tuple[str, str, str] | None:
+    def _item_key(self, run: NodeRun) -> tuple[str, str] | None:
         """Where a map node's items may be shared with another map node of this run (None:
         no other map node has its folder, the usual case)."""
         node = run.node
@@ -318,7 +320,18 @@ class Scheduler:
                     place = (str(other.folder), str(other.execution.cluster))
                     (self._shared_folders if place in seen else seen).add(place)
         place = (str(node.folder), str(node.execution.cluster))
-        return (*place, run.action) if place in self._shared_folders else None
+        # (whatever their modes: an item another node computes now is fresh, as forced)
+        return place if place in self._shared_folders else None
+
+    def _forced_here(self, run: NodeRun) -> bool:
+        """Whether another map node of this run, of the same folder, is forced."""
+        if self._item_key(run) is None:
+            return False
+        folder = run.node.folder
+        return any(
+            r.action == "force" and r.node.kind == "map" and r.node.folder == folder
+            for r in self.runs.values()
+        )
 
     def _take_items(self, run: NodeRun, todo: list[str]) -> list[str]:
         """The items a map node's own jobs compute: those no other running map node of its
@@ -463,7 +476,8 @@ class Scheduler:
                         # knows it carries out this instance's force of these items)
                         # (with where the old outputs were: see _finish)
                         jobs = run.node.force_state.setdefault("jobs", {})
-                        jobs[handle.job_id] = {u: run.replaced.get(u) for u in unit.uids}
+                        places = {u: run.replaced.get(u) for u in unit.uids}
+                        jobs[handle.job_id] = (self.run_id, places)
                     self.record(run.node, unit, handle, code=_code(first))
         for (run, _), handle in zip(members, handles):
             run.handles.append(handle)
@@ -581,9 +595,10 @@ class Scheduler:
             # (an old output still in its place was not replaced: the job died first)
             own = node.force_state.get("jobs", {})
             for handle in run.handles:
-                places = own.get(handle.job_id)
-                if places is not None:
-                    kept = set(store.not_replaced(node.cache, places))
+                job = own.get(handle.job_id)
+                if job is not None:
+                    run_id, places = job
+                    kept = set(store.not_replaced(node.cache, places, run_id))
                     forced = (u for u in places if u not in kept)
                     node.force_state.setdefault("uids", set()).update(forced)
             self._redecide_items(run, forced=node.pending_force)
@@ -591,7 +606,7 @@ class Scheduler:
         todo = run.todo or []
         missing = node.cache.missing(todo)
         if run.replaced:  # (forced: an old output its jobs did not replace is missing too)
-            missing += store.not_replaced(node.cache, run.replaced)
+            missing += store.not_replaced(node.cache, run.replaced, self.run_id)
             run.replaced = {}
         if not inline and node.execution.cluster not in POOL_CLUSTERS:
             progress.update(len(todo) - len(missing))
@@ -744,12 +759,16 @@ class Scheduler:
         detail = "; ".join(descriptions) or "the worker ended without writing it"
         return JobFailedError(f"{what}{run.node.uid} not computed: {detail}")
 
-    def _raise_failures(self, root_cause: bool = False) -> None:
-        failures: dict[str, BaseException] = {
+    def failures(self) -> dict[str, BaseException]:
+        """The error of every node that failed (or could not run), by uid."""
+        return {
             r.node.uid: r.error
             for k in self.graph.order
             if (r := self.runs[k]).state in ("failed", "skipped") and r.error is not None
         }
+
+    def _raise_failures(self, root_cause: bool = False) -> None:
+        failures = self.failures()
         if not failures:
             return
         if len(failures) == 1:

@@ -69,11 +69,21 @@ def output_places(cache: CacheDict[tp.Any], uids: tp.Iterable[str]) -> dict[str,
 
 
 def not_replaced(
-    cache: CacheDict[tp.Any], places: tp.Mapping[str, tuple[str, int] | None]
+    cache: CacheDict[tp.Any], places: tp.Mapping[str, tuple[str, int] | None], run_id: str
 ) -> list[str]:
-    """The items whose output is still where ``output_places`` saw it (None: none then)."""
-    now = output_places(cache, [u for u, place in places.items() if place is not None])
-    return [uid for uid, place in places.items() if place is not None and now.get(uid) == place]
+    """The items whose output is still where ``output_places`` saw it (None: none then),
+    unless that output was forced by run ``run_id`` (by another node of that run, once
+    for both: its jobs skip it)."""
+    kept = []
+    with cache.frozen_cache_folder():
+        for uid, place in places.items():
+            entry = cache.entry(uid) if place is not None else None
+            if entry is None or (entry.file, entry.offset) != place:
+                continue
+            meta = entry.info.get("#meta")
+            if not (isinstance(meta, dict) and meta.get("forced") == run_id):
+                kept.append(uid)
+    return kept
 
 
 def outdated_outcomes(members: tp.Sequence[tuple[tp.Any, tp.Any]]) -> list[tuple[Node, tp.Any]]:
