@@ -1312,8 +1312,13 @@ def test_overlapping_map_nodes_of_one_run_send_each_item_to_one_job(
 
     mapper = make(tmp_path, cluster)
     first, second = mapper.process.node([1, 2, 3, 4]), mapper.process.node([3, 4, 5])
+    plan = exca.graph.plan(first, second)
+    assert [e.items for e in plan.entries] == [
+        "4/4 missing",
+        "3/3 missing, 2 by another node of this run",
+    ]
     if cluster == "local":  # (one item per job here: as many jobs as distinct items)
-        assert [a.elements for a in exca.graph.plan(first, second).arrays] == [5]
+        assert [a.elements for a in plan.arrays] == [5]
     exca.graph.run(first, second)
     assert (first.result(), second.result()) == ([10, 20, 30, 40], [30, 40, 50])
     assert counts(tmp_path / "calls.txt") == {1: 1, 2: 1, 3: 1, 4: 1, 5: 1}

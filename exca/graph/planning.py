@@ -87,8 +87,11 @@ class Plan:
             _note_computed_elsewhere(runs)
             order = self.graph.order
             self.entries = [self._entry(runs[key]) for key in order]
+            self._shared: dict[str, int] = {}  # map items another node of the run computes
             self.arrays = self._pack(order)
         by_uid = {e.uid: e for e in self.entries}
+        for uid, count in self._shared.items():
+            by_uid[uid].items = f"{by_uid[uid].items}, {count} by another node of this run"
         for array in self.arrays:
             for uid in array.nodes:
                 by_uid[uid].array = array.index
@@ -221,6 +224,8 @@ class Plan:
                     own = [u for u in run.todo or [] if u not in seen]
                     seen.update(own)
                     todo = len(own)
+                    if todo < len(run.todo or ()):
+                        self._shared[node.uid] = len(run.todo or ()) - todo
                 if cluster in SUBMITIT_CLUSTERS:
                     chunks = (
                         to_chunks(todo, node.execution.max_jobs, node.execution.min_items_per_job)
