@@ -1479,3 +1479,44 @@ def test_a_forced_node_whose_shared_item_another_forced_node_computed_before(
     exca.graph.run(first, second)
     assert counts(tmp_path / "calls.txt") == {1: 1, 2: 1, 4: 1}
     assert second.result() == [10, 20]
+
+
+@pytest.mark.timeout(180)
+def test_a_map_node_whose_shared_items_job_dies_computes_them_itself(tmp_path: Path) -> None:
+    """Two map nodes of one config share item 2; the first node's job is killed before
+    computing it: the second node computes it with a job of its own (it failed, naming the
+    first node's job, which it had only waited for)."""
+    from test_execution import kill_tree
+
+    from exca.graph import registry
+
+    block, slow = tmp_path / "block-flag", tmp_path / "slow-flag"
+    block.touch()
+    slow.touch()  # (item 2 waits too: the first node's job cannot compute it before the kill)
+    flags = {"block_flag": str(block), "slow_flag": str(slow)}
+    mapper = make(tmp_path, "local", **flags, infra={"max_jobs": 1})
+    first, second = mapper.process.node([0, 2]), mapper.process.node([2, 3])
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            exca.graph.run(first, second)
+            outcome.append(None)
+        except BaseException as error:  # (checked below)
+            outcome.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    folder = first.folder
+    wait_until(lambda: any(r.keys and "0" in r.keys for r in registry.read_all(folder)))
+    (job,) = [r for r in registry.read_all(folder) if r.keys and "0" in r.keys]
+    wait_until(lambda: {0, 2} & set(counts(tmp_path / "calls.txt")))  # (it started, waits)
+    kill_tree(int(job.job_id))
+    slow.unlink()
+    thread.join(timeout=150)
+    block.unlink()
+    (error,) = outcome
+    failed = error.failures if isinstance(error, exca.graph.errors.NodeFailures) else None
+    assert failed is None or second.uid not in failed, error
+    assert first.uid in str(error) or isinstance(error, exca.graph.errors.JobFailedError)
+    assert second.result() == [20, 30]

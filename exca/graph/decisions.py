@@ -51,6 +51,9 @@ class NodeRun:
     # out (an output still there when they end was not recomputed: e.g. a job that died
     # before starting its worker)
     replaced: dict[str, tuple[str, int]] = dataclasses.field(default_factory=dict)
+    # map items another node of the run computes (its jobs are waited for); emptied once
+    # they were missing after those jobs: computed by this node then
+    borrowed: set[str] = dataclasses.field(default_factory=set)
 
     @property
     def array_key(self) -> str:

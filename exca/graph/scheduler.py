@@ -360,6 +360,7 @@ class Scheduler:
                 own.append(uid)
         if borrowed:
             self._borrowed.append((run, key, borrowed))
+            run.borrowed.update(borrowed)
         return own
 
     def _note_handles(self, members: list[tuple[NodeRun, Unit]], handles: list[tp.Any]) -> None:
@@ -619,6 +620,14 @@ class Scheduler:
                 node.force_state.setdefault("uids", set()).update(todo)
             return
         if self._recomputed_elsewhere(run, missing):
+            return
+        if missing and set(missing) <= run.borrowed:
+            # (the other node's job died before computing them: computed here after all,
+            # once, as they were before items were shared)
+            run.borrowed = set()
+            run.todo, run.handles, run.replaced = list(missing), [], {}
+            run.state = "pending"
+            self._requeued.append(run)
             return
         run.state = "failed"
         run.error = self._lost(run, missing)
