@@ -1435,7 +1435,7 @@ def test_the_plan_of_a_pool_map_node_whose_items_another_node_computes(tmp_path:
     first, second = mapper.process.node([1, 2]), mapper.process.node([1])
     plan = exca.graph.plan(first, second)
     assert [(a.where, a.elements) for a in plan.arrays] == [(plan.arrays[0].where, 2)]
-    assert plan.arrays[0].where != "inline"
+    assert plan.arrays[0].where != "inline" and plan.arrays[0].nodes == [first.uid]
     exca.graph.run(first, second)
     assert counts(tmp_path / "calls.txt") == {1: 1, 2: 1}
 
@@ -1520,3 +1520,104 @@ def test_a_map_node_whose_shared_items_job_dies_computes_them_itself(tmp_path: P
     assert failed is None or second.uid not in failed, error
     assert first.uid in str(error) or isinstance(error, exca.graph.errors.JobFailedError)
     assert second.result() == [20, 30]
+
+
+class Tagged(pydantic.BaseModel):
+    """item -> 1000 * tag + item (tag is not part of the uid: a value tells which call wrote
+    it); the first process computing item 99 dies (SIGKILL) while the file `died` is absent
+    in `ctl`, creating it."""
+
+    log: str
+    ctl: str
+    tag: int = 0
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str, exclude_from_cache_uid=("tag", "ctl"))
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            append(self.log, str(item))
+            died = Path(self.ctl) / "died"
+            if item == 99 and not died.exists():
+                died.touch()
+                os.kill(os.getpid(), 9)
+            yield 1000 * self.tag + item
+
+
+def tagged_in(tmp_path: Path) -> tp.Callable[..., Tagged]:
+    def tagged(tag: int, **infra: tp.Any) -> Tagged:
+        infra = {"folder": tmp_path / "cache", **infra}
+        return Tagged(log=str(tmp_path / "calls.txt"), ctl=str(tmp_path), tag=tag, infra=infra)
+
+    return tagged
+
+
+@pytest.mark.timeout(180)
+def test_forced_map_nodes_sharing_items_whose_job_dies_force_them_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One forced instance, two nodes sharing items 99 and 1; the job of the first dies on
+    item 99 before item 1: the second node forces both itself (it took item 1's old output
+    as forced), and the instance's next call forces nothing again (it lost what the second
+    node's own job had forced: item 2)."""
+    import exca.graph.scheduler
+
+    monkeypatch.setattr(exca.graph.scheduler.random, "shuffle", lambda items: None)
+    (tmp_path / "died").touch()
+    tagged = tagged_in(tmp_path)
+
+    assert list(tagged(1).process([99, 1, 2])) == [1099, 1001, 1002]
+    (tmp_path / "died").unlink()
+    forced = tagged(2, cluster="local", mode="force", max_jobs=1)
+    first, second = forced.process.node([99, 1]), forced.process.node([99, 1, 2])
+    with pytest.raises(exca.graph.errors.JobFailedError):  # (the first node's job died)
+        exca.graph.run(first, second)
+    assert list(tagged(0, mode="read-only").process([99, 1, 2])) == [2099, 2001, 2002]
+    before = counts(tmp_path / "calls.txt")
+    assert list(forced.process([99, 1, 2])) == [2099, 2001, 2002]
+    assert counts(tmp_path / "calls.txt") == before
+
+
+@pytest.mark.timeout(120)
+def test_a_forced_and_a_cached_map_node_on_different_clusters_share_items(
+    tmp_path: Path,
+) -> None:
+    """The cached node computes inline, the forced one in a pool, with its items from an
+    upstream task: what one computed in the run, the other does not compute again."""
+    items = SlowItems(items=[5, 6], infra={"folder": tmp_path / "cache"}).make.node()
+    cached = make(tmp_path, None).process.node([5, 6])
+    forced = make(tmp_path, "threadpool", infra={"mode": "force"}).process.node(items)
+    exca.graph.run(cached, forced)
+    assert counts(tmp_path / "calls.txt") == {5: 1, 6: 1}
+
+
+@pytest.mark.timeout(180)
+def test_a_forced_node_whose_shared_items_job_dies_before_starting_forces_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two forced nodes sharing items 1 and 2; the first node's job is killed right after
+    its submission, before computing anything: the second node forces the shared items
+    itself (their old outputs were still in place, and it returned them as forced)."""
+    from test_execution import kill_tree
+
+    import exca.graph.scheduler
+
+    tagged = tagged_in(tmp_path)
+    assert list(tagged(1).process([1, 2, 3])) == [1001, 1002, 1003]
+    submit = exca.graph.scheduler.executors.submit_array
+    killed: list[str] = []
+
+    def submit_then_kill(units: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        handles = list(submit(units, *args, **kwargs))
+        for unit, handle in zip(units, handles):
+            if unit.uids and "1" in unit.uids and not killed:
+                killed.append(handle.job_id)
+                kill_tree(int(handle.job_id))
+        return handles
+
+    monkeypatch.setattr(exca.graph.scheduler.executors, "submit_array", submit_then_kill)
+    forced = tagged(2, cluster="local", mode="force", max_jobs=1)
+    first, second = forced.process.node([1, 2]), forced.process.node([1, 2, 3])
+    with pytest.raises(exca.graph.errors.JobFailedError):  # (the first node's job)
+        exca.graph.run(first, second)
+    assert killed
+    assert list(tagged(0, mode="read-only").process([1, 2, 3])) == [2001, 2002, 2003]

@@ -1524,6 +1524,11 @@ def test_running_a_map_target_holding_cached_item_errors_raises(env: Env) -> Non
     with pytest.raises(NodeFailures) as info:
         exca.graph.run(squares(), broken)
     assert set(info.value.failures) == {squares().uid, broken.uid}  # (the map was left out)
+    # a refusal before anything ran is raised as it is (it was replaced by the item error)
+    unsaved = Step(name="unsaved", log=env.log, infra={"keep_in_ram": True}).run.node()
+    local = env.step("local", infra={"cluster": "local"}).run.node(unsaved)
+    with pytest.raises(ValueError, match="Cannot submit"):
+        exca.graph.run(squares(), local)
 
 
 def test_a_map_fed_by_a_map_with_a_failed_item(env: Env) -> None:

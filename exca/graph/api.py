@@ -29,7 +29,9 @@ def run(*targets: Node, wait: bool = True, progress: bool | None = None) -> Sche
         try:
             scheduler.run()
         except Exception:
-            items = _item_errors(scheduler, targets)
+            # (a refusal before anything ran, e.g. a node that cannot be submitted, is
+            # raised as it is)
+            items = _item_errors(scheduler, targets) if scheduler.failures() else {}
             if not items:
                 raise
             # (other nodes failed too: every failure is named)

@@ -241,6 +241,8 @@ class Plan:
                         1 << 30 if todo is None else todo, node.execution.max_jobs
                     )
                     elements = 3 * workers if todo is None else len(to_chunks(todo, 3 * workers, 1))
+            if todo == 0:
+                continue  # (every item computed by another node: nothing sent for it)
             # (one item of a pool's map, its own: computed here, no pool)
             here = cluster is None or (
                 node.kind == "map" and cluster in POOL_CLUSTERS and todo == 1

@@ -8,6 +8,7 @@ branches finish and stay cached; one final error lists every failed node.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import random
@@ -68,6 +69,7 @@ class Scheduler:
         # map nodes of one config (one folder) with overlapping items: each item goes to
         # the jobs of one of them, the others wait for those jobs (see _take_items)
         self._shared_folders: set[tuple[str, str]] | None = None
+        self._map_folders: collections.Counter[str] | None = None
         self._item_owners: dict[tuple[str, str], dict[str, NodeRun]] = {}
         self._item_handles: dict[tuple[str, str], dict[str, executors.Handle]] = {}
         self._borrowed: list[tuple[NodeRun, tuple[str, str], list[str]]] = []
@@ -324,12 +326,20 @@ class Scheduler:
         return place if place in self._shared_folders else None
 
     def _forced_here(self, run: NodeRun) -> bool:
-        """Whether another map node of this run, of the same folder, is forced."""
-        if self._item_key(run) is None:
-            return False
+        """Whether another map node of this run, of the same folder (on any cluster), is
+        forced."""
+        if self._map_folders is None:
+            self._map_folders = collections.Counter(
+                str(n.folder) for n in self.graph.nodes.values() if n.kind == "map"
+            )
         folder = run.node.folder
+        if self._map_folders[str(folder)] < 2:
+            return False
         return any(
-            r.action == "force" and r.node.kind == "map" and r.node.folder == folder
+            r is not run
+            and r.action == "force"
+            and r.node.kind == "map"
+            and r.node.folder == folder
             for r in self.runs.values()
         )
 
@@ -361,6 +371,8 @@ class Scheduler:
         if borrowed:
             self._borrowed.append((run, key, borrowed))
             run.borrowed.update(borrowed)
+            if run.action == "force":  # (replaced by the other node's jobs? see _finish)
+                run.replaced.update(store.output_places(run.node.cache, borrowed))
         return own
 
     def _note_handles(self, members: list[tuple[NodeRun, Unit]], handles: list[tp.Any]) -> None:
@@ -624,6 +636,9 @@ class Scheduler:
         if missing and set(missing) <= run.borrowed:
             # (the other node's job died before computing them: computed here after all,
             # once, as they were before items were shared)
+            if run.action == "force":  # (the others are forced: the rerun computes these)
+                lost = set(missing)
+                node.force_state.setdefault("uids", set()).update(u for u in todo if u not in lost)
             run.borrowed = set()
             run.todo, run.handles, run.replaced = list(missing), [], {}
             run.state = "pending"
