@@ -630,12 +630,13 @@ class Stubborn(pydantic.BaseModel):
     @infra.apply
     def process(self) -> int:
         append(self.log, "start")
-        while Path(self.block_flag).exists():
-            try:
+        while True:
+            try:  # (the check too: an interrupt may come while it reads the disk)
+                if not Path(self.block_flag).exists():
+                    return 1
                 time.sleep(0.05)
             except KeyboardInterrupt:
                 append(self.log, "caught")
-        return 1
 
 
 @pytest.mark.timeout(120)
