@@ -27,12 +27,7 @@ def reuse(cache: CacheDict[tp.Any], mode: str, where: str) -> tp.Any:
     entry = cache.entry_type(TASK_KEY, refresh=True)
     if entry is None:
         return MISSING
-    try:
-        value = cache[TASK_KEY]
-    except KeyError:  # (removed since the check, e.g. forced by another process: not reused;
-        if cache.entry_type(TASK_KEY, refresh=True) is None:  # else a KeyError loading it)
-            return MISSING
-        raise
+    value = store.cached_outcome(cache, MISSING)  # (removed since the check: MISSING)
     if type(value) is CachedError:  # (the value, not the entry type: replaced meanwhile?)
         if mode == "retry" or store.cache_upstream_failed(cache):
             return MISSING

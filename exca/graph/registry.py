@@ -54,7 +54,7 @@ class JobRecord:
         recorded = Path(self.logs)
         if self.node_folder is None:
             return recorded
-        root = cache_root(self.node_folder)
+        root = root_of(self.node_folder)
         parts = recorded.parts
         for start in range(1, len(parts)):  # (the longest tail of it found in this cache)
             here = root.joinpath(*parts[start:])
@@ -95,14 +95,15 @@ def write(
 def _link_target(folder: Path, logs: str) -> str:
     """A log folder inside the cache is linked relatively: the link survives moving or
     copying the cache (one elsewhere keeps its absolute path)."""
-    root = os.path.abspath(cache_root(folder))
+    root = os.path.abspath(root_of(folder))
     if os.path.commonpath([root, os.path.abspath(logs)]) != root:
         return logs
     return os.path.relpath(logs, folder)
 
 
-def cache_root(node_folder: Path) -> Path:
-    """The cache root of a node folder: <root>/<step>/<uid>[/inputs-<digest>]."""
+def root_of(node_folder: Path) -> Path:
+    """The cache root of a node folder: <root>/<step>/<uid>[/inputs-<digest>] (a uid may
+    hold commas, a step always does)."""
     folder = Path(node_folder)
     if folder.name.startswith("inputs-"):
         folder = folder.parent

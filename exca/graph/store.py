@@ -102,15 +102,22 @@ def drop_outcomes(outdated: list[tuple[Node, tp.Any]]) -> None:
         drop_outcome(node.cache, found)
 
 
-def task_result(node: Node, missing: tp.Any = None) -> tp.Any:
-    """The cached result of a task node (re-raises a cached error). ``missing``: returned
-    when there is none (else KeyError: a user's cached KeyError is raised as it was)."""
+def cached_outcome(cache: CacheDict[tp.Any], missing: tp.Any) -> tp.Any:
+    """A task's cached result or CachedError, or ``missing`` when there is none (removed,
+    e.g. by another process forcing it, since it was seen): a KeyError raised loading it
+    is raised."""
     try:
-        value = node.cache[TASK_KEY]
-    except KeyError:  # (absent, or a KeyError loading it: the latter is raised)
-        if missing is None or node.cache.entry_type(TASK_KEY, refresh=True) is not None:
+        return cache[TASK_KEY]
+    except KeyError:
+        if cache.entry_type(TASK_KEY, refresh=True) is not None:
             raise
         return missing
+
+
+def task_result(node: Node, missing: tp.Any = None) -> tp.Any:
+    """The cached result of a task node (re-raises a cached error). ``missing``: returned
+    when there is none (else KeyError)."""
+    value = node.cache[TASK_KEY] if missing is None else cached_outcome(node.cache, missing)
     if isinstance(value, CachedError):
         raise_from(value, node.uid)
     return value

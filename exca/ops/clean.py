@@ -96,7 +96,7 @@ class CleanPlan:
                 _remove_items(path, removal.keys)
                 freed += removal.size
                 continue
-            root = _root_of(path) if (path / UID_FILE).exists() else path.parent.parent
+            root = registry.root_of(path) if (path / UID_FILE).exists() else path.parent.parent
             if path.is_dir() and _holds_what_jobs_use(path, root, jobs_use) is not None:
                 continue
             if path.is_dir() and not path.is_symlink():
@@ -129,9 +129,7 @@ def _remove_items(folder: Path, keys: list[str]) -> None:
 
     cache: CacheDict[tp.Any] = CacheDict(folder=folder, keep_in_ram=False)
     with cache.write():
-        for key in keys:
-            with contextlib.suppress(KeyError):  # (removed meanwhile)
-                del cache[key]
+        cache.delete_many(keys)  # (those removed meanwhile are skipped)
 
 
 def remove_node_folder(folder: Path) -> None:
@@ -164,7 +162,7 @@ def cache_root(root: Path | str) -> Path:
     if is_node_folder(root):
         raise ValueError(
             f"{root} is the folder of one node, not a cache root: give the cache root "
-            f"({_root_of(root)}); to remove this node: `exca clean ROOT node {root}`"
+            f"({registry.root_of(root)}); to remove this node: `exca clean ROOT node {root}`"
         )
     if "," in root.name and _holds_node_folders(root):
         raise ValueError(
@@ -176,7 +174,7 @@ def cache_root(root: Path | str) -> Path:
 
 def _add_folder(plan: CleanPlan, folder: Path, reason: str) -> None:
     busy = _busy_with_inputs(folder) or _holds_what_jobs_use(
-        folder, _root_of(folder), plan.jobs_use
+        folder, registry.root_of(folder), plan.jobs_use
     )
     if busy is not None:
         plan.kept.append((folder, busy))
@@ -299,7 +297,13 @@ def remove_nodes(
         folders.append(folder)
         _add_folder(plan, folder, "requested")
     if downstream:
-        base = cache_root(root) if root is not None else _root_of(folders[0]) if folders else None
+        base = (
+            cache_root(root)
+            if root is not None
+            else registry.root_of(folders[0])
+            if folders
+            else None
+        )
         if base is not None:
             whole, some_items = computed_from(base, folders)
             for folder in whole:
@@ -313,15 +317,6 @@ def is_node_folder(folder: Path) -> bool:
     if folder.name.startswith(INPUTS_PREFIX):
         return (folder.parent / UID_FILE).exists()
     return (folder / UID_FILE).exists()
-
-
-def _root_of(folder: Path) -> Path:
-    """The cache root of a node folder: <root>/<step>/<uid>[/inputs-<digest>] (a uid may
-    hold commas, a step always does)."""
-    folder = Path(folder)
-    if folder.name.startswith(INPUTS_PREFIX):
-        folder = folder.parent
-    return folder.parent.parent
 
 
 # --- old versions -------------------------------------------------------------------------------
@@ -370,8 +365,8 @@ def _holds_node_folders(folder: Path) -> bool:
         return False
 
 
-# the files submitit writes for a job (local, Slurm, debug; arrays: <job>_<index>_...)
-# (submitit's job files, and the link to an array's shared submission script)
+# the files submitit writes for a job (local, Slurm, debug; arrays: <job>_<index>_..., and
+# the link to the array's shared submission script)
 _JOB_FILE = re.compile(
     r"(DEBUG_)?\d+(_\d+)*_(log\.out|log\.err|result\.pkl|submitted\.pkl|submission\.sh)"
     r"|\.submission_file_[0-9a-f]+\.sh"
@@ -614,7 +609,7 @@ def _another_cache_root(logs_folder: Path, root: Path) -> Path | None:
         return None
     for folder in real.parents:
         if os.path.exists(folder / UID_FILE):  # a node folder (a map's logs are in it)
-            return _root_of(folder)
+            return registry.root_of(folder)
         if "," in folder.name and _holds_node_folders(folder):  # a step folder
             return folder.parent
     return None
