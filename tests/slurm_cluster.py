@@ -8,7 +8,8 @@ Wiring (in tests/conftest.py)::
         add_slurm_fixture(items)
 
 `add_slurm_fixture` makes every test marked ``@pytest.mark.slurm`` request the session
-fixture ``slurm_cluster`` first, so such a test is skipped (or failed, see below) before
+fixture ``slurm_cluster`` first (then ``slurm_turn``: one Slurm test at a time across
+pytest workers), so such a test is skipped (or failed, see below) before
 any of its other fixtures runs. A test may also request ``slurm_cluster`` directly to read
 the cluster's partition, CPUs, memory, MaxArraySize and node name.
 
@@ -51,6 +52,7 @@ __all__ = [
     "sacct_states",
     "slurm_available",
     "slurm_cluster",
+    "slurm_turn",
     "squeue_ids",
 ]
 
@@ -212,16 +214,35 @@ def slurm_cluster(request: pytest.FixtureRequest) -> SlurmCluster:
     return _cluster_info()
 
 
+@pytest.fixture
+def slurm_turn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One Slurm test at a time across the pytest workers of a run (one cluster; some tests
+    count its jobs or hold its only node). `make test` also sends them all to one worker
+    (xdist's loadgroup), which leaves this lock uncontended; it still holds when that
+    grouping does not apply (pytest 9.2 with xdist 3.8 ignored it: Slurm tests ran on both
+    workers, and held jobs of one starved the other's)."""
+    import fcntl
+
+    # (the workers' base temp folders share their parent; without workers, its own one)
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    with open(root / "slurm-turn.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def add_slurm_fixture(items: Iterable[pytest.Item]) -> None:
-    """Make each test marked ``slurm`` request ``slurm_cluster`` before its other fixtures
-    (call from conftest's ``pytest_collection_modifyitems``)."""
+    """Make each test marked ``slurm`` request ``slurm_cluster`` then ``slurm_turn`` before
+    its other fixtures (call from conftest's ``pytest_collection_modifyitems``)."""
     for item in items:
         names = getattr(item, "fixturenames", None)
         if item.get_closest_marker("slurm") is None or names is None:
             continue
-        if "slurm_cluster" in names:
-            names.remove("slurm_cluster")
-        names.insert(0, "slurm_cluster")
+        for name in ("slurm_turn", "slurm_cluster"):
+            if name in names:
+                names.remove(name)
+            names.insert(0, name)
 
 
 def sacct_states(job_ids: Iterable[str | int]) -> dict[str, str]:

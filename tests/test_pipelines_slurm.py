@@ -423,18 +423,7 @@ def test_retried_middle_node_while_the_old_downstream_job_is_queued(
     cluster). b is fixed and retried: that old c job depends on b's failed job and
     cannot use the new result, so the retry computes c again after b (it took a third
     run: the old job cached "upstream failed" and the retry waited for it)."""
-    # (one variant at a time: run at once on two pytest workers, each one's held job was
-    # never released, seen as CI timeouts; the xdist group meant to keep Slurm tests on one
-    # worker did not apply here)
-    import fcntl
-    import tempfile
-
-    lock = open(Path(tempfile.gettempdir()) / "exca-test-retried-middle.lock", "w")  # noqa: SIM115
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    try:
-        _retried_middle_node(env, sbatch, wait)
-    finally:
-        lock.close()
+    _retried_middle_node(env, sbatch, wait)
 
 
 def _retried_middle_node(env: Env, sbatch: Sbatch, wait: bool) -> None:
