@@ -798,26 +798,30 @@ def test_processpool_without_a_folder(tmp_path: Path, keep_in_ram: bool) -> None
 
 
 class Reusing(pydantic.BaseModel):
-    """Yields the same buffer (an array, or a dict) for every item, changed in place."""
+    """Yields the same buffer (an array, or a dict) for every item, changed in place; "view":
+    a new array object each time, viewing that one buffer (nothing else references it)."""
 
     kind: str = "small"
     infra: exca.MapInfra = exca.MapInfra(version="1")
 
     @infra.apply(item_uid=str)
     def process(self, items: list[int]) -> tp.Iterator[tp.Any]:
-        array = np.zeros(4 if self.kind == "small" else 100_000)
+        array = np.zeros(4 if self.kind in ("small", "view") else 100_000)
         record: dict[str, tp.Any] = {"item": None}
         for item in items:
             if self.kind == "dict":
                 record["item"] = item
                 yield record
+            elif self.kind == "view":
+                array[:] = item
+                yield array[:]
             else:
                 array[:] = item
                 yield array
 
 
 @pytest.mark.parametrize("cluster", [None, "processpool"])
-@pytest.mark.parametrize("kind", ["small", "big", "dict"])
+@pytest.mark.parametrize("kind", ["small", "big", "dict", "view"])
 def test_outputs_are_stored_as_yielded(tmp_path: Path, cluster: str | None, kind: str) -> None:
     # each output is stored as it was when yielded, whatever the method does with it next
     infra = {"folder": tmp_path, "cluster": cluster}
@@ -833,7 +837,7 @@ def test_outputs_are_stored_as_yielded(tmp_path: Path, cluster: str | None, kind
             assert not any(o.flags.writeable for o in outputs)  # as memmaps from disk
 
 
-@pytest.mark.parametrize("kind", ["small", "big"])
+@pytest.mark.parametrize("kind", ["small", "big", "view"])
 def test_arrays_kept_in_memory_only_are_copies(kind: str) -> None:
     """A method refilling one array buffer (other objects are kept as yielded: copying
     every output cost 2.5x on lists)."""

@@ -13,6 +13,7 @@ import errno
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
 import typing as tp
@@ -33,6 +34,31 @@ FLUSH_SECONDS = 0.5  # ... or at least this often
 # Anything else is written before the method resumes.
 _IMMUTABLE = frozenset({int, float, complex, str, bytes, bool, type(None)})
 SNAPSHOT_BYTES = 1 << 16
+
+
+def _alone_count() -> int:
+    """What ``sys.getrefcount`` says, in a loop over a method's outputs like the one of
+    ``_compute_from``, of an output nothing else references (the method cannot change it
+    afterwards: no copy needed); 0 when this interpreter counts a held output the same
+    (then every output is copied)."""
+
+    def fresh() -> tp.Iterator[list[int]]:
+        yield [0]
+
+    def held() -> tp.Iterator[list[int]]:
+        kept = [0]
+        yield kept
+
+    counts = []
+    for outputs in (fresh(), held()):
+        for output in outputs:
+            counts.append(sys.getrefcount(output))
+            break
+    alone, other = counts
+    return alone if other > alone else 0
+
+
+_ALONE = _alone_count()
 
 
 class Unit(tp.NamedTuple):
@@ -658,19 +684,31 @@ def _compute_from(
     in_memory = cache.folder is None  # (RAM keeps the objects: arrays are copied)
     unwritten = _UNWRITTEN.by_folder.setdefault(str(node.folder), [])
     unwritten.append(flush)
+    # (names bound locally: this loop runs once per item)
+    count, immutable, monotonic, append = len(uids), _IMMUTABLE, time.monotonic, batch.append
+    refcount = sys.getrefcount
     try:
         for output in _outputs(node, items):
-            if position >= len(uids):
+            if position >= count:
                 return _miscounted(node, cache, uids, start, position - len(batch), report, "more")
             kind = type(output)
-            now = kind not in _IMMUTABLE  # (written before the method resumes)
-            if now and kind is ndarray and (in_memory or output.nbytes <= SNAPSHOT_BYTES):
-                output, now = output.copy(), False  # (a method may refill one buffer)
-            elif in_memory:
-                now = False  # (nothing to write: other objects are kept as yielded)
-            batch.append((uids[position], output))
+            if kind in immutable:
+                append((uids[position], output))
+            elif kind is ndarray and (in_memory or output.nbytes <= SNAPSHOT_BYTES):
+                # a method may refill one buffer: a copy, unless nothing else can reach
+                # this array (its own data, referenced by this loop only)
+                if output.base is not None or refcount(output) != _ALONE:
+                    output = output.copy()
+                append((uids[position], output))
+            else:
+                append((uids[position], output))
+                # (written before the method resumes; without a folder, RAM keeps objects)
+                if not in_memory:
+                    position += 1
+                    flush()
+                    continue
             position += 1
-            if now or len(batch) >= FLUSH_ITEMS or time.monotonic() - last_flush > FLUSH_SECONDS:
+            if len(batch) >= FLUSH_ITEMS or monotonic() - last_flush > FLUSH_SECONDS:
                 flush()
     except Exception as error:
         flush()
