@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import decimal
 import enum
 import functools
 import logging
@@ -1642,6 +1643,31 @@ def test_values_equal_in_uid_terms_share_the_default_uid() -> None:
     assert _Hunted(holder={"value": [1.0]}).infra.uid() == default
     assert _Hunted(ceiling=float("inf")).infra.uid() == default
     assert _Hunted(called=_Adam()).infra.uid() == default
+
+
+class _Amounts(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    price: decimal.Decimal = decimal.Decimal("1.00")
+    count: int = 3
+    ratio: tp.Annotated[float | int, pydantic.PlainSerializer(repr)] = 1
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def total(self) -> decimal.Decimal:
+        return self.price * self.count
+
+
+def test_a_value_equal_to_the_default_with_another_dump_is_the_default() -> None:
+    """Decimal("1.0") == Decimal("1.00") though they dump as "1.0" and "1.00", and 1.0 == 1
+    though a serializer dumps them as "1.0" and "1": pruned as the default (Python
+    equality decides, as pydantic's exclude_defaults). A scalar of the default's type
+    dumped otherwise is not the default."""
+    default = _Amounts().infra.uid()
+    assert _Amounts(price=decimal.Decimal("1.0")).infra.uid() == default
+    assert _Amounts(ratio=1.0).infra.uid() == default
+    assert _Amounts(ratio=2).infra.uid() != default
+    assert _Amounts(count=4).infra.uid().split("/")[-1].startswith("count=4-")
+    assert _Amounts(price=decimal.Decimal("1.5")).infra.uid() != default
 
 
 def test_uid_renders_enum_keys_by_value_and_keeps_discriminators() -> None:

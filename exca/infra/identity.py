@@ -43,6 +43,7 @@ class _FieldFacts:
         "name",
         "plain",
         "required",
+        "scalar_default",
     )
 
     def __init__(
@@ -67,6 +68,9 @@ class _FieldFacts:
         self.model_cls = model_cls  # the annotation's model class, if a single one
         # what a uid dump leaves out of this field's sub-model (when it is of model_cls)
         self.dump_exclude = dump_exclude
+        # the default and its dump are JSON scalars: a value of the default's type whose
+        # dump differs from the default's is not the default (no need to compare them)
+        self.scalar_default = type(default) in _JSON_SCALARS and type(default_json) in _JSON_SCALARS
 
 
 class _ClassFacts:
@@ -574,12 +578,18 @@ class _Exporter:
             if field.plain:  # the fast path: the json dump is the exported value
                 if prune and not field.required and name not in keep:
                     djson = field.default_json
-                    if (
-                        dval == djson  # (a scalar at its default, the common case, inlined)
+                    if dval == djson:  # (a scalar at its default, the common case, inlined)
+                        if (
+                            type(dval) in _JSON_SCALARS
+                            and (type(dval) is bool) is (type(djson) is bool)
+                        ) or _equals_default(values.get(name), dval, field):
+                            continue
+                    elif not (
+                        field.scalar_default
                         and type(dval) in _JSON_SCALARS
-                        and (type(dval) is bool) is (type(djson) is bool)
-                    ) or _equals_default(values.get(name), dval, field):
-                        continue
+                        and type(values.get(name)) is type(field.default)
+                    ) and _equals_default(values.get(name), dval, field):
+                        continue  # (equal values, other dumps: a serializer's doing)
                 kind = type(dval)
                 if dval is None and type(values.get(name)) is float:
                     dval = values[name]  # inf/nan: the json dump says null
@@ -609,12 +619,10 @@ class _Exporter:
                     pruned = self.model(value, dval, keep=field.keep)
                     # a sub-model equal to its field's default instance (in uid terms) is
                     # left out: exactly when both exports, with defaults pruned, are equal
-                    if (
-                        not field.required
-                        and type(field.default) is type(value)
-                        and _uid_equal(pruned, _default_export(field, self.uid))
-                    ):
-                        continue
+                    if not field.required and type(field.default) is type(value):
+                        reference = _default_export(field, self.uid)
+                        if pruned == reference and _same_bools(pruned, reference):
+                            continue  # (_uid_equal, inlined)
                     out[name] = pruned
                 else:
                     exporter = _Exporter(self.uid, False)
@@ -778,6 +786,17 @@ def _same_bools(a: tp.Any, b: tp.Any) -> bool:
         return kind_a is kind_b
     if kind_a in _NO_BOOLS:
         return True
+    if kind_a is dict and kind_b is dict:  # (an export: str keys, few values; a plain loop)
+        for key, sub in a.items():
+            if type(key) is not str:
+                break  # (keys {True: x} == {1: x}: below)
+            other = b[key]
+            if (type(sub) not in _NO_BOOLS or type(other) not in _NO_BOOLS) and not _same_bools(
+                sub, other
+            ):
+                return False
+        else:
+            return True
     if isinstance(a, dict) and isinstance(b, dict):
         if not _STR.issuperset(map(type, a)) and _typed_items(a) != _typed_items(b):
             return False  # keys: {True: x} == {1: x}
