@@ -57,6 +57,15 @@ def _plain_keys(data: dict[tp.Any, tp.Any]) -> bool:
     return True
 
 
+def _yaml_text(collapsed: tp.Any) -> str:
+    text = plainyaml.dump(collapsed)  # simple configs: the same text, no yaml import
+    if text is None:
+        import yaml
+
+        text = yaml.dump(collapsed, Dumper=_dumper_class(), sort_keys=False, allow_unicode=False)
+    return text
+
+
 def _set_in(container: tp.Any, key: str, value: tp.Any) -> None:
     """``container[key] = value`` without a ConfDict's key splitting (an OrderedDict
     keeps its order bookkeeping: dict's own methods would bypass it)."""
@@ -325,16 +334,17 @@ class ConfDict(dict[str, tp.Any]):
         version = None if os.environ.get(uidformat.UID_VERSION_ENV) else cls.UID_VERSION
         return uidformat.to_uid(data, version=version)
 
+    @classmethod
+    def yaml_of(cls, data: dict[str, tp.Any], plain_keys: bool = False) -> str:
+        """``ConfDict(data).to_yaml()``, without building the ConfDict when ``data`` has
+        no key that it would split or merge (see ``uid_of``)."""
+        if not plain_keys and not _plain_keys(data):
+            return cls(data).to_yaml()
+        return _yaml_text(uidformat.collapse(data))
+
     def to_yaml(self, filepath: Path | str | None = None) -> str:
         """YAML text with chains of single-key dicts collapsed (``a.b.c: 1``)."""
-        collapsed = uidformat.collapse(self)
-        text = plainyaml.dump(collapsed)  # simple configs: the same text, no yaml import
-        if text is None:
-            import yaml
-
-            text = yaml.dump(
-                collapsed, Dumper=_dumper_class(), sort_keys=False, allow_unicode=False
-            )
+        text = _yaml_text(uidformat.collapse(self))
         if filepath is not None:
             Path(filepath).write_text(text, encoding="utf8")
         return text

@@ -241,6 +241,21 @@ def test_to_yaml_collapses_chains() -> None:
     assert cd.to_yaml() == "data.default.stuff.duration: 1.0\nb:\n  c: 12\n  d: 13\n"
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"a": {"b": {"c": 1}}, "d": [1, {"e": 2.5}], "f": None},
+        {"a.b": 1, "a": {"c": 2}},  # dotted keys merge: the ConfDict's text
+        {"x": collections.OrderedDict(b=1, a=2), "y": (1, 2), "z": "text: with colon"},
+        {"=replace=": True, "k": 1},
+    ],
+)
+def test_yaml_of_is_the_text_of_the_confdict(data: dict[str, tp.Any]) -> None:
+    """ConfDict.yaml_of(data) (no ConfDict built when the keys are plain) writes what
+    ConfDict(data).to_yaml() writes: full-uid.yaml checks compare these texts."""
+    assert ConfDict.yaml_of(data) == ConfDict(data).to_yaml()
+
+
 def test_to_yaml_keeps_insertion_order() -> None:
     cd = ConfDict({"z": 1, "a": {"y": 2, "b": 3}})
     cd["m.q"] = 4

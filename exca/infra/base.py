@@ -396,6 +396,11 @@ class BaseInfra(pydantic.BaseModel):
         self._runtime().uid_export = out  # (the config is frozen from then on)
         return ConfDict.uid_of(out, plain_keys=plain)
 
+    def _full_uid_yaml(self) -> str:
+        """``config(uid=True, exclude_defaults=False).to_yaml()``, with fewer copies."""
+        out, plain = identity.export_with_keys(self._owner(), True, False, self._cache_exclusions())
+        return ConfDict.yaml_of(out, plain_keys=plain)
+
     def _uid_config(self) -> ConfDict:
         """``config(uid=True, exclude_defaults=True)`` from the export uid() made (for
         internal reads: uid.yaml, the legacy name)."""
@@ -564,6 +569,7 @@ class BaseInfra(pydantic.BaseModel):
                 folder,
                 uid_config=self._uid_config,
                 full_uid_config=functools.partial(self.config, uid=True, exclude_defaults=False),
+                full_uid_text=self._full_uid_yaml,
             )
             if not checked:
                 return False  # no full-uid.yaml (yet): another process may write one later
