@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from exca import ConfDict, MapInfra, TaskInfra
+from exca.graph.node import TASK_KEY
 from exca.helpers import DiscriminatedModel
 from exca.infra import identity
 
@@ -923,6 +924,16 @@ def test_changed_default_in_full_uid_yaml(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match=r"full-uid\.yaml"):
         obj.process()
     assert _calls("WithSub") == before
+    # the status says what a call does, once a result is cached there
+    fresh = WithSub(p=4, infra={"folder": tmp_path})
+    assert fresh.infra.status() == "not submitted"
+    cache = fresh.process.node().cache  # (a result cached with the old default)
+    with cache.write():
+        cache[TASK_KEY] = 4
+    assert fresh.infra.status() == "failed"
+    with pytest.raises(RuntimeError, match=r"full-uid\.yaml"):
+        fresh.process()
+    del cache[TASK_KEY]
     # removing full-uid.yaml is the documented way out
     (folder / "full-uid.yaml").unlink()
     assert WithSub(p=4, infra={"folder": tmp_path}).process() == 4

@@ -39,6 +39,11 @@ def task_status(node: Node) -> tp.Literal["not submitted", "running", "completed
     """State of a task node's computation, from its cache and its recorded job."""
     state = store.task_state(node, refresh=True)
     if state == "done":
+        if not any(n.pending_force for n in node.closure):
+            try:  # (as a call does: a result of other class defaults is not this one's)
+                node.check_defaults()
+            except RuntimeError:
+                return "failed"
         return "completed"
     if state == "error":
         return "failed"
