@@ -1681,6 +1681,44 @@ def test_a_value_equal_to_the_default_with_another_dump_is_the_default() -> None
     assert _Amounts(price=decimal.Decimal("1.5")).infra.uid() != default
 
 
+_Lower = tp.Annotated[str, pydantic.PlainSerializer(str.lower, return_type=str)]
+
+
+class _Formatted(pydantic.BaseModel):
+    """A sub-model whose serializer reformats a value (its keys are the fields)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+    lr: float = 0.1
+    depth: int = 3
+
+    @pydantic.model_serializer(mode="wrap")
+    def _dump(self, handler: tp.Any) -> dict[str, tp.Any]:
+        out = handler(self)
+        out["lr"] = f"{out['lr']:.3e}"
+        return tp.cast(dict[str, tp.Any], out)
+
+
+class _Serialized(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    optimizer: tp.Optional[_Lower] = "Adam"  # noqa: UP045  (a serializer inside a Union)
+    sub: _Formatted = _Formatted()
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
+def test_defaults_whose_dump_a_serializer_changes_stay_out_of_the_uid() -> None:
+    """A default dumped otherwise by a serializer (nested in an Optional, or a sub-model's
+    model_serializer) is still the default: the value is compared, not the dump."""
+    default = _Serialized().infra.uid()
+    assert default.endswith("/default")
+    assert _Serialized(optimizer="Adam").infra.uid() == default
+    changed = _Serialized(sub=_Formatted(lr=0.1, depth=4)).infra.uid()
+    assert changed.split("/")[-1].startswith("sub.depth=4-")
+
+
 def test_uid_renders_enum_keys_by_value_and_keeps_discriminators() -> None:
     obj = _Hunted(
         weights={"train": 0.5},

@@ -14,6 +14,7 @@ import os
 import threading
 import time
 import typing as tp
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -797,9 +798,21 @@ def test_processpool_without_a_folder(tmp_path: Path, keep_in_ram: bool) -> None
     }
 
 
+def _refilled(pool: list[tp.Any], item: int) -> np.ndarray:
+    """The pool's last buffer refilled with ``item`` while it is alive (the pool keeps a
+    weak reference only), else a new one."""
+    buffer = pool[0]() if pool[0] is not None else None
+    if buffer is None or not buffer.flags.writeable:
+        buffer = np.zeros(4)
+    buffer[:] = item
+    pool[0] = weakref.ref(buffer)
+    return buffer
+
+
 class Reusing(pydantic.BaseModel):
     """Yields the same buffer (an array, or a dict) for every item, changed in place; "view":
-    a new array object each time, viewing that one buffer (nothing else references it)."""
+    a new array object each time, viewing that one buffer (nothing else references it);
+    "pool": the buffer refilled while alive, reached through a weak reference only."""
 
     kind: str = "small"
     infra: exca.MapInfra = exca.MapInfra(version="1")
@@ -808,6 +821,7 @@ class Reusing(pydantic.BaseModel):
     def process(self, items: list[int]) -> tp.Iterator[tp.Any]:
         array = np.zeros(4 if self.kind in ("small", "view") else 100_000)
         record: dict[str, tp.Any] = {"item": None}
+        pool: list[tp.Any] = [None]  # (a weak reference only: a pool of buffers)
         for item in items:
             if self.kind == "dict":
                 record["item"] = item
@@ -815,13 +829,15 @@ class Reusing(pydantic.BaseModel):
             elif self.kind == "view":
                 array[:] = item
                 yield array[:]
+            elif self.kind == "pool":
+                yield _refilled(pool, item)
             else:
                 array[:] = item
                 yield array
 
 
 @pytest.mark.parametrize("cluster", [None, "processpool"])
-@pytest.mark.parametrize("kind", ["small", "big", "dict", "view"])
+@pytest.mark.parametrize("kind", ["small", "big", "dict", "view", "pool"])
 def test_outputs_are_stored_as_yielded(tmp_path: Path, cluster: str | None, kind: str) -> None:
     # each output is stored as it was when yielded, whatever the method does with it next
     infra = {"folder": tmp_path, "cluster": cluster}
@@ -837,7 +853,7 @@ def test_outputs_are_stored_as_yielded(tmp_path: Path, cluster: str | None, kind
             assert not any(o.flags.writeable for o in outputs)  # as memmaps from disk
 
 
-@pytest.mark.parametrize("kind", ["small", "big", "view"])
+@pytest.mark.parametrize("kind", ["small", "big", "view", "pool"])
 def test_arrays_kept_in_memory_only_are_copies(kind: str) -> None:
     """A method refilling one array buffer (other objects are kept as yielded: copying
     every output cost 2.5x on lists)."""

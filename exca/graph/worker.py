@@ -13,7 +13,6 @@ import errno
 import itertools
 import logging
 import os
-import sys
 import threading
 import time
 import typing as tp
@@ -34,31 +33,6 @@ FLUSH_SECONDS = 0.5  # ... or at least this often
 # Anything else is written before the method resumes.
 _IMMUTABLE = frozenset({int, float, complex, str, bytes, bool, type(None)})
 SNAPSHOT_BYTES = 1 << 16
-
-
-def _alone_count() -> int:
-    """What ``sys.getrefcount`` says, in a loop over a method's outputs like the one of
-    ``_compute_from``, of an output nothing else references (the method cannot change it
-    afterwards: no copy needed); 0 when this interpreter counts a held output the same
-    (then every output is copied)."""
-
-    def fresh() -> tp.Iterator[list[int]]:
-        yield [0]
-
-    def held() -> tp.Iterator[list[int]]:
-        kept = [0]
-        yield kept
-
-    counts = []
-    for outputs in (fresh(), held()):
-        for output in outputs:
-            counts.append(sys.getrefcount(output))
-            break
-    alone, other = counts
-    return alone if other > alone else 0
-
-
-_ALONE = _alone_count()
 
 
 class Unit(tp.NamedTuple):
@@ -686,7 +660,6 @@ def _compute_from(
     unwritten.append(flush)
     # (names bound locally: this loop runs once per item)
     count, immutable, monotonic, append = len(uids), _IMMUTABLE, time.monotonic, batch.append
-    refcount = sys.getrefcount
     try:
         for output in _outputs(node, items):
             if position >= count:
@@ -695,11 +668,9 @@ def _compute_from(
             if kind in immutable:
                 append((uids[position], output))
             elif kind is ndarray and (in_memory or output.nbytes <= SNAPSHOT_BYTES):
-                # a method may refill one buffer: a copy, unless nothing else can reach
-                # this array (its own data, referenced by this loop only)
-                if output.base is not None or refcount(output) != _ALONE:
-                    output = output.copy()
-                append((uids[position], output))
+                # (a copy: a method may refill one buffer, or keep a way to reach it, a
+                # weak reference or memory of its own that the array only views)
+                append((uids[position], output.copy()))
             else:
                 append((uids[position], output))
                 # (written before the method resumes; without a folder, RAM keeps objects)

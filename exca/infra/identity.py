@@ -43,7 +43,6 @@ class _FieldFacts:
         "name",
         "plain",
         "required",
-        "scalar_default",
     )
 
     def __init__(
@@ -68,9 +67,6 @@ class _FieldFacts:
         self.model_cls = model_cls  # the annotation's model class, if a single one
         # what a uid dump leaves out of this field's sub-model (when it is of model_cls)
         self.dump_exclude = dump_exclude
-        # the default and its dump are JSON scalars: a value of the default's type whose
-        # dump differs from the default's is not the default (no need to compare them)
-        self.scalar_default = type(default) in _JSON_SCALARS and type(default_json) in _JSON_SCALARS
 
 
 class _ClassFacts:
@@ -578,18 +574,12 @@ class _Exporter:
             if field.plain:  # the fast path: the json dump is the exported value
                 if prune and not field.required and name not in keep:
                     djson = field.default_json
-                    if dval == djson:  # (a scalar at its default, the common case, inlined)
-                        if (
-                            type(dval) in _JSON_SCALARS
-                            and (type(dval) is bool) is (type(djson) is bool)
-                        ) or _equals_default(values.get(name), dval, field):
-                            continue
-                    elif not (
-                        field.scalar_default
+                    if (
+                        dval == djson  # (a scalar at its default, the common case, inlined)
                         and type(dval) in _JSON_SCALARS
-                        and type(values.get(name)) is type(field.default)
-                    ) and _equals_default(values.get(name), dval, field):
-                        continue  # (equal values, other dumps: a serializer's doing)
+                        and (type(dval) is bool) is (type(djson) is bool)
+                    ) or _equals_default(values.get(name), dval, field):
+                        continue
                 kind = type(dval)
                 if dval is None and type(values.get(name)) is float:
                     dval = values[name]  # inf/nan: the json dump says null
