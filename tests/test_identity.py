@@ -644,6 +644,43 @@ def test_union_of_models_without_discriminator() -> None:
         Ambiguous(inst=D2(y=3)).infra.uid()
 
 
+@pytest.mark.parametrize(
+    "annotation",
+    [list[D1 | D2], dict[str, D1 | D2], tuple[D1 | D2, ...], tp.Optional[list[D1 | D2]]],  # noqa: UP045
+)
+def test_union_of_models_without_discriminator_in_a_container(annotation: tp.Any) -> None:
+    """[D1()] and [D2()] had one uid (their defaults pruned): the second config read the
+    first one's result. Refused like a field holding the union itself."""
+
+    class HoldsUnions(pydantic.BaseModel):
+        model_config = FORBID
+        models: annotation = None  # type: ignore[valid-type]
+        infra: TaskInfra = TaskInfra()
+
+        @infra.apply
+        def process(self) -> int:
+            return 1
+
+    with pytest.raises(RuntimeError, match=r"HoldsUnions\.models .*\(D1, D2\) without a discrim"):
+        HoldsUnions().infra.uid()
+
+
+class HoldsDiscList(pydantic.BaseModel):
+    model_config = FORBID
+    insts: list[tp.Annotated[D1 | D2, pydantic.Field(discriminator="kind")]] = []
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def process(self) -> int:
+        return len(self.insts)
+
+
+def test_discriminated_unions_in_a_container_keep_the_class_in_the_uid() -> None:
+    uids = {HoldsDiscList(insts=[inst]).infra.uid() for inst in (D1(), D2())}
+    assert len(uids) == 2
+    assert _cfg(HoldsDiscList(insts=[D2()])) == {"insts": [{"kind": "d2"}]}
+
+
 def test_raw_basemodel_annotation() -> None:
     with pytest.raises(RuntimeError, match="discriminat"):
 

@@ -230,6 +230,41 @@ def _check_field_annotation(cls: type, name: str, field: pydantic.fields.FieldIn
             f"Field {cls.__name__}.{name} is a union of several pydantic models ({names}) without "
             "a discriminator: the uid would be ambiguous. Add pydantic.Field(discriminator=...)"
         )
+    nested = _undiscriminated_union(field.annotation, top=True)
+    if nested:
+        names = ", ".join(m.__name__ for m in nested)
+        raise RuntimeError(
+            f"Field {cls.__name__}.{name} holds a union of several pydantic models ({names}) "
+            "without a discriminator, inside a list, tuple or dict: the uid would be ambiguous "
+            "(two configs differing only by the class of an element would share a cache "
+            "folder). Discriminate the union where it is, e.g. list[tp.Annotated[A | B, "
+            "pydantic.Field(discriminator='name')]]"
+        )
+
+
+def _undiscriminated_union(annotation: tp.Any, top: bool, depth: int = 0) -> list[type] | None:
+    """The model classes of a union of several models nested in an annotation (in a list,
+    tuple, dict...) with no discriminator of its own, if any. ``top``: the field's own
+    level, whose union the caller checks (with the field's discriminator)."""
+    if depth > 8:
+        return None
+    origin = tp.get_origin(annotation)
+    if origin is tp.Annotated:
+        if any(getattr(m, "discriminator", None) is not None for m in annotation.__metadata__):
+            return None  # (a discriminated union: its members are checked as classes)
+        return _undiscriminated_union(tp.get_args(annotation)[0], top, depth + 1)
+    args = tp.get_args(annotation)
+    if (origin is tp.Union or origin is types.UnionType) and not top:
+        models = [a for a in args if isinstance(a, type) and issubclass(a, pydantic.BaseModel)]
+        if len(models) > 1:
+            return models
+    for arg in args:  # (the field's own union: Optional[list[A | B]] looks into its members)
+        if isinstance(arg, type) or arg is Ellipsis or tp.get_origin(arg) is tp.Literal:
+            continue
+        found = _undiscriminated_union(arg, False, depth + 1)
+        if found:
+            return found
+    return None
 
 
 def _has_serializer(cls: type, name: str, field: pydantic.fields.FieldInfo) -> bool:
