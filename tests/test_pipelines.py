@@ -34,7 +34,9 @@ import exca.graph.decisions
 import exca.graph.executors
 import exca.graph.scheduler
 from exca.graph.errors import NodeFailures
+from exca.graph.node import Value
 from exca.graph.worker import UpstreamFailed
+from exca.uidformat import to_uid
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -541,6 +543,19 @@ def test_inputs_whose_uid_display_is_empty_are_different_inputs(env: Env) -> Non
     assert len({step.run.node(v).folder for v in values}) == len(values)
     assert [step.run(v) for v in values] == [f"blank({_show(v)},None)" for v in values]
     assert env.starts("blank") == len(values)
+
+
+def test_inputs_whose_dict_keys_differ_only_by_type_are_different_inputs(env: Env) -> None:
+    """{1: "a"} and {"1": "a"} render alike in the uid format: the second call read the
+    first one's result. Inputs with str keys only keep the format's uid."""
+    step = env.step("keyed")
+    values: list[tp.Any] = [{1: "a"}, {"1": "a"}, [{1: "a"}], [{"1": "a"}], {"t": {2.5: 1}}]
+    values.append({"t": {"2.5": 1}})
+    assert len({step.run.node(v).folder for v in values}) == len(values)
+    assert [step.run(v) for v in values] == [f"keyed({_show(v)},None)" for v in values]
+    assert env.starts("keyed") == len(values)
+    for value in ({"1": "a"}, [{"t": 1}], "text"):  # (the uid the format gives, as before)
+        assert Value.of(value).uid == to_uid(value, empty="empty")
 
 
 def test_inputs_without_a_uid_get_a_hint(env: Env) -> None:

@@ -129,6 +129,7 @@ class Value:
 
         try:
             uid = to_uid(value, empty="empty")  # ("λ", "", [] are different inputs)
+            keys = _typed_keys(value, "")
         except TypeError:
             if _holds_node(value):  # a node nested deeper than a list or dict of nodes
                 raise TypeError(
@@ -147,7 +148,30 @@ class Value:
                 f"Cannot use {type(value).__name__} value {value!r:.80} as a node input: "
                 f"its type has no uid; {hint}"
             ) from None
+        if keys:  # the format renders keys as text ({1: x} reads as {"1": x}): their types
+            # count in the digest (inputs without such keys keep the format's uid)
+            salted = hashlib.md5(f"{uid[-8:]}|{'|'.join(sorted(keys))}".encode()).hexdigest()
+            uid = uid[:-8] + salted[:8]
         return cls(value, uid)
+
+
+def _typed_keys(value: tp.Any, path: str) -> list[str]:
+    """``<path>/<key>:<type>`` of every dict key that is not a str, at any depth."""
+    kind = type(value)
+    if kind is str or kind is int or kind is float:
+        return []
+    out: list[str] = []
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            if type(key) is not str:
+                out.append(f"{path}/{key!s}:{type(key).__qualname__}")
+            if type(sub) not in _IMMUTABLE:
+                out.extend(_typed_keys(sub, f"{path}/{key!s}"))
+    elif isinstance(value, list | tuple):  # (sets hold no dicts: unhashable)
+        for index, sub in enumerate(value):
+            if type(sub) not in _IMMUTABLE:
+                out.extend(_typed_keys(sub, f"{path}/{index}"))
+    return out
 
 
 def _snapshot(value: tp.Any) -> tp.Any:
