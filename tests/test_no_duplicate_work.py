@@ -72,7 +72,7 @@ class SlowMap(pydantic.BaseModel):
 
 
 def build(spec: dict[str, tp.Any]) -> tp.Any:
-    infra = {"folder": spec["folder"]}
+    infra = {"folder": spec["folder"], "mode": spec.get("mode", "cached")}
     if spec["kind"] == "task":
         return Slow(x=spec.get("x", 1), ctl=spec["ctl"], infra=infra)
     return SlowMap(ctl=spec["ctl"], infra=infra)
@@ -82,8 +82,10 @@ def call_in_threads(spec: dict[str, tp.Any]) -> None:
     """Entry point of the caller script: `threads` threads call at once; prints results."""
     results: dict[int, tp.Any] = {}
 
+    shared = build(spec) if spec.get("shared") else None  # (one instance for all threads)
+
     def call(index: int) -> None:
-        obj = build(spec)
+        obj = shared if shared is not None else build(spec)
         (Path(spec["ctl"]) / f"ready-{os.getpid()}-{index}").touch()
         try:
             if spec["kind"] == "task":
@@ -211,6 +213,21 @@ def test_task_computed_once(tmp_path: Path, ctl: Path, processes: int, threads: 
     folder = task.infra.uid_folder()
     assert folder is not None
     assert not [n for n in claim_files(folder) if n.endswith(".claim")]
+
+
+@pytest.mark.timeout(120)
+def test_a_forced_call_while_another_process_computes_computes_again(
+    tmp_path: Path, ctl: Path
+) -> None:
+    """A process computes a config inline; another forces it meanwhile, from two threads of
+    one instance: it waits, then computes again, once (it returned the other process's
+    result, which predates the force: computed by its code, maybe older)."""
+    computing = _spec(tmp_path, ctl, "task", 1, x=21)
+    forcing = _spec(tmp_path, ctl, "task", 2, x=21, mode="force", shared=True)
+    assert _run_callers(tmp_path, [computing, forcing], ctl) == [42, 42, 42]
+    calls = lines(ctl / "calls.txt")
+    assert len(calls) == 2, calls
+    assert calls[0].split()[1] != calls[1].split()[1]  # (two processes)
 
 
 @pytest.mark.timeout(60)

@@ -224,7 +224,10 @@ def _run_task(unit: Unit) -> Report:
             )
         if claim.busy:
             claims.wait([TASK_KEY], _task_done(node, forced), on_wait=_wait_message(folder))
-            forced = forced and unit.after_running_job  # (else: recomputed meanwhile)
+            # a computation started before this force (another process's, of older code
+            # maybe) is not it: computed again, unless this instance's force was done
+            # meanwhile (another thread of it)
+            forced = forced and (unit.after_running_job or not node.force_state.get("done"))
             continue
         with claim:
             state = store.task_state(node, refresh=True)
@@ -238,7 +241,10 @@ def _run_task(unit: Unit) -> Report:
                 return Report(reused=1)
             if state != "missing":
                 del node.cache[TASK_KEY]
-            return _compute_task(node)
+            report = _compute_task(node)
+            if forced:  # (before the claim goes: a thread of this instance waiting for it)
+                node.force_state["done"] = True
+            return report
 
 
 def _task_done(node: Node, forced: bool) -> tp.Callable[[list[str]], list[str]]:
