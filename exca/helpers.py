@@ -352,7 +352,7 @@ def find_slurm_job(job_id: str, folder: str | Path | None = None) -> tp.Any:
     name = job_id.replace("/", "-") + ".json"
     for record_path in Path(folder).rglob(f"{registry.JOBS_DIR}/{name}"):
         node_folder = record_path.parent.parent
-        record = next(r for r in registry.read_all(node_folder) if r.job_id == job_id)
+        record = next(r for r in registry.read_all(node_folder, copied=True) if r.job_id == job_id)
         job: tp.Any = submitit.SlurmJob(folder=record.logs_folder(), job_id=job_id)
         job.config = ConfDict(read_yaml(node_folder / CONFIG_FILE) or {})
         job.uid_config = ConfDict(read_yaml(node_folder / UID_FILE) or {})

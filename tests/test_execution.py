@@ -462,6 +462,33 @@ def test_other_instance_waits_for_running_local_job(
 
 
 @pytest.mark.timeout(120)
+def test_a_cache_copied_while_its_job_runs_computes_on_its_own(tmp_path: Path) -> None:
+    """A cache copied while a job computes into the original: the copy's call does not
+    take that job's end for its own (it cached "the job died" in the copy, for good: the
+    job had written its result into the original); it computes in the copy."""
+    log = tmp_path / "calls.txt"
+    block = tmp_path / "block-flag"
+    block.touch()
+    job = make(tmp_path, "local", x=4, block_flag=str(block)).infra.job()
+    _wait_for(lambda: len(calls(log)) == 1)  # computing in the job
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "cache", copy, symlinks=True)
+    copied = make(tmp_path, None, x=4, block_flag=str(block), infra={"folder": copy})
+    folder = copied.infra.uid_folder()
+    assert folder is not None and exca.graph.registry.latest(folder) is None
+    assert len(exca.graph.registry.read_all(folder, copied=True)) == 1  # (its logs: ops)
+    out: list[tp.Any] = []
+    thread = threading.Thread(target=lambda: out.append(copied.process()))
+    thread.start()
+    block.unlink()
+    thread.join(timeout=60)
+    assert out == [8] and job.result() == 8
+    assert len(calls(log)) == 2  # (the job, then the copy)
+    assert copied.infra.status() == "completed"
+    assert make(tmp_path, None, x=4, infra={"folder": copy}).process() == 8
+
+
+@pytest.mark.timeout(120)
 def test_clear_job_cancels_a_running_local_job(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:

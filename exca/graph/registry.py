@@ -34,9 +34,13 @@ class JobRecord:
     keys: list[str] | None = None  # map chunks: the item uids of the job
     host: str = ""
     pid: int = 0  # the submitting process
+    # the node folder the job computes into (absolute), "" in records of older versions
+    folder: str = ""
 
     # the node folder the record was read from (not written: see logs_folder)
     node_folder: Path | None = dataclasses.field(default=None, compare=False, repr=False)
+    # a job of the folder this one was copied or moved from (not written: see read_all)
+    foreign: bool = dataclasses.field(default=False, compare=False, repr=False)
 
     @property
     def stdout(self) -> Path:
@@ -83,7 +87,9 @@ def write(
         make_folder(jobs, permissions)
     name = record.job_id.replace("/", "-")
     tmp = jobs / f".{name}.{os.urandom(3).hex()}.tmp"
-    written = {k: v for k, v in dataclasses.asdict(record).items() if k != "node_folder"}
+    written = {
+        k: v for k, v in dataclasses.asdict(record).items() if k not in ("node_folder", "foreign")
+    }
     tmp.write_bytes(orjson.dumps(written))
     if permissions is not None:
         chmod(tmp, permissions)
@@ -161,8 +167,10 @@ def items_of(folder: Path, record: JobRecord) -> list[str] | None:
     return [str(u) for u in uids] if isinstance(uids, list) else None
 
 
-def read_all(folder: Path | None) -> list[JobRecord]:
-    """Every job recorded for a node folder, oldest first."""
+def read_all(folder: Path | None, copied: bool = False) -> list[JobRecord]:
+    """Every job recorded for a node folder, oldest first. Without ``copied``, not the
+    jobs of the folder this one was copied or moved from (copied with the cache): they
+    compute into that folder, not this one; their logs may be here (see logs_folder)."""
     if folder is None:
         return []
     try:
@@ -170,6 +178,7 @@ def read_all(folder: Path | None) -> list[JobRecord]:
     except FileNotFoundError:
         return []
     out = []
+    here = ""
     for entry in entries:
         if not entry.name.endswith(".json"):
             continue
@@ -177,9 +186,23 @@ def read_all(folder: Path | None) -> list[JobRecord]:
             record = JobRecord(**orjson.loads(Path(entry.path).read_bytes()))
         except (OSError, orjson.JSONDecodeError, TypeError):
             continue
+        if record.folder:
+            here = here or os.path.abspath(folder)
+            if record.folder != here and not _same_folder(record.folder, here):
+                if not copied:
+                    continue
+                record.foreign = True
         record.node_folder = Path(folder)
         out.append(record)
     return sorted(out, key=lambda r: r.submitted)
+
+
+def _same_folder(recorded: str, here: str) -> bool:
+    """Whether a job's folder is this one under another name (a symbolic link)."""
+    try:
+        return os.path.samefile(recorded, here)
+    except OSError:  # (gone: moved since)
+        return False
 
 
 def covers(record: JobRecord, todo: set[str]) -> bool:
@@ -242,7 +265,10 @@ LOCAL_START_SLACK = 2.0  # seconds: precision of a process start time (boot time
 
 
 def is_active(record: JobRecord, queued: set[str] | None = None) -> bool:
-    """Whether a recorded job may still write results (pending or running)."""
+    """Whether a recorded job may still write results (pending or running) into the
+    folder its record was read from."""
+    if record.foreign:
+        return False  # (it writes into the folder this one was copied from)
     if record.cluster == "slurm":
         if queued is None:
             queued = queued_jobs([record.job_id])

@@ -514,6 +514,7 @@ class Scheduler:
             keys=unit.uids,
             host=hostname(),
             pid=os.getpid(),
+            folder=os.path.abspath(folder),
         )
         try:
             registry.write(

@@ -115,7 +115,7 @@ def busy_reason(folder: Path) -> str | None:
         return f"being computed by {owners[0].owner.describe()}"
     # every record, not only the latest: a map's chunk job may still be queued after a
     # later job (another call, other items) ended
-    records = registry.read_all(folder)
+    records = registry.read_all(folder, copied=True)
     queued = registry.queued_jobs([r.job_id for r in records if r.cluster == "slurm"])
     for record in reversed(records):
         if registry.still_running(record, queued):
@@ -213,7 +213,7 @@ def _holds_what_jobs_use(
 
 def _used_by_jobs(root: Path) -> dict[Path, str]:
     """Log folders and code snapshots of the queued or running jobs under a root."""
-    records = [(f, r) for _, _, f in node_folders(root) for r in registry.read_all(f)]
+    records = [(f, r) for _, _, f in node_folders(root) for r in registry.read_all(f, copied=True)]
     queued = registry.queued_jobs([r.job_id for _, r in records if r.cluster == "slurm"])
     used: dict[Path, str] = {}
     for folder, record in records:
@@ -469,7 +469,7 @@ def _logs_users(root: Path) -> dict[Path, set[Path]]:
     """The node folders whose job records name each log folder under a root."""
     users: dict[Path, set[Path]] = {}
     for _, _, folder in node_folders(root):
-        for record in registry.read_all(folder):
+        for record in registry.read_all(folder, copied=True):
             users.setdefault(record.logs_folder().resolve(), set()).add(folder)
     return users
 
@@ -579,7 +579,7 @@ def logs(root: Path | str, older_than_days: float = 30.0) -> CleanPlan:
     root = cache_root(root)
     by_folder: dict[Path, list[registry.JobRecord]] = {}  # (jobs may share a log folder)
     for _, _, folder in node_folders(root):
-        for record in registry.read_all(folder):
+        for record in registry.read_all(folder, copied=True):
             by_folder.setdefault(record.logs_folder(), []).append(record)
     for logs_folder, records in by_folder.items():
         if not logs_folder.exists() or any(r.submitted > limit for r in records):

@@ -155,7 +155,7 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
     size, modified = disk_usage(folder)
     info = NodeInfo(step, uid, folder, kind, "empty", config, len(entries), errors, size, modified)
     info.full_config = full
-    records = registry.read_all(folder)
+    records = registry.read_all(folder, copied=True)
     if queued is None:  # (one squeue call for the folder's Slurm jobs)
         queued = registry.queued_jobs([r.job_id for r in records if r.cluster == "slurm"])
     # the latest active job (a chunk job may still run after a later one ended), else the latest
@@ -204,7 +204,7 @@ def inspect(
         and (only_config is None or u.split("/")[0] == only_config)
         and (only_inputs is None or u == f"{only_config}/{only_inputs}")
     ]
-    records = [r for _, _, f in folders for r in registry.read_all(f)]  # (every job)
+    records = [r for _, _, f in folders for r in registry.read_all(f, copied=True)]  # (every job)
     slurm = [r.job_id for r in records if r.cluster == "slurm"]
     queued = registry.queued_jobs(slurm) if slurm else set()
     parents = {f.parent for _, u, f in folders if "/" in u}

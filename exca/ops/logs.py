@@ -32,7 +32,7 @@ def logs(target: Node | Path | str, item: str | None = None) -> list[JobLogs]:
     if folder is None:
         return []
     out = []
-    for record in registry.read_all(folder):
+    for record in registry.read_all(folder, copied=True):
         if item is not None and item not in (registry.items_of(folder, record) or ()):
             continue
         out.append(JobLogs(record.job_id, record.cluster, record.stdout, record.stderr))
