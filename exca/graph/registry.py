@@ -198,11 +198,12 @@ def read_all(folder: Path | None, copied: bool = False) -> list[JobRecord]:
 
 
 def _same_folder(recorded: str, here: str) -> bool:
-    """Whether a job's folder is this one under another name (a symbolic link)."""
+    """Whether a job's folder may be this one: under another name (a symbolic link), or
+    not there (moved since, or a mount point another host names otherwise: trusted)."""
     try:
         return os.path.samefile(recorded, here)
-    except OSError:  # (gone: moved since)
-        return False
+    except OSError:
+        return True
 
 
 def covers(record: JobRecord, todo: set[str]) -> bool:
