@@ -1213,12 +1213,21 @@ def test_fields_of_a_user_infra_subclass_are_frozen() -> None:
 def test_freeze_after_first_call() -> None:
     obj = Frozen(p=3)
     assert obj.process() == 3
-    with pytest.raises(RuntimeError, match=r"Cannot set Frozen\.p: the instance was frozen"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"Cannot set Frozen\.p: the instance was frozen.*"
+        r"obj\.infra\.clone_obj\(\{'p': 4\}\)",
+    ):
         obj.p = 4
     clone = obj.infra.clone_obj(p=4)
     assert clone.process() == 4
     with pytest.raises(RuntimeError, match=r"Cannot set Frozen\.p"):
         clone.p = 5
+    # a sub-config has no infra: the hint names the config holding one
+    holder = WithSub()
+    holder.infra.uid()
+    with pytest.raises(RuntimeError, match=r"config\.infra\.clone_obj\(\{'<path to it>\.x'"):
+        holder.a.x = 3
 
 
 # --- class-default inheritance and infra instances ----------------------------------------

@@ -1393,6 +1393,8 @@ def test_clean_orphans(tmp_path: Path) -> None:
     cli("clean", root, "orphans", "--yes", check=True)
     assert not again.exists() and referenced.exists()
     assert Source(n=big, infra={"folder": root}).make() == list(range(big))
+    # nothing left: no "run again with --yes" after "Nothing to remove."
+    assert cli("clean", root, "orphans", check=True).stdout.strip() == "Nothing to remove."
 
 
 class Named(pydantic.BaseModel):

@@ -1079,6 +1079,28 @@ class OptionalInfra(pydantic.BaseModel):
         return self.x
 
 
+class Fits(pydantic.BaseModel):
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def fit(self, feats: list[int], scale: int = 1) -> int:
+        return scale * sum(feats)
+
+
+def test_a_misspelt_input_is_named() -> None:
+    """A misspelt keyword with a required input left out: the error names the misspelt
+    one (it said the required one was missing)."""
+    with pytest.raises(
+        TypeError,
+        match=r"Fits\.fit: got an unexpected keyword argument "
+        r"'features' \(its parameters: feats, scale\)",
+    ):
+        Fits().fit.node(features=[1, 2])
+    with pytest.raises(TypeError, match=r"missing a required argument: 'feats'"):
+        Fits().fit.node(scale=2)
+    assert Fits().fit(feats=[1, 2], scale=2) == 6
+
+
 def test_misuse_gets_a_clear_error(tmp_path: Path) -> None:
     """Wrong arguments raise an error naming them and what to do, not an internal
     AttributeError; nothing is computed or submitted."""
@@ -1090,6 +1112,8 @@ def test_misuse_gets_a_clear_error(tmp_path: Path) -> None:
     task = Task(param=9123, infra={"folder": tmp_path})
     with pytest.raises(TypeError, match=r"pass them one by one: run\(\*nodes\)"):
         exca.graph.run([task.process.node()])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match=r"got generator .*pass them one by one"):
+        exca.graph.plan(n for n in [task.process.node()])  # type: ignore[arg-type]
     for function in (exca.graph.result, exca.graph.status, exca.graph.job, exca.graph.clear):
         with pytest.raises(TypeError, match=r"got int 5: get one with obj.method.node"):
             function(5)
@@ -1178,6 +1202,17 @@ def test_a_cache_folder_that_cannot_be_written_is_named(tmp_path: Path) -> None:
     assert f"Cannot write into the cache folder {folder} (infra.folder)" in proc.stdout
     assert "mode='read-only'" in proc.stdout
     assert "CALLS []" in proc.stdout  # refused before computing
+
+
+def test_a_cache_folder_that_cannot_be_made_is_named() -> None:
+    """A folder that cannot be created there (under /proc): the same named error (it was
+    a bare FileNotFoundError), before computing."""
+    if not Path("/proc").is_dir():
+        pytest.skip("no /proc on this system")
+    before = list(CALLS)
+    with pytest.raises(FileNotFoundError, match=r"Cannot write into the cache folder /proc/"):
+        Task(param=3, infra={"folder": "/proc/exca-cannot-be-made"}).process()
+    assert before == CALLS
 
 
 def test_a_property_above_apply_is_explained() -> None:

@@ -120,9 +120,12 @@ def wait_for_claims(run: NodeRun) -> bool:
 def check_node(target: tp.Any) -> None:
     """TypeError, saying what to pass, for a target that is not a graph node."""
     if not isinstance(target, Node):
+        many = isinstance(target, list | tuple | set | frozenset | dict) or (
+            hasattr(target, "__next__") and hasattr(target, "__iter__")  # (a generator)
+        )
         hint = (
             "pass them one by one: run(*nodes), plan(*nodes)"
-            if isinstance(target, list | tuple | set)
+            if many
             else "get one with obj.method.node(...)"
         )
         raise TypeError(

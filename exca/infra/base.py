@@ -516,7 +516,8 @@ class BaseInfra(pydantic.BaseModel):
                 permissions=self.permissions,
             )
         except (PermissionError, OSError) as error:
-            if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            # (ENOENT: a folder that cannot be made there, e.g. under /proc)
+            if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT):
                 raise
             raise type(error)(
                 error.errno,

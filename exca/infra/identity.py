@@ -900,9 +900,12 @@ def _patch_setattr(cls: type) -> None:
 
     def __setattr__(self: tp.Any, name: str, value: tp.Any) -> None:
         if not name.startswith("_") and is_frozen(self):
-            hint = "(or obj.infra.clone_obj(...))"
+            # (a sub-config has no infra: the config holding one clones it with the change)
+            hint = f"(or config.infra.clone_obj({{'<path to it>.{name}': {value!r}}}))"
             if hasattr(self, "clone_obj"):  # an infra's setting: a clone with another value
                 hint = f"(or obj.infra.clone_obj({{'infra.{name}': {value!r}}}))"
+            elif any(hasattr(v, "clone_obj") for v in self.__dict__.values()):
+                hint = f"(or obj.infra.clone_obj({{'{name}': {value!r}}}))"
             raise RuntimeError(
                 f"Cannot set {type(self).__name__}.{name}: the instance was frozen when its uid "
                 "was computed, you can create an unfrozen instance with "

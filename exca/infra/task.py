@@ -105,8 +105,17 @@ class TaskMethod(InfraMethod):
         values are copied, see ``Value.of``)."""
         try:
             bound = self.signature.bind(None, *args, **kwargs)
-        except TypeError as e:
-            raise TypeError(f"{self.func.__qualname__}: {e}") from None
+        except TypeError as error:
+            message = str(error)
+            unknown = [k for k in kwargs if k not in self.params]
+            if unknown and not any(
+                p.kind is p.VAR_KEYWORD for p in self.signature.parameters.values()
+            ):  # (bind names a missing argument first: the misspelt one is the cause)
+                message = (
+                    f"got an unexpected keyword argument {unknown[0]!r} (its parameters: "
+                    f"{', '.join(self.params) or 'none'})"
+                )
+            raise TypeError(f"{self.func.__qualname__}: {message}") from None
         bound.apply_defaults()
         out: list[Input] = []
         for name in self.params:

@@ -329,11 +329,8 @@ def _main(argv: list[str] | None) -> int:
             done = "removed." if removal.removals else ""
             _print({"freed": freed, **removal.to_dict()}, args.json, f"{removal}\n{done}".strip())
         else:
-            _print(
-                removal.to_dict(),
-                args.json,
-                f"{removal}\n(preview: run again with --yes to remove)",
-            )
+            hint = "\n(preview: run again with --yes to remove)" if removal.removals else ""
+            _print(removal.to_dict(), args.json, f"{removal}{hint}")
     elif args.command == "logs":
         from .clean import is_node_folder
         from .logs import logs
