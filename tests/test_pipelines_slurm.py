@@ -184,6 +184,17 @@ print("RESULT", top.result(), flush=True)
 
 
 # --- tests ------------------------------------------------------------------------------------
+def test_a_detached_run_that_would_wait_here_submits_nothing(env: Env, sbatch: Sbatch) -> None:
+    """Work done in this process (cluster=None) above a node that goes to Slurm: refused
+    before anything is submitted (the leaf's job was submitted, then cancelled)."""
+    leaf = env.step("leaf", infra=slurm()).run.node(1)
+    top = env.step("top").run.node(leaf)
+    with pytest.raises(ValueError, match=r"Cannot submit .*top.* without waiting"):
+        exca.graph.run(top, wait=False)
+    assert sbatch.count() == 0
+    assert leaf.status() == "not submitted" and not events(env.log)
+
+
 def test_detached_dag(env: Env, sbatch: Sbatch) -> None:
     block = env.tmp / "block"
     block.touch()  # the leaves cannot end before the test removes it

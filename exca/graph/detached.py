@@ -37,6 +37,7 @@ def submit_all(scheduler: Scheduler) -> None:
     waited = {
         r.node.key for r in work if r.action == "wait" and not follow_own_job(r, off_slurm=False)
     }
+    _check_nothing_here_waits_for_jobs(scheduler, work)  # (before anything is submitted)
     try:
         for wave in _waves(scheduler.graph.upstream, [r.node.key for r in work], waited):
             scheduler.graph.share_force_states()  # (before instances are pickled into jobs)
@@ -68,17 +69,34 @@ def submit_all(scheduler: Scheduler) -> None:
     scheduler._raise_failures()
 
 
+def _check_nothing_here_waits_for_jobs(scheduler: Scheduler, work: list[NodeRun]) -> None:
+    """ValueError for work done in this process (not on Slurm) below a node that goes to
+    Slurm or whose job is waited for: this process would have to wait for that job."""
+    todo = {run.node.key: run for run in work}
+    for run in work:
+        if executors.on_slurm(run.node) or run.action == "wait":
+            continue
+        for key in scheduler.graph.upstream[run.node.key]:
+            up = todo.get(key)
+            if up is not None and (executors.on_slurm(up.node) or up.action == "wait"):
+                _cannot_wait(run.node)
+
+
+def _cannot_wait(node: Node) -> tp.NoReturn:
+    raise ValueError(
+        f"Cannot submit {node.uid} without waiting: it runs on "
+        f"{node.execution.describe()} after upstream jobs, and only Slurm can "
+        "start work after other jobs (give it cluster='slurm', or use wait=True)"
+    )
+
+
 def _run_here(
     scheduler: Scheduler, runs: list[NodeRun], pools: executors.Pools, progress: Progress
 ) -> None:
     """Nodes of one wave that do not go to Slurm: started together, waited for."""
     for run in runs:
         if _dependencies(scheduler, run.node.key):
-            raise ValueError(
-                f"Cannot submit {run.node.uid} without waiting: it runs on "
-                f"{run.node.execution.describe()} after upstream jobs, and only Slurm can "
-                "start work after other jobs (give it cluster='slurm', or use wait=True)"
-            )
+            _cannot_wait(run.node)
     running: dict[Key, NodeRun] = {}
     scheduler.launch(runs, running, pools, progress)
     while running:
