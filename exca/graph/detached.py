@@ -79,14 +79,15 @@ def _check_nothing_here_waits_for_jobs(scheduler: Scheduler, work: list[NodeRun]
         for key in scheduler.graph.upstream[run.node.key]:
             up = todo.get(key)
             if up is not None and (executors.on_slurm(up.node) or up.action == "wait"):
-                _cannot_wait(run.node)
+                where = "goes to Slurm" if up.action != "wait" else f"is not done ({up.reason})"
+                _cannot_wait(run.node, f"its upstream {up.node.uid} {where}")
 
 
-def _cannot_wait(node: Node) -> tp.NoReturn:
+def _cannot_wait(node: Node, why: str = "it comes after upstream jobs") -> tp.NoReturn:
     raise ValueError(
-        f"Cannot submit {node.uid} without waiting: it runs on "
-        f"{node.execution.describe()} after upstream jobs, and only Slurm can "
-        "start work after other jobs (give it cluster='slurm', or use wait=True)"
+        f"Cannot submit {node.uid} without waiting: {why}, and only Slurm jobs can be "
+        f"waited for by a detached run: work on {node.execution.describe()} cannot start "
+        "after them (give it cluster='slurm', or use wait=True)"
     )
 
 
