@@ -659,6 +659,8 @@ def test_explain_a_partly_cached_map_names_no_other_config(tmp_path: Path) -> No
     # nothing cached for this config: the nearest cached config is named, with the change
     (fresh,) = exca.ops.explain(Squares(offset=2, infra={"folder": root}).square.node([1]))
     assert fresh.nearest is not None and fresh.diff[0][0] == "offset"
+    assert fresh.summary().startswith("1/1 missing: config differs from the nearest cached")
+    assert "offset" in fresh.summary() and "→ 2" in fresh.summary()
     # items known at run time (from an upstream node): nothing said of new items
     numbers = Source(infra={"folder": root}).make.node()
     (later,) = [

@@ -37,21 +37,21 @@ class Explanation:
     equally_near: int = 0  # other cached configs differing by as many keys (first by name shown)
 
     def summary(self) -> str:
-        if (
-            self.status == "missing"
-            and self.action in ("compute", "fail")
-            and self.reason == "missing"
-        ):
+        if self.status == "missing" and self.action in ("compute", "fail"):
+            # (a map says how many items are missing: all of them, when compared)
+            prefix = "" if self.reason == "missing" else f"{self.reason}: "
             if self.nearest is None:
+                if self.reason != "missing":
+                    return self.reason
                 return "never computed (no cached config of this method)"
             if not self.diff:  # (same values: the folder name follows the defaults of then)
                 return (
-                    f"the same config is cached under another folder name, "
+                    f"{prefix}the same config is cached under another folder name, "
                     f"{Path(self.nearest).name} (a class default changed since: folder names "
                     "show only values that differ from the defaults)"
                 )
             changes = ", ".join(f"{k} {_show(a)} → {_show(b)}" for k, a, b in self.diff)
-            return f"config differs from the nearest cached one: {changes}"
+            return f"{prefix}config differs from the nearest cached one: {changes}"
         return self.reason
 
     def __str__(self) -> str:
