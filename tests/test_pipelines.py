@@ -999,6 +999,13 @@ def test_plan_of_a_pool_map_with_one_item_to_compute_says_inline(env: Env) -> No
     ]
 
 
+def test_plan_of_a_node_without_folder_says_nothing_is_cached(env: Env) -> None:
+    node = env.step("ram", infra={"folder": None}).run.node()
+    (entry,) = exca.graph.plan(node).entries
+    assert entry.where == "inline (no folder: RAM only)"
+    assert node.result() == "ram(None,None)"
+
+
 def test_plan_flags_stale_results(env: Env) -> None:
     a, b, c = _chain(env)
     assert c.result() == "c(b(a(None,None),None),None)"

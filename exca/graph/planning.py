@@ -355,6 +355,13 @@ class Plan:
 
 def _where(node: Node, run: NodeRun) -> str:
     """Where work would run; ``auto`` says what it resolves to here."""
+    if node.folder is None and run.needs_work:
+        # (no folder: the result stays in this process's memory, nothing is cached)
+        return (
+            "inline"
+            if _single_pool_item(node, run)
+            else f"{node.execution.describe()} (no folder: RAM only)"
+        )
     if _single_pool_item(node, run):
         return "inline"
     where = node.execution.describe()
