@@ -461,65 +461,6 @@ def test_other_instance_waits_for_running_local_job(
     assert len(calls(log)) == 1
 
 
-class FailsFirst(pydantic.BaseModel):
-    """The first computation (no file ``<log>.failed`` yet) blocks while ``block_flag``
-    exists, then raises; later ones return 7."""
-
-    log: str
-    block_flag: str = ""
-    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("log", "block_flag")
-    infra: exca.TaskInfra = exca.TaskInfra(version="1")
-
-    @infra.apply
-    def process(self) -> int:
-        append(self.log, f"pid={os.getpid()}")
-        failed = Path(self.log + ".failed")
-        if failed.exists():
-            return 7
-        failed.touch()
-        while Path(self.block_flag).exists():
-            time.sleep(0.05)
-        raise ValueError("the first computation fails")
-
-
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("cluster", [None, "local"])
-def test_retry_while_another_worker_computes_retries_its_error(
-    tmp_path: Path, cluster: str | None
-) -> None:
-    """mode=retry asked while another worker computes the config (a job, or inline in
-    another thread): that computation's error, cached while the call waited, is retried
-    (it was re-raised: it predates the retry)."""
-    log, block = tmp_path / "calls.txt", tmp_path / "block-flag"
-    block.touch()
-
-    def config(mode: str) -> FailsFirst:
-        infra = {"folder": tmp_path / "cache", "cluster": cluster, "mode": mode}
-        return FailsFirst(log=str(log), block_flag=str(block), infra=infra)
-
-    first: list[tp.Any] = []
-
-    def compute_first() -> None:
-        try:
-            first.append(config("cached").process())
-        except (ValueError, JobFailedError) as error:  # (its job's error, read from the
-            first.append(error)  # job when the retry removed it from the cache first)
-
-    thread = threading.Thread(target=compute_first)
-    thread.start()
-    _wait_for(lambda: len(calls(log)) == 1)  # computing (in its job, or in that thread)
-    retried: list[tp.Any] = []
-    retrying = threading.Thread(target=lambda: retried.append(config("retry").process()))
-    retrying.start()
-    time.sleep(1.0)  # (it waits for that computation)
-    block.unlink()
-    thread.join(timeout=60)
-    retrying.join(timeout=60)
-    assert "the first computation fails" in str(first[0]) and retried == [7]
-    assert len(calls(log)) == 2
-    assert config("cached").process() == 7
-
-
 @pytest.mark.timeout(120)
 def test_a_cache_copied_while_its_job_runs_computes_on_its_own(tmp_path: Path) -> None:
     """A cache copied while a job computes into the original: the copy's call does not

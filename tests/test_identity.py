@@ -665,6 +665,25 @@ def test_union_of_models_without_discriminator_in_a_container(annotation: tp.Any
         HoldsUnions().infra.uid()
 
 
+class KeepsUnionsOut(pydantic.BaseModel):
+    model_config = FORBID
+    callbacks: list[D1 | D2] = []  # (kept out of the uid: no discriminator needed)
+    hooks: D1 | D2 | None = pydantic.Field(None, exclude=True)
+    x: int = 0
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("callbacks",)
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def process(self) -> int:
+        return self.x
+
+
+def test_unions_of_models_in_fields_kept_out_of_the_uid_are_fine() -> None:
+    obj = KeepsUnionsOut(callbacks=[D1(), D2()], hooks=D2(), x=2)
+    assert obj.infra.uid().split("/")[-1].startswith("x=2-")
+    assert KeepsUnionsOut(callbacks=[D2()], x=2).infra.uid() == obj.infra.uid()
+
+
 class HoldsDiscList(pydantic.BaseModel):
     model_config = FORBID
     insts: list[tp.Annotated[D1 | D2, pydantic.Field(discriminator="kind")]] = []

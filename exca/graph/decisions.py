@@ -506,8 +506,6 @@ class Graph:
                 if run.action in ("retry", "force"):
                     run.resume = run.action  # retry/force once that job has ended
                     run.reason += f", then computed again once it ends (mode {run.action})"
-                elif run.node.mode == "retry":
-                    run.resume = "retry"  # (an error that job caches is retried then)
                 run.action = "wait"
                 run.handles = [executors.recorded_handle(record)]
             elif run.action == "compute" and registry.wrote_outcome(record):

@@ -73,9 +73,7 @@ def _settle(tasks: list[NodeRun], run_id: str, claim_waits: bool = True) -> set[
             # another worker computes it (e.g. an inline call of another process): a job
             # would only wait inside its allocation, and its end (a time limit) would be
             # taken for this task's failure. Wait here; submit if it ends without a result
-            # (under mode=retry, an error that worker caches is retried once it ends)
-            run.resume = "retry" if node.mode == "retry" else run.action
-            run.action = "wait"
+            run.resume, run.action = run.action, "wait"
             run.reason = "being computed by another worker (its claim is live)"
             run.handles.append(executors.ClaimHandle(node))
             settled.add(node.key)
@@ -93,8 +91,6 @@ def _settle(tasks: list[NodeRun], run_id: str, claim_waits: bool = True) -> set[
             continue
         if run.action in ("force", "retry"):
             run.resume = run.action  # (as when such a job is found at decision time)
-        elif run.node.mode == "retry":
-            run.resume = "retry"
         run.action = "wait"
         run.reason = f"running as job {record.job_id}"
         run.handles.append(executors.recorded_handle(record))

@@ -210,15 +210,12 @@ def _run_task(unit: Unit) -> Report:
     claims = Claims(folder, job_alive=registry.slurm_job_alive, permissions=node.cache.permissions)
     forced = unit.action == "force"
     cache = node.cache
-    # an error of its own is reused ("upstream failed" is computed again), except under
-    # mode=retry: one another worker cached while this call waited for it is retried too
-    reuse_error = unit.action == "compute" and node.mode != "retry"
     while True:
         state = store.task_state(node)
         if state == "done" and not forced:
             return Report(reused=1)
-        if state == "error" and reuse_error and not store.cache_upstream_failed(cache):
-            return Report(reused=1)
+        if state == "error" and unit.action == "compute" and not store.cache_upstream_failed(cache):
+            return Report(reused=1)  # (an error of its own; "upstream failed" is computed again)
         claim = claims.claim_one(TASK_KEY)
         if claim.reentered:
             raise RuntimeError(
@@ -236,7 +233,11 @@ def _run_task(unit: Unit) -> Report:
             state = store.task_state(node, refresh=True)
             if state == "done" and not forced:
                 return Report(reused=1)
-            if state == "error" and reuse_error and not store.cache_upstream_failed(cache):
+            if (
+                state == "error"
+                and unit.action == "compute"
+                and not store.cache_upstream_failed(cache)
+            ):
                 return Report(reused=1)
             if state != "missing":
                 del node.cache[TASK_KEY]

@@ -35,6 +35,7 @@ class _FieldFacts:
 
     # (plain classes, not dataclasses: creating a dataclass costs ~1-3 ms of `import exca`)
     __slots__ = (
+        "ambiguous",
         "default",
         "default_json",
         "dump_exclude",
@@ -55,6 +56,7 @@ class _FieldFacts:
         plain: bool,
         model_cls: type[pydantic.BaseModel] | None,
         dump_exclude: tp.Any,
+        ambiguous: str | None = None,
     ) -> None:
         self.name = name
         self.required = required
@@ -67,6 +69,7 @@ class _FieldFacts:
         self.model_cls = model_cls  # the annotation's model class, if a single one
         # what a uid dump leaves out of this field's sub-model (when it is of model_cls)
         self.dump_exclude = dump_exclude
+        self.ambiguous = ambiguous  # why it cannot enter a uid (see _ambiguity), or None
 
 
 class _ClassFacts:
@@ -216,30 +219,33 @@ def annotated_models(annotation: tp.Any) -> tuple[type[pydantic.BaseModel], ...]
     return tuple(out)
 
 
-def _check_field_annotation(cls: type, name: str, field: pydantic.fields.FieldInfo) -> None:
+def _ambiguity(cls: type, name: str, field: pydantic.fields.FieldInfo) -> str | None:
+    """Why a field's annotation cannot define a uid (raised when the field enters one:
+    a field kept out of uids may hold anything), or None."""
     models = _model_types(field.annotation)
     if pydantic.BaseModel in models:
-        raise RuntimeError(
+        return (
             f"Field {cls.__name__}.{name} is annotated as a raw pydantic.BaseModel, so its uid "
             "cannot be defined from its type: use a discriminated union of explicit models "
             "(pydantic.Field(discriminator=...)) or exca.helpers.DiscriminatedModel"
         )
     if len(models) > 1 and _raw_discriminator(field) is None:
         names = ", ".join(m.__name__ for m in models)
-        raise RuntimeError(
+        return (
             f"Field {cls.__name__}.{name} is a union of several pydantic models ({names}) without "
             "a discriminator: the uid would be ambiguous. Add pydantic.Field(discriminator=...)"
         )
     nested = _undiscriminated_union(field.annotation, top=True)
     if nested:
         names = ", ".join(m.__name__ for m in nested)
-        raise RuntimeError(
+        return (
             f"Field {cls.__name__}.{name} holds a union of several pydantic models ({names}) "
             "without a discriminator, inside a list, tuple or dict: the uid would be ambiguous "
             "(two configs differing only by the class of an element would share a cache "
             "folder). Discriminate the union where it is, e.g. list[tp.Annotated[A | B, "
-            "pydantic.Field(discriminator='name')]]"
+            "pydantic.Field(discriminator='name')]], or keep the field out of the uid"
         )
+    return None
 
 
 def _undiscriminated_union(annotation: tp.Any, top: bool, depth: int = 0) -> list[type] | None:
@@ -292,7 +298,7 @@ _ANALYSING: set[type] = set()
 
 
 def _field_facts(cls: type, name: str, field: pydantic.fields.FieldInfo) -> _FieldFacts:
-    _check_field_annotation(cls, name, field)
+    ambiguous = _ambiguity(cls, name, field)
     required = field.is_required()
     default = _NO_DEFAULT
     if not required:
@@ -305,7 +311,7 @@ def _field_facts(cls: type, name: str, field: pydantic.fields.FieldInfo) -> _Fie
                 default = field.get_default(call_default_factory=True, validated_data={})
     models = _model_types(field.annotation)
     model_cls: type[pydantic.BaseModel] | None = None
-    if len(models) == 1 and isinstance(models[0], type):
+    if len(models) == 1 and isinstance(models[0], type) and models[0] is not pydantic.BaseModel:
         model_cls = models[0]
     dump_exclude: tp.Any = None
     if model_cls is not None and model_cls not in _ANALYSING:
@@ -330,6 +336,7 @@ def _field_facts(cls: type, name: str, field: pydantic.fields.FieldInfo) -> _Fie
         plain=_plain_annotation(field.annotation),
         model_cls=model_cls,
         dump_exclude=dump_exclude,
+        ambiguous=ambiguous,
     )
 
 
@@ -601,6 +608,8 @@ class _Exporter:
             name = field.name
             if name in excluded or name not in dumped:
                 continue
+            if field.ambiguous is not None and self.uid:
+                raise RuntimeError(field.ambiguous)
             if drop is not None and name in drop:
                 if drop[name] is not None:
                     self._field_without(out, model, dumped[name], field, drop[name])
