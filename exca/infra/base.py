@@ -516,8 +516,11 @@ class BaseInfra(pydantic.BaseModel):
                 permissions=self.permissions,
             )
         except (PermissionError, OSError) as error:
-            # (ENOENT: a folder that cannot be made there, e.g. under /proc)
-            if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT):
+            # (ENOENT: a folder that cannot be made there, e.g. under /proc; not a uid
+            # folder removed meanwhile, by a clean say, under a cache folder that is there)
+            if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT) or (
+                error.errno == errno.ENOENT and os.path.isdir(self.folder)
+            ):
                 raise
             raise type(error)(
                 error.errno,
