@@ -1281,6 +1281,29 @@ def test_force_recomputes_once_per_instance(tmp_path: Path, cluster: str | None)
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("cluster", [None, "local"])
+def test_threads_of_one_forced_instance_force_it_once(tmp_path: Path, cluster: str | None) -> None:
+    """Three threads call one forced instance at once: one computation (with local jobs,
+    each thread submitted its own job: 3 computations)."""
+    log = tmp_path / "calls.txt"
+    assert make(tmp_path, cluster, x=6).process() == 12
+    block = tmp_path / "block-flag"
+    block.touch()
+    forced = make(tmp_path, cluster, x=6, block_flag=str(block), infra={"mode": "force"})
+    out: list[tp.Any] = []
+    threads = [threading.Thread(target=lambda: out.append(forced.process())) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    _wait_for(lambda: len(calls(log)) == 2)  # (the forced computation started)
+    time.sleep(1.0)  # (the other threads are waiting, not submitting)
+    block.unlink()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert out == [12, 12, 12]
+    assert len(calls(log)) == 2
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cluster", [None, "local"])
 def test_forced_job_is_followed_and_submitted_once(tmp_path: Path, cluster: str | None) -> None:
     """infra.job() in mode force: its result() is the new one, later job()/calls of the
     instance follow that job instead of submitting again."""

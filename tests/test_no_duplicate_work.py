@@ -222,9 +222,16 @@ def test_a_forced_call_while_another_process_computes_computes_again(
     """A process computes a config inline; another forces it meanwhile, from two threads of
     one instance: it waits, then computes again, once (it returned the other process's
     result, which predates the force: computed by its code, maybe older)."""
-    computing = _spec(tmp_path, ctl, "task", 1, x=21)
-    forcing = _spec(tmp_path, ctl, "task", 2, x=21, mode="force", shared=True)
-    assert _run_callers(tmp_path, [computing, forcing], ctl) == [42, 42, 42]
+    computing = Caller(tmp_path, _spec(tmp_path, ctl, "task", 1, x=21))
+    try:
+        wait_until(lambda: bool(lines(ctl / "calls.txt")))  # (it computes: blocked)
+        forcing = Caller(tmp_path, _spec(tmp_path, ctl, "task", 2, x=21, mode="force", shared=True))
+        # (one forcing thread waits for that computation, the other for its own force)
+        wait_until(lambda: "Waiting for " in forcing.err.read_text())
+        (ctl / "release").touch()
+        assert computing.results() + forcing.results() == [42, 42, 42]
+    finally:
+        computing.kill()
     calls = lines(ctl / "calls.txt")
     assert len(calls) == 2, calls
     assert calls[0].split()[1] != calls[1].split()[1]  # (two processes)

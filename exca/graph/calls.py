@@ -4,6 +4,7 @@ networkx, no submitit); anything else goes through the scheduler."""
 from __future__ import annotations
 
 import os
+import threading
 import typing as tp
 
 from ..storage.cachederror import CachedError
@@ -94,7 +95,12 @@ def task_result(node: Node) -> tp.Any:
     from .scheduler import Scheduler
 
     for _ in range(READ_ATTEMPTS):
-        Scheduler([node]).run(root_cause=True)
+        forcing = [n for n in node.closure if n.pending_force]
+        if forcing:  # threads of one forced instance: one forces, the others then reuse
+            with _force_lock(forcing[0]):  # (a job's submission is not a claim: 3 jobs)
+                Scheduler([node]).run(root_cause=True)
+        else:
+            Scheduler([node]).run(root_cause=True)
         value = store.task_result(node, missing=MISSING)
         if value is not MISSING:
             return value
@@ -104,6 +110,25 @@ def task_result(node: Node) -> tp.Any:
         f"{node.uid}: its result was removed right after each of {READ_ATTEMPTS} "
         "computations (another process forcing or clearing it again and again?)"
     )
+
+
+_FORCE_LOCKS: dict[int, threading.RLock] = {}  # by force_state (one per instance)
+_FORCE_LOCKS_GUARD = threading.Lock()
+
+
+def _force_lock(node: Node) -> threading.RLock:
+    """The lock of a forced instance's force (its force_state is shared by its nodes and
+    pickled into jobs: the lock lives here; an id reused after collection only shares a
+    lock, never a force). Re-entrant: a forced computation may call a decorated method
+    whose closure holds the same forced node."""
+    key = id(node.force_state)
+    with _FORCE_LOCKS_GUARD:
+        lock = _FORCE_LOCKS.get(key)
+        if lock is None:
+            if len(_FORCE_LOCKS) > 10_000:
+                _FORCE_LOCKS.clear()
+            lock = _FORCE_LOCKS[key] = threading.RLock()
+    return lock
 
 
 def has_job_or_outcome(node: Node) -> bool:
