@@ -83,7 +83,7 @@ def _check_nothing_here_waits_for_jobs(scheduler: Scheduler, work: list[NodeRun]
                 _cannot_wait(run.node, f"its upstream {up.node.uid} {where}")
 
 
-def _cannot_wait(node: Node, why: str = "it comes after upstream jobs") -> tp.NoReturn:
+def _cannot_wait(node: Node, why: str) -> tp.NoReturn:
     raise ValueError(
         f"Cannot submit {node.uid} without waiting: {why}, and only Slurm jobs can be "
         f"waited for by a detached run: work on {node.execution.describe()} cannot start "
@@ -94,10 +94,8 @@ def _cannot_wait(node: Node, why: str = "it comes after upstream jobs") -> tp.No
 def _run_here(
     scheduler: Scheduler, runs: list[NodeRun], pools: executors.Pools, progress: Progress
 ) -> None:
-    """Nodes of one wave that do not go to Slurm: started together, waited for."""
-    for run in runs:
-        if _dependencies(scheduler, run.node.key):
-            _cannot_wait(run.node)
+    """Nodes of one wave that do not go to Slurm: started together, waited for (none of
+    them waits for a job: see _check_nothing_here_waits_for_jobs)."""
     running: dict[Key, NodeRun] = {}
     scheduler.launch(runs, running, pools, progress)
     while running:

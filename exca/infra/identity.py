@@ -128,6 +128,11 @@ class _ClassFacts:
         return spec or None
 
     @functools.cached_property
+    def ambiguous(self) -> dict[str, str]:
+        """Why fields cannot enter a uid (see ``_ambiguity``), by name."""
+        return {f.name: f.ambiguous for f in self.fields_in_uid if f.ambiguous is not None}
+
+    @functools.cached_property
     def drops_itself(self) -> bool | None:
         """Whether the class excludes itself ("."), when that does not depend on the
         instance (None: it does)."""
@@ -598,6 +603,10 @@ class _Exporter:
             self.field_keys_only = False
             # (maybe not a dict: see export_with_keys; exclusions name the dump's keys)
             return _without(dumped, drop) if drop and type(dumped) is dict else dumped
+        if self.uid and facts.ambiguous:  # (a field that cannot enter a uid, unless kept out)
+            for name, message in facts.ambiguous.items():
+                if name not in excluded and name in dumped:
+                    raise RuntimeError(message)
         out: dict[str, tp.Any] = {}
         if facts.has_prefix:
             self.field_keys_only = False
@@ -608,8 +617,6 @@ class _Exporter:
             name = field.name
             if name in excluded or name not in dumped:
                 continue
-            if field.ambiguous is not None and self.uid:
-                raise RuntimeError(field.ambiguous)
             if drop is not None and name in drop:
                 if drop[name] is not None:
                     self._field_without(out, model, dumped[name], field, drop[name])
