@@ -25,7 +25,7 @@ import pydantic
 from .. import uidformat
 from ..confdict import ConfDict
 from ..storage.files import check_permissions
-from . import identity, uidfolder
+from . import freezing, identity, uidfolder
 
 if tp.TYPE_CHECKING:
     from .method import InfraMethod
@@ -428,7 +428,7 @@ class BaseInfra(pydantic.BaseModel):
             key = (type(self), self._method(), type(owner), self.version)
             around = _UID_AROUND.get(key) or self._uid_around(key)
             runtime.uid = around[0] + cfg_uid + around[1]
-            runtime.models = identity.freeze(owner)
+            runtime.models = freezing.freeze(owner)
         return runtime.uid
 
     def _uid_around(self, key: tuple[tp.Any, ...]) -> tuple[str, str]:

@@ -19,7 +19,7 @@ from ..graph import calls, registry
 from ..graph.jobs import Job
 from ..graph.node import TASK_KEY, Group, Input, Node, Value
 from ..storage.cachedict import CacheDict
-from . import identity, uidfolder
+from . import freezing, uidfolder
 from .base import _MISSING, BaseInfra
 from .method import InfraMethod, check_plain_method
 from .resources import SubmititMixin
@@ -56,7 +56,7 @@ def chained_nodes(owner: pydantic.BaseModel) -> tuple[Node, ...]:
     """Nodes of the no-argument task methods (with a folder) of every sub-config of an
     owner: they are computed before the owner's own task nodes."""
     nodes: dict[tuple[str, str], Node] = {}
-    for sub in identity.iter_models(owner):
+    for sub in freezing.iter_models(owner):
         if sub is owner or isinstance(sub, BaseInfra):
             continue
         for method in _task_methods(type(sub)):

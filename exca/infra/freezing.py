@@ -1,0 +1,129 @@
+"""Freezing a config once its uid is computed: public attribute changes then raise (the
+uid, hence the cache folder, would no longer describe the object).
+
+A frozen model is recorded by id (with a weak reference, so that a new object reusing the
+id is not taken for it); its class's ``__setattr__`` is patched once to check that record.
+"""
+
+from __future__ import annotations
+
+import typing as tp
+import weakref
+from pathlib import Path, PurePath
+
+import pydantic
+
+from .identity import SCALAR_FIELDS_ATTR
+
+_FROZEN: dict[int, weakref.ref[tp.Any]] = {}
+_PATCHED_FLAG = "_exca_freeze_guard"
+
+
+def is_frozen(model: tp.Any) -> bool:
+    ref = _FROZEN.get(id(model))
+    return ref is not None and ref() is model
+
+
+_PATCHED: set[type] = set()
+
+
+def _patch_setattr(cls: type) -> None:
+    if cls in _PATCHED:
+        return
+    _PATCHED.add(cls)
+    current = cls.__setattr__
+    if getattr(current, _PATCHED_FLAG, False):
+        return
+    original = current
+
+    def __setattr__(self: tp.Any, name: str, value: tp.Any) -> None:
+        if not name.startswith("_") and is_frozen(self):
+            # (a sub-config has no infra: the config holding one clones it with the change)
+            hint = f"(or config.infra.clone_obj({{'<path to it>.{name}': {value!r}}}))"
+            if hasattr(self, "clone_obj"):  # an infra's setting: a clone with another value
+                hint = f"(or obj.infra.clone_obj({{'infra.{name}': {value!r}}}))"
+            elif any(hasattr(v, "clone_obj") for v in self.__dict__.values()):
+                hint = f"(or obj.infra.clone_obj({{'{name}': {value!r}}}))"
+            raise RuntimeError(
+                f"Cannot set {type(self).__name__}.{name}: the instance was frozen when its uid "
+                "was computed, you can create an unfrozen instance with "
+                f"type(obj)(**obj.model_dump()) {hint}"
+            )
+        original(self, name, value)  # type: ignore[call-arg]
+
+    setattr(__setattr__, _PATCHED_FLAG, True)
+    cls.__setattr__ = __setattr__  # type: ignore[assignment,method-assign]
+
+
+def freeze(model: pydantic.BaseModel) -> list[pydantic.BaseModel]:
+    """Forbid public attribute changes on a model and on every model nested in it (returns
+    them all)."""
+    frozen, patched, ref_to = _FROZEN, _PATCHED, weakref.ref
+    models = iter_models(model)
+    for sub in models:
+        ref = frozen.get(id(sub))
+        if ref is not None and ref() is sub:
+            continue
+        if type(sub) not in patched:
+            _patch_setattr(type(sub))
+        try:
+            frozen[id(sub)] = ref_to(sub)
+        except TypeError:  # not weak-referenceable (__slots__ without __weakref__)
+            pass
+    if len(frozen) > _purge_at[0]:  # forget dead objects now and then (no per-object callback)
+        for key in [k for k, r in frozen.items() if r() is None]:
+            del frozen[key]
+        _purge_at[0] = max(1024, 2 * len(frozen))
+    return models
+
+
+_purge_at = [1024]
+
+
+_LEAF_TYPES = frozenset({str, int, float, bool, type(None), bytes, type(Path()), type(PurePath())})
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type[pydantic.BaseModel]) -> tuple[str, ...]:
+    """The fields of a class that may hold models (an infra's settings never do)."""
+    scalars = getattr(cls, SCALAR_FIELDS_ATTR, ())
+    names = _FIELD_NAMES[cls] = tuple(name for name in cls.model_fields if name not in scalars)
+    return names
+
+
+def iter_models(value: tp.Any) -> list[pydantic.BaseModel]:
+    """The model itself and every pydantic model nested in its fields, lists and dicts.
+
+    Field values are looked at, not annotations: a type check per value is cheaper than
+    analysing a class's annotations once per process (an infra has 24 fields). Only
+    fields: ``__dict__`` may also hold cached properties, which are not config."""
+    found: list[pydantic.BaseModel] = []
+    stack = [value]
+    seen: set[int] = set()
+    leaves, base, field_names = _LEAF_TYPES, pydantic.BaseModel, _FIELD_NAMES
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, base):
+            found.append(item)
+            kind = type(item)
+            names = field_names.get(kind)
+            if names is None:
+                names = _field_names(kind)
+            values = item.__dict__
+            if len(values) == len(names):  # every field, nothing else (no cached property)
+                stack.extend([sub for sub in values.values() if type(sub) not in leaves])
+            else:
+                for name in names:
+                    sub = values.get(name)
+                    if type(sub) not in leaves:
+                        stack.append(sub)
+            if item.__pydantic_extra__:
+                stack.extend(item.__pydantic_extra__.values())
+        elif type(item) is dict or isinstance(item, dict):
+            stack.extend(v for v in item.values() if type(v) not in leaves)
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(v for v in item if type(v) not in leaves)
+    return found
