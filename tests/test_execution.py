@@ -1622,3 +1622,55 @@ def test_a_key_error_loading_a_result_is_raised_as_it_is(tmp_path: Path) -> None
         with pytest.raises(KeyError, match="missing-key"):
             task.process()
     assert calls(tmp_path / "calls.txt") == ["unloadable"]
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_while_waiting_says_which_jobs_it_cancels_and_which_keep_running(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ctrl-C while a call waited for a job submitted earlier (by job() or a job array)
+    logged "cancelling the jobs this run submitted" though it cancelled nothing: the job
+    runs on. The log now names the jobs cancelled and those that keep running."""
+    import _thread
+
+    log, block = tmp_path / "calls.txt", tmp_path / "block-flag"
+    block.touch()
+
+    def interrupt_once_computing() -> None:
+        _wait_for(lambda: len(calls(log)) >= 1)
+        time.sleep(0.3)  # (the call is in its wait loop)
+        _thread.interrupt_main()
+
+    # a job submitted earlier: the interrupted call leaves it running
+    earlier = make(tmp_path, "local", x=6, block_flag=str(block)).infra.job()
+    thread = threading.Thread(target=interrupt_once_computing)
+    thread.start()
+    with caplog.at_level("WARNING", logger="exca"), pytest.raises(KeyboardInterrupt):
+        make(tmp_path, "local", x=6, block_flag=str(block)).process()
+    thread.join()
+    messages = [r.getMessage() for r in caplog.records if "Interrupted" in r.getMessage()]
+    assert messages == [
+        f"Interrupted: job(s) {earlier.job_id} keep running (not submitted by this call; "
+        "calling again waits for them, clear_job() or scancel stops them)"
+    ]
+    block.unlink()
+    assert earlier.result() == 12  # it ran on
+    # a job this call submitted: cancelled, and named
+    caplog.clear()
+    block.touch()
+    log.unlink()
+    thread = threading.Thread(target=interrupt_once_computing)
+    thread.start()
+    own = make(tmp_path, "local", x=7, block_flag=str(block))
+    with caplog.at_level("WARNING", logger="exca"), pytest.raises(KeyboardInterrupt):
+        own.process()
+    thread.join()
+    messages = [r.getMessage() for r in caplog.records if "Interrupted" in r.getMessage()]
+    assert len(messages) == 1 and messages[0].startswith(
+        "Interrupted: cancelling the job(s) this call submitted: "
+    )
+    job_id = messages[0].rsplit(" ", 1)[1]
+    assert job_id.isdigit()  # (a local job's id: its pid)
+    _wait_for(lambda: exca.storage.process.process_start_time(int(job_id)) is None)
+    block.unlink()
+    assert own.infra.status() == "not submitted"

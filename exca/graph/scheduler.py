@@ -210,8 +210,8 @@ class Scheduler:
                     "please report this as an exca bug"
                 )
         except KeyboardInterrupt:
-            logger.warning("Interrupted: cancelling the jobs this run submitted")
             cancelled = [r for r in running.values() if r.action != "wait"]  # not others' jobs
+            _log_interruption(cancelled, [r for r in running.values() if r.action == "wait"])
             for run in cancelled:
                 for handle in run.handles:
                     handle.cancel()
@@ -822,6 +822,25 @@ def follow_own_job(run: NodeRun, off_slurm: bool) -> bool:
     run.action, run.resume, run.handles = run.resume, None, []
     run.reason += " (submitted now, to start after it)"
     return True
+
+
+def _job_ids(runs: list[NodeRun]) -> list[str]:
+    """The ids of real jobs (not pools, claims or inline work) behind these runs."""
+    ids = {h.job_id for run in runs for h in run.handles}
+    return sorted(i for i in ids if i and not i.startswith("#"))
+
+
+def _log_interruption(cancelled: list[NodeRun], followed: list[NodeRun]) -> None:
+    """Say which jobs Ctrl-C cancels (those this call submitted) and which keep running
+    (submitted earlier, by another call: a new call follows them again)."""
+    if ids := _job_ids(cancelled):
+        logger.warning("Interrupted: cancelling the job(s) this call submitted: %s", ", ".join(ids))
+    if ids := _job_ids(followed):
+        logger.warning(
+            "Interrupted: job(s) %s keep running (not submitted by this call; calling "
+            "again waits for them, clear_job() or scancel stops them)",
+            ", ".join(ids),
+        )
 
 
 def _release_dead_claims(runs: list[NodeRun], timeout: float = 3.0) -> None:
