@@ -204,7 +204,9 @@ def _read_only_command(args: argparse.Namespace) -> int:
 
 def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
-        prog="exca", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="exca",
+        description=(__doc__ or "").replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
