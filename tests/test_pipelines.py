@@ -999,6 +999,16 @@ def test_plan_of_a_pool_map_with_one_item_to_compute_says_inline(env: Env) -> No
     ]
 
 
+def test_plan_of_auto_says_where_it_resolves_with_its_resources(env: Env) -> None:
+    """(it read "slurm (auto)(timeout_min=5)")"""
+    here = exca.graph.executors.resolve_cluster("auto")
+    plain = env.step("plain", infra={"cluster": "auto"}).run.node()
+    sized = env.step("sized", infra={"cluster": "auto", "timeout_min": 5}).run.node()
+    entries = _by_uid(exca.graph.plan(plain, sized))
+    assert entries[plain.uid].where == f"{here} (auto)"
+    assert entries[sized.uid].where == f"{here}(auto, timeout_min=5)"
+
+
 def test_plan_of_a_node_without_folder_says_nothing_is_cached(env: Env) -> None:
     node = env.step("ram", infra={"folder": None}).run.node()
     (entry,) = exca.graph.plan(node).entries

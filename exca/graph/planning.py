@@ -368,7 +368,9 @@ def _where(node: Node, run: NodeRun) -> str:
     if node.execution.cluster == "auto" and run.needs_work:
         from .executors import resolve_cluster
 
-        where = f"{resolve_cluster('auto')} (auto){where[len('auto') :]}"
+        resources = where[len("auto") :]  # ("(timeout_min=10, ...)" or nothing)
+        resolved = resolve_cluster("auto")
+        where = f"{resolved}(auto, {resources[1:]}" if resources else f"{resolved} (auto)"
     return where
 
 
