@@ -2019,3 +2019,68 @@ class KeepsItsUids(pydantic.BaseModel):
 )
 def test_serializers_and_sets_keep_earlier_uids(changes: dict[str, tp.Any], uid: str) -> None:
     assert KeepsItsUids(**changes).infra.uid() == f"{MODULE}.KeepsItsUids.process,1/{uid}"
+
+
+class _Net(pydantic.BaseModel):
+    model_config = FORBID
+    layers: int = 1
+
+
+class _ConvNet(_Net):
+    kernel: int = 3
+
+
+class _TransNet(_Net):
+    heads: int = 3
+
+
+class _SameNet(_Net):
+    """Only its behaviour differs (a method), not its fields."""
+
+    def forward(self) -> str:
+        return "same"
+
+
+class _Trains(pydantic.BaseModel):
+    model_config = FORBID
+    net: _Net = _Net()
+    nets: list[_Net] = []
+    maybe: _Net | None = None
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> str:
+        return ",".join(type(n).__name__ for n in [self.net, *self.nets, self.maybe] if n)
+
+
+def test_subclass_instances_of_an_annotated_base_class_do_not_share_a_uid(tmp_path: Path) -> None:
+    """Two subclasses at their defaults both exported as `net={}`: one cache folder, the
+    second config read the first one's result (and a subclass that only overrides methods
+    had its base class's uid). Their class now enters the uid."""
+    configs = [
+        _Trains(net=_ConvNet()),
+        _Trains(net=_TransNet()),
+        _Trains(net=_SameNet()),
+        _Trains(net=_Net(layers=1)),  # (the annotated class at its default: the default uid)
+        _Trains(nets=[_ConvNet()]),
+        _Trains(nets=[_TransNet()]),
+        _Trains(nets=[_Net()]),
+        _Trains(maybe=_ConvNet()),
+        _Trains(maybe=_Net()),
+    ]
+    uids = [c.infra.uid() for c in configs]
+    assert len(set(uids)) == len(uids)
+    assert uids[3] == _Trains().infra.uid()
+    assert _cfg(configs[0]) == {"net": {"_class": f"{MODULE}._ConvNet"}}
+    assert _cfg(_Trains(net=_ConvNet(kernel=5))) == {
+        "net": {"_class": f"{MODULE}._ConvNet", "kernel": 5}
+    }
+    assert _cfg(configs[4]) == {"nets": [{"_class": f"{MODULE}._ConvNet"}]}
+    # each computes its own result
+    for config in configs[:3]:
+        own = _Trains(net=config.net, infra={"folder": tmp_path})
+        assert own.process() == type(config.net).__name__
+    # the class is a uid matter only: the config (config.yaml, clones) stays loadable
+    config = configs[0].infra.config(uid=False, exclude_defaults=True)
+    assert "_class" not in str(dict(config))
+    assert type(configs[0].infra.clone_obj().net) is _ConvNet

@@ -26,6 +26,9 @@ OVERRIDE_HOOK = "_exca_uid_dict_override"
 EXCLUDE_ATTR = "_exclude_from_cls_uid"
 SCALAR_FIELDS_ATTR = "_exca_scalar_fields"  # class attribute: fields that never hold a model
 PREFIX_HOOK = "_exca_uid_prefix"  # method giving keys always exported first (discriminators)
+# in a uid export: the class of a sub-model held by a field annotated with another class
+# (a base class). Not a field name (pydantic fields never start with "_").
+CLASS_KEY = "_class"
 _NO_DEFAULT: tp.Any = object()
 
 
@@ -35,11 +38,13 @@ class _FieldFacts:
     # (plain classes, not dataclasses: creating a dataclass costs ~1-3 ms of `import exca`)
     __slots__ = (
         "ambiguous",
+        "contained",
         "default",
         "default_json",
         "dump_exclude",
         "keep",
         "model_cls",
+        "models",
         "name",
         "plain",
         "required",
@@ -56,6 +61,8 @@ class _FieldFacts:
         model_cls: type[pydantic.BaseModel] | None,
         dump_exclude: tp.Any,
         ambiguous: str | None = None,
+        models: tuple[type, ...] = (),
+        contained: tuple[type, ...] = (),
     ) -> None:
         self.name = name
         self.required = required
@@ -69,6 +76,10 @@ class _FieldFacts:
         # what a uid dump leaves out of this field's sub-model (when it is of model_cls)
         self.dump_exclude = dump_exclude
         self.ambiguous = ambiguous  # why it cannot enter a uid (see _ambiguity), or None
+        # the model classes the annotation names at its top level, and anywhere in it (in
+        # lists, dicts...): an instance of another class (a subclass) gets its class in uids
+        self.models = models
+        self.contained = contained
 
 
 class _ClassFacts:
@@ -341,6 +352,8 @@ def _field_facts(cls: type, name: str, field: pydantic.fields.FieldInfo) -> _Fie
         model_cls=model_cls,
         dump_exclude=dump_exclude,
         ambiguous=ambiguous,
+        models=tuple(models),
+        contained=annotated_models(field.annotation),
     )
 
 
@@ -648,11 +661,14 @@ class _Exporter:
             if isinstance(value, pydantic.BaseModel):
                 if self.uid and dropped_from_parent(value):
                     continue
-                if field.model_cls is not None and type(value) is not field.model_cls:
-                    # a subclass instance: the parent's dump followed the annotated class
-                    # (without the subclass's own fields, or leaving out what only the
-                    # annotated class keeps out of uids): dump it whole
-                    dval = value.model_dump(mode="json", warnings=False, by_alias=False)
+                foreign = False  # (of a class the annotation does not name: a subclass)
+                if type(value) is not field.model_cls:
+                    if field.model_cls is not None:
+                        # a subclass instance: the parent's dump followed the annotated
+                        # class (without the subclass's own fields, or leaving out what only
+                        # the annotated class keeps out of uids): dump it whole
+                        dval = value.model_dump(mode="json", warnings=False, by_alias=False)
+                    foreign = self.uid and type(value) not in field.models
                 if prune and name not in keep:
                     if value is field.default:
                         continue  # the class default itself
@@ -663,10 +679,11 @@ class _Exporter:
                         reference = _default_export(field, self.uid)
                         if pruned == reference and _same_bools(pruned, reference):
                             continue  # (_uid_equal, inlined)
-                    out[name] = pruned
+                    out[name] = _with_class(pruned, value) if foreign else pruned
                 else:
                     exporter = _Exporter(self.uid, False)
-                    out[name] = exporter.model(value, dval, keep=())
+                    exported = exporter.model(value, dval, keep=())
+                    out[name] = _with_class(exported, value) if foreign else exported
                     self.field_keys_only &= exporter.field_keys_only
                 continue
             if (
@@ -681,7 +698,7 @@ class _Exporter:
                 )
             ):
                 continue
-            out[name] = self.value(value, dval, field.keep)
+            out[name] = self.value(value, dval, field.keep, field.contained)
         extra = model.__pydantic_extra__
         if extra:  # extra="allow": what was given beyond the fields is config too
             self.field_keys_only = False
@@ -719,24 +736,38 @@ class _Exporter:
                 reference = _Exporter(self.uid, True).model(default, ddump, field.keep, drop)
                 if _uid_equal(exported, reference):
                     return
+            if self.uid and type(value) not in field.models:
+                exported = _with_class(exported, value)
         else:
-            exported = _without(self.value(value, dval, field.keep), drop)
+            contained = field.contained
+            exported = _without(self.value(value, dval, field.keep, contained), drop)
             default_json = field.default_json
             if prune and default_json is not _NO_DEFAULT:
                 # the default exported as the value is (sub-models with defaults pruned)
-                reference = _Exporter(self.uid, True).value(field.default, default_json, field.keep)
+                exporter = _Exporter(self.uid, True)
+                reference = exporter.value(field.default, default_json, field.keep, contained)
                 if _uid_equal(exported, _without(reference, drop)):
                     return
         out[name] = exported
 
-    def value(self, value: tp.Any, dval: tp.Any, keep: tp.Container[str] = ()) -> tp.Any:
+    def value(
+        self,
+        value: tp.Any,
+        dval: tp.Any,
+        keep: tp.Container[str] = (),
+        declared: tuple[type, ...] | None = None,
+    ) -> tp.Any:
         """Export of a field value (``dval``: its json dump); models met inside keep the
-        ``keep`` fields (the discriminator of a container of a discriminated union)."""
+        ``keep`` fields (the discriminator of a container of a discriminated union);
+        ``declared``: the model classes the field's annotation names (None: unknown)."""
         if isinstance(value, pydantic.BaseModel):
             if type(dval) is not dict or len(dval) < len(type(value).__pydantic_fields__):
                 # dumped by a base class's schema (a subclass in a container): dump it whole
                 dval = value.model_dump(mode="json", warnings=False, by_alias=False)
-            return self.model(value, dval, keep=keep)
+            exported = self.model(value, dval, keep=keep)
+            if self.uid and declared is not None and type(value) not in declared:
+                return _with_class(exported, value)
+            return exported
         if isinstance(dval, dict | list):
             self.field_keys_only = False  # (user keys, or containers in a list)
         if isinstance(value, dict) and isinstance(dval, dict):
@@ -752,7 +783,7 @@ class _Exporter:
                     continue
                 if self.uid and isinstance(sub, pydantic.BaseModel) and dropped_from_parent(sub):
                     continue
-                items[skey] = self.value(sub, dval[skey], keep)
+                items[skey] = self.value(sub, dval[skey], keep, declared)
             if self.uid and self.exclude_defaults and any("." in key for key in items):
                 _check_dotted_keys(items)  # (only where a uid is made)
             if isinstance(value, collections.OrderedDict):
@@ -762,7 +793,7 @@ class _Exporter:
             return dict(sorted(items.items())) if len(items) > 1 else items
         if isinstance(value, list | tuple) and isinstance(dval, list):
             return [
-                self.value(sub, dsub, keep)
+                self.value(sub, dsub, keep, declared)
                 for sub, dsub in zip(value, dval)
                 if not (
                     self.uid and isinstance(sub, pydantic.BaseModel) and dropped_from_parent(sub)
@@ -773,6 +804,21 @@ class _Exporter:
         if dval is None and type(value) is float:
             return value  # inf/nan: the json dump says null
         return dval
+
+
+def _with_class(exported: tp.Any, model: pydantic.BaseModel) -> tp.Any:
+    """The uid export of a sub-model whose class its field does not name (a subclass of
+    the annotated class), with its class: two subclasses at their defaults would otherwise
+    share a uid (``model={}``), and so would a subclass that only overrides methods and
+    its base. Classes that name themselves (DiscriminatedModel), replace their export
+    (the override hook) or keep most fields out of uids (infras) are left as they are."""
+    facts = class_facts(type(model))
+    if type(exported) is not dict or facts.has_prefix or facts.has_override:
+        return exported
+    if facts.uid_fields is not None:
+        return exported
+    cls = type(model)
+    return {CLASS_KEY: f"{cls.__module__}.{cls.__qualname__}", **exported}
 
 
 def _check_dotted_keys(items: dict[str, tp.Any]) -> None:
