@@ -1074,6 +1074,15 @@ if __name__ == "__main__":
     out = list(mapper.process(list(range(6))))
     assert [v for v, _ in out] == [0, 3, 6, 9, 12, 15], out
     assert any(p != os.getpid() for _, p in out), "expected pool processes"
+    # a bound method pickles (standard pickle: a class of __main__ by name), e.g. to
+    # hand it to a process pool (it failed: "not the same object as __main__.MainTask...")
+    import concurrent.futures
+    import pickle
+
+    assert pickle.loads(pickle.dumps(task.process))()[0] == 12
+    assert [v for v, _ in pickle.loads(pickle.dumps(mapper.process))([1])] == [3]
+    with concurrent.futures.ProcessPoolExecutor(1) as pool:
+        assert pool.submit(MainTask(x=5, infra={"folder": folder}).process).result()[0] == 15
     print("MAIN-OK")
 """
 

@@ -150,6 +150,11 @@ class BoundTask:
         self.method = method
         self.obj = obj
 
+    def __reduce__(self) -> tuple[tp.Any, ...]:
+        # found again on the unpickled instance: the descriptor itself cannot be pickled
+        # by name when its class lives in __main__ (its function is not ``Class.method``)
+        return (getattr, (self.obj, self.method.name))
+
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         infra = tp.cast(TaskInfra, self.method.infra_of(self.obj))
         runtime = infra._runtime()
