@@ -454,6 +454,18 @@ def test_iter_cached(tmp_path: Path) -> None:
     assert list(Outer().infra.iter_cached()) == []  # no folder
 
 
+def test_iter_cached_configs_made_with_force_read_their_result(tmp_path: Path) -> None:
+    """config.yaml keeps the mode of the call that made the result: a config listed from
+    a forced (or retried) computation was forced again when called, replacing its result."""
+    for layers, mode in ((1, "force"), (2, "retry"), (3, "cached")):
+        assert Outer(model={"layers": layers}, infra={"folder": tmp_path, "mode": mode}).train()
+    before = _count("outer")
+    listed = list(Outer(infra={"folder": tmp_path}).infra.iter_cached())
+    assert [c.infra.mode for c in listed] == ["cached"] * 3
+    assert sorted(round(c.train(), 6) for c in listed) == [0.1, 0.2, 0.3]
+    assert _count("outer") == before
+
+
 def test_iter_cached_of_a_moved_cache_reads_from_where_it_was_found(tmp_path: Path) -> None:
     """config.yaml names the folder it was written in: the configs of a moved cache
     computed again, in the old place (it came back, with new results)."""

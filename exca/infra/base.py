@@ -652,8 +652,12 @@ class BaseInfra(pydantic.BaseModel):
             if cfg is None:
                 continue
             data = dict(ConfDict(cfg))  # (config.yaml has dotted keys)
-            written = data.get(name) if name is not None else None
-            written = written.get("folder") if isinstance(written, dict) else None
+            own = data.get(name) if name is not None else None
+            written = own.get("folder") if isinstance(own, dict) else None
+            if isinstance(own, dict) and own.get("mode") in ("force", "retry"):
+                # (the mode of the call that made it: calling the method of a listed config
+                # would compute it again, replacing what is listed)
+                data[tp.cast(str, name)] = {**own, "mode": "cached"}
             try:
                 obj = _from_config(cls, data)
                 if written is not None and Path(written) != Path(self.folder):
