@@ -219,9 +219,13 @@ def test_read_only(tmp_path: Path) -> None:
     assert list(make(tmp_path, None).process([1])) == [10]
     reader = make(tmp_path, None, infra={"mode": "read-only"})
     assert list(reader.process([1])) == [10]
-    with pytest.raises(RuntimeError, match=r"read-only and 1/2 items missing \('2'\)"):
+    with pytest.raises(RuntimeError, match=r"read-only and 1/2 items missing \('2'\)") as info:
         list(reader.process([1, 2]))
     assert counts(tmp_path / "calls.txt") == {1: 1}
+    # (the node's uid ends with its items' digest: the message names the folder too)
+    folder = reader.process.node([1, 2]).folder
+    assert str(info.value).endswith(f"never computes; cache folder: {folder})")
+    assert folder is not None and folder.is_dir()
 
 
 def test_executor(tmp_path: Path) -> None:

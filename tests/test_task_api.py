@@ -1240,6 +1240,12 @@ def test_a_property_above_apply_is_explained() -> None:
         Propertied().value  # noqa: B018
 
 
+def test_calling_the_method_on_the_class_says_to_call_it_on_a_config() -> None:
+    """(it spoke of a decorator above @infra.apply)"""
+    with pytest.raises(TypeError, match=r"Task.process was called on the class: call it on a "):
+        Task.process()
+
+
 def test_setting_a_frozen_infra_suggests_a_clone(tmp_path: Path) -> None:
     task = Task(infra={"folder": tmp_path})
     task.process()

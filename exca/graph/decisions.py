@@ -13,7 +13,7 @@ import typing as tp
 
 from ..storage import gcpause
 from . import executors, registry, store
-from .errors import JobFailedError
+from .errors import JobFailedError, read_only_error
 from .node import TASK_KEY, Group, Node
 
 Key = tuple[str, str]
@@ -597,7 +597,7 @@ class Graph:
             except Exception as error:
                 return error
         if node.mode == "read-only" and "read-only" in run.reason:
-            return RuntimeError(f"{node.uid}: {run.reason} (mode='read-only' never computes)")
+            return read_only_error(node, run.reason)
         return RuntimeError(f"{node.uid}: {run.reason}")
 
 

@@ -11,6 +11,14 @@ class JobFailedError(RuntimeError):
     """A job ended without writing its result: cancelled, timed out, out of memory, killed."""
 
 
+def read_only_error(node: tp.Any, what: str) -> RuntimeError:
+    """The error of a read-only node missing something (naming its cache folder: a map
+    node's uid ends with the digest of its items, not a folder)."""
+    return RuntimeError(
+        f"{node.uid}: {what} (mode='read-only' never computes; cache folder: {node.folder})"
+    )
+
+
 class NodeFailures(RuntimeError):
     """Several nodes of one run failed; ``failures`` maps each node uid to its error."""
 

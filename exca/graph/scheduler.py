@@ -28,7 +28,7 @@ from .decisions import (
     unreachable_inputs,
     wait_for_claims,
 )
-from .errors import JobFailedError, NodeFailures
+from .errors import JobFailedError, NodeFailures, read_only_error
 from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Node
 from .progress import Progress
 from .worker import Action, Unit
@@ -663,9 +663,7 @@ class Scheduler:
         else:
             jobs = ", ".join(h.job_id for h in run.handles) or "its job"
             ended = f"job {jobs} ended without a result"
-        run.error = RuntimeError(
-            f"{run.node.uid}: read-only and missing ({ended}; mode='read-only' never computes)"
-        )
+        run.error = read_only_error(run.node, f"read-only and missing ({ended})")
 
     def _redecide_items(self, run: NodeRun, forced: bool = False) -> None:
         """Decide again what a map still needs (requeued if anything)."""

@@ -22,6 +22,7 @@ from ..storage.cachedict import CacheDict
 from ..storage.claims import Claim, Claims, Owner
 from ..storage.modules import imported
 from . import registry, store
+from .errors import read_only_error
 from .node import TASK_KEY, Group, Node, Value
 
 logger = logging.getLogger("exca")
@@ -127,9 +128,8 @@ def _resolve_split(unit: Unit) -> Unit:
         if missing:
             total = len(set(uids))
             shown = ", ".join(repr(u) for u in missing[:3]) + (", ..." if len(missing) > 3 else "")
-            raise RuntimeError(
-                f"{node.uid}: read-only and {len(missing)}/{total} items missing ({shown}; "
-                "mode='read-only' never computes)"
+            raise read_only_error(
+                node, f"read-only and {len(missing)}/{total} items missing ({shown})"
             )
         return unit._replace(items=[], uids=[], split=None)
     index, count = unit.split

@@ -69,7 +69,15 @@ class InfraMethod(property):
         return f"{type(self).__name__}({self.func.__qualname__})"
 
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
-        # (reached only through a decorator above @infra.apply, e.g. @property)
+        # (reached through the class, ``Class.method()``, or a decorator above
+        # @infra.apply, e.g. @property, which passes the instance)
+        if not (args and isinstance(args[0], pydantic.BaseModel)):
+            owner = self.owner.__name__ if self.owner is not None else "Class"
+            raise TypeError(
+                f"{self.func.__qualname__} was called on the class: call it on a config, "
+                f"{owner}(...).{self.name}(...) (the config defines what is computed and "
+                "where it is cached)"
+            )
         raise TypeError(
             f"{self.func.__qualname__} cannot be called this way: a decorator above "
             "@infra.apply (e.g. @property) wraps it, which infra methods do not support. "
