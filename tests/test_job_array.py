@@ -393,15 +393,24 @@ class Consumer(pydantic.BaseModel):
 
 
 @pytest.mark.parametrize("cluster", [None, "local"])
-def test_a_failing_sub_config_fails_only_its_tasks(tmp_path: Path, cluster: str | None) -> None:
+def test_a_failing_sub_config_fails_only_its_tasks(
+    tmp_path: Path, cluster: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
     """A task whose chained sub-config fails: the other tasks of the array are computed
-    (submitted), and the exit raises nothing (the array was lost, cluster=None)."""
+    (submitted), and the exit raises nothing (the array was lost, cluster=None); it logs
+    which configs it did not submit, and why (their status stays "not submitted")."""
     base = Consumer(
         source={"infra": {"folder": tmp_path}}, infra={"folder": tmp_path, "cluster": cluster}
     )
     tasks = [base.infra.clone_obj({"source.n": n, "x": n}) for n in (0, 1, 2)]
-    with base.infra.job_array() as array:
+    with caplog.at_level("WARNING", logger="exca"), base.infra.job_array() as array:
         array.extend(tasks)
+    (logged,) = [r.getMessage() for r in caplog.records if "not submitted" in r.getMessage()]
+    source_uid = tasks[1].source.infra.uid()
+    assert logged == (
+        f"Job array: 1 config(s) not submitted:\n  - {tasks[1].infra.uid()}: upstream "
+        f"{source_uid} fails (cached error)"
+    )
     assert [t.infra.job().result() for t in (tasks[0], tasks[2])] == [0, 202]
     with pytest.raises(ValueError, match="source 1 fails"):
         tasks[1].infra.job().result()

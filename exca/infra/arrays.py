@@ -78,14 +78,36 @@ def submit_array(
         dataclasses.replace(i._node(), mode=mode, execution=execution) for i in infras.values()
     ]
     outdated = {n.key: store.outdated_outcome(n.cache, mode) for n in nodes}
-    handles = Scheduler(nodes).submit(parallelism=max_workers, keep_going=True)
+    scheduler = Scheduler(nodes)
+    handles = scheduler.submit(parallelism=max_workers, keep_going=True)
     for node in nodes:  # (else, until its job starts, a task shows its old outcome)
         if handles.get(node.key):  # (not submitted, e.g. its sub-config failed: kept)
             store.drop_outcome(node.cache, outdated[node.key])
+    _log_not_submitted(scheduler, nodes, handles)
     if requested in ("force", "retry"):
         for infra in [array_infra, *infras.values()]:
             _forced(infra)
             infra.__dict__["mode"] = "cached"  # (SPEC §8: force/retry revert to cached)
+
+
+def _log_not_submitted(
+    scheduler: tp.Any, nodes: list[tp.Any], handles: dict[tp.Any, tp.Any]
+) -> None:
+    """Say which configs of the array were not submitted for a failure before their job
+    (a sub-config whose computation failed): their status stays "not submitted"."""
+    failed = [
+        run
+        for node in nodes
+        if not handles.get(node.key)
+        and (run := scheduler.runs.get(node.key)) is not None
+        and run.action == "fail"
+    ]
+    if failed:
+        logger.warning(
+            "Job array: %d config(s) not submitted:\n%s",
+            len(failed),
+            "\n".join(f"  - {run.node.uid}: {run.reason}" for run in failed),
+        )
 
 
 def _forced(infra: TaskInfra) -> None:
