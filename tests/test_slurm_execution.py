@@ -414,6 +414,33 @@ def test_slurm_cancelled_job(
     kill_leftover_worker(obj, job.job_id)
 
 
+def test_plan_says_whether_a_job_is_pending_or_running(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """A plan said "running as job X" for a job still waiting in the queue."""
+    import subprocess
+
+    (ctl / "block").touch()
+    extra = {"slurm_additional_parameters": {"begin": "now+600"}}  # (pending: its begin time)
+    obj = task(tmp_path, ctl, slurm_cluster, x=8, **extra)
+    job = obj.infra.job()
+
+    def reason() -> str:
+        fresh = task(tmp_path, ctl, slurm_cluster, x=8)
+        (entry,) = exca.graph.plan(fresh.process.node()).entries
+        return entry.reason
+
+    try:
+        assert reason() == f"pending as job {job.job_id}"
+        subprocess.run(["scontrol", "update", f"jobid={job.job_id}", "starttime=now"], check=True)
+        wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
+        assert reason() == f"running as job {job.job_id}"
+        (ctl / "block").unlink()
+        assert job.result() == 24
+    finally:  # (never left in the queue, to start in 10 minutes)
+        subprocess.run(["scancel", job.job_id], check=False)
+
+
 @pytest.mark.timeout(300)
 def test_clear_job_of_a_running_slurm_job_leaves_nothing_cached(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster

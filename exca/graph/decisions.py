@@ -502,7 +502,7 @@ class Graph:
             if registry.is_active(record, queued) and not computed:
                 if self._redone_upstream(run, record.job_id):
                     continue
-                run.reason = f"running as job {record.job_id}"
+                run.reason = registry.as_jobs([record.job_id])
                 if run.action in ("retry", "force"):
                     run.resume = run.action  # retry/force once that job has ended
                     run.reason += f", then computed again once it ends (mode {run.action})"
@@ -622,7 +622,7 @@ def wait_for_map_jobs(run: NodeRun, active: list[registry.JobRecord]) -> None:
     it computes them again once they end (``resume``: their outputs predate the force),
     unless they are this instance's own forcing jobs (another call of it, e.g. in
     another thread: forced once)."""
-    run.reason = f"running as job(s) {', '.join(r.job_id for r in active[:5])}"
+    run.reason = registry.as_jobs([r.job_id for r in active])
     own = run.node.force_state.get("jobs", {})
     if (
         run.action == "force"
@@ -639,7 +639,7 @@ def _forcing_job_runs(run: NodeRun) -> bool:
     record = forcing_job(run.node)
     if record is None:
         return False
-    run.action, run.reason = "wait", f"forced: running as job {record.job_id}"
+    run.action, run.reason = "wait", f"forced: {registry.as_jobs([record.job_id])}"
     run.handles = [executors.recorded_handle(record)]
     return True
 

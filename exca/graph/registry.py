@@ -298,6 +298,19 @@ def queued_jobs(job_ids: tp.Sequence[str]) -> set[str]:
     return set(job_ids) if confirmed is None else confirmed
 
 
+_STATES: dict[str, str] = {}  # Slurm state of the jobs squeue listed last (PENDING, RUNNING...)
+
+
+def as_jobs(job_ids: tp.Sequence[str]) -> str:
+    """ "running as job 12" for a plan's reasons; "pending as job 12" when squeue said
+    last that the job (every one of them) waits in the queue."""
+    shown = ", ".join(job_ids[:5]) + (", ..." if len(job_ids) > 5 else "")
+    pending = bool(job_ids) and all(_STATES.get(j) == "PENDING" for j in job_ids)
+    return (
+        f"{'pending' if pending else 'running'} as job{'(s)' if len(job_ids) > 1 else ''} {shown}"
+    )
+
+
 def confirmed_queued(job_ids: tp.Sequence[str]) -> set[str] | None:
     """``queued_jobs`` as squeue says it; None when squeue does not answer."""
     import subprocess
@@ -319,16 +332,22 @@ def confirmed_queued(job_ids: tp.Sequence[str]) -> set[str] | None:
         return None
     active: set[str] = set()
     own_ids: set[str] = set()
+    if len(_STATES) > 10_000:
+        _STATES.clear()
     for line in result.stdout.splitlines():
         job, _, rest = line.partition("|")
         state, _, raw = rest.partition("|")
-        if state.strip() not in ACTIVE_STATES:
+        state = state.strip()
+        if state not in ACTIVE_STATES:
             continue
         if "_[" in job:  # pending array elements are grouped: 12_[3-5%2]
             root, _, ranges = job.partition("_[")
-            active.update(f"{root}_{i}" for i in _expand(ranges.rstrip("]").split("%")[0]))
+            expanded = [f"{root}_{i}" for i in _expand(ranges.rstrip("]").split("%")[0])]
+            active.update(expanded)
+            _STATES.update(dict.fromkeys(expanded, state))
         else:
             active.add(job)
+            _STATES[job] = _STATES[raw.strip()] = state
             # an array element started has its own job id too (its SLURM_JOB_ID, which
             # claims record): squeue -j <that id> prints it as <array>_<index>
             own_ids.add(raw.strip())

@@ -717,7 +717,7 @@ class Scheduler:
         latest = registry.latest(run.node.folder)
         if latest is not None and registry.is_active(latest):
             run.action, run.handles = "wait", [executors.recorded_handle(latest)]
-            run.reason, run.resume = f"running as job {latest.job_id}", None
+            run.reason, run.resume = registry.as_jobs([latest.job_id]), None
             run.seen_job = latest.job_id
             run.state = "pending"
             self._requeued.append(run)
@@ -751,7 +751,7 @@ class Scheduler:
         run.state, run.resume = "pending", None
         if latest is not None and latest.job_id not in ids and registry.is_active(latest):
             run.action, run.handles = "wait", [executors.recorded_handle(latest)]
-            run.reason = f"running as job {latest.job_id}"
+            run.reason = registry.as_jobs([latest.job_id])
             run.seen_job = latest.job_id
         else:
             run.action, run.handles = "compute", []

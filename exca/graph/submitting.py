@@ -92,7 +92,7 @@ def _settle(tasks: list[NodeRun], run_id: str, claim_waits: bool = True) -> set[
         if run.action in ("force", "retry"):
             run.resume = run.action  # (as when such a job is found at decision time)
         run.action = "wait"
-        run.reason = f"running as job {record.job_id}"
+        run.reason = registry.as_jobs([record.job_id])
         run.handles.append(executors.recorded_handle(record))
         settled.add(run.node.key)
     return settled
