@@ -12,6 +12,7 @@ import logging
 import os
 import pickle
 import subprocess
+import re
 import sys
 import typing as tp
 from pathlib import Path
@@ -23,6 +24,7 @@ import yaml
 from exca import ConfDict, MapInfra, TaskInfra
 from exca.graph.node import TASK_KEY
 from exca.helpers import DiscriminatedModel
+from exca.infra import base as infra_base
 from exca.infra import identity
 
 MODULE = __name__
@@ -2084,3 +2086,68 @@ def test_subclass_instances_of_an_annotated_base_class_do_not_share_a_uid(tmp_pa
     config = configs[0].infra.config(uid=False, exclude_defaults=True)
     assert "_class" not in str(dict(config))
     assert type(configs[0].infra.clone_obj().net) is _ConvNet
+
+
+class _DefaultNets(pydantic.BaseModel):
+    model_config = FORBID
+    lr: float = 0.1
+    nets: list[_Net] = [_ConvNet()]
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> str:
+        CALLS.append("_DefaultNets")
+        return ",".join(type(n).__name__ for n in self.nets)
+
+
+def test_caches_written_before_classes_entered_uids_are_reused(tmp_path: Path) -> None:
+    """A list default holding a subclass instance: its full-uid.yaml, written before
+    `_class` entered uids, has the list without it. The defaults check compared the whole
+    list and refused every cached result of the method (a review)."""
+    assert _DefaultNets(lr=0.2, infra={"folder": tmp_path}).process() == "_ConvNet"
+    full = tmp_path / _DefaultNets(lr=0.2).infra.uid() / "full-uid.yaml"
+    assert "_class" in full.read_text()
+    older = re.sub(r"- _class: [^\n]*\n  ", "- ", full.read_text())  # (as written then)
+    assert "_class" not in older and "- layers: 1" in older
+    full.write_text(older)
+    infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process: checked again)
+    before = CALLS.count("_DefaultNets")
+    assert _DefaultNets(lr=0.2, infra={"folder": tmp_path}).process() == "_ConvNet"
+    assert CALLS.count("_DefaultNets") == before
+    # a default whose class changed is still told apart from the one cached (its own key)
+    assert _DefaultNets(lr=0.2, nets=[_TransNet()]).infra.uid() != _DefaultNets(lr=0.2).infra.uid()
+
+
+_NetVar = tp.TypeVar("_NetVar", bound=_Net)
+
+
+class _Generic(pydantic.BaseModel, tp.Generic[_NetVar]):
+    model_config = FORBID
+    net: _NetVar
+
+
+class _Loose(pydantic.BaseModel):
+    """Annotations naming no class of the value: their uids stay as they were."""
+
+    model_config = FORBID
+    anything: tp.Any = None
+    many: list[tp.Any] = []
+    generic: _Generic[_ConvNet] | None = None
+    bound: _Generic | None = None  # type: ignore[type-arg]
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
+def test_classes_enter_uids_only_for_subclasses_of_the_annotated_class() -> None:
+    """(a review: tp.Any, TypeVar-bound generics, ... gained `_class`, changing the uids
+    of caches where no subclass is involved)"""
+    loose = _Loose(
+        anything=_ConvNet(kernel=5),
+        many=[_ConvNet(kernel=5)],
+        generic=_Generic[_ConvNet](net=_ConvNet(kernel=5)),
+        bound=_Generic(net=_ConvNet(kernel=5)),
+    )
+    assert "_class" not in str(_cfg(loose))

@@ -661,14 +661,14 @@ class _Exporter:
             if isinstance(value, pydantic.BaseModel):
                 if self.uid and dropped_from_parent(value):
                     continue
-                foreign = False  # (of a class the annotation does not name: a subclass)
+                foreign = False  # (a subclass of the class the annotation names)
                 if type(value) is not field.model_cls:
                     if field.model_cls is not None:
                         # a subclass instance: the parent's dump followed the annotated
                         # class (without the subclass's own fields, or leaving out what only
                         # the annotated class keeps out of uids): dump it whole
                         dval = value.model_dump(mode="json", warnings=False, by_alias=False)
-                    foreign = self.uid and type(value) not in field.models
+                    foreign = self.uid and _subclass_of(type(value), field.models)
                 if prune and name not in keep:
                     if value is field.default:
                         continue  # the class default itself
@@ -736,7 +736,7 @@ class _Exporter:
                 reference = _Exporter(self.uid, True).model(default, ddump, field.keep, drop)
                 if _uid_equal(exported, reference):
                     return
-            if self.uid and type(value) not in field.models:
+            if self.uid and _subclass_of(type(value), field.models):
                 exported = _with_class(exported, value)
         else:
             contained = field.contained
@@ -765,7 +765,7 @@ class _Exporter:
                 # dumped by a base class's schema (a subclass in a container): dump it whole
                 dval = value.model_dump(mode="json", warnings=False, by_alias=False)
             exported = self.model(value, dval, keep=keep)
-            if self.uid and declared is not None and type(value) not in declared:
+            if self.uid and declared and _subclass_of(type(value), declared):
                 return _with_class(exported, value)
             return exported
         if isinstance(dval, dict | list):
@@ -804,6 +804,15 @@ class _Exporter:
         if dval is None and type(value) is float:
             return value  # inf/nan: the json dump says null
         return dval
+
+
+def _subclass_of(cls: type, declared: tuple[type, ...]) -> bool:
+    """Whether a sub-model's class is a strict subclass of a class its field's annotation
+    names (and not one of them): then its class is not told by its field. Annotations
+    naming no class (``Any``, a TypeVar, ``Self``, an alias) keep their uids as they were."""
+    if cls in declared:
+        return False
+    return any(issubclass(cls, base) for base in declared if base is not pydantic.BaseModel)
 
 
 def _with_class(exported: tp.Any, model: pydantic.BaseModel) -> tp.Any:

@@ -74,6 +74,15 @@ def _differ(a: tp.Any, b: tp.Any) -> bool:
     return a != b and not (a != a and b != b)
 
 
+def _classless(value: tp.Any) -> tp.Any:
+    """A value without the classes of its sub-models (``_class``, see identity.py)."""
+    if isinstance(value, dict):
+        return {k: _classless(v) for k, v in value.items() if k != "_class"}
+    if isinstance(value, list):
+        return [_classless(v) for v in value]
+    return value
+
+
 def _normalized(cfg: ConfDict) -> dict[str, tp.Any]:
     """The flat form of a config as it reads back from yaml (tuples become lists...)."""
     import yaml
@@ -201,6 +210,8 @@ def _check_defaults(
     for key, value in ConfDict(existing).flat().items():
         if key not in full_flat or not _differ(full_flat[key], value):
             continue
+        if not _differ(_classless(full_flat[key]), _classless(value)):
+            continue  # (a list of sub-models, with their classes: files before uids had them)
         if key in uid_keys:  # a value the uid encodes: another config has this folder name
             raise RuntimeError(
                 f"Inconsistent uid config in {folder}: {key}={full_flat[key]!r} here, "
