@@ -11,8 +11,8 @@ import functools
 import logging
 import os
 import pickle
-import subprocess
 import re
+import subprocess
 import sys
 import typing as tp
 from pathlib import Path
