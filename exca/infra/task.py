@@ -152,8 +152,11 @@ class BoundTask:
 
     def __reduce__(self) -> tuple[tp.Any, ...]:
         # found again on the unpickled instance: the descriptor itself cannot be pickled
-        # by name when its class lives in __main__ (its function is not ``Class.method``)
-        return (getattr, (self.obj, self.method.name))
+        # by name when its class lives in __main__ (its function is not ``Class.method``);
+        # not for another class's method (``super().method``): that one, by its descriptor
+        if getattr(type(self.obj), self.method.name, None) is self.method:
+            return (getattr, (self.obj, self.method.name))
+        return (type(self), (self.method, self.obj))
 
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         infra = tp.cast(TaskInfra, self.method.infra_of(self.obj))
