@@ -1683,3 +1683,79 @@ def test_ctrl_c_while_waiting_says_which_jobs_it_cancels_and_which_keep_running(
     _wait_for(lambda: exca.storage.process.process_start_time(int(job_id)) is None)
     block.unlink()
     assert own.infra.status() == "not submitted"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cluster", [None, "local"])
+def test_a_retry_while_another_call_computes_computes_again_after_it(
+    tmp_path: Path, cluster: str | None
+) -> None:
+    """mode=retry while another call computes (code from before the fix, say) and then
+    fails: the retry re-raised that error, computed before it asked. It computes again."""
+    log, block, fail = tmp_path / "calls.txt", tmp_path / "block-flag", tmp_path / "fail"
+    block.touch()
+    fail.touch()
+    first = make(tmp_path, cluster, x=3, block_flag=str(block), fail_flag=str(fail))
+    errors: list[BaseException] = []
+    thread = threading.Thread(target=lambda: _catch(first.process, errors))
+    thread.start()
+    _wait_for(lambda: len(calls(log)) == 1)  # computing
+    retried = make(
+        tmp_path, cluster, x=3, infra={"mode": "retry"}, block_flag=str(block), fail_flag=str(fail)
+    )
+    retry_errors: list[BaseException] = []
+    retrying = threading.Thread(target=lambda: _catch(retried.process, retry_errors))
+    retrying.start()
+    time.sleep(0.5)  # (the retry waits for the first computation)
+    block.unlink()
+    thread.join(timeout=60)
+    retrying.join(timeout=60)
+    # (the first call's error was replaced by the retry's: it reports that one, not a job
+    # that "ended without writing its result")
+    assert [type(e) for e in errors] == [ValueError]
+    assert len(calls(log)) == 2  # the retry computed again, after the first one failed
+    assert [type(e) for e in retry_errors] == [ValueError]
+
+
+@pytest.mark.timeout(120)
+def test_concurrent_retries_of_a_cached_error_compute_it_once(tmp_path: Path) -> None:
+    """Three calls in mode retry at the same time, of a config whose error is cached: one
+    computes (a job), the others follow it; each recomputed in turn, failing again."""
+    log, block, fail = tmp_path / "calls.txt", tmp_path / "block-flag", tmp_path / "fail"
+    fail.touch()
+    with pytest.raises(ValueError):
+        make(tmp_path, None, x=4, fail_flag=str(fail), block_flag=str(block)).process()
+    block.touch()
+    errors: list[BaseException] = []
+    threads = [
+        threading.Thread(
+            target=lambda: _catch(
+                make(
+                    tmp_path,
+                    "local",
+                    x=4,
+                    infra={"mode": "retry"},
+                    fail_flag=str(fail),
+                    block_flag=str(block),
+                ).process,
+                errors,
+            )
+        )
+        for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    _wait_for(lambda: len(calls(log)) == 2)  # the retry computes
+    time.sleep(0.5)
+    block.unlink()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert [type(e) for e in errors] == [ValueError] * 3
+    assert len(calls(log)) == 2  # once before, once for the three retries
+
+
+def _catch(call: tp.Callable[[], tp.Any], errors: list[BaseException]) -> None:
+    try:
+        call()
+    except Exception as error:
+        errors.append(error)

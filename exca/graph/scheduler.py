@@ -55,6 +55,8 @@ class Scheduler:
         item_uids: dict[Key, list[str]] | None = None,
         progress: bool | None = None,
     ) -> None:
+        # (before deciding: a computation started since then answers this run's request)
+        self.asked_at = time.time()
         self.graph = Graph(targets, item_uids)
         self._targets, self._item_uids = targets, item_uids
         self.progress_requested = progress
@@ -271,8 +273,9 @@ class Scheduler:
         """The units of a node's work (maps: chunks of the missing items)."""
         node = run.node
         if node.kind == "task":
+            action = tp.cast(Action, run.action)
             return [
-                Unit(node, tp.cast(Action, run.action), after_running_job=run.after_running_job)
+                Unit(node, action, after_running_job=run.after_running_job, asked_at=self.asked_at)
             ]
         if run.uids is None:  # items known now that the upstream is done
             self.graph.decide_items(run, store.map_item_uids(node), run.action == "force")
@@ -566,6 +569,10 @@ class Scheduler:
                 self._read_only_left(run, state)  # computes, never writes)
                 return
             resume = run.resume
+            if state == "error" and run.action == "wait":
+                again = self._retry_after_wait(run)
+                if again is not None:  # (None: not in mode retry)
+                    resume = "retry" if again else None
             # (waited for another worker's computation: compute only what it left missing)
             if resume is not None and (
                 resume == "force" or state == "missing" or (state == "error" and resume == "retry")
@@ -593,6 +600,8 @@ class Scheduler:
                 return
             if self._job_withdrawn(run) or self._result_removed_since(run):
                 return  # requeued: that job is not this config's failure
+            if self._computed_elsewhere_now(run):
+                return  # requeued: its outcome is that computation's
             run.error = self._lost(run)
             # (not while another worker computes it: e.g. this job only waited for that
             # worker's claim; its result is the outcome, not this job's end)
@@ -664,6 +673,16 @@ class Scheduler:
             jobs = ", ".join(h.job_id for h in run.handles) or "its job"
             ended = f"job {jobs} ended without a result"
         run.error = read_only_error(run.node, f"read-only and missing ({ended})")
+
+    def _retry_after_wait(self, run: NodeRun) -> bool | None:
+        """After waiting for another worker's computation (a job, or an inline call's
+        claim) that ended with an error, in mode retry: whether to compute it again, as an
+        error that predates this run's request (None: not in mode retry). An error of a
+        computation started since the request (another call asking at the same time) is
+        the answer: computed once, not once per caller."""
+        if run.node.mode != "retry" and run.resume != "retry":
+            return None
+        return not store.computed_since(run.node.cache, self.asked_at)
 
     def _redecide_items(self, run: NodeRun, forced: bool = False) -> None:
         """Decide again what a map still needs (requeued if anything)."""
@@ -756,6 +775,32 @@ class Scheduler:
         else:
             run.action, run.handles = "compute", []
             run.reason = f"the result of job {', '.join(sorted(ids))} was removed since"
+        self._requeued.append(run)
+        return True
+
+    def _computed_elsewhere_now(self, run: NodeRun) -> bool:
+        """A task's jobs ended, its outcome is missing, and another worker computes it
+        right now (e.g. a call in mode retry replaced the error this job wrote): not this
+        job's failure to report, but that computation's outcome (the run is requeued: it
+        waits for that worker's claim, then reads)."""
+        node = run.node
+        if node.folder is None or not run.handles:
+            return False
+        ids = {h.job_id for h in run.handles}
+        latest = registry.latest(node.folder)
+        newer = latest is not None and latest.job_id not in ids and registry.is_active(latest)
+        if not newer and not being_computed(node):
+            return False
+        follow_ups = self._follow_ups[node.key] = self._follow_ups.get(node.key, 0) + 1
+        if follow_ups > MAX_FOLLOW_UPS:
+            return False
+        run.state, run.resume = "pending", None
+        if newer and latest is not None:
+            run.action, run.handles = "wait", [executors.recorded_handle(latest)]
+            run.reason, run.seen_job = registry.as_jobs([latest.job_id]), latest.job_id
+        else:
+            run.action, run.handles = "compute", []
+            run.reason = "being computed by another worker (its claim is live)"
         self._requeued.append(run)
         return True
 

@@ -31,6 +31,15 @@ def entry_ref(entry: Entry) -> str:
     return f"t={when}" if isinstance(when, int | float) else f"{entry.file}:{entry.offset}"
 
 
+def computed_since(cache: CacheDict[tp.Any], when: float) -> bool:
+    """Whether a task's cached outcome comes from a computation started at ``when`` or
+    later (its provenance time; an entry without one is older)."""
+    entry = cache.entry(TASK_KEY)
+    meta = entry.info.get("#meta") if entry is not None else None
+    started = meta.get("t") if isinstance(meta, dict) else None
+    return isinstance(started, int | float) and started >= round(when, 3)
+
+
 def outdated_outcome(cache: CacheDict[tp.Any], mode: str) -> tuple[str, int] | None:
     """Where the outcome a new job of a task replaces is: any result under mode="force",
     a cached error under mode="retry" (None: nothing to replace)."""

@@ -55,6 +55,10 @@ class Unit(tp.NamedTuple):
     # already written under it (by another node of the run on the same items) is not
     # computed again
     forced_by: str = ""
+    # when the run asked for it (time.time()): under mode retry, an error of a computation
+    # started since (another thread or process asked at the same time) is the answer; an
+    # older one is computed again
+    asked_at: float = 0.0
 
     @property
     def keys(self) -> list[str]:
@@ -209,13 +213,24 @@ def _run_task(unit: Unit) -> Report:
         return Report(computed=1)
     claims = Claims(folder, job_alive=registry.slurm_job_alive, permissions=node.cache.permissions)
     forced = unit.action == "force"
+    retrying = unit.action == "retry" or node.mode == "retry"
     cache = node.cache
+
+    def reusable_error() -> bool:
+        # (an error of its own; "upstream failed" is computed again; under retry, only an
+        # error computed since this run asked)
+        if store.cache_upstream_failed(cache):
+            return False
+        if retrying:
+            return store.computed_since(cache, unit.asked_at)
+        return unit.action == "compute"
+
     while True:
         state = store.task_state(node)
         if state == "done" and not forced:
             return Report(reused=1)
-        if state == "error" and unit.action == "compute" and not store.cache_upstream_failed(cache):
-            return Report(reused=1)  # (an error of its own; "upstream failed" is computed again)
+        if state == "error" and reusable_error():
+            return Report(reused=1)
         claim = claims.claim_one(TASK_KEY)
         if claim.reentered:
             raise RuntimeError(
@@ -233,11 +248,7 @@ def _run_task(unit: Unit) -> Report:
             state = store.task_state(node, refresh=True)
             if state == "done" and not forced:
                 return Report(reused=1)
-            if (
-                state == "error"
-                and unit.action == "compute"
-                and not store.cache_upstream_failed(cache)
-            ):
+            if state == "error" and reusable_error():
                 return Report(reused=1)
             if state != "missing":
                 del node.cache[TASK_KEY]
