@@ -416,6 +416,20 @@ def test_a_failing_sub_config_fails_only_its_tasks(
         tasks[1].infra.job().result()
 
 
+def test_an_array_logs_nothing_about_configs_with_their_own_cached_error(
+    tmp_path: Path, ctl: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """(they are "failed", not "not submitted": the log spoke of them too; a review)"""
+    (ctl / "fail-1").touch()
+    task = base(tmp_path, ctl, None)
+    with pytest.raises(ValueError):
+        task.infra.clone_obj(x=1).process()
+    with caplog.at_level("WARNING", logger="exca"), task.infra.job_array() as array:
+        array.extend(task.infra.clone_obj(x=x) for x in range(2))
+    assert [t.infra.status() for t in array] == ["completed", "failed"]
+    assert not [r for r in caplog.records if "not submitted" in r.getMessage()]
+
+
 def test_a_forced_array_keeps_the_results_it_could_not_recompute(tmp_path: Path) -> None:
     """mode force, the forced sub-config of a task fails: that task is not submitted, and
     its cached result stays (it was removed as if a job were replacing it)."""

@@ -1645,3 +1645,30 @@ def test_a_forced_node_whose_shared_items_job_dies_before_starting_forces_them(
         exca.graph.run(first, second)
     assert killed
     assert list(tagged(0, mode="read-only").process([1, 2, 3])) == [2001, 2002, 2003]
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_while_a_pool_computes_says_it_cancels_that_work(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """(the warning spoke of jobs only: Ctrl-C of a pool's work logged nothing)"""
+    import _thread
+
+    log, block = tmp_path / "calls.txt", tmp_path / "block"
+    block.touch()
+    mapper = make(tmp_path, "threadpool", block_flag=str(block))
+
+    def interrupt_once_computing() -> None:
+        wait_until(lambda: 0 in counts(log) and len(counts(log)) > 1, timeout=60)
+        time.sleep(0.2)
+        _thread.interrupt_main()
+        time.sleep(0.5)
+        block.unlink()  # (the pool's thread computing item 0 then ends)
+
+    thread = threading.Thread(target=interrupt_once_computing)
+    thread.start()
+    with caplog.at_level("WARNING", logger="exca"), pytest.raises(KeyboardInterrupt):
+        list(mapper.process(list(range(20))))
+    thread.join()
+    messages = [r.getMessage() for r in caplog.records if "Interrupted" in r.getMessage()]
+    assert messages == ["Interrupted: cancelling this call's work in its threadpool"]

@@ -878,6 +878,9 @@ def _log_interruption(cancelled: list[NodeRun], followed: list[NodeRun]) -> None
     (submitted earlier, by another call: a new call follows them again)."""
     if ids := _job_ids(cancelled):
         logger.warning("Interrupted: cancelling the job(s) this call submitted: %s", ", ".join(ids))
+    pools = sorted({h.job_id.strip("#") for r in cancelled for h in r.handles if h.job_id})
+    if pools := [p for p in pools if p in POOL_CLUSTERS]:
+        logger.warning("Interrupted: cancelling this call's work in its %s", " and ".join(pools))
     if ids := _job_ids(followed):
         logger.warning(
             "Interrupted: job(s) %s keep running (not submitted by this call; calling "

@@ -100,7 +100,7 @@ def _log_not_submitted(
         for node in nodes
         if not handles.get(node.key)
         and (run := scheduler.runs.get(node.key)) is not None
-        and run.action == "fail"
+        and run.blocked  # (failed only because an upstream failed; not its own cached error)
     ]
     if failed:
         logger.warning(
