@@ -2005,3 +2005,35 @@ def test_a_writer_session_whose_pid_was_reused_has_ended() -> None:
     remote = f"elsewhere-{pid}-1-{time.time_ns() // 1000:x}-abcdef"
     assert not process.session_ended(remote, time.time(), 3600.0)
     assert process.session_ended(remote, time.time() - 7200, 3600.0)
+
+
+def test_ctrl_c_while_a_write_context_closes_its_files_leaves_it_usable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C between closing a session's data file and forgetting it: the next write
+    wrote to the closed descriptor (EBADF, each output then cached as an item error), or to
+    whatever file reused its number."""
+    import signal
+
+    from exca.storage.sharedfile import SharedFile
+
+    cd: CacheDict[np.ndarray] = CacheDict(folder=tmp_path, keep_in_ram=False)
+    original = SharedFile.close
+    sent: list[int] = []
+
+    def close_then_sigint(self: SharedFile) -> None:
+        original(self)
+        if not sent:
+            sent.append(1)
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(SharedFile, "close", close_then_sigint)
+    with pytest.raises(KeyboardInterrupt), cd.write():
+        cd["a"] = np.full(8, 1.0)
+    monkeypatch.undo()
+    assert sent
+    with cd.write():  # (it raised "Already inside a write() context", or EBADF)
+        cd["b"] = np.full(8, 2.0)
+        cd["c"] = np.full(8, 3.0)
+    fresh: CacheDict[np.ndarray] = CacheDict(folder=tmp_path)
+    assert {k: float(fresh[k][0]) for k in fresh} == {"a": 1.0, "b": 2.0, "c": 3.0}

@@ -179,3 +179,101 @@ def test_an_empty_folder_lock_of_a_dead_writer_is_broken(
         assert claim.mine == ["a", "b"]
     finally:
         claim.release()
+
+
+# --- Ctrl-C while claiming or releasing --------------------------------------------------------
+# A real SIGINT (signal.raise_signal: the interpreter's own handler raises KeyboardInterrupt)
+# sent at the instants where one left a claim file or the folder lock behind, owned by a
+# process that lives on (a notebook kernel): every other worker of the folder then waited.
+
+
+def _sigint_after(target: object, name: str, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make ``target.name`` send SIGINT to this process right after it ran (once)."""
+    import signal
+
+    original = getattr(target, name)
+    sent: list[int] = []
+
+    def wrapped(*args: object, **kwargs: object) -> object:
+        out = original(*args, **kwargs)
+        if not sent:
+            sent.append(1)
+            signal.raise_signal(signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(target, name, wrapped)
+    return sent
+
+
+def _left(folder: Path) -> list[str]:
+    return sorted(p.name for p in (folder / CLAIMS_DIR).iterdir())
+
+
+@pytest.mark.parametrize("where", ["claim file written", "folder lock taken", "lock given back"])
+def test_ctrl_c_while_claiming_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    claims = Claims(tmp_path)
+    target, name = {
+        "claim file written": (Claims, "_write"),
+        "folder lock taken": (Claims, "_try_lock"),
+        "lock given back": (claims_module, "_unlock"),
+    }[where]
+    sent = _sigint_after(target, name, monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        claims.claim(["a", "b"])
+    assert sent and _left(tmp_path) == []
+    monkeypatch.undo()
+    with claims.claim(["a", "b"]) as claim:  # (and nothing waits for a leftover)
+        assert claim.mine == ["a", "b"]
+
+
+def test_ctrl_c_while_claiming_one_key_or_releasing_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    claims = Claims(tmp_path)
+    sent = _sigint_after(Claims, "_write", monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        claims.claim_one("a")
+    assert sent and _left(tmp_path) == []
+    monkeypatch.undo()
+    claim = claims.claim_one("a")
+    sent = _sigint_after(claims_module._HEARTBEAT, "remove", monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        claim.release()
+    assert sent and _left(tmp_path) == []
+
+
+class _Taken:
+    def __init__(self) -> None:
+        self.released = 0
+
+    def release(self) -> None:
+        self.released += 1
+
+
+def test_a_guarded_claim_is_given_back_whenever_ctrl_c_comes() -> None:
+    """``guard``: the body runs with Ctrl-C allowed; the release runs whatever happens (a
+    ``with claim:`` skipped it when the interrupt struck on entering ``__exit__``)."""
+    import signal
+
+    from exca.storage import interrupts
+
+    def interrupted_body() -> None:
+        signal.raise_signal(signal.SIGINT)  # (Ctrl-C during the computation)
+
+    taken = _Taken()
+    with pytest.raises(KeyboardInterrupt), interrupts.deferred() as window:
+        window.guard(taken, interrupted_body)
+    assert taken.released == 1
+
+    class InterruptedRelease(_Taken):
+        def release(self) -> None:
+            signal.raise_signal(signal.SIGINT)  # (held back: raised once given back)
+            super().release()
+
+    taken = InterruptedRelease()
+    with pytest.raises(KeyboardInterrupt), interrupts.deferred() as window:
+        assert window.guard(taken, lambda: 7) == 7
+    assert taken.released == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

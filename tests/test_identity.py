@@ -2151,3 +2151,23 @@ def test_classes_enter_uids_only_for_subclasses_of_the_annotated_class() -> None
         bound=_Generic(net=_ConvNet(kernel=5)),
     )
     assert "_class" not in str(_cfg(loose))
+
+
+class _SlowSerializer(pydantic.BaseModel):
+    model_config = FORBID
+    path: str = "a"
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @pydantic.field_serializer("path")
+    def _ser(self, value: str) -> str:
+        raise KeyboardInterrupt  # (Ctrl-C while it runs)
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
+def test_ctrl_c_during_a_serializer_is_a_keyboard_interrupt() -> None:
+    """(pydantic wraps it: it came out as a TypeError "Cannot export ... into a config")"""
+    with pytest.raises(KeyboardInterrupt):
+        _SlowSerializer(path="b").infra.uid()

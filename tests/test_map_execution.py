@@ -11,6 +11,8 @@ import enum
 import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 import typing as tp
@@ -1672,3 +1674,45 @@ def test_ctrl_c_while_a_pool_computes_says_it_cancels_that_work(
     thread.join()
     messages = [r.getMessage() for r in caplog.records if "Interrupted" in r.getMessage()]
     assert messages == ["Interrupted: cancelling this call's work in its threadpool"]
+
+
+def test_ctrl_c_while_a_map_claims_its_items_leaves_no_claim(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C right after the claim file was written left it behind: in a process that
+    lives on (a notebook), every other process computing those items waited for good."""
+    import signal
+
+    from exca.storage.claims import Claims
+
+    original = Claims._write
+    sent: list[int] = []
+
+    def write_then_sigint(self: Claims, *args: tp.Any) -> tp.Any:
+        out = original(self, *args)
+        if not sent:
+            sent.append(1)
+            signal.raise_signal(signal.SIGINT)
+        return out
+
+    mapper = make(tmp_path, None)
+    monkeypatch.setattr(Claims, "_write", write_then_sigint)
+    with pytest.raises(KeyboardInterrupt):
+        list(mapper.process([1, 2, 3]))
+    monkeypatch.undo()
+    folder = mapper.process.node([1]).folder
+    assert folder is not None and sent
+    assert list((folder / "claims").glob("*.claim")) == []
+    # another process computes them at once (it waited for this live process's claim)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from test_map_execution import make; "
+        "from pathlib import Path; print(list(make(Path(sys.argv[2]), None).process([1, 2, 3])))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).parent), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.strip() == "[10, 20, 30]"

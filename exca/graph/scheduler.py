@@ -15,6 +15,7 @@ import random
 import time
 import typing as tp
 
+from ..storage import process
 from . import executors, registry, store, submitting
 from .calls import being_computed
 from .decisions import (
@@ -896,12 +897,15 @@ def _release_dead_claims(runs: list[NodeRun], timeout: float = 3.0) -> None:
 
     folders = [r.node.folder for r in runs if r.node.folder is not None]
     deadline = time.monotonic() + timeout
+    here = (process.hostname(), os.getpid())
     while True:
         remaining = 0
         for folder in folders:
             claims = Claims(folder)
             claims.prune_dead()
-            remaining += len(claims._all_files())
+            # (this process's own claims are given back as the interrupt unwinds its calls:
+            # waiting for them only delayed every Ctrl-C by the whole timeout)
+            remaining += sum(c.owner[:2] != here for c in claims._all_files())
         if not remaining or time.monotonic() > deadline:
             return
         time.sleep(0.1)  # killed workers may take a moment to exit

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import typing as tp
 
+from ..storage import interrupts
 from ..storage.claims import Claim, Claims
 from . import executors, registry, store
 from .calls import being_computed
@@ -37,7 +38,7 @@ def exclusive(
     try:
         # (in a global order: two processes claiming overlapping sets cannot deadlock)
         for run in sorted(runs.values(), key=lambda r: str(r.node.folder)):
-            held.append(_claim(run))
+            _claim(run, held)
         settled = _settle([r for r in runs.values() if r.node.kind == "task"], run_id, claim_waits)
         settled |= _settle_maps([r for r in runs.values() if r.node.kind == "map"], run_id)
         yield [(r, u) for r, u in members if r.node.key not in settled]
@@ -46,15 +47,18 @@ def exclusive(
             claim.release()
 
 
-def _claim(run: NodeRun) -> Claim:
-    """The submission claim of a node (waiting while another process holds it)."""
+def _claim(run: NodeRun, held: list[Claim]) -> None:
+    """Take the submission claim of a node into ``held`` (waiting while another process
+    holds it)."""
     node = run.node
     assert node.folder is not None
     claims = Claims(node.folder, permissions=node.cache.permissions)
     while True:
-        claim = claims.claim([SUBMIT_KEY])
-        if claim.mine or claim.reentered:
-            return claim
+        with interrupts.deferred():  # (a Ctrl-C before it is held left its file behind)
+            claim = claims.claim([SUBMIT_KEY])
+            if claim.mine or claim.reentered:
+                held.append(claim)
+                return
         claims.wait([SUBMIT_KEY], done=lambda keys: [])  # until released (or its owner died)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import itertools
 import logging
 import os
@@ -17,6 +18,7 @@ import threading
 import time
 import typing as tp
 
+from ..storage import interrupts
 from ..storage.cachederror import CachedError
 from ..storage.cachedict import CacheDict
 from ..storage.claims import Claim, Claims, Owner
@@ -231,31 +233,39 @@ def _run_task(unit: Unit) -> Report:
             return Report(reused=1)
         if state == "error" and reusable_error():
             return Report(reused=1)
-        claim = claims.claim_one(TASK_KEY)
+        with interrupts.deferred() as window:  # (Ctrl-C held back while claiming)
+            claim = claims.claim_one(TASK_KEY)
+            if claim.mine:
+                return window.guard(
+                    claim, functools.partial(_compute_claimed, node, unit, forced, reusable_error)
+                )
         if claim.reentered:
             raise RuntimeError(
                 f"{node.uid} is already being computed by this very thread: a decorated "
                 "method cannot (directly or indirectly) call itself"
             )
-        if claim.busy:
-            claims.wait([TASK_KEY], _task_done(node, forced), on_wait=_wait_message(folder))
-            # a computation started before this force (another process's, of older code
-            # maybe) is not it: computed again, unless this instance's force was done
-            # meanwhile (another thread of it)
-            forced = forced and (unit.after_running_job or not node.force_state.get("done"))
-            continue
-        with claim:
-            state = store.task_state(node, refresh=True)
-            if state == "done" and not forced:
-                return Report(reused=1)
-            if state == "error" and reusable_error():
-                return Report(reused=1)
-            if state != "missing":
-                del node.cache[TASK_KEY]
-            report = _compute_task(node)
-            if forced:  # (before the claim goes: a thread of this instance waiting for it)
-                node.force_state["done"] = True
-            return report
+        claims.wait([TASK_KEY], _task_done(node, forced), on_wait=_wait_message(folder))
+        # a computation started before this force (another process's, of older code
+        # maybe) is not it: computed again, unless this instance's force was done
+        # meanwhile (another thread of it)
+        forced = forced and (unit.after_running_job or not node.force_state.get("done"))
+
+
+def _compute_claimed(
+    node: Node, unit: Unit, forced: bool, reusable_error: tp.Callable[[], bool]
+) -> Report:
+    """Compute a task whose claim this worker holds (unless done meanwhile)."""
+    state = store.task_state(node, refresh=True)
+    if state == "done" and not forced:
+        return Report(reused=1)
+    if state == "error" and reusable_error():
+        return Report(reused=1)
+    if state != "missing":
+        del node.cache[TASK_KEY]
+    report = _compute_task(node)
+    if forced:  # (before the claim goes: a thread of this instance waiting for it)
+        node.force_state["done"] = True
+    return report
 
 
 def _task_done(node: Node, forced: bool) -> tp.Callable[[list[str]], list[str]]:
@@ -512,13 +522,18 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
     )
     action = unit.action
     while todo:
-        claim = claims.claim(todo)
-        with claim:
-            mine = claim.mine
-            if mine:
-                node.cache.refresh()
-                mine = _map_todo(node, mine, action, forced_by)
-                _compute_items(node, mine, by_uid, action, report, progress, forced_by)
+        # (Ctrl-C held back while claiming and releasing: else the claim file stayed)
+        with interrupts.deferred() as window:
+            claim = claims.claim(todo)
+
+            def compute(claim: Claim = claim, action: str = action) -> None:
+                mine = claim.mine
+                if mine:
+                    node.cache.refresh()
+                    mine = _map_todo(node, mine, action, forced_by)
+                    _compute_items(node, mine, by_uid, action, report, progress, forced_by)
+
+            window.guard(claim, compute)
         if claim.reentered:
             # (a method calling itself: what the enclosing calls computed is written first)
             for flush in _UNWRITTEN.by_folder.get(str(node.folder), ()):

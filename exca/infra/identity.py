@@ -459,6 +459,8 @@ def export_with_keys(
     try:
         dumped = model.model_dump(mode="json", warnings=False, exclude=spec, by_alias=False)
     except (pydantic_core.PydanticSerializationError, UnicodeDecodeError) as e:
+        if "KeyboardInterrupt" in str(e):  # (a Ctrl-C during a serializer: pydantic wraps it)
+            raise KeyboardInterrupt from e
         where = f"{type(model).__name__}.{_unserializable(model)}"
         hint = (
             "bytes are exported as utf-8 text: set model_config = pydantic.ConfigDict("

@@ -22,7 +22,7 @@ from time import monotonic as _monotonic
 
 import orjson
 
-from . import gcpause
+from . import gcpause, interrupts
 from .files import check_permissions, make_folder
 from .formats import (
     DATA_DIR,
@@ -613,20 +613,23 @@ class CacheDict(tp.Generic[X]):
         if local.writing and local.writing_generation == _FORK_GENERATION:
             raise RuntimeError("Already inside a write() context of this CacheDict in this thread")
         outer = local.writing, local.writing_generation  # (the parent's, in a forked child)
-        local.writing, local.writing_generation = True, _FORK_GENERATION
         session = local.session
         if session is not None and not (
             session[0].still_there() and session[1].shared_files_there()
         ):
             local.session = None  # cleared or removed since: a new session, a new name
+        # (set right before the try: a Ctrl-C during the checks above left the thread
+        # "inside a write() context" for good)
+        local.writing, local.writing_generation = True, _FORK_GENERATION
         try:
             yield
         finally:
-            local.writing, local.writing_generation = outer
-            session = local.session
-            if session is not None and session[2] == _FORK_GENERATION:  # (not the parent's)
-                session[1].close_shared()
-                session[0].close()
+            with interrupts.deferred():  # (a Ctrl-C in there left a session half closed)
+                local.writing, local.writing_generation = outer
+                session = local.session
+                if session is not None and session[2] == _FORK_GENERATION:  # (not the parent's)
+                    session[1].close_shared()
+                    session[0].close()
 
     @contextlib.contextmanager
     def writer(self) -> tp.Iterator[CacheDict[X]]:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import orjson
 
-from . import process
+from . import interrupts, process
 from .files import make_folder, write_new
 
 CLAIMS_DIR = "claims"
@@ -129,10 +129,11 @@ class Claim:
 
     def release(self) -> None:
         if self.path is not None:
-            _HEARTBEAT.remove(self.path)
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self.path)
-            self.path = None
+            with interrupts.deferred():  # (a Ctrl-C in there left the file behind)
+                _HEARTBEAT.remove(self.path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.path)
+                self.path = None
 
     def __enter__(self) -> Claim:
         return self
@@ -191,6 +192,10 @@ class Claims:
     # --- claiming -------------------------------------------------------------------------
     def claim(self, keys: tp.Sequence[str]) -> Claim:
         """Claim every key that no live other holds (one claim file for all of them)."""
+        with interrupts.deferred() as window:  # (a Ctrl-C in there left files behind)
+            return self._claim(keys, window)
+
+    def _claim(self, keys: tp.Sequence[str], window: interrupts.deferred) -> Claim:
         me = Owner.current()
         with self._folder_lock(me):
             mine: list[str] = []
@@ -212,15 +217,21 @@ class Claims:
                 else:
                     busy[key] = owner
             path = self._write(me, mine) if mine else None
-        result = Claim(self.folder, mine, busy, reentered, path)
+            result = Claim(self.folder, mine, busy, reentered, path)
+            window.on_interrupt(result.release)
         if path is not None:
             _HEARTBEAT.add(path, self.heartbeat)
         return result
 
     def claim_one(self, key: str) -> Claim:
         """Claim a single key without the folder lock (see the module docstring)."""
+        with interrupts.deferred() as window:  # (a Ctrl-C in there left its file behind)
+            return self._claim_one(key, window)
+
+    def _claim_one(self, key: str, window: interrupts.deferred) -> Claim:
         me = Owner.current()
         path = self._write(me, [key])
+        window.on_interrupt(lambda: _discard(path))
         live: list[ClaimFile] = []
         for other in self._all_files(skip=path):
             if key not in other.keys:
@@ -230,8 +241,10 @@ class Claims:
             else:
                 live.append(other)
         if not live:
+            claim = Claim(self.folder, [key], {}, [], path)
+            window.on_interrupt(claim.release)  # (its heartbeat too)
             _HEARTBEAT.add(path, self.heartbeat)
-            return Claim(self.folder, [key], {}, [], path)
+            return claim
         _discard(path)
         if any(c.owner[:4] == me[:4] for c in live):  # host, pid, start, thread: this thread
             return Claim(self.folder, [], {}, [key])
@@ -272,6 +285,23 @@ class Claims:
         token = orjson.dumps({"owner": me._asdict(), "token": os.urandom(8).hex()})
         delay = 0.001
         while True:
+            # (Ctrl-C held back from creating the lock to the code that removes it)
+            with interrupts.deferred() as window:
+                if self._try_lock(lock, token):
+                    window.on_interrupt(lambda: _unlock(lock, token))
+                    break
+            self._break_if_stale(lock)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        try:
+            yield
+        finally:
+            with interrupts.deferred():
+                _unlock(lock, token)
+
+    def _try_lock(self, lock: Path, token: bytes) -> bool:
+        """Create the lock file with our token (False: someone else holds it)."""
+        while True:
             try:
                 fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             except FileNotFoundError:
@@ -283,10 +313,7 @@ class Claims:
                     raise
                 continue
             except FileExistsError:
-                self._break_if_stale(lock)
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
-                continue
+                return False
             except OSError as error:
                 if error.errno in _UNWRITABLE:
                     raise _unwritable(self.dir, error) from error
@@ -295,13 +322,7 @@ class Claims:
                 os.write(fd, token)
             finally:
                 os.close(fd)
-            break
-        try:
-            yield
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                if lock.read_bytes() == token:  # never remove a lock someone else took over
-                    os.remove(lock)
+            return True
 
     def _break_if_stale(self, lock: Path) -> None:
         try:
@@ -355,6 +376,12 @@ class Claims:
             time.sleep(poll)
             poll = min(poll * 1.5, max_poll)
         return []
+
+
+def _unlock(lock: Path, token: bytes) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if lock.read_bytes() == token:  # never remove a lock someone else took over
+            os.remove(lock)
 
 
 def _discard(path: Path | str) -> None:

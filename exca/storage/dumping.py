@@ -381,17 +381,19 @@ class DumpContext:
         return all(os.path.exists(self.folder / name) for name in self._made_shared)
 
     def close_shared(self) -> None:
-        for shared in self._shared.values():
-            shared.flush()
-            shared.close()
-        self._shared.clear()
+        while self._shared:  # (each forgotten before it is closed: never used closed)
+            _, shared = self._shared.popitem()
+            try:
+                shared.flush()
+            finally:
+                shared.close()
 
     def close_files(self) -> None:
         """Close the shared files without writing what is queued (they were removed)."""
-        for shared in self._shared.values():
+        while self._shared:
+            _, shared = self._shared.popitem()
             shared.pending = None
             shared.close()
-        self._shared.clear()
 
     def start_batch(self) -> None:
         """Buffer shared-file payloads in memory until ``flush_batch``."""

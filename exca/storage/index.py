@@ -596,6 +596,6 @@ class IndexWriter:
         finish_write(self.fd, [data], written)
 
     def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        fd, self.fd = self.fd, None  # (first: see SharedFile.close)
+        if fd is not None:
+            os.close(fd)

@@ -110,7 +110,11 @@ class SharedFile:
         return offset
 
     def close(self) -> None:
-        os.close(self.fd)
+        # (the number first: a write after this fails, it never reaches another file that
+        # reuses the number, e.g. after an interrupted close)
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 _ZEROS = bytes(ALIGNMENT)

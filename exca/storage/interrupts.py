@@ -1,0 +1,101 @@
+"""Holding Ctrl-C back for the few system calls that take or give back a claim.
+
+A ``KeyboardInterrupt`` raised between creating a claim (or the claims folder's lock) and
+the code that removes it leaves the file behind; its owner, a process that lives on (a
+notebook kernel, code that catches the interrupt), keeps every other worker of that folder
+waiting until it exits. Within ``deferred()``, a Ctrl-C of the main thread is recorded and
+raised when the block ends, after the cleanups the block registered (``on_interrupt``):
+the claim is then given back before the interrupt goes up.
+
+Only the interpreter's default SIGINT handler is replaced (a handler of the user's own, or
+an ignored SIGINT, is left alone), only in the main thread (the only one Python interrupts),
+and only for the outermost block of nested ones.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import types
+import typing as tp
+
+_MAIN = threading.main_thread()
+T = tp.TypeVar("T")
+
+
+class deferred:  # (lower case: used like a function, ``with deferred() as window:``)
+    """``with deferred() as window: ...; window.on_interrupt(release)``."""
+
+    __slots__ = ("_active", "_cleanups", "_pending", "_previous")
+
+    def __init__(self) -> None:
+        self._active = False
+        self._pending = False
+        self._cleanups: list[tp.Callable[[], object]] = []
+        self._previous: tp.Any = None
+
+    def __enter__(self) -> deferred:
+        if (
+            threading.current_thread() is _MAIN
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            self._previous = signal.signal(signal.SIGINT, self._record)
+            self._active = True
+        return self
+
+    def _record(self, signum: int, frame: types.FrameType | None) -> None:
+        self._pending = True
+
+    def on_interrupt(self, cleanup: tp.Callable[[], object]) -> None:
+        """Run ``cleanup`` if a Ctrl-C came during the block (before raising it), or if the
+        block raised after registering it."""
+        self._cleanups.append(cleanup)
+
+    def allow(self) -> None:
+        """Let Ctrl-C in again before the block ends (raising one that came meanwhile):
+        once what the block took is guarded (e.g. inside ``with claim:``)."""
+        if self._active:
+            self._restore()
+            if self._pending:
+                raise KeyboardInterrupt
+
+    def guard(self, taken: tp.Any, body: tp.Callable[[], T]) -> T:
+        """Run ``body`` with Ctrl-C allowed, then give back ``taken`` (``taken.release()``)
+        with it held back again. (A ``with taken:`` is not enough: the interpreter runs
+        the handler of a pending signal on entering ``__exit__``, before its release.)"""
+        if not self._active:
+            with taken:
+                return body()
+        try:
+            self.allow()
+            return body()
+        finally:
+            try:
+                self._hold()  # (a Ctrl-C raised on entering it is pending no more)
+            finally:
+                taken.release()
+
+    def _hold(self) -> None:
+        self._previous = signal.signal(signal.SIGINT, self._record)
+        self._active = True
+
+    def _restore(self) -> None:
+        # (a signal that arrived in the block runs its Python handler at the interpreter's
+        # next check: let it happen here, while ours is installed, not after the block)
+        _checkpoint()
+        signal.signal(signal.SIGINT, self._previous)
+        self._active = False
+
+    def __exit__(self, kind: tp.Any, error: tp.Any, trace: tp.Any) -> None:
+        if not self._active:
+            return
+        self._restore()
+        if self._pending or kind is not None:  # (what the block took is not handed on)
+            for cleanup in reversed(self._cleanups):
+                cleanup()
+        if self._pending and kind is None:
+            raise KeyboardInterrupt
+
+
+def _checkpoint() -> None:
+    """A Python call: the interpreter runs the handlers of pending signals on entering it."""
