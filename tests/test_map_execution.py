@@ -1716,3 +1716,55 @@ def test_ctrl_c_while_a_map_claims_its_items_leaves_no_claim(
         check=True,
     )
     assert out.stdout.strip() == "[10, 20, 30]"
+
+
+FORCING_SCRIPT = """
+import os
+import sys
+import time
+import typing as tp
+
+import pydantic
+
+import exca
+
+
+class Squares(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def run(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            with open(os.environ["CALLS"], "a") as log:
+                log.write(f"{item}\\n")
+            time.sleep(0.05)
+            yield item * item
+
+
+folder, mode = sys.argv[1], sys.argv[2]
+squares = Squares(infra={"folder": folder, "cluster": "threadpool", "mode": mode})
+out = list(squares.run(list(range(80))))
+print("OK" if out == [i * i for i in range(80)] else f"WRONG {out}")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_two_processes_forcing_a_pool_map_at_once_both_succeed(tmp_path: Path) -> None:
+    """The first one's force removed outputs the second had just written, then wrote
+    them again before the second looked: the second raised "N item(s) ... not computed:
+    the worker ended without writing it" (a crash-test session: 7 runs of 7)."""
+    script = tmp_path / "forcing.py"
+    script.write_text(FORCING_SCRIPT)
+    env = {**os.environ, "CALLS": str(tmp_path / "calls.txt")}
+    env["PYTHONPATH"] = str(Path(exca.__file__).parents[1])
+    folder = str(tmp_path / "cache")
+
+    def start(mode: str) -> subprocess.Popen[str]:
+        command = [sys.executable, str(script), folder, mode]
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+
+    assert start("cached").communicate(timeout=60)[0].strip() == "OK"
+    first = start("force")
+    time.sleep(1.0)
+    second = start("force")
+    assert [p.communicate(timeout=90)[0].strip() for p in (first, second)] == ["OK", "OK"]

@@ -711,8 +711,10 @@ class Scheduler:
             return False
         from ..storage.claims import Claims
 
+        node.cache.refresh()  # (rewritten since they were found missing: done)
+        still = node.cache.missing(missing)
         claims = Claims(node.folder, job_alive=registry.slurm_job_alive)
-        if not claims.holders(missing):
+        if still and not claims.holders(still):
             return False
         self._redecide_items(run)
         return True
