@@ -277,3 +277,56 @@ def test_a_guarded_claim_is_given_back_whenever_ctrl_c_comes() -> None:
         assert window.guard(taken, lambda: 7) == 7
     assert taken.released == 1
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_while_waiting_for_the_folder_lock_stops_at_once(tmp_path: Path) -> None:
+    """(a review: the whole claim, lock wait included, held Ctrl-C back: it waited as long
+    as another live process held the lock, for good if that one hung)"""
+    import signal
+
+    from exca.storage.claims import Owner
+
+    claims = Claims(tmp_path)
+    code = (
+        "import sys, time; from exca.storage.claims import Claims, Owner\n"
+        "with Claims(sys.argv[1])._folder_lock(Owner.current()):\n"
+        "    print('locked', flush=True); time.sleep(60)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        timer = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            claims.claim(["a"])  # (waits for the lock: the holder sleeps 60 s)
+        timer.join()
+        assert holder.poll() is None  # (interrupted while the lock was still held)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert Owner.current().pid not in [c.owner.pid for c in claims._all_files()]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_child_forked_while_ctrl_c_is_held_back_gets_the_default_handler(
+    tmp_path: Path,
+) -> None:
+    """(a review: forked by another thread then, the child kept the recording handler and
+    ignored Ctrl-C for good)"""
+    import signal
+
+    from exca.storage import interrupts
+
+    with interrupts.deferred():
+        pid = os.fork()
+        if pid == 0:  # the child: Ctrl-C must raise there
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)
+                os._exit(3)  # (ignored)
+            except KeyboardInterrupt:
+                os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

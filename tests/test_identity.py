@@ -2171,3 +2171,18 @@ def test_ctrl_c_during_a_serializer_is_a_keyboard_interrupt() -> None:
     """(pydantic wraps it: it came out as a TypeError "Cannot export ... into a config")"""
     with pytest.raises(KeyboardInterrupt):
         _SlowSerializer(path="b").infra.uid()
+
+
+class _SaysInterrupt(pydantic.BaseModel):
+    model_config = FORBID
+    path: str = "a"
+
+    @pydantic.field_serializer("path")
+    def _ser(self, value: str) -> str:
+        raise ValueError("cannot handle a KeyboardInterrupt marker")
+
+
+def test_an_export_error_mentioning_keyboard_interrupt_stays_an_export_error() -> None:
+    """(a review: a text search turned it into a KeyboardInterrupt)"""
+    with pytest.raises(TypeError, match="Cannot export"):
+        ConfDict.from_model(_SaysInterrupt(path="b"), uid=True)

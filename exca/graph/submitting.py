@@ -43,8 +43,9 @@ def exclusive(
         settled |= _settle_maps([r for r in runs.values() if r.node.kind == "map"], run_id)
         yield [(r, u) for r, u in members if r.node.key not in settled]
     finally:
-        for claim in held:
-            claim.release()
+        with interrupts.deferred():  # (all of them, even under a second Ctrl-C)
+            for claim in held:
+                claim.release()
 
 
 def _claim(run: NodeRun, held: list[Claim]) -> None:
@@ -54,8 +55,9 @@ def _claim(run: NodeRun, held: list[Claim]) -> None:
     assert node.folder is not None
     claims = Claims(node.folder, permissions=node.cache.permissions)
     while True:
-        with interrupts.deferred():  # (a Ctrl-C before it is held left its file behind)
-            claim = claims.claim([SUBMIT_KEY])
+        # (held back from the lock on, until it is held: else its file stayed behind)
+        with interrupts.deferred(hold=False) as window:
+            claim = claims.claim([SUBMIT_KEY], window)
             if claim.mine or claim.reentered:
                 held.append(claim)
                 return

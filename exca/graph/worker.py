@@ -523,8 +523,8 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
     action = unit.action
     while todo:
         # (Ctrl-C held back while claiming and releasing: else the claim file stayed)
-        with interrupts.deferred() as window:
-            claim = claims.claim(todo)
+        with interrupts.deferred(hold=False) as window:
+            claim = claims.claim(todo, window)
 
             def compute(claim: Claim = claim, action: str = action) -> None:
                 mine = claim.mine

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
+import re
 import types
 import typing as tp
 from pathlib import PurePath
@@ -432,6 +433,10 @@ def dropped_from_parent(model: pydantic.BaseModel) -> bool:
     return "." in _exclusions(model, facts)
 
 
+# how pydantic reports a KeyboardInterrupt raised in a serializer function
+_INTERRUPTED = re.compile(r"Error calling function `[^`]*`: KeyboardInterrupt\b")
+
+
 def export_model(
     model: pydantic.BaseModel,
     uid: bool = False,
@@ -459,7 +464,7 @@ def export_with_keys(
     try:
         dumped = model.model_dump(mode="json", warnings=False, exclude=spec, by_alias=False)
     except (pydantic_core.PydanticSerializationError, UnicodeDecodeError) as e:
-        if "KeyboardInterrupt" in str(e):  # (a Ctrl-C during a serializer: pydantic wraps it)
+        if _INTERRUPTED.search(str(e)):  # (a Ctrl-C during a serializer: pydantic wraps it)
             raise KeyboardInterrupt from e
         where = f"{type(model).__name__}.{_unserializable(model)}"
         hint = (

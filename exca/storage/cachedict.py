@@ -624,10 +624,10 @@ class CacheDict(tp.Generic[X]):
         try:
             yield
         finally:
-            with interrupts.deferred():  # (a Ctrl-C in there left a session half closed)
-                local.writing, local.writing_generation = outer
-                session = local.session
-                if session is not None and session[2] == _FORK_GENERATION:  # (not the parent's)
+            local.writing, local.writing_generation = outer
+            session = local.session
+            if session is not None and session[2] == _FORK_GENERATION:  # (not the parent's)
+                with interrupts.deferred():  # (a Ctrl-C in there left a session half closed)
                     session[1].close_shared()
                     session[0].close()
 

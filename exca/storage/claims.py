@@ -190,14 +190,19 @@ class Claims:
         return out
 
     # --- claiming -------------------------------------------------------------------------
-    def claim(self, keys: tp.Sequence[str]) -> Claim:
-        """Claim every key that no live other holds (one claim file for all of them)."""
-        with interrupts.deferred() as window:  # (a Ctrl-C in there left files behind)
-            return self._claim(keys, window)
+    def claim(self, keys: tp.Sequence[str], window: interrupts.deferred | None = None) -> Claim:
+        """Claim every key that no live other holds (one claim file for all of them).
+        Ctrl-C is held back from taking the folder's lock on (a Ctrl-C in there left files
+        behind); ``window``: the caller's, which then holds it back until the claim is
+        guarded (else this call raises it, the claim given back)."""
+        if window is None:
+            with interrupts.deferred(hold=False) as own:
+                return self._claim(keys, own)
+        return self._claim(keys, window)
 
     def _claim(self, keys: tp.Sequence[str], window: interrupts.deferred) -> Claim:
         me = Owner.current()
-        with self._folder_lock(me):
+        with self._folder_lock(me, window):
             mine: list[str] = []
             busy: dict[str, Owner] = {}
             reentered: list[str] = []
@@ -280,24 +285,37 @@ class Claims:
         return Path(path)
 
     @contextlib.contextmanager
-    def _folder_lock(self, me: Owner) -> tp.Iterator[None]:
+    def _folder_lock(
+        self, me: Owner, window: interrupts.deferred | None = None
+    ) -> tp.Iterator[None]:
+        """The folder's lock, taken and given back with Ctrl-C held back (not while
+        waiting for it). With a ``window``, it stays held back in the block, for the caller
+        to hand on what it takes there; without, the block is interruptible."""
         lock = self.dir / LOCK_NAME
         token = orjson.dumps({"owner": me._asdict(), "token": os.urandom(8).hex()})
+        own = window is None
+        held = window if window is not None else interrupts.deferred(hold=False)
         delay = 0.001
         while True:
-            # (Ctrl-C held back from creating the lock to the code that removes it)
-            with interrupts.deferred() as window:
-                if self._try_lock(lock, token):
-                    window.on_interrupt(lambda: _unlock(lock, token))
-                    break
+            held.hold()
+            if self._try_lock(lock, token):
+                held.on_interrupt(lambda: _unlock(lock, token))
+                break
+            held.allow()  # (nothing taken: a Ctrl-C while waiting goes up now)
             self._break_if_stale(lock)
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
         try:
+            if own:
+                held.allow()  # (e.g. a compaction: interruptible; unlocked below)
             yield
         finally:
-            with interrupts.deferred():
+            try:
+                held.hold()  # (a Ctrl-C raised on entering it is pending no more)
+            finally:
                 _unlock(lock, token)
+                if own:
+                    held.allow()
 
     def _try_lock(self, lock: Path, token: bytes) -> bool:
         """Create the lock file with our token (False: someone else holds it)."""

@@ -14,6 +14,7 @@ and only for the outermost block of nested ones.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import types
@@ -24,24 +25,35 @@ T = tp.TypeVar("T")
 
 
 class deferred:  # (lower case: used like a function, ``with deferred() as window:``)
-    """``with deferred() as window: ...; window.on_interrupt(release)``."""
+    """``with deferred() as window: ...; window.on_interrupt(release)``.
 
-    __slots__ = ("_active", "_cleanups", "_pending", "_previous")
+    ``deferred(hold=False)``: nothing is held back until ``hold()`` (e.g. once a lock
+    waited for is taken: Ctrl-C still stops the wait)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_active", "_cleaned", "_cleanups", "_hold_on_enter", "_pending", "_previous")
+
+    def __init__(self, hold: bool = True) -> None:
+        self._hold_on_enter = hold
         self._active = False
         self._pending = False
+        self._cleaned = False
         self._cleanups: list[tp.Callable[[], object]] = []
         self._previous: tp.Any = None
 
     def __enter__(self) -> deferred:
+        if self._hold_on_enter:
+            self.hold()
+        return self
+
+    def hold(self) -> None:
+        """Hold Ctrl-C back from now on (in the main thread, under the default handler)."""
         if (
-            threading.current_thread() is _MAIN
+            not self._active
+            and threading.current_thread() is _MAIN
             and signal.getsignal(signal.SIGINT) is signal.default_int_handler
         ):
             self._previous = signal.signal(signal.SIGINT, self._record)
             self._active = True
-        return self
 
     def _record(self, signum: int, frame: types.FrameType | None) -> None:
         self._pending = True
@@ -53,10 +65,11 @@ class deferred:  # (lower case: used like a function, ``with deferred() as windo
 
     def allow(self) -> None:
         """Let Ctrl-C in again before the block ends (raising one that came meanwhile):
-        once what the block took is guarded (e.g. inside ``with claim:``)."""
+        once what the block took is guarded (e.g. by a try/finally), or nothing was taken."""
         if self._active:
             self._restore()
             if self._pending:
+                self._pending = False
                 raise KeyboardInterrupt
 
     def guard(self, taken: tp.Any, body: tp.Callable[[], T]) -> T:
@@ -71,13 +84,9 @@ class deferred:  # (lower case: used like a function, ``with deferred() as windo
             return body()
         finally:
             try:
-                self._hold()  # (a Ctrl-C raised on entering it is pending no more)
+                self.hold()  # (a Ctrl-C raised on entering it is pending no more)
             finally:
                 taken.release()
-
-    def _hold(self) -> None:
-        self._previous = signal.signal(signal.SIGINT, self._record)
-        self._active = True
 
     def _restore(self) -> None:
         # (a signal that arrived in the block runs its Python handler at the interpreter's
@@ -86,15 +95,36 @@ class deferred:  # (lower case: used like a function, ``with deferred() as windo
         signal.signal(signal.SIGINT, self._previous)
         self._active = False
 
+    def _clean(self) -> None:
+        if not self._cleaned:
+            self._cleaned = True
+            for cleanup in reversed(self._cleanups):
+                cleanup()
+
     def __exit__(self, kind: tp.Any, error: tp.Any, trace: tp.Any) -> None:
         if not self._active:
             return
-        self._restore()
+        _checkpoint()
         if self._pending or kind is not None:  # (what the block took is not handed on)
-            for cleanup in reversed(self._cleanups):
-                cleanup()
+            self._clean()  # (still held back: a second Ctrl-C waits for it)
+        self._restore()
         if self._pending and kind is None:
+            self._clean()  # (a Ctrl-C between the check above and the restore)
             raise KeyboardInterrupt
+
+
+def _default_handler_in_child() -> None:
+    """A process forked while a block held Ctrl-C back (by another thread) must not keep
+    the recording handler: nothing would ever raise what it records."""
+    handler = signal.getsignal(signal.SIGINT)
+    if isinstance(getattr(handler, "__self__", None), deferred):
+        try:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        except ValueError:  # (not the main thread of the child: nothing to do there)
+            pass
+
+
+os.register_at_fork(after_in_child=_default_handler_in_child)
 
 
 def _checkpoint() -> None:
