@@ -711,10 +711,8 @@ class Scheduler:
             return False
         from ..storage.claims import Claims
 
-        node.cache.refresh()  # (rewritten since they were found missing: done)
-        still = node.cache.missing(missing)
         claims = Claims(node.folder, job_alive=registry.slurm_job_alive)
-        if still and not claims.holders(still):
+        if not claims.holders(missing):
             return False
         self._redecide_items(run)
         return True
