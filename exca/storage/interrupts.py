@@ -20,7 +20,6 @@ import threading
 import types
 import typing as tp
 
-_MAIN = threading.main_thread()
 T = tp.TypeVar("T")
 
 
@@ -49,7 +48,7 @@ class deferred:  # (lower case: used like a function, ``with deferred() as windo
         """Hold Ctrl-C back from now on (in the main thread, under the default handler)."""
         if (
             not self._active
-            and threading.current_thread() is _MAIN
+            and threading.current_thread() is threading.main_thread()  # (a forked child's too)
             and signal.getsignal(signal.SIGINT) is signal.default_int_handler
         ):
             self._previous = signal.signal(signal.SIGINT, self._record)
