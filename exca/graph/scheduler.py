@@ -767,17 +767,28 @@ class Scheduler:
         ids = {h.job_id for h in run.handles}
         if run.action == "force":
             node.force_state["done"] = True  # (its jobs computed it: forced once, as asked)
-        latest = registry.latest(node.folder)
-        run.state, run.resume = "pending", None
-        if latest is not None and latest.job_id not in ids and registry.is_active(latest):
-            run.action, run.handles = "wait", [executors.recorded_handle(latest)]
-            run.reason = registry.as_jobs([latest.job_id])
-            run.seen_job = latest.job_id
-        else:
-            run.action, run.handles = "compute", []
-            run.reason = f"the result of job {', '.join(sorted(ids))} was removed since"
-        self._requeued.append(run)
+        latest = self._newer_active_job(run)
+        self._requeue(run, latest, f"the result of job {', '.join(sorted(ids))} was removed since")
         return True
+
+    @staticmethod
+    def _newer_active_job(run: NodeRun) -> registry.JobRecord | None:
+        """The latest job of a task, if it is another than the run's and still active."""
+        ids = {h.job_id for h in run.handles}
+        latest = registry.latest(run.node.folder)
+        if latest is not None and latest.job_id not in ids and registry.is_active(latest):
+            return latest
+        return None
+
+    def _requeue(self, run: NodeRun, job: registry.JobRecord | None, reason: str) -> None:
+        """Requeue a task: waiting for ``job``, or computing it (then ``reason`` says why)."""
+        run.state, run.resume = "pending", None
+        if job is not None:
+            run.action, run.handles = "wait", [executors.recorded_handle(job)]
+            run.reason, run.seen_job = registry.as_jobs([job.job_id]), job.job_id
+        else:
+            run.action, run.handles, run.reason = "compute", [], reason
+        self._requeued.append(run)
 
     def _computed_elsewhere_now(self, run: NodeRun) -> bool:
         """A task's jobs ended, its outcome is missing, and another worker computes it
@@ -787,22 +798,13 @@ class Scheduler:
         node = run.node
         if node.folder is None or not run.handles:
             return False
-        ids = {h.job_id for h in run.handles}
-        latest = registry.latest(node.folder)
-        newer = latest is not None and latest.job_id not in ids and registry.is_active(latest)
-        if not newer and not being_computed(node):
+        newer = self._newer_active_job(run)
+        if newer is None and not being_computed(node):
             return False
         follow_ups = self._follow_ups[node.key] = self._follow_ups.get(node.key, 0) + 1
         if follow_ups > MAX_FOLLOW_UPS:
             return False
-        run.state, run.resume = "pending", None
-        if newer and latest is not None:
-            run.action, run.handles = "wait", [executors.recorded_handle(latest)]
-            run.reason, run.seen_job = registry.as_jobs([latest.job_id]), latest.job_id
-        else:
-            run.action, run.handles = "compute", []
-            run.reason = "being computed by another worker (its claim is live)"
-        self._requeued.append(run)
+        self._requeue(run, newer, "being computed by another worker (its claim is live)")
         return True
 
     @staticmethod
