@@ -762,11 +762,11 @@ class _Exporter:
         value: tp.Any,
         dval: tp.Any,
         keep: tp.Container[str] = (),
-        declared: tuple[type, ...] | None = None,
+        declared: tuple[type, ...] = (),
     ) -> tp.Any:
         """Export of a field value (``dval``: its json dump); models met inside keep the
         ``keep`` fields (the discriminator of a container of a discriminated union);
-        ``declared``: the model classes the field's annotation names (None: unknown)."""
+        ``declared``: the model classes the field's annotation names (none: unknown)."""
         if isinstance(value, pydantic.BaseModel):
             if type(dval) is not dict or len(dval) < len(type(value).__pydantic_fields__):
                 # dumped by a base class's schema (a subclass in a container): dump it whole

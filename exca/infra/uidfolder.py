@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..confdict import ConfDict
 from ..storage.files import chmod, make_folder, write_new
+from .identity import CLASS_KEY
 
 logger = logging.getLogger("exca")
 UID_FILE = "uid.yaml"
@@ -75,9 +76,9 @@ def _differ(a: tp.Any, b: tp.Any) -> bool:
 
 
 def _classless(value: tp.Any) -> tp.Any:
-    """A value without the classes of its sub-models (``_class``, see identity.py)."""
+    """A value without the classes of its sub-models (``CLASS_KEY``)."""
     if isinstance(value, dict):
-        return {k: _classless(v) for k, v in value.items() if k != "_class"}
+        return {k: _classless(v) for k, v in value.items() if k != CLASS_KEY}
     if isinstance(value, list):
         return [_classless(v) for v in value]
     return value
