@@ -18,7 +18,7 @@ from ..graph import calls, store
 from ..graph.node import Node
 from ..storage.cachedict import CacheDict
 from .base import BaseInfra
-from .method import InfraMethod, check_plain_method
+from .method import InfraMethod, check_plain_method, reduce_bound
 from .resources import SubmititMixin
 from .task import MethodCall
 
@@ -162,13 +162,7 @@ class BoundMap:
         self.method = method
         self.obj = obj
 
-    def __reduce__(self) -> tuple[tp.Any, ...]:
-        # found again on the unpickled instance: the descriptor itself cannot be pickled
-        # by name when its class lives in __main__ (its function is not ``Class.method``);
-        # not for another class's method (``super().method``): that one, by its descriptor
-        if getattr(type(self.obj), self.method.name, None) is self.method:
-            return (getattr, (self.obj, self.method.name))
-        return (type(self), (self.method, self.obj))
+    __reduce__ = reduce_bound
 
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Iterator[tp.Any]:
         method = self.method

@@ -143,6 +143,18 @@ class InfraMethod(property):
         return f"{owner.__module__}.{owner.__qualname__}.{self.name}"
 
 
+def reduce_bound(bound: tp.Any) -> tuple[tp.Any, ...]:
+    """``__reduce__`` of a bound infra method (``obj.method``): found again on the
+    unpickled instance (the descriptor itself cannot be pickled by name when its class
+    lives in __main__: its function is not ``Class.method``); another class's method
+    (``super().method``) goes with its descriptor."""
+    method, obj = bound.method, bound.obj
+    name: str = method.name
+    if getattr(type(obj), name, None) is method:
+        return (getattr, (obj, name))
+    return (type(bound), (method, obj))
+
+
 def importable(cls: type) -> bool:
     """Whether a class can be found again by module and qualified name."""
     if cls.__module__ == "__main__":

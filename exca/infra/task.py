@@ -21,7 +21,7 @@ from ..graph.node import TASK_KEY, Group, Input, Node, Value
 from ..storage.cachedict import CacheDict
 from . import freezing, uidfolder
 from .base import _MISSING, BaseInfra
-from .method import InfraMethod, check_plain_method
+from .method import InfraMethod, check_plain_method, reduce_bound
 from .resources import SubmititMixin
 
 logger = logging.getLogger("exca")
@@ -150,13 +150,7 @@ class BoundTask:
         self.method = method
         self.obj = obj
 
-    def __reduce__(self) -> tuple[tp.Any, ...]:
-        # found again on the unpickled instance: the descriptor itself cannot be pickled
-        # by name when its class lives in __main__ (its function is not ``Class.method``);
-        # not for another class's method (``super().method``): that one, by its descriptor
-        if getattr(type(self.obj), self.method.name, None) is self.method:
-            return (getattr, (self.obj, self.method.name))
-        return (type(self), (self.method, self.obj))
+    __reduce__ = reduce_bound
 
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         infra = tp.cast(TaskInfra, self.method.infra_of(self.obj))
