@@ -71,10 +71,35 @@ class SlowMap(pydantic.BaseModel):
             yield 2 * item
 
 
+class GenerationMap(pydantic.BaseModel):
+    """Outputs 2 * item + the generation written in <ctl>/gen (old outputs are told from
+    new ones). Under EXCA_TEST_BLOCK=k, a call of the method has written its first k
+    outputs (a flush, after FLUSH_SECONDS) when it blocks on the next until `release`."""
+
+    ctl: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        ctl = Path(self.ctl)
+        generation = int((ctl / "gen").read_text()) if (ctl / "gen").exists() else 0
+        block = int(os.environ.get("EXCA_TEST_BLOCK", -1))
+        for index, item in enumerate(items):
+            append(ctl / "calls.txt", f"{item} {me()}")
+            if index == block - 1:
+                time.sleep(0.6)  # (> FLUSH_SECONDS: the outputs so far are written)
+            if index == block:
+                wait_until((ctl / "release").exists)
+            yield 2 * item + generation
+
+
 def build(spec: dict[str, tp.Any]) -> tp.Any:
     infra = {"folder": spec["folder"], "mode": spec.get("mode", "cached")}
+    infra.update(spec.get("infra", {}))
     if spec["kind"] == "task":
         return Slow(x=spec.get("x", 1), ctl=spec["ctl"], infra=infra)
+    if spec["kind"] == "generation-map":
+        return GenerationMap(ctl=spec["ctl"], infra=infra)
     return SlowMap(ctl=spec["ctl"], infra=infra)
 
 
@@ -340,6 +365,42 @@ def test_map_items_computed_once(tmp_path: Path, ctl: Path, processes: int, thre
     folder = mapper.infra.uid_folder()
     assert folder is not None
     assert not [n for n in claim_files(folder) if n.endswith(".claim")]
+
+
+@pytest.mark.timeout(120)
+def test_a_pool_map_forced_while_another_process_forces_it(tmp_path: Path, ctl: Path) -> None:
+    """A process forces a map (inline) and has rewritten 10 of its 12 items, still holding
+    their claim, when another process forces it with cluster="processpool": the latter's
+    pool worker waits for that claim, then computes them again (they predate its force).
+    Both return new outputs (the latter raised "N item(s) not computed"), and the cache
+    holds them."""
+    items = list(range(12))
+    cache = tmp_path / "cache"
+    old = list(GenerationMap(ctl=str(ctl), infra={"folder": cache}).process(items))
+    assert old == [2 * i for i in items]
+    (ctl / "gen").write_text("1")
+    calls = ctl / "calls.txt"
+    spec = _spec(tmp_path, ctl, "generation-map", 1, items=[items], mode="force")
+    first = Caller(tmp_path, spec, env={"EXCA_TEST_BLOCK": "10"})
+    second = None
+    try:
+        wait_until(lambda: len(lines(calls)) == 2 * len(items) - 1)  # (blocked on its 11th)
+        second = Caller(tmp_path, {**spec, "infra": {"cluster": "processpool"}})
+        wait_until(lambda: "Waiting for " in second.err.read_text())
+        (ctl / "release").touch()
+        expected = [[2 * i + 1 for i in items]]
+        assert first.results() == expected
+        assert second.results() == expected
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+    forced = collections.Counter(int(line.split()[0]) for line in lines(calls)[len(items) :])
+    assert set(forced) == set(items)
+    count = len(lines(calls))
+    mapper = GenerationMap(ctl=str(ctl), infra={"folder": cache})
+    assert list(mapper.process(items)) == [2 * i + 1 for i in items]
+    assert len(lines(calls)) == count
 
 
 @pytest.mark.timeout(60)

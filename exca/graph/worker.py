@@ -521,6 +521,7 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
         node.folder, job_alive=registry.slurm_job_alive, permissions=node.cache.permissions
     )
     action = unit.action
+    forced_again = False  # (the items a forced unit waited for: computed again, once)
     while todo:
         # (Ctrl-C held back while claiming and releasing: else the claim file stayed)
         with interrupts.deferred(hold=False) as window:
@@ -553,7 +554,14 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
         busy = list(claim.busy)
         report.waited += len(busy)
         todo = claims.wait(busy, _items_done(node), on_wait=_wait_message(node.folder))
-        action = "compute"  # what others computed meanwhile is fresh
+        if action == "force" and not forced_again:
+            # (computed meanwhile under another decision, e.g. another process's force
+            # that had rewritten some before this one decided: forced here too, once;
+            # the run then finds each output replaced by this force)
+            todo = _map_todo(node, busy, "force", forced_by)
+            forced_again = True
+        else:
+            action = "compute"  # what others computed meanwhile is fresh
     return report
 
 
