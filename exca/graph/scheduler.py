@@ -426,6 +426,7 @@ class Scheduler:
         self.graph.share_force_states()  # (before instances are pickled into jobs)
         groups: dict[str, list[tuple[NodeRun, Unit]]] = {}
         inline: list[tuple[NodeRun, Unit]] = []
+        _log_waits([r for r in ready if r.action == "wait"])
         for run in ready:
             run.state = "running"
             running[run.node.key] = run
@@ -874,6 +875,17 @@ def _job_ids(runs: list[NodeRun]) -> list[str]:
     """The ids of real jobs (not pools, claims or inline work) behind these runs."""
     ids = {h.job_id for run in runs for h in run.handles}
     return sorted(i for i in ids if i and not i.startswith("#"))
+
+
+def _log_waits(runs: list[NodeRun], shown: int = 3) -> None:
+    """Say what this call waits for that others compute (else a call following another
+    process's jobs stays silent until they end)."""
+    for run in runs[:shown]:
+        logger.info("%s is computed elsewhere (%s): waiting for it", run.node.uid, run.reason)
+    if len(runs) > shown:
+        logger.info(
+            "... and %d more node(s) computed elsewhere: waiting for them", len(runs) - shown
+        )
 
 
 def _log_interruption(cancelled: list[NodeRun], followed: list[NodeRun]) -> None:
