@@ -998,6 +998,84 @@ def test_changed_default_in_full_uid_yaml(tmp_path: Path) -> None:
     assert ConfDict(_read(folder / "full-uid.yaml"))["a.x"] == 12
 
 
+class Trainer(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    lr: float = 0.1
+    epochs: int = 3
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def fit(self) -> float:
+        return self.lr * self.epochs
+
+
+class Sweep(pydantic.BaseModel):
+    """Sub-configs in a list, and in a dict."""
+
+    trainers: list[Trainer] = []
+    named: dict[str, Trainer] = {}
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def best(self) -> float:
+        CALLS.append("Sweep")
+        return max(t.lr for t in [*self.trainers, *self.named.values()])
+
+
+@pytest.mark.parametrize("field", ["trainers", "named"])
+def test_defaults_check_of_sub_configs_in_lists_and_dicts(
+    tmp_path: Path, field: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """full-uid.yaml as written by an older class of a sub-config held in a list (or a
+    dict): a field added since, or another class version of the sub-config, reuses the
+    cache (the latter with a warning); another default fails; another value the uid
+    encodes is a collision. A list is compared item by item, as a dict is (a whole list
+    compared at once took any added field for a collision)."""
+    trainer = Trainer(lr=0.5)
+    held: tp.Any = [trainer] if field == "trainers" else {"a": trainer}
+    key = "trainers.0" if field == "trainers" else "named.a"
+    obj = Sweep(**{field: held}, infra={"folder": tmp_path})
+    assert obj.best() == 0.5
+    folder = obj.infra.uid_folder()
+    assert folder is not None
+    full = folder / "full-uid.yaml"
+    written = full.read_text()
+    item = ConfDict(yaml.safe_load(written))[field]
+    item = item[0] if field == "trainers" else item["a"]
+    assert item == {"lr": 0.5, "epochs": 3, "infra": {"version": "1"}}
+
+    def cached_with(changes: dict[str, tp.Any], remove: str = "") -> tp.Any:
+        old = ConfDict(yaml.safe_load(written))
+        listed = old[field]
+        target = ConfDict(listed[0] if field == "trainers" else listed["a"])
+        for name, value in changes.items():
+            target[name] = value
+        if remove:
+            del target[remove]
+        if field == "trainers":
+            listed[0] = dict(target)
+        else:
+            listed["a"] = dict(target)
+        old[field] = listed
+        full.write_text(old.to_yaml())
+        infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
+        calls = _calls("Sweep")
+        try:
+            return Sweep(**{field: held}, infra={"folder": tmp_path}).best()
+        finally:
+            assert _calls("Sweep") == calls  # (reused or refused: never computed again)
+
+    assert cached_with({}, remove="epochs") == 0.5  # (Trainer.epochs added since)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="exca"):
+        assert cached_with({"infra.version": "0"}) == 0.5
+    assert f"{key}.infra.version '0' -> '1'" in caplog.text
+    with pytest.raises(RuntimeError, match=rf"Default {key}.epochs=3 seems incompatible"):
+        cached_with({"epochs": 4})
+    with pytest.raises(RuntimeError, match=rf"Inconsistent uid config .*{key}.lr=0.5 here"):
+        cached_with({"lr": 0.25})
+
+
 CHANGING_DEFAULT = """
 import sys, typing as tp
 import pydantic, exca

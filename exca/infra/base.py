@@ -514,6 +514,7 @@ class BaseInfra(pydantic.BaseModel):
                 full_uid_config=self.config(uid=True, exclude_defaults=False),
                 config=lambda: self.config(uid=False, exclude_defaults=False),
                 permissions=self.permissions,
+                sub_versions=self._sub_versions,
             )
         except (PermissionError, OSError) as error:
             # (ENOENT: a folder that cannot be made there, e.g. under /proc; not a uid
@@ -574,12 +575,35 @@ class BaseInfra(pydantic.BaseModel):
                 uid_config=self._uid_config,
                 full_uid_config=functools.partial(self.config, uid=True, exclude_defaults=False),
                 full_uid_text=self._full_uid_yaml,
+                sub_versions=self._sub_versions,
             )
             if not checked:
                 return False  # no full-uid.yaml (yet): another process may write one later
             _remember_checked_defaults(folder, owner_cls, runtime.uid_export)
         runtime.defaults_checked = True
         return True
+
+    def _sub_versions(self) -> set[str]:
+        """The keys of the uid export holding the versions of sub-configs' infras
+        (``data.infra.version``): not part of this config's identity."""
+        found: set[str] = set()
+
+        def walk(value: tp.Any, prefix: str) -> None:
+            if isinstance(value, BaseInfra):
+                if prefix.count(".") > 1:  # (not this config's own infra)
+                    found.add(f"{prefix[1:]}.version")
+            elif isinstance(value, pydantic.BaseModel):
+                for name in type(value).model_fields:
+                    walk(getattr(value, name, None), f"{prefix}.{name}")
+            elif isinstance(value, list | tuple):
+                for index, item in enumerate(value):
+                    walk(item, f"{prefix}.{index}")
+            elif isinstance(value, dict):
+                for key, item in value.items():
+                    walk(item, f"{prefix}.{key}")
+
+        walk(self._owner(), "")
+        return found
 
     def clone_obj(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         """A new, unfrozen owner with some values changed (dotted keys allowed):

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from ..confdict import ConfDict
 from ..storage.files import chmod, make_folder, write_new
-from .identity import CLASS_KEY
 
 logger = logging.getLogger("exca")
 UID_FILE = "uid.yaml"
@@ -75,15 +74,6 @@ def _differ(a: tp.Any, b: tp.Any) -> bool:
     return a != b and not (a != a and b != b)
 
 
-def _classless(value: tp.Any) -> tp.Any:
-    """A value without the classes of its sub-models (``CLASS_KEY``)."""
-    if isinstance(value, dict):
-        return {k: _classless(v) for k, v in value.items() if k != CLASS_KEY}
-    if isinstance(value, list):
-        return [_classless(v) for v in value]
-    return value
-
-
 def _normalized(cfg: ConfDict) -> dict[str, tp.Any]:
     """The flat form of a config as it reads back from yaml (tuples become lists...)."""
     import yaml
@@ -125,8 +115,10 @@ def prepare(
     full_uid_config: ConfDict,
     config: tp.Callable[[], ConfDict],
     permissions: int | None,
+    sub_versions: tp.Callable[[], set[str]] = set,
 ) -> None:
-    """Create the folder, check the existing yaml files, write the missing ones."""
+    """Create the folder, check the existing yaml files, write the missing ones
+    (``sub_versions``: see ``_check_defaults``)."""
     if make_folder(folder, permissions):
         # created by this call: no file to check yet (a concurrent creator of the same
         # folder writes the same texts, each file replaced whole)
@@ -151,7 +143,7 @@ def prepare(
         )
     existing_full = _check_or_write(folder / FULL_UID_FILE, full_uid_config.to_yaml(), permissions)
     if existing_full is not None:
-        _check_defaults(folder, existing_full, uid_config, full_uid_config)
+        _check_defaults(folder, existing_full, uid_config, full_uid_config, sub_versions)
     config_text = read_text(folder / CONFIG_FILE)  # (unparsable: removed and rewritten)
     if config_text is None:
         write_atomic(folder / CONFIG_FILE, config().to_yaml(), permissions)
@@ -167,6 +159,7 @@ def verify_defaults(
     uid_config: tp.Callable[[], ConfDict],
     full_uid_config: tp.Callable[[], ConfDict],
     full_uid_text: tp.Callable[[], str] | None = None,
+    sub_versions: tp.Callable[[], set[str]] = set,
 ) -> bool:
     """Before cached results are reused (nothing written): the class defaults they were
     computed with are the defaults of now (``full-uid.yaml``, when there is one: returns
@@ -183,7 +176,7 @@ def verify_defaults(
     full = full_uid_config()
     existing = read_yaml(Path(path), text)
     if existing is not None:
-        _check_defaults(Path(folder), existing, uid_config(), full)
+        _check_defaults(Path(folder), existing, uid_config(), full, sub_versions)
     return True
 
 
@@ -200,30 +193,102 @@ def _read_small(path: str) -> bytes:
 
 
 def _check_defaults(
-    folder: Path, existing: dict[str, tp.Any], uid_config: ConfDict, full_uid_config: ConfDict
+    folder: Path,
+    existing: dict[str, tp.Any],
+    uid_config: ConfDict,
+    full_uid_config: ConfDict,
+    sub_versions: tp.Callable[[], set[str]] = set,
 ) -> None:
     """RuntimeError when a value of ``full-uid.yaml`` that is a default (not in the uid)
     differs from the current default, or when a value the uid encodes differs (two
-    configs whose uids collide: a hit reads only this file). Values are normalized
-    through yaml (only here: when the texts differ)."""
-    uid_keys = set(uid_config.flat())
-    full_flat = _normalized(full_uid_config)
-    for key, value in ConfDict(existing).flat().items():
-        if key not in full_flat or not _differ(full_flat[key], value):
-            continue
-        if not _differ(_classless(full_flat[key]), _classless(value)):
-            continue  # (a list of sub-models, with their classes: files before uids had them)
-        if key in uid_keys:  # a value the uid encodes: another config has this folder name
+    configs whose uids collide: a hit reads only this file). Lists are compared item by
+    item (a field added to a model held in a list is a new default, as in a dict). The
+    version of a sub-config's class (``sub_versions``: their keys) is not part of this
+    config's identity: a change of it is only logged. Values are normalized through yaml
+    (only here: when the texts differ)."""
+    uid_tree = _nested(ConfDict(_normalized(uid_config)))
+    changed_versions = []
+    for key, parts, current, cached in _changes(
+        _nested(existing), _nested(_normalized(full_uid_config))
+    ):
+        if _holds(uid_tree, parts):  # a value the uid encodes: another config has this folder name
             raise RuntimeError(
-                f"Inconsistent uid config in {folder}: {key}={full_flat[key]!r} here, "
-                f"{key}={value!r} in {folder / FULL_UID_FILE}. Two configs map to the same "
+                f"Inconsistent uid config in {folder}: {key}={current!r} here, "
+                f"{key}={cached!r} in {folder / FULL_UID_FILE}. Two configs map to the same "
                 "folder name (their uids collide); remove the folder if the cache is obsolete"
             )
+        if key in sub_versions():
+            changed_versions.append(f"{key} {cached!r} -> {current!r}")
+            continue
         raise RuntimeError(
-            f"Default {key}={full_flat[key]!r} seems incompatible with the cached "
-            f"{key}={value!r} in {folder / FULL_UID_FILE} (the class default changed "
+            f"Default {key}={current!r} seems incompatible with the cached "
+            f"{key}={cached!r} in {folder / FULL_UID_FILE} (the class default changed "
             f"since the cache was written; to ignore, remove {FULL_UID_FILE}; if the cached "
             "results are wrong now, bump the infra version instead; if this field does not "
             "change results, e.g. a path or a device, keep it out of the uid with "
             "_exclude_from_cls_uid)"
         )
+    if changed_versions:
+        logger.warning(
+            "Reusing the cache in %s, computed when sub-configs had other class versions "
+            "(%s): a sub-config's version is not part of this config's uid. If these "
+            "results depend on what changed, bump this class's infra version too",
+            folder,
+            ", ".join(changed_versions),
+        )
+
+
+def _nested(value: tp.Any) -> tp.Any:
+    """A value with its dotted keys split into nested dicts, inside lists too."""
+    if isinstance(value, dict):
+        out: dict[str, tp.Any] = {}
+        for key, sub in value.items():
+            *heads, last = str(key).split(".")
+            place = out
+            for head in heads:
+                place = place.setdefault(head, {})
+                if not isinstance(place, dict):  # (a key and a dotted key clash: keep whole)
+                    place = out
+                    last = str(key)
+                    break
+            place[last] = _nested(sub)
+        return out
+    if isinstance(value, list):
+        return [_nested(v) for v in value]
+    return value
+
+
+def _changes(
+    cached: tp.Any, current: tp.Any, parts: tuple[str, ...] = ()
+) -> tp.Iterator[tuple[str, tuple[str, ...], tp.Any, tp.Any]]:
+    """(dotted key, its parts, current value, cached value) of the values of ``cached``
+    that ``current`` holds with another value (keys only in one of them are skipped: a
+    field added or removed since; lists of one length compared item by item)."""
+    if isinstance(cached, dict) and isinstance(current, dict):
+        for key, value in cached.items():
+            if key in current:
+                yield from _changes(value, current[key], (*parts, key))
+        return
+    if (
+        isinstance(cached, list)
+        and isinstance(current, list)
+        and len(cached) == len(current)
+        and all(isinstance(a, dict) and isinstance(b, dict) for a, b in zip(cached, current))
+    ):  # (sub-configs in a list: compared as in a dict; plain values: the whole list)
+        for index, (value, now) in enumerate(zip(cached, current)):
+            yield from _changes(value, now, (*parts, str(index)))
+        return
+    if _differ(current, cached):
+        yield ".".join(parts), parts, current, cached
+
+
+def _holds(tree: tp.Any, parts: tuple[str, ...]) -> bool:
+    """Whether a nested value has something at this path (list items by index)."""
+    for part in parts:
+        if isinstance(tree, dict) and part in tree:
+            tree = tree[part]
+        elif isinstance(tree, list) and part.isdigit() and int(part) < len(tree):
+            tree = tree[int(part)]
+        else:
+            return False
+    return True
