@@ -467,6 +467,48 @@ def test_iter_cached_configs_made_with_force_read_their_result(tmp_path: Path) -
     assert _count("outer") == before
 
 
+class Layer(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    size: int = 2
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def build(self) -> int:
+        CALLS.append(("layer", self.size))
+        return self.size
+
+
+class Network(pydantic.BaseModel):
+    first: Layer = Layer()
+    layers: list[Layer] = []
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def total(self) -> int:
+        CALLS.append(("network", None))
+        return self.first.build() + sum(layer.build() for layer in self.layers)
+
+
+def test_iter_cached_configs_made_with_forced_sub_configs_read_their_results(
+    tmp_path: Path,
+) -> None:
+    """Sub-configs (in a field, in a list) forced when the listed config was made: listed
+    in mode cached too, else calling it forced them again, and the config after them."""
+    infra = {"folder": tmp_path}
+    forced = {"folder": tmp_path, "mode": "force"}
+    net = Network(
+        first=Layer(size=3, infra=forced), layers=[Layer(size=4, infra=forced)], infra=infra
+    )
+    assert net.total() == 7
+    (listed,) = Network(infra=infra).infra.iter_cached()
+    modes = [i.mode for i in listed.infra.obj_infras().values()]
+    assert modes == ["cached"] * 3
+    before = len(CALLS)
+    assert listed.total() == 7
+    assert [layer.build() for layer in [listed.first, *listed.layers]] == [3, 4]
+    assert len(CALLS) == before
+
+
 def test_iter_cached_of_a_moved_cache_reads_from_where_it_was_found(tmp_path: Path) -> None:
     """config.yaml names the folder it was written in: the configs of a moved cache
     computed again, in the old place (it came back, with new results)."""

@@ -678,12 +678,8 @@ class BaseInfra(pydantic.BaseModel):
             data = dict(ConfDict(cfg))  # (config.yaml has dotted keys)
             own = data.get(name) if name is not None else None
             written = own.get("folder") if isinstance(own, dict) else None
-            if isinstance(own, dict) and own.get("mode") in ("force", "retry"):
-                # (the mode of the call that made it: calling the method of a listed config
-                # would compute it again, replacing what is listed)
-                data[tp.cast(str, name)] = {**own, "mode": "cached"}
             try:
-                obj = _from_config(cls, data)
+                obj, data = _in_mode_cached(_from_config(cls, data), data)
                 if written is not None and Path(written) != Path(self.folder):
                     obj = _moved(obj, data, Path(written), self.folder)
             except pydantic.ValidationError as error:
@@ -728,6 +724,28 @@ _UID_AROUND: dict[tuple[tp.Any, ...], tuple[str, str]] = {}
 
 # exported configs use field names, not aliases (pydantic >= 2.11 can validate them as such)
 _BY_NAME = "by_name" in inspect.signature(pydantic.BaseModel.model_validate).parameters
+
+
+def _in_mode_cached(
+    obj: pydantic.BaseModel, data: dict[str, tp.Any]
+) -> tuple[pydantic.BaseModel, dict[str, tp.Any]]:
+    """A config read from a cache, with mode "cached" where it (or a sub-config) was
+    written in mode force or retry: the mode of the call that made it. Calling a listed
+    config would compute it again, replacing what is listed."""
+    found: dict[str, BaseInfra] = {}
+    _collect_infras(obj, "", found)
+    names = [
+        n
+        for n, i in found.items()
+        if getattr(i, "mode", None) in ("force", "retry") and not n.split(".")[-1].startswith("_")
+    ]
+    if not names:
+        return obj, data
+    changed = ConfDict(data)
+    for name in names:
+        changed[f"{name}.mode"] = "cached"
+    data = dict(changed)
+    return tp.cast(pydantic.BaseModel, _from_config(type(obj), data)), data
 
 
 def _moved(
