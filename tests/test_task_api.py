@@ -439,6 +439,45 @@ def test_a_config_changed_in_place_after_its_uid_is_not_computed(tmp_path: Path)
     assert list(LayeredMap(infra={"folder": tmp_path}).apply([1, 2])) == [1, 2]
 
 
+YAML_FILES = ["config.yaml", "full-uid.yaml", "uid.yaml"]
+
+
+@pytest.mark.parametrize("kind", ["task", "map"])
+def test_yaml_files_removed_by_hand_are_written_again_by_a_hit(tmp_path: Path, kind: str) -> None:
+    """Results whose yaml files were removed (by hand, or with their folder while a worker
+    wrote into it) are reused, and a hit (not read-only) writes the files again: exca list,
+    inspect and iter_cached find configs through them."""
+    from exca.infra import base as infra_base
+
+    def call(mode: str = "cached") -> tp.Any:
+        infra = {"folder": tmp_path, "mode": mode}
+        if kind == "task":
+            obj: tp.Any = Task(param=4, infra=infra)
+            return obj.infra.uid_folder(), obj.process()
+        obj = LayeredMap(scale=[2], infra=infra)
+        return obj.infra.uid_folder(), list(obj.apply([1, 2]))
+
+    folder, expected = call()
+    assert sorted(f.name for f in folder.glob("*.yaml")) == YAML_FILES
+    texts = {f.name: f.read_text() for f in folder.glob("*.yaml")}
+    for name in YAML_FILES:
+        (folder / name).unlink()
+    computed = _count("task")
+    for mode in ("read-only", "cached"):
+        infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
+        assert call(mode) == (folder, expected)
+        written = sorted(f.name for f in folder.glob("*.yaml"))
+        assert written == ([] if mode == "read-only" else YAML_FILES)
+    assert {f.name: f.read_text() for f in folder.glob("*.yaml")} == texts
+    assert _count("task") == computed
+    owner = (
+        Task(infra={"folder": tmp_path})
+        if kind == "task"
+        else LayeredMap(infra={"folder": tmp_path})
+    )
+    assert len(list(owner.infra.iter_cached())) == 1
+
+
 def test_iter_cached(tmp_path: Path) -> None:
     for layers in (1, 2):
         assert Outer(model={"layers": layers}, infra={"folder": tmp_path}).train() > 0

@@ -577,10 +577,27 @@ class BaseInfra(pydantic.BaseModel):
                 full_uid_text=self._full_uid_yaml,
                 sub_versions=self._sub_versions,
             )
-            if not checked:
+            if not checked and not self._restore_files(folder):
                 return False  # no full-uid.yaml (yet): another process may write one later
             _remember_checked_defaults(folder, owner_cls, runtime.uid_export)
         runtime.defaults_checked = True
+        return True
+
+    def _restore_files(self, folder: str) -> bool:
+        """A folder holding results without its full-uid.yaml (yaml files removed by
+        hand, or the folder removed while a worker wrote into it): its yaml files are
+        written again, else ``exca list``, inspect and iter_cached miss its results. Not
+        in mode read-only. Whether they were written."""
+        if self.mode == "read-only" or not os.path.isdir(folder):
+            return False
+        if not self._has_result(Path(folder)):
+            return False  # (being made: its creator writes them)
+        try:
+            self._prepare_folder()
+        except OSError as error:
+            logger.warning("Could not restore the yaml files of %s: %s", folder, error)
+            return False
+        logger.warning("Restored the missing yaml files of %s (uid.yaml, full-uid.yaml...)", folder)
         return True
 
     def _sub_versions(self) -> set[str]:
