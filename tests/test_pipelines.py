@@ -817,6 +817,20 @@ def test_failing_subconfig_raises_its_own_error(env: Env) -> None:
         exca.graph.run(*[t.fit.node() for t in two])
 
 
+def test_read_only_missing_subconfig_raises_its_own_error(env: Env) -> None:
+    """A sub-config in mode read-only with nothing cached: a call of the parent raises
+    the sub-config's read-only error (it raised NodeFailures naming the parent too)."""
+    infra = env.infra()
+    train = TrainOnBroken(data=BrokenData(n=-1, infra={**infra, "mode": "read-only"}), infra=infra)
+    data_uid = train.data.prepare.node().uid
+    for call in (train.fit, lambda: exca.graph.run(train.fit.node())):
+        with pytest.raises(RuntimeError, match="read-only and missing") as info:
+            call()
+        assert not isinstance(info.value, NodeFailures)
+        assert str(info.value).startswith(data_uid)
+    assert events(env.log) == []
+
+
 def test_chain_subconfigs_false_runs_inline(env: Env) -> None:
     train = TrainInline(data=env.data(), log=env.log, infra=env.infra())
     plan = exca.graph.plan(train.fit.node())

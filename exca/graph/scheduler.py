@@ -90,7 +90,11 @@ class Scheduler:
         """Decide, settle what needs no work, prepare the folders of what does
         (``detached``: for a run that submits everything and returns)."""
         runs = self.graph.decide()
-        read_only = [r for r in runs.values() if r.action == "fail" and "read-only" in r.reason]
+        read_only = [
+            r
+            for r in runs.values()
+            if r.action == "fail" and "read-only" in r.reason and not r.blocked  # (the root ones)
+        ]
         if read_only:  # read-only never computes: refuse before anything runs or is submitted
             raise (
                 self.graph.decision_error(read_only[0])
