@@ -1208,6 +1208,10 @@ def test_a_defaults_check_with_nothing_to_check_yet_is_made_again(tmp_path: Path
     full.write_text(full.read_text().replace("x: 1", "x: 2"))
     with pytest.raises(RuntimeError, match=r"was computed from .*Default x=1 seems incompatible"):
         node.result()
+    # a downstream node not computed yet does not say it was computed from it
+    other = _Downstream(infra={"folder": tmp_path / "other"}).twice.node(up)
+    with pytest.raises(RuntimeError, match=r"needs .*, whose cached result no longer applies"):
+        other.result()
 
 
 @pytest.mark.parametrize("content", ["p: [unclosed\n", "- 1\n- 2\n", ""])

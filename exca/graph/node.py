@@ -337,7 +337,13 @@ class Node:
             except RuntimeError as error:
                 if node is self:
                     raise
-                raise RuntimeError(f"{self.uid} was computed from {node.uid}: {error}") from None
+                if self.kind == "task" and self.cache.entry_type(TASK_KEY) is not None:
+                    raise RuntimeError(
+                        f"{self.uid} was computed from {node.uid}: {error}"
+                    ) from None
+                raise RuntimeError(
+                    f"{self.uid} needs {node.uid}, whose cached result no longer applies: {error}"
+                ) from None
         if settled:  # (else checked again next time: another process may compute one)
             for node in todo:
                 node.__dict__[_DEFAULTS_OK] = True
