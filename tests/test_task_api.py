@@ -439,6 +439,39 @@ def test_a_config_changed_in_place_after_its_uid_is_not_computed(tmp_path: Path)
     assert list(LayeredMap(infra={"folder": tmp_path}).apply([1, 2])) == [1, 2]
 
 
+class Big(pydantic.BaseModel):
+    size: int = 100_000
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def make(self) -> tp.Any:
+        import numpy as np
+
+        CALLS.append(("big", self.size))
+        return np.arange(self.size)
+
+
+def test_a_result_whose_file_was_removed_by_hand(tmp_path: Path) -> None:
+    """Its payload file removed (data/ deleted by hand): a call says what is missing and
+    what to do; mode retry computes it again (as force does)."""
+    infra = {"folder": tmp_path}
+    assert Big(infra=infra).make().sum() == 4999950000
+    folder = Big(infra=infra).infra.uid_folder()
+    assert folder is not None
+    removed = list((folder / "data").iterdir())
+    assert removed
+    for path in removed:
+        path.unlink()
+    with pytest.raises(FileNotFoundError, match=r"cannot be read: its file .* is missing") as info:
+        Big(infra=infra).make()
+    assert "mode='retry'" in str(info.value)
+    assert _count("big") == 1
+    assert Big(infra={**infra, "mode": "retry"}).make().sum() == 4999950000
+    assert _count("big") == 2
+    assert Big(infra=infra).make().sum() == 4999950000  # (cached again)
+    assert _count("big") == 2
+
+
 YAML_FILES = ["config.yaml", "full-uid.yaml", "uid.yaml"]
 
 

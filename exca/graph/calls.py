@@ -3,6 +3,7 @@ networkx, no submitit); anything else goes through the scheduler."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import typing as tp
@@ -28,7 +29,15 @@ def reuse(cache: CacheDict[tp.Any], mode: str, where: str) -> tp.Any:
     entry = cache.entry_type(TASK_KEY, refresh=True)
     if entry is None:
         return MISSING
-    value = store.cached_outcome(cache, MISSING)  # (removed since the check: MISSING)
+    try:
+        value = store.cached_outcome(cache, MISSING)  # (removed since the check: MISSING)
+    except FileNotFoundError:
+        if mode != "retry":
+            raise
+        # (its payload is gone: retry computes it again, as a failure)
+        with contextlib.suppress(KeyError):
+            del cache[TASK_KEY]
+        return MISSING
     if type(value) is CachedError:  # (the value, not the entry type: replaced meanwhile?)
         if mode == "retry" or store.cache_upstream_failed(cache):
             return MISSING

@@ -121,6 +121,18 @@ def cached_outcome(cache: CacheDict[tp.Any], missing: tp.Any) -> tp.Any:
         if cache.entry_type(TASK_KEY, refresh=True) is not None:
             raise
         return missing
+    except FileNotFoundError as error:
+        raise unreadable_result(cache, error) from None
+
+
+def unreadable_result(cache: CacheDict[tp.Any], error: FileNotFoundError) -> FileNotFoundError:
+    """The error of a task result whose payload file is gone (removed outside exca)."""
+    return FileNotFoundError(
+        error.errno,
+        f"The cached result in {cache.folder} cannot be read: its file {error.filename} is "
+        "missing (removed by hand?). mode='retry' or mode='force' computes it again",
+        error.filename,
+    )
 
 
 def task_result(node: Node, missing: tp.Any = None) -> tp.Any:
