@@ -1067,6 +1067,35 @@ def test_ctrl_c_keeps_the_outputs_yielded_before(tmp_path: Path) -> None:
     ]  # only the interrupted item and those after it, again
 
 
+def test_ctrl_c_while_the_last_outputs_are_written_keeps_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C as the method has yielded its last output, when the last batch is being
+    written (a KeyboardInterrupt raised as that write starts): the batch is written
+    all the same (it was lost, up to 256 outputs computed again by the next call)."""
+    from exca.storage.cachedict import CacheDict
+
+    write = CacheDict.set_many
+    interrupted: list[int] = []
+
+    def interrupted_once(self: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        if not interrupted:
+            interrupted.append(1)
+            raise KeyboardInterrupt
+        return write(self, *args, **kwargs)
+
+    monkeypatch.setattr(CacheDict, "set_many", interrupted_once)
+    infra = {"folder": tmp_path / "cache"}
+    log = tmp_path / "calls.txt"
+    mapper = Interrupted(stop=-1, flag=str(tmp_path / "none"), log=str(log), infra=infra)
+    with pytest.raises(KeyboardInterrupt):
+        list(mapper.process(list(range(12))))
+    assert interrupted and len(lines(log)) == 12
+    again = Interrupted(stop=-1, flag=str(tmp_path / "none"), log=str(log), infra=infra)
+    assert list(again.process(list(range(12)))) == list(range(1, 13))
+    assert len(lines(log)) == 12  # (nothing computed again)
+
+
 class Dying(pydantic.BaseModel):
     """item -> item; the process computing item 5 exits at once (os._exit) while ``flag``
     exists."""

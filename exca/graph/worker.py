@@ -721,6 +721,9 @@ def _compute_from(
             position += 1
             if len(batch) >= FLUSH_ITEMS or monotonic() - last_flush > FLUSH_SECONDS:
                 flush()
+        if position >= count:
+            # (in the try: a Ctrl-C right after the last output still writes the batch)
+            flush()
     except Exception as error:
         flush()
         if position >= len(uids) or isinstance(error, NotIterableOutputs):
@@ -767,7 +770,6 @@ def _compute_from(
         unwritten.remove(flush)
     if position < len(uids):
         return _miscounted(node, cache, uids, start, position - len(batch), report, "fewer")
-    flush()
     return position
 
 
