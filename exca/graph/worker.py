@@ -553,12 +553,14 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
             break
         busy = list(claim.busy)
         report.waited += len(busy)
-        todo = claims.wait(busy, _items_done(node), on_wait=_wait_message(node.folder))
-        if action == "force" and not forced_again:
-            # (computed meanwhile under another decision, e.g. another process's force
-            # that had rewritten some before this one decided: forced here too, once;
-            # the run then finds each output replaced by this force)
-            todo = _map_todo(node, busy, "force", forced_by)
+        # (forced: what another worker computes under its own decision, e.g. another
+        # process's force that had rewritten some when this one decided, is waited for
+        # until its claim goes, then forced here too, once; the run then finds each
+        # output replaced by this force)
+        refresh = action == "force" and not forced_again
+        done = _items_forced(node, forced_by) if refresh else _items_done(node)
+        todo = claims.wait(busy, done, on_wait=_wait_message(node.folder))
+        if refresh:
             forced_again = True
         else:
             action = "compute"  # what others computed meanwhile is fresh
@@ -583,6 +585,19 @@ def _forced_by(node: Node, uid: str, run: str) -> bool:
     entry = node.cache.entry(uid)
     meta = entry.info.get("#meta") if entry is not None else None
     return isinstance(meta, dict) and meta.get("forced") == run
+
+
+def _items_forced(node: Node, run: str) -> tp.Callable[[list[str]], list[str]]:
+    """Which keys hold an output (or error) written under forcing run ``run``."""
+
+    def done(keys: list[str]) -> list[str]:
+        if not run:
+            return []
+        node.cache.refresh()
+        with node.cache.frozen_cache_folder():
+            return [k for k in keys if _forced_by(node, k, run)]
+
+    return done
 
 
 def _items_done(node: Node) -> tp.Callable[[list[str]], list[str]]:
