@@ -60,7 +60,7 @@ def _plain_keys(data: dict[tp.Any, tp.Any]) -> bool:
 def _yaml_text(collapsed: tp.Any) -> str:
     text = plainyaml.dump(collapsed)  # simple configs: the same text, no yaml import
     if text is None:
-        import yaml
+        yaml = plainyaml.pyyaml()
 
         text = yaml.dump(collapsed, Dumper=_dumper_class(), sort_keys=False, allow_unicode=False)
     return text
@@ -352,7 +352,7 @@ class ConfDict(dict[str, tp.Any]):
     @classmethod
     def from_yaml(cls, yaml_text: str | Path | tp.IO[str]) -> ConfDict:
         """Load from YAML text, a path, or an open file (a one-line existing path is read)."""
-        import yaml
+        yaml = plainyaml.pyyaml()
 
         if isinstance(yaml_text, PurePath):
             yaml_text = Path(yaml_text).read_text(encoding="utf8")
@@ -479,21 +479,21 @@ def _dumper_class() -> tp.Any:
     global _DUMPER
     if _DUMPER is not None:
         return _DUMPER
-    import yaml
+    yaml = plainyaml.pyyaml()
 
     class Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
         pass  # libyaml's C emitter when available: the same text, much faster
 
-    def mapping(dumper: yaml.SafeDumper, data: dict[str, tp.Any]) -> yaml.Node:
+    def mapping(dumper: tp.Any, data: dict[str, tp.Any]) -> tp.Any:
         return dumper.represent_dict(data.items())
 
-    def sequence(dumper: yaml.SafeDumper, data: tuple[tp.Any, ...]) -> yaml.Node:
+    def sequence(dumper: tp.Any, data: tuple[tp.Any, ...]) -> tp.Any:
         return dumper.represent_list(list(data))
 
-    def path(dumper: yaml.SafeDumper, data: PurePath) -> yaml.Node:
+    def path(dumper: tp.Any, data: PurePath) -> tp.Any:
         return dumper.represent_str(str(data))
 
-    def fallback(dumper: yaml.SafeDumper, data: tp.Any) -> yaml.Node:
+    def fallback(dumper: tp.Any, data: tp.Any) -> tp.Any:
         if isinstance(data, enum.Enum):  # by value, as a model's export writes it
             return dumper.represent_data(data.value)
         np = imported("numpy")

@@ -13,7 +13,22 @@ from __future__ import annotations
 
 import collections
 import string
+import sys
 import typing as tp
+
+
+def pyyaml() -> tp.Any:
+    """The PyYAML module, imported with Ctrl-C held back: an import interrupted half-way
+    leaves its submodules behind, and every later import of it in the process then
+    failed ("partially initialized module 'yaml'")."""
+    module = sys.modules.get("yaml")
+    if module is None:
+        from .storage import interrupts
+
+        with interrupts.deferred():
+            import yaml as module
+    return module
+
 
 # (plain string tests instead of regexes: compiling three regexes took ~0.7 ms, paid by
 # the first cache hit of every process, which compares full-uid.yaml's text)

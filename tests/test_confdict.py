@@ -3,6 +3,8 @@
 import collections
 import dataclasses
 import io
+import subprocess
+import sys
 import typing as tp
 from pathlib import Path
 
@@ -502,3 +504,38 @@ def test_a_confdict_never_shares_containers_with_its_source() -> None:
     copy["layers.0.size"] = 99
     copy["s"].add(3)
     assert orig.to_uid() == uid and orig["layers"][0] == {"size": 1} and orig["s"] == {1, 2}
+
+
+INTERRUPTED_YAML_IMPORT = """
+import importlib.abc, signal, sys
+
+fired = []
+
+
+class Interrupt(importlib.abc.MetaPathFinder):  # Ctrl-C half-way through importing PyYAML
+    def find_spec(self, name, path, target=None):
+        if name == "yaml.nodes" and not fired:
+            fired.append(1)
+            signal.raise_signal(signal.SIGINT)
+        return None
+
+
+sys.meta_path.insert(0, Interrupt())
+from exca import ConfDict
+
+try:
+    ConfDict({"a": "\\u00e9"}).to_yaml()  # (not plain text: PyYAML writes it)
+except KeyboardInterrupt:
+    print("interrupted")
+print(ConfDict({"a": "\\u00e9"}).to_yaml(), end="")
+"""
+
+
+def test_a_ctrl_c_while_pyyaml_is_imported_breaks_no_later_call() -> None:
+    """PyYAML is imported on first need, with Ctrl-C held back: an import interrupted
+    half-way made every later import of it fail ("partially initialized module")."""
+    out = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_YAML_IMPORT], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout == 'interrupted\na: "\\xE9"\n'

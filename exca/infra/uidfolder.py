@@ -19,6 +19,7 @@ import typing as tp
 from pathlib import Path
 
 from ..confdict import ConfDict
+from ..plainyaml import pyyaml
 from ..storage.files import chmod, make_folder, write_new
 
 logger = logging.getLogger("exca")
@@ -40,7 +41,7 @@ def read_yaml(
     """A yaml mapping from a file (or its text, already read); None if it is missing or
     unreadable (``remove_unreadable``: then removed too, by a writer about to rewrite it;
     readers such as inspect or iter_cached leave it alone)."""
-    import yaml
+    yaml = pyyaml()
 
     if text is None:
         text = read_text(path)
@@ -76,7 +77,7 @@ def _differ(a: tp.Any, b: tp.Any) -> bool:
 
 def _normalized(cfg: ConfDict) -> dict[str, tp.Any]:
     """The flat form of a config as it reads back from yaml (tuples become lists...)."""
-    import yaml
+    yaml = pyyaml()
 
     loaded = yaml.load(cfg.to_yaml(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     return ConfDict(loaded or {}).flat()

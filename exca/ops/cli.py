@@ -23,6 +23,7 @@ import typing as tp
 from pathlib import Path
 
 from ..confdict import ConfDict
+from ..plainyaml import pyyaml
 
 
 def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.Any:
@@ -79,7 +80,7 @@ def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.An
             "only decorated methods have a cache to plan; decorated methods of "
             f"{class_name}: {decorated_methods()}"
         )
-    import yaml
+    yaml = pyyaml()
 
     try:
         cfg = ConfDict()  # (merging the file applies its "=replace=" markers)

@@ -18,6 +18,7 @@ from ..confdict import ConfDict
 from ..graph import registry
 from ..graph.node import TASK_KEY
 from ..infra.uidfolder import FULL_UID_FILE, UID_FILE, read_yaml
+from ..plainyaml import pyyaml
 from ..storage.cachedict import inspecting_view
 from ..storage.claims import Claims
 from ..storage.index import INDEX_SUFFIX
@@ -234,7 +235,7 @@ def _parse_condition(text: str) -> tuple[str, str]:
 
 def _matches(config: dict[str, tp.Any], key: str, value: str) -> bool:
     """``key=value`` against a flat config (with defaults: full-uid.yaml)."""
-    import yaml
+    yaml = pyyaml()
 
     candidates = [k for k in config if k == key or k.endswith("." + key)]
     if not candidates:
