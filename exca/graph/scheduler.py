@@ -78,6 +78,8 @@ class Scheduler:
         self._borrowed: list[tuple[NodeRun, tuple[str, str], list[str]]] = []
         # (not for a detached run: what follows a node starts after that node's own jobs)
         self.shares_items = True
+        # (a call of one node: of several failures, the one the others only follow is raised)
+        self.root_cause = False
 
     @property
     def runs(self) -> dict[Key, NodeRun]:
@@ -90,11 +92,10 @@ class Scheduler:
         """Decide, settle what needs no work, prepare the folders of what does
         (``detached``: for a run that submits everything and returns)."""
         runs = self.graph.decide()
-        read_only = [
-            r
-            for r in runs.values()
-            if r.action == "fail" and "read-only" in r.reason and not r.blocked  # (the root ones)
-        ]
+        read_only = [r for r in runs.values() if r.action == "fail" and "read-only" in r.reason]
+        roots = [r for r in read_only if not r.blocked]  # (the others fail only below them)
+        if self.root_cause and len(roots) == 1:
+            raise self.graph.decision_error(roots[0])  # (as a call of that node raises)
         if read_only:  # read-only never computes: refuse before anything runs or is submitted
             raise (
                 self.graph.decision_error(read_only[0])
@@ -131,6 +132,7 @@ class Scheduler:
         """Compute what the targets need and wait for it (raises on failure: NodeFailures
         when several nodes failed; ``root_cause``: the error of the one node that failed
         when the others only could not run because of it, as a call of that node raises)."""
+        self.root_cause = root_cause
         work = self.start()
         if work:
             try:
