@@ -22,7 +22,8 @@ def pyyaml() -> tp.Any:
     leaves its submodules behind, and every later import of it in the process then
     failed ("partially initialized module 'yaml'")."""
     module = sys.modules.get("yaml")
-    if module is None:
+    # (being imported by another thread: the import statement waits for it to finish)
+    if module is None or getattr(getattr(module, "__spec__", None), "_initializing", False):
         from .storage import interrupts
 
         with interrupts.deferred():

@@ -539,3 +539,38 @@ def test_a_ctrl_c_while_pyyaml_is_imported_breaks_no_later_call() -> None:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout == 'interrupted\na: "\\xE9"\n'
+
+
+SLOW_YAML_IMPORT_IN_A_THREAD = """
+import importlib.abc, sys, threading, time
+
+
+class Slow(importlib.abc.MetaPathFinder):  # a slow disk: PyYAML takes a while to import
+    def find_spec(self, name, path, target=None):
+        if name == "yaml.nodes":
+            time.sleep(0.5)
+        return None
+
+
+sys.meta_path.insert(0, Slow())
+from exca.confdict import ConfDict
+
+worker = threading.Thread(target=lambda: ConfDict.from_yaml("a: 1"))
+worker.start()
+time.sleep(0.2)  # (the worker thread is importing PyYAML)
+print(dict(ConfDict.from_yaml("b: 2")))
+worker.join()
+"""
+
+
+def test_pyyaml_imported_by_another_thread_meanwhile_is_waited_for() -> None:
+    """The module half-imported by another thread is not used (it raised 'partially
+    initialized module')."""
+    out = subprocess.run(
+        [sys.executable, "-c", SLOW_YAML_IMPORT_IN_A_THREAD],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout == "{'b': 2}\n"
