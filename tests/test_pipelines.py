@@ -820,11 +820,13 @@ def test_failing_subconfig_raises_its_own_error(env: Env) -> None:
 def test_read_only_missing_subconfig_raises_its_own_error(env: Env) -> None:
     """A sub-config in mode read-only with nothing cached: a call of the parent raises
     the sub-config's read-only error (it raised NodeFailures naming the parent too), as
-    job().result() does; exca.graph.run(...) lists both."""
+    job().result() does, and job() with a cluster (nothing submitted); exca.graph.run(...)
+    lists both."""
     infra = env.infra()
     train = TrainOnBroken(data=BrokenData(n=-1, infra={**infra, "mode": "read-only"}), infra=infra)
     data_uid = train.data.prepare.node().uid
-    for call in (train.fit, lambda: train.infra.job().result()):
+    local = TrainOnBroken(data=train.data, infra={**infra, "cluster": "local"})
+    for call in (train.fit, lambda: train.infra.job().result(), local.infra.job):
         with pytest.raises(RuntimeError, match="read-only and missing") as info:
             call()
         assert not isinstance(info.value, NodeFailures)

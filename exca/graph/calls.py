@@ -182,6 +182,7 @@ def task_job(node: Node) -> Job:
             return Job(node, DoneHandle(error))
         return Job(node, DoneHandle())
     scheduler.claim_waits = False  # (a job: it waits for a live claim, then computes if needed)
+    scheduler.root_cause = True  # (a failure decided now raises as a call of the node does)
     # the outcome the new job replaces: removed once it is submitted (store.drop_outcome)
     outdated = store.outdated_outcome(node.cache, "force" if forcing else node.mode)
     handles = scheduler.submit().get(node.key) or []
