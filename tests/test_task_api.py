@@ -12,6 +12,7 @@ import pydantic
 import pytest
 import yaml
 
+import exca
 from exca import ConfDict, MapInfra, TaskInfra
 from exca.cachedict import CacheDict
 from exca.infra.workdir import WorkDir
@@ -496,6 +497,16 @@ def test_yaml_files_removed_by_hand_are_written_again_by_a_hit(tmp_path: Path, k
     for name in YAML_FILES:
         (folder / name).unlink()
     computed = _count("task")
+    infra_base._DEFAULTS_CHECKED.clear()
+    # (plans and status() only read)
+    if kind == "task":
+        task = Task(param=4, infra={"folder": tmp_path})
+        assert task.infra.status() == "completed"
+        node = task.process.node()
+    else:
+        node = LayeredMap(scale=[2], infra={"folder": tmp_path}).apply.node([1, 2])
+    assert [e.status for e in exca.graph.plan(node).entries] == ["cached"]
+    assert sorted(f.name for f in folder.glob("*.yaml")) == []
     for mode in ("read-only", "cached"):
         infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
         assert call(mode) == (folder, expected)

@@ -100,6 +100,9 @@ _FORCED_KEY = "__exca_forced__"
 _DEFAULTS_CHECKED: dict[str, tuple[type, tp.Any]] = {}
 
 
+_UNRESTORABLE: set[str] = set()  # folders whose missing yaml files could not be written
+
+
 def _remember_checked_defaults(folder: str, owner_cls: type, export: tp.Any) -> None:
     if len(_DEFAULTS_CHECKED) >= 10_000:
         _DEFAULTS_CHECKED.clear()  # (a bounded memo)
@@ -557,10 +560,12 @@ class BaseInfra(pydantic.BaseModel):
             "Build a new config instead, e.g. infra.clone_obj({...}) with the new values"
         )
 
-    def _check_defaults(self) -> bool:
+    def _check_defaults(self, restore: bool = False) -> bool:
         """Before reusing cached results (once per instance, nothing written): they were
         computed with the class defaults of now (RuntimeError if a default changed).
-        Whether that is settled (False: no full-uid.yaml yet, to check again later)."""
+        Whether that is settled (False: no full-uid.yaml yet, to check again later).
+        ``restore``: a call about to reuse them writes back yaml files that are gone
+        (plans and status() only read)."""
         runtime = self._runtime()
         if runtime.checked or runtime.defaults_checked or self.folder is None:
             return True
@@ -577,7 +582,7 @@ class BaseInfra(pydantic.BaseModel):
                 full_uid_text=self._full_uid_yaml,
                 sub_versions=self._sub_versions,
             )
-            if not checked and not self._restore_files(folder):
+            if not checked and not (restore and self._restore_files(folder)):
                 return False  # no full-uid.yaml (yet): another process may write one later
             _remember_checked_defaults(folder, owner_cls, runtime.uid_export)
         runtime.defaults_checked = True
@@ -595,7 +600,9 @@ class BaseInfra(pydantic.BaseModel):
         try:
             self._prepare_folder()
         except OSError as error:
-            logger.warning("Could not restore the yaml files of %s: %s", folder, error)
+            if folder not in _UNRESTORABLE:  # (once: a cache shared read-only, say)
+                _UNRESTORABLE.add(folder)
+                logger.warning("Could not restore the yaml files of %s: %s", folder, error)
             return False
         logger.warning("Restored the missing yaml files of %s (uid.yaml, full-uid.yaml...)", folder)
         return True

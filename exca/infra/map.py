@@ -204,7 +204,9 @@ class BoundMap:
             cache.drop_stale_ram()
             missing = cache.missing(uids)
             if not missing:  # fast path: no node, no scheduler
-                infra._check_defaults()  # (a class default changed since they were made?)
+                infra._check_defaults(
+                    restore=True
+                )  # (a class default changed since they were made?)
                 return _refilled(infra, items, uids, cache.values_of(uids, where=infra.uid()))
         node = infra._map_node(items, uids)
         calls.map_items(node, uids, missing)

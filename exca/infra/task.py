@@ -162,7 +162,9 @@ class BoundTask:
             if runtime.ram is not _MISSING:
                 return runtime.ram
             cache = infra._cache()  # (first: it may rename a legacy folder to today's name)
-            infra._check_defaults()  # (a class default changed since the cache was made?)
+            infra._check_defaults(
+                restore=True
+            )  # (a class default changed since the cache was made?)
             value = calls.reuse(cache, infra.mode, runtime.uid or infra.uid())
             if value is not calls.MISSING:
                 if infra.keep_in_ram:
