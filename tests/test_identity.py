@@ -1076,6 +1076,39 @@ def test_defaults_check_of_sub_configs_in_lists_and_dicts(
         cached_with({"lr": 0.25})
 
 
+class PlainData(pydantic.BaseModel):
+    specs: list[dict[str, int]] = [{"a": 1}]
+    table: dict[str, int] = {"a": 1}
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        CALLS.append("PlainData")
+        return len(self.specs) + len(self.table)
+
+
+@pytest.mark.parametrize(
+    "cached",
+    [{"specs": [{"a": 1, "b": 2}]}, {"specs": [{}]}, {"table": {"a": 1, "b": 2}}, {"table": {}}],
+)
+def test_defaults_check_of_plain_dicts_sees_added_keys(tmp_path: Path, cached: dict) -> None:
+    """In plain data (not models), a key added to or removed from a default dict, in a
+    list too, is a changed default (only a model's fields may be added since)."""
+    obj = PlainData(infra={"folder": tmp_path})
+    assert obj.run() == 2
+    computed = _calls("PlainData")
+    folder = obj.infra.uid_folder()
+    assert folder is not None
+    written = {"specs": [{"a": 1}], "table": {"a": 1}, "infra": {"version": "1"}}
+    assert ConfDict(yaml.safe_load((folder / "full-uid.yaml").read_text())) == written
+    (folder / "full-uid.yaml").write_text(yaml.safe_dump({**written, **cached}))
+    infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
+    (name,) = cached
+    with pytest.raises(RuntimeError, match=f"Default {name}=.* seems incompatible"):
+        PlainData(infra={"folder": tmp_path}).run()
+    assert _calls("PlainData") == computed
+
+
 CHANGING_DEFAULT = """
 import sys, typing as tp
 import pydantic, exca

@@ -517,7 +517,7 @@ class BaseInfra(pydantic.BaseModel):
                 full_uid_config=self.config(uid=True, exclude_defaults=False),
                 config=lambda: self.config(uid=False, exclude_defaults=False),
                 permissions=self.permissions,
-                sub_versions=self._sub_versions,
+                sub_configs=self._sub_configs,
             )
         except (PermissionError, OSError) as error:
             # (ENOENT: a folder that cannot be made there, e.g. under /proc; not a uid
@@ -580,7 +580,7 @@ class BaseInfra(pydantic.BaseModel):
                 uid_config=self._uid_config,
                 full_uid_config=functools.partial(self.config, uid=True, exclude_defaults=False),
                 full_uid_text=self._full_uid_yaml,
-                sub_versions=self._sub_versions,
+                sub_configs=self._sub_configs,
             )
             if not checked and not (restore and self._restore_files(folder)):
                 return False  # no full-uid.yaml (yet): another process may write one later
@@ -607,24 +607,27 @@ class BaseInfra(pydantic.BaseModel):
         logger.warning("Restored the missing yaml files of %s (uid.yaml, full-uid.yaml...)", folder)
         return True
 
-    def _sub_versions(self) -> set[str]:
-        """The keys of the uid export holding the versions of sub-configs' infras
-        (``data.infra.version``): not part of this config's identity."""
-        found: set[str] = set()
+    def _sub_configs(self) -> uidfolder.Structure:
+        """Where the owner's models are in its uid export, and the keys holding the
+        versions of sub-configs' infras (``data.infra.version``: not part of this
+        config's identity)."""
+        found = uidfolder.Structure(models={""}, versions=set())
 
-        def walk(value: tp.Any, prefix: str) -> None:
-            if isinstance(value, BaseInfra):
-                if prefix.count(".") > 1:  # (not this config's own infra)
-                    found.add(f"{prefix[1:]}.version")
-            elif isinstance(value, pydantic.BaseModel):
+        def walk(value: tp.Any, path: str) -> None:
+            if isinstance(value, pydantic.BaseModel):
+                found.models.add(path)
+                if isinstance(value, BaseInfra):
+                    if path.count(".") > 0:  # (not this config's own infra)
+                        found.versions.add(f"{path}.version")
+                    return
                 for name in type(value).model_fields:
-                    walk(getattr(value, name, None), f"{prefix}.{name}")
+                    walk(getattr(value, name, None), f"{path}.{name}" if path else name)
             elif isinstance(value, list | tuple):
                 for index, item in enumerate(value):
-                    walk(item, f"{prefix}.{index}")
+                    walk(item, f"{path}.{index}")
             elif isinstance(value, dict):
                 for key, item in value.items():
-                    walk(item, f"{prefix}.{key}")
+                    walk(item, f"{path}.{key}")
 
         walk(self._owner(), "")
         return found

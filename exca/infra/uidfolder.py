@@ -13,6 +13,7 @@ also runs before cached results are reused (``verify_defaults``, which writes no
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import typing as tp
@@ -116,10 +117,10 @@ def prepare(
     full_uid_config: ConfDict,
     config: tp.Callable[[], ConfDict],
     permissions: int | None,
-    sub_versions: tp.Callable[[], set[str]] = set,
+    sub_configs: tp.Callable[[], Structure] | None = None,
 ) -> None:
     """Create the folder, check the existing yaml files, write the missing ones
-    (``sub_versions``: see ``_check_defaults``)."""
+    (``sub_configs``: see ``_check_defaults``)."""
     if make_folder(folder, permissions):
         # created by this call: no file to check yet (a concurrent creator of the same
         # folder writes the same texts, each file replaced whole)
@@ -144,7 +145,7 @@ def prepare(
         )
     existing_full = _check_or_write(folder / FULL_UID_FILE, full_uid_config.to_yaml(), permissions)
     if existing_full is not None:
-        _check_defaults(folder, existing_full, uid_config, full_uid_config, sub_versions)
+        _check_defaults(folder, existing_full, uid_config, full_uid_config, sub_configs)
     config_text = read_text(folder / CONFIG_FILE)  # (unparsable: removed and rewritten)
     if config_text is None:
         write_atomic(folder / CONFIG_FILE, config().to_yaml(), permissions)
@@ -160,7 +161,7 @@ def verify_defaults(
     uid_config: tp.Callable[[], ConfDict],
     full_uid_config: tp.Callable[[], ConfDict],
     full_uid_text: tp.Callable[[], str] | None = None,
-    sub_versions: tp.Callable[[], set[str]] = set,
+    sub_configs: tp.Callable[[], Structure] | None = None,
 ) -> bool:
     """Before cached results are reused (nothing written): the class defaults they were
     computed with are the defaults of now (``full-uid.yaml``, when there is one: returns
@@ -177,7 +178,7 @@ def verify_defaults(
     full = full_uid_config()
     existing = read_yaml(Path(path), text)
     if existing is not None:
-        _check_defaults(Path(folder), existing, uid_config(), full, sub_versions)
+        _check_defaults(Path(folder), existing, uid_config(), full, sub_configs)
     return True
 
 
@@ -193,24 +194,34 @@ def _read_small(path: str) -> bytes:
     return b"".join(chunks)
 
 
+@dataclasses.dataclass
+class Structure:
+    """Where a config's models sit in its export (dotted paths, list items by index; ""
+    for the config itself), and which keys are sub-configs' infra versions."""
+
+    models: set[str]
+    versions: set[str]
+
+
 def _check_defaults(
     folder: Path,
     existing: dict[str, tp.Any],
     uid_config: ConfDict,
     full_uid_config: ConfDict,
-    sub_versions: tp.Callable[[], set[str]] = set,
+    sub_configs: tp.Callable[[], Structure] | None = None,
 ) -> None:
     """RuntimeError when a value of ``full-uid.yaml`` that is a default (not in the uid)
     differs from the current default, or when a value the uid encodes differs (two
-    configs whose uids collide: a hit reads only this file). Lists are compared item by
-    item (a field added to a model held in a list is a new default, as in a dict). The
-    version of a sub-config's class (``sub_versions``: their keys) is not part of this
+    configs whose uids collide: a hit reads only this file). A field added to a model
+    since (or removed) is no change, in a sub-config held in a list or a dict too; a key
+    added to a plain dict is. The version of a sub-config's class is not part of this
     config's identity: a change of it is only logged. Values are normalized through yaml
     (only here: when the texts differ)."""
+    structure = sub_configs() if sub_configs is not None else Structure({""}, set())
     uid_tree = _nested(ConfDict(_normalized(uid_config)))
     changed_versions = []
     for key, parts, current, cached in _changes(
-        _nested(existing), _nested(_normalized(full_uid_config))
+        _nested(existing), _nested(_normalized(full_uid_config)), structure.models
     ):
         if _holds(uid_tree, parts):  # a value the uid encodes: another config has this folder name
             raise RuntimeError(
@@ -218,7 +229,7 @@ def _check_defaults(
                 f"{key}={cached!r} in {folder / FULL_UID_FILE}. Two configs map to the same "
                 "folder name (their uids collide); remove the folder if the cache is obsolete"
             )
-        if key in sub_versions():
+        if key in structure.versions:
             changed_versions.append(f"{key} {cached!r} -> {current!r}")
             continue
         raise RuntimeError(
@@ -260,27 +271,31 @@ def _nested(value: tp.Any) -> tp.Any:
 
 
 def _changes(
-    cached: tp.Any, current: tp.Any, parts: tuple[str, ...] = ()
+    cached: tp.Any, current: tp.Any, models: set[str], parts: tuple[str, ...] = ()
 ) -> tp.Iterator[tuple[str, tuple[str, ...], tp.Any, tp.Any]]:
     """(dotted key, its parts, current value, cached value) of the values of ``cached``
-    that ``current`` holds with another value (keys only in one of them are skipped: a
-    field added or removed since; lists of one length compared item by item)."""
+    that ``current`` holds with another value. In a model (``models``: their paths),
+    fields in one of them only are skipped (added or removed since); lists of models of
+    one length are compared item by item; other values (plain dicts: their keys too) as
+    a whole."""
+    key = ".".join(parts)
     if isinstance(cached, dict) and isinstance(current, dict):
-        for key, value in cached.items():
-            if key in current:
-                yield from _changes(value, current[key], (*parts, key))
-        return
-    if (
+        if key in models or cached.keys() == current.keys():
+            for name, value in cached.items():
+                if name in current:
+                    yield from _changes(value, current[name], models, (*parts, name))
+            return
+    elif (
         isinstance(cached, list)
         and isinstance(current, list)
         and len(cached) == len(current)
-        and all(isinstance(a, dict) and isinstance(b, dict) for a, b in zip(cached, current))
-    ):  # (sub-configs in a list: compared as in a dict; plain values: the whole list)
+        and all(f"{key}.{index}" in models for index in range(len(current)))
+    ):
         for index, (value, now) in enumerate(zip(cached, current)):
-            yield from _changes(value, now, (*parts, str(index)))
+            yield from _changes(value, now, models, (*parts, str(index)))
         return
     if _differ(current, cached):
-        yield ".".join(parts), parts, current, cached
+        yield key, parts, current, cached
 
 
 def _holds(tree: tp.Any, parts: tuple[str, ...]) -> bool:
