@@ -404,6 +404,35 @@ def test_a_pool_map_forced_while_another_process_forces_it(tmp_path: Path, ctl: 
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("cluster", [None, "threadpool"])
+def test_map_forced_from_two_threads_of_one_instance(
+    tmp_path: Path, ctl: Path, cluster: str | None
+) -> None:
+    """mode=force applies once per instance: a second thread of the instance calling it
+    while the first forces the items waits and reads them (it forced them again)."""
+    mapper = SlowMap(
+        ctl=str(ctl), infra={"folder": tmp_path / "cache", "mode": "force", "cluster": cluster}
+    )
+    items = list(range(6))
+    out: dict[int, list[int]] = {}
+
+    def call(index: int) -> None:
+        out[index] = list(mapper.process(items))
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+    threads[0].start()
+    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # (the first one computes, blocked)
+    threads[1].start()
+    time.sleep(0.5)  # (the second one asks meanwhile)
+    (ctl / "release").touch()
+    for thread in threads:
+        thread.join(timeout=WAIT_S)
+    assert out == {0: [2 * i for i in items], 1: [2 * i for i in items]}
+    computed = collections.Counter(int(line.split()[0]) for line in lines(ctl / "calls.txt"))
+    assert computed == dict.fromkeys(items, 1)
+
+
+@pytest.mark.timeout(60)
 def test_map_threads_with_overlapping_items(tmp_path: Path, ctl: Path) -> None:
     """Two threads of this process: [0..9] and [5..14] at the same time."""
     out: dict[int, list[int]] = {}

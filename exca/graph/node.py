@@ -287,6 +287,17 @@ class Node:
             return False
         return not state.get("uids", set()).issuperset(self.listed_item_uids)
 
+    def forcing_runs(self, run: str) -> frozenset[str]:
+        """The forcing runs of this instance's calls (``run`` and those registered with
+        ``add_forcing_run``): an item output forced by any of them is forced for it."""
+        return frozenset((run, *self.force_state.get("runs", ())))
+
+    def add_forcing_run(self, run: str) -> None:
+        # (a tuple replaced whole: a thread reading it meanwhile sees the old or the new)
+        runs = self.force_state.get("runs", ())
+        if run not in runs:
+            self.force_state["runs"] = (*runs, run)
+
     def shipped(self) -> Node:
         """This node as a unit of work carries it into a job or a pool process: a map's
         items and their uids travel with each unit (its chunk) instead (a copy of all of

@@ -309,6 +309,8 @@ class Scheduler:
         # (shared items: forced once; what a node of the folder computes in this run is
         # marked too: a forced node of it then does not compute it again)
         forced_by = self.run_id if action == "force" or self._forced_here(run) else ""
+        if forced_by and node.mode == "force":  # (another call of the instance: its force)
+            node.add_forcing_run(forced_by)
         return [
             Unit(
                 shipped,
@@ -629,7 +631,7 @@ class Scheduler:
                 job = own.get(handle.job_id)
                 if job is not None:
                     run_id, places = job
-                    kept = set(store.not_replaced(node.cache, places, run_id))
+                    kept = set(store.not_replaced(node.cache, places, node.forcing_runs(run_id)))
                     forced = (u for u in places if u not in kept)
                     node.force_state.setdefault("uids", set()).update(forced)
             self._redecide_items(run, forced=node.pending_force)
@@ -637,7 +639,7 @@ class Scheduler:
         todo = run.todo or []
         missing = node.cache.missing(todo)
         if run.replaced:  # (forced: an old output its jobs did not replace is missing too)
-            missing += store.not_replaced(node.cache, run.replaced, self.run_id)
+            missing += store.not_replaced(node.cache, run.replaced, node.forcing_runs(self.run_id))
             run.replaced = {}
         if not inline and node.execution.cluster not in POOL_CLUSTERS:
             progress.update(len(todo) - len(missing))

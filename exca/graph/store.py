@@ -78,11 +78,13 @@ def output_places(cache: CacheDict[tp.Any], uids: tp.Iterable[str]) -> dict[str,
 
 
 def not_replaced(
-    cache: CacheDict[tp.Any], places: tp.Mapping[str, tuple[str, int] | None], run_id: str
+    cache: CacheDict[tp.Any],
+    places: tp.Mapping[str, tuple[str, int] | None],
+    runs: tp.Container[str],
 ) -> list[str]:
     """The items whose output is still where ``output_places`` saw it (None: none then),
-    unless that output was forced by run ``run_id`` (by another node of that run, once
-    for both: its jobs skip it)."""
+    unless that output was forced by one of ``runs`` (by another node of the run, once
+    for both: its jobs skip it; or by another call of the same instance)."""
     kept = []
     with cache.frozen_cache_folder():
         for uid, place in places.items():
@@ -90,7 +92,7 @@ def not_replaced(
             if entry is None or (entry.file, entry.offset) != place:
                 continue
             meta = entry.info.get("#meta")
-            if not (isinstance(meta, dict) and meta.get("forced") == run_id):
+            if not (isinstance(meta, dict) and meta.get("forced") in runs):
                 kept.append(uid)
     return kept
 
