@@ -821,6 +821,30 @@ def test_a_waiter_follows_a_resubmission_instead_of_caching_a_failure(
 
 
 @pytest.mark.timeout(120)
+def test_a_call_following_a_job_withdrawn_by_its_submitter_computes_it(tmp_path: Path) -> None:
+    """A call waits for another call's job, which its submitter withdraws (Ctrl-C, or
+    clear_job()) with no new job: the waiting call computes the config itself (it raised
+    "withdrawn"; its own job cancelled from elsewhere still does)."""
+    log = tmp_path / "calls.txt"
+    block = tmp_path / "block-flag"
+    block.touch()
+    submitter = make(tmp_path, "local", x=9, block_flag=str(block))
+    first = submitter.infra.job()
+    _wait_for(lambda: len(calls(log)) == 1)  # computing in the submitter's job
+    waiter = make(tmp_path, "local", x=9, block_flag=str(block))
+    thread, out = _in_thread(waiter.process)
+    thread.join(timeout=1.0)
+    assert thread.is_alive()  # following the submitter's job
+    submitter.infra.clear_job()
+    _wait_for(lambda: exca.storage.process.process_start_time(int(first.job_id)) is None)
+    block.unlink()  # (the waiter's own job computes then)
+    thread.join(timeout=60)
+    assert out == [18]
+    assert len(calls(log)) == 2
+    assert make(tmp_path, None, x=9, block_flag=str(block)).infra.status() == "completed"
+
+
+@pytest.mark.timeout(120)
 def test_a_job_cleared_by_another_instance_is_not_cached_as_failed(
     tmp_path: Path, short_result_wait: None
 ) -> None:

@@ -751,8 +751,13 @@ class Scheduler:
             run.state = "pending"
             self._requeued.append(run)
             return True
-        # cancelled on purpose: not submitted again here, and no failure cached (the next
-        # call computes it)
+        if run.action == "wait":  # (another call's job, followed here: computed here now)
+            resume = run.resume
+            self._requeue(run, None, f"job {', '.join(sorted(ids))} of another call was withdrawn")
+            run.action = resume or "compute"
+            return True
+        # its own job, cancelled on purpose (clear_job from elsewhere): not submitted again
+        # here, and no failure cached (the next call computes it)
         run.state = "failed"
         run.error = JobFailedError(
             f"{run.node.uid}: job {', '.join(sorted(ids))} was withdrawn before writing its "
