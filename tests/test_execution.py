@@ -833,14 +833,21 @@ def test_a_call_following_a_job_withdrawn_by_its_submitter_computes_it(tmp_path:
     _wait_for(lambda: len(calls(log)) == 1)  # computing in the submitter's job
     waiter = make(tmp_path, "local", x=9, block_flag=str(block))
     thread, out = _in_thread(waiter.process)
-    thread.join(timeout=1.0)
-    assert thread.is_alive()  # following the submitter's job
+    reader = make(tmp_path, None, x=9, block_flag=str(block), infra={"mode": "read-only"})
+    reading, read = _in_thread(reader.process)
+    for followed in (thread, reading):
+        followed.join(timeout=1.0)
+        assert followed.is_alive()  # following the submitter's job
     submitter.infra.clear_job()
     _wait_for(lambda: exca.storage.process.process_start_time(int(first.job_id)) is None)
     block.unlink()  # (the waiter's own job computes then)
     thread.join(timeout=60)
+    reading.join(timeout=60)
     assert out == [18]
     assert len(calls(log)) == 2
+    # (read-only never computes: it says the job ended without a result)
+    assert len(read) == 1 and isinstance(read[0], RuntimeError), read
+    assert "read-only and missing" in str(read[0]) and first.job_id in str(read[0])
     assert make(tmp_path, None, x=9, block_flag=str(block)).infra.status() == "completed"
 
 

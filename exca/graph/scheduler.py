@@ -751,7 +751,8 @@ class Scheduler:
             run.state = "pending"
             self._requeued.append(run)
             return True
-        if run.action == "wait":  # (another call's job, followed here: computed here now)
+        if run.action == "wait" and run.node.mode != "read-only":
+            # (another call's job, followed here: computed here now; read-only never does)
             resume = run.resume
             self._requeue(run, None, f"job {', '.join(sorted(ids))} of another call was withdrawn")
             run.action = resume or "compute"
