@@ -1009,59 +1009,73 @@ class Trainer(pydantic.BaseModel):
         return self.lr * self.epochs
 
 
+class Color(str, enum.Enum):  # noqa: UP042  (str() of a key is "Color.RED", not its value)
+    RED = "red"
+
+
 class Sweep(pydantic.BaseModel):
-    """Sub-configs in a list, and in a dict."""
+    """Sub-configs in a list, a dict, dicts in a list, a dict with enum keys."""
 
     trainers: list[Trainer] = []
     named: dict[str, Trainer] = {}
+    groups: list[dict[str, Trainer]] = []
+    by_color: dict[Color, Trainer] = {}
     infra: TaskInfra = TaskInfra(version="1")
 
     @infra.apply
     def best(self) -> float:
         CALLS.append("Sweep")
-        return max(t.lr for t in [*self.trainers, *self.named.values()])
+        held = [*self.trainers, *self.named.values(), *self.by_color.values()]
+        return max(t.lr for t in held + [t for group in self.groups for t in group.values()])
 
 
-@pytest.mark.parametrize("field", ["trainers", "named"])
+@pytest.mark.parametrize(
+    "path", [("trainers", 0), ("named", "a"), ("groups", 0, "a"), ("by_color", "red")]
+)
 def test_defaults_check_of_sub_configs_in_lists_and_dicts(
-    tmp_path: Path, field: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, path: tuple[tp.Any, ...], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """full-uid.yaml as written by an older class of a sub-config held in a list (or a
-    dict): a field added since, or another class version of the sub-config, reuses the
-    cache (the latter with a warning); another default fails; another value the uid
-    encodes is a collision. A list is compared item by item, as a dict is (a whole list
-    compared at once took any added field for a collision)."""
-    trainer = Trainer(lr=0.5)
-    held: tp.Any = [trainer] if field == "trainers" else {"a": trainer}
-    key = "trainers.0" if field == "trainers" else "named.a"
-    obj = Sweep(**{field: held}, infra={"folder": tmp_path})
+    """full-uid.yaml as written by an older class of a sub-config held in a list, a dict,
+    dicts in a list, a dict with enum keys: a field added since, or another class version
+    of the sub-config, reuses the cache (the latter with a warning); another default
+    fails; another value the uid encodes is a collision. A list is compared item by item,
+    as a dict is (a whole list compared at once took any added field for a collision)."""
+    trainer: tp.Any = Trainer(lr=0.5)
+    for part in reversed(path[1:]):
+        trainer = [trainer] if part == 0 else {Color(part) if part == "red" else part: trainer}
+    field, key = path[0], ".".join(str(p) for p in path)
+    obj = Sweep(**{field: trainer}, infra={"folder": tmp_path})
     assert obj.best() == 0.5
     folder = obj.infra.uid_folder()
     assert folder is not None
     full = folder / "full-uid.yaml"
     written = full.read_text()
-    item = ConfDict(yaml.safe_load(written))[field]
-    item = item[0] if field == "trainers" else item["a"]
-    assert item == {"lr": 0.5, "epochs": 3, "infra": {"version": "1"}}
+
+    def located(old: ConfDict) -> tuple[tp.Any, tp.Any]:
+        container: tp.Any = old[field]
+        for part in path[1:-1]:
+            container = container[part]
+        return container, path[-1]
+
+    container, last = located(ConfDict(yaml.safe_load(written)))
+    assert ConfDict(container[last]) == {"lr": 0.5, "epochs": 3, "infra": {"version": "1"}}
 
     def cached_with(changes: dict[str, tp.Any], remove: str = "") -> tp.Any:
         old = ConfDict(yaml.safe_load(written))
-        listed = old[field]
-        target = ConfDict(listed[0] if field == "trainers" else listed["a"])
+        top = old[field]
+        container, last = located(old)
+        target = ConfDict(container[last])
         for name, value in changes.items():
             target[name] = value
         if remove:
             del target[remove]
-        if field == "trainers":
-            listed[0] = dict(target)
-        else:
-            listed["a"] = dict(target)
-        old[field] = listed
+        container[last] = dict(target)
+        old[field] = top
         full.write_text(old.to_yaml())
         infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
         calls = _calls("Sweep")
         try:
-            return Sweep(**{field: held}, infra={"folder": tmp_path}).best()
+            return Sweep(**{field: trainer}, infra={"folder": tmp_path}).best()
         finally:
             assert _calls("Sweep") == calls  # (reused or refused: never computed again)
 
@@ -1104,7 +1118,7 @@ def test_defaults_check_of_plain_dicts_sees_added_keys(tmp_path: Path, cached: d
     (folder / "full-uid.yaml").write_text(yaml.safe_dump({**written, **cached}))
     infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
     (name,) = cached
-    with pytest.raises(RuntimeError, match=f"Default {name}=.* seems incompatible"):
+    with pytest.raises(RuntimeError, match=f"Default {name}[.=].* seems incompatible"):
         PlainData(infra={"folder": tmp_path}).run()
     assert _calls("PlainData") == computed
 

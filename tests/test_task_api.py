@@ -477,19 +477,25 @@ YAML_FILES = ["config.yaml", "full-uid.yaml", "uid.yaml"]
 
 
 @pytest.mark.parametrize("kind", ["task", "map"])
-def test_yaml_files_removed_by_hand_are_written_again_by_a_hit(tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize("via", ["call", "node"])
+def test_yaml_files_removed_by_hand_are_written_again_by_a_hit(
+    tmp_path: Path, kind: str, via: str
+) -> None:
     """Results whose yaml files were removed (by hand, or with their folder while a worker
     wrote into it) are reused, and a hit (not read-only) writes the files again: exca list,
-    inspect and iter_cached find configs through them."""
+    inspect and iter_cached find configs through them. A call, or a node's result()."""
     from exca.infra import base as infra_base
 
     def call(mode: str = "cached") -> tp.Any:
         infra = {"folder": tmp_path, "mode": mode}
         if kind == "task":
             obj: tp.Any = Task(param=4, infra=infra)
-            return obj.infra.uid_folder(), obj.process()
+            node = obj.process.node()
+            return obj.infra.uid_folder(), obj.process() if via == "call" else node.result()
         obj = LayeredMap(scale=[2], infra=infra)
-        return obj.infra.uid_folder(), list(obj.apply([1, 2]))
+        node = obj.apply.node([1, 2])
+        found = list(obj.apply([1, 2])) if via == "call" else list(node.result())
+        return obj.infra.uid_folder(), found
 
     folder, expected = call()
     assert sorted(f.name for f in folder.glob("*.yaml")) == YAML_FILES

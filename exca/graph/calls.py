@@ -13,7 +13,7 @@ from ..storage.cachedict import CacheDict
 from . import registry, store
 from .errors import JobFailedError
 from .jobs import Job
-from .node import TASK_KEY, Node
+from .node import TASK_KEY, Node, restoring_files
 
 MISSING: tp.Any = object()
 READ_ATTEMPTS = 5  # computations of a task whose result others keep removing
@@ -97,7 +97,8 @@ def keys_being_computed(node: Node, keys: tp.Iterable[str]) -> set[str]:
 def task_result(node: Node) -> tp.Any:
     """The result of a task node: from the cache when it can be reused, else computed."""
     if not any(n.pending_force for n in node.closure):
-        node.check_defaults()  # (as a call does: made with today's class defaults?)
+        with restoring_files():  # (as a call does: made with today's class defaults?)
+            node.check_defaults()
         value = reuse(node.cache, node.mode, node.uid)
         if value is not MISSING:
             return value
@@ -168,7 +169,8 @@ def task_job(node: Node) -> Job:
             return Job(node, recorded_handle(own), replaces=True)
     if not forcing and (reusable or (record is not None and registry.is_active(record))):
         if reusable:
-            node.check_defaults()
+            with restoring_files():
+                node.check_defaults()
         return Job(node, recorded_handle(record) if record is not None else None)
     if node.mode == "read-only" and state == "missing" and being_computed(node):
         from .executors import ClaimHandle
@@ -213,7 +215,8 @@ def map_items(node: Node, uids: list[str], missing: list[str] | None = None) -> 
     if missing is None and settled:
         missing = node.cache.missing(uids)
     if settled and not missing:
-        node.check_defaults()
+        with restoring_files():
+            node.check_defaults()
         return
     from .scheduler import Scheduler
 

@@ -8,6 +8,8 @@ missing work should run (``Execution``), and which nodes must be done before it
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import dataclasses
 import hashlib
@@ -17,6 +19,22 @@ from pathlib import Path
 
 from ..storage.cachedict import CacheDict
 from ..storage.modules import imported
+
+# True while a call (not a plan, not status()) decides to reuse cached results: a folder
+# that lost its yaml files gets them back (see BaseInfra._restore_files)
+RESTORES_FILES: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "exca_restores_files", default=False
+)
+
+
+@contextlib.contextmanager
+def restoring_files() -> tp.Iterator[None]:
+    token = RESTORES_FILES.set(True)
+    try:
+        yield
+    finally:
+        RESTORES_FILES.reset(token)
+
 
 TASK_KEY = "result"  # the CacheDict key of a task node's result
 Mode = tp.Literal["cached", "retry", "force", "read-only"]

@@ -30,7 +30,7 @@ from .decisions import (
     wait_for_claims,
 )
 from .errors import JobFailedError, NodeFailures, read_only_error
-from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Node
+from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Node, restoring_files
 from .progress import Progress
 from .worker import Action, Unit
 
@@ -133,7 +133,8 @@ class Scheduler:
         when several nodes failed; ``root_cause``: the error of the one node that failed
         when the others only could not run because of it, as a call of that node raises)."""
         self.root_cause = root_cause
-        work = self.start()
+        with restoring_files():
+            work = self.start()
         if work:
             try:
                 self._execute(work)
@@ -154,7 +155,8 @@ class Scheduler:
         """Submit the nodes that need work (none may depend on another's work) without
         waiting (inline nodes run now). Returns the handles per node key. ``keep_going``:
         an upstream node that fails (cached) fails only the nodes that need it."""
-        work = self.start()
+        with restoring_files():
+            work = self.start()
         needed = {
             u for r in work for u in self.graph.upstream[r.node.key] if self.runs[u].needs_work
         }

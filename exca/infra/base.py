@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
+import enum
 import errno
 import functools
 import inspect
@@ -582,11 +583,17 @@ class BaseInfra(pydantic.BaseModel):
                 full_uid_text=self._full_uid_yaml,
                 sub_configs=self._sub_configs,
             )
-            if not checked and not (restore and self._restore_files(folder)):
+            if not checked and not (self._restores(restore) and self._restore_files(folder)):
                 return False  # no full-uid.yaml (yet): another process may write one later
             _remember_checked_defaults(folder, owner_cls, runtime.uid_export)
         runtime.defaults_checked = True
         return True
+
+    @staticmethod
+    def _restores(restore: bool) -> bool:
+        from ..graph.node import RESTORES_FILES
+
+        return restore or RESTORES_FILES.get()
 
     def _restore_files(self, folder: str) -> bool:
         """A folder holding results without its full-uid.yaml (yaml files removed by
@@ -608,26 +615,36 @@ class BaseInfra(pydantic.BaseModel):
         return True
 
     def _sub_configs(self) -> uidfolder.Structure:
-        """Where the owner's models are in its uid export, and the keys holding the
-        versions of sub-configs' infras (``data.infra.version``: not part of this
-        config's identity)."""
-        found = uidfolder.Structure(models={""}, versions=set())
+        """Where the owner's plain dicts (holding no model) are in its uid export, and the
+        keys holding the versions of sub-configs' infras (``data.infra.version``: not part
+        of this config's identity). Paths as the export writes them (dict keys as JSON
+        writes them: an enum's value, ``true``)."""
+        found = uidfolder.Structure(plain=set(), versions=set())
 
-        def walk(value: tp.Any, path: str) -> None:
+        def walk(value: tp.Any, path: str) -> bool:
+            """Whether the value holds a model."""
             if isinstance(value, pydantic.BaseModel):
-                found.models.add(path)
                 if isinstance(value, BaseInfra):
                     if path.count(".") > 0:  # (not this config's own infra)
                         found.versions.add(f"{path}.version")
-                    return
+                    return True
                 for name in type(value).model_fields:
                     walk(getattr(value, name, None), f"{path}.{name}" if path else name)
-            elif isinstance(value, list | tuple):
-                for index, item in enumerate(value):
-                    walk(item, f"{path}.{index}")
-            elif isinstance(value, dict):
-                for key, item in value.items():
-                    walk(item, f"{path}.{key}")
+                return True
+            if isinstance(value, list | tuple):  # (indexed as exported: without dropped items)
+                kept = [
+                    v
+                    for v in value
+                    if not (isinstance(v, pydantic.BaseModel) and identity.dropped_from_parent(v))
+                ]
+                holds = [walk(item, f"{path}.{index}") for index, item in enumerate(kept)]
+                return any(holds) or len(kept) < len(value)
+            if isinstance(value, dict):
+                holds = [walk(item, f"{path}.{_json_key(key)}") for key, item in value.items()]
+                if not any(holds):
+                    found.plain.add(path)
+                return any(holds)
+            return False
 
         walk(self._owner(), "")
         return found
@@ -751,6 +768,15 @@ _UID_AROUND: dict[tuple[tp.Any, ...], tuple[str, str]] = {}
 
 # exported configs use field names, not aliases (pydantic >= 2.11 can validate them as such)
 _BY_NAME = "by_name" in inspect.signature(pydantic.BaseModel.model_validate).parameters
+
+
+def _json_key(key: tp.Any) -> str:
+    """A dict key as the uid export (``model_dump(mode="json")``) writes it."""
+    if isinstance(key, enum.Enum):
+        key = key.value
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    return str(key)
 
 
 def _in_mode_cached(

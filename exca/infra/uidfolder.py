@@ -196,10 +196,10 @@ def _read_small(path: str) -> bytes:
 
 @dataclasses.dataclass
 class Structure:
-    """Where a config's models sit in its export (dotted paths, list items by index; ""
-    for the config itself), and which keys are sub-configs' infra versions."""
+    """Where a config's plain dicts (holding no model) sit in its export (dotted paths,
+    list items by index), and which keys are sub-configs' infra versions."""
 
-    models: set[str]
+    plain: set[str]
     versions: set[str]
 
 
@@ -217,11 +217,11 @@ def _check_defaults(
     added to a plain dict is. The version of a sub-config's class is not part of this
     config's identity: a change of it is only logged. Values are normalized through yaml
     (only here: when the texts differ)."""
-    structure = sub_configs() if sub_configs is not None else Structure({""}, set())
+    structure = sub_configs() if sub_configs is not None else Structure(set(), set())
     uid_tree = _nested(ConfDict(_normalized(uid_config)))
     changed_versions = []
     for key, parts, current, cached in _changes(
-        _nested(existing), _nested(_normalized(full_uid_config)), structure.models
+        _nested(existing), _nested(_normalized(full_uid_config)), structure.plain
     ):
         if _holds(uid_tree, parts):  # a value the uid encodes: another config has this folder name
             raise RuntimeError(
@@ -271,28 +271,28 @@ def _nested(value: tp.Any) -> tp.Any:
 
 
 def _changes(
-    cached: tp.Any, current: tp.Any, models: set[str], parts: tuple[str, ...] = ()
+    cached: tp.Any, current: tp.Any, plain: set[str], parts: tuple[str, ...] = ()
 ) -> tp.Iterator[tuple[str, tuple[str, ...], tp.Any, tp.Any]]:
     """(dotted key, its parts, current value, cached value) of the values of ``cached``
-    that ``current`` holds with another value. In a model (``models``: their paths),
-    fields in one of them only are skipped (added or removed since); lists of models of
-    one length are compared item by item; other values (plain dicts: their keys too) as
-    a whole."""
+    that ``current`` holds with another value. Keys in one of them only are skipped (a
+    model's field added or removed since), but in a plain dict (``plain``: their paths):
+    its keys are part of its value. Lists of dicts of one length are compared item by
+    item; other values as a whole."""
     key = ".".join(parts)
     if isinstance(cached, dict) and isinstance(current, dict):
-        if key in models or cached.keys() == current.keys():
+        if key not in plain or cached.keys() == current.keys():
             for name, value in cached.items():
                 if name in current:
-                    yield from _changes(value, current[name], models, (*parts, name))
+                    yield from _changes(value, current[name], plain, (*parts, name))
             return
     elif (
         isinstance(cached, list)
         and isinstance(current, list)
         and len(cached) == len(current)
-        and all(f"{key}.{index}" in models for index in range(len(current)))
+        and all(isinstance(a, dict) and isinstance(b, dict) for a, b in zip(cached, current))
     ):
         for index, (value, now) in enumerate(zip(cached, current)):
-            yield from _changes(value, now, models, (*parts, str(index)))
+            yield from _changes(value, now, plain, (*parts, str(index)))
         return
     if _differ(current, cached):
         yield key, parts, current, cached
