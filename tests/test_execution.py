@@ -1144,6 +1144,65 @@ def test_class_defined_in_main(tmp_path: Path) -> None:
     run_main_script(tmp_path, MAIN_SCRIPT, str(cache))
 
 
+LIBRARY_MODULE = """
+import typing as tp
+
+import pydantic
+
+import exca
+
+
+class Train(pydantic.BaseModel):
+    layers: int = 2
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def fit(self) -> int:
+        return 10 * self.layers
+
+
+class Embed(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        yield from items
+"""
+
+SUBCLASS_IN_MAIN_SCRIPT = """
+import sys
+
+import library
+
+
+class Big(library.Train):  # (infra not overridden)
+    extra: int = 0
+
+
+class Embed2(library.Embed):
+    offset: int = 0
+
+
+if __name__ == "__main__":
+    folder = sys.argv[1]
+    assert Big(layers=3, extra=1, infra={"folder": folder, "cluster": "local"}).fit() == 30
+    mapper = Embed2(offset=1, infra={"folder": folder, "cluster": "local"})
+    assert list(mapper.process([1, 2, 3])) == [1, 2, 3]
+    print("MAIN-OK")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_subclass_defined_in_main_of_a_library_class(tmp_path: Path) -> None:
+    """A script subclasses a config class of an importable module without overriding
+    its infra: its jobs run (they failed: "Big.infra overrides the infra that
+    Train.fit is decorated with", the class rebuilt in the job holding a copy of it)."""
+    (tmp_path / "library.py").write_text(textwrap.dedent(LIBRARY_MODULE))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    run_main_script(tmp_path, SUBCLASS_IN_MAIN_SCRIPT, str(cache))
+
+
 MAIN_ERRORS_SCRIPT = """
 import sys
 import typing as tp

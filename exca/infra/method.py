@@ -209,10 +209,12 @@ def owner_facts(cls: type[pydantic.BaseModel]) -> _OwnerFacts:
     from .base import BaseInfra
 
     applied: dict[str, InfraMethod] = {}
+    applied_in: dict[str, type] = {}  # (the class whose method applies it)
     for klass in reversed(cls.__mro__):
         for value in vars(klass).values():
             if isinstance(value, InfraMethod) and value.infra_name:
                 applied[value.infra_name] = value
+                applied_in[value.infra_name] = klass
     infras: list[tuple[str, bool, BaseInfra]] = []
     for name, field in cls.model_fields.items():
         if isinstance(field.default, BaseInfra):
@@ -222,7 +224,14 @@ def owner_facts(cls: type[pydantic.BaseModel]) -> _OwnerFacts:
             infras.append((name, True, private.default))
     for name, _, default in infras:
         method = applied.get(name)
-        if method is not None and default._runtime().method is None:
+        if (
+            method is not None
+            and default._runtime().method is None
+            # (declared again below the class applying it; else a class rebuilt from a
+            # pickle, e.g. a subclass defined in a script, sent to a job: its default
+            # infra is a copy, not linked to the method yet)
+            and _declared_below(cls, name, applied_in[name])
+        ):
             raise RuntimeError(
                 f"{cls.__qualname__}.{name} overrides the infra that {method.func.__qualname__} "
                 f"is decorated with, without applying it: decorate a method with "
@@ -230,6 +239,17 @@ def owner_facts(cls: type[pydantic.BaseModel]) -> _OwnerFacts:
             )
     facts = _FACTS[cls] = _OwnerFacts(tuple(infras))
     return facts
+
+
+def _declared_below(cls: type, name: str, applying: type) -> bool:
+    """Whether a class strictly below ``applying`` (``cls`` or a parent) declares the
+    field ``name`` again."""
+    for klass in cls.__mro__:
+        if klass is applying:
+            return False
+        if name in vars(klass).get("__annotations__", {}):
+            return True
+    return False
 
 
 COPIED: tp.Any = object()  # link_infras' second argument for copies and unpickled objects
