@@ -8,11 +8,14 @@ from .infra import MapInfra, TaskInfra
 
 __version__ = "0.1.0"
 
-# the "exca" logger says what runs where (INFO), on its own handler, like the reference
+# the "exca" logger says what runs where (INFO), on its own handler, like the reference;
+# that handler stays quiet once the application configures logging (handlers on the root
+# logger, e.g. logging.basicConfig): the records then go through those only, not twice
 logger = logging.getLogger("exca")
 if not logger.handlers:
     _handler = logging.StreamHandler()
     _handler.setFormatter(logging.Formatter("%(asctime)s - %(levelname)s - %(name)s - %(message)s"))
+    _handler.addFilter(lambda record: not logging.getLogger().handlers)
     logger.addHandler(_handler)
     logger.setLevel(logging.INFO)
 

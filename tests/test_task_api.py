@@ -1460,3 +1460,45 @@ def test_a_pickled_bound_method_is_the_same_method() -> None:
     base_method = super(_PickledOverride, obj).process
     assert pickle.loads(pickle.dumps(base_method))() == "base5"
     assert pickle.loads(pickle.dumps(_Pickled(x=2).process))() == "base2"
+
+
+LOGGING_SCRIPT = """
+import logging, sys
+import pydantic, exca
+
+if sys.argv[2] == "configured":
+    logging.basicConfig(level=logging.INFO, format="APP %(name)s: %(message)s")
+
+
+class Failing(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        raise ValueError("boom")
+
+
+try:
+    Failing(infra={"folder": sys.argv[1]}).run()
+except ValueError:
+    pass
+"""
+
+
+@pytest.mark.parametrize("logging_setup", ["none", "configured"])
+def test_log_lines_appear_once(tmp_path: Path, logging_setup: str) -> None:
+    """exca's own log handler writes its lines, unless the application configured logging
+    (handlers on the root logger): then they go through those only (they came twice)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", LOGGING_SCRIPT, str(tmp_path), logging_setup],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [x for x in proc.stderr.splitlines() if "failed (its error is cached)" in x]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("APP exca: ") is (logging_setup == "configured")
