@@ -214,8 +214,10 @@ def test_local_array(tmp_path: Path, ctl: Path) -> None:
 
 @pytest.mark.timeout(120)
 def test_local_array_does_not_resubmit_running_jobs(
-    tmp_path: Path, ctl: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, ctl: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """(the array says it does not submit them again: it said "waiting for it", and did
+    not wait)"""
     import submitit.core.core
 
     # submitit waits 15 s for a result pickle each time exca asks how a dead job ended
@@ -225,8 +227,10 @@ def test_local_array_does_not_resubmit_running_jobs(
     with task.infra.job_array() as array:
         array.extend(task.infra.clone_obj(x=x) for x in range(2))
     wait_until(lambda: sum(calls(ctl).values()) == 2)  # both jobs are computing
-    with task.infra.job_array() as again:  # still running: not submitted again
-        again.extend(task.infra.clone_obj(x=x) for x in range(3))
+    with caplog.at_level(logging.INFO, logger="exca"), task.infra.job_array() as again:
+        again.extend(task.infra.clone_obj(x=x) for x in range(3))  # (2 running)
+    said = [r.getMessage() for r in caplog.records if "computed elsewhere" in r.getMessage()]
+    assert len(said) == 2 and all(m.endswith(": not submitted again") for m in said), said
     wait_until(lambda: sum(calls(ctl).values()) == 3)
     assert [t.infra.status() for t in again] == ["running"] * 3
     (ctl / "block").unlink()

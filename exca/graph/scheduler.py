@@ -182,7 +182,7 @@ class Scheduler:
         pools = executors.Pools()
         running: dict[Key, NodeRun] = {}
         progress = Progress(0, "exca", requested=False)
-        self.launch(work, running, pools, progress, parallelism)
+        self.launch(work, running, pools, progress, parallelism, waiting=False)
         self.finish_done(running, progress)  # the inline ones ran already
         pools.shutdown()
         self.graph.share_force_states()
@@ -430,13 +430,15 @@ class Scheduler:
         pools: executors.Pools,
         progress: Progress,
         parallelism: int | None = None,
+        waiting: bool = True,
     ) -> None:
         """Start ready nodes: the ones with a cluster go out grouped in arrays, then the
-        inline ones run (here: jobs first, so that they run meanwhile)."""
+        inline ones run (here: jobs first, so that they run meanwhile). ``waiting``: the
+        caller then waits for them (not a submission that returns)."""
         self.graph.share_force_states()  # (before instances are pickled into jobs)
         groups: dict[str, list[tuple[NodeRun, Unit]]] = {}
         inline: list[tuple[NodeRun, Unit]] = []
-        _log_waits([r for r in ready if r.action == "wait"])
+        _log_waits([r for r in ready if r.action == "wait"], waiting)
         for run in ready:
             run.state = "running"
             running[run.node.key] = run
@@ -893,15 +895,16 @@ def _job_ids(runs: list[NodeRun]) -> list[str]:
     return sorted(i for i in ids if i and not i.startswith("#"))
 
 
-def _log_waits(runs: list[NodeRun], shown: int = 3) -> None:
-    """Say what this call waits for that others compute (else a call following another
-    process's jobs stays silent until they end)."""
+def _log_waits(runs: list[NodeRun], waiting: bool, shown: int = 3) -> None:
+    """Say what others compute: what this call waits for (else a call following another
+    process's jobs stays silent until they end), or does not submit again (``waiting``
+    False: a submission that returns, e.g. a job array)."""
+    then = "waiting for it" if waiting else "not submitted again"
     for run in runs[:shown]:
-        logger.info("%s is computed elsewhere (%s): waiting for it", run.node.uid, run.reason)
+        logger.info("%s is computed elsewhere (%s): %s", run.node.uid, run.reason, then)
     if len(runs) > shown:
-        logger.info(
-            "... and %d more node(s) computed elsewhere: waiting for them", len(runs) - shown
-        )
+        then = "waiting for them" if waiting else "not submitted again"
+        logger.info("... and %d more node(s) computed elsewhere: %s", len(runs) - shown, then)
 
 
 def _log_interruption(cancelled: list[NodeRun], followed: list[NodeRun]) -> None:
