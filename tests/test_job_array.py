@@ -132,6 +132,21 @@ def test_repeated_configs(
     assert calls(ctl) == {3: 1, 4: 1}
 
 
+def test_a_config_without_folder_is_refused(tmp_path: Path, ctl: Path) -> None:
+    """A config appended without a folder (not made from the array's config): its job
+    computed a result kept nowhere, and a call then computed it again. Refused before
+    anything is submitted."""
+    task = base(tmp_path, ctl, "local")
+    with (
+        pytest.raises(ValueError, match=r"has no folder .*clone_obj"),
+        task.infra.job_array() as array,
+    ):
+        array.append(task.infra.clone_obj(x=2))
+        array.append(Square(ctl=str(ctl), x=3))
+    assert calls(ctl) == {}
+    assert list((tmp_path / "cache").rglob("jobs")) == []
+
+
 def test_one_object_appended_twice_is_named(tmp_path: Path, ctl: Path) -> None:
     """Changing one object between appends: the error said "the same config twice" and
     showed two identical yamls."""

@@ -41,6 +41,13 @@ def submit_array(
                 f"{owner_cls.__name__}(...) objects (e.g. infra.clone_obj({{...}}))"
             )
         infra = tp.cast("TaskInfra", method.infra_of(task))
+        if infra.folder is None and array_infra.cluster is not None:
+            raise ValueError(
+                f"A config of the job array of {owner_cls.__name__}.{method.name} has no "
+                f"folder (infra.folder): its job would compute a result kept nowhere "
+                f"({infra.uid()}). Append configs made from the array's own, e.g. "
+                f"base.infra.clone_obj({{...}}), or give them a folder"
+            )
         uid = infra.uid()
         if uid in infras:
             if not allow_repeated_tasks and infras[uid]._owner() is task:
