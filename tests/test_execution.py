@@ -1203,6 +1203,46 @@ def test_subclass_defined_in_main_of_a_library_class(tmp_path: Path) -> None:
     run_main_script(tmp_path, SUBCLASS_IN_MAIN_SCRIPT, str(cache))
 
 
+UNREACHABLE_MODULE = """
+import pydantic
+
+import exca
+
+
+class Hidden(pydantic.BaseModel):
+    x: int = 1
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return self.x
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_job_that_cannot_import_the_config_module_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The config's module is importable here (sys.path set by this process) but not in
+    the job: the error says so, with the missing module (it said "ended with state
+    FINISHED without writing its result", the cause deep in submitit's traceback)."""
+    import importlib
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "hidden_module_27.py").write_text(textwrap.dedent(UNREACHABLE_MODULE))
+    monkeypatch.syspath_prepend(str(code))
+    module = importlib.import_module("hidden_module_27")
+    try:
+        task = module.Hidden(infra={"folder": tmp_path / "cache", "cluster": "local"})
+        with pytest.raises(JobFailedError, match="could not load what it had to run") as info:
+            task.process()
+        assert "No module named 'hidden_module_27'" in str(info.value)
+        assert "workdir.copied" in str(info.value)
+    finally:
+        sys.modules.pop("hidden_module_27", None)
+
+
 MAIN_ERRORS_SCRIPT = """
 import sys
 import typing as tp

@@ -282,6 +282,14 @@ class SubmititHandle(Handle):
             if state.startswith(key):
                 return f"job {self.job_id} {text} (state {state})"
         error = self.error()
+        unloadable = _unloadable(str(error)) if error is not None else None
+        if unloadable is not None:
+            return (
+                f"job {self.job_id} could not load what it had to run ({unloadable}): the "
+                "module defining the config (or what it holds) is not importable in the job; "
+                "with a workdir, list that module in workdir.copied too; the job's log: "
+                f"{self.job.paths.stderr}"
+            )
         detail = f": {type(error).__name__}: {str(error)[-2000:]}" if error is not None else ""
         if not detail and self.cluster == "local":
             # (submitit's local controller ends normally whatever happened to the worker)
@@ -461,6 +469,19 @@ def _unpicklable_item(units: tp.Sequence[Unit]) -> tp.Any:
             except Exception:
                 return item
     return None
+
+
+def _unloadable(trace: str) -> str | None:
+    """The error line of a submitit job that failed loading its pickled call (before any
+    code of exca ran in it: a module missing there), else None."""
+    if "DelayedSubmission.load" not in trace:
+        return None
+    errors = [
+        line.strip()
+        for line in trace.splitlines()
+        if line and not line[0].isspace() and ("Error: " in line or "Exception: " in line)
+    ]
+    return errors[-1] if errors else None
 
 
 def _cancelled_local_job(job_id: str, stderr: Path) -> str | None:
