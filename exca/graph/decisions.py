@@ -513,8 +513,11 @@ class Graph:
             elif run.action == "compute" and run.node.mode == "retry":
                 run.action, run.holds_error = "retry", True
                 run.reason = f"retry: job {record.job_id} ended without a result"
-            elif run.action == "compute":
+            elif run.action == "compute" and not _still_computed(run.node):
                 ended.append((run, record))
+            # (else its worker lives on, e.g. a local job whose controller was killed, or
+            # another worker computes it now: computed as any task being computed elsewhere,
+            # its claim waited for)
         slurm_ended = [r.job_id for _, r in ended if r.cluster == "slurm"]
         known = registry.slurm_endings(slurm_ended) if slurm_ended else {}  # (one sacct call)
         for run, record in ended:
@@ -615,6 +618,12 @@ def forcing_job(node: Node) -> registry.JobRecord | None:
     if record is None or record.job_id != job_id or not registry.is_active(record):
         return None
     return record
+
+
+def _still_computed(node: Node) -> bool:
+    from .calls import being_computed
+
+    return node.folder is not None and being_computed(node)
 
 
 def wait_for_map_jobs(run: NodeRun, active: list[registry.JobRecord]) -> None:
