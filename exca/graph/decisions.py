@@ -459,6 +459,8 @@ class Graph:
                     chunks[run.node.key] = found
         if not records and not chunks:
             return
+        from .calls import being_computed
+
         slurm_ids = [r.job_id for r in records.values() if r.cluster == "slurm"]
         slurm_ids += [r.job_id for found in chunks.values() for r in found if r.cluster == "slurm"]
         confirmed = registry.confirmed_queued(slurm_ids)
@@ -513,7 +515,7 @@ class Graph:
             elif run.action == "compute" and run.node.mode == "retry":
                 run.action, run.holds_error = "retry", True
                 run.reason = f"retry: job {record.job_id} ended without a result"
-            elif run.action == "compute" and not _still_computed(run.node):
+            elif run.action == "compute" and not being_computed(run.node):
                 ended.append((run, record))
             # (else its worker lives on, e.g. a local job whose controller was killed, or
             # another worker computes it now: computed as any task being computed elsewhere,
@@ -618,12 +620,6 @@ def forcing_job(node: Node) -> registry.JobRecord | None:
     if record is None or record.job_id != job_id or not registry.is_active(record):
         return None
     return record
-
-
-def _still_computed(node: Node) -> bool:
-    from .calls import being_computed
-
-    return node.folder is not None and being_computed(node)
 
 
 def wait_for_map_jobs(run: NodeRun, active: list[registry.JobRecord]) -> None:

@@ -91,10 +91,16 @@ def not_replaced(
             entry = cache.entry(uid) if place is not None else None
             if entry is None or (entry.file, entry.offset) != place:
                 continue
-            meta = entry.info.get("#meta")
-            if not (isinstance(meta, dict) and meta.get("forced") in runs):
+            if not forced_by(entry, runs):
                 kept.append(uid)
     return kept
+
+
+def forced_by(entry: tp.Any, runs: tp.Container[str]) -> bool:
+    """Whether a cache entry (an item's output or error) was written under one of these
+    forcing runs."""
+    meta = entry.info.get("#meta") if entry is not None else None
+    return isinstance(meta, dict) and meta.get("forced") in runs
 
 
 def outdated_outcomes(members: tp.Sequence[tuple[tp.Any, tp.Any]]) -> list[tuple[Node, tp.Any]]:

@@ -573,7 +573,7 @@ def _map_todo(node: Node, uids: list[str], action: str, forced_by: str = "") -> 
             return uids
         runs = node.forcing_runs(forced_by)
         with node.cache.frozen_cache_folder():  # (misses: one folder read, not one each)
-            return [u for u in uids if not _forced_by(node, u, runs)]
+            return [u for u in uids if not store.forced_by(node.cache.entry(u), runs)]
     missing, errors = store.item_states(node, uids)
     if action == "retry":
         wanted = set(missing) | set(errors)
@@ -581,24 +581,14 @@ def _map_todo(node: Node, uids: list[str], action: str, forced_by: str = "") -> 
     return missing
 
 
-def _forced_by(node: Node, uid: str, runs: tp.Container[str]) -> bool:
-    """Whether an item's output (or error) was written under one of these forcing runs."""
-    entry = node.cache.entry(uid)
-    meta = entry.info.get("#meta") if entry is not None else None
-    return isinstance(meta, dict) and meta.get("forced") in runs
-
-
 def _items_forced(node: Node, run: str) -> tp.Callable[[list[str]], list[str]]:
     """Which keys hold an output (or error) forced by this instance (run ``run``, or
     another call of it: another thread's)."""
 
     def done(keys: list[str]) -> list[str]:
-        if not run:
-            return []
-        runs = node.forcing_runs(run)
         node.cache.refresh()
-        with node.cache.frozen_cache_folder():
-            return [k for k in keys if _forced_by(node, k, runs)]
+        todo = set(_map_todo(node, keys, "force", run))
+        return [k for k in keys if k not in todo]
 
     return done
 
