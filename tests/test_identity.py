@@ -2217,6 +2217,49 @@ def test_subclass_instances_of_an_annotated_base_class_do_not_share_a_uid(tmp_pa
     assert type(configs[0].infra.clone_obj().net) is _ConvNet
 
 
+class _Frozen(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+    layers: int = 1
+
+
+class _FrozenConv(_Frozen):
+    kernel: int = 3
+
+
+class _NetSet(pydantic.BaseModel):
+    model_config = FORBID
+    nets: frozenset[_Frozen] = frozenset()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> str:
+        return ",".join(sorted(type(n).__name__ for n in self.nets))
+
+
+def test_subclass_instances_in_a_set_do_not_share_a_uid(tmp_path: Path) -> None:
+    """A set holding a subclass instance was exported by the annotated class's schema:
+    its own fields and its class were lost, `{_FrozenConv(kernel=5)}` had the uid of
+    `{_Frozen()}` and read its cached result (as lists did before their class entered)."""
+    configs = [
+        _NetSet(nets={_Frozen()}),
+        _NetSet(nets={_FrozenConv()}),
+        _NetSet(nets={_FrozenConv(kernel=5)}),
+        _NetSet(nets={_Frozen(), _FrozenConv()}),
+    ]
+    uids = [c.infra.uid() for c in configs]
+    assert len(set(uids)) == len(uids), uids
+    assert _cfg(configs[0]) == {"nets": [{"layers": 1}]}  # (as before: dumped whole)
+    assert _cfg(configs[2]) == {
+        "nets": [{"_class": f"{MODULE}._FrozenConv", "kernel": 5, "layers": 1}]
+    }
+    full = configs[2].infra.config(uid=False)
+    assert dict(full)["nets"] == [{"kernel": 5, "layers": 1}]  # (no class: still loadable)
+    results = [_NetSet(nets=c.nets, infra={"folder": tmp_path}).process() for c in configs]
+    assert results == ["_Frozen", "_FrozenConv", "_FrozenConv", "_Frozen,_FrozenConv"]
+    clone = configs[3].infra.clone_obj()  # (the subclass instance found by its dump)
+    assert sorted(type(n).__name__ for n in clone.nets) == ["_Frozen", "_FrozenConv"]
+
+
 class _DefaultNets(pydantic.BaseModel):
     model_config = FORBID
     lr: float = 0.1

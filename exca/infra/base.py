@@ -941,6 +941,19 @@ def _rebuilt(value: tp.Any, data: tp.Any, annotated: tuple[type, ...]) -> tp.Any
         return {
             k: _rebuilt(value[k], sub, annotated) if k in value else sub for k, sub in data.items()
         }
+    if isinstance(value, set | frozenset) and isinstance(data, list):
+        # (a set's export lists its items in uid order: an item is found by its dump;
+        # one the changes replaced is left to validation)
+        by_dump = [
+            (sub.model_dump(mode="json", warnings=False, by_alias=False), sub)
+            for sub in value
+            if isinstance(sub, pydantic.BaseModel)
+        ]
+        out = []
+        for item in data:
+            found = next((sub for dumped, sub in by_dump if dumped == item), None)
+            out.append(item if found is None else _rebuilt(found, item, annotated))
+        return out
     return data
 
 

@@ -807,9 +807,23 @@ class _Exporter:
                 )
             ]
         if isinstance(value, set | frozenset) and isinstance(dval, list):
+            if len(dval) == len(value):  # (items in iteration order: the dump's)
+                dval = [self._set_item(s, d, declared) for s, d in zip(value, dval)]
             return _sets_ordered(value, dval)
         if dval is None and type(value) is float:
             return value  # inf/nan: the json dump says null
+        return dval
+
+    def _set_item(self, item: tp.Any, dval: tp.Any, declared: tuple[type, ...]) -> tp.Any:
+        """A model in a set is exported as its json dump (defaults kept, as uids always
+        had it), but whole when the annotated class's schema dumped it (a subclass: its
+        own fields were lost) and with its class in a uid (two subclasses, one uid)."""
+        if not isinstance(item, pydantic.BaseModel):
+            return dval
+        if type(dval) is not dict or len(dval) < len(type(item).__pydantic_fields__):
+            dval = item.model_dump(mode="json", warnings=False, by_alias=False)
+        if self.uid and declared and _subclass_of(type(item), declared):
+            return _with_class(dval, item)
         return dval
 
 
