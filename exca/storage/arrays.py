@@ -232,8 +232,10 @@ def load_memmap(ctx: DumpContext, info: dict[str, tp.Any]) -> tp.Any:
         dtype = _dtype_of(code)
     shape = info["s"]
     count = math.prod(shape)
-    if count == 0:
-        return np.zeros(shape, dtype=dtype)
+    if count == 0:  # (nothing to map: read-only like the others)
+        empty = np.zeros(shape, dtype=dtype)
+        empty.setflags(False)
+        return empty
     offset = info["o"]
     mapped = ctx.memmap(info["f"], offset + count * dtype.itemsize)
     return np.frombuffer(mapped, dtype, count, offset).reshape(shape)
