@@ -62,8 +62,19 @@ def _yaml_text(collapsed: tp.Any) -> str:
     if text is None:
         yaml = plainyaml.pyyaml()
 
-        text = yaml.dump(collapsed, Dumper=_dumper_class(), sort_keys=False, allow_unicode=False)
+        # (libyaml writes an empty key as a plain one, `'': 1`: PyYAML's own emitter
+        # writes `? ''`, the text safe_dump gives)
+        dumper = _dumper_class(libyaml=not _has_empty_key(collapsed))
+        text = yaml.dump(collapsed, Dumper=dumper, sort_keys=False, allow_unicode=False)
     return text
+
+
+def _has_empty_key(value: tp.Any) -> bool:
+    if isinstance(value, dict):
+        return "" in value or any(_has_empty_key(sub) for sub in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_empty_key(sub) for sub in value)
+    return False
 
 
 def _set_in(container: tp.Any, key: str, value: tp.Any) -> None:
@@ -471,18 +482,20 @@ def _deep_copy(value: tp.Any) -> tp.Any:
     return value
 
 
-_DUMPER: tp.Any = None
+_DUMPERS: dict[bool, tp.Any] = {}
 
 
-def _dumper_class() -> tp.Any:
-    """A SafeDumper that also writes ConfDict, OrderedDict, tuples, Paths and numpy scalars."""
-    global _DUMPER
-    if _DUMPER is not None:
-        return _DUMPER
+def _dumper_class(libyaml: bool = True) -> tp.Any:
+    """A SafeDumper that also writes ConfDict, OrderedDict, tuples, Paths and numpy scalars
+    (``libyaml``: on libyaml's C emitter when available, much faster)."""
+    found = _DUMPERS.get(libyaml)
+    if found is not None:
+        return found
     yaml = plainyaml.pyyaml()
+    base = getattr(yaml, "CSafeDumper", yaml.SafeDumper) if libyaml else yaml.SafeDumper
 
-    class Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
-        pass  # libyaml's C emitter when available: the same text, much faster
+    class Dumper(base):  # type: ignore[misc,valid-type]
+        pass
 
     def mapping(dumper: tp.Any, data: dict[str, tp.Any]) -> tp.Any:
         return dumper.represent_dict(data.items())
@@ -513,7 +526,7 @@ def _dumper_class() -> tp.Any:
     Dumper.add_representer(tuple, sequence)
     Dumper.add_multi_representer(PurePath, path)
     Dumper.add_multi_representer(object, fallback)
-    _DUMPER = Dumper
+    _DUMPERS[libyaml] = Dumper
     return Dumper
 
 

@@ -151,8 +151,8 @@ def _mapping(data: tp.Mapping[tp.Any, tp.Any], indent: str, lines: list[str]) ->
     if type(data) is not dict and type(data) is not collections.OrderedDict:
         raise _Unsupported  # (other mappings may have their own representer)
     for key, value in data.items():
-        if type(key) is not str or len(key) > _MAX_KEY:
-            raise _Unsupported
+        if type(key) is not str or len(key) > _MAX_KEY or not key:
+            raise _Unsupported  # (an empty key is written `? ''` by PyYAML)
         key = _STRINGS.get(key) or _string_memo(key)
         kind = type(value)
         if kind is str:

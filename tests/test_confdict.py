@@ -258,6 +258,20 @@ def test_yaml_of_is_the_text_of_the_confdict(data: dict[str, tp.Any]) -> None:
     assert ConfDict.yaml_of(data) == ConfDict(data).to_yaml()
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"": 1},
+        {"a": {"": [1, 2], "x": 1}, "b": 3},
+        {"l": [{"": "x", "y": 2}]},
+        {"a": 1, "b": {"c": "d", "e": [1.5, None]}},
+    ],
+)
+def test_to_yaml_is_the_text_of_safe_dump(data: dict[str, tp.Any]) -> None:
+    """An empty key: libyaml wrote `'': 1` where safe_dump writes `? ''` (an audit)."""
+    assert ConfDict(data).to_yaml() == yaml.safe_dump(data, sort_keys=False)
+
+
 def test_to_yaml_keeps_insertion_order() -> None:
     cd = ConfDict({"z": 1, "a": {"y": 2, "b": 3}})
     cd["m.q"] = 4
