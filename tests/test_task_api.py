@@ -216,6 +216,17 @@ def test_job_of_failing_task(tmp_path: Path) -> None:
     with pytest.raises(KeyError):
         job.result()
     assert task.infra.status() == "failed"
+    assert job.state == "FAILED"
+
+
+def test_job_state_without_a_folder() -> None:
+    """Nothing stored: the job's state comes from what it holds (a failure said FINISHED)."""
+    failed = Task(param=12, fail=True).infra.job()
+    assert failed.state == "FAILED"
+    with pytest.raises(KeyError):
+        failed.result()
+    done = Task(param=12).infra.job()
+    assert done.state == "COMPLETED" and done.result() == 120
 
 
 def test_status_values(tmp_path: Path) -> None:

@@ -82,6 +82,11 @@ def test_resolution(project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     # a site-installed package cannot be copied
     with pytest.raises(ValueError, match="editable"):
         wd.resolve("yaml")
+    # the standard library is not code to copy: "os" (frozen) copied nothing, "json"
+    # copied the stdlib's folder, to shadow it in jobs
+    for name in ("os", "json", "email.mime"):
+        with pytest.raises(ValueError, match="standard library"):
+            wd.resolve(name)
 
 
 def test_copy_of_the_working_directory(project: Path, tmp_path: Path) -> None:

@@ -73,8 +73,8 @@ class Job:
             return "NOT SUBMITTED"
         if not self.handle.done():
             return "RUNNING"
-        if self.job_id == "#local#":
-            return "FINISHED"
+        if self.job_id == "#local#":  # (computed here, no folder: its error, if any, is held)
+            return "FAILED" if self.handle.error() is not None else "FINISHED"
         # ended without an outcome: how submitit saw it (CANCELLED, TIMEOUT...), else FAILED
         state = getattr(self.handle, "state", None)
         seen = str(state()) if callable(state) else ""

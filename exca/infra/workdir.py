@@ -72,6 +72,12 @@ class WorkDir(pydantic.BaseModel):
             if (base / path).exists():
                 return base / path
         spec = importlib.util.find_spec(str(name))
+        if spec is not None and str(name).split(".")[0] in sys.stdlib_module_names:
+            raise ValueError(
+                f"WorkDir: {name!r} is a module of Python's standard library, not your code: "
+                "jobs have it already (remove it from copied, or give the path of a folder "
+                "of yours with that name)"
+            )
         if spec is not None and spec.origin:
             origin = Path(spec.origin)
             root = origin.parent if origin.name == "__init__.py" else origin
