@@ -393,9 +393,9 @@ def test_defaults_of_a_chain_are_checked_once_per_node(
     checks: list[str] = []
     check = exca.infra.base.BaseInfra._check_defaults
 
-    def counted(infra: tp.Any) -> bool:
+    def counted(infra: tp.Any, **kwargs: tp.Any) -> bool:
         checks.append(infra.uid())
-        return check(infra)
+        return check(infra, **kwargs)
 
     monkeypatch.setattr(exca.infra.base.BaseInfra, "_check_defaults", counted)
 

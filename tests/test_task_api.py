@@ -539,6 +539,102 @@ def test_yaml_files_removed_by_hand_are_written_again_by_a_hit(
     assert len(list(owner.infra.iter_cached())) == 1
 
 
+class Scaled(pydantic.BaseModel):
+    """A task with an input, and a sub-config (whose class version is not in its uid)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+    task: Task = Task()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def scale(self, value: int) -> int:
+        CALLS.append(("scaled", value))
+        return value * 2
+
+
+class Held(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    task: Task = Task()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def total(self) -> int:
+        CALLS.append(("held", self.task.param))
+        return self.task.param * 10
+
+
+def test_yaml_files_of_a_call_with_inputs_are_written_again(tmp_path: Path) -> None:
+    """A call with inputs keeps its result in a sub-folder (inputs-<digest>): the config
+    folder's yaml files (and its inputs.yaml) removed, e.g. by a clean while a worker wrote
+    the result, were never written again: exca list missed it for good (a probe)."""
+    from exca.infra import base as infra_base
+
+    obj = Scaled(infra={"folder": tmp_path})
+    upstream = Task(param=3, infra={"folder": tmp_path})
+    assert obj.scale.node(upstream.process.node()).result() == 60
+    folder = obj.infra.uid_folder()
+    assert folder is not None
+    (sub,) = folder.glob("inputs-*")
+    texts = {f: f.read_text() for f in [*folder.glob("*.yaml"), *sub.glob("*.yaml")]}
+    assert sorted(f.name for f in texts) == sorted([*YAML_FILES, "inputs.yaml"])
+    for path in texts:
+        path.unlink()
+    infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
+    computed = _count("scaled")
+    again = Scaled(infra={"folder": tmp_path})
+    assert again.scale.node(Task(param=3, infra={"folder": tmp_path}).process.node()).result() == 60
+    assert _count("scaled") == computed
+    assert {f: f.read_text() for f in texts if f.exists()} == texts
+    found = [(i.step, i.status) for i in exca.ops.inspect(tmp_path) if "Scaled" in i.step]
+    assert found == [(f"{MODULE}.Scaled.scale,1", "success")]
+
+
+def test_sub_config_version_warning_only_where_a_result_is_reused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sub-config's class version changed since full-uid.yaml was written: reusing a
+    result warns (its version is not in this config's uid). Computing one does not (a
+    call with new inputs warned "Reusing the cache" while it computed), and a task's
+    computation writes the versions it ran with (the warning came back on every run)."""
+    from exca.infra import base as infra_base
+
+    def older_version(folder: Path) -> None:  # (as written by the class at version "0")
+        full = folder / "full-uid.yaml"
+        text = full.read_text()
+        full.write_text(text.replace("  infra.version: '1'", "  infra.version: '0'"))
+        infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
+
+    def warned() -> bool:
+        found = "other class versions" in caplog.text
+        caplog.clear()
+        return found
+
+    def scaled(param: int, mode: str = "cached") -> int:
+        obj = Scaled(infra={"folder": tmp_path, "mode": mode})
+        return obj.scale.node(Task(param=param, infra={"folder": tmp_path}).process.node()).result()
+
+    folder = Scaled(infra={"folder": tmp_path}).infra.uid_folder()
+    assert folder is not None
+    with caplog.at_level("WARNING", logger="exca"):
+        assert scaled(1) == 20
+        older_version(folder)
+        assert scaled(1) == 20 and warned()  # reused: told
+        older_version(folder)
+        assert scaled(2) == 40 and not warned()  # computed (new inputs): nothing to tell
+        infra_base._DEFAULTS_CHECKED.clear()
+        assert scaled(2) == 40 and not warned()  # computed with today's versions
+        # a task without inputs: reused with a warning until computed again
+        plain = Held(infra={"folder": tmp_path})
+        assert plain.total() == 10
+        older_version(plain.infra.uid_folder())  # type: ignore[arg-type]
+        assert Held(infra={"folder": tmp_path}).total() == 10 and warned()
+        assert Held(infra={"folder": tmp_path, "mode": "force"}).total() == 10
+        infra_base._DEFAULTS_CHECKED.clear()
+        warned()
+        assert Held(infra={"folder": tmp_path}).total() == 10 and not warned()
+        assert _count("held") == 2
+
+
 def test_iter_cached(tmp_path: Path) -> None:
     for layers in (1, 2):
         assert Outer(model={"layers": layers}, infra={"folder": tmp_path}).train() > 0

@@ -324,6 +324,9 @@ class BaseInfra(pydantic.BaseModel):
         of the field values only: done once per class default)."""
 
     _checks_disk: tp.ClassVar[bool] = False  # whether _check_disk is overridden (set below)
+    # whether a config folder holds one result (a task's): computing it again under
+    # other sub-config versions renews them in full-uid.yaml (a map's other items stay)
+    _RENEWS_VERSIONS: tp.ClassVar[bool] = False
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: tp.Any) -> None:
@@ -519,6 +522,7 @@ class BaseInfra(pydantic.BaseModel):
                 config=lambda: self.config(uid=False, exclude_defaults=False),
                 permissions=self.permissions,
                 sub_configs=self._sub_configs,
+                renew_versions=self._RENEWS_VERSIONS,
             )
         except (PermissionError, OSError) as error:
             # (ENOENT: a folder that cannot be made there, e.g. under /proc; not a uid
@@ -561,12 +565,18 @@ class BaseInfra(pydantic.BaseModel):
             "Build a new config instead, e.g. infra.clone_obj({...}) with the new values"
         )
 
-    def _check_defaults(self, restore: bool = False) -> bool:
+    def _check_defaults(
+        self,
+        restore: bool = False,
+        result_folder: Path | None = None,
+        prepare: tp.Callable[[], None] | None = None,
+    ) -> bool:
         """Before reusing cached results (once per instance, nothing written): they were
         computed with the class defaults of now (RuntimeError if a default changed).
         Whether that is settled (False: no full-uid.yaml yet, to check again later).
         ``restore``: a call about to reuse them writes back yaml files that are gone
-        (plans and status() only read)."""
+        (plans and status() only read). ``result_folder`` (a call with inputs: its
+        sub-folder) holds the result, made by ``prepare`` (default: the config folder's)."""
         runtime = self._runtime()
         if runtime.checked or runtime.defaults_checked or self.folder is None:
             return True
@@ -576,14 +586,18 @@ class BaseInfra(pydantic.BaseModel):
         # (once per folder, class and config: the export of two configs whose uids collide
         # differs)
         if known is None or known[0] is not owner_cls or known[1] != runtime.uid_export:
+            result = Path(folder) if result_folder is None else result_folder
             checked = uidfolder.verify_defaults(
                 folder,
                 uid_config=self._uid_config,
                 full_uid_config=functools.partial(self.config, uid=True, exclude_defaults=False),
                 full_uid_text=self._full_uid_yaml,
                 sub_configs=self._sub_configs,
+                reused=functools.partial(self._has_result, result),
             )
-            if not checked and not (self._restores(restore) and self._restore_files(folder)):
+            if not checked and not (
+                self._restores(restore) and self._restore_files(folder, result, prepare)
+            ):
                 return False  # no full-uid.yaml (yet): another process may write one later
             _remember_checked_defaults(folder, owner_cls, runtime.uid_export)
         runtime.defaults_checked = True
@@ -595,17 +609,20 @@ class BaseInfra(pydantic.BaseModel):
 
         return restore or RESTORES_FILES.get()
 
-    def _restore_files(self, folder: str) -> bool:
+    def _restore_files(
+        self, folder: str, result: Path, prepare: tp.Callable[[], None] | None = None
+    ) -> bool:
         """A folder holding results without its full-uid.yaml (yaml files removed by
         hand, or the folder removed while a worker wrote into it): its yaml files are
-        written again, else ``exca list``, inspect and iter_cached miss its results. Not
-        in mode read-only. Whether they were written."""
+        written again (by ``prepare``, for a result in a sub-folder), else ``exca list``,
+        inspect and iter_cached miss its results. Not in mode read-only. Whether they
+        were written."""
         if self.mode == "read-only" or not os.path.isdir(folder):
             return False
-        if not self._has_result(Path(folder)):
+        if not self._has_result(result):
             return False  # (being made: its creator writes them)
         try:
-            self._prepare_folder()
+            (prepare or self._prepare_folder)()
         except OSError as error:
             if folder not in _UNRESTORABLE:  # (once: a cache shared read-only, say)
                 _UNRESTORABLE.add(folder)

@@ -208,6 +208,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
     "read-only" (never compute).
     """
 
+    _RENEWS_VERSIONS: tp.ClassVar[bool] = True
     cluster: tp.Literal["auto", "local", "slurm", "debug"] | None = None
 
     def apply(
@@ -322,6 +323,11 @@ class TaskInfra(BaseInfra, SubmititMixin):
             cache=cache,
             label=label,
             prepare=functools.partial(self._prepare_inputs, folder, inputs),
+            check_reuse=functools.partial(
+                self._check_defaults,
+                result_folder=folder,
+                prepare=functools.partial(self._prepare_inputs, folder, inputs),
+            ),
         )
 
     def _prepare_inputs(self, folder: Path, inputs: tuple[Input, ...]) -> None:

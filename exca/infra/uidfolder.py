@@ -118,9 +118,12 @@ def prepare(
     config: tp.Callable[[], ConfDict],
     permissions: int | None,
     sub_configs: tp.Callable[[], Structure] | None = None,
+    renew_versions: bool = False,
 ) -> None:
     """Create the folder, check the existing yaml files, write the missing ones
-    (``sub_configs``: see ``_check_defaults``)."""
+    (``sub_configs``: see ``_check_defaults``). ``renew_versions``: the result about to
+    be computed is the folder's only one (a task's): a full-uid.yaml differing only in
+    sub-configs' versions is written again, with the versions it is computed with."""
     if make_folder(folder, permissions):
         # created by this call: no file to check yet (a concurrent creator of the same
         # folder writes the same texts, each file replaced whole)
@@ -143,9 +146,14 @@ def prepare(
             f"current config:\n{uid_config.to_yaml()}"
             "Two configs map to the same folder name; remove the folder if the cache is obsolete"
         )
-    existing_full = _check_or_write(folder / FULL_UID_FILE, full_uid_config.to_yaml(), permissions)
+    full_text = full_uid_config.to_yaml()
+    existing_full = _check_or_write(folder / FULL_UID_FILE, full_text, permissions)
     if existing_full is not None:
-        _check_defaults(folder, existing_full, uid_config, full_uid_config, sub_configs)
+        versions = _check_defaults(folder, existing_full, uid_config, full_uid_config, sub_configs)
+        if versions and renew_versions:
+            write_atomic(f"{folder}/{FULL_UID_FILE}", full_text, permissions)
+        elif versions:
+            _warn_versions(folder, versions)  # (a map: its other items are reused)
     config_text = read_text(folder / CONFIG_FILE)  # (unparsable: removed and rewritten)
     if config_text is None:
         write_atomic(folder / CONFIG_FILE, config().to_yaml(), permissions)
@@ -162,11 +170,13 @@ def verify_defaults(
     full_uid_config: tp.Callable[[], ConfDict],
     full_uid_text: tp.Callable[[], str] | None = None,
     sub_configs: tp.Callable[[], Structure] | None = None,
+    reused: tp.Callable[[], bool] | None = None,
 ) -> bool:
     """Before cached results are reused (nothing written): the class defaults they were
     computed with are the defaults of now (``full-uid.yaml``, when there is one: returns
     whether there was one to check). ``full_uid_text``: ``full_uid_config().to_yaml()``,
-    maybe made faster (plans check thousands of nodes)."""
+    maybe made faster (plans check thousands of nodes). ``reused``: whether there is a
+    result to reuse (a change of sub-configs' versions is told only then)."""
     path = os.path.join(folder, FULL_UID_FILE)  # (str paths, bytes: a hit's path is short)
     try:
         data = _read_small(path)
@@ -178,7 +188,9 @@ def verify_defaults(
     full = full_uid_config()
     existing = read_yaml(Path(path), text)
     if existing is not None:
-        _check_defaults(Path(folder), existing, uid_config(), full, sub_configs)
+        versions = _check_defaults(Path(folder), existing, uid_config(), full, sub_configs)
+        if versions and (reused is None or reused()):
+            _warn_versions(Path(folder), versions)
     return True
 
 
@@ -209,14 +221,14 @@ def _check_defaults(
     uid_config: ConfDict,
     full_uid_config: ConfDict,
     sub_configs: tp.Callable[[], Structure] | None = None,
-) -> None:
+) -> list[str]:
     """RuntimeError when a value of ``full-uid.yaml`` that is a default (not in the uid)
     differs from the current default, or when a value the uid encodes differs (two
     configs whose uids collide: a hit reads only this file). A field added to a model
     since (or removed) is no change, in a sub-config held in a list or a dict too; a key
     added to a plain dict is. The version of a sub-config's class is not part of this
-    config's identity: a change of it is only logged. Values are normalized through yaml
-    (only here: when the texts differ)."""
+    config's identity: the changes of them are returned (for a warning). Values are
+    normalized through yaml (only here: when the texts differ)."""
     structure = sub_configs() if sub_configs is not None else Structure(set(), set())
     uid_tree = _nested(ConfDict(_normalized(uid_config)))
     changed_versions = []
@@ -240,14 +252,17 @@ def _check_defaults(
             "change results, e.g. a path or a device, keep it out of the uid with "
             "_exclude_from_cls_uid)"
         )
-    if changed_versions:
-        logger.warning(
-            "Reusing the cache in %s, computed when sub-configs had other class versions "
-            "(%s): a sub-config's version is not part of this config's uid. If these "
-            "results depend on what changed, bump this class's infra version too",
-            folder,
-            ", ".join(changed_versions),
-        )
+    return changed_versions
+
+
+def _warn_versions(folder: Path, changed_versions: list[str]) -> None:
+    logger.warning(
+        "Reusing the cache in %s, computed when sub-configs had other class versions "
+        "(%s): a sub-config's version is not part of this config's uid. If these "
+        "results depend on what changed, bump this class's infra version too",
+        folder,
+        ", ".join(changed_versions),
+    )
 
 
 def _nested(value: tp.Any) -> tp.Any:
