@@ -617,6 +617,22 @@ def test_map_node_shares_its_item_cache_with_eager_calls(env: Env) -> None:
     assert total.result() == "total([0;1;4;9;16],None)"
 
 
+def test_one_uid_under_two_cache_roots_is_two_nodes_of_the_graph(env: Env) -> None:
+    """graph() keyed nodes by uid only: the same config cached under two roots made one
+    node of the graph (plan and run kept both, computing each once)."""
+    other = env.tmp / "other"
+    here = env.step("x").run.node(1)
+    there = env.step("x", infra={"folder": other}).run.node(1)
+    top = env.step("top").run.node(here, there)
+    dag = exca.graph.graph(top)
+    assert len(dag) == 3 == len(exca.graph.plan(top).entries)
+    assert sorted(dag.predecessors(top.uid)) == [f"{env.folder}/{here.uid}", f"{other}/{here.uid}"]
+    text = str(exca.graph.plan(top))
+    assert f"(cache root {env.folder})" in text and f"(cache root {other})" in text
+    assert top.result() == "top(x(1,None),x(1,None))"
+    assert env.starts("x") == 2
+
+
 def test_duplicate_nodes_are_computed_once(env: Env) -> None:
     left = env.step("x").run.node(1)
     right = env.step("x").run.node(1)  # another instance, same uid

@@ -64,16 +64,24 @@ def _item_errors(scheduler: Scheduler, targets: tp.Sequence[Node]) -> dict[str, 
 
 
 def graph(*targets: Node) -> nx.DiGraph:
-    """The DAG of the targets (nodes keyed by uid, attribute ``node``); frozen."""
+    """The DAG of the targets (nodes keyed by uid, attribute ``node``); frozen. A uid
+    found under two cache roots keys its nodes by ``<root>/<uid>`` (they are two nodes)."""
     import networkx as nx  # (lazily: plan and run do not need it)
 
     nodes = collect(list(targets))
+    roots_of: dict[str, set[str]] = {}
+    for node in nodes.values():
+        roots_of.setdefault(node.uid, set()).add(str(node.root))
+
+    def name(node: Node) -> str:
+        return node.uid if len(roots_of[node.uid]) == 1 else f"{node.root}/{node.uid}"
+
     dag = nx.DiGraph()
     for node in nodes.values():
-        dag.add_node(node.uid, node=node)
+        dag.add_node(name(node), node=node)
     for node in nodes.values():
         for up in node.upstream:
-            dag.add_edge(up.uid, node.uid)
+            dag.add_edge(name(up), name(node))
     return nx.freeze(dag)
 
 

@@ -294,8 +294,13 @@ class Plan:
         lines = [f"Plan: {len(self.entries)} node(s): {counts}"]
         headers = ("status", "action", "node", "where", "reason")
         rows = []
+        seen: dict[str, int] = {}
+        for e in self.entries:
+            seen[e.uid] = seen.get(e.uid, 0) + 1
         for e in self.entries:
             reason = e.reason + (f" [{e.items}]" if e.items and e.items not in e.reason else "")
+            if seen[e.uid] > 1 and e.folder:  # (one uid under two cache roots: two nodes)
+                reason += f" (cache root {e.folder.removesuffix('/' + e.uid)})"
             rows.append(
                 (
                     e.status,
