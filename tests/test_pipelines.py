@@ -1145,6 +1145,13 @@ def test_a_job_fed_by_a_ram_only_node_is_refused_before_submitting(env: Env) -> 
     squares = env.square(cluster="local").apply.node(numbers)
     exca.graph.run(squares)
     assert list(squares.result()) == [0, 1, 4]
+    # a job reading that map's outputs finds them by item uid, from the items: refused
+    # too (its job failed with "upstream ... has no cached result", a probe)
+    summed = env.step("summed", infra={"cluster": "local"}).run.node(squares)
+    assert "(through the items of" in str(exca.graph.plan(summed))
+    with pytest.raises(ValueError, match="through the items of"):
+        exca.graph.run(summed)
+    assert env.starts("summed") == 0
 
 
 def test_plan_of_a_map_without_max_jobs_with_items_known_at_run_time(env: Env) -> None:

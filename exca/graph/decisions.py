@@ -171,14 +171,28 @@ def unreachable_inputs(node: Node, detached: bool) -> str | None:
         return None
     for name, given in node.inputs:
         sources = given.sources if isinstance(given, Group) else (given,)
-        source = next((s for s in sources if isinstance(s, Node) and s.folder is None), None)
-        if source is not None:
+        for source in sources:
+            held = _held_in_ram(source) if isinstance(source, Node) else None
+            if held is None:
+                continue
+            through = "" if held is source else f" (through the items of {source.uid})"
             return (
-                f"its input {name!r} comes from {source.uid}, which has no folder (kept in "
-                f"RAM only): a job on cluster={cluster!r} runs in another process and cannot "
-                "read it. Give that config an infra folder, or run this one with cluster=None"
+                f"its input {name!r} comes from {held.uid}{through}, which has no folder "
+                f"(kept in RAM only): a job on cluster={cluster!r} runs in another process "
+                "and cannot read it. Give that config an infra folder, or run this one with "
+                "cluster=None"
             )
     return None
+
+
+def _held_in_ram(source: Node) -> Node | None:
+    """The node without a folder that reading ``source``'s output needs, if any: itself,
+    or for a map, the node its items come from (its outputs are found by item uid)."""
+    while source.folder is not None:
+        if source.kind != "map" or not isinstance(source.items, Node):
+            return None
+        source = source.items
+    return source
 
 
 def to_chunks(count: int, max_chunks: int | None, min_per_chunk: int) -> list[tuple[int, int]]:
