@@ -617,6 +617,44 @@ def test_map_node_shares_its_item_cache_with_eager_calls(env: Env) -> None:
     assert total.result() == "total([0;1;4;9;16],None)"
 
 
+@pytest.mark.timeout(120)
+def test_a_node_computed_elsewhere_since_the_run_started_is_said(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run decides to submit a node; by the time its upstream is done, another worker
+    computes that node: the run waits for it instead of submitting, and says so (it
+    waited in silence, a probe)."""
+    from exca.graph.node import TASK_KEY
+    from exca.storage.claims import Claims
+
+    gate = env.tmp / "gate"
+    gate.touch()
+    upstream = env.step("up", block_flag=str(gate)).run.node()
+    down = env.step("down", infra={"cluster": "local"}).run.node(upstream)
+    assert down.folder is not None
+    out: list[tp.Any] = []
+    with caplog.at_level("INFO", logger="exca"):
+        runner = threading.Thread(target=lambda: out.append(down.result()))
+        runner.start()
+        deadline = time.time() + 30
+        while env.starts("up") == 0 and time.time() < deadline:  # (decided: "up" runs)
+            time.sleep(0.05)
+        os.makedirs(down.folder, exist_ok=True)
+        claim = Claims(down.folder).claim_one(TASK_KEY)  # (another worker takes it)
+        assert claim.mine
+        gate.unlink()
+        try:
+            while "computed elsewhere since this run started" not in caplog.text:
+                assert time.time() < deadline and runner.is_alive()
+                time.sleep(0.05)
+        finally:
+            claim.release()  # (that worker ends without a result: the run computes it)
+            runner.join(timeout=60)
+    assert out == ["down(up(None,None),None)"]
+    assert env.starts("down") == 1
+    assert "being computed by another worker" in caplog.text
+
+
 def test_one_uid_under_two_cache_roots_is_two_nodes_of_the_graph(env: Env) -> None:
     """graph() keyed nodes by uid only: the same config cached under two roots made one
     node of the graph (plan and run kept both, computing each once)."""

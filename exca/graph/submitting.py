@@ -10,6 +10,7 @@ again.
 from __future__ import annotations
 
 import contextlib
+import logging
 import typing as tp
 
 from ..storage import interrupts
@@ -21,6 +22,18 @@ from .decisions import wait_for_map_jobs
 if tp.TYPE_CHECKING:
     from .decisions import NodeRun
     from .executors import Unit
+
+logger = logging.getLogger(__name__)
+
+
+def _log_settled(run: NodeRun) -> None:
+    """Say why a node is not submitted after all (a run waiting on it was silent)."""
+    logger.info(
+        "%s is computed elsewhere since this run started (%s): not submitted",
+        run.node.uid,
+        run.reason,
+    )
+
 
 SUBMIT_KEY = "\x00submitting"  # (not a cache key: a task's is "result", a map's items' uids)
 
@@ -83,6 +96,7 @@ def _settle(tasks: list[NodeRun], run_id: str, claim_waits: bool = True) -> set[
             run.reason = "being computed by another worker (its claim is live)"
             run.handles.append(executors.ClaimHandle(node))
             settled.add(node.key)
+            _log_settled(run)
             continue
         record = registry.latest(node.folder)
         if record is not None and record.run != run_id and record.job_id != run.seen_job:
@@ -101,6 +115,7 @@ def _settle(tasks: list[NodeRun], run_id: str, claim_waits: bool = True) -> set[
         run.reason = registry.as_jobs([record.job_id])
         run.handles.append(executors.recorded_handle(record))
         settled.add(run.node.key)
+        _log_settled(run)
     return settled
 
 
@@ -130,4 +145,5 @@ def _settle_maps(maps: list[NodeRun], run_id: str) -> set[tp.Any]:
         wait_for_map_jobs(run, active)
         run.handles.extend(executors.recorded_handle(r) for r in active)
         settled.add(run.node.key)
+        _log_settled(run)
     return settled
