@@ -749,6 +749,52 @@ def test_cli_bad_input_gets_a_message_not_a_traceback(
     assert "Train.fit,1" in capsys.readouterr().out
 
 
+PIPELINE_ROOT: list[Path] = []  # (where pipeline_targets caches: set by the test)
+
+
+def pipeline_targets() -> exca.graph.Node:
+    """A CLI TARGET naming a function: a task fed by a map (not made from a config)."""
+    root = PIPELINE_ROOT[0]
+    squares = Squares(infra={"folder": root}).square.node([1, 2, 3])
+    return Total(infra={"folder": root}).total.node(squares)
+
+
+def pipeline_target_list() -> list[exca.graph.Node]:
+    return [pipeline_targets(), Train(infra={"folder": PIPELINE_ROOT[0]}).fit.node()]
+
+
+NOT_NODES = 3
+
+
+def test_cli_target_naming_a_function_returning_nodes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pipeline's nodes with inputs cannot be built from a config: plan, explain and
+    check take a function of the module returning them (they could not address them)."""
+    from exca.ops.cli import main
+
+    monkeypatch.setattr(sys.modules[__name__], "PIPELINE_ROOT", [tmp_path / "cache"])
+    assert main(["plan", f"{__name__}:pipeline_targets"]) == 0
+    assert capsys.readouterr().out.startswith("Plan: 2 node(s): 2 missing")
+    assert pipeline_targets().result() == 28
+    assert main(["plan", f"{__name__}:pipeline_target_list"]) == 0
+    assert capsys.readouterr().out.startswith("Plan: 3 node(s): 1 missing, 1 cached, 1 not needed")
+    assert main(["explain", f"{__name__}:pipeline_target_list"]) == 0
+    assert "Train.fit,1/default" in capsys.readouterr().out
+    assert main(["check", f"{__name__}:pipeline_targets"]) == 0
+    assert "Resources fit the cluster" in capsys.readouterr().out
+    cases = {
+        (f"{__name__}:NOT_NODES",): "gave int (3), expected a node or a list of nodes",
+        (f"{__name__}:nothing_here",): "has no nothing_here (check TARGET)",
+        (f"{__name__}:pipeline_targets", "scale=3"): "takes no --config nor key=value",
+        (f"{__name__}:",): "TARGET must look like",
+    }
+    for argv, message in cases.items():
+        assert main(["plan", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert "exca: error:" in err and message in err, (argv, err)
+
+
 class Helped(pydantic.BaseModel):
     """A decorated method next to a plain one (not a TARGET)."""
 

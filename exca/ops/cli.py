@@ -8,7 +8,8 @@
   logs    FOLDER                stdout/stderr of a node's (or a map item's) job
 
 TARGET is package.module:Class.method (decorated with an infra); its config comes
-from --config FILE.yaml and key=value overrides (dotted keys).
+from --config FILE.yaml and key=value overrides (dotted keys). Or package.module:function,
+a function of no argument returning a node or a list of nodes (a pipeline's targets).
 """
 
 from __future__ import annotations
@@ -26,15 +27,47 @@ from ..confdict import ConfDict
 from ..plainyaml import pyyaml
 
 
-def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.Any:
-    """Build the node of ``module:Class.method`` for a config (yaml file + overrides)."""
-    if ":" not in target or "." not in target.split(":", 1)[1]:
-        raise ValueError(f"TARGET must look like package.module:Class.method, got {target!r}")
-    module_name, _, attr = target.partition(":")
-    class_name, _, method = attr.rpartition(".")
+def _target_nodes(target: str, config: str | None, overrides: list[str]) -> list[tp.Any]:
+    """The nodes of TARGET: ``module:Class.method`` for a config (yaml file + overrides),
+    or ``module:function``, a function of no argument returning a node or a list of nodes
+    (a pipeline's targets: nodes with inputs cannot be made from a config alone)."""
+    if ":" not in target or not target.split(":", 1)[1]:
+        raise ValueError(
+            "TARGET must look like package.module:Class.method (or package.module:function "
+            f"returning nodes), got {target!r}"
+        )
+    if "." in target.split(":", 1)[1]:
+        return [_target_node(target, config, overrides)]
+    from ..graph.node import Node
+
+    module_name, _, name = target.partition(":")
+    if config or overrides:
+        raise ValueError(
+            f"TARGET {target} names a function: it takes no --config nor key=value overrides "
+            "(its code builds the nodes)"
+        )
+    made = getattr(_import_target_module(target, module_name), name, None)
+    if made is None:
+        raise ValueError(f"{target!r}: {module_name} has no {name} (check TARGET)")
+    if callable(made) and not isinstance(made, Node):
+        made = made()
+    nodes = [made] if isinstance(made, Node) else made
+    if (
+        not isinstance(nodes, list | tuple)
+        or not nodes
+        or not all(isinstance(n, Node) for n in nodes)
+    ):
+        raise ValueError(
+            f"{target}: gave {type(made).__name__} ({made!r:.80}), expected a node or a list "
+            "of nodes (e.g. return [obj.method.node(...), ...])"
+        )
+    return list(nodes)
+
+
+def _import_target_module(target: str, module_name: str) -> tp.Any:
     sys.path.insert(0, str(Path.cwd()))
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except Exception as error:
         # (main prints these errors as one line: without this, nothing says the TARGET's
         # module failed, e.g. a missing dependency of it)
@@ -45,6 +78,13 @@ def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.An
             raise ImportError(f"{where}: {type(error).__name__}: {error}") from error
         error.add_note(where)  # (other errors keep their traceback)
         raise
+
+
+def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.Any:
+    """Build the node of ``module:Class.method`` for a config (yaml file + overrides)."""
+    module_name, _, attr = target.partition(":")
+    class_name, _, method = attr.rpartition(".")
+    module = _import_target_module(target, module_name)
     cls = getattr(module, class_name, None)
     if cls is not None and not isinstance(cls, type):
         raise ValueError(
@@ -129,8 +169,9 @@ def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.An
         return bound.node()
     except TypeError as error:  # a map (items) or a method with parameters
         raise ValueError(
-            f"{target}: cannot build its node from a config alone ({error}); plan, explain "
-            "or check it from Python: exca.graph.plan(obj.method.node(...))"
+            f"{target}: cannot build its node from a config alone ({error}); name a "
+            "function of your module returning the nodes instead (package.module:function), "
+            "or plan it from Python: exca.graph.plan(obj.method.node(...))"
         ) from None
 
 
@@ -176,8 +217,8 @@ def _read_only_command(args: argparse.Namespace) -> int:
     """plan, explain and check."""
     from ..graph.planning import Plan
 
-    node = _target_node(args.target, args.config, args.overrides)
-    plan = Plan([node])
+    nodes = _target_nodes(args.target, args.config, args.overrides)
+    plan = Plan(nodes)
     if args.command != "check":  # (a typo in the folder reads as "nothing cached")
         roots = {n.root for n in plan.graph.nodes.values() if n.root is not None}
         for root in sorted(r for r in roots if not r.is_dir()):
@@ -193,7 +234,7 @@ def _read_only_command(args: argparse.Namespace) -> int:
         from .explain import explain
         from .explain import render as render_explanations
 
-        explanations = explain(node, plan=plan)
+        explanations = explain(*nodes, plan=plan)
         _print([e.to_dict() for e in explanations], args.json, render_explanations(explanations))
     else:
         problems = _resource_problems(plan)
@@ -228,7 +269,11 @@ def _main(argv: list[str] | None) -> int:
         ("check", "check resources against the Slurm cluster"),
     ):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("target", help="package.module:Class.method (then key=value overrides)")
+        p.add_argument(
+            "target",
+            help="package.module:Class.method (then key=value overrides), or "
+            "package.module:function returning nodes",
+        )
         p.add_argument("--config", help="yaml file of the config")
         p.add_argument("--json", action="store_true")
         if name == "plan":
