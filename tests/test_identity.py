@@ -2236,6 +2236,24 @@ class _NetSet(pydantic.BaseModel):
         return ",".join(sorted(type(n).__name__ for n in self.nets))
 
 
+class _FrozenHolder(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+    net: _Frozen = _Frozen()
+
+
+class _HeldNets(pydantic.BaseModel):
+    model_config = FORBID
+    holders: frozenset[_FrozenHolder] = frozenset()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> str:
+        return ",".join(sorted(type(h.net).__name__ for h in self.holders))
+
+
+_NETS = [_FrozenConv(kernel=5), _FrozenConv(kernel=7), _Frozen(), _Frozen(layers=1)]
+
+
 def test_subclass_instances_in_a_set_do_not_share_a_uid(tmp_path: Path) -> None:
     """A set holding a subclass instance was exported by the annotated class's schema:
     its own fields and its class were lost, `{_FrozenConv(kernel=5)}` had the uid of
@@ -2258,6 +2276,11 @@ def test_subclass_instances_in_a_set_do_not_share_a_uid(tmp_path: Path) -> None:
     assert results == ["_Frozen", "_FrozenConv", "_FrozenConv", "_Frozen,_FrozenConv"]
     clone = configs[3].infra.clone_obj()  # (the subclass instance found by its dump)
     assert sorted(type(n).__name__ for n in clone.nets) == ["_Frozen", "_FrozenConv"]
+    # deeper: a set item holding a subclass instance (a review: still one uid for all)
+    held = [_HeldNets(holders={_FrozenHolder(net=net)}) for net in _NETS]
+    assert len({h.infra.uid() for h in held}) == len(held) - 1  # (the last two: equal)
+    assert held[0].infra.clone_obj().holders == held[0].holders
+    assert type(next(iter(held[0].infra.clone_obj().holders)).net) is _FrozenConv
 
 
 class _DefaultNets(pydantic.BaseModel):

@@ -787,6 +787,7 @@ def test_cli_target_naming_a_function_returning_nodes(
         (f"{__name__}:NOT_NODES",): "gave int (3), expected a node or a list of nodes",
         (f"{__name__}:nothing_here",): "has no nothing_here (check TARGET)",
         (f"{__name__}:pipeline_targets", "scale=3"): "takes no --config nor key=value",
+        (f"{__name__}:Train", "seed=3"): "Train is a class: name its decorated method",
         (f"{__name__}:",): "TARGET must look like",
     }
     for argv, message in cases.items():

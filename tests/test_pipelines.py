@@ -667,6 +667,9 @@ def test_one_uid_under_two_cache_roots_is_two_nodes_of_the_graph(env: Env) -> No
     assert sorted(dag.predecessors(top.uid)) == [f"{env.folder}/{here.uid}", f"{other}/{here.uid}"]
     text = str(exca.graph.plan(top))
     assert f"(cache root {env.folder})" in text and f"(cache root {other})" in text
+    maps = [env.square().apply.node([1, 2]), env.square(folder=other).apply.node([1, 2])]
+    text = str(exca.graph.plan(*maps))  # (a map's uid ends with items-..., not a folder)
+    assert f"(cache root {env.folder})" in text and f"(cache root {other})" in text
     assert top.result() == "top(x(1,None),x(1,None))"
     assert env.starts("x") == 2
 

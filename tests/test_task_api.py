@@ -560,6 +560,8 @@ class Held(pydantic.BaseModel):
     @infra.apply
     def total(self) -> int:
         CALLS.append(("held", self.task.param))
+        if self.task.fail:
+            raise KeyError("failing on purpose")
         return self.task.param * 10
 
 
@@ -594,8 +596,9 @@ def test_sub_config_version_warning_only_where_a_result_is_reused(
 ) -> None:
     """A sub-config's class version changed since full-uid.yaml was written: reusing a
     result warns (its version is not in this config's uid). Computing one does not (a
-    call with new inputs warned "Reusing the cache" while it computed), and a task's
-    computation writes the versions it ran with (the warning came back on every run)."""
+    call with new inputs warned "Reusing the cache" while it computed); a stored result
+    records the versions it ran with (the warning came back on every run), its own when
+    in a sub-folder: the other sub-folders' results, of older versions, still warn."""
     from exca.infra import base as infra_base
 
     def older_version(folder: Path) -> None:  # (as written by the class at version "0")
@@ -609,9 +612,12 @@ def test_sub_config_version_warning_only_where_a_result_is_reused(
         caplog.clear()
         return found
 
-    def scaled(param: int, mode: str = "cached") -> int:
-        obj = Scaled(infra={"folder": tmp_path, "mode": mode})
+    def scaled(param: int, mode: str = "cached", obj: tp.Any = None) -> int:
+        obj = obj or Scaled(infra={"folder": tmp_path, "mode": mode})
         return obj.scale.node(Task(param=param, infra={"folder": tmp_path}).process.node()).result()
+
+    def new_process() -> None:
+        infra_base._DEFAULTS_CHECKED.clear()
 
     folder = Scaled(infra={"folder": tmp_path}).infra.uid_folder()
     assert folder is not None
@@ -619,20 +625,48 @@ def test_sub_config_version_warning_only_where_a_result_is_reused(
         assert scaled(1) == 20
         older_version(folder)
         assert scaled(1) == 20 and warned()  # reused: told
-        older_version(folder)
+        new_process()
         assert scaled(2) == 40 and not warned()  # computed (new inputs): nothing to tell
-        infra_base._DEFAULTS_CHECKED.clear()
+        new_process()
         assert scaled(2) == 40 and not warned()  # computed with today's versions
+        new_process()
+        assert scaled(1) == 20 and warned()  # still of the older version: told
+        # one instance (one process): a new input computed, then an old one reused
+        new_process()
+        instance = Scaled(infra={"folder": tmp_path})
+        assert scaled(3, obj=instance) == 60 and not warned()
+        assert scaled(1, obj=instance) == 20 and warned()
+        new_process()
+        with pytest.raises(RuntimeError):
+            scaled(6, mode="read-only")
+        assert scaled(1, mode="read-only") == 20 and warned()
+        assert (folder / "full-uid.yaml").read_text().count("'0'") == 1  # (never renewed)
         # a task without inputs: reused with a warning until computed again
         plain = Held(infra={"folder": tmp_path})
         assert plain.total() == 10
-        older_version(plain.infra.uid_folder())  # type: ignore[arg-type]
+        held_folder = plain.infra.uid_folder()
+        assert held_folder is not None
+        older_version(held_folder)
         assert Held(infra={"folder": tmp_path}).total() == 10 and warned()
+        new_process()
+        assert Held(infra={"folder": tmp_path}).infra.uid_folder(create=True) == held_folder
+        assert Held(infra={"folder": tmp_path}).total() == 10 and warned()  # (not renewed)
         assert Held(infra={"folder": tmp_path, "mode": "force"}).total() == 10
-        infra_base._DEFAULTS_CHECKED.clear()
+        new_process()
         warned()
         assert Held(infra={"folder": tmp_path}).total() == 10 and not warned()
         assert _count("held") == 2
+        # a cached error retried is computed, not reused: no warning
+        failing = Held(task=Task(param=7, fail=True), infra={"folder": tmp_path})
+        with pytest.raises(KeyError):
+            failing.total()
+        failing_folder = failing.infra.uid_folder()
+        assert failing_folder is not None
+        older_version(failing_folder)
+        retried = Held(task=Task(param=7, fail=True), infra={"folder": tmp_path, "mode": "retry"})
+        with pytest.raises(KeyError):
+            retried.total()
+        assert not warned()
 
 
 def test_iter_cached(tmp_path: Path) -> None:

@@ -65,7 +65,8 @@ def _item_errors(scheduler: Scheduler, targets: tp.Sequence[Node]) -> dict[str, 
 
 def graph(*targets: Node) -> nx.DiGraph:
     """The DAG of the targets (nodes keyed by uid, attribute ``node``); frozen. A uid
-    found under two cache roots keys its nodes by ``<root>/<uid>`` (they are two nodes)."""
+    found under two cache roots keys its nodes by ``<root>/<uid>`` (they are two nodes;
+    one without a folder keeps its uid)."""
     import networkx as nx  # (lazily: plan and run do not need it)
 
     nodes = collect(list(targets))
@@ -73,8 +74,10 @@ def graph(*targets: Node) -> nx.DiGraph:
     for node in nodes.values():
         roots_of.setdefault(node.uid, set()).add(str(node.root))
 
-    def name(node: Node) -> str:
-        return node.uid if len(roots_of[node.uid]) == 1 else f"{node.root}/{node.uid}"
+    def name(node: Node) -> str:  # (a node without a folder keeps its uid)
+        if len(roots_of[node.uid]) == 1 or node.root is None:
+            return node.uid
+        return f"{node.root}/{node.uid}"
 
     dag = nx.DiGraph()
     for node in nodes.values():

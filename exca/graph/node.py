@@ -282,6 +282,8 @@ class Node:
     # before cached results are reused: raises if they were made with other class defaults
     # (returns whether that is settled: False while nothing is on disk to check against)
     check_reuse: tp.Callable[[], bool] | None = None
+    # after a task's outcome is stored (in the worker): records what it was computed with
+    after_store: tp.Callable[[], None] | None = None
     label: str = ""
     uid_config: tp.Callable[[], dict[str, tp.Any]] | None = None  # full uid config (explanations)
     # maps only

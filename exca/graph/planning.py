@@ -300,7 +300,7 @@ class Plan:
         for e in self.entries:
             reason = e.reason + (f" [{e.items}]" if e.items and e.items not in e.reason else "")
             if seen[e.uid] > 1 and e.folder:  # (one uid under two cache roots: two nodes)
-                reason += f" (cache root {e.folder.removesuffix('/' + e.uid)})"
+                reason += f" (cache root {_root_of(e.folder, e.uid)})"
             rows.append(
                 (
                     e.status,
@@ -449,3 +449,14 @@ def _status(run: NodeRun) -> tuple[str, str]:
 def plan(*targets: Node) -> Plan:
     """The dry run of some target nodes (see ``Plan``)."""
     return Plan(list(targets))
+
+
+def _root_of(folder: str, uid: str) -> str:
+    """The cache root of a node folder (a map's uid ends with ``/items-...``, which is
+    not a folder)."""
+    parts = uid.split("/")
+    for count in (len(parts), len(parts) - 1):
+        suffix = "/" + "/".join(parts[:count])
+        if folder.endswith(suffix):
+            return folder[: -len(suffix)]
+    return folder

@@ -26,12 +26,15 @@ if tp.TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def _log_settled(run: NodeRun) -> None:
-    """Say why a node is not submitted after all (a run waiting on it was silent)."""
+def _log_settled(run: NodeRun, by_worker: bool = False) -> None:
+    """Say why a node is not submitted now (a run waiting on it was silent)."""
+    then = (
+        "waiting for it (computed here if it ends without a result)"
+        if by_worker
+        else "following its job(s) instead of submitting"
+    )
     logger.info(
-        "%s is computed elsewhere since this run started (%s): not submitted",
-        run.node.uid,
-        run.reason,
+        "%s is computed elsewhere since this run started (%s): %s", run.node.uid, run.reason, then
     )
 
 
@@ -96,7 +99,7 @@ def _settle(tasks: list[NodeRun], run_id: str, claim_waits: bool = True) -> set[
             run.reason = "being computed by another worker (its claim is live)"
             run.handles.append(executors.ClaimHandle(node))
             settled.add(node.key)
-            _log_settled(run)
+            _log_settled(run, by_worker=True)
             continue
         record = registry.latest(node.folder)
         if record is not None and record.run != run_id and record.job_id != run.seen_job:

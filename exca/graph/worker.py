@@ -337,6 +337,7 @@ def _compute_task(node: Node) -> Report:
         if TASK_KEY not in node.cache:  # (see below)
             with node.cache.write():
                 node.cache.put(TASK_KEY, CachedError.from_exception(failure), meta=meta)
+            _stored(node)
         if failure is not error:
             raise failure from error
         raise
@@ -365,9 +366,21 @@ def _compute_task(node: Node) -> Report:
         _log_failure(node.uid, failure)
         with node.cache.write():
             node.cache.put(TASK_KEY, CachedError.from_exception(failure), meta=meta)
+        _stored(node)
         raise failure from error
     _refuse_if_withdrawn(node, written=True)  # (withdrawn while it wrote: removed again)
+    _stored(node)
     return Report(computed=1)
+
+
+def _stored(node: Node) -> None:
+    """A task's outcome was stored: its node records what it was computed with (a
+    file it cannot write is no failure of the task)."""
+    if node.after_store is not None:
+        try:
+            node.after_store()
+        except OSError as error:
+            logger.warning("%s: could not record its config next to it: %s", node.uid, error)
 
 
 _LOGGED = "__exca_logged__"

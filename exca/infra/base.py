@@ -324,9 +324,6 @@ class BaseInfra(pydantic.BaseModel):
         of the field values only: done once per class default)."""
 
     _checks_disk: tp.ClassVar[bool] = False  # whether _check_disk is overridden (set below)
-    # whether a config folder holds one result (a task's): computing it again under
-    # other sub-config versions renews them in full-uid.yaml (a map's other items stay)
-    _RENEWS_VERSIONS: tp.ClassVar[bool] = False
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: tp.Any) -> None:
@@ -515,14 +512,13 @@ class BaseInfra(pydantic.BaseModel):
         if runtime.checked and os.path.exists(os.path.join(folder, uidfolder.UID_FILE)):
             return
         try:
-            uidfolder.prepare(
+            settled = uidfolder.prepare(
                 Path(folder),
                 uid_config=self._uid_config(),
                 full_uid_config=self.config(uid=True, exclude_defaults=False),
                 config=lambda: self.config(uid=False, exclude_defaults=False),
                 permissions=self.permissions,
                 sub_configs=self._sub_configs,
-                renew_versions=self._RENEWS_VERSIONS,
             )
         except (PermissionError, OSError) as error:
             # (ENOENT: a folder that cannot be made there, e.g. under /proc; not a uid
@@ -539,7 +535,8 @@ class BaseInfra(pydantic.BaseModel):
                 error.filename,
             ) from error
         runtime.checked = True
-        _remember_checked_defaults(folder, type(self._owner()), runtime.uid_export)
+        if settled:  # (else the versions are told where a result is reused)
+            _remember_checked_defaults(folder, type(self._owner()), runtime.uid_export)
 
     def _check_unchanged(self) -> None:
         """RuntimeError if a list or dict of the config was changed in place since its
@@ -576,32 +573,78 @@ class BaseInfra(pydantic.BaseModel):
         Whether that is settled (False: no full-uid.yaml yet, to check again later).
         ``restore``: a call about to reuse them writes back yaml files that are gone
         (plans and status() only read). ``result_folder`` (a call with inputs: its
-        sub-folder) holds the result, made by ``prepare`` (default: the config folder's)."""
+        sub-folder) holds the result, made by ``prepare`` (default: the config folder's);
+        its own full-uid.yaml, if any, records what it was computed with."""
         runtime = self._runtime()
-        if runtime.checked or runtime.defaults_checked or self.folder is None:
+        if self.folder is None:
             return True
+        if result_folder is None and (runtime.checked or runtime.defaults_checked):
+            return True  # (a sub-folder's result is checked on its own: memoized by folder)
         folder = os.path.join(self.folder, runtime.uid or self.uid())
+        result = Path(folder) if result_folder is None else result_folder
+        restores = self._restores(restore)
+        verified = folder
+        if result_folder is not None:
+            if restores and prepare is not None:
+                self._restore_inputs_file(result_folder, prepare)
+            if os.path.exists(result_folder / uidfolder.FULL_UID_FILE):
+                verified = str(result_folder)
         owner_cls = type(self._owner())
-        known = _DEFAULTS_CHECKED.get(folder)
+        known = _DEFAULTS_CHECKED.get(verified)
         # (once per folder, class and config: the export of two configs whose uids collide
         # differs)
         if known is None or known[0] is not owner_cls or known[1] != runtime.uid_export:
-            result = Path(folder) if result_folder is None else result_folder
             checked = uidfolder.verify_defaults(
-                folder,
+                verified,
                 uid_config=self._uid_config,
                 full_uid_config=functools.partial(self.config, uid=True, exclude_defaults=False),
                 full_uid_text=self._full_uid_yaml,
                 sub_configs=self._sub_configs,
-                reused=functools.partial(self._has_result, result),
+                reused=functools.partial(self._reuses, result),
             )
-            if not checked and not (
-                self._restores(restore) and self._restore_files(folder, result, prepare)
-            ):
+            if checked is False and not (restores and self._restore_files(folder, result, prepare)):
                 return False  # no full-uid.yaml (yet): another process may write one later
-            _remember_checked_defaults(folder, owner_cls, runtime.uid_export)
-        runtime.defaults_checked = True
+            if checked is None:
+                return True  # (other sub-config versions, nothing reused: told when it is)
+            _remember_checked_defaults(verified, owner_cls, runtime.uid_export)
+        if result_folder is None:
+            runtime.defaults_checked = True
         return True
+
+    def _reuses(self, folder: Path) -> bool:
+        """Whether a call would reuse what ``folder`` holds (its sub-configs' versions are
+        then told about, if they changed)."""
+        return self._has_result(folder)
+
+    def _record_versions(self, result_folder: Path | None = None) -> None:
+        """After a result is stored: full-uid.yaml says what it was computed with, its
+        sub-configs' versions included (else a version changed since the config folder's
+        file was written is told again at every reuse). A result in a sub-folder (a call
+        with inputs) gets its own file when it differs from the config folder's (the
+        other sub-folders hold results of their own versions)."""
+        if self.folder is None:
+            return
+        config_folder = os.path.join(self.folder, self.uid())
+        text = self._full_uid_yaml()
+        current = uidfolder.read_text(Path(config_folder) / uidfolder.FULL_UID_FILE)
+        target = config_folder if result_folder is None else str(result_folder)
+        if result_folder is not None and current == text:
+            own = result_folder / uidfolder.FULL_UID_FILE
+            if not os.path.exists(own):
+                return  # (the config folder's file tells)
+            current = uidfolder.read_text(own)
+        if current != text:
+            uidfolder.write_atomic(f"{target}/{uidfolder.FULL_UID_FILE}", text, self.permissions)
+            _DEFAULTS_CHECKED.pop(target, None)
+
+    def _restore_inputs_file(self, result_folder: Path, prepare: tp.Callable[[], None]) -> None:
+        """The inputs.yaml of a result in a sub-folder, gone (with its config folder's
+        yaml files, say): written again (``prepare``)."""
+        if self.mode == "read-only" or os.path.exists(result_folder / uidfolder.INPUTS_FILE):
+            return
+        if self._has_result(result_folder):
+            with contextlib.suppress(OSError):
+                prepare()
 
     @staticmethod
     def _restores(restore: bool) -> bool:
@@ -962,7 +1005,10 @@ def _rebuilt(value: tp.Any, data: tp.Any, annotated: tuple[type, ...]) -> tp.Any
         # (a set's export lists its items in uid order: an item is found by its dump;
         # one the changes replaced is left to validation)
         by_dump = [
-            (sub.model_dump(mode="json", warnings=False, by_alias=False), sub)
+            (
+                sub.model_dump(mode="json", warnings=False, by_alias=False, serialize_as_any=True),
+                sub,
+            )
             for sub in value
             if isinstance(sub, pydantic.BaseModel)
         ]

@@ -820,8 +820,10 @@ class _Exporter:
         own fields were lost) and with its class in a uid (two subclasses, one uid)."""
         if not isinstance(item, pydantic.BaseModel):
             return dval
-        if type(dval) is not dict or len(dval) < len(type(item).__pydantic_fields__):
-            dval = item.model_dump(mode="json", warnings=False, by_alias=False)
+        whole = item.model_dump(mode="json", warnings=False, by_alias=False, serialize_as_any=True)
+        if whole != dval:  # a subclass instance in it (itself or deeper): exported as such
+            self.field_keys_only = False
+            dval = _Exporter(self.uid, False).model(item, whole, keep=())
         if self.uid and declared and _subclass_of(type(item), declared):
             return _with_class(dval, item)
         return dval

@@ -26,7 +26,7 @@ from .resources import SubmititMixin
 
 logger = logging.getLogger("exca")
 C = tp.TypeVar("C", bound=tp.Callable[..., tp.Any])
-INPUTS_FILE = "inputs.yaml"
+INPUTS_FILE = uidfolder.INPUTS_FILE
 
 
 @functools.cache
@@ -208,7 +208,6 @@ class TaskInfra(BaseInfra, SubmititMixin):
     "read-only" (never compute).
     """
 
-    _RENEWS_VERSIONS: tp.ClassVar[bool] = True
     cluster: tp.Literal["auto", "local", "slurm", "debug"] | None = None
 
     def apply(
@@ -291,6 +290,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
             ),
             prepare=self._prepare_folder if self.folder is not None else None,
             check_reuse=self._check_defaults if self.folder is not None else None,
+            after_store=self._record_versions if self.folder is not None else None,
             label=uid,
             uid_config=functools.partial(self.config, uid=True, exclude_defaults=False),
             force_state=runtime.force_state,
@@ -328,6 +328,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
                 result_folder=folder,
                 prepare=functools.partial(self._prepare_inputs, folder, inputs),
             ),
+            after_store=functools.partial(self._record_versions, folder),
         )
 
     def _prepare_inputs(self, folder: Path, inputs: tuple[Input, ...]) -> None:
@@ -411,6 +412,11 @@ class TaskInfra(BaseInfra, SubmititMixin):
     def _has_result(self, folder: Path) -> bool:
         cache: CacheDict[tp.Any] = CacheDict(folder, permissions=None)
         return cache.entry_type(TASK_KEY) is not None  # computed (a result or an error)
+
+    def _reuses(self, folder: Path) -> bool:
+        cache: CacheDict[tp.Any] = CacheDict(folder, permissions=None)
+        kind = cache.entry_type(TASK_KEY)
+        return kind is not None and not (kind == "Error" and self.mode == "retry")
 
     @contextlib.contextmanager
     def job_array(

@@ -27,6 +27,7 @@ logger = logging.getLogger("exca")
 UID_FILE = "uid.yaml"
 FULL_UID_FILE = "full-uid.yaml"
 CONFIG_FILE = "config.yaml"
+INPUTS_FILE = "inputs.yaml"  # (in the sub-folder of a call with inputs: which they are)
 
 
 def read_text(path: Path) -> str | None:
@@ -118,19 +119,17 @@ def prepare(
     config: tp.Callable[[], ConfDict],
     permissions: int | None,
     sub_configs: tp.Callable[[], Structure] | None = None,
-    renew_versions: bool = False,
-) -> None:
+) -> bool:
     """Create the folder, check the existing yaml files, write the missing ones
-    (``sub_configs``: see ``_check_defaults``). ``renew_versions``: the result about to
-    be computed is the folder's only one (a task's): a full-uid.yaml differing only in
-    sub-configs' versions is written again, with the versions it is computed with."""
+    (``sub_configs``: see ``_check_defaults``). Whether full-uid.yaml is the config's
+    (False: its sub-configs' versions differ, to tell where a result is reused)."""
     if make_folder(folder, permissions):
         # created by this call: no file to check yet (a concurrent creator of the same
         # folder writes the same texts, each file replaced whole)
         for name, cfg in ((UID_FILE, uid_config), (FULL_UID_FILE, full_uid_config)):
             write_atomic(f"{folder}/{name}", cfg.to_yaml(), permissions)
         write_atomic(f"{folder}/{CONFIG_FILE}", config().to_yaml(), permissions)
-        return
+        return True
     if os.path.exists(f"{folder}/{REFERENCE_RESULT}"):
         logger.warning(
             "%s holds a result written by another exca (%s, the reference package?): it is "
@@ -146,22 +145,20 @@ def prepare(
             f"current config:\n{uid_config.to_yaml()}"
             "Two configs map to the same folder name; remove the folder if the cache is obsolete"
         )
-    full_text = full_uid_config.to_yaml()
-    existing_full = _check_or_write(folder / FULL_UID_FILE, full_text, permissions)
+    existing_full = _check_or_write(folder / FULL_UID_FILE, full_uid_config.to_yaml(), permissions)
+    versions: list[str] = []
     if existing_full is not None:
+        # (sub-configs' versions changed: told where a result is reused, not here)
         versions = _check_defaults(folder, existing_full, uid_config, full_uid_config, sub_configs)
-        if versions and renew_versions:
-            write_atomic(f"{folder}/{FULL_UID_FILE}", full_text, permissions)
-        elif versions:
-            _warn_versions(folder, versions)  # (a map: its other items are reused)
     config_text = read_text(folder / CONFIG_FILE)  # (unparsable: removed and rewritten)
     if config_text is None:
         write_atomic(folder / CONFIG_FILE, config().to_yaml(), permissions)
-        return
+        return not versions
     current = config().to_yaml()
     # (the same text is readable: parsing it would import PyYAML, ~20 ms of a first call)
     if config_text != current and read_yaml(folder / CONFIG_FILE, config_text, True) is None:
         write_atomic(folder / CONFIG_FILE, current, permissions)
+    return not versions
 
 
 def verify_defaults(
@@ -171,12 +168,13 @@ def verify_defaults(
     full_uid_text: tp.Callable[[], str] | None = None,
     sub_configs: tp.Callable[[], Structure] | None = None,
     reused: tp.Callable[[], bool] | None = None,
-) -> bool:
+) -> bool | None:
     """Before cached results are reused (nothing written): the class defaults they were
     computed with are the defaults of now (``full-uid.yaml``, when there is one: returns
     whether there was one to check). ``full_uid_text``: ``full_uid_config().to_yaml()``,
     maybe made faster (plans check thousands of nodes). ``reused``: whether there is a
-    result to reuse (a change of sub-configs' versions is told only then)."""
+    result to reuse (a change of sub-configs' versions is told only then: None when there
+    was such a change and nothing to reuse, not settled)."""
     path = os.path.join(folder, FULL_UID_FILE)  # (str paths, bytes: a hit's path is short)
     try:
         data = _read_small(path)
@@ -189,7 +187,9 @@ def verify_defaults(
     existing = read_yaml(Path(path), text)
     if existing is not None:
         versions = _check_defaults(Path(folder), existing, uid_config(), full, sub_configs)
-        if versions and (reused is None or reused()):
+        if versions:
+            if reused is not None and not reused():
+                return None  # (nothing reused: nothing to tell yet)
             _warn_versions(Path(folder), versions)
     return True
 

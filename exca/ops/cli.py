@@ -41,14 +41,19 @@ def _target_nodes(target: str, config: str | None, overrides: list[str]) -> list
     from ..graph.node import Node
 
     module_name, _, name = target.partition(":")
+    made = getattr(_import_target_module(target, module_name), name, None)
+    if made is None:
+        raise ValueError(f"{target!r}: {module_name} has no {name} (check TARGET)")
+    if isinstance(made, type):
+        raise ValueError(
+            f"{target!r}: {name} is a class: name its decorated method, "
+            f"package.module:{name}.method (or a function returning nodes)"
+        )
     if config or overrides:
         raise ValueError(
             f"TARGET {target} names a function: it takes no --config nor key=value overrides "
             "(its code builds the nodes)"
         )
-    made = getattr(_import_target_module(target, module_name), name, None)
-    if made is None:
-        raise ValueError(f"{target!r}: {module_name} has no {name} (check TARGET)")
     if callable(made) and not isinstance(made, Node):
         made = made()
     nodes = [made] if isinstance(made, Node) else made
