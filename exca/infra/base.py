@@ -60,6 +60,7 @@ class _Runtime:
     uid: str | None = None
     uid_export: tp.Any = None  # config(uid=True, exclude_defaults=True) as uid() exported it
     checked = False  # uid folder yaml files checked/written
+    full_uid_current = False  # ...and its full-uid.yaml was this config's (versions too)
     defaults_checked = False  # full-uid.yaml checked before reusing cached results
     ram: tp.Any = _MISSING
     cache: tp.Any = None
@@ -535,6 +536,7 @@ class BaseInfra(pydantic.BaseModel):
                 error.filename,
             ) from error
         runtime.checked = True
+        runtime.full_uid_current = settled
         if settled:  # (else the versions are told where a result is reused)
             _remember_checked_defaults(folder, type(self._owner()), runtime.uid_export)
 
@@ -624,12 +626,14 @@ class BaseInfra(pydantic.BaseModel):
         other sub-folders hold results of their own versions)."""
         if self.folder is None:
             return
+        own = None if result_folder is None else result_folder / uidfolder.FULL_UID_FILE
+        if self._runtime().full_uid_current and (own is None or not os.path.exists(own)):
+            return  # (this instance found the config folder's file current: it tells)
         config_folder = os.path.join(self.folder, self.uid())
         text = self._full_uid_yaml()
         current = uidfolder.read_text(Path(config_folder) / uidfolder.FULL_UID_FILE)
         target = config_folder if result_folder is None else str(result_folder)
-        if result_folder is not None and current == text:
-            own = result_folder / uidfolder.FULL_UID_FILE
+        if own is not None and current == text:
             if not os.path.exists(own):
                 return  # (the config folder's file tells)
             current = uidfolder.read_text(own)
