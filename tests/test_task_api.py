@@ -565,6 +565,17 @@ class Held(pydantic.BaseModel):
         return self.task.param * 10
 
 
+class HeldMap(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    task: Task = Task()
+    infra: MapInfra = MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def apply(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            yield item * self.task.param
+
+
 def test_yaml_files_of_a_call_with_inputs_are_written_again(tmp_path: Path) -> None:
     """A call with inputs keeps its result in a sub-folder (inputs-<digest>): the config
     folder's yaml files (and its inputs.yaml) removed, e.g. by a clean while a worker wrote
@@ -641,6 +652,16 @@ def test_sub_config_version_warning_only_where_a_result_is_reused(
             scaled(6, mode="read-only")
         assert scaled(1, mode="read-only") == 20 and warned()
         assert (folder / "full-uid.yaml").read_text().count("'0'") == 1  # (never renewed)
+        # exca list --where reads the record of each result
+        listed = {
+            version: sorted(
+                i.uid.rsplit("/", 1)[-1]
+                for i in exca.ops.inspect(tmp_path, where=[f"task.infra.version={version}"])
+                if "Scaled" in i.step
+            )
+            for version in ("0", "1")
+        }
+        assert [len(listed["0"]), len(listed["1"])] == [1, 2], listed
         # a task without inputs: reused with a warning until computed again
         plain = Held(infra={"folder": tmp_path})
         assert plain.total() == 10
@@ -667,6 +688,18 @@ def test_sub_config_version_warning_only_where_a_result_is_reused(
         with pytest.raises(KeyError):
             retried.total()
         assert not warned()
+        # a map: a call computing new items and reusing others warns (the review of this
+        # change: it fell silent when the warning left the folder's preparation)
+        mapped = HeldMap(infra={"folder": tmp_path})
+        assert list(mapped.apply([1, 2])) == [1, 2]
+        map_folder = mapped.infra.uid_folder()
+        assert map_folder is not None
+        older_version(map_folder)
+        assert list(HeldMap(infra={"folder": tmp_path}).apply([1, 4])) == [1, 4] and warned()
+        new_process()
+        assert list(HeldMap(infra={"folder": tmp_path}).apply([2])) == [2] and warned()
+        other = HeldMap(infra={"folder": tmp_path / "fresh"})
+        assert list(other.apply([5])) == [5] and not warned()  # (nothing reused)
 
 
 def test_iter_cached(tmp_path: Path) -> None:

@@ -77,6 +77,7 @@ class _Runtime:
     models: list[pydantic.BaseModel]  # the config tree, walked when frozen
     inputs_caches: dict[tp.Any, tp.Any]  # CacheDicts of input sub-folders
     inputs_force: dict[str, dict[str, tp.Any]]  # force_state of each inputs node (mode=force)
+    inputs_checked: dict[Path, bool]  # input sub-folders whose defaults check is settled
 
     def ram_lock(self) -> threading.RLock:
         """Held while this instance computes a result kept in RAM only (no folder, hence
@@ -88,7 +89,7 @@ class _Runtime:
         return tp.cast(threading.RLock, lock)
 
     def __getattr__(self, name: str) -> tp.Any:
-        if name not in ("force_state", "models", "inputs_caches", "inputs_force"):
+        if name not in ("force_state", "models", "inputs_caches", "inputs_force", "inputs_checked"):
             raise AttributeError(name)
         value: tp.Any = [] if name == "models" else {}
         setattr(self, name, value)
@@ -520,6 +521,7 @@ class BaseInfra(pydantic.BaseModel):
                 config=lambda: self.config(uid=False, exclude_defaults=False),
                 permissions=self.permissions,
                 sub_configs=self._sub_configs,
+                reuses=functools.partial(self._prepare_reuses, Path(folder)),
             )
         except (PermissionError, OSError) as error:
             # (ENOENT: a folder that cannot be made there, e.g. under /proc; not a uid
@@ -581,7 +583,9 @@ class BaseInfra(pydantic.BaseModel):
         if self.folder is None:
             return True
         if result_folder is None and (runtime.checked or runtime.defaults_checked):
-            return True  # (a sub-folder's result is checked on its own: memoized by folder)
+            return True
+        if result_folder is not None and result_folder in runtime.inputs_checked:
+            return True  # (a sub-folder's result is checked on its own)
         folder = os.path.join(self.folder, runtime.uid or self.uid())
         result = Path(folder) if result_folder is None else result_folder
         restores = self._restores(restore)
@@ -611,7 +615,14 @@ class BaseInfra(pydantic.BaseModel):
             _remember_checked_defaults(verified, owner_cls, runtime.uid_export)
         if result_folder is None:
             runtime.defaults_checked = True
+        else:
+            runtime.inputs_checked[result_folder] = True
         return True
+
+    def _prepare_reuses(self, folder: Path) -> bool:
+        """Whether a call about to compute in ``folder`` also reuses what it holds (a
+        task's one result: no)."""
+        return False
 
     def _reuses(self, folder: Path) -> bool:
         """Whether a call would reuse what ``folder`` holds (its sub-configs' versions are

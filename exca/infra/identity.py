@@ -820,13 +820,42 @@ class _Exporter:
         own fields were lost) and with its class in a uid (two subclasses, one uid)."""
         if not isinstance(item, pydantic.BaseModel):
             return dval
-        whole = item.model_dump(mode="json", warnings=False, by_alias=False, serialize_as_any=True)
-        if whole != dval:  # a subclass instance in it (itself or deeper): exported as such
+        if _holds_subclass(item):  # a subclass instance deeper: its fields were lost
             self.field_keys_only = False
+            whole = item.model_dump(
+                mode="json", warnings=False, by_alias=False, serialize_as_any=True
+            )
             dval = _Exporter(self.uid, False).model(item, whole, keep=())
+        elif type(dval) is not dict or len(dval) < len(type(item).__pydantic_fields__):
+            dval = item.model_dump(mode="json", warnings=False, by_alias=False)
         if self.uid and declared and _subclass_of(type(item), declared):
             return _with_class(dval, item)
         return dval
+
+
+def _holds_subclass(model: pydantic.BaseModel) -> bool:
+    """Whether a field of a model (at any depth, in containers too) holds an instance of a
+    strict subclass of the class its annotation names (its schema's dump loses it)."""
+    values = model.__dict__
+    for field in class_facts(type(model)).fields:
+        if field.plain:
+            continue
+        value = values.get(field.name)
+        subs = [value] if isinstance(value, pydantic.BaseModel) else _models_in(value)
+        declared = field.models or field.contained
+        for sub in subs:
+            if (declared and _subclass_of(type(sub), declared)) or _holds_subclass(sub):
+                return True
+    return False
+
+
+def _models_in(value: tp.Any) -> list[pydantic.BaseModel]:
+    """The models directly held by a container value (list, tuple, set, dict values)."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list | tuple | set | frozenset):
+        return [v for v in value if isinstance(v, pydantic.BaseModel)]
+    return []
 
 
 def _subclass_of(cls: type, declared: tuple[type, ...]) -> bool:

@@ -8,6 +8,7 @@ import hashlib
 import inspect
 import logging
 import operator
+import os
 import types
 import typing as tp
 from pathlib import Path
@@ -17,6 +18,7 @@ import pydantic
 from ..graph import calls, store
 from ..graph.node import Node
 from ..storage.cachedict import CacheDict
+from ..storage.index import INDEX_SUFFIX
 from .base import BaseInfra
 from .method import InfraMethod, check_plain_method, reduce_bound
 from .resources import SubmititMixin
@@ -325,6 +327,13 @@ class MapInfra(BaseInfra, SubmititMixin):
 
     def _check_settings(self) -> None:
         self._check_resources(self.folder)
+
+    def _prepare_reuses(self, folder: Path) -> bool:
+        # (items cached before, read by the call about to compute the missing ones)
+        try:
+            return any(e.name.endswith(INDEX_SUFFIX) for e in os.scandir(folder))
+        except FileNotFoundError:
+            return False
 
     def _check_disk(self) -> None:
         if self.folder is not None and not Path(self.folder).parent.exists():

@@ -119,10 +119,12 @@ def prepare(
     config: tp.Callable[[], ConfDict],
     permissions: int | None,
     sub_configs: tp.Callable[[], Structure] | None = None,
+    reuses: tp.Callable[[], bool] | None = None,
 ) -> bool:
     """Create the folder, check the existing yaml files, write the missing ones
     (``sub_configs``: see ``_check_defaults``). Whether full-uid.yaml is the config's
-    (False: its sub-configs' versions differ, to tell where a result is reused)."""
+    (False: its sub-configs' versions differ, told here if ``reuses()``: what the folder
+    holds is reused by this call, e.g. a map's other items; else where it is reused)."""
     if make_folder(folder, permissions):
         # created by this call: no file to check yet (a concurrent creator of the same
         # folder writes the same texts, each file replaced whole)
@@ -148,8 +150,9 @@ def prepare(
     existing_full = _check_or_write(folder / FULL_UID_FILE, full_uid_config.to_yaml(), permissions)
     versions: list[str] = []
     if existing_full is not None:
-        # (sub-configs' versions changed: told where a result is reused, not here)
         versions = _check_defaults(folder, existing_full, uid_config, full_uid_config, sub_configs)
+        if versions and reuses is not None and reuses():
+            _warn_versions(folder, versions)
     config_text = read_text(folder / CONFIG_FILE)  # (unparsable: removed and rewritten)
     if config_text is None:
         write_atomic(folder / CONFIG_FILE, config().to_yaml(), permissions)

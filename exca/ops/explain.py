@@ -97,7 +97,8 @@ def nearest_cached(node: Node) -> tuple[Path | None, list[tuple[str, tp.Any, tp.
             for folder in input_folders(config_folder) if with_inputs else [config_folder]:
                 if folder == node.folder or not _has_results(folder):
                     continue
-                full = read_yaml(config_folder / FULL_UID_FILE)
+                own = folder / FULL_UID_FILE  # (a result's own record, if any: see inspect)
+                full = read_yaml(own if own.exists() else config_folder / FULL_UID_FILE)
                 if full is None:
                     continue  # (nothing to compare with)
                 cached = _flat(full)

@@ -145,7 +145,11 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
     """The NodeInfo of one node folder."""
     config_folder = folder.parent if uid.rsplit("/", 1)[-1].startswith(INPUTS_PREFIX) else folder
     config = ConfDict(read_yaml(config_folder / UID_FILE) or {}).flat()
-    full = ConfDict(read_yaml(config_folder / FULL_UID_FILE) or {}).flat()
+    # (a result of a call with inputs may record its own, when computed under other
+    # sub-config versions than its config folder's file says)
+    own = folder / FULL_UID_FILE if folder != config_folder else None
+    full_path = own if own is not None and own.exists() else config_folder / FULL_UID_FILE
+    full = ConfDict(read_yaml(full_path) or {}).flat()
     cache = inspecting_view(folder)
     cache.refresh()
     entries = cache.entries_info()
