@@ -2226,29 +2226,9 @@ class _FrozenConv(_Frozen):
     kernel: int = 3
 
 
-class _NetSet(pydantic.BaseModel):
-    model_config = FORBID
-    nets: frozenset[_Frozen] = frozenset()
-    infra: TaskInfra = TaskInfra(version="1")
-
-    @infra.apply
-    def process(self) -> str:
-        return ",".join(sorted(type(n).__name__ for n in self.nets))
-
-
 class _FrozenHolder(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
     net: _Frozen = _Frozen()
-
-
-class _HeldNets(pydantic.BaseModel):
-    model_config = FORBID
-    holders: frozenset[_FrozenHolder] = frozenset()
-    infra: TaskInfra = TaskInfra(version="1")
-
-    @infra.apply
-    def process(self) -> str:
-        return ",".join(sorted(type(h.net).__name__ for h in self.holders))
 
 
 _NETS = [_FrozenConv(kernel=5), _FrozenConv(kernel=7), _Frozen(), _Frozen(layers=1)]
@@ -2267,14 +2247,18 @@ class _DeviceHolder(pydantic.BaseModel):
     f: float = 0.0
 
 
-class _DeviceSet(pydantic.BaseModel):
+class _NetSet(pydantic.BaseModel):
+    """Sets of models: of a class with a subclass, holding one, holding an excluded field."""
+
     model_config = FORBID
-    items: frozenset[_DeviceHolder] = frozenset()
+    nets: frozenset[_Frozen] = frozenset()
+    holders: frozenset[_FrozenHolder] = frozenset()
+    devices: frozenset[_DeviceHolder] = frozenset()
     infra: TaskInfra = TaskInfra(version="1")
 
     @infra.apply
-    def process(self) -> int:
-        return len(self.items)
+    def process(self) -> str:
+        return ",".join(sorted(type(n).__name__ for n in self.nets))
 
 
 def test_subclass_instances_in_a_set_do_not_share_a_uid(tmp_path: Path) -> None:
@@ -2300,14 +2284,14 @@ def test_subclass_instances_in_a_set_do_not_share_a_uid(tmp_path: Path) -> None:
     clone = configs[3].infra.clone_obj()  # (the subclass instance found by its dump)
     assert sorted(type(n).__name__ for n in clone.nets) == ["_Frozen", "_FrozenConv"]
     # deeper: a set item holding a subclass instance (a review: still one uid for all)
-    held = [_HeldNets(holders={_FrozenHolder(net=net)}) for net in _NETS]
+    held = [_NetSet(holders={_FrozenHolder(net=net)}) for net in _NETS]
     assert len({h.infra.uid() for h in held}) == len(held) - 1  # (the last two: equal)
     assert held[0].infra.clone_obj().holders == held[0].holders
     assert type(next(iter(held[0].infra.clone_obj().holders)).net) is _FrozenConv
     # exact classes keep the uids they had: dumped whole (an inf in it read as a change
     # and re-exported the item without its excluded fields: a review)
-    kept = _DeviceSet(items={_DeviceHolder(f=float("inf"))}).infra.uid()
-    assert kept.endswith("items=({f=inf,d={layers=1,device=cpu}})-" + kept[-8:])
+    kept = _NetSet(devices={_DeviceHolder(f=float("inf"))}).infra.uid()
+    assert kept.endswith("devices=({f=inf,d={layers=1,device=cpu}})-" + kept[-8:])
 
 
 class _DefaultNets(pydantic.BaseModel):
