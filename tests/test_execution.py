@@ -820,17 +820,23 @@ def test_a_waiter_follows_a_resubmission_instead_of_caching_a_failure(
     assert make(tmp_path, None, x=7, block_flag=str(block)).infra.status() == "completed"
 
 
+def _job_blocked_computing(tmp_path: Path, x: int) -> tuple[Path, Path, tp.Any, tp.Any]:
+    """A local job of config ``x`` computing, held there while the returned flag exists:
+    (call log, flag, config, job)."""
+    log, block = tmp_path / "calls.txt", tmp_path / "block-flag"
+    block.touch()
+    obj = make(tmp_path, "local", x=x, block_flag=str(block))
+    job = obj.infra.job()
+    _wait_for(lambda: len(calls(log)) == 1)  # computing in the job's worker
+    return log, block, obj, job
+
+
 @pytest.mark.timeout(120)
 def test_a_call_following_a_job_withdrawn_by_its_submitter_computes_it(tmp_path: Path) -> None:
     """A call waits for another call's job, which its submitter withdraws (Ctrl-C, or
     clear_job()) with no new job: the waiting call computes the config itself (it raised
     "withdrawn"; its own job cancelled from elsewhere still does)."""
-    log = tmp_path / "calls.txt"
-    block = tmp_path / "block-flag"
-    block.touch()
-    submitter = make(tmp_path, "local", x=9, block_flag=str(block))
-    first = submitter.infra.job()
-    _wait_for(lambda: len(calls(log)) == 1)  # computing in the submitter's job
+    log, block, submitter, first = _job_blocked_computing(tmp_path, x=9)
     waiter = make(tmp_path, "local", x=9, block_flag=str(block))
     thread, out = _in_thread(waiter.process)
     reader = make(tmp_path, None, x=9, block_flag=str(block), infra={"mode": "read-only"})
@@ -856,12 +862,7 @@ def test_a_local_job_whose_controller_is_killed_while_its_worker_lives_on(tmp_pa
     """The pid reported as a local job's id is submitit's controller: killed, its worker
     goes on computing (it holds the claim). A call then waits for that worker and reads
     its result (it raised "its process died", and a later call found the result)."""
-    log = tmp_path / "calls.txt"
-    block = tmp_path / "block-flag"
-    block.touch()
-    task = make(tmp_path, "local", x=12, block_flag=str(block))
-    job = task.infra.job()
-    _wait_for(lambda: len(calls(log)) == 1)  # computing in the job's worker
+    log, block, task, job = _job_blocked_computing(tmp_path, x=12)
     os.kill(int(job.job_id), signal.SIGKILL)
     _wait_for(
         lambda: (
@@ -1230,22 +1231,6 @@ def test_subclass_defined_in_main_of_a_library_class(tmp_path: Path) -> None:
     run_main_script(tmp_path, SUBCLASS_IN_MAIN_SCRIPT, str(cache))
 
 
-UNREACHABLE_MODULE = """
-import pydantic
-
-import exca
-
-
-class Hidden(pydantic.BaseModel):
-    x: int = 1
-    infra: exca.TaskInfra = exca.TaskInfra(version="1")
-
-    @infra.apply
-    def process(self) -> int:
-        return self.x
-"""
-
-
 @pytest.mark.timeout(120)
 def test_a_job_that_cannot_import_the_config_module_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -1257,13 +1242,13 @@ def test_a_job_that_cannot_import_the_config_module_says_so(
 
     code = tmp_path / "code"
     code.mkdir()
-    (code / "hidden_module_27.py").write_text(textwrap.dedent(UNREACHABLE_MODULE))
+    (code / "hidden_module_27.py").write_text(textwrap.dedent(LIBRARY_MODULE))
     monkeypatch.syspath_prepend(str(code))
     module = importlib.import_module("hidden_module_27")
     try:
-        task = module.Hidden(infra={"folder": tmp_path / "cache", "cluster": "local"})
+        task = module.Train(infra={"folder": tmp_path / "cache", "cluster": "local"})
         with pytest.raises(JobFailedError, match="could not load what it had to run") as info:
-            task.process()
+            task.fit()
         assert "No module named 'hidden_module_27'" in str(info.value)
         assert "workdir.copied" in str(info.value)
     finally:
