@@ -1,5 +1,5 @@
-"""Pipelines: plan of a 10,000-node DAG (12), scheduler overhead per cached node (13),
-number of sbatch calls for a 30-node 3-level DAG on Slurm, waiting and detached (14).
+"""Pipelines: plan of a 10,000-node DAG (12), scheduler overhead per cached node (13a/b)
+and per computed node of a long chain (13c), number of sbatch calls for a 30-node 3-level DAG on Slurm, waiting and detached (14).
 
 The DAG is made of groups of 10 nodes: three chains ``Source -> Step(k=1) -> Step(k=2)``
 joined by one ``Join`` (fan-in of 3). One ``Step`` config per level is shared by every
@@ -133,6 +133,25 @@ def child_run_cached(folder: str, groups: int, targets: str) -> dict[str, tp.Any
         "actions": actions,
         "direct_hit": per[len(per) // 2],
     }
+
+
+def child_run_chain(folder: str, nodes: int, shape: str) -> dict[str, tp.Any]:
+    """run() computing ``nodes`` new inline tasks: a chain (each Step reads the previous
+    one: one scheduler wave per node) or independent Sources (one wave)."""
+    if shape == "chain":
+        node = models.Source(i=0, infra={"folder": folder}).process.node()
+        for k in range(1, nodes):
+            node = models.Step(k=k, infra={"folder": folder}).process.node(node)
+        targets = [node]
+    else:
+        targets = [
+            models.Source(i=i, infra={"folder": folder}).process.node() for i in range(nodes)
+        ]
+    start = time.perf_counter()
+    scheduler = exca.graph.run(*targets, progress=False)
+    elapsed = time.perf_counter() - start
+    assert all(r.state == "done" for r in scheduler.runs.values())
+    return {"seconds": elapsed}
 
 
 def child_sbatch_count(folder: str, logfile: str, wait: bool, max_wait: float) -> dict[str, tp.Any]:
@@ -284,6 +303,35 @@ def bench_scheduler_overhead(ctx: common.Context) -> None:
     )
 
 
+def bench_chain(ctx: common.Context) -> None:
+    nodes = ctx.size(2000, 200)
+    runs = min(ctx.repeat, 3)
+    outs: dict[str, list[float]] = {"chain": [], "fan": []}
+    for _ in range(runs):
+        for shape in outs:
+            folder = common.fresh_dir("chain13")
+            try:
+                out = common.child(
+                    "bench_graph",
+                    "child_run_chain",
+                    timeout=600,
+                    folder=str(folder),
+                    nodes=nodes,
+                    shape=shape,
+                )
+            finally:
+                common.remove(folder)
+            outs[shape].append(out["seconds"] / nodes)
+    ctx.record(
+        "13c",
+        f"run() computing a chain of {nodes} new inline tasks (one wave per node): per node",
+        outs["chain"],
+        "s",
+        floor=outs["fan"],
+        floor_label=f"{nodes} independent new tasks in one run()",
+    )
+
+
 def _sbatch_wrapper(directory: Path, logfile: Path) -> None:
     real = "/usr/bin/sbatch"
     script = directory / "sbatch"
@@ -342,6 +390,7 @@ def bench_sbatch_count(ctx: common.Context) -> None:
 def run(ctx: common.Context) -> None:
     ctx.guard("12 plan", lambda: bench_plan(ctx))
     ctx.guard("13 scheduler overhead", lambda: bench_scheduler_overhead(ctx))
+    ctx.guard("13c chain", lambda: bench_chain(ctx))
     ctx.guard("14 sbatch count", lambda: bench_sbatch_count(ctx))
 
 

@@ -9,6 +9,7 @@ branches finish and stay cached; one final error lists every failed node.
 from __future__ import annotations
 
 import collections
+import heapq
 import logging
 import os
 import random
@@ -80,6 +81,16 @@ class Scheduler:
         self.shares_items = True
         # (a call of one node: of several failures, the one the others only follow is raised)
         self.root_cause = False
+        self._settled: list[Key] = []  # nodes that left the running ones since the last wave
+
+        self._positions: tuple[Graph, dict[Key, int]] | None = None
+
+    def _position(self) -> dict[Key, int]:
+        """Each node's place in the topological order (of the current graph: submit()
+        decides a new one)."""
+        if self._positions is None or self._positions[0] is not self.graph:
+            self._positions = (self.graph, {k: i for i, k in enumerate(self.graph.order)})
+        return self._positions[1]
 
     @property
     def runs(self) -> dict[Key, NodeRun]:
@@ -194,6 +205,10 @@ class Scheduler:
         pools = executors.Pools()
         pending = {r.node.key: r for r in work}
         running: dict[Key, NodeRun] = {}
+        # the pending nodes that may have become ready (or blocked): each wave checks only
+        # these, not every pending node (a chain of n nodes has n waves: linear, not n^2)
+        candidates = set(pending)
+        self._settled.clear()
         try:
             while True:
                 # finish what is done BEFORE holding back: a group whose last job just ended
@@ -201,14 +216,22 @@ class Scheduler:
                 self.finish_done(running, progress)
                 for run in self._requeued:  # waited for others' jobs: compute what they left
                     pending[run.node.key] = run
+                    candidates.add(run.node.key)
                 self._requeued.clear()
                 if not pending and not running:
                     break
-                self._skip_blocked(pending)
-                ready = [r for k, r in pending.items() if self._ready(k)]
-                ready = self._hold_back(ready, running, pending)
+                for key in self._settled:
+                    candidates.update(d for d in self.graph.downstream[key] if d in pending)
+                self._settled.clear()
+                self._skip_blocked(pending, candidates)
+                checked = sorted(candidates & pending.keys(), key=self._position().__getitem__)
+                ready_keys = [k for k in checked if self._ready(k)]
+                ready = self._hold_back([pending[k] for k in ready_keys], running, pending)
                 for run in ready:
                     del pending[run.node.key]
+                # (held back: ready still, checked again next wave; the others wait for an
+                # upstream node to settle, which makes them candidates again)
+                candidates = set(ready_keys) - {r.node.key for r in ready}
                 self.launch(ready, running, pools, progress)
                 if running:
                     self.wait_some(running, progress)
@@ -248,7 +271,8 @@ class Scheduler:
         """Ready Slurm work waits while running jobs will soon make more work of its array
         group ready (then a level of the DAG goes out as ONE array, not one sbatch per
         finished job). Other clusters gain nothing from waiting: their work starts now."""
-        waiting = {k for k in pending if any(u in running for u in self.graph.upstream[k])}
+        downstream = self.graph.downstream
+        waiting = {d for k in running for d in downstream[k] if d in pending}
         soon = {self._group(pending[k]) for k in waiting if executors.on_slurm(pending[k].node)} - {
             None
         }
@@ -259,8 +283,19 @@ class Scheduler:
             return True
         return all(self.runs[up].state == "done" for up in self.graph.upstream[key])
 
-    def _skip_blocked(self, pending: dict[Key, NodeRun]) -> None:
-        for key in [k for k in self.graph.order if k in pending and not _reads_only(pending[k])]:
+    def _skip_blocked(
+        self, pending: dict[Key, NodeRun], candidates: tp.Iterable[Key] | None = None
+    ) -> None:
+        """Skip the pending nodes (``candidates``: only those, and what follows them) that
+        an upstream node failed (or was skipped) for, in topological order."""
+        position = self._position()
+        heap = [(position[k], k) for k in (pending if candidates is None else candidates)]
+        heap = [item for item in heap if item[1] in pending]
+        heapq.heapify(heap)
+        while heap:
+            key = heapq.heappop(heap)[1]
+            if key not in pending or _reads_only(pending[key]):
+                continue
             failed = next(
                 (
                     u
@@ -271,6 +306,9 @@ class Scheduler:
             )
             if failed is not None:
                 run = pending.pop(key)
+                for down in self.graph.downstream[key]:
+                    if down in pending:
+                        heapq.heappush(heap, (position[down], down))
                 run.state = "skipped"
                 run.blocked = True
                 run.error = RuntimeError(
@@ -449,6 +487,7 @@ class Scheduler:
             except Exception as error:  # e.g. item_uid failing on items made upstream:
                 del running[run.node.key]  # this node fails, the other branches go on
                 run.state, run.error = "failed", error
+                self._settled.append(run.node.key)
                 continue
             if run.node.kind == "map" and run.uids is not None and progress.total == 0:
                 progress.add_total(len(run.todo or []))
@@ -568,6 +607,7 @@ class Scheduler:
         finished = [k for k, r in running.items() if all(h.done() for h in r.handles)]
         for key in finished:
             self._finish(running.pop(key), progress)
+        self._settled.extend(finished)  # (requeued ones too: their downstream stays unready)
         return bool(finished)
 
     def _finish(self, run: NodeRun, progress: Progress) -> None:
