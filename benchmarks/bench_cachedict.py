@@ -1,4 +1,5 @@
-"""CacheDict storage: many small arrays (4), big arrays (5), small dicts (6).
+"""CacheDict storage: many small arrays (4), big arrays (5), small dicts (6), a miss in a
+folder of many ended writers' index files (6c).
 
 Writes are timed in this process, reads by a new CacheDict in a fresh process (after its
 imports). Floors do the same work with raw tools: payload bytes appended to one file and
@@ -9,6 +10,8 @@ one JSON line per key in another (write); reading and parsing those lines plus
 from __future__ import annotations
 
 import mmap
+import multiprocessing
+import os
 import time
 import typing as tp
 from pathlib import Path
@@ -287,10 +290,56 @@ def bench_small_dicts(ctx: common.Context) -> None:
     )
 
 
+def _write_one(folder: str, writer: int) -> None:
+    cd: CacheDict[tp.Any] = CacheDict(folder=folder)
+    with cd.write():
+        for i in range(5):
+            cd[f"w{writer}-{i}"] = {"i": i}
+
+
+def bench_miss_many_writers(ctx: common.Context) -> None:
+    """A key absent from a folder of 200 index files whose writers' processes ended (as
+    after 200 jobs or script runs): a miss reads the folder again to find new writers."""
+    writers = ctx.size(200, 50)
+    folder = common.fresh_dir("cd6c")
+    try:
+        fork = multiprocessing.get_context("fork")
+        for writer in range(writers):  # (one process each: one index file each)
+            proc = fork.Process(target=_write_one, args=(str(folder), writer))
+            proc.start()
+            proc.join()
+        cd: CacheDict[tp.Any] = CacheDict(folder=folder)
+        assert len(cd) == 5 * writers
+        misses, floors = [], []
+        for _ in range(ctx.repeat):
+            for _ in range(3):  # (warm-up: the first misses check the writers' processes)
+                assert "absent" not in cd
+            loops = 200
+            start = time.perf_counter()
+            for _ in range(loops):
+                "absent" in cd  # noqa: B015
+            misses.append((time.perf_counter() - start) / loops)
+            start = time.perf_counter()
+            for _ in range(loops):
+                [e.name for e in os.scandir(folder) if e.name.endswith("-info.jsonl")]
+            floors.append((time.perf_counter() - start) / loops)
+    finally:
+        common.remove(folder)
+    ctx.record(
+        "6c",
+        f"CacheDict miss (`key in cd`) in a folder of {writers} ended writers' index files",
+        misses,
+        "s",
+        floor=floors,
+        floor_label="os.scandir of the folder",
+    )
+
+
 def run(ctx: common.Context) -> None:
     ctx.guard("4 small arrays", lambda: bench_small_arrays(ctx))
     ctx.guard("5 big arrays", lambda: bench_big_arrays(ctx))
     ctx.guard("6 small dicts", lambda: bench_small_dicts(ctx))
+    ctx.guard("6c miss", lambda: bench_miss_many_writers(ctx))
 
 
 if __name__ == "__main__":

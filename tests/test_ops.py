@@ -1869,6 +1869,36 @@ def _dead_sessions(folder: Path, code: str) -> None:
     )
 
 
+def test_a_long_lived_reader_sees_every_change_after_its_writers_ended(tmp_path: Path) -> None:
+    """A reader stops looking at index files whose writers ended (they cannot grow): it
+    still sees new writers, deletions, a compaction merging those files, and the file of
+    a live writer of this process growing."""
+    folder = tmp_path / "cache"
+    _dead_sessions(folder, "with cd.write():\n    cd['a'] = 'A'")
+    _dead_sessions(folder, "with cd.write():\n    cd['b'] = 'B'")
+    reader: CacheDict[tp.Any] = CacheDict(folder)
+    for _ in range(2):  # (the second read finds both files unchanged, their writers ended)
+        assert "absent" not in reader
+    assert dict(reader.items()) == {"a": "A", "b": "B"}
+    _dead_sessions(folder, "with cd.write():\n    cd['c'] = 'C'")
+    assert reader["c"] == "C"
+    _dead_sessions(folder, "del cd['a']")
+    reader.refresh()
+    assert "a" not in reader
+    assert clean.compact(folder, grace_seconds=0)[0] == 4  # (files merged)
+    reader.refresh()
+    assert dict(reader.items()) == {"b": "B", "c": "C"}
+    live: CacheDict[tp.Any] = CacheDict(folder, cache_type="Pickle")
+    with live.write():
+        live["d"] = "D"
+        assert reader["d"] == "D"
+        for _ in range(2):  # (its file unchanged: its writer, this process, is alive)
+            assert "absent" not in reader
+        live["e"] = "E"
+        assert reader["e"] == "E"
+    assert dict(CacheDict(folder).items()) == {"b": "B", "c": "C", "d": "D", "e": "E"}
+
+
 def test_a_compaction_killed_between_its_removals_brings_nothing_back(tmp_path: Path) -> None:
     """Killed after removing the file holding a deletion, before removing the one holding
     the deleted entry: the entry was live again (its payload removed: unreadable)."""

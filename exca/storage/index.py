@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import operator
 import os
 import re
@@ -74,13 +75,18 @@ class FileState:
     """What a reader has consumed of one index file."""
 
     # (a plain class: a dataclass costs ~1 ms of `import exca`)
-    __slots__ = ("aims", "inode", "keys", "offset")
+    __slots__ = ("aims", "ended_check", "final", "inode", "keys", "offset")
 
     def __init__(self, inode: int, offset: int, keys: set[str]) -> None:
         self.inode = inode
         self.offset = offset  # bytes of complete lines consumed
         self.keys = keys
         self.aims: set[str] | None = None  # the files its tombstones delete from
+        # read to its end after its writer's process ended (on this host): it cannot
+        # grow anymore, and names are never reused, so it needs no stat at each refresh
+        # (a folder of many writers' files: 200 files cost ~0.7 ms per refresh)
+        self.final = False
+        self.ended_check = 0.0  # (monotonic time of the last check of its writer)
 
     def aim_at(self, files: tp.Iterable[str]) -> None:
         """Note files this one's tombstones delete from."""
@@ -199,8 +205,10 @@ class IndexReader:
 
     def _read_file(self, name: str) -> bool:
         """Read what was appended to one file; False if the file vanished."""
-        path = f"{self._dir}/{name}"
         state = self._files.get(name)
+        if state is not None and state.final:
+            return True
+        path = f"{self._dir}/{name}"
         fd = -1
         try:
             if state is None:  # a new file: open it at once (its fstat gives inode and size)
@@ -215,6 +223,7 @@ class IndexReader:
         try:
             if state is not None:
                 if stat.st_size == state.offset and stat.st_ino == state.inode:
+                    _check_final(name, state)
                     return True
                 if stat.st_ino != state.inode or stat.st_size < state.offset:
                     self._forget_file(name)  # replaced or truncated: read it again
@@ -234,6 +243,7 @@ class IndexReader:
                 os.close(fd)
         end = data.rfind(b"\n")
         if end < 0:
+            _check_final(name, state)  # (a torn line of a killed writer stays torn)
             return True  # only an incomplete line so far
         lines = data[:end].split(b"\n")
         moved = FORMER_PLACES_BYTES in data  # (lines a compaction moved: rare)
@@ -445,6 +455,20 @@ def _read_span(fd: int, offset: int, size: int) -> bytes:
         parts.append(more)
         got += len(more)
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+_FINAL_RECHECK = 1.0  # seconds between two checks of a live writer's process
+
+
+def _check_final(name: str, state: FileState) -> None:
+    """Mark an index file whose reading is up to date as final if its writer ended."""
+    now = time.monotonic()
+    if now - state.ended_check < _FINAL_RECHECK:
+        return
+    state.ended_check = now
+    # (only a writer on this host is known to have ended: another host's may be idle)
+    if process.session_ended(name[: -len(INDEX_SUFFIX)], 0.0, math.inf):
+        state.final = True
 
 
 def _written_here(name: str, reader: IndexReader) -> bool:
