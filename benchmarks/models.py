@@ -133,9 +133,18 @@ def zeros64(item: int) -> np.ndarray:
 
 
 def mapper(
-    folder: Path | str, param: int = 0, keep_in_ram: bool = True, cluster: str | None = None
+    folder: Path | str,
+    param: int = 0,
+    keep_in_ram: bool = True,
+    cluster: str | None = None,
+    mode: str = "cached",
 ) -> Mapper:
-    infra: dict[str, tp.Any] = {"folder": folder, "keep_in_ram": keep_in_ram, "cluster": cluster}
+    infra: dict[str, tp.Any] = {
+        "folder": folder,
+        "keep_in_ram": keep_in_ram,
+        "cluster": cluster,
+        "mode": mode,
+    }
     return Mapper(param=param, infra=infra)
 
 

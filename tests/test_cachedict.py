@@ -790,6 +790,55 @@ def test_rewrite_deleted_key_any_read_order(
         assert deleter["k"] == {"v": 2}
 
 
+def test_index_files_with_deletions_read_in_bulk_as_line_by_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files mixing entries and deletions (e.g. of a forced map) are parsed in bulk: the
+    same entries as reading them line by line, whatever order the files are read in."""
+    import random
+
+    rng = random.Random(0)
+    folder = tmp_path / "cache"
+    expected: dict[str, tp.Any] = {}
+    for session in range(6):  # (one index file each)
+        cd: CacheDict[tp.Any] = CacheDict(folder, cache_type="Pickle")
+        with cd.write():
+            for step in range(60):
+                key = f"k{rng.randrange(30)}"
+                if key in cd and rng.random() < 0.5:
+                    del cd[key]
+                    del expected[key]
+                    if rng.random() < 0.5:  # (deleted and written again in one session)
+                        cd[key] = expected[key] = (session, step)
+                elif key not in cd:
+                    cd[key] = expected[key] = (session, step)
+    names = [p.name for p in index_files(folder)]
+    assert len(names) == 6 and len(expected) > 5
+    mixed_files = []
+    parse_mixed = index_module.IndexReader._parse_mixed
+
+    def counted(self: tp.Any, name: str, *args: tp.Any) -> bool:
+        mixed_files.append(name)
+        return parse_mixed(self, name, *args)
+
+    scandir = os.scandir
+    for _ in range(8):
+        order = rng.sample(names, len(names))
+
+        def ordered(path: tp.Any, order: list[str] = order) -> list[tp.Any]:
+            found = {e.name: e for e in scandir(path)}
+            return [found[n] for n in order if n in found]
+
+        monkeypatch.setattr(index_module.os, "scandir", ordered)
+        monkeypatch.setattr(index_module.IndexReader, "_parse_mixed", counted)
+        bulk = dict(CacheDict(folder).items())
+        monkeypatch.setattr(index_module.IndexReader, "_parse_mixed", lambda *a: False)
+        by_line = dict(CacheDict(folder).items())
+        monkeypatch.undo()
+        assert bulk == by_line == expected, order
+    assert len(set(mixed_files)) >= 5  # (the files holding deletions took the bulk path)
+
+
 @pytest.mark.parametrize("cache_type", ["Pickle", "NumpyArray"])
 def test_payload_files_are_never_reused(tmp_path: Path, cache_type: str) -> None:
     """A key deleted and written again by one writer session gets a new payload file: a

@@ -261,15 +261,21 @@ class IndexReader:
     def _parse_bulk(
         self, name: str, state: FileState, lines: list[bytes], moved: bool = False
     ) -> bool:
-        """Fast path: every line is a well-formed entry (no tombstone, nothing odd)."""
+        """Fast path: every line is well-formed JSON (entries, and tombstones: see
+        ``_parse_mixed``), nothing odd."""
         try:
             records = orjson.loads(b"[" + b",".join(lines) + b"]")
+        except orjson.JSONDecodeError:
+            return False
+        try:
             keys = list(map(_KEY, records))
             if set(map(type, keys)) != {str}:
                 return False
             if not all(map(operator.contains, records, itertools.repeat("#type"))):
                 return False
-        except (orjson.JSONDecodeError, TypeError, KeyError):
+        except KeyError:  # (a tombstone: e.g. the lines of a forced map)
+            return self._parse_mixed(name, state, lines, records, moved)
+        except TypeError:
             return False
         if moved:
             for record in records:
@@ -288,6 +294,59 @@ class IndexReader:
         else:
             self.entries.update(zip(keys, located))
             state.keys.update(keys)
+        return True
+
+    def _parse_mixed(
+        self,
+        name: str,
+        state: FileState,
+        lines: list[bytes],
+        records: list[tp.Any],
+        moved: bool,
+    ) -> bool:
+        """Entries and tombstones, all well-formed: the outcome of reading them line by
+        line (a tombstone deletes a place, whether its entry is read before or after)."""
+        offsets = itertools.accumulate(map(_PLUS_NEWLINE, map(len, lines)), initial=state.offset)
+        entries: list[tuple[str, tuple[str, int, dict[str, tp.Any]]]] = []
+        tombstones: list[tuple[tp.Any, EntryId]] = []
+        for offset, record in zip(offsets, records):
+            if type(record) is not dict:
+                return False
+            key = record.get("#key")
+            if key is not None:
+                if type(key) is not str or "#type" not in record:
+                    return False
+                entries.append((key, (name, offset, record)))
+                continue
+            target = record.get("#of")
+            if type(target) is not str:
+                return False
+            file, _, place = target.rpartition(":")
+            if not file or not place.isdigit():
+                return False
+            tombstones.append((record.get("#del"), (file, int(place))))
+        if moved:
+            for _, entry in entries:
+                if FORMER_PLACES in entry[2]:
+                    self._note_former_places(entry[2])
+        state.aim_at({target[0] for _, target in tombstones})
+        deleted, shadowed, current = self._deleted, self._shadowed, self.entries
+        for key, target in tombstones:
+            if type(key) is str and (key in current or key in shadowed):
+                self.apply_tombstone(key, target)
+            else:  # (what apply_tombstone does then, without its lock: held by refresh)
+                deleted.add(target)
+        for key, entry in entries:
+            if deleted and (
+                (entry[0], entry[1]) in deleted
+                if FORMER_PLACES not in entry[2]
+                else not deleted.isdisjoint(places(entry))
+            ):
+                self.emptied.add(name)
+                continue
+            self._shadow(key, entry)
+            self.entries[key] = entry
+            state.keys.add(key)
         return True
 
     def _parse_lines(self, name: str, state: FileState, lines: list[bytes]) -> None:
