@@ -1664,6 +1664,36 @@ def test_a_map_fed_by_a_map_with_a_failed_item(env: Env) -> None:
     assert env.starts("square1") == 1 and "total" not in started(env.log)
 
 
+def test_a_map_retried_by_another_instance_of_its_config_is_read_as_retried(env: Env) -> None:
+    """Two instances of one map config hold their own view of its folder: once one of
+    them retried a failed item, the other reads the new value (in a graph where both
+    appear, and later), not the error its view had read."""
+    flag = env.tmp / "fail"
+    flag.touch()
+
+    def squares(mode: str = "cached") -> exca.graph.Node:
+        infra = env.infra(mode=mode)
+        return FlakySquare(log=env.log, fail_flag=str(flag), infra=infra).apply.node([1, 2])
+
+    def graph(mode: str = "cached") -> list[exca.graph.Node]:
+        first, second = squares(mode), squares(mode)  # (one node, two instances)
+        return [first, env.square(power=3, mode=mode).apply.node(second)]
+
+    with pytest.raises(NodeFailures):
+        exca.graph.run(*graph())
+    old = squares()
+    with pytest.raises(ValueError, match="item 2 fails on purpose"):
+        old.result()  # (its view holds the error)
+    flag.unlink()
+    retried, cubes = graph("retry")
+    exca.graph.run(retried, cubes)
+    assert list(cubes.result()) == [1, 64]
+    assert env.starts("square2") == 3  # (alone once more at the first run, then retried)
+    # the long-lived instance sees the retry: its plan, its result
+    assert exca.graph.plan(old).entries[0].status == "cached"
+    assert list(old.result()) == [1, 4]
+
+
 def test_read_only_fails_before_anything_runs(env: Env) -> None:
     source = env.step("source", infra={"mode": "read-only"}).run.node()
     child = env.step("child").run.node(source)

@@ -347,6 +347,10 @@ class Graph:
 
     def _decide_map(self, run: NodeRun, forced: bool) -> None:
         node = run.node
+        # nodes may be long-lived: what others retried, forced or deleted since this
+        # instance read its folder (as a map call does)
+        node.cache.reread()
+        node.cache.drop_stale_ram()
         uids = self.item_uids.get(node.key)
         if uids is None:
             if isinstance(node.items, Node) and not self._readable(node.items):

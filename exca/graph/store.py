@@ -204,6 +204,10 @@ def map_item_uids(node: Node) -> list[str]:
 def map_outputs(node: Node) -> list[tp.Any]:
     """The outputs of a map node for its items, in order (a cached error raises)."""
     uids = map_item_uids(node)
+    # (another instance of its config may have computed them since this one read its
+    # folder: e.g. a retry of cached errors, by another process or this run)
+    node.cache.reread()
+    node.cache.drop_stale_ram()
     return list(node.cache.values_of(uids, where=node.uid))
 
 
