@@ -1899,6 +1899,48 @@ def test_a_long_lived_reader_sees_every_change_after_its_writers_ended(tmp_path:
     assert dict(CacheDict(folder).items()) == {"b": "B", "c": "C", "d": "D", "e": "E"}
 
 
+def test_a_killed_folder_removal_brings_no_deleted_entry_back(tmp_path: Path) -> None:
+    """A node folder is renamed away before it is deleted: a removal killed after the
+    index file holding a deletion went (not the one holding the deleted entry) brought
+    that entry back under the folder's name."""
+    root = tmp_path / "cache"
+    obj = Ranges(infra={"folder": root})
+    assert list(obj.expand([1])) == [list(range(1, 201))]
+    folder = folder_of(obj)
+    _dead_sessions(folder, "del cd['1']\nwith cd.write():\n    cd['1'] = 'replaced'")
+    replacing = max(index_files(folder), key=lambda p: p.stat().st_mtime_ns).name
+    killed = python(
+        f"""
+        import os, pathlib, shutil
+        from exca.ops import clean
+
+        def killed_after_the_replacing_file_went(path, *args, **kwargs):
+            path = pathlib.Path(path)
+            if path.name != {replacing!r}:
+                path = (path.parent if path.is_file() else path) / {replacing!r}
+            path.unlink(missing_ok=True)
+            os._exit(9)
+
+        os.remove = shutil.rmtree = killed_after_the_replacing_file_went
+        clean.remove_node_folder(pathlib.Path({str(folder)!r}))
+        """
+    )
+    killed.communicate(timeout=WAIT_S)
+    assert killed.returncode == 9
+    survivors = dict(CacheDict(folder).items()) if folder.exists() else {}
+    assert survivors.get("1", "replaced") == "replaced"  # never the deleted entry
+    assert not folder.exists()  # (entries of the folder: all gone at once)
+    assert [uid for _, uid, _ in node_folders(root)] == []  # (the leftover is not a node)
+    assert list(Ranges(infra={"folder": root}).expand([1])) == [list(range(1, 201))]
+    (leftover,) = [p for p in folder.parent.iterdir() if p.name.startswith(".removing-")]
+    plan = clean.orphans(root, min_age_hours=0)
+    assert [(r.path, r.reason) for r in plan.removals] == [
+        (leftover, "folder left by a killed removal")
+    ]
+    plan.execute()
+    assert not leftover.exists() and dict(CacheDict(folder).items()) == {"1": list(range(1, 201))}
+
+
 def test_a_compaction_killed_between_its_removals_brings_nothing_back(tmp_path: Path) -> None:
     """Killed after removing the file holding a deletion, before removing the one holding
     the deleted entry: the entry was live again (its payload removed: unreadable)."""

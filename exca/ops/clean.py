@@ -2,8 +2,8 @@
 bytes, why); nothing is removed until ``plan.execute()``.
 
 Safety: a folder with a live claim (being computed) or a queued/running job is never
-touched; a node folder loses its index files first (its entries disappear at once, never
-half-way), then its payloads; files younger than ``min_age_hours`` are kept when they may
+touched; a node folder is renamed away first (its entries disappear at once, never
+half-way), then deleted; files younger than ``min_age_hours`` are kept when they may
 belong to a writer still at work.
 """
 
@@ -85,7 +85,7 @@ class CleanPlan:
         }
 
     def execute(self) -> int:
-        """Remove everything listed (node folders: index files first); return bytes freed."""
+        """Remove everything listed (node folders: renamed away first); return bytes freed."""
         freed = 0
         jobs_use: dict[Path, dict[Path, str]] = {}  # (read again: jobs may have started since)
         for removal in self.removals:
@@ -132,14 +132,53 @@ def _remove_items(folder: Path, keys: list[str]) -> None:
         cache.delete_many(keys)  # (those removed meanwhile are skipped)
 
 
+# a folder being removed is first renamed to this prefix + the remover's unique name
+REMOVING_PREFIX = ".removing-"
+
+
 def remove_node_folder(folder: Path) -> None:
-    """Remove a node folder: index files first (entries vanish atomically), then the rest."""
-    with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(folder):
-            if entry.name.endswith(INDEX_SUFFIX):
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(entry.path)
-    shutil.rmtree(folder, ignore_errors=True)
+    """Remove a node (or step) folder: renamed away first, in one step, so that its
+    entries vanish at once whenever a kill comes (removing its index files one by one,
+    a kill between the file holding a deletion and the one holding the deleted entry
+    brought that entry back); then deleted."""
+    if folder.name.startswith(REMOVING_PREFIX):  # (left by a killed removal)
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    trash = folder.with_name(REMOVING_PREFIX + process.unique_name())
+    try:
+        os.rename(folder, trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _killed_removals(root: Path, limit: float) -> list[Removal]:
+    """Folders a killed removal left (renamed away, not deleted), older than ``limit``."""
+
+    def scan(folder: Path | str) -> list[os.DirEntry[str]]:
+        try:  # (a shared cache: what this user cannot read is skipped)
+            return list(os.scandir(folder))
+        except OSError:
+            return []
+
+    out = []
+    parents: list[Path | str] = [p.path for p in scan(root) if "," in p.name and p.is_dir()]
+    # (above: step folders, holding config folders)
+    parents += [folder for _, _, folder in node_folders(root)]  # (their inputs-* folders)
+    for parent in parents:
+        for entry in scan(parent):
+            if not entry.name.startswith(REMOVING_PREFIX) or not entry.is_dir():
+                continue
+            stat = _stat(entry)
+            remover = entry.name[len(REMOVING_PREFIX) :]
+            if (
+                stat is not None
+                and stat.st_mtime < limit
+                and process.session_ended(remover, stat.st_mtime, 0.0)
+            ):
+                size = disk_usage(Path(entry.path), recursive_into_inputs=True)[0]
+                out.append(Removal(Path(entry.path), size, "folder left by a killed removal"))
+    return out
 
 
 def _busy_with_inputs(folder: Path) -> str | None:
@@ -547,6 +586,7 @@ def orphans(root: Path | str, min_age_hours: float = 1.0) -> CleanPlan:
                     plan.removals.append(
                         Removal(Path(entry.path), stat.st_blocks * 512, "claim of a dead owner")
                     )
+    plan.removals += _killed_removals(cache_root(root), limit)
     return plan
 
 

@@ -82,7 +82,11 @@ def node_folders(root: Path, only: str | None = None) -> tp.Iterator[tuple[str, 
             continue
         seen.add(real)
         try:
-            configs = sorted((e for e in os.scandir(step.path) if e.is_dir()), key=lambda e: e.name)
+            configs = sorted(
+                # (hidden: a folder being removed, see clean.remove_node_folder)
+                (e for e in os.scandir(step.path) if e.is_dir() and not e.name.startswith(".")),
+                key=lambda e: e.name,
+            )
         except PermissionError as error:  # (a shared cache: skip what this user cannot read)
             logger.warning("Skipping %s: %s", step.path, error)
             continue
