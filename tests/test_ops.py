@@ -1941,6 +1941,40 @@ def test_a_killed_folder_removal_brings_no_deleted_entry_back(tmp_path: Path) ->
     assert not leftover.exists() and dict(CacheDict(folder).items()) == {"1": list(range(1, 201))}
 
 
+def test_a_killed_clear_brings_no_deleted_entry_back(tmp_path: Path) -> None:
+    """clear() removes index files one by one: killed after the file holding a deletion
+    went, before the one holding the deleted entry, it brought that entry back (now every
+    entry is deleted in the clearing view's own index first, removed last)."""
+    folder = tmp_path / "cache"
+    _dead_sessions(folder, "with cd.write():\n    cd['k'] = 'old'\n    cd['other'] = 1")
+    (first,) = index_files(folder)
+    _dead_sessions(folder, "del cd['k']\nwith cd.write():\n    cd['k'] = 'new'")
+    (deleting,) = [p for p in index_files(folder) if p != first]
+    killed = python(
+        f"""
+        import os
+        from exca.storage.cachedict import CacheDict
+        remove = os.remove
+
+        def killed_after_the_deleting_file_went(path):
+            remove(path)
+            if os.path.basename(path) == {deleting.name!r}:
+                os._exit(9)
+
+        os.remove = killed_after_the_deleting_file_went
+        scandir = os.scandir  # (the deleting file listed first)
+        os.scandir = lambda path: sorted(scandir(path), key=lambda e: e.name != {deleting.name!r})
+        CacheDict({str(folder)!r}).clear()
+        """
+    )
+    killed.communicate(timeout=WAIT_S)
+    assert killed.returncode == 9
+    assert not deleting.exists()
+    assert dict(CacheDict(folder).items()) == {}  # (partly cleared at worst: never "old")
+    CacheDict(folder).clear()
+    assert index_files(folder) == [] and dict(CacheDict(folder).items()) == {}
+
+
 def test_a_compaction_killed_between_its_removals_brings_nothing_back(tmp_path: Path) -> None:
     """Killed after removing the file holding a deletion, before removing the one holding
     the deleted entry: the entry was live again (its payload removed: unreadable)."""

@@ -1030,10 +1030,11 @@ class CacheDict(tp.Generic[X]):
         self._ram_errors = 0
         if self.folder is None or not self.folder.exists():
             return
-        for item in os.scandir(self.folder):
-            if item.name.endswith(INDEX_SUFFIX):
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(item.path)
+        own = self._retire_every_entry()
+        names = [e.name for e in os.scandir(self.folder) if e.name.endswith(INDEX_SUFFIX)]
+        for name in sorted(names, key=lambda n: n == own):  # (the deleting file last)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.folder / name)
         shutil.rmtree(self.folder / DATA_DIR, ignore_errors=True)
         session, self._local.session = self._local.session, None
         if session is not None and session[2] == _FORK_GENERATION:
@@ -1043,6 +1044,47 @@ class CacheDict(tp.Generic[X]):
         self._reader = self._new_reader()
         self._loader_context = None
         self._read_once = False
+
+    def _retire_every_entry(self) -> str | None:
+        """Before ``clear`` removes the index files (one by one: a kill may come between
+        two), delete every entry line of the folder, live or not, from this view's own
+        index: whatever file is gone first, none of its deletions brings an entry back.
+        Returns the name of that index file (None: the folder held no entry)."""
+        assert self.folder is not None
+        lines = []
+        for item in os.scandir(self.folder):
+            if not item.name.endswith(INDEX_SUFFIX):
+                continue
+            try:
+                with open(item.path, "rb") as handle:
+                    data = handle.read()
+            except FileNotFoundError:
+                continue
+            offset = 0
+            for line in data.split(b"\n")[:-1]:  # (complete lines only)
+                try:
+                    record = orjson.loads(line) if b'"#key"' in line else None
+                except orjson.JSONDecodeError:
+                    record = None
+                if isinstance(record, dict) and isinstance(record.get("#key"), str):
+                    of = f"{item.name}:{offset}"
+                    lines.append(orjson.dumps({"#del": record["#key"], "#of": of}) + b"\n")
+                offset += len(line) + 1
+        if not lines:
+            return None
+        writer, _ = self._session()
+        if writer.fd is None:
+            try:
+                writer.open()
+            except SessionFilesGone:  # (freed just now: see put)
+                writer, _ = self._session(restart=True)
+                writer.open()
+        try:
+            writer.append(b"".join(lines))
+        finally:
+            if not self._local.writing:
+                writer.close()
+        return writer.name
 
 
 CacheDictWriter = CacheDict  # legacy name
