@@ -1275,6 +1275,59 @@ def test_each_pool_map_gets_its_own_max_jobs(
     assert _CROWD["wide"][1] > 1
 
 
+class Arrays(pydantic.BaseModel):
+    """item -> a (100,) array of 10 * item (outputs in one shared data file)."""
+
+    log: str
+    infra: exca.MapInfra = exca.MapInfra(version="1", keep_in_ram=False)
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[np.ndarray]:
+        for item in items:
+            append(self.log, str(item))
+            yield np.full(100, 10 * item)
+
+
+@pytest.mark.parametrize("kind", ["pickle", "shared array file"])
+def test_outputs_whose_files_were_damaged_by_hand_are_computed_again_by_retry(
+    tmp_path: Path, kind: str
+) -> None:
+    """A payload file removed or cut short outside exca: a call says what to do; mode
+    retry computes those items again (only those)."""
+    log = tmp_path / "calls.txt"
+    items = list(range(4))
+
+    def make(mode: str = "cached") -> tp.Any:
+        infra = {"folder": tmp_path / "cache", "mode": mode}
+        if kind == "pickle":
+            return Pickled(log=str(log), infra=infra)
+        return Arrays(log=str(log), infra=infra)
+
+    expected = [10 * i for i in items]
+
+    def outputs(mode: str = "cached") -> list[int]:
+        return [int(np.max(v)) for v in make(mode).process(items)]
+
+    assert outputs() == expected
+    data = make().infra.uid_folder() / "data"
+    if kind == "pickle":
+        (damaged,) = [p for p in data.iterdir() if p.name.startswith("2-")]
+        damaged.unlink()
+        error: type[Exception] = FileNotFoundError
+    else:
+        (shared,) = list(data.iterdir())
+        with shared.open("r+b") as handle:  # (items 2 and 3 cut off)
+            handle.truncate(shared.stat().st_size // 2)
+        error = OSError
+    with pytest.raises(error) as info:
+        outputs()
+    assert "mode='retry' computes it again" in "".join(info.value.__notes__)
+    assert outputs("retry") == expected
+    assert outputs() == expected
+    again = [2] if kind == "pickle" else [2, 3]
+    assert counts(log) == {i: 2 if i in again else 1 for i in items}
+
+
 class ArrayMapper(pydantic.BaseModel):
     """item -> an array of 1000 times (item + offset); offset is not part of the uid."""
 

@@ -484,6 +484,26 @@ def test_a_result_whose_file_was_removed_by_hand(tmp_path: Path) -> None:
     assert _count("big") == 2
 
 
+def test_a_result_whose_file_was_truncated_by_hand(tmp_path: Path) -> None:
+    """Its payload file cut short (a copy that stopped half-way): a call says what to do;
+    mode retry computes it again."""
+    infra = {"folder": tmp_path}
+    before = _count("big")  # (other tests compute Big too)
+    assert Big(infra=infra).make().sum() == 4999950000
+    folder = Big(infra=infra).infra.uid_folder()
+    assert folder is not None
+    for path in (folder / "data").iterdir():
+        with path.open("r+b") as handle:
+            handle.truncate(path.stat().st_size // 2)
+    with pytest.raises(pickle.UnpicklingError) as info:
+        Big(infra=infra).make()
+    assert "mode='retry' or mode='force' computes it again" in "".join(info.value.__notes__)
+    assert _count("big") == before + 1
+    assert Big(infra={**infra, "mode": "retry"}).make().sum() == 4999950000
+    assert Big(infra=infra).make().sum() == 4999950000  # (cached again)
+    assert _count("big") == before + 2
+
+
 YAML_FILES = ["config.yaml", "full-uid.yaml", "uid.yaml"]
 
 

@@ -4,17 +4,20 @@ networkx, no submitit); anything else goes through the scheduler."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import typing as tp
 
 from ..storage.cachederror import CachedError
 from ..storage.cachedict import CacheDict
+from ..storage.dumping import PAYLOAD_ERRORS
 from . import registry, store
 from .errors import JobFailedError
 from .jobs import Job
 from .node import TASK_KEY, Node, restoring_files
 
+logger = logging.getLogger("exca")
 MISSING: tp.Any = object()
 READ_ATTEMPTS = 5  # computations of a task whose result others keep removing
 REUSING_MODES = ("cached", "read-only")  # modes under which a cached map item is used as is
@@ -31,10 +34,21 @@ def reuse(cache: CacheDict[tp.Any], mode: str, where: str) -> tp.Any:
         return MISSING
     try:
         value = store.cached_outcome(cache, MISSING)  # (removed since the check: MISSING)
-    except FileNotFoundError:
+    except PAYLOAD_ERRORS as error:
         if mode != "retry":
+            if not isinstance(error, FileNotFoundError):  # (that one says it already)
+                error.add_note(
+                    f"exca: the cached result of {where} cannot be read (its file is "
+                    "damaged?): mode='retry' or mode='force' computes it again"
+                )
             raise
-        # (its payload is gone: retry computes it again, as a failure)
+        # (its payload is gone or damaged: retry computes it again, as a failure)
+        logger.warning(
+            "The cached result of %s cannot be read (%s: %s): computed again (mode=retry)",
+            where,
+            type(error).__name__,
+            error,
+        )
         with contextlib.suppress(KeyError):
             del cache[TASK_KEY]
         return MISSING

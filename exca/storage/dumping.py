@@ -27,6 +27,20 @@ from pathlib import Path
 from .files import chmod, make_folder
 from .sharedfile import SharedFile
 
+
+class DamagedPayload(OSError):
+    """A payload file is shorter than its index line says (truncated, e.g. by a copy
+    that stopped half-way)."""
+
+
+# what reading an entry whose payload was removed or damaged outside exca raises
+PAYLOAD_ERRORS: tuple[type[BaseException], ...] = (
+    FileNotFoundError,
+    DamagedPayload,
+    EOFError,
+    pickle.UnpicklingError,
+)
+
 MEMMAP_ARRAY_FILE_MAX_CACHE = 1024  # memory maps kept open per reader
 DATA_DIR = "data"
 # loaders that read an index record directly (no keyword unpacking): the hot read paths
@@ -412,7 +426,7 @@ class DumpContext:
             handle.seek(offset)
             data = handle.read(length)
         if len(data) != length:
-            raise OSError(
+            raise DamagedPayload(
                 f"{self.folder / name} is shorter than its index says ({offset}+{length})"
             )
         return data
@@ -430,7 +444,7 @@ class DumpContext:
             with open(self.folder / name, "rb") as handle:
                 mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
             if len(mapped) < end:
-                raise OSError(f"{self.folder / name} is shorter than its index says ({end})")
+                raise DamagedPayload(f"{self.folder / name} is shorter than its index says ({end})")
             self._maps[name] = mapped  # older maps stay alive while arrays view them
             if len(self._maps) > MEMMAP_ARRAY_FILE_MAX_CACHE:
                 self._maps.popitem(last=False)
