@@ -1288,9 +1288,10 @@ class Arrays(pydantic.BaseModel):
             yield np.full(100, 10 * item)
 
 
+@pytest.mark.parametrize("via", ["call", "node"])
 @pytest.mark.parametrize("kind", ["pickle", "shared array file"])
 def test_outputs_whose_files_were_damaged_by_hand_are_computed_again_by_retry(
-    tmp_path: Path, kind: str
+    tmp_path: Path, kind: str, via: str
 ) -> None:
     """A payload file removed or cut short outside exca: a call says what to do; mode
     retry computes those items again (only those)."""
@@ -1306,7 +1307,9 @@ def test_outputs_whose_files_were_damaged_by_hand_are_computed_again_by_retry(
     expected = [10 * i for i in items]
 
     def outputs(mode: str = "cached") -> list[int]:
-        return [int(np.max(v)) for v in make(mode).process(items)]
+        method = make(mode).process
+        values = method(items) if via == "call" else method.node(items).result()
+        return [int(np.max(v)) for v in values]
 
     assert outputs() == expected
     data = make().infra.uid_folder() / "data"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typing as tp
 
+from ..storage.dumping import PAYLOAD_ERRORS
 from . import calls, store
 from .decisions import check_node, collect, first_item_error
 from .errors import NodeFailures
@@ -94,6 +95,15 @@ def result(node: Node) -> tp.Any:
     check_node(node)
     if node.kind == "task":
         return calls.task_result(node)
+    calls.run_nodes([node])
+    try:
+        return store.map_outputs(node)
+    except PAYLOAD_ERRORS as error:  # (a payload removed or damaged outside exca)
+        damaged = store.unreadable_items(node.cache, store.map_item_uids(node))
+        if node.mode != "retry" or not damaged:
+            store.damaged_note(error, node.uid)
+            raise
+        store.drop_unreadable(node.cache, damaged, node.uid, error)
     calls.run_nodes([node])
     return store.map_outputs(node)
 

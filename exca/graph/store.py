@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import typing as tp
 
 from ..storage.cachederror import CachedError
 from ..storage.cachedict import CacheDict
+from ..storage.dumping import PAYLOAD_ERRORS
 from ..storage.index import Entry
 from .errors import raise_from
 from .node import TASK_KEY, Node
 
+logger = logging.getLogger("exca")
 State = tp.Literal["missing", "done", "error"]
 
 
@@ -199,6 +202,40 @@ def map_item_uids(node: Node) -> list[str]:
     assert node.item_uid is not None
     many = getattr(node.item_uid, "many", None)
     return many(list(items or ())) if many is not None else [node.item_uid(i) for i in items or ()]
+
+
+def unreadable_items(cache: CacheDict[tp.Any], uids: tp.Sequence[str]) -> list[str]:
+    """The uids whose cached payload cannot be read (removed or damaged outside exca)."""
+    out = []
+    for uid in dict.fromkeys(uids):
+        try:
+            cache[uid]
+        except PAYLOAD_ERRORS:
+            out.append(uid)
+        except Exception:  # (a cached error, a deleted key...: not a damaged payload)
+            pass
+    return out
+
+
+def drop_unreadable(
+    cache: CacheDict[tp.Any], uids: list[str], where: str, error: BaseException
+) -> None:
+    """Delete items whose payload cannot be read (mode retry: computed again next)."""
+    logger.warning(
+        "%d cached item(s) of %s cannot be read (%s: %s): computed again (mode=retry)",
+        len(uids),
+        where,
+        type(error).__name__,
+        error,
+    )
+    cache.delete_many(uids)
+
+
+def damaged_note(error: BaseException, where: str) -> None:
+    error.add_note(
+        f"exca: a cached item of {where} cannot be read (its payload file is missing or "
+        "damaged): mode='retry' computes it again"
+    )
 
 
 def map_outputs(node: Node) -> list[tp.Any]:

@@ -250,19 +250,6 @@ def as_items(items: tp.Any, name: str) -> list[tp.Any]:
 MAX_REFILLS = 3  # items deleted while read, computed again, before the call gives up
 
 
-def _unreadable(cache: CacheDict[tp.Any], uids: tp.Sequence[str]) -> list[str]:
-    """The uids whose cached payload cannot be read (removed or damaged)."""
-    out = []
-    for uid in dict.fromkeys(uids):
-        try:
-            cache[uid]
-        except PAYLOAD_ERRORS:
-            out.append(uid)
-        except Exception:  # (a cached error, a deleted key...: not a damaged payload)
-            pass
-    return out
-
-
 def _refilled(
     infra: MapInfra, items: tp.Sequence[tp.Any], uids: list[str], values: tp.Iterator[tp.Any]
 ) -> tp.Iterator[tp.Any]:
@@ -293,22 +280,12 @@ def _refilling(
         except PAYLOAD_ERRORS as error:  # (a payload removed or damaged outside exca)
             cache = infra.cache_dict
             if infra.mode != "retry" or refills >= MAX_REFILLS:
-                error.add_note(
-                    f"exca: a cached item of {infra.uid()} cannot be read (its payload file "
-                    "is missing or damaged): mode='retry' computes it again"
-                )
+                store.damaged_note(error, infra.uid())
                 raise
-            damaged = _unreadable(cache, uids[position:])
+            damaged = store.unreadable_items(cache, uids[position:])
             if not damaged:
                 raise
-            logger.warning(
-                "%d cached item(s) of %s cannot be read (%s: %s): computed again (mode=retry)",
-                len(damaged),
-                infra.uid(),
-                type(error).__name__,
-                error,
-            )
-            cache.delete_many(damaged)
+            store.drop_unreadable(cache, damaged, infra.uid(), error)
         refills += 1
         node = infra._map_node(items[position:], uids[position:])
         calls.map_items(node, uids[position:])
