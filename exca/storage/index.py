@@ -207,7 +207,11 @@ class IndexReader:
         """Read what was appended to one file; False if the file vanished."""
         state = self._files.get(name)
         if state is not None and state.final:
-            return True
+            if time.monotonic() - state.ended_check < _FINAL_RESTAT:
+                return True
+            # (looked at again now and then: a writer misjudged as ended, e.g. in another
+            # pid namespace under this host name, is then missed for seconds, not forever)
+            state.final = False
         path = f"{self._dir}/{name}"
         fd = -1
         try:
@@ -517,6 +521,7 @@ def _read_span(fd: int, offset: int, size: int) -> bytes:
 
 
 _FINAL_RECHECK = 1.0  # seconds between two checks of a live writer's process
+_FINAL_RESTAT = 10.0  # seconds a file whose writer ended is not looked at
 
 
 def _check_final(name: str, state: FileState) -> None:
