@@ -790,6 +790,34 @@ def test_rewrite_deleted_key_any_read_order(
         assert deleter["k"] == {"v": 2}
 
 
+def test_the_last_write_of_a_writer_ending_while_a_reader_looks_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader stops looking at a file read to its end once its writer ended: a line the
+    writer appended right before it ended, after the reader saw the file's size, is read
+    all the same (and the file is not taken as final then)."""
+    writer: CacheDict[int] = CacheDict(tmp_path)
+    with writer.write():
+        writer["a"] = 1
+    reader: CacheDict[int] = CacheDict(tmp_path)
+    assert reader["a"] == 1
+    session_ended = index_module.process.session_ended
+    calls = []
+
+    def ends_after_a_last_write(session: str, *args: tp.Any) -> bool:
+        if not calls:  # (between the reader's stat and this check)
+            with writer.write():
+                writer["b"] = 2
+        calls.append(session)
+        return True  # (ended, as it is right after that write)
+
+    monkeypatch.setattr(index_module.process, "session_ended", ends_after_a_last_write)
+    assert "absent" not in reader  # (sees the file unchanged, checks its writer)
+    assert calls
+    assert reader.get("b") == 2
+    monkeypatch.setattr(index_module.process, "session_ended", session_ended)
+
+
 def test_index_files_with_deletions_read_in_bulk_as_line_by_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

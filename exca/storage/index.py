@@ -227,7 +227,7 @@ class IndexReader:
         try:
             if state is not None:
                 if stat.st_size == state.offset and stat.st_ino == state.inode:
-                    _check_final(name, state)
+                    _check_final(path, state, stat.st_size)
                     return True
                 if stat.st_ino != state.inode or stat.st_size < state.offset:
                     self._forget_file(name)  # replaced or truncated: read it again
@@ -247,7 +247,8 @@ class IndexReader:
                 os.close(fd)
         end = data.rfind(b"\n")
         if end < 0:
-            _check_final(name, state)  # (a torn line of a killed writer stays torn)
+            # (a torn line of a killed writer stays torn)
+            _check_final(path, state, state.offset + len(data))
             return True  # only an incomplete line so far
         lines = data[:end].split(b"\n")
         moved = FORMER_PLACES_BYTES in data  # (lines a compaction moved: rare)
@@ -524,15 +525,21 @@ _FINAL_RECHECK = 1.0  # seconds between two checks of a live writer's process
 _FINAL_RESTAT = 10.0  # seconds a file whose writer ended is not looked at
 
 
-def _check_final(name: str, state: FileState) -> None:
-    """Mark an index file whose reading is up to date as final if its writer ended."""
+def _check_final(path: str, state: FileState, size: int) -> None:
+    """Mark an index file read up to ``size`` bytes as final if its writer ended."""
     now = time.monotonic()
     if now - state.ended_check < _FINAL_RECHECK:
         return
     state.ended_check = now
     # (only a writer on this host is known to have ended: another host's may be idle)
-    if process.session_ended(name[: -len(INDEX_SUFFIX)], 0.0, math.inf):
-        state.final = True
+    name = os.path.basename(path)
+    if not process.session_ended(name[: -len(INDEX_SUFFIX)], 0.0, math.inf):
+        return
+    try:  # (what it appended right before it ended, since the size was read: read next)
+        current = os.stat(path)
+    except OSError:
+        return
+    state.final = current.st_size == size and current.st_ino == state.inode
 
 
 def _written_here(name: str, reader: IndexReader) -> bool:
