@@ -1941,6 +1941,21 @@ def test_a_killed_folder_removal_brings_no_deleted_entry_back(tmp_path: Path) ->
     assert not leftover.exists() and dict(CacheDict(folder).items()) == {"1": list(range(1, 201))}
 
 
+def test_a_folder_a_killed_removal_left_is_not_listed(tmp_path: Path) -> None:
+    """A node folder being removed (renamed away, then deleted) is not a config: no
+    listing, iter_cached, explanation or cleaning of old versions reads it."""
+    root = tmp_path / "cache"
+    kept, removed = Source(n=1, infra={"folder": root}), Source(n=5, infra={"folder": root})
+    assert kept.make() == [0] and removed.make() == list(range(5))
+    folder = folder_of(removed)
+    folder.rename(folder.with_name(clean.REMOVING_PREFIX + "vm-1-1-0123456789ab-abcdef"))
+    assert [c.n for c in kept.infra.iter_cached()] == [1]
+    assert [uid for _, uid, _ in node_folders(root)] == [folder_of(kept).name]
+    nearest = str(exca.ops.explain(Source(n=4, infra={"folder": root}).make.node()))
+    assert "n=1" in nearest and "n=5" not in nearest
+    assert clean.old_versions(root).removals == []
+
+
 def test_a_killed_clear_brings_no_deleted_entry_back(tmp_path: Path) -> None:
     """clear() removes index files one by one: killed after the file holding a deletion
     went, before the one holding the deleted entry, it brought that entry back (now every

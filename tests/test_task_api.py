@@ -504,6 +504,39 @@ def test_a_result_whose_file_was_truncated_by_hand(tmp_path: Path) -> None:
     assert _count("big") == before + 2
 
 
+def _unloadable() -> tp.Any:
+    raise EOFError("the resource this value reopens is gone")
+
+
+class Unloadable:
+    """A value whose unpickling raises (as one reopening a resource that is gone)."""
+
+    def __reduce__(self) -> tp.Any:
+        return (_unloadable, ())
+
+
+class MakesUnloadable(pydantic.BaseModel):
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def make(self) -> Unloadable:
+        CALLS.append(("unloadable", 0))
+        return Unloadable()
+
+
+def test_a_result_whose_own_unpickling_fails_is_not_taken_for_a_damaged_file(
+    tmp_path: Path,
+) -> None:
+    """mode retry computes again a result whose file is damaged, not one whose value
+    raises as it loads: its error is raised, the result stays."""
+    before = _count("unloadable")
+    for mode in ("cached", "retry", "retry"):
+        with pytest.raises(EOFError, match="resource this value reopens") as info:
+            MakesUnloadable(infra={"folder": tmp_path, "mode": mode}).make()
+        assert "damaged" not in "".join(getattr(info.value, "__notes__", []))
+    assert _count("unloadable") == before + 1
+
+
 YAML_FILES = ["config.yaml", "full-uid.yaml", "uid.yaml"]
 
 

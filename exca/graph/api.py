@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typing as tp
 
-from ..storage.dumping import PAYLOAD_ERRORS
+from ..storage.dumping import PAYLOAD_ERRORS, is_damaged_payload
 from . import calls, store
 from .decisions import check_node, collect, first_item_error
 from .errors import NodeFailures
@@ -99,6 +99,8 @@ def result(node: Node) -> tp.Any:
     try:
         return store.map_outputs(node)
     except PAYLOAD_ERRORS as error:  # (a payload removed or damaged outside exca)
+        if not is_damaged_payload(error):
+            raise  # (e.g. a cached error of the method, raised again)
         damaged = store.unreadable_items(node.cache, store.map_item_uids(node))
         if node.mode != "retry" or not damaged:
             store.damaged_note(error, node.uid)

@@ -11,7 +11,7 @@ import typing as tp
 
 from ..storage.cachederror import CachedError
 from ..storage.cachedict import CacheDict
-from ..storage.dumping import PAYLOAD_ERRORS
+from ..storage.dumping import PAYLOAD_ERRORS, is_damaged_payload
 from . import registry, store
 from .errors import JobFailedError
 from .jobs import Job
@@ -35,6 +35,8 @@ def reuse(cache: CacheDict[tp.Any], mode: str, where: str) -> tp.Any:
     try:
         value = store.cached_outcome(cache, MISSING)  # (removed since the check: MISSING)
     except PAYLOAD_ERRORS as error:
+        if not is_damaged_payload(error):
+            raise  # (e.g. raised by the value's own unpickling code)
         if mode != "retry":
             if not isinstance(error, FileNotFoundError):  # (that one says it already)
                 error.add_note(

@@ -8,7 +8,7 @@ import typing as tp
 
 from ..storage.cachederror import CachedError
 from ..storage.cachedict import CacheDict
-from ..storage.dumping import PAYLOAD_ERRORS
+from ..storage.dumping import is_damaged_payload, mark_if_damaged
 from ..storage.index import Entry
 from .errors import raise_from
 from .node import TASK_KEY, Node
@@ -138,12 +138,14 @@ def cached_outcome(cache: CacheDict[tp.Any], missing: tp.Any) -> tp.Any:
 
 def unreadable_result(cache: CacheDict[tp.Any], error: FileNotFoundError) -> FileNotFoundError:
     """The error of a task result whose payload file is gone (removed outside exca)."""
-    return FileNotFoundError(
+    new = FileNotFoundError(
         error.errno,
         f"The cached result in {cache.folder} cannot be read: its file {error.filename} is "
         "missing (removed by hand?). mode='retry' or mode='force' computes it again",
         error.filename,
     )
+    mark_if_damaged(new, cache.folder)
+    return new
 
 
 def task_result(node: Node, missing: tp.Any = None) -> tp.Any:
@@ -210,10 +212,9 @@ def unreadable_items(cache: CacheDict[tp.Any], uids: tp.Sequence[str]) -> list[s
     for uid in dict.fromkeys(uids):
         try:
             cache[uid]
-        except PAYLOAD_ERRORS:
-            out.append(uid)
-        except Exception:  # (a cached error, a deleted key...: not a damaged payload)
-            pass
+        except Exception as error:  # (a deleted key...: not a damaged payload)
+            if is_damaged_payload(error):
+                out.append(uid)
     return out
 
 

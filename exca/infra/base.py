@@ -789,6 +789,8 @@ class BaseInfra(pydantic.BaseModel):
         # A private infra is not in config.yaml: nothing to move)
         name = next((n for n in cls.model_fields if getattr(owner, n, None) is self), None)
         for sub in sorted(step.iterdir()):
+            if sub.name.startswith("."):  # (a folder being removed: see ops.clean)
+                continue
             if not (sub / uidfolder.UID_FILE).exists() or not self._has_result(sub):
                 continue
             cfg = uidfolder.read_yaml(sub / uidfolder.CONFIG_FILE)

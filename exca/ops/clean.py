@@ -467,7 +467,8 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
         for old in folders[:-1]:
             reason = f"old version (newest is {newest})"
             kept_before = len(plan.kept)
-            subfolders = sorted(p for p in old.iterdir() if p.is_dir())
+            # (not a folder being removed: see remove_node_folder)
+            subfolders = sorted(p for p in old.iterdir() if p.is_dir() and p.name[0] != ".")
             for config in subfolders:
                 if (config / UID_FILE).exists():
                     _add_folder(plan, config, reason)

@@ -93,7 +93,8 @@ def nearest_cached(node: Node) -> tuple[Path | None, list[tuple[str, tp.Any, tp.
     ties = 0
     for step_folder in sorted(Path(node.root).glob(f"{method},*")):
         other_version = step_folder.name.rpartition(",")[2]
-        for config_folder in sorted(p for p in step_folder.iterdir() if p.is_dir()):
+        configs = (p for p in step_folder.iterdir() if p.is_dir() and p.name[0] != ".")
+        for config_folder in sorted(configs):  # (hidden: being removed, see clean)
             for folder in input_folders(config_folder) if with_inputs else [config_folder]:
                 if folder == node.folder or not _has_results(folder):
                     continue

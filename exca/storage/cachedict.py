@@ -23,6 +23,7 @@ from time import monotonic as _monotonic
 import orjson
 
 from . import gcpause, interrupts
+from .dumping import mark_if_damaged
 from .files import check_permissions, make_folder
 from .formats import (
     DATA_DIR,
@@ -517,6 +518,7 @@ class CacheDict(tp.Generic[X]):
             value = self._load_again(key, entry, error)
         except Exception as error:  # (name the key: the format's message may not)
             _add_note(error, f"while reading {key!r} from {self.folder}")
+            mark_if_damaged(error, self.folder)
             raise
         if self.keep_in_ram:
             ram[key] = value
@@ -543,10 +545,12 @@ class CacheDict(tp.Generic[X]):
             except FileNotFoundError as again:
                 if current[:2] == entry[:2]:
                     _add_note(again, f"while reading {key!r} from {self.folder}")
+                    mark_if_damaged(again, self.folder)
                     raise
                 entry, error = current, again  # (replaced again since: read the newer one)
             except Exception as failure:
                 _add_note(failure, f"while reading {key!r} from {self.folder}")
+                mark_if_damaged(failure, self.folder)
                 raise
         raise KeyError(key)
 

@@ -33,13 +33,36 @@ class DamagedPayload(OSError):
     that stopped half-way)."""
 
 
-# what reading an entry whose payload was removed or damaged outside exca raises
+# what reading an entry whose payload was removed or damaged outside exca raises (also
+# raised by other things, e.g. a method: see ``mark_if_damaged``)
 PAYLOAD_ERRORS: tuple[type[BaseException], ...] = (
     FileNotFoundError,
     DamagedPayload,
     EOFError,
     pickle.UnpicklingError,
 )
+_DAMAGED = "exca_damaged_payload"
+
+
+def mark_if_damaged(error: BaseException, folder: Path | None) -> None:
+    """Mark an error raised while loading an entry of ``folder`` if it says that a payload
+    file is missing or cut short (not an error of the value's own unpickling code)."""
+    if isinstance(error, FileNotFoundError):
+        damaged = folder is not None and str(error.filename or "").startswith(str(folder))
+    elif isinstance(error, pickle.UnpicklingError):
+        damaged = "truncated" in str(error)  # ("pickle data was truncated")
+    elif type(error) is EOFError:
+        damaged = str(error) == "Ran out of input"  # (an empty pickle file)
+    else:
+        damaged = isinstance(error, DamagedPayload)
+    if damaged:
+        setattr(error, _DAMAGED, True)
+
+
+def is_damaged_payload(error: BaseException) -> bool:
+    """Whether an error says that an entry's payload was removed or cut short."""
+    return isinstance(error, DamagedPayload) or getattr(error, _DAMAGED, False)
+
 
 MEMMAP_ARRAY_FILE_MAX_CACHE = 1024  # memory maps kept open per reader
 DATA_DIR = "data"
