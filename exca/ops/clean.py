@@ -35,6 +35,7 @@ from ..storage.index import (
     FORMER_PLACES,
     FORMER_PLACES_BYTES,
     INDEX_SUFFIX,
+    index_files_bytes,
     tombstone_lines,
 )
 from .inspect import INPUTS_PREFIX, disk_usage, human_size, input_folders, node_folders
@@ -764,14 +765,7 @@ def _former_places(folder: Path) -> set[str]:
     of the lines of the folder's index files."""
     named: set[str] = set()
     marker = FORMER_PLACES_BYTES
-    for entry in os.scandir(folder):
-        if not entry.name.endswith(INDEX_SUFFIX):
-            continue
-        try:
-            with open(entry.path, "rb") as handle:
-                data = handle.read()
-        except FileNotFoundError:
-            continue
+    for _, data in index_files_bytes(folder):
         if marker not in data:
             continue
         for line in data.split(b"\n"):

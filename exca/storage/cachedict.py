@@ -42,6 +42,7 @@ from .index import (
     IndexReader,
     IndexWriter,
     SessionFilesGone,
+    index_files_bytes,
 )
 from .modules import imported
 
@@ -1056,14 +1057,7 @@ class CacheDict(tp.Generic[X]):
         Returns the name of that index file (None: the folder held no entry)."""
         assert self.folder is not None
         lines = []
-        for item in os.scandir(self.folder):
-            if not item.name.endswith(INDEX_SUFFIX):
-                continue
-            try:
-                with open(item.path, "rb") as handle:
-                    data = handle.read()
-            except FileNotFoundError:
-                continue
+        for name, data in index_files_bytes(self.folder):
             offset = 0
             for line in data.split(b"\n")[:-1]:  # (complete lines only)
                 try:
@@ -1071,7 +1065,7 @@ class CacheDict(tp.Generic[X]):
                 except orjson.JSONDecodeError:
                     record = None
                 if isinstance(record, dict) and isinstance(record.get("#key"), str):
-                    of = f"{item.name}:{offset}"
+                    of = f"{name}:{offset}"
                     lines.append(orjson.dumps({"#del": record["#key"], "#of": of}) + b"\n")
                 offset += len(line) + 1
         if not lines:

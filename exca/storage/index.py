@@ -565,6 +565,18 @@ def _warn_bad_line(path: Path, offset: int, line: bytes) -> None:
     )
 
 
+def index_files_bytes(folder: Path | str) -> tp.Iterator[tuple[str, bytes]]:
+    """(name, bytes) of every index file of a folder (those removed meanwhile skipped)."""
+    for item in os.scandir(folder):
+        if not item.name.endswith(INDEX_SUFFIX):
+            continue
+        try:
+            with open(item.path, "rb") as handle:
+                yield item.name, handle.read()
+        except FileNotFoundError:
+            continue
+
+
 def tombstone_lines(data: bytes) -> tp.Iterator[tuple[bytes, str]]:
     """The tombstone lines of an index file's bytes, each with the place it names
     (``"<file>:<offset>"``); lines that do not parse are skipped."""
