@@ -1288,46 +1288,56 @@ class Arrays(pydantic.BaseModel):
             yield np.full(100, 10 * item)
 
 
+class NpyArrays(pydantic.BaseModel):
+    """item -> a (100,) array of 10 * item (one .npy file per output)."""
+
+    log: str
+    infra: exca.MapInfra = exca.MapInfra(version="1", keep_in_ram=False)
+
+    @infra.apply(item_uid=str, cache_type="NumpyArray")
+    def process(self, items: list[int]) -> tp.Iterator[np.ndarray]:
+        for item in items:
+            append(self.log, str(item))
+            yield np.full(100, 10 * item)
+
+
 @pytest.mark.parametrize("via", ["call", "node"])
-@pytest.mark.parametrize("kind", ["pickle", "shared array file"])
+@pytest.mark.parametrize(
+    "kind, cut",
+    [("pickle", None), ("shared", 0.5), ("shared", 0), ("npy", 0.5), ("npy", 0)],
+)
 def test_outputs_whose_files_were_damaged_by_hand_are_computed_again_by_retry(
-    tmp_path: Path, kind: str, via: str
+    tmp_path: Path, kind: str, cut: float | None, via: str
 ) -> None:
-    """A payload file removed or cut short outside exca: a call says what to do; mode
-    retry computes those items again (only those)."""
+    """A payload file removed (cut None) or cut short outside exca: a call says what to
+    do; mode retry computes those items again (only those)."""
     log = tmp_path / "calls.txt"
     items = list(range(4))
-
-    def make(mode: str = "cached") -> tp.Any:
-        infra = {"folder": tmp_path / "cache", "mode": mode}
-        if kind == "pickle":
-            return Pickled(log=str(log), infra=infra)
-        return Arrays(log=str(log), infra=infra)
-
-    expected = [10 * i for i in items]
+    model = {"pickle": Pickled, "shared": Arrays, "npy": NpyArrays}[kind]
 
     def outputs(mode: str = "cached") -> list[int]:
-        method = make(mode).process
+        method = model(log=str(log), infra={"folder": tmp_path / "cache", "mode": mode}).process
         values = method(items) if via == "call" else method.node(items).result()
         return [int(np.max(v)) for v in values]
 
+    expected = [10 * i for i in items]
     assert outputs() == expected
-    data = make().infra.uid_folder() / "data"
-    if kind == "pickle":
-        (damaged,) = [p for p in data.iterdir() if p.name.startswith("2-")]
-        damaged.unlink()
-        error: type[Exception] = FileNotFoundError
+    data = model(log=str(log), infra={"folder": tmp_path / "cache"}).infra.uid_folder() / "data"
+    if kind == "shared":
+        (damaged,) = list(data.iterdir())  # (items 2 and 3 cut off, or all of them)
     else:
-        (shared,) = list(data.iterdir())
-        with shared.open("r+b") as handle:  # (items 2 and 3 cut off)
-            handle.truncate(shared.stat().st_size // 2)
-        error = OSError
-    with pytest.raises(error) as info:
+        (damaged,) = [p for p in data.iterdir() if p.name.startswith("2-")]
+    if cut is None:
+        damaged.unlink()
+    else:
+        with damaged.open("r+b") as handle:
+            handle.truncate(int(damaged.stat().st_size * cut))
+    with pytest.raises(Exception) as info:
         outputs()
     assert "mode='retry' computes it again" in "".join(info.value.__notes__)
     assert outputs("retry") == expected
     assert outputs() == expected
-    again = [2] if kind == "pickle" else [2, 3]
+    again = {0: [0, 1, 2, 3], 0.5: [2, 3]}[cut] if kind == "shared" else [2]
     assert counts(log) == {i: 2 if i in again else 1 for i in items}
 
 

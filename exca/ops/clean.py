@@ -38,7 +38,14 @@ from ..storage.index import (
     index_files_bytes,
     tombstone_lines,
 )
-from .inspect import INPUTS_PREFIX, disk_usage, human_size, input_folders, node_folders
+from .inspect import (
+    INPUTS_PREFIX,
+    REMOVING_PREFIX,
+    disk_usage,
+    human_size,
+    input_folders,
+    node_folders,
+)
 
 logger = logging.getLogger("exca")
 
@@ -131,10 +138,6 @@ def _remove_items(folder: Path, keys: list[str]) -> None:
     cache: CacheDict[tp.Any] = CacheDict(folder=folder, keep_in_ram=False)
     with cache.write():
         cache.delete_many(keys)  # (those removed meanwhile are skipped)
-
-
-# a folder being removed is first renamed to this prefix + the remover's unique name
-REMOVING_PREFIX = ".removing-"
 
 
 def remove_node_folder(folder: Path) -> None:

@@ -62,6 +62,11 @@ def _iso(stamp: float) -> str | None:
     return datetime.datetime.fromtimestamp(stamp).isoformat(timespec="seconds")
 
 
+# a folder being removed is first renamed to this prefix + the remover's unique name
+# (see clean.remove_node_folder)
+REMOVING_PREFIX = ".removing-"
+
+
 def node_folders(root: Path, only: str | None = None) -> tp.Iterator[tuple[str, str, Path]]:
     """(step, uid, folder) of every node folder under a cache root (``only``: one step)."""
     try:
@@ -131,7 +136,7 @@ def disk_usage(folder: Path, recursive_into_inputs: bool = False) -> tuple[int, 
                     current == folder
                     and entry.name.startswith(INPUTS_PREFIX)
                     and not recursive_into_inputs
-                ):
+                ) or entry.name.startswith(REMOVING_PREFIX):  # (not the node's any more)
                     continue
                 stack.append(Path(entry.path))
                 continue

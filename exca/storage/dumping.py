@@ -40,6 +40,14 @@ PAYLOAD_ERRORS: tuple[type[BaseException], ...] = (
     DamagedPayload,
     EOFError,
     pickle.UnpicklingError,
+    ValueError,
+)
+# what pickle and numpy say of a file cut short (a value's own code says other things)
+_CUT_SHORT = (
+    "pickle data was truncated",
+    "Ran out of input",  # (pickle, an empty file)
+    "No data left in file",  # (numpy, an empty .npy)
+    "Failed to read all data for array",  # (numpy, a .npy cut short)
 )
 _DAMAGED = "exca_damaged_payload"
 
@@ -48,11 +56,10 @@ def mark_if_damaged(error: BaseException, folder: Path | None) -> None:
     """Mark an error raised while loading an entry of ``folder`` if it says that a payload
     file is missing or cut short (not an error of the value's own unpickling code)."""
     if isinstance(error, FileNotFoundError):
-        damaged = folder is not None and str(error.filename or "").startswith(str(folder))
-    elif isinstance(error, pickle.UnpicklingError):
-        damaged = "truncated" in str(error)  # ("pickle data was truncated")
-    elif type(error) is EOFError:
-        damaged = str(error) == "Ran out of input"  # (an empty pickle file)
+        inside = str(folder) + os.sep
+        damaged = folder is not None and str(error.filename or "").startswith(inside)
+    elif type(error) in (pickle.UnpicklingError, EOFError, ValueError):
+        damaged = str(error).startswith(_CUT_SHORT)
     else:
         damaged = isinstance(error, DamagedPayload)
     if damaged:
@@ -465,6 +472,10 @@ class DumpContext:
                 self._maps.move_to_end(name)
                 return current
             with open(self.folder / name, "rb") as handle:
+                if os.fstat(handle.fileno()).st_size < end:  # (mmap refuses an empty file)
+                    raise DamagedPayload(
+                        f"{self.folder / name} is shorter than its index says ({end})"
+                    )
                 mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
             if len(mapped) < end:
                 raise DamagedPayload(f"{self.folder / name} is shorter than its index says ({end})")
