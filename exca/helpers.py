@@ -352,6 +352,8 @@ def find_slurm_job(job_id: str, folder: str | Path | None = None) -> tp.Any:
     name = job_id.replace("/", "-") + ".json"
     for record_path in Path(folder).rglob(f"{registry.JOBS_DIR}/{name}"):
         node_folder = record_path.parent.parent
+        if node_folder.name.startswith("."):  # (a folder being removed: see ops.clean)
+            continue
         record = next(r for r in registry.read_all(node_folder, copied=True) if r.job_id == job_id)
         job: tp.Any = submitit.SlurmJob(folder=record.logs_folder(), job_id=job_id)
         job.config = ConfDict(read_yaml(node_folder / CONFIG_FILE) or {})

@@ -567,3 +567,28 @@ def test_with_infra_parameter_without_a_schema_is_named(tmp_path: Path) -> None:
 
     with pytest.raises(TypeError, match=r"Parameter\(s\) 'data' .* of .*total cannot become"):
         total(data=np.zeros(3))
+
+
+class _Recorded(pydantic.BaseModel):
+    x: int = 1
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        return self.x
+
+
+@pytest.mark.timeout(120)
+def test_find_slurm_job_skips_a_folder_being_removed(tmp_path: Path) -> None:
+    """A job's record in a node folder being removed (renamed away by `exca clean`) is
+    not found: that folder is no config's any more."""
+    task = _Recorded(x=3, infra={"folder": tmp_path, "cluster": "local"})
+    job = task.infra.job()
+    assert job.result() == 3
+    found = helpers.find_slurm_job(job.job_id, folder=tmp_path)
+    assert found.config["x"] == 3
+    folder = task.infra.uid_folder()
+    assert folder is not None
+    folder.rename(folder.with_name(".removing-vm-1-1-0123456789ab-abcdef"))
+    with pytest.raises(RuntimeError, match="No record of job"):
+        helpers.find_slurm_job(job.job_id, folder=tmp_path)
