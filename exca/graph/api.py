@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typing as tp
 
-from ..storage.dumping import PAYLOAD_ERRORS, is_damaged_payload
+from ..storage.dumping import PAYLOAD_ERRORS
 from . import calls, store
 from .decisions import check_node, collect, first_item_error
 from .errors import NodeFailures
@@ -98,14 +98,9 @@ def result(node: Node) -> tp.Any:
     calls.run_nodes([node])
     try:
         return store.map_outputs(node)
-    except PAYLOAD_ERRORS as error:  # (a payload removed or damaged outside exca)
-        if not is_damaged_payload(error):
-            raise  # (e.g. a cached error of the method, raised again)
-        damaged = store.unreadable_items(node.cache, store.map_item_uids(node))
-        if node.mode != "retry" or not damaged:
-            store.damaged_note(error, node.uid)
-            raise
-        store.drop_unreadable(node.cache, damaged, node.uid, error)
+    except PAYLOAD_ERRORS as error:  # (a payload removed or damaged outside exca?)
+        uids = store.map_item_uids(node)
+        store.drop_damaged_or_raise(error, node.cache, uids, node.uid, node.mode == "retry")
     calls.run_nodes([node])
     return store.map_outputs(node)
 

@@ -82,7 +82,6 @@ class Scheduler:
         # (a call of one node: of several failures, the one the others only follow is raised)
         self.root_cause = False
         self._settled: list[Key] = []  # nodes that left the running ones since the last wave
-
         self._positions: tuple[Graph, dict[Key, int]] | None = None
 
     def _position(self) -> dict[Key, int]:

@@ -206,37 +206,35 @@ def map_item_uids(node: Node) -> list[str]:
     return many(list(items or ())) if many is not None else [node.item_uid(i) for i in items or ()]
 
 
-def unreadable_items(cache: CacheDict[tp.Any], uids: tp.Sequence[str]) -> list[str]:
-    """The uids whose cached payload cannot be read (removed or damaged outside exca)."""
-    out = []
-    for uid in dict.fromkeys(uids):
+def drop_damaged_or_raise(
+    error: BaseException, cache: CacheDict[tp.Any], uids: tp.Sequence[str], where: str, retry: bool
+) -> None:
+    """An error reading a map's outputs: if it says a payload was removed or damaged
+    outside exca and ``retry`` (mode retry), the damaged items are deleted (to compute
+    again); else it is raised (a damaged payload with a note saying what to do)."""
+    if not is_damaged_payload(error):
+        raise error  # (e.g. a cached error of the method, raised again)
+    damaged = []
+    for uid in dict.fromkeys(uids) if retry else ():
         try:
             cache[uid]
-        except Exception as error:  # (a deleted key...: not a damaged payload)
-            if is_damaged_payload(error):
-                out.append(uid)
-    return out
-
-
-def drop_unreadable(
-    cache: CacheDict[tp.Any], uids: list[str], where: str, error: BaseException
-) -> None:
-    """Delete items whose payload cannot be read (mode retry: computed again next)."""
+        except Exception as failure:  # (a deleted key...: not a damaged payload)
+            if is_damaged_payload(failure):
+                damaged.append(uid)
+    if not damaged:
+        error.add_note(
+            f"exca: a cached item of {where} cannot be read (its payload file is missing or "
+            "damaged): mode='retry' computes it again"
+        )
+        raise error
     logger.warning(
         "%d cached item(s) of %s cannot be read (%s: %s): computed again (mode=retry)",
-        len(uids),
+        len(damaged),
         where,
         type(error).__name__,
         error,
     )
-    cache.delete_many(uids)
-
-
-def damaged_note(error: BaseException, where: str) -> None:
-    error.add_note(
-        f"exca: a cached item of {where} cannot be read (its payload file is missing or "
-        "damaged): mode='retry' computes it again"
-    )
+    cache.delete_many(damaged)
 
 
 def map_outputs(node: Node) -> list[tp.Any]:

@@ -18,7 +18,7 @@ import pydantic
 from ..graph import calls, store
 from ..graph.node import Node
 from ..storage.cachedict import CacheDict
-from ..storage.dumping import PAYLOAD_ERRORS, is_damaged_payload
+from ..storage.dumping import PAYLOAD_ERRORS
 from ..storage.index import INDEX_SUFFIX
 from .base import BaseInfra
 from .method import InfraMethod, check_plain_method, reduce_bound
@@ -277,17 +277,11 @@ def _refilling(
             cache.refresh()
             if refills >= MAX_REFILLS or error.args != (key,) or cache.count_errors([key]):
                 raise  # (or a cached error of the method: its own KeyError)
-        except PAYLOAD_ERRORS as error:  # (a payload removed or damaged outside exca)
-            if not is_damaged_payload(error):
-                raise  # (e.g. a cached error of the method, raised again)
-            cache = infra.cache_dict
-            if infra.mode != "retry" or refills >= MAX_REFILLS:
-                store.damaged_note(error, infra.uid())
-                raise
-            damaged = store.unreadable_items(cache, uids[position:])
-            if not damaged:
-                raise
-            store.drop_unreadable(cache, damaged, infra.uid(), error)
+        except PAYLOAD_ERRORS as error:  # (a payload removed or damaged outside exca?)
+            retry = infra.mode == "retry" and refills < MAX_REFILLS
+            store.drop_damaged_or_raise(
+                error, infra.cache_dict, uids[position:], infra.uid(), retry
+            )
         refills += 1
         node = infra._map_node(items[position:], uids[position:])
         calls.map_items(node, uids[position:])

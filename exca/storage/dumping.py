@@ -472,12 +472,10 @@ class DumpContext:
                 self._maps.move_to_end(name)
                 return current
             with open(self.folder / name, "rb") as handle:
-                if os.fstat(handle.fileno()).st_size < end:  # (mmap refuses an empty file)
-                    raise DamagedPayload(
-                        f"{self.folder / name} is shorter than its index says ({end})"
-                    )
-                mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-            if len(mapped) < end:
+                mapped = None  # (mmap refuses an empty file: checked first)
+                if os.fstat(handle.fileno()).st_size >= end:
+                    mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            if mapped is None or len(mapped) < end:
                 raise DamagedPayload(f"{self.folder / name} is shorter than its index says ({end})")
             self._maps[name] = mapped  # older maps stay alive while arrays view them
             if len(self._maps) > MEMMAP_ARRAY_FILE_MAX_CACHE:
