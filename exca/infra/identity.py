@@ -13,6 +13,7 @@ import collections
 import functools
 import itertools
 import re
+import sys
 import types
 import typing as tp
 from pathlib import PurePath
@@ -292,8 +293,11 @@ def _undiscriminated_union(annotation: tp.Any, top: bool, depth: int = 0) -> lis
 def _has_serializer(cls: type, name: str, field: pydantic.fields.FieldInfo) -> bool:
     """Whether a field's dump goes through a serializer of its own (``field_serializer``,
     ``PlainSerializer``/``WrapSerializer`` in its annotation)."""
-    if any(
-        isinstance(m, pydantic.PlainSerializer | pydantic.WrapSerializer) for m in field.metadata
+    # (pydantic imports these serializer classes on first access, ~3 ms: a field can only
+    # hold one once that module was imported)
+    module = sys.modules.get("pydantic.functional_serializers")
+    if module is not None and any(
+        isinstance(m, module.PlainSerializer | module.WrapSerializer) for m in field.metadata
     ):
         return True
     decorators = getattr(cls, "__pydantic_decorators__", None)
