@@ -1341,6 +1341,48 @@ def test_outputs_whose_files_were_damaged_by_hand_are_computed_again_by_retry(
     assert counts(log) == {i: 2 if i in again else 1 for i in items}
 
 
+class SumOf(pydantic.BaseModel):
+    """The sum of the arrays given (a task downstream of a map)."""
+
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self, arrays: list[np.ndarray]) -> float:
+        return float(sum(a.sum() for a in arrays))
+
+
+def test_a_downstream_node_of_a_damaged_payload_says_how_to_repair_it(tmp_path: Path) -> None:
+    """A node whose input was cut short outside exca fails (not with a wrong value), and
+    says what repairs it: reading the upstream node in mode retry (a run of the graph
+    reads it only downstream, and the downstream node's retry is not the upstream's)."""
+    from exca.graph.worker import UpstreamFailed
+
+    log, folder = tmp_path / "calls.txt", tmp_path / "cache"
+    mapper = Arrays(log=str(log), infra={"folder": folder})
+    assert len(list(mapper.process([1, 2, 3]))) == 3
+    (damaged,) = list((mapper.infra.uid_folder() / "data").iterdir())
+    with damaged.open("r+b") as handle:
+        handle.truncate(damaged.stat().st_size // 2)
+
+    def total(mode: str, repair: bool = False) -> float:
+        upstream = Arrays(log=str(log), infra={"folder": folder, "mode": mode})
+        items = upstream.process.node([1, 2, 3])
+        if repair:
+            assert [int(a[0]) for a in items.result()] == [10, 20, 30]
+        node = SumOf(infra={"folder": folder, "mode": "retry"}).process.node(items)
+        exca.graph.run(node, progress=False)
+        return tp.cast(float, node.result())
+
+    for mode in ("cached", "retry"):
+        with pytest.raises(
+            UpstreamFailed, match=r"mode='retry' \(its call, or node.result"
+        ) as info:
+            total(mode)
+        assert "shorter than its index says" in str(info.value)
+    assert total("retry", repair=True) == 100 * (10 + 20 + 30)
+    assert counts(log) == {1: 1, 2: 2, 3: 2}  # (item 1 was before the cut)
+
+
 class ArrayMapper(pydantic.BaseModel):
     """item -> an array of 1000 times (item + offset); offset is not part of the uid."""
 

@@ -192,7 +192,7 @@ def map_item_uids(node: Node) -> list[str]:
         except Exception as error:  # (e.g. an upstream item's cached error: not this node's)
             raise UpstreamFailed(
                 f"{node.uid}: its items could not be read from {source.uid} "
-                f"({type(error).__name__}: {error})"
+                f"({unreadable_input(error)})"
             ) from error
         if isinstance(items, str | bytes) or not isinstance(items, tp.Iterable):
             raise TypeError(
@@ -235,6 +235,19 @@ def drop_damaged_or_raise(
         error,
     )
     cache.delete_many(damaged)
+
+
+def unreadable_input(error: BaseException) -> str:
+    """Why an upstream output could not be read, for a downstream node's error; what to
+    do when its payload was removed or cut short outside exca (neither the downstream
+    node's retry nor a run of the graph recomputes it: the run reads it only downstream)."""
+    text = f"{type(error).__name__}: {error}"
+    if is_damaged_payload(error):
+        text += (
+            "; the payload was removed or damaged outside exca: reading the upstream "
+            "node's output in mode='retry' (its call, or node.result()) computes it again"
+        )
+    return text
 
 
 def map_outputs(node: Node) -> list[tp.Any]:

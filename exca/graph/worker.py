@@ -125,7 +125,7 @@ def _resolve_split(unit: Unit) -> Unit:
     except Exception as e:  # (an upstream item's cached error too: not this node's own)
         raise UpstreamFailed(
             f"{node.uid}: its items could not be read from {node.items.uid} "
-            f"({type(e).__name__}: {e})"
+            f"({store.unreadable_input(e)})"
         ) from e
     uids = store.map_item_uids(dataclasses.replace(node, items=items))
     if node.mode == "read-only":  # (never computes: checks what is cached)
@@ -326,7 +326,7 @@ def _compute_task(node: Node) -> Report:
         except Exception as error:  # e.g. a map item's cached error: not this node's own
             raise UpstreamFailed(
                 f"{node.uid} did not run: an input could not be read "
-                f"({type(error).__name__}: {error})"
+                f"({store.unreadable_input(error)})"
             ) from error
         value = node.function(**inputs)
     except Exception as error:
