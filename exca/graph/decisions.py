@@ -346,6 +346,10 @@ class Graph:
             run.action, run.reason = "compute", "missing"
 
     def _decide_map(self, run: NodeRun, forced: bool) -> None:
+        with run.node.cache.frozen_cache_folder():  # (read once: misses need no second read)
+            self._decide_map_items(run, forced)
+
+    def _decide_map_items(self, run: NodeRun, forced: bool) -> None:
         node = run.node
         # nodes may be long-lived: what others retried, forced or deleted since this
         # instance read its folder (as a map call does)

@@ -543,8 +543,9 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
             def compute(claim: Claim = claim, action: str = action) -> None:
                 mine = claim.mine
                 if mine:
-                    node.cache.refresh()
-                    mine = _map_todo(node, mine, action, forced_by)
+                    with node.cache.frozen_cache_folder():  # (one read: what others wrote)
+                        node.cache.refresh()
+                        mine = _map_todo(node, mine, action, forced_by)
                     _compute_items(node, mine, by_uid, action, report, progress, forced_by)
 
             window.guard(claim, compute)

@@ -203,9 +203,10 @@ class BoundMap:
         uids = method.item_uid.shorten_all(uids)
         missing = None
         if reusing:
-            cache.reread()  # what other processes retried, forced or deleted meanwhile
-            cache.drop_stale_ram()
-            missing = cache.missing(uids)
+            with cache.frozen_cache_folder():  # (read once: misses need no second read)
+                cache.reread()  # what other processes retried, forced or deleted meanwhile
+                cache.drop_stale_ram()
+                missing = cache.missing(uids)
             if not missing:  # fast path: no node, no scheduler
                 infra._check_defaults(
                     restore=True

@@ -244,6 +244,8 @@ class CacheDict(tp.Generic[X]):
         if reader is not None:
             reader.refresh()
             self._read_once = True
+            if self._local.frozen:  # (the one re-read a frozen context allows: done)
+                self._local.refreshed_while_frozen = True
             removed = reader.removed_keys
             if removed is not None and len(removed) > _REMOVED_KEYS_KEPT:
                 with reader.locked():  # (only the keys of RAM copies matter)
@@ -360,7 +362,8 @@ class CacheDict(tp.Generic[X]):
 
     @contextlib.contextmanager
     def frozen_cache_folder(self) -> tp.Iterator[None]:
-        """Within this context, misses re-read the folder at most once (bulk checks)."""
+        """Within this context, misses re-read the folder at most once (bulk checks), and
+        not at all after an explicit ``refresh()`` in it."""
         local = self._local
         if not local.frozen:
             local.refreshed_while_frozen = False
