@@ -1827,6 +1827,51 @@ def test_ctrl_c_while_waiting_says_which_jobs_it_cancels_and_which_keep_running(
     assert own.infra.status() == "not submitted"
 
 
+TERMINAL_DRIVER = """
+import sys
+from pathlib import Path
+import test_execution as t
+
+tmp, block = Path(sys.argv[1]), sys.argv[2]
+t.make(tmp, "local", x=6, block_flag=block).infra.job()  # (e.g. a job array, earlier)
+t.make(tmp, "local", x=6, block_flag=block).process()  # waits for that job
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGHUP"])
+def test_local_jobs_outlive_a_terminal_ctrl_c_or_closing(tmp_path: Path, signal_name: str) -> None:
+    """A terminal's Ctrl-C (SIGINT to the whole foreground process group) or its closing
+    (SIGHUP) reached the local jobs too: they died with the script, and the next call
+    raised their end as a cached failure ("cancelled") instead of reading their results.
+    They run on, as the warning says and Slurm jobs do: computed once, read back."""
+    import signal
+    import subprocess
+    import sys
+
+    log, block = tmp_path / "calls.txt", tmp_path / "block-flag"
+    block.touch()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    driver = subprocess.Popen(
+        [sys.executable, "-c", TERMINAL_DRIVER, str(tmp_path), str(block)],
+        env=env,
+        start_new_session=True,  # (its own group: the test plays the terminal)
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(lambda: len(calls(log)) == 1)  # the job computes, the driver waits
+        os.killpg(driver.pid, getattr(signal, signal_name))
+        driver.wait(timeout=60)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)  # (started by this test)
+    assert driver.returncode != 0
+    block.unlink()
+    assert make(tmp_path, "local", x=6, block_flag=str(block)).process() == 12
+    assert [c.split()[0] for c in calls(log)] == ["x=6"]  # (computed once)
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("cluster", [None, "local"])
 def test_a_retry_while_another_call_computes_computes_again_after_it(

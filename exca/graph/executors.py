@@ -749,6 +749,8 @@ def submitit_executor(execution: Execution, logs: str) -> tp.Any:
     kwargs: dict[str, tp.Any] = {}
     if execution.conda_env is not None:
         kwargs["slurm_python"] = _conda_python(execution.conda_env)
+    if cluster == "local":
+        _local_jobs_in_own_session()
     executor = submitit.AutoExecutor(folder=logs, cluster=cluster, **kwargs)
     params = {k: v for k, v in execution.params if v is not None}
     if execution.job_name and "name" not in params:
@@ -757,6 +759,33 @@ def submitit_executor(execution: Execution, logs: str) -> tp.Any:
     if execution.max_pickle_size_gb is not None:
         executor._executor.max_pickle_size_gb = execution.max_pickle_size_gb  # type: ignore[attr-defined]
     return executor
+
+
+class _NewSessionSubprocess:
+    """``subprocess`` as submitit's local module sees it: the job controllers it starts
+    get a session of their own. A terminal's Ctrl-C (SIGINT to the whole foreground
+    process group), or its closing (SIGHUP), then stops the calling script only: its
+    local jobs keep running, as Slurm jobs do, and a call cancels those it submitted
+    itself. (They shared the script's group: the jobs died with it, as failures.)"""
+
+    def __getattr__(self, name: str) -> tp.Any:
+        import subprocess
+
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:  # (subprocess's name)
+        import subprocess
+
+        kwargs.setdefault("start_new_session", True)
+        return subprocess.Popen(*args, **kwargs)
+
+
+def _local_jobs_in_own_session() -> None:
+    from submitit.local import local
+
+    if not isinstance(local.subprocess, _NewSessionSubprocess):  # (once per process)
+        local.subprocess = _NewSessionSubprocess()  # type: ignore[assignment]
 
 
 def _conda_python(env: str) -> str:
