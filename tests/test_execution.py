@@ -858,6 +858,29 @@ def test_a_call_following_a_job_withdrawn_by_its_submitter_computes_it(tmp_path:
 
 
 @pytest.mark.timeout(120)
+def test_a_running_local_job_stays_running_when_the_wall_clock_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process's start time read from /proc is boot time + ticks, and the boot time
+    /proc gives moves with steps of the wall clock (a VM's clock: seconds at a time):
+    a running local job then looked like a later process reusing its pid, i.e. dead (its
+    call raised "ended without writing its result", or another computed it again). Its
+    record holds its start in ticks since boot, which no clock step moves."""
+    from exca.storage import process
+
+    log, block, task, job = _job_blocked_computing(tmp_path, x=13)
+    record = exca.graph.registry.latest(task.infra.uid_folder())
+    assert record is not None and exca.graph.registry.is_active(record)
+    real = process._boot_time()
+    monkeypatch.setattr(process, "_boot_time", lambda: real + 30.0)  # (a step of 30 s)
+    assert exca.graph.registry.is_active(record)
+    block.unlink()
+    assert make(tmp_path, "local", x=13, block_flag=str(block)).process() == 26
+    assert len(calls(log)) == 1
+    _wait_for(lambda: not exca.graph.registry.is_active(record))  # (and it ends)
+
+
+@pytest.mark.timeout(120)
 def test_a_local_job_whose_controller_is_killed_while_its_worker_lives_on(tmp_path: Path) -> None:
     """The pid reported as a local job's id is submitit's controller: killed, its worker
     goes on computing (it holds the claim). A call then waits for that worker and reads

@@ -36,6 +36,10 @@ class JobRecord:
     pid: int = 0  # the submitting process
     # the node folder the job computes into (absolute), "" in records of older versions
     folder: str = ""
+    # a local job: when its process started (clock ticks since boot), which tells it from
+    # a later process reusing its pid whatever the wall clock did since (None: older
+    # versions' records, or a process ended before it was recorded)
+    start: int | None = None
 
     # the node folder the record was read from (not written: see logs_folder)
     node_folder: Path | None = dataclasses.field(default=None, compare=False, repr=False)
@@ -277,8 +281,11 @@ def is_active(record: JobRecord, queued: set[str] | None = None) -> bool:
     if record.cluster == "local":
         if record.host != process.hostname() or not record.job_id.isdigit():
             return False
+        if record.start is not None:
+            return process.process_start_time(int(record.job_id)) == record.start
         started = process.start_epoch(int(record.job_id))
         # the job's process started before it was recorded; a later one reuses its pid
+        # (a step of the wall clock since moves the start times read now: hence ``start``)
         return started is not None and started <= record.submitted + LOCAL_START_SLACK
     return False  # (debug jobs run in their submitter's process: its claims tell)
 

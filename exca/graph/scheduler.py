@@ -558,8 +558,9 @@ class Scheduler:
         job = handle.submitit_job
         if folder is None or job is None:
             return
-        from ..storage.process import hostname
+        from ..storage.process import hostname, process_start_time
 
+        local = handle.cluster == "local" and handle.job_id.isdigit()
         record = registry.JobRecord(
             job_id=handle.job_id,
             cluster=str(handle.cluster),
@@ -570,6 +571,7 @@ class Scheduler:
             host=hostname(),
             pid=os.getpid(),
             folder=os.path.abspath(folder),
+            start=process_start_time(int(handle.job_id)) if local else None,
         )
         try:
             registry.write(
