@@ -236,6 +236,14 @@ def index_files(folder: Path) -> list[Path]:
     return sorted(folder.glob(INDEX_GLOB))
 
 
+def age_index_files(folder: Path, seconds: float = 300.0) -> None:
+    """Make the index files of a folder look idle for that long (compaction merges only
+    files idle for 2 minutes)."""
+    then = time.time() - seconds
+    for path in index_files(folder):
+        os.utime(path, (then, then))
+
+
 def folder_of(obj: tp.Any) -> Path:
     folder = obj.infra.uid_folder()
     assert folder is not None
@@ -1813,6 +1821,8 @@ def test_compact_many_writer_sessions(tmp_path: Path) -> None:
     _many_writer_sessions(root, 50)
     folder = folder_of(Ranges(infra={"folder": root}))
     assert len(index_files(folder)) == 50
+    assert cli("clean", root, "compact", check=True).stdout.startswith("preview: 0 index")
+    age_index_files(folder)  # (merged once idle for 2 minutes)
     reader: CacheDict[tp.Any] = CacheDict(folder)  # a reader from before the compaction
     before = {key: reader[key] for key in reader}
     assert len(before) == 150 and before["7"] == list(range(7, 207))
@@ -2207,6 +2217,62 @@ def _read_until(folder: Path, stop: threading.Event, counts: list[int]) -> None:
         counts.append(len(CacheDict(folder).keys()))
 
 
+def test_compact_leaves_a_live_writer_that_looks_ended_alone(tmp_path: Path) -> None:
+    """A writer on this host looks ended after a step of the wall clock (its start time,
+    read from /proc as boot time + ticks, moves with it; this VM's clock steps by seconds
+    under load) or from another pid namespace. Compacting its file right after it deleted
+    keys, in one write() block, lost the keys it wrote again next (appended to the merged,
+    removed file): a file is merged only once idle for 2 minutes, and a writer idle that
+    long checks its file before appending."""
+    folder = tmp_path / "cache"
+    run_python(
+        f"""
+        from exca.storage.cachedict import CacheDict
+        cd = CacheDict({str(folder)!r})
+        with cd.write():
+            for i in range(40):
+                cd[f"k{{i}}"] = f"A{{i}}"
+        """
+    )
+    age_index_files(folder)  # (writer A ended long ago)
+    deleted, go = tmp_path / "deleted", tmp_path / "go"
+    writer = python(
+        f"""
+        import os, time
+        from exca.storage.cachedict import CacheDict
+        cd = CacheDict({str(folder)!r})
+        with cd.write():
+            for i in range(20):
+                del cd[f"k{{i}}"]
+            open({str(deleted)!r}, "w").close()
+            while not os.path.exists({str(go)!r}):
+                time.sleep(0.01)
+            for i in range(20):
+                cd[f"k{{i}}"] = f"B{{i}}"
+        """
+    )
+    try:
+        wait_until(lambda: deleted.exists() or writer.poll() is not None, "deletions written")
+        assert writer.poll() is None, writer.communicate()
+        merged = run_python(
+            f"""
+            from exca.storage import process
+            real = process._boot_time()
+            process._boot_time = lambda: real + 30.0  # (the wall clock stepped 30 s since)
+            from exca.ops import clean
+            print(clean.compact({str(folder)!r})[0])
+            """
+        )
+        go.touch()
+        assert writer.wait(timeout=WAIT_S) == 0, writer.communicate()
+    finally:
+        if writer.poll() is None:
+            writer.kill()  # (started by this test)
+    assert int(merged) < 2  # (writer B's file is not merged)
+    expected = {f"k{i}": f"B{i}" if i < 20 else f"A{i}" for i in range(40)}
+    assert dict(CacheDict(folder).items()) == expected
+
+
 def test_compact_never_hides_entries_from_a_concurrent_reader(tmp_path: Path) -> None:
     """Fresh readers keep reading a folder while another process compacts it: each must see
     every entry. A race, so a few rounds (stopping at the first loss), 4 staggered readers."""
@@ -2224,6 +2290,7 @@ def test_compact_never_hides_entries_from_a_concurrent_reader(tmp_path: Path) ->
             """
         )
         assert len(CacheDict(folder).keys()) == 60_000
+        age_index_files(folder)
         stop = threading.Event()
         counts: list[int] = []
         readers = [

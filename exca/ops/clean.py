@@ -30,6 +30,7 @@ from ..storage import process
 from ..storage.cachedict import CacheDict, inspecting_view
 from ..storage.claims import CLAIMS_DIR, Claims
 from ..storage.dumping import DATA_DIR
+from ..storage.reclaim import MIN_IDLE_SECONDS
 from ..storage.index import (
     _OUR_INDEX_NAME,
     FORMER_PLACES,
@@ -700,7 +701,10 @@ KEPT_PLACES = 2
 
 def compact(folder: Path | str, grace_seconds: float = 3600.0) -> tuple[int, int]:
     """Merge the index files of dead writers of a folder into one; returns (files merged,
-    entries kept). Readers see every entry throughout (new file written first)."""
+    entries kept). Readers see every entry throughout (new file written first).
+    ``grace_seconds``: how long another host's writer must have been idle; on this host,
+    a file is merged once its writer ended and it was idle for 2 minutes (or for
+    ``grace_seconds`` if shorter)."""
     folder = Path(folder)
     if busy_reason(folder) is not None:
         return 0, 0
@@ -795,10 +799,16 @@ def compactable(folder: Path | str, grace_seconds: float = 3600.0) -> list[str]:
 
 
 def _dead_index_files(folder: Path, grace_seconds: float) -> list[os.DirEntry[str]]:
+    # (and idle for a while, whatever its writer's state seems: a live writer misjudged
+    # as ended, by a step of the wall clock or from another pid namespace under this host
+    # name, would append to the merged file after it is removed; idle that long, it
+    # checks that its file is still there before appending)
+    idle_before = time.time() - min(grace_seconds, MIN_IDLE_SECONDS)
     return [
         e
         for e in os.scandir(folder)
         if _OUR_INDEX_NAME.fullmatch(e.name)
+        and e.stat().st_mtime <= idle_before
         and _writer_dead(e.name, e.stat().st_mtime, grace_seconds)
     ]
 

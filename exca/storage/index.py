@@ -33,7 +33,8 @@ logger = logging.getLogger("exca")
 
 EntryId = tuple[str, int]  # (index file name, byte offset of the line)
 # a writer idle for longer checks that its index file is still there before appending
-# (compaction merges files idle for an hour by default; the check costs one fstat)
+# (compaction and the freeing of lifeless files take files idle for twice as long; the
+# check costs one fstat)
 IDLE_CHECK_SECONDS = 60.0
 # compaction moves entries into a new index file; each moved line keeps where it was
 # ("file:offset" strings): a deletion written meanwhile, aimed at the old place, still
