@@ -868,7 +868,7 @@ def test_a_running_local_job_stays_running_when_the_wall_clock_steps(
     record holds its start in ticks since boot, which no clock step moves."""
     from exca.storage import process
 
-    log, block, task, job = _job_blocked_computing(tmp_path, x=13)
+    log, block, task, _ = _job_blocked_computing(tmp_path, x=13)
     record = exca.graph.registry.latest(task.infra.uid_folder())
     assert record is not None and exca.graph.registry.is_active(record)
     real = process._boot_time()

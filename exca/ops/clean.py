@@ -30,7 +30,6 @@ from ..storage import process
 from ..storage.cachedict import CacheDict, inspecting_view
 from ..storage.claims import CLAIMS_DIR, Claims
 from ..storage.dumping import DATA_DIR
-from ..storage.reclaim import MIN_IDLE_SECONDS
 from ..storage.index import (
     _OUR_INDEX_NAME,
     FORMER_PLACES,
@@ -39,6 +38,7 @@ from ..storage.index import (
     index_files_bytes,
     tombstone_lines,
 )
+from ..storage.reclaim import MIN_IDLE_SECONDS
 from .inspect import (
     INPUTS_PREFIX,
     REMOVING_PREFIX,
