@@ -1850,6 +1850,51 @@ def test_ctrl_c_while_waiting_says_which_jobs_it_cancels_and_which_keep_running(
     assert own.infra.status() == "not submitted"
 
 
+@pytest.mark.timeout(120)
+def test_a_second_ctrl_c_while_jobs_are_cancelled_waits_for_the_cancellation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second Ctrl-C arriving while the first one cancels the run's jobs stopped that
+    half-way: jobs the warning named as cancelled ran on, or one kept its record and the
+    next call raised "cancelled". The cancellation now completes first."""
+    import _thread
+    import signal
+
+    from exca.graph import executors
+
+    log, block = tmp_path / "calls.txt", tmp_path / "block-flag"
+    block.touch()
+    nodes = [make(tmp_path, "local", x=x, block_flag=str(block)).process.node() for x in (21, 22)]
+    cancel = executors.SubmititHandle.cancel
+    seen: list[str] = []
+
+    def cancel_interrupted(handle: tp.Any) -> None:
+        seen.append(handle.job_id)
+        if len(seen) == 1:
+            signal.raise_signal(signal.SIGINT)  # (the second Ctrl-C, right then)
+        cancel(handle)
+
+    monkeypatch.setattr(executors.SubmititHandle, "cancel", cancel_interrupted)
+
+    def interrupt_once_computing() -> None:
+        _wait_for(lambda: len(calls(log)) == 2)
+        time.sleep(0.3)  # (the run waits for its jobs)
+        _thread.interrupt_main()
+
+    thread = threading.Thread(target=interrupt_once_computing)
+    thread.start()
+    with pytest.raises(KeyboardInterrupt):
+        exca.graph.run(*nodes, progress=False)
+    thread.join()
+    assert len(seen) == 2  # both cancelled
+    for node in nodes:
+        assert exca.graph.registry.latest(node.folder) is None  # (records forgotten)
+    for pid in map(int, seen):
+        _wait_for(lambda pid=pid: exca.storage.process.process_start_time(pid) is None)
+    block.unlink()
+    assert [n.result() for n in nodes] == [42, 44]  # computed again, not "cancelled"
+
+
 TERMINAL_DRIVER = """
 import sys
 from pathlib import Path

@@ -16,7 +16,7 @@ import random
 import time
 import typing as tp
 
-from ..storage import process
+from ..storage import interrupts, process
 from . import executors, registry, store, submitting
 from .calls import being_computed
 from .decisions import (
@@ -245,12 +245,15 @@ class Scheduler:
         except KeyboardInterrupt:
             cancelled = [r for r in running.values() if r.action != "wait"]  # not others' jobs
             _log_interruption(cancelled, [r for r in running.values() if r.action == "wait"])
-            for run in cancelled:
-                for handle in run.handles:
-                    handle.cancel()
-                    registry.forget(run.node.folder, handle.job_id)
-            pools.shutdown(cancel=True)
-            _release_dead_claims(cancelled)
+            # (a second Ctrl-C waits for this: stopped half-way, some jobs it named ran on,
+            # or a cancelled one kept its record and the next call raised "cancelled")
+            with interrupts.deferred():
+                for run in cancelled:
+                    for handle in run.handles:
+                        registry.forget(run.node.folder, handle.job_id)
+                        handle.cancel()
+                pools.shutdown(cancel=True)
+                _release_dead_claims(cancelled)
             raise
         finally:
             progress.close()
