@@ -1895,6 +1895,31 @@ def test_a_second_ctrl_c_while_jobs_are_cancelled_waits_for_the_cancellation(
     assert [n.result() for n in nodes] == [42, 44]  # computed again, not "cancelled"
 
 
+def test_an_array_of_several_configs_is_named_by_their_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every element of an array a run sent carried the first config's uid as its job
+    name (squeue showed x=1's uid for x=2 and x=3): an array of several configs is named
+    by their step; a job of one config keeps its uid."""
+    from exca.graph import executors
+
+    names: list[str | None] = []
+    real = executors.submitit_executor
+
+    def recording(execution: tp.Any, logs: str) -> tp.Any:
+        names.append(execution.job_name)
+        return real(execution, logs)
+
+    monkeypatch.setattr(executors, "submitit_executor", recording)
+    nodes = [make(tmp_path, "local", x=x).process.node() for x in (1, 2, 3)]
+    exca.graph.run(*nodes, progress=False)
+    assert [n.result() for n in nodes] == [2, 4, 6]
+    assert names == ["Counted.process,1"]
+    names.clear()
+    assert make(tmp_path, "local", x=4).process() == 8
+    assert len(names) == 1 and names[0].startswith("Counted.process,1/x=4")
+
+
 TERMINAL_DRIVER = """
 import sys
 from pathlib import Path

@@ -8,6 +8,7 @@ job is over, and how it ended when it left no result.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -813,6 +814,16 @@ def submit_array(
     import submitit
 
     _make_log_folder(logs, permissions)
+    first = units[0].node if units else None
+    name = execution.job_name
+    if (
+        first is not None
+        and name
+        and name.endswith("/" + first.config_uid)
+        and any(u.node.uid != first.uid for u in units)
+    ):
+        # (several configs: named by their step, not by the first one's uid)
+        execution = dataclasses.replace(execution, job_name=name[: -len(first.config_uid) - 1])
     executor = submitit_executor(execution, logs)
     cluster = executor.cluster
     if cluster == "slurm":
