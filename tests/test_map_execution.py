@@ -1383,6 +1383,34 @@ def test_a_downstream_node_of_a_damaged_payload_says_how_to_repair_it(tmp_path: 
     assert counts(log) == {1: 1, 2: 2, 3: 2}  # (item 1 was before the cut)
 
 
+class SetupFails(pydantic.BaseModel):
+    """A map whose setup (before its first output) raises: a model file that is missing."""
+
+    path: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        Path(self.path).read_text()
+        yield from items
+
+
+@pytest.mark.timeout(120)
+def test_a_job_whose_method_raises_says_what_it_raised(tmp_path: Path) -> None:
+    """A map job whose method's setup raises: the error gave the job's state ("FINISHED",
+    "PENDING" on Slurm) and a cut-off middle of its traceback; it names what the method
+    raised, as an inline call does, and where the job's log is."""
+    from exca.graph.errors import JobFailedError
+
+    missing = tmp_path / "model.bin"
+    infra = {"folder": tmp_path / "cache", "cluster": "local", "max_jobs": 1}
+    with pytest.raises(JobFailedError) as info:
+        list(SetupFails(path=str(missing), infra=infra).process(range(10)))
+    text = str(info.value)
+    assert f"failed: FileNotFoundError: [Errno 2] No such file or directory: '{missing}'" in text
+    assert "_log.err" in text and "ended with state" not in text and "Traceback" not in text
+
+
 class ArrayMapper(pydantic.BaseModel):
     """item -> an array of 1000 times (item + offset); offset is not part of the uid."""
 

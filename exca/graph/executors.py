@@ -291,11 +291,14 @@ class SubmititHandle(Handle):
                 "with a workdir, list that module in workdir.copied too; the job's log: "
                 f"{self.job.paths.stderr}"
             )
-        detail = f": {type(error).__name__}: {str(error)[-2000:]}" if error is not None else ""
-        if not detail and self.cluster == "local":
+        if error is not None:  # (the job raised: submitit's error holds its traceback)
+            raised = _raised_in_job(str(error)) or f"{type(error).__name__}: {str(error)[-500:]}"
+            return f"job {self.job_id} failed: {raised} (its log: {self.job.paths.stderr})"
+        if self.cluster == "local":
             # (submitit's local controller ends normally whatever happened to the worker)
             return f"local job {self.job_id} ended without writing its result: {_DIED}"
-        if not detail and self.cluster == "slurm":
+        detail = ""
+        if self.cluster == "slurm":
             if how is None:
                 from .registry import slurm_exit
 
@@ -374,6 +377,21 @@ class RecordedLocalHandle(Handle):
                     os.kill(pid, signal.SIGINT)
 
             _cancel_local(pid, lambda: is_active(self.record), controller_interrupted)
+
+
+_TRACEBACK_FRAMING = ("Traceback ", "During handling ", "The above exception ", "Job (task", "---")
+
+
+def _raised_in_job(report: str) -> str | None:
+    """The exception a job raised (``Type: message``, its traceback's last line), from
+    the report submitit makes of it (the traceback text, then where its logs are)."""
+    trace = report.split("\n----------------------\nYou can check full logs")[0]
+    lines = [
+        line
+        for line in trace.splitlines()
+        if line.strip() and not line[0].isspace() and not line.startswith(_TRACEBACK_FRAMING)
+    ]
+    return lines[-1] if lines else None
 
 
 def _cancel_local_job(process: tp.Any) -> None:
