@@ -774,6 +774,10 @@ def pipeline_target_list() -> list[exca.graph.Node]:
 NOT_NODES = 3
 
 
+def targets_of(folder: str) -> list[exca.graph.Node]:  # (a TARGET needing an argument)
+    return [Train(infra={"folder": folder}).fit.node()]
+
+
 def test_cli_target_naming_a_function_returning_nodes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -793,6 +797,7 @@ def test_cli_target_naming_a_function_returning_nodes(
     assert "Resources fit the cluster" in capsys.readouterr().out
     cases = {
         (f"{__name__}:NOT_NODES",): "gave int (3), expected a node or a list of nodes",
+        (f"{__name__}:targets_of",): "called with no argument (missing a required argument",
         (f"{__name__}:nothing_here",): "has no nothing_here (check TARGET)",
         (f"{__name__}:pipeline_targets", "scale=3"): "takes no --config nor key=value",
         (f"{__name__}:Train", "seed=3"): "Train is a class: name its decorated method",

@@ -55,6 +55,15 @@ def _target_nodes(target: str, config: str | None, overrides: list[str]) -> list
             "(its code builds the nodes)"
         )
     if callable(made) and not isinstance(made, Node):
+        try:
+            inspect.signature(made).bind()
+        except TypeError as error:  # (the user's own TypeErrors keep their traceback)
+            raise ValueError(
+                f"{target}: the function is called with no argument ({error}): name a "
+                "function of no argument that builds the nodes"
+            ) from None
+        except ValueError:  # (no signature to read: a builtin, say; called as it is)
+            pass
         made = made()
     nodes = [made] if isinstance(made, Node) else made
     if (
