@@ -1595,8 +1595,14 @@ def test_a_property_above_apply_is_explained() -> None:
         def value(self) -> int:
             return 1
 
-    with pytest.raises(TypeError, match=r"a decorator above @infra.apply \(e.g. @property\)"):
+    with pytest.raises(TypeError, match=r"a decorator above @infra.apply, e.g. @property"):
         Propertied().value  # noqa: B018
+
+
+def test_calling_the_method_on_the_class_with_a_config_says_how_to_call_it() -> None:
+    """``Class.method(obj)`` blamed a decorator above @infra.apply that was not there."""
+    with pytest.raises(TypeError, match=r"Task.process\(obj\).*call it on the config, obj.process"):
+        Task.process(Task())
 
 
 def test_calling_the_method_on_the_class_says_to_call_it_on_a_config() -> None:

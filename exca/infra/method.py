@@ -71,17 +71,19 @@ class InfraMethod(property):
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         # (reached through the class, ``Class.method()``, or a decorator above
         # @infra.apply, e.g. @property, which passes the instance)
+        owner = self.owner.__name__ if self.owner is not None else "Class"
         if not (args and isinstance(args[0], pydantic.BaseModel)):
-            owner = self.owner.__name__ if self.owner is not None else "Class"
             raise TypeError(
                 f"{self.func.__qualname__} was called on the class: call it on a config, "
                 f"{owner}(...).{self.name}(...) (the config defines what is computed and "
                 "where it is cached)"
             )
         raise TypeError(
-            f"{self.func.__qualname__} cannot be called this way: a decorator above "
-            "@infra.apply (e.g. @property) wraps it, which infra methods do not support. "
-            f"Remove that decorator and call obj.{self.name}()"
+            f"{self.func.__qualname__} was called on the class with the config as first "
+            f"argument ({owner}.{self.name}(obj), or a "
+            "decorator above @infra.apply, e.g. @property, that passes it): call it on the "
+            f"config, obj.{self.name}(...) (remove such a decorator: infra methods do not "
+            "support them)"
         )
 
     def __set_name__(self, owner: type[pydantic.BaseModel], name: str) -> None:
