@@ -291,6 +291,41 @@ def test_slurm_job_array(tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster)
     wait_until(lambda: len([j for j in sacct_states([base_id]) if "_" in j]) == 3)
 
 
+class Heavy(pydantic.BaseModel):
+    """A config carrying 2 MB of data (kept out of its uid)."""
+
+    x: int = 1
+    payload: str = ""
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+    _exclude_from_cls_uid = ("payload",)
+
+    @infra.apply
+    def process(self) -> int:
+        return self.x + len(self.payload)
+
+
+@pytest.mark.timeout(120)
+def test_an_array_over_max_pickle_size_is_refused_before_anything_is_written(
+    tmp_path: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """submitit checks max_pickle_size_gb for a single job, not for the elements of a
+    Slurm array: 3 configs of 2 MB went out with a limit of 4 MB (6 x 100 MB pickles in
+    the newcomer's case). The array is refused, as a single job is, before any pickle."""
+    infra = {
+        "folder": tmp_path / "cache",
+        "cluster": "slurm",
+        "max_pickle_size_gb": 0.004,
+        **resources(slurm_cluster),
+    }
+    base = Heavy(payload="x" * 2_000_000, infra=infra)
+    refused = pytest.raises(RuntimeError, match=r"Submitting an estimated 3 x 0.00\d* > 0.004GB")
+    with refused, base.infra.job_array() as array:
+        array.extend(base.infra.clone_obj(x=x) for x in range(3))
+    assert not list((tmp_path / "cache").rglob("*.pkl"))
+    for obj in array:
+        assert obj.infra.status() == "not submitted"
+
+
 # --- failures -------------------------------------------------------------------------------
 @pytest.mark.timeout(240)
 def test_slurm_failure_then_retry(tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster) -> None:

@@ -866,6 +866,8 @@ def submit_array(
         # a debug job runs in this process when its result is asked for, after the
         # submission's workdir context ended: it enters the snapshot itself
         function = functools.partial(_in_workdir, execution.workdir, function)
+    if cluster == "slurm" and len(units) > 1:
+        _check_array_pickles(function, units, executor._executor.max_pickle_size_gb)
     context = (
         execution.workdir.activate() if execution.workdir is not None else contextlib.nullcontext()
     )
@@ -945,6 +947,35 @@ def _template_job_done(template: str) -> None:
             return
         _TEMPLATES.pop(template, None)
     _remove_template_folder(template)
+
+
+class _CountingSink:
+    """A file that only counts what is written to it."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.size += len(data)
+        return len(data)
+
+
+def _check_array_pickles(function: tp.Any, units: list[Unit], limit_gb: float) -> None:
+    """submitit checks the pickle of a single job against ``max_pickle_size_gb`` (an
+    estimate for a batch: the first one's size times their number), not those of a Slurm
+    array: the same estimate, before anything is written."""
+    import cloudpickle
+
+    sink = _CountingSink()
+    cloudpickle.dump((function, units[0]), sink)
+    size = sink.size / 1024**3
+    if len(units) * size > limit_gb:
+        raise RuntimeError(
+            f"Submitting an estimated {len(units)} x {size:.2f} > {limit_gb}GB of objects "
+            f"(function and arguments) through pickle for the array of {units[0].node.uid} "
+            "and others: raise max_pickle_size_gb if this is intended, or keep large data "
+            "out of configs and items (load it in the method, from a path)"
+        )
 
 
 def _remove_empty_pickles(logs: str) -> None:
