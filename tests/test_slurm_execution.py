@@ -707,6 +707,17 @@ def test_an_option_sbatch_refuses_names_the_config(
     assert "gres" in message and "slurm_additional_parameters" in message
     assert obj.infra.status() == "not submitted"
     assert not (ctl / "calls.txt").exists()
+    # the pickle of the refused submission stays in the log folder: `clean orphans` frees it
+    from exca.ops import clean
+
+    (left,) = (tmp_path / "cache").rglob("*.pkl")
+    assert clean.orphans(tmp_path / "cache").removals == []  # (a submission may take a while)
+    then = time.time() - 7200
+    os.utime(left, (then, then))
+    removals = clean.orphans(tmp_path / "cache").removals
+    assert [(r.path, r.reason) for r in removals] == [
+        (left, "pickle of a submission that failed (never sent)")
+    ]
 
 
 class LingeringMap(pydantic.BaseModel):

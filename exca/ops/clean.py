@@ -536,7 +536,7 @@ def _referenced(info: tp.Any, out: set[str]) -> None:
 
 def orphans(root: Path | str, min_age_hours: float = 1.0) -> CleanPlan:
     """Leftovers no entry reads: unreferenced payload files, temporary files of killed
-    writers, claims of dead owners, empty index files."""
+    writers, claims of dead owners, empty index files, pickles of failed submissions."""
     plan = CleanPlan()
     limit = time.time() - min_age_hours * 3600
     for _, _, folder in node_folders(cache_root(root)):
@@ -593,7 +593,32 @@ def orphans(root: Path | str, min_age_hours: float = 1.0) -> CleanPlan:
                         Removal(Path(entry.path), stat.st_blocks * 512, "claim of a dead owner")
                     )
     plan.removals += _killed_removals(cache_root(root), limit)
+    plan.removals += _unsent_pickles(cache_root(root), limit)
     return plan
+
+
+# submitit pickles a job's work as <uuid hex>.pkl in the log folder of its user, then
+# moves it into the job's own folder once sbatch answered: one left there (older than a
+# submission takes) belongs to a submission that failed (sbatch refused it, Ctrl-C)
+_UNSENT_PICKLE = re.compile(r"[0-9a-f]{32}\.pkl")
+
+
+def _unsent_pickles(root: Path, limit: float) -> list[Removal]:
+    """The pickles of submissions that never went out, in the default log folders
+    (``<step>/logs/<user>/``), older than ``limit``."""
+    out = []
+    for step in _scan(root):
+        if "," not in step.name or not step.is_dir():
+            continue
+        for user in _scan(Path(step.path) / "logs"):
+            for entry in _scan(Path(user.path)) if user.is_dir() else []:
+                if not _UNSENT_PICKLE.fullmatch(entry.name):
+                    continue
+                stat = _stat(entry)
+                if stat is not None and stat.st_mtime < limit and entry.is_file():
+                    reason = "pickle of a submission that failed (never sent)"
+                    out.append(Removal(Path(entry.path), stat.st_blocks * 512, reason))
+    return out
 
 
 def _scan(folder: Path) -> list[os.DirEntry[str]]:
