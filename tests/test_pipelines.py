@@ -327,7 +327,13 @@ def test_task_inputs_from_nodes_and_values(env: Env) -> None:
     # infra.job() cannot give the inputs: a clear error, and nothing cached
     with pytest.raises(TypeError, match=r"takes inputs \['a', 'b'\]: infra.job\(\)"):
         combine.infra.job()
-    assert combine.infra.status() == "not submitted"
+    # nor status() and clear_job(), which said "not submitted" and removed config.yaml only
+    with pytest.raises(TypeError, match=r"infra.status\(\) cannot tell which call.*\.status\(\)"):
+        combine.infra.status()
+    with pytest.raises(TypeError, match=r"infra.clear_job\(\) cannot tell which call.*\.clear\(\)"):
+        combine.infra.clear_job()
+    assert node.status() == "completed"
+    assert sorted(c.name for c in combine.infra.iter_cached()) == ["a", "combine"]
 
 
 def test_each_input_tuple_has_its_own_folder(env: Env) -> None:

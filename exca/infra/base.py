@@ -791,7 +791,7 @@ class BaseInfra(pydantic.BaseModel):
         for sub in sorted(step.iterdir()):
             if sub.name.startswith("."):  # (a folder being removed: see ops.clean)
                 continue
-            if not (sub / uidfolder.UID_FILE).exists() or not self._has_result(sub):
+            if not (sub / uidfolder.UID_FILE).exists() or not self._holds_results(sub):
                 continue
             cfg = uidfolder.read_yaml(sub / uidfolder.CONFIG_FILE)
             if cfg is None:
@@ -812,6 +812,10 @@ class BaseInfra(pydantic.BaseModel):
 
     def _has_result(self, folder: Path) -> bool:
         return True
+
+    def _holds_results(self, folder: Path) -> bool:
+        """Whether a config folder holds results of this method (iter_cached lists it)."""
+        return self._has_result(folder)
 
 
 @functools.cache

@@ -8,6 +8,7 @@ import functools
 import inspect
 import logging
 import operator
+import os
 import shutil
 import typing as tp
 from pathlib import Path
@@ -347,15 +348,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
     def job(self) -> Job:
         """The job computing this config (submitting it if needed; does not wait, except for
         cluster=None and "debug", which compute in this process)."""
-        method = self._method()
-        params = getattr(method, "params", ())
-        if params:
-            name = method.func.__name__
-            raise TypeError(
-                f"{method.func.__qualname__} takes inputs {list(params)}: infra.job() "
-                f"cannot call it. Call obj.{name}(...), or build obj.{name}.node(...) and "
-                "run it with exca.graph.run (see the pipelines docs)"
-            )
+        self._refuse_inputs("job()", "run it with exca.graph.run (see the pipelines docs)")
         node = self._node()
         if self.mode == "read-only" and not calls.has_job_or_outcome(node):
             raise RuntimeError(
@@ -364,12 +357,26 @@ class TaskInfra(BaseInfra, SubmititMixin):
             )
         return calls.task_job(node)
 
+    def _refuse_inputs(self, what: str, instead: str) -> None:
+        """infra.job()/status()/clear_job() name one computation of the config: a method
+        taking inputs has one per input tuple (its node's)."""
+        method = self._method()
+        params = getattr(method, "params", ())
+        if params:
+            name = method.func.__name__
+            raise TypeError(
+                f"{method.func.__qualname__} takes inputs {list(params)}: infra.{what} cannot "
+                f"tell which call. Build obj.{name}.node(...) with the inputs and {instead}"
+            )
+
     def status(self) -> tp.Literal["not submitted", "running", "completed", "failed"]:
         """State of this config's computation, from its cache and its recorded job."""
+        self._refuse_inputs("status()", "call its .status()")
         return calls.task_status(self._node())
 
     def clear_job(self) -> None:
         """Cancel a running job and remove the result (uid.yaml/full-uid.yaml are kept)."""
+        self._refuse_inputs("clear_job()", "call its .clear()")
         node = self._node()
         runtime = self._runtime()
         runtime.ram = _MISSING
@@ -412,6 +419,16 @@ class TaskInfra(BaseInfra, SubmititMixin):
     def _has_result(self, folder: Path) -> bool:
         cache: CacheDict[tp.Any] = CacheDict(folder, permissions=None)
         return cache.entry_type(TASK_KEY) is not None  # computed (a result or an error)
+
+    def _holds_results(self, folder: Path) -> bool:
+        if self._has_result(folder):
+            return True
+        # a method taking inputs: one result per input tuple, in inputs-<digest> folders
+        try:
+            subs = [e.path for e in os.scandir(folder) if e.name.startswith("inputs-")]
+        except OSError:
+            return False
+        return any(self._has_result(Path(sub)) for sub in subs)
 
     def _reuses(self, folder: Path) -> bool:
         cache: CacheDict[tp.Any] = CacheDict(folder, permissions=None)
