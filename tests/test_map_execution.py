@@ -1508,6 +1508,8 @@ def test_overlapping_map_nodes_of_one_run_send_each_item_to_one_job(
         "4/4 missing",
         "3/3 missing, 2 by another node of this run",
     ]
+    # (the table does not say the counts twice: "3/3 missing [3/3 missing, 2 by ...]")
+    assert "3/3 missing [2 by another node of this run]" in str(plan)
     if cluster == "local":  # (one item per job here: as many jobs as distinct items)
         assert [a.elements for a in plan.arrays] == [5]
     exca.graph.run(first, second)

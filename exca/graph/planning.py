@@ -298,7 +298,10 @@ class Plan:
         for e in self.entries:
             seen[e.uid] = seen.get(e.uid, 0) + 1
         for e in self.entries:
-            reason = e.reason + (f" [{e.items}]" if e.items and e.items not in e.reason else "")
+            items = e.items or ""
+            if items.startswith(e.reason):  # (the reason says the counts already)
+                items = items[len(e.reason) :].lstrip(", ")
+            reason = e.reason + (f" [{items}]" if items and items not in e.reason else "")
             if seen[e.uid] > 1 and e.folder:  # (one uid under two cache roots: two nodes)
                 reason += f" (cache root {_root_of(e.folder, e.uid)})"
             rows.append(
