@@ -609,6 +609,42 @@ def test_explain_never_computed(tmp_path: Path) -> None:
     assert "never computed" in result.stdout
 
 
+TRAIN_SCRIPT = """
+import sys
+import pydantic
+import exca
+
+
+class Exp(pydantic.BaseModel):
+    lr: float = 0.1
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def fit(self) -> float:
+        return self.lr
+
+
+if __name__ == "__main__":
+    Exp(infra={"folder": sys.argv[1]}).fit()
+"""
+
+
+def test_explain_names_the_same_class_cached_by_a_script(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A class defined in a script caches under ``__main__.<Class>``: explained from its
+    module, it said "never computed" and nothing more."""
+    (tmp_path / "train_script.py").write_text(TRAIN_SCRIPT)
+    root = tmp_path / "cache"
+    subprocess.run([sys.executable, str(tmp_path / "train_script.py"), str(root)], check=True)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import train_script
+
+    (explanation,) = exca.ops.explain(train_script.Exp(infra={"folder": root}).fit.node())
+    assert explanation.summary().startswith("never computed")
+    assert "configs in __main__.Exp.fit,1: a class defined in a script" in explanation.summary()
+
+
 def test_explain_config_diff_against_nearest(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     infra = {"folder": root}

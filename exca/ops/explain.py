@@ -7,6 +7,7 @@ with the nearest cached config of the same method (any version):
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing as tp
 from pathlib import Path
 
@@ -35,6 +36,8 @@ class Explanation:
         default_factory=list
     )  # key, cached, wanted
     equally_near: int = 0  # other cached configs differing by as many keys (first by name shown)
+    # never computed: steps of a class and method of the same names in another module
+    namesakes: list[str] = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
         if self.status == "missing" and self.action in ("compute", "fail"):
@@ -43,6 +46,13 @@ class Explanation:
             if self.nearest is None:
                 if self.reason != "missing":
                     return self.reason
+                if self.namesakes:
+                    return (
+                        "never computed (no cached config of this method); a class and method "
+                        f"of the same names have cached configs in {', '.join(self.namesakes)}: "
+                        "a class defined in a script run as __main__ caches under __main__ "
+                        "(import it from its module in that script)"
+                    )
                 return "never computed (no cached config of this method)"
             if not self.diff:  # (same values: the folder name follows the defaults of then)
                 return (
@@ -153,7 +163,27 @@ def _explain_entry(entry: PlanEntry, run: NodeRun) -> Explanation:
             return explanation
         folder, explanation.diff, explanation.equally_near = nearest_cached(node)
         explanation.nearest = None if folder is None else str(folder)
+        if folder is None:
+            explanation.namesakes = _namesakes(node)
     return explanation
+
+
+def _namesakes(node: Node) -> list[str]:
+    """Step folders of the node's root for a class and method of the same names in
+    another module (``__main__.Exp.fit,1`` for ``train.Exp.fit,1``)."""
+    if node.root is None:
+        return []
+    base = node.step.rpartition(",")[0]
+    tail = base.split(".")[-2:]
+    try:
+        steps = [e.name for e in os.scandir(node.root) if "," in e.name and e.is_dir()]
+    except OSError:
+        return []
+    return sorted(
+        name
+        for name in steps
+        if name.rpartition(",")[0] != base and name.rpartition(",")[0].split(".")[-2:] == tail
+    )
 
 
 def render(explanations: list[Explanation]) -> str:
