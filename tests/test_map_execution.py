@@ -1206,6 +1206,21 @@ def test_a_generator_method_cannot_be_a_task() -> None:
                 yield 1
 
 
+@pytest.mark.parametrize("infra_cls", [exca.TaskInfra, exca.MapInfra])
+def test_an_async_method_is_refused_when_decorated(infra_cls: tp.Any) -> None:
+    """An async method was accepted: its call cached "cannot pickle 'coroutine'" as the
+    method's error (a generator task is refused when decorated)."""
+    with pytest.raises(TypeError, match=r"Coroutined.make is async: .*asyncio.run"):
+
+        class Coroutined(pydantic.BaseModel):
+            infra: tp.Any = infra_cls(version="1")
+            apply = infra.apply if infra_cls is exca.TaskInfra else infra.apply(item_uid=str)
+
+            @apply
+            async def make(self) -> int:
+                return 1
+
+
 class Thing:
     def __init__(self, size: int) -> None:
         self.size = size

@@ -8,6 +8,7 @@ the instance to its owner (``BaseInfra._link``).
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 import typing as tp
 
@@ -26,6 +27,12 @@ def check_plain_method(func: tp.Any) -> None:
             f"infra.apply decorates a plain method (def name(self, ...)), got a "
             f"{type(func).__name__}: put @infra.apply directly above the def, with no "
             "@property, @classmethod or @staticmethod (the method reads its config through self)"
+        )
+    if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
+        raise TypeError(
+            f"{func.__qualname__} is async: infra.apply decorates a plain method (its result "
+            "would be a coroutine, which cannot be stored). Make it a def (call the async "
+            "code with asyncio.run inside it)"
         )
 
 
