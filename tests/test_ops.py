@@ -1324,6 +1324,18 @@ def test_clean_versions_refuses_a_step_naming_methods_of_several_modules(
     assert {r.path.parent.name for r in removals} == {f"{ours},1"}
 
 
+def test_clean_versions_says_when_the_step_matches_nothing(tmp_path: Path) -> None:
+    """A --step with a typo said "Nothing to remove", as if that step had no old version."""
+    root = tmp_path / "cache"
+    for version in ("1", "2"):
+        Train(seed=1, infra={"folder": root, "version": version}).fit()
+    with pytest.raises(ValueError, match=r"--step 'Trian.fit' matches no step of the root: "):
+        clean.old_versions(root, step="Trian.fit")
+    result = cli("clean", root, "versions", "--step", "Nope")
+    assert result.returncode == 2 and f"{__name__}.Train.fit" in result.stderr
+    assert len(clean.old_versions(root, step="Train.fit").removals) == 1
+
+
 def test_clean_refuses_a_step_or_node_folder_as_root(tmp_path: Path) -> None:
     """Given a step folder, `versions` took configs whose uid holds a comma
     (a=5,b=3-... and a=5,b=4-...) for two versions of a method "a=5", and removed the

@@ -387,6 +387,11 @@ def _selected_methods(step: str, methods: dict[str, list[Path]]) -> dict[str, li
         for method, folders in methods.items()
         if any(_step_matches(step, f.name, method) for f in folders)
     }
+    if not selected:  # (else "Nothing to remove": as if the step had no old version)
+        raise ValueError(
+            f"--step {step!r} matches no step of the root: "
+            f"{', '.join(sorted(methods)) or 'it holds none'} (as `exca list` prints them)"
+        )
     if "," not in step or any(c in step for c in "*?[") or len(selected) < 2:
         return selected
     given = step.rpartition(",")[0]
