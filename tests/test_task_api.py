@@ -1735,3 +1735,49 @@ def test_log_lines_appear_once(tmp_path: Path, logging_setup: str) -> None:
     lines = [x for x in proc.stderr.splitlines() if "failed (its error is cached)" in x]
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("APP exca: ") is (logging_setup == "configured")
+
+
+RESULT_MODULE = """
+import dataclasses, sys
+import pydantic
+import exca
+
+
+@dataclasses.dataclass
+class {name}:
+    score: float
+
+
+class Exp(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def fit(self) -> {name}:
+        return {name}(score=0.5)
+
+
+if __name__ == "__main__":
+    try:
+        print(Exp(infra={{"folder": sys.argv[1]}}).fit())
+    except Exception as error:
+        print(type(error).__name__, error, getattr(error, "__notes__", []))
+"""
+
+
+def test_a_result_whose_class_was_renamed_says_so(tmp_path: Path) -> None:
+    """A cached result holding an instance of a class renamed since raised pickle's bare
+    AttributeError ("Can't get attribute 'Metrics'"), nothing saying what to do."""
+    import subprocess
+    import sys
+
+    module = tmp_path / "resmod.py"
+
+    def run(name: str) -> str:
+        module.write_text(RESULT_MODULE.format(name=name))
+        command = [sys.executable, str(module), str(tmp_path / "cache")]
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+    assert run("Metrics").startswith("Metrics(score=0.5)")
+    out = run("Scores")  # (the class renamed: the cached result cannot be unpickled)
+    assert out.startswith("AttributeError Can't get attribute 'Metrics'")
+    assert "holds an object whose class cannot be found now" in out and "mode='force'" in out

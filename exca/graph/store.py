@@ -134,6 +134,14 @@ def cached_outcome(cache: CacheDict[tp.Any], missing: tp.Any) -> tp.Any:
         return missing
     except FileNotFoundError as error:
         raise unreadable_result(cache, error) from None
+    except (AttributeError, ModuleNotFoundError) as error:
+        if isinstance(error, ModuleNotFoundError) or str(error).startswith("Can't get attribute"):
+            error.add_note(  # (what pickle says of a class it cannot find)
+                f"exca: the cached result in {cache.folder} holds an object whose class cannot "
+                "be found now (renamed or moved since it was computed?): restore it, or "
+                "compute the result again with mode='force'"
+            )
+        raise
 
 
 def unreadable_result(cache: CacheDict[tp.Any], error: FileNotFoundError) -> FileNotFoundError:
