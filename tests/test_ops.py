@@ -1329,10 +1329,10 @@ def test_clean_versions_says_when_the_step_matches_nothing(tmp_path: Path) -> No
     root = tmp_path / "cache"
     for version in ("1", "2"):
         Train(seed=1, infra={"folder": root, "version": version}).fit()
-    with pytest.raises(ValueError, match=r"--step 'Trian.fit' matches no step of the root: "):
-        clean.old_versions(root, step="Trian.fit")
-    result = cli("clean", root, "versions", "--step", "Nope")
-    assert result.returncode == 2 and f"{__name__}.Train.fit" in result.stderr
+    result = cli("clean", root, "versions", "--step", "Trian.fit")
+    assert result.returncode == 2, result
+    assert "--step 'Trian.fit' matches no step of the root: " in result.stderr
+    assert f"{__name__}.Train.fit,1, {__name__}.Train.fit,2" in result.stderr
     assert len(clean.old_versions(root, step="Train.fit").removals) == 1
 
 

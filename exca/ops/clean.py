@@ -387,11 +387,6 @@ def _selected_methods(step: str, methods: dict[str, list[Path]]) -> dict[str, li
         for method, folders in methods.items()
         if any(_step_matches(step, f.name, method) for f in folders)
     }
-    if not selected:  # (else "Nothing to remove": as if the step had no old version)
-        raise ValueError(
-            f"--step {step!r} matches no step of the root: "
-            f"{', '.join(sorted(methods)) or 'it holds none'} (as `exca list` prints them)"
-        )
     if "," not in step or any(c in step for c in "*?[") or len(selected) < 2:
         return selected
     given = step.rpartition(",")[0]
@@ -458,15 +453,30 @@ def _is_step_folder(folder: Path) -> bool:
     return bool(subfolders) and all(_written_by_exca(p) for p in subfolders)
 
 
-def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
-    """Every ``<method>,<version>`` folder but the newest version of each method."""
-    root = cache_root(root)
-    plan = CleanPlan()
+def _methods(root: Path) -> dict[str, list[Path]]:
+    """The step folders of a root, by ``<module>.<Class>.<method>``."""
     methods: dict[str, list[Path]] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and "," in p.name):
         if not _is_step_folder(folder):
             continue  # (a folder of the user's whose name holds a comma)
         methods.setdefault(folder.name.rpartition(",")[0], []).append(folder)
+    return methods
+
+
+def unmatched_step(root: Path | str, step: str) -> str | None:
+    """Why a ``--step`` filter selects nothing in a root (None when it selects a step)."""
+    methods = _methods(cache_root(root))
+    if any(_step_matches(step, f.name, m) for m, folders in methods.items() for f in folders):
+        return None
+    steps = sorted(f.name for folders in methods.values() for f in folders)
+    return f"--step {step!r} matches no step of the root: {', '.join(steps) or 'it holds none'}"
+
+
+def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
+    """Every ``<method>,<version>`` folder but the newest version of each method."""
+    root = cache_root(root)
+    plan = CleanPlan()
+    methods = _methods(root)
     if step is not None:
         methods = _selected_methods(step, methods)
     old_steps = {f for folders in methods.values() for f in _by_version(folders)[:-1]}

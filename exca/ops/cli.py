@@ -382,6 +382,9 @@ def _main(argv: list[str] | None) -> int:
             removal = clean.remove_nodes(args.folders, downstream=args.downstream, root=args.root)
         elif args.what == "versions":
             removal = clean.old_versions(args.root, step=args.step)
+            unmatched = args.step and clean.unmatched_step(args.root, args.step)
+            if unmatched:  # (else "Nothing to remove": as if the step had no old version)
+                raise ValueError(unmatched)
         elif args.what == "orphans":
             removal = clean.orphans(args.root)
         else:
