@@ -1402,10 +1402,13 @@ class SetupFails(pydantic.BaseModel):
     """A map whose setup (before its first output) raises: a model file that is missing."""
 
     path: str
+    message: str = ""  # raised as a ValueError instead, when given
     infra: exca.MapInfra = exca.MapInfra(version="1")
 
     @infra.apply(item_uid=str)
     def process(self, items: list[int]) -> tp.Iterator[int]:
+        if self.message:
+            raise ValueError(self.message)
         Path(self.path).read_text()
         yield from items
 
@@ -1424,6 +1427,11 @@ def test_a_job_whose_method_raises_says_what_it_raised(tmp_path: Path) -> None:
     text = str(info.value)
     assert f"failed: FileNotFoundError: [Errno 2] No such file or directory: '{missing}'" in text
     assert "_log.err" in text and "ended with state" not in text and "Traceback" not in text
+    # a message of several lines is told whole (not its last line, taken for the exception)
+    message = "no model here\nhint: download it first"
+    with pytest.raises(JobFailedError) as info:
+        list(SetupFails(path="", message=message, infra=infra).process(range(10)))
+    assert f"failed: ValueError: {message} (its log:" in str(info.value)
 
 
 class ArrayMapper(pydantic.BaseModel):

@@ -292,8 +292,7 @@ class SubmititHandle(Handle):
                 f"{self.job.paths.stderr}"
             )
         if error is not None:  # (the job raised: submitit's error holds its traceback)
-            raised = _raised_in_job(str(error)) or f"{type(error).__name__}: {str(error)[-500:]}"
-            return f"job {self.job_id} failed: {raised} (its log: {self.job.paths.stderr})"
+            return job_raised(self.job_id, error, self.job.paths.stderr)
         if self.cluster == "local":
             # (submitit's local controller ends normally whatever happened to the worker)
             return f"local job {self.job_id} ended without writing its result: {_DIED}"
@@ -356,7 +355,7 @@ class RecordedLocalHandle(Handle):
             if job.paths.result_pickle.exists():
                 error = job.exception()
         if error is not None:
-            return f"local job {self.job_id} failed: {type(error).__name__}: {str(error)[-2000:]}"
+            return "local " + job_raised(self.job_id, error, stderr)
         tail = stderr.read_text(errors="replace")[-1500:] if stderr.exists() else ""
         return (f"local job {self.job_id} ended without writing its result: {_DIED}") + (
             f"; the end of its stderr: {tail}" if tail else ""
@@ -379,19 +378,33 @@ class RecordedLocalHandle(Handle):
             _cancel_local(pid, lambda: is_active(self.record), controller_interrupted)
 
 
-_TRACEBACK_FRAMING = ("Traceback ", "During handling ", "The above exception ", "Job (task", "---")
+_LOGS_PART = "\n----------------------\nYou can check full logs"  # (submitit's report)
+_RAISED_MAX = 1000  # characters of an exception's text in a job's failure
 
 
-def _raised_in_job(report: str) -> str | None:
-    """The exception a job raised (``Type: message``, its traceback's last line), from
-    the report submitit makes of it (the traceback text, then where its logs are)."""
-    trace = report.split("\n----------------------\nYou can check full logs")[0]
-    lines = [
-        line
-        for line in trace.splitlines()
-        if line.strip() and not line[0].isspace() and not line.startswith(_TRACEBACK_FRAMING)
-    ]
-    return lines[-1] if lines else None
+def job_raised(job_id: str, error: BaseException, log: tp.Any) -> str:
+    """How a job whose method raised ended: what it raised and where its log is."""
+    return f"job {job_id} failed: {_raised_in_job(error)} (its log: {log})"
+
+
+def _raised_in_job(error: BaseException) -> str:
+    """The exception a job raised (``Type: message``, with every line of its message and
+    notes), from the report submitit makes of it (the traceback, then where its logs
+    are); any other error as it is."""
+    report = str(error).split(_LOGS_PART)[0]
+    start = report.rfind("Traceback (most recent call last):")
+    text = ""
+    if start >= 0:
+        lines = report[start:].splitlines()[1:]
+        # (the frames are indented; the exception follows them)
+        first = next((i for i, line in enumerate(lines) if line[:1] not in ("", " ")), None)
+        if first is not None:
+            text = "\n".join(lines[first:]).strip()
+    if not text:
+        text = f"{type(error).__name__}: {report.strip()}"
+    if len(text) > _RAISED_MAX:
+        text = text[:_RAISED_MAX] + " [...]"
+    return text
 
 
 def _cancel_local_job(process: tp.Any) -> None:
@@ -866,13 +879,13 @@ def submit_array(
         # a debug job runs in this process when its result is asked for, after the
         # submission's workdir context ended: it enters the snapshot itself
         function = functools.partial(_in_workdir, execution.workdir, function)
-    if cluster == "slurm" and len(units) > 1:
-        _check_array_pickles(function, units, executor._executor.max_pickle_size_gb)
     context = (
         execution.workdir.activate() if execution.workdir is not None else contextlib.nullcontext()
     )
     jobs: list[tp.Any] = []
     try:
+        if cluster == "slurm" and len(units) > 1:  # (pickling errors: told below)
+            _check_array_pickles(function, units, executor._executor.max_pickle_size_gb)
         with submitit.helpers.clean_env(), context:
             for start in range(0, len(units), size):
                 part = units[start : start + size]
