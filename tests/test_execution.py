@@ -1920,6 +1920,36 @@ def test_an_array_of_several_configs_is_named_by_their_step(
     assert len(names) == 1 and names[0].startswith("Counted.process,1/x=4")
 
 
+@pytest.mark.timeout(120)
+def test_a_ctrl_c_during_a_local_submission_stops_the_jobs_it_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C while an array of local jobs is being started: the jobs started so far
+    had no record yet and, in their own session, nothing stopped them (they ran on,
+    unseen by status(), clear_job() and the interrupt's warning). They are stopped."""
+    from submitit.local import local
+
+    block = tmp_path / "block-flag"
+    block.touch()
+    started: list[tp.Any] = []
+    real = local.start_controller
+
+    def start_then_interrupt(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        if len(started) == 2:
+            raise KeyboardInterrupt  # (the user's Ctrl-C, right then)
+        started.append(real(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(local, "start_controller", start_then_interrupt)
+    base = make(tmp_path, "local", block_flag=str(block))
+    with pytest.raises(KeyboardInterrupt), base.infra.job_array() as array:
+        array.extend(base.infra.clone_obj(x=x) for x in range(4))
+    assert len(started) == 2
+    for process in started:
+        process.wait(timeout=30)  # (stopped: they would wait for the flag)
+    assert [obj.infra.status() for obj in array] == ["not submitted"] * 4
+
+
 TERMINAL_DRIVER = """
 import sys
 from pathlib import Path

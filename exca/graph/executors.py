@@ -810,7 +810,22 @@ class _NewSessionSubprocess:
         import subprocess
 
         kwargs.setdefault("start_new_session", True)
-        return subprocess.Popen(*args, **kwargs)
+        process = subprocess.Popen(*args, **kwargs)
+        started = getattr(_SUBMITTING, "started", None)
+        if started is not None:
+            started.append(process)
+        return process
+
+
+class _Submitting(threading.local):
+    """The local job controllers a submission of this thread started so far: stopped if
+    it is interrupted before its jobs are known (no record, no cancellation: in their own
+    session, nothing else would stop them)."""
+
+    started: list[tp.Any] | None = None
+
+
+_SUBMITTING = _Submitting()
 
 
 def _local_jobs_in_own_session() -> None:
@@ -883,6 +898,7 @@ def submit_array(
         execution.workdir.activate() if execution.workdir is not None else contextlib.nullcontext()
     )
     jobs: list[tp.Any] = []
+    _SUBMITTING.started = [] if cluster == "local" else None
     try:
         if cluster == "slurm" and len(units) > 1:  # (pickling errors: told below)
             _check_array_pickles(function, units, executor._executor.max_pickle_size_gb)
@@ -895,6 +911,14 @@ def submit_array(
                 with executor.batch():
                     part_jobs = [executor.submit(function, unit) for unit in part]
                 jobs.extend(part_jobs)
+    except KeyboardInterrupt:
+        for job in jobs:  # (what went out before: never half a submission)
+            with contextlib.suppress(Exception):
+                job.cancel(check=False)
+        for process in _SUBMITTING.started or ():  # (started, not returned as jobs yet)
+            with contextlib.suppress(Exception):
+                _cancel_local_job(process)
+        raise
     except submitit.core.utils.FailedJobError as error:
         for job in jobs:  # (what went out before: never half a submission)
             with contextlib.suppress(Exception):
@@ -925,6 +949,8 @@ def submit_array(
             "unpicklable objects (locks, open files, clients) out of the config, e.g. create "
             "them in the method, or use cluster=None to compute here"
         ) from error
+    finally:
+        _SUBMITTING.started = None
     template = None
     if cluster == "local" and len(jobs) > 1:
         # each local job's controller process creates the template folder when it starts
