@@ -1921,6 +1921,52 @@ def test_an_array_of_several_configs_is_named_by_their_step(
 
 
 @pytest.mark.timeout(120)
+def test_a_third_ctrl_c_stops_waiting_for_the_cancellation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Waiting for the cancellation could not be stopped (a Slurm controller that does not
+    answer scancel held the terminal): the second Ctrl-C says that one more stops the
+    wait, and the third does; the jobs not cancelled yet keep running (and their record)."""
+    import _thread
+    import signal
+
+    from exca.graph import executors
+
+    log, block = tmp_path / "calls.txt", tmp_path / "block-flag"
+    block.touch()
+    nodes = [make(tmp_path, "local", x=x, block_flag=str(block)).process.node() for x in (23, 24)]
+    cancel = executors.SubmititHandle.cancel
+    seen: list[str] = []
+
+    def cancel_hanging(handle: tp.Any) -> None:
+        seen.append(handle.job_id)
+        signal.raise_signal(signal.SIGINT)  # (the second Ctrl-C: held back, told)
+        signal.raise_signal(signal.SIGINT)  # (the third: stops the wait)
+        cancel(handle)
+
+    monkeypatch.setattr(executors.SubmititHandle, "cancel", cancel_hanging)
+
+    def interrupt_once_computing() -> None:
+        _wait_for(lambda: len(calls(log)) == 2)
+        time.sleep(0.3)  # (the run waits for its jobs)
+        _thread.interrupt_main()
+
+    thread = threading.Thread(target=interrupt_once_computing)
+    thread.start()
+    with caplog.at_level("WARNING", logger="exca"), pytest.raises(KeyboardInterrupt):
+        exca.graph.run(*nodes, progress=False)
+    thread.join()
+    assert len(seen) == 1  # (the other job was not cancelled: it runs on)
+    assert any("Ctrl-C again stops waiting" in r.getMessage() for r in caplog.records)
+    kept = [n for n in nodes if exca.graph.registry.latest(n.folder) is not None]
+    assert len(kept) == 1
+    monkeypatch.setattr(executors.SubmititHandle, "cancel", cancel)
+    block.unlink()
+    assert kept[0].result() in (46, 48)  # (its job's result: read, not computed again)
+    assert len(calls(log)) == 2
+
+
+@pytest.mark.timeout(120)
 def test_a_ctrl_c_during_a_local_submission_stops_the_jobs_it_started(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

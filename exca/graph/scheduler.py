@@ -246,8 +246,9 @@ class Scheduler:
             cancelled = [r for r in running.values() if r.action != "wait"]  # not others' jobs
             _log_interruption(cancelled, [r for r in running.values() if r.action == "wait"])
             # (a second Ctrl-C waits for this: stopped half-way, some jobs it named ran on,
-            # or a cancelled one kept its record and the next call raised "cancelled")
-            with interrupts.deferred():
+            # or a cancelled one kept its record and the next call raised "cancelled"; a
+            # third one stops the wait, e.g. for a Slurm controller that does not answer)
+            with interrupts.deferred(escape=_still_cancelling):
                 for run in cancelled:
                     for handle in run.handles:
                         registry.forget(run.node.folder, handle.job_id)
@@ -949,6 +950,13 @@ def _log_waits(runs: list[NodeRun], waiting: bool, shown: int = 3) -> None:
     if len(runs) > shown:
         then = "waiting for them" if waiting else "not submitted again"
         logger.info("... and %d more node(s) computed elsewhere: %s", len(runs) - shown, then)
+
+
+def _still_cancelling() -> None:
+    logger.warning(
+        "Still cancelling the jobs of this call: Ctrl-C again stops waiting (the jobs not "
+        "cancelled yet keep running)"
+    )
 
 
 def _log_interruption(cancelled: list[NodeRun], followed: list[NodeRun]) -> None:

@@ -29,10 +29,21 @@ class deferred:  # (lower case: used like a function, ``with deferred() as windo
     ``deferred(hold=False)``: nothing is held back until ``hold()`` (e.g. once a lock
     waited for is taken: Ctrl-C still stops the wait)."""
 
-    __slots__ = ("_active", "_cleaned", "_cleanups", "_hold_on_enter", "_pending", "_previous")
+    __slots__ = (
+        "_active",
+        "_cleaned",
+        "_cleanups",
+        "_escape",
+        "_hold_on_enter",
+        "_pending",
+        "_previous",
+    )
 
-    def __init__(self, hold: bool = True) -> None:
+    def __init__(self, hold: bool = True, escape: tp.Callable[[], object] | None = None) -> None:
+        """``escape``: a second Ctrl-C held back is not held (raised at once), and the
+        first calls ``escape`` (e.g. to say that one more stops the wait)."""
         self._hold_on_enter = hold
+        self._escape = escape
         self._active = False
         self._pending = False
         self._cleaned = False
@@ -55,6 +66,11 @@ class deferred:  # (lower case: used like a function, ``with deferred() as windo
             self._active = True
 
     def _record(self, signum: int, frame: types.FrameType | None) -> None:
+        if self._escape is not None:
+            if self._pending:
+                self._pending = False
+                raise KeyboardInterrupt  # (the block's work is left as it is)
+            self._escape()
         self._pending = True
 
     def on_interrupt(self, cleanup: tp.Callable[[], object]) -> None:
