@@ -1780,4 +1780,4 @@ def test_a_result_whose_class_was_renamed_says_so(tmp_path: Path) -> None:
     assert run("Metrics").startswith("Metrics(score=0.5)")
     out = run("Scores")  # (the class renamed: the cached result cannot be unpickled)
     assert out.startswith("AttributeError Can't get attribute 'Metrics'")
-    assert "holds an object whose class cannot be found now" in out and "mode='force'" in out
+    assert "holds an object whose class cannot be found now: renamed" in out and "force" in out

@@ -138,8 +138,8 @@ def cached_outcome(cache: CacheDict[tp.Any], missing: tp.Any) -> tp.Any:
         if isinstance(error, ModuleNotFoundError) or str(error).startswith("Can't get attribute"):
             error.add_note(  # (what pickle says of a class it cannot find)
                 f"exca: the cached result in {cache.folder} holds an object whose class cannot "
-                "be found now (renamed or moved since it was computed?): restore it, or "
-                "compute the result again with mode='force'"
+                "be found now: renamed or moved since it was computed (restore it, or compute "
+                "the result again with mode='force'), or its package is not installed here"
             )
         raise
 

@@ -47,11 +47,16 @@ class Explanation:
                 if self.reason != "missing":
                     return self.reason
                 if self.namesakes:
+                    why = (
+                        "a class defined in a script run as __main__ caches under __main__ "
+                        "(import it from its module in that script)"
+                        if any(n.startswith("__main__.") for n in self.namesakes)
+                        else "the class's module was renamed or moved?"
+                    )
                     return (
                         "never computed (no cached config of this method); a class and method "
                         f"of the same names have cached configs in {', '.join(self.namesakes)}: "
-                        "a class defined in a script run as __main__ caches under __main__ "
-                        "(import it from its module in that script)"
+                        + why
                     )
                 return "never computed (no cached config of this method)"
             if not self.diff:  # (same values: the folder name follows the defaults of then)
