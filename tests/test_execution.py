@@ -1850,13 +1850,15 @@ def test_ctrl_c_while_waiting_says_which_jobs_it_cancels_and_which_keep_running(
     assert own.infra.status() == "not submitted"
 
 
-@pytest.mark.timeout(120)
-def test_a_second_ctrl_c_while_jobs_are_cancelled_waits_for_the_cancellation(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A second Ctrl-C arriving while the first one cancels the run's jobs stopped that
-    half-way: jobs the warning named as cancelled ran on, or one kept its record and the
-    next call raised "cancelled". The cancellation now completes first."""
+def _interrupted_run(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    xs: tuple[int, ...],
+    more_ctrl_c: tp.Callable[[int], int],
+) -> tuple[list[tp.Any], list[str]]:
+    """Run the configs ``xs`` as local jobs held computing (the block flag), Ctrl-C once
+    they all compute; the n-th cancel() of a job gets ``more_ctrl_c(n)`` more Ctrl-Cs
+    right then. Returns the nodes and the ids of the jobs whose cancel() was called."""
     import _thread
     import signal
 
@@ -1864,20 +1866,21 @@ def test_a_second_ctrl_c_while_jobs_are_cancelled_waits_for_the_cancellation(
 
     log, block = tmp_path / "calls.txt", tmp_path / "block-flag"
     block.touch()
-    nodes = [make(tmp_path, "local", x=x, block_flag=str(block)).process.node() for x in (21, 22)]
+    nodes = [make(tmp_path, "local", x=x, block_flag=str(block)).process.node() for x in xs]
     cancel = executors.SubmititHandle.cancel
     seen: list[str] = []
 
     def cancel_interrupted(handle: tp.Any) -> None:
+        rank = len(seen)
         seen.append(handle.job_id)
-        if len(seen) == 1:
-            signal.raise_signal(signal.SIGINT)  # (the second Ctrl-C, right then)
+        for _ in range(int(more_ctrl_c(rank))):
+            signal.raise_signal(signal.SIGINT)
         cancel(handle)
 
     monkeypatch.setattr(executors.SubmititHandle, "cancel", cancel_interrupted)
 
     def interrupt_once_computing() -> None:
-        _wait_for(lambda: len(calls(log)) == 2)
+        _wait_for(lambda: len(calls(log)) == len(xs))
         time.sleep(0.3)  # (the run waits for its jobs)
         _thread.interrupt_main()
 
@@ -1886,12 +1889,23 @@ def test_a_second_ctrl_c_while_jobs_are_cancelled_waits_for_the_cancellation(
     with pytest.raises(KeyboardInterrupt):
         exca.graph.run(*nodes, progress=False)
     thread.join()
+    return nodes, seen
+
+
+@pytest.mark.timeout(120)
+def test_a_second_ctrl_c_while_jobs_are_cancelled_waits_for_the_cancellation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second Ctrl-C arriving while the first one cancels the run's jobs stopped that
+    half-way: jobs the warning named as cancelled ran on, or one kept its record and the
+    next call raised "cancelled". The cancellation now completes first."""
+    nodes, seen = _interrupted_run(tmp_path, monkeypatch, (21, 22), lambda rank: rank == 0)
     assert len(seen) == 2  # both cancelled
     for node in nodes:
         assert exca.graph.registry.latest(node.folder) is None  # (records forgotten)
     for pid in map(int, seen):
         _wait_for(lambda pid=pid: exca.storage.process.process_start_time(pid) is None)
-    block.unlink()
+    (tmp_path / "block-flag").unlink()
     assert [n.result() for n in nodes] == [42, 44]  # computed again, not "cancelled"
 
 
@@ -1927,43 +1941,19 @@ def test_a_third_ctrl_c_stops_waiting_for_the_cancellation(
     """Waiting for the cancellation could not be stopped (a Slurm controller that does not
     answer scancel held the terminal): the second Ctrl-C says that one more stops the
     wait, and the third does; the jobs not cancelled yet keep running (and their record)."""
-    import _thread
-    import signal
-
     from exca.graph import executors
 
-    log, block = tmp_path / "calls.txt", tmp_path / "block-flag"
-    block.touch()
-    nodes = [make(tmp_path, "local", x=x, block_flag=str(block)).process.node() for x in (23, 24)]
     cancel = executors.SubmititHandle.cancel
-    seen: list[str] = []
-
-    def cancel_hanging(handle: tp.Any) -> None:
-        seen.append(handle.job_id)
-        signal.raise_signal(signal.SIGINT)  # (the second Ctrl-C: held back, told)
-        signal.raise_signal(signal.SIGINT)  # (the third: stops the wait)
-        cancel(handle)
-
-    monkeypatch.setattr(executors.SubmititHandle, "cancel", cancel_hanging)
-
-    def interrupt_once_computing() -> None:
-        _wait_for(lambda: len(calls(log)) == 2)
-        time.sleep(0.3)  # (the run waits for its jobs)
-        _thread.interrupt_main()
-
-    thread = threading.Thread(target=interrupt_once_computing)
-    thread.start()
-    with caplog.at_level("WARNING", logger="exca"), pytest.raises(KeyboardInterrupt):
-        exca.graph.run(*nodes, progress=False)
-    thread.join()
+    with caplog.at_level("WARNING", logger="exca"):  # (the second Ctrl-C: held back, told)
+        nodes, seen = _interrupted_run(tmp_path, monkeypatch, (23, 24), lambda rank: 2)
     assert len(seen) == 1  # (the other job was not cancelled: it runs on)
     assert any("Ctrl-C again stops waiting" in r.getMessage() for r in caplog.records)
     kept = [n for n in nodes if exca.graph.registry.latest(n.folder) is not None]
     assert len(kept) == 1
     monkeypatch.setattr(executors.SubmititHandle, "cancel", cancel)
-    block.unlink()
+    (tmp_path / "block-flag").unlink()
     assert kept[0].result() in (46, 48)  # (its job's result: read, not computed again)
-    assert len(calls(log)) == 2
+    assert len(calls(tmp_path / "calls.txt")) == 2
 
 
 @pytest.mark.timeout(120)
