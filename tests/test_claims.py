@@ -279,6 +279,38 @@ def test_a_guarded_claim_is_given_back_whenever_ctrl_c_comes() -> None:
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_an_escapable_block_gives_the_handler_back_whenever_ctrl_c_comes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``deferred(escape=...)``: a second Ctrl-C raises at once, but never while the
+    block ends (a Ctrl-C held back, then one more as it gave the handler back, left its
+    handler installed for good: later blocks held nothing, and a Ctrl-C was swallowed)."""
+    import signal
+
+    from exca.storage import interrupts
+
+    told: list[str] = []
+    checkpoint = interrupts._checkpoint
+
+    def late_ctrl_c() -> None:  # (one more Ctrl-C as the block ends)
+        signal.raise_signal(signal.SIGINT)
+        checkpoint()
+
+    escapable = interrupts.deferred(escape=lambda: told.append("escape"))
+    with pytest.raises(KeyboardInterrupt), escapable:
+        signal.raise_signal(signal.SIGINT)  # (held back, told)
+        monkeypatch.setattr(interrupts, "_checkpoint", late_ctrl_c)
+    monkeypatch.setattr(interrupts, "_checkpoint", checkpoint)
+    assert told == ["escape"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt), interrupts.deferred(escape=lambda: None):
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)  # (the second one: raised at once)
+        told.append("not reached")
+    assert told == ["escape"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_ctrl_c_while_waiting_for_the_folder_lock_stops_at_once(tmp_path: Path) -> None:
     """(a review: the whole claim, lock wait included, held Ctrl-C back: it waited as long
     as another live process held the lock, for good if that one hung)"""

@@ -1948,12 +1948,47 @@ def test_a_third_ctrl_c_stops_waiting_for_the_cancellation(
         nodes, seen = _interrupted_run(tmp_path, monkeypatch, (23, 24), lambda rank: 2)
     assert len(seen) == 1  # (the other job was not cancelled: it runs on)
     assert any("Ctrl-C again stops waiting" in r.getMessage() for r in caplog.records)
-    kept = [n for n in nodes if exca.graph.registry.latest(n.folder) is not None]
-    assert len(kept) == 1
+    # (stopped before its cancellation happened, the first job runs on too: both keep
+    # their record, none runs unseen)
+    assert all(exca.graph.registry.latest(n.folder) is not None for n in nodes)
     monkeypatch.setattr(executors.SubmititHandle, "cancel", cancel)
     (tmp_path / "block-flag").unlink()
-    assert kept[0].result() in (46, 48)  # (its job's result: read, not computed again)
+    assert [n.result() for n in nodes] == [46, 48]  # (their jobs' results: read)
     assert len(calls(tmp_path / "calls.txt")) == 2
+
+
+@pytest.mark.timeout(120)
+def test_a_ctrl_c_right_after_a_submission_cancels_its_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C after sbatch (or the local controllers' start) returned, while the run
+    recorded its jobs: they were not the run's yet, so its Ctrl-C cleanup did not cancel
+    them; they ran on, with no record or half of one."""
+    import signal
+
+    from exca.graph.scheduler import Scheduler
+
+    block = tmp_path / "block-flag"
+    block.touch()
+    nodes = [make(tmp_path, "local", x=x, block_flag=str(block)).process.node() for x in (25, 26)]
+    record = Scheduler.record
+    ids: list[str] = []
+
+    def record_interrupted(
+        self: tp.Any, node: tp.Any, unit: tp.Any, handle: tp.Any, **kw: tp.Any
+    ) -> None:
+        ids.append(handle.job_id)
+        if len(ids) == 1:
+            signal.raise_signal(signal.SIGINT)  # (the user's Ctrl-C, right then)
+        record(self, node, unit, handle, **kw)
+
+    monkeypatch.setattr(Scheduler, "record", record_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        exca.graph.run(*nodes, progress=False)
+    assert len(ids) == 2
+    for pid in map(int, ids):  # (cancelled: they would wait for the flag)
+        _wait_for(lambda pid=pid: exca.storage.process.process_start_time(pid) is None)
+    assert all(exca.graph.registry.latest(n.folder) is None for n in nodes)
 
 
 @pytest.mark.timeout(120)

@@ -292,7 +292,8 @@ class SubmititHandle(Handle):
                 f"{self.job.paths.stderr}"
             )
         if error is not None:  # (the job raised: submitit's error holds its traceback)
-            return job_raised(self.job_id, error, self.job.paths.stderr)
+            where = "local " if self.cluster == "local" else ""
+            return where + job_raised(self.job_id, error, self.job.paths.stderr)
         if self.cluster == "local":
             # (submitit's local controller ends normally whatever happened to the worker)
             return f"local job {self.job_id} ended without writing its result: {_DIED}"
@@ -391,7 +392,7 @@ def _raised_in_job(error: BaseException) -> str:
     """The exception a job raised (``Type: message``, with every line of its message and
     notes), from the report submitit makes of it (the traceback, then where its logs
     are); any other error as it is."""
-    report = str(error).split(_LOGS_PART)[0]
+    report = str(error).rsplit(_LOGS_PART, 1)[0]  # (a report may quote another one)
     start = report.rfind("Traceback (most recent call last):")
     text = ""
     if start >= 0:
@@ -911,13 +912,15 @@ def submit_array(
                 with executor.batch():
                     part_jobs = [executor.submit(function, unit) for unit in part]
                 jobs.extend(part_jobs)
-    except KeyboardInterrupt:
-        for job in jobs:  # (what went out before: never half a submission)
-            with contextlib.suppress(Exception):
-                job.cancel(check=False)
-        for process in _SUBMITTING.started or ():  # (started, not returned as jobs yet)
-            with contextlib.suppress(Exception):
-                _cancel_local_job(process)
+    except KeyboardInterrupt:  # (never half a submission)
+        if cluster == "local":  # (every controller started, returned as a job or not)
+            for process in _SUBMITTING.started or ():
+                with contextlib.suppress(Exception):
+                    _cancel_local_job(process)
+        else:
+            for job in jobs:
+                with contextlib.suppress(Exception):
+                    job.cancel(check=False)
         raise
     except submitit.core.utils.FailedJobError as error:
         for job in jobs:  # (what went out before: never half a submission)

@@ -247,12 +247,13 @@ class Scheduler:
             _log_interruption(cancelled, [r for r in running.values() if r.action == "wait"])
             # (a second Ctrl-C waits for this: stopped half-way, some jobs it named ran on,
             # or a cancelled one kept its record and the next call raised "cancelled"; a
-            # third one stops the wait, e.g. for a Slurm controller that does not answer)
+            # third one stops the wait, e.g. for a Slurm controller that does not answer:
+            # a job whose cancellation it stopped keeps its record)
             with interrupts.deferred(escape=_still_cancelling):
                 for run in cancelled:
                     for handle in run.handles:
-                        registry.forget(run.node.folder, handle.job_id)
                         handle.cancel()
+                        registry.forget(run.node.folder, handle.job_id)
                 pools.shutdown(cancel=True)
                 _release_dead_claims(cancelled)
             raise
@@ -520,6 +521,8 @@ class Scheduler:
         if cluster in POOL_CLUSTERS:
             _note_replaced(members)
             handles = list(pools.submit(units, str(cluster), first.execution.max_jobs))
+            for (run, _), handle in zip(members, handles):
+                run.handles.append(handle)
         else:
             logs = executors.format_logs(
                 first.execution.logs or "{folder}/logs/{user}/%j", first.folder
@@ -531,28 +534,31 @@ class Scheduler:
                 outdated = store.outdated_outcomes(members)
                 _note_replaced(members)
                 after = sorted({job for run, _ in members for job in run.after})
-                handles = list(
-                    executors.submit_array(
-                        units,
-                        first.execution,
-                        logs,
-                        parallelism or len(units),
-                        after,
-                        permissions=first.cache.permissions,
+                # (a Ctrl-C meanwhile is raised once the jobs are this run's, which cancels
+                # them: between sbatch and there, they ran on with no record, or half of one)
+                with interrupts.deferred():
+                    handles = list(
+                        executors.submit_array(
+                            units,
+                            first.execution,
+                            logs,
+                            parallelism or len(units),
+                            after,
+                            permissions=first.cache.permissions,
+                        )
                     )
-                )
-                store.drop_outcomes(outdated)  # (forced: its old result is not read meanwhile)
-                for (run, unit), handle in zip(members, handles):
-                    if unit.action == "force" and unit.uids is not None:
-                        # (before its record: a call of this instance that sees the job
-                        # knows it carries out this instance's force of these items)
-                        # (with where the old outputs were: see _finish)
-                        jobs = run.node.force_state.setdefault("jobs", {})
-                        places = {u: run.replaced.get(u) for u in unit.uids}
-                        jobs[handle.job_id] = (self.run_id, places)
-                    self.record(run.node, unit, handle, code=_code(first))
-        for (run, _), handle in zip(members, handles):
-            run.handles.append(handle)
+                    store.drop_outcomes(outdated)  # (forced: its old result is not read now)
+                    for (run, unit), handle in zip(members, handles):
+                        if unit.action == "force" and unit.uids is not None:
+                            # (before its record: a call of this instance that sees the job
+                            # knows it carries out this instance's force of these items)
+                            # (with where the old outputs were: see _finish)
+                            jobs = run.node.force_state.setdefault("jobs", {})
+                            places = {u: run.replaced.get(u) for u in unit.uids}
+                            jobs[handle.job_id] = (self.run_id, places)
+                        self.record(run.node, unit, handle, code=_code(first))
+                    for (run, _), handle in zip(members, handles):
+                        run.handles.append(handle)
         self._note_handles(members, handles)
 
     def record(self, node: Node, unit: Unit, handle: executors.Handle, code: tp.Any = None) -> None:

@@ -105,7 +105,9 @@ class deferred:  # (lower case: used like a function, ``with deferred() as windo
 
     def _restore(self) -> None:
         # (a signal that arrived in the block runs its Python handler at the interpreter's
-        # next check: let it happen here, while ours is installed, not after the block)
+        # next check: let it happen here, while ours is installed, not after the block;
+        # recorded, never raised from here: the handler must be given back)
+        self._escape = None
         _checkpoint()
         signal.signal(signal.SIGINT, self._previous)
         self._active = False
@@ -119,6 +121,7 @@ class deferred:  # (lower case: used like a function, ``with deferred() as windo
     def __exit__(self, kind: tp.Any, error: tp.Any, trace: tp.Any) -> None:
         if not self._active:
             return
+        self._escape = None  # (the block is over: a late Ctrl-C is raised below, once)
         _checkpoint()
         if self._pending or kind is not None:  # (what the block took is not handed on)
             self._clean()  # (still held back: a second Ctrl-C waits for it)
