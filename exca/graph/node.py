@@ -37,6 +37,8 @@ def restoring_files() -> tp.Iterator[None]:
 
 
 TASK_KEY = "result"  # the CacheDict key of a task node's result
+# a call with inputs: its node is <config folder>/inputs-<digest of the inputs' uids>
+INPUTS_PREFIX = "inputs-"
 Mode = tp.Literal["cached", "retry", "force", "read-only"]
 INLINE_CLUSTERS = (None, "inline")
 POOL_CLUSTERS = ("threadpool", "processpool")
@@ -386,7 +388,7 @@ class Node:
         if not self.inputs:
             return None
         text = "|".join(f"{name}={source.uid}" for name, source in self.inputs)
-        return "inputs-" + hashlib.md5(text.encode("utf8")).hexdigest()[:8]
+        return INPUTS_PREFIX + hashlib.md5(text.encode("utf8")).hexdigest()[:8]
 
     @memoized
     def path(self) -> str:

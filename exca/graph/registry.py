@@ -19,6 +19,7 @@ import orjson
 
 from ..storage import process
 from ..storage.files import chmod, make_folder
+from .node import INPUTS_PREFIX
 
 JOBS_DIR = "jobs"
 LINK_NAME = "submitit"
@@ -115,7 +116,7 @@ def root_of(node_folder: Path) -> Path:
     """The cache root of a node folder: <root>/<step>/<uid>[/inputs-<digest>] (a uid may
     hold commas, a step always does)."""
     folder = Path(node_folder)
-    if folder.name.startswith("inputs-"):
+    if folder.name.startswith(INPUTS_PREFIX):
         folder = folder.parent
     return folder.parent.parent
 

@@ -18,7 +18,7 @@ import pydantic
 from ..confdict import ConfDict
 from ..graph import calls, registry
 from ..graph.jobs import Job
-from ..graph.node import TASK_KEY, Group, Input, Node, Value
+from ..graph.node import INPUTS_PREFIX, TASK_KEY, Group, Input, Node, Value
 from ..storage.cachedict import CacheDict
 from . import freezing, uidfolder
 from .base import _MISSING, BaseInfra
@@ -425,7 +425,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
             return True
         # a method taking inputs: one result per input tuple, in inputs-<digest> folders
         try:
-            subs = [e.path for e in os.scandir(folder) if e.name.startswith("inputs-")]
+            subs = [e.path for e in os.scandir(folder) if e.name.startswith(INPUTS_PREFIX)]
         except OSError:
             return False
         return any(self._has_result(Path(sub)) for sub in subs)

@@ -717,7 +717,7 @@ def garbage(root: Path | str, targets: tp.Sequence[Node]) -> CleanPlan:
     from ..graph.decisions import collect
 
     keep = {n.folder.resolve() for n in collect(list(targets)).values() if n.folder is not None}
-    keep_configs = {f.parent for f in keep if f.name.startswith("inputs-")}
+    keep_configs = {f.parent for f in keep if f.name.startswith(INPUTS_PREFIX)}
     plan = CleanPlan()
     for _, uid, folder in node_folders(cache_root(root)):
         resolved = folder.resolve()

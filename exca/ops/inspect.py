@@ -16,14 +16,12 @@ from pathlib import Path
 
 from ..confdict import ConfDict
 from ..graph import registry
-from ..graph.node import TASK_KEY
+from ..graph.node import INPUTS_PREFIX, TASK_KEY
 from ..infra.uidfolder import FULL_UID_FILE, UID_FILE, read_yaml
 from ..plainyaml import pyyaml
 from ..storage.cachedict import inspecting_view
 from ..storage.claims import Claims
 from ..storage.index import INDEX_SUFFIX
-
-INPUTS_PREFIX = "inputs-"
 
 logger = logging.getLogger("exca")
 
