@@ -1336,6 +1336,72 @@ def test_clean_versions_says_when_the_step_matches_nothing(tmp_path: Path) -> No
     assert len(clean.old_versions(root, step="Train.fit").removals) == 1
 
 
+def test_clean_orphans_logs_and_compact_of_some_steps(tmp_path: Path) -> None:
+    """`--step` was read by `versions` only: `orphans`, `logs` and `compact` freed every
+    step's files, whatever step was given."""
+    root = tmp_path / "cache"
+    train = Train(seed=3, infra={"folder": root, "cluster": "local"})
+    source = Source(n=1000, infra={"folder": root})
+    assert train.fit() == 4 and source.make() == list(range(1000))
+    orphans = [folder_of(o) / "data" / "result-0badc0de-ffffff.pkl" for o in (train, source)]
+    for orphan in orphans:
+        orphan.parent.mkdir(exist_ok=True)
+        orphan.write_bytes(b"orphan")
+    (train_job,) = exca.ops.logs(folder_of(train))
+    step = "Source.make"
+    assert [r.path for r in clean.orphans(root, min_age_hours=0, step=step).removals] == [
+        orphans[1]
+    ]
+    assert clean.logs(root, older_than_days=0, step=step).removals == []
+    train_logs = [r.path for r in clean.logs(root, older_than_days=0, step="Train").removals]
+    assert train_logs == [train_job.stdout_path.parent]
+    for orphan in orphans:  # (the command line's grace period: an hour)
+        os.utime(orphan, (time.time() - 7200, time.time() - 7200))
+    cli("clean", root, "orphans", "--step", step, "--yes", check=True)
+    cli("clean", root, "logs", "--days", "0", "--step", step, "--yes", check=True)
+    assert orphans[0].exists() and not orphans[1].exists() and train_job.stdout_path.exists()
+    # compact: the merges of another step's folder are not even previewed
+    _many_writer_sessions(root, 3)
+    ranges = folder_of(Ranges(infra={"folder": root}))
+    copy = root / f"x.Copy.expand,1/{ranges.name}"
+    shutil.copytree(ranges, copy)
+    for folder in (ranges, copy):
+        age_index_files(folder)
+    listed = json.loads(cli("clean", root, "compact", "--step", "Copy", "--json").stdout)
+    assert [Path(f["folder"]) for f in listed] == [copy]
+    cli("clean", root, "compact", "--step", "Copy", "--yes", check=True)
+    assert len(index_files(ranges)) == 3 and len(index_files(copy)) == 1
+    # a typo is an error for each, as for `versions`; `node` takes no --step
+    for what in ("orphans", "logs", "compact"):
+        result = cli("clean", root, what, "--step", "Trian", "--yes")
+        assert result.returncode == 2 and "--step 'Trian' matches no step" in result.stderr
+    result = cli("clean", root, "node", str(folder_of(train)), "--step", "Train", "--yes")
+    assert result.returncode == 2 and "--step does not apply" in result.stderr
+    assert orphans[0].exists() and train_job.stdout_path.exists() and folder_of(train).exists()
+
+
+def test_clean_logs_of_a_step_keeps_a_folder_shared_with_another_steps_job(
+    tmp_path: Path,
+) -> None:
+    """A log folder holds the jobs of several steps (a `logs` setting without %j): the
+    jobs of the steps not selected still count (recent, or running)."""
+    root, shared = tmp_path / "cache", tmp_path / "shared-logs"
+    infra = {"folder": root, "cluster": "local", "logs": shared}
+    assert Train(seed=1, infra=infra).fit() == 2
+    assert [r.path for r in clean.logs(root, older_than_days=0, step="Train").removals] == [shared]
+    flag = tmp_path / "hold"
+    flag.touch()
+    job = Slow(flag=str(flag), infra=infra).infra.job()  # another step's job, running
+    try:
+        wait_until(lambda: "slow task started" in (job.stdout() or ""), "the job runs")
+        plan = clean.logs(root, older_than_days=0, step="Train")
+        assert plan.removals == []
+        assert [(path, "running" in why) for path, why in plan.kept] == [(shared, True)]
+    finally:
+        flag.unlink()
+    assert job.result() == "released"
+
+
 def test_clean_refuses_a_step_or_node_folder_as_root(tmp_path: Path) -> None:
     """Given a step folder, `versions` took configs whose uid holds a comma
     (a=5,b=3-... and a=5,b=4-...) for two versions of a method "a=5", and removed the

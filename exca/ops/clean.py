@@ -157,8 +157,9 @@ def remove_node_folder(folder: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _killed_removals(root: Path, limit: float) -> list[Removal]:
-    """Folders a killed removal left (renamed away, not deleted), older than ``limit``."""
+def _killed_removals(root: Path, limit: float, steps: set[str] | None) -> list[Removal]:
+    """Folders a killed removal left (renamed away, not deleted), older than ``limit``
+    (``steps``: in these steps only)."""
 
     def scan(folder: Path | str) -> list[os.DirEntry[str]]:
         try:  # (a shared cache: what this user cannot read is skipped)
@@ -167,9 +168,13 @@ def _killed_removals(root: Path, limit: float) -> list[Removal]:
             return []
 
     out = []
-    parents: list[Path | str] = [p.path for p in scan(root) if "," in p.name and p.is_dir()]
-    # (above: step folders, holding config folders)
-    parents += [folder for _, _, folder in node_folders(root)]  # (their inputs-* folders)
+    parents: list[Path | str] = [
+        p.path
+        for p in scan(root)
+        if "," in p.name and p.is_dir() and (steps is None or p.name in steps)
+    ]
+    # (above: step folders, holding config folders; below: their inputs-* folders)
+    parents += [f for s, _, f in node_folders(root) if steps is None or s in steps]
     for parent in parents:
         for entry in scan(parent):
             if not entry.name.startswith(REMOVING_PREFIX) or not entry.is_dir():
@@ -463,6 +468,16 @@ def _methods(root: Path) -> dict[str, list[Path]]:
     return methods
 
 
+def selected_steps(root: Path, step: str | None) -> set[str] | None:
+    """The names of the step folders a ``--step`` filter selects (None: no filter)."""
+    if step is None:
+        return None
+    methods = _selected_methods(step, _methods(root))
+    return {
+        f.name for m, folders in methods.items() for f in folders if _step_matches(step, f.name, m)
+    }
+
+
 def unmatched_step(root: Path | str, step: str) -> str | None:
     """Why a ``--step`` filter selects nothing in a root (None when it selects a step)."""
     methods = _methods(cache_root(root))
@@ -549,12 +564,17 @@ def _referenced(info: tp.Any, out: set[str]) -> None:
             _referenced(value, out)
 
 
-def orphans(root: Path | str, min_age_hours: float = 1.0) -> CleanPlan:
+def orphans(root: Path | str, min_age_hours: float = 1.0, step: str | None = None) -> CleanPlan:
     """Leftovers no entry reads: unreferenced payload files, temporary files of killed
-    writers, claims of dead owners, empty index files, pickles of failed submissions."""
+    writers, claims of dead owners, empty index files, pickles of failed submissions.
+    ``step``: only in these steps (as ``old_versions``' filter)."""
     plan = CleanPlan()
     limit = time.time() - min_age_hours * 3600
-    for _, _, folder in node_folders(cache_root(root)):
+    root = cache_root(root)
+    steps = selected_steps(root, step)
+    for step_name, _, folder in node_folders(root):
+        if steps is not None and step_name not in steps:
+            continue
         if busy_reason(folder) is not None:
             continue
         cache = inspecting_view(folder)
@@ -607,8 +627,8 @@ def orphans(root: Path | str, min_age_hours: float = 1.0) -> CleanPlan:
                     plan.removals.append(
                         Removal(Path(entry.path), stat.st_blocks * 512, "claim of a dead owner")
                     )
-    plan.removals += _killed_removals(cache_root(root), limit)
-    plan.removals += _unsent_pickles(cache_root(root), limit)
+    plan.removals += _killed_removals(root, limit, steps)
+    plan.removals += _unsent_pickles(root, limit, steps)
     return plan
 
 
@@ -618,12 +638,14 @@ def orphans(root: Path | str, min_age_hours: float = 1.0) -> CleanPlan:
 _UNSENT_PICKLE = re.compile(r"[0-9a-f]{32}\.pkl")
 
 
-def _unsent_pickles(root: Path, limit: float) -> list[Removal]:
+def _unsent_pickles(root: Path, limit: float, steps: set[str] | None) -> list[Removal]:
     """The pickles of submissions that never went out, in the default log folders
     (``<step>/logs/<user>/``), older than ``limit``."""
     out = []
     for step in _scan(root):
         if "," not in step.name or not step.is_dir():
+            continue
+        if steps is not None and step.name not in steps:
             continue
         for user in _scan(Path(step.path) / "logs"):
             for entry in _scan(Path(user.path)) if user.is_dir() else []:
@@ -656,18 +678,25 @@ def _stat(entry: os.DirEntry[str]) -> os.stat_result | None:
         return None
 
 
-def logs(root: Path | str, older_than_days: float = 30.0) -> CleanPlan:
-    """submitit leftovers: log folders of jobs that ended more than N days ago."""
+def logs(root: Path | str, older_than_days: float = 30.0, step: str | None = None) -> CleanPlan:
+    """submitit leftovers: log folders of jobs that ended more than N days ago
+    (``step``: jobs of these steps' nodes only, as ``old_versions``' filter)."""
     if older_than_days < 0:
         raise ValueError(f"older_than_days={older_than_days}: give a number of days >= 0")
     plan = CleanPlan()
     limit = time.time() - older_than_days * 86400
     root = cache_root(root)
+    steps = selected_steps(root, step)
     by_folder: dict[Path, list[registry.JobRecord]] = {}  # (jobs may share a log folder)
-    for _, _, folder in node_folders(root):
+    wanted: set[Path] = set()  # (a folder shared with another step's jobs: theirs count too)
+    for step_name, _, folder in node_folders(root):
         for record in registry.read_all(folder, copied=True):
             by_folder.setdefault(record.logs_folder(), []).append(record)
+            if steps is None or step_name in steps:
+                wanted.add(record.logs_folder())
     for logs_folder, records in by_folder.items():
+        if logs_folder not in wanted:
+            continue
         if not logs_folder.exists() or any(r.submitted > limit for r in records):
             continue  # (a recent job's logs are in it too)
         other = _another_cache_root(logs_folder, root)

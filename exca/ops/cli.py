@@ -303,7 +303,7 @@ def _main(argv: list[str] | None) -> int:
     p_clean.add_argument(
         "--downstream", action="store_true", help="also what was computed from them"
     )
-    p_clean.add_argument("--step", help="only these steps (for 'versions')")
+    p_clean.add_argument("--step", help="only these steps (not for 'node')")
     p_clean.add_argument(
         "--days", type=float, default=30.0, help="logs older than this (for 'logs')"
     )
@@ -332,6 +332,8 @@ def _main(argv: list[str] | None) -> int:
         missing = [f for f in args.folders if not Path(f).exists()]
         if missing:
             raise ValueError(f"clean node: no such folder: {', '.join(missing)}")
+        if args.step is not None:
+            raise ValueError("clean node: --step does not apply (it removes the folders given)")
     if args.command == "list":
         from .inspect import inspect, render
 
@@ -356,10 +358,17 @@ def _main(argv: list[str] | None) -> int:
     elif args.command == "clean":
         from . import clean
 
+        if args.what != "node" and args.step is not None:
+            # (else "Nothing to remove": as if the step had nothing to free)
+            unmatched = clean.unmatched_step(args.root, args.step)
+            if unmatched:
+                raise ValueError(unmatched)
         if args.what == "compact":
             from .inspect import node_folders
 
-            folders = [f for _, _, f in node_folders(clean.cache_root(args.root))]
+            root = clean.cache_root(args.root)
+            steps = clean.selected_steps(root, args.step)
+            folders = [f for s, _, f in node_folders(root) if steps is None or s in steps]
             if args.yes:
                 merged = sum(clean.compact(f)[0] for f in folders)
                 _print({"merged": merged}, args.json, f"merged {merged} index file(s)")
@@ -382,13 +391,10 @@ def _main(argv: list[str] | None) -> int:
             removal = clean.remove_nodes(args.folders, downstream=args.downstream, root=args.root)
         elif args.what == "versions":
             removal = clean.old_versions(args.root, step=args.step)
-            unmatched = args.step and clean.unmatched_step(args.root, args.step)
-            if unmatched:  # (else "Nothing to remove": as if the step had no old version)
-                raise ValueError(unmatched)
         elif args.what == "orphans":
-            removal = clean.orphans(args.root)
+            removal = clean.orphans(args.root, step=args.step)
         else:
-            removal = clean.logs(args.root, older_than_days=args.days)
+            removal = clean.logs(args.root, older_than_days=args.days, step=args.step)
         if args.yes:
             freed = removal.execute()
             done = "removed." if removal.removals else ""
