@@ -244,6 +244,12 @@ def age_index_files(folder: Path, seconds: float = 300.0) -> None:
         os.utime(path, (then, then))
 
 
+def unrelated(root: Path) -> list[exca.graph.Node]:
+    """A target in ``root`` that reaches none of its folders (never computed): garbage
+    collection against it keeps nothing there."""
+    return [Source(n=999_999, infra={"folder": root}).make.node()]
+
+
 def folder_of(obj: tp.Any) -> Path:
     folder = obj.infra.uid_folder()
     assert folder is not None
@@ -1090,7 +1096,7 @@ def test_clean_previews_remove_nothing(tmp_path: Path) -> None:
         clean.old_versions(root),
         clean.orphans(root, min_age_hours=0),
         clean.logs(root, older_than_days=0),
-        clean.garbage(root, []),
+        clean.garbage(root, unrelated(root)),
     ]
     assert all(plan.removals for plan in plans)
     assert tree_hash(root) == before
@@ -1182,6 +1188,75 @@ def test_clean_node_downstream_of_a_uid_with_commas(tmp_path: Path) -> None:
     assert down.result() == 6
     plan = clean.remove_nodes([source], downstream=True)  # (no root given: found from it)
     assert {r.path for r in plan.removals} == {source.folder, down.folder}
+
+
+def test_clean_versions_says_when_the_newest_was_set_by_configs(tmp_path: Path) -> None:
+    """One try with infra.version="debug" made the class's version old (a word sorts after
+    every number), and the preview did not say that no class had set "debug"."""
+    root = tmp_path / "cache"
+    assert Train(seed=1, infra={"folder": root}).fit() == 2  # the class's version: "1"
+    assert clean.old_versions(root).removals == []
+    assert Train(seed=1, infra={"folder": root, "version": "debug"}).fit() == 2
+    (removal,) = clean.old_versions(root).removals
+    assert removal.path.parent.name == f"{__name__}.Train.fit,1"
+    assert "newest is debug, set by its configs, not by the class: if that was a try" in (
+        removal.reason
+    )
+    assert f"exca clean {root} node {root}/{__name__}.Train.fit,debug/*" in removal.reason
+    # a version holding a config that left it to the class: no such note
+    class_set = folder_of(Train(seed=1, infra={"folder": root}))
+    shutil.copytree(class_set, root / f"{__name__}.Train.fit,debug" / class_set.name)
+    (removal,) = clean.old_versions(root).removals
+    assert "newest is debug)" in removal.reason
+
+
+def test_clean_refuses_slips_that_would_remove_the_wrong_things(tmp_path: Path) -> None:
+    """garbage() against targets of another cache (or none) planned to remove every node
+    of the root; remove_nodes(downstream) with a folder of another root missed its
+    downstream silently; compact() of a typo created the folder; a step typo, a missing
+    root or a status typo from Python answered "nothing"."""
+    roots = [tmp_path / "a", tmp_path / "b"]
+    for root in roots:
+        source = Source(n=4, infra={"folder": root}).make.node()
+        down = Total(infra={"folder": root}).total.node(source)
+        assert down.result() == 12
+    before = tree_hash(tmp_path)
+    targets_of_b = [Total(infra={"folder": roots[1]}).total.node(source)]
+    with pytest.raises(ValueError, match=r"no target's graph is cached in .*/a \(theirs: .*/b\)"):
+        clean.garbage(roots[0], targets_of_b)
+    with pytest.raises(ValueError, match="give the target nodes to keep"):
+        clean.garbage(roots[0], [])
+    assert clean.garbage(roots[1], targets_of_b[0]).removals == []  # (one Node: fine)
+    assert source.folder is not None
+    with pytest.raises(ValueError, match=r"is not in the cache root .*/a: give its root"):
+        clean.remove_nodes([source.folder], downstream=True, root=roots[0])
+    result = cli("clean", roots[0], "node", source.folder, "--downstream", "--yes")
+    assert result.returncode == 2 and "is not in the cache root" in result.stderr
+    # one folder, not a list of them; a path that is not there
+    plan = clean.remove_nodes(str(source.folder), downstream=True)
+    assert {r.path for r in plan.removals} == {source.folder, down.folder}
+    with pytest.raises(ValueError, match="no such folder"):
+        clean.remove_nodes([tmp_path / "b" / "typo"])
+    # compact writes into node folders only
+    for func in (clean.compact, clean.compactable):
+        with pytest.raises(ValueError, match="typo: no such folder"):
+            func(tmp_path / "typo")
+    assert clean.compact(source.folder.parent) == (0, 0)  # (a step folder: no claims/ made)
+    with pytest.raises(ValueError, match=r"--step 'Trian' matches no step of the root: "):
+        clean.old_versions(roots[0], step="Trian")
+    for func in (clean.orphans, clean.logs):
+        with pytest.raises(ValueError, match="matches no step"):
+            func(roots[0], step="Trian")
+    with pytest.raises(ValueError, match="no such folder"):
+        exca.ops.inspect(tmp_path / "typo")
+    with pytest.raises(ValueError, match=r"status='sucess' is not a status: use one of success"):
+        exca.ops.inspect(roots[0], status="sucess")
+    assert tree_hash(tmp_path) == before  # nothing removed, nothing created
+    assert len(exca.ops.inspect(roots[0], where="scale=2")) == 1  # (one condition, a str)
+    listed = cli("list", roots[0], "--where", "sclae=2", check=True).stdout
+    assert "No config has a key 'sclae'" in listed
+    with pytest.raises(TypeError, match=r"run\(wait='no'\): give True or False"):
+        exca.graph.run(down, wait="no")  # type: ignore[arg-type]
 
 
 def test_clean_node_refuses_what_is_not_a_node_folder(tmp_path: Path) -> None:
@@ -1288,7 +1363,8 @@ def test_clean_old_versions(tmp_path: Path) -> None:
     # version: every version of that method
     for step in (f"{__name__}.Train.fit,1", "Train.fit,1", "*fit,2", "Train"):
         assert {r.path for r in clean.old_versions(root, step=step).removals} == old, step
-    assert clean.old_versions(root, step="Trains.fit,1").removals == []  # (no such method)
+    with pytest.raises(ValueError, match="matches no step"):  # (no such method)
+        clean.old_versions(root, step="Trains.fit,1")
     preview = json.loads(cli("clean", root, "versions", "--json", check=True).stdout)
     assert {Path(r["path"]) for r in preview["removals"]} == old
     assert tree_hash(root) == before
@@ -2471,8 +2547,8 @@ def test_clean_never_touches_a_folder_being_computed(
     assert kept == folder and "being computed" in why
     result = cli("clean", root, "node", folder, "--yes", check=True)
     assert "kept" in result.stdout and str(folder) in result.stdout
-    # garbage collection without targets: everything else goes, not the busy folder
-    plan = clean.garbage(root, [])
+    # garbage collection keeping nothing there: everything else goes, not the busy folder
+    plan = clean.garbage(root, unrelated(root))
     assert folder not in {r.path for r in plan.removals}
     assert folder in {p for p, _ in plan.kept}
     assert clean.compact(folder, grace_seconds=0) == (0, 0)
@@ -2632,7 +2708,7 @@ def test_inspection_and_previews_free_nothing(tmp_path: Path) -> None:
     assert len(before) == 2
     exca.ops.inspect(root)
     clean.orphans(root, min_age_hours=0)
-    clean.garbage(root, [])
+    clean.garbage(root, unrelated(root))
     exca.ops.explain(Source(n=6, infra={"folder": root}).make.node())
     # dry runs of the node itself read its cache without freeing (even twice: a second
     # read re-checks files it could not free at the first)

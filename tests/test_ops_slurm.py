@@ -13,6 +13,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -213,7 +214,7 @@ def test_impossible_resources_one_error_nothing_submitted(tmp_path: Path) -> Non
     assert _jobs_named("ImpossibleOps", start) == before
     recorded = [*root.rglob("jobs"), *root.rglob("*_submitted.pkl")] if root.exists() else []
     assert recorded == []
-    assert exca.ops.inspect(root, status="running") == []
+    assert not root.exists() or exca.ops.inspect(root, status="running") == []
 
 
 def test_plan_and_check_show_the_problems(tmp_path: Path) -> None:
@@ -255,6 +256,53 @@ def test_plan_and_check_show_the_problems(tmp_path: Path) -> None:
     result = cli("check", f"{__name__}:ImpossibleOpsTask.run", "--config", cfg, "x=4")
     assert result.returncode != 0
     assert len(result.stdout.strip().splitlines()) == len(expected), result.stdout
+
+
+def _no_controller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slurm commands of this test (and of its subprocesses) reach no controller."""
+    conf = tmp_path / "slurm.conf"  # (a port where nothing listens: refused at once)
+    conf.write_text(
+        "ClusterName=nowhere\nSlurmctldHost=localhost\nSlurmctldPort=1\nMessageTimeout=2\n"
+    )
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+
+
+def test_check_says_when_no_controller_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`exca check` said "Resources fit the cluster." (exit 0) for an impossible request
+    when no controller answered: nothing had been checked."""
+    _no_controller(tmp_path, monkeypatch)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"infra": {"folder": str(tmp_path / "cache"), **IMPOSSIBLE}}))
+    result = cli("check", f"{__name__}:ImpossibleOpsTask.run", "--config", cfg)
+    assert result.returncode == 1, result
+    assert "no Slurm controller answered" in result.stdout
+    assert "the resources were not checked" in result.stdout
+    assert "fit" not in result.stdout
+
+
+def test_sbatch_without_controller_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sbatch failing to reach the controller was blamed on the job's resources."""
+    _no_controller(tmp_path, monkeypatch)
+    # (submitit submits without the SLURM_* variables: the real sbatch, given them here)
+    real = shutil.which("sbatch")
+    assert real is not None
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "sbatch"
+    wrapper.write_text(f'#!/bin/sh\nSLURM_CONF={os.environ["SLURM_CONF"]} exec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    task = ImpossibleOpsTask(x=5, infra={"folder": tmp_path / "cache", "cluster": "slurm"})
+    with pytest.raises(Exception, match="Unable to contact slurm controller") as info:
+        task.run()
+    assert "Is the Slurm controller up? `sinfo` tells; nothing was submitted" in str(info.value)
+    assert "slurm_additional_parameters" not in str(info.value)
+    # the controller back: this process checks resources again (no answer was not kept)
+    monkeypatch.undo()
+    with pytest.raises(ResourceError, match="nothing was submitted"):
+        ImpossibleOpsTask(x=6, infra={"folder": tmp_path / "cache", **IMPOSSIBLE}).run()
 
 
 def test_array_larger_than_max_array_size_is_split(tmp_path: Path, slurm_cluster: tp.Any) -> None:
@@ -316,7 +364,12 @@ def test_queued_job_shown_running_and_kept(tmp_path: Path) -> None:
         result = cli("clean", root, "node", folder, "--yes")
         assert result.returncode == 0 and "kept" in result.stdout
         assert folder.is_dir() and registry.latest(folder) is not None
-        assert exca.ops.clean.garbage(root, []).removals == []
+        assert (
+            exca.ops.clean.garbage(
+                root, [NapOps(seconds=99, infra={"folder": root}).nap.node()]
+            ).removals
+            == []
+        )
     finally:
         _scancel(job.job_id)
     wait_until(lambda: not _queue_state(job.job_id), "the cancelled job leaves the queue")

@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -381,6 +382,10 @@ class RecordedLocalHandle(Handle):
 
 _LOGS_PART = "\n----------------------\nYou can check full logs"  # (submitit's report)
 _RAISED_MAX = 1000  # characters of an exception's text in a job's failure
+
+
+# sbatch's words when no controller answers (not a problem of the job's options)
+_CONTROLLER_DOWN = re.compile(r"Unable to contact slurm controller|Socket timed out", re.I)
 
 
 def job_raised(job_id: str, error: BaseException, log: tp.Any) -> str:
@@ -927,11 +932,15 @@ def submit_array(
             with contextlib.suppress(Exception):
                 job.cancel(check=False)
         # (sbatch's own words name the option, not where it came from)
+        hint = (
+            "Is the Slurm controller up? `sinfo` tells; nothing was submitted"
+            if _CONTROLLER_DOWN.search(str(error))
+            else "Check the infra's resources, slurm_* fields and slurm_additional_parameters"
+        )
         raise type(error)(
             f"{cluster} refused the job(s) of {units[0].node.uid}"
             + (f" and {len(units) - 1} more" if len(units) > 1 else "")
-            + f" ({execution.describe()}): {str(error).strip()}. Check the infra's "
-            "resources, slurm_* fields and slurm_additional_parameters"
+            + f" ({execution.describe()}): {str(error).strip()}. {hint}"
         ) from error
     except (TypeError, AttributeError, pickle.PicklingError) as error:
         if "pickle" not in str(error):

@@ -91,9 +91,17 @@ def _gpus(gres: str) -> int:
     return total
 
 
-@functools.cache
 def cluster() -> SlurmCluster:
-    """What this Slurm cluster offers (read once per process)."""
+    """What this Slurm cluster offers (read once per process, once a controller answered:
+    a failed read is not kept, the controller may answer the next check)."""
+    found = _read_cluster()
+    if not found.partitions:
+        _read_cluster.cache_clear()
+    return found
+
+
+@functools.cache
+def _read_cluster() -> SlurmCluster:
     partitions = {}
     for line in _run("scontrol", "show", "partition", "-o").splitlines():
         fields = _fields(line)
@@ -148,6 +156,16 @@ def cluster() -> SlurmCluster:
 
 def _expand_nodes(text: str) -> list[str]:
     return [n for n in text.split(",") if n and n != "(null)"]
+
+
+def unreadable() -> str | None:
+    """Why the cluster's facts cannot be read now (no controller answered), or None."""
+    if cluster().partitions:
+        return None
+    return (
+        "no Slurm controller answered `scontrol show partition` (is it up? `sinfo` tells): "
+        "the resources were not checked"
+    )
 
 
 def problems(

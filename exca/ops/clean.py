@@ -25,7 +25,7 @@ import orjson
 
 from ..graph import registry
 from ..graph.node import TASK_KEY, Node
-from ..infra.uidfolder import UID_FILE
+from ..infra.uidfolder import UID_FILE, read_yaml
 from ..storage import process
 from ..storage.cachedict import CacheDict, inspecting_view
 from ..storage.claims import CLAIMS_DIR, Claims
@@ -325,16 +325,23 @@ def computed_from(
 
 
 def remove_nodes(
-    nodes: tp.Sequence[Node | Path | str], downstream: bool = False, root: Path | str | None = None
+    nodes: Node | Path | str | tp.Sequence[Node | Path | str],
+    downstream: bool = False,
+    root: Path | str | None = None,
 ) -> CleanPlan:
-    """Remove node folders (a Node or a folder path), and on request every folder whose
-    result was computed from them."""
+    """Remove node folders (Nodes or folder paths: a node never computed has nothing to
+    remove), and on request every folder whose result was computed from them (in
+    ``root``, by default the cache root of the first one)."""
     plan = CleanPlan()
     folders = []
+    if isinstance(nodes, Node | Path | str):
+        nodes = [nodes]
     for item in nodes:
         folder = item.folder if isinstance(item, Node) else Path(item)
-        if folder is None or not folder.exists():
+        if folder is None or (isinstance(item, Node) and not folder.exists()):
             continue
+        if not folder.exists():
+            raise ValueError(f"{folder}: no such folder (give node folders, or Nodes)")
         if not is_node_folder(folder):  # (a method folder or a root holds many nodes,
             # whose claims are not checked one by one here)
             raise ValueError(
@@ -354,6 +361,9 @@ def remove_nodes(
             else None
         )
         if base is not None:
+            outside = [f for f in folders if base.resolve() not in f.resolve().parents]
+            if outside:  # (its downstream would be looked for in the wrong cache)
+                raise ValueError(f"{outside[0]} is not in the cache root {base}: give its root")
             whole, some_items = computed_from(base, folders)
             for folder in whole:
                 _add_folder(plan, folder, "computed from a removed node")
@@ -469,20 +479,21 @@ def _methods(root: Path) -> dict[str, list[Path]]:
 
 
 def selected_steps(root: Path, step: str | None) -> set[str] | None:
-    """The names of the step folders a ``--step`` filter selects (None: no filter)."""
+    """The names of the step folders a ``--step`` filter selects (None: no filter); one
+    selecting none is an error (a typo would free nothing, silently)."""
     if step is None:
         return None
-    methods = _selected_methods(step, _methods(root))
+    every = _methods(root)
+    methods = _selected_methods(step, every)
+    if not methods:
+        raise ValueError(_unmatched(every, step))
     return {
         f.name for m, folders in methods.items() for f in folders if _step_matches(step, f.name, m)
     }
 
 
-def unmatched_step(root: Path | str, step: str) -> str | None:
-    """Why a ``--step`` filter selects nothing in a root (None when it selects a step)."""
-    methods = _methods(cache_root(root))
-    if any(_step_matches(step, f.name, m) for m, folders in methods.items() for f in folders):
-        return None
+def _unmatched(methods: dict[str, list[Path]], step: str) -> str:
+    """Why a ``--step`` filter selecting nothing is refused: the steps there are."""
     steps = sorted(f.name for folders in methods.values() for f in folders)
     return f"--step {step!r} matches no step of the root: {', '.join(steps) or 'it holds none'}"
 
@@ -493,12 +504,20 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
     plan = CleanPlan()
     methods = _methods(root)
     if step is not None:
-        methods = _selected_methods(step, methods)
+        every, methods = methods, _selected_methods(step, methods)
+        if not methods:
+            raise ValueError(_unmatched(every, step))
     old_steps = {f for folders in methods.values() for f in _by_version(folders)[:-1]}
     logs_users: dict[Path, set[Path]] | None = None  # (read when an old version has logs)
     for folders in methods.values():
         folders = _by_version(folders)
         newest = folders[-1].name.rpartition(",")[2]
+        if folders[:-1] and _set_on_instances_only(folders[-1]):
+            # (a try with infra.version="debug" makes every numbered version old: said so)
+            newest += (
+                ", set by its configs, not by the class: if that was a try, remove it first: "
+                f"exca clean {root} node {folders[-1]}/*"
+            )
         for old in folders[:-1]:
             reason = f"old version (newest is {newest})"
             kept_before = len(plan.kept)
@@ -536,6 +555,24 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
 
 
 # --- orphans and leftovers -----------------------------------------------------------------------
+def _set_on_instances_only(step_folder: Path) -> bool:
+    """Whether every config of a ``<method>,<version>`` folder set that version itself
+    (their uid holds ``<infra field>.version``: the class default is left out of uids)."""
+    version = step_folder.name.rpartition(",")[2]
+    configs = [p / UID_FILE for p in step_folder.iterdir() if (p / UID_FILE).is_file()]
+    if not configs:
+        return False
+    for path in configs:
+        config = read_yaml(path) or {}
+        if not any(
+            (key.endswith(".version") and key.count(".") == 1 and str(value) == version)
+            or (isinstance(value, dict) and str(value.get("version")) == version)
+            for key, value in config.items()
+        ):
+            return False  # computed with the class's default version
+    return True
+
+
 def _by_version(folders: list[Path]) -> list[Path]:
     return sorted(folders, key=lambda p: _version_key(p.name.rpartition(",")[2]))
 
@@ -740,15 +777,29 @@ def _newest_write(folder: Path) -> float:
     return newest
 
 
-def garbage(root: Path | str, targets: tp.Sequence[Node]) -> CleanPlan:
+def garbage(root: Path | str, targets: Node | tp.Sequence[Node]) -> CleanPlan:
     """Node folders of a cache root that no given target reaches (their whole graph is
-    kept, upstream included)."""
+    kept, upstream included). Refused when no target's graph is in that root (targets of
+    another cache, or none: every node of the root would go)."""
     from ..graph.decisions import collect
 
-    keep = {n.folder.resolve() for n in collect(list(targets)).values() if n.folder is not None}
+    root = cache_root(root)
+    targets = [targets] if isinstance(targets, Node) else list(targets)
+    if not targets:
+        raise ValueError("garbage: give the target nodes to keep (none given: all would go)")
+    graph = collect(targets).values()
+    keep = {n.folder.resolve() for n in graph if n.folder is not None}
+    real_root = root.resolve()
+    if not any(real_root in folder.parents for folder in keep):
+        elsewhere = sorted({str(n.root) for n in graph if n.root is not None})[:3]
+        raise ValueError(
+            f"garbage: no target's graph is cached in {root} (theirs: "
+            f"{', '.join(elsewhere) or 'no folder set'}): every node of it would go; give "
+            "the root the targets use"
+        )
     keep_configs = {f.parent for f in keep if f.name.startswith(INPUTS_PREFIX)}
     plan = CleanPlan()
-    for _, uid, folder in node_folders(cache_root(root)):
+    for _, uid, folder in node_folders(root):
         resolved = folder.resolve()
         if resolved in keep or (resolved in keep_configs and "/" not in uid):
             continue
@@ -774,9 +825,9 @@ def compact(folder: Path | str, grace_seconds: float = 3600.0) -> tuple[int, int
     ``grace_seconds``: how long another host's writer must have been idle; on this host,
     a file is merged once its writer ended and it was idle for 2 minutes (or for
     ``grace_seconds`` if shorter)."""
-    folder = Path(folder)
-    if busy_reason(folder) is not None:
-        return 0, 0
+    folder = _cache_folder(folder)
+    if busy_reason(folder) is not None or len(_dead_index_files(folder, grace_seconds)) < 2:
+        return 0, 0  # (checked again below, under the folder's lock: none taken for nothing)
     claims = Claims(folder)
     with claims._folder_lock(claims_owner()):
         files = _dead_index_files(folder, grace_seconds)
@@ -860,11 +911,22 @@ def _former_places(folder: Path) -> set[str]:
 def compactable(folder: Path | str, grace_seconds: float = 3600.0) -> list[str]:
     """The index files ``compact(folder)`` would merge now (none when the folder is being
     computed, or when fewer than two writers are finished): a preview, nothing changes."""
-    folder = Path(folder)
+    folder = _cache_folder(folder)
     if busy_reason(folder) is not None:
         return []
     files = _dead_index_files(folder, grace_seconds)
     return sorted(e.name for e in files) if len(files) >= 2 else []
+
+
+def _cache_folder(folder: Path | str) -> Path:
+    """``folder`` if it is there (compaction writes into it: not into a typo's)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(
+            f"{folder}: no such folder (give a node folder, <root>/<module.Class.method,"
+            "version>/<uid>; `exca clean ROOT compact` merges every node folder of a root)"
+        )
+    return folder
 
 
 def _dead_index_files(folder: Path, grace_seconds: float) -> list[os.DirEntry[str]]:

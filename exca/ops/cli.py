@@ -193,11 +193,14 @@ def _resource_problems(plan: tp.Any) -> list[tuple[str, str]]:
     """Resources of every node going to Slurm that the cluster cannot give (cached nodes
     too: a check is asked before changing or forcing a config)."""
     from ..graph.executors import resolve_cluster
-    from ..graph.slurm_check import problems
+    from ..graph.slurm_check import problems, unreadable
 
     out: list[tuple[str, str]] = []
     for node in plan.graph.nodes.values():
         if resolve_cluster(node.execution.cluster) == "slurm":
+            reason = unreadable()  # (else "Resources fit": nothing was checked)
+            if reason is not None:
+                return [(node.uid, reason)]
             out.extend((node.uid, problem) for problem in problems(node.execution))
     return out
 
@@ -335,12 +338,18 @@ def _main(argv: list[str] | None) -> int:
         if args.step is not None:
             raise ValueError("clean node: --step does not apply (it removes the folders given)")
     if args.command == "list":
-        from .inspect import inspect, render
+        from .inspect import inspect, keys_no_config_has, render
 
         infos = inspect(args.root, step=args.step, where=args.where, status=args.status)
         text = render(infos)
-        if not infos and any(inspect(args.root)):
+        every = [] if infos else inspect(args.root)
+        if every:
             text = "No cached node matches --step/--where/--status."
+            unknown = keys_no_config_has(every, args.where)
+            if unknown:
+                text += (
+                    f" No config has a key {', '.join(map(repr, unknown))}: see `exca list ROOT`."
+                )
         elif not infos:
             text = (
                 f"No cached node found in {args.root}: it holds no "
@@ -358,11 +367,6 @@ def _main(argv: list[str] | None) -> int:
     elif args.command == "clean":
         from . import clean
 
-        if args.what != "node" and args.step is not None:
-            # (else "Nothing to remove": as if the step had nothing to free)
-            unmatched = clean.unmatched_step(args.root, args.step)
-            if unmatched:
-                raise ValueError(unmatched)
         if args.what == "compact":
             from .inspect import node_folders
 

@@ -26,6 +26,9 @@ from ..storage.index import INDEX_SUFFIX
 logger = logging.getLogger("exca")
 
 
+STATUSES = ("success", "error", "running", "computing", "partial", "empty")
+
+
 @dataclasses.dataclass
 class NodeInfo:
     """One node folder of a cache."""
@@ -198,6 +201,12 @@ def inspect(
     """Describe every node folder of a cache root (filters: step glob or substring,
     ``key=value`` conditions on the uid config, status)."""
     root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"{root}: no such folder (give a cache root: an infra's folder)")
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"status={status!r} is not a status: use one of {', '.join(STATUSES)}")
+    if isinstance(where, str):
+        where = [where]
     if root.name in ("", ".."):  # (".": the folder's own name tells what it is)
         root = root.resolve()
     conditions = [_parse_condition(c) for c in where]
@@ -233,6 +242,18 @@ def inspect(
             continue
         out.append(info)
     return out
+
+
+def keys_no_config_has(infos: list[NodeInfo], where: tp.Sequence[str]) -> list[str]:
+    """The keys of ``key=value`` conditions that no config of ``infos`` holds (a typo?)."""
+    keys = [_parse_condition(c)[0] for c in where]
+    return [
+        key
+        for key in keys
+        if not any(
+            k == key or k.endswith("." + key) for i in infos for k in (i.full_config or i.config)
+        )
+    ]
 
 
 def _parse_condition(text: str) -> tuple[str, str]:
