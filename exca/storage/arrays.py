@@ -110,44 +110,67 @@ class MemmapArray:
         }
 
     @classmethod
-    def __dump_many__(cls, ctx: DumpContext, values: list[tp.Any]) -> list[dict[str, tp.Any]]:
-        """The same as one ``__dump_info__`` per value, with less per-value overhead."""
+    def __dump_records__(
+        cls, ctx: DumpContext, pairs: list[tuple[str, tp.Any]], name: str
+    ) -> list[dict[str, tp.Any]]:
+        """The whole index records (``#key``, ``#type``, then the fields) of many entries:
+        the same as one ``__dump_info__`` per value, with less per-value overhead."""
         np = _NP or _numpy()
         shared = ctx._shared.get(".data") or ctx.shared_file(".data")
-        name = shared.name
+        file = shared.name
         append = shared.append_array
         ndarray = np.ndarray
-        out = []
+        out: list[dict[str, tp.Any]] = []
+        record = out.append
         pending = shared.pending
-        for value in values:
-            array = value
-            if type(array) is not ndarray or not array.flags.c_contiguous:
-                if type(value) is not ndarray:
-                    _refuse_non_array(value, "MemmapArray")  # (as one by one)
-                array = np.ascontiguousarray(value).reshape(np.shape(value))
-            dtype = array.dtype
-            dtype_str = _DTYPE_STR.get(dtype)
-            if dtype_str is None:
-                out.append(cls.__dump_info__(ctx, array))  # checks object dtypes
-                pending = shared.pending
-                continue
-            nbytes = array.nbytes
-            if (
-                pending is not None
-                and array.ndim
-                and not shared.size % ALIGNMENT
-                and shared.pending_bytes + nbytes <= BUFFER_FLUSH_BYTES
-            ):  # the common case of append_array, inlined: queue it, aligned already
-                offset = shared.size
-                pending.append(array)
-                shared.size += nbytes
-                shared.pending_bytes += nbytes
-            else:
-                offset = append(array, ALIGNMENT)
-                pending = shared.pending
-            shape = array.shape
-            shape = _SHAPES.get(shape) or _shared_shape(shape)
-            out.append({"f": name, "o": offset, "d": dtype_str, "s": shape})
+        # (the file's size and queued bytes as locals, written back after the loop, and
+        # around the calls that read or change them)
+        size, queued = shared.size, shared.pending_bytes
+        last_dtype = last_shape = shape = None  # (runs of one dtype and shape: no lookups)
+        dtype_str = ""
+        try:
+            for key, value in pairs:
+                array = value
+                if type(array) is not ndarray or not array.flags.c_contiguous:
+                    if type(value) is not ndarray:
+                        _refuse_non_array(value, "MemmapArray")  # (as one by one)
+                    array = np.ascontiguousarray(value).reshape(np.shape(value))
+                dtype = array.dtype
+                if dtype is not last_dtype:
+                    found = _DTYPE_STR.get(dtype)
+                    if found is None:
+                        shared.size, shared.pending_bytes = size, queued
+                        size = -1  # (written back: an error leaves the file's own numbers)
+                        fields = cls.__dump_info__(ctx, array)  # checks object dtypes
+                        record({"#key": key, "#type": name, **fields})
+                        pending, size, queued = shared.pending, shared.size, shared.pending_bytes
+                        continue
+                    last_dtype, dtype_str = dtype, found
+                nbytes = array.nbytes
+                if (
+                    pending is not None
+                    and array.ndim
+                    and not size % ALIGNMENT
+                    and queued + nbytes <= BUFFER_FLUSH_BYTES
+                ):  # the common case of append_array, inlined: queue it, aligned already
+                    offset = size
+                    pending.append(array)
+                    size += nbytes
+                    queued += nbytes
+                else:
+                    shared.size, shared.pending_bytes = size, queued
+                    size = -1
+                    offset = append(array, ALIGNMENT)
+                    pending, size, queued = shared.pending, shared.size, shared.pending_bytes
+                if array.shape != last_shape:
+                    last_shape = array.shape
+                    shape = _SHAPES.get(last_shape) or _shared_shape(last_shape)
+                record(
+                    {"#key": key, "#type": name, "f": file, "o": offset, "d": dtype_str, "s": shape}
+                )
+        finally:
+            if size >= 0:
+                shared.size, shared.pending_bytes = size, queued
         return out
 
     @classmethod

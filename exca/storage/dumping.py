@@ -294,13 +294,13 @@ class DumpContext:
         self, pairs: list[tuple[str, tp.Any]], cache_type: str | None
     ) -> list[dict[str, tp.Any]]:
         """Index records of many entries; runs of values of one format that can dump many
-        at once (``__dump_many__``) are dumped together."""
+        at once (``__dump_records__``: whole records) are dumped together."""
         out: list[dict[str, tp.Any]] = []
         start = 0
         while start < len(pairs):
             kind = type(pairs[start][1])
             name, handler, itself = self._dispatch(kind, cache_type)
-            many = None if itself else getattr(handler, "__dump_many__", None)
+            many = None if itself else getattr(handler, "__dump_records__", None)
             if many is None:
                 key, value = pairs[start]
                 out.append(self.dump_entry(key, value, cache_type))
@@ -309,9 +309,7 @@ class DumpContext:
             stop = start + 1
             while stop < len(pairs) and type(pairs[stop][1]) is kind:
                 stop += 1
-            run = pairs[start:stop]
-            for (key, _), fields in zip(run, many(self, [v for _, v in run])):
-                out.append({"#key": key, "#type": name, **fields})
+            out.extend(many(self, pairs[start:stop], name))  # (whole records)
             start = stop
         return out
 
