@@ -2016,7 +2016,7 @@ def test_compact_many_writer_sessions(tmp_path: Path) -> None:
     _many_writer_sessions(root, 50)
     folder = folder_of(Ranges(infra={"folder": root}))
     assert len(index_files(folder)) == 50
-    assert cli("clean", root, "compact", check=True).stdout.startswith("preview: 0 index")
+    assert cli("clean", root, "compact", check=True).stdout.startswith("Nothing to merge")
     age_index_files(folder)  # (merged once idle for 2 minutes)
     reader: CacheDict[tp.Any] = CacheDict(folder)  # a reader from before the compaction
     before = {key: reader[key] for key in reader}
@@ -2633,6 +2633,9 @@ def test_logs_of_a_local_task_from_a_fresh_process(tmp_path: Path) -> None:
     total = Total(infra={"folder": root, "cluster": "local"}).total.node(source)
     assert total.result() == 6 and total.folder is not None
     assert "total" in cli("logs", ".", cwd=total.folder, check=True).stdout  # (inputs-*)
+    # its config's folder: the jobs are those of its inputs-* folders, said so
+    result = cli("logs", total.folder.parent)
+    assert result.returncode == 1 and f"have their own: {total.folder}" in result.stdout
     assert "warning from seed=9" not in out
     err = cli("logs", folder, "--stderr", check=True).stdout
     assert "warning from seed=9" in err

@@ -23,8 +23,9 @@ def plan(*targets: Node) -> Plan:
 
 
 def run(*targets: Node, wait: bool = True, progress: bool | None = None) -> Scheduler:
-    """Compute what the targets need; with ``wait=False``, submit every missing node at
-    once (Slurm dependencies between levels) and return without waiting."""
+    """Compute what the targets need; with ``wait=False``, submit every missing Slurm node
+    at once (Slurm dependencies between levels) and return without waiting for them (work
+    not on Slurm, inline, in pools or local jobs, is done before returning)."""
     if not isinstance(wait, bool):  # (wait="no" is true: it waited)
         raise TypeError(f"run(wait={wait!r}): give True or False")
     scheduler = Scheduler(list(targets), progress=progress)

@@ -384,6 +384,8 @@ def _main(argv: list[str] | None) -> int:
             lines.append(
                 f"preview: {total} index file(s) of finished writers would be merged "
                 f"({len(previews)} folder(s)); run with --yes"
+                if total
+                else "Nothing to merge (no folder holds 2 index files of finished writers)."
             )
             _print(
                 [{"folder": f, "index_files": names} for f, names in previews.items()],
@@ -408,6 +410,7 @@ def _main(argv: list[str] | None) -> int:
             _print(removal.to_dict(), args.json, f"{removal}{hint}")
     elif args.command == "logs":
         from .clean import is_node_folder
+        from .inspect import input_folders
         from .logs import logs
 
         if not is_node_folder(Path(args.folder).resolve()):  # (".": its name tells)
@@ -420,6 +423,9 @@ def _main(argv: list[str] | None) -> int:
             message = f"No job recorded in {args.folder}" + (
                 f" for item {args.item!r}" if args.item else ""
             )
+            inputs = sorted(input_folders(Path(args.folder)))
+            if inputs:  # (a method with inputs: its calls are nodes of their own)
+                message += f"; its calls with inputs have their own: {', '.join(map(str, inputs))}"
             _print({"error": message}, args.json, message)
             return 1
         job = found[-1]
