@@ -245,9 +245,11 @@ def age_index_files(folder: Path, seconds: float = 300.0) -> None:
 
 
 def unrelated(root: Path) -> list[exca.graph.Node]:
-    """A target in ``root`` that reaches none of its folders (never computed): garbage
-    collection against it keeps nothing there."""
-    return [Source(n=999_999, infra={"folder": root}).make.node()]
+    """A target computed in ``root`` that reaches none of its other folders: garbage
+    collection against it keeps nothing else there."""
+    node = Pair(a=-1, b=-1, infra={"folder": root}).make.node()
+    assert node.result() == [-1, -1]
+    return [node]
 
 
 def folder_of(obj: tp.Any) -> Path:
@@ -576,6 +578,22 @@ def test_a_symlinked_step_folder_is_listed_once(tmp_path: Path) -> None:
     step = folder_of(Train(seed=2, infra={"folder": root})).parent
     (root / "alias,1").symlink_to(step)
     assert len(exca.ops.inspect(root)) == 1
+
+
+def test_clean_node_downstream_through_a_step_folder_on_another_disk(tmp_path: Path) -> None:
+    """A step folder may be a symlink to another disk: its nodes are in the root."""
+    root, elsewhere = tmp_path / "cache", tmp_path / "other-disk"
+    source = Source(n=4, infra={"folder": root}).make.node()
+    assert source.folder is not None
+    elsewhere.mkdir()
+    moved = elsewhere / source.folder.parent.name
+    root.mkdir()
+    moved.mkdir()
+    (root / moved.name).symlink_to(moved)  # (made before computing: the layout of a user)
+    down = Total(infra={"folder": root}).total.node(source)
+    assert down.result() == 12 and source.folder.resolve().parent == moved
+    plan = clean.remove_nodes(source, downstream=True, root=root)
+    assert {r.path for r in plan.removals} == {source.folder, down.folder}
 
 
 def test_where_with_a_float_in_exponent_notation(tmp_path: Path) -> None:
@@ -1096,7 +1114,7 @@ def test_clean_previews_remove_nothing(tmp_path: Path) -> None:
         clean.old_versions(root),
         clean.orphans(root, min_age_hours=0),
         clean.logs(root, older_than_days=0),
-        clean.garbage(root, unrelated(root)),
+        clean.garbage(root, [source]),
     ]
     assert all(plan.removals for plan in plans)
     assert tree_hash(root) == before
@@ -1202,10 +1220,21 @@ def test_clean_versions_says_when_the_newest_was_set_by_configs(tmp_path: Path) 
     assert "newest is debug, set by its configs, not by the class: if that was a try" in (
         removal.reason
     )
-    assert f"exca clean {root} node {root}/{__name__}.Train.fit,debug/*" in removal.reason
+    assert f"(`exca list {root} --step '{__name__}.Train.fit,debug'`, then `exca clean {root} " in (
+        removal.reason
+    )
+    # --step as `exca list` prints a step: that version only (not every version)
+    assert clean.selected_steps(root, f"{__name__}.Train.fit,1") == {f"{__name__}.Train.fit,1"}
+    # the try's configs removed (its job logs left): the class's version is the newest
+    debug = root / f"{__name__}.Train.fit,debug"
+    (config,) = [p for p in debug.iterdir() if (p / "uid.yaml").exists()]
+    clean.remove_nodes(config).execute()
+    (debug / "logs" / "root").mkdir(parents=True)
+    (debug / "logs" / "root" / "1234_0_log.out").write_text("a job's log")
+    assert [r.path for r in clean.old_versions(root).removals] == [debug / "logs"]
     # a version holding a config that left it to the class: no such note
     class_set = folder_of(Train(seed=1, infra={"folder": root}))
-    shutil.copytree(class_set, root / f"{__name__}.Train.fit,debug" / class_set.name)
+    shutil.copytree(class_set, debug / class_set.name)
     (removal,) = clean.old_versions(root).removals
     assert "newest is debug)" in removal.reason
 
@@ -1222,10 +1251,13 @@ def test_clean_refuses_slips_that_would_remove_the_wrong_things(tmp_path: Path) 
         assert down.result() == 12
     before = tree_hash(tmp_path)
     targets_of_b = [Total(infra={"folder": roots[1]}).total.node(source)]
-    with pytest.raises(ValueError, match=r"no target's graph is cached in .*/a \(theirs: .*/b\)"):
+    with pytest.raises(ValueError, match=r"none of the targets' nodes is cached in .*/a \(their"):
         clean.garbage(roots[0], targets_of_b)
     with pytest.raises(ValueError, match="give the target nodes to keep"):
         clean.garbage(roots[0], [])
+    typo = Total(scale=3, infra={"folder": roots[0]}).total.node([1])  # (never computed)
+    with pytest.raises(ValueError, match=r"they are not computed \(a config typo\?\)"):
+        clean.garbage(roots[0], [typo])
     assert clean.garbage(roots[1], targets_of_b[0]).removals == []  # (one Node: fine)
     assert source.folder is not None
     with pytest.raises(ValueError, match=r"is not in the cache root .*/a: give its root"):
@@ -1238,9 +1270,10 @@ def test_clean_refuses_slips_that_would_remove_the_wrong_things(tmp_path: Path) 
     with pytest.raises(ValueError, match="no such folder"):
         clean.remove_nodes([tmp_path / "b" / "typo"])
     # compact writes into node folders only
-    for func in (clean.compact, clean.compactable):
-        with pytest.raises(ValueError, match="typo: no such folder"):
-            func(tmp_path / "typo")
+    with pytest.raises(ValueError, match="typo: no such folder"):
+        clean.compact(tmp_path / "typo")
+    with pytest.raises(ValueError, match="typo: no such folder"):
+        clean.compactable(tmp_path / "typo")
     assert clean.compact(source.folder.parent) == (0, 0)  # (a step folder: no claims/ made)
     with pytest.raises(ValueError, match=r"--step 'Trian' matches no step of the root: "):
         clean.old_versions(roots[0], step="Trian")
@@ -1256,7 +1289,7 @@ def test_clean_refuses_slips_that_would_remove_the_wrong_things(tmp_path: Path) 
     listed = cli("list", roots[0], "--where", "sclae=2", check=True).stdout
     assert "No config has a key 'sclae'" in listed
     with pytest.raises(TypeError, match=r"run\(wait='no'\): give True or False"):
-        exca.graph.run(down, wait="no")  # type: ignore[arg-type]
+        exca.graph.run(down, wait="no")
 
 
 def test_clean_node_refuses_what_is_not_a_node_folder(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ import yaml
 import exca
 import exca.graph
 import exca.ops
-from exca.graph import registry
+from exca.graph import registry, slurm_check
 from exca.graph.slurm_check import ResourceError
 
 pytestmark = pytest.mark.slurm
@@ -267,6 +267,21 @@ def _no_controller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLURM_CONF", str(conf))
 
 
+def _wrap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, before: str = "") -> None:
+    """The real ``command``, first on PATH, run with this test's SLURM_CONF (after the
+    shell line ``before``)."""
+    real = shutil.which(command)
+    assert real is not None
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    wrapper = bin_dir / command
+    conf = os.environ["SLURM_CONF"]
+    wrapper.write_text(f'#!/bin/sh\n{before}\nSLURM_CONF={conf} exec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    if not os.environ["PATH"].startswith(f"{bin_dir}{os.pathsep}"):
+        monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
 def test_check_says_when_no_controller_answers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -277,30 +292,41 @@ def test_check_says_when_no_controller_answers(
     cfg.write_text(yaml.safe_dump({"infra": {"folder": str(tmp_path / "cache"), **IMPOSSIBLE}}))
     result = cli("check", f"{__name__}:ImpossibleOpsTask.run", "--config", cfg)
     assert result.returncode == 1, result
-    assert "no Slurm controller answered" in result.stdout
+    assert result.stdout.startswith("no Slurm controller answered")  # (no node's problem)
     assert "the resources were not checked" in result.stdout
     assert "fit" not in result.stdout
+    rows = json.loads(
+        cli("check", f"{__name__}:ImpossibleOpsTask.run", "--config", cfg, "--json").stdout
+    )
+    assert [r["uid"] for r in rows] == [None]
+    # a plan of nodes of several resource sets asks the controller once (each unanswered
+    # question may take seconds), not once per node and command
+    calls = tmp_path / "calls"
+    _wrap(tmp_path, monkeypatch, "scontrol", f"echo $1 >> {calls}")
+    nodes = [
+        ImpossibleOpsTask(x=x, infra={"folder": tmp_path, "cluster": "slurm", "cpus_per_task": x})
+        for x in (1, 2, 3)
+    ]
+    monkeypatch.setattr(slurm_check, "_unanswered", [])  # (what this process read before:
+    slurm_check._read_cluster.cache_clear()  # forgotten, as in a new process)
+    exca.graph.plan(*(n.run.node() for n in nodes))
+    exca.graph.plan(*(n.run.node() for n in nodes))
+    assert calls.read_text().split() == ["show"]
 
 
 def test_sbatch_without_controller_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """sbatch failing to reach the controller was blamed on the job's resources."""
     _no_controller(tmp_path, monkeypatch)
     # (submitit submits without the SLURM_* variables: the real sbatch, given them here)
-    real = shutil.which("sbatch")
-    assert real is not None
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    wrapper = bin_dir / "sbatch"
-    wrapper.write_text(f'#!/bin/sh\nSLURM_CONF={os.environ["SLURM_CONF"]} exec {real} "$@"\n')
-    wrapper.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    _wrap(tmp_path, monkeypatch, "sbatch")
     task = ImpossibleOpsTask(x=5, infra={"folder": tmp_path / "cache", "cluster": "slurm"})
     with pytest.raises(Exception, match="Unable to contact slurm controller") as info:
         task.run()
     assert "Is the Slurm controller up? `sinfo` tells; nothing was submitted" in str(info.value)
     assert "slurm_additional_parameters" not in str(info.value)
-    # the controller back: this process checks resources again (no answer was not kept)
+    # the controller back, a minute later: this process checks resources again
     monkeypatch.undo()
+    monkeypatch.setattr(slurm_check, "UNANSWERED_KEPT_S", 0.0)
     with pytest.raises(ResourceError, match="nothing was submitted"):
         ImpossibleOpsTask(x=6, infra={"folder": tmp_path / "cache", **IMPOSSIBLE}).run()
 
@@ -347,6 +373,7 @@ def test_queued_job_shown_running_and_kept(tmp_path: Path) -> None:
         marker="held",
         infra={"folder": root, "cluster": "slurm", "slurm_additional_parameters": HOLD},
     )
+    other = NapOps(seconds=0, marker="other", infra={"folder": root}).nap.node()
     job = task.infra.job()
     try:
         assert wait_until(lambda: _queue_state(job.job_id), "squeue lists the job") == "PENDING"
@@ -364,16 +391,12 @@ def test_queued_job_shown_running_and_kept(tmp_path: Path) -> None:
         result = cli("clean", root, "node", folder, "--yes")
         assert result.returncode == 0 and "kept" in result.stdout
         assert folder.is_dir() and registry.latest(folder) is not None
-        assert (
-            exca.ops.clean.garbage(
-                root, [NapOps(seconds=99, infra={"folder": root}).nap.node()]
-            ).removals
-            == []
-        )
+        other.result()  # (computed here: garbage collection against it keeps only it)
+        assert exca.ops.clean.garbage(root, [other]).removals == []
     finally:
         _scancel(job.job_id)
     wait_until(lambda: not _queue_state(job.job_id), "the cancelled job leaves the queue")
-    (info,) = exca.ops.inspect(root)
+    (info,) = exca.ops.inspect(root, where=["marker=held"])
     assert info.job_state == "ended" and info.status != "running"
 
 

@@ -385,7 +385,8 @@ _RAISED_MAX = 1000  # characters of an exception's text in a job's failure
 
 
 # sbatch's words when no controller answers (not a problem of the job's options)
-_CONTROLLER_DOWN = re.compile(r"Unable to contact slurm controller|Socket timed out", re.I)
+# (not "Socket timed out": sbatch may have queued the job then)
+_CONTROLLER_DOWN = re.compile(r"Unable to contact slurm controller", re.I)
 
 
 def job_raised(job_id: str, error: BaseException, log: tp.Any) -> str:

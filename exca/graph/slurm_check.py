@@ -13,6 +13,7 @@ import functools
 import getpass
 import re
 import subprocess
+import time
 import typing as tp
 
 from .node import Execution
@@ -91,19 +92,33 @@ def _gpus(gres: str) -> int:
     return total
 
 
+# a read no controller answered is kept this long (each costs up to TIMEOUT per command;
+# a plan checks every node): then read again, the controller may be back
+UNANSWERED_KEPT_S = 60.0
+_unanswered: list[tuple[float, SlurmCluster]] = []
+
+
 def cluster() -> SlurmCluster:
-    """What this Slurm cluster offers (read once per process, once a controller answered:
-    a failed read is not kept, the controller may answer the next check)."""
+    """What this Slurm cluster offers: read once per process once a controller answered
+    (a read none answered is kept for a minute only)."""
+    if _unanswered and time.monotonic() - _unanswered[0][0] < UNANSWERED_KEPT_S:
+        return _unanswered[0][1]
     found = _read_cluster()
     if not found.partitions:
         _read_cluster.cache_clear()
+        _unanswered[:] = [(time.monotonic(), found)]
+    else:
+        _unanswered.clear()
     return found
 
 
 @functools.cache
 def _read_cluster() -> SlurmCluster:
     partitions = {}
-    for line in _run("scontrol", "show", "partition", "-o").splitlines():
+    listing = _run("scontrol", "show", "partition", "-o")
+    if not listing:  # (no controller: the other commands would wait as long for nothing)
+        return SlurmCluster({}, {}, 1001, None, None)
+    for line in listing.splitlines():
         fields = _fields(line)
         name = fields.get("PartitionName")
         if not name:

@@ -361,7 +361,8 @@ def remove_nodes(
             else None
         )
         if base is not None:
-            outside = [f for f in folders if base.resolve() not in f.resolve().parents]
+            real = base.resolve()
+            outside = [f for f in folders if registry.root_of(f.absolute()).resolve() != real]
             if outside:  # (its downstream would be looked for in the wrong cache)
                 raise ValueError(f"{outside[0]} is not in the cache root {base}: give its root")
             whole, some_items = computed_from(base, folders)
@@ -479,17 +480,18 @@ def _methods(root: Path) -> dict[str, list[Path]]:
 
 
 def selected_steps(root: Path, step: str | None) -> set[str] | None:
-    """The names of the step folders a ``--step`` filter selects (None: no filter); one
-    selecting none is an error (a typo would free nothing, silently)."""
+    """The names of the step folders a ``--step`` filter (a glob or a substring of
+    ``<module>.<Class>.<method>,<version>``) selects (None: no filter); one selecting none
+    is an error (a typo would free nothing, silently)."""
     if step is None:
         return None
     every = _methods(root)
-    methods = _selected_methods(step, every)
-    if not methods:
+    # (as `exca list --step`: a step copied from its output is that version only)
+    names = {f.name for folders in every.values() for f in folders}
+    selected = {name for name in names if fnmatch.fnmatch(name, step) or step in name}
+    if not selected:
         raise ValueError(_unmatched(every, step))
-    return {
-        f.name for m, folders in methods.items() for f in folders if _step_matches(step, f.name, m)
-    }
+    return selected
 
 
 def _unmatched(methods: dict[str, list[Path]], step: str) -> str:
@@ -507,16 +509,17 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
         every, methods = methods, _selected_methods(step, methods)
         if not methods:
             raise ValueError(_unmatched(every, step))
-    old_steps = {f for folders in methods.values() for f in _by_version(folders)[:-1]}
+    methods = {m: _newest_last(folders) for m, folders in methods.items()}
+    old_steps = {f for folders in methods.values() for f in folders[:-1]}
     logs_users: dict[Path, set[Path]] | None = None  # (read when an old version has logs)
     for folders in methods.values():
-        folders = _by_version(folders)
         newest = folders[-1].name.rpartition(",")[2]
         if folders[:-1] and _set_on_instances_only(folders[-1]):
             # (a try with infra.version="debug" makes every numbered version old: said so)
             newest += (
-                ", set by its configs, not by the class: if that was a try, remove it first: "
-                f"exca clean {root} node {folders[-1]}/*"
+                ", set by its configs, not by the class: if that was a try, remove its "
+                f"configs first (`exca list {root} --step '{folders[-1].name}'`, then "
+                f"`exca clean {root} node FOLDER...`)"
             )
         for old in folders[:-1]:
             reason = f"old version (newest is {newest})"
@@ -559,7 +562,10 @@ def _set_on_instances_only(step_folder: Path) -> bool:
     """Whether every config of a ``<method>,<version>`` folder set that version itself
     (their uid holds ``<infra field>.version``: the class default is left out of uids)."""
     version = step_folder.name.rpartition(",")[2]
-    configs = [p / UID_FILE for p in step_folder.iterdir() if (p / UID_FILE).is_file()]
+    try:  # (a shared cache: what this user cannot read tells nothing)
+        configs = [p / UID_FILE for p in step_folder.iterdir() if (p / UID_FILE).is_file()]
+    except OSError:
+        return False
     if not configs:
         return False
     for path in configs:
@@ -571,6 +577,17 @@ def _set_on_instances_only(step_folder: Path) -> bool:
         ):
             return False  # computed with the class's default version
     return True
+
+
+def _newest_last(folders: list[Path]) -> list[Path]:
+    """Step folders by version, the newest last: the highest version still holding
+    configs (one left with logs or code only, its configs removed, is not the newest)."""
+    folders = _by_version(folders)
+    holding = [f for f in folders if _holds_node_folders(f)]
+    if holding and holding[-1] is not folders[-1]:
+        folders.remove(holding[-1])
+        folders.append(holding[-1])
+    return folders
 
 
 def _by_version(folders: list[Path]) -> list[Path]:
@@ -790,12 +807,17 @@ def garbage(root: Path | str, targets: Node | tp.Sequence[Node]) -> CleanPlan:
     graph = collect(targets).values()
     keep = {n.folder.resolve() for n in graph if n.folder is not None}
     real_root = root.resolve()
-    if not any(real_root in folder.parents for folder in keep):
-        elsewhere = sorted({str(n.root) for n in graph if n.root is not None})[:3]
+    here = [n for n in graph if n.root is not None and n.root.resolve() == real_root]
+    if not any(n.folder is not None and n.folder.exists() for n in here):
+        roots = sorted({str(n.root) for n in graph if n.root is not None})[:3]
+        where = (
+            "they are not computed (a config typo?)"
+            if here
+            else f"their cache: {', '.join(roots) or 'no folder set'}"
+        )
         raise ValueError(
-            f"garbage: no target's graph is cached in {root} (theirs: "
-            f"{', '.join(elsewhere) or 'no folder set'}): every node of it would go; give "
-            "the root the targets use"
+            f"garbage: none of the targets' nodes is cached in {root} ({where}): every "
+            "node of it would go; give targets computed there"
         )
     keep_configs = {f.parent for f in keep if f.name.startswith(INPUTS_PREFIX)}
     plan = CleanPlan()

@@ -200,7 +200,7 @@ def _resource_problems(plan: tp.Any) -> list[tuple[str, str]]:
         if resolve_cluster(node.execution.cluster) == "slurm":
             reason = unreadable()  # (else "Resources fit": nothing was checked)
             if reason is not None:
-                return [(node.uid, reason)]
+                return [("", reason)]  # (not a problem of one node)
             out.extend((node.uid, problem) for problem in problems(node.execution))
     return out
 
@@ -255,8 +255,12 @@ def _read_only_command(args: argparse.Namespace) -> int:
         _print([e.to_dict() for e in explanations], args.json, render_explanations(explanations))
     else:
         problems = _resource_problems(plan)
-        text = "\n".join(f"{uid}: {p}" for uid, p in problems) or "Resources fit the cluster."
-        _print([{"uid": u, "problem": p} for u, p in problems], args.json, text)
+        text = "\n".join(f"{uid}: {p}" if uid else p for uid, p in problems)
+        _print(
+            [{"uid": u or None, "problem": p} for u, p in problems],
+            args.json,
+            text or "Resources fit the cluster.",
+        )
         return 1 if problems else 0
     return 0
 
@@ -374,7 +378,8 @@ def _main(argv: list[str] | None) -> int:
             steps = clean.selected_steps(root, args.step)
             folders = [f for s, _, f in node_folders(root) if steps is None or s in steps]
             if args.yes:
-                merged = sum(clean.compact(f)[0] for f in folders)
+                # (a folder removed since it was listed: nothing to merge there)
+                merged = sum(clean.compact(f)[0] for f in folders if f.is_dir())
                 _print({"merged": merged}, args.json, f"merged {merged} index file(s)")
                 return 0
             previews = {str(f): clean.compactable(f) for f in folders}
@@ -385,7 +390,8 @@ def _main(argv: list[str] | None) -> int:
                 f"preview: {total} index file(s) of finished writers would be merged "
                 f"({len(previews)} folder(s)); run with --yes"
                 if total
-                else "Nothing to merge (no folder holds 2 index files of finished writers)."
+                else "Nothing to merge (no folder holds 2 index files of finished writers "
+                "idle for 2 minutes, or it is being computed)."
             )
             _print(
                 [{"folder": f, "index_files": names} for f, names in previews.items()],
