@@ -1033,6 +1033,26 @@ def test_deleting_every_entry_of_an_ended_writer_frees_its_files(tmp_path: Path)
     assert stale.keys() == []
 
 
+def test_freeing_a_writers_files_leaves_a_key_named_after_it_alone(tmp_path: Path) -> None:
+    """A writer's shared files were found by its name as a prefix: the own file of a key
+    starting with that name (any string is a key) was removed with them."""
+    folder = tmp_path / "cache"
+    _write_elsewhere(folder, "with cache.write():\n    cache['a'] = 'x' * 2000")
+    [written] = index_files(folder)
+    writer = written.name[: -len("-info.jsonl")]
+    keys = [writer, writer + ".data", writer + "-data.txt"]
+    cache: CacheDict[tp.Any] = CacheDict(folder, cache_type="Pickle")
+    with cache.write():
+        for key in keys:
+            cache[key] = {"key": key}
+    assert len(data_files(folder)) == 4  # the writer's -data.txt, the keys' own files
+    del cache["a"]  # (the ended writer holds no entry now: its files are freed)
+    assert not written.exists()
+    assert not any(n == writer + "-data.txt" for n in data_files(folder))  # its shared file
+    fresh: CacheDict[tp.Any] = CacheDict(folder)
+    assert {key: fresh[key] for key in keys} == {key: {"key": key} for key in keys}
+
+
 def test_files_written_to_recently_are_kept(tmp_path: Path) -> None:
     """A writer whose process is not seen may still run (a pid this process cannot see):
     its files are freed only once idle for 2 minutes."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import typing as tp
 from pathlib import Path
@@ -153,13 +154,21 @@ def _unread_index_files(folder: Path, reader: IndexReader) -> bool:
         )
 
 
+# what follows the key's stem in the name of a key's own file (dumping.key_path): its
+# digest, then the writer's tail and a count; never in a shared file's suffix
+_KEY_FILE_PART = re.compile(r"-[0-9a-f]{8}-[0-9a-f]{7,}")
+
+
 def _remove_shared_data(data: Path, sessions: tuple[str, ...]) -> None:
+    """Remove the shared files (``<session><suffix>``) of freed sessions; a key's own file
+    whose key starts with such a session's name (any string is a key) is left alone."""
     try:
         listing = list(os.scandir(data))
     except OSError:
         return
     for entry in listing:
-        if entry.name.startswith(sessions):
+        session = next((s for s in sessions if entry.name.startswith(s)), None)
+        if session is not None and not _KEY_FILE_PART.search(entry.name, len(session)):
             try:
                 os.remove(entry.path)
             except FileNotFoundError:
