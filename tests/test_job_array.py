@@ -90,6 +90,11 @@ def test_configs_of_sibling_classes_share_an_array(tmp_path: Path, ctl: Path) ->
     refused = pytest.raises(TypeError, match="got dict: append Square")
     with refused, array_base.infra.job_array() as array:
         array.append({"x": 4})
+    # a class of the same name defined again (a notebook cell run again): said so
+    again = pydantic.create_model("Square", x=(int, 0), __module__=Square.__module__)
+    refused = pytest.raises(TypeError, match=r"got Square \(a class Square defined again, e\.g\.")
+    with refused, array_base.infra.job_array() as array:
+        array.append(again(x=5))
 
 
 @pytest.mark.parametrize("cluster", [None, "local"])

@@ -1908,3 +1908,27 @@ def test_ctrl_c_while_a_map_claims_its_items_leaves_no_claim(
         check=True,
     )
     assert out.stdout.strip() == "[10, 20, 30]"
+
+
+def test_many_item_errors_are_logged_in_a_few_lines(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One warning per failed item flooded a notebook's cell (20 lines for 20 items): the
+    first ones are logged one by one, the others counted in one line."""
+    fail_dir = tmp_path / "fail"
+    fail_dir.mkdir()
+    items = list(range(20))
+    for item in items[1::2]:  # (every other one: not mistaken for a failed setup)
+        (fail_dir / str(item)).touch()
+    mapper = make(tmp_path, None, fail_dir=str(fail_dir))
+    with caplog.at_level(logging.WARNING, logger="exca"), pytest.raises(ValueError):
+        list(mapper.process(items))
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(" of ")[0] for line in lines] == [
+        "Item '1'",
+        "Item '3'",
+        "Item '5'",
+        "... and 7 more item(s)",
+    ]
+    assert "failed; their errors are cached too" in lines[-1]
+    assert len(list(mapper.process(items[::2]))) == 10  # (the others computed and cached)

@@ -2039,3 +2039,27 @@ def test_ctrl_c_cancels_the_jobs_of_the_run(env: Env, target: str) -> None:
     block.unlink()
     assert slow.result() == "slow(quick(None,None),None)"
     assert started(env.log) == ["quick", "slow", "slow"]
+
+
+class _Printer:
+    """IPython's pretty printer, as far as a display hook uses it."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def text(self, text: str) -> None:
+        self.texts.append(text)
+
+
+def test_plans_and_runs_show_themselves_in_a_notebook(env: Env) -> None:
+    """A notebook cell ending with a plan or a run showed `<...Plan at 0x7f...>`."""
+    a = env.step("a").run.node()
+    b = env.step("b").run.node(a)
+    plan = exca.graph.plan(b)
+    printer = _Printer()
+    plan._repr_pretty_(printer, False)
+    assert printer.texts == [str(plan)] and "missing" in printer.texts[0]
+    assert repr(exca.graph.run(b)) == "<exca run of 2 node(s): 2 done>"
+    removal = exca.ops.clean.remove_nodes(b)
+    removal._repr_pretty_(printer, False)
+    assert printer.texts[-1] == str(removal) and "1 item(s) to remove" in printer.texts[-1]

@@ -286,6 +286,10 @@ class Plan:
         with gcpause.paused():  # a table of 10k rows: many small strings, no cycles
             return self._table()
 
+    def _repr_pretty_(self, printer: tp.Any, cycle: bool) -> None:
+        """The table, for a notebook cell ending with a plan (IPython's display hook)."""
+        printer.text(str(self))
+
     def _table(self) -> str:
         counts = ", ".join(
             f"{n} {s}"

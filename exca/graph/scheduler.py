@@ -98,6 +98,13 @@ class Scheduler:
     def decide(self) -> dict[Key, NodeRun]:
         return self.graph.decide()
 
+    def __repr__(self) -> str:  # (a notebook cell ending with run(...) shows it)
+        states: dict[str, int] = {}
+        for run in self.runs.values():
+            states[run.state] = states.get(run.state, 0) + 1
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+        return f"<exca run of {len(self.graph.nodes)} node(s): {counts or 'not decided'}>"
+
     def start(self, detached: bool = False) -> list[NodeRun]:
         """Decide, settle what needs no work, prepare the folders of what does
         (``detached``: for a run that submits everything and returns)."""

@@ -649,10 +649,18 @@ def _compute_items(
             cache.delete_many(uids)
         position = 0
         failures = _Failures()
-        while position < len(uids):
-            position = _compute_from(
-                node, cache, uids, by_uid, position, report, progress, failures, forced_by
-            )
+        try:
+            while position < len(uids):
+                position = _compute_from(
+                    node, cache, uids, by_uid, position, report, progress, failures, forced_by
+                )
+        finally:
+            if failures.unlogged:  # (one line per failed item: a flood for many)
+                logger.warning(
+                    "... and %d more item(s) of %s failed; their errors are cached too",
+                    failures.unlogged,
+                    node.label or node.uid,
+                )
 
 
 class _Unwritten(threading.local):
@@ -666,6 +674,7 @@ class _Unwritten(threading.local):
 _UNWRITTEN = _Unwritten()
 
 SETUP_ERROR_REPEATS = 3  # the same error on this many items in a row, and no output ever
+ITEM_ERRORS_LOGGED = 3  # item errors logged one by one per unit; the others counted
 
 
 @dataclasses.dataclass
@@ -677,6 +686,8 @@ class _Failures:
     last: tuple[str, str] | None = None  # (type, message) of the last item error
     repeats: int = 0  # how many items in a row got it
     alone_ok: bool = False  # an item computed alone after its batch raised (logged once)
+    logged: int = 0  # item errors logged one by one (the first ITEM_ERRORS_LOGGED)
+    unlogged: int = 0  # ... and the others, counted in one line at the end of the unit
 
 
 def _compute_from(
@@ -774,13 +785,17 @@ def _compute_from(
         failures.last = signature
         cache.put(uid, CachedError.from_exception(error), meta=meta)
         report.errors += 1
-        logger.warning(
-            "Item %r of %s failed (%s: %s); the error is cached, other items go on",
-            uid,
-            node.label or node.uid,
-            type(error).__name__,
-            error,
-        )
+        if failures.logged < ITEM_ERRORS_LOGGED:
+            failures.logged += 1
+            logger.warning(
+                "Item %r of %s failed (%s: %s); the error is cached, other items go on",
+                uid,
+                node.label or node.uid,
+                type(error).__name__,
+                error,
+            )
+        else:
+            failures.unlogged += 1
         left = len(uids) - position - 1
         if failures.repeats >= SETUP_ERROR_REPEATS and left and _never_computed(cache, report):
             _setup_failed(node, left, error)

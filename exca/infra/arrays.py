@@ -35,9 +35,20 @@ def submit_array(
     infras: dict[str, TaskInfra] = {}
     for task in tasks:
         if not isinstance(task, owner_cls):
+            kind = type(task)
+            redefined = (kind.__qualname__, kind.__module__) == (
+                owner_cls.__qualname__,
+                owner_cls.__module__,
+            )
+            hint = (
+                f" (a class {kind.__name__} defined again, e.g. a notebook cell run again "
+                "after the array's config was made: make that config again too)"
+                if redefined
+                else ""
+            )
             raise TypeError(
                 f"The job array of {owner_cls.__name__}.{method.name} holds configs of that "
-                f"class (or subclasses), got {type(task).__name__}: append "
+                f"class (or subclasses), got {kind.__name__}{hint}: append "
                 f"{owner_cls.__name__}(...) objects (e.g. infra.clone_obj({{...}}))"
             )
         infra = tp.cast("TaskInfra", method.infra_of(task))

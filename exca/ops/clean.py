@@ -74,6 +74,10 @@ class CleanPlan:
     def size(self) -> int:
         return sum(r.size for r in self.removals)
 
+    def _repr_pretty_(self, printer: tp.Any, cycle: bool) -> None:
+        """The preview, for a notebook cell ending with a plan (IPython's display hook)."""
+        printer.text(str(self))
+
     def __str__(self) -> str:
         lines = [f"{len(self.removals)} item(s) to remove, {human_size(self.size)}:"]
         lines += [f"  - {human_size(r.size):>9s}  {r.path}  ({r.reason})" for r in self.removals]
