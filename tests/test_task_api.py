@@ -1781,3 +1781,55 @@ def test_a_result_whose_class_was_renamed_says_so(tmp_path: Path) -> None:
     out = run("Scores")  # (the class renamed: the cached result cannot be unpickled)
     assert out.startswith("AttributeError Can't get attribute 'Metrics'")
     assert "holds an object whose class cannot be found now: renamed" in out and "force" in out
+
+
+NOTEBOOK_SCRIPT = """
+import sys
+import pydantic
+import exca
+
+
+class Experiment(pydantic.BaseModel):
+    seed: int = 0
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def train(self) -> str:
+        return {body}
+
+
+if __name__ == "__main__":
+    cluster = None if sys.argv[2] == "none" else sys.argv[2]
+    obj = Experiment(seed=int(sys.argv[3]), infra={{"folder": sys.argv[1], "cluster": cluster}})
+    print(obj.train())
+    print(obj.train())
+"""
+
+
+def test_a_result_of_other_code_of_a_main_class_warns(tmp_path: Path) -> None:
+    """Two notebooks (or scripts) defining a class of the same name share its cache folder
+    (`__main__.Experiment.train,1`), as does a method edited and run again: each silently
+    got what the other cached. A result of a `__main__` method records its code's digest;
+    reusing one of other code warns, once."""
+    import subprocess
+    import sys
+
+    def run(body: str, cluster: str = "none", seed: int = 0) -> subprocess.CompletedProcess[str]:
+        script = tmp_path / "notebook.py"
+        script.write_text(NOTEBOOK_SCRIPT.format(body=body))
+        command = [sys.executable, str(script), str(tmp_path / "cache"), cluster, str(seed)]
+        return subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
+
+    warning = "reusing a result computed by other code of Experiment.train"
+    first = run('"a CNN"')
+    assert first.stdout.split() == ["a", "CNN", "a", "CNN"] and warning not in first.stderr
+    other = run('"a transformer"')  # (another notebook's class, or the cell edited)
+    assert other.stdout.split() == ["a", "CNN", "a", "CNN"]  # (the cache: as documented)
+    assert other.stderr.count(warning) == 1, other.stderr
+    assert "bump the infra's version" in other.stderr
+    again = run('"a CNN"')  # the same code again (another process): no warning
+    assert warning not in again.stderr
+    # computed in a job (the class pickled by value): the same digest as here
+    assert run('"a CNN"', cluster="local", seed=1).stdout.split()[:2] == ["a", "CNN"]
+    assert warning not in run('"a CNN"', seed=1).stderr
+    assert warning in run('str("a CNN")', seed=1).stderr  # (other code: other digest)

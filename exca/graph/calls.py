@@ -61,6 +61,15 @@ def reuse(cache: CacheDict[tp.Any], mode: str, where: str) -> tp.Any:
     return value
 
 
+def check_code(cache: CacheDict[tp.Any], func: tp.Callable[..., tp.Any], where: str) -> None:
+    """Warn when a reused result of a ``__main__`` method was computed by other code."""
+    from . import codeprint
+
+    entry = cache.entry(TASK_KEY)
+    if entry is not None:
+        codeprint.check(entry.info.get("#meta"), func, where)
+
+
 def task_status(node: Node) -> tp.Literal["not submitted", "running", "completed", "failed"]:
     """State of a task node's computation, from its cache and its recorded job."""
     state = store.task_state(node, refresh=True)

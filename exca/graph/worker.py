@@ -23,7 +23,7 @@ from ..storage.cachederror import CachedError
 from ..storage.cachedict import CacheDict
 from ..storage.claims import Claim, Claims, Owner
 from ..storage.modules import imported
-from . import registry, store
+from . import codeprint, registry, store
 from .errors import read_only_error
 from .node import TASK_KEY, Group, Node, Value
 
@@ -287,7 +287,11 @@ def _provenance(node: Node) -> dict[str, tp.Any]:
         elif source.kind == "map":
             upstream.update(_map_provenance(source))
             upstream[source.path] = MAP_REF
-    return {"t": round(time.time(), 3), "up": upstream}
+    meta: dict[str, tp.Any] = {"t": round(time.time(), 3), "up": upstream}
+    code = codeprint.digest(codeprint.method_function(node.function))
+    if code is not None:  # (a method of __main__: see codeprint)
+        meta[codeprint.CODE_KEY] = code
+    return meta
 
 
 # a map's place in provenance, under its folder's path (its items are cached there, whichever

@@ -168,6 +168,8 @@ class BoundTask:
             )  # (a class default changed since the cache was made?)
             value = calls.reuse(cache, infra.mode, runtime.uid or infra.uid())
             if value is not calls.MISSING:
+                if self.method.func.__module__ == "__main__":  # (a notebook's, a script's)
+                    calls.check_code(cache, self.method.func, runtime.uid or infra.uid())
                 if infra.keep_in_ram:
                     runtime.ram = value
                 return value
