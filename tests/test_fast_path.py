@@ -163,6 +163,31 @@ def test_progress_is_shown_on_request_and_quiet_otherwise(tmp_path: Path) -> Non
     assert "300/300" not in off
 
 
+def test_progress_shows_in_a_notebook(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A notebook cell's standard error is not a terminal: the bar was never shown there
+    (and forced on, tqdm.auto warned "IProgress not found" without ipywidgets)."""
+    import io
+    import types
+    import warnings
+
+    from exca.graph import progress
+
+    monkeypatch.delenv(progress.PROGRESS_ENV, raising=False)
+    kernel_stream = type("OutStream", (io.StringIO,), {"__module__": "ipykernel.iostream"})
+    stream = kernel_stream()
+    monkeypatch.setattr(sys, "stderr", stream)
+    assert not progress.enabled()  # (ipykernel not loaded: a stream that only looks like it)
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # (not installed: the text bar)
+    assert progress.enabled() and not progress.enabled(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no TqdmWarning)
+        bar = progress.Progress(3, desc="items")
+        bar.update(3)
+        bar.close()
+    assert "3/3" in stream.getvalue()
+
+
 def test_a_module_imported_by_another_thread_is_waited_for(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

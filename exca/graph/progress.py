@@ -1,5 +1,6 @@
-"""Progress display while maps compute and arrays are waited on (tqdm; quiet when not on a
-terminal; ``EXCA_PROGRESS=0`` turns it off, ``EXCA_PROGRESS=1`` forces it on)."""
+"""Progress display while maps compute and arrays are waited on (tqdm; shown on a terminal
+or in a notebook, quiet otherwise; ``EXCA_PROGRESS=0`` turns it off, ``EXCA_PROGRESS=1``
+forces it on)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,13 @@ def enabled(requested: bool | None = None) -> bool:
     env = os.environ.get(PROGRESS_ENV)
     if env is not None:
         return env not in ("0", "false", "False", "")
-    return sys.stderr.isatty()
+    return sys.stderr.isatty() or in_notebook()
+
+
+def in_notebook() -> bool:
+    """Whether the standard error is a Jupyter kernel's (a cell's output: not a terminal,
+    but shown to the user as one)."""
+    return "ipykernel" in sys.modules and type(sys.stderr).__module__.startswith("ipykernel")
 
 
 class Progress:
@@ -27,9 +34,7 @@ class Progress:
         self.count = 0
         self._bar: tp.Any = None
         if total > 0 and enabled(requested):
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(
+            self._bar = _tqdm()(
                 total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr
             )
 
@@ -53,3 +58,17 @@ class Progress:
             self._bar.refresh()  # show the final count (logs keep it; terminals clear it)
             self._bar.close()
             self._bar = None
+
+
+def _tqdm() -> tp.Any:
+    """tqdm's class: its notebook widget where it can be drawn (ipywidgets installed),
+    else the text bar (tqdm.auto then warns "IProgress not found" at every bar)."""
+    import importlib.util
+
+    if in_notebook() and importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.notebook import tqdm as notebook_bar
+
+        return notebook_bar
+    from tqdm.std import tqdm as text_bar
+
+    return text_bar
