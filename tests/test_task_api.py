@@ -1391,6 +1391,45 @@ def test_iter_cached_skips_a_config_that_does_not_read_back(
     assert "does not validate" in caplog.text
 
 
+class _Removing(pydantic.BaseModel):
+    lr: float = 0.1
+    wd: float = 0.0  # (removed from the class below)
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def train(self) -> float:
+        return self.lr
+
+
+def test_iter_cached_lists_configs_of_a_field_removed_since_at_its_default(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a field was removed from the class, a call reused the configs cached with it
+    at its default (out of their uid), but iter_cached() listed none of them ("Extra
+    inputs are not permitted")."""
+    _Removing(lr=0.2, infra={"folder": tmp_path}).train()
+    _Removing(lr=0.3, wd=0.5, infra={"folder": tmp_path}).train()  # (wd in its uid)
+
+    class _Removing2(pydantic.BaseModel):  # today's class: wd removed
+        lr: float = 0.1
+        infra: TaskInfra = TaskInfra(version="1")
+
+        @infra.apply
+        def train(self) -> float:
+            raise AssertionError("cached: not computed again")
+
+    _Removing2.__name__ = _Removing2.__qualname__ = "_Removing"  # (the same step folder)
+    today = _Removing2(lr=0.2, infra={"folder": tmp_path})
+    assert (
+        today.infra.uid_folder() == _Removing(lr=0.2, infra={"folder": tmp_path}).infra.uid_folder()
+    )
+    assert today.train() == 0.2  # (a call reuses it)
+    found = list(_Removing2(infra={"folder": tmp_path}).infra.iter_cached())
+    assert [obj.lr for obj in found] == [0.2]  # (lr=0.3 had wd=0.5: not today's config)
+    assert found[0].train() == 0.2
+    assert "does not validate" in caplog.text  # (the other one, skipped)
+
+
 # --- folders written by the reference exca ----------------------------------------------------
 def test_task_folder_written_by_the_reference(
     tmp_path: Path, caplog: pytest.LogCaptureFixture

@@ -799,16 +799,52 @@ class BaseInfra(pydantic.BaseModel):
             data = dict(ConfDict(cfg))  # (config.yaml has dotted keys)
             own = data.get(name) if name is not None else None
             written = own.get("folder") if isinstance(own, dict) else None
+            build = functools.partial(_cached_config, cls, written=written, folder=self.folder)
             try:
-                obj, data = _in_mode_cached(_from_config(cls, data), data)
-                if written is not None and Path(written) != Path(self.folder):
-                    obj = _moved(obj, data, Path(written), self.folder)
+                obj = build(data)
             except pydantic.ValidationError as error:
-                # e.g. a config written by another version of the class, or a dict key
-                # holding a "." (read back as nesting): the other folders still come
-                logger.warning("Skipping %s: its config.yaml does not validate: %s", sub, error)
-                continue
+                found = self._without_removed_fields(build, data, error, sub)
+                if found is None:
+                    # e.g. a config written by another version of the class, or a dict key
+                    # holding a "." (read back as nesting): the other folders still come
+                    logger.warning("Skipping %s: its config.yaml does not validate: %s", sub, error)
+                    continue
+                obj = found
             yield obj
+
+    def _without_removed_fields(
+        self,
+        build: tp.Callable[[dict[str, tp.Any]], pydantic.BaseModel],
+        data: dict[str, tp.Any],
+        error: pydantic.ValidationError,
+        folder: Path,
+    ) -> pydantic.BaseModel | None:
+        """The config of a folder whose config.yaml holds fields removed from the class
+        since: when they were at their defaults (out of its uid), a call of today's class
+        reuses that folder, so it is listed too (checked: its uid folder is that one)."""
+        errors = error.errors()
+        if not errors or any(e["type"] != "extra_forbidden" for e in errors):
+            return None
+        in_uid = set(ConfDict(uidfolder.read_yaml(folder / uidfolder.UID_FILE) or {}).flat())
+        trimmed = copy.deepcopy(data)
+        for found in errors:
+            loc = [str(part) for part in found["loc"]]
+            dotted = ".".join(loc)
+            if any(key == dotted or key.startswith(dotted + ".") for key in in_uid):
+                return None  # (its value made this uid: today's class cannot make it)
+            parent: tp.Any = trimmed
+            for part in loc[:-1]:
+                parent = parent.get(part) if isinstance(parent, dict) else None
+            if not isinstance(parent, dict) or loc[-1] not in parent:
+                return None
+            del parent[loc[-1]]
+        try:
+            obj = build(trimmed)
+        except pydantic.ValidationError:
+            return None
+        method = self._method()
+        rebuilt = method.infra_of(obj).uid_folder()
+        return obj if rebuilt is not None and rebuilt.name == folder.name else None
 
     def _has_result(self, folder: Path) -> bool:
         return True
@@ -858,6 +894,16 @@ def _json_key(key: tp.Any) -> str:
     if isinstance(key, bool):
         return "true" if key else "false"
     return str(key)
+
+
+def _cached_config(
+    cls: type[pydantic.BaseModel], data: dict[str, tp.Any], written: tp.Any, folder: tp.Any
+) -> pydantic.BaseModel:
+    """A config read from a cache folder's config.yaml (its folder as written there)."""
+    obj, data = _in_mode_cached(_from_config(cls, data), data)
+    if written is not None and Path(written) != Path(folder):
+        obj = _moved(obj, data, Path(written), folder)
+    return obj
 
 
 def _in_mode_cached(
