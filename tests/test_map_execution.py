@@ -673,7 +673,7 @@ class Storing(pydantic.BaseModel):
     def process(self, items: list[int]) -> tp.Iterator[tp.Any]:
         for item in items:
             append(self.log, str(item))
-            yield np.array([object()]) if item == 3 else np.arange(item)
+            yield np.array([object()]) if item == 3 or item >= 100 else np.arange(item)
 
 
 def test_an_output_that_cannot_be_stored_is_that_items_error(tmp_path: Path) -> None:
@@ -1932,3 +1932,14 @@ def test_many_item_errors_are_logged_in_a_few_lines(
     ]
     assert "failed; their errors are cached too" in lines[-1]
     assert len(list(mapper.process(items[::2]))) == 10  # (the others computed and cached)
+
+
+def test_many_outputs_that_cannot_be_stored_are_logged_in_a_few_lines(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    mapper = Storing(log=str(tmp_path / "calls.txt"), infra={"folder": tmp_path / "cache"})
+    with caplog.at_level(logging.WARNING, logger="exca"), pytest.raises(TypeError):
+        list(mapper.process(list(range(100, 110))))
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 4 and all("cannot be stored" in line for line in lines[:3])
+    assert lines[3].startswith("... and 7 more output(s) of ") and "cached too" in lines[3]

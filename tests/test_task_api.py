@@ -1823,9 +1823,18 @@ def test_a_result_whose_class_was_renamed_says_so(tmp_path: Path) -> None:
 
 
 NOTEBOOK_SCRIPT = """
+import functools
 import sys
 import pydantic
 import exca
+
+
+def logged(func):
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+
+    return wrapper
 
 
 class Experiment(pydantic.BaseModel):
@@ -1833,42 +1842,48 @@ class Experiment(pydantic.BaseModel):
     infra: exca.TaskInfra = exca.TaskInfra(version="1")
 
     @infra.apply
+    @logged
     def train(self) -> str:
-        return {body}
+        {body}
 
 
 if __name__ == "__main__":
     cluster = None if sys.argv[2] == "none" else sys.argv[2]
-    obj = Experiment(seed=int(sys.argv[3]), infra={{"folder": sys.argv[1], "cluster": cluster}})
-    print(obj.train())
-    print(obj.train())
+    for seed in map(int, sys.argv[3].split(",")):
+        obj = Experiment(seed=seed, infra={{"folder": sys.argv[1], "cluster": cluster}})
+        print(obj.train() if sys.argv[4] == "call" else obj.train.node().result())
+        print(obj.train())
 """
 
 
 def test_a_result_of_other_code_of_a_main_class_warns(tmp_path: Path) -> None:
     """Two notebooks (or scripts) defining a class of the same name share its cache folder
     (`__main__.Experiment.train,1`), as does a method edited and run again: each silently
-    got what the other cached. A result of a `__main__` method records its code's digest;
-    reusing one of other code warns, once."""
+    got what the other cached. A result of a `__main__` method records its code's digest
+    (the decorated function's, not a wrapper's); reusing one of other code warns, once per
+    method."""
     import subprocess
     import sys
 
-    def run(body: str, cluster: str = "none", seed: int = 0) -> subprocess.CompletedProcess[str]:
+    def run(
+        body: str, cluster: str = "none", seeds: str = "0", how: str = "call"
+    ) -> subprocess.CompletedProcess[str]:
         script = tmp_path / "notebook.py"
         script.write_text(NOTEBOOK_SCRIPT.format(body=body))
-        command = [sys.executable, str(script), str(tmp_path / "cache"), cluster, str(seed)]
+        command = [sys.executable, str(script), str(tmp_path / "cache"), cluster, seeds, how]
         return subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
 
     warning = "reusing a result computed by other code of Experiment.train"
-    first = run('"a CNN"')
-    assert first.stdout.split() == ["a", "CNN", "a", "CNN"] and warning not in first.stderr
-    other = run('"a transformer"')  # (another notebook's class, or the cell edited)
-    assert other.stdout.split() == ["a", "CNN", "a", "CNN"]  # (the cache: as documented)
-    assert other.stderr.count(warning) == 1, other.stderr
+    first = run('return "a CNN"', seeds="0,1,2")
+    assert first.stdout.split() == ["a", "CNN"] * 6 and warning not in first.stderr
+    other = run('return "a transformer"', seeds="0,1,2")  # (another notebook's, or edited)
+    assert other.stdout.split() == ["a", "CNN"] * 6  # (the cache: as documented)
+    assert other.stderr.count(warning) == 1, other.stderr  # (once for the 3 configs)
     assert "bump the infra's version" in other.stderr
-    again = run('"a CNN"')  # the same code again (another process): no warning
+    assert warning in run('return "a transformer"', how="node").stderr  # (a graph node's)
+    again = run('"A docstring."\n        return "a CNN"')  # the same code (a docstring aside)
     assert warning not in again.stderr
     # computed in a job (the class pickled by value): the same digest as here
-    assert run('"a CNN"', cluster="local", seed=1).stdout.split()[:2] == ["a", "CNN"]
-    assert warning not in run('"a CNN"', seed=1).stderr
-    assert warning in run('str("a CNN")', seed=1).stderr  # (other code: other digest)
+    assert run('return "a CNN"', cluster="local", seeds="5").stdout.split()[:2] == ["a", "CNN"]
+    assert warning not in run('return "a CNN"', seeds="5").stderr
+    assert warning in run('return str("a CNN")', seeds="5").stderr  # (other code)

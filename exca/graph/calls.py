@@ -12,7 +12,7 @@ import typing as tp
 from ..storage.cachederror import CachedError
 from ..storage.cachedict import CacheDict
 from ..storage.dumping import PAYLOAD_ERRORS, is_damaged_payload
-from . import registry, store
+from . import codeprint, registry, store
 from .errors import JobFailedError
 from .jobs import Job
 from .node import TASK_KEY, Node, restoring_files
@@ -63,11 +63,15 @@ def reuse(cache: CacheDict[tp.Any], mode: str, where: str) -> tp.Any:
 
 def check_code(cache: CacheDict[tp.Any], func: tp.Callable[..., tp.Any], where: str) -> None:
     """Warn when a reused result of a ``__main__`` method was computed by other code."""
-    from . import codeprint
-
     entry = cache.entry(TASK_KEY)
     if entry is not None:
         codeprint.check(entry.info.get("#meta"), func, where)
+
+
+def _check_node_code(node: Node) -> None:
+    func = codeprint.method_function(node.function)
+    if func is not None and func.__module__ == "__main__":  # (see codeprint)
+        check_code(node.cache, func, node.uid)
 
 
 def task_status(node: Node) -> tp.Literal["not submitted", "running", "completed", "failed"]:
@@ -126,6 +130,7 @@ def task_result(node: Node) -> tp.Any:
             node.check_defaults()
         value = reuse(node.cache, node.mode, node.uid)
         if value is not MISSING:
+            _check_node_code(node)
             return value
     from .scheduler import Scheduler
 
@@ -138,6 +143,7 @@ def task_result(node: Node) -> tp.Any:
             Scheduler([node]).run(root_cause=True)
         value = store.task_result(node, missing=MISSING)
         if value is not MISSING:
+            _check_node_code(node)  # (reused by the run, or computed: then the same code)
             return value
         # (removed right after it was computed or waited for: by another process forcing
         # or clearing it; computed, or waited for, again)

@@ -11,6 +11,8 @@ code is versioned with the infra's ``version``, as the docs say.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import inspect
 import logging
 import types
 import typing as tp
@@ -18,7 +20,8 @@ import typing as tp
 logger = logging.getLogger("exca")
 CODE_KEY = "code"  # in a task entry's #meta
 _DIGESTS: dict[tp.Any, str] = {}  # code object -> digest (memoized: the hit path asks)
-_WARNED: set[tuple[str, str]] = set()  # (where, recorded digest)
+_WARNED: set[tuple[str, str]] = set()  # (step, current digest)
+_BYTECODE = importlib.util.MAGIC_NUMBER[:2].hex()  # (the interpreter's bytecode version)
 
 
 def method_function(function: tp.Any) -> tp.Callable[..., tp.Any] | None:
@@ -28,14 +31,24 @@ def method_function(function: tp.Any) -> tp.Callable[..., tp.Any] | None:
 
 
 def digest(func: tp.Callable[..., tp.Any] | None) -> str | None:
-    """The code digest of a function of ``__main__`` (None for others, or no code)."""
+    """The code digest of a function of ``__main__`` (None for others, or no code),
+    prefixed with the bytecode's version: code compiled by another Python differs, and
+    says nothing of an edit."""
+    if func is None or getattr(func, "__module__", None) != "__main__":
+        return None
+    func = inspect.unwrap(func)  # (not a decorator's wrapper)
     code = getattr(func, "__code__", None)
-    if code is None or getattr(func, "__module__", None) != "__main__":
+    if code is None:
         return None
     found = _DIGESTS.get(code)
     if found is None:
-        text = repr(_stable(code)).encode("utf8", "surrogatepass")
-        found = _DIGESTS[code] = hashlib.md5(text).hexdigest()[:8]
+        stable = _stable(code)
+        first = code.co_consts[:1]
+        if first == (None,) or (func.__doc__ is not None and first == (func.__doc__,)):
+            # (the docstring's place: a docstring edited, added or removed changes nothing)
+            stable = (stable[0], stable[1][1:], *stable[2:])
+        text = repr(stable).encode("utf8", "surrogatepass")
+        found = _DIGESTS[code] = f"{_BYTECODE}-{hashlib.md5(text).hexdigest()[:8]}"
     return found
 
 
@@ -57,18 +70,26 @@ def _stable(value: tp.Any) -> tp.Any:
 
 
 def check(meta: tp.Any, func: tp.Callable[..., tp.Any], where: str) -> None:
-    """Warn (once) when a result reused for ``where`` was computed by other code."""
+    """Warn when a result reused for ``where`` was computed by other code (once per
+    method and code: a sweep of configs warns once, not once per config)."""
     recorded = meta.get(CODE_KEY) if isinstance(meta, dict) else None
     if not isinstance(recorded, str):
         return  # (computed by a method of a module, or by an older exca)
     current = digest(func)
-    if current is None or current == recorded or (where, recorded) in _WARNED:
+    if current is None or current == recorded:
         return
-    _WARNED.add((where, recorded))
+    if current.partition("-")[0] != recorded.partition("-")[0]:
+        return  # (compiled by another Python: its bytecode tells nothing)
+    step = where.partition("/")[0]
+    if (step, current) in _WARNED:
+        return
+    _WARNED.add((step, current))
     logger.warning(
         "%s: reusing a result computed by other code of %s (the method was edited since, "
         "or a class of the same name, e.g. of another notebook or script, shares this cache "
-        "folder): bump the infra's version (or use another folder) to compute it anew",
+        "folder; other results of %s may be too): bump the infra's version (or use another "
+        "folder) to compute them anew",
         where,
         func.__qualname__,
+        step,
     )

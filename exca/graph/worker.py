@@ -927,15 +927,25 @@ def _store_one_by_one(
 ) -> None:
     """Write a batch item by item: an output the cache cannot store (an object array as
     NumpyArray...) becomes that item's cached error; the other outputs are kept."""
+    failed = 0
     for uid, output in batch:
         try:
             cache.set_many([(uid, output)], meta=meta, skip_existing=True)
         except Exception as error:
             if isinstance(error, OSError) and error.errno in _ENVIRONMENT_ERRORS:
                 raise  # (not the output's fault: nothing cached)
-            _cache_unstorable(node, cache, uid, output, error, report)
+            failed += 1
+            _cache_unstorable(
+                node, cache, uid, output, error, report, log=failed <= ITEM_ERRORS_LOGGED
+            )
             continue
         report.computed += 1
+    if failed > ITEM_ERRORS_LOGGED:  # (one line per item: a flood for many)
+        logger.warning(
+            "... and %d more output(s) of %s could not be stored; their errors are cached too",
+            failed - ITEM_ERRORS_LOGGED,
+            node.label or node.uid,
+        )
 
 
 # disk full, quota, permissions, read-only, I/O: the folder's fault, not an output's
@@ -945,7 +955,13 @@ _ENVIRONMENT_ERRORS = frozenset(
 
 
 def _cache_unstorable(
-    node: Node, cache: CacheDict[tp.Any], uid: str, output: tp.Any, error: Exception, report: Report
+    node: Node,
+    cache: CacheDict[tp.Any],
+    uid: str,
+    output: tp.Any,
+    error: Exception,
+    report: Report,
+    log: bool = True,
 ) -> None:
     """An output the cache cannot store: its item's cached error (the others go on)."""
     failure = _unstorable(f"the output of item {uid!r}", output, cache, error)
@@ -954,9 +970,10 @@ def _cache_unstorable(
     except Exception:  # (the error itself cannot be stored: it is raised instead)
         raise failure from error
     report.errors += 1
-    logger.warning(
-        "%s: %s; the error is cached, other items go on", node.label or node.uid, failure
-    )
+    if log:
+        logger.warning(
+            "%s: %s; the error is cached, other items go on", node.label or node.uid, failure
+        )
 
 
 def current_job_id() -> str | None:
