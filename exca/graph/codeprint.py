@@ -2,10 +2,11 @@
 
 A cache folder is named after ``<module>.<Class>.<method>,<version>``: two notebooks (or
 scripts) defining a class of the same name share it, and so does a method edited and
-run again. Both then get what the other cached, silently. The result of such a method
-records a short digest of its code (line numbers aside); a call reusing a result that
-another code computed warns once. Methods of importable modules record nothing: their
-code is versioned with the infra's ``version``, as the docs say.
+run again. Both then get what the other cached, silently. The task result of such a
+method records a short digest of its code (line numbers and docstring aside); a call
+reusing a result that other code computed warns, once per method. Methods of importable
+modules record nothing: their code is versioned with the infra's ``version``, as the
+docs say.
 """
 
 from __future__ import annotations
