@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,12 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p
 )
 os.environ.setdefault("EXCA_PROGRESS", "0")
+# A suite started in the background by a script (`make test &`, nohup) inherits SIGINT
+# ignored: Python then raises no KeyboardInterrupt, nor do the processes it starts (an
+# ignored signal stays ignored across exec), and every Ctrl-C test fails. Handled here,
+# children get the default action back, and Python its KeyboardInterrupt.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
