@@ -38,6 +38,9 @@ class NodeRun:
     holds_error: bool = False
     item_errors: int = 0  # maps reused as they are: how many items hold a cached error
     seen_job: str | None = None  # tasks: the latest recorded job when this was decided
+    # tasks: where their cached outcome was (index file, offset) when the run chose to wait
+    # for another worker: the same outcome after the wait predates the request
+    seen_outcome: tuple[str, int] | None = None
     seen_jobs: set[str] = dataclasses.field(default_factory=set)  # maps: the recorded jobs
     after: list[str] = dataclasses.field(default_factory=list)  # jobs its new job starts after
     # forced while an earlier job computes it: that job's result does not count as forced

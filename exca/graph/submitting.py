@@ -18,6 +18,7 @@ from ..storage.claims import Claim, Claims
 from . import executors, registry, store
 from .calls import being_computed
 from .decisions import wait_for_map_jobs
+from .node import TASK_KEY
 
 if tp.TYPE_CHECKING:
     from .decisions import NodeRun
@@ -97,6 +98,8 @@ def _settle(tasks: list[NodeRun], run_id: str, claim_waits: bool = True) -> set[
             # taken for this task's failure. Wait here; submit if it ends without a result
             run.resume, run.action = run.action, "wait"
             run.reason = "being computed by another worker (its claim is live)"
+            entry = node.cache.entry(TASK_KEY)
+            run.seen_outcome = None if entry is None else (entry.file, entry.offset)
             run.handles.append(executors.ClaimHandle(node))
             settled.add(node.key)
             _log_settled(run, by_worker=True)
