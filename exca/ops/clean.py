@@ -625,7 +625,7 @@ def _referenced(info: tp.Any, out: set[str]) -> None:
 def orphans(root: Path | str, min_age_hours: float = 1.0, step: str | None = None) -> CleanPlan:
     """Leftovers no entry reads: unreferenced payload files, temporary files of killed
     writers, claims of dead owners, empty index files, pickles of failed submissions.
-    ``step``: only in these steps (as ``old_versions``' filter)."""
+    ``step``: only in these steps (see ``selected_steps``)."""
     plan = CleanPlan()
     limit = time.time() - min_age_hours * 3600
     root = cache_root(root)
@@ -738,7 +738,7 @@ def _stat(entry: os.DirEntry[str]) -> os.stat_result | None:
 
 def logs(root: Path | str, older_than_days: float = 30.0, step: str | None = None) -> CleanPlan:
     """submitit leftovers: log folders of jobs that ended more than N days ago
-    (``step``: jobs of these steps' nodes only, as ``old_versions``' filter)."""
+    (``step``: jobs of these steps' nodes only, see ``selected_steps``)."""
     if older_than_days < 0:
         raise ValueError(f"older_than_days={older_than_days}: give a number of days >= 0")
     plan = CleanPlan()
@@ -851,9 +851,9 @@ def compact(folder: Path | str, grace_seconds: float = 3600.0) -> tuple[int, int
     ``grace_seconds``: how long another host's writer must have been idle; on this host,
     a file is merged once its writer ended and it was idle for 2 minutes (or for
     ``grace_seconds`` if shorter)."""
-    folder = _cache_folder(folder)
-    if busy_reason(folder) is not None or len(_dead_index_files(folder, grace_seconds)) < 2:
-        return 0, 0  # (checked again below, under the folder's lock: none taken for nothing)
+    if not compactable(folder, grace_seconds):  # (no lock taken, nor claims/ made, for nothing)
+        return 0, 0  # (checked again below, under the folder's lock)
+    folder = Path(folder)
     claims = Claims(folder)
     with claims._folder_lock(claims_owner()):
         files = _dead_index_files(folder, grace_seconds)

@@ -248,12 +248,14 @@ def keys_no_config_has(infos: list[NodeInfo], where: tp.Sequence[str]) -> list[s
     """The keys of ``key=value`` conditions that no config of ``infos`` holds (a typo?)."""
     keys = [_parse_condition(c)[0] for c in where]
     return [
-        key
-        for key in keys
-        if not any(
-            k == key or k.endswith("." + key) for i in infos for k in (i.full_config or i.config)
-        )
+        key for key in keys if not any(_keys_named(i.full_config or i.config, key) for i in infos)
     ]
+
+
+def _keys_named(config: dict[str, tp.Any], key: str) -> list[str]:
+    """The keys of a flat config a condition's key names (itself, or as a suffix:
+    ``lr`` names ``optim.lr``)."""
+    return [k for k in config if k == key or k.endswith("." + key)]
 
 
 def _parse_condition(text: str) -> tuple[str, str]:
@@ -269,7 +271,7 @@ def _matches(config: dict[str, tp.Any], key: str, value: str) -> bool:
     """``key=value`` against a flat config (with defaults: full-uid.yaml)."""
     yaml = pyyaml()
 
-    candidates = [k for k in config if k == key or k.endswith("." + key)]
+    candidates = _keys_named(config, key)
     if not candidates:
         return False
     try:
