@@ -1943,3 +1943,61 @@ def test_many_outputs_that_cannot_be_stored_are_logged_in_a_few_lines(
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 4 and all("cannot be stored" in line for line in lines[:3])
     assert lines[3].startswith("... and 7 more output(s) of ") and "cached too" in lines[3]
+
+
+NOTEBOOK_MAP_SCRIPT = """
+import sys
+from typing import Iterator
+import pydantic
+import exca
+
+
+class Embedder(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def embed(self, items: list[int]) -> Iterator[int]:
+        for item in items:
+            {body}
+
+
+if __name__ == "__main__":
+    cluster = None if sys.argv[2] == "none" else sys.argv[2]
+    obj = Embedder(infra={{"folder": sys.argv[1], "cluster": cluster}})
+    items = [int(i) for i in sys.argv[3].split(",")]
+    if sys.argv[4] == "call":
+        print(*obj.embed(items))
+    else:
+        print(*obj.embed.node(items).result())
+"""
+
+
+def test_items_of_other_code_of_a_main_map_warn(tmp_path: Path) -> None:
+    """As a task's result: two notebooks defining `class Embedder` share
+    `__main__.Embedder.embed,1`, and so does a map cell edited and run again. Items of a
+    `__main__` method record their code's digest; a call reusing items computed by other
+    code warns once, whether it reads them alone or along with new ones."""
+
+    def run(
+        body: str, items: str, cluster: str = "none", how: str = "call"
+    ) -> subprocess.CompletedProcess[str]:
+        script = tmp_path / "notebook.py"
+        script.write_text(NOTEBOOK_MAP_SCRIPT.format(body=body))
+        command = [sys.executable, str(script), str(tmp_path / "cache"), cluster, items, how]
+        return subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
+
+    warning = "reusing a result computed by other code of Embedder.embed"
+    first = run("yield item * 10", "1,2,3")
+    assert first.stdout.split() == ["10", "20", "30"] and warning not in first.stderr
+    same = run("yield item * 10", "1,2,3,4")  # (the same code: reused, and one new item)
+    assert same.stdout.split() == ["10", "20", "30", "40"] and warning not in same.stderr
+    edited = run("yield item * 100", "3,4,5")  # (cached items, and one computed now)
+    assert edited.stdout.split() == ["30", "40", "500"]  # (the cache: as documented)
+    assert edited.stderr.count(warning) == 1, edited.stderr
+    assert warning in run("yield item * 100", "1", how="node").stderr  # (a graph node's)
+    assert warning not in run("yield item * 100", "5").stderr  # (its own item)
+    # computed in a process pool (the class pickled by value): the same digest as here
+    pooled = run("yield item * 10", "6,7", cluster="processpool")
+    assert pooled.stdout.split() == ["60", "70"]
+    assert warning not in run("yield item * 10", "6,7").stderr
+    assert warning in run("yield item * 100", "6,7").stderr

@@ -2,9 +2,9 @@
 
 A cache folder is named after ``<module>.<Class>.<method>,<version>``: two notebooks (or
 scripts) defining a class of the same name share it, and so does a method edited and
-run again. Both then get what the other cached, silently. The task result of such a
-method records a short digest of its code (line numbers and docstring aside); a call
-reusing a result that other code computed warns, once per method. Methods of importable
+run again. Both then get what the other cached, silently. The task result (or map item)
+of such a method records a short digest of its code (line numbers and docstring aside);
+a call reusing a result that other code computed warns, once per method. Methods of importable
 modules record nothing: their code is versioned with the infra's ``version``, as the
 docs say.
 """
@@ -19,7 +19,7 @@ import types
 import typing as tp
 
 logger = logging.getLogger("exca")
-CODE_KEY = "code"  # in a task entry's #meta
+CODE_KEY = "code"  # in the #meta of a task entry, or of a map item
 _DIGESTS: dict[tp.Any, str] = {}  # code object -> digest (memoized: the hit path asks)
 _WARNED: set[tuple[str, str]] = set()  # (step, current digest)
 _BYTECODE = importlib.util.MAGIC_NUMBER[:2].hex()  # (the interpreter's bytecode version)
@@ -94,3 +94,20 @@ def check(meta: tp.Any, func: tp.Callable[..., tp.Any], where: str) -> None:
         func.__qualname__,
         step,
     )
+
+
+def check_items(
+    cache: tp.Any, uids: tp.Iterable[str], func: tp.Callable[..., tp.Any], where: str
+) -> None:
+    """``check`` for the items of a map that a call reuses (stops at the first item made by
+    other code; nothing to read once the method warned)."""
+    current = digest(func)
+    if current is None or cache.folder is None or (where.partition("/")[0], current) in _WARNED:
+        return
+    for uid in uids:
+        entry = cache.entry(uid)
+        meta = entry.info.get("#meta") if entry is not None else None
+        recorded = meta.get(CODE_KEY) if isinstance(meta, dict) else None
+        if isinstance(recorded, str) and recorded != current:
+            check(meta, func, where)
+            return

@@ -10,6 +10,7 @@ from ..storage.cachederror import CachedError
 from ..storage.cachedict import CacheDict
 from ..storage.dumping import is_damaged_payload, mark_if_damaged
 from ..storage.index import Entry
+from . import codeprint
 from .errors import raise_from
 from .node import TASK_KEY, Node
 
@@ -265,6 +266,9 @@ def map_outputs(node: Node) -> list[tp.Any]:
     # folder: e.g. a retry of cached errors, by another process or this run)
     node.cache.reread()
     node.cache.drop_stale_ram()
+    func = codeprint.method_function(node.function)
+    if func is not None and func.__module__ == "__main__":  # (see codeprint)
+        codeprint.check_items(node.cache, uids, func, node.uid)
     return list(node.cache.values_of(uids, where=node.uid))
 
 

@@ -712,6 +712,9 @@ def _compute_from(
     meta = _items_provenance(node)
     if forced_by:
         meta = {**(meta or {}), "forced": forced_by}
+    code = codeprint.digest(codeprint.method_function(node.function))
+    if code is not None:  # (a method of __main__: see codeprint)
+        meta = {**(meta or {}), codeprint.CODE_KEY: code}
     position = start
     batch: list[tuple[str, tp.Any]] = []
     last_flush = time.monotonic()

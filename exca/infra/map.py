@@ -211,9 +211,11 @@ class BoundMap:
                 infra._check_defaults(
                     restore=True
                 )  # (a class default changed since they were made?)
+                calls.check_items_code(cache, uids, method.func, infra.uid())
                 return _refilled(infra, items, uids, cache.values_of(uids, where=infra.uid()))
         node = infra._map_node(items, uids)
         calls.map_items(node, uids, missing)
+        calls.check_items_code(node.cache, uids, method.func, node.uid)
         return _refilled(infra, items, uids, node.cache.values_of(uids, where=node.uid))
 
     def node(self, items: tp.Iterable[tp.Any] | Node) -> Node:
