@@ -1357,6 +1357,61 @@ def test_errors_of_classes_defined_in_main_keep_their_type(tmp_path: Path, clust
     run_main_script(tmp_path, MAIN_ERRORS_SCRIPT, str(cache), "none")  # all cached now
 
 
+MAIN_TRACEBACK_SCRIPT = """
+import sys
+import typing as tp
+import pydantic
+import exca
+
+
+def check_x(x: int) -> int:
+    raise ValueError(f"bad x {x}")  # RAISED-HERE
+
+
+class Failing(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return check_x(1)
+
+
+class FailingMap(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            yield check_x(item)
+
+
+if __name__ == "__main__":
+    line = next(i for i, text in enumerate(open(__file__), 1) if "# RAISED-" + "HERE" in text)
+    where = f'File "{__file__}", line {line}, in check_x'
+    infra = {"folder": sys.argv[1], "cluster": sys.argv[2]}
+    for obj in (Failing(infra=infra), FailingMap(infra={**infra, "cluster": sys.argv[3]})):
+        for _ in range(2):  # computed, then read from the cache
+            try:
+                obj.process() if isinstance(obj, Failing) else list(obj.process([1]))
+            except ValueError as error:
+                notes = "\\n".join(getattr(error, "__notes__", []))
+                assert where in notes and "<dynamic-code>" not in notes, notes
+            else:
+                raise AssertionError("no error")
+    print("MAIN-OK")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_job_tracebacks_name_the_file_of_main_code(tmp_path: Path) -> None:
+    """Code of a script (or notebook) is pickled by value to jobs and process pools, and
+    cloudpickle names it "<dynamic-code>": the traceback of its error in a job said
+    `File "<dynamic-code>", line 9, in check_x`. It names the script's file now."""
+    run_main_script(
+        tmp_path, MAIN_TRACEBACK_SCRIPT, str(tmp_path / "cache"), "local", "processpool"
+    )
+
+
 class RaisesWithALock(pydantic.BaseModel):
     infra: exca.TaskInfra = exca.TaskInfra(version="1")
 

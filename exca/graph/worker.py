@@ -23,7 +23,7 @@ from ..storage.cachederror import CachedError
 from ..storage.cachedict import CacheDict
 from ..storage.claims import Claim, Claims, Owner
 from ..storage.modules import imported
-from . import codeprint, registry, store
+from . import codeprint, jobpickle, registry, store
 from .errors import read_only_error
 from .node import TASK_KEY, Group, Node, Value
 
@@ -70,6 +70,9 @@ class Unit(tp.NamedTuple):
         if self.uids is None:
             return self.node.uid
         return f"{self.node.uid} ({len(self.uids)} items)"
+
+    def __reduce__(self) -> tuple[tp.Any, ...]:  # (its code keeps its file name: jobpickle)
+        return jobpickle.reduce(self, lambda: (Unit, tuple(self)))
 
 
 @dataclasses.dataclass

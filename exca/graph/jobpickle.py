@@ -1,0 +1,57 @@
+"""How a unit of work travels to a job or a process pool: pickled by cloudpickle, except
+that code pickled by value keeps its file name.
+
+cloudpickle pickles the functions and classes of a script or a notebook (``__main__``) by
+value, and names their code ``<dynamic-code>`` (for reproducible payloads): a job's
+traceback then said ``File "<dynamic-code>", line 10, in train``, not which file. A unit
+pickles its content with a cloudpickle pickler that keeps code objects whole through
+``marshal``, file name included (``marshal`` needs the same Python on both sides, as
+pickled code objects already do).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import io
+import marshal
+import pickle
+import threading
+import types
+import typing as tp
+
+_DEPTH = threading.local()  # units pickled right now by this thread (see ``dumps``)
+
+
+def _code_reduce(code: types.CodeType) -> tuple[tp.Any, ...]:
+    return marshal.loads, (marshal.dumps(code),)
+
+
+@functools.cache
+def _pickler() -> type[pickle.Pickler]:
+    import cloudpickle  # (a dependency of submitit: imported only to send work away)
+
+    class CodeKeepingPickler(cloudpickle.Pickler):
+        dispatch_table = collections.ChainMap(
+            {types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table
+        )
+
+    return CodeKeepingPickler
+
+
+def reduce(obj: tp.Any, plain: tp.Callable[[], tuple[tp.Any, ...]]) -> tuple[tp.Any, ...]:
+    """A ``__reduce__`` for an object sent to a job: ``plain()`` is how it pickles without
+    this module (used when this module pickles it)."""
+    if getattr(_DEPTH, "value", 0):
+        return plain()
+    return pickle.loads, (dumps(obj),)
+
+
+def dumps(obj: tp.Any) -> bytes:
+    buffer = io.BytesIO()
+    _DEPTH.value = getattr(_DEPTH, "value", 0) + 1
+    try:
+        _pickler()(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    finally:
+        _DEPTH.value -= 1
+    return buffer.getvalue()
