@@ -325,6 +325,8 @@ def test_inspect_python_api(cache: dict[str, tp.Any]) -> None:
     assert train[lr.name].config == {"optim.lr": 0.02}
     assert train[fail.name].status == "error"
     assert (train[fail.name].entries, train[fail.name].errors) == (1, 1)
+    assert train[fail.name].error == "ValueError: cannot fit seed=0"
+    assert train[default.name].error is None
     # size on disk and last write time, as the files say
     for name, info in train.items():
         folder = root / TRAIN_STEP / name
@@ -381,6 +383,9 @@ def test_list_cli_table_grouped_by_step(cache: dict[str, tp.Any]) -> None:
         name = folder_of(cache[key]).name
         (line,) = [row for row in groups[TRAIN_STEP] if f"  {name}" in row]
         assert line.split()[0] == status, line
+    # a failed task says which error (a sweep's failures told apart without opening logs)
+    fail_line = next(r for r in groups[TRAIN_STEP] if folder_of(cache["fail"]).name in r)
+    assert fail_line.endswith("ValueError: cannot fit seed=0"), fail_line
     job_line = next(r for r in groups[TRAIN_STEP] if folder_of(cache["job"]).name in r)
     job_id = exca.ops.inspect(root, where=["seed=4"])[0].job_id
     assert f"job {job_id}" in job_line
@@ -441,7 +446,7 @@ def test_list_cli_filters_and_json(cache: dict[str, tp.Any]) -> None:
 
     everything = listed()
     fields = {"step", "uid", "folder", "kind", "status", "config", "entries", "errors", "size",
-              "modified", "job_id", "job_state", "stdout", "stderr"}  # fmt: skip
+              "modified", "job_id", "job_state", "stdout", "stderr", "error"}  # fmt: skip
     assert everything and all(set(row) == fields for row in everything)
     python_side = exca.ops.inspect(root)
     assert [r["folder"] for r in everything] == [str(i.folder) for i in python_side]
@@ -2681,6 +2686,18 @@ def test_logs_of_a_local_task_from_a_fresh_process(tmp_path: Path) -> None:
     assert result.returncode == 1 and "No job recorded" in result.stdout
     result = cli("logs", folder_of(inline), "--json")
     assert result.returncode == 1 and "No job recorded" in json.loads(result.stdout)["error"]
+    assert "traceback" not in json.loads(result.stdout)  # (a success: no error to show)
+    # a failure computed where it was called: no log, its cached traceback instead
+    failed = Train(seed=10, fail=True, infra={"folder": root})
+    with pytest.raises(ValueError):
+        failed.fit()
+    result = cli("logs", folder_of(failed))
+    assert result.returncode == 1 and "No job recorded" in result.stdout
+    assert "its cached error:" in result.stdout
+    assert "Traceback (most recent call last)" in result.stdout
+    assert result.stdout.rstrip().endswith("ValueError: cannot fit seed=10")
+    data = json.loads(cli("logs", folder_of(failed), "--json").stdout)
+    assert data["traceback"].endswith("ValueError: cannot fit seed=10")
 
 
 def test_logs_of_the_map_chunk_that_computed_an_item(tmp_path: Path) -> None:

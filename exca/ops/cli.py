@@ -212,6 +212,18 @@ def _print(data: tp.Any, as_json: bool, text: str) -> None:
         print(text)
 
 
+def _cached_traceback(folder: Path, item: str | None) -> str | None:
+    """The traceback of a node's cached error (of an item's, for a map), if it holds one."""
+    from ..graph.node import TASK_KEY
+    from ..storage.cachedict import inspecting_view
+
+    entry = inspecting_view(folder).entry(TASK_KEY if item is None else item)
+    if entry is None or entry.info.get("#type") != "Error":
+        return None
+    info = entry.info
+    return str(info.get("tb") or f"{info.get('t')}: {info.get('m')}").rstrip()
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -432,7 +444,12 @@ def _main(argv: list[str] | None) -> int:
             inputs = sorted(input_folders(Path(args.folder)))
             if inputs:  # (a method with inputs: its calls are nodes of their own)
                 message += f"; its calls with inputs have their own: {', '.join(map(str, inputs))}"
-            _print({"error": message}, args.json, message)
+            data: dict[str, tp.Any] = {"error": message}
+            traceback = _cached_traceback(Path(args.folder), args.item)
+            if traceback is not None:  # (computed by the calling process: no log, but this)
+                message += f" (computed where it was called); its cached error:\n{traceback}"
+                data["traceback"] = traceback
+            _print(data, args.json, message)
             return 1
         job = found[-1]
         path = job.stderr_path if args.stderr else job.stdout_path

@@ -47,6 +47,7 @@ class NodeInfo:
     job_state: str | None = None
     stdout: str | None = None
     stderr: str | None = None
+    error: str | None = None  # a task's cached error: "ValueError: its message" (shortened)
     full_config: dict[str, tp.Any] = dataclasses.field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, tp.Any]:
@@ -183,6 +184,8 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
     computing = bool(Claims(folder).current())
     if kind == "task":
         info.status = "error" if errors else "success"
+        if errors:
+            info.error = _error_line(entries[TASK_KEY])
     elif kind == "map":
         info.status = "partial" if errors else "success"
     if info.job_state == "running" and (kind == "empty" or kind == "map"):
@@ -190,6 +193,14 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
     elif computing:
         info.status = "computing"
     return info
+
+
+def _error_line(record: dict[str, tp.Any], width: int = 100) -> str:
+    """``ValueError: its message`` from a cached error's index record, on one line."""
+    kind = str(record.get("t") or "error").rpartition(".")[2]
+    message = " ".join(str(record.get("m") or "").split())
+    line = f"{kind}: {message}" if message else kind
+    return line if len(line) <= width else line[: width - 3] + "..."
 
 
 def inspect(
@@ -308,8 +319,9 @@ def render(infos: list[NodeInfo]) -> str:
         entries = f"{info.entries} item(s)" if info.kind == "map" else ""
         errors = f", {info.errors} error(s)" if info.kind == "map" and info.errors else ""
         job = f"  job {info.job_id} ({info.job_state})" if info.job_id else ""
+        error = f"  {info.error}" if info.error else ""
         lines.append(
             f"  {info.status:9s} {human_size(info.size):>9s}  {_iso(info.modified) or '-':19s}  "
-            f"{info.uid}  {entries}{errors}{job}"
+            f"{info.uid}  {entries}{errors}{job}{error}"
         )
     return "\n".join(lines)
