@@ -1463,10 +1463,18 @@ def test_many_index_files(tmp_path: Path) -> None:
     folder = tmp_path / "cache"
     watcher: CacheDict[tp.Any] = CacheDict(folder)
     assert watcher.keys() == []
-    for i in range(1000):
-        cd: CacheDict[tp.Any] = CacheDict(folder)
+    # 1000 writers: threads of one view, one after the other (each thread writes its own
+    # index file; a new view per writer would read the growing folder 1000 times)
+    cd: CacheDict[tp.Any] = CacheDict(folder)
+
+    def write(i: int) -> None:
         with cd.write():
             cd[f"key{i}"] = np.array([i]) if i % 2 else {"i": i}
+
+    for i in range(1000):
+        thread = threading.Thread(target=write, args=(i,))
+        thread.start()
+        thread.join()
     assert len(index_files(folder)) == 1000
     fresh: CacheDict[tp.Any] = CacheDict(folder)
     for reader in (fresh, watcher):
