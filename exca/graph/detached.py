@@ -194,7 +194,7 @@ def _dependencies(scheduler: Scheduler, key: Key) -> list[str]:
 def _units(scheduler: Scheduler, run: NodeRun) -> list[Unit]:
     node = run.node
     if node.kind == "map" and run.uids is None:  # items known at run time: split then
-        count = 1 if run.check_only else node.execution.max_jobs or 1
+        count = 1 if run.check_only else executors.max_jobs(node.execution) or 1
         forced_by = scheduler.run_id if run.action == "force" else ""
         action = tp.cast(Action, run.action)
         return [Unit(node, action, split=(i, count), forced_by=forced_by) for i in range(count)]

@@ -66,6 +66,16 @@ def resolve_cluster(cluster: str | None) -> str | None:
     return cluster
 
 
+def max_jobs(execution: Execution) -> int | None:
+    """How many jobs a map's items are split into at most. On cluster local every job is a
+    process of this machine, all started at once: the default bound (128, for clusters)
+    becomes the CPU count (a value the user gave stays as given)."""
+    if execution.max_jobs_by_default and resolve_cluster(execution.cluster) == "local":
+        cpus = os.cpu_count() or 1
+        return cpus if execution.max_jobs is None else min(execution.max_jobs, cpus)
+    return execution.max_jobs
+
+
 @functools.cache
 def max_array_size() -> int:
     """Slurm's MaxArraySize (arrays larger than that are split)."""

@@ -227,12 +227,11 @@ class Plan:
                     if todo < len(run.todo or ()):
                         self._shared[node.uid] = len(run.todo or ()) - todo
                 if cluster in SUBMITIT_CLUSTERS:
+                    limit = _max_jobs(node)
                     chunks = (
-                        to_chunks(todo, node.execution.max_jobs, node.execution.min_items_per_job)
-                        if todo
-                        else []
+                        to_chunks(todo, limit, node.execution.min_items_per_job) if todo else []
                     )
-                    elements = len(chunks) if todo is not None else (node.execution.max_jobs or 1)
+                    elements = len(chunks) if todo is not None else (limit or 1)
                 elif cluster in POOL_CLUSTERS:
                     from .executors import Pools
 
@@ -260,7 +259,7 @@ class Plan:
             unknown_items = node.kind == "map" and run.uids is None
             array.at_most |= unknown_items and cluster in (*SUBMITIT_CLUSTERS, *POOL_CLUSTERS)
             array.open_ended |= (
-                unknown_items and cluster in SUBMITIT_CLUSTERS and not node.execution.max_jobs
+                unknown_items and cluster in SUBMITIT_CLUSTERS and not _max_jobs(node)
             )
             array.nodes.append(node.uid)
         return list(groups.values())
@@ -467,3 +466,9 @@ def _root_of(folder: str, uid: str) -> str:
         if folder.endswith(suffix):
             return folder[: -len(suffix)]
     return folder
+
+
+def _max_jobs(node: Node) -> int | None:
+    from .executors import max_jobs
+
+    return max_jobs(node.execution)

@@ -353,7 +353,8 @@ class Scheduler:
             chunks = to_chunks(len(todo), 3 * workers, 1)
         elif cluster in SUBMITIT_CLUSTERS:
             random.shuffle(todo)
-            chunks = to_chunks(len(todo), node.execution.max_jobs, node.execution.min_items_per_job)
+            limit = executors.max_jobs(node.execution)
+            chunks = to_chunks(len(todo), limit, node.execution.min_items_per_job)
         else:
             chunks = [(0, len(todo))] if todo else []
         shipped = node.shipped()

@@ -417,6 +417,7 @@ class MapInfra(BaseInfra, SubmititMixin):
                     workdir_folder=None,  # (a new snapshot per call: below)
                     max_jobs=self.max_jobs,
                     min_items_per_job=self.min_samples_per_job,
+                    max_jobs_by_default="max_jobs" not in self.model_fields_set,
                 ),
                 prepare=self._prepare_folder if self.folder is not None else None,
                 check_reuse=self._check_defaults if self.folder is not None else None,
