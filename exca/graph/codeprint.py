@@ -22,6 +22,9 @@ logger = logging.getLogger("exca")
 CODE_KEY = "code"  # in the #meta of a task entry, or of a map item
 _DIGESTS: dict[tp.Any, str] = {}  # code object -> digest (memoized: the hit path asks)
 _WARNED: set[tuple[str, str]] = set()  # (step, current digest)
+# (cache folder, current digest) whose reused map items were checked: once per process (a
+# scan per call doubled the cost of a warm map call)
+_ITEMS_CHECKED: set[tuple[str, str]] = set()
 _BYTECODE = importlib.util.MAGIC_NUMBER[:2].hex()  # (the interpreter's bytecode version)
 
 
@@ -99,15 +102,24 @@ def check(meta: tp.Any, func: tp.Callable[..., tp.Any], where: str) -> None:
 def check_items(
     cache: tp.Any, uids: tp.Iterable[str], func: tp.Callable[..., tp.Any], where: str
 ) -> None:
-    """``check`` for the items of a map that a call reuses (stops at the first item made by
-    other code; nothing to read once the method warned)."""
+    """``check`` for the items of a map that a call reuses: the first call reusing items of
+    a folder checks them (stopping at the first item made by other code), later calls of
+    the same code in this process do not."""
     current = digest(func)
-    if current is None or cache.folder is None or (where.partition("/")[0], current) in _WARNED:
+    if current is None or cache.folder is None:
         return
-    for uid in uids:
-        entry = cache.entry(uid)
-        meta = entry.info.get("#meta") if entry is not None else None
-        recorded = meta.get(CODE_KEY) if isinstance(meta, dict) else None
-        if isinstance(recorded, str) and recorded != current:
-            check(meta, func, where)
-            return
+    checked = (str(cache.folder), current)
+    if checked in _ITEMS_CHECKED or (where.partition("/")[0], current) in _WARNED:
+        return
+    python = current.partition("-")[0]
+    with cache.frozen_cache_folder():  # (an item removed meanwhile: no folder read per item)
+        for uid in uids:
+            entry = cache.entry(uid)
+            meta = entry.info.get("#meta") if entry is not None else None
+            recorded = meta.get(CODE_KEY) if isinstance(meta, dict) else None
+            # (an item of another Python says nothing: the next ones are looked at)
+            same_python = isinstance(recorded, str) and recorded.partition("-")[0] == python
+            if same_python and recorded != current:
+                check(meta, func, where)
+                return
+    _ITEMS_CHECKED.add(checked)

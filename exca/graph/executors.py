@@ -872,8 +872,10 @@ def submit_array(
     parallelism: int | None = None,
     dependencies: tp.Sequence[str] = (),
     permissions: int | None = None,
+    quiet: bool = False,
 ) -> list[SubmititHandle]:
-    """Submit units as one submitit array (split at Slurm's MaxArraySize)."""
+    """Submit units as one submitit array (split at Slurm's MaxArraySize); ``quiet``: not
+    logged (the next wave of a submission already told about)."""
     import submitit
 
     _make_log_folder(logs, permissions)
@@ -986,7 +988,8 @@ def submit_array(
         _remove_template_folder(logs)
     if jobs:
         ids = sorted({str(j.job_id).split("_")[0] for j in jobs})
-        logger.info(
+        logger.log(
+            logging.DEBUG if quiet else logging.INFO,
             "Submitted %d job(s) to %s (%s): %s; logs in %s",
             len(jobs),
             cluster,

@@ -74,6 +74,9 @@ class Unit(tp.NamedTuple):
     def __reduce__(self) -> tuple[tp.Any, ...]:  # (its code keeps its file name: jobpickle)
         return jobpickle.reduce(self, lambda: (Unit, tuple(self)))
 
+    def __copy__(self) -> Unit:  # (immutable: not a pickling round trip, as __reduce__ is)
+        return self
+
 
 @dataclasses.dataclass
 class Report:

@@ -441,14 +441,16 @@ def _main(argv: list[str] | None) -> int:
             message = f"No job recorded in {args.folder}" + (
                 f" for item {args.item!r}" if args.item else ""
             )
+            traceback = _cached_traceback(Path(args.folder), args.item)
+            if traceback is not None:  # (computed by the calling process: no log, but this)
+                message += " (computed where it was called)"
             inputs = sorted(input_folders(Path(args.folder)))
             if inputs:  # (a method with inputs: its calls are nodes of their own)
                 message += f"; its calls with inputs have their own: {', '.join(map(str, inputs))}"
             data: dict[str, tp.Any] = {"error": message}
-            traceback = _cached_traceback(Path(args.folder), args.item)
-            if traceback is not None:  # (computed by the calling process: no log, but this)
-                message += f" (computed where it was called); its cached error:\n{traceback}"
+            if traceback is not None:
                 data["traceback"] = traceback
+                message += f"; its cached error:\n{traceback}"
             _print(data, args.json, message)
             return 1
         job = found[-1]
@@ -458,7 +460,12 @@ def _main(argv: list[str] | None) -> int:
                 f"The log file of job {job.job_id} ({job.cluster}) is not there: {path} (its "
                 "logs were removed, e.g. by `exca clean ROOT logs`, or the job never started)"
             )
-            _print({"error": message, "job_id": job.job_id, "path": str(path)}, args.json, message)
+            gone = {"error": message, "job_id": job.job_id, "path": str(path)}
+            traceback = _cached_traceback(Path(args.folder), args.item)
+            if traceback is not None:  # (its failure is in the cache still)
+                gone["traceback"] = traceback
+                message += f"; its cached error:\n{traceback}"
+            _print(gone, args.json, message)
             return 1
         text = job.stderr() if args.stderr else job.stdout()
         data = {"job_id": job.job_id, "cluster": job.cluster, "path": str(path), "text": text}

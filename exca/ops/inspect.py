@@ -184,18 +184,18 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
     computing = bool(Claims(folder).current())
     if kind == "task":
         info.status = "error" if errors else "success"
-        if errors:
-            info.error = _error_line(entries[TASK_KEY])
     elif kind == "map":
         info.status = "partial" if errors else "success"
     if info.job_state == "running" and (kind == "empty" or kind == "map"):
         info.status = "running"  # queued, or computing inside its job
     elif computing:
         info.status = "computing"
+    if info.status == "error":  # (not while it is computed again)
+        info.error = _error_line(entries[TASK_KEY])
     return info
 
 
-def _error_line(record: dict[str, tp.Any], width: int = 100) -> str:
+def _error_line(record: dict[str, tp.Any], width: int = 200) -> str:
     """``ValueError: its message`` from a cached error's index record, on one line."""
     kind = str(record.get("t") or "error").rpartition(".")[2]
     message = " ".join(str(record.get("m") or "").split())
