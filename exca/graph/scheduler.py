@@ -38,6 +38,7 @@ from .worker import Action, Unit
 logger = logging.getLogger("exca")
 POLL_START = 0.05
 POLL_MAX = 2.0
+LOCAL_POLL_MAX = 0.2  # (while local jobs run: polling them costs a process check each)
 
 __all__ = ["NodeRun", "Scheduler", "collect", "run", "to_chunks"]
 
@@ -636,6 +637,8 @@ class Scheduler:
     def wait_some(self, running: dict[Key, NodeRun], progress: Progress) -> None:
         """Block until at least one running node finishes."""
         delay = POLL_START
+        # (a local job's end is seen at once, by its process: a CPU held back waits for it)
+        longest = LOCAL_POLL_MAX if any(_local_jobs(r) for r in running.values()) else POLL_MAX
         while not self.finish_done(running, progress):
             futures = [
                 h.future
@@ -649,7 +652,7 @@ class Scheduler:
                 concurrent.futures.wait(futures, delay, concurrent.futures.FIRST_COMPLETED)
             else:
                 time.sleep(delay)
-            delay = min(delay * 1.5, POLL_MAX)
+            delay = min(delay * 1.5, longest)
 
     def finish_done(self, running: dict[Key, NodeRun], progress: Progress) -> bool:
         """Finish the running nodes whose jobs all ended; whether there was any."""
