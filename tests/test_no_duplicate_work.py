@@ -289,8 +289,8 @@ def test_no_job_for_a_task_another_worker_computes(tmp_path: Path, ctl: Path, ca
     cluster="local": a call or an array submits no job (it would only wait for the claim
     inside its allocation, and its end, e.g. a time limit, was taken for the task's
     failure, which then replaced the result being computed); the call waits for that
-    computation. job() asks for a job: it gets one, which waits for the claim and reads
-    the result (and would compute it if the other worker died)."""
+    computation. Neither does job(): its job follows that computation (a job submitted
+    would hold its allocation only to wait, a GPU for as long as the other computes)."""
     folder = tmp_path / "cache"
     inline: list[int] = []
     first = threading.Thread(
@@ -308,13 +308,13 @@ def test_no_job_for_a_task_another_worker_computes(tmp_path: Path, ctl: Path, ca
         time.sleep(1.0)  # (it decides meanwhile: a submission would show in jobs/)
     elif call == "job":
         job = other.infra.job()
+        assert job.job_id == "#claim#" and job.state == "RUNNING" and not job.done()
     else:
         with other.infra.job_array() as array:
             array.append(other.infra.clone_obj())
     folder_of_task = other.infra.uid_folder()
     assert folder_of_task is not None
-    # no job record: nothing submitted (but for job())
-    assert (folder_of_task / "jobs").exists() is (call == "job")
+    assert not (folder_of_task / "jobs").exists()  # (no job record: nothing submitted)
     (ctl / "release").touch()
     first.join(timeout=WAIT_S)
     if waiter is not None:
@@ -491,6 +491,30 @@ def test_killed_owner_is_taken_over(tmp_path: Path, ctl: Path, kind: str) -> Non
     assert folder is not None
     assert claim_files(folder) == []
     assert len(lines(ctl / "calls.txt")) == len(calls)
+
+
+@pytest.mark.timeout(120)
+def test_the_job_following_another_worker_submits_when_that_worker_dies(
+    tmp_path: Path, ctl: Path
+) -> None:
+    """job() of a task another process computes inline follows that computation (no job
+    submitted); when that process dies without a result, result() submits the job then,
+    as a call with a cluster does."""
+    owner = Caller(tmp_path, _spec(tmp_path, ctl, "task", 1, x=5))
+    try:
+        wait_until(lambda: bool(lines(ctl / "calls.txt")))  # computing (blocked, no release)
+        other = Slow(x=5, ctl=str(ctl), infra={"folder": tmp_path / "cache", "cluster": "local"})
+        job = other.infra.job()
+        assert job.job_id == "#claim#"
+        folder = other.infra.uid_folder()
+        assert folder is not None and not (folder / "jobs").exists()
+        owner.kill()
+        (ctl / "release").touch()
+        assert job.result() == 10
+    finally:
+        owner.kill()
+    assert (folder / "jobs").exists()  # (computed by a local job, submitted by result())
+    assert [line.split()[0] for line in lines(ctl / "calls.txt")] == ["task", "task"]
 
 
 # --- an owner on another host ------------------------------------------------------------

@@ -2656,6 +2656,29 @@ def test_clean_versions_keeps_logs_of_a_running_old_job(tmp_path: Path) -> None:
 
 
 # --- logs --------------------------------------------------------------------------------------
+class Dies(pydantic.BaseModel):
+    """A task whose process dies (no result, no error: a kill, out of memory...)."""
+
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        os._exit(3)
+
+
+def test_a_config_whose_job_died_is_listed_as_an_error(tmp_path: Path) -> None:
+    """Its job died: nothing cached, and `list` said "empty" where status() says
+    "failed" (`--status error` missed every killed, cancelled or crashed job)."""
+    dies = Dies(infra={"folder": tmp_path, "cluster": "local"})
+    job = dies.infra.job()
+    wait_until(job.done, "the job ends")
+    assert dies.infra.status() == "failed"
+    (info,) = exca.ops.inspect(tmp_path, status="error")
+    assert info.folder == folder_of(dies) and info.entries == 0
+    assert info.error is not None and f"job {job.job_id} ended without writing" in info.error
+    assert "ended without writing its result" in cli("list", tmp_path, check=True).stdout
+
+
 def test_logs_of_a_local_task_from_a_fresh_process(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     task = Train(seed=9, infra={"folder": root, "cluster": "local"})

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 import shutil
@@ -2064,43 +2063,3 @@ def test_plans_and_runs_show_themselves_in_a_notebook(env: Env) -> None:
     removal = exca.ops.clean.remove_nodes(b)
     removal._repr_pretty_(printer, False)
     assert printer.texts[-1] == str(removal) and "1 item(s) to remove" in printer.texts[-1]
-
-
-class Busy(pydantic.BaseModel):
-    """Marks itself running in a folder while it works (how many run at once)."""
-
-    index: int = 0
-    marks: str = ""
-    infra: exca.TaskInfra = exca.TaskInfra(version="1")
-
-    @infra.apply
-    def work(self) -> int:
-        mark = Path(self.marks) / f"{self.index}.running"
-        mark.touch()
-        try:
-            time.sleep(0.5)
-            return len(list(Path(self.marks).glob("*.running")))  # (itself included)
-        finally:
-            mark.unlink()
-
-
-@pytest.mark.timeout(180)
-def test_local_nodes_run_at_most_one_job_per_cpu(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Local jobs are processes of this machine, and a run started all of them at once (200
-    task nodes on 2 cores: 400 processes). A waiting run keeps at most one per CPU going,
-    and starts the next ones as they end (said once, not one line per job)."""
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    infra = {"folder": tmp_path / "cache", "cluster": "local"}
-    nodes = [Busy(index=i, marks=str(marks), infra=infra).work.node() for i in range(8)]
-    with caplog.at_level(logging.INFO, logger="exca"):
-        exca.graph.run(*nodes)
-    assert caplog.text.count("More local jobs than CPUs: 2 at once") == 1
-    assert caplog.text.count("Submitted") == 1, caplog.text
-    seen = [node.result() for node in nodes]
-    assert 1 <= max(seen) <= 2, seen
-    jobs = {r.job_id for node in nodes for r in exca.graph.registry.read_all(node.folder)}
-    assert len(jobs) == 8  # (one job per node, as before: only when they start changed)

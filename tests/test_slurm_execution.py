@@ -452,7 +452,8 @@ def test_slurm_cancelled_job(
 def test_plan_says_whether_a_job_is_pending_or_running(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
 ) -> None:
-    """A plan said "running as job X" for a job still waiting in the queue."""
+    """A plan said "running as job X" for a job still waiting in the queue (and the job's
+    state, RUNNING)."""
     import subprocess
 
     (ctl / "block").touch()
@@ -467,9 +468,11 @@ def test_plan_says_whether_a_job_is_pending_or_running(
 
     try:
         assert reason() == f"pending as job {job.job_id}"
+        assert job.state == "PENDING" and "state=PENDING" in repr(job)
         subprocess.run(["scontrol", "update", f"jobid={job.job_id}", "starttime=now"], check=True)
         wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
         assert reason() == f"running as job {job.job_id}"
+        wait_until(lambda: job.state == "RUNNING")  # (sacct may lag the queue a moment)
         (ctl / "block").unlink()
         assert job.result() == 24
     finally:  # (never left in the queue, to start in 10 minutes)

@@ -211,10 +211,14 @@ def task_job(node: Node) -> Job:
             with restoring_files():
                 node.check_defaults()
         return Job(node, recorded_handle(record) if record is not None else None)
-    if node.mode == "read-only" and state == "missing" and being_computed(node):
+    if not forcing and being_computed(node):
+        # another worker computes it (an inline call of another process, say): its outcome
+        # is the job's; a job submitted now would hold its allocation only to wait for
+        # that claim (a call with a cluster waits too, and submits only if it ends
+        # without a result: job() again then)
         from .executors import ClaimHandle
 
-        return Job(node, ClaimHandle(node))  # (another worker computes it: its outcome)
+        return Job(node, ClaimHandle(node))
     scheduler = Scheduler([node])
     if node.execution.cluster is None:
         try:

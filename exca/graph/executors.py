@@ -872,10 +872,8 @@ def submit_array(
     parallelism: int | None = None,
     dependencies: tp.Sequence[str] = (),
     permissions: int | None = None,
-    quiet: bool = False,
 ) -> list[SubmititHandle]:
-    """Submit units as one submitit array (split at Slurm's MaxArraySize); ``quiet``: not
-    logged (the next wave of a submission already told about)."""
+    """Submit units as one submitit array (split at Slurm's MaxArraySize)."""
     import submitit
 
     _make_log_folder(logs, permissions)
@@ -988,14 +986,22 @@ def submit_array(
         _remove_template_folder(logs)
     if jobs:
         ids = sorted({str(j.job_id).split("_")[0] for j in jobs})
-        logger.log(
-            logging.DEBUG if quiet else logging.INFO,
+        logger.info(
             "Submitted %d job(s) to %s (%s): %s; logs in %s",
             len(jobs),
             cluster,
             execution.describe(),
             ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else ""),
             logs.split("%j")[0],
+        )
+    cpus = os.cpu_count() or 1
+    if cluster == "local" and len(jobs) > cpus:  # (each is a process of this machine)
+        logger.warning(
+            "%d local jobs started at once on this machine (%d CPUs): each is a process of "
+            "its own; for many small tasks, cluster=None (one after the other, in this "
+            "process) is faster",
+            len(jobs),
+            cpus,
         )
     return [SubmititHandle(job, cluster, template) for job in jobs]
 

@@ -63,7 +63,7 @@ class Job:
     @property
     def state(self) -> str:
         if self.replaces and self.handle is not None and not self.handle.done():
-            return "RUNNING"
+            return self._live_state()
         cached = store.task_state(self.node)
         if cached == "done":
             return "COMPLETED"
@@ -72,13 +72,19 @@ class Job:
         if self.handle is None:
             return "NOT SUBMITTED"
         if not self.handle.done():
-            return "RUNNING"
+            return self._live_state()
         if self.job_id == "#local#":  # (computed here, no folder: its error, if any, is held)
             return "FAILED" if self.handle.error() is not None else "FINISHED"
         # ended without an outcome: how submitit saw it (CANCELLED, TIMEOUT...), else FAILED
         state = getattr(self.handle, "state", None)
         seen = str(state()) if callable(state) else ""
         return seen if seen.startswith(_FAILED_STATES) else "FAILED"
+
+    def _live_state(self) -> str:
+        """PENDING while a queue holds the job (as Slurm says), else RUNNING."""
+        state = getattr(self.handle, "state", None)
+        seen = str(state()) if callable(state) else ""
+        return "PENDING" if seen.startswith("PENDING") else "RUNNING"
 
     def done(self) -> bool:
         if not self.replaces and store.task_state(self.node, refresh=True) != "missing":
@@ -98,6 +104,14 @@ class Job:
             successor = self._successor()
             if successor is not None:  # (e.g. a forced job removed this one's result)
                 return Job(self.node, successor).result()
+            from .executors import ClaimHandle
+
+            if isinstance(self.handle, ClaimHandle) and self.handle.keys is None:
+                # the worker this job followed (no job of its own: see calls.task_job)
+                # ended without a result: a job now, as a call with a cluster does
+                from .calls import task_job
+
+                return task_job(self.node).result()
             error = self.handle.error() if self.handle is not None else None
             if error is not None and self.job_id == "#local#":
                 raise error  # computed here and not cached (no folder), or never started

@@ -38,7 +38,7 @@ from .worker import Action, Unit
 logger = logging.getLogger("exca")
 POLL_START = 0.05
 POLL_MAX = 2.0
-LOCAL_POLL_MAX = 0.2  # (while local jobs run: polling them costs a process check each)
+LOCAL_POLL_MAX = 0.2  # (while local jobs run: polling one costs a process check)
 
 __all__ = ["NodeRun", "Scheduler", "collect", "run", "to_chunks"]
 
@@ -82,8 +82,6 @@ class Scheduler:
         self.shares_items = True
         # (a call of one node: of several failures, the one the others only follow is raised)
         self.root_cause = False
-        self.quiet_submissions = False  # (the later waves of local jobs: told once, at first)
-        self.held_local = False  # (a waiting run held local jobs back: one per CPU runs)
         self._settled: list[Key] = []  # nodes that left the running ones since the last wave
         self._positions: tuple[Graph, dict[Key, int]] | None = None
 
@@ -202,15 +200,8 @@ class Scheduler:
         pools = executors.Pools()
         running: dict[Key, NodeRun] = {}
         progress = Progress(0, "exca", requested=False)
-        now, later = _local_waves(work, parallelism)
-        self.launch(now, running, pools, progress, parallelism, waiting=False)
+        self.launch(work, running, pools, progress, parallelism, waiting=False)
         self.finish_done(running, progress)  # the inline ones ran already
-        while later:  # (local jobs beyond one per CPU: each starts as an earlier one ends)
-            self.wait_some(running, progress)
-            slots = _local_slots(parallelism) - sum(_local_jobs(r) for r in running.values())
-            now, later = later[: max(slots, 0)], later[max(slots, 0) :]
-            self.quiet_submissions = True
-            self.launch(now, running, pools, progress, parallelism, waiting=False)
         pools.shutdown()
         self.graph.share_force_states()
         return {r.node.key: r.handles for r in work}
@@ -249,7 +240,6 @@ class Scheduler:
                 # upstream node to settle, which makes them candidates again)
                 candidates = set(ready_keys) - {r.node.key for r in ready}
                 self.launch(ready, running, pools, progress)
-                self.quiet_submissions = self.held_local  # (the next local jobs: one by one)
                 if running:
                     self.wait_some(running, progress)
                 elif not ready:
@@ -292,32 +282,13 @@ class Scheduler:
     ) -> list[NodeRun]:
         """Ready Slurm work waits while running jobs will soon make more work of its array
         group ready (then a level of the DAG goes out as ONE array, not one sbatch per
-        finished job). Local jobs are processes of this machine, all started at once: at
-        most one per CPU runs, the next ones start as they end (200 task nodes on 2 cores
-        started 400 processes)."""
+        finished job). Other clusters gain nothing from waiting: their work starts now."""
         downstream = self.graph.downstream
         waiting = {d for k in running for d in downstream[k] if d in pending}
         soon = {self._group(pending[k]) for k in waiting if executors.on_slurm(pending[k].node)} - {
             None
         }
-        slots = _local_slots() - sum(_local_jobs(r) for r in running.values())
-        out, held = [], 0
-        for run in ready:
-            if self._group(run) in soon:
-                continue
-            if _on_local(run):
-                if slots <= 0:
-                    held += 1
-                    continue  # (ready still: launched at a later wave)
-                slots -= 1
-            out.append(run)
-        if held and not self.held_local:
-            logger.info(
-                "More local jobs than CPUs: %d at once, each of the others starts as one ends",
-                _local_slots(),
-            )
-        self.held_local |= bool(held)
-        return out
+        return [r for r in ready if self._group(r) not in soon]
 
     def _ready(self, key: Key) -> bool:
         if _reads_only(self.runs[key]):
@@ -583,7 +554,6 @@ class Scheduler:
                             parallelism or len(units),
                             after,
                             permissions=first.cache.permissions,
-                            quiet=self.quiet_submissions and not executors.on_slurm(first),
                         )
                     )
                     store.drop_outcomes(outdated)  # (forced: its old result is not read now)
@@ -637,8 +607,9 @@ class Scheduler:
     def wait_some(self, running: dict[Key, NodeRun], progress: Progress) -> None:
         """Block until at least one running node finishes."""
         delay = POLL_START
-        # (a local job's end is seen at once, by its process: a CPU held back waits for it)
-        longest = LOCAL_POLL_MAX if any(_local_jobs(r) for r in running.values()) else POLL_MAX
+        # (a local job's end is seen soon after it happens: what follows it starts then)
+        local = any(h.cluster == "local" for r in running.values() for h in r.handles)
+        longest = LOCAL_POLL_MAX if local else POLL_MAX
         while not self.finish_done(running, progress):
             futures = [
                 h.future
@@ -967,48 +938,6 @@ class Scheduler:
             if len(causes) == 1:
                 raise causes[0]
         raise NodeFailures(failures)
-
-
-def _local_slots(parallelism: int | None = None) -> int:
-    """How many local jobs run at once: one per CPU (at most ``parallelism``)."""
-    cpus = os.cpu_count() or 1
-    return cpus if parallelism is None else max(1, min(cpus, parallelism))
-
-
-def _local_waves(
-    work: list[NodeRun], parallelism: int | None
-) -> tuple[list[NodeRun], list[NodeRun]]:
-    """The work a submission starts now, and the local work it starts later: the local
-    jobs beyond one per CPU (they would all start at once on this machine)."""
-    local = [r for r in work if _on_local(r)]
-    slots = _local_slots(parallelism)
-    if len(local) <= slots:
-        return work, []
-    later = local[slots:]
-    logger.info(
-        "%d local jobs, %d at once (the CPUs of this machine): each of the others starts "
-        "as one ends, this call returns once the last one started (cluster=None computes "
-        "them in this process)",
-        len(local),
-        slots,
-    )
-    held = {r.node.key for r in later}
-    return [r for r in work if r.node.key not in held], later
-
-
-def _on_local(run: NodeRun) -> bool:
-    """Whether a node's work starts local jobs (not waiting for others' jobs)."""
-    cluster = run.node.execution.cluster
-    if run.action == "wait" or cluster not in ("local", "auto"):
-        return False
-    return executors.resolve_cluster(cluster) == "local"
-
-
-def _local_jobs(run: NodeRun) -> int:
-    """How many local jobs of this run a running node keeps busy."""
-    if not _on_local(run):
-        return 0
-    return sum(1 for h in run.handles if not h.done()) if run.handles else 1
 
 
 def follow_own_job(run: NodeRun, off_slurm: bool) -> bool:

@@ -192,6 +192,14 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
         info.status = "computing"
     if info.status == "error":  # (not while it is computed again)
         info.error = _error_line(entries[TASK_KEY])
+    elif kind == "empty" and info.job_state == "ended" and record is not None:
+        died = not registry.wrote_outcome(record)  # (as status() says: "failed")
+        if died:
+            info.status = "error"
+            info.error = (
+                f"job {record.job_id} ended without writing its result (killed, out of "
+                "memory, cancelled...?): `exca logs FOLDER --stderr` shows how"
+            )
     return info
 
 
