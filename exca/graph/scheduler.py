@@ -913,7 +913,17 @@ class Scheduler:
                 continue  # (a chunk job that did its share: not the one to blame)
             descriptions.append(handle.ended_how(known.get(handle.job_id)))
         detail = "; ".join(descriptions) or "the worker ended without writing it"
-        return JobFailedError(f"{what}{run.node.uid} not computed: {detail}")
+        lost = JobFailedError(f"{what}{run.node.uid} not computed: {detail}")
+        if missing and run.node.kind == "map":
+            # a chunk job stops at the method's exception (cached for its item): that
+            # exception, of its own type, as an inline call raises it
+            from .decisions import first_item_error
+
+            raised = first_item_error(run.node, list(run.todo or []))
+            if raised is not None:
+                raised.add_note(f"exca: {lost}")
+                return raised
+        return lost
 
     def failures(self) -> dict[str, BaseException]:
         """The error of every node that failed (or could not run), by uid."""
