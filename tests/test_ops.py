@@ -929,6 +929,11 @@ def test_cli_misformed_overrides_get_the_key_value_message(
     err = capsys.readouterr().err
     assert "name\n  Input should be a valid string" in err, err
     assert """overrides are read as yaml; for a string, quote it: 'name="no"'""" in err, err
+    # a number out of its field's range: pydantic's message only (quoting would not help)
+    argv = ["plan", target, f"infra.folder={root}", "infra.timeout_min=0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "greater than or equal to 1" in err and "quote it" not in err, err
     # other commands take no override
     with pytest.raises(SystemExit) as exit_info:
         main(["list", str(tmp_path), "seed=1"])

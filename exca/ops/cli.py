@@ -168,9 +168,12 @@ def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.An
     try:
         obj = cls(**cfg)
     except pydantic.ValidationError as error:
-        # (a value yaml typed that a str field refused: not an unknown key)
+        # (a value yaml typed that a str field refused: not an unknown key, nor a number
+        # out of its field's range)
         invalid = {
-            ".".join(map(str, e["loc"])) for e in error.errors() if e["type"] != "extra_forbidden"
+            ".".join(map(str, e["loc"]))
+            for e in error.errors()
+            if e["type"] in ("string_type", "literal_error", "enum")
         }
         quoted = [f"'{k}=\"{v}\"'" for k, v in retyped.items() if k in invalid]
         if not quoted:
