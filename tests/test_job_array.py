@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import os
 import threading
 import time
 import typing as tp
@@ -480,7 +479,7 @@ def test_a_local_array_of_more_jobs_than_cpus_warns(
 ) -> None:
     """Every local job is a process of this machine, all started at once (an array of 300
     configs: 600 processes, 165 s on 2 cores, where cluster=None took 0.4 s): said so."""
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr("exca.graph.executors.usable_cpus", lambda: 2)
     base = Square(ctl=str(tmp_path), infra={"folder": tmp_path / "cache", "cluster": "local"})
     configs = [base.infra.clone_obj(x=x) for x in range(3)]
     with caplog.at_level(logging.INFO, logger="exca"), base.infra.job_array() as array:

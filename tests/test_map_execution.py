@@ -586,7 +586,7 @@ def test_local_map_by_default_starts_one_job_per_cpu(
     max_jobs (128, for clusters), 1000 items on cluster="local" started 128 jobs (256
     processes: 55 s on 2 cores, against 1.4 s in 2 jobs). The default becomes the CPU
     count there; a max_jobs the user gives stays as given, and a plan says the same."""
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr("exca.graph.executors.usable_cpus", lambda: 2)
     mapper = make(tmp_path, "local")
     assert mapper.infra.max_jobs == 128  # (the field keeps its value)
     plan = exca.graph.plan(mapper.process.node(list(range(10))))
@@ -600,6 +600,33 @@ def test_local_map_by_default_starts_one_job_per_cpu(
     assert list(chosen.process(list(range(10, 20)))) == [10 * i for i in range(10, 20)]
     records = [json.loads(p.read_text()) for p in (folder / "jobs").glob("*.json")]
     assert sorted(len(r["keys"]) for r in records) == [2, 4, 4, 5, 5]
+
+
+class ThreeJobs(pydantic.BaseModel):
+    """A map whose class sets max_jobs (3) in its field's default."""
+
+    infra: exca.MapInfra = exca.MapInfra(version="1", max_jobs=3)
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        yield from items
+
+
+def test_a_max_jobs_chosen_anyhow_stays_on_local(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the default 128 becomes the CPU count on cluster local: a class default of
+    3 stays 3 (it was taken for "not set": the instance's infra given as a dict), and two
+    instances differing only in whether 128 was written out are one node."""
+    monkeypatch.setattr("exca.graph.executors.usable_cpus", lambda: 2)
+    local = {"folder": tmp_path / "cache", "cluster": "local"}
+    node = ThreeJobs(infra=local).process.node(list(range(10)))
+    assert [a.elements for a in exca.graph.plan(node).arrays] == [3]
+    node = ThreeJobs(infra={**local, "max_jobs": None}).process.node(list(range(10)))
+    assert [a.elements for a in exca.graph.plan(node).arrays] == [10]
+    written = make(tmp_path, None, infra={"max_jobs": 128}).process.node([1, 2])
+    default = make(tmp_path, None).process.node([1, 2])
+    assert exca.graph.run(written, default).failures() == {}
 
 
 def test_each_chunk_job_carries_only_its_own_items(tmp_path: Path) -> None:
@@ -1444,22 +1471,22 @@ class SetupFails(pydantic.BaseModel):
 @pytest.mark.timeout(120)
 def test_a_job_whose_method_raises_says_what_it_raised(tmp_path: Path) -> None:
     """A map job whose method's setup raises: the error gave the job's state ("FINISHED",
-    "PENDING" on Slurm) and a cut-off middle of its traceback; it names what the method
-    raised, as an inline call does, and where the job's log is."""
-    from exca.graph.errors import JobFailedError
-
+    "PENDING" on Slurm) and a cut-off middle of its traceback; the call raises what the
+    method raised, as an inline call does, its note naming the job's end and log."""
     missing = tmp_path / "model.bin"
     infra = {"folder": tmp_path / "cache", "cluster": "local", "max_jobs": 1}
-    with pytest.raises(JobFailedError) as info:
+    with pytest.raises(FileNotFoundError) as info:
         list(SetupFails(path=str(missing), infra=infra).process(range(10)))
-    text = str(info.value)
-    assert f"failed: FileNotFoundError: [Errno 2] No such file or directory: '{missing}'" in text
-    assert "_log.err" in text and "ended with state" not in text and "Traceback" not in text
+    note = "\n".join(info.value.__notes__)
+    told = note[note.index("exca: 7 item(s)") :]  # (after the item's own traceback)
+    assert f"failed: FileNotFoundError: [Errno 2] No such file or directory: '{missing}'" in told
+    assert "_log.err" in told and "ended with state" not in told and "Traceback" not in told
     # a message of several lines is told whole (not its last line, taken for the exception)
     message = "no model here\nhint: download it first"
-    with pytest.raises(JobFailedError) as info:
+    with pytest.raises(ValueError) as info:
         list(SetupFails(path="", message=message, infra=infra).process(range(10)))
-    assert f"failed: ValueError: {message} (its log:" in str(info.value)
+    assert str(info.value) == message
+    assert f"failed: ValueError: {message} (its log:" in "\n".join(info.value.__notes__)
 
 
 class ArrayMapper(pydantic.BaseModel):
@@ -1540,6 +1567,33 @@ def test_a_forcing_job_that_dies_before_computing_is_an_error_not_the_old_output
         list(forced.process([1, 2]))
     assert "ModuleNotFoundError" in str(failed.value)
     assert list(forced_module.Doubler(infra={"folder": folder}).process([1, 2])) == [2, 4]
+
+
+class DiesAfterAnItemError(pydantic.BaseModel):
+    """Item 1 raises (an item error: the others go on), then the process dies at item 3."""
+
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            if item == 1:
+                raise ValueError("error of item 1")
+            if item == 3:
+                os._exit(3)
+            yield item
+
+
+@pytest.mark.timeout(120)
+def test_a_chunk_job_killed_after_an_item_error_is_a_job_failure(tmp_path: Path) -> None:
+    """Only the error a job raised is raised as the method's: a job that died after an
+    item's error (cached, its unit going on) is a JobFailedError, not that item's error
+    (an `except ValueError` took the kill for it)."""
+    from exca.graph.errors import JobFailedError
+
+    infra = {"folder": tmp_path / "cache", "cluster": "local", "max_jobs": 1}
+    with pytest.raises(JobFailedError, match="its process died"):
+        list(DiesAfterAnItemError(infra=infra).process([0, 1, 2, 3, 4]))
 
 
 @pytest.mark.timeout(180)

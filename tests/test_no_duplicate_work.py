@@ -517,6 +517,22 @@ def test_the_job_following_another_worker_submits_when_that_worker_dies(
     assert [line.split()[0] for line in lines(ctl / "calls.txt")] == ["task", "task"]
 
 
+class AsksItsOwnJob(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return int(self.infra.job().result())
+
+
+@pytest.mark.timeout(60)
+def test_job_of_the_task_this_thread_computes_is_refused(tmp_path: Path) -> None:
+    """job() follows the computation of another worker, not this thread's own (a task
+    asking for its own job waited for itself, for ever)."""
+    with pytest.raises(RuntimeError, match="this very thread"):
+        AsksItsOwnJob(infra={"folder": tmp_path}).process()
+
+
 # --- an owner on another host ------------------------------------------------------------
 def write_foreign_claim(folder: Path, keys: list[str]) -> Path:
     """A claim file as exca/storage/claims.py writes them, for a process on another host."""

@@ -113,20 +113,22 @@ def being_computed(node: Node) -> bool:
     return bool(keys_being_computed(node, (TASK_KEY,)))
 
 
-def keys_being_computed(node: Node, keys: tp.Iterable[str]) -> set[str]:
+def keys_being_computed(node: Node, keys: tp.Iterable[str], others_only: bool = False) -> set[str]:
     """Which of these keys of a node's cache live workers hold claims of (computing them
-    right now: here, in another process, in a job)."""
-    from ..storage.claims import CLAIMS_DIR, Claims
+    right now: here, in another process, in a job; ``others_only``: not this thread)."""
+    from ..storage.claims import CLAIMS_DIR, Claims, Owner
 
     if node.folder is None or not os.path.isdir(os.path.join(node.folder, CLAIMS_DIR)):
         return set()
     wanted = set(keys)
+    me = (*Owner.current()[:2], threading.get_native_id()) if others_only else None
     # the claim of a Slurm job that ended is not a computation, whatever its process does
     # (a lingering one here, a heartbeat still fresh on another host)
     return {
         key
         for claim in Claims(node.folder).current()
         if not (claim.owner.job_id and registry.slurm_job_alive(claim.owner.job_id) is False)
+        and (me is None or (claim.owner.host, claim.owner.pid, claim.owner.thread) != me)
         for key in claim.keys & wanted
     }
 
@@ -211,7 +213,7 @@ def task_job(node: Node) -> Job:
             with restoring_files():
                 node.check_defaults()
         return Job(node, recorded_handle(record) if record is not None else None)
-    if not forcing and being_computed(node):
+    if not forcing and keys_being_computed(node, (TASK_KEY,), others_only=True):
         # another worker computes it (an inline call of another process, say): its outcome
         # is the job's; a job submitted now would hold its allocation only to wait for
         # that claim (a call with a cluster waits too, and submits only if it ends

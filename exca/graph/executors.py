@@ -66,12 +66,21 @@ def resolve_cluster(cluster: str | None) -> str | None:
     return cluster
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (in a Slurm allocation or a container: fewer than
+    the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # (not on Linux)
+        return os.cpu_count() or 1
+
+
 def max_jobs(execution: Execution) -> int | None:
     """How many jobs a map's items are split into at most. On cluster local every job is a
     process of this machine, all started at once: the default bound (128, for clusters)
     becomes the CPU count (a value the user gave stays as given)."""
     if execution.max_jobs_by_default and resolve_cluster(execution.cluster) == "local":
-        cpus = os.cpu_count() or 1
+        cpus = usable_cpus()
         return cpus if execution.max_jobs is None else min(execution.max_jobs, cpus)
     return execution.max_jobs
 
@@ -994,7 +1003,7 @@ def submit_array(
             ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else ""),
             logs.split("%j")[0],
         )
-    cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     if cluster == "local" and len(jobs) > cpus:  # (each is a process of this machine)
         logger.warning(
             "%d local jobs started at once on this machine (%d CPUs): each is a process of "

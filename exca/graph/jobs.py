@@ -81,10 +81,10 @@ class Job:
         return seen if seen.startswith(_FAILED_STATES) else "FAILED"
 
     def _live_state(self) -> str:
-        """PENDING while a queue holds the job (as Slurm says), else RUNNING."""
-        state = getattr(self.handle, "state", None)
-        seen = str(state()) if callable(state) else ""
-        return "PENDING" if seen.startswith("PENDING") else "RUNNING"
+        """PENDING while Slurm's queue holds the job, else RUNNING."""
+        if self.cluster != "slurm":
+            return "RUNNING"
+        return "PENDING" if registry.queue_state(self.job_id) == "PENDING" else "RUNNING"
 
     def done(self) -> bool:
         if not self.replaces and store.task_state(self.node, refresh=True) != "missing":

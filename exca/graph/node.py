@@ -66,7 +66,9 @@ class Execution:
     logs: str | None = None  # submitit log folder, with %j
     max_jobs: int | None = None  # maps: at most this many jobs/chunks (see executors.max_jobs)
     min_items_per_job: int = 1
-    max_jobs_by_default: bool = False  # max_jobs is the class default, not the user's choice
+    # max_jobs is the class default (128), not another value the user chose (not compared:
+    # the same max_jobs is the same execution)
+    max_jobs_by_default: bool = dataclasses.field(default=False, compare=False)
     conda_env: str | None = None
     max_pickle_size_gb: float | None = None
     workdir: tp.Any = None  # an object with an ``activate()`` context manager

@@ -309,6 +309,13 @@ def queued_jobs(job_ids: tp.Sequence[str]) -> set[str]:
 _STATES: dict[str, str] = {}  # Slurm state of the jobs squeue listed last (PENDING, RUNNING...)
 
 
+def queue_state(job_id: str) -> str | None:
+    """The state squeue gives a Slurm job (PENDING, RUNNING...; None: not queued, or no
+    answer): one squeue call, which knows a job at once (sacct may lag)."""
+    confirmed_queued([job_id])
+    return _STATES.get(job_id)
+
+
 def as_jobs(job_ids: tp.Sequence[str]) -> str:
     """ "running as job 12" for a plan's reasons; "pending as job 12" when squeue said
     last that the job (every one of them) waits in the queue."""

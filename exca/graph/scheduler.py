@@ -920,7 +920,10 @@ class Scheduler:
             from .decisions import first_item_error
 
             raised = first_item_error(run.node, list(run.todo or []))
-            if raised is not None:
+            first = str(raised).partition("\n")[0] if raised is not None else ""
+            said = f"{type(raised).__name__}: {first}"
+            # (only the error its job raised: not one item's error, in a job killed later)
+            if raised is not None and any(said in str(h.error() or "") for h in run.handles):
                 raised.add_note(f"exca: {lost}")
                 return raised
         return lost

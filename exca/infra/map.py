@@ -291,6 +291,9 @@ def _refilling(
         values = node.cache.values_of(uids[position:], where=node.uid)
 
 
+DEFAULT_MAX_JOBS = 128  # (for clusters; on cluster local, the CPU count: executors.max_jobs)
+
+
 class MapInfra(BaseInfra, SubmititMixin):
     """Per-item cache of a method ``(self, items) -> Iterator[output]``:
     ``@infra.apply(item_uid=str)``. A call computes the missing items (in this process, a
@@ -301,7 +304,7 @@ class MapInfra(BaseInfra, SubmititMixin):
         None
     )
     keep_in_ram: bool = True
-    max_jobs: int | None = pydantic.Field(default=128, ge=1)  # None: no limit
+    max_jobs: int | None = pydantic.Field(default=DEFAULT_MAX_JOBS, ge=1)  # None: no limit
     min_samples_per_job: int = pydantic.Field(default=1, ge=1)
     forbid_single_item_computation: bool = False
 
@@ -417,7 +420,8 @@ class MapInfra(BaseInfra, SubmititMixin):
                     workdir_folder=None,  # (a new snapshot per call: below)
                     max_jobs=self.max_jobs,
                     min_items_per_job=self.min_samples_per_job,
-                    max_jobs_by_default="max_jobs" not in self.model_fields_set,
+                    # (by value: a class default, a clone, a config read back keep it)
+                    max_jobs_by_default=self.max_jobs == DEFAULT_MAX_JOBS,
                 ),
                 prepare=self._prepare_folder if self.folder is not None else None,
                 check_reuse=self._check_defaults if self.folder is not None else None,

@@ -173,7 +173,7 @@ def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.An
         invalid = {
             ".".join(map(str, e["loc"]))
             for e in error.errors()
-            if e["type"] in ("string_type", "literal_error", "enum")
+            if e["type"] in ("string_type", "literal_error", "enum", "path_type")
         }
         quoted = [f"'{k}=\"{v}\"'" for k, v in retyped.items() if k in invalid]
         if not quoted:

@@ -192,7 +192,7 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
         info.status = "computing"
     if info.status == "error":  # (not while it is computed again)
         info.error = _error_line(entries[TASK_KEY])
-    elif kind == "empty" and info.job_state == "ended" and record is not None:
+    elif info.status == "empty" and info.job_state == "ended" and record is not None:
         died = not registry.wrote_outcome(record)  # (as status() says: "failed")
         if died:
             info.status = "error"
