@@ -1606,7 +1606,7 @@ def test_overlapping_map_nodes_of_one_run_send_each_item_to_one_job(
     the other's claims); the other node waits for those jobs."""
     from exca.graph import registry
 
-    mapper = make(tmp_path, cluster, infra={"max_jobs": 128})  # (as given, even on local)
+    mapper = make(tmp_path, cluster, infra={"max_jobs": 1000})  # (as given, even on local)
     first, second = mapper.process.node([1, 2, 3, 4]), mapper.process.node([3, 4, 5])
     plan = exca.graph.plan(first, second)
     assert [e.items for e in plan.entries] == [
