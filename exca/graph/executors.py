@@ -78,10 +78,9 @@ def usable_cpus() -> int:
 def max_jobs(execution: Execution) -> int | None:
     """How many jobs a map's items are split into at most. On cluster local every job is a
     process of this machine, all started at once: the default bound (128, for clusters)
-    becomes the CPU count (a value the user gave stays as given)."""
+    becomes the CPU count (any other value stays as given)."""
     if execution.max_jobs_by_default and resolve_cluster(execution.cluster) == "local":
-        cpus = usable_cpus()
-        return cpus if execution.max_jobs is None else min(execution.max_jobs, cpus)
+        return min(execution.max_jobs or 1 << 30, usable_cpus())
     return execution.max_jobs
 
 
