@@ -486,3 +486,26 @@ def test_a_local_array_of_more_jobs_than_cpus_warns(
         array.extend(configs)
     assert "3 local jobs started at once on this machine (2 CPUs)" in caplog.text
     assert [config.infra.job().result() for config in configs] == [0, 1, 4]
+
+
+def test_an_interrupted_array_submission_names_the_jobs_left_queued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Ctrl-C landing while a Slurm array is submitted raised a bare KeyboardInterrupt:
+    the jobs sbatch had queued stayed queued, and nothing said so. (The interruption is
+    simulated after a submission recorded its handle: no cluster is needed to check the
+    message.)"""
+    from exca.graph import executors, scheduler
+
+    def interrupted(self: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        self.start()
+        handle = executors.DoneHandle(job_id="4242_0")
+        handle.cluster = "slurm"
+        next(iter(self.runs.values())).handles.append(handle)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scheduler.Scheduler, "submit", interrupted)
+    base = Square(ctl=str(tmp_path), infra={"folder": tmp_path / "cache", "cluster": "local"})
+    with pytest.raises(KeyboardInterrupt), base.infra.job_array() as array:
+        array.extend(base.infra.clone_obj(x=x) for x in range(2))
+    assert "Job array interrupted: job(s) 4242, submitted before the interruption" in caplog.text

@@ -97,7 +97,11 @@ def submit_array(
     ]
     outdated = {n.key: store.outdated_outcome(n.cache, mode) for n in nodes}
     scheduler = Scheduler(nodes)
-    handles = scheduler.submit(parallelism=max_workers, keep_going=True)
+    try:
+        handles = scheduler.submit(parallelism=max_workers, keep_going=True)
+    except KeyboardInterrupt:
+        _log_interrupted(scheduler)
+        raise
     for node in nodes:  # (else, until its job starts, a task shows its old outcome)
         if handles.get(node.key):  # (not submitted, e.g. its sub-config failed: kept)
             store.drop_outcome(node.cache, outdated[node.key])
@@ -106,6 +110,25 @@ def submit_array(
         for infra in [array_infra, *infras.values()]:
             _forced(infra)
             infra.__dict__["mode"] = "cached"  # (SPEC §8: force/retry revert to cached)
+
+
+def _log_interrupted(scheduler: tp.Any) -> None:
+    """Say which jobs an interrupted array submission leaves queued (an array does not
+    cancel its jobs: a new array, or a call, follows them)."""
+    ids = sorted(
+        {
+            h.job_id.split("_")[0]
+            for run in scheduler.runs.values()
+            for h in run.handles
+            if h.cluster == "slurm"  # (local ones it started are cancelled: executors)
+        }
+    )
+    if ids:
+        logger.warning(
+            "Job array interrupted: job(s) %s, submitted before the interruption, stay "
+            "queued (scancel them to stop them; an array of the same configs follows them)",
+            ", ".join(ids),
+        )
 
 
 def _log_not_submitted(
