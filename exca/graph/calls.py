@@ -68,14 +68,6 @@ def check_code(cache: CacheDict[tp.Any], func: tp.Callable[..., tp.Any], where: 
         codeprint.check(entry.info.get("#meta"), func, where)
 
 
-def check_items_code(
-    cache: CacheDict[tp.Any], uids: list[str], func: tp.Callable[..., tp.Any], where: str
-) -> None:
-    """Warn when reused items of a ``__main__`` map were computed by other code."""
-    if func.__module__ == "__main__":
-        codeprint.check_items(cache, uids, func, where)
-
-
 def _check_node_code(node: Node) -> None:
     func = codeprint.method_function(node.function)
     if func is not None and func.__module__ == "__main__":  # (see codeprint)

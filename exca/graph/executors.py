@@ -23,7 +23,7 @@ import typing as tp
 from pathlib import Path
 
 from ..storage.files import make_folder
-from .node import Execution
+from .node import DEFAULT_MAX_JOBS, Execution
 from .worker import Report, Unit, run_job_unit, run_unit
 
 if tp.TYPE_CHECKING:
@@ -79,8 +79,8 @@ def max_jobs(execution: Execution) -> int | None:
     """How many jobs a map's items are split into at most. On cluster local every job is a
     process of this machine, all started at once: the default bound (128, for clusters)
     becomes the CPU count (any other value stays as given)."""
-    if execution.max_jobs_by_default and resolve_cluster(execution.cluster) == "local":
-        return min(execution.max_jobs or 1 << 30, usable_cpus())
+    if execution.max_jobs == DEFAULT_MAX_JOBS and resolve_cluster(execution.cluster) == "local":
+        return min(DEFAULT_MAX_JOBS, usable_cpus())
     return execution.max_jobs
 
 

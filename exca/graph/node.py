@@ -57,6 +57,9 @@ def is_new_snapshot(folder: tp.Any) -> bool:
 _DEFAULTS_OK = "_defaults_ok"  # (in a node's __dict__: it and its upstream passed)
 
 
+DEFAULT_MAX_JOBS = 128  # a map's default bound on its jobs (for clusters: executors.max_jobs)
+
+
 @dataclasses.dataclass(frozen=True)
 class Execution:
     """How and where missing work of a node runs (never part of any uid)."""
@@ -66,9 +69,6 @@ class Execution:
     logs: str | None = None  # submitit log folder, with %j
     max_jobs: int | None = None  # maps: at most this many jobs/chunks (see executors.max_jobs)
     min_items_per_job: int = 1
-    # max_jobs is the class default (128), not another value the user chose (not compared:
-    # the same max_jobs is the same execution)
-    max_jobs_by_default: bool = dataclasses.field(default=False, compare=False)
     conda_env: str | None = None
     max_pickle_size_gb: float | None = None
     workdir: tp.Any = None  # an object with an ``activate()`` context manager

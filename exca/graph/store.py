@@ -267,7 +267,7 @@ def map_outputs(node: Node) -> list[tp.Any]:
     node.cache.reread()
     node.cache.drop_stale_ram()
     func = codeprint.method_function(node.function)
-    if func is not None and func.__module__ == "__main__":  # (see codeprint)
+    if func is not None:  # (checked for methods of __main__ only: see codeprint)
         codeprint.check_items(node.cache, uids, func, node.uid)
     return list(node.cache.values_of(uids, where=node.uid))
 

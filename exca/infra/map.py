@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pydantic
 
-from ..graph import calls, store
-from ..graph.node import Node
+from ..graph import calls, codeprint, store
+from ..graph.node import DEFAULT_MAX_JOBS, Node
 from ..storage.cachedict import CacheDict
 from ..storage.dumping import PAYLOAD_ERRORS
 from ..storage.index import INDEX_SUFFIX
@@ -211,11 +211,11 @@ class BoundMap:
                 infra._check_defaults(
                     restore=True
                 )  # (a class default changed since they were made?)
-                calls.check_items_code(cache, uids, method.func, infra.uid())
+                codeprint.check_items(cache, uids, method.func, infra.uid())
                 return _refilled(infra, items, uids, cache.values_of(uids, where=infra.uid()))
         node = infra._map_node(items, uids)
         calls.map_items(node, uids, missing)
-        calls.check_items_code(node.cache, uids, method.func, node.uid)
+        codeprint.check_items(node.cache, uids, method.func, node.uid)
         return _refilled(infra, items, uids, node.cache.values_of(uids, where=node.uid))
 
     def node(self, items: tp.Iterable[tp.Any] | Node) -> Node:
@@ -289,9 +289,6 @@ def _refilling(
         node = infra._map_node(items[position:], uids[position:])
         calls.map_items(node, uids[position:])
         values = node.cache.values_of(uids[position:], where=node.uid)
-
-
-DEFAULT_MAX_JOBS = 128  # (for clusters; on cluster local, the CPU count: executors.max_jobs)
 
 
 class MapInfra(BaseInfra, SubmititMixin):
@@ -420,8 +417,6 @@ class MapInfra(BaseInfra, SubmititMixin):
                     workdir_folder=None,  # (a new snapshot per call: below)
                     max_jobs=self.max_jobs,
                     min_items_per_job=self.min_samples_per_job,
-                    # (by value: a class default, a clone, a config read back keep it)
-                    max_jobs_by_default=self.max_jobs == DEFAULT_MAX_JOBS,
                 ),
                 prepare=self._prepare_folder if self.folder is not None else None,
                 check_reuse=self._check_defaults if self.folder is not None else None,

@@ -109,7 +109,6 @@ class SubmititMixin(pydantic.BaseModel):
         workdir_folder: Path | None,
         max_jobs: int | None = None,
         min_items_per_job: int = 1,
-        max_jobs_by_default: bool = False,
     ) -> Execution:
         workdir = self.workdir
         if workdir is not None and workdir.folder is None and workdir_folder is not None:
@@ -120,7 +119,6 @@ class SubmititMixin(pydantic.BaseModel):
             logs=str(self.logs).replace("{folder}", str(logs_folder)),
             max_jobs=max_jobs,
             min_items_per_job=min_items_per_job,
-            max_jobs_by_default=max_jobs_by_default,
             conda_env=None if self.conda_env is None else str(self.conda_env),
             max_pickle_size_gb=self.max_pickle_size_gb,
             workdir=workdir,
