@@ -755,6 +755,47 @@ def test_sub_config_version_warning_only_where_a_result_is_reused(
         assert list(other.apply([5])) == [5] and not warned()  # (nothing reused)
 
 
+def test_plan_tells_a_reuse_under_other_sub_config_versions(tmp_path: Path) -> None:
+    """A result computed when a sub-config had another class version is reused (that
+    version is not part of the uid): the plan said only "cached" (the warning went to the
+    log, once per process); its reason now says what changed, in every plan of the
+    process, until the result is computed again."""
+    from exca.infra import base as infra_base
+
+    def older_version(folder: Path) -> None:  # (as written by the class at version "0")
+        full = folder / "full-uid.yaml"
+        full.write_text(full.read_text().replace("  infra.version: '1'", "  infra.version: '0'"))
+        infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
+
+    def reasons(*nodes: tp.Any) -> list[str]:
+        plan = exca.graph.plan(*nodes)
+        return [e.reason for e in plan.entries if e.status == "cached"]
+
+    note = "other sub-config versions (task.infra.version '0' -> '1')"
+    plain = Held(infra={"folder": tmp_path})
+    assert plain.total() == 10
+    assert reasons(plain.total.node()) == ["cached"]
+    folder = plain.infra.uid_folder()
+    assert folder is not None
+    older_version(folder)
+    for _ in range(2):  # (the second plan: the defaults check is not done again)
+        (reason,) = reasons(Held(infra={"folder": tmp_path}).total.node())
+        assert reason.startswith("cached, computed with " + note) and "bump" in reason
+    assert Held(infra={"folder": tmp_path, "mode": "force"}).total() == 10
+    assert reasons(Held(infra={"folder": tmp_path}).total.node()) == ["cached"]
+    # a call with inputs: its result in a sub-folder, the config folder's file tells
+    scaled = Scaled(infra={"folder": tmp_path})
+    node = scaled.scale.node(Task(param=1, infra={"folder": tmp_path}).process.node())
+    assert node.result() == 20
+    config_folder = scaled.infra.uid_folder()
+    assert config_folder is not None
+    older_version(config_folder)
+    again = Scaled(infra={"folder": tmp_path})
+    upstream = Task(param=1, infra={"folder": tmp_path}).process.node()
+    (reason,) = reasons(again.scale.node(upstream))
+    assert note in reason
+
+
 def test_iter_cached(tmp_path: Path) -> None:
     for layers in (1, 2):
         assert Outer(model={"layers": layers}, infra={"folder": tmp_path}).train() > 0

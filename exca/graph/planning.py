@@ -113,6 +113,10 @@ class Plan:
             if stale is not None:
                 status, reason = "stale", stale
                 self._stale.add(node.key)
+            elif node.reuse_note is not None:
+                note = node.reuse_note()
+                if note:
+                    reason = f"{reason}, {note}"
         items = None
         if node.kind == "map" and run.action != "not-needed":
             if run.uids is None:

@@ -619,6 +619,22 @@ class BaseInfra(pydantic.BaseModel):
             runtime.inputs_checked[result_folder] = True
         return True
 
+    def _reuse_note(self, result_folder: Path | None = None) -> str | None:
+        """What a plan says next to "cached": the sub-configs' versions changed since the
+        result was computed (found by ``_check_defaults``, which reads full-uid.yaml)."""
+        assert self.folder is not None
+        changed = None
+        if result_folder is not None:  # (its own full-uid.yaml, if any, tells first)
+            changed = uidfolder.version_changes(result_folder)
+        if changed is None:
+            changed = uidfolder.version_changes(os.path.join(self.folder, self.uid()))
+        if changed is None:
+            return None
+        return (
+            f"computed with other sub-config versions ({changed}): bump this class's infra "
+            "version to compute it again"
+        )
+
     def _prepare_reuses(self, folder: Path) -> bool:
         """Whether a call about to compute in ``folder`` also reuses what it holds (a
         task's one result: no)."""
@@ -651,6 +667,7 @@ class BaseInfra(pydantic.BaseModel):
         if current != text:
             uidfolder.write_atomic(f"{target}/{uidfolder.FULL_UID_FILE}", text, self.permissions)
             _DEFAULTS_CHECKED.pop(target, None)
+            uidfolder.forget_version_changes(target)
 
     def _restore_inputs_file(self, result_folder: Path, prepare: tp.Callable[[], None]) -> None:
         """The inputs.yaml of a result in a sub-folder, gone (with its config folder's

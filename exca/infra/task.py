@@ -293,6 +293,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
             ),
             prepare=self._prepare_folder if self.folder is not None else None,
             check_reuse=self._check_defaults if self.folder is not None else None,
+            reuse_note=self._reuse_note if self.folder is not None else None,
             after_store=self._record_versions if self.folder is not None else None,
             label=uid,
             uid_config=functools.partial(self.config, uid=True, exclude_defaults=False),
@@ -331,6 +332,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
                 result_folder=folder,
                 prepare=functools.partial(self._prepare_inputs, folder, inputs),
             ),
+            reuse_note=functools.partial(self._reuse_note, folder),
             after_store=functools.partial(self._record_versions, folder),
         )
 

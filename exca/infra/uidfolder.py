@@ -28,6 +28,9 @@ UID_FILE = "uid.yaml"
 FULL_UID_FILE = "full-uid.yaml"
 CONFIG_FILE = "config.yaml"
 INPUTS_FILE = "inputs.yaml"  # (in the sub-folder of a call with inputs: which they are)
+# Sub-configs' version changes found when reusing a folder (its path -> what changed):
+# the warning is logged once per folder and process; plans show it on each reuse
+_VERSION_CHANGES: dict[str, str] = {}
 
 
 def read_text(path: Path) -> str | None:
@@ -185,6 +188,8 @@ def verify_defaults(
         return False
     text = data.decode("utf8", errors="replace")
     if text == (full_uid_text() if full_uid_text is not None else full_uid_config().to_yaml()):
+        if _VERSION_CHANGES:  # (recomputed since, maybe by another process)
+            forget_version_changes(folder)
         return True
     full = full_uid_config()
     existing = read_yaml(Path(path), text)
@@ -258,7 +263,21 @@ def _check_defaults(
     return changed_versions
 
 
+def version_changes(folder: Path | str) -> str | None:
+    """The sub-configs' version changes told when this folder's results were last reused
+    in this process (``data.infra.version '1' -> '2'``), None if there were none."""
+    return _VERSION_CHANGES.get(str(Path(folder)))
+
+
+def forget_version_changes(folder: Path | str) -> None:
+    """The folder's full-uid.yaml now says the current versions (results stored anew)."""
+    _VERSION_CHANGES.pop(str(Path(folder)), None)
+
+
 def _warn_versions(folder: Path, changed_versions: list[str]) -> None:
+    if len(_VERSION_CHANGES) >= 10_000:
+        _VERSION_CHANGES.clear()  # (a bounded memo)
+    _VERSION_CHANGES[str(Path(folder))] = ", ".join(changed_versions)
     logger.warning(
         "Reusing the cache in %s, computed when sub-configs had other class versions "
         "(%s): a sub-config's version is not part of this config's uid. If these "
