@@ -284,13 +284,16 @@ def test_task_threads_in_this_process(tmp_path: Path, ctl: Path) -> None:
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("call", ["run", "job", "job_array"])
-def test_no_job_for_a_task_another_worker_computes(tmp_path: Path, ctl: Path, call: str) -> None:
+def test_no_job_for_a_task_another_worker_computes(
+    tmp_path: Path, ctl: Path, call: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """A config computed inline by another caller (its claim is live) and asked for with
     cluster="local": a call or an array submits no job (it would only wait for the claim
     inside its allocation, and its end, e.g. a time limit, was taken for the task's
     failure, which then replaced the result being computed); the call waits for that
     computation. Neither does job(): its job follows that computation (a job submitted
-    would hold its allocation only to wait, a GPU for as long as the other computes)."""
+    would hold its allocation only to wait, a GPU for as long as the other computes); its
+    cancel() says that it cannot stop the other worker (it did nothing, silently)."""
     folder = tmp_path / "cache"
     inline: list[int] = []
     first = threading.Thread(
@@ -309,6 +312,10 @@ def test_no_job_for_a_task_another_worker_computes(tmp_path: Path, ctl: Path, ca
     elif call == "job":
         job = other.infra.job()
         assert job.job_id == "#claim#" and job.state == "RUNNING" and not job.done()
+        with caplog.at_level("WARNING", logger="exca"):
+            job.cancel()  # (nothing here can stop the other worker: said, not ignored)
+        assert "Cannot cancel" in caplog.text and f"pid {os.getpid()} on" in caplog.text
+        assert not job.done() and job.stdout() is None
     else:
         with other.infra.job_array() as array:
             array.append(other.infra.clone_obj())

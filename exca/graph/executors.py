@@ -23,7 +23,7 @@ import typing as tp
 from pathlib import Path
 
 from ..storage.files import make_folder
-from .node import DEFAULT_MAX_JOBS, Execution
+from .node import CLAIM_JOB_ID, DEFAULT_MAX_JOBS, TASK_KEY, Execution
 from .worker import Report, Unit, run_job_unit, run_unit
 
 if tp.TYPE_CHECKING:
@@ -175,7 +175,7 @@ class ClaimHandle(Handle):
     """A task (or map items: ``keys``) another worker is computing (it holds their claims,
     with no job of this run): done when those claims end, released or their owner dead."""
 
-    job_id = "#claim#"
+    job_id = CLAIM_JOB_ID
 
     def __init__(self, node: tp.Any, keys: tp.Sequence[str] | None = None) -> None:
         self.node = node
@@ -190,6 +190,25 @@ class ClaimHandle(Handle):
 
     def ended_how(self, known: tuple[str, str] | None = None) -> str:
         return "the worker that was computing it ended without writing its result"
+
+    def cancel(self) -> None:
+        """Not a job of this process: nothing here can stop it (said, not silently ignored)."""
+        from ..storage.claims import Claims
+
+        keys = set(self.keys) if self.keys is not None else {TASK_KEY}
+        folder = self.node.folder
+        holders = {
+            claim.owner.describe()
+            for claim in (Claims(folder).current() if folder is not None else [])
+            if claim.keys & keys
+        }
+        if holders:
+            logger.warning(
+                "Cannot cancel %s: it is computed by another worker (%s), not by a job of "
+                "this process; stop that worker to cancel it",
+                self.node.uid,
+                ", ".join(sorted(holders)),
+            )
 
 
 class FutureHandle(Handle):

@@ -9,7 +9,7 @@ import typing as tp
 
 from . import registry, store
 from .errors import JobFailedError
-from .node import Node
+from .node import CLAIM_JOB_ID, Node
 
 if tp.TYPE_CHECKING:
     from .executors import Handle
@@ -149,6 +149,8 @@ class Job:
         if job is not None:
             text: str | None = getattr(job, kind)()
             return text
+        if self.job_id == CLAIM_JOB_ID:
+            return None  # (another worker computes it, with no log here: not an older job's)
         record = registry.latest(self.node.folder)
         if record is None:
             return None

@@ -37,6 +37,7 @@ def restoring_files() -> tp.Iterator[None]:
 
 
 TASK_KEY = "result"  # the CacheDict key of a task node's result
+CLAIM_JOB_ID = "#claim#"  # the job id of a job following another worker's computation
 # a call with inputs: its node is <config folder>/inputs-<digest of the inputs' uids>
 INPUTS_PREFIX = "inputs-"
 Mode = tp.Literal["cached", "retry", "force", "read-only"]
