@@ -6,7 +6,6 @@ Deciding only reads: caches, job records and the queue; it may call ``item_uid``
 
 from __future__ import annotations
 
-import dataclasses
 import graphlib
 import math
 import typing as tp
@@ -19,44 +18,50 @@ from .node import TASK_KEY, Group, Node
 Key = tuple[str, str]
 
 
-@dataclasses.dataclass
 class NodeRun:
     """The decision for a node, and how carrying it out went."""
 
-    node: Node
-    action: str = "not-needed"  # reuse | compute | force | retry | wait | fail | not-needed
-    reason: str = "not needed"
-    uids: list[str] | None = None  # maps: uids of the items (None: known at run time)
-    todo: list[str] | None = None  # maps: uids to compute
-    handles: list[executors.Handle] = dataclasses.field(default_factory=list)
-    error: BaseException | None = None
-    state: str = "pending"  # pending | running | done | failed | skipped
-    resume: str | None = None  # action to take after waiting for someone else's job
-    blocked: bool = False  # failed only because an upstream node failed
-    # its own failure is on record: a cached error (not "upstream failed"), or its last job
-    # ended without a result (the plan's "cached error")
-    holds_error: bool = False
-    item_errors: int = 0  # maps reused as they are: how many items hold a cached error
-    seen_job: str | None = None  # tasks: the latest recorded job when this was decided
-    # tasks: where their cached outcome was (index file, offset) when the run chose to wait
-    # for another worker: the same outcome after the wait predates the request
-    seen_outcome: tuple[str, int] | None = None
-    seen_jobs: set[str] = dataclasses.field(default_factory=set)  # maps: the recorded jobs
-    after: list[str] = dataclasses.field(default_factory=list)  # jobs its new job starts after
-    # forced while an earlier job computes it: that job's result does not count as forced
-    after_running_job: bool = False
-    # read-only with something missing, waiting for the job that computes it (its
-    # upstream was not decided: it does not hold the wait back)
-    reads_only: bool = False
-    # a task whose folder did not exist when decided: no job record nor claim to look for
-    folder_absent: bool = False
-    # a forcing map sent to jobs or a pool: where each item's old output was when they went
-    # out (an output still there when they end was not recomputed: e.g. a job that died
-    # before starting its worker)
-    replaced: dict[str, tuple[str, int]] = dataclasses.field(default_factory=dict)
-    # map items another node of the run computes (its jobs are waited for); emptied once
-    # they were missing after those jobs: computed by this node then
-    borrowed: set[str] = dataclasses.field(default_factory=set)
+    # (a plain class, not a dataclass: creating that one cost ~2 ms, at the first call of
+    # each process that computes something)
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        # reuse | compute | force | retry | wait | fail | not-needed
+        self.action = "not-needed"
+        self.reason = "not needed"
+        self.uids: list[str] | None = None  # maps: uids of the items (None: known at run time)
+        self.todo: list[str] | None = None  # maps: uids to compute
+        self.handles: list[executors.Handle] = []
+        self.error: BaseException | None = None
+        self.state = "pending"  # pending | running | done | failed | skipped
+        self.resume: str | None = None  # action to take after waiting for someone else's job
+        self.blocked = False  # failed only because an upstream node failed
+        # its own failure is on record: a cached error (not "upstream failed"), or its last
+        # job ended without a result (the plan's "cached error")
+        self.holds_error = False
+        self.item_errors = 0  # maps reused as they are: how many items hold a cached error
+        self.seen_job: str | None = None  # tasks: the latest recorded job when this was decided
+        # tasks: where their cached outcome was (index file, offset) when the run chose to
+        # wait for another worker: the same outcome after the wait predates the request
+        self.seen_outcome: tuple[str, int] | None = None
+        self.seen_jobs: set[str] = set()  # maps: the recorded jobs
+        self.after: list[str] = []  # jobs its new job starts after
+        # forced while an earlier job computes it: that job's result does not count as forced
+        self.after_running_job = False
+        # read-only with something missing, waiting for the job that computes it (its
+        # upstream was not decided: it does not hold the wait back)
+        self.reads_only = False
+        # a task whose folder did not exist when decided: no job record nor claim to look for
+        self.folder_absent = False
+        # a forcing map sent to jobs or a pool: where each item's old output was when they
+        # went out (an output still there when they end was not recomputed: e.g. a job that
+        # died before starting its worker)
+        self.replaced: dict[str, tuple[str, int]] = {}
+        # map items another node of the run computes (its jobs are waited for); emptied
+        # once they were missing after those jobs: computed by this node then
+        self.borrowed: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"NodeRun({self.node.uid}, action={self.action!r}, state={self.state!r})"
 
     @property
     def array_key(self) -> str:

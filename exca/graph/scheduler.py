@@ -9,7 +9,6 @@ branches finish and stay cached; one final error lists every failed node.
 from __future__ import annotations
 
 import collections
-import heapq
 import logging
 import os
 import random
@@ -300,22 +299,19 @@ class Scheduler:
     ) -> None:
         """Skip the pending nodes (``candidates``: only those, and what follows them) that
         an upstream node failed (or was skipped) for, in topological order."""
+        keys = [k for k in (pending if candidates is None else candidates) if k in pending]
+        if all(self._failed_upstream(k) is None for k in keys):
+            return  # (the common case: heapq is not even imported)
+        import heapq
+
         position = self._position()
-        heap = [(position[k], k) for k in (pending if candidates is None else candidates)]
-        heap = [item for item in heap if item[1] in pending]
+        heap = [(position[k], k) for k in keys]
         heapq.heapify(heap)
         while heap:
             key = heapq.heappop(heap)[1]
             if key not in pending or _reads_only(pending[key]):
                 continue
-            failed = next(
-                (
-                    u
-                    for u in self.graph.upstream[key]
-                    if self.runs[u].state in ("failed", "skipped")
-                ),
-                None,
-            )
+            failed = self._failed_upstream(key)
             if failed is not None:
                 run = pending.pop(key)
                 for down in self.graph.downstream[key]:
@@ -326,6 +322,13 @@ class Scheduler:
                 run.error = RuntimeError(
                     f"{run.node.uid} was not computed: upstream {self.graph.nodes[failed].uid} failed"
                 )
+
+    def _failed_upstream(self, key: Key) -> Key | None:
+        """An upstream node of this one that failed or was skipped, if any."""
+        runs = self.runs
+        return next(
+            (u for u in self.graph.upstream[key] if runs[u].state in ("failed", "skipped")), None
+        )
 
     # --- launching ---------------------------------------------------------------------------
     def units(self, run: NodeRun) -> list[Unit]:

@@ -78,12 +78,21 @@ class Unit(tp.NamedTuple):
         return self
 
 
-@dataclasses.dataclass
 class Report:
-    computed: int = 0
-    errors: int = 0
-    reused: int = 0
-    waited: int = 0
+    """What a unit did: outputs computed, item errors, outputs reused or waited for."""
+
+    # (a plain class: creating a dataclass costs ~1 ms, at the first call of each process)
+    def __init__(
+        self, computed: int = 0, errors: int = 0, reused: int = 0, waited: int = 0
+    ) -> None:
+        self.computed = computed
+        self.errors = errors
+        self.reused = reused
+        self.waited = waited
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{name}={value}" for name, value in vars(self).items())
+        return f"Report({counts})"
 
 
 class UpstreamFailed(RuntimeError):
@@ -687,17 +696,17 @@ SETUP_ERROR_REPEATS = 3  # the same error on this many items in a row, and no ou
 ITEM_ERRORS_LOGGED = 3  # item errors logged one by one per unit; the others counted
 
 
-@dataclasses.dataclass
 class _Failures:
     """Item errors of one unit in a row, while the method never produced an output for
     this config: the same error on several items then looks like an error of the method's
     setup (a model that does not load), not of those items."""
 
-    last: tuple[str, str] | None = None  # (type, message) of the last item error
-    repeats: int = 0  # how many items in a row got it
-    alone_ok: bool = False  # an item computed alone after its batch raised (logged once)
-    logged: int = 0  # item errors logged one by one (the first ITEM_ERRORS_LOGGED)
-    unlogged: int = 0  # ... and the others, counted in one line at the end of the unit
+    def __init__(self) -> None:  # (a plain class: see Report)
+        self.last: tuple[str, str] | None = None  # (type, message) of the last item error
+        self.repeats = 0  # how many items in a row got it
+        self.alone_ok = False  # an item computed alone after its batch raised (logged once)
+        self.logged = 0  # item errors logged one by one (the first ITEM_ERRORS_LOGGED)
+        self.unlogged = 0  # ... and the others, counted in one line at the end of the unit
 
 
 def _compute_from(

@@ -409,12 +409,13 @@ class CacheDict(tp.Generic[X]):
     def values_of(self, keys: tp.Sequence[str], where: str = "") -> tp.Iterator[X]:
         """Lazy values of keys, in order; a cached error raises (naming its key)."""
         values = self.ram_values(keys)
+        if values is None and self._preload_arrays(keys):
+            values = self.ram_values(keys)  # (memory-mapped views now: no data was read)
         if values is not None:
-            return iter(values)
+            return iter(values)  # (C-level: no per-key call or check)
         return self._iter_values(keys, where)
 
     def _iter_values(self, keys: tp.Sequence[str], where: str) -> tp.Iterator[X]:
-        self._preload_arrays(keys)
         for key in keys:
             value = self[key]
             if isinstance(value, CachedError) and key in self._ram:
@@ -432,24 +433,25 @@ class CacheDict(tp.Generic[X]):
         self._forget_ram(key)
         return self[key]
 
-    def _preload_arrays(self, keys: tp.Sequence[str]) -> None:
+    def _preload_arrays(self, keys: tp.Sequence[str]) -> bool:
         """Load many memory-mapped arrays at once into RAM (they are views: no data is
-        read), when keep_in_ram holds them anyway."""
+        read), when keep_in_ram holds them anyway. Whether it loaded them."""
         if not self.keep_in_ram or len(keys) < 16 or self._loader is None:
-            return
+            return False
         entries = self._entries()
         ram = self._ram
         todo = [k for k in dict.fromkeys(keys) if k not in ram and k in entries]
         infos = [entries[k][2] for k in todo]
         if not infos or self.options.replace:
-            return  # (nothing to load: numpy is not even needed)
+            return False  # (nothing to load: numpy is not even needed)
         if not all(info["#type"] == "MemmapArray" for info in infos):
-            return
+            return False
         try:
             with gcpause.paused():
                 ram.update(zip(todo, load_memmap_runs(self._loader, infos)))
         except FileNotFoundError:
-            return  # (a data file freed since this view read the index: loaded one by one)
+            return False  # (a data file freed since this view read the index: one by one)
+        return True
 
     def count_errors(self, keys: tp.Iterable[str]) -> int:
         """How many of these keys hold a cached error (read from the index, nothing loaded)."""
