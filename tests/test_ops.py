@@ -722,7 +722,8 @@ def test_explain_config_diff_against_nearest(tmp_path: Path) -> None:
 
 def test_explain_a_partly_cached_map_names_no_other_config(tmp_path: Path) -> None:
     """Items missing from a map whose config has other items cached are new items: explain
-    says so, and does not send the user to another config's folder."""
+    says so, and does not send the user to another config's folder (nor when the items
+    are known only at run time: a probe)."""
     root = tmp_path / "cache"
     Squares(offset=1, infra={"folder": root}).square([1, 2, 3])
     Squares(infra={"folder": root}).square([1, 2])
@@ -742,6 +743,10 @@ def test_explain_a_partly_cached_map_names_no_other_config(tmp_path: Path) -> No
         if "Squares" in e.uid
     ]
     assert "new items" not in later.summary()
+    # ... but that this config has items cached, which the run reuses: no other config is
+    # named (offset=1 was, as "nearest cached", sending the user after a change not made)
+    assert later.nearest is None and later.diff == []
+    assert "(2 item(s) are cached for this config: only the missing ones" in later.summary()
 
 
 class Labelled(pydantic.BaseModel):

@@ -139,8 +139,13 @@ def nearest_cached(node: Node) -> tuple[Path | None, list[tuple[str, tp.Any, tp.
 
 
 def _has_results(folder: Path) -> bool:
+    return _result_count(folder) > 0
+
+
+def _result_count(folder: Path) -> int:
+    """How many entries of a node folder hold a result (not a cached error)."""
     cache = inspecting_view(folder)
-    return any(info.get("#type") != "Error" for info in cache.entries_info().values())
+    return sum(info.get("#type") != "Error" for info in cache.entries_info().values())
 
 
 def explain(*targets: Node, plan: Plan | None = None) -> list[Explanation]:
@@ -166,6 +171,16 @@ def _explain_entry(entry: PlanEntry, run: NodeRun) -> Explanation:
             # a config that differs from another one
             explanation.reason += " (new items: the others are cached for this config)"
             return explanation
+        if run.uids is None and node.kind == "map" and node.folder is not None:
+            # items known at run time: the items of this config already cached are reused
+            # then, whichever they are (not a config that differs from another one)
+            cached = _result_count(node.folder)
+            if cached:
+                explanation.reason += (
+                    f" ({cached} item(s) are cached for this config: only the missing ones "
+                    "are computed)"
+                )
+                return explanation
         folder, explanation.diff, explanation.equally_near = nearest_cached(node)
         explanation.nearest = None if folder is None else str(folder)
         if folder is None:
