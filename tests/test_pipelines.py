@@ -1483,6 +1483,56 @@ def test_force_recomputes_once_and_propagates(env: Env) -> None:
     assert len(started(env.log)) == 11
 
 
+class Shared(pydantic.BaseModel):
+    """A no-input task that blocks while the file ``block_flag`` exists."""
+
+    block_flag: str
+    log: str
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("log",)
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def make(self) -> str:
+        append(self.log, {"name": "shared", "event": "start"})
+        while Path(self.block_flag).exists():
+            time.sleep(0.05)
+        append(self.log, {"name": "shared", "event": "end"})
+        return "shared"
+
+
+@pytest.mark.timeout(120)
+def test_a_job_whose_upstream_another_process_forces_waits_for_it(env: Env) -> None:
+    """A node's job starts (its run found the upstream done) while another process forces
+    that upstream on a cluster: the old result was dropped when the forcing job went out.
+    The job failed with "upstream ... is missing" (an upstream failure that did not
+    happen, cached); it now waits for the forcing job and computes from its result (a
+    probe: two researchers, one forcing a shared training)."""
+    from exca.graph.worker import Unit, run_unit
+
+    block = str(env.tmp / "block")
+    assert Shared(block_flag=block, log=env.log, infra=env.infra()).make() == "shared"
+    down = env.step("down").run.node(
+        Shared(block_flag=block, log=env.log, infra=env.infra()).make.node()
+    )
+    Path(block).touch()  # (the forced recomputation blocks until it goes)
+    forcing = Shared(block_flag=block, log=env.log, infra=env.infra(cluster="local", mode="force"))
+    job = forcing.infra.job()
+    outcome: list[tp.Any] = []
+    # what the job of `down` does when it starts (the run that submitted it decided before)
+    thread = threading.Thread(target=lambda: outcome.append(run_unit(Unit(down))))
+    thread.start()
+    wait_for(lambda: env.starts("shared") == 2)  # (the forcing job computes)
+    time.sleep(0.5)
+    assert thread.is_alive() and env.starts("down") == 0  # waiting, not failed
+    Path(block).unlink()
+    assert job.result() == "shared"
+    thread.join(timeout=60)
+    assert not thread.is_alive() and outcome and outcome[0].computed == 1
+    assert down.result() == "down(shared,None)"
+    names = [e["name"] for e in events(env.log) if e["event"] in ("start", "end")]
+    assert names[-4:] == ["shared", "shared", "down", "down"]  # (after the forced one)
+
+
 def test_force_applies_to_each_input_of_an_instance_once(env: Env) -> None:
     """A task with inputs has a node per input values: mode=force recomputes each of them
     once per instance (it forced only the first one called)."""

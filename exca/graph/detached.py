@@ -131,7 +131,6 @@ def _submit(
             dependencies=deps,
             permissions=first.cache.permissions,
         )
-        store.drop_outcomes(outdated)  # (a forced task no longer reads as its old result)
         for (run, unit), handle in zip(members, handles):
             run.handles.append(handle)
             run.state = "running"
@@ -141,6 +140,8 @@ def _submit(
                 run.node, unit, handle, code=getattr(first.execution.workdir, "folder", None)
             )
             out.append((run, handle))
+        # a forced task no longer reads as its old result (after the records: see launch)
+        store.drop_outcomes(outdated)
     return out
 
 

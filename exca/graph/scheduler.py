@@ -559,7 +559,6 @@ class Scheduler:
                             permissions=first.cache.permissions,
                         )
                     )
-                    store.drop_outcomes(outdated)  # (forced: its old result is not read now)
                     for (run, unit), handle in zip(members, handles):
                         if unit.action == "force" and unit.uids is not None:
                             # (before its record: a call of this instance that sees the job
@@ -569,6 +568,9 @@ class Scheduler:
                             places = {u: run.replaced.get(u) for u in unit.uids}
                             jobs[handle.job_id] = (self.run_id, places)
                         self.record(run.node, unit, handle, code=_code(first))
+                    # forced: its old result is not read from now on (after the records: a
+                    # job of another process needing it then sees a job recomputing it)
+                    store.drop_outcomes(outdated)
                     for (run, _), handle in zip(members, handles):
                         run.handles.append(handle)
         self._note_handles(members, handles)

@@ -36,6 +36,10 @@ FLUSH_SECONDS = 0.5  # ... or at least this often
 # Anything else is written before the method resumes.
 _IMMUTABLE = frozenset({int, float, complex, str, bytes, bool, type(None)})
 SNAPSHOT_BYTES = 1 << 16
+# an upstream task recomputed by another job while this one starts: how often its end is
+# looked for (doubling up to the max)
+RECOMPUTED_POLL_S = 0.1
+RECOMPUTED_POLL_MAX_S = 2.0
 
 
 class Unit(tp.NamedTuple):
@@ -180,9 +184,39 @@ def check_upstream(node: Node) -> None:
     for source in node.upstream:
         if source.kind != "task":
             continue
-        state = store.task_state(source, refresh=True)
+        state = _upstream_state(source)
         if state != "done":
             raise UpstreamFailed(f"{node.uid} did not run: upstream {source.uid} is {state}")
+
+
+def _upstream_state(source: Node) -> str:
+    """The state of an upstream task's result, once another worker or job computing it
+    right now ended: another process forcing it drops its old result when its job goes
+    out (failing then blamed an upstream failure that did not happen)."""
+    state = store.task_state(source, refresh=True)
+    delay, told = RECOMPUTED_POLL_S, False
+    while state == "missing" and _recomputed_elsewhere(source):
+        if not told:
+            logger.info("Waiting for upstream %s: another job or worker computes it", source.uid)
+            told = True
+        time.sleep(delay)
+        delay = min(2 * delay, RECOMPUTED_POLL_MAX_S)
+        state = store.task_state(source, refresh=True)
+    return state
+
+
+def _recomputed_elsewhere(source: Node) -> bool:
+    """Whether a live worker (not this thread) holds the claim of a task's result, or a
+    recorded job that may still write it runs (queued, or started before its worker
+    claims it)."""
+    from .calls import keys_being_computed
+
+    if source.folder is None:
+        return False
+    if keys_being_computed(source, (TASK_KEY,), others_only=True):
+        return True
+    record = registry.latest(source.folder)
+    return record is not None and registry.still_running(record)
 
 
 def _wait_message(folder: tp.Any) -> tp.Callable[[dict[str, Owner]], None]:
@@ -209,7 +243,7 @@ def load_output(source: Node | Value | Group) -> tp.Any:
         return outputs if source.keys is None else dict(zip(source.keys, outputs))
     if source.kind == "map":
         return store.map_outputs(source)
-    if store.task_state(source, refresh=True) == "missing":
+    if _upstream_state(source) == "missing":
         raise UpstreamMissing(f"upstream {source.uid} has no cached result (upstream failed?)")
     return store.task_result(source)
 
