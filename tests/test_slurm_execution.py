@@ -594,6 +594,37 @@ def test_slurm_forced_job_array_holds_back_only_the_config_with_a_running_job(
 
 
 @pytest.mark.timeout(300)
+def test_slurm_configs_forced_over_one_earlier_array_share_one_array(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """Configs forced while the elements of one earlier array wait in the queue start
+    after their earlier jobs: they went out as one sbatch per config (an array per job
+    to start after). A dependency names the earlier array, whole: they now share one
+    new array (a probe: forcing a sweep sent an sbatch per config)."""
+    import subprocess
+
+    pending = {"slurm_additional_parameters": {"begin": "now+600"}}  # (held in the queue)
+    held = task(tmp_path, ctl, slurm_cluster, x=0, **pending)
+    with held.infra.job_array() as first:
+        first.extend(held.infra.clone_obj({"x": x}) for x in (4, 5, 6))
+    first_ids = {r["job_id"] for t in first for r in records(t.infra.uid_folder())}
+    (first_array,) = {i.split("_")[0] for i in first_ids}
+    try:
+        forced = task(tmp_path, ctl, slurm_cluster, x=0, mode="force")
+        with forced.infra.job_array() as again:
+            again.extend(forced.infra.clone_obj({"x": x}) for x in (4, 5, 6))
+        new_ids = {r["job_id"] for t in again for r in records(t.infra.uid_folder())}
+        new_ids -= first_ids
+        assert len(new_ids) == 3
+        assert len({i.split("_")[0] for i in new_ids}) == 1, new_ids  # one sbatch
+        subprocess.run(["scontrol", "update", f"jobid={first_array}", "starttime=now"], check=True)
+        assert [t.process() for t in again] == [12, 15, 18]
+    finally:  # (never left in the queue, to start in 10 minutes)
+        subprocess.run(["scancel", first_array], check=False)
+    assert sorted(lines(ctl / "calls.txt")) == ["4", "4", "5", "5", "6", "6"]
+
+
+@pytest.mark.timeout(300)
 def test_slurm_scancel_while_waiting_then_retry(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
 ) -> None:

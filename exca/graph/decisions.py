@@ -66,8 +66,11 @@ class NodeRun:
     @property
     def array_key(self) -> str:
         """Runs with equal keys can share one array: same resources, and the same jobs to
-        start after (a run's own earlier job would hold the others back)."""
-        return f"{self.node.execution.group_key}|{sorted(self.after)}"
+        start after (a run's own earlier job would hold the others back). An array starts
+        after whole jobs (an element's id gives its array's): configs forced while the
+        elements of one earlier array run share one new array."""
+        after = sorted({job.split("_")[0] for job in self.after})
+        return f"{self.node.execution.group_key}|{after}"
 
     @property
     def needs_work(self) -> bool:
