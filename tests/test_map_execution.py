@@ -1374,26 +1374,37 @@ class NpyArrays(pydantic.BaseModel):
 @pytest.mark.parametrize("via", ["call", "node"])
 @pytest.mark.parametrize(
     "kind, cut",
-    [("pickle", None), ("shared", 0.5), ("shared", 0), ("npy", 0.5), ("npy", 0)],
+    [
+        ("pickle", None),
+        ("shared", 0.5),
+        ("shared", 0),
+        ("shared-ram", 0.5),
+        ("npy", 0.5),
+        ("npy", 0),
+    ],
 )
 def test_outputs_whose_files_were_damaged_by_hand_are_computed_again_by_retry(
     tmp_path: Path, kind: str, cut: float | None, via: str
 ) -> None:
     """A payload file removed (cut None) or cut short outside exca: a call says what to
-    do; mode retry computes those items again (only those)."""
+    do; mode retry computes those items again (only those). "shared-ram": enough items
+    kept in RAM for a call to load their views at once (the damage escaped that load:
+    a review)."""
     log = tmp_path / "calls.txt"
-    items = list(range(4))
-    model = {"pickle": Pickled, "shared": Arrays, "npy": NpyArrays}[kind]
+    items = list(range(20 if kind == "shared-ram" else 4))
+    model = {"pickle": Pickled, "shared": Arrays, "shared-ram": Arrays, "npy": NpyArrays}[kind]
+    ram = {"keep_in_ram": True} if kind == "shared-ram" else {}
 
     def outputs(mode: str = "cached") -> list[int]:
-        method = model(log=str(log), infra={"folder": tmp_path / "cache", "mode": mode}).process
+        infra = {"folder": tmp_path / "cache", "mode": mode, **ram}
+        method = model(log=str(log), infra=infra).process
         values = method(items) if via == "call" else method.node(items).result()
         return [int(np.max(v)) for v in values]
 
     expected = [10 * i for i in items]
     assert outputs() == expected
     data = model(log=str(log), infra={"folder": tmp_path / "cache"}).infra.uid_folder() / "data"
-    if kind == "shared":
+    if kind.startswith("shared"):
         (damaged,) = list(data.iterdir())  # (items 2 and 3 cut off, or all of them)
     else:
         (damaged,) = [p for p in data.iterdir() if p.name.startswith("2-")]
@@ -1407,7 +1418,8 @@ def test_outputs_whose_files_were_damaged_by_hand_are_computed_again_by_retry(
     assert "mode='retry' computes it again" in "".join(info.value.__notes__)
     assert outputs("retry") == expected
     assert outputs() == expected
-    again = {0: [0, 1, 2, 3], 0.5: [2, 3]}[cut] if kind == "shared" else [2]
+    half = items[len(items) // 2 :]
+    again = {0: items, 0.5: half}[cut] if kind.startswith("shared") else [2]
     assert counts(log) == {i: 2 if i in again else 1 for i in items}
 
 

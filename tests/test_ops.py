@@ -747,6 +747,15 @@ def test_explain_a_partly_cached_map_names_no_other_config(tmp_path: Path) -> No
     # named (offset=1 was, as "nearest cached", sending the user after a change not made)
     assert later.nearest is None and later.diff == []
     assert "(2 item(s) are cached for this config: only the missing ones" in later.summary()
+    # read-only computes nothing: it says what happens then instead
+    (checked,) = [
+        e
+        for e in exca.ops.explain(
+            Squares(infra={"folder": root, "mode": "read-only"}).square.node(numbers)
+        )
+        if "Squares" in e.uid
+    ]
+    assert checked.summary().endswith("(2 item(s) are cached for this config: a missing one fails)")
 
 
 class Labelled(pydantic.BaseModel):

@@ -783,17 +783,28 @@ def test_plan_tells_a_reuse_under_other_sub_config_versions(tmp_path: Path) -> N
         assert reason.startswith("cached, computed with " + note) and "bump" in reason
     assert Held(infra={"folder": tmp_path, "mode": "force"}).total() == 10
     assert reasons(Held(infra={"folder": tmp_path}).total.node()) == ["cached"]
-    # a call with inputs: its result in a sub-folder, the config folder's file tells
-    scaled = Scaled(infra={"folder": tmp_path})
-    node = scaled.scale.node(Task(param=1, infra={"folder": tmp_path}).process.node())
-    assert node.result() == 20
-    config_folder = scaled.infra.uid_folder()
+    # computed again by another process: its record says today's versions (the note
+    # stayed: this process had checked the folder already)
+    older_version(folder)
+    assert note in reasons(Held(infra={"folder": tmp_path}).total.node())[0]
+    text = (folder / "full-uid.yaml").read_text()
+    (folder / "full-uid.yaml").write_text(text.replace("infra.version: '0'", "infra.version: '1'"))
+    assert reasons(Held(infra={"folder": tmp_path}).total.node()) == ["cached"]
+
+    # a call with inputs: its result in a sub-folder, the config folder's file tells,
+    # unless the sub-folder has its own (a result computed since: the review of this)
+    def scaled(param: int) -> tp.Any:
+        upstream = Task(param=param, infra={"folder": tmp_path}).process.node()
+        return Scaled(infra={"folder": tmp_path}).scale.node(upstream)
+
+    assert scaled(1).result() == 20
+    config_folder = Scaled(infra={"folder": tmp_path}).infra.uid_folder()
     assert config_folder is not None
     older_version(config_folder)
-    again = Scaled(infra={"folder": tmp_path})
-    upstream = Task(param=1, infra={"folder": tmp_path}).process.node()
-    (reason,) = reasons(again.scale.node(upstream))
+    assert scaled(2).result() == 40  # (computed now: its own full-uid.yaml, current)
+    (reason,) = reasons(scaled(1))
     assert note in reason
+    assert reasons(scaled(2)) == ["cached"]
 
 
 def test_iter_cached(tmp_path: Path) -> None:

@@ -204,8 +204,8 @@ class ClaimHandle(Handle):
         }
         if holders:
             logger.warning(
-                "Cannot cancel %s: it is computed by another worker (%s), not by a job of "
-                "this process; stop that worker to cancel it",
+                "Cannot cancel %s: it is computed by another worker (%s), not by a job; "
+                "stop that worker to cancel it",
                 self.node.uid,
                 ", ".join(sorted(holders)),
             )

@@ -288,8 +288,8 @@ class Node:
     # before cached results are reused: raises if they were made with other class defaults
     # (returns whether that is settled: False while nothing is on disk to check against)
     check_reuse: tp.Callable[[], bool] | None = None
-    # what a plan adds to "cached" once check_reuse passed (e.g. the sub-configs' versions
-    # changed since the result was computed; they are not part of its uid)
+    # what a plan adds to "cached" once check_reuse passed (tasks: the sub-configs'
+    # versions changed since the result was computed; they are not part of its uid)
     reuse_note: tp.Callable[[], str | None] | None = None
     # after a task's outcome is stored (in the worker): records what it was computed with
     after_store: tp.Callable[[], None] | None = None

@@ -621,14 +621,19 @@ class BaseInfra(pydantic.BaseModel):
 
     def _reuse_note(self, result_folder: Path | None = None) -> str | None:
         """What a plan says next to "cached": the sub-configs' versions changed since the
-        result was computed (found by ``_check_defaults``, which reads full-uid.yaml)."""
+        result was computed (found by ``_check_defaults``, which reads the full-uid.yaml of
+        the result's folder, or of its config folder)."""
         assert self.folder is not None
-        changed = None
-        if result_folder is not None:  # (its own full-uid.yaml, if any, tells first)
-            changed = uidfolder.version_changes(result_folder)
+        folder = os.path.join(self.folder, self.uid())
+        if result_folder is not None and (result_folder / uidfolder.FULL_UID_FILE).exists():
+            folder = str(result_folder)  # (its own record, as _check_defaults reads it)
+        changed = uidfolder.version_changes(folder)
         if changed is None:
-            changed = uidfolder.version_changes(os.path.join(self.folder, self.uid()))
-        if changed is None:
+            return None
+        # (computed again since, maybe by another process: its record says today's versions)
+        current = uidfolder.read_text(Path(folder) / uidfolder.FULL_UID_FILE)
+        if current == self._full_uid_yaml():
+            uidfolder.forget_version_changes(folder)
             return None
         return (
             f"computed with other sub-config versions ({changed}): bump this class's infra "

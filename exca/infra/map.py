@@ -420,7 +420,6 @@ class MapInfra(BaseInfra, SubmititMixin):
                 ),
                 prepare=self._prepare_folder if self.folder is not None else None,
                 check_reuse=self._check_defaults if self.folder is not None else None,
-                reuse_note=self._reuse_note if self.folder is not None else None,
                 label=uid,
                 uid_config=functools.partial(self.config, uid=True, exclude_defaults=False),
                 item_uid=method.item_uid,

@@ -176,10 +176,12 @@ def _explain_entry(entry: PlanEntry, run: NodeRun) -> Explanation:
             # then, whichever they are (not a config that differs from another one)
             cached = _result_count(node.folder)
             if cached:
-                explanation.reason += (
-                    f" ({cached} item(s) are cached for this config: only the missing ones "
-                    "are computed)"
+                then = (
+                    "a missing one fails"
+                    if node.mode == "read-only"
+                    else "only the missing ones are computed"
                 )
+                explanation.reason += f" ({cached} item(s) are cached for this config: {then})"
                 return explanation
         folder, explanation.diff, explanation.equally_near = nearest_cached(node)
         explanation.nearest = None if folder is None else str(folder)

@@ -23,7 +23,7 @@ from time import monotonic as _monotonic
 import orjson
 
 from . import gcpause, interrupts
-from .dumping import mark_if_damaged
+from .dumping import PAYLOAD_ERRORS, mark_if_damaged
 from .files import check_permissions, make_folder
 from .formats import (
     DATA_DIR,
@@ -449,8 +449,10 @@ class CacheDict(tp.Generic[X]):
         try:
             with gcpause.paused():
                 ram.update(zip(todo, load_memmap_runs(self._loader, infos)))
-        except FileNotFoundError:
-            return False  # (a data file freed since this view read the index: one by one)
+        except PAYLOAD_ERRORS:
+            # (a data file freed since this view read the index, or damaged: loaded one
+            # by one, lazily, where a map call's reader handles a damaged payload)
+            return False
         return True
 
     def count_errors(self, keys: tp.Iterable[str]) -> int:
