@@ -1591,10 +1591,11 @@ def test_clean_versions_skips_a_step_folder_it_cannot_read(
     Train(seed=1, infra={"folder": root, "version": "2"}).fit()
     Source(infra={"folder": root}).make()
     private = folder_of(Source(infra={"folder": root})).parent
+    (private / "logs").mkdir()  # (orphans stopped on it: a probe)
     scandir = os.scandir
 
     def guarded(path: tp.Any) -> tp.Any:
-        if Path(path) in (private, tmp_path):
+        if Path(path) in (private, private / "logs", tmp_path):
             raise PermissionError(13, "Permission denied", str(path))
         return scandir(path)
 
@@ -1949,6 +1950,41 @@ def test_clean_logs_counts_from_when_the_job_ended(tmp_path: Path) -> None:
     path.write_text(json.dumps(record))
     assert clean.logs(root, older_than_days=1).removals == []
     assert len(clean.logs(root, older_than_days=0).removals) == 1
+
+
+def test_clean_logs_of_a_logs_setting_without_job_id_removes_only_those_jobs_files(
+    tmp_path: Path,
+) -> None:
+    """logs= naming a folder without %j (a user's results folder, another cache's jobs in
+    it, or the cache root itself): `clean logs` removed that whole folder, the user's
+    files, the other cache's logs, or every cached result (a probe). Only the files of
+    the cache's own jobs that ended go now."""
+    results, root, other = tmp_path / "results", tmp_path / "cache", tmp_path / "other"
+    results.mkdir()
+    (results / "notes.txt").write_text("my notes")
+    assert Train(seed=1, infra={"folder": root, "cluster": "local", "logs": results}).fit() == 2
+    assert Train(seed=2, infra={"folder": other, "cluster": "local", "logs": results}).fit() == 3
+    (own,) = [r["job_id"] for r in _records(folder_of(Train(seed=1, infra={"folder": root})))]
+    (theirs,) = [r["job_id"] for r in _records(folder_of(Train(seed=2, infra={"folder": other})))]
+    plan = clean.logs(root, older_than_days=0)
+    assert [r.path for r in plan.removals] == [results]
+    assert "only theirs" in str(plan)
+    names = sorted(p.name for p in results.iterdir())
+    assert plan.size == sum((results / n).stat().st_size for n in names if n.startswith(own))
+    cli("clean", root, "logs", "--days", "0", "--yes", check=True)
+    left = sorted(p.name for p in results.iterdir())
+    assert left == [n for n in names if not n.startswith(f"{own}_")]
+    assert "notes.txt" in left and any(n.startswith(f"{theirs}_") for n in left)
+    # logs in the cache root itself
+    assert Train(seed=3, infra={"folder": root, "cluster": "local", "logs": root}).fit() == 4
+    cli("clean", root, "logs", "--days", "0", "--yes", check=True)
+    assert not list(root.glob("*_log.out"))
+    assert sorted(i.status for i in exca.ops.inspect(root)) == ["success", "success"]
+    assert Train(seed=3, infra={"folder": root}).fit() == 4
+
+
+def _records(folder: Path) -> list[dict[str, tp.Any]]:
+    return [json.loads(p.read_text()) for p in sorted((folder / "jobs").glob("*.json"))]
 
 
 @pytest.mark.timeout(120)

@@ -57,6 +57,7 @@ class Removal:
     size: int
     reason: str
     keys: list[str] | None = None  # only these items of a map's folder (None: the path)
+    files: list[str] | None = None  # only these files of the folder (None: the path)
 
 
 @dataclasses.dataclass
@@ -107,6 +108,12 @@ class CleanPlan:
                 continue  # started being used since the preview
             if removal.keys is not None:
                 _remove_items(path, removal.keys)
+                freed += removal.size
+                continue
+            if removal.files is not None:  # (a folder holding other files too: kept)
+                for name in removal.files:
+                    with contextlib.suppress(FileNotFoundError):
+                        (path / name).unlink()
                 freed += removal.size
                 continue
             root = registry.root_of(path) if (path / UID_FILE).exists() else path.parent.parent
@@ -721,6 +728,9 @@ def _scan(folder: Path) -> list[os.DirEntry[str]]:
         return list(os.scandir(folder))
     except (FileNotFoundError, NotADirectoryError):
         return []
+    except PermissionError as error:  # (another user's private folder: the rest is cleaned)
+        logger.warning("Skipping %s: %s", folder, error)
+        return []
 
 
 def _is_temporary(name: str) -> bool:
@@ -765,12 +775,38 @@ def logs(root: Path | str, older_than_days: float = 30.0, step: str | None = Non
         if active is not None:
             plan.kept.append((logs_folder, f"job {active.job_id} is queued or running"))
             continue
-        ids = ", ".join(sorted({r.job_id for r in records}))
-        if _newest_write(logs_folder) > limit:
-            continue  # (written until recently: a job queued long ago that ended lately)
-        size, _ = disk_usage(logs_folder)
-        plan.removals.append(Removal(logs_folder, size, f"logs of job {ids}, ended"))
+        ids = sorted({r.job_id for r in records})
+        shown = ", ".join(ids)
+        if logs_folder.name in {i.split("_")[0] for i in ids} | set(ids):
+            # a folder of its own (the default ".../%j"): removed whole
+            if _newest_write(logs_folder) > limit:
+                continue  # (written until recently: a job queued long ago that ended lately)
+            size, _ = disk_usage(logs_folder)
+            plan.removals.append(Removal(logs_folder, size, f"logs of job {shown}, ended"))
+            continue
+        # a folder the user named (logs="..." without %j): other jobs' logs, other caches'
+        # jobs, their own files may be in it, the cache itself: only these jobs' files go
+        files = _job_files(logs_folder, ids)
+        if not files or max(s.st_mtime for s in files.values()) > limit:
+            continue
+        size = sum(s.st_size for s in files.values())
+        reason = f"log files of job {shown}, ended (only theirs: the folder holds other files)"
+        plan.removals.append(Removal(logs_folder, size, reason, files=sorted(files)))
     return plan
+
+
+def _job_files(folder: Path, job_ids: list[str]) -> dict[str, os.stat_result]:
+    """The files submitit wrote for these jobs in a folder (``<job id>_...``, and an
+    array's ``<array id>_submission.sh``), with their stats."""
+    prefixes = tuple(f"{job_id}_" for job_id in job_ids)
+    scripts = {f"{job_id.split('_')[0]}_submission.sh" for job_id in job_ids}
+    out: dict[str, os.stat_result] = {}
+    for entry in _scan(folder):
+        if entry.name.startswith(prefixes) or entry.name in scripts:
+            stat = _stat(entry)
+            if stat is not None and entry.is_file(follow_symlinks=False):
+                out[entry.name] = stat
+    return out
 
 
 def _another_cache_root(logs_folder: Path, root: Path) -> Path | None:
