@@ -1605,6 +1605,36 @@ def test_clean_versions_skips_a_step_folder_it_cannot_read(
     assert clean.orphans(root).removals == []
 
 
+def test_clean_leaves_whole_what_it_cannot_delete_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node folder of another user in a team-writable step folder: a clean renamed it
+    away (its results left the cache), could not delete its files, and said "removed"
+    with the bytes as freed (a probe). It is now left as it was, named in ``failed`` and
+    in a warning, and not counted; the rest is removed. Simulated: tests run as root,
+    which may write anywhere."""
+    root = tmp_path / "cache"
+    for seed in (1, 2):
+        Train(seed=seed, infra={"folder": root}).fit()
+        Train(seed=seed, infra={"folder": root, "version": "2"}).fit()
+    theirs, mine = (folder_of(Train(seed=s, infra={"folder": root})) for s in (1, 2))
+    access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: Path(path) != theirs and access(path, mode)
+    )
+    plan = clean.old_versions(root)
+    assert sorted(r.path for r in plan.removals) == sorted([theirs, mine])
+    with caplog.at_level("WARNING", logger="exca"):
+        freed = plan.execute()
+    assert [path for path, _ in plan.failed] == [theirs]
+    assert "not writable by this user" in plan.failed[0][1] and str(theirs) in caplog.text
+    assert freed == next(r.size for r in plan.removals if r.path == mine)
+    assert not mine.exists() and (theirs / "uid.yaml").exists()
+    assert not list(theirs.parent.glob(".removing-*"))
+    assert Train(seed=1, infra={"folder": root}).fit() == 2  # (still cached: not recomputed)
+    assert exca.ops.inspect(theirs)[0].status == "success"
+
+
 def test_clean_versions_removes_a_log_folder_named_by_the_logs_setting(tmp_path: Path) -> None:
     """logs="{folder}/slurm-logs/%j": that folder went with the old version too (it was
     kept, and the old version, left with it only, was no longer seen)."""

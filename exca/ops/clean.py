@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fnmatch
 import logging
 import os
 import re
 import shutil
 import stat
+import sys
 import time
 import typing as tp
 from pathlib import Path
@@ -99,33 +101,48 @@ class CleanPlan:
         }
 
     def execute(self) -> int:
-        """Remove everything listed (node folders: renamed away first); return bytes freed."""
+        """Remove everything listed (node folders: renamed away first); return bytes freed.
+        What cannot be removed (e.g. another user's folder) is left whole, listed in
+        ``failed`` and warned about; the rest is removed."""
         freed = 0
+        self.failed = []
         jobs_use: dict[Path, dict[Path, str]] = {}  # (read again: jobs may have started since)
         for removal in self.removals:
-            path = removal.path
-            if path.is_dir() and _busy_with_inputs(path) is not None:
-                continue  # started being used since the preview
-            if removal.keys is not None:
-                _remove_items(path, removal.keys)
-                freed += removal.size
-                continue
-            if removal.files is not None:  # (a folder holding other files too: kept)
-                for name in removal.files:
-                    with contextlib.suppress(FileNotFoundError):
-                        (path / name).unlink()
-                freed += removal.size
-                continue
-            root = registry.root_of(path) if (path / UID_FILE).exists() else path.parent.parent
-            if path.is_dir() and _holds_what_jobs_use(path, root, jobs_use) is not None:
-                continue
-            if path.is_dir() and not path.is_symlink():
-                remove_node_folder(path)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-            freed += removal.size
+            try:
+                freed += _remove(removal, jobs_use)
+            except OSError as error:
+                self.failed.append((removal.path, f"{type(error).__name__}: {error}"))
+        if self.failed:
+            logger.warning(
+                "Could not remove %d item(s), left as they were:\n%s",
+                len(self.failed),
+                "\n".join(f"  - {path}: {why}" for path, why in self.failed),
+            )
         return freed
+
+
+def _remove(removal: Removal, jobs_use: dict[Path, dict[Path, str]]) -> int:
+    """Remove one item of a plan (unless in use since the preview); the bytes freed."""
+    path = removal.path
+    if path.is_dir() and _busy_with_inputs(path) is not None:
+        return 0  # started being used since the preview
+    if removal.keys is not None:
+        _remove_items(path, removal.keys)
+        return removal.size
+    if removal.files is not None:  # (a folder holding other files too: kept)
+        for name in removal.files:
+            with contextlib.suppress(FileNotFoundError):
+                (path / name).unlink()
+        return removal.size
+    root = registry.root_of(path) if (path / UID_FILE).exists() else path.parent.parent
+    if path.is_dir() and _holds_what_jobs_use(path, root, jobs_use) is not None:
+        return 0
+    if path.is_dir() and not path.is_symlink():
+        remove_node_folder(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    return removal.size
 
 
 def busy_reason(folder: Path) -> str | None:
@@ -158,14 +175,49 @@ def remove_node_folder(folder: Path) -> None:
     a kill between the file holding a deletion and the one holding the deleted entry
     brought that entry back); then deleted."""
     if folder.name.startswith(REMOVING_PREFIX):  # (left by a killed removal)
-        shutil.rmtree(folder, ignore_errors=True)
+        _delete_tree(folder)
         return
+    _check_deletable(folder)  # (renamed away but not deleted, its space was not freed)
     trash = folder.with_name(REMOVING_PREFIX + process.unique_name())
     try:
         os.rename(folder, trash)
     except FileNotFoundError:
         return
-    shutil.rmtree(trash, ignore_errors=True)
+    except PermissionError as error:
+        raise PermissionError(
+            error.errno, f"{error.strerror}: renaming it needs write access to {folder.parent}"
+        ) from None
+    _delete_tree(trash)
+
+
+def _check_deletable(folder: Path) -> None:
+    """PermissionError naming the first folder of a tree whose entries this process cannot
+    remove (another user's, read-only), before anything of it is touched."""
+    for dirpath, _, _ in os.walk(folder):
+        if not os.access(dirpath, os.W_OK | os.X_OK):
+            raise PermissionError(
+                errno.EACCES,
+                f"Permission denied: {dirpath} is not writable by this user (owner uid "
+                f"{os.stat(dirpath).st_uid}): ask its owner, or run the clean as them",
+            )
+
+
+def _delete_tree(folder: Path) -> None:
+    """Delete a tree renamed away; what cannot be deleted is said (its space is not freed)."""
+    failures: list[str] = []
+
+    def failed(_: tp.Any, path: str, error: tp.Any) -> None:
+        failures.append(f"{path}: {error[1] if isinstance(error, tuple) else error}")
+
+    # (onerror gives (type, value, traceback); its successor onexc, Python 3.12, the value)
+    hook = "onexc" if sys.version_info >= (3, 12) else "onerror"
+    options: dict[str, tp.Any] = {hook: failed}
+    shutil.rmtree(folder, **options)
+    if failures:
+        raise OSError(
+            f"{len(failures)} file(s) of {folder} could not be deleted (first: {failures[0]}): "
+            "remove that folder by hand"
+        )
 
 
 def _killed_removals(root: Path, limit: float, steps: set[str] | None) -> list[Removal]:

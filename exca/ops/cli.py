@@ -425,7 +425,16 @@ def _main(argv: list[str] | None) -> int:
         if args.yes:
             freed = removal.execute()
             done = "removed." if removal.removals else ""
-            _print({"freed": freed, **removal.to_dict()}, args.json, f"{removal}\n{done}".strip())
+            if removal.failed:  # (each named by the warning above)
+                done = f"removed, except {len(removal.failed)} item(s) left as they were."
+            failed = [{"path": str(p), "why": why} for p, why in removal.failed]
+            _print(
+                {"freed": freed, **removal.to_dict(), "failed": failed},
+                args.json,
+                f"{removal}\n{done}".strip(),
+            )
+            if removal.failed:
+                return 1
         else:
             hint = "\n(preview: run again with --yes to remove)" if removal.removals else ""
             _print(removal.to_dict(), args.json, f"{removal}{hint}")
