@@ -1933,6 +1933,24 @@ def test_clean_logs_of_a_copied_cache_leaves_the_original_alone(tmp_path: Path) 
     assert not any(c.exists() for c in copied)
 
 
+def test_a_copy_made_while_a_job_ran_does_not_list_it_as_failed(tmp_path: Path) -> None:
+    """A cache copied while a job computed into it: the job wrote its result into the
+    original, not the copy, which listed it as an error ("ended without writing its
+    result") while status() said "not submitted" (a probe)."""
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    assert Train(seed=5, infra={"folder": original, "cluster": "local"}).fit() == 6
+    shutil.copytree(original, copy, symlinks=True)
+    folder = folder_of(Train(seed=5, infra={"folder": copy}))
+    # (as copied while the job ran: neither its result nor submitit's result pickle yet)
+    for path in [*folder.glob("*-info.jsonl"), *copy.rglob("*_result.pkl")]:
+        path.unlink()
+    (info,) = exca.ops.inspect(copy)
+    assert (info.status, info.error, info.job_state) == ("empty", None, "ended")
+    assert Train(seed=5, infra={"folder": copy}).infra.status() == "not submitted"
+    (original_info,) = exca.ops.inspect(original)
+    assert original_info.status == "success"
+
+
 def test_logs_of_a_moved_cache(tmp_path: Path) -> None:
     """The records of a moved cache name the old place of the logs: `exca logs` and
     `clean logs` find them in the moved cache (they printed nothing, found nothing); a log

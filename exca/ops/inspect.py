@@ -193,7 +193,8 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
     if info.status == "error":  # (not while it is computed again)
         info.error = _error_line(entries[TASK_KEY])
     elif info.status == "empty" and info.job_state == "ended" and record is not None:
-        died = not registry.wrote_outcome(record)  # (as status() says: "failed")
+        # (as status() says: "failed"; a copy's job wrote into the original: not a failure)
+        died = not record.foreign and not registry.wrote_outcome(record)
         if died:
             info.status = "error"
             info.error = (
