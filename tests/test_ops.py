@@ -1933,6 +1933,29 @@ def test_clean_logs_of_a_copied_cache_leaves_the_original_alone(tmp_path: Path) 
     assert not any(c.exists() for c in copied)
 
 
+def test_clean_node_checks_its_root_and_takes_relative_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`exca clean ROOT node FOLDER` checked ROOT only with --downstream: a node folder
+    was taken as ROOT, and a node of another cache root was removed. "." (run from the
+    node folder) was previewed, then failed to be removed (a probe)."""
+    team_a, team_b = tmp_path / "a", tmp_path / "b"
+    for root in (team_a, team_b):
+        Train(seed=1, infra={"folder": root}).fit()
+    theirs = folder_of(Train(seed=1, infra={"folder": team_b}))
+    mine = folder_of(Train(seed=1, infra={"folder": team_a}))
+    result = cli("clean", team_a, "node", theirs, "--yes")
+    assert result.returncode == 2 and "is not in the cache root" in result.stderr
+    result = cli("clean", mine, "node", mine)
+    assert result.returncode == 2 and "not a cache root" in result.stderr
+    assert theirs.exists() and mine.exists()
+    monkeypatch.chdir(mine)
+    plan = clean.remove_nodes(".", root="../..")
+    assert [r.path for r in plan.removals] == [mine]
+    plan.execute()
+    assert not mine.exists() and theirs.exists()
+
+
 def test_a_copy_made_while_a_job_ran_does_not_list_it_as_failed(tmp_path: Path) -> None:
     """A cache copied while a job computed into it: the job wrote its result into the
     original, not the copy, which listed it as an error ("ended without writing its

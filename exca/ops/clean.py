@@ -399,8 +399,10 @@ def remove_nodes(
     folders = []
     if isinstance(nodes, Node | Path | str):
         nodes = [nodes]
+    base = cache_root(root) if root is not None else None  # (a root that is not: refused)
     for item in nodes:
-        folder = item.folder if isinstance(item, Node) else Path(item)
+        # (a path as given: ".", "../x": absolute, as its removal renames it)
+        folder = item.folder if isinstance(item, Node) else Path(os.path.abspath(item))
         if folder is None or (isinstance(item, Node) and not folder.exists()):
             continue
         if not folder.exists():
@@ -415,19 +417,14 @@ def remove_nodes(
             )
         folders.append(folder)
         _add_folder(plan, folder, "requested")
-    if downstream:
-        base = (
-            cache_root(root)
-            if root is not None
-            else registry.root_of(folders[0])
-            if folders
-            else None
-        )
-        if base is not None:
-            real = base.resolve()
-            outside = [f for f in folders if registry.root_of(f.absolute()).resolve() != real]
-            if outside:  # (its downstream would be looked for in the wrong cache)
-                raise ValueError(f"{outside[0]} is not in the cache root {base}: give its root")
+    if base is None and downstream and folders:
+        base = registry.root_of(folders[0])
+    if base is not None:
+        real = base.resolve()
+        outside = [f for f in folders if registry.root_of(f.absolute()).resolve() != real]
+        if outside:  # (its downstream would be looked for in the wrong cache)
+            raise ValueError(f"{outside[0]} is not in the cache root {base}: give its root")
+        if downstream:
             whole, some_items = computed_from(base, folders)
             for folder in whole:
                 _add_folder(plan, folder, "computed from a removed node")
