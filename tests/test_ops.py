@@ -1933,6 +1933,25 @@ def test_clean_logs_of_a_copied_cache_leaves_the_original_alone(tmp_path: Path) 
     assert not any(c.exists() for c in copied)
 
 
+def test_garbage_names_a_kept_result_of_other_class_defaults(tmp_path: Path) -> None:
+    """A target whose cached result was computed with other class defaults: garbage kept
+    it silently (the target then fails on it) and removed the others (a probe)."""
+    from exca.infra import base as infra_base
+
+    root = tmp_path / "cache"
+    assert Train(seed=1, infra={"folder": root}).fit() == 2
+    assert Train(seed=2, infra={"folder": root}).fit() == 3
+    folder = folder_of(Train(seed=1, infra={"folder": root}))
+    full = folder / "full-uid.yaml"
+    assert "0.01" in full.read_text()
+    full.write_text(full.read_text().replace("0.01", "0.05"))  # (the default was 0.05)
+    infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
+    plan = clean.garbage(root, [Train(seed=1, infra={"folder": root}).fit.node()])
+    assert [r.path for r in plan.removals] == [folder_of(Train(seed=2, infra={"folder": root}))]
+    assert [path for path, _ in plan.kept] == [folder]
+    assert "other class defaults" in plan.kept[0][1] and "exca clean" in plan.kept[0][1]
+
+
 def test_clean_node_checks_its_root_and_takes_relative_paths(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -917,6 +917,20 @@ def garbage(root: Path | str, targets: Node | tp.Sequence[Node]) -> CleanPlan:
         if "/" in uid and resolved.parent not in keep and resolved.parent not in keep_configs:
             continue  # removed with its config folder
         _add_folder(plan, folder, "not reached by the given targets")
+    for node in here:  # (kept, but unusable: the targets fail on it)
+        if node.folder is None or not node.folder.exists():
+            continue
+        try:
+            node.check_defaults()
+        except RuntimeError as error:
+            why = str(error).splitlines()[0]
+            plan.kept.append(
+                (
+                    node.folder,
+                    f"reached by a target, but cached with other class defaults ({why}): "
+                    f"`exca clean {root} node {node.folder}` removes it, to compute it again",
+                )
+            )
     return plan
 
 
