@@ -1931,6 +1931,12 @@ def test_clean_logs_of_a_copied_cache_leaves_the_original_alone(tmp_path: Path) 
     cli("clean", copy, "logs", "--days", "0", "--yes", check=True)
     assert all(j.stdout_path.exists() for j in jobs)
     assert not any(c.exists() for c in copied)
+    # the copy's logs are gone: said so, not the original's shown instead (a probe)
+    result = cli(
+        "logs", copy / folder_of(Train(seed=7, infra={"folder": original})).relative_to(original)
+    )
+    assert result.returncode == 1 and "is not there" in result.stdout
+    assert str(copy) in result.stdout and str(original) not in result.stdout
 
 
 def test_garbage_names_a_kept_result_of_other_class_defaults(tmp_path: Path) -> None:

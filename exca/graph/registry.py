@@ -63,7 +63,11 @@ class JobRecord:
         recorded = Path(self.logs)
         if self.node_folder is None:
             return recorded
-        root = root_of(self.node_folder)
+        root = root_of(Path(os.path.abspath(self.node_folder)))  # (read from ".", say)
+        if self.folder:  # (logs in the cache it was submitted from: the same place in this one)
+            original = root_of(Path(self.folder))
+            if original != root and recorded.is_relative_to(original):
+                return root / recorded.relative_to(original)  # (there or not: not the original's)
         parts = recorded.parts
         for start in range(1, len(parts)):  # (the longest tail of it found in this cache)
             here = root.joinpath(*parts[start:])
