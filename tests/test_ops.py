@@ -1516,11 +1516,13 @@ def test_clean_orphans_logs_and_compact_of_some_steps(tmp_path: Path) -> None:
 def test_clean_logs_of_a_step_keeps_a_folder_shared_with_another_steps_job(
     tmp_path: Path,
 ) -> None:
-    """A log folder holds the jobs of several steps (a `logs` setting without %j): the
-    jobs of the steps not selected still count (recent, or running)."""
+    """A log folder holds the jobs of several steps (a `logs` setting without %j): only
+    the files of the selected steps' jobs go (the other steps' went too: a review), while
+    another step's job runs too."""
     root, shared = tmp_path / "cache", tmp_path / "shared-logs"
     infra = {"folder": root, "cluster": "local", "logs": shared}
     assert Train(seed=1, infra=infra).fit() == 2
+    (train_job,) = [r["job_id"] for r in _records(folder_of(Train(seed=1, infra=infra)))]
     assert [r.path for r in clean.logs(root, older_than_days=0, step="Train").removals] == [shared]
     flag = tmp_path / "hold"
     flag.touch()
@@ -1528,11 +1530,15 @@ def test_clean_logs_of_a_step_keeps_a_folder_shared_with_another_steps_job(
     try:
         wait_until(lambda: "slow task started" in (job.stdout() or ""), "the job runs")
         plan = clean.logs(root, older_than_days=0, step="Train")
-        assert plan.removals == []
-        assert [(path, "running" in why) for path, why in plan.kept] == [(shared, True)]
+        (removal,) = plan.removals
+        assert removal.files and all(n.startswith(f"{train_job}_") for n in removal.files)
+        plan.execute()
+        assert not list(shared.glob(f"{train_job}_*"))
+        assert list(shared.glob(f"{job.job_id}_*"))  # (the running job's: untouched)
     finally:
         flag.unlink()
     assert job.result() == "released"
+    assert "slow task started" in (job.stdout() or "")
 
 
 def test_clean_refuses_a_step_or_node_folder_as_root(tmp_path: Path) -> None:
@@ -2079,6 +2085,37 @@ def test_clean_logs_of_a_logs_setting_without_job_id_removes_only_those_jobs_fil
     assert Train(seed=3, infra={"folder": root}).fit() == 4
 
 
+def test_clean_logs_of_a_shared_folder_goes_job_by_job(tmp_path: Path) -> None:
+    """A folder of many jobs' logs: one recent job kept every old job's files (a cache in
+    use never had it cleaned), and a user's folder named like a debug job's array
+    ("DEBUG") was removed whole with the user's files (a review)."""
+    root, shared = tmp_path / "cache", tmp_path / "DEBUG"
+    shared.mkdir()
+    (shared / "notes.txt").write_text("mine")
+    for seed, cluster in ((1, "local"), (2, "debug"), (3, "local")):
+        infra = {"folder": root, "cluster": cluster, "logs": shared}
+        assert Train(seed=seed, infra=infra).fit() == seed + 1
+    old = [folder_of(Train(seed=s, infra={"folder": root})) for s in (1, 2)]
+    old_ids = []
+    for folder in old:  # (these two ended 40 days ago)
+        (path,) = (folder / "jobs").glob("*.json")
+        record = json.loads(path.read_text())
+        record["submitted"] -= 40 * 86400
+        path.write_text(json.dumps(record))
+        old_ids.append(record["job_id"])
+        for log in shared.glob(f"{record['job_id']}_*"):
+            os.utime(log, (time.time() - 40 * 86400,) * 2)
+    assert old_ids[1].startswith("DEBUG_")
+    plan = clean.logs(root, older_than_days=30)
+    (removal,) = plan.removals
+    prefixes = tuple(f"{job_id}_" for job_id in old_ids)
+    assert removal.files and all(n.startswith(prefixes) for n in removal.files)
+    plan.execute()
+    left = sorted(p.name for p in shared.iterdir())
+    assert "notes.txt" in left and not any(n.startswith(tuple(old_ids)) for n in left)
+    assert len(left) > 1  # (the recent job's files)
+
+
 def _records(folder: Path) -> list[dict[str, tp.Any]]:
     return [json.loads(p.read_text()) for p in sorted((folder / "jobs").glob("*.json"))]
 
@@ -2094,12 +2131,22 @@ def test_clean_logs_keeps_a_log_folder_shared_with_a_running_job(tmp_path: Path)
     try:
         wait_until(lambda: "slow task started" in (job.stdout() or ""), "the job runs")
         plan = clean.logs(root, older_than_days=0)
-        assert plan.removals == []
+        # the ended job's files go, the running one's stay (it kept the whole folder: a
+        # review, the folder of a cache in use was never cleaned)
+        (removal,) = plan.removals
+        assert removal.files and not any(n.startswith(f"{job.job_id}_") for n in removal.files)
         assert [(path, "running" in why) for path, why in plan.kept] == [(shared, True)]
     finally:
         flag.unlink()
     assert job.result() == "released"
-    wait_until(lambda: clean.logs(root, older_than_days=0).removals, "the job ended")
+    wait_until(
+        lambda: any(
+            n.startswith(f"{job.job_id}_")
+            for r in clean.logs(root, older_than_days=0).removals
+            for n in r.files or []
+        ),
+        "the job ended",
+    )
     assert [r.path for r in clean.logs(root, older_than_days=0).removals] == [shared]
 
 

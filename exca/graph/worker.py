@@ -185,6 +185,12 @@ def check_upstream(node: Node) -> None:
         if source.kind != "task":
             continue
         state = _upstream_state(source)
+        if state == "missing" and _recomputed_elsewhere(source):  # (in a Slurm job)
+            raise UpstreamFailed(
+                f"{node.uid} did not run: upstream {source.uid} is computed again elsewhere "
+                "(forced or retried since this node's run decided); a Slurm job does not "
+                "hold its allocation to wait for it: the next run computes this node"
+            )
         if state != "done":
             raise UpstreamFailed(f"{node.uid} did not run: upstream {source.uid} is {state}")
 
@@ -192,8 +198,11 @@ def check_upstream(node: Node) -> None:
 def _upstream_state(source: Node) -> str:
     """The state of an upstream task's result, once another worker or job computing it
     right now ended: another process forcing it drops its old result when its job goes
-    out (failing then blamed an upstream failure that did not happen)."""
+    out (failing then blamed an upstream failure that did not happen). Not in a Slurm
+    job: waiting would hold its allocation (that other job may wait for it)."""
     state = store.task_state(source, refresh=True)
+    if os.environ.get("SLURM_JOB_ID"):
+        return state
     delay, told = RECOMPUTED_POLL_S, False
     while state == "missing" and _recomputed_elsewhere(source):
         if not told:
@@ -207,8 +216,7 @@ def _upstream_state(source: Node) -> str:
 
 def _recomputed_elsewhere(source: Node) -> bool:
     """Whether a live worker (not this thread) holds the claim of a task's result, or a
-    recorded job that may still write it runs (queued, or started before its worker
-    claims it)."""
+    recorded job that may still write it is queued or runs."""
     from .calls import keys_being_computed
 
     if source.folder is None:

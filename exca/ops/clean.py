@@ -110,15 +110,30 @@ class CleanPlan:
         for removal in self.removals:
             try:
                 freed += _remove(removal, jobs_use)
+            except _Incomplete as error:
+                freed += error.freed
+                self.failed.append((removal.path, str(error)))
             except OSError as error:
-                self.failed.append((removal.path, f"{type(error).__name__}: {error}"))
+                why = f"left as it was: {type(error).__name__}: {error}"
+                self.failed.append((removal.path, why))
         if self.failed:
             logger.warning(
-                "Could not remove %d item(s), left as they were:\n%s",
+                "Could not remove %d item(s):\n%s",
                 len(self.failed),
                 "\n".join(f"  - {path}: {why}" for path, why in self.failed),
             )
         return freed
+
+
+class _Incomplete(OSError):
+    """A removal that could remove only part of what it was to (``freed`` bytes)."""
+
+    def __init__(self, message: str, freed: int) -> None:
+        super().__init__(message)
+        self.freed = freed
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def _remove(removal: Removal, jobs_use: dict[Path, dict[Path, str]]) -> int:
@@ -130,10 +145,22 @@ def _remove(removal: Removal, jobs_use: dict[Path, dict[Path, str]]) -> int:
         _remove_items(path, removal.keys)
         return removal.size
     if removal.files is not None:  # (a folder holding other files too: kept)
+        freed, failures = 0, []
         for name in removal.files:
-            with contextlib.suppress(FileNotFoundError):
+            try:
+                size = os.lstat(path / name).st_size
                 (path / name).unlink()
-        return removal.size
+                freed += size
+            except FileNotFoundError:
+                pass
+            except OSError as error:  # (another user's file in a sticky folder...)
+                failures.append(f"{name}: {error.strerror or error}")
+        if failures:
+            raise _Incomplete(
+                f"{len(failures)} of {len(removal.files)} file(s) left (first: {failures[0]})",
+                freed,
+            )
+        return freed
     root = registry.root_of(path) if (path / UID_FILE).exists() else path.parent.parent
     if path.is_dir() and _holds_what_jobs_use(path, root, jobs_use) is not None:
         return 0
@@ -184,9 +211,15 @@ def remove_node_folder(folder: Path) -> None:
     except FileNotFoundError:
         return
     except PermissionError as error:
-        raise PermissionError(
-            error.errno, f"{error.strerror}: renaming it needs write access to {folder.parent}"
-        ) from None
+        parent = os.stat(folder.parent)
+        if parent.st_mode & stat.S_ISVTX and os.stat(folder).st_uid != os.geteuid():
+            why = (
+                f"{folder.parent} is sticky (like /tmp): only the owner of {folder.name} "
+                f"(uid {os.stat(folder).st_uid}) may move or remove it"
+            )
+        else:
+            why = f"renaming it needs write access to {folder.parent}"
+        raise PermissionError(error.errno, f"{error.strerror}: {why}") from None
     _delete_tree(trash)
 
 
@@ -203,7 +236,9 @@ def _check_deletable(folder: Path) -> None:
 
 
 def _delete_tree(folder: Path) -> None:
-    """Delete a tree renamed away; what cannot be deleted is said (its space is not freed)."""
+    """Delete a tree renamed away; what cannot be deleted is said (_Incomplete: its
+    entries are out of the cache, what is left of it still takes space)."""
+    before, _ = disk_usage(folder)
     failures: list[str] = []
 
     def failed(_: tp.Any, path: str, error: tp.Any) -> None:
@@ -214,9 +249,11 @@ def _delete_tree(folder: Path) -> None:
     options: dict[str, tp.Any] = {hook: failed}
     shutil.rmtree(folder, **options)
     if failures:
-        raise OSError(
-            f"{len(failures)} file(s) of {folder} could not be deleted (first: {failures[0]}): "
-            "remove that folder by hand"
+        left, _ = disk_usage(folder) if folder.exists() else (0, 0.0)
+        raise _Incomplete(
+            f"partly removed (out of the cache): {len(failures)} file(s) could not be "
+            f"deleted (first: {failures[0]}); what is left is in {folder}: remove it by hand",
+            max(before - left, 0),
         )
 
 
@@ -804,57 +841,111 @@ def logs(root: Path | str, older_than_days: float = 30.0, step: str | None = Non
     limit = time.time() - older_than_days * 86400
     root = cache_root(root)
     steps = selected_steps(root, step)
-    by_folder: dict[Path, list[registry.JobRecord]] = {}  # (jobs may share a log folder)
-    wanted: set[Path] = set()  # (a folder shared with another step's jobs: theirs count too)
+    # (jobs may share a log folder: every step's jobs are looked at, the selected ones go)
+    by_folder: dict[Path, list[tuple[bool, registry.JobRecord]]] = {}
     for step_name, _, folder in node_folders(root):
         for record in registry.read_all(folder, copied=True):
-            by_folder.setdefault(record.logs_folder(), []).append(record)
-            if steps is None or step_name in steps:
-                wanted.add(record.logs_folder())
+            selected = steps is None or step_name in steps
+            by_folder.setdefault(record.logs_folder(), []).append((selected, record))
     for logs_folder, records in by_folder.items():
-        if logs_folder not in wanted:
+        if not any(selected for selected, _ in records) or not logs_folder.exists():
             continue
-        if not logs_folder.exists() or any(r.submitted > limit for r in records):
-            continue  # (a recent job's logs are in it too)
         other = _another_cache_root(logs_folder, root)
         if other is not None:  # (records of a copied or moved cache point at the original)
             plan.kept.append((logs_folder, f"in another cache root ({other}): clean that one"))
             continue
-        active = next((r for r in records if registry.is_active(r)), None)
-        if active is not None:
-            plan.kept.append((logs_folder, f"job {active.job_id} is queued or running"))
-            continue
-        ids = sorted({r.job_id for r in records})
-        shown = ", ".join(ids)
-        if logs_folder.name in {i.split("_")[0] for i in ids} | set(ids):
-            # a folder of its own (the default ".../%j"): removed whole
-            if _newest_write(logs_folder) > limit:
-                continue  # (written until recently: a job queued long ago that ended lately)
-            size, _ = disk_usage(logs_folder)
-            plan.removals.append(Removal(logs_folder, size, f"logs of job {shown}, ended"))
-            continue
-        # a folder the user named (logs="..." without %j): other jobs' logs, other caches'
-        # jobs, their own files may be in it, the cache itself: only these jobs' files go
+        ids = sorted({r.job_id for _, r in records})
         files = _job_files(logs_folder, ids)
-        if not files or max(s.st_mtime for s in files.values()) > limit:
-            continue
-        size = sum(s.st_size for s in files.values())
-        reason = f"log files of job {shown}, ended (only theirs: the folder holds other files)"
-        plan.removals.append(Removal(logs_folder, size, reason, files=sorted(files)))
+        own = logs_folder.name in {i.split("_")[0] for i in ids} | set(ids)
+        if own and len(files) == len(_scan(logs_folder)) and all(s for s, _ in records):
+            # a folder of its own (the default ".../%j"), holding only its jobs' files
+            _add_whole_logs_folder(plan, logs_folder, [r for _, r in records], limit)
+        else:
+            _add_job_files(plan, logs_folder, records, files, limit)
     return plan
 
 
-def _job_files(folder: Path, job_ids: list[str]) -> dict[str, os.stat_result]:
-    """The files submitit wrote for these jobs in a folder (``<job id>_...``, and an
-    array's ``<array id>_submission.sh``), with their stats."""
-    prefixes = tuple(f"{job_id}_" for job_id in job_ids)
-    scripts = {f"{job_id.split('_')[0]}_submission.sh" for job_id in job_ids}
-    out: dict[str, os.stat_result] = {}
-    for entry in _scan(folder):
-        if entry.name.startswith(prefixes) or entry.name in scripts:
+def _add_whole_logs_folder(
+    plan: CleanPlan, folder: Path, records: list[registry.JobRecord], limit: float
+) -> None:
+    """A log folder of its own (the default ``.../%j``): removed whole once its jobs ended
+    before ``limit``."""
+    if any(r.submitted > limit for r in records):
+        return  # (a recent job)
+    active = next((r for r in records if registry.is_active(r)), None)
+    if active is not None:
+        plan.kept.append((folder, f"job {active.job_id} is queued or running"))
+        return
+    if _newest_write(folder) > limit:
+        return  # (written until recently: a job queued long ago that ended lately)
+    size, _ = disk_usage(folder)
+    shown = ", ".join(sorted({r.job_id for r in records}))
+    plan.removals.append(Removal(folder, size, f"logs of job {shown}, ended"))
+
+
+def _add_job_files(
+    plan: CleanPlan,
+    folder: Path,
+    records: list[tuple[bool, registry.JobRecord]],
+    files: dict[str, tuple[str, os.stat_result]],
+    limit: float,
+) -> None:
+    """A log folder shared by many jobs, or a folder the user named (a ``logs`` setting
+    without %j: other caches' jobs, their own files, the cache itself may be in it): the
+    files of the selected jobs that ended before ``limit`` go, job by job."""
+    by_job: dict[str, list[str]] = {}  # (an array's shared files: under the array's id)
+    for name, (job_id, _) in files.items():
+        by_job.setdefault(job_id, []).append(name)
+    going: list[str] = []
+    busy: list[str] = []
+    for selected, record in records:
+        names = by_job.get(record.job_id)
+        if not selected or not names or record.job_id in going:
+            continue
+        if registry.is_active(record):
+            busy.append(record.job_id)
+        elif record.submitted <= limit and max(files[n][1].st_mtime for n in names) <= limit:
+            going.append(record.job_id)
+    gone = [n for job_id in going for n in by_job[job_id]]
+    elements: dict[str, list[str]] = {}  # array id -> its elements' job ids
+    for _, record in records:
+        elements.setdefault(record.job_id.split("_")[0], []).append(record.job_id)
+    for array_id, names in by_job.items():  # (its script: once every element's files go)
+        members = elements.get(array_id, [])
+        if array_id not in members and members and all(m in going for m in members):
+            gone += names
+    if busy:
+        plan.kept.append((folder, f"job {', '.join(busy)} is queued or running: its files stay"))
+    if not gone:
+        return
+    size = sum(files[n][1].st_size for n in gone)
+    reason = f"log files of job {', '.join(going)}, ended (only theirs: the folder holds others)"
+    plan.removals.append(Removal(folder, size, reason, files=sorted(gone)))
+
+
+def _job_files(folder: Path, job_ids: list[str]) -> dict[str, tuple[str, os.stat_result]]:
+    """The files submitit wrote for these jobs in a folder (``<job id>_...``), with their
+    job's id and stats; an array's shared ``<array id>_submission.sh`` and the
+    ``.submission_file_<hex>.sh`` links to a script, under the array's id."""
+    prefixes = sorted(((f"{j}_", j) for j in job_ids), key=lambda p: -len(p[0]))
+    scripts = {f"{j.split('_')[0]}_submission.sh": j.split("_")[0] for j in job_ids}
+    out: dict[str, tuple[str, os.stat_result]] = {}
+    entries = _scan(folder)
+    for entry in entries:
+        name = entry.name
+        owner = scripts.get(name)
+        if owner is None:  # (the longest id first: an element's files, not its array's)
+            owner = next((j for prefix, j in prefixes if name.startswith(prefix)), None)
+        if owner is not None and entry.is_file(follow_symlinks=False):
             stat = _stat(entry)
-            if stat is not None and entry.is_file(follow_symlinks=False):
-                out[entry.name] = stat
+            if stat is not None:
+                out[name] = (owner, stat)
+    for entry in entries:  # (submitit's links to a submission script it renamed)
+        if entry.name.startswith(".submission_file_") and entry.is_symlink():
+            with contextlib.suppress(OSError):
+                target = os.path.basename(os.readlink(entry.path))
+                if target in out:
+                    out[entry.name] = (out[target][0], entry.stat(follow_symlinks=False))
     return out
 
 
@@ -918,10 +1009,10 @@ def garbage(root: Path | str, targets: Node | tp.Sequence[Node]) -> CleanPlan:
             continue  # removed with its config folder
         _add_folder(plan, folder, "not reached by the given targets")
     for node in here:  # (kept, but unusable: the targets fail on it)
-        if node.folder is None or not node.folder.exists():
+        if node.folder is None or not node.folder.exists() or node.check_reuse is None:
             continue
         try:
-            node.check_defaults()
+            node.check_reuse()  # (its own: an upstream's failure is told with that one)
         except RuntimeError as error:
             why = str(error).splitlines()[0]
             plan.kept.append(
@@ -931,6 +1022,8 @@ def garbage(root: Path | str, targets: Node | tp.Sequence[Node]) -> CleanPlan:
                     f"`exca clean {root} node {node.folder}` removes it, to compute it again",
                 )
             )
+        except OSError as error:  # (its yaml files cannot be read: another user's?)
+            plan.kept.append((node.folder, f"reached by a target; not checked: {error}"))
     return plan
 
 

@@ -426,7 +426,7 @@ def _main(argv: list[str] | None) -> int:
             freed = removal.execute()
             done = "removed." if removal.removals else ""
             if removal.failed:  # (each named by the warning above)
-                done = f"removed, except {len(removal.failed)} item(s) left as they were."
+                done = f"removed, except {len(removal.failed)} item(s): see the warning above."
             failed = [{"path": str(p), "why": why} for p, why in removal.failed]
             _print(
                 {"freed": freed, **removal.to_dict(), "failed": failed},
