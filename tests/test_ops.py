@@ -1641,6 +1641,44 @@ def test_clean_leaves_whole_what_it_cannot_delete_and_says_so(
     assert exca.ops.inspect(theirs)[0].status == "success"
 
 
+def test_clean_that_fails_midway_says_what_is_left_and_counts_what_it_freed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file that cannot be deleted once the removal started (another user's file in a
+    sticky folder: the check before cannot see it): the report said "left as they were"
+    with nothing freed, though the folder was renamed away and mostly deleted; a shared
+    logs folder's file stopped the removal of the next ones (a review). Simulated with
+    a failing unlink."""
+    root, shared = tmp_path / "cache", tmp_path / "shared-logs"
+    Train(seed=1, infra={"folder": root}).fit()
+    Train(seed=1, infra={"folder": root, "version": "2"}).fit()
+    Source(infra={"folder": root, "cluster": "local", "logs": shared}).make()
+    old = folder_of(Train(seed=1, infra={"folder": root}))
+    unlink = os.unlink
+
+    def guarded(path: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> None:
+        if os.path.basename(path) in ("uid.yaml", "notes.txt") or str(path).endswith("_log.out"):
+            raise PermissionError(1, "Operation not permitted", str(path))
+        unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", guarded)
+    plan = clean.old_versions(root)
+    with caplog.at_level("WARNING", logger="exca"):
+        freed = plan.execute()
+    ((path, why),) = plan.failed
+    (trash,) = old.parent.glob(".removing-*")
+    assert path == old and not old.exists() and "partly removed" in why and str(trash) in why
+    assert 0 < freed < plan.size and str(trash) in caplog.text
+    assert sorted(p.name for p in trash.iterdir()) == ["uid.yaml"]
+    logs = clean.logs(root, older_than_days=0)
+    (removal,) = logs.removals
+    assert removal.files is not None and len(removal.files) > 2
+    logs.execute()
+    ((_, why),) = logs.failed
+    assert "1 of" in why and "left" in why
+    assert [p.name for p in shared.iterdir()] == [n for n in removal.files if n.endswith("out")]
+
+
 def test_clean_versions_removes_a_log_folder_named_by_the_logs_setting(tmp_path: Path) -> None:
     """logs="{folder}/slurm-logs/%j": that folder went with the old version too (it was
     kept, and the old version, left with it only, was no longer seen)."""
