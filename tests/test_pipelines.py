@@ -1483,6 +1483,45 @@ def test_force_recomputes_once_and_propagates(env: Env) -> None:
     assert len(started(env.log)) == 11
 
 
+class Ramp(pydantic.BaseModel):
+    """A no-input task whose result is a payload file (an array): ``make() -> 0..n-1``."""
+
+    n: int = 100_000
+    log: str
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("log",)
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def make(self) -> np.ndarray:
+        append(self.log, {"name": "ramp", "event": "start"})
+        return np.arange(float(self.n))
+
+
+def test_a_run_with_a_damaged_upstream_in_retry_mode_computes_it_again(env: Env) -> None:
+    """An upstream result whose payload was removed outside exca: the downstream node's
+    error said "in mode='retry' ... computes it again", but a run with the upstream node
+    in mode retry reused it and failed the same way (only its eager call repaired it)."""
+    ramp = Ramp(log=env.log, infra=env.infra())
+    assert ramp.make().sum() == sum(range(100_000))
+    folder = ramp.infra.uid_folder()
+    assert folder is not None
+    (payload,) = [p for p in (folder / "data").iterdir() if p.is_file()]
+    payload.unlink()
+
+    def total(mode: str) -> exca.graph.Node:
+        upstream = Ramp(log=env.log, infra=env.infra(mode=mode)).make.node()
+        return env.step("total").run.node(upstream)
+
+    with pytest.raises(UpstreamFailed, match="for a task, a run of it too"):
+        exca.graph.run(total("cached"))
+    entry = _by_uid(exca.graph.plan(total("retry")))[total("retry").upstream[0].uid]
+    assert (entry.status, entry.action) == ("missing", "compute")
+    assert "cannot be read" in entry.reason
+    exca.graph.run(total("retry"))
+    assert env.starts("ramp") == 2 and env.starts("total") == 1
+    assert total("cached").result().startswith("total(array")
+
+
 class Shared(pydantic.BaseModel):
     """A no-input task that blocks while the file ``block_flag`` exists."""
 

@@ -339,6 +339,9 @@ class Graph:
         if forced and not read_only:
             run.action = "force"
             run.reason = "mode=force" if node.pending_force else "forced by upstream"
+        elif state == "done" and node.mode == "retry" and store.result_damaged(node):
+            run.action = "retry"
+            run.reason = "its cached result cannot be read (removed or damaged outside exca)"
         elif state == "done" and not _forcing_job_runs(run):
             _reuse(run)
         elif state == "done":

@@ -8,7 +8,7 @@ import typing as tp
 
 from ..storage.cachederror import CachedError
 from ..storage.cachedict import CacheDict
-from ..storage.dumping import is_damaged_payload, mark_if_damaged
+from ..storage.dumping import PAYLOAD_ERRORS, is_damaged_payload, mark_if_damaged
 from ..storage.index import Entry
 from . import codeprint
 from .errors import raise_from
@@ -145,6 +145,16 @@ def cached_outcome(cache: CacheDict[tp.Any], missing: tp.Any) -> tp.Any:
         raise
 
 
+def result_damaged(node: Node) -> bool:
+    """Whether a task's cached result cannot be read because its payload was removed or
+    damaged outside exca (loads it: for mode retry, which computes such a result again)."""
+    try:
+        cached_outcome(node.cache, None)
+    except PAYLOAD_ERRORS as error:
+        return is_damaged_payload(error)
+    return False
+
+
 def unreadable_result(cache: CacheDict[tp.Any], error: FileNotFoundError) -> FileNotFoundError:
     """The error of a task result whose payload file is gone (removed outside exca)."""
     new = FileNotFoundError(
@@ -248,13 +258,14 @@ def drop_damaged_or_raise(
 
 def unreadable_input(error: BaseException) -> str:
     """Why an upstream output could not be read, for a downstream node's error; what to
-    do when its payload was removed or cut short outside exca (neither the downstream
-    node's retry nor a run of the graph recomputes it: the run reads it only downstream)."""
+    do when its payload was removed or cut short outside exca (the downstream node's
+    retry does not recompute it: the upstream node's does)."""
     text = f"{type(error).__name__}: {error}"
     if is_damaged_payload(error):
         text += (
             "; the payload was removed or damaged outside exca: reading the upstream "
-            "node's output in mode='retry' (its call, or node.result()) computes it again"
+            "node's output in mode='retry' (its call, or node.result(); for a task, a run of "
+            "it too) computes it again"
         )
     return text
 

@@ -286,7 +286,7 @@ def _run_task(unit: Unit) -> Report:
 
     while True:
         state = store.task_state(node)
-        if state == "done" and not forced:
+        if state == "done" and not forced and not (retrying and store.result_damaged(node)):
             return Report(reused=1)
         if state == "error" and reusable_error():
             return Report(reused=1)
@@ -313,7 +313,8 @@ def _compute_claimed(
 ) -> Report:
     """Compute a task whose claim this worker holds (unless done meanwhile)."""
     state = store.task_state(node, refresh=True)
-    if state == "done" and not forced:
+    retrying = unit.action == "retry" or node.mode == "retry"
+    if state == "done" and not forced and not (retrying and store.result_damaged(node)):
         return Report(reused=1)
     if state == "error" and reusable_error():
         return Report(reused=1)
