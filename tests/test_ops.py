@@ -2154,6 +2154,92 @@ def test_clean_logs_of_a_shared_folder_goes_job_by_job(tmp_path: Path) -> None:
     assert len(left) > 1  # (the recent job's files)
 
 
+def _fake_job(node_folder: Path, job_id: str, logs: Path, age_days: float, **extra: tp.Any) -> None:
+    """A job record of a node folder, and submitit's files for it in ``logs`` (Slurm jobs
+    cannot be made here at will: as their records and files look)."""
+    when = time.time() - age_days * 86400
+    (node_folder / "jobs").mkdir(exist_ok=True)
+    record = {"job_id": job_id, "cluster": "slurm", "logs": str(logs), "submitted": when}
+    record.update(folder=str(node_folder), host=exca.storage.process.hostname(), pid=1, **extra)
+    (node_folder / "jobs" / f"{job_id}.json").write_text(json.dumps(record))
+    logs.mkdir(parents=True, exist_ok=True)
+    for name in (f"{job_id}_0_log.out", f"{job_id}_submitted.pkl"):
+        (logs / name).write_text("x" * 100)
+        os.utime(logs / name, (when, when))
+
+
+def _age(path: Path, days: float) -> None:
+    when = time.time() - days * 86400
+    os.utime(path, (when, when), follow_symlinks=False)
+
+
+def test_clean_logs_of_slurm_arrays_takes_their_scripts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Slurm array's script (``<A>/<A>_submission.sh`` next to its elements' folders in
+    the default layout, ``<A>_submission.sh`` in a shared folder) and submitit's link to
+    it were never removed: no record names them; in a shared folder cleaned in two passes
+    (an element still recent the first time), the script stayed for good (a review)."""
+    monkeypatch.setattr(registry, "confirmed_queued", lambda ids: set())  # (all ended)
+    root = tmp_path / "cache"
+    Train(seed=1, infra={"folder": root}).fit()
+    Train(seed=2, infra={"folder": root}).fit()
+    node, other = (folder_of(Train(seed=s, infra={"folder": root})) for s in (1, 2))
+    logs = node.parent / "logs" / "root"
+    for job_id in ("9001_0", "9001_1"):  # the default layout: .../%j
+        _fake_job(node if job_id.endswith("0") else other, job_id, logs / job_id, 40)
+    (logs / "9001").mkdir()
+    (logs / "9001" / "9001_submission.sh").write_text("#!/bin/bash")
+    (logs / ".submission_file_aa.sh").symlink_to(logs / "9001" / "9001_submission.sh")
+    plan = clean.logs(root, older_than_days=30)
+    assert sorted(r.path.name for r in plan.removals) == [
+        ".submission_file_aa.sh",
+        "9001",
+        "9001_0",
+        "9001_1",
+    ]
+    plan.execute()
+    assert sorted(p.name for p in logs.iterdir()) == []
+    # a shared folder (logs= without %j), cleaned twice: the script goes the second time
+    shared = tmp_path / "shared"
+    _fake_job(node, "9002_0", shared, 40)
+    _fake_job(other, "9002_1", shared, 0)
+    (shared / "9002_submission.sh").write_text("#!/bin/bash")
+    (shared / ".submission_file_bb.sh").symlink_to(shared / "9002_submission.sh")
+    for name in ("9002_submission.sh", ".submission_file_bb.sh"):
+        _age(shared / name, 40)
+    clean.logs(root, older_than_days=30).execute()
+    assert sorted(p.name for p in shared.iterdir()) == [
+        ".submission_file_bb.sh",
+        "9002_1_0_log.out",
+        "9002_1_submitted.pkl",
+        "9002_submission.sh",
+    ]
+    _fake_job(other, "9002_1", shared, 40)  # (that one ended long ago too, now)
+    clean.logs(root, older_than_days=30).execute()
+    assert sorted(p.name for p in shared.iterdir()) == []
+
+
+def test_clean_logs_keeps_the_files_of_a_running_job_with_a_reused_pid(tmp_path: Path) -> None:
+    """Local job ids are pids: an old ended job and a running one of another node with
+    the same pid share their file names in a shared folder; the running one's files
+    were removed as the old one's (a review)."""
+    from exca.storage.process import process_start_time
+
+    root, shared = tmp_path / "cache", tmp_path / "shared"
+    Train(seed=1, infra={"folder": root}).fit()
+    Train(seed=2, infra={"folder": root}).fit()
+    old, running = (folder_of(Train(seed=s, infra={"folder": root})) for s in (1, 2))
+    pid = str(os.getpid())  # (this process stands for the running job)
+    _fake_job(old, pid, shared, 40, cluster="local", start=1)
+    _fake_job(running, pid, shared, 0, cluster="local", start=process_start_time(os.getpid()))
+    _fake_job(old, "12", shared, 40, cluster="local", start=1)
+    plan = clean.logs(root, older_than_days=0)
+    (removal,) = plan.removals
+    assert removal.files == ["12_0_log.out", "12_submitted.pkl"]
+    assert [(p, "running" in why) for p, why in plan.kept] == [(shared, True)]
+
+
 def _records(folder: Path) -> list[dict[str, tp.Any]]:
     return [json.loads(p.read_text()) for p in sorted((folder / "jobs").glob("*.json"))]
 

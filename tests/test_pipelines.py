@@ -1497,6 +1497,30 @@ class Ramp(pydantic.BaseModel):
         return np.arange(float(self.n))
 
 
+@pytest.mark.timeout(60)
+def test_a_job_does_not_wait_for_an_upstream_job_squeue_cannot_confirm(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upstream result missing, its latest job a Slurm one, and squeue not answering
+    (a machine that cannot reach the controller): a worker waited for it for ever (it
+    counts as queued when squeue is silent, never to be resubmitted twice); it fails at
+    once with the upstream said missing (a review)."""
+    from exca.graph import registry
+    from exca.graph.worker import Unit, run_unit
+
+    upstream = Shared(block_flag="", log=env.log, infra=env.infra())
+    folder = upstream.infra.uid_folder(create=True)
+    assert folder is not None
+    (folder / "jobs").mkdir()
+    record = {"job_id": "4242", "cluster": "slurm", "logs": str(env.tmp), "submitted": 1.0}
+    (folder / "jobs" / "4242.json").write_text(json.dumps({**record, "folder": str(folder)}))
+    monkeypatch.setattr(registry, "confirmed_queued", lambda ids: None)  # (no answer)
+    down = env.step("down").run.node(upstream.make.node())
+    with pytest.raises(UpstreamFailed, match="is missing"):
+        run_unit(Unit(down))
+    assert env.starts("down") == 0
+
+
 def test_a_run_with_a_damaged_upstream_in_retry_mode_computes_it_again(env: Env) -> None:
     """An upstream result whose payload was removed outside exca: the downstream node's
     error said "in mode='retry' ... computes it again", but a run with the upstream node

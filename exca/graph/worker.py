@@ -185,14 +185,23 @@ def check_upstream(node: Node) -> None:
         if source.kind != "task":
             continue
         state = _upstream_state(source)
-        if state == "missing" and _recomputed_elsewhere(source):  # (in a Slurm job)
-            raise UpstreamFailed(
-                f"{node.uid} did not run: upstream {source.uid} is computed again elsewhere "
-                "(forced or retried since this node's run decided); a Slurm job does not "
-                "hold its allocation to wait for it: the next run computes this node"
-            )
         if state != "done":
-            raise UpstreamFailed(f"{node.uid} did not run: upstream {source.uid} is {state}")
+            raise UpstreamFailed(f"{node.uid} did not run: {_not_there(source, state)}")
+
+
+def _in_slurm_job() -> bool:
+    return os.environ.get("SUBMITIT_EXECUTOR") == "slurm"  # (set by submitit in the job)
+
+
+def _not_there(source: Node, state: str) -> str:
+    """Why an upstream task's result is not there, for an UpstreamFailed message."""
+    if state == "missing" and _in_slurm_job() and _recomputed_elsewhere(source):
+        return (
+            f"upstream {source.uid} is computed again elsewhere (forced or retried since "
+            "this node's run decided); a Slurm job does not hold its allocation to wait for "
+            "it: the next run computes this node"
+        )
+    return f"upstream {source.uid} is {state}"
 
 
 def _upstream_state(source: Node) -> str:
@@ -201,7 +210,7 @@ def _upstream_state(source: Node) -> str:
     out (failing then blamed an upstream failure that did not happen). Not in a Slurm
     job: waiting would hold its allocation (that other job may wait for it)."""
     state = store.task_state(source, refresh=True)
-    if os.environ.get("SLURM_JOB_ID"):
+    if _in_slurm_job():
         return state
     delay, told = RECOMPUTED_POLL_S, False
     while state == "missing" and _recomputed_elsewhere(source):
@@ -224,7 +233,12 @@ def _recomputed_elsewhere(source: Node) -> bool:
     if keys_being_computed(source, (TASK_KEY,), others_only=True):
         return True
     record = registry.latest(source.folder)
-    return record is not None and registry.still_running(record)
+    if record is None:
+        return False
+    # (squeue not answering: not waited for, for ever, on a job maybe long dead)
+    if record.cluster == "slurm" and not registry.confirmed_queued([record.job_id]):
+        return False
+    return registry.still_running(record)
 
 
 def _wait_message(folder: tp.Any) -> tp.Callable[[dict[str, Owner]], None]:
@@ -252,6 +266,8 @@ def load_output(source: Node | Value | Group) -> tp.Any:
     if source.kind == "map":
         return store.map_outputs(source)
     if _upstream_state(source) == "missing":
+        if _in_slurm_job() and _recomputed_elsewhere(source):
+            raise UpstreamMissing(_not_there(source, "missing"))
         raise UpstreamMissing(f"upstream {source.uid} has no cached result (upstream failed?)")
     return store.task_result(source)
 

@@ -238,7 +238,7 @@ def _check_deletable(folder: Path) -> None:
 def _delete_tree(folder: Path) -> None:
     """Delete a tree renamed away; what cannot be deleted is said (_Incomplete: its
     entries are out of the cache, what is left of it still takes space)."""
-    before, _ = disk_usage(folder)
+    before, _ = disk_usage(folder, recursive_into_inputs=True)
     failures: list[str] = []
 
     def failed(_: tp.Any, path: str, error: tp.Any) -> None:
@@ -249,7 +249,7 @@ def _delete_tree(folder: Path) -> None:
     options: dict[str, tp.Any] = {hook: failed}
     shutil.rmtree(folder, **options)
     if failures:
-        left, _ = disk_usage(folder) if folder.exists() else (0, 0.0)
+        left, _ = disk_usage(folder, recursive_into_inputs=True) if folder.exists() else (0, 0.0)
         raise _Incomplete(
             f"partly removed (out of the cache): {len(failures)} file(s) could not be "
             f"deleted (first: {failures[0]}); what is left is in {folder}: remove it by hand",
@@ -862,7 +862,46 @@ def logs(root: Path | str, older_than_days: float = 30.0, step: str | None = Non
             _add_whole_logs_folder(plan, logs_folder, [r for _, r in records], limit)
         else:
             _add_job_files(plan, logs_folder, records, files, limit)
+    _add_array_scripts(plan, by_folder)
     return plan
+
+
+def _add_array_scripts(
+    plan: CleanPlan, by_folder: dict[Path, list[tuple[bool, registry.JobRecord]]]
+) -> None:
+    """The default layout (``.../%j``): submitit writes a Slurm array's script in a folder
+    of the array's id next to its elements' folders (``<A>/<A>_submission.sh``), and a
+    ``.submission_file_<hex>.sh`` link to it in their parent; no record names them. They
+    go with the last of the array's element folders."""
+    removed = {r.path for r in plan.removals if r.files is None}
+    arrays: dict[Path, set[str]] = {}  # parent folder -> ids of arrays all of whose go
+    elements: dict[tuple[Path, str], list[Path]] = {}
+    for folder, records in by_folder.items():
+        for _, record in records:
+            if "_" in record.job_id:
+                elements.setdefault((folder.parent, record.job_id.split("_")[0]), []).append(folder)
+    for (parent, array_id), folders in elements.items():
+        if all(f in removed or not f.exists() for f in folders):
+            arrays.setdefault(parent, set()).add(array_id)
+    for parent, ids in arrays.items():
+        for array_id in sorted(ids):
+            script = parent / array_id
+            names = [e.name for e in _scan(script)]
+            if (
+                script.is_dir()
+                and not script.is_symlink()
+                and names in ([], [f"{array_id}_submission.sh"])
+            ):
+                size, _ = disk_usage(script)
+                reason = f"submission script of array {array_id}, whose jobs' logs go"
+                plan.removals.append(Removal(script, size, reason))
+        for entry in _scan(parent):  # (links to those scripts, or dangling)
+            if entry.name.startswith(".submission_file_") and entry.is_symlink():
+                with contextlib.suppress(OSError):
+                    target = Path(os.readlink(entry.path))
+                    if target.name.split("_")[0] in ids or not os.path.exists(entry.path):
+                        reason = "link to the submission script of an array whose logs go"
+                        plan.removals.append(Removal(Path(entry.path), 0, reason))
 
 
 def _add_whole_logs_folder(
@@ -896,23 +935,26 @@ def _add_job_files(
     by_job: dict[str, list[str]] = {}  # (an array's shared files: under the array's id)
     for name, (job_id, _) in files.items():
         by_job.setdefault(job_id, []).append(name)
+    # (any record's: a local job id is a pid, which a later job may have again)
+    busy = sorted({r.job_id for _, r in records if r.job_id in by_job and registry.is_active(r)})
     going: list[str] = []
-    busy: list[str] = []
     for selected, record in records:
         names = by_job.get(record.job_id)
-        if not selected or not names or record.job_id in going:
+        if not selected or not names or record.job_id in going or record.job_id in busy:
             continue
-        if registry.is_active(record):
-            busy.append(record.job_id)
-        elif record.submitted <= limit and max(files[n][1].st_mtime for n in names) <= limit:
+        if record.submitted <= limit and max(files[n][1].st_mtime for n in names) <= limit:
             going.append(record.job_id)
     gone = [n for job_id in going for n in by_job[job_id]]
-    elements: dict[str, list[str]] = {}  # array id -> its elements' job ids
+    elements: dict[str, set[str]] = {}  # array id -> its elements' job ids
     for _, record in records:
-        elements.setdefault(record.job_id.split("_")[0], []).append(record.job_id)
-    for array_id, names in by_job.items():  # (its script: once every element's files go)
-        members = elements.get(array_id, [])
-        if array_id not in members and members and all(m in going for m in members):
+        elements.setdefault(record.job_id.split("_")[0], set()).add(record.job_id)
+    for array_id, names in by_job.items():  # (its script: once no element's files stay)
+        members = elements.get(array_id, set())
+        if (
+            array_id not in members
+            and members
+            and all(m in going or (m not in by_job and m not in busy) for m in members)
+        ):
             gone += names
     if busy:
         plan.kept.append((folder, f"job {', '.join(busy)} is queued or running: its files stay"))
