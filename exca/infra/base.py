@@ -624,6 +624,8 @@ class BaseInfra(pydantic.BaseModel):
         result was computed (found by ``_check_defaults``, which reads the full-uid.yaml of
         the result's folder, or of its config folder)."""
         assert self.folder is not None
+        if not uidfolder.any_version_changes():
+            return None
         folder = os.path.join(self.folder, self.uid())
         if result_folder is not None and (result_folder / uidfolder.FULL_UID_FILE).exists():
             folder = str(result_folder)  # (its own record, as _check_defaults reads it)

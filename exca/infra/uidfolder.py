@@ -263,6 +263,12 @@ def _check_defaults(
     return changed_versions
 
 
+def any_version_changes() -> bool:
+    """Whether a reuse in this process found sub-configs' versions changed (plans check
+    thousands of nodes: nothing else to look up when none did)."""
+    return bool(_VERSION_CHANGES)
+
+
 def version_changes(folder: Path | str) -> str | None:
     """The sub-configs' version changes told when this folder's results were last reused
     in this process (``data.infra.version '1' -> '2'``), None if there were none."""
