@@ -884,13 +884,13 @@ def _add_array_scripts(
         if all(f in removed or not f.exists() for f in folders):
             arrays.setdefault(parent, set()).add(array_id)
     for parent, ids in arrays.items():
-        for array_id in sorted(ids):
+        for array_id in sorted(i for i in ids if i.isdigit()):  # (Slurm's ids)
             script = parent / array_id
             names = [e.name for e in _scan(script)]
             if (
                 script.is_dir()
                 and not script.is_symlink()
-                and names in ([], [f"{array_id}_submission.sh"])
+                and names == [f"{array_id}_submission.sh"]
             ):
                 size, _ = disk_usage(script)
                 reason = f"submission script of array {array_id}, whose jobs' logs go"
