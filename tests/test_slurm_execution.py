@@ -618,10 +618,11 @@ def test_slurm_configs_forced_over_one_earlier_array_share_one_array(
         assert len(new_ids) == 3
         assert len({i.split("_")[0] for i in new_ids}) == 1, new_ids  # one sbatch
         subprocess.run(["scontrol", "update", f"jobid={first_array}", "starttime=now"], check=True)
+        wait_until(lambda: len(lines(ctl / "calls.txt")) >= 3, timeout=120)  # (the earlier)
+        # a call waits for its forcing job: what the earlier array wrote meanwhile (the new
+        # one starts after it) is not the forced result (it was returned: a test run)
         assert [t.process() for t in again] == [12, 15, 18]
-        # (a call may read what the earlier array wrote: the new one starts after it)
-        expected = ["4", "4", "5", "5", "6", "6"]
-        wait_until(lambda: sorted(lines(ctl / "calls.txt")) == expected, timeout=120)
+        assert sorted(lines(ctl / "calls.txt")) == ["4", "4", "5", "5", "6", "6"]
     finally:  # (never left in the queue, to start in 10 minutes)
         subprocess.run(["scancel", first_array], check=False)
 

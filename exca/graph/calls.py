@@ -126,8 +126,9 @@ def keys_being_computed(node: Node, keys: tp.Iterable[str], others_only: bool = 
 
 
 def task_result(node: Node) -> tp.Any:
-    """The result of a task node: from the cache when it can be reused, else computed."""
-    if not any(n.pending_force for n in node.closure):
+    """The result of a task node: from the cache when it can be reused, else computed
+    (or waited for: this instance's forcing job, while it runs, see decisions)."""
+    if not any(n.pending_force for n in node.closure) and node.force_state.get("job") is None:
         with restoring_files():  # (as a call does: made with today's class defaults?)
             node.check_defaults()
         value = reuse(node.cache, node.mode, node.uid)

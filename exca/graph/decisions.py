@@ -654,6 +654,7 @@ def forcing_job(node: Node) -> registry.JobRecord | None:
         return None
     record = registry.latest(node.folder)
     if record is None or record.job_id != job_id or not registry.is_active(record):
+        node.force_state.pop("job", None)  # (it ended: calls take the fast path again)
         return None
     return record
 

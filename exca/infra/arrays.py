@@ -110,6 +110,11 @@ def submit_array(
         for infra in [array_infra, *infras.values()]:
             _forced(infra)
             infra.__dict__["mode"] = "cached"  # (SPEC §8: force/retry revert to cached)
+    if requested == "force":  # (a call waits for it: an earlier job may write meanwhile)
+        for infra, node in zip(infras.values(), nodes):
+            submitted = handles.get(node.key)
+            if submitted:
+                infra._runtime().force_state["job"] = submitted[0].job_id
 
 
 def _log_interrupted(scheduler: tp.Any) -> None:

@@ -158,7 +158,8 @@ class BoundTask:
         runtime = infra._runtime()
         if args or kwargs or self.method.params:  # (run now: its inputs are not copied)
             return calls.task_result(self._node(args, kwargs, snapshot=False))
-        if infra.folder is not None and not infra._force_pending():
+        forcing_job = runtime.force_state.get("job")  # (its forcing job may still run)
+        if infra.folder is not None and not forcing_job and not infra._force_pending():
             # fast path: one memoized uid and one index check, no node, no scheduler
             if runtime.ram is not _MISSING:
                 return runtime.ram
