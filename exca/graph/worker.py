@@ -186,22 +186,26 @@ def check_upstream(node: Node) -> None:
             continue
         state = _upstream_state(source)
         if state != "done":
-            raise UpstreamFailed(f"{node.uid} did not run: {_not_there(source, state)}")
+            why = (state == "missing" and _recomputed_meanwhile(source)) or (
+                f"upstream {source.uid} is {state}"
+            )
+            raise UpstreamFailed(f"{node.uid} did not run: {why}")
 
 
 def _in_slurm_job() -> bool:
     return os.environ.get("SUBMITIT_EXECUTOR") == "slurm"  # (set by submitit in the job)
 
 
-def _not_there(source: Node, state: str) -> str:
-    """Why an upstream task's result is not there, for an UpstreamFailed message."""
-    if state == "missing" and _in_slurm_job() and _recomputed_elsewhere(source):
-        return (
-            f"upstream {source.uid} is computed again elsewhere (forced or retried since "
-            "this node's run decided); a Slurm job does not hold its allocation to wait for "
-            "it: the next run computes this node"
-        )
-    return f"upstream {source.uid} is {state}"
+def _recomputed_meanwhile(source: Node) -> str | None:
+    """Why a missing upstream task result is not waited for, in a Slurm job (off Slurm,
+    ``_upstream_state`` waited for it), for an UpstreamFailed message; else None."""
+    if not (_in_slurm_job() and _recomputed_elsewhere(source)):
+        return None
+    return (
+        f"upstream {source.uid} is computed again elsewhere (forced or retried since this "
+        "node's run decided); a Slurm job does not hold its allocation to wait for it: the "
+        "next run computes this node"
+    )
 
 
 def _upstream_state(source: Node) -> str:
@@ -235,10 +239,13 @@ def _recomputed_elsewhere(source: Node) -> bool:
     record = registry.latest(source.folder)
     if record is None:
         return False
-    # (squeue not answering: not waited for, for ever, on a job maybe long dead)
-    if record.cluster == "slurm" and not registry.confirmed_queued([record.job_id]):
-        return False
-    return registry.still_running(record)
+    queued = None
+    if record.cluster == "slurm":
+        # (squeue not answering: not waited for, for ever, on a job maybe long dead)
+        queued = registry.confirmed_queued([record.job_id])
+        if not queued:
+            return False
+    return registry.still_running(record, queued)
 
 
 def _wait_message(folder: tp.Any) -> tp.Callable[[dict[str, Owner]], None]:
@@ -266,9 +273,10 @@ def load_output(source: Node | Value | Group) -> tp.Any:
     if source.kind == "map":
         return store.map_outputs(source)
     if _upstream_state(source) == "missing":
-        if _in_slurm_job() and _recomputed_elsewhere(source):
-            raise UpstreamMissing(_not_there(source, "missing"))
-        raise UpstreamMissing(f"upstream {source.uid} has no cached result (upstream failed?)")
+        raise UpstreamMissing(
+            _recomputed_meanwhile(source)
+            or f"upstream {source.uid} has no cached result (upstream failed?)"
+        )
     return store.task_result(source)
 
 

@@ -165,7 +165,7 @@ def _remove(removal: Removal, jobs_use: dict[Path, dict[Path, str]]) -> int:
     if path.is_dir() and _holds_what_jobs_use(path, root, jobs_use) is not None:
         return 0
     if path.is_dir() and not path.is_symlink():
-        remove_node_folder(path)
+        remove_node_folder(path, removal.size)
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -196,13 +196,14 @@ def _remove_items(folder: Path, keys: list[str]) -> None:
         cache.delete_many(keys)  # (those removed meanwhile are skipped)
 
 
-def remove_node_folder(folder: Path) -> None:
+def remove_node_folder(folder: Path, size: int = 0) -> None:
     """Remove a node (or step) folder: renamed away first, in one step, so that its
     entries vanish at once whenever a kill comes (removing its index files one by one,
     a kill between the file holding a deletion and the one holding the deleted entry
-    brought that entry back); then deleted."""
+    brought that entry back); then deleted. ``size``: its bytes, as planned (what a failed
+    deletion freed is counted from it)."""
     if folder.name.startswith(REMOVING_PREFIX):  # (left by a killed removal)
-        _delete_tree(folder)
+        _delete_tree(folder, size)
         return
     _check_deletable(folder)  # (renamed away but not deleted, its space was not freed)
     trash = folder.with_name(REMOVING_PREFIX + process.unique_name())
@@ -220,7 +221,7 @@ def remove_node_folder(folder: Path) -> None:
         else:
             why = f"renaming it needs write access to {folder.parent}"
         raise PermissionError(error.errno, f"{error.strerror}: {why}") from None
-    _delete_tree(trash)
+    _delete_tree(trash, size)
 
 
 def _check_deletable(folder: Path) -> None:
@@ -235,10 +236,9 @@ def _check_deletable(folder: Path) -> None:
             )
 
 
-def _delete_tree(folder: Path) -> None:
-    """Delete a tree renamed away; what cannot be deleted is said (_Incomplete: its
-    entries are out of the cache, what is left of it still takes space)."""
-    before, _ = disk_usage(folder, recursive_into_inputs=True)
+def _delete_tree(folder: Path, size: int) -> None:
+    """Delete a tree renamed away (``size`` bytes); what cannot be deleted is said
+    (_Incomplete: its entries are out of the cache, what is left still takes space)."""
     failures: list[str] = []
 
     def failed(_: tp.Any, path: str, error: tp.Any) -> None:
@@ -253,7 +253,7 @@ def _delete_tree(folder: Path) -> None:
         raise _Incomplete(
             f"partly removed (out of the cache): {len(failures)} file(s) could not be "
             f"deleted (first: {failures[0]}); what is left is in {folder}: remove it by hand",
-            max(before - left, 0),
+            max(size - left, 0),
         )
 
 
