@@ -994,7 +994,7 @@ def test_pool_processes_end_with_a_killed_caller(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 60
-        while not Path(f"{gate}.started").exists():  # (the pool process holds the items)
+        while not lines(Path(f"{gate}.started")):  # (the pool process holds the items)
             assert time.time() < deadline and proc.poll() is None
             time.sleep(0.05)
     finally:
@@ -1043,7 +1043,9 @@ def test_ctrl_c_stops_a_processpool_map(tmp_path: Path) -> None:
     started = Path(f"{gate}.started")
     try:
         deadline = time.time() + 60
-        while not started.exists():  # the worker holds its items, behind the gate
+        # the worker holds its items, behind the gate (its pid line written, not just
+        # the file created: a signal between the two left it empty)
+        while not lines(started):
             assert time.time() < deadline and proc.poll() is None, (
                 proc.stderr.read() if proc.stderr else ""
             )
