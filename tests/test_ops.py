@@ -1611,6 +1611,35 @@ def test_clean_versions_skips_a_step_folder_it_cannot_read(
     assert clean.orphans(root).removals == []
 
 
+def test_list_skips_a_config_whose_files_another_user_kept_private(tmp_path: Path) -> None:
+    """A shared cache where one config's uid.yaml is another user's, mode 600: `exca list`
+    stopped with "exca: error: PermissionError" and listed nothing (a probe). It now
+    lists the rest, with a warning naming the skipped folder. Real permissions: run as
+    root without the capabilities that bypass them (setpriv), the files another uid's."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv (util-linux) to give files to another user")
+    root = tmp_path / "cache"
+    for seed in (1, 2):
+        Train(seed=seed, infra={"folder": root}).fit()
+    theirs = folder_of(Train(seed=1, infra={"folder": root}))
+    for path in [theirs, *theirs.rglob("*")]:
+        os.chown(path, 65534, 65534)  # (nobody)
+    (theirs / "uid.yaml").chmod(0o600)
+    no_bypass = "-dac_override,-dac_read_search"
+    as_a_user = [setpriv, f"--bounding-set={no_bypass}", f"--inh-caps={no_bypass}"]
+    listing = subprocess.run(
+        [*as_a_user, sys.executable, "-m", "exca", "list", str(root)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        timeout=60,
+    )
+    assert listing.returncode == 0, listing.stderr
+    assert "seed=2" in listing.stdout and "seed=1" not in listing.stdout, listing.stdout
+    assert f"Skipping {theirs}" in listing.stderr and "Permission denied" in listing.stderr
+
+
 def test_clean_leaves_whole_what_it_cannot_delete_and_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -212,6 +212,13 @@ def _error_line(record: dict[str, tp.Any], width: int = 200) -> str:
     return line if len(line) <= width else line[: width - 3] + "..."
 
 
+def _readable_records(folder: Path) -> list[registry.JobRecord]:
+    try:
+        return registry.read_all(folder, copied=True)
+    except PermissionError:  # (describe() skips the folder, with a warning)
+        return []
+
+
 def inspect(
     root: Path | str,
     step: str | None = None,
@@ -245,13 +252,17 @@ def inspect(
         and (only_config is None or u.split("/")[0] == only_config)
         and (only_inputs is None or u == f"{only_config}/{only_inputs}")
     ]
-    records = [r for _, _, f in folders for r in registry.read_all(f, copied=True)]  # (every job)
+    records = [r for _, _, f in folders for r in _readable_records(f)]  # (every job)
     slurm = [r.job_id for r in records if r.cluster == "slurm"]
     queued = registry.queued_jobs(slurm) if slurm else set()
     parents = {f.parent for _, u, f in folders if "/" in u}
     out = []
     for s, u, f in folders:
-        info = describe(s, u, f, queued)
+        try:
+            info = describe(s, u, f, queued)
+        except PermissionError as error:  # (a shared cache: another user's private files)
+            logger.warning("Skipping %s: %s", f, error)
+            continue
         if f in parents and info.kind == "empty":
             continue  # a config folder that only holds tasks with inputs (listed themselves)
         if not all(
