@@ -20,6 +20,7 @@ import pytest
 from exca import cachedict
 from exca.cachedict import CacheDict, DumpContext
 from exca.storage import index as index_module
+from exca.storage.dumping import PAYLOAD_ERRORS, is_damaged_payload
 from exca.storage.formats import CachedError
 
 
@@ -2144,3 +2145,40 @@ def test_ctrl_c_while_a_write_context_closes_its_files_leaves_it_usable(
         cd["c"] = np.full(8, 3.0)
     fresh: CacheDict[np.ndarray] = CacheDict(folder=tmp_path)
     assert {k: float(fresh[k][0]) for k in fresh} == {"a": 1.0, "b": 2.0, "c": 3.0}
+
+
+def test_payload_present_tells_removed_and_cut_short_files_without_loading(
+    tmp_path: Path,
+) -> None:
+    """payload_present: a stat per payload file (what mode retry checks before reusing a
+    result); False for a file removed or shorter than written, None when the format's
+    record does not say where its bytes are."""
+    values: dict[str, tp.Any] = {
+        "result_inline": 3,
+        "result_file": list(range(50_000)),
+        "pickle": {"a": 1},
+        "npy": np.arange(10.0),
+        "memmap": np.arange(1000.0),
+        "text": "x" * 5000,
+        "json": {"big": list(range(2000))},
+    }
+    types = {"result_inline": "Result", "result_file": "Result", "pickle": "Pickle"}
+    types |= {"npy": "NumpyArray", "memmap": "MemmapArray", "text": "Text", "json": "Json"}
+    for key, value in values.items():
+        cache: CacheDict[tp.Any] = CacheDict(tmp_path / key, cache_type=types[key])
+        with cache.write():
+            cache[key] = value
+        assert cache.payload_present(key) is True, key
+    assert CacheDict(tmp_path / "pickle").payload_present("absent") is None
+    (tmp_path / "pickle" / CacheDict(tmp_path / "pickle").entry("pickle").info["filename"]).unlink()  # type: ignore[union-attr]
+    assert CacheDict(tmp_path / "pickle").payload_present("pickle") is False
+    for key in ("result_file", "npy", "memmap", "text", "json"):
+        (data,) = (tmp_path / key / "data").iterdir()
+        with data.open("r+b") as handle:
+            handle.truncate(data.stat().st_size - 3)
+        fresh: CacheDict[tp.Any] = CacheDict(tmp_path / key)
+        assert fresh.payload_present(key) is False, key
+        with pytest.raises(PAYLOAD_ERRORS) as failed:  # (the check spares this load)
+            fresh[key]
+        assert is_damaged_payload(failed.value), key
+    assert CacheDict(tmp_path / "result_inline").payload_present("result_inline") is True

@@ -1546,6 +1546,62 @@ def test_a_run_with_a_damaged_upstream_in_retry_mode_computes_it_again(env: Env)
     assert total("cached").result().startswith("total(array")
 
 
+def _weights_loaded(log: str, blob: bytes) -> Weights:
+    append(log, {"name": "weights", "event": "load"})
+    return Weights(log, blob)
+
+
+class Weights:
+    """A result that logs each time it is unpickled (loaded from the cache)."""
+
+    def __init__(self, log: str, blob: bytes) -> None:
+        self.log, self.blob = log, blob
+
+    def __reduce__(self) -> tuple[tp.Any, ...]:
+        return _weights_loaded, (self.log, self.blob)
+
+
+class Trainer(pydantic.BaseModel):
+    log: str
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("log",)
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def fit(self) -> Weights:
+        append(self.log, {"name": "fit", "event": "start"})
+        return Weights(self.log, os.urandom(200_000))  # (in a payload file, not inline)
+
+
+def test_a_plan_in_retry_mode_looks_at_result_files_without_loading_them(env: Env) -> None:
+    """A plan with a task in mode retry loaded its cached result, to learn whether it
+    could be read (seconds for big results, for every config of a sweep). It now checks
+    that the result's file is there with the size written; a file cut short outside exca
+    is found so (and computed again by the run), still without loading anything."""
+    Trainer(log=env.log, infra=env.infra()).fit()
+    loads = len(events(env.log, "load"))  # (the call returns the value as read back)
+
+    def retried() -> exca.graph.Node:
+        return Trainer(log=env.log, infra=env.infra(mode="retry")).fit.node()
+
+    def entry_of_retried() -> tp.Any:
+        node = retried()
+        return _by_uid(exca.graph.plan(node))[node.uid]
+
+    assert entry_of_retried().status == "cached"
+    assert len(events(env.log, "load")) == loads
+    folder = Trainer(log=env.log, infra=env.infra()).infra.uid_folder()
+    assert folder is not None
+    (payload,) = [p for p in (folder / "data").iterdir() if p.is_file()]
+    with payload.open("r+b") as handle:
+        handle.truncate(payload.stat().st_size - 10)
+    entry = entry_of_retried()
+    assert (entry.status, entry.action) == ("missing", "compute")
+    assert "cannot be read" in entry.reason and len(events(env.log, "load")) == loads
+    exca.graph.run(retried())
+    assert env.starts("fit") == 2
+    assert len(Trainer(log=env.log, infra=env.infra()).fit().blob) == 200_000
+
+
 class Shared(pydantic.BaseModel):
     """A no-input task that blocks while the file ``block_flag`` exists."""
 

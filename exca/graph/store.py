@@ -147,7 +147,11 @@ def cached_outcome(cache: CacheDict[tp.Any], missing: tp.Any) -> tp.Any:
 
 def result_damaged(node: Node) -> bool:
     """Whether a task's cached result cannot be read because its payload was removed or
-    damaged outside exca (loads it: for mode retry, which computes such a result again)."""
+    cut short outside exca (for mode retry, which computes such a result again). Its
+    files are looked at, not loaded, when its format's record says what they are."""
+    present = node.cache.payload_present(TASK_KEY)
+    if present is not None:
+        return not present
     try:
         cached_outcome(node.cache, None)
     except PAYLOAD_ERRORS as error:

@@ -332,8 +332,7 @@ class NumpyArray:
                 f"Cannot store an object array (dtype {array.dtype}) as NumpyArray: "
                 "use cache_type='Pickle'"
             )
-        name = ctx.write_key_file(".npy", lambda handle: np.save(handle, array))
-        return {"filename": name}
+        return ctx.key_file_record(".npy", lambda handle: np.save(handle, array))
 
     @classmethod
     def __load_from_info__(cls, ctx: DumpContext, filename: str) -> tp.Any:

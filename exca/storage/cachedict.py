@@ -22,7 +22,7 @@ from time import monotonic as _monotonic
 
 import orjson
 
-from . import gcpause, interrupts
+from . import gcpause, interrupts, presence
 from .dumping import PAYLOAD_ERRORS, mark_if_damaged
 from .files import check_permissions, make_folder
 from .formats import (
@@ -504,6 +504,17 @@ class CacheDict(tp.Generic[X]):
             self._refresh_on_miss()
         found = entries.get(key)
         return None if found is None else Entry(*found)
+
+    def payload_present(self, key: str) -> bool | None:
+        """Whether ``key``'s payload files are all there and as long as written (a stat
+        each, the value not loaded); None when its format does not tell, or for a key
+        not in the cache (KeyError on reading it)."""
+        if key in self._ram:
+            return True
+        found = self.entry(key)
+        if found is None or self.folder is None:
+            return None
+        return presence.payload_present(self.folder, found.info)
 
     def __getitem__(self, key: str) -> X:
         ram = self._ram

@@ -389,18 +389,26 @@ class DumpContext:
 
     def write_key_file(self, suffix: str, writer: tp.Callable[[tp.IO[bytes]], None]) -> str:
         """Write a per-entry file atomically (temporary name, then rename); return its name."""
+        return self.key_file_record(suffix, writer)["filename"]
+
+    def key_file_record(
+        self, suffix: str, writer: tp.Callable[[tp.IO[bytes]], None]
+    ) -> dict[str, tp.Any]:
+        """Write a per-entry file atomically; return ``{"filename": name, "#n": size}``
+        (the size tells a file cut short since without reading it: presence.py)."""
         path = self.key_path(suffix)
         tmp = path.with_name(f"save-tmp-{os.urandom(6).hex()}-{path.name}")
         try:
             with open(tmp, "wb") as handle:
                 writer(handle)
+                size = handle.tell()
             if self.permissions is not None:
                 chmod(tmp, self.permissions)
             os.replace(tmp, path)
         except BaseException:  # (a value the writer refused, a full disk: no leftover)
             tmp.unlink(missing_ok=True)
             raise
-        return f"{DATA_DIR}/{path.name}"
+        return {"filename": f"{DATA_DIR}/{path.name}", "#n": size}
 
     def shared_file(self, suffix: str) -> SharedFile:
         """The current writer's append-only file with this suffix (``data/<session><suffix>``)."""

@@ -147,7 +147,7 @@ class Pickle:
         def write(handle: tp.IO[bytes]) -> None:
             handle.write(data)
 
-        return {"filename": ctx.write_key_file(".pkl", write)}
+        return ctx.key_file_record(".pkl", write)
 
     @classmethod
     def __load_from_info__(cls, ctx: DumpContext, filename: str) -> tp.Any:
@@ -377,7 +377,7 @@ class Result:
         def write(handle: tp.IO[bytes]) -> None:
             handle.write(data)
 
-        return {"filename": ctx.write_key_file(".pkl", write)}
+        return ctx.key_file_record(".pkl", write)
 
     @classmethod
     def __load_from_info__(
