@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -2195,3 +2196,21 @@ def _catch(call: tp.Callable[[], tp.Any], errors: list[BaseException]) -> None:
         call()
     except Exception as error:
         errors.append(error)
+
+
+def test_work_sent_by_another_python_version_fails_with_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Code pickled by value (a script's functions) travels as bytecode, which differs
+    between Python versions: a job run by another Python said "bad marshal data" (or
+    crashed later). It now names both versions and what to do."""
+    from exca.graph import jobpickle
+
+    namespace: dict[str, tp.Any] = {"__name__": "a_script_not_importable"}
+    exec("def double(x):\n    return 2 * x\n", namespace)
+    assert pickle.loads(jobpickle.dumps(namespace["double"]))(4) == 8
+    monkeypatch.setattr(jobpickle, "PYTHON", (3, 7))  # (the sending side's version)
+    payload = jobpickle.dumps(namespace["double"])
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match=r"sent by Python 3\.7 and is loaded by Python 3\.\d+"):
+        pickle.loads(payload)

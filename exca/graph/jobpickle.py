@@ -16,15 +16,33 @@ import functools
 import io
 import marshal
 import pickle
+import sys
 import threading
 import types
 import typing as tp
 
+PYTHON = (sys.version_info.major, sys.version_info.minor)  # (bytecode changes with it)
 _DEPTH = threading.local()  # units pickled right now by this thread (see ``dumps``)
 
 
 def _code_reduce(code: types.CodeType) -> tuple[tp.Any, ...]:
-    return marshal.loads, (marshal.dumps(code),)
+    return load_code, (marshal.dumps(code), PYTHON)
+
+
+def load_code(data: bytes, python: tuple[int, int]) -> types.CodeType:
+    """A code object sent by ``_code_reduce``, with a clear error on another Python (its
+    bytecode differs: marshal says "bad marshal data", or worse, loads what then crashes)."""
+    here = PYTHON
+    if tuple(python) != here:
+        raise RuntimeError(
+            "This work was sent by Python {}.{} and is loaded by Python {}.{} (in {}): code "
+            "travels as bytecode, which differs between versions. Run the jobs with the "
+            "same Python as the submitting process (the same environment on the cluster "
+            "nodes, or an infra conda_env holding that Python)".format(
+                *python, *here, sys.executable
+            )
+        )
+    return marshal.loads(data)
 
 
 @functools.cache
