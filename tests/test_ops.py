@@ -2139,7 +2139,9 @@ def test_clean_logs_of_a_logs_setting_without_job_id_removes_only_those_jobs_fil
     assert [r.path for r in plan.removals] == [results]
     assert "only theirs" in str(plan)
     names = sorted(p.name for p in results.iterdir())
-    assert plan.size == sum((results / n).stat().st_size for n in names if n.startswith(own))
+    assert plan.size == sum(
+        (results / n).stat().st_blocks * 512 for n in names if n.startswith(own)
+    )
     cli("clean", root, "logs", "--days", "0", "--yes", check=True)
     left = sorted(p.name for p in results.iterdir())
     assert left == [n for n in names if not n.startswith(f"{own}_")]

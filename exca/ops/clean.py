@@ -148,7 +148,7 @@ def _remove(removal: Removal, jobs_use: dict[Path, dict[Path, str]]) -> int:
         freed, failures = 0, []
         for name in removal.files:
             try:
-                size = os.lstat(path / name).st_size
+                size = os.lstat(path / name).st_blocks * 512  # (as planned)
                 (path / name).unlink()
                 freed += size
             except FileNotFoundError:
@@ -960,7 +960,7 @@ def _add_job_files(
         plan.kept.append((folder, f"job {', '.join(busy)} is queued or running: its files stay"))
     if not gone:
         return
-    size = sum(files[n][1].st_size for n in gone)
+    size = sum(files[n][1].st_blocks * 512 for n in gone)  # (disk space, as du counts it)
     reason = f"log files of job {', '.join(going)}, ended (only theirs: the folder holds others)"
     plan.removals.append(Removal(folder, size, reason, files=sorted(gone)))
 
