@@ -2178,6 +2178,7 @@ def test_payload_present_tells_removed_and_cut_short_files_without_loading(
             handle.truncate(data.stat().st_size - 3)
         fresh: CacheDict[tp.Any] = CacheDict(tmp_path / key)
         assert fresh.payload_present(key) is False, key
+        assert fresh.damaged(["absent", key]) == [key]
         with pytest.raises(PAYLOAD_ERRORS) as failed:  # (the check spares this load)
             fresh[key]
         assert is_damaged_payload(failed.value), key

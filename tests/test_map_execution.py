@@ -1437,8 +1437,10 @@ class SumOf(pydantic.BaseModel):
 
 def test_a_downstream_node_of_a_damaged_payload_says_how_to_repair_it(tmp_path: Path) -> None:
     """A node whose input was cut short outside exca fails (not with a wrong value), and
-    says what repairs it: reading the upstream node in mode retry (a run of the graph
-    reads it only downstream, and the downstream node's retry is not the upstream's)."""
+    says what repairs it: the upstream map in mode retry. A run with it in that mode
+    reused its damaged items (the plan said "cached") and failed the same way; the plan
+    now finds them (a stat per data file, nothing loaded) and the run computes them
+    again, then the downstream node."""
     from exca.graph.worker import UpstreamFailed
 
     log, folder = tmp_path / "calls.txt", tmp_path / "cache"
@@ -1448,22 +1450,19 @@ def test_a_downstream_node_of_a_damaged_payload_says_how_to_repair_it(tmp_path: 
     with damaged.open("r+b") as handle:
         handle.truncate(damaged.stat().st_size // 2)
 
-    def total(mode: str, repair: bool = False) -> float:
+    def total(mode: str) -> exca.graph.Node:
         upstream = Arrays(log=str(log), infra={"folder": folder, "mode": mode})
         items = upstream.process.node([1, 2, 3])
-        if repair:
-            assert [int(a[0]) for a in items.result()] == [10, 20, 30]
-        node = SumOf(infra={"folder": folder, "mode": "retry"}).process.node(items)
-        exca.graph.run(node, progress=False)
-        return tp.cast(float, node.result())
+        return SumOf(infra={"folder": folder, "mode": "retry"}).process.node(items)
 
-    for mode in ("cached", "retry"):
-        with pytest.raises(
-            UpstreamFailed, match=r"mode='retry' \(its call, or node.result"
-        ) as info:
-            total(mode)
-        assert "shorter than its index says" in str(info.value)
-    assert total("retry", repair=True) == 100 * (10 + 20 + 30)
+    with pytest.raises(UpstreamFailed, match="the upstream node in mode='retry'") as info:
+        exca.graph.run(total("cached"), progress=False)
+    assert "shorter than its index says" in str(info.value)
+    (entry,) = [e for e in exca.graph.plan(total("retry")).entries if e.kind == "map"]
+    assert (entry.status, entry.action, entry.items) == ("missing", "compute", "2/3 to compute")
+    assert "2 whose payload file was removed or damaged outside exca" in entry.reason
+    exca.graph.run(total("retry"), progress=False)
+    assert total("cached").result() == 100 * (10 + 20 + 30)
     assert counts(log) == {1: 1, 2: 2, 3: 2}  # (item 1 was before the cut)
 
 

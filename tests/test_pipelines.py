@@ -1536,7 +1536,7 @@ def test_a_run_with_a_damaged_upstream_in_retry_mode_computes_it_again(env: Env)
         upstream = Ramp(log=env.log, infra=env.infra(mode=mode)).make.node()
         return env.step("total").run.node(upstream)
 
-    with pytest.raises(UpstreamFailed, match="for a task, a run of it too"):
+    with pytest.raises(UpstreamFailed, match="a run with it in that mode"):
         exca.graph.run(total("cached"))
     entry = _by_uid(exca.graph.plan(total("retry")))[total("retry").upstream[0].uid]
     assert (entry.status, entry.action) == ("missing", "compute")

@@ -439,13 +439,20 @@ class Graph:
             else:
                 missing, errors = node.cache.missing(uids), []
             if errors:
-                run.holds_error = True
+                cached_errors = node.cache.count_errors(errors)  # (the others: damaged)
+                run.holds_error = cached_errors > 0
                 wanted = set(missing) | set(errors)
                 run.todo = [u for u in dict.fromkeys(uids) if u in wanted]
                 run.action = "retry"
-                run.reason = f"retry of {len(errors)} cached error(s)" + (
-                    f" and {len(missing)} missing" if missing else ""
-                )
+                parts = [f"{cached_errors} cached error(s)"] if cached_errors else []
+                if len(errors) > cached_errors:
+                    parts.append(
+                        f"{len(errors) - cached_errors} whose payload file was removed or "
+                        "damaged outside exca"
+                    )
+                if missing:
+                    parts.append(f"{len(missing)} missing")
+                run.reason = "retry of " + " and ".join(parts)
             elif missing:
                 run.todo = missing
                 if node.mode == "read-only":

@@ -181,17 +181,16 @@ def task_result(node: Node, missing: tp.Any = None) -> tp.Any:
 
 
 def item_states(node: Node, uids: tp.Sequence[str]) -> tuple[list[str], list[str]]:
-    """(missing uids, uids holding a cached error), in order, deduplicated."""
+    """(missing uids, uids to compute again: holding a cached error, or whose payload was
+    removed or cut short outside exca), in order, deduplicated (what mode retry redoes)."""
     cache = node.cache
     with cache.frozen_cache_folder():
         missing = cache.missing(uids)
         missing_set = set(missing)
-        errors = [
-            u
-            for u in dict.fromkeys(uids)
-            if u not in missing_set and cache.entry_type(u) == "Error"
-        ]
-    return missing, errors
+        present = [u for u in dict.fromkeys(uids) if u not in missing_set]
+        damaged = set(cache.damaged(present))
+        redo = [u for u in present if u in damaged or cache.entry_type(u) == "Error"]
+    return missing, redo
 
 
 def item_result(node: Node, uid: str) -> tp.Any:
@@ -267,9 +266,9 @@ def unreadable_input(error: BaseException) -> str:
     text = f"{type(error).__name__}: {error}"
     if is_damaged_payload(error):
         text += (
-            "; the payload was removed or damaged outside exca: reading the upstream "
-            "node's output in mode='retry' (its call, or node.result(); for a task, a run of "
-            "it too) computes it again"
+            "; the payload was removed or damaged outside exca: the upstream node in "
+            "mode='retry' computes it again (a run with it in that mode, its call, or "
+            "node.result())"
         )
     return text
 

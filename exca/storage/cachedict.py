@@ -516,6 +516,15 @@ class CacheDict(tp.Generic[X]):
             return None
         return presence.payload_present(self.folder, found.info)
 
+    def damaged(self, keys: tp.Iterable[str]) -> list[str]:
+        """Those of ``keys`` in the cache whose payload file was removed or cut short
+        outside exca (a stat per distinct file; nothing loaded), in order."""
+        if self.folder is None:
+            return []
+        entries = self._entries()
+        infos = ((k, entries[k][2]) for k in dict.fromkeys(keys) if k in entries)
+        return presence.damaged(self.folder, infos)
+
     def __getitem__(self, key: str) -> X:
         ram = self._ram
         if key in ram:

@@ -21,6 +21,39 @@ def _size(path: Path) -> int | None:
         return None
 
 
+def _needed(folder: Path, info: dict[str, tp.Any]) -> tuple[Path, int] | None:
+    """(file, the size it must have at least) of a record's shared-file payload, or None
+    when the record has none of those (checked alone)."""
+    kind = info.get("#type")
+    if "f" not in info:
+        return None
+    if kind in _SHARED_TEXT_TYPES:
+        return folder / info["f"], info["o"] + info["n"]
+    if kind == "MemmapArray":
+        import numpy as np
+
+        return folder / info["f"], info["o"] + math.prod(info["s"]) * np.dtype(info["d"]).itemsize
+    return None
+
+
+def damaged(folder: Path, infos: tp.Iterable[tuple[str, dict[str, tp.Any]]]) -> list[str]:
+    """The keys of ``(key, record)`` pairs whose payload file is missing or cut short: a
+    stat per distinct file (the items of a map share a few), not per key."""
+    shared: dict[Path, list[tuple[int, str]]] = {}
+    keys, bad = [], set()
+    for key, info in infos:
+        keys.append(key)
+        needed = _needed(folder, info)
+        if needed is not None:
+            shared.setdefault(needed[0], []).append((needed[1], key))
+        elif payload_present(folder, info) is False:
+            bad.add(key)
+    for path, ends in shared.items():
+        size = _size(path)
+        bad.update(key for end, key in ends if size is None or size < end)
+    return [key for key in keys if key in bad] if bad else []
+
+
 def payload_present(folder: Path, info: dict[str, tp.Any]) -> bool | None:
     """True when every file the index record ``info`` names is there and long enough,
     False when one is missing or cut short, None when the record's format does not tell
@@ -35,15 +68,10 @@ def payload_present(folder: Path, info: dict[str, tp.Any]) -> bool | None:
         size = _size(folder / filename)
         expected = info.get("#n")  # (records written before sizes were recorded: none)
         return size is not None and (expected is None or size == expected)
-    if kind in _SHARED_TEXT_TYPES:
-        if "f" not in info:  # (inline, or an Auto "tree"/"pickle" record)
-            return True if "v" in info else None
-        size = _size(folder / info["f"])
-        return size is not None and size >= info["o"] + info["n"]
-    if kind == "MemmapArray":
-        import numpy as np  # (a memmap record exists: numpy wrote it)
-
-        needed = info["o"] + math.prod(info["s"]) * np.dtype(info["d"]).itemsize
-        size = _size(folder / info["f"])
-        return size is not None and size >= needed
-    return None
+    needed = _needed(folder, info)
+    if needed is not None:
+        size = _size(needed[0])
+        return size is not None and size >= needed[1]
+    if kind in _SHARED_TEXT_TYPES and "v" in info:
+        return True
+    return None  # (an Auto "tree"/"pickle" record, a format of the user's)
