@@ -1546,6 +1546,16 @@ def test_a_run_with_a_damaged_upstream_in_retry_mode_computes_it_again(env: Env)
     assert total("cached").result().startswith("total(array")
 
 
+def test_a_map_fed_by_an_array_output_maps_its_elements(env: Env) -> None:
+    """A map whose items are an upstream task's numpy array: planning it failed with
+    "The truth value of an array ... is ambiguous" (items were tested with `or`)."""
+    squares = env.square().apply.node(Ramp(n=3, log=env.log, infra=env.infra()).make.node())
+    (entry,) = [e for e in exca.graph.plan(squares).entries if e.kind == "map"]
+    assert entry.action == "compute", entry.reason
+    exca.graph.run(squares)
+    assert list(squares.result()) == [0.0, 1.0, 4.0]
+
+
 def _weights_loaded(log: str, blob: bytes) -> Weights:
     append(log, {"name": "weights", "event": "load"})
     return Weights(log, blob)

@@ -411,7 +411,7 @@ class Node:
             return self.item_uids
         assert self.item_uid is not None and not isinstance(self.items, Node)
         many = getattr(self.item_uid, "many", None)
-        items = list(self.items or ())
+        items = [] if self.items is None else list(self.items)  # (an array: no truth value)
         return many(items) if many is not None else [self.item_uid(i) for i in items]
 
     @memoized

@@ -225,7 +225,8 @@ def map_item_uids(node: Node) -> list[str]:
         return list(node.item_uids)
     assert node.item_uid is not None
     many = getattr(node.item_uid, "many", None)
-    return many(list(items or ())) if many is not None else [node.item_uid(i) for i in items or ()]
+    items = () if items is None else items  # (not `items or ()`: an array has no truth value)
+    return many(list(items)) if many is not None else [node.item_uid(i) for i in items]
 
 
 def drop_damaged_or_raise(
