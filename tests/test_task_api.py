@@ -1939,3 +1939,34 @@ def test_a_result_of_other_code_of_a_main_class_warns(tmp_path: Path) -> None:
     assert run('return "a CNN"', cluster="local", seeds="5").stdout.split()[:2] == ["a", "CNN"]
     assert warning not in run('return "a CNN"', seeds="5").stderr
     assert warning in run('return str("a CNN")', seeds="5").stderr  # (other code)
+
+
+@pytest.mark.parametrize(
+    "source, shown",
+    [
+        ("def run(self, **kw):\n    return repr(kw)", r"\*\*kw"),
+        ("def run(self, *args):\n    return sum(args)", r"\*args"),
+        ("def run(self, a, /, b=2):\n    return a + b", r"a \(positional-only\)"),
+    ],
+)
+def test_a_task_method_with_unnamed_parameters_is_refused_at_class_definition(
+    source: str, shown: str
+) -> None:
+    """**kw received kw={...} (a wrong result, cached), *args and positional-only
+    parameters failed with a TypeError that was cached too: inputs go by name."""
+    namespace: dict[str, tp.Any] = {}
+    exec(source, namespace)
+    with pytest.raises(TypeError, match=f"has the parameter {shown}: .* must be named ones"):
+
+        class WithStars(pydantic.BaseModel):
+            infra: exca.TaskInfra = exca.TaskInfra(version="1")
+            run = infra.apply(namespace["run"])
+
+    def run(self: tp.Any, /, a: int = 1) -> int:  # (self alone positional-only: fine)
+        return a
+
+    class SelfOnly(pydantic.BaseModel):
+        infra: exca.TaskInfra = exca.TaskInfra(version="1")
+        go = infra.apply(run)
+
+    assert SelfOnly().go(a=3) == 3

@@ -94,6 +94,7 @@ class TaskMethod(InfraMethod):
             )
         self.signature = inspect.signature(func)
         self.params = tuple(self.signature.parameters)[1:]
+        _check_named_parameters(func, self.signature)
         super().__init__(infra, func, **options)
 
     def bound(self, obj: tp.Any) -> BoundTask:
@@ -135,6 +136,26 @@ class TaskMethod(InfraMethod):
             else:
                 out.append((name, Value.of(value, snapshot)))
         return tuple(out)
+
+
+def _check_named_parameters(func: tp.Callable[..., tp.Any], signature: inspect.Signature) -> None:
+    """A task's inputs are passed by name (they are part of its identity, and reach its
+    job by name): ``*args``, ``**kwargs`` or positional-only parameters would get wrong
+    values (``**kw`` received ``kw={...}``), cached as its result."""
+    kinds: dict[inspect._ParameterKind, str] = {
+        inspect.Parameter.VAR_POSITIONAL: "*{}",
+        inspect.Parameter.VAR_KEYWORD: "**{}",
+        inspect.Parameter.POSITIONAL_ONLY: "{} (positional-only)",
+    }
+    for param in list(signature.parameters.values())[1:]:
+        shown = kinds.get(param.kind)
+        if shown is not None:
+            raise TypeError(
+                f"{func.__qualname__} has the parameter {shown.format(param.name)}: the "
+                "parameters of a TaskInfra method must be named ones (each is an input of "
+                "its cached call). Use named parameters; for many values, one list or "
+                "dict parameter"
+            )
 
 
 def _source(value: tp.Any, snapshot: bool) -> Node | Value:
