@@ -683,3 +683,30 @@ def test_one_instance_written_and_read_by_two_threads(tmp_path: Path, how: str) 
     again: CacheDict[int] = CacheDict(tmp_path / "cache")
     assert len(again) == (0 if how == "delete" else count)
     assert len(cd) == len(again)
+
+
+@pytest.mark.timeout(60)  # (a FIFO made readers wait forever)
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_a_non_file_named_like_an_index_file_is_ignored(
+    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A directory named like an index file made every read of the cache fail with a bare
+    IsADirectoryError (everything cached unreachable); a FIFO made readers wait forever.
+    It is now ignored, with a warning naming it; the entries read back."""
+    folder = tmp_path / "cache"
+    cache: CacheDict[tp.Any] = CacheDict(folder)
+    with cache.write():
+        cache["a"] = np.arange(3.0)
+    odd = folder / "host-1-2-0123456789ab-abcdef-info.jsonl"
+    if kind == "directory":
+        odd.mkdir()
+    else:
+        os.mkfifo(odd)
+    fresh: CacheDict[tp.Any] = CacheDict(folder)
+    assert list(fresh.keys()) == ["a"] and fresh["a"].tolist() == [0.0, 1.0, 2.0]
+    assert f"{odd} is named like an index file but is not a file" in caplog.text
+    with fresh.write():
+        fresh["b"] = 1
+    assert CacheDict(folder)["b"] == 1
+    fresh.clear()
+    assert not list(CacheDict(folder).keys()) and odd.exists()

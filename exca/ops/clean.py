@@ -1199,6 +1199,7 @@ def _dead_index_files(folder: Path, grace_seconds: float) -> list[os.DirEntry[st
         e
         for e in os.scandir(folder)
         if _OUR_INDEX_NAME.fullmatch(e.name)
+        and e.is_file()  # (a folder under such a name: not merged)
         and e.stat().st_mtime <= idle_before
         and _writer_dead(e.name, e.stat().st_mtime, grace_seconds)
     ]

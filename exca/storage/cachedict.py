@@ -1063,7 +1063,11 @@ class CacheDict(tp.Generic[X]):
         if self.folder is None or not self.folder.exists():
             return
         own = self._retire_every_entry()
-        names = [e.name for e in os.scandir(self.folder) if e.name.endswith(INDEX_SUFFIX)]
+        names = [
+            e.name
+            for e in os.scandir(self.folder)
+            if e.name.endswith(INDEX_SUFFIX) and e.is_file()  # (not a stray folder)
+        ]
         for name in sorted(names, key=lambda n: n == own):  # (the deleting file last)
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self.folder / name)

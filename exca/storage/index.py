@@ -17,6 +17,7 @@ import math
 import operator
 import os
 import re
+import stat
 import threading
 import time
 import typing as tp
@@ -504,6 +505,26 @@ class IndexReader:
 # index files of this implementation: <host>-<pid>-<thread>-<time hex>-<random>-info.jsonl
 # (process.unique_name); other names come from another exca (the reference writes
 # <host>-<thread>-info.jsonl, whose payload formats differ): left alone, not read
+_WARNED_NOT_FILES: set[str] = set()
+
+
+def _regular_file(folder: str, name: str) -> bool:
+    """Whether an index name is a regular file (a directory made under that name, by hand
+    or a tool, made every read of the cache fail; a FIFO made readers wait forever)."""
+    path = os.path.join(folder, name)
+    try:
+        if stat.S_ISREG(os.stat(path).st_mode):
+            return True
+    except FileNotFoundError:  # (removed since the listing: the reader looks again)
+        return True
+    except OSError:
+        pass
+    if path not in _WARNED_NOT_FILES:  # (once per process)
+        _WARNED_NOT_FILES.add(path)
+        logger.warning("%s is named like an index file but is not a file: ignored", path)
+    return False
+
+
 _OUR_INDEX_NAME = re.compile(r".+-\d+-\d+-[0-9a-f]{12,}-[0-9a-f]{6}" + re.escape(INDEX_SUFFIX))
 _WARNED_FOREIGN: set[str] = set()
 
@@ -545,7 +566,7 @@ def _check_final(path: str, state: FileState, size: int) -> None:
 
 def _written_here(name: str, reader: IndexReader) -> bool:
     if _OUR_INDEX_NAME.fullmatch(name):
-        return True
+        return _regular_file(reader._dir, name)
     if reader._dir not in _WARNED_FOREIGN:  # (once per folder and process)
         _WARNED_FOREIGN.add(reader._dir)
         logger.warning(
@@ -569,7 +590,7 @@ def _warn_bad_line(path: Path, offset: int, line: bytes) -> None:
 def index_files_bytes(folder: Path | str) -> tp.Iterator[tuple[str, bytes]]:
     """(name, bytes) of every index file of a folder (those removed meanwhile skipped)."""
     for item in os.scandir(folder):
-        if not item.name.endswith(INDEX_SUFFIX):
+        if not item.name.endswith(INDEX_SUFFIX) or not item.is_file():  # (a stray folder)
             continue
         try:
             with open(item.path, "rb") as handle:
