@@ -710,3 +710,39 @@ def test_a_non_file_named_like_an_index_file_is_ignored(
     assert CacheDict(folder)["b"] == 1
     fresh.clear()
     assert not list(CacheDict(folder).keys()) and odd.exists()
+
+
+@pytest.mark.timeout(60)
+def test_a_child_forked_while_a_thread_maps_a_file_reads_arrays(tmp_path: Path) -> None:
+    """The lock of the reader's file maps was the parent's in a forked child: a thread in
+    the middle of mapping a file at the fork (a DataLoader's workers start so) left it
+    held for good, and the child's first array read waited forever."""
+    cache: CacheDict[tp.Any] = CacheDict(tmp_path / "cache")
+    with cache.write():
+        cache["a"] = np.arange(3.0)
+    reader: CacheDict[tp.Any] = CacheDict(tmp_path / "cache")
+    loader = reader._loader
+    assert loader is not None
+    held, release = threading.Event(), threading.Event()
+
+    def map_a_file() -> None:  # (stands for a thread inside memmap() at the fork)
+        with loader._locked():
+            held.set()
+            release.wait()
+
+    thread = threading.Thread(target=map_a_file)
+    thread.start()
+    held.wait()
+    pid = os.fork()
+    if pid == 0:  # the child: read, then leave at once
+        os._exit(0 if reader["a"].tolist() == [0.0, 1.0, 2.0] else 1)
+    release.set()
+    thread.join()
+    deadline = time.time() + 20
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.time() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)  # (forked by this test)
+        os.waitpid(pid, 0)
+        raise AssertionError("the forked child's array read waited forever")
+    assert os.waitstatus_to_exitcode(done[1]) == 0

@@ -25,6 +25,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from .files import chmod, make_folder
+from .index import _FORKS
 from .sharedfile import SharedFile
 
 
@@ -127,6 +128,7 @@ class DumpContext:
         self._memo: dict[str, tp.Any] = {}
         self._maps: OrderedDict[str, mmap.mmap] = OrderedDict()
         self._lock = threading.Lock()
+        self._lock_fork = _FORKS[0]
         self._dispatch_memo: dict[tuple[type, str | None], tuple[str, tp.Any, bool]] = {}
         self._by_type: dict[type, tuple[str, tp.Any, bool]] = {}  # (cache_type None: hot path)
         self.batching = False
@@ -472,7 +474,7 @@ class DumpContext:
         current = self._maps.get(name)
         if current is not None and len(current) >= end:
             return current
-        with self._lock:
+        with self._locked():
             current = self._maps.get(name)
             if current is not None and len(current) >= end:
                 self._maps.move_to_end(name)
@@ -488,14 +490,21 @@ class DumpContext:
                 self._maps.popitem(last=False)
             return mapped
 
+    def _locked(self) -> threading.Lock:
+        """The lock of this context; a new one in a forked child (a thread of the parent
+        may have held it at the fork: the child's first array read waited forever)."""
+        if self._lock_fork != _FORKS[0]:
+            self._lock, self._lock_fork = threading.Lock(), _FORKS[0]
+        return self._lock
+
     def cached(self, key: str, factory: tp.Callable[[], tp.Any]) -> tp.Any:
-        with self._lock:
+        with self._locked():
             if key not in self._memo:
                 self._memo[key] = factory()
             return self._memo[key]
 
     def invalidate(self, key: str) -> None:
-        with self._lock:
+        with self._locked():
             self._memo.pop(key, None)
             self._maps.pop(key, None)
 
