@@ -746,3 +746,52 @@ def test_a_child_forked_while_a_thread_maps_a_file_reads_arrays(tmp_path: Path) 
         os.waitpid(pid, 0)
         raise AssertionError("the forked child's array read waited forever")
     assert os.waitstatus_to_exitcode(done[1]) == 0
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"#key":"b","#type":"Pickle","filename":"../precious.txt"}',
+        b'{"#key":"b","#type":"Result","filename":"data/../../precious.txt"}',
+        b'{"#key":"b","#type":"NumpyArray","filename":"/tmp/precious.txt"}',
+        b'{"#key":"b","#type":"MemmapArray","f":"../precious.txt","o":0,"d":"<f8","s":[1]}',
+    ],
+)
+def test_an_index_line_naming_a_file_outside_the_cache_touches_nothing_there(
+    tmp_path: Path, line: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An index line edited by hand (or by another user of a shared cache: index files
+    are writable by all by default) naming ``../precious.txt``: deleting its key removed
+    that file, outside the cache. Reading it now fails as a damaged payload (mode retry
+    computes such an entry again) and deleting it removes the entry only."""
+    from exca.storage.dumping import is_damaged_payload
+
+    folder = tmp_path / "cache"
+    precious = tmp_path / "precious.txt"
+    precious.write_bytes(b"keep me")
+    if line.count(b"/tmp/precious.txt"):
+        precious = Path("/tmp/precious.txt")  # (an absolute name)
+        if precious.exists():
+            pytest.skip("/tmp/precious.txt exists: not this test's to touch")
+        precious.write_bytes(b"keep me")
+    try:
+        cache: CacheDict[tp.Any] = CacheDict(folder)
+        with cache.write():
+            cache["a"] = 1
+        (index,) = folder.glob("*-info.jsonl")
+        with index.open("ab") as handle:
+            handle.write(line + b"\n")
+        fresh: CacheDict[tp.Any] = CacheDict(folder)
+        with pytest.raises(OSError, match="not inside the cache folder") as info:
+            fresh["b"]
+        assert is_damaged_payload(info.value)
+        assert fresh.payload_present("b") is False and fresh.damaged(["a", "b"]) == ["b"]
+        with fresh.write():
+            del fresh["b"]
+        assert precious.read_bytes() == b"keep me"
+        if b"MemmapArray" not in line:  # (a shared file's bytes are never deleted)
+            assert "not inside the cache folder: refused" in caplog.text
+        assert list(CacheDict(folder).keys()) == ["a"]
+    finally:
+        if precious.parent == Path("/tmp"):
+            precious.unlink()

@@ -12,7 +12,7 @@ import typing as tp
 
 import orjson
 
-from .dumping import FAST_LOADERS, DumpContext, delete_file, dumps_pickle
+from .dumping import FAST_LOADERS, DumpContext, delete_file, dumps_pickle, payload_path
 from .files import finish_write
 from .modules import imported
 from .sharedfile import ALIGNMENT, BUFFER_FLUSH_BYTES
@@ -338,7 +338,7 @@ class NumpyArray:
     def __load_from_info__(cls, ctx: DumpContext, filename: str) -> tp.Any:
         import numpy as np
 
-        return np.load(ctx.folder / filename, allow_pickle=False)
+        return np.load(payload_path(ctx.folder, filename), allow_pickle=False)
 
     @classmethod
     def __delete_info__(cls, ctx: DumpContext, filename: str) -> None:

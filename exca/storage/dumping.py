@@ -14,6 +14,7 @@ cachederror.py.
 from __future__ import annotations
 
 import hashlib
+import logging
 import mmap
 import os
 import pickle
@@ -28,10 +29,29 @@ from .files import chmod, make_folder
 from .index import _FORKS
 from .sharedfile import SharedFile
 
+logger = logging.getLogger("exca")
+
 
 class DamagedPayload(OSError):
     """A payload file is shorter than its index line says (truncated, e.g. by a copy
     that stopped half-way)."""
+
+
+def payload_path(folder: Path, name: str) -> Path:
+    """The path of a payload file an index line names, which must be inside the cache
+    folder: a line edited by hand (or by another tool, or another user of a shared cache)
+    naming ``../x`` made a deletion of its key remove a file outside the cache."""
+    if (
+        type(name) is not str
+        or not name
+        or name[0] in "/\\"
+        or ".." in name.replace("\\", "/").split("/")
+    ):
+        raise DamagedPayload(
+            f"An index line of {folder} names the payload file {name!r}, which is not inside "
+            "the cache folder: refused (a line written by hand or by another tool?)"
+        )
+    return folder / name
 
 
 # what reading an entry whose payload was removed or damaged outside exca raises (also
@@ -460,7 +480,7 @@ class DumpContext:
             shared.flush()
 
     def read_bytes(self, name: str, offset: int, length: int) -> bytes:
-        with open(self.folder / name, "rb") as handle:
+        with open(payload_path(self.folder, name), "rb") as handle:
             handle.seek(offset)
             data = handle.read(length)
         if len(data) != length:
@@ -479,7 +499,7 @@ class DumpContext:
             if current is not None and len(current) >= end:
                 self._maps.move_to_end(name)
                 return current
-            with open(self.folder / name, "rb") as handle:
+            with open(payload_path(self.folder, name), "rb") as handle:
                 mapped = None  # (mmap refuses an empty file: checked first)
                 if os.fstat(handle.fileno()).st_size >= end:
                     mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
@@ -531,7 +551,12 @@ def _dumps_itself(klass: type) -> bool:
 def delete_file(ctx: DumpContext, name: str) -> None:
     """Remove a payload file of the folder (gone already: nothing to do)."""
     try:
-        os.remove(ctx.folder / name)
+        path = payload_path(ctx.folder, name)
+    except DamagedPayload as error:  # (the entry goes; nothing outside the cache does)
+        logger.warning("%s", error)
+        return
+    try:
+        os.remove(path)
     except FileNotFoundError:
         pass
 

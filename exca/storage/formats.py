@@ -23,6 +23,7 @@ from .dumping import (
     DumpOptions,
     delete_file,
     dumps_pickle,
+    payload_path,
 )
 
 __all__ = [
@@ -151,7 +152,7 @@ class Pickle:
 
     @classmethod
     def __load_from_info__(cls, ctx: DumpContext, filename: str) -> tp.Any:
-        with open(ctx.folder / filename, "rb") as handle:
+        with open(payload_path(ctx.folder, filename), "rb") as handle:
             return pickle.load(handle)
 
     @classmethod

@@ -8,6 +8,8 @@ import os
 import typing as tp
 from pathlib import Path
 
+from .dumping import DamagedPayload, payload_path
+
 # built-in formats whose records name their file(s) in these fields
 _KEY_FILE_TYPES = frozenset({"Result", "Pickle", "NumpyArray"})  # "filename" (+ "#n": size)
 _SHARED_TEXT_TYPES = frozenset({"Json", "Text", "Auto", "AutoPickle"})  # "f", "o", "n"
@@ -28,11 +30,12 @@ def _needed(folder: Path, info: dict[str, tp.Any]) -> tuple[Path, int] | None:
     if "f" not in info:
         return None
     if kind in _SHARED_TEXT_TYPES:
-        return folder / info["f"], info["o"] + info["n"]
+        return payload_path(folder, info["f"]), info["o"] + info["n"]
     if kind == "MemmapArray":
         import numpy as np
 
-        return folder / info["f"], info["o"] + math.prod(info["s"]) * np.dtype(info["d"]).itemsize
+        end = info["o"] + math.prod(info["s"]) * np.dtype(info["d"]).itemsize
+        return payload_path(folder, info["f"]), end
     return None
 
 
@@ -43,7 +46,11 @@ def damaged(folder: Path, infos: tp.Iterable[tuple[str, dict[str, tp.Any]]]) -> 
     keys, bad = [], set()
     for key, info in infos:
         keys.append(key)
-        needed = _needed(folder, info)
+        try:
+            needed = _needed(folder, info)
+        except DamagedPayload:  # (a file named outside the cache folder)
+            bad.add(key)
+            continue
         if needed is not None:
             shared.setdefault(needed[0], []).append((needed[1], key))
         elif payload_present(folder, info) is False:
@@ -58,6 +65,13 @@ def payload_present(folder: Path, info: dict[str, tp.Any]) -> bool | None:
     """True when every file the index record ``info`` names is there and long enough,
     False when one is missing or cut short, None when the record's format does not tell
     (a format of the user's, a nested "tree" record): load the value to know."""
+    try:
+        return _payload_present(folder, info)
+    except DamagedPayload:  # (a file named outside the cache folder)
+        return False
+
+
+def _payload_present(folder: Path, info: dict[str, tp.Any]) -> bool | None:
     kind = info.get("#type")
     if kind in _INLINE_ONLY_TYPES:
         return True
@@ -65,7 +79,7 @@ def payload_present(folder: Path, info: dict[str, tp.Any]) -> bool | None:
         filename = info.get("filename")
         if filename is None:  # (a Result inline: "v" or "p")
             return "v" in info or "p" in info or None
-        size = _size(folder / filename)
+        size = _size(payload_path(folder, filename))
         expected = info.get("#n")  # (records written before sizes were recorded: none)
         return size is not None and (expected is None or size == expected)
     needed = _needed(folder, info)
