@@ -746,25 +746,30 @@ def test_an_output_that_cannot_be_stored_is_that_items_error(tmp_path: Path) -> 
     assert counts(log) == {1: 1, 2: 1, 3: 1, 4: 1}
 
 
-def test_a_full_disk_caches_no_item_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Outputs that cannot be written for lack of space: the call raises the OSError and
-    caches nothing for them (they were cached as the items' own errors, raised again by
-    every call once space was back, until mode='retry')."""
+@pytest.mark.parametrize("code", ["ENOSPC", "EFBIG", "ESTALE"])
+def test_a_full_disk_caches_no_item_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: str
+) -> None:
+    """Outputs that cannot be written for lack of space (or over a file size limit, or
+    on a network file system gone stale): the call raises the OSError and caches nothing
+    for them (they were cached as the items' own errors, raised again by every call once
+    space was back, until mode='retry')."""
     import errno
 
     from exca.storage.cachedict import CacheDict
 
     log = tmp_path / "calls.txt"
     set_many = CacheDict.set_many
+    number = getattr(errno, code)
 
     def full(cache: tp.Any, items: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         items = list(items)
         if any(uid == "3" for uid, _ in items):
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise OSError(number, os.strerror(number))
         return set_many(cache, items, *args, **kwargs)
 
     monkeypatch.setattr(CacheDict, "set_many", full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match=os.strerror(number)):
         list(make(tmp_path, None).process([1, 2, 3, 4]))
     monkeypatch.undo()
     assert list(make(tmp_path, None).process([1, 2, 3, 4])) == [10, 20, 30, 40]

@@ -1033,9 +1033,25 @@ def _store_one_by_one(
         )
 
 
-# disk full, quota, permissions, read-only, I/O: the folder's fault, not an output's
+# disk full, quota, file size limit, permissions, read-only, I/O, a network file system
+# gone, too many open files, no memory: the folder's or the machine's fault, not an
+# output's (an output's: a format refusing the value, usually with no errno)
 _ENVIRONMENT_ERRORS = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO}
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EFBIG,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.EIO,
+        errno.ESTALE,
+        errno.ENOTCONN,
+        errno.ETIMEDOUT,
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.ENOMEM,
+    }
 )
 
 
