@@ -83,6 +83,18 @@ def test_keep_in_ram(tmp_path: Path) -> None:
     assert _count("task", 4) == before + 1
 
 
+def test_keep_in_ram_forgets_a_result_its_own_node_cleared(tmp_path: Path) -> None:
+    """node.clear() ("the next call computes it") on the instance holding the result in
+    RAM: the next call returned the old result, and computed nothing (a probe)."""
+    ram = Task(param=6, infra={"folder": tmp_path, "keep_in_ram": True})
+    assert ram.process() == 60 and ram.process() == 60
+    before = _count("task", 6)
+    ram.process.node().clear()
+    assert ram.infra.status() == "not submitted"
+    assert ram.process() == 60 and _count("task", 6) == before + 1
+    assert ram.process() == 60 and _count("task", 6) == before + 1  # (in RAM again)
+
+
 def test_without_keep_in_ram_a_cleared_result_is_recomputed(tmp_path: Path) -> None:
     disk = Task(param=17, infra={"folder": tmp_path})
     assert disk.process() == 170

@@ -183,7 +183,10 @@ class BoundTask:
         if infra.folder is not None and not forcing_job and not infra._force_pending():
             # fast path: one memoized uid and one index check, no node, no scheduler
             if runtime.ram is not _MISSING:
-                return runtime.ram
+                # (unless its entry was removed through this instance: node.clear())
+                if runtime.cache is not None and runtime.cache.known(TASK_KEY):
+                    return runtime.ram
+                runtime.ram = _MISSING
             cache = infra._cache()  # (first: it may rename a legacy folder to today's name)
             infra._check_defaults(
                 restore=True

@@ -505,6 +505,12 @@ class CacheDict(tp.Generic[X]):
         found = entries.get(key)
         return None if found is None else Entry(*found)
 
+    def known(self, key: str) -> bool:
+        """Whether this instance saw ``key`` in the cache when it last read the folder (or
+        wrote it since): no file is read (a RAM copy of a value is checked so)."""
+        reader = self._reader
+        return key in self._ram or (reader is not None and key in reader.entries)
+
     def payload_present(self, key: str) -> bool | None:
         """Whether ``key``'s payload files are all there and as long as written (a stat
         each, the value not loaded); None when its format does not tell, or for a key
