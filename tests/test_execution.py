@@ -339,6 +339,27 @@ def test_local_job_reaching_its_time_limit(tmp_path: Path) -> None:
     assert make(tmp_path, None, block_flag=flag, infra={"mode": "retry"}).process() == 2
 
 
+class LocalLimit(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def limit(self) -> str:
+        return os.environ.get("SUBMITIT_LOCAL_TIMEOUT_S", "")
+
+
+@pytest.mark.timeout(120)
+def test_a_local_job_without_timeout_min_is_not_stopped_after_two_minutes(
+    tmp_path: Path,
+) -> None:
+    """submitit's default stopped a local job after 90 s (2 minutes, minus its signal
+    delay): any real training on a laptop, or a cluster="auto" run without Slurm, died
+    so (a probe). A local job's limit is now 7 days unless timeout_min says otherwise."""
+    default = LocalLimit(infra={"folder": tmp_path / "a", "cluster": "local"}).limit()
+    assert int(default) == 7 * 24 * 3600
+    given = LocalLimit(infra={"folder": tmp_path / "b", "cluster": "local", "timeout_min": 3})
+    assert int(given.limit()) == 3 * 60
+
+
 class WaitsOnItsOwnJob(pydantic.BaseModel):
     infra: exca.TaskInfra = exca.TaskInfra(version="1")
 

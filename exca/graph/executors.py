@@ -817,6 +817,9 @@ class Pools:
         self._retired.clear()
 
 
+LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # the time limit of a local job whose timeout_min is None
+
+
 def submitit_executor(execution: Execution, logs: str) -> tp.Any:
     """A configured ``submitit.AutoExecutor`` for an execution (logs: folder with %j)."""
     import submitit
@@ -829,6 +832,10 @@ def submitit_executor(execution: Execution, logs: str) -> tp.Any:
         _local_jobs_in_own_session()
     executor = submitit.AutoExecutor(folder=logs, cluster=cluster, **kwargs)
     params = {k: v for k, v in execution.params if v is not None}
+    if cluster == "local" and "timeout_min" not in params:
+        # (submitit's default killed a local job after 90 s: a laptop's training, or a
+        # cluster="auto" run without Slurm, died so; a local process has no queue limit)
+        params["timeout_min"] = LOCAL_TIMEOUT_MIN
     if execution.job_name and "name" not in params:
         params["name"] = execution.job_name
     executor.update_parameters(**params)
