@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from exca import cachedict
@@ -486,10 +487,55 @@ def test_auto_with_nested_arrays(tmp_path: Path) -> None:
     assert loaded["y"][0].dtype == np.int8
     assert loaded["y"][1] == "r"
     np.testing.assert_array_equal(loaded["y"][2]["deep"], np.ones(1))
-    assert loaded["z"] == {"w": 1, "t": [1, 2]}  # tuples come back as lists
+    assert loaded["z"] == {"w": 1, "t": (1, 2)}  # tuples come back as tuples
     assert loaded["s"] == "text"
     assert fresh["plain"] == {"a": 1, "b": [1, 2]}
     assert not [n for n in data_files(folder) if n.endswith(".pkl")]
+
+
+_Pair = collections.namedtuple("_Pair", "a b")
+
+
+def test_auto_gives_tuples_back_as_tuples(tmp_path: Path) -> None:
+    """JSON writes a tuple as a list: Auto gave `(1, "a")` back as `[1, "a"]` (but
+    `(1, {2})`, pickled, as a tuple). Tuples are tagged in the stored structure; values
+    without tuples stay plain JSON in the index line."""
+    values: dict[str, tp.Any] = {
+        "pair": (1, "label1"),
+        "empty": (),
+        "in_dict": {"t": (1, 2), "l": [1, 2]},
+        "nested": [(1, (2, [3, (4,)])), {"x": ()}, [()]],
+        "with_array": {"t": (1, 2), "a": np.arange(2)},
+        "big": [(i, f"label{i}") for i in range(100)],  # (in the shared jsonl file)
+        "tagged_dict": {"#type": "x", "t": (1,)},  # (a key Auto reserves: pickled)
+        "set": (1, {2}),  # (pickled)
+        "plain": {"a": [1, [2, 3]], "b": None},
+    }
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path)
+    with cd.write():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # ("set")
+            for key, value in values.items():
+                cd[key] = value
+        with pytest.warns(DeprecationWarning, match="pickling"):
+            cd["namedtuple"] = {"p": _Pair(1, (2, 3))}  # pickled: comes back as itself
+    lines = {orjson.loads(line)["#key"]: orjson.loads(line) for line in index_lines(tmp_path)}
+    assert lines["plain"]["v"] == values["plain"]  # (plain JSON, as before)
+    assert "f" in lines["big"] and "tree" not in lines["big"]
+    fresh: CacheDict[tp.Any] = CacheDict(tmp_path)
+    for key, value in values.items():
+        loaded = fresh[key]
+        if key == "with_array":
+            assert loaded["t"] == (1, 2) and type(loaded["t"]) is tuple
+            np.testing.assert_array_equal(loaded["a"], [0, 1])
+            continue
+        assert loaded == value and repr(loaded) == repr(value), key  # (tuples, not lists)
+    loaded = fresh["namedtuple"]["p"]
+    assert type(loaded) is _Pair and loaded == (1, (2, 3))
+    with fresh.write():  # nested payloads (the array) are removed with the entry
+        for key in list(fresh.keys()):
+            del fresh[key]
+    assert not [n for n in data_files(tmp_path) if n.endswith((".pkl", ".npy"))]
 
 
 def test_auto_reserved_key(tmp_path: Path) -> None:
@@ -625,6 +671,7 @@ def _assert_equal(value: tp.Any, expected: tp.Any) -> None:
 _READER = """
 import pickle, sys
 import numpy as np
+import orjson
 from exca.cachedict import CacheDict
 cd = CacheDict(sys.argv[1])
 out = {k: cd[k] for k in cd.keys()}

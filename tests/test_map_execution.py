@@ -438,6 +438,26 @@ def test_outputs_deleted_while_read_are_computed_again(tmp_path: Path) -> None:
     assert counts(tmp_path / "calls.txt") == {0: 1, 1: 1, 2: 2, 3: 2, 4: 1, 5: 1}
 
 
+class Labeled(pydantic.BaseModel):
+    """item -> (item, "label<item>"): a tuple (JSON would give it back as a list)."""
+
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[tuple[int, str]]:
+        for item in items:
+            yield item, f"label{item}"
+
+
+def test_tuple_outputs_read_back_as_tuples(tmp_path: Path) -> None:
+    """Outputs holding tuples, read by a new instance (from the cache folder), are the
+    tuples the method yielded, not lists."""
+    expected = [(i, f"label{i}") for i in range(3)]
+    assert list(Labeled(infra={"folder": tmp_path}).process(range(3))) == expected
+    outputs = list(Labeled(infra={"folder": tmp_path}).process(range(3)))
+    assert outputs == expected and all(type(out) is tuple for out in outputs)
+
+
 class Offset(pydantic.BaseModel):
     """item -> item + offset; offset is not part of the uid (instances of one folder that
     compute different values: what each returns tells where it read from)."""

@@ -52,15 +52,16 @@ def _refuse(value: tp.Any) -> tp.Any:
     raise TypeError(f"not plain json: {type(value).__name__}")
 
 
-def plain_json(value: tp.Any) -> bytes | None:
-    """JSON bytes of a value that reads back equal, else None (tuples come back as lists).
+def plain_json(value: tp.Any, tuples: bool = True) -> bytes | None:
+    """JSON bytes of a value that reads back equal, else None (tuples come back as lists;
+    ``tuples=False``: a value holding a tuple is refused too).
 
     dataclasses, datetimes, enums, UUIDs, str/int/dict subclasses and non-finite floats
     would come back changed, so they are refused (orjson writes enums and UUIDs as their
     values, and NaN as null).
     """
     try:
-        if not _plain_types(value):
+        if not _plain_types(value, _SEQUENCES if tuples else _LISTS):
             return None
         data = orjson.dumps(value, default=_refuse, option=_ORJSON_OPTIONS)
     except (TypeError, orjson.JSONEncodeError, RecursionError):  # (too deep for JSON)
@@ -71,11 +72,13 @@ def plain_json(value: tp.Any) -> bytes | None:
 
 
 _JSON_LEAVES = frozenset({str, int, float, bool, type(None)})
+_SEQUENCES = frozenset({list, tuple})  # (JSON arrays)
+_LISTS = frozenset({list})  # (JSON arrays that read back as what was written)
 
 
-def _plain_types(value: tp.Any) -> bool:
-    """Whether a value is made of the exact JSON types only (plain loops: this runs for
-    every small value written)."""
+def _plain_types(value: tp.Any, sequences: frozenset[type] = _SEQUENCES) -> bool:
+    """Whether a value is made of the exact JSON types only, its arrays of the
+    ``sequences`` types (plain loops: this runs for every small value written)."""
     kind = type(value)
     if kind in _JSON_LEAVES:
         return True
@@ -85,12 +88,12 @@ def _plain_types(value: tp.Any) -> bool:
             if type(key) is not str:
                 return False
         for sub in value.values():
-            if type(sub) not in leaves and not _plain_types(sub):
+            if type(sub) not in leaves and not _plain_types(sub, sequences):
                 return False
         return True
-    if kind is list or kind is tuple:
-        for sub in value:  # noqa: SIM110 (a loop: twice as fast as all() of a generator)
-            if type(sub) not in leaves and not _plain_types(sub):
+    if kind in sequences:
+        for sub in value:  # (a loop: twice as fast as all() of a generator)
+            if type(sub) not in leaves and not _plain_types(sub, sequences):
                 return False
         return True
     return False
@@ -235,17 +238,24 @@ _AUTO_TAG = "#type"
 @DumpContext.register(default_for=dict)
 class Auto:
     """Plain JSON when possible; registered leaves (arrays...) dumped with their own format
-    inside the JSON structure; anything else pickled. Tuples come back as lists."""
+    inside the JSON structure, tuples tagged in it (``{"#type": "tuple", "v": [...]}``:
+    they come back as tuples); anything else pickled (a namedtuple as well: it comes back
+    as itself)."""
 
     @classmethod
     def __dump_info__(cls, ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
-        data = plain_json(value)
+        data = plain_json(value, tuples=False)
         if data is not None:
             if len(data) <= INLINE_MAX_BYTES:
                 return {"v": orjson.Fragment(data)}
             return _dump_text_like(ctx, data, "-data.jsonl")
         try:
             walked = cls._walk(ctx, value)
+        except _ReservedKey:
+            if plain_json(value) is None:  # (with arrays...: the tag would be misread)
+                raise
+            # JSON but for its tuples, a dict of it with a "#type" key: a tag of its own
+            return {"pickle": Pickle.__dump_info__(ctx, value)["filename"]}
         except _NotJsonable:
             warnings.warn(
                 f"Auto format: {type(value).__name__} value is not JSON-serializable, pickling it "
@@ -254,6 +264,14 @@ class Auto:
                 stacklevel=4,
             )
             return {"pickle": Pickle.__dump_info__(ctx, value)["filename"]}
+        try:
+            data = orjson.dumps(walked)
+        except TypeError:  # (a field of a nested record: the index line says it)
+            return {"tree": walked}
+        # a big tree whose only tags are tuples (no payload of its own inside): in the
+        # shared jsonl file, as big JSON values (the index line stays short)
+        if len(data) > INLINE_MAX_BYTES and data.count(b'"#type":') == data.count(_TUPLE_TAG):
+            return {**_dump_text_like(ctx, data, "-data.jsonl"), "tuples": 1}
         return {"tree": walked}
 
     @classmethod
@@ -279,12 +297,14 @@ class Auto:
             raise _NotJsonable  # (orjson refuses deeper index records)
         if kind is dict:
             if _AUTO_TAG in value:
-                raise ValueError(f"{_AUTO_TAG!r} is a reserved key in values of the Auto format")
+                raise _ReservedKey(f"{_AUTO_TAG!r} is a reserved key in values of the Auto format")
             if not all(type(k) is str and (k.isascii() or _utf8(k)) for k in value):
                 raise _NotJsonable
             return {k: cls._walk(ctx, v, depth + 1) for k, v in value.items()}
-        if kind is list or kind is tuple:
+        if kind is list:
             return [cls._walk(ctx, v, depth + 1) for v in value]
+        if kind is tuple:  # (tagged: JSON would give it back as a list)
+            return {_AUTO_TAG: _TUPLE, "v": [cls._walk(ctx, v, depth + 1) for v in value]}
         name = DumpContext.default_name(type(value))
         if name in ("Auto", "AutoPickle"):
             raise _NotJsonable
@@ -300,17 +320,21 @@ class Auto:
         n: int = 0,
         tree: tp.Any = None,
         pickle: str | None = None,
+        tuples: int = 0,
     ) -> tp.Any:
         if pickle is not None:
             return Pickle.__load_from_info__(ctx, pickle)
         if tree is not None:
             return cls._unwalk(ctx, tree)
-        return Json.__load_from_info__(ctx, v=v, f=f, o=o, n=n)
+        value = Json.__load_from_info__(ctx, v=v, f=f, o=o, n=n)
+        return cls._unwalk(ctx, value) if tuples else value
 
     @classmethod
     def _unwalk(cls, ctx: DumpContext, tree: tp.Any) -> tp.Any:
         if isinstance(tree, dict):
             if _AUTO_TAG in tree:
+                if tree[_AUTO_TAG] == _TUPLE:
+                    return tuple([cls._unwalk(ctx, v) for v in tree["v"]])
                 return ctx.load(tree)
             return {k: cls._unwalk(ctx, v) for k, v in tree.items()}
         if isinstance(tree, list):
@@ -328,7 +352,7 @@ class Auto:
     def _delete_tree(cls, ctx: DumpContext, tree: tp.Any) -> None:
         """The payloads of values stored with their own format inside the structure."""
         if isinstance(tree, dict):
-            if _AUTO_TAG in tree:
+            if _AUTO_TAG in tree and tree[_AUTO_TAG] != _TUPLE:
                 ctx.delete(tree)
                 return
             for sub in tree.values():
@@ -338,6 +362,8 @@ class Auto:
                 cls._delete_tree(ctx, sub)
 
 
+_TUPLE = "tuple"  # (the tag of a tuple in an Auto tree: not the name of a format)
+_TUPLE_TAG = b'"#type":"tuple"'
 _JSON_INT_MIN, _JSON_INT_MAX = -(2**63), 2**64 - 1  # what orjson writes
 # containers nested in an Auto tree: orjson writes at most 254 levels, and the tree sits
 # in the index record, with the records of values stored in their own format inside it
@@ -345,6 +371,10 @@ _TREE_MAX_DEPTH = 240
 
 
 class _NotJsonable(Exception):
+    pass
+
+
+class _ReservedKey(ValueError):
     pass
 
 
