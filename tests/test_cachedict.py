@@ -21,7 +21,7 @@ import pytest
 from exca import cachedict
 from exca.cachedict import CacheDict, DumpContext
 from exca.storage import index as index_module
-from exca.storage.dumping import PAYLOAD_ERRORS, is_damaged_payload
+from exca.storage.dumping import PAYLOAD_ERRORS, DamagedRecord, is_damaged_payload
 from exca.storage.formats import CachedError
 
 
@@ -614,6 +614,71 @@ def test_result_format(tmp_path: Path) -> None:
     assert array.flags.writeable  # an ordinary array, not a view of a file
     assert fresh["dict"] == {"t": (1, 2)}  # pickled: the tuple stays a tuple
     assert {fresh.entry_type(k) for k in fresh} == {"Result"}
+
+
+_DAMAGED_LINES = {  # index lines lacking fields, or with fields of the wrong type
+    "auto": {"#type": "Auto"},  # (read back as None)
+    "json": {"#type": "Json"},  # (None)
+    "text": {"#type": "Text"},  # ('')
+    "result": {"#type": "Result"},  # (None)
+    "text_int": {"#type": "Text", "v": 5},  # (5)
+    "offset": {"#type": "MemmapArray", "f": "data/x.data", "o": "abc", "d": "<f8", "s": [3]},
+    "error": {"#type": "Error"},  # (missing 3 required positional arguments)
+    "scalar": {"#type": "NumpyScalar"},  # (data type '' not understood)
+    "pickle": {"#type": "Pickle"},
+    "bad_type": {"#type": ["Auto"]},
+}
+
+
+def test_a_damaged_index_line_raises_naming_it(tmp_path: Path) -> None:
+    """An index line without the fields of its format read back as a plausible value (None,
+    ''), or raised an error saying nothing of the line (a TypeError of the format's
+    internals, or a KeyError: a missing key to get() and items()). It raises a
+    DamagedRecord naming the key, the index file and what to do."""
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path, keep_in_ram=True)
+    with cd.write():
+        cd["auto_none"] = None
+        cd["array"] = np.arange(3.0)
+    [index] = index_files(tmp_path)
+    with index.open("ab") as handle:
+        for key, line in _DAMAGED_LINES.items():
+            handle.write(orjson.dumps({"#key": key, **line}) + b"\n")
+        handle.write(b'{"#key":"json_null","#type":"Json","v":null}\n')
+        handle.write(b'{"#key":"result_null","#type":"Result","v":null}\n')
+    fresh: CacheDict[tp.Any] = CacheDict(tmp_path)
+    for key in ("auto_none", "json_null", "result_null"):  # ("v": null is a None value)
+        assert "v" in fresh.entry(key).info and fresh[key] is None  # type: ignore[union-attr]
+    for key in _DAMAGED_LINES:
+        with pytest.raises(DamagedRecord, match="index line") as info:
+            fresh[key]
+        text = str(info.value)
+        assert repr(key) in text and index.name in text and "del cache" in text, text
+        assert "mode='retry'" in text and is_damaged_payload(info.value)
+        with pytest.raises(DamagedRecord):
+            fresh.get(key)
+    with pytest.raises(DamagedRecord) as scalar:
+        fresh["scalar"]
+    assert "data type" not in str(scalar.value)  # (numpy's message for the empty dtype)
+    with pytest.raises(DamagedRecord):
+        dict(fresh.items())
+    # many arrays read at once (one view per run of records) name the damaged one too
+    with cd.write():
+        for i in range(20):
+            cd[f"a{i}"] = np.full(2, float(i))
+    with index.open("ab") as handle:
+        handle.write(
+            b'{"#key":"a20","#type":"MemmapArray","f":"data/x","o":"0","d":"<f8","s":[2]}\n'
+        )
+    keys = [f"a{i}" for i in range(21)]
+    with pytest.raises(DamagedRecord, match="'a20'"):
+        list(CacheDict(tmp_path, keep_in_ram=True).values_of(keys))
+    # deleting them is what to do (their payload files, if any, are unknown)
+    with fresh.write(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for key in [*_DAMAGED_LINES, "a20"]:
+            del fresh[key]
+    left = {"auto_none", "json_null", "result_null", "array", *keys[:20]}
+    assert set(CacheDict(tmp_path).keys()) == left
 
 
 def test_cached_error_entry_type(tmp_path: Path) -> None:

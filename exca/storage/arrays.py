@@ -12,7 +12,14 @@ import typing as tp
 
 import orjson
 
-from .dumping import FAST_LOADERS, DumpContext, delete_file, dumps_pickle, payload_path
+from .dumping import (
+    FAST_LOADERS,
+    DamagedRecord,
+    DumpContext,
+    delete_file,
+    dumps_pickle,
+    payload_path,
+)
 from .files import finish_write
 from .modules import imported
 from .sharedfile import ALIGNMENT, BUFFER_FLUSH_BYTES
@@ -48,6 +55,9 @@ def _numpy() -> tp.Any:
 @DumpContext.register(default_for="numpy.ndarray")
 class MemmapArray:
     """Arrays appended to the writer's shared ``.data`` file; read back as read-only views."""
+
+    _record_shapes = (("f", "o", "d", "s"),)
+    _record_fields = {"f": str, "o": int, "d": lambda d: _dtype_known(d), "s": lambda s: _shape(s)}
 
     @classmethod
     def __dump_info__(cls, ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
@@ -203,6 +213,19 @@ def _dtype_of(code: str) -> tp.Any:
     return dtype
 
 
+def _dtype_known(code: tp.Any) -> bool:
+    """Whether a record's dtype field names a dtype (after a failed read only)."""
+    try:
+        _dtype_of(code)
+    except Exception:
+        return False
+    return True
+
+
+def _shape(shape: tp.Any) -> bool:
+    return type(shape) is list and all(type(d) is int and d >= 0 for d in shape)
+
+
 def _descr_from_json(descr: tp.Any) -> tp.Any:
     """A ``.npy`` dtype description back from JSON (which made its tuples lists)."""
     if not isinstance(descr, list):
@@ -320,6 +343,9 @@ FAST_LOADERS["MemmapArray"] = load_memmap
 class NumpyArray:
     """One ``.npy`` file per entry, read back fully into memory."""
 
+    _record_shapes = (("filename",),)
+    _record_fields = {"filename": str}
+
     @classmethod
     def __dump_info__(cls, ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
         import numpy as np
@@ -350,6 +376,9 @@ class NumpyScalar:
     """A numpy scalar (the numpy.float64 of a mean...) in the index line: its dtype and
     bytes, read back as the same numpy type (not a file per value, not a python float)."""
 
+    _record_shapes = (("d", "b"), ("p",))
+    _record_fields = {"d": lambda d: type(d) is str and _dtype_known(d), "b": str, "p": str}
+
     @classmethod
     def __dump_info__(cls, ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
         np = imported("numpy")
@@ -370,6 +399,8 @@ class NumpyScalar:
     ) -> tp.Any:
         if p is not None:
             return pickle.loads(base64.b64decode(p))
+        if not d or not b:
+            raise DamagedRecord("a NumpyScalar record holds 'd' and 'b', or 'p': not here")
         import numpy as np
 
         return np.frombuffer(base64.b64decode(b), dtype=np.dtype(d))[0]

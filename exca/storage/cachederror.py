@@ -18,6 +18,10 @@ class CachedError:
     """An exception stored in a cache: type, message, traceback, and the exception itself
     when it pickles (so it can be re-raised with its original type)."""
 
+    # (what its index record holds: see dumping.record_problem)
+    _record_shapes: tp.ClassVar = (("t", "m", "tb"),)
+    _record_fields: tp.ClassVar = {"t": str, "m": str, "tb": str, "p": str}
+
     def __init__(
         self,
         type_name: str,

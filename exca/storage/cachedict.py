@@ -23,7 +23,12 @@ from time import monotonic as _monotonic
 import orjson
 
 from . import gcpause, interrupts, presence
-from .dumping import PAYLOAD_ERRORS, mark_if_damaged
+from .dumping import (
+    RECORD_ERRORS,
+    DamagedRecord,
+    mark_if_damaged,
+    record_problem,
+)
 from .files import check_permissions, make_folder
 from .formats import (
     DATA_DIR,
@@ -449,9 +454,10 @@ class CacheDict(tp.Generic[X]):
         try:
             with gcpause.paused():
                 ram.update(zip(todo, load_memmap_runs(self._loader, infos)))
-        except PAYLOAD_ERRORS:
-            # (a data file freed since this view read the index, or damaged: loaded one
-            # by one, lazily, where a map call's reader handles a damaged payload)
+        except Exception:
+            # (a data file freed since this view read the index, or damaged, a damaged
+            # record: loaded one by one, lazily, where a map call's reader handles a
+            # damaged payload, and a damaged record is named)
             return False
         return True
 
@@ -551,6 +557,8 @@ class CacheDict(tp.Generic[X]):
         except FileNotFoundError as error:
             value = self._load_again(key, entry, error)
         except Exception as error:  # (name the key: the format's message may not)
+            if isinstance(error, RECORD_ERRORS):
+                self._raise_if_damaged_record(key, entry, error)
             _add_note(error, f"while reading {key!r} from {self.folder}")
             mark_if_damaged(error, self.folder)
             raise
@@ -583,10 +591,32 @@ class CacheDict(tp.Generic[X]):
                     raise
                 entry, error = current, again  # (replaced again since: read the newer one)
             except Exception as failure:
+                if isinstance(failure, RECORD_ERRORS):
+                    self._raise_if_damaged_record(key, current, failure)
                 _add_note(failure, f"while reading {key!r} from {self.folder}")
                 mark_if_damaged(failure, self.folder)
                 raise
         raise KeyError(key)
+
+    def _raise_if_damaged_record(
+        self, key: str, entry: tuple[str, int, dict[str, tp.Any]], error: Exception
+    ) -> None:
+        """Reading an entry failed: if its index line lacks fields, or holds fields of the
+        wrong type (written by hand, by another tool...), raise a DamagedRecord saying so
+        (the loader's own error, a TypeError of a format's internals, says nothing of it;
+        a KeyError would read as a missing key)."""
+        problem = record_problem(entry[2])
+        if problem is None and isinstance(error, DamagedRecord):
+            problem = str(error)
+        if problem is None:
+            return
+        where = f"{self.folder}/{entry[0]}" if self.folder is not None else "memory"
+        raise DamagedRecord(
+            f"The index line of {key!r} in {where} is damaged: {problem} (the line: "
+            f"{entry[2]!r:.300}). Was it written by hand, or by another tool? Delete the key "
+            f"(del cache[{key!r}], inside cache.write()) to write it again; in an infra's "
+            "cache, mode='retry' or mode='force' computes it again"
+        ) from error
 
     def get(self, key: str, default: tp.Any = None) -> tp.Any:
         try:

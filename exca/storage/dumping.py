@@ -54,6 +54,12 @@ def payload_path(folder: Path, name: str) -> Path:
     return folder / name
 
 
+class DamagedRecord(ValueError):
+    """An index line whose fields are missing or of the wrong type for its format (written
+    by hand or by another tool?): reading it would give a wrong value, or an obscure
+    error."""
+
+
 # what reading an entry whose payload was removed or damaged outside exca raises (also
 # raised by other things, e.g. a method: see ``mark_if_damaged``)
 PAYLOAD_ERRORS: tuple[type[BaseException], ...] = (
@@ -89,7 +95,56 @@ def mark_if_damaged(error: BaseException, folder: Path | None) -> None:
 
 def is_damaged_payload(error: BaseException) -> bool:
     """Whether an error says that an entry's payload was removed or cut short."""
-    return isinstance(error, DamagedPayload) or getattr(error, _DAMAGED, False)
+    return isinstance(error, DamagedPayload | DamagedRecord) or getattr(error, _DAMAGED, False)
+
+
+# errors a loader raises on a record missing fields or holding fields of the wrong type
+RECORD_ERRORS = (TypeError, KeyError, ValueError, AttributeError, IndexError)
+
+
+def record_problem(info: tp.Any) -> str | None:
+    """What is wrong with an index record for its format (a field missing, of the wrong
+    type, or unknown), or None when nothing can be told. Formats may declare
+    ``_record_shapes`` (the sets of fields a record holds one of) and ``_record_fields``
+    (field -> type, or a check of the value); otherwise the fields are matched against
+    the arguments of ``__load_from_info__``. Only run after a failed read."""
+    if type(info) is not dict:
+        return f"it is a {type(info).__name__}, not a JSON object"
+    name = info.get("#type")
+    if type(name) is not str:
+        return f"its '#type' is {name!r}, not a format name"
+    try:
+        handler = DumpContext.handler(name)
+    except ValueError:  # (not registered here: the reader's own error says it)
+        return None
+    fields = {k: v for k, v in info.items() if k[:1] != "#"}
+    shapes = getattr(handler, "_record_shapes", None)
+    if shapes and not any(all(field in fields for field in shape) for shape in shapes):
+        wanted = " or ".join(
+            repr(shape[0]) if len(shape) == 1 else f"({', '.join(map(repr, shape))})"
+            for shape in shapes
+        )
+        have = ", ".join(map(repr, fields)) or "none"
+        return f"a record of the {name} format holds {wanted} (this one: {have})"
+    checks = getattr(handler, "_record_fields", {})
+    for field, value in fields.items():
+        check = checks.get(field)
+        if check is None:
+            continue
+        if isinstance(check, type):
+            if not isinstance(value, check) or (type(value) is bool and check is int):
+                return f"its field {field!r} is {value!r:.60}, not a {check.__name__}"
+        elif not check(value):
+            return f"its field {field!r} is {value!r:.60}, not what the format reads"
+    try:
+        import inspect
+
+        inspect.signature(handler.__load_from_info__).bind(None, **fields)
+    except TypeError as error:  # (missing or unexpected fields)
+        return f"its fields do not fit the {name} format ({error})"
+    except ValueError:  # (no signature to check)
+        pass
+    return None
 
 
 MEMMAP_ARRAY_FILE_MAX_CACHE = 1024  # memory maps kept open per reader
@@ -373,6 +428,8 @@ class DumpContext:
 
     def delete(self, info: dict[str, tp.Any]) -> None:
         name = info["#type"]
+        if type(name) is not str:  # (a damaged index line: no format to ask)
+            return
         if (
             name not in self.HANDLERS
             and self.ALIASES.get(name, name) not in self.HANDLERS
@@ -389,7 +446,19 @@ class DumpContext:
         handler = self.handler(name)
         deleter = getattr(handler, "__delete_info__", None)
         if deleter is not None:
-            deleter(self, **{k: v for k, v in info.items() if k[0] != "#"})
+            try:
+                deleter(self, **{k: v for k, v in info.items() if k[0] != "#"})
+            except RECORD_ERRORS:
+                problem = record_problem(info)
+                if problem is None:
+                    raise
+                # (a damaged record: deleting the entry is what frees it of it)
+                warnings.warn(
+                    f"Deleted entry {info.get('#key')!r}, whose index line is damaged "
+                    f"({problem}): its payload files (if any) are left in data/",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
 
     # --- payload files ---------------------------------------------------------------------
     def key_path(self, suffix: str) -> Path:

@@ -18,6 +18,7 @@ from .dumping import (
     DATA_DIR,
     FAST_LOADERS,
     MEMMAP_ARRAY_FILE_MAX_CACHE,
+    DamagedRecord,
     DumpContext,
     DumpInfo,
     DumpOptions,
@@ -134,15 +135,36 @@ def load_inline(ctx: DumpContext, info: dict[str, tp.Any]) -> tp.Any:
     return handler.__load_from_info__(ctx, **{k: v for k, v in info.items() if k[0] != "#"})
 
 
+def load_text(ctx: DumpContext, info: dict[str, tp.Any]) -> tp.Any:
+    value = info.get("v")
+    if type(value) is str and "f" not in info:
+        return value
+    return Text.__load_from_info__(ctx, **{k: v for k, v in info.items() if k[0] != "#"})
+
+
 # (the hot read paths: see dumping.FAST_LOADERS)
 FAST_LOADERS.update(
-    {"Json": load_inline, "Auto": load_inline, "Result": load_inline, "Text": load_inline}
+    {"Json": load_inline, "Auto": load_inline, "Result": load_inline, "Text": load_text}
 )
+_NONE: tp.Any = object()  # (a field not in the record: "v": null is a None value)
+
+
+def _no_value(name: str) -> DamagedRecord:
+    return DamagedRecord(
+        f"a {name} record holds its value in 'v', or its place in 'f', 'o' and 'n': "
+        "this one has neither"
+    )
+
+
+_SHARED = {"f": str, "o": int, "n": int}  # (the fields of a payload in a shared file)
 
 
 @DumpContext.register
 class Pickle:
     """One ``.pkl`` file per entry."""
+
+    _record_shapes = (("filename",),)
+    _record_fields = {"filename": str}
 
     @classmethod
     def __dump_info__(cls, ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
@@ -173,6 +195,9 @@ def _dump_text_like(ctx: DumpContext, data: bytes, suffix: str) -> dict[str, tp.
 class Json:
     """JSON: inline in the index line when small, else in the writer's shared jsonl file."""
 
+    _record_shapes = (("v",), ("f", "o", "n"))
+    _record_fields = _SHARED
+
     @classmethod
     def __dump_info__(cls, ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
         data = plain_json(value)
@@ -189,12 +214,14 @@ class Json:
     def __load_from_info__(
         cls,
         ctx: DumpContext,
-        v: tp.Any = None,
+        v: tp.Any = _NONE,
         f: str | None = None,
         o: int = 0,
         n: int = 0,
     ) -> tp.Any:
         if f is None:
+            if v is _NONE:
+                raise _no_value(cls.__name__)
             return _fresh(v)
         return orjson.loads(ctx.read_bytes(f, o, n))
 
@@ -202,6 +229,9 @@ class Json:
 @DumpContext.register(default_for=str)
 class Text:
     """Strings: inline when small, else in the writer's shared text file."""
+
+    _record_shapes = (("v",), ("f", "o", "n"))
+    _record_fields = {"v": str, "s": int, **_SHARED}
 
     @classmethod
     def __dump_info__(cls, ctx: DumpContext, value: str) -> dict[str, tp.Any]:
@@ -228,7 +258,13 @@ class Text:
         s: int = 0,
     ) -> str:
         if f is None:
-            return v or ""
+            if type(v) is not str:
+                raise (
+                    _no_value(cls.__name__)
+                    if v is None
+                    else DamagedRecord(f"the 'v' of a Text record is a str, not {type(v).__name__}")
+                )
+            return v
         return ctx.read_bytes(f, o, n).decode("utf8", "surrogatepass" if s else "strict")
 
 
@@ -241,6 +277,9 @@ class Auto:
     inside the JSON structure, tuples tagged in it (``{"#type": "tuple", "v": [...]}``:
     they come back as tuples); anything else pickled (a namedtuple as well: it comes back
     as itself)."""
+
+    _record_shapes = (("v",), ("f", "o", "n"), ("tree",), ("pickle",))
+    _record_fields = {"pickle": str, "tuples": int, **_SHARED}
 
     @classmethod
     def __dump_info__(cls, ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
@@ -314,7 +353,7 @@ class Auto:
     def __load_from_info__(
         cls,
         ctx: DumpContext,
-        v: tp.Any = None,
+        v: tp.Any = _NONE,
         f: str | None = None,
         o: int = 0,
         n: int = 0,
@@ -326,6 +365,8 @@ class Auto:
             return Pickle.__load_from_info__(ctx, pickle)
         if tree is not None:
             return cls._unwalk(ctx, tree)
+        if f is None and v is _NONE:
+            raise _no_value(cls.__name__)
         value = Json.__load_from_info__(ctx, v=v, f=f, o=o, n=n)
         return cls._unwalk(ctx, value) if tuples else value
 
@@ -395,6 +436,9 @@ class Result:
     ones in a pickle file (all read back as ordinary, writable objects, unlike
     memory-mapped arrays)."""
 
+    _record_shapes = (("v",), ("filename",), ("p",))
+    _record_fields = {"filename": str, "p": str}
+
     @classmethod
     def __dump_info__(cls, ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
         if value is None or type(value) in (bool, int, str, float):
@@ -414,13 +458,15 @@ class Result:
     def __load_from_info__(
         cls,
         ctx: DumpContext,
-        v: tp.Any = None,
+        v: tp.Any = _NONE,
         filename: str | None = None,
         p: str | None = None,
     ) -> tp.Any:
         if p is not None:
             return pickle.loads(base64.b64decode(p))
         if filename is None:
+            if v is _NONE:
+                raise DamagedRecord("a Result record holds 'v', 'p' or 'filename': none here")
             return v
         return Pickle.__load_from_info__(ctx, filename)
 

@@ -14,6 +14,9 @@ from .dumping import DamagedPayload, payload_path
 _KEY_FILE_TYPES = frozenset({"Result", "Pickle", "NumpyArray"})  # "filename" (+ "#n": size)
 _SHARED_TEXT_TYPES = frozenset({"Json", "Text", "Auto", "AutoPickle"})  # "f", "o", "n"
 _INLINE_ONLY_TYPES = frozenset({"Error"})
+# a file named outside the cache folder; the fields of a damaged index line (reading it
+# raises DamagedRecord)
+_UNREADABLE = (DamagedPayload, TypeError, ValueError, KeyError, OverflowError)
 
 
 def _size(path: Path) -> int | None:
@@ -48,7 +51,7 @@ def damaged(folder: Path, infos: tp.Iterable[tuple[str, dict[str, tp.Any]]]) -> 
         keys.append(key)
         try:
             needed = _needed(folder, info)
-        except DamagedPayload:  # (a file named outside the cache folder)
+        except _UNREADABLE:
             bad.add(key)
             continue
         if needed is not None:
@@ -67,7 +70,7 @@ def payload_present(folder: Path, info: dict[str, tp.Any]) -> bool | None:
     (a format of the user's, a nested "tree" record): load the value to know."""
     try:
         return _payload_present(folder, info)
-    except DamagedPayload:  # (a file named outside the cache folder)
+    except _UNREADABLE:
         return False
 
 
