@@ -319,6 +319,28 @@ def test_a_forced_call_waits_for_running_jobs_then_forces(tmp_path: Path) -> Non
 
 
 @pytest.mark.timeout(120)
+def test_the_status_of_a_map_node_counts_only_the_jobs_sent_its_items(tmp_path: Path) -> None:
+    """status() of a map node read every job of its config's folder: "running" for items
+    no job computes while a job of other items ran, then "failed" for items never sent
+    (a Slurm probe). Only the jobs sent some of the node's items count now."""
+    block = tmp_path / "block-flag"
+    block.touch()
+    computing = make(tmp_path, "local", block_flag=str(block))
+    thread = threading.Thread(target=lambda: list(computing.process([0, 1])))
+    thread.start()
+    try:
+        sent = computing.process.node([0, 1])
+        wait_until(lambda: sent.status() == "running", timeout=60)
+        other = make(tmp_path, "local", block_flag=str(block)).process.node([9])
+        assert other.status() == "not submitted"
+    finally:
+        block.unlink()
+        thread.join(timeout=60)
+    assert sent.status() == "completed" and other.status() == "not submitted"
+    assert computing.process.node([0, 9]).status() == "not submitted"
+
+
+@pytest.mark.timeout(120)
 def test_items_computed_right_now_elsewhere_are_running(tmp_path: Path) -> None:
     """A worker without a job (another thread or process) computes a map's missing items:
     the plan says run() waits for them and status() says running (they said compute and

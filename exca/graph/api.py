@@ -117,14 +117,23 @@ def status(node: Node) -> str:
         return calls.task_status(node)
     from . import registry
 
-    records = registry.read_all(node.folder)
+    try:
+        uids: list[str] | None = store.map_item_uids(node)
+    except Exception:  # (items made by an upstream node not computed yet)
+        uids = None
+
+    def computes(record: registry.JobRecord, keys: set[str] | None) -> bool:
+        # (the folder's jobs compute the items of every call of its config: only those
+        # sent some of these items count; a record of an older version lists none)
+        return keys is None or record.keys is None or not keys.isdisjoint(record.keys)
+
+    wanted = None if uids is None else set(uids)
+    records = [r for r in registry.read_all(node.folder) if computes(r, wanted)]
     slurm = [r.job_id for r in records if r.cluster == "slurm"]
     queued = registry.queued_jobs(slurm) if slurm else set()
     if any(registry.still_running(r, queued) for r in records):
         return "running"
-    try:
-        uids = store.map_item_uids(node)
-    except Exception:  # (items made by an upstream node not computed yet)
+    if uids is None:
         return "not submitted"
     node.cache.refresh()
     if node.cache.count_errors(uids):
@@ -134,7 +143,8 @@ def status(node: Node) -> str:
         return "completed"
     if calls.keys_being_computed(node, missing):  # (by a worker without a job)
         return "running"
-    return "failed" if records else "not submitted"
+    left = set(missing)  # (items a job was sent and did not write: it failed)
+    return "failed" if any(computes(r, left) for r in records) else "not submitted"
 
 
 def job(node: Node) -> Job:
