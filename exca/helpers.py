@@ -356,8 +356,12 @@ def find_slurm_job(job_id: str, folder: str | Path | None = None) -> tp.Any:
             continue
         record = next(r for r in registry.read_all(node_folder, copied=True) if r.job_id == job_id)
         job: tp.Any = submitit.SlurmJob(folder=record.logs_folder(), job_id=job_id)
-        job.config = ConfDict(read_yaml(node_folder / CONFIG_FILE) or {})
-        job.uid_config = ConfDict(read_yaml(node_folder / UID_FILE) or {})
+        # (a task with inputs computes into an inputs-<digest> folder of its config's)
+        config_folder = (
+            node_folder.parent if node_folder.name.startswith("inputs-") else node_folder
+        )
+        job.config = ConfDict(read_yaml(config_folder / CONFIG_FILE) or {})
+        job.uid_config = ConfDict(read_yaml(config_folder / UID_FILE) or {})
         return job
     raise RuntimeError(f"No record of job {job_id} under {folder}")
 

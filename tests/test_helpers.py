@@ -592,3 +592,25 @@ def test_find_slurm_job_skips_a_folder_being_removed(tmp_path: Path) -> None:
     folder.rename(folder.with_name(".removing-vm-1-1-0123456789ab-abcdef"))
     with pytest.raises(RuntimeError, match="No record of job"):
         helpers.find_slurm_job(job.job_id, folder=tmp_path)
+
+
+class _Scaled(pydantic.BaseModel):
+    factor: int = 1
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def apply(self, values: list[int]) -> list[int]:
+        return [self.factor * v for v in values]
+
+
+@pytest.mark.timeout(120)
+def test_find_slurm_job_gives_the_config_of_a_task_with_inputs(tmp_path: Path) -> None:
+    """The job of a task with inputs computes into its config's inputs-<digest> folder,
+    which holds no config files: find_slurm_job gave empty configs (a Slurm probe)."""
+    import exca.graph
+
+    node = _Scaled(factor=3, infra={"folder": tmp_path, "cluster": "local"}).apply.node([1, 2])
+    exca.graph.run(node, progress=False)
+    assert node.result() == [3, 6]
+    found = helpers.find_slurm_job(node.job().job_id, folder=tmp_path)
+    assert found.uid_config == {"factor": 3} and found.config["factor"] == 3
