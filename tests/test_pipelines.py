@@ -1536,8 +1536,15 @@ def test_a_run_with_a_damaged_upstream_in_retry_mode_computes_it_again(env: Env)
         upstream = Ramp(log=env.log, infra=env.infra(mode=mode)).make.node()
         return env.step("total").run.node(upstream)
 
-    with pytest.raises(UpstreamFailed, match="a run with it in that mode"):
+    # in mode cached: the plan says it cannot be read (a stat of its file), the run fails
+    # with the error reading it gives (it reused it: the downstream node failed then)
+    entry = _by_uid(exca.graph.plan(total("cached")))[total("cached").upstream[0].uid]
+    assert (entry.status, entry.action) == ("missing", "fail")
+    assert "cannot be read" in entry.reason and "mode='retry' computes it again" in entry.reason
+    with pytest.raises(NodeFailures) as failures:
         exca.graph.run(total("cached"))
+    error = failures.value.failures[total("cached").upstream[0].uid]
+    assert isinstance(error, FileNotFoundError) and "mode='retry'" in str(error)
     entry = _by_uid(exca.graph.plan(total("retry")))[total("retry").upstream[0].uid]
     assert (entry.status, entry.action) == ("missing", "compute")
     assert "cannot be read" in entry.reason

@@ -342,6 +342,13 @@ class Graph:
         elif state == "done" and node.mode == "retry" and store.result_damaged(node):
             run.action = "retry"
             run.reason = "its cached result cannot be read (removed or damaged outside exca)"
+        elif state == "done" and (error := _unreadable_result(node)) is not None:
+            # (reused, its readers failed, later, one by one)
+            run.action, run.error = "fail", error
+            run.reason = (
+                "its cached result cannot be read (its file was removed or damaged outside "
+                "exca): mode='retry' computes it again"
+            )
         elif state == "done" and not _forcing_job_runs(run):
             _reuse(run)
         elif state == "done":
@@ -650,6 +657,21 @@ class Graph:
 
 
 OTHER_DEFAULTS = "cached with other defaults"
+
+
+_ABSENT = object()
+
+
+def _unreadable_result(node: Node) -> BaseException | None:
+    """The error reading a cached task result gives, when a stat of its payload file says
+    it was removed or cut short outside exca (None: it looks whole; nothing is loaded)."""
+    if node.cache.payload_present(TASK_KEY) is not False:
+        return None
+    try:
+        store.task_result(node, missing=_ABSENT)
+    except Exception as error:
+        return error
+    return None  # (it read fine after all: e.g. written again meanwhile)
 
 
 def forcing_job(node: Node) -> registry.JobRecord | None:
