@@ -1233,34 +1233,97 @@ def test_clean_node_downstream_of_a_uid_with_commas(tmp_path: Path) -> None:
 
 
 def test_clean_versions_says_when_the_newest_was_set_by_configs(tmp_path: Path) -> None:
-    """One try with infra.version="debug" made the class's version old (a word sorts after
-    every number), and the preview did not say that no class had set "debug"."""
+    """One try with infra.version="5" makes the class's version old: the preview says
+    that no class set "5"."""
     root = tmp_path / "cache"
     assert Train(seed=1, infra={"folder": root}).fit() == 2  # the class's version: "1"
     assert clean.old_versions(root).removals == []
-    assert Train(seed=1, infra={"folder": root, "version": "debug"}).fit() == 2
+    assert Train(seed=1, infra={"folder": root, "version": "5"}).fit() == 2
     (removal,) = clean.old_versions(root).removals
     assert removal.path.parent.name == f"{__name__}.Train.fit,1"
-    assert "newest is debug, set by its configs, not by the class: if that was a try" in (
+    assert "newest is 5, set by its configs, not by the class: if that was a try" in (
         removal.reason
     )
-    assert f"(`exca list {root} --step '{__name__}.Train.fit,debug'`, then `exca clean {root} " in (
+    assert f"(`exca list {root} --step '{__name__}.Train.fit,5'`, then `exca clean {root} " in (
         removal.reason
     )
     # --step as `exca list` prints a step: that version only (not every version)
     assert clean.selected_steps(root, f"{__name__}.Train.fit,1") == {f"{__name__}.Train.fit,1"}
     # the try's configs removed (its job logs left): the class's version is the newest
-    debug = root / f"{__name__}.Train.fit,debug"
-    (config,) = [p for p in debug.iterdir() if (p / "uid.yaml").exists()]
+    tried = root / f"{__name__}.Train.fit,5"
+    (config,) = [p for p in tried.iterdir() if (p / "uid.yaml").exists()]
     clean.remove_nodes(config).execute()
-    (debug / "logs" / "root").mkdir(parents=True)
-    (debug / "logs" / "root" / "1234_0_log.out").write_text("a job's log")
-    assert [r.path for r in clean.old_versions(root).removals] == [debug / "logs"]
+    (tried / "logs" / "root").mkdir(parents=True)
+    (tried / "logs" / "root" / "1234_0_log.out").write_text("a job's log")
+    assert [r.path for r in clean.old_versions(root).removals] == [tried / "logs"]
     # a version holding a config that left it to the class: no such note
     class_set = folder_of(Train(seed=1, infra={"folder": root}))
-    shutil.copytree(class_set, debug / class_set.name)
+    shutil.copytree(class_set, tried / class_set.name)
     (removal,) = clean.old_versions(root).removals
-    assert "newest is debug)" in removal.reason
+    assert "newest is 5)" in removal.reason
+
+
+def test_clean_versions_keeps_versions_that_are_not_numbers(tmp_path: Path) -> None:
+    """A one-off infra.version="debug" (a word sorted after every number) made every
+    numbered version old: `exca clean versions --yes` removed the real results. Only
+    numbered versions are compared now; the others are kept, and the preview says why."""
+    root = tmp_path / "cache"
+    step = f"{__name__}.Train.fit"
+    objs = {v: Train(seed=1, infra={"folder": root, "version": v}) for v in ("1", "2", "3")}
+    objs["debug"] = Train(seed=1, infra={"folder": root, "version": "debug"})
+    for obj in objs.values():
+        obj.fit()
+    plan = clean.old_versions(root)
+    old = {folder_of(objs["1"]), folder_of(objs["2"])}
+    assert {r.path for r in plan.removals} == old
+    assert all("old version (newest is 3" in r.reason for r in plan.removals)
+    ((path, why),) = plan.kept
+    assert path == root / f"{step},debug"
+    assert "version 'debug' is not a number: `versions` only compares numbered versions" in why
+    preview = cli("clean", root, "versions", check=True).stdout
+    assert "2 item(s) to remove" in preview and "1 kept:" in preview
+    assert f"{step},debug  (version 'debug' is not a number" in preview
+    kept = json.loads(cli("clean", root, "versions", "--json", check=True).stdout)["kept"]
+    assert [Path(k["path"]) for k in kept] == [root / f"{step},debug"]
+    cli("clean", root, "versions", "--yes", check=True)
+    assert not any(p.exists() for p in old)
+    assert folder_of(objs["3"]).exists() and folder_of(objs["debug"]).exists()
+    assert {(i.step, i.status) for i in exca.ops.inspect(root)} == {
+        (f"{step},3", "success"),
+        (f"{step},debug", "success"),
+    }
+    # no numbered version is newer than another: nothing goes ("old" sorted last before)
+    other = tmp_path / "other"
+    for version in ("2", "2b", "old"):
+        Train(seed=1, infra={"folder": other, "version": version}).fit()
+    plan = clean.old_versions(other)
+    assert plan.removals == []
+    assert {p.name for p, _ in plan.kept} == {f"{step},2b", f"{step},old"}
+    assert all("is not a number" in why for _, why in plan.kept)
+    before = tree_hash(other)
+    cli("clean", other, "versions", "--yes", check=True)
+    assert tree_hash(other) == before
+
+
+def test_clean_versions_compares_dotted_numbers(tmp_path: Path) -> None:
+    """1.9 < 1.10 (numbers, not text), "v2" is 2, and "2.0" is "2": neither is older."""
+    root = tmp_path / "cache"
+    step = f"{__name__}.Train.fit"
+    objs = {v: Train(seed=1, infra={"folder": root, "version": v}) for v in ("1.9", "1.10")}
+    objs["v1"] = Train(seed=1, infra={"folder": root, "version": "v1"})
+    for obj in objs.values():
+        obj.fit()
+    plan = clean.old_versions(root)
+    assert {r.path for r in plan.removals} == {folder_of(objs["1.9"]), folder_of(objs["v1"])}
+    assert all("newest is 1.10" in r.reason for r in plan.removals) and plan.kept == []
+    for version in ("2", "2.0"):  # (the same number: both kept, and they make 1.x old)
+        Train(seed=1, infra={"folder": root, "version": version}).fit()
+    plan = clean.old_versions(root)
+    assert {r.path.parent.name for r in plan.removals} == {
+        f"{step},{v}" for v in ("1.9", "1.10", "v1")
+    }
+    ((path, why),) = plan.kept
+    assert path.name in (f"{step},2", f"{step},2.0") and "is the same number as the newest" in why
 
 
 def test_clean_refuses_slips_that_would_remove_the_wrong_things(tmp_path: Path) -> None:

@@ -85,7 +85,7 @@ class CleanPlan:
         lines = [f"{len(self.removals)} item(s) to remove, {human_size(self.size)}:"]
         lines += [f"  - {human_size(r.size):>9s}  {r.path}  ({r.reason})" for r in self.removals]
         if self.kept:
-            lines.append(f"{len(self.kept)} kept (in use):")
+            lines.append(f"{len(self.kept)} kept:")
             lines += [f"  - {path}  ({why})" for path, why in self.kept]
         if not self.removals and not self.kept:
             lines = ["Nothing to remove."]
@@ -477,9 +477,22 @@ def is_node_folder(folder: Path) -> bool:
 
 
 # --- old versions -------------------------------------------------------------------------------
-def _version_key(version: str) -> tuple[tp.Any, ...]:
-    """Natural order: runs of digits compare as numbers ("v9" < "v10", "1.9" < "1.10")."""
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", version) if p)
+_NUMBERED_VERSION = re.compile(r"v?(\d+(?:\.\d+)*)")
+
+
+def _version_key(version: str) -> tuple[int, ...] | None:
+    """The number of a version, for `clean versions`: digits, dot-separated, optionally
+    after a "v" ("1" < "2" < "10", "1.9" < "1.10", "v2" is 2; trailing zeros do not count:
+    "1.0" is "1"). None for any other version ("debug", "2b", "old"): such a version is
+    neither older nor newer than another one, so `clean versions` never removes it, and
+    it never makes another version old."""
+    match = _NUMBERED_VERSION.fullmatch(version)
+    if match is None:
+        return None
+    parts = [int(p) for p in match.group(1).split(".")]
+    while len(parts) > 1 and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
 
 
 def _step_matches(step: str, name: str, method: str) -> bool:
@@ -598,7 +611,10 @@ def _unmatched(methods: dict[str, list[Path]], step: str) -> str:
 
 
 def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
-    """Every ``<method>,<version>`` folder but the newest version of each method."""
+    """Every ``<method>,<version>`` folder of a numbered version lower than the newest
+    numbered version of its method (see ``_version_key``). A version that is not a
+    number ("debug", "2b") is never old and never makes another one old: the preview
+    lists it as kept, with why (as a numbered version equal to the newest one: "v2")."""
     root = cache_root(root)
     plan = CleanPlan()
     methods = _methods(root)
@@ -606,19 +622,44 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
         every, methods = methods, _selected_methods(step, methods)
         if not methods:
             raise ValueError(_unmatched(every, step))
-    methods = {m: _newest_last(folders) for m, folders in methods.items()}
-    old_steps = {f for folders in methods.values() for f in folders[:-1]}
-    logs_users: dict[Path, set[Path]] | None = None  # (read when an old version has logs)
+    olds: dict[str, tuple[list[Path], str]] = {}  # per method: its old versions, why
     for folders in methods.values():
-        newest = folders[-1].name.rpartition(",")[2]
-        if folders[:-1] and _set_on_instances_only(folders[-1]):
-            # (a try with infra.version="debug" makes every numbered version old: said so)
+        numbered = [f for f in folders if _version_key(f.name.rpartition(",")[2]) is not None]
+        if len(folders) > 1:
+            for folder in folders:
+                if folder not in numbered:
+                    why = (
+                        f"version {folder.name.rpartition(',')[2]!r} is not a number: "
+                        "`versions` only compares numbered versions (1 < 2 < 10, 1.9 < 1.10, "
+                        f"v2); remove its configs with `exca clean {root} node FOLDER...`"
+                    )
+                    plan.kept.append((folder, why))
+        if len(numbered) < 2:
+            continue
+        numbered = _newest_last(numbered)
+        newest_folder = numbered[-1]
+        newest_key = _version_key(newest_folder.name.rpartition(",")[2])
+        newest = newest_folder.name.rpartition(",")[2]
+        older = []
+        for folder in numbered[:-1]:
+            version = folder.name.rpartition(",")[2]
+            if _version_key(version) == newest_key:
+                why = f"version {version!r} is the same number as the newest ({newest})"
+                plan.kept.append((folder, why))
+            else:
+                older.append(folder)
+        if older and _set_on_instances_only(newest_folder):
+            # (a try with infra.version="5" makes every lower version old: said so)
             newest += (
                 ", set by its configs, not by the class: if that was a try, remove its "
-                f"configs first (`exca list {root} --step '{folders[-1].name}'`, then "
+                f"configs first (`exca list {root} --step '{newest_folder.name}'`, then "
                 f"`exca clean {root} node FOLDER...`)"
             )
-        for old in folders[:-1]:
+        olds[newest_folder.name] = (older, newest)
+    old_steps = {f for older, _ in olds.values() for f in older}
+    logs_users: dict[Path, set[Path]] | None = None  # (read when an old version has logs)
+    for old_folders, newest in olds.values():
+        for old in old_folders:
             reason = f"old version (newest is {newest})"
             kept_before = len(plan.kept)
             # (not a folder being removed: see remove_node_folder)
@@ -688,7 +729,8 @@ def _newest_last(folders: list[Path]) -> list[Path]:
 
 
 def _by_version(folders: list[Path]) -> list[Path]:
-    return sorted(folders, key=lambda p: _version_key(p.name.rpartition(",")[2]))
+    """Step folders of numbered versions (see ``_version_key``), the highest last."""
+    return sorted(folders, key=lambda p: _version_key(p.name.rpartition(",")[2]) or ())
 
 
 def _logs_users(root: Path) -> dict[Path, set[Path]]:
