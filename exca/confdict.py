@@ -108,6 +108,21 @@ def _index(container: tp.Sequence[tp.Any], part: str, full_key: str) -> int:
     return int(part)
 
 
+def _out_of_range(
+    container: tp.Sequence[tp.Any], part: str, full_key: str, at: str | None = None
+) -> IndexError:
+    """The IndexError of a dotted key indexing past the end of a list (naming the key, and
+    ``at``: the key of that list, when known)."""
+    size = len(container)
+    indices = f"indices 0 to {size - 1}" if size else "no index"
+    where = f"{at!r} is a list of" if at is not None else "the list there has"
+    whole = f" ({at!r}: [...])" if at is not None else ""
+    return IndexError(
+        f"Index {part} of key {full_key!r} is out of range: {where} {size} item(s) "
+        f"({indices}); to change its length, set the whole list{whole}"
+    )
+
+
 def _import_uid_version() -> int:
     try:
         return uidformat.uid_version(None)
@@ -164,20 +179,27 @@ class ConfDict(dict[str, tp.Any]):
                 raise TypeError(
                     f"Cannot index a list with {part!r} in key {full_key!r}: use a number"
                 )
-            return container[int(part)]
+            try:
+                return container[int(part)]
+            except IndexError:
+                raise _out_of_range(container, part, full_key) from None
         raise KeyError(f"{full_key!r}: {part!r} cannot index a {type(container).__name__}")
 
     def _parent(self, key: str, create: bool) -> tuple[tp.Any, str]:
         """The container holding the last part of a dotted key, and that last part."""
         parts = key.split(".")
         node: tp.Any = self
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             if create and isinstance(node, dict):
                 sub = dict.get(node, part, _MISSING)
                 if not isinstance(sub, dict | list | tuple):
                     sub = ConfDict()
                     _set_in(node, part, sub)
                 node = sub
+            elif create and isinstance(node, list | tuple) and part.isdigit():
+                if int(part) >= len(node):  # (naming the list: a write may give it whole)
+                    raise _out_of_range(node, part, key, at=".".join(parts[:i]))
+                node = node[int(part)]
             else:
                 node = self._step(node, part, key)
         return node, parts[-1]
@@ -210,6 +232,8 @@ class ConfDict(dict[str, tp.Any]):
         parent, last = self._parent(key, create=True) if "." in key else (self, key)
         if isinstance(parent, list | tuple):
             index = _index(parent, last, key)
+            if index >= len(parent):
+                raise _out_of_range(parent, last, key, at=key.rsplit(".", 1)[0])
             existing = parent[index]
             if _mergeable(value) and isinstance(existing, ConfDict) and not _wants_replace(value):
                 existing.update({k: v for k, v in value.items() if k != ConfDict.OVERRIDE})

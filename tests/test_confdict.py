@@ -90,6 +90,24 @@ def test_list_indices() -> None:
     assert cd == {"a": [{"b": 12}]}
 
 
+def test_index_past_the_end_of_a_list_names_the_key() -> None:
+    """cd["a.2"] = 1 on a 2-item list raised "list index out of range", naming nothing."""
+    cd = ConfDict({"a": [1, {"b": 2}], "x": {"l": []}})
+    message = (
+        r"Index 2 of key 'a.2' is out of range: 'a' is a list of 2 item\(s\) "
+        r"\(indices 0 to 1\); to change its length, set the whole list \('a': \[...\]\)"
+    )
+    with pytest.raises(IndexError, match=message):
+        cd["a.2"] = 1
+    with pytest.raises(IndexError, match=r"Index 3 of key 'a.3.b' is out of range: 'a' is a"):
+        cd["a.3.b"] = 1
+    with pytest.raises(IndexError, match=r"'x.l' is a list of 0 item\(s\) \(no index\)"):
+        cd.update({"x.l.0": 1})
+    with pytest.raises(IndexError, match=r"Index 5 of key 'a\.5' is out of range"):
+        cd["a.5"]
+    assert cd == {"a": [1, {"b": 2}], "x": {"l": []}}  # (nothing written)
+
+
 def test_non_digit_key_on_a_list() -> None:
     cd = ConfDict({"a": [1, 2]})
     with pytest.raises(TypeError, match="list"):

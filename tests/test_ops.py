@@ -783,6 +783,82 @@ def test_cli_config_file_values_keep_their_yaml_types(tmp_path: Path) -> None:
     assert "has no Nope (check TARGET)" in result.stderr
 
 
+class Layer(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    size: int = 2
+
+
+class Seeded(pydantic.BaseModel):
+    """Lists in its config: overrides index them (seeds.0=5)."""
+
+    seeds: list[int] = [0, 1]
+    layers: list[Layer] = [Layer(), Layer(size=4)]
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def fit(self) -> int:
+        return sum(self.seeds) + sum(layer.size for layer in self.layers)
+
+
+def test_cli_overrides_index_the_lists_of_the_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """seeds.0=5 replaced the default list [0, 1] with {'0': 5}: a ValidationError
+    ("seeds: Input should be a valid list"), though dotted keys index lists."""
+    from exca.ops.cli import main
+
+    root = tmp_path / "cache"
+    target = f"{__name__}:Seeded.fit"
+    assert Seeded(seeds=[5, 1], infra={"folder": root}).fit() == 12
+    result = cli("explain", target, f"infra.folder={root}", "seeds.0=5", check=True)
+    assert "Nothing to compute" in result.stdout  # (the config computed from Python)
+
+    def uid(*overrides: str) -> str:
+        assert main(["plan", target, "--json", f"infra.folder={root}", *overrides]) == 0
+        (entry,) = json.loads(capsys.readouterr().out)["nodes"]
+        return str(entry["uid"])
+
+    def uid_of(obj: Seeded) -> str:
+        return str(obj.fit.node().uid)
+
+    layers = [Layer(), Layer(size=7)]
+    assert uid("layers.1.size=7") == uid_of(Seeded(layers=layers))  # (in a list of models)
+    assert uid("seeds.1=3", "layers.1.size=7") == uid_of(Seeded(seeds=[0, 3], layers=layers))
+    assert uid("seeds=[1,2,3]", "seeds.2=5") == uid_of(Seeded(seeds=[1, 2, 5]))
+    # a list of the --config file
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"seeds": [3, 4, 5]}))
+    assert uid("--config", str(cfg), "seeds.2=9") == uid_of(Seeded(seeds=[3, 4, 9]))
+    # past the end of a list: an error naming the key, the length, what to do
+    for argv, source in (
+        (["seeds.5=1"], "the class default, now [0, 1]"),
+        (["--config", str(cfg), "seeds.3=1"], "given before (--config or an override)"),
+    ):
+        assert main(["plan", target, f"infra.folder={root}", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert f"override {argv[-1]!r}: index {argv[-1][6]} is out of range of 'seeds', " in err
+        assert source in err and "give the whole list, e.g. 'seeds=[...]'" in err, err
+        assert "Traceback" not in err
+    result = cli("plan", target, f"infra.folder={root}", "seeds.2=1")
+    assert result.returncode == 2 and "a list of 2 item(s) (indices 0 to 1;" in result.stderr
+
+
+def test_clone_obj_past_the_end_of_a_list_names_the_key() -> None:
+    """clone_obj({'seeds.2': 7}) raised a bare "IndexError: list index out of range"."""
+    obj = Seeded()
+    assert obj.infra.clone_obj({"seeds.1": 7}).seeds == [0, 7]
+    message = (
+        r"Index 2 of key 'seeds\.2' is out of range: 'seeds' is a list of 2 item\(s\) "
+        r"\(indices 0 to 1\); to change its length, set the whole list \('seeds': \[\.\.\.\]\)"
+    )
+    with pytest.raises(IndexError, match=message):
+        obj.infra.clone_obj({"seeds.2": 7})
+    with pytest.raises(
+        IndexError, match=r"Index 3 of key 'layers\.3\.size' is out of range: 'layers'"
+    ):
+        obj.infra.clone_obj({"layers.3.size": 7})
+
+
 def test_cli_bad_input_gets_a_message_not_a_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -149,19 +149,24 @@ def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.An
         if "=" not in override or not key.strip() or key.startswith("-"):
             hint = " (and not an option of this command: see --help)" if override[:1] == "-" else ""
             raise ValueError(f"override {override!r}: expected key=value, e.g. optim.lr=0.01{hint}")
-    args = ConfDict.from_args([f"--{o}" if not o.startswith("--") else o for o in overrides])
     retyped: dict[str, str] = {}  # (values yaml did not read as a str: no, on, 123...)
-    for key, value in list(args.flat().items()):  # values from the command line are strings
-        if isinstance(value, str) and value:
-            try:
-                args[key] = yaml.safe_load(value)  # (not the file's: yaml typed them already)
-            except yaml.YAMLError as error:
-                raise ValueError(
-                    f"{key}={value}: the value is not valid yaml (quote it as a string: "
-                    f"'{key}=\"{value}\"'): {error}"
-                ) from None
-            if not isinstance(args[key], str):
-                retyped[key] = value
+    args = ConfDict()  # the overrides, a patch merged into the file's config at the end
+    for override in overrides:  # (in order: "seeds=[1,2,3] seeds.2=5" indexes the new list)
+        arg = override if override.startswith("--") else f"--{override}"
+        for key, value in ConfDict.from_args([arg]).flat().items():
+            if isinstance(value, str) and value:  # values from the command line are strings
+                text, value = value, None
+                try:
+                    value = yaml.safe_load(text)  # (not the file's: yaml typed them already)
+                except yaml.YAMLError as error:
+                    raise ValueError(
+                        f"{key}={text}: the value is not valid yaml (quote it as a string: "
+                        f"'{key}=\"{text}\"'): {error}"
+                    ) from None
+                if not isinstance(value, str):
+                    retyped[key] = text
+            _put_indexed_lists(cls, cfg, args, key, override)
+            args[key] = value
     cfg.update(args)
     import pydantic
 
@@ -190,6 +195,98 @@ def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.An
             "function of your module returning the nodes instead (package.module:function), "
             "or plan it from Python: exca.graph.plan(obj.method.node(...))"
         ) from None
+
+
+_MISSING: tp.Any = object()
+
+
+def _put_indexed_lists(cls: type, cfg: ConfDict, args: ConfDict, key: str, override: str) -> None:
+    """Let the numbers of an override's dotted key index the lists of the config: the
+    list indexed (of the overrides before, of the --config file ``cfg``, else of the
+    class's defaults) is put whole into the overrides ``args`` (``seeds.0=5`` changes
+    item 0 of the default ``seeds``, instead of replacing the list with ``{'0': 5}``).
+    An index past the end of such a list is an error naming the key."""
+    parts = key.split(".")
+    for i in range(1, len(parts)):
+        if not parts[i].isdigit():
+            continue
+        prefix = ".".join(parts[:i])
+        merged = cfg | args  # (what the config holds so far)
+        held = merged.get(prefix, _MISSING)
+        if held is _MISSING:
+            current, source = _config_default(cls, merged, parts[:i]), "the class default"
+        else:
+            current, source = held, "given before (--config or an override)"
+        if not isinstance(current, list | tuple):
+            continue  # (not a list: a dict with numbered keys, or nothing to index)
+        if int(parts[i]) >= len(current):
+            shown = repr(_exported(current))
+            now = f", now {shown}" if len(shown) <= 80 else ""
+            indices = f"indices 0 to {len(current) - 1}" if current else "empty"
+            raise ValueError(
+                f"override {override!r}: index {parts[i]} is out of range of {prefix!r}, a "
+                f"list of {len(current)} item(s) ({indices}; {source}{now}): to change its "
+                f"length, give the whole list, e.g. '{prefix}=[...]'"
+            )
+        if not isinstance(args.get(prefix), list | tuple):
+            args[prefix] = _exported(current)  # (whole: merging a patch replaces lists)
+
+
+def _config_default(cls: type, cfg: ConfDict, parts: list[str]) -> tp.Any:
+    """The value building ``cls(**cfg)`` gives at a dotted path that ``cfg`` does not
+    hold: field defaults (of a sub-model that ``cfg`` gives as a dict: its class's
+    defaults, as pydantic rebuilds it), or ``_MISSING`` when it cannot tell."""
+    import pydantic
+
+    from ..infra import identity
+
+    value: tp.Any = cls  # a model class (rebuilt from a dict of cfg), or a value
+    given: tp.Any = cfg  # what cfg holds at this level (_MISSING: nothing)
+    for part in parts:
+        if isinstance(given, list | tuple):
+            return _MISSING  # (cfg's own list: indexed as it is)
+        sub = dict.get(given, part, _MISSING) if isinstance(given, dict) else _MISSING
+        model = value if isinstance(value, type) else type(value)
+        if issubclass(model, pydantic.BaseModel):
+            field = model.model_fields.get(part)
+            if field is None:
+                return _MISSING
+            if isinstance(sub, dict):  # (rebuilt from cfg's dict: its class's defaults)
+                annotated = identity.annotated_models(field.annotation)
+                if len(annotated) != 1:
+                    return _MISSING
+                value = annotated[0]
+            elif isinstance(value, type):
+                if field.is_required():
+                    return _MISSING
+                value = field.get_default(call_default_factory=True)
+            else:
+                value = getattr(value, part)
+        elif isinstance(value, dict) and not isinstance(sub, dict):
+            value = value.get(part, _MISSING)
+        elif isinstance(value, list | tuple) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return _MISSING
+        if value is _MISSING:
+            return _MISSING
+        given = sub
+    return value
+
+
+def _exported(value: tp.Any) -> tp.Any:
+    """A default value as config data (models as their config dicts; containers copied)."""
+    import pydantic
+
+    from ..infra import identity
+
+    if isinstance(value, pydantic.BaseModel):
+        return identity.export_model(value)
+    if isinstance(value, list | tuple):
+        return [_exported(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _exported(v) for k, v in value.items()}
+    return value
 
 
 def _resource_problems(plan: tp.Any) -> list[tuple[str, str]]:
