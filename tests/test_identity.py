@@ -2392,3 +2392,26 @@ def test_an_export_error_mentioning_keyboard_interrupt_stays_an_export_error() -
     """(a review: a text search turned it into a KeyboardInterrupt)"""
     with pytest.raises(TypeError, match="Cannot export"):
         ConfDict.from_model(_SaysInterrupt(path="b"), uid=True)
+
+
+class WithSecret(pydantic.BaseModel):
+    token: pydantic.SecretStr = pydantic.SecretStr("a")
+    n: int = 1
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        return self.n
+
+
+def test_a_secret_does_not_enter_the_uid_nor_the_files(tmp_path: Path) -> None:
+    """As docs/uids.md says: a SecretStr dumps as ********** (the same uid whatever the
+    secret), and no secret is written to the config folder's files."""
+    one = WithSecret(token="first-secret", infra={"folder": tmp_path})
+    two = WithSecret(token="second-secret", infra={"folder": tmp_path})
+    assert one.infra.uid() == two.infra.uid()
+    assert one.run() == 1
+    folder = one.infra.uid_folder()
+    assert folder is not None
+    written = "".join(p.read_text() for p in folder.glob("*.yaml"))
+    assert "first-secret" not in written and "**" in written
