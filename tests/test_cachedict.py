@@ -2273,18 +2273,26 @@ def test_payload_present_tells_removed_and_cut_short_files_without_loading(
         "memmap": np.arange(1000.0),
         "text": "x" * 5000,
         "json": {"big": list(range(2000))},
+        # (a review: a structured dtype's JSON description was read as a dtype name, and
+        # an Auto value holding arrays, or pickled by Auto, was not checked at all)
+        "struct": np.zeros(100, dtype=[("a", "<i4"), ("b", "<f8")]),
+        "tree": {"a": np.arange(100.0), "b": (1, np.zeros(20))},
+        "autopickle": {1, 2},
     }
     types = {"result_inline": "Result", "result_file": "Result", "pickle": "Pickle"}
     types |= {"npy": "NumpyArray", "memmap": "MemmapArray", "text": "Text", "json": "Json"}
+    types |= {"struct": "MemmapArray", "tree": "Auto", "autopickle": "Auto"}
     for key, value in values.items():
         cache: CacheDict[tp.Any] = CacheDict(tmp_path / key, cache_type=types[key])
         with cache.write():
             cache[key] = value
         assert cache.payload_present(key) is True, key
+        fresh_reader: CacheDict[tp.Any] = CacheDict(tmp_path / key)
+        assert fresh_reader.payload_present(key) is True and not fresh_reader.damaged([key])
     assert CacheDict(tmp_path / "pickle").payload_present("absent") is None
     (tmp_path / "pickle" / CacheDict(tmp_path / "pickle").entry("pickle").info["filename"]).unlink()  # type: ignore[union-attr]
     assert CacheDict(tmp_path / "pickle").payload_present("pickle") is False
-    for key in ("result_file", "npy", "memmap", "text", "json"):
+    for key in ("result_file", "npy", "memmap", "text", "json", "struct", "tree", "autopickle"):
         (data,) = (tmp_path / key / "data").iterdir()
         with data.open("r+b") as handle:
             handle.truncate(data.stat().st_size - 3)
@@ -2295,3 +2303,30 @@ def test_payload_present_tells_removed_and_cut_short_files_without_loading(
             fresh[key]
         assert is_damaged_payload(failed.value), key
     assert CacheDict(tmp_path / "result_inline").payload_present("result_inline") is True
+
+
+def test_deep_tuples_and_the_writers_own_records(tmp_path: Path) -> None:
+    """A review of the tuple tags: a tuple is two JSON levels, so values nested ~130-240
+    tuples deep failed to be written (orjson's depth limit) instead of being pickled; and
+    the records a writing process holds (shapes as tuples) were judged damaged."""
+    from exca.storage.dumping import record_problem
+
+    def nested(depth: int) -> tp.Any:
+        value: tp.Any = 0
+        for _ in range(depth):
+            value = (value,)
+        return value
+
+    cache: CacheDict[tp.Any] = CacheDict(tmp_path / "cache", cache_type="AutoPickle")
+    with cache.write():
+        for depth in (100, 130, 200, 239, 300):
+            cache[f"d{depth}"] = nested(depth)
+        cache["array"] = {"a": np.arange(3.0)}
+    fresh: CacheDict[tp.Any] = CacheDict(tmp_path / "cache")
+    for depth in (100, 130, 200, 239, 300):
+        assert fresh[f"d{depth}"] == nested(depth)
+    writer_view = CacheDict(tmp_path / "arrays", cache_type="MemmapArray")
+    with writer_view.write():
+        writer_view["x"] = np.arange(3.0)
+    entry = writer_view.entry("x")
+    assert entry is not None and record_problem(entry.info) is None

@@ -223,7 +223,8 @@ def _dtype_known(code: tp.Any) -> bool:
 
 
 def _shape(shape: tp.Any) -> bool:
-    return type(shape) is list and all(type(d) is int and d >= 0 for d in shape)
+    # (a list as read back; a tuple in the records the writing process holds)
+    return type(shape) in (list, tuple) and all(type(d) is int and d >= 0 for d in shape)
 
 
 def _descr_from_json(descr: tp.Any) -> tp.Any:

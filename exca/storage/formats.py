@@ -294,7 +294,7 @@ class Auto:
             if plain_json(value) is None:  # (with arrays...: the tag would be misread)
                 raise
             # JSON but for its tuples, a dict of it with a "#type" key: a tag of its own
-            return {"pickle": Pickle.__dump_info__(ctx, value)["filename"]}
+            return _pickled(ctx, value)
         except _NotJsonable:
             warnings.warn(
                 f"Auto format: {type(value).__name__} value is not JSON-serializable, pickling it "
@@ -302,7 +302,7 @@ class Auto:
                 DeprecationWarning,
                 stacklevel=4,
             )
-            return {"pickle": Pickle.__dump_info__(ctx, value)["filename"]}
+            return _pickled(ctx, value)
         try:
             data = orjson.dumps(walked)
         except TypeError:  # (a field of a nested record: the index line says it)
@@ -342,8 +342,8 @@ class Auto:
             return {k: cls._walk(ctx, v, depth + 1) for k, v in value.items()}
         if kind is list:
             return [cls._walk(ctx, v, depth + 1) for v in value]
-        if kind is tuple:  # (tagged: JSON would give it back as a list)
-            return {_AUTO_TAG: _TUPLE, "v": [cls._walk(ctx, v, depth + 1) for v in value]}
+        if kind is tuple:  # (tagged: JSON would give it back as a list; two JSON levels)
+            return {_AUTO_TAG: _TUPLE, "v": [cls._walk(ctx, v, depth + 2) for v in value]}
         name = DumpContext.default_name(type(value))
         if name in ("Auto", "AutoPickle"):
             raise _NotJsonable
@@ -417,6 +417,12 @@ class _NotJsonable(Exception):
 
 class _ReservedKey(ValueError):
     pass
+
+
+def _pickled(ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
+    """An Auto record of a value in its own pickle file (with its size: presence.py)."""
+    record = Pickle.__dump_info__(ctx, value)
+    return {"pickle": record["filename"], "#n": record["#n"]}
 
 
 @DumpContext.register

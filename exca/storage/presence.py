@@ -14,16 +14,47 @@ from .dumping import DamagedPayload, payload_path
 _KEY_FILE_TYPES = frozenset({"Result", "Pickle", "NumpyArray"})  # "filename" (+ "#n": size)
 _SHARED_TEXT_TYPES = frozenset({"Json", "Text", "Auto", "AutoPickle"})  # "f", "o", "n"
 _INLINE_ONLY_TYPES = frozenset({"Error"})
-# a file named outside the cache folder; the fields of a damaged index line (reading it
-# raises DamagedRecord)
-_UNREADABLE = (DamagedPayload, TypeError, ValueError, KeyError, OverflowError)
+_TUPLE = "tuple"  # (the tag of a tuple in an Auto tree: not a record)
+# fields of a damaged index line: the check cannot tell (reading it raises DamagedRecord)
+_UNCLEAR = (TypeError, ValueError, KeyError, OverflowError, AttributeError)
 
 
 def _size(path: Path) -> int | None:
+    """The size of a file, read from an open descriptor: a network file system's cached
+    attributes of a file another host appends to may be old; opening revalidates them
+    (close-to-open), as a read does (non-blocking: a FIFO there never blocks)."""
     try:
-        return os.stat(path).st_size
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    try:
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def _leaves(info: dict[str, tp.Any]) -> list[dict[str, tp.Any]]:
+    """The records naming payload files in an index record: itself, or those nested in
+    an Auto tree (arrays in a dict...), or its pickle file."""
+    kind = info.get("#type")
+    if kind not in _SHARED_TEXT_TYPES or "f" in info or "v" in info:
+        return [info]
+    if "pickle" in info:
+        return [{"#type": "Pickle", "filename": info["pickle"], "#n": info.get("#n")}]
+    if "tree" not in info:
+        return [info]
+    out, stack = [], [info["tree"]]
+    while stack:
+        item = stack.pop()
+        if type(item) is dict:
+            nested = item.get("#type")
+            if nested is not None and nested != _TUPLE:
+                out.append(item)  # (a record of the value of another format)
+            else:
+                stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
+    return out
 
 
 def _needed(folder: Path, info: dict[str, tp.Any]) -> tuple[Path, int] | None:
@@ -35,29 +66,31 @@ def _needed(folder: Path, info: dict[str, tp.Any]) -> tuple[Path, int] | None:
     if kind in _SHARED_TEXT_TYPES:
         return payload_path(folder, info["f"]), info["o"] + info["n"]
     if kind == "MemmapArray":
-        import numpy as np
+        from .arrays import _dtype_of  # (structured dtypes too: JSON descriptions)
 
-        end = info["o"] + math.prod(info["s"]) * np.dtype(info["d"]).itemsize
+        end = info["o"] + math.prod(info["s"]) * _dtype_of(info["d"]).itemsize
         return payload_path(folder, info["f"]), end
     return None
 
 
 def damaged(folder: Path, infos: tp.Iterable[tuple[str, dict[str, tp.Any]]]) -> list[str]:
     """The keys of ``(key, record)`` pairs whose payload file is missing or cut short: a
-    stat per distinct file (the items of a map share a few), not per key."""
+    size per distinct shared file (the items of a map share a few), one per own file."""
     shared: dict[Path, list[tuple[int, str]]] = {}
     keys, bad = [], set()
     for key, info in infos:
         keys.append(key)
         try:
-            needed = _needed(folder, info)
-        except _UNREADABLE:
+            for leaf in _leaves(info):
+                needed = _needed(folder, leaf)
+                if needed is not None:
+                    shared.setdefault(needed[0], []).append((needed[1], key))
+                elif _payload_present(folder, leaf) is False:
+                    bad.add(key)
+        except DamagedPayload:  # (a file named outside the cache folder)
             bad.add(key)
+        except _UNCLEAR:  # (unclear: found when it is read)
             continue
-        if needed is not None:
-            shared.setdefault(needed[0], []).append((needed[1], key))
-        elif payload_present(folder, info) is False:
-            bad.add(key)
     for path, ends in shared.items():
         size = _size(path)
         bad.update(key for end, key in ends if size is None or size < end)
@@ -66,12 +99,17 @@ def damaged(folder: Path, infos: tp.Iterable[tuple[str, dict[str, tp.Any]]]) -> 
 
 def payload_present(folder: Path, info: dict[str, tp.Any]) -> bool | None:
     """True when every file the index record ``info`` names is there and long enough,
-    False when one is missing or cut short, None when the record's format does not tell
-    (a format of the user's, a nested "tree" record): load the value to know."""
+    False when one is missing or cut short, None when the record does not tell (a format
+    of the user's, fields the check cannot read): load the value to know."""
     try:
-        return _payload_present(folder, info)
-    except _UNREADABLE:
+        answers = [_payload_present(folder, leaf) for leaf in _leaves(info)]
+    except DamagedPayload:  # (a file named outside the cache folder)
         return False
+    except _UNCLEAR:
+        return None
+    if False in answers:
+        return False
+    return None if None in answers else True
 
 
 def _payload_present(folder: Path, info: dict[str, tp.Any]) -> bool | None:
@@ -91,4 +129,6 @@ def _payload_present(folder: Path, info: dict[str, tp.Any]) -> bool | None:
         return size is not None and size >= needed[1]
     if kind in _SHARED_TEXT_TYPES and "v" in info:
         return True
-    return None  # (an Auto "tree"/"pickle" record, a format of the user's)
+    if kind == "NumpyScalar":  # (inline: "d" and "b", or "p")
+        return True
+    return None  # (a format of the user's)
