@@ -1772,11 +1772,17 @@ class Named(pydantic.BaseModel):
             yield len(name)
 
 
-def test_map_items_that_cannot_be_pickled_are_named(tmp_path: Path) -> None:
-    """The items are to blame, not the config (the error said the config)."""
-    mapper = Named(infra={"folder": tmp_path, "cluster": "local"})
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cluster, where", [("local", "a job"), ("processpool", "a process pool")])
+def test_map_items_that_cannot_be_pickled_are_named(
+    tmp_path: Path, cluster: str, where: str
+) -> None:
+    """The items are to blame, not the config (the error said the config; with a process
+    pool, pickle's bare TypeError)."""
+    mapper = Named(infra={"folder": tmp_path, "cluster": cluster, "max_jobs": 1})
     items = [("a", 1), ("bb", threading.Lock())]
-    with pytest.raises(TypeError, match=r"its items cannot be sent to a job .* item \('bb', <"):
+    match = rf"its items cannot be sent to {where} .* item \('bb', <"
+    with pytest.raises(TypeError, match=match):
         list(mapper.process(items))
     assert list(Named(infra={"folder": tmp_path}).process(items)) == [1, 2]  # here: fine
 

@@ -534,6 +534,22 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def unpicklable_error(units: tp.Sequence[Unit], error: Exception, where: str) -> TypeError:
+    """The error of work that cannot be pickled to be sent away, naming the cause."""
+    item = _unpicklable_item(units)
+    if item is not None:
+        return TypeError(
+            f"{units[0].node.uid}: its items cannot be sent to {where} ({error}): item "
+            f"{item!r:.120} cannot be pickled. Give items that pickle (e.g. paths or "
+            "ids instead of open files or clients), or use cluster=None to compute here"
+        )
+    return TypeError(
+        f"{units[0].node.uid}: its config cannot be sent to {where} ({error}). Keep "
+        "unpicklable objects (locks, open files, clients) out of the config, e.g. create "
+        "them in the method, or use cluster=None to compute here"
+    )
+
+
 def _unpicklable_item(units: tp.Sequence[Unit]) -> tp.Any:
     """The first map item of these units that cannot be pickled (None: the items pickle)."""
     import cloudpickle
@@ -786,8 +802,13 @@ class Pools:
         if cluster == "processpool":
             import cloudpickle
 
-            for unit in units:
-                payload = cloudpickle.dumps(unit)
+            try:  # (all first: never half of them sent)
+                payloads = [cloudpickle.dumps(unit) for unit in units]
+            except (TypeError, AttributeError, pickle.PicklingError) as error:
+                if "pickle" not in str(error):
+                    raise
+                raise unpicklable_error(units, error, "a process pool") from error
+            for unit, payload in zip(units, payloads):
                 future = pool.submit(_run_pickled, payload)
                 handles.append(
                     FutureHandle(future, cluster, _adopter(unit), self._isolation, payload)
@@ -994,18 +1015,7 @@ def submit_array(
             with contextlib.suppress(Exception):
                 job.cancel(check=False)
         _remove_empty_pickles(logs)
-        item = _unpicklable_item(units)
-        if item is not None:
-            raise TypeError(
-                f"{units[0].node.uid}: its items cannot be sent to a job ({error}): item "
-                f"{item!r:.120} cannot be pickled. Give items that pickle (e.g. paths or "
-                "ids instead of open files or clients), or use cluster=None to compute here"
-            ) from error
-        raise TypeError(
-            f"{units[0].node.uid}: its config cannot be sent to a job ({error}). Keep "
-            "unpicklable objects (locks, open files, clients) out of the config, e.g. create "
-            "them in the method, or use cluster=None to compute here"
-        ) from error
+        raise unpicklable_error(units, error, "a job") from error
     finally:
         _SUBMITTING.started = None
     template = None
