@@ -1064,6 +1064,8 @@ def test_cli_target_module_that_fails_to_import(
     err = capsys.readouterr().err
     assert "importing 'exca_cli_broken', the module of TARGET" in err, err
     assert "no module named torch" in err, err
+    # where it was raised (a one-line message: it said nothing of the file and line)
+    assert f"(raised at {tmp_path / 'exca_cli_broken.py'}:1)" in err, err
     assert main(["plan", "exca_cli_nowhere:X.run"]) == 2
     err = capsys.readouterr().err
     assert "importing 'exca_cli_nowhere', the module of TARGET" in err, err

@@ -20,6 +20,7 @@ import inspect
 import json
 import os
 import sys
+import traceback
 import typing as tp
 from pathlib import Path
 
@@ -89,7 +90,13 @@ def _import_target_module(target: str, module_name: str) -> tp.Any:
         if isinstance(error, ModuleNotFoundError) and error.name == module_name:
             where += " (modules are found from the current folder and sys.path)"
         if isinstance(error, ImportError | ValueError | RuntimeError | OSError | SyntaxError):
-            raise ImportError(f"{where}: {type(error).__name__}: {error}") from error
+            frames = traceback.extract_tb(error.__traceback__)
+            at = f" (raised at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+            if isinstance(error, SyntaxError) or (
+                isinstance(error, ModuleNotFoundError) and error.name == module_name
+            ):
+                at = ""  # (its message says where; the TARGET's module not found: importlib)
+            raise ImportError(f"{where}: {type(error).__name__}: {error}{at}") from error
         error.add_note(where)  # (other errors keep their traceback)
         raise
 
