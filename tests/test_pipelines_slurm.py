@@ -195,6 +195,21 @@ def test_a_detached_run_that_would_wait_here_submits_nothing(env: Env, sbatch: S
     assert leaf.status() == "not submitted" and not events(env.log)
 
 
+def test_a_detached_run_whose_submission_fails_half_way_says_it_cancelled(
+    env: Env, sbatch: Sbatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The upper level's sbatch refuses an option: the jobs submitted before (printed as
+    submitted) are cancelled, and now a warning names them (that was silent)."""
+    leaf = env.step("leaf", infra=slurm()).run.node(1)
+    bad = slurm(slurm_additional_parameters={"bogus-option": 1})
+    top = env.step("top", infra=bad).run.node(leaf)
+    with pytest.raises(Exception, match="bogus"):
+        exca.graph.run(top, wait=False)
+    assert sbatch.count() == 2
+    assert "the job(s) it had submitted are cancelled" in caplog.text, caplog.text
+    assert leaf.status() == "not submitted"
+
+
 def test_detached_dag(env: Env, sbatch: Sbatch) -> None:
     block = env.tmp / "block"
     block.touch()  # the leaves cannot end before the test removes it

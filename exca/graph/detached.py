@@ -11,12 +11,15 @@ them running and a later run waits for them instead of resubmitting.
 
 from __future__ import annotations
 
+import logging
 import typing as tp
 
 from . import executors, registry, store, submitting
 from .node import Node
 from .progress import Progress
 from .worker import Action, Unit
+
+logger = logging.getLogger("exca")
 
 if tp.TYPE_CHECKING:
     from .decisions import Key, NodeRun
@@ -56,10 +59,18 @@ def submit_all(scheduler: Scheduler) -> None:
             for members in groups.values():
                 submitted.extend(_submit(scheduler, members))
             _run_here(scheduler, here, pools, progress)  # (together: independent of each other)
-    except BaseException:
+    except BaseException as error:
         for run, handle in submitted:  # never leave half a submission behind
             handle.cancel()
             registry.forget(run.node.folder, handle.job_id)
+        if submitted:  # (the jobs it printed as submitted: say they are gone)
+            ids = sorted({handle.job_id for _, handle in submitted})
+            shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+            logger.warning(
+                "The detached run stopped (%s): the job(s) it had submitted are cancelled: %s",
+                type(error).__name__,
+                shown,
+            )
         raise
     finally:
         pools.shutdown()
