@@ -949,7 +949,7 @@ def test_cli_target_naming_a_function_returning_nodes(
     assert main(["explain", f"{__name__}:pipeline_target_list"]) == 0
     assert "Train.fit,1/default" in capsys.readouterr().out
     assert main(["check", f"{__name__}:pipeline_targets"]) == 0
-    assert "Resources fit the cluster" in capsys.readouterr().out
+    assert "No node goes to Slurm" in capsys.readouterr().out
     cases = {
         (f"{__name__}:NOT_NODES",): "gave int (3), expected a node or a list of nodes",
         (f"{__name__}:targets_of",): "called with no argument (missing a required argument",
@@ -3246,12 +3246,14 @@ def test_logs_of_the_map_chunk_that_computed_an_item(tmp_path: Path) -> None:
 
 
 # --- check -------------------------------------------------------------------------------------
-def test_check_without_slurm_resources_fit(tmp_path: Path) -> None:
+def test_check_without_slurm_says_nothing_was_checked(tmp_path: Path) -> None:
+    """Nothing goes to Slurm: it said "Resources fit the cluster." even for
+    cpus_per_task=1000 on cluster local (only Slurm resources are checked)."""
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({"infra": {"folder": str(tmp_path / "cache"), "cluster": None}}))
     result = cli("check", f"{__name__}:Train.fit", "--config", cfg, "seed=3")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "Resources fit the cluster."
+    assert result.stdout.strip().startswith("No node goes to Slurm")
     rows = json.loads(
         cli("check", f"{__name__}:Train.fit", "--config", cfg, "--json", check=True).stdout
     )

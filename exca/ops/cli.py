@@ -373,12 +373,20 @@ def _read_only_command(args: argparse.Namespace) -> int:
         explanations = explain(*nodes, plan=plan)
         _print([e.to_dict() for e in explanations], args.json, render_explanations(explanations))
     else:
+        from ..graph.executors import resolve_cluster
+
         problems = _resource_problems(plan)
         text = "\n".join(f"{uid}: {p}" if uid else p for uid, p in problems)
+        on_slurm = any(
+            resolve_cluster(n.execution.cluster) == "slurm" for n in plan.graph.nodes.values()
+        )
+        fine = "Resources fit the cluster."
+        if not on_slurm:  # (only Slurm resources are checked: say so, not "fit")
+            fine = "No node goes to Slurm (cluster=slurm or auto with Slurm): nothing to check."
         _print(
             [{"uid": u or None, "problem": p} for u, p in problems],
             args.json,
-            text or "Resources fit the cluster.",
+            text or fine,
         )
         return 1 if problems else 0
     return 0
