@@ -2330,3 +2330,30 @@ def test_deep_tuples_and_the_writers_own_records(tmp_path: Path) -> None:
         writer_view["x"] = np.arange(3.0)
     entry = writer_view.entry("x")
     assert entry is not None and record_problem(entry.info) is None
+
+
+def test_payload_checks_of_a_file_this_user_cannot_open_use_its_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A payload file of another user (mode 600) in a shared cache: the checks open files
+    (for their size, as a network file system revalidates on open), and the
+    PermissionError stopped every plan touching it (a review). Its size is read by stat
+    instead. Simulated: tests run as root, which opens everything."""
+    from exca.storage import presence
+
+    cache: CacheDict[tp.Any] = CacheDict(tmp_path / "cache", cache_type="Pickle")
+    with cache.write():
+        cache["x"] = list(range(1000))
+    real_open = os.open
+
+    def refused(path: tp.Any, flags: int, *args: tp.Any) -> int:
+        if "data" in str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(presence.os, "open", refused)
+    fresh: CacheDict[tp.Any] = CacheDict(tmp_path / "cache")
+    assert fresh.payload_present("x") is True and fresh.damaged(["x"]) == []
+    (data,) = (tmp_path / "cache" / "data").iterdir()
+    data.unlink()
+    assert fresh.payload_present("x") is False

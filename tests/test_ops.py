@@ -800,6 +800,48 @@ class Seeded(pydantic.BaseModel):
         return sum(self.seeds) + sum(layer.size for layer in self.layers)
 
 
+class DataSource(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    path: str = "a"
+    token: pydantic.SecretStr = pydantic.SecretStr("real-token")
+    kept: int = pydantic.Field(default=3, exclude=True)
+
+
+class Net(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    lr: float = 0.1
+    layers: list[Layer] = [Layer(), Layer(size=8)]
+
+
+class Indexed(pydantic.BaseModel):
+    sources: list[DataSource] = [DataSource(kept=5)]
+    net: Net = Net(layers=[Layer(size=99)])
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def fit(self) -> int:
+        return 1
+
+
+def test_cli_list_index_overrides_keep_the_other_fields_and_any_order(tmp_path: Path) -> None:
+    """A review: indexing a list of sub-models copied it through a json export (secrets
+    came back as "**********", excluded fields at their defaults); and the list indexed
+    under a sub-model depended on the order of the overrides (the field's default
+    instance, or the class's defaults once an earlier override made a dict of it)."""
+    from exca.ops.cli import _target_node
+
+    def built(*overrides: str) -> tp.Any:
+        node = _target_node(
+            f"{__name__}:Indexed.fit", None, [f"infra.folder={tmp_path}", *overrides]
+        )
+        return node.function.owner
+
+    source = built("sources.0.path=b").sources[0]
+    assert (source.path, source.token.get_secret_value(), source.kept) == ("b", "real-token", 5)
+    one, two = built("net.lr=2", "net.layers.0.size=1"), built("net.layers.0.size=1", "net.lr=2")
+    assert one.net == two.net == Net(lr=2, layers=[Layer(size=1), Layer(size=8)])
+
+
 def test_cli_overrides_index_the_lists_of_the_config(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

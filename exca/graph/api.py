@@ -124,8 +124,12 @@ def status(node: Node) -> str:
 
     def computes(record: registry.JobRecord, keys: set[str] | None) -> bool:
         # (the folder's jobs compute the items of every call of its config: only those
-        # sent some of these items count; a record of an older version lists none)
-        return keys is None or record.keys is None or not keys.isdisjoint(record.keys)
+        # sent some of these items count; items from an upstream node: noted by the job
+        # when it started; a record of an older version lists none)
+        if keys is None or node.folder is None:
+            return True
+        sent = registry.items_of(node.folder, record)
+        return sent is None or not keys.isdisjoint(sent)
 
     wanted = None if uids is None else set(uids)
     records = [r for r in registry.read_all(node.folder) if computes(r, wanted)]

@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import traceback
+import types
 import typing as tp
 from pathlib import Path
 
@@ -249,7 +250,7 @@ def _config_default(cls: type, cfg: ConfDict, parts: list[str]) -> tp.Any:
 
     value: tp.Any = cls  # a model class (rebuilt from a dict of cfg), or a value
     given: tp.Any = cfg  # what cfg holds at this level (_MISSING: nothing)
-    for part in parts:
+    for index, part in enumerate(parts):
         if isinstance(given, list | tuple):
             return _MISSING  # (cfg's own list: indexed as it is)
         sub = dict.get(given, part, _MISSING) if isinstance(given, dict) else _MISSING
@@ -258,15 +259,21 @@ def _config_default(cls: type, cfg: ConfDict, parts: list[str]) -> tp.Any:
             field = model.model_fields.get(part)
             if field is None:
                 return _MISSING
-            if isinstance(sub, dict):  # (rebuilt from cfg's dict: its class's defaults)
-                annotated = identity.annotated_models(field.annotation)
+            annotated = identity.annotated_models(field.annotation)
+            last = index == len(parts) - 1
+            if isinstance(sub, dict) or (not last and _is_model_field(field.annotation)):
+                # rebuilt from a dict (cfg's, or the one this override makes of it): its
+                # class's defaults, not those of the field's default instance
                 if len(annotated) != 1:
                     return _MISSING
                 value = annotated[0]
             elif isinstance(value, type):
                 if field.is_required():
                     return _MISSING
-                value = field.get_default(call_default_factory=True)
+                try:
+                    value = field.get_default(call_default_factory=True)
+                except Exception:  # (a factory of the validated data...: cannot tell)
+                    return _MISSING
             else:
                 value = getattr(value, part)
         elif isinstance(value, dict) and not isinstance(sub, dict):
@@ -281,14 +288,27 @@ def _config_default(cls: type, cfg: ConfDict, parts: list[str]) -> tp.Any:
     return value
 
 
+def _is_model_field(annotation: tp.Any) -> bool:
+    """Whether a field holds a model (or an optional one, or a union of models): not a
+    container of them, whose next dotted part is an index or a key."""
+    import pydantic
+
+    if tp.get_origin(annotation) is tp.Annotated:
+        return _is_model_field(tp.get_args(annotation)[0])
+    args = [a for a in tp.get_args(annotation) if a is not type(None)]
+    if args and tp.get_origin(annotation) in (tp.Union, types.UnionType):
+        return all(_is_model_field(a) for a in args)
+    return isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel)
+
+
 def _exported(value: tp.Any) -> tp.Any:
     """A default value as config data (models as their config dicts; containers copied)."""
     import pydantic
 
-    from ..infra import identity
-
     if isinstance(value, pydantic.BaseModel):
-        return identity.export_model(value)
+        # (every field as it is: a json export masks secrets and drops excluded fields,
+        # which then came back as "**********" or their defaults)
+        return {name: _exported(field) for name, field in value}
     if isinstance(value, list | tuple):
         return [_exported(v) for v in value]
     if isinstance(value, dict):

@@ -15,8 +15,9 @@ _KEY_FILE_TYPES = frozenset({"Result", "Pickle", "NumpyArray"})  # "filename" (+
 _SHARED_TEXT_TYPES = frozenset({"Json", "Text", "Auto", "AutoPickle"})  # "f", "o", "n"
 _INLINE_ONLY_TYPES = frozenset({"Error"})
 _TUPLE = "tuple"  # (the tag of a tuple in an Auto tree: not a record)
-# fields of a damaged index line: the check cannot tell (reading it raises DamagedRecord)
-_UNCLEAR = (TypeError, ValueError, KeyError, OverflowError, AttributeError)
+# fields of a damaged index line (reading it raises DamagedRecord), a folder this user
+# cannot search: the check cannot tell
+_UNCLEAR = (TypeError, ValueError, KeyError, OverflowError, AttributeError, OSError)
 
 
 def _size(path: Path) -> int | None:
@@ -27,6 +28,11 @@ def _size(path: Path) -> int | None:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError:  # (another user's file, mode 600, say: its size still tells)
+        try:
+            return os.stat(path).st_size
+        except (FileNotFoundError, NotADirectoryError):
+            return None
     try:
         return os.fstat(fd).st_size
     finally:
@@ -92,7 +98,10 @@ def damaged(folder: Path, infos: tp.Iterable[tuple[str, dict[str, tp.Any]]]) -> 
         except _UNCLEAR:  # (unclear: found when it is read)
             continue
     for path, ends in shared.items():
-        size = _size(path)
+        try:
+            size = _size(path)
+        except OSError:  # (a folder this user cannot search: found when read)
+            continue
         bad.update(key for end, key in ends if size is None or size < end)
     return [key for key in keys if key in bad] if bad else []
 
