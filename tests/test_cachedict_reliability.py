@@ -528,24 +528,36 @@ def test_fork_while_another_thread_reads_the_index(tmp_path: Path) -> None:
     assert reader.keys() == ["k"]
     index_reader = reader._reader
     assert index_reader is not None
-    holding, release = threading.Event(), threading.Event()
+    # (a thread in the middle of refresh() at the fork)
+    status = forked_while_held(
+        index_reader.locked, lambda: reader.keys() == ["k"] and reader["k"] == 1
+    )
+    assert status == 0, status
 
-    def hold() -> None:  # (what a thread in the middle of refresh() does)
-        with index_reader.locked():
-            holding.set()
+
+def forked_while_held(
+    lock: tp.Callable[[], tp.ContextManager[tp.Any]], child: tp.Callable[[], bool]
+) -> int:
+    """Fork while another thread holds ``lock()``; the child runs ``child`` (an alarm
+    kills it after 10 s: a deadlock) and exits 0 if it returned True. Its exit code."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock():
+            held.set()
             release.wait()
 
     thread = threading.Thread(target=hold)
     thread.start()
-    holding.wait()
+    held.wait()
     pid = os.fork()
-    if pid == 0:  # the child: read the cache, or be killed by the alarm
+    if pid == 0:
         signal.alarm(10)
-        os._exit(0 if reader.keys() == ["k"] and reader["k"] == 1 else 1)
-    _, status = os.waitpid(pid, 0)
+        os._exit(0 if child() else 1)
     release.set()
     thread.join()
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
 
 
 _BOTH_WRITING = threading.Barrier(2)
@@ -723,29 +735,9 @@ def test_a_child_forked_while_a_thread_maps_a_file_reads_arrays(tmp_path: Path) 
     reader: CacheDict[tp.Any] = CacheDict(tmp_path / "cache")
     loader = reader._loader
     assert loader is not None
-    held, release = threading.Event(), threading.Event()
-
-    def map_a_file() -> None:  # (stands for a thread inside memmap() at the fork)
-        with loader._locked():
-            held.set()
-            release.wait()
-
-    thread = threading.Thread(target=map_a_file)
-    thread.start()
-    held.wait()
-    pid = os.fork()
-    if pid == 0:  # the child: read, then leave at once
-        os._exit(0 if reader["a"].tolist() == [0.0, 1.0, 2.0] else 1)
-    release.set()
-    thread.join()
-    deadline = time.time() + 20
-    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.time() < deadline:
-        time.sleep(0.05)
-    if done[0] == 0:
-        os.kill(pid, signal.SIGKILL)  # (forked by this test)
-        os.waitpid(pid, 0)
-        raise AssertionError("the forked child's array read waited forever")
-    assert os.waitstatus_to_exitcode(done[1]) == 0
+    # (a thread inside memmap() at the fork)
+    status = forked_while_held(loader._locked, lambda: reader["a"].tolist() == [0.0, 1.0, 2.0])
+    assert status == 0, "the forked child's array read waited forever" if status < 0 else status
 
 
 @pytest.mark.parametrize(
