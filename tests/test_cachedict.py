@@ -2284,7 +2284,9 @@ def test_payload_present_tells_removed_and_cut_short_files_without_loading(
     types |= {"struct": "MemmapArray", "tree": "Auto", "autopickle": "Auto"}
     for key, value in values.items():
         cache: CacheDict[tp.Any] = CacheDict(tmp_path / key, cache_type=types[key])
-        with cache.write():
+        with cache.write(), warnings.catch_warnings():
+            if key == "autopickle":
+                warnings.simplefilter("ignore", DeprecationWarning)  # (Auto pickles a set)
             cache[key] = value
         assert cache.payload_present(key) is True, key
         fresh_reader: CacheDict[tp.Any] = CacheDict(tmp_path / key)
