@@ -378,11 +378,13 @@ def test_queued_job_shown_running_and_kept(tmp_path: Path) -> None:
     try:
         assert wait_until(lambda: _queue_state(job.job_id), "squeue lists the job") == "PENDING"
         (info,) = exca.ops.inspect(root)
-        assert (info.status, info.job_id, info.job_state) == ("running", job.job_id, "running")
+        # (a job waiting in the queue says so: it said "running", as plan said "pending")
+        assert (info.status, info.job_id, info.job_state) == ("running", job.job_id, "pending")
         rows = json.loads(cli("list", root, "--status", "running", "--json").stdout)
         assert [(r["status"], r["job_id"]) for r in rows] == [("running", job.job_id)]
+        assert rows[0]["job_state"] == "pending"
         table = cli("list", root).stdout
-        assert f"job {job.job_id} (running)" in table
+        assert f"job {job.job_id} (pending)" in table
         folder = info.folder
         plan = exca.ops.clean.remove_nodes([folder])
         assert plan.removals == []
@@ -460,7 +462,7 @@ def test_a_queued_chunk_job_is_seen_after_a_later_job_ended(tmp_path: Path) -> N
         folder = later.infra.uid_folder()
         assert folder is not None and registry.latest(folder).job_id != record.job_id
         (info,) = exca.ops.inspect(root)
-        assert (info.status, info.job_id, info.job_state) == ("running", record.job_id, "running")
+        assert (info.status, info.job_id, info.job_state) == ("running", record.job_id, "pending")
         plan = exca.ops.clean.remove_nodes([folder])
         assert plan.removals == [] and record.job_id in plan.kept[0][1]
     finally:

@@ -320,6 +320,11 @@ def queue_state(job_id: str) -> str | None:
     return _STATES.get(job_id)
 
 
+def last_queue_state(job_id: str) -> str | None:
+    """The state squeue gave a Slurm job in its last call listing it (no new call)."""
+    return _STATES.get(job_id)
+
+
 def as_jobs(job_ids: tp.Sequence[str]) -> str:
     """ "running as job 12" for a plan's reasons; "pending as job 12" when squeue said
     last that the job (every one of them) waits in the queue."""

@@ -178,6 +178,8 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
     record = next((r for r in reversed(records) if registry.still_running(r, queued)), None)
     if record is not None or records:
         info.job_state = "running" if record is not None else "ended"
+        if record is not None and registry.last_queue_state(record.job_id) == "PENDING":
+            info.job_state = "pending"  # (as squeue said, in the call just made)
         record = record or records[-1]
         info.job_id = record.job_id
         info.stdout, info.stderr = str(record.stdout), str(record.stderr)
@@ -186,7 +188,7 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
         info.status = "error" if errors else "success"
     elif kind == "map":
         info.status = "partial" if errors else "success"
-    if info.job_state == "running" and (kind == "empty" or kind == "map"):
+    if info.job_state in ("running", "pending") and (kind == "empty" or kind == "map"):
         info.status = "running"  # queued, or computing inside its job
     elif computing:
         info.status = "computing"
