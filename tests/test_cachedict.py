@@ -1960,7 +1960,7 @@ def test_cache_type_error_refuses_other_values(tmp_path: Path) -> None:
 
 
 def test_a_refused_value_leaves_no_temporary_file(tmp_path: Path) -> None:
-    """np.save raises on overlapping fields inside write_key_file: its save-tmp-* file stayed."""
+    """np.save raises on overlapping fields inside key_file_record: its save-tmp-* file stayed."""
     overlapping = np.dtype({"names": ["a", "b"], "formats": ["<i4", "<i4"], "offsets": [4, 0]})
     cd: CacheDict[tp.Any] = CacheDict(tmp_path, cache_type="NumpyArray")
     with cd.write(), pytest.raises(ValueError, match="overlapping"):

@@ -342,7 +342,11 @@ class Graph:
         elif state == "done" and node.mode == "retry" and store.result_damaged(node):
             run.action = "retry"
             run.reason = "its cached result cannot be read (removed or damaged outside exca)"
-        elif state == "done" and (error := _unreadable_result(node)) is not None:
+        elif (
+            state == "done"
+            and node.mode != "retry"  # (checked just above)
+            and (error := _unreadable_result(node)) is not None
+        ):
             # (reused, its readers failed, later, one by one)
             run.action, run.error = "fail", error
             run.reason = (

@@ -478,10 +478,6 @@ class DumpContext:
         self.made.append(path)
         return path
 
-    def write_key_file(self, suffix: str, writer: tp.Callable[[tp.IO[bytes]], None]) -> str:
-        """Write a per-entry file atomically (temporary name, then rename); return its name."""
-        return self.key_file_record(suffix, writer)["filename"]
-
     def key_file_record(
         self, suffix: str, writer: tp.Callable[[tp.IO[bytes]], None]
     ) -> dict[str, tp.Any]:

@@ -343,7 +343,7 @@ class Auto:
         if kind is list:
             return [cls._walk(ctx, v, depth + 1) for v in value]
         if kind is tuple:  # (tagged: JSON would give it back as a list; two JSON levels)
-            return {_AUTO_TAG: _TUPLE, "v": [cls._walk(ctx, v, depth + 2) for v in value]}
+            return {_AUTO_TAG: AUTO_TUPLE, "v": [cls._walk(ctx, v, depth + 2) for v in value]}
         name = DumpContext.default_name(type(value))
         if name in ("Auto", "AutoPickle"):
             raise _NotJsonable
@@ -374,7 +374,7 @@ class Auto:
     def _unwalk(cls, ctx: DumpContext, tree: tp.Any) -> tp.Any:
         if isinstance(tree, dict):
             if _AUTO_TAG in tree:
-                if tree[_AUTO_TAG] == _TUPLE:
+                if tree[_AUTO_TAG] == AUTO_TUPLE:
                     return tuple([cls._unwalk(ctx, v) for v in tree["v"]])
                 return ctx.load(tree)
             return {k: cls._unwalk(ctx, v) for k, v in tree.items()}
@@ -393,7 +393,7 @@ class Auto:
     def _delete_tree(cls, ctx: DumpContext, tree: tp.Any) -> None:
         """The payloads of values stored with their own format inside the structure."""
         if isinstance(tree, dict):
-            if _AUTO_TAG in tree and tree[_AUTO_TAG] != _TUPLE:
+            if _AUTO_TAG in tree and tree[_AUTO_TAG] != AUTO_TUPLE:
                 ctx.delete(tree)
                 return
             for sub in tree.values():
@@ -403,7 +403,7 @@ class Auto:
                 cls._delete_tree(ctx, sub)
 
 
-_TUPLE = "tuple"  # (the tag of a tuple in an Auto tree: not the name of a format)
+AUTO_TUPLE = "tuple"  # (the tag of a tuple in an Auto tree: not the name of a format)
 _TUPLE_TAG = b'"#type":"tuple"'
 _JSON_INT_MIN, _JSON_INT_MAX = -(2**63), 2**64 - 1  # what orjson writes
 # containers nested in an Auto tree: orjson writes at most 254 levels, and the tree sits

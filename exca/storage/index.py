@@ -505,6 +505,10 @@ class IndexReader:
 # index files of this implementation: <host>-<pid>-<thread>-<time hex>-<random>-info.jsonl
 # (process.unique_name); other names come from another exca (the reference writes
 # <host>-<thread>-info.jsonl, whose payload formats differ): left alone, not read
+_OUR_INDEX_NAME = re.compile(r".+-\d+-\d+-[0-9a-f]{12,}-[0-9a-f]{6}" + re.escape(INDEX_SUFFIX))
+_WARNED_FOREIGN: set[str] = set()
+
+
 _WARNED_NOT_FILES: set[str] = set()
 
 
@@ -523,10 +527,6 @@ def _regular_file(folder: str, name: str) -> bool:
         _WARNED_NOT_FILES.add(path)
         logger.warning("%s is named like an index file but is not a file: ignored", path)
     return False
-
-
-_OUR_INDEX_NAME = re.compile(r".+-\d+-\d+-[0-9a-f]{12,}-[0-9a-f]{6}" + re.escape(INDEX_SUFFIX))
-_WARNED_FOREIGN: set[str] = set()
 
 
 def _read_span(fd: int, offset: int, size: int) -> bytes:

@@ -9,12 +9,12 @@ import typing as tp
 from pathlib import Path
 
 from .dumping import DamagedPayload, payload_path
+from .formats import AUTO_TUPLE
 
 # built-in formats whose records name their file(s) in these fields
 _KEY_FILE_TYPES = frozenset({"Result", "Pickle", "NumpyArray"})  # "filename" (+ "#n": size)
 _SHARED_TEXT_TYPES = frozenset({"Json", "Text", "Auto", "AutoPickle"})  # "f", "o", "n"
 _INLINE_ONLY_TYPES = frozenset({"Error"})
-_TUPLE = "tuple"  # (the tag of a tuple in an Auto tree: not a record)
 # fields of a damaged index line (reading it raises DamagedRecord), a folder this user
 # cannot search: the check cannot tell
 _UNCLEAR = (TypeError, ValueError, KeyError, OverflowError, AttributeError, OSError)
@@ -54,7 +54,7 @@ def _leaves(info: dict[str, tp.Any]) -> list[dict[str, tp.Any]]:
         item = stack.pop()
         if type(item) is dict:
             nested = item.get("#type")
-            if nested is not None and nested != _TUPLE:
+            if nested is not None and nested != AUTO_TUPLE:
                 out.append(item)  # (a record of the value of another format)
             else:
                 stack.extend(item.values())
