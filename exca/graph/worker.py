@@ -674,11 +674,12 @@ def _map_todo(node: Node, uids: list[str], action: str, forced_by: str = "") -> 
         runs = node.forcing_runs(forced_by)
         with node.cache.frozen_cache_folder():  # (misses: one folder read, not one each)
             return [u for u in uids if not store.forced_by(node.cache.entry(u), runs)]
+    if action != "retry":  # (the present items' records and data files: retry's only)
+        with node.cache.frozen_cache_folder():
+            return node.cache.missing(uids)
     missing, errors = store.item_states(node, uids)
-    if action == "retry":
-        wanted = set(missing) | set(errors)
-        return [u for u in uids if u in wanted]
-    return missing
+    wanted = set(missing) | set(errors)
+    return [u for u in uids if u in wanted]
 
 
 def _items_forced(node: Node, run: str) -> tp.Callable[[list[str]], list[str]]:
