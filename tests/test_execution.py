@@ -2244,3 +2244,28 @@ def test_work_sent_by_another_python_version_fails_with_a_clear_error(
     monkeypatch.undo()
     with pytest.raises(RuntimeError, match=r"sent by Python 3\.7 and is loaded by Python 3\.\d+"):
         pickle.loads(payload)
+
+
+@pytest.mark.timeout(120)
+def test_killing_a_local_jobs_controller_ends_its_task(
+    tmp_path: Path, short_result_wait: None
+) -> None:
+    """`kill -9 <job id>` (the controller's pid, as the log prints it) ends the task too:
+    no orphan computing on unseen, its claim live, making the next call wait for it."""
+    from exca.storage.process import process_start_time
+
+    log = tmp_path / "calls.txt"
+    block = tmp_path / "block-flag"
+    block.touch()
+    job = make(tmp_path, "local", x=6, block_flag=str(block)).infra.job()
+    _wait_for(lambda: len(calls(log)) == 1)
+    task_pid = int(calls(log)[0].split("pid=")[1])
+    os.kill(int(job.job_id), signal.SIGKILL)
+    _wait_for(lambda: process_start_time(task_pid) is None)
+    with pytest.raises(JobFailedError):
+        job.result()
+    assert make(tmp_path, "local", x=6, block_flag=str(block)).infra.status() == "failed"
+    block.unlink()
+    retry = make(tmp_path, "local", x=6, block_flag=str(block), infra={"mode": "retry"})
+    assert retry.process() == 12
+    assert len(calls(log)) == 2

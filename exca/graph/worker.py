@@ -14,6 +14,7 @@ import functools
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
 import typing as tp
@@ -130,6 +131,7 @@ def run_job_unit(unit: Unit) -> Report:
     if not _JOB_UNIT:
         _JOB_UNIT.append(unit.node.uid)
         _watch_stop_signals()
+        _end_with_local_controller()
     return run_unit(unit)
 
 
@@ -500,6 +502,24 @@ def _watch_stop_signals() -> None:
 
         with contextlib.suppress(ValueError, OSError):
             signal.signal(kind, noted)
+
+
+def _end_with_local_controller() -> None:
+    """In a local job's task process: die with the controller process that started it.
+    Its pid is the job id users see; killed (``kill -9 <job id>``), it must take its task
+    along: else the task runs on as an orphan that the job's status cannot see, and its
+    live claim makes later calls wait for it."""
+    if "SUBMITIT_LOCAL_JOB_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    if parent == 1 or os.getppid() != parent:  # (it died before: no signal will come)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _refuse_if_withdrawn(node: Node, written: bool = False) -> None:
