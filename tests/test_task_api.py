@@ -425,6 +425,36 @@ def test_clone_obj_keeps_the_permissions_the_instance_set(tmp_path: Path) -> Non
     assert Task(infra={"folder": tmp_path}).infra.clone_obj(param=3).infra.permissions == 0o777
 
 
+class _Optim(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    learning_rate: float = pydantic.Field(0.1, alias="lr")
+    decay: float = 0.0
+
+
+class _Aliased(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    batch_size: int = pydantic.Field(8, alias="bs")
+    optim: _Optim = _Optim()
+    notes: dict[str, int] = {}
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def train(self) -> str:
+        return f"{self.batch_size} {self.optim.learning_rate}"
+
+
+def test_clone_obj_takes_field_aliases() -> None:
+    """Changes may name fields by their alias, as the class is built (`lr=...`): they
+    were added next to the field name of the config and refused as extra inputs."""
+    task = _Aliased(bs=16, optim={"lr": 0.2, "decay": 0.5}, notes={"bs": 1})
+    clone = task.infra.clone_obj({"bs": 32, "optim.lr": 0.3, "notes.bs": 2})
+    assert (clone.batch_size, clone.optim.learning_rate, clone.optim.decay) == (32, 0.3, 0.5)
+    assert clone.notes == {"bs": 2}  # (dict keys are data, not aliases)
+    nested = task.infra.clone_obj(optim={"lr": 0.4})
+    assert (nested.optim.learning_rate, nested.optim.decay, nested.batch_size) == (0.4, 0.5, 16)
+    assert task.infra.clone_obj(batch_size=4).batch_size == 4  # field names still work
+
+
 class Layered(pydantic.BaseModel):
     layers: list[int] = [64]
     params: dict[str, float] = {}

@@ -765,6 +765,7 @@ class BaseInfra(pydantic.BaseModel):
                 f"clone_obj takes a dict of changes (dotted keys allowed), got "
                 f"{type(changes).__name__}: e.g. clone_obj({{'model.layers': 12}})"
             )
+        changes = _field_names(owner, changes)
         cfg = self.config(uid=False, exclude_defaults=True)
         paths = set(_changed_parents(changes, ()))
         # an infra's settings that the instance set (they win over the class default's
@@ -994,6 +995,37 @@ def _check_field_path(owner: pydantic.BaseModel, name: str) -> None:
                 f"field {part!r} (fields: {sorted(type(value).model_fields)})"
             )
         value = getattr(value, part, None)
+
+
+def _field_names(model: tp.Any, changes: tp.Mapping[str, tp.Any]) -> dict[str, tp.Any]:
+    """``clone_obj`` changes with field aliases (``lr`` for ``learning_rate``) renamed to
+    the field names of the config they merge into (else both would be there, and
+    validation would refuse one as an extra input)."""
+    out: dict[str, tp.Any] = {}
+    for key, value in changes.items():
+        current, parts = model, []
+        for part in str(key).split("."):
+            if isinstance(current, pydantic.BaseModel):
+                part = _aliases(type(current)).get(part, part)
+                current = getattr(current, part, None)
+            else:
+                current = None  # (inside a dict or a list: names are data)
+            parts.append(part)
+        if isinstance(value, tp.Mapping) and isinstance(current, pydantic.BaseModel):
+            value = _field_names(current, value)
+        out[".".join(parts)] = value
+    return out
+
+
+@functools.cache
+def _aliases(cls: type[pydantic.BaseModel]) -> dict[str, str]:
+    """A model class's field aliases (validation ones too) -> field names."""
+    out: dict[str, str] = {}
+    for name, field in cls.model_fields.items():
+        for alias in (field.alias, field.validation_alias):
+            if isinstance(alias, str) and alias != name and alias not in cls.model_fields:
+                out[alias] = name
+    return out
 
 
 def _changed_parents(
