@@ -111,6 +111,8 @@ def test_item_errors(tmp_path: Path, cluster: str | None) -> None:
     with pytest.raises(ValueError, match="bad item 2") as info:
         list(outputs)
     assert "item '2'" in error_text(info.value)  # names the failing item
+    # ... and says that another item failed too (its job's log had its warning)
+    assert "2 of the 6 items asked for have cached errors ('2', '5')" in error_text(info.value)
     # the same instance again (its values held in RAM): the error again, nothing computed
     with pytest.raises(ValueError, match="bad item 2"):
         list(mapper.process(items))

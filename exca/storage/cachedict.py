@@ -426,7 +426,16 @@ class CacheDict(tp.Generic[X]):
             if isinstance(value, CachedError) and key in self._ram:
                 value = self._replaced_error(key, value)
             if isinstance(value, CachedError):
-                raise value.to_exception(f"{where} item {key!r}" if where else repr(key))
+                error = value.to_exception(f"{where} item {key!r}" if where else repr(key))
+                failed = self.error_keys(keys)
+                if len(failed) > 1:  # (the others' errors were logged where they ran: a job)
+                    shown = ", ".join(repr(k) for k in failed[:5])
+                    more = ", ..." if len(failed) > 5 else ""
+                    error.add_note(
+                        f"exca: {len(failed)} of the {len(set(keys))} items asked for have "
+                        f"cached errors ({shown}{more}); this is the first of them"
+                    )
+                raise error
             yield value
 
     def _replaced_error(self, key: str, error: X) -> X:
@@ -463,15 +472,20 @@ class CacheDict(tp.Generic[X]):
 
     def count_errors(self, keys: tp.Iterable[str]) -> int:
         """How many of these keys hold a cached error (read from the index, nothing loaded)."""
+        return len(self.error_keys(keys))
+
+    def error_keys(self, keys: tp.Iterable[str]) -> list[str]:
+        """Which of these keys hold a cached error, in order (from the index, nothing loaded)."""
         entries = self._entries()
-        count = 0
-        for key in set(keys):
+        out = []
+        for key in dict.fromkeys(keys):
             entry = entries.get(key)
             if entry is not None:
-                count += entry[2]["#type"] == "Error"
+                if entry[2]["#type"] == "Error":
+                    out.append(key)
             elif type(self._ram.get(key)) is CachedError:
-                count += 1
-        return count
+                out.append(key)
+        return out
 
     def entry_type(self, key: str, refresh: bool = False) -> str | None:
         """The stored format name of an entry (``"Error"`` for cached errors), without loading.
