@@ -479,6 +479,47 @@ def test_plan_says_whether_a_job_is_pending_or_running(
         subprocess.run(["scancel", job.job_id], check=False)
 
 
+_EDITED_CLASS = """
+import pydantic, exca
+class Edited(pydantic.BaseModel):
+    lr: float = 0.1
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+    @infra.apply
+    def run(self) -> float:
+        return self.lr * 2
+"""
+
+
+@pytest.mark.timeout(300)
+def test_a_class_edited_while_its_job_waits_caches_nothing(
+    tmp_path: Path, slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A field added to the class while its job is queued: the job refuses with an error
+    saying so (it computed and cached an AttributeError), and retry computes."""
+    import importlib
+    import subprocess
+
+    (tmp_path / "edited_mod.py").write_text(_EDITED_CLASS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}")
+    module = importlib.import_module("edited_mod")
+    pending = {"slurm_additional_parameters": {"begin": "now+600"}}
+    infra = {"folder": tmp_path / "cache", "cluster": "slurm", **resources(slurm_cluster)}
+    job = module.Edited(infra={**infra, **pending}).infra.job()
+    try:
+        edited = _EDITED_CLASS.replace("lr: float = 0.1", "lr: float = 0.1\n    m: float = 1.0")
+        (tmp_path / "edited_mod.py").write_text(edited.replace("self.lr * 2", "self.lr + self.m"))
+        subprocess.run(["scontrol", "update", f"jobid={job.job_id}", "starttime=now"], check=True)
+        with pytest.raises(JobFailedError, match="'m' that the submitted config lacks"):
+            job.result()
+    finally:
+        subprocess.run(["scancel", job.job_id], check=False)
+    folder = module.Edited(infra=infra).infra.uid_folder()
+    assert not exca.cachedict.CacheDict(folder).keys()  # no AttributeError cached
+    module = importlib.reload(module)  # the new code, as a new session would import it
+    assert module.Edited(infra={**infra, "mode": "retry"}).run() == 1.1
+
+
 @pytest.mark.timeout(300)
 def test_clear_job_of_a_running_slurm_job_leaves_nothing_cached(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster

@@ -132,7 +132,51 @@ def run_job_unit(unit: Unit) -> Report:
         _JOB_UNIT.append(unit.node.uid)
         _watch_stop_signals()
         _end_with_local_controller()
+    _refuse_changed_classes(unit.node)
     return run_unit(unit)
+
+
+class ClassChangedError(RuntimeError):
+    """A job's config was pickled with a class that gained fields since (edited while the
+    job was queued): computing would fail on the missing attributes, and cache that."""
+
+
+def _refuse_changed_classes(node: Node) -> None:
+    """Raise (before computing: nothing is cached) when a config of this job lacks a field
+    that its class, as imported in the job, has: the class was edited since submission."""
+    owner = getattr(node.function, "owner", None)
+    for model in _models_in(owner, depth=0):
+        fields = type(model).model_fields
+        missing = [name for name in fields if name not in model.__dict__]
+        if missing:
+            cls = type(model)
+            raise ClassChangedError(
+                f"{node.uid}: {cls.__module__}.{cls.__qualname__} has field(s) "
+                f"{', '.join(map(repr, missing))} that the submitted config lacks: the class "
+                "was edited while this job waited in the queue. Nothing was computed nor "
+                "cached: run it again with the current code (mode='retry'), and bump the "
+                "infra's version if the edit changes results"
+            )
+
+
+def _models_in(value: tp.Any, depth: int) -> tp.Iterator[tp.Any]:
+    """The pydantic models in a config: itself and its sub-configs (in lists and dicts too)."""
+    import pydantic
+
+    if depth > 50:
+        return
+    if isinstance(value, pydantic.BaseModel):
+        yield value
+        children: tp.Iterable[tp.Any] = value.__dict__.values()
+    elif isinstance(value, list | tuple):
+        children = value
+    elif isinstance(value, dict):
+        children = value.values()
+    else:
+        return
+    for child in children:
+        if isinstance(child, pydantic.BaseModel | list | tuple | dict):
+            yield from _models_in(child, depth + 1)
 
 
 def _resolve_split(unit: Unit) -> Unit:
