@@ -399,7 +399,15 @@ def test_queued_job_shown_running_and_kept(tmp_path: Path) -> None:
         _scancel(job.job_id)
     wait_until(lambda: not _queue_state(job.job_id), "the cancelled job leaves the queue")
     (info,) = exca.ops.inspect(root, where=["marker=held"])
-    assert info.job_state == "ended" and info.status != "running"
+    assert info.job_state == "ended" and info.status == "error"
+
+    def held_error() -> str:
+        return exca.ops.inspect(root, where=["marker=held"])[0].error or ""
+
+    # how it ended, from sacct (it said "ended without writing its result... the log shows
+    # how": a job cancelled while pending has no log)
+    wait_until(lambda: "was cancelled (state CANCELLED" in held_error(), "sacct knows it")
+    assert held_error().startswith(f"job {job.job_id} was cancelled")
 
 
 @pytest.mark.timeout(QUEUE_S + 4 * WAIT_S)

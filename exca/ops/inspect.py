@@ -6,6 +6,7 @@ Reads only. Layout: ``<root>/<module>.<Class>.<method>,<version>/<uid>[/inputs-<
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import fnmatch
@@ -152,6 +153,13 @@ def disk_usage(folder: Path, recursive_into_inputs: bool = False) -> tuple[int, 
     return total, modified
 
 
+# (the line for a job that ended without writing its result, when nothing tells more)
+_DIED = (
+    "ended without writing its result (killed, out of memory, cancelled...?): "
+    "`exca logs FOLDER --stderr` shows how"
+)
+
+
 def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) -> NodeInfo:
     """The NodeInfo of one node folder."""
     config_folder = folder.parent if uid.rsplit("/", 1)[-1].startswith(INPUTS_PREFIX) else folder
@@ -199,10 +207,7 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
         died = not record.foreign and not registry.wrote_outcome(record)
         if died:
             info.status = "error"
-            info.error = (
-                f"job {record.job_id} ended without writing its result (killed, out of "
-                "memory, cancelled...?): `exca logs FOLDER --stderr` shows how"
-            )
+            info.error = f"job {record.job_id} {_DIED}"
     return info
 
 
@@ -274,7 +279,27 @@ def inspect(
         if status is not None and info.status != status:
             continue
         out.append(info)
+    _describe_dead_slurm_jobs(out, {r.job_id: r for r in records if r.cluster == "slurm"})
     return out
+
+
+def _describe_dead_slurm_jobs(infos: list[NodeInfo], slurm: dict[str, tp.Any]) -> None:
+    """How the Slurm jobs that ended without a result ended (cancelled while pending, out
+    of memory...), asked with ONE sacct call: the generic line sent to a log that a job
+    cancelled before it started never wrote."""
+    dead = [i for i in infos if i.error and i.error.endswith(_DIED) and i.job_id in slurm]
+    endings = registry.slurm_endings([str(i.job_id) for i in dead]) if dead else {}
+    if not endings:
+        return
+    from ..graph import executors
+
+    for info in dead:
+        known = endings.get(str(info.job_id))
+        if known is None:
+            continue
+        with contextlib.suppress(Exception):  # (the generic line stays)
+            how = executors.recorded_handle(slurm[str(info.job_id)]).ended_how(known)
+            info.error = " ".join(how.split())[:200]
 
 
 def keys_no_config_has(infos: list[NodeInfo], where: tp.Sequence[str]) -> list[str]:
