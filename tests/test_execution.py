@@ -1220,6 +1220,58 @@ def test_class_defined_in_main(tmp_path: Path) -> None:
     run_main_script(tmp_path, MAIN_SCRIPT, str(cache))
 
 
+MAIN_RESULT_SCRIPT = """
+import dataclasses, enum, sys, typing as tp
+import pydantic, exca
+
+
+class Kind(enum.Enum):
+    A = "a"
+
+
+@dataclasses.dataclass
+class Res:
+    x: int
+
+
+class Task(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def get(self) -> tp.Any:
+        return {"kind": Kind.A, "res": Res(3)}
+
+
+class Mapper(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def get(self, items: list[int]) -> tp.Iterator[tp.Any]:
+        for i in items:
+            yield (Kind.A, Res(i))
+
+
+if __name__ == "__main__":
+    infra = {"folder": sys.argv[1], "cluster": "local"}
+    out = Task(infra=infra).get()
+    assert out["kind"] is Kind.A and type(out["res"]) is Res, out
+    kind, res = list(Mapper(infra=infra).get([4]))[0]
+    assert kind is Kind.A and type(res) is Res and res.x == 4, (kind, res)
+    print("MAIN-OK")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_results_holding_classes_of_main_read_back_as_them_in_a_new_run(tmp_path: Path) -> None:
+    """A job's result holding an Enum / dataclass of the script: read by a new run of the
+    script (a cache hit), it held copies of the classes made by cloudpickle (in the job,
+    __main__ is submitit's: not found by name), neither equal nor instances of them."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    run_main_script(tmp_path, MAIN_RESULT_SCRIPT, str(cache))  # computed in jobs
+    run_main_script(tmp_path, MAIN_RESULT_SCRIPT, str(cache))  # read back
+
+
 LIBRARY_MODULE = """
 import typing as tp
 

@@ -17,6 +17,7 @@ import os
 import sys
 import threading
 import time
+import types
 import typing as tp
 
 from ..storage import interrupts
@@ -133,7 +134,29 @@ def run_job_unit(unit: Unit) -> Report:
         _watch_stop_signals()
         _end_with_local_controller()
     _refuse_changed_classes(unit.node)
+    _main_names_findable(unit.node)
     return run_unit(unit)
+
+
+def _main_names_findable(node: Node) -> None:
+    """Put the classes and functions of the submitting script (``__main__``, sent by value)
+    that the method uses into this job's ``__main__`` (submitit's): a result holding
+    them (an Enum, a dataclass, a model) then pickles them by name, as a call without a
+    job does, and a new run of the script reads back instances of its own classes (not
+    copies made by cloudpickle, which neither compare equal nor pass ``isinstance``)."""
+    main = sys.modules.get("__main__")
+    function = node.function
+    func = getattr(getattr(function, "method", None), "func", function)
+    if main is None or not hasattr(func, "__globals__"):
+        return
+    found: list[tp.Any] = list(func.__globals__.values())
+    found.extend(type(model) for model in _models_in(getattr(function, "owner", None), 0))
+    for value in found:
+        if not isinstance(value, type | types.FunctionType):
+            continue
+        name = getattr(value, "__qualname__", "")
+        if value.__module__ == "__main__" and name.isidentifier() and not hasattr(main, name):
+            setattr(main, name, value)
 
 
 class ClassChangedError(RuntimeError):
