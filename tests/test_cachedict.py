@@ -3,6 +3,7 @@
 import collections
 import copy
 import enum
+import io
 import itertools
 import os
 import pickle
@@ -341,6 +342,21 @@ def test_memmap_refuses_object_arrays(tmp_path: Path) -> None:
     with cd.write(), pytest.raises(TypeError):
         cd["x"] = np.array([{}, None], dtype=object)
     assert "x" not in cd
+
+
+@pytest.mark.filterwarnings("ignore:Auto format")  # (pickling a value that is not JSON)
+@pytest.mark.parametrize("cache_type", [None, "Pickle", "AutoPickle"])
+def test_an_open_file_is_refused_not_stored_as_a_copy(tmp_path: Path, cache_type: str) -> None:
+    """cloudpickle (the fallback for what pickle cannot store) turned an open file into
+    a StringIO of its content, given back for the file; buffers in memory are stored."""
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path, cache_type=cache_type)
+    with open(__file__) as handle, cd.write():
+        with pytest.raises(TypeError, match="Cannot store an open file"):
+            cd["file"] = {"f": handle, "g": lambda: 1}
+        cd["buffer"] = (io.BytesIO(b"ab"), lambda: 2)
+    assert "file" not in CacheDict(tmp_path)
+    buffer, function = CacheDict(tmp_path)["buffer"]
+    assert (buffer.getvalue(), function()) == (b"ab", 2)
 
 
 def test_numpy_array_format(tmp_path: Path) -> None:

@@ -13,7 +13,9 @@ cachederror.py.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import logging
 import mmap
 import os
@@ -631,7 +633,25 @@ def dumps_pickle(value: tp.Any) -> bytes:
     try:
         return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     except (pickle.PicklingError, AttributeError, TypeError):
-        import cloudpickle
+        buffer = io.BytesIO()
+        _no_files_pickler()(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+        return buffer.getvalue()
 
-        data: bytes = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        return data
+
+@functools.cache
+def _no_files_pickler() -> type[pickle.Pickler]:
+    """cloudpickle, except for open files: it pickles them as a StringIO of their content,
+    and the cache would give that back for the file (silently another object). In-memory
+    buffers pickle as themselves."""
+    import cloudpickle
+
+    class NoFilesPickler(cloudpickle.Pickler):
+        def reducer_override(self, obj: tp.Any) -> tp.Any:
+            if isinstance(obj, io.IOBase) and not isinstance(obj, io.BytesIO | io.StringIO):
+                raise TypeError(
+                    f"Cannot store an open file ({obj!r}) in a cache: return its path, or "
+                    "what you read from it"
+                )
+            return super().reducer_override(obj)
+
+    return NoFilesPickler
