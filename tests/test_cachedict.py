@@ -464,6 +464,24 @@ def test_text_format(tmp_path: Path) -> None:
     assert [n for n in data_files(folder) if n.endswith("-data.txt")]
 
 
+def test_text_format_stores_the_text_of_str_subclasses(tmp_path: Path) -> None:
+    """A numpy.str_ or a str Enum under Text: its text, for every reader (the view that
+    wrote it said its index line was damaged; others got the text)."""
+
+    class Mode(enum.StrEnum):
+        TRAIN = "train"
+
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path, cache_type="Text", keep_in_ram=False)
+    with cd.write():
+        cd["np"] = np.str_("hello")
+        cd["enum"] = Mode.TRAIN
+    for view in (cd, CacheDict(tmp_path)):
+        assert [(view[k], type(view[k])) for k in ("np", "enum")] == [
+            ("hello", str),
+            ("train", str),
+        ]
+
+
 def test_numpy_scalar_format(tmp_path: Path) -> None:
     folder = tmp_path / "cache"
     cd: CacheDict[tp.Any] = CacheDict(folder, cache_type="NumpyScalar")

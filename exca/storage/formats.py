@@ -237,6 +237,8 @@ class Text:
     def __dump_info__(cls, ctx: DumpContext, value: str) -> dict[str, tp.Any]:
         if not isinstance(value, str):
             raise TypeError(f"Text format stores str values, got {type(value).__name__}")
+        if type(value) is not str:  # (numpy.str_, a str Enum...: read back as its text)
+            value = str.__str__(value)
         try:
             data = value.encode("utf8")
         except UnicodeEncodeError:  # lone surrogates (a file name from os.listdir...):
