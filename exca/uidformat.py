@@ -409,5 +409,38 @@ def to_uid(data: tp.Any, version: int | None = None, empty: str = "") -> str:
         display = empty
     if display[0] in "{([" and display[-1] in "})]":
         display = display[1:-1]
-    digest = _small_md5(rendered[1].encode("utf8")).hexdigest()[:8]
+    try:
+        digest = _small_md5(rendered[1].encode("utf8")).hexdigest()[:8]
+    except UnicodeEncodeError:
+        raise ValueError(_not_utf8(data)) from None
     return f"{display}-{digest}"
+
+
+def _not_utf8(data: tp.Any, path: str = "") -> str:
+    """What to say of a config holding text that is not valid unicode (lone surrogates)."""
+    items: tp.Iterable[tuple[tp.Any, tp.Any]] = ()
+    if isinstance(data, dict):
+        items = data.items()
+    elif isinstance(data, list | tuple | set | frozenset):
+        items = enumerate(data)
+    for key, value in items:
+        where = f"{path}.{key}" if path else str(key)
+        for text in (key, value):
+            if isinstance(text, str | PurePath) and not _utf8_text(str(text)):
+                return (
+                    f"The value of {where!r} ({text!r}) is not valid unicode (lone surrogates, "
+                    "e.g. a file name decoded by os.listdir): it cannot be part of a uid. Make "
+                    "it valid text, e.g. os.fsencode(name).decode('utf8', 'replace')"
+                )
+        found = _not_utf8(value, where)
+        if found:
+            return found
+    return "" if path else "The config holds text that is not valid unicode (lone surrogates)"
+
+
+def _utf8_text(text: str) -> bool:
+    try:
+        text.encode("utf8")
+    except UnicodeEncodeError:
+        return False
+    return True

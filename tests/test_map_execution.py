@@ -775,6 +775,14 @@ class Storing(pydantic.BaseModel):
             yield np.array([object()]) if item == 3 or item >= 100 else np.arange(item)
 
 
+def test_an_item_uid_that_is_not_unicode_is_a_clear_error(tmp_path: Path) -> None:
+    """An item uid made of a file name that os.listdir decoded with surrogates: a raw
+    TypeError of orjson, from the claim, naming no item."""
+    mapper = make(tmp_path, None)
+    with pytest.raises(ValueError, match=r"Key '3\\udcff' cannot be written as UTF-8"):
+        list(mapper.process([1, "3\udcff"]))
+
+
 def test_an_output_that_cannot_be_stored_is_that_items_error(tmp_path: Path) -> None:
     """The other outputs of the batch are kept; the item's error names it and is cached."""
     log = tmp_path / "calls.txt"

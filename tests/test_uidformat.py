@@ -459,3 +459,12 @@ def test_0d_arrays_and_huge_numbers_as_the_appendix_says() -> None:
     uid = to_uid({"i": 10**130})
     assert uid == "i=1" + "0" * 125 + "...6-97f16d64"  # (cut as a value, then in the dict)
     assert to_uid({"f": 1e200}) == to_uid({"f": int(1e200)})  # an integral float is an int
+
+
+def test_text_that_is_not_unicode_is_a_clear_error() -> None:
+    """A file name decoded with surrogates (os.listdir) in a config: a raw
+    UnicodeEncodeError naming neither the key nor the value."""
+    with pytest.raises(ValueError, match=r"'a\.b\.1' \('y\\udcff'\) is not valid unicode"):
+        ConfDict({"a": {"b": ["x", "y\udcff"]}}).to_uid()
+    with pytest.raises(ValueError, match=r"'k' .* is not valid unicode"):
+        ConfDict({"k": "\udcff"}).to_uid(version=2)

@@ -434,7 +434,7 @@ class Node:
                 import json
 
                 text = "\x00" + json.dumps(list(uids))
-        return "items-" + hashlib.md5(text.encode("utf8")).hexdigest()[:8]
+        return "items-" + hashlib.md5(text.encode("utf8", "surrogatepass")).hexdigest()[:8]
 
     @memoized
     def uid(self) -> str:

@@ -274,7 +274,11 @@ class Claims:
         dirname = os.fspath(self.dir)
         name = process.unique_name()
         tmp = f"{dirname}/{name}.tmp"
-        data = orjson.dumps({"owner": me._asdict(), "keys": keys})
+        try:
+            data = orjson.dumps({"owner": me._asdict(), "keys": keys})
+        except TypeError:
+            _refuse_keys_not_utf8(keys)
+            raise
         try:
             write_new(tmp, data)
         except FileNotFoundError:
@@ -465,3 +469,17 @@ def _unwritable(folder: Path, error: OSError) -> OSError:
         "mode='read-only' to only read what is cached there)",
         error.filename,
     )
+
+
+def _refuse_keys_not_utf8(keys: list[str]) -> None:
+    """A clear error for keys that cannot be written (a map item's uid made of a file name
+    that os.listdir decoded with surrogates): as the cache says for such keys."""
+    for key in keys:
+        try:
+            key.encode("utf8")
+        except UnicodeEncodeError as error:
+            raise ValueError(
+                f"Key {key!r} cannot be written as UTF-8 ({error.reason}): e.g. a file name "
+                "decoded with surrogates; make it valid text, e.g. with "
+                "os.fsencode(name).decode('utf8', 'replace')"
+            ) from None
