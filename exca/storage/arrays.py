@@ -72,8 +72,7 @@ class MemmapArray:
         if dtype_str is None:
             if dtype.hasobject:
                 raise TypeError(
-                    f"Cannot store an object array (dtype {dtype}) as MemmapArray: "
-                    "use cache_type='Pickle'"
+                    f"Cannot store {_referencing(dtype)} as MemmapArray: use cache_type='Pickle'"
                 )
             dtype_str = _DTYPE_STR[dtype] = _dtype_code(dtype)
         shared = ctx._shared.get(".data") or ctx.shared_file(".data")
@@ -356,8 +355,7 @@ class NumpyArray:
         array = np.asarray(value)
         if array.dtype.hasobject:  # np.save would pickle it, and np.load refuse to read it
             raise TypeError(
-                f"Cannot store an object array (dtype {array.dtype}) as NumpyArray: "
-                "use cache_type='Pickle'"
+                f"Cannot store {_referencing(array.dtype)} as NumpyArray: use cache_type='Pickle'"
             )
         return ctx.key_file_record(".npy", lambda handle: np.save(handle, array))
 
@@ -405,3 +403,10 @@ class NumpyScalar:
         import numpy as np
 
         return np.frombuffer(base64.b64decode(b), dtype=np.dtype(d))[0]
+
+
+def _referencing(dtype: tp.Any) -> str:
+    """An array whose bytes are references to memory outside it (not storable as bytes)."""
+    if dtype.kind == "O":
+        return f"an object array (dtype {dtype})"
+    return f"an array of dtype {dtype} (its bytes point to memory outside the array)"
