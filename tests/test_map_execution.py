@@ -980,6 +980,27 @@ def test_arrays_kept_in_memory_only_are_copies(kind: str) -> None:
         assert [set(o.tolist()) for o in again] == [{1.0}, {2.0}, {3.0}]
 
 
+class BigEndian(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[np.ndarray]:
+        for item in items:
+            yield np.array([item, 1], dtype=">i4")
+
+
+@pytest.mark.parametrize("folder", [True, False])
+def test_a_processpool_keeps_the_byte_order_of_arrays(tmp_path: Path, folder: bool) -> None:
+    """Without a folder, a pool process's outputs came back through the pool's pickle
+    (protocol 4), which gives numpy arrays the native byte order."""
+    infra: dict[str, tp.Any] = {
+        "cluster": "processpool",
+        **({"folder": tmp_path} if folder else {}),
+    }
+    outputs = list(BigEndian(infra=infra).process([1, 2, 3]))
+    assert [(o.dtype.str, o.tolist()) for o in outputs] == [(">i4", [i, 1]) for i in (1, 2, 3)]
+
+
 @pytest.mark.parametrize("keep_in_ram", [True, False])
 def test_a_long_lived_instance_sees_what_other_instances_did(
     tmp_path: Path, keep_in_ram: bool

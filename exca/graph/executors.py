@@ -659,10 +659,12 @@ def _end_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="exca-parent-watch", daemon=True).start()
 
 
-def _run_pickled(payload: bytes) -> tuple[Report, list[tuple[str, tp.Any]] | None]:
+def _run_pickled(payload: bytes) -> tuple[Report, bytes | None]:
     """Run a unit in a pool process. Without a folder, its outputs live in this process's
-    memory: they are returned, for the caller's in-memory cache."""
+    memory: they are returned (pickled), for the caller's in-memory cache."""
     import cloudpickle
+
+    from ..storage.dumping import dumps_pickle
 
     unit = cloudpickle.loads(payload)
     _RUNNING[0] += 1
@@ -673,7 +675,10 @@ def _run_pickled(payload: bytes) -> tuple[Report, list[tuple[str, tp.Any]] | Non
     if not _in_memory(unit):
         return report, None
     cache = unit.node.cache
-    return report, [(key, cache[key]) for key in unit.keys if key in cache]
+    outputs = [(key, cache[key]) for key in unit.keys if key in cache]
+    # (protocol 5, as the cache pickles: the pool's protocol 4 turns a big-endian numpy
+    # array into a native one)
+    return report, dumps_pickle(outputs)
 
 
 def _in_memory(unit: Unit) -> bool:
@@ -687,8 +692,10 @@ def _adopter(unit: Unit) -> tp.Callable[[tp.Any], None] | None:
         return None
     cache = unit.node.cache
 
-    def adopt(result: tuple[Report, list[tuple[str, tp.Any]] | None]) -> None:
-        outputs = result[1]
+    def adopt(result: tuple[Report, bytes | None]) -> None:
+        if result[1] is None:
+            return
+        outputs = pickle.loads(result[1])
         if outputs:
             cache.set_many(outputs, skip_existing=True)
 
