@@ -1806,6 +1806,23 @@ def test_a_failed_map_item_then_retry(env: Env) -> None:
     assert len(started(env.log)) == 6
 
 
+@pytest.mark.timeout(120)
+def test_no_job_is_sent_below_a_map_that_just_failed_items(env: Env) -> None:
+    """The map computes in this run and caches an item error: the tasks reading its
+    outputs are not sent as jobs (each sat in the queue, then failed on reading them)."""
+    flag = env.tmp / "fail"
+    flag.touch()
+    squares = FlakySquare(log=env.log, fail_flag=str(flag), infra=env.infra()).apply.node([1, 2])
+    totals = [env.step(f"total{k}", infra={"cluster": "local"}).run.node(squares) for k in range(2)]
+    with pytest.raises(NodeFailures) as info:
+        exca.graph.run(*totals)
+    assert not list(env.folder.glob("*Step*/**/jobs/*.json"))  # no job submitted
+    assert "total0" not in started(env.log)
+    assert str(info.value).count("UpstreamFailed") == 2
+    assert "item 2 fails on purpose" in str(info.value)
+    assert "1 cached item error(s) (mode='retry' on it recomputes them)" in str(info.value)
+
+
 def test_running_a_map_target_holding_cached_item_errors_raises(env: Env) -> None:
     """run() of a map whose item failed raises the item's error, the second time too (it
     is read back from the cache, nothing computes), as the map's own call does."""

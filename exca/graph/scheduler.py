@@ -23,6 +23,7 @@ from .decisions import (
     Key,
     NodeRun,
     collect,
+    first_item_error,
     gets_own_job,
     read_only_missing,
     to_chunks,
@@ -32,7 +33,7 @@ from .decisions import (
 from .errors import JobFailedError, NodeFailures, read_only_error
 from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Node, restoring_files
 from .progress import Progress
-from .worker import Action, Unit
+from .worker import Action, Unit, UpstreamFailed
 
 logger = logging.getLogger("exca")
 POLL_START = 0.05
@@ -319,16 +320,36 @@ class Scheduler:
                         heapq.heappush(heap, (position[down], down))
                 run.state = "skipped"
                 run.blocked = True
-                run.error = RuntimeError(
-                    f"{run.node.uid} was not computed: upstream {self.graph.nodes[failed].uid} failed"
-                )
+                run.error = self._upstream_error(run, self.runs[failed])
 
     def _failed_upstream(self, key: Key) -> Key | None:
-        """An upstream node of this one that failed or was skipped, if any."""
+        """An upstream node of this one that failed or was skipped, if any (or a map that
+        computed, with item errors: its outputs cannot be read; a job sent now would fail)."""
         runs = self.runs
         return next(
-            (u for u in self.graph.upstream[key] if runs[u].state in ("failed", "skipped")), None
+            (
+                u
+                for u in self.graph.upstream[key]
+                if runs[u].state in ("failed", "skipped")
+                or (runs[u].state == "done" and runs[u].item_errors)
+            ),
+            None,
         )
+
+    @staticmethod
+    def _upstream_error(run: NodeRun, failed: NodeRun) -> BaseException:
+        """Why a node was not computed, as a call reading the failed upstream's outputs
+        would have said (for a map with item errors: the first one)."""
+        if failed.state == "done":
+            error = first_item_error(failed.node, failed.uids or [])
+            if error is not None:
+                return UpstreamFailed(
+                    f"{run.node.uid} did not run: an input could not be read "
+                    f"({type(error).__name__}: {error}); upstream {failed.node.uid} has "
+                    f"{failed.item_errors} cached item error(s) (mode='retry' on it "
+                    "recomputes them)"
+                )
+        return RuntimeError(f"{run.node.uid} was not computed: upstream {failed.node.uid} failed")
 
     # --- launching ---------------------------------------------------------------------------
     def units(self, run: NodeRun) -> list[Unit]:
@@ -722,6 +743,8 @@ class Scheduler:
             if run.action == "force":
                 node.force_state["done"] = True
                 node.force_state.setdefault("uids", set()).update(todo)
+            if self.graph.downstream[node.key]:  # (they cannot read outputs holding errors)
+                run.item_errors = node.cache.count_errors(run.uids or ())
             return
         if self._recomputed_elsewhere(run, missing):
             return
@@ -922,8 +945,6 @@ class Scheduler:
         if missing and run.node.kind == "map":
             # a chunk job stops at the method's exception (cached for its item): that
             # exception, of its own type, as an inline call raises it
-            from .decisions import first_item_error
-
             raised = first_item_error(run.node, list(run.todo or []))
             first = str(raised).partition("\n")[0] if raised is not None else ""
             said = f"{type(raised).__name__}: {first}"
