@@ -3215,6 +3215,32 @@ def test_a_config_whose_job_died_is_listed_as_an_error(tmp_path: Path) -> None:
     assert "ended without writing its result" in cli("list", tmp_path, check=True).stdout
 
 
+def test_a_result_computed_without_a_job_is_not_listed_as_that_jobs(tmp_path: Path) -> None:
+    """A job failed; the fix ran inline with mode retry: `list` named the failed job as the
+    maker of the result (and `logs` showed its failure without a word)."""
+    root = tmp_path / "cache"
+    failing = Train(seed=5, fail=True, infra={"folder": root, "cluster": "local"})
+    with pytest.raises(ValueError, match="cannot fit seed=5"):
+        failing.fit()
+    failed_job = exca.ops.logs(folder_of(failing))[-1].job_id
+    (info,) = exca.ops.inspect(root)
+    assert (info.status, info.job_id, info.job_state) == ("error", failed_job, "ended")
+    fixed = Train(seed=5, fail=True, infra={"folder": root, "mode": "retry"})
+    with pytest.raises(ValueError):  # (still failing, now inline: no job made it)
+        fixed.fit()
+    (info,) = exca.ops.inspect(root)
+    assert (info.status, info.job_id, info.job_state) == ("error", None, None)
+    out = cli("logs", folder_of(failing), check=True).stdout
+    assert f"not computed by job {failed_job} (the last job recorded)" in out
+    # computed by a job again: that job is shown, its logs without a note
+    again = Train(seed=5, fail=True, infra={"folder": root, "cluster": "local", "mode": "retry"})
+    with pytest.raises(ValueError):
+        again.fit()
+    (info,) = exca.ops.inspect(root)
+    assert info.job_id not in (None, failed_job) and info.job_state == "ended"
+    assert "not computed by job" not in cli("logs", folder_of(failing), check=True).stdout
+
+
 def test_logs_of_a_local_task_from_a_fresh_process(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     task = Train(seed=9, infra={"folder": root, "cluster": "local"})

@@ -438,11 +438,29 @@ def _provenance(node: Node) -> dict[str, tp.Any]:
         elif source.kind == "map":
             upstream.update(_map_provenance(source))
             upstream[source.path] = MAP_REF
-    meta: dict[str, tp.Any] = {"t": round(time.time(), 3), "up": upstream}
+    # (which job computed it, None: no job: `exca list` shows the job that made a result)
+    meta: dict[str, tp.Any] = {"t": round(time.time(), 3), "up": upstream, "job": _job_id()}
     code = codeprint.digest(codeprint.method_function(node.function))
     if code is not None:  # (a method of __main__: see codeprint)
         meta[codeprint.CODE_KEY] = code
     return meta
+
+
+def _job_id() -> str | None:
+    """The id of the submitit job this process runs (as its records name it), else None."""
+    if not _JOB_UNIT:
+        return None
+    if not _JOB_ID:
+        try:
+            import submitit
+
+            _JOB_ID.append(str(submitit.JobEnvironment().job_id))
+        except Exception:  # (not a submitit job after all)
+            _JOB_ID.append(None)
+    return _JOB_ID[0]
+
+
+_JOB_ID: list[str | None] = []  # (memoized: one job per process)
 
 
 # a map's place in provenance, under its folder's path (its items are cached there, whichever

@@ -339,6 +339,19 @@ def _print(data: tp.Any, as_json: bool, text: str) -> None:
         print(text)
 
 
+def _made_by(folder: Path, job_id: str) -> bool:
+    """Whether a task folder's result was computed by this job (True when unknown: a map,
+    no result, or a result written by an older exca)."""
+    from ..graph.node import TASK_KEY
+    from ..storage.cachedict import inspecting_view
+
+    entry = inspecting_view(folder).entries_info().get(TASK_KEY)
+    meta = entry.get("#meta") if entry is not None else None
+    if not isinstance(meta, dict) or "job" not in meta:
+        return True
+    return bool(meta["job"] == job_id)
+
+
 def _cached_traceback(folder: Path, item: str | None) -> str | None:
     """The traceback of a node's cached error (of an item's, for a map), if it holds one."""
     from ..graph.node import TASK_KEY
@@ -613,5 +626,12 @@ def _main(argv: list[str] | None) -> int:
             return 1
         text = job.stderr() if args.stderr else job.stdout()
         data = {"job_id": job.job_id, "cluster": job.cluster, "path": str(path), "text": text}
-        _print(data, args.json, f"# job {job.job_id} ({job.cluster}): {path}\n{text}")
+        header = f"# job {job.job_id} ({job.cluster}): {path}"
+        if args.item is None and not _made_by(Path(args.folder), job.job_id):
+            data["note"] = (
+                f"the current result was not computed by job {job.job_id} (the last job "
+                "recorded): by another worker, or where it was called"
+            )
+            header += f"\n# ({data['note']})"
+        _print(data, args.json, f"{header}\n{text}")
     return 0

@@ -184,11 +184,14 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
         queued = registry.queued_jobs([r.job_id for r in records if r.cluster == "slurm"])
     # the latest active job (a chunk job may still run after a later one ended), else the latest
     record = next((r for r in reversed(records) if registry.still_running(r, queued)), None)
-    if record is not None or records:
-        info.job_state = "running" if record is not None else "ended"
-        if record is not None and registry.last_queue_state(record.job_id) == "PENDING":
+    if record is not None:
+        info.job_state = "running"
+        if registry.last_queue_state(record.job_id) == "PENDING":
             info.job_state = "pending"  # (as squeue said, in the call just made)
-        record = record or records[-1]
+    elif records:
+        record = _producer(records, entries.get(TASK_KEY) if kind == "task" else None)
+        info.job_state = "ended" if record is not None else None
+    if record is not None:
         info.job_id = record.job_id
         info.stdout, info.stderr = str(record.stdout), str(record.stderr)
     computing = bool(Claims(folder).current())
@@ -209,6 +212,16 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
             info.status = "error"
             info.error = f"job {record.job_id} {_DIED}"
     return info
+
+
+def _producer(records: list[tp.Any], entry: dict[str, tp.Any] | None) -> tp.Any:
+    """The ended job to show for a node: the latest, unless its task result says it was
+    computed by another job, or by no job (e.g. inline, with mode retry after that job
+    failed: the list named the failed job as the maker of the result)."""
+    meta = entry.get("#meta") if entry is not None else None
+    if not isinstance(meta, dict) or "job" not in meta:  # (written by an older exca)
+        return records[-1]
+    return next((r for r in reversed(records) if r.job_id == meta["job"]), None)
 
 
 def _error_line(record: dict[str, tp.Any], width: int = 200) -> str:
