@@ -906,28 +906,6 @@ def test_a_running_local_job_stays_running_when_the_wall_clock_steps(
 
 
 @pytest.mark.timeout(120)
-def test_a_local_job_whose_controller_is_killed_while_its_worker_lives_on(tmp_path: Path) -> None:
-    """The pid reported as a local job's id is submitit's controller: killed, its worker
-    goes on computing (it holds the claim). A call then waits for that worker and reads
-    its result (it raised "its process died", and a later call found the result)."""
-    log, block, task, job = _job_blocked_computing(tmp_path, x=12)
-    os.kill(int(job.job_id), signal.SIGKILL)
-    _wait_for(
-        lambda: (
-            not exca.graph.registry.is_active(exca.graph.registry.latest(task.infra.uid_folder()))
-        )
-    )
-    caller = make(tmp_path, "local", x=12, block_flag=str(block))
-    thread, out = _in_thread(caller.process)
-    thread.join(timeout=1.0)
-    assert thread.is_alive()  # waiting for the worker
-    block.unlink()
-    thread.join(timeout=60)
-    assert out == [24]
-    assert len(calls(log)) == 1
-
-
-@pytest.mark.timeout(120)
 def test_a_job_cleared_by_another_instance_is_not_cached_as_failed(
     tmp_path: Path, short_result_wait: None
 ) -> None:

@@ -516,6 +516,35 @@ def test_detached_forced_run_goes_after_the_running_job(env: Env, sbatch: Sbatch
     assert build("cached").result() == "solo(None,None)"
 
 
+def test_plan_of_a_forced_node_whose_job_is_queued_counts_what_follows(
+    env: Env, sbatch: Sbatch
+) -> None:
+    """a -> b detached, a's job still running; a forced: b is computed again after it.
+    The plan showed b waiting for its old job "(mode force)" and one submission, while the
+    run sent two (a, then b)."""
+    block = env.tmp / "block"
+    block.touch()
+
+    def build(mode: str) -> exca.graph.Node:
+        a = env.step("a", block_flag=str(block), infra=slurm(mode=mode)).run.node()
+        return env.step("b", infra=slurm()).run.node(a)
+
+    exca.graph.run(build("cached"), wait=False)
+    wait_for(lambda: started(env.log) == ["a"], timeout=120)  # a runs, b queued behind it
+    forced = build("force")
+    plan = exca.graph.plan(forced)
+    entry = _by_uid(plan)[forced.uid]
+    assert (entry.status, entry.action) == ("forced", "compute"), entry
+    assert "forced by upstream" in entry.reason and "(mode force)" not in entry.reason
+    assert [a.wave for a in plan.arrays] == [0, 1]  # a again, then b
+    block.unlink()
+    exca.graph.run(forced)
+    assert sbatch.count() == 2 + len(plan.arrays)
+    wait_until_ended(recorded_jobs(env.folder))
+    assert started(env.log)[:2] == ["a", "a"] and started(env.log).count("b") >= 1
+    assert build("cached").result() == "b(a(None,None),None)"
+
+
 def test_two_detached_runs_of_one_forced_instance_force_it_once(env: Env, sbatch: Sbatch) -> None:
     """One instance in mode force feeds two detached runs: the second follows the job of
     the first (it forced the node again after that job, and its first downstream node had

@@ -561,7 +561,9 @@ class Graph:
                 run.reason = registry.as_jobs([record.job_id])
                 if run.action in ("retry", "force"):
                     run.resume = run.action  # retry/force once that job has ended
-                    run.reason += f", then computed again once it ends (mode {run.action})"
+                    forced_here = run.action == "retry" or run.node.pending_force
+                    why = f"mode {run.action}" if forced_here else "forced by upstream"
+                    run.reason += f", then computed again once it ends ({why})"
                 run.action = "wait"
                 run.handles = [executors.recorded_handle(record)]
             elif run.action == "compute" and registry.wrote_outcome(record):
@@ -588,7 +590,17 @@ class Graph:
         caches "upstream failed" if it starts first), so it is not waited for: this
         node is computed again after its upstream (the claim keeps them one at a time)."""
         redo = ("compute", "retry", "force")
-        redone = next((u for u in self.upstream[run.node.key] if self.runs[u].action in redo), None)
+        runs = self.runs
+        redone = next(
+            (
+                u
+                for u in self.upstream[run.node.key]
+                # (or forced once its own earlier job ends: computed anew all the same)
+                if runs[u].action in redo
+                or (runs[u].action == "wait" and runs[u].resume == "force")
+            ),
+            None,
+        )
         if redone is None:
             return False
         run.reason = (
