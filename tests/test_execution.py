@@ -1250,6 +1250,38 @@ def test_results_holding_classes_of_main_read_back_as_them_in_a_new_run(tmp_path
     run_main_script(tmp_path, MAIN_RESULT_SCRIPT, str(cache))  # read back
 
 
+PICKLED_JOB_SCRIPT = """
+import pickle, subprocess, sys
+import pydantic, exca
+
+
+class Train(pydantic.BaseModel):
+    x: int = 0
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def fit(self) -> int:
+        return 2 * self.x
+
+
+if __name__ == "__main__":
+    for cluster in (None, "local"):
+        job = Train(x=3, infra={"folder": sys.argv[1], "cluster": cluster}).infra.job()
+        again = pickle.loads(pickle.dumps(job))  # (plain pickle, as submitit's jobs allow)
+        assert (again.job_id, again.result()) == (job.job_id, 6), again
+    print("MAIN-OK")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_job_of_a_class_of_main_pickles(tmp_path: Path) -> None:
+    """pickle.dumps(job) failed for a class of a script: "Can't pickle <function
+    Train.fit>: it's not the same object as __main__.Train.fit"."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    run_main_script(tmp_path, PICKLED_JOB_SCRIPT, str(cache))
+
+
 LIBRARY_MODULE = """
 import typing as tp
 

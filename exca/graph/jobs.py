@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 import typing as tp
 
-from . import registry, store
+from . import jobpickle, registry, store
 from .errors import JobFailedError
 from .node import CLAIM_JOB_ID, Node
 
@@ -27,6 +27,11 @@ class Job:
         # a forced job: what is cached before it ends is the outcome it replaces (an
         # earlier job may still write one after it was submitted)
         self.replaces = replaces and handle is not None
+
+    def __reduce__(self) -> tuple[tp.Any, ...]:
+        # (its node holds the method's function: a class of a script (__main__) pickles
+        # by value, through the unit pickler, as work sent to a job does)
+        return jobpickle.reduce(self, lambda: (object.__new__, (type(self),), dict(self.__dict__)))
 
     @property
     def submitit_job(self) -> tp.Any:
