@@ -168,6 +168,20 @@ def test_relative_and_absolute_destinations(project: Path, tmp_path: Path) -> No
     assert _files(folder) == {"pkg/sub/deep/mod.py", "otherpkg/a.py"}
 
 
+def test_a_folder_and_a_folder_inside_it_are_copied_whole_in_any_order(
+    project: Path, tmp_path: Path
+) -> None:
+    """copied=["pkg/sub", "pkg"]: copying pkg/sub first made pkg exist, and the rest of
+    pkg was skipped as "already there" (its __init__.py too: jobs imported an empty pkg)."""
+    orders = (["pkg", "pkg/sub"], ["pkg/sub", "pkg"])
+    copies = [
+        _files(WorkDir(copied=c, folder=tmp_path / f"code{i}").populate())
+        for i, c in enumerate(orders)
+    ]
+    assert copies[0] == copies[1]
+    assert {"pkg/__init__.py", "pkg/core.py", "pkg/sub/deep/mod.py"} <= copies[1]
+
+
 def test_existing_destinations_not_recopied(project: Path, tmp_path: Path) -> None:
     folder = tmp_path / "code"
     wd = WorkDir(copied=["pkg"], folder=folder)

@@ -194,7 +194,9 @@ class WorkDir(pydantic.BaseModel):
         folder.mkdir(parents=True, exist_ok=True)
         empty = not any(folder.iterdir())
         (folder / SNAPSHOT_MARKER).touch()  # (a later copy of "." skips this folder)
-        for source, relative in self._sources():
+        # (a folder before what is inside it: copied first, "mylib/sub" would make
+        # "mylib" exist, and the rest of mylib would be skipped)
+        for source, relative in sorted(self._sources(), key=lambda pair: len(pair[1].parts)):
             destination = folder / relative  # "." copies the content into the snapshot
             if destination.exists() and not (destination == folder and empty):
                 continue  # never recopied: jobs of this snapshot keep the same code
