@@ -52,6 +52,11 @@ def _check_parameters(func: tp.Callable[..., tp.Any]) -> None:
             )
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             raise ValueError(f"{func.__qualname__}: *args/**kwargs cannot become config fields")
+        if param.kind is param.POSITIONAL_ONLY:  # (the cached call passes fields by name)
+            raise ValueError(
+                f"{func.__qualname__}: the positional-only parameter {name!r} cannot become a "
+                "config field (the function is called with its fields by name): remove the '/'"
+            )
         if param.annotation is inspect.Parameter.empty or any(
             param.annotation is a or param.annotation == a for a in _ANY
         ):

@@ -203,9 +203,18 @@ def _var_params(*values: int, **named: int) -> int:
     return 0
 
 
-@pytest.mark.parametrize("func", [_no_annotation, _any_annotation, _infra_param, _var_params])
+def _positional_only(a: int, /, b: int = 1) -> int:  # (every call failed, cached so)
+    return a + b
+
+
+@pytest.mark.parametrize(
+    "func", [_no_annotation, _any_annotation, _infra_param, _var_params, _positional_only]
+)
 def test_to_config_model_refusals(func: tp.Callable[..., tp.Any]) -> None:
-    expected = rf"{func.__name__}.*(precise type annotation|named 'infra'|\*args/\*\*kwargs)"
+    expected = (
+        rf"{func.__name__}.*(precise type annotation|named 'infra'|\*args/\*\*kwargs|"
+        "positional-only parameter 'a')"
+    )
     with pytest.raises(ValueError, match=expected):
         helpers.to_config_model(func)
     with pytest.raises(ValueError, match=expected):  # (at decoration, not at the first call)
