@@ -388,6 +388,22 @@ def test_jobs_run_the_code_of_their_submission(project: Path, cluster: str) -> N
     assert len(list((project / "cache").rglob("core.py"))) == 6
 
 
+def test_the_snapshot_and_job_logs_get_the_cache_permissions(project: Path) -> None:
+    """A shared cache (permissions=0o775) under a private umask: the code snapshot and the
+    job's logs were created 0o700/0o600, unreadable by the colleagues sharing it."""
+    infra = {"folder": "cache", "cluster": "local", "permissions": 0o775}
+    previous = os.umask(0o077)
+    try:
+        task = Reads(n=7, infra={**infra, "workdir": {"copied": ["pkg"]}})
+        task.value()
+    finally:
+        os.umask(previous)
+    (snapshot,) = [p.parent for p in (project / "cache").rglob(SNAPSHOT_MARKER)]
+    log = Path(task.infra.job().paths.stdout)
+    shared = [snapshot, snapshot / "pkg" / "core.py", snapshot.parent, log.parent, log]
+    assert {p: oct(p.stat().st_mode & 0o777) for p in shared} == dict.fromkeys(shared, "0o775")
+
+
 def test_nodes_of_one_array_share_one_snapshot(project: Path) -> None:
     """Two configs and two map calls run in one graph go out as one array (same cluster,
     resources and workdir), copying the code once (a snapshot folder per node split them

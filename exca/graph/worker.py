@@ -19,6 +19,7 @@ import threading
 import time
 import types
 import typing as tp
+from pathlib import Path
 
 from ..storage import interrupts
 from ..storage.cachederror import CachedError
@@ -133,6 +134,7 @@ def run_job_unit(unit: Unit) -> Report:
         _JOB_UNIT.append(unit.node.uid)
         _watch_stop_signals()
         _end_with_local_controller()
+        _share_job_logs(getattr(unit.node.cache, "permissions", None))
     _refuse_changed_classes(unit.node)
     _main_names_findable(unit.node)
     return run_unit(unit)
@@ -587,6 +589,28 @@ def _watch_stop_signals() -> None:
 
         with contextlib.suppress(ValueError, OSError):
             signal.signal(kind, noted)
+
+
+def _share_job_logs(permissions: int | None) -> None:
+    """Apply the cache's permissions to this job's log folder and files (submitit and
+    Slurm create them with the user's umask: colleagues sharing the cache could not read
+    the logs behind ``job.stdout()``). The result file, written after, is not covered."""
+    if permissions is None:
+        return
+    try:
+        import submitit
+
+        env = submitit.JobEnvironment()
+        folder = Path(env.paths.folder)
+        prefix = str(env.job_id).split("_")[0]
+        names = [e.name for e in os.scandir(folder) if e.name.startswith(prefix)]
+    except Exception:  # (no log folder to share: not a submitit job after all)
+        return
+    from ..storage.files import chmod
+
+    chmod(folder, permissions)
+    for name in names:
+        chmod(folder / name, permissions)
 
 
 def _end_with_local_controller() -> None:

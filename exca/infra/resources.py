@@ -113,6 +113,10 @@ class SubmititMixin(pydantic.BaseModel):
         workdir = self.workdir
         if workdir is not None and workdir.folder is None and workdir_folder is not None:
             workdir = workdir.model_copy(update={"folder": workdir_folder})
+        permissions = getattr(self, "permissions", None)
+        if workdir is not None and permissions is not None:
+            workdir = workdir.model_copy() if workdir is self.workdir else workdir
+            workdir._permissions = permissions
         return Execution(
             cluster=self.cluster,
             params=self._submitit_params(),

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pydantic
 
+from ..storage.files import chmod, make_folder
+
 logger = logging.getLogger("exca")
 
 
@@ -47,6 +49,8 @@ class WorkDir(pydantic.BaseModel):
     includes: tp.Sequence[str] = ("*.py",)
     excludes: tp.Sequence[str] = ("__pycache__", ".git")
     _active: int = pydantic.PrivateAttr(default=0)
+    # the infra's permissions (set by it, not a setting): applied to the snapshot
+    _permissions: int | None = pydantic.PrivateAttr(default=None)
 
     @pydantic.field_validator("copied")
     @classmethod
@@ -191,9 +195,11 @@ class WorkDir(pydantic.BaseModel):
         # checked before copying: a refused (dirty) copy must not stay in a fixed folder,
         # where a later submission would log a commit next to that uncommitted code
         commits = self._commit_lines() if self.log_commit and not log.exists() else None
-        folder.mkdir(parents=True, exist_ok=True)
+        permissions = self._permissions
+        make_folder(folder, permissions)
         empty = not any(folder.iterdir())
         (folder / SNAPSHOT_MARKER).touch()  # (a later copy of "." skips this folder)
+        copied = False
         # (a folder before what is inside it: copied first, "mylib/sub" would make
         # "mylib" exist, and the rest of mylib would be skipped)
         for source, relative in sorted(self._sources(), key=lambda pair: len(pair[1].parts)):
@@ -201,8 +207,11 @@ class WorkDir(pydantic.BaseModel):
             if destination.exists() and not (destination == folder and empty):
                 continue  # never recopied: jobs of this snapshot keep the same code
             self._copy_tree(source, destination, skip=folder)
+            copied = True
         if commits is not None:
             log.write_text("\n".join(commits) + "\n", encoding="utf8")
+        if permissions is not None and (copied or commits is not None):
+            _chmod_tree(folder, permissions)  # (users of a shared cache read the code too)
         return folder
 
     @contextlib.contextmanager
@@ -278,3 +287,14 @@ class WorkDir(pydantic.BaseModel):
                 if root not in roots:
                     roots.append(root)
         return roots
+
+
+def _chmod_tree(folder: Path, permissions: int) -> None:
+    """Apply a cache's permissions to a snapshot: its folders and files (not what symlinks
+    point to)."""
+    chmod(folder, permissions)
+    for root, dirs, files in os.walk(folder):
+        for name in (*dirs, *files):
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                chmod(path, permissions)
