@@ -3231,7 +3231,7 @@ def test_a_result_computed_without_a_job_is_not_listed_as_that_jobs(tmp_path: Pa
     (info,) = exca.ops.inspect(root)
     assert (info.status, info.job_id, info.job_state) == ("error", None, None)
     out = cli("logs", folder_of(failing), check=True).stdout
-    assert f"not computed by job {failed_job} (the last job recorded)" in out
+    assert f"not computed by job {failed_job} (the last job recorded here) but where" in out
     # computed by a job again: that job is shown, its logs without a note
     again = Train(seed=5, fail=True, infra={"folder": root, "cluster": "local", "mode": "retry"})
     with pytest.raises(ValueError):
@@ -3239,6 +3239,33 @@ def test_a_result_computed_without_a_job_is_not_listed_as_that_jobs(tmp_path: Pa
     (info,) = exca.ops.inspect(root)
     assert info.job_id not in (None, failed_job) and info.job_state == "ended"
     assert "not computed by job" not in cli("logs", folder_of(failing), check=True).stdout
+
+
+class Outer(pydantic.BaseModel):
+    """Computes its sub-config's task inside its own job (chaining off)."""
+
+    inner: Train = Train(seed=11)
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply(chain_subconfigs=False)
+    def fit(self) -> float:
+        return self.inner.fit() + 1
+
+
+def test_a_result_computed_in_another_nodes_job_names_that_job(tmp_path: Path) -> None:
+    """A sub-config's task computed inside the job of the config holding it: list shows
+    that job (its log holds the output), logs says so next to the sub-config's own."""
+    root = tmp_path / "cache"
+    inner = Train(seed=11, infra={"folder": root})
+    outer = Outer(inner=inner, infra={"folder": root, "cluster": "local"})
+    assert outer.fit() == 13.0
+    (job,) = exca.ops.logs(folder_of(outer))
+    infos = {i.folder: i for i in exca.ops.inspect(root)}
+    assert (infos[folder_of(inner)].job_id, infos[folder_of(inner)].job_state) == (
+        job.job_id,
+        "ended",
+    )
+    assert "fitting seed=11" in job.stdout()
 
 
 def test_logs_of_a_local_task_from_a_fresh_process(tmp_path: Path) -> None:

@@ -491,11 +491,12 @@ class Edited(pydantic.BaseModel):
 
 
 @pytest.mark.timeout(300)
-def test_a_class_edited_while_its_job_waits_caches_nothing(
+def test_a_class_edited_while_its_job_waits(
     tmp_path: Path, slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A field added to the class while its job is queued: the job refuses with an error
-    saying so (it computed and cached an AttributeError), and retry computes."""
+    """Fields added to the class while its job is queued: the job computed, then cached an
+    AttributeError. A field with a default now gets it (the uid leaves defaults out: the
+    same config); a required one is refused, saying so, and nothing is cached."""
     import importlib
     import subprocess
 
@@ -505,19 +506,30 @@ def test_a_class_edited_while_its_job_waits_caches_nothing(
     module = importlib.import_module("edited_mod")
     pending = {"slurm_additional_parameters": {"begin": "now+600"}}
     infra = {"folder": tmp_path / "cache", "cluster": "slurm", **resources(slurm_cluster)}
-    job = module.Edited(infra={**infra, **pending}).infra.job()
-    try:
-        edited = _EDITED_CLASS.replace("lr: float = 0.1", "lr: float = 0.1\n    m: float = 1.0")
-        (tmp_path / "edited_mod.py").write_text(edited.replace("self.lr * 2", "self.lr + self.m"))
-        subprocess.run(["scontrol", "update", f"jobid={job.job_id}", "starttime=now"], check=True)
-        with pytest.raises(JobFailedError, match="'m' that the submitted config lacks"):
-            job.result()
-    finally:
-        subprocess.run(["scancel", job.job_id], check=False)
-    folder = module.Edited(infra=infra).infra.uid_folder()
-    assert not exca.cachedict.CacheDict(folder).keys()  # no AttributeError cached
-    module = importlib.reload(module)  # the new code, as a new session would import it
-    assert module.Edited(infra={**infra, "mode": "retry"}).run() == 1.1
+    edits = {
+        "m: float = 1.0": (0.1, 1.1),  # a default: computed with it
+        "m: float": (0.2, "'m' that the submitted config lacks"),  # required: refused
+    }
+    for field, (lr, expected) in edits.items():
+        (tmp_path / "edited_mod.py").write_text(_EDITED_CLASS)
+        module = importlib.reload(module)
+        job = module.Edited(lr=lr, infra={**infra, **pending}).infra.job()
+        try:
+            edited = _EDITED_CLASS.replace("lr: float = 0.1", f"lr: float = 0.1\n    {field}")
+            edited = edited.replace("self.lr * 2", "self.lr + self.m")
+            (tmp_path / "edited_mod.py").write_text(edited)
+            subprocess.run(
+                ["scontrol", "update", f"jobid={job.job_id}", "starttime=now"], check=True
+            )
+            if isinstance(expected, str):
+                with pytest.raises(JobFailedError, match=expected):
+                    job.result()
+                folder = module.Edited(lr=lr, infra=infra).infra.uid_folder()
+                assert not exca.cachedict.CacheDict(folder).keys()  # no AttributeError cached
+            else:
+                assert job.result() == pytest.approx(expected)
+        finally:
+            subprocess.run(["scancel", job.job_id], check=False)
 
 
 @pytest.mark.timeout(300)

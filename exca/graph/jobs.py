@@ -28,6 +28,11 @@ class Job:
         # earlier job may still write one after it was submitted)
         self.replaces = replaces and handle is not None
 
+    def __copy__(self) -> Job:  # (not a pickling round trip, as __reduce__ would make it)
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
     def __reduce__(self) -> tuple[tp.Any, ...]:
         # (its node holds the method's function: a class of a script (__main__) pickles
         # by value, through the unit pickler, as work sent to a job does)

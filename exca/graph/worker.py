@@ -162,26 +162,33 @@ def _main_names_findable(node: Node) -> None:
 
 
 class ClassChangedError(RuntimeError):
-    """A job's config was pickled with a class that gained fields since (edited while the
-    job was queued): computing would fail on the missing attributes, and cache that."""
+    """A job's config was pickled with a class that gained a required field since (edited
+    while the job was queued): computing would fail on the missing attribute, and cache
+    that."""
 
 
 def _refuse_changed_classes(node: Node) -> None:
-    """Raise (before computing: nothing is cached) when a config of this job lacks a field
-    that its class, as imported in the job, has: the class was edited since submission."""
+    """Before computing, for a config of this job that lacks a field its class (as
+    imported in the job) has, the class being edited since submission: a field with a
+    default gets it (the uid leaves defaults out: the same config, as a new submission
+    would send it); a required one is refused (nothing is computed nor cached)."""
     owner = getattr(node.function, "owner", None)
     for model in _models_in(owner, depth=0):
-        fields = type(model).model_fields
-        missing = [name for name in fields if name not in model.__dict__]
-        if missing:
-            cls = type(model)
+        cls = type(model)
+        if cls.__module__.startswith("exca."):  # (exca's own: not the user's config)
+            continue
+        values, extra = model.__dict__, model.__pydantic_extra__ or {}
+        missing = [n for n in cls.model_fields if n not in values and n not in extra]
+        required = [n for n in missing if cls.model_fields[n].is_required()]
+        if required:
             raise ClassChangedError(
-                f"{node.uid}: {cls.__module__}.{cls.__qualname__} has field(s) "
-                f"{', '.join(map(repr, missing))} that the submitted config lacks: the class "
-                "was edited while this job waited in the queue. Nothing was computed nor "
-                "cached: run it again with the current code (mode='retry'), and bump the "
-                "infra's version if the edit changes results"
+                f"{node.uid}: {cls.__module__}.{cls.__qualname__} has the required field(s) "
+                f"{', '.join(map(repr, required))} that the submitted config lacks: was the "
+                "class edited while this job waited in the queue? Nothing was computed nor "
+                "cached: submit the config again, with the current code"
             )
+        for name in missing:  # (set as pydantic sets fields: no validation, no freezing)
+            values[name] = cls.model_fields[name].get_default(call_default_factory=True)
 
 
 def _models_in(value: tp.Any, depth: int) -> tp.Iterator[tp.Any]:
@@ -603,7 +610,7 @@ def _share_job_logs(permissions: int | None) -> None:
         env = submitit.JobEnvironment()
         folder = Path(env.paths.folder)
         prefix = str(env.job_id).split("_")[0]
-        names = [e.name for e in os.scandir(folder) if e.name.startswith(prefix)]
+        names = [e.name for e in os.scandir(folder) if e.name.startswith(prefix + "_")]
     except Exception:  # (no log folder to share: not a submitit job after all)
         return
     from ..storage.files import chmod
@@ -623,12 +630,25 @@ def _end_with_local_controller() -> None:
     import ctypes
     import signal
 
-    parent = os.getppid()
     pr_set_pdeathsig = 1
     with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
-    if parent == 1 or os.getppid() != parent:  # (it died before: no signal will come)
+    # the controller died before the request (no signal will come): this process was
+    # adopted, by init or by a subreaper (systemd --user, a container's init...)
+    if os.environ.get("SUBMITIT_LOCAL_WITH_SHELL"):  # (the job id is then its shell's)
+        controller = _parent_command().find("submitit") >= 0
+    else:
+        controller = str(os.getppid()) == os.environ["SUBMITIT_LOCAL_JOB_ID"]
+    if not controller:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _parent_command() -> str:
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as handle:
+            return handle.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _refuse_if_withdrawn(node: Node, written: bool = False) -> None:

@@ -339,17 +339,20 @@ def _print(data: tp.Any, as_json: bool, text: str) -> None:
         print(text)
 
 
-def _made_by(folder: Path, job_id: str) -> bool:
-    """Whether a task folder's result was computed by this job (True when unknown: a map,
-    no result, or a result written by an older exca)."""
+def _result_job(folder: Path) -> tp.Any:
+    """The id of the job that computed a task folder's result (None: where it was called;
+    for a map, no result, or a result of an older exca: the last job recorded)."""
+    from ..graph import registry
     from ..graph.node import TASK_KEY
     from ..storage.cachedict import inspecting_view
+    from .inspect import result_job
 
     entry = inspecting_view(folder).entries_info().get(TASK_KEY)
-    meta = entry.get("#meta") if entry is not None else None
-    if not isinstance(meta, dict) or "job" not in meta:
-        return True
-    return bool(meta["job"] == job_id)
+    job = result_job(entry)
+    if not isinstance(job, str | None):  # (unknown)
+        records = registry.read_all(folder, copied=True)
+        return records[-1].job_id if records else None
+    return job
 
 
 def _cached_traceback(folder: Path, item: str | None) -> str | None:
@@ -627,10 +630,12 @@ def _main(argv: list[str] | None) -> int:
         text = job.stderr() if args.stderr else job.stdout()
         data = {"job_id": job.job_id, "cluster": job.cluster, "path": str(path), "text": text}
         header = f"# job {job.job_id} ({job.cluster}): {path}"
-        if args.item is None and not _made_by(Path(args.folder), job.job_id):
+        maker = _result_job(Path(args.folder)) if args.item is None else job.job_id
+        if maker != job.job_id:
+            by = f"by job {maker} (of another node)" if maker else "where it was called"
             data["note"] = (
                 f"the current result was not computed by job {job.job_id} (the last job "
-                "recorded): by another worker, or where it was called"
+                f"recorded here) but {by}"
             )
             header += f"\n# ({data['note']})"
         _print(data, args.json, f"{header}\n{text}")

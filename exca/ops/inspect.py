@@ -188,9 +188,10 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
         info.job_state = "running"
         if registry.last_queue_state(record.job_id) == "PENDING":
             info.job_state = "pending"  # (as squeue said, in the call just made)
-    elif records:
-        record = _producer(records, entries.get(TASK_KEY) if kind == "task" else None)
-        info.job_state = "ended" if record is not None else None
+    elif records or kind == "task":
+        record, elsewhere = _producer(records, entries.get(TASK_KEY) if kind == "task" else None)
+        info.job_state = "ended" if record is not None or elsewhere is not None else None
+        info.job_id = elsewhere  # (computed inside the job of another node: its logs)
     if record is not None:
         info.job_id = record.job_id
         info.stdout, info.stderr = str(record.stdout), str(record.stderr)
@@ -214,14 +215,28 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
     return info
 
 
-def _producer(records: list[tp.Any], entry: dict[str, tp.Any] | None) -> tp.Any:
+def _producer(records: list[tp.Any], entry: dict[str, tp.Any] | None) -> tuple[tp.Any, str | None]:
     """The ended job to show for a node: the latest, unless its task result says it was
     computed by another job, or by no job (e.g. inline, with mode retry after that job
-    failed: the list named the failed job as the maker of the result)."""
+    failed: the list named the failed job as the maker of the result). Returns (its
+    record, else None; the id of a job recorded elsewhere that computed it, else None)."""
+    job = result_job(entry)
+    if job is _UNKNOWN:  # (a map, nothing cached, or written by an older exca)
+        return (records[-1] if records else None), None
+    found = next((r for r in reversed(records) if r.job_id == job), None)
+    return found, (job if found is None and isinstance(job, str) else None)
+
+
+_UNKNOWN: tp.Any = object()
+
+
+def result_job(entry: dict[str, tp.Any] | None) -> tp.Any:
+    """The id of the job that computed a task result (its index record ``entry``), None
+    when no job did (where it was called), ``_UNKNOWN`` when the record does not say."""
     meta = entry.get("#meta") if entry is not None else None
-    if not isinstance(meta, dict) or "job" not in meta:  # (written by an older exca)
-        return records[-1]
-    return next((r for r in reversed(records) if r.job_id == meta["job"]), None)
+    if not isinstance(meta, dict) or "job" not in meta:
+        return _UNKNOWN
+    return meta["job"]
 
 
 def _error_line(record: dict[str, tp.Any], width: int = 200) -> str:
