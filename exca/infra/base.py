@@ -905,6 +905,9 @@ _SET_EXTRA = _slot_setter(pydantic.BaseModel, "__pydantic_extra__")
 _SET_PRIVATE = _slot_setter(pydantic.BaseModel, "__pydantic_private__")
 _SET_RUNTIME = _slot_setter(BaseInfra, "_rt")
 _TEMPLATES: dict[type, str] = {}
+identity.CLASS_FORGETTERS.extend(
+    [lambda cls: _TEMPLATES.pop(cls, None), lambda cls: _container_fields.cache_clear()]
+)
 _UID_AROUND: dict[tuple[tp.Any, ...], tuple[str, str]] = {}
 
 

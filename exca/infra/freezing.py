@@ -7,16 +7,16 @@ id is not taken for it); its class's ``__setattr__`` is patched once to check th
 
 from __future__ import annotations
 
+import types
 import typing as tp
 import weakref
 from pathlib import Path, PurePath
 
 import pydantic
 
-from .identity import SCALAR_FIELDS_ATTR
+from .identity import CLASS_FORGETTERS, SCALAR_FIELDS_ATTR
 
 _FROZEN: dict[int, weakref.ref[tp.Any]] = {}
-_PATCHED_FLAG = "_exca_freeze_guard"
 
 
 def is_frozen(model: tp.Any) -> bool:
@@ -27,32 +27,53 @@ def is_frozen(model: tp.Any) -> bool:
 _PATCHED: set[type] = set()
 
 
-def _patch_setattr(cls: type) -> None:
-    if cls in _PATCHED:
-        return
-    _PATCHED.add(cls)
-    current = cls.__setattr__
-    if getattr(current, _PATCHED_FLAG, False):
-        return
-    original = current
+class _FreezeGuard:
+    """A class's ``__setattr__`` refusing public changes on frozen instances, around the
+    class's own. Not a function: IPython's ``%autoreload`` swaps the code of the functions
+    of a reloaded class, and failed on this one (another closure), leaving the class half
+    updated (a new field out of its uids). To autoreload, it equals the function it wraps
+    (kept: the same pydantic function in the new class); a new ``__setattr__`` of the
+    class replaces it, and the next freeze guards the class again."""
 
-    def __setattr__(self: tp.Any, name: str, value: tp.Any) -> None:
-        if not name.startswith("_") and is_frozen(self):
+    __slots__ = ("original",)
+
+    def __init__(self, original: tp.Callable[..., None]) -> None:
+        self.original = original
+
+    def __get__(self, obj: tp.Any, objtype: tp.Any = None) -> tp.Any:
+        return self if obj is None else types.MethodType(self, obj)
+
+    def __eq__(self, other: object) -> bool:
+        return other is self or other is self.original
+
+    __hash__ = object.__hash__
+
+    def __call__(self, obj: tp.Any, name: str, value: tp.Any) -> None:
+        if not name.startswith("_") and is_frozen(obj):
             # (a sub-config has no infra: the config holding one clones it with the change)
             hint = f"(or config.infra.clone_obj({{'<path to it>.{name}': {value!r}}}))"
-            if hasattr(self, "clone_obj"):  # an infra's setting: a clone with another value
+            if hasattr(obj, "clone_obj"):  # an infra's setting: a clone with another value
                 hint = f"(or obj.infra.clone_obj({{'infra.{name}': {value!r}}}))"
-            elif any(hasattr(v, "clone_obj") for v in self.__dict__.values()):
+            elif any(hasattr(v, "clone_obj") for v in obj.__dict__.values()):
                 hint = f"(or obj.infra.clone_obj({{'{name}': {value!r}}}))"
             raise RuntimeError(
-                f"Cannot set {type(self).__name__}.{name}: the instance was frozen when its uid "
+                f"Cannot set {type(obj).__name__}.{name}: the instance was frozen when its uid "
                 "was computed, you can create an unfrozen instance with "
                 f"type(obj)(**obj.model_dump()) {hint}"
             )
-        original(self, name, value)  # type: ignore[call-arg]
+        self.original(obj, name, value)
 
-    setattr(__setattr__, _PATCHED_FLAG, True)
-    cls.__setattr__ = __setattr__  # type: ignore[assignment,method-assign]
+
+def _patch_setattr(cls: type) -> None:
+    if not _guarded(cls):  # (guarded already: by itself, or by a base class)
+        cls.__setattr__ = _FreezeGuard(cls.__setattr__)  # type: ignore[assignment,method-assign]
+    _PATCHED.add(cls)
+
+
+def _guarded(cls: type) -> bool:
+    """Whether the class's __setattr__ is the guard (%autoreload may have replaced a
+    class's own __setattr__ by its new version)."""
+    return isinstance(getattr(cls, "__setattr__", None), _FreezeGuard)
 
 
 def freeze(model: pydantic.BaseModel) -> list[pydantic.BaseModel]:
@@ -82,6 +103,8 @@ _purge_at = [1024]
 
 _LEAF_TYPES = frozenset({str, int, float, bool, type(None), bytes, type(Path()), type(PurePath())})
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+# (a class updated in place: its __setattr__ may be new, the guard is checked again)
+CLASS_FORGETTERS.extend([lambda cls: _FIELD_NAMES.pop(cls, None), _PATCHED.discard])
 
 
 def _field_names(cls: type[pydantic.BaseModel]) -> tuple[str, ...]:

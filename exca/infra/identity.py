@@ -105,6 +105,8 @@ class _ClassFacts:
         self.has_prefix = has_prefix
         # a model_serializer: the dump's keys need not be the fields (its dump is its config)
         self.has_serializer = has_serializer
+        # (the class's fields when computed: %autoreload updates a class in place)
+        self.fields_of = cls.__pydantic_fields__
 
     @functools.cached_property
     def dump_keys(self) -> frozenset[str | None]:
@@ -365,7 +367,9 @@ def _field_facts(cls: type, name: str, field: pydantic.fields.FieldInfo) -> _Fie
 def class_facts(cls: type[pydantic.BaseModel]) -> _ClassFacts:
     facts = _FACTS.get(cls)
     if facts is not None:
-        return facts
+        if facts.fields_of is cls.__pydantic_fields__:
+            return facts
+        forget_class(cls)  # (updated in place since, e.g. by IPython's %autoreload)
     static: frozenset[str] | None = frozenset()
     raw = _declared_exclusions(cls)
     if callable(raw) or isinstance(raw, classmethod | staticmethod):
@@ -384,6 +388,18 @@ def class_facts(cls: type[pydantic.BaseModel]) -> _ClassFacts:
     )
     _FACTS[cls] = facts
     return facts
+
+
+# what other modules memoize per class, to forget when a class is updated in place
+CLASS_FORGETTERS: list[tp.Callable[[type], object]] = []
+
+
+def forget_class(cls: type) -> None:
+    """Forget what was computed of a class (its fields changed: IPython's %autoreload
+    updates an edited class in place, its new fields were out of the uids)."""
+    _FACTS.pop(cls, None)
+    for forget in CLASS_FORGETTERS:
+        forget(cls)
 
 
 def _declared_exclusions(cls: type) -> tp.Any:

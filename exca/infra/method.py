@@ -14,6 +14,8 @@ import typing as tp
 
 import pydantic
 
+from . import identity
+
 if tp.TYPE_CHECKING:
     from .base import BaseInfra
 
@@ -40,7 +42,10 @@ class InfraMethod(property):
     """Descriptor for a method decorated by an infra (the method itself is never called
     directly: calls build graph nodes that the scheduler runs).
 
-    It subclasses ``property`` only so that pydantic leaves it out of the model fields.
+    It subclasses ``property`` so that pydantic leaves it out of the model fields; its
+    ``fget`` is the method's function (never called as a getter: ``__get__`` is its own),
+    so that IPython's ``%autoreload``, which updates a property's ``fget`` in place, gives
+    the method the edited code.
     """
 
     func: tp.Callable[..., tp.Any]
@@ -61,7 +66,7 @@ class InfraMethod(property):
                 f"Infra was already applied to {runtime.method.func.__qualname__}: "
                 f"use one infra instance per decorated method (cannot also decorate {func.__qualname__})"
             )
-        super().__init__()
+        super().__init__(fget=func)
         runtime.method = self
         self.infra = infra  # the class-level default
         self.func = func
@@ -209,6 +214,7 @@ class _OwnerFacts(tp.NamedTuple):
 
 
 _FACTS: dict[type, _OwnerFacts] = {}
+identity.CLASS_FORGETTERS.append(lambda cls: _FACTS.pop(cls, None))
 
 
 def owner_facts(cls: type[pydantic.BaseModel]) -> _OwnerFacts:
