@@ -129,6 +129,16 @@ PROGRESS_SCRIPT = textwrap.dedent(
             for item in items:
                 yield item
 
+    class Task(pydantic.BaseModel):
+        infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+        @infra.apply
+        def compute(self) -> int:
+            print("TASK-START", file=sys.stderr, flush=True)
+            return 1
+
+    assert Task(infra={"folder": sys.argv[1]}).compute() == 1
+    print("TASK-END", file=sys.stderr, flush=True)
     print(sum(Map(infra={"folder": sys.argv[1]}).process(list(range(300)))))
     """
 )
@@ -157,6 +167,9 @@ def test_progress_is_shown_on_request_and_quiet_otherwise(tmp_path: Path) -> Non
     forced = _progress_run(tmp_path, "1")
     assert "300/300" in forced  # the bar reached the number of items
     assert "it/s" in forced or "s/it" in forced
+    # a task computed in the calling process: no bar (it sat at 0/1 until the task ended,
+    # at every call of a cached method in a notebook)
+    assert "0/1" not in forced.split("TASK-END")[0]
     quiet = _progress_run(tmp_path, None)  # stderr is not a terminal here
     assert "300/300" not in quiet
     off = _progress_run(tmp_path, "0")

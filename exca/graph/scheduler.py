@@ -207,7 +207,14 @@ class Scheduler:
         return {r.node.key: r.handles for r in work}
 
     def _execute(self, work: list[NodeRun]) -> None:
-        total = sum(len(r.todo or ()) if r.node.kind == "map" else 1 for r in work)
+        # (a task computed here counts nothing: the bar would sit at 0 until it ends, for
+        # every call of a cached method in a notebook)
+        total = sum(
+            len(r.todo or ())
+            if r.node.kind == "map"
+            else int(r.node.execution.cluster is not None or r.action == "wait")
+            for r in work
+        )
         progress = Progress(total, desc="exca", requested=self.progress_requested)
         pools = executors.Pools()
         pending = {r.node.key: r for r in work}
