@@ -1282,6 +1282,41 @@ def test_a_job_of_a_class_of_main_pickles(tmp_path: Path) -> None:
     run_main_script(tmp_path, PICKLED_JOB_SCRIPT, str(cache))
 
 
+UNPICKLABLE_GLOBAL_SCRIPT = """
+import sys, threading
+import pydantic, exca
+
+LOCK = threading.Lock()
+
+
+class Exp(pydantic.BaseModel):
+    lr: float = 0.1
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def train(self) -> float:
+        with LOCK:
+            return self.lr
+
+
+if __name__ == "__main__":
+    try:
+        Exp(infra={"folder": sys.argv[1], "cluster": "local"}).train()
+    except TypeError as error:
+        assert "the global 'LOCK' (lock) that Exp.train uses cannot be pickled" in str(error)
+        print("MAIN-OK")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_an_unpicklable_global_of_a_main_method_is_named(tmp_path: Path) -> None:
+    """The config holds a float; the script's class goes by value with the globals its
+    method uses: the error blamed the config."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    run_main_script(tmp_path, UNPICKLABLE_GLOBAL_SCRIPT, str(cache))
+
+
 LIBRARY_MODULE = """
 import typing as tp
 
@@ -1821,7 +1856,7 @@ def test_a_config_that_cannot_be_pickled_gets_a_clear_error(tmp_path: Path) -> N
     nothing is cached or recorded: the next call tries again."""
     task = Locked(infra={"folder": tmp_path, "cluster": "local"})
     for _ in range(2):
-        with pytest.raises(TypeError, match=r"its config cannot be sent to a job .*cannot pickle"):
+        with pytest.raises(TypeError, match=r"sent to a job .*the config's '_lock' \(lock\)"):
             task.process()
     assert task.infra.status() == "not submitted"
     assert not [p for p in tmp_path.rglob("*.pkl") if p.stat().st_size == 0]

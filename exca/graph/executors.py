@@ -543,11 +543,52 @@ def unpicklable_error(units: tp.Sequence[Unit], error: Exception, where: str) ->
             f"{item!r:.120} cannot be pickled. Give items that pickle (e.g. paths or "
             "ids instead of open files or clients), or use cluster=None to compute here"
         )
+    culprit = _unpicklable_part(units[0].node.function)
+    if culprit is not None:
+        return TypeError(f"{units[0].node.uid}: cannot be sent to {where} ({error}): {culprit}")
     return TypeError(
         f"{units[0].node.uid}: its config cannot be sent to {where} ({error}). Keep "
         "unpicklable objects (locks, open files, clients) out of the config, e.g. create "
         "them in the method, or use cluster=None to compute here"
     )
+
+
+def _unpicklable_part(function: tp.Any) -> str | None:
+    """Which field of the config, or which global of its method, cannot be pickled (a
+    class of a notebook or a script is sent by value, with the globals its methods use)."""
+    import cloudpickle
+
+    def fails(value: tp.Any) -> bool:
+        try:
+            cloudpickle.dumps(value)
+        except Exception:
+            return True
+        return False
+
+    owner = getattr(function, "owner", None)
+    fields = dict(getattr(owner, "__dict__", None) or {})
+    fields.update(getattr(owner, "__pydantic_private__", None) or {})
+    for name, value in fields.items():
+        if fails(value):
+            return (
+                f"the config's {name!r} ({type(value).__name__}) cannot be pickled. Keep "
+                "unpicklable objects (locks, open files, clients) out of the config, e.g. "
+                "create them in the method, or use cluster=None to compute here"
+            )
+    func: tp.Any = getattr(getattr(function, "method", None), "func", None)
+    code = getattr(func, "__code__", None)
+    if code is None or getattr(func, "__module__", None) != "__main__":
+        return None
+    for name in code.co_names:
+        if name in func.__globals__ and fails(func.__globals__[name]):
+            value = func.__globals__[name]
+            return (
+                f"the global {name!r} ({type(value).__name__}) that {func.__qualname__} uses "
+                "cannot be pickled: a class defined in a notebook or a script is sent by "
+                "value, with the globals its methods use. Create it in the method (or in a "
+                "module the method imports), or use cluster=None to compute here"
+            )
+    return None
 
 
 def _unpicklable_item(units: tp.Sequence[Unit]) -> tp.Any:
