@@ -30,12 +30,16 @@ EDITED = MODULE.replace("lr: float = 0.1", "lr: float = 0.1\n    wd: float = 0.0
 )
 
 
+OLD: dict[tp.Any, tp.Any] = {}  # (autoreload's record of the earlier versions of objects)
+
+
 @pytest.fixture
 def module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tp.Iterator[tp.Any]:
     (tmp_path / "reloaded_exp.py").write_text(MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
     yield importlib.import_module("reloaded_exp")
     sys.modules.pop("reloaded_exp", None)
+    OLD.clear()
 
 
 @pytest.mark.parametrize("used_before", [False, True])
@@ -50,10 +54,54 @@ def test_autoreload_of_an_edited_config_class(
     if used_before:  # (a uid computed: the class's attribute changes are guarded)
         assert Exp(lr=0.5, infra={"folder": folder}).train() == 5.0
     (tmp_path / "reloaded_exp.py").write_text(EDITED)
-    autoreload.superreload(module)  # what %autoreload does with an edited module
+    autoreload.superreload(module, old_objects=OLD)  # what %autoreload does with an edited module
     # (a notebook keeps using the class it imported: updated in place)
     exp = Exp(lr=0.5, wd=1.0, infra={"folder": folder})
     assert "wd=1" in exp.infra.uid()
     assert exp.train() == pytest.approx(4.5)
     with pytest.raises(RuntimeError, match="frozen"):  # still guarded
         exp.lr = 2.0
+
+
+def test_autoreload_of_a_version_bump_and_of_options(module: tp.Any, tmp_path: Path) -> None:
+    """The old method was kept with its old class default infra and options: a version
+    bump (how a cache is invalidated after a code edit) still served the old results."""
+    Exp = module.Exp
+    folder = tmp_path / "cache"
+    assert Exp(lr=0.5, infra={"folder": folder}).train() == 5.0
+    edited = MODULE.replace('version="1"', 'version="2"').replace("* 10", "* 100")
+    (tmp_path / "reloaded_exp.py").write_text(edited)
+    autoreload.superreload(module, old_objects=OLD)
+    exp = Exp(lr=0.5, infra={"folder": folder})
+    assert exp.infra.uid() == "reloaded_exp.Exp.train,2/lr=0.50-bc03f631"
+    assert exp.train() == 50.0
+    options = edited.replace("@infra.apply", '@infra.apply(exclude_from_cache_uid=["lr"])')
+    (tmp_path / "reloaded_exp.py").write_text(options)
+    autoreload.superreload(module, old_objects=OLD)
+    assert Exp(lr=0.5, infra={"folder": folder}).infra.uid() == "reloaded_exp.Exp.train,2/default"
+
+
+OWN_SETATTR = MODULE.replace(
+    "    @infra.apply",
+    "    def __setattr__(self, name, value):  # edited: v1\n"
+    "        super().__setattr__(name, value)\n\n    @infra.apply",
+)
+
+
+def test_autoreload_keeps_frozen_configs_of_a_class_with_its_own_setattr(
+    module: tp.Any, tmp_path: Path
+) -> None:
+    """The freeze guard around the class's own __setattr__ was replaced by the new one:
+    frozen configs could change, their uid (and cache folder) then describing another."""
+    (tmp_path / "reloaded_exp.py").write_text(OWN_SETATTR)
+    autoreload.superreload(module, old_objects=OLD)
+    Exp = module.Exp
+    exp = Exp(lr=0.5, infra={"folder": tmp_path / "cache"})
+    exp.infra.uid()  # (frozen)
+    (tmp_path / "reloaded_exp.py").write_text(OWN_SETATTR.replace("v1", "v2"))
+    autoreload.superreload(module, old_objects=OLD)
+    with pytest.raises(RuntimeError, match="frozen"):
+        exp.lr = 2.0
+    unfrozen = Exp(lr=0.5)
+    unfrozen.lr = 0.7  # (its own __setattr__, the new one, runs)
+    assert unfrozen.lr == 0.7

@@ -137,8 +137,19 @@ PROGRESS_SCRIPT = textwrap.dedent(
             print("TASK-START", file=sys.stderr, flush=True)
             return 1
 
+    class Data(pydantic.BaseModel):
+        infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+        @infra.apply
+        def make(self) -> list[int]:
+            return list(range(1000, 1050))
+
     assert Task(infra={"folder": sys.argv[1]}).compute() == 1
     print("TASK-END", file=sys.stderr, flush=True)
+    # a map whose items come from a task computed here: its items counted once known
+    fed = Map(infra={"folder": sys.argv[1]}).process.node(Data(infra={"folder": sys.argv[1]}).make.node())
+    exca.graph.run(fed)
+    print("GRAPH-END", file=sys.stderr, flush=True)
     print(sum(Map(infra={"folder": sys.argv[1]}).process(list(range(300)))))
     """
 )
@@ -170,6 +181,7 @@ def test_progress_is_shown_on_request_and_quiet_otherwise(tmp_path: Path) -> Non
     # a task computed in the calling process: no bar (it sat at 0/1 until the task ended,
     # at every call of a cached method in a notebook)
     assert "0/1" not in forced.split("TASK-END")[0]
+    assert "50/50" in forced.split("TASK-END")[1].split("GRAPH-END")[0]
     quiet = _progress_run(tmp_path, None)  # stderr is not a terminal here
     assert "300/300" not in quiet
     off = _progress_run(tmp_path, "0")

@@ -2012,3 +2012,19 @@ def test_a_task_method_with_unnamed_parameters_is_refused_at_class_definition(
         go = infra.apply(run)
 
     assert SelfOnly().go(a=3) == 3
+
+
+def test_an_infra_method_over_an_abstract_method_keeps_the_class_instantiable() -> None:
+    """(The infra method's getter is its function: a property whose getter is abstract
+    makes its class abstract; an infra method never did.)"""
+    import abc
+
+    class Base(pydantic.BaseModel, abc.ABC):
+        infra: TaskInfra = TaskInfra(version="1")
+
+        @infra.apply
+        @abc.abstractmethod
+        def run(self) -> int:
+            return 1
+
+    assert Base().run() == 1

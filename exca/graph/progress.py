@@ -32,11 +32,19 @@ class Progress:
     def __init__(self, total: int, desc: str, requested: bool | None = None) -> None:
         self.total = total
         self.count = 0
+        self.desc = desc
+        self.requested = requested
         self._bar: tp.Any = None
-        if total > 0 and enabled(requested):
+        if total > 0:
+            self._show()
+
+    def _show(self) -> None:
+        if enabled(self.requested):
             self._bar = _tqdm()(
-                total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr
+                total=self.total, desc=self.desc, leave=False, dynamic_ncols=True, file=sys.stderr
             )
+            if self.count:
+                self._bar.update(self.count)
 
     def update(self, count: int = 1) -> None:
         self.count += count
@@ -48,6 +56,8 @@ class Progress:
         if self._bar is not None:
             self._bar.total = self.total
             self._bar.refresh()
+        elif self.total > 0 and self.requested is not False:  # (work known only now)
+            self._show()
 
     def note(self, text: str) -> None:
         if self._bar is not None:

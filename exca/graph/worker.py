@@ -188,7 +188,11 @@ def _refuse_changed_classes(node: Node) -> None:
                 "cached: submit the config again, with the current code"
             )
         for name in missing:  # (set as pydantic sets fields: no validation, no freezing)
-            values[name] = cls.model_fields[name].get_default(call_default_factory=True)
+            field = cls.model_fields[name]
+            try:  # (a default factory may take the other fields: pydantic >= 2.10)
+                values[name] = field.get_default(call_default_factory=True, validated_data=values)
+            except TypeError:
+                values[name] = field.get_default(call_default_factory=True)
 
 
 def _models_in(value: tp.Any, depth: int) -> tp.Iterator[tp.Any]:

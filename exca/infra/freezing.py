@@ -32,13 +32,13 @@ class _FreezeGuard:
     class's own. Not a function: IPython's ``%autoreload`` swaps the code of the functions
     of a reloaded class, and failed on this one (another closure), leaving the class half
     updated (a new field out of its uids). To autoreload, it equals the function it wraps
-    (kept: the same pydantic function in the new class); a new ``__setattr__`` of the
-    class replaces it, and the next freeze guards the class again."""
+    (kept: the same pydantic function in the new class); around a class's own
+    ``__setattr__``, it takes the new one (a rule exca gives autoreload: see method.py)."""
 
     __slots__ = ("original",)
 
     def __init__(self, original: tp.Callable[..., None]) -> None:
-        self.original = original
+        self.original = getattr(original, "original", original)  # (never a guard's guard)
 
     def __get__(self, obj: tp.Any, objtype: tp.Any = None) -> tp.Any:
         return self if obj is None else types.MethodType(self, obj)
@@ -62,6 +62,17 @@ class _FreezeGuard:
                 f"type(obj)(**obj.model_dump()) {hint}"
             )
         self.original(obj, name, value)
+
+
+def guarded_class(cls: type) -> bool:
+    return cls in _PATCHED
+
+
+def update_guarded_class(old: type, new: type, update: tp.Callable[[type, type], None]) -> None:
+    """%autoreload of a guarded class: its instances move to the new class (frozen ones
+    too), which gets the guard."""
+    update(old, new)
+    _patch_setattr(new)
 
 
 def _patch_setattr(cls: type) -> None:
