@@ -105,3 +105,28 @@ def test_autoreload_keeps_frozen_configs_of_a_class_with_its_own_setattr(
     unfrozen = Exp(lr=0.5)
     unfrozen.lr = 0.7  # (its own __setattr__, the new one, runs)
     assert unfrozen.lr == 0.7
+
+
+LATE = """
+import sys, pathlib
+folder = pathlib.Path(sys.argv[1]); sys.path.insert(0, str(folder))
+import late_exp  # its classes defined before autoreload is loaded
+import IPython.extensions.autoreload as autoreload
+Exp, old = late_exp.Exp, {}
+assert Exp(lr=0.5, infra={"folder": folder / "cache"}).train() == 5.0
+edited = (folder / "late_exp.py").read_text().replace('version="1"', 'version="2"')
+(folder / "late_exp.py").write_text(edited)
+autoreload.superreload(late_exp, old_objects=old)
+print(Exp(lr=0.5, infra={"folder": folder / "cache"}).infra.uid())
+"""
+
+
+def test_autoreload_loaded_after_the_classes_were_defined(tmp_path: Path) -> None:
+    import subprocess
+
+    (tmp_path / "late_exp.py").write_text(MODULE)
+    out = subprocess.run(
+        [sys.executable, "-c", LATE, str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "late_exp.Exp.train,2/lr=0.50-bc03f631"
