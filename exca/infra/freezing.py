@@ -7,7 +7,6 @@ id is not taken for it); its class's ``__setattr__`` is patched once to check th
 
 from __future__ import annotations
 
-import sys
 import types
 import typing as tp
 import weakref
@@ -26,7 +25,6 @@ def is_frozen(model: tp.Any) -> bool:
 
 
 _PATCHED: set[type] = set()
-_FOLLOWING = [False]  # (IPython's autoreload taught to keep guards: see method.py)
 
 
 class _FreezeGuard:
@@ -93,11 +91,6 @@ def freeze(model: pydantic.BaseModel) -> list[pydantic.BaseModel]:
     """Forbid public attribute changes on a model and on every model nested in it (returns
     them all)."""
     frozen, patched, ref_to = _FROZEN, _PATCHED, weakref.ref
-    if not _FOLLOWING[0] and "IPython.extensions.autoreload" in sys.modules:
-        from .method import FOLLOWING_AUTORELOAD, follow_autoreload
-
-        follow_autoreload()
-        _FOLLOWING[0] = FOLLOWING_AUTORELOAD[0]
     models = iter_models(model)
     for sub in models:
         ref = frozen.get(id(sub))

@@ -188,16 +188,6 @@ def importable(cls: type) -> bool:
     return obj is cls
 
 
-FOLLOWING_AUTORELOAD = [False]  # (whether autoreload was taught: see below)
-
-
-def follow_autoreload() -> None:
-    """``_follow_autoreload`` once autoreload is loaded (a notebook may load it after
-    defining its classes): checked when a config is frozen."""
-    if not FOLLOWING_AUTORELOAD[0] and "IPython.extensions.autoreload" in sys.modules:
-        _follow_autoreload()
-
-
 def _follow_autoreload() -> None:
     """Teach IPython's %autoreload (when loaded) to update exca's objects of an edited
     class in place: it keeps the old infra method, a property, swapping only its getter
@@ -207,7 +197,6 @@ def _follow_autoreload() -> None:
     rules = getattr(module, "UPDATE_RULES", None)
     if not isinstance(rules, list) or any(getattr(r, "exca", False) for r in rules):
         return
-    FOLLOWING_AUTORELOAD[0] = True
     from .freezing import guarded_class, update_guarded_class
 
     class Rule(tuple):  # (a rule autoreload reads as a pair)
