@@ -367,7 +367,7 @@ def _field_facts(cls: type, name: str, field: pydantic.fields.FieldInfo) -> _Fie
 def class_facts(cls: type[pydantic.BaseModel]) -> _ClassFacts:
     facts = _FACTS.get(cls)
     if facts is not None:
-        if facts.fields_of is cls.__pydantic_fields__:
+        if not AUTORELOADING[0] or facts.fields_of is cls.__pydantic_fields__:
             return facts
         forget_class(cls)  # (updated in place since, e.g. by IPython's %autoreload)
     static: frozenset[str] | None = frozenset()
@@ -392,6 +392,9 @@ def class_facts(cls: type[pydantic.BaseModel]) -> _ClassFacts:
 
 # what other modules memoize per class, to forget when a class is updated in place
 CLASS_FORGETTERS: list[tp.Callable[[type], object]] = []
+# whether IPython's autoreload (which updates classes in place) was taught (method.py):
+# until then, the memos of a class are not checked (a cost on every uid)
+AUTORELOADING = [False]
 
 
 def forget_class(cls: type) -> None:

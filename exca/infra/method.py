@@ -197,6 +197,7 @@ def _follow_autoreload() -> None:
     rules = getattr(module, "UPDATE_RULES", None)
     if not isinstance(rules, list) or any(getattr(r, "exca", False) for r in rules):
         return
+    identity.AUTORELOADING[0] = True
     from .freezing import guarded_class, update_guarded_class
 
     class Rule(tuple):  # (a rule autoreload reads as a pair)
