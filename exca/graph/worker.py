@@ -889,10 +889,13 @@ def _compute_items(
             cache.delete_many(uids)
         position = 0
         failures = _Failures()
+        # (built once: after each item error the method is called again on the rest, a
+        # slice of it; rebuilt each time, n items with k errors cost n*k dict lookups)
+        items = [by_uid[u] for u in uids]
         try:
             while position < len(uids):
                 position = _compute_from(
-                    node, cache, uids, by_uid, position, report, progress, failures, forced_by
+                    node, cache, uids, items, position, report, progress, failures, forced_by
                 )
         finally:
             if failures.unlogged:  # (one line per failed item: a flood for many)
@@ -934,7 +937,7 @@ def _compute_from(
     node: Node,
     cache: CacheDict[tp.Any],
     uids: list[str],
-    by_uid: dict[str, tp.Any],
+    all_items: list[tp.Any],
     start: int,
     report: Report,
     progress: ProgressCallback | None,
@@ -944,7 +947,7 @@ def _compute_from(
     """Call the method on items[start:]; write outputs in batches; when the method raises,
     cache the error for the item it was computing (confirmed by computing that item
     alone: a method working on batches raises for a later item). Returns where to restart."""
-    items = [by_uid[u] for u in uids[start:]]
+    items = all_items[start:] if start else all_items
     meta = _items_provenance(node)
     if forced_by:
         meta = {**(meta or {}), "forced": forced_by}
@@ -1008,7 +1011,7 @@ def _compute_from(
             raise  # (the job's time is up: not this item's error; the rest stays missing)
         uid = uids[position]
         if len(uids) - start > 1:  # (the method had other items: is it this one's error?)
-            alone = _compute_alone(node, cache, uid, by_uid[uid], meta, report, progress)
+            alone = _compute_alone(node, cache, uid, all_items[position], meta, report, progress)
             if alone is None:  # (it computed alone: the error was a later item's)
                 if not failures.alone_ok:
                     failures.alone_ok = True
