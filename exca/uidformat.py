@@ -418,6 +418,8 @@ def to_uid(data: tp.Any, version: int | None = None, empty: str = "") -> str:
 
 def _not_utf8(data: tp.Any, path: str = "") -> str:
     """What to say of a config holding text that is not valid unicode (lone surrogates)."""
+    from .storage.formats import _utf8 as utf8_text  # (the error path only)
+
     items: tp.Iterable[tuple[tp.Any, tp.Any]] = ()
     if isinstance(data, dict):
         items = data.items()
@@ -426,7 +428,7 @@ def _not_utf8(data: tp.Any, path: str = "") -> str:
     for key, value in items:
         where = f"{path}.{key}" if path else str(key)
         for text in (key, value):
-            if isinstance(text, str | PurePath) and not _utf8_text(str(text)):
+            if isinstance(text, str | PurePath) and not utf8_text(str(text)):
                 return (
                     f"The value of {where!r} ({text!r}) is not valid unicode (lone surrogates, "
                     "e.g. a file name decoded by os.listdir): it cannot be part of a uid. Make "
@@ -437,10 +439,3 @@ def _not_utf8(data: tp.Any, path: str = "") -> str:
             return found
     return "" if path else "The config holds text that is not valid unicode (lone surrogates)"
 
-
-def _utf8_text(text: str) -> bool:
-    try:
-        text.encode("utf8")
-    except UnicodeEncodeError:
-        return False
-    return True
