@@ -438,4 +438,3 @@ def _not_utf8(data: tp.Any, path: str = "") -> str:
         if found:
             return found
     return "" if path else "The config holds text that is not valid unicode (lone surrogates)"
-

@@ -33,7 +33,7 @@ class _FreezeGuard:
     of a reloaded class, and failed on this one (another closure), leaving the class half
     updated (a new field out of its uids). To autoreload, it equals the function it wraps
     (kept: the same pydantic function in the new class); around a class's own
-    ``__setattr__``, it takes the new one (a rule exca gives autoreload: see method.py)."""
+    ``__setattr__``, it takes the new one (a rule exca gives autoreload: autoreload.py)."""
 
     __slots__ = ("original",)
 
@@ -62,6 +62,10 @@ class _FreezeGuard:
                 f"type(obj)(**obj.model_dump()) {hint}"
             )
         self.original(obj, name, value)
+
+
+def is_guard(obj: tp.Any) -> bool:
+    return isinstance(obj, _FreezeGuard)
 
 
 def guarded_class(cls: type) -> bool:

@@ -392,7 +392,7 @@ def class_facts(cls: type[pydantic.BaseModel]) -> _ClassFacts:
 
 # what other modules memoize per class, to forget when a class is updated in place
 CLASS_FORGETTERS: list[tp.Callable[[type], object]] = []
-# whether IPython's autoreload (which updates classes in place) was taught (method.py):
+# whether IPython's autoreload (which updates classes in place) was taught (autoreload.py):
 # until then, the memos of a class are not checked (a cost on every uid)
 AUTORELOADING = [False]
 
