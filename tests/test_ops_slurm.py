@@ -365,6 +365,46 @@ def test_array_larger_than_max_array_size_is_split(tmp_path: Path, slurm_cluster
         _scancel(*ids)
 
 
+def _scontrol_job(job_id: str) -> str:
+    return subprocess.run(
+        ["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30, check=False
+    ).stdout
+
+
+@pytest.mark.timeout(QUEUE_S + 2 * WAIT_S)
+def test_job_array_split_at_max_array_size_keeps_max_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An array split at MaxArraySize: each part got the max_workers throttle, so together
+    they ran parts x max_workers jobs at once. The parts now run one after the other."""
+    from exca.graph import executors
+
+    monkeypatch.setattr(executors, "max_array_size", lambda: 3)
+    held = {"folder": tmp_path / "held", "cluster": "slurm", "slurm_additional_parameters": HOLD}
+    tasks = [NapOps(seconds=0, marker=f"h{i}", infra=held) for i in range(5)]
+    ids: list[str] = []
+    try:
+        with tasks[0].infra.job_array(max_workers=2) as array:
+            array.extend(tasks)
+        ids = [task.infra.job().job_id for task in tasks]
+        first, second = sorted({i.split("_")[0] for i in ids}, key=int)
+        assert [i.split("_")[0] for i in ids] == [first] * 3 + [second] * 2
+        for part in (first, second):
+            assert "ArrayTaskThrottle=2" in _scontrol_job(part)
+        assert f"Dependency=afterany:{first}" in _scontrol_job(second)
+        assert "Dependency=(null)" in _scontrol_job(first)
+    finally:
+        _scancel(*ids)
+    # run for real: every task computes once, the second part after the first
+    infra = {"folder": tmp_path / "run", "cluster": "slurm"}
+    tasks = [NapOps(seconds=0, marker=f"r{i}", infra=infra) for i in range(5)]
+    with tasks[0].infra.job_array(max_workers=2) as array:
+        array.extend(tasks)
+    wait_until(lambda: all(t.infra.status() == "completed" for t in tasks), "the jobs end", QUEUE_S)
+    assert [t.nap() for t in tasks] == [f"r{i}" for i in range(5)]
+    assert len({t.infra.job().job_id.split("_")[0] for t in tasks}) == 2
+
+
 # --- a queued / running job: inspect and clean ------------------------------------------------------
 def test_queued_job_shown_running_and_kept(tmp_path: Path) -> None:
     root = tmp_path / "cache"

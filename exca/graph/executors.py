@@ -84,6 +84,15 @@ def max_jobs(execution: Execution) -> int | None:
     return execution.max_jobs
 
 
+def _run_after(executor: tp.Any, job_id: str) -> None:
+    """Make the next submission of a submitit Slurm executor start once ``job_id`` (an
+    array: all its elements) ended, whatever its end, besides the dependencies it has."""
+    params = dict(executor._executor.parameters.get("additional_parameters", {}) or {})
+    before = params.get("dependency")
+    params["dependency"] = f"{before},afterany:{job_id}" if before else f"afterany:{job_id}"
+    executor._executor.update_parameters(additional_parameters=params)
+
+
 @functools.cache
 def max_array_size() -> int:
     """Slurm's MaxArraySize (arrays larger than that are split)."""
@@ -1022,9 +1031,14 @@ def submit_array(
     try:
         if cluster == "slurm" and len(units) > 1:  # (pickling errors: told below)
             _check_array_pickles(function, units, executor._executor.max_pickle_size_gb)
+        # Parts of an array split at MaxArraySize each get the array's throttle: they run
+        # one after the other, or together they would run parts x parallelism jobs at once
+        chained = cluster == "slurm" and len(units) > size and parallelism is not None
         with submitit.helpers.clean_env(), context:
             for start in range(0, len(units), size):
                 part = units[start : start + size]
+                if chained and jobs:
+                    _run_after(executor, jobs[-1].job_id.split("_")[0])
                 if len(part) == 1:
                     jobs.append(executor.submit(function, part[0]))
                     continue
