@@ -1370,6 +1370,10 @@ def test_maps_refuse_what_is_not_one_value_per_item(tmp_path: Path) -> None:
     source = Count(infra={"folder": tmp_path / "cache"}).make.node()
     with pytest.raises(TypeError, match=r"come from .*Count.make.*not a list of items: int 5"):
         mapper.process.node(source).result()
+    # the plan says so, and not that the items are known at run time (it read them)
+    (entry,) = [e for e in exca.graph.plan(mapper.process.node(source)).entries if e.kind == "map"]
+    assert (entry.action, entry.items) == ("fail", None)
+    assert entry.reason.startswith("TypeError: The items of ")
 
 
 def test_a_generator_method_cannot_be_a_task() -> None:
@@ -1575,12 +1579,27 @@ def test_a_downstream_node_of_a_damaged_payload_says_how_to_repair_it(tmp_path: 
         items = upstream.process.node([1, 2, 3])
         return SumOf(infra={"folder": folder, "mode": "retry"}).process.node(items)
 
+    # the plan in mode cached tells beforehand (it said the map "cached", the task "compute")
+    plan = exca.graph.plan(total("cached"))
+    mapped, summed = plan.entries
+    assert (mapped.status, mapped.action, mapped.items) == ("missing", "fail", "2/3 missing")
+    assert "2 cached item(s) cannot be read ('2', '3': their payload file" in mapped.reason
+    assert "mode='retry' computes them again" in mapped.reason
+    assert (summed.action, summed.reason) == (
+        "fail",
+        f"upstream {mapped.uid} fails ({mapped.reason})",
+    )
+    # (its first line counted statuses only: "2 missing", which reads as "2 to compute")
+    assert str(plan).startswith("Plan: 2 node(s): 2 missing; 2 would fail (see their reason)\n")
     with pytest.raises(UpstreamFailed, match="the upstream node in mode='retry'") as info:
         exca.graph.run(total("cached"), progress=False)
     assert "shorter than its index says" in str(info.value)
     (entry,) = [e for e in exca.graph.plan(total("retry")).entries if e.kind == "map"]
     assert (entry.status, entry.action, entry.items) == ("missing", "compute", "2/3 to compute")
     assert "2 whose payload file was removed or damaged outside exca" in entry.reason
+    # (explain added "new items: the others are cached" to any map with items to compute)
+    (why,) = [e for e in exca.ops.explain(total("retry")) if e.uid == entry.uid]
+    assert why.summary().startswith("retry of 2 whose payload") and "new items" not in why.summary()
     exca.graph.run(total("retry"), progress=False)
     assert total("cached").result() == 100 * (10 + 20 + 30)
     assert counts(log) == {1: 1, 2: 2, 3: 2}  # (item 1 was before the cut)

@@ -1087,9 +1087,14 @@ def test_plan_of_auto_says_where_it_resolves_with_its_resources(env: Env) -> Non
     here = exca.graph.executors.resolve_cluster("auto")
     plain = env.step("plain", infra={"cluster": "auto"}).run.node()
     sized = env.step("sized", infra={"cluster": "auto", "timeout_min": 5}).run.node()
-    entries = _by_uid(exca.graph.plan(plain, sized))
+    plan = exca.graph.plan(plain, sized)
+    entries = _by_uid(plan)
     assert entries[plain.uid].where == f"{here} (auto)"
     assert entries[sized.uid].where == f"{here}(auto, timeout_min=5)"
+    # the submissions say the same (they said "on auto")
+    wheres = sorted(a.where for a in plan.arrays)
+    assert wheres == sorted([f"{here} (auto)", f"{here}(auto, timeout_min=5)"])
+    assert f"1 element(s) on {here} (auto) for 1 node(s)" in str(plan)
 
 
 def test_plan_of_a_node_without_folder_says_nothing_is_cached(env: Env) -> None:

@@ -81,6 +81,7 @@ class Plan:
     def __init__(self, targets: tp.Sequence[Node]) -> None:
         with gcpause.paused(), keeping_files():  # (a dry run: reads only)
             self.graph = Graph(targets)
+            self.graph.checks_payloads = True
             self._by_uid: dict[str, Node] | None = None
             self._stale: set[Key] = set()  # stale nodes seen so far (topological order)
             runs = self.graph.decide()
@@ -119,7 +120,9 @@ class Plan:
                     reason = f"{reason}, {note}"
         items = None
         if node.kind == "map" and run.action != "not-needed":
-            if run.uids is None:
+            if run.uids is None and run.action == "fail":
+                pass  # (its items could not be read: the reason says why)
+            elif run.uids is None:
                 items = "items known at run time"
             else:
                 total = len(set(run.uids))
@@ -254,7 +257,7 @@ class Plan:
             group = (wave[key], where, key in behind)
             array = groups.get(group)
             if array is None:
-                shown = "inline" if here else node.execution.describe()
+                shown = "inline" if here else _where(node, run)  # (auto: what it resolves to)
                 array = groups[group] = PlannedArray(
                     len(groups), shown, 0, [], wave[key], False, key in behind
                 )
@@ -298,6 +301,8 @@ class Plan:
             f"{n} {s}"
             for s, n in sorted(self.counts().items(), key=lambda x: STATUS_ORDER.index(x[0]))
         )
+        failing = sum(e.action == "fail" for e in self.entries)
+        counts += f"; {failing} would fail (see their reason)" if failing else ""
         lines = [f"Plan: {len(self.entries)} node(s): {counts}"]
         headers = ("status", "action", "node", "where", "reason")
         rows = []

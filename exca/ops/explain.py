@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing as tp
 from pathlib import Path
 
@@ -148,6 +149,15 @@ def _result_count(folder: Path) -> int:
     return sum(info.get("#type") != "Error" for info in cache.entries_info().values())
 
 
+# a map's reason when items are simply missing (not cached errors or damaged payloads to
+# redo): "3/10 missing", "read-only and 3/10 items missing (...)", "items known at run time"
+_MISSING_ITEMS = re.compile(r"(read-only and )?\d+/\d+ (items )?missing|(read-only: )?items known")
+
+
+def _missing_items(reason: str) -> bool:
+    return _MISSING_ITEMS.match(reason) is not None
+
+
 def explain(*targets: Node, plan: Plan | None = None) -> list[Explanation]:
     """Explanations for every node of the targets' graph that is not simply reused."""
     with keeping_files():  # (reads only)
@@ -164,7 +174,7 @@ def explain(*targets: Node, plan: Plan | None = None) -> list[Explanation]:
 def _explain_entry(entry: PlanEntry, run: NodeRun) -> Explanation:
     node = run.node
     explanation = Explanation(entry.uid, entry.status, entry.action, entry.reason)
-    if entry.reason == "missing" or (node.kind == "map" and entry.status == "missing"):
+    if entry.reason == "missing" or (node.kind == "map" and _missing_items(entry.reason)):
         # (the plan's counts, not the cache: a map's index can hold 100k entries)
         if run.uids is not None and len(run.todo or ()) < len(set(run.uids)):
             # some items are cached for this very config: the others are new items, not

@@ -72,11 +72,14 @@ def _needed(folder: Path, info: dict[str, tp.Any]) -> tuple[Path, int] | None:
     if kind in _SHARED_TEXT_TYPES:
         return payload_path(folder, info["f"]), info["o"] + info["n"]
     if kind == "MemmapArray":
-        from .arrays import _dtype_of  # (structured dtypes too: JSON descriptions)
-
-        end = info["o"] + math.prod(info["s"]) * _dtype_of(info["d"]).itemsize
-        return payload_path(folder, info["f"]), end
+        return payload_path(folder, info["f"]), info["o"] + _nbytes(info["d"], info["s"])
     return None
+
+
+def _nbytes(dtype: str, shape: tp.Sequence[int]) -> int:
+    from .arrays import _dtype_of  # (structured dtypes too: JSON descriptions)
+
+    return int(math.prod(shape) * _dtype_of(dtype).itemsize)
 
 
 def damaged(folder: Path, infos: tp.Iterable[tuple[str, dict[str, tp.Any]]]) -> list[str]:
@@ -84,8 +87,26 @@ def damaged(folder: Path, infos: tp.Iterable[tuple[str, dict[str, tp.Any]]]) -> 
     size per distinct shared file (the items of a map share a few), one per own file."""
     shared: dict[Path, list[tuple[int, str]]] = {}
     keys, bad = [], set()
+    # (map items: records of arrays in a few shared files; their ends computed here, with
+    # the array sizes and paths of a file memoized, ~10x faster than the general path)
+    by_name: dict[str, list[tuple[int, str]]] = {}
+    sizes: dict[tuple[tp.Any, ...], int] = {}
     for key, info in infos:
         keys.append(key)
+        if info.get("#type") == "MemmapArray":
+            try:
+                name, shape, dtype = info["f"], info["s"], info["d"]
+                if type(name) is str and type(dtype) is str and type(shape) in (list, tuple):
+                    spec = (dtype, *shape)
+                    nbytes = sizes.get(spec)
+                    if nbytes is None:
+                        nbytes = sizes[spec] = _nbytes(dtype, shape)
+                    end = info["o"] + nbytes
+                    if type(end) is int:
+                        by_name.setdefault(name, []).append((end, key))
+                        continue
+            except _UNCLEAR:
+                continue  # (unclear: found when it is read)
         try:
             for leaf in _leaves(info):
                 needed = _needed(folder, leaf)
@@ -97,6 +118,11 @@ def damaged(folder: Path, infos: tp.Iterable[tuple[str, dict[str, tp.Any]]]) -> 
             bad.add(key)
         except _UNCLEAR:  # (unclear: found when it is read)
             continue
+    for name, ends in by_name.items():
+        try:
+            shared.setdefault(payload_path(folder, name), []).extend(ends)
+        except DamagedPayload:  # (a file named outside the cache folder)
+            bad.update(key for _, key in ends)
     for path, ends in shared.items():
         try:
             size = _size(path)
