@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import typing as tp
 from pathlib import Path
 
 import orjson
@@ -177,6 +178,71 @@ def test_an_empty_folder_lock_of_a_dead_writer_is_broken(
     claim = Claims(tmp_path).claim(["a", "b"])
     try:
         assert claim.mine == ["a", "b"]
+    finally:
+        claim.release()
+
+
+def test_a_stale_lock_broken_by_two_waiters_never_comes_back_held_by_nobody(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two waiters judge the lock of a killed process stale. A breaks it and takes the
+    lock afresh; B then renamed A's fresh lock away, found other bytes and linked it
+    back, which, when A had released it meanwhile, left a lock of a live process held by
+    nobody: every later claim in the folder waited for as long as that process lived."""
+    code = (
+        "import os\nfrom exca.storage import claims as C\n"
+        f"with C.Claims({str(tmp_path)!r})._folder_lock(C.Owner.current()):\n    os._exit(9)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=False, timeout=60)
+    lock = tmp_path / CLAIMS_DIR / ".lock"
+    assert lock.exists()  # (left by the killed process)
+    claims = Claims(tmp_path)
+    events = {name: threading.Event() for name in ("b_judging", "a_inside", "b_acting", "a_out")}
+    breaker_b: list[int] = []
+    is_alive, link = process.is_alive, os.link
+
+    def judged(*args: tp.Any) -> bool | None:  # B judges the dead owner, A breaks meanwhile
+        if threading.get_ident() in breaker_b and not events["b_judging"].is_set():
+            events["b_judging"].set()
+            events["a_inside"].wait(10)
+        return is_alive(*args)
+
+    def linked(*args: tp.Any, **kwargs: tp.Any) -> None:  # (B's put-back, when it had one)
+        if threading.get_ident() in breaker_b:
+            events["b_acting"].set()
+            events["a_out"].wait(10)
+        link(*args, **kwargs)
+
+    monkeypatch.setattr(claims_module.process, "is_alive", judged)
+    monkeypatch.setattr(os, "link", linked)
+
+    def waiter_b() -> None:
+        breaker_b.append(threading.get_ident())
+        try:
+            claims._break_if_stale(lock)  # (what a waiter finding the lock taken does)
+        finally:
+            events["b_acting"].set()
+
+    def waiter_a() -> None:
+        with claims._folder_lock(Owner.current()):
+            events["a_inside"].set()
+            events["b_acting"].wait(10)
+            assert lock.exists()  # (B left A's lock alone: no second holder can come in)
+        events["a_out"].set()
+
+    b = threading.Thread(target=waiter_b)
+    b.start()
+    assert events["b_judging"].wait(10)
+    a = threading.Thread(target=waiter_a)
+    a.start()
+    a.join(20)
+    b.join(20)
+    monkeypatch.undo()
+    assert not lock.exists()  # A released it: nobody holds it
+    assert [p.name for p in lock.parent.iterdir()] == []
+    claim = Claims(tmp_path).claim(["item"])  # (waited forever)
+    try:
+        assert claim.mine == ["item"]
     finally:
         claim.release()
 

@@ -44,6 +44,8 @@ HEARTBEAT_ENV = "EXCA_CLAIM_HEARTBEAT_S"
 DEFAULT_HEARTBEAT_S = 30.0
 LOCK_STALE_S = 60.0  # the folder lock is held for milliseconds: a minute means its owner died
 EMPTY_LOCK_STALE_S = 2.0  # (written right after its creation: empty after 2 s, it stays so)
+BREAKING_SUFFIX = ".breaking"  # a waiter breaking the stale lock (see _remove_if_unchanged)
+BREAKING_STALE_S = 10.0  # (held for a read and a remove: older, its waiter was killed)
 
 
 def _server_time(folder: Path) -> float:
@@ -363,15 +365,7 @@ class Claims:
         # (empty for more than a moment: its owner died between creating and writing it)
         limit = EMPTY_LOCK_STALE_S if not data else LOCK_STALE_S
         if alive is False or (alive is None and age > limit):
-            stale = lock.with_name(f"{LOCK_NAME}.stale-{os.urandom(4).hex()}")
-            try:
-                os.rename(lock, stale)  # atomic: one breaker wins
-            except FileNotFoundError:
-                return
-            if stale.read_bytes() != data:  # took a fresh lock by mistake: put it back
-                with contextlib.suppress(FileExistsError):
-                    os.link(stale, lock)
-            _discard(stale)
+            _remove_if_unchanged(lock, data)
 
     def wait(
         self,
@@ -398,6 +392,31 @@ class Claims:
             time.sleep(poll)
             poll = min(poll * 1.5, max_poll)
         return []
+
+
+def _remove_if_unchanged(lock: Path, data: bytes) -> None:
+    """Remove a stale lock, unless it changed since it was judged stale (broken, and taken
+    afresh, by another waiter). Breakers take turns (a ``.breaking`` file next to it):
+    only a breaker removes a lock that is not its own, so the lock read in its turn is
+    the one it removes. (A lock renamed away to be broken, then found fresh and put
+    back, could come back after its holder had released it: held by nobody, for good.)"""
+    breaking = lock.with_name(lock.name + BREAKING_SUFFIX)
+    try:
+        os.close(os.open(breaking, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except FileExistsError:  # another waiter's turn (or one killed in it: seconds ago?)
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - os.stat(breaking).st_mtime > BREAKING_STALE_S:
+                _discard(breaking)
+        return
+    try:
+        try:
+            current = lock.read_bytes()
+        except FileNotFoundError:
+            return
+        if current == data:  # (tokens are random: the same bytes, the same lock)
+            _discard(lock)
+    finally:
+        _discard(breaking)
 
 
 def _unlock(lock: Path, token: bytes) -> None:
