@@ -824,12 +824,27 @@ class Logging(pydantic.BaseModel):
         return 1
 
 
+class Params(pydantic.BaseModel):
+    params: dict[str, tp.Any] = {}
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
 def test_dict_keys_naming_the_same_path_are_refused() -> None:
     """ "enc.bias" is read as a path: next to "enc", one value would hide the other in the
     uid, and {"enc": 1, ...} and {"enc": 2, ...} would share one cache folder."""
     for weights in ({"enc": 1.0, "enc.bias": 3.0}, {"enc.bias": 3.0, "enc": 2.0}):
-        with pytest.raises(ValueError, match=r"'enc' and 'enc\.bias' of a config name the same"):
+        with pytest.raises(ValueError, match=r"'enc' and 'enc\.bias' of a config both name"):
             Weights(weights=weights).infra.uid()
+    # "enc" holding a dict: "enc.bias" merged into it, and the uid was that of the config
+    # nesting both ({"enc": {"w": 1, "bias": 2}}): the other's cached result came back
+    nested = Params(params={"enc": {"w": 1, "bias": 2}})
+    with pytest.raises(ValueError, match=r"both name values inside 'enc'.* Use one form"):
+        Params(params={"enc": {"w": 1}, "enc.bias": 2}).infra.uid()
+    assert nested.infra.uid().endswith("/params.enc={w=1,bias=2}-0a8cf66e")
     # ... only where they make a uid: a field kept out of the uid may hold such keys
     levels = {"exca": "INFO", "exca.graph": "DEBUG"}
     assert Logging(levels=levels).infra.uid() == Logging().infra.uid()

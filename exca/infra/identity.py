@@ -909,6 +909,18 @@ def _check_dotted_keys(items: dict[str, tp.Any]) -> None:
     """Configs read a "." in a key as a path (``{"enc.bias": 3}`` is ``bias`` inside
     ``enc``): in a uid, a value under a key that is also the path of another key's value
     would be lost (two different configs, one cache folder)."""
+    for key in items:
+        first = key.partition(".")[0]
+        if first != key and first in items:
+            # ({"enc": {"w": 1}, "enc.bias": 2} reads as {"enc": {"w": 1, "bias": 2}})
+            raise ValueError(
+                f"The dict keys {first!r} and {key!r} of a config both name values inside "
+                f"{first!r}: exca's configs read '.' in a key as a path separator, so this "
+                f"config would share its uid (and cache folder) with the one that nests them "
+                f"in one dict under {first!r}. Use one form (nested dicts, or keys without "
+                f"'.'), or keep the field out of the uid (_exclude_from_cls_uid) if it does "
+                f"not change results"
+            )
     paths = sorted(_leaf_paths(items, ()))
     for short, long in itertools.pairwise(paths):
         if long[: len(short)] == short:
