@@ -557,6 +557,8 @@ def test_inputs_whose_dict_keys_differ_only_by_type_are_different_inputs(env: En
     step = env.step("keyed")
     values: list[tp.Any] = [{1: "a"}, {"1": "a"}, [{1: "a"}], [{"1": "a"}], {"t": {2.5: 1}}]
     values.append({"t": {"2.5": 1}})
+    # a dotted key and a chain of single-key dicts render alike too
+    values += [{"train.csv": 1}, {"train": {"csv": 1}}]
     assert len({step.run.node(v).folder for v in values}) == len(values)
     assert [step.run(v) for v in values] == [f"keyed({_show(v)},None)" for v in values]
     assert env.starts("keyed") == len(values)

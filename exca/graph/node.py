@@ -180,7 +180,9 @@ class Value:
 
 
 def _typed_keys(value: tp.Any, path: str) -> list[str]:
-    """``<path>/<key>:<type>`` of every dict key that is not a str, at any depth."""
+    """``<path>/<key>:<type>`` of every dict key that is not a str, or holds a "." (the
+    format writes a chain of single-key dicts as a dotted key: {"a.b": 1} read as
+    {"a": {"b": 1}}), at any depth."""
     kind = type(value)
     if kind is str or kind is int or kind is float:
         return []
@@ -189,6 +191,8 @@ def _typed_keys(value: tp.Any, path: str) -> list[str]:
         for key, sub in value.items():
             if type(key) is not str:
                 out.append(f"{path}/{key!s}:{type(key).__qualname__}")
+            elif "." in key:
+                out.append(f"{path}/{key}:dotted")
             if type(sub) not in _IMMUTABLE:
                 out.extend(_typed_keys(sub, f"{path}/{key!s}"))
     elif isinstance(value, list | tuple):  # (sets hold no dicts: unhashable)
