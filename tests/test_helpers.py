@@ -390,6 +390,38 @@ def test_read_only_commands_leave_a_v2_named_cache_alone(
     assert not v2_folder.exists()
 
 
+def test_dry_runs_in_python_leave_a_v2_named_cache_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Building a node renamed it: exca.graph.plan, exca.ops.explain, node.status() and
+    infra.status() too (mode read-only included), though they only read. A run renames."""
+    import exca.graph
+    import exca.ops
+
+    monkeypatch.setenv("CONFDICT_UID_VERSION", "2")
+    old = _Legacy(lr=0.4, infra={"folder": tmp_path})
+    assert old.process() == 0.8
+    v2_folder = old.infra.uid_folder()
+    assert v2_folder is not None
+    monkeypatch.delenv("CONFDICT_UID_VERSION")
+
+    def config(mode: str = "cached") -> _Legacy:
+        return _Legacy(lr=0.4, infra={"folder": tmp_path, "mode": mode})
+
+    caplog.clear()
+    (entry,) = exca.graph.plan(config().process.node()).entries
+    assert entry.status == "missing"  # (as the CLI's plan says: its warning tells why)
+    assert f"legacy (v2) name {v2_folder.name}, which a read-only command" in caplog.text
+    exca.ops.explain(config().process.node())
+    assert config().process.node().status() == "not submitted"
+    assert config().infra.status() == "not submitted"
+    exca.graph.plan(config("read-only").process.node())
+    assert v2_folder.exists()
+    exca.graph.run(config().process.node())  # a run renames it, and reads the result
+    assert not v2_folder.exists() and _LEGACY_CALLS.count(0.4) == 1
+    assert config().process() == 0.8 and config().infra.status() == "completed"
+
+
 class _LegacyLoose(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
     x: int | str = 0

@@ -62,6 +62,7 @@ class _Runtime:
     checked = False  # uid folder yaml files checked/written
     full_uid_current = False  # ...and its full-uid.yaml was this config's (versions too)
     defaults_checked = False  # full-uid.yaml checked before reusing cached results
+    legacy_checked = False  # its cache looked for under its legacy (v2) name (a run renames)
     ram: tp.Any = _MISSING
     cache: tp.Any = None
     folder: Path | None = None  # memoized uid folder
@@ -457,13 +458,24 @@ class BaseInfra(pydantic.BaseModel):
             self._prepare_folder()
         return folder
 
-    def _cache_folder(self) -> Path | None:
-        """``uid_folder()``, after renaming this config's cache from its legacy (v2) name
-        when only that one exists (a cache written by an older exca)."""
+    def _adopt_legacy(self, rename: bool = True) -> None:
+        """Rename this config's cache from its legacy (v2) name when only that one exists
+        (a cache written by an older exca): once per instance, by what runs or reads
+        results (a call, ``exca.graph.run``). ``rename=False``: building a node (for a
+        plan, a status...) only warns, as a read-only command does."""
+        runtime = self._runtime()
+        if runtime.legacy_checked:
+            return
+        renames = rename and LEGACY_RENAMES.get()
         folder = self.uid_folder()
         if folder is not None and not os.path.isdir(folder):
-            self._adopt_v2_folder(folder)
-        return folder
+            token = LEGACY_RENAMES.set(renames)
+            try:
+                self._adopt_v2_folder(folder)
+            finally:
+                LEGACY_RENAMES.reset(token)
+        if renames or folder is None or os.path.isdir(folder):
+            runtime.legacy_checked = True
 
     def _adopt_v2_folder(self, folder: Path) -> None:
         if os.environ.get(uidformat.UID_VERSION_ENV) == "2" or not os.path.isdir(folder.parent):

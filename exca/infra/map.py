@@ -371,9 +371,16 @@ class MapInfra(BaseInfra, SubmititMixin):
     @property
     def cache_dict(self) -> CacheDict[tp.Any]:
         """The CacheDict of this config's items (in the uid folder)."""
+        return self._items_cache()
+
+    def _items_cache(self, adopt: bool = True) -> CacheDict[tp.Any]:
+        """(``adopt``: after renaming a legacy-named cache, see _adopt_legacy; a node being
+        built only warns of one)"""
         runtime = self._runtime()
+        if not runtime.legacy_checked:
+            self._adopt_legacy(rename=adopt)
         if runtime.cache is None:
-            folder = self._cache_folder()
+            folder = self.uid_folder()
             if folder is None and not self.keep_in_ram:
                 return CacheDict(None, keep_in_ram=True)  # nothing kept: recomputed every call
             runtime.cache = CacheDict(
@@ -408,7 +415,7 @@ class MapInfra(BaseInfra, SubmititMixin):
                 config_uid=config_uid,
                 root=None if self.folder is None else Path(self.folder),
                 function=MethodCall(owner, method),
-                cache=self.cache_dict,
+                cache=self._items_cache(adopt=False),  # (a dry run builds nodes too)
                 mode=self.mode,
                 force_state=runtime.force_state,
                 execution=self._execution(
@@ -419,6 +426,7 @@ class MapInfra(BaseInfra, SubmititMixin):
                     min_items_per_job=self.min_samples_per_job,
                 ),
                 prepare=self._prepare_folder if self.folder is not None else None,
+                adopt_legacy=self._adopt_legacy if self.folder is not None else None,
                 check_reuse=self._check_defaults if self.folder is not None else None,
                 label=uid,
                 uid_config=functools.partial(self.config, uid=True, exclude_defaults=False),

@@ -278,10 +278,14 @@ class TaskInfra(BaseInfra, SubmititMixin):
             for model in self._runtime().models
         )
 
-    def _cache(self) -> CacheDict[tp.Any]:
+    def _cache(self, adopt: bool = True) -> CacheDict[tp.Any]:
+        """The CacheDict of the result (``adopt``: after renaming a legacy-named cache,
+        see _adopt_legacy; a node being built only warns of one)."""
         runtime = self._runtime()
+        if not runtime.legacy_checked:
+            self._adopt_legacy(rename=adopt)
         if runtime.cache is None:
-            folder = self._cache_folder()
+            folder = self.uid_folder()
             if folder is None:
                 runtime.cache = CacheDict(None, keep_in_ram=True)
             else:
@@ -302,7 +306,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
         if self.folder is None and not self.keep_in_ram:
             cache: CacheDict[tp.Any] = CacheDict(None, keep_in_ram=True)  # recomputed per call
         else:
-            cache = self._cache()
+            cache = self._cache(adopt=False)  # (a dry run builds nodes too: see Node)
         node = Node(
             kind="task",
             step=step,
@@ -317,6 +321,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
                 workdir_folder=self._workdir_folder(step),
             ),
             prepare=self._prepare_folder if self.folder is not None else None,
+            adopt_legacy=self._adopt_legacy if self.folder is not None else None,
             check_reuse=self._check_defaults if self.folder is not None else None,
             reuse_note=self._reuse_note if self.folder is not None else None,
             after_store=self._record_versions if self.folder is not None else None,
