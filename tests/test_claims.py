@@ -247,6 +247,29 @@ def test_a_stale_lock_broken_by_two_waiters_never_comes_back_held_by_nobody(
         claim.release()
 
 
+def test_the_turn_of_a_breaker_killed_while_breaking_the_lock_is_taken_over(
+    tmp_path: Path,
+) -> None:
+    """A waiter killed while breaking a stale lock leaves its turn (.lock.breaking): the
+    others take it over once it is 10 s old, then break the lock."""
+    code = (
+        "import os\nfrom exca.storage import claims as C\n"
+        f"with C.Claims({str(tmp_path)!r})._folder_lock(C.Owner.current()):\n    os._exit(9)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=False, timeout=60)
+    turn = tmp_path / CLAIMS_DIR / ".lock.breaking"
+    turn.write_bytes(b"a killed breaker's token")
+    old = time.time() - 11
+    os.utime(turn, (old, old))
+    claim = Claims(tmp_path).claim(["item"])
+    try:
+        assert claim.mine == ["item"]
+        assert not turn.exists()
+    finally:
+        claim.release()
+    assert [p.name for p in turn.parent.iterdir()] == []
+
+
 # --- Ctrl-C while claiming or releasing --------------------------------------------------------
 # A real SIGINT (signal.raise_signal: the interpreter's own handler raises KeyboardInterrupt)
 # sent at the instants where one left a claim file or the folder lock behind, owned by a

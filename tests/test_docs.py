@@ -92,17 +92,21 @@ def test_doc_block(
         monkeypatch.setenv("CONFDICT_UID_VERSION", "2")
     module = types.ModuleType("fence")
     namespace = module.__dict__
-    namespace.update(
-        np=np,
-        pydantic=pydantic,
-        yaml=yaml,
-        torch=torch,
-        exca=exca,
-        TaskInfra=exca.TaskInfra,
-        MapInfra=exca.MapInfra,
-        TutorialTask=seed_globals.TutorialTask,
-        TutorialMap=seed_globals.TutorialMap,
-    )
+    # (the seeds' blocks expect these names; a block of our docs imports what it uses,
+    # as a reader who copies it must: a forgotten import went unseen)
+    injected = SEEDS in Path(fence.source_path).resolve().parents
+    if injected:
+        namespace.update(
+            np=np,
+            pydantic=pydantic,
+            yaml=yaml,
+            torch=torch,
+            exca=exca,
+            TaskInfra=exca.TaskInfra,
+            MapInfra=exca.MapInfra,
+            TutorialTask=seed_globals.TutorialTask,
+            TutorialMap=seed_globals.TutorialMap,
+        )
     for name in fence.fixture_names:
         namespace[name] = request.getfixturevalue(name)
     code = compile(fence.source, str(fence.source_path), "exec", dont_inherit=True)

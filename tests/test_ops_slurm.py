@@ -395,6 +395,20 @@ def test_job_array_split_at_max_array_size_keeps_max_workers(
         assert "Dependency=(null)" in _scontrol_job(first)
     finally:
         _scancel(*ids)
+    # a map without such a cap (the scheduler's arrays): its parts run side by side
+    mapper = SplitOpsMap(
+        infra={"folder": tmp_path / "map", "cluster": "slurm", "slurm_additional_parameters": HOLD}
+    )
+    node = mapper.run.node(list(range(5)))
+    map_ids: list[str] = []
+    try:
+        exca.graph.run(node, wait=False)
+        map_ids = [r.job_id for r in registry.read_all(node.folder)]
+        parts = sorted({i.split("_")[0] for i in map_ids}, key=int)
+        assert len(parts) == 2
+        assert all("Dependency=(null)" in _scontrol_job(part) for part in parts)
+    finally:
+        _scancel(*map_ids)
     # run for real: every task computes once, the second part after the first
     infra = {"folder": tmp_path / "run", "cluster": "slurm"}
     tasks = [NapOps(seconds=0, marker=f"r{i}", infra=infra) for i in range(5)]
@@ -403,6 +417,43 @@ def test_job_array_split_at_max_array_size_keeps_max_workers(
     wait_until(lambda: all(t.infra.status() == "completed" for t in tasks), "the jobs end", QUEUE_S)
     assert [t.nap() for t in tasks] == [f"r{i}" for i in range(5)]
     assert len({t.infra.job().job_id.split("_")[0] for t in tasks}) == 2
+
+
+class EchoOps(pydantic.BaseModel):
+    tag: str = ""
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self, text: str) -> str:
+        return text
+
+
+def test_a_users_slurm_dependency_is_kept_next_to_the_upstream_one(tmp_path: Path) -> None:
+    """A detached pipeline's downstream job waits for its upstream's (afterany): that
+    replaced the dependency the user gave in slurm_additional_parameters. An 'any of'
+    one ('?') cannot be combined: a clear error, before that job is submitted."""
+    root = tmp_path / "cache"
+    held = {"folder": root, "cluster": "slurm", "slurm_additional_parameters": HOLD}
+    up = NapOps(seconds=0, marker="up", infra=held).nap.node()
+
+    def down(dependency: str) -> exca.graph.Node:
+        params = {"dependency": dependency}
+        infra = {"folder": root, "cluster": "slurm", "slurm_additional_parameters": params}
+        return EchoOps(tag=dependency, infra=infra).run.node(up)
+
+    other = NapOps(seconds=0, marker="other", infra=held).infra.job().job_id
+    ids: list[str] = [other]
+    try:
+        node = down(f"afterok:{other}")
+        exca.graph.run(node, wait=False)
+        ids += [r.job_id for folder in (up.folder, node.folder) for r in registry.read_all(folder)]
+        up_id, down_id = ids[1:]
+        shown = _scontrol_job(down_id)
+        assert f"afterok:{other}" in shown and f"afterany:{up_id}" in shown
+        with pytest.raises(ValueError, match=r"dependency='afterok:1\?afterok:2' means 'any of'"):
+            exca.graph.run(down("afterok:1?afterok:2"), wait=False)
+    finally:
+        _scancel(*ids)
 
 
 # --- a queued / running job: inspect and clean ------------------------------------------------------

@@ -84,12 +84,40 @@ def max_jobs(execution: Execution) -> int | None:
     return execution.max_jobs
 
 
+def _all_of(given: tp.Any, added: str) -> str:
+    """A Slurm dependency holding both ``given`` (the user's, if any) and ``added``."""
+    if not given:
+        return added
+    if "?" in str(given):  # (Slurm reads a mix of "?" and "," as all "?": any of them)
+        raise ValueError(
+            f"slurm_additional_parameters dependency={given!r} means 'any of' ('?'), which "
+            f"cannot be combined with the dependency exca adds ({added}, all of them): use "
+            "',' (all of) in yours, or run the upstream work first"
+        )
+    return f"{given},{added}"
+
+
+def _can_chain(executor: tp.Any, execution: Execution) -> bool:
+    """Whether the parts of a split array can wait for each other: not when the user's
+    dependency is an 'any of' (said once: its parts then run side by side)."""
+    given = (executor._executor.parameters.get("additional_parameters", {}) or {}).get("dependency")
+    if given and "?" in str(given):
+        logger.warning(
+            "The array of %s is split at MaxArraySize; its dependency %r ('any of') cannot "
+            "be combined with making the parts wait for each other: they run side by side, "
+            "each with the array's throttle",
+            execution.job_name,
+            given,
+        )
+        return False
+    return True
+
+
 def _run_after(executor: tp.Any, job_id: str) -> None:
     """Make the next submission of a submitit Slurm executor start once ``job_id`` (an
     array: all its elements) ended, whatever its end, besides the dependencies it has."""
     params = dict(executor._executor.parameters.get("additional_parameters", {}) or {})
-    before = params.get("dependency")
-    params["dependency"] = f"{before},afterany:{job_id}" if before else f"afterany:{job_id}"
+    params["dependency"] = _all_of(params.get("dependency"), f"afterany:{job_id}")
     executor._executor.update_parameters(additional_parameters=params)
 
 
@@ -1010,7 +1038,10 @@ def submit_array(
             alive = sorted({j.split("_")[0] for j in queued_jobs(list(dependencies))})
             if alive:
                 params = dict(executor._executor.parameters.get("additional_parameters", {}) or {})
-                params["dependency"] = "afterany:" + ":".join(alive)
+                # (with the user's own dependency, if any: it was replaced)
+                params["dependency"] = _all_of(
+                    params.get("dependency"), "afterany:" + ":".join(alive)
+                )
                 extra["additional_parameters"] = params
         executor._executor.update_parameters(**extra)
     size = max_array_size() if cluster == "slurm" else len(units) or 1
@@ -1033,7 +1064,13 @@ def submit_array(
             _check_array_pickles(function, units, executor._executor.max_pickle_size_gb)
         # Parts of an array split at MaxArraySize each get the array's throttle: they run
         # one after the other, or together they would run parts x parallelism jobs at once
-        chained = cluster == "slurm" and len(units) > size and parallelism is not None
+        chained = (
+            cluster == "slurm"
+            and len(units) > size
+            and parallelism is not None
+            and parallelism < len(units)
+            and _can_chain(executor, execution)
+        )
         with submitit.helpers.clean_env(), context:
             for start in range(0, len(units), size):
                 part = units[start : start + size]

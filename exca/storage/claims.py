@@ -396,27 +396,47 @@ class Claims:
 
 def _remove_if_unchanged(lock: Path, data: bytes) -> None:
     """Remove a stale lock, unless it changed since it was judged stale (broken, and taken
-    afresh, by another waiter). Breakers take turns (a ``.breaking`` file next to it):
-    only a breaker removes a lock that is not its own, so the lock read in its turn is
-    the one it removes. (A lock renamed away to be broken, then found fresh and put
-    back, could come back after its holder had released it: held by nobody, for good.)"""
+    afresh, by another waiter). Breakers take turns (a ``.breaking`` file next to it,
+    holding the breaker's token): only a breaker removes a lock that is not its own, so
+    the lock read in its turn is the one it removes. (A lock renamed away to be broken,
+    then found fresh and put back, could come back after its holder had released it:
+    held by nobody, for good.) A turn is taken over only once 10 s old (its breaker was
+    killed or stalled): the breaker checks that the turn is still its own just before
+    removing the lock."""
     breaking = lock.with_name(lock.name + BREAKING_SUFFIX)
+    mine = os.urandom(8).hex().encode()
     try:
-        os.close(os.open(breaking, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    except FileExistsError:  # another waiter's turn (or one killed in it: seconds ago?)
+        fd = os.open(breaking, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:  # another waiter's turn (or one killed in it: how long ago?)
         with contextlib.suppress(FileNotFoundError):
-            if time.time() - os.stat(breaking).st_mtime > BREAKING_STALE_S:
+            # (by the file server's clock, which set its mtime: see _break_if_stale)
+            turn = breaking.read_bytes()
+            age = _server_time(lock.parent) - os.stat(breaking).st_mtime
+            if age > BREAKING_STALE_S and _read(breaking) == turn:  # (not taken over since)
                 _discard(breaking)
         return
+    try:
+        os.write(fd, mine)
+    finally:
+        os.close(fd)
     try:
         try:
             current = lock.read_bytes()
         except FileNotFoundError:
             return
-        if current == data:  # (tokens are random: the same bytes, the same lock)
+        # (tokens are random: the same bytes, the same lock)
+        if current == data and _read(breaking) == mine:
             _discard(lock)
     finally:
-        _discard(breaking)
+        if _read(breaking) == mine:  # (never end another waiter's turn)
+            _discard(breaking)
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def _unlock(lock: Path, token: bytes) -> None:

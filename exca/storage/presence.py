@@ -79,7 +79,10 @@ def _needed(folder: Path, info: dict[str, tp.Any]) -> tuple[Path, int] | None:
 def _nbytes(dtype: str, shape: tp.Sequence[int]) -> int:
     from .arrays import _dtype_of  # (structured dtypes too: JSON descriptions)
 
-    return int(math.prod(shape) * _dtype_of(dtype).itemsize)
+    if not all(type(dim) is int for dim in shape):  # (a damaged line: unclear, see damaged)
+        raise TypeError(f"Not a shape: {shape!r}")
+    size: int = math.prod(shape) * _dtype_of(dtype).itemsize
+    return size
 
 
 def damaged(folder: Path, infos: tp.Iterable[tuple[str, dict[str, tp.Any]]]) -> list[str]:
