@@ -2,6 +2,7 @@
 
 from .storage import formats as handlers  # (the format classes: handlers.MemmapArray...)
 from .storage.cachedict import CacheDict, CacheDictWriter
+from .storage.dumping import DamagedPayload, DamagedRecord
 from .storage.formats import (
     MEMMAP_ARRAY_FILE_MAX_CACHE,
     CachedError,
@@ -34,6 +35,8 @@ __all__ = [
     "CacheDict",
     "CacheDictWriter",
     "CachedError",
+    "DamagedPayload",
+    "DamagedRecord",
     "DumpContext",
     "DumpInfo",
     "DumpOptions",

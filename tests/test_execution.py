@@ -2366,3 +2366,17 @@ def test_killing_a_local_jobs_controller_ends_its_task(
     retry = make(tmp_path, "local", x=6, block_flag=str(block), infra={"mode": "retry"})
     assert retry.process() == 12
     assert len(calls(log)) == 2
+
+
+def test_a_local_job_over_max_pickle_size_gb_names_the_infras_field(tmp_path: Path) -> None:
+    """submitit's refusal said "update executor.max_pickle_size_gb", which an exca user
+    does not have: the error names the infra's field, and nothing ran."""
+    log = tmp_path / "log.txt"
+    infra = {"folder": tmp_path / "cache", "cluster": "local", "max_pickle_size_gb": 1e-9}
+    task = Counted(x=3, log=str(log), infra=infra)
+    with pytest.raises(RuntimeError, match="raise the infra's max_pickle_size_gb") as info:
+        task.process()
+    assert "executor.max_pickle_size_gb" not in str(info.value)
+    assert task.infra.status() == "not submitted" and not log.exists()
+    bigger = Counted(x=3, log=str(log), infra={**infra, "max_pickle_size_gb": 1.0})
+    assert bigger.process() == 6

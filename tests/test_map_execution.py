@@ -741,6 +741,9 @@ def test_a_setup_error_stops_the_unit(tmp_path: Path, cluster: str | None) -> No
         list(mapper.process(list(range(50))))
     if cluster == "local":  # (the job's end is told too)
         assert "47 item(s) of" in error_text(info.value), error_text(info.value)
+    else:  # (inline too: a log line said so, the error did not)
+        told = "for 3 items in a row and never produced an output (its setup?): stopped, 47"
+        assert f"{told} item(s) left missing" in error_text(info.value)
     assert len(lines(log)) == 6  # 3 x (the rest of the items, then the first one alone)
     infos = mapper.infra.cache_dict.entries_info()
     assert len(infos) == 3 and all(info["#type"] == "Error" for info in infos.values())

@@ -2596,6 +2596,9 @@ def test_compact_many_writer_sessions(tmp_path: Path) -> None:
     before = {key: reader[key] for key in reader}
     assert len(before) == 150 and before["7"] == list(range(7, 207))
     size_before = exca.ops.inspect(root)[0].entries
+    # the python function takes a node folder: a root merged nothing, and said nothing
+    with pytest.raises(ValueError, match="is a cache root, not a node folder"):
+        clean.compact(root)
     preview = cli("clean", root, "compact", check=True)
     assert f"{folder}: 50 index file(s)" in preview.stdout
     assert "preview: 50 index file(s) of finished writers would be merged" in preview.stdout

@@ -7,6 +7,12 @@ import typing as tp
 from ..storage.cachederror import CachedError, ComputationError
 
 
+class UpstreamFailed(RuntimeError):
+    """What a node needs from upstream was not in the cache when it started (the upstream
+    job failed), or could not be read; not this node's own failure: a later run
+    recomputes it."""
+
+
 class JobFailedError(RuntimeError):
     """A job ended without writing its result: cancelled, timed out, out of memory, killed."""
 
@@ -44,4 +50,4 @@ def raise_from(record: CachedError, where: str) -> tp.NoReturn:
     raise record.to_exception(where)
 
 
-__all__ = ["ComputationError", "JobFailedError", "NodeFailures", "raise_from"]
+__all__ = ["ComputationError", "JobFailedError", "NodeFailures", "UpstreamFailed", "raise_from"]

@@ -1107,6 +1107,22 @@ def submit_array(
             + (f" and {len(units) - 1} more" if len(units) > 1 else "")
             + f" ({execution.describe()}): {str(error).strip()}. {hint}"
         ) from error
+    except RuntimeError as error:
+        if "max_pickle_size_gb" not in str(error):
+            raise
+        for job in jobs:  # (what went out before: never half a submission)
+            with contextlib.suppress(Exception):
+                job.cancel(check=False)
+        _remove_empty_pickles(logs)
+        # (submitit's words say "update executor.max_pickle_size_gb": an exca user sets
+        # the infra's field)
+        estimate = str(error).split(" of objects")[0].removeprefix("Submitting an estimated ")
+        raise RuntimeError(
+            f"The job of {units[0].node.uid} would pickle an estimated {estimate} (its "
+            "config, inputs or items, and the method): raise the infra's max_pickle_size_gb "
+            "if this is intended, or keep large data out of configs and items (load it in "
+            "the method, from a path). It was not submitted"
+        ) from error
     except (TypeError, AttributeError, pickle.PicklingError) as error:
         if "pickle" not in str(error):
             raise

@@ -24,7 +24,7 @@ from ..storage.cachedict import CacheDict
 from ..storage.claims import Claim, Claims, Owner
 from ..storage.modules import imported
 from . import codeprint, jobpickle, jobprocess, registry, store
-from .errors import read_only_error
+from .errors import UpstreamFailed, read_only_error
 from .node import TASK_KEY, Group, Node, Value
 
 logger = logging.getLogger("exca")
@@ -97,11 +97,6 @@ class Report:
     def __repr__(self) -> str:
         counts = ", ".join(f"{name}={value}" for name, value in vars(self).items())
         return f"Report({counts})"
-
-
-class UpstreamFailed(RuntimeError):
-    """What a node needs from upstream was not in the cache when it started (the upstream
-    job failed); not this node's own failure: a later run recomputes it."""
 
 
 UpstreamMissing = UpstreamFailed
@@ -973,6 +968,12 @@ def _setup_failed(node: Node, left: int, error: Exception) -> tp.NoReturn:
         SETUP_ERROR_REPEATS,
         left,
     )
+    if not _JOB_UNIT:  # (a job's error gets its own note: how many items it left)
+        error.add_note(  # (the log line alone was easy to miss in a notebook)
+            f"exca: {node.label or node.uid} raised it for {SETUP_ERROR_REPEATS} items in a "
+            f"row and never produced an output (its setup?): stopped, {left} item(s) left "
+            "missing (the next call computes them)"
+        )
     raise error
 
 

@@ -1228,6 +1228,13 @@ def _cache_folder(folder: Path | str) -> Path:
             f"{folder}: no such folder (give a node folder, <root>/<module.Class.method,"
             "version>/<uid>; `exca clean ROOT compact` merges every node folder of a root)"
         )
+    if not (folder / UID_FILE).is_file() and next(folder.glob(f"*/*/{UID_FILE}"), None):
+        # (a root merged nothing, and said nothing)
+        raise ValueError(
+            f"{folder} is a cache root, not a node folder: give a node folder, "
+            "<root>/<module.Class.method,version>/<uid> (exca.ops.inspect(root) lists them), "
+            "or run `exca clean ROOT compact --yes`, which merges every node folder of a root"
+        )
     return folder
 
 
