@@ -422,6 +422,25 @@ def test_dry_runs_in_python_leave_a_v2_named_cache_alone(
     assert config().process() == 0.8 and config().infra.status() == "completed"
 
 
+@pytest.mark.parametrize("how", ["clear_job", "node.clear"])
+def test_clearing_a_v2_named_cache_clears_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """(once building a node no longer renamed it, a clear removed nothing: the next call
+    renamed the legacy folder and returned the old result)"""
+    lr = {"clear_job": 0.5, "node.clear": 0.6}[how]
+    monkeypatch.setenv("CONFDICT_UID_VERSION", "2")
+    assert _Legacy(lr=lr, infra={"folder": tmp_path}).process() == 2 * lr
+    monkeypatch.delenv("CONFDICT_UID_VERSION")
+    config = _Legacy(lr=lr, infra={"folder": tmp_path})
+    if how == "clear_job":
+        config.infra.clear_job()
+    else:
+        config.process.node().clear()
+    assert _Legacy(lr=lr, infra={"folder": tmp_path}).process() == 2 * lr
+    assert _LEGACY_CALLS.count(lr) == 2  # computed again
+
+
 class _LegacyLoose(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
     x: int | str = 0

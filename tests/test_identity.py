@@ -833,6 +833,15 @@ class Params(pydantic.BaseModel):
         return 1
 
 
+class ParamsOrdered(pydantic.BaseModel):
+    params: collections.OrderedDict[str, tp.Any] = collections.OrderedDict()
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
 def test_dict_keys_naming_the_same_path_are_refused() -> None:
     """ "enc.bias" is read as a path: next to "enc", one value would hide the other in the
     uid, and {"enc": 1, ...} and {"enc": 2, ...} would share one cache folder."""
@@ -844,6 +853,13 @@ def test_dict_keys_naming_the_same_path_are_refused() -> None:
     nested = Params(params={"enc": {"w": 1, "bias": 2}})
     with pytest.raises(ValueError, match=r"both name values inside 'enc'.* Use one form"):
         Params(params={"enc": {"w": 1}, "enc.bias": 2}).infra.uid()
+    with pytest.raises(ValueError, match=r"'a\.b' and 'a\.b\.c' of a config both name"):
+        Params(params={"a.b": {"x": 1}, "a.b.c": 2}).infra.uid()  # (as {"a": {"b": ...}})
+    # an OrderedDict's keys are kept as they are (not merged): no twin, accepted
+    ordered = collections.OrderedDict([("enc", {"w": 1}), ("enc.bias", 2)])
+    assert (
+        ParamsOrdered(params=ordered).infra.uid().endswith("/params={enc.w=1,enc.bias=2}-372a1dd2")
+    )
     assert nested.infra.uid().endswith("/params.enc={w=1,bias=2}-0a8cf66e")
     # ... only where they make a uid: a field kept out of the uid may hold such keys
     levels = {"exca": "INFO", "exca.graph": "DEBUG"}

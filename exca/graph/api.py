@@ -164,6 +164,8 @@ def clear(node: Node) -> None:
     from . import registry
 
     check_node(node)
+    if node.adopt_legacy is not None:  # (a cache under its legacy name: what is cleared)
+        node.adopt_legacy()
     node.cache.refresh()  # (the result may have been rewritten since this view read it)
     if node.kind == "map":
         try:

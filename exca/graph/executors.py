@@ -1108,7 +1108,7 @@ def submit_array(
             + f" ({execution.describe()}): {str(error).strip()}. {hint}"
         ) from error
     except RuntimeError as error:
-        if "max_pickle_size_gb" not in str(error):
+        if "executor.max_pickle_size_gb" not in str(error):  # (submitit's: not our array's)
             raise
         for job in jobs:  # (what went out before: never half a submission)
             with contextlib.suppress(Exception):

@@ -815,7 +815,8 @@ class _Exporter:
                     continue
                 items[skey] = self.value(sub, dval[skey], keep, declared)
             if self.uid and self.exclude_defaults and any("." in key for key in items):
-                _check_dotted_keys(items)  # (only where a uid is made)
+                # (only where a uid is made)
+                _check_dotted_keys(items, isinstance(value, collections.OrderedDict))
             if isinstance(value, collections.OrderedDict):
                 return collections.OrderedDict(items)
             # a plain dict's order is not config: sorted, so the yaml files of two
@@ -905,22 +906,26 @@ def _with_class(exported: tp.Any, model: pydantic.BaseModel) -> tp.Any:
     return {CLASS_KEY: f"{cls.__module__}.{cls.__qualname__}", **exported}
 
 
-def _check_dotted_keys(items: dict[str, tp.Any]) -> None:
+def _check_dotted_keys(items: dict[str, tp.Any], ordered: bool) -> None:
     """Configs read a "." in a key as a path (``{"enc.bias": 3}`` is ``bias`` inside
     ``enc``): in a uid, a value under a key that is also the path of another key's value
     would be lost (two different configs, one cache folder)."""
-    for key in items:
-        first = key.partition(".")[0]
-        if first != key and first in items:
-            # ({"enc": {"w": 1}, "enc.bias": 2} reads as {"enc": {"w": 1, "bias": 2}})
-            raise ValueError(
-                f"The dict keys {first!r} and {key!r} of a config both name values inside "
-                f"{first!r}: exca's configs read '.' in a key as a path separator, so this "
-                f"config would share its uid (and cache folder) with the one that nests them "
-                f"in one dict under {first!r}. Use one form (nested dicts, or keys without "
-                f"'.'), or keep the field out of the uid (_exclude_from_cls_uid) if it does "
-                f"not change results"
-            )
+    if not ordered:  # (an OrderedDict's keys are kept as they are: not merged)
+        for key in items:
+            parts = key.split(".")
+            for end in range(1, len(parts)):
+                prefix = ".".join(parts[:end])
+                if prefix not in items:
+                    continue
+                # ({"enc": {"w": 1}, "enc.bias": 2} reads as {"enc": {"w": 1, "bias": 2}})
+                raise ValueError(
+                    f"The dict keys {prefix!r} and {key!r} of a config both name values "
+                    f"inside {prefix!r}: exca's configs read '.' in a key as a path "
+                    f"separator, so this config would share its uid (and cache folder) with "
+                    f"the one that nests them in one dict under {prefix!r}. Use one form "
+                    f"(nested dicts, or keys without '.'), or keep the field out of the uid "
+                    f"(_exclude_from_cls_uid) if it does not change results"
+                )
     paths = sorted(_leaf_paths(items, ()))
     for short, long in itertools.pairwise(paths):
         if long[: len(short)] == short:

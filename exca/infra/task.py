@@ -411,6 +411,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
     def clear_job(self) -> None:
         """Cancel a running job and remove the result (uid.yaml/full-uid.yaml are kept)."""
         self._refuse_inputs("clear_job()", "call its .clear()")
+        self._adopt_legacy()  # (a cache under its legacy name: what is cleared)
         node = self._node()
         runtime = self._runtime()
         runtime.ram = _MISSING
