@@ -1524,6 +1524,55 @@ def test_iter_cached_lists_configs_of_a_field_removed_since_at_its_default(
     assert "does not validate" in caplog.text  # (the other one, skipped)
 
 
+class _Batch(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    size: int = 32
+
+
+class _SizedSweep(pydantic.BaseModel):
+    lr: float = 0.1
+    data: _Batch = _Batch()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def train(self) -> float:
+        return self.lr * self.data.size
+
+
+def test_iter_cached_after_a_default_changed_does_not_compute_again(tmp_path: Path) -> None:
+    """config.yaml holds every value: after a sub-config's class default changed, the
+    configs rebuilt from it held the old default as a value, named other folders, and
+    their calls computed the whole sweep again there, silently. They name their folders
+    again; a call raises the changed-default error a direct call raises."""
+    for lr in (0.1, 0.2):
+        assert _SizedSweep(lr=lr, infra={"folder": tmp_path}).train() == lr * 32
+
+    class _Batch2(pydantic.BaseModel):  # today's class: another default
+        model_config = pydantic.ConfigDict(extra="forbid")
+        size: int = 64
+
+    class _SizedSweep2(pydantic.BaseModel):
+        lr: float = 0.1
+        data: _Batch2 = _Batch2()
+        infra: TaskInfra = TaskInfra(version="1")
+
+        @infra.apply
+        def train(self) -> float:
+            raise AssertionError("not computed again")
+
+    _SizedSweep2.__name__ = _SizedSweep2.__qualname__ = "_SizedSweep"  # (the same step folder)
+    found = list(_SizedSweep2(infra={"folder": tmp_path}).infra.iter_cached())
+    assert sorted(obj.lr for obj in found) == [0.1, 0.2]
+    step = _SizedSweep(infra={"folder": tmp_path}).infra.uid_folder().parent
+    folders = sorted(p.name for p in step.iterdir() if p.is_dir())
+    assert sorted(obj.infra.uid_folder().name for obj in found) == [
+        f for f in folders if f != "logs"
+    ]
+    with pytest.raises(RuntimeError, match=r"Default data.size=64 seems incompatible"):
+        found[0].train()
+    assert sorted(p.name for p in step.iterdir() if p.is_dir()) == folders  # nothing new
+
+
 # --- folders written by the reference exca ----------------------------------------------------
 def test_task_folder_written_by_the_reference(
     tmp_path: Path, caplog: pytest.LogCaptureFixture

@@ -847,7 +847,47 @@ class BaseInfra(pydantic.BaseModel):
                     logger.warning("Skipping %s: its config.yaml does not validate: %s", sub, error)
                     continue
                 obj = found
+            if not self._names_folder(obj, sub):
+                rebuilt = self._at_defaults_of_then(build, data, sub)
+                if rebuilt is None:
+                    continue
+                obj = rebuilt
             yield obj
+
+    def _names_folder(self, obj: pydantic.BaseModel, folder: Path) -> bool:
+        """Whether a config's uid names this folder (its folder setting aside: a private
+        infra is not in config.yaml, a moved cache is handled apart)."""
+        return self._method().infra_of(obj).uid().rpartition("/")[2] == folder.name
+
+    def _at_defaults_of_then(
+        self,
+        build: tp.Callable[[dict[str, tp.Any]], pydantic.BaseModel],
+        data: dict[str, tp.Any],
+        folder: Path,
+    ) -> pydantic.BaseModel | None:
+        """A config rebuilt from config.yaml names another folder: a class default changed
+        since (config.yaml holds every value, so the old default is now a value set). The
+        values that were defaults then (in full-uid.yaml, not in uid.yaml) are left to the
+        class: the config names its folder again, and calling it raises the changed-default
+        error a direct call raises, instead of computing again elsewhere."""
+        in_uid = ConfDict(uidfolder.read_yaml(folder / uidfolder.UID_FILE) or {}).flat()
+        full = ConfDict(uidfolder.read_yaml(folder / uidfolder.FULL_UID_FILE) or {}).flat()
+        flat = ConfDict(data).flat()
+        defaults_then = [key for key in full if key not in in_uid and key in flat]
+        for key in defaults_then:
+            del flat[key]
+        try:
+            obj = build(dict(ConfDict(flat)))
+        except pydantic.ValidationError:
+            obj = None
+        if obj is None or not self._names_folder(obj, folder):
+            logger.warning(
+                "Skipping %s: its config, rebuilt from config.yaml, names another folder "
+                "(a class default or the uid of its class changed since it was computed)",
+                folder,
+            )
+            return None
+        return obj
 
     def _without_removed_fields(
         self,
