@@ -77,6 +77,15 @@ def _has_empty_key(value: tp.Any) -> bool:
     return False
 
 
+def _indices_patch(value: tp.Mapping[str, tp.Any]) -> bool:
+    """Whether a dict merged into a list is a patch of its items by index."""
+    return (
+        bool(value)
+        and not _wants_replace(value)
+        and all(isinstance(k, str) and k.isdigit() for k in value)
+    )
+
+
 def _set_in(container: tp.Any, key: str, value: tp.Any) -> None:
     """``container[key] = value`` without a ConfDict's key splitting (an OrderedDict
     keeps its order bookkeeping: dict's own methods would bypass it)."""
@@ -253,6 +262,16 @@ class ConfDict(dict[str, tp.Any]):
     def _merge_into(parent: dict[str, tp.Any], key: str, value: tp.Any) -> None:
         if _mergeable(value):
             existing = dict.get(parent, key, _MISSING)
+            if isinstance(existing, list | tuple) and _indices_patch(value):
+                # ({"0": 0.5}: a patch read from "betas.0" by from_args or from_yaml, where
+                # no list was there to index) items set by index, as cd["betas.0"] = 0.5
+                # does (it replaced the list with a dict)
+                holder = ConfDict()
+                dict.__setitem__(holder, key, existing)
+                for index, item in value.items():
+                    holder[f"{key}.{index}"] = item
+                _set_in(parent, key, dict.__getitem__(holder, key))
+                return
             if _wants_replace(value) or not isinstance(existing, ConfDict):
                 existing = ConfDict()
                 _set_in(parent, key, existing)

@@ -606,3 +606,23 @@ def test_pyyaml_imported_by_another_thread_meanwhile_is_waited_for() -> None:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout == "{'b': 2}\n"
+
+
+def test_a_patch_of_list_items_by_index_sets_them() -> None:
+    """from_args / from_yaml read "optim.betas.0" with no list to index: a dict {"0": ...}.
+    Merged into a config, it replaced the list with that dict; it sets the items, as
+    cd["optim.betas.0"] = ... does (and an index past the end is an IndexError)."""
+    base = ConfDict({"optim": {"betas": [0.9, 0.999], "layers": [{"w": 1}, {"w": 2}]}})
+    patched = ConfDict(base)
+    patched.update(ConfDict.from_args(["--optim.betas.0=0.5"]))
+    assert patched["optim.betas"] == ["0.5", 0.999]
+    patched = ConfDict(base)
+    patched.update(ConfDict.from_yaml("optim.betas.1: 0.5\noptim.layers.1.w: 5\n"))
+    assert patched["optim.betas"] == [0.9, 0.5]
+    assert patched["optim.layers"] == [{"w": 1}, {"w": 5}]
+    with pytest.raises(IndexError, match=r"Index 7 of key 'betas.7' is out of range"):
+        ConfDict(base).update(ConfDict.from_args(["--optim.betas.7=0.5"]))
+    # a dict of other keys, or one asking to replace, still replaces the list
+    replaced = ConfDict(base)
+    replaced.update({"optim": {"betas": {ConfDict.OVERRIDE: True, "0": 1}}})
+    assert replaced["optim.betas"] == {"0": 1}
