@@ -491,6 +491,17 @@ def test_a_config_changed_in_place_after_its_uid_is_not_computed(tmp_path: Path)
     with pytest.raises(RuntimeError, match="scale"):
         list(mapper.apply([1, 2]))
     assert list(LayeredMap(infra={"folder": tmp_path}).apply([1, 2])) == [1, 2]
+    # cached under the old values: the call read that result, for the new values
+    cached = Layered(params={"lr": 0.1}, infra={"folder": tmp_path, "keep_in_ram": True})
+    assert cached.train() == "[64] {'lr': 0.1}"
+    cached.layers.append(128)
+    with pytest.raises(RuntimeError, match=r"changed in place.*layers: its default -> \[64, 128\]"):
+        cached.train()
+    mapper = LayeredMap(infra={"folder": tmp_path})
+    assert list(mapper.apply([1, 2])) == [1, 2]
+    mapper.scale.append(1)
+    with pytest.raises(RuntimeError, match="scale"):
+        list(mapper.apply([1, 2]))
 
 
 class Big(pydantic.BaseModel):

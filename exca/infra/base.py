@@ -17,6 +17,7 @@ import inspect
 import logging
 import os
 import re
+import sys
 import threading
 import typing as tp
 from pathlib import Path
@@ -63,6 +64,9 @@ class _Runtime:
     full_uid_current = False  # ...and its full-uid.yaml was this config's (versions too)
     defaults_checked = False  # full-uid.yaml checked before reusing cached results
     legacy_checked = False  # its cache looked for under its legacy (v2) name (a run renames)
+    # whether the config holds a list, dict, set or array (changed in place, a frozen
+    # config names other values than its uid): None until a cached read asks
+    holds_mutables: bool | None = None
     ram: tp.Any = _MISSING
     cache: tp.Any = None
     folder: Path | None = None  # memoized uid folder
@@ -554,6 +558,22 @@ class BaseInfra(pydantic.BaseModel):
         if settled:  # (else the versions are told where a result is reused)
             _remember_checked_defaults(folder, type(self._owner()), runtime.uid_export)
 
+    def _check_unchanged_before_reading(self) -> None:
+        """``_check_unchanged`` for a cached read, where the config holds containers that
+        can change in place (the read returned the old values' result); free otherwise."""
+        runtime = self._runtime()
+        mutables = runtime.holds_mutables
+        if runtime.uid_export is None:
+            return  # (no uid yet: nothing to compare with)
+        if mutables is None:
+            mutables = runtime.holds_mutables = any(
+                isinstance(value, _MUTABLE_TYPES) or _is_array(value)
+                for model in runtime.models
+                for value in model.__dict__.values()
+            )
+        if mutables:
+            self._check_unchanged()
+
     def _check_unchanged(self) -> None:
         """RuntimeError if a list or dict of the config was changed in place since its
         uid was computed (assignments are refused once frozen; in-place changes cannot be):
@@ -974,6 +994,14 @@ def _json_key(key: tp.Any) -> str:
     if isinstance(key, bool):
         return "true" if key else "false"
     return str(key)
+
+
+_MUTABLE_TYPES = (list, dict, set, bytearray)
+
+
+def _is_array(value: tp.Any) -> bool:
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(value, numpy.ndarray)
 
 
 def _cached_config(

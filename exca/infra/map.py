@@ -195,6 +195,7 @@ class BoundMap:
         infra = tp.cast(MapInfra, method.infra_of(self.obj))
         uids = method.item_uid.unshortened(items)
         cache = infra.cache_dict
+        infra._check_unchanged_before_reading()
         reusing = infra.mode in calls.REUSING_MODES
         if reusing:  # warm path: the keys in RAM are short enough, so these need no shortening
             values = cache.ram_values(uids)

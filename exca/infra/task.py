@@ -182,6 +182,7 @@ class BoundTask:
         forcing_job = runtime.force_state.get("job")  # (its forcing job may still run)
         if infra.folder is not None and not forcing_job and not infra._force_pending():
             # fast path: one memoized uid and one index check, no node, no scheduler
+            infra._check_unchanged_before_reading()
             if runtime.ram is not _MISSING:
                 # (unless its entry was removed through this instance: node.clear())
                 if runtime.cache is not None and runtime.cache.known(TASK_KEY):
