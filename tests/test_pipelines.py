@@ -1019,7 +1019,11 @@ def test_plan_statuses_actions_and_reasons(env: Env) -> None:
     got = {uid: (e.status, e.action, e.reason) for uid, e in entries.items()}
     assert got[a.uid] == ("not needed", "skip", "not needed")
     assert got[b.uid] == ("cached", "reuse", "cached")
-    assert got[bad.uid] == ("cached error", "fail", "cached error")
+    assert got[bad.uid] == (
+        "cached error",
+        "fail",
+        "cached error (ValueError: bad fails on purpose): mode='retry' computes it again",
+    )
     status, action, reason = got[after_bad.uid]
     assert (status, action) == ("missing", "fail") and bad.uid in reason
     assert got[missing.uid] == ("missing", "compute", "missing")

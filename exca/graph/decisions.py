@@ -11,6 +11,7 @@ import math
 import typing as tp
 
 from ..storage import gcpause
+from ..storage.cachederror import record_line
 from . import executors, registry, store
 from .errors import JobFailedError, read_only_error
 from .node import TASK_KEY, Group, Node
@@ -367,8 +368,11 @@ class Graph:
             run.holds_error = True
             if node.mode == "retry":
                 run.action, run.reason = "retry", "retry of a cached error"
-            else:
-                run.action, run.reason = "fail", "cached error"
+            else:  # (the error itself, as `exca list` shows it: the reason to look at)
+                entry = node.cache.entry(TASK_KEY)
+                told = f" ({record_line(entry.info, 120)})" if entry is not None else ""
+                run.action = "fail"
+                run.reason = f"cached error{told}: mode='retry' computes it again"
         elif node.mode == "read-only":
             run.action, run.reason = "fail", "read-only and missing"
         else:
@@ -684,7 +688,7 @@ class Graph:
         node = run.node
         if run.error is not None:
             return run.error
-        if run.reason == "cached error":
+        if run.reason.startswith("cached error"):
             try:
                 store.task_result(node)
             except Exception as error:

@@ -20,6 +20,7 @@ from ..graph import registry
 from ..graph.node import INPUTS_PREFIX, TASK_KEY
 from ..infra.uidfolder import FULL_UID_FILE, UID_FILE, read_yaml
 from ..plainyaml import pyyaml
+from ..storage.cachederror import record_line
 from ..storage.cachedict import inspecting_view
 from ..storage.claims import Claims
 from ..storage.index import INDEX_SUFFIX
@@ -205,7 +206,7 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
     elif computing:
         info.status = "computing"
     if info.status == "error":  # (not while it is computed again)
-        info.error = _error_line(entries[TASK_KEY])
+        info.error = record_line(entries[TASK_KEY])
     elif info.status == "empty" and info.job_state == "ended" and record is not None:
         # (as status() says: "failed"; a copy's job wrote into the original: not a failure)
         died = not record.foreign and not registry.wrote_outcome(record)
@@ -237,14 +238,6 @@ def result_job(entry: dict[str, tp.Any] | None) -> tp.Any:
     if not isinstance(meta, dict) or "job" not in meta:
         return _UNKNOWN
     return meta["job"]
-
-
-def _error_line(record: dict[str, tp.Any], width: int = 200) -> str:
-    """``ValueError: its message`` from a cached error's index record, on one line."""
-    kind = str(record.get("t") or "error").rpartition(".")[2]
-    message = " ".join(str(record.get("m") or "").split())
-    line = f"{kind}: {message}" if message else kind
-    return line if len(line) <= width else line[: width - 3] + "..."
 
 
 def _readable_records(folder: Path) -> list[registry.JobRecord]:

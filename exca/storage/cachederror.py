@@ -10,6 +10,14 @@ import typing as tp
 from .dumping import DumpContext
 
 
+def record_line(record: dict[str, tp.Any], width: int = 200) -> str:
+    """``ValueError: its message`` from a cached error's index record, on one line."""
+    kind = str(record.get("t") or "error").rpartition(".")[2]
+    message = " ".join(str(record.get("m") or "").split())
+    line = f"{kind}: {message}" if message else kind
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
 class ComputationError(RuntimeError):
     """A cached error whose original exception type could not be restored."""
 
