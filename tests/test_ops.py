@@ -781,6 +781,10 @@ def test_cli_config_file_values_keep_their_yaml_types(tmp_path: Path) -> None:
     result = cli("explain", f"{__name__}:Nope.label", "--config", cfg)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "has no Nope (check TARGET)" in result.stderr
+    # a part after the method (it said the module has no "Labelled.label")
+    result = cli("explain", f"{__name__}:Labelled.label.x", "--config", cfg)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "is not a class (check TARGET" in result.stderr and "has no" not in result.stderr
 
 
 class Layer(pydantic.BaseModel):

@@ -107,7 +107,22 @@ def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.An
     module_name, _, attr = target.partition(":")
     class_name, _, method = attr.rpartition(".")
     module = _import_target_module(target, module_name)
-    cls = getattr(module, class_name, None)
+    cls: tp.Any = module
+    for part in class_name.split("."):  # (a nested class: Outer.Inner.method)
+        found = getattr(cls, part, None)
+        if found is None and cls is not module:
+            raise ValueError(
+                f"{target!r}: {cls.__name__} has no {part!r} (check TARGET: "
+                "package.module:Class.method)"
+            )
+        if found is not None and not isinstance(found, type) and part != class_name.split(".")[-1]:
+            raise ValueError(
+                f"{target!r}: {part} in {module_name} is not a class (check TARGET: "
+                "package.module:Class.method, with nothing after the method)"
+            )
+        cls = found
+        if cls is None:
+            break
     if cls is not None and not isinstance(cls, type):
         raise ValueError(
             f"{target!r}: {class_name} in {module_name} is not a class (check TARGET: "
