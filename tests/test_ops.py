@@ -1699,6 +1699,15 @@ def test_clean_orphans_logs_and_compact_of_some_steps(tmp_path: Path) -> None:
         assert result.returncode == 2 and "--step 'Trian' matches no step" in result.stderr
     result = cli("clean", root, "node", str(folder_of(train)), "--step", "Train", "--yes")
     assert result.returncode == 2 and "--step does not apply" in result.stderr
+    # nor do the options of the other commands (they were ignored: `logs FOLDER --days 0
+    # --yes` removed the logs of the whole root)
+    for args in (
+        ("logs", str(folder_of(train)), "--days", "0"),
+        ("versions", "--downstream"),
+        ("node", str(folder_of(train)), "--days", "2"),
+    ):
+        result = cli("clean", root, *args, "--yes")
+        assert result.returncode == 2 and "does not apply" in result.stderr, args
     assert orphans[0].exists() and train_job.stdout_path.exists() and folder_of(train).exists()
 
 

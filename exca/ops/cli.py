@@ -28,6 +28,8 @@ from pathlib import Path
 from ..confdict import ConfDict
 from ..plainyaml import pyyaml
 
+DEFAULT_LOG_DAYS = 30.0  # `clean logs` removes the logs older than this
+
 
 def _target_nodes(target: str, config: str | None, overrides: list[str]) -> list[tp.Any]:
     """The nodes of TARGET: ``module:Class.method`` for a config (yaml file + overrides),
@@ -490,7 +492,7 @@ def _main(argv: list[str] | None) -> int:
     )
     p_clean.add_argument("--step", help="only these steps (not for 'node')")
     p_clean.add_argument(
-        "--days", type=float, default=30.0, help="logs older than this (for 'logs')"
+        "--days", type=float, default=DEFAULT_LOG_DAYS, help="logs older than this (for 'logs')"
     )
     p_clean.add_argument("--yes", action="store_true", help="really remove (default: preview)")
     p_clean.add_argument("--json", action="store_true")
@@ -519,6 +521,21 @@ def _main(argv: list[str] | None) -> int:
             raise ValueError(f"clean node: no such folder: {', '.join(missing)}")
         if args.step is not None:
             raise ValueError("clean node: --step does not apply (it removes the folders given)")
+    if args.command == "clean":  # (an option a command does not use was ignored, silently)
+        ignored = [
+            shown
+            for shown, given, used_by in (
+                ("FOLDERS", bool(args.folders), ("node",)),
+                ("--downstream", args.downstream, ("node",)),
+                ("--days", args.days != DEFAULT_LOG_DAYS, ("logs",)),
+            )
+            if given and args.what not in used_by
+        ]
+        if ignored:
+            raise ValueError(
+                f"clean {args.what}: {', '.join(ignored)} does not apply (see "
+                "`python -m exca clean --help`)"
+            )
     if args.command == "list":
         from .inspect import inspect, keys_no_config_has, render
 
