@@ -433,11 +433,48 @@ def test_a_failing_sub_config_fails_only_its_tasks(
     source_uid = tasks[1].source.infra.uid()
     assert logged == (
         f"Job array: 1 config(s) not submitted:\n  - {tasks[1].infra.uid()}: upstream "
-        f"{source_uid} fails (cached error)"
+        f"{source_uid} fails (cached error (ValueError: source 1 fails): mode='retry' "
+        "computes it again)"
     )
     assert [t.infra.job().result() for t in (tasks[0], tasks[2])] == [0, 202]
     with pytest.raises(ValueError, match="source 1 fails"):
         tasks[1].infra.job().result()
+
+
+class Sized(pydantic.BaseModel):
+    x: int = 0
+    size: int = 32
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return self.x * self.size
+
+
+def test_an_array_logs_the_configs_cached_with_other_defaults(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A config whose result was cached with another class default: not submitted (it
+    fails, as its direct call does), and the block's exit said nothing about it."""
+    assert Sized(infra={"folder": tmp_path}).process() == 0
+
+    class Sized2(pydantic.BaseModel):  # today's class: another default
+        x: int = 0
+        size: int = 64
+        infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+        @infra.apply
+        def process(self) -> int:
+            return self.x * self.size
+
+    Sized2.__name__ = Sized2.__qualname__ = "Sized"  # (the same step folder)
+    base = Sized2(infra={"folder": tmp_path})
+    with caplog.at_level("WARNING", logger="exca"), base.infra.job_array() as array:
+        array.extend(base.infra.clone_obj(x=x) for x in (0, 1))
+    (logged,) = [r.getMessage() for r in caplog.records if "not submitted" in r.getMessage()]
+    assert f"1 config(s) not submitted:\n  - {array[0].infra.uid()}: cached with other" in logged
+    assert "Default size=64 seems incompatible" in logged
+    assert array[1].process() == 64
 
 
 def test_an_array_logs_nothing_about_configs_with_their_own_cached_error(

@@ -140,13 +140,16 @@ def _log_not_submitted(
     scheduler: tp.Any, nodes: list[tp.Any], handles: dict[tp.Any, tp.Any]
 ) -> None:
     """Say which configs of the array were not submitted for a failure before their job
-    (a sub-config whose computation failed): their status stays "not submitted"."""
+    (a sub-config whose computation failed; a result cached with other class defaults, or
+    that cannot be read): their status stays "not submitted", or says "failed"."""
     failed = [
         run
         for node in nodes
         if not handles.get(node.key)
         and (run := scheduler.runs.get(node.key)) is not None
-        and run.blocked  # (failed only because an upstream failed; not its own cached error)
+        # (failed because an upstream failed, or at decision time; not its own cached
+        # error, left alone by design: mode retry resubmits it)
+        and (run.blocked or (run.action == "fail" and not run.holds_error))
     ]
     if failed:
         logger.warning(
