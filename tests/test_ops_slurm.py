@@ -456,6 +456,32 @@ def test_a_users_slurm_dependency_is_kept_next_to_the_upstream_one(tmp_path: Pat
         _scancel(*ids)
 
 
+@pytest.mark.timeout(QUEUE_S + 2 * WAIT_S)
+def test_an_array_element_computing_is_named_by_its_array_id(tmp_path: Path) -> None:
+    """A running array element's claim named its raw SLURM_JOB_ID, which nothing else
+    shows (exca list, job records: <array>_<index>): clean's "kept" named that number."""
+    root = tmp_path / "cache"
+    infra = {"folder": root, "cluster": "slurm"}
+    tasks = [NapOps(seconds=30, marker=f"a{i}", infra=infra) for i in range(2)]
+    with tasks[0].infra.job_array() as array:
+        array.extend(tasks)
+    job_ids = [task.infra.job().job_id for task in tasks]
+    try:
+        folder = tasks[1].infra.uid_folder()
+        assert folder is not None
+        claims = folder / "claims"
+        wait_until(
+            lambda: claims.is_dir() and any(p.suffix == ".claim" for p in claims.iterdir()),
+            "the element claims its config",
+            QUEUE_S,
+        )
+        plan = exca.ops.clean.remove_nodes([folder])
+        ((kept, why),) = plan.kept
+        assert kept == folder and f"slurm job {job_ids[1]}" in why, why
+    finally:
+        _scancel(*job_ids)
+
+
 # --- a queued / running job: inspect and clean ------------------------------------------------------
 def test_queued_job_shown_running_and_kept(tmp_path: Path) -> None:
     root = tmp_path / "cache"

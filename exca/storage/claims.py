@@ -82,12 +82,22 @@ class Owner(tp.NamedTuple):  # (named tuples, not dataclasses: cheaper to import
             pid=os.getpid(),
             start=process.self_start_time(),
             thread=threading.get_native_id(),
-            job_id=os.environ.get("SLURM_JOB_ID"),
+            job_id=_slurm_job_id(),
         )
 
     def describe(self) -> str:
         job = f", slurm job {self.job_id}" if self.job_id else ""
         return f"pid {self.pid} on {self.host}{job}"
+
+
+def _slurm_job_id() -> str | None:
+    """This process's Slurm job as exca names jobs: ``<array>_<index>`` for an element of
+    an array (its SLURM_JOB_ID is another number, which nothing else shows)."""
+    environ = os.environ
+    array, index = environ.get("SLURM_ARRAY_JOB_ID"), environ.get("SLURM_ARRAY_TASK_ID")
+    if array and index:
+        return f"{array}_{index}"
+    return environ.get("SLURM_JOB_ID")
 
 
 class ClaimFile(tp.NamedTuple):
