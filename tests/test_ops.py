@@ -461,6 +461,9 @@ def test_list_cli_filters_and_json(cache: dict[str, tp.Any]) -> None:
     steps = {r["step"] for r in listed("--step", f"{__name__}.Squares.*")}
     assert steps == {f"{__name__}.Squares.square,1"}
     assert {r["step"] for r in listed("--step", "Train")} == {TRAIN_STEP}
+    # a --step selecting no step names those there (as clean's --step does)
+    out = cli("list", root, "--step", "Trian", check=True).stdout
+    assert f"--step 'Trian' matches no step of {root}: " in out and TRAIN_STEP in out
     # --where, nested dotted keys
     (row,) = listed("--where", "optim.lr=0.02")
     assert row["folder"] == str(folder_of(cache["lr"]))
@@ -927,6 +930,7 @@ def test_cli_bad_input_gets_a_message_not_a_traceback(
         ("plan", f"{__name__}:Train.fitt"): "no method 'fitt' (check TARGET); decorated methods "
         "of Train: fit",
         ("list", str(tmp_path / "nope")): "no such folder",
+        ("list", str(listed)): "list.yaml: not a folder (give a cache folder)",
         ("logs", str(tmp_path / "nope")): "no such folder",
         ("clean", str(tmp_path / "nope"), "versions"): "no such folder",
         ("clean", str(root), "node"): "give the node folders",

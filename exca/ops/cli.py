@@ -512,7 +512,8 @@ def _main(argv: list[str] | None) -> int:
         path = getattr(args, name, None)
         if path is not None and not Path(path).is_dir():
             kind = "a node folder" if name == "folder" else "a cache folder"
-            raise ValueError(f"{path}: no such folder (give {kind})")
+            what = "not a folder" if Path(path).exists() else "no such folder"
+            raise ValueError(f"{path}: {what} (give {kind})")
     if args.command == "clean" and args.what == "node":
         if not args.folders:
             raise ValueError("clean node: give the node folders to remove (see `exca list ROOT`)")
@@ -544,6 +545,9 @@ def _main(argv: list[str] | None) -> int:
         every = [] if infos else inspect(args.root)
         if every:
             text = "No cached node matches --step/--where/--status."
+            if args.step is not None and not inspect(args.root, step=args.step):
+                there = ", ".join(sorted({i.step for i in every}))  # (a typo: what is there)
+                text = f"--step {args.step!r} matches no step of {args.root}: {there}."
             unknown = keys_no_config_has(every, args.where)
             if unknown:
                 text += (
