@@ -1002,6 +1002,21 @@ def _by_uid(plan: tp.Any) -> dict[str, tp.Any]:
     return {e.uid: e for e in plan.entries}
 
 
+def test_a_cached_error_saying_read_only_is_not_a_read_only_refusal(env: Env) -> None:
+    """The run picked read-only refusals by the words "read-only" in a node's reason,
+    which now holds a cached error's message: an error saying "read-only" stopped the run
+    before the other nodes computed."""
+    flag = env.tmp / "fail"
+    flag.touch()
+    bad = env.step("read-only", fail_flag=str(flag)).run.node()  # ("read-only fails ...")
+    with pytest.raises(ValueError, match="read-only fails on purpose"):
+        bad.result()
+    good = env.step("good").run.node()
+    with pytest.raises(ValueError, match="read-only fails on purpose"):
+        exca.graph.run(bad, good, progress=False)
+    assert good.status() == "completed"
+
+
 def test_plan_statuses_actions_and_reasons(env: Env) -> None:
     flag = env.tmp / "fail"
     flag.touch()

@@ -109,11 +109,27 @@ class Scheduler:
         counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
         return f"<exca run of {len(self.graph.nodes)} node(s): {counts or 'not decided'}>"
 
+    def _read_only_failures(self, runs: dict[Key, NodeRun]) -> list[NodeRun]:
+        """The read-only nodes refusing to compute, and the nodes failing only below them
+        (by the graph: a cached error's message may hold the words "read-only")."""
+        failing: set[Key] = set()
+        for key in self.graph.order:  # (topological: upstream first)
+            run = runs[key]
+            if run.action != "fail":
+                continue
+            if run.blocked:  # (fails because of an upstream node: one of those?)
+                refused = any(u in failing for u in self.graph.upstream[key])
+            else:
+                refused = run.reason.startswith("read-only")
+            if refused:
+                failing.add(key)
+        return [runs[k] for k in self.graph.order if k in failing]
+
     def start(self, detached: bool = False) -> list[NodeRun]:
         """Decide, settle what needs no work, prepare the folders of what does
         (``detached``: for a run that submits everything and returns)."""
         runs = self.graph.decide()
-        read_only = [r for r in runs.values() if r.action == "fail" and "read-only" in r.reason]
+        read_only = self._read_only_failures(runs)
         roots = [r for r in read_only if not r.blocked]  # (the others fail only below them)
         if self.root_cause and len(roots) == 1:
             raise self.graph.decision_error(roots[0])  # (as a call of that node raises)
