@@ -1550,13 +1550,20 @@ class _SizedSweep(pydantic.BaseModel):
         return self.lr * self.data.size
 
 
-def test_iter_cached_after_a_default_changed_does_not_compute_again(tmp_path: Path) -> None:
+def test_iter_cached_after_a_default_changed_does_not_compute_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """config.yaml holds every value: after a sub-config's class default changed, the
     configs rebuilt from it held the old default as a value, named other folders, and
-    their calls computed the whole sweep again there, silently. They name their folders
-    again; a call raises the changed-default error a direct call raises."""
+    their calls computed the whole sweep again there, silently. They keep the values they
+    were computed with (a table of results), in mode read-only, with a warning; configs
+    that still name their folder, or its legacy name, are listed as before, unfrozen."""
     for lr in (0.1, 0.2):
         assert _SizedSweep(lr=lr, infra={"folder": tmp_path}).train() == lr * 32
+    listed = list(_SizedSweep(infra={"folder": tmp_path}).infra.iter_cached())
+    assert sorted(obj.lr for obj in listed) == [0.1, 0.2]
+    assert {obj.infra.mode for obj in listed} == {"cached"}
+    listed[0].infra.mode = "force"  # (unfrozen: listing computed no uid on it)
 
     class _Batch2(pydantic.BaseModel):  # today's class: another default
         model_config = pydantic.ConfigDict(extra="forbid")
@@ -1572,16 +1579,16 @@ def test_iter_cached_after_a_default_changed_does_not_compute_again(tmp_path: Pa
             raise AssertionError("not computed again")
 
     _SizedSweep2.__name__ = _SizedSweep2.__qualname__ = "_SizedSweep"  # (the same step folder)
-    found = list(_SizedSweep2(infra={"folder": tmp_path}).infra.iter_cached())
-    assert sorted(obj.lr for obj in found) == [0.1, 0.2]
     step = _SizedSweep(infra={"folder": tmp_path}).infra.uid_folder().parent
-    folders = sorted(p.name for p in step.iterdir() if p.is_dir())
-    assert sorted(obj.infra.uid_folder().name for obj in found) == [
-        f for f in folders if f != "logs"
-    ]
-    with pytest.raises(RuntimeError, match=r"Default data.size=64 seems incompatible"):
+    folders = sorted(p.name for p in step.iterdir())
+    with caplog.at_level("WARNING", logger="exca"):
+        found = list(_SizedSweep2(infra={"folder": tmp_path}).infra.iter_cached())
+    assert sorted((obj.lr, obj.data.size) for obj in found) == [(0.1, 32), (0.2, 32)]
+    assert {obj.infra.mode for obj in found} == {"read-only"}
+    assert "in mode read-only: rebuilt from its config.yaml" in caplog.text
+    with pytest.raises(RuntimeError, match="read-only"):
         found[0].train()
-    assert sorted(p.name for p in step.iterdir() if p.is_dir()) == folders  # nothing new
+    assert sorted(p.name for p in step.iterdir()) == folders  # nothing new
 
 
 # --- folders written by the reference exca ----------------------------------------------------

@@ -868,45 +868,35 @@ class BaseInfra(pydantic.BaseModel):
                     continue
                 obj = found
             if not self._names_folder(obj, sub):
-                rebuilt = self._at_defaults_of_then(build, data, sub)
-                if rebuilt is None:
-                    continue
-                obj = rebuilt
+                obj = self._read_only_elsewhere(obj, sub)
             yield obj
 
     def _names_folder(self, obj: pydantic.BaseModel, folder: Path) -> bool:
-        """Whether a config's uid names this folder (its folder setting aside: a private
-        infra is not in config.yaml, a moved cache is handled apart)."""
-        return self._method().infra_of(obj).uid().rpartition("/")[2] == folder.name
+        """Whether a config's uid names this folder, today's or its legacy (v2) name (its
+        folder setting aside: a private infra is not in config.yaml, a moved cache is
+        handled apart). Checked on a copy: the listed config stays unfrozen."""
+        probe = self._method().infra_of(type(obj)(**obj.model_dump()))
+        if probe.uid().rpartition("/")[2] == folder.name:
+            return True
+        try:  # (a call renames a v2-named folder, then reads it)
+            return (probe._uid_config().to_uid(version=2) or "default") == folder.name
+        except Exception:  # (a value the legacy format cannot render)
+            return False
 
-    def _at_defaults_of_then(
-        self,
-        build: tp.Callable[[dict[str, tp.Any]], pydantic.BaseModel],
-        data: dict[str, tp.Any],
-        folder: Path,
-    ) -> pydantic.BaseModel | None:
-        """A config rebuilt from config.yaml names another folder: a class default changed
-        since (config.yaml holds every value, so the old default is now a value set). The
-        values that were defaults then (in full-uid.yaml, not in uid.yaml) are left to the
-        class: the config names its folder again, and calling it raises the changed-default
-        error a direct call raises, instead of computing again elsewhere."""
-        in_uid = ConfDict(uidfolder.read_yaml(folder / uidfolder.UID_FILE) or {}).flat()
-        full = ConfDict(uidfolder.read_yaml(folder / uidfolder.FULL_UID_FILE) or {}).flat()
-        flat = ConfDict(data).flat()
-        defaults_then = [key for key in full if key not in in_uid and key in flat]
-        for key in defaults_then:
-            del flat[key]
-        try:
-            obj = build(dict(ConfDict(flat)))
-        except pydantic.ValidationError:
-            obj = None
-        if obj is None or not self._names_folder(obj, folder):
-            logger.warning(
-                "Skipping %s: its config, rebuilt from config.yaml, names another folder "
-                "(a class default or the uid of its class changed since it was computed)",
-                folder,
-            )
-            return None
+    def _read_only_elsewhere(self, obj: pydantic.BaseModel, folder: Path) -> pydantic.BaseModel:
+        """A config rebuilt from config.yaml that names another folder: a class default
+        changed since (config.yaml holds every value: the old default is now a value set).
+        Its values are those it was computed with (what a table of results wants), but its
+        call would compute it again elsewhere, silently: listed in mode read-only, said."""
+        logger.warning(
+            "Listing %s in mode read-only: rebuilt from its config.yaml, the config now has "
+            "another uid (a class default changed since it was computed; its full-uid.yaml "
+            "holds the defaults of then): calling it would compute it again in another "
+            "folder. A direct call of today's config there raises the changed-default error",
+            folder,
+        )
+        infra = self._method().infra_of(obj)
+        infra.mode = "read-only"
         return obj
 
     def _without_removed_fields(
