@@ -82,7 +82,7 @@ def _indices_patch(value: tp.Mapping[str, tp.Any]) -> bool:
     return (
         bool(value)
         and not _wants_replace(value)
-        and all(isinstance(k, str) and k.isdigit() for k in value)
+        and all(isinstance(k, str) and k.isascii() and k.isdigit() for k in value)
     )
 
 
@@ -244,9 +244,17 @@ class ConfDict(dict[str, tp.Any]):
             if index >= len(parent):
                 raise _out_of_range(parent, last, key, at=key.rsplit(".", 1)[0])
             existing = parent[index]
-            if _mergeable(value) and isinstance(existing, ConfDict) and not _wants_replace(value):
-                existing.update({k: v for k, v in value.items() if k != ConfDict.OVERRIDE})
+            if isinstance(existing, list | tuple) and _mergeable(value) and _indices_patch(value):
+                for sub, item in value.items():  # (a list in a list: by index too)
+                    self[f"{key}.{sub}"] = item
                 return
+            if _mergeable(value) and isinstance(existing, dict) and not _wants_replace(value):
+                patch = {k: v for k, v in value.items() if k != ConfDict.OVERRIDE}
+                if isinstance(existing, ConfDict):
+                    existing.update(patch)
+                    return
+                value = ConfDict(existing)  # (a plain dict in a tuple: merged too, then set)
+                value.update(patch)
             if _mergeable(value):
                 value = ConfDict({k: v for k, v in value.items() if k != ConfDict.OVERRIDE})
             if isinstance(parent, list):

@@ -622,6 +622,11 @@ def test_a_patch_of_list_items_by_index_sets_them() -> None:
     assert patched["optim.layers"] == [{"w": 1}, {"w": 5}]
     with pytest.raises(IndexError, match=r"Index 7 of key 'betas.7' is out of range"):
         ConfDict(base).update(ConfDict.from_args(["--optim.betas.7=0.5"]))
+    # nested lists by index too; a dict in a tuple merges (its other keys were dropped)
+    nested = ConfDict({"a": [[1, 2], [3, 4]], "t": ({"w": 1, "b": 2},)})
+    nested.update(ConfDict.from_yaml("a.0.1: 5\n"))
+    nested.update({"t": {"0": {"w": 9}}})
+    assert nested["a"] == [[1, 5], [3, 4]] and nested["t"] == ({"w": 9, "b": 2},)
     # a dict of other keys, or one asking to replace, still replaces the list
     replaced = ConfDict(base)
     replaced.update({"optim": {"betas": {ConfDict.OVERRIDE: True, "0": 1}}})
