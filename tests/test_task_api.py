@@ -502,6 +502,32 @@ def test_a_config_changed_in_place_after_its_uid_is_not_computed(tmp_path: Path)
     mapper.scale.append(1)
     with pytest.raises(RuntimeError, match="scale"):
         list(mapper.apply([1, 2]))
+    # a method with inputs, a list in a tuple, a result kept in RAM only: the same
+    with_inputs = LayeredInputs(infra={"folder": tmp_path})
+    assert with_inputs.train(3) == "[64] 3"
+    with_inputs.layers.append(2)
+    with pytest.raises(RuntimeError, match="changed in place"):
+        with_inputs.train(3)
+    paired = LayeredInputs(pair=([1], 3), infra={"folder": tmp_path})
+    assert paired.train(1) == "[64] 1"
+    paired.pair[0].append(5)
+    with pytest.raises(RuntimeError, match="changed in place"):
+        paired.train(1)
+    in_ram = Layered(infra={"keep_in_ram": True})
+    assert in_ram.train() == "[64] {}"
+    in_ram.layers.append(1)
+    with pytest.raises(RuntimeError, match="changed in place"):
+        in_ram.train()
+
+
+class LayeredInputs(pydantic.BaseModel):
+    layers: list[int] = [64]
+    pair: tuple[list[int], int] = ([0], 0)
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def train(self, x: int) -> str:
+        return f"{self.layers} {x}"
 
 
 class Big(pydantic.BaseModel):

@@ -567,9 +567,7 @@ class BaseInfra(pydantic.BaseModel):
             return  # (no uid yet: nothing to compare with)
         if mutables is None:
             mutables = runtime.holds_mutables = any(
-                isinstance(value, _MUTABLE_TYPES) or _is_array(value)
-                for model in runtime.models
-                for value in model.__dict__.values()
+                _mutable(value) for model in runtime.models for value in model.__dict__.values()
             )
         if mutables:
             self._check_unchanged()
@@ -989,7 +987,12 @@ def _json_key(key: tp.Any) -> str:
 _MUTABLE_TYPES = (list, dict, set, bytearray)
 
 
-def _is_array(value: tp.Any) -> bool:
+def _mutable(value: tp.Any) -> bool:
+    """Whether a field value can change in place (a list, dict... also inside a tuple)."""
+    if isinstance(value, _MUTABLE_TYPES):
+        return True
+    if isinstance(value, tuple):
+        return any(_mutable(item) for item in value)
     numpy = sys.modules.get("numpy")
     return numpy is not None and isinstance(value, numpy.ndarray)
 

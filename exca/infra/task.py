@@ -177,12 +177,12 @@ class BoundTask:
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         infra = tp.cast(TaskInfra, self.method.infra_of(self.obj))
         runtime = infra._runtime()
+        infra._check_unchanged_before_reading()  # (a config with lists changed in place?)
         if args or kwargs or self.method.params:  # (run now: its inputs are not copied)
             return calls.task_result(self._node(args, kwargs, snapshot=False))
         forcing_job = runtime.force_state.get("job")  # (its forcing job may still run)
         if infra.folder is not None and not forcing_job and not infra._force_pending():
             # fast path: one memoized uid and one index check, no node, no scheduler
-            infra._check_unchanged_before_reading()
             if runtime.ram is not _MISSING:
                 # (unless its entry was removed through this instance: node.clear())
                 if runtime.cache is not None and runtime.cache.known(TASK_KEY):
