@@ -1708,6 +1708,7 @@ def test_clean_orphans_logs_and_compact_of_some_steps(tmp_path: Path) -> None:
     for args in (
         ("logs", str(folder_of(train)), "--days", "0"),
         ("versions", "--downstream"),
+        ("versions", "--days", "30"),  # (its default value, given: refused too)
         ("node", str(folder_of(train)), "--days", "2"),
     ):
         result = cli("clean", root, *args, "--yes")

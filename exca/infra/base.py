@@ -873,8 +873,11 @@ class BaseInfra(pydantic.BaseModel):
         """Whether a config's uid names this folder, today's or its legacy (v2) name (its
         folder setting aside: a private infra is not in config.yaml, a moved cache is
         handled apart). Checked on a copy: the listed config stays unfrozen."""
-        probe = self._method().infra_of(type(obj)(**obj.model_dump()))
-        if probe.uid().rpartition("/")[2] == folder.name:
+        try:
+            probe = self._method().infra_of(type(obj)(**obj.model_dump()))
+            if probe.uid().rpartition("/")[2] == folder.name:
+                return True
+        except Exception:  # (its uid cannot be told here: listed as it was; a call tells)
             return True
         try:  # (a call renames a v2-named folder, then reads it)
             return (probe._uid_config().to_uid(version=2) or "default") == folder.name

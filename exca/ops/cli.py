@@ -110,14 +110,15 @@ def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.An
     class_name, _, method = attr.rpartition(".")
     module = _import_target_module(target, module_name)
     cls: tp.Any = module
-    for part in class_name.split("."):  # (a nested class: Outer.Inner.method)
+    parts = class_name.split(".")
+    for position, part in enumerate(parts):  # (a nested class: Outer.Inner.method)
         found = getattr(cls, part, None)
         if found is None and cls is not module:
             raise ValueError(
                 f"{target!r}: {cls.__name__} has no {part!r} (check TARGET: "
                 "package.module:Class.method)"
             )
-        if found is not None and not isinstance(found, type) and part != class_name.split(".")[-1]:
+        if found is not None and not isinstance(found, type) and position < len(parts) - 1:
             raise ValueError(
                 f"{target!r}: {part} in {module_name} is not a class (check TARGET: "
                 "package.module:Class.method, with nothing after the method)"
@@ -492,7 +493,10 @@ def _main(argv: list[str] | None) -> int:
     )
     p_clean.add_argument("--step", help="only these steps (not for 'node')")
     p_clean.add_argument(
-        "--days", type=float, default=DEFAULT_LOG_DAYS, help="logs older than this (for 'logs')"
+        "--days",
+        type=float,
+        default=None,
+        help=f"logs older than this (for 'logs'; default {DEFAULT_LOG_DAYS:g})",
     )
     p_clean.add_argument("--yes", action="store_true", help="really remove (default: preview)")
     p_clean.add_argument("--json", action="store_true")
@@ -528,7 +532,7 @@ def _main(argv: list[str] | None) -> int:
             for shown, given, used_by in (
                 ("FOLDERS", bool(args.folders), ("node",)),
                 ("--downstream", args.downstream, ("node",)),
-                ("--days", args.days != DEFAULT_LOG_DAYS, ("logs",)),
+                ("--days", args.days is not None, ("logs",)),
             )
             if given and args.what not in used_by
         ]
@@ -605,7 +609,8 @@ def _main(argv: list[str] | None) -> int:
         elif args.what == "orphans":
             removal = clean.orphans(args.root, step=args.step)
         else:
-            removal = clean.logs(args.root, older_than_days=args.days, step=args.step)
+            days = DEFAULT_LOG_DAYS if args.days is None else args.days
+            removal = clean.logs(args.root, older_than_days=days, step=args.step)
         if args.yes:
             freed = removal.execute()
             done = "removed." if removal.removals else ""
