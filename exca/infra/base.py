@@ -562,9 +562,9 @@ class BaseInfra(pydantic.BaseModel):
         """``_check_unchanged`` for a cached read, where the config holds containers that
         can change in place (the read returned the old values' result); free otherwise."""
         runtime = self._runtime()
-        mutables = runtime.holds_mutables
         if runtime.uid_export is None:
             return  # (no uid yet: nothing to compare with)
+        mutables = runtime.holds_mutables
         if mutables is None:
             mutables = runtime.holds_mutables = any(
                 _mutable(value) for model in runtime.models for value in model.__dict__.values()
