@@ -72,6 +72,8 @@ class CleanPlan:
     jobs_use: dict[Path, dict[Path, str]] = dataclasses.field(
         default_factory=dict, repr=False, compare=False
     )
+    # folders removed too when the removals leave them empty (an old version's step folder)
+    emptied: list[Path] = dataclasses.field(default_factory=list, repr=False, compare=False)
 
     @property
     def size(self) -> int:
@@ -116,6 +118,9 @@ class CleanPlan:
             except OSError as error:
                 why = f"left as it was: {type(error).__name__}: {error}"
                 self.failed.append((removal.path, why))
+        for folder in self.emptied:
+            with contextlib.suppress(OSError):  # (not empty: something kept, or new, there)
+                folder.rmdir()
         if self.failed:
             logger.warning(
                 "Could not remove %d item(s):\n%s",
@@ -659,6 +664,7 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
     old_steps = {f for older, _ in olds.values() for f in older}
     logs_users: dict[Path, set[Path]] | None = None  # (read when an old version has logs)
     for old_folders, newest in olds.values():
+        plan.emptied += old_folders
         for old in old_folders:
             reason = f"old version (newest is {newest})"
             kept_before = len(plan.kept)

@@ -642,6 +642,12 @@ def _main(argv: list[str] | None) -> int:
             message = f"No job recorded in {args.folder}" + (
                 f" for item {args.item!r}" if args.item else ""
             )
+            if args.item is not None and logs(args.folder):  # (jobs, none for that item)
+                from ..graph.node import TASK_KEY
+                from ..storage.cachedict import inspecting_view
+
+                if TASK_KEY in inspecting_view(Path(args.folder)).entries_info():
+                    message += " (--item selects the chunk job of a map's item: this is a task)"
             traceback = _cached_traceback(Path(args.folder), args.item)
             if traceback is not None:  # (computed by the calling process: no log, but this)
                 message += " (computed where it was called)"
