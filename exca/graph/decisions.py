@@ -231,9 +231,13 @@ class Graph:
         targets: tp.Sequence[Node],
         item_uids: dict[Key, list[str]] | None = None,
         forced: tp.Collection[Key] = (),
+        checks_payloads: bool = False,
     ) -> None:
         """``forced``: nodes forced whatever their upstream's state now (forced by an
-        upstream node that was forced, and computed, since)."""
+        upstream node that was forced, and computed, since). ``checks_payloads``: whether
+        cached map items' payload files are checked in every mode, not only in mode retry:
+        a plan does (a stat per data file, ~0.5 us per item); a run finds a damaged item
+        when it reads it, and says what to do then."""
         with gcpause.paused():
             self.targets = list(targets)
             self.forced_before = set(forced)
@@ -251,10 +255,7 @@ class Graph:
                     self.downstream[up].append(key)
             self.order = self._topological()
             self.runs: dict[Key, NodeRun] = {}
-            # whether cached map items' payload files are checked in every mode, not only
-            # in mode retry: a plan does (a stat per data file, ~0.5 us per item); a run
-            # finds a damaged item when it reads it, and says what to do then
-            self.checks_payloads = False
+            self.checks_payloads = checks_payloads
 
     def share_force_states(self) -> None:
         """What a node's mode=force did, told to the other instances of the same config

@@ -100,7 +100,7 @@ def _all_of(given: tp.Any, added: str) -> str:
 def _can_chain(executor: tp.Any, execution: Execution) -> bool:
     """Whether the parts of a split array can wait for each other: not when the user's
     dependency is an 'any of' (said once: its parts then run side by side)."""
-    given = (executor._executor.parameters.get("additional_parameters", {}) or {}).get("dependency")
+    given = _additional(executor).get("dependency")
     if given and "?" in str(given):
         logger.warning(
             "The array of %s is split at MaxArraySize; its dependency %r ('any of') cannot "
@@ -113,11 +113,17 @@ def _can_chain(executor: tp.Any, execution: Execution) -> bool:
     return True
 
 
-def _run_after(executor: tp.Any, job_id: str) -> None:
-    """Make the next submission of a submitit Slurm executor start once ``job_id`` (an
-    array: all its elements) ended, whatever its end, besides the dependencies it has."""
-    params = dict(executor._executor.parameters.get("additional_parameters", {}) or {})
-    params["dependency"] = _all_of(params.get("dependency"), f"afterany:{job_id}")
+def _additional(executor: tp.Any) -> dict[str, tp.Any]:
+    """The sbatch options a submitit Slurm executor adds (slurm_additional_parameters)."""
+    return dict(executor._executor.parameters.get("additional_parameters", {}) or {})
+
+
+def _run_after(executor: tp.Any, job_ids: str) -> None:
+    """Make the next submission of a submitit Slurm executor start once ``job_ids`` (":"
+    separated; an array: all its elements) ended, whatever their end, besides the
+    dependencies it has."""
+    params = _additional(executor)
+    params["dependency"] = _all_of(params.get("dependency"), f"afterany:{job_ids}")
     executor._executor.update_parameters(additional_parameters=params)
 
 
@@ -1036,13 +1042,8 @@ def submit_array(
 
             # ended jobs cannot be waited for; an array id waits for all its elements
             alive = sorted({j.split("_")[0] for j in queued_jobs(list(dependencies))})
-            if alive:
-                params = dict(executor._executor.parameters.get("additional_parameters", {}) or {})
-                # (with the user's own dependency, if any: it was replaced)
-                params["dependency"] = _all_of(
-                    params.get("dependency"), "afterany:" + ":".join(alive)
-                )
-                extra["additional_parameters"] = params
+            if alive:  # (with the user's own dependency, if any: it was replaced)
+                _run_after(executor, ":".join(alive))
         executor._executor.update_parameters(**extra)
     size = max_array_size() if cluster == "slurm" else len(units) or 1
     function: tp.Callable[[Unit], tp.Any] = run_job_unit  # (in the job's own process)

@@ -80,8 +80,7 @@ class Plan:
 
     def __init__(self, targets: tp.Sequence[Node]) -> None:
         with gcpause.paused(), keeping_files():  # (a dry run: reads only)
-            self.graph = Graph(targets)
-            self.graph.checks_payloads = True
+            self.graph = Graph(targets, checks_payloads=True)
             self._by_uid: dict[str, Node] | None = None
             self._stale: set[Key] = set()  # stale nodes seen so far (topological order)
             runs = self.graph.decide()
@@ -120,10 +119,8 @@ class Plan:
                     reason = f"{reason}, {note}"
         items = None
         if node.kind == "map" and run.action != "not-needed":
-            if run.uids is None and run.action == "fail":
-                pass  # (its items could not be read: the reason says why)
-            elif run.uids is None:
-                items = "items known at run time"
+            if run.uids is None:  # (failing: its items could not be read, the reason says why)
+                items = None if run.action == "fail" else "items known at run time"
             else:
                 total = len(set(run.uids))
                 what = (
