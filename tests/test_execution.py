@@ -711,6 +711,44 @@ def test_cancel_stops_a_local_job_that_catches_the_interrupt(tmp_path: Path) -> 
     assert task.infra.status() == "failed"
 
 
+_LOSES_THE_INTERRUPT = """
+import signal, subprocess, sys, time
+signal.signal(signal.SIGINT, lambda *_: None)  # (as a KeyboardInterrupt lost in an import)
+print("ready", flush=True)
+time.sleep(0.3)
+child = "import signal, time; signal.signal(signal.SIGINT, lambda *_: None); time.sleep(300)"
+task = subprocess.Popen([sys.executable, "-c", child])
+print(task.pid, flush=True)
+time.sleep(300)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_cancelling_a_local_job_whose_controller_lost_the_interrupt_still_stops_it() -> None:
+    """A Ctrl-C right after a local submission: the controller, still importing, lost the
+    SIGINT of the cancellation and started its task, which ran on (a CI run saw it)."""
+
+    from exca.graph.executors import _cancel_local
+
+    controller = subprocess.Popen(
+        [sys.executable, "-c", _LOSES_THE_INTERRUPT], stdout=subprocess.PIPE, text=True
+    )
+    assert controller.stdout is not None
+    try:
+        assert controller.stdout.readline().strip() == "ready"
+        _cancel_local(
+            controller.pid,
+            lambda: controller.poll() is None,
+            lambda: controller.send_signal(signal.SIGINT),
+        )
+        task = int(controller.stdout.readline())
+        assert controller.wait(timeout=20) == -signal.SIGKILL
+        _wait_for(lambda: exca.storage.process.process_start_time(task) is None, timeout=20)
+    finally:
+        controller.kill()
+        controller.wait()
+
+
 def _sigterm_while_computing(job: tp.Any, log: Path, block: Path) -> None:
     """SIGTERM to a local job once its (blocked) task computes, then let it finish."""
     _wait_for(lambda: len(calls(log)) == 1)

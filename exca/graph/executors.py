@@ -519,6 +519,10 @@ def _cancel_local(
     if not tasks:  # (none started yet: the controller's own handling)
         with contextlib.suppress(OSError):
             interrupt_controller()
+        # a controller still starting (importing) may lose the interrupt (Python ignores
+        # a KeyboardInterrupt raised in an import lock's callback) and start its task
+        # anyway: then its tasks are interrupted, and killed with it a second later
+        _after_a_second(lambda: _interrupt_tasks_then_kill(pid, alive))
         return
     for task in tasks:
         with contextlib.suppress(OSError):
@@ -531,9 +535,35 @@ def _cancel_local(
             with contextlib.suppress(OSError):
                 os.kill(task, signal.SIGKILL)
 
+    _after_a_second(kill_the_rest)
+
+
+def _after_a_second(action: tp.Callable[[], None]) -> None:
     # (not a daemon: a caller exiting right after cancel() still stops a task that caught
     # the interrupt)
-    threading.Timer(1.0, kill_the_rest).start()
+    threading.Timer(1.0, action).start()
+
+
+def _interrupt_tasks_then_kill(pid: int, alive: tp.Callable[[], bool]) -> None:
+    """A local job still alive a second after its cancellation: SIGINT to its tasks, and
+    a second later SIGKILL to what is left of them and of the controller (its tasks die
+    with it)."""
+    import signal
+
+    if not alive():
+        return
+    for task in _children().get(pid, []):
+        with contextlib.suppress(OSError):
+            os.kill(task, signal.SIGINT)
+
+    def kill_all() -> None:
+        if not alive():
+            return
+        for process in [*_descendants(pid), pid]:  # (the tasks first: nothing restarts them)
+            with contextlib.suppress(OSError):
+                os.kill(process, signal.SIGKILL)
+
+    _after_a_second(kill_all)
 
 
 def _kill_if_sigint_ignored(pid: int) -> None:
