@@ -34,10 +34,13 @@ from ..storage.claims import CLAIMS_DIR, Claims
 from ..storage.dumping import DATA_DIR
 from ..storage.index import (
     _OUR_INDEX_NAME,
+    AT,
     FORMER_PLACES,
     FORMER_PLACES_BYTES,
+    IN,
     INDEX_SUFFIX,
     index_files_bytes,
+    line_fields,
     tombstone_lines,
 )
 from ..storage.reclaim import MIN_IDLE_SECONDS
@@ -1148,12 +1151,12 @@ def compact(folder: Path | str, grace_seconds: float = 3600.0) -> tuple[int, int
         assert reader is not None
         lines = []
         for entry in reader.entries.values():
-            if entry[0] in merged:
+            if entry[IN] in merged:
                 # where it was, for deletions aimed there by writers who read the old file
-                record = dict(entry[2])
+                record = line_fields(entry)
                 places = list(record.get(FORMER_PLACES) or ())
                 places = places[len(places) - KEPT_PLACES + 1 :] if KEPT_PLACES > 1 else []
-                record[FORMER_PLACES] = [*places, f"{entry[0]}:{entry[1]}"]
+                record[FORMER_PLACES] = [*places, f"{entry[IN]}:{entry[AT]}"]
                 lines.append(orjson.dumps(record))
         lines += _tombstones_still_needed(folder, merged)
         target = folder / (process.unique_name() + INDEX_SUFFIX)

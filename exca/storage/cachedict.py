@@ -41,13 +41,18 @@ from .formats import (
 )
 from .index import (
     _FORKS,
+    AT,
     IDLE_CHECK_SECONDS,
+    IN,
     INDEX_SUFFIX,
     Entry,
     IndexReader,
     IndexWriter,
+    Record,
     SessionFilesGone,
     index_files_bytes,
+    line_fields,
+    place,
 )
 from .modules import imported
 
@@ -336,14 +341,14 @@ class CacheDict(tp.Generic[X]):
         if type(self._ram.pop(key, None)) is CachedError:  # (once, when threads race here)
             self._ram_errors -= 1
 
-    def _entries(self) -> dict[str, tuple[str, int, dict[str, tp.Any]]]:
+    def _entries(self) -> dict[str, Record]:
         if self._reader is None:
             return {}
         if not self._read_once:
             self.refresh()
         return self._reader.entries
 
-    def _entries_read(self) -> tuple[dict[str, tuple[str, int, dict[str, tp.Any]]], bool]:
+    def _entries_read(self) -> tuple[dict[str, Record], bool]:
         """The entries, and whether this call read the folder (a view's first read: then a
         miss needs no second read)."""
         if self._reader is None:
@@ -442,7 +447,7 @@ class CacheDict(tp.Generic[X]):
         """A cached error held in RAM whose entry was replaced on disk since (recomputed by
         another process with mode="retry"): the new value."""
         entry = self._entries().get(key)
-        if entry is None or entry[2]["#type"] == "Error":
+        if entry is None or entry["#type"] == "Error":
             return error
         self._forget_ram(key)
         return self[key]
@@ -455,7 +460,7 @@ class CacheDict(tp.Generic[X]):
         entries = self._entries()
         ram = self._ram
         todo = [k for k in dict.fromkeys(keys) if k not in ram and k in entries]
-        infos = [entries[k][2] for k in todo]
+        infos = [entries[k] for k in todo]
         if not infos or self.options.replace:
             return False  # (nothing to load: numpy is not even needed)
         if not all(info["#type"] == "MemmapArray" for info in infos):
@@ -481,7 +486,7 @@ class CacheDict(tp.Generic[X]):
         for key in dict.fromkeys(keys):
             entry = entries.get(key)
             if entry is not None:
-                if entry[2]["#type"] == "Error":
+                if entry["#type"] == "Error":
                     out.append(key)
             elif type(self._ram.get(key)) is CachedError:
                 out.append(key)
@@ -497,16 +502,16 @@ class CacheDict(tp.Generic[X]):
         if entry is None and not (refresh or first_read) and self._refresh_on_miss():
             entry = entries.get(key)
         if entry is not None:
-            return str(entry[2]["#type"])
+            return str(entry["#type"])
         if key in self._ram:
             return "Error" if isinstance(self._ram[key], CachedError) else "ram"
         return None
 
     def entries_info(self) -> dict[str, dict[str, tp.Any]]:
-        """Every key's index record (``#type``, ``#meta``, format fields), without loading
-        any value: what inspection tools read."""
+        """Every key's index record (``#type``, ``#meta``, format fields; ``#in``/``#at``:
+        where its line is), without loading any value: what inspection tools read."""
         self.refresh()
-        return {key: entry[2] for key, entry in self._entries().items()}
+        return dict(self._entries())
 
     def live_copies(self) -> list[dict[str, tp.Any]]:
         """The index record of every live entry, duplicates of a key included (two writers
@@ -515,7 +520,7 @@ class CacheDict(tp.Generic[X]):
         if self._reader is None:
             return []
         reader = self._reader
-        return [copy[2] for key in list(self._entries()) for copy in reader.copies(key)]
+        return [copy for key in list(self._entries()) for copy in reader.copies(key)]
 
     def entry(self, key: str) -> Entry | None:
         """Where an entry is stored (index file, offset, its index record), or None."""
@@ -523,7 +528,7 @@ class CacheDict(tp.Generic[X]):
         if key not in entries and not first_read:
             self._refresh_on_miss()
         found = entries.get(key)
-        return None if found is None else Entry(*found)
+        return None if found is None else Entry.of(found)
 
     def known(self, key: str) -> bool:
         """Whether this instance saw ``key`` in the cache when it last read the folder (or
@@ -548,7 +553,7 @@ class CacheDict(tp.Generic[X]):
         if self.folder is None:
             return []
         entries = self._entries()
-        infos = ((k, entries[k][2]) for k in dict.fromkeys(keys) if k in entries)
+        infos = ((k, entries[k]) for k in dict.fromkeys(keys) if k in entries)
         return presence.damaged(self.folder, infos)
 
     def __getitem__(self, key: str) -> X:
@@ -563,7 +568,7 @@ class CacheDict(tp.Generic[X]):
             if entry is None:
                 raise KeyError(key)
         try:
-            info = entry[2]
+            info = entry
             if _inline(info) and not self.options.replace:
                 value: X = load_inline(None, info)  # type: ignore[arg-type]  # (no file: no context)
             else:
@@ -582,9 +587,7 @@ class CacheDict(tp.Generic[X]):
                 self._ram_errors += 1
         return value
 
-    def _load_again(
-        self, key: str, entry: tuple[str, int, dict[str, tp.Any]], error: FileNotFoundError
-    ) -> X:
+    def _load_again(self, key: str, entry: Record, error: FileNotFoundError) -> X:
         """A payload file is missing: deleted (and maybe written again) by another writer
         since this view read the index? Then the newer entry is read, as many times as it
         was replaced meanwhile (a bound: a key deleted and written in a loop reads as
@@ -595,11 +598,11 @@ class CacheDict(tp.Generic[X]):
             if current is None:
                 raise KeyError(key) from None
             try:
-                if current[:2] == entry[:2]:  # the same entry: its payload is really missing
+                if place(current) == place(entry):  # the same entry: its payload is missing
                     raise error
-                return self._loader.load(current[2])  # type: ignore[union-attr]
+                return self._loader.load(current)  # type: ignore[union-attr]
             except FileNotFoundError as again:
-                if current[:2] == entry[:2]:
+                if place(current) == place(entry):
                     _add_note(again, f"while reading {key!r} from {self.folder}")
                     mark_if_damaged(again, self.folder)
                     raise
@@ -612,22 +615,20 @@ class CacheDict(tp.Generic[X]):
                 raise
         raise KeyError(key)
 
-    def _raise_if_damaged_record(
-        self, key: str, entry: tuple[str, int, dict[str, tp.Any]], error: Exception
-    ) -> None:
+    def _raise_if_damaged_record(self, key: str, entry: Record, error: Exception) -> None:
         """Reading an entry failed: if its index line lacks fields, or holds fields of the
         wrong type (written by hand, by another tool...), raise a DamagedRecord saying so
         (the loader's own error, a TypeError of a format's internals, says nothing of it;
         a KeyError would read as a missing key)."""
-        problem = record_problem(entry[2])
+        problem = record_problem(line_fields(entry))
         if problem is None and isinstance(error, DamagedRecord):
             problem = str(error)
         if problem is None:
             return
-        where = f"{self.folder}/{entry[0]}" if self.folder is not None else "memory"
+        where = f"{self.folder}/{entry[IN]}" if self.folder is not None else "memory"
         raise DamagedRecord(
             f"The index line of {key!r} in {where} is damaged: {problem} (the line: "
-            f"{entry[2]!r:.300}). Was it written by hand, or by another tool? Delete the key "
+            f"{line_fields(entry)!r:.300}). Was it written by hand, or by another tool? Delete the key "
             f"(del cache[{key!r}], inside cache.write()) to write it again; in an infra's "
             "cache, mode='retry' or mode='force' computes it again"
         ) from error
@@ -845,7 +846,8 @@ class CacheDict(tp.Generic[X]):
             else:
                 retry = False
                 state.offset = writer.size
-                entry = (writer.name, offset, info)
+                info[IN], info[AT] = writer.name, offset
+                entry = info
                 if key in entries:  # written meanwhile by another thread: both copies known
                     reader._shadow(key, entry)
                 entries[key] = entry
@@ -997,7 +999,8 @@ class CacheDict(tp.Generic[X]):
                 if "v" in info and type(info["v"]) is fragment:  # pre-serialized inline value
                     info = orjson.loads(line)
                 key = info["#key"]
-                entry = (name, offset, info)
+                info[IN], info[AT] = name, offset
+                entry = info
                 if key in entries:  # written meanwhile by another thread: both copies known
                     reader._shadow(key, entry)
                 entries[key] = entry
@@ -1075,7 +1078,7 @@ class CacheDict(tp.Generic[X]):
         writer, ctx = self._session()
         assert self._reader is not None
         # every copy this reader knows of (duplicates written by concurrent writers)
-        copies = [Entry(*c) for c in self._reader.copies(key)] or [entry]
+        copies = [Entry.of(c) for c in self._reader.copies(key)] or [entry]
         lines = b"".join(
             orjson.dumps({"#del": key, "#of": f"{c.file}:{c.offset}"}) + b"\n" for c in copies
         )

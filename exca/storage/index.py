@@ -33,6 +33,13 @@ INDEX_SUFFIX = "-info.jsonl"
 logger = logging.getLogger("exca")
 
 EntryId = tuple[str, int]  # (index file name, byte offset of the line)
+# Where an entry's line is, kept in its record in memory only (never written): records of
+# strings and numbers are then objects Python's garbage collector does not track. A
+# (file, offset, record) tuple would be tracked for good (CPython never untracks a tuple
+# holding a dict): a map of 10k items added 10k objects that every full collection walks,
+# and a collection came at every call or two.
+IN, AT = "#in", "#at"
+Record = dict[str, tp.Any]  # an entry's record: its line's fields, plus IN and AT
 # a writer idle for longer checks that its index file is still there before appending
 # (compaction and the freeing of lifeless files take files idle for twice as long; the
 # check costs one fstat)
@@ -44,10 +51,20 @@ FORMER_PLACES = "#was"
 FORMER_PLACES_BYTES = b'"#was"'
 
 
-def places(entry: tuple[str, int, dict[str, tp.Any]]) -> list[EntryId]:
+def place(record: Record) -> EntryId:
+    """Where an entry's line is."""
+    return (record[IN], record[AT])
+
+
+def line_fields(record: Record) -> dict[str, tp.Any]:
+    """What an entry's line holds (its record without where it is)."""
+    return {k: v for k, v in record.items() if k != IN and k != AT}
+
+
+def places(entry: Record) -> list[EntryId]:
     """Where an entry is, then where it was before compactions (tombstones name either)."""
-    here = (entry[0], entry[1])
-    former = entry[2].get(FORMER_PLACES)
+    here = (entry[IN], entry[AT])
+    former = entry.get(FORMER_PLACES)
     if not former:
         return [here]
     out = [here]
@@ -61,7 +78,7 @@ def places(entry: tuple[str, int, dict[str, tp.Any]]) -> list[EntryId]:
 class Entry(tp.NamedTuple):
     """Where an entry's line is, and what it says (``#key``, ``#type``, the format's fields).
 
-    Stored internally as plain tuples of the same layout (cheaper to build in bulk).
+    Stored internally as its record alone (see ``IN``), made into this on request.
     """
 
     file: str
@@ -71,6 +88,10 @@ class Entry(tp.NamedTuple):
     @property
     def id(self) -> EntryId:
         return (self.file, self.offset)
+
+    @classmethod
+    def of(cls, record: Record) -> Entry:
+        return cls(record[IN], record[AT], record)
 
 
 class FileState:
@@ -114,18 +135,18 @@ os.register_at_fork(after_in_child=_count_fork)
 class IndexReader:
     """Incremental view of every index file in a folder.
 
-    ``entries`` maps a key to a ``(file, offset, info)`` tuple (see ``Entry``).
+    ``entries`` maps a key to its record (with where its line is: see ``IN``).
     """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._dir = os.fspath(folder)  # plain strings on the hot path (no Path parsing)
-        self.entries: dict[str, tuple[str, int, dict[str, tp.Any]]] = {}
+        self.entries: dict[str, Record] = {}
         self._files: dict[str, FileState] = {}
         self._deleted: set[EntryId] = set()
         # other live entries of a key whose current entry came from a later-read line:
         # a tombstone of the current one promotes one of them (file read order is arbitrary)
-        self._shadowed: dict[str, list[tuple[str, int, dict[str, tp.Any]]]] = {}
+        self._shadowed: dict[str, list[Record]] = {}
         self.removals = 0  # entries removed by tombstones (RAM copies may outlive them)
         # the keys of those entries, when a view asks (see CacheDict.drop_stale_ram)
         self.removed_keys: set[str] | None = None
@@ -183,9 +204,9 @@ class IndexReader:
         for key in state.keys:
             shadows = self._shadowed.get(key)
             if shadows:
-                shadows[:] = [s for s in shadows if s[0] != name]
+                shadows[:] = [s for s in shadows if s[IN] != name]
             entry = self.entries.get(key)
-            if entry is not None and entry[0] == name:
+            if entry is not None and entry[IN] == name:
                 self._drop_entry(key)
                 if shadows:
                     self.entries[key] = shadows.pop()
@@ -199,10 +220,10 @@ class IndexReader:
         if self.removed_keys is not None:
             self.removed_keys.add(key)
 
-    def _shadow(self, key: str, new: tuple[str, int, dict[str, tp.Any]]) -> None:
+    def _shadow(self, key: str, new: Record) -> None:
         """Remember the current entry of a key about to be replaced by another live entry."""
         old = self.entries.get(key)
-        if old is not None and (old[0], old[1]) != (new[0], new[1]):
+        if old is not None and (old[IN], old[AT]) != (new[IN], new[AT]):
             self._shadowed.setdefault(key, []).append(old)
 
     def _read_file(self, name: str) -> bool:
@@ -289,9 +310,11 @@ class IndexReader:
                 if FORMER_PLACES in record:
                     self._note_former_places(record)
         offsets = itertools.accumulate(map(_PLUS_NEWLINE, map(len, lines)), initial=state.offset)
-        located = zip(itertools.repeat(name), offsets, records)
+        for record, offset in zip(records, offsets):
+            record[IN] = name
+            record[AT] = offset
         if self._deleted or (self.entries and not self.entries.keys().isdisjoint(keys)):
-            pairs = [(k, e) for k, e in zip(keys, located) if not self._is_deleted(e)]
+            pairs = [(k, e) for k, e in zip(keys, records) if not self._is_deleted(e)]
             if len(pairs) < len(keys):
                 self.emptied.add(name)
             for key, entry in pairs:  # rare: duplicate keys or deletions in the folder
@@ -299,7 +322,7 @@ class IndexReader:
                 self.entries[key] = entry
             state.keys.update(k for k, _ in pairs)
         else:
-            self.entries.update(zip(keys, located))
+            self.entries.update(zip(keys, records))
             state.keys.update(keys)
         return True
 
@@ -314,7 +337,7 @@ class IndexReader:
         """Entries and tombstones, all well-formed: the outcome of reading them line by
         line (a tombstone deletes a place, whether its entry is read before or after)."""
         offsets = itertools.accumulate(map(_PLUS_NEWLINE, map(len, lines)), initial=state.offset)
-        entries: list[tuple[str, tuple[str, int, dict[str, tp.Any]]]] = []
+        entries: list[tuple[str, Record]] = []
         tombstones: list[tuple[tp.Any, EntryId]] = []
         for offset, record in zip(offsets, records):
             if type(record) is not dict:
@@ -323,7 +346,9 @@ class IndexReader:
             if key is not None:
                 if type(key) is not str or "#type" not in record:
                     return False
-                entries.append((key, (name, offset, record)))
+                record[IN] = name
+                record[AT] = offset
+                entries.append((key, record))
                 continue
             target = record.get("#of")
             if type(target) is not str:
@@ -334,8 +359,8 @@ class IndexReader:
             tombstones.append((record.get("#del"), (file, int(place))))
         if moved:
             for _, entry in entries:
-                if FORMER_PLACES in entry[2]:
-                    self._note_former_places(entry[2])
+                if FORMER_PLACES in entry:
+                    self._note_former_places(entry)
         state.aim_at({target[0] for _, target in tombstones})
         deleted, shadowed, current = self._deleted, self._shadowed, self.entries
         for key, target in tombstones:
@@ -345,8 +370,8 @@ class IndexReader:
                 deleted.add(target)
         for key, entry in entries:
             if deleted and (
-                (entry[0], entry[1]) in deleted
-                if FORMER_PLACES not in entry[2]
+                (entry[IN], entry[AT]) in deleted
+                if FORMER_PLACES not in entry
                 else not deleted.isdisjoint(places(entry))
             ):
                 self.emptied.add(name)
@@ -373,10 +398,12 @@ class IndexReader:
                     self._note_former_places(record)
                 if "#type" not in record or type(key) is not str:
                     _warn_bad_line(self.folder / name, offset, line)
-                elif not self._is_deleted((name, offset, record)):
-                    entry = (name, offset, record)
-                    self._shadow(key, entry)
-                    self.entries[key] = entry
+                    continue
+                record[IN] = name
+                record[AT] = offset
+                if not self._is_deleted(record):
+                    self._shadow(key, record)
+                    self.entries[key] = record
                     state.keys.add(key)
                 else:
                     self.emptied.add(name)
@@ -390,7 +417,7 @@ class IndexReader:
                     continue
             _warn_bad_line(self.folder / name, offset, line)
 
-    def _is_deleted(self, entry: tuple[str, int, dict[str, tp.Any]]) -> bool:
+    def _is_deleted(self, entry: Record) -> bool:
         deleted = self._deleted
         if not deleted:
             return False
@@ -405,18 +432,18 @@ class IndexReader:
             shadows = self._shadowed.get(key)
             if shadows:
                 kept = [s for s in shadows if target not in places(s)]
-                self.emptied.update(s[0] for s in shadows if target in places(s))
+                self.emptied.update(s[IN] for s in shadows if target in places(s))
                 shadows[:] = kept
             entry = self.entries.get(key)
             if entry is not None and target in places(entry):
                 self._drop_entry(key)
-                self.emptied.add(entry[0])
+                self.emptied.add(entry[IN])
                 if shadows:  # another live copy of the key was read earlier
                     self.entries[key] = shadows.pop()
             if shadows is not None and not shadows:
                 del self._shadowed[key]
 
-    def copies(self, key: str) -> list[tuple[str, int, dict[str, tp.Any]]]:
+    def copies(self, key: str) -> list[Record]:
         """Every live entry of a key that was read (the current one first)."""
         with self.locked():
             current = self.entries.get(key)
@@ -471,9 +498,9 @@ class IndexReader:
 
     def _lives_in(self, name: str, key: str) -> bool:
         entry = self.entries.get(key)
-        if entry is not None and entry[0] == name:
+        if entry is not None and entry[IN] == name:
             return True
-        return any(s[0] == name for s in self._shadowed.get(key, ()))
+        return any(s[IN] == name for s in self._shadowed.get(key, ()))
 
     def defer(self, name: str, seconds: float) -> None:
         """Check a lifeless file again in that many seconds, not at every read."""
