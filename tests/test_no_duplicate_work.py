@@ -28,6 +28,7 @@ import pytest
 from filelog import append, lines
 
 import exca
+from exca.graph import registry
 from exca.storage import process as process_info
 
 WAIT_S = 60.0  # bound on any wait (never reached when things work)
@@ -538,6 +539,41 @@ def test_job_of_the_task_this_thread_computes_is_refused(tmp_path: Path) -> None
     asking for its own job waited for itself, for ever)."""
     with pytest.raises(RuntimeError, match="this very thread"):
         AsksItsOwnJob(infra={"folder": tmp_path}).process()
+
+
+class CallsItself(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return self.process() + 1  # (a user's bug)
+
+
+class MapsItself(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            yield next(iter(self.process([item]))) + 1  # (a user's bug)
+
+
+@pytest.mark.timeout(90)
+def test_a_method_calling_itself_in_its_local_job_is_refused(tmp_path: Path) -> None:
+    """Without a job, a method calling itself is refused at once; in a local job, the
+    inner call waited for the job it runs in (its record, then its claim), for good, and
+    a map's inner call submitted a job per item, each submitting another."""
+    task = CallsItself(infra={"folder": tmp_path, "cluster": "local"})
+    with pytest.raises(RuntimeError, match="this very thread"):
+        task.process()
+    assert task.infra.status() == "failed"
+    mapper = MapsItself(infra={"folder": tmp_path, "cluster": "local"})
+    with pytest.raises(RuntimeError, match="this very thread"):
+        list(mapper.process([1, 2]))
+    folder = mapper.infra.uid_folder()
+    assert folder is not None
+    # (its jobs: none submitted from them)
+    assert {r.pid for r in registry.read_all(folder)} == {os.getpid()}
 
 
 # --- an owner on another host ------------------------------------------------------------

@@ -165,6 +165,28 @@ def test_slurm_task(tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster) -> N
     assert "slurm task x=7" in (found.stdout() or "")
 
 
+class SlurmCallsItself(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return self.process() + 1  # (a user's bug)
+
+
+@pytest.mark.timeout(240)
+def test_a_method_calling_itself_in_its_slurm_job_is_refused(
+    tmp_path: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """The inner call found its own job running (then its own claim) and waited for it,
+    to the job's time limit."""
+    settings = {"folder": tmp_path / "cache", "cluster": "slurm", **resources(slurm_cluster)}
+    obj = SlurmCallsItself(infra=settings)
+    with pytest.raises(RuntimeError, match="this very thread"):
+        obj.process()
+    assert obj.infra.status() == "failed"
+    assert len(records(obj.infra.uid_folder())) == 1  # (no job submitted from the job)
+
+
 # --- a map packed into one array ----------------------------------------------------------
 @pytest.mark.timeout(240)
 def test_slurm_map_is_one_array(tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster) -> None:

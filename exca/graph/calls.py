@@ -13,7 +13,7 @@ from ..storage.cachederror import CachedError
 from ..storage.cachedict import CacheDict
 from ..storage.dumping import PAYLOAD_ERRORS, is_damaged_payload
 from . import codeprint, registry, store
-from .errors import JobFailedError
+from .errors import JobFailedError, self_call_error
 from .jobs import Job
 from .node import TASK_KEY, Node, restoring_files
 
@@ -103,6 +103,20 @@ def task_status(node: Node) -> tp.Literal["not submitted", "running", "completed
 def being_computed(node: Node) -> bool:
     """Whether a live worker holds the claim of a task's result."""
     return bool(keys_being_computed(node, (TASK_KEY,)))
+
+
+def refuse_self_call(node: Node, keys: tp.Iterable[str]) -> None:
+    """Raise if this very thread computes some of these keys of a node right now (in a
+    job: a decorated method calling itself there would wait for its own computation)."""
+    from ..storage.claims import CLAIMS_DIR, Claims, Owner
+
+    if node.folder is None or not os.path.isdir(os.path.join(node.folder, CLAIMS_DIR)):
+        return
+    wanted = set(keys)
+    me = (*Owner.current()[:2], threading.get_native_id())
+    for claim in Claims(node.folder).current():
+        if (claim.owner.host, claim.owner.pid, claim.owner.thread) == me and claim.keys & wanted:
+            raise self_call_error(node.uid)
 
 
 def keys_being_computed(node: Node, keys: tp.Iterable[str], others_only: bool = False) -> set[str]:

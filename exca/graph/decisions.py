@@ -531,11 +531,14 @@ class Graph:
                 record = registry.latest(run.node.folder)
                 if record is not None:
                     run.seen_job = record.job_id
-                    if record.cluster != "debug":  # (run by its submitter: claims tell)
+                    # (debug jobs run by their submitter: claims tell; the job this
+                    # process runs in is not waited for: see runs_here)
+                    if record.cluster != "debug" and not registry.runs_here(record):
                         records[run.node.key] = record
             else:
                 found = registry.read_all(run.node.folder)
                 run.seen_jobs = {r.job_id for r in found}
+                found = [r for r in found if not registry.runs_here(r)]
                 if found:
                     chunks[run.node.key] = found
         if not records and not chunks:

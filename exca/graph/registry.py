@@ -17,7 +17,7 @@ from pathlib import Path
 
 import orjson
 
-from ..storage import process
+from ..storage import claims, process
 from ..storage.files import chmod, make_folder
 from .node import INPUTS_PREFIX
 
@@ -293,6 +293,18 @@ def is_active(record: JobRecord, queued: set[str] | None = None) -> bool:
         # (a step of the wall clock since moves the start times read now: hence ``start``)
         return started is not None and started <= record.submitted + LOCAL_START_SLACK
     return False  # (debug jobs run in their submitter's process: its claims tell)
+
+
+def runs_here(record: JobRecord) -> bool:
+    """Whether this process runs inside the recorded job: a decorated method calling
+    itself in its job found its own job computing it, and waited for it for good (the
+    same call without a job says at once that a method cannot call itself)."""
+    environ = os.environ
+    if record.cluster == "local":
+        return record.job_id == environ.get("SUBMITIT_LOCAL_JOB_ID")
+    if record.cluster == "slurm":
+        return record.job_id in (environ.get("SLURM_JOB_ID"), claims.slurm_job_id())
+    return False
 
 
 def still_running(record: JobRecord, queued: set[str] | None = None) -> bool:

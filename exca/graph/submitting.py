@@ -16,7 +16,7 @@ import typing as tp
 from ..storage import interrupts
 from ..storage.claims import Claim, Claims
 from . import executors, registry, store
-from .calls import being_computed
+from .calls import being_computed, refuse_self_call
 from .decisions import wait_for_map_jobs
 from .node import TASK_KEY
 
@@ -52,6 +52,8 @@ def exclusive(
     done). Claims are released on exit."""
     held: list[Claim] = []
     runs = {r.node.key: r for r, _ in members if r.node.folder is not None}
+    for run in runs.values():  # (a job would wait for this thread, which waits for it)
+        refuse_self_call(run.node, (TASK_KEY,) if run.node.kind == "task" else run.todo or ())
     try:
         # (in a global order: two processes claiming overlapping sets cannot deadlock)
         for run in sorted(runs.values(), key=lambda r: str(r.node.folder)):

@@ -24,7 +24,7 @@ from ..storage.cachedict import CacheDict
 from ..storage.claims import Claim, Claims, Owner
 from ..storage.modules import imported
 from . import codeprint, jobpickle, jobprocess, registry, store
-from .errors import UpstreamFailed, read_only_error
+from .errors import UpstreamFailed, read_only_error, self_call_error
 from .node import TASK_KEY, Group, Node, Value
 
 logger = logging.getLogger("exca")
@@ -318,10 +318,7 @@ def _run_task(unit: Unit) -> Report:
                     claim, functools.partial(_compute_claimed, node, unit, forced, reusable_error)
                 )
         if claim.reentered:
-            raise RuntimeError(
-                f"{node.uid} is already being computed by this very thread: a decorated "
-                "method cannot (directly or indirectly) call itself"
-            )
+            raise self_call_error(node.uid)
         claims.wait([TASK_KEY], _task_done(node, forced), on_wait=_wait_message(folder))
         # a computation started before this force (another process's, of older code
         # maybe) is not it: computed again, unless this instance's force was done

@@ -82,7 +82,7 @@ class Owner(tp.NamedTuple):  # (named tuples, not dataclasses: cheaper to import
             pid=os.getpid(),
             start=process.self_start_time(),
             thread=threading.get_native_id(),
-            job_id=_slurm_job_id(),
+            job_id=slurm_job_id(),
         )
 
     def describe(self) -> str:
@@ -90,7 +90,7 @@ class Owner(tp.NamedTuple):  # (named tuples, not dataclasses: cheaper to import
         return f"pid {self.pid} on {self.host}{job}"
 
 
-def _slurm_job_id() -> str | None:
+def slurm_job_id() -> str | None:
     """This process's Slurm job as exca names jobs: ``<array>_<index>`` for an element of
     an array (its SLURM_JOB_ID is another number, which nothing else shows)."""
     environ = os.environ
