@@ -2330,13 +2330,80 @@ def test_an_error_computed_the_same_millisecond_a_retry_asked_is_computed_again(
     from exca.graph.node import TASK_KEY
 
     cache: CacheDict[tp.Any] = CacheDict(tmp_path)
-    started = 1_800_000_000.0003  # (recorded as ...000.000, as worker._provenance rounds it)
+    started = 1_800_000_000.0003  # (recorded unrounded, as worker._provenance does)
+    with cache.write():
+        cache.put(TASK_KEY, CachedError.from_exception(ValueError("bad")), meta={"t": started})
+    assert not store.computed_since(cache, started + 0.0001)  # asked after it started
+    assert store.computed_since(cache, started - 0.001)  # asked before it started
+
+
+def test_an_older_exca_s_rounded_start_the_same_millisecond_a_retry_asked_is_since(
+    tmp_path: Path,
+) -> None:
+    from exca.cachedict import CachedError
+    from exca.graph import store
+    from exca.graph.node import TASK_KEY
+
+    cache: CacheDict[tp.Any] = CacheDict(tmp_path)
+    asked = 1_800_000_000.0009
+    started = asked + 0.0003  # started 0.3 ms AFTER the retry asked: recorded as ...0.001
     with cache.write():
         cache.put(
             TASK_KEY, CachedError.from_exception(ValueError("bad")), meta={"t": round(started, 3)}
         )
-    assert not store.computed_since(cache, started + 0.0001)  # asked after it started
-    assert store.computed_since(cache, started - 0.001)  # asked before it started
+    assert store.computed_since(cache, asked)  # (as older exca recorded it: rounded)
+
+
+@pytest.mark.timeout(120)
+def test_a_retry_asked_just_before_another_retry_computes_follows_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B asks (mode retry) 0.5 ms before A's computation starts (A had asked a bit
+    earlier): B must follow A's computation, not compute again."""
+    log, block, fail = tmp_path / "calls.txt", tmp_path / "block-flag", tmp_path / "fail"
+    fail.touch()
+    with pytest.raises(ValueError):
+        make(tmp_path, None, x=4, fail_flag=str(fail), block_flag=str(block)).process()
+    block.touch()
+    from exca.graph import scheduler, worker
+
+    starts: list[float] = []
+    real = worker._provenance
+
+    def provenance(node: tp.Any) -> dict[str, tp.Any]:
+        meta = real(node)
+        starts.append(meta["t"])  # (ms-rounded start of A's computation)
+        return meta
+
+    monkeypatch.setattr(worker, "_provenance", provenance)
+    init = scheduler.Scheduler.__init__
+
+    def init_b(self: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> None:
+        init(self, *args, **kwargs)
+        if starts:  # B: it asked just before A's computation started (< 1 ms before)
+            # (A started at t0, rounded to starts[0] >= t0 - 0.5 ms: B asked at or before t0)
+            self.asked_at = starts[0] - 0.0005
+
+    monkeypatch.setattr(scheduler.Scheduler, "__init__", init_b)
+
+    def retry() -> tp.Callable[[], tp.Any]:
+        infra = {"mode": "retry"}
+        return make(
+            tmp_path, None, x=4, infra=infra, fail_flag=str(fail), block_flag=str(block)
+        ).process
+
+    errors: list[BaseException] = []
+    a = threading.Thread(target=lambda: _catch(retry(), errors))
+    a.start()
+    _wait_for(lambda: len(calls(log)) == 2)  # A computes
+    b = threading.Thread(target=lambda: _catch(retry(), errors))
+    b.start()
+    time.sleep(1.0)  # B waits for A's claim
+    block.unlink()
+    a.join(timeout=60)
+    b.join(timeout=60)
+    assert [type(e) for e in errors] == [ValueError] * 2
+    assert len(calls(log)) == 2, calls(log)  # once before, once for both retries
 
 
 @pytest.mark.timeout(120)

@@ -16,7 +16,6 @@ from .node import TASK_KEY, Node
 
 logger = logging.getLogger("exca")
 State = tp.Literal["missing", "done", "error"]
-PROVENANCE_ROUNDING_S = 0.0005  # (provenance times are rounded to the ms: worker._provenance)
 
 
 def task_state(node: Node, refresh: bool = False) -> State:
@@ -42,10 +41,13 @@ def computed_since(cache: CacheDict[tp.Any], when: float) -> bool:
     entry = cache.entry(TASK_KEY)
     meta = entry.info.get("#meta") if entry is not None else None
     started = meta.get("t") if isinstance(meta, dict) else None
-    # (recorded rounded to the ms, up to half a ms late: a computation started just before
-    # ``when`` looked started since, and a retry re-raised its error instead of computing
-    # again; a start that close counts as older)
-    return isinstance(started, int | float) and started - PROVENANCE_ROUNDING_S > when
+    # (recorded unrounded since; older exca rounded it to the ms: such a start is compared
+    # at that precision, as before)
+    if not isinstance(started, int | float):
+        return False
+    if started == round(started, 3):  # (rounded: the same ms as ``when`` counts as since)
+        return started >= round(when, 3)
+    return started >= when
 
 
 def outdated_outcome(cache: CacheDict[tp.Any], mode: str) -> tuple[str, int] | None:

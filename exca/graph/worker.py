@@ -364,7 +364,9 @@ def _provenance(node: Node) -> dict[str, tp.Any]:
             upstream.update(_map_provenance(source))
             upstream[source.path] = MAP_REF
     # (which job computed it, None: no job: `exca list` shows the job that made a result)
-    meta: dict[str, tp.Any] = {"t": round(time.time(), 3), "up": upstream, "job": _job_id()}
+    # (unrounded: computed_since compares it with when a retry asked, which may be a
+    # fraction of a millisecond away)
+    meta: dict[str, tp.Any] = {"t": time.time(), "up": upstream, "job": _job_id()}
     code = codeprint.digest(codeprint.method_function(node.function))
     if code is not None:  # (a method of __main__: see codeprint)
         meta[codeprint.CODE_KEY] = code
