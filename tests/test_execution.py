@@ -749,6 +749,49 @@ def test_cancelling_a_local_job_whose_controller_lost_the_interrupt_still_stops_
         controller.wait()
 
 
+_STARTS_SLOWLY_LOSING_THE_INTERRUPT = """
+import signal, sys, time
+signal.signal(signal.SIGINT, lambda *_: None)  # (a KeyboardInterrupt lost in an import)
+time.sleep({lost})  # (still starting: a loaded machine)
+signal.signal(signal.SIGINT, signal.default_int_handler)
+from pathlib import Path
+from submitit.local.local import Controller
+Controller(Path(sys.argv[1])).run()
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("lost", [1.3, 3.0])
+def test_a_cancelled_job_whose_controller_lost_the_interrupt_is_said_cancelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lost: float
+) -> None:
+    """A controller that lost the interrupt and was still starting a second later: its
+    task, started after the follow-up looked, was killed without an interrupt, and the
+    job was said "interrupted (killed)" (found by review)."""
+    from submitit.local import local
+
+    real = local.subprocess.Popen
+
+    def popen(cmd: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        if isinstance(cmd, list) and cmd[1:3] == ["-m", "submitit.local._local"]:
+            cmd = [cmd[0], "-c", _STARTS_SLOWLY_LOSING_THE_INTERRUPT.format(lost=lost), *cmd[3:]]
+        return real(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(local.subprocess, "Popen", popen)
+    block = tmp_path / "block-flag"
+    block.touch()
+    task = make(tmp_path, "local", x=7, block_flag=str(block))
+    job = task.infra.job()
+    time.sleep(0.2)
+    job.cancel()
+    job.handle.job._process.wait(timeout=30)
+    _wait_for(lambda: task.infra.status() == "failed", timeout=30)
+    with pytest.raises(exca.graph.errors.JobFailedError, match=r"local job \d+ was cancelled"):
+        job.result()
+    if calls(tmp_path / "calls.txt"):  # its task ran: it was interrupted before being killed
+        assert "KeyboardInterrupt" in (job.stderr() or "")
+
+
 def _sigterm_while_computing(job: tp.Any, log: Path, block: Path) -> None:
     """SIGTERM to a local job once its (blocked) task computes, then let it finish."""
     _wait_for(lambda: len(calls(log)) == 1)

@@ -306,6 +306,7 @@ class SubmititHandle(Handle):
         self.job_id = str(job.job_id)
         self._done = False
         self._template = template  # local jobs: the log-folder template to drop when done
+        self._cancelled = False  # (cancelled by this handle: a local job it then killed too)
 
     @property
     def submitit_job(self) -> tp.Any:
@@ -345,6 +346,8 @@ class SubmititHandle(Handle):
                 cancelled = _cancelled_local_job(self.job_id, Path(self.job.paths.stderr))
                 if cancelled is not None:
                     return cancelled
+            if self._cancelled and not self.finished_ok():  # (killed after the interrupt)
+                return f"local job {self.job_id} was cancelled (job.cancel())"
         if known is not None and self.cluster == "slurm" and known[0]:
             state, how = known
         else:
@@ -395,6 +398,7 @@ class SubmititHandle(Handle):
     def cancel(self) -> None:
         process = getattr(self.job, "_process", None)  # (our child: its pid is not reused)
         if self.cluster == "local" and process is not None and process.poll() is None:
+            self._cancelled = True
             _cancel_local_job(process)
             return
         with contextlib.suppress(Exception):
@@ -522,7 +526,7 @@ def _cancel_local(
         # a controller still starting (importing) may lose the interrupt (Python ignores
         # a KeyboardInterrupt raised in an import lock's callback) and start its task
         # anyway: then its tasks are interrupted, and killed with it a second later
-        _after_a_second(lambda: _interrupt_tasks_then_kill(pid, alive))
+        _after_a_second(lambda: _interrupt_tasks_then_kill(pid, alive, interrupt_controller))
         return
     for task in tasks:
         with contextlib.suppress(OSError):
@@ -544,20 +548,40 @@ def _after_a_second(action: tp.Callable[[], None]) -> None:
     threading.Timer(1.0, action).start()
 
 
-def _interrupt_tasks_then_kill(pid: int, alive: tp.Callable[[], bool]) -> None:
+_CANCEL_ROUNDS = 5  # seconds a cancelled local job still starting is interrupted again
+
+
+def _interrupt_tasks_then_kill(
+    pid: int,
+    alive: tp.Callable[[], bool],
+    interrupt_controller: tp.Callable[[], None],
+    rounds: int = _CANCEL_ROUNDS,
+) -> None:
     """A local job still alive a second after its cancellation: SIGINT to its tasks, and
     a second later SIGKILL to what is left of them and of the controller (its tasks die
-    with it)."""
+    with it). A controller still starting (no task yet) is interrupted again, and a task
+    started since the interrupt is interrupted before being killed (a few rounds)."""
     import signal
 
     if not alive():
         return
-    for task in _children().get(pid, []):
+    tasks = _children().get(pid, [])
+    if not tasks and rounds > 1:  # (still starting: its own handling, again)
+        with contextlib.suppress(OSError):
+            interrupt_controller()
+        _after_a_second(
+            lambda: _interrupt_tasks_then_kill(pid, alive, interrupt_controller, rounds - 1)
+        )
+        return
+    for task in tasks:
         with contextlib.suppress(OSError):
             os.kill(task, signal.SIGINT)
 
     def kill_all() -> None:
         if not alive():
+            return
+        if set(_children().get(pid, [])) - set(tasks) and rounds > 1:  # (started since)
+            _interrupt_tasks_then_kill(pid, alive, interrupt_controller, rounds - 1)
             return
         for process in [*_descendants(pid), pid]:  # (the tasks first: nothing restarts them)
             with contextlib.suppress(OSError):
