@@ -101,9 +101,19 @@ def _wants_replace(mapping: tp.Mapping[str, tp.Any]) -> bool:
 
 
 def _flag_set(flag: tp.Any) -> bool:
-    """A replace marker's value (the text "false" of a command line is not set)."""
+    """A replace marker's value (the text "false" of a command line is not set; a text
+    that is neither true nor false is refused: a typo, "ture", replaced a whole
+    sub-config)."""
     if isinstance(flag, str):
-        return flag.strip().lower() not in ("", "false", "0", "no", "off")
+        text = flag.strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("", "false", "0", "no", "off"):
+            return False
+        raise ValueError(
+            f"{ConfDict.OVERRIDE} is {flag!r}: give true (replace the sub-config) or false "
+            "(merge into it)"
+        )
     return bool(flag)
 
 
@@ -182,7 +192,10 @@ class ConfDict(dict[str, tp.Any]):
     def _step(container: tp.Any, part: str, full_key: str) -> tp.Any:
         """One step down a dotted path (raises KeyError/IndexError/TypeError as dict/list would)."""
         if isinstance(container, dict):
-            return dict.__getitem__(container, part)
+            try:
+                return dict.__getitem__(container, part)
+            except KeyError:  # (the whole key, as a dict says: 'c' alone named no place)
+                raise KeyError(full_key) from None
         if isinstance(container, list | tuple):
             if not part.isdigit():
                 raise TypeError(
@@ -479,6 +492,11 @@ class ConfDict(dict[str, tp.Any]):
                 key, value = text.split("=", 1)
             if not key:
                 raise ValueError(f"Empty key in argument {arg!r}: expected the form --key=value")
+            if "" in key.split("."):  # (a typo: "optim..lr" made a key "")
+                raise ValueError(
+                    f"Key {key!r} of argument {arg!r} has an empty part: expected names "
+                    "separated by single dots, e.g. --optim.lr=0.1"
+                )
             out[key] = value
         return out
 

@@ -376,6 +376,32 @@ def test_from_args_bad_format(arg: str) -> None:
         ConfDict.from_args([arg])
 
 
+@pytest.mark.parametrize("arg", ["--optim..lr=0.1", "--optim.lr.=0.1", "--.lr=0.1"])
+def test_from_args_refuses_a_key_with_an_empty_part(arg: str) -> None:
+    """A doubled or stray dot made a key "" (``{'optim': {'': {'lr': ...}}}``), then a
+    confusing error of the model, or a config with a field nobody asked for."""
+    with pytest.raises(ValueError, match="empty part"):
+        ConfDict.from_args([arg])
+
+
+def test_a_replace_marker_neither_true_nor_false_is_refused() -> None:
+    """Any text but "false"/"0"/"no"/"off" replaced: a typo ("ture") wiped the whole
+    sub-config it meant to patch."""
+    base = ConfDict({"model": {"layers": 4, "width": 64}})
+    with pytest.raises(ValueError, match="'ture'"):
+        base.update(ConfDict.from_args(["--model.=replace==ture", "--model.kind=mlp"]))
+    assert base == {"model": {"layers": 4, "width": 64}}
+    base.update(ConfDict.from_args(["--model.=replace==TRUE", "--model.kind=mlp"]))
+    assert base == {"model": {"kind": "mlp"}}
+
+
+def test_a_missing_dotted_key_is_named_whole() -> None:
+    cd = ConfDict({"a": {"b": 1}})
+    with pytest.raises(KeyError) as missing:
+        cd["a.c"]
+    assert missing.value.args == ("a.c",)
+
+
 # --- yaml round trip (property) ----------------------------------------------------------------
 keys = st.text(
     alphabet=st.characters(codec="utf-8", exclude_characters="."), min_size=1, max_size=8
