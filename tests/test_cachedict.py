@@ -1701,6 +1701,18 @@ def test_0d_arrays_stay_arrays_in_bulk_reads(tmp_path: Path) -> None:
     assert [float(v) for v in values] == list(range(20))
 
 
+def test_a_value_set_many_cannot_store_is_named_by_its_key(tmp_path: Path) -> None:
+    """put named the key of a value its format refused; set_many (what maps write with)
+    raised the format's bare error."""
+    import threading
+
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path, cache_type="Pickle")
+    with pytest.raises(TypeError, match="pickle") as refused, cd.write():
+        cd.set_many([("fine", 1), ("locked", threading.Lock())])
+    assert "while storing 'locked'" in "\n".join(getattr(refused.value, "__notes__", []))
+    assert list(cd.keys()) == []
+
+
 def test_set_many_refuses_a_key_twice(tmp_path: Path) -> None:
     cd: CacheDict[int] = CacheDict(tmp_path)
     with cd.write():

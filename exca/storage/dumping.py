@@ -382,7 +382,11 @@ class DumpContext:
             many = None if itself else getattr(handler, "__dump_records__", None)
             if many is None:
                 key, value = pairs[start]
-                out.append(self.dump_entry(key, value, cache_type))
+                try:
+                    out.append(self.dump_entry(key, value, cache_type))
+                except Exception as error:  # (name the key: the format's message may not)
+                    error.add_note(f"while storing {key!r} in {self.folder}")
+                    raise
                 start += 1
                 continue
             stop = start + 1
