@@ -172,6 +172,24 @@ def test_folder_none_requires_keep_in_ram() -> None:
 def test_unknown_cache_type(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="Nope"):
         CacheDict(tmp_path, cache_type="Nope")
+    with pytest.raises(ValueError, match="did you mean 'MemmapArray'"):
+        CacheDict(tmp_path, cache_type="MemapArray")
+
+
+def test_a_map_s_unknown_cache_type_names_its_method(tmp_path: Path) -> None:
+    import pydantic
+
+    import exca
+
+    class Typo(pydantic.BaseModel):
+        infra: exca.MapInfra = exca.MapInfra()
+
+        @infra.apply(item_uid=str, cache_type="MemapArray")
+        def process(self, items: list[int]) -> tp.Iterator[int]:
+            yield from items
+
+    with pytest.raises(ValueError, match=r"Typo\.process.*did you mean 'MemmapArray'"):
+        list(Typo(infra={"folder": tmp_path}).process([1]))
 
 
 def test_ram_only_mode() -> None:

@@ -384,12 +384,17 @@ class MapInfra(BaseInfra, SubmititMixin):
             folder = self.uid_folder()
             if folder is None and not self.keep_in_ram:
                 return CacheDict(None, keep_in_ram=True)  # nothing kept: recomputed every call
-            runtime.cache = CacheDict(
-                folder,
-                keep_in_ram=self.keep_in_ram,
-                cache_type=self._method().options.get("cache_type"),
-                permissions=self.permissions,
-            )
+            method = self._method()
+            try:
+                runtime.cache = CacheDict(
+                    folder,
+                    keep_in_ram=self.keep_in_ram,
+                    cache_type=method.options.get("cache_type"),
+                    permissions=self.permissions,
+                )
+            except ValueError as error:  # (an unknown cache_type: say whose)
+                name = getattr(method.func, "__qualname__", repr(method.func))
+                raise ValueError(f"@infra.apply of {name}: {error}") from None
         cache: CacheDict[tp.Any] = runtime.cache
         return cache
 

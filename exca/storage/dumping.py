@@ -252,8 +252,15 @@ class DumpContext:
         try:
             return cls.HANDLERS[name]
         except KeyError:
+            import difflib
+
             known = ", ".join(sorted(cls.HANDLERS))
-            raise ValueError(f"Unknown cache_type {name!r}; known formats: {known}") from None
+            close = difflib.get_close_matches(name, list(cls.HANDLERS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"Unknown cache_type {name!r}{hint}; known formats: {known} (a format of "
+                "your own: register it with DumpContext.register before the first call)"
+            ) from None
 
     @classmethod
     def default_name(cls, kind: type) -> str:
