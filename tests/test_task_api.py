@@ -1139,6 +1139,14 @@ def test_conda_env_refused_without_cluster(tmp_path: Path) -> None:
         Task(infra={"folder": tmp_path, "conda_env": "myenv", "cluster": "debug"})
 
 
+def test_logs_with_an_unknown_placeholder_are_refused(tmp_path: Path) -> None:
+    """A typo ("{usr}") made a log folder of that literal name."""
+    with pytest.raises(pydantic.ValidationError, match=r"unknown placeholder\(s\) \{usr\}"):
+        Task(infra={"folder": tmp_path, "logs": "{folder}/{usr}/%j"})
+    infra = Task(infra={"folder": tmp_path, "logs": "{folder}/mine/{user}/%j"}).infra
+    assert str(infra.logs) == "{folder}/mine/{user}/%j"
+
+
 def test_version_must_name_one_folder(tmp_path: Path) -> None:
     """A version names the method's cache folder: a float would lose digits (yaml reads
     ``version: 1.10`` as 1.1, the cache of version 1.1), and a path would lead elsewhere."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import typing as tp
 from pathlib import Path
 
@@ -58,6 +59,19 @@ class SubmititMixin(pydantic.BaseModel):
     slurm_setup: list[str] | None = None
     conda_env: Path | str | None = None
     workdir: WorkDir | None = None
+
+    @pydantic.field_validator("logs")
+    @classmethod
+    def _known_placeholders(cls, value: Path | str) -> Path | str:
+        # (an unknown one, "{usr}", made a folder of that literal name)
+        unknown = sorted(set(re.findall(r"\{([^{}]*)\}", str(value))) - {"folder", "user"})
+        if unknown:
+            raise ValueError(
+                f"logs={str(value)!r} holds the unknown placeholder(s) "
+                f"{', '.join('{' + u + '}' for u in unknown)}: exca fills {{folder}} and "
+                "{user} (submitit fills %j, %A, %a, %t)"
+            )
+        return value
 
     def _check_resources(self, folder: Path | None) -> None:
         cluster = self.cluster
