@@ -792,6 +792,15 @@ def test_a_cancelled_job_whose_controller_lost_the_interrupt_is_said_cancelled(
         assert "KeyboardInterrupt" in (job.stderr() or "")
 
 
+def test_a_log_folder_that_cannot_be_made_names_the_logs_setting(tmp_path: Path) -> None:
+    task = make(tmp_path, "local", x=2, infra={"logs": "/dev/null/sub/%j"})
+    with pytest.raises(OSError) as failed:
+        task.process()
+    notes = "\n".join(getattr(failed.value, "__notes__", []))
+    assert "logs setting '/dev/null/sub/%j'" in notes
+    assert calls(tmp_path / "calls.txt") == []
+
+
 def _sigterm_while_computing(job: tp.Any, log: Path, block: Path) -> None:
     """SIGTERM to a local job once its (blocked) task computes, then let it finish."""
     _wait_for(lambda: len(calls(log)) == 1)

@@ -996,7 +996,14 @@ def submitit_executor(execution: Execution, logs: str) -> tp.Any:
         kwargs["slurm_python"] = _conda_python(execution.conda_env)
     if cluster == "local":
         _local_jobs_in_own_session()
-    executor = submitit.AutoExecutor(folder=logs, cluster=cluster, **kwargs)
+    try:
+        executor = submitit.AutoExecutor(folder=logs, cluster=cluster, **kwargs)
+    except OSError as error:  # (its log folder: say which setting made it)
+        error.add_note(
+            f"while creating the job log folder {logs!r} (the infra's logs setting "
+            f"{execution.logs or '{folder}/logs/{user}/%j'!r}): give a folder that can be made"
+        )
+        raise
     params = {k: v for k, v in execution.params if v is not None}
     if cluster == "local" and "timeout_min" not in params:
         # (submitit's default killed a local job after 90 s: a laptop's training, or a
