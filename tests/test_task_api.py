@@ -1139,6 +1139,12 @@ def test_conda_env_refused_without_cluster(tmp_path: Path) -> None:
         Task(infra={"folder": tmp_path, "conda_env": "myenv", "cluster": "debug"})
 
 
+def test_a_folder_under_an_unknown_user_s_home_is_refused() -> None:
+    """``~nosuchuser/x`` stayed as it was: a cache in a relative folder of that name."""
+    with pytest.raises(pydantic.ValidationError, match="names no user's home"):
+        Task(infra={"folder": "~exca-no-such-user-x/cache"})
+
+
 def test_logs_with_an_unknown_placeholder_are_refused(tmp_path: Path) -> None:
     """A typo ("{usr}") made a log folder of that literal name."""
     with pytest.raises(pydantic.ValidationError, match=r"unknown placeholder\(s\) \{usr\}"):

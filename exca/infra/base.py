@@ -161,7 +161,13 @@ class BaseInfra(pydantic.BaseModel):
                     )
                 text = value = expanded
             if isinstance(text, str) and text.startswith("~"):
-                return os.path.expanduser(text)
+                expanded = os.path.expanduser(text)
+                if expanded.startswith("~"):  # (no such user: it became a relative folder)
+                    raise ValueError(
+                        f"folder={text!r}: {text.split('/')[0]!r} names no user's home folder "
+                        "here; give the folder's path"
+                    )
+                return expanded
         return value
 
     @pydantic.field_validator("folder")
