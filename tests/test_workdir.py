@@ -199,6 +199,31 @@ def test_existing_destinations_not_recopied(project: Path, tmp_path: Path) -> No
     assert (other / "pkg" / "core.py").read_text() == "VALUE = 2\n"
 
 
+def test_a_copy_that_failed_half_way_leaves_nothing_in_a_fixed_folder(
+    project: Path, tmp_path: Path
+) -> None:
+    """The copy went file by file into the folder: one that failed half-way (here a broken
+    link), or one still running when another submission to the same fixed folder looked,
+    left a partial package that the snapshot's jobs imported, for good (never recopied)."""
+    folder, shared = tmp_path / "code", tmp_path / "shared"
+    broken = project / "pkg" / "b_broken.py"
+    broken.symlink_to(tmp_path / "no-such-target.py")
+    with pytest.raises(FileNotFoundError):
+        WorkDir(copied=["pkg", "script.py"], folder=folder).populate()
+    assert not folder.exists()  # (made by this copy: removed)
+    shared.mkdir()
+    (shared / "kept.txt").write_text("there before")
+    with pytest.raises(FileNotFoundError):
+        WorkDir(copied=["script.py", "pkg"], folder=shared).populate()
+    assert not (shared / "pkg").exists()  # (what failed is not there at all)
+    assert sorted(p.name for p in shared.iterdir()) == [SNAPSHOT_MARKER, "kept.txt", "script.py"]
+    broken.unlink()
+    WorkDir(copied=["script.py", "pkg"], folder=shared).populate()
+    assert (shared / "pkg" / "core.py").read_text() == "VALUE = 1\n"
+    assert (shared / "pkg" / "sub" / "deep" / "mod.py").exists()
+    assert not [p for p in shared.iterdir() if p.name.startswith(".staging")]
+
+
 def test_activate_changes_and_restores_cwd_and_sys_path(project: Path, tmp_path: Path) -> None:
     folder = tmp_path / "code"
     wd = WorkDir(copied=["pkg"], folder=folder)

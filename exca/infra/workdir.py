@@ -30,6 +30,18 @@ logger = logging.getLogger("exca")
 SNAPSHOT_MARKER = ".exca-snapshot"  # in every snapshot folder
 
 
+def _move_unless_there(staged: Path, destination: Path) -> None:
+    """Rename a staged copy into place; one already there (another submission's, at the
+    same time) is kept."""
+    if destination.exists():
+        return
+    try:
+        os.rename(staged, destination)  # (a folder onto a non-empty one fails: kept)
+    except OSError:
+        if not destination.exists():
+            raise
+
+
 def _is_environment(path: Path, name: str) -> bool:
     """A virtual env, a conda env or an installation folder: installed packages, never the
     project's own code (copying "." with a ``.venv`` inside would copy thousands of files
@@ -141,6 +153,25 @@ class WorkDir(pydantic.BaseModel):
             shown = ", ".join(str(p) for p in environments[:3])
             logger.info("WorkDir: not copying the Python environment(s) in %s", shown)
 
+    def _copy_staged(self, source: Path, destination: Path, folder: Path) -> None:
+        """Copy ``source`` to ``destination`` (inside the snapshot ``folder``) through a
+        staging folder, then a rename: what another submission finds there is complete.
+        (Copied in place, a copy that failed half-way, or one still running while another
+        submission to a fixed folder looked, left a partial package that every later job
+        of the snapshot imported.)"""
+        staging = folder / f".staging-{os.getpid()}-{os.urandom(4).hex()}"
+        try:
+            staged = staging / "copy"
+            self._copy_tree(source, staged, skip=folder)
+            if destination == folder:  # (".": its content, entry by entry)
+                for entry in staged.iterdir() if staged.is_dir() else ():
+                    _move_unless_there(entry, folder / entry.name)
+            elif staged.exists():
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                _move_unless_there(staged, destination)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
     def _would_copy(self, name: str) -> bool:
         return any(fnmatch.fnmatch(name, p) for p in self.includes) and not any(
             fnmatch.fnmatch(name, p) for p in self.excludes
@@ -196,18 +227,24 @@ class WorkDir(pydantic.BaseModel):
         # where a later submission would log a commit next to that uncommitted code
         commits = self._commit_lines() if self.log_commit and not log.exists() else None
         permissions = self._permissions
+        created = not folder.exists()
         make_folder(folder, permissions)
         empty = not any(folder.iterdir())
         (folder / SNAPSHOT_MARKER).touch()  # (a later copy of "." skips this folder)
         copied = False
-        # (a folder before what is inside it: copied first, "mylib/sub" would make
-        # "mylib" exist, and the rest of mylib would be skipped)
-        for source, relative in sorted(self._sources(), key=lambda pair: len(pair[1].parts)):
-            destination = folder / relative  # "." copies the content into the snapshot
-            if destination.exists() and not (destination == folder and empty):
-                continue  # never recopied: jobs of this snapshot keep the same code
-            self._copy_tree(source, destination, skip=folder)
-            copied = True
+        try:
+            # (a folder before what is inside it: copied first, "mylib/sub" would make
+            # "mylib" exist, and the rest of mylib would be skipped)
+            for source, relative in sorted(self._sources(), key=lambda pair: len(pair[1].parts)):
+                destination = folder / relative  # "." copies the content into the snapshot
+                if destination.exists() and not (destination == folder and empty):
+                    continue  # never recopied: jobs of this snapshot keep the same code
+                self._copy_staged(source, destination, folder)
+                copied = True
+        except BaseException:
+            if created:  # (nothing of this snapshot is used: no empty folder left)
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         if commits is not None:
             log.write_text("\n".join(commits) + "\n", encoding="utf8")
         if permissions is not None and (copied or commits is not None):
