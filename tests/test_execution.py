@@ -2294,6 +2294,36 @@ def test_a_ctrl_c_during_a_local_submission_stops_the_jobs_it_started(
     assert [obj.infra.status() for obj in array] == ["not submitted"] * 4
 
 
+@pytest.mark.timeout(120)
+def test_a_ctrl_c_signal_during_a_local_array_submission_stops_every_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user's Ctrl-C (a SIGINT) is held back while an array's jobs are started and
+    recorded, then raised: the detached submission of job_array() then cancelled nothing,
+    and every job ran on (the docs say they are stopped; a probe found it)."""
+    from submitit.local import local
+
+    block = tmp_path / "block-flag"
+    block.touch()
+    started: list[tp.Any] = []
+    real = local.start_controller
+
+    def start_and_interrupt(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        started.append(real(*args, **kwargs))
+        if len(started) == 2:
+            signal.raise_signal(signal.SIGINT)  # (the user's Ctrl-C, held back)
+        return started[-1]
+
+    monkeypatch.setattr(local, "start_controller", start_and_interrupt)
+    base = make(tmp_path, "local", block_flag=str(block))
+    with pytest.raises(KeyboardInterrupt), base.infra.job_array() as array:
+        array.extend(base.infra.clone_obj(x=x) for x in range(4))
+    assert len(started) == 4  # (all of them started: the interrupt came after)
+    for process in started:
+        process.wait(timeout=30)  # (stopped: they would wait for the flag)
+    assert [obj.infra.status() for obj in array] == ["not submitted"] * 4
+
+
 TERMINAL_DRIVER = """
 import sys
 from pathlib import Path

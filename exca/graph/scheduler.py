@@ -219,7 +219,11 @@ class Scheduler:
         pools = executors.Pools()
         running: dict[Key, NodeRun] = {}
         progress = Progress(0, "exca", requested=False)
-        self.launch(work, running, pools, progress, parallelism, waiting=False)
+        try:
+            self.launch(work, running, pools, progress, parallelism, waiting=False)
+        except KeyboardInterrupt:
+            _stop_local_jobs(work, pools)
+            raise
         self.finish_done(running, progress)  # the inline ones ran already
         pools.shutdown()
         self.graph.share_force_states()
@@ -1036,6 +1040,26 @@ def _log_waits(runs: list[NodeRun], waiting: bool, shown: int = 3) -> None:
     if len(runs) > shown:
         then = "waiting for them" if waiting else "not submitted again"
         logger.info("... and %d more node(s) computed elsewhere: %s", len(runs) - shown, then)
+
+
+def _stop_local_jobs(work: list[NodeRun], pools: executors.Pools) -> None:
+    """A submission interrupted (Ctrl-C): the local jobs it started are stopped (the
+    interrupt is held back while jobs are submitted and recorded, then raised: nothing
+    cancelled them, they all ran on); Slurm jobs queued stay (the same submission
+    follows them)."""
+    stopped = [
+        run
+        for run in work
+        if run.action != "wait" and any(h.cluster == "local" for h in run.handles)
+    ]
+    with interrupts.deferred(escape=_still_cancelling):
+        for run in stopped:
+            for handle in run.handles:
+                if handle.cluster == "local":
+                    handle.cancel()
+                    registry.forget(run.node.folder, handle.job_id)
+        pools.shutdown(cancel=True)
+        _release_dead_claims(stopped)
 
 
 def _still_cancelling() -> None:
