@@ -356,6 +356,30 @@ def test_log_commit_untracked_and_unrelated_files(repo: Path, tmp_path: Path) ->
         pass
 
 
+def test_log_commit_ignores_what_the_copy_leaves_out(repo: Path, tmp_path: Path) -> None:
+    """An untracked file under an excluded folder, or a change to a tracked file the
+    filters leave out (a data file), refused the submission: neither is copied."""
+    _write(repo / "lib" / "mod.py", "B = 1\n")
+    _write(repo / "lib" / "params.yaml", "lr: 1\n")
+    _git(repo, "add", "lib/mod.py", "lib/params.yaml")
+    _git(repo, "commit", "-q", "-m", "lib")
+    _write(repo / "lib" / "wip" / "draft.py", "D = 1\n")  # untracked, excluded folder
+    _write(repo / "lib" / "params.yaml", "lr: 2\n")  # tracked, changed, not copied
+    excludes = ["__pycache__", ".git", "wip"]
+    folder = tmp_path / "code"
+    WorkDir(copied=[repo / "lib"], folder=folder, excludes=excludes, log_commit=True).populate()
+    assert (folder / "git-hashes.log").exists() and (folder / "lib" / "mod.py").exists()
+    assert not (folder / "lib" / "wip").exists()
+    _write(repo / "lib" / "mod.py", "B = 2\n")  # what is copied: refused
+    wd = WorkDir(
+        copied=[repo / "lib"], folder=tmp_path / "code2", excludes=excludes, log_commit=True
+    )
+    with pytest.raises(
+        RuntimeError, match=r"uncommitted changes in what would be copied \(mod\.py\)"
+    ):
+        wd.populate()
+
+
 def test_public_module() -> None:
     from exca.workdir import WorkDir as Public  # type: ignore[import-not-found]
 

@@ -172,10 +172,13 @@ class WorkDir(pydantic.BaseModel):
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _would_copy(self, name: str) -> bool:
-        return any(fnmatch.fnmatch(name, p) for p in self.includes) and not any(
-            fnmatch.fnmatch(name, p) for p in self.excludes
-        )
+    def _copies(self, relative: Path) -> bool:
+        """Whether a file (relative to a copied folder) is copied: its name included, and
+        neither it nor a folder above it excluded."""
+        name = relative.name
+        if not any(fnmatch.fnmatch(name, p) for p in self.includes):
+            return False
+        return not any(fnmatch.fnmatch(part, p) for part in relative.parts for p in self.excludes)
 
     def _commit_lines(self) -> list[str]:
         """``<source>: <commit>`` per copied name (RuntimeError if one is not committed)."""
@@ -192,15 +195,20 @@ class WorkDir(pydantic.BaseModel):
                     f"WorkDir(log_commit=True): {source} is not in a git repository with a "
                     f"commit ({reason[0]}); commit it in a repository, or set log_commit=False"
                 )
-            # only what is copied counts (another folder of the repository may be dirty)
+            # only what is copied counts (another folder of the repository may be dirty,
+            # and so may files the filters leave out: a data file, an excluded folder)
             dirty = subprocess.run(
-                ["git", "diff", "HEAD", "--exit-code", "--", str(source)],
+                ["git", "diff", "HEAD", "--name-only", "-z", "--relative", "--", str(source)],
                 cwd=cwd,
                 capture_output=True,
+                text=True,
             )
-            if dirty.returncode:
+            changed = [f for f in dirty.stdout.split("\0") if f and self._copies(Path(f))]
+            if dirty.returncode or changed:
                 raise RuntimeError(
-                    f"WorkDir(log_commit=True): {source} has uncommitted changes; commit them first"
+                    f"WorkDir(log_commit=True): {source} has uncommitted changes in what "
+                    f"would be copied ({', '.join(changed[:5]) or dirty.stderr.strip()}); "
+                    "commit them first"
                 )
             untracked = subprocess.run(  # (-z: names as they are, not quoted)
                 ["git", "ls-files", "-z", "--others", "--exclude-standard", "--", str(source)],
@@ -208,7 +216,7 @@ class WorkDir(pydantic.BaseModel):
                 capture_output=True,
                 text=True,
             ).stdout.split("\0")
-            copied = [f for f in untracked if f and self._would_copy(Path(f).name)]
+            copied = [f for f in untracked if f and self._copies(Path(f))]
             if copied:
                 raise RuntimeError(
                     f"WorkDir(log_commit=True): {source} has files git does not track, which "
