@@ -2369,6 +2369,40 @@ def test_local_jobs_outlive_a_terminal_ctrl_c_or_closing(tmp_path: Path, signal_
     assert [c.split()[0] for c in calls(log)] == ["x=6"]  # (computed once)
 
 
+PIPED_DRIVER = """
+import sys
+from pathlib import Path
+import test_execution as t
+
+t.make(Path(sys.argv[1]), "local", x=8, block_flag=sys.argv[2]).infra.job()
+print("submitted", flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_script_submitting_local_jobs_does_not_hold_its_output_pipe(tmp_path: Path) -> None:
+    """`python run.py | tee log` waited for every local job the script had submitted to
+    end: their controllers held the script's stdout and stderr (a probe found it)."""
+    log, block = tmp_path / "calls.txt", tmp_path / "block-flag"
+    block.touch()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    driver = subprocess.Popen(
+        [sys.executable, "-c", PIPED_DRIVER, str(tmp_path), str(block)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        out, _ = driver.communicate(timeout=60)  # (the pipe's end: all writers gone)
+        assert b"submitted" in out
+        assert len(calls(log)) <= 1 and block.exists()  # (its job still runs, blocked)
+    finally:
+        block.unlink(missing_ok=True)  # (the job ends)
+        if driver.poll() is None:
+            driver.kill()
+    assert make(tmp_path, "local", x=8, block_flag=str(block)).process() == 16
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("cluster", [None, "local"])
 def test_a_retry_while_another_call_computes_computes_again_after_it(
