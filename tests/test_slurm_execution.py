@@ -313,6 +313,28 @@ def test_slurm_job_array(tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster)
     wait_until(lambda: len([j for j in sacct_states([base_id]) if "_" in j]) == 3)
 
 
+@pytest.mark.timeout(240)
+def test_an_array_element_cancelled_while_running_is_said_cancelled(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    """Right after scancel of a running element, sacct did not know it yet: the call
+    said "ended with state UNKNOWN ... cancelled before it started?" (a probe saw it in
+    2 runs of 4); later calls said "was cancelled"."""
+    import subprocess
+
+    (ctl / "block").touch()
+    base = task(tmp_path, ctl, slurm_cluster)
+    with base.infra.job_array() as array:
+        array.extend(base.infra.clone_obj(x=x) for x in (21, 22))
+    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # the first one runs, blocked
+    blocked = next(t for t in array if str(t.x) == lines(ctl / "calls.txt")[0])
+    (record,) = records(blocked.infra.uid_folder())
+    subprocess.run(["scancel", record["job_id"]], check=True)
+    with pytest.raises(JobFailedError, match=rf"job {record['job_id']} was cancelled"):
+        blocked.process()
+    kill_leftover_worker(blocked, record["job_id"])
+
+
 class Heavy(pydantic.BaseModel):
     """A config carrying 2 MB of data (kept out of its uid)."""
 

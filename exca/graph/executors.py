@@ -355,6 +355,8 @@ class SubmititHandle(Handle):
             if self.cluster == "slurm" and state in ACTIVE_OR_UNKNOWN:
                 self.job.watcher.update()  # force a fresh sacct look before describing it
                 state = self.state()
+                if state.startswith("UNKNOWN"):
+                    state = _settled_sacct_state(self.job_id) or state
         kinds = {
             "CANCELLED": "was cancelled",
             "TIMEOUT": "timed out",
@@ -471,6 +473,23 @@ _RAISED_MAX = 1000  # characters of an exception's text in a job's failure
 # sbatch's words when no controller answers (not a problem of the job's options)
 # (not "Socket timed out": sbatch may have queued the job then)
 _CONTROLLER_DOWN = re.compile(r"Unable to contact slurm controller", re.I)
+
+
+SACCT_SETTLING = (0.25, 0.5, 1.0, 1.5)  # seconds between looks at a job sacct does not know
+
+
+def _settled_sacct_state(job_id: str) -> str | None:
+    """The state of an ended Slurm job that sacct did not know yet (its accounting lags
+    behind the job's end: an array element cancelled while running read UNKNOWN for an
+    instant, "cancelled before it started?"), or None."""
+    from .registry import sacct_states
+
+    for pause in SACCT_SETTLING:
+        time.sleep(pause)
+        state = sacct_states([job_id]).get(job_id, "UNKNOWN")
+        if not state.startswith("UNKNOWN"):
+            return state
+    return None
 
 
 def job_raised(job_id: str, error: BaseException, log: tp.Any) -> str:
