@@ -568,12 +568,33 @@ def test_a_method_calling_itself_in_its_local_job_is_refused(tmp_path: Path) -> 
         task.process()
     assert task.infra.status() == "failed"
     mapper = MapsItself(infra={"folder": tmp_path, "cluster": "local"})
-    with pytest.raises(RuntimeError, match="this very thread"):
+    # (as without a job: its items computed here too, until Python's recursion limit)
+    with pytest.raises(RuntimeError, match="recursion"):
         list(mapper.process([1, 2]))
     folder = mapper.infra.uid_folder()
     assert folder is not None
     # (its jobs: none submitted from them)
     assert {r.pid for r in registry.read_all(folder)} == {os.getpid()}
+
+
+class NeedsItsPrevious(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra(version="1", max_jobs=1)
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        for n in items:  # (an item needing another of the same call: legit re-entrance)
+            yield n if n < 2 else n + next(iter(self.process([n - 1])))
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("cluster", [None, "local"])
+def test_a_map_item_needing_another_of_its_call_is_computed_in_its_job_too(
+    tmp_path: Path, cluster: str | None
+) -> None:
+    """Without a job, items an enclosing call of this thread holds are computed here too;
+    in the job, the inner call was refused as a self call (before: waited for good)."""
+    fib = NeedsItsPrevious(infra={"folder": tmp_path, "cluster": cluster})
+    assert list(fib.process([1, 2, 3])) == [1, 3, 6]
 
 
 # --- an owner on another host ------------------------------------------------------------

@@ -105,18 +105,26 @@ def being_computed(node: Node) -> bool:
     return bool(keys_being_computed(node, (TASK_KEY,)))
 
 
-def refuse_self_call(node: Node, keys: tp.Iterable[str]) -> None:
-    """Raise if this very thread computes some of these keys of a node right now (in a
-    job: a decorated method calling itself there would wait for its own computation)."""
+def claimed_here(node: Node, keys: tp.Iterable[str]) -> bool:
+    """Whether this very thread holds a claim on some of these keys of a node (an
+    enclosing call computes them right now)."""
     from ..storage.claims import CLAIMS_DIR, Claims, Owner
 
     if node.folder is None or not os.path.isdir(os.path.join(node.folder, CLAIMS_DIR)):
-        return
+        return False
     wanted = set(keys)
     me = (*Owner.current()[:2], threading.get_native_id())
-    for claim in Claims(node.folder).current():
-        if (claim.owner.host, claim.owner.pid, claim.owner.thread) == me and claim.keys & wanted:
-            raise self_call_error(node.uid)
+    return any(
+        (claim.owner.host, claim.owner.pid, claim.owner.thread) == me and claim.keys & wanted
+        for claim in Claims(node.folder).current()
+    )
+
+
+def refuse_self_call(node: Node, keys: tp.Iterable[str]) -> None:
+    """Raise if this very thread computes some of these keys of a node right now (in a
+    job: a decorated method calling itself there would wait for its own computation)."""
+    if claimed_here(node, keys):
+        raise self_call_error(node.uid)
 
 
 def keys_being_computed(node: Node, keys: tp.Iterable[str], others_only: bool = False) -> set[str]:

@@ -301,7 +301,15 @@ def runs_here(record: JobRecord) -> bool:
     same call without a job says at once that a method cannot call itself)."""
     environ = os.environ
     if record.cluster == "local":
-        return record.job_id == environ.get("SUBMITIT_LOCAL_JOB_ID")
+        # (a local job id is a pid: of this host, and of this very controller process,
+        # not of an older job whose pid it reuses)
+        if record.job_id != environ.get("SUBMITIT_LOCAL_JOB_ID") or record.foreign:
+            return False
+        if record.host != process.hostname() or not record.job_id.isdigit():
+            return False
+        return (
+            record.start is None or process.process_start_time(int(record.job_id)) == record.start
+        )
     if record.cluster == "slurm":
         return record.job_id in (environ.get("SLURM_JOB_ID"), claims.slurm_job_id())
     return False

@@ -17,7 +17,7 @@ import typing as tp
 
 from ..storage import interrupts, process
 from . import executors, registry, store, submitting
-from .calls import being_computed
+from .calls import being_computed, claimed_here
 from .decisions import (
     Graph,
     Key,
@@ -562,7 +562,13 @@ class Scheduler:
                 continue
             cluster = run.node.execution.cluster
             single_item = cluster in POOL_CLUSTERS and len(units) == 1 and len(units[0].keys) == 1
-            if cluster is None or single_item:
+            # (items an enclosing call of this very thread computes, e.g. in its job: a
+            # job would wait for this thread; computed here too, as without a job)
+            if (
+                cluster is None
+                or single_item
+                or (run.node.kind == "map" and claimed_here(run.node, run.todo or ()))
+            ):
                 inline.extend((run, unit) for unit in units)
                 continue
             key = f"{cluster}|{run.array_key}"
