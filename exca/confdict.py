@@ -492,7 +492,9 @@ class ConfDict(dict[str, tp.Any]):
                 key, value = text.split("=", 1)
             if not key:
                 raise ValueError(f"Empty key in argument {arg!r}: expected the form --key=value")
-            if "" in key.split("."):  # (a typo: "optim..lr" made a key "")
+            # (a typo: "optim..lr" made a key ""; a last part "" is the key "" of a dict,
+            # as flat() writes it: {"weights": {"": 1.0}} -> "weights.")
+            if "" in key.split(".")[:-1]:
                 raise ValueError(
                     f"Key {key!r} of argument {arg!r} has an empty part: expected names "
                     "separated by single dots, e.g. --optim.lr=0.1"

@@ -2428,3 +2428,12 @@ def test_payload_checks_of_a_file_this_user_cannot_open_use_its_size(
     (data,) = (tmp_path / "cache" / "data").iterdir()
     data.unlink()
     assert fresh.payload_present("x") is False
+
+
+def test_a_value_a_batch_format_refuses_in_set_many_is_named_by_its_key(tmp_path: Path) -> None:
+    import numpy as np
+
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path, cache_type="MemmapArray")
+    with pytest.raises(TypeError, match="object array") as refused, cd.write():
+        cd.set_many([("fine", np.zeros(3)), ("objs", np.array([object(), 1], dtype=object))])
+    assert "while storing 'objs'" in "\n".join(getattr(refused.value, "__notes__", []))

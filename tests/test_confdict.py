@@ -376,7 +376,7 @@ def test_from_args_bad_format(arg: str) -> None:
         ConfDict.from_args([arg])
 
 
-@pytest.mark.parametrize("arg", ["--optim..lr=0.1", "--optim.lr.=0.1", "--.lr=0.1"])
+@pytest.mark.parametrize("arg", ["--optim..lr=0.1", "--.lr=0.1", "--a..b.=1"])
 def test_from_args_refuses_a_key_with_an_empty_part(arg: str) -> None:
     """A doubled or stray dot made a key "" (``{'optim': {'': {'lr': ...}}}``), then a
     confusing error of the model, or a config with a field nobody asked for."""
@@ -657,3 +657,10 @@ def test_a_patch_of_list_items_by_index_sets_them() -> None:
     replaced = ConfDict(base)
     replaced.update({"optim": {"betas": {ConfDict.OVERRIDE: True, "0": 1}}})
     assert replaced["optim.betas"] == {"0": 1}
+
+
+def test_from_args_sets_the_empty_key_of_a_dict_as_flat_writes_it() -> None:
+    cfg = ConfDict({"weights": {"": 1.0, "en": 2.0}})
+    assert list(cfg.flat()) == ["weights.", "weights.en"]
+    cfg.update(ConfDict.from_args(["--weights.=5"]))
+    assert cfg == {"weights": {"": "5", "en": 2.0}}

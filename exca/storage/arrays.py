@@ -177,6 +177,9 @@ class MemmapArray:
                 record(
                     {"#key": key, "#type": name, "f": file, "o": offset, "d": dtype_str, "s": shape}
                 )
+        except Exception as error:  # (as one by one: name the key of the refused value)
+            error.add_note(f"while storing {pairs[len(out)][0]!r} in {ctx.folder}")
+            raise
         finally:
             if size >= 0:
                 shared.size, shared.pending_bytes = size, queued
