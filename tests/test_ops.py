@@ -1435,6 +1435,20 @@ def test_clean_versions_keeps_versions_that_are_not_numbers(tmp_path: Path) -> N
     assert tree_hash(other) == before
 
 
+def test_a_version_holding_a_comma_is_read_back_whole(tmp_path: Path) -> None:
+    """The folder <method>,<version> was split at its last ',': version "2024,1" was read
+    as "1" (and "2024,2" as "2": the first one looked old)."""
+    root = tmp_path / "cache"
+    step = f"{__name__}.Train.fit"
+    for version in ("2024,1", "2024,2"):
+        Train(seed=1, infra={"folder": root, "version": version}).fit()
+    plan = clean.old_versions(root)
+    assert plan.removals == []
+    kept = {p.name: why for p, why in plan.kept}
+    assert kept.keys() == {f"{step},2024,1", f"{step},2024,2"}
+    assert "version '2024,1' is not a number" in kept[f"{step},2024,1"]
+
+
 def test_clean_versions_compares_dotted_numbers(tmp_path: Path) -> None:
     """1.9 < 1.10 (numbers, not text), "v2" is 2, and "2.0" is "2": neither is older."""
     root = tmp_path / "cache"

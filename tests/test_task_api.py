@@ -1160,7 +1160,7 @@ def test_version_must_name_one_folder(tmp_path: Path) -> None:
     assert Task(infra={"folder": tmp_path, "version": "1.10"}).infra.version == "1.10"
     with pytest.raises(pydantic.ValidationError, match=r"version=1\.1 is a float.*version='1\.1'"):
         Task(**yaml.safe_load(f"infra: {{folder: {tmp_path}, version: 1.10}}"))
-    for bad in ["1/2", "../../elsewhere", "", " 1", "..", "1\n2", "a\\b", "a,b"]:
+    for bad in ["1/2", "../../elsewhere", "", " 1", "..", "1\n2", "a\\b"]:
         with pytest.raises(pydantic.ValidationError, match="names a cache folder"):
             Task(infra={"folder": tmp_path, "version": bad})
     assert not any(tmp_path.iterdir())  # nothing written anywhere

@@ -197,11 +197,11 @@ class BaseInfra(pydantic.BaseModel):
     @classmethod
     def _version_as_folder_name(cls, value: str) -> str:
         # (it names the method's cache folder: nothing may lead outside it)
-        # (and ',' separates it from the method there: "a,b" read back as version "b")
-        if not value or value != value.strip() or any(c in value for c in "/\\,"):
+        # (',' may be in it: the folder <method>,<version> is split at its first ',')
+        if not value or value != value.strip() or "/" in value or "\\" in value:
             raise ValueError(
                 f"version={value!r} names a cache folder: give a non-empty name without "
-                "'/', '\\', ',' or surrounding spaces, e.g. '1' or '2.1'"
+                "'/', '\\' or surrounding spaces, e.g. '1' or '2.1'"
             )
         if value in (".", "..") or not value.isprintable():
             raise ValueError(

@@ -507,7 +507,7 @@ def _step_matches(step: str, name: str, method: str) -> bool:
     """A ``--step`` filter: a glob or substring of ``<method>,<version>``; a step written
     with its version (as `exca list` prints it) selects every version of that method."""
     if "," in step and not any(c in step for c in "*?["):
-        given = step.rpartition(",")[0]  # (the module may be left out: Train.fit,1)
+        given = step.partition(",")[0]  # (the module may be left out: Train.fit,1)
         return method == given or method.endswith("." + given)
     return fnmatch.fnmatch(name, step) or step in name
 
@@ -523,7 +523,7 @@ def _selected_methods(step: str, methods: dict[str, list[Path]]) -> dict[str, li
     }
     if "," not in step or any(c in step for c in "*?[") or len(selected) < 2:
         return selected
-    given = step.rpartition(",")[0]
+    given = step.partition(",")[0]
     if given in selected:  # (named in full: that one, not others ending the same way)
         return {given: selected[given]}
     raise ValueError(
@@ -593,7 +593,7 @@ def _methods(root: Path) -> dict[str, list[Path]]:
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and "," in p.name):
         if not _is_step_folder(folder):
             continue  # (a folder of the user's whose name holds a comma)
-        methods.setdefault(folder.name.rpartition(",")[0], []).append(folder)
+        methods.setdefault(folder.name.partition(",")[0], []).append(folder)
     return methods
 
 
@@ -632,12 +632,12 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
             raise ValueError(_unmatched(every, step))
     olds: dict[str, tuple[list[Path], str]] = {}  # per method: its old versions, why
     for folders in methods.values():
-        numbered = [f for f in folders if _version_key(f.name.rpartition(",")[2]) is not None]
+        numbered = [f for f in folders if _version_key(f.name.partition(",")[2]) is not None]
         if len(folders) > 1:
             for folder in folders:
                 if folder not in numbered:
                     why = (
-                        f"version {folder.name.rpartition(',')[2]!r} is not a number: "
+                        f"version {folder.name.partition(',')[2]!r} is not a number: "
                         "`versions` only compares numbered versions (1 < 2 < 10, 1.9 < 1.10, "
                         f"v2); remove its configs with `exca clean {root} node FOLDER...`"
                     )
@@ -646,11 +646,11 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
             continue
         numbered = _newest_last(numbered)
         newest_folder = numbered[-1]
-        newest_key = _version_key(newest_folder.name.rpartition(",")[2])
-        newest = newest_folder.name.rpartition(",")[2]
+        newest_key = _version_key(newest_folder.name.partition(",")[2])
+        newest = newest_folder.name.partition(",")[2]
         older = []
         for folder in numbered[:-1]:
-            version = folder.name.rpartition(",")[2]
+            version = folder.name.partition(",")[2]
             if _version_key(version) == newest_key:
                 why = f"version {version!r} is the same number as the newest ({newest})"
                 plan.kept.append((folder, why))
@@ -708,7 +708,7 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
 def _set_on_instances_only(step_folder: Path) -> bool:
     """Whether every config of a ``<method>,<version>`` folder set that version itself
     (their uid holds ``<infra field>.version``: the class default is left out of uids)."""
-    version = step_folder.name.rpartition(",")[2]
+    version = step_folder.name.partition(",")[2]
     try:  # (a shared cache: what this user cannot read tells nothing)
         configs = [p / UID_FILE for p in step_folder.iterdir() if (p / UID_FILE).is_file()]
     except OSError:
@@ -739,7 +739,7 @@ def _newest_last(folders: list[Path]) -> list[Path]:
 
 def _by_version(folders: list[Path]) -> list[Path]:
     """Step folders of numbered versions (see ``_version_key``), the highest last."""
-    return sorted(folders, key=lambda p: _version_key(p.name.rpartition(",")[2]) or ())
+    return sorted(folders, key=lambda p: _version_key(p.name.partition(",")[2]) or ())
 
 
 def _logs_users(root: Path) -> dict[Path, set[Path]]:

@@ -104,11 +104,11 @@ def nearest_cached(node: Node) -> tuple[Path | None, list[tuple[str, tp.Any, tp.
     with_inputs = bool(node.inputs)
     if with_inputs:  # a call with inputs: its node is <config>/inputs-<digest>
         wanted.update(_flat({"inputs": {name: source.uid for name, source in node.inputs}}))
-    method, _, version = node.step.rpartition(",")
+    method, _, version = node.step.partition(",")
     best: tuple[int, Path, list[tuple[str, tp.Any, tp.Any]]] | None = None
     ties = 0
     for step_folder in sorted(Path(node.root).glob(f"{method},*")):
-        other_version = step_folder.name.rpartition(",")[2]
+        other_version = step_folder.name.partition(",")[2]
         configs = (p for p in step_folder.iterdir() if p.is_dir() and p.name[0] != ".")
         for config_folder in sorted(configs):  # (hidden: being removed, see clean)
             for folder in input_folders(config_folder) if with_inputs else [config_folder]:
@@ -205,7 +205,7 @@ def _namesakes(node: Node) -> list[str]:
     another module (``__main__.Exp.fit,1`` for ``train.Exp.fit,1``)."""
     if node.root is None:
         return []
-    base = node.step.rpartition(",")[0]
+    base = node.step.partition(",")[0]
     tail = base.split(".")[-2:]
     try:
         steps = [e.name for e in os.scandir(node.root) if "," in e.name and e.is_dir()]
@@ -214,7 +214,7 @@ def _namesakes(node: Node) -> list[str]:
     return sorted(
         name
         for name in steps
-        if name.rpartition(",")[0] != base and name.rpartition(",")[0].split(".")[-2:] == tail
+        if name.partition(",")[0] != base and name.partition(",")[0].split(".")[-2:] == tail
     )
 
 
