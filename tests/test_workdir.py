@@ -211,6 +211,9 @@ def test_a_copy_that_failed_half_way_leaves_nothing_in_a_fixed_folder(
     with pytest.raises(FileNotFoundError):
         WorkDir(copied=["pkg", "script.py"], folder=folder).populate()
     assert not folder.exists()  # (made by this copy: removed)
+    with pytest.raises(FileNotFoundError):  # (a name moved in first: maybe in use, kept)
+        WorkDir(copied=["script.py", "pkg"], folder=folder).populate()
+    assert sorted(p.name for p in folder.iterdir()) == [SNAPSHOT_MARKER, "script.py"]
     shared.mkdir()
     (shared / "kept.txt").write_text("there before")
     with pytest.raises(FileNotFoundError):
@@ -377,6 +380,18 @@ def test_log_commit_ignores_what_the_copy_leaves_out(repo: Path, tmp_path: Path)
     with pytest.raises(
         RuntimeError, match=r"uncommitted changes in what would be copied \(mod\.py\)"
     ):
+        wd.populate()
+
+
+def test_log_commit_sees_a_change_to_a_file_copied_by_name(repo: Path, tmp_path: Path) -> None:
+    """A file named in ``copied`` is copied whatever ``includes`` says: a change to it
+    passed the filter of what would be copied (found by review)."""
+    _write(repo / "settings.yaml", "lr: 1\n")
+    _git(repo, "add", "settings.yaml")
+    _git(repo, "commit", "-q", "-m", "settings")
+    _write(repo / "settings.yaml", "lr: 2\n")
+    wd = WorkDir(copied=[repo / "settings.yaml"], folder=tmp_path / "code", log_commit=True)
+    with pytest.raises(RuntimeError, match="uncommitted changes"):
         wd.populate()
 
 

@@ -484,12 +484,22 @@ def _settled_sacct_state(job_id: str) -> str | None:
     instant, "cancelled before it started?"), or None."""
     from .registry import sacct_states
 
-    for pause in SACCT_SETTLING:
-        time.sleep(pause)
-        state = sacct_states([job_id]).get(job_id, "UNKNOWN")
-        if not state.startswith("UNKNOWN"):
-            return state
-    return None
+    global _SETTLED_AT
+    # (a plan describing many jobs sacct never knew, e.g. purged from its accounting:
+    # sacct's lag is waited for once, not once per job)
+    recent = time.monotonic() - _SETTLED_AT < 2 * sum(SACCT_SETTLING)
+    try:
+        for pause in (0.0,) if recent else SACCT_SETTLING:
+            time.sleep(pause)
+            state = sacct_states([job_id]).get(job_id, "UNKNOWN")
+            if not state.startswith("UNKNOWN"):
+                return state
+        return None
+    finally:
+        _SETTLED_AT = time.monotonic()
+
+
+_SETTLED_AT = -1e9
 
 
 def job_raised(job_id: str, error: BaseException, log: tp.Any) -> str:

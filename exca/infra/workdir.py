@@ -28,6 +28,7 @@ logger = logging.getLogger("exca")
 
 
 SNAPSHOT_MARKER = ".exca-snapshot"  # in every snapshot folder
+DOT_COPIED = ".exca-copied"  # a copy of "." completed (entries moved in one by one)
 
 
 def _move_unless_there(staged: Path, destination: Path) -> None:
@@ -198,12 +199,28 @@ class WorkDir(pydantic.BaseModel):
             # only what is copied counts (another folder of the repository may be dirty,
             # and so may files the filters leave out: a data file, an excluded folder)
             dirty = subprocess.run(
-                ["git", "diff", "HEAD", "--name-only", "-z", "--relative", "--", str(source)],
+                [
+                    "git",
+                    "diff",
+                    "HEAD",
+                    "--no-renames",
+                    "--name-only",
+                    "-z",
+                    "--relative",
+                    "--",
+                    str(source),
+                ],
                 cwd=cwd,
                 capture_output=True,
                 text=True,
             )
-            changed = [f for f in dirty.stdout.split("\0") if f and self._copies(Path(f))]
+            # (a copied file is copied whatever the filters say; --no-renames: a rename
+            # lists the old name too)
+            changed = [
+                f
+                for f in dirty.stdout.split("\0")
+                if f and (source.is_file() or self._copies(Path(f)))
+            ]
             if dirty.returncode or changed:
                 raise RuntimeError(
                     f"WorkDir(log_commit=True): {source} has uncommitted changes in what "
@@ -216,7 +233,7 @@ class WorkDir(pydantic.BaseModel):
                 capture_output=True,
                 text=True,
             ).stdout.split("\0")
-            copied = [f for f in untracked if f and self._copies(Path(f))]
+            copied = [f for f in untracked if f and (source.is_file() or self._copies(Path(f)))]
             if copied:
                 raise RuntimeError(
                     f"WorkDir(log_commit=True): {source} has files git does not track, which "
@@ -237,7 +254,6 @@ class WorkDir(pydantic.BaseModel):
         permissions = self._permissions
         created = not folder.exists()
         make_folder(folder, permissions)
-        empty = not any(folder.iterdir())
         (folder / SNAPSHOT_MARKER).touch()  # (a later copy of "." skips this folder)
         copied = False
         try:
@@ -245,13 +261,20 @@ class WorkDir(pydantic.BaseModel):
             # "mylib" exist, and the rest of mylib would be skipped)
             for source, relative in sorted(self._sources(), key=lambda pair: len(pair[1].parts)):
                 destination = folder / relative  # "." copies the content into the snapshot
-                if destination.exists() and not (destination == folder and empty):
+                done = folder / DOT_COPIED if destination == folder else destination
+                if done.exists():
                     continue  # never recopied: jobs of this snapshot keep the same code
                 self._copy_staged(source, destination, folder)
+                if destination == folder:  # (what was there is kept: only added to)
+                    done.touch()
                 copied = True
         except BaseException:
-            if created:  # (nothing of this snapshot is used: no empty folder left)
-                shutil.rmtree(folder, ignore_errors=True)
+            # only a folder holding nothing but its marker: anything moved in may be in
+            # use by another submission to the same folder already
+            if created and {p.name for p in folder.iterdir()} <= {SNAPSHOT_MARKER}:
+                with contextlib.suppress(OSError):
+                    (folder / SNAPSHOT_MARKER).unlink()
+                    folder.rmdir()
             raise
         if commits is not None:
             log.write_text("\n".join(commits) + "\n", encoding="utf8")
