@@ -1063,10 +1063,11 @@ class _NewSessionSubprocess:
         import subprocess
 
         kwargs.setdefault("start_new_session", True)
-        # (the controller prints nothing: its tasks write to the job's log files; sharing
-        # the script's stdout and stderr, it held a pipe open, `python run.py | tee log`
-        # waiting for every local job to end)
-        for stream in ("stdin", "stdout", "stderr"):
+        # (the controller prints nothing to stdout, its tasks write to the job's log
+        # files: sharing the script's stdout, it held a pipe open, `python run.py | tee
+        # log` waiting for every local job to end; stderr stays, for the controller's own
+        # failure, e.g. a module shadowing submitit)
+        for stream in ("stdin", "stdout"):
             kwargs.setdefault(stream, subprocess.DEVNULL)
         process = subprocess.Popen(*args, **kwargs)
         started = getattr(_SUBMITTING, "started", None)
