@@ -2470,17 +2470,24 @@ def test_an_older_exca_s_rounded_start_the_same_millisecond_a_retry_asked_is_sin
     assert store.computed_since(cache, asked)  # (as older exca recorded it: rounded)
 
 
+def _error_of_x4_cached_then_blocking(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """The error of config x=4 cached; its next computations block (then fail again)
+    until the block flag goes: the call log, the block flag and the fail flag."""
+    log, block, fail = tmp_path / "calls.txt", tmp_path / "block-flag", tmp_path / "fail"
+    fail.touch()
+    with pytest.raises(ValueError):
+        make(tmp_path, None, x=4, fail_flag=str(fail), block_flag=str(block)).process()
+    block.touch()
+    return log, block, fail
+
+
 @pytest.mark.timeout(120)
 def test_a_retry_asked_just_before_another_retry_computes_follows_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """B asks (mode retry) 0.5 ms before A's computation starts (A had asked a bit
     earlier): B must follow A's computation, not compute again."""
-    log, block, fail = tmp_path / "calls.txt", tmp_path / "block-flag", tmp_path / "fail"
-    fail.touch()
-    with pytest.raises(ValueError):
-        make(tmp_path, None, x=4, fail_flag=str(fail), block_flag=str(block)).process()
-    block.touch()
+    log, block, fail = _error_of_x4_cached_then_blocking(tmp_path)
     from exca.graph import scheduler, worker
 
     starts: list[float] = []
@@ -2488,7 +2495,7 @@ def test_a_retry_asked_just_before_another_retry_computes_follows_it(
 
     def provenance(node: tp.Any) -> dict[str, tp.Any]:
         meta = real(node)
-        starts.append(meta["t"])  # (ms-rounded start of A's computation)
+        starts.append(meta["t"])  # (the start of A's computation)
         return meta
 
     monkeypatch.setattr(worker, "_provenance", provenance)
@@ -2497,7 +2504,6 @@ def test_a_retry_asked_just_before_another_retry_computes_follows_it(
     def init_b(self: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> None:
         init(self, *args, **kwargs)
         if starts:  # B: it asked just before A's computation started (< 1 ms before)
-            # (A started at t0, rounded to starts[0] >= t0 - 0.5 ms: B asked at or before t0)
             self.asked_at = starts[0] - 0.0005
 
     monkeypatch.setattr(scheduler.Scheduler, "__init__", init_b)
@@ -2526,11 +2532,7 @@ def test_a_retry_asked_just_before_another_retry_computes_follows_it(
 def test_concurrent_retries_of_a_cached_error_compute_it_once(tmp_path: Path) -> None:
     """Three calls in mode retry at the same time, of a config whose error is cached: one
     computes (a job), the others follow it; each recomputed in turn, failing again."""
-    log, block, fail = tmp_path / "calls.txt", tmp_path / "block-flag", tmp_path / "fail"
-    fail.touch()
-    with pytest.raises(ValueError):
-        make(tmp_path, None, x=4, fail_flag=str(fail), block_flag=str(block)).process()
-    block.touch()
+    log, block, fail = _error_of_x4_cached_then_blocking(tmp_path)
     errors: list[BaseException] = []
     threads = [
         threading.Thread(
