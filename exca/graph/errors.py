@@ -50,12 +50,12 @@ def raise_from(record: CachedError, where: str) -> tp.NoReturn:
     raise record.to_exception(where)
 
 
-__all__ = ["ComputationError", "JobFailedError", "NodeFailures", "UpstreamFailed", "raise_from"]
-
-
 def self_call_error(uid: str) -> RuntimeError:
     """A decorated method calling itself (directly or not): it would wait for itself."""
     return RuntimeError(
         f"{uid} is already being computed by this very thread: a decorated "
         "method cannot (directly or indirectly) call itself"
     )
+
+
+__all__ = ["ComputationError", "JobFailedError", "NodeFailures", "UpstreamFailed", "raise_from"]
