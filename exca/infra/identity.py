@@ -575,13 +575,16 @@ def _unserializable(model: pydantic.BaseModel) -> str:
     return "<extra values>"
 
 
-_DEFAULT_EXPORTS: dict[tuple[int, bool], dict[str, tp.Any]] = {}
+# (keyed by the facts themselves, not their id(): the facts of a class forgotten since
+# (updated in place) were freed, and new facts at the same address read its export: a
+# test saw another class's default there, now and then)
+_DEFAULT_EXPORTS: dict[tuple[_FieldFacts, bool], dict[str, tp.Any]] = {}
 
 
 def _default_export(field: _FieldFacts, uid: bool) -> dict[str, tp.Any]:
     """Export of a field's default model instance with its own defaults pruned, as a
     sub-model is exported (computed once per field)."""
-    key = (id(field), uid)
+    key = (field, uid)
     found = _DEFAULT_EXPORTS.get(key)
     if found is None:
         default = field.default
