@@ -313,6 +313,21 @@ def test_slurm_job_array(tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster)
     wait_until(lambda: len([j for j in sacct_states([base_id]) if "_" in j]) == 3)
 
 
+class BlocksOne(pydantic.BaseModel):
+    """x=1 blocks while <ctl>/block exists; other configs return at once."""
+
+    x: int = 0
+    ctl: str
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        append(Path(self.ctl) / "calls.txt", str(self.x))
+        while self.x == 1 and (Path(self.ctl) / "block").exists():
+            time.sleep(0.1)
+        return self.x
+
+
 @pytest.mark.timeout(240)
 def test_an_array_element_cancelled_while_running_is_said_cancelled(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
@@ -323,16 +338,17 @@ def test_an_array_element_cancelled_while_running_is_said_cancelled(
     import subprocess
 
     (ctl / "block").touch()
-    base = task(tmp_path, ctl, slurm_cluster)
+    settings = {"folder": tmp_path / "cache", "cluster": "slurm", **resources(slurm_cluster)}
+    base = BlocksOne(ctl=str(ctl), infra=settings)
     with base.infra.job_array() as array:
-        array.extend(base.infra.clone_obj(x=x) for x in (21, 22))
-    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # the first one runs, blocked
-    blocked = next(t for t in array if str(t.x) == lines(ctl / "calls.txt")[0])
+        array.extend(base.infra.clone_obj(x=x) for x in (1, 2))
+    wait_until(lambda: "1" in lines(ctl / "calls.txt"))  # x=1 runs, blocked
+    blocked = array[0]
     (record,) = records(blocked.infra.uid_folder())
     subprocess.run(["scancel", record["job_id"]], check=True)
     with pytest.raises(JobFailedError, match=rf"job {record['job_id']} was cancelled"):
         blocked.process()
-    kill_leftover_worker(blocked, record["job_id"])
+    kill_leftover_worker(blocked, record["job_id"])  # type: ignore[arg-type]
 
 
 class Heavy(pydantic.BaseModel):
