@@ -287,13 +287,7 @@ class Scheduler:
             # or a cancelled one kept its record and the next call raised "cancelled"; a
             # third one stops the wait, e.g. for a Slurm controller that does not answer:
             # a job whose cancellation it stopped keeps its record)
-            with interrupts.deferred(escape=_still_cancelling):
-                for run in cancelled:
-                    for handle in run.handles:
-                        handle.cancel()
-                        registry.forget(run.node.folder, handle.job_id)
-                pools.shutdown(cancel=True)
-                _release_dead_claims(cancelled)
+            _cancel(cancelled, pools)
             raise
         finally:
             progress.close()
@@ -1058,14 +1052,19 @@ def _stop_local_jobs(work: list[NodeRun], pools: executors.Pools) -> None:
         for run in work
         if run.action != "wait" and any(h.cluster == "local" for h in run.handles)
     ]
+    _cancel(stopped, pools, only_local=True)
+
+
+def _cancel(runs: list[NodeRun], pools: executors.Pools, only_local: bool = False) -> None:
+    """Cancel the jobs of these runs (forgetting their records), and the pools' work."""
     with interrupts.deferred(escape=_still_cancelling):
-        for run in stopped:
+        for run in runs:
             for handle in run.handles:
-                if handle.cluster == "local":
+                if not only_local or handle.cluster == "local":
                     handle.cancel()
                     registry.forget(run.node.folder, handle.job_id)
         pools.shutdown(cancel=True)
-        _release_dead_claims(stopped)
+        _release_dead_claims(runs)
 
 
 def _still_cancelling() -> None:
