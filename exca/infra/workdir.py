@@ -216,10 +216,9 @@ class WorkDir(pydantic.BaseModel):
             )
             # (a copied file is copied whatever the filters say; --no-renames: a rename
             # lists the old name too)
+            whole = source.is_file()
             changed = [
-                f
-                for f in dirty.stdout.split("\0")
-                if f and (source.is_file() or self._copies(Path(f)))
+                f for f in dirty.stdout.split("\0") if f and (whole or self._copies(Path(f)))
             ]
             if dirty.returncode or changed:
                 raise RuntimeError(
@@ -233,7 +232,7 @@ class WorkDir(pydantic.BaseModel):
                 capture_output=True,
                 text=True,
             ).stdout.split("\0")
-            copied = [f for f in untracked if f and (source.is_file() or self._copies(Path(f)))]
+            copied = [f for f in untracked if f and (whole or self._copies(Path(f)))]
             if copied:
                 raise RuntimeError(
                     f"WorkDir(log_commit=True): {source} has files git does not track, which "

@@ -63,13 +63,13 @@ def line_fields(record: Record) -> dict[str, tp.Any]:
 
 def places(entry: Record) -> list[EntryId]:
     """Where an entry is, then where it was before compactions (tombstones name either)."""
-    here = (entry[IN], entry[AT])
+    here = place(entry)
     former = entry.get(FORMER_PLACES)
     if not former:
         return [here]
     out = [here]
-    for place in former:
-        file, _, offset = str(place).rpartition(":")
+    for where in former:
+        file, _, offset = str(where).rpartition(":")
         if offset.isdigit():
             out.append((file, int(offset)))
     return out
@@ -223,7 +223,7 @@ class IndexReader:
     def _shadow(self, key: str, new: Record) -> None:
         """Remember the current entry of a key about to be replaced by another live entry."""
         old = self.entries.get(key)
-        if old is not None and (old[IN], old[AT]) != (new[IN], new[AT]):
+        if old is not None and place(old) != place(new):
             self._shadowed.setdefault(key, []).append(old)
 
     def _read_file(self, name: str) -> bool:
@@ -282,9 +282,9 @@ class IndexReader:
 
     def _note_former_places(self, record: dict[str, tp.Any]) -> None:
         former = record.get(FORMER_PLACES)
-        for place in former if isinstance(former, list) else ():
-            if isinstance(place, str):
-                self.moved_from.add(place.rpartition(":")[0])
+        for where in former if isinstance(former, list) else ():
+            if isinstance(where, str):
+                self.moved_from.add(where.rpartition(":")[0])
 
     def _parse_bulk(
         self, name: str, state: FileState, lines: list[bytes], moved: bool = False
@@ -353,10 +353,10 @@ class IndexReader:
             target = record.get("#of")
             if type(target) is not str:
                 return False
-            file, _, place = target.rpartition(":")
-            if not file or not place.isdigit():
+            file, _, at = target.rpartition(":")
+            if not file or not at.isdigit():
                 return False
-            tombstones.append((record.get("#del"), (file, int(place))))
+            tombstones.append((record.get("#del"), (file, int(at))))
         if moved:
             for _, entry in entries:
                 if FORMER_PLACES in entry:
@@ -370,7 +370,7 @@ class IndexReader:
                 deleted.add(target)
         for key, entry in entries:
             if deleted and (
-                (entry[IN], entry[AT]) in deleted
+                place(entry) in deleted
                 if FORMER_PLACES not in entry
                 else not deleted.isdisjoint(places(entry))
             ):
