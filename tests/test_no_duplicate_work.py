@@ -597,6 +597,67 @@ def test_a_map_item_needing_another_of_its_call_is_computed_in_its_job_too(
     assert list(fib.process([1, 2, 3])) == [1, 3, 6]
 
 
+class Ping(pydantic.BaseModel):
+    """Calls Pong, which calls Ping again (a user's bug, each through its own cluster)."""
+
+    pong_cluster: str | None = None
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        infra = {"folder": self.infra.folder, "cluster": self.pong_cluster}
+        pong = Pong(ping=self.model_dump(), infra=infra)
+        return pong.process()
+
+
+class Pong(pydantic.BaseModel):
+    ping: dict[str, tp.Any]  # (not a Ping: a field holding one makes it an upstream node)
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return Ping(**self.ping).process() + 1
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("ping_cluster", [None, "local"])
+def test_methods_calling_each_other_through_local_jobs_are_refused(
+    tmp_path: Path, ping_cluster: str | None
+) -> None:
+    """Ping (inline or in its job) calls Pong in a local job, whose Pong calls Ping: it
+    waited for Ping's claim (or job), while Ping waited for Pong's job, for good."""
+    ping = Ping(pong_cluster="local", infra={"folder": tmp_path, "cluster": ping_cluster})
+    with pytest.raises(RuntimeError, match="caller of this job") as info:
+        ping.process()
+    assert ping.infra.uid() in str(info.value)
+    assert ping.infra.status() == "failed"
+    # (nothing submitted from Pong's job: Ping's only job, if any, and Pong's)
+    pong_folder = Pong(ping=ping.model_dump(), infra={"folder": tmp_path}).infra.uid_folder()
+    assert pong_folder is not None and len(registry.read_all(pong_folder)) == 1
+    folder = ping.infra.uid_folder()
+    assert folder is not None
+    assert len(registry.read_all(folder)) == (0 if ping_cluster is None else 1)
+
+
+def test_a_claim_its_caller_took_after_submitting_the_job_is_waited_for(tmp_path: Path) -> None:
+    """A caller whose wait for a job ended (Ctrl-C: Slurm jobs stay queued) and that
+    claims later what that job asks for does not wait for the job: the job waits for it."""
+    from exca.graph import callers
+    from exca.storage.claims import Claims
+
+    before = callers.current()
+    try:
+        with Claims(tmp_path).claim_one("result"):
+            callers.adopt([before])  # (submitted before the claim: not a cycle)
+            callers.refuse_waiting_on_claims("uid", tmp_path, ["result"])
+            callers.adopt([callers.current()])  # (submitted while holding it: a cycle)
+            with pytest.raises(RuntimeError, match="caller of this job"):
+                callers.refuse_waiting_on_claims("uid", tmp_path, ["result"])
+            callers.refuse_waiting_on_claims("uid", tmp_path, ["other"])  # (not held)
+    finally:
+        callers.adopt([])
+
+
 # --- an owner on another host ------------------------------------------------------------
 def write_foreign_claim(folder: Path, keys: list[str]) -> Path:
     """A claim file as exca/storage/claims.py writes them, for a process on another host."""

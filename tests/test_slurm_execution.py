@@ -187,6 +187,43 @@ def test_a_method_calling_itself_in_its_slurm_job_is_refused(
     assert len(records(obj.infra.uid_folder())) == 1  # (no job submitted from the job)
 
 
+class SlurmPing(pydantic.BaseModel):
+    """Calls SlurmPong in its job, whose job calls SlurmPing again (a user's bug)."""
+
+    pong_infra: dict[str, tp.Any]
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return SlurmPong(ping=self.model_dump(), infra=self.pong_infra).process()
+
+
+class SlurmPong(pydantic.BaseModel):
+    ping: dict[str, tp.Any]  # (a SlurmPing field would make it an upstream node)
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return SlurmPing(**self.ping).process() + 1
+
+
+@pytest.mark.timeout(240)
+def test_methods_calling_each_other_through_slurm_jobs_are_refused(
+    tmp_path: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """Pong's job waited for Ping's job, which waited for Pong's, to their time limit."""
+    settings = {"folder": tmp_path / "cache", "cluster": "slurm", **resources(slurm_cluster)}
+    ping = SlurmPing(pong_infra=settings, infra=settings)
+    with pytest.raises(RuntimeError, match="caller of this job") as info:
+        ping.process()
+    assert ping.infra.uid() in str(info.value)
+    assert ping.infra.status() == "failed"
+    pong = SlurmPong(ping=ping.model_dump(), infra=settings)
+    assert pong.infra.status() == "failed"
+    assert len(records(pong.infra.uid_folder())) == 1  # (no job submitted from its job)
+    assert len(records(ping.infra.uid_folder())) == 1
+
+
 # --- a map packed into one array ----------------------------------------------------------
 @pytest.mark.timeout(240)
 def test_slurm_map_is_one_array(tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster) -> None:

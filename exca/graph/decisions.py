@@ -12,7 +12,7 @@ import typing as tp
 
 from ..storage import gcpause
 from ..storage.cachederror import record_line
-from . import executors, registry, store
+from . import callers, executors, registry, store
 from .errors import JobFailedError, read_only_error
 from .node import TASK_KEY, Group, Node
 
@@ -534,11 +534,16 @@ class Graph:
                     # (debug jobs run by their submitter: claims tell; the job this
                     # process runs in is not waited for: see runs_here)
                     if record.cluster != "debug" and not registry.runs_here(record):
+                        callers.refuse_waiting_on_job(run.node.uid, record.job_id)
                         records[run.node.key] = record
             else:
                 found = registry.read_all(run.node.folder)
                 run.seen_jobs = {r.job_id for r in found}
                 found = [r for r in found if not registry.runs_here(r)]
+                todo = set(run.todo or ())
+                for record in found:
+                    if registry.covers(record, todo):
+                        callers.refuse_waiting_on_job(run.node.uid, record.job_id)
                 if found:
                     chunks[run.node.key] = found
         if not records and not chunks:

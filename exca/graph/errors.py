@@ -58,4 +58,14 @@ def self_call_error(uid: str) -> RuntimeError:
     )
 
 
+def caller_cycle_error(uid: str, holder: str) -> RuntimeError:
+    """A job's method calling, through jobs, what one of its callers computes: each would
+    wait for the other."""
+    return RuntimeError(
+        f"{uid} is being computed by a caller of this job ({holder}), which waits for "
+        "this job to end: a decorated method cannot (directly or indirectly, through jobs) "
+        "call itself"
+    )
+
+
 __all__ = ["ComputationError", "JobFailedError", "NodeFailures", "UpstreamFailed", "raise_from"]

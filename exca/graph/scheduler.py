@@ -16,7 +16,7 @@ import time
 import typing as tp
 
 from ..storage import interrupts, process
-from . import executors, registry, store, submitting
+from . import callers, executors, registry, store, submitting
 from .calls import being_computed, claimed_here
 from .decisions import (
     Graph,
@@ -593,6 +593,9 @@ class Scheduler:
             with submitting.exclusive(members, self.run_id, self.claim_waits) as members:
                 if not members:
                     return  # (submitted or computed by another process meanwhile)
+                # (a job waited for here: its waits on this thread's claims never end)
+                chain = callers.for_job()
+                members = [(run, unit._replace(callers=chain)) for run, unit in members]
                 units = [unit for _, unit in members]
                 outdated = store.outdated_outcomes(members)
                 _note_replaced(members)

@@ -15,7 +15,7 @@ import typing as tp
 
 from ..storage import interrupts
 from ..storage.claims import Claim, Claims
-from . import executors, registry, store
+from . import callers, executors, registry, store
 from .calls import being_computed, refuse_self_call
 from .decisions import wait_for_map_jobs
 from .node import TASK_KEY
@@ -95,6 +95,8 @@ def _settle(tasks: list[NodeRun], run_id: str, claim_waits: bool = True) -> set[
             settled.add(node.key)
             continue
         if claim_waits and run.action in ("compute", "retry") and being_computed(node):
+            # (by a caller of this job? It waits for this job: never ends)
+            callers.refuse_waiting_on_claims(node.uid, node.folder, [TASK_KEY])
             # another worker computes it (e.g. an inline call of another process): a job
             # would only wait inside its allocation, and its end (a time limit) would be
             # taken for this task's failure. Wait here; submit if it ends without a result

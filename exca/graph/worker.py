@@ -23,7 +23,7 @@ from ..storage.cachederror import CachedError
 from ..storage.cachedict import CacheDict
 from ..storage.claims import Claim, Claims, Owner
 from ..storage.modules import imported
-from . import codeprint, jobpickle, jobprocess, registry, store
+from . import callers, codeprint, jobpickle, jobprocess, registry, store
 from .errors import UpstreamFailed, read_only_error, self_call_error
 from .node import TASK_KEY, Group, Node, Value
 
@@ -65,6 +65,8 @@ class Unit(tp.NamedTuple):
     # started since (another thread or process asked at the same time) is the answer; an
     # older one is computed again
     asked_at: float = 0.0
+    # the threads waiting for this unit's job to end (see callers.py)
+    callers: tuple[tp.Any, ...] = ()
 
     @property
     def keys(self) -> list[str]:
@@ -126,6 +128,7 @@ def run_job_unit(unit: Unit) -> Report:
         _JOB_UNIT.append(unit.node.uid)
         _watch_stop_signals()
         jobprocess.start(getattr(unit.node.cache, "permissions", None))
+        callers.adopt(unit.callers)
     jobprocess.prepare(unit.node)
     return run_unit(unit)
 
@@ -245,10 +248,14 @@ def _recomputed_elsewhere(source: Node) -> bool:
     return registry.still_running(record, queued)
 
 
-def _wait_message(folder: tp.Any) -> tp.Callable[[dict[str, Owner]], None]:
+def _wait_message(node: Node) -> tp.Callable[[dict[str, Owner]], None]:
+    """Say once who is waited for (after refusing to wait for a caller of this job)."""
     shown: list[bool] = []
+    folder = node.folder
 
     def on_wait(held: dict[str, Owner]) -> None:
+        if callers.chained():
+            callers.refuse_waiting_on_claims(node.uid, folder, held)
         if not shown:
             owner = next(iter(held.values()))
             logger.info(
@@ -319,7 +326,7 @@ def _run_task(unit: Unit) -> Report:
                 )
         if claim.reentered:
             raise self_call_error(node.uid)
-        claims.wait([TASK_KEY], _task_done(node, forced), on_wait=_wait_message(folder))
+        claims.wait([TASK_KEY], _task_done(node, forced), on_wait=_wait_message(node))
         # a computation started before this force (another process's, of older code
         # maybe) is not it: computed again, unless this instance's force was done
         # meanwhile (another thread of it)
@@ -668,7 +675,7 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
         # output replaced by this force)
         refresh = action == "force" and not forced_again
         done = _items_forced(node, forced_by) if refresh else _items_done(node)
-        todo = claims.wait(busy, done, on_wait=_wait_message(node.folder))
+        todo = claims.wait(busy, done, on_wait=_wait_message(node))
         if refresh:
             forced_again = True
         else:

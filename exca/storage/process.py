@@ -99,6 +99,14 @@ def session_ended(session: str, last_write: float, grace: float) -> bool:
     return time.time() - last_write > grace
 
 
+def unique_name_time(name: str) -> float | None:
+    """When a ``unique_name`` was made (time.time()), None for another name."""
+    try:
+        return int(name.rsplit("-", 2)[-2], 16) / 1e6
+    except (IndexError, ValueError):
+        return None
+
+
 def unique_name(prefix: str = "") -> str:
     """A name no other writer, thread or later process will ever produce."""
     parts = [

@@ -1,0 +1,75 @@
+"""The callers a job works for: a job computes what a call of another process (or of
+another job) waits for. Each job is given the chain of those waiting callers; a wait on
+one of them (its claim, or its job) would never end, so it is refused. Without jobs, a
+decorated method calling itself is refused by its claim (held by this very thread)."""
+
+from __future__ import annotations
+
+import os
+import time
+import typing as tp
+from pathlib import Path
+
+from ..storage.claims import CLAIM_SUFFIX, Claims, Owner, slurm_job_id
+from ..storage.process import unique_name_time
+from .errors import caller_cycle_error
+
+
+class Caller(tp.NamedTuple):
+    """A thread waiting for a job's end: who it is, the jobs it runs in, and since when
+    (a claim it took later, after a Ctrl-C ended its wait, is not waited for by us)."""
+
+    owner: Owner
+    jobs: tuple[str, ...]
+    since: float
+
+
+_INHERITED: list[Caller] = []  # in a job's process: the callers of its job
+
+
+def current() -> Caller:
+    """This thread, as a caller of the jobs it submits and waits for."""
+    environ = os.environ
+    ids = (environ.get("SUBMITIT_LOCAL_JOB_ID"), environ.get("SLURM_JOB_ID"), slurm_job_id())
+    return Caller(Owner.current(), tuple(dict.fromkeys(i for i in ids if i)), time.time())
+
+
+def for_job() -> tuple[Caller, ...]:
+    """The callers of a job this thread submits and waits for: this thread and its own."""
+    return (*_INHERITED, current())
+
+
+def adopt(chain: tp.Sequence[Caller]) -> None:
+    """In a job's process: the callers of its job (given with its unit)."""
+    _INHERITED[:] = chain
+
+
+def chained() -> bool:
+    """Whether this process runs a job that callers wait for."""
+    return bool(_INHERITED)
+
+
+def _same_thread(owner: Owner, other: Owner) -> bool:
+    return owner[:4] == other[:4]  # host, pid, process start, thread
+
+
+def refuse_waiting_on_claims(uid: str, folder: Path | None, keys: tp.Iterable[str]) -> None:
+    """Raise if a claim on these keys is held by a caller of this job, taken before it
+    submitted the job (it waits for us)."""
+    if not _INHERITED or folder is None:
+        return
+    wanted = set(keys)
+    for claim in Claims(folder).current():
+        if not claim.keys & wanted:
+            continue
+        created = unique_name_time(claim.path.name[: -len(CLAIM_SUFFIX)])
+        for caller in _INHERITED:
+            if _same_thread(claim.owner, caller.owner) and (created or 0) <= caller.since:
+                raise caller_cycle_error(uid, claim.owner.describe())
+
+
+def refuse_waiting_on_job(uid: str, job_id: str) -> None:
+    """Raise if a job to wait for is one this job's callers run in (it waits for us)."""
+    for caller in _INHERITED:
+        if job_id in caller.jobs:
+            raise caller_cycle_error(uid, f"job {job_id}")
