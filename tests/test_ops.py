@@ -1678,6 +1678,22 @@ def test_clean_versions_says_when_the_step_matches_nothing(tmp_path: Path) -> No
     assert len(clean.old_versions(root, step="Train.fit").removals) == 1
 
 
+def test_a_step_with_its_version_selects_that_version_only(tmp_path: Path) -> None:
+    """`--step mod.Train.fit,1`, as `list` prints it, also selected versions 10 and 1.5
+    (a substring): `clean logs` removed their job logs too."""
+    root = tmp_path / "cache"
+    for version in ("1", "10", "1.5"):
+        assert Train(seed=3, infra={"folder": root, "cluster": "local", "version": version}).fit()
+    step = f"{__name__}.Train.fit,1"
+    listed = json.loads(cli("list", root, "--step", step, "--json", check=True).stdout)
+    assert {r["step"] for r in listed} == {step}
+    assert clean.selected_steps(root, "Train.fit,1") == {step}  # (module left out)
+    assert len(clean.selected_steps(root, "Train.fit") or ()) == 3  # (no version: all)
+    cli("clean", root, "logs", "--days", "0", "--step", step, "--yes", check=True)
+    kept = sorted({p.parts[len(root.parts)] for p in root.glob("*/logs/**/*") if p.is_file()})
+    assert kept == [f"{__name__}.Train.fit,1.5", f"{__name__}.Train.fit,10"]
+
+
 def test_clean_orphans_logs_and_compact_of_some_steps(tmp_path: Path) -> None:
     """`--step` was read by `versions` only: `orphans`, `logs` and `compact` freed every
     step's files, whatever step was given."""

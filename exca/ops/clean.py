@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import fnmatch
 import logging
 import os
 import re
@@ -51,6 +50,7 @@ from .inspect import (
     human_size,
     input_folders,
     node_folders,
+    step_selects,
 )
 
 logger = logging.getLogger("exca")
@@ -509,7 +509,7 @@ def _step_matches(step: str, name: str, method: str) -> bool:
     if "," in step and not any(c in step for c in "*?["):
         given = step.partition(",")[0]  # (the module may be left out: Train.fit,1)
         return method == given or method.endswith("." + given)
-    return fnmatch.fnmatch(name, step) or step in name
+    return step_selects(step, name)
 
 
 def _selected_methods(step: str, methods: dict[str, list[Path]]) -> dict[str, list[Path]]:
@@ -606,7 +606,7 @@ def selected_steps(root: Path, step: str | None) -> set[str] | None:
     every = _methods(root)
     # (as `exca list --step`: a step copied from its output is that version only)
     names = {f.name for folders in every.values() for f in folders}
-    selected = {name for name in names if fnmatch.fnmatch(name, step) or step in name}
+    selected = {name for name in names if step_selects(step, name)}
     if not selected:
         raise ValueError(_unmatched(every, step))
     return selected

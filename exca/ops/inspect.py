@@ -161,6 +161,15 @@ _DIED = (
 )
 
 
+def step_selects(step: str, name: str) -> bool:
+    """Whether a ``--step`` filter selects a step folder ``<module>.<Class>.<method>,
+    <version>``: a glob, or a substring; a substring with its version (copied from what
+    `exca list` prints) is that version only (``Train.fit,1``: not ``,10`` nor ``,1.5``)."""
+    if fnmatch.fnmatch(name, step):
+        return True
+    return name.endswith(step) if "," in step else step in name
+
+
 def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) -> NodeInfo:
     """The NodeInfo of one node folder."""
     config_folder = folder.parent if uid.rsplit("/", 1)[-1].startswith(INPUTS_PREFIX) else folder
@@ -276,7 +285,7 @@ def inspect(
     folders = [
         (s, u, f)
         for s, u, f in node_folders(root, only=only_step)
-        if (step is None or fnmatch.fnmatch(s, step) or step in s)
+        if (step is None or step_selects(step, s))
         and (only_config is None or u.split("/")[0] == only_config)
         and (only_inputs is None or u == f"{only_config}/{only_inputs}")
     ]
