@@ -1875,6 +1875,34 @@ def test_list_skips_a_config_whose_files_another_user_kept_private(tmp_path: Pat
     assert f"Skipping {theirs}" in listing.stderr and "Permission denied" in listing.stderr
 
 
+def test_clean_versions_keeps_a_config_another_user_kept_private(tmp_path: Path) -> None:
+    """An old version holding another user's private config folder (mode 700): the
+    preview of `clean versions` itself stopped with "exca: error: PermissionError" (a
+    probe). That folder is kept, with a warning; the rest of the version goes."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv (util-linux) to give files to another user")
+    root = tmp_path / "cache"
+    for seed in (1, 2):
+        Train(seed=seed, infra={"folder": root}).fit()
+    Train(seed=1, infra={"folder": root, "version": "2"}).fit()
+    theirs, mine = (folder_of(Train(seed=s, infra={"folder": root})) for s in (1, 2))
+    for path in [theirs, *theirs.rglob("*")]:
+        os.chown(path, 65534, 65534)  # (nobody)
+    theirs.chmod(0o700)
+    no_bypass = "-dac_override,-dac_read_search"
+    as_a_user = [setpriv, f"--bounding-set={no_bypass}", f"--inh-caps={no_bypass}"]
+    command = [*as_a_user, sys.executable, "-m", "exca", "clean", str(root), "versions"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    preview = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert preview.returncode == 0, preview.stderr
+    assert f"Skipping {theirs}: " in preview.stderr, preview.stderr
+    assert str(mine) in preview.stdout and "cannot read it" in preview.stdout, preview.stdout
+    done = subprocess.run([*command, "--yes"], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert theirs.is_dir() and not mine.exists()
+
+
 def test_clean_leaves_whole_what_it_cannot_delete_and_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

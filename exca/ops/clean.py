@@ -674,7 +674,13 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
             # (not a folder being removed: see remove_node_folder)
             subfolders = sorted(p for p in old.iterdir() if p.is_dir() and p.name[0] != ".")
             for config in subfolders:
-                if (config / UID_FILE).exists():
+                try:
+                    is_config = (config / UID_FILE).exists()
+                except PermissionError as error:  # (a shared cache: another user's, private)
+                    logger.warning("Skipping %s: %s", config, error)
+                    plan.kept.append((config, "this user cannot read it (another user's?)"))
+                    continue
+                if is_config:
                     _add_folder(plan, config, reason)
             if len(plan.kept) > kept_before:
                 continue  # a config of this version is in use: keep its logs and code too
