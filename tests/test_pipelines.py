@@ -1832,6 +1832,31 @@ def test_a_failed_map_item_then_retry(env: Env) -> None:
     assert len(started(env.log)) == 6
 
 
+def test_the_plan_of_a_map_with_a_cached_item_error_and_a_new_item(env: Env) -> None:
+    """A new item made the plan forget the map's cached item error: it said "compute 1/3
+    missing" and the task below "compute"; the run then failed reading that error."""
+    flag = env.tmp / "fail"
+    flag.touch()
+
+    def target(items: list[int]) -> exca.graph.Node:
+        squares = FlakySquare(log=env.log, fail_flag=str(flag), infra=env.infra())
+        return env.step("total").run.node(squares.apply.node(items))
+
+    with pytest.raises(UpstreamFailed, match="item 2 fails on purpose"):
+        target([1, 2]).result()
+    node = target([1, 2, 3])
+    entries = _by_uid(exca.graph.plan(node))
+    (square,) = [e for uid, e in entries.items() if "FlakySquare" in uid]
+    assert square.action == "compute" and "1/3 missing" in square.reason
+    assert "1 cached item error(s) (mode='retry' recomputes them)" in square.reason
+    entry = entries[node.uid]
+    assert entry.action == "fail" and "1 cached item error(s)" in entry.reason
+    with pytest.raises(UpstreamFailed, match="item 2 fails on purpose"):
+        node.result()
+    assert started(env.log) == ["square1", "square2", "square2", "square3"]  # (3 computed)
+    assert "total" not in started(env.log)
+
+
 @pytest.mark.timeout(120)
 def test_no_job_is_sent_below_a_map_that_just_failed_items(env: Env) -> None:
     """The map computes in this run and caches an item error: the tasks reading its

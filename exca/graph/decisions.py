@@ -502,6 +502,14 @@ class Graph:
                     )
                 else:
                     run.action, run.reason = "compute", f"{len(missing)}/{total} missing"
+                    # (its cached item errors stay: its outputs cannot be read after it)
+                    absent = set(missing)
+                    failed = node.cache.count_errors([u for u in uids if u not in absent])
+                    if failed:
+                        run.item_errors = failed
+                        run.reason += (
+                            f", and {failed} cached item error(s) (mode='retry' recomputes them)"
+                        )
             else:
                 run.todo = []
                 failed = node.cache.count_errors(uids) if _reuse(run) else 0
@@ -690,7 +698,7 @@ class Graph:
     def _fails(self, key: Key) -> bool:
         """Whether what a node gives its downstream nodes cannot be read."""
         run = self.runs[key]
-        return run.action == "fail" or (run.action == "reuse" and run.item_errors > 0)
+        return run.action == "fail" or (run.action in ("reuse", "compute") and run.item_errors > 0)
 
     def decision_error(self, run: NodeRun) -> BaseException:
         """The exception a node that fails at decision time raises."""
