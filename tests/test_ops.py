@@ -628,6 +628,21 @@ def test_explain_the_same_config_under_another_folder_name(tmp_path: Path) -> No
     assert "the same config is cached under another folder name, default" in str(explanation)
 
 
+def test_explain_a_config_cached_under_its_legacy_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache written by an older exca (v2 folder names): explain said "a class default
+    changed since", which nothing did (a probe)."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv("CONFDICT_UID_VERSION", "2")
+    Train(optim={"lr": 0.2}, infra={"folder": root}).fit()
+    monkeypatch.delenv("CONFDICT_UID_VERSION")
+    (explanation,) = exca.ops.explain(Train(optim={"lr": 0.2}, infra={"folder": root}).fit.node())
+    assert explanation.diff == [] and explanation.legacy
+    assert "cached under its legacy (v2) folder name" in str(explanation)
+    assert "default changed" not in str(explanation)
+
+
 def test_explain_never_computed(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     Squares(infra={"folder": root}).square([1])  # another method is cached

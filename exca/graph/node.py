@@ -291,6 +291,7 @@ class Node:
     prepare: tp.Callable[[], None] | None = None  # checks/writes the uid folder's yaml files
     # renames the config's cache from its legacy (v2) name: by a run, not a plan
     adopt_legacy: tp.Callable[[], None] | None = None
+    legacy_name: tp.Callable[[], str | None] | None = None  # that name (explanations)
     # before cached results are reused: raises if they were made with other class defaults
     # (returns whether that is settled: False while nothing is on disk to check against)
     check_reuse: tp.Callable[[], bool] | None = None

@@ -488,14 +488,23 @@ class BaseInfra(pydantic.BaseModel):
         if renames or folder is None or os.path.isdir(folder):
             runtime.legacy_checked = True
 
+    def _legacy_name(self) -> str | None:
+        """This config's folder name in the legacy (v2) uid format (None: a value that
+        format cannot render, so no v2 folder to find)."""
+        try:
+            return self._uid_config().to_uid(version=2) or "default"
+        except Exception:
+            return None
+
     def _adopt_v2_folder(self, folder: Path) -> None:
         if os.environ.get(uidformat.UID_VERSION_ENV) == "2" or not os.path.isdir(folder.parent):
             return  # (v2 names asked for, or no folder of this method at all)
-        try:
-            legacy = self._uid_config().to_uid(version=2) or "default"
-        except Exception:  # (a value the legacy format cannot render: no v2 folder to find)
-            return
-        if legacy == folder.name or not (folder.parent / legacy / uidfolder.UID_FILE).is_file():
+        legacy = self._legacy_name()
+        if (
+            legacy is None
+            or legacy == folder.name
+            or not (folder.parent / legacy / uidfolder.UID_FILE).is_file()
+        ):
             return
         if not LEGACY_RENAMES.get():
             logger.warning(

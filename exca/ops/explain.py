@@ -39,6 +39,7 @@ class Explanation:
     equally_near: int = 0  # other cached configs differing by as many keys (first by name shown)
     # never computed: steps of a class and method of the same names in another module
     namesakes: list[str] = dataclasses.field(default_factory=list)
+    legacy: bool = False  # the nearest is this config under its legacy (v2) folder name
 
     def summary(self) -> str:
         if self.status == "missing" and self.action in ("compute", "fail"):
@@ -60,6 +61,12 @@ class Explanation:
                         + why
                     )
                 return "never computed (no cached config of this method)"
+            if not self.diff and self.legacy:
+                return (
+                    f"{prefix}the same config is cached under its legacy (v2) folder name, "
+                    f"{Path(self.nearest).name}, written by an older exca: a run renames it "
+                    "and reuses it (a plan does not rename it)"
+                )
             if not self.diff:  # (same values: the folder name follows the defaults of then)
                 return (
                     f"{prefix}the same config is cached under another folder name, "
@@ -197,6 +204,8 @@ def _explain_entry(entry: PlanEntry, run: NodeRun) -> Explanation:
         explanation.nearest = None if folder is None else str(folder)
         if folder is None:
             explanation.namesakes = _namesakes(node)
+        elif not explanation.diff:
+            explanation.legacy = node.legacy_name is not None and folder.name == node.legacy_name()
     return explanation
 
 
