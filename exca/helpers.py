@@ -18,6 +18,7 @@ from pathlib import Path
 import pydantic
 
 from .confdict import ConfDict
+from .graph import codeprint
 from .infra import TaskInfra
 from .infra.discriminated import DiscriminatedModel
 from .infra.uidfolder import CONFIG_FILE, UID_FILE, read_yaml
@@ -93,6 +94,8 @@ def to_config_model(func: tp.Callable[..., tp.Any]) -> type[FuncConfig]:
     name = f"{func.__name__}_FuncConfig"
     build.__qualname__ = f"{name}.build"
     build.__module__ = func.__module__
+    # (a script's function edited between runs: its cached results are of other code)
+    setattr(build, codeprint.CODE_OF_ATTR, func)
     annotations["infra"] = TaskInfra
     namespace.update(
         __annotations__=annotations,

@@ -674,3 +674,40 @@ def test_find_slurm_job_gives_the_config_of_a_task_with_inputs(tmp_path: Path) -
     assert node.result() == [3, 6]
     found = helpers.find_slurm_job(node.job().job_id, folder=tmp_path)
     assert found.uid_config == {"factor": 3} and found.config["factor"] == 3
+
+
+WITH_INFRA_SCRIPT = """
+import sys
+import exca
+
+
+@exca.helpers.with_infra(folder=sys.argv[1])
+def double(x: int) -> int:
+    {body}
+
+
+print(double(x=5))
+"""
+
+
+def test_a_script_function_edited_between_runs_warns_when_its_result_is_reused(
+    tmp_path: Path,
+) -> None:
+    """A with_infra function of a script, edited and run again, returned the old result
+    silently (a method of a script's class warned): the result records the function's code."""
+    import subprocess
+    import sys
+
+    def run(body: str) -> subprocess.CompletedProcess[str]:
+        script = tmp_path / "script.py"
+        script.write_text(WITH_INFRA_SCRIPT.format(body=body))
+        command = [sys.executable, str(script), str(tmp_path / "cache")]
+        return subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
+
+    warning = "reusing a result computed by other code of double"
+    first = run("return x * 2")
+    assert first.stdout.split() == ["10"] and warning not in first.stderr
+    edited = run("return x * 3")
+    assert edited.stdout.split() == ["10"]  # (the cache: as documented)
+    assert warning in edited.stderr and "bump the infra's version" in edited.stderr
+    assert warning not in run("return x * 2").stderr

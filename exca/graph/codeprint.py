@@ -26,6 +26,13 @@ _WARNED: set[tuple[str, str]] = set()  # (step, current digest)
 # scan per call doubled the cost of a warm map call)
 _ITEMS_CHECKED: set[tuple[str, str]] = set()
 _BYTECODE = importlib.util.MAGIC_NUMBER[:2].hex()  # (the interpreter's bytecode version)
+# on a generated method (with_infra's build): the user's function whose code it runs
+CODE_OF_ATTR = "__exca_code_of__"
+
+
+def code_owner(func: tp.Callable[..., tp.Any]) -> tp.Callable[..., tp.Any]:
+    """The function whose code a method runs: itself, or what a generated one calls."""
+    return getattr(func, CODE_OF_ATTR, None) or func
 
 
 def method_function(function: tp.Any) -> tp.Callable[..., tp.Any] | None:
@@ -38,7 +45,10 @@ def digest(func: tp.Callable[..., tp.Any] | None) -> str | None:
     """The code digest of a function of ``__main__`` (None for others, or no code),
     prefixed with the bytecode's version: code compiled by another Python differs, and
     says nothing of an edit."""
-    if func is None or getattr(func, "__module__", None) != "__main__":
+    if func is None:
+        return None
+    func = code_owner(func)
+    if getattr(func, "__module__", None) != "__main__":
         return None
     func = inspect.unwrap(func)  # (not a decorator's wrapper)
     code = getattr(func, "__code__", None)
@@ -94,7 +104,7 @@ def check(meta: tp.Any, func: tp.Callable[..., tp.Any], where: str) -> None:
         "folder; other results of %s may be too): bump the infra's version (or use another "
         "folder) to compute them anew",
         where,
-        func.__qualname__,
+        code_owner(func).__qualname__,
         step,
     )
 
