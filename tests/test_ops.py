@@ -2387,6 +2387,19 @@ def test_logs_of_a_moved_cache(tmp_path: Path) -> None:
     assert result.returncode == 1 and "is not there" in result.stdout
 
 
+def test_an_unreadable_job_record_is_named(tmp_path: Path) -> None:
+    """A job record damaged outside exca: `exca logs` said "No job recorded", and nothing
+    said why (a probe)."""
+    root = tmp_path / "cache"
+    assert Train(seed=7, infra={"folder": root, "cluster": "local"}).fit() == 8
+    folder = folder_of(Train(seed=7, infra={"folder": root}))
+    (record,) = (folder / "jobs").glob("*.json")
+    record.write_text("{junk")
+    result = cli("logs", folder)
+    assert result.returncode == 1 and "No job recorded" in result.stdout
+    assert f"Ignoring the unreadable job record {record}" in result.stderr, result.stderr
+
+
 def test_clean_logs_counts_from_when_the_job_ended(tmp_path: Path) -> None:
     """A job submitted long ago (queued for days) that ended now: its logs are recent
     (they were removed by --days 1, counted from the submission)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import time
 import typing as tp
@@ -23,6 +24,8 @@ from .node import INPUTS_PREFIX
 
 JOBS_DIR = "jobs"
 LINK_NAME = "submitit"
+
+logger = logging.getLogger("exca")
 
 
 @dataclasses.dataclass
@@ -193,7 +196,10 @@ def read_all(folder: Path | None, copied: bool = False) -> list[JobRecord]:
             continue
         try:
             record = JobRecord(**orjson.loads(Path(entry.path).read_bytes()))
-        except (OSError, orjson.JSONDecodeError, TypeError):
+        except FileNotFoundError:
+            continue  # (removed meanwhile: a clear_job, a resubmission)
+        except (OSError, orjson.JSONDecodeError, TypeError) as error:
+            _warn_unreadable(entry.path, error)
             continue
         if record.folder:
             here = here or os.path.abspath(folder)
@@ -226,6 +232,24 @@ def recorded(folder: Path | None, job_id: str) -> bool:
     if folder is None:
         return False
     return os.path.exists(os.path.join(folder, JOBS_DIR, job_id.replace("/", "-") + ".json"))
+
+
+_WARNED_UNREADABLE: set[str] = set()
+
+
+def _warn_unreadable(path: str, error: Exception) -> None:
+    """A job record that does not read (written atomically: damaged outside exca), said
+    once per process: its job is then unknown here (not waited for, no logs)."""
+    if path in _WARNED_UNREADABLE:
+        return
+    _WARNED_UNREADABLE.add(path)
+    logger.warning(
+        "Ignoring the unreadable job record %s (%s: %s): its job is unknown here; remove "
+        "the file if that job ended",
+        path,
+        type(error).__name__,
+        error,
+    )
 
 
 def latest(folder: Path | None) -> JobRecord | None:
