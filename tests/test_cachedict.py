@@ -1035,6 +1035,11 @@ def test_index_files_with_deletions_read_in_bulk_as_line_by_line(
         monkeypatch.undo()
         assert bulk == by_line == expected, order
     assert len(set(mixed_files)) >= 5  # (the files holding deletions took the bulk path)
+    # parsed a few lines at a time (a big file is, a few MB at a time): the same entries,
+    # a deletion and its entry in different pieces, lines longer than a piece
+    for piece in (50, 100, 300, 1000):
+        monkeypatch.setattr(index_module, "PARSE_BYTES", piece)
+        assert dict(CacheDict(folder).items()) == expected, piece
 
 
 @pytest.mark.parametrize("cache_type", ["Pickle", "NumpyArray"])

@@ -49,6 +49,7 @@ IDLE_CHECK_SECONDS = 60.0
 # finds the entry
 FORMER_PLACES = "#was"
 FORMER_PLACES_BYTES = b'"#was"'
+PARSE_BYTES = 4 << 20  # index lines parsed at a time
 
 
 def place(record: Record) -> EntryId:
@@ -273,11 +274,22 @@ class IndexReader:
             # (a torn line of a killed writer stays torn)
             _check_final(path, state, state.offset + len(data))
             return True  # only an incomplete line so far
-        lines = data[:end].split(b"\n")
-        moved = FORMER_PLACES_BYTES in data  # (lines a compaction moved: rare)
-        if not self._parse_bulk(name, state, lines, moved):
-            self._parse_lines(name, state, lines)
-        state.offset += end + 1
+        # (parsed a few MB at a time: orjson's transient memory for one big document is
+        # ~2 kB per entry, more than the entries it makes)
+        start = 0
+        while start < end:
+            cut = (
+                data.rfind(b"\n", start, start + PARSE_BYTES) if end - start > PARSE_BYTES else end
+            )
+            if cut < start:  # (a line longer than that)
+                cut = data.find(b"\n", start + PARSE_BYTES)
+            chunk = data[start:cut]
+            lines = chunk.split(b"\n")
+            moved = FORMER_PLACES_BYTES in chunk  # (lines a compaction moved: rare)
+            if not self._parse_bulk(name, state, lines, moved):
+                self._parse_lines(name, state, lines)
+            state.offset += cut - start + 1
+            start = cut + 1
         return True
 
     def _note_former_places(self, record: dict[str, tp.Any]) -> None:
