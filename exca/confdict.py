@@ -163,6 +163,8 @@ class ConfDict(dict[str, tp.Any]):
 
     def __init__(self, mapping: tp.Mapping[str, tp.Any] | None = None, **kwargs: tp.Any) -> None:
         super().__init__()
+        if mapping is None and not kwargs:
+            return  # (an empty one: made for each part of every dotted key set)
         if type(mapping) is dict and not kwargs and self.OVERRIDE not in mapping:
             self._fill(mapping)  # the common case: an exported config, no dotted keys
         else:
@@ -214,6 +216,9 @@ class ConfDict(dict[str, tp.Any]):
         for i, part in enumerate(parts[:-1]):
             if create and isinstance(node, dict):
                 sub = dict.get(node, part, _MISSING)
+                if type(sub) is ConfDict:  # (the common case, first)
+                    node = sub
+                    continue
                 if not isinstance(sub, dict | list | tuple):
                     sub = ConfDict()
                     _set_in(node, part, sub)
@@ -311,7 +316,7 @@ class ConfDict(dict[str, tp.Any]):
         return self
 
     def __or__(self, other: tp.Any) -> ConfDict:  # type: ignore[override]
-        if not isinstance(other, tp.Mapping):
+        if not isinstance(other, collections.abc.Mapping):
             return NotImplemented
         out = self.copy()
         out.update(other)
@@ -322,7 +327,7 @@ class ConfDict(dict[str, tp.Any]):
     ) -> None:
         """Merge values in (dotted keys allowed); ``{ConfDict.OVERRIDE: True}`` clears first."""
         for source in (mapping or {}, kwargs):
-            if not isinstance(source, tp.Mapping):
+            if not isinstance(source, collections.abc.Mapping):
                 try:  # key/value pairs, as dict.update takes (dataclasses.asdict gives those)
                     source = dict(source)
                 except (TypeError, ValueError):
