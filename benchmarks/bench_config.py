@@ -112,6 +112,7 @@ def bench_confdict(ctx: common.Context) -> None:
         fresh_uid.append((time.perf_counter() - start) / number)
     floor = common.per_call(floor_uid, number, ctx.repeat)
     floor_flat = common.per_call(floor_uid_flat, number, ctx.repeat)
+    build = common.per_call(lambda i: exca.ConfDict(flat), max(number // 5, 20), ctx.repeat)
     ctx.record(
         "3a",
         "ConfDict.to_uid() on 200 dotted keys",
@@ -122,11 +123,13 @@ def bench_confdict(ctx: common.Context) -> None:
         floor_label="json.dumps(sort_keys) + md5",
         notes=(
             f"new ConfDict each call: {common.fmt_value(common.stats(fresh_uid)['median'], 's')}; "
-            f"floor on the flat dict: {common.fmt_value(common.stats(floor_flat)['median'], 's')}"
+            f"floor on the flat dict: {common.fmt_value(common.stats(floor_flat)['median'], 's')}; "
+            f"building ConfDict(flat): {common.fmt_value(common.stats(build)['median'], 's')}"
         ),
         extra={
             "new_confdict_each_call_s": common.stats(fresh_uid),
             "floor_flat_s": common.stats(floor_flat),
+            "build_confdict_s": common.stats(build),
         },
     )
     number_yaml = max(number // 20, 10)
