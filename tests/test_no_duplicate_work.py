@@ -639,6 +639,59 @@ def test_methods_calling_each_other_through_local_jobs_are_refused(
     assert len(registry.read_all(folder)) == (0 if ping_cluster is None else 1)
 
 
+class Submitter(pydantic.BaseModel):
+    """Sends Follower's job without waiting for it, then ends; Follower needs it."""
+
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        follower = Follower(infra={"folder": self.infra.folder, "cluster": "local"})
+        follower.infra.job()  # (not waited for: no cycle, the job waits for this claim)
+        time.sleep(1.0)
+        return 1
+
+
+class Follower(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return Submitter(infra={"folder": self.infra.folder}).process() + 10
+
+
+class Pinger(pydantic.BaseModel):
+    """Its job sends Planner's job and waits for it."""
+
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> str:
+        return Planner(infra={"folder": self.infra.folder, "cluster": "local"}).process()
+
+
+class Planner(pydantic.BaseModel):
+    """Plans Pinger in its job: reads only, nothing waits."""
+
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> str:
+        pinger = Pinger(infra={"folder": self.infra.folder, "cluster": "local"})
+        (entry,) = exca.graph.plan(pinger.process.node()).entries
+        return f"{entry.status} {entry.action}"
+
+
+@pytest.mark.timeout(120)
+def test_jobs_that_need_what_their_submitter_computes_without_a_cycle(tmp_path: Path) -> None:
+    """Not cycles (review): a job sent by job() (not waited for) needing its submitter's
+    claim waits for it; a plan in a job of what its caller's job computes reads only."""
+    assert Submitter(infra={"folder": tmp_path}).process() == 1
+    follower = Follower(infra={"folder": tmp_path, "cluster": "local"})
+    assert follower.infra.job().result() == 11
+    assert Pinger(infra={"folder": tmp_path, "cluster": "local"}).process() == "running wait"
+
+
 def test_a_claim_its_caller_took_after_submitting_the_job_is_waited_for(tmp_path: Path) -> None:
     """A caller whose wait for a job ended (Ctrl-C: Slurm jobs stay queued) and that
     claims later what that job asks for does not wait for the job: the job waits for it."""

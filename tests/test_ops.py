@@ -31,7 +31,7 @@ import exca.ops
 import exca.storage.process
 from exca.graph import registry
 from exca.ops import clean
-from exca.ops.inspect import node_folders
+from exca.ops.inspect import node_folders, step_selects
 from exca.storage.cachedict import CacheDict
 
 WAIT_S = 60.0  # bound on any wait (never reached when things work)
@@ -1704,6 +1704,10 @@ def test_a_step_with_its_version_selects_that_version_only(tmp_path: Path) -> No
     assert {r["step"] for r in listed} == {step}
     assert clean.selected_steps(root, "Train.fit,1") == {step}  # (module left out)
     assert len(clean.selected_steps(root, "Train.fit") or ()) == 3  # (no version: all)
+    assert len(clean.selected_steps(root, "Train.fit,") or ()) == 3  # (every version)
+    assert step_selects("Train.fit,1", "mod.Train.fit,1")
+    assert not step_selects("Train.fit,1", "mod.PreTrain.fit,1")  # (review)
+    assert not step_selects("rain.fit,1", "mod.Train.fit,1")
     cli("clean", root, "logs", "--days", "0", "--step", step, "--yes", check=True)
     kept = sorted({p.parts[len(root.parts)] for p in root.glob("*/logs/**/*") if p.is_file()})
     assert kept == [f"{__name__}.Train.fit,1.5", f"{__name__}.Train.fit,10"]

@@ -68,8 +68,13 @@ def refuse_waiting_on_claims(uid: str, folder: Path | None, keys: tp.Iterable[st
                 raise caller_cycle_error(uid, claim.owner.describe())
 
 
-def refuse_waiting_on_job(uid: str, job_id: str) -> None:
-    """Raise if a job to wait for is one this job's callers run in (it waits for us)."""
-    for caller in _INHERITED:
-        if job_id in caller.jobs:
-            raise caller_cycle_error(uid, f"job {job_id}")
+def caller_job(job_id: str) -> str | None:
+    """The job id if one of this job's callers runs in that job (it waits for us)."""
+    return job_id if any(job_id in caller.jobs for caller in _INHERITED) else None
+
+
+def refuse_waiting_on_caller_jobs(runs: tp.Iterable[tp.Any]) -> None:
+    """Raise if a run about to wait would wait for a job of this job's callers."""
+    for run in runs:
+        if run.caller_job is not None and run.action == "wait":
+            raise caller_cycle_error(run.node.uid, f"job {run.caller_job}")

@@ -45,9 +45,10 @@ def digest(func: tp.Callable[..., tp.Any] | None) -> str | None:
     """The code digest of a function of ``__main__`` (None for others, or no code),
     prefixed with the bytecode's version: code compiled by another Python differs, and
     says nothing of an edit."""
-    if func is None:
-        return None
-    func = code_owner(func)
+    return None if func is None else _code_digest(code_owner(func))
+
+
+def _code_digest(func: tp.Callable[..., tp.Any]) -> str | None:
     if getattr(func, "__module__", None) != "__main__":
         return None
     func = inspect.unwrap(func)  # (not a decorator's wrapper)
@@ -94,17 +95,24 @@ def check(meta: tp.Any, func: tp.Callable[..., tp.Any], where: str) -> None:
         return
     if current.partition("-")[0] != recorded.partition("-")[0]:
         return  # (compiled by another Python: its bytecode tells nothing)
+    owner = code_owner(func)
+    if owner is not func and recorded == _code_digest(func):
+        return  # (recorded by an older exca: the digest of with_infra's own wrapper)
     step = where.partition("/")[0]
     if (step, current) in _WARNED:
         return
     _WARNED.add((step, current))
+    what = "function" if owner is not func else "method"
+    namesake = "a function" if owner is not func else "a class"
     logger.warning(
-        "%s: reusing a result computed by other code of %s (the method was edited since, "
-        "or a class of the same name, e.g. of another notebook or script, shares this cache "
+        "%s: reusing a result computed by other code of %s (the %s was edited since, "
+        "or %s of the same name, e.g. of another notebook or script, shares this cache "
         "folder; other results of %s may be too): bump the infra's version (or use another "
         "folder) to compute them anew",
         where,
-        code_owner(func).__qualname__,
+        owner.__qualname__,
+        what,
+        namesake,
         step,
     )
 

@@ -60,6 +60,9 @@ class NodeRun:
         # map items another node of the run computes (its jobs are waited for); emptied
         # once they were missing after those jobs: computed by this node then
         self.borrowed: set[str] = set()
+        # in a job: a job of its callers that computes this node (waited for by a run, each
+        # would wait for the other: see callers.py)
+        self.caller_job: str | None = None
 
     def __repr__(self) -> str:
         return f"NodeRun({self.node.uid}, action={self.action!r}, state={self.state!r})"
@@ -542,7 +545,7 @@ class Graph:
                     # (debug jobs run by their submitter: claims tell; the job this
                     # process runs in is not waited for: see runs_here)
                     if record.cluster != "debug" and not registry.runs_here(record):
-                        callers.refuse_waiting_on_job(run.node.uid, record.job_id)
+                        run.caller_job = callers.caller_job(record.job_id)
                         records[run.node.key] = record
             else:
                 found = registry.read_all(run.node.folder)
@@ -551,7 +554,7 @@ class Graph:
                 todo = set(run.todo or ())
                 for record in found:
                     if registry.covers(record, todo):
-                        callers.refuse_waiting_on_job(run.node.uid, record.job_id)
+                        run.caller_job = run.caller_job or callers.caller_job(record.job_id)
                 if found:
                     chunks[run.node.key] = found
         if not records and not chunks:

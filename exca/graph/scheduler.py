@@ -172,6 +172,7 @@ class Scheduler:
         self.root_cause = root_cause
         with restoring_files():
             work = self.start()
+        callers.refuse_waiting_on_caller_jobs(work)  # (a wait that would never end)
         if work:
             try:
                 self._execute(work)
@@ -568,14 +569,18 @@ class Scheduler:
             key = f"{cluster}|{run.array_key}"
             groups.setdefault(key, []).extend((run, u) for u in units)
         for members in groups.values():
-            self._submit_group(members, pools, parallelism)
+            self._submit_group(members, pools, parallelism, waiting)
         self._add_borrowed()
         for run, unit in inline:
             on_items = progress.update if unit.uids is not None else None
             run.handles.append(executors.run_inline(unit, on_items))
 
     def _submit_group(
-        self, members: list[tuple[NodeRun, Unit]], pools: executors.Pools, parallelism: int | None
+        self,
+        members: list[tuple[NodeRun, Unit]],
+        pools: executors.Pools,
+        parallelism: int | None,
+        waiting: bool = True,
     ) -> None:
         first = members[0][0].node
         cluster = first.execution.cluster
@@ -593,9 +598,9 @@ class Scheduler:
             with submitting.exclusive(members, self.run_id, self.claim_waits) as members:
                 if not members:
                     return  # (submitted or computed by another process meanwhile)
-                # (a job waited for here: its waits on this thread's claims never end)
-                chain = callers.for_job()
-                members = [(run, unit._replace(callers=chain)) for run, unit in members]
+                if waiting:  # (a job waited for here: its waits on this thread never end)
+                    chain = callers.for_job()
+                    members = [(run, unit._replace(callers=chain)) for run, unit in members]
                 units = [unit for _, unit in members]
                 outdated = store.outdated_outcomes(members)
                 _note_replaced(members)

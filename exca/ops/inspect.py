@@ -163,11 +163,18 @@ _DIED = (
 
 def step_selects(step: str, name: str) -> bool:
     """Whether a ``--step`` filter selects a step folder ``<module>.<Class>.<method>,
-    <version>``: a glob, or a substring; a substring with its version (copied from what
-    `exca list` prints) is that version only (``Train.fit,1``: not ``,10`` nor ``,1.5``)."""
+    <version>``: a glob, or a substring; with a version (copied from what `exca list`
+    prints), that method and version only (``Train.fit,1``: not ``,10`` nor ``,1.5``, nor
+    ``PreTrain.fit,1``)."""
     if fnmatch.fnmatch(name, step):
         return True
-    return name.endswith(step) if "," in step else step in name
+    if "," not in step:
+        return step in name
+    method, _, version = step.partition(",")  # (the module may be left out: Train.fit,1)
+    name_method, _, name_version = name.partition(",")
+    if name_method != method and not name_method.endswith("." + method):
+        return False  # (PreTrain.fit is not Train.fit)
+    return not version or name_version == version  # (Train.fit, : every version)
 
 
 def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) -> NodeInfo:
