@@ -383,6 +383,28 @@ def test_log_commit_ignores_what_the_copy_leaves_out(repo: Path, tmp_path: Path)
         wd.populate()
 
 
+def test_log_commit_ignores_a_python_environment_in_a_copied_folder(
+    repo: Path, tmp_path: Path
+) -> None:
+    """A virtualenv inside a copied folder is never copied, yet its untracked files
+    refused the submission as files "which would be copied" (a probe)."""
+    _write(repo / "lib" / "mod.py", "B = 1\n")
+    _git(repo, "add", "lib/mod.py")
+    _git(repo, "commit", "-q", "-m", "lib")
+    _write(repo / "lib" / "venvin" / "pyvenv.cfg", "home = /usr/bin\n")
+    _write(repo / "lib" / "venvin" / "lib" / "site" / "pkg.py", "P = 1\n")  # untracked
+    folder = tmp_path / "code"
+    WorkDir(copied=[repo / "lib"], folder=folder, log_commit=True).populate()
+    assert (folder / "git-hashes.log").exists() and (folder / "lib" / "mod.py").exists()
+    assert not (folder / "lib" / "venvin").exists()
+    _write(repo / "lib" / "new.py", "N = 1\n")  # (an untracked file that is copied: refused)
+    wd = WorkDir(copied=[repo / "lib"], folder=tmp_path / "code2", log_commit=True)
+    with pytest.raises(
+        RuntimeError, match=r"git does not track, which would be copied \(new\.py\)"
+    ):
+        wd.populate()
+
+
 def test_log_commit_sees_a_change_to_a_file_copied_by_name(repo: Path, tmp_path: Path) -> None:
     """A file named in ``copied`` is copied whatever ``includes`` says: a change to it
     passed the filter of what would be copied (found by review)."""

@@ -173,13 +173,29 @@ class WorkDir(pydantic.BaseModel):
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _copies(self, relative: Path) -> bool:
-        """Whether a file (relative to a copied folder) is copied: its name included, and
-        neither it nor a folder above it excluded."""
+    def _copies(
+        self, relative: Path, source: Path | None = None, envs: dict[Path, bool] | None = None
+    ) -> bool:
+        """Whether a file (relative to a copied folder ``source``) is copied: its name
+        included, and neither it nor a folder above it excluded, nor in a Python
+        environment (``envs``: memo of the folders looked at)."""
         name = relative.name
         if not any(fnmatch.fnmatch(name, p) for p in self.includes):
             return False
-        return not any(fnmatch.fnmatch(part, p) for part in relative.parts for p in self.excludes)
+        if any(fnmatch.fnmatch(part, p) for part in relative.parts for p in self.excludes):
+            return False
+        if source is None:
+            return True
+        memo = {} if envs is None else envs
+        folder = source
+        for part in relative.parts[:-1]:
+            folder = folder / part
+            found = memo.get(folder)
+            if found is None:
+                found = memo[folder] = _is_environment(folder, part)
+            if found:
+                return False  # (environments are never copied: see _copy_tree)
+        return True
 
     def _commit_lines(self) -> list[str]:
         """``<source>: <commit>`` per copied name (RuntimeError if one is not committed)."""
@@ -217,8 +233,11 @@ class WorkDir(pydantic.BaseModel):
             # (a copied file is copied whatever the filters say; --no-renames: a rename
             # lists the old name too)
             whole = source.is_file()
+            envs: dict[Path, bool] = {}
             changed = [
-                f for f in dirty.stdout.split("\0") if f and (whole or self._copies(Path(f)))
+                f
+                for f in dirty.stdout.split("\0")
+                if f and (whole or self._copies(Path(f), source, envs))
             ]
             if dirty.returncode or changed:
                 raise RuntimeError(
@@ -232,7 +251,7 @@ class WorkDir(pydantic.BaseModel):
                 capture_output=True,
                 text=True,
             ).stdout.split("\0")
-            copied = [f for f in untracked if f and (whole or self._copies(Path(f)))]
+            copied = [f for f in untracked if f and (whole or self._copies(Path(f), source, envs))]
             if copied:
                 raise RuntimeError(
                     f"WorkDir(log_commit=True): {source} has files git does not track, which "
