@@ -203,8 +203,11 @@ class FunctionWithInfra:
         self._configs = {}
 
 
-# (folder, module, name, version) -> the function last decorated with that cache folder
-_DEFINITIONS: dict[tuple[str, str, str, str], tp.Callable[..., tp.Any]] = {}
+# (folder, module, name, version) -> the function last decorated with that cache folder,
+# and the plain values of the module globals it read then
+_DEFINITIONS: dict[tuple[str, str, str, str], tuple[tp.Callable[..., tp.Any], dict[str, tp.Any]]]
+_DEFINITIONS = {}
+_PLAIN_TYPES = frozenset({int, float, str, bool, bytes, type(None)})
 
 
 def _check_one_definition_per_folder(
@@ -218,14 +221,19 @@ def _check_one_definition_per_folder(
     if folder is None:
         return  # (nothing shared on disk)
     key = (str(Path(folder).absolute()), func.__module__, func.__name__, version)
-    previous = _DEFINITIONS.get(key)
-    _DEFINITIONS[key] = func
-    if previous is None or previous is func or _same_definition(previous, func):
+    previous, read_before = _DEFINITIONS.get(key, (None, {}))
+    read_now = _plain_globals(func)
+    _DEFINITIONS[key] = (func, read_now)
+    if previous is None or previous is func:
+        return
+    if _same_definition(previous, func) and all(
+        _same_value(value, read_now.get(name, _EMPTY_CELL)) for name, value in read_before.items()
+    ):
         return
     warnings.warn(
         f"with_infra: {func.__qualname__} (module {func.__module__}) differs from a function "
         f"decorated before under the same name (another body, or other values captured from "
-        f"its enclosing scope), and both use the cache folder "
+        f"its enclosing scope or read from its module's globals), and both use the cache folder "
         f"{func.__module__}.{func.__name__}_FuncConfig.build,{version}: each gets what the "
         f"other cached. Give this one its own version (with_infra(version=...)), rename it, "
         "or clear that folder",
@@ -242,6 +250,23 @@ def _same_definition(first: tp.Callable[..., tp.Any], second: tp.Callable[..., t
         return False
     cells = zip(first.__closure__ or (), second.__closure__ or ())
     return all(_same_value(_cell_value(a), _cell_value(b)) for a, b in cells)
+
+
+def _plain_globals(func: tp.Callable[..., tp.Any]) -> dict[str, tp.Any]:
+    """The module globals a function reads that hold plain values (numbers, strings...):
+    a notebook loop decorating it once per value of such a global makes functions that
+    differ by it alone."""
+    code = getattr(func, "__code__", None)
+    space = getattr(func, "__globals__", None)
+    if code is None or not isinstance(space, dict):
+        return {}
+    names: set[str] = set()
+    stack = [code]
+    while stack:
+        current = stack.pop()
+        names.update(current.co_names)
+        stack.extend(c for c in current.co_consts if isinstance(c, types.CodeType))
+    return {n: space[n] for n in names if n in space and type(space[n]) in _PLAIN_TYPES}
 
 
 def _code_key(code: types.CodeType) -> tuple[tp.Any, ...]:

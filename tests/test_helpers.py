@@ -153,6 +153,25 @@ def test_with_infra_warns_when_another_function_takes_the_same_folder(tmp_path: 
         assert elsewhere(x=5) == 20
 
 
+def test_with_infra_warns_when_a_global_it_reads_changed_between_definitions(
+    tmp_path: Path,
+) -> None:
+    """A notebook loop decorating a function once per value of a global it reads got the
+    first value's results for the others, without a warning (a probe)."""
+    namespace: dict[str, tp.Any] = {"helpers": helpers, "folder": tmp_path}
+    source = "@helpers.with_infra(folder=folder)\ndef noise(a: int) -> int:\n    return a * k\n"
+    namespace["k"] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        exec(source, namespace)
+        assert namespace["noise"](a=3) == 3
+        exec(source, namespace)  # (the same value: fine)
+    namespace["k"] = 2
+    with pytest.warns(UserWarning, match="read from its module's globals"):
+        exec(source, namespace)
+    assert namespace["noise"](a=3) == 3  # (what the warning is about: k=1's result)
+
+
 # --- to_config_model / to_config --------------------------------------------------------------
 def _train(lr: float, layers: int = 3, name: str = "net") -> str:
     CALLS.append(("train", (lr, layers, name)))
