@@ -725,6 +725,32 @@ def test_a_batch_error_is_cached_for_its_own_item_only(tmp_path: Path, cluster: 
     assert [k for k, info in infos.items() if info["#type"] == "Error"] == ["6"]
 
 
+class TooBig(pydantic.BaseModel):
+    """Raises MemoryError on a batch of more than 2 items (no item is at fault)."""
+
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        items = list(items)
+        for position, item in enumerate(items):
+            if position == 2:
+                raise MemoryError("batch too large")
+            yield item
+
+
+def test_a_batch_error_no_item_has_is_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The items of a batch that raised, computed again from the item at fault, all
+    computed: nothing is cached as failed, and the method's error, only logged at the
+    INFO level, vanished (a probe): a warning names it now."""
+    with caplog.at_level(logging.WARNING, logger="exca"):
+        assert list(TooBig(infra={"folder": tmp_path}).process([1, 2, 3, 4, 5])) == [1, 2, 3, 4, 5]
+    assert "raised (MemoryError: batch too large) on a batch from item '3'" in caplog.text
+    assert "is not cached" in caplog.text
+
+
 @pytest.mark.parametrize("cluster", [None, "local"])
 def test_a_setup_error_stops_the_unit(tmp_path: Path, cluster: str | None) -> None:
     """A method failing before any output the same way for 3 items in a row, and never

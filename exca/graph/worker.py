@@ -878,9 +878,11 @@ def _compute_from(
             if alone is None:  # (it computed alone: the error was a later item's)
                 if not failures.alone_ok:
                     failures.alone_ok = True
-                    logger.info(
+                    logger.warning(
                         "%s raised (%s: %s) on a batch from item %r, which computed alone: "
-                        "the error is a later item's",
+                        "the next items are computed again from there (an error that comes "
+                        "back is cached for its item; one that does not, e.g. of a batch too "
+                        "large, is not cached)",
                         node.label or node.uid,
                         type(error).__name__,
                         error,
