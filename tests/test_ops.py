@@ -1865,30 +1865,40 @@ def test_clean_versions_skips_a_step_folder_it_cannot_read(
     assert clean.orphans(root).removals == []
 
 
-def test_list_skips_a_config_whose_files_another_user_kept_private(tmp_path: Path) -> None:
-    """A shared cache where one config's uid.yaml is another user's, mode 600: `exca list`
-    stopped with "exca: error: PermissionError" and listed nothing (a probe). It now
-    lists the rest, with a warning naming the skipped folder. Real permissions: run as
-    root without the capabilities that bypass them (setpriv), the files another uid's."""
+def _exca_as_a_user(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m exca ARGS`` as root without the capabilities that bypass file
+    permissions (setpriv): what a user of a shared cache sees of another user's files."""
     setpriv = shutil.which("setpriv")
     if os.geteuid() != 0 or setpriv is None:
         pytest.skip("needs root and setpriv (util-linux) to give files to another user")
-    root = tmp_path / "cache"
-    for seed in (1, 2):
-        Train(seed=seed, infra={"folder": root}).fit()
-    theirs = folder_of(Train(seed=1, infra={"folder": root}))
-    for path in [theirs, *theirs.rglob("*")]:
-        os.chown(path, 65534, 65534)  # (nobody)
-    (theirs / "uid.yaml").chmod(0o600)
     no_bypass = "-dac_override,-dac_read_search"
     as_a_user = [setpriv, f"--bounding-set={no_bypass}", f"--inh-caps={no_bypass}"]
-    listing = subprocess.run(
-        [*as_a_user, sys.executable, "-m", "exca", "list", str(root)],
+    return subprocess.run(
+        [*as_a_user, sys.executable, "-m", "exca", *args],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
         timeout=60,
     )
+
+
+def _give_to_nobody(folder: Path) -> None:
+    for path in [folder, *folder.rglob("*")]:
+        os.chown(path, 65534, 65534)  # (nobody)
+
+
+def test_list_skips_a_config_whose_files_another_user_kept_private(tmp_path: Path) -> None:
+    """A shared cache where one config's uid.yaml is another user's, mode 600: `exca list`
+    stopped with "exca: error: PermissionError" and listed nothing (a probe). It now
+    lists the rest, with a warning naming the skipped folder. Real permissions: run as
+    root without the capabilities that bypass them (setpriv), the files another uid's."""
+    root = tmp_path / "cache"
+    for seed in (1, 2):
+        Train(seed=seed, infra={"folder": root}).fit()
+    theirs = folder_of(Train(seed=1, infra={"folder": root}))
+    _give_to_nobody(theirs)
+    (theirs / "uid.yaml").chmod(0o600)
+    listing = _exca_as_a_user("list", str(root))
     assert listing.returncode == 0, listing.stderr
     assert "seed=2" in listing.stdout and "seed=1" not in listing.stdout, listing.stdout
     assert f"Skipping {theirs}" in listing.stderr and "Permission denied" in listing.stderr
@@ -1898,26 +1908,18 @@ def test_clean_versions_keeps_a_config_another_user_kept_private(tmp_path: Path)
     """An old version holding another user's private config folder (mode 700): the
     preview of `clean versions` itself stopped with "exca: error: PermissionError" (a
     probe). That folder is kept, with a warning; the rest of the version goes."""
-    setpriv = shutil.which("setpriv")
-    if os.geteuid() != 0 or setpriv is None:
-        pytest.skip("needs root and setpriv (util-linux) to give files to another user")
     root = tmp_path / "cache"
     for seed in (1, 2):
         Train(seed=seed, infra={"folder": root}).fit()
     Train(seed=1, infra={"folder": root, "version": "2"}).fit()
     theirs, mine = (folder_of(Train(seed=s, infra={"folder": root})) for s in (1, 2))
-    for path in [theirs, *theirs.rglob("*")]:
-        os.chown(path, 65534, 65534)  # (nobody)
+    _give_to_nobody(theirs)
     theirs.chmod(0o700)
-    no_bypass = "-dac_override,-dac_read_search"
-    as_a_user = [setpriv, f"--bounding-set={no_bypass}", f"--inh-caps={no_bypass}"]
-    command = [*as_a_user, sys.executable, "-m", "exca", "clean", str(root), "versions"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    preview = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    preview = _exca_as_a_user("clean", str(root), "versions")
     assert preview.returncode == 0, preview.stderr
     assert f"Skipping {theirs}: " in preview.stderr, preview.stderr
     assert str(mine) in preview.stdout and "cannot read it" in preview.stdout, preview.stdout
-    done = subprocess.run([*command, "--yes"], capture_output=True, text=True, env=env, timeout=60)
+    done = _exca_as_a_user("clean", str(root), "versions", "--yes")
     assert done.returncode == 0, done.stderr
     assert theirs.is_dir() and not mine.exists()
 
