@@ -601,38 +601,48 @@ class Ping(pydantic.BaseModel):
     """Calls Pong, which calls Ping again (a user's bug, each through its own cluster)."""
 
     pong_cluster: str | None = None
+    inner_cluster: str = "same"  # (the cluster Pong calls Ping with)
     infra: exca.TaskInfra = exca.TaskInfra(version="1")
 
     @infra.apply
     def process(self) -> int:
         infra = {"folder": self.infra.folder, "cluster": self.pong_cluster}
-        pong = Pong(ping=self.model_dump(), infra=infra)
+        pong = Pong(ping=self.model_dump(), ping_cluster=self.inner_cluster, infra=infra)
         return pong.process()
 
 
 class Pong(pydantic.BaseModel):
     ping: dict[str, tp.Any]  # (not a Ping: a field holding one makes it an upstream node)
+    ping_cluster: str = "same"  # (else the cluster of the Ping it calls: the same config)
     infra: exca.TaskInfra = exca.TaskInfra(version="1")
 
     @infra.apply
     def process(self) -> int:
-        return Ping(**self.ping).process() + 1
+        ping = dict(self.ping)
+        if self.ping_cluster != "same":
+            ping["infra"] = {**ping["infra"], "cluster": self.ping_cluster}
+        return Ping(**ping).process() + 1
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("ping_cluster", [None, "local"])
+@pytest.mark.parametrize(
+    "ping_cluster, inner_cluster", [(None, "same"), ("local", "same"), (None, "local")]
+)
 def test_methods_calling_each_other_through_local_jobs_are_refused(
-    tmp_path: Path, ping_cluster: str | None
+    tmp_path: Path, ping_cluster: str | None, inner_cluster: str
 ) -> None:
-    """Ping (inline or in its job) calls Pong in a local job, whose Pong calls Ping: it
-    waited for Ping's claim (or job), while Ping waited for Pong's job, for good."""
-    ping = Ping(pong_cluster="local", infra={"folder": tmp_path, "cluster": ping_cluster})
+    """Ping (inline or in its job) calls Pong in a local job, whose Pong calls Ping
+    (inline, or with a cluster: the same config): it waited for Ping's claim (or job),
+    while Ping waited for Pong's job, for good."""
+    infra = {"folder": tmp_path, "cluster": ping_cluster}
+    ping = Ping(pong_cluster="local", inner_cluster=inner_cluster, infra=infra)
     with pytest.raises(RuntimeError, match="caller of this job") as info:
         ping.process()
     assert ping.infra.uid() in str(info.value)
     assert ping.infra.status() == "failed"
     # (nothing submitted from Pong's job: Ping's only job, if any, and Pong's)
-    pong_folder = Pong(ping=ping.model_dump(), infra={"folder": tmp_path}).infra.uid_folder()
+    pong = Pong(ping=ping.model_dump(), ping_cluster=inner_cluster, infra={"folder": tmp_path})
+    pong_folder = pong.infra.uid_folder()
     assert pong_folder is not None and len(registry.read_all(pong_folder)) == 1
     folder = ping.infra.uid_folder()
     assert folder is not None

@@ -595,7 +595,8 @@ class Scheduler:
             logs = executors.format_logs(
                 first.execution.logs or "{folder}/logs/{user}/%j", first.folder
             )
-            with submitting.exclusive(members, self.run_id, self.claim_waits) as members:
+            exclusive = submitting.exclusive(members, self.run_id, self.claim_waits, waiting)
+            with exclusive as members:
                 if not members:
                     return  # (submitted or computed by another process meanwhile)
                 if waiting:  # (a job waited for here: its waits on this thread never end)

@@ -44,12 +44,16 @@ SUBMIT_KEY = "\x00submitting"  # (not a cache key: a task's is "result", a map's
 
 @contextlib.contextmanager
 def exclusive(
-    members: list[tuple[NodeRun, Unit]], run_id: str, claim_waits: bool = True
+    members: list[tuple[NodeRun, Unit]],
+    run_id: str,
+    claim_waits: bool = True,
+    waiting: bool = False,
 ) -> tp.Iterator[list[tuple[NodeRun, Unit]]]:
     """Claim the submission of each node among the members (a task, or a map's chunks);
     yield the members still to submit. The others are settled: submitted by another
     process meanwhile (the run waits for those jobs), or computed meanwhile (the run is
-    done). Claims are released on exit."""
+    done). Claims are released on exit. ``waiting``: the run waits for what it submits
+    (then a claim of a caller of this job, which waits for it in turn, is refused)."""
     held: list[Claim] = []
     runs = {r.node.key: r for r, _ in members if r.node.folder is not None}
     for run in runs.values():  # (a job would wait for this thread, which waits for it)
@@ -58,7 +62,8 @@ def exclusive(
         # (in a global order: two processes claiming overlapping sets cannot deadlock)
         for run in sorted(runs.values(), key=lambda r: str(r.node.folder)):
             _claim(run, held)
-        settled = _settle([r for r in runs.values() if r.node.kind == "task"], run_id, claim_waits)
+        tasks = [r for r in runs.values() if r.node.kind == "task"]
+        settled = _settle(tasks, run_id, claim_waits, waiting)
         settled |= _settle_maps([r for r in runs.values() if r.node.kind == "map"], run_id)
         yield [(r, u) for r, u in members if r.node.key not in settled]
     finally:
@@ -83,7 +88,9 @@ def _claim(run: NodeRun, held: list[Claim]) -> None:
         claims.wait([SUBMIT_KEY], done=lambda keys: [])  # until released (or its owner died)
 
 
-def _settle(tasks: list[NodeRun], run_id: str, claim_waits: bool = True) -> set[tp.Any]:
+def _settle(
+    tasks: list[NodeRun], run_id: str, claim_waits: bool = True, waiting: bool = False
+) -> set[tp.Any]:
     """Tasks that another process submitted or computed since they were decided (or, with
     ``claim_waits``, a worker computes now: waited for, instead of a job that would wait)."""
     settled: set[tp.Any] = set()
@@ -95,8 +102,8 @@ def _settle(tasks: list[NodeRun], run_id: str, claim_waits: bool = True) -> set[
             settled.add(node.key)
             continue
         if claim_waits and run.action in ("compute", "retry") and being_computed(node):
-            # (by a caller of this job? It waits for this job: never ends)
-            callers.refuse_waiting_on_claims(node.uid, node.folder, [TASK_KEY])
+            if waiting:  # (by a caller of this job? It waits for this job: never ends)
+                callers.refuse_waiting_on_claims(node.uid, node.folder, [TASK_KEY])
             # another worker computes it (e.g. an inline call of another process): a job
             # would only wait inside its allocation, and its end (a time limit) would be
             # taken for this task's failure. Wait here; submit if it ends without a result
