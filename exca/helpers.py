@@ -227,7 +227,8 @@ def _check_one_definition_per_folder(
     if previous is None or previous is func:
         return
     if _same_definition(previous, func) and all(
-        _same_value(value, read_now.get(name, _EMPTY_CELL)) for name, value in read_before.items()
+        _same_value(value, read_now.get(name, _EMPTY_CELL)) or _both_nan(value, read_now.get(name))
+        for name, value in read_before.items()
     ):
         return
     warnings.warn(
@@ -260,13 +261,23 @@ def _plain_globals(func: tp.Callable[..., tp.Any]) -> dict[str, tp.Any]:
     space = getattr(func, "__globals__", None)
     if code is None or not isinstance(space, dict):
         return {}
+    import dis  # (at decoration only)
+
     names: set[str] = set()
     stack = [code]
     while stack:
         current = stack.pop()
-        names.update(current.co_names)
+        # (names read as globals, not attributes: ``Path(p).name`` reads no global "name")
+        names.update(i.argval for i in dis.get_instructions(current) if i.opname in _GLOBAL_READS)
         stack.extend(c for c in current.co_consts if isinstance(c, types.CodeType))
     return {n: space[n] for n in names if n in space and type(space[n]) in _PLAIN_TYPES}
+
+
+_GLOBAL_READS = frozenset({"LOAD_GLOBAL", "LOAD_NAME"})
+
+
+def _both_nan(a: tp.Any, b: tp.Any) -> bool:
+    return type(a) is float and type(b) is float and a != a and b != b
 
 
 def _code_key(code: types.CodeType) -> tuple[tp.Any, ...]:

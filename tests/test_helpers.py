@@ -170,6 +170,18 @@ def test_with_infra_warns_when_a_global_it_reads_changed_between_definitions(
     with pytest.warns(UserWarning, match="read from its module's globals"):
         exec(source, namespace)
     assert namespace["noise"](a=3) == 3  # (what the warning is about: k=1's result)
+    # attribute names are not globals; NaN is the same value (review)
+    other = (
+        "@helpers.with_infra(folder=folder)\n"
+        "def load(path: str, scale: float = 1.0) -> str:\n"
+        "    return Path(path).name + str(scale * t)\n"
+    )
+    namespace.update(Path=Path, name="run1", t=float("nan"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        exec(other, namespace)
+        namespace["name"] = "run2"
+        exec(other, namespace)
 
 
 # --- to_config_model / to_config --------------------------------------------------------------

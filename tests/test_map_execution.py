@@ -748,7 +748,14 @@ def test_a_batch_error_no_item_has_is_a_warning(
     with caplog.at_level(logging.WARNING, logger="exca"):
         assert list(TooBig(infra={"folder": tmp_path}).process([1, 2, 3, 4, 5])) == [1, 2, 3, 4, 5]
     assert "raised (MemoryError: batch too large) on a batch from item '3'" in caplog.text
-    assert "is not cached" in caplog.text
+    assert "no item raised it again when computed after it" in caplog.text
+    # an item's own error raised in a batch: cached for it, and no such warning (review)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="exca"):
+        mapper = Batched(log=str(tmp_path / "calls.txt"), bad=(6,), infra={"folder": tmp_path})
+        with pytest.raises(ValueError, match="item 6 is corrupt"):
+            list(mapper.process(list(range(10))))
+    assert "Item '6' of" in caplog.text and "no item raised it again" not in caplog.text
 
 
 @pytest.mark.parametrize("cluster", [None, "local"])

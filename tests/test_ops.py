@@ -1708,6 +1708,7 @@ def test_a_step_with_its_version_selects_that_version_only(tmp_path: Path) -> No
     assert step_selects("Train.fit,1", "mod.Train.fit,1")
     assert not step_selects("Train.fit,1", "mod.PreTrain.fit,1")  # (review)
     assert not step_selects("rain.fit,1", "mod.Train.fit,1")
+    assert step_selects(",1", "mod.Train.fit,1") and not step_selects(",1", "mod.Train.fit,10")
     cli("clean", root, "logs", "--days", "0", "--step", step, "--yes", check=True)
     kept = sorted({p.parts[len(root.parts)] for p in root.glob("*/logs/**/*") if p.is_file()})
     assert kept == [f"{__name__}.Train.fit,1.5", f"{__name__}.Train.fit,10"]

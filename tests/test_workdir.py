@@ -397,6 +397,11 @@ def test_log_commit_ignores_a_python_environment_in_a_copied_folder(
     WorkDir(copied=[repo / "lib"], folder=folder, log_commit=True).populate()
     assert (folder / "git-hashes.log").exists() and (folder / "lib" / "mod.py").exists()
     assert not (folder / "lib" / "venvin").exists()
+    # a snapshot in a copied folder (a cache kept in the project) is not copied either
+    _write(repo / "lib" / "cache" / "snap" / ".exca-snapshot", "")
+    _write(repo / "lib" / "cache" / "snap" / "pkg" / "__init__.py", "S = 1\n")
+    WorkDir(copied=[repo / "lib"], folder=tmp_path / "code1", log_commit=True).populate()
+    assert not (tmp_path / "code1" / "lib" / "cache").exists()
     _write(repo / "lib" / "new.py", "N = 1\n")  # (an untracked file that is copied: refused)
     wd = WorkDir(copied=[repo / "lib"], folder=tmp_path / "code2", log_commit=True)
     with pytest.raises(

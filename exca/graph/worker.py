@@ -760,6 +760,15 @@ def _compute_items(
                 position = _compute_from(
                     node, cache, uids, items, position, report, progress, failures, forced_by
                 )
+            for (kind, message), first in list(failures.batch_errors.items())[:3]:
+                logger.warning(
+                    "%s raised (%s: %s) on a batch from item %r, and no item raised it again "
+                    "when computed after it: the error is not cached (a batch too large?)",
+                    node.label or node.uid,
+                    kind,
+                    message,
+                    first,
+                )
         finally:
             if failures.unlogged:  # (one line per failed item: a flood for many)
                 logger.warning(
@@ -791,7 +800,9 @@ class _Failures:
     def __init__(self) -> None:  # (a plain class: see Report)
         self.last: tuple[str, str] | None = None  # (type, message) of the last item error
         self.repeats = 0  # how many items in a row got it
-        self.alone_ok = False  # an item computed alone after its batch raised (logged once)
+        # errors of a batch whose first item then computed alone, by (type, message): the
+        # first item; an item that raises it again later is at fault (then forgotten)
+        self.batch_errors: dict[tuple[str, str], str] = {}
         self.logged = 0  # item errors logged one by one (the first ITEM_ERRORS_LOGGED)
         self.unlogged = 0  # ... and the others, counted in one line at the end of the unit
 
@@ -875,23 +886,13 @@ def _compute_from(
         uid = uids[position]
         if len(uids) - start > 1:  # (the method had other items: is it this one's error?)
             alone = _compute_alone(node, cache, uid, all_items[position], meta, report, progress)
-            if alone is None:  # (it computed alone: the error was a later item's)
-                if not failures.alone_ok:
-                    failures.alone_ok = True
-                    logger.warning(
-                        "%s raised (%s: %s) on a batch from item %r, which computed alone: "
-                        "the next items are computed again from there (an error that comes "
-                        "back is cached for its item; one that does not, e.g. of a batch too "
-                        "large, is not cached)",
-                        node.label or node.uid,
-                        type(error).__name__,
-                        error,
-                        uid,
-                    )
+            if alone is None:  # (it computed alone: the error was a later item's?)
+                failures.batch_errors.setdefault((type(error).__name__, str(error)), uid)
                 failures.last, failures.repeats = None, 0
                 return position + 1
             error = alone
         signature = (type(error).__name__, str(error))
+        failures.batch_errors.pop(signature, None)  # (this item's: said below)
         failures.repeats = failures.repeats + 1 if signature == failures.last else 1
         failures.last = signature
         cache.put(uid, CachedError.from_exception(error), meta=meta)

@@ -178,7 +178,7 @@ class WorkDir(pydantic.BaseModel):
     ) -> bool:
         """Whether a file (relative to a copied folder ``source``) is copied: its name
         included, and neither it nor a folder above it excluded, nor in a Python
-        environment (``envs``: memo of the folders looked at)."""
+        environment or a code snapshot (``envs``: memo of the folders looked at)."""
         name = relative.name
         if not any(fnmatch.fnmatch(name, p) for p in self.includes):
             return False
@@ -192,9 +192,10 @@ class WorkDir(pydantic.BaseModel):
             folder = folder / part
             found = memo.get(folder)
             if found is None:
-                found = memo[folder] = _is_environment(folder, part)
+                skipped = _is_environment(folder, part) or (folder / SNAPSHOT_MARKER).exists()
+                found = memo[folder] = skipped
             if found:
-                return False  # (environments are never copied: see _copy_tree)
+                return False  # (environments and snapshots are never copied: _copy_tree)
         return True
 
     def _commit_lines(self) -> list[str]:

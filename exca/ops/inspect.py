@@ -165,14 +165,14 @@ def step_selects(step: str, name: str) -> bool:
     """Whether a ``--step`` filter selects a step folder ``<module>.<Class>.<method>,
     <version>``: a glob, or a substring; with a version (copied from what `exca list`
     prints), that method and version only (``Train.fit,1``: not ``,10`` nor ``,1.5``, nor
-    ``PreTrain.fit,1``)."""
+    ``PreTrain.fit,1``; ``,1``: every method's version 1)."""
     if fnmatch.fnmatch(name, step):
         return True
     if "," not in step:
         return step in name
     method, _, version = step.partition(",")  # (the module may be left out: Train.fit,1)
     name_method, _, name_version = name.partition(",")
-    if name_method != method and not name_method.endswith("." + method):
+    if method and name_method != method and not name_method.endswith("." + method):
         return False  # (PreTrain.fit is not Train.fit)
     return not version or name_version == version  # (Train.fit, : every version)
 
