@@ -619,6 +619,8 @@ class Pong(pydantic.BaseModel):
     @infra.apply
     def process(self) -> int:
         ping = dict(self.ping)
+        if self.ping_cluster == "job":  # (its job, and its result: waited for)
+            return int(Ping(**ping).infra.job().result()) + 1
         if self.ping_cluster != "same":
             ping["infra"] = {**ping["infra"], "cluster": self.ping_cluster}
         return Ping(**ping).process() + 1
@@ -626,14 +628,15 @@ class Pong(pydantic.BaseModel):
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
-    "ping_cluster, inner_cluster", [(None, "same"), ("local", "same"), (None, "local")]
+    "ping_cluster, inner_cluster",
+    [(None, "same"), ("local", "same"), (None, "local"), (None, "job"), ("local", "job")],
 )
 def test_methods_calling_each_other_through_local_jobs_are_refused(
     tmp_path: Path, ping_cluster: str | None, inner_cluster: str
 ) -> None:
     """Ping (inline or in its job) calls Pong in a local job, whose Pong calls Ping
-    (inline, or with a cluster: the same config): it waited for Ping's claim (or job),
-    while Ping waited for Pong's job, for good."""
+    (inline, with a cluster: the same config, or through job().result()): it waited for
+    Ping's claim (or job), while Ping waited for Pong's job, for good."""
     infra = {"folder": tmp_path, "cluster": ping_cluster}
     ping = Ping(pong_cluster="local", inner_cluster=inner_cluster, infra=infra)
     with pytest.raises(RuntimeError, match="caller of this job") as info:

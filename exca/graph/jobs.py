@@ -9,7 +9,7 @@ import typing as tp
 
 from . import jobpickle, registry, store
 from .errors import JobFailedError
-from .node import CLAIM_JOB_ID, Node
+from .node import CLAIM_JOB_ID, TASK_KEY, Node
 
 if tp.TYPE_CHECKING:
     from .executors import Handle
@@ -102,10 +102,27 @@ class Job:
         return self.handle is None or self.handle.done()  # (no job: nothing to wait for)
 
     def wait(self) -> None:
+        if not self.done():
+            self._refuse_waiting_for_callers()
         delay = 0.05
         while not self.done():
             time.sleep(delay)
             delay = min(delay * 1.5, 2.0)
+
+    def _refuse_waiting_for_callers(self) -> None:
+        """In a job: raise if this is the job of one of its callers, or the claim of one
+        (each would wait for the other: see callers.py)."""
+        from . import callers
+        from .errors import caller_cycle_error
+        from .executors import ClaimHandle
+
+        if not callers.chained() or self.handle is None:
+            return
+        if callers.caller_job(self.handle.job_id) is not None:
+            raise caller_cycle_error(self.node.uid, f"job {self.handle.job_id}")
+        if isinstance(self.handle, ClaimHandle):
+            keys = self.handle.keys if self.handle.keys is not None else [TASK_KEY]
+            callers.refuse_waiting_on_claims(self.node.uid, self.node.folder, keys)
 
     def result(self) -> tp.Any:
         """Wait for the job, then the node's result (re-raises a cached or job error)."""
