@@ -2343,18 +2343,15 @@ def test_local_jobs_outlive_a_terminal_ctrl_c_or_closing(tmp_path: Path, signal_
     raised their end as a cached failure ("cancelled") instead of reading their results.
     They run on, as the warning says and Slurm jobs do: computed once, read back."""
     import signal
-    import subprocess
-    import sys
 
     log, block = tmp_path / "calls.txt", tmp_path / "block-flag"
     block.touch()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
-    driver = subprocess.Popen(
-        [sys.executable, "-c", TERMINAL_DRIVER, str(tmp_path), str(block)],
-        env=env,
+    driver = _start_driver(
+        TERMINAL_DRIVER,
+        tmp_path,
+        block,
         start_new_session=True,  # (its own group: the test plays the terminal)
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
     )
     try:
         _wait_for(lambda: len(calls(log)) == 1)  # the job computes, the driver waits
@@ -2367,6 +2364,15 @@ def test_local_jobs_outlive_a_terminal_ctrl_c_or_closing(tmp_path: Path, signal_
     block.unlink()
     assert make(tmp_path, "local", x=6, block_flag=str(block)).process() == 12
     assert [c.split()[0] for c in calls(log)] == ["x=6"]  # (computed once)
+
+
+def _start_driver(
+    code: str, tmp_path: Path, block: Path, **popen: tp.Any
+) -> subprocess.Popen[bytes]:
+    """A script (``code``) submitting this module's tasks, in its own process."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    command = [sys.executable, "-c", code, str(tmp_path), str(block)]
+    return subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL, **popen)
 
 
 PIPED_DRIVER = """
@@ -2385,13 +2391,8 @@ def test_a_script_submitting_local_jobs_does_not_hold_its_output_pipe(tmp_path: 
     end: their controllers held the script's stdout and stderr (a probe found it)."""
     log, block = tmp_path / "calls.txt", tmp_path / "block-flag"
     block.touch()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
-    driver = subprocess.Popen(
-        [sys.executable, "-c", PIPED_DRIVER, str(tmp_path), str(block)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,  # (the controllers keep the script's stderr)
-    )
+    # (the controllers keep the script's stderr: DEVNULL, its stdout: a pipe)
+    driver = _start_driver(PIPED_DRIVER, tmp_path, block, stdout=subprocess.PIPE)
     try:
         out, _ = driver.communicate(timeout=60)  # (the pipe's end: all writers gone)
         assert b"submitted" in out
