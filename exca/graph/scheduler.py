@@ -36,6 +36,8 @@ from .progress import Progress
 from .worker import Action, Unit, UpstreamFailed
 
 logger = logging.getLogger("exca")
+# (its own generator: the user's `random` state stays as it was, cached or not)
+_SHUFFLER = random.Random()
 POLL_START = 0.05
 POLL_MAX = 2.0
 LOCAL_POLL_MAX = 0.2  # (while local jobs run: polling one costs a process check)
@@ -398,11 +400,11 @@ class Scheduler:
         if cluster in POOL_CLUSTERS or cluster in SUBMITIT_CLUSTERS:
             todo = self._take_items(run, todo)
         if cluster in POOL_CLUSTERS and len(todo) > 1:
-            random.shuffle(todo)  # overlapping runs start on different items
+            _SHUFFLER.shuffle(todo)  # overlapping runs start on different items
             workers = executors.Pools.workers(len(todo), node.execution.max_jobs)
             chunks = to_chunks(len(todo), 3 * workers, 1)
         elif cluster in SUBMITIT_CLUSTERS:
-            random.shuffle(todo)
+            _SHUFFLER.shuffle(todo)
             limit = executors.max_jobs(node.execution)
             chunks = to_chunks(len(todo), limit, node.execution.min_items_per_job)
         else:
