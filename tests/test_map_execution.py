@@ -1542,6 +1542,7 @@ class NpyArrays(pydantic.BaseModel):
         ("shared", 0),
         ("shared-ram", 0.5),
         ("npy", 0.5),
+        ("npy", 0.1),  # (inside its header)
         ("npy", 0),
     ],
 )
@@ -2271,3 +2272,21 @@ def test_items_of_other_code_of_a_main_map_warn(tmp_path: Path) -> None:
     assert pooled.stdout.split() == ["60", "70"]
     assert warning not in run("yield item * 10", "6,7").stderr
     assert warning in run("yield item * 100", "6,7").stderr
+
+
+@pytest.mark.parametrize("cluster", ["threadpool", "debug"])
+def test_a_call_leaves_the_random_state_of_the_user_as_it_was(tmp_path: Path, cluster: str) -> None:
+    """Items computed or cached, the numbers a seeded script draws after a call are the
+    same (the order chunks start in is shuffled with a generator of exca's own)."""
+    import random
+
+    def draws() -> list[int]:
+        random.seed(0)
+        assert list(make(tmp_path, cluster).process(list(range(6)))) == [10 * i for i in range(6)]
+        return [random.randint(0, 99) for _ in range(5)]
+
+    random.seed(0)
+    expected = [random.randint(0, 99) for _ in range(5)]
+    assert draws() == expected  # (items computed)
+    assert draws() == expected  # (cached)
+    assert counts(tmp_path / "calls.txt") == {i: 1 for i in range(6)}
