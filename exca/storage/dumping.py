@@ -77,6 +77,7 @@ _CUT_SHORT = (
     "Ran out of input",  # (pickle, an empty file)
     "No data left in file",  # (numpy, an empty .npy)
     "Failed to read all data for array",  # (numpy, a .npy cut short)
+    "EOF: reading array header",  # (numpy, a .npy cut short in its header)
 )
 _DAMAGED = "exca_damaged_payload"
 
