@@ -1356,7 +1356,16 @@ def test_map_apply_rules() -> None:
         MapInfra().apply(item_uid=str)(unannotated)
     with pytest.raises(TypeError):
         MapInfra().apply(item_uid=str)(wrong_hint)
-    for hint in (list[int], tuple[int, ...], tp.Sequence[int], tp.Iterable[int], tp.List[int]):  # noqa: UP006
+    # (strings: annotations under `from __future__ import annotations`, as written)
+    texts = ("tp.List[int]", "List[int]", "Tuple[int, ...]", "tp.Sequence[int]", "list[int]")
+    for hint in (
+        list[int],
+        tuple[int, ...],
+        tp.Sequence[int],
+        tp.Iterable[int],
+        tp.List[int],
+        *texts,
+    ):  # noqa: UP006
 
         def ok(self: tp.Any, items: tp.Any) -> tp.Iterator[int]:
             yield from items

@@ -26,7 +26,9 @@ from .resources import SubmititMixin
 from .task import MethodCall
 
 logger = logging.getLogger("exca")
-_SEQUENCE_HINTS = ("list", "tuple", "Sequence", "Iterable", "Iterator", "Collection")
+# (lower case: a string annotation, under `from __future__ import annotations`, may say
+# "List[int]" or "tp.Tuple[...]")
+_SEQUENCE_HINTS = ("list", "tuple", "sequence", "iterable", "iterator", "collection")
 
 
 class ItemUid:
@@ -125,7 +127,9 @@ class MapMethod(InfraMethod):
             else getattr(annotation, "__name__", str(annotation))
         )
         text = str(text) + str(getattr(annotation, "__origin__", ""))
-        if annotation is inspect.Parameter.empty or not any(h in text for h in _SEQUENCE_HINTS):
+        if annotation is inspect.Parameter.empty or not any(
+            h in text.lower() for h in _SEQUENCE_HINTS
+        ):
             raise TypeError(
                 f"The items parameter of {func.__qualname__} must be annotated as a list, tuple, "
                 f"Sequence or Iterable (got {annotation!r})"
