@@ -2290,3 +2290,36 @@ def test_a_call_leaves_the_random_state_of_the_user_as_it_was(tmp_path: Path, cl
     assert draws() == expected  # (items computed)
     assert draws() == expected  # (cached)
     assert counts(tmp_path / "calls.txt") == {i: 1 for i in range(6)}
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("cluster", [None, "threadpool", "local", "debug"])
+def test_the_job_of_a_map_node_gives_its_outputs(tmp_path: Path, cluster: str | None) -> None:
+    """node.job() of a map (docs: a map's node answers what a task's infra does) sends its
+    missing items; result() gives the outputs in item order, once every item is cached;
+    an item's error is raised; cached items are no job. It read the task's result key:
+    always "not computed", a local job "died" (a probe)."""
+    fail_dir = tmp_path / "fail"
+    fail_dir.mkdir()
+
+    def node(items: list[int], mode: str = "cached") -> tp.Any:
+        infra = {"max_jobs": 2, "mode": mode}
+        return make(tmp_path, cluster, fail_dir=str(fail_dir), infra=infra).process.node(items)
+
+    job = node([3, 1, 2, 1]).job()
+    assert job.result() == [30, 10, 20, 10]
+    assert job.done() and job.state == "COMPLETED"
+    assert counts(tmp_path / "calls.txt") == {1: 1, 2: 1, 3: 1}
+    again = node([1, 2]).job()  # (all cached: no job)
+    assert again.handle is None and again.state == "COMPLETED" and again.result() == [10, 20]
+    (fail_dir / "4").touch()
+    failing = node([4, 5]).job()
+    with pytest.raises(ValueError, match="bad item 4"):
+        failing.result()
+    assert failing.state == "FAILED"
+    (fail_dir / "4").unlink()
+    before = counts(tmp_path / "calls.txt")  # (4: maybe twice, its error checked alone)
+    retry = node([4, 5], "retry").job()
+    assert retry.result() == [40, 50]
+    assert counts(tmp_path / "calls.txt") == {**before, 4: before[4] + 1}
+    assert before[5] == 1 and all(before[i] == 1 for i in (1, 2, 3))

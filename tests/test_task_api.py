@@ -1363,9 +1363,9 @@ def test_map_apply_rules() -> None:
         tuple[int, ...],
         tp.Sequence[int],
         tp.Iterable[int],
-        tp.List[int],
+        tp.List[int],  # noqa: UP006
         *texts,
-    ):  # noqa: UP006
+    ):
 
         def ok(self: tp.Any, items: tp.Any) -> tp.Iterator[int]:
             yield from items

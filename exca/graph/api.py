@@ -152,8 +152,9 @@ def status(node: Node) -> str:
 
 
 def job(node: Node) -> Job:
+    """A task's job, or the jobs of a map's missing items (submitted now, not waited for)."""
     check_node(node)
-    return calls.task_job(node)
+    return calls.task_job(node) if node.kind == "task" else calls.map_job(node)
 
 
 def clear(node: Node) -> None:

@@ -14,8 +14,8 @@ from ..storage.cachedict import CacheDict
 from ..storage.dumping import PAYLOAD_ERRORS, is_damaged_payload
 from . import codeprint, registry, store
 from .errors import JobFailedError, self_call_error
-from .jobs import Job
-from .node import TASK_KEY, Node, restoring_files
+from .jobs import Job, MapJob
+from .node import SUBMITIT_CLUSTERS, TASK_KEY, Node, restoring_files
 
 logger = logging.getLogger("exca")
 MISSING: tp.Any = object()
@@ -263,6 +263,47 @@ def task_job(node: Node) -> Job:
         return Job(node, DoneHandle(error))
     why = run.error if run is not None else None
     return Job(node, DoneHandle(why) if why is not None else None)
+
+
+def map_job(node: Node) -> MapJob:
+    """The jobs of a map node's missing items, submitted now without waiting (computed here
+    on cluster None and in pools); none when every item is cached."""
+    from .executors import DoneHandle, HandleGroup
+    from .scheduler import Scheduler
+
+    forcing = any(n.pending_force for n in node.closure)
+    if node.mode != "retry" and not forcing:
+        try:
+            uids: list[str] | None = store.map_item_uids(node)
+        except Exception:  # (items from an upstream node not computed yet: run below)
+            uids = None
+        if uids is not None:
+            node.cache.refresh()
+            if not node.cache.missing(uids):
+                with restoring_files():
+                    node.check_defaults()
+                return MapJob(node)
+    scheduler = Scheduler([node])
+    if node.execution.cluster not in SUBMITIT_CLUSTERS:
+        try:
+            scheduler.run(root_cause=True)
+        except Exception as error:  # (an item's error is raised by job.result() from the cache)
+            return MapJob(node, DoneHandle(error))
+        return MapJob(node, DoneHandle())
+    scheduler.claim_waits = False  # (its jobs wait for items others compute)
+    scheduler.root_cause = True
+    handles = scheduler.submit().get(node.key) or []
+    if handles:
+        if node.pending_force:  # (forced once by these jobs, as a waiting call does)
+            node.force_state["done"] = True
+            node.force_state.setdefault("uids", set()).update(store.map_item_uids(node))
+        # (retry: its items' cached errors are what the jobs replace)
+        return MapJob(node, HandleGroup(handles), replaces=forcing or node.mode == "retry")
+    try:  # nothing submitted: why (an upstream's own error, as a call raises it)
+        scheduler._raise_failures(root_cause=True)
+    except Exception as error:
+        return MapJob(node, DoneHandle(error))
+    return MapJob(node)
 
 
 def map_items(node: Node, uids: list[str], missing: list[str] | None = None) -> None:

@@ -200,6 +200,36 @@ class Handle:
         return None
 
 
+class HandleGroup(Handle):
+    """The jobs of one node's chunks (a map's items sent as a job array), seen as one."""
+
+    def __init__(self, handles: tp.Sequence[Handle]) -> None:
+        self.handles = list(handles)
+        self.job_id = self.handles[0].job_id
+        self.cluster = self.handles[0].cluster
+
+    def done(self) -> bool:
+        return all(h.done() for h in self.handles)
+
+    def error(self) -> BaseException | None:
+        return next((e for e in (h.error() for h in self.handles) if e is not None), None)
+
+    def ended_how(self, known: tuple[str, str] | None = None) -> str:
+        ended = [h for h in self.handles if not h.finished_ok()] or self.handles
+        return ended[0].ended_how()  # (it names its job)
+
+    def cancel(self) -> None:
+        for handle in self.handles:
+            handle.cancel()
+
+    def finished_ok(self) -> bool:
+        return all(h.finished_ok() for h in self.handles)
+
+    @property
+    def submitit_job(self) -> tp.Any:
+        return self.handles[0].submitit_job
+
+
 class DoneHandle(Handle):
     """A unit that already ran in the caller's thread."""
 

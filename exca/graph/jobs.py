@@ -196,3 +196,73 @@ class Job:
 
 
 LocalJob = Job
+
+
+class MapJob(Job):
+    """The jobs computing the missing items of a map node (its chunks, sent as one array;
+    none when every item was cached): done once every item is cached; its result is the
+    outputs in item order (an item's cached error raises, as ``node.result()`` does)."""
+
+    def _missing(self, refresh: bool = True) -> list[str]:
+        cache = self.node.cache
+        if refresh:
+            cache.refresh()
+        return cache.missing(store.map_item_uids(self.node))
+
+    @property
+    def state(self) -> str:
+        if self.replaces and self.handle is not None and not self.handle.done():
+            return self._live_state()
+        if not self._missing():
+            errors = self.node.cache.count_errors(store.map_item_uids(self.node))
+            return "FAILED" if errors else "COMPLETED"
+        if self.handle is None:
+            return "NOT SUBMITTED"
+        if not self.handle.done():
+            return self._live_state()
+        return "FAILED"
+
+    def done(self) -> bool:
+        if not self.replaces and not self._missing():
+            return True
+        return self.handle is None or self.handle.done()
+
+    def _refuse_waiting_for_callers(self) -> None:
+        from . import callers
+        from .errors import caller_cycle_error
+
+        if not callers.chained() or self.handle is None:
+            return
+        for handle in getattr(self.handle, "handles", [self.handle]):  # (a group: each)
+            if callers.caller_job(handle.job_id) is not None:
+                raise caller_cycle_error(self.node.uid, f"job {handle.job_id}")
+
+    def result(self) -> list[tp.Any]:
+        """Wait for the jobs, then the outputs in item order."""
+        from ..storage.dumping import PAYLOAD_ERRORS
+
+        self.wait()
+        missing = self._missing()
+        if missing:
+            error = self.handle.error() if self.handle is not None else None
+            if error is not None and self.job_id == "#local#":
+                raise error  # (computed here: its own error)
+            what = f"{len(missing)} item(s) of {self.node.uid} not computed"
+            if self.handle is None:
+                raise JobFailedError(f"{what}: they were never submitted")
+            raise JobFailedError(
+                f"{what}: {self.handle.ended_how()} (use mode='retry' to recompute)"
+            )
+        try:
+            return store.map_outputs(self.node)
+        except PAYLOAD_ERRORS as error:  # (a payload removed or damaged outside exca?)
+            uids = store.map_item_uids(self.node)
+            store.drop_damaged_or_raise(error, self.node.cache, uids, self.node.uid, False)
+            raise
+
+    def results(self) -> list[tp.Any]:
+        return [self.result()]
+
+    def _log(self, kind: str) -> str | None:
+        job = self.submitit_job  # (not the folder's latest job: it may be another call's)
+        return tp.cast("str | None", getattr(job, kind)()) if job is not None else None
