@@ -251,6 +251,12 @@ def test_slurm_map_is_one_array(tmp_path: Path, ctl: Path, slurm_cluster: SlurmC
     assert list(SlurmMap(ctl=str(ctl), infra={**infra}).process([999, 0])) == [1000, 1]
     assert len(lines(ctl / "calls.txt")) == 4
     assert len(records(mapper.infra.uid_folder())) == 4
+    # a node's job: the missing items only, sent without waiting; its Slurm job id
+    job = mapper.process.node([0, 1000, 1001]).job()
+    assert job.job_id.split("_")[0].isdigit() and job.job_id.split("_")[0] != base
+    assert job.result() == [1, 1001, 1002] and job.state == "COMPLETED"
+    later = [i for line in lines(ctl / "calls.txt")[4:] for i in line.split()]
+    assert sorted(later) == ["1000", "1001"]  # (item 0 was cached)
 
 
 class SlurmArrays(pydantic.BaseModel):
