@@ -27,6 +27,7 @@ import networkx as nx
 import numpy as np
 import pydantic
 import pytest
+from filelog import wait_until
 
 import exca
 import exca.graph
@@ -1170,6 +1171,33 @@ def test_plan_flags_stale_results_with_the_same_objects(env: Env) -> None:
     assert c.result() == "c(b(a(None,None),None),None)"
     exca.graph.run(env.step("a", infra={"mode": "force"}).run.node())
     assert _by_uid(exca.graph.plan(b))[b.uid].status == "stale"
+
+
+def test_a_result_records_the_upstream_result_it_read(env: Env) -> None:
+    """An upstream recomputed (by another process, here another instance) while a run is
+    under way: a node of the run that then reads the new result records that one as its
+    lineage (it recorded the one its run knew at the start: a later plan called it stale,
+    a probe)."""
+    flag, signal = env.tmp / "block", env.tmp / "signal"
+    flag.touch()
+    a = env.step("a").run.node()
+    assert a.result() == "a(None,None)"
+    first = env.step("first", block_flag=str(flag), signal_file=str(signal)).run.node(a)
+    second = env.step("second").run.node(a, first)  # (runs after first: it reads a then)
+    thread = threading.Thread(target=lambda: exca.graph.run(second, progress=False))
+    thread.start()
+    try:
+        wait_until(signal.exists, timeout=60)
+        exca.graph.run(env.step("a", infra={"mode": "force"}).run.node())  # a recomputed
+    finally:
+        flag.unlink()
+        thread.join(timeout=60)
+    assert started(env.log) == ["a", "first", "a", "second"]
+    a = env.step("a").run.node()
+    first = env.step("first", block_flag=str(flag), signal_file=str(signal)).run.node(a)
+    assert _by_uid(exca.graph.plan(first))[first.uid].status == "stale"  # (read the former)
+    second = env.step("second").run.node(a, first)
+    assert _by_uid(exca.graph.plan(second))[second.uid].status == "cached"
 
 
 def test_plan_of_a_cached_map_fed_by_a_map(env: Env) -> None:

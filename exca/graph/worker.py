@@ -423,7 +423,7 @@ def _map_provenance(source: Node) -> dict[str, str]:
 
 
 def _compute_task(node: Node) -> Report:
-    meta = _provenance(node)
+    meta: dict[str, tp.Any] | None = None
     try:
         check_upstream(node)
         try:
@@ -435,8 +435,13 @@ def _compute_task(node: Node) -> Report:
                 f"{node.uid} did not run: an input could not be read "
                 f"({store.unreadable_input(error)})"
             ) from error
+        # (once the inputs are read: the upstream entries they came from, not those this
+        # process knew before, replaced meanwhile by a forced upstream)
+        meta = _provenance(node)
         value = node.function(**inputs)
     except Exception as error:
+        if meta is None:
+            meta = _provenance(node)
         failure = _job_timeout(node.uid, error) or error
         _refuse_if_withdrawn(node)
         _log_failure(node.uid, failure)
