@@ -2323,3 +2323,35 @@ def test_the_job_of_a_map_node_gives_its_outputs(tmp_path: Path, cluster: str | 
     assert retry.result() == [40, 50]
     assert counts(tmp_path / "calls.txt") == {**before, 4: before[4] + 1}
     assert before[5] == 1 and all(before[i] == 1 for i in (1, 2, 3))
+
+
+@pytest.mark.timeout(180)
+def test_a_call_waits_for_a_job_retrying_cached_item_errors(tmp_path: Path) -> None:
+    """A job sent to retry a map's cached item errors (e.g. by a detached run, or a node's
+    job()) is waited for by a call in mode cached, which then gives the outputs: it
+    raised the old error at once (the plan said the map was cached, with errors; a probe)."""
+    fail_dir, slow = tmp_path / "fail", tmp_path / "slow"
+    fail_dir.mkdir()
+    (fail_dir / "2").touch()
+
+    def mapper(mode: str = "cached") -> Mapper:
+        return make(
+            tmp_path, "local", fail_dir=str(fail_dir), slow_flag=str(slow), infra={"mode": mode}
+        )
+
+    with pytest.raises(ValueError, match="bad item 2"):
+        list(mapper().process([2, 5]))
+    (fail_dir / "2").unlink()
+    slow.touch()  # (the retry of item 2 waits for it)
+    job = mapper("retry").process.node([2, 5]).job()
+    (entry,) = exca.graph.plan(mapper().process.node([2, 5])).entries
+    assert (entry.status, entry.action) == ("running", "wait"), entry.reason
+    outputs: list[tp.Any] = []
+    thread = threading.Thread(target=lambda: outputs.append(list(mapper().process([2, 5]))))
+    thread.start()
+    time.sleep(1)
+    assert thread.is_alive() and not outputs  # (waiting for the job)
+    slow.unlink()
+    thread.join(timeout=120)
+    assert outputs == [[20, 50]] and job.result() == [20, 50]
+    assert counts(tmp_path / "calls.txt")[5] == 1

@@ -324,6 +324,21 @@ def map_items(node: Node, uids: list[str], missing: list[str] | None = None) -> 
     Scheduler([node], item_uids={node.key: uids}).run(root_cause=True)
 
 
+def wait_for_retried_items(node: Node, uids: list[str]) -> bool:
+    """Items whose cached errors a job queued or running since retries (e.g. a detached
+    run's): wait for it (whether there was one; a call then reads them again)."""
+    from .decisions import retrying_jobs
+    from .scheduler import Scheduler
+
+    if node.folder is None:
+        return False
+    records = [r for r in registry.read_all(node.folder) if not registry.runs_here(r)]
+    if not any(registry.is_active(r) for r in retrying_jobs(node, uids, records)):
+        return False
+    Scheduler([node], item_uids={node.key: uids}).run(root_cause=True)
+    return True
+
+
 def run_nodes(targets: tp.Sequence[Node]) -> None:
     """Compute whatever the targets need (waiting for it)."""
     from .scheduler import Scheduler

@@ -311,13 +311,17 @@ class Graph:
                 self._decide_map(run, key in forced)
             else:
                 self._decide_task(run, key in forced)
-            if run.needs_work:
+            # (a map reused with item errors may wait for a job retrying them, after
+            # which what it misses is computed from its upstream)
+            if run.needs_work or run.item_errors:
                 stack.extend(self.upstream[key])
         self._check_registry(
             [
                 r
                 for r in runs.values()
-                if r.action in ("compute", "retry", "force") or read_only_missing(r)
+                if r.action in ("compute", "retry", "force")
+                or read_only_missing(r)
+                or (r.action == "reuse" and r.item_errors > 0)  # (a retry job sent since?)
             ]
         )
         for run in runs.values():
@@ -462,6 +466,7 @@ class Graph:
         )
         forced = forced or partial
         run.uids = uids
+        run.item_errors = 0  # (decided again after a wait: counted anew)
         total = len(set(uids))
         done = state.get("uids") if node.pending_force or partial else None
         if forced and done:  # forced by its own mode: once per item uid and instance
@@ -551,6 +556,8 @@ class Graph:
                 found = registry.read_all(run.node.folder)
                 run.seen_jobs = {r.job_id for r in found}
                 found = [r for r in found if not registry.runs_here(r)]
+                if run.action == "reuse":  # (its cached item errors: a retry job sent since)
+                    found = retrying_jobs(run.node, run.uids or (), found)
                 todo = set(run.todo or ())
                 for record in found:
                     if registry.covers(record, todo):
@@ -748,6 +755,30 @@ def forcing_job(node: Node) -> registry.JobRecord | None:
         node.force_state.pop("job", None)  # (it ended: calls take the fast path again)
         return None
     return record
+
+
+def retrying_jobs(
+    node: Node, uids: tp.Iterable[str], records: list[registry.JobRecord]
+) -> list[registry.JobRecord]:
+    """The jobs sent items of a map after those items' errors were cached (e.g. by a
+    detached run in mode retry): they compute them again, a run waits for them."""
+    cache = node.cache
+    cached_at: dict[str, float] = {}
+    for uid in dict.fromkeys(uids):
+        entry = cache.entry(uid)
+        if entry is not None and entry.info.get("#type") == "Error":
+            meta = entry.info.get("#meta")
+            when = meta.get("t") if isinstance(meta, dict) else None
+            cached_at[uid] = float(when) if isinstance(when, int | float) else 0.0
+    if not cached_at:
+        return []
+    earliest = min(cached_at.values())
+    return [
+        r
+        for r in records
+        if (r.keys is None and earliest < r.submitted)  # (items known in the job only)
+        or any(cached_at.get(u, r.submitted) < r.submitted for u in r.keys or ())
+    ]
 
 
 def wait_for_map_jobs(run: NodeRun, active: list[registry.JobRecord]) -> None:

@@ -836,6 +836,7 @@ class Scheduler:
     def _redecide_items(self, run: NodeRun, forced: bool = False) -> None:
         """Decide again what a map still needs (requeued if anything)."""
         run.handles, run.resume = [], None
+        run.node.cache.refresh()  # (what others wrote meanwhile: e.g. retried item errors)
         self.graph.decide_items(run, store.map_item_uids(run.node), forced=forced)
         if read_only_missing(run):  # (still being computed by another worker: waits again)
             wait_for_claims(run)

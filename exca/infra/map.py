@@ -285,7 +285,20 @@ def _refilling(
             cache.refresh()
             if refills >= MAX_REFILLS or error.args != (key,) or cache.count_errors([key]):
                 raise  # (or a cached error of the method: its own KeyError)
-        except PAYLOAD_ERRORS as error:  # (a payload removed or damaged outside exca?)
+        except Exception as error:
+            if infra.cache_dict.entry_type(uids[position]) == "Error":
+                # a cached item error: a job sent since to retry it is waited for
+                node = infra._map_node(items[position:], uids[position:])
+                if refills >= MAX_REFILLS or not calls.wait_for_retried_items(
+                    node, uids[position:]
+                ):
+                    raise
+                refills += 1
+                values = node.cache.values_of(uids[position:], where=node.uid)
+                continue
+            if not isinstance(error, PAYLOAD_ERRORS):
+                raise
+            # (a payload removed or damaged outside exca?)
             retry = infra.mode == "retry" and refills < MAX_REFILLS
             store.drop_damaged_or_raise(
                 error, infra.cache_dict, uids[position:], infra.uid(), retry
