@@ -344,8 +344,6 @@ class DumpContext:
         """Write a value; return its info dict (with ``#type``), e.g. for nested values."""
         name, handler, itself = self._dispatch(type(value), cache_type)
         out = value.__dump_info__(self) if itself else handler.__dump_info__(self, value)
-        if "#key" in out or "#type" in out:
-            raise ValueError(f"Format {name} returned reserved keys #key/#type in {out}")
         _check_fields(name, out)
         info = {"#type": name}
         info.update(out)
@@ -367,10 +365,9 @@ class DumpContext:
         try:
             out = value.__dump_info__(self) if itself else handler.__dump_info__(self, value)
             info = {"#key": key, "#type": name, **out}
-            if len(info) != len(out) + 2:  # (cheaper than looking the two up in out)
-                raise ValueError(f"Format {name} returned reserved keys #key/#type in {out}")
-            if "" in out:
-                _check_fields(name, out)
+            for field in out:
+                if not field or field[0] == "#":
+                    _check_fields(name, out)
         except BaseException:
             if not self.batching:  # (a batch removes its files itself)
                 self.discard_files()
@@ -611,6 +608,13 @@ class DumpContext:
 def _check_fields(name: str, out: dict[str, tp.Any]) -> None:
     if "" in out:  # (every read of the entry would fail)
         raise ValueError(f"Format {name} returned a field with an empty name in {out!r:.200}")
+    # (names starting with "#" are exca's: #key, #type, #meta... a read drops them)
+    reserved = sorted(k for k in out if k.startswith("#"))
+    if reserved:
+        raise ValueError(
+            f"Format {name} returned fields {reserved} in {out!r:.200}: names starting "
+            "with '#' are reserved (#key, #type and exca's own): rename them"
+        )
 
 
 _SELF_DUMPING: dict[type, bool] = {}
