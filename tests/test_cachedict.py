@@ -2445,3 +2445,28 @@ def test_a_value_a_batch_format_refuses_in_set_many_is_named_by_its_key(tmp_path
     with pytest.raises(TypeError, match="object array") as refused, cd.write():
         cd.set_many([("fine", np.zeros(3)), ("objs", np.array([object(), 1], dtype=object))])
     assert "while storing 'objs'" in "\n".join(getattr(refused.value, "__notes__", []))
+
+
+class _StateRenamed:
+    """Its pickled state misses what __setstate__ reads (a class changed since)."""
+
+    def __getstate__(self) -> dict[str, int]:
+        return {"x": 1}
+
+    def __setstate__(self, state: dict[str, int]) -> None:
+        self.x = state["renamed_x"]
+
+
+def test_a_key_error_raised_while_loading_a_value_is_raised(tmp_path: Path) -> None:
+    """get() gave the default and items() skipped the entry, as for a key deleted
+    meanwhile, while `in` and keys() listed it (a probe)."""
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path, cache_type="Pickle")
+    with cd.write():
+        cd["model"] = _StateRenamed()
+        cd["other"] = 2
+    reader: CacheDict[tp.Any] = CacheDict(tmp_path)
+    with pytest.raises(KeyError, match="renamed_x"):
+        reader.get("model")
+    with pytest.raises(KeyError, match="renamed_x"):
+        dict(reader.items())
+    assert reader.get("absent", 3) == 3 and sorted(reader.keys()) == ["model", "other"]

@@ -637,6 +637,8 @@ class CacheDict(tp.Generic[X]):
         try:
             return self[key]
         except KeyError:
+            if key in self:  # (raised while loading its value: e.g. by its __setstate__)
+                raise
             return default
 
     def keys(self) -> list[str]:
@@ -664,6 +666,8 @@ class CacheDict(tp.Generic[X]):
             try:
                 value = self[key]
             except KeyError:  # deleted by another writer since the listing: skipped
+                if key in self:  # (raised while loading its value: e.g. by its __setstate__)
+                    raise
                 continue
             yield key, value
 

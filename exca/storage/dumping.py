@@ -366,7 +366,7 @@ class DumpContext:
             out = value.__dump_info__(self) if itself else handler.__dump_info__(self, value)
             info = {"#key": key, "#type": name, **out}
             for field in out:
-                if not field or field[0] == "#":
+                if not field or (field[0] == "#" and field != SIZE_FIELD):
                     _check_fields(name, out)
         except BaseException:
             if not self.batching:  # (a batch removes its files itself)
@@ -605,11 +605,15 @@ class DumpContext:
             self._maps.pop(key, None)
 
 
+SIZE_FIELD = "#n"  # (a per-entry file's size: see key_file_record)
+
+
 def _check_fields(name: str, out: dict[str, tp.Any]) -> None:
     if "" in out:  # (every read of the entry would fail)
         raise ValueError(f"Format {name} returned a field with an empty name in {out!r:.200}")
-    # (names starting with "#" are exca's: #key, #type, #meta... a read drops them)
-    reserved = sorted(k for k in out if k.startswith("#"))
+    # (names starting with "#" are exca's: #key, #type, #meta... a read drops them; the
+    # size key_file_record gives is kept with the record)
+    reserved = sorted(k for k in out if k.startswith("#") and k != SIZE_FIELD)
     if reserved:
         raise ValueError(
             f"Format {name} returned fields {reserved} in {out!r:.200}: names starting "
