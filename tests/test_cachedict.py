@@ -7,6 +7,7 @@ import io
 import itertools
 import os
 import pickle
+import stat
 import subprocess
 import sys
 import threading
@@ -2470,3 +2471,32 @@ def test_a_key_error_raised_while_loading_a_value_is_raised(tmp_path: Path) -> N
     with pytest.raises(KeyError, match="renamed_x"):
         dict(reader.items())
     assert reader.get("absent", 3) == 3 and sorted(reader.keys()) == ["model", "other"]
+
+
+def test_a_relative_folder_stays_where_it_was_after_a_chdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(the same instance read the new working directory's folder: its keys vanished and
+    new writes went to a second folder; a probe)"""
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cd: CacheDict[tp.Any] = CacheDict("cache")
+    with cd.write():
+        cd["a"] = 1
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with cd.write():
+        cd["b"] = 2
+    assert cd.folder == tmp_path / "cache" and sorted(cd.keys()) == ["a", "b"]
+    assert CacheDict(tmp_path / "cache")["b"] == 2 and not (tmp_path / "elsewhere/cache").exists()
+
+
+@pytest.mark.parametrize("mode", ["775", "a+rwx"])
+def test_permissions_given_as_a_string(tmp_path: Path, mode: str) -> None:
+    """As the infra takes them (the error of permissions=777 suggests '777': refused, a probe)."""
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path / "cache", permissions=mode)
+    assert cd.permissions == int(mode if mode != "a+rwx" else "777", 8)
+    with cd.write():
+        cd["a"] = 1
+    assert stat.S_IMODE((tmp_path / "cache").stat().st_mode) == cd.permissions
+    with pytest.raises(ValueError, match="permissions='rwx'"):
+        CacheDict(tmp_path / "other", permissions="rwx")

@@ -26,7 +26,7 @@ import pydantic
 
 from .. import uidformat
 from ..confdict import ConfDict
-from ..storage.files import check_permissions
+from ..storage.files import parse_permissions
 from . import freezing, identity, uidfolder
 
 if tp.TYPE_CHECKING:
@@ -213,19 +213,8 @@ class BaseInfra(pydantic.BaseModel):
     @pydantic.field_validator("permissions", mode="before")
     @classmethod
     def _parse_permissions(cls, value: tp.Any) -> tp.Any:
-        if isinstance(value, str):
-            if not value:
-                return None
-            if value == "a+rwx":
-                return 0o777
-            try:
-                value = int(value, 8)
-            except ValueError:
-                raise ValueError(
-                    f"permissions={value!r}: use an int such as 0o777, 'a+rwx', or None"
-                ) from None
-        if isinstance(value, int):
-            return check_permissions(value)
+        if isinstance(value, str | int):
+            return parse_permissions(value)
         return value
 
     def __repr_args__(self) -> tp.Iterable[tuple[str | None, tp.Any]]:

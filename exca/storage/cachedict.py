@@ -29,7 +29,7 @@ from .dumping import (
     mark_if_damaged,
     record_problem,
 )
-from .files import check_permissions, make_folder
+from .files import make_folder, parse_permissions
 from .formats import (
     DATA_DIR,
     LEGACY_WRITERS,
@@ -186,14 +186,18 @@ class CacheDict(tp.Generic[X]):
         folder: Path | str | None,
         keep_in_ram: bool = False,
         cache_type: str | None = None,
-        permissions: int | None = 0o777,
+        permissions: int | str | None = 0o777,
         options: DumpOptions | None = None,
     ) -> None:
         if folder is None and not keep_in_ram:
             raise ValueError(
                 "CacheDict needs a folder or keep_in_ram=True (else it stores nothing)"
             )
-        self.folder = folder if folder is None or type(folder) is Path else Path(folder)
+        if folder is not None:
+            folder = folder if type(folder) is Path else Path(folder)
+            if not folder.is_absolute():  # (the cwd may change: a relative path would not hold)
+                folder = folder.absolute()
+        self.folder = folder
         self.keep_in_ram = keep_in_ram
         if cache_type is not None:
             DumpContext.handler(cache_type)  # fail early on an unknown format
@@ -206,7 +210,7 @@ class CacheDict(tp.Generic[X]):
                 )
         self.cache_type = cache_type
         if permissions is not None and permissions != 0o777:  # (the default: no check)
-            check_permissions(permissions)
+            permissions = parse_permissions(permissions)
         self.permissions = permissions
         self.options = options or DumpOptions()
         self._ram: dict[str, X] = {}

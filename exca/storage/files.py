@@ -59,6 +59,24 @@ def check_permissions(value: int | None) -> int | None:
     return value
 
 
+def parse_permissions(value: tp.Any) -> int | None:
+    """A file mode given as an int, an octal string ('777', '2775'), 'a+rwx', '' or None
+    (no chmod): ValueError otherwise (see ``check_permissions``)."""
+    if isinstance(value, str):
+        if not value:
+            return None
+        if value == "a+rwx":
+            return 0o777
+        try:
+            value = int(value, 8)
+        except ValueError:
+            raise ValueError(
+                f"permissions={value!r}: use an int such as 0o777, an octal string such as "
+                "'777', 'a+rwx', or None"
+            ) from None
+    return check_permissions(value)
+
+
 def chmod(path: str | os.PathLike[str], permissions: int) -> None:
     """chmod that only logs a warning when it fails (e.g. a file of another user)."""
     try:
