@@ -2500,3 +2500,38 @@ def test_permissions_given_as_a_string(tmp_path: Path, mode: str) -> None:
     assert stat.S_IMODE((tmp_path / "cache").stat().st_mode) == cd.permissions
     with pytest.raises(ValueError, match="permissions='rwx'"):
         CacheDict(tmp_path / "other", permissions="rwx")
+
+
+def test_a_write_context_closed_by_another_thread(tmp_path: Path) -> None:
+    """A generator holding ``with cd.write():``, closed by another thread (or the garbage
+    collector there): that thread's own context went on, and the opening thread stayed
+    "inside a write() context" for good (a probe)."""
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path)
+
+    def producer() -> tp.Iterator[int]:
+        with cd.write():
+            cd["first"] = 1
+            yield 1
+            cd["never"] = 2  # pragma: no cover
+            yield 2  # pragma: no cover
+
+    generator = producer()
+    assert next(generator) == 1 and cd.is_writing()
+    seen: list[str] = []
+
+    def other_thread() -> None:
+        with cd.write():
+            cd["w1"] = 1
+            generator.close()
+            cd["w2"] = 2  # (still inside its own context)
+            seen.append("written")
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    thread.join()
+    assert seen == ["written"] and not cd.is_writing()
+    with cd.write():  # (this thread's context ended with the generator)
+        cd["main"] = 3
+    with pytest.raises(RuntimeError, match="outside of a write context"):
+        cd["outside"] = 4
+    assert sorted(CacheDict(tmp_path).keys()) == ["first", "main", "w1", "w2"]

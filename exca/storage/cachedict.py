@@ -217,6 +217,8 @@ class CacheDict(tp.Generic[X]):
         self._reader = self._new_reader() if self.folder is not None else None
         self._loader_context: DumpContext | None = None
         self._local = _ThreadState()
+        # threads whose write() context was closed by another thread (see write)
+        self._closed_elsewhere: set[int] = set()
         self._read_once = False
         self._ram_errors = 0  # cached errors held in RAM (values_of must check them)
 
@@ -687,7 +689,8 @@ class CacheDict(tp.Generic[X]):
     # --- writing ------------------------------------------------------------------------------
     def is_writing(self) -> bool:
         """Whether this thread is inside a ``write()`` context of this instance."""
-        return bool(self._local.writing)
+        closed = self._closed_elsewhere and threading.get_ident() in self._closed_elsewhere
+        return bool(self._local.writing) and not closed
 
     def view(self) -> CacheDict[X]:
         """Another instance on the same folder (own RAM, own writer sessions)."""
@@ -699,6 +702,11 @@ class CacheDict(tp.Generic[X]):
     def write(self) -> tp.Iterator[None]:
         """Context in which ``cd[key] = value`` is allowed (one per thread at a time)."""
         local = self._local
+        ident = threading.get_ident()
+        if self._closed_elsewhere and ident in self._closed_elsewhere:
+            # (its context, held by a generator, was closed by another thread: ended now)
+            self._closed_elsewhere.discard(ident)
+            local.writing, local.writing_generation = False, -1
         # (a child forked inside the parent's context may write, as the parent could, and
         # may open its own context: that is no re-entry in the child)
         if local.writing and local.writing_generation == _FORK_GENERATION:
@@ -715,12 +723,18 @@ class CacheDict(tp.Generic[X]):
         try:
             yield
         finally:
-            local.writing, local.writing_generation = outer
-            session = local.session
-            if session is not None and session[2] == _FORK_GENERATION:  # (not the parent's)
-                with interrupts.deferred():  # (a Ctrl-C in there left a session half closed)
-                    session[1].close_shared()
-                    session[0].close()
+            if threading.get_ident() != ident:
+                # a generator holding the context, closed by another thread (g.close(), the
+                # garbage collector): that thread's state is not this context's; the
+                # opening thread's ends at its next write() (its session is kept)
+                self._closed_elsewhere.add(ident)
+            else:
+                local.writing, local.writing_generation = outer
+                session = local.session
+                if session is not None and session[2] == _FORK_GENERATION:  # (not the parent's)
+                    with interrupts.deferred():  # (a Ctrl-C there left a session half closed)
+                        session[1].close_shared()
+                        session[0].close()
 
     @contextlib.contextmanager
     def writer(self) -> tp.Iterator[CacheDict[X]]:
