@@ -28,6 +28,7 @@ from test_pipelines import Env, _by_uid, events, started, wait_for
 
 import exca
 import exca.graph
+import exca.graph.executors
 import exca.ops
 from exca.graph.errors import NodeFailures
 from slurm_cluster import squeue_ids
@@ -658,3 +659,16 @@ def test_detached_run_above_a_node_another_worker_computes(env: Env, sbatch: Sba
     wait_until_ended([job_id(top)])
     assert top.result() == f"m0({leaf_value(0)},None)"
     assert started(env.log).count("l0") == 1  # (the leaf's job read what the caller wrote)
+
+
+def test_plan_says_when_slurm_splits_an_array(env: Env) -> None:
+    """More elements than Slurm's MaxArraySize go out as several arrays: the plan says so
+    (it showed one array of 1100 elements where a run sent two; a probe)."""
+    size = exca.graph.executors.max_array_size()
+    square = SlurmSquare(log=env.log, infra={"folder": env.folder, **slurm(max_jobs=None)})
+    plan = exca.graph.plan(square.apply.node(list(range(size + 99))))
+    (array,) = plan.arrays
+    assert (array.elements, array.slurm_arrays) == (size + 99, 2)
+    assert f"{size + 99} element(s) in 2 arrays (Slurm's MaxArraySize is {size})" in str(plan)
+    small = exca.graph.plan(square.apply.node([1, 2]))
+    assert small.arrays[0].slurm_arrays == 1 and " arrays" not in str(small)

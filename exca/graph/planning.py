@@ -72,6 +72,8 @@ class PlannedArray:
     after_running: bool = False
     # a map of at_most has max_jobs=None: no bound (one job per chunk of items)
     open_ended: bool = False
+    # on Slurm, more elements than its MaxArraySize: sent as that many arrays
+    slurm_arrays: int = 1
 
 
 class Plan:
@@ -266,6 +268,11 @@ class Plan:
                 unknown_items and cluster in SUBMITIT_CLUSTERS and not _max_jobs(node)
             )
             array.nodes.append(node.uid)
+        for array in groups.values():
+            if array.where.startswith("slurm") and array.elements > 1:
+                from .executors import max_array_size
+
+                array.slurm_arrays = -(-array.elements // max_array_size())
         return list(groups.values())
 
     # --- rendering --------------------------------------------------------------------------
@@ -344,6 +351,13 @@ class Plan:
                     if a.open_ended
                     else f"{'at most ' if a.at_most else ''}{a.elements} element(s)"
                 )
+                if a.slurm_arrays > 1:
+                    from .executors import max_array_size
+
+                    count += (
+                        f" in {'at most ' if a.at_most else ''}{a.slurm_arrays} arrays "
+                        f"(Slurm's MaxArraySize is {max_array_size()})"
+                    )
                 lines.append(
                     f"  wave {a.wave}: {count} on {a.where} for {len(a.nodes)} node(s)"
                     + (" (once the running jobs they need end)" if a.after_running else "")
