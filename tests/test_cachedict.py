@@ -2535,3 +2535,26 @@ def test_a_write_context_closed_by_another_thread(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="outside of a write context"):
         cd["outside"] = 4
     assert sorted(CacheDict(tmp_path).keys()) == ["first", "main", "w1", "w2"]
+
+
+def test_clear_while_another_thread_of_the_instance_writes(tmp_path: Path) -> None:
+    """What that thread writes after the clear() is kept and readable (it listed keys it
+    could neither read nor write again: their files were removed; a probe)."""
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path)
+    written, cleared = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with cd.write():
+            cd["before"] = np.arange(3)
+            written.set()
+            cleared.wait(timeout=30)
+            cd["after"] = np.arange(4)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    written.wait(timeout=30)
+    cd.clear()
+    cleared.set()
+    thread.join(timeout=30)
+    assert cd.keys() == ["after"] and np.array_equal(cd["after"], np.arange(4))
+    assert CacheDict(tmp_path).keys() == ["after"]

@@ -80,7 +80,7 @@ class _ThreadState(threading.local):
     refreshed_while_frozen = False
     # (writer, its dump context, the fork generation it belongs to): one thread-local
     # lookup on the hot path instead of three
-    session: tuple[IndexWriter, DumpContext, int] | None = None
+    session: tuple[IndexWriter, DumpContext, int, int] | None = None
 
 
 _FORK_GENERATION = 0
@@ -219,6 +219,7 @@ class CacheDict(tp.Generic[X]):
         self._local = _ThreadState()
         # threads whose write() context was closed by another thread (see write)
         self._closed_elsewhere: set[int] = set()
+        self._clears = 0  # clear() calls: a thread's writer session of before is not reused
         self._read_once = False
         self._ram_errors = 0  # cached errors held in RAM (values_of must check them)
 
@@ -750,6 +751,11 @@ class CacheDict(tp.Generic[X]):
     def _session(self, restart: bool = False) -> tuple[IndexWriter, DumpContext]:
         local = self._local
         session = local.session
+        if session is not None and session[2] == _FORK_GENERATION and session[3] != self._clears:
+            # (its files were removed by a clear() of another thread: a new session)
+            session[1].close_files()
+            session[0].close()
+            session = local.session = None
         if session is not None and session[2] == _FORK_GENERATION:
             writer = session[0]
             # (a closed writer reopens its file by name: not once that file was removed,
@@ -772,7 +778,7 @@ class CacheDict(tp.Generic[X]):
             permissions=self.permissions,
             session_name=writer.session,
         )
-        local.session = (writer, ctx, _FORK_GENERATION)
+        local.session = (writer, ctx, _FORK_GENERATION, self._clears)
         return writer, ctx
 
     def put(self, key: str, value: X, meta: dict[str, tp.Any] | None = None) -> None:
@@ -800,7 +806,7 @@ class CacheDict(tp.Generic[X]):
         session = local.session
         resumed = False  # (after a while without writing: its files may be freed meanwhile)
         started = _monotonic()
-        if session is None or session[2] != _FORK_GENERATION:
+        if session is None or session[2] != _FORK_GENERATION or session[3] != self._clears:
             writer, ctx = self._session()
         else:
             writer, ctx = session[0], session[1]
@@ -1147,6 +1153,7 @@ class CacheDict(tp.Generic[X]):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self.folder / name)
         shutil.rmtree(self.folder / DATA_DIR, ignore_errors=True)
+        self._clears += 1  # (other threads' sessions wrote into removed files: see _session)
         session, self._local.session = self._local.session, None
         if session is not None and session[2] == _FORK_GENERATION:
             # (inside write(): its files, removed above, would stay open until the process ends)
