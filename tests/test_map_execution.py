@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import typing as tp
 import weakref
 from pathlib import Path
@@ -25,6 +26,8 @@ import pytest
 from filelog import append, lines, wait_until
 
 import exca
+import exca.cachedict
+import exca.graph.scheduler
 
 CLUSTERS = [None, "threadpool", "processpool", "local", "debug"]
 
@@ -1718,9 +1721,12 @@ def test_forced_outputs_free_the_space_of_those_they_replace(tmp_path: Path, clu
 
 
 FORCED_MODULE = """
+import types
 import typing as tp
 import pydantic
 import exca
+import exca.cachedict
+import exca.graph.scheduler
 
 
 class Doubler(pydantic.BaseModel):
@@ -1837,12 +1843,15 @@ def test_read_only_waits_for_a_worker_forcing_the_items(tmp_path: Path) -> None:
 DYING_MODULE = """
 import sys
 import time
+import types
 import typing as tp
 from pathlib import Path
 
 import pydantic
 
 import exca
+import exca.cachedict
+import exca.graph.scheduler
 
 if sys.argv[0].endswith("_submit.py") and Path(__file__).with_name("die").exists():
     time.sleep(3)  # (a job that lives a while, then dies before computing anything)
@@ -2221,6 +2230,8 @@ import sys
 from typing import Iterator
 import pydantic
 import exca
+import exca.cachedict
+import exca.graph.scheduler
 
 
 class Embedder(pydantic.BaseModel):
@@ -2355,3 +2366,31 @@ def test_a_call_waits_for_a_job_retrying_cached_item_errors(tmp_path: Path) -> N
     thread.join(timeout=120)
     assert outputs == [[20, 50]] and job.result() == [20, 50]
     assert counts(tmp_path / "calls.txt")[5] == 1
+
+
+@pytest.mark.timeout(180)
+def test_the_retry_job_of_a_map_node_asked_while_a_job_of_its_items_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """job() in mode retry while the job that cached the item's error still runs: it
+    follows that job, then sends the retry (it gave that job's outcome: the old error)."""
+    fail_dir, slow = tmp_path / "fail", tmp_path / "slow"
+    fail_dir.mkdir()
+    (fail_dir / "4").touch()
+    slow.touch()
+    # (items in the order given: 4 fails, then the job waits in item 2)
+    monkeypatch.setattr(exca.graph.scheduler, "_SHUFFLER", types.SimpleNamespace(shuffle=len))
+
+    def node(mode: str = "cached") -> tp.Any:
+        infra = {"mode": mode, "max_jobs": 1}
+        mapper = make(tmp_path, "local", fail_dir=str(fail_dir), slow_flag=str(slow), infra=infra)
+        return mapper.process.node([4, 2])
+
+    first = node().job()  # (item 2 waits for the slow flag; item 4 fails)
+    wait_until(lambda: exca.cachedict.CacheDict(node().folder).entry_type("4") == "Error")
+    (fail_dir / "4").unlink()
+    retry = node("retry").job()
+    assert not first.done()
+    slow.unlink()
+    assert retry.result() == [40, 20]
+    assert counts(tmp_path / "calls.txt")[4] >= 2 and counts(tmp_path / "calls.txt")[2] == 1

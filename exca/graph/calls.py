@@ -294,11 +294,17 @@ def map_job(node: Node) -> MapJob:
     scheduler.root_cause = True
     handles = scheduler.submit().get(node.key) or []
     if handles:
-        if node.pending_force:  # (forced once by these jobs, as a waiting call does)
+        run = scheduler.runs.get(node.key)
+        # (earlier jobs of the items, still queued or running: followed, then what they
+        # leave, or this node's own retry or force, is sent once they end: see MapJob)
+        resume = run is not None and run.action == "wait"
+        if node.pending_force and not resume:  # (forced once by these jobs, as a call does)
             node.force_state["done"] = True
             node.force_state.setdefault("uids", set()).update(store.map_item_uids(node))
         # (retry: its items' cached errors are what the jobs replace)
-        return MapJob(node, HandleGroup(handles), replaces=forcing or node.mode == "retry")
+        job = MapJob(node, HandleGroup(handles), replaces=forcing or node.mode == "retry")
+        job.resume = resume
+        return job
     try:  # nothing submitted: why (an upstream's own error, as a call raises it)
         scheduler._raise_failures(root_cause=True)
     except Exception as error:

@@ -203,6 +203,17 @@ class MapJob(Job):
     none when every item was cached): done once every item is cached; its result is the
     outputs in item order (an item's cached error raises, as ``node.result()`` does)."""
 
+    # the jobs followed are earlier ones (mode retry or force, asked while they were queued
+    # or running): once they end, the node's own retry or force is sent
+    resume = False
+
+    def _follow_up(self) -> None:
+        if self.resume and self.handle is not None and self.handle.done():
+            from .calls import map_job
+
+            new = map_job(self.node)
+            self.handle, self.replaces, self.resume = new.handle, new.replaces, new.resume
+
     def _missing(self, refresh: bool = True) -> list[str]:
         cache = self.node.cache
         if refresh:
@@ -211,6 +222,7 @@ class MapJob(Job):
 
     @property
     def state(self) -> str:
+        self._follow_up()
         if self.replaces and self.handle is not None and not self.handle.done():
             return self._live_state()
         if not self._missing():
@@ -223,9 +235,10 @@ class MapJob(Job):
         return "FAILED"
 
     def done(self) -> bool:
+        self._follow_up()
         if not self.replaces and not self._missing():
             return True
-        return self.handle is None or self.handle.done()
+        return self.handle is None or (self.handle.done() and not self.resume)
 
     def _refuse_waiting_for_callers(self) -> None:
         from . import callers
