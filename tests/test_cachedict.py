@@ -681,6 +681,10 @@ _DAMAGED_LINES = {  # index lines lacking fields, or with fields of the wrong ty
     "result": {"#type": "Result"},  # (None)
     "text_int": {"#type": "Text", "v": 5},  # (5)
     "offset": {"#type": "MemmapArray", "f": "data/x.data", "o": "abc", "d": "<f8", "s": [3]},
+    # (numpy read the whole file for a shape of -1, from byte 1 for an offset of true)
+    "neg_shape": {"#type": "MemmapArray", "f": "data/x.data", "o": 0, "d": "<f8", "s": [-1]},
+    "bool_offset": {"#type": "MemmapArray", "f": "data/x.data", "o": True, "d": "<f8", "s": [3]},
+    "neg_offset": {"#type": "MemmapArray", "f": "data/x.data", "o": -8, "d": "<f8", "s": [1]},
     "error": {"#type": "Error"},  # (missing 3 required positional arguments)
     "scalar": {"#type": "NumpyScalar"},  # (data type '' not understood)
     "pickle": {"#type": "Pickle"},

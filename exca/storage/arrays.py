@@ -273,6 +273,13 @@ def _refuse_non_array(value: tp.Any, name: str) -> None:
     )
 
 
+def _check_place(offset: tp.Any, shape: tp.Any) -> None:
+    """A record's offset and shape are what a writer writes (an index line written by
+    hand may say -1 or true: numpy then reads the whole file, or from byte 1)."""
+    if type(offset) is not int or offset < 0 or not _shape(shape):
+        raise DamagedRecord(f"offset {offset!r:.40} and shape {shape!r:.60} cannot be a place")
+
+
 def load_memmap(ctx: DumpContext, info: dict[str, tp.Any]) -> tp.Any:
     np = _NP or _numpy()
     code = info["d"]
@@ -280,12 +287,13 @@ def load_memmap(ctx: DumpContext, info: dict[str, tp.Any]) -> tp.Any:
     if dtype is None:
         dtype = _dtype_of(code)
     shape = info["s"]
+    offset = info["o"]
+    _check_place(offset, shape)
     count = math.prod(shape)
     if count == 0:  # (nothing to map: read-only like the others)
         empty = np.zeros(shape, dtype=dtype)
         empty.setflags(False)
         return empty
-    offset = info["o"]
     mapped = ctx.memmap(info["f"], offset + count * dtype.itemsize)
     return np.frombuffer(mapped, dtype, count, offset).reshape(shape)
 
@@ -315,6 +323,7 @@ def load_memmap_runs(ctx: DumpContext, infos: list[dict[str, tp.Any]]) -> list[t
         dtype = _DTYPES.get(code)
         if dtype is None:
             dtype = _dtype_of(code)
+        _check_place(offset, shape)
         size = math.prod(shape) * dtype.itemsize
         # (0-d arrays one by one: items of a strided view would be numpy scalars)
         if stop - start < 3 or size == 0 or step < size or not shape:
