@@ -2319,7 +2319,10 @@ def test_the_job_of_a_map_node_gives_its_outputs(tmp_path: Path, cluster: str | 
 
     job = node([3, 1, 2, 1]).job()
     assert job.result() == [30, 10, 20, 10]
-    assert job.done() and job.state == "COMPLETED"
+    assert job.done() and job.state == "COMPLETED" and job.cluster == cluster
+    if cluster == "local":  # (2 chunk jobs: the logs of both, under their ids)
+        ids = [h.job_id for h in job.handle.handles]
+        assert len(ids) == 2 and all(f"--- job {i}" in job.stderr() for i in ids)
     assert counts(tmp_path / "calls.txt") == {1: 1, 2: 1, 3: 1}
     again = node([1, 2]).job()  # (all cached: no job)
     assert again.handle is None and again.state == "COMPLETED" and again.result() == [10, 20]

@@ -1200,6 +1200,17 @@ def test_a_result_records_the_upstream_result_it_read(env: Env) -> None:
     assert _by_uid(exca.graph.plan(second))[second.uid].status == "cached"
 
 
+def test_the_job_of_a_map_whose_upstream_fails(env: Env) -> None:
+    """Its items cannot be read: the job is done, failed, and raises the upstream's own
+    error (repr, done() and state raised that the items could not be read; a review)."""
+    flag = env.tmp / "fail"
+    flag.touch()
+    job = env.square().apply.node(env.step("src", fail_flag=str(flag)).run.node()).job()
+    assert job.done() and job.state == "FAILED" and "state=FAILED" in repr(job)
+    with pytest.raises(ValueError, match="src fails on purpose"):
+        job.result()
+
+
 def test_plan_of_a_cached_map_fed_by_a_map(env: Env) -> None:
     """Its items are read through the upstream map (cached): the plan says cached, as the
     run then does (it said 'items known at run time', to compute)."""

@@ -285,11 +285,13 @@ def map_job(node: Node) -> MapJob:
                 return MapJob(node)
     scheduler = Scheduler([node])
     if node.execution.cluster not in SUBMITIT_CLUSTERS:
+        handle = DoneHandle()
+        handle.cluster = node.execution.cluster  # (a pool's, or None)
         try:
             scheduler.run(root_cause=True)
         except Exception as error:  # (an item's error is raised by job.result() from the cache)
-            return MapJob(node, DoneHandle(error))
-        return MapJob(node, DoneHandle())
+            handle._error = error
+        return MapJob(node, handle)
     scheduler.claim_waits = False  # (its jobs wait for items others compute)
     scheduler.root_cause = True
     handles = scheduler.submit().get(node.key) or []

@@ -214,18 +214,28 @@ class MapJob(Job):
             new = map_job(self.node)
             self.handle, self.replaces, self.resume = new.handle, new.replaces, new.resume
 
-    def _missing(self, refresh: bool = True) -> list[str]:
-        cache = self.node.cache
-        if refresh:
-            cache.refresh()
-        return cache.missing(store.map_item_uids(self.node))
+    def _missing(self) -> list[str] | None:
+        """The items not cached yet (None: its items cannot be read, e.g. an upstream node
+        failed: the handle's error says why)."""
+        try:
+            uids = store.map_item_uids(self.node)
+        except Exception:
+            handle = self.handle
+            if handle is not None and handle.done() and handle.error() is not None:
+                return None
+            raise
+        self.node.cache.refresh()
+        return self.node.cache.missing(uids)
 
     @property
     def state(self) -> str:
         self._follow_up()
         if self.replaces and self.handle is not None and not self.handle.done():
             return self._live_state()
-        if not self._missing():
+        missing = self._missing()
+        if missing is None:
+            return "FAILED"
+        if not missing:
             errors = self.node.cache.count_errors(store.map_item_uids(self.node))
             return "FAILED" if errors else "COMPLETED"
         if self.handle is None:
@@ -236,7 +246,8 @@ class MapJob(Job):
 
     def done(self) -> bool:
         self._follow_up()
-        if not self.replaces and not self._missing():
+        missing = self._missing()
+        if missing is None or (not self.replaces and not missing):
             return True
         return self.handle is None or (self.handle.done() and not self.resume)
 
@@ -256,10 +267,11 @@ class MapJob(Job):
 
         self.wait()
         missing = self._missing()
-        if missing:
+        if missing is None or missing:
             error = self.handle.error() if self.handle is not None else None
-            if error is not None and self.job_id == "#local#":
-                raise error  # (computed here: its own error)
+            if error is not None and (missing is None or self.job_id == "#local#"):
+                raise error  # (computed here: its own error; or why its items are unknown)
+            assert missing is not None
             what = f"{len(missing)} item(s) of {self.node.uid} not computed"
             if self.handle is None:
                 raise JobFailedError(f"{what}: they were never submitted")
@@ -277,5 +289,13 @@ class MapJob(Job):
         return [self.result()]
 
     def _log(self, kind: str) -> str | None:
-        job = self.submitit_job  # (not the folder's latest job: it may be another call's)
-        return tp.cast("str | None", getattr(job, kind)()) if job is not None else None
+        """The logs of its chunk jobs (not the folder's latest job: maybe another call's),
+        one after the other under their job ids."""
+        handles = getattr(self.handle, "handles", [self.handle] if self.handle else [])
+        texts = []
+        for handle in handles:
+            job = handle.submitit_job
+            text = getattr(job, kind)() if job is not None else None
+            if text is not None:
+                texts.append(text if len(handles) == 1 else f"--- job {handle.job_id}\n{text}")
+        return "\n".join(texts) if texts else None
