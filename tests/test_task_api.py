@@ -1151,6 +1151,10 @@ def test_logs_with_an_unknown_placeholder_are_refused(tmp_path: Path) -> None:
         Task(infra={"folder": tmp_path, "logs": "{folder}/{usr}/%j"})
     infra = Task(infra={"folder": tmp_path, "logs": "{folder}/mine/{user}/%j"}).infra
     assert str(infra.logs) == "{folder}/mine/{user}/%j"
+    # %a: submitit refused it for a single job once that job was queued (a probe)
+    with pytest.raises(pydantic.ValidationError, match=r"holds %a .* use %j"):
+        Task(infra={"folder": tmp_path, "logs": "{folder}/logs/%A_%a"})
+    assert Task(infra={"folder": tmp_path, "logs": "{folder}/logs/%A"}).infra.logs
 
 
 def test_version_must_name_one_folder(tmp_path: Path) -> None:

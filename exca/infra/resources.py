@@ -69,7 +69,14 @@ class SubmititMixin(pydantic.BaseModel):
             raise ValueError(
                 f"logs={str(value)!r} holds the unknown placeholder(s) "
                 f"{', '.join('{' + u + '}' for u in unknown)}: exca fills {{folder}} and "
-                "{user} (submitit fills %j, %A, %a, %t)"
+                "{user} (submitit fills %j, %A, %t)"
+            )
+        if "%a" in str(value):
+            # (submitit refuses it for a job that is not an array element, once the job is
+            # queued: exca sends one job, not an array, when there is one task)
+            raise ValueError(
+                f"logs={str(value)!r} holds %a (the index in a job array), which a single job "
+                "does not have: use %j (a job's id; <array id>_<index> for an array element)"
             )
         return value
 
