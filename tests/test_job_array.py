@@ -135,6 +135,13 @@ def test_repeated_configs(
     wait_until(lambda: all(t.infra.status() == "completed" for t in array))
     assert [t.process() for t in array] == [9, 16, 9]
     assert calls(ctl) == {3: 1, 4: 1}
+    # one config in another folder is another task: sent too (it was dropped as a
+    # repeat, then computed by a call in this process; without the flag, refused)
+    elsewhere = task.infra.clone_obj({"x": 3, "infra.folder": tmp_path / "elsewhere"})
+    with task.infra.job_array() as array:
+        array.extend([task.infra.clone_obj(x=3), elsewhere])
+    wait_until(lambda: elsewhere.infra.status() == "completed")
+    assert elsewhere.process() == 9 and calls(ctl) == {3: 2, 4: 1}
 
 
 def test_a_config_without_folder_is_refused(tmp_path: Path, ctl: Path) -> None:

@@ -32,7 +32,8 @@ def submit_array(
         raise ValueError(f"job_array(max_workers={max_workers}): give at least 1")
     method = array_infra._method()
     owner_cls = method.owner or type(array_infra._owner())  # (the class defining it)
-    infras: dict[str, TaskInfra] = {}
+    # (by folder and uid: one config in two cache folders is two results to compute)
+    infras: dict[tuple[str | None, str], TaskInfra] = {}
     for task in tasks:
         if not isinstance(task, owner_cls):
             kind = type(task)
@@ -60,8 +61,9 @@ def submit_array(
                 f"base.infra.clone_obj({{...}}), or give them a folder"
             )
         uid = infra.uid()
-        if uid in infras:
-            if not allow_repeated_tasks and infras[uid]._owner() is task:
+        key = (None if infra.folder is None else str(infra.folder), uid)
+        if key in infras:
+            if not allow_repeated_tasks and infras[key]._owner() is task:
                 raise ValueError(
                     f"Job array contains the same object twice (uid {uid}): append a new "
                     "config for each task, e.g. base.infra.clone_obj({...}) with its values "
@@ -70,13 +72,13 @@ def submit_array(
             if not allow_repeated_tasks:
                 raise ValueError(
                     f"Job array contains the same config twice (uid {uid}):\n"
-                    f"{infras[uid].config(uid=False, exclude_defaults=True).to_yaml()}---\n"
+                    f"{infras[key].config(uid=False, exclude_defaults=True).to_yaml()}---\n"
                     f"{infra.config(uid=False, exclude_defaults=True).to_yaml()}"
                     "(use allow_repeated_tasks=True to deduplicate them)"
                 )
             logger.warning("Job array: dropping a repeated config %s", uid)
             continue
-        infras[uid] = infra
+        infras[key] = infra
     requested = mode = array_infra.mode
     if mode == "force" and array_infra._runtime().force_state.get("done"):
         mode = "cached"  # this base forced its array once already: its tasks are reused
