@@ -180,6 +180,26 @@ def _expected_problems() -> list[str]:
     return expected
 
 
+def test_a_list_of_partitions_is_checked_partition_by_partition(tmp_path: Path) -> None:
+    """Slurm takes "a,b" (the job starts in whichever can run it first): it was refused as
+    one unknown partition (a probe). Each name must exist; resources fit if some node of
+    them has them."""
+    from exca.graph import slurm_check
+
+    known = sorted(slurm_check.cluster().partitions)[0]
+
+    def problems(**infra: tp.Any) -> list[str]:
+        task = ImpossibleOpsTask(infra={"folder": tmp_path, "cluster": "slurm", **infra})
+        (entry,) = exca.graph.plan(task.run.node()).entries
+        return entry.problems
+
+    assert problems(slurm_partition=f"{known},{known}") == []
+    (problem,) = problems(slurm_partition=f"{known},no_such_partition")
+    assert "partition 'no_such_partition' does not exist" in problem
+    (problem,) = problems(slurm_partition=f"{known},{known}", cpus_per_task=640)
+    assert f"partitions '{known},{known}' have at most" in problem
+
+
 # --- check before submitting ---------------------------------------------------------------------
 def test_impossible_resources_one_error_nothing_submitted(tmp_path: Path) -> None:
     root = tmp_path / "cache"

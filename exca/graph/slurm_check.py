@@ -193,17 +193,21 @@ def problems(
     params = {k: v for k, v in execution.params if v is not None}
     found: list[str] = []
     name = params.get("slurm_partition") or info.default_partition
-    partition = info.partitions.get(name) if name else None
-    if name and partition is None:
+    # (a list "a,b": Slurm starts the job in whichever can run it first)
+    names = [n for n in str(name).split(",") if n] if name else []
+    for absent in (n for n in names if n not in info.partitions):
         found.append(
-            f"partition {name!r} does not exist (partitions: {', '.join(sorted(info.partitions))})"
+            f"partition {absent!r} does not exist (partitions: "
+            f"{', '.join(sorted(info.partitions))})"
         )
-    nodes = [
-        info.nodes[n] for n in (partition.nodes if partition else info.nodes) if n in info.nodes
-    ]
+    partitions = [info.partitions[n] for n in names if n in info.partitions]
+    wanted_nodes = {n for p in partitions for n in p.nodes} if partitions else info.nodes
+    nodes = [info.nodes[n] for n in wanted_nodes if n in info.nodes]
     if not nodes:
         return found
-    where = f"partition {name!r}" if partition is not None else "the cluster"
+    where = f"partition {name!r}" if partitions else "the cluster"
+    if len(partitions) > 1:
+        where = f"partitions {name!r}"
     cpus = (params.get("cpus_per_task") or 1) * (params.get("tasks_per_node") or 1)
     best_cpus = max(n.cpus for n in nodes)
     if cpus > best_cpus:
@@ -223,15 +227,11 @@ def problems(
     if nodes_wanted > len(nodes):
         found.append(f"nodes={nodes_wanted} but {where} has {len(nodes)} node(s)")
     timeout = params.get("timeout_min")
-    if (
-        timeout is not None
-        and partition is not None
-        and partition.max_time_min is not None
-        and timeout > partition.max_time_min
-    ):
-        found.append(
-            f"timeout_min={timeout} exceeds the time limit of {where} ({partition.max_time_min} min)"
-        )
+    limits = [p.max_time_min for p in partitions]
+    if timeout is not None and partitions and None not in limits:
+        longest = max(tp.cast(list[int], limits))
+        if timeout > longest:
+            found.append(f"timeout_min={timeout} exceeds the time limit of {where} ({longest} min)")
     constraint = params.get("slurm_constraint")
     if constraint:
         features = set().union(*(n.features for n in nodes))
