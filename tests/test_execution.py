@@ -1374,6 +1374,7 @@ def test_a_job_of_a_class_of_main_pickles(tmp_path: Path) -> None:
 
 UNPICKLABLE_GLOBAL_SCRIPT = """
 import sys, threading
+import typing as tp
 import pydantic, exca
 
 LOCK = threading.Lock()
@@ -1389,12 +1390,50 @@ class Exp(pydantic.BaseModel):
             return self.lr
 
 
+def make():  # (a lock taken from the function defining the class: its closure)
+    lock = threading.Lock()
+
+    class Local(pydantic.BaseModel):
+        infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+        @infra.apply
+        def train(self) -> int:
+            with lock:
+                return 1
+
+    return Local
+
+
+class WithClassVar(pydantic.BaseModel):
+    LOCK: tp.ClassVar[tp.Any] = threading.Lock()
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def train(self) -> int:
+        return 1
+
+
 if __name__ == "__main__":
     try:
         Exp(infra={"folder": sys.argv[1], "cluster": "local"}).train()
     except TypeError as error:
         assert "the global 'LOCK' (lock) that Exp.train uses cannot be pickled" in str(error)
-        print("MAIN-OK")
+    else:
+        raise AssertionError("sent")
+    # (both were said to be in the config, which holds nothing of them: a probe)
+    try:
+        make()(infra={"folder": sys.argv[1], "cluster": "local"}).train()
+    except TypeError as error:
+        assert "the variable 'lock' (lock) that make.<locals>.Local.train takes" in str(error)
+    else:
+        raise AssertionError("sent")
+    try:
+        WithClassVar(infra={"folder": sys.argv[1], "cluster": "local"}).train()
+    except TypeError as error:
+        assert "the class attribute WithClassVar.LOCK (lock) cannot be pickled" in str(error)
+    else:
+        raise AssertionError("sent")
+    print("MAIN-OK")
 """
 
 

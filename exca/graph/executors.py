@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import typing as tp
 from pathlib import Path
 
@@ -703,9 +704,10 @@ def unpicklable_error(units: tp.Sequence[Unit], error: Exception, where: str) ->
     if culprit is not None:
         return TypeError(f"{units[0].node.uid}: cannot be sent to {where} ({error}): {culprit}")
     return TypeError(
-        f"{units[0].node.uid}: its config cannot be sent to {where} ({error}). Keep "
-        "unpicklable objects (locks, open files, clients) out of the config, e.g. create "
-        "them in the method, or use cluster=None to compute here"
+        f"{units[0].node.uid}: its config or method cannot be sent to {where} ({error}). "
+        "Keep unpicklable objects (locks, open files, clients) out of the config, its class "
+        "and what its method uses, e.g. create them in the method, or use cluster=None to "
+        "compute here"
     )
 
 
@@ -735,6 +737,28 @@ def _unpicklable_part(function: tp.Any) -> str | None:
     code = getattr(func, "__code__", None)
     if code is None or getattr(func, "__module__", None) != "__main__":
         return None
+    for name, cell in zip(code.co_freevars, func.__closure__ or ()):
+        value = cell.cell_contents
+        if fails(value):
+            return (
+                f"the variable {name!r} ({type(value).__name__}) that {func.__qualname__} "
+                "takes from the function defining it cannot be pickled. Create it in the "
+                "method, or use cluster=None to compute here"
+            )
+    plain = (types.FunctionType, property, classmethod, staticmethod)
+    for klass in type(owner).__mro__ if owner is not None else ():
+        if klass.__module__ != "__main__":  # (sent by reference: its module is imported)
+            continue
+        for name, value in vars(klass).items():
+            # (names with "_": the class machinery's, e.g. abc's, which cloudpickle skips)
+            if name.startswith("_") or isinstance(value, plain) or not fails(value):
+                continue
+            return (
+                f"the class attribute {klass.__name__}.{name} ({type(value).__name__}) cannot "
+                "be pickled: a class defined in a notebook or a script is sent by value, "
+                "with its attributes. Create it in the method (or in a module), or use "
+                "cluster=None to compute here"
+            )
     for name in code.co_names:
         if name in func.__globals__ and fails(func.__globals__[name]):
             value = func.__globals__[name]
