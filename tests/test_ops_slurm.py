@@ -200,6 +200,24 @@ def test_a_list_of_partitions_is_checked_partition_by_partition(tmp_path: Path) 
     assert f"partitions '{known},{known}' have at most" in problem
 
 
+def test_resources_given_as_sbatch_options_are_checked(tmp_path: Path) -> None:
+    """cpus_per_task / nodes in slurm_additional_parameters were not checked: the job
+    stayed pending for good (a probe)."""
+    task = ImpossibleOpsTask(
+        infra={
+            "folder": tmp_path,
+            "cluster": "slurm",
+            "slurm_additional_parameters": {"cpus_per_task": 640, "nodes": 30},
+        }
+    )
+    (entry,) = exca.graph.plan(task.run.node()).entries
+    assert len(entry.problems) == 2, entry.problems
+    assert "cpus_per_task x tasks_per_node = 640" in entry.problems[0]
+    assert "nodes=30" in entry.problems[1]
+    with pytest.raises(ResourceError, match="nothing was submitted"):
+        task.infra.job()
+
+
 # --- check before submitting ---------------------------------------------------------------------
 def test_impossible_resources_one_error_nothing_submitted(tmp_path: Path) -> None:
     root = tmp_path / "cache"

@@ -183,6 +183,33 @@ def unreadable() -> str | None:
     )
 
 
+# sbatch options given in slurm_additional_parameters that request what fields do
+_OPTION_FIELDS = {
+    "partition": "slurm_partition",
+    "cpus_per_task": "cpus_per_task",
+    "ntasks_per_node": "tasks_per_node",
+    "nodes": "nodes",
+    "gpus_per_node": "gpus_per_node",
+    "constraint": "slurm_constraint",
+    "account": "slurm_account",
+    "qos": "slurm_qos",
+}
+
+
+def _add_sbatch_options(params: dict[str, tp.Any]) -> None:
+    """Resources requested through slurm_additional_parameters are checked as the
+    fields are (an impossible one there left its job pending for good)."""
+    extra = params.get("slurm_additional_parameters") or {}
+    for option, field in _OPTION_FIELDS.items():
+        value = extra.get(option, extra.get(option.replace("_", "-")))
+        if value is None:  # (else it is what sbatch gets: submitit lets it override the field)
+            continue
+        if field.startswith("slurm_"):
+            params[field] = str(value)
+        elif str(value).isdigit():  # (e.g. "2-4" nodes: a range, left to sbatch)
+            params[field] = int(value)
+
+
 def problems(
     execution: Execution, elements: int = 1, info: SlurmCluster | None = None
 ) -> list[str]:
@@ -191,6 +218,7 @@ def problems(
     if not info.partitions:
         return []  # cluster facts unavailable: let sbatch speak
     params = {k: v for k, v in execution.params if v is not None}
+    _add_sbatch_options(params)
     found: list[str] = []
     name = params.get("slurm_partition") or info.default_partition
     # (a list "a,b": Slurm starts the job in whichever can run it first)
