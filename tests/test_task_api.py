@@ -1839,6 +1839,18 @@ def test_a_cache_folder_that_cannot_be_made_is_named() -> None:
     assert before == CALLS
 
 
+def test_a_cache_folder_under_a_file_is_named(tmp_path: Path) -> None:
+    """A typo making the folder a path under a file: status() and the call raised a bare
+    NotADirectoryError naming an internal file (a probe)."""
+    (tmp_path / "a_file").write_text("not a folder")
+    before = list(CALLS)
+    task = Task(param=3, infra={"folder": tmp_path / "a_file" / "cache"})
+    assert task.infra.status() == "not submitted"
+    with pytest.raises(NotADirectoryError, match=r"Cannot write into the cache folder .*a_file"):
+        task.process()
+    assert before == CALLS
+
+
 def test_a_property_above_apply_is_explained() -> None:
     class Propertied(pydantic.BaseModel):
         infra: TaskInfra = TaskInfra(version="1")

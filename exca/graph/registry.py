@@ -187,7 +187,7 @@ def read_all(folder: Path | None, copied: bool = False) -> list[JobRecord]:
         return []
     try:
         entries = list(os.scandir(os.path.join(folder, JOBS_DIR)))  # str: no Path parsing
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # (a folder under a file: none either)
         return []
     out = []
     here = ""

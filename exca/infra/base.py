@@ -547,7 +547,9 @@ class BaseInfra(pydantic.BaseModel):
         except (PermissionError, OSError) as error:
             # (ENOENT: a folder that cannot be made there, e.g. under /proc; not a uid
             # folder removed meanwhile, by a clean say, under a cache folder that is there)
-            if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT) or (
+            # (ENOTDIR: a path under a file, e.g. a typo)
+            denied = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR)
+            if error.errno not in denied or (
                 error.errno == errno.ENOENT and os.path.isdir(self.folder)
             ):
                 raise

@@ -184,7 +184,7 @@ def verify_defaults(
     path = os.path.join(folder, FULL_UID_FILE)  # (str paths, bytes: a hit's path is short)
     try:
         data = _read_small(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # (a folder under a file: none either)
         return False
     text = data.decode("utf8", errors="replace")
     if text == (full_uid_text() if full_uid_text is not None else full_uid_config().to_yaml()):

@@ -183,7 +183,7 @@ class IndexReader:
                         e.name for e in os.scandir(self._dir) if e.name.endswith(INDEX_SUFFIX)
                     ]
                     self.absent = False
-                except FileNotFoundError:
+                except (FileNotFoundError, NotADirectoryError):  # (under a file: absent too)
                     listing = []
                     self.absent = True
                 known = self._files
