@@ -1900,6 +1900,13 @@ def test_folder_names_environment_variables(
     literal = tmp_path / "cache$EXCA_TEST_SCRATCH"  # an existing folder: its name, as is
     literal.mkdir()
     assert Task(infra={"folder": str(literal)}).infra.folder == literal
+    # logs too (it made a folder named "$EXCA_TEST_SCRATCH" in the cwd; a probe)
+    monkeypatch.setenv("EXCA_TEST_SCRATCH", str(tmp_path))
+    logs = Task(infra={"folder": tmp_path, "logs": "$EXCA_TEST_SCRATCH/logs/%j"}).infra.logs
+    assert str(logs) == f"{tmp_path}/logs/%j"
+    monkeypatch.delenv("EXCA_TEST_SCRATCH")
+    with pytest.raises(pydantic.ValidationError, match=r"logs=.*\$EXCA_TEST_SCRATCH, which is"):
+        Task(infra={"folder": tmp_path, "logs": "$EXCA_TEST_SCRATCH/logs/%j"})
 
 
 class Prepared(pydantic.BaseModel):

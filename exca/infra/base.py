@@ -16,7 +16,6 @@ import functools
 import inspect
 import logging
 import os
-import re
 import sys
 import threading
 import typing as tp
@@ -28,6 +27,7 @@ from .. import uidformat
 from ..confdict import ConfDict
 from ..storage.files import parse_permissions
 from . import freezing, identity, uidfolder
+from .resources import expand_path_text
 
 if tp.TYPE_CHECKING:
     from .method import InfraMethod
@@ -149,25 +149,8 @@ class BaseInfra(pydantic.BaseModel):
                 raise ValueError(
                     f"folder={text!r} is empty: give a folder path, or None to cache in RAM only"
                 )
-            if isinstance(text, str) and "$" in text:  # (from a yaml file: "$SCRATCH/cache")
-                expanded = os.path.expandvars(text)
-                unset = re.search(r"\$\{?\w+\}?", expanded)
-                if unset and os.path.exists(text):
-                    expanded = text  # (an existing folder with a "$" in its name)
-                elif unset:
-                    raise ValueError(
-                        f"folder={text!r} names the environment variable {unset.group()}, "
-                        "which is not set: set it, or give the folder's path"
-                    )
-                text = value = expanded
-            if isinstance(text, str) and text.startswith("~"):
-                expanded = os.path.expanduser(text)
-                if expanded.startswith("~"):  # (no such user: it became a relative folder)
-                    raise ValueError(
-                        f"folder={text!r}: {text.split('/')[0]!r} names no user's home folder "
-                        "here; give the folder's path"
-                    )
-                return expanded
+            if isinstance(text, str):
+                return expand_path_text("folder", text)
         return value
 
     @pydantic.field_validator("folder")

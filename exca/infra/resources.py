@@ -34,6 +34,32 @@ _PARAMS = (
 )
 
 
+def expand_path_text(field: str, text: str) -> str:
+    """A path given as text (e.g. from a yaml file) with its environment variables and
+    ``~`` expanded: ValueError naming what is not set (an existing path with a "$" in its
+    name is kept as it is)."""
+    if "$" in text:  # ("$SCRATCH/cache")
+        expanded = os.path.expandvars(text)
+        unset = re.search(r"\$\{?\w+\}?", expanded)
+        if unset and os.path.exists(text):
+            expanded = text  # (an existing folder with a "$" in its name)
+        elif unset:
+            raise ValueError(
+                f"{field}={text!r} names the environment variable {unset.group()}, which is "
+                "not set: set it, or give the path"
+            )
+        text = expanded
+    if text.startswith("~"):
+        expanded = os.path.expanduser(text)
+        if expanded.startswith("~"):  # (no such user: it became a relative folder)
+            raise ValueError(
+                f"{field}={text!r}: {text.split('/')[0]!r} names no user's home folder here; "
+                "give the path"
+            )
+        return expanded
+    return text
+
+
 class SubmititMixin(pydantic.BaseModel):
     """Resources and cluster settings, forwarded to submitit (``slurm_*`` unchanged)."""
 
@@ -59,6 +85,14 @@ class SubmititMixin(pydantic.BaseModel):
     slurm_setup: list[str] | None = None
     conda_env: Path | str | None = None
     workdir: WorkDir | None = None
+
+    @pydantic.field_validator("logs", mode="before")
+    @classmethod
+    def _logs_text(cls, value: tp.Any) -> tp.Any:
+        # (as folder: "$SCRATCH/logs/%j" made a folder named "$SCRATCH" in the cwd)
+        if isinstance(value, str | os.PathLike) and isinstance(os.fspath(value), str):
+            return expand_path_text("logs", os.fspath(value))
+        return value
 
     @pydantic.field_validator("logs")
     @classmethod
