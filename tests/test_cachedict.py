@@ -687,6 +687,9 @@ _DAMAGED_LINES = {  # index lines lacking fields, or with fields of the wrong ty
     "neg_offset": {"#type": "MemmapArray", "f": "data/x.data", "o": -8, "d": "<f8", "s": [1]},
     "error": {"#type": "Error"},  # (missing 3 required positional arguments)
     "scalar": {"#type": "NumpyScalar"},  # (data type '' not understood)
+    "scalar_b64": {"#type": "NumpyScalar", "d": "<f8", "b": "AAAAAAAA+D"},  # (binascii)
+    "scalar_short": {"#type": "NumpyScalar", "d": "<f8", "b": "AAAA"},  # (IndexError)
+    "scalar_dtype": {"#type": "NumpyScalar", "d": "<zz", "b": "AAAA"},  # (TypeError)
     "pickle": {"#type": "Pickle"},
     "bad_type": {"#type": ["Auto"]},
 }

@@ -414,7 +414,17 @@ class NumpyScalar:
             raise DamagedRecord("a NumpyScalar record holds 'd' and 'b', or 'p': not here")
         import numpy as np
 
-        return np.frombuffer(base64.b64decode(b), dtype=np.dtype(d))[0]
+        try:
+            dtype, data = np.dtype(d), base64.b64decode(b, validate=True)
+        except (TypeError, ValueError) as error:  # (binascii.Error is a ValueError)
+            raise DamagedRecord(
+                f"a NumpyScalar record's 'd' or 'b' cannot be read: {error}"
+            ) from error
+        if len(data) != dtype.itemsize:
+            raise DamagedRecord(
+                f"a NumpyScalar record of dtype {dtype} holds {len(data)} bytes, not {dtype.itemsize}"
+            )
+        return np.frombuffer(data, dtype=dtype)[0]
 
 
 def _referencing(dtype: tp.Any) -> str:
