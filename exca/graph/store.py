@@ -7,7 +7,7 @@ import logging
 import typing as tp
 
 from ..storage.cachederror import CachedError
-from ..storage.cachedict import CacheDict
+from ..storage.cachedict import CacheDict, MissingKey
 from ..storage.dumping import PAYLOAD_ERRORS, is_damaged_payload, mark_if_damaged
 from ..storage.index import Entry
 from . import codeprint
@@ -135,9 +135,7 @@ def cached_outcome(cache: CacheDict[tp.Any], missing: tp.Any) -> tp.Any:
     is raised."""
     try:
         return cache[TASK_KEY]
-    except KeyError:
-        if cache.entry_type(TASK_KEY, refresh=True) is not None:
-            raise
+    except MissingKey:  # (a KeyError raised loading it is raised)
         return missing
     except FileNotFoundError as error:
         raise unreadable_result(cache, error) from None

@@ -17,7 +17,7 @@ import pydantic
 
 from ..graph import calls, codeprint, store
 from ..graph.node import DEFAULT_MAX_JOBS, Node
-from ..storage.cachedict import CacheDict
+from ..storage.cachedict import CacheDict, MissingKey
 from ..storage.dumping import PAYLOAD_ERRORS
 from ..storage.index import INDEX_SUFFIX
 from .base import BaseInfra
@@ -283,7 +283,12 @@ def _refilling(
             key = uids[position]
             cache = infra.cache_dict
             cache.refresh()
-            if refills >= MAX_REFILLS or error.args != (key,) or cache.count_errors([key]):
+            if (
+                refills >= MAX_REFILLS
+                or not isinstance(error, MissingKey)
+                or error.args != (key,)
+                or cache.count_errors([key])
+            ):
                 raise  # (or a cached error of the method: its own KeyError)
         except Exception as error:
             if infra.cache_dict.entry_type(uids[position]) == "Error":

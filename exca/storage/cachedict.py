@@ -73,6 +73,12 @@ def _inline(info: dict[str, tp.Any]) -> bool:
 X = tp.TypeVar("X")
 
 
+class MissingKey(KeyError):
+    """A key the cache does not hold (a KeyError raised while loading a value is not one:
+    get() and items() tell them apart without reading the folder again, which a key written
+    meanwhile by another process would turn into a false 'present')."""
+
+
 class _ThreadState(threading.local):
     writing = False
     writing_generation = -1  # the fork generation whose write() context set `writing`
@@ -573,7 +579,7 @@ class CacheDict(tp.Generic[X]):
             if not first_read and self._refresh_on_miss():
                 entry = entries.get(key)
             if entry is None:
-                raise KeyError(key)
+                raise MissingKey(key)
         try:
             info = entry
             if _inline(info) and not self.options.replace:
@@ -603,7 +609,7 @@ class CacheDict(tp.Generic[X]):
             self.refresh()
             current = self._entries().get(key)
             if current is None:
-                raise KeyError(key) from None
+                raise MissingKey(key) from None
             try:
                 if place(current) == place(entry):  # the same entry: its payload is missing
                     raise error
@@ -620,7 +626,7 @@ class CacheDict(tp.Generic[X]):
                 _add_note(failure, f"while reading {key!r} from {self.folder}")
                 mark_if_damaged(failure, self.folder)
                 raise
-        raise KeyError(key)
+        raise MissingKey(key)
 
     def _raise_if_damaged_record(self, key: str, entry: Record, error: Exception) -> None:
         """Reading an entry failed: if its index line lacks fields, or holds fields of the
@@ -643,9 +649,9 @@ class CacheDict(tp.Generic[X]):
     def get(self, key: str, default: tp.Any = None) -> tp.Any:
         try:
             return self[key]
-        except KeyError:
-            if key in self:  # (raised while loading its value: e.g. by its __setstate__)
-                raise
+        except (
+            MissingKey
+        ):  # (a KeyError raised loading its value, e.g. by its __setstate__, is raised)
             return default
 
     def keys(self) -> list[str]:
@@ -672,9 +678,7 @@ class CacheDict(tp.Generic[X]):
         for key in self.keys():
             try:
                 value = self[key]
-            except KeyError:  # deleted by another writer since the listing: skipped
-                if key in self:  # (raised while loading its value: e.g. by its __setstate__)
-                    raise
+            except MissingKey:  # deleted by another writer since the listing: skipped
                 continue
             yield key, value
 
