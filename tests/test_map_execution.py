@@ -2303,6 +2303,29 @@ def test_a_call_leaves_the_random_state_of_the_user_as_it_was(tmp_path: Path, cl
     assert counts(tmp_path / "calls.txt") == {i: 1 for i in range(6)}
 
 
+def test_forked_drivers_start_their_chunks_in_different_orders() -> None:
+    """Overlapping runs start on different chunks: processes forked from one driver (a
+    multiprocessing pool) shuffled alike with a generator seeded once at import (a review)."""
+    import multiprocessing
+
+    from exca.graph.scheduler import _SHUFFLER
+
+    def order(queue: tp.Any) -> None:
+        items = list(range(50))
+        _SHUFFLER.shuffle(items)
+        queue.put(items)
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    processes = [context.Process(target=order, args=(queue,)) for _ in range(3)]
+    for process in processes:
+        process.start()
+    orders = [tuple(queue.get(timeout=30)) for _ in processes]
+    for process in processes:
+        process.join()
+    assert len(set(orders)) == 3
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("cluster", [None, "threadpool", "local", "debug"])
 def test_the_job_of_a_map_node_gives_its_outputs(tmp_path: Path, cluster: str | None) -> None:

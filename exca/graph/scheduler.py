@@ -36,8 +36,9 @@ from .progress import Progress
 from .worker import Action, Unit, UpstreamFailed
 
 logger = logging.getLogger("exca")
-# (its own generator: the user's `random` state stays as it was, cached or not)
-_SHUFFLER = random.Random()
+# (its own generator: the user's `random` state stays as it was, cached or not; drawn
+# from the OS: processes forked from one driver shuffle differently, as `random` does)
+_SHUFFLER = random.SystemRandom()
 POLL_START = 0.05
 POLL_MAX = 2.0
 LOCAL_POLL_MAX = 0.2  # (while local jobs run: polling one costs a process check)
