@@ -1603,7 +1603,15 @@ def test_format_returning_reserved_keys(tmp_path: Path) -> None:
     class Bad:
         @classmethod
         def __dump_info__(cls, ctx: DumpContext, value: tp.Any) -> dict[str, tp.Any]:
-            return {"#key": "other"} if value == 1 else {"#rows": 2, "v": value}
+            if value == 1:
+                return {"#key": "other"}
+            if value == 3:  # (a size of its own, without key_file_record's file)
+                return {"#n": 7, "v": value}
+            if value == 4:  # (a name that is not a string)
+                return {1: "x", "v": value}
+            if value == 5:  # (key_file_record's size is kept, with the format's fields)
+                return {**ctx.key_file_record(".txt", lambda f: f.write(b"five")), "v": 5}
+            return {"#rows": 2, "v": value}
 
         @classmethod
         def __load_from_info__(cls, ctx: DumpContext, **fields: tp.Any) -> tp.Any:
@@ -1615,7 +1623,15 @@ def test_format_returning_reserved_keys(tmp_path: Path) -> None:
     # any name starting with "#" (a read drops them: it came back without its field)
     with cd.write(), pytest.raises(ValueError, match=r"\['#rows'\].*reserved.*rename them"):
         cd["b"] = 2
+    with cd.write(), pytest.raises(ValueError, match=r"\['#n'\].*reserved"):
+        cd["c"] = 3  # (the value came back without its '#n')
+    with cd.write(), pytest.raises(TypeError, match="not JSON"):
+        cd["d"] = 4  # ('int' object is not subscriptable)
     assert cd.keys() == [] and CacheDict(tmp_path).keys() == []
+    with cd.write():
+        cd["e"] = 5
+    loaded = CacheDict(tmp_path)["e"]
+    assert loaded["v"] == 5 and (tmp_path / loaded["filename"]).read_bytes() == b"five"
 
 
 # --- pickling ------------------------------------------------------------------------------

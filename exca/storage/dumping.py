@@ -366,7 +366,7 @@ class DumpContext:
             out = value.__dump_info__(self) if itself else handler.__dump_info__(self, value)
             info = {"#key": key, "#type": name, **out}
             for field in out:
-                if not field or (field[0] == "#" and field != SIZE_FIELD):
+                if type(field) is not str or not field or field[0] == "#":
                     _check_fields(name, out)
         except BaseException:
             if not self.batching:  # (a batch removes its files itself)
@@ -612,13 +612,22 @@ def _check_fields(name: str, out: dict[str, tp.Any]) -> None:
     if "" in out:  # (every read of the entry would fail)
         raise ValueError(f"Format {name} returned a field with an empty name in {out!r:.200}")
     # (names starting with "#" are exca's: #key, #type, #meta... a read drops them; the
-    # size key_file_record gives is kept with the record)
-    reserved = sorted(k for k in out if k.startswith("#") and k != SIZE_FIELD)
+    # size key_file_record gives is kept with the record. Names that are not strings are
+    # left to the JSON encoder's error)
+    reserved = sorted(
+        k for k in out if type(k) is str and k.startswith("#") and not _file_size(k, out)
+    )
     if reserved:
         raise ValueError(
             f"Format {name} returned fields {reserved} in {out!r:.200}: names starting "
             "with '#' are reserved (#key, #type and exca's own): rename them"
         )
+
+
+def _file_size(field: str, out: dict[str, tp.Any]) -> bool:
+    """Whether a field is the size key_file_record gives with its file (a format's own
+    '#n' would be dropped on read: refused as the other '#' names)."""
+    return field == SIZE_FIELD and "filename" in out and type(out[field]) is int
 
 
 _SELF_DUMPING: dict[type, bool] = {}
