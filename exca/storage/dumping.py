@@ -625,9 +625,12 @@ def _check_fields(name: str, out: dict[str, tp.Any]) -> None:
 
 
 def _file_size(field: str, out: dict[str, tp.Any]) -> bool:
-    """Whether a field is the size key_file_record gives with its file (a format's own
-    '#n' would be dropped on read: refused as the other '#' names)."""
-    return field == SIZE_FIELD and "filename" in out and type(out[field]) is int
+    """Whether a field is the size key_file_record gives with its file ("filename", or
+    "pickle" in an Auto record); a format's own '#n' would be dropped on read: refused as
+    the other '#' names."""
+    return (
+        field == SIZE_FIELD and type(out[field]) is int and ("filename" in out or "pickle" in out)
+    )
 
 
 _SELF_DUMPING: dict[type, bool] = {}
