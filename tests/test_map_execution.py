@@ -1546,6 +1546,8 @@ class NpyArrays(pydantic.BaseModel):
         ("shared-ram", 0.5),
         ("npy", 0.5),
         ("npy", 0.1),  # (inside its header)
+        ("npy", 0.004),  # (3 bytes, inside its magic string: numpy spoke of pickled data)
+        ("npy", 0.007),  # (6 bytes: "EOF: reading magic string")
         ("npy", 0),
     ],
 )

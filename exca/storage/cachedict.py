@@ -13,6 +13,7 @@ import itertools
 import logging
 import operator
 import os
+import pickle
 import shutil
 import threading
 import typing as tp
@@ -26,6 +27,8 @@ from . import gcpause, interrupts, presence
 from .dumping import (
     RECORD_ERRORS,
     DamagedRecord,
+    is_damaged_payload,
+    mark_damaged,
     mark_if_damaged,
     record_problem,
 )
@@ -71,6 +74,7 @@ def _inline(info: dict[str, tp.Any]) -> bool:
 
 
 X = tp.TypeVar("X")
+_CUT_SHORT_TYPES = (ValueError, EOFError, pickle.UnpicklingError)  # (a payload cut short)
 
 
 class MissingKey(KeyError):
@@ -592,7 +596,7 @@ class CacheDict(tp.Generic[X]):
             if isinstance(error, RECORD_ERRORS):
                 self._raise_if_damaged_record(key, entry, error)
             _add_note(error, f"while reading {key!r} from {self.folder}")
-            mark_if_damaged(error, self.folder)
+            self._mark_if_damaged(key, entry, error)
             raise
         if self.keep_in_ram:
             ram[key] = value
@@ -617,16 +621,29 @@ class CacheDict(tp.Generic[X]):
             except FileNotFoundError as again:
                 if place(current) == place(entry):
                     _add_note(again, f"while reading {key!r} from {self.folder}")
-                    mark_if_damaged(again, self.folder)
+                    self._mark_if_damaged(key, current, again)
                     raise
                 entry, error = current, again  # (replaced again since: read the newer one)
             except Exception as failure:
                 if isinstance(failure, RECORD_ERRORS):
                     self._raise_if_damaged_record(key, current, failure)
                 _add_note(failure, f"while reading {key!r} from {self.folder}")
-                mark_if_damaged(failure, self.folder)
+                self._mark_if_damaged(key, current, failure)
                 raise
         raise MissingKey(key)
+
+    def _mark_if_damaged(self, key: str, entry: Record, error: BaseException) -> None:
+        """Mark a loading error that comes of a payload removed or cut short: by its message,
+        or, for messages numpy or pickle word otherwise (a .npy cut within its magic string
+        reads as 'pickled data'), by the payload's size against the one written."""
+        mark_if_damaged(error, self.folder)
+        if (
+            self.folder is not None
+            and type(error) in _CUT_SHORT_TYPES
+            and not is_damaged_payload(error)
+            and presence.damaged(self.folder, [(key, entry)])
+        ):
+            mark_damaged(error)
 
     def _raise_if_damaged_record(self, key: str, entry: Record, error: Exception) -> None:
         """Reading an entry failed: if its index line lacks fields, or holds fields of the

@@ -93,7 +93,12 @@ def mark_if_damaged(error: BaseException, folder: Path | None) -> None:
     else:
         damaged = isinstance(error, DamagedPayload)
     if damaged:
-        setattr(error, _DAMAGED, True)
+        mark_damaged(error)
+
+
+def mark_damaged(error: BaseException) -> None:
+    """Mark an error as saying that an entry's payload was removed or cut short."""
+    setattr(error, _DAMAGED, True)
 
 
 def is_damaged_payload(error: BaseException) -> bool:
