@@ -1446,6 +1446,101 @@ def test_an_unpicklable_global_of_a_main_method_is_named(tmp_path: Path) -> None
     run_main_script(tmp_path, UNPICKLABLE_GLOBAL_SCRIPT, str(cache))
 
 
+UNPICKLABLE_CLASS_SCRIPT = """
+import sys, threading
+import typing as tp
+import pydantic, exca
+
+
+class Parent(pydantic.BaseModel):
+    def describe(self) -> str:
+        return "x"
+
+
+class WithSuper(Parent):  # (super(): the method's closure holds the class, as __class__)
+    LOCK: tp.ClassVar[tp.Any] = threading.Lock()
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def train(self) -> str:
+        return super().describe()
+
+
+def make():  # (the method names its class: the closure holds it)
+    class Local(pydantic.BaseModel):
+        LOCK: tp.ClassVar[tp.Any] = threading.Lock()
+        infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+        @infra.apply
+        def train(self) -> int:
+            return isinstance(self, Local)
+
+    return Local
+
+
+def make_with_empty_cell():  # (a_later: a variable assigned after the class, never)
+    lock = threading.Lock()
+
+    class Empty(pydantic.BaseModel):
+        infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+        @infra.apply
+        def train(self) -> int:
+            with lock:
+                return a_later
+
+    return Empty
+    a_later = 1
+
+
+class Data(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    CACHE: tp.ClassVar[tp.Any] = threading.Lock()
+    path: str = "x"
+
+
+class Exp(pydantic.BaseModel):
+    data: Data = Data()
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def train(self) -> str:
+        return self.data.path
+
+
+def message(config) -> str:
+    try:
+        config(infra={"folder": sys.argv[1], "cluster": "local"}).train()
+    except TypeError as error:
+        return str(error)
+    raise AssertionError("sent")
+
+
+if __name__ == "__main__":
+    error = message(WithSuper)  # (it blamed the variable '__class__' (ModelMetaclass))
+    assert "the class attribute WithSuper.LOCK (lock) cannot be pickled" in error, error
+    error = message(make())  # (it blamed the variable 'Local')
+    assert "class attribute make.<locals>.Local.LOCK (lock) cannot be pickled" in error, error
+    assert "defined in a function" in error, error
+    error = message(make_with_empty_cell())  # (a ValueError reading the empty cell)
+    assert "the variable 'lock' (lock) that make_with_empty_cell" in error, error
+    error = message(Exp)  # (it blamed the config's 'data', which holds a path)
+    assert "class attribute Data.CACHE (lock) of the config's 'data' cannot" in error, error
+    print("MAIN-OK")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_an_unpicklable_attribute_of_a_main_class_is_named(tmp_path: Path) -> None:
+    """A class attribute of a script's class (sent by value) that cannot be pickled is
+    named, when the method's closure holds the class (super(), or a class naming itself)
+    and when the class is that of a sub-config (the variable '__class__', or the config's
+    'data' holding a path, was blamed); an empty closure cell is skipped."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    run_main_script(tmp_path, UNPICKLABLE_CLASS_SCRIPT, str(cache))
+
+
 LIBRARY_MODULE = """
 import typing as tp
 

@@ -712,8 +712,10 @@ def unpicklable_error(units: tp.Sequence[Unit], error: Exception, where: str) ->
 
 
 def _unpicklable_part(function: tp.Any) -> str | None:
-    """Which field of the config, or which global of its method, cannot be pickled (a
-    class of a notebook or a script is sent by value, with the globals its methods use)."""
+    """Which field of the config, which attribute of a class sent by value, or which
+    variable or global of its method cannot be pickled (a class of a notebook or a script,
+    or one defined in a function, is sent by value: with its attributes, and the globals
+    and closure variables its methods use)."""
     import cloudpickle
 
     def fails(value: tp.Any) -> bool:
@@ -728,47 +730,116 @@ def _unpicklable_part(function: tp.Any) -> str | None:
     fields.update(getattr(owner, "__pydantic_private__", None) or {})
     for name, value in fields.items():
         if fails(value):
-            return (
-                f"the config's {name!r} ({type(value).__name__}) cannot be pickled. Keep "
-                "unpicklable objects (locks, open files, clients) out of the config, e.g. "
-                "create them in the method, or use cluster=None to compute here"
-            )
+            return _unpicklable_field(name, value, fails)
+    if owner is not None:
+        culprit = _unpicklable_class_attribute(type(owner), fails)
+        if culprit is not None:
+            return culprit
     func: tp.Any = getattr(getattr(function, "method", None), "func", None)
     code = getattr(func, "__code__", None)
-    if code is None or getattr(func, "__module__", None) != "__main__":
+    if code is None or not _sent_by_value(func):
         return None
+    classes: list[tuple[str, type]] = []
     for name, cell in zip(code.co_freevars, func.__closure__ or ()):
-        value = cell.cell_contents
+        try:
+            value = cell.cell_contents
+        except ValueError:  # (an empty cell: a variable not assigned yet)
+            continue
+        if isinstance(value, type):  # (e.g. __class__ for super(), or a class naming itself)
+            classes.append((name, value))  # (what fails is in the class: checked below)
+            continue
         if fails(value):
             return (
                 f"the variable {name!r} ({type(value).__name__}) that {func.__qualname__} "
                 "takes from the function defining it cannot be pickled. Create it in the "
                 "method, or use cluster=None to compute here"
             )
-    plain = (types.FunctionType, property, classmethod, staticmethod)
-    for klass in type(owner).__mro__ if owner is not None else ():
-        if klass.__module__ != "__main__":  # (sent by reference: its module is imported)
-            continue
-        for name, value in vars(klass).items():
-            # (names with "_": the class machinery's, e.g. abc's, which cloudpickle skips)
-            if name.startswith("_") or isinstance(value, plain) or not fails(value):
-                continue
-            return (
-                f"the class attribute {klass.__name__}.{name} ({type(value).__name__}) cannot "
-                "be pickled: a class defined in a notebook or a script is sent by value, "
-                "with its attributes. Create it in the method (or in a module), or use "
-                "cluster=None to compute here"
-            )
+    for _, value in classes:
+        culprit = _unpicklable_class_attribute(value, fails)
+        if culprit is not None:
+            return culprit
     for name in code.co_names:
-        if name in func.__globals__ and fails(func.__globals__[name]):
-            value = func.__globals__[name]
+        if name not in func.__globals__:
+            continue
+        value = func.__globals__[name]
+        if isinstance(value, type):
+            culprit = _unpicklable_class_attribute(value, fails)
+            if culprit is not None:
+                return culprit
+        if fails(value):
             return (
                 f"the global {name!r} ({type(value).__name__}) that {func.__qualname__} uses "
                 "cannot be pickled: a class defined in a notebook or a script is sent by "
                 "value, with the globals its methods use. Create it in the method (or in a "
                 "module the method imports), or use cluster=None to compute here"
             )
+    for name, value in classes:
+        if fails(value):  # (none of its attributes: what one of its methods uses)
+            where = "in a function" if "<locals>" in value.__qualname__ else "in a script"
+            return (
+                f"the class {value.__qualname__} that {func.__qualname__} uses (as {name!r}) "
+                f"cannot be pickled: a class defined {where} is sent by value, with its "
+                "attributes and the globals its methods use. Define it in a module, or use "
+                "cluster=None to compute here"
+            )
     return None
+
+
+def _sent_by_value(obj: tp.Any) -> bool:
+    """Whether cloudpickle sends this class or function by value rather than by reference:
+    it is defined in __main__ (a notebook or a script) or in a function."""
+    module = getattr(obj, "__module__", None)
+    return (
+        module == "__main__"
+        or module not in sys.modules
+        or "<locals>" in getattr(obj, "__qualname__", "")
+    )
+
+
+def _unpicklable_class_attribute(
+    klass: type, fails: tp.Callable[[tp.Any], bool], of: str = ""
+) -> str | None:
+    """The error naming an attribute that cannot be pickled of this class or of its bases
+    sent by value (None: there is none)."""
+    plain = (types.FunctionType, property, classmethod, staticmethod)
+    for base in klass.__mro__:
+        if not _sent_by_value(base):  # (sent by reference: its module is imported)
+            continue
+        for name, value in vars(base).items():
+            # (dunders and _abc_impl: the class machinery's, which cloudpickle handles)
+            dunder = name.startswith("__") and name.endswith("__")
+            if dunder or name == "_abc_impl" or isinstance(value, plain) or not fails(value):
+                continue
+            where = (
+                "in a function" if "<locals>" in base.__qualname__ else "in a notebook or a script"
+            )
+            return (
+                f"the class attribute {base.__qualname__}.{name} ({type(value).__name__}){of} "
+                f"cannot be pickled: a class defined {where} is sent by value, with its "
+                "attributes. Create it in the method (or define the class in a module), or "
+                "use cluster=None to compute here"
+            )
+    return None
+
+
+def _unpicklable_field(name: str, value: tp.Any, fails: tp.Callable[[tp.Any], bool]) -> str:
+    """The error of a field of the config that cannot be pickled: an attribute of its class
+    (sent by value), a field of it (a sub-config), or the value itself."""
+    kind = type(value).__name__
+    culprit = _unpicklable_class_attribute(type(value), fails, of=f" of the config's {name!r}")
+    if culprit is not None:
+        return culprit
+    if hasattr(value, "__pydantic_fields_set__"):  # (a sub-config: which of its fields)
+        sub = dict(getattr(value, "__dict__", None) or {})
+        sub.update(getattr(value, "__pydantic_private__", None) or {})
+        for key, item in sub.items():
+            if fails(item):
+                return _unpicklable_field(f"{name}.{key}", item, fails)
+    return (
+        f"the config's {name!r} ({kind}) cannot be pickled. Keep unpicklable objects (locks, "
+        "open files, clients) out of the config, e.g. create them in the method, or use "
+        "cluster=None to compute here"
+    )
 
 
 def _unpicklable_item(units: tp.Sequence[Unit]) -> tp.Any:
