@@ -1900,13 +1900,40 @@ def test_folder_names_environment_variables(
     literal = tmp_path / "cache$EXCA_TEST_SCRATCH"  # an existing folder: its name, as is
     literal.mkdir()
     assert Task(infra={"folder": str(literal)}).infra.folder == literal
-    # logs too (it made a folder named "$EXCA_TEST_SCRATCH" in the cwd; a probe)
-    monkeypatch.setenv("EXCA_TEST_SCRATCH", str(tmp_path))
-    logs = Task(infra={"folder": tmp_path, "logs": "$EXCA_TEST_SCRATCH/logs/%j"}).infra.logs
-    assert str(logs) == f"{tmp_path}/logs/%j"
-    monkeypatch.delenv("EXCA_TEST_SCRATCH")
-    with pytest.raises(pydantic.ValidationError, match=r"logs=.*\$EXCA_TEST_SCRATCH, which is"):
-        Task(infra={"folder": tmp_path, "logs": "$EXCA_TEST_SCRATCH/logs/%j"})
+
+
+@pytest.mark.timeout(120)
+def test_logs_names_environment_variables_expanded_when_a_job_is_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """logs "$SCRATCH/logs/%j" made a folder named "$SCRATCH" in the cwd (a probe); then,
+    expanded when the config was built, a class default naming a variable unset on a
+    laptop could not even be defined, with cluster=None (a review). It is expanded when a
+    job is sent: an unset variable is an error of that call, and a problem of its plan."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EXCA_TEST_SCRATCH", raising=False)
+
+    class Scratch(pydantic.BaseModel):
+        infra: TaskInfra = TaskInfra(version="1", logs="$EXCA_TEST_SCRATCH/logs/%j")
+
+        @infra.apply
+        def process(self) -> int:
+            return 12
+
+    assert Scratch(infra={"folder": tmp_path / "here"}).process() == 12  # (no job: no logs)
+    local = Scratch(infra={"folder": tmp_path / "local", "cluster": "local"})
+    with pytest.raises(ValueError, match=r"logs=.*\$EXCA_TEST_SCRATCH, which is not set"):
+        local.process()
+    [entry] = exca.graph.plan(local.process.node()).entries
+    assert any("$EXCA_TEST_SCRATCH, which is not set" in p for p in entry.problems)
+    monkeypatch.setenv("EXCA_TEST_SCRATCH", str(tmp_path / "scratch"))
+    assert not exca.graph.plan(local.process.node()).entries[0].problems
+    assert local.process() == 12
+    assert list((tmp_path / "scratch/logs").iterdir())  # (the job's log folder)
+    assert not list(tmp_path.glob("$*"))  # (no folder named "$EXCA_TEST_SCRATCH")
+    home = Scratch(infra={"folder": tmp_path / "home", "cluster": "local", "logs": "~{user}/x/%j"})
+    assert "~{user}" in str(home.infra.logs)  # ({user} is filled first, then ~user expanded)
+    assert not exca.graph.plan(home.process.node()).entries[0].problems
 
 
 class Prepared(pydantic.BaseModel):

@@ -138,10 +138,13 @@ class Plan:
         if run.needs_work and not _waits(run):  # (a check-only map's job too: checked)
             from .executors import resolve_cluster
 
-            if resolve_cluster(node.execution.cluster) == "slurm":
+            cluster = resolve_cluster(node.execution.cluster)
+            if cluster == "slurm":
                 from .slurm_check import problems as check_problems
 
                 problems = check_problems(node.execution)
+            if cluster in SUBMITIT_CLUSTERS:
+                problems = [*problems, *_logs_problems(node)]
             unreachable = unreachable_inputs(node, detached=False)
             if unreachable:
                 problems = [*problems, unreachable]
@@ -403,6 +406,17 @@ def _where(node: Node, run: NodeRun) -> str:
         resolved = resolve_cluster("auto")
         where = f"{resolved}(auto, {resources[1:]}" if resources else f"{resolved} (auto)"
     return where
+
+
+def _logs_problems(node: Node) -> list[str]:
+    """A log folder a job could not be sent with (an environment variable not set...)."""
+    from .executors import format_logs
+
+    try:
+        format_logs(node.execution.logs or "{folder}/logs/{user}/%j", node.folder)
+    except ValueError as error:
+        return [str(error)]
+    return []
 
 
 def _single_pool_item(node: Node, run: NodeRun) -> bool:

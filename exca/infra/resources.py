@@ -86,14 +86,6 @@ class SubmititMixin(pydantic.BaseModel):
     conda_env: Path | str | None = None
     workdir: WorkDir | None = None
 
-    @pydantic.field_validator("logs", mode="before")
-    @classmethod
-    def _logs_text(cls, value: tp.Any) -> tp.Any:
-        # (as folder: "$SCRATCH/logs/%j" made a folder named "$SCRATCH" in the cwd)
-        if isinstance(value, str | os.PathLike) and isinstance(os.fspath(value), str):
-            return expand_path_text("logs", os.fspath(value))
-        return value
-
     @pydantic.field_validator("logs")
     @classmethod
     def _known_placeholders(cls, value: Path | str) -> Path | str:
