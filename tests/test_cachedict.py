@@ -685,6 +685,11 @@ _DAMAGED_LINES = {  # index lines lacking fields, or with fields of the wrong ty
     "neg_shape": {"#type": "MemmapArray", "f": "data/x.data", "o": 0, "d": "<f8", "s": [-1]},
     "bool_offset": {"#type": "MemmapArray", "f": "data/x.data", "o": True, "d": "<f8", "s": [3]},
     "neg_offset": {"#type": "MemmapArray", "f": "data/x.data", "o": -8, "d": "<f8", "s": [1]},
+    # (a Text read from byte 1, cut to 1 character, or an OSError)
+    "text_bool_offset": {"#type": "Text", "f": "data/x.txt", "o": True, "n": 2},
+    "text_bool_size": {"#type": "Text", "f": "data/x.txt", "o": 0, "n": True},
+    "text_neg_offset": {"#type": "Text", "f": "data/x.txt", "o": -1, "n": 2},
+    "json_neg_size": {"#type": "Json", "f": "data/x.txt", "o": 0, "n": -1},
     "error": {"#type": "Error"},  # (missing 3 required positional arguments)
     "scalar": {"#type": "NumpyScalar"},  # (data type '' not understood)
     "scalar_b64": {"#type": "NumpyScalar", "d": "<f8", "b": "AAAAAAAA+D"},  # (binascii)
@@ -710,6 +715,7 @@ def test_a_damaged_index_line_raises_naming_it(tmp_path: Path) -> None:
             handle.write(orjson.dumps({"#key": key, **line}) + b"\n")
         handle.write(b'{"#key":"json_null","#type":"Json","v":null}\n')
         handle.write(b'{"#key":"result_null","#type":"Result","v":null}\n')
+    (tmp_path / "data/x.txt").write_bytes(b"Abbbb")  # (the text records' file: readable)
     fresh: CacheDict[tp.Any] = CacheDict(tmp_path)
     for key in ("auto_none", "json_null", "result_null"):  # ("v": null is a None value)
         assert "v" in fresh.entry(key).info and fresh[key] is None  # type: ignore[union-attr]

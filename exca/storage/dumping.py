@@ -561,6 +561,9 @@ class DumpContext:
             shared.flush()
 
     def read_bytes(self, name: str, offset: int, length: int) -> bytes:
+        if type(offset) is not int or type(length) is not int or offset < 0 or length < 0:
+            # (written by hand: true read from byte 1, or cut the value to 1 byte)
+            raise DamagedRecord(f"offset {offset!r:.40} and size {length!r:.40} cannot be a place")
         with open(payload_path(self.folder, name), "rb") as handle:
             handle.seek(offset)
             data = handle.read(length)
