@@ -2586,6 +2586,57 @@ def test_a_write_context_closed_by_another_thread(tmp_path: Path) -> None:
     assert sorted(CacheDict(tmp_path).keys()) == ["first", "main", "w1", "w2"]
 
 
+def test_a_write_context_closed_elsewhere_in_a_thread_of_a_reused_id(tmp_path: Path) -> None:
+    """Contexts were told apart by thread id, which a new thread reuses: a generator
+    opened in an ended thread, closed in a new one inside its own context, ended that
+    context (its next write raised). After its context was closed elsewhere, the opening
+    thread wrote on with no context (a review)."""
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path)
+
+    def producer() -> tp.Iterator[int]:
+        with cd.write():
+            yield 1
+
+    held: list[tp.Iterator[int]] = []
+    idents: list[int | None] = []
+
+    def opener() -> None:
+        generator = producer()
+        next(generator)
+        held.append(generator)
+        idents.append(threading.get_ident())
+
+    outcome: list[str] = []
+
+    def closer() -> None:
+        idents.append(threading.get_ident())
+        with cd.write():
+            cd["c1"] = 1
+            held.pop().close()  # type: ignore[attr-defined]
+            cd["c2"] = 2
+            outcome.append("written")
+
+    for target in (opener, closer):
+        thread = threading.Thread(target=target)
+        thread.start()
+        thread.join()
+    assert idents[0] == idents[1]  # (Linux reuses the id of an ended thread)
+    assert outcome == ["written"]
+    assert sorted(CacheDict(tmp_path).keys()) == ["c1", "c2"]
+    # the opening thread, after its context was closed by another one, writes no more
+    generator = producer()
+    next(generator)
+    closing = threading.Thread(target=generator.close)  # type: ignore[attr-defined]
+    closing.start()
+    closing.join()
+    assert not cd.is_writing()
+    with pytest.raises(RuntimeError, match="outside of a write context"):
+        cd["outside"] = 1
+    with pytest.raises(RuntimeError, match="set_many must be called inside"):
+        cd.set_many([("many", 1)])
+    assert "outside" not in CacheDict(tmp_path) and "many" not in CacheDict(tmp_path)
+
+
 def test_clear_while_another_thread_of_the_instance_writes(tmp_path: Path) -> None:
     """What that thread writes after the clear() is kept and readable (it listed keys it
     could neither read nor write again: their files were removed; a probe)."""

@@ -84,7 +84,9 @@ class MissingKey(KeyError):
 
 
 class _ThreadState(threading.local):
-    writing = False
+    # the write() context this thread is in: a one-element list of its own, emptied (falsy)
+    # when the context ends in another thread (a generator holding it, closed elsewhere)
+    writing: list[bool] | tp.Literal[False] = False
     writing_generation = -1  # the fork generation whose write() context set `writing`
     frozen = 0  # >0: a miss refreshes at most once (bulk checks)
     refreshed_while_frozen = False
@@ -227,8 +229,6 @@ class CacheDict(tp.Generic[X]):
         self._reader = self._new_reader() if self.folder is not None else None
         self._loader_context: DumpContext | None = None
         self._local = _ThreadState()
-        # threads whose write() context was closed by another thread (see write)
-        self._closed_elsewhere: set[int] = set()
         self._clears = 0  # clear() calls: a thread's writer session of before is not reused
         self._read_once = False
         self._ram_errors = 0  # cached errors held in RAM (values_of must check them)
@@ -711,8 +711,7 @@ class CacheDict(tp.Generic[X]):
     # --- writing ------------------------------------------------------------------------------
     def is_writing(self) -> bool:
         """Whether this thread is inside a ``write()`` context of this instance."""
-        closed = self._closed_elsewhere and threading.get_ident() in self._closed_elsewhere
-        return bool(self._local.writing) and not closed
+        return bool(self._local.writing)
 
     def view(self) -> CacheDict[X]:
         """Another instance on the same folder (own RAM, own writer sessions)."""
@@ -724,11 +723,6 @@ class CacheDict(tp.Generic[X]):
     def write(self) -> tp.Iterator[None]:
         """Context in which ``cd[key] = value`` is allowed (one per thread at a time)."""
         local = self._local
-        ident = threading.get_ident()
-        if self._closed_elsewhere and ident in self._closed_elsewhere:
-            # (its context, held by a generator, was closed by another thread: ended now)
-            self._closed_elsewhere.discard(ident)
-            local.writing, local.writing_generation = False, -1
         # (a child forked inside the parent's context may write, as the parent could, and
         # may open its own context: that is no re-entry in the child)
         if local.writing and local.writing_generation == _FORK_GENERATION:
@@ -741,15 +735,16 @@ class CacheDict(tp.Generic[X]):
             local.session = None  # cleared or removed since: a new session, a new name
         # (set right before the try: a Ctrl-C during the checks above left the thread
         # "inside a write() context" for good)
-        local.writing, local.writing_generation = True, _FORK_GENERATION
+        context = [True]  # (this context's own: thread ids are reused by new threads)
+        local.writing, local.writing_generation = context, _FORK_GENERATION
         try:
             yield
         finally:
-            if threading.get_ident() != ident:
+            if local.writing is not context:
                 # a generator holding the context, closed by another thread (g.close(), the
                 # garbage collector): that thread's state is not this context's; the
-                # opening thread's ends at its next write() (its session is kept)
-                self._closed_elsewhere.add(ident)
+                # opening thread's context ends (its session is kept for its next one)
+                context.clear()
             else:
                 local.writing, local.writing_generation = outer
                 session = local.session
