@@ -2549,6 +2549,10 @@ def test_permissions_given_as_a_string(tmp_path: Path, mode: str) -> None:
     assert stat.S_IMODE((tmp_path / "cache").stat().st_mode) == cd.permissions
     with pytest.raises(ValueError, match="permissions='rwx'"):
         CacheDict(tmp_path / "other", permissions="rwx")
+    # an octal string with the sticky bit: no decimal guess ('4755' suggested 0o2541)
+    with pytest.raises(ValueError, match=r"permissions='4755' is 0o4755.*drop that digit") as info:
+        CacheDict(tmp_path / "other", permissions="4755")
+    assert "did you mean" not in str(info.value)
 
 
 def test_a_write_context_closed_by_another_thread(tmp_path: Path) -> None:

@@ -68,12 +68,19 @@ def parse_permissions(value: tp.Any) -> int | None:
         if value == "a+rwx":
             return 0o777
         try:
-            value = int(value, 8)
+            mode = int(value, 8)
         except ValueError:
             raise ValueError(
                 f"permissions={value!r}: use an int such as 0o777, an octal string such as "
                 "'777', 'a+rwx', or None"
             ) from None
+        if mode & 0o5000 and 0 <= mode <= 0o7777:  # (read as octal: no decimal mix-up to guess)
+            raise ValueError(
+                f"permissions={value!r} is {oct(mode)}, which sets the setuid or sticky bit (a "
+                "sticky folder lets only its owner remove what others wrote): drop that digit, "
+                "e.g. '777' or '2775' (setgid)"
+            )
+        value = mode
     return check_permissions(value)
 
 
