@@ -3477,6 +3477,65 @@ def test_check_without_slurm_says_nothing_was_checked(tmp_path: Path) -> None:
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
+class Checked(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        return 1
+
+
+def _made_up_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resource check sees a made-up cluster: partition gpu (1 day, a node with 8 GPUs
+    and 16 CPUs, one with 64 CPUs and no GPU) and partition long (7 days, no GPU)."""
+    from exca.graph import slurm_check as sc
+
+    info = sc.SlurmCluster(
+        partitions={
+            "gpu": sc.SlurmPartition("gpu", True, 24 * 60, ["g1", "c2"]),
+            "long": sc.SlurmPartition("long", False, 7 * 24 * 60, ["c1"]),
+        },
+        nodes={
+            "g1": sc.SlurmNode("g1", 16, 64000, 8, set(), {"gpu"}),
+            "c2": sc.SlurmNode("c2", 64, 64000, 0, set(), {"gpu"}),
+            "c1": sc.SlurmNode("c1", 64, 256000, 0, set(), {"long"}),
+        },
+        max_array_size=1001,
+        accounts=None,
+        qos=None,
+    )
+    monkeypatch.setattr(sc, "cluster", lambda: info)
+
+
+def _plan_problems(tmp_path: Path, **infra: tp.Any) -> list[str]:
+    task = Checked(infra={"folder": tmp_path, "cluster": "slurm", **infra})
+    (entry,) = exca.graph.plan(task.run.node()).entries
+    return entry.problems
+
+
+def test_a_list_of_partitions_must_fit_in_one_of_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ "gpu,long" was checked against both partitions pooled: GPUs from one, the time
+    limit of the other passed, and the job stayed pending for good."""
+    _made_up_cluster(monkeypatch)
+    day = 24 * 60
+    assert _plan_problems(tmp_path, slurm_partition="gpu,long", gpus_per_node=1) == []
+    assert _plan_problems(tmp_path, slurm_partition="gpu,long", timeout_min=3 * day) == []
+    (problem,) = _plan_problems(
+        tmp_path, slurm_partition="gpu,long", gpus_per_node=1, timeout_min=3 * day
+    )
+    assert problem.startswith("no single partition of 'gpu', 'long' fits"), problem
+    assert "timeout_min=4320 exceeds the time limit of partition 'gpu' (1440 min)" in problem
+    assert "gpus_per_node=1 but nodes of partition 'long' have at most 0 GPUs" in problem
+    (problem,) = _plan_problems(tmp_path, slurm_partition="gpu,long", nodes=2, cpus_per_task=64)
+    assert "nodes=2 but partition 'long' has 1 node(s)" in problem
+    assert "nodes=2 with 64 CPUs, 0 GPUs each but 1 node(s) of partition 'gpu' have them" in problem
+    # in one partition, the resources of one node: 64 CPUs and a GPU are on no node of gpu
+    (problem,) = _plan_problems(tmp_path, slurm_partition="gpu", gpus_per_node=1, cpus_per_task=64)
+    assert problem == "no node of partition 'gpu' has 64 CPUs, 1 GPUs together"
+
+
 def test_inspection_and_previews_free_nothing(tmp_path: Path) -> None:
     """A forced task leaves the first run's index file without a live entry (its writer
     ended): listings, previews, explanations and plans leave it on disk; a read of the

@@ -182,8 +182,8 @@ def _expected_problems() -> list[str]:
 
 def test_a_list_of_partitions_is_checked_partition_by_partition(tmp_path: Path) -> None:
     """Slurm takes "a,b" (the job starts in whichever can run it first): it was refused as
-    one unknown partition (a probe). Each name must exist; resources fit if some node of
-    them has them."""
+    one unknown partition (a probe). Each name must exist; the resources must fit one of
+    them."""
     from exca.graph import slurm_check
 
     known = sorted(slurm_check.cluster().partitions)[0]
@@ -197,7 +197,7 @@ def test_a_list_of_partitions_is_checked_partition_by_partition(tmp_path: Path) 
     (problem,) = problems(slurm_partition=f"{known},no_such_partition")
     assert "partition 'no_such_partition' does not exist" in problem
     (problem,) = problems(slurm_partition=f"{known},{known}", cpus_per_task=640)
-    assert f"partitions '{known},{known}' have at most" in problem
+    assert f"nodes of partition '{known}' have at most" in problem  # (a name listed twice)
 
 
 def test_resources_given_as_sbatch_options_are_checked(tmp_path: Path) -> None:

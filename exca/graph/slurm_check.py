@@ -222,20 +222,46 @@ def problems(
     found: list[str] = []
     name = params.get("slurm_partition") or info.default_partition
     # (a list "a,b": Slurm starts the job in whichever can run it first)
-    names = [n for n in str(name).split(",") if n] if name else []
+    names = list(dict.fromkeys(n for n in str(name).split(",") if n)) if name else []
     for absent in (n for n in names if n not in info.partitions):
         found.append(
             f"partition {absent!r} does not exist (partitions: "
             f"{', '.join(sorted(info.partitions))})"
         )
     partitions = [info.partitions[n] for n in names if n in info.partitions]
-    wanted_nodes = {n for p in partitions for n in p.nodes} if partitions else info.nodes
-    nodes = [info.nodes[n] for n in wanted_nodes if n in info.nodes]
+    # the job runs in one partition, with all its resources there: each is checked on
+    # its own (pooled, "gpu,long" passed gpus found in one and a time limit in the other)
+    per_partition = [
+        _fit(params, [info.nodes[n] for n in p.nodes if n in info.nodes], p.max_time_min, p.name)
+        for p in partitions
+    ] or [_fit(params, list(info.nodes.values()), None, None)]
+    if len(per_partition) == 1:
+        found.extend(per_partition[0])
+    elif all(per_partition):
+        listed = ", ".join(repr(p.name) for p in partitions)
+        found.append(
+            f"no single partition of {listed} fits (the job runs in one of them): "
+            + "; ".join(p for why in per_partition for p in why)
+        )
+    account = params.get("slurm_account")
+    if account and info.accounts is not None and account not in info.accounts:
+        found.append(
+            f"slurm_account={account!r} is not one of your accounts ({', '.join(sorted(info.accounts))})"
+        )
+    qos = params.get("slurm_qos")
+    if qos and info.qos is not None and qos not in info.qos:
+        found.append(f"slurm_qos={qos!r} is not available to you ({', '.join(sorted(info.qos))})")
+    return found
+
+
+def _fit(
+    params: dict[str, tp.Any], nodes: list[SlurmNode], max_time_min: int | None, name: str | None
+) -> list[str]:
+    """Why the requested resources do not fit one partition (None: the whole cluster)."""
     if not nodes:
-        return found
-    where = f"partition {name!r}" if partitions else "the cluster"
-    if len(partitions) > 1:
-        where = f"partitions {name!r}"
+        return []  # (its nodes unknown: let sbatch speak)
+    where = f"partition {name!r}" if name is not None else "the cluster"
+    found: list[str] = []
     cpus = (params.get("cpus_per_task") or 1) * (params.get("tasks_per_node") or 1)
     best_cpus = max(n.cpus for n in nodes)
     if cpus > best_cpus:
@@ -249,17 +275,17 @@ def problems(
     mem = params.get("mem_gb")
     best_mem = max(n.memory_mb for n in nodes)
     if mem is not None and best_mem and mem * 1024 > best_mem:
-        shown = int(mem) if float(mem).is_integer() else mem  # (the field is a float)
-        found.append(f"mem_gb={shown} but nodes of {where} have at most {best_mem / 1024:.1f} GB")
+        found.append(
+            f"mem_gb={_gb(mem)} but nodes of {where} have at most {best_mem / 1024:.1f} GB"
+        )
     nodes_wanted = params.get("nodes") or 1
     if nodes_wanted > len(nodes):
         found.append(f"nodes={nodes_wanted} but {where} has {len(nodes)} node(s)")
     timeout = params.get("timeout_min")
-    limits = [p.max_time_min for p in partitions]
-    if timeout is not None and partitions and None not in limits:
-        longest = max(tp.cast(list[int], limits))
-        if timeout > longest:
-            found.append(f"timeout_min={timeout} exceeds the time limit of {where} ({longest} min)")
+    if timeout is not None and max_time_min is not None and timeout > max_time_min:
+        found.append(
+            f"timeout_min={timeout} exceeds the time limit of {where} ({max_time_min} min)"
+        )
     constraint = params.get("slurm_constraint")
     if constraint:
         features = set().union(*(n.features for n in nodes))
@@ -271,15 +297,24 @@ def problems(
                 f"slurm_constraint={constraint!r}: no node of {where} has feature(s) {sorted(unknown)} "
                 f"(features: {sorted(features) or 'none'})"
             )
-    account = params.get("slurm_account")
-    if account and info.accounts is not None and account not in info.accounts:
-        found.append(
-            f"slurm_account={account!r} is not one of your accounts ({', '.join(sorted(info.accounts))})"
-        )
-    qos = params.get("slurm_qos")
-    if qos and info.qos is not None and qos not in info.qos:
-        found.append(f"slurm_qos={qos!r} is not available to you ({', '.join(sorted(info.qos))})")
+    if not found:  # each resource is on some node: are they on the same ones?
+        able = [n for n in nodes if n.cpus >= cpus and n.gpus >= gpus and _has_mem(n, mem)]
+        if len(able) < nodes_wanted:
+            need = f"{cpus} CPUs, {gpus} GPUs" + (f" and {_gb(mem)} GB" if mem else "")
+            found.append(
+                f"no node of {where} has {need} together"
+                if nodes_wanted == 1
+                else f"nodes={nodes_wanted} with {need} each but {len(able)} node(s) of {where} have them"
+            )
     return found
+
+
+def _has_mem(node: SlurmNode, mem_gb: float | None) -> bool:
+    return not (mem_gb and node.memory_mb and mem_gb * 1024 > node.memory_mb)  # (0: unknown)
+
+
+def _gb(mem_gb: float) -> float | int:
+    return int(mem_gb) if float(mem_gb).is_integer() else mem_gb  # (the field is a float)
 
 
 def check(requests: tp.Sequence[tuple[str, Execution, int]]) -> None:
