@@ -913,6 +913,32 @@ def test_an_option_sbatch_refuses_names_the_config(
     ]
 
 
+class SlurmEnv(pydantic.BaseModel):
+    names: tuple[str, ...]
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def read(self) -> dict[str, str | None]:
+        return {name: os.environ.get(name) for name in self.names}
+
+
+@pytest.mark.timeout(240)
+def test_a_hyphenated_sbatch_option_replaces_the_field(
+    tmp_path: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """{"cpus-per-task": 2} with cpus_per_task=1: submitit wrote both --cpus-per-task=2 and
+    the field's --cpus-per-task=1 (last: sbatch took it), while the check assumed 2."""
+    if slurm_cluster.cpus_per_node < 2:
+        pytest.skip("needs a node of 2 CPUs")
+    settings = {"folder": tmp_path / "cache", "cluster": "slurm", **resources(slurm_cluster)}
+    obj = SlurmEnv(
+        names=("SLURM_CPUS_PER_TASK",),
+        infra={**settings, "slurm_additional_parameters": {"cpus-per-task": 2}},
+    )
+    assert settings["cpus_per_task"] == 1
+    assert obj.read() == {"SLURM_CPUS_PER_TASK": "2"}
+
+
 class LingeringMap(pydantic.BaseModel):
     """Its job's process stays a few seconds after writing its result (an exit handler):
     Slurm lists the job as running, then completing, meanwhile."""

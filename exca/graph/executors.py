@@ -1146,6 +1146,13 @@ class Pools:
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # the time limit of a local job whose timeout_min is None
 
 
+def sbatch_options(extra: dict[str, tp.Any]) -> dict[str, tp.Any]:
+    """slurm_additional_parameters with submitit's spelling ("ntasks_per_node"): the same
+    option spelled "ntasks-per-node" did not replace the field's, both were written and
+    sbatch took the field's (written last)."""
+    return {key.replace("-", "_"): value for key, value in extra.items()}
+
+
 def submitit_executor(execution: Execution, logs: str) -> tp.Any:
     """A configured ``submitit.AutoExecutor`` for an execution (logs: folder with %j)."""
     import submitit
@@ -1171,6 +1178,10 @@ def submitit_executor(execution: Execution, logs: str) -> tp.Any:
         params["timeout_min"] = LOCAL_TIMEOUT_MIN
     if execution.job_name and "name" not in params:
         params["name"] = execution.job_name
+    if params.get("slurm_additional_parameters"):
+        params["slurm_additional_parameters"] = sbatch_options(
+            params["slurm_additional_parameters"]
+        )
     executor.update_parameters(**params)
     if execution.max_pickle_size_gb is not None:
         executor._executor.max_pickle_size_gb = execution.max_pickle_size_gb  # type: ignore[attr-defined]

@@ -199,10 +199,12 @@ _OPTION_FIELDS = {
 def _add_sbatch_options(params: dict[str, tp.Any]) -> None:
     """Resources requested through slurm_additional_parameters are checked as the
     fields are (an impossible one there left its job pending for good)."""
-    extra = params.get("slurm_additional_parameters") or {}
+    from .executors import sbatch_options  # (the spelling the job's executor gets)
+
+    extra = sbatch_options(params.get("slurm_additional_parameters") or {})
     for option, field in _OPTION_FIELDS.items():
-        value = extra.get(option, extra.get(option.replace("_", "-")))
-        if value is None:  # (else it is what sbatch gets: submitit lets it override the field)
+        value = extra.get(option)
+        if value is None:  # (else it is what sbatch gets: it replaces the field's option)
             continue
         if field.startswith("slurm_"):
             params[field] = str(value)
