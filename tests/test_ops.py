@@ -3536,6 +3536,33 @@ def test_a_list_of_partitions_must_fit_in_one_of_them(
     assert problem == "no node of partition 'gpu' has 64 CPUs, 1 GPUs together"
 
 
+def test_time_and_mem_given_as_sbatch_options_are_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """timeout_min=3 days was refused on gpu (1 day), but {"time": "3-00:00:00"} passed, as
+    did {"mem": "500G"} where mem_gb=500 was refused: the job stayed pending for good."""
+    _made_up_cluster(monkeypatch)
+    limit = "exceeds the time limit of partition 'gpu' (1440 min)"
+    for time_limit in (3 * 24 * 60, "4320", "72:00:00", "3-00:00:00", "2-1", "UNLIMITED"):
+        problems = _plan_problems(tmp_path, slurm_additional_parameters={"time": time_limit})
+        assert problems == [f"time={time_limit!r} in slurm_additional_parameters {limit}"]
+    for time_limit in (60, "1440", "23:59:59", "1-00:00:00", "1-0", "30:00"):  # they fit
+        assert _plan_problems(tmp_path, slurm_additional_parameters={"time": time_limit}) == []
+    # sbatch takes the option over the field: the option is checked
+    assert (
+        _plan_problems(tmp_path, timeout_min=3 * 24 * 60, slurm_additional_parameters={"time": 60})
+        == []
+    )
+    most = "but nodes of partition 'gpu' have at most 62.5 GB"
+    for mem in ("500G", "500GB", "512000", "512000M", "1T"):
+        problems = _plan_problems(tmp_path, slurm_additional_parameters={"mem": mem})
+        assert problems == [f"mem={mem!r} in slurm_additional_parameters {most}"]
+    for mem in ("60G", "61440", "0"):  # they fit (0: all of a node's memory)
+        assert _plan_problems(tmp_path, slurm_additional_parameters={"mem": mem}) == []
+    for mem in ("8G", "0"):
+        assert _plan_problems(tmp_path, mem_gb=500, slurm_additional_parameters={"mem": mem}) == []
+
+
 def test_inspection_and_previews_free_nothing(tmp_path: Path) -> None:
     """A forced task leaves the first run's index file without a live entry (its writer
     ended): listings, previews, explanations and plans leave it on disk; a read of the

@@ -8,9 +8,11 @@ account or qos. Cluster facts come from ``scontrol`` / ``sacctmgr`` once per pro
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import getpass
+import math
 import re
 import subprocess
 import time
@@ -71,18 +73,22 @@ def _fields(line: str) -> dict[str, str]:
 
 
 def _minutes(text: str) -> int | None:
-    """Slurm time limit text (``UNLIMITED``, ``1-02:03:04``, ``30:00``) in minutes."""
+    """Slurm time text in minutes, rounded up (None: ``UNLIMITED``). As sbatch reads it:
+    ``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S`` (ValueError otherwise)."""
+    text = text.strip()
     if not text or text.upper() in ("UNLIMITED", "INFINITE", "NONE"):
         return None
-    days = 0
-    if "-" in text:
-        day_text, text = text.split("-", 1)
-        days = int(day_text)
-    parts = [int(p) for p in text.split(":")]
-    while len(parts) < 3:
-        parts.insert(0, 0)
-    hours, minutes, seconds = parts[-3:]
-    return days * 1440 + hours * 60 + minutes + (1 if seconds else 0)
+    days, _, clock = text.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if len(parts) > 3:
+        raise ValueError(f"not a Slurm time: {text!r}")
+    if days:  # (after a day count, hours come first)
+        hours, minutes, seconds = [*parts, 0, 0][:3]
+    elif len(parts) == 3:
+        hours, minutes, seconds = parts
+    else:  # M or M:S
+        hours, minutes, seconds = 0, parts[0], (parts[1:] or [0])[0]
+    return int(days or 0) * 1440 + hours * 60 + minutes + -(-seconds // 60)
 
 
 def _gpus(gres: str) -> int:
@@ -196,9 +202,13 @@ _OPTION_FIELDS = {
 }
 
 
-def _add_sbatch_options(params: dict[str, tp.Any]) -> None:
+_MEM_UNITS_GB = {"K": 1 / 1024**2, "M": 1 / 1024, "G": 1.0, "T": 1024.0}
+
+
+def _add_sbatch_options(params: dict[str, tp.Any]) -> dict[str, str]:
     """Resources requested through slurm_additional_parameters are checked as the
-    fields are (an impossible one there left its job pending for good)."""
+    fields are (an impossible one there left its job pending for good). Returns how
+    the options in other units than their field's were written, for the messages."""
     from .executors import sbatch_options  # (the spelling the job's executor gets)
 
     extra = sbatch_options(params.get("slurm_additional_parameters") or {})
@@ -210,6 +220,21 @@ def _add_sbatch_options(params: dict[str, tp.Any]) -> None:
             params[field] = str(value)
         elif str(value).isdigit():  # (e.g. "2-4" nodes: a range, left to sbatch)
             params[field] = int(value)
+    shown: dict[str, str] = {}
+    time_limit = extra.get("time")
+    if time_limit is not None:  # (sbatch's units: minutes, or [D-]H:M:S...)
+        with contextlib.suppress(ValueError):  # (not a time: left to sbatch)
+            minutes = _minutes(str(time_limit))  # (None: UNLIMITED, beyond any limit)
+            params["timeout_min"] = math.inf if minutes is None else minutes
+            shown["timeout_min"] = f"time={time_limit!r} in slurm_additional_parameters"
+    # (sbatch's units: MB, or a K/M/G/T suffix)
+    mem = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)B?", str(extra.get("mem", "")).strip().upper())
+    if mem:
+        params["mem_gb"] = float(mem.group(1)) * _MEM_UNITS_GB[mem.group(2) or "M"]
+        shown["mem_gb"] = f"mem={extra['mem']!r} in slurm_additional_parameters"
+        if not params["mem_gb"]:  # (0: all of a node's memory, whatever it is)
+            del params["mem_gb"]
+    return shown
 
 
 def problems(
@@ -220,7 +245,7 @@ def problems(
     if not info.partitions:
         return []  # cluster facts unavailable: let sbatch speak
     params = {k: v for k, v in execution.params if v is not None}
-    _add_sbatch_options(params)
+    shown = _add_sbatch_options(params)
     found: list[str] = []
     name = params.get("slurm_partition") or info.default_partition
     # (a list "a,b": Slurm starts the job in whichever can run it first)
@@ -234,9 +259,9 @@ def problems(
     # the job runs in one partition, with all its resources there: each is checked on
     # its own (pooled, "gpu,long" passed gpus found in one and a time limit in the other)
     per_partition = [
-        _fit(params, [info.nodes[n] for n in p.nodes if n in info.nodes], p.max_time_min, p.name)
+        _fit(params, shown, [info.nodes[n] for n in p.nodes if n in info.nodes], p)
         for p in partitions
-    ] or [_fit(params, list(info.nodes.values()), None, None)]
+    ] or [_fit(params, shown, list(info.nodes.values()), None)]
     if len(per_partition) == 1:
         found.extend(per_partition[0])
     elif all(per_partition):
@@ -257,12 +282,17 @@ def problems(
 
 
 def _fit(
-    params: dict[str, tp.Any], nodes: list[SlurmNode], max_time_min: int | None, name: str | None
+    params: dict[str, tp.Any],
+    shown: dict[str, str],
+    nodes: list[SlurmNode],
+    partition: SlurmPartition | None,
 ) -> list[str]:
-    """Why the requested resources do not fit one partition (None: the whole cluster)."""
+    """Why the requested resources do not fit one partition (None: the whole cluster);
+    ``shown``: how the user wrote a resource given in other units than its field's."""
     if not nodes:
         return []  # (its nodes unknown: let sbatch speak)
-    where = f"partition {name!r}" if name is not None else "the cluster"
+    where = f"partition {partition.name!r}" if partition is not None else "the cluster"
+    max_time_min = partition.max_time_min if partition is not None else None
     found: list[str] = []
     cpus = (params.get("cpus_per_task") or 1) * (params.get("tasks_per_node") or 1)
     best_cpus = max(n.cpus for n in nodes)
@@ -277,17 +307,15 @@ def _fit(
     mem = params.get("mem_gb")
     best_mem = max(n.memory_mb for n in nodes)
     if mem is not None and best_mem and mem * 1024 > best_mem:
-        found.append(
-            f"mem_gb={_gb(mem)} but nodes of {where} have at most {best_mem / 1024:.1f} GB"
-        )
+        asked = shown.get("mem_gb", f"mem_gb={_gb(mem)}")
+        found.append(f"{asked} but nodes of {where} have at most {best_mem / 1024:.1f} GB")
     nodes_wanted = params.get("nodes") or 1
     if nodes_wanted > len(nodes):
         found.append(f"nodes={nodes_wanted} but {where} has {len(nodes)} node(s)")
     timeout = params.get("timeout_min")
     if timeout is not None and max_time_min is not None and timeout > max_time_min:
-        found.append(
-            f"timeout_min={timeout} exceeds the time limit of {where} ({max_time_min} min)"
-        )
+        asked = shown.get("timeout_min", f"timeout_min={timeout}")
+        found.append(f"{asked} exceeds the time limit of {where} ({max_time_min} min)")
     constraint = params.get("slurm_constraint")
     if constraint:
         features = set().union(*(n.features for n in nodes))
