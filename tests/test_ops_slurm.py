@@ -13,6 +13,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -455,6 +456,45 @@ def test_job_array_split_at_max_array_size_keeps_max_workers(
     wait_until(lambda: all(t.infra.status() == "completed" for t in tasks), "the jobs end", QUEUE_S)
     assert [t.nap() for t in tasks] == [f"r{i}" for i in range(5)]
     assert len({t.infra.job().job_id.split("_")[0] for t in tasks}) == 2
+
+
+@pytest.mark.timeout(QUEUE_S + 2 * WAIT_S)
+def test_max_array_size_zero_submits_plain_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MaxArraySize=0 (Slurm: arrays disabled): a plan raised ZeroDivisionError and a run
+    "range() arg 3 must not be zero". Each element is now a plain job; a job array's
+    max_workers holds through chains of jobs, each waiting for the one before it."""
+    from exca.graph import executors
+
+    monkeypatch.setattr(executors, "max_array_size", lambda: 0)
+    mapper = SplitOpsMap(infra={"folder": tmp_path / "map", "cluster": "slurm", "max_jobs": 3})
+    node = mapper.run.node([1, 2, 3])
+    text = str(exca.graph.plan(node))
+    assert (
+        "3 element(s) as separate jobs (Slurm's MaxArraySize is 0: job arrays are disabled)" in text
+    )
+    assert list(mapper.run([1, 2, 3])) == [1, 2, 3]
+    ids = [r.job_id for r in registry.read_all(node.folder)]
+    assert len(ids) == 3 and all("_" not in i for i in ids)  # (no array)
+    held = {"folder": tmp_path / "held", "cluster": "slurm", "slurm_additional_parameters": HOLD}
+    tasks = [NapOps(seconds=0, marker=f"z{i}", infra=held) for i in range(5)]
+    ids = []
+    try:
+        with tasks[0].infra.job_array(max_workers=2) as array:
+            array.extend(tasks)
+        ids = [task.infra.job().job_id for task in tasks]
+        assert all("_" not in i for i in ids)
+        waits = [re.search(r"Dependency=(\S+)", _scontrol_job(i)) for i in ids]
+        assert [w and w.group(1) for w in waits] == [
+            "(null)",
+            "(null)",
+            f"afterany:{ids[0]}(unfulfilled)",
+            f"afterany:{ids[1]}(unfulfilled)",
+            f"afterany:{ids[2]}(unfulfilled)",
+        ]
+    finally:
+        _scancel(*ids)
 
 
 class EchoOps(pydantic.BaseModel):

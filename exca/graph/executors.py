@@ -123,8 +123,14 @@ def _run_after(executor: tp.Any, job_ids: str) -> None:
     """Make the next submission of a submitit Slurm executor start once ``job_ids`` (":"
     separated; an array: all its elements) ended, whatever their end, besides the
     dependencies it has."""
+    _wait_for(executor, _additional(executor).get("dependency"), job_ids)
+
+
+def _wait_for(executor: tp.Any, given: tp.Any, job_ids: str) -> None:
+    """Make the next submission of a submitit Slurm executor depend on ``given`` and on
+    the end of ``job_ids`` (the dependency it had is replaced)."""
     params = _additional(executor)
-    params["dependency"] = _all_of(params.get("dependency"), f"afterany:{job_ids}")
+    params["dependency"] = _all_of(given, f"afterany:{job_ids}")
     executor._executor.update_parameters(additional_parameters=params)
 
 
@@ -1283,7 +1289,8 @@ def submit_array(
             if alive:  # (with the user's own dependency, if any: it was replaced)
                 _run_after(executor, ":".join(alive))
         executor._executor.update_parameters(**extra)
-    size = max_array_size() if cluster == "slurm" else len(units) or 1
+    # (MaxArraySize 0: Slurm has arrays disabled, every unit goes as a plain job)
+    size = max(1, max_array_size()) if cluster == "slurm" else len(units) or 1
     function: tp.Callable[[Unit], tp.Any] = run_job_unit  # (in the job's own process)
     if cluster == "debug":  # (in this process)
         function = run_unit if sys.stdin.isatty() else run_unit_quietly
@@ -1302,7 +1309,10 @@ def submit_array(
         if cluster == "slurm" and len(units) > 1:  # (pickling errors: told below)
             _check_array_pickles(function, units, executor._executor.max_pickle_size_gb)
         # Parts of an array split at MaxArraySize each get the array's throttle: they run
-        # one after the other, or together they would run parts x parallelism jobs at once
+        # one after the other, or together they would run parts x parallelism jobs at once.
+        # Plain jobs (MaxArraySize 0 or 1: no arrays, no throttle) make `parallelism`
+        # chains instead, each job waiting for the one before it in its chain.
+        back = tp.cast(int, parallelism) if size == 1 else 1
         chained = (
             cluster == "slurm"
             and len(units) > size
@@ -1310,11 +1320,12 @@ def submit_array(
             and parallelism < len(units)
             and _can_chain(executor, execution)
         )
+        given = _additional(executor).get("dependency") if chained else None
         with submitit.helpers.clean_env(), context:
             for start in range(0, len(units), size):
                 part = units[start : start + size]
-                if chained and jobs:
-                    _run_after(executor, jobs[-1].job_id.split("_")[0])
+                if chained and len(jobs) >= back:  # (the given dependency, and this one)
+                    _wait_for(executor, given, jobs[-back].job_id.split("_")[0])
                 if len(part) == 1:
                     jobs.append(executor.submit(function, part[0]))
                     continue

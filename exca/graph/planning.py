@@ -275,7 +275,8 @@ class Plan:
             if array.where.startswith("slurm") and array.elements > 1:
                 from .executors import max_array_size
 
-                array.slurm_arrays = -(-array.elements // max_array_size())
+                # (MaxArraySize 0: arrays disabled, each element a plain job)
+                array.slurm_arrays = -(-array.elements // max(1, max_array_size()))
         return list(groups.values())
 
     # --- rendering --------------------------------------------------------------------------
@@ -357,9 +358,13 @@ class Plan:
                 if a.slurm_arrays > 1:
                     from .executors import max_array_size
 
+                    limit = max_array_size()
                     count += (
                         f" in {'at most ' if a.at_most else ''}{a.slurm_arrays} arrays "
-                        f"(Slurm's MaxArraySize is {max_array_size()})"
+                        f"(Slurm's MaxArraySize is {limit})"
+                        if limit > 1
+                        else f" as separate jobs (Slurm's MaxArraySize is {limit}: job arrays "
+                        "are disabled)"
                     )
                 lines.append(
                     f"  wave {a.wave}: {count} on {a.where} for {len(a.nodes)} node(s)"
