@@ -2758,3 +2758,28 @@ def test_a_local_job_over_max_pickle_size_gb_names_the_infras_field(tmp_path: Pa
     assert task.infra.status() == "not submitted" and not log.exists()
     bigger = Counted(x=3, log=str(log), infra={**infra, "max_pickle_size_gb": 1.0})
     assert bigger.process() == 6
+
+
+@pytest.mark.timeout(180)
+def test_every_rank_of_a_multi_task_local_job_runs_the_method(tmp_path: Path) -> None:
+    """tasks_per_node=2: rank 0 claimed the task and rank 1 waited for its claim instead
+    of running the method, so distributed code meeting every rank waited for good (a
+    probe). Every rank runs it; rank 0's outcome is stored, once; a map too."""
+    from ranks import RankedMap, RankedTask
+
+    meeting = tmp_path / "meeting"
+    infra = {"folder": tmp_path / "cache", "cluster": "local", "tasks_per_node": 2}
+    task = RankedTask(meeting=str(meeting), infra=infra)
+    assert task.train() == "rank 0 of 2"
+    assert sorted(calls(meeting / "calls.txt")) == ["train rank=0", "train rank=1"]
+    assert RankedTask(meeting=str(meeting), infra=infra).train() == "rank 0 of 2"  # (cached)
+    assert len(calls(meeting / "calls.txt")) == 2
+    mapped = RankedMap(meeting=str(meeting), infra=infra)
+    assert list(mapped.infer([1, 2])) == ["1 by rank 0 of 2", "2 by rank 0 of 2"]
+    infer = [line for line in calls(meeting / "calls.txt") if line.startswith("infer")]
+    assert infer and infer.count("infer rank=0") == infer.count("infer rank=1")  # (a job a chunk)
+    assert list(RankedMap(meeting=str(meeting), infra=infra).infer([2, 1])) == [
+        "2 by rank 0 of 2",
+        "1 by rank 0 of 2",
+    ]
+    assert len(calls(meeting / "calls.txt")) == 2 + len(infer)  # (cached: no job)

@@ -939,6 +939,30 @@ def test_a_hyphenated_sbatch_option_replaces_the_field(
     assert obj.read() == {"SLURM_CPUS_PER_TASK": "2"}
 
 
+@pytest.mark.timeout(300)
+def test_every_rank_of_a_multi_task_slurm_job_runs_the_method(
+    tmp_path: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """tasks_per_node=2 with srun: rank 1 waited for rank 0's claim instead of running the
+    method, and rank 0 waited for rank 1 to meet it (distributed training's rendezvous):
+    the job failed after its wait (a probe). Every rank runs it; rank 0's result is stored."""
+    if slurm_cluster.cpus_per_node < 2:
+        pytest.skip("needs a node of 2 CPUs")
+    from ranks import RankedMap, RankedTask
+
+    meeting = tmp_path / "meeting"
+    infra = {
+        "folder": tmp_path / "cache",
+        "cluster": "slurm",
+        **resources(slurm_cluster, tasks_per_node=2, slurm_use_srun=True),
+    }
+    assert RankedTask(meeting=str(meeting), infra=infra).train() == "rank 0 of 2"
+    assert sorted(lines(meeting / "calls.txt")) == ["train rank=0", "train rank=1"]
+    mapped = RankedMap(meeting=str(meeting), infra={**infra, "max_jobs": 1})
+    assert list(mapped.infer([1, 2])) == ["1 by rank 0 of 2", "2 by rank 0 of 2"]
+    assert sorted(lines(meeting / "calls.txt"))[:2] == ["infer rank=0", "infer rank=1"]
+
+
 class LingeringMap(pydantic.BaseModel):
     """Its job's process stays a few seconds after writing its result (an exit handler):
     Slurm lists the job as running, then completing, meanwhile."""

@@ -130,7 +130,47 @@ def run_job_unit(unit: Unit) -> Report:
         jobprocess.start(getattr(unit.node.cache, "permissions", None))
         callers.adopt(unit.callers)
     jobprocess.prepare(unit.node)
+    if _other_rank():
+        return _run_as_other_rank(unit)
     return run_unit(unit)
+
+
+def _other_rank() -> bool:
+    """Whether this process is a rank other than 0 of a multi-task job (tasks_per_node or
+    nodes above 1: submitit starts the job's function once per task)."""
+    import submitit
+
+    try:
+        env = submitit.JobEnvironment()
+        return env.num_tasks > 1 and env.global_rank > 0
+    except Exception:  # (not a submitit job after all)
+        return False
+
+
+def _run_as_other_rank(unit: Unit) -> Report:
+    """A rank other than 0 runs the method as rank 0 does, and stores nothing: distributed
+    code (torch's init_process_group...) waits for every rank, which waited for rank 0's
+    claim instead, for good. Rank 0 claims, stores the outcome and answers for the job."""
+    if unit.split is not None:
+        unit = _resolve_split(unit)
+    node = unit.node
+    retrying = unit.action == "retry" or node.mode == "retry"
+    if node.kind == "task":
+        # (what rank 0 decides: a cached outcome is reused unless forced or retried)
+        state = store.task_state(node)
+        if unit.action != "force" and (state == "done" or (state == "error" and not retrying)):
+            return Report(reused=1)
+        check_upstream(node)
+        node.function(**_inputs(node))
+        return Report()
+    assert unit.items is not None and unit.uids is not None
+    by_uid = dict(zip(unit.uids, unit.items))
+    todo = _map_todo(node, list(by_uid), unit.action, unit.forced_by)
+    if not todo:  # (rank 0 calls the method for none either)
+        return Report(reused=len(by_uid))
+    for _ in _outputs(node, [by_uid[uid] for uid in todo]):
+        pass
+    return Report(reused=len(by_uid) - len(todo))
 
 
 def _resolve_split(unit: Unit) -> Unit:
