@@ -2783,3 +2783,31 @@ def test_every_rank_of_a_multi_task_local_job_runs_the_method(tmp_path: Path) ->
         "1 by rank 0 of 2",
     ]
     assert len(calls(meeting / "calls.txt")) == 2 + len(infer)  # (cached: no job)
+
+
+@pytest.mark.timeout(120)
+def test_the_plan_of_a_task_another_process_computes_inline_says_wait_whatever_its_cluster(
+    tmp_path: Path,
+) -> None:
+    """A task computed right now without a job (an inline call elsewhere): a run with a
+    cluster waits for it and submits nothing, but its plan said compute, and listed a job
+    in its Submissions, unless its own cluster was None (a probe)."""
+    log, block = tmp_path / "calls.txt", tmp_path / "block"
+    block.touch()
+    infra = {"folder": tmp_path / "cache"}
+    computing = Counted(log=str(log), block_flag=str(block), infra=infra)
+    thread = threading.Thread(target=computing.process)
+    thread.start()
+    try:
+        wait_until(lambda: len(calls(log)) == 1, timeout=60)
+        planned = Counted(log=str(log), block_flag=str(block), infra={**infra, "cluster": "local"})
+        plan = exca.graph.plan(planned.process.node())
+        [entry] = plan.entries
+        assert (entry.status, entry.action) == ("running", "wait"), entry.reason
+        assert "computed right now by another process" in entry.reason
+        assert "Submissions" not in str(plan)
+        assert planned.infra.status() == "running"
+    finally:
+        block.unlink()
+        thread.join(timeout=60)
+    assert planned.process() == 2 and len(calls(log)) == 1

@@ -440,13 +440,14 @@ def _escape(text: str) -> str:
 def _note_computed_elsewhere(runs: dict[Key, NodeRun]) -> None:
     """Missing tasks, and map items, that another process computes right now without a
     job (inline, in a pool, on the debug cluster): run() would wait for them (status()
-    says "running" too). Work that would go to a job still shows as computed: its job
-    waits."""
+    says "running" too), whatever this node's cluster: a task is not submitted then (see
+    submitting.exclusive). Map items that would go to a job still show as computed: their
+    job waits for them, then computes what is left."""
     from .calls import keys_being_computed
 
     for run in runs.values():
         node = run.node
-        if run.action != "compute" or node.execution.cluster not in (None, "debug", *POOL_CLUSTERS):
+        if run.action != "compute":
             continue
         if run.folder_absent:
             continue  # (no claim without a folder)
@@ -454,7 +455,8 @@ def _note_computed_elsewhere(runs: dict[Key, NodeRun]) -> None:
         if not keys:
             continue
         elsewhere = keys_being_computed(node, keys)
-        if len(elsewhere) == len(set(keys)):
+        waited = node.kind == "task" or node.execution.cluster in (None, "debug", *POOL_CLUSTERS)
+        if waited and len(elsewhere) == len(set(keys)):
             run.action = "wait"
             what = "its result" if node.kind == "task" else "its items"
             run.reason = f"computed right now by another process: run() waits for {what}"
