@@ -870,12 +870,20 @@ def test_clear_job_withdraws_a_local_job_whose_method_catches_the_interrupt(
     task = Stubborn(log=str(log), block_flag=str(block), infra=infra)
     job = task.infra.job()
     _wait_for(lambda: calls(log) == ["start"])
+
+    def unblock() -> None:  # (it returns then, before the SIGKILL a second after the interrupt)
+        _wait_for(lambda: "caught" in calls(log))
+        block.unlink()
+
+    unblocking = threading.Thread(target=unblock)
+    unblocking.start()
     task.infra.clear_job()
-    _wait_for(lambda: "caught" in calls(log))
-    block.unlink()  # (it returns now, before the SIGKILL a second after the interrupt)
+    unblocking.join()
+    # (status() said "running" while the withdrawn job's process lived on: clear_job()
+    # waits for it, a moment; a probe)
+    assert task.infra.status() == "not submitted"
     _wait_for(job.done)
     fresh = Stubborn(log=str(log), block_flag=str(block), infra=infra)
-    _wait_for(lambda: fresh.infra.status() != "running")
     assert fresh.infra.status() == "not submitted"
     assert "its outcome is not stored" in (job.stderr() or "")
 

@@ -10,6 +10,7 @@ import logging
 import operator
 import os
 import shutil
+import time
 import typing as tp
 from pathlib import Path
 
@@ -226,6 +227,18 @@ class BoundTask:
         return f"<bound {self.method.func.__qualname__} of {type(self.obj).__name__}>"
 
 
+# how long clear_job() waits for a cancelled job's process to end (a local job gets
+# SIGKILL a second after its SIGINT; a Slurm job may linger up to KillWait, 30 s by default)
+CANCEL_WAIT_S = 5.0
+
+
+def _wait_while_computed(node: Node, timeout: float) -> None:
+    """Wait (at most ``timeout`` seconds) until no live worker holds the task's claim."""
+    deadline = time.monotonic() + timeout
+    while calls.being_computed(node) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 class TaskInfra(BaseInfra, SubmititMixin):
     """Cache and run one method of a config: ``infra: TaskInfra = TaskInfra(version="1")``,
     then ``@infra.apply`` on a method taking only ``self``.
@@ -411,7 +424,8 @@ class TaskInfra(BaseInfra, SubmititMixin):
         return calls.task_status(self._node())
 
     def clear_job(self) -> None:
-        """Cancel a running job and remove the result (uid.yaml/full-uid.yaml are kept)."""
+        """Cancel a running job and remove the result (uid.yaml/full-uid.yaml are kept).
+        Waits a moment (at most CANCEL_WAIT_S) for the cancelled job's process to end."""
         self._refuse_inputs("clear_job()", "call its .clear()")
         self._adopt_legacy()  # (a cache under its legacy name: what is cleared)
         node = self._node()
@@ -425,10 +439,14 @@ class TaskInfra(BaseInfra, SubmititMixin):
             # records first: a job told to stop whose record is gone stores nothing (one
             # finishing before it is told has its result removed below)
             shutil.rmtree(folder / registry.JOBS_DIR, ignore_errors=True)
+            cancelled = False
             for record in records:
                 if registry.is_active(record):
                     with contextlib.suppress(Exception):
                         recorded_handle(record).cancel()
+                        cancelled = True
+            if cancelled:  # (its claim, until its process ends: status() said "running")
+                _wait_while_computed(node, CANCEL_WAIT_S)
         node.cache.refresh()  # (the result may have been rewritten since this instance read it)
         if TASK_KEY in node.cache:
             del node.cache[TASK_KEY]
