@@ -29,6 +29,7 @@ from test_pipelines import Env, _by_uid, events, started, wait_for
 import exca
 import exca.graph
 import exca.graph.executors
+import exca.graph.scheduler
 import exca.ops
 from exca.graph.errors import NodeFailures
 from slurm_cluster import squeue_ids
@@ -633,6 +634,32 @@ def test_plan_of_work_below_a_running_job_on_slurm_is_one_array(env: Env, sbatch
     assert job.result() == "running(None,None)"
     assert below.result() == "below(running(None,None),None)"
     assert apart.result() == "apart(None,None)"
+
+
+def test_ready_work_is_held_back_for_a_bounded_time(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ready work of an array group waited for every running job with work of that group
+    below it, for as long as that job ran: the next step of a quick branch waited for a
+    long training in another branch, not even queued (a probe). It waits HOLD_BACK_MAX_S
+    at most (shortened here), then goes on its own."""
+    monkeypatch.setattr(exca.graph.scheduler, "HOLD_BACK_MAX_S", 1.0)
+    block = env.tmp / "block"
+    block.touch()
+    slow = env.step("slow", block_flag=str(block), infra=slurm()).run.node()
+    below = env.step("below", infra=slurm()).run.node(slow)
+    quick = env.step("quick", infra=slurm()).run.node()
+    after = env.step("after", infra=slurm()).run.node(quick)
+    running = threading.Thread(target=lambda: exca.graph.run(below, after))
+    running.start()
+    try:
+        wait_for(lambda: after.status() == "completed", timeout=120)
+        assert slow.status() == "running" and below.status() == "not submitted"
+    finally:
+        block.unlink()
+        running.join(timeout=120)
+    assert below.result() == "below(slow(None,None),None)"
+    assert after.result() == "after(quick(None,None),None)"
 
 
 def test_detached_run_above_a_node_another_worker_computes(env: Env, sbatch: Sbatch) -> None:

@@ -42,6 +42,9 @@ _SHUFFLER = random.SystemRandom()
 POLL_START = 0.05
 POLL_MAX = 2.0
 LOCAL_POLL_MAX = 0.2  # (while local jobs run: polling one costs a process check)
+# ready Slurm work waits at most this long for running jobs to make more of its array
+# group ready (a branch's long training must not hold back another branch's work for hours)
+HOLD_BACK_MAX_S = 30.0
 
 __all__ = ["NodeRun", "Scheduler", "collect", "run", "to_chunks"]
 
@@ -89,6 +92,7 @@ class Scheduler:
         # (a call of one node: of several failures, the one the others only follow is raised)
         self.root_cause = False
         self._settled: list[Key] = []  # nodes that left the running ones since the last wave
+        self._held_since: dict[Key, float] = {}  # ready work held back, since when (monotonic)
         self._positions: tuple[Graph, dict[Key, int]] | None = None
 
     def _position(self) -> dict[Key, int]:
@@ -267,7 +271,9 @@ class Scheduler:
                 self._skip_blocked(pending, candidates)
                 checked = sorted(candidates & pending.keys(), key=self._position().__getitem__)
                 ready_keys = [k for k in checked if self._ready(k)]
-                ready = self._hold_back([pending[k] for k in ready_keys], running, pending)
+                ready, release_at = self._hold_back(
+                    [pending[k] for k in ready_keys], running, pending
+                )
                 for run in ready:
                     del pending[run.node.key]
                 # (held back: ready still, checked again next wave; the others wait for an
@@ -275,7 +281,7 @@ class Scheduler:
                 candidates = set(ready_keys) - {r.node.key for r in ready}
                 self.launch(ready, running, pools, progress)
                 if running:
-                    self.wait_some(running, progress)
+                    self.wait_some(running, progress, until=release_at)
                 elif not ready:
                     break
             for run in pending.values():  # never return silently with requested work undone
@@ -307,16 +313,31 @@ class Scheduler:
 
     def _hold_back(
         self, ready: list[NodeRun], running: dict[Key, NodeRun], pending: dict[Key, NodeRun]
-    ) -> list[NodeRun]:
+    ) -> tuple[list[NodeRun], float | None]:
         """Ready Slurm work waits while running jobs will soon make more work of its array
         group ready (then a level of the DAG goes out as ONE array, not one sbatch per
-        finished job). Other clusters gain nothing from waiting: their work starts now."""
+        finished job), at most HOLD_BACK_MAX_S. Other clusters gain nothing from waiting:
+        their work starts now. Also gives when the earliest held work is released."""
         downstream = self.graph.downstream
         waiting = {d for k in running for d in downstream[k] if d in pending}
         soon = {self._group(pending[k]) for k in waiting if executors.on_slurm(pending[k].node)} - {
             None
         }
-        return [r for r in ready if self._group(r) not in soon]
+        if not soon:
+            self._held_since.clear()
+            return ready, None
+        now = time.monotonic()
+        out, release_at = [], None
+        for run in ready:
+            key = run.node.key
+            since = self._held_since.setdefault(key, now)
+            if self._group(run) not in soon or now - since >= HOLD_BACK_MAX_S:
+                out.append(run)
+                self._held_since.pop(key, None)
+            else:
+                at = since + HOLD_BACK_MAX_S
+                release_at = at if release_at is None else min(release_at, at)
+        return out, release_at
 
     def _ready(self, key: Key) -> bool:
         if _reads_only(self.runs[key]):
@@ -672,13 +693,18 @@ class Scheduler:
             logger.warning("Could not record job %s in %s: %s", handle.job_id, folder, e)
 
     # --- waiting -------------------------------------------------------------------------------
-    def wait_some(self, running: dict[Key, NodeRun], progress: Progress) -> None:
-        """Block until at least one running node finishes."""
+    def wait_some(
+        self, running: dict[Key, NodeRun], progress: Progress, until: float | None = None
+    ) -> None:
+        """Block until at least one running node finishes (or time.monotonic() reaches
+        ``until``: held-back work is due)."""
         delay = POLL_START
         # (a local job's end is seen soon after it happens: what follows it starts then)
         local = any(h.cluster == "local" for r in running.values() for h in r.handles)
         longest = LOCAL_POLL_MAX if local else POLL_MAX
         while not self.finish_done(running, progress):
+            if until is not None and time.monotonic() >= until:
+                return
             futures = [
                 h.future
                 for r in running.values()
