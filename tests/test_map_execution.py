@@ -50,11 +50,15 @@ class Mapper(pydantic.BaseModel):
     slow_flag: str = ""
     short: bool = False
     extra: bool = False
+    raised: str = "ValueError"  # (or "KeyError")
+    factor_file: str = ""  # a file holding the factor (10 without it)
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("factor_file",)
     infra: exca.MapInfra = exca.MapInfra(version="1")
 
     @infra.apply(item_uid=str)
     def process(self, items: list[int]) -> tp.Iterator[int]:
         todo = items[:-1] if self.short else items
+        factor = int(Path(self.factor_file).read_text()) if self.factor_file else 10
         for item in todo:
             append(self.log, str(item))
             while item == 0 and self.block_flag and Path(self.block_flag).exists():
@@ -62,8 +66,8 @@ class Mapper(pydantic.BaseModel):
             while item == 2 and self.slow_flag and Path(self.slow_flag).exists():
                 time.sleep(0.05)
             if self.fail_dir and (Path(self.fail_dir) / str(item)).exists():
-                raise ValueError(f"bad item {item}")
-            yield 10 * item
+                raise (KeyError if self.raised == "KeyError" else ValueError)(f"bad item {item}")
+            yield factor * item
             if self.extra and item == items[0]:
                 yield 10 * item
 
@@ -2400,8 +2404,11 @@ def test_a_call_waits_for_a_job_retrying_cached_item_errors(tmp_path: Path) -> N
 def test_the_retry_job_of_a_map_node_asked_while_a_job_of_its_items_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """job() in mode retry while the job that cached the item's error still runs: it
-    follows that job, then sends the retry (it gave that job's outcome: the old error)."""
+    """job() in mode retry while the job that cached the item's error still runs: it gave
+    that job's outcome (the old error); then it followed that job, and sent the retry only
+    when polled, with that job's id meanwhile: its cancel() cancelled that job (a review).
+    Its own job is sent at once: it waits for the items the other job holds, and retries
+    the error that job cached before."""
     fail_dir, slow = tmp_path / "fail", tmp_path / "slow"
     fail_dir.mkdir()
     (fail_dir / "4").touch()
@@ -2418,7 +2425,68 @@ def test_the_retry_job_of_a_map_node_asked_while_a_job_of_its_items_runs(
     wait_until(lambda: exca.cachedict.CacheDict(node().folder).entry_type("4") == "Error")
     (fail_dir / "4").unlink()
     retry = node("retry").job()
-    assert not first.done()
+    assert retry.job_id != first.job_id and not first.done()
+    assert not retry.done() and retry.state in ("PENDING", "RUNNING")
     slow.unlink()
     assert retry.result() == [40, 20]
     assert counts(tmp_path / "calls.txt")[4] >= 2 and counts(tmp_path / "calls.txt")[2] == 1
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("raised", ["ValueError", "KeyError"])
+def test_a_cached_job_or_call_follows_a_job_retrying_cached_errors(
+    tmp_path: Path, raised: str
+) -> None:
+    """While a job retries a map's cached item error: job() in mode cached said FAILED and
+    gave the old error at once; a call did so when the error was a KeyError (a review)."""
+    fail_dir, slow = tmp_path / "fail", tmp_path / "slow"
+    fail_dir.mkdir()
+    (fail_dir / "2").touch()
+
+    def mapper(mode: str = "cached") -> Mapper:
+        infra = {"mode": mode}
+        flags = {"fail_dir": str(fail_dir), "slow_flag": str(slow), "raised": raised}
+        return make(tmp_path, "local", infra=infra, **flags)
+
+    with pytest.raises((ValueError, KeyError), match="bad item 2"):
+        list(mapper().process([2, 5]))
+    (fail_dir / "2").unlink()
+    slow.touch()  # (the retry of item 2 waits for it)
+    retrying = mapper("retry").process.node([2, 5]).job()
+    follower = mapper().process.node([2, 5]).job()
+    assert not follower.done() and follower.state in ("PENDING", "RUNNING")
+    outputs: list[tp.Any] = []
+    thread = threading.Thread(target=lambda: outputs.append(list(mapper().process([2, 5]))))
+    thread.start()
+    time.sleep(1)
+    assert thread.is_alive() and not outputs  # (waiting for the retry job)
+    slow.unlink()
+    thread.join(timeout=120)
+    assert outputs == [[20, 50]] and follower.result() == [20, 50]
+    assert retrying.result() == [20, 50]
+
+
+@pytest.mark.timeout(180)
+def test_a_forced_instance_reads_what_its_own_forcing_job_writes(tmp_path: Path) -> None:
+    """node.job() of a forced instance, then a call of that instance while the job runs:
+    it read the outputs the force was replacing, and a second job() said COMPLETED and
+    raised a bare KeyError (a review). Both follow the forcing job."""
+    slow, factor = tmp_path / "slow", tmp_path / "factor"
+    assert list(make(tmp_path, "local", slow_flag=str(slow)).process([1, 2])) == [10, 20]
+    factor.write_text("100")  # (item -> 100 * item from now on)
+    forced = make(
+        tmp_path, "local", slow_flag=str(slow), factor_file=str(factor), infra={"mode": "force"}
+    )
+    slow.touch()
+    job = forced.process.node([1, 2]).job()
+    outputs: list[tp.Any] = []
+    thread = threading.Thread(target=lambda: outputs.append(list(forced.process([1, 2]))))
+    thread.start()
+    time.sleep(1)
+    again = forced.process.node([1, 2]).job()
+    assert thread.is_alive() and not outputs and not again.done()
+    slow.unlink()
+    thread.join(timeout=120)
+    assert outputs == [[100, 200]] and again.result() == [100, 200] == job.result()
+    assert counts(tmp_path / "calls.txt") == {1: 2, 2: 2}  # (forced once)
+    assert list(forced.process([1, 2])) == [100, 200]

@@ -279,7 +279,7 @@ def map_job(node: Node) -> MapJob:
             uids = None
         if uids is not None:
             node.cache.refresh()
-            if not node.cache.missing(uids):
+            if not node.cache.missing(uids) and not map_jobs_pending(node, uids):
                 with restoring_files():
                     node.check_defaults()
                 return MapJob(node)
@@ -323,13 +323,41 @@ def map_items(node: Node, uids: list[str], missing: list[str] | None = None) -> 
     settled = node.mode != "retry" and not any(n.pending_force for n in node.closure)
     if missing is None and settled:
         missing = node.cache.missing(uids)
-    if settled and not missing:
+    if (
+        settled
+        and not missing
+        and not (node.force_state.get("jobs") and map_jobs_pending(node, uids))
+    ):
         with restoring_files():
             node.check_defaults()
         return
     from .scheduler import Scheduler
 
     Scheduler([node], item_uids={node.key: uids}).run(root_cause=True)
+
+
+def map_jobs_pending(node: Node, uids: list[str]) -> bool:
+    """Whether jobs still running will replace cached items of a map node: this instance's
+    own forcing jobs (sent by its job(): what is cached meanwhile predates them), or jobs
+    retrying the items' cached errors. A call or job() then goes to the scheduler, which
+    waits for them."""
+    own = node.force_state.get("jobs")
+    if node.folder is None or not (own or node.cache.count_errors(uids)):
+        return False
+    from .decisions import retrying_jobs
+
+    records = [r for r in registry.read_all(node.folder) if not registry.runs_here(r)]
+    forcing = [r for r in records if own and r.job_id in own]
+    active = [r for r in forcing if registry.is_active(r)]
+    if own:  # (ended, their items counted forced: forgotten, calls take the fast path again)
+        forced = node.force_state.get("uids", set())
+        running = {r.job_id for r in active}
+        for job_id, (_, places) in list(own.items()):
+            if job_id not in running and forced.issuperset(places):
+                own.pop(job_id, None)
+    if active:
+        return True
+    return any(registry.is_active(r) for r in retrying_jobs(node, uids, records))
 
 
 def wait_for_retried_items(node: Node, uids: list[str]) -> bool:

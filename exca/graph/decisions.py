@@ -322,6 +322,7 @@ class Graph:
                 if r.action in ("compute", "retry", "force")
                 or read_only_missing(r)
                 or (r.action == "reuse" and r.item_errors > 0)  # (a retry job sent since?)
+                or (r.action == "reuse" and bool(r.node.force_state.get("jobs")))  # (see below)
             ]
         )
         for run in runs.values():
@@ -556,8 +557,15 @@ class Graph:
                 found = registry.read_all(run.node.folder)
                 run.seen_jobs = {r.job_id for r in found}
                 found = [r for r in found if not registry.runs_here(r)]
-                if run.action == "reuse":  # (its cached item errors: a retry job sent since)
-                    found = retrying_jobs(run.node, run.uids or (), found)
+                if run.action == "reuse":
+                    # (its cached item errors: a retry job sent since; or this instance's
+                    # own forcing jobs, still writing: what is cached is not their outputs)
+                    own = run.node.force_state.get("jobs", {})
+                    forcing = [r for r in found if r.job_id in own]
+                    found = (
+                        retrying_jobs(run.node, run.uids or (), found) if run.item_errors else []
+                    )
+                    found += [r for r in forcing if r not in found]
                 todo = set(run.todo or ())
                 for record in found:
                     if registry.covers(record, todo):
@@ -795,6 +803,8 @@ def wait_for_map_jobs(run: NodeRun, active: list[registry.JobRecord]) -> None:
     ):
         run.resume = "force"
         run.reason += ", then computed again once they end (mode force)"
+    elif run.action == "retry":  # (its cached errors: retried once they end, see gets_own_job)
+        run.resume = "retry"
     run.action = "wait"
 
 
@@ -819,7 +829,9 @@ def gets_own_job(run: NodeRun, off_slurm: bool) -> bool:
     if executors.on_slurm(node):
         # (a local job of another process: Slurm cannot start after it)
         return all(getattr(h, "cluster", None) == "slurm" for h in run.handles)
-    return off_slurm and node.kind == "task"
+    # (off Slurm: a map's new job waits for the items the earlier job holds the claims of,
+    # then computes what is left, as a task's waits for its claim)
+    return off_slurm
 
 
 def _reuse(run: NodeRun) -> bool:

@@ -230,7 +230,9 @@ class MapJob(Job):
     @property
     def state(self) -> str:
         self._follow_up()
-        if self.replaces and self.handle is not None and not self.handle.done():
+        # (jobs replacing cached items, or earlier jobs followed, e.g. a retry of their
+        # errors: what is cached meanwhile is not the outcome)
+        if (self.replaces or self.resume) and self.handle is not None and not self.handle.done():
             return self._live_state()
         missing = self._missing()
         if missing is None:
@@ -247,7 +249,7 @@ class MapJob(Job):
     def done(self) -> bool:
         self._follow_up()
         missing = self._missing()
-        if missing is None or (not self.replaces and not missing):
+        if missing is None or (not self.replaces and not self.resume and not missing):
             return True
         return self.handle is None or (self.handle.done() and not self.resume)
 

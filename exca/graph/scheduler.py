@@ -444,6 +444,7 @@ class Scheduler:
                 items=[by_uid[u] for u in todo[a:b]],
                 uids=todo[a:b],
                 forced_by=forced_by,
+                asked_at=self.asked_at,
             )
             for a, b in chunks
         ]

@@ -719,11 +719,16 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
         # until its claim goes, then forced here too, once; the run then finds each
         # output replaced by this force)
         refresh = action == "force" and not forced_again
-        done = _items_forced(node, forced_by) if refresh else _items_done(node)
+        if refresh:
+            done = _items_forced(node, forced_by)
+        elif action == "retry":  # (an error cached before this retry asked: retried still)
+            done = _items_done(node, retried_before=unit.asked_at)
+        else:
+            done = _items_done(node)
         todo = claims.wait(busy, done, on_wait=_wait_message(node))
         if refresh:
             forced_again = True
-        else:
+        elif action != "retry":
             action = "compute"  # what others computed meanwhile is fresh
     return report
 
@@ -755,13 +760,31 @@ def _items_forced(node: Node, run: str) -> tp.Callable[[list[str]], list[str]]:
     return done
 
 
-def _items_done(node: Node) -> tp.Callable[[list[str]], list[str]]:
+def _items_done(
+    node: Node, retried_before: float | None = None
+) -> tp.Callable[[list[str]], list[str]]:
+    """Which waited-for items are computed; ``retried_before``: a retry's, to which an
+    item's error cached by a computation started before it asked is not (a computation
+    started since, e.g. by another retry asked at the same time, is its answer)."""
+
     def done(keys: list[str]) -> list[str]:
         node.cache.refresh()
         missing = set(node.cache.missing(keys))
+        if retried_before is not None:
+            missing.update(k for k in keys if _old_error(node.cache, k, retried_before))
         return [k for k in keys if k not in missing]
 
     return done
+
+
+def _old_error(cache: CacheDict[tp.Any], key: str, when: float) -> bool:
+    """Whether an item holds an error of a computation started before ``when``."""
+    entry = cache.entry(key)
+    if entry is None or entry.info.get("#type") != "Error":
+        return False
+    meta = entry.info.get("#meta")
+    started = meta.get("t") if isinstance(meta, dict) else None
+    return not isinstance(started, int | float) or started < when
 
 
 def _items_provenance(node: Node) -> dict[str, tp.Any] | None:

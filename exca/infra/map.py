@@ -279,20 +279,10 @@ def _refilling(
                 yield value
                 position += 1
             return
-        except KeyError as error:
-            key = uids[position]
-            cache = infra.cache_dict
-            cache.refresh()
-            if (
-                refills >= MAX_REFILLS
-                or not isinstance(error, MissingKey)
-                or error.args != (key,)
-                or cache.count_errors([key])
-            ):
-                raise  # (or a cached error of the method: its own KeyError)
         except Exception as error:
             if infra.cache_dict.entry_type(uids[position]) == "Error":
-                # a cached item error: a job sent since to retry it is waited for
+                # a cached item error (a KeyError of the method's too): a job sent since
+                # to retry it is waited for
                 node = infra._map_node(items[position:], uids[position:])
                 if refills >= MAX_REFILLS or not calls.wait_for_retried_items(
                     node, uids[position:]
@@ -301,13 +291,24 @@ def _refilling(
                 refills += 1
                 values = node.cache.values_of(uids[position:], where=node.uid)
                 continue
-            if not isinstance(error, PAYLOAD_ERRORS):
+            if isinstance(error, KeyError):
+                key = uids[position]
+                cache = infra.cache_dict
+                cache.refresh()
+                if (
+                    refills >= MAX_REFILLS
+                    or not isinstance(error, MissingKey)
+                    or error.args != (key,)
+                    or cache.count_errors([key])
+                ):
+                    raise  # (a KeyError raised loading the value)
+            elif isinstance(error, PAYLOAD_ERRORS):  # (a payload removed or damaged outside exca?)
+                retry = infra.mode == "retry" and refills < MAX_REFILLS
+                store.drop_damaged_or_raise(
+                    error, infra.cache_dict, uids[position:], infra.uid(), retry
+                )
+            else:
                 raise
-            # (a payload removed or damaged outside exca?)
-            retry = infra.mode == "retry" and refills < MAX_REFILLS
-            store.drop_damaged_or_raise(
-                error, infra.cache_dict, uids[position:], infra.uid(), retry
-            )
         refills += 1
         node = infra._map_node(items[position:], uids[position:])
         calls.map_items(node, uids[position:])
