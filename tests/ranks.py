@@ -1,9 +1,10 @@
-"""Configs whose methods meet every rank of a multi-task job before returning, as
-distributed training does (torch's init_process_group): shared by the local and the
-Slurm tests (imported inside their jobs)."""
+"""Configs whose methods meet every rank of a multi-task job at each call before going
+on, as distributed code does (torch's collectives): shared by the local and the Slurm
+tests (imported inside their jobs)."""
 
 from __future__ import annotations
 
+import itertools
 import time
 import typing as tp
 from pathlib import Path
@@ -13,21 +14,27 @@ from filelog import append
 
 import exca
 
+_CALLS = itertools.count()  # this process's calls of a method (the nth meets the nth)
+
 
 def _meet_every_rank(meeting: Path, what: str) -> tuple[int, int]:
-    """Note this rank in the meeting folder, then wait for the job's other ranks (a rank
-    that never comes: an error after 60 s, not a job that hangs)."""
+    """Note this rank's call in the meeting folder, then wait for the same call of the
+    job's other ranks (one that never comes: an error after 60 s, not a job that hangs)."""
     import submitit
 
     env = submitit.JobEnvironment()
+    call = next(_CALLS)
     meeting.mkdir(parents=True, exist_ok=True)
     append(meeting / "calls.txt", f"{what} rank={env.global_rank}")
-    (meeting / f"{what}-{env.job_id}-rank{env.global_rank}").touch()
+    prefix = f"{what}-{env.job_id}-call{call}-rank"
+    (meeting / f"{prefix}{env.global_rank}").touch()
     deadline = time.monotonic() + 60
-    while len(list(meeting.glob(f"{what}-{env.job_id}-rank*"))) < env.num_tasks:
+    while len(list(meeting.glob(f"{prefix}*"))) < env.num_tasks:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"rank {env.global_rank} of {env.num_tasks}: the others never came")
-        time.sleep(0.1)
+            raise RuntimeError(
+                f"rank {env.global_rank} of {env.num_tasks}, call {call}: the others never came"
+            )
+        time.sleep(0.05)
     return env.global_rank, env.num_tasks
 
 
@@ -42,6 +49,8 @@ class RankedTask(pydantic.BaseModel):
 
 
 class RankedMap(pydantic.BaseModel):
+    """Item 13 raises (on every rank), after the call met the other ranks."""
+
     meeting: str
     infra: exca.MapInfra = exca.MapInfra(version="1")
 
@@ -49,4 +58,6 @@ class RankedMap(pydantic.BaseModel):
     def infer(self, items: list[int]) -> tp.Iterator[str]:
         rank, count = _meet_every_rank(Path(self.meeting), "infer")
         for item in items:
+            if item == 13:
+                raise ValueError(f"bad item {item} on rank {rank}")
             yield f"{item} by rank {rank} of {count}"

@@ -2791,6 +2791,17 @@ def test_every_rank_of_a_multi_task_local_job_runs_the_method(tmp_path: Path) ->
         "1 by rank 0 of 2",
     ]
     assert len(calls(meeting / "calls.txt")) == 2 + len(infer)  # (cached: no job)
+    # an item error: rank 0 computes the items again, the failing one alone, and the
+    # other ranks make the same calls (they ended after the first: rank 0 waited for them)
+    one_job = {**infra, "max_jobs": 1}
+    with pytest.raises(ValueError, match="bad item 13 on rank 0"):
+        list(RankedMap(meeting=str(meeting), infra=one_job).infer([3, 13, 4]))
+    assert list(RankedMap(meeting=str(meeting), infra=one_job).infer([3, 4])) == [
+        "3 by rank 0 of 2",
+        "4 by rank 0 of 2",
+    ]
+    infer = [line for line in calls(meeting / "calls.txt") if line.startswith("infer")]
+    assert infer.count("infer rank=0") == infer.count("infer rank=1")
 
 
 @pytest.mark.timeout(120)

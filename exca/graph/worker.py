@@ -23,7 +23,7 @@ from ..storage.cachederror import CachedError
 from ..storage.cachedict import CacheDict
 from ..storage.claims import Claim, Claims, Owner
 from ..storage.modules import imported
-from . import callers, codeprint, jobpickle, jobprocess, registry, store
+from . import callers, codeprint, jobpickle, jobprocess, ranks, registry, store
 from .errors import UpstreamFailed, read_only_error, self_call_error
 from .node import TASK_KEY, Group, Node, Value
 
@@ -130,47 +130,38 @@ def run_job_unit(unit: Unit) -> Report:
         jobprocess.start(getattr(unit.node.cache, "permissions", None))
         callers.adopt(unit.callers)
     jobprocess.prepare(unit.node)
-    if _other_rank():
-        return _run_as_other_rank(unit)
-    return run_unit(unit)
-
-
-def _other_rank() -> bool:
-    """Whether this process is a rank other than 0 of a multi-task job (tasks_per_node or
-    nodes above 1: submitit starts the job's function once per task)."""
-    import submitit
-
+    rank, tasks = ranks.job_rank()
+    if tasks == 1:
+        return run_unit(unit)
+    if rank > 0:
+        return _follow_rank_zero(unit)
+    ranks.lead(unit.node.uid)
     try:
-        env = submitit.JobEnvironment()
-        return env.num_tasks > 1 and env.global_rank > 0
-    except Exception:  # (not a submitit job after all)
-        return False
+        return run_unit(unit)
+    finally:
+        ranks.end()
 
 
-def _run_as_other_rank(unit: Unit) -> Report:
-    """A rank other than 0 runs the method as rank 0 does, and stores nothing: distributed
-    code (torch's init_process_group...) waits for every rank, which waited for rank 0's
-    claim instead, for good. Rank 0 claims, stores the outcome and answers for the job."""
+def _follow_rank_zero(unit: Unit) -> Report:
+    """A rank other than 0 of a multi-task job makes the calls of the method rank 0
+    announces, and stores nothing (see ranks.py): it waited for rank 0's claim instead,
+    and distributed code meeting every rank waited for good."""
     if unit.split is not None:
         unit = _resolve_split(unit)
     node = unit.node
-    retrying = unit.action == "retry" or node.mode == "retry"
-    if node.kind == "task":
-        # (what rank 0 decides: a cached outcome is reused unless forced or retried)
-        state = store.task_state(node)
-        if unit.action != "force" and (state == "done" or (state == "error" and not retrying)):
-            return Report(reused=1)
-        check_upstream(node)
-        node.function(**_inputs(node))
-        return Report()
-    assert unit.items is not None and unit.uids is not None
-    by_uid = dict(zip(unit.uids, unit.items))
-    todo = _map_todo(node, list(by_uid), unit.action, unit.forced_by)
-    if not todo:  # (rank 0 calls the method for none either)
-        return Report(reused=len(by_uid))
-    for _ in _outputs(node, [by_uid[uid] for uid in todo]):
-        pass
-    return Report(reused=len(by_uid) - len(todo))
+    by_uid = dict(zip(unit.uids or (), unit.items or ()))
+    for uids in ranks.announced():
+        try:
+            if uids is None:
+                node.function(**_inputs(node))
+            else:
+                for _ in _outputs(node, [by_uid[uid] for uid in uids]):
+                    pass
+        except Exception as error:  # (rank 0 caches the outcome: its own)
+            logger.warning(
+                "%s raised on this rank (rank 0's outcome is cached): %r", node.uid, error
+            )
+    return Report()
 
 
 def _resolve_split(unit: Unit) -> Unit:
@@ -478,6 +469,7 @@ def _compute_task(node: Node) -> Report:
         # (once the inputs are read: the upstream entries they came from, not those this
         # process knew before, replaced meanwhile by a forced upstream)
         meta = _provenance(node)
+        ranks.announce(node.uid, None)
         value = node.function(**inputs)
     except Exception as error:
         if meta is None:
@@ -922,6 +914,7 @@ def _compute_from(
     # (names bound locally: this loop runs once per item)
     count, immutable, monotonic, append = len(uids), _IMMUTABLE, time.monotonic, batch.append
     try:
+        ranks.announce(node.uid, uids[start:])
         for output in _outputs(node, items):
             if position >= count:
                 return _miscounted(node, cache, uids, start, position - len(batch), report, "more")
@@ -1001,6 +994,7 @@ def _compute_alone(
 ) -> Exception | None:
     """Compute one item by itself: None once its output is stored, else its error."""
     try:
+        ranks.announce(node.uid, [uid])
         outputs = list(itertools.islice(_outputs(node, [item]), 2))  # (one is expected)
     except Exception as error:
         if _reached_time_limit(error) or isinstance(error, NotIterableOutputs):
