@@ -1927,6 +1927,7 @@ def test_logs_names_environment_variables_expanded_when_a_job_is_sent(
     [entry] = exca.graph.plan(local.process.node()).entries
     assert any("$EXCA_TEST_SCRATCH, which is not set" in p for p in entry.problems)
     monkeypatch.setenv("EXCA_TEST_SCRATCH", str(tmp_path / "scratch"))
+    local = Scratch(infra={"folder": tmp_path / "local", "cluster": "local"})
     assert not exca.graph.plan(local.process.node()).entries[0].problems
     assert local.process() == 12
     assert list((tmp_path / "scratch/logs").iterdir())  # (the job's log folder)
@@ -1934,6 +1935,28 @@ def test_logs_names_environment_variables_expanded_when_a_job_is_sent(
     home = Scratch(infra={"folder": tmp_path / "home", "cluster": "local", "logs": "~{user}/x/%j"})
     assert "~{user}" in str(home.infra.logs)  # ({user} is filled first, then ~user expanded)
     assert not exca.graph.plan(home.process.node()).entries[0].problems
+    # a cache folder holding a "$": only the user's logs text is expanded (the folder's
+    # name was taken for a variable: every job failed, or logged elsewhere; a review)
+    dollar = tmp_path / "c$EXCA_TEST_NOPE"
+    dollar.mkdir()  # (an existing folder: its name, as is)
+    in_dollar = Scratch(infra={"folder": dollar, "cluster": "local", "logs": "{folder}/logs/%j"})
+    assert in_dollar.process() == 12 and list(dollar.glob("*/logs/*"))
+    # an unset variable in a node of a later wave: refused before anything is sent (the
+    # run sent the first wave, then raised hours later; a review)
+    monkeypatch.delenv("EXCA_TEST_SCRATCH")
+    first = Scratch(infra={"folder": tmp_path / "first", "cluster": "local", "logs": "{folder}/%j"})
+    later = LogsBelow(infra={"folder": tmp_path / "later", "cluster": "local"})
+    with pytest.raises(ValueError, match=r"Cannot submit.*\$EXCA_TEST_SCRATCH, which is not set"):
+        exca.graph.run(later.process.node(first.process.node()))
+    assert not (tmp_path / "first").exists() or not list((tmp_path / "first").glob("*/jobs/*"))
+
+
+class LogsBelow(pydantic.BaseModel):
+    infra: TaskInfra = TaskInfra(version="1", logs="$EXCA_TEST_SCRATCH/logs/%j")
+
+    @infra.apply
+    def process(self, x: int = 0) -> int:
+        return x + 1
 
 
 class Prepared(pydantic.BaseModel):

@@ -153,16 +153,11 @@ def max_array_size() -> int:
 
 
 def format_logs(template: str, folder: Path | None) -> str:
-    """Resolve ``{folder}``, ``{user}``, then environment variables and ``~`` in a log folder
-    template (``%j`` stays): ValueError naming a variable that is not set. (Done when a job
-    is sent, not when the config is built: a class default "$SCRATCH/logs/%j" must import
-    where SCRATCH is unset and nothing is sent, e.g. a laptop with cluster=None.)"""
+    """Resolve ``{folder}`` and ``{user}`` in a log folder template (``%j`` stays; ``~`` and
+    environment variables were expanded with the node's execution: see logs_problem)."""
     import getpass  # (lazy: only jobs with logs need it)
 
-    from ..infra.resources import expand_path_text
-
-    text = template.replace("{folder}", str(folder)).replace("{user}", getpass.getuser())
-    return expand_path_text("logs", text)
+    return template.replace("{folder}", str(folder)).replace("{user}", getpass.getuser())
 
 
 def _make_log_folder(logs: str, permissions: int | None) -> None:

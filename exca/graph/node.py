@@ -74,6 +74,9 @@ class Execution:
     max_pickle_size_gb: float | None = None
     workdir: tp.Any = None  # an object with an ``activate()`` context manager
     job_name: str | None = None
+    # why no job can be sent with these logs (an environment variable not set): raised
+    # before anything of a run is submitted, listed by its plan
+    logs_problem: str | None = None
 
     @property
     def group_key(self) -> str:

@@ -415,13 +415,8 @@ def _where(node: Node, run: NodeRun) -> str:
 
 def _logs_problems(node: Node) -> list[str]:
     """A log folder a job could not be sent with (an environment variable not set...)."""
-    from .executors import format_logs
-
-    try:
-        format_logs(node.execution.logs or "{folder}/logs/{user}/%j", node.folder)
-    except ValueError as error:
-        return [str(error)]
-    return []
+    problem = node.execution.logs_problem
+    return [] if problem is None else [problem]
 
 
 def _single_pool_item(node: Node, run: NodeRun) -> bool:

@@ -157,6 +157,15 @@ class Scheduler:
             unreachable = run.action != "wait" and unreachable_inputs(run.node, detached)
             if unreachable:
                 raise ValueError(f"Cannot submit {run.node.uid}: {unreachable}")
+        bad_logs = [
+            f"{r.node.uid}: {r.node.execution.logs_problem}"
+            for r in work
+            if r.action != "wait"
+            and r.node.execution.logs_problem is not None
+            and r.node.execution.cluster in SUBMITIT_CLUSTERS
+        ]
+        if bad_logs:  # (a job of a later wave: found now, not hours later)
+            raise ValueError("Cannot submit: " + "; ".join(bad_logs))
         slurm = [
             (r.node.uid, r.node.execution, 1)
             for r in work

@@ -384,6 +384,8 @@ class MapInfra(BaseInfra, SubmititMixin):
         from ..graph.executors import format_logs, submitit_executor
 
         node = self._map_node([])
+        if node.execution.logs_problem is not None:
+            raise ValueError(node.execution.logs_problem)
         return submitit_executor(
             node.execution, format_logs(node.execution.logs or "", node.folder)
         )

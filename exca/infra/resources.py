@@ -164,10 +164,22 @@ class SubmititMixin(pydantic.BaseModel):
         if workdir is not None and permissions is not None:
             workdir = workdir.model_copy() if workdir is self.workdir else workdir
             workdir._permissions = permissions
+        logs, logs_problem = str(self.logs), None
+        if "$" in logs or logs.startswith("~"):
+            # (the user's text only, not the folder: a cache folder may hold a "$"; now,
+            # not when the config is built: a class default "$SCRATCH/logs/%j" must import
+            # where SCRATCH is unset and nothing is sent)
+            import getpass
+
+            try:
+                logs = expand_path_text("logs", logs.replace("{user}", getpass.getuser()))
+            except ValueError as error:
+                logs_problem = str(error)
         return Execution(
             cluster=self.cluster,
             params=self._submitit_params(),
-            logs=str(self.logs).replace("{folder}", str(logs_folder)),
+            logs=logs.replace("{folder}", str(logs_folder)),
+            logs_problem=logs_problem,
             max_jobs=max_jobs,
             min_items_per_job=min_items_per_job,
             conda_env=None if self.conda_env is None else str(self.conda_env),
