@@ -3496,7 +3496,7 @@ def _made_up_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
             "long": sc.SlurmPartition("long", False, 7 * 24 * 60, ["c1"]),
         },
         nodes={
-            "g1": sc.SlurmNode("g1", 16, 64000, 8, set(), {"gpu"}),
+            "g1": sc.SlurmNode("g1", 16, 64000, 8, {"a100"}, {"gpu"}),
             "c2": sc.SlurmNode("c2", 64, 64000, 0, set(), {"gpu"}),
             "c1": sc.SlurmNode("c1", 64, 256000, 0, set(), {"long"}),
         },
@@ -3543,7 +3543,8 @@ def test_time_and_mem_given_as_sbatch_options_are_checked(
     did {"mem": "500G"} where mem_gb=500 was refused: the job stayed pending for good."""
     _made_up_cluster(monkeypatch)
     limit = "exceeds the time limit of partition 'gpu' (1440 min)"
-    for time_limit in (3 * 24 * 60, "4320", "72:00:00", "3-00:00:00", "2-1", "UNLIMITED"):
+    # (0 is UNLIMITED to sbatch: it passed; a review)
+    for time_limit in (3 * 24 * 60, "4320", "72:00:00", "3-00:00:00", "2-1", "UNLIMITED", 0, "0"):
         problems = _plan_problems(tmp_path, slurm_additional_parameters={"time": time_limit})
         assert problems == [f"time={time_limit!r} in slurm_additional_parameters {limit}"]
     for time_limit in (60, "1440", "23:59:59", "1-00:00:00", "1-0", "30:00"):  # they fit
@@ -3561,6 +3562,19 @@ def test_time_and_mem_given_as_sbatch_options_are_checked(
         assert _plan_problems(tmp_path, slurm_additional_parameters={"mem": mem}) == []
     for mem in ("8G", "0"):
         assert _plan_problems(tmp_path, mem_gb=500, slurm_additional_parameters={"mem": mem}) == []
+
+
+def test_a_constraint_must_be_met_by_the_nodes_holding_the_resources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Features were checked over a partition's nodes pooled: a100 (on a 16-CPU node) with
+    64 CPUs (another node's) passed, and the job stayed pending for good (a review)."""
+    _made_up_cluster(monkeypatch)
+    on_gpu = {"slurm_partition": "gpu", "slurm_constraint": "a100"}
+    assert _plan_problems(tmp_path, cpus_per_task=16, **on_gpu) == []
+    assert _plan_problems(tmp_path, cpus_per_task=64, slurm_partition="gpu") == []
+    (problem,) = _plan_problems(tmp_path, cpus_per_task=64, **on_gpu)
+    assert "no node of partition 'gpu' has 64 CPUs, 0 GPUs with feature(s) ['a100']" in problem
 
 
 def test_inspection_and_previews_free_nothing(tmp_path: Path) -> None:

@@ -225,7 +225,8 @@ def _add_sbatch_options(params: dict[str, tp.Any]) -> dict[str, str]:
     if time_limit is not None:  # (sbatch's units: minutes, or [D-]H:M:S...)
         with contextlib.suppress(ValueError):  # (not a time: left to sbatch)
             minutes = _minutes(str(time_limit))  # (None: UNLIMITED, beyond any limit)
-            params["timeout_min"] = math.inf if minutes is None else minutes
+            # (0 too: sbatch reads --time=0 as UNLIMITED)
+            params["timeout_min"] = minutes or math.inf
             shown["timeout_min"] = f"time={time_limit!r} in slurm_additional_parameters"
     # (sbatch's units: MB, or a K/M/G/T suffix)
     mem = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)B?", str(extra.get("mem", "")).strip().upper())
@@ -317,6 +318,7 @@ def _fit(
         asked = shown.get("timeout_min", f"timeout_min={timeout}")
         found.append(f"{asked} exceeds the time limit of {where} ({max_time_min} min)")
     constraint = params.get("slurm_constraint")
+    wanted: set[str] = set()
     if constraint:
         features = set().union(*(n.features for n in nodes))
         # operators & | , [ ] ( ) and counts like "*2" separate feature names
@@ -328,9 +330,17 @@ def _fit(
                 f"(features: {sorted(features) or 'none'})"
             )
     if not found:  # each resource is on some node: are they on the same ones?
-        able = [n for n in nodes if n.cpus >= cpus and n.gpus >= gpus and _has_mem(n, mem)]
+        # (features all wanted on each node: "a&b" or one name; "a|b" and the like, lenient)
+        every = wanted if constraint and not re.search(r"[|\[\]()*,]", constraint) else set()
+        able = [
+            n
+            for n in nodes
+            if n.cpus >= cpus and n.gpus >= gpus and _has_mem(n, mem) and every <= n.features
+        ]
         if len(able) < nodes_wanted:
             need = f"{cpus} CPUs, {gpus} GPUs" + (f" and {_gb(mem)} GB" if mem else "")
+            if every:
+                need += f" with feature(s) {sorted(every)}"
             found.append(
                 f"no node of {where} has {need} together"
                 if nodes_wanted == 1
