@@ -2490,3 +2490,45 @@ def test_a_forced_instance_reads_what_its_own_forcing_job_writes(tmp_path: Path)
     assert outputs == [[100, 200]] and again.result() == [100, 200] == job.result()
     assert counts(tmp_path / "calls.txt") == {1: 2, 2: 2}  # (forced once)
     assert list(forced.process([1, 2])) == [100, 200]
+
+
+def test_an_item_error_records_when_its_computation_started(tmp_path: Path) -> None:
+    """A retry tells an error cached before it asked (computed again) from one of a
+    computation started since (its answer: e.g. another retry asked at the same time);
+    item errors of a map fed a list recorded no start time: every one looked older, and
+    two retries asked together computed the item twice (a review)."""
+    fail_dir = tmp_path / "fail"
+    fail_dir.mkdir()
+    (fail_dir / "2").touch()
+    before = time.time()
+    with pytest.raises(ValueError, match="bad item 2"):
+        list(make(tmp_path, None, fail_dir=str(fail_dir)).process([2, 5]))
+    cache = make(tmp_path, None, fail_dir=str(fail_dir)).infra.cache_dict
+    started = cache.entry("2").info["#meta"]["t"]  # type: ignore[union-attr]
+    assert before - 0.01 <= started <= time.time()
+
+
+@pytest.mark.timeout(180)
+def test_a_cached_item_error_is_raised_at_once_while_its_job_runs_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job that cached an item's error goes on with other items: job() and a call in
+    mode cached followed it, as if it retried the error, until it ended (a review)."""
+    fail_dir, slow = tmp_path / "fail", tmp_path / "slow"
+    fail_dir.mkdir()
+    (fail_dir / "3").touch()
+    slow.touch()
+    monkeypatch.setattr(exca.graph.scheduler, "_SHUFFLER", types.SimpleNamespace(shuffle=len))
+    flags = {"fail_dir": str(fail_dir), "slow_flag": str(slow), "infra": {"max_jobs": 1}}
+    running = make(tmp_path, "local", **flags).process.node([3, 2]).job()
+    try:
+        wait_until(lambda: exca.cachedict.CacheDict(running.node.folder).entry_type("3") == "Error")
+        job = make(tmp_path, "local", **flags).process.node([3]).job()
+        assert job.done() and job.state == "FAILED"
+        with pytest.raises(ValueError, match="bad item 3"):
+            list(make(tmp_path, "local", **flags).process([3]))
+        assert not running.done()
+    finally:
+        slow.unlink()
+    wait_until(running.done, timeout=120)
+    assert running.state == "FAILED"  # (item 3's error)

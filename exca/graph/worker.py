@@ -883,11 +883,15 @@ def _compute_from(
     alone: a method working on batches raises for a later item). Returns where to restart."""
     items = all_items[start:] if start else all_items
     meta = _items_provenance(node)
+    # (an item's error tells when its computation started: a retry asked since computes
+    # it again, one asked after reads it; see _old_error, decisions.retrying_jobs)
+    error_meta = {"t": time.time(), **(meta or {})}
     if forced_by:
         meta = {**(meta or {}), "forced": forced_by}
     code = codeprint.digest(codeprint.method_function(node.function))
     if code is not None:  # (a method of __main__: see codeprint)
         meta = {**(meta or {}), codeprint.CODE_KEY: code}
+    error_meta = {**error_meta, **(meta or {})}
     position = start
     batch: list[tuple[str, tp.Any]] = []
     last_flush = time.monotonic()
@@ -898,7 +902,7 @@ def _compute_from(
             try:
                 cache.set_many(batch, meta=meta, skip_existing=True, owned=True)
             except Exception:  # an output that cannot be stored: only its item fails
-                _store_one_by_one(node, cache, batch, meta, report)
+                _store_one_by_one(node, cache, batch, meta, report, error_meta)
             else:
                 report.computed += len(batch)
             if progress is not None:
@@ -917,7 +921,9 @@ def _compute_from(
         ranks.announce(node.uid, uids[start:])
         for output in _outputs(node, items):
             if position >= count:
-                return _miscounted(node, cache, uids, start, position - len(batch), report, "more")
+                return _miscounted(
+                    node, cache, uids, start, position - len(batch), report, "more", error_meta
+                )
             kind = type(output)
             if kind in immutable:
                 append((uids[position], output))
@@ -956,7 +962,7 @@ def _compute_from(
         failures.batch_errors.pop(signature, None)  # (this item's: said below)
         failures.repeats = failures.repeats + 1 if signature == failures.last else 1
         failures.last = signature
-        cache.put(uid, CachedError.from_exception(error), meta=meta)
+        cache.put(uid, CachedError.from_exception(error), meta=error_meta)
         report.errors += 1
         if failures.logged < ITEM_ERRORS_LOGGED:
             failures.logged += 1
@@ -979,7 +985,9 @@ def _compute_from(
     finally:
         unwritten.remove(flush)
     if position < len(uids):
-        return _miscounted(node, cache, uids, start, position - len(batch), report, "fewer")
+        return _miscounted(
+            node, cache, uids, start, position - len(batch), report, "fewer", error_meta
+        )
     return position
 
 
@@ -993,6 +1001,7 @@ def _compute_alone(
     progress: ProgressCallback | None,
 ) -> Exception | None:
     """Compute one item by itself: None once its output is stored, else its error."""
+    error_meta = {"t": time.time(), **(meta or {})}  # (see _compute_from)
     try:
         ranks.announce(node.uid, [uid])
         outputs = list(itertools.islice(_outputs(node, [item]), 2))  # (one is expected)
@@ -1009,7 +1018,7 @@ def _compute_alone(
     numpy = imported("numpy")
     if cache.folder is None and numpy is not None and type(output) is numpy.ndarray:
         output = output.copy()  # (kept in RAM: a method may refill one buffer)
-    _store_one_by_one(node, cache, [(uid, output)], meta, report)
+    _store_one_by_one(node, cache, [(uid, output)], meta, report, error_meta)
     if progress is not None:
         progress(1)
     return None
@@ -1077,6 +1086,7 @@ def _miscounted(
     flushed: int,
     report: Report,
     how: str,
+    meta: dict[str, tp.Any] | None = None,
 ) -> int:
     """A method that yielded more or fewer outputs than items: which output belongs to which
     item is unknown, so none of this call's outputs is kept (those already written are
@@ -1087,7 +1097,7 @@ def _miscounted(
         "per item, in order)"
     )
     cache.delete_many(uids[start:flushed])
-    cache.set_many((u, CachedError.from_exception(error)) for u in uids[start:])
+    cache.set_many(((u, CachedError.from_exception(error)) for u in uids[start:]), meta=meta)
     report.computed -= flushed - start
     report.errors += len(uids) - start
     logger.warning("%s; the error is cached for each of those items", error)
@@ -1100,6 +1110,7 @@ def _store_one_by_one(
     batch: list[tuple[str, tp.Any]],
     meta: dict[str, tp.Any] | None,
     report: Report,
+    error_meta: dict[str, tp.Any] | None = None,
 ) -> None:
     """Write a batch item by item: an output the cache cannot store (an object array as
     NumpyArray...) becomes that item's cached error; the other outputs are kept."""
@@ -1112,7 +1123,14 @@ def _store_one_by_one(
                 raise  # (not the output's fault: nothing cached)
             failed += 1
             _cache_unstorable(
-                node, cache, uid, output, error, report, log=failed <= ITEM_ERRORS_LOGGED
+                node,
+                cache,
+                uid,
+                output,
+                error,
+                report,
+                log=failed <= ITEM_ERRORS_LOGGED,
+                meta=error_meta,
             )
             continue
         report.computed += 1
@@ -1154,11 +1172,12 @@ def _cache_unstorable(
     error: Exception,
     report: Report,
     log: bool = True,
+    meta: dict[str, tp.Any] | None = None,
 ) -> None:
     """An output the cache cannot store: its item's cached error (the others go on)."""
     failure = _unstorable(f"the output of item {uid!r}", output, cache, error)
     try:
-        cache[uid] = CachedError.from_exception(failure)
+        cache.put(uid, CachedError.from_exception(failure), meta=meta)
     except Exception:  # (the error itself cannot be stored: it is raised instead)
         raise failure from error
     report.errors += 1
