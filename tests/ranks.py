@@ -61,3 +61,21 @@ class RankedMap(pydantic.BaseModel):
             if item == 13:
                 raise ValueError(f"bad item {item} on rank {rank}")
             yield f"{item} by rank {rank} of {count}"
+
+
+class RankZeroDies(pydantic.BaseModel):
+    """Rank 0 is killed (out of memory, say) once every rank has started the method."""
+
+    meeting: str
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def train(self) -> int:
+        import os
+        import signal
+
+        rank, _ = _meet_every_rank(Path(self.meeting), "train")
+        if rank == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(1)
+        return rank

@@ -14,9 +14,15 @@ import time
 import typing as tp
 from pathlib import Path
 
+from ..storage import claims, process
+
 logger = logging.getLogger("exca")
 POLL_MAX_S = 0.5  # (another rank's next call: its collectives would wait for it anyway)
 _CALLS_DIR = "rank-calls"
+
+
+LEAD_FILE = "lead.json"  # rank 0's process, its mtime refreshed (see claims.keep_fresh)
+STARTUP_S = 600.0  # the other ranks wait this long for rank 0 to start announcing
 
 
 class Announcer:
@@ -25,6 +31,12 @@ class Announcer:
     def __init__(self, folder: Path, node_uid: str) -> None:
         self.folder, self.node_uid, self.count = folder, node_uid, 0
         folder.mkdir(parents=True, exist_ok=True)
+        lead = folder / LEAD_FILE
+        me = {"host": process.hostname(), "pid": os.getpid(), "start": process.self_start_time()}
+        tmp = lead.with_name(f".{lead.name}.tmp")
+        tmp.write_text(json.dumps(me), encoding="utf8")
+        os.replace(tmp, lead)
+        claims.keep_fresh(lead)  # (a rank 0 killed stops refreshing it: the others stop)
 
     def write(self, message: dict[str, tp.Any]) -> None:
         path = self.folder / f"{self.count}.json"
@@ -53,9 +65,11 @@ def job_rank() -> tuple[int, int]:
 def _calls_folder() -> Path:
     import submitit
 
-    # (a requeued job runs again under its id: its calls of before are not these)
+    # (named after the job: a log folder without %j is shared by jobs and array elements;
+    # a requeued job runs again under its id: its calls of before are not these)
+    env = submitit.JobEnvironment()
     attempt = os.environ.get("SLURM_RESTART_COUNT", "0")
-    return Path(submitit.JobEnvironment().paths.folder) / f"{_CALLS_DIR}-{attempt}"
+    return Path(env.paths.folder) / f"{_CALLS_DIR}-{env.job_id}-{attempt}"
 
 
 def lead(node_uid: str) -> None:
@@ -74,19 +88,44 @@ def announce(node_uid: str, uids: list[str] | None) -> None:
 def end() -> None:
     """Rank 0 is done with its unit: the other ranks stop following."""
     if _ANNOUNCER:
-        _ANNOUNCER.pop().write({"end": True})
+        announcer = _ANNOUNCER.pop()
+        announcer.write({"end": True})
+        claims.stop_refreshing(announcer.folder / LEAD_FILE)
+
+
+def _lead_gone(folder: Path, since: float) -> str | None:
+    """Why rank 0 will announce nothing more (it died: killed, out of memory...), or None."""
+    lead = folder / LEAD_FILE
+    try:
+        info = json.loads(lead.read_text(encoding="utf8"))
+        age = time.time() - lead.stat().st_mtime
+    except (FileNotFoundError, ValueError):
+        if time.monotonic() - since > STARTUP_S:
+            return f"rank 0 announced nothing in {STARTUP_S:.0f} s"
+        return None
+    alive = process.is_alive(info["host"], info["pid"], info.get("start"))
+    if alive is False:
+        return f"rank 0 (pid {info['pid']}) ended without finishing its calls (killed?)"
+    if alive is None and age > 2 * claims.heartbeat_seconds():
+        return f"rank 0 (on {info['host']}) stopped refreshing {lead} (killed?)"
+    return None
 
 
 def announced() -> tp.Iterator[list[str] | None]:
     """The calls rank 0 announces (map items; None: a task), as they come, until its end."""
     folder = _calls_folder()
-    count = 0
+    count, since = 0, time.monotonic()
     while True:
         path = folder / f"{count}.json"
-        delay = 0.02
+        delay, checked = 0.02, time.monotonic()
         while not path.exists():
             time.sleep(delay)
             delay = min(delay * 1.5, POLL_MAX_S)
+            if time.monotonic() - checked > 1.0:  # (a second: a process check, a stat)
+                checked = time.monotonic()
+                gone = _lead_gone(folder, since)
+                if gone is not None and not path.exists():  # (its end, written just before?)
+                    raise RuntimeError(f"This rank stops following rank 0's calls: {gone}")
         message = json.loads(path.read_text(encoding="utf8"))
         if message.get("end"):
             return
