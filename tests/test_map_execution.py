@@ -2532,3 +2532,36 @@ def test_a_cached_item_error_is_raised_at_once_while_its_job_runs_on(
         slow.unlink()
     wait_until(running.done, timeout=120)
     assert running.state == "FAILED"  # (item 3's error)
+
+
+@pytest.mark.timeout(120)
+def test_a_call_waits_for_a_job_retrying_an_error_cached_without_a_time(tmp_path: Path) -> None:
+    """Item errors cached by an older exca have no start time: a call in mode cached raised
+    such an error at once while a job retried it (a review); it waits for that job."""
+    fail_dir, slow = tmp_path / "fail", tmp_path / "slow"
+    fail_dir.mkdir()
+    (fail_dir / "2").touch()
+
+    def mapper(mode: str = "cached") -> Mapper:
+        flags = {"fail_dir": str(fail_dir), "slow_flag": str(slow)}
+        return make(tmp_path, "local", infra={"mode": mode}, **flags)
+
+    with pytest.raises(ValueError, match="bad item 2"):
+        list(mapper().process([2]))
+    cache = mapper().infra.cache_dict
+    error = cache["2"]
+    with cache.write():  # (as an older exca wrote it: no "#meta")
+        del cache["2"]
+        cache["2"] = error
+    assert "#meta" not in cache.entry("2").info  # type: ignore[union-attr]
+    (fail_dir / "2").unlink()
+    slow.touch()  # (the retry of item 2 waits for it)
+    job = mapper("retry").process.node([2]).job()
+    outputs: list[tp.Any] = []
+    thread = threading.Thread(target=lambda: outputs.append(list(mapper().process([2]))))
+    thread.start()
+    time.sleep(1)
+    assert thread.is_alive() and not outputs  # (waiting for the job)
+    slow.unlink()
+    thread.join(timeout=60)
+    assert outputs == [[20]] and job.result() == [20]

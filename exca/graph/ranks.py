@@ -23,6 +23,9 @@ _CALLS_DIR = "rank-calls"
 
 LEAD_FILE = "lead.json"  # rank 0's process, its mtime refreshed (see claims.keep_fresh)
 STARTUP_S = 600.0  # the other ranks wait this long for rank 0 to start announcing
+# rank 0 on another host is taken for dead when its lead file is this stale: long, since a
+# single step holding the GIL (a big unpickle...) stops its heartbeat thread meanwhile
+LEAD_STALE_S = 600.0
 
 
 class Announcer:
@@ -106,7 +109,7 @@ def _lead_gone(folder: Path, since: float) -> str | None:
     alive = process.is_alive(info["host"], info["pid"], info.get("start"))
     if alive is False:
         return f"rank 0 (pid {info['pid']}) ended without finishing its calls (killed?)"
-    if alive is None and age > 2 * claims.heartbeat_seconds():
+    if alive is None and age > max(2 * claims.heartbeat_seconds(), LEAD_STALE_S):
         return f"rank 0 (on {info['host']}) stopped refreshing {lead} (killed?)"
     return None
 

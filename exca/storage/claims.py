@@ -490,7 +490,9 @@ class _Heartbeat:
             period = min(paths.values(), default=DEFAULT_HEARTBEAT_S)
             time.sleep(max(period / 3, 0.05))
             for path in paths:
-                with contextlib.suppress(FileNotFoundError):
+                # (any OSError: a transient NFS error, ESTALE or EIO, stopped the thread for
+                # good, and every claim of the process looked dead two periods later)
+                with contextlib.suppress(OSError):
                     os.utime(path)
 
     def reset_in_child(self) -> None:
