@@ -5,6 +5,8 @@ tests (imported inside their jobs)."""
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import time
 import typing as tp
 from pathlib import Path
@@ -39,12 +41,18 @@ def _meet_every_rank(meeting: Path, what: str) -> tuple[int, int]:
 
 
 class RankedTask(pydantic.BaseModel):
+    """``rank_zero_dies``: rank 0 is killed (out of memory, say) once every rank met."""
+
     meeting: str
+    rank_zero_dies: bool = False
     infra: exca.TaskInfra = exca.TaskInfra(version="1")
 
     @infra.apply
     def train(self) -> str:
         rank, count = _meet_every_rank(Path(self.meeting), "train")
+        if self.rank_zero_dies and rank == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(0.5 * self.rank_zero_dies)  # (rank 1 still running when rank 0 dies)
         return f"rank {rank} of {count}"
 
 
@@ -61,21 +69,3 @@ class RankedMap(pydantic.BaseModel):
             if item == 13:
                 raise ValueError(f"bad item {item} on rank {rank}")
             yield f"{item} by rank {rank} of {count}"
-
-
-class RankZeroDies(pydantic.BaseModel):
-    """Rank 0 is killed (out of memory, say) once every rank has started the method."""
-
-    meeting: str
-    infra: exca.TaskInfra = exca.TaskInfra(version="1")
-
-    @infra.apply
-    def train(self) -> int:
-        import os
-        import signal
-
-        rank, _ = _meet_every_rank(Path(self.meeting), "train")
-        if rank == 0:
-            os.kill(os.getpid(), signal.SIGKILL)
-        time.sleep(1)
-        return rank

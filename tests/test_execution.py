@@ -2836,10 +2836,10 @@ def test_the_plan_of_a_task_another_process_computes_inline_says_wait_whatever_i
 def test_a_multi_task_job_whose_rank_zero_dies_ends(tmp_path: Path) -> None:
     """The other ranks follow rank 0's calls: a rank 0 killed left them waiting for its
     next call until the job's time limit (a review). They stop: the job fails."""
-    from ranks import RankZeroDies
+    from ranks import RankedTask
 
     infra = {"folder": tmp_path / "cache", "cluster": "local", "tasks_per_node": 2}
-    task = RankZeroDies(meeting=str(tmp_path / "meeting"), infra=infra)
+    task = RankedTask(meeting=str(tmp_path / "meeting"), rank_zero_dies=True, infra=infra)
     job = task.infra.job()
     _wait_for(job.done)
     assert task.infra.status() == "failed"
