@@ -2506,6 +2506,18 @@ def test_an_item_error_records_when_its_computation_started(tmp_path: Path) -> N
     cache = make(tmp_path, None, fail_dir=str(fail_dir)).infra.cache_dict
     started = cache.entry("2").info["#meta"]["t"]  # type: ignore[union-attr]
     assert before - 0.01 <= started <= time.time()
+    # an error of a batch is confirmed by computing its item alone: its time is that one's
+    # (the batch's start made a retry asked meanwhile compute it once more; a review)
+    (fail_dir / "3").touch()
+    block = tmp_path / "block"
+    block.touch()
+    threading.Timer(0.5, block.unlink).start()
+    before = time.time()
+    blocked = make(tmp_path, None, fail_dir=str(fail_dir), block_flag=str(block))
+    with pytest.raises(ValueError, match="bad item 3"):
+        list(blocked.process([0, 3]))  # (item 0 waits 0.5 s, then 3 fails, then alone)
+    alone = blocked.infra.cache_dict.entry("3").info["#meta"]["t"]  # type: ignore[union-attr]
+    assert alone >= before + 0.5
 
 
 @pytest.mark.timeout(180)

@@ -952,6 +952,7 @@ def _compute_from(
             raise  # (the job's time is up: not this item's error; the rest stays missing)
         uid = uids[position]
         if len(uids) - start > 1:  # (the method had other items: is it this one's error?)
+            error_meta = {**error_meta, "t": time.time()}  # (the error is alone's, if any)
             alone = _compute_alone(node, cache, uid, all_items[position], meta, report, progress)
             if alone is None:  # (it computed alone: the error was a later item's?)
                 failures.batch_errors.setdefault((type(error).__name__, str(error)), uid)
