@@ -775,12 +775,10 @@ def retrying_jobs(
     for uid in dict.fromkeys(uids):
         entry = cache.entry(uid)
         if entry is not None and entry.info.get("#type") == "Error":
-            meta = entry.info.get("#meta")
-            when = meta.get("t") if isinstance(meta, dict) else None
             # (an error without a time, of an older exca: any job holding its item counts,
             # even the one that cached it: waiting for it is safer than raising an error
             # a retry job is replacing)
-            cached_at[uid] = float(when) if isinstance(when, int | float) else 0.0
+            cached_at[uid] = store.started_at(entry) or 0.0
     if not cached_at:
         return []
     earliest = min(cached_at.values())

@@ -35,15 +35,21 @@ def entry_ref(entry: Entry) -> str:
     return f"t={when}" if isinstance(when, int | float) else f"{entry.file}:{entry.offset}"
 
 
-def computed_since(cache: CacheDict[tp.Any], when: float) -> bool:
-    """Whether a task's cached outcome comes from a computation started at ``when`` or
-    later (its provenance time; an entry without one is older)."""
-    entry = cache.entry(TASK_KEY)
+def started_at(entry: Entry | None) -> float | None:
+    """When the computation of a cached entry started (its provenance time; None: an entry
+    without one, e.g. of an older exca)."""
     meta = entry.info.get("#meta") if entry is not None else None
     started = meta.get("t") if isinstance(meta, dict) else None
+    return float(started) if isinstance(started, int | float) else None
+
+
+def computed_since(cache: CacheDict[tp.Any], when: float, key: str = TASK_KEY) -> bool:
+    """Whether a cached outcome (a task's, or a map item's) comes from a computation
+    started at ``when`` or later (an entry without a provenance time is older)."""
+    started = started_at(cache.entry(key))
     # (recorded unrounded since; older exca rounded it to the ms: such a start is compared
     # at that precision, as before)
-    if not isinstance(started, int | float):
+    if started is None:
         return False
     if started == round(started, 3):  # (rounded: the same ms as ``when`` counts as since)
         return started >= round(when, 3)

@@ -771,12 +771,7 @@ def _items_done(
 
 def _old_error(cache: CacheDict[tp.Any], key: str, when: float) -> bool:
     """Whether an item holds an error of a computation started before ``when``."""
-    entry = cache.entry(key)
-    if entry is None or entry.info.get("#type") != "Error":
-        return False
-    meta = entry.info.get("#meta")
-    started = meta.get("t") if isinstance(meta, dict) else None
-    return not isinstance(started, int | float) or started < when
+    return cache.entry_type(key) == "Error" and not store.computed_since(cache, when, key)
 
 
 def _items_provenance(node: Node) -> dict[str, tp.Any] | None:
