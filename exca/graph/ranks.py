@@ -36,17 +36,18 @@ class Announcer:
         folder.mkdir(parents=True, exist_ok=True)
         lead = folder / LEAD_FILE
         me = {"host": process.hostname(), "pid": os.getpid(), "start": process.self_start_time()}
-        tmp = lead.with_name(f".{lead.name}.tmp")
-        tmp.write_text(json.dumps(me), encoding="utf8")
-        os.replace(tmp, lead)
+        _write_json(lead, me)
         claims.keep_fresh(lead)  # (a rank 0 killed stops refreshing it: the others stop)
 
     def write(self, message: dict[str, tp.Any]) -> None:
-        path = self.folder / f"{self.count}.json"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(message), encoding="utf8")
-        os.replace(tmp, path)  # (another rank never reads half a call)
+        _write_json(self.folder / f"{self.count}.json", message)
         self.count += 1
+
+
+def _write_json(path: Path, data: dict[str, tp.Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data), encoding="utf8")
+    os.replace(tmp, path)  # (another rank never reads half a file)
 
 
 _ANNOUNCER: list[Announcer] = []  # rank 0 of a multi-task job: its announcer
