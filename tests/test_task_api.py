@@ -1902,6 +1902,39 @@ def test_folder_names_environment_variables(
     assert Task(infra={"folder": str(literal)}).infra.folder == literal
 
 
+def test_class_default_folder_naming_an_unset_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shared class default folder="$SCRATCH/cache" on a laptop without $SCRATCH: the
+    class could not even be defined (the module failed at import, also for a user giving
+    another folder). The variable is read when a config is created: an error then."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EXCA_TEST_SCRATCH", raising=False)
+
+    class Shared(pydantic.BaseModel):
+        x: int = 1
+        infra: TaskInfra = TaskInfra(folder="$EXCA_TEST_SCRATCH/cache")
+
+        @infra.apply
+        def process(self) -> int:
+            return 2 * self.x
+
+    assert Shared(x=2, infra={"folder": tmp_path / "mine"}).process() == 4
+    assert list((tmp_path / "mine").iterdir())
+    with pytest.raises(pydantic.ValidationError, match=r"\$EXCA_TEST_SCRATCH, which is not set"):
+        Shared(x=3)
+    monkeypatch.setenv("EXCA_TEST_SCRATCH", str(tmp_path / "scratch"))
+    shared = Shared(x=3)
+    assert shared.infra.folder == tmp_path / "scratch/cache"
+    assert shared.process() == 6 and list((tmp_path / "scratch/cache").iterdir())
+    assert not list(tmp_path.glob("$*"))  # (no folder named "$EXCA_TEST_SCRATCH")
+    monkeypatch.delenv("EXCA_TEST_SCRATCH")
+    mine = Shared(x=4, infra={"folder": tmp_path / "mine"})
+    with pytest.raises(ValueError, match=r"\$EXCA_TEST_SCRATCH, which is not set"):
+        mine.infra.folder = "$EXCA_TEST_SCRATCH/other"
+    assert mine.infra.folder == tmp_path / "mine" and mine.process() == 8
+
+
 @pytest.mark.timeout(120)
 def test_logs_names_environment_variables_expanded_when_a_job_is_sent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -16,6 +16,7 @@ import functools
 import inspect
 import logging
 import os
+import re
 import sys
 import threading
 import typing as tp
@@ -38,6 +39,7 @@ _UID_FIELDS = ("method", "version", "uid")
 
 
 _MISSING: tp.Any = object()
+_UNSET_VARIABLE = re.compile(r"\$\{?\w+\}?")
 
 
 _RAM_LOCKS_GUARD = threading.Lock()
@@ -150,14 +152,22 @@ class BaseInfra(pydantic.BaseModel):
                     f"folder={text!r} is empty: give a folder path, or None to cache in RAM only"
                 )
             if isinstance(text, str):
-                return expand_path_text("folder", text)
+                try:
+                    return expand_path_text("folder", text)
+                except ValueError:
+                    if not _UNSET_VARIABLE.search(text):
+                        raise
+                    # resolved (or refused) when linked to an owner instance: a shared class
+                    # default "$SCRATCH/cache" on a laptop without $SCRATCH made the module
+                    # impossible to import, even to give another folder
+                    return _UnresolvedFolder(text)
         return value
 
     @pydantic.field_validator("folder")
     @classmethod
     def _absolute_folder(cls, value: Path | None) -> Path | None:
-        if value is None:
-            return None
+        if value is None or isinstance(value, _UnresolvedFolder):
+            return value
         if value.is_file():
             raise ValueError(f"folder={str(value)!r} is a file: give the cache a folder")
         # jobs may run elsewhere (a workdir snapshot is their current folder)
@@ -199,6 +209,14 @@ class BaseInfra(pydantic.BaseModel):
         if isinstance(value, str | int):
             return parse_permissions(value)
         return value
+
+    def _resolve_folder(self) -> None:
+        """Expands a folder whose environment variable was unset when this infra was built
+        (ValueError naming it if it still is)."""
+        folder = self.__dict__.get("folder")
+        if isinstance(folder, _UnresolvedFolder):
+            resolved = self._absolute_folder(Path(expand_path_text("folder", str(folder))))
+            self.__dict__["folder"] = resolved
 
     def __repr_args__(self) -> tp.Iterable[tuple[str | None, tp.Any]]:
         defaults = type(self).model_fields
@@ -299,8 +317,17 @@ class BaseInfra(pydantic.BaseModel):
         return new
 
     def __setattr__(self, name: str, value: tp.Any) -> None:
-        super().__setattr__(name, value)
         runtime = getattr(self, "_rt", None)
+        if name == "folder" and runtime is not None and runtime.owner is not None:
+            before = self.__dict__.get("folder")
+            super().__setattr__(name, value)
+            try:
+                self._resolve_folder()
+            except ValueError:
+                self.__dict__["folder"] = before
+                raise
+        else:
+            super().__setattr__(name, value)
         if runtime is not None:
             runtime.settings_checked = False  # a class default changed: check copies again
             runtime.assigned = True
@@ -308,6 +335,7 @@ class BaseInfra(pydantic.BaseModel):
     def _check_settings(self) -> None:
         """Cross-field checks, done once the class-default settings are merged (a function
         of the field values only: done once per class default)."""
+        self._resolve_folder()
 
     _checks_disk: tp.ClassVar[bool] = False  # whether _check_disk is overridden (set below)
 
@@ -930,6 +958,11 @@ class BaseInfra(pydantic.BaseModel):
     def _holds_results(self, folder: Path) -> bool:
         """Whether a config folder holds results of this method (iter_cached lists it)."""
         return self._has_result(folder)
+
+
+class _UnresolvedFolder(type(Path())):  # type: ignore[misc]
+    """A folder text naming an environment variable unset when its class default was built
+    (e.g. at import on a laptop); expanded, or refused, when an owner instance is created."""
 
 
 @functools.cache

@@ -359,6 +359,7 @@ class MapInfra(BaseInfra, SubmititMixin):
         return decorate
 
     def _check_settings(self) -> None:
+        super()._check_settings()
         self._check_resources(self.folder)
 
     def _prepare_reuses(self, folder: Path) -> bool:

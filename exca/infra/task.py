@@ -278,6 +278,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
         return decorate
 
     def _check_settings(self) -> None:
+        super()._check_settings()
         self._check_resources(self.folder)
 
     # --- nodes -----------------------------------------------------------------------------
