@@ -544,15 +544,17 @@ class Big(pydantic.BaseModel):
 
 def test_a_result_whose_file_was_removed_by_hand(tmp_path: Path) -> None:
     """Its payload file removed (data/ deleted by hand): a call says what is missing and
-    what to do; mode retry computes it again (as force does)."""
+    what to do, status() says failed (it said completed); mode retry computes it again (as
+    force does)."""
     infra = {"folder": tmp_path}
     assert Big(infra=infra).make().sum() == 4999950000
     folder = Big(infra=infra).infra.uid_folder()
     assert folder is not None
     removed = list((folder / "data").iterdir())
-    assert removed
+    assert removed and Big(infra=infra).infra.status() == "completed"
     for path in removed:
         path.unlink()
+    assert Big(infra=infra).infra.status() == "failed"
     with pytest.raises(FileNotFoundError, match=r"cannot be read: its file .* is missing") as info:
         Big(infra=infra).make()
     assert "mode='retry'" in str(info.value)
@@ -560,7 +562,7 @@ def test_a_result_whose_file_was_removed_by_hand(tmp_path: Path) -> None:
     assert Big(infra={**infra, "mode": "retry"}).make().sum() == 4999950000
     assert _count("big") == 2
     assert Big(infra=infra).make().sum() == 4999950000  # (cached again)
-    assert _count("big") == 2
+    assert _count("big") == 2 and Big(infra=infra).infra.status() == "completed"
 
 
 def test_a_result_whose_file_was_truncated_by_hand(tmp_path: Path) -> None:
@@ -574,6 +576,7 @@ def test_a_result_whose_file_was_truncated_by_hand(tmp_path: Path) -> None:
     for path in (folder / "data").iterdir():
         with path.open("r+b") as handle:
             handle.truncate(path.stat().st_size // 2)
+    assert Big(infra=infra).infra.status() == "failed"
     with pytest.raises(pickle.UnpicklingError) as info:
         Big(infra=infra).make()
     assert "mode='retry' or mode='force' computes it again" in "".join(info.value.__notes__)
