@@ -542,6 +542,38 @@ class Big(pydantic.BaseModel):
         return np.arange(self.size)
 
 
+class _PrivateInfra(pydantic.BaseModel):
+    param: int = 1
+    _infra: TaskInfra = TaskInfra(version="1")
+
+    @_infra.apply
+    def process(self) -> int:
+        CALLS.append(("private", self.param))
+        return self.param * 10
+
+
+def test_deep_model_copy_with_updates_keeps_a_working_infra(tmp_path: Path) -> None:
+    """model_copy(deep=True, update=...): pydantic deep-copies the fields one by one after
+    the copy, which left the infra unattached (uid(), status(), job() raised "not
+    attached"); a public or a private infra alike."""
+    task = Task(param=2, infra={"folder": tmp_path})
+    assert task.process() == 20
+    for deep, param in ((False, 3), (True, 4)):
+        copied = task.model_copy(deep=deep, update={"param": param})
+        assert copied.infra.uid() == Task(param=param).infra.uid()
+        assert copied.infra.status() == "not submitted"
+        assert copied.infra.job().result() == 10 * param
+        assert copied.infra.status() == "completed" and task.infra.status() == "completed"
+        assert copied.infra.clone_obj(param=7).process() == 70
+    assert task.infra.uid() == Task(param=2).infra.uid() and task.process() == 20
+    private = _PrivateInfra(param=2)
+    private._infra.folder = tmp_path
+    copied_private = private.model_copy(deep=True, update={"param": 5})
+    assert copied_private._infra.uid() == _PrivateInfra(param=5)._infra.uid()
+    assert copied_private.process() == 50 and copied_private._infra.folder == tmp_path
+    assert copied_private._infra.uid_folder() == tmp_path / _PrivateInfra(param=5)._infra.uid()
+
+
 def test_a_result_whose_file_was_removed_by_hand(tmp_path: Path) -> None:
     """Its payload file removed (data/ deleted by hand): a call says what is missing and
     what to do, status() says failed (it said completed); mode retry computes it again (as

@@ -359,7 +359,22 @@ def install_owner_hooks(cls: type[pydantic.BaseModel]) -> None:
         link_infras(new, COPIED)
         return new
 
-    for hook in (__setstate__, __copy__, __deepcopy__):
+    model_copy = cls.model_copy
+
+    def copy_model(
+        self: pydantic.BaseModel,
+        *,
+        update: tp.Mapping[str, tp.Any] | None = None,
+        deep: bool = False,
+    ) -> pydantic.BaseModel:
+        new = model_copy(self, update=update, deep=deep)
+        # (pydantic deep-copies the fields of a deep copy with updates one by one, after
+        # __copy__: the infra copies were left unattached)
+        link_infras(new, COPIED)
+        return new
+
+    copy_model.__name__ = "model_copy"
+    for hook in (__setstate__, __copy__, __deepcopy__, copy_model):
         hook.__qualname__ = f"{cls.__qualname__}.{hook.__name__}"
         setattr(cls, hook.__name__, hook)
 
