@@ -625,6 +625,34 @@ def test_discriminated_same_name_in_two_modules() -> None:
             __module__ = "some.other.module"
 
 
+def test_discriminated_same_name_in_two_classes_of_one_module() -> None:
+    """Vision.Encoder and Audio.Encoder in one module: both were named type=Encoder in
+    uids, and the audio config read the vision config's result (a probe). Refused; a class
+    defined again under the same qualified name (a notebook cell run again) replaces it."""
+
+    class Family(DiscriminatedModel):
+        pass
+
+    class Vision:
+        class Encoder(Family):
+            depth: int = 2
+
+    with pytest.raises(RuntimeError, match=r"Vision\.Encoder and .*Audio\.Encoder.*rename one"):
+
+        class Audio:
+            class Encoder(Family):
+                depth: int = 2
+
+    assert type(Family(type="Encoder")) is Vision.Encoder
+    first = Vision.Encoder
+
+    class Vision:  # type: ignore[no-redef]
+        class Encoder(Family):
+            depth: int = 3
+
+    assert Vision.Encoder is not first and type(Family(type="Encoder")) is Vision.Encoder
+
+
 def test_discriminated_dumps_and_yaml_round_trip() -> None:
     zoo = Zoo(star=Bird(wingspan=2.0), others=[Dog(bark="wuff")])
     dumped = zoo.model_dump(mode="json")

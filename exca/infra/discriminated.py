@@ -30,10 +30,17 @@ class DiscriminatedModel(pydantic.BaseModel):
             cls._exca_subclasses = {}  # a new family
         registry = cls._exca_subclasses
         known = registry.get(cls.__name__)
-        if known is not None and known.__module__ != cls.__module__:
+        # (the same module and qualified name: a class defined again, e.g. a notebook cell
+        # run again or a module reloaded; it replaces the old one)
+        if known is not None and (known.__module__, known.__qualname__) != (
+            cls.__module__,
+            cls.__qualname__,
+        ):
             raise RuntimeError(
-                f"Two DiscriminatedModel classes are named {cls.__name__!r} ({known.__module__} "
-                f"and {cls.__module__}): names select subclasses, rename one"
+                f"Two DiscriminatedModel classes are named {cls.__name__!r} "
+                f"({known.__module__}.{known.__qualname__} and "
+                f"{cls.__module__}.{cls.__qualname__}): names select subclasses and name "
+                "them in uids, rename one"
             )
         registry[cls.__name__] = cls
 
