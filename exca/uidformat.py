@@ -135,7 +135,7 @@ def collapse(data: tp.Any) -> tp.Any:
     return data
 
 
-def _is_tensor(value: tp.Any) -> bool:
+def is_tensor(value: tp.Any) -> bool:
     torch = sys.modules.get("torch")
     tensor_cls = getattr(torch, "Tensor", None) if torch is not None else None
     return isinstance(tensor_cls, type) and isinstance(value, tensor_cls)
@@ -291,7 +291,7 @@ class _UidMakerV3:
         if isinstance(value, bool):
             return self.render(bool(value))
         np = _numpy()
-        if _is_tensor(value):
+        if is_tensor(value):
             value = value.detach().cpu().numpy()
         if np is not None:
             if isinstance(value, np.ndarray):
@@ -357,7 +357,7 @@ class _UidMakerV2:
 
     def render(self, value: tp.Any) -> _Rendered:
         np = _numpy()
-        if _is_tensor(value):
+        if is_tensor(value):
             value = value.detach().cpu().numpy()
         if isinstance(value, PurePath):
             value = str(value)

@@ -567,6 +567,32 @@ def test_inputs_whose_dict_keys_differ_only_by_type_are_different_inputs(env: En
         assert Value.of(value).uid == to_uid(value, empty="empty")
 
 
+class _Select(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def pick(self, selection: np.ndarray) -> list[int]:
+        return np.array([10, 20, 30])[selection].tolist()  # type: ignore[no-any-return]
+
+
+def test_array_inputs_that_differ_only_by_dtype_are_different_inputs(tmp_path: Path) -> None:
+    """The uid format hashes an array's bytes and shape: a bool mask and uint8 indices
+    [1, 0, 1] shared a uid, and the indices read the mask's result (a probe). float64
+    arrays keep the format's uid."""
+    select = _Select(infra={"folder": tmp_path})
+    mask = np.array([True, False, True])
+    indices = np.array([1, 0, 1], dtype=np.uint8)
+    assert select.pick(mask) == [10, 30]
+    assert select.pick(indices) == [20, 10, 20]
+    assert select.pick(mask) == [10, 30]  # (cached, each in its folder)
+    assert len(list(select.infra.uid_folder().glob("inputs-*"))) == 2  # type: ignore[union-attr]
+    zeros = [np.zeros(3, dtype) for dtype in (np.float64, np.int64, np.float32, np.int32)]
+    assert len({Value.of(z).uid for z in zeros}) == 4
+    assert len({Value.of([z]).uid for z in zeros}) == 4  # (nested too)
+    assert Value.of(zeros[0]).uid == to_uid(zeros[0], empty="empty")
+    assert Value.of(np.int64(3)).uid == Value.of(3).uid  # (a scalar is its number)
+
+
 def test_inputs_without_a_uid_get_a_hint(env: Env) -> None:
     """A bound method instead of its node, an object: the error says what to pass (it
     suggested str() as a uid, which holds an object's memory address)."""

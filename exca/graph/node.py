@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..storage.cachedict import CacheDict
 from ..storage.modules import imported
+from ..uidformat import is_tensor
 
 # True while a call (not a plan, not status()) decides to reuse cached results: a folder
 # that lost its yaml files gets them back (see BaseInfra._restore_files)
@@ -175,22 +176,29 @@ class Value:
                 f"Cannot use {type(value).__name__} value {value!r:.80} as a node input: "
                 f"its type has no uid; {hint}"
             ) from None
-        if keys:  # the format renders keys as text ({1: x} reads as {"1": x}): their types
-            # count in the digest (inputs without such keys keep the format's uid)
+        if keys:  # the format renders keys as text ({1: x} reads as {"1": x}), arrays
+            # without their dtype: these count in the digest (inputs without such keys or
+            # arrays keep the format's uid)
             salted = hashlib.md5(f"{uid[-8:]}|{'|'.join(sorted(keys))}".encode()).hexdigest()
             uid = uid[:-8] + salted[:8]
         return cls(value, uid)
 
 
 def _typed_keys(value: tp.Any, path: str) -> list[str]:
-    """``<path>/<key>:<type>`` of every dict key that is not a str, or holds a "." (the
-    format writes a chain of single-key dicts as a dotted key: {"a.b": 1} read as
-    {"a": {"b": 1}}), at any depth."""
+    """What the uid format does not tell apart, at any depth: ``<path>/<key>:<type>`` of
+    every dict key that is not a str, or holds a "." (the format writes a chain of
+    single-key dicts as a dotted key: {"a.b": 1} read as {"a": {"b": 1}}), and
+    ``<path>:dtype=<dtype>`` of every array that is not of float64 (the format hashes an
+    array's bytes and shape: a bool mask and uint8 indices [1, 0, 1] shared a uid, and a
+    result; float64 arrays, the common case, keep the format's uid)."""
     kind = type(value)
     if kind is str or kind is int or kind is float:
         return []
     out: list[str] = []
-    if isinstance(value, dict):
+    if _is_array(value):  # (not numpy scalars: np.int64(3) is 3, as in a config's uid)
+        if str(value.dtype) not in ("float64", "torch.float64"):
+            out.append(f"{path}:dtype={value.dtype}")
+    elif isinstance(value, dict):
         for key, sub in value.items():
             if type(key) is not str:
                 out.append(f"{path}/{key!s}:{type(key).__qualname__}")
@@ -203,6 +211,12 @@ def _typed_keys(value: tp.Any, path: str) -> list[str]:
             if type(sub) not in _IMMUTABLE:
                 out.extend(_typed_keys(sub, f"{path}/{index}"))
     return out
+
+
+def _is_array(value: tp.Any) -> bool:
+    """Whether a value is a numpy array or a torch tensor (without importing either)."""
+    np = imported("numpy")
+    return (np is not None and isinstance(value, np.ndarray)) or is_tensor(value)
 
 
 def _snapshot(value: tp.Any) -> tp.Any:
