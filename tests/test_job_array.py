@@ -553,3 +553,24 @@ def test_an_interrupted_array_submission_names_the_jobs_left_queued(
     with pytest.raises(KeyboardInterrupt), base.infra.job_array() as array:
         array.extend(base.infra.clone_obj(x=x) for x in range(2))
     assert "Job array interrupted: job(s) 4242, submitted before the interruption" in caplog.text
+
+
+class _Fit(pydantic.BaseModel):
+    lr: float = 0.1
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def fit(self, features: list[float]) -> float:
+        return self.lr * sum(features)
+
+
+def test_job_array_of_a_method_taking_inputs_is_refused(tmp_path: Path) -> None:
+    """job() refused it, job_array() sent each config's job, which called the method
+    without its inputs and cached the TypeError as its result (a probe): refused before
+    the block runs; nothing written."""
+    base = _Fit(infra={"folder": tmp_path, "cluster": "local"})
+    refused = pytest.raises(TypeError, match=r"takes inputs \['features'\].*job_array\(\)")
+    with refused, base.infra.job_array() as array:
+        array.extend(base.infra.clone_obj(lr=lr) for lr in (0.2, 0.3))
+    assert not list(tmp_path.iterdir())
+    assert base.fit.node([1.0, 2.0]).uid and base.fit([1.0, 2.0]) == pytest.approx(0.3)

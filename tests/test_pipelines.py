@@ -389,6 +389,12 @@ def test_node_failures_name_the_cause_at_the_end_of_a_job_trace() -> None:
     assert "No module named 'pipeline_module'" in str(error)
     assert "Job (task=0) failed" in str(error)
     assert "  - b,1/y: ValueError: bad y" in str(error).splitlines()
+    # a long line is cut in its middle: what to do, at its end, stays (it was cut at 300
+    # characters, in the remedy; a probe)
+    long = f"cannot be read: its file /{'deep/' * 80}data.npy is gone: mode='retry' fixes it"
+    error = NodeFailures({"a,1/x": FileNotFoundError(long)})
+    assert str(error).endswith("mode='retry' fixes it") and " [...] " in str(error)
+    assert len(str(error)) < 400
 
 
 def test_defaults_of_a_chain_are_checked_once_per_node(
@@ -453,6 +459,23 @@ def test_plan_status_below_a_failure_is_missing(env: Env) -> None:
         "compute",
         "its upstream failed last time",
     )
+
+
+def test_a_job_started_below_a_failed_upstream_says_it_holds_an_error(env: Env) -> None:
+    """What a job starting after its upstream failed (Slurm, afterany) raises and caches:
+    it said "upstream ... is error"."""
+    from exca.graph import worker
+
+    flag = env.tmp / "fail"
+    flag.touch()
+    up = env.step("up", fail_flag=str(flag)).run.node()
+    with pytest.raises(ValueError, match="fails on purpose"):
+        up.result()
+    down = env.step("down").run.node(up)
+    with pytest.raises(UpstreamFailed, match=rf"upstream {re.escape(up.uid)} holds an error"):
+        worker.check_upstream(down)
+    with pytest.raises(UpstreamFailed, match=r"upstream .* is missing"):
+        worker.check_upstream(env.step("down").run.node(env.step("never").run.node()))
 
 
 def test_status_and_clear_of_a_map_node(env: Env) -> None:

@@ -42,8 +42,17 @@ def _summary(message: str, limit: int = 300) -> str:
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     if not lines:
         return ""
-    first = lines[0][:limit]
-    return first if len(lines) == 1 else f"{first} ... {lines[-1][:limit]}"
+    first = _shortened(lines[0], limit)
+    return first if len(lines) == 1 else f"{first} ... {_shortened(lines[-1], limit)}"
+
+
+def _shortened(line: str, limit: int) -> str:
+    """A line of at most about ``limit`` characters, cut in its middle: what to do is at
+    its end (cut at the limit, a long cache path left out the remedy; a probe)."""
+    if len(line) <= limit:
+        return line
+    half = limit // 2
+    return f"{line[:half]} [...] {line[-half:]}"
 
 
 def raise_from(record: CachedError, where: str) -> tp.NoReturn:

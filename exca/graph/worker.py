@@ -218,7 +218,10 @@ def check_upstream(node: Node) -> None:
         state = _upstream_state(source)
         if state != "done":
             why = (state == "missing" and _recomputed_meanwhile(source)) or (
-                f"upstream {source.uid} is {state}"
+                f"upstream {source.uid} holds an error (exca.ops.explain or its call shows "
+                "it; mode='retry' computes it again)"
+                if state == "error"
+                else f"upstream {source.uid} is missing"
             )
             raise UpstreamFailed(f"{node.uid} did not run: {why}")
 

@@ -509,6 +509,9 @@ class TaskInfra(BaseInfra, SubmititMixin):
                 f"job_array(max_workers={given!r}): give an int >= 1, the number of "
                 "array tasks running at once"
             )
+        # (before the block: each config's job called the method without its inputs, and
+        # cached the TypeError as its result)
+        self._refuse_inputs("job_array()", "run them with exca.graph.run (see the pipelines docs)")
         tasks: list[tp.Any] = []
         yield tasks
         from . import arrays
