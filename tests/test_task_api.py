@@ -542,6 +542,24 @@ class Big(pydantic.BaseModel):
         return np.arange(self.size)
 
 
+def test_clear_job_of_a_folder_holding_another_config_removes_nothing(tmp_path: Path) -> None:
+    """Two configs whose uids collide (uid.yaml is the other's): calls raise "Inconsistent
+    uid config", clear_job() removed the other config's result (a probe)."""
+    Task(param=2, infra={"folder": tmp_path}).process()
+    folder = Task(param=2, infra={"folder": tmp_path}).infra.uid_folder()
+    assert folder is not None
+    (folder / "uid.yaml").write_text("param: 99\n")  # (as another config wrote it)
+    with pytest.raises(RuntimeError, match="Inconsistent uid config"):
+        Task(param=2, infra={"folder": tmp_path}).infra.clear_job()
+    (folder / "uid.yaml").write_text("param: 2\n")
+    assert Task(param=2, infra={"folder": tmp_path}).infra.status() == "completed"
+    before = _count("task", 2)
+    assert Task(param=2, infra={"folder": tmp_path}).process() == 20
+    assert _count("task", 2) == before  # (still cached)
+    Task(param=2, infra={"folder": tmp_path}).infra.clear_job()
+    assert Task(param=2, infra={"folder": tmp_path}).infra.status() == "not submitted"
+
+
 class _PrivateInfra(pydantic.BaseModel):
     param: int = 1
     _infra: TaskInfra = TaskInfra(version="1")

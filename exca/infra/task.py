@@ -433,6 +433,16 @@ class TaskInfra(BaseInfra, SubmititMixin):
         runtime = self._runtime()
         runtime.ram = _MISSING
         folder = node.folder
+        if (
+            folder is not None
+            and (folder / uidfolder.UID_FILE).exists()
+            and not uidfolder.holds_uid_config(folder, self._uid_config())
+        ):  # (it removed the result of the other config its uid names too)
+            raise RuntimeError(
+                f"Inconsistent uid config in {folder}: its {uidfolder.UID_FILE} is another "
+                "config's (two configs map to the same folder name): clear_job() removes "
+                "nothing there; remove the folder if the cache is obsolete"
+            )
         if folder is not None:
             from ..graph.executors import recorded_handle  # (not needed by cache hits)
 
