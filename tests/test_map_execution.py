@@ -1389,17 +1389,18 @@ class Lengths(pydantic.BaseModel):
 
 
 class Count(pydantic.BaseModel):
+    as_dict: bool = False
     infra: exca.TaskInfra = exca.TaskInfra(version="1")
 
     @infra.apply
-    def make(self) -> int:
-        return 5
+    def make(self) -> tp.Any:
+        return {"items": ["a", "b"]} if self.as_dict else 5
 
 
 def test_maps_refuse_what_is_not_one_value_per_item(tmp_path: Path) -> None:
-    """A method returning a dict (its keys were cached as the outputs), a string given as
-    the items (its characters were the items), a single item, or an upstream task whose
-    output is not a list: clear errors, nothing cached."""
+    """A method returning a dict (its keys were cached as the outputs), a string or a dict
+    given as the items (its characters or keys were the items), a single item, or an
+    upstream task whose output is not a list: clear errors, nothing cached."""
     mapper = Lengths(infra={"folder": tmp_path / "cache"})
     with pytest.raises(TypeError, match="returned a dict, not one output per item"):
         list(mapper.process(["cat", "horse"]))
@@ -1417,6 +1418,13 @@ def test_maps_refuse_what_is_not_one_value_per_item(tmp_path: Path) -> None:
     (entry,) = [e for e in exca.graph.plan(mapper.process.node(source)).entries if e.kind == "map"]
     assert (entry.action, entry.items) == ("fail", None)
     assert entry.reason.startswith("TypeError: The items of ")
+    # a dict: its keys were the items, silently (a probe)
+    with pytest.raises(TypeError, match=r"got a dict: give list\(d\) for its keys"):
+        mapper.process({"cat": 1, "horse": 2})
+    keyed = Count(as_dict=True, infra={"folder": tmp_path / "cache"}).make.node()
+    with pytest.raises(TypeError, match=r"not a list of items: dict .*list\(d.values\(\)\)"):
+        mapper.process.node(keyed).result()
+    assert not list(mapper.infra.cache_dict.keys())
 
 
 def test_a_generator_method_cannot_be_a_task() -> None:

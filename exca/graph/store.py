@@ -226,10 +226,15 @@ def map_item_uids(node: Node) -> list[str]:
                 f"{node.uid}: its items could not be read from {source.uid} "
                 f"({unreadable_input(error)})"
             ) from error
-        if isinstance(items, str | bytes) or not isinstance(items, tp.Iterable):
+        if isinstance(items, str | bytes | tp.Mapping) or not isinstance(items, tp.Iterable):
             raise TypeError(
                 f"The items of {node.uid} come from {source.uid}, whose output is not a "
                 f"list of items: {type(items).__name__} {items!r:.80}"
+                + (
+                    " (a dict: its method may return list(d.values()))"
+                    if isinstance(items, tp.Mapping)
+                    else ""
+                )
             )
     elif node.item_uids is not None:
         return list(node.item_uids)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import functools
 import hashlib
@@ -245,6 +246,11 @@ def as_items(items: tp.Any, name: str) -> list[tp.Any]:
         raise TypeError(
             f"{name} takes a list of items, got the {type(items).__name__} {items!r:.80}: "
             "wrap one item in a list ([item])"
+        )
+    if isinstance(items, collections.abc.Mapping):  # (its keys would be the items, silently)
+        raise TypeError(
+            f"{name} takes a list of items, got a {type(items).__name__}: give list(d) for "
+            "its keys, or list(d.values()) for its values"
         )
     try:
         return list(items)
