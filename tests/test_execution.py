@@ -486,6 +486,51 @@ def test_other_instance_waits_for_running_local_job(
     assert len(calls(log)) == 1
 
 
+_LOADED_JOB = """
+import pickle, sys
+sys.path.insert(0, sys.argv[1])
+job = pickle.loads(open(sys.argv[2], "rb").read())
+print(job.state, job.done(), flush=True)
+if sys.argv[3] == "cancel":
+    job.cancel()
+    job.wait()
+    print(job.state, job.done(), flush=True)
+else:
+    print(job.result(), job.state, flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("then", ["result", "cancel"])
+def test_a_local_job_loaded_by_another_process_runs_until_it_ends(
+    tmp_path: Path, then: str
+) -> None:
+    """Jobs are plain objects to pickle and inspect elsewhere: a running local job loaded
+    by another process said FAILED and done (submitit's unpickled local job has no
+    process); that process can also cancel it."""
+    log = tmp_path / "calls.txt"
+    block = tmp_path / "block-flag"
+    block.touch()
+    job = make(tmp_path, "local", x=6, block_flag=str(block)).infra.job()
+    _wait_for(lambda: len(calls(log)) == 1)  # computing in the job
+    (tmp_path / "job.pkl").write_bytes(pickle.dumps(job))
+    command = [sys.executable, "-c", _LOADED_JOB, str(Path(__file__).parent)]
+    other = subprocess.Popen(
+        [*command, str(tmp_path / "job.pkl"), then], stdout=subprocess.PIPE, text=True
+    )
+    assert other.stdout is not None
+    assert other.stdout.readline().split() == ["RUNNING", "False"]
+    if then == "result":
+        block.unlink()
+        assert other.stdout.readline().split() == ["12", "COMPLETED"]
+        assert job.result() == 12
+    else:
+        assert other.stdout.readline().split()[1] == "True"
+        with pytest.raises(JobFailedError, match="cancelled"):
+            job.result()
+    assert other.wait(timeout=60) == 0 and len(calls(log)) == 1
+
+
 @pytest.mark.timeout(120)
 def test_a_cache_copied_while_its_job_runs_computes_on_its_own(tmp_path: Path) -> None:
     """A cache copied while a job computes into the original: the copy's call does not

@@ -350,13 +350,39 @@ class SubmititHandle(Handle):
     def submitit_job(self) -> tp.Any:
         return self.job
 
+    def __getstate__(self) -> dict[str, tp.Any]:
+        state = self.__dict__.copy()
+        if self.cluster == "local" and "_process_start" not in state and self.job_id.isdigit():
+            from ..storage import process
+
+            # which process the job is (its id is a pid): another process loading this
+            # handle tells whether it still runs (submitit's unpickled local job said done)
+            state["_process_host"] = process.hostname()
+            state["_process_start"] = process.process_start_time(int(self.job_id))
+        return state
+
     def done(self) -> bool:
         if not self._done:
-            self._done = bool(self.job.done())
+            if "_process_start" in self.__dict__ and getattr(self.job, "_process", None) is None:
+                self._done = not self._runs_elsewhere()  # (loaded from a pickle)
+            else:
+                self._done = bool(self.job.done())
             if self._done and self._template is not None:
                 _template_job_done(self._template)
                 self._template = None
         return self._done
+
+    def _runs_elsewhere(self) -> bool:
+        """Whether the local job of a handle loaded in another process still runs (on
+        another host: taken for ended, as a recorded local job of another host is)."""
+        from ..storage import process
+
+        started = self.__dict__["_process_start"]
+        return (
+            started is not None
+            and self.__dict__.get("_process_host") == process.hostname()
+            and process.process_start_time(int(self.job_id)) == started
+        )
 
     def state(self) -> str:
         try:
@@ -441,6 +467,11 @@ class SubmititHandle(Handle):
             self._cancelled = True
             _cancel_local_job(process)
             return
+        if "_process_start" in self.__dict__ and process is None:  # (loaded from a pickle)
+            if self._runs_elsewhere():
+                self._cancelled = True
+                _cancel_local_pid(int(self.job_id), self._runs_elsewhere)
+            return
         with contextlib.suppress(Exception):
             self.job.cancel(check=False)
 
@@ -488,20 +519,10 @@ class RecordedLocalHandle(Handle):
         )
 
     def cancel(self) -> None:
-        import signal
-
         from .registry import is_active
 
-        # SIGINT, as submitit's own LocalJob.cancel (its job processes bypass SIGTERM);
-        # never to a process that reused the pid of an ended job
         if is_active(self.record) and self.job_id.isdigit():
-            pid = int(self.job_id)
-
-            def controller_interrupted() -> None:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGINT)
-
-            _cancel_local(pid, lambda: is_active(self.record), controller_interrupted)
+            _cancel_local_pid(int(self.job_id), lambda: is_active(self.record))
 
 
 _LOGS_PART = "\n----------------------\nYou can check full logs"  # (submitit's report)
@@ -572,6 +593,19 @@ def _cancel_local_job(process: tp.Any) -> None:
     _cancel_local(
         process.pid, lambda: process.poll() is None, lambda: process.send_signal(signal.SIGINT)
     )
+
+
+def _cancel_local_pid(pid: int, alive: tp.Callable[[], bool]) -> None:
+    """Stop a local job another process started (``alive``: whether ``pid`` is still that
+    job, never a process that reused the pid of an ended one): SIGINT, as submitit's own
+    LocalJob.cancel (its job processes bypass SIGTERM)."""
+    import signal
+
+    def controller_interrupted() -> None:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGINT)
+
+    _cancel_local(pid, alive, controller_interrupted)
 
 
 def _cancel_local(
