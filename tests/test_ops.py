@@ -3562,6 +3562,18 @@ def test_time_and_mem_given_as_sbatch_options_are_checked(
         assert _plan_problems(tmp_path, slurm_additional_parameters={"mem": mem}) == []
     for mem in ("8G", "0"):
         assert _plan_problems(tmp_path, mem_gb=500, slurm_additional_parameters={"mem": mem}) == []
+    # per CPU / per GPU: times the node's CPUs / GPUs (they passed whatever their amount)
+    per_cpu = {"mem-per-cpu": "8G"}
+    (problem,) = _plan_problems(tmp_path, cpus_per_task=16, slurm_additional_parameters=per_cpu)
+    assert problem == (
+        "mem-per-cpu='8G' in slurm_additional_parameters (x 16 CPUs: 128 GB per node) " + most
+    )
+    assert _plan_problems(tmp_path, cpus_per_task=4, slurm_additional_parameters=per_cpu) == []
+    per_gpu = {"mem_per_gpu": "40000", "gpus_per_node": 2}
+    (problem,) = _plan_problems(
+        tmp_path, slurm_partition="gpu", slurm_additional_parameters=per_gpu
+    )
+    assert problem.startswith("mem-per-gpu='40000' in slurm_additional_parameters (x 2 GPUs: ")
 
 
 def test_a_constraint_must_be_met_by_the_nodes_holding_the_resources(

@@ -228,14 +228,33 @@ def _add_sbatch_options(params: dict[str, tp.Any]) -> dict[str, str]:
             # (0 too: sbatch reads --time=0 as UNLIMITED)
             params["timeout_min"] = minutes or math.inf
             shown["timeout_min"] = f"time={time_limit!r} in slurm_additional_parameters"
-    # (sbatch's units: MB, or a K/M/G/T suffix)
-    mem = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)B?", str(extra.get("mem", "")).strip().upper())
-    if mem:
-        params["mem_gb"] = float(mem.group(1)) * _MEM_UNITS_GB[mem.group(2) or "M"]
+    mem = _mem_gb(extra.get("mem"))
+    if mem is not None:
+        params["mem_gb"] = mem
         shown["mem_gb"] = f"mem={extra['mem']!r} in slurm_additional_parameters"
         if not params["mem_gb"]:  # (0: all of a node's memory, whatever it is)
             del params["mem_gb"]
+    # memory per CPU / per GPU: what a node must hold is that times the node's CPUs / GPUs
+    counts = {
+        "cpu": (params.get("cpus_per_task") or 1) * (params.get("tasks_per_node") or 1),
+        "gpu": params.get("gpus_per_node") or 0,
+    }
+    for unit, count in counts.items():
+        option = f"mem_per_{unit}"
+        per = _mem_gb(extra.get(option))
+        if per and count and "mem_gb" not in shown:
+            params["mem_gb"] = per * count
+            shown["mem_gb"] = (
+                f"{option.replace('_', '-')}={extra[option]!r} in slurm_additional_parameters "
+                f"(x {count} {unit.upper()}s: {_gb(round(per * count, 3))} GB per node)"
+            )
     return shown
+
+
+def _mem_gb(value: tp.Any) -> float | None:
+    """A memory amount in sbatch's units (MB, or a K/M/G/T suffix) in GB (None: not one)."""
+    mem = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)B?", str(value or "").strip().upper())
+    return float(mem.group(1)) * _MEM_UNITS_GB[mem.group(2) or "M"] if mem else None
 
 
 def problems(
