@@ -478,6 +478,76 @@ def test_a_job_started_below_a_failed_upstream_says_it_holds_an_error(env: Env) 
         worker.check_upstream(env.step("down").run.node(env.step("never").run.node()))
 
 
+def _default_was(folder: Path, old: str, new: str) -> None:
+    """Rewrite a config folder's full-uid.yaml as if the class default had been ``old``
+    when it was computed (today's is ``new``), as in a new process."""
+    from exca.infra import base as infra_base
+
+    full = folder / "full-uid.yaml"
+    assert new in full.read_text()
+    full.write_text(full.read_text().replace(new, old))
+    infra_base._DEFAULTS_CHECKED.clear()
+
+
+def test_plan_fails_new_inputs_under_a_config_of_other_class_defaults(env: Env) -> None:
+    """A call with new inputs (a new inputs folder) of a config whose folder was computed
+    with other class defaults: the plan said "missing / compute", and the run then refused
+    at once (preparing that folder), running nothing else. The plan now says that node
+    fails, with the error the run raises; a run fails it (and what needs it) the same way,
+    and computes the rest, as for a cached result of other defaults (a probe)."""
+    assert env.step("s").run.node(a=1).result() == "s(1,None)"
+    config_folder = env.step("s").run.node(a=1).folder.parent
+    _default_was(config_folder, "partner: peer", "partner: ''")
+    new = env.step("s").run.node(a=2)
+    below = env.step("below").run.node(new)
+    other = env.step("other").run.node(a=3)
+    entries = _by_uid(exca.graph.plan(below, other))
+    assert (entries[new.uid].status, entries[new.uid].action) == ("missing", "fail")
+    assert "seems incompatible" in entries[new.uid].reason
+    assert "partner" in entries[new.uid].reason
+    assert (entries[below.uid].status, entries[below.uid].action) == ("missing", "fail")
+    assert f"upstream {new.uid} fails" in entries[below.uid].reason
+    assert (entries[other.uid].status, entries[other.uid].action) == ("missing", "compute")
+    with pytest.raises(NodeFailures) as info:
+        exca.graph.run(below, other)
+    assert set(info.value.failures) == {new.uid, below.uid}
+    assert "seems incompatible" in str(info.value.failures[new.uid])
+    assert other.result() == "other(3,None)"  # computed by that run
+    assert (env.starts("s"), env.starts("below"), env.starts("other")) == (1, 0, 1)
+    with pytest.raises(RuntimeError, match="seems incompatible"):  # a call: its own error
+        env.step("s").run(a=2)
+
+
+def test_plan_fails_work_in_a_config_folder_of_other_class_defaults(env: Env) -> None:
+    """As for new inputs: a config whose result was cleared (its yaml files stay), a map's
+    new items, a forced result, in a folder computed with other class defaults: the plan
+    said "compute" and the run refused everything; the plan now says each fails."""
+    numbers = env.numbers(count=4)
+    assert numbers.make() == [0, 1, 2, 3]
+    numbers.infra.clear_job()
+    _default_was(numbers.infra.uid_folder(), "count: 5", "count: 4")
+    square = env.square(power=2)
+    assert list(square.apply([1, 2])) == [1, 4]
+    _default_was(square.infra.uid_folder(), "power: 3", "power: 2")
+    cleared = env.numbers(count=4).make.node()
+    new_items = env.square(power=2).apply.node([1, 2, 3])
+    forced = Step(name="f", log=env.log, infra=env.infra())
+    assert forced.run() == "f(None,None)"
+    _default_was(forced.infra.uid_folder(), "partner: peer", "partner: ''")
+    forcing = Step(name="f", log=env.log, infra=env.infra(mode="force")).run.node()
+    plan = exca.graph.plan(cleared, new_items, forcing)
+    shown = [(e.status, e.action, "seems incompatible" in e.reason) for e in plan.entries]
+    assert shown == [
+        ("missing", "fail", True),
+        ("missing", "fail", True),
+        ("cached", "fail", True),  # (its result is cached: with other defaults)
+    ]
+    with pytest.raises(NodeFailures) as info:
+        exca.graph.run(cleared, new_items, forcing)
+    assert len(info.value.failures) == 3
+    assert env.starts("square3") == 0 and env.starts("f") == 1
+
+
 def test_status_and_clear_of_a_map_node(env: Env) -> None:
     """A map node's status is about its items; clear() removes their outputs (it used to
     say 'failed' for a completed map, and clear() only dropped its job records)."""

@@ -328,8 +328,37 @@ class Graph:
         for run in runs.values():
             if read_only_missing(run):
                 wait_for_claims(run)
+        self._check_config_folders()
         self._block_on_failures()
         return runs
+
+    def _check_config_folders(self) -> None:
+        """Work to compute into a config folder whose full-uid.yaml records other class
+        defaults than today's fails now, before anything runs, as a cached result of other
+        defaults does: a run's ``prepare`` of that folder refuses it (a new inputs folder
+        or new items under an existing config folder, a cleared or forced result). One
+        check per config folder, not per node (a config feeds thousands of nodes)."""
+        checked: dict[tuple[str, str, str], RuntimeError | None] = {}
+        for run in self.runs.values():
+            node = run.node
+            # (waiting for another worker: nothing is prepared here)
+            if run.action not in ("compute", "retry", "force") or node.check_folder is None:
+                continue
+            if run.folder_absent and not node.inputs:
+                continue  # (its config folder is not there: a syscall saved per new config)
+            key = (str(node.root), node.step, node.config_uid)
+            if key not in checked:
+                try:
+                    node.check_folder()
+                    checked[key] = None
+                except RuntimeError as error:
+                    checked[key] = error
+            refused = checked[key]
+            if refused is None:
+                continue
+            # (its own result cached, e.g. forced: "cached with other defaults", as reused)
+            told = OTHER_DEFAULTS if _all_cached(run) else CONFIG_OTHER_DEFAULTS
+            run.action, run.reason, run.error = "fail", f"{told}: {refused}", refused
 
     def _forced(self) -> set[Key]:
         """Nodes in mode force, and everything downstream of them in this graph."""
@@ -734,6 +763,9 @@ class Graph:
 
 
 OTHER_DEFAULTS = "cached with other defaults"
+# a node to compute in a config folder computed with other class defaults (see
+# Graph._check_config_folders)
+CONFIG_OTHER_DEFAULTS = "its config was cached with other defaults"
 
 
 _ABSENT = object()
@@ -845,6 +877,14 @@ def _reuse(run: NodeRun) -> bool:
         run.action, run.reason, run.error = "fail", f"{OTHER_DEFAULTS}: {error}", error
         return False
     return True
+
+
+def _all_cached(run: NodeRun) -> bool:
+    """Whether everything a node would compute is cached (a forced node)."""
+    node = run.node
+    if node.kind == "task":
+        return store.task_state(node) == "done"
+    return bool(run.uids) and not node.cache.missing(run.uids or ())
 
 
 def first_item_error(node: Node, uids: list[str]) -> BaseException | None:

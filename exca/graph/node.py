@@ -312,6 +312,10 @@ class Node:
     # before cached results are reused: raises if they were made with other class defaults
     # (returns whether that is settled: False while nothing is on disk to check against)
     check_reuse: tp.Callable[[], bool] | None = None
+    # before computing into its folder: raises if its config's folder records other class
+    # defaults (what ``prepare`` refuses; for a call with inputs, the config folder above
+    # its own); returns whether that is settled, as ``check_reuse``
+    check_folder: tp.Callable[[], bool] | None = None
     # what a plan adds to "cached" once check_reuse passed (tasks: the sub-configs'
     # versions changed since the result was computed; they are not part of its uid)
     reuse_note: tp.Callable[[], str | None] | None = None

@@ -467,6 +467,7 @@ class MapInfra(BaseInfra, SubmititMixin):
                 adopt_legacy=self._adopt_legacy if self.folder is not None else None,
                 legacy_name=self._legacy_name,
                 check_reuse=self._check_defaults if self.folder is not None else None,
+                check_folder=self._check_defaults if self.folder is not None else None,
                 label=uid,
                 uid_config=functools.partial(self.config, uid=True, exclude_defaults=False),
                 item_uid=method.item_uid,

@@ -339,6 +339,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
             adopt_legacy=self._adopt_legacy if self.folder is not None else None,
             legacy_name=self._legacy_name,
             check_reuse=self._check_defaults if self.folder is not None else None,
+            check_folder=self._check_defaults if self.folder is not None else None,
             reuse_note=self._reuse_note if self.folder is not None else None,
             after_store=self._record_versions if self.folder is not None else None,
             label=uid,
