@@ -1171,8 +1171,51 @@ def test_explain_a_task_with_inputs(tmp_path: Path) -> None:
         Source(n=5, infra={"folder": root}).make.node()
     )
     (explanation,) = [e for e in exca.ops.explain(other_input) if e.uid == other_input.uid]
-    ((key, cached, wanted),) = explanation.diff
-    assert key == "inputs.values" and "n=4" in cached and "n=5" in wanted
+    assert explanation.diff == [("inputs.values.n", 4, 5)]  # (the upstream's config)
+
+
+class Score(pydantic.BaseModel):
+    """Downstream of one training (an input: its result)."""
+
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def score(self, w: float) -> float:
+        return -w
+
+
+def test_explain_compares_inputs_by_their_upstream_configs(tmp_path: Path) -> None:
+    """After a change of the trainings of a sweep, each evaluation is compared with the
+    evaluation of its own training: the inputs' uids were compared as strings, so every
+    cached evaluation was as near, and each explanation named the first by folder name
+    (`inputs.w '...lr=0.90...' → '...momentum=0.5...'`, read as "my lr changed") (a probe)."""
+    root = tmp_path / "cache"
+
+    def scores(momentum: float) -> list[exca.graph.Node]:
+        return [
+            Score(infra={"folder": root}).score.node(
+                Train(optim={"lr": lr, "momentum": momentum}, infra={"folder": root}).fit.node()
+            )
+            for lr in (0.01, 0.5, 0.9)
+        ]
+
+    exca.graph.run(*scores(0.9))
+    explanations = {e.uid: e for e in exca.ops.explain(*scores(0.5))}
+    for new, cached in zip(scores(0.5), scores(0.9), strict=True):
+        why = explanations[new.uid]
+        assert (why.status, why.action) == ("missing", "compute")
+        assert why.nearest == str(cached.folder) and why.equally_near == 0
+        assert why.diff == [("inputs.w.optim.momentum", 0.9, 0.5)]
+        assert why.summary() == (
+            "config differs from the nearest cached one: inputs.w.optim.momentum 0.9 → 0.5"
+        )
+    # an input of an input, the same way: a score of the scores
+    again = [Score(infra={"folder": tmp_path / "again"}).score.node(n) for n in scores(0.9)]
+    exca.graph.run(*again)
+    wanted = Score(infra={"folder": tmp_path / "again"}).score.node(scores(0.5)[1])
+    (why,) = [e for e in exca.ops.explain(wanted) if e.uid == wanted.uid]
+    assert why.nearest == str(again[1].folder) and why.equally_near == 0
+    assert why.diff == [("inputs.w.inputs.w.optim.momentum", 0.9, 0.5)]
 
 
 def test_explain_version_change(tmp_path: Path) -> None:

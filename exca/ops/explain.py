@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..confdict import ConfDict
 from ..graph.decisions import NodeRun
-from ..graph.node import Node
+from ..graph.node import INPUTS_PREFIX, Group, Node, Value
 from ..graph.planning import Plan, PlanEntry
 from ..infra.task import INPUTS_FILE
 from ..infra.uidfolder import FULL_UID_FILE, read_yaml
@@ -104,13 +104,15 @@ def _flat(data: dict[str, tp.Any] | None) -> dict[str, tp.Any]:
 def nearest_cached(node: Node) -> tuple[Path | None, list[tuple[str, tp.Any, tp.Any]], int]:
     """The cached config of the same method (any version) closest to the node's config
     (the first by folder name among equally near ones), the differences (key, cached
-    value, wanted value), and how many other cached configs are as near."""
+    value, wanted value), and how many other cached configs are as near. A call with
+    inputs is compared with the cached calls, inputs included: an input from a node by
+    that node's config (``inputs.w.optim.lr``, see ``_InputConfigs``)."""
     if node.root is None or node.uid_config is None:
         return None, [], 0
     wanted = _flat(node.uid_config())
-    with_inputs = bool(node.inputs)
-    if with_inputs:  # a call with inputs: its node is <config>/inputs-<digest>
-        wanted.update(_flat({"inputs": {name: source.uid for name, source in node.inputs}}))
+    with_inputs = bool(node.inputs)  # a call with inputs: its node is <config>/inputs-<digest>
+    given = dict(node.inputs)
+    inputs = _InputConfigs()
     method, _, version = node.step.partition(",")
     best: tuple[int, Path, list[tuple[str, tp.Any, tp.Any]]] | None = None
     ties = 0
@@ -126,12 +128,18 @@ def nearest_cached(node: Node) -> tuple[Path | None, list[tuple[str, tp.Any, tp.
                 if full is None:
                     continue  # (nothing to compare with)
                 cached = _flat(full)
+                wanting = wanted
                 if with_inputs:
-                    cached.update(_flat({"inputs": read_yaml(folder / INPUTS_FILE) or {}}))
+                    recorded = read_yaml(folder / INPUTS_FILE) or {}
+                    wanting = dict(wanted)
+                    for name in sorted(set(given) | set(recorded)):
+                        want, had = inputs.compare(given.get(name), recorded.get(name))
+                        wanting.update(_prefixed(f"inputs.{name}", want))
+                        cached.update(_prefixed(f"inputs.{name}", had))
                 diff = [
-                    (key, cached.get(key, _MISSING), wanted.get(key, _MISSING))
-                    for key in sorted(set(cached) | set(wanted))
-                    if cached.get(key, _MISSING) != wanted.get(key, _MISSING)
+                    (key, cached.get(key, _MISSING), wanting.get(key, _MISSING))
+                    for key in sorted(set(cached) | set(wanting))
+                    if cached.get(key, _MISSING) != wanting.get(key, _MISSING)
                     and key != "infra.version"
                 ]
                 if other_version != version:
@@ -144,6 +152,92 @@ def nearest_cached(node: Node) -> tuple[Path | None, list[tuple[str, tp.Any, tp.
     if best is None:
         return None, [], 0
     return best[1], best[2], ties
+
+
+# a node's uid as inputs.yaml records it: <step>,<version>/<config>[/inputs-|/items-<digest>]
+_NODE_UID = re.compile(r"[^/]+,[^/]*/[^/]+(/(inputs|items)-[0-9a-f]{8})?")
+_ITEMS_PREFIX = "items-"  # (a map node's uid: its config folder, then its items' digest)
+_INPUT_DEPTH = 4  # inputs of inputs compared by their configs (deeper: by their uids)
+
+
+def _prefixed(prefix: str, flat: dict[str, tp.Any]) -> dict[str, tp.Any]:
+    """``flat``'s keys under ``prefix`` (the key "" is the prefix itself)."""
+    return {f"{prefix}.{key}" if key else prefix: value for key, value in flat.items()}
+
+
+class _InputConfigs:
+    """What a node's inputs are, to compare two calls: an input coming from a node is
+    that node's config (its step, then its uid config's values, and its own inputs, the
+    same way), not its uid (two uids differ in any value: every cached call with other
+    inputs was as near as any other, the first by folder name shown). Each node folder is
+    read once."""
+
+    def __init__(self) -> None:
+        self.read: dict[tuple[Path, str], dict[str, tp.Any] | None] = {}
+        self.own: dict[tuple[str, str], dict[str, tp.Any]] = {}  # wanted nodes, by key
+
+    def compare(
+        self, wanted: tp.Any, recorded: tp.Any, depth: int = 0
+    ) -> tuple[dict[str, tp.Any], dict[str, tp.Any]]:
+        """(wanted, cached) flat descriptions of one input: by config when the wanted
+        input is a node and the recorded uid names a node folder of its root that can be
+        read, else by uid (a value, a list or dict of nodes, a removed folder)."""
+        if isinstance(wanted, Node) and wanted.root is not None and isinstance(recorded, str):
+            had = self.cached(Path(wanted.root), recorded)
+            if had is not None and wanted.uid_config is not None:
+                want, had = dict(self.wanted(wanted)), dict(had)
+                inputs = recorded.rpartition("/")[2]
+                if not inputs.startswith(INPUTS_PREFIX):
+                    inputs = ""
+                given = dict(wanted.inputs)
+                folder = Path(wanted.root) / recorded
+                before = read_yaml(folder / INPUTS_FILE) if inputs and given else None
+                if before is not None and depth < _INPUT_DEPTH:
+                    for name in sorted(set(given) | set(before)):
+                        sub = self.compare(given.get(name), before.get(name), depth + 1)
+                        want.update(_prefixed(f"inputs.{name}", sub[0]))
+                        had.update(_prefixed(f"inputs.{name}", sub[1]))
+                elif inputs or given:
+                    want["inputs"] = wanted.inputs_uid or _MISSING
+                    had["inputs"] = inputs or _MISSING
+                return want, had
+        shown = wanted.uid if isinstance(wanted, Node | Value | Group) else _MISSING
+        return {"": shown}, {"": _MISSING if recorded is None else recorded}
+
+    def wanted(self, node: Node) -> dict[str, tp.Any]:
+        """A node's step and config values (and its items' digest, for a map)."""
+        own = self.own.get(node.key)
+        if own is None:
+            assert node.uid_config is not None
+            own = self.own[node.key] = {"": node.step, **_own_values(node.uid_config())}
+            if node.items_uid is not None:
+                own["items"] = node.items_uid
+        return own
+
+    def cached(self, root: Path, uid: str) -> dict[str, tp.Any] | None:
+        """The step and config values of the node ``uid`` names in ``root`` (and its
+        items' digest, for a map), from its folders (None: not a node uid, or nothing
+        readable there)."""
+        if (root, uid) in self.read:
+            return self.read[root, uid]
+        out: dict[str, tp.Any] | None = None
+        if _NODE_UID.fullmatch(uid) is not None:
+            step, config_uid, *rest = uid.split("/")
+            own = None
+            if rest and rest[0].startswith(INPUTS_PREFIX):  # (a result's own record, if any)
+                own = read_yaml(root / uid / FULL_UID_FILE)
+            full = own or read_yaml(root / step / config_uid / FULL_UID_FILE)
+            if full is not None:
+                out = {"": step, **_own_values(full)}
+                if rest and rest[0].startswith(_ITEMS_PREFIX):
+                    out["items"] = rest[0]
+        self.read[root, uid] = out
+        return out
+
+
+def _own_values(config: dict[str, tp.Any]) -> dict[str, tp.Any]:
+    """A config's flat values, but its infra's version (its step says it)."""
+    return {k: v for k, v in _flat(config).items() if k != "infra.version"}
 
 
 def _has_results(folder: Path) -> bool:
