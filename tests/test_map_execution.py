@@ -1234,6 +1234,59 @@ def test_ctrl_c_stops_a_processpool_map(tmp_path: Path) -> None:
     ).infra.cache_dict.keys()
 
 
+class Paced(pydantic.BaseModel):
+    """A map computing each item in 50 ms; logs ``<item>`` when it starts one."""
+
+    log: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            append(self.log, str(item))
+            time.sleep(0.05)
+            yield 2 * item
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cluster", ["threadpool", "processpool"])
+def test_ctrl_c_reaching_the_caller_alone_stops_its_pool_and_keeps_what_it_computed(
+    tmp_path: Path, cluster: str
+) -> None:
+    """A Ctrl-C reaching the calling process alone (a notebook's interrupt): a pool's
+    thread went on with its whole chunk (the interpreter waited for it at exit; the next
+    call of a notebook waited for it), a pool's process was killed with the outputs it had
+    not yet written. Both stop at their next item, having written what they computed."""
+    import signal
+    import subprocess
+    import sys
+
+    log = tmp_path / "calls.txt"
+    code = (
+        "import test_map_execution as t\n"
+        f"m = t.Paced(log={str(log)!r}, "
+        f"infra={{'folder': {str(tmp_path / 'cache')!r}, 'cluster': {cluster!r}, 'max_jobs': 1}})\n"
+        "list(m.process(range(100)))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, start_new_session=True, stderr=subprocess.PIPE
+    )
+    try:
+        wait_until(lambda: len(counts(log)) >= 3, timeout=60)
+        proc.send_signal(signal.SIGINT)  # (to the caller only, not its process group)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # (started by this test)
+    assert b"KeyboardInterrupt" in stderr
+    started = set(counts(log))
+    assert len(started) < 20  # (a chunk is 34 items: it went on with it)
+    cached = Paced(log=str(log), infra={"folder": tmp_path / "cache"}).infra.cache_dict
+    assert {int(key) for key in cached} == started  # (nothing computed was lost)
+    assert all(cached[str(item)] == 2 * item for item in started)
+
+
 class Lowered(pydantic.BaseModel):
     infra: exca.MapInfra = exca.MapInfra(version="1")
 

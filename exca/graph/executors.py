@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..storage.files import make_folder
 from .node import CLAIM_JOB_ID, DEFAULT_MAX_JOBS, TASK_KEY, Execution
-from .worker import Report, Unit, run_job_unit, run_unit
+from .worker import Report, Unit, run_job_unit, run_stoppable, run_unit
 
 if tp.TYPE_CHECKING:
     import concurrent.futures
@@ -977,11 +977,13 @@ def run_sole_local_unit(unit: Unit) -> Report:
 _RUNNING = [0]  # units running in this pool process
 
 
-def _end_with_parent(parent: int) -> None:
+def _end_with_parent(parent: int, stop: tp.Any = None) -> None:
     """Pool process initializer: end once the process that made the pool is gone (e.g.
     killed): a pool process would wait for work forever, holding a copy of its memory and
-    its output pipes. A unit running then is finished first: its outputs are cached."""
+    its output pipes. A unit running then is finished first: its outputs are cached.
+    ``stop``: the pool's event set on Ctrl-C (its maps stop at their next item)."""
     _RUNNING[0] = 0  # (forked from a pool process running a unit: none runs here yet)
+    _POOL_STOP[0] = stop
 
     def watch() -> None:
         while True:
@@ -1002,7 +1004,7 @@ def _run_pickled(payload: bytes) -> tuple[Report, bytes | None]:
     unit = cloudpickle.loads(payload)
     _RUNNING[0] += 1
     try:
-        report = run_unit(unit)
+        report = run_stoppable(_POOL_STOP[0], unit)
     finally:
         _RUNNING[0] -= 1
     if not _in_memory(unit):
@@ -1088,7 +1090,7 @@ def _settle(
         outcome.set_result(inner.result())
 
 
-def _process_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+def _process_pool(workers: int, stop: tp.Any = None) -> concurrent.futures.ProcessPoolExecutor:
     import concurrent.futures
     import multiprocessing
 
@@ -1096,8 +1098,12 @@ def _process_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
         workers,
         mp_context=multiprocessing.get_context("fork"),
         initializer=_end_with_parent,
-        initargs=(os.getpid(),),
+        initargs=(os.getpid(), stop),
     )
+
+
+_POOL_STOP: list[tp.Any] = [None]  # in a pool process: its pool's stop event
+STOP_WAIT_S = 2.0  # on Ctrl-C, how long pool processes get to write what they computed
 
 
 class Pools:
@@ -1113,6 +1119,9 @@ class Pools:
         # Ctrl-C must still stop them)
         self._retired: list[tuple[concurrent.futures.Executor, list[tp.Any]]] = []
         self._isolation = _Isolation()
+        # set on Ctrl-C: the maps of the pools' threads and processes stop (see STOP)
+        self._stop = threading.Event()
+        self._process_stop: tp.Any = None  # (a multiprocessing event, made with the pool)
 
     @staticmethod
     def workers(count: int, max_jobs: int | None) -> int:
@@ -1134,7 +1143,11 @@ class Pools:
                 pool.shutdown(wait=False)  # (its work goes on; its workers end after it)
                 self._retired.append((pool, processes))
             if cluster == "processpool":
-                pool = _process_pool(workers)
+                if self._process_stop is None:
+                    import multiprocessing
+
+                    self._process_stop = multiprocessing.get_context("fork").Event()
+                pool = _process_pool(workers, self._process_stop)
             else:
                 pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="exca")
             self._pools[key] = (pool, workers)
@@ -1155,7 +1168,7 @@ class Pools:
                 )
         else:
             for unit in units:
-                handles.append(FutureHandle(pool.submit(run_unit, unit), cluster))
+                handles.append(FutureHandle(pool.submit(run_stoppable, self._stop, unit), cluster))
         return handles
 
     def shutdown(self, cancel: bool = False) -> None:
@@ -1163,17 +1176,27 @@ class Pools:
         (they would finish the work already sent to them, and the interpreter would wait
         for them at exit; what they wrote is complete, what they did not is not indexed)."""
         self._isolation.shutdown()
+        if cancel:
+            self._stop.set()
+            if self._process_stop is not None:
+                self._process_stop.set()
         current = [
             # (read before shutdown(), which forgets them)
             (pool, list((getattr(pool, "_processes", None) or {}).values()))
             for pool, _ in self._pools.values()
         ]
-        for pool, processes in [*self._retired, *current]:
+        for pool, _ in [*self._retired, *current]:
             pool.shutdown(wait=not cancel, cancel_futures=cancel)
-            if cancel:
-                for process in processes:
-                    with contextlib.suppress(Exception):
-                        process.terminate()
+        if cancel:
+            # (they write what they computed, then end; a Ctrl-C reaching this process
+            # alone, e.g. a notebook's interrupt, lost their unwritten outputs)
+            processes = [p for _, group in [*self._retired, *current] for p in group]
+            deadline = time.monotonic() + STOP_WAIT_S
+            while any(p.is_alive() for p in processes) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            for process in processes:
+                with contextlib.suppress(Exception):
+                    process.terminate()
         self._pools.clear()
         self._retired.clear()
 

@@ -836,6 +836,37 @@ def _compute_items(
                 )
 
 
+class _Stop(threading.local):
+    """Per thread: the event a pool thread's run sets when it is interrupted (Ctrl-C): a
+    map computing in that thread stops at its next item (a thread cannot be interrupted;
+    it went on with its whole chunk, and the interpreter waited for it at exit)."""
+
+    event: threading.Event | None = None
+
+
+STOP = _Stop()
+
+
+def _until_stopped(
+    outputs: tp.Iterable[tp.Any], stop: threading.Event, uid: str
+) -> tp.Iterator[tp.Any]:
+    """The outputs, until ``stop`` is set: then KeyboardInterrupt instead of computing the
+    next item (what was computed is written, as after a Ctrl-C)."""
+    for output in outputs:
+        yield output
+        if stop.is_set():
+            raise KeyboardInterrupt(f"{uid}: its run was interrupted")
+
+
+def run_stoppable(stop: threading.Event, unit: Unit) -> Report:
+    """``run_unit`` in a pool thread, stopping between two items once ``stop`` is set."""
+    STOP.event = stop
+    try:
+        return run_unit(unit)
+    finally:
+        STOP.event = None
+
+
 class _Unwritten(threading.local):
     """Per thread: the flushes of the map computations running, by node folder (a map
     method calling itself finds the items its enclosing calls computed, not yet written)."""
@@ -915,9 +946,12 @@ def _compute_from(
     unwritten.append(flush)
     # (names bound locally: this loop runs once per item)
     count, immutable, monotonic, append = len(uids), _IMMUTABLE, time.monotonic, batch.append
+    outputs = _outputs(node, items)
+    if STOP.event is not None:  # (a pool's thread or process)
+        outputs = _until_stopped(outputs, STOP.event, node.uid)
     try:
         ranks.announce(node.uid, uids[start:])
-        for output in _outputs(node, items):
+        for output in outputs:
             if position >= count:
                 return _miscounted(
                     node, cache, uids, start, position - len(batch), report, "more", error_meta
