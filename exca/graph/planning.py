@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import re
 import typing as tp
 
 from ..storage import gcpause
@@ -23,7 +24,7 @@ from .decisions import (
     to_chunks,
     unreachable_inputs,
 )
-from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Node
+from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Group, Node
 
 STATUS_ORDER = ("running", "missing", "forced", "cached error", "stale", "cached", "not needed")
 _MERMAID_STYLE = {
@@ -53,6 +54,9 @@ class PlanEntry:
     array: int | None = None  # index of the array this node's work would go into
     folder: str | None = None
     problems: list[str] = dataclasses.field(default_factory=list)  # a run would not submit
+    # a call with inputs: what feeds it, e.g. "w=Train.fit,1/lr=0.20-3d9814eb" (its uid
+    # says inputs-<digest> only: the evaluations of a sweep looked all alike)
+    inputs: str | None = None
 
     def to_dict(self) -> dict[str, tp.Any]:
         return dataclasses.asdict(self)
@@ -160,6 +164,7 @@ class Plan:
             job_id=job_id,
             folder=None if node.folder is None else str(node.folder),
             problems=problems,
+            inputs=describe_inputs(node) if node.inputs else None,
         )
 
     def _is_target(self, node: Node) -> bool:
@@ -324,6 +329,8 @@ class Plan:
             reason = e.reason + (f" [{items}]" if items and items not in e.reason else "")
             if seen[e.uid] > 1 and e.folder:  # (one uid under two cache roots: two nodes)
                 reason += f" (cache root {_root_of(e.folder, e.uid)})"
+            if e.inputs:
+                reason += f" (inputs: {e.inputs})"
             rows.append(
                 (
                     e.status,
@@ -491,6 +498,29 @@ def _status(run: NodeRun) -> tuple[str, str]:
 def plan(*targets: Node) -> Plan:
     """The dry run of some target nodes (see ``Plan``)."""
     return Plan(list(targets))
+
+
+INPUTS_SHOWN = 120  # characters of a call's inputs in a plan's table
+
+
+def describe_inputs(node: Node) -> str:
+    """What feeds a call with inputs, short: each input's name and its node (step without
+    its module, and config uid), value uid, or list of them."""
+
+    def short(source: tp.Any) -> str:
+        if isinstance(source, Node):
+            return (
+                f"{source.step.rsplit('.', 2)[-2]}.{source.step.rsplit('.', 1)[-1]}/"
+                + (source.uid.split("/", 1)[1])
+            )
+        if isinstance(source, Group):
+            shown = [short(s) for s in source.sources[:2]]
+            more = len(source.sources) - len(shown)
+            return "[" + ", ".join(shown) + (f", +{more} more" if more else "") + "]"
+        return re.sub(r"-[0-9a-f]{8}$", "", str(source.uid))  # (a value: its display)
+
+    text = ", ".join(f"{name}={short(source)}" for name, source in node.inputs)
+    return text if len(text) <= INPUTS_SHOWN else text[: INPUTS_SHOWN - 3] + "..."
 
 
 def _root_of(folder: str, uid: str) -> str:
