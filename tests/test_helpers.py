@@ -7,6 +7,7 @@ import collections
 import inspect
 import json
 import pickle
+import sys
 import typing as tp
 import warnings
 from pathlib import Path
@@ -625,32 +626,68 @@ def test_discriminated_same_name_in_two_modules() -> None:
             __module__ = "some.other.module"
 
 
-def test_discriminated_same_name_in_two_classes_of_one_module() -> None:
+_TWO_ENCODERS = """
+from exca.helpers import DiscriminatedModel
+
+class Family(DiscriminatedModel):
+    pass
+
+class Vision:
+    class Encoder(Family):
+        depth: int = 2
+
+class Audio:
+    class Encoder(Family):
+        depth: int = 2
+"""
+
+
+_VISION_AGAIN = """
+class Vision:
+    class Encoder(Family):
+        depth: int = 3
+"""
+
+
+def test_discriminated_same_name_in_two_classes_of_one_module(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Vision.Encoder and Audio.Encoder in one module: both were named type=Encoder in
     uids, and the audio config read the vision config's result (a probe). Refused; a class
-    defined again under the same qualified name (a notebook cell run again) replaces it."""
+    defined again under the same qualified name (a notebook cell run again), or in a
+    function's body (the same name in two tests), replaces it."""
+    import types
 
-    class Family(DiscriminatedModel):
+    module = types.ModuleType("exca_test_two_encoders")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    with pytest.raises(RuntimeError, match=r"Vision\.Encoder and .*Audio\.Encoder.*rename one"):
+        exec(_TWO_ENCODERS, module.__dict__)
+    family = module.Family
+    assert type(family(type="Encoder")) is module.Vision.Encoder
+    first = module.Vision.Encoder
+    exec(_VISION_AGAIN, module.__dict__)
+    assert module.Vision.Encoder is not first
+    assert type(family(type="Encoder")) is module.Vision.Encoder
+
+    class Pet(DiscriminatedModel):
         pass
 
-    class Vision:
-        class Encoder(Family):
-            depth: int = 2
+    def one_test() -> type:
+        class Dog(Pet):
+            size: int = 1
 
-    with pytest.raises(RuntimeError, match=r"Vision\.Encoder and .*Audio\.Encoder.*rename one"):
+        return Dog
 
-        class Audio:
-            class Encoder(Family):
-                depth: int = 2
+    def another_test() -> type:
+        class Dog(Pet):
+            size: int = 2
 
-    assert type(Family(type="Encoder")) is Vision.Encoder
-    first = Vision.Encoder
+        return Dog
 
-    class Vision:  # type: ignore[no-redef]
-        class Encoder(Family):
-            depth: int = 3
-
-    assert Vision.Encoder is not first and type(Family(type="Encoder")) is Vision.Encoder
+    first_dog = one_test()
+    assert type(Pet(type="Dog")) is first_dog
+    second_dog = another_test()  # (it replaces the first)
+    assert type(Pet(type="Dog")) is second_dog
 
 
 def test_discriminated_dumps_and_yaml_round_trip() -> None:

@@ -9,6 +9,7 @@ configs written to yaml come back as the same classes. The key defaults to ``"ty
 from __future__ import annotations
 
 import contextvars
+import sys
 import typing as tp
 
 import pydantic
@@ -30,12 +31,7 @@ class DiscriminatedModel(pydantic.BaseModel):
             cls._exca_subclasses = {}  # a new family
         registry = cls._exca_subclasses
         known = registry.get(cls.__name__)
-        # (the same module and qualified name: a class defined again, e.g. a notebook cell
-        # run again or a module reloaded; it replaces the old one)
-        if known is not None and (known.__module__, known.__qualname__) != (
-            cls.__module__,
-            cls.__qualname__,
-        ):
+        if known is not None and _other_class(known, cls):
             raise RuntimeError(
                 f"Two DiscriminatedModel classes are named {cls.__name__!r} "
                 f"({known.__module__}.{known.__qualname__} and "
@@ -137,3 +133,18 @@ class DiscriminatedModel(pydantic.BaseModel):
     def _exca_uid_prefix(self) -> dict[str, tp.Any]:
         """Always part of a uid: the discriminator selects the class."""
         return {self._exca_discriminator_key: type(self).__name__}
+
+
+def _other_class(known: type, new: type) -> bool:
+    """Whether a class of the same name is another class than the one ``new`` replaces:
+    not one defined again (a notebook cell run again, a module reloaded, a function run
+    again: the same module and qualified name, or a class of a function's body, e.g. the
+    same name in two tests), and still reachable by its qualified name in its module."""
+    if known.__module__ != new.__module__:
+        return True
+    if known.__qualname__ == new.__qualname__ or "<locals>" in known.__qualname__:
+        return False
+    found: tp.Any = sys.modules.get(known.__module__)
+    for part in known.__qualname__.split("."):
+        found = getattr(found, part, None)
+    return found is known
