@@ -1287,6 +1287,33 @@ def test_ctrl_c_reaching_the_caller_alone_stops_its_pool_and_keeps_what_it_compu
     assert all(cached[str(item)] == 2 * item for item in started)
 
 
+class Filled(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[tp.Any]:
+        for item in items:
+            yield np.full(100, item)
+
+
+def test_status_of_a_map_whose_item_files_were_removed_is_failed(tmp_path: Path) -> None:
+    """Its payload files removed outside exca: the plan said fail and a call raised, its
+    node's status() said completed (a review)."""
+    node = Filled(infra={"folder": tmp_path}).process.node([1, 2, 3])
+    assert [float(v.sum()) for v in node.result()] == [100.0, 200.0, 300.0]
+    assert node.status() == "completed"
+    folder = Filled(infra={"folder": tmp_path}).infra.uid_folder()
+    assert folder is not None
+    removed = [path for path in (folder / "data").iterdir() if path.is_file()]
+    assert removed
+    for path in removed:
+        path.unlink()
+    assert Filled(infra={"folder": tmp_path}).process.node([1, 2, 3]).status() == "failed"
+    retried = Filled(infra={"folder": tmp_path, "mode": "retry"}).process.node([1, 2, 3])
+    assert [float(v.sum()) for v in retried.result()] == [100.0, 200.0, 300.0]
+    assert Filled(infra={"folder": tmp_path}).process.node([1, 2, 3]).status() == "completed"
+
+
 class Lowered(pydantic.BaseModel):
     infra: exca.MapInfra = exca.MapInfra(version="1")
 

@@ -144,6 +144,11 @@ def status(node: Node) -> str:
         return "failed"
     missing = node.cache.missing(uids)
     if not missing:
+        if node.cache.damaged(uids):  # (files removed outside exca; or replaced meanwhile)
+            node.cache.refresh()
+            if node.cache.damaged(uids):
+                return "failed"
+            return status(node)
         return "completed"
     if calls.keys_being_computed(node, missing):  # (by a worker without a job)
         return "running"

@@ -77,9 +77,14 @@ def _check_node_code(node: Node) -> None:
 def task_status(node: Node) -> tp.Literal["not submitted", "running", "completed", "failed"]:
     """State of a task node's computation, from its cache and its recorded job."""
     state = store.task_state(node, refresh=True)
+    if state == "done" and node.cache.payload_present(TASK_KEY) is False:
+        # (its file removed outside exca: a call raises, a plan says fail; or replaced since
+        # the index was read, e.g. by a force elsewhere: read again)
+        node.cache.refresh()
+        state = store.task_state(node)
+        if state == "done" and node.cache.payload_present(TASK_KEY) is False:
+            return "failed"
     if state == "done":
-        if node.cache.payload_present(TASK_KEY) is False:
-            return "failed"  # (its file removed outside exca: a call raises, plan says fail)
         if not any(n.pending_force for n in node.closure):
             try:  # (as a call does: a result of other class defaults is not this one's)
                 node.check_defaults()
