@@ -684,6 +684,27 @@ def test_array_inputs_that_differ_only_by_dtype_are_different_inputs(tmp_path: P
     assert len({Value.of([z]).uid for z in zeros}) == 4  # (nested too)
     assert Value.of(zeros[0]).uid == to_uid(zeros[0], empty="empty")
     assert Value.of(np.int64(3)).uid == Value.of(3).uid  # (a scalar is its number)
+    big_endian = np.zeros(3, dtype=">f8")  # (a float64 too: its dtype's text is ">f8")
+    assert Value.of(big_endian).uid == Value.of(zeros[0]).uid
+
+
+def test_a_plan_names_what_feeds_each_call_with_inputs(env: Env) -> None:
+    """The evaluations of a sweep were all <step>/default/inputs-<digest> in a plan: what
+    feeds each one is said after its reason (a probe)."""
+    trainings = [env.step(f"train{v}").run.node() for v in (1, 2)]
+    evaluations = [env.step("eval").run.node(t, b=3) for t in trainings]
+    report = env.step("report").run.node(evaluations)
+    plan = exca.graph.plan(report)
+    entries = _by_uid(plan)
+    for training, evaluation in zip(trainings, evaluations):
+        config = training.uid.split("/", 1)[1]  # (name=train1-<digest>)
+        text = entries[evaluation.uid].inputs
+        assert text == f"a=Step.run,1/{config}, b=3", text
+        assert f"(inputs: {text})" in str(plan)
+    assert entries[report.uid].inputs is not None
+    assert entries[report.uid].inputs.startswith("a=[Step.run,1/name=eval-")
+    assert entries[trainings[0].uid].inputs == "a=None, b=None"  # (the defaults given)
+    assert {n["uid"]: n["inputs"] for n in plan.to_dict()["nodes"]}[report.uid] is not None
 
 
 def test_inputs_without_a_uid_get_a_hint(env: Env) -> None:

@@ -196,8 +196,11 @@ def _typed_keys(value: tp.Any, path: str) -> list[str]:
         return []
     out: list[str] = []
     if _is_array(value):  # (not numpy scalars: np.int64(3) is 3, as in a config's uid)
-        if str(value.dtype) not in ("float64", "torch.float64"):
-            out.append(f"{path}:dtype={value.dtype}")
+        # (a tensor's dtype is "torch.int64": the format reads tensors as numpy arrays, and
+        # a numpy '>f8' is named float64)
+        dtype = getattr(value.dtype, "name", None) or str(value.dtype).removeprefix("torch.")
+        if dtype != "float64":
+            out.append(f"{path}:dtype={dtype}")
     elif isinstance(value, dict):
         for key, sub in value.items():
             if type(key) is not str:
