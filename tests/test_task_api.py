@@ -4,6 +4,7 @@ errors, job()/status()/clear_job(), configs and clones, validation, MapInfra rul
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import typing as tp
 from pathlib import Path
@@ -551,6 +552,9 @@ def test_clear_job_of_a_folder_holding_another_config_removes_nothing(tmp_path: 
     (folder / "uid.yaml").write_text("param: 99\n")  # (as another config wrote it)
     with pytest.raises(RuntimeError, match="Inconsistent uid config"):
         Task(param=2, infra={"folder": tmp_path}).infra.clear_job()
+    (folder / "uid.yaml").write_text("param: [unclosed\n")  # (unreadable: no other config's)
+    Task(param=2, infra={"folder": tmp_path}).infra.clear_job()
+    assert Task(param=2, infra={"folder": tmp_path}).process() == 20
     (folder / "uid.yaml").write_text("param: 2\n")
     assert Task(param=2, infra={"folder": tmp_path}).infra.status() == "completed"
     before = _count("task", 2)
@@ -584,6 +588,9 @@ def test_deep_model_copy_with_updates_keeps_a_working_infra(tmp_path: Path) -> N
         assert copied.infra.status() == "completed" and task.infra.status() == "completed"
         assert copied.infra.clone_obj(param=7).process() == 70
     assert task.infra.uid() == Task(param=2).infra.uid() and task.process() == 20
+    given = task.model_copy(update={"infra": {"folder": tmp_path}})  # (no validation)
+    with pytest.raises(TypeError, match=r"Task.process needs its infra, but Task.infra is \{"):
+        given.process()  # (it raised "'dict' object has no attribute '_runtime'"; a review)
     private = _PrivateInfra(param=2)
     private._infra.folder = tmp_path
     copied_private = private.model_copy(deep=True, update={"param": 5})
@@ -1986,6 +1993,13 @@ def test_class_default_folder_naming_an_unset_variable(
     with pytest.raises(ValueError, match=r"\$EXCA_TEST_SCRATCH, which is not set"):
         mine.infra.folder = "$EXCA_TEST_SCRATCH/other"
     assert mine.infra.folder == tmp_path / "mine" and mine.process() == 8
+
+    class Settings(pydantic.BaseModel):  # (an infra no method applies: never linked)
+        infra: TaskInfra = TaskInfra(folder="$EXCA_TEST_SCRATCH/cache")
+
+    with pytest.raises(ValueError, match=r"\$EXCA_TEST_SCRATCH, which is not set"):
+        os.makedirs(Settings().infra.folder)  # (it made a folder named "$EXCA_TEST_SCRATCH")
+    assert not list(tmp_path.glob("$*"))
 
 
 @pytest.mark.timeout(120)

@@ -964,6 +964,11 @@ class _UnresolvedFolder(type(Path())):  # type: ignore[misc]
     """A folder text naming an environment variable unset when its class default was built
     (e.g. at import on a laptop); expanded, or refused, when an owner instance is created."""
 
+    def __fspath__(self) -> str:
+        # (an infra never linked to an owner, e.g. in a model without @apply: used as a
+        # path, it made a folder literally named "$SCRATCH")
+        return expand_path_text("folder", str(self))
+
 
 @functools.cache
 def _container_fields(cls: type[pydantic.BaseModel]) -> tuple[str, ...]:

@@ -304,8 +304,8 @@ def link_infras(obj: pydantic.BaseModel, context: tp.Any = None, /) -> None:
                 infra = store[name] = infra.__deepcopy__()
         else:
             infra = values.get(name)
-            if infra is None:
-                continue
+            if infra is None or not hasattr(type(infra), "_link"):
+                continue  # (a dict given by model_copy(update=...): a call says what is wrong)
             if _linked_elsewhere(infra, obj):
                 infra = values[name] = infra.__deepcopy__()
         infra._link(obj, name, default, merge=merge and name in obj.model_fields_set)

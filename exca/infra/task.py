@@ -436,7 +436,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
         folder = node.folder
         if (
             folder is not None
-            and (folder / uidfolder.UID_FILE).exists()
+            and uidfolder.read_yaml(folder / uidfolder.UID_FILE) is not None  # (unreadable: ok)
             and not uidfolder.holds_uid_config(folder, self._uid_config())
         ):  # (it removed the result of the other config its uid names too)
             raise RuntimeError(
