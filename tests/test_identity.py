@@ -753,6 +753,47 @@ def test_infra_makes_extra_forbid_the_default() -> None:
     assert obj.unknown == 12  # type: ignore[attr-defined]
 
 
+class _Optim(pydantic.BaseModel):
+    model_config = FORBID
+    lr: float = 0.01
+
+
+class _FreeData(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="allow")  # (free-form metadata)
+    optim: _Optim = _Optim()
+
+
+class _ExtraOwner(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="allow")
+    optim: _Optim = _Optim()
+    data: _FreeData = _FreeData()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> float:
+        return self.optim.lr + self.data.optim.lr
+
+
+def test_dotted_extra_keys_naming_a_field_are_refused(tmp_path: Path) -> None:
+    """An extra key "optim.lr" left the field optim at its default, yet had the uid of
+    optim={"lr": 0.5} (read as a path): the two configs shared one cache folder, the
+    second read the first one's result (top-level and in a sub-config)."""
+    folder = {"folder": tmp_path}
+    real = _ExtraOwner(optim={"lr": 0.5}, data={"optim": {"lr": 0.5}}, infra=folder)
+    assert real.process() == 1.0
+    for fake in (
+        _ExtraOwner(infra=folder, **{"optim.lr": 0.5}),
+        _ExtraOwner(data={"optim.lr": 0.5}, infra=folder),
+    ):
+        with pytest.raises(ValueError, match=r"extra key 'optim\.lr'.*optim=\{'lr': \.\.\.\}"):
+            fake.process()
+    # extras naming one another's values, as dict keys do
+    with pytest.raises(ValueError, match=r"'meta' and 'meta\.x'"):
+        _ExtraOwner(**{"meta": {"y": 1}, "meta.x": 2}).infra.uid()
+    # other extras keep their uids
+    assert _ExtraOwner(**{"meta.x": 2}).infra.uid().endswith("/meta.x=2-e8d4d653")
+
+
 # --- hooks and dict order -------------------------------------------------------------------
 class Overridden(pydantic.BaseModel):
     model_config = FORBID

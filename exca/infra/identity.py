@@ -735,6 +735,8 @@ class _Exporter:
         extra = model.__pydantic_extra__
         if extra:  # extra="allow": what was given beyond the fields is config too
             self.field_keys_only = False
+            if self.uid and any("." in key for key in extra):  # (rare: only then checked)
+                _check_dotted_extras(model, extra, excluded)
             for key, sub in extra.items():
                 if key in dumped and key not in excluded:
                     if drop is not None and key in drop:
@@ -939,6 +941,27 @@ def _check_dotted_keys(items: dict[str, tp.Any], ordered: bool) -> None:
                 f"folder). Use another separator in these keys (e.g. '/' or '_'), or keep "
                 f"the field out of the uid (_exclude_from_cls_uid) if it does not change results"
             )
+
+
+def _check_dotted_extras(
+    model: pydantic.BaseModel, extra: dict[str, tp.Any], excluded: frozenset[str]
+) -> None:
+    """An extra key (``extra="allow"``) holding a "." reads as a path in uids and yaml
+    files: ``M(**{"opt.lr": 0.5})`` had the uid of ``M(opt={"lr": 0.5})`` while its field
+    ``opt`` kept its default (two computations, one cache folder)."""
+    cls = type(model)
+    kept = {key: sub for key, sub in extra.items() if key not in excluded}
+    for key in kept:
+        head, _, rest = key.partition(".")
+        if rest and head in cls.model_fields:
+            raise ValueError(
+                f"{cls.__name__} was given the extra key {key!r} (its model_config allows "
+                f"extra keys): it does not set {key!r} (field {head!r} keeps its value), yet "
+                f"exca's configs read '.' in a key as a path, so this config would share its "
+                f"uid (and cache folder) with the one that sets {key!r}. Set the nested value "
+                f"instead ({head}={{{rest!r}: ...}}), or use a key without '.'"
+            )
+    _check_dotted_keys(kept, ordered=False)  # (extras naming one another's values)
 
 
 def _leaf_paths(value: tp.Any, prefix: tuple[str, ...]) -> tp.Iterator[tuple[str, ...]]:
