@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import dataclasses
 import decimal
 import enum
 import functools
@@ -2287,6 +2288,72 @@ def test_subclass_instances_of_an_annotated_base_class_do_not_share_a_uid(tmp_pa
     config = configs[0].infra.config(uid=False, exclude_defaults=True)
     assert "_class" not in str(dict(config))
     assert type(configs[0].infra.clone_obj().net) is _ConvNet
+
+
+@dataclasses.dataclass
+class _Aug:
+    p: float = 0.5
+
+
+@dataclasses.dataclass
+class _Crop(_Aug):
+    size: int = 32
+
+
+@dataclasses.dataclass
+class _SameAug(_Aug):
+    """Only its behaviour differs (a method), not its fields."""
+
+
+@pydantic.dataclasses.dataclass
+class _PydAug:
+    p: float = 0.5
+
+
+@pydantic.dataclasses.dataclass
+class _PydCrop(_PydAug):
+    size: int = 32
+
+
+class _Augments(pydantic.BaseModel):
+    model_config = FORBID
+    aug: _Aug = _Aug()
+    augs: list[_Aug] = []
+    paug: _PydAug = _PydAug()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> str:
+        return repr((self.aug, self.augs, self.paug))
+
+
+def test_dataclass_subclass_instances_do_not_share_a_uid(tmp_path: Path) -> None:
+    """A dataclass subclass instance in a field annotated with its base dataclass was
+    dumped by the base's schema: Crop(size=64), Crop(size=128) and Aug() all had the uid
+    `default`, and size=128 read size=64's result. It counts with its fields and class."""
+    configs = [
+        _Augments(aug=_Crop(size=64)),
+        _Augments(aug=_Crop(size=128)),
+        _Augments(aug=_Crop()),
+        _Augments(aug=_SameAug()),
+        _Augments(augs=[_Crop(size=64)]),
+        _Augments(augs=[_Crop(size=128)]),
+        _Augments(augs=[_Aug()]),
+        _Augments(paug=_PydCrop(size=64)),
+        _Augments(paug=_PydCrop(size=128)),
+        _Augments(),
+    ]
+    uids = [c.infra.uid() for c in configs]
+    assert len(set(uids)) == len(uids), uids
+    assert _cfg(configs[0]) == {"aug": {"_class": f"{MODULE}._Crop", "p": 0.5, "size": 64}}
+    # values of exactly the annotated class keep their uids
+    assert _Augments(aug=_Aug()).infra.uid() == _Augments().infra.uid()
+    assert _Augments(aug=_Aug(p=0.7)).infra.uid().endswith("/aug.p=0.70-b08d7832")
+    assert _Augments(augs=[_Aug()]).infra.uid().endswith("/augs=({p=0.50})-4717c29f")
+    # each computes its own result
+    folder = {"folder": tmp_path}
+    assert "size=64" in _Augments(aug=_Crop(size=64), infra=folder).process()
+    assert "size=128" in _Augments(aug=_Crop(size=128), infra=folder).process()
 
 
 class _Frozen(pydantic.BaseModel):

@@ -10,6 +10,7 @@ discriminators) are computed once per class.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import itertools
 import re
@@ -41,6 +42,7 @@ class _FieldFacts:
     __slots__ = (
         "ambiguous",
         "contained",
+        "dataclasses",
         "default",
         "default_json",
         "dump_exclude",
@@ -65,6 +67,7 @@ class _FieldFacts:
         ambiguous: str | None = None,
         models: tuple[type, ...] = (),
         contained: tuple[type, ...] = (),
+        dataclasses: bool = False,
     ) -> None:
         self.name = name
         self.required = required
@@ -82,6 +85,9 @@ class _FieldFacts:
         # lists, dicts...): an instance of another class (a subclass) gets its class in uids
         self.models = models
         self.contained = contained
+        # whether the annotation names a dataclass (then in ``contained``): an instance of
+        # a subclass of it is dumped by the annotated class's schema (its fields lost)
+        self.dataclasses = dataclasses
 
 
 class _ClassFacts:
@@ -238,6 +244,16 @@ def annotated_models(annotation: tp.Any) -> tuple[type[pydantic.BaseModel], ...]
     return tuple(out)
 
 
+def annotated_dataclasses(annotation: tp.Any) -> tuple[type, ...]:
+    """Dataclasses (stdlib or pydantic) named anywhere in an annotation."""
+    if isinstance(annotation, type):
+        return (annotation,) if dataclasses.is_dataclass(annotation) else ()
+    out: list[type] = []
+    for arg in tp.get_args(annotation):
+        out.extend(annotated_dataclasses(arg))
+    return tuple(out)
+
+
 def _ambiguity(cls: type, name: str, field: pydantic.fields.FieldInfo) -> str | None:
     """Why a field's annotation cannot define a uid (raised when the field enters one:
     a field kept out of uids may hold anything), or None."""
@@ -349,6 +365,7 @@ def _field_facts(cls: type, name: str, field: pydantic.fields.FieldInfo) -> _Fie
     # a serializer may map another value onto the default's json: compare python values
     # then (as pydantic's exclude_defaults does), never the dumps
     compare_json = not required and not _has_serializer(cls, name, field)
+    dataclass_types = annotated_dataclasses(field.annotation)
     return _FieldFacts(
         name=name,
         required=required,
@@ -360,7 +377,8 @@ def _field_facts(cls: type, name: str, field: pydantic.fields.FieldInfo) -> _Fie
         dump_exclude=dump_exclude,
         ambiguous=ambiguous,
         models=tuple(models),
-        contained=annotated_models(field.annotation),
+        contained=(*annotated_models(field.annotation), *dataclass_types),
+        dataclasses=bool(dataclass_types),
     )
 
 
@@ -719,6 +737,18 @@ class _Exporter:
                     out[name] = _with_class(exported, value) if foreign else exported
                     self.field_keys_only &= exporter.field_keys_only
                 continue
+            if field.dataclasses and _subclass_dataclass(type(value), field.contained):
+                # (the dump followed the annotated class: dumped whole below, with its class)
+                exported = self.value(value, dval, field.keep, field.contained)
+                if not (
+                    prune
+                    and not field.required
+                    and name not in keep
+                    and type(value) is type(field.default)
+                    and _uid_equal(_dataclass_dump(value), field.default_json)
+                ):
+                    out[name] = exported
+                continue
             if (
                 prune
                 and not field.required
@@ -805,6 +835,16 @@ class _Exporter:
             return exported
         if isinstance(dval, dict | list):
             self.field_keys_only = False  # (user keys, or containers in a list)
+            if declared and type(dval) is dict and _subclass_dataclass(type(value), declared):
+                # a dataclass subclass instance: the dump followed the annotated class's
+                # schema (its own fields lost): dumped whole, with its class in a uid
+                whole = _dataclass_dump(value)
+                cls = type(value)
+                return (
+                    {CLASS_KEY: f"{cls.__module__}.{cls.__qualname__}", **whole}
+                    if self.uid
+                    else whole
+                )
         if isinstance(value, dict) and isinstance(dval, dict):
             # the dump keeps the order of the keys: the i-th json key is the i-th key's
             # rendering (an Enum key as its value, an int as its text...)
@@ -894,6 +934,19 @@ def _subclass_of(cls: type, declared: tuple[type, ...]) -> bool:
     if cls in declared:
         return False
     return any(issubclass(cls, base) for base in declared if base is not pydantic.BaseModel)
+
+
+def _subclass_dataclass(cls: type, declared: tuple[type, ...]) -> bool:
+    """Whether ``cls`` is a dataclass and a strict subclass of a dataclass its field's
+    annotation names (then its own fields and its class are not in the field's dump)."""
+    if cls in declared or not dataclasses.is_dataclass(cls):
+        return False
+    return any(issubclass(cls, base) for base in declared if dataclasses.is_dataclass(base))
+
+
+def _dataclass_dump(value: tp.Any) -> tp.Any:
+    """The json dump of a dataclass instance by its own fields (not its annotation's)."""
+    return pydantic_core.to_jsonable_python(value)
 
 
 def _with_class(exported: tp.Any, model: pydantic.BaseModel) -> tp.Any:
