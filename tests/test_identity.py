@@ -2356,6 +2356,52 @@ def test_dataclass_subclass_instances_do_not_share_a_uid(tmp_path: Path) -> None
     assert "size=128" in _Augments(aug=_Crop(size=128), infra=folder).process()
 
 
+@dataclasses.dataclass(slots=True)
+class _SlotAug:  # (no __weakref__: cannot be recorded as frozen)
+    p: float = 0.5
+
+
+@dataclasses.dataclass
+class _ListAug:
+    ps: list[float] = dataclasses.field(default_factory=lambda: [0.5])
+
+
+class _HoldsAug(pydantic.BaseModel):
+    model_config = FORBID
+    aug: _Aug = _Aug()
+    slot: _SlotAug = _SlotAug()
+    many: _ListAug = _ListAug()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> str:
+        return repr((self.aug, self.slot, self.many))
+
+
+def test_dataclass_sub_configs_are_frozen_or_checked(tmp_path: Path) -> None:
+    """A dataclass held by a config was neither frozen nor compared: after
+    `m.aug.p = 0.9`, a call returned the cached result of p=0.5."""
+    obj = _HoldsAug(infra={"folder": tmp_path})
+    first = obj.process()
+    with pytest.raises(RuntimeError, match=r"Cannot set _Aug\.p: .*dataclasses\.replace"):
+        obj.aug.p = 0.9
+    assert obj.aug.p == 0.5
+    # what cannot be frozen (slots, containers inside) is compared before a cached read
+    obj.slot.p = 0.9
+    with pytest.raises(RuntimeError, match=r"changed in place .*slot\.p: its default -> 0\.9"):
+        obj.process()
+    other = _HoldsAug(infra={"folder": tmp_path})
+    assert other.process() == first
+    other.many.ps.append(1.0)
+    with pytest.raises(RuntimeError, match=r"changed in place"):
+        other.process()
+    # a dataclass not (yet) in a config with a uid can be changed
+    aug = _Aug()
+    aug.p = 0.7
+    changed = _HoldsAug(aug=aug, infra={"folder": tmp_path})
+    assert "p=0.7" in changed.process()
+
+
 class _Frozen(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
     layers: int = 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
+import dataclasses
 import enum
 import errno
 import functools
@@ -1019,8 +1020,9 @@ _MUTABLE_TYPES = (list, dict, set, bytearray)
 
 
 def _mutable(value: tp.Any) -> bool:
-    """Whether a field value can change in place (a list, dict... also inside a tuple)."""
-    if isinstance(value, _MUTABLE_TYPES):
+    """Whether a field value can change in place (a list, dict... also inside a tuple; a
+    dataclass instance: frozen, but maybe not (slots), and it may hold containers)."""
+    if isinstance(value, _MUTABLE_TYPES) or dataclasses.is_dataclass(value):
         return True
     if isinstance(value, tuple):
         return any(_mutable(item) for item in value)
