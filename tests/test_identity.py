@@ -2402,6 +2402,60 @@ def test_dataclass_sub_configs_are_frozen_or_checked(tmp_path: Path) -> None:
     assert "p=0.7" in changed.process()
 
 
+class _Logger:
+    """A runtime object with no json form."""
+
+
+class _Step(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    size: int = 1
+    logger: tp.Any = None
+
+
+class _QuietStep(_Step):
+    _exclude_from_cls_uid = ("logger",)
+
+
+class _WithRuntime(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    lr: float = 0.1
+    callback: tp.Callable[[float], None] | None = None
+    logger: tp.Any = None
+    steps: list[_Step] = []
+    quiet: list[_QuietStep] = []
+    infra: TaskInfra = TaskInfra(version="1")
+
+    _exclude_from_cls_uid = ("callback",)
+
+    @infra.apply(exclude_from_cache_uid=("logger",))
+    def process(self) -> float:
+        return self.lr
+
+
+def test_values_kept_out_of_the_uid_need_no_json_form(tmp_path: Path) -> None:
+    """A logger or a callback in a field kept out of the uid made uid() raise a TypeError
+    (whose hint spoke of numpy); a value in a list was named by its field only."""
+    logger = _Logger()
+    obj = _WithRuntime(
+        callback=print, logger=logger, quiet=[_QuietStep(logger=logger)], infra={"folder": tmp_path}
+    )
+    assert obj.infra.uid() == _WithRuntime(quiet=[_QuietStep()]).infra.uid()
+    assert obj.process() == 0.1
+    config = _read(obj.infra.uid_folder() / "config.yaml")  # (written without them)
+    assert "callback" not in config and "logger" not in config and config["lr"] == 0.1
+    assert "logger" not in config["quiet"][0]
+    clone = obj.infra.clone_obj({"lr": 0.2})  # (they are passed on as they are)
+    assert clone.logger is logger and clone.callback is print and clone.quiet[0].logger is logger
+    # a value that enters the uid: named by its path, with the ways out
+    bad = _WithRuntime(steps=[_Step(), _Step(logger=logger)])
+    with pytest.raises(
+        TypeError, match=r"Cannot export _WithRuntime\.steps\.1\.logger into"
+    ) as info:
+        bad.infra.uid()
+    assert "_exclude_from_cls_uid" in str(info.value)
+    assert "pydantic.Field(exclude=True)" in str(info.value)
+
+
 class _Frozen(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
     layers: int = 1

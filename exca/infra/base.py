@@ -401,9 +401,11 @@ class BaseInfra(pydantic.BaseModel):
     def config(self, uid: bool = True, exclude_defaults: bool = False) -> ConfDict:
         """The owner's config (uid=True: only what defines the cached result)."""
         owner = self._owner()
-        exclude = self._cache_exclusions() if uid else []
+        exclusions = self._cache_exclusions()
+        # (uid=False: the whole config, but a value kept out of the uid needs no json form)
+        exclude, optional = (exclusions, ()) if uid else ((), exclusions)
         out = identity.export_model(
-            owner, uid=uid, exclude_defaults=exclude_defaults, exclude=exclude
+            owner, uid=uid, exclude_defaults=exclude_defaults, exclude=exclude, optional=optional
         )
         return ConfDict(out)
 
@@ -815,7 +817,12 @@ class BaseInfra(pydantic.BaseModel):
                 f"{type(changes).__name__}: e.g. clone_obj({{'model.layers': 12}})"
             )
         changes = _field_names(owner, changes)
-        cfg = self.config(uid=False, exclude_defaults=True)
+        skipped: list[tuple[str, ...]] = []  # (values with no json form: passed as they are)
+        cfg = ConfDict(
+            identity.export_model(
+                owner, False, True, optional=self._cache_exclusions(), skipped=skipped
+            )
+        )
         paths = set(_changed_parents(changes, ()))
         # an infra's settings that the instance set (they win over the class default's
         # settings, even when equal to BaseInfra's own defaults, which the export drops)
@@ -840,6 +847,9 @@ class BaseInfra(pydantic.BaseModel):
                 dotted = ".".join((*parts, key))
                 if dotted not in cfg:
                     cfg[dotted] = value
+        for path in skipped:  # (kept out of the uid, no json form: the value itself)
+            if not any("." in part for part in path):
+                cfg[".".join(path)] = _value_at(owner, path)
         cfg.update(changes)
         return _from_config(type(owner), _with_subclass_instances(owner, cfg))
 
@@ -1087,6 +1097,18 @@ def _from_config(cls: type[pydantic.BaseModel], data: dict[str, tp.Any]) -> tp.A
     if _BY_NAME:
         return cls.model_validate(data, by_name=True)
     return cls.model_validate(data)
+
+
+def _value_at(value: tp.Any, path: tuple[str, ...]) -> tp.Any:
+    """The value at a path of an export (fields, list indices, dict keys) in a config."""
+    for part in path:
+        if isinstance(value, pydantic.BaseModel):
+            value = getattr(value, part)
+        elif isinstance(value, list | tuple):
+            value = value[int(part)]
+        else:
+            value = next(v for k, v in value.items() if str(k) == part)
+    return value
 
 
 def _check_field_path(owner: pydantic.BaseModel, name: str) -> None:

@@ -483,14 +483,19 @@ def export_model(
     uid: bool = False,
     exclude_defaults: bool = False,
     exclude: tp.Iterable[str] = (),
+    optional: tp.Iterable[str] = (),
+    skipped: list[tuple[str, ...]] | None = None,
 ) -> dict[str, tp.Any]:
     """The config of a model as plain (json-mode) nested dicts.
 
     uid=True drops what does not define the result (see module docstring);
     exclude_defaults=True drops values equal to their default.
     ``exclude`` names top-level fields to drop too (the cache-uid exclusions).
+    A value kept out of uids (these, ``_exclude_from_cls_uid``, and the ``optional``
+    paths in a uid=False export) is left out when it has no json form (a logger, a
+    callback); its path is then added to ``skipped``.
     """
-    return export_with_keys(model, uid, exclude_defaults, exclude)[0]
+    return export_with_keys(model, uid, exclude_defaults, exclude, optional, skipped)[0]
 
 
 def export_with_keys(
@@ -498,29 +503,15 @@ def export_with_keys(
     uid: bool = False,
     exclude_defaults: bool = False,
     exclude: tp.Iterable[str] = (),
+    optional: tp.Iterable[str] = (),
+    skipped: list[tuple[str, ...]] | None = None,
 ) -> tuple[dict[str, tp.Any], bool]:
     """``export_model``, and whether every key of the export is a field name (then no key
     holds a "." that a ConfDict would split: ``ConfDict.uid_of`` needs no check)."""
     spec = class_facts(type(model)).uid_dump_exclude if uid else None
-    try:
-        dumped = model.model_dump(mode="json", warnings=False, exclude=spec, by_alias=False)
-    except (pydantic_core.PydanticSerializationError, UnicodeDecodeError) as e:
-        if _INTERRUPTED.search(str(e)):  # (a Ctrl-C during a serializer: pydantic wraps it)
-            raise KeyboardInterrupt from e
-        where = f"{type(model).__name__}.{_unserializable(model)}"
-        hint = (
-            "bytes are exported as utf-8 text: set model_config = pydantic.ConfigDict("
-            "ser_json_bytes='base64') or hold them as str"
-            if isinstance(e, UnicodeDecodeError)
-            else "convert numpy scalars and arrays held by an Any field with "
-            "float()/int()/.tolist(), or annotate the field with a type pydantic serializes"
-        )
-        raise TypeError(
-            f"Cannot export {where} into a config (uid, yaml files): {e}. Config values must "
-            f"have a json form: {hint}"
-        ) from e
-    exporter = _Exporter(uid=uid, exclude_defaults=exclude_defaults)
     drop = _exclusion_tree(exclude)
+    dumped = json_dump(model, spec, _exclusion_tree(optional) if not uid else drop, skipped)
+    exporter = _Exporter(uid=uid, exclude_defaults=exclude_defaults)
     out = exporter.model(model, dumped, keep=(), drop=drop)
     if not isinstance(out, dict):
         raise TypeError(
@@ -580,17 +571,144 @@ def export_field(parent: pydantic.BaseModel, name: str) -> dict[str, tp.Any]:
     return _Exporter(uid=False, exclude_defaults=True).model(value, dumped, keep=field.keep)
 
 
-def _unserializable(model: pydantic.BaseModel) -> str:
-    """The dotted name of the (first) field whose json dump fails (the error path only)."""
-    for name in type(model).model_fields:
+_DUMP_ERRORS = (pydantic_core.PydanticSerializationError, UnicodeDecodeError)
+
+
+def json_dump(
+    model: pydantic.BaseModel,
+    exclude: tp.Any = None,
+    drop: _Drops | None = None,
+    skipped: list[tuple[str, ...]] | None = None,
+    **kwargs: tp.Any,
+) -> tp.Any:
+    """``model.model_dump(mode="json")`` for a config export. A value that has no json form
+    is left out when it is kept out of uids (``_exclude_from_cls_uid``, an infra's
+    settings, the paths of ``drop``; its path added to ``skipped``): a runtime object (a
+    logger, a callback) need not be config. Any other is a TypeError naming its path."""
+    try:
+        return model.model_dump(
+            mode="json", warnings=False, by_alias=False, exclude=exclude, **kwargs
+        )
+    except _DUMP_ERRORS as e:  # (the error path only: the values are looked at one by one)
+        if _INTERRUPTED.search(str(e)):  # (a Ctrl-C during a serializer: pydantic wraps it)
+            raise KeyboardInterrupt from e
+        error: Exception = e
+        optional: list[tuple[str | int, ...]] = []
+        failing: list[tuple[str | int, ...]] = []
+        _unserializable(model, drop, (), optional, failing)
+        if optional and not failing:
+            try:
+                dumped = model.model_dump(
+                    mode="json",
+                    warnings=False,
+                    by_alias=False,
+                    exclude=_merged_exclude(exclude, optional),
+                    **kwargs,
+                )
+            except _DUMP_ERRORS as again:
+                error = again
+            else:
+                if skipped is not None:
+                    skipped.extend(tuple(str(p) for p in path) for path in optional)
+                return dumped
+        where = ".".join(str(p) for p in failing[0]) if failing and failing[0] else ""
+        where = f"{type(model).__name__}.{where}" if where else type(model).__name__
+        hint = (
+            "bytes are exported as utf-8 text: set model_config = pydantic.ConfigDict("
+            "ser_json_bytes='base64') or hold them as str"
+            if isinstance(error, UnicodeDecodeError)
+            else "annotate the field with a type pydantic serializes (convert numpy "
+            "scalars and arrays held by an Any field with float()/int()/.tolist()); a "
+            "runtime object that does not change results (a logger, a callback) can be kept "
+            "out of the uid (_exclude_from_cls_uid, or the method's exclude_from_cache_uid: "
+            "then it needs no json form) or out of every config (pydantic.Field(exclude=True))"
+        )
+        raise TypeError(
+            f"Cannot export {where} into a config (uid, yaml files): "
+            f"{error}. Config values must have a json form: {hint}"
+        ) from error
+
+
+def _unserializable(
+    value: tp.Any,
+    drop: _Drops | None,
+    path: tuple[str | int, ...],
+    optional: list[tuple[str | int, ...]],
+    failing: list[tuple[str | int, ...]],
+) -> None:
+    """The paths of the values in ``value`` whose json dump fails: in ``optional`` those
+    kept out of uids (they can be left out), in ``failing`` the others."""
+    if isinstance(value, pydantic.BaseModel):
+        facts = class_facts(type(value))
+        excluded = _exclusions(value, facts)
+        extra = value.__pydantic_extra__ or {}
+        before = len(optional) + len(failing)
+        for name in (*type(value).model_fields, *extra):
+            try:
+                value.model_dump(mode="json", include={name}, warnings=False)
+            except _DUMP_ERRORS:
+                sub = drop.get(name, False) if drop is not None else False
+                kept_out = (
+                    name in excluded
+                    or sub is None
+                    or (facts.uid_fields is not None and name not in facts.uid_fields)
+                )
+                found = value.__dict__[name] if name in value.__dict__ else extra.get(name)
+                if kept_out or (
+                    isinstance(found, pydantic.BaseModel) and dropped_from_parent(found)
+                ):
+                    optional.append((*path, name))
+                else:
+                    subdrop = sub if isinstance(sub, dict) else None
+                    _unserializable(found, subdrop, (*path, name), optional, failing)
+        if len(optional) + len(failing) == before:
+            failing.append(path)  # (no field fails alone: its model_serializer)
+        return
+    items: tp.Iterable[tuple[tp.Any, tp.Any]] = ()
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    before = len(optional) + len(failing)
+    for key, sub in items:  # (a container: its items that fail, by index or key)
         try:
-            model.model_dump(mode="json", include={name}, warnings=False)
-        except (pydantic_core.PydanticSerializationError, UnicodeDecodeError):
-            value = getattr(model, name, None)
-            if isinstance(value, pydantic.BaseModel):
-                return f"{name}.{_unserializable(value)}"
-            return name
-    return "<extra values>"
+            pydantic_core.to_jsonable_python(sub)
+        except _DUMP_ERRORS:
+            subdrop = drop.get(str(key), {}) if drop is not None else {}
+            if subdrop is None:  # (kept out of the uid)
+                optional.append((*path, key))
+            else:
+                _unserializable(sub, subdrop or None, (*path, key), optional, failing)
+        except Exception:  # (a value this probe cannot tell: left to the field)
+            pass
+    if len(optional) + len(failing) == before:
+        failing.append(path)  # (the value itself, or its field's serializer)
+
+
+def _merged_exclude(exclude: tp.Any, paths: list[tuple[str | int, ...]]) -> dict[tp.Any, tp.Any]:
+    """A pydantic ``exclude`` spec with these paths excluded too."""
+    out: dict[tp.Any, tp.Any] = _exclude_dict(exclude)
+    for path in paths:
+        node = out
+        for part in path[:-1]:
+            sub = node.get(part)
+            if sub is True:
+                break  # (excluded whole already)
+            node[part] = _exclude_dict(sub)
+            node = node[part]
+        else:
+            node[path[-1]] = True
+    return out
+
+
+def _exclude_dict(spec: tp.Any) -> dict[tp.Any, tp.Any]:
+    if spec is None:
+        return {}
+    if isinstance(spec, set | frozenset):
+        return {name: True for name in spec}
+    return {
+        k: _exclude_dict(v) if isinstance(v, dict | set | frozenset) else v for k, v in spec.items()
+    }
 
 
 # (keyed by the facts themselves, not their id(): the facts of a class forgotten since
@@ -718,7 +836,7 @@ class _Exporter:
                         # a subclass instance: the parent's dump followed the annotated
                         # class (without the subclass's own fields, or leaving out what only
                         # the annotated class keeps out of uids): dump it whole
-                        dval = value.model_dump(mode="json", warnings=False, by_alias=False)
+                        dval = json_dump(value)
                     foreign = self.uid and _subclass_of(type(value), field.models)
                 if prune and name not in keep:
                     if value is field.default:
@@ -793,7 +911,7 @@ class _Exporter:
             if self.uid and dropped_from_parent(value):
                 return
             if field.model_cls is not None and type(value) is not field.model_cls:
-                dval = value.model_dump(mode="json", warnings=False, by_alias=False)
+                dval = json_dump(value)
             exported = self.model(value, dval, keep=field.keep, drop=drop)
             if prune and type(field.default) is type(value):
                 default = field.default
@@ -828,7 +946,7 @@ class _Exporter:
         if isinstance(value, pydantic.BaseModel):
             if type(dval) is not dict or len(dval) < len(type(value).__pydantic_fields__):
                 # dumped by a base class's schema (a subclass in a container): dump it whole
-                dval = value.model_dump(mode="json", warnings=False, by_alias=False)
+                dval = json_dump(value)
             exported = self.model(value, dval, keep=keep)
             if self.uid and declared and _subclass_of(type(value), declared):
                 return _with_class(exported, value)
@@ -891,12 +1009,10 @@ class _Exporter:
             return dval
         if _holds_subclass(item):  # a subclass instance deeper: its fields were lost
             self.field_keys_only = False
-            whole = item.model_dump(
-                mode="json", warnings=False, by_alias=False, serialize_as_any=True
-            )
+            whole = json_dump(item, serialize_as_any=True)
             dval = _Exporter(self.uid, False).model(item, whole, keep=())
         elif type(dval) is not dict or len(dval) < len(type(item).__pydantic_fields__):
-            dval = item.model_dump(mode="json", warnings=False, by_alias=False)
+            dval = json_dump(item)
         if self.uid and declared and _subclass_of(type(item), declared):
             return _with_class(dval, item)
         return dval
