@@ -903,7 +903,8 @@ class BaseInfra(pydantic.BaseModel):
         folder setting aside: a private infra is not in config.yaml, a moved cache is
         handled apart). Checked on a copy: the listed config stays unfrozen."""
         try:
-            probe = self._method().infra_of(type(obj)(**obj.model_dump()))
+            # (a deep copy: a dump would rebuild a subclass sub-config as its base class)
+            probe = self._method().infra_of(copy.deepcopy(obj))
             if probe.uid().rpartition("/")[2] == folder.name:
                 return True
         except Exception:  # (its uid cannot be told here: listed as it was; a call tells)
@@ -1093,7 +1094,9 @@ def _moved(
 
 
 def _from_config(cls: type[pydantic.BaseModel], data: dict[str, tp.Any]) -> tp.Any:
-    """A config instance from an exported config (field names, not aliases)."""
+    """A config instance from an exported config (field names, not aliases; sub-configs
+    naming their class built as such)."""
+    data = identity.resolve_classes(data)
     if _BY_NAME:
         return cls.model_validate(data, by_name=True)
     return cls.model_validate(data)
@@ -1247,6 +1250,7 @@ def _rebuilt(value: tp.Any, data: tp.Any, annotated: tuple[type, ...]) -> tp.Any
         if key is not None and key in data:
             return data  # its key names the class (possibly another one now)
         if kind not in annotated and issubclass(kind, annotated):
+            data.pop(identity.CLASS_KEY, None)  # (its class: this one)
             return _from_config(kind, data)
         return data
     if isinstance(value, list | tuple) and isinstance(data, list) and len(value) == len(data):

@@ -100,10 +100,10 @@ def freeze(model: pydantic.BaseModel) -> list[pydantic.BaseModel]:
     nested in it (returns the models)."""
     frozen, patched, ref_to = _FROZEN, _PATCHED, weakref.ref
     held: list[tp.Any] = []
-    models = iter_models(model, held)
-    # (a dataclass declared frozen refuses changes already)
-    held = [d for d in held if not type(d).__dataclass_params__.frozen]
-    for sub in (*models, *held) if held else models:
+    models = subs = iter_models(model, held)
+    if held:  # (a dataclass declared frozen refuses changes already)
+        subs = [*models, *(d for d in held if not type(d).__dataclass_params__.frozen)]
+    for sub in subs:
         ref = frozen.get(id(sub))
         if ref is not None and ref() is sub:
             continue
