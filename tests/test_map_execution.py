@@ -1184,24 +1184,33 @@ def test_pool_processes_end_with_a_killed_caller(tmp_path: Path) -> None:
     assert sorted(items) == ["1", "2", "3"] and done_before  # what it finished is cached
 
 
+def _infra(tmp_path: Path, cluster: str) -> str:
+    return repr({"folder": str(tmp_path / "cache"), "cluster": cluster, "max_jobs": 1})
+
+
+def _calling_process(config: str, items: range) -> tp.Any:
+    """A process calling ``<config>.process(items)`` (a config of this module), in a
+    session of its own (a signal to its group reaches its pool's processes too)."""
+    import subprocess
+    import sys
+
+    code = f"import test_map_execution as t\nlist({config}.process({items!r}))\n"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    return subprocess.Popen(
+        [sys.executable, "-c", code], env=env, start_new_session=True, stderr=subprocess.PIPE
+    )
+
+
 def test_ctrl_c_stops_a_processpool_map(tmp_path: Path) -> None:
     """Ctrl-C (SIGINT to the process group, as a terminal sends) stops the pool's workers:
     they do not go on with the work already sent to them (the caller waited for it)."""
     import signal
-    import subprocess
-    import sys
 
     log, gate = tmp_path / "calls.txt", tmp_path / "gate"
     gate.touch()
-    code = (
-        "import test_map_execution as t\n"
-        f"m = t.Gated(log={str(log)!r}, gate={str(gate)!r}, "
-        f"infra={{'folder': {str(tmp_path / 'cache')!r}, 'cluster': 'processpool', 'max_jobs': 1}})\n"
-        "list(m.process(range(40)))\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], env=env, start_new_session=True, stderr=subprocess.PIPE
+    proc = _calling_process(
+        f"t.Gated(log={str(log)!r}, gate={str(gate)!r}, infra={_infra(tmp_path, 'processpool')})",
+        range(40),
     )
     started = Path(f"{gate}.started")
     try:
@@ -1258,19 +1267,10 @@ def test_ctrl_c_reaching_the_caller_alone_stops_its_pool_and_keeps_what_it_compu
     call of a notebook waited for it), a pool's process was killed with the outputs it had
     not yet written. Both stop at their next item, having written what they computed."""
     import signal
-    import subprocess
-    import sys
 
     log = tmp_path / "calls.txt"
-    code = (
-        "import test_map_execution as t\n"
-        f"m = t.Paced(log={str(log)!r}, "
-        f"infra={{'folder': {str(tmp_path / 'cache')!r}, 'cluster': {cluster!r}, 'max_jobs': 1}})\n"
-        "list(m.process(range(100)))\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], env=env, start_new_session=True, stderr=subprocess.PIPE
+    proc = _calling_process(
+        f"t.Paced(log={str(log)!r}, infra={_infra(tmp_path, cluster)})", range(100)
     )
     try:
         wait_until(lambda: len(counts(log)) >= 3, timeout=60)
