@@ -92,7 +92,10 @@ def to_config_model(func: tp.Callable[..., tp.Any]) -> type[FuncConfig]:
         return func(**{name: getattr(self, name) for name in names})
 
     name = f"{func.__name__}_FuncConfig"
-    build.__qualname__ = f"{name}.build"
+    # (a method's qualified name: Audio.load and Video.load shared one cache folder, and
+    # returned each other's results; a module's function keeps its folder name)
+    qualname = f"{_qualified(func)}_FuncConfig"
+    build.__qualname__ = f"{qualname}.build"
     build.__module__ = func.__module__
     # (a script's function edited between runs: its cached results are of other code)
     setattr(build, codeprint.CODE_OF_ATTR, func)
@@ -100,7 +103,7 @@ def to_config_model(func: tp.Callable[..., tp.Any]) -> type[FuncConfig]:
     namespace.update(
         __annotations__=annotations,
         __module__=func.__module__,
-        __qualname__=name,
+        __qualname__=qualname,
         infra=infra,
         build=infra.apply(build),
     )
@@ -115,6 +118,13 @@ def to_config_model(func: tp.Callable[..., tp.Any]) -> type[FuncConfig]:
             "their type has no pydantic schema (a config holds values: pass a list, a "
             "number, a string or a path instead, e.g. the path of an array's file)"
         ) from None
+
+
+def _qualified(func: tp.Callable[..., tp.Any]) -> str:
+    """A function's name in its module: ``Class.method`` for a method, its name for a
+    module's function or one defined in a function (``<locals>`` names no folder)."""
+    qualname = getattr(func, "__qualname__", func.__name__)
+    return func.__name__ if "<locals>" in qualname else qualname
 
 
 def _has_schema(annotation: tp.Any) -> bool:
@@ -220,7 +230,7 @@ def _check_one_definition_per_folder(
     folder = infra.get("folder")
     if folder is None:
         return  # (nothing shared on disk)
-    key = (str(Path(folder).absolute()), func.__module__, func.__name__, version)
+    key = (str(Path(folder).absolute()), func.__module__, _qualified(func), version)
     previous, read_before = _DEFINITIONS.get(key, (None, {}))
     read_now = _plain_globals(func)
     _DEFINITIONS[key] = (func, read_now)

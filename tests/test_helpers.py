@@ -86,6 +86,33 @@ def test_with_infra_config(tmp_path: Path) -> None:
         add.config(a=3, unknown=4)
 
 
+class _Audio:
+    @staticmethod
+    def load(n: int) -> str:
+        return f"audio{n}"
+
+
+class _Video:
+    @staticmethod
+    def load(n: int) -> str:
+        return f"video{n}"
+
+
+def test_with_infra_methods_of_one_name_in_two_classes_do_not_share_a_folder(
+    tmp_path: Path,
+) -> None:
+    """Audio.load and Video.load shared the folder <module>.load_FuncConfig.build,1: the
+    second returned the first's results (a probe). A module's function keeps its name."""
+    audio = helpers.with_infra(folder=tmp_path)(_Audio.load)
+    video = helpers.with_infra(folder=tmp_path)(_Video.load)
+    assert (audio(n=1), video(n=1)) == ("audio1", "video1")
+    assert video.config(n=1).infra.uid().startswith(f"{MODULE}._Video.load_FuncConfig.build,1/")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"{MODULE}._Audio.load_FuncConfig.build,1",
+        f"{MODULE}._Video.load_FuncConfig.build,1",
+    ]
+
+
 def test_with_infra_warns_without_folder_and_cluster(tmp_path: Path) -> None:
     with pytest.warns(UserWarning):
         add = helpers.with_infra()(_add)
