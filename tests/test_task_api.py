@@ -962,6 +962,19 @@ def test_iter_cached(tmp_path: Path) -> None:
     assert list(Outer().infra.iter_cached()) == []  # no folder
 
 
+def test_iter_cached_lists_a_result_computed_again_after_another_instance_cleared_it(
+    tmp_path: Path,
+) -> None:
+    """clear_job() of another instance removed config.yaml; an instance that had written
+    it before computed again without writing it back: iter_cached() skipped the result for
+    good (a probe)."""
+    kept = Outer(model={"layers": 1}, infra={"folder": tmp_path})
+    assert kept.train() > 0
+    Outer(model={"layers": 1}, infra={"folder": tmp_path}).infra.clear_job()
+    assert kept.train() > 0  # (computed again by the first instance)
+    assert [c.model.layers for c in kept.infra.iter_cached()] == [1]
+
+
 def test_iter_cached_configs_made_with_force_read_their_result(tmp_path: Path) -> None:
     """config.yaml keeps the mode of the call that made the result: a config listed from
     a forced (or retried) computation was forced again when called, replacing its result."""
