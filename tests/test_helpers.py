@@ -113,6 +113,26 @@ def test_with_infra_methods_of_one_name_in_two_classes_do_not_share_a_folder(
     ]
 
 
+def test_with_infra_default_changed_says_what_to_do_for_a_function(tmp_path: Path) -> None:
+    """A parameter's default changed since the cache was written: the error spoke of a
+    class default and of _exclude_from_cls_uid, which a function cannot use (a probe)."""
+
+    def smooth(n: int, window: int = 3) -> int:
+        return n * window
+
+    assert helpers.with_infra(folder=tmp_path)(smooth)(n=10) == 30
+
+    def smooth(n: int, window: int = 50) -> int:  # type: ignore[no-redef]  # (edited)
+        return n * window
+
+    edited = helpers.with_infra(folder=tmp_path)(smooth)
+    with pytest.raises(RuntimeError, match="Default window=50") as info:
+        edited(n=10)
+    message = str(info.value)
+    assert "parameter 'window' changed" in message and "new version=" in message
+    assert "_exclude_from_cls_uid" not in message
+
+
 def test_with_infra_warns_without_folder_and_cluster(tmp_path: Path) -> None:
     with pytest.warns(UserWarning):
         add = helpers.with_infra()(_add)

@@ -252,13 +252,22 @@ def _check_defaults(
         if key in structure.versions:
             changed_versions.append(f"{key} {cached!r} -> {current!r}")
             continue
+        if "_FuncConfig.build," in folder.parent.name:  # (a function of with_infra)
+            why = (
+                f"the default of the function's parameter {key!r} changed since the cache "
+                f"was written; to ignore, remove {FULL_UID_FILE}; if the cached results are "
+                "wrong now, give with_infra(...) a new version=..."
+            )
+        else:
+            why = (
+                f"the class default changed since the cache was written; to ignore, remove "
+                f"{FULL_UID_FILE}; if the cached results are wrong now, bump the infra "
+                "version instead; if this field does not change results, e.g. a path or a "
+                "device, keep it out of the uid with _exclude_from_cls_uid"
+            )
         raise RuntimeError(
             f"Default {key}={current!r} seems incompatible with the cached "
-            f"{key}={cached!r} in {folder / FULL_UID_FILE} (the class default changed "
-            f"since the cache was written; to ignore, remove {FULL_UID_FILE}; if the cached "
-            "results are wrong now, bump the infra version instead; if this field does not "
-            "change results, e.g. a path or a device, keep it out of the uid with "
-            "_exclude_from_cls_uid)"
+            f"{key}={cached!r} in {folder / FULL_UID_FILE} ({why})"
         )
     return changed_versions
 
