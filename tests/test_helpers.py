@@ -871,3 +871,24 @@ def test_a_script_function_edited_between_runs_warns_when_its_result_is_reused(
     line["#meta"]["code"] = older
     index.write_text(json.dumps(line) + "\n")
     assert warning not in run("return x * 3").stderr
+
+
+def test_a_cached_error_of_a_script_function_edited_since_says_so(tmp_path: Path) -> None:
+    """A script's function that failed, fixed and run again, raised its cached error with
+    no word that the code changed (a probe): a note says it, and what to do."""
+    import subprocess
+    import sys
+
+    def run(body: str) -> subprocess.CompletedProcess[str]:
+        script = tmp_path / "script.py"
+        script.write_text(WITH_INFRA_SCRIPT.format(body=body))
+        command = [sys.executable, str(script), str(tmp_path / "cache")]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    note = "raised by other code of double (edited since): mode='retry'"
+    failed = run("raise ValueError('not yet')")
+    assert failed.returncode != 0 and note not in failed.stderr
+    again = run("raise ValueError('not yet')")
+    assert "not yet" in again.stderr and note not in again.stderr  # (the same code)
+    fixed = run("return x * 2")
+    assert fixed.returncode != 0 and "not yet" in fixed.stderr and note in fixed.stderr

@@ -68,6 +68,20 @@ def check_code(cache: CacheDict[tp.Any], func: tp.Callable[..., tp.Any], where: 
         codeprint.check(entry.info.get("#meta"), func, where)
 
 
+def note_if_edited(
+    error: BaseException, cache: CacheDict[tp.Any], func: tp.Callable[..., tp.Any]
+) -> None:
+    """A cached error of a ``__main__`` method raised again: say so when the method was
+    edited since it raised (fixed, it still raised the old error)."""
+    entry = cache.entry(TASK_KEY)
+    if entry is not None and codeprint.edited_since(entry.info.get("#meta"), func):
+        error.add_note(
+            f"exca: this error is cached, raised by other code of "
+            f"{codeprint.code_owner(func).__qualname__} "
+            "(edited since): mode='retry' computes it again with today's code"
+        )
+
+
 def _check_node_code(node: Node) -> None:
     func = codeprint.method_function(node.function)
     if func is not None and func.__module__ == "__main__":  # (see codeprint)

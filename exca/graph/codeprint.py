@@ -84,20 +84,28 @@ def _stable(value: tp.Any) -> tp.Any:
     return repr(value)
 
 
+def edited_since(meta: tp.Any, func: tp.Callable[..., tp.Any]) -> bool:
+    """Whether a cached outcome was computed by other code than ``func``'s today (known
+    for methods of ``__main__`` only)."""
+    recorded = meta.get(CODE_KEY) if isinstance(meta, dict) else None
+    if not isinstance(recorded, str):
+        return False  # (computed by a method of a module, or by an older exca)
+    current = digest(func)
+    if current is None or current == recorded:
+        return False
+    if current.partition("-")[0] != recorded.partition("-")[0]:
+        return False  # (compiled by another Python: its bytecode tells nothing)
+    # (recorded by an older exca: the digest of with_infra's own wrapper)
+    return code_owner(func) is func or recorded != _code_digest(func)
+
+
 def check(meta: tp.Any, func: tp.Callable[..., tp.Any], where: str) -> None:
     """Warn when a result reused for ``where`` was computed by other code (once per
     method and code: a sweep of configs warns once, not once per config)."""
-    recorded = meta.get(CODE_KEY) if isinstance(meta, dict) else None
-    if not isinstance(recorded, str):
-        return  # (computed by a method of a module, or by an older exca)
     current = digest(func)
-    if current is None or current == recorded:
+    if current is None or not edited_since(meta, func):
         return
-    if current.partition("-")[0] != recorded.partition("-")[0]:
-        return  # (compiled by another Python: its bytecode tells nothing)
     owner = code_owner(func)
-    if owner is not func and recorded == _code_digest(func):
-        return  # (recorded by an older exca: the digest of with_infra's own wrapper)
     step = where.partition("/")[0]
     if (step, current) in _WARNED:
         return

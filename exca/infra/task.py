@@ -193,7 +193,12 @@ class BoundTask:
             infra._check_defaults(
                 restore=True
             )  # (a class default changed since the cache was made?)
-            value = calls.reuse(cache, infra.mode, runtime.uid or infra.uid())
+            try:
+                value = calls.reuse(cache, infra.mode, runtime.uid or infra.uid())
+            except Exception as error:
+                if self.method.func.__module__ == "__main__":  # (see codeprint)
+                    calls.note_if_edited(error, cache, self.method.func)
+                raise
             if value is not calls.MISSING:
                 if self.method.func.__module__ == "__main__":  # (a notebook's, a script's)
                     calls.check_code(cache, self.method.func, runtime.uid or infra.uid())
