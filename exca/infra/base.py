@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
-import dataclasses
 import enum
 import errno
 import functools
@@ -904,8 +903,7 @@ class BaseInfra(pydantic.BaseModel):
         folder setting aside: a private infra is not in config.yaml, a moved cache is
         handled apart). Checked on a copy: the listed config stays unfrozen."""
         try:
-            # (a deep copy: a dump would rebuild a subclass sub-config as its base class)
-            probe = self._method().infra_of(copy.deepcopy(obj))
+            probe = self._method().infra_of(type(obj)(**obj.model_dump()))
             if probe.uid().rpartition("/")[2] == folder.name:
                 return True
         except Exception:  # (its uid cannot be told here: listed as it was; a call tells)
@@ -1032,9 +1030,8 @@ _MUTABLE_TYPES = (list, dict, set, bytearray)
 
 
 def _mutable(value: tp.Any) -> bool:
-    """Whether a field value can change in place (a list, dict... also inside a tuple; a
-    dataclass instance: frozen, but maybe not (slots), and it may hold containers)."""
-    if isinstance(value, _MUTABLE_TYPES) or dataclasses.is_dataclass(value):
+    """Whether a field value can change in place (a list, dict... also inside a tuple)."""
+    if isinstance(value, _MUTABLE_TYPES):
         return True
     if isinstance(value, tuple):
         return any(_mutable(item) for item in value)
@@ -1095,9 +1092,7 @@ def _moved(
 
 
 def _from_config(cls: type[pydantic.BaseModel], data: dict[str, tp.Any]) -> tp.Any:
-    """A config instance from an exported config (field names, not aliases; sub-configs
-    naming their class built as such)."""
-    data = identity.resolve_classes(data)
+    """A config instance from an exported config (field names, not aliases)."""
     if _BY_NAME:
         return cls.model_validate(data, by_name=True)
     return cls.model_validate(data)
@@ -1251,7 +1246,6 @@ def _rebuilt(value: tp.Any, data: tp.Any, annotated: tuple[type, ...]) -> tp.Any
         if key is not None and key in data:
             return data  # its key names the class (possibly another one now)
         if kind not in annotated and issubclass(kind, annotated):
-            data.pop(identity.CLASS_KEY, None)  # (its class: this one)
             return _from_config(kind, data)
         return data
     if isinstance(value, list | tuple) and isinstance(data, list) and len(value) == len(data):

@@ -1,6 +1,5 @@
 """Freezing a config once its uid is computed: public attribute changes then raise (the
-uid, hence the cache folder, would no longer describe the object). Dataclass instances
-held by the config are frozen too.
+uid, hence the cache folder, would no longer describe the object).
 
 A frozen model is recorded by id (with a weak reference, so that a new object reusing the
 id is not taken for it); its class's ``__setattr__`` is patched once to check that record.
@@ -8,7 +7,6 @@ id is not taken for it); its class's ``__setattr__`` is patched once to check th
 
 from __future__ import annotations
 
-import dataclasses
 import types
 import typing as tp
 import weakref
@@ -54,16 +52,14 @@ class _FreezeGuard:
         if not name.startswith("_") and is_frozen(obj):
             # (a sub-config has no infra: the config holding one clones it with the change)
             hint = f"(or config.infra.clone_obj({{'<path to it>.{name}': {value!r}}}))"
-            make = "type(obj)(**obj.model_dump())"
-            if dataclasses.is_dataclass(obj):  # (a dataclass held by a config)
-                make = f"dataclasses.replace(obj, {name}=...)"
-            elif hasattr(obj, "clone_obj"):  # an infra's setting: a clone with another value
+            if hasattr(obj, "clone_obj"):  # an infra's setting: a clone with another value
                 hint = f"(or obj.infra.clone_obj({{'infra.{name}': {value!r}}}))"
             elif any(hasattr(v, "clone_obj") for v in obj.__dict__.values()):
                 hint = f"(or obj.infra.clone_obj({{'{name}': {value!r}}}))"
             raise RuntimeError(
                 f"Cannot set {type(obj).__name__}.{name}: the instance was frozen when its uid "
-                f"was computed, you can create an unfrozen instance with {make} {hint}"
+                "was computed, you can create an unfrozen instance with "
+                f"type(obj)(**obj.model_dump()) {hint}"
             )
         self.original(obj, name, value)
 
@@ -96,14 +92,11 @@ def _guarded(cls: type) -> bool:
 
 
 def freeze(model: pydantic.BaseModel) -> list[pydantic.BaseModel]:
-    """Forbid public attribute changes on a model and on every model and dataclass instance
-    nested in it (returns the models)."""
+    """Forbid public attribute changes on a model and on every model nested in it (returns
+    them all)."""
     frozen, patched, ref_to = _FROZEN, _PATCHED, weakref.ref
-    held: list[tp.Any] = []
-    models = subs = iter_models(model, held)
-    if held:  # (a dataclass declared frozen refuses changes already)
-        subs = [*models, *(d for d in held if not type(d).__dataclass_params__.frozen)]
-    for sub in subs:
+    models = iter_models(model)
+    for sub in models:
         ref = frozen.get(id(sub))
         if ref is not None and ref() is sub:
             continue
@@ -136,11 +129,8 @@ def _field_names(cls: type[pydantic.BaseModel]) -> tuple[str, ...]:
     return names
 
 
-def iter_models(
-    value: tp.Any, dataclass_out: list[tp.Any] | None = None
-) -> list[pydantic.BaseModel]:
-    """The model itself and every pydantic model nested in its fields, lists and dicts
-    (and dataclass instances: appended to ``dataclass_out`` when given).
+def iter_models(value: tp.Any) -> list[pydantic.BaseModel]:
+    """The model itself and every pydantic model nested in its fields, lists and dicts.
 
     Field values are looked at, not annotations: a type check per value is cheaper than
     analysing a class's annotations once per process (an infra has 24 fields). Only
@@ -174,9 +164,4 @@ def iter_models(
             stack.extend(v for v in item.values() if type(v) not in leaves)
         elif isinstance(item, list | tuple | set | frozenset):
             stack.extend(v for v in item if type(v) not in leaves)
-        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
-            if dataclass_out is not None:
-                dataclass_out.append(item)
-            held = [getattr(item, f.name, None) for f in dataclasses.fields(item)]
-            stack.extend(v for v in held if type(v) not in leaves)
     return found

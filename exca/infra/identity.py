@@ -12,8 +12,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import importlib
-import inspect
 import itertools
 import re
 import sys
@@ -31,9 +29,8 @@ OVERRIDE_HOOK = "_exca_uid_dict_override"
 EXCLUDE_ATTR = "_exclude_from_cls_uid"
 SCALAR_FIELDS_ATTR = "_exca_scalar_fields"  # class attribute: fields that never hold a model
 PREFIX_HOOK = "_exca_uid_prefix"  # method giving keys always exported first (discriminators)
-# in an export: the class of a sub-model held by a field annotated with another class (a
-# base class), read back by ``resolve_classes``. Not a field name (pydantic fields never
-# start with "_").
+# in a uid export: the class of a sub-model held by a field annotated with another class
+# (a base class). Not a field name (pydantic fields never start with "_").
 CLASS_KEY = "_class"
 _NO_DEFAULT: tp.Any = object()
 
@@ -375,7 +372,7 @@ def _field_facts(cls: type, name: str, field: pydantic.fields.FieldInfo) -> _Fie
         default=default,
         default_json=_json_default(default) if compare_json else _NO_DEFAULT,
         keep=_kept_fields(field),
-        plain=plain_annotation(field.annotation),
+        plain=_plain_annotation(field.annotation),
         model_cls=model_cls,
         dump_exclude=dump_exclude,
         ambiguous=ambiguous,
@@ -513,10 +510,7 @@ def export_with_keys(
     holds a "." that a ConfDict would split: ``ConfDict.uid_of`` needs no check)."""
     spec = class_facts(type(model)).uid_dump_exclude if uid else None
     drop = _exclusion_tree(exclude)
-    try:  # (json_dump's first attempt, inlined: the common path)
-        dumped = model.model_dump(mode="json", warnings=False, exclude=spec, by_alias=False)
-    except _DUMP_ERRORS:  # (a value without a json form: left out if kept out of uids)
-        dumped = json_dump(model, spec, drop if uid else _exclusion_tree(optional), skipped)
+    dumped = json_dump(model, spec, _exclusion_tree(optional) if not uid else drop, skipped)
     exporter = _Exporter(uid=uid, exclude_defaults=exclude_defaults)
     out = exporter.model(model, dumped, keep=(), drop=drop)
     if not isinstance(out, dict):
@@ -843,7 +837,7 @@ class _Exporter:
                         # class (without the subclass's own fields, or leaving out what only
                         # the annotated class keeps out of uids): dump it whole
                         dval = json_dump(value)
-                    foreign = _subclass_of(type(value), field.models)
+                    foreign = self.uid and _subclass_of(type(value), field.models)
                 if prune and name not in keep:
                     if value is field.default:
                         continue  # the class default itself
@@ -925,7 +919,7 @@ class _Exporter:
                 reference = _Exporter(self.uid, True).model(default, ddump, field.keep, drop)
                 if _uid_equal(exported, reference):
                     return
-            if _subclass_of(type(value), field.models):
+            if self.uid and _subclass_of(type(value), field.models):
                 exported = _with_class(exported, value)
         else:
             contained = field.contained
@@ -954,7 +948,7 @@ class _Exporter:
                 # dumped by a base class's schema (a subclass in a container): dump it whole
                 dval = json_dump(value)
             exported = self.model(value, dval, keep=keep)
-            if declared and _subclass_of(type(value), declared):
+            if self.uid and declared and _subclass_of(type(value), declared):
                 return _with_class(exported, value)
             return exported
         if isinstance(dval, dict | list):
@@ -962,8 +956,13 @@ class _Exporter:
             if declared and type(dval) is dict and _subclass_dataclass(type(value), declared):
                 # a dataclass subclass instance: the dump followed the annotated class's
                 # schema (its own fields lost): dumped whole, with its class in a uid
+                whole = _dataclass_dump(value)
                 cls = type(value)
-                return {CLASS_KEY: f"{cls.__module__}.{cls.__qualname__}", **_dataclass_dump(value)}
+                return (
+                    {CLASS_KEY: f"{cls.__module__}.{cls.__qualname__}", **whole}
+                    if self.uid
+                    else whole
+                )
         if isinstance(value, dict) and isinstance(dval, dict):
             # the dump keeps the order of the keys: the i-th json key is the i-th key's
             # rendering (an Enum key as its value, an int as its text...)
@@ -1014,7 +1013,7 @@ class _Exporter:
             dval = _Exporter(self.uid, False).model(item, whole, keep=())
         elif type(dval) is not dict or len(dval) < len(type(item).__pydantic_fields__):
             dval = json_dump(item)
-        if declared and _subclass_of(type(item), declared):
+        if self.uid and declared and _subclass_of(type(item), declared):
             return _with_class(dval, item)
         return dval
 
@@ -1079,65 +1078,6 @@ def _with_class(exported: tp.Any, model: pydantic.BaseModel) -> tp.Any:
         return exported
     cls = type(model)
     return {CLASS_KEY: f"{cls.__module__}.{cls.__qualname__}", **exported}
-
-
-def holds_class_key(data: tp.Any) -> bool:
-    """Whether an exported config (dicts and lists) names the class of a sub-config."""
-    if isinstance(data, dict):
-        if CLASS_KEY in data:
-            return True
-        values: tp.Iterable[tp.Any] = data.values()
-    elif isinstance(data, list):
-        values = data
-    else:
-        return False
-    return any(holds_class_key(sub) for sub in values if isinstance(sub, dict | list))
-
-
-def resolve_classes(data: tp.Any) -> tp.Any:
-    """An exported config (``config()``, ``config.yaml``) with each dict naming its class
-    (``_class``: a subclass of its field's annotated class) replaced by an instance of
-    that class, built from it: validated as the annotated class, it lost its own fields
-    (or failed on them). A name that is no importable model or dataclass leaves its dict
-    as it is (a user dict may hold such a key)."""
-    if not holds_class_key(data):
-        return data
-    if isinstance(data, list):
-        return [resolve_classes(sub) for sub in data]
-    out = {key: resolve_classes(sub) for key, sub in data.items()}
-    name = out.get(CLASS_KEY)
-    cls = _named_class(name) if isinstance(name, str) else None
-    if cls is None:
-        return out
-    del out[CLASS_KEY]
-    if issubclass(cls, pydantic.BaseModel):
-        # (exported configs use field names, not aliases)
-        return cls.model_validate(out, by_name=True) if _BY_NAME else cls.model_validate(out)
-    return pydantic.TypeAdapter(cls).validate_python(out)
-
-
-_BY_NAME = "by_name" in inspect.signature(pydantic.BaseModel.model_validate).parameters
-
-
-def _named_class(name: str) -> type | None:
-    """The model class or dataclass ``<module>.<qualname>`` names, if any (importing its
-    module if needed)."""
-    parts = name.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
-        module_name = ".".join(parts[:cut])
-        found: tp.Any = sys.modules.get(module_name)
-        if found is None:
-            try:
-                found = importlib.import_module(module_name)
-            except Exception:  # (not a module: a shorter name may be)
-                continue
-        for attr in parts[cut:]:
-            found = getattr(found, attr, None)
-        if isinstance(found, type) and (
-            issubclass(found, pydantic.BaseModel) or dataclasses.is_dataclass(found)
-        ):
-            return found
-    return None
 
 
 def _check_dotted_keys(items: dict[str, tp.Any], ordered: bool) -> None:
@@ -1312,7 +1252,7 @@ def _scalar_annotation(annotation: tp.Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, _SCALARS)
 
 
-def plain_annotation(annotation: tp.Any) -> bool:
+def _plain_annotation(annotation: tp.Any) -> bool:
     """Whether a field annotation only allows values whose json dump is their export:
     scalars, and lists/tuples/sets of them (dicts are not: an OrderedDict keeps its type)."""
     if _scalar_annotation(annotation):

@@ -316,57 +316,11 @@ def _linked_elsewhere(infra: tp.Any, obj: tp.Any) -> bool:
     return owner is not None and owner is not obj
 
 
-def _resolve_classes(data: tp.Any) -> tp.Any:
-    """(an owner's "before" validator) Sub-configs of an exported config that name their
-    class (``_class``): built as that class, so that ``M(**obj.infra.config(uid=False))``
-    and config.yaml rebuild a subclass instance (not its annotated base class)."""
-    if type(data) is dict:  # (the common case, keyword arguments: only scalars, or no key)
-        for value in data.values():
-            if isinstance(value, dict | list):
-                return identity.resolve_classes(data)
-        return data
-    return identity.resolve_classes(data) if isinstance(data, dict) else data
-
-
-def _may_hold_subclasses(cls: type[pydantic.BaseModel]) -> bool:
-    """Whether an owner class (not built by pydantic yet) has a field that may hold a
-    sub-config, whose subclass an export names (``_class``): its annotation is neither
-    plain values nor an infra (True when an annotation cannot be read yet)."""
-    from .base import BaseInfra
-
-    annotations: list[tp.Any] = []
-    for base in cls.__mro__[1:]:  # (fields of parent classes: built already)
-        annotations.extend(f.annotation for f in getattr(base, "__pydantic_fields__", {}).values())
-    module = sys.modules.get(cls.__module__)
-    namespace = dict(vars(module)) if module is not None else {}
-    for name, annotation in inspect.get_annotations(cls).items():
-        if name.startswith("_"):
-            continue  # (private attributes, class variables: not fields)
-        if isinstance(annotation, str):
-            try:
-                annotation = eval(annotation, namespace, {cls.__name__: cls})
-            except Exception:  # (e.g. a class defined in a function: unknown, kept)
-                return True
-        annotations.append(annotation)
-    for annotation in annotations:
-        if tp.get_origin(annotation) is tp.ClassVar or identity.plain_annotation(annotation):
-            continue
-        if isinstance(annotation, type) and issubclass(annotation, BaseInfra):
-            continue
-        return True
-    return False
-
-
 def install_owner_hooks(cls: type[pydantic.BaseModel]) -> None:
     """Wrap instance creation, unpickling and copies of an owner class (once per class)."""
     if cls.__dict__.get(_HOOKED):
         return
     setattr(cls, _HOOKED, True)
-    # (pydantic collects the validators next; a class that cannot hold one is spared its
-    # cost on every instance creation)
-    if "__pydantic_decorators__" not in cls.__dict__ and _may_hold_subclasses(cls):
-        validator = pydantic.model_validator(mode="before")(_resolve_classes)
-        cls._exca_resolve_classes = validator  # type: ignore[attr-defined]
     _hook_post_init(cls)
     if hasattr(pydantic.BaseModel, "__pydantic_on_complete__"):
         # recent pydantic versions replace model_post_init *after* __set_name__ when the
