@@ -1188,13 +1188,19 @@ def _infra(tmp_path: Path, cluster: str) -> str:
     return repr({"folder": str(tmp_path / "cache"), "cluster": cluster, "max_jobs": 1})
 
 
-def _calling_process(config: str, items: range) -> tp.Any:
-    """A process calling ``<config>.process(items)`` (a config of this module), in a
-    session of its own (a signal to its group reaches its pool's processes too)."""
+def _calling_process(config: str, items: range, detached: bool = False) -> tp.Any:
+    """A process calling ``<config>.process(items)`` (a config of this module; or running
+    its node detached), in a session of its own (a signal to its group reaches its pool's
+    processes too)."""
     import subprocess
     import sys
 
-    code = f"import test_map_execution as t\nlist({config}.process({items!r}))\n"
+    call = (
+        f"exca.graph.run({config}.process.node({items!r}), wait=False)"
+        if detached
+        else f"list({config}.process({items!r}))"
+    )
+    code = f"import exca\nimport test_map_execution as t\n{call}\n"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
     return subprocess.Popen(
         [sys.executable, "-c", code], env=env, start_new_session=True, stderr=subprocess.PIPE
@@ -1247,10 +1253,16 @@ class Paced(pydantic.BaseModel):
     """A map computing each item in 50 ms; logs ``<item>`` when it starts one."""
 
     log: str
+    as_list: bool = False  # (the outputs returned as a list, all computed first)
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("as_list",)
     infra: exca.MapInfra = exca.MapInfra(version="1")
 
     @infra.apply(item_uid=str)
     def process(self, items: list[int]) -> tp.Iterator[int]:
+        outputs = self._outputs(items)
+        return iter(list(outputs)) if self.as_list else outputs
+
+    def _outputs(self, items: list[int]) -> tp.Iterator[int]:
         for item in items:
             append(self.log, str(item))
             time.sleep(0.05)
@@ -1258,20 +1270,23 @@ class Paced(pydantic.BaseModel):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("cluster", ["threadpool", "processpool"])
+@pytest.mark.parametrize(
+    "cluster,how", [("threadpool", "call"), ("processpool", "call"), ("threadpool", "detached")]
+)
+@pytest.mark.parametrize("as_list", [False, True])
 def test_ctrl_c_reaching_the_caller_alone_stops_its_pool_and_keeps_what_it_computed(
-    tmp_path: Path, cluster: str
+    tmp_path: Path, cluster: str, how: str, as_list: bool
 ) -> None:
     """A Ctrl-C reaching the calling process alone (a notebook's interrupt): a pool's
     thread went on with its whole chunk (the interpreter waited for it at exit; the next
     call of a notebook waited for it), a pool's process was killed with the outputs it had
-    not yet written. Both stop at their next item, having written what they computed."""
+    not yet written. Both stop at their next item, having written what they computed (a
+    method returning a list: all of it, computed; a detached run's pool too; reviews)."""
     import signal
 
     log = tmp_path / "calls.txt"
-    proc = _calling_process(
-        f"t.Paced(log={str(log)!r}, infra={_infra(tmp_path, cluster)})", range(100)
-    )
+    config = f"t.Paced(log={str(log)!r}, as_list={as_list}, infra={_infra(tmp_path, cluster)})"
+    proc = _calling_process(config, range(100), detached=how == "detached")
     try:
         wait_until(lambda: len(counts(log)) >= 3, timeout=60)
         proc.send_signal(signal.SIGINT)  # (to the caller only, not its process group)
@@ -1281,7 +1296,8 @@ def test_ctrl_c_reaching_the_caller_alone_stops_its_pool_and_keeps_what_it_compu
             os.killpg(proc.pid, signal.SIGKILL)  # (started by this test)
     assert b"KeyboardInterrupt" in stderr
     started = set(counts(log))
-    assert len(started) < 20  # (a chunk is 34 items: it went on with it)
+    if not as_list:  # (a list's items are all computed before the first is written)
+        assert len(started) < 20  # (a chunk is 34 items: it went on with it)
     cached = Paced(log=str(log), infra={"folder": tmp_path / "cache"}).infra.cache_dict
     assert {int(key) for key in cached} == started  # (nothing computed was lost)
     assert all(cached[str(item)] == 2 * item for item in started)

@@ -41,6 +41,7 @@ def submit_all(scheduler: Scheduler) -> None:
         r.node.key for r in work if r.action == "wait" and not follow_own_job(r, off_slurm=False)
     }
     _check_nothing_here_waits_for_jobs(scheduler, work)  # (before anything is submitted)
+    interrupted = False
     try:
         for wave in _waves(scheduler.graph.upstream, [r.node.key for r in work], waited):
             scheduler.graph.share_force_states()  # (before instances are pickled into jobs)
@@ -60,6 +61,7 @@ def submit_all(scheduler: Scheduler) -> None:
                 submitted.extend(_submit(scheduler, members))
             _run_here(scheduler, here, pools, progress)  # (together: independent of each other)
     except BaseException as error:
+        interrupted = isinstance(error, KeyboardInterrupt)
         for run, handle in submitted:  # never leave half a submission behind
             handle.cancel()
             registry.forget(run.node.folder, handle.job_id)
@@ -73,7 +75,7 @@ def submit_all(scheduler: Scheduler) -> None:
             )
         raise
     finally:
-        pools.shutdown()
+        pools.shutdown(cancel=interrupted)  # (Ctrl-C: their workers stop at their next item)
         scheduler.graph.share_force_states()
     # what failed here (or was decided to fail: a cached error), raised as a waiting run
     # would, once everything else is submitted (the submitted jobs stay)

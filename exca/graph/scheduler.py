@@ -33,7 +33,7 @@ from .decisions import (
 from .errors import JobFailedError, NodeFailures, read_only_error
 from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Node, restoring_files
 from .progress import Progress
-from .worker import Action, Unit, UpstreamFailed
+from .worker import STOP, Action, Unit, UpstreamFailed
 
 logger = logging.getLogger("exca")
 # (its own generator: the user's `random` state stays as it was, cached or not; seeded
@@ -714,9 +714,14 @@ class Scheduler:
         # (a local job's end is seen soon after it happens: what follows it starts then)
         local = any(h.cluster == "local" for r in running.values() for h in r.handles)
         longest = LOCAL_POLL_MAX if local else POLL_MAX
+        stop = STOP.event  # (this run waits in a pool's thread or process)
         while not self.finish_done(running, progress):
             if until is not None and time.monotonic() >= until:
                 return
+            if stop is not None and stop.is_set():
+                # (its caller was interrupted: a map calling a map with a pool of its own
+                # went on with all its items)
+                raise KeyboardInterrupt("the run calling this one was interrupted")
             futures = [
                 h.future
                 for r in running.values()

@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+import types
 import typing as tp
 
 from ..storage import interrupts
@@ -860,6 +861,8 @@ def _until_stopped(
 
 def run_stoppable(stop: threading.Event, unit: Unit) -> Report:
     """``run_unit`` in a pool thread, stopping between two items once ``stop`` is set."""
+    if stop is not None and stop.is_set():  # (a unit queued before the interrupt)
+        raise KeyboardInterrupt("the run was interrupted before this unit started")
     STOP.event = stop
     try:
         return run_unit(unit)
@@ -947,7 +950,8 @@ def _compute_from(
     # (names bound locally: this loop runs once per item)
     count, immutable, monotonic, append = len(uids), _IMMUTABLE, time.monotonic, batch.append
     outputs = _outputs(node, items)
-    if STOP.event is not None:  # (a pool's thread or process)
+    # (a pool's thread or process; a generator's next item is not computed yet, a list's is)
+    if STOP.event is not None and isinstance(outputs, types.GeneratorType):
         outputs = _until_stopped(outputs, STOP.event, node.uid)
     try:
         ranks.announce(node.uid, uids[start:])
