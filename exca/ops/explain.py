@@ -101,7 +101,9 @@ def _flat(data: dict[str, tp.Any] | None) -> dict[str, tp.Any]:
     return ConfDict(data or {}).flat()
 
 
-def nearest_cached(node: Node) -> tuple[Path | None, list[tuple[str, tp.Any, tp.Any]], int]:
+def nearest_cached(
+    node: Node, inputs: _InputConfigs | None = None
+) -> tuple[Path | None, list[tuple[str, tp.Any, tp.Any]], int]:
     """The cached config of the same method (any version) closest to the node's config
     (the first by folder name among equally near ones), the differences (key, cached
     value, wanted value), and how many other cached configs are as near. A call with
@@ -112,7 +114,7 @@ def nearest_cached(node: Node) -> tuple[Path | None, list[tuple[str, tp.Any, tp.
     wanted = _flat(node.uid_config())
     with_inputs = bool(node.inputs)  # a call with inputs: its node is <config>/inputs-<digest>
     given = dict(node.inputs)
-    inputs = _InputConfigs()
+    inputs = inputs or _InputConfigs()  # (one per explain(): each folder read once)
     method, _, version = node.step.partition(",")
     best: tuple[int, Path, list[tuple[str, tp.Any, tp.Any]]] | None = None
     ties = 0
@@ -121,16 +123,16 @@ def nearest_cached(node: Node) -> tuple[Path | None, list[tuple[str, tp.Any, tp.
         configs = (p for p in step_folder.iterdir() if p.is_dir() and p.name[0] != ".")
         for config_folder in sorted(configs):  # (hidden: being removed, see clean)
             for folder in input_folders(config_folder) if with_inputs else [config_folder]:
-                if folder == node.folder or not _has_results(folder):
+                if folder == node.folder or not inputs.has_results(folder):
                     continue
                 own = folder / FULL_UID_FILE  # (a result's own record, if any: see inspect)
-                full = read_yaml(own if own.exists() else config_folder / FULL_UID_FILE)
+                full = inputs.yaml(own) or inputs.yaml(config_folder / FULL_UID_FILE)
                 if full is None:
                     continue  # (nothing to compare with)
                 cached = _flat(full)
                 wanting = wanted
                 if with_inputs:
-                    recorded = read_yaml(folder / INPUTS_FILE) or {}
+                    recorded = inputs.yaml(folder / INPUTS_FILE) or {}
                     wanting = dict(wanted)
                     for name in sorted(set(given) | set(recorded)):
                         want, had = inputs.compare(given.get(name), recorded.get(name))
@@ -175,6 +177,19 @@ class _InputConfigs:
     def __init__(self) -> None:
         self.read: dict[tuple[Path, str], dict[str, tp.Any] | None] = {}
         self.own: dict[tuple[str, str], dict[str, tp.Any]] = {}  # wanted nodes, by key
+        self.files: dict[Path, tp.Any] = {}  # yaml files read (explaining a sweep of n
+        self.results: dict[Path, bool] = {}  # calls read each sibling's n times)
+
+    def yaml(self, path: Path) -> tp.Any:
+        """A yaml file's content (None: missing or unreadable), read once."""
+        if path not in self.files:
+            self.files[path] = read_yaml(path) if path.exists() else None
+        return self.files[path]
+
+    def has_results(self, folder: Path) -> bool:
+        if folder not in self.results:
+            self.results[folder] = _has_results(folder)
+        return self.results[folder]
 
     def compare(
         self, wanted: tp.Any, recorded: tp.Any, depth: int = 0
@@ -191,7 +206,7 @@ class _InputConfigs:
                     inputs = ""
                 given = dict(wanted.inputs)
                 folder = Path(wanted.root) / recorded
-                before = read_yaml(folder / INPUTS_FILE) if inputs and given else None
+                before = self.yaml(folder / INPUTS_FILE) if inputs and given else None
                 if before is not None and depth < _INPUT_DEPTH:
                     for name in sorted(set(given) | set(before)):
                         sub = self.compare(given.get(name), before.get(name), depth + 1)
@@ -225,8 +240,8 @@ class _InputConfigs:
             step, config_uid, *rest = uid.split("/")
             own = None
             if rest and rest[0].startswith(INPUTS_PREFIX):  # (a result's own record, if any)
-                own = read_yaml(root / uid / FULL_UID_FILE)
-            full = own or read_yaml(root / step / config_uid / FULL_UID_FILE)
+                own = self.yaml(root / uid / FULL_UID_FILE)
+            full = own or self.yaml(root / step / config_uid / FULL_UID_FILE)
             if full is not None:
                 out = {"": step, **_own_values(full)}
                 if rest and rest[0].startswith(_ITEMS_PREFIX):
@@ -264,15 +279,16 @@ def explain(*targets: Node, plan: Plan | None = None) -> list[Explanation]:
     with keeping_files():  # (reads only)
         plan = plan or Plan(list(targets))
         runs = {r.node.uid: r for r in plan.graph.runs.values()}
+        inputs = _InputConfigs()  # (the cached folders, read once for all nodes)
         out = []
         for entry in plan.entries:
             if entry.action in ("reuse", "skip") and entry.status != "stale":
                 continue
-            out.append(_explain_entry(entry, runs[entry.uid]))
+            out.append(_explain_entry(entry, runs[entry.uid], inputs))
     return out
 
 
-def _explain_entry(entry: PlanEntry, run: NodeRun) -> Explanation:
+def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Explanation:
     node = run.node
     explanation = Explanation(entry.uid, entry.status, entry.action, entry.reason)
     if entry.reason == "missing" or (node.kind == "map" and _missing_items(entry.reason)):
@@ -294,7 +310,7 @@ def _explain_entry(entry: PlanEntry, run: NodeRun) -> Explanation:
                 )
                 explanation.reason += f" ({cached} item(s) are cached for this config: {then})"
                 return explanation
-        folder, explanation.diff, explanation.equally_near = nearest_cached(node)
+        folder, explanation.diff, explanation.equally_near = nearest_cached(node, inputs)
         explanation.nearest = None if folder is None else str(folder)
         if folder is None:
             explanation.namesakes = _namesakes(node)
