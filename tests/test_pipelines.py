@@ -36,6 +36,7 @@ import exca.graph.executors
 import exca.graph.scheduler
 from exca.graph.errors import NodeFailures
 from exca.graph.node import Value
+from exca.graph.planning import describe_inputs
 from exca.graph.worker import UpstreamFailed
 from exca.uidformat import to_uid
 
@@ -704,6 +705,13 @@ def test_a_plan_names_what_feeds_each_call_with_inputs(env: Env) -> None:
     assert entries[report.uid].inputs is not None
     assert entries[report.uid].inputs.startswith("a=[Step.run,1/name=eval-")
     assert entries[trainings[0].uid].inputs == "a=None, b=None"  # (the defaults given)
+    # (a version holding a dot lost the class's name; a long value its digest; a review)
+    dotted = env.step("train", infra={"version": "1.2"}).run.node()
+    long = [list(range(40)), list(range(1, 41))]
+    (first, second) = [env.step("eval").run.node(dotted, b=v) for v in long]
+    described = describe_inputs(first)
+    assert described.startswith(f"a=Step.run,1.2/{dotted.uid.split('/', 1)[1]}, b=0,1,2")
+    assert described != describe_inputs(second) and len(described) < 200
     assert {n["uid"]: n["inputs"] for n in plan.to_dict()["nodes"]}[report.uid] is not None
 
 

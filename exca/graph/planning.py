@@ -500,27 +500,36 @@ def plan(*targets: Node) -> Plan:
     return Plan(list(targets))
 
 
-INPUTS_SHOWN = 120  # characters of a call's inputs in a plan's table
+INPUT_SHOWN = 80  # characters of each input of a call in a plan's table
 
 
 def describe_inputs(node: Node) -> str:
     """What feeds a call with inputs, short: each input's name and its node (step without
-    its module, and config uid), value uid, or list of them."""
+    its module, and config uid), value, or list of them."""
 
     def short(source: tp.Any) -> str:
         if isinstance(source, Node):
-            return (
-                f"{source.step.rsplit('.', 2)[-2]}.{source.step.rsplit('.', 1)[-1]}/"
-                + (source.uid.split("/", 1)[1])
-            )
+            method, _, version = source.step.partition(",")  # (a version may hold dots)
+            name = ".".join(method.rsplit(".", 2)[-2:])  # (Class.method)
+            return f"{name},{version}/{source.uid.split('/', 1)[1]}"
         if isinstance(source, Group):
             shown = [short(s) for s in source.sources[:2]]
             more = len(source.sources) - len(shown)
             return "[" + ", ".join(shown) + (f", +{more} more" if more else "") + "]"
-        return re.sub(r"-[0-9a-f]{8}$", "", str(source.uid))  # (a value: its display)
+        uid = str(source.uid)  # (a value: its display, and its digest when cut)
+        display = re.sub(r"-[0-9a-f]{8}$", "", uid)
+        return display if len(display) <= INPUT_SHOWN else _cut(uid)
 
-    text = ", ".join(f"{name}={short(source)}" for name, source in node.inputs)
-    return text if len(text) <= INPUTS_SHOWN else text[: INPUTS_SHOWN - 3] + "..."
+    return ", ".join(f"{name}={_cut(short(source))}" for name, source in node.inputs)
+
+
+def _cut(text: str) -> str:
+    """A text of at most about INPUT_SHOWN characters: its start and its end (where a uid
+    has its digest, which tells long values apart)."""
+    if len(text) <= INPUT_SHOWN:
+        return text
+    half = INPUT_SHOWN // 2
+    return f"{text[:half]}...{text[-half:]}"
 
 
 def _root_of(folder: str, uid: str) -> str:
