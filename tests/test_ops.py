@@ -3617,6 +3617,9 @@ def test_time_and_mem_given_as_sbatch_options_are_checked(
         tmp_path, slurm_partition="gpu", slurm_additional_parameters=per_gpu
     )
     assert problem.startswith("mem-per-gpu='40000' in slurm_additional_parameters (x 2 GPUs: ")
+    # (with mem too: sbatch refuses at once, "mutually exclusive"; a review)
+    (problem,) = _plan_problems(tmp_path, mem_gb=1, slurm_additional_parameters=per_cpu)
+    assert problem.startswith("mem_gb=1 and mem-per-cpu='8G': sbatch takes only one of")
 
 
 def test_a_constraint_must_be_met_by_the_nodes_holding_the_resources(

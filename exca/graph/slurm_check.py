@@ -251,6 +251,27 @@ def _add_sbatch_options(params: dict[str, tp.Any]) -> dict[str, str]:
     return shown
 
 
+def _memory_options_conflict(params: dict[str, tp.Any]) -> list[str]:
+    """sbatch refuses more than one of --mem, --mem-per-cpu, --mem-per-gpu (submitit
+    writes mem_gb's --mem next to the options given)."""
+    from .executors import sbatch_options
+
+    extra = sbatch_options(params.get("slurm_additional_parameters") or {})
+    given = [
+        f"{k.replace('_', '-')}={extra[k]!r}" for k in ("mem_per_cpu", "mem_per_gpu") if k in extra
+    ]
+    if "mem" in extra:
+        given.insert(0, f"mem={extra['mem']!r}")
+    elif params.get("mem_gb") is not None:
+        given.insert(0, f"mem_gb={_gb(params['mem_gb'])}")
+    if len(given) < 2:
+        return []
+    return [
+        f"{' and '.join(given)}: sbatch takes only one of --mem, --mem-per-cpu and "
+        "--mem-per-gpu; give one (leave mem_gb=None with a per-CPU or per-GPU amount)"
+    ]
+
+
 def _mem_gb(value: tp.Any) -> float | None:
     """A memory amount in sbatch's units (MB, or a K/M/G/T suffix) in GB (None: not one)."""
     mem = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)B?", str(value or "").strip().upper())
@@ -265,8 +286,8 @@ def problems(
     if not info.partitions:
         return []  # cluster facts unavailable: let sbatch speak
     params = {k: v for k, v in execution.params if v is not None}
+    found: list[str] = _memory_options_conflict(params)
     shown = _add_sbatch_options(params)
-    found: list[str] = []
     name = params.get("slurm_partition") or info.default_partition
     # (a list "a,b": Slurm starts the job in whichever can run it first)
     names = list(dict.fromkeys(n for n in str(name).split(",") if n)) if name else []
