@@ -356,9 +356,12 @@ class SubmititHandle(Handle):
             from ..storage import process
 
             # which process the job is (its id is a pid): another process loading this
-            # handle tells whether it still runs (submitit's unpickled local job said done)
+            # handle tells whether it still runs (submitit's unpickled local job said done;
+            # ended: none, its pid may be another process's already)
             state["_process_host"] = process.hostname()
-            state["_process_start"] = process.process_start_time(int(self.job_id))
+            state["_process_start"] = (
+                None if self.done() else process.process_start_time(int(self.job_id))
+            )
         return state
 
     def done(self) -> bool:
@@ -445,6 +448,12 @@ class SubmititHandle(Handle):
             where = "local " if self.cluster == "local" else ""
             return where + job_raised(self.job_id, error, self.job.paths.stderr)
         if self.cluster == "local":
+            host = self.__dict__.get("_process_host")
+            if host is not None and host != _hostname():  # (loaded from a pickle elsewhere)
+                return (
+                    f"local job {self.job_id} runs on host {host}, not here: only a process "
+                    "of that host can follow it"
+                )
             # (submitit's local controller ends normally whatever happened to the worker)
             return f"local job {self.job_id} ended without writing its result: {_DIED}"
         detail = ""
@@ -593,6 +602,12 @@ def _cancel_local_job(process: tp.Any) -> None:
     _cancel_local(
         process.pid, lambda: process.poll() is None, lambda: process.send_signal(signal.SIGINT)
     )
+
+
+def _hostname() -> str:
+    from ..storage import process
+
+    return process.hostname()
 
 
 def _cancel_local_pid(pid: int, alive: tp.Callable[[], bool]) -> None:
