@@ -2332,6 +2332,46 @@ class _Augments(pydantic.BaseModel):
         return repr((self.aug, self.augs, self.paug))
 
 
+class _UnionA(pydantic.BaseModel):
+    model_config = FORBID
+    kind: tp.Literal["a"] = "a"
+    x: int = 1
+
+
+class _UnionB(pydantic.BaseModel):
+    model_config = FORBID
+    kind: tp.Literal["b"] = "b"
+    y: int = 1
+
+
+class _UnionBB(_UnionB):
+    z: int = 5
+
+
+class _HoldsUnion(pydantic.BaseModel):
+    model_config = FORBID
+    u: _UnionA | _UnionB = pydantic.Field(default_factory=_UnionA, discriminator="kind")
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> str:
+        return repr(self.u)
+
+
+def test_subclass_of_a_union_member_counts_with_its_own_fields(tmp_path: Path) -> None:
+    """BB(z=7) and BB(z=9) in a field `A | B`: the dump followed B's schema, both had
+    the uid u={kind=b,_class=...BB} and the second read the first one's result (a review).
+    A member itself keeps its uid."""
+    folder = {"folder": tmp_path}
+    assert "z=7" in _HoldsUnion(u=_UnionBB(z=7), infra=folder).process()
+    assert "z=9" in _HoldsUnion(u=_UnionBB(z=9), infra=folder).process()
+    uid = _HoldsUnion(u=_UnionBB(z=9)).infra.uid()
+    assert uid.split("/")[1].startswith("u={z=9,kind=b,_class=")
+    # (the uids they had: a member, and a subclass at its defaults)
+    assert _HoldsUnion(u=_UnionBB()).infra.uid().endswith(f"{MODULE}._UnionBB}}-5bd75a86")
+    assert _HoldsUnion(u=_UnionB(y=2)).infra.uid().endswith("/u={y=2,kind=b}-c6e14ba8")
+
+
 def test_dataclass_subclass_instances_do_not_share_a_uid(tmp_path: Path) -> None:
     """A dataclass subclass instance in a field annotated with its base dataclass was
     dumped by the base's schema: Crop(size=64), Crop(size=128) and Aug() all had the uid

@@ -832,10 +832,11 @@ class _Exporter:
                     continue
                 foreign = False  # (a subclass of the class the annotation names)
                 if type(value) is not field.model_cls:
-                    if field.model_cls is not None:
+                    if field.model_cls is not None or _member_subclass(value, field):
                         # a subclass instance: the parent's dump followed the annotated
                         # class (without the subclass's own fields, or leaving out what only
-                        # the annotated class keeps out of uids): dump it whole
+                        # the annotated class keeps out of uids): dump it whole (also for a
+                        # union's member: BB(z=7) and BB(z=9) in a field `A | B` shared a uid)
                         dval = json_dump(value)
                     foreign = self.uid and _subclass_of(type(value), field.models)
                 if prune and name not in keep:
@@ -910,7 +911,9 @@ class _Exporter:
         if isinstance(value, pydantic.BaseModel):
             if self.uid and dropped_from_parent(value):
                 return
-            if field.model_cls is not None and type(value) is not field.model_cls:
+            if (
+                field.model_cls is not None and type(value) is not field.model_cls
+            ) or _member_subclass(value, field):
                 dval = json_dump(value)
             exported = self.model(value, dval, keep=field.keep, drop=drop)
             if prune and type(field.default) is type(value):
@@ -1041,6 +1044,12 @@ def _models_in(value: tp.Any) -> list[pydantic.BaseModel]:
     if isinstance(value, list | tuple | set | frozenset):
         return [v for v in value if isinstance(v, pydantic.BaseModel)]
     return []
+
+
+def _member_subclass(value: pydantic.BaseModel, field: _FieldFacts) -> bool:
+    """Whether a model is a strict subclass of one of the classes its field's annotation
+    names (a union of several: the parent's dump followed the member's schema)."""
+    return field.model_cls is None and bool(field.models) and type(value) not in field.models
 
 
 def _subclass_of(cls: type, declared: tuple[type, ...]) -> bool:
