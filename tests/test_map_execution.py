@@ -1303,6 +1303,46 @@ def test_ctrl_c_reaching_the_caller_alone_stops_its_pool_and_keeps_what_it_compu
     assert all(cached[str(item)] == 2 * item for item in started)
 
 
+class CallsPaced(pydantic.BaseModel):
+    """A map whose items each call a Paced map of 60 items in a threadpool of its own."""
+
+    log: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        assert self.infra.folder is not None
+        inner = {"folder": Path(self.infra.folder) / "inner", "cluster": "threadpool"}
+        paced = Paced(log=self.log, infra={**inner, "max_jobs": 1})
+        for item in items:
+            yield sum(paced.process(range(100 * item, 100 * item + 60)))
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_stops_a_map_called_in_a_pool_thread_with_a_pool_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """The inner map's pool went on with all its 60 items after a Ctrl-C reaching the
+    caller alone: its run waited in the outer pool's thread, never told (a review)."""
+    import signal
+
+    log = tmp_path / "calls.txt"
+    proc = _calling_process(
+        f"t.CallsPaced(log={str(log)!r}, infra={_infra(tmp_path, 'threadpool')})", range(3)
+    )
+    try:
+        wait_until(lambda: len(counts(log)) >= 3, timeout=60)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # (started by this test)
+    started = set(counts(log))
+    assert len(started) < 20  # (a chunk of the inner map is 20 items)
+    cached = Paced(log=str(log), infra={"folder": tmp_path / "cache" / "inner"}).infra.cache_dict
+    assert {int(key) for key in cached} == started  # (what it computed is kept)
+
+
 class Filled(pydantic.BaseModel):
     infra: exca.MapInfra = exca.MapInfra(version="1")
 
