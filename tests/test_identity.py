@@ -794,11 +794,6 @@ def test_dotted_extra_keys_naming_a_field_are_refused(tmp_path: Path) -> None:
     # other extras keep their uids
     assert _ExtraOwner(**{"meta.x": 2}).infra.uid().endswith("/meta.x=2-e8d4d653")
 
-    class _ExcludedOptim(_ExtraOwner):  # (optim out of the uid: no collision; a review)
-        _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("optim",)
-
-    assert "optim.lr=0.50" in _ExcludedOptim(**{"optim.lr": 0.5}).infra.uid()
-
 
 # --- hooks and dict order -------------------------------------------------------------------
 class Overridden(pydantic.BaseModel):

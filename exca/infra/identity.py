@@ -1131,8 +1131,7 @@ def _check_dotted_extras(
     kept = {key: sub for key, sub in extra.items() if key not in excluded}
     for key in kept:
         head, _, rest = key.partition(".")
-        # (a field kept out of the uid: nothing to collide with)
-        if rest and head in cls.model_fields and head not in excluded:
+        if rest and head in cls.model_fields:
             raise ValueError(
                 f"{cls.__name__} was given the extra key {key!r} (its model_config allows "
                 f"extra keys): it does not set {key!r} (field {head!r} keeps its value), yet "
