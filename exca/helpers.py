@@ -121,10 +121,11 @@ def to_config_model(func: tp.Callable[..., tp.Any]) -> type[FuncConfig]:
 
 
 def _qualified(func: tp.Callable[..., tp.Any]) -> str:
-    """A function's name in its module: ``Class.method`` for a method, its name for a
-    module's function or one defined in a function (``<locals>`` names no folder)."""
+    """A function's name in its module: ``Class.method`` for a method (also of a class
+    defined in a function), its name for a module's function or one defined in a
+    function (``<locals>`` names no folder)."""
     qualname = getattr(func, "__qualname__", func.__name__)
-    return func.__name__ if "<locals>" in qualname else qualname
+    return qualname.rsplit("<locals>.", 1)[-1]
 
 
 def _has_schema(annotation: tp.Any) -> bool:
@@ -245,7 +246,7 @@ def _check_one_definition_per_folder(
         f"with_infra: {func.__qualname__} (module {func.__module__}) differs from a function "
         f"decorated before under the same name (another body, or other values captured from "
         f"its enclosing scope or read from its module's globals), and both use the cache folder "
-        f"{func.__module__}.{func.__name__}_FuncConfig.build,{version}: each gets what the "
+        f"{func.__module__}.{_qualified(func)}_FuncConfig.build,{version}: each gets what the "
         f"other cached. Give this one its own version (with_infra(version=...)), rename it, "
         "or clear that folder",
         stacklevel=4,

@@ -112,6 +112,28 @@ def test_with_infra_methods_of_one_name_in_two_classes_do_not_share_a_folder(
         f"{MODULE}._Video.load_FuncConfig.build,1",
     ]
 
+    # classes made in a function too (a review); a function made in one keeps its name
+    def classes() -> tuple[tp.Any, tp.Any]:
+        class Audio:
+            @staticmethod
+            def load(n: int) -> str:
+                return f"local audio{n}"
+
+        class Video:
+            @staticmethod
+            def load(n: int) -> str:
+                return f"local video{n}"
+
+        return Audio.load, Video.load
+
+    local = tmp_path / "local"
+    audio, video = (helpers.with_infra(folder=local)(f) for f in classes())
+    assert (audio(n=1), video(n=1)) == ("local audio1", "local video1")
+    assert sorted(p.name for p in local.iterdir()) == [
+        f"{MODULE}.Audio.load_FuncConfig.build,1",
+        f"{MODULE}.Video.load_FuncConfig.build,1",
+    ]
+
 
 def test_with_infra_default_changed_says_what_to_do_for_a_function(tmp_path: Path) -> None:
     """A parameter's default changed since the cache was written: the error spoke of a
