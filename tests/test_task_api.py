@@ -973,6 +973,14 @@ def test_iter_cached_lists_a_result_computed_again_after_another_instance_cleare
     Outer(model={"layers": 1}, infra={"folder": tmp_path}).infra.clear_job()
     assert kept.train() > 0  # (computed again by the first instance)
     assert [c.model.layers for c in kept.infra.iter_cached()] == [1]
+    # uid.yaml removed alone: written again too (iter_cached reads it; a review)
+    folder = kept.infra.uid_folder()
+    assert folder is not None
+    (folder / "uid.yaml").unlink()
+    Outer(model={"layers": 1}, infra={"folder": tmp_path}).train.node().clear()  # (yaml kept)
+    assert kept.train() > 0
+    assert (folder / "uid.yaml").exists()
+    assert [c.model.layers for c in kept.infra.iter_cached()] == [1]
 
 
 def test_iter_cached_configs_made_with_force_read_their_result(tmp_path: Path) -> None:

@@ -546,7 +546,11 @@ class BaseInfra(pydantic.BaseModel):
         folder = os.path.join(self.folder, self.uid())
         # (the folder may have been deleted since, or its config.yaml by clear_job() of
         # another instance, which iter_cached() then skipped: the yaml files are written again)
-        if runtime.checked and os.path.exists(os.path.join(folder, uidfolder.CONFIG_FILE)):
+        if (
+            runtime.checked
+            and os.path.exists(os.path.join(folder, uidfolder.CONFIG_FILE))
+            and os.path.exists(os.path.join(folder, uidfolder.UID_FILE))
+        ):
             return
         try:
             settled = uidfolder.prepare(
