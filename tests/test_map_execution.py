@@ -1253,29 +1253,31 @@ class Paced(pydantic.BaseModel):
     """A map computing each item in 50 ms; logs ``<item>`` when it starts one."""
 
     log: str
-    as_list: bool = False  # (the outputs returned as a list, all computed first)
-    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("as_list",)
+    # the outputs returned as a generator, a list (all computed first) or a lazy `map`
+    returns: str = "generator"
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("returns",)
     infra: exca.MapInfra = exca.MapInfra(version="1")
 
     @infra.apply(item_uid=str)
     def process(self, items: list[int]) -> tp.Iterator[int]:
-        outputs = self._outputs(items)
-        return iter(list(outputs)) if self.as_list else outputs
+        if self.returns == "map":
+            return map(self._output, items)
+        outputs = (self._output(item) for item in items)
+        return iter(list(outputs)) if self.returns == "list" else outputs
 
-    def _outputs(self, items: list[int]) -> tp.Iterator[int]:
-        for item in items:
-            append(self.log, str(item))
-            time.sleep(0.05)
-            yield 2 * item
+    def _output(self, item: int) -> int:
+        append(self.log, str(item))
+        time.sleep(0.05)
+        return 2 * item
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     "cluster,how", [("threadpool", "call"), ("processpool", "call"), ("threadpool", "detached")]
 )
-@pytest.mark.parametrize("as_list", [False, True])
+@pytest.mark.parametrize("returns", ["generator", "list", "map"])
 def test_ctrl_c_reaching_the_caller_alone_stops_its_pool_and_keeps_what_it_computed(
-    tmp_path: Path, cluster: str, how: str, as_list: bool
+    tmp_path: Path, cluster: str, how: str, returns: str
 ) -> None:
     """A Ctrl-C reaching the calling process alone (a notebook's interrupt): a pool's
     thread went on with its whole chunk (the interpreter waited for it at exit; the next
@@ -1285,7 +1287,7 @@ def test_ctrl_c_reaching_the_caller_alone_stops_its_pool_and_keeps_what_it_compu
     import signal
 
     log = tmp_path / "calls.txt"
-    config = f"t.Paced(log={str(log)!r}, as_list={as_list}, infra={_infra(tmp_path, cluster)})"
+    config = f"t.Paced(log={str(log)!r}, returns={returns!r}, infra={_infra(tmp_path, cluster)})"
     proc = _calling_process(config, range(100), detached=how == "detached")
     try:
         wait_until(lambda: len(counts(log)) >= 3, timeout=60)
@@ -1296,7 +1298,7 @@ def test_ctrl_c_reaching_the_caller_alone_stops_its_pool_and_keeps_what_it_compu
             os.killpg(proc.pid, signal.SIGKILL)  # (started by this test)
     assert b"KeyboardInterrupt" in stderr
     started = set(counts(log))
-    if not as_list:  # (a list's items are all computed before the first is written)
+    if returns != "list":  # (a list's items are all computed before the first is written)
         assert len(started) < 20  # (a chunk is 34 items: it went on with it)
     cached = Paced(log=str(log), infra={"folder": tmp_path / "cache"}).infra.cache_dict
     assert {int(key) for key in cached} == started  # (nothing computed was lost)

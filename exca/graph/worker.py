@@ -16,7 +16,6 @@ import logging
 import os
 import threading
 import time
-import types
 import typing as tp
 
 from ..storage import interrupts
@@ -848,6 +847,9 @@ class _Stop(threading.local):
 STOP = _Stop()
 
 
+_COMPUTED_ITERATORS: tuple[type, ...] = (type(iter([])), type(iter(())))  # (of a list, a tuple)
+
+
 def _until_stopped(
     outputs: tp.Iterable[tp.Any], stop: threading.Event, uid: str
 ) -> tp.Iterator[tp.Any]:
@@ -950,8 +952,9 @@ def _compute_from(
     # (names bound locally: this loop runs once per item)
     count, immutable, monotonic, append = len(uids), _IMMUTABLE, time.monotonic, batch.append
     outputs = _outputs(node, items)
-    # (a pool's thread or process; a generator's next item is not computed yet, a list's is)
-    if STOP.event is not None and isinstance(outputs, types.GeneratorType):
+    # (a pool's thread or process; a lazy iterator's next item is not computed yet, a
+    # list's is)
+    if STOP.event is not None and not isinstance(outputs, _COMPUTED_ITERATORS):
         outputs = _until_stopped(outputs, STOP.event, node.uid)
     try:
         ranks.announce(node.uid, uids[start:])
