@@ -351,8 +351,10 @@ class SubmititHandle(Handle):
         return self.job
 
     def __getstate__(self) -> dict[str, tp.Any]:
+        local = self.cluster == "local" and "_process_start" not in self.__dict__
+        ended = local and self.done()  # (first: done() updates the state copied below)
         state = self.__dict__.copy()
-        if self.cluster == "local" and "_process_start" not in state and self.job_id.isdigit():
+        if local and self.job_id.isdigit():
             from ..storage import process
 
             # which process the job is (its id is a pid): another process loading this
@@ -360,7 +362,7 @@ class SubmititHandle(Handle):
             # ended: none, its pid may be another process's already)
             state["_process_host"] = process.hostname()
             state["_process_start"] = (
-                None if self.done() else process.process_start_time(int(self.job_id))
+                None if ended else process.process_start_time(int(self.job_id))
             )
         return state
 
@@ -449,7 +451,8 @@ class SubmititHandle(Handle):
             return where + job_raised(self.job_id, error, self.job.paths.stderr)
         if self.cluster == "local":
             host = self.__dict__.get("_process_host")
-            if host is not None and host != _hostname():  # (loaded from a pickle elsewhere)
+            running = self.__dict__.get("_process_start") is not None  # (when pickled)
+            if running and host is not None and host != _hostname():  # (loaded elsewhere)
                 return (
                     f"local job {self.job_id} runs on host {host}, not here: only a process "
                     "of that host can follow it"
