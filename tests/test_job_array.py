@@ -574,3 +574,42 @@ def test_job_array_of_a_method_taking_inputs_is_refused(tmp_path: Path) -> None:
         array.extend(base.infra.clone_obj(lr=lr) for lr in (0.2, 0.3))
     assert not list(tmp_path.iterdir())
     assert base.fit.node([1.0, 2.0]).uid and base.fit([1.0, 2.0]) == pytest.approx(0.3)
+
+
+@pytest.mark.timeout(120)
+def test_retry_array_while_the_failed_worker_still_holds_its_claim(
+    tmp_path: Path, ctl: Path
+) -> None:
+    """The error cached, its worker's claim not released yet (a process winding down):
+    a retry array saw the live claim, "waited" for it, and being sent without waiting,
+    never retried (seen once in CI under load)."""
+    from exca.graph.node import TASK_KEY
+    from exca.storage.claims import Claims
+
+    (ctl / "fail-1").touch()
+    failing = base(tmp_path, ctl, None).infra.clone_obj(x=1)
+    with pytest.raises(ValueError, match="bad x=1"):
+        failing.process()
+    (ctl / "fail-1").unlink()
+    folder = failing.infra.uid_folder()
+    assert folder is not None
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_claim() -> None:  # (as the failed worker, still alive)
+        with Claims(folder).claim_one(TASK_KEY):
+            held.set()
+            release.wait(timeout=60)
+
+    holder = threading.Thread(target=hold_the_claim)
+    holder.start()
+    try:
+        held.wait(timeout=30)
+        retry = base(tmp_path, ctl, "local", mode="retry")
+        with retry.infra.job_array() as again:
+            again.append(retry.infra.clone_obj(x=1))
+    finally:
+        release.set()
+        holder.join(timeout=30)
+    wait_until(lambda: calls(ctl) == {1: 2})
+    wait_until(lambda: again[0].infra.status() == "completed")
+    assert again[0].process() == 1

@@ -101,7 +101,15 @@ def _settle(
             run.handles.append(executors.DoneHandle())
             settled.add(node.key)
             continue
-        if claim_waits and run.action in ("compute", "retry") and being_computed(node):
+        # (a retry sent without waiting, e.g. a job array: nobody would retry once the claim
+        # ends, say of a worker winding down after caching the error; its job waits for it)
+        retried_later = run.action == "retry" and not waiting
+        if (
+            claim_waits
+            and run.action in ("compute", "retry")
+            and not retried_later
+            and being_computed(node)
+        ):
             if waiting:  # (by a caller of this job? It waits for this job: never ends)
                 callers.refuse_waiting_on_claims(node.uid, node.folder, [TASK_KEY])
             # another worker computes it (e.g. an inline call of another process): a job
