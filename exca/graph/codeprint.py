@@ -102,9 +102,9 @@ def edited_since(meta: tp.Any, func: tp.Callable[..., tp.Any]) -> bool:
 def check(meta: tp.Any, func: tp.Callable[..., tp.Any], where: str) -> None:
     """Warn when a result reused for ``where`` was computed by other code (once per
     method and code: a sweep of configs warns once, not once per config)."""
-    current = digest(func)
-    if current is None or not edited_since(meta, func):
+    if not edited_since(meta, func):  # (first: free for results without a code digest)
         return
+    current = digest(func) or ""  # (edited_since: there is one)
     owner = code_owner(func)
     step = where.partition("/")[0]
     if (step, current) in _WARNED:

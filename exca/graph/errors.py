@@ -42,13 +42,14 @@ def _summary(message: str, limit: int = 300) -> str:
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     if not lines:
         return ""
-    first = _shortened(lines[0], limit)
-    return first if len(lines) == 1 else f"{first} ... {_shortened(lines[-1], limit)}"
+    first = shortened(lines[0], limit)
+    return first if len(lines) == 1 else f"{first} ... {shortened(lines[-1], limit)}"
 
 
-def _shortened(line: str, limit: int) -> str:
-    """A line of at most about ``limit`` characters, cut in its middle: what to do is at
-    its end (cut at the limit, a long cache path left out the remedy; a probe)."""
+def shortened(line: str, limit: int) -> str:
+    """A line of at most about ``limit`` characters, cut in its middle: what to do (an
+    error's remedy, a uid's digest) is at its end (cut at the limit, a long cache path
+    left out the remedy; a probe)."""
     if len(line) <= limit:
         return line
     half = limit // 2

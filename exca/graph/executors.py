@@ -24,6 +24,7 @@ import typing as tp
 from pathlib import Path
 
 from ..storage.files import make_folder
+from ..storage.process import hostname, process_start_time
 from .node import CLAIM_JOB_ID, DEFAULT_MAX_JOBS, TASK_KEY, Execution
 from .worker import Report, Unit, run_job_unit, run_stoppable, run_unit
 
@@ -355,21 +356,22 @@ class SubmititHandle(Handle):
         ended = local and self.done()  # (first: done() updates the state copied below)
         state = self.__dict__.copy()
         if local and self.job_id.isdigit():
-            from ..storage import process
-
             # which process the job is (its id is a pid): another process loading this
             # handle tells whether it still runs (submitit's unpickled local job said done;
             # ended: none, its pid may be another process's already)
-            state["_process_host"] = process.hostname()
-            state["_process_start"] = (
-                None if ended else process.process_start_time(int(self.job_id))
-            )
+            state["_process_host"] = hostname()
+            state["_process_start"] = None if ended else process_start_time(int(self.job_id))
         return state
+
+    def _loaded(self) -> bool:
+        """Whether this handle of a local job was loaded from a pickle (not the process
+        that started it: submitit's job has no process to look at)."""
+        return "_process_start" in self.__dict__ and getattr(self.job, "_process", None) is None
 
     def done(self) -> bool:
         if not self._done:
-            if "_process_start" in self.__dict__ and getattr(self.job, "_process", None) is None:
-                self._done = not self._runs_elsewhere()  # (loaded from a pickle)
+            if self._loaded():
+                self._done = not self._runs_elsewhere()
             else:
                 self._done = bool(self.job.done())
             if self._done and self._template is not None:
@@ -380,13 +382,11 @@ class SubmititHandle(Handle):
     def _runs_elsewhere(self) -> bool:
         """Whether the local job of a handle loaded in another process still runs (on
         another host: taken for ended, as a recorded local job of another host is)."""
-        from ..storage import process
-
         started = self.__dict__["_process_start"]
         return (
             started is not None
-            and self.__dict__.get("_process_host") == process.hostname()
-            and process.process_start_time(int(self.job_id)) == started
+            and self.__dict__.get("_process_host") == hostname()
+            and process_start_time(int(self.job_id)) == started
         )
 
     def state(self) -> str:
@@ -452,7 +452,7 @@ class SubmititHandle(Handle):
         if self.cluster == "local":
             host = self.__dict__.get("_process_host")
             running = self.__dict__.get("_process_start") is not None  # (when pickled)
-            if running and host is not None and host != _hostname():  # (loaded elsewhere)
+            if running and host is not None and host != hostname():  # (loaded elsewhere)
                 return (
                     f"local job {self.job_id} runs on host {host}, not here: only a process "
                     "of that host can follow it"
@@ -479,7 +479,7 @@ class SubmititHandle(Handle):
             self._cancelled = True
             _cancel_local_job(process)
             return
-        if "_process_start" in self.__dict__ and process is None:  # (loaded from a pickle)
+        if self._loaded():
             if self._runs_elsewhere():
                 self._cancelled = True
                 _cancel_local_pid(int(self.job_id), self._runs_elsewhere)
@@ -605,12 +605,6 @@ def _cancel_local_job(process: tp.Any) -> None:
     _cancel_local(
         process.pid, lambda: process.poll() is None, lambda: process.send_signal(signal.SIGINT)
     )
-
-
-def _hostname() -> str:
-    from ..storage import process
-
-    return process.hostname()
 
 
 def _cancel_local_pid(pid: int, alive: tp.Callable[[], bool]) -> None:

@@ -24,6 +24,7 @@ from .decisions import (
     to_chunks,
     unreachable_inputs,
 )
+from .errors import shortened
 from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Group, Node
 
 STATUS_ORDER = ("running", "missing", "forced", "cached error", "stale", "cached", "not needed")
@@ -518,18 +519,11 @@ def describe_inputs(node: Node) -> str:
             return "[" + ", ".join(shown) + (f", +{more} more" if more else "") + "]"
         uid = str(source.uid)  # (a value: its display, and its digest when cut)
         display = re.sub(r"-[0-9a-f]{8}$", "", uid)
-        return display if len(display) <= INPUT_SHOWN else _cut(uid)
+        return display if len(display) <= INPUT_SHOWN else shortened(uid, INPUT_SHOWN)
 
-    return ", ".join(f"{name}={_cut(short(source))}" for name, source in node.inputs)
-
-
-def _cut(text: str) -> str:
-    """A text of at most about INPUT_SHOWN characters: its start and its end (where a uid
-    has its digest, which tells long values apart)."""
-    if len(text) <= INPUT_SHOWN:
-        return text
-    half = INPUT_SHOWN // 2
-    return f"{text[:half]}...{text[-half:]}"
+    return ", ".join(
+        f"{name}={shortened(short(source), INPUT_SHOWN)}" for name, source in node.inputs
+    )
 
 
 def _root_of(folder: str, uid: str) -> str:

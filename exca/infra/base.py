@@ -16,7 +16,6 @@ import functools
 import inspect
 import logging
 import os
-import re
 import sys
 import threading
 import typing as tp
@@ -28,7 +27,7 @@ from .. import uidformat
 from ..confdict import ConfDict
 from ..storage.files import parse_permissions
 from . import freezing, identity, uidfolder
-from .resources import expand_path_text
+from .resources import UNSET_VARIABLE, expand_path_text
 
 if tp.TYPE_CHECKING:
     from .method import InfraMethod
@@ -39,7 +38,6 @@ _UID_FIELDS = ("method", "version", "uid")
 
 
 _MISSING: tp.Any = object()
-_UNSET_VARIABLE = re.compile(r"\$\{?\w+\}?")
 
 
 _RAM_LOCKS_GUARD = threading.Lock()
@@ -155,7 +153,7 @@ class BaseInfra(pydantic.BaseModel):
                 try:
                     return expand_path_text("folder", text)
                 except ValueError:
-                    if not _UNSET_VARIABLE.search(text):
+                    if not UNSET_VARIABLE.search(text):
                         raise
                     # resolved (or refused) when linked to an owner instance: a shared class
                     # default "$SCRATCH/cache" on a laptop without $SCRATCH made the module

@@ -34,13 +34,16 @@ _PARAMS = (
 )
 
 
+UNSET_VARIABLE = re.compile(r"\$\{?\w+\}?")  # (what expandvars leaves of an unset one)
+
+
 def expand_path_text(field: str, text: str) -> str:
     """A path given as text (e.g. from a yaml file) with its environment variables and
     ``~`` expanded: ValueError naming what is not set (an existing path with a "$" in its
     name is kept as it is)."""
     if "$" in text:  # ("$SCRATCH/cache")
         expanded = os.path.expandvars(text)
-        unset = re.search(r"\$\{?\w+\}?", expanded)
+        unset = UNSET_VARIABLE.search(expanded)
         if unset and os.path.exists(text):
             expanded = text  # (an existing folder with a "$" in its name)
         elif unset:

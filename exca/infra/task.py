@@ -439,11 +439,8 @@ class TaskInfra(BaseInfra, SubmititMixin):
         runtime = self._runtime()
         runtime.ram = _MISSING
         folder = node.folder
-        if (
-            folder is not None
-            and uidfolder.read_yaml(folder / uidfolder.UID_FILE) is not None  # (unreadable: ok)
-            and not uidfolder.holds_uid_config(folder, self._uid_config())
-        ):  # (it removed the result of the other config its uid names too)
+        if folder is not None and uidfolder.holds_other_config(folder, self._uid_config()):
+            # (it removed the result of the other config its uid names too)
             raise RuntimeError(
                 f"Inconsistent uid config in {folder}: its {uidfolder.UID_FILE} is another "
                 "config's (two configs map to the same folder name): clear_job() removes "

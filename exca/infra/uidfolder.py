@@ -75,6 +75,13 @@ def holds_uid_config(folder: Path, uid_config: ConfDict) -> bool:
     return existing is not None and ConfDict(existing).flat() == _normalized(uid_config)
 
 
+def holds_other_config(folder: Path, uid_config: ConfDict) -> bool:
+    """Whether a folder's uid.yaml, readable, describes another uid config (two configs
+    mapped to the same folder name)."""
+    existing = read_yaml(folder / UID_FILE)
+    return existing is not None and ConfDict(existing).flat() != _normalized(uid_config)
+
+
 def _differ(a: tp.Any, b: tp.Any) -> bool:
     """``a != b``, with nan equal to nan (a nan read back from yaml is another object)."""
     return a != b and not (a != a and b != b)
