@@ -3,6 +3,7 @@ errors, job()/status()/clear_job(), configs and clones, validation, MapInfra rul
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import pickle
@@ -519,6 +520,43 @@ def test_a_config_changed_in_place_after_its_uid_is_not_computed(tmp_path: Path)
     in_ram.layers.append(1)
     with pytest.raises(RuntimeError, match="changed in place"):
         in_ram.train()
+
+
+@dataclasses.dataclass
+class CropSpec:
+    size: int = 64
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FrozenSpec:
+    sizes: list[int] = dataclasses.field(default_factory=lambda: [1])
+
+
+class WithDataclasses(pydantic.BaseModel):
+    crop: CropSpec = CropSpec()
+    frozen: FrozenSpec = FrozenSpec()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def train(self) -> str:
+        return f"{self.crop.size} {self.frozen.sizes}"
+
+
+def test_a_dataclass_changed_in_place_after_its_uid_is_not_read(tmp_path: Path) -> None:
+    """A dataclass field changed in place after a cached call: the next call read the
+    result of the old values (a dataclass was not taken for something that can change)."""
+    exp = WithDataclasses(crop=CropSpec(32), infra={"folder": tmp_path})
+    assert exp.train() == "32 [1]"
+    exp.crop.size = 128
+    with pytest.raises(RuntimeError, match=r"changed in place.*crop.size: 32 -> 128"):
+        exp.train()
+    # a frozen dataclass (with slots) holding a list: the list can change
+    frozen = WithDataclasses(frozen=FrozenSpec([2]), infra={"folder": tmp_path})
+    assert frozen.train() == "64 [2]"
+    frozen.frozen.sizes.append(3)
+    with pytest.raises(RuntimeError, match="changed in place"):
+        frozen.train()
+    assert WithDataclasses(crop=CropSpec(128), infra={"folder": tmp_path}).train() == "128 [1]"
 
 
 class LayeredInputs(pydantic.BaseModel):

@@ -596,9 +596,9 @@ class BaseInfra(pydantic.BaseModel):
             self._check_unchanged()
 
     def _check_unchanged(self) -> None:
-        """RuntimeError if a list or dict of the config was changed in place since its
-        uid was computed (assignments are refused once frozen; in-place changes cannot be):
-        the result would be cached under the uid of the old values."""
+        """RuntimeError if a list, dict or dataclass of the config was changed in place
+        since its uid was computed (assignments are refused once frozen; in-place changes
+        cannot be): the result would be cached under the uid of the old values."""
         runtime = self._runtime()
         if runtime.uid_export is None:
             return
@@ -1032,11 +1032,16 @@ _MUTABLE_TYPES = (list, dict, set, bytearray)
 
 
 def _mutable(value: tp.Any) -> bool:
-    """Whether a field value can change in place (a list, dict... also inside a tuple)."""
+    """Whether a field value can change in place (a list, dict, a dataclass that is not
+    frozen... also inside a tuple)."""
     if isinstance(value, _MUTABLE_TYPES):
         return True
     if isinstance(value, tuple):
         return any(_mutable(item) for item in value)
+    params = getattr(type(value), "__dataclass_params__", None)
+    if params is not None:  # (a frozen one's fields may hold lists: they are checked)
+        fields = getattr(type(value), "__dataclass_fields__", {})
+        return not params.frozen or any(_mutable(getattr(value, name, None)) for name in fields)
     numpy = sys.modules.get("numpy")
     return numpy is not None and isinstance(value, numpy.ndarray)
 
