@@ -2396,6 +2396,46 @@ def test_dataclass_subclass_instances_do_not_share_a_uid(tmp_path: Path) -> None
     assert "size=128" in _Augments(aug=_Crop(size=128), infra=folder).process()
 
 
+@dataclasses.dataclass(frozen=True)
+class _AugPipeline:
+    aug: _Aug = dataclasses.field(default_factory=_Aug)
+    more: list[_Aug] = dataclasses.field(default_factory=list)
+
+
+class _HoldsPipeline(pydantic.BaseModel):
+    model_config = FORBID
+    pipe: _AugPipeline = _AugPipeline()
+    pipes: list[_AugPipeline] = []
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> str:
+        return repr((self.pipe, self.pipes))
+
+
+def test_dataclass_subclass_inside_a_dataclass_does_not_share_a_uid(tmp_path: Path) -> None:
+    """A dataclass subclass instance in a field of a dataclass (itself in a config field)
+    was dumped by its annotated base's schema: Pipeline(aug=Crop(size=128)) had the uid
+    `default` and read the default pipeline's result (a review)."""
+    configs = [
+        _HoldsPipeline(),
+        _HoldsPipeline(pipe=_AugPipeline(aug=_Crop(size=64))),
+        _HoldsPipeline(pipe=_AugPipeline(aug=_Crop(size=128))),
+        _HoldsPipeline(pipe=_AugPipeline(more=[_Aug()])),
+        _HoldsPipeline(pipe=_AugPipeline(more=[_Crop(size=128)])),
+        _HoldsPipeline(pipes=[_AugPipeline(aug=_Crop(size=64))]),
+        _HoldsPipeline(pipes=[_AugPipeline(aug=_Crop(size=128))]),
+    ]
+    uids = [c.infra.uid() for c in configs]
+    assert len(set(uids)) == len(uids), uids
+    # without a subclass inside, the uids are the ones they had
+    assert uids[0].endswith("/default")
+    assert uids[3].endswith("/pipe={aug.p=0.50,more=({p=0.50})}-15a576da"), uids[3]
+    folder = {"folder": tmp_path}
+    assert "size=64" in _HoldsPipeline(pipe=_AugPipeline(_Crop(size=64)), infra=folder).process()
+    assert "size=128" in _HoldsPipeline(pipe=_AugPipeline(_Crop(size=128)), infra=folder).process()
+
+
 class _Logger:
     """A runtime object with no json form."""
 

@@ -856,7 +856,7 @@ class _Exporter:
                     out[name] = _with_class(exported, value) if foreign else exported
                     self.field_keys_only &= exporter.field_keys_only
                 continue
-            if field.dataclasses and _subclass_dataclass(type(value), field.contained):
+            if field.dataclasses and _lost_by_dump(value, field.contained):
                 # (the dump followed the annotated class: dumped whole below, with its class)
                 exported = self.value(value, dval, field.keep, field.contained)
                 if not (
@@ -956,16 +956,15 @@ class _Exporter:
             return exported
         if isinstance(dval, dict | list):
             self.field_keys_only = False  # (user keys, or containers in a list)
-            if declared and type(dval) is dict and _subclass_dataclass(type(value), declared):
-                # a dataclass subclass instance: the dump followed the annotated class's
-                # schema (its own fields lost): dumped whole, with its class in a uid
+            if declared and type(dval) is dict and _lost_by_dump(value, declared):
+                # a dataclass subclass instance (or one inside): the dump followed the
+                # annotated class's schema (its own fields lost): dumped whole, with its
+                # class in a uid
                 whole = _dataclass_dump(value)
                 cls = type(value)
-                return (
-                    {CLASS_KEY: f"{cls.__module__}.{cls.__qualname__}", **whole}
-                    if self.uid
-                    else whole
-                )
+                if not self.uid or not _subclass_dataclass(cls, declared):
+                    return whole
+                return {CLASS_KEY: f"{cls.__module__}.{cls.__qualname__}", **whole}
         if isinstance(value, dict) and isinstance(dval, dict):
             # the dump keeps the order of the keys: the i-th json key is the i-th key's
             # rendering (an Enum key as its value, an int as its text...)
@@ -1061,12 +1060,65 @@ def _subclass_of(cls: type, declared: tuple[type, ...]) -> bool:
     return any(issubclass(cls, base) for base in declared if base is not pydantic.BaseModel)
 
 
+def _lost_by_dump(value: tp.Any, declared: tuple[type, ...]) -> bool:
+    """Whether pydantic's dump of a dataclass value lost fields: the value, or a dataclass
+    inside it, is a strict subclass of the dataclass its annotation names."""
+    if _subclass_dataclass(type(value), declared):
+        return True
+    return dataclasses.is_dataclass(value) and _holds_dataclass_subclass(value)
+
+
 def _subclass_dataclass(cls: type, declared: tuple[type, ...]) -> bool:
     """Whether ``cls`` is a dataclass and a strict subclass of a dataclass its field's
     annotation names (then its own fields and its class are not in the field's dump)."""
     if cls in declared or not dataclasses.is_dataclass(cls):
         return False
     return any(issubclass(cls, base) for base in declared if dataclasses.is_dataclass(base))
+
+
+def _holds_dataclass_subclass(value: tp.Any) -> bool:
+    """Whether a dataclass instance holds, in one of its fields (also in a list, tuple or
+    dict there, at any depth), a dataclass that is a strict subclass of the class that
+    field's annotation names: pydantic's dump follows the annotation (its own fields lost)."""
+    for name, declared in _dataclass_field_types(type(value)).items():
+        sub = getattr(value, name, None)
+        for item in _contained(sub):
+            if not dataclasses.is_dataclass(item) or isinstance(item, type):
+                continue
+            if _subclass_dataclass(type(item), declared) or _holds_dataclass_subclass(item):
+                return True
+    return False
+
+
+def _contained(value: tp.Any) -> tp.Iterator[tp.Any]:
+    """The value, or the items of a list, tuple, set or dict's values (nested)."""
+    if isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            yield from _contained(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _contained(item)
+    else:
+        yield value
+
+
+_DATACLASS_FIELD_TYPES: dict[type, dict[str, tuple[type, ...]]] = {}
+
+
+def _dataclass_field_types(cls: type) -> dict[str, tuple[type, ...]]:
+    """The dataclasses each field of a dataclass names in its annotation (memoized; a
+    class whose annotations cannot be resolved: its fields' declared classes, none)."""
+    known = _DATACLASS_FIELD_TYPES.get(cls)
+    if known is None:
+        try:
+            hints = tp.get_type_hints(cls)
+        except Exception:  # (a forward reference that cannot be resolved)
+            hints = {}
+        known = _DATACLASS_FIELD_TYPES[cls] = {
+            field.name: annotated_dataclasses(hints.get(field.name))
+            for field in dataclasses.fields(cls)
+        }
+    return known
 
 
 def _dataclass_dump(value: tp.Any) -> tp.Any:
