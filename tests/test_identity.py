@@ -119,6 +119,29 @@ class Labelled(pydantic.BaseModel):
     tags: frozenset[str] = frozenset()
 
 
+@dataclasses.dataclass
+class SpecTags:
+    tags: set[str] = dataclasses.field(default_factory=set)
+    nested: list[frozenset[str]] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class SpecTagsMore(SpecTags):
+    more: set[str] = dataclasses.field(default_factory=set)
+
+
+class TaggedSpec(pydantic.BaseModel):
+    """Sets inside a dataclass (dumped by pydantic, in hash order)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+    spec: SpecTags = SpecTags()
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def process(self) -> int:
+        return len(self.spec.tags)
+
+
 def test_uid_stable_across_processes() -> None:
     code = (
         "import test_identity as t; "
@@ -127,7 +150,9 @@ def test_uid_stable_across_processes() -> None:
         "print(t.Tagged(tags=t.TAGS, anything=frozenset(t.TAGS)).infra.uid()); "
         "print(t.Tagged(groups=t.GROUPS, anything=[t.GROUPS]).infra.uid()); "
         "print(t.Tagged(anything=frozenset({t.Labelled(tags=frozenset(t.TAGS))})).infra.uid()); "
-        "print(repr(t.Tagged().infra.config(uid=True, exclude_defaults=False).to_yaml()))"
+        "print(repr(t.Tagged().infra.config(uid=True, exclude_defaults=False).to_yaml())); "
+        "print(t.TaggedSpec(spec=t.SpecTags(t.TAGS, [frozenset(t.TAGS)])).infra.uid()); "
+        "print(t.TaggedSpec(spec=t.SpecTagsMore(more=t.TAGS)).infra.uid())"
     )
     tests_dir = str(Path(__file__).parent)
     env = dict(os.environ, PYTHONHASHSEED="1234")
@@ -146,6 +171,10 @@ def test_uid_stable_across_processes() -> None:
         .infra.uid()
         .replace(MODULE, "test_identity"),
         repr(Tagged().infra.config(uid=True, exclude_defaults=False).to_yaml()),
+        TaggedSpec(spec=SpecTags(TAGS, [frozenset(TAGS)]))
+        .infra.uid()
+        .replace(MODULE, "test_identity"),
+        TaggedSpec(spec=SpecTagsMore(more=TAGS)).infra.uid().replace(MODULE, "test_identity"),
     ]
     assert out == here
     assert "groups=((alpha,beta,gamma),(delta,epsilon))" in here[3]

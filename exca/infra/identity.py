@@ -960,7 +960,7 @@ class _Exporter:
                 # a dataclass subclass instance (or one inside): the dump followed the
                 # annotated class's schema (its own fields lost): dumped whole, with its
                 # class in a uid
-                whole = _dataclass_dump(value)
+                whole = _sets_ordered(value, _dataclass_dump(value))
                 cls = type(value)
                 if not self.uid or not _subclass_dataclass(cls, declared):
                     return whole
@@ -1001,6 +1001,8 @@ class _Exporter:
             return _sets_ordered(value, dval)
         if dval is None and type(value) is float:
             return value  # inf/nan: the json dump says null
+        if type(dval) is dict and dataclasses.is_dataclass(value):
+            return _sets_ordered(value, dval)  # (a set in a field: in hash order)
         return dval
 
     def _set_item(self, item: tp.Any, dval: tp.Any, declared: tuple[type, ...]) -> tp.Any:
@@ -1276,6 +1278,11 @@ def _sets_ordered(value: tp.Any, dumped: tp.Any) -> tp.Any:
         if isinstance(value, pydantic.BaseModel):  # (its fields, by name: they may hold sets)
             fields = value.__dict__
             return {k: _sets_ordered(fields[k], d) if k in fields else d for k, d in dumped.items()}
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {
+                k: _sets_ordered(getattr(value, k), d) if hasattr(value, k) else d
+                for k, d in dumped.items()
+            }
         if isinstance(value, dict) and len(value) == len(dumped):  # (keys in the same order)
             return {k: _sets_ordered(v, d) for v, (k, d) in zip(value.values(), dumped.items())}
         return dumped
