@@ -513,6 +513,9 @@ def test_plan_fails_new_inputs_under_a_config_of_other_class_defaults(env: Env) 
         exca.graph.run(below, other)
     assert set(info.value.failures) == {new.uid, below.uid}
     assert "seems incompatible" in str(info.value.failures[new.uid])
+    # not its own failure: an UpstreamFailed as for a node fed by a map's failed item
+    # (it was a plain RuntimeError below a task, which `except UpstreamFailed` missed)
+    assert isinstance(info.value.failures[below.uid], UpstreamFailed)
     assert other.result() == "other(3,None)"  # computed by that run
     assert (env.starts("s"), env.starts("below"), env.starts("other")) == (1, 0, 1)
     with pytest.raises(RuntimeError, match="seems incompatible"):  # a call: its own error
@@ -2315,9 +2318,10 @@ def test_detached_run_raises_what_failed_here(env: Env) -> None:
     assert env.starts("broken") == 1 and fine.result() == "fine(None,None)"
     # below what fails during the run: not run (as when waiting)
     below = env.step("below").run.node(env.step("new", fail_flag=str(flag)).run.node())
-    with pytest.raises(NodeFailures, match=r"upstream .* failed"):
+    with pytest.raises(NodeFailures, match=r"upstream .* failed") as info:
         exca.graph.run(below, wait=False)
     assert env.starts("new") == 1 and env.starts("below") == 0
+    assert isinstance(info.value.failures[below.uid], UpstreamFailed)  # (not its own)
     assert below.status() == "not submitted"
 
 

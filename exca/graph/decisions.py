@@ -13,7 +13,7 @@ import typing as tp
 from ..storage import gcpause
 from ..storage.cachederror import record_line
 from . import callers, executors, registry, store
-from .errors import JobFailedError, read_only_error
+from .errors import JobFailedError, UpstreamFailed, read_only_error
 from .node import TASK_KEY, Group, Node
 
 Key = tuple[str, str]
@@ -735,8 +735,6 @@ class Graph:
             )
             error = first_item_error(up.node, up.uids or [])
             if error is not None:
-                from .worker import UpstreamFailed
-
                 run.error = UpstreamFailed(
                     f"{run.node.uid} did not run: an input could not be read "
                     f"({type(error).__name__}: {error})"
@@ -759,6 +757,8 @@ class Graph:
                 return error
         if node.mode == "read-only" and "read-only" in run.reason:
             return read_only_error(node, run.reason)
+        if run.blocked:  # (not its own failure)
+            return UpstreamFailed(f"{node.uid}: {run.reason}")
         return RuntimeError(f"{node.uid}: {run.reason}")
 
 

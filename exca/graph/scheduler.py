@@ -409,7 +409,7 @@ class Scheduler:
                     f"{failed.item_errors} cached item error(s) (mode='retry' on it "
                     "recomputes them)"
                 )
-        return RuntimeError(f"{run.node.uid} was not computed: upstream {failed.node.uid} failed")
+        return UpstreamFailed(f"{run.node.uid} was not computed: upstream {failed.node.uid} failed")
 
     # --- launching ---------------------------------------------------------------------------
     def units(self, run: NodeRun) -> list[Unit]:
