@@ -824,6 +824,10 @@ def test_an_item_uid_that_is_not_unicode_is_a_clear_error(tmp_path: Path) -> Non
     mapper = make(tmp_path, None)
     with pytest.raises(ValueError, match=r"Key '3\\udcff' cannot be written as UTF-8"):
         list(mapper.process([1, "3\udcff"]))
+    # a long one, shortened to a digest: a raw UnicodeEncodeError naming no item (a probe)
+    long_name = "recordings/" + "session-" * 40 + "caf\udce9.wav"
+    with pytest.raises(ValueError, match=r"Key 'recordings/session-.*cannot be written as UTF"):
+        list(mapper.process([long_name]))
 
 
 def test_an_output_that_cannot_be_stored_is_that_items_error(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from ..graph.node import DEFAULT_MAX_JOBS, Node
 from ..storage.cachedict import CacheDict, MissingKey
 from ..storage.dumping import PAYLOAD_ERRORS
 from ..storage.index import INDEX_SUFFIX
+from ..storage.keytext import check_utf8
 from .base import BaseInfra
 from .method import InfraMethod, check_plain_method, reduce_bound
 from .resources import SubmititMixin
@@ -49,6 +50,7 @@ class ItemUid:
             return uid
         size = len(uid)
         keep = (limit - 13 - len(str(size))) // 2
+        check_utf8(uid)  # (its digest needs its bytes)
         digest = hashlib.md5(uid.encode("utf8")).hexdigest()[:8]
         return f"{uid[:keep]}..{size - 2 * keep}..{uid[-keep:]}-{digest}"
 

@@ -57,6 +57,7 @@ from .index import (
     line_fields,
     place,
 )
+from .keytext import check_utf8
 from .modules import imported
 
 logger = logging.getLogger("exca")
@@ -107,13 +108,7 @@ _HALF_IDLE = IDLE_CHECK_SECONDS / 2
 
 
 def _check_key_and_meta(key: str, meta: dict[str, tp.Any] | None) -> None:
-    try:
-        key.encode("utf8")
-    except UnicodeEncodeError as error:
-        raise ValueError(
-            f"Key {key!r} cannot be written as UTF-8 ({error.reason}): e.g. a file name "
-            "decoded with surrogates; use os.fsencode(name).decode('utf8', 'replace')"
-        ) from None
+    check_utf8(key)
     if meta is not None:
         try:
             orjson.dumps(meta)

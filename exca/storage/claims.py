@@ -35,6 +35,7 @@ import orjson
 
 from . import interrupts, process
 from .files import make_folder, write_new
+from .keytext import check_utf8
 
 CLAIMS_DIR = "claims"
 LOCK_NAME = ".lock"
@@ -536,11 +537,4 @@ def _refuse_keys_not_utf8(keys: list[str]) -> None:
     """A clear error for keys that cannot be written (a map item's uid made of a file name
     that os.listdir decoded with surrogates): as the cache says for such keys."""
     for key in keys:
-        try:
-            key.encode("utf8")
-        except UnicodeEncodeError as error:
-            raise ValueError(
-                f"Key {key!r} cannot be written as UTF-8 ({error.reason}): e.g. a file name "
-                "decoded with surrogates; make it valid text, e.g. with "
-                "os.fsencode(name).decode('utf8', 'replace')"
-            ) from None
+        check_utf8(key)
