@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import pickle
 import typing as tp
@@ -767,6 +768,37 @@ def test_yaml_files_removed_by_hand_are_written_again_by_a_hit(
         else LayeredMap(infra={"folder": tmp_path})
     )
     assert len(list(owner.infra.iter_cached())) == 1
+
+
+def test_yaml_files_written_meanwhile_are_not_told_restored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Threads starting a map on a new folder together: one looked for full-uid.yaml
+    while another was writing it, then saw that one's results and warned "Restored the
+    missing yaml files" (nobody removed them; a probe). Simulated: the look finds none."""
+    from exca.infra import base as infra_base
+    from exca.infra import uidfolder
+
+    assert list(LayeredMap(infra={"folder": tmp_path}).apply([1, 2])) == [1, 2]
+    infra_base._DEFAULTS_CHECKED.clear()  # (as in another thread's first look)
+    verify = uidfolder.verify_defaults
+    looks: list[str] = []
+
+    def written_after_the_look(folder: str, *args: tp.Any, **kwargs: tp.Any) -> bool | None:
+        looks.append(folder)
+        return False if len(looks) == 1 else verify(folder, *args, **kwargs)
+
+    monkeypatch.setattr(uidfolder, "verify_defaults", written_after_the_look)
+    with caplog.at_level(logging.WARNING, logger="exca"):
+        assert list(LayeredMap(infra={"folder": tmp_path}).apply([1, 2])) == [1, 2]
+    assert looks and "Restored" not in caplog.text
+    # removed for real: told
+    infra_base._DEFAULTS_CHECKED.clear()
+    folder = LayeredMap(infra={"folder": tmp_path}).infra.uid_folder()
+    (folder / "full-uid.yaml").unlink()
+    with caplog.at_level(logging.WARNING, logger="exca"):
+        assert list(LayeredMap(infra={"folder": tmp_path}).apply([1, 2])) == [1, 2]
+    assert "Restored the missing yaml files" in caplog.text
 
 
 class Scaled(pydantic.BaseModel):

@@ -756,6 +756,9 @@ class BaseInfra(pydantic.BaseModel):
             return False
         if not self._has_result(result):
             return False  # (being made: its creator writes them)
+        # (its creator writes them before any result: found now, they were being written
+        # when looked for, by another thread or process; prepare checks them)
+        gone = not os.path.exists(os.path.join(folder, uidfolder.FULL_UID_FILE))
         try:
             (prepare or self._prepare_folder)()
         except OSError as error:
@@ -763,7 +766,10 @@ class BaseInfra(pydantic.BaseModel):
                 _UNRESTORABLE.add(folder)
                 logger.warning("Could not restore the yaml files of %s: %s", folder, error)
             return False
-        logger.warning("Restored the missing yaml files of %s (uid.yaml, full-uid.yaml...)", folder)
+        if gone:
+            logger.warning(
+                "Restored the missing yaml files of %s (uid.yaml, full-uid.yaml...)", folder
+            )
         return True
 
     def _sub_configs(self) -> uidfolder.Structure:
