@@ -394,6 +394,31 @@ def test_an_array_element_cancelled_while_running_is_said_cancelled(
     kill_leftover_worker(blocked, record["job_id"])  # type: ignore[arg-type]
 
 
+@pytest.mark.timeout(240)
+def test_a_job_of_an_array_element_cancelled_while_pending_ends(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    """sacct keeps no record of an array element cancelled before it started: submitit
+    reads its state UNKNOWN for good, and job.result() / job.wait() waited forever (a
+    probe), while the call, status() and the plan said it failed."""
+    (ctl / "block").touch()
+    settings = {"folder": tmp_path / "cache", "cluster": "slurm", **resources(slurm_cluster)}
+    base = BlocksOne(ctl=str(ctl), infra=settings)
+    # (three: one pending element left is the array's own record, which sacct keeps)
+    with base.infra.job_array(max_workers=1) as array:
+        array.extend(base.infra.clone_obj(x=x) for x in (1, 2, 3))
+    wait_until(lambda: "1" in lines(ctl / "calls.txt"))  # x=1 runs: the others wait
+    pending = array[2].infra.job()
+    assert pending.state == "PENDING"
+    pending.cancel()
+    with pytest.raises(JobFailedError, match=rf"{re.escape(pending.job_id)}"):
+        pending.result()
+    assert pending.done() and array[2].infra.status() == "failed"
+    (ctl / "block").unlink()
+    assert [array[i].infra.job().result() for i in (0, 1)] == [1, 2]
+    assert lines(ctl / "calls.txt") == ["1", "2"]  # (the cancelled element never ran)
+
+
 class Heavy(pydantic.BaseModel):
     """A config carrying 2 MB of data (kept out of its uid)."""
 

@@ -338,6 +338,9 @@ class FutureHandle(Handle):
 ACTIVE_OR_UNKNOWN = ("UNKNOWN", "RUNNING", "PENDING", "COMPLETING")
 
 
+UNKNOWN_LOOK_S = 5.0  # seconds a Slurm job reads UNKNOWN before squeue is asked about it
+
+
 class SubmititHandle(Handle):
     def __init__(self, job: tp.Any, cluster: str, template: str | None = None) -> None:
         self.job = job
@@ -346,6 +349,7 @@ class SubmititHandle(Handle):
         self._done = False
         self._template = template  # local jobs: the log-folder template to drop when done
         self._cancelled = False  # (cancelled by this handle: a local job it then killed too)
+        self._unknown_since: float | None = None  # (see _left_slurm_unknown)
 
     @property
     def submitit_job(self) -> tp.Any:
@@ -355,6 +359,7 @@ class SubmititHandle(Handle):
         local = self.cluster == "local" and "_process_start" not in self.__dict__
         ended = local and self.done()  # (first: done() updates the state copied below)
         state = self.__dict__.copy()
+        state["_unknown_since"] = None  # (a time of this process's clock)
         if local and self.job_id.isdigit():
             # which process the job is (its id is a pid): another process loading this
             # handle tells whether it still runs (submitit's unpickled local job said done;
@@ -373,11 +378,31 @@ class SubmititHandle(Handle):
             if self._loaded():
                 self._done = not self._runs_elsewhere()
             else:
-                self._done = bool(self.job.done())
+                self._done = bool(self.job.done()) or self._left_slurm_unknown()
             if self._done and self._template is not None:
                 _template_job_done(self._template)
                 self._template = None
         return self._done
+
+    def _left_slurm_unknown(self) -> bool:
+        """Whether a Slurm job submitit reads UNKNOWN (sacct has no record of it: an array
+        element cancelled while pending never gets one on some clusters) has left the
+        queue: submitit takes UNKNOWN for not done, and a wait for it never ended. The
+        queue knows a job from its submission on. sacct also lags a few seconds behind a
+        new job: squeue is asked once that state lasted, and then every few seconds."""
+        if self.cluster != "slurm" or not self.state().startswith("UNKNOWN"):
+            self._unknown_since = None
+            return False
+        now = time.monotonic()
+        since = getattr(self, "_unknown_since", None)  # (a handle pickled before: none)
+        if since is None or now - since < UNKNOWN_LOOK_S:
+            self._unknown_since = now if since is None else since
+            return False
+        self._unknown_since = now  # (the next look: as long after this one)
+        from .registry import confirmed_queued
+
+        queued = confirmed_queued([self.job_id])
+        return queued is not None and self.job_id not in queued
 
     def _runs_elsewhere(self) -> bool:
         """Whether the local job of a handle loaded in another process still runs (on
