@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import enum
 import functools
 import itertools
 import re
@@ -864,7 +865,7 @@ class _Exporter:
                     and not field.required
                     and name not in keep
                     and type(value) is type(field.default)
-                    and _uid_equal(_dataclass_dump(value), field.default_json)
+                    and _uid_equal(exported, field.default_json)  # (classes inside: never)
                 ):
                     out[name] = exported
                 continue
@@ -958,13 +959,9 @@ class _Exporter:
             self.field_keys_only = False  # (user keys, or containers in a list)
             if declared and type(dval) is dict and _lost_by_dump(value, declared):
                 # a dataclass subclass instance (or one inside): the dump followed the
-                # annotated class's schema (its own fields lost): dumped whole, with its
-                # class in a uid
-                whole = _sets_ordered(value, _dataclass_dump(value))
-                cls = type(value)
-                if not self.uid or not _subclass_dataclass(cls, declared):
-                    return whole
-                return {CLASS_KEY: f"{cls.__module__}.{cls.__qualname__}", **whole}
+                # annotated class's schema (its own fields lost): dumped whole, with the
+                # class of each such instance in a uid
+                return _sets_ordered(value, _dataclass_export(value, declared, self.uid), True)
         if isinstance(value, dict) and isinstance(dval, dict):
             # the dump keeps the order of the keys: the i-th json key is the i-th key's
             # rendering (an Enum key as its value, an int as its text...)
@@ -1002,7 +999,7 @@ class _Exporter:
         if dval is None and type(value) is float:
             return value  # inf/nan: the json dump says null
         if type(dval) is dict and dataclasses.is_dataclass(value):
-            return _sets_ordered(value, dval)  # (a set in a field: in hash order)
+            return _sets_ordered(value, dval, True)  # (a set of strings: in hash order)
         return dval
 
     def _set_item(self, item: tp.Any, dval: tp.Any, declared: tuple[type, ...]) -> tp.Any:
@@ -1083,6 +1080,8 @@ def _holds_dataclass_subclass(value: tp.Any) -> bool:
     dict there, at any depth), a dataclass that is a strict subclass of the class that
     field's annotation names: pydantic's dump follows the annotation (its own fields lost)."""
     for name, declared in _dataclass_field_types(type(value)).items():
+        if not declared:
+            continue  # (no dataclass named: dumped by its values' own classes)
         sub = getattr(value, name, None)
         for item in _contained(sub):
             if not dataclasses.is_dataclass(item) or isinstance(item, type):
@@ -1109,7 +1108,8 @@ _DATACLASS_FIELD_TYPES: dict[type, dict[str, tuple[type, ...]]] = {}
 
 def _dataclass_field_types(cls: type) -> dict[str, tuple[type, ...]]:
     """The dataclasses each field of a dataclass names in its annotation (memoized; a
-    class whose annotations cannot be resolved: its fields' declared classes, none)."""
+    class whose annotations cannot all be resolved, e.g. a local class under ``from
+    __future__ import annotations``: each field's annotation as written, if a class)."""
     known = _DATACLASS_FIELD_TYPES.get(cls)
     if known is None:
         try:
@@ -1117,15 +1117,35 @@ def _dataclass_field_types(cls: type) -> dict[str, tuple[type, ...]]:
         except Exception:  # (a forward reference that cannot be resolved)
             hints = {}
         known = _DATACLASS_FIELD_TYPES[cls] = {
-            field.name: annotated_dataclasses(hints.get(field.name))
+            field.name: annotated_dataclasses(hints.get(field.name, field.type))
             for field in dataclasses.fields(cls)
         }
     return known
 
 
-def _dataclass_dump(value: tp.Any) -> tp.Any:
-    """The json dump of a dataclass instance by its own fields (not its annotation's)."""
-    return pydantic_core.to_jsonable_python(value)
+def _dataclass_export(value: tp.Any, declared: tuple[type, ...], uid: bool) -> tp.Any:
+    """The json dump of a dataclass instance by its own fields, and those of each
+    dataclass inside it (pydantic's follows the annotations: a subclass's own fields are
+    lost), with, in a uid, the class of each instance that is a strict subclass of the
+    class its annotation names (``declared``: the annotation's classes for ``value``)."""
+    if not dataclasses.is_dataclass(value) or isinstance(value, type):
+        if isinstance(value, list | tuple):
+            return [_dataclass_export(item, declared, uid) for item in value]
+        if isinstance(value, dict):
+            keys = pydantic_core.to_jsonable_python(dict.fromkeys(value))  # (as json names them)
+            return {
+                key: _dataclass_export(item, declared, uid)
+                for key, item in zip(keys, value.values())
+            }
+        return pydantic_core.to_jsonable_python(value)
+    out = {
+        name: _dataclass_export(getattr(value, name, None), held, uid)
+        for name, held in _dataclass_field_types(type(value)).items()
+    }
+    cls = type(value)
+    if uid and _subclass_dataclass(cls, declared):
+        return {CLASS_KEY: f"{cls.__module__}.{cls.__qualname__}", **out}
+    return out
 
 
 def _with_class(exported: tp.Any, model: pydantic.BaseModel) -> tp.Any:
@@ -1269,30 +1289,51 @@ def _typed_items(items: tp.Iterable[tp.Any]) -> set[tuple[bool, tp.Any]]:
     return {(type(item) is bool, item) for item in items}
 
 
-def _sets_ordered(value: tp.Any, dumped: tp.Any) -> tp.Any:
+def _sets_ordered(value: tp.Any, dumped: tp.Any, only_seeded: bool = False) -> tp.Any:
     """The json dump of a value with every set in it, at any depth, in a fixed order
-    (the rest of the dump as it is)."""
+    (the rest of the dump as it is). ``only_seeded``: sets whose order is the same in
+    every process (numbers only) keep it (inside dataclasses, whose sets were not ordered
+    until strings in them were found to change uids between processes)."""
     if dumped is None and type(value) is float:
         return value  # inf/nan: the json dump says null (None itself stays None)
     if type(dumped) is dict:
         if isinstance(value, pydantic.BaseModel):  # (its fields, by name: they may hold sets)
             fields = value.__dict__
-            return {k: _sets_ordered(fields[k], d) if k in fields else d for k, d in dumped.items()}
+            return {
+                k: _sets_ordered(fields[k], d, only_seeded) if k in fields else d
+                for k, d in dumped.items()
+            }
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             return {
-                k: _sets_ordered(getattr(value, k), d) if hasattr(value, k) else d
+                k: _sets_ordered(getattr(value, k), d, only_seeded) if hasattr(value, k) else d
                 for k, d in dumped.items()
             }
         if isinstance(value, dict) and len(value) == len(dumped):  # (keys in the same order)
-            return {k: _sets_ordered(v, d) for v, (k, d) in zip(value.values(), dumped.items())}
+            return {
+                k: _sets_ordered(v, d, only_seeded)
+                for v, (k, d) in zip(value.values(), dumped.items())
+            }
         return dumped
     if type(dumped) is not list or len(dumped) != len(value):
         return dumped
     if isinstance(value, set | frozenset):  # (items in iteration order: the dump's)
-        return _ordered_set([_sets_ordered(s, d) for s, d in zip(value, dumped)])
+        items = [_sets_ordered(s, d, only_seeded) for s, d in zip(value, dumped)]
+        if only_seeded and not any(_hash_seeded(item) for item in value):
+            return items
+        return _ordered_set(items)
     if isinstance(value, list | tuple):
-        return [_sets_ordered(s, d) for s, d in zip(value, dumped)]
+        return [_sets_ordered(s, d, only_seeded) for s, d in zip(value, dumped)]
     return dumped
+
+
+def _hash_seeded(item: tp.Any) -> bool:
+    """Whether the hash of a set item may change from process to process (PYTHONHASHSEED:
+    strings, bytes, enums...; numbers never, and so neither do tuples of them)."""
+    if isinstance(item, tuple | frozenset):
+        return any(_hash_seeded(sub) for sub in item)
+    if item is None or isinstance(item, enum.Enum):
+        return item is not None
+    return not isinstance(item, int | float | complex)
 
 
 def _ordered_set(dumped: list[tp.Any]) -> list[tp.Any]:
