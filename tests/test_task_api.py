@@ -533,6 +533,27 @@ class FrozenSpec:
     sizes: list[int] = dataclasses.field(default_factory=lambda: [1])
 
 
+class SubSpec(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    x: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenWithConfig:
+    sub: SubSpec = dataclasses.field(default_factory=SubSpec)
+
+
+class HoldsFrozen(pydantic.BaseModel):
+    """Nothing else that can change in place."""
+
+    holder: FrozenWithConfig = FrozenWithConfig()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def train(self) -> int:
+        return self.holder.sub.x
+
+
 class WithDataclasses(pydantic.BaseModel):
     crop: CropSpec = CropSpec()
     frozen: FrozenSpec = FrozenSpec()
@@ -557,6 +578,12 @@ def test_a_dataclass_changed_in_place_after_its_uid_is_not_read(tmp_path: Path) 
     frozen.frozen.sizes.append(3)
     with pytest.raises(RuntimeError, match="changed in place"):
         frozen.train()
+    # a frozen dataclass holding a config: that config is not frozen in there (a review)
+    holder = HoldsFrozen(holder=FrozenWithConfig(SubSpec(x=2)), infra={"folder": tmp_path})
+    assert holder.train() == 2
+    holder.holder.sub.x = 5
+    with pytest.raises(RuntimeError, match=r"changed in place.*holder.sub.x: 2 -> 5"):
+        holder.train()
     assert WithDataclasses(crop=CropSpec(128), infra={"folder": tmp_path}).train() == "128 [1]"
 
 

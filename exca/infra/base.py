@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
+import dataclasses
 import enum
 import errno
 import functools
@@ -1045,9 +1046,13 @@ def _mutable(value: tp.Any) -> bool:
     if isinstance(value, tuple):
         return any(_mutable(item) for item in value)
     params = getattr(type(value), "__dataclass_params__", None)
-    if params is not None:  # (a frozen one's fields may hold lists: they are checked)
-        fields = getattr(type(value), "__dataclass_fields__", {})
-        return not params.frozen or any(_mutable(getattr(value, name, None)) for name in fields)
+    if params is not None and not isinstance(value, type):
+        # (a frozen one's fields may hold lists, or configs, which are not frozen in there)
+        return not params.frozen or any(
+            _mutable(held) or isinstance(held, pydantic.BaseModel)
+            for field in dataclasses.fields(value)
+            for held in [getattr(value, field.name, None)]
+        )
     numpy = sys.modules.get("numpy")
     return numpy is not None and isinstance(value, numpy.ndarray)
 
