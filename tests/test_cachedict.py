@@ -2654,7 +2654,7 @@ def test_a_write_context_closed_elsewhere_in_a_thread_of_a_reused_id(tmp_path: P
         cd["outside"] = 1
     with pytest.raises(RuntimeError, match="set_many must be called inside"):
         cd.set_many([("many", 1)])
-    assert "outside" not in CacheDict(tmp_path) and "many" not in CacheDict(tmp_path)
+    assert "outside" not in CacheDict(cd.folder) and "many" not in CacheDict(cd.folder)
 
 
 def test_clear_while_another_thread_of_the_instance_writes(tmp_path: Path) -> None:
