@@ -2359,6 +2359,29 @@ def test_garbage_names_a_kept_result_of_other_class_defaults(tmp_path: Path) -> 
     assert "other class defaults" in plan.kept[0][1] and "exca clean" in plan.kept[0][1]
 
 
+def test_garbage_keeps_a_target_cached_under_its_legacy_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A target cached by an older exca (v2 folder name, which its next run renames and
+    reuses): garbage removed it as "not reached by the given targets" (the run computed
+    it again), and remove_nodes of that target found nothing to remove (a probe)."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv("CONFDICT_UID_VERSION", "2")
+    Train(optim={"lr": 0.2}, infra={"folder": root}).fit()
+    legacy = folder_of(Train(optim={"lr": 0.2}, infra={"folder": root}))
+    monkeypatch.delenv("CONFDICT_UID_VERSION")
+    Train(seed=1, infra={"folder": root}).fit()
+    target = Train(optim={"lr": 0.2}, infra={"folder": root})
+    assert folder_of(target) != legacy and not folder_of(target).exists()
+    plan = clean.garbage(root, [target.fit.node()])
+    assert [r.path for r in plan.removals] == [folder_of(Train(seed=1, infra={"folder": root}))]
+    assert [r.path for r in clean.remove_nodes([target.fit.node()]).removals] == [legacy]
+    plan.execute()
+    capsys.readouterr()
+    assert Train(optim={"lr": 0.2}, infra={"folder": root}).fit() == 20.0
+    assert "fitting" not in capsys.readouterr().out  # (reused, not computed again)
+
+
 def test_clean_node_checks_its_root_and_takes_relative_paths(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -432,6 +432,22 @@ def computed_from(
     return found, some_items
 
 
+def cached_folder(node: Node) -> Path | None:
+    """The folder holding a node's cache: its own, else the one under its config's legacy
+    (v2) name (an older exca's cache, which the node's next run renames and reuses), else
+    None (never computed)."""
+    folder = node.folder
+    if folder is None or folder.exists():
+        return folder
+    legacy = node.legacy_name() if node.legacy_name is not None else None
+    if not legacy or node.root is None:
+        return None
+    legacy_folder = node.root / node.step / legacy
+    if node.inputs_uid is not None:  # (a call with inputs: its folder is in its config's)
+        legacy_folder /= node.inputs_uid
+    return legacy_folder if legacy_folder.exists() else None
+
+
 def remove_nodes(
     nodes: Node | Path | str | tp.Sequence[Node | Path | str],
     downstream: bool = False,
@@ -447,8 +463,8 @@ def remove_nodes(
     base = cache_root(root) if root is not None else None  # (a root that is not: refused)
     for item in nodes:
         # (a path as given: ".", "../x": absolute, as its removal renames it)
-        folder = item.folder if isinstance(item, Node) else Path(os.path.abspath(item))
-        if folder is None or (isinstance(item, Node) and not folder.exists()):
+        folder = cached_folder(item) if isinstance(item, Node) else Path(os.path.abspath(item))
+        if folder is None:
             continue
         if not folder.exists():
             raise ValueError(f"{folder}: no such folder (give node folders, or Nodes)")
@@ -1084,10 +1100,10 @@ def garbage(root: Path | str, targets: Node | tp.Sequence[Node]) -> CleanPlan:
     if not targets:
         raise ValueError("garbage: give the target nodes to keep (none given: all would go)")
     graph = collect(targets).values()
-    keep = {n.folder.resolve() for n in graph if n.folder is not None}
+    keep = {f.resolve() for n in graph if (f := cached_folder(n)) is not None}
     real_root = root.resolve()
     here = [n for n in graph if n.root is not None and n.root.resolve() == real_root]
-    if not any(n.folder is not None and n.folder.exists() for n in here):
+    if not any(cached_folder(n) is not None for n in here):
         roots = sorted({str(n.root) for n in graph if n.root is not None})[:3]
         where = (
             "they are not computed (a config typo?)"
