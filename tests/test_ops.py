@@ -1703,6 +1703,33 @@ def test_clean_old_versions(tmp_path: Path) -> None:
     assert exca.graph.plan(node).entries[0].status == "cached"
 
 
+def test_clean_versions_keeps_the_older_versions_when_the_newest_holds_no_success(
+    tmp_path: Path,
+) -> None:
+    """A version bump that crashed (only a cached error), or whose result was cleared,
+    then reverted: `versions` took it for the newest and removed every result of the
+    version in use (a probe)."""
+    root = tmp_path / "cache"
+    in_use = Train(seed=1, infra={"folder": root})
+    in_use.fit()
+    with pytest.raises(ValueError, match="cannot fit"):
+        Train(seed=1, fail=True, infra={"folder": root, "version": "2"}).fit()
+    cleared = Train(seed=1, infra={"folder": root, "version": "3"})
+    cleared.fit()
+    cleared.infra.clear_job()
+    plan = clean.old_versions(root)
+    assert plan.removals == []
+    kept = {path.name: why for path, why in plan.kept}
+    assert set(kept) == {f"{__name__}.Train.fit,2", f"{__name__}.Train.fit,3"}
+    assert "holds no successful result" in kept[f"{__name__}.Train.fit,2"]
+    result = cli("clean", root, "versions", "--yes", check=True)
+    assert "holds no successful result" in result.stdout
+    assert folder_of(in_use).exists()
+    # a success in a newer version: the version in use before is old
+    Train(seed=1, infra={"folder": root, "version": "2"}).fit()
+    assert [r.path for r in clean.old_versions(root).removals] == [folder_of(in_use)]
+
+
 def test_clean_versions_refuses_a_step_naming_methods_of_several_modules(
     tmp_path: Path,
 ) -> None:

@@ -661,13 +661,31 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
         if len(numbered) < 2:
             continue
         numbered = _newest_last(numbered)
-        newest_folder = numbered[-1]
+        # (a newer version whose runs all failed, or were cleared, is a try the user may
+        # have reverted: the code in use may be an older version's, which must stay)
+        newest_folder = next((f for f in reversed(numbered) if _holds_a_success(f)), None)
+        if newest_folder is None:
+            why = "no version of this method holds a successful result: none is removed"
+            plan.kept.append((numbered[-1], why))
+            continue
         newest_key = _version_key(newest_folder.name.partition(",")[2])
         newest = newest_folder.name.partition(",")[2]
         older = []
-        for folder in numbered[:-1]:
+        for folder in numbered:
             version = folder.name.partition(",")[2]
-            if _version_key(version) == newest_key:
+            if folder == newest_folder:
+                continue
+            key = _version_key(version)
+            newer = key is not None and newest_key is not None and key > newest_key
+            if newer and _holds_node_folders(folder):  # (one left with logs only is old)
+                why = (
+                    f"version {version!r} holds no successful result (only cached errors, "
+                    "or nothing: it failed, was cleared, or is being computed): it does not "
+                    f"make older versions old; they are compared with {newest!r}, the newest "
+                    "holding one"
+                )
+                plan.kept.append((folder, why))
+            elif key == newest_key:
                 why = f"version {version!r} is the same number as the newest ({newest})"
                 plan.kept.append((folder, why))
             else:
@@ -746,6 +764,18 @@ def _set_on_instances_only(step_folder: Path) -> bool:
         ):
             return False  # computed with the class's default version
     return True
+
+
+def _holds_a_success(step_folder: Path) -> bool:
+    """Whether a ``<method>,<version>`` folder holds a result that is not a cached error."""
+    for _, _, folder in node_folders(step_folder.parent, only=step_folder.name):
+        try:
+            entries = inspecting_view(folder).entries_info().values()
+        except OSError:  # (a shared cache: another user's private folder tells nothing)
+            continue
+        if any(info.get("#type") != "Error" for info in entries):
+            return True
+    return False
 
 
 def _newest_last(folders: list[Path]) -> list[Path]:
