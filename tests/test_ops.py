@@ -446,7 +446,7 @@ def test_list_cli_filters_and_json(cache: dict[str, tp.Any]) -> None:
 
     everything = listed()
     fields = {"step", "uid", "folder", "kind", "status", "config", "entries", "errors", "size",
-              "modified", "job_id", "job_state", "stdout", "stderr", "error"}  # fmt: skip
+              "modified", "job_id", "job_state", "stdout", "stderr", "error", "note"}  # fmt: skip
     assert everything and all(set(row) == fields for row in everything)
     python_side = exca.ops.inspect(root)
     assert [r["folder"] for r in everything] == [str(i.folder) for i in python_side]
@@ -2407,6 +2407,28 @@ def test_garbage_keeps_a_target_cached_under_its_legacy_name(
     capsys.readouterr()
     assert Train(optim={"lr": 0.2}, infra={"folder": root}).fit() == 20.0
     assert "fitting" not in capsys.readouterr().out  # (reused, not computed again)
+
+
+def test_a_node_folder_that_lost_its_uid_yaml_is_listed_and_cleaned(tmp_path: Path) -> None:
+    """A node folder whose uid.yaml was removed (its result still reused by a call) was
+    invisible: `exca list` left it out, `clean node` refused it as "not the folder of a
+    node", garbage and versions ignored it (a probe)."""
+    root = tmp_path / "cache"
+    lost = Train(seed=1, infra={"folder": root})
+    lost.fit()
+    Train(seed=2, infra={"folder": root}).fit()
+    folder = folder_of(lost)
+    (folder / "uid.yaml").unlink()
+    info = by_uid(exca.ops.inspect(root))[folder.name]
+    assert info.status == "success" and info.note is not None and "uid.yaml" in info.note
+    assert [i.folder for i in exca.ops.inspect(root, where=["seed=1"])] == [folder]
+    assert "uid.yaml missing" in cli("list", root, check=True).stdout
+    kept = Train(seed=2, infra={"folder": root}).fit.node()
+    assert [r.path for r in clean.garbage(root, [kept]).removals] == [folder]
+    Train(seed=2, infra={"folder": root, "version": "2"}).fit()
+    assert folder in [r.path for r in clean.old_versions(root).removals]
+    result = cli("clean", root, "node", folder, "--yes", check=True)
+    assert not folder.exists(), result.stdout
 
 
 def test_clean_node_checks_its_root_and_takes_relative_paths(

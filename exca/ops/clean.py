@@ -49,6 +49,7 @@ from .inspect import (
     disk_usage,
     human_size,
     input_folders,
+    is_node_folder,
     node_folders,
     step_selects,
 )
@@ -494,12 +495,6 @@ def remove_nodes(
     return plan
 
 
-def is_node_folder(folder: Path) -> bool:
-    if folder.name.startswith(INPUTS_PREFIX):
-        return (folder.parent / UID_FILE).exists()
-    return (folder / UID_FILE).exists()
-
-
 # --- old versions -------------------------------------------------------------------------------
 _NUMBERED_VERSION = re.compile(r"v?(\d+(?:\.\d+)*)")
 
@@ -548,11 +543,20 @@ def _selected_methods(step: str, methods: dict[str, list[Path]]) -> dict[str, li
     )
 
 
+def _seen_as_node_folder(folder: Path) -> bool:
+    """``is_node_folder``, False for a folder this user cannot look into (a shared cache:
+    another user's private folder, told where it would be cleaned)."""
+    try:
+        return is_node_folder(folder)
+    except OSError:
+        return False
+
+
 def _holds_node_folders(folder: Path) -> bool:
     """Whether a folder holds node folders (one it cannot list holds none it may clean)."""
     try:
         return any(
-            entry.is_dir() and os.path.exists(os.path.join(entry.path, UID_FILE))
+            entry.is_dir() and _seen_as_node_folder(Path(entry.path))
             for entry in os.scandir(folder)
         )
     except OSError:
@@ -598,7 +602,7 @@ def _is_step_folder(folder: Path) -> bool:
     except OSError as error:  # (a shared cache: another user's step folder)
         logger.warning("Skipping %s: %s", folder, error)
         return False
-    if any(os.path.exists(p / UID_FILE) for p in subfolders):  # (holds node folders)
+    if any(_seen_as_node_folder(p) for p in subfolders):  # (holds node folders)
         return True
     return bool(subfolders) and all(_written_by_exca(p) for p in subfolders)
 
@@ -709,7 +713,7 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
             subfolders = sorted(p for p in old.iterdir() if p.is_dir() and p.name[0] != ".")
             for config in subfolders:
                 try:
-                    is_config = (config / UID_FILE).exists()
+                    is_config = is_node_folder(config)
                 except PermissionError as error:  # (a shared cache: another user's, private)
                     logger.warning("Skipping %s: %s", config, error)
                     plan.kept.append((config, "this user cannot read it (another user's?)"))
@@ -720,7 +724,7 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
                 continue  # a config of this version is in use: keep its logs and code too
             for other in subfolders:
                 # logs/, code/ of the old version (not what the user put there)
-                if not (other / UID_FILE).exists() and _written_by_exca(other):
+                if not is_node_folder(other) and _written_by_exca(other):
                     # (a job of another method may use them)
                     used = _holds_what_jobs_use(other, root, plan.jobs_use)
                     if used is not None:

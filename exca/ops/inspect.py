@@ -18,7 +18,7 @@ from pathlib import Path
 from ..confdict import ConfDict
 from ..graph import registry
 from ..graph.node import INPUTS_PREFIX, TASK_KEY
-from ..infra.uidfolder import FULL_UID_FILE, UID_FILE, read_yaml
+from ..infra.uidfolder import CONFIG_FILE, FULL_UID_FILE, UID_FILE, read_yaml
 from ..plainyaml import pyyaml
 from ..storage.cachederror import record_line
 from ..storage.cachedict import inspecting_view
@@ -50,6 +50,7 @@ class NodeInfo:
     stdout: str | None = None
     stderr: str | None = None
     error: str | None = None  # a task's cached error: "ValueError: its message" (shortened)
+    note: str | None = None  # something odd about the folder (its uid.yaml removed...)
     full_config: dict[str, tp.Any] = dataclasses.field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, tp.Any]:
@@ -102,7 +103,7 @@ def node_folders(root: Path, only: str | None = None) -> tp.Iterator[tuple[str, 
         for config in configs:
             path = Path(config.path)
             try:
-                if not (path / UID_FILE).exists():
+                if not is_node_folder(path):
                     continue
             except PermissionError as error:
                 logger.warning("Skipping %s: %s", path, error)
@@ -110,6 +111,29 @@ def node_folders(root: Path, only: str | None = None) -> tp.Iterator[tuple[str, 
             yield step.name, config.name, path
             for sub in input_folders(path):
                 yield step.name, f"{config.name}/{sub.name}", sub
+
+
+def is_node_folder(folder: Path) -> bool:
+    """Whether a folder is a node's: a config folder (``<root>/<step>/<uid>``, with its
+    uid.yaml, or lost_uid_file) or the ``inputs-*`` folder of one."""
+    if folder.name.startswith(INPUTS_PREFIX):
+        config = folder.parent
+        return (config / UID_FILE).exists() or lost_uid_file(config)
+    return (folder / UID_FILE).exists() or lost_uid_file(folder)
+
+
+def lost_uid_file(folder: Path) -> bool:
+    """Whether a config folder (in a ``<method>,<version>`` folder) lost its uid.yaml
+    (removed by hand, or by a sync): it still holds its full-uid.yaml or index files,
+    which a call of its config reuses (a config.yaml alone: any user folder may hold one)."""
+    if "," not in folder.parent.name or (folder / UID_FILE).exists():
+        return False
+    if (folder / FULL_UID_FILE).exists():
+        return True
+    try:
+        return any(e.name.endswith(INDEX_SUFFIX) for e in os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 def input_folders(folder: Path) -> list[Path]:
@@ -186,6 +210,11 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
     own = folder / FULL_UID_FILE if folder != config_folder else None
     full_path = own if own is not None and own.exists() else config_folder / FULL_UID_FILE
     full = ConfDict(read_yaml(full_path) or {}).flat()
+    note = None
+    if not config and lost_uid_file(config_folder):
+        note = f"{UID_FILE} missing (removed by hand?): a call of its config still reuses it"
+        if not full:  # (config.yaml: every value, uid or not; for `--where` filters)
+            full = ConfDict(read_yaml(config_folder / CONFIG_FILE) or {}).flat()
     cache = inspecting_view(folder)
     cache.refresh()
     entries = cache.entries_info()
@@ -196,6 +225,7 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
     size, modified = disk_usage(folder)
     info = NodeInfo(step, uid, folder, kind, "empty", config, len(entries), errors, size, modified)
     info.full_config = full
+    info.note = note
     records = registry.read_all(folder, copied=True)
     if queued is None:  # (one squeue call for the folder's Slurm jobs)
         queued = registry.queued_jobs([r.job_id for r in records if r.cluster == "slurm"])
@@ -283,9 +313,9 @@ def inspect(
     conditions = [_parse_condition(c) for c in where]
     # (given a step, config or inputs folder instead of a root: that part of the root)
     only_step, only_config, only_inputs = None, None, None
-    if root.name.startswith(INPUTS_PREFIX) and (root.parent / UID_FILE).exists():
+    if root.name.startswith(INPUTS_PREFIX) and is_node_folder(root):
         only_inputs, root = root.name, root.parent
-    if (root / UID_FILE).exists():
+    if is_node_folder(root):
         only_step, only_config, root = root.parent.name, root.name, root.parent.parent
     elif "," in root.name and any(node_folders(root.parent, only=root.name)):
         only_step, root = root.name, root.parent
@@ -404,8 +434,9 @@ def render(infos: list[NodeInfo]) -> str:
         errors = f", {info.errors} error(s)" if info.kind == "map" and info.errors else ""
         job = f"  job {info.job_id} ({info.job_state})" if info.job_id else ""
         error = f"  {info.error}" if info.error else ""
+        note = f"  ({info.note})" if info.note else ""
         lines.append(
             f"  {info.status:9s} {human_size(info.size):>9s}  {_iso(info.modified) or '-':19s}  "
-            f"{info.uid}  {entries}{errors}{job}{error}"
+            f"{info.uid}  {entries}{errors}{job}{error}{note}"
         )
     return "\n".join(lines)
