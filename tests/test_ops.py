@@ -2431,6 +2431,26 @@ def test_a_node_folder_that_lost_its_uid_yaml_is_listed_and_cleaned(tmp_path: Pa
     assert not folder.exists(), result.stdout
 
 
+def test_clean_node_given_twice_is_counted_once(tmp_path: Path) -> None:
+    """The same node given twice ("F" and "F/", or a path and its Node), or with its
+    config folder, was listed and counted twice: previews and `--yes` reported twice the
+    bytes (a probe)."""
+    root = tmp_path / "cache"
+    obj = Train(seed=1, infra={"folder": root})
+    obj.fit()
+    folder = folder_of(obj)
+    plan = clean.remove_nodes([folder, f"{folder}/", obj.fit.node()])
+    assert [r.path for r in plan.removals] == [folder]
+    _, down = _pipeline(root)
+    assert down.result() == 12 and down.folder is not None
+    plan = clean.remove_nodes([down, down.folder.parent])  # (its config folder holds it)
+    assert [r.path for r in plan.removals] == [down.folder.parent]
+    size = disk_bytes(folder)
+    done = json.loads(cli("clean", root, "node", folder, f"{folder}/", "--yes", "--json").stdout)
+    assert done["freed"] == size and len(done["removals"]) == 1
+    assert not folder.exists()
+
+
 def test_clean_node_checks_its_root_and_takes_relative_paths(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -478,6 +478,12 @@ def remove_nodes(
                 "exca.ops.clean.garbage(root, targets)"
             )
         folders.append(folder)
+    # (a folder given twice, "F" and "F/", or with its config folder: listed and counted once)
+    unique: dict[Path, Path] = {}
+    for folder in folders:
+        unique.setdefault(folder.resolve(), folder)
+    folders = [f for real, f in unique.items() if real.parent not in unique]
+    for folder in folders:
         _add_folder(plan, folder, "requested")
     if base is None and downstream and folders:
         base = registry.root_of(folders[0])
