@@ -3387,6 +3387,21 @@ def test_clean_never_touches_a_folder_being_computed(
     assert proc.poll() is None
 
 
+def test_a_removal_kept_at_execute_is_told(
+    busy_task: tuple[Path, Path, subprocess.Popen[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A folder that started being computed between the preview and execute() is rightly
+    kept, but silently: execute() returned 0 with nothing in ``failed`` (a probe)."""
+    _, folder, proc = busy_task
+    plan = clean.CleanPlan(removals=[clean.Removal(folder, 4096, "requested")])  # (previewed idle)
+    with caplog.at_level("WARNING", logger="exca"):
+        assert plan.execute() == 0
+    ((path, why),) = plan.skipped
+    assert path == folder and "being computed" in why and plan.failed == []
+    assert "in use since the preview" in caplog.text and str(folder) in caplog.text
+    assert folder.is_dir() and proc.poll() is None
+
+
 def _local_slow_job(tmp_path: Path, **infra: tp.Any) -> tuple[Slow, tp.Any, Path]:
     flag = tmp_path / "hold"
     flag.touch()

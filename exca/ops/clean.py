@@ -78,6 +78,10 @@ class CleanPlan:
     )
     # folders removed too when the removals leave them empty (an old version's step folder)
     emptied: list[Path] = dataclasses.field(default_factory=list, repr=False, compare=False)
+    # after execute(): what it left, and why (started being computed or used since the preview)
+    skipped: list[tuple[Path, str]] = dataclasses.field(
+        default_factory=list, repr=False, compare=False
+    )
 
     @property
     def size(self) -> int:
@@ -109,13 +113,17 @@ class CleanPlan:
     def execute(self) -> int:
         """Remove everything listed (node folders: renamed away first); return bytes freed.
         What cannot be removed (e.g. another user's folder) is left whole, listed in
-        ``failed`` and warned about; the rest is removed."""
+        ``failed`` and warned about; what started being computed or used since the preview
+        is kept, listed in ``skipped`` and warned about; the rest is removed."""
         freed = 0
         self.failed = []
+        self.skipped = []
         jobs_use: dict[Path, dict[Path, str]] = {}  # (read again: jobs may have started since)
         for removal in self.removals:
             try:
                 freed += _remove(removal, jobs_use)
+            except _InUse as error:
+                self.skipped.append((removal.path, str(error)))
             except _Incomplete as error:
                 freed += error.freed
                 self.failed.append((removal.path, str(error)))
@@ -125,6 +133,12 @@ class CleanPlan:
         for folder in self.emptied:
             with contextlib.suppress(OSError):  # (not empty: something kept, or new, there)
                 folder.rmdir()
+        if self.skipped:
+            logger.warning(
+                "Kept %d item(s), in use since the preview:\n%s",
+                len(self.skipped),
+                "\n".join(f"  - {path}: {why}" for path, why in self.skipped),
+            )
         if self.failed:
             logger.warning(
                 "Could not remove %d item(s):\n%s",
@@ -132,6 +146,10 @@ class CleanPlan:
                 "\n".join(f"  - {path}: {why}" for path, why in self.failed),
             )
         return freed
+
+
+class _InUse(Exception):
+    """A removal left alone: its folder started being computed or used since the preview."""
 
 
 class _Incomplete(OSError):
@@ -148,8 +166,9 @@ class _Incomplete(OSError):
 def _remove(removal: Removal, jobs_use: dict[Path, dict[Path, str]]) -> int:
     """Remove one item of a plan (unless in use since the preview); the bytes freed."""
     path = removal.path
-    if path.is_dir() and _busy_with_inputs(path) is not None:
-        return 0  # started being used since the preview
+    busy = _busy_with_inputs(path) if path.is_dir() else None
+    if busy is not None:  # started being used since the preview
+        raise _InUse(busy)
     if removal.keys is not None:
         _remove_items(path, removal.keys)
         return removal.size
@@ -171,8 +190,9 @@ def _remove(removal: Removal, jobs_use: dict[Path, dict[Path, str]]) -> int:
             )
         return freed
     root = registry.root_of(path) if (path / UID_FILE).exists() else path.parent.parent
-    if path.is_dir() and _holds_what_jobs_use(path, root, jobs_use) is not None:
-        return 0
+    used = _holds_what_jobs_use(path, root, jobs_use) if path.is_dir() else None
+    if used is not None:
+        raise _InUse(used)
     if path.is_dir() and not path.is_symlink():
         remove_node_folder(path, removal.size)
     else:

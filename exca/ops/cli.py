@@ -616,9 +616,15 @@ def _main(argv: list[str] | None) -> int:
             done = "removed." if removal.removals else ""
             if removal.failed:  # (each named by the warning above)
                 done = f"removed, except {len(removal.failed)} item(s): see the warning above."
+            if removal.skipped:  # (not a failure: rightly kept)
+                if len(removal.skipped) == len(removal.removals):
+                    done = ""
+                kept = "\n".join(f"  - {path}  ({why})" for path, why in removal.skipped)
+                done += f"\n{len(removal.skipped)} item(s) kept, in use since the preview:\n{kept}"
             failed = [{"path": str(p), "why": why} for p, why in removal.failed]
+            skipped = [{"path": str(p), "why": why} for p, why in removal.skipped]
             _print(
-                {"freed": freed, **removal.to_dict(), "failed": failed},
+                {"freed": freed, **removal.to_dict(), "failed": failed, "skipped": skipped},
                 args.json,
                 f"{removal}\n{done}".strip(),
             )
