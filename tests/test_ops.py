@@ -643,6 +643,21 @@ def test_explain_a_config_cached_under_its_legacy_name(
     assert "default changed" not in str(explanation)
 
 
+def test_explain_a_config_whose_folder_holds_no_result(tmp_path: Path) -> None:
+    """A config whose folder exists but holds no result (a run interrupted in process, or
+    cleared): explain compared it with the nearest other cached config, as if its values
+    were the reason (a probe)."""
+    root = tmp_path / "cache"
+    Train(seed=1, infra={"folder": root}).fit()
+    cleared = Train(seed=2, infra={"folder": root})
+    cleared.fit()
+    cleared.infra.clear_job()
+    assert folder_of(cleared).is_dir()
+    (explanation,) = exca.ops.explain(Train(seed=2, infra={"folder": root}).fit.node())
+    assert explanation.nearest is None and explanation.diff == []
+    assert "its folder exists but holds no result" in str(explanation)
+
+
 def test_explain_never_computed(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     Squares(infra={"folder": root}).square([1])  # another method is cached

@@ -310,6 +310,12 @@ def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Exp
                 )
                 explanation.reason += f" ({cached} item(s) are cached for this config: {then})"
                 return explanation
+        if node.folder is not None and node.folder.is_dir() and not _has_results(node.folder):
+            # (its own folder: no other config's differences to show)
+            explanation.reason = (
+                "missing: its folder exists but holds no result (interrupted, or cleared?)"
+            )
+            return explanation
         folder, explanation.diff, explanation.equally_near = nearest_cached(node, inputs)
         explanation.nearest = None if folder is None else str(folder)
         if folder is None:
