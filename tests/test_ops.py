@@ -2315,6 +2315,25 @@ def test_read_only_commands_leave_unreadable_yaml_alone(tmp_path: Path) -> None:
     assert yaml.safe_load((folder / "uid.yaml").read_text()) == {"seed": 3}
 
 
+def test_list_skips_a_uid_yaml_that_is_a_folder(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A uid.yaml that is a folder (a sync, a slip) stopped `exca list` with
+    IsADirectoryError (a probe): that node is skipped with a warning, the others listed."""
+    root = tmp_path / "cache"
+    for seed in (1, 2):
+        Train(seed=seed, infra={"folder": root}).fit()
+    odd = folder_of(Train(seed=1, infra={"folder": root}))
+    (odd / "uid.yaml").unlink()
+    (odd / "uid.yaml").mkdir()
+    with caplog.at_level("WARNING", logger="exca"):
+        infos = exca.ops.inspect(root)
+    assert [i.folder for i in infos] == [folder_of(Train(seed=2, infra={"folder": root}))]
+    assert f"Skipping {odd}" in caplog.text
+    result = cli("list", root, check=True)
+    assert "seed=2" in result.stdout and "Skipping" in result.stderr
+
+
 def test_list_skips_a_folder_it_cannot_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

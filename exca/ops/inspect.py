@@ -334,7 +334,8 @@ def inspect(
     for s, u, f in folders:
         try:
             info = describe(s, u, f, queued)
-        except PermissionError as error:  # (a shared cache: another user's private files)
+        # (a shared cache: another user's private files; a yaml file that is a folder)
+        except (PermissionError, IsADirectoryError) as error:
             logger.warning("Skipping %s: %s", f, error)
             continue
         if f in parents and info.kind == "empty":
