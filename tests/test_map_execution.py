@@ -2727,3 +2727,46 @@ def test_a_call_waits_for_a_job_retrying_an_error_cached_without_a_time(tmp_path
     slow.unlink()
     thread.join(timeout=60)
     assert outputs == [[20]] and job.result() == [20]
+
+
+class Segfaults(pydantic.BaseModel):
+    """item -> item; item 7 crashes its process (a C library reading address 0)."""
+
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        import ctypes
+
+        for item in items:
+            if item == 7:
+                ctypes.string_at(0)
+            yield item
+
+
+@pytest.mark.timeout(120)
+def test_a_processpool_item_that_crashes_alone_does_not_kill_the_caller(tmp_path: Path) -> None:
+    """A process pool isolates crashes: the only missing item, which segfaults, ran in the
+    caller (a shortcut for one item) and killed it (a notebook's kernel); it fails in a
+    pool process, as it did among other missing items. The plan says so too."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import exca.graph; "
+        "from exca.graph.errors import JobFailedError; "
+        "from test_map_execution import Segfaults\n"
+        "mapper = Segfaults(infra={'folder': sys.argv[2], 'cluster': 'processpool'})\n"
+        "print(exca.graph.plan(mapper.process.node([7])).entries[0].where)\n"
+        "try:\n"
+        "    list(mapper.process([7]))\n"
+        "except JobFailedError as error:\n"
+        "    print('caught:', error)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).parent), str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    where, caught = out.stdout.splitlines()[:2]
+    assert where == "processpool"
+    assert caught.startswith("caught: ") and "a process of the pool died" in caught

@@ -25,7 +25,7 @@ from .decisions import (
     unreachable_inputs,
 )
 from .errors import shortened
-from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Group, Node
+from .node import INLINE_WHEN_SINGLE, POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Group, Node
 
 STATUS_ORDER = ("running", "missing", "forced", "cached error", "stale", "cached", "not needed")
 _MERMAID_STYLE = {
@@ -257,9 +257,9 @@ class Plan:
                     elements = 3 * workers if todo is None else len(to_chunks(todo, 3 * workers, 1))
             if todo == 0:
                 continue  # (every item computed by another node: nothing sent for it)
-            # (one item of a pool's map, its own: computed here, no pool)
+            # (one item of a thread pool's map, its own: computed here, no pool)
             here = cluster is None or (
-                node.kind == "map" and cluster in POOL_CLUSTERS and todo == 1
+                node.kind == "map" and cluster in INLINE_WHEN_SINGLE and todo == 1
             )
             where = "inline" if here else f"{cluster}|{node.execution.group_key}"
             group = (wave[key], where, key in behind)
@@ -428,9 +428,10 @@ def _logs_problems(node: Node) -> list[str]:
 
 
 def _single_pool_item(node: Node, run: NodeRun) -> bool:
-    """A map of a pool with one item to compute: the run computes it here, no pool."""
+    """A map of a thread pool with one item to compute: the run computes it here, no
+    pool (a process pool's item still goes to a process of its own: see node.py)."""
     return (
-        node.execution.cluster in POOL_CLUSTERS
+        node.execution.cluster in INLINE_WHEN_SINGLE
         and run.uids is not None
         and len(set(run.todo or ())) == 1
     )

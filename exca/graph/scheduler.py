@@ -31,7 +31,14 @@ from .decisions import (
     wait_for_claims,
 )
 from .errors import JobFailedError, NodeFailures, read_only_error
-from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Node, restoring_files
+from .node import (
+    INLINE_WHEN_SINGLE,
+    POOL_CLUSTERS,
+    SUBMITIT_CLUSTERS,
+    TASK_KEY,
+    Node,
+    restoring_files,
+)
 from .progress import Progress
 from .worker import STOP, Action, Unit, UpstreamFailed
 
@@ -592,7 +599,9 @@ class Scheduler:
             if not units:
                 continue
             cluster = run.node.execution.cluster
-            single_item = cluster in POOL_CLUSTERS and len(units) == 1 and len(units[0].keys) == 1
+            single_item = (
+                cluster in INLINE_WHEN_SINGLE and len(units) == 1 and len(units[0].keys) == 1
+            )
             # (items an enclosing call of this very thread computes, e.g. in its job: a
             # job would wait for this thread; computed here too, as without a job)
             if (
