@@ -2770,3 +2770,27 @@ def test_a_processpool_item_that_crashes_alone_does_not_kill_the_caller(tmp_path
     where, caught = out.stdout.splitlines()[:2]
     assert where == "processpool"
     assert caught.startswith("caught: ") and "a process of the pool died" in caught
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("cluster", ["processpool", "local"])
+def test_a_dead_worker_error_names_the_items_it_left(tmp_path: Path, cluster: str) -> None:
+    """A worker dying hard (here a segfault) left "N item(s) of <node> not computed" with
+    no item named: the error names them (the first few, the others counted) and holds
+    them all in ``item_uids``."""
+    from exca.graph.errors import JobFailedError
+
+    items = list(range(40))
+    infra = {"folder": tmp_path / "cache", "cluster": cluster, "max_jobs": 1}
+    mapper = Segfaults(infra=infra)
+    with pytest.raises(JobFailedError) as info:
+        list(mapper.process(items))
+    cached = set(mapper.infra.cache_dict.keys())
+    missing = [str(item) for item in items if str(item) not in cached]
+    # (the dead chunk: one job of 40 items on local, one of 3 chunks of a pool)
+    assert "7" in missing and len(missing) > 5, missing
+    assert info.value.item_uids == missing
+    message = str(info.value)
+    assert f"{len(missing)} item(s) of " in message
+    assert ", ".join(repr(uid) for uid in missing[:5]) in message
+    assert f"and {len(missing) - 5} more" in message

@@ -14,7 +14,24 @@ class UpstreamFailed(RuntimeError):
 
 
 class JobFailedError(RuntimeError):
-    """A job ended without writing its result: cancelled, timed out, out of memory, killed."""
+    """A job ended without writing its result: cancelled, timed out, out of memory, killed.
+    ``item_uids``: for a map, the uids of the items it left not computed (else empty)."""
+
+    def __init__(self, message: str, item_uids: tp.Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.item_uids = list(item_uids)
+
+
+ITEMS_NAMED = 5  # item uids an error message names, before "... and N more"
+
+
+def items_not_computed(uids: tp.Sequence[str], node_uid: str) -> str:
+    """``3 item(s) of <node> not computed ('a', 'b', 'c')``: which ones, not just how many
+    (the first ITEMS_NAMED; the others counted)."""
+    named = ", ".join(repr(uid) for uid in uids[:ITEMS_NAMED])
+    if len(uids) > ITEMS_NAMED:
+        named += f" and {len(uids) - ITEMS_NAMED} more"
+    return f"{len(uids)} item(s) of {node_uid} not computed ({named})"
 
 
 def read_only_error(node: tp.Any, what: str) -> RuntimeError:

@@ -8,7 +8,7 @@ import time
 import typing as tp
 
 from . import jobpickle, registry, store
-from .errors import JobFailedError
+from .errors import JobFailedError, items_not_computed
 from .node import CLAIM_JOB_ID, TASK_KEY, Node
 
 if tp.TYPE_CHECKING:
@@ -274,11 +274,11 @@ class MapJob(Job):
             if error is not None and (missing is None or self.job_id == "#local#"):
                 raise error  # (computed here: its own error; or why its items are unknown)
             assert missing is not None
-            what = f"{len(missing)} item(s) of {self.node.uid} not computed"
+            what = items_not_computed(missing, self.node.uid)
             if self.handle is None:
-                raise JobFailedError(f"{what}: they were never submitted")
+                raise JobFailedError(f"{what}: they were never submitted", missing)
             raise JobFailedError(
-                f"{what}: {self.handle.ended_how()} (use mode='retry' to recompute)"
+                f"{what}: {self.handle.ended_how()} (use mode='retry' to recompute)", missing
             )
         try:
             return store.map_outputs(self.node)

@@ -30,7 +30,7 @@ from .decisions import (
     unreachable_inputs,
     wait_for_claims,
 )
-from .errors import JobFailedError, NodeFailures, read_only_error
+from .errors import JobFailedError, NodeFailures, items_not_computed, read_only_error
 from .node import (
     INLINE_WHEN_SINGLE,
     POOL_CLUSTERS,
@@ -1017,7 +1017,10 @@ class Scheduler:
 
     @staticmethod
     def _lost(run: NodeRun, missing: list[str] | None = None) -> BaseException:
-        what = f"{len(missing)} item(s) of " if missing else ""
+        what = (
+            items_not_computed(missing, run.node.uid) if missing else f"{run.node.uid} not computed"
+        )
+        missing = missing or []
         descriptions = []
         slurm = [h.job_id for h in run.handles if getattr(h, "cluster", None) == "slurm"]
         known = registry.slurm_endings(slurm) if len(slurm) > 1 else {}  # (chunk jobs)
@@ -1026,8 +1029,9 @@ class Scheduler:
             if isinstance(handle, executors.DoneHandle | executors.FutureHandle):
                 if type(error).__name__ == "BrokenProcessPool":
                     return JobFailedError(
-                        f"{what}{run.node.uid} not computed: a process of the pool died (killed, "
-                        f"out of memory, or os._exit/sys.exit in the method): {error}"
+                        f"{what}: a process of the pool died (killed, out of memory, a crash "
+                        f"such as a segfault, or os._exit/sys.exit in the method): {error}",
+                        missing,
                     )
                 if error is not None:
                     return error
@@ -1036,7 +1040,7 @@ class Scheduler:
                 continue  # (a chunk job that did its share: not the one to blame)
             descriptions.append(handle.ended_how(known.get(handle.job_id)))
         detail = "; ".join(descriptions) or "the worker ended without writing it"
-        lost = JobFailedError(f"{what}{run.node.uid} not computed: {detail}")
+        lost = JobFailedError(f"{what}: {detail}", missing)
         if missing and run.node.kind == "map":
             # a chunk job stops at the method's exception (cached for its item): that
             # exception, of its own type, as an inline call raises it
