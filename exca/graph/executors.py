@@ -771,12 +771,15 @@ def _descendants(pid: int) -> list[int]:
 
 def unpicklable_error(units: tp.Sequence[Unit], error: Exception, where: str) -> TypeError:
     """The error of work that cannot be pickled to be sent away, naming the cause."""
-    item = _unpicklable_item(units)
-    if item is not None:
+    found = _unpicklable_item(units)
+    if found is not None:
+        uid, item = found
+        # (named by its uid: the repr of an object is often its address, which says nothing)
         return TypeError(
             f"{units[0].node.uid}: its items cannot be sent to {where} ({error}): item "
-            f"{item!r:.120} cannot be pickled. Give items that pickle (e.g. paths or "
-            "ids instead of open files or clients), or use cluster=None to compute here"
+            f"{uid!r} ({type(item).__qualname__}) cannot be pickled. Give items that pickle "
+            "(e.g. paths or ids instead of open files or clients), or use cluster=None to "
+            "compute here"
         )
     culprit = _unpicklable_part(units[0].node.function)
     if culprit is not None:
@@ -920,16 +923,17 @@ def _unpicklable_field(name: str, value: tp.Any, fails: tp.Callable[[tp.Any], bo
     )
 
 
-def _unpicklable_item(units: tp.Sequence[Unit]) -> tp.Any:
-    """The first map item of these units that cannot be pickled (None: the items pickle)."""
+def _unpicklable_item(units: tp.Sequence[Unit]) -> tuple[str, tp.Any] | None:
+    """The uid and the item of the first map item of these units that cannot be pickled
+    (None: the items pickle)."""
     import cloudpickle
 
     for unit in units:
-        for item in unit.items or ():
+        for uid, item in zip(unit.uids or (), unit.items or ()):
             try:
                 cloudpickle.dumps(item)
             except Exception:
-                return item
+                return uid, item
     return None
 
 
