@@ -2465,6 +2465,38 @@ def test_a_node_folder_that_lost_its_uid_yaml_is_listed_and_cleaned(tmp_path: Pa
     assert not folder.exists(), result.stdout
 
 
+def test_a_users_folders_holding_index_files_are_not_nodes(tmp_path: Path) -> None:
+    """A user's own folders under comma-named folders of the root, holding index files
+    but no uid.yaml nor full-uid.yaml (their own CacheDict, a run-info.jsonl next to their
+    data), were listed with a "uid.yaml missing" note and removed by garbage and versions
+    (a review)."""
+    root = tmp_path / "cache"
+    kept = Train(seed=1, infra={"folder": root})
+    kept.fit()
+    theirs = []
+    for version in ("1", "2"):
+        features = root / f"features,{version}" / "train"
+        features.mkdir(parents=True)
+        (features / "run-info.jsonl").write_text('{"a": 1}\n')
+        (features / "precious.npy").write_text("data")
+        bert = root / f"embeddings,v{version}" / "bert"
+        embeddings: CacheDict[int] = CacheDict(bert)
+        with embeddings.write():
+            embeddings["k"] = 1
+        theirs += [features, bert]
+    assert [i.folder for i in exca.ops.inspect(root)] == [folder_of(kept)]
+    assert "missing" not in cli("list", root, check=True).stdout
+    plans = [
+        clean.garbage(root, [kept.fit.node()]),
+        clean.old_versions(root),
+        clean.orphans(root, min_age_hours=0),
+    ]
+    for plan in plans:
+        plan.execute()
+    assert all(folder.exists() for folder in theirs)
+    assert (root / "features,1" / "train" / "precious.npy").read_text() == "data"
+
+
 def test_clean_node_given_twice_is_counted_once(tmp_path: Path) -> None:
     """The same node given twice ("F" and "F/", or a path and its Node), or with its
     config folder, was listed and counted twice: previews and `--yes` reported twice the

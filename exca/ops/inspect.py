@@ -124,16 +124,12 @@ def is_node_folder(folder: Path) -> bool:
 
 def lost_uid_file(folder: Path) -> bool:
     """Whether a config folder (in a ``<method>,<version>`` folder) lost its uid.yaml
-    (removed by hand, or by a sync): it still holds its full-uid.yaml or index files,
-    which a call of its config reuses (a config.yaml alone: any user folder may hold one)."""
+    (removed by hand, or by a sync): it still holds its full-uid.yaml, a file only exca
+    writes. Index files or a config.yaml alone are not enough: a user's own CacheDict, or
+    any folder of theirs, may hold them, and cleaning would remove it."""
     if "," not in folder.parent.name or (folder / UID_FILE).exists():
         return False
-    if (folder / FULL_UID_FILE).exists():
-        return True
-    try:
-        return any(e.name.endswith(INDEX_SUFFIX) for e in os.scandir(folder))
-    except (FileNotFoundError, NotADirectoryError):
-        return False
+    return (folder / FULL_UID_FILE).is_file()
 
 
 def input_folders(folder: Path) -> list[Path]:
