@@ -2517,6 +2517,37 @@ def test_clean_node_given_twice_is_counted_once(tmp_path: Path) -> None:
     assert not folder.exists()
 
 
+class Untyped(pydantic.BaseModel):
+    """A config of an untyped value: 1 and "1" are two configs with one v2 folder name."""
+
+    value: tp.Any = 0
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def show(self) -> str:
+        print(f"computing {self.value!r}", flush=True)
+        return repr(self.value)
+
+
+def test_cleaning_skips_a_legacy_folder_of_another_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """v2 names do not record types: value=1 and value="1" share one. remove_nodes of
+    value=1, never computed, removed the v2-named cache of value="1", and garbage kept
+    it as value=1's instead of refusing targets not computed (a review)."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv("CONFDICT_UID_VERSION", "2")
+    Untyped(value="1", infra={"folder": root}).show()
+    monkeypatch.delenv("CONFDICT_UID_VERSION")
+    never = Untyped(value=1, infra={"folder": root}).show.node()
+    with pytest.raises(ValueError, match="not computed"):
+        clean.garbage(root, [never])
+    assert clean.remove_nodes([never]).removals == []
+    capsys.readouterr()
+    assert Untyped(value="1", infra={"folder": root}).show() == "'1'"
+    assert "computing" not in capsys.readouterr().out  # (its legacy cache, reused)
+
+
 def test_clean_node_checks_its_root_and_takes_relative_paths(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -317,6 +317,9 @@ class Node:
     # renames the config's cache from its legacy (v2) name: by a run, not a plan
     adopt_legacy: tp.Callable[[], None] | None = None
     legacy_name: tp.Callable[[], str | None] | None = None  # that name (explanations)
+    # the config's folder of that name if it holds this config (cleaning: a v2 name does
+    # not record types, another config's folder may have it)
+    legacy_folder: tp.Callable[[], Path | None] | None = None
     # before cached results are reused: raises if they were made with other class defaults
     # (returns whether that is settled: False while nothing is on disk to check against)
     check_reuse: tp.Callable[[], bool] | None = None

@@ -529,11 +529,24 @@ class BaseInfra(pydantic.BaseModel):
         # this config's own folder first, to the name its live config gives (uid.yaml
         # does not say that a dict was an OrderedDict, whose order is in the v3 name);
         # only if it holds this very config: v2 names are untyped ("1" and 1 share one)
-        source = folder.parent / legacy
-        if not folder.exists() and uidfolder.holds_uid_config(source, self._uid_config()):
+        source = self._legacy_folder()
+        if source is not None and not folder.exists():
             with contextlib.suppress(OSError):  # (renamed by another process meanwhile)
                 os.rename(source, folder)
         helpers.update_uids(folder.parent, dryrun=False)
+
+    def _legacy_folder(self) -> Path | None:
+        """This config's cache under its legacy (v2) name: the folder of that name if its
+        uid.yaml (a file) holds this very config, else None (v2 names are untyped: 1 and
+        "1" share one, which may be another config's cache)."""
+        folder = self.uid_folder()
+        legacy = self._legacy_name()
+        if folder is None or legacy is None or legacy == folder.name:
+            return None
+        source = folder.parent / legacy
+        if not (source / uidfolder.UID_FILE).is_file():
+            return None
+        return source if uidfolder.holds_uid_config(source, self._uid_config()) else None
 
     def _prepare_folder(self) -> None:
         """Create the uid folder and check/write uid.yaml, full-uid.yaml, config.yaml

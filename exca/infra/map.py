@@ -468,6 +468,7 @@ class MapInfra(BaseInfra, SubmititMixin):
                 prepare=self._prepare_folder if self.folder is not None else None,
                 adopt_legacy=self._adopt_legacy if self.folder is not None else None,
                 legacy_name=self._legacy_name,
+                legacy_folder=self._legacy_folder,
                 check_reuse=self._check_defaults if self.folder is not None else None,
                 check_folder=self._check_defaults if self.folder is not None else None,
                 label=uid,

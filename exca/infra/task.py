@@ -343,6 +343,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
             prepare=self._prepare_folder if self.folder is not None else None,
             adopt_legacy=self._adopt_legacy if self.folder is not None else None,
             legacy_name=self._legacy_name,
+            legacy_folder=self._legacy_folder,
             check_reuse=self._check_defaults if self.folder is not None else None,
             check_folder=self._check_defaults if self.folder is not None else None,
             reuse_note=self._reuse_note if self.folder is not None else None,

@@ -460,10 +460,10 @@ def cached_folder(node: Node) -> Path | None:
     folder = node.folder
     if folder is None or folder.exists():
         return folder
-    legacy = node.legacy_name() if node.legacy_name is not None else None
-    if not legacy or node.root is None:
+    # (only a folder holding this very config: what a run renames and reuses)
+    legacy_folder = node.legacy_folder() if node.legacy_folder is not None else None
+    if legacy_folder is None:
         return None
-    legacy_folder = node.root / node.step / legacy
     if node.inputs_uid is not None:  # (a call with inputs: its folder is in its config's)
         legacy_folder /= node.inputs_uid
     return legacy_folder if legacy_folder.exists() else None
