@@ -658,6 +658,22 @@ def test_explain_a_config_whose_folder_holds_no_result(tmp_path: Path) -> None:
     assert "its folder exists but holds no result" in str(explanation)
 
 
+def test_explain_new_items_of_a_map_whose_folder_holds_errors_only(tmp_path: Path) -> None:
+    """A map whose folder held only cached errors of other items: explain of new items
+    said "its folder exists but holds no result" instead of how many are missing (a
+    review)."""
+    root = tmp_path / "cache"
+    with pytest.raises(ValueError, match="negative item -1"):
+        list(Squares(infra={"folder": root}).square([-1]))
+    node = Squares(infra={"folder": root}).square.node([5])
+    (explanation,) = exca.ops.explain(node)
+    assert explanation.reason == "1/1 missing", explanation
+    for index in folder_of(Squares(infra={"folder": root})).glob(INDEX_GLOB):
+        index.unlink()  # (nothing left of it: as if cleared)
+    (explanation,) = exca.ops.explain(node)
+    assert explanation.reason.startswith("1/1 missing: its folder exists but holds no item")
+
+
 def test_explain_never_computed(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     Squares(infra={"folder": root}).square([1])  # another method is cached

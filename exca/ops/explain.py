@@ -310,12 +310,19 @@ def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Exp
                 )
                 explanation.reason += f" ({cached} item(s) are cached for this config: {then})"
                 return explanation
-        if node.folder is not None and node.folder.is_dir() and not _has_results(node.folder):
-            # (its own folder: no other config's differences to show)
-            explanation.reason = (
-                "missing: its folder exists but holds no result (interrupted, or cleared?)"
-            )
-            return explanation
+        # its own folder, left without a result: no other config's differences to show
+        # (a map's folder holding other items, even errors only, is in use: its counts tell)
+        if node.folder is not None and node.folder.is_dir():
+            if node.kind == "task" and not _has_results(node.folder):
+                explanation.reason = (
+                    "missing: its folder exists but holds no result (interrupted, or cleared?)"
+                )
+                return explanation
+            if node.kind == "map" and not inspecting_view(node.folder).entries_info():
+                explanation.reason += (
+                    ": its folder exists but holds no item (interrupted, or cleared?)"
+                )
+                return explanation
         folder, explanation.diff, explanation.equally_near = nearest_cached(node, inputs)
         explanation.nearest = None if folder is None else str(folder)
         if folder is None:
