@@ -2533,6 +2533,23 @@ def test_clean_node_given_twice_is_counted_once(tmp_path: Path) -> None:
     assert not folder.exists()
 
 
+def test_clean_node_given_with_a_symlink_to_it_removes_the_folder(tmp_path: Path) -> None:
+    """A node folder given with a symlink to it, link first: only the link was kept, and
+    `--yes` unlinked it, reported the folder's bytes as freed and left the folder (a
+    review)."""
+    root = tmp_path / "cache"
+    obj = Train(seed=1, infra={"folder": root})
+    obj.fit()
+    folder = folder_of(obj)
+    link = folder.parent / "mylink"
+    link.symlink_to(folder)
+    assert [r.path for r in clean.remove_nodes([folder, link]).removals] == [folder]
+    size = disk_bytes(folder)
+    done = json.loads(cli("clean", root, "node", link, folder, "--yes", "--json").stdout)
+    assert [r["path"] for r in done["removals"]] == [str(folder)] and done["freed"] == size
+    assert not folder.exists()
+
+
 class Untyped(pydantic.BaseModel):
     """A config of an untyped value: 1 and "1" are two configs with one v2 folder name."""
 

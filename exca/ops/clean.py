@@ -501,7 +501,10 @@ def remove_nodes(
     # (a folder given twice, "F" and "F/", or with its config folder: listed and counted once)
     unique: dict[Path, Path] = {}
     for folder in folders:
-        unique.setdefault(folder.resolve(), folder)
+        real = folder.resolve()
+        # (a symlink given with its target: keep the target, removing a link frees nothing)
+        if real not in unique or (unique[real].is_symlink() and not folder.is_symlink()):
+            unique[real] = folder
     folders = [f for real, f in unique.items() if real.parent not in unique]
     for folder in folders:
         _add_folder(plan, folder, "requested")
