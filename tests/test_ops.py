@@ -1761,6 +1761,36 @@ def test_clean_versions_keeps_the_older_versions_when_the_newest_holds_no_succes
     assert [r.path for r in clean.old_versions(root).removals] == [folder_of(in_use)]
 
 
+def test_clean_versions_says_the_newest_is_the_newest_with_a_result(tmp_path: Path) -> None:
+    """v1 computed, v2 left with logs only, v3 holding only a cached error: v2's logs were
+    removed as "logs of an old version (newest is 1)", which reads wrongly (a review)."""
+    root = tmp_path / "cache"
+    Train(seed=1, infra={"folder": root}).fit()
+    second = Train(seed=1, infra={"folder": root, "version": "2"})
+    second.fit()
+    shutil.rmtree(folder_of(second))  # (its configs removed: its logs stay)
+    logs = folder_of(second).parent / "logs"
+    (logs / "123").mkdir(parents=True)
+    (logs / "123" / "123_0_log.out").write_text("log")
+    with pytest.raises(ValueError, match="cannot fit"):
+        Train(seed=1, fail=True, infra={"folder": root, "version": "3"}).fit()
+    (removal,) = clean.old_versions(root).removals
+    assert removal.path == logs
+    assert removal.reason == "logs of an old version (newest with a result is 1)"
+
+
+def test_clean_versions_says_a_newer_version_is_being_computed(
+    busy_task: tuple[Path, Path, subprocess.Popen[str]],
+) -> None:
+    """A newer version being computed now was kept as "only cached errors, or nothing"."""
+    root, folder, _ = busy_task
+    Slow(flag=str(root / "absent"), infra={"folder": root, "version": "0"}).wait_for_flag()
+    plan = clean.old_versions(root)
+    assert plan.removals == []
+    kept = dict(plan.kept)
+    assert "being computed by pid " in kept[folder.parent], kept
+
+
 def test_clean_versions_refuses_a_step_naming_methods_of_several_modules(
     tmp_path: Path,
 ) -> None:

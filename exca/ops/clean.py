@@ -669,9 +669,12 @@ def _unmatched(methods: dict[str, list[Path]], step: str) -> str:
 
 def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
     """Every ``<method>,<version>`` folder of a numbered version lower than the newest
-    numbered version of its method (see ``_version_key``). A version that is not a
-    number ("debug", "2b") is never old and never makes another one old: the preview
-    lists it as kept, with why (as a numbered version equal to the newest one: "v2")."""
+    numbered version of its method holding a successful result (see ``_version_key``).
+    A newer version without one (only cached errors, cleared, or being computed) makes
+    nothing old and is kept, with why; one left with logs only is old, its reason then
+    says "newest with a result is N". A version that is not a number ("debug", "2b") is
+    never old and never makes another one old: the preview lists it as kept, with why
+    (as a numbered version equal to the newest one: "v2")."""
     root = cache_root(root)
     plan = CleanPlan()
     methods = _methods(root)
@@ -704,16 +707,24 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
         newest_key = _version_key(newest_folder.name.partition(",")[2])
         newest = newest_folder.name.partition(",")[2]
         older = []
+        any_newer = False
         for folder in numbered:
             version = folder.name.partition(",")[2]
             if folder == newest_folder:
                 continue
             key = _version_key(version)
             newer = key is not None and newest_key is not None and key > newest_key
+            any_newer = any_newer or newer
             if newer and _holds_node_folders(folder):  # (one left with logs only is old)
+                computer = _computed_now_by(folder)
+                state = (
+                    f"being computed by {computer}"
+                    if computer is not None
+                    else "only cached errors, or nothing: it failed, was cleared, or is "
+                    "being computed"
+                )
                 why = (
-                    f"version {version!r} holds no successful result (only cached errors, "
-                    "or nothing: it failed, was cleared, or is being computed): it does not "
+                    f"version {version!r} holds no successful result ({state}): it does not "
                     f"make older versions old; they are compared with {newest!r}, the newest "
                     "holding one"
                 )
@@ -730,13 +741,15 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
                 f"configs first (`exca list {root} --step '{newest_folder.name}'`, then "
                 f"`exca clean {root} node FOLDER...`)"
             )
+        # (a newer version is on disk, without a result: "newest is 1" would read wrongly)
+        newest = f"newest with a result is {newest}" if any_newer else f"newest is {newest}"
         olds[newest_folder.name] = (older, newest)
     old_steps = {f for older, _ in olds.values() for f in older}
     logs_users: dict[Path, set[Path]] | None = None  # (read when an old version has logs)
     for old_folders, newest in olds.values():
         plan.emptied += old_folders
         for old in old_folders:
-            reason = f"old version (newest is {newest})"
+            reason = f"old version ({newest})"  # ("newest is 2", "newest with a result is 1")
             kept_before = len(plan.kept)
             # (not a folder being removed: see remove_node_folder)
             subfolders = sorted(p for p in old.iterdir() if p.is_dir() and p.name[0] != ".")
@@ -809,6 +822,19 @@ def _holds_a_success(step_folder: Path) -> bool:
         if any(info.get("#type") != "Error" for info in entries):
             return True
     return False
+
+
+def _computed_now_by(step_folder: Path) -> str | None:
+    """Who computes a config of a ``<method>,<version>`` folder now (a live claim), or
+    None (a queued Slurm job, which holds no claim yet, is not looked for)."""
+    for _, _, folder in node_folders(step_folder.parent, only=step_folder.name):
+        try:
+            owners = Claims(folder).current()
+        except OSError:  # (a shared cache: another user's private folder tells nothing)
+            continue
+        if owners:
+            return owners[0].owner.describe()
+    return None
 
 
 def _newest_last(folders: list[Path]) -> list[Path]:
