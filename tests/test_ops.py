@@ -31,7 +31,7 @@ import exca.ops
 import exca.storage.process
 from exca.graph import registry
 from exca.ops import clean
-from exca.ops.inspect import node_folders, step_selects
+from exca.ops.inspect import human_size, node_folders, step_selects
 from exca.storage.cachedict import CacheDict
 
 WAIT_S = 60.0  # bound on any wait (never reached when things work)
@@ -3560,6 +3560,31 @@ def test_a_removal_kept_at_execute_is_told(
     assert path == folder and "being computed" in why and plan.failed == []
     assert "in use since the preview" in caplog.text and str(folder) in caplog.text
     assert folder.is_dir() and proc.poll() is None
+
+
+def test_clean_yes_says_how_many_were_removed_and_kept(
+    busy_task: tuple[Path, Path, subprocess.Popen[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`exca clean --yes` with a folder that started being computed after the preview
+    printed it among the "2 item(s) to remove", then "removed.", then the kept one: how
+    many were removed was not said (a review)."""
+    from exca.ops import cli as exca_cli
+
+    root, busy, proc = busy_task
+    idle = folder_of(Train(infra={"folder": root}))  # (computed by the fixture)
+    size = disk_bytes(idle)
+    # the preview, made before the other process started computing `busy`
+    preview = clean.CleanPlan(
+        removals=[clean.Removal(busy, 4096, "requested"), clean.Removal(idle, size, "requested")]
+    )
+    monkeypatch.setattr(clean, "remove_nodes", lambda *args, **kwargs: preview)
+    assert exca_cli._main(["clean", str(root), "node", str(busy), str(idle), "--yes"]) == 0
+    summary = capsys.readouterr().out.rsplit("(requested)\n", 1)[1]
+    assert summary.startswith(f"Removed 1 of 2 item(s), {human_size(size)} freed; ")
+    assert f"1 kept, in use since the preview:\n  - {busy}  (being computed by pid" in summary
+    assert busy.is_dir() and not idle.exists() and proc.poll() is None
 
 
 def _local_slow_job(tmp_path: Path, **infra: tp.Any) -> tuple[Slow, tp.Any, Path]:

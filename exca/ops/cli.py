@@ -28,6 +28,9 @@ from pathlib import Path
 from ..confdict import ConfDict
 from ..plainyaml import pyyaml
 
+if tp.TYPE_CHECKING:  # (the commands import what they use when run: a fast --help)
+    from .clean import CleanPlan
+
 DEFAULT_LOG_DAYS = 30.0  # `clean logs` removes the logs older than this
 
 
@@ -350,6 +353,26 @@ def _resource_problems(plan: tp.Any) -> list[tuple[str, str]]:
     return out
 
 
+def _clean_outcome(plan: CleanPlan, freed: int) -> str:
+    """What ``clean --yes`` did, after the preview it prints: how many of the items listed
+    "to remove" were removed, and how many were kept (in use since the preview, each
+    named) or could not be removed."""
+    from .inspect import human_size
+
+    if not plan.removals:
+        return ""
+    total = len(plan.removals)
+    removed = total - len(plan.skipped) - len(plan.failed)
+    count = f"{removed}" if removed == total else f"{removed} of {total}"
+    done = f"Removed {count} item(s), {human_size(freed)} freed"
+    if plan.failed:  # (each named by the warning above)
+        done += f"; {len(plan.failed)} could not be removed: see the warning above"
+    if not plan.skipped:
+        return done + "."
+    kept = "".join(f"\n  - {path}  ({why})" for path, why in plan.skipped)
+    return f"{done}; {len(plan.skipped)} kept, in use since the preview:{kept}"
+
+
 def _print(data: tp.Any, as_json: bool, text: str) -> None:
     if as_json:
         print(json.dumps(data, indent=2, default=str))
@@ -613,14 +636,7 @@ def _main(argv: list[str] | None) -> int:
             removal = clean.logs(args.root, older_than_days=days, step=args.step)
         if args.yes:
             freed = removal.execute()
-            done = "removed." if removal.removals else ""
-            if removal.failed:  # (each named by the warning above)
-                done = f"removed, except {len(removal.failed)} item(s): see the warning above."
-            if removal.skipped:  # (not a failure: rightly kept)
-                if len(removal.skipped) == len(removal.removals):
-                    done = ""
-                kept = "\n".join(f"  - {path}  ({why})" for path, why in removal.skipped)
-                done += f"\n{len(removal.skipped)} item(s) kept, in use since the preview:\n{kept}"
+            done = _clean_outcome(removal, freed)
             failed = [{"path": str(p), "why": why} for p, why in removal.failed]
             skipped = [{"path": str(p), "why": why} for p, why in removal.skipped]
             _print(
