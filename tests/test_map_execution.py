@@ -830,6 +830,29 @@ def test_an_item_uid_that_is_not_unicode_is_a_clear_error(tmp_path: Path) -> Non
         list(mapper.process([long_name]))
 
 
+def _map_in_a_pool_worker(args: tuple[Path, list[int]]) -> tp.Any:
+    tmp_path, items = args
+    try:
+        return list(make(tmp_path, "processpool").process(items))
+    except RuntimeError as error:
+        return str(error)
+
+
+@pytest.mark.timeout(120)
+def test_a_processpool_map_in_a_daemonic_process(tmp_path: Path) -> None:
+    """In a worker of a multiprocessing.Pool (or a DataLoader), which cannot start
+    processes: one item per call is computed there, as it was (a review: a bare
+    "AssertionError: daemonic processes are not allowed to have children" once a
+    single item stopped running inline); several items get an error saying why."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        single = pool.map(_map_in_a_pool_worker, [(tmp_path, [i]) for i in (1, 2, 3)])
+        several = pool.map(_map_in_a_pool_worker, [(tmp_path, [4, 5])])
+    assert single == [[10], [20], [30]]
+    assert "cannot start processes in this one: it is a daemonic process" in several[0]
+
+
 def test_an_output_that_cannot_be_stored_is_that_items_error(tmp_path: Path) -> None:
     """The other outputs of the batch are kept; the item's error names it and is cached."""
     log = tmp_path / "calls.txt"

@@ -409,7 +409,8 @@ def test_a_job_of_an_array_element_cancelled_while_pending_ends(
         array.extend(base.infra.clone_obj(x=x) for x in (1, 2, 3))
     wait_until(lambda: "1" in lines(ctl / "calls.txt"))  # x=1 runs: the others wait
     pending = array[2].infra.job()
-    assert pending.state == "PENDING"
+    assert pending.state == "PENDING" and not pending.done()
+    pending.handle.job.watcher.update()  # type: ignore[union-attr]  (sacct: PENDING, for good)
     pending.cancel()
     with pytest.raises(JobFailedError, match=rf"{re.escape(pending.job_id)}"):
         pending.result()
@@ -417,6 +418,37 @@ def test_a_job_of_an_array_element_cancelled_while_pending_ends(
     (ctl / "block").unlink()
     assert [array[i].infra.job().result() for i in (0, 1)] == [1, 2]
     assert lines(ctl / "calls.txt") == ["1", "2"]  # (the cancelled element never ran)
+
+
+@pytest.mark.timeout(240)
+def test_pending_elements_past_squeues_cut_are_still_queued(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """squeue lists the pending elements of an array as one line, 12_[3,5,7,...], cut at
+    ~32 characters: with gaps (elements cancelled, or done), the elements past the cut
+    read as ended: the call of a config still pending raised "ended with state UNKNOWN
+    ... cancelled before it started?" and status() said failed (a review)."""
+    import subprocess
+
+    (ctl / "block").touch()
+    settings = {"folder": tmp_path / "cache", "cluster": "slurm", **resources(slurm_cluster)}
+    base = BlocksOne(ctl=str(ctl), infra=settings)
+    with base.infra.job_array(max_workers=1) as array:
+        array.extend(base.infra.clone_obj(x=x) for x in range(1, 31))
+    jobs: list[tp.Any] = [array[0].infra.job()]
+    try:
+        wait_until(lambda: "1" in lines(ctl / "calls.txt"))  # x=1 runs: the others wait
+        jobs = [config.infra.job() for config in array]
+        gaps = [job.job_id for job in jobs[1:20:2]]
+        subprocess.run(["scancel", *gaps], check=True, timeout=30)
+        last = jobs[-1]
+        assert registry.confirmed_queued([last.job_id]) == {last.job_id}
+        time.sleep(registry.QUEUE_LOOK_S + 1)  # (a wait asks squeue again)
+        assert not last.done() and array[-1].infra.status() == "running"
+        assert {job.job_id for job in jobs if job.done()} == set(gaps)
+    finally:
+        subprocess.run(["scancel", jobs[0].job_id.split("_")[0]], check=False, timeout=30)
+        (ctl / "block").unlink()
 
 
 class Heavy(pydantic.BaseModel):

@@ -338,9 +338,6 @@ class FutureHandle(Handle):
 ACTIVE_OR_UNKNOWN = ("UNKNOWN", "RUNNING", "PENDING", "COMPLETING")
 
 
-UNKNOWN_LOOK_S = 5.0  # seconds a Slurm job reads UNKNOWN before squeue is asked about it
-
-
 class SubmititHandle(Handle):
     def __init__(self, job: tp.Any, cluster: str, template: str | None = None) -> None:
         self.job = job
@@ -349,7 +346,6 @@ class SubmititHandle(Handle):
         self._done = False
         self._template = template  # local jobs: the log-folder template to drop when done
         self._cancelled = False  # (cancelled by this handle: a local job it then killed too)
-        self._unknown_since: float | None = None  # (see _left_slurm_unknown)
 
     @property
     def submitit_job(self) -> tp.Any:
@@ -359,7 +355,6 @@ class SubmititHandle(Handle):
         local = self.cluster == "local" and "_process_start" not in self.__dict__
         ended = local and self.done()  # (first: done() updates the state copied below)
         state = self.__dict__.copy()
-        state["_unknown_since"] = None  # (a time of this process's clock)
         if local and self.job_id.isdigit():
             # which process the job is (its id is a pid): another process loading this
             # handle tells whether it still runs (submitit's unpickled local job said done;
@@ -378,31 +373,22 @@ class SubmititHandle(Handle):
             if self._loaded():
                 self._done = not self._runs_elsewhere()
             else:
-                self._done = bool(self.job.done()) or self._left_slurm_unknown()
+                self._done = bool(self.job.done()) or self._left_slurm_queue()
             if self._done and self._template is not None:
                 _template_job_done(self._template)
                 self._template = None
         return self._done
 
-    def _left_slurm_unknown(self) -> bool:
-        """Whether a Slurm job submitit reads UNKNOWN (sacct has no record of it: an array
-        element cancelled while pending never gets one on some clusters) has left the
-        queue: submitit takes UNKNOWN for not done, and a wait for it never ended. The
-        queue knows a job from its submission on. sacct also lags a few seconds behind a
-        new job: squeue is asked once that state lasted, and then every few seconds."""
-        if self.cluster != "slurm" or not self.state().startswith("UNKNOWN"):
-            self._unknown_since = None
+    def _left_slurm_queue(self) -> bool:
+        """Whether a Slurm job submitit does not take for done has left the queue: sacct
+        keeps no record of an array element cancelled while pending (on some clusters),
+        and submitit then reads its last state (PENDING, or UNKNOWN) for good: a wait for
+        it never ended. squeue knows a job from its submission on (see left_queue)."""
+        if self.cluster != "slurm":
             return False
-        now = time.monotonic()
-        since = getattr(self, "_unknown_since", None)  # (a handle pickled before: none)
-        if since is None or now - since < UNKNOWN_LOOK_S:
-            self._unknown_since = now if since is None else since
-            return False
-        self._unknown_since = now  # (the next look: as long after this one)
-        from .registry import confirmed_queued
+        from .registry import left_queue
 
-        queued = confirmed_queued([self.job_id])
-        return queued is not None and self.job_id not in queued
+        return left_queue(self.job_id)
 
     def _runs_elsewhere(self) -> bool:
         """Whether the local job of a handle loaded in another process still runs (on
@@ -1184,9 +1170,17 @@ class Pools:
                 pool.shutdown(wait=False)  # (its work goes on; its workers end after it)
                 self._retired.append((pool, processes))
             if cluster == "processpool":
-                if self._process_stop is None:
-                    import multiprocessing
+                import multiprocessing
 
+                if multiprocessing.current_process().daemon:
+                    raise RuntimeError(
+                        f"cluster='processpool' cannot start processes in this one: it is "
+                        f"a daemonic process ({multiprocessing.current_process().name}, "
+                        "e.g. a worker of a multiprocessing.Pool or a DataLoader). Use "
+                        "cluster=None or 'threadpool' in there, or call with one item at "
+                        "a time (a single missing item is computed here)"
+                    )
+                if self._process_stop is None:
                     self._process_stop = multiprocessing.get_context("fork").Event()
                 pool = _process_pool(workers, self._process_stop)
             else:

@@ -44,11 +44,24 @@ INPUTS_PREFIX = "inputs-"
 Mode = tp.Literal["cached", "retry", "force", "read-only"]
 INLINE_CLUSTERS = (None, "inline")
 POOL_CLUSTERS = ("threadpool", "processpool")
-# pools whose map computes a single missing item here, in the caller's thread (a pool
-# for it alone costs more than the item). Not "processpool": it is chosen to keep the
-# caller alive when an item crashes (a segfault, an out-of-memory kill), and once such an
-# item was the only one missing it killed the caller (a pool process costs ~20 ms more)
-INLINE_WHEN_SINGLE = ("threadpool",)
+
+
+def single_item_here(cluster: str | None) -> bool:
+    """Whether a pool's map computes a single missing item here, in the caller's thread
+    (a pool for it alone costs more than the item): a thread pool's. Not a process
+    pool's: it is chosen to keep the caller alive when an item crashes (a segfault, an
+    out-of-memory kill; once such an item was the only one missing it killed the caller;
+    a pool process costs ~20 ms more), unless this process cannot start one (a daemonic
+    process: a multiprocessing.Pool or DataLoader worker, calling it item by item)."""
+    if cluster == "threadpool":
+        return True
+    if cluster != "processpool":
+        return False
+    import multiprocessing
+
+    return bool(multiprocessing.current_process().daemon)
+
+
 SUBMITIT_CLUSTERS = ("local", "debug", "slurm", "auto")
 
 

@@ -25,7 +25,7 @@ from .decisions import (
     unreachable_inputs,
 )
 from .errors import shortened
-from .node import INLINE_WHEN_SINGLE, POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Group, Node
+from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Group, Node, single_item_here
 
 STATUS_ORDER = ("running", "missing", "forced", "cached error", "stale", "cached", "not needed")
 _MERMAID_STYLE = {
@@ -259,7 +259,7 @@ class Plan:
                 continue  # (every item computed by another node: nothing sent for it)
             # (one item of a thread pool's map, its own: computed here, no pool)
             here = cluster is None or (
-                node.kind == "map" and cluster in INLINE_WHEN_SINGLE and todo == 1
+                node.kind == "map" and single_item_here(cluster) and todo == 1
             )
             where = "inline" if here else f"{cluster}|{node.execution.group_key}"
             group = (wave[key], where, key in behind)
@@ -431,7 +431,7 @@ def _single_pool_item(node: Node, run: NodeRun) -> bool:
     """A map of a thread pool with one item to compute: the run computes it here, no
     pool (a process pool's item still goes to a process of its own: see node.py)."""
     return (
-        node.execution.cluster in INLINE_WHEN_SINGLE
+        single_item_here(node.execution.cluster)
         and run.uids is not None
         and len(set(run.todo or ())) == 1
     )

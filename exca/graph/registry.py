@@ -381,14 +381,25 @@ def as_jobs(job_ids: tp.Sequence[str]) -> str:
 
 def confirmed_queued(job_ids: tp.Sequence[str]) -> set[str] | None:
     """``queued_jobs`` as squeue says it; None when squeue does not answer."""
-    import subprocess
-
     if not job_ids:
         return set()
-    base = sorted({j.split("_")[0] for j in job_ids})
+    listed = _squeue(sorted({j.split("_")[0] for j in job_ids}))
+    if listed is None:
+        return None
+    return {j for j in job_ids if j in listed or j.split("_")[0] in listed}
+
+
+def _squeue(bases: list[str]) -> set[str] | None:
+    """The pending or running jobs squeue lists for these job (or array) ids: each
+    array element by its ``<array>_<index>`` id and, started, by its own job id too (its
+    SLURM_JOB_ID, which claims record); None when squeue does not answer."""
+    import subprocess
+
     try:
+        # (-r: one line per array element; grouped, the pending ones are listed as
+        # 12_[3,5,7,...] cut at ~32 characters: elements past the cut read as ended)
         result = subprocess.run(
-            ["squeue", "-h", "-o", "%i|%T|%A", "-j", ",".join(base)],
+            ["squeue", "-h", "-r", "-o", "%i|%T|%A", "-j", ",".join(bases)],
             capture_output=True,
             text=True,
             timeout=30,
@@ -398,8 +409,7 @@ def confirmed_queued(job_ids: tp.Sequence[str]) -> set[str] | None:
         return None
     if result.returncode and "Invalid job id" not in result.stderr:
         return None
-    active: set[str] = set()
-    own_ids: set[str] = set()
+    listed: set[str] = set()
     if len(_STATES) > 10_000:
         _STATES.clear()
     for line in result.stdout.splitlines():
@@ -408,18 +418,38 @@ def confirmed_queued(job_ids: tp.Sequence[str]) -> set[str] | None:
         state = state.strip()
         if state not in ACTIVE_STATES:
             continue
-        if "_[" in job:  # pending array elements are grouped: 12_[3-5%2]
+        if "_[" in job:  # (grouped elements: 12_[3-5%2], in case -r is not honoured)
             root, _, ranges = job.partition("_[")
             expanded = [f"{root}_{i}" for i in _expand(ranges.rstrip("]").split("%")[0])]
-            active.update(expanded)
+            listed.update(expanded)
             _STATES.update(dict.fromkeys(expanded, state))
         else:
-            active.add(job)
-            _STATES[job] = _STATES[raw.strip()] = state
-            # an array element started has its own job id too (its SLURM_JOB_ID, which
-            # claims record): squeue -j <that id> prints it as <array>_<index>
-            own_ids.add(raw.strip())
-    return {j for j in job_ids if j in active or j.split("_")[0] in active or j in own_ids}
+            listed.add(job)
+            _STATES[job] = state
+            own = raw.strip()
+            if own != job.split("_")[0]:  # (a pending element's is its array's id)
+                listed.add(own)
+                _STATES[own] = state
+    return listed
+
+
+QUEUE_LOOK_S = 5.0  # seconds an answer of squeue about an array serves its waiting jobs
+_QUEUE_LOOKS: dict[str, tuple[float, set[str] | None]] = {}  # array id -> (when, queued)
+
+
+def left_queue(job_id: str) -> bool:
+    """Whether squeue, asked about this job's array at most every QUEUE_LOOK_S (one call
+    for all the jobs of an array waited for), no longer lists this job (False when it
+    does not answer)."""
+    base = job_id.split("_")[0]
+    now = time.monotonic()
+    looked = _QUEUE_LOOKS.get(base)
+    if looked is None or now - looked[0] >= QUEUE_LOOK_S:
+        if len(_QUEUE_LOOKS) > 1000:
+            _QUEUE_LOOKS.clear()
+        looked = _QUEUE_LOOKS[base] = (now, _squeue([base]))
+    queued = looked[1]
+    return queued is not None and job_id not in queued
 
 
 _ALIVE_CACHE: dict[str, tuple[float, bool]] = {}

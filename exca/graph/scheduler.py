@@ -32,12 +32,12 @@ from .decisions import (
 )
 from .errors import JobFailedError, NodeFailures, items_not_computed, read_only_error
 from .node import (
-    INLINE_WHEN_SINGLE,
     POOL_CLUSTERS,
     SUBMITIT_CLUSTERS,
     TASK_KEY,
     Node,
     restoring_files,
+    single_item_here,
 )
 from .progress import Progress
 from .worker import STOP, Action, Unit, UpstreamFailed
@@ -599,9 +599,7 @@ class Scheduler:
             if not units:
                 continue
             cluster = run.node.execution.cluster
-            single_item = (
-                cluster in INLINE_WHEN_SINGLE and len(units) == 1 and len(units[0].keys) == 1
-            )
+            single_item = single_item_here(cluster) and len(units) == 1 and len(units[0].keys) == 1
             # (items an enclosing call of this very thread computes, e.g. in its job: a
             # job would wait for this thread; computed here too, as without a job)
             if (
