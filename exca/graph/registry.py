@@ -383,16 +383,18 @@ def confirmed_queued(job_ids: tp.Sequence[str]) -> set[str] | None:
     """``queued_jobs`` as squeue says it; None when squeue does not answer."""
     if not job_ids:
         return set()
-    listed = _squeue(sorted({j.split("_")[0] for j in job_ids}))
-    if listed is None:
+    answer = _squeue(sorted({j.split("_")[0] for j in job_ids}))
+    if answer is None:
         return None
-    return {j for j in job_ids if j in listed or j.split("_")[0] in listed}
+    listed, own_ids = answer
+    return {j for j in job_ids if j in listed or j.split("_")[0] in listed or j in own_ids}
 
 
-def _squeue(bases: list[str]) -> set[str] | None:
-    """The pending or running jobs squeue lists for these job (or array) ids: each
-    array element by its ``<array>_<index>`` id and, started, by its own job id too (its
-    SLURM_JOB_ID, which claims record); None when squeue does not answer."""
+def _squeue(bases: list[str]) -> tuple[set[str], set[str]] | None:
+    """The pending or running jobs squeue lists for these job (or array) ids: each by
+    its id (an array element's ``<array>_<index>``), and the own job ids of the started
+    ones (an element's SLURM_JOB_ID, which claims record; maybe its array's id); None
+    when squeue does not answer."""
     import subprocess
 
     try:
@@ -410,6 +412,7 @@ def _squeue(bases: list[str]) -> set[str] | None:
     if result.returncode and "Invalid job id" not in result.stderr:
         return None
     listed: set[str] = set()
+    own_ids: set[str] = set()
     if len(_STATES) > 10_000:
         _STATES.clear()
     for line in result.stdout.splitlines():
@@ -427,10 +430,10 @@ def _squeue(bases: list[str]) -> set[str] | None:
             listed.add(job)
             _STATES[job] = state
             own = raw.strip()
-            if own != job.split("_")[0]:  # (a pending element's is its array's id)
-                listed.add(own)
+            if state != "PENDING" or own != job.split("_")[0]:  # (pending: its array's)
+                own_ids.add(own)
                 _STATES[own] = state
-    return listed
+    return listed, own_ids
 
 
 QUEUE_LOOK_S = 5.0  # seconds an answer of squeue about an array serves its waiting jobs
@@ -447,7 +450,8 @@ def left_queue(job_id: str) -> bool:
     if looked is None or now - looked[0] >= QUEUE_LOOK_S:
         if len(_QUEUE_LOOKS) > 1000:
             _QUEUE_LOOKS.clear()
-        looked = _QUEUE_LOOKS[base] = (now, _squeue([base]))
+        answer = _squeue([base])
+        looked = _QUEUE_LOOKS[base] = (now, None if answer is None else answer[0] | answer[1])
     queued = looked[1]
     return queued is not None and job_id not in queued
 
