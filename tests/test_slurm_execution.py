@@ -443,12 +443,36 @@ def test_pending_elements_past_squeues_cut_are_still_queued(
         subprocess.run(["scancel", *gaps], check=True, timeout=30)
         last = jobs[-1]
         assert registry.confirmed_queued([last.job_id]) == {last.job_id}
-        time.sleep(registry.QUEUE_LOOK_S + 1)  # (a wait asks squeue again)
+        # (a wait asks squeue again every QUEUE_LOOK_S: the cancelled ones end)
+        wait_until(lambda: {job.job_id for job in jobs if job.done()} == set(gaps))
         assert not last.done() and array[-1].infra.status() == "running"
-        assert {job.job_id for job in jobs if job.done()} == set(gaps)
     finally:
         subprocess.run(["scancel", jobs[0].job_id.split("_")[0]], check=False, timeout=30)
         (ctl / "block").unlink()
+
+
+@pytest.mark.timeout(240)
+def test_a_stopped_job_is_not_done(tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster) -> None:
+    """A job stopped by Slurm (scancel --signal=STOP --full), which squeue lists as
+    STOPPED, can go on (SIGCONT): a wait taking it for ended failed it, "ended with
+    state RUNNING without writing its result" (a review)."""
+    import subprocess
+
+    (ctl / "block").touch()
+    settings = {"folder": tmp_path / "cache", "cluster": "slurm", **resources(slurm_cluster)}
+    config = BlocksOne(x=1, ctl=str(ctl), infra=settings)
+    job = config.infra.job()
+    try:
+        wait_until(lambda: "1" in lines(ctl / "calls.txt"))
+        subprocess.run(["scancel", "--signal=STOP", "--full", job.job_id], check=True, timeout=30)
+        wait_until(lambda: registry.queue_state(job.job_id) == "STOPPED")
+        time.sleep(2 * registry.QUEUE_LOOK_S + 1)  # (two looks of a wait)
+        assert not job.done() and config.infra.status() == "running"
+        subprocess.run(["scancel", "--signal=CONT", "--full", job.job_id], check=True, timeout=30)
+        (ctl / "block").unlink()
+        assert job.result() == 1
+    finally:
+        subprocess.run(["scancel", job.job_id], check=False, timeout=30)
 
 
 class Heavy(pydantic.BaseModel):

@@ -284,14 +284,21 @@ def wrote_outcome(record: JobRecord) -> bool:
     return isinstance(outcome, tuple) and bool(outcome) and outcome[0] == "success"
 
 
-ACTIVE_STATES = (
-    "PENDING",
-    "RUNNING",
-    "REQUEUED",
-    "RESIZING",
-    "SUSPENDED",
-    "COMPLETING",
-    "CONFIGURING",
+# the states of a job squeue may list that are final: every other one may still run (or
+# be released and run: STOPPED, SPECIAL_EXIT, REQUEUE_HOLD, RESV_DEL_HOLD, SIGNALING...)
+FINAL_STATES = frozenset(
+    {
+        "COMPLETED",
+        "CANCELLED",
+        "FAILED",
+        "TIMEOUT",
+        "NODE_FAIL",
+        "BOOT_FAIL",
+        "DEADLINE",
+        "OUT_OF_MEMORY",
+        "PREEMPTED",
+        "REVOKED",
+    }
 )
 
 
@@ -391,10 +398,10 @@ def confirmed_queued(job_ids: tp.Sequence[str]) -> set[str] | None:
 
 
 def _squeue(bases: list[str]) -> tuple[set[str], set[str]] | None:
-    """The pending or running jobs squeue lists for these job (or array) ids: each by
-    its id (an array element's ``<array>_<index>``), and the own job ids of the started
-    ones (an element's SLURM_JOB_ID, which claims record; maybe its array's id); None
-    when squeue does not answer."""
+    """The jobs squeue lists for these job (or array) ids in a state that is not final:
+    each by its id (an array element's ``<array>_<index>``), and the own job ids of the
+    started ones (an element's SLURM_JOB_ID: maybe its array's id); None when squeue
+    does not answer."""
     import subprocess
 
     try:
@@ -419,7 +426,7 @@ def _squeue(bases: list[str]) -> tuple[set[str], set[str]] | None:
         job, _, rest = line.partition("|")
         state, _, raw = rest.partition("|")
         state = state.strip()
-        if state not in ACTIVE_STATES:
+        if not state or state in FINAL_STATES:
             continue
         if "_[" in job:  # (grouped elements: 12_[3-5%2], in case -r is not honoured)
             root, _, ranges = job.partition("_[")
@@ -440,10 +447,14 @@ QUEUE_LOOK_S = 5.0  # seconds an answer of squeue about an array serves its wait
 _QUEUE_LOOKS: dict[str, tuple[float, set[str] | None]] = {}  # array id -> (when, queued)
 
 
+_MISSED: dict[str, float] = {}  # job id -> when the look that first did not list it was
+
+
 def left_queue(job_id: str) -> bool:
     """Whether squeue, asked about this job's array at most every QUEUE_LOOK_S (one call
-    for all the jobs of an array waited for), no longer lists this job (False when it
-    does not answer)."""
+    for all the jobs of an array waited for), no longer lists this job: in two looks in
+    a row (a job ended is not taken back; a miss for an instant must not end a wait).
+    False when it does not answer."""
     base = job_id.split("_")[0]
     now = time.monotonic()
     looked = _QUEUE_LOOKS.get(base)
@@ -452,8 +463,16 @@ def left_queue(job_id: str) -> bool:
             _QUEUE_LOOKS.clear()
         answer = _squeue([base])
         looked = _QUEUE_LOOKS[base] = (now, None if answer is None else answer[0] | answer[1])
-    queued = looked[1]
-    return queued is not None and job_id not in queued
+    when, queued = looked
+    if queued is None:
+        return False
+    if job_id in queued:
+        _MISSED.pop(job_id, None)
+        return False
+    if len(_MISSED) > 10_000:
+        _MISSED.clear()
+    first = _MISSED.setdefault(job_id, when)
+    return first < when
 
 
 _ALIVE_CACHE: dict[str, tuple[float, bool]] = {}
