@@ -44,6 +44,7 @@ INPUTS_PREFIX = "inputs-"
 Mode = tp.Literal["cached", "retry", "force", "read-only"]
 INLINE_CLUSTERS = (None, "inline")
 POOL_CLUSTERS = ("threadpool", "processpool")
+SUBMITIT_CLUSTERS = ("local", "debug", "slurm", "auto")
 
 
 def single_item_here(cluster: str | None) -> bool:
@@ -60,9 +61,6 @@ def single_item_here(cluster: str | None) -> bool:
     import multiprocessing
 
     return bool(multiprocessing.current_process().daemon)
-
-
-SUBMITIT_CLUSTERS = ("local", "debug", "slurm", "auto")
 
 
 _SNAPSHOT_NAME = re.compile(r"\d{4}-\d\d-\d\d-[0-9a-f]{6}")

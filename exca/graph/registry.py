@@ -445,8 +445,6 @@ def _squeue(bases: list[str]) -> tuple[set[str], set[str]] | None:
 
 QUEUE_LOOK_S = 5.0  # seconds an answer of squeue about an array serves its waiting jobs
 _QUEUE_LOOKS: dict[str, tuple[float, set[str] | None]] = {}  # array id -> (when, queued)
-
-
 _MISSED: dict[str, float] = {}  # job id -> when the look that first did not list it was
 
 
