@@ -441,7 +441,7 @@ def test_a_failing_sub_config_fails_only_its_tasks(
     assert logged == (
         f"Job array: 1 config(s) not submitted:\n  - {tasks[1].infra.uid()}: upstream "
         f"{source_uid} fails (cached error (ValueError: source 1 fails): mode='retry' "
-        "computes it again)"
+        "computes it again): the mode of that upstream config's own infra"
     )
     assert [t.infra.job().result() for t in (tasks[0], tasks[2])] == [0, 202]
     with pytest.raises(ValueError, match="source 1 fails"):

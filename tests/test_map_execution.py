@@ -1806,7 +1806,8 @@ def test_a_downstream_node_of_a_damaged_payload_says_how_to_repair_it(tmp_path: 
     assert "mode='retry' computes them again" in mapped.reason
     assert (summed.action, summed.reason) == (
         "fail",
-        f"upstream {mapped.uid} fails ({mapped.reason})",
+        f"upstream {mapped.uid} fails ({mapped.reason}): the mode of that upstream "
+        "config's own infra",
     )
     # (its first line counted statuses only: "2 missing", which reads as "2 to compute")
     assert str(plan).startswith("Plan: 2 node(s): 2 missing; 2 would fail (see their reason)\n")

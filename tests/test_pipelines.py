@@ -2508,3 +2508,21 @@ def test_plans_and_runs_show_themselves_in_a_notebook(env: Env) -> None:
     removal = exca.ops.clean.remove_nodes(b)
     removal._repr_pretty_(printer, False)
     assert printer.texts[-1] == str(removal) and "1 item(s) to remove" in printer.texts[-1]
+
+
+def test_a_node_below_a_cached_error_says_whose_mode_retries(env: Env) -> None:
+    """A node in mode retry below a task holding a cached error: its plan said the
+    upstream's "cached error (...): mode='retry' computes it again", and the user, in
+    mode retry already, saw nothing retried (a probe, with a job array whose sub-config
+    failed): it names whose mode that is."""
+    flag = env.tmp / "fail"
+    flag.touch()
+    up = env.step("up", fail_flag=str(flag)).run.node()
+    with pytest.raises(ValueError, match="fails on purpose"):
+        up.result()
+    down = env.step("down", infra={"mode": "retry"}).run.node(up)
+    entry = _by_uid(exca.graph.plan(down))[down.uid]
+    assert entry.action == "fail"
+    assert entry.reason.endswith(
+        "mode='retry' computes it again): the mode of that upstream config's own infra"
+    )

@@ -727,6 +727,9 @@ class Graph:
                 run.reason = (
                     up.reason if up.blocked else f"upstream {up.node.uid} fails ({up.reason})"
                 )
+                if not up.blocked and "mode='retry'" in up.reason:
+                    # (a retry of this node alone left it failing: which mode says it)
+                    run.reason += ": the mode of that upstream config's own infra"
                 continue
             # a map kept with cached item errors: its outputs cannot be read
             run.reason = (
