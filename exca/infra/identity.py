@@ -1331,9 +1331,9 @@ def _hash_seeded(item: tp.Any) -> bool:
     strings, bytes, enums...; numbers never, and so neither do tuples of them)."""
     if isinstance(item, tuple | frozenset):
         return any(_hash_seeded(sub) for sub in item)
-    if item is None or isinstance(item, enum.Enum):
-        return item is not None
-    return not isinstance(item, int | float | complex)
+    if isinstance(item, enum.Enum):
+        return True  # (hashed by its name)
+    return item is not None and not isinstance(item, int | float | complex)
 
 
 def _ordered_set(dumped: list[tp.Any]) -> list[tp.Any]:
