@@ -986,6 +986,36 @@ def test_processpool_without_a_folder(tmp_path: Path, keep_in_ram: bool) -> None
     }
 
 
+class LockAtThree(pydantic.BaseModel):
+    """Item 3's output is a lock (it does not pickle); the others are the items."""
+
+    log: str
+    infra: exca.MapInfra = exca.MapInfra(version="1", cluster="processpool")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[tp.Any]:
+        for item in items:
+            with open(self.log, "a") as f:
+                f.write(f"{item}\n")
+            yield threading.Lock() if item == 3 else item
+
+
+@pytest.mark.timeout(120)
+def test_processpool_without_a_folder_names_an_output_that_cannot_come_back(
+    tmp_path: Path,
+) -> None:
+    """An output that does not pickle could not return from the pool process: the call
+    raised "cannot pickle '_thread.lock' object" naming no item, and the other items'
+    outputs were lost with it. Its item now fails as an output a folder cannot store."""
+    obj = LockAtThree(log=str(tmp_path / "calls.txt"))
+    expected = r"the output of item '3' cannot be handed back from its pool process.*_thread.lock"
+    for items in ([3], [1, 2, 3]):
+        with pytest.raises(TypeError, match=expected):
+            list(obj.process(items))
+    assert list(obj.process([1, 2])) == [1, 2]
+    assert counts(tmp_path / "calls.txt") == {3: 1, 1: 1, 2: 1}  # (the others came back)
+
+
 def _refilled(pool: list[tp.Any], item: int) -> np.ndarray:
     """The pool's last buffer refilled with ``item`` while it is alive (the pool keeps a
     weak reference only), else a new one."""

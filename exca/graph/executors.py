@@ -1040,7 +1040,28 @@ def _run_pickled(payload: bytes) -> tuple[Report, bytes | None]:
     outputs = [(key, cache[key]) for key in unit.keys if key in cache]
     # (protocol 5, as the cache pickles: the pool's protocol 4 turns a big-endian numpy
     # array into a native one)
-    return report, dumps_pickle(outputs)
+    try:
+        return report, dumps_pickle(outputs)
+    except Exception:  # (an output that does not pickle: its item fails, the others return)
+        return report, dumps_pickle([_sendable(key, value) for key, value in outputs])
+
+
+def _sendable(key: str, value: tp.Any) -> tuple[str, tp.Any]:
+    """An output of a pool process without a folder, or the cached error of its item when
+    it cannot be pickled back to the caller (as an output a folder cannot store)."""
+    from ..storage.cachederror import CachedError
+    from ..storage.dumping import dumps_pickle
+    from .worker import unsendable
+
+    try:
+        dumps_pickle(value)
+    except Exception as error:
+        fate = (
+            "cannot be handed back from its pool process (without a folder, outputs return pickled)"
+        )
+        failure = unsendable(f"the output of item {key!r}", value, fate, error)
+        return key, CachedError.from_exception(failure)
+    return key, value
 
 
 def _in_memory(unit: Unit) -> bool:

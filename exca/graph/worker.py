@@ -623,7 +623,13 @@ def _job_timeout(uid: str, error: Exception) -> Exception | None:
 def _unstorable(what: str, value: tp.Any, cache: CacheDict[tp.Any], error: Exception) -> Exception:
     """The error of an output the cache cannot store (of the same type, when it can be built:
     ``except`` clauses and retries keep working)."""
-    message = f"{what} cannot be stored in {cache.folder} ({type(value).__name__}): {error}"
+    return unsendable(what, value, f"cannot be stored in {cache.folder}", error)
+
+
+def unsendable(what: str, value: tp.Any, fate: str, error: Exception) -> Exception:
+    """The error of an output that cannot be pickled to be stored or sent (``fate``: what
+    could not be done with it), naming the part that does not pickle."""
+    message = f"{what} {fate} ({type(value).__name__}): {error}"
     path = _unpicklable_part(value) if "pickle" in str(error) else ""
     if path:
         message += (
