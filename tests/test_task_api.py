@@ -1379,6 +1379,23 @@ def test_infra_assignments_are_validated(tmp_path: Path, monkeypatch: pytest.Mon
     assert task.process() == 30  # a valid combination again: it runs
 
 
+def test_an_unknown_cluster_says_what_it_can_be() -> None:
+    """pydantic's literal error listed the names but not None (the default: this process),
+    and a typo got no hint."""
+    with pytest.raises(pydantic.ValidationError, match=r"cluster='slrum' .*did you mean 'slurm'"):
+        Task(infra={"cluster": "slrum"})
+    with pytest.raises(pydantic.ValidationError, match=r"use None \(compute in this process\)"):
+        TaskInfra(cluster="gpu")  # type: ignore[arg-type]
+    with pytest.raises(pydantic.ValidationError, match="not a cluster for a TaskInfra"):
+        TaskInfra(cluster="processpool")  # type: ignore[arg-type]
+    assert MapInfra(cluster="processpool").cluster == "processpool"
+    with pytest.raises(pydantic.ValidationError, match="did you mean 'threadpool'"):
+        MapInfra(cluster="threadpol")  # type: ignore[arg-type]
+    task = Task(param=3)
+    with pytest.raises(pydantic.ValidationError, match="did you mean 'local'"):
+        task.infra.cluster = "locall"  # type: ignore[assignment]
+
+
 def test_permissions_parsing() -> None:
     assert TaskInfra().permissions == 0o777
     assert TaskInfra(permissions="a+rwx").permissions == 0o777  # type: ignore[arg-type]

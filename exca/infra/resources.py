@@ -89,6 +89,29 @@ class SubmititMixin(pydantic.BaseModel):
     conda_env: Path | str | None = None
     workdir: WorkDir | None = None
 
+    @pydantic.field_validator("cluster", mode="before")
+    @classmethod
+    def _known_cluster(cls, value: tp.Any) -> tp.Any:
+        # (pydantic's literal error lists the names but not None, the default: computing in
+        # this process; a typo gets its likely name)
+        kinds = tp.get_args(cls.model_fields["cluster"].annotation)
+        names = [
+            n for kind in kinds if tp.get_origin(kind) is tp.Literal for n in tp.get_args(kind)
+        ]
+        if not isinstance(value, str) or value in names or not names:
+            return value
+        import difflib
+
+        close = difflib.get_close_matches(value, [str(n) for n in names], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        if value in ("threadpool", "processpool"):
+            hint = f" for a {cls.__name__} (a MapInfra's pool: it computes items)"
+        listed = ", ".join(repr(n) for n in names)
+        raise ValueError(
+            f"cluster={value!r} is not a cluster{hint}: use None (compute in this process) or "
+            f"one of {listed}"
+        )
+
     @pydantic.field_validator("logs")
     @classmethod
     def _known_placeholders(cls, value: Path | str) -> Path | str:
