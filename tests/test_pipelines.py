@@ -716,6 +716,11 @@ def test_a_plan_names_what_feeds_each_call_with_inputs(env: Env) -> None:
     assert described.startswith(f"a=Step.run,1.2/{dotted.uid.split('/', 1)[1]}, b=0,1,2")
     assert described != describe_inputs(second) and len(described) < 200
     assert {n["uid"]: n["inputs"] for n in plan.to_dict()["nodes"]}[report.uid] is not None
+    # a dict of nodes showed as a list: its keys, what tells a sweep's inputs apart, were lost
+    keyed = env.step("report").run.node({f"lr{v}": t for v, t in zip((1, 2, 3), trainings * 2)})
+    described = describe_inputs(keyed)
+    assert described.startswith("a={lr1: Step.run,1/name=trai"), described
+    assert ", lr2: Step.run,1/" in described and ", +1 more}, b=None" in described, described
 
 
 def test_inputs_without_a_uid_get_a_hint(env: Env) -> None:

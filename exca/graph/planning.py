@@ -517,14 +517,26 @@ def describe_inputs(node: Node) -> str:
         if isinstance(source, Group):
             shown = [short(s) for s in source.sources[:2]]
             more = len(source.sources) - len(shown)
+            if source.keys is not None:  # (a dict: its keys tell its inputs apart)
+                # (each cut on its own: a cut of the whole would hide the second key)
+                half = INPUT_SHOWN // 2
+                shown = [
+                    f"{shortened(key, half)}: {shortened(text, half)}"
+                    for key, text in zip(source.keys, shown)
+                ]
+                return "{" + ", ".join(shown) + (f", +{more} more" if more else "") + "}"
             return "[" + ", ".join(shown) + (f", +{more} more" if more else "") + "]"
         uid = str(source.uid)  # (a value: its display, and its digest when cut)
         display = re.sub(r"-[0-9a-f]{8}$", "", uid)
         return display if len(display) <= INPUT_SHOWN else shortened(uid, INPUT_SHOWN)
 
-    return ", ".join(
-        f"{name}={shortened(short(source), INPUT_SHOWN)}" for name, source in node.inputs
-    )
+    def bounded(source: tp.Any) -> str:
+        text = short(source)
+        if isinstance(source, Group) and source.keys is not None:
+            return text  # (its entries are cut one by one)
+        return shortened(text, INPUT_SHOWN)
+
+    return ", ".join(f"{name}={bounded(source)}" for name, source in node.inputs)
 
 
 def _root_of(folder: str, uid: str) -> str:
