@@ -2487,6 +2487,166 @@ def test_dataclass_subclass_inside_a_dataclass_does_not_share_a_uid(tmp_path: Pa
     assert "size=128" in _HoldsPipeline(pipe=_AugPipeline(_Crop(size=128)), infra=folder).process()
 
 
+def _local_augments() -> tuple[tp.Any, ...]:
+    """Dataclasses and a config defined in a function: under `from __future__ import
+    annotations` (this module), their annotations are strings naming local classes."""
+
+    @dataclasses.dataclass
+    class Aug:
+        p: float = 0.5
+
+    @dataclasses.dataclass
+    class Crop(Aug):
+        size: int = 32
+
+    @dataclasses.dataclass
+    class Flip(Aug):
+        """Only its behaviour differs."""
+
+    @dataclasses.dataclass
+    class Pipe:
+        aug: Aug = dataclasses.field(default_factory=Aug)
+        augs: list[Aug] = dataclasses.field(default_factory=list)
+
+    class Holds(pydantic.BaseModel):
+        model_config = FORBID
+        pipe: Pipe = Pipe()
+
+    return Aug, Crop, Flip, Pipe, Holds
+
+
+def test_local_dataclass_subclasses_inside_a_dataclass_do_not_share_a_uid() -> None:
+    """A dataclass defined in a function holding another: its annotation ("Aug") could not
+    be resolved, no subclass was seen inside, and Pipe(aug=Crop(size=64)), Crop(size=128)
+    and Flip() all had the uid `default`. The names around the config class resolve it,
+    as pydantic did; values of the annotated class keep their uids."""
+    aug, crop, flip, pipe, holds = _local_augments()
+    configs = [
+        holds(),
+        holds(pipe=pipe(aug=crop(size=64))),
+        holds(pipe=pipe(aug=crop(size=128))),
+        holds(pipe=pipe(aug=flip())),
+        holds(pipe=pipe(augs=[flip()])),
+        holds(pipe=pipe(augs=[aug()])),
+    ]
+    uids = [ConfDict.from_model(c, uid=True, exclude_defaults=True).to_uid() for c in configs]
+    assert len(set(uids)) == len(uids), uids
+    assert "size=128,_class=" in uids[2]
+    # (the uids they had)
+    assert uids[0] == "" and uids[5] == "pipe={aug.p=0.50,augs=({p=0.50})}-58d37b28"
+    loaded = holds(pipe=pipe(aug=aug(p=0.3)))
+    assert ConfDict.from_model(loaded, uid=True, exclude_defaults=True).to_uid() == (
+        "pipe={augs=(),aug.p=0.30}-a6bb149e"
+    )
+
+
+@dataclasses.dataclass
+class _Inner:
+    k: int = 1
+
+
+class _HoldsAug(pydantic.BaseModel):
+    model_config = FORBID
+    aug: _Aug = _Aug()
+
+
+def _plugin_crop() -> tuple[tp.Any, ...]:
+    """A subclass defined in a function whose own field names a class local to it: its
+    annotation cannot be resolved anywhere (the config class is defined elsewhere)."""
+
+    @dataclasses.dataclass
+    class Inner(_Inner):
+        pass
+
+    @dataclasses.dataclass
+    class OtherInner(_Inner):
+        pass
+
+    @dataclasses.dataclass
+    class Crop(_Aug):
+        inner: Inner = dataclasses.field(default_factory=Inner)
+
+    return Crop, Inner, OtherInner
+
+
+def test_an_unresolvable_annotation_keeps_the_classes_of_the_dataclasses_under_it() -> None:
+    """Which class the annotation of Crop.inner names is unknown (a local class): its two
+    possible values, of two classes with the same fields, shared a uid; the class of a
+    dataclass under such an annotation now enters the uid."""
+    crop, inner, other = _plugin_crop()
+    uids = {
+        ConfDict.from_model(_HoldsAug(aug=crop(inner=value)), uid=True).to_uid()
+        for value in (inner(), other())
+    }
+    assert len(uids) == 2, uids
+
+
+_Item = tp.TypeVar("_Item")
+
+
+@dataclasses.dataclass
+class _Box(tp.Generic[_Item]):
+    item: _Item
+    n: int = 0
+
+
+@dataclasses.dataclass
+class _SubBox(_Box[_Item]):
+    extra: int = 0
+
+
+class _HoldsBox(pydantic.BaseModel):
+    model_config = FORBID
+    box: _Box[_Aug] = _Box(_Aug())
+    boxes: list[_Box[_Aug]] = []
+    bare: _Box = _Box(1)  # type: ignore[type-arg]
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> str:
+        return repr(self.box)
+
+
+def test_dataclass_subclasses_in_a_generic_dataclass_do_not_share_a_uid(tmp_path: Path) -> None:
+    """`box: Box[Aug]` holding Box(Crop(size=64)) was dumped by Aug's schema and its
+    fields were not walked (`item: T`): it shared the uid `default` with Box(Crop(128)),
+    Box(Aug()) and SubBox(...), and a change of the Crop in place after a cached call read
+    the old values' result. Values without a subclass keep their uids."""
+    configs = [
+        _HoldsBox(),
+        _HoldsBox(box=_Box(_Crop(size=64))),
+        _HoldsBox(box=_Box(_Crop(size=128))),
+        _HoldsBox(box=_Box(_SameAug())),
+        _HoldsBox(box=_SubBox(_Aug(), extra=3)),
+        _HoldsBox(boxes=[_Box(_Crop(size=64))]),
+        _HoldsBox(boxes=[_Box(_Crop(size=128))]),
+    ]
+    uids = [c.infra.uid() for c in configs]
+    assert len(set(uids)) == len(uids), uids
+    assert f"item={{p=0.50,size=64,_class={MODULE}._Crop}}" in uids[1]
+    # (the uids they had: a value of the annotated class, a bare generic holding anything)
+    assert _HoldsBox(box=_Box(_Aug(p=0.1))).infra.uid().endswith("/box={n=0,item.p=0.10}-8886d65a")
+    assert (
+        _HoldsBox(boxes=[_Box(_Aug())]).infra.uid().endswith("/boxes=({n=0,item.p=0.50})-46ceeab4")
+    )
+    assert (
+        _HoldsBox(bare=_Box(_Crop(size=3)))
+        .infra.uid()
+        .endswith("/bare={n=0,item={p=0.50,size=3}}-a67b9c90")
+    )
+    # the first uid of a process too (the generic's fields were not known yet)
+    code = "import test_identity as t; print(t._HoldsBox(box=t._Box(t._Crop(size=64))).infra.uid())"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), *sys.path]))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == uids[1].replace(MODULE, "test_identity"), out.stderr
+    crop = _Crop(size=64)
+    config = _HoldsBox(box=_Box(crop), infra={"folder": tmp_path})
+    assert "size=64" in config.process()
+    crop.size = 128
+    with pytest.raises(RuntimeError, match="changed in place"):
+        config.process()
+
+
 class _Logger:
     """A runtime object with no json form."""
 

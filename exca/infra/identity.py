@@ -13,6 +13,7 @@ import collections
 import dataclasses
 import enum
 import functools
+import inspect
 import itertools
 import re
 import sys
@@ -246,10 +247,14 @@ def annotated_models(annotation: tp.Any) -> tuple[type[pydantic.BaseModel], ...]
 
 
 def annotated_dataclasses(annotation: tp.Any) -> tuple[type, ...]:
-    """Dataclasses (stdlib or pydantic) named anywhere in an annotation."""
+    """Dataclasses (stdlib or pydantic) named anywhere in an annotation (a generic one,
+    ``Box[Aug]``, too: both)."""
     if isinstance(annotation, type):
         return (annotation,) if dataclasses.is_dataclass(annotation) else ()
     out: list[type] = []
+    origin = tp.get_origin(annotation)
+    if isinstance(origin, type) and dataclasses.is_dataclass(origin):
+        out.append(origin)
     for arg in tp.get_args(annotation):
         out.extend(annotated_dataclasses(arg))
     return tuple(out)
@@ -857,9 +862,9 @@ class _Exporter:
                     out[name] = _with_class(exported, value) if foreign else exported
                     self.field_keys_only &= exporter.field_keys_only
                 continue
-            if field.dataclasses and _lost_by_dump(value, field.contained):
+            if field.dataclasses and _lost_by_dump(value, field.contained, facts.cls):
                 # (the dump followed the annotated class: dumped whole below, with its class)
-                exported = self.value(value, dval, field.keep, field.contained)
+                exported = self.value(value, dval, field.keep, field.contained, facts.cls)
                 if not (
                     prune
                     and not field.required
@@ -881,7 +886,7 @@ class _Exporter:
                 )
             ):
                 continue
-            out[name] = self.value(value, dval, field.keep, field.contained)
+            out[name] = self.value(value, dval, field.keep, field.contained, facts.cls)
         extra = model.__pydantic_extra__
         if extra:  # extra="allow": what was given beyond the fields is config too
             self.field_keys_only = False
@@ -927,12 +932,14 @@ class _Exporter:
                 exported = _with_class(exported, value)
         else:
             contained = field.contained
-            exported = _without(self.value(value, dval, field.keep, contained), drop)
+            exported = _without(self.value(value, dval, field.keep, contained, type(model)), drop)
             default_json = field.default_json
             if prune and default_json is not _NO_DEFAULT:
                 # the default exported as the value is (sub-models with defaults pruned)
                 exporter = _Exporter(self.uid, True)
-                reference = exporter.value(field.default, default_json, field.keep, contained)
+                reference = exporter.value(
+                    field.default, default_json, field.keep, contained, type(model)
+                )
                 if _uid_equal(exported, _without(reference, drop)):
                     return
         out[name] = exported
@@ -943,10 +950,12 @@ class _Exporter:
         dval: tp.Any,
         keep: tp.Container[str] = (),
         declared: tuple[type, ...] = (),
+        owner: type | None = None,
     ) -> tp.Any:
         """Export of a field value (``dval``: its json dump); models met inside keep the
         ``keep`` fields (the discriminator of a container of a discriminated union);
-        ``declared``: the model classes the field's annotation names (none: unknown)."""
+        ``declared``: the model classes the field's annotation names (none: unknown);
+        ``owner``: the model class whose field holds it."""
         if isinstance(value, pydantic.BaseModel):
             if type(dval) is not dict or len(dval) < len(type(value).__pydantic_fields__):
                 # dumped by a base class's schema (a subclass in a container): dump it whole
@@ -957,11 +966,12 @@ class _Exporter:
             return exported
         if isinstance(dval, dict | list):
             self.field_keys_only = False  # (user keys, or containers in a list)
-            if declared and type(dval) is dict and _lost_by_dump(value, declared):
+            if declared and type(dval) is dict and _lost_by_dump(value, declared, owner):
                 # a dataclass subclass instance (or one inside): the dump followed the
                 # annotated class's schema (its own fields lost): dumped whole, with the
                 # class of each such instance in a uid
-                return _sets_ordered(value, _dataclass_export(value, declared, self.uid), True)
+                exported = _dataclass_export(value, declared, self.uid, owner)
+                return _sets_ordered(value, exported, True)
         if isinstance(value, dict) and isinstance(dval, dict):
             # the dump keeps the order of the keys: the i-th json key is the i-th key's
             # rendering (an Enum key as its value, an int as its text...)
@@ -975,7 +985,7 @@ class _Exporter:
                     continue
                 if self.uid and isinstance(sub, pydantic.BaseModel) and dropped_from_parent(sub):
                     continue
-                items[skey] = self.value(sub, dval[skey], keep, declared)
+                items[skey] = self.value(sub, dval[skey], keep, declared, owner)
             if self.uid and self.exclude_defaults and any("." in key for key in items):
                 # (only where a uid is made)
                 _check_dotted_keys(items, isinstance(value, collections.OrderedDict))
@@ -986,7 +996,7 @@ class _Exporter:
             return dict(sorted(items.items())) if len(items) > 1 else items
         if isinstance(value, list | tuple) and isinstance(dval, list):
             return [
-                self.value(sub, dsub, keep, declared)
+                self.value(sub, dsub, keep, declared, owner)
                 for sub, dsub in zip(value, dval)
                 if not (
                     self.uid and isinstance(sub, pydantic.BaseModel) and dropped_from_parent(sub)
@@ -1059,36 +1069,65 @@ def _subclass_of(cls: type, declared: tuple[type, ...]) -> bool:
     return any(issubclass(cls, base) for base in declared if base is not pydantic.BaseModel)
 
 
-def _lost_by_dump(value: tp.Any, declared: tuple[type, ...]) -> bool:
+# The dataclasses an annotation names (see ``annotated_dataclasses``), or None when the
+# annotation cannot be resolved: which class pydantic's dump followed there is unknown, so
+# no dataclass there can be shown to be of the annotated class itself.
+_Declared = tuple[type, ...] | None
+
+
+def _lost_by_dump(value: tp.Any, declared: _Declared, owner: type | None = None) -> bool:
     """Whether pydantic's dump of a dataclass value lost fields: the value, or a dataclass
-    inside it, is a strict subclass of the dataclass its annotation names."""
+    inside it, is a strict subclass of the dataclass its annotation names (``owner``: the
+    model class whose field holds it, whose namespace resolves local annotations)."""
     if _subclass_dataclass(type(value), declared):
         return True
-    return dataclasses.is_dataclass(value) and _holds_dataclass_subclass(value)
+    return dataclasses.is_dataclass(value) and _holds_dataclass_subclass(value, declared, owner)
 
 
-def _subclass_dataclass(cls: type, declared: tuple[type, ...]) -> bool:
+def _subclass_dataclass(cls: type, declared: _Declared) -> bool:
     """Whether ``cls`` is a dataclass and a strict subclass of a dataclass its field's
-    annotation names (then its own fields and its class are not in the field's dump)."""
-    if cls in declared or not dataclasses.is_dataclass(cls):
+    annotation names (then its own fields and its class are not in the field's dump), or
+    any dataclass under an annotation that cannot be resolved."""
+    if not dataclasses.is_dataclass(cls):
+        return False
+    if declared is None:
+        return True
+    if cls in declared:
         return False
     return any(issubclass(cls, base) for base in declared if dataclasses.is_dataclass(base))
 
 
-def _holds_dataclass_subclass(value: tp.Any) -> bool:
+def _holds_dataclass_subclass(value: tp.Any, enclosing: _Declared, owner: type | None) -> bool:
     """Whether a dataclass instance holds, in one of its fields (also in a list, tuple or
     dict there, at any depth), a dataclass that is a strict subclass of the class that
-    field's annotation names: pydantic's dump follows the annotation (its own fields lost)."""
-    for name, declared in _dataclass_field_types(type(value)).items():
-        if not declared:
+    field's annotation names: pydantic's dump follows the annotation (its own fields lost).
+    ``enclosing``: the classes the annotation of the value names."""
+    for name, declared in _field_types(type(value), enclosing, owner):
+        if declared == ():
             continue  # (no dataclass named: dumped by its values' own classes)
         sub = getattr(value, name, None)
         for item in _contained(sub):
             if not dataclasses.is_dataclass(item) or isinstance(item, type):
                 continue
-            if _subclass_dataclass(type(item), declared) or _holds_dataclass_subclass(item):
+            if _subclass_dataclass(type(item), declared) or _holds_dataclass_subclass(
+                item, declared, owner
+            ):
                 return True
     return False
+
+
+def _field_types(
+    cls: type, enclosing: _Declared, owner: type | None
+) -> tp.Iterator[tuple[str, _Declared]]:
+    """``_dataclass_field_types`` of a dataclass whose annotation names ``enclosing``: a
+    field annotated with a type variable (``item: T`` of a generic ``Box[Aug]``) holds
+    what ``Box[Aug]`` names there too (pydantic dumps it as an ``Aug``)."""
+    types = _dataclass_field_types(cls, owner)
+    generic = _TYPEVAR_FIELDS.get(cls, ())  # (known once its types are)
+    for name, declared in types.items():
+        if name in generic and declared is not None:
+            declared = None if enclosing is None else (*declared, *enclosing)
+        yield name, declared
 
 
 def _contained(value: tp.Any) -> tp.Iterator[tp.Any]:
@@ -1103,44 +1142,103 @@ def _contained(value: tp.Any) -> tp.Iterator[tp.Any]:
         yield value
 
 
-_DATACLASS_FIELD_TYPES: dict[type, dict[str, tuple[type, ...]]] = {}
+_DATACLASS_FIELD_TYPES: dict[type, dict[str, _Declared]] = {}
+_TYPEVAR_FIELDS: dict[type, frozenset[str]] = {}  # (fields annotated with a type variable)
+# (a dataclass whose annotations need the namespace of the model holding it, by both)
+_LOCAL_FIELD_TYPES: dict[tuple[type, type | None], dict[str, _Declared]] = {}
+_UNRESOLVED: tp.Any = object()
 
 
-def _dataclass_field_types(cls: type) -> dict[str, tuple[type, ...]]:
-    """The dataclasses each field of a dataclass names in its annotation (memoized; a
-    class whose annotations cannot all be resolved, e.g. a local class under ``from
-    __future__ import annotations``: each field's annotation as written, if a class)."""
+def _dataclass_field_types(cls: type, owner: type | None = None) -> dict[str, _Declared]:
+    """The dataclasses each field of a dataclass names in its annotation (memoized). A
+    class whose annotations cannot all be resolved from its module (a class defined in a
+    function, under ``from __future__ import annotations``): each one resolved as
+    pydantic did, with the names around the model class holding it (``owner``); one that
+    still cannot be resolved is None (any dataclass there counts as a subclass: its
+    class enters the uid)."""
     known = _DATACLASS_FIELD_TYPES.get(cls)
-    if known is None:
-        try:
-            hints = tp.get_type_hints(cls)
-        except Exception:  # (a forward reference that cannot be resolved)
-            hints = {}
+    if known is not None:
+        return known
+    try:
+        hints = tp.get_type_hints(cls)
+    except Exception:  # (a forward reference that cannot be resolved)
+        pass
+    else:
+        fields = dataclasses.fields(cls)
+        _TYPEVAR_FIELDS[cls] = frozenset(f.name for f in fields if _typevar_in(hints.get(f.name)))
         known = _DATACLASS_FIELD_TYPES[cls] = {
-            field.name: annotated_dataclasses(hints.get(field.name, field.type))
-            for field in dataclasses.fields(cls)
+            field.name: annotated_dataclasses(hints.get(field.name, field.type)) for field in fields
         }
+        return known
+    known = _LOCAL_FIELD_TYPES.get((cls, owner))
+    if known is None:
+        namespace = {**_namespace_of(owner), cls.__name__: cls}
+        known = _LOCAL_FIELD_TYPES[(cls, owner)] = {}
+        generic = set()
+        for field in dataclasses.fields(cls):
+            hint = _resolved_hint(cls, field, namespace)
+            known[field.name] = None if hint is _UNRESOLVED else annotated_dataclasses(hint)
+            if hint is not _UNRESOLVED and _typevar_in(hint):
+                generic.add(field.name)
+        _TYPEVAR_FIELDS[cls] = frozenset(generic)
     return known
 
 
-def _dataclass_export(value: tp.Any, declared: tuple[type, ...], uid: bool) -> tp.Any:
+def _typevar_in(hint: tp.Any) -> bool:
+    if isinstance(hint, tp.TypeVar):
+        return True
+    return any(_typevar_in(arg) for arg in tp.get_args(hint))
+
+
+def _namespace_of(owner: type | None) -> dict[str, tp.Any]:
+    """The names a model class's annotations were resolved with by pydantic: those around
+    its definition (the locals of a function defining it), and itself."""
+    if owner is None:
+        return {}
+    parent = getattr(owner, "__pydantic_parent_namespace__", None) or {}
+    # (pydantic keeps them as weak references where it can)
+    module = sys.modules.get("pydantic._internal._model_construction")
+    unpack = getattr(module, "unpack_lenient_weakvaluedict", None)
+    if unpack is not None:
+        parent = unpack(parent) or {}
+    return {**parent, owner.__name__: owner}
+
+
+def _resolved_hint(
+    cls: type, field: dataclasses.Field[tp.Any], namespace: dict[str, tp.Any]
+) -> tp.Any:
+    """A dataclass field's annotation, a string evaluated in the module of the class
+    declaring it and ``namespace`` (``_UNRESOLVED`` if it cannot be)."""
+    if not isinstance(field.type, str):
+        return field.type
+    declaring = next(
+        (base for base in cls.__mro__ if field.name in inspect.get_annotations(base)), cls
+    )
+    module = sys.modules.get(declaring.__module__)
+    try:
+        return eval(field.type, dict(vars(module)) if module is not None else {}, namespace)
+    except Exception:  # (a name known neither there nor around the model class)
+        return _UNRESOLVED
+
+
+def _dataclass_export(value: tp.Any, declared: _Declared, uid: bool, owner: type | None) -> tp.Any:
     """The json dump of a dataclass instance by its own fields, and those of each
     dataclass inside it (pydantic's follows the annotations: a subclass's own fields are
     lost), with, in a uid, the class of each instance that is a strict subclass of the
     class its annotation names (``declared``: the annotation's classes for ``value``)."""
     if not dataclasses.is_dataclass(value) or isinstance(value, type):
         if isinstance(value, list | tuple):
-            return [_dataclass_export(item, declared, uid) for item in value]
+            return [_dataclass_export(item, declared, uid, owner) for item in value]
         if isinstance(value, dict):
             keys = pydantic_core.to_jsonable_python(dict.fromkeys(value))  # (as json names them)
             return {
-                key: _dataclass_export(item, declared, uid)
+                key: _dataclass_export(item, declared, uid, owner)
                 for key, item in zip(keys, value.values())
             }
         return pydantic_core.to_jsonable_python(value)
     out = {
-        name: _dataclass_export(getattr(value, name, None), held, uid)
-        for name, held in _dataclass_field_types(type(value)).items()
+        name: _dataclass_export(getattr(value, name, None), held, uid, owner)
+        for name, held in _field_types(type(value), declared, owner)
     }
     cls = type(value)
     if uid and _subclass_dataclass(cls, declared):
