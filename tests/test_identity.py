@@ -2647,6 +2647,58 @@ def test_dataclass_subclasses_in_a_generic_dataclass_do_not_share_a_uid(tmp_path
         config.process()
 
 
+class _AugmentsAndDicts(_Augments):
+    pipes: list[_AugPipeline] = []
+    box: _Box[_Aug] = _Box(_Aug())
+    user: dict[str, tp.Any] = {}
+
+
+def test_config_yaml_names_the_class_of_a_dataclass_subclass(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """config() and config.yaml dropped the _class of a dataclass subclass value that the
+    uid holds: read back, a config was built with the annotated class (or refused its
+    fields): iter_cached() skipped it, and clone_obj() of such a config raised. They now
+    name the class, and both build it back as that class."""
+    from exca.ops.inspect import inspect
+
+    config = _AugmentsAndDicts(
+        aug=_Crop(size=64),
+        augs=[_Aug(), _SameAug()],
+        pipes=[_AugPipeline(aug=_Resize(size=8))],
+        box=_Box(_Crop(size=3)),
+        user={"x": {"_class": f"{MODULE}._Crop", "size": 1}},  # (a user dict: stays one)
+        infra={"folder": tmp_path},
+    )
+    config.process()
+    exported = config.infra.config(uid=False)
+    assert exported["aug"] == {"_class": f"{MODULE}._Crop", "p": 0.5, "size": 64}
+    assert exported["augs"] == [{"p": 0.5}, {"_class": f"{MODULE}._SameAug", "p": 0.5}]
+    assert exported["pipes"][0]["aug"]["_class"] == f"{MODULE}._Resize"
+    assert exported["box"]["item"]["_class"] == f"{MODULE}._Crop"
+    folder = config.infra.uid_folder()
+    assert folder is not None
+    written = ConfDict.from_yaml(folder / "config.yaml")
+    assert written == exported and written["aug._class"] == f"{MODULE}._Crop"
+    assert ConfDict.from_yaml(folder / "uid.yaml")["aug"] == exported["aug"]
+    # read back: the same classes (and so the same uid: listed as it is, not read-only)
+    (listed,) = list(config.infra.iter_cached())
+    assert listed.aug == _Crop(size=64) and type(listed.augs[1]) is _SameAug
+    assert type(listed.pipes[0].aug) is _Resize and type(listed.box.item) is _Crop
+    assert listed.user == config.user and listed.infra.mode == "cached"
+    assert listed.infra.uid() == config.infra.uid()
+    clone = config.infra.clone_obj({"aug.size": 128})
+    assert clone.aug == _Crop(size=128) and type(clone.augs[1]) is _SameAug
+    assert "size=128" in clone.process()
+    assert sorted(info.config.get("aug.size") for info in inspect(tmp_path)) == [64, 128]
+    # a class this process does not define: the entry is skipped, said
+    path = folder / "config.yaml"
+    path.write_text(path.read_text().replace("._Crop", "._Gone"))
+    caplog.clear()
+    assert [c.aug for c in config.infra.iter_cached()] == [_Crop(size=128)]
+    assert f"{MODULE}._Gone" in caplog.text and "not defined in this process" in caplog.text
+
+
 class _Logger:
     """A runtime object with no json form."""
 

@@ -908,6 +908,9 @@ class BaseInfra(pydantic.BaseModel):
             build = functools.partial(_cached_config, cls, written=written, folder=self.folder)
             try:
                 obj = build(data)
+            except identity.ClassNotRebuilt as error:
+                logger.warning("Skipping %s: its config.yaml cannot be rebuilt: %s", sub, error)
+                continue
             except pydantic.ValidationError as error:
                 found = self._without_removed_fields(build, data, error, sub)
                 if found is None:
@@ -925,7 +928,8 @@ class BaseInfra(pydantic.BaseModel):
         folder setting aside: a private infra is not in config.yaml, a moved cache is
         handled apart). Checked on a copy: the listed config stays unfrozen."""
         try:
-            probe = self._method().infra_of(type(obj)(**obj.model_dump()))
+            # (a deep copy: a dump would rebuild a dataclass subclass as its base class)
+            probe = self._method().infra_of(copy.deepcopy(obj))
             if probe.uid().rpartition("/")[2] == folder.name:
                 return True
         except Exception:  # (its uid cannot be told here: listed as it was; a call tells)
@@ -1123,7 +1127,9 @@ def _moved(
 
 
 def _from_config(cls: type[pydantic.BaseModel], data: dict[str, tp.Any]) -> tp.Any:
-    """A config instance from an exported config (field names, not aliases)."""
+    """A config instance from an exported config (field names, not aliases; a dataclass
+    naming its class, a subclass of the annotated one, built as that class)."""
+    data = identity.with_dataclass_instances(cls, data)
     if _BY_NAME:
         return cls.model_validate(data, by_name=True)
     return cls.model_validate(data)

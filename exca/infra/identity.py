@@ -970,7 +970,7 @@ class _Exporter:
                 # a dataclass subclass instance (or one inside): the dump followed the
                 # annotated class's schema (its own fields lost): dumped whole, with the
                 # class of each such instance in a uid
-                exported = _dataclass_export(value, declared, self.uid, owner)
+                exported = _dataclass_export(value, declared, owner)
                 return _sets_ordered(value, exported, True)
         if isinstance(value, dict) and isinstance(dval, dict):
             # the dump keeps the order of the keys: the i-th json key is the i-th key's
@@ -1221,29 +1221,196 @@ def _resolved_hint(
         return _UNRESOLVED
 
 
-def _dataclass_export(value: tp.Any, declared: _Declared, uid: bool, owner: type | None) -> tp.Any:
+def _dataclass_export(value: tp.Any, declared: _Declared, owner: type | None) -> tp.Any:
     """The json dump of a dataclass instance by its own fields, and those of each
     dataclass inside it (pydantic's follows the annotations: a subclass's own fields are
-    lost), with, in a uid, the class of each instance that is a strict subclass of the
-    class its annotation names (``declared``: the annotation's classes for ``value``)."""
+    lost), with the class of each instance that is a strict subclass of the class its
+    annotation names (``declared``: the annotation's classes for ``value``), in a uid and
+    in config.yaml alike (``with_dataclass_instances`` reads it back)."""
     if not dataclasses.is_dataclass(value) or isinstance(value, type):
         if isinstance(value, list | tuple):
-            return [_dataclass_export(item, declared, uid, owner) for item in value]
+            return [_dataclass_export(item, declared, owner) for item in value]
         if isinstance(value, dict):
             keys = pydantic_core.to_jsonable_python(dict.fromkeys(value))  # (as json names them)
             return {
-                key: _dataclass_export(item, declared, uid, owner)
+                key: _dataclass_export(item, declared, owner)
                 for key, item in zip(keys, value.values())
             }
         return pydantic_core.to_jsonable_python(value)
     out = {
-        name: _dataclass_export(getattr(value, name, None), held, uid, owner)
+        name: _dataclass_export(getattr(value, name, None), held, owner)
         for name, held in _field_types(type(value), declared, owner)
     }
     cls = type(value)
-    if uid and _subclass_dataclass(cls, declared):
+    if _subclass_dataclass(cls, declared):
         return {CLASS_KEY: f"{cls.__module__}.{cls.__qualname__}", **out}
     return out
+
+
+class ClassNotRebuilt(ValueError):
+    """An exported config names the class of a dataclass (``_class``) that cannot be
+    built here (not defined in this process, or its fields do not validate as it)."""
+
+
+def with_dataclass_instances(
+    cls: type[pydantic.BaseModel], data: dict[str, tp.Any]
+) -> dict[str, tp.Any]:
+    """An exported config of a model class (``config()``, config.yaml) with each dict
+    naming its dataclass (``_class``: a strict subclass of the dataclass its annotation
+    names) replaced by an instance of that class: validated as the annotated class, it
+    would lose its class and its own fields (or refuse them). Only where an annotation
+    names a dataclass: a user dict holding that key stays a dict. ClassNotRebuilt when a
+    named class cannot be built (not defined in this process: its module not imported)."""
+    if not _holds_dataclasses(cls):
+        return data
+    return _model_data(cls, data)
+
+
+_HOLDS_DATACLASSES: dict[type, bool] = {}
+CLASS_FORGETTERS.append(lambda cls: _HOLDS_DATACLASSES.pop(cls, None))
+
+
+def _holds_dataclasses(cls: type[pydantic.BaseModel]) -> bool:
+    """Whether a field of a model class, or of a model its annotations name (at any
+    depth), names a dataclass (memoized)."""
+    known = _HOLDS_DATACLASSES.get(cls)
+    if known is None:
+        _HOLDS_DATACLASSES[cls] = False  # (a recursive model: not looked at twice)
+        known = _HOLDS_DATACLASSES[cls] = any(
+            field.dataclasses
+            or any(
+                _holds_dataclasses(m)
+                for m in field.contained
+                if isinstance(m, type) and issubclass(m, pydantic.BaseModel)
+            )
+            for field in class_facts(cls).fields
+        )
+    return known
+
+
+def _model_data(cls: type[pydantic.BaseModel], data: dict[str, tp.Any]) -> dict[str, tp.Any]:
+    out = data
+    for field in class_facts(cls).fields:
+        sub = data.get(field.name)
+        if not isinstance(sub, dict | list):
+            continue
+        if field.dataclasses:
+            new = _dataclass_data(sub, field.contained, cls)
+        else:
+            models = tuple(
+                m
+                for m in field.contained
+                if isinstance(m, type) and issubclass(m, pydantic.BaseModel)
+            )
+            new = _models_data(sub, models) if any(map(_holds_dataclasses, models)) else sub
+        if new is not sub:
+            out = dict(out) if out is data else out
+            out[field.name] = new
+    return out
+
+
+def _models_data(data: tp.Any, models: tuple[type[pydantic.BaseModel], ...]) -> tp.Any:
+    """``_model_data`` of the models of a field (a model, or a list or dict of them)."""
+    if isinstance(data, list):
+        items = [_models_data(item, models) for item in data]
+        return data if all(a is b for a, b in zip(items, data)) else items
+    if not isinstance(data, dict):
+        return data
+    keys = data.keys()
+    model = next((m for m in models if keys <= m.model_fields.keys()), None)
+    if model is not None:
+        return _model_data(model, data)
+    values = {key: _models_data(sub, models) for key, sub in data.items()}  # (a dict of them)
+    return data if all(values[k] is v for k, v in data.items()) else values
+
+
+def _dataclass_data(data: tp.Any, declared: _Declared, owner: type | None) -> tp.Any:
+    """The export of a value whose annotation names the ``declared`` dataclasses, with
+    each dict naming its class built as that class (see ``with_dataclass_instances``)."""
+    if isinstance(data, list):
+        items = [_dataclass_data(item, declared, owner) for item in data]
+        return data if all(a is b for a, b in zip(items, data)) else items
+    if not isinstance(data, dict):
+        return data
+    name = data.get(CLASS_KEY)
+    if type(name) is str:
+        found = _named_dataclass(name, declared)
+        fields = {key: sub for key, sub in data.items() if key != CLASS_KEY}
+        return _built(found, _dataclass_fields_data(found, fields, declared, owner), name)
+    keys = data.keys()
+    kind = next(
+        (
+            c
+            for c in declared or ()
+            if dataclasses.is_dataclass(c) and keys <= {f.name for f in dataclasses.fields(c)}
+        ),
+        None,
+    )
+    if kind is not None:  # (of the annotated class: the config's validation builds it)
+        return _dataclass_fields_data(kind, data, declared, owner)
+    values = {key: _dataclass_data(sub, declared, owner) for key, sub in data.items()}
+    return data if all(values[k] is v for k, v in data.items()) else values
+
+
+def _dataclass_fields_data(
+    cls: type, data: dict[str, tp.Any], enclosing: _Declared, owner: type | None
+) -> dict[str, tp.Any]:
+    out = data
+    for name, declared in _field_types(cls, enclosing, owner):
+        sub = data.get(name)
+        if declared == () or not isinstance(sub, dict | list):
+            continue
+        new = _dataclass_data(sub, declared, owner)
+        if new is not sub:
+            out = dict(out) if out is data else out
+            out[name] = new
+    return out
+
+
+def _named_dataclass(name: str, declared: _Declared) -> type:
+    """The strict subclass of a declared dataclass that ``<module>.<qualname>`` names
+    (any dataclass of a loaded module under an annotation that cannot be resolved),
+    among the classes defined in this process: no module is imported."""
+    if declared is None:
+        parts = name.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            found: tp.Any = sys.modules.get(".".join(parts[:cut]))
+            for part in parts[cut:] if found is not None else ():
+                found = getattr(found, part, None)
+            if isinstance(found, type) and dataclasses.is_dataclass(found):
+                return found
+    else:
+        stack = [c for c in declared if isinstance(c, type) and dataclasses.is_dataclass(c)]
+        seen: set[type] = set()
+        while stack:
+            cls = stack.pop()
+            for sub in cls.__subclasses__():
+                if sub not in seen:
+                    seen.add(sub)
+                    if f"{sub.__module__}.{sub.__qualname__}" == name:
+                        return sub
+                    stack.append(sub)
+    names = ", ".join(c.__name__ for c in declared or ())
+    raise ClassNotRebuilt(
+        f"The config names the dataclass {name} (_class), a subclass of {names or 'a dataclass'}"
+        ", which is not defined in this process: import its module first"
+    )
+
+
+_ADAPTERS: dict[type, pydantic.TypeAdapter[tp.Any]] = {}
+
+
+def _built(cls: type, fields: dict[str, tp.Any], name: str) -> tp.Any:
+    """An instance of a dataclass from its exported fields (validated as pydantic does)."""
+    try:
+        adapter = _ADAPTERS.get(cls)
+        if adapter is None:
+            adapter = _ADAPTERS[cls] = pydantic.TypeAdapter(cls)
+        return adapter.validate_python(fields)
+    except Exception as error:  # (invalid values, or annotations it cannot resolve)
+        raise ClassNotRebuilt(
+            f"Cannot build the dataclass {name} of the config: {error}"
+        ) from error
 
 
 def _with_class(exported: tp.Any, model: pydantic.BaseModel) -> tp.Any:
