@@ -587,6 +587,70 @@ def test_a_dataclass_changed_in_place_after_its_uid_is_not_read(tmp_path: Path) 
     assert WithDataclasses(crop=CropSpec(128), infra={"folder": tmp_path}).train() == "128 [1]"
 
 
+@dataclasses.dataclass(frozen=True)
+class FrozenAug:
+    p: float = 0.5
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SlottedAug:
+    p: float = 0.5
+    inner: FrozenAug = FrozenAug()
+
+
+@dataclasses.dataclass(frozen=True)
+class RunState:
+    calls: int = 0
+
+
+class HoldsFrozenScalars(pydantic.BaseModel):
+    """Frozen dataclasses of scalars only: nothing that can change in place, but for
+    object.__setattr__."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+    aug: FrozenAug = FrozenAug()
+    slotted: SlottedAug = SlottedAug()
+    augs: tuple[FrozenAug, ...] = ()
+    state: RunState = RunState()  # (runtime state, kept out of the uid)
+    infra: TaskInfra = TaskInfra(version="1")
+
+    _exclude_from_cls_uid = ("state",)
+
+    @infra.apply
+    def train(self) -> str:
+        return f"{self.aug.p} {self.slotted.inner.p} {[a.p for a in self.augs]}"
+
+
+@pytest.mark.parametrize("keep_in_ram", (True, False))
+def test_a_frozen_dataclass_changed_by_object_setattr_is_not_read(
+    tmp_path: Path, keep_in_ram: bool
+) -> None:
+    """object.__setattr__ bypasses a frozen dataclass's refusal: after a cached call, the
+    next call read the result of the old values (a frozen dataclass holding only
+    scalars was taken for something that cannot change)."""
+    infra = {"folder": tmp_path, "keep_in_ram": keep_in_ram}
+    changes: list[tp.Callable[[HoldsFrozenScalars], None]] = [
+        lambda c: object.__setattr__(c.aug, "p", 0.9),
+        lambda c: object.__setattr__(c.slotted, "p", 0.9),
+        lambda c: object.__setattr__(c.slotted.inner, "p", 0.9),
+        lambda c: object.__setattr__(c.augs[0], "p", 0.9),
+    ]
+    for change in changes:
+        fresh = {"aug": FrozenAug(), "slotted": SlottedAug(inner=FrozenAug())}
+        config = HoldsFrozenScalars(augs=(FrozenAug(0.2),), infra=infra, **fresh)
+        assert config.train() == "0.5 0.5 [0.2]"
+        assert config.train() == "0.5 0.5 [0.2]"  # (cached)
+        change(config)
+        with pytest.raises(RuntimeError, match=r"changed in place.*0\.9"):
+            config.train()
+    # a change out of the uid is no change
+    config = HoldsFrozenScalars(state=RunState(), infra=infra)
+    assert config.train() == "0.5 0.5 []"
+    object.__setattr__(config.state, "calls", 1)
+    assert config.train() == "0.5 0.5 []"
+    assert config.train() == "0.5 0.5 []"
+
+
 class LayeredInputs(pydantic.BaseModel):
     layers: list[int] = [64]
     pair: tuple[list[int], int] = ([0], 0)

@@ -68,6 +68,9 @@ class _Runtime:
     # whether the config holds a list, dict, set or array (changed in place, a frozen
     # config names other values than its uid): None until a cached read asks
     holds_mutables: bool | None = None
+    # (when it holds none) its frozen dataclasses, each with its fields when last compared:
+    # object.__setattr__ changes one in place
+    frozen_dataclasses: list[tuple[tp.Any, tp.Any]] | None = None
     ram: tp.Any = _MISSING
     cache: tp.Any = None
     folder: Path | None = None  # memoized uid folder
@@ -608,6 +611,19 @@ class BaseInfra(pydantic.BaseModel):
             )
         if mutables:
             self._check_unchanged()
+            return
+        frozen = runtime.frozen_dataclasses
+        if frozen is None:  # (the first read: compared whole once, then by their fields)
+            held: list[tp.Any] = []
+            for model in runtime.models:
+                for value in model.__dict__.values():
+                    _frozen_dataclasses(value, held)
+            if held:
+                self._check_unchanged()
+            runtime.frozen_dataclasses = [(d, _fields_now(d)) for d in held]
+        elif frozen and any(_fields_now(d) != fields for d, fields in frozen):
+            self._check_unchanged()  # (a change that matters to the uid raises)
+            runtime.frozen_dataclasses = [(d, _fields_now(d)) for d, _ in frozen]
 
     def _check_unchanged(self) -> None:
         """RuntimeError if a list, dict or dataclass of the config was changed in place
@@ -1072,6 +1088,28 @@ def _mutable(value: tp.Any) -> bool:
         )
     numpy = sys.modules.get("numpy")
     return numpy is not None and isinstance(value, numpy.ndarray)
+
+
+def _frozen_dataclasses(value: tp.Any, out: list[tp.Any]) -> None:
+    """The frozen dataclass instances in a value that cannot change in place otherwise
+    (see ``_mutable``), nested ones and those in tuples too."""
+    if isinstance(value, tuple | frozenset):
+        for item in value:
+            _frozen_dataclasses(item, out)
+        return
+    params = getattr(type(value), "__dataclass_params__", None)
+    if params is not None and params.frozen and not isinstance(value, type):
+        out.append(value)
+        for field in dataclasses.fields(value):
+            _frozen_dataclasses(getattr(value, field.name, None), out)
+
+
+def _fields_now(instance: tp.Any) -> tp.Any:
+    """The field values of a dataclass instance, to compare with later ones."""
+    values = getattr(instance, "__dict__", None)
+    if values is not None:
+        return dict(values)
+    return tuple(getattr(instance, f.name, None) for f in dataclasses.fields(instance))
 
 
 def _cached_config(
