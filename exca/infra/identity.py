@@ -1088,12 +1088,12 @@ def _subclass_dataclass(cls: type, declared: _Declared) -> bool:
     """Whether ``cls`` is a dataclass and a strict subclass of a dataclass its field's
     annotation names (then its own fields and its class are not in the field's dump), or
     any dataclass under an annotation that cannot be resolved."""
+    if declared is not None and cls in declared:
+        return False  # (the common case first: the annotated class itself)
     if not dataclasses.is_dataclass(cls):
         return False
     if declared is None:
         return True
-    if cls in declared:
-        return False
     return any(issubclass(cls, base) for base in declared if dataclasses.is_dataclass(base))
 
 
@@ -1102,6 +1102,8 @@ def _holds_dataclass_subclass(value: tp.Any, enclosing: _Declared, owner: type |
     dict there, at any depth), a dataclass that is a strict subclass of the class that
     field's annotation names: pydantic's dump follows the annotation (its own fields lost).
     ``enclosing``: the classes the annotation of the value names."""
+    if type(value) in _NAMES_NO_DATACLASS:
+        return False  # (the common case: a dataclass of plain values)
     for name, declared in _field_types(type(value), enclosing, owner):
         if declared == ():
             continue  # (no dataclass named: dumped by its values' own classes)
@@ -1118,16 +1120,20 @@ def _holds_dataclass_subclass(value: tp.Any, enclosing: _Declared, owner: type |
 
 def _field_types(
     cls: type, enclosing: _Declared, owner: type | None
-) -> tp.Iterator[tuple[str, _Declared]]:
+) -> tp.Iterable[tuple[str, _Declared]]:
     """``_dataclass_field_types`` of a dataclass whose annotation names ``enclosing``: a
     field annotated with a type variable (``item: T`` of a generic ``Box[Aug]``) holds
     what ``Box[Aug]`` names there too (pydantic dumps it as an ``Aug``)."""
     types = _dataclass_field_types(cls, owner)
-    generic = _TYPEVAR_FIELDS.get(cls, ())  # (known once its types are)
-    for name, declared in types.items():
-        if name in generic and declared is not None:
-            declared = None if enclosing is None else (*declared, *enclosing)
-        yield name, declared
+    generic = _TYPEVAR_FIELDS.get(cls)  # (known once its types are)
+    if not generic:
+        return types.items()
+    return [
+        (name, None if enclosing is None else (*declared, *enclosing))
+        if name in generic and declared is not None
+        else (name, declared)
+        for name, declared in types.items()
+    ]
 
 
 def _contained(value: tp.Any) -> tp.Iterator[tp.Any]:
@@ -1144,6 +1150,8 @@ def _contained(value: tp.Any) -> tp.Iterator[tp.Any]:
 
 _DATACLASS_FIELD_TYPES: dict[type, dict[str, _Declared]] = {}
 _TYPEVAR_FIELDS: dict[type, frozenset[str]] = {}  # (fields annotated with a type variable)
+# dataclasses whose annotations name no dataclass nor type variable (nothing to walk)
+_NAMES_NO_DATACLASS: set[type] = set()
 # (a dataclass whose annotations need the namespace of the model holding it, by both)
 _LOCAL_FIELD_TYPES: dict[tuple[type, type | None], dict[str, _Declared]] = {}
 _UNRESOLVED: tp.Any = object()
@@ -1169,6 +1177,8 @@ def _dataclass_field_types(cls: type, owner: type | None = None) -> dict[str, _D
         known = _DATACLASS_FIELD_TYPES[cls] = {
             field.name: annotated_dataclasses(hints.get(field.name, field.type)) for field in fields
         }
+        if not _TYPEVAR_FIELDS[cls] and not any(known.values()):
+            _NAMES_NO_DATACLASS.add(cls)
         return known
     known = _LOCAL_FIELD_TYPES.get((cls, owner))
     if known is None:
