@@ -2699,6 +2699,34 @@ def test_config_yaml_names_the_class_of_a_dataclass_subclass(
     assert f"{MODULE}._Gone" in caplog.text and "not defined in this process" in caplog.text
 
 
+class _AugFamily(DiscriminatedModel):
+    pass
+
+
+class _AugMember(_AugFamily):
+    model_config = FORBID
+    aug: _Aug = _Aug()
+
+
+class _HoldsAugFamily(pydantic.BaseModel):
+    model_config = FORBID
+    member: _AugFamily = _AugMember()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> str:
+        return repr(self.member)
+
+
+def test_a_dataclass_subclass_in_a_discriminated_model_is_rebuilt(tmp_path: Path) -> None:
+    """(the class of a DiscriminatedModel's member is told by its key, not its fields)"""
+    config = _HoldsAugFamily(member=_AugMember(aug=_SameAug()), infra={"folder": tmp_path})
+    config.process()
+    assert type(config.infra.clone_obj().member.aug) is _SameAug
+    (listed,) = config.infra.iter_cached()
+    assert type(listed.member.aug) is _SameAug and listed.infra.uid() == config.infra.uid()
+
+
 class _Logger:
     """A runtime object with no json form."""
 

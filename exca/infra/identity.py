@@ -1282,11 +1282,11 @@ CLASS_FORGETTERS.append(lambda cls: _HOLDS_DATACLASSES.pop(cls, None))
 
 def _holds_dataclasses(cls: type[pydantic.BaseModel]) -> bool:
     """Whether a field of a model class, or of a model its annotations name (at any
-    depth), names a dataclass (memoized)."""
+    depth), names a dataclass, or may (a DiscriminatedModel's members) (memoized)."""
     known = _HOLDS_DATACLASSES.get(cls)
     if known is None:
         _HOLDS_DATACLASSES[cls] = False  # (a recursive model: not looked at twice)
-        known = _HOLDS_DATACLASSES[cls] = any(
+        known = _HOLDS_DATACLASSES[cls] = _family(cls) or any(
             field.dataclasses
             or any(
                 _holds_dataclasses(m)
@@ -1312,7 +1312,8 @@ def _model_data(cls: type[pydantic.BaseModel], data: dict[str, tp.Any]) -> dict[
                 for m in field.contained
                 if isinstance(m, type) and issubclass(m, pydantic.BaseModel)
             )
-            new = _models_data(sub, models) if any(map(_holds_dataclasses, models)) else sub
+            walk = any(map(_holds_dataclasses, models))
+            new = _models_data(sub, models) if walk else sub
         if new is not sub:
             out = dict(out) if out is data else out
             out[field.name] = new
@@ -1326,12 +1327,24 @@ def _models_data(data: tp.Any, models: tuple[type[pydantic.BaseModel], ...]) -> 
         return data if all(a is b for a, b in zip(items, data)) else items
     if not isinstance(data, dict):
         return data
+    for family in models:  # (a DiscriminatedModel's key names its class: any of a family)
+        key = getattr(family, "_exca_discriminator_key", None)
+        if key is not None and _family(family) and type(data.get(key)) is str:
+            try:
+                return _model_data(family._exca_lookup(data[key]), data)  # type: ignore[attr-defined]
+            except ValueError:  # (an unknown name: its validation says so)
+                pass
     keys = data.keys()
     model = next((m for m in models if keys <= m.model_fields.keys()), None)
     if model is not None:
         return _model_data(model, data)
     values = {key: _models_data(sub, models) for key, sub in data.items()}  # (a dict of them)
     return data if all(values[k] is v for k, v in data.items()) else values
+
+
+def _family(model: type) -> bool:
+    """Whether a model class is a DiscriminatedModel (its subclasses' fields are unknown)."""
+    return callable(getattr(model, "_exca_lookup", None))
 
 
 def _dataclass_data(data: tp.Any, declared: _Declared, owner: type | None) -> tp.Any:
