@@ -614,6 +614,71 @@ def test_where_with_a_float_in_exponent_notation(tmp_path: Path) -> None:
         assert row.folder == folder_of(small)
 
 
+class Schedule(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    lr: float = 0.1
+
+
+class Tagged(pydantic.BaseModel):
+    """Two keys ending in ``lr``, an optional string, a float that may be nan, a list."""
+
+    optim: Optim = Optim()
+    sched: Schedule = Schedule()
+    tag: str | None = None
+    threshold: float = 0.5
+    betas: list[float] = [0.9, 0.999]
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> str:
+        return "done"
+
+
+def test_where_ambiguous_keys_null_nan_and_list_items(tmp_path: Path) -> None:
+    """``--where lr=0.1`` matched any config whose optim.lr OR sched.lr was 0.1 (here:
+    all, by sched.lr's default); ``tag=null`` matched the text "null" too; ``.nan``
+    matched nothing; ``betas.0=0.8`` named no key (a probe)."""
+    root = tmp_path / "cache"
+    configs: dict[str, dict[str, tp.Any]] = {
+        "default": {},
+        "optim": {"optim": {"lr": 0.1}},
+        "text": {"tag": "null"},
+        "nan": {"threshold": float("nan")},
+        "betas": {"betas": [0.8, 0.99]},
+    }
+    folders = {}
+    for name, config in configs.items():
+        obj = Tagged(**config, infra={"folder": root})
+        obj.run()
+        folders[name] = folder_of(obj)
+
+    def found(*where: str) -> set[str]:
+        infos = exca.ops.inspect(root, where=list(where))
+        return {name for name, f in folders.items() if f in {i.folder for i in infos}}
+
+    # a key ending several keys of a config: an error naming them, not a guess
+    with pytest.raises(ValueError, match=r"optim\.lr, sched\.lr"):
+        exca.ops.inspect(root, where=["lr=0.1"])
+    bad = cli("list", root, "--where", "lr=0.1")
+    assert bad.returncode == 2 and "optim.lr, sched.lr" in bad.stderr, bad.stderr
+    assert found("optim.lr=0.1") == {"optim"}
+    assert found("sched.lr=0.1") == set(folders)
+    # null (or ~, None: as uids display it) is None only; the text is quoted
+    assert found("tag=null") == found("tag=~") == found("tag=None") == set(folders) - {"text"}
+    assert found("tag='null'") == found('tag="null"') == {"text"}
+    listed = cli("list", root, "--where", "tag=null", check=True)
+    assert "tag=null-" not in listed.stdout and "--where \"tag='null'\"" in listed.stderr
+    # nan, however yaml or Python writes it
+    assert found("threshold=nan") == found("threshold=.nan") == found("threshold=NaN") == {"nan"}
+    assert found("threshold=0.5") == set(folders) - {"nan"}
+    # list items by index, as overrides write them
+    assert found("betas.0=0.8") == found("betas.1=0.99") == {"betas"}
+    assert found("betas=[0.8, 0.99]") == {"betas"}
+    assert found("betas.0=0.9") == set(folders) - {"betas"}
+    # a string held is also matched as written (infra.version is the text '1')
+    assert found("infra.version=1") == set(folders)
+
+
 def test_explain_the_same_config_under_another_folder_name(tmp_path: Path) -> None:
     """A folder name lists the values that differ from the defaults of the day it was
     computed: after a default changed, the same config is cached under another name

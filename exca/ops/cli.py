@@ -565,11 +565,21 @@ def _main(argv: list[str] | None) -> int:
                 "`python -m exca clean --help`)"
             )
     if args.command == "list":
-        from .inspect import inspect, keys_no_config_has, render
+        from .inspect import (
+            inspect,
+            keys_no_config_has,
+            null_condition_hints,
+            reads_as_null,
+            render,
+        )
 
         infos = inspect(args.root, step=args.step, where=args.where, status=args.status)
         text = render(infos)
         every = [] if infos else inspect(args.root)
+        if any(reads_as_null(c.partition("=")[2].strip()) for c in args.where):
+            # (configs holding the text "null" are not matched: say how they would be)
+            for hint in null_condition_hints(inspect(args.root, step=args.step), args.where):
+                print(f"exca: note: {hint}", file=sys.stderr)
         if every:
             text = "No cached node matches --step/--where/--status."
             if args.step is not None and not inspect(args.root, step=args.step):

@@ -337,7 +337,7 @@ def inspect(
         if f in parents and info.kind == "empty":
             continue  # a config folder that only holds tasks with inputs (listed themselves)
         if not all(
-            _matches(info.full_config or info.config, key, value) for key, value in conditions
+            _matches(info.full_config or info.config, key, value, s) for key, value in conditions
         ):
             continue
         if status is not None and info.status != status:
@@ -369,15 +369,57 @@ def _describe_dead_slurm_jobs(infos: list[NodeInfo], slurm: dict[str, tp.Any]) -
 def keys_no_config_has(infos: list[NodeInfo], where: tp.Sequence[str]) -> list[str]:
     """The keys of ``key=value`` conditions that no config of ``infos`` holds (a typo?)."""
     keys = [_parse_condition(c)[0] for c in where]
-    return [
-        key for key in keys if not any(_keys_named(i.full_config or i.config, key) for i in infos)
-    ]
+    views = [_where_view(i.full_config or i.config) for i in infos]
+    return [key for key in keys if not any(_keys_named(view, key) for view in views)]
+
+
+def null_condition_hints(infos: list[NodeInfo], where: tp.Sequence[str]) -> list[str]:
+    """For each condition ``key=null`` (a None value) whose key holds the text "null" in
+    some config of ``infos``: how to match that text instead (it is not matched)."""
+    hints = []
+    for key, text in (_parse_condition(c) for c in where):
+        if not reads_as_null(text):
+            continue
+        words = {
+            view[k]
+            for view in (_where_view(i.full_config or i.config) for i in infos)
+            for k in _keys_named(view, key)
+            if isinstance(view[k], str) and reads_as_null(view[k])
+        }
+        for word in sorted(words):
+            hints.append(
+                f"{key}={text} matches None values only; for the text {word!r}, quote it: "
+                f"--where \"{key}='{word}'\""
+            )
+    return hints
+
+
+def _where_view(config: dict[str, tp.Any]) -> dict[str, tp.Any]:
+    """A flat config with its list items (and what they hold) under keys too:
+    ``optim.betas`` [0.9, 0.99] adds ``optim.betas.0`` 0.9 and ``optim.betas.1`` 0.99, as
+    overrides index lists (``layers.1.size``)."""
+    out: dict[str, tp.Any] = {}
+
+    def add(key: str, value: tp.Any) -> None:
+        out[key] = value
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                add(f"{key}.{index}", item)
+        elif isinstance(value, dict):  # (a dict inside a list item; flat() did the others)
+            for name, item in value.items():
+                add(f"{key}.{name}", item)
+
+    for key, value in config.items():
+        add(key, value)
+    return out
 
 
 def _keys_named(config: dict[str, tp.Any], key: str) -> list[str]:
-    """The keys of a flat config a condition's key names (itself, or as a suffix:
-    ``lr`` names ``optim.lr``)."""
-    return [k for k in config if k == key or k.endswith("." + key)]
+    """The keys of a flat config a condition's key names: itself, else the keys it ends
+    (``lr`` names ``optim.lr``)."""
+    if key in config:
+        return [key]
+    return [k for k in config if k.endswith("." + key)]
 
 
 def _parse_condition(text: str) -> tuple[str, str]:
@@ -389,23 +431,56 @@ def _parse_condition(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def _matches(config: dict[str, tp.Any], key: str, value: str) -> bool:
-    """``key=value`` against a flat config (with defaults: full-uid.yaml)."""
+# unquoted, these name None (yaml's words, and Python's, as uids display None)
+_NULL_WORDS = ("null", "Null", "NULL", "~", "None", "")
+
+
+def reads_as_null(text: str) -> bool:
+    """Whether a condition's value (as written) names None."""
+    return text in _NULL_WORDS
+
+
+def _is_nan(value: tp.Any) -> bool:
+    return isinstance(value, float) and value != value
+
+
+def _matches(config: dict[str, tp.Any], key: str, value: str, step: str = "") -> bool:
+    """``key=value`` against a flat config (with defaults: full-uid.yaml). The value is
+    read as yaml: ``null`` (``~``, ``None``) matches None only, ``nan`` (``.nan``) a nan; a
+    string also matches as written (``infra.version=1`` finds '1'). ValueError when the
+    key is the end of several keys of the config (``lr``: ``optim.lr`` and ``sched.lr``):
+    which one is meant is unclear."""
     yaml = pyyaml()
 
-    candidates = _keys_named(config, key)
+    view = _where_view(config)
+    candidates = _keys_named(view, key)
+    if len(candidates) > 1:
+        where = f" of {step}" if step else ""
+        raise ValueError(
+            f"condition {key}={value}: {key!r} names several keys of the configs{where}: "
+            f"{', '.join(candidates)}; give the whole key, e.g. {candidates[0]}={value}"
+        )
     if not candidates:
         return False
+    held = view[candidates[0]]
+    if reads_as_null(value):
+        return held is None
     try:
         expected = yaml.safe_load(value)
     except yaml.YAMLError:  # not yaml (e.g. "[1"): compared as text
         expected = value
-    if isinstance(expected, str):  # (yaml 1.1 reads 1e-5 as a string: a float for us)
+    if isinstance(expected, str):  # (yaml 1.1 reads 1e-5, nan, inf as strings: floats for us)
         try:
             expected = float(value)
         except ValueError:
             pass
-    return any(config[k] == expected or str(config[k]) == value for k in candidates)
+    if held is None:
+        return False
+    if isinstance(held, str):
+        return held in (expected, value)
+    if _is_nan(held):
+        return _is_nan(expected)
+    return bool(held == expected) or str(held) == value
 
 
 def human_size(size: float) -> str:
