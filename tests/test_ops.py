@@ -2645,6 +2645,37 @@ def test_clean_node_given_with_a_symlink_to_it_removes_the_folder(tmp_path: Path
     assert not folder.exists()
 
 
+def test_clean_node_given_only_as_a_symlink_removes_the_folder(tmp_path: Path) -> None:
+    """A node folder given only as a symlink to it (a shortcut of the user's, outside the
+    cache): the link was unlinked, its folder's bytes reported as freed, and the cache
+    left whole (a probe). Its folder goes now, and the link with it."""
+    root = tmp_path / "cache"
+    obj = Train(seed=5, infra={"folder": root})
+    obj.fit()
+    folder = folder_of(obj)
+    link = tmp_path / "best"
+    link.symlink_to(folder)
+    size = disk_bytes(folder)
+    preview = json.loads(cli("clean", root, "node", link, "--json", check=True).stdout)
+    assert [r["path"] for r in preview["removals"]] == [str(folder)]
+    assert str(link) in preview["removals"][0]["reason"]
+    done = json.loads(cli("clean", root, "node", link, "--yes", "--json", check=True).stdout)
+    assert done["freed"] == size
+    assert not folder.exists() and not os.path.lexists(link)
+    assert exca.ops.inspect(root) == []
+    # a link to a link, from Python
+    other = Train(seed=6, infra={"folder": root})
+    other.fit()
+    (tmp_path / "first").symlink_to(folder_of(other))
+    (tmp_path / "second").symlink_to(tmp_path / "first")
+    size = disk_bytes(folder_of(other))
+    plan = clean.remove_nodes(tmp_path / "second")
+    assert [r.path for r in plan.removals] == [folder_of(other)]
+    assert plan.execute() == size
+    assert not folder_of(other).exists() and not os.path.lexists(tmp_path / "second")
+    assert os.path.lexists(tmp_path / "first")  # (not given: the user's, left dangling)
+
+
 class Untyped(pydantic.BaseModel):
     """A config of an untyped value: 1 and "1" are two configs with one v2 folder name."""
 

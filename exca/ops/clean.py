@@ -64,6 +64,7 @@ class Removal:
     reason: str
     keys: list[str] | None = None  # only these items of a map's folder (None: the path)
     files: list[str] | None = None  # only these files of the folder (None: the path)
+    links: list[Path] | None = None  # symlinks to the folder it was given as (unlinked too)
 
 
 @dataclasses.dataclass
@@ -198,6 +199,9 @@ def _remove(removal: Removal, jobs_use: dict[Path, dict[Path, str]]) -> int:
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+    for link in removal.links or ():  # (they would point at nothing now)
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()
     return removal.size
 
 
@@ -350,7 +354,9 @@ def cache_root(root: Path | str) -> Path:
     return root
 
 
-def _add_folder(plan: CleanPlan, folder: Path, reason: str) -> None:
+def _add_folder(
+    plan: CleanPlan, folder: Path, reason: str, links: list[Path] | None = None
+) -> None:
     busy = _busy_with_inputs(folder) or _holds_what_jobs_use(
         folder, registry.root_of(folder), plan.jobs_use
     )
@@ -358,7 +364,19 @@ def _add_folder(plan: CleanPlan, folder: Path, reason: str) -> None:
         plan.kept.append((folder, busy))
         return
     size, _ = disk_usage(folder, recursive_into_inputs=True)
-    plan.removals.append(Removal(folder, size, reason))
+    if links:
+        reason += f"; given as {', '.join(map(str, links))}: the link(s) go too"
+    plan.removals.append(Removal(folder, size, reason, links=links or None))
+
+
+def _link_target(path: Path) -> Path:
+    """The folder a symlink points to, through links to links (its target as written,
+    made absolute: a cache reached through a linked step folder stays in its root)."""
+    for _ in range(40):  # (as the system's limit on nested links)
+        if not path.is_symlink():
+            return path
+        path = Path(os.path.normpath(path.parent / os.readlink(path)))
+    raise ValueError(f"{path}: too many levels of symbolic links")
 
 
 def _add_items(plan: CleanPlan, folder: Path, keys: list[str], reason: str) -> None:
@@ -479,6 +497,7 @@ def remove_nodes(
     ``root``, by default the cache root of the first one)."""
     plan = CleanPlan()
     folders = []
+    links: dict[Path, list[Path]] = {}  # (a folder given as a symlink: that link goes too)
     if isinstance(nodes, Node | Path | str):
         nodes = [nodes]
     base = cache_root(root) if root is not None else None  # (a root that is not: refused)
@@ -487,6 +506,11 @@ def remove_nodes(
         folder = cached_folder(item) if isinstance(item, Node) else Path(os.path.abspath(item))
         if folder is None:
             continue
+        if folder.is_symlink():  # (removing the link alone would leave the cache there)
+            link, folder = folder, _link_target(folder)
+            if not folder.exists():
+                raise ValueError(f"{link} is a link to {folder}: no such folder")
+            links.setdefault(folder.resolve(), []).append(link)
         if not folder.exists():
             raise ValueError(f"{folder}: no such folder (give node folders, or Nodes)")
         if not is_node_folder(folder):  # (a method folder or a root holds many nodes,
@@ -499,15 +523,16 @@ def remove_nodes(
             )
         folders.append(folder)
     # (a folder given twice, "F" and "F/", or with its config folder: listed and counted once)
+    # (a symlink given with its target: the target once, see above)
     unique: dict[Path, Path] = {}
     for folder in folders:
-        real = folder.resolve()
-        # (a symlink given with its target: keep the target, removing a link frees nothing)
-        if real not in unique or (unique[real].is_symlink() and not folder.is_symlink()):
-            unique[real] = folder
+        unique.setdefault(folder.resolve(), folder)
     folders = [f for real, f in unique.items() if real.parent not in unique]
     for folder in folders:
-        _add_folder(plan, folder, "requested")
+        real = folder.resolve()
+        # (the links to it, and to the inputs-* folders it holds)
+        given = [k for target, ks in links.items() if real in (target, target.parent) for k in ks]
+        _add_folder(plan, folder, "requested", given)
     if base is None and downstream and folders:
         base = registry.root_of(folders[0])
     if base is not None:
