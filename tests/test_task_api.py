@@ -861,6 +861,40 @@ def test_yaml_files_removed_by_hand_are_written_again_by_a_hit(
     assert len(list(owner.infra.iter_cached())) == 1
 
 
+@pytest.mark.parametrize("kind", ["task", "map"])
+@pytest.mark.parametrize("via", ["call", "node"])
+@pytest.mark.parametrize("name", YAML_FILES)
+def test_one_yaml_file_removed_by_hand_is_written_again_by_a_hit(
+    tmp_path: Path, kind: str, via: str, name: str
+) -> None:
+    """uid.yaml (or config.yaml) removed alone was never written back by a hit, and
+    full-uid.yaml only by the first hit of a process (the one that reads it): exca list
+    noted the folder as odd, iter_cached skipped it (a probe). A hit now writes back any of
+    them, from the listing its index read makes anyway (no stat added to a hit)."""
+
+    def call(mode: str = "cached") -> tp.Any:
+        infra = {"folder": tmp_path, "mode": mode}
+        if kind == "task":
+            obj: tp.Any = Task(param=5, infra=infra)
+            node = obj.process.node()
+            return obj.process() if via == "call" else node.result()
+        obj = LayeredMap(scale=[3], infra=infra)
+        node = obj.apply.node([1, 2])
+        return list(obj.apply([1, 2])) if via == "call" else list(node.result())
+
+    expected = call()  # (this process has checked the folder: no yaml file is read again)
+    owner: tp.Any = Task(param=5) if kind == "task" else LayeredMap(scale=[3])
+    folder = tmp_path / owner.infra.clone_obj(infra={"folder": tmp_path}).infra.uid()
+    text = (folder / name).read_text()
+    (folder / name).unlink()
+    computed = _count("task")
+    assert call("read-only") == expected  # (read-only writes nothing)
+    assert not (folder / name).exists()
+    assert call() == expected
+    assert (folder / name).read_text() == text
+    assert _count("task") == computed
+
+
 def test_yaml_files_written_meanwhile_are_not_told_restored(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -176,6 +176,8 @@ def task_result(node: Node) -> tp.Any:
             node.check_defaults()
         value = reuse(node.cache, node.mode, node.uid)
         if value is not MISSING:
+            if node.restore_files is not None:  # (its folder was just listed: free)
+                node.restore_files()
             _check_node_code(node)
             return value
     from .scheduler import Scheduler

@@ -343,6 +343,9 @@ class Node:
     reuse_note: tp.Callable[[], str | None] | None = None
     # after a task's outcome is stored (in the worker): records what it was computed with
     after_store: tp.Callable[[], None] | None = None
+    # when its cached results are reused (by a call, not a plan): writes back the yaml
+    # files that the last read of its folder did not list (removed by hand)
+    restore_files: tp.Callable[[], None] | None = None
     label: str = ""
     uid_config: tp.Callable[[], dict[str, tp.Any]] | None = None  # full uid config (explanations)
     # maps only
@@ -434,6 +437,10 @@ class Node:
                 raise RuntimeError(
                     f"{self.uid} needs {node.uid}, whose cached result no longer applies: {error}"
                 ) from None
+        if RESTORES_FILES.get():
+            for node in todo:
+                if node.restore_files is not None:
+                    node.restore_files()
         if settled:  # (else checked again next time: another process may compute one)
             for node in todo:
                 node.__dict__[_DEFAULTS_OK] = True

@@ -31,6 +31,7 @@ from . import freezing, identity, uidfolder
 from .resources import UNSET_VARIABLE, expand_path_text
 
 if tp.TYPE_CHECKING:
+    from ..storage.cachedict import CacheDict
     from .method import InfraMethod
 
 logger = logging.getLogger("exca")
@@ -113,6 +114,7 @@ _DEFAULTS_CHECKED: dict[str, tuple[type, tp.Any]] = {}
 
 
 _UNRESTORABLE: set[str] = set()  # folders whose missing yaml files could not be written
+_YAML_FILES = (uidfolder.UID_FILE, uidfolder.FULL_UID_FILE, uidfolder.CONFIG_FILE)
 
 
 def _remember_checked_defaults(folder: str, owner_cls: type, export: tp.Any) -> None:
@@ -551,9 +553,10 @@ class BaseInfra(pydantic.BaseModel):
             return None
         return source if uidfolder.holds_uid_config(source, self._uid_config()) else None
 
-    def _prepare_folder(self) -> None:
+    def _prepare_folder(self, recheck: bool = False) -> None:
         """Create the uid folder and check/write uid.yaml, full-uid.yaml, config.yaml
-        (before computing: the config must still be the one its uid names)."""
+        (before computing: the config must still be the one its uid names; ``recheck``:
+        even if this instance did, e.g. to write back a file removed since)."""
         runtime = self._runtime()
         if self.folder is None:
             return
@@ -563,6 +566,7 @@ class BaseInfra(pydantic.BaseModel):
         # another instance, which iter_cached() then skipped: the yaml files are written again)
         if (
             runtime.checked
+            and not recheck
             and os.path.exists(os.path.join(folder, uidfolder.CONFIG_FILE))
             and os.path.exists(os.path.join(folder, uidfolder.UID_FILE))
         ):
@@ -788,19 +792,31 @@ class BaseInfra(pydantic.BaseModel):
             return False  # (being made: its creator writes them)
         # (its creator writes them before any result: found now, they were being written
         # when looked for, by another thread or process; prepare checks them)
-        gone = not os.path.exists(os.path.join(folder, uidfolder.FULL_UID_FILE))
+        gone = [n for n in _YAML_FILES if not os.path.exists(os.path.join(folder, n))]
         try:
-            (prepare or self._prepare_folder)()
+            if prepare is not None:
+                prepare()
+            else:
+                self._prepare_folder(recheck=True)
         except OSError as error:
             if folder not in _UNRESTORABLE:  # (once: a cache shared read-only, say)
                 _UNRESTORABLE.add(folder)
                 logger.warning("Could not restore the yaml files of %s: %s", folder, error)
             return False
         if gone:
-            logger.warning(
-                "Restored the missing yaml files of %s (uid.yaml, full-uid.yaml...)", folder
-            )
+            logger.warning("Restored the missing yaml files of %s (%s)", folder, ", ".join(gone))
         return True
+
+    def _restore_listed_files(self, cache: CacheDict[tp.Any]) -> None:
+        """After a cache hit: the yaml files of the folder that the index read of this hit
+        did not list (removed by hand) are written again, as a computation writes them.
+        Free when they are there: that listing is made anyway, no stat is added to a hit."""
+        names = cache.listed_names()
+        if not names or all(n in names for n in _YAML_FILES):
+            return
+        assert self.folder is not None
+        folder = os.path.join(self.folder, self.uid())
+        self._restore_files(folder, Path(folder))
 
     def _sub_configs(self) -> uidfolder.Structure:
         """Where the owner's plain dicts (holding no model) are in its uid export, and the

@@ -219,6 +219,7 @@ class BoundMap:
                 infra._check_defaults(
                     restore=True
                 )  # (a class default changed since they were made?)
+                infra._restore_listed_files(cache)  # (yaml files removed by hand?)
                 codeprint.check_items(cache, uids, method.func, infra.uid())
                 return _refilled(infra, items, uids, cache.values_of(uids, where=infra.uid()))
         node = infra._map_node(items, uids)
@@ -449,13 +450,14 @@ class MapInfra(BaseInfra, SubmititMixin):
             uid = self.uid()
             step, _, config_uid = uid.rpartition("/")
             folder = self.uid_folder()
+            cache = self._items_cache(adopt=False)  # (a dry run builds nodes too)
             base = Node(
                 kind="map",
                 step=step,
                 config_uid=config_uid,
                 root=None if self.folder is None else Path(self.folder),
                 function=MethodCall(owner, method),
-                cache=self._items_cache(adopt=False),  # (a dry run builds nodes too)
+                cache=cache,
                 mode=self.mode,
                 force_state=runtime.force_state,
                 execution=self._execution(
@@ -471,6 +473,11 @@ class MapInfra(BaseInfra, SubmititMixin):
                 legacy_folder=self._legacy_folder,
                 check_reuse=self._check_defaults if self.folder is not None else None,
                 check_folder=self._check_defaults if self.folder is not None else None,
+                restore_files=(
+                    functools.partial(self._restore_listed_files, cache)
+                    if self.folder is not None
+                    else None
+                ),
                 label=uid,
                 uid_config=functools.partial(self.config, uid=True, exclude_defaults=False),
                 item_uid=method.item_uid,

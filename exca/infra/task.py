@@ -200,6 +200,7 @@ class BoundTask:
                     calls.note_if_edited(error, cache, self.method.func)
                 raise
             if value is not calls.MISSING:
+                infra._restore_listed_files(cache)  # (yaml files removed by hand?)
                 if self.method.func.__module__ == "__main__":  # (a notebook's, a script's)
                     calls.check_code(cache, self.method.func, runtime.uid or infra.uid())
                 if infra.keep_in_ram:
@@ -348,6 +349,11 @@ class TaskInfra(BaseInfra, SubmititMixin):
             check_folder=self._check_defaults if self.folder is not None else None,
             reuse_note=self._reuse_note if self.folder is not None else None,
             after_store=self._record_versions if self.folder is not None else None,
+            restore_files=(
+                functools.partial(self._restore_listed_files, cache)
+                if self.folder is not None
+                else None
+            ),
             label=uid,
             uid_config=functools.partial(self.config, uid=True, exclude_defaults=False),
             force_state=runtime.force_state,
@@ -387,6 +393,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
             ),
             reuse_note=functools.partial(self._reuse_note, folder),
             after_store=functools.partial(self._record_versions, folder),
+            restore_files=None,  # (its config's yaml files are in the folder above)
         )
 
     def _prepare_inputs(self, folder: Path, inputs: tuple[Input, ...]) -> None:

@@ -208,7 +208,10 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
     full = ConfDict(read_yaml(full_path) or {}).flat()
     note = None
     if not config and lost_uid_file(config_folder):
-        note = f"{UID_FILE} missing (removed by hand?): a call of its config still reuses it"
+        note = (
+            f"{UID_FILE} missing (removed by hand?): a call of its config still reuses it, "
+            "and writes it back"
+        )
         if not full:  # (config.yaml: every value, uid or not; for `--where` filters)
             full = ConfDict(read_yaml(config_folder / CONFIG_FILE) or {}).flat()
     cache = inspecting_view(folder)

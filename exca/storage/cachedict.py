@@ -330,6 +330,12 @@ class CacheDict(tp.Generic[X]):
             reader.removed_keys = set()  # (see drop_stale_ram)
         return reader
 
+    def listed_names(self) -> list[str] | None:
+        """Every file and folder name the last read found in the folder (None: not read
+        yet, or in RAM only): what else the folder holds, known without a syscall."""
+        reader = self._reader
+        return None if reader is None else reader.listed
+
     @property
     def folder_absent(self) -> bool:
         """Whether the last read of the folder found no folder at all."""
