@@ -2676,6 +2676,39 @@ def test_clean_node_given_only_as_a_symlink_removes_the_folder(tmp_path: Path) -
     assert os.path.lexists(tmp_path / "first")  # (not given: the user's, left dangling)
 
 
+def test_a_link_to_a_config_folder_in_its_step_folder_is_that_node(tmp_path: Path) -> None:
+    """A symlink beside a config folder, to it ("best", a user's shortcut): `list` showed
+    it as one more config (its bytes counted twice); `clean versions` and `garbage`
+    counted its bytes twice, unlinked it and removed the folder, reporting both as freed
+    (a probe). It is that node now: listed once; the link goes with its folder."""
+    root = tmp_path / "cache"
+    old = Train(seed=7, infra={"folder": root})
+    old.fit()
+    folder = folder_of(old)
+    link = folder.parent / "best"
+    link.symlink_to(folder)
+    assert [i.folder for i in exca.ops.inspect(root)] == [folder]
+    assert "(1 config(s))" in cli("list", root, check=True).stdout
+    Train(seed=7, infra={"folder": root, "version": "2"}).fit()
+    size = disk_bytes(folder)
+    plan = clean.old_versions(root)
+    assert [r.path for r in plan.removals] == [folder] and plan.size == size
+    assert plan.execute() == size
+    assert not os.path.lexists(link) and not folder.parent.exists()
+    # garbage: the same
+    kept, dropped = Train(seed=8, infra={"folder": root}), Train(seed=9, infra={"folder": root})
+    kept.fit()
+    dropped.fit()
+    link = folder_of(dropped).parent / "best"
+    link.symlink_to(folder_of(dropped))
+    size = disk_bytes(folder_of(dropped))
+    plan = clean.garbage(
+        root, [kept.fit.node(), Train(seed=7, infra={"folder": root, "version": "2"}).fit.node()]
+    )
+    assert [r.path for r in plan.removals] == [folder_of(dropped)]
+    assert plan.execute() == size and not os.path.lexists(link)
+
+
 class Untyped(pydantic.BaseModel):
     """A config of an untyped value: 1 and "1" are two configs with one v2 folder name."""
 

@@ -52,6 +52,7 @@ from .inspect import (
     is_node_folder,
     node_folders,
     step_selects,
+    without_links_to_siblings,
 )
 
 logger = logging.getLogger("exca")
@@ -79,6 +80,10 @@ class CleanPlan:
     )
     # folders removed too when the removals leave them empty (an old version's step folder)
     emptied: list[Path] = dataclasses.field(default_factory=list, repr=False, compare=False)
+    # per folder: the symlinks in it, by the real path they point to (see _links_to)
+    links_in: dict[Path, dict[str, list[Path]]] = dataclasses.field(
+        default_factory=dict, repr=False, compare=False
+    )
     # after execute(): what it left, and why (started being computed or used since the preview)
     skipped: list[tuple[Path, str]] = dataclasses.field(
         default_factory=list, repr=False, compare=False
@@ -196,6 +201,9 @@ def _remove(removal: Removal, jobs_use: dict[Path, dict[Path, str]]) -> int:
         raise _InUse(used)
     if path.is_dir() and not path.is_symlink():
         remove_node_folder(path, removal.size)
+    elif path.is_symlink() and is_node_folder(path):  # (a config folder linked from the step
+        remove_node_folder(_link_target(path), removal.size)  # folder: its bytes are there)
+        path.unlink()
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -364,9 +372,24 @@ def _add_folder(
         plan.kept.append((folder, busy))
         return
     size, _ = disk_usage(folder, recursive_into_inputs=True)
-    if links:
-        reason += f"; given as {', '.join(map(str, links))}: the link(s) go too"
+    links = [*(links or []), *(k for k in _links_to(plan, folder) if k not in (links or []))]
+    if links:  # (they would point at nothing)
+        reason += f"; with the link(s) to it: {', '.join(map(str, links))}"
     plan.removals.append(Removal(folder, size, reason, links=links or None))
+
+
+def _links_to(plan: CleanPlan, folder: Path) -> list[Path]:
+    """The symlinks beside a node folder that point to it (a shortcut, "best", in its step
+    folder), each folder listed once per plan."""
+    parent = folder.parent
+    found = plan.links_in.get(parent)
+    if found is None:
+        found = plan.links_in[parent] = {}
+        with contextlib.suppress(OSError):  # (a folder this user cannot read: none known)
+            for entry in os.scandir(parent):
+                if entry.is_symlink():
+                    found.setdefault(os.path.realpath(entry.path), []).append(Path(entry.path))
+    return [k for k in found.get(os.path.realpath(folder), []) if k != folder]
 
 
 def _link_target(path: Path) -> Path:
@@ -778,7 +801,7 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
             kept_before = len(plan.kept)
             # (not a folder being removed: see remove_node_folder)
             subfolders = sorted(p for p in old.iterdir() if p.is_dir() and p.name[0] != ".")
-            for config in subfolders:
+            for config in without_links_to_siblings(subfolders):  # (links go with theirs)
                 try:
                     is_config = is_node_folder(config)
                 except PermissionError as error:  # (a shared cache: another user's, private)

@@ -19,7 +19,7 @@ from ..graph.planning import Plan, PlanEntry
 from ..infra.task import INPUTS_FILE
 from ..infra.uidfolder import FULL_UID_FILE, read_yaml
 from ..storage.cachedict import inspecting_view, keeping_files
-from .inspect import input_folders
+from .inspect import input_folders, without_links_to_siblings
 
 _MISSING: tp.Any = "<absent>"
 
@@ -121,7 +121,8 @@ def nearest_cached(
     for step_folder in sorted(Path(node.root).glob(f"{method},*")):
         other_version = step_folder.name.partition(",")[2]
         configs = (p for p in step_folder.iterdir() if p.is_dir() and p.name[0] != ".")
-        for config_folder in sorted(configs):  # (hidden: being removed, see clean)
+        # (hidden: being removed, see clean; a link to another config: that one)
+        for config_folder in sorted(without_links_to_siblings(configs)):
             for folder in input_folders(config_folder) if with_inputs else [config_folder]:
                 if folder == node.folder or not inputs.has_results(folder):
                     continue

@@ -100,6 +100,11 @@ def node_folders(root: Path, only: str | None = None) -> tp.Iterator[tuple[str, 
         except PermissionError as error:  # (a shared cache: skip what this user cannot read)
             logger.warning("Skipping %s: %s", step.path, error)
             continue
+        # (see without_links_to_siblings: from the listing, with no stat)
+        targets = {os.path.realpath(e.path) for e in configs if not e.is_symlink()}
+        configs = [
+            e for e in configs if not e.is_symlink() or os.path.realpath(e.path) not in targets
+        ]
         for config in configs:
             path = Path(config.path)
             try:
@@ -111,6 +116,14 @@ def node_folders(root: Path, only: str | None = None) -> tp.Iterator[tuple[str, 
             yield step.name, config.name, path
             for sub in input_folders(path):
                 yield step.name, f"{config.name}/{sub.name}", sub
+
+
+def without_links_to_siblings(folders: tp.Iterable[Path]) -> list[Path]:
+    """Folders of one step, but the symlinks to another of them (a shortcut, "best": the
+    same node, listed, counted and cleaned once, as the folder it points to)."""
+    folders = list(folders)
+    targets = {os.path.realpath(f) for f in folders if not f.is_symlink()}
+    return [f for f in folders if not f.is_symlink() or os.path.realpath(f) not in targets]
 
 
 def is_node_folder(folder: Path) -> bool:
