@@ -3800,6 +3800,21 @@ def test_a_config_whose_job_died_is_listed_as_an_error(tmp_path: Path) -> None:
     assert "ended without writing its result" in cli("list", tmp_path, check=True).stdout
 
 
+def test_explain_a_config_whose_job_died_says_what_computes_it_again(tmp_path: Path) -> None:
+    """explain (and plan) said "job N ended without a result", where a cached error says
+    what computes it again (the call's error does: mode='retry'; a probe)."""
+    dies = Dies(infra={"folder": tmp_path, "cluster": "local"})
+    job = dies.infra.job()
+    wait_until(job.done, "the job ends")
+    (why,) = exca.ops.explain(dies.run.node())
+    assert (
+        why.summary() == f"job {job.job_id} ended without a result: mode='retry' computes it again"
+    )
+    read_only = Dies(infra={"folder": tmp_path, "cluster": "local", "mode": "read-only"})
+    (entry,) = exca.graph.plan(read_only.run.node()).entries
+    assert "retry" not in entry.reason
+
+
 def test_a_result_computed_without_a_job_is_not_listed_as_that_jobs(tmp_path: Path) -> None:
     """A job failed; the fix ran inline with mode retry: `list` named the failed job as the
     maker of the result (and `logs` showed its failure without a word)."""

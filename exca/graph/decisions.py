@@ -672,6 +672,8 @@ class Graph:
             how = executors.recorded_handle(record).ended_how(known.get(record.job_id))
             run.action, run.holds_error = "fail", True
             run.reason = f"job {record.job_id} ended without a result"
+            if run.node.mode != "read-only":  # (what to do, as for a cached error)
+                run.reason += ": mode='retry' computes it again"
             run.error = JobFailedError(f"{run.node.uid}: {how} (use mode='retry' to recompute)")
 
     def _redone_upstream(self, run: NodeRun, jobs: str) -> bool:
