@@ -418,6 +418,22 @@ def test_list_a_step_or_config_folder(cache: dict[str, tp.Any]) -> None:
         os.chdir(cwd)
 
 
+def test_list_a_config_folder_given_relative_to_its_step_folder(
+    cache: dict[str, tp.Any],
+) -> None:
+    """`exca list seed=3-...` from its step folder (or `inputs-...` from its config
+    folder) said "No cached node found in seed=3-...": its parents were read from the
+    relative path, which has none (a probe)."""
+    folder = folder_of(cache["seed"])
+    out = cli("list", folder.name, cwd=folder.parent, check=True).stdout
+    assert list(grouped_lines(out)) == [TRAIN_STEP] and folder.name in out
+    inputs = cache["pipeline"].folder
+    out = cli("list", inputs.name, cwd=inputs.parent, check=True).stdout
+    assert f"{inputs.parent.name}/{inputs.name}" in out
+    out = cli("list", f"{inputs.parent.name}/{inputs.name}", cwd=inputs.parent.parent).stdout
+    assert f"{inputs.parent.name}/{inputs.name}" in out
+
+
 class WithSub(pydantic.BaseModel):
     optim: Optim = Optim(lr=0.5)
     infra: exca.TaskInfra = exca.TaskInfra(version="1")

@@ -325,12 +325,15 @@ def inspect(
     conditions = [_parse_condition(c) for c in where]
     # (given a step, config or inputs folder instead of a root: that part of the root)
     only_step, only_config, only_inputs = None, None, None
-    if root.name.startswith(INPUTS_PREFIX) and is_node_folder(root):
-        only_inputs, root = root.name, root.parent
-    if is_node_folder(root):
-        only_step, only_config, root = root.parent.name, root.name, root.parent.parent
-    elif "," in root.name and any(node_folders(root.parent, only=root.name)):
-        only_step, root = root.name, root.parent
+    # (absolute: the folders above a relative one, "epochs=5-..." given from its step
+    # folder, have names then)
+    full = Path(os.path.abspath(root))
+    if full.name.startswith(INPUTS_PREFIX) and is_node_folder(full):
+        only_inputs, full = full.name, full.parent
+    if is_node_folder(full):
+        only_step, only_config, root = full.parent.name, full.name, full.parent.parent
+    elif "," in full.name and any(node_folders(full.parent, only=full.name)):
+        only_step, root = full.name, full.parent
     folders = [
         (s, u, f)
         for s, u, f in node_folders(root, only=only_step)
