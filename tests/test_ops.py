@@ -2528,6 +2528,19 @@ def test_clean_logs_of_a_copied_cache_leaves_the_original_alone(tmp_path: Path) 
     assert str(copy) in result.stdout and str(original) not in result.stdout
 
 
+def test_garbage_refused_names_the_targets_cached_under_another_module(tmp_path: Path) -> None:
+    """A pipeline run as a script caches ``__main__.<Class>.<method>``; its targets built
+    from the module are other steps: garbage refused with "they are not computed (a
+    config typo?)", which hid why (a probe). It names the steps that hold them."""
+    root = tmp_path / "cache"
+    task = Train(seed=11, infra={"folder": root})
+    task.fit()
+    step = folder_of(task).parent
+    step.rename(step.with_name(f"__main__.{step.name.split('.', 1)[1]}"))
+    with pytest.raises(ValueError, match=r"other module names: __main__\.Train\.fit,1"):
+        clean.garbage(root, task.fit.node())
+
+
 def test_garbage_names_a_kept_result_of_other_class_defaults(tmp_path: Path) -> None:
     """A target whose cached result was computed with other class defaults: garbage kept
     it silently (the target then fails on it) and removed the others (a probe)."""

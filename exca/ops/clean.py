@@ -1247,6 +1247,16 @@ def garbage(root: Path | str, targets: Node | tp.Sequence[Node]) -> CleanPlan:
             if here
             else f"their cache: {', '.join(roots) or 'no folder set'}"
         )
+        if here:  # (a class run as a script caches under __main__.<Class>: another step)
+            from .explain import namesakes
+
+            elsewhere = sorted({name for n in here for name in namesakes(n)})
+            if elsewhere:
+                where = (
+                    f"the same methods are cached under other module names: "
+                    f"{', '.join(elsewhere[:3])} (the classes were run as a script, "
+                    "__main__, or moved?)"
+                )
         raise ValueError(
             f"garbage: none of the targets' nodes is cached in {root} ({where}): every "
             "node of it would go; give targets computed there"

@@ -327,13 +327,13 @@ def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Exp
         folder, explanation.diff, explanation.equally_near = nearest_cached(node, inputs)
         explanation.nearest = None if folder is None else str(folder)
         if folder is None:
-            explanation.namesakes = _namesakes(node)
+            explanation.namesakes = namesakes(node)
         elif not explanation.diff:
             explanation.legacy = node.legacy_name is not None and folder.name == node.legacy_name()
     return explanation
 
 
-def _namesakes(node: Node) -> list[str]:
+def namesakes(node: Node) -> list[str]:
     """Step folders of the node's root for a class and method of the same names in
     another module (``__main__.Exp.fit,1`` for ``train.Exp.fit,1``)."""
     if node.root is None:
