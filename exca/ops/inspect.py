@@ -477,7 +477,7 @@ def _matches(config: dict[str, tp.Any], key: str, value: str, step: str = "") ->
         where = f" of {step}" if step else ""
         raise ValueError(
             f"condition {key}={value}: {key!r} names several keys of the configs{where}: "
-            f"{', '.join(candidates)}; give the whole key, e.g. {candidates[0]}={value}"
+            f"{', '.join(candidates)}; give the whole key, e.g. {min(candidates, key=len)}={value}"
         )
     if not candidates:
         return False
