@@ -3897,6 +3897,17 @@ def test_a_result_computed_in_another_nodes_job_names_that_job(tmp_path: Path) -
     assert "fitting seed=11" in job.stdout()
 
 
+def test_logs_of_a_map_whose_items_failed_inline_names_them(cache: dict[str, tp.Any]) -> None:
+    """`exca logs MAP_FOLDER` of a map computed where it was called said only "No job
+    recorded", not that an item failed and that `--item` shows its error (a probe)."""
+    folder = folder_of(cache["partial"])
+    result = cli("logs", folder)
+    assert result.returncode == 1 and "1 item(s) failed" in result.stdout, result.stdout
+    assert "--item=-2" in result.stdout
+    shown = cli("logs", folder, "--item=-2")
+    assert "ValueError: negative item -2" in shown.stdout
+
+
 def test_logs_of_a_local_task_from_a_fresh_process(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     task = Train(seed=9, infra={"folder": root, "cluster": "local"})

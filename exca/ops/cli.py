@@ -408,6 +408,17 @@ def _cached_traceback(folder: Path, item: str | None) -> str | None:
     return str(info.get("tb") or f"{info.get('t')}: {info.get('m')}").rstrip()
 
 
+def _failed_items(folder: Path) -> list[str]:
+    """The uids of a map's items whose cached error is there (sorted), none for a task."""
+    from ..graph.node import TASK_KEY
+    from ..storage.cachedict import inspecting_view
+
+    entries = inspecting_view(folder).entries_info()
+    if TASK_KEY in entries:
+        return []
+    return sorted(k for k, info in entries.items() if info.get("#type") == "Error")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -683,6 +694,12 @@ def _main(argv: list[str] | None) -> int:
             traceback = _cached_traceback(Path(args.folder), args.item)
             if traceback is not None:  # (computed by the calling process: no log, but this)
                 message += " (computed where it was called)"
+            failed_items = _failed_items(Path(args.folder)) if args.item is None else []
+            if failed_items:  # (a map's items that failed where it was called)
+                message += (
+                    f"; {len(failed_items)} item(s) failed where it was called: --item UID shows "
+                    f"the error (e.g. --item={failed_items[0]})"
+                )
             inputs = sorted(input_folders(Path(args.folder)))
             if inputs:  # (a method with inputs: its calls are nodes of their own)
                 message += f"; its calls with inputs have their own: {', '.join(map(str, inputs))}"
