@@ -475,6 +475,41 @@ def test_a_stopped_job_is_not_done(tmp_path: Path, ctl: Path, slurm_cluster: Slu
         subprocess.run(["scancel", job.job_id], check=False, timeout=30)
 
 
+@pytest.mark.timeout(240)
+def test_a_suspended_job_is_not_done(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """submitit takes a job sacct says SUSPENDED (scontrol suspend) for ended: its
+    done() said True, its state FAILED, and its result() raised "ended with state
+    SUSPENDED without writing its result" though it goes on once resumed (a probe)."""
+    import subprocess
+    import threading
+
+    (ctl / "block").touch()
+    settings = {"folder": tmp_path / "cache", "cluster": "slurm", **resources(slurm_cluster)}
+    config = BlocksOne(x=1, ctl=str(ctl), infra=settings)
+    job = config.infra.job()
+    try:
+        wait_until(lambda: "1" in lines(ctl / "calls.txt"))
+        subprocess.run(["scontrol", "suspend", job.job_id], check=True, timeout=30)
+        wait_until(lambda: sacct_states([job.job_id]).get(job.job_id) == "SUSPENDED")
+        job.submitit_job.watcher.update()  # (submitit reads SUSPENDED now)
+        assert not job.done() and job.state == "SUSPENDED"
+        assert config.infra.status() == "running"
+        outcome: list[tp.Any] = []
+        waiting = threading.Thread(target=lambda: outcome.append(job.exception()))
+        waiting.start()
+        time.sleep(2 * registry.QUEUE_LOOK_S + 1)  # (a wait looks at squeue twice)
+        assert waiting.is_alive() and not job.done()  # (still waiting)
+        subprocess.run(["scontrol", "resume", job.job_id], check=True, timeout=30)
+        (ctl / "block").unlink()
+        waiting.join(WAIT_S)
+        assert outcome == [None] and job.result() == 1
+    finally:
+        subprocess.run(["scontrol", "resume", job.job_id], check=False, timeout=30)
+        subprocess.run(["scancel", job.job_id], check=False, timeout=30)
+
+
 class Heavy(pydantic.BaseModel):
     """A config carrying 2 MB of data (kept out of its uid)."""
 

@@ -335,7 +335,11 @@ class FutureHandle(Handle):
         self.future.cancel()
 
 
-ACTIVE_OR_UNKNOWN = ("UNKNOWN", "RUNNING", "PENDING", "COMPLETING")
+def _final(state: str) -> bool:
+    """Whether a Slurm state (sacct's words: "CANCELLED by 0") is an end."""
+    from .registry import FINAL_STATES
+
+    return state.split(" ")[0].rstrip("+") in FINAL_STATES
 
 
 class SubmititHandle(Handle):
@@ -373,11 +377,27 @@ class SubmititHandle(Handle):
             if self._loaded():
                 self._done = not self._runs_elsewhere()
             else:
-                self._done = bool(self.job.done()) or self._left_slurm_queue()
+                self._done = self._submitit_done() or self._left_slurm_queue()
             if self._done and self._template is not None:
                 _template_job_done(self._template)
                 self._template = None
         return self._done
+
+    def _submitit_done(self) -> bool:
+        """submitit's ``done()``, except for a Slurm job in a state that is not final:
+        submitit takes every state but a few running ones for an end, so a job suspended
+        (``scontrol suspend``: SUSPENDED), stopped or held for requeue read as ended,
+        and its wait failed it though it goes on once resumed."""
+        if not self.job.done():
+            return False
+        if self.cluster != "slurm" or self.job.paths.result_pickle.exists():
+            return True
+        if _final(self.state()):
+            return True
+        # (submitit no longer asks sacct about a job it took for ended: asked again)
+        with contextlib.suppress(Exception):
+            self.job.watcher._finished.discard(self.job_id)
+        return False
 
     def _left_slurm_queue(self) -> bool:
         """Whether a Slurm job submitit does not take for done has left the queue: sacct
@@ -432,7 +452,7 @@ class SubmititHandle(Handle):
             state, how = known
         else:
             state, how = self.state(), None
-            if self.cluster == "slurm" and state in ACTIVE_OR_UNKNOWN:
+            if self.cluster == "slurm" and not _final(state):
                 self.job.watcher.update()  # force a fresh sacct look before describing it
                 state = self.state()
                 if state.startswith("UNKNOWN"):

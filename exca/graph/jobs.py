@@ -91,10 +91,12 @@ class Job:
         return seen if seen.startswith(_FAILED_STATES) else "FAILED"
 
     def _live_state(self) -> str:
-        """PENDING while Slurm's queue holds the job, else RUNNING."""
+        """PENDING while Slurm's queue holds the job, SUSPENDED while it is suspended
+        (``scontrol suspend``), else RUNNING."""
         if self.cluster != "slurm":
             return "RUNNING"
-        return "PENDING" if registry.queue_state(self.job_id) == "PENDING" else "RUNNING"
+        state = registry.queue_state(self.job_id)
+        return state if state in ("PENDING", "SUSPENDED") else "RUNNING"
 
     def done(self) -> bool:
         if not self.replaces and store.task_state(self.node, refresh=True) != "missing":
