@@ -583,6 +583,33 @@ def test_slurm_killed_job_says_how(
 
 
 @pytest.mark.timeout(300)
+def test_a_job_failing_before_python_names_its_log(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    """A job whose slurm_setup fails ends before its python runs: the call said only
+    "job N ended with state FAILED without writing its result: its process exited with
+    code 3", not where the job's log (which says why) is (a probe)."""
+    setup = ["echo 'no such module: cuda/99' >&2", "exit 3"]
+    obj = task(tmp_path, ctl, slurm_cluster, x=11, slurm_setup=setup)
+    with pytest.raises(JobFailedError) as info:
+        obj.process()
+    (record,) = records(obj.infra.uid_folder())
+    log = Path(record["logs"].replace("%j", record["job_id"])) / f"{record['job_id']}_0_log.err"
+    assert log.read_text().strip() == "no such module: cuda/99"
+    for error in (
+        str(info.value),  # the call that waited
+        str(task(tmp_path, ctl, slurm_cluster, x=11, slurm_setup=setup).infra.job().exception()),
+    ):
+        assert f"job {record['job_id']} ended with state FAILED" in error, error
+        assert "exited with code 3" in error and f"its log: {log}" in error, error
+        assert error.rstrip().endswith("no such module: cuda/99"), error  # (its last line)
+    node = task(tmp_path, ctl, slurm_cluster, x=12, slurm_setup=setup).process.node()
+    with pytest.raises(JobFailedError, match=r"(?s)_0_log\.err.*no such module: cuda/99"):
+        exca.graph.run(node)
+    assert lines(ctl / "calls.txt") == []  # (no python ran)
+
+
+@pytest.mark.timeout(300)
 def test_many_killed_jobs_are_described_with_one_sacct_call(
     tmp_path: Path,
     ctl: Path,

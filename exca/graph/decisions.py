@@ -13,7 +13,7 @@ import typing as tp
 from ..storage import gcpause
 from ..storage.cachederror import record_line
 from . import callers, executors, registry, store
-from .errors import JobFailedError, UpstreamFailed, read_only_error
+from .errors import JobFailedError, UpstreamFailed, read_only_error, retry_hint
 from .node import TASK_KEY, Group, Node
 
 Key = tuple[str, str]
@@ -674,7 +674,7 @@ class Graph:
             run.reason = f"job {record.job_id} ended without a result"
             if run.node.mode != "read-only":  # (what to do, as for a cached error)
                 run.reason += ": mode='retry' computes it again"
-            run.error = JobFailedError(f"{run.node.uid}: {how} (use mode='retry' to recompute)")
+            run.error = JobFailedError(f"{run.node.uid}: {retry_hint(how)}")
 
     def _redone_upstream(self, run: NodeRun, jobs: str) -> bool:
         """Whether this run computes an upstream node anew: a job of this node queued

@@ -22,6 +22,13 @@ class JobFailedError(RuntimeError):
         self.item_uids = list(item_uids)
 
 
+def retry_hint(how: str) -> str:
+    """A job's ending (``Handle.ended_how``) with the hint to recompute, on its first line
+    (the end of the job's log it may quote follows)."""
+    first, newline, rest = how.partition("\n")
+    return f"{first} (use mode='retry' to recompute){newline}{rest}"
+
+
 ITEMS_NAMED = 5  # item uids an error message names, before "... and N more"
 
 

@@ -467,7 +467,7 @@ class SubmititHandle(Handle):
         }
         for key, text in kinds.items():
             if state.startswith(key):
-                return f"job {self.job_id} {text} (state {state})"
+                return f"job {self.job_id} {text} (state {state}){self._log_said()}"
         error = self.error()
         unloadable = _unloadable(str(error)) if error is not None else None
         if unloadable is not None:
@@ -502,7 +502,23 @@ class SubmititHandle(Handle):
                     "it started?"
                 )
             detail = f": {how}" if how else ""
+            # (ended before python ran, e.g. a slurm_setup line failing: its log says why)
+            detail += self._log_said(tail=True)
         return f"job {self.job_id} ended with state {state} without writing its result{detail}"
+
+    def _log_said(self, tail: bool = False) -> str:
+        """Where the job's stderr log is (and, with ``tail``, its last lines): "" when
+        it wrote none."""
+        try:
+            path = Path(self.job.paths.stderr)
+            text = path.read_text(errors="replace") if tail else None
+        except Exception:  # (no log: e.g. the job never started)
+            return ""
+        if text is None:
+            return f"; its log: {path}" if path.exists() else ""
+        end = log_tail(text)
+        # (the quoted lines last: a caller's hint goes at the end of the first line)
+        return f"; its log: {path}" + (f"\nthe end of that log:\n{end}" if end else " (empty)")
 
     def cancel(self) -> None:
         process = getattr(self.job, "_process", None)  # (our child: its pid is not reused)
@@ -566,6 +582,16 @@ class RecordedLocalHandle(Handle):
 
         if is_active(self.record) and self.job_id.isdigit():
             _cancel_local_pid(int(self.job_id), lambda: is_active(self.record))
+
+
+TAIL_LINES, TAIL_CHARS = 10, 1500  # the end of a job's log an error quotes
+
+
+def log_tail(text: str) -> str:
+    """The last lines of a log (at most TAIL_LINES, TAIL_CHARS), indented."""
+    lines = text.rstrip().splitlines()[-TAIL_LINES:]
+    end = "\n".join(lines)[-TAIL_CHARS:]
+    return "\n".join(f"    {line}" for line in end.splitlines())
 
 
 _LOGS_PART = "\n----------------------\nYou can check full logs"  # (submitit's report)

@@ -8,7 +8,7 @@ import time
 import typing as tp
 
 from . import jobpickle, registry, store
-from .errors import JobFailedError, items_not_computed
+from .errors import JobFailedError, items_not_computed, retry_hint
 from .node import CLAIM_JOB_ID, TASK_KEY, Node
 
 if tp.TYPE_CHECKING:
@@ -147,9 +147,7 @@ class Job:
             if self.handle is None:
                 raise JobFailedError(f"{self.node.uid} not computed: it was never submitted")
             how = self.handle.ended_how()
-            raise JobFailedError(
-                f"{self.node.uid} not computed: {how} (use mode='retry' to recompute)"
-            )
+            raise JobFailedError(f"{self.node.uid} not computed: {retry_hint(how)}")
         return store.task_result(self.node)
 
     def _successor(self) -> Handle | None:
@@ -279,9 +277,7 @@ class MapJob(Job):
             what = items_not_computed(missing, self.node.uid)
             if self.handle is None:
                 raise JobFailedError(f"{what}: they were never submitted", missing)
-            raise JobFailedError(
-                f"{what}: {self.handle.ended_how()} (use mode='retry' to recompute)", missing
-            )
+            raise JobFailedError(f"{what}: {retry_hint(self.handle.ended_how())}", missing)
         try:
             return store.map_outputs(self.node)
         except PAYLOAD_ERRORS as error:  # (a payload removed or damaged outside exca?)
