@@ -601,7 +601,8 @@ def test_queued_job_shown_running_and_kept(tmp_path: Path) -> None:
 
     # how it ended, from sacct (it said "ended without writing its result... the log shows
     # how": a job cancelled while pending has no log)
-    wait_until(lambda: "was cancelled (state CANCELLED" in held_error(), "sacct knows it")
+    said = "was cancelled before it started (state CANCELLED"
+    wait_until(lambda: said in held_error(), "sacct knows it")
     assert held_error().startswith(f"job {job.job_id} was cancelled")
 
 

@@ -867,6 +867,79 @@ def test_slurm_forced_job_while_an_earlier_job_runs(
 
 
 @pytest.mark.timeout(300)
+def test_a_forced_job_cancelled_before_it_started_says_so(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    """A forced job cancelled while pending computed nothing: with the config's earlier
+    job running meanwhile, job.result(), the forced instance's call and status() gave
+    what that earlier job wrote as the forced result (a probe); with a result cached, the
+    force removed it and the errors said only "was cancelled"."""
+    import subprocess
+
+    (ctl / "block").touch()
+    first = task(tmp_path, ctl, slurm_cluster, x=4).infra.job()
+    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
+    forced = task(tmp_path, ctl, slurm_cluster, x=4, mode="force")
+    job = forced.infra.job()  # (starts after the earlier job: pending)
+    assert job.state == "PENDING" and forced.infra.status() == "running"
+    subprocess.run(["scancel", job.job_id], check=True, timeout=30)
+    (ctl / "block").unlink()
+    assert first.result() == 12  # (the earlier job writes its result after the force)
+    said = (
+        rf"job {job.job_id} was cancelled before it started \(state CANCELLED.*\): the "
+        rf"forced computation did not happen; the result cached now is an earlier one "
+        rf"\(of job {first.job_id}\), not a forced one"
+    )
+    with pytest.raises(JobFailedError, match=said):
+        job.result()
+    assert job.state.startswith("CANCELLED") and forced.infra.status() == "failed"
+    with pytest.raises(JobFailedError, match=said):
+        forced.process()
+    cached = task(tmp_path, ctl, slurm_cluster, x=4)  # (the earlier job's result: kept)
+    assert cached.process() == 12 and cached.infra.status() == "completed"
+    # a forced job removes the result it replaces once queued: cancelled, nothing is cached
+    held = {"slurm_additional_parameters": {"begin": "now+600"}}
+    again = task(tmp_path, ctl, slurm_cluster, x=4, mode="force", **held)
+    job = again.infra.job()
+    subprocess.run(["scancel", job.job_id], check=True, timeout=30)
+    with pytest.raises(JobFailedError, match=r"the result it replaces was removed when it was"):
+        job.result()
+    fresh = task(tmp_path, ctl, slurm_cluster, x=4)
+    assert fresh.infra.status() == "failed"
+    with pytest.raises(JobFailedError, match=rf"job {job.job_id} was cancelled before it started"):
+        fresh.process()
+    assert lines(ctl / "calls.txt") == ["4"]  # (the forced jobs computed nothing)
+    assert task(tmp_path, ctl, slurm_cluster, x=4, mode="retry").process() == 12
+
+
+@pytest.mark.timeout(300)
+def test_a_detached_forced_job_cancelled_before_it_started_is_not_its_result(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    """A detached run forcing a config while its earlier job runs: its job cancelled
+    while pending, node.result() and the forced instance's call returned what the
+    earlier job wrote after the force (a probe)."""
+    import subprocess
+
+    (ctl / "block").touch()
+    first = task(tmp_path, ctl, slurm_cluster, x=5).infra.job()
+    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
+    forced = task(tmp_path, ctl, slurm_cluster, x=5, mode="force")
+    node = forced.process.node()
+    exca.graph.run(node, wait=False)
+    ids = [r["job_id"] for r in records(forced.infra.uid_folder()) if r["job_id"] != first.job_id]
+    subprocess.run(["scancel", *ids], check=True, timeout=30)
+    (ctl / "block").unlink()
+    assert first.result() == 15
+    said = rf"job {ids[0]} was cancelled before it started.*earlier one \(of job {first.job_id}\)"
+    with pytest.raises(JobFailedError, match=said):
+        node.result()
+    with pytest.raises(JobFailedError, match=said):
+        forced.process()
+    assert forced.infra.status() == "failed" and lines(ctl / "calls.txt") == ["5"]
+
+
+@pytest.mark.timeout(300)
 def test_slurm_forced_job_array_holds_back_only_the_config_with_a_running_job(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
 ) -> None:

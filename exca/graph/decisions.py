@@ -13,7 +13,7 @@ import typing as tp
 from ..storage import gcpause
 from ..storage.cachederror import record_line
 from . import callers, executors, registry, store
-from .errors import JobFailedError, UpstreamFailed, read_only_error, retry_hint
+from .errors import JobFailedError, UpstreamFailed, force_not_done, read_only_error, retry_hint
 from .node import TASK_KEY, Group, Node
 
 Key = tuple[str, str]
@@ -382,6 +382,11 @@ class Graph:
         if forced and not read_only:
             run.action = "force"
             run.reason = "mode=force" if node.pending_force else "forced by upstream"
+        elif (failed := failed_forcing_job(node)) is not None:
+            # (what is cached is not the forced result: an earlier job's, or nothing)
+            run.action, run.holds_error = "fail", True
+            run.reason = f"its forcing job {failed.job_id} ended without computing it"
+            run.error = force_failure(node, failed)
         elif state == "done" and node.mode == "retry" and store.result_damaged(node):
             run.action = "retry"
             run.reason = "its cached result cannot be read (removed or damaged outside exca)"
@@ -789,17 +794,45 @@ def _unreadable_result(node: Node) -> BaseException | None:
 
 
 def forcing_job(node: Node) -> registry.JobRecord | None:
-    """The job carrying out this instance's mode=force (submitted by its ``job()``) while
-    it is queued or running: what is cached meanwhile is not its result (an earlier job
-    may write one after it was submitted)."""
+    """The job carrying out this instance's mode=force (submitted by its ``job()`` or a
+    detached run) while it is queued or running: what is cached meanwhile is not its
+    result (an earlier job may write one after it was submitted)."""
+    found = _forcing_job(node)
+    return found[0] if found is not None and found[1] else None
+
+
+def failed_forcing_job(node: Node) -> registry.JobRecord | None:
+    """This instance's forcing job, ended without computing (cancelled before it started,
+    killed before writing): the force did not happen, whatever is cached (see
+    ``force_failure``)."""
+    found = _forcing_job(node)
+    return found[0] if found is not None and not found[1] else None
+
+
+def _forcing_job(node: Node) -> tuple[registry.JobRecord, bool] | None:
+    """This instance's forcing job, and whether it is queued or running; None once it
+    ended having computed (or was replaced by a later job): calls take the fast path."""
     job_id = node.force_state.get("job")
     if job_id is None or node.folder is None:
         return None
     record = registry.latest(node.folder)
-    if record is None or record.job_id != job_id or not registry.is_active(record):
-        node.force_state.pop("job", None)  # (it ended: calls take the fast path again)
-        return None
-    return record
+    if record is not None and record.job_id == job_id:
+        if registry.is_active(record):
+            return record, True
+        # (its worker wrote what is cached, or its python ended well; mode retry set
+        # since: that mode's rules apply)
+        computed = store.computed_by(node) == job_id or registry.wrote_outcome(record)
+        if not computed and node.mode != "retry":
+            return record, False
+    node.force_state.pop("job", None)
+    return None
+
+
+def force_failure(node: Node, record: registry.JobRecord) -> JobFailedError:
+    """The error of a forced instance whose forcing job ended without computing."""
+    how = executors.recorded_handle(record).ended_how()
+    missing = store.task_state(node) == "missing"
+    return JobFailedError(force_not_done(node.uid, how, store.computed_by(node), missing))
 
 
 def retrying_jobs(

@@ -148,7 +148,7 @@ def _submit(
             run.handles.append(handle)
             run.state = "running"
             if run.action == "force" and run.node.pending_force:
-                _force_applied(run.node, unit)
+                _force_applied(run.node, unit, handle.job_id)
             scheduler.record(
                 run.node, unit, handle, code=getattr(first.execution.workdir, "folder", None)
             )
@@ -158,10 +158,12 @@ def _submit(
     return out
 
 
-def _force_applied(node: Node, unit: Unit) -> None:
+def _force_applied(node: Node, unit: Unit, job_id: str) -> None:
     """This instance's mode=force is carried out by a submitted job: a later run of the
     same instance follows that job instead of forcing again (as a waiting run would)."""
     node.force_state["done"] = True
+    if node.kind == "task":  # (what an earlier job writes meanwhile is not its result)
+        node.force_state["job"] = job_id
     if unit.uids is not None:
         node.force_state.setdefault("uids", set()).update(unit.uids)
     elif isinstance(node.items, Node):  # (split jobs: every item that node yields)

@@ -29,6 +29,22 @@ def retry_hint(how: str) -> str:
     return f"{first} (use mode='retry' to recompute){newline}{rest}"
 
 
+def force_not_done(uid: str, how: str, cached: str | None, missing: bool) -> str:
+    """What a forced job that ended without computing (e.g. cancelled before it started)
+    says: the force did not happen, and what the cache holds instead (``cached``: the job
+    that wrote it; ``missing``: nothing, removed when the forced job was submitted)."""
+    if missing:
+        now = "the result it replaces was removed when it was submitted: nothing is cached"
+    else:
+        by = f"job {cached}" if cached else "a computation without a job"
+        now = f"the result cached now is an earlier one (of {by}), not a forced one"
+    first, newline, rest = how.partition("\n")
+    return (
+        f"{uid} not computed again (mode='force'): {first}: the forced computation did not "
+        f"happen; {now} (a new instance in mode='force' computes it again){newline}{rest}"
+    )
+
+
 ITEMS_NAMED = 5  # item uids an error message names, before "... and N more"
 
 

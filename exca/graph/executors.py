@@ -467,6 +467,8 @@ class SubmititHandle(Handle):
         }
         for key, text in kinds.items():
             if state.startswith(key):
+                if key == "CANCELLED" and self._never_started(how):
+                    return f"job {self.job_id} was cancelled before it started (state {state})"
                 return f"job {self.job_id} {text} (state {state}){self._log_said()}"
         error = self.error()
         unloadable = _unloadable(str(error)) if error is not None else None
@@ -505,6 +507,20 @@ class SubmititHandle(Handle):
             # (ended before python ran, e.g. a slurm_setup line failing: its log says why)
             detail += self._log_said(tail=True)
         return f"job {self.job_id} ended with state {state} without writing its result{detail}"
+
+    def _never_started(self, how: str | None) -> bool:
+        """Whether Slurm never gave the ended job a node (cancelled while pending):
+        ``how`` as ``registry.slurm_endings`` says it, else the row submitit's sacct
+        look read with the state."""
+        from .registry import NEVER_STARTED, NO_NODE
+
+        if how is not None:
+            return how == NEVER_STARTED
+        try:
+            info = self.job.get_info(mode="cache")
+        except Exception:
+            return False
+        return isinstance(info, dict) and info.get("NodeList") == NO_NODE
 
     def _log_said(self, tail: bool = False) -> str:
         """Where the job's stderr log is (and, with ``tail``, its last lines): "" when

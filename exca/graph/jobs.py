@@ -8,7 +8,7 @@ import time
 import typing as tp
 
 from . import jobpickle, registry, store
-from .errors import JobFailedError, items_not_computed, retry_hint
+from .errors import JobFailedError, force_not_done, items_not_computed, retry_hint
 from .node import CLAIM_JOB_ID, TASK_KEY, Node
 
 if tp.TYPE_CHECKING:
@@ -74,6 +74,8 @@ class Job:
     def state(self) -> str:
         if self.replaces and self.handle is not None and not self.handle.done():
             return self._live_state()
+        if self._forced_nothing():  # (what is cached is not its outcome)
+            return self._ended_state()
         cached = store.task_state(self.node)
         if cached == "done":
             return "COMPLETED"
@@ -85,10 +87,25 @@ class Job:
             return self._live_state()
         if self.job_id == "#local#":  # (computed here, no folder: its error, if any, is held)
             return "FAILED" if self.handle.error() is not None else "FINISHED"
-        # ended without an outcome: how submitit saw it (CANCELLED, TIMEOUT...), else FAILED
+        return self._ended_state()
+
+    def _ended_state(self) -> str:
+        """How submitit saw a job that ended without an outcome (CANCELLED, TIMEOUT...),
+        else FAILED."""
         state = getattr(self.handle, "state", None)
         seen = str(state()) if callable(state) else ""
         return seen if seen.startswith(_FAILED_STATES) else "FAILED"
+
+    def _forced_nothing(self) -> bool:
+        """A forced job that ended without computing (cancelled before it started, killed
+        before writing): what is cached, if anything, is not its outcome (an earlier job
+        may have written it after this one was submitted)."""
+        handle = self.handle
+        if not self.replaces or handle is None or handle.cluster not in ("slurm", "local"):
+            return False  # (not a job whose worker records its id: see store.computed_by)
+        if not handle.done():
+            return False
+        return store.computed_by(self.node) != self.job_id and not handle.finished_ok()
 
     def _live_state(self) -> str:
         """PENDING while Slurm's queue holds the job, SUSPENDED while it is suspended
@@ -129,10 +146,17 @@ class Job:
     def result(self) -> tp.Any:
         """Wait for the job, then the node's result (re-raises a cached or job error)."""
         self.wait()
-        if store.task_state(self.node, refresh=True) == "missing":
+        missing = store.task_state(self.node, refresh=True) == "missing"
+        if missing:
             successor = self._successor()
             if successor is not None:  # (e.g. a forced job removed this one's result)
                 return Job(self.node, successor).result()
+        if self._forced_nothing():
+            assert self.handle is not None
+            how = self.handle.ended_how()
+            cached = store.computed_by(self.node)
+            raise JobFailedError(force_not_done(self.node.uid, how, cached, missing))
+        if missing:
             from .executors import ClaimHandle
 
             if isinstance(self.handle, ClaimHandle) and self.handle.keys is None:

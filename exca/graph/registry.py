@@ -511,10 +511,15 @@ def _sacct(fields: str, job_ids: tp.Sequence[str]) -> list[list[str]]:
     return [row for line in out.splitlines() if len(row := line.split("|")) == width]
 
 
+NO_NODE = "None assigned"  # sacct's NodeList of a job that never got a node
+NEVER_STARTED = "it never started (Slurm gave it no node)"
+
+
 def slurm_exit(job_id: str) -> str:
-    """How a Slurm job's process ended, in words ("" when sacct does not say)."""
-    rows = [r for r in _sacct("JobID,ExitCode", [job_id]) if r[0] == job_id]
-    return _exit_words(rows[0][1].strip() if rows else "")
+    """How a Slurm job's process ended, in words ("" when sacct does not say;
+    NEVER_STARTED for a job that never got a node, e.g. cancelled while pending)."""
+    rows = [r for r in _sacct("JobID,ExitCode,NodeList", [job_id]) if r[0] == job_id]
+    return _ending_words(rows[0][1], rows[0][2]) if rows else ""
 
 
 def slurm_endings(job_ids: tp.Sequence[str]) -> dict[str, tuple[str, str]]:
@@ -523,10 +528,14 @@ def slurm_endings(job_ids: tp.Sequence[str]) -> dict[str, tuple[str, str]]:
     if not job_ids:
         return {}
     found = {
-        job: (state.strip(), _exit_words(code.strip()))
-        for job, state, code in _sacct("JobID,State,ExitCode", job_ids)
+        job: (state.strip(), _ending_words(code, nodes))
+        for job, state, code, nodes in _sacct("JobID,State,ExitCode,NodeList", job_ids)
     }
     return {j: found[j] for j in job_ids if j in found}
+
+
+def _ending_words(exit_code: str, nodes: str) -> str:
+    return NEVER_STARTED if nodes.strip() == NO_NODE else _exit_words(exit_code.strip())
 
 
 def _exit_words(exit_code: str) -> str:

@@ -35,6 +35,15 @@ def entry_ref(entry: Entry) -> str:
     return f"t={when}" if isinstance(when, int | float) else f"{entry.file}:{entry.offset}"
 
 
+def computed_by(node: Node) -> str | None:
+    """The job whose worker wrote a task's cached outcome (None: nothing cached, or
+    written without a job)."""
+    entry = node.cache.entry(TASK_KEY)
+    meta = entry.info.get("#meta") if entry is not None else None
+    job = meta.get("job") if isinstance(meta, dict) else None
+    return None if job is None else str(job)
+
+
 def started_at(entry: Entry | None) -> float | None:
     """When the computation of a cached entry started (its provenance time; None: an entry
     without one, e.g. of an older exca)."""
