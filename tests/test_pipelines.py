@@ -1463,6 +1463,28 @@ def test_plan_map_item_counts(env: Env) -> None:
     assert len([n for n in started(env.log) if n.startswith("square")]) == 12
 
 
+def test_plan_of_a_map_forced_by_upstream_with_items_known_at_run_time(env: Env) -> None:
+    """numbers (force) -> square: the run computes all the cached items again. The plan
+    said only "items known at run time" and explain "only the missing ones are computed"
+    (a probe)."""
+    squares = env.square().apply.node(env.numbers(3).make.node())
+    exca.graph.run(squares)
+    forced = env.square().apply.node(env.numbers(3, mode="force").make.node())
+    entry = _by_uid(exca.graph.plan(forced))[forced.uid]
+    assert (entry.status, entry.action) == ("forced", "compute")
+    assert entry.reason == (
+        "forced by upstream: items known at run time, the cached ones are computed again too"
+    )
+    (explained,) = [e for e in exca.ops.explain(forced) if e.uid == forced.uid]
+    assert explained.summary() == entry.reason + " (3 item(s) are cached for this config)"
+    exca.graph.run(forced)
+    assert len([n for n in started(env.log) if n.startswith("square")]) == 6  # 3, then 3 again
+    # the map in mode force itself: said so
+    own = env.square(mode="force").apply.node(env.numbers(4).make.node())
+    entry = _by_uid(exca.graph.plan(own))[own.uid]
+    assert entry.reason.startswith("mode=force: items known at run time, the cached ones")
+
+
 def test_plan_where_and_packing(env: Env) -> None:
     leaves = [env.step(f"leaf{i}", infra={"cluster": "local"}).run.node() for i in range(2)]
     middle = env.step("middle", infra={"cluster": "local"}).run.node(*leaves)

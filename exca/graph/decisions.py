@@ -434,10 +434,13 @@ class Graph:
         uids = self.item_uids.get(node.key)
         if uids is None:
             if isinstance(node.items, Node) and not self._readable(node.items):
-                run.action = "force" if forced and node.mode != "read-only" else "compute"
-                run.reason = "items known at run time"
+                run.action, run.reason = "compute", "items known at run time"
                 if node.mode == "read-only":  # (checked once its upstream, in its own mode, ran)
                     run.reason = "read-only: items known at run time (a missing item fails)"
+                elif forced:  # (decide_items then forces every item it gets, cached or not)
+                    why = "mode=force" if node.pending_force else "forced by upstream"
+                    run.action = "force"
+                    run.reason = f"{why}: {FORCED_ITEMS_LATER}"
                 return
             try:
                 uids = store.map_item_uids(node)
@@ -777,6 +780,9 @@ OTHER_DEFAULTS = "cached with other defaults"
 # Graph._check_config_folders)
 CONFIG_OTHER_DEFAULTS = "its config was cached with other defaults"
 
+# a forced map whose items come from an upstream node that runs first: every item it then
+# gets is computed anew, cached or not (explain counts the cached ones)
+FORCED_ITEMS_LATER = "items known at run time, the cached ones are computed again too"
 
 _ABSENT = object()
 

@@ -13,7 +13,7 @@ import typing as tp
 from pathlib import Path
 
 from ..confdict import ConfDict
-from ..graph.decisions import NodeRun
+from ..graph.decisions import FORCED_ITEMS_LATER, NodeRun
 from ..graph.node import INPUTS_PREFIX, Group, Node, Value
 from ..graph.planning import Plan, PlanEntry
 from ..infra.task import INPUTS_FILE
@@ -292,6 +292,12 @@ def explain(*targets: Node, plan: Plan | None = None) -> list[Explanation]:
 def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Explanation:
     node = run.node
     explanation = Explanation(entry.uid, entry.status, entry.action, entry.reason)
+    if entry.reason.endswith(FORCED_ITEMS_LATER) and node.folder is not None:
+        # (forced, items known at run time: how many of its cached items may be redone)
+        cached = _result_count(node.folder)
+        if cached:
+            explanation.reason += f" ({cached} item(s) are cached for this config)"
+        return explanation
     if entry.reason == "missing" or (node.kind == "map" and _missing_items(entry.reason)):
         # (the plan's counts, not the cache: a map's index can hold 100k entries)
         if run.uids is not None and len(run.todo or ()) < len(set(run.uids)):
