@@ -440,8 +440,8 @@ def test_a_failing_sub_config_fails_only_its_tasks(
     source_uid = tasks[1].source.infra.uid()
     assert logged == (
         f"Job array: 1 config(s) not submitted:\n  - {tasks[1].infra.uid()}: upstream "
-        f"{source_uid} fails (cached error (ValueError: source 1 fails): mode='retry' "
-        "computes it again): the mode of that upstream config's own infra"
+        f"{source_uid} fails (cached error (ValueError: source 1 fails); mode='retry' on "
+        "that upstream config's own infra computes it again)"
     )
     assert [t.infra.job().result() for t in (tasks[0], tasks[2])] == [0, 202]
     with pytest.raises(ValueError, match="source 1 fails"):

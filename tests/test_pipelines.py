@@ -2550,6 +2550,14 @@ def test_a_node_below_a_cached_error_says_whose_mode_retries(env: Env) -> None:
     down = env.step("down", infra={"mode": "retry"}).run.node(up)
     entry = _by_uid(exca.graph.plan(down))[down.uid]
     assert entry.action == "fail"
-    assert entry.reason.endswith(
-        "mode='retry' computes it again): the mode of that upstream config's own infra"
+    # (one sentence: it read "...: mode='retry' computes it again): the mode of that
+    # upstream config's own infra", a dangling clause, in plans, logs and errors)
+    assert entry.reason == (
+        f"upstream {up.uid} fails (cached error (ValueError: up fails on purpose); "
+        "mode='retry' on that upstream config's own infra computes it again)"
     )
+    with pytest.raises(NodeFailures) as info:
+        exca.graph.run(down)
+    assert str(info.value.failures[down.uid]) == f"{down.uid}: {entry.reason}"
+    explained = {e.uid: e for e in exca.ops.explain(down)}
+    assert explained[down.uid].summary() == entry.reason

@@ -399,7 +399,7 @@ class Graph:
             run.action, run.error = "fail", error
             run.reason = (
                 "its cached result cannot be read (its file was removed or damaged outside "
-                "exca): mode='retry' computes it again"
+                f"exca){RETRY_COMPUTES} it again"
             )
         elif state == "done" and not _forcing_job_runs(run):
             _reuse(run)
@@ -415,7 +415,7 @@ class Graph:
                 entry = node.cache.entry(TASK_KEY)
                 told = f" ({record_line(entry.info, 120)})" if entry is not None else ""
                 run.action = "fail"
-                run.reason = f"cached error{told}: mode='retry' computes it again"
+                run.reason = f"cached error{told}{RETRY_COMPUTES} it again"
         elif node.mode == "read-only":
             run.action, run.reason = "fail", "read-only and missing"
         else:
@@ -462,7 +462,7 @@ class Graph:
         run.action, run.todo = "fail", [u for u in dict.fromkeys(uids) if u in unreadable]
         run.reason = (
             f"{len(damaged)} cached item(s) cannot be read ({shown}: their payload file was "
-            "removed or damaged outside exca): mode='retry' computes them again"
+            f"removed or damaged outside exca){RETRY_COMPUTES} them again"
         )
         return True
 
@@ -734,12 +734,9 @@ class Graph:
             run.blocked = True
             up = self.runs[failing]
             if up.action == "fail":  # (named by the root failure, not a chain of them)
-                run.reason = (
-                    up.reason if up.blocked else f"upstream {up.node.uid} fails ({up.reason})"
-                )
-                if not up.blocked and "mode='retry'" in up.reason:
-                    # (a retry of this node alone left it failing: which mode says it)
-                    run.reason += ": the mode of that upstream config's own infra"
+                # (a retry of this node alone left it failing: whose mode retries is said)
+                told = up.reason.replace(RETRY_COMPUTES, UPSTREAM_RETRY_COMPUTES)
+                run.reason = up.reason if up.blocked else f"upstream {up.node.uid} fails ({told})"
                 continue
             # a map kept with cached item errors: its outputs cannot be read
             run.reason = (
@@ -774,6 +771,12 @@ class Graph:
             return UpstreamFailed(f"{node.uid}: {run.reason}")
         return RuntimeError(f"{node.uid}: {run.reason}")
 
+
+# the remedy a failing node's reason ends with ("cached error (...): mode='retry' computes
+# it again"), and how a node below it words it: in parentheses after the upstream's uid,
+# and naming whose mode that is (the node's own mode retries nothing upstream)
+RETRY_COMPUTES = ": mode='retry' computes"
+UPSTREAM_RETRY_COMPUTES = "; mode='retry' on that upstream config's own infra computes"
 
 OTHER_DEFAULTS = "cached with other defaults"
 # a node to compute in a config folder computed with other class defaults (see
