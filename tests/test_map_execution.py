@@ -1841,7 +1841,7 @@ def test_a_downstream_node_of_a_damaged_payload_says_how_to_repair_it(tmp_path: 
     assert (summed.action, summed.reason) == ("fail", f"upstream {mapped.uid} fails ({told})")
     # (its first line counted statuses only: "2 missing", which reads as "2 to compute")
     assert str(plan).startswith("Plan: 2 node(s): 2 missing; 2 would fail (see their reason)\n")
-    with pytest.raises(UpstreamFailed, match="the upstream node in mode='retry'") as info:
+    with pytest.raises(UpstreamFailed, match="that node in mode='retry'") as info:
         exca.graph.run(total("cached"), progress=False)
     assert "shorter than its index says" in str(info.value)
     (entry,) = [e for e in exca.graph.plan(total("retry")).entries if e.kind == "map"]

@@ -1796,6 +1796,57 @@ def test_a_run_with_a_damaged_upstream_in_retry_mode_computes_it_again(env: Env)
     assert total("cached").result().startswith("total(array")
 
 
+def test_an_upstream_result_of_a_class_renamed_since_is_named(tmp_path: Path) -> None:
+    """A pipeline input that cannot be loaded (its class renamed since): the node reading
+    it said only "an input could not be read (AttributeError: Can't get attribute ...)",
+    naming neither the upstream node nor what to do, which its eager call says."""
+    module = tmp_path / "renamed_mod.py"
+    source = textwrap.dedent(
+        """
+        import dataclasses, sys, pydantic, exca
+
+        @dataclasses.dataclass
+        class {name}:
+            value: float
+
+        class Prep(pydantic.BaseModel):
+            infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+            @infra.apply
+            def run(self) -> {name}:
+                return {name}(1.5)
+
+        class Use(pydantic.BaseModel):
+            k: int = 1
+            infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+            @infra.apply
+            def run(self, r) -> float:
+                return r.value * self.k
+
+        if __name__ == "__main__":
+            infra = {{"folder": sys.argv[1]}}
+            prep = Prep(infra=infra).run.node()
+            try:
+                print(Use(k=int(sys.argv[2]), infra=infra).run.node(prep).result())
+            except Exception as error:
+                print(type(error).__name__, error)
+                print("uid:", prep.uid)
+        """
+    )
+
+    def run(name: str, k: int) -> str:
+        module.write_text(source.format(name=name))
+        command = [sys.executable, str(module), str(tmp_path / "cache"), str(k)]
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+    assert run("Stats", 1).strip() == "1.5"
+    out, uid = run("Stats2", 2).split("\nuid: ")
+    assert out.startswith("UpstreamFailed") and "Can't get attribute 'Stats'" in out
+    assert f"; upstream {uid.strip()} holds an object whose class cannot be found now" in out
+    assert "compute the result again with mode='force'" in out
+
+
 def test_a_map_fed_by_an_array_output_maps_its_elements(env: Env) -> None:
     """A map whose items are an upstream task's numpy array: planning it failed with
     "The truth value of an array ... is ambiguous" (items were tested with `or`)."""
@@ -2049,6 +2100,31 @@ def test_a_failed_map_item_then_retry(env: Env) -> None:
     assert len(started(env.log)) == 6
 
 
+def test_a_map_item_error_below_is_told_the_same_on_every_run(env: Env) -> None:
+    """A task below a map whose item fails: the run that computed the map named the map
+    and said that mode='retry' on it recomputes the item; the next run (the error found
+    at plan time) said neither (a probe). Every run, the plan and a job reading the map
+    now say the same, naming the failed item."""
+    from exca.graph.worker import Unit, run_unit
+
+    flag = env.tmp / "fail"
+    flag.touch()
+    squares = FlakySquare(log=env.log, fail_flag=str(flag), infra=env.infra()).apply.node([1, 2])
+    target = env.step("total").run.node(squares)
+    told = f"upstream {squares.uid} has 1 cached item error(s) ('2'): mode='retry' on it "
+    told += "recomputes them"
+    expected = f"{target.uid} did not run: an input could not be read (ValueError: item 2 "
+    expected += f"fails on purpose); {told}"
+    for _ in range(2):
+        with pytest.raises(UpstreamFailed) as info:
+            exca.graph.run(target)
+        assert str(info.value) == expected
+    assert _by_uid(exca.graph.plan(target))[target.uid].reason == told
+    with pytest.raises(UpstreamFailed) as info:  # (as a job computing it reads its inputs)
+        run_unit(Unit(target))
+    assert str(info.value) == expected
+
+
 def test_the_plan_of_a_map_with_a_cached_item_error_and_a_new_item(env: Env) -> None:
     """A new item made the plan forget the map's cached item error: it said "compute 1/3
     missing" and the task below "compute"; the run then failed reading that error."""
@@ -2088,7 +2164,7 @@ def test_no_job_is_sent_below_a_map_that_just_failed_items(env: Env) -> None:
     assert "total0" not in started(env.log)
     assert str(info.value).count("UpstreamFailed") == 2
     assert "item 2 fails on purpose" in str(info.value)
-    assert "1 cached item error(s) (mode='retry' on it recomputes them)" in str(info.value)
+    assert "1 cached item error(s) ('2'): mode='retry' on it recomputes them" in str(info.value)
 
 
 def test_running_a_map_target_holding_cached_item_errors_raises(env: Env) -> None:

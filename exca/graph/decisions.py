@@ -738,17 +738,11 @@ class Graph:
                 told = up.reason.replace(RETRY_COMPUTES, UPSTREAM_RETRY_COMPUTES)
                 run.reason = up.reason if up.blocked else f"upstream {up.node.uid} fails ({told})"
                 continue
-            # a map kept with cached item errors: its outputs cannot be read
-            run.reason = (
-                f"upstream {up.node.uid} has {up.item_errors} cached item error(s) "
-                "(mode='retry' on it recomputes them)"
-            )
-            error = first_item_error(up.node, up.uids or [])
-            if error is not None:
-                run.error = UpstreamFailed(
-                    f"{run.node.uid} did not run: an input could not be read "
-                    f"({type(error).__name__}: {error})"
-                )
+            # a map kept with cached item errors: its outputs cannot be read (said as a run
+            # that computed the map says it)
+            failed = up.node.cache.error_keys(up.uids or [])
+            run.reason = store.item_errors(up.node, failed)
+            run.error = store.item_errors_failure(run.node, up.node, up.uids or [])
 
     def _fails(self, key: Key) -> bool:
         """Whether what a node gives its downstream nodes cannot be read."""

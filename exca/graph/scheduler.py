@@ -408,14 +408,9 @@ class Scheduler:
         """Why a node was not computed, as a call reading the failed upstream's outputs
         would have said (for a map with item errors: the first one)."""
         if failed.state == "done":
-            error = first_item_error(failed.node, failed.uids or [])
+            error = store.item_errors_failure(run.node, failed.node, failed.uids or [])
             if error is not None:
-                return UpstreamFailed(
-                    f"{run.node.uid} did not run: an input could not be read "
-                    f"({type(error).__name__}: {error}); upstream {failed.node.uid} has "
-                    f"{failed.item_errors} cached item error(s) (mode='retry' on it "
-                    "recomputes them)"
-                )
+                return error
         return UpstreamFailed(f"{run.node.uid} was not computed: upstream {failed.node.uid} failed")
 
     # --- launching ---------------------------------------------------------------------------

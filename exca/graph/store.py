@@ -11,7 +11,7 @@ from ..storage.cachedict import CacheDict, MissingKey
 from ..storage.dumping import PAYLOAD_ERRORS, is_damaged_payload, mark_if_damaged
 from ..storage.index import Entry
 from . import codeprint
-from .errors import raise_from
+from .errors import ITEMS_NAMED, UpstreamFailed, raise_from
 from .node import TASK_KEY, Node
 
 logger = logging.getLogger("exca")
@@ -149,19 +149,39 @@ def cached_outcome(cache: CacheDict[tp.Any], missing: tp.Any) -> tp.Any:
     e.g. by another process forcing it, since it was seen): a KeyError raised loading it
     is raised."""
     try:
-        return cache[TASK_KEY]
+        return read_outcome(cache)
     except MissingKey:  # (a KeyError raised loading it is raised)
         return missing
+
+
+def read_outcome(cache: CacheDict[tp.Any]) -> tp.Any:
+    """A task's cached result or CachedError (MissingKey when there is none); an error
+    reading it says what to do, when that is known."""
+    try:
+        return cache[TASK_KEY]
+    except MissingKey:
+        raise
     except FileNotFoundError as error:
         raise unreadable_result(cache, error) from None
-    except (AttributeError, ModuleNotFoundError) as error:
-        if isinstance(error, ModuleNotFoundError) or str(error).startswith("Can't get attribute"):
-            error.add_note(  # (what pickle says of a class it cannot find)
-                f"exca: the cached result in {cache.folder} holds an object whose class cannot "
-                "be found now: renamed or moved since it was computed (restore it, or compute "
-                "the result again with mode='force'), or its package is not installed here"
-            )
+    except Exception as error:
+        if class_not_found(error):
+            error.add_note(f"exca: the cached result in {cache.folder} {CLASS_NOT_FOUND}")
         raise
+
+
+# what pickle says of a class it cannot find (an object of the result), and what to do
+CLASS_NOT_FOUND = (
+    "holds an object whose class cannot be found now: renamed or moved since it was "
+    "computed (restore it, or compute the result again with mode='force'), or its package "
+    "is not installed here"
+)
+
+
+def class_not_found(error: BaseException) -> bool:
+    """Whether a loading error is pickle's for a class (or module) that cannot be found."""
+    return isinstance(error, ModuleNotFoundError) or (
+        isinstance(error, AttributeError) and str(error).startswith("Can't get attribute")
+    )
 
 
 def result_damaged(node: Node) -> bool:
@@ -193,7 +213,7 @@ def unreadable_result(cache: CacheDict[tp.Any], error: FileNotFoundError) -> Fil
 def task_result(node: Node, missing: tp.Any = None) -> tp.Any:
     """The cached result of a task node (re-raises a cached error). ``missing``: returned
     when there is none (else KeyError)."""
-    value = node.cache[TASK_KEY] if missing is None else cached_outcome(node.cache, missing)
+    value = read_outcome(node.cache) if missing is None else cached_outcome(node.cache, missing)
     if isinstance(value, CachedError):
         raise_from(value, node.uid)
     return value
@@ -221,7 +241,7 @@ def item_result(node: Node, uid: str) -> tp.Any:
 
 def map_item_uids(node: Node) -> list[str]:
     """Uids of a map node's items (its items come from a list, or an upstream's output)."""
-    from .worker import UpstreamFailed, load_output
+    from .worker import load_output
 
     items = node.items
     if isinstance(items, Node):
@@ -233,7 +253,7 @@ def map_item_uids(node: Node) -> list[str]:
         except Exception as error:  # (e.g. an upstream item's cached error: not this node's)
             raise UpstreamFailed(
                 f"{node.uid}: its items could not be read from {source.uid} "
-                f"({unreadable_input(error)})"
+                f"{unreadable_input(error, named=True)}"
             ) from error
         if isinstance(items, str | bytes | tp.Mapping) or not isinstance(items, tp.Iterable):
             raise TypeError(
@@ -284,18 +304,66 @@ def drop_damaged_or_raise(
     cache.delete_many(damaged)
 
 
-def unreadable_input(error: BaseException) -> str:
-    """Why an upstream output could not be read, for a downstream node's error; what to
-    do when its payload was removed or cut short outside exca (the downstream node's
-    retry does not recompute it: the upstream node's does)."""
-    text = f"{type(error).__name__}: {error}"
+# set on an error raised reading an upstream node's output (see worker.load_output): that
+# node, for the downstream node's message
+INPUT_SOURCE = "_exca_input_source"
+
+
+def unreadable_input(error: BaseException, named: bool = False) -> str:
+    """Why an upstream output could not be read, for a downstream node's error: the error,
+    the upstream node it came from (unless the message ``named`` it), and what to do (the
+    downstream node's retry does not recompute its upstream: the upstream node's own mode
+    does)."""
+    text = f"({type(error).__name__}: {error})"
+    source: Node | None = getattr(error, INPUT_SOURCE, None)
+    if source is None:
+        return text
     if is_damaged_payload(error):
-        text += (
-            "; the payload was removed or damaged outside exca: the upstream node in "
-            "mode='retry' computes it again (a run with it in that mode, its call, or "
-            "node.result())"
+        return (
+            f"{text}; the payload of upstream {source.uid} was removed or damaged outside "
+            "exca: that node in mode='retry' computes it again (a run with it in that mode, "
+            "its call, or node.result())"
         )
-    return text
+    if class_not_found(error):
+        return f"{text}; upstream {source.uid} {CLASS_NOT_FOUND}"
+    if source.kind == "map":
+        try:
+            failed = source.cache.error_keys(map_item_uids(source))
+        except Exception:  # (its items cannot be read: nothing more to say)
+            failed = []
+        if failed:
+            return f"{text}; {item_errors(source, failed)}"
+    return text if named else f"{text}; reading the output of upstream {source.uid}"
+
+
+def item_errors(source: Node, failed: tp.Sequence[str]) -> str:
+    """What a node reading a map whose items hold cached errors is told (the same
+    wording at plan time and at run time): which map, which items, what to do."""
+    named = ", ".join(repr(uid) for uid in failed[:ITEMS_NAMED])
+    if len(failed) > ITEMS_NAMED:
+        named += f" and {len(failed) - ITEMS_NAMED} more"
+    named = f" ({named})" if named else ""  # (none: retried meanwhile by another process)
+    return (
+        f"upstream {source.uid} has {len(failed)} cached item error(s){named}: "
+        "mode='retry' on it recomputes them"
+    )
+
+
+def item_errors_failure(node: Node, source: Node, uids: tp.Sequence[str]) -> UpstreamFailed | None:
+    """The error of ``node``, which cannot read the outputs of the map ``source`` for
+    ``uids`` because some hold cached errors (None: none does). Found through the
+    index, and the first error loaded, as reading the outputs would raise it."""
+    failed = source.cache.error_keys(uids)
+    if not failed:
+        return None
+    value = source.cache[failed[0]]
+    if not isinstance(value, CachedError):  # (retried meanwhile by another process)
+        return None
+    error = value.to_exception(f"{source.uid} item {failed[0]!r}")
+    return UpstreamFailed(
+        f"{node.uid} did not run: an input could not be read ({type(error).__name__}: "
+        f"{error}); {item_errors(source, failed)}"
+    )
 
 
 def map_outputs(node: Node) -> list[tp.Any]:

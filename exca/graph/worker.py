@@ -175,7 +175,7 @@ def _resolve_split(unit: Unit) -> Unit:
     except Exception as e:  # (an upstream item's cached error too: not this node's own)
         raise UpstreamFailed(
             f"{node.uid}: its items could not be read from {node.items.uid} "
-            f"({store.unreadable_input(e)})"
+            f"{store.unreadable_input(e, named=True)}"
         ) from e
     uids = store.map_item_uids(dataclasses.replace(node, items=items))
     if node.mode == "read-only":  # (never computes: checks what is cached)
@@ -308,14 +308,21 @@ def load_output(source: Node | Value | Group) -> tp.Any:
     if isinstance(source, Group):
         outputs = [load_output(s) for s in source.sources]
         return outputs if source.keys is None else dict(zip(source.keys, outputs))
-    if source.kind == "map":
-        return store.map_outputs(source)
-    if _upstream_state(source) == "missing":
-        raise UpstreamMissing(
-            _recomputed_meanwhile(source)
-            or f"upstream {source.uid} has no cached result (upstream failed?)"
-        )
-    return store.task_result(source)
+    try:
+        if source.kind == "map":
+            return store.map_outputs(source)
+        if _upstream_state(source) == "missing":
+            raise UpstreamMissing(
+                _recomputed_meanwhile(source)
+                or f"upstream {source.uid} has no cached result (upstream failed?)"
+            )
+        return store.task_result(source)
+    except UpstreamFailed:
+        raise
+    except Exception as error:  # (which upstream node, for the reader's message)
+        if getattr(error, store.INPUT_SOURCE, None) is None:
+            setattr(error, store.INPUT_SOURCE, source)
+        raise
 
 
 def _inputs(node: Node) -> dict[str, tp.Any]:
@@ -467,7 +474,7 @@ def _compute_task(node: Node) -> Report:
         except Exception as error:  # e.g. a map item's cached error: not this node's own
             raise UpstreamFailed(
                 f"{node.uid} did not run: an input could not be read "
-                f"({store.unreadable_input(error)})"
+                f"{store.unreadable_input(error)}"
             ) from error
         # (once the inputs are read: the upstream entries they came from, not those this
         # process knew before, replaced meanwhile by a forced upstream)
