@@ -1748,6 +1748,7 @@ class NpyArrays(pydantic.BaseModel):
     "kind, cut",
     [
         ("pickle", None),
+        ("pickle", "overwritten"),  # (its bytes, at the same size: found on reading)
         ("shared", 0.5),
         ("shared", 0),
         ("shared-ram", 0.5),
@@ -1759,10 +1760,11 @@ class NpyArrays(pydantic.BaseModel):
     ],
 )
 def test_outputs_whose_files_were_damaged_by_hand_are_computed_again_by_retry(
-    tmp_path: Path, kind: str, cut: float | None, via: str
+    tmp_path: Path, kind: str, cut: float | str | None, via: str
 ) -> None:
-    """A payload file removed (cut None) or cut short outside exca: a call says what to
-    do; mode retry computes those items again (only those). "shared-ram": enough items
+    """A payload file removed (cut None), cut short, or overwritten at the same size
+    outside exca: a call says what to do; mode retry computes those items again (only
+    those; one overwritten was read back as fine, a probe). "shared-ram": enough items
     kept in RAM for a call to load their views at once (the damage escaped that load:
     a review)."""
     log = tmp_path / "calls.txt"
@@ -1785,7 +1787,11 @@ def test_outputs_whose_files_were_damaged_by_hand_are_computed_again_by_retry(
         (damaged,) = [p for p in data.iterdir() if p.name.startswith("2-")]
     if cut is None:
         damaged.unlink()
+    elif cut == "overwritten":
+        size = damaged.stat().st_size
+        damaged.write_bytes(damaged.read_bytes()[:2] + b"\xff" * (size - 2))
     else:
+        assert isinstance(cut, float | int)
         with damaged.open("r+b") as handle:
             handle.truncate(int(damaged.stat().st_size * cut))
     with pytest.raises(Exception) as info:
@@ -1853,6 +1859,40 @@ def test_a_downstream_node_of_a_damaged_payload_says_how_to_repair_it(tmp_path: 
     exca.graph.run(total("retry"), progress=False)
     assert total("cached").result() == 100 * (10 + 20 + 30)
     assert counts(log) == {1: 1, 2: 2, 3: 2}  # (item 1 was before the cut)
+
+
+class Total(pydantic.BaseModel):
+    """The sum of the numbers given (a task downstream of a map)."""
+
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self, numbers: list[int]) -> int:
+        return sum(numbers)
+
+
+def test_a_run_computes_again_an_upstream_item_overwritten_in_place(tmp_path: Path) -> None:
+    """An item's payload overwritten at the same size (no stat tells: the plan says
+    cached): the node reading it failed, and the run with the map in mode retry failed the
+    same way. The map's damaged item is computed again in that run, then the node."""
+    log, folder = tmp_path / "calls.txt", tmp_path / "cache"
+    mapper = Pickled(log=str(log), infra={"folder": folder})
+    assert list(mapper.process([1, 2, 3])) == [10, 20, 30]
+    (damaged,) = [p for p in (mapper.infra.uid_folder() / "data").iterdir() if p.name[0] == "2"]
+    size = damaged.stat().st_size
+    damaged.write_bytes(damaged.read_bytes()[:2] + b"\xff" * (size - 2))
+
+    def total(mode: str) -> exca.graph.Node:
+        items = Pickled(log=str(log), infra={"folder": folder, "mode": mode}).process.node(
+            [1, 2, 3]
+        )
+        return Total(infra={"folder": folder}).process.node(items)
+
+    (entry,) = [e for e in exca.graph.plan(total("retry")).entries if e.kind == "map"]
+    assert (entry.status, entry.action) == ("cached", "reuse")
+    exca.graph.run(total("retry"), progress=False)
+    assert total("cached").result() == 60
+    assert counts(log) == {1: 1, 2: 2, 3: 1}
 
 
 class SetupFails(pydantic.BaseModel):

@@ -1796,6 +1796,37 @@ def test_a_run_with_a_damaged_upstream_in_retry_mode_computes_it_again(env: Env)
     assert total("cached").result().startswith("total(array")
 
 
+def test_an_upstream_overwritten_in_place_is_computed_again_in_retry_mode(env: Env) -> None:
+    """An upstream result whose payload bytes were overwritten outside exca, its size
+    unchanged (no stat tells): the node reading it failed with pickle's bare "invalid
+    load key", and a run with the upstream in mode retry reused it and failed the same
+    way (a probe). The error names the upstream and what to do; in mode retry, the run
+    computes the upstream again, then the node."""
+    ramp = Ramp(log=env.log, infra=env.infra())
+    assert ramp.make().sum() == sum(range(100_000))
+    folder = ramp.infra.uid_folder()
+    assert folder is not None
+    (payload,) = [p for p in (folder / "data").iterdir() if p.is_file()]
+    content = bytearray(payload.read_bytes())
+    content[2:66] = b"\xff" * 64  # (past the pickle protocol: in its opcodes)
+    payload.write_bytes(bytes(content))
+
+    def total(mode: str) -> exca.graph.Node:
+        upstream = Ramp(log=env.log, infra=env.infra(mode=mode)).make.node()
+        return env.step("total").run.node(upstream)
+
+    up = total("cached").upstream[0].uid
+    with pytest.raises(UpstreamFailed) as info:
+        exca.graph.run(total("cached"))
+    assert "(UnpicklingError: invalid load key" in str(info.value)
+    told = f"the payload of upstream {up} was removed or damaged outside exca: that node in "
+    assert told + "mode='retry' computes it again" in str(info.value)
+    assert env.starts("ramp") == 1 and env.starts("total") == 0
+    exca.graph.run(total("retry"))
+    assert env.starts("ramp") == 2 and env.starts("total") == 1
+    assert total("cached").result().startswith("total(array")
+
+
 def test_an_upstream_result_of_a_class_renamed_since_is_named(tmp_path: Path) -> None:
     """A pipeline input that cannot be loaded (its class renamed since): the node reading
     it said only "an input could not be read (AttributeError: Can't get attribute ...)",

@@ -773,6 +773,45 @@ def test_a_result_whose_file_was_truncated_by_hand(tmp_path: Path) -> None:
     assert _count("big") == before + 2
 
 
+def _overwrite(path: Path, at: int, data: bytes) -> None:
+    """Bytes of a file replaced in place, its size unchanged (bit rot, a partial copy
+    over it): a stat does not tell."""
+    content = bytearray(path.read_bytes())
+    content[at : at + len(data)] = data
+    path.write_bytes(bytes(content))
+
+
+def test_a_result_overwritten_in_place_by_hand(tmp_path: Path) -> None:
+    """Bytes of its payload file overwritten, its size unchanged: a call raised pickle's
+    bare "invalid load key" and mode retry did not compute it again (a probe; the docs
+    said it did). The error says what to do, and mode retry computes it again. Bytes
+    that still decode as a pickle but fail otherwise: the note says mode='force'."""
+    infra = {"folder": tmp_path}
+    before = _count("big")
+    assert Big(infra=infra).make().sum() == 4999950000
+    folder = Big(infra=infra).infra.uid_folder()
+    assert folder is not None
+    (payload,) = list((folder / "data").iterdir())
+    _overwrite(payload, 2, b"\xff" * 64)  # (past the protocol: in its opcodes)
+    assert Big(infra=infra).infra.status() == "completed"  # (a stat: found on reading)
+    with pytest.raises(pickle.UnpicklingError, match="invalid load key") as info:
+        Big(infra=infra).make()
+    assert "mode='retry' or mode='force' computes it again" in "".join(info.value.__notes__)
+    assert _count("big") == before + 1
+    assert Big(infra={**infra, "mode": "retry"}).make().sum() == 4999950000
+    assert Big(infra=infra).make().sum() == 4999950000  # (cached again)
+    assert _count("big") == before + 2
+    # a string opcode whose bytes are not utf-8: not told from a value's own error
+    (payload,) = list((folder / "data").iterdir())
+    _overwrite(payload, 0, b"\x80\x04X\x02\x00\x00\x00\xff\xfe.")
+    for mode in ("cached", "retry"):
+        with pytest.raises(UnicodeDecodeError) as info:
+            Big(infra={**infra, "mode": mode}).make()
+        notes = "".join(info.value.__notes__)
+        assert "if its file was changed outside exca, mode='force' computes it again" in notes
+    assert _count("big") == before + 2
+
+
 def _unloadable() -> tp.Any:
     raise EOFError("the resource this value reopens is gone")
 

@@ -38,12 +38,7 @@ def reuse(cache: CacheDict[tp.Any], mode: str, where: str) -> tp.Any:
         if not is_damaged_payload(error):
             raise  # (e.g. raised by the value's own unpickling code)
         if mode != "retry":
-            if not isinstance(error, FileNotFoundError):  # (that one says it already)
-                error.add_note(
-                    f"exca: the cached result of {where} cannot be read (its file is "
-                    "damaged?): mode='retry' or mode='force' computes it again"
-                )
-            raise
+            raise  # (saying what to do: see store.read_outcome)
         # (its payload is gone or damaged: retry computes it again, as a failure)
         logger.warning(
             "The cached result of %s cannot be read (%s: %s): computed again (mode=retry)",

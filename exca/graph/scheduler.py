@@ -777,6 +777,8 @@ class Scheduler:
                 if run.action == "force":
                     node.force_state["done"] = True
                 return
+            if state == "error" and self._upstream_dropped(run):
+                return  # requeued after that upstream node
             run.state = "failed"
             if state == "error":
                 error = next((h.error() for h in run.handles if h.error() is not None), None)
@@ -848,6 +850,42 @@ class Scheduler:
             return
         run.state = "failed"
         run.error = self._lost(run, missing)
+
+    def _upstream_dropped(self, run: NodeRun) -> bool:
+        """A task that could not read an upstream output this run reused: an upstream in
+        mode retry whose payload its reader found damaged (changed outside exca in a way
+        no stat tells), removed then (see store.drop_damaged). That upstream is computed
+        again, then this node (the run is requeued), as a call in mode retry does."""
+        node = run.node
+        if not store.cache_upstream_failed(node.cache):
+            return False
+        dropped = []
+        for key in self.graph.upstream[node.key]:
+            up = self.runs[key]
+            if up.state != "done" or up.action != "reuse" or up.node.mode != "retry":
+                continue
+            up.node.cache.refresh()
+            if up.node.kind == "task":
+                gone = store.task_state(up.node) == "missing"
+            else:
+                gone = bool(up.node.cache.missing(up.uids or []))
+            if gone:
+                dropped.append(up)
+        if not dropped:
+            return False
+        follow_ups = self._follow_ups[node.key] = self._follow_ups.get(node.key, 0) + 1
+        if follow_ups > MAX_FOLLOW_UPS:
+            return False
+        for up in dropped:
+            if up.node.kind == "map":
+                self._redecide_items(up)
+            else:
+                up.state, up.action, up.handles = "pending", "retry", []
+                up.reason = f"its cached result could not be read by {node.uid}"
+                self._requeued.append(up)
+        run.state, run.action, run.handles, run.resume = "pending", "retry", [], None
+        self._requeued.append(run)
+        return True
 
     @staticmethod
     def _read_only_left(run: NodeRun, state: str) -> None:

@@ -156,7 +156,7 @@ def cached_outcome(cache: CacheDict[tp.Any], missing: tp.Any) -> tp.Any:
 
 def read_outcome(cache: CacheDict[tp.Any]) -> tp.Any:
     """A task's cached result or CachedError (MissingKey when there is none); an error
-    reading it says what to do, when that is known."""
+    reading it says what to do."""
     try:
         return cache[TASK_KEY]
     except MissingKey:
@@ -166,6 +166,17 @@ def read_outcome(cache: CacheDict[tp.Any]) -> tp.Any:
     except Exception as error:
         if class_not_found(error):
             error.add_note(f"exca: the cached result in {cache.folder} {CLASS_NOT_FOUND}")
+        elif is_damaged_payload(error):
+            error.add_note(
+                f"exca: the cached result in {cache.folder} cannot be read (its file was "
+                "damaged outside exca?): mode='retry' or mode='force' computes it again"
+            )
+        else:  # (its file changed in a way not told apart from the value's own error)
+            error.add_note(
+                f"exca: the cached result in {cache.folder} cannot be read; if its file was "
+                "changed outside exca, mode='force' computes it again (or clear it: "
+                "infra.clear_job(), node.clear())"
+            )
         raise
 
 
@@ -304,6 +315,26 @@ def drop_damaged_or_raise(
     cache.delete_many(damaged)
 
 
+def drop_damaged(node: Node, error: BaseException) -> None:
+    """A node in mode retry whose output a reader could not decode (its payload was
+    changed outside exca in a way no ``stat`` tells, e.g. overwritten at the same size):
+    its damaged outputs are removed, so that a run computes them again (as a call in mode
+    retry does on reading them)."""
+    if node.kind == "task":
+        logger.warning(
+            "The cached result of %s cannot be read (%s: %s): removed, to compute again "
+            "(mode=retry)",
+            node.uid,
+            type(error).__name__,
+            error,
+        )
+        with contextlib.suppress(KeyError):  # (removed meanwhile by someone else)
+            del node.cache[TASK_KEY]
+        return
+    with contextlib.suppress(Exception):  # (nothing found damaged: the error is raised)
+        drop_damaged_or_raise(error, node.cache, map_item_uids(node), node.uid, retry=True)
+
+
 # set on an error raised reading an upstream node's output (see worker.load_output): that
 # node, for the downstream node's message
 INPUT_SOURCE = "_exca_input_source"
@@ -318,6 +349,12 @@ def unreadable_input(error: BaseException, named: bool = False) -> str:
     source: Node | None = getattr(error, INPUT_SOURCE, None)
     if source is None:
         return text
+    if is_damaged_payload(error) and source.mode == "retry":  # (see drop_damaged)
+        return (
+            f"{text}; the payload of upstream {source.uid} was damaged outside exca: "
+            "removed, as that node is in mode='retry' (a waiting run computes it again, "
+            "then this node; else the next run does)"
+        )
     if is_damaged_payload(error):
         return (
             f"{text}; the payload of upstream {source.uid} was removed or damaged outside "

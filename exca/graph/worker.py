@@ -22,6 +22,7 @@ from ..storage import interrupts
 from ..storage.cachederror import CachedError
 from ..storage.cachedict import CacheDict
 from ..storage.claims import Claim, Claims, Owner
+from ..storage.dumping import is_damaged_payload
 from ..storage.modules import imported
 from . import callers, codeprint, jobpickle, jobprocess, ranks, registry, store
 from .errors import UpstreamFailed, read_only_error, self_call_error
@@ -322,6 +323,8 @@ def load_output(source: Node | Value | Group) -> tp.Any:
     except Exception as error:  # (which upstream node, for the reader's message)
         if getattr(error, store.INPUT_SOURCE, None) is None:
             setattr(error, store.INPUT_SOURCE, source)
+            if source.mode == "retry" and is_damaged_payload(error):
+                store.drop_damaged(source, error)  # (the run computes it again)
         raise
 
 

@@ -84,11 +84,16 @@ _DAMAGED = "exca_damaged_payload"
 
 def mark_if_damaged(error: BaseException, folder: Path | None) -> None:
     """Mark an error raised while loading an entry of ``folder`` if it says that a payload
-    file is missing or cut short (not an error of the value's own unpickling code)."""
+    file is missing, cut short, or does not decode as a pickle (not an error of the
+    value's own unpickling code)."""
     if isinstance(error, FileNotFoundError):
         inside = str(folder) + os.sep
         damaged = folder is not None and str(error.filename or "").startswith(inside)
-    elif type(error) in (pickle.UnpicklingError, EOFError, ValueError):
+    elif isinstance(error, pickle.UnpicklingError):
+        # (pickle's reader says so of any stream it cannot decode: cut short, or bytes
+        # overwritten in place; a value's own unpickling code raises other errors)
+        damaged = True
+    elif type(error) in (EOFError, ValueError):
         damaged = str(error).startswith(_CUT_SHORT)
     else:
         damaged = isinstance(error, DamagedPayload)
@@ -97,12 +102,14 @@ def mark_if_damaged(error: BaseException, folder: Path | None) -> None:
 
 
 def mark_damaged(error: BaseException) -> None:
-    """Mark an error as saying that an entry's payload was removed or cut short."""
+    """Mark an error as saying that an entry's payload was removed, cut short, or does not
+    decode."""
     setattr(error, _DAMAGED, True)
 
 
 def is_damaged_payload(error: BaseException) -> bool:
-    """Whether an error says that an entry's payload was removed or cut short."""
+    """Whether an error says that an entry's payload was removed, cut short, or does not
+    decode (see ``mark_if_damaged``)."""
     return isinstance(error, DamagedPayload | DamagedRecord) or getattr(error, _DAMAGED, False)
 
 
