@@ -2569,16 +2569,17 @@ def _plugin_crop() -> tuple[tp.Any, ...]:
     return Crop, Inner, OtherInner
 
 
-def test_an_unresolvable_annotation_keeps_the_classes_of_the_dataclasses_under_it() -> None:
-    """Which class the annotation of Crop.inner names is unknown (a local class): its two
-    possible values, of two classes with the same fields, shared a uid; the class of a
-    dataclass under such an annotation now enters the uid."""
+def test_an_unresolvable_annotation_keeps_the_uid_it_had() -> None:
+    """Which class the annotation of Crop.inner names is unknown (a class local to another
+    function than the config's): the dataclasses under it get no class in the uid, which
+    stays what it was (a known limit: two classes with the same fields there share it).
+    Putting every class there in the uid changed the uids of such configs."""
     crop, inner, other = _plugin_crop()
     uids = {
         ConfDict.from_model(_HoldsAug(aug=crop(inner=value)), uid=True).to_uid()
         for value in (inner(), other())
     }
-    assert len(uids) == 2, uids
+    assert uids == {"aug={p=0.50,inner.k=1,_class=test_identity._plugin_crop.locals.Crop}-c5a4e765"}
 
 
 _Item = tp.TypeVar("_Item")
@@ -2647,6 +2648,176 @@ def test_dataclass_subclasses_in_a_generic_dataclass_do_not_share_a_uid(tmp_path
         config.process()
 
 
+_Left = tp.TypeVar("_Left")
+_Right = tp.TypeVar("_Right")
+
+
+@dataclasses.dataclass
+class _Pair(tp.Generic[_Left, _Right]):
+    a: _Left
+    b: _Right
+
+
+class _HoldsPairs(pydantic.BaseModel):
+    model_config = FORBID
+    pair: _Pair[_Aug, tp.Any] = _Pair(_Aug(), None)
+    crops: _Pair[_Aug, _Crop] = _Pair(_Aug(), _Crop())
+    bare: _Box = _Box(0)  # type: ignore[type-arg]
+    anyb: _Box[tp.Any] = _Box(0)
+
+
+def test_a_type_variable_field_names_only_its_own_argument() -> None:
+    """A type-variable field of a generic dataclass took every class of the annotation
+    holding it (`Pair[Aug, Any]`: b counted as annotated Aug, `Box` as Box): values dumped
+    whole by pydantic (Any) got a class, and their uids changed; and with `Pair[Aug,
+    Crop]`, a Crop in `a` (dumped as an Aug) counted as annotated and shared the uid of the
+    default. Each one now takes the argument at its position only."""
+    assert ConfDict.from_model(
+        _HoldsPairs(pair=_Pair(_Aug(), _Crop(size=3))), uid=True, exclude_defaults=True
+    ).to_uid() == ("pair={a.p=0.50,b={p=0.50,size=3}}-fafe61c8")  # (as before)
+    for name in ("bare", "anyb"):
+        config = _HoldsPairs(**{name: _Box(_SubBox(1, extra=2))})
+        uid = ConfDict.from_model(config, uid=True, exclude_defaults=True).to_uid()
+        assert uid.startswith(f"{name}={{n=0,item={{n=0,item=1,extra=2}}}}-"), uid
+    assert ConfDict.from_model(
+        _HoldsPairs(bare=_Box(_SubBox(1, extra=2))), uid=True, exclude_defaults=True
+    ).to_uid() == ("bare={n=0,item={n=0,item=1,extra=2}}-4ab4bf99")
+    uids = {
+        ConfDict.from_model(
+            _HoldsPairs(crops=_Pair(_Crop(size=size), _Crop())), uid=True, exclude_defaults=True
+        ).to_uid()
+        for size in (1, 2)
+    }
+    assert len(uids) == 2 and "" not in uids, uids
+    assert all("a={p=0.50,size=" in uid and f"_class={MODULE}._Crop" in uid for uid in uids)
+
+
+def _rebuilt_local_config() -> tuple[tp.Any, ...]:
+    """A config defined before the dataclasses it names, resolved by model_rebuild()
+    (this module has `from __future__ import annotations`)."""
+
+    class Cfg(pydantic.BaseModel):
+        model_config = FORBID
+        pipe: Pipe | None = None
+        infra: TaskInfra = TaskInfra(version="1")
+
+        @infra.apply
+        def process(self) -> str:
+            return repr(self.pipe)
+
+    @dataclasses.dataclass
+    class Aug:
+        p: float = 0.5
+
+    @dataclasses.dataclass
+    class Crop(Aug):
+        size: int = 32
+
+    @dataclasses.dataclass
+    class Pipe:
+        aug: Aug = dataclasses.field(default_factory=Aug)
+        n: int = 0
+
+    Cfg.model_rebuild()
+    return Cfg, Pipe, Aug, Crop
+
+
+def test_local_annotations_do_not_need_pydantic_private_helpers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The names around a local config class were read from pydantic's private parent
+    namespace, through a private helper unwrapping its weak references: without it, the
+    local annotations named weak references, and subclasses shared a uid again."""
+    aug, crop, _, pipe, holds = _local_augments()
+    module = sys.modules["pydantic._internal._model_construction"]
+    monkeypatch.delattr(module, "unpack_lenient_weakvaluedict", raising=False)
+    uids = [
+        ConfDict.from_model(holds(pipe=pipe(aug=a)), uid=True, exclude_defaults=True).to_uid()
+        for a in (crop(size=64), crop(size=128), aug(p=0.3))
+    ]
+    assert len(set(uids)) == 3 and "size=128,_class=" in uids[1], uids
+    assert uids[2] == "pipe={augs=(),aug.p=0.30}-a6bb149e"  # (as before)
+
+
+def test_local_annotations_resolved_by_model_rebuild_keep_their_uid(tmp_path: Path) -> None:
+    """Local dataclasses named by a config resolved with model_rebuild(): their names were
+    not found (only those around the config class were looked up), so every dataclass
+    there got its class in the uid (uids changed, a default was no longer pruned) and
+    clone_obj() raised. pydantic's schema names the classes it resolved them to."""
+    cfg, pipe, _, crop = _rebuilt_local_config()
+    config = cfg(pipe=pipe(n=1), infra={"folder": tmp_path})
+    assert config.infra.uid().endswith("/pipe={n=1,aug.p=0.50}-d1b6bf7f")  # (as before)
+    config.process()
+    assert config.infra.clone_obj().pipe == pipe(n=1)
+    uids = {cfg(pipe=pipe(aug=crop(size=s))).infra.uid() for s in (64, 128)}
+    assert len(uids) == 2 and all("_class=" in uid for uid in uids), uids
+
+
+class _SpecOrDict(pydantic.BaseModel):
+    model_config = FORBID
+    spec: _Aug | dict[str, tp.Any] = _Aug()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> str:
+        return repr(self.spec)
+
+
+def test_a_user_dict_naming_a_class_stays_a_dict(tmp_path: Path) -> None:
+    """Under `spec: Aug | dict[str, Any]`, a user dict holding a `_class` key was built as
+    the class it names by clone_obj() and iter_cached() (or refused: the entry skipped):
+    only where the annotation admits no dict is a dict naming its class a dataclass."""
+    specs = ({"_class": "torch.optim.Adam", "lr": 0.1}, {"_class": f"{MODULE}._Crop", "size": 3})
+    for k, spec in enumerate(specs):
+        config = _SpecOrDict(spec=spec, infra={"folder": tmp_path / str(k)})
+        config.process()
+        clone = config.infra.clone_obj()
+        assert clone.spec == spec and clone.infra.uid() == config.infra.uid()
+        listed = [c.spec for c in config.infra.iter_cached()]
+        assert listed == [spec]
+
+
+def test_a_rebuilt_dataclass_is_a_subclass_of_the_annotated_one(tmp_path: Path) -> None:
+    """A `_class` naming a loaded dataclass that is not a subclass of the annotated one
+    (under an annotation that could not be resolved, any was accepted and built) is
+    refused, and no module attribute is looked up (a module's lazy imports)."""
+    config = _Augments(aug=_Crop(size=3), infra={"folder": tmp_path})
+    with pytest.raises(identity.ClassNotRebuilt, match="not a subclass of _Aug"):
+        config.infra.clone_obj({"aug._class": f"{MODULE}._Inner"})
+    assert config.infra.clone_obj().aug == _Crop(size=3)
+
+
+class _RecA(pydantic.BaseModel):
+    model_config = FORBID
+    b: _RecB | None = None
+    aug: _Aug = _Aug()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> str:
+        return repr(self)
+
+
+class _RecB(pydantic.BaseModel):
+    model_config = FORBID
+    a: _RecA | None = None
+
+
+_RecA.model_rebuild()
+
+
+def test_mutually_recursive_models_rebuild_their_dataclasses(tmp_path: Path) -> None:
+    """Whether a model holds dataclasses was remembered as "no" for a class looked at
+    while its caller was being looked at (recursive models: B, asked about A first), so
+    clone_obj() of A lost a dataclass subclass under B (pydantic refused its fields)."""
+    identity._HOLDS_DATACLASSES.pop(_RecA, None)
+    identity._HOLDS_DATACLASSES.pop(_RecB, None)
+    assert identity._holds_dataclasses(_RecA) and identity._holds_dataclasses(_RecB)
+    config = _RecA(b=_RecB(a=_RecA(aug=_Crop(size=3))), infra={"folder": tmp_path})
+    clone = config.infra.clone_obj()
+    assert clone.b is not None and clone.b.a is not None and clone.b.a.aug == _Crop(size=3)
+
+
 class _AugmentsAndDicts(_Augments):
     pipes: list[_AugPipeline] = []
     box: _Box[_Aug] = _Box(_Aug())
@@ -2696,7 +2867,8 @@ def test_config_yaml_names_the_class_of_a_dataclass_subclass(
     path.write_text(path.read_text().replace("._Crop", "._Gone"))
     caplog.clear()
     assert [c.aug for c in config.infra.iter_cached()] == [_Crop(size=128)]
-    assert f"{MODULE}._Gone" in caplog.text and "not defined in this process" in caplog.text
+    assert f"{MODULE}._Gone" in caplog.text
+    assert "not a subclass of _Aug defined in this process" in caplog.text
 
 
 class _AugFamily(DiscriminatedModel):

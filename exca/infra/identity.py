@@ -10,6 +10,7 @@ discriminators) are computed once per class.
 from __future__ import annotations
 
 import collections
+import collections.abc
 import dataclasses
 import enum
 import functools
@@ -246,15 +247,19 @@ def annotated_models(annotation: tp.Any) -> tuple[type[pydantic.BaseModel], ...]
     return tuple(out)
 
 
-def annotated_dataclasses(annotation: tp.Any) -> tuple[type, ...]:
-    """Dataclasses (stdlib or pydantic) named anywhere in an annotation (a generic one,
-    ``Box[Aug]``, too: both)."""
+def annotated_dataclasses(annotation: tp.Any) -> tuple[tp.Any, ...]:
+    """Dataclasses (stdlib or pydantic) named anywhere in an annotation; a generic one
+    given its arguments as named (``Box[Aug]``: they tell what its fields hold)."""
     if isinstance(annotation, type):
         return (annotation,) if dataclasses.is_dataclass(annotation) else ()
-    out: list[type] = []
     origin = tp.get_origin(annotation)
     if isinstance(origin, type) and dataclasses.is_dataclass(origin):
-        out.append(origin)
+        try:
+            hash(annotation)  # (a memo key)
+        except TypeError:
+            return (origin,)
+        return (annotation,)
+    out: list[tp.Any] = []
     for arg in tp.get_args(annotation):
         out.extend(annotated_dataclasses(arg))
     return tuple(out)
@@ -1066,19 +1071,23 @@ def _subclass_of(cls: type, declared: tuple[type, ...]) -> bool:
     naming no class (``Any``, a TypeVar, ``Self``, an alias) keep their uids as they were."""
     if cls in declared:
         return False
-    return any(issubclass(cls, base) for base in declared if base is not pydantic.BaseModel)
+    return any(
+        issubclass(cls, base)
+        for base in declared
+        if isinstance(base, type) and base is not pydantic.BaseModel
+    )
 
 
-# The dataclasses an annotation names (see ``annotated_dataclasses``), or None when the
-# annotation cannot be resolved: which class pydantic's dump followed there is unknown, so
-# no dataclass there can be shown to be of the annotated class itself.
-_Declared = tuple[type, ...] | None
+# The dataclasses an annotation names (see ``annotated_dataclasses``): classes, and
+# generic dataclasses given their type arguments (``Box[Aug]``: the arguments tell what
+# the type-variable fields of that ``Box`` hold).
+_Declared = tuple[tp.Any, ...]
 
 
 def _lost_by_dump(value: tp.Any, declared: _Declared, owner: type | None = None) -> bool:
     """Whether pydantic's dump of a dataclass value lost fields: the value, or a dataclass
     inside it, is a strict subclass of the dataclass its annotation names (``owner``: the
-    model class whose field holds it, whose namespace resolves local annotations)."""
+    model class whose field holds it, whose schema resolves local annotations)."""
     if _subclass_dataclass(type(value), declared):
         return True
     return dataclasses.is_dataclass(value) and _holds_dataclass_subclass(value, declared, owner)
@@ -1086,15 +1095,25 @@ def _lost_by_dump(value: tp.Any, declared: _Declared, owner: type | None = None)
 
 def _subclass_dataclass(cls: type, declared: _Declared) -> bool:
     """Whether ``cls`` is a dataclass and a strict subclass of a dataclass its field's
-    annotation names (then its own fields and its class are not in the field's dump), or
-    any dataclass under an annotation that cannot be resolved."""
-    if declared is not None and cls in declared:
+    annotation names (then its own fields and its class are not in the field's dump)."""
+    if cls in declared or not dataclasses.is_dataclass(cls):
         return False  # (the common case first: the annotated class itself)
-    if not dataclasses.is_dataclass(cls):
-        return False
-    if declared is None:
-        return True
-    return any(issubclass(cls, base) for base in declared if dataclasses.is_dataclass(base))
+    bases = _classes(declared)
+    return cls not in bases and any(issubclass(cls, base) for base in bases)
+
+
+_CLASSES: dict[_Declared, tuple[type, ...]] = {}
+
+
+def _classes(declared: _Declared) -> tuple[type, ...]:
+    """The dataclasses ``declared`` names (of ``Box[Aug]``: ``Box``)."""
+    known = _CLASSES.get(declared)
+    if known is None:
+        named: list[tp.Any] = [tp.get_origin(d) or d for d in declared]
+        known = _CLASSES[declared] = tuple(
+            c for c in named if isinstance(c, type) and dataclasses.is_dataclass(c)
+        )
+    return known
 
 
 def _holds_dataclass_subclass(value: tp.Any, enclosing: _Declared, owner: type | None) -> bool:
@@ -1105,7 +1124,7 @@ def _holds_dataclass_subclass(value: tp.Any, enclosing: _Declared, owner: type |
     if type(value) in _NAMES_NO_DATACLASS:
         return False  # (the common case: a dataclass of plain values)
     for name, declared in _field_types(type(value), enclosing, owner):
-        if declared == ():
+        if not declared:
             continue  # (no dataclass named: dumped by its values' own classes)
         sub = getattr(value, name, None)
         for item in _contained(sub):
@@ -1116,24 +1135,6 @@ def _holds_dataclass_subclass(value: tp.Any, enclosing: _Declared, owner: type |
             ):
                 return True
     return False
-
-
-def _field_types(
-    cls: type, enclosing: _Declared, owner: type | None
-) -> tp.Iterable[tuple[str, _Declared]]:
-    """``_dataclass_field_types`` of a dataclass whose annotation names ``enclosing``: a
-    field annotated with a type variable (``item: T`` of a generic ``Box[Aug]``) holds
-    what ``Box[Aug]`` names there too (pydantic dumps it as an ``Aug``)."""
-    types = _dataclass_field_types(cls, owner)
-    generic = _TYPEVAR_FIELDS.get(cls)  # (known once its types are)
-    if not generic:
-        return types.items()
-    return [
-        (name, None if enclosing is None else (*declared, *enclosing))
-        if name in generic and declared is not None
-        else (name, declared)
-        for name, declared in types.items()
-    ]
 
 
 def _contained(value: tp.Any) -> tp.Iterator[tp.Any]:
@@ -1148,50 +1149,121 @@ def _contained(value: tp.Any) -> tp.Iterator[tp.Any]:
         yield value
 
 
-_DATACLASS_FIELD_TYPES: dict[type, dict[str, _Declared]] = {}
-_TYPEVAR_FIELDS: dict[type, frozenset[str]] = {}  # (fields annotated with a type variable)
+class _DataclassFacts:
+    """The annotations of the fields of a dataclass (resolved), and the dataclasses each
+    one names (see ``annotated_dataclasses``)."""
+
+    __slots__ = ("generic", "hints", "types")
+
+    def __init__(self, hints: dict[str, tp.Any]) -> None:
+        self.hints = hints
+        self.types = {name: annotated_dataclasses(hint) for name, hint in hints.items()}
+        # (fields whose annotation holds a type variable: see _bound_facts)
+        self.generic = frozenset(name for name, hint in hints.items() if _typevar_in(hint))
+
+
+_DATACLASS_FACTS: dict[type, _DataclassFacts] = {}
 # dataclasses whose annotations name no dataclass nor type variable (nothing to walk)
 _NAMES_NO_DATACLASS: set[type] = set()
-# (a dataclass whose annotations need the namespace of the model holding it, by both)
-_LOCAL_FIELD_TYPES: dict[tuple[type, type | None], dict[str, _Declared]] = {}
-_UNRESOLVED: tp.Any = object()
+# (a dataclass whose annotations need the schema of the model holding it, by both)
+_LOCAL_FACTS: dict[tuple[type, type | None], _DataclassFacts] = {}
+# (a generic dataclass, by the annotation holding it: its type variables replaced)
+_BOUND_FACTS: dict[tuple[type, _Declared, type | None], _DataclassFacts] = {}
+_SCHEMA_CLASSES: dict[type, dict[str, type]] = {}
 
 
-def _dataclass_field_types(cls: type, owner: type | None = None) -> dict[str, _Declared]:
-    """The dataclasses each field of a dataclass names in its annotation (memoized). A
-    class whose annotations cannot all be resolved from its module (a class defined in a
-    function, under ``from __future__ import annotations``): each one resolved as
-    pydantic did, with the names around the model class holding it (``owner``); one that
-    still cannot be resolved is None (any dataclass there counts as a subclass: its
-    class enters the uid)."""
-    known = _DATACLASS_FIELD_TYPES.get(cls)
-    if known is not None:
-        return known
+def _forget_dataclasses(cls: type) -> None:
+    """(%autoreload: a class updated in place, maybe a dataclass: all forgotten, rare)"""
+    for memo in (_DATACLASS_FACTS, _LOCAL_FACTS, _BOUND_FACTS, _SCHEMA_CLASSES, _CLASSES):
+        memo.clear()
+    _NAMES_NO_DATACLASS.clear()
+    _HOLDS_DATACLASSES.clear()
+    _ADAPTERS.clear()
+
+
+CLASS_FORGETTERS.append(_forget_dataclasses)
+
+
+def _dataclass_facts(cls: type, owner: type | None) -> _DataclassFacts:
+    """The field annotations of a dataclass (memoized). Those that cannot be resolved
+    from its module (a class defined in a function, under ``from __future__ import
+    annotations``) are read with the classes pydantic resolved them to in the schema of
+    the model class holding it (``owner``); one still unresolved is ``Any``: it names no
+    class, nothing under it is walked (its uid stays what it was)."""
+    facts = _DATACLASS_FACTS.get(cls)
+    if facts is not None:
+        return facts
+    local = _LOCAL_FACTS.get((cls, owner))
+    if local is not None:
+        return local
+    fields = dataclasses.fields(cls)
     try:
         hints = tp.get_type_hints(cls)
     except Exception:  # (a forward reference that cannot be resolved)
-        pass
-    else:
-        fields = dataclasses.fields(cls)
-        _TYPEVAR_FIELDS[cls] = frozenset(f.name for f in fields if _typevar_in(hints.get(f.name)))
-        known = _DATACLASS_FIELD_TYPES[cls] = {
-            field.name: annotated_dataclasses(hints.get(field.name, field.type)) for field in fields
-        }
-        if not _TYPEVAR_FIELDS[cls] and not any(known.values()):
-            _NAMES_NO_DATACLASS.add(cls)
-        return known
-    known = _LOCAL_FIELD_TYPES.get((cls, owner))
-    if known is None:
-        namespace = {**_namespace_of(owner), cls.__name__: cls}
-        known = _LOCAL_FIELD_TYPES[(cls, owner)] = {}
-        generic = set()
-        for field in dataclasses.fields(cls):
-            hint = _resolved_hint(cls, field, namespace)
-            known[field.name] = None if hint is _UNRESOLVED else annotated_dataclasses(hint)
-            if hint is not _UNRESOLVED and _typevar_in(hint):
-                generic.add(field.name)
-        _TYPEVAR_FIELDS[cls] = frozenset(generic)
-    return known
+        names = _schema_classes(owner)
+        resolved = {field.name: _resolved_hint(cls, field, names) for field in fields}
+        local = _LOCAL_FACTS[(cls, owner)] = _DataclassFacts(resolved)
+        return local
+    facts = _DATACLASS_FACTS[cls] = _DataclassFacts(
+        {field.name: hints.get(field.name, field.type) for field in fields}
+    )
+    if not facts.generic and not any(facts.types.values()):
+        _NAMES_NO_DATACLASS.add(cls)
+    return facts
+
+
+def _bound_facts(cls: type, enclosing: _Declared, owner: type | None) -> _DataclassFacts:
+    """``_dataclass_facts`` of a dataclass held where the annotation names ``enclosing``:
+    in a generic one, each type variable is what ``Box[Aug]`` gives in its place (by
+    position in ``Box.__parameters__``, as pydantic dumps it), or ``Any`` when not given
+    (a bare ``Box``, ``Box[Any]``: its value is dumped by its own class)."""
+    facts = _dataclass_facts(cls, owner)
+    if not facts.generic:
+        return facts
+    key = (cls, enclosing, None if cls in _DATACLASS_FACTS else owner)
+    bound = _BOUND_FACTS.get(key)
+    if bound is None:
+        given = _type_arguments(cls, enclosing)
+        bound = _BOUND_FACTS[key] = _DataclassFacts(
+            {
+                name: _substituted(hint, given) if name in facts.generic else hint
+                for name, hint in facts.hints.items()
+            }
+        )
+    return bound
+
+
+def _field_types(
+    cls: type, enclosing: _Declared, owner: type | None
+) -> tp.Iterable[tuple[str, _Declared]]:
+    """The dataclasses each field of a dataclass names (see ``_bound_facts``)."""
+    return _bound_facts(cls, enclosing, owner).types.items()
+
+
+def _type_arguments(cls: type, enclosing: _Declared) -> dict[tp.Any, tp.Any]:
+    """The type arguments ``enclosing`` gives the type variables of a dataclass: those of
+    the one generic dataclass it names that ``cls`` is (or inherits), by position (none
+    when it names none, or several: unknown)."""
+    given = [d for d in enclosing if d not in _classes((d,)) and issubclass(cls, _classes((d,)))]
+    if len(given) != 1:
+        return {}
+    origin = tp.get_origin(given[0])
+    return dict(zip(getattr(origin, "__parameters__", ()), tp.get_args(given[0])))
+
+
+def _substituted(hint: tp.Any, given: dict[tp.Any, tp.Any]) -> tp.Any:
+    """An annotation with its type variables replaced by their arguments (``Any`` for
+    one not given: pydantic dumps its value by its own class, even under a bound; under
+    constraints it does not, a known limit: such a value names no class)."""
+    if isinstance(hint, tp.TypeVar):
+        return given.get(hint, tp.Any)
+    params = getattr(hint, "__parameters__", ())
+    if not params or tp.get_origin(hint) is None:
+        return hint
+    try:
+        return hint[tuple(given.get(p, tp.Any) for p in params)]
+    except Exception:  # (a ParamSpec, say)
+        return tp.Any
 
 
 def _typevar_in(hint: tp.Any) -> bool:
@@ -1200,25 +1272,35 @@ def _typevar_in(hint: tp.Any) -> bool:
     return any(_typevar_in(arg) for arg in tp.get_args(hint))
 
 
-def _namespace_of(owner: type | None) -> dict[str, tp.Any]:
-    """The names a model class's annotations were resolved with by pydantic: those around
-    its definition (the locals of a function defining it), and itself."""
+def _schema_classes(owner: type | None) -> dict[str, type]:
+    """The classes the core schema of a model class names (at any depth), by name (none
+    for a name two of them share): those pydantic resolved local annotations to."""
     if owner is None:
         return {}
-    parent = getattr(owner, "__pydantic_parent_namespace__", None) or {}
-    # (pydantic keeps them as weak references where it can)
-    module = sys.modules.get("pydantic._internal._model_construction")
-    unpack = getattr(module, "unpack_lenient_weakvaluedict", None)
-    if unpack is not None:
-        parent = unpack(parent) or {}
-    return {**parent, owner.__name__: owner}
+    known = _SCHEMA_CLASSES.get(owner)
+    if known is None:
+        found: dict[str, type | None] = {}
+        seen: set[int] = set()
+        # (a mock, not a dict, while the class is not fully defined: nothing known)
+        stack: list[tp.Any] = [owner.__dict__.get("__pydantic_core_schema__")]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, list | tuple):
+                stack.extend(node)
+            elif isinstance(node, dict) and id(node) not in seen:
+                seen.add(id(node))
+                cls = node.get("cls")
+                if isinstance(cls, type):
+                    name = cls.__name__
+                    found[name] = cls if found.get(name, cls) is cls else None
+                stack.extend(node.values())
+        known = _SCHEMA_CLASSES[owner] = {n: c for n, c in found.items() if c is not None}
+    return known
 
 
-def _resolved_hint(
-    cls: type, field: dataclasses.Field[tp.Any], namespace: dict[str, tp.Any]
-) -> tp.Any:
-    """A dataclass field's annotation, a string evaluated in the module of the class
-    declaring it and ``namespace`` (``_UNRESOLVED`` if it cannot be)."""
+def _resolved_hint(cls: type, field: dataclasses.Field[tp.Any], names: dict[str, type]) -> tp.Any:
+    """A dataclass field's annotation: a string evaluated with ``names`` and the module of
+    the class declaring it (``Any`` if it cannot be)."""
     if not isinstance(field.type, str):
         return field.type
     declaring = next(
@@ -1226,9 +1308,9 @@ def _resolved_hint(
     )
     module = sys.modules.get(declaring.__module__)
     try:
-        return eval(field.type, dict(vars(module)) if module is not None else {}, namespace)
-    except Exception:  # (a name known neither there nor around the model class)
-        return _UNRESOLVED
+        return eval(field.type, vars(module) if module is not None else {}, names)
+    except Exception:  # (a name known neither there nor in the schema)
+        return tp.Any
 
 
 def _dataclass_export(value: tp.Any, declared: _Declared, owner: type | None) -> tp.Any:
@@ -1268,78 +1350,96 @@ def with_dataclass_instances(
     """An exported config of a model class (``config()``, config.yaml) with each dict
     naming its dataclass (``_class``: a strict subclass of the dataclass its annotation
     names) replaced by an instance of that class: validated as the annotated class, it
-    would lose its class and its own fields (or refuse them). Only where an annotation
-    names a dataclass: a user dict holding that key stays a dict. ClassNotRebuilt when a
-    named class cannot be built (not defined in this process: its module not imported)."""
+    would lose its class and its own fields (or refuse them). Only where the annotation
+    admits nothing but dataclasses (see ``_rebuildable``): a user dict holding that key
+    stays a dict. ClassNotRebuilt when a named class cannot be built (not a subclass of
+    the annotated one defined in this process: its module not imported)."""
     if not _holds_dataclasses(cls):
         return data
     return _model_data(cls, data)
 
 
 _HOLDS_DATACLASSES: dict[type, bool] = {}
-CLASS_FORGETTERS.append(lambda cls: _HOLDS_DATACLASSES.pop(cls, None))
 
 
-def _holds_dataclasses(cls: type[pydantic.BaseModel]) -> bool:
+def _holds_dataclasses(cls: type[pydantic.BaseModel], visiting: set[type] | None = None) -> bool:
     """Whether a field of a model class, or of a model its annotations name (at any
     depth), names a dataclass, or may (a DiscriminatedModel's members) (memoized)."""
     known = _HOLDS_DATACLASSES.get(cls)
-    if known is None:
-        _HOLDS_DATACLASSES[cls] = False  # (a recursive model: not looked at twice)
-        known = _HOLDS_DATACLASSES[cls] = _family(cls) or any(
-            field.dataclasses
-            or any(
-                _holds_dataclasses(m)
-                for m in field.contained
-                if isinstance(m, type) and issubclass(m, pydantic.BaseModel)
-            )
-            for field in class_facts(cls).fields
+    if known is not None:
+        return known
+    top = visiting is None
+    visiting = set() if visiting is None else visiting
+    if cls in visiting:
+        return False  # (a recursive model: its other fields answer for it)
+    visiting.add(cls)
+    found = _family(cls) or any(
+        field.dataclasses
+        or any(
+            _holds_dataclasses(m, visiting)
+            for m in field.contained
+            if isinstance(m, type) and issubclass(m, pydantic.BaseModel)
         )
-    return known
+        for field in class_facts(cls).fields
+    )
+    # (a "no" found while a class that calls back was being looked at may be a "yes"
+    # once that class is known: only the first asked is sure)
+    if found or top:
+        _HOLDS_DATACLASSES[cls] = found
+    return found
+
+
+def _mapped(data: tp.Any, func: tp.Callable[[tp.Any, tp.Any], tp.Any]) -> tp.Any:
+    """A list or dict with ``func(key, item)`` in place of each item (key None in a
+    list): the same object when nothing changed (most configs hold no dataclass)."""
+    if isinstance(data, list):
+        items = [func(None, item) for item in data]
+        return data if all(a is b for a, b in zip(items, data)) else items
+    if not isinstance(data, dict):
+        return data
+    out = data
+    for key, sub in data.items():
+        new = func(key, sub)
+        if new is not sub:
+            out = dict(data) if out is data else out
+            out[key] = new
+    return out
 
 
 def _model_data(cls: type[pydantic.BaseModel], data: dict[str, tp.Any]) -> dict[str, tp.Any]:
-    out = data
-    for field in class_facts(cls).fields:
-        sub = data.get(field.name)
-        if not isinstance(sub, dict | list):
-            continue
+    fields = {field.name: field for field in class_facts(cls).fields}
+
+    def rebuilt(name: str, sub: tp.Any) -> tp.Any:
+        field = fields.get(name)
+        if field is None or not isinstance(sub, dict | list):
+            return sub
         if field.dataclasses:
-            new = _dataclass_data(sub, field.contained, cls)
-        else:
-            models = tuple(
-                m
-                for m in field.contained
-                if isinstance(m, type) and issubclass(m, pydantic.BaseModel)
-            )
-            walk = any(map(_holds_dataclasses, models))
-            new = _models_data(sub, models) if walk else sub
-        if new is not sub:
-            out = dict(out) if out is data else out
-            out[field.name] = new
-    return out
+            if not _rebuildable(cls.model_fields[name].annotation):
+                return sub
+            return _dataclass_data(sub, field.contained, cls)
+        models = tuple(
+            m for m in field.contained if isinstance(m, type) and issubclass(m, pydantic.BaseModel)
+        )
+        return _models_data(sub, models) if any(map(_holds_dataclasses, models)) else sub
+
+    return tp.cast(dict[str, tp.Any], _mapped(data, rebuilt))
 
 
 def _models_data(data: tp.Any, models: tuple[type[pydantic.BaseModel], ...]) -> tp.Any:
     """``_model_data`` of the models of a field (a model, or a list or dict of them)."""
-    if isinstance(data, list):
-        items = [_models_data(item, models) for item in data]
-        return data if all(a is b for a, b in zip(items, data)) else items
-    if not isinstance(data, dict):
-        return data
-    for family in models:  # (a DiscriminatedModel's key names its class: any of a family)
-        key = getattr(family, "_exca_discriminator_key", None)
-        if key is not None and _family(family) and type(data.get(key)) is str:
-            try:
-                return _model_data(family._exca_lookup(data[key]), data)  # type: ignore[attr-defined]
-            except ValueError:  # (an unknown name: its validation says so)
-                pass
-    keys = data.keys()
-    model = next((m for m in models if keys <= m.model_fields.keys()), None)
-    if model is not None:
-        return _model_data(model, data)
-    values = {key: _models_data(sub, models) for key, sub in data.items()}  # (a dict of them)
-    return data if all(values[k] is v for k, v in data.items()) else values
+    if isinstance(data, dict):
+        for family in models:  # (a DiscriminatedModel's key names its class: any of a family)
+            key = getattr(family, "_exca_discriminator_key", None)
+            if key is not None and _family(family) and type(data.get(key)) is str:
+                try:
+                    return _model_data(family._exca_lookup(data[key]), data)  # type: ignore[attr-defined]
+                except ValueError:  # (an unknown name: its validation says so)
+                    pass
+        keys = data.keys()
+        model = next((m for m in models if keys <= m.model_fields.keys()), None)
+        if model is not None:
+            return _model_data(model, data)
+    return _mapped(data, lambda _, sub: _models_data(sub, models))  # (a list or dict of them)
 
 
 def _family(model: type) -> bool:
@@ -1347,14 +1447,40 @@ def _family(model: type) -> bool:
     return callable(getattr(model, "_exca_lookup", None))
 
 
+def _rebuildable(annotation: tp.Any, in_dict: bool = False) -> bool:
+    """Whether an annotation admits dataclasses and no value that exports as a dict
+    holding a string ``_class`` otherwise (a dict, ``Any``, a model...): only there is a
+    dict naming its class a dataclass's export (``in_dict``: in a dict's values, where a
+    string is such a key's value)."""
+    if annotation is None or annotation is type(None):
+        return True
+    if isinstance(annotation, type):
+        if dataclasses.is_dataclass(annotation):
+            return True
+        scalar = issubclass(annotation, int | float | bool | enum.Enum | PurePath)
+        return scalar or (annotation is str and not in_dict)
+    origin = tp.get_origin(annotation)
+    args = tp.get_args(annotation)
+    if isinstance(origin, type) and dataclasses.is_dataclass(origin):
+        return True  # (Box[Aug])
+    if origin is tp.Annotated:
+        return _rebuildable(args[0], in_dict)
+    if origin is tp.Literal:
+        return not in_dict or not any(isinstance(a, str) for a in args)
+    if origin is tp.Union or origin is types.UnionType:
+        return all(_rebuildable(arg, in_dict) for arg in args)
+    if origin in (list, tuple, set, frozenset, collections.abc.Sequence):
+        return all(_rebuildable(arg) for arg in args if arg is not Ellipsis)
+    if origin in (dict, collections.abc.Mapping) and len(args) == 2:
+        return _rebuildable(args[1], True)
+    return False
+
+
 def _dataclass_data(data: tp.Any, declared: _Declared, owner: type | None) -> tp.Any:
     """The export of a value whose annotation names the ``declared`` dataclasses, with
     each dict naming its class built as that class (see ``with_dataclass_instances``)."""
-    if isinstance(data, list):
-        items = [_dataclass_data(item, declared, owner) for item in data]
-        return data if all(a is b for a, b in zip(items, data)) else items
     if not isinstance(data, dict):
-        return data
+        return _mapped(data, lambda _, item: _dataclass_data(item, declared, owner))
     name = data.get(CLASS_KEY)
     if type(name) is str:
         found = _named_dataclass(name, declared)
@@ -1362,61 +1488,48 @@ def _dataclass_data(data: tp.Any, declared: _Declared, owner: type | None) -> tp
         return _built(found, _dataclass_fields_data(found, fields, declared, owner), name)
     keys = data.keys()
     kind = next(
-        (
-            c
-            for c in declared or ()
-            if dataclasses.is_dataclass(c) and keys <= {f.name for f in dataclasses.fields(c)}
-        ),
+        (c for c in _classes(declared) if keys <= {f.name for f in dataclasses.fields(c)}),
         None,
     )
     if kind is not None:  # (of the annotated class: the config's validation builds it)
         return _dataclass_fields_data(kind, data, declared, owner)
-    values = {key: _dataclass_data(sub, declared, owner) for key, sub in data.items()}
-    return data if all(values[k] is v for k, v in data.items()) else values
+    return _mapped(data, lambda _, sub: _dataclass_data(sub, declared, owner))  # (a dict of them)
 
 
 def _dataclass_fields_data(
     cls: type, data: dict[str, tp.Any], enclosing: _Declared, owner: type | None
 ) -> dict[str, tp.Any]:
-    out = data
-    for name, declared in _field_types(cls, enclosing, owner):
-        sub = data.get(name)
-        if declared == () or not isinstance(sub, dict | list):
-            continue
-        new = _dataclass_data(sub, declared, owner)
-        if new is not sub:
-            out = dict(out) if out is data else out
-            out[name] = new
-    return out
+    facts = _bound_facts(cls, enclosing, owner)
+
+    def rebuilt(name: str, sub: tp.Any) -> tp.Any:
+        declared = facts.types.get(name)
+        if not declared or not isinstance(sub, dict | list):
+            return sub
+        if not _rebuildable(facts.hints[name]):
+            return sub
+        return _dataclass_data(sub, declared, owner)
+
+    return tp.cast(dict[str, tp.Any], _mapped(data, rebuilt))
 
 
 def _named_dataclass(name: str, declared: _Declared) -> type:
-    """The strict subclass of a declared dataclass that ``<module>.<qualname>`` names
-    (any dataclass of a loaded module under an annotation that cannot be resolved),
-    among the classes defined in this process: no module is imported."""
-    if declared is None:
-        parts = name.split(".")
-        for cut in range(len(parts) - 1, 0, -1):
-            found: tp.Any = sys.modules.get(".".join(parts[:cut]))
-            for part in parts[cut:] if found is not None else ():
-                found = getattr(found, part, None)
-            if isinstance(found, type) and dataclasses.is_dataclass(found):
-                return found
-    else:
-        stack = [c for c in declared if isinstance(c, type) and dataclasses.is_dataclass(c)]
-        seen: set[type] = set()
-        while stack:
-            cls = stack.pop()
-            for sub in cls.__subclasses__():
-                if sub not in seen:
-                    seen.add(sub)
-                    if f"{sub.__module__}.{sub.__qualname__}" == name:
-                        return sub
-                    stack.append(sub)
-    names = ", ".join(c.__name__ for c in declared or ())
+    """The strict subclass of a declared dataclass that ``<module>.<qualname>`` names,
+    among the subclasses defined in this process (no module is imported)."""
+    bases = _classes(declared)
+    stack: list[type] = list(bases)
+    seen: set[type] = set()
+    while stack:
+        subs: list[type] = stack.pop().__subclasses__()
+        for sub in subs:
+            if sub not in seen:
+                seen.add(sub)
+                if f"{sub.__module__}.{sub.__qualname__}" == name:
+                    return sub
+                stack.append(sub)
+    names = ", ".join(c.__name__ for c in bases)
     raise ClassNotRebuilt(
-        f"The config names the dataclass {name} (_class), a subclass of {names or 'a dataclass'}"
-        ", which is not defined in this process: import its module first"
+        f"The config names the dataclass {name} (_class), which is not a subclass of "
+        f"{names or 'its annotated dataclass'} defined in this process: import its module first"
     )
 
 
