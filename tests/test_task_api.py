@@ -651,6 +651,43 @@ def test_a_frozen_dataclass_changed_by_object_setattr_is_not_read(
     assert config.train() == "0.5 0.5 []"
 
 
+@dataclasses.dataclass(frozen=True)
+class MemoWindow:
+    size: int = 4
+
+    def kernel(self) -> tp.Any:
+        """A memo in a non-field attribute, as frozen dataclasses often keep one."""
+        np = pytest.importorskip("numpy")
+        object.__setattr__(self, "_kernel", np.hanning(self.size))
+        return self._kernel
+
+
+class HoldsMemoWindow(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    win: MemoWindow = MemoWindow()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def train(self) -> int:
+        return self.win.size
+
+
+def test_a_frozen_dataclass_memo_does_not_break_a_cached_read(tmp_path: Path) -> None:
+    """A cached read compared the whole __dict__ of a frozen dataclass with `!=`: a memo
+    holding an array, replaced by an equal new one, raised "The truth value of an array
+    ... is ambiguous". Only the fields count (told by identity), as in the uid."""
+    config = HoldsMemoWindow(win=MemoWindow(size=6), infra={"folder": tmp_path})
+    assert config.train() == 6
+    assert config.train() == 6
+    config.win.kernel()
+    assert config.train() == 6
+    config.win.kernel()  # (a new, equal array)
+    assert config.train() == 6
+    object.__setattr__(config.win, "size", 8)
+    with pytest.raises(RuntimeError, match="changed in place"):
+        config.train()
+
+
 class LayeredInputs(pydantic.BaseModel):
     layers: list[int] = [64]
     pair: tuple[list[int], int] = ([0], 0)

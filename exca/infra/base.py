@@ -16,6 +16,7 @@ import errno
 import functools
 import inspect
 import logging
+import operator
 import os
 import sys
 import threading
@@ -69,9 +70,9 @@ class _Runtime:
     # whether the config holds a list, dict, set or array (changed in place, a frozen
     # config names other values than its uid): None until a cached read asks
     holds_mutables: bool | None = None
-    # (when it holds none) its frozen dataclasses, each with its fields when last compared:
+    # (when it holds none) the field values of its frozen dataclasses when last compared:
     # object.__setattr__ changes one in place
-    frozen_dataclasses: list[tuple[tp.Any, tp.Any]] | None = None
+    frozen_dataclasses: _FrozenFields | None = None
     ram: tp.Any = _MISSING
     cache: tp.Any = None
     folder: Path | None = None  # memoized uid folder
@@ -617,17 +618,15 @@ class BaseInfra(pydantic.BaseModel):
             self._check_unchanged()
             return
         frozen = runtime.frozen_dataclasses
-        if frozen is None:  # (the first read: compared whole once, then by their fields)
+        # (the first read, or a field set since: the export compared, then their fields)
+        if frozen is None or (frozen.values and frozen.changed()):
             held: list[tp.Any] = []
             for model in runtime.models:
                 for value in model.__dict__.values():
                     _frozen_dataclasses(value, held)
             if held:
-                self._check_unchanged()
-            runtime.frozen_dataclasses = [(d, _fields_now(d)) for d in held]
-        elif frozen and any(_fields_now(d) != fields for d, fields in frozen):
-            self._check_unchanged()  # (a change that matters to the uid raises)
-            runtime.frozen_dataclasses = [(d, _fields_now(d)) for d, _ in frozen]
+                self._check_unchanged()  # (a change that matters to the uid raises)
+            runtime.frozen_dataclasses = _FrozenFields(held)
 
     def _check_unchanged(self) -> None:
         """RuntimeError if a list, dict or dataclass of the config was changed in place
@@ -1120,12 +1119,30 @@ def _frozen_dataclasses(value: tp.Any, out: list[tp.Any]) -> None:
             _frozen_dataclasses(getattr(value, field.name, None), out)
 
 
-def _fields_now(instance: tp.Any) -> tp.Any:
-    """The field values of a dataclass instance, to compare with later ones."""
-    values = getattr(instance, "__dict__", None)
-    if values is not None:
-        return dict(values)
-    return tuple(getattr(instance, f.name, None) for f in dataclasses.fields(instance))
+class _FrozenFields:
+    """The field values of frozen dataclass instances, one entry per field. Setting one
+    (object.__setattr__) replaces the value: told by identity, in one pass without
+    copies, and without comparing values (their ``__eq__`` may fail, an array's say)."""
+
+    __slots__ = ("instances", "names", "values")
+
+    def __init__(self, held: list[tp.Any]) -> None:
+        self.instances: list[tp.Any] = []
+        self.names: list[str] = []
+        self.values: list[tp.Any] = []
+        for instance in held:
+            for field in dataclasses.fields(instance):
+                if hasattr(instance, field.name):
+                    self.instances.append(instance)
+                    self.names.append(field.name)
+                    self.values.append(getattr(instance, field.name))
+
+    def changed(self) -> bool:
+        try:
+            now = map(getattr, self.instances, self.names)
+            return any(map(operator.is_not, now, self.values))
+        except AttributeError:  # (a field deleted since)
+            return True
 
 
 def _cached_config(
