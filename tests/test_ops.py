@@ -2738,6 +2738,60 @@ def test_a_link_to_a_config_folder_in_its_step_folder_is_that_node(tmp_path: Pat
     assert plan.execute() == size and not os.path.lexists(link)
 
 
+def test_cleaning_a_link_that_is_not_to_a_sibling_unlinks_it_only(tmp_path: Path) -> None:
+    """A symlink in a step folder to anything but a config folder beside it ("latest" in
+    the old version's folder, to the live new one; a link to another cache's folder):
+    `clean versions` and `garbage` removed the folder it points to, a live result or
+    another cache's (a review). They unlink it only, as before; `clean node LINK` removes
+    its target only in the cache root (resolved as the system does: ``..`` under a
+    linked step folder is its target's parent)."""
+    root, other = tmp_path / "cache", tmp_path / "other"
+    old = Train(seed=1, infra={"folder": root})
+    old.fit()
+    new = Train(seed=1, infra={"folder": root, "version": "2"})
+    new.fit()
+    latest = folder_of(old).parent / "latest"
+    latest.symlink_to(os.path.relpath(folder_of(new), latest.parent))
+    plan = clean.old_versions(root)
+    assert {r.path: r.size for r in plan.removals} == {
+        folder_of(old): disk_bytes(folder_of(old)),
+        latest: 0,
+    }
+    assert "unlinked only" in str(plan)
+    plan.execute()
+    assert [(i.folder, i.status) for i in exca.ops.inspect(root)] == [(folder_of(new), "success")]
+    assert not os.path.lexists(latest) and not folder_of(old).parent.exists()
+    # garbage: a link to another cache's folder
+    elsewhere = Train(seed=2, infra={"folder": other})
+    elsewhere.fit()
+    dropped = Train(seed=3, infra={"folder": root, "version": "2"})
+    dropped.fit()
+    link = folder_of(new).parent / "from-other"
+    link.symlink_to(folder_of(elsewhere))
+    plan = clean.garbage(root, [new.fit.node()])
+    assert sorted(r.path for r in plan.removals) == sorted([folder_of(dropped), link])
+    plan.execute()
+    assert not os.path.lexists(link) and folder_of(elsewhere).exists()
+    assert [i.folder for i in exca.ops.inspect(other)] == [folder_of(elsewhere)]
+    # clean node of a relative link in a step folder linked from another cache: the
+    # system resolves its ".." in that other cache, whose folder is not this root's
+    scratch_step = other / "linked,1"
+    scratch_step.mkdir()
+    (root / "linked,1").symlink_to(scratch_step)
+    shortcut = root / "linked,1" / "best"
+    shortcut.symlink_to(f"../{folder_of(elsewhere).parent.name}/{folder_of(elsewhere).name}")
+    assert shortcut.resolve() == folder_of(elsewhere)
+    for given_root in (None, root):
+        with pytest.raises(ValueError, match="not in the cache root"):
+            clean.remove_nodes(shortcut, root=given_root)
+    assert folder_of(elsewhere).exists() and folder_of(new).exists()
+    shortcut.unlink()
+    # a loop of links in a step folder is no folder (listing and cleaning go on)
+    (folder_of(new).parent / "loop").symlink_to(folder_of(new).parent / "loop2")
+    (folder_of(new).parent / "loop2").symlink_to(folder_of(new).parent / "loop")
+    assert [i.folder for i in exca.ops.inspect(root)] == [folder_of(new)]
+
+
 class Untyped(pydantic.BaseModel):
     """A config of an untyped value: 1 and "1" are two configs with one v2 folder name."""
 

@@ -172,6 +172,9 @@ class _Incomplete(OSError):
 def _remove(removal: Removal, jobs_use: dict[Path, dict[Path, str]]) -> int:
     """Remove one item of a plan (unless in use since the preview); the bytes freed."""
     path = removal.path
+    if path.is_symlink() and removal.keys is None and removal.files is None:
+        path.unlink()  # (only the link, whatever it points to: see _add_folder)
+        return removal.size
     busy = _busy_with_inputs(path) if path.is_dir() else None
     if busy is not None:  # started being used since the preview
         raise _InUse(busy)
@@ -199,11 +202,8 @@ def _remove(removal: Removal, jobs_use: dict[Path, dict[Path, str]]) -> int:
     used = _holds_what_jobs_use(path, root, jobs_use) if path.is_dir() else None
     if used is not None:
         raise _InUse(used)
-    if path.is_dir() and not path.is_symlink():
+    if path.is_dir():
         remove_node_folder(path, removal.size)
-    elif path.is_symlink() and is_node_folder(path):  # (a config folder linked from the step
-        remove_node_folder(_link_target(path), removal.size)  # folder: its bytes are there)
-        path.unlink()
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -365,6 +365,10 @@ def cache_root(root: Path | str) -> Path:
 def _add_folder(
     plan: CleanPlan, folder: Path, reason: str, links: list[Path] | None = None
 ) -> None:
+    if folder.is_symlink():  # (not to a sibling: those go with their folder, see node_folders)
+        reason += " (a link: unlinked only, not the folder it points to)"
+        plan.removals.append(Removal(folder, 0, reason))
+        return
     busy = _busy_with_inputs(folder) or _holds_what_jobs_use(
         folder, registry.root_of(folder), plan.jobs_use
     )
@@ -372,9 +376,12 @@ def _add_folder(
         plan.kept.append((folder, busy))
         return
     size, _ = disk_usage(folder, recursive_into_inputs=True)
-    links = [*(links or []), *(k for k in _links_to(plan, folder) if k not in (links or []))]
-    if links:  # (they would point at nothing)
-        reason += f"; with the link(s) to it: {', '.join(map(str, links))}"
+    if links:  # (given as links: the user named the folder through them)
+        reason += f" as the link(s) {', '.join(map(str, links))}, to this folder: both go"
+    beside = [k for k in _links_to(plan, folder) if k not in (links or [])]
+    if beside:  # (they would point at nothing)
+        reason += f"; with the link(s) to it: {', '.join(map(str, beside))}"
+    links = [*(links or []), *beside]
     plan.removals.append(Removal(folder, size, reason, links=links or None))
 
 
@@ -393,13 +400,10 @@ def _links_to(plan: CleanPlan, folder: Path) -> list[Path]:
 
 
 def _link_target(path: Path) -> Path:
-    """The folder a symlink points to, through links to links (its target as written,
-    made absolute: a cache reached through a linked step folder stays in its root)."""
-    for _ in range(40):  # (as the system's limit on nested links)
-        if not path.is_symlink():
-            return path
-        path = Path(os.path.normpath(path.parent / os.readlink(path)))
-    raise ValueError(f"{path}: too many levels of symbolic links")
+    """The folder a symlink points to, through links to links, as the system resolves it
+    (``..`` under a linked folder is its target's parent: a lexical reading would name
+    another folder)."""
+    return Path(os.path.realpath(path))
 
 
 def _add_items(plan: CleanPlan, folder: Path, keys: list[str], reason: str) -> None:
@@ -529,11 +533,11 @@ def remove_nodes(
         folder = cached_folder(item) if isinstance(item, Node) else Path(os.path.abspath(item))
         if folder is None:
             continue
+        link = None
         if folder.is_symlink():  # (removing the link alone would leave the cache there)
             link, folder = folder, _link_target(folder)
             if not folder.exists():
                 raise ValueError(f"{link} is a link to {folder}: no such folder")
-            links.setdefault(folder.resolve(), []).append(link)
         if not folder.exists():
             raise ValueError(f"{folder}: no such folder (give node folders, or Nodes)")
         if not is_node_folder(folder):  # (a method folder or a root holds many nodes,
@@ -544,6 +548,18 @@ def remove_nodes(
                 "`exca clean ROOT versions` (old versions) or, from Python, "
                 "exca.ops.clean.garbage(root, targets)"
             )
+        if link is not None:
+            # (its target goes only if in the cache: the root given, else the link's own
+            # when it is in a step folder; another cache's folder is never reached so)
+            home = base if base is not None else None
+            if home is None and "," in link.parent.name:
+                home = Path(os.path.abspath(link)).parent.parent
+            if home is not None and registry.root_of(folder).resolve() != home.resolve():
+                raise ValueError(
+                    f"{link} is a link to {folder}, which is not in the cache root {home}: "
+                    "remove the link alone with rm, or that folder from its own cache"
+                )
+            links.setdefault(folder.resolve(), []).append(link)
         folders.append(folder)
     # (a folder given twice, "F" and "F/", or with its config folder: listed and counted once)
     # (a symlink given with its target: the target once, see above)
@@ -801,7 +817,7 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
             kept_before = len(plan.kept)
             # (not a folder being removed: see remove_node_folder)
             subfolders = sorted(p for p in old.iterdir() if p.is_dir() and p.name[0] != ".")
-            for config in without_links_to_siblings(subfolders):  # (links go with theirs)
+            for config in without_links_to_siblings(old, subfolders):  # (links go with theirs)
                 try:
                     is_config = is_node_folder(config)
                 except PermissionError as error:  # (a shared cache: another user's, private)

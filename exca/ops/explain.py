@@ -122,7 +122,7 @@ def nearest_cached(
         other_version = step_folder.name.partition(",")[2]
         configs = (p for p in step_folder.iterdir() if p.is_dir() and p.name[0] != ".")
         # (hidden: being removed, see clean; a link to another config: that one)
-        for config_folder in sorted(without_links_to_siblings(configs)):
+        for config_folder in sorted(without_links_to_siblings(step_folder, configs)):
             for folder in input_folders(config_folder) if with_inputs else [config_folder]:
                 if folder == node.folder or not inputs.has_results(folder):
                     continue

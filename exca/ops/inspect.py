@@ -79,7 +79,7 @@ def node_folders(root: Path, only: str | None = None) -> tp.Iterator[tuple[str, 
             (
                 e
                 for e in os.scandir(root)
-                if e.is_dir() and "," in e.name and (only is None or e.name == only)
+                if _is_dir(e) and "," in e.name and (only is None or e.name == only)
             ),
             key=lambda e: e.name,
         )
@@ -94,18 +94,13 @@ def node_folders(root: Path, only: str | None = None) -> tp.Iterator[tuple[str, 
         try:
             configs = sorted(
                 # (hidden: a folder being removed, see clean.remove_node_folder)
-                (e for e in os.scandir(step.path) if e.is_dir() and not e.name.startswith(".")),
+                (e for e in os.scandir(step.path) if _is_dir(e) and not e.name.startswith(".")),
                 key=lambda e: e.name,
             )
         except PermissionError as error:  # (a shared cache: skip what this user cannot read)
             logger.warning("Skipping %s: %s", step.path, error)
             continue
-        # (see without_links_to_siblings: from the listing, with no stat)
-        targets = {os.path.realpath(e.path) for e in configs if not e.is_symlink()}
-        configs = [
-            e for e in configs if not e.is_symlink() or os.path.realpath(e.path) not in targets
-        ]
-        for config in configs:
+        for config in without_links_to_siblings(real, configs):
             path = Path(config.path)
             try:
                 if not is_node_folder(path):
@@ -118,11 +113,36 @@ def node_folders(root: Path, only: str | None = None) -> tp.Iterator[tuple[str, 
                 yield step.name, f"{config.name}/{sub.name}", sub
 
 
-def without_links_to_siblings(folders: tp.Iterable[Path]) -> list[Path]:
-    """Folders of one step, but the symlinks to another of them (a shortcut, "best": the
-    same node, listed, counted and cleaned once, as the folder it points to)."""
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # (a loop of links: not a folder, as for pathlib)
+        return False
+
+
+class _Folder(tp.Protocol):
+    """A Path or an os.DirEntry (whose is_symlink() is known from the listing)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def is_symlink(self) -> bool: ...
+
+    def __fspath__(self) -> str: ...
+
+
+_F = tp.TypeVar("_F", bound=_Folder)
+
+
+def without_links_to_siblings(step: str | Path, folders: tp.Iterable[_F]) -> list[_F]:
+    """Folders of the step folder ``step``, but the symlinks to another of them (a
+    shortcut, "best": the same node, listed, counted and cleaned once, as the folder it
+    points to). Only the links are resolved (a stat for each)."""
     folders = list(folders)
-    targets = {os.path.realpath(f) for f in folders if not f.is_symlink()}
+    if not any(f.is_symlink() for f in folders):
+        return folders
+    real = os.path.realpath(step)
+    targets = {os.path.join(real, f.name) for f in folders if not f.is_symlink()}
     return [f for f in folders if not f.is_symlink() or os.path.realpath(f) not in targets]
 
 
