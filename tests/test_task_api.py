@@ -971,6 +971,89 @@ def test_one_yaml_file_removed_by_hand_is_written_again_by_a_hit(
     assert _count("task") == computed
 
 
+@pytest.mark.parametrize("name", [*YAML_FILES, "inputs.yaml"])
+def test_yaml_files_removed_by_hand_are_written_again_by_a_hit_with_inputs(
+    tmp_path: Path, name: str
+) -> None:
+    """A task with inputs: a hit wrote back a removed full-uid.yaml of its config folder
+    (and its inputs.yaml), not its uid.yaml nor config.yaml, as the docs said (a review)."""
+
+    def call() -> str:
+        return LayeredInputs(infra={"folder": tmp_path}).train(x=3)
+
+    assert call() == "[64] 3"
+    folder = LayeredInputs(infra={"folder": tmp_path}).infra.uid_folder()
+    assert folder is not None
+    (sub,) = folder.glob("inputs-*")
+    path = (sub if name == "inputs.yaml" else folder) / name
+    text = path.read_text()
+    path.unlink()
+    assert call() == "[64] 3"
+    assert path.read_text() == text
+
+
+def test_a_hit_whose_yaml_files_cannot_be_written_back_returns_its_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Writing back a removed yaml file on a hit: a uid.yaml edited to another config
+    made the hit raise 'Inconsistent uid config'; a cache that cannot be written was
+    tried again at every hit (a review). The hit returns its result and says once why the
+    files were not written; it does not try again."""
+    from exca.infra import uidfolder
+
+    obj = Task(param=7, infra={"folder": tmp_path})
+    assert obj.process() == 70
+    folder = obj.infra.uid_folder()
+    assert folder is not None
+    (folder / "uid.yaml").write_text("param: 8\n")
+    (folder / "config.yaml").unlink()
+    with caplog.at_level(logging.WARNING, logger="exca"):
+        assert Task(param=7, infra={"folder": tmp_path}).process() == 70
+        assert Task(param=7, infra={"folder": tmp_path}).process() == 70
+    assert caplog.text.count("Could not restore the yaml files") == 1
+    assert "Inconsistent uid config" in caplog.text
+    # a cache this process cannot write into: one attempt
+    other = Task(param=9, infra={"folder": tmp_path})
+    assert other.process() == 90
+    other_folder = other.infra.uid_folder()
+    assert other_folder is not None
+    (other_folder / "config.yaml").unlink()
+    writes: list[str] = []
+
+    def denied(path: tp.Any, text: str, permissions: int | None) -> None:
+        writes.append(str(path))
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(uidfolder, "write_atomic", denied)
+    for _ in range(3):
+        assert Task(param=9, infra={"folder": tmp_path}).process() == 90
+    assert len(writes) == 1
+
+
+def test_a_hit_writing_back_yaml_files_does_not_make_a_removed_folder_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder removed (exca clean) while a hit wrote back its removed config.yaml was
+    made again, holding the yaml files only (a review): the files are written into the
+    folder only if it is there."""
+    from exca.infra import base as infra_base
+
+    obj = Task(param=11, infra={"folder": tmp_path})
+    assert obj.process() == 110
+    folder = obj.infra.uid_folder()
+    assert folder is not None
+    (folder / "config.yaml").unlink()
+    prepare = infra_base.BaseInfra._prepare_folder
+
+    def cleaned_first(self: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> None:
+        exca.ops.clean.remove_nodes(folder).execute()  # (another process, right then)
+        prepare(self, *args, **kwargs)
+
+    monkeypatch.setattr(infra_base.BaseInfra, "_prepare_folder", cleaned_first)
+    assert Task(param=11, infra={"folder": tmp_path}).process() == 110
+    assert not folder.exists()
+
+
 def test_yaml_files_written_meanwhile_are_not_told_restored(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -554,10 +554,11 @@ class BaseInfra(pydantic.BaseModel):
             return None
         return source if uidfolder.holds_uid_config(source, self._uid_config()) else None
 
-    def _prepare_folder(self, recheck: bool = False) -> None:
+    def _prepare_folder(self, recheck: bool = False, create: bool = True) -> None:
         """Create the uid folder and check/write uid.yaml, full-uid.yaml, config.yaml
         (before computing: the config must still be the one its uid names; ``recheck``:
-        even if this instance did, e.g. to write back a file removed since)."""
+        even if this instance did, e.g. to write back a file removed since; ``create=False``:
+        into the folder only if it is there, FileNotFoundError else)."""
         runtime = self._runtime()
         if self.folder is None:
             return
@@ -581,6 +582,7 @@ class BaseInfra(pydantic.BaseModel):
                 permissions=self.permissions,
                 sub_configs=self._sub_configs,
                 reuses=functools.partial(self._prepare_reuses, Path(folder)),
+                create=create,
             )
         except (PermissionError, OSError) as error:
             # (ENOENT: a folder that cannot be made there, e.g. under /proc; not a uid
@@ -678,7 +680,7 @@ class BaseInfra(pydantic.BaseModel):
         verified = folder
         if result_folder is not None:
             if restores and prepare is not None:
-                self._restore_inputs_file(result_folder, prepare)
+                self._restore_inputs_file(folder, result_folder, prepare)
             if os.path.exists(result_folder / uidfolder.FULL_UID_FILE):
                 verified = str(result_folder)
         owner_cls = type(self._owner())
@@ -762,14 +764,19 @@ class BaseInfra(pydantic.BaseModel):
             _DEFAULTS_CHECKED.pop(target, None)
             uidfolder.forget_version_changes(target)
 
-    def _restore_inputs_file(self, result_folder: Path, prepare: tp.Callable[[], None]) -> None:
-        """The inputs.yaml of a result in a sub-folder, gone (with its config folder's
-        yaml files, say): written again (``prepare``)."""
-        if self.mode == "read-only" or os.path.exists(result_folder / uidfolder.INPUTS_FILE):
+    def _restore_inputs_file(
+        self, folder: str, result_folder: Path, prepare: tp.Callable[[], None]
+    ) -> None:
+        """Before a result in a sub-folder is reused: its inputs.yaml and its config
+        folder's (``folder``) yaml files, gone (removed by hand), are written again (``prepare``, into
+        the folders that are there). 4 stats, once per instance and sub-folder."""
+        if self.mode == "read-only":
             return
-        if self._has_result(result_folder):
-            with contextlib.suppress(OSError):
-                prepare()
+        if os.path.exists(result_folder / uidfolder.INPUTS_FILE) and all(
+            os.path.exists(os.path.join(folder, n)) for n in _YAML_FILES
+        ):
+            return
+        self._restore_files(folder, result_folder, prepare)
 
     @staticmethod
     def _restores(restore: bool) -> bool:
@@ -780,12 +787,14 @@ class BaseInfra(pydantic.BaseModel):
     def _restore_files(
         self, folder: str, result: Path, prepare: tp.Callable[[], None] | None = None
     ) -> bool:
-        """A folder holding results without its full-uid.yaml (yaml files removed by
-        hand, or the folder removed while a worker wrote into it): its yaml files are
-        written again (by ``prepare``, for a result in a sub-folder), else ``exca list``,
-        inspect and iter_cached miss its results. Not in mode read-only. Whether they
-        were written."""
-        if self.mode == "read-only" or not os.path.isdir(folder):
+        """The yaml files of a config folder holding results (``result``: it, or its
+        sub-folder holding the result of a call with inputs), removed by hand (else
+        ``exca list``, inspect and iter_cached miss its results): written again (by
+        ``prepare`` for a sub-folder's result), in the folders that are there (a clean may
+        have just removed them: not made again). Not in mode read-only. Never raises (the
+        result is what the call asked for): a folder where they cannot be written is told
+        once, and not tried again in this process. Whether they were written."""
+        if self.mode == "read-only" or folder in _UNRESTORABLE or not os.path.isdir(folder):
             return False
         if not self._has_result(result):
             return False  # (being made: its creator writes them)
@@ -796,11 +805,12 @@ class BaseInfra(pydantic.BaseModel):
             if prepare is not None:
                 prepare()
             else:
-                self._prepare_folder(recheck=True)
-        except OSError as error:
-            if folder not in _UNRESTORABLE:  # (once: a cache shared read-only, say)
-                _UNRESTORABLE.add(folder)
-                logger.warning("Could not restore the yaml files of %s: %s", folder, error)
+                self._prepare_folder(recheck=True, create=False)
+        except FileNotFoundError:
+            return False  # (removed meanwhile: nothing to restore)
+        except Exception as error:  # (a cache shared read-only, a uid.yaml edited...)
+            _UNRESTORABLE.add(folder)
+            logger.warning("Could not restore the yaml files of %s: %s", folder, error)
             return False
         if gone:
             logger.warning("Restored the missing yaml files of %s (%s)", folder, ", ".join(gone))
@@ -811,11 +821,17 @@ class BaseInfra(pydantic.BaseModel):
         did not list (removed by hand) are written again, as a computation writes them.
         Free when they are there: that listing is made anyway, no stat is added to a hit."""
         names = cache.listed_names()
-        if not names or all(n in names for n in _YAML_FILES):
+        if not names or names.issuperset(_YAML_FILES):
             return
         assert self.folder is not None
         folder = os.path.join(self.folder, self.uid())
         self._restore_files(folder, Path(folder))
+
+    def _listed_files_restorer(self, cache: CacheDict[tp.Any]) -> tp.Callable[[], None] | None:
+        """A node's ``restore_files`` (None without a cache folder)."""
+        if self.folder is None:
+            return None
+        return functools.partial(self._restore_listed_files, cache)
 
     def _sub_configs(self) -> uidfolder.Structure:
         """Where the owner's plain dicts (holding no model) are in its uid export, and the

@@ -473,11 +473,7 @@ class MapInfra(BaseInfra, SubmititMixin):
                 legacy_folder=self._legacy_folder,
                 check_reuse=self._check_defaults if self.folder is not None else None,
                 check_folder=self._check_defaults if self.folder is not None else None,
-                restore_files=(
-                    functools.partial(self._restore_listed_files, cache)
-                    if self.folder is not None
-                    else None
-                ),
+                restore_files=self._listed_files_restorer(cache),
                 label=uid,
                 uid_config=functools.partial(self.config, uid=True, exclude_defaults=False),
                 item_uid=method.item_uid,

@@ -349,11 +349,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
             check_folder=self._check_defaults if self.folder is not None else None,
             reuse_note=self._reuse_note if self.folder is not None else None,
             after_store=self._record_versions if self.folder is not None else None,
-            restore_files=(
-                functools.partial(self._restore_listed_files, cache)
-                if self.folder is not None
-                else None
-            ),
+            restore_files=self._listed_files_restorer(cache),
             label=uid,
             uid_config=functools.partial(self.config, uid=True, exclude_defaults=False),
             force_state=runtime.force_state,
@@ -389,17 +385,21 @@ class TaskInfra(BaseInfra, SubmititMixin):
             check_reuse=functools.partial(
                 self._check_defaults,
                 result_folder=folder,
-                prepare=functools.partial(self._prepare_inputs, folder, inputs),
+                # (to write back removed yaml files: into the folders that are there)
+                prepare=functools.partial(self._prepare_inputs, folder, inputs, create=False),
             ),
             reuse_note=functools.partial(self._reuse_note, folder),
             after_store=functools.partial(self._record_versions, folder),
             restore_files=None,  # (its config's yaml files are in the folder above)
         )
 
-    def _prepare_inputs(self, folder: Path, inputs: tuple[Input, ...]) -> None:
-        self._prepare_folder()
+    def _prepare_inputs(self, folder: Path, inputs: tuple[Input, ...], create: bool = True) -> None:
+        """Its config folder's yaml files and its sub-folder's inputs.yaml (``create=False``:
+        written back into the folders that are there, FileNotFoundError else)."""
+        self._prepare_folder(recheck=not create, create=create)
         if not (folder / INPUTS_FILE).exists():
-            uidfolder.make_folder(folder, self.permissions)
+            if create:
+                uidfolder.make_folder(folder, self.permissions)
             described = ConfDict({name: source.uid for name, source in inputs})
             uidfolder.write_atomic(folder / INPUTS_FILE, described.to_yaml(), self.permissions)
 

@@ -130,12 +130,14 @@ def prepare(
     permissions: int | None,
     sub_configs: tp.Callable[[], Structure] | None = None,
     reuses: tp.Callable[[], bool] | None = None,
+    create: bool = True,
 ) -> bool:
     """Create the folder, check the existing yaml files, write the missing ones
     (``sub_configs``: see ``_check_defaults``). Whether full-uid.yaml is the config's
     (False: its sub-configs' versions differ, told here if ``reuses()``: what the folder
-    holds is reused by this call, e.g. a map's other items; else where it is reused)."""
-    if make_folder(folder, permissions):
+    holds is reused by this call, e.g. a map's other items; else where it is reused).
+    ``create=False``: the folder is not made (FileNotFoundError when it is gone)."""
+    if create and make_folder(folder, permissions):
         # created by this call: no file to check yet (a concurrent creator of the same
         # folder writes the same texts, each file replaced whole)
         for name, cfg in ((UID_FILE, uid_config), (FULL_UID_FILE, full_uid_config)):

@@ -330,7 +330,7 @@ class CacheDict(tp.Generic[X]):
             reader.removed_keys = set()  # (see drop_stale_ram)
         return reader
 
-    def listed_names(self) -> list[str] | None:
+    def listed_names(self) -> set[str] | None:
         """Every file and folder name the last read found in the folder (None: not read
         yet, or in RAM only): what else the folder holds, known without a syscall."""
         reader = self._reader

@@ -154,7 +154,7 @@ class IndexReader:
         self.absent = False  # whether the last refresh found no folder at all
         # every name the last refresh listed in the folder (callers check other files of
         # theirs there without a stat of their own), None before the first
-        self.listed: list[str] | None = None
+        self.listed: set[str] | None = None
         # files that lost entries to tombstones: maybe none of theirs is live anymore
         self.emptied: set[str] = set()
         # lifeless files whose writer may still write: checked again at a monotonic time
@@ -182,11 +182,11 @@ class IndexReader:
         with self.locked(), gcpause.paused():
             for _ in range(10):
                 try:
-                    self.listed = [e.name for e in os.scandir(self._dir)]
+                    self.listed = {e.name for e in os.scandir(self._dir)}
                     listing = [n for n in self.listed if n.endswith(INDEX_SUFFIX)]
                     self.absent = False
                 except (FileNotFoundError, NotADirectoryError):  # (under a file: absent too)
-                    listing = self.listed = []
+                    listing, self.listed = [], set()
                     self.absent = True
                 known = self._files
                 if not known.keys() >= set(listing):  # new files: are they ours?
