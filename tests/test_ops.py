@@ -2738,6 +2738,19 @@ def test_a_link_to_a_config_folder_in_its_step_folder_is_that_node(tmp_path: Pat
     assert plan.execute() == size and not os.path.lexists(link)
 
 
+def test_list_of_a_link_beside_its_config_folder_lists_that_node(tmp_path: Path) -> None:
+    """`exca list ROOT/step/best`, a link beside the config folder it points to (that
+    node, as clean and the docs take it), found nothing (a review): it lists that node."""
+    root = tmp_path / "cache"
+    for seed in (1, 2):
+        Train(seed=seed, infra={"folder": root}).fit()
+    folder = folder_of(Train(seed=1, infra={"folder": root}))
+    (folder.parent / "best").symlink_to(folder.name)
+    assert [i.folder for i in exca.ops.inspect(folder.parent / "best")] == [folder]
+    out = cli("list", "best", cwd=folder.parent, check=True).stdout
+    assert folder.name in out and "(1 config(s))" in out
+
+
 def test_cleaning_a_link_that_is_not_to_a_sibling_unlinks_it_only(tmp_path: Path) -> None:
     """A symlink in a step folder to anything but a config folder beside it ("latest" in
     the old version's folder, to the live new one; a link to another cache's folder):

@@ -352,6 +352,10 @@ def inspect(
         only_inputs, full = full.name, full.parent
     if is_node_folder(full):
         only_step, only_config, root = full.parent.name, full.name, full.parent.parent
+        if full.is_symlink():  # (a link beside the config folder it points to: that node)
+            target = Path(os.path.realpath(full))
+            if target.parent == Path(os.path.realpath(full.parent)):
+                only_config = target.name
     elif "," in full.name and any(node_folders(full.parent, only=full.name)):
         only_step, root = full.name, full.parent
     folders = [
