@@ -2751,6 +2751,26 @@ def test_list_of_a_link_beside_its_config_folder_lists_that_node(tmp_path: Path)
     assert folder.name in out and "(1 config(s))" in out
 
 
+def test_listing_resolves_only_the_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """node_folders resolved every config folder (realpath: a stat per path part) to find
+    the links to siblings, doubling the time of a listing (a review): only links are."""
+    from exca.ops.inspect import node_folders
+
+    root = tmp_path / "cache"
+    for seed in range(4):
+        Train(seed=seed, infra={"folder": root}).fit()
+    realpath = os.path.realpath
+    resolved: list[str] = []
+
+    def counted(path: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> str:
+        resolved.append(os.fspath(path))
+        return realpath(path, *args, **kwargs)
+
+    monkeypatch.setattr(os.path, "realpath", counted)
+    assert len(list(node_folders(root))) == 4
+    assert len(resolved) == 1  # (the step folder: a step listed once, see node_folders)
+
+
 def test_cleaning_a_link_that_is_not_to_a_sibling_unlinks_it_only(tmp_path: Path) -> None:
     """A symlink in a step folder to anything but a config folder beside it ("latest" in
     the old version's folder, to the live new one; a link to another cache's folder):
