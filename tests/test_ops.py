@@ -695,6 +695,64 @@ def test_where_ambiguous_keys_null_nan_and_list_items(tmp_path: Path) -> None:
     assert found("infra.version=1") == set(folders)
 
 
+class Stage(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    lr: float = 0.5
+    size: int = 4
+
+
+class Staged(pydantic.BaseModel):
+    """A list of sub-configs, each with an ``lr``, beside ``optim.lr``."""
+
+    optim: Optim = Optim()
+    stages: list[Stage] = []
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> str:
+        return "done"
+
+
+def test_where_key_ends_do_not_name_keys_inside_list_items(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Key ends matched inside list items: with a list of sub-configs each holding an
+    ``lr``, the documented ``--where lr=0.02`` was an ambiguity error, as ``size=8`` with
+    stages of sizes 8 and 16; a config's view was built again for each condition, and
+    `list` with a null condition described the cache twice (a review). Inside list items
+    a key end names keys with their indices only; each config's view is built once, and
+    the cache is described once."""
+    from exca.ops import cli as ops_cli
+
+    ops_inspect = sys.modules["exca.ops.inspect"]  # (exca.ops.inspect is also a function)
+
+    root = tmp_path / "cache"
+    plain = Staged(optim={"lr": 0.02}, infra={"folder": root})
+    plain.run()
+    staged = Staged(stages=[{"lr": 0.02, "size": 8}, {"size": 16}], infra={"folder": root})
+    staged.run()
+    infos = exca.ops.inspect(root, where=["lr=0.02"])
+    assert [i.folder for i in infos] == [folder_of(plain)]
+    assert exca.ops.inspect(root, where=["size=8"]) == []
+    for where in ("stages.0.size=8", "0.size=8", "1.size=16", "0.lr=0.02"):
+        assert [i.folder for i in exca.ops.inspect(root, where=[where])] == [folder_of(staged)]
+    listed = cli("list", root, "--where", "size=8")
+    assert "give its indices, e.g. stages.0.size" in listed.stdout, listed.stdout
+    # one view per config, one description of the cache
+    views, described = [], []
+    where_view, describe = ops_inspect._where_view, ops_inspect.describe
+    monkeypatch.setattr(ops_inspect, "_where_view", lambda c: views.append(1) or where_view(c))
+    monkeypatch.setattr(
+        ops_inspect, "describe", lambda *a, **k: described.append(1) or describe(*a, **k)
+    )
+    assert len(exca.ops.inspect(root, where=["optim.lr=0.01", "optim.momentum=0.9"])) == 1
+    assert len(views) == 2
+    described.clear()
+    assert ops_cli.main(["list", str(root), "--where", "optim.lr=~"]) == 0
+    assert len(described) == 2
+    assert "No cached node matches" in capsys.readouterr().out
+
+
 def test_explain_the_same_config_under_another_folder_name(tmp_path: Path) -> None:
     """A folder name lists the values that differ from the defaults of the day it was
     computed: after a default changed, the same config is cached under another name

@@ -578,22 +578,36 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "list":
         from .inspect import (
             inspect,
+            keys_in_list_items,
             keys_no_config_has,
             null_condition_hints,
             reads_as_null,
             render,
+            select,
         )
 
-        infos = inspect(args.root, step=args.step, where=args.where, status=args.status)
-        text = render(infos)
-        every = [] if infos else inspect(args.root)
+        described = None  # (the step's nodes, unfiltered: when known already)
         if any(reads_as_null(c.partition("=")[2].strip()) for c in args.where):
-            # (configs holding the text "null" are not matched: say how they would be)
-            for hint in null_condition_hints(inspect(args.root, step=args.step), args.where):
+            # (configs holding the text "null" are not matched: say how they would be;
+            # the cache is described once, then filtered)
+            described = inspect(args.root, step=args.step)
+            infos = select(described, args.where, args.status)
+            for hint in null_condition_hints(described, args.where):
                 print(f"exca: note: {hint}", file=sys.stderr)
+        else:
+            infos = inspect(args.root, step=args.step, where=args.where, status=args.status)
+        text = render(infos)
+        if infos:
+            every = []
+        elif described is not None and args.step is None:
+            every = described
+        else:
+            every = inspect(args.root)
         if every:
             text = "No cached node matches --step/--where/--status."
-            if args.step is not None and not inspect(args.root, step=args.step):
+            if described is None and args.step is not None:
+                described = inspect(args.root, step=args.step)
+            if args.step is not None and not described:
                 there = ", ".join(sorted({i.step for i in every}))  # (a typo: what is there)
                 text = f"--step {args.step!r} matches no step of {args.root}: {there}."
             unknown = keys_no_config_has(every, args.where)
@@ -601,6 +615,10 @@ def _main(argv: list[str] | None) -> int:
                 text += (
                     f" No config has a key {', '.join(map(repr, unknown))}: see `exca list ROOT`."
                 )
+            for key in unknown:
+                inside = keys_in_list_items(every, key)
+                if inside:  # (held by list items: named with the indices only)
+                    text += f" {key!r} is in list items: give its indices, e.g. {inside[0]}."
         elif not infos:
             text = (
                 f"No cached node found in {args.root}: it holds no "

@@ -379,14 +379,30 @@ def inspect(
             continue
         if f in parents and info.kind == "empty":
             continue  # a config folder that only holds tasks with inputs (listed themselves)
-        if not all(
-            _matches(info.full_config or info.config, key, value, s) for key, value in conditions
-        ):
-            continue
+        out.append(info)
+    out = select(out, where, status, parsed=conditions)
+    _describe_dead_slurm_jobs(out, {r.job_id: r for r in records if r.cluster == "slurm"})
+    return out
+
+
+def select(
+    infos: list[NodeInfo],
+    where: tp.Sequence[str] = (),
+    status: str | None = None,
+    parsed: list[tuple[str, str]] | None = None,
+) -> list[NodeInfo]:
+    """The NodeInfos matching ``key=value`` conditions and a status (see inspect)."""
+    conditions = [_parse_condition(c) for c in where] if parsed is None else parsed
+    out = []
+    for info in infos:
+        config = info.full_config or info.config
+        if conditions:  # (first: a key naming several is an error whatever the status)
+            view = where_view(info)
+            if not all(_matches(config, k, v, info.step, view) for k, v in conditions):
+                continue
         if status is not None and info.status != status:
             continue
         out.append(info)
-    _describe_dead_slurm_jobs(out, {r.job_id: r for r in records if r.cluster == "slurm"})
     return out
 
 
@@ -412,8 +428,21 @@ def _describe_dead_slurm_jobs(infos: list[NodeInfo], slurm: dict[str, tp.Any]) -
 def keys_no_config_has(infos: list[NodeInfo], where: tp.Sequence[str]) -> list[str]:
     """The keys of ``key=value`` conditions that no config of ``infos`` holds (a typo?)."""
     keys = [_parse_condition(c)[0] for c in where]
-    views = [_where_view(i.full_config or i.config) for i in infos]
+    views = [where_view(i) for i in infos]
     return [key for key in keys if not any(_keys_named(view, key) for view in views)]
+
+
+def keys_in_list_items(infos: list[NodeInfo], key: str) -> list[str]:
+    """The keys of ``infos``' configs that ``key`` ends inside list items (a condition
+    names them only with their indices: ``layers.0.size``, not ``size``), sorted."""
+    return sorted(
+        {
+            k
+            for view in (where_view(i) for i in infos)
+            for k in view.first_index
+            if k.endswith("." + key)
+        }
+    )
 
 
 def null_condition_hints(infos: list[NodeInfo], where: tp.Sequence[str]) -> list[str]:
@@ -424,10 +453,10 @@ def null_condition_hints(infos: list[NodeInfo], where: tp.Sequence[str]) -> list
         if not reads_as_null(text):
             continue
         words = {
-            view[k]
-            for view in (_where_view(i.full_config or i.config) for i in infos)
+            view.values[k]
+            for view in (where_view(i) for i in infos)
             for k in _keys_named(view, key)
-            if isinstance(view[k], str) and reads_as_null(view[k])
+            if isinstance(view.values[k], str) and reads_as_null(view.values[k])
         }
         for word in sorted(words):
             hints.append(
@@ -437,32 +466,58 @@ def null_condition_hints(infos: list[NodeInfo], where: tp.Sequence[str]) -> list
     return hints
 
 
-def _where_view(config: dict[str, tp.Any]) -> dict[str, tp.Any]:
+@dataclasses.dataclass
+class _WhereView:
     """A flat config with its list items (and what they hold) under keys too:
     ``optim.betas`` [0.9, 0.99] adds ``optim.betas.0`` 0.9 and ``optim.betas.1`` 0.99, as
-    overrides index lists (``layers.1.size``)."""
-    out: dict[str, tp.Any] = {}
+    overrides index lists (``layers.1.size``). ``first_index``: for a key under a list
+    item, where its first index starts in it (a key ending it names it only if it holds
+    that index: ``size`` does not name ``layers.0.size``, ``0.size`` does)."""
 
-    def add(key: str, value: tp.Any) -> None:
-        out[key] = value
+    values: dict[str, tp.Any]
+    first_index: dict[str, int]
+
+
+def where_view(info: NodeInfo) -> _WhereView:
+    """The view of a config that ``--where`` conditions are matched against (built once
+    per config: a list of 10k items makes 10k keys)."""
+    config = info.full_config or info.config
+    view = info.__dict__.get("_where_view")
+    if view is None or view[0] is not config:
+        view = info.__dict__["_where_view"] = (config, _where_view(config))
+    return tp.cast(_WhereView, view[1])
+
+
+def _where_view(config: dict[str, tp.Any]) -> _WhereView:
+    view = _WhereView({}, {})
+
+    def add(key: str, value: tp.Any, first: int) -> None:
+        view.values[key] = value
+        if first >= 0:
+            view.first_index[key] = first
         if isinstance(value, list):
             for index, item in enumerate(value):
-                add(f"{key}.{index}", item)
+                add(f"{key}.{index}", item, len(key) + 1 if first < 0 else first)
         elif isinstance(value, dict):  # (a dict inside a list item; flat() did the others)
             for name, item in value.items():
-                add(f"{key}.{name}", item)
+                add(f"{key}.{name}", item, first)
 
     for key, value in config.items():
-        add(key, value)
-    return out
+        add(key, value, -1)
+    return view
 
 
-def _keys_named(config: dict[str, tp.Any], key: str) -> list[str]:
-    """The keys of a flat config a condition's key names: itself, else the keys it ends
-    (``lr`` names ``optim.lr``)."""
-    if key in config:
+def _keys_named(view: _WhereView, key: str) -> list[str]:
+    """The keys of a config's view a condition's key names: itself, else the keys it ends
+    (``lr`` names ``optim.lr``), with every list index they hold (see _WhereView)."""
+    if key in view.values:
         return [key]
-    return [k for k in config if k.endswith("." + key)]
+    start = -len(key)  # (where the key starts in a key it ends)
+    return [
+        k
+        for k in view.values
+        if k.endswith("." + key) and view.first_index.get(k, len(k)) >= len(k) + start
+    ]
 
 
 def _parse_condition(text: str) -> tuple[str, str]:
@@ -487,15 +542,23 @@ def _is_nan(value: tp.Any) -> bool:
     return isinstance(value, float) and value != value
 
 
-def _matches(config: dict[str, tp.Any], key: str, value: str, step: str = "") -> bool:
-    """``key=value`` against a flat config (with defaults: full-uid.yaml). The value is
-    read as yaml: ``null`` (``~``, ``None``) matches None only, ``nan`` (``.nan``) a nan; a
-    string also matches as written (``infra.version=1`` finds '1'). ValueError when the
-    key is the end of several keys of the config (``lr``: ``optim.lr`` and ``sched.lr``):
-    which one is meant is unclear."""
+def _matches(
+    config: dict[str, tp.Any],
+    key: str,
+    value: str,
+    step: str = "",
+    view: _WhereView | None = None,
+) -> bool:
+    """``key=value`` against a flat config (with defaults: full-uid.yaml; ``view``: its
+    _where_view, if made already). The value is read as yaml: ``null`` (``~``, ``None``,
+    or nothing) matches None only, ``nan`` (``.nan``) a nan; a string also matches as
+    written (``infra.version=1`` finds '1'). ValueError when the key is the end of several
+    keys of the config (``lr``: ``optim.lr`` and ``sched.lr``): which one is meant is
+    unclear."""
     yaml = pyyaml()
 
-    view = _where_view(config)
+    if view is None:
+        view = _where_view(config)
     candidates = _keys_named(view, key)
     if len(candidates) > 1:
         where = f" of {step}" if step else ""
@@ -505,7 +568,7 @@ def _matches(config: dict[str, tp.Any], key: str, value: str, step: str = "") ->
         )
     if not candidates:
         return False
-    held = view[candidates[0]]
+    held = view.values[candidates[0]]
     if reads_as_null(value):
         return held is None
     try:
