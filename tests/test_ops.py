@@ -12,6 +12,7 @@ import datetime
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -4051,6 +4052,33 @@ def test_logs_of_a_map_whose_items_failed_inline_names_them(cache: dict[str, tp.
     assert "--item=-2" in result.stdout
     shown = cli("logs", folder, "--item=-2")
     assert "ValueError: negative item -2" in shown.stdout
+
+
+class BadTexts(pydantic.BaseModel):
+    """A map of texts, failing on those holding "bad"."""
+
+    infra: exca.MapInfra = exca.MapInfra()
+
+    @infra.apply(item_uid=str)
+    def apply(self, items: tp.Iterable[str]) -> tp.Iterator[int]:
+        for text in items:
+            if "bad" in text:
+                raise ValueError(f"bad item {text}")
+            yield len(text)
+
+
+def test_logs_of_a_map_item_failed_inline_quotes_its_uid(tmp_path: Path) -> None:
+    """The `--item=a bad one` that `exca logs` suggested was not shell-quoted: pasted, the
+    shell split it (a review). It is quoted as a shell reads it."""
+    obj = BadTexts(infra={"folder": tmp_path})
+    with pytest.raises(ValueError):
+        list(obj.apply(["a bad one"]))
+    out = cli("logs", folder_of(obj)).stdout
+    hint = out.split("(e.g. ")[1].split(")")[0]
+    assert shlex.split(hint) == ["--item=a bad one"], out
+    assert (
+        "ValueError: bad item a bad one" in cli("logs", folder_of(obj), *shlex.split(hint)).stdout
+    )
 
 
 def test_logs_of_a_local_task_from_a_fresh_process(tmp_path: Path) -> None:

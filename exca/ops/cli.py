@@ -19,6 +19,7 @@ import importlib
 import inspect
 import json
 import os
+import shlex
 import sys
 import traceback
 import types
@@ -716,7 +717,7 @@ def _main(argv: list[str] | None) -> int:
             if failed_items:  # (a map's items that failed where it was called)
                 message += (
                     f"; {len(failed_items)} item(s) failed where it was called: --item UID shows "
-                    f"the error (e.g. --item={failed_items[0]})"
+                    f"the error (e.g. {shlex.quote('--item=' + failed_items[0])})"
                 )
             inputs = sorted(input_folders(Path(args.folder)))
             if inputs:  # (a method with inputs: its calls are nodes of their own)
