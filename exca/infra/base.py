@@ -115,6 +115,8 @@ _DEFAULTS_CHECKED: dict[str, tuple[type, tp.Any]] = {}
 
 
 _UNRESTORABLE: set[str] = set()  # folders whose missing yaml files could not be written
+# config folders whose yaml files a hit with inputs saw (looked at once per process)
+_YAML_SEEN: set[str] = set()
 _YAML_FILES = (uidfolder.UID_FILE, uidfolder.FULL_UID_FILE, uidfolder.CONFIG_FILE)
 
 
@@ -769,13 +771,19 @@ class BaseInfra(pydantic.BaseModel):
     ) -> None:
         """Before a result in a sub-folder is reused: its inputs.yaml and its config
         folder's (``folder``) yaml files, gone (removed by hand), are written again (``prepare``, into
-        the folders that are there). 4 stats, once per instance and sub-folder."""
+        the folders that are there). A stat once per instance and sub-folder, and 3 once per
+        process and config folder (a hit of a new instance each time paid them all)."""
         if self.mode == "read-only":
             return
-        if os.path.exists(result_folder / uidfolder.INPUTS_FILE) and all(
-            os.path.exists(os.path.join(folder, n)) for n in _YAML_FILES
+        if os.path.exists(result_folder / uidfolder.INPUTS_FILE) and (
+            folder in _YAML_SEEN
+            or all(os.path.exists(os.path.join(folder, n)) for n in _YAML_FILES)
         ):
+            if len(_YAML_SEEN) >= 10_000:
+                _YAML_SEEN.clear()
+            _YAML_SEEN.add(folder)
             return
+        _YAML_SEEN.discard(folder)
         self._restore_files(folder, result_folder, prepare)
 
     @staticmethod
