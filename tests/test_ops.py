@@ -2827,7 +2827,7 @@ def test_listing_resolves_only_the_links(tmp_path: Path, monkeypatch: pytest.Mon
 
     monkeypatch.setattr(os.path, "realpath", counted)
     assert len(list(node_folders(root))) == 4
-    assert len(resolved) == 1  # (the step folder: a step listed once, see node_folders)
+    assert resolved == []  # (no link anywhere: nothing to resolve)
 
 
 def test_cleaning_a_link_that_is_not_to_a_sibling_unlinks_it_only(tmp_path: Path) -> None:
@@ -2882,6 +2882,23 @@ def test_cleaning_a_link_that_is_not_to_a_sibling_unlinks_it_only(tmp_path: Path
     (folder_of(new).parent / "loop").symlink_to(folder_of(new).parent / "loop2")
     (folder_of(new).parent / "loop2").symlink_to(folder_of(new).parent / "loop")
     assert [i.folder for i in exca.ops.inspect(root)] == [folder_of(new)]
+
+
+def test_cleaning_leaves_what_an_alias_of_a_step_folder_holds(tmp_path: Path) -> None:
+    """A step folder that is a symlink to another of the same root (a v1 folder aliasing
+    v2): `clean versions` removed the live v2 results as v1's, which list showed under the
+    alias's name (a review). What it holds is kept, with why; list names the real step
+    folder."""
+    second = tmp_path / "cache2"
+    live = Train(seed=1, infra={"folder": second, "version": "2"})
+    live.fit()
+    alias = second / folder_of(live).parent.name.replace(",2", ",1")
+    alias.symlink_to(folder_of(live).parent.name)
+    assert [i.folder for i in exca.ops.inspect(second)] == [folder_of(live)]
+    plan = clean.old_versions(second)
+    assert "an alias of the step folder" in str(plan), str(plan)
+    plan.execute()
+    assert folder_of(live).exists() and live.infra.status() == "completed"
 
 
 class Untyped(pydantic.BaseModel):

@@ -369,6 +369,16 @@ def _add_folder(
         reason += " (a link: unlinked only, not the folder it points to)"
         plan.removals.append(Removal(folder, 0, reason))
         return
+    linked = _linked_step(folder)
+    if linked is not None:  # (another cache's step folder, or an alias of another version)
+        plan.kept.append(
+            (
+                folder,
+                f"reached through the link {linked}, an alias of the step folder "
+                f"{_link_target(linked).name} of this root: cleaned under that name",
+            )
+        )
+        return
     busy = _busy_with_inputs(folder) or _holds_what_jobs_use(
         folder, registry.root_of(folder), plan.jobs_use
     )
@@ -383,6 +393,18 @@ def _add_folder(
         reason += f"; with the link(s) to it: {', '.join(map(str, beside))}"
     links = [*(links or []), *beside]
     plan.removals.append(Removal(folder, size, reason, links=links or None))
+
+
+def _linked_step(folder: Path) -> Path | None:
+    """The step folder above a node folder when it is a symlink to another step folder
+    of the same root (a v1 folder aliasing v2: ``versions`` took v2's live results for
+    old ones). A step folder linked from elsewhere (moved to another disk) is this
+    cache's: cleaned as any other."""
+    step = folder.parent.parent if folder.name.startswith(INPUTS_PREFIX) else folder.parent
+    if not step.is_symlink():
+        return None
+    real = Path(os.path.realpath(step))
+    return step if real.parent == Path(os.path.realpath(step.parent)) else None
 
 
 def _links_to(plan: CleanPlan, folder: Path) -> list[Path]:

@@ -85,12 +85,17 @@ def node_folders(root: Path, only: str | None = None) -> tp.Iterator[tuple[str, 
         )
     except FileNotFoundError:
         return
-    seen: set[str] = set()  # (a step folder and a symlink to it: listed once)
+    # (a step folder and a symlink to it: listed once, by its own name, not the alias's:
+    # an alias "fit,1" of "fit,2" sorts first, and showed v2's configs as v1's)
+    real_root = os.path.realpath(root) if any(e.is_symlink() for e in steps) else str(root)
+    seen = {os.path.join(real_root, e.name) for e in steps if not e.is_symlink()}
     for step in steps:
-        real = os.path.realpath(step.path)
-        if real in seen:
-            continue
-        seen.add(real)
+        real = os.path.join(real_root, step.name)
+        if step.is_symlink():
+            real = os.path.realpath(step.path)
+            if real in seen:
+                continue
+            seen.add(real)
         try:
             configs = sorted(
                 # (hidden: a folder being removed, see clean.remove_node_folder)
