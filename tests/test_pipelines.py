@@ -9,9 +9,11 @@ to the file named by its ``log`` field, so tests count the real calls wherever t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -34,6 +36,8 @@ import exca.graph
 import exca.graph.decisions
 import exca.graph.executors
 import exca.graph.scheduler
+import exca.ops
+from exca.graph import store
 from exca.graph.errors import NodeFailures
 from exca.graph.node import Value
 from exca.graph.planning import describe_inputs
@@ -1819,12 +1823,116 @@ def test_an_upstream_overwritten_in_place_is_computed_again_in_retry_mode(env: E
     with pytest.raises(UpstreamFailed) as info:
         exca.graph.run(total("cached"))
     assert "(UnpicklingError: invalid load key" in str(info.value)
-    told = f"the payload of upstream {up} was removed or damaged outside exca: that node in "
-    assert told + "mode='retry' computes it again" in str(info.value)
+    told = f"the payload of upstream {up} no longer decodes (changed outside exca"
+    assert told in str(info.value) and store.UPSTREAM_DECODE_FIX in str(info.value)
     assert env.starts("ramp") == 1 and env.starts("total") == 0
     exca.graph.run(total("retry"))
     assert env.starts("ramp") == 2 and env.starts("total") == 1
     assert total("cached").result().startswith("total(array")
+
+
+def _overwrite_payload(folder: Path | None) -> Path:
+    """The largest payload file of a cache folder, bytes overwritten in its opcodes, its
+    size unchanged (no stat tells)."""
+    assert folder is not None
+    payload = max((p for p in (folder / "data").iterdir() if p.is_file()), key=_size)
+    content = bytearray(payload.read_bytes())
+    content[2:66] = b"\xff" * 64
+    payload.write_bytes(bytes(content))
+    return payload
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size
+
+
+def test_a_plan_never_removes_an_upstream_that_no_longer_decodes(env: Env) -> None:
+    """plan, explain and status of a map whose items come from a task in mode retry whose
+    payload no longer decodes removed that task's result (they read it for the item
+    uids; a plan writes, deletes nor repairs nothing). They leave it; a run fails saying
+    what computes it again (a map's items: not that run)."""
+
+    def square(mode: str) -> exca.graph.Node:
+        return env.square().apply.node(env.numbers(2000, mode=mode).make.node())
+
+    exca.graph.run(square("cached"))
+    payload = _overwrite_payload(env.numbers(2000).infra.uid_folder())
+    exca.graph.plan(square("retry"))
+    exca.ops.explain(square("retry"))
+    square("retry").status()
+    assert payload.exists() and env.numbers(2000).infra.status() == "completed"
+    with pytest.raises(UpstreamFailed) as info:
+        exca.graph.run(square("retry"))
+    assert "no longer decodes" in str(info.value)
+    assert store.UPSTREAM_DECODE_FIX in str(info.value)
+    assert payload.exists() and env.starts("numbers2000") == 1
+    env.numbers(2000, mode="force").make()
+    exca.graph.run(square("cached"))
+    assert env.starts("numbers2000") == 2
+
+
+def _refuses(data: bytes) -> tp.Any:
+    raise pickle.UnpicklingError("this build cannot read a v2 state")
+
+
+class Refused:
+    """A value whose own unpickling raises pickle.UnpicklingError (a version check)."""
+
+    def __reduce__(self) -> tp.Any:
+        return (_refuses, (b"x" * 20_000,))  # (large: in a payload file)
+
+
+class MakesRefused(pydantic.BaseModel):
+    log: str
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("log",)
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def make(self) -> Refused:
+        append(self.log, {"name": "refused", "event": "start"})
+        return Refused()
+
+
+def test_a_reader_keeps_an_upstream_whose_own_unpickling_fails(env: Env) -> None:
+    """A good upstream result in mode retry whose value's own unpickling code raises
+    pickle.UnpicklingError was removed by the node reading it, and computed again by each
+    run: only a stream that no longer parses is damaged."""
+
+    def total() -> exca.graph.Node:
+        upstream = MakesRefused(log=env.log, infra=env.infra(mode="retry")).make.node()
+        return env.step("total").run.node(upstream)
+
+    exca.graph.run(MakesRefused(log=env.log, infra=env.infra()).make.node())
+    for _ in range(2):
+        with pytest.raises(UpstreamFailed, match="this build cannot read"):
+            exca.graph.run(total())
+    assert MakesRefused(log=env.log, infra=env.infra()).infra.status() == "completed"
+    assert env.starts("refused") == 1 and env.starts("total") == 0
+
+
+def test_a_reader_removes_only_the_damaged_entry_it_read(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node reading an upstream in mode retry whose payload no longer decodes removes it;
+    a good result another process wrote meanwhile (between its read and its removal) was
+    removed too (an unconditional delete). Now kept."""
+    ramp = Ramp(log=env.log, infra=env.infra())
+    ramp.make()
+    _overwrite_payload(ramp.infra.uid_folder())
+    original = store.drop_damaged
+
+    def written_meanwhile(node: exca.graph.Node, error: BaseException) -> None:
+        Ramp(log=env.log, infra=env.infra(mode="retry")).make()  # (another writer)
+        original(node, error)
+
+    monkeypatch.setattr(store, "drop_damaged", written_meanwhile)
+    upstream = Ramp(log=env.log, infra=env.infra(mode="retry")).make.node()
+    with contextlib.suppress(UpstreamFailed):  # (read before it was written again)
+        exca.graph.run(env.step("total").run.node(upstream))
+    assert env.starts("ramp") == 2  # (the first one, the other writer's)
+    assert Ramp(log=env.log, infra=env.infra()).infra.status() == "completed"
+    exca.graph.run(env.step("total").run.node(Ramp(log=env.log, infra=env.infra()).make.node()))
+    assert env.starts("ramp") == 2 and env.starts("total") == 1
 
 
 def test_an_upstream_result_of_a_class_renamed_since_is_named(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import exca
 from exca import ConfDict, MapInfra, TaskInfra
 from exca.cachedict import CacheDict
 from exca.infra.workdir import WorkDir
+from exca.storage.dumping import is_damaged_payload, load_pickle
 
 MODULE = __name__
 CALLS: list[tuple[str, int]] = []  # (method, param) of every computation below
@@ -880,6 +881,63 @@ def test_a_result_whose_own_unpickling_fails_is_not_taken_for_a_damaged_file(
             MakesUnloadable(infra={"folder": tmp_path, "mode": mode}).make()
         assert "damaged" not in "".join(getattr(info.value, "__notes__", []))
     assert _count("unloadable") == before + 1
+
+
+def _refuses() -> tp.Any:
+    raise pickle.UnpicklingError("this build cannot read a v2 state")
+
+
+class RefusesToLoad:
+    """A value whose own unpickling raises pickle.UnpicklingError (a version check, as
+    libraries do)."""
+
+    def __reduce__(self) -> tp.Any:
+        return (_refuses, ())
+
+
+class OtherState:
+    """A value whose pickled state the reader's class cannot take: pickle raises
+    UnpicklingError('state is not a dictionary'), as when the reader's code differs."""
+
+    def __reduce__(self) -> tp.Any:
+        return (OtherState, (), ("v2", 1))
+
+
+class MakesRefused(pydantic.BaseModel):
+    kind: str
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def make(self) -> tp.Any:
+        CALLS.append((f"refused-{self.kind}", 0))
+        return RefusesToLoad() if self.kind == "reduce" else OtherState()
+
+
+@pytest.mark.parametrize("kind", ["reduce", "state"])
+def test_an_unpickling_error_of_well_formed_bytes_is_not_damage(tmp_path: Path, kind: str) -> None:
+    """Every pickle.UnpicklingError counted as a damaged payload: a good result whose own
+    unpickling code raised it (or whose state the reader's class could not take) was
+    computed again by each call in mode retry. Only a stream that no longer parses is
+    damaged: the error is raised, the result stays."""
+    before = _count(f"refused-{kind}")
+    for mode in ("cached", "retry", "retry"):
+        with pytest.raises(pickle.UnpicklingError) as info:
+            MakesRefused(kind=kind, infra={"folder": tmp_path, "mode": mode}).make()
+        assert not is_damaged_payload(info.value)
+        assert "if its file was changed outside exca" in "".join(info.value.__notes__)
+    assert _count(f"refused-{kind}") == before + 1
+
+
+def test_load_pickle_marks_only_a_malformed_stream() -> None:
+    """A failed unpickling is damage only if its bytes do not parse as pickle opcodes."""
+    good = pickle.dumps(RefusesToLoad())
+    with pytest.raises(pickle.UnpicklingError) as info:
+        load_pickle(good)
+    assert not is_damaged_payload(info.value)
+    broken = good[:2] + b"\xff" * 8 + good[10:]
+    with pytest.raises(pickle.UnpicklingError) as info:
+        load_pickle(broken)
+    assert is_damaged_payload(info.value)
 
 
 YAML_FILES = ["config.yaml", "full-uid.yaml", "uid.yaml"]

@@ -292,13 +292,7 @@ def drop_damaged_or_raise(
     again); else it is raised (a damaged payload with a note saying what to do)."""
     if not is_damaged_payload(error):
         raise error  # (e.g. a cached error of the method, raised again)
-    damaged = []
-    for uid in dict.fromkeys(uids) if retry else ():
-        try:
-            cache[uid]
-        except Exception as failure:  # (a deleted key...: not a damaged payload)
-            if is_damaged_payload(failure):
-                damaged.append(uid)
+    damaged = _damaged_items(cache, uids) if retry else {}
     if not damaged:
         error.add_note(
             f"exca: a cached item of {where} cannot be read (its payload file is missing or "
@@ -312,27 +306,66 @@ def drop_damaged_or_raise(
         type(error).__name__,
         error,
     )
-    cache.delete_many(damaged)
+    _delete_if_unchanged(cache, damaged)
+
+
+def _damaged_items(cache: CacheDict[tp.Any], uids: tp.Iterable[str]) -> dict[str, tuple[str, int]]:
+    """The items whose payload is damaged (read again), with the entry read: a good
+    output written meanwhile by another process is at another place."""
+    damaged = {}
+    for uid in dict.fromkeys(uids):
+        entry = cache.entry(uid)
+        try:
+            cache[uid]
+        except Exception as failure:  # (a deleted key...: not a damaged payload)
+            if entry is not None and is_damaged_payload(failure):
+                damaged[uid] = (entry.file, entry.offset)
+    return damaged
+
+
+def _delete_if_unchanged(
+    cache: CacheDict[tp.Any], places: tp.Mapping[str, tuple[str, int]]
+) -> None:
+    """Delete the entries still where they were read (not one written meanwhile)."""
+    cache.refresh()
+    with cache.write():
+        for uid in not_replaced(cache, places, ()):
+            with contextlib.suppress(KeyError):  # (removed meanwhile by someone else)
+                del cache[uid]
+
+
+# set on a damaged payload error once its reader removed that payload (see drop_damaged)
+_DROPPED = "_exca_payload_dropped"
 
 
 def drop_damaged(node: Node, error: BaseException) -> None:
-    """A node in mode retry whose output a reader could not decode (its payload was
-    changed outside exca in a way no ``stat`` tells, e.g. overwritten at the same size):
-    its damaged outputs are removed, so that a run computes them again (as a call in mode
-    retry does on reading them)."""
+    """A node in mode retry whose output a task of a run could not decode (its payload
+    was changed outside exca in a way no ``stat`` tells, e.g. overwritten at the same
+    size): its damaged outputs are removed, so that the run computes them again (as a
+    call in mode retry does on reading them). Only the entries read, found damaged when
+    read again: not a good one another process wrote meanwhile."""
+    node.cache.refresh()
     if node.kind == "task":
-        logger.warning(
-            "The cached result of %s cannot be read (%s: %s): removed, to compute again "
-            "(mode=retry)",
-            node.uid,
-            type(error).__name__,
-            error,
-        )
-        with contextlib.suppress(KeyError):  # (removed meanwhile by someone else)
-            del node.cache[TASK_KEY]
+        damaged = _damaged_items(node.cache, [TASK_KEY])
+    else:
+        try:
+            damaged = _damaged_items(node.cache, map_item_uids(node))
+        except Exception:  # (its items cannot be read: nothing removed)
+            return
+    if not damaged:
         return
-    with contextlib.suppress(Exception):  # (nothing found damaged: the error is raised)
-        drop_damaged_or_raise(error, node.cache, map_item_uids(node), node.uid, retry=True)
+    logger.warning(
+        "%d cached output(s) of %s cannot be read (%s: %s): removed, to compute again (mode=retry)",
+        len(damaged),
+        node.uid,
+        type(error).__name__,
+        error,
+    )
+    if node.kind == "task":
+        drop_outcome(node.cache, damaged[TASK_KEY])
+    else:
+        _delete_if_unchanged(node.cache, damaged)
+    setattr(error, _DROPPED, True)
 
 
 # set on an error raised reading an upstream node's output (see worker.load_output): that
@@ -349,11 +382,16 @@ def unreadable_input(error: BaseException, named: bool = False) -> str:
     source: Node | None = getattr(error, INPUT_SOURCE, None)
     if source is None:
         return text
-    if is_damaged_payload(error) and source.mode == "retry":  # (see drop_damaged)
+    if getattr(error, _DROPPED, False):  # (see drop_damaged)
         return (
             f"{text}; the payload of upstream {source.uid} was damaged outside exca: "
             "removed, as that node is in mode='retry' (a waiting run computes it again, "
             "then this node; else the next run does)"
+        )
+    if is_damaged_payload(error) and not _stat_damaged(source):
+        return (
+            f"{text}; the payload of upstream {source.uid} no longer decodes (changed "
+            f"outside exca: found on reading it, never by a plan){UPSTREAM_DECODE_FIX}"
         )
     if is_damaged_payload(error):
         return (
@@ -371,6 +409,26 @@ def unreadable_input(error: BaseException, named: bool = False) -> str:
         if failed:
             return f"{text}; {item_errors(source, failed)}"
     return text if named else f"{text}; reading the output of upstream {source.uid}"
+
+
+# what computes again an upstream output that no longer decodes (a plan reads no payload:
+# only a task of a run reading it removes it, or a call of that node in mode retry)
+UPSTREAM_DECODE_FIX = (
+    "; mode='retry' on that upstream config's own infra computes it again in a run where a "
+    "task reads it (not a map taking its items from it), or in its own call; mode='force' "
+    "on it always does"
+)
+
+
+def _stat_damaged(source: Node) -> bool:
+    """Whether a node's damaged outputs are found by a stat (removed, cut short), as a
+    plan in mode retry finds them (not bytes overwritten in place)."""
+    try:
+        if source.kind == "task":
+            return source.cache.payload_present(TASK_KEY) is False
+        return bool(source.cache.damaged(map_item_uids(source)))
+    except Exception:  # (cannot tell)
+        return True
 
 
 def item_errors(source: Node, failed: tp.Sequence[str]) -> str:

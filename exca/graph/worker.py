@@ -301,13 +301,15 @@ def _wait_message(node: Node) -> tp.Callable[[dict[str, Owner]], None]:
     return on_wait
 
 
-def load_output(source: Node | Value | Group) -> tp.Any:
+def load_output(source: Node | Value | Group, drop_damaged: bool = False) -> tp.Any:
     """What an input receives: a value, a task's result, a map's outputs (in order), or
-    the list of these for a group."""
+    the list of these for a group. ``drop_damaged``: a task of a run reads it (never a
+    plan, explain or status): an upstream output in mode retry that no longer decodes is
+    removed, for the run to compute it again."""
     if isinstance(source, Value):
         return source.value
     if isinstance(source, Group):
-        outputs = [load_output(s) for s in source.sources]
+        outputs = [load_output(s, drop_damaged) for s in source.sources]
         return outputs if source.keys is None else dict(zip(source.keys, outputs))
     try:
         if source.kind == "map":
@@ -323,13 +325,13 @@ def load_output(source: Node | Value | Group) -> tp.Any:
     except Exception as error:  # (which upstream node, for the reader's message)
         if getattr(error, store.INPUT_SOURCE, None) is None:
             setattr(error, store.INPUT_SOURCE, source)
-            if source.mode == "retry" and is_damaged_payload(error):
+            if drop_damaged and source.mode == "retry" and is_damaged_payload(error):
                 store.drop_damaged(source, error)  # (the run computes it again)
         raise
 
 
 def _inputs(node: Node) -> dict[str, tp.Any]:
-    return {name: load_output(source) for name, source in node.inputs}
+    return {name: load_output(source, drop_damaged=True) for name, source in node.inputs}
 
 
 def _run_task(unit: Unit) -> Report:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import math
 import os
-import pickle
 import typing as tp
 
 import orjson
@@ -18,6 +17,7 @@ from .dumping import (
     DumpContext,
     delete_file,
     dumps_pickle,
+    load_pickle,
     payload_path,
 )
 from .files import finish_write
@@ -409,7 +409,7 @@ class NumpyScalar:
         cls, ctx: DumpContext, d: str = "", b: str = "", p: str | None = None
     ) -> tp.Any:
         if p is not None:
-            return pickle.loads(base64.b64decode(p))
+            return load_pickle(base64.b64decode(p))
         if not d or not b:
             raise DamagedRecord("a NumpyScalar record holds 'd' and 'b', or 'p': not here")
         import numpy as np

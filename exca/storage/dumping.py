@@ -13,6 +13,7 @@ cachederror.py.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -20,6 +21,7 @@ import logging
 import mmap
 import os
 import pickle
+import pickletools
 import sys
 import threading
 import typing as tp
@@ -84,16 +86,13 @@ _DAMAGED = "exca_damaged_payload"
 
 def mark_if_damaged(error: BaseException, folder: Path | None) -> None:
     """Mark an error raised while loading an entry of ``folder`` if it says that a payload
-    file is missing, cut short, or does not decode as a pickle (not an error of the
-    value's own unpickling code)."""
+    file is missing or cut short (by its message: not an error of the value's own
+    unpickling code)."""
     if isinstance(error, FileNotFoundError):
         inside = str(folder) + os.sep
         damaged = folder is not None and str(error.filename or "").startswith(inside)
-    elif isinstance(error, pickle.UnpicklingError):
-        # (pickle's reader says so of any stream it cannot decode: cut short, or bytes
-        # overwritten in place; a value's own unpickling code raises other errors)
-        damaged = True
-    elif type(error) in (EOFError, ValueError):
+    elif type(error) in (pickle.UnpicklingError, EOFError, ValueError):
+        # (a stream that no longer parses is marked where it is read: see load_pickle)
         damaged = str(error).startswith(_CUT_SHORT)
     else:
         damaged = isinstance(error, DamagedPayload)
@@ -105,6 +104,33 @@ def mark_damaged(error: BaseException) -> None:
     """Mark an error as saying that an entry's payload was removed, cut short, or does not
     decode."""
     setattr(error, _DAMAGED, True)
+
+
+def load_pickle(source: bytes | tp.BinaryIO) -> tp.Any:
+    """Unpickle a payload; an UnpicklingError is marked damaged only if the stream itself
+    is malformed (bytes overwritten in place, cut short): pickle raises the same error
+    when a well-formed stream's code fails (a value's own ``__setstate__``, or a reader
+    whose class differs from the writer's), and such a result is not damaged."""
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        return pickle.load(stream)
+    except pickle.UnpicklingError as error:
+        with contextlib.suppress(OSError):  # (not seekable: left unmarked)
+            stream.seek(0)
+            if not well_formed_pickle(stream):
+                mark_damaged(error)
+        raise
+
+
+def well_formed_pickle(stream: tp.BinaryIO) -> bool:
+    """Whether a stream parses as pickle opcodes up to its STOP (pickletools runs none of
+    the code the stream names)."""
+    try:
+        for _ in pickletools.genops(stream):
+            pass
+    except Exception:  # (opcode unknown, stream exhausted...)
+        return False
+    return True
 
 
 def is_damaged_payload(error: BaseException) -> bool:

@@ -6,7 +6,6 @@ See dumping.py for what a format is; importing this module registers them all.""
 from __future__ import annotations
 
 import base64
-import pickle
 import typing as tp
 import warnings
 
@@ -24,6 +23,7 @@ from .dumping import (
     DumpOptions,
     delete_file,
     dumps_pickle,
+    load_pickle,
     payload_path,
 )
 
@@ -128,7 +128,7 @@ def _fresh(value: tp.Any) -> tp.Any:
 
 def load_inline(ctx: DumpContext, info: dict[str, tp.Any]) -> tp.Any:
     if "p" in info and info["#type"] == "Result":
-        return pickle.loads(base64.b64decode(info["p"]))
+        return load_pickle(base64.b64decode(info["p"]))
     if "v" in info and "f" not in info:
         return _fresh(info["v"])
     handler = DumpContext.handler(info["#type"])
@@ -178,7 +178,7 @@ class Pickle:
     @classmethod
     def __load_from_info__(cls, ctx: DumpContext, filename: str) -> tp.Any:
         with open(payload_path(ctx.folder, filename), "rb") as handle:
-            return pickle.load(handle)
+            return load_pickle(handle)
 
     @classmethod
     def __delete_info__(cls, ctx: DumpContext, filename: str) -> None:
@@ -471,7 +471,7 @@ class Result:
         p: str | None = None,
     ) -> tp.Any:
         if p is not None:
-            return pickle.loads(base64.b64decode(p))
+            return load_pickle(base64.b64decode(p))
         if filename is None:
             if v is _NONE:
                 raise DamagedRecord("a Result record holds 'v', 'p' or 'filename': none here")
