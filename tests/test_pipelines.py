@@ -36,6 +36,7 @@ import exca.graph
 import exca.graph.decisions
 import exca.graph.executors
 import exca.graph.scheduler
+import exca.graph.worker
 import exca.ops
 from exca.graph import store
 from exca.graph.errors import NodeFailures
@@ -1933,6 +1934,19 @@ def test_a_reader_removes_only_the_damaged_entry_it_read(
     assert Ramp(log=env.log, infra=env.infra()).infra.status() == "completed"
     exca.graph.run(env.step("total").run.node(Ramp(log=env.log, infra=env.infra()).make.node()))
     assert env.starts("ramp") == 2 and env.starts("total") == 1
+
+
+def test_check_upstream_says_whose_mode_retries_an_upstream_error(env: Env) -> None:
+    """What a detached array element raises when its upstream holds an error said
+    "mode='retry' computes it again" (the reader's own mode retries nothing upstream)."""
+    upstream = env.step("up", fail_flag=str(env.tmp / "fail")).run.node()
+    (env.tmp / "fail").touch()
+    with pytest.raises(Exception, match="fails on purpose"):
+        exca.graph.run(upstream)
+    with pytest.raises(UpstreamFailed) as info:
+        exca.graph.worker.check_upstream(env.step("down").run.node(upstream))
+    told = "; mode='retry' on that upstream config's own infra computes it again"
+    assert told in str(info.value)
 
 
 def test_an_upstream_result_of_a_class_renamed_since_is_named(tmp_path: Path) -> None:

@@ -213,6 +213,8 @@ def _note_items(node: Node, uids: list[str]) -> None:
 def check_upstream(node: Node) -> None:
     """Raise UpstreamFailed unless every upstream task's result is in the cache (an
     element of a detached array starts after its upstream jobs, whatever they did)."""
+    from .decisions import UPSTREAM_RETRY_COMPUTES  # (the plan's wording: whose mode)
+
     for source in node.upstream:
         if source.kind != "task":
             continue
@@ -220,7 +222,7 @@ def check_upstream(node: Node) -> None:
         if state != "done":
             why = (state == "missing" and _recomputed_meanwhile(source)) or (
                 f"upstream {source.uid} holds an error (exca.ops.explain or its call shows "
-                "it; mode='retry' computes it again)"
+                f"it){UPSTREAM_RETRY_COMPUTES} it again"
                 if state == "error"
                 else f"upstream {source.uid} is missing"
             )
