@@ -888,7 +888,7 @@ def test_a_forced_job_cancelled_before_it_started_says_so(
     said = (
         rf"job {job.job_id} was cancelled before it started \(state CANCELLED.*\): the "
         rf"forced computation did not happen; the result cached now is an earlier one "
-        rf"\(of job {first.job_id}\), not a forced one"
+        rf"\(of job {first.job_id}, submitted before it\), not a forced one"
     )
     with pytest.raises(JobFailedError, match=said):
         job.result()
@@ -913,6 +913,76 @@ def test_a_forced_job_cancelled_before_it_started_says_so(
 
 
 @pytest.mark.timeout(300)
+def test_a_result_computed_after_a_cancelled_forced_job_counts_as_the_forced_one(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    """A forced job cancelled before it started, then the config computed again: inline
+    by another instance in mode retry, the forced instance kept raising that the result
+    was "an earlier one (of a computation without a job)"; by a later job K, the forced
+    job's result() called K's result "an earlier one (of job K)" while the forced
+    instance's call returned it."""
+    import subprocess
+
+    held = {"slurm_additional_parameters": {"begin": "now+600"}}
+    assert task(tmp_path, ctl, slurm_cluster, x=6).process() == 18
+    forced = task(tmp_path, ctl, slurm_cluster, x=6, mode="force", **held)
+    job = forced.infra.job()
+    subprocess.run(["scancel", job.job_id], check=True, timeout=30)
+    with pytest.raises(JobFailedError, match="the result it replaces was removed"):
+        job.result()
+    inline = SlurmTask(x=6, ctl=str(ctl), infra={"folder": tmp_path / "cache", "mode": "retry"})
+    assert inline.process() == 18  # (computed after the force: it counts)
+    assert forced.infra.status() == "completed" and forced.process() == 18
+    assert job.result() == 18 and forced.infra.job().result() == 18
+    # again, the config computed since by a later job
+    forced = task(tmp_path, ctl, slurm_cluster, x=6, mode="force", **held)
+    job = forced.infra.job()
+    subprocess.run(["scancel", job.job_id], check=True, timeout=30)
+    later = task(tmp_path, ctl, slurm_cluster, x=6, mode="retry").infra.job()
+    assert int(later.job_id) > int(job.job_id) and later.result() == 18
+    assert job.result() == 18 and job.state == "COMPLETED"
+    assert forced.process() == 18 and forced.infra.status() == "completed"
+    assert len(lines(ctl / "calls.txt")) == 3  # (the forced jobs computed nothing)
+
+
+class SlurmParent(pydantic.BaseModel):
+    sub: SlurmTask
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return self.sub.process() + 1000
+
+
+@pytest.mark.timeout(300)
+def test_a_job_forced_by_its_sub_config_and_cancelled_names_what_was_forced(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    """A parent's job replacing its result because its sub-config is in mode force,
+    cancelled before it started: its result() said the parent was not computed again
+    "(mode='force')" and that "a new instance in mode='force'" computes it, though the
+    parent is not in that mode."""
+    import subprocess
+
+    folder = tmp_path / "cache"
+    sub = SlurmTask(x=3, ctl=str(ctl), infra={"folder": folder})
+    assert SlurmParent(sub=sub, infra={"folder": folder}).process() == 1009
+    forced = SlurmTask(x=3, ctl=str(ctl), infra={"folder": folder, "mode": "force"})
+    held = {"slurm_additional_parameters": {"begin": "now+600"}}
+    infra = {"folder": folder, "cluster": "slurm", **resources(slurm_cluster), **held}
+    parent = SlurmParent(sub=forced, infra=infra)
+    job = parent.infra.job()
+    subprocess.run(["scancel", job.job_id], check=True, timeout=30)
+    with pytest.raises(JobFailedError) as info:
+        job.result()
+    said = str(info.value)
+    assert f"not computed again (its upstream {forced.process.node().uid} is in " in said
+    assert "mode='force'): job" in said and "the forced computation did not happen" in said
+    assert said.endswith("nothing is cached (use mode='retry' to recompute)"), said
+    assert "new instance in mode='force'" not in said
+
+
+@pytest.mark.timeout(300)
 def test_a_detached_forced_job_cancelled_before_it_started_is_not_its_result(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
 ) -> None:
@@ -931,7 +1001,7 @@ def test_a_detached_forced_job_cancelled_before_it_started_is_not_its_result(
     subprocess.run(["scancel", *ids], check=True, timeout=30)
     (ctl / "block").unlink()
     assert first.result() == 15
-    said = rf"job {ids[0]} was cancelled before it started.*earlier one \(of job {first.job_id}\)"
+    said = rf"job {ids[0]} was cancelled before it started.*earlier one \(of job {first.job_id},"
     with pytest.raises(JobFailedError, match=said):
         node.result()
     with pytest.raises(JobFailedError, match=said):

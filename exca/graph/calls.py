@@ -94,12 +94,12 @@ def task_status(node: Node) -> tp.Literal["not submitted", "running", "completed
         if state == "done" and node.cache.payload_present(TASK_KEY) is False:
             return "failed"
     if node.force_state.get("job") is not None:  # (this instance's force went to a job)
-        from .decisions import failed_forcing_job, forcing_job
+        from .decisions import forcing_job
 
-        if forcing_job(node) is not None:
-            return "running"  # (what is cached meanwhile is an earlier job's)
-        if failed_forcing_job(node) is not None:
-            return "failed"  # (the force did not happen: see Job.result)
+        own = forcing_job(node)
+        if own is not None:  # running (what is cached meanwhile is an earlier job's), or
+            # ended without computing: the force did not happen (see Job.result)
+            return "running" if own[1] else "failed"
     if state == "done":
         if not any(n.pending_force for n in node.closure):
             try:  # (as a call does: a result of other class defaults is not this one's)
@@ -243,12 +243,12 @@ def task_job(node: Node) -> Job:
     # this node too, as in an eager call
     forcing = any(n.pending_force for n in node.closure)
     if node.force_state.get("job") is not None:  # (this instance's force went to a job)
-        from .decisions import failed_forcing_job, forcing_job
+        from .decisions import forcing_job
 
         # (still running, or ended without computing: what is cached is not its result)
-        own = forcing_job(node) or failed_forcing_job(node)
+        own = forcing_job(node)
         if own is not None:
-            return Job(node, recorded_handle(own), replaces=True)
+            return Job(node, recorded_handle(own[0]), replaces=True)
     if not forcing and (reusable or (record is not None and registry.is_active(record))):
         if reusable:
             with restoring_files():

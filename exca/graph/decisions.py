@@ -13,7 +13,7 @@ import typing as tp
 from ..storage import gcpause
 from ..storage.cachederror import record_line
 from . import callers, executors, registry, store
-from .errors import JobFailedError, UpstreamFailed, force_not_done, read_only_error, retry_hint
+from .errors import JobFailedError, UpstreamFailed, read_only_error, retry_hint
 from .node import TASK_KEY, Group, Node
 
 Key = tuple[str, str]
@@ -379,14 +379,15 @@ class Graph:
         state = store.task_state(node, refresh=True)
         run.folder_absent = node.cache.folder_absent and node.cache.folder == node.folder
         read_only = node.mode == "read-only"  # (never computes, even below a forced node)
+        own = forcing_job(node)  # (this instance's forcing job, running or ended)
         if forced and not read_only:
             run.action = "force"
             run.reason = "mode=force" if node.pending_force else "forced by upstream"
-        elif (failed := failed_forcing_job(node)) is not None:
+        elif own is not None and not own[1]:
             # (what is cached is not the forced result: an earlier job's, or nothing)
             run.action, run.holds_error = "fail", True
-            run.reason = f"its forcing job {failed.job_id} ended without computing it"
-            run.error = force_failure(node, failed)
+            run.reason = f"its forcing job {own[0].job_id} ended without computing it"
+            run.error = force_failure(node, own[0])
         elif state == "done" and node.mode == "retry" and store.result_damaged(node):
             run.action = "retry"
             run.reason = "its cached result cannot be read (removed or damaged outside exca)"
@@ -401,10 +402,11 @@ class Graph:
                 "its cached result cannot be read (its file was removed or damaged outside "
                 f"exca){RETRY_COMPUTES} it again"
             )
-        elif state == "done" and not _forcing_job_runs(run):
+        elif state == "done" and own is None:
             _reuse(run)
-        elif state == "done":
-            pass  # (waits for the job this instance's force submitted)
+        elif state == "done" and own is not None:  # (waits for this instance's forcing job)
+            run.action, run.reason = "wait", f"forced: {registry.as_jobs([own[0].job_id])}"
+            run.handles = [executors.recorded_handle(own[0])]
         elif state == "error" and upstream_failed(node) and not read_only:
             run.action, run.reason = "retry", "its upstream failed last time"
         elif state == "error":
@@ -796,46 +798,44 @@ def _unreadable_result(node: Node) -> BaseException | None:
     return None  # (it read fine after all: e.g. written again meanwhile)
 
 
-def forcing_job(node: Node) -> registry.JobRecord | None:
+def forcing_job(node: Node) -> tuple[registry.JobRecord, bool] | None:
     """The job carrying out this instance's mode=force (submitted by its ``job()`` or a
-    detached run) while it is queued or running: what is cached meanwhile is not its
-    result (an earlier job may write one after it was submitted)."""
-    found = _forcing_job(node)
-    return found[0] if found is not None and found[1] else None
+    detached run), and whether it is queued or running (what is cached meanwhile is not
+    its result: an earlier job may write one after it was submitted); ended, it is
+    returned while what is cached is not a forced result (``jobs.not_forced``: the force
+    did not happen, see ``force_failure``). None once it ended having computed, or once
+    the cache holds a result computed since: calls take the fast path again."""
+    from .jobs import not_forced
 
-
-def failed_forcing_job(node: Node) -> registry.JobRecord | None:
-    """This instance's forcing job, ended without computing (cancelled before it started,
-    killed before writing): the force did not happen, whatever is cached (see
-    ``force_failure``)."""
-    found = _forcing_job(node)
-    return found[0] if found is not None and not found[1] else None
-
-
-def _forcing_job(node: Node) -> tuple[registry.JobRecord, bool] | None:
-    """This instance's forcing job, and whether it is queued or running; None once it
-    ended having computed (or was replaced by a later job): calls take the fast path."""
     job_id = node.force_state.get("job")
     if job_id is None or node.folder is None:
         return None
-    record = registry.latest(node.folder)
-    if record is not None and record.job_id == job_id:
-        if registry.is_active(record):
-            return record, True
-        # (its worker wrote what is cached, or its python ended well; mode retry set
-        # since: that mode's rules apply)
-        computed = store.computed_by(node) == job_id or registry.wrote_outcome(record)
-        if not computed and node.mode != "retry":
-            return record, False
+    records = registry.read_all(node.folder)
+    own = next((r for r in records if r.job_id == job_id), None)
+    if own is not None:
+        later = [r for r in records if r.submitted > own.submitted]
+        slurm = [r.job_id for r in [own, *later] if r.cluster == "slurm"]
+        queued = registry.queued_jobs(slurm) if slurm else set()  # (one squeue look)
+        if registry.is_active(own, queued):
+            return own, True
+        if any(registry.is_active(r, queued) for r in later):
+            return None  # (a later job computes it: followed as any job; then judged)
+        # (mode retry set since: that mode's rules apply)
+        if (
+            node.mode != "retry"
+            and not registry.wrote_outcome(own)
+            and not_forced(node, job_id, records) is not None
+        ):
+            return own, False
     node.force_state.pop("job", None)
     return None
 
 
 def force_failure(node: Node, record: registry.JobRecord) -> JobFailedError:
     """The error of a forced instance whose forcing job ended without computing."""
-    how = executors.recorded_handle(record).ended_how()
-    missing = store.task_state(node) == "missing"
-    return JobFailedError(force_not_done(node.uid, how, store.computed_by(node), missing))
+    from .jobs import force_failure
+
+    return force_failure(node, executors.recorded_handle(record))
 
 
 def retrying_jobs(
@@ -880,16 +880,6 @@ def wait_for_map_jobs(run: NodeRun, active: list[registry.JobRecord]) -> None:
     elif run.action == "retry":  # (its cached errors: retried once they end, see gets_own_job)
         run.resume = "retry"
     run.action = "wait"
-
-
-def _forcing_job_runs(run: NodeRun) -> bool:
-    """Whether this instance's forcing job runs: the run then waits for it."""
-    record = forcing_job(run.node)
-    if record is None:
-        return False
-    run.action, run.reason = "wait", f"forced: {registry.as_jobs([record.job_id])}"
-    run.handles = [executors.recorded_handle(record)]
-    return True
 
 
 def gets_own_job(run: NodeRun, off_slurm: bool) -> bool:

@@ -29,19 +29,29 @@ def retry_hint(how: str) -> str:
     return f"{first} (use mode='retry' to recompute){newline}{rest}"
 
 
-def force_not_done(uid: str, how: str, cached: str | None, missing: bool) -> str:
+def force_not_done(uid: str, how: str, earlier: str, upstream: str | None = None) -> str:
     """What a forced job that ended without computing (e.g. cancelled before it started)
-    says: the force did not happen, and what the cache holds instead (``cached``: the job
-    that wrote it; ``missing``: nothing, removed when the forced job was submitted)."""
-    if missing:
+    says: the force did not happen, and what the cache holds instead (``earlier``: the
+    job submitted before it that wrote what is cached; "": nothing, removed when the
+    forced job was submitted). ``upstream``: the forced sub-config that made this config
+    forced (None: this config's own mode='force')."""
+    if not earlier:
         now = "the result it replaces was removed when it was submitted: nothing is cached"
     else:
-        by = f"job {cached}" if cached else "a computation without a job"
-        now = f"the result cached now is an earlier one (of {by}), not a forced one"
+        now = (
+            f"the result cached now is an earlier one (of job {earlier}, submitted before it),"
+            " not a forced one"
+        )
+    if upstream is None:
+        why, again = "mode='force'", "a new instance in mode='force' computes it again"
+    else:  # (this config is not in mode force: what was forced is upstream; it was
+        # recomputed, this one was not: mode retry computes it with that new result)
+        why = f"its upstream {upstream} is in mode='force'"
+        again = "use mode='retry' to recompute"
     first, newline, rest = how.partition("\n")
     return (
-        f"{uid} not computed again (mode='force'): {first}: the forced computation did not "
-        f"happen; {now} (a new instance in mode='force' computes it again){newline}{rest}"
+        f"{uid} not computed again ({why}): {first}: the forced computation did not "
+        f"happen; {now} ({again}){newline}{rest}"
     )
 
 

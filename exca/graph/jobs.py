@@ -18,6 +18,48 @@ if tp.TYPE_CHECKING:
 _FAILED_STATES = ("CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "FAILED")
 
 
+NOTHING_CACHED = ""  # (not_forced: the forced job's predecessor was removed, nothing since)
+
+
+def not_forced(
+    node: Node, job_id: str, records: list[registry.JobRecord] | None = None
+) -> str | None:
+    """Why what is cached is not the result of the forcing job ``job_id`` (ended, or
+    not): NOTHING_CACHED, or the id of the job submitted before it that wrote it (running
+    when the force was asked, it wrote after the forced job removed the result it
+    replaces). None: the cached outcome counts, written by that job or after the force (a
+    later job, or a computation without a job, e.g. inline in mode retry)."""
+    if store.task_state(node) == "missing":
+        return NOTHING_CACHED
+    by = store.computed_by(node)
+    if by is None or by == job_id:
+        return None
+    if records is None:
+        records = registry.read_all(node.folder)
+    submitted = {r.job_id: r.submitted for r in records}
+    if by in submitted and job_id in submitted:
+        return by if submitted[by] < submitted[job_id] else None
+    # (a record removed since: Slurm numbers its jobs in the order they were submitted;
+    # local ids are pids: unknown, it counts)
+    ours, theirs = (j.split("_")[0] for j in (job_id, by))
+    cluster = next((r.cluster for r in records if r.job_id == job_id), "slurm")
+    if cluster == "slurm" and ours.isdigit() and theirs.isdigit() and int(theirs) < int(ours):
+        return by
+    return None
+
+
+def force_failure(node: Node, handle: Handle, earlier: str | None = None) -> JobFailedError:
+    """The error of a forced instance whose forcing job ended without computing, while
+    what is cached is not a forced result (``earlier``: see ``not_forced``)."""
+    if earlier is None:
+        earlier = not_forced(node, handle.job_id) or NOTHING_CACHED
+    # (forced by a sub-config in mode force: that one is named, not this config's mode)
+    upstream = next((n.uid for n in node.closure[1:] if n.mode == "force"), None)
+    if node.mode == "force":
+        upstream = None
+    return JobFailedError(force_not_done(node.uid, handle.ended_how(), earlier, upstream))
+
+
 class Job:
     """The job computing a task node (or a finished/cached one)."""
 
@@ -98,14 +140,14 @@ class Job:
 
     def _forced_nothing(self) -> bool:
         """A forced job that ended without computing (cancelled before it started, killed
-        before writing): what is cached, if anything, is not its outcome (an earlier job
-        may have written it after this one was submitted)."""
+        before writing) while what is cached is not a forced result (see
+        ``not_forced``)."""
         handle = self.handle
         if not self.replaces or handle is None or handle.cluster not in ("slurm", "local"):
             return False  # (not a job whose worker records its id: see store.computed_by)
-        if not handle.done():
+        if not handle.done() or handle.finished_ok():
             return False
-        return store.computed_by(self.node) != self.job_id and not handle.finished_ok()
+        return not_forced(self.node, self.job_id) is not None
 
     def _live_state(self) -> str:
         """PENDING while Slurm's queue holds the job, SUSPENDED while it is suspended
@@ -153,9 +195,7 @@ class Job:
                 return Job(self.node, successor).result()
         if self._forced_nothing():
             assert self.handle is not None
-            how = self.handle.ended_how()
-            cached = store.computed_by(self.node)
-            raise JobFailedError(force_not_done(self.node.uid, how, cached, missing))
+            raise force_failure(self.node, self.handle)
         if missing:
             from .executors import ClaimHandle
 
