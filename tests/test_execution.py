@@ -2892,3 +2892,39 @@ def test_a_multi_task_job_whose_rank_zero_dies_ends(tmp_path: Path) -> None:
     assert task.infra.status() == "failed"
     logs = list((tmp_path / "cache").glob("*/logs/*/*/*_1_log.err"))
     assert logs and "stops following rank 0's calls" in logs[0].read_text()
+
+
+def test_the_end_of_a_big_log_is_quoted_without_reading_it_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The end of a job's log an error quotes was read from the whole file: a 400 MB
+    log took seconds and 1.6 GB of memory (here a log that does not read whole)."""
+    import types
+
+    from exca.graph.executors import RecordedLocalHandle, SubmititHandle
+
+    log = tmp_path / "1_0_log.err"
+    with open(log, "w") as f:
+        f.write("epoch 1 step 123 loss 0.123456\n" * 30_000)
+        f.write("Segmentation fault (core dumped)\n")
+    whole = (Path.read_text, Path.read_bytes)
+
+    def refuse(kind: int) -> tp.Callable[..., tp.Any]:
+        def read(path: Path, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+            if path == log:
+                raise MemoryError(f"{path} is too big to read whole")
+            return whole[kind](path, *args, **kwargs)
+
+        return read
+
+    monkeypatch.setattr(Path, "read_text", refuse(0))
+    monkeypatch.setattr(Path, "read_bytes", refuse(1))
+    job = types.SimpleNamespace(job_id="1", paths=types.SimpleNamespace(stderr=log))
+    said = SubmititHandle(job, "slurm")._log_said(tail=True)
+    assert said.startswith(f"; its log: {log}\nthe end of that log:\n")
+    assert said.splitlines()[-1] == "    Segmentation fault (core dumped)"
+    assert len(said.splitlines()) == 2 + 10  # (its last 10 lines)
+    record = types.SimpleNamespace(job_id="1", stderr=log, cluster="local")
+    how = RecordedLocalHandle(record).ended_how()
+    assert how.startswith("local job 1 ended without writing its result")
+    assert how.endswith("Segmentation fault (core dumped)\n")

@@ -527,7 +527,7 @@ class SubmititHandle(Handle):
         it wrote none."""
         try:
             path = Path(self.job.paths.stderr)
-            text = path.read_text(errors="replace") if tail else None
+            text = read_tail(path) if tail else None
         except Exception:  # (no log: e.g. the job never started)
             return ""
         if text is None:
@@ -588,7 +588,7 @@ class RecordedLocalHandle(Handle):
                 error = job.exception()
         if error is not None:
             return "local " + job_raised(self.job_id, error, stderr)
-        tail = stderr.read_text(errors="replace")[-1500:] if stderr.exists() else ""
+        tail = read_tail(stderr)[-TAIL_CHARS:] if stderr.exists() else ""
         return (f"local job {self.job_id} ended without writing its result: {_DIED}") + (
             f"; the end of its stderr: {tail}" if tail else ""
         )
@@ -601,6 +601,15 @@ class RecordedLocalHandle(Handle):
 
 
 TAIL_LINES, TAIL_CHARS = 10, 1500  # the end of a job's log an error quotes
+TAIL_BYTES = 16 * 1024  # what is read of a log to quote its end (TAIL_CHARS, even in UTF-8)
+
+
+def read_tail(path: Path, size: int = TAIL_BYTES) -> str:
+    """The last ``size`` bytes of a file, decoded: a job's log may be gigabytes (raises
+    OSError when it is not there)."""
+    with open(path, "rb") as handle:
+        handle.seek(max(0, os.fstat(handle.fileno()).st_size - size))
+        return handle.read().decode(errors="replace")
 
 
 def log_tail(text: str) -> str:
@@ -1003,9 +1012,7 @@ def _cancelled_local_job(job_id: str, stderr: Path) -> str | None:
     SIGINT (its log's last line says so; not worth its traceback)."""
     if not stderr.exists():
         return None
-    with open(stderr, "rb") as handle:
-        handle.seek(max(0, os.path.getsize(stderr) - 200))
-        last = handle.read().decode(errors="replace").strip().rsplit("\n", 1)[-1]
+    last = read_tail(stderr, 200).strip().rsplit("\n", 1)[-1]
     if last.strip() != "KeyboardInterrupt":
         return None
     return f"local job {job_id} was cancelled (interrupted by SIGINT, which job.cancel() sends)"
