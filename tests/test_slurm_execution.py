@@ -983,6 +983,32 @@ def test_a_job_forced_by_its_sub_config_and_cancelled_names_what_was_forced(
 
 
 @pytest.mark.timeout(300)
+def test_a_requeued_job_cancelled_while_pending_again_had_started(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    """A job that ran, was requeued, then cancelled while pending: sacct -X shows only
+    its last run (no node), so it was said "cancelled before it started", without its
+    log."""
+    import subprocess
+
+    (ctl / "block").touch()
+    obj = task(tmp_path, ctl, slurm_cluster, x=9)
+    job = obj.infra.job()
+    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
+    subprocess.run(["scontrol", "requeue", job.job_id], check=True, timeout=30)
+    wait_until(lambda: registry.queue_state(job.job_id) == "PENDING")
+    subprocess.run(["scancel", job.job_id], check=True, timeout=30)
+    wait_until(lambda: sacct_states([job.job_id]).get(job.job_id, "").startswith("CANCELLED"))
+    assert registry.slurm_exit(job.job_id) != registry.NEVER_STARTED
+    log = job.submitit_job.paths.stderr
+    said = rf"job {job.job_id} was cancelled \(state CANCELLED.*\); its log: {re.escape(str(log))}"
+    with pytest.raises(JobFailedError, match=said):
+        job.result()
+    with pytest.raises(JobFailedError, match=said):
+        task(tmp_path, ctl, slurm_cluster, x=9).process()
+
+
+@pytest.mark.timeout(300)
 def test_a_detached_forced_job_cancelled_before_it_started_is_not_its_result(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
 ) -> None:

@@ -514,6 +514,9 @@ class SubmititHandle(Handle):
         look read with the state."""
         from .registry import NEVER_STARTED, NO_NODE
 
+        with contextlib.suppress(Exception):
+            if Path(self.job.paths.stderr).exists():
+                return False  # (it ran, e.g. then requeued and cancelled while pending)
         if how is not None:
             return how == NEVER_STARTED
         try:

@@ -491,15 +491,16 @@ def slurm_job_alive(job_id: str) -> bool | None:
     return alive
 
 
-def _sacct(fields: str, job_ids: tp.Sequence[str]) -> list[list[str]]:
+def _sacct(fields: str, job_ids: tp.Sequence[str], runs: bool = False) -> list[list[str]]:
     """``sacct`` rows (one per job, array elements included) of these jobs' arrays, with
-    the given comma-separated fields; no rows when sacct cannot answer."""
+    the given comma-separated fields; no rows when sacct cannot answer. With ``runs``,
+    one row per run of a requeued job (``-D``), oldest first."""
     import subprocess
 
     base = ",".join(sorted({j.split("_")[0] for j in job_ids}))
     try:
         out = subprocess.run(
-            ["sacct", "-n", "-X", "-P", "-o", fields, "-j", base],
+            ["sacct", "-n", "-X", "-P", *(["-D"] if runs else []), "-o", fields, "-j", base],
             capture_output=True,
             text=True,
             timeout=30,
@@ -518,24 +519,28 @@ NEVER_STARTED = "it never started (Slurm gave it no node)"
 def slurm_exit(job_id: str) -> str:
     """How a Slurm job's process ended, in words ("" when sacct does not say;
     NEVER_STARTED for a job that never got a node, e.g. cancelled while pending)."""
-    rows = [r for r in _sacct("JobID,ExitCode,NodeList", [job_id]) if r[0] == job_id]
-    return _ending_words(rows[0][1], rows[0][2]) if rows else ""
+    found = _endings([job_id])
+    return found[job_id][1] if job_id in found else ""
 
 
 def slurm_endings(job_ids: tp.Sequence[str]) -> dict[str, tuple[str, str]]:
     """State and exit (``slurm_exit``'s words) of ended Slurm jobs, with ONE ``sacct``
     call (a plan describing many dead jobs would otherwise make two calls per job)."""
-    if not job_ids:
-        return {}
-    found = {
-        job: (state.strip(), _ending_words(code, nodes))
-        for job, state, code, nodes in _sacct("JobID,State,ExitCode,NodeList", job_ids)
-    }
+    return _endings(job_ids) if job_ids else {}
+
+
+def _endings(job_ids: tp.Sequence[str]) -> dict[str, tuple[str, str]]:
+    runs: dict[str, list[list[str]]] = {}
+    for row in _sacct("JobID,State,ExitCode,NodeList", job_ids, runs=True):
+        runs.setdefault(row[0], []).append(row)
+    found = {}
+    for job, rows in runs.items():
+        # (its last run says how it ended; a requeued job cancelled while pending again
+        # did start, in an earlier run: sacct -X shows only its last one, without a node)
+        _, state, code, _ = rows[-1]
+        started = any(nodes.strip() != NO_NODE for *_, nodes in rows)
+        found[job] = (state.strip(), _exit_words(code.strip()) if started else NEVER_STARTED)
     return {j: found[j] for j in job_ids if j in found}
-
-
-def _ending_words(exit_code: str, nodes: str) -> str:
-    return NEVER_STARTED if nodes.strip() == NO_NODE else _exit_words(exit_code.strip())
 
 
 def _exit_words(exit_code: str) -> str:
