@@ -610,6 +610,30 @@ def test_a_job_failing_before_python_names_its_log(
 
 
 @pytest.mark.timeout(300)
+def test_chunk_jobs_failing_before_python_are_described_one_per_line(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    """Two chunk jobs whose slurm_setup fails: the second job's description was glued
+    (with "; ") onto the last quoted line of the first one's log, and the first call's
+    error lacked the hint to recompute that later ones give."""
+    setup = ["echo 'no such module: cuda/99' >&2", "exit 3"]
+    infra = {"folder": tmp_path / "cache", "cluster": "slurm", **resources(slurm_cluster)}
+    infra.update(slurm_setup=setup, max_jobs=2, min_samples_per_job=1)
+    with pytest.raises(JobFailedError) as info:
+        list(SlurmMap(ctl=str(ctl), infra=infra).process([1, 2]))
+    said = str(info.value).splitlines()
+    assert said[0].endswith(" (use mode='retry' to recompute)"), said
+    starts = [i for i, line in enumerate(said) if re.match(r"(.*: )?job \d+_\d ended", line)]
+    assert len(starts) == 2, said  # (each job's description on a line of its own)
+    for start in starts:
+        assert said[start + 1 : start + 3] == [
+            "the end of that log:",
+            "    no such module: cuda/99",
+        ]
+    assert lines(ctl / "calls.txt") == []
+
+
+@pytest.mark.timeout(300)
 def test_many_killed_jobs_are_described_with_one_sacct_call(
     tmp_path: Path,
     ctl: Path,

@@ -30,7 +30,7 @@ from .decisions import (
     unreachable_inputs,
     wait_for_claims,
 )
-from .errors import JobFailedError, NodeFailures, items_not_computed, read_only_error
+from .errors import JobFailedError, NodeFailures, items_not_computed, read_only_error, retry_hint
 from .node import (
     POOL_CLUSTERS,
     SUBMITIT_CLUSTERS,
@@ -1070,7 +1070,10 @@ class Scheduler:
             if error is None and handle.finished_ok():
                 continue  # (a chunk job that did its share: not the one to blame)
             descriptions.append(handle.ended_how(known.get(handle.job_id)))
-        detail = "; ".join(descriptions) or "the worker ended without writing it"
+        # (a description quoting its log's end spans lines: the next one starts its own)
+        multiline = any("\n" in d for d in descriptions)
+        detail = ("\n" if multiline else "; ").join(descriptions)
+        detail = retry_hint(detail) if detail else "the worker ended without writing it"
         lost = JobFailedError(f"{what}: {detail}", missing)
         if missing and run.node.kind == "map":
             # a chunk job stops at the method's exception (cached for its item): that
