@@ -967,6 +967,33 @@ def test_a_result_computed_after_a_cancelled_forced_job_counts_as_the_forced_one
     assert job.result() == 18 and job.state == "COMPLETED"
     assert forced.process() == 18 and forced.infra.status() == "completed"
     assert len(lines(ctl / "calls.txt")) == 3  # (the forced jobs computed nothing)
+    # a computation without a job started BEFORE the force, writing after it: refused as
+    # an earlier job's is (a review: it was taken for the forced result)
+    import sys
+
+    early = tmp_path / "early"
+    early.mkdir()
+    (early / "block").touch()  # (its first call blocks while this file exists)
+    script = (
+        "import test_slurm_execution as t\n"
+        f"t.SlurmTask(x=6, ctl={str(early)!r}, infra={{'folder': {str(tmp_path / 'cache2')!r}}})"
+        ".process()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
+    inline_run = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        wait_until(lambda: bool(lines(early / "calls.txt")), timeout=60)
+        settings = {"folder": tmp_path / "cache2", "mode": "force", **held}
+        forced = task(tmp_path, early, slurm_cluster, x=6, **settings)
+        job = forced.infra.job()
+        subprocess.run(["scancel", job.job_id], check=True, timeout=30)
+    finally:
+        (early / "block").unlink()
+        inline_run.wait(timeout=120)
+    assert inline_run.returncode == 0
+    with pytest.raises(JobFailedError, match="of a computation without a job, started before"):
+        forced.process()
+    assert forced.infra.status() == "failed"
 
 
 class SlurmParent(pydantic.BaseModel):

@@ -37,6 +37,11 @@ def force_not_done(uid: str, how: str, earlier: str, upstream: str | None = None
     forced (None: this config's own mode='force')."""
     if not earlier:
         now = "the result it replaces was removed when it was submitted: nothing is cached"
+    elif earlier == "-":  # (jobs.NO_JOB)
+        now = (
+            "the result cached now is an earlier one (of a computation without a job, started "
+            "before it), not a forced one"
+        )
     else:
         now = (
             f"the result cached now is an earlier one (of job {earlier}, submitted before it),"

@@ -19,6 +19,7 @@ _FAILED_STATES = ("CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPT
 
 
 NOTHING_CACHED = ""  # (not_forced: the forced job's predecessor was removed, nothing since)
+NO_JOB = "-"  # (not_forced: computed without a job, started before the force)
 
 
 def not_forced(
@@ -27,16 +28,21 @@ def not_forced(
     """Why what is cached is not the result of the forcing job ``job_id`` (ended, or
     not): NOTHING_CACHED, or the id of the job submitted before it that wrote it (running
     when the force was asked, it wrote after the forced job removed the result it
-    replaces). None: the cached outcome counts, written by that job or after the force (a
-    later job, or a computation without a job, e.g. inline in mode retry)."""
+    replaces; NO_JOB: a computation without a job started before it). None: the cached
+    outcome counts, written by that job or after the force (a later job, or a computation
+    without a job started since, e.g. inline in mode retry)."""
     if store.task_state(node) == "missing":
         return NOTHING_CACHED
     by = store.computed_by(node)
-    if by is None or by == job_id:
+    if by == job_id:
         return None
     if records is None:
         records = registry.read_all(node.folder)
     submitted = {r.job_id: r.submitted for r in records}
+    if by is None:  # (inline, say: it counts if it started after the force was submitted)
+        if job_id in submitted and not store.computed_since(node.cache, submitted[job_id]):
+            return NO_JOB
+        return None
     if by in submitted and job_id in submitted:
         return by if submitted[by] < submitted[job_id] else None
     # (a record removed since: Slurm numbers its jobs in the order they were submitted;
