@@ -22,11 +22,14 @@ class JobFailedError(RuntimeError):
         self.item_uids = list(item_uids)
 
 
+LOG_QUOTE = "\nthe end of that log:\n"  # (what precedes the end of a job's log a message quotes)
+
+
 def retry_hint(how: str) -> str:
-    """A job's ending (``Handle.ended_how``) with the hint to recompute, on its first line
-    (the end of the job's log it may quote follows)."""
-    first, newline, rest = how.partition("\n")
-    return f"{first} (use mode='retry' to recompute){newline}{rest}"
+    """A job's ending (``Handle.ended_how``) with the hint to recompute, before the end of
+    the job's log it may quote (not inside a message of several lines: it cut it)."""
+    said, quote, log_end = how.partition(LOG_QUOTE)
+    return f"{said} (use mode='retry' to recompute){quote}{log_end}"
 
 
 def force_not_done(uid: str, how: str, earlier: str, upstream: str | None = None) -> str:
@@ -53,10 +56,10 @@ def force_not_done(uid: str, how: str, earlier: str, upstream: str | None = None
         # recomputed, this one was not: mode retry computes it with that new result)
         why = f"its upstream {upstream} is in mode='force'"
         again = "use mode='retry' to recompute"
-    first, newline, rest = how.partition("\n")
+    said, quote, log_end = how.partition(LOG_QUOTE)
     return (
-        f"{uid} not computed again ({why}): {first}: the forced computation did not "
-        f"happen; {now} ({again}){newline}{rest}"
+        f"{uid} not computed again ({why}): {said}: the forced computation did not "
+        f"happen; {now} ({again}){quote}{log_end}"
     )
 
 

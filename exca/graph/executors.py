@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..storage.files import make_folder
 from ..storage.process import hostname, process_start_time
+from .errors import LOG_QUOTE
 from .node import CLAIM_JOB_ID, DEFAULT_MAX_JOBS, TASK_KEY, Execution
 from .worker import Report, Unit, run_job_unit, run_stoppable, run_unit
 
@@ -537,7 +538,7 @@ class SubmititHandle(Handle):
             return f"; its log: {path}" if path.exists() else ""
         end = log_tail(text)
         # (the quoted lines last: a caller's hint goes at the end of the first line)
-        return f"; its log: {path}" + (f"\nthe end of that log:\n{end}" if end else " (empty)")
+        return f"; its log: {path}" + (f"{LOG_QUOTE}{end}" if end else " (empty)")
 
     def cancel(self) -> None:
         process = getattr(self.job, "_process", None)  # (our child: its pid is not reused)
