@@ -938,6 +938,13 @@ def test_load_pickle_marks_only_a_malformed_stream() -> None:
     with pytest.raises(pickle.UnpicklingError) as info:
         load_pickle(broken)
     assert is_damaged_payload(info.value)
+    # a byte turned into another valid opcode, a MARK into None (genops alone read it as
+    # fine; a review): the same size, "could not find MARK"
+    listed = pickle.dumps(list(range(2000)), protocol=5)
+    mark = listed.index(b"]\x94(") + 2
+    with pytest.raises(pickle.UnpicklingError, match="MARK") as info:
+        load_pickle(listed[:mark] + b"N" + listed[mark + 1 :])
+    assert is_damaged_payload(info.value)
 
 
 YAML_FILES = ["config.yaml", "full-uid.yaml", "uid.yaml"]

@@ -111,10 +111,11 @@ def load_pickle(source: bytes | tp.BinaryIO) -> tp.Any:
     is malformed (bytes overwritten in place, cut short): pickle raises the same error
     when a well-formed stream's code fails (a value's own ``__setstate__``, or a reader
     whose class differs from the writer's), and such a result is not damaged."""
-    stream = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        return pickle.load(stream)
+        # (bytes: loads, no stream on the path of every hit)
+        return pickle.loads(source) if isinstance(source, bytes) else pickle.load(source)
     except pickle.UnpicklingError as error:
+        stream = io.BytesIO(source) if isinstance(source, bytes) else source
         with contextlib.suppress(OSError):  # (not seekable: left unmarked)
             stream.seek(0)
             if not well_formed_pickle(stream):
@@ -123,12 +124,12 @@ def load_pickle(source: bytes | tp.BinaryIO) -> tp.Any:
 
 
 def well_formed_pickle(stream: tp.BinaryIO) -> bool:
-    """Whether a stream parses as pickle opcodes up to its STOP (pickletools runs none of
-    the code the stream names)."""
+    """Whether a stream is a valid pickle program up to its STOP: its opcodes, and the
+    marks, stack and memo they use (pickletools.dis runs none of the code the stream
+    names; genops alone read an overwritten MARK or memo index as fine)."""
     try:
-        for _ in pickletools.genops(stream):
-            pass
-    except Exception:  # (opcode unknown, stream exhausted...)
+        pickletools.dis(stream, out=io.StringIO())
+    except Exception:  # (opcode unknown, no MARK, memo key never stored, exhausted...)
         return False
     return True
 
