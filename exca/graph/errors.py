@@ -22,6 +22,8 @@ class JobFailedError(RuntimeError):
         self.item_uids = list(item_uids)
 
 
+NOTHING_CACHED = ""  # (jobs.not_forced: the forced job's predecessor removed, nothing since)
+NO_JOB = "-"  # (jobs.not_forced: computed without a job, started before the force)
 LOG_QUOTE = "\nthe end of that log:\n"  # (what precedes the end of a job's log a message quotes)
 
 
@@ -40,7 +42,7 @@ def force_not_done(uid: str, how: str, earlier: str, upstream: str | None = None
     forced (None: this config's own mode='force')."""
     if not earlier:
         now = "the result it replaces was removed when it was submitted: nothing is cached"
-    elif earlier == "-":  # (jobs.NO_JOB)
+    elif earlier == NO_JOB:
         now = (
             "the result cached now is an earlier one (of a computation without a job, started "
             "before it), not a forced one"

@@ -8,7 +8,14 @@ import time
 import typing as tp
 
 from . import jobpickle, registry, store
-from .errors import JobFailedError, force_not_done, items_not_computed, retry_hint
+from .errors import (
+    NO_JOB,
+    NOTHING_CACHED,
+    JobFailedError,
+    force_not_done,
+    items_not_computed,
+    retry_hint,
+)
 from .node import CLAIM_JOB_ID, TASK_KEY, Node
 
 if tp.TYPE_CHECKING:
@@ -16,10 +23,6 @@ if tp.TYPE_CHECKING:
 
 
 _FAILED_STATES = ("CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "FAILED")
-
-
-NOTHING_CACHED = ""  # (not_forced: the forced job's predecessor was removed, nothing since)
-NO_JOB = "-"  # (not_forced: computed without a job, started before the force)
 
 
 def not_forced(
@@ -54,11 +57,10 @@ def not_forced(
     return None
 
 
-def force_failure(node: Node, handle: Handle, earlier: str | None = None) -> JobFailedError:
+def force_failure(node: Node, handle: Handle) -> JobFailedError:
     """The error of a forced instance whose forcing job ended without computing, while
-    what is cached is not a forced result (``earlier``: see ``not_forced``)."""
-    if earlier is None:
-        earlier = not_forced(node, handle.job_id) or NOTHING_CACHED
+    what is cached is not a forced result (see ``not_forced``)."""
+    earlier = not_forced(node, handle.job_id) or NOTHING_CACHED
     # (forced by a sub-config in mode force: that one is named, not this config's mode)
     upstream = next((n.uid for n in node.closure[1:] if n.mode == "force"), None)
     if node.mode == "force":
