@@ -6,12 +6,13 @@ import typing as tp
 
 from ..storage.dumping import PAYLOAD_ERRORS
 from . import calls, store
-from .decisions import check_node, collect, first_item_error
+from .decisions import check_node, collect
 from .errors import NodeFailures
 from .jobs import Job
 from .node import TASK_KEY, Node
 from .planning import Plan
 from .scheduler import Scheduler
+from .store import first_item_error
 
 if tp.TYPE_CHECKING:
     import networkx as nx

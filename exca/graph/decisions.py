@@ -916,14 +916,3 @@ def _all_cached(run: NodeRun) -> bool:
     if node.kind == "task":
         return store.task_state(node) == "done"
     return bool(run.uids) and not node.cache.missing(run.uids or ())
-
-
-def first_item_error(node: Node, uids: list[str]) -> BaseException | None:
-    """The exception of a map's first item holding a cached error (found through the index:
-    no output is loaded)."""
-    cache = node.cache
-    key = next((u for u in uids if cache.entry_type(u) == "Error"), None)
-    if key is None:
-        return None
-    error = cache[key]
-    return error.to_exception(f"{node.uid} item {key!r}")

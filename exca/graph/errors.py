@@ -68,13 +68,17 @@ def force_not_done(uid: str, how: str, earlier: str, upstream: str | None = None
 ITEMS_NAMED = 5  # item uids an error message names, before "... and N more"
 
 
-def items_not_computed(uids: tp.Sequence[str], node_uid: str) -> str:
-    """``3 item(s) of <node> not computed ('a', 'b', 'c')``: which ones, not just how many
-    (the first ITEMS_NAMED; the others counted)."""
+def named_items(uids: tp.Sequence[str]) -> str:
+    """``'a', 'b', 'c'``: the first ITEMS_NAMED uids, the others counted."""
     named = ", ".join(repr(uid) for uid in uids[:ITEMS_NAMED])
     if len(uids) > ITEMS_NAMED:
         named += f" and {len(uids) - ITEMS_NAMED} more"
-    return f"{len(uids)} item(s) of {node_uid} not computed ({named})"
+    return named
+
+
+def items_not_computed(uids: tp.Sequence[str], node_uid: str) -> str:
+    """``3 item(s) of <node> not computed ('a', 'b', 'c')``: which ones, not just how many."""
+    return f"{len(uids)} item(s) of {node_uid} not computed ({named_items(uids)})"
 
 
 def read_only_error(node: tp.Any, what: str) -> RuntimeError:

@@ -23,7 +23,6 @@ from .decisions import (
     Key,
     NodeRun,
     collect,
-    first_item_error,
     gets_own_job,
     read_only_missing,
     to_chunks,
@@ -1078,7 +1077,7 @@ class Scheduler:
         if missing and run.node.kind == "map":
             # a chunk job stops at the method's exception (cached for its item): that
             # exception, of its own type, as an inline call raises it
-            raised = first_item_error(run.node, list(run.todo or []))
+            raised = store.first_item_error(run.node, list(run.todo or []))
             first = str(raised).partition("\n")[0] if raised is not None else ""
             said = f"{type(raised).__name__}: {first}"
             # (only the error its job raised: not one item's error, in a job killed later)

@@ -11,7 +11,7 @@ from ..storage.cachedict import CacheDict, MissingKey
 from ..storage.dumping import PAYLOAD_ERRORS, is_damaged_payload, mark_if_damaged
 from ..storage.index import Entry
 from . import codeprint
-from .errors import ITEMS_NAMED, UpstreamFailed, raise_from
+from .errors import UpstreamFailed, named_items, raise_from
 from .node import TASK_KEY, Node
 
 logger = logging.getLogger("exca")
@@ -434,10 +434,7 @@ def _stat_damaged(source: Node) -> bool:
 def item_errors(source: Node, failed: tp.Sequence[str]) -> str:
     """What a node reading a map whose items hold cached errors is told (the same
     wording at plan time and at run time): which map, which items, what to do."""
-    named = ", ".join(repr(uid) for uid in failed[:ITEMS_NAMED])
-    if len(failed) > ITEMS_NAMED:
-        named += f" and {len(failed) - ITEMS_NAMED} more"
-    named = f" ({named})" if named else ""  # (none: retried meanwhile by another process)
+    named = f" ({named_items(failed)})" if failed else ""  # (none: retried meanwhile)
     return (
         f"upstream {source.uid} has {len(failed)} cached item error(s){named}: "
         "mode='retry' on it recomputes them"
@@ -449,16 +446,25 @@ def item_errors_failure(node: Node, source: Node, uids: tp.Sequence[str]) -> Ups
     ``uids`` because some hold cached errors (None: none does). Found through the
     index, and the first error loaded, as reading the outputs would raise it."""
     failed = source.cache.error_keys(uids)
-    if not failed:
+    error = first_item_error(source, failed)
+    if error is None:
         return None
-    value = source.cache[failed[0]]
-    if not isinstance(value, CachedError):  # (retried meanwhile by another process)
-        return None
-    error = value.to_exception(f"{source.uid} item {failed[0]!r}")
     return UpstreamFailed(
         f"{node.uid} did not run: an input could not be read ({type(error).__name__}: "
         f"{error}); {item_errors(source, failed)}"
     )
+
+
+def first_item_error(node: Node, uids: tp.Sequence[str]) -> BaseException | None:
+    """The exception of a map's first item holding a cached error (found through the
+    index: no output is loaded but that error's; None: none, e.g. retried meanwhile)."""
+    key = next(iter(node.cache.error_keys(uids)), None)
+    if key is None:
+        return None
+    value = node.cache[key]
+    if not isinstance(value, CachedError):  # (retried meanwhile by another process)
+        return None
+    return value.to_exception(f"{node.uid} item {key!r}")
 
 
 def map_outputs(node: Node) -> list[tp.Any]:
