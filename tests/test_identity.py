@@ -1419,6 +1419,44 @@ def test_freeze_after_uid() -> None:
     other.a.x = 7
 
 
+class _Revalidated(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", revalidate_instances="always")
+    x: int = 1
+
+
+class _HoldsRevalidated(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    sub: _Revalidated = _Revalidated()
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def process(self) -> int:
+        return self.sub.x
+
+
+def test_copies_of_a_frozen_config_are_not_frozen() -> None:
+    obj = _HoldsRevalidated(sub={"x": 2})
+    obj.infra.uid()
+    with pytest.raises(RuntimeError, match="frozen"):
+        obj.sub.x = 3
+    copies = [
+        copy.copy(obj.sub),
+        copy.deepcopy(obj.sub),
+        pickle.loads(pickle.dumps(obj.sub)),
+        obj.sub.model_copy(),
+        # (pydantic gives a revalidated instance the very set of fields set of the original)
+        _Revalidated.model_validate(obj.sub),
+        _HoldsRevalidated(sub=obj.sub).sub,
+    ]
+    for number, other in enumerate(copies):
+        assert other is not obj.sub
+        other.x = 10 + number  # not frozen
+        assert other.model_fields_set == {"x"} and other.x == 10 + number
+    assert obj.sub.x == 2 and obj.sub.model_dump(exclude_unset=True) == {"x": 2}
+    with pytest.raises(RuntimeError, match="frozen"):
+        obj.sub.x = 4
+
+
 def _may_hold_a_model(annotation: tp.Any) -> bool:
     if annotation is tp.Any or annotation is object:
         return True

@@ -1,27 +1,50 @@
 """Freezing a config once its uid is computed: public attribute changes then raise (the
 uid, hence the cache folder, would no longer describe the object).
 
-A frozen model is recorded by id (with a weak reference, so that a new object reusing the
-id is not taken for it); its class's ``__setattr__`` is patched once to check that record.
+A frozen model carries its mark: its set of explicitly set fields
+(``__pydantic_fields_set__``) is replaced by an equal set of the type ``_FrozenFieldSet``,
+which copies, deep copies and pickles as a plain set (copies are not frozen). Its class's
+``__setattr__`` is patched once to check that mark. (A mark on the object costs less than
+a record by id: no weak reference, no registry to purge, no id reused by a new object.)
 """
 
 from __future__ import annotations
 
 import types
 import typing as tp
-import weakref
 from pathlib import Path, PurePath
 
 import pydantic
 
 from .identity import CLASS_FORGETTERS, SCALAR_FIELDS_ATTR
 
-_FROZEN: dict[int, weakref.ref[tp.Any]] = {}
+_FIELDS_SET = "__pydantic_fields_set__"
+
+
+class _FrozenFieldSet(set[str]):
+    """The fields set of a frozen model (the mark of freezing): a copy is a plain set.
+    ``owner``: the id of the model it marks (pydantic gives the same set object to a
+    model revalidated from it, with ``revalidate_instances="always"``: not frozen)."""
+
+    __slots__ = ("owner",)
+
+    def __init__(self, fields: tp.Iterable[str], owner: int) -> None:
+        super().__init__(fields)
+        self.owner = owner
+
+    def __copy__(self) -> set[str]:
+        return set(self)
+
+    def __deepcopy__(self, memo: dict[int, tp.Any]) -> set[str]:
+        return set(self)
+
+    def __reduce__(self) -> tuple[type, tuple[list[str]]]:
+        return (set, (list(self),))
 
 
 def is_frozen(model: tp.Any) -> bool:
-    ref = _FROZEN.get(id(model))
-    return ref is not None and ref() is model
+    mark = getattr(model, _FIELDS_SET, None)
+    return type(mark) is _FrozenFieldSet and mark.owner == id(model)
 
 
 _PATCHED: set[type] = set()
@@ -94,26 +117,7 @@ def _guarded(cls: type) -> bool:
 def freeze(model: pydantic.BaseModel) -> list[pydantic.BaseModel]:
     """Forbid public attribute changes on a model and on every model nested in it (returns
     them all)."""
-    frozen, patched, ref_to = _FROZEN, _PATCHED, weakref.ref
-    models = iter_models(model)
-    for sub in models:
-        ref = frozen.get(id(sub))
-        if ref is not None and ref() is sub:
-            continue
-        if type(sub) not in patched:
-            _patch_setattr(type(sub))
-        try:
-            frozen[id(sub)] = ref_to(sub)
-        except TypeError:  # not weak-referenceable (__slots__ without __weakref__)
-            pass
-    if len(frozen) > _purge_at[0]:  # forget dead objects now and then (no per-object callback)
-        for key in [k for k, r in frozen.items() if r() is None]:
-            del frozen[key]
-        _purge_at[0] = max(1024, 2 * len(frozen))
-    return models
-
-
-_purge_at = [1024]
+    return iter_models(model, freeze=True)
 
 
 _LEAF_TYPES = frozenset({str, int, float, bool, type(None), bytes, type(Path()), type(PurePath())})
@@ -129,8 +133,9 @@ def _field_names(cls: type[pydantic.BaseModel]) -> tuple[str, ...]:
     return names
 
 
-def iter_models(value: tp.Any) -> list[pydantic.BaseModel]:
-    """The model itself and every pydantic model nested in its fields, lists and dicts.
+def iter_models(value: tp.Any, freeze: bool = False) -> list[pydantic.BaseModel]:
+    """The model itself and every pydantic model nested in its fields, lists and dicts
+    (``freeze=True``: each one frozen on the way, in the same walk).
 
     Field values are looked at, not annotations: a type check per value is cheaper than
     analysing a class's annotations once per process (an infra has 24 fields). Only
@@ -139,6 +144,7 @@ def iter_models(value: tp.Any) -> list[pydantic.BaseModel]:
     stack = [value]
     seen: set[int] = set()
     leaves, base, field_names = _LEAF_TYPES, pydantic.BaseModel, _FIELD_NAMES
+    patched, marked, set_attribute = _PATCHED, _FrozenFieldSet, object.__setattr__
     while stack:
         item = stack.pop()
         if id(item) in seen:
@@ -147,6 +153,12 @@ def iter_models(value: tp.Any) -> list[pydantic.BaseModel]:
         if isinstance(item, base):
             found.append(item)
             kind = type(item)
+            if freeze:
+                if kind not in patched:
+                    _patch_setattr(kind)
+                fields_set = item.__pydantic_fields_set__
+                if type(fields_set) is not marked or fields_set.owner != id(item):
+                    set_attribute(item, _FIELDS_SET, marked(fields_set, id(item)))
             names = field_names.get(kind)
             if names is None:
                 names = _field_names(kind)
