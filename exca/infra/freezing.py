@@ -27,10 +27,7 @@ class _FrozenFieldSet(set[str]):
     model revalidated from it, with ``revalidate_instances="always"``: not frozen)."""
 
     __slots__ = ("owner",)
-
-    def __init__(self, fields: tp.Iterable[str], owner: int) -> None:
-        super().__init__(fields)
-        self.owner = owner
+    owner: int  # (set after creation: a Python __init__ would cost more than the rest)
 
     def __copy__(self) -> set[str]:
         return set(self)
@@ -158,7 +155,9 @@ def iter_models(value: tp.Any, freeze: bool = False) -> list[pydantic.BaseModel]
                     _patch_setattr(kind)
                 fields_set = item.__pydantic_fields_set__
                 if type(fields_set) is not marked or fields_set.owner != id(item):
-                    set_attribute(item, _FIELDS_SET, marked(fields_set, id(item)))
+                    mark = marked(fields_set)
+                    mark.owner = id(item)
+                    set_attribute(item, _FIELDS_SET, mark)
             names = field_names.get(kind)
             if names is None:
                 names = _field_names(kind)
