@@ -2932,6 +2932,57 @@ def test_cleaning_skips_a_legacy_folder_of_another_config(
     assert "computing" not in capsys.readouterr().out  # (its legacy cache, reused)
 
 
+def test_clean_node_where_removes_the_configs_list_where_shows(tmp_path: Path) -> None:
+    """`list` took --where key=value, `clean` did not: removing the results of some configs
+    meant copying their folders from list's output. `clean ROOT node --where` selects the
+    configs `list --where` shows (the same code), previews unless --yes, and --step narrows
+    it; through `python -m exca`."""
+    root = tmp_path / "cache"
+    folders = {}
+    for lr in (0.01, 0.02):
+        for seed in (0, 1):
+            obj = Train(optim={"lr": lr}, seed=seed, infra={"folder": root})
+            obj.fit()
+            folders[lr, seed] = folder_of(obj)
+    squares = Squares(infra={"folder": root})
+    assert list(squares.square([1, 2])) == [1, 4]
+    every = {*folders.values(), folder_of(squares)}
+
+    def on_disk() -> set[Path]:
+        return {f for f in every if f.exists()}
+
+    listed = json.loads(cli("list", root, "--where", "optim.lr=0.02", "--json", check=True).stdout)
+    preview = cli("clean", root, "node", "--where", "optim.lr=0.02", check=True).stdout
+    assert {Path(i["folder"]) for i in listed} == {folders[0.02, 0], folders[0.02, 1]}
+    for info in listed:  # (what list shows, each with why; nothing removed yet)
+        assert f"{info['folder']}  (--where optim.lr=0.02)" in preview
+    assert "2 item(s) to remove" in preview and "run again with --yes" in preview
+    assert on_disk() == every
+    # a key's end, as in list; conditions all hold; --yes removes
+    done = cli("clean", root, "node", "--where", "lr=0.02", "--where", "seed=1", "--yes")
+    assert done.returncode == 0 and "Removed 1 item(s)" in done.stdout, done.stdout
+    assert on_disk() == every - {folders[0.02, 1]}
+    # --step narrows the selection; a key no config has is named; nothing is removed
+    other = cli("clean", root, "node", "--step", "Squares", "--where", "lr=0.01", "--yes")
+    assert other.returncode == 0 and "Nothing to remove" in other.stdout, other.stdout
+    typo = cli("clean", root, "node", "--where", "optim.lrr=0.01", "--yes", check=True).stdout
+    assert "Nothing to remove" in typo and "No config has a key 'optim.lrr'" in typo
+    assert on_disk() == every - {folders[0.02, 1]}
+    cleaned = cli("clean", root, "node", "--step", "Train.fit,1", "--where", "seed=0", "--yes")
+    assert "Removed 2 item(s)" in cleaned.stdout, cleaned.stdout
+    assert on_disk() == {folders[0.01, 1], folder_of(squares)}
+    # what does not go together
+    for argv, said in {
+        ("node", folders[0.01, 1], "--where", "seed=1"): "not both",
+        ("node", "--step", "Train"): "--step only restricts those",
+        ("node", folders[0.01, 1], "--step", "Train"): "--step does not apply",
+        ("versions", "--where", "seed=1"): "--where does not apply",
+    }.items():
+        refused = cli("clean", root, *argv)
+        assert refused.returncode == 2 and said in refused.stderr, (argv, refused.stderr)
+    assert on_disk() == {folders[0.01, 1], folder_of(squares)}
+
+
 def test_clean_node_checks_its_root_and_takes_relative_paths(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

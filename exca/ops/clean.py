@@ -540,10 +540,13 @@ def remove_nodes(
     nodes: Node | Path | str | tp.Sequence[Node | Path | str],
     downstream: bool = False,
     root: Path | str | None = None,
+    reason: str = "requested",
 ) -> CleanPlan:
     """Remove node folders (Nodes or folder paths: a node never computed has nothing to
     remove), and on request every folder whose result was computed from them (in
-    ``root``, by default the cache root of the first one)."""
+    ``root``, by default the cache root of the first one). ``reason``: what the preview
+    says of the folders given (those of some configs: ``[i.folder for i in
+    exca.ops.inspect(root, where=[...])]``, as ``exca clean ROOT node --where`` does)."""
     plan = CleanPlan()
     folders = []
     links: dict[Path, list[Path]] = {}  # (a folder given as a symlink: that link goes too)
@@ -593,7 +596,7 @@ def remove_nodes(
         real = folder.resolve()
         # (the links to it, and to the inputs-* folders it holds)
         given = [k for target, ks in links.items() if real in (target, target.parent) for k in ks]
-        _add_folder(plan, folder, "requested", given)
+        _add_folder(plan, folder, reason, given)
     if base is None and downstream and folders:
         base = registry.root_of(folders[0])
     if base is not None:

@@ -4,7 +4,8 @@
   plan    TARGET [k=v ...]      what running a config would do (dry run)
   explain TARGET [k=v ...]      why each node would compute
   check   TARGET [k=v ...]      resources vs the Slurm cluster, before submitting
-  clean   ROOT <what>           free space (preview; --yes to remove)
+  clean   ROOT <what>           free space (preview; --yes to remove); `ROOT node
+                                --where k=v`: the configs `list --where k=v` shows
   logs    FOLDER                stdout/stderr of a node's (or a map item's) job
 
 TARGET is package.module:Class.method (decorated with an infra); its config comes
@@ -374,6 +375,56 @@ def _clean_outcome(plan: CleanPlan, freed: int) -> str:
     return f"{done}; {len(plan.skipped)} kept, in use since the preview:{kept}"
 
 
+def _listed(
+    root: str, step: str | None, where: list[str], status: str | None, filters: str
+) -> tuple[list[tp.Any], str]:
+    """The nodes `list` shows (inspect's selection: the one of `list` and `clean node
+    --where`) and, when there are none, why (a step matching nothing, a key no config
+    has...; ``filters``: the options the command takes). Notes on conditions that match
+    None only go to stderr."""
+    from .inspect import (
+        inspect,
+        keys_in_list_items,
+        keys_no_config_has,
+        null_condition_hints,
+        reads_as_null,
+        select,
+    )
+
+    described = None  # (the step's nodes, unfiltered: when known already)
+    if any(reads_as_null(c.partition("=")[2].strip()) for c in where):
+        # (configs holding the text "null" are not matched: say how they would be;
+        # the cache is described once, then filtered)
+        described = inspect(root, step=step)
+        infos = select(described, where, status)
+        for hint in null_condition_hints(described, where):
+            print(f"exca: note: {hint}", file=sys.stderr)
+    else:
+        infos = inspect(root, step=step, where=where, status=status)
+    if infos:
+        return infos, ""
+    every = described if described is not None and step is None else inspect(root)
+    if not every:
+        return infos, (
+            f"No cached node found in {root}: it holds no "
+            "<module>.<Class>.<method>,<version> folder (give an infra's folder)"
+        )
+    text = f"No cached node matches {filters}."
+    if described is None and step is not None:
+        described = inspect(root, step=step)
+    if step is not None and not described:
+        there = ", ".join(sorted({i.step for i in every}))  # (a typo: what is there)
+        text = f"--step {step!r} matches no step of {root}: {there}."
+    unknown = keys_no_config_has(every, where)
+    if unknown:
+        text += f" No config has a key {', '.join(map(repr, unknown))}: see `exca list ROOT`."
+    for key in unknown:
+        inside = keys_in_list_items(every, key)
+        if inside:  # (held by list items: named with the indices only)
+            text += f" {key!r} is in list items: give its indices, e.g. {inside[0]}."
+    return infos, text
+
+
 def _print(data: tp.Any, as_json: bool, text: str) -> None:
     if as_json:
         print(json.dumps(data, indent=2, default=str))
@@ -526,7 +577,17 @@ def _main(argv: list[str] | None) -> int:
     p_clean.add_argument(
         "--downstream", action="store_true", help="also what was computed from them"
     )
-    p_clean.add_argument("--step", help="only these steps (not for 'node')")
+    p_clean.add_argument(
+        "--step", help="only these steps (for 'node': of the configs --where selects)"
+    )
+    p_clean.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="for 'node', instead of FOLDERS: the configs `list --where` shows, key=value "
+        "(repeatable)",
+    )
     p_clean.add_argument(
         "--days",
         type=float,
@@ -554,13 +615,25 @@ def _main(argv: list[str] | None) -> int:
             what = "not a folder" if Path(path).exists() else "no such folder"
             raise ValueError(f"{path}: {what} (give {kind})")
     if args.command == "clean" and args.what == "node":
-        if not args.folders:
-            raise ValueError("clean node: give the node folders to remove (see `exca list ROOT`)")
+        if not args.folders and not args.where:
+            raise ValueError(
+                "clean node: give the node folders to remove, or --where key=value to remove "
+                "the configs `exca list ROOT --where key=value` lists"
+                + (" (--step only restricts those to some steps)" if args.step else "")
+            )
+        if args.folders and args.where:
+            raise ValueError(
+                "clean node: give the node folders to remove or --where conditions selecting "
+                "them, not both"
+            )
         missing = [f for f in args.folders if not Path(f).exists()]
         if missing:
             raise ValueError(f"clean node: no such folder: {', '.join(missing)}")
-        if args.step is not None:
-            raise ValueError("clean node: --step does not apply (it removes the folders given)")
+        if args.step is not None and not args.where:
+            raise ValueError(
+                "clean node: --step does not apply to the folders given (with --where, it "
+                "restricts the configs selected to some steps)"
+            )
     if args.command == "clean":  # (an option a command does not use was ignored, silently)
         ignored = [
             shown
@@ -568,6 +641,7 @@ def _main(argv: list[str] | None) -> int:
                 ("FOLDERS", bool(args.folders), ("node",)),
                 ("--downstream", args.downstream, ("node",)),
                 ("--days", args.days is not None, ("logs",)),
+                ("--where", bool(args.where), ("node",)),
             )
             if given and args.what not in used_by
         ]
@@ -577,55 +651,12 @@ def _main(argv: list[str] | None) -> int:
                 "`python -m exca clean --help`)"
             )
     if args.command == "list":
-        from .inspect import (
-            inspect,
-            keys_in_list_items,
-            keys_no_config_has,
-            null_condition_hints,
-            reads_as_null,
-            render,
-            select,
-        )
+        from .inspect import render
 
-        described = None  # (the step's nodes, unfiltered: when known already)
-        if any(reads_as_null(c.partition("=")[2].strip()) for c in args.where):
-            # (configs holding the text "null" are not matched: say how they would be;
-            # the cache is described once, then filtered)
-            described = inspect(args.root, step=args.step)
-            infos = select(described, args.where, args.status)
-            for hint in null_condition_hints(described, args.where):
-                print(f"exca: note: {hint}", file=sys.stderr)
-        else:
-            infos = inspect(args.root, step=args.step, where=args.where, status=args.status)
-        text = render(infos)
-        if infos:
-            every = []
-        elif described is not None and args.step is None:
-            every = described
-        else:
-            every = inspect(args.root)
-        if every:
-            text = "No cached node matches --step/--where/--status."
-            if described is None and args.step is not None:
-                described = inspect(args.root, step=args.step)
-            if args.step is not None and not described:
-                there = ", ".join(sorted({i.step for i in every}))  # (a typo: what is there)
-                text = f"--step {args.step!r} matches no step of {args.root}: {there}."
-            unknown = keys_no_config_has(every, args.where)
-            if unknown:
-                text += (
-                    f" No config has a key {', '.join(map(repr, unknown))}: see `exca list ROOT`."
-                )
-            for key in unknown:
-                inside = keys_in_list_items(every, key)
-                if inside:  # (held by list items: named with the indices only)
-                    text += f" {key!r} is in list items: give its indices, e.g. {inside[0]}."
-        elif not infos:
-            text = (
-                f"No cached node found in {args.root}: it holds no "
-                "<module>.<Class>.<method>,<version> folder (give an infra's folder)"
-            )
-        _print([i.to_dict() for i in infos], args.json, text)
+        infos, why = _listed(
+            args.root, args.step, args.where, args.status, "--step/--where/--status"
+        )
+        _print([i.to_dict() for i in infos], args.json, render(infos) if infos else why)
     elif args.command in ("plan", "explain", "check"):
         from ..infra.base import LEGACY_RENAMES
 
@@ -665,7 +696,19 @@ def _main(argv: list[str] | None) -> int:
                 "\n".join(lines),
             )
             return 0
-        if args.what == "node":
+        if args.what == "node" and args.where:
+            clean.cache_root(args.root)  # (a step or node folder: the root to give)
+            infos, why = _listed(args.root, args.step, args.where, None, "--step/--where")
+            if not infos:
+                _print(clean.CleanPlan().to_dict(), args.json, f"Nothing to remove. {why}")
+                return 0
+            removal = clean.remove_nodes(
+                [i.folder for i in infos],
+                downstream=args.downstream,
+                root=args.root,
+                reason=" ".join(f"--where {shlex.quote(c)}" for c in args.where),
+            )
+        elif args.what == "node":
             removal = clean.remove_nodes(args.folders, downstream=args.downstream, root=args.root)
         elif args.what == "versions":
             removal = clean.old_versions(args.root, step=args.step)
