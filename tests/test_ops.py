@@ -2983,6 +2983,58 @@ def test_clean_node_where_removes_the_configs_list_where_shows(tmp_path: Path) -
     assert on_disk() == {folders[0.01, 1], folder_of(squares)}
 
 
+def test_symlink_loops_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A loop of symlinks (a -> b -> a) given to list/clean/logs was "no such folder";
+    one inside a cache root stopped clean orphans/logs and explain with "[Errno 40] Too
+    many levels of symbolic links", and made clean versions skip the step folder holding
+    it (its old results stayed). The loop is named, link by link; a scan skips it (and
+    says so once)."""
+    from exca.ops.cli import main
+
+    root = tmp_path / "cache"
+    old = Train(infra={"folder": root})
+    old.fit()
+    Train(infra={"folder": root, "version": "2"}).fit()
+    step = folder_of(old).parent
+    (root / "a").symlink_to("b")
+    (root / "b").symlink_to("a")
+    (step / "x").symlink_to("y")  # (in the step folder of the old version)
+    (step / "y").symlink_to("x")
+    loop = [root / f"{__name__}.Train.fit,{v}" for v in (7, 8)]
+    loop[0].symlink_to(loop[1].name)
+    loop[1].symlink_to(loop[0].name)
+    for argv, named in {
+        ("list", root / "a"): f"{root / 'a'}: a symlink loop: {root / 'a'} -> b -> a",
+        ("list", root / "a" / "sub"): f"under a symlink loop: {root / 'a'} -> b -> a",
+        ("clean", root / "a", "orphans"): f"{root / 'a'}: a symlink loop",
+        ("clean", root, "node", step / "x"): f"{step / 'x'}: a symlink loop: {step / 'x'} -> y",
+        ("logs", step / "y"): f"{step / 'y'}: a symlink loop: {step / 'y'} -> x -> y",
+    }.items():
+        refused = cli(*argv)
+        assert refused.returncode == 2 and named in refused.stderr, (argv, refused.stderr)
+        assert "no such folder" not in refused.stderr and "fix or remove the link" in refused.stderr
+    # inside the root: skipped, and named
+    for what in ("orphans", "logs", "versions"):
+        done = cli("clean", root, what, check=True)
+        assert "Errno 40" not in done.stderr, done.stderr
+    versions = cli("clean", root, "versions", check=True)
+    assert f"{folder_of(old)}  (" in versions.stdout  # (the old version goes: not skipped)
+    assert f"Skipping {step / 'x'}: a symlink loop" in versions.stderr
+    listed = cli("list", root, check=True)
+    assert listed.stdout.count("success") == 2
+    assert any(f"Skipping {link}: a symlink loop" in listed.stderr for link in loop)
+    assert main(["explain", f"{__name__}:Train.fit", f"infra.folder={root}", "seed=3"]) == 0
+    assert "nearest cached" in capsys.readouterr().out
+    assert {f for f in (*loop, step / "x", step / "y", root / "a") if f.is_symlink()} == {
+        *loop,
+        step / "x",
+        step / "y",
+        root / "a",
+    }
+
+
 def test_clean_node_checks_its_root_and_takes_relative_paths(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

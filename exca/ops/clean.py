@@ -46,11 +46,13 @@ from ..storage.reclaim import MIN_IDLE_SECONDS
 from .inspect import (
     INPUTS_PREFIX,
     REMOVING_PREFIX,
+    _is_dir,
     disk_usage,
     human_size,
     input_folders,
     is_node_folder,
     node_folders,
+    not_a_folder,
     step_selects,
     without_links_to_siblings,
 )
@@ -312,13 +314,13 @@ def _killed_removals(root: Path, limit: float, steps: set[str] | None) -> list[R
     parents: list[Path | str] = [
         p.path
         for p in scan(root)
-        if "," in p.name and p.is_dir() and (steps is None or p.name in steps)
+        if "," in p.name and _is_dir(p) and (steps is None or p.name in steps)
     ]
     # (above: step folders, holding config folders; below: their inputs-* folders)
     parents += [f for s, _, f in node_folders(root) if steps is None or s in steps]
     for parent in parents:
         for entry in scan(parent):
-            if not entry.name.startswith(REMOVING_PREFIX) or not entry.is_dir():
+            if not entry.name.startswith(REMOVING_PREFIX) or not _is_dir(entry):
                 continue
             stat = _stat(entry)
             remover = entry.name[len(REMOVING_PREFIX) :]
@@ -562,9 +564,9 @@ def remove_nodes(
         if folder.is_symlink():  # (removing the link alone would leave the cache there)
             link, folder = folder, _link_target(folder)
             if not folder.exists():
-                raise ValueError(f"{link} is a link to {folder}: no such folder")
+                raise ValueError(f"{link}: {not_a_folder(link)}")
         if not folder.exists():
-            raise ValueError(f"{folder}: no such folder (give node folders, or Nodes)")
+            raise ValueError(f"{folder}: {not_a_folder(folder)} (give node folders, or Nodes)")
         if not is_node_folder(folder):  # (a method folder or a root holds many nodes,
             # whose claims are not checked one by one here)
             raise ValueError(
@@ -674,7 +676,7 @@ def _holds_node_folders(folder: Path) -> bool:
     """Whether a folder holds node folders (one it cannot list holds none it may clean)."""
     try:
         return any(
-            entry.is_dir() and _seen_as_node_folder(Path(entry.path))
+            _is_dir(entry) and _seen_as_node_folder(Path(entry.path))
             for entry in os.scandir(folder)
         )
     except OSError:
@@ -716,7 +718,8 @@ def _is_step_folder(folder: Path) -> bool:
     """Whether a folder is a ``<method>,<version>`` folder exca wrote: it holds node
     folders, or only what exca writes besides them (its configs removed)."""
     try:
-        subfolders = [Path(e.path) for e in os.scandir(folder) if e.is_dir()]
+        # (a loop of links in it is no folder: it made the whole step folder skipped)
+        subfolders = [Path(e.path) for e in os.scandir(folder) if _is_dir(e)]
     except OSError as error:  # (a shared cache: another user's step folder)
         logger.warning("Skipping %s: %s", folder, error)
         return False
@@ -1045,12 +1048,12 @@ def _unsent_pickles(root: Path, limit: float, steps: set[str] | None) -> list[Re
     (``<step>/logs/<user>/``), older than ``limit``."""
     out = []
     for step in _scan(root):
-        if "," not in step.name or not step.is_dir():
+        if "," not in step.name or not _is_dir(step):  # (a loop of links: none)
             continue
         if steps is not None and step.name not in steps:
             continue
         for user in _scan(Path(step.path) / "logs"):
-            for entry in _scan(Path(user.path)) if user.is_dir() else []:
+            for entry in _scan(Path(user.path)) if _is_dir(user) else []:
                 if not _UNSENT_PICKLE.fullmatch(entry.name):
                     continue
                 stat = _stat(entry)
@@ -1444,7 +1447,7 @@ def _cache_folder(folder: Path | str) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(
-            f"{folder}: no such folder (give a node folder, <root>/<module.Class.method,"
+            f"{folder}: {not_a_folder(folder)} (give a node folder, <root>/<module.Class.method,"
             "version>/<uid>; `exca clean ROOT compact` merges every node folder of a root)"
         )
     if not (folder / UID_FILE).is_file() and next(folder.glob(f"*/*/{UID_FILE}"), None):

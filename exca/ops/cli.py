@@ -608,12 +608,13 @@ def _main(argv: list[str] | None) -> int:
     if rest and args.command not in ("plan", "explain", "check"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.overrides = rest
+    from .inspect import not_a_folder
+
     for name in ("root", "folder"):
         path = getattr(args, name, None)
         if path is not None and not Path(path).is_dir():
             kind = "a node folder" if name == "folder" else "a cache folder"
-            what = "not a folder" if Path(path).exists() else "no such folder"
-            raise ValueError(f"{path}: {what} (give {kind})")
+            raise ValueError(f"{path}: {not_a_folder(path)} (give {kind})")
     if args.command == "clean" and args.what == "node":
         if not args.folders and not args.where:
             raise ValueError(
@@ -628,7 +629,8 @@ def _main(argv: list[str] | None) -> int:
             )
         missing = [f for f in args.folders if not Path(f).exists()]
         if missing:
-            raise ValueError(f"clean node: no such folder: {', '.join(missing)}")
+            why = "; ".join(f"{f}: {not_a_folder(f)}" for f in missing)
+            raise ValueError(f"clean node: {why}")
         if args.step is not None and not args.where:
             raise ValueError(
                 "clean node: --step does not apply to the folders given (with --where, it "

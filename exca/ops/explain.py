@@ -119,6 +119,8 @@ def nearest_cached(
     best: tuple[int, Path, list[tuple[str, tp.Any, tp.Any]]] | None = None
     ties = 0
     for step_folder in sorted(Path(node.root).glob(f"{method},*")):
+        if not step_folder.is_dir():  # (a loop of links: explain stopped with errno 40)
+            continue
         other_version = step_folder.name.partition(",")[2]
         configs = (p for p in step_folder.iterdir() if p.is_dir() and p.name[0] != ".")
         # (hidden: being removed, see clean; a link to another config: that one)

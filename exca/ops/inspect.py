@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import errno
 import fnmatch
 import logging
 import os
@@ -79,7 +80,7 @@ def node_folders(root: Path, only: str | None = None) -> tp.Iterator[tuple[str, 
             (
                 e
                 for e in os.scandir(root)
-                if _is_dir(e) and "," in e.name and (only is None or e.name == only)
+                if "," in e.name and (only is None or e.name == only) and _is_dir(e)
             ),
             key=lambda e: e.name,
         )
@@ -118,10 +119,22 @@ def node_folders(root: Path, only: str | None = None) -> tp.Iterator[tuple[str, 
                 yield step.name, f"{config.name}/{sub.name}", sub
 
 
+_TOLD_LOOPS: set[str] = set()  # (the links of loops warned about: once per process)
+
+
 def _is_dir(entry: os.DirEntry[str]) -> bool:
+    """``entry.is_dir()``; a loop of links is not a folder (as for pathlib), and is named
+    (once): a command scanning a cache stopped at it with errno 40, or said nothing."""
     try:
         return entry.is_dir()
-    except OSError:  # (a loop of links: not a folder, as for pathlib)
+    except OSError as error:
+        if error.errno == errno.ELOOP and os.path.abspath(entry.path) not in _TOLD_LOOPS:
+            if len(_TOLD_LOOPS) >= 10_000:
+                _TOLD_LOOPS.clear()  # (a bounded memo)
+            chain = _link_chain(entry.path)
+            where = os.path.dirname(entry.path)
+            _TOLD_LOOPS.update(os.path.abspath(os.path.join(where, c)) for c in chain)
+            logger.warning("Skipping %s: %s", entry.path, not_a_folder(entry.path))
         return False
 
 
@@ -151,6 +164,52 @@ def without_links_to_siblings(step: str | Path, folders: tp.Iterable[_F]) -> lis
     return [f for f in folders if not f.is_symlink() or os.path.realpath(f) not in targets]
 
 
+def not_a_folder(path: Path | str) -> str:
+    """Why a path given as a folder is none, to say so: "no such folder", "not a folder",
+    or the symlink that makes it one of neither (a loop of links, ``a -> b -> a``, or a
+    link to nothing), named with where it points."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return "a folder"
+    if os.path.exists(path):
+        return "not a folder"
+    parts = Path(path).parts
+    for end in range(1, len(parts) + 1):  # (the first link of the path that leads nowhere)
+        link = os.path.join(*parts[:end])
+        if not os.path.islink(link):
+            if os.path.lexists(link):
+                continue
+            break
+        try:
+            os.stat(link)
+            continue
+        except OSError as error:
+            chain = " -> ".join(_link_chain(link))
+            under = "" if link == path else "under "  # (a link above the path given)
+            if error.errno == errno.ELOOP:
+                return f"{under}a symlink loop: {chain} (fix or remove the link {link})"
+            if error.errno == errno.ENOENT:
+                return f"{under}a symlink to nothing: {chain} (no such file or folder)"
+            return f"not readable ({link}: {error.strerror})"
+    return "no such folder"
+
+
+def _link_chain(link: str, limit: int = 8) -> list[str]:
+    """``link`` and where it points, link after link, as written (up to a repeat)."""
+    chain, seen, current = [link], {os.path.abspath(link)}, link
+    while os.path.islink(current) and len(chain) <= limit:
+        try:
+            target = os.readlink(current)
+        except OSError:
+            break
+        chain.append(target)
+        current = os.path.join(os.path.dirname(current), target)
+        if os.path.abspath(current) in seen:
+            break
+        seen.add(os.path.abspath(current))
+    return chain
+
+
 def is_node_folder(folder: Path) -> bool:
     """Whether a folder is a node's: a config folder (``<root>/<step>/<uid>``, with its
     uid.yaml, or lost_uid_file) or the ``inputs-*`` folder of one."""
@@ -173,7 +232,7 @@ def lost_uid_file(folder: Path) -> bool:
 def input_folders(folder: Path) -> list[Path]:
     """The node folders of a config's method inputs (``inputs-*``), sorted."""
     try:
-        subs = [e for e in os.scandir(folder) if e.is_dir() and e.name.startswith(INPUTS_PREFIX)]
+        subs = [e for e in os.scandir(folder) if e.name.startswith(INPUTS_PREFIX) and _is_dir(e)]
     except (FileNotFoundError, NotADirectoryError):
         return []
     return [Path(e.path) for e in sorted(subs, key=lambda e: e.name)]
@@ -340,7 +399,7 @@ def inspect(
     ``key=value`` conditions on the uid config, status)."""
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"{root}: no such folder (give a cache root: an infra's folder)")
+        raise ValueError(f"{root}: {not_a_folder(root)} (give a cache root: an infra's folder)")
     if status is not None and status not in STATUSES:
         raise ValueError(f"status={status!r} is not a status: use one of {', '.join(STATUSES)}")
     if isinstance(where, str):
