@@ -3000,6 +3000,7 @@ def test_symlink_loops_are_named(
     step = folder_of(old).parent
     (root / "a").symlink_to("b")
     (root / "b").symlink_to("a")
+    (root / "y").symlink_to("a/sub")  # (into the loop, through a folder of it)
     (step / "x").symlink_to("y")  # (in the step folder of the old version)
     (step / "y").symlink_to("x")
     loop = [root / f"{__name__}.Train.fit,{v}" for v in (7, 8)]
@@ -3008,6 +3009,12 @@ def test_symlink_loops_are_named(
     for argv, named in {
         ("list", root / "a"): f"{root / 'a'}: a symlink loop: {root / 'a'} -> b -> a",
         ("list", root / "a" / "sub"): f"under a symlink loop: {root / 'a'} -> b -> a",
+        # (a trailing slash: a itself is the loop, not under it)
+        ("list", f"{root / 'a'}/"): f"{root / 'a'}/: a symlink loop: {root / 'a'} -> b -> a",
+        ("list", root / "y"): (
+            f"{root / 'y'}: a symlink into a symlink loop: {root / 'y'} -> a/sub, where "
+            f"{root / 'a'} -> b -> a (fix or remove the link {root / 'a'})"
+        ),
         ("clean", root / "a", "orphans"): f"{root / 'a'}: a symlink loop",
         ("clean", root, "node", step / "x"): f"{step / 'x'}: a symlink loop: {step / 'x'} -> y",
         ("logs", step / "y"): f"{step / 'y'}: a symlink loop: {step / 'y'} -> x -> y",

@@ -131,9 +131,7 @@ def _is_dir(entry: os.DirEntry[str]) -> bool:
         if error.errno == errno.ELOOP and os.path.abspath(entry.path) not in _TOLD_LOOPS:
             if len(_TOLD_LOOPS) >= 10_000:
                 _TOLD_LOOPS.clear()  # (a bounded memo)
-            chain = _link_chain(entry.path)
-            where = os.path.dirname(entry.path)
-            _TOLD_LOOPS.update(os.path.abspath(os.path.join(where, c)) for c in chain)
+            _TOLD_LOOPS.update(os.path.abspath(p) for p in _link_walk(entry.path)[1])
             logger.warning("Skipping %s: %s", entry.path, not_a_folder(entry.path))
         return False
 
@@ -166,48 +164,78 @@ def without_links_to_siblings(step: str | Path, folders: tp.Iterable[_F]) -> lis
 
 def not_a_folder(path: Path | str) -> str:
     """Why a path given as a folder is none, to say so: "no such folder", "not a folder",
-    or the symlink that makes it one of neither (a loop of links, ``a -> b -> a``, or a
-    link to nothing), named with where it points."""
+    or the symlink that makes it one of neither (a loop of links, ``a -> b -> a``, a link
+    into one, or a link to nothing), named with where it points."""
     path = os.fspath(path)
     if os.path.isdir(path):
         return "a folder"
     if os.path.exists(path):
         return "not a folder"
+    found = _broken_link(path)
+    if found is None:
+        return "no such folder"
+    link, error = found
+    # (Path drops a trailing slash: "a/" with a the loop is that loop, not under it)
+    under = "" if Path(link).parts == Path(path).parts else "under "
+    chain, loop = _link_trouble(link)
+    if error.errno == errno.ELOOP:
+        # (a link into a loop elsewhere: the loop is what to fix, not that link)
+        kind = "a symlink loop" if loop in (None, link) else "a symlink into a symlink loop"
+        return f"{under}{kind}: {chain} (fix or remove the link {loop or link})"
+    if error.errno == errno.ENOENT:
+        return f"{under}a symlink to nothing: {chain} (no such file or folder)"
+    return f"not readable ({link}: {error.strerror})"
+
+
+def _broken_link(path: str) -> tuple[str, OSError] | None:
+    """The first link of a path (itself or a folder above it) that leads nowhere, and
+    why (None: no such link)."""
     parts = Path(path).parts
-    for end in range(1, len(parts) + 1):  # (the first link of the path that leads nowhere)
+    for end in range(1, len(parts) + 1):
         link = os.path.join(*parts[:end])
         if not os.path.islink(link):
             if os.path.lexists(link):
                 continue
-            break
+            return None
         try:
             os.stat(link)
-            continue
         except OSError as error:
-            chain = " -> ".join(_link_chain(link))
-            under = "" if link == path else "under "  # (a link above the path given)
-            if error.errno == errno.ELOOP:
-                return f"{under}a symlink loop: {chain} (fix or remove the link {link})"
-            if error.errno == errno.ENOENT:
-                return f"{under}a symlink to nothing: {chain} (no such file or folder)"
-            return f"not readable ({link}: {error.strerror})"
-    return "no such folder"
+            return link, error
+    return None
 
 
-def _link_chain(link: str, limit: int = 8) -> list[str]:
-    """``link`` and where it points, link after link, as written (up to a repeat)."""
-    chain, seen, current = [link], {os.path.abspath(link)}, link
+def _link_walk(link: str, limit: int = 8) -> tuple[list[str], list[str], int | None]:
+    """``link`` and where it points, link after link, as written (up to a repeat); the
+    path of each; and the index of the one a loop comes back to (None: no loop)."""
+    chain, paths, current = [link], [link], link
+    seen = {os.path.abspath(link): 0}
     while os.path.islink(current) and len(chain) <= limit:
         try:
             target = os.readlink(current)
         except OSError:
             break
-        chain.append(target)
         current = os.path.join(os.path.dirname(current), target)
-        if os.path.abspath(current) in seen:
-            break
-        seen.add(os.path.abspath(current))
-    return chain
+        chain.append(target)
+        paths.append(current)
+        back = seen.setdefault(os.path.abspath(current), len(paths) - 1)
+        if back != len(paths) - 1:
+            return chain, paths, back
+    return chain, paths, None
+
+
+def _link_trouble(link: str, depth: int = 0) -> tuple[str, str | None]:
+    """The links from ``link`` on, as ``a -> b -> a``, with the loop a link leads into
+    through a folder of it (``y -> a/sub, where a -> b -> a``); and the link that loop
+    comes back to (None: none seen)."""
+    chain, paths, back = _link_walk(link)
+    text = " -> ".join(chain)
+    if back is not None:
+        return text, paths[back]
+    found = _broken_link(paths[-1]) if depth < 4 and paths[-1] != link else None
+    if found is None or found[0] == paths[-1]:
+        return text, None
+    inner, loop = _link_trouble(found[0], depth + 1)
+    return f"{text}, where {inner}", loop
 
 
 def is_node_folder(folder: Path) -> bool:
