@@ -2977,6 +2977,11 @@ def test_clean_node_where_removes_the_configs_list_where_shows(tmp_path: Path) -
         ("node", "--step", "Train"): "--step only restricts those",
         ("node", folders[0.01, 1], "--step", "Train"): "--step does not apply",
         ("versions", "--where", "seed=1"): "--where does not apply",
+        # (a --step matching nothing is an error, as for the other clean commands)
+        ("node", "--where", "seed=1", "--step", "Typo", "--yes"): (
+            f"--step 'Typo' matches no step of the root: {__name__}.Squares.square,1, "
+            f"{__name__}.Train.fit,1"
+        ),
     }.items():
         refused = cli("clean", root, *argv)
         assert refused.returncode == 2 and said in refused.stderr, (argv, refused.stderr)

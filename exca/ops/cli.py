@@ -699,7 +699,9 @@ def _main(argv: list[str] | None) -> int:
             )
             return 0
         if args.what == "node" and args.where:
-            clean.cache_root(args.root)  # (a step or node folder: the root to give)
+            # (a step or node folder: the root to give; a --step matching nothing: an
+            # error, as for the other clean commands, not "Nothing to remove")
+            clean.selected_steps(clean.cache_root(args.root), args.step)
             infos, why = _listed(args.root, args.step, args.where, None, "--step/--where")
             if not infos:
                 _print(clean.CleanPlan().to_dict(), args.json, f"Nothing to remove. {why}")
