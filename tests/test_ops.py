@@ -2901,6 +2901,42 @@ def test_cleaning_leaves_what_an_alias_of_a_step_folder_holds(tmp_path: Path) ->
     assert folder_of(live).exists() and live.infra.status() == "completed"
 
 
+def test_clean_versions_judges_real_folders_not_an_alias_of_a_higher_version(
+    tmp_path: Path,
+) -> None:
+    """A step folder alias of a higher version to an older one (fit,9 -> fit,2: a version
+    bumped, its old results kept) was taken for the newest version: `clean versions --yes`
+    removed fit,2 (the alias's target) and every real version, the real newest fit,3 too,
+    leaving the alias to nothing (a review). Versions are judged on real folders; an alias
+    (whatever its name) is kept, and so is the folder it points to."""
+    root = tmp_path / "cache"
+    trains = {v: Train(seed=1, infra={"folder": root, "version": v}) for v in "1234"}
+    for train in trains.values():
+        train.fit()
+    steps = {v: folder_of(t).parent for v, t in trains.items()}
+    bumped = root / steps["2"].name.replace(",2", ",9")
+    bumped.symlink_to(steps["2"].name)
+    named = root / steps["3"].name.replace(",3", ",best")  # (an alias not a number)
+    named.symlink_to(steps["3"].name)
+    preview = cli("clean", root, "versions", check=True).stdout
+    assert f"{bumped}  (an alias of the step folder {steps['2'].name}" in preview, preview
+    assert f"{named}  (an alias of the step folder {steps['3'].name}" in preview, preview
+    assert f"{steps['2']}  (version '2' is older than '4', but the alias {bumped}" in preview
+    assert "newest is 9" not in preview and "(newest is 4" in preview, preview
+    done = cli("clean", root, "versions", "--yes", check=True).stdout
+    assert "Removed 1 item(s)" in done, done
+    assert not steps["1"].exists()
+    for v in "234":
+        assert folder_of(trains[v]).is_dir() and trains[v].infra.status() == "completed"
+    assert bumped.is_symlink() and bumped.resolve() == steps["2"].resolve()
+    assert named.is_symlink() and named.resolve() == steps["3"].resolve()
+    # without the link, the folder it pointed to is an old version as any other
+    bumped.unlink()
+    cli("clean", root, "versions", "--yes", check=True)
+    assert not steps["2"].exists() and folder_of(trains["4"]).is_dir()
+    assert folder_of(trains["3"]).is_dir()  # (still the target of 'best')
+
+
 class Untyped(pydantic.BaseModel):
     """A config of an untyped value: 1 and "1" are two configs with one v2 folder name."""
 

@@ -403,10 +403,17 @@ def _linked_step(folder: Path) -> Path | None:
     old ones). A step folder linked from elsewhere (moved to another disk) is this
     cache's: cleaned as any other."""
     step = folder.parent.parent if folder.name.startswith(INPUTS_PREFIX) else folder.parent
+    return step if _alias_target(step) is not None else None
+
+
+def _alias_target(step: Path) -> Path | None:
+    """The step folder of the same root a step folder is a symlink to (an alias, ``fit,9
+    -> fit,2``: a version bumped, its old results kept), or None: a real one (one linked
+    from elsewhere, moved to another disk, is this cache's own)."""
     if not step.is_symlink():
         return None
     real = Path(os.path.realpath(step))
-    return step if real.parent == Path(os.path.realpath(step.parent)) else None
+    return step.parent / real.name if real.parent == Path(os.path.realpath(step.parent)) else None
 
 
 def _links_to(plan: CleanPlan, folder: Path) -> list[Path]:
@@ -769,13 +776,28 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
     (as a numbered version equal to the newest one: "v2")."""
     root = cache_root(root)
     plan = CleanPlan()
-    methods = _methods(root)
+    every = methods = _methods(root)
     if step is not None:
-        every, methods = methods, _selected_methods(step, methods)
+        methods = _selected_methods(step, methods)
         if not methods:
             raise ValueError(_unmatched(every, step))
+    # (an alias is no version: fit,9 -> fit,2 taken as version 9 made 2, and the real
+    # newest 3, old: all removed, the link left to nothing. Versions are judged on real
+    # folders; an alias is kept, and so is the folder it points to)
+    aliases = {f: t for folders in every.values() for f in folders if (t := _alias_target(f))}
+    targets: dict[Path, list[Path]] = {}
+    for alias, target in aliases.items():
+        targets.setdefault(target, []).append(alias)
     olds: dict[str, tuple[list[Path], str]] = {}  # per method: its old versions, why
     for folders in methods.values():
+        for alias in (f for f in folders if f in aliases):
+            name = aliases[alias].name
+            why = (
+                f"an alias of the step folder {name} of this root (a link to it): not a "
+                f"version of its own, its number is not compared; kept, and {name} with it"
+            )
+            plan.kept.append((alias, why))
+        folders = [f for f in folders if f not in aliases]
         numbered = [f for f in folders if _version_key(f.name.partition(",")[2]) is not None]
         if len(folders) > 1:
             for folder in folders:
@@ -823,6 +845,13 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
                 plan.kept.append((folder, why))
             elif key == newest_key:
                 why = f"version {version!r} is the same number as the newest ({newest})"
+                plan.kept.append((folder, why))
+            elif folder in targets:  # (removing it would leave the alias to nothing)
+                links = ", ".join(str(a) for a in targets[folder])
+                why = (
+                    f"version {version!r} is older than {newest!r}, but the alias {links} "
+                    "links to it: kept with the link (remove the link to clean it)"
+                )
                 plan.kept.append((folder, why))
             else:
                 older.append(folder)
