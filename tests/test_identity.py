@@ -2937,6 +2937,74 @@ def test_a_dataclass_subclass_in_a_discriminated_model_is_rebuilt(tmp_path: Path
     assert type(listed.member.aug) is _SameAug and listed.infra.uid() == config.infra.uid()
 
 
+@dataclasses.dataclass(frozen=True)
+class _Size:
+    """A dataclass with its own pydantic schema: dumped (and read back) as "3x4"."""
+
+    w: int = 1
+    h: int = 1
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: tp.Any, handler: tp.Any) -> tp.Any:
+        from pydantic_core import core_schema
+
+        def parse(value: tp.Any) -> _Size:
+            if isinstance(value, _Size):
+                return value
+            if isinstance(value, dict):  # (as pydantic would take its fields; h first)
+                return cls(value["h"], value["w"])
+            w, h = str(value).split("x")
+            return cls(int(w), int(h))
+
+        def dump(value: _Size) -> str:
+            return f"{value.w}x{value.h}"
+
+        serializer = core_schema.plain_serializer_function_ser_schema(dump)
+        return core_schema.no_info_plain_validator_function(parse, serialization=serializer)
+
+
+@dataclasses.dataclass(frozen=True)
+class _SizedPipeline:
+    size: _Size = _Size()
+    aug: _Aug = dataclasses.field(default_factory=_Aug)
+
+
+class _HoldsSizedPipeline(pydantic.BaseModel):
+    model_config = FORBID
+    pipe: _SizedPipeline = _SizedPipeline()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> str:
+        return repr(self.pipe)
+
+
+def test_a_dataclass_with_its_own_schema_next_to_a_subclass_is_dumped_by_it(
+    tmp_path: Path,
+) -> None:
+    """A dataclass with its own pydantic schema next to a dataclass subclass value (in a
+    dataclass: the whole is dumped by its fields, for the subclass) was dumped by its
+    fields, not its schema: its uid said size={h=4,w=3} (size=3x4 without the subclass
+    next to it), and clone_obj() / iter_cached() built it back from {w: 3, h: 4}, which
+    its validator reads otherwise (here: Size(4, 3))."""
+    pipe = _SizedPipeline(size=_Size(3, 4), aug=_Crop(size=128))
+    config = _HoldsSizedPipeline(pipe=pipe, infra={"folder": tmp_path})
+    uid = config.infra.uid()
+    assert "size=3x4," in uid and f"_class={MODULE}._Crop" in uid, uid
+    # (without a subclass next to it: the dump it had)
+    alone = _HoldsSizedPipeline(pipe=_SizedPipeline(size=_Size(3, 4), aug=_Aug(p=0.1)))
+    assert alone.infra.uid().endswith("/pipe={size=3x4,aug.p=0.10}-6e86e61e"), alone.infra.uid()
+    assert config.infra.config(uid=False)["pipe"]["size"] == "3x4"
+    clone = config.infra.clone_obj()
+    assert clone.pipe == pipe and type(clone.pipe.aug) is _Crop
+    assert config.infra.clone_obj({"pipe.aug.size": 64}).pipe == _SizedPipeline(
+        _Size(3, 4), _Crop(size=64)
+    )
+    config.process()
+    (listed,) = config.infra.iter_cached()
+    assert listed.pipe == pipe and listed.infra.uid() == uid
+
+
 class _Logger:
     """A runtime object with no json form."""
 

@@ -1149,6 +1149,14 @@ def _contained(value: tp.Any) -> tp.Iterator[tp.Any]:
         yield value
 
 
+def custom_schema(cls: type) -> bool:
+    """Whether a class defines its own pydantic core schema: pydantic dumps (and validates)
+    its instances as that schema says, not by their fields."""
+    return callable(getattr(cls, "__get_pydantic_core_schema__", None)) and not issubclass(
+        cls, pydantic.BaseModel
+    )
+
+
 class _DataclassFacts:
     """The annotations of the fields of a dataclass (resolved), and the dataclasses each
     one names (see ``annotated_dataclasses``)."""
@@ -1329,12 +1337,22 @@ def _dataclass_export(value: tp.Any, declared: _Declared, owner: type | None) ->
                 for key, item in zip(keys, value.values())
             }
         return pydantic_core.to_jsonable_python(value)
+    cls = type(value)
+    subclass = _subclass_dataclass(cls, declared)
+    if not subclass and custom_schema(cls):
+        # dumped by its own schema, as pydantic dumps it there: a serializer of its own
+        # writes what its validator reads back (its fields would not be: a Size dumped
+        # "3x4" came back from {w: 3, h: 4} wrong, or failed); a schema that dumps its
+        # fields (wrapping the dataclass's) is walked as any dataclass
+        dumped = _adapter(cls).dump_python(value, mode="json", warnings=False)
+        names = {f.name for f in dataclasses.fields(cls)}
+        if type(dumped) is not dict or not dumped.keys() <= names:
+            return dumped
     out = {
         name: _dataclass_export(getattr(value, name, None), held, owner)
-        for name, held in _field_types(type(value), declared, owner)
+        for name, held in _field_types(cls, declared, owner)
     }
-    cls = type(value)
-    if _subclass_dataclass(cls, declared):
+    if subclass:
         return {CLASS_KEY: f"{cls.__module__}.{cls.__qualname__}", **out}
     return out
 
@@ -1536,13 +1554,17 @@ def _named_dataclass(name: str, declared: _Declared) -> type:
 _ADAPTERS: dict[type, pydantic.TypeAdapter[tp.Any]] = {}
 
 
+def _adapter(cls: type) -> pydantic.TypeAdapter[tp.Any]:
+    adapter = _ADAPTERS.get(cls)
+    if adapter is None:
+        adapter = _ADAPTERS[cls] = pydantic.TypeAdapter(cls)
+    return adapter
+
+
 def _built(cls: type, fields: dict[str, tp.Any], name: str) -> tp.Any:
     """An instance of a dataclass from its exported fields (validated as pydantic does)."""
     try:
-        adapter = _ADAPTERS.get(cls)
-        if adapter is None:
-            adapter = _ADAPTERS[cls] = pydantic.TypeAdapter(cls)
-        return adapter.validate_python(fields)
+        return _adapter(cls).validate_python(fields)
     except Exception as error:  # (invalid values, or annotations it cannot resolve)
         raise ClassNotRebuilt(
             f"Cannot build the dataclass {name} of the config: {error}"
