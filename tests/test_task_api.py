@@ -689,6 +689,68 @@ def test_a_frozen_dataclass_memo_does_not_break_a_cached_read(tmp_path: Path) ->
         config.train()
 
 
+class _FloatField:
+    """A descriptor-typed dataclass field (as in the dataclasses docs): each read gives a
+    new float object."""
+
+    def __init__(self, *, default: float) -> None:
+        self._default = default
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = "_" + name
+
+    def __get__(self, obj: tp.Any, kind: tp.Any = None) -> float:
+        if obj is None:
+            return self._default
+        return float(getattr(obj, self._name, self._default)) * 1.0
+
+    def __set__(self, obj: tp.Any, value: float) -> None:
+        object.__setattr__(obj, self._name, float(value))
+
+
+@dataclasses.dataclass(frozen=True)
+class Gain:
+    level: float = _FloatField(default=1.0)  # type: ignore[assignment]
+
+
+class HoldsGain(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    gain: Gain = Gain()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def train(self) -> float:
+        return self.gain.level
+
+
+@pytest.mark.parametrize("keep_in_ram", (True, False))
+def test_a_descriptor_field_does_not_export_the_config_at_each_cached_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep_in_ram: bool
+) -> None:
+    """A frozen dataclass whose field is a descriptor giving a new object at each read:
+    its fields, told by identity, always looked changed, so every cached read exported
+    the config again to compare it (~17x slower). Such a field is compared by value."""
+    from exca.infra import base
+
+    config = HoldsGain(gain=Gain(level=2.0), infra={"folder": tmp_path, "keep_in_ram": keep_in_ram})
+    assert config.train() == 2.0 and config.train() == 2.0
+    exports: list[int] = []
+    export = base.identity.export_with_keys
+
+    def counted(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        exports.append(1)
+        return export(*args, **kwargs)
+
+    monkeypatch.setattr(base.identity, "export_with_keys", counted)
+    for _ in range(3):
+        assert config.train() == 2.0
+    assert not exports
+    # a change through the descriptor is still seen
+    object.__setattr__(config.gain, "level", 3.0)
+    with pytest.raises(RuntimeError, match=r"gain.level: 2.0 -> 3.0"):
+        config.train()
+
+
 class LayeredInputs(pydantic.BaseModel):
     layers: list[int] = [64]
     pair: tuple[list[int], int] = ([0], 0)

@@ -623,7 +623,7 @@ class BaseInfra(pydantic.BaseModel):
             return
         frozen = runtime.frozen_dataclasses
         # (the first read, or a field set since: the export compared, then their fields)
-        if frozen is None or (frozen.values and frozen.changed()):
+        if frozen is None or ((frozen.values or frozen.described) and frozen.changed()):
             held: list[tp.Any] = []
             for model in runtime.models:
                 for value in model.__dict__.values():
@@ -1143,28 +1143,78 @@ def _frozen_dataclasses(value: tp.Any, out: list[tp.Any]) -> None:
             _frozen_dataclasses(getattr(value, field.name, None), out)
 
 
+_DESCRIBED: dict[type, frozenset[str]] = {}
+identity.CLASS_FORGETTERS.append(lambda cls: _DESCRIBED.clear())
+
+
+def _described_fields(cls: type) -> frozenset[str]:
+    """The fields of a dataclass whose class attribute is a data descriptor (memoized):
+    reading one calls it, which may return a new object each time (a float it computes,
+    a property-like field)."""
+    known = _DESCRIBED.get(cls)
+    if known is None:
+        names = []
+        for field in dataclasses.fields(cls):
+            attribute = inspect.getattr_static(cls, field.name, None)
+            kind = type(attribute)
+            if hasattr(kind, "__get__") and (
+                hasattr(kind, "__set__") or hasattr(kind, "__delete__")
+            ):
+                names.append(field.name)
+        known = _DESCRIBED[cls] = frozenset(names)
+    return known
+
+
+def _same_value(a: tp.Any, b: tp.Any) -> bool:
+    """Whether a descriptor field read twice gave the same value, as a uid sees it."""
+    if a is b:
+        return True
+    try:
+        return type(a) is type(b) and identity._uid_equal(a, b)
+    except Exception:  # (an array's ==, say: taken for a change, the export compares)
+        return False
+
+
 class _FrozenFields:
     """The field values of frozen dataclass instances, one entry per field. Setting one
     (object.__setattr__) replaces the value: told by identity, in one pass without
-    copies, and without comparing values (their ``__eq__`` may fail, an array's say)."""
+    copies, and without comparing values (their ``__eq__`` may fail, an array's say).
+    Fields that are data descriptors are compared by value: each read may build a new
+    object (then told by identity, every cached read took the config for changed and
+    exported it again)."""
 
-    __slots__ = ("instances", "names", "values")
+    __slots__ = ("described", "instances", "names", "values")
 
     def __init__(self, held: list[tp.Any]) -> None:
         self.instances: list[tp.Any] = []
         self.names: list[str] = []
         self.values: list[tp.Any] = []
+        # (instance, field name, value) of the data descriptor fields
+        self.described: list[tuple[tp.Any, str, tp.Any]] = []
         for instance in held:
+            described = _described_fields(type(instance))
             for field in dataclasses.fields(instance):
-                if hasattr(instance, field.name):
-                    self.instances.append(instance)
-                    self.names.append(field.name)
-                    self.values.append(getattr(instance, field.name))
+                name = field.name
+                if not hasattr(instance, name):
+                    continue
+                if name in described:
+                    self.described.append((instance, name, getattr(instance, name)))
+                    continue
+                self.instances.append(instance)
+                self.names.append(name)
+                self.values.append(getattr(instance, name))
 
     def changed(self) -> bool:
         try:
             now = map(getattr, self.instances, self.names)
-            return any(map(operator.is_not, now, self.values))
+            if any(map(operator.is_not, now, self.values)):
+                return True
+            if not self.described:
+                return False
+            return any(
+                not _same_value(getattr(instance, name), value)
+                for instance, name, value in self.described
+            )
         except AttributeError:  # (a field deleted since)
             return True
 
