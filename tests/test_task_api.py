@@ -689,6 +689,118 @@ def test_a_frozen_dataclass_memo_does_not_break_a_cached_read(tmp_path: Path) ->
         config.train()
 
 
+@dataclasses.dataclass
+class Smoother:
+    width: int = 3
+    # computed by the class itself: not config (pydantic ignores them in its input too)
+    weights: list[float] = dataclasses.field(init=False)
+    seen: list[int] = dataclasses.field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.weights = [1 / self.width] * self.width
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    size: int = 4
+    kernel: tp.Any = dataclasses.field(init=False, default=None, repr=False)
+
+    def get(self) -> tp.Any:
+        if self.kernel is None:  # (a lazy memo)
+            np = pytest.importorskip("numpy")
+            object.__setattr__(self, "kernel", np.hanning(self.size))
+        return self.kernel
+
+
+class HoldsMemos(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    smoother: Smoother = Smoother()
+    window: Window = Window()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def train(self) -> int:
+        CALLS.append(("memos", self.smoother.width))
+        self.smoother.seen.append(len(self.smoother.seen))
+        return self.smoother.width + len(self.window.get())
+
+
+def test_init_false_dataclass_fields_are_not_config(tmp_path: Path) -> None:
+    """A dataclass field(init=False) that the class fills itself (a memo, in __post_init__
+    or lazily) counted as config: filled since the uid, a cached read raised "changed in
+    place" (an array there: "Cannot export ... numpy"), and filled before, it changed the
+    uid. Such fields are in no export (uid, config.yaml) and their changes are none; a
+    change of a real field is still refused, saying what it was."""
+    CALLS.clear()
+    folder = {"folder": tmp_path}
+    config = HoldsMemos(smoother=Smoother(width=5), window=Window(size=6), infra=folder)
+    config.window.get()  # (an array there before the uid)
+    uid = config.infra.uid()
+    assert uid == HoldsMemos(smoother=Smoother(width=5), window=Window(size=6)).infra.uid()
+    assert uid.endswith("/window.size=6,smoother.width=5-7ca434d2"), uid
+    assert config.train() == 11 and config.smoother.seen == [0]
+    assert config.train() == 11  # (cached, with a memo filled since)
+    config.window.get().fill(0)
+    config.smoother.seen.append(9)
+    assert config.train() == 11
+    assert CALLS == [("memos", 5)]
+    folder_path = config.infra.uid_folder()
+    assert folder_path is not None
+    written = ConfDict.from_yaml(folder_path / "config.yaml")
+    assert written["smoother"] == {"width": 5} and written["window"] == {"size": 6}
+    clone = config.infra.clone_obj({"smoother.width": 2})
+    assert clone.smoother.weights == [0.5, 0.5] and clone.smoother.seen == []
+    # at their defaults, with their memos filled: still the default
+    default = HoldsMemos(infra=folder)
+    default.smoother.seen.append(1)
+    default.window.get()
+    assert default.infra.uid().endswith("/default")
+    assert default.train() == 7 and default.train() == 7
+    # a real change is still refused: its old value named, not the fields left as they were
+    config.smoother.width = 7
+    with pytest.raises(RuntimeError, match=r"\(smoother.width: 5 -> 7\)"):
+        config.train()
+    default.smoother.width = 4
+    with pytest.raises(RuntimeError, match=r"\(smoother.width: its default 3 -> 4\)"):
+        default.train()
+
+
+@dataclasses.dataclass(frozen=True)
+class LazyWindow:
+    size: int = 4
+    kernel: tp.Any = None  # (a memo declared as a field of the config)
+
+    def get(self) -> tp.Any:
+        np = pytest.importorskip("numpy")
+        object.__setattr__(self, "kernel", np.hanning(self.size))
+        return self.kernel
+
+
+class HoldsLazyWindow(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    window: LazyWindow = LazyWindow()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def train(self) -> int:
+        return self.window.size
+
+
+def test_a_memo_in_a_config_field_says_how_to_keep_it_out(tmp_path: Path) -> None:
+    """An array memo set in a field of the config after a cached call: the read raised
+    "Cannot export HoldsLazyWindow.window into a config ... convert numpy arrays held by
+    an Any field", as if the config had been built so. It says the field changed in
+    place, and how a memo is kept out of the config."""
+    config = HoldsLazyWindow(window=LazyWindow(size=6), infra={"folder": tmp_path})
+    assert config.train() == 6
+    config.window.get()
+    with pytest.raises(RuntimeError, match="changed in place") as info:
+        config.train()
+    message = str(info.value)
+    assert "HoldsLazyWindow.window.kernel now holds a value with no json form" in message
+    assert "dataclasses.field(init=False)" in message
+
+
 class _FloatField:
     """A descriptor-typed dataclass field (as in the dataclasses docs): each read gives a
     new float object."""

@@ -640,14 +640,36 @@ class BaseInfra(pydantic.BaseModel):
         if runtime.uid_export is None:
             return
         exclude = self._cache_exclusions()
-        now, _ = identity.export_with_keys(self._owner(), True, True, exclude)
+        owner = self._owner()
+        try:
+            now, _ = identity.export_with_keys(owner, True, True, exclude)
+        except identity.Unexportable as error:  # (it exported when its uid was computed)
+            raise RuntimeError(
+                f"The config of {self.uid()} was changed in place after its uid was computed: "
+                f"{error.where} now holds a value with no json form ({error.error}), and "
+                "its result would be cached under the uid of the old values. A value a "
+                "dataclass computes for itself (a memo, a cached array) is not config: "
+                "declare it dataclasses.field(init=False) (left out of uids and of this "
+                "check), or keep it in an attribute that is not a field. Else build a new "
+                "config, e.g. infra.clone_obj({...}) with the new values"
+            ) from error
         if now == runtime.uid_export:
             return
         before, after = ConfDict(runtime.uid_export).flat(), ConfDict(now).flat()
-        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+        olds: dict[str, tp.Any] = {}  # (the old values of keys then at their default)
+        for key in after.keys() - before.keys():
+            olds[key] = _default_at(owner, key, before)
+        changed = sorted(
+            k
+            for k in before.keys() | after.keys()
+            if before.get(k, olds.get(k, _MISSING)) != after.get(k, _MISSING)
+        )
 
         def value(flat: dict[str, tp.Any], key: str) -> str:
-            return repr(flat[key]) if key in flat else "its default"
+            if key in flat:
+                return repr(flat[key])
+            old = olds.get(key, _MISSING)
+            return f"its default {old!r}" if old is not _MISSING else "its default"
 
         shown = ", ".join(f"{k}: {value(before, k)} -> {value(after, k)}" for k in changed[:5])
         raise RuntimeError(
@@ -1119,10 +1141,13 @@ def _mutable(value: tp.Any) -> bool:
         return any(_mutable(item) for item in value)
     params = getattr(type(value), "__dataclass_params__", None)
     if params is not None and not isinstance(value, type):
-        # (a frozen one's fields may hold lists, or configs, which are not frozen in there)
+        # (a frozen one's fields may hold lists, or configs, which are not frozen in there;
+        # its init=False fields are no config: a memo there may be anything)
+        skipped = identity.init_only_fields(type(value))
         return not params.frozen or any(
             _mutable(held) or isinstance(held, pydantic.BaseModel)
             for field in dataclasses.fields(value)
+            if field.name not in skipped
             for held in [getattr(value, field.name, None)]
         )
     numpy = sys.modules.get("numpy")
@@ -1139,8 +1164,10 @@ def _frozen_dataclasses(value: tp.Any, out: list[tp.Any]) -> None:
     params = getattr(type(value), "__dataclass_params__", None)
     if params is not None and params.frozen and not isinstance(value, type):
         out.append(value)
+        skipped = identity.init_only_fields(type(value))
         for field in dataclasses.fields(value):
-            _frozen_dataclasses(getattr(value, field.name, None), out)
+            if field.name not in skipped:
+                _frozen_dataclasses(getattr(value, field.name, None), out)
 
 
 _DESCRIBED: dict[type, frozenset[str]] = {}
@@ -1181,7 +1208,7 @@ class _FrozenFields:
     copies, and without comparing values (their ``__eq__`` may fail, an array's say).
     Fields that are data descriptors are compared by value: each read may build a new
     object (then told by identity, every cached read took the config for changed and
-    exported it again)."""
+    exported it again). init=False fields are no config: left out."""
 
     __slots__ = ("described", "instances", "names", "values")
 
@@ -1192,10 +1219,12 @@ class _FrozenFields:
         # (instance, field name, value) of the data descriptor fields
         self.described: list[tuple[tp.Any, str, tp.Any]] = []
         for instance in held:
-            described = _described_fields(type(instance))
+            cls = type(instance)
+            skipped = identity.init_only_fields(cls)
+            described = _described_fields(cls)
             for field in dataclasses.fields(instance):
                 name = field.name
-                if not hasattr(instance, name):
+                if name in skipped or not hasattr(instance, name):
                     continue
                 if name in described:
                     self.described.append((instance, name, getattr(instance, name)))
@@ -1217,6 +1246,33 @@ class _FrozenFields:
             )
         except AttributeError:  # (a field deleted since)
             return True
+
+
+def _default_at(owner: pydantic.BaseModel, key: str, before: dict[str, tp.Any]) -> tp.Any:
+    """The value at ``key`` (a flat export key) of a config whose uid export ``before``
+    left out: the value there in the default of the first field on its path that the
+    export left out whole (then at its default: a dataclass changed in place since).
+    ``_MISSING`` when it cannot be told (through a list, a dict...). For the message
+    only: a field the change left as it was is not listed, the others show their old
+    value."""
+    parts = tuple(key.split("."))
+    for depth in range(1, len(parts)):
+        prefix = ".".join(parts[:depth])
+        if any(k == prefix or k.startswith(prefix + ".") for k in before):
+            continue  # (not left out whole)
+        found = _field_at(owner, parts[:depth])
+        if found is None:
+            return _MISSING
+        parent = found[0]
+        field = type(parent).model_fields[parts[depth - 1]]
+        if field.is_required():
+            return _MISSING
+        default = field.get_default(call_default_factory=True, validated_data={})
+        exported = identity.export_value(default)
+        if not isinstance(exported, dict):
+            return _MISSING
+        return ConfDict(exported).flat().get(".".join(parts[depth:]), _MISSING)
+    return _MISSING
 
 
 def _cached_config(

@@ -585,6 +585,27 @@ def export_field(parent: pydantic.BaseModel, name: str) -> dict[str, tp.Any]:
 _DUMP_ERRORS = (pydantic_core.PydanticSerializationError, UnicodeDecodeError)
 
 
+class Unexportable(TypeError):
+    """A config value with no json form (``where``: its dotted path, with the class)."""
+
+    def __init__(self, message: str, where: str, error: Exception) -> None:
+        super().__init__(message)
+        self.where = where
+        self.error = error
+
+
+def export_value(value: tp.Any) -> tp.Any:
+    """The uid export of a value on its own, defaults kept (a field's default: what a
+    config left at it holds), or ``_NO_DEFAULT`` when it has none."""
+    try:
+        if isinstance(value, pydantic.BaseModel):
+            return export_model(value, uid=True)
+        dumped = pydantic_core.to_jsonable_python(value)
+        return _Exporter(uid=True, exclude_defaults=False).value(value, dumped)
+    except Exception:  # (only used to name old values in a message)
+        return _NO_DEFAULT
+
+
 def json_dump(
     model: pydantic.BaseModel,
     exclude: tp.Any = None,
@@ -606,14 +627,15 @@ def json_dump(
         error: Exception = e
         optional: list[tuple[str | int, ...]] = []
         failing: list[tuple[str | int, ...]] = []
-        _unserializable(model, drop, (), optional, failing)
-        if optional and not failing:
+        init_only: list[tuple[str | int, ...]] = []  # (not config: left out, not reported)
+        _unserializable(model, drop, (), optional, failing, init_only)
+        if (optional or init_only) and not failing:
             try:
                 dumped = model.model_dump(
                     mode="json",
                     warnings=False,
                     by_alias=False,
-                    exclude=_merged_exclude(exclude, optional),
+                    exclude=_merged_exclude(exclude, optional + init_only),
                     **kwargs,
                 )
             except _DUMP_ERRORS as again:
@@ -634,9 +656,11 @@ def json_dump(
             "out of the uid (_exclude_from_cls_uid, or the method's exclude_from_cache_uid: "
             "then it needs no json form) or out of every config (pydantic.Field(exclude=True))"
         )
-        raise TypeError(
+        raise Unexportable(
             f"Cannot export {where} into a config (uid, yaml files): "
-            f"{error}. Config values must have a json form: {hint}"
+            f"{error}. Config values must have a json form: {hint}",
+            where,
+            error,
         ) from error
 
 
@@ -646,14 +670,40 @@ def _unserializable(
     path: tuple[str | int, ...],
     optional: list[tuple[str | int, ...]],
     failing: list[tuple[str | int, ...]],
+    init_only: list[tuple[str | int, ...]],
 ) -> None:
     """The paths of the values in ``value`` whose json dump fails: in ``optional`` those
-    kept out of uids (they can be left out), in ``failing`` the others."""
+    kept out of uids (they can be left out), in ``init_only`` the init=False fields of
+    dataclasses (not config: left out of every export), in ``failing`` the others."""
+    before = len(optional) + len(failing) + len(init_only)
+    if (
+        dataclasses.is_dataclass(value)
+        and not isinstance(value, type)
+        and not custom_schema(type(value))
+    ):
+        skipped = init_only_fields(type(value))
+        for field in dataclasses.fields(value):
+            sub = getattr(value, field.name, None)
+            try:
+                pydantic_core.to_jsonable_python(sub)
+            except _DUMP_ERRORS:
+                subdrop = drop.get(field.name, {}) if drop is not None else {}
+                where = (*path, field.name)
+                if field.name in skipped:
+                    init_only.append(where)
+                elif subdrop is None:  # (kept out of the uid)
+                    optional.append(where)
+                else:
+                    _unserializable(sub, subdrop or None, where, optional, failing, init_only)
+            except Exception:  # (a value this probe cannot tell: left to the field)
+                pass
+        if len(optional) + len(failing) + len(init_only) == before:
+            failing.append(path)
+        return
     if isinstance(value, pydantic.BaseModel):
         facts = class_facts(type(value))
         excluded = _exclusions(value, facts)
         extra = value.__pydantic_extra__ or {}
-        before = len(optional) + len(failing)
         for name in (*type(value).model_fields, *extra):
             try:
                 value.model_dump(mode="json", include={name}, warnings=False)
@@ -671,8 +721,8 @@ def _unserializable(
                     optional.append((*path, name))
                 else:
                     subdrop = sub if isinstance(sub, dict) else None
-                    _unserializable(found, subdrop, (*path, name), optional, failing)
-        if len(optional) + len(failing) == before:
+                    _unserializable(found, subdrop, (*path, name), optional, failing, init_only)
+        if len(optional) + len(failing) + len(init_only) == before:
             failing.append(path)  # (no field fails alone: its model_serializer)
         return
     items: tp.Iterable[tuple[tp.Any, tp.Any]] = ()
@@ -680,7 +730,6 @@ def _unserializable(
         items = value.items()
     elif isinstance(value, list | tuple):
         items = enumerate(value)
-    before = len(optional) + len(failing)
     for key, sub in items:  # (a container: its items that fail, by index or key)
         try:
             pydantic_core.to_jsonable_python(sub)
@@ -689,10 +738,11 @@ def _unserializable(
             if subdrop is None:  # (kept out of the uid)
                 optional.append((*path, key))
             else:
-                _unserializable(sub, subdrop or None, (*path, key), optional, failing)
+                where = (*path, key)
+                _unserializable(sub, subdrop or None, where, optional, failing, init_only)
         except Exception:  # (a value this probe cannot tell: left to the field)
             pass
-    if len(optional) + len(failing) == before:
+    if len(optional) + len(failing) + len(init_only) == before:
         failing.append(path)  # (the value itself, or its field's serializer)
 
 
@@ -770,6 +820,8 @@ class _Exporter:
         # whether every key written so far is a field name (not a user dict's key, nor a
         # hook's); containers of containers count as not (conservative)
         self.field_keys_only = True
+        # one item per dataclass whose init=False fields were left out (see _sets_ordered)
+        self.drops: list[int] = []
 
     def model(
         self,
@@ -891,7 +943,17 @@ class _Exporter:
                 )
             ):
                 continue
-            out[name] = self.value(value, dval, field.keep, field.contained, facts.cls)
+            drops = len(self.drops)
+            exported = self.value(value, dval, field.keep, field.contained, facts.cls)
+            if (
+                len(self.drops) > drops  # (init=False fields left out: their dumps differed)
+                and prune
+                and not field.required
+                and name not in keep
+                and self._default_export_is(exported, field, facts.cls)
+            ):
+                continue
+            out[name] = exported
         extra = model.__pydantic_extra__
         if extra:  # extra="allow": what was given beyond the fields is config too
             self.field_keys_only = False
@@ -905,6 +967,20 @@ class _Exporter:
                         continue
                     out[key] = self.value(sub, dumped[key])
         return out
+
+    def _default_export_is(self, exported: tp.Any, field: _FieldFacts, owner: type) -> bool:
+        """Whether a field's export is that of its default (both without the init=False
+        fields of their dataclasses: a memo filled in one of them is no difference)."""
+        default = field.default
+        if default is _NO_DEFAULT:
+            return False
+        try:
+            dumped = pydantic_core.to_jsonable_python(default)
+        except Exception:  # (no json form: the default's own memo, say)
+            return False
+        exporter = _Exporter(self.uid, True)
+        reference = exporter.value(default, dumped, field.keep, field.contained, owner)
+        return _uid_equal(exported, reference)
 
     def _field_without(
         self,
@@ -975,8 +1051,8 @@ class _Exporter:
                 # a dataclass subclass instance (or one inside): the dump followed the
                 # annotated class's schema (its own fields lost): dumped whole, with the
                 # class of each such instance in a uid
-                exported = _dataclass_export(value, declared, owner)
-                return _sets_ordered(value, exported, True)
+                exported = _dataclass_export(value, declared, owner, self.drops)
+                return _sets_ordered(value, exported, True, self.drops)
         if isinstance(value, dict) and isinstance(dval, dict):
             # the dump keeps the order of the keys: the i-th json key is the i-th key's
             # rendering (an Enum key as its value, an int as its text...)
@@ -1010,11 +1086,12 @@ class _Exporter:
         if isinstance(value, set | frozenset) and isinstance(dval, list):
             if len(dval) == len(value):  # (items in iteration order: the dump's)
                 dval = [self._set_item(s, d, declared) for s, d in zip(value, dval)]
-            return _sets_ordered(value, dval)
+            return _sets_ordered(value, dval, drops=self.drops)
         if dval is None and type(value) is float:
             return value  # inf/nan: the json dump says null
         if type(dval) is dict and dataclasses.is_dataclass(value):
-            return _sets_ordered(value, dval, True)  # (a set of strings: in hash order)
+            # (a set of strings: in hash order)
+            return _sets_ordered(value, dval, True, self.drops)
         return dval
 
     def _set_item(self, item: tp.Any, dval: tp.Any, declared: tuple[type, ...]) -> tp.Any:
@@ -1149,6 +1226,24 @@ def _contained(value: tp.Any) -> tp.Iterator[tp.Any]:
         yield value
 
 
+_INIT_ONLY: dict[type, frozenset[str]] = {}
+
+
+def init_only_fields(cls: type) -> frozenset[str]:
+    """The ``field(init=False)`` fields of a dataclass (memoized): not config (what the
+    class computes for itself, e.g. a memo filled in ``__post_init__`` or lazily; pydantic
+    ignores them in the input it validates), so they are in no export (uid, config.yaml)
+    and their changes are no change. A class with its own pydantic core schema
+    (``__get_pydantic_core_schema__``) has none: its dump is its config, as it writes it."""
+    known = _INIT_ONLY.get(cls)
+    if known is None:
+        known = frozenset()
+        if not custom_schema(cls):
+            known = frozenset(f.name for f in dataclasses.fields(cls) if not f.init)
+        _INIT_ONLY[cls] = known
+    return known
+
+
 def custom_schema(cls: type) -> bool:
     """Whether a class defines its own pydantic core schema: pydantic dumps (and validates)
     its instances as that schema says, not by their fields."""
@@ -1182,7 +1277,14 @@ _SCHEMA_CLASSES: dict[type, dict[str, type]] = {}
 
 def _forget_dataclasses(cls: type) -> None:
     """(%autoreload: a class updated in place, maybe a dataclass: all forgotten, rare)"""
-    for memo in (_DATACLASS_FACTS, _LOCAL_FACTS, _BOUND_FACTS, _SCHEMA_CLASSES, _CLASSES):
+    for memo in (
+        _DATACLASS_FACTS,
+        _LOCAL_FACTS,
+        _BOUND_FACTS,
+        _SCHEMA_CLASSES,
+        _CLASSES,
+        _INIT_ONLY,
+    ):
         memo.clear()
     _NAMES_NO_DATACLASS.clear()
     _HOLDS_DATACLASSES.clear()
@@ -1204,7 +1306,8 @@ def _dataclass_facts(cls: type, owner: type | None) -> _DataclassFacts:
     local = _LOCAL_FACTS.get((cls, owner))
     if local is not None:
         return local
-    fields = dataclasses.fields(cls)
+    skipped = init_only_fields(cls)  # (not config: never walked)
+    fields = [f for f in dataclasses.fields(cls) if f.name not in skipped]
     try:
         hints = tp.get_type_hints(cls)
     except Exception:  # (a forward reference that cannot be resolved)
@@ -1321,19 +1424,22 @@ def _resolved_hint(cls: type, field: dataclasses.Field[tp.Any], names: dict[str,
         return tp.Any
 
 
-def _dataclass_export(value: tp.Any, declared: _Declared, owner: type | None) -> tp.Any:
+def _dataclass_export(
+    value: tp.Any, declared: _Declared, owner: type | None, drops: list[int] | None = None
+) -> tp.Any:
     """The json dump of a dataclass instance by its own fields, and those of each
     dataclass inside it (pydantic's follows the annotations: a subclass's own fields are
     lost), with the class of each instance that is a strict subclass of the class its
     annotation names (``declared``: the annotation's classes for ``value``), in a uid and
-    in config.yaml alike (``with_dataclass_instances`` reads it back)."""
+    in config.yaml alike (``with_dataclass_instances`` reads it back). Without their
+    ``init=False`` fields (``drops``: see ``_sets_ordered``)."""
     if not dataclasses.is_dataclass(value) or isinstance(value, type):
         if isinstance(value, list | tuple):
-            return [_dataclass_export(item, declared, owner) for item in value]
+            return [_dataclass_export(item, declared, owner, drops) for item in value]
         if isinstance(value, dict):
             keys = pydantic_core.to_jsonable_python(dict.fromkeys(value))  # (as json names them)
             return {
-                key: _dataclass_export(item, declared, owner)
+                key: _dataclass_export(item, declared, owner, drops)
                 for key, item in zip(keys, value.values())
             }
         return pydantic_core.to_jsonable_python(value)
@@ -1348,8 +1454,10 @@ def _dataclass_export(value: tp.Any, declared: _Declared, owner: type | None) ->
         names = {f.name for f in dataclasses.fields(cls)}
         if type(dumped) is not dict or not dumped.keys() <= names:
             return dumped
+    if drops is not None and init_only_fields(cls):
+        drops.append(1)
     out = {
-        name: _dataclass_export(getattr(value, name, None), held, owner)
+        name: _dataclass_export(getattr(value, name, None), held, owner, drops)
         for name, held in _field_types(cls, declared, owner)
     }
     if subclass:
@@ -1653,7 +1761,10 @@ def _equals_default(value: tp.Any, dval: tp.Any, field: _FieldFacts) -> bool:
         return value == field.default
     if dval == field.default_json:
         return _same_bools(dval, field.default_json)
-    return value == field.default and _same_bools(value, field.default)
+    try:
+        return bool(value == field.default) and _same_bools(value, field.default)
+    except Exception:  # (a dataclass holding an array memo: its == fails)
+        return False
 
 
 def _uid_equal(a: tp.Any, b: tp.Any) -> bool:
@@ -1712,40 +1823,52 @@ def _typed_items(items: tp.Iterable[tp.Any]) -> set[tuple[bool, tp.Any]]:
     return {(type(item) is bool, item) for item in items}
 
 
-def _sets_ordered(value: tp.Any, dumped: tp.Any, only_seeded: bool = False) -> tp.Any:
+def _sets_ordered(
+    value: tp.Any, dumped: tp.Any, only_seeded: bool = False, drops: list[int] | None = None
+) -> tp.Any:
     """The json dump of a value with every set in it, at any depth, in a fixed order
-    (the rest of the dump as it is). ``only_seeded``: sets whose order is the same in
-    every process (numbers only) keep it (inside dataclasses, whose sets were not ordered
-    until strings in them were found to change uids between processes)."""
+    (the rest of the dump as it is), and without the ``init=False`` fields of its
+    dataclasses (see ``init_only_fields``; ``drops`` counts the dataclasses that had
+    some). ``only_seeded``: sets whose order is the same in every process (numbers only)
+    keep it (inside dataclasses, whose sets were not ordered until strings in them were
+    found to change uids between processes)."""
     if dumped is None and type(value) is float:
         return value  # inf/nan: the json dump says null (None itself stays None)
     if type(dumped) is dict:
         if isinstance(value, pydantic.BaseModel):  # (its fields, by name: they may hold sets)
             fields = value.__dict__
             return {
-                k: _sets_ordered(fields[k], d, only_seeded) if k in fields else d
+                k: _sets_ordered(fields[k], d, only_seeded, drops) if k in fields else d
                 for k, d in dumped.items()
             }
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            skipped = _INIT_ONLY.get(type(value))  # (the memo read inline: a hot path)
+            if skipped is None:
+                skipped = init_only_fields(type(value))
+            if skipped and drops is not None and not skipped.isdisjoint(dumped):
+                drops.append(1)
             return {
-                k: _sets_ordered(getattr(value, k), d, only_seeded) if hasattr(value, k) else d
+                k: _sets_ordered(getattr(value, k), d, only_seeded, drops)
+                if hasattr(value, k)
+                else d
                 for k, d in dumped.items()
+                if k not in skipped
             }
         if isinstance(value, dict) and len(value) == len(dumped):  # (keys in the same order)
             return {
-                k: _sets_ordered(v, d, only_seeded)
+                k: _sets_ordered(v, d, only_seeded, drops)
                 for v, (k, d) in zip(value.values(), dumped.items())
             }
         return dumped
     if type(dumped) is not list or len(dumped) != len(value):
         return dumped
     if isinstance(value, set | frozenset):  # (items in iteration order: the dump's)
-        items = [_sets_ordered(s, d, only_seeded) for s, d in zip(value, dumped)]
+        items = [_sets_ordered(s, d, only_seeded, drops) for s, d in zip(value, dumped)]
         if only_seeded and not any(_hash_seeded(item) for item in value):
             return items
         return _ordered_set(items)
     if isinstance(value, list | tuple):
-        return [_sets_ordered(s, d, only_seeded) for s, d in zip(value, dumped)]
+        return [_sets_ordered(s, d, only_seeded, drops) for s, d in zip(value, dumped)]
     return dumped
 
 
