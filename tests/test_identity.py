@@ -3005,6 +3005,57 @@ def test_a_dataclass_with_its_own_schema_next_to_a_subclass_is_dumped_by_it(
     assert listed.pipe == pipe and listed.infra.uid() == uid
 
 
+@dataclasses.dataclass(frozen=True)
+class _Grid(tp.Generic[_Item]):
+    """A generic dataclass with its own pydantic schema, which reads its type argument."""
+
+    cells: tuple[tp.Any, ...] = ()
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: tp.Any, handler: tp.Any) -> tp.Any:
+        from pydantic_core import core_schema
+
+        (item,) = tp.get_args(source)  # (given by a field annotated _Grid[int])
+        return core_schema.no_info_after_validator_function(
+            lambda v: v if isinstance(v, cls) else cls(tuple(v)),
+            handler.generate_schema(tuple[item, ...]),
+        )
+
+
+@dataclasses.dataclass
+class _GridPipeline:
+    grid: _Grid[int] = _Grid()
+    aug: _Aug = dataclasses.field(default_factory=_Aug)
+
+
+class _HoldsGridPipeline(pydantic.BaseModel):
+    model_config = FORBID
+    pipe: _GridPipeline = _GridPipeline()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> str:
+        return repr(self.pipe)
+
+
+def test_a_generic_dataclass_with_its_own_schema_next_to_a_subclass_has_a_uid(
+    tmp_path: Path,
+) -> None:
+    """A generic dataclass with its own schema next to a dataclass subclass value was
+    dumped by an adapter of its bare class, whose schema then failed ('not enough values
+    to unpack' from get_args): no uid. It is dumped as its field's annotation (_Grid[int])
+    says, or by its fields when no adapter can be built."""
+    pipe = _GridPipeline(grid=_Grid((1, 2)), aug=_Crop(size=3))
+    config = _HoldsGridPipeline(pipe=pipe, infra={"folder": tmp_path})
+    uid = config.infra.uid()
+    assert "grid.cells=(1,2)" in uid and f"_class={MODULE}._Crop" in uid, uid
+    assert config.process() == repr(pipe)
+    clone = config.infra.clone_obj()
+    assert clone.pipe == pipe and type(clone.pipe.aug) is _Crop
+    (listed,) = config.infra.iter_cached()
+    assert listed.pipe == pipe and listed.infra.uid() == uid
+
+
 class _Logger:
     """A runtime object with no json form."""
 

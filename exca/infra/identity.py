@@ -1289,6 +1289,7 @@ def _forget_dataclasses(cls: type) -> None:
     _NAMES_NO_DATACLASS.clear()
     _HOLDS_DATACLASSES.clear()
     _ADAPTERS.clear()
+    _SCHEMA_ADAPTERS.clear()
 
 
 CLASS_FORGETTERS.append(_forget_dataclasses)
@@ -1450,10 +1451,12 @@ def _dataclass_export(
         # writes what its validator reads back (its fields would not be: a Size dumped
         # "3x4" came back from {w: 3, h: 4} wrong, or failed); a schema that dumps its
         # fields (wrapping the dataclass's) is walked as any dataclass
-        dumped = _adapter(cls).dump_python(value, mode="json", warnings=False)
-        names = {f.name for f in dataclasses.fields(cls)}
-        if type(dumped) is not dict or not dumped.keys() <= names:
-            return dumped
+        adapter = _schema_adapter(cls, declared)
+        if adapter is not None:  # (else walked by its fields, as before such dumps)
+            dumped = adapter.dump_python(value, mode="json", warnings=False)
+            names = {f.name for f in dataclasses.fields(cls)}
+            if type(dumped) is not dict or not dumped.keys() <= names:
+                return dumped
     if drops is not None and init_only_fields(cls):
         drops.append(1)
     out = {
@@ -1660,6 +1663,27 @@ def _named_dataclass(name: str, declared: _Declared) -> type:
 
 
 _ADAPTERS: dict[type, pydantic.TypeAdapter[tp.Any]] = {}
+# (a dataclass with its own schema, by the annotation naming it: None if none builds)
+_SCHEMA_ADAPTERS: dict[tuple[type, _Declared], pydantic.TypeAdapter[tp.Any] | None] = {}
+
+
+def _schema_adapter(cls: type, declared: _Declared) -> pydantic.TypeAdapter[tp.Any] | None:
+    """The adapter that dumps a dataclass with its own pydantic schema as its field's
+    annotation does: of ``Grid[int]`` when the annotation says so (a schema may read its
+    type arguments, ``get_args(source)``), else of the class. None when it cannot be built
+    (such a schema given the bare class): the instance is then exported by its fields."""
+    key = (cls, declared)
+    if key in _SCHEMA_ADAPTERS:
+        return _SCHEMA_ADAPTERS[key]
+    named = [d for d in declared if (tp.get_origin(d) or d) is cls]
+    source: tp.Any = named[0] if len(named) == 1 else cls
+    adapter: pydantic.TypeAdapter[tp.Any] | None = None
+    try:
+        adapter = pydantic.TypeAdapter(source)
+    except Exception:  # (a schema needing what the annotation does not give)
+        adapter = None
+    _SCHEMA_ADAPTERS[key] = adapter
+    return adapter
 
 
 def _adapter(cls: type) -> pydantic.TypeAdapter[tp.Any]:
