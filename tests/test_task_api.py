@@ -863,6 +863,66 @@ def test_a_descriptor_field_does_not_export_the_config_at_each_cached_read(
         config.train()
 
 
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    name: str = "a"
+    scale: float = dataclasses.field(default=1.0, compare=False)  # (dumped, not in ==)
+
+
+class _SpecField:
+    """A descriptor-typed field that stores the value given and returns it."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = "_" + name
+
+    def __get__(self, obj: tp.Any, kind: tp.Any = None) -> Spec:
+        return Spec() if obj is None else getattr(obj, self._name)
+
+    def __set__(self, obj: tp.Any, value: Spec) -> None:
+        object.__setattr__(obj, self._name, value)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SlotOuter:
+    spec: Spec = Spec()
+
+
+@dataclasses.dataclass(frozen=True)
+class DescribedOuter:
+    spec: Spec = _SpecField()  # type: ignore[assignment]
+
+
+class HoldsSpecs(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    slot: SlotOuter = SlotOuter()
+    described: DescribedOuter = DescribedOuter()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def train(self) -> float:
+        return self.slot.spec.scale + 10 * self.described.spec.scale
+
+
+@pytest.mark.parametrize("where", ("slot", "described"))
+def test_a_change_of_a_field_its_class_does_not_compare_is_caught(
+    tmp_path: Path, where: str
+) -> None:
+    """A frozen dataclass field set in place (object.__setattr__) to a value equal by
+    ``==`` (its class compares without a field the uid holds): the slots of a
+    ``slots=True`` dataclass (member descriptors) and a descriptor field were compared by
+    ==, so the change went unseen and the cached read gave the old values' result. Slots
+    are told by identity; a descriptor field is compared field by field."""
+    config = HoldsSpecs(
+        slot=SlotOuter(Spec("b", 2.0)),
+        described=DescribedOuter(Spec("b", 2.0)),
+        infra={"folder": tmp_path},
+    )
+    assert config.train() == 22.0 and config.train() == 22.0
+    object.__setattr__(getattr(config, where), "spec", Spec("b", 3.0))
+    with pytest.raises(RuntimeError, match=rf"{where}.spec.scale: 2.0 -> 3.0"):
+        config.train()
+
+
 class LayeredInputs(pydantic.BaseModel):
     layers: list[int] = [64]
     pair: tuple[list[int], int] = ([0], 0)

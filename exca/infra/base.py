@@ -20,10 +20,12 @@ import operator
 import os
 import sys
 import threading
+import types
 import typing as tp
 from pathlib import Path
 
 import pydantic
+import pydantic_core
 
 from .. import uidformat
 from ..confdict import ConfDict
@@ -1177,13 +1179,16 @@ identity.CLASS_FORGETTERS.append(lambda cls: _DESCRIBED.clear())
 def _described_fields(cls: type) -> frozenset[str]:
     """The fields of a dataclass whose class attribute is a data descriptor (memoized):
     reading one calls it, which may return a new object each time (a float it computes,
-    a property-like field)."""
+    a property-like field). Not the slots of a ``slots=True`` dataclass (member
+    descriptors too, but a read gives the value stored: told by identity, as any field)."""
     known = _DESCRIBED.get(cls)
     if known is None:
         names = []
         for field in dataclasses.fields(cls):
             attribute = inspect.getattr_static(cls, field.name, None)
             kind = type(attribute)
+            if kind is types.MemberDescriptorType:
+                continue
             if hasattr(kind, "__get__") and (
                 hasattr(kind, "__set__") or hasattr(kind, "__delete__")
             ):
@@ -1192,13 +1197,42 @@ def _described_fields(cls: type) -> frozenset[str]:
     return known
 
 
-def _same_value(a: tp.Any, b: tp.Any) -> bool:
-    """Whether a descriptor field read twice gave the same value, as a uid sees it."""
+_SCALARS = frozenset({bool, int, float, str, bytes, type(None)})
+
+
+def _same_config(a: tp.Any, b: tp.Any, depth: int = 0) -> bool:
+    """Whether a descriptor field read twice gave the same config: the same types all
+    the way down and equal scalars, dataclasses compared by their fields (not by their
+    ``__eq__``, which may leave out fields their dump holds; init=False fields are not
+    config), other values by their json form. Anything else counts as a change (the
+    export comparison then settles it): it can only cost a re-export, never miss one."""
     if a is b:
         return True
+    kind = type(a)
+    if kind is not type(b) or depth > 20:
+        return False
+    if kind in _SCALARS:
+        return bool(a == b)
+    if kind is list or kind is tuple:
+        return len(a) == len(b) and all(_same_config(x, y, depth + 1) for x, y in zip(a, b))
+    if kind is dict:
+        return len(a) == len(b) and all(
+            _same_config(ka, kb, depth + 1) and _same_config(va, vb, depth + 1)
+            for (ka, va), (kb, vb) in zip(a.items(), b.items())
+        )
+    if dataclasses.is_dataclass(kind):
+        skipped = identity.init_only_fields(kind)
+        return all(
+            _same_config(getattr(a, f.name, _MISSING), getattr(b, f.name, _MISSING), depth + 1)
+            for f in dataclasses.fields(kind)
+            if f.name not in skipped
+        )
+    if isinstance(a, pydantic.BaseModel | set | frozenset):
+        return False  # (rare there: the export compares)
     try:
-        return type(a) is type(b) and identity._uid_equal(a, b)
-    except Exception:  # (an array's ==, say: taken for a change, the export compares)
+        dumped = pydantic_core.to_jsonable_python(a), pydantic_core.to_jsonable_python(b)
+        return identity._uid_equal(*dumped)
+    except Exception:  # (no json form: the export compares)
         return False
 
 
@@ -1206,9 +1240,10 @@ class _FrozenFields:
     """The field values of frozen dataclass instances, one entry per field. Setting one
     (object.__setattr__) replaces the value: told by identity, in one pass without
     copies, and without comparing values (their ``__eq__`` may fail, an array's say).
-    Fields that are data descriptors are compared by value: each read may build a new
-    object (then told by identity, every cached read took the config for changed and
-    exported it again). init=False fields are no config: left out."""
+    Fields that are data descriptors (not slots) are compared by value, field by field
+    (``_same_config``): each read may build a new object (then told by identity, every
+    cached read took the config for changed and exported it again). init=False fields
+    are no config: left out."""
 
     __slots__ = ("described", "instances", "names", "values")
 
@@ -1241,7 +1276,7 @@ class _FrozenFields:
             if not self.described:
                 return False
             return any(
-                not _same_value(getattr(instance, name), value)
+                not _same_config(getattr(instance, name), value)
                 for instance, name, value in self.described
             )
         except AttributeError:  # (a field deleted since)
