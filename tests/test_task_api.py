@@ -801,6 +801,89 @@ def test_a_memo_in_a_config_field_says_how_to_keep_it_out(tmp_path: Path) -> Non
     assert "dataclasses.field(init=False)" in message
 
 
+@dataclasses.dataclass
+class ArrayMemo:
+    size: int = 4
+    kernel: tp.Any = dataclasses.field(init=False, default=None, repr=False)  # (a memo)
+
+    def get(self) -> tp.Any:
+        if self.kernel is None:
+            np = pytest.importorskip("numpy")
+            self.kernel = np.hanning(self.size)
+        return self.kernel
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenArrayMemo:
+    size: int = 4
+    kernel: tp.Any = dataclasses.field(init=False, default=None, repr=False)  # (a memo)
+
+    def get(self) -> tp.Any:
+        if self.kernel is None:
+            np = pytest.importorskip("numpy")
+            object.__setattr__(self, "kernel", np.hanning(self.size))
+        return self.kernel
+
+
+class HoldsArrayMemos(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    window: ArrayMemo = ArrayMemo()
+    frozen: FrozenArrayMemo = FrozenArrayMemo()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def train(self) -> int:
+        return len(self.window.get()) + len(self.frozen.get())
+
+
+def test_a_dataclass_at_its_default_with_an_array_memo_stays_at_its_default(
+    tmp_path: Path,
+) -> None:
+    """A dataclass equal to its field's default but for an init=False memo holding an
+    array (pydantic copies a mutable default: not the default instance itself): the
+    export had left the memo out, but the default comparison used ==, which raised on the
+    array: the uid said window.size=4 once the memo was filled, and the cached read after
+    a call that filled it raised 'changed in place ()', naming nothing."""
+    assert HoldsArrayMemos().infra.uid().endswith("/default")
+    filled = HoldsArrayMemos()
+    filled.window.get()
+    assert filled.infra.uid().endswith("/default"), filled.infra.uid()
+    given = FrozenArrayMemo()  # (given, equal to the default)
+    given.get()
+    assert HoldsArrayMemos(frozen=given).infra.uid().endswith("/default")
+    config = HoldsArrayMemos(frozen=FrozenArrayMemo(), infra={"folder": tmp_path})
+    assert config.train() == 8 and config.train() == 8
+    assert config.infra.uid().endswith("/default")
+
+
+class Layers(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    layers: list[int] = [64]
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def train(self) -> str:
+        return repr(self.layers)
+
+
+def test_a_change_in_place_always_names_what_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change in place is named by comparing the flat exports, a key left out at its
+    default taken at its default's value: when that found no difference (the exports
+    differing only by what the default pruning left out, as with a dataclass whose
+    default comparison failed) the error said 'changed in place ()'. It then names the
+    keys the exports differ by (here the default's value is made to look like the new one)."""
+    from exca.infra import base
+
+    config = Layers(infra={"folder": tmp_path})
+    assert config.train() == "[64]"
+    config.layers.append(1)
+    monkeypatch.setattr(base, "_default_at", lambda owner, key, before: [64, 1])
+    with pytest.raises(RuntimeError, match=r"\(layers: its default -> \[64, 1\]\)"):
+        config.train()
+
+
 class _FloatField:
     """A descriptor-typed dataclass field (as in the dataclasses docs): each read gives a
     new float object."""

@@ -661,11 +661,15 @@ class BaseInfra(pydantic.BaseModel):
         olds: dict[str, tp.Any] = {}  # (the old values of keys then at their default)
         for key in after.keys() - before.keys():
             olds[key] = _default_at(owner, key, before)
-        changed = sorted(
-            k
-            for k in before.keys() | after.keys()
-            if before.get(k, olds.get(k, _MISSING)) != after.get(k, _MISSING)
-        )
+        keys = before.keys() | after.keys()
+
+        def differs(key: str, old: tp.Any) -> bool:
+            return not identity._uid_equal(old, after.get(key, _MISSING))
+
+        changed = sorted(k for k in keys if differs(k, before.get(k, olds.get(k, _MISSING))))
+        if not changed:  # (a value now exported that was left out at its default: named)
+            changed = sorted(k for k in keys if differs(k, before.get(k, _MISSING)))
+            olds = {}
 
         def value(flat: dict[str, tp.Any], key: str) -> str:
             if key in flat:
@@ -674,6 +678,8 @@ class BaseInfra(pydantic.BaseModel):
             return f"its default {old!r}" if old is not _MISSING else "its default"
 
         shown = ", ".join(f"{k}: {value(before, k)} -> {value(after, k)}" for k in changed[:5])
+        if not changed:  # (never an empty list: the exports themselves)
+            shown = f"{_short(runtime.uid_export)} -> {_short(now)}"
         raise RuntimeError(
             f"The config of {self.uid()} was changed in place after its uid was computed "
             f"({shown}): its result would be cached under the uid of the old values. "
@@ -1281,6 +1287,11 @@ class _FrozenFields:
             )
         except AttributeError:  # (a field deleted since)
             return True
+
+
+def _short(value: tp.Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 300 else text[:300] + "..."
 
 
 def _default_at(owner: pydantic.BaseModel, key: str, before: dict[str, tp.Any]) -> tp.Any:

@@ -1869,7 +1869,7 @@ def _sets_ordered(
             skipped = _INIT_ONLY.get(type(value))  # (the memo read inline: a hot path)
             if skipped is None:
                 skipped = init_only_fields(type(value))
-            if skipped and drops is not None and not skipped.isdisjoint(dumped):
+            if skipped and drops is not None:  # (also when the dump had left them out)
                 drops.append(1)
             return {
                 k: _sets_ordered(getattr(value, k), d, only_seeded, drops)
