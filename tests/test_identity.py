@@ -3056,6 +3056,91 @@ def test_a_generic_dataclass_with_its_own_schema_next_to_a_subclass_has_a_uid(
     assert listed.pipe == pipe and listed.infra.uid() == uid
 
 
+@dataclasses.dataclass(frozen=True)
+class _Cells(tp.Generic[_Item]):
+    """A generic dataclass with its own schema whose serializer converts the cells to its
+    type argument (none given: it fails)."""
+
+    cells: tuple[tp.Any, ...] = ()
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: tp.Any, handler: tp.Any) -> tp.Any:
+        from pydantic_core import core_schema
+
+        args = tp.get_args(source)
+        item = args[0] if args else None
+        return core_schema.no_info_after_validator_function(
+            lambda v: v if isinstance(v, cls) else cls(tuple(v)),
+            handler.generate_schema(tuple[item or tp.Any, ...]),
+            serialization=core_schema.plain_serializer_function_ser_schema(
+                lambda value: [item(cell) for cell in value.cells]  # type: ignore[misc]
+            ),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Point:
+    """A dataclass with its own schema dumping it as a list [x, y]."""
+
+    x: int = 0
+    y: int = 0
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: tp.Any, handler: tp.Any) -> tp.Any:
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_plain_validator_function(
+            lambda v: v if isinstance(v, cls) else cls(*v),
+            serialization=core_schema.plain_serializer_function_ser_schema(
+                lambda value: [value.x, value.y]
+            ),
+        )
+
+
+@dataclasses.dataclass
+class _CellsPipeline:
+    pair: tuple[_Cells[int], _Cells[int]] = (_Cells(), _Cells())
+    either: _Cells[int] | _Cells[float] = _Cells()
+    point: _Point = _Point()
+    aug: _Aug = dataclasses.field(default_factory=_Aug)
+
+
+class _HoldsCellsPipeline(pydantic.BaseModel):
+    model_config = FORBID
+    pipe: _CellsPipeline = _CellsPipeline()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> str:
+        return repr(self.pipe)
+
+
+def test_dataclasses_with_their_own_schema_next_to_a_subclass_in_other_shapes(
+    tmp_path: Path,
+) -> None:
+    """Next to a dataclass subclass value (a review): a generic dataclass with its own
+    schema named twice (tuple[_Cells[int], _Cells[int]]) was dumped by an adapter of its
+    bare class, whose serializer failed (no type argument); one in a union of two of its
+    parametrizations too; and one dumping itself as a list raised 'object of type ...
+    has no len()'. The first two are exported by their fields (their dump is not known),
+    the last as its schema dumps it."""
+    pipe = _CellsPipeline(
+        pair=(_Cells((1, 2)), _Cells((3,))),
+        either=_Cells((4,)),
+        point=_Point(5, 6),
+        aug=_Crop(size=3),
+    )
+    config = _HoldsCellsPipeline(pipe=pipe, infra={"folder": tmp_path})
+    uid = config.infra.uid()
+    for part in ("pair=({cells=(1,2)},{cells=(3)})", "either.cells=(4)", "point=(5,6)"):
+        assert part in uid, uid
+    assert config.process() == repr(pipe)
+    clone = config.infra.clone_obj()
+    assert clone.pipe == pipe and type(clone.pipe.aug) is _Crop
+    (listed,) = config.infra.iter_cached()
+    assert listed.pipe == pipe and listed.infra.uid() == uid
+
+
 class _Logger:
     """A runtime object with no json form."""
 

@@ -1452,8 +1452,15 @@ def _dataclass_export(
         # "3x4" came back from {w: 3, h: 4} wrong, or failed); a schema that dumps its
         # fields (wrapping the dataclass's) is walked as any dataclass
         adapter = _schema_adapter(cls, declared)
-        if adapter is not None:  # (else walked by its fields, as before such dumps)
-            dumped = adapter.dump_python(value, mode="json", warnings=False)
+        try:  # (no adapter, or one that cannot dump it: walked by its fields, as before)
+            dumped = (
+                _NO_DUMP
+                if adapter is None
+                else adapter.dump_python(value, mode="json", warnings=False)
+            )
+        except Exception:  # (a serializer needing what the bare class does not give)
+            dumped = _NO_DUMP
+        if dumped is not _NO_DUMP:
             names = {f.name for f in dataclasses.fields(cls)}
             if type(dumped) is not dict or not dumped.keys() <= names:
                 return dumped
@@ -1663,6 +1670,7 @@ def _named_dataclass(name: str, declared: _Declared) -> type:
 
 
 _ADAPTERS: dict[type, pydantic.TypeAdapter[tp.Any]] = {}
+_NO_DUMP: tp.Any = object()
 # (a dataclass with its own schema, by the annotation naming it: None if none builds)
 _SCHEMA_ADAPTERS: dict[tuple[type, _Declared], pydantic.TypeAdapter[tp.Any] | None] = {}
 
@@ -1670,18 +1678,24 @@ _SCHEMA_ADAPTERS: dict[tuple[type, _Declared], pydantic.TypeAdapter[tp.Any] | No
 def _schema_adapter(cls: type, declared: _Declared) -> pydantic.TypeAdapter[tp.Any] | None:
     """The adapter that dumps a dataclass with its own pydantic schema as its field's
     annotation does: of ``Grid[int]`` when the annotation says so (a schema may read its
-    type arguments, ``get_args(source)``), else of the class. None when it cannot be built
-    (such a schema given the bare class): the instance is then exported by its fields."""
+    type arguments, ``get_args(source)``), else of the class. None when the annotation
+    names several of its parametrizations (which one dumped it is not known) or when it
+    cannot be built (such a schema given the bare class): the instance is then exported
+    by its fields."""
     key = (cls, declared)
     if key in _SCHEMA_ADAPTERS:
         return _SCHEMA_ADAPTERS[key]
-    named = [d for d in declared if (tp.get_origin(d) or d) is cls]
+    named = []  # (once each: tuple[Opt[int], Opt[int]] names one)
+    for annotation in declared:
+        if (tp.get_origin(annotation) or annotation) is cls and annotation not in named:
+            named.append(annotation)
     source: tp.Any = named[0] if len(named) == 1 else cls
     adapter: pydantic.TypeAdapter[tp.Any] | None = None
-    try:
-        adapter = pydantic.TypeAdapter(source)
-    except Exception:  # (a schema needing what the annotation does not give)
-        adapter = None
+    if len(named) < 2:  # (Opt[int] | Opt[str]: which one dumped it is not known)
+        try:
+            adapter = pydantic.TypeAdapter(source)
+        except Exception:  # (a schema needing what the annotation does not give)
+            adapter = None
     _SCHEMA_ADAPTERS[key] = adapter
     return adapter
 
@@ -1884,8 +1898,12 @@ def _sets_ordered(
                 for v, (k, d) in zip(value.values(), dumped.items())
             }
         return dumped
-    if type(dumped) is not list or len(dumped) != len(value):
-        return dumped
+    if (
+        type(dumped) is not list
+        or not isinstance(value, collections.abc.Sized)
+        or len(dumped) != len(value)
+    ):
+        return dumped  # (a list dump of something else: a dataclass's own serializer's)
     if isinstance(value, set | frozenset):  # (items in iteration order: the dump's)
         items = [_sets_ordered(s, d, only_seeded, drops) for s, d in zip(value, dumped)]
         if only_seeded and not any(_hash_seeded(item) for item in value):
