@@ -2937,6 +2937,36 @@ def test_clean_versions_judges_real_folders_not_an_alias_of_a_higher_version(
     assert folder_of(trains["3"]).is_dir()  # (still the target of 'best')
 
 
+def test_clean_versions_knows_an_alias_of_a_step_folder_moved_to_another_disk(
+    tmp_path: Path,
+) -> None:
+    """fit,2 moved to another disk (a link out of the root: part of it, as cli.md says)
+    and an alias fit,9 -> fit,2: the alias was told by the parent of its real path, out of
+    the root, so fit,9 counted as version 9 and `versions --yes` removed every real
+    version, the newest fit,3 too (a review). An alias is a step folder with the real path
+    of another of the root, wherever that is."""
+    root, disk2 = tmp_path / "cache", tmp_path / "disk2"
+    disk2.mkdir()
+    trains = {v: Train(seed=1, infra={"folder": root, "version": v}) for v in "123"}
+    for train in trains.values():
+        train.fit()
+    steps = {v: folder_of(t).parent for v, t in trains.items()}
+    moved = disk2 / steps["2"].name
+    shutil.move(steps["2"], moved)
+    steps["2"].symlink_to(moved)
+    bumped = root / steps["2"].name.replace(",2", ",9")
+    bumped.symlink_to(steps["2"].name)
+    preview = cli("clean", root, "versions", check=True).stdout
+    assert f"{bumped}  (an alias of the step folder {steps['2'].name}" in preview, preview
+    assert "newest is 9" not in preview, preview
+    cli("clean", root, "versions", "--yes", check=True)
+    assert not steps["1"].exists()
+    for v in "23":
+        assert folder_of(trains[v]).is_dir() and trains[v].infra.status() == "completed"
+    assert (moved / folder_of(trains["2"]).name).is_dir()
+    assert bumped.resolve() == moved.resolve() and steps["2"].is_symlink()
+
+
 class Untyped(pydantic.BaseModel):
     """A config of an untyped value: 1 and "1" are two configs with one v2 folder name."""
 

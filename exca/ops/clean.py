@@ -407,13 +407,46 @@ def _linked_step(folder: Path) -> Path | None:
 
 
 def _alias_target(step: Path) -> Path | None:
-    """The step folder of the same root a step folder is a symlink to (an alias, ``fit,9
-    -> fit,2``: a version bumped, its old results kept), or None: a real one (one linked
-    from elsewhere, moved to another disk, is this cache's own)."""
+    """The step folder of the same root a step folder is an alias of (``fit,9 -> fit,2``:
+    a version bumped, its old results kept), or None: a real one. An alias is a symlink
+    whose real path is another step folder's of the root, whatever their parents: fit,2
+    itself may be a link, moved to another disk (then fit,9 was taken for version 9 and
+    every real version removed). Of step folders with one real path, the real one is a
+    folder, else the one the others' links go through, else the one named as its target."""
     if not step.is_symlink():
         return None
-    real = Path(os.path.realpath(step))
-    return step.parent / real.name if real.parent == Path(os.path.realpath(step.parent)) else None
+    real = os.path.realpath(step)
+    try:
+        same = [
+            Path(e.path)
+            for e in os.scandir(step.parent)
+            if "," in e.name and e.name != step.name and _is_dir(e)
+            if os.path.realpath(e.path) == real
+        ]
+    except OSError:
+        return None
+    if not same:
+        return None
+    group = [step, *same]
+    names = {os.path.join(os.path.realpath(step.parent), p.name) for p in group}
+
+    def through_another(path: Path) -> bool:  # (its links name another of the group)
+        current = str(path)
+        for _ in range(40):  # (as the system's limit of links followed)
+            if not os.path.islink(current):
+                return False
+            parent = os.path.realpath(os.path.dirname(current))
+            current = os.path.normpath(os.path.join(parent, os.readlink(current)))
+            if current in names - {os.path.join(parent, path.name)}:
+                return True
+        return False
+
+    def order(path: Path) -> tuple[bool, bool, bool, str]:
+        linked = path.is_symlink()
+        return (linked, linked and through_another(path), path.name != Path(real).name, path.name)
+
+    first = min(group, key=order)
+    return None if first == step else first
 
 
 def _links_to(plan: CleanPlan, folder: Path) -> list[Path]:
