@@ -2967,6 +2967,31 @@ def test_clean_versions_knows_an_alias_of_a_step_folder_moved_to_another_disk(
     assert bumped.resolve() == moved.resolve() and steps["2"].is_symlink()
 
 
+def test_clean_versions_counts_own_configs_not_links_to_another_versions(
+    tmp_path: Path,
+) -> None:
+    """fit,9/ a real folder holding only links to fit,2's configs (an alias made config by
+    config) counted as version 9 holding a success: `versions --yes` removed fit,1..3, the
+    real newest too (a review). A step folder is a version by its own configs: one holding
+    only links to other step folders' is no version, kept, as the preview says."""
+    root = tmp_path / "cache"
+    trains = {v: Train(seed=1, infra={"folder": root, "version": v}) for v in "123"}
+    for train in trains.values():
+        train.fit()
+    steps = {v: folder_of(t).parent for v, t in trains.items()}
+    bumped = root / steps["2"].name.replace(",2", ",9")
+    bumped.mkdir()
+    config = folder_of(trains["2"]).name
+    (bumped / config).symlink_to(f"../{steps['2'].name}/{config}")
+    preview = cli("clean", root, "versions", check=True).stdout
+    assert f"{bumped}  ({bumped.name} holds only links to config folders" in preview, preview
+    assert "newest is 9" not in preview and "newest is 3" in preview, preview
+    cli("clean", root, "versions", "--yes", check=True)
+    assert not steps["1"].exists()
+    assert folder_of(trains["3"]).is_dir() and trains["3"].infra.status() == "completed"
+    assert (bumped / config).is_symlink()
+
+
 class Untyped(pydantic.BaseModel):
     """A config of an untyped value: 1 and "1" are two configs with one v2 folder name."""
 

@@ -821,6 +821,7 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
     targets: dict[Path, list[Path]] = {}
     for alias, target in aliases.items():
         targets.setdefault(target, []).append(alias)
+    step_reals = {os.path.realpath(f) for folders in every.values() for f in folders}
     olds: dict[str, tuple[list[Path], str]] = {}  # per method: its old versions, why
     for folders in methods.values():
         for alias in (f for f in folders if f in aliases):
@@ -831,6 +832,20 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
             )
             plan.kept.append((alias, why))
         folders = [f for f in folders if f not in aliases]
+        # (a version is one by its own configs: fit,9/ holding only links to fit,2's
+        # configs was taken for version 9 holding a success, and every real one removed)
+        owns = {f: _own_configs(f, step_reals) for f in folders}
+        for folder in folders:
+            own, borrowed = owns[folder]
+            if borrowed and not own:
+                name = folder.name
+                why = (
+                    f"{name} holds only links to config folders of other step folders of "
+                    "this root, no config of its own: not a version, its number is not "
+                    "compared; kept"
+                )
+                plan.kept.append((folder, why))
+        folders = [f for f in folders if owns[f][0] or not owns[f][1]]
         numbered = [f for f in folders if _version_key(f.name.partition(",")[2]) is not None]
         if len(folders) > 1:
             for folder in folders:
@@ -846,7 +861,9 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
         numbered = _newest_last(numbered)
         # (a newer version whose runs all failed, or were cleared, is a try the user may
         # have reverted: the code in use may be an older version's, which must stay)
-        newest_folder = next((f for f in reversed(numbered) if _holds_a_success(f)), None)
+        newest_folder = next(
+            (f for f in reversed(numbered) if _holds_a_success(f, step_reals)), None
+        )
         if newest_folder is None:
             why = "no version of this method holds a successful result: none is removed"
             plan.kept.append((numbered[-1], why))
@@ -862,7 +879,7 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
             key = _version_key(version)
             newer = key is not None and newest_key is not None and key > newest_key
             any_newer = any_newer or newer
-            if newer and _holds_node_folders(folder):  # (one left with logs only is old)
+            if newer and owns[folder][0]:  # (one left with logs only is old)
                 computer = _computed_now_by(folder)
                 state = (
                     f"being computed by {computer}"
@@ -966,9 +983,32 @@ def _set_on_instances_only(step_folder: Path) -> bool:
     return True
 
 
-def _holds_a_success(step_folder: Path) -> bool:
-    """Whether a ``<method>,<version>`` folder holds a result that is not a cached error."""
+def _borrowed(config: Path, step_reals: set[str]) -> bool:
+    """Whether a config folder of a step folder is a symlink to a config folder of another
+    step folder of the root (``fit,9/<uid> -> ../fit,2/<uid>``): that version's, not this
+    one's (a link out of the root, a config moved to another disk, is this one's)."""
+    return config.is_symlink() and os.path.dirname(os.path.realpath(config)) in step_reals
+
+
+def _own_configs(step_folder: Path, step_reals: set[str]) -> tuple[bool, bool]:
+    """(whether a step folder holds config folders of its own, whether it holds config
+    folders that are links to another step folder's: see ``_borrowed``)."""
+    own = borrowed = False
     for _, _, folder in node_folders(step_folder.parent, only=step_folder.name):
+        if _borrowed(folder, step_reals):
+            borrowed = True
+        else:
+            own = True
+    return own, borrowed
+
+
+def _holds_a_success(step_folder: Path, step_reals: set[str] | None = None) -> bool:
+    """Whether a ``<method>,<version>`` folder holds a result that is not a cached error
+    (``step_reals``: the real paths of the root's step folders, in its own configs only,
+    not in links to theirs)."""
+    for _, _, folder in node_folders(step_folder.parent, only=step_folder.name):
+        if step_reals is not None and _borrowed(folder, step_reals):
+            continue
         try:
             entries = inspecting_view(folder).entries_info().values()
         except OSError:  # (a shared cache: another user's private folder tells nothing)
