@@ -2992,6 +2992,41 @@ def test_clean_versions_counts_own_configs_not_links_to_another_versions(
     assert (bumped / config).is_symlink()
 
 
+def test_clean_versions_keeps_what_a_kept_link_points_to(tmp_path: Path) -> None:
+    """A link in the newest version to an old version's config (fit,3/prev ->
+    ../fit,1/<uid>), or in a step folder of only links (fit,9/<uid> -> ../fit,2/<uid>):
+    `versions --yes` removed the config and left the link to nothing (a review). What a
+    kept link points to stays, as the preview says; what no link points to goes."""
+    root = tmp_path / "cache"
+    trains = {v: Train(seed=1, infra={"folder": root, "version": v}) for v in "1234"}
+    other = Train(seed=2, infra={"folder": root, "version": "1"})  # (no link to it)
+    for train in [*trains.values(), other]:
+        train.fit()
+    configs = {v: folder_of(t) for v, t in trains.items()}
+    prev = configs["4"].parent / "prev"
+    prev.symlink_to(f"../{configs['1'].parent.name}/{configs['1'].name}")
+    bumped = root / configs["2"].parent.name.replace(",2", ",9")
+    bumped.mkdir()
+    (bumped / configs["2"].name).symlink_to(f"../{configs['2'].parent.name}/{configs['2'].name}")
+    shortcut = root / "best"  # (a link to an old step folder)
+    shortcut.symlink_to(configs["3"].parent.name)
+    preview = cli("clean", root, "versions", check=True).stdout
+    assert f"{configs['1']}  (an old version (newest is 4), but the link {prev}" in preview
+    assert f"{configs['2']}  (an old version (newest is 4), but the link {bumped}" in preview
+    assert f"{configs['3']}  (an old version (newest is 4), but the link {shortcut}" in preview
+    assert f"{folder_of(other)}  (old version" in preview, preview
+    cli("clean", root, "versions", "--yes", check=True)
+    assert not folder_of(other).exists()
+    for v in "1234":
+        assert configs[v].is_dir() and trains[v].infra.status() == "completed"
+    assert prev.resolve() == configs["1"].resolve() and shortcut.resolve().is_dir()
+    # without the links, those are old versions as any other
+    for link in (prev, bumped / configs["2"].name, shortcut):
+        link.unlink()
+    cli("clean", root, "versions", "--yes", check=True)
+    assert [v for v in "1234" if configs[v].exists()] == ["4"]
+
+
 class Untyped(pydantic.BaseModel):
     """A config of an untyped value: 1 and "1" are two configs with one v2 folder name."""
 

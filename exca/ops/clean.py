@@ -916,6 +916,9 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
         newest = f"newest with a result is {newest}" if any_newer else f"newest is {newest}"
         olds[newest_folder.name] = (older, newest)
     old_steps = {f for older, _ in olds.values() for f in older}
+    # (a link kept in the root to an old config, fit,3/prev -> ../fit,1/<uid>, was left to
+    # nothing: what a kept link points to, or into, stays, and so does the link)
+    linked = _kept_links(root, every, aliases, {os.path.realpath(f) for f in old_steps})
     logs_users: dict[Path, set[Path]] | None = None  # (read when an old version has logs)
     for old_folders, newest in olds.values():
         plan.emptied += old_folders
@@ -931,13 +934,24 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
                     logger.warning("Skipping %s: %s", config, error)
                     plan.kept.append((config, "this user cannot read it (another user's?)"))
                     continue
-                if is_config:
+                link = _linked_from(config, linked) if is_config else None
+                if link is not None:
+                    why = (
+                        f"an {reason}, but the link {link} points to it: kept with the link "
+                        "(remove the link to clean it)"
+                    )
+                    plan.kept.append((config, why))
+                elif is_config:
                     _add_folder(plan, config, reason)
             if len(plan.kept) > kept_before:
                 continue  # a config of this version is in use: keep its logs and code too
             for other in subfolders:
                 # logs/, code/ of the old version (not what the user put there)
                 if not is_node_folder(other) and _written_by_exca(other):
+                    link = _linked_from(other, linked)
+                    if link is not None:
+                        plan.kept.append((other, f"the link {link} points to it"))
+                        continue
                     # (a job of another method may use them)
                     used = _holds_what_jobs_use(other, root, plan.jobs_use)
                     if used is not None:
@@ -981,6 +995,51 @@ def _set_on_instances_only(step_folder: Path) -> bool:
         ):
             return False  # computed with the class's default version
     return True
+
+
+def _kept_links(
+    root: Path, every: dict[str, list[Path]], aliases: dict[Path, Path], old_reals: set[str]
+) -> dict[str, Path]:
+    """The symlinks that cleaning the step folders ``old_reals`` (real paths) leaves in a
+    root (in it, and in the folders it holds), by the real path they point to. Links of an
+    old version to a config folder go with it (unlinked, or with the folder they point
+    to); a step folder moved to another disk (a link in the root) is no link to keep."""
+    steps = {f for folders in every.values() for f in folders if f not in aliases}
+    found: dict[str, Path] = {}
+
+    def scan(folder: Path) -> list[os.DirEntry[str]]:
+        try:  # (a shared cache: what this user cannot read is skipped)
+            return list(os.scandir(folder))
+        except OSError:
+            return []
+
+    def add(path: Path) -> None:
+        if os.path.exists(path):  # (a link to nothing: nothing to keep)
+            found.setdefault(os.path.realpath(path), path)
+
+    for entry in scan(root):
+        path = Path(entry.path)
+        if entry.is_symlink() and path not in steps:
+            add(path)
+        if not _is_dir(entry) or path in aliases or (entry.is_symlink() and path not in steps):
+            continue  # (an alias's links are its target's, seen there)
+        old = os.path.realpath(path) in old_reals
+        for sub in scan(path):
+            if not sub.is_symlink():
+                continue
+            if old and _is_dir(sub) and _seen_as_node_folder(Path(sub.path)):
+                continue  # (unlinked, or removed with the config it points to)
+            add(Path(sub.path))
+    return found
+
+
+def _linked_from(folder: Path, linked: dict[str, Path]) -> Path | None:
+    """A kept link (``_kept_links``) pointing to a folder, into it, or to its step folder."""
+    real = os.path.realpath(folder)
+    for target, link in linked.items():
+        if target in (real, os.path.dirname(real)) or target.startswith(real + os.sep):
+            return link
+    return None
 
 
 def _borrowed(config: Path, step_reals: set[str]) -> bool:
