@@ -1677,6 +1677,58 @@ def test_a_job_that_cannot_import_the_config_module_says_so(
         sys.modules.pop("hidden_module_27", None)
 
 
+EDITED_MODULE = """
+import pydantic
+
+import exca
+
+
+class Edited(pydantic.BaseModel):
+    a: int = 1
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> str:
+        return f"a={self.a}"
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_job_refusing_an_edited_class_caches_no_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job whose config's class gained a required field since submission (edited while
+    queued: here before the job imported it) refuses it, saying nothing was computed nor
+    cached: the next call in the default mode submits it again (the caller cached the
+    job's error: status said failed, and the call re-raised it, saying to retry)."""
+    import importlib
+
+    code = tmp_path / "code"
+    code.mkdir()
+    module_file = code / "edited_module_31.py"
+    module_file.write_text(textwrap.dedent(EDITED_MODULE))
+    monkeypatch.syspath_prepend(str(code))
+    monkeypatch.setenv("PYTHONPATH", f"{code}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    module = importlib.import_module("edited_module_31")
+    try:
+        infra = {"folder": tmp_path / "cache", "cluster": "local"}
+        # the class the job will import gains a required field ("b")
+        module_file.write_text(
+            textwrap.dedent(EDITED_MODULE).replace("a: int = 1", "a: int = 1\n    b: int")
+        )
+        task = module.Edited(infra=infra)
+        with pytest.raises(JobFailedError, match="required field") as info:
+            task.run()
+        assert "Nothing was computed nor cached" in str(info.value)
+        assert "mode='retry'" not in str(info.value)  # (nothing to retry: submit it again)
+        assert task.infra.status() == "not submitted"
+        module_file.write_text(textwrap.dedent(EDITED_MODULE))  # the edit reverted
+        again = module.Edited(infra=infra)
+        assert again.run() == "a=1"  # submitted again, in the default mode
+    finally:
+        sys.modules.pop("edited_module_31", None)
+
+
 MAIN_ERRORS_SCRIPT = """
 import sys
 import typing as tp

@@ -27,9 +27,23 @@ NO_JOB = "-"  # (jobs.not_forced: computed without a job, started before the for
 LOG_QUOTE = "\nthe end of that log:\n"  # (what precedes the end of a job's log a message quotes)
 
 
+# what a job refusing a config whose class was edited while it was queued raised (see
+# jobprocess.ClassChangedError), as its ending quotes it
+CLASS_CHANGED = "ClassChangedError: "
+
+
+def class_changed(how: str) -> bool:
+    """Whether a job's ending (``Handle.ended_how``) is its refusal of a config whose
+    class changed: not a failure of the computation (nothing cached, nothing to retry)."""
+    return CLASS_CHANGED in how
+
+
 def retry_hint(how: str) -> str:
     """A job's ending (``Handle.ended_how``) with the hint to recompute, before the end of
-    the job's log it may quote (not inside a message of several lines: it cut it)."""
+    the job's log it may quote (not inside a message of several lines: it cut it). None
+    for a job that refused a changed class: its message says to submit it again."""
+    if class_changed(how):
+        return how
     said, quote, log_end = how.partition(LOG_QUOTE)
     return f"{said} (use mode='retry' to recompute){quote}{log_end}"
 

@@ -104,7 +104,8 @@ def _main_names_findable(node: Node) -> None:
 class ClassChangedError(RuntimeError):
     """A job's config was pickled with a class that gained a required field since (edited
     while the job was queued): computing would fail on the missing attribute, and cache
-    that."""
+    that. Refused instead: not a failure of the computation (the job removes its record,
+    its caller caches nothing: see worker.run_job_unit, Scheduler._refused_changed_class)."""
 
 
 def _refuse_changed_classes(node: Node) -> None:
@@ -125,7 +126,8 @@ def _refuse_changed_classes(node: Node) -> None:
                 f"{node.uid}: {cls.__module__}.{cls.__qualname__} has the required field(s) "
                 f"{', '.join(map(repr, required))} that the submitted config lacks: was the "
                 "class edited while this job waited in the queue? Nothing was computed nor "
-                "cached: submit the config again, with the current code"
+                "cached (not a failure: the next call submits it again): submit the config "
+                "again, with the current code"
             )
         for name in missing:  # (set as pydantic sets fields: no validation, no freezing)
             field = cls.model_fields[name]

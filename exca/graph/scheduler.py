@@ -29,7 +29,14 @@ from .decisions import (
     unreachable_inputs,
     wait_for_claims,
 )
-from .errors import JobFailedError, NodeFailures, items_not_computed, read_only_error, retry_hint
+from .errors import (
+    JobFailedError,
+    NodeFailures,
+    class_changed,
+    items_not_computed,
+    read_only_error,
+    retry_hint,
+)
 from .node import (
     POOL_CLUSTERS,
     SUBMITIT_CLUSTERS,
@@ -757,6 +764,8 @@ class Scheduler:
             if node.mode == "read-only" and state != "done":  # (waited for a job: never
                 self._read_only_left(run, state)  # computes, never writes)
                 return
+            if state == "missing" and self._refused_changed_class(run):
+                return
             resume = run.resume
             if state == "error" and run.action == "wait":
                 again = self._retry_after_wait(run)
@@ -947,6 +956,25 @@ class Scheduler:
         if not claims.holders(missing):
             return False
         self._redecide_items(run)
+        return True
+
+    @staticmethod
+    def _refused_changed_class(run: NodeRun) -> bool:
+        """The job of a task refused its config, whose class was edited while it was
+        queued (see jobprocess.ClassChangedError): fail with that error, not cached (the
+        job removed its record: the next call submits the config again) and not submitted
+        again here (the config of this process is of the class the job refused)."""
+        hows = [
+            h.ended_how()
+            for h in run.handles
+            if not isinstance(h, executors.DoneHandle | executors.FutureHandle)
+            and h.error() is not None
+        ]
+        refused = next((how for how in hows if class_changed(how)), None)
+        if refused is None:
+            return False
+        run.state = "failed"
+        run.error = JobFailedError(f"{run.node.uid} not computed: {refused}")
         return True
 
     def _job_withdrawn(self, run: NodeRun) -> bool:

@@ -130,7 +130,13 @@ def run_job_unit(unit: Unit) -> Report:
         _watch_stop_signals()
         jobprocess.start(getattr(unit.node.cache, "permissions", None))
         callers.adopt(unit.callers)
-    jobprocess.prepare(unit.node)
+    try:
+        jobprocess.prepare(unit.node)
+    except jobprocess.ClassChangedError:
+        # not a failure of the computation: the job's record goes, as a withdrawn job's
+        # does (a later call submits the config again, instead of reading it failed)
+        registry.forget(unit.node.folder, _job_id() or "")
+        raise
     rank, tasks = ranks.job_rank()
     if tasks == 1:
         return run_unit(unit)
