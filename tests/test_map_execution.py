@@ -2888,3 +2888,41 @@ def test_a_dead_worker_error_names_the_items_it_left(tmp_path: Path, cluster: st
     assert f"{len(missing)} item(s) of " in message
     assert ", ".join(repr(uid) for uid in missing[:5]) in message
     assert f"and {len(missing) - 5} more" in message
+
+
+class Listed(pydantic.BaseModel):
+    """item -> [item] (written as soon as yielded: not an immutable value, batched); the
+    last item of a call waits while the file ``gate`` exists."""
+
+    gate: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[list[int]]:
+        for item in items:
+            while item == items[-1] and Path(self.gate).exists():
+                time.sleep(0.02)
+            yield [item]
+
+
+@pytest.mark.timeout(120)
+def test_a_map_cleared_while_its_job_ran_is_not_failed(tmp_path: Path) -> None:
+    """node.clear() while the map's chunk job runs: once the job ended (it wrote the rest),
+    the cleared items are missing, not failed (status said 'failed', with no item error,
+    while a plan said them missing); the next call computes them."""
+    gate = tmp_path / "gate"
+    gate.touch()
+    infra = {"folder": tmp_path / "cache", "cluster": "local", "max_jobs": 1}
+    node = Listed(gate=str(gate), infra=infra).process.node([0, 1, 2])
+    job = node.job()  # (one job: its first two items written, it waits on the last one)
+    wait_until(lambda: len(Listed(gate=str(gate), infra=infra).infra.cache_dict) == 2)
+    node.clear()  # (the two items removed, the job still computes the last one)
+    gate.unlink()
+    job.wait()
+    # (the job ended well, writing the last item)
+    assert len(Listed(gate=str(gate), infra=infra).infra.cache_dict) == 1
+    assert node.status() == "not submitted"
+    entry = exca.graph.plan(node).entries[0]
+    assert (entry.status, entry.action) == ("missing", "compute")
+    assert node.result() == [[0], [1], [2]]
+    assert node.status() == "completed"

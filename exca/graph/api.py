@@ -112,7 +112,9 @@ def result(node: Node) -> tp.Any:
 def status(node: Node) -> str:
     """``completed`` / ``failed`` / ``running`` / ``not submitted``. A map is completed
     when every item is cached without error, failed with an item error (or items a job
-    left missing), running while a chunk job is queued or running."""
+    left missing: it died), running while a chunk job is queued or running, else not
+    submitted (its missing items computed by no job, or removed since their job wrote
+    them)."""
     check_node(node)
     if node.kind == "task":
         return calls.task_status(node)
@@ -153,8 +155,11 @@ def status(node: Node) -> str:
         return "completed"
     if calls.keys_being_computed(node, missing):  # (by a worker without a job)
         return "running"
-    left = set(missing)  # (items a job was sent and did not write: it failed)
-    return "failed" if any(computes(r, left) for r in records) else "not submitted"
+    # items a job was sent and did not write: it failed; a job that ran to its end wrote
+    # them, removed since (a clear() while it ran): missing, as they were never computed
+    left = set(missing)
+    failed = any(computes(r, left) and not registry.wrote_outcome(r) for r in records)
+    return "failed" if failed else "not submitted"
 
 
 def job(node: Node) -> Job:
