@@ -335,6 +335,26 @@ def job_ended(task: Square) -> bool:
 
 
 @pytest.mark.timeout(120)
+def test_an_array_says_how_many_configs_have_a_cached_error(
+    tmp_path: Path, ctl: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sweep rerun after failures says why it leaves the failed configs out, and what
+    recomputes them (it submitted nothing and said nothing about them)."""
+    for x in (1, 2):
+        (ctl / f"fail-{x}").touch()
+    task = base(tmp_path, ctl, None)
+    for x in (1, 2):
+        with pytest.raises(ValueError):
+            task.infra.clone_obj(x=x).process()
+    with caplog.at_level(logging.INFO, logger="exca"), task.infra.job_array() as array:
+        array.extend(task.infra.clone_obj(x=x) for x in range(3))
+    assert [t.infra.status() for t in array] == ["completed", "failed", "failed"]
+    (said,) = [r for r in caplog.records if "failed before" in r.getMessage()]
+    assert said.getMessage().startswith("Job array: 2 config(s) failed before")
+    assert "use mode='retry' to recompute" in said.getMessage()
+    assert said.levelno == logging.INFO  # (as the lines on configs computed elsewhere)
+
+
 @pytest.mark.parametrize("cluster", [None, "local"])
 def test_retry_array_resubmits_failed_only(tmp_path: Path, ctl: Path, cluster: str | None) -> None:
     (ctl / "fail-1").touch()

@@ -159,6 +159,24 @@ def _log_not_submitted(
             len(failed),
             "\n".join(f"  - {run.node.uid}: {run.reason}" for run in failed),
         )
+    # (their own cached error, or a job that ended without a result: failed, as their
+    # status says; said as the configs computed elsewhere are, else a rerun is silent)
+    cached = [
+        run
+        for node in nodes
+        if not handles.get(node.key)
+        and (run := scheduler.runs.get(node.key)) is not None
+        and run.action == "fail"
+        and run.holds_error
+        and not run.blocked
+    ]
+    if cached:
+        logger.info(
+            "Job array: %d config(s) failed before (error cached, e.g. %s): not submitted "
+            "again (use mode='retry' to recompute)",
+            len(cached),
+            cached[0].node.uid,
+        )
 
 
 def _forced(infra: TaskInfra) -> None:
