@@ -2339,8 +2339,9 @@ def test_ctrl_c_while_waiting_says_which_jobs_it_cancels_and_which_keep_running(
     messages = [r.getMessage() for r in caplog.records if "Interrupted" in r.getMessage()]
     assert messages == [
         f"Interrupted: job(s) {earlier.job_id} keep running (not submitted by this call; "
-        "calling again waits for them, clear_job() or scancel stops them)"
-    ]
+        "calling again waits for them, clear_job() or kill -9 <job id> (a local job's id is "
+        "its process id) stops them)"
+    ]  # (it said "or scancel", which knows no local job)
     block.unlink()
     assert earlier.result() == 12  # it ran on
     # a job this call submitted: cancelled, and named

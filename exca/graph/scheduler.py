@@ -1215,9 +1215,22 @@ def _log_interruption(cancelled: list[NodeRun], followed: list[NodeRun]) -> None
     if ids := _job_ids(followed):
         logger.warning(
             "Interrupted: job(s) %s keep running (not submitted by this call; calling "
-            "again waits for them, clear_job() or scancel stops them)",
+            "again waits for them, %s stops them)",
             ", ".join(ids),
+            _how_to_stop(followed),
         )
+
+
+def _how_to_stop(runs: list[NodeRun]) -> str:
+    """What stops the jobs of these runs, for their clusters (scancel knows no local job:
+    its id is the pid of its controller process)."""
+    clusters = {h.cluster for run in runs for h in run.handles}
+    ways = ["clear_job()"]
+    if "slurm" in clusters:
+        ways.append("scancel")
+    if "local" in clusters:
+        ways.append("kill -9 <job id> (a local job's id is its process id)")
+    return " or ".join(ways)
 
 
 def _release_dead_claims(runs: list[NodeRun], timeout: float = 3.0) -> None:
