@@ -332,8 +332,12 @@ def test_local_job_reaching_its_time_limit(tmp_path: Path) -> None:
     flag = str(tmp_path / "block-flag")
     task = make(tmp_path, "local", block_flag=flag, infra={"timeout_min": 1})
     Path(flag).touch()
-    with pytest.raises(JobFailedError, match="timed-out"):
+    job = task.infra.job()
+    with pytest.raises(JobFailedError, match="timed-out") as info:
         task.process()
+    # (what to do, and which job, as on Slurm: the hint was missing)
+    assert f"job {job.job_id} reached its time limit" in str(info.value)
+    assert str(info.value).endswith("(use mode='retry' to recompute)")
     assert task.infra.status() == "failed"
     again = make(tmp_path, None, block_flag=flag)
     with pytest.raises(JobFailedError, match="timed-out"):

@@ -633,11 +633,13 @@ def _job_timeout(uid: str, error: Exception) -> Exception | None:
     where the job is killed instead), when ``error`` is submitit's signal."""
     if not _reached_time_limit(error):
         return None
-    from .errors import JobFailedError
+    from .errors import JobFailedError, retry_hint
 
-    return JobFailedError(
-        f"{uid} not computed: its job reached its time limit (timeout_min; submitit: {error})"
-    )
+    job_id = _job_id()
+    job = f"job {job_id}" if job_id else "its job"
+    # (the hint as on Slurm, where the caller describes the job that timed out)
+    how = f"{job} reached its time limit (timeout_min; submitit: {error})"
+    return JobFailedError(f"{uid} not computed: {retry_hint(how)}")
 
 
 def _unstorable(what: str, value: tp.Any, cache: CacheDict[tp.Any], error: Exception) -> Exception:
