@@ -580,6 +580,10 @@ def test_queued_job_shown_running_and_kept(tmp_path: Path) -> None:
         assert rows[0]["job_state"] == "pending"
         table = cli("list", root).stdout
         assert f"job {job.job_id} (pending)" in table
+        # (it said its logs were removed, or that it never started)
+        logs = cli("logs", info.folder)
+        said = f"Job {job.job_id} (slurm) is still pending in Slurm's queue"
+        assert said in logs.stdout and "removed" not in logs.stdout, logs
         folder = info.folder
         plan = exca.ops.clean.remove_nodes([folder])
         assert plan.removals == []

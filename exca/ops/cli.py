@@ -448,6 +448,21 @@ def _result_job(folder: Path) -> tp.Any:
     return job
 
 
+def _not_started(job_id: str, cluster: str) -> str | None:
+    """How a Slurm job that wrote no log yet waits (pending in the queue, or starting),
+    else None (it ended, or is not a Slurm job)."""
+    if cluster != "slurm":
+        return None
+    from ..graph import registry
+
+    state = registry.queue_state(job_id)
+    if state is None:
+        return None
+    if state == "PENDING":
+        return f"is still pending in Slurm's queue (`squeue -j {job_id}` says why)"
+    return f"is {state.lower()} in Slurm's queue and has not written its log yet"
+
+
 def _cached_traceback(folder: Path, item: str | None) -> str | None:
     """The traceback of a node's cached error (of an item's, for a map), if it holds one."""
     from ..graph.node import TASK_KEY
@@ -778,10 +793,15 @@ def _main(argv: list[str] | None) -> int:
         job = found[-1]
         path = job.stderr_path if args.stderr else job.stdout_path
         if not path.exists():
-            message = (
-                f"The log file of job {job.job_id} ({job.cluster}) is not there: {path} (its "
-                "logs were removed, e.g. by `exca clean ROOT logs`, or the job never started)"
-            )
+            waiting = _not_started(job.job_id, job.cluster)
+            if waiting is not None:  # (no log yet: not removed)
+                message = f"Job {job.job_id} ({job.cluster}) {waiting}: no log yet ({path})"
+            else:
+                message = (
+                    f"The log file of job {job.job_id} ({job.cluster}) is not there: {path} "
+                    "(its logs were removed, e.g. by `exca clean ROOT logs`, or the job never "
+                    "started)"
+                )
             gone = {"error": message, "job_id": job.job_id, "path": str(path)}
             traceback = _cached_traceback(Path(args.folder), args.item)
             if traceback is not None:  # (its failure is in the cache still)
