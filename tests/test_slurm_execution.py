@@ -891,6 +891,29 @@ def test_slurm_forced_job_while_an_earlier_job_runs(
 
 
 @pytest.mark.timeout(300)
+def test_slurm_forced_job_while_an_earlier_local_job_runs(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """mode=force on Slurm while the config's earlier job runs on cluster local (Slurm
+    cannot start after a process): job() returned that local job as the forced one, and
+    its result(), the forced call and status() gave what it computed before the force
+    (computed once). A Slurm job goes out at once and computes again once the local
+    computation ends (it waits for its claim, as off Slurm)."""
+    (ctl / "block").touch()
+    first = task(tmp_path, ctl, slurm_cluster, x=4, cluster="local").infra.job()
+    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
+    forced = task(tmp_path, ctl, slurm_cluster, x=4, mode="force")
+    job = forced.infra.job()
+    assert (job.cluster, first.cluster) == ("slurm", "local")
+    assert job.job_id in {r["job_id"] for r in records(forced.infra.uid_folder())}
+    (ctl / "block").unlink()
+    assert first.result() == 12 and job.result() == 12
+    assert lines(ctl / "calls.txt") == ["4", "4"]
+    assert forced.process() == 12 and forced.infra.status() == "completed"
+    assert lines(ctl / "calls.txt") == ["4", "4"]
+
+
+@pytest.mark.timeout(300)
 def test_a_forced_job_cancelled_before_it_started_says_so(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
 ) -> None:

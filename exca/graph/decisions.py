@@ -891,8 +891,9 @@ def gets_own_job(run: NodeRun, off_slurm: bool) -> bool:
     if not (node.pending_force if run.resume == "force" else node.mode == "retry"):
         return False  # (forced by upstream, or an "upstream failed" error: that job redoes it)
     if executors.on_slurm(node):
-        # (a local job of another process: Slurm cannot start after it)
-        return all(getattr(h, "cluster", None) == "slurm" for h in run.handles)
+        # (it starts after the earlier Slurm job; after a local job, which Slurm cannot
+        # start after, at once: it waits for that job's claims, as off Slurm)
+        return True
     # (off Slurm: a map's new job waits for the items the earlier job holds the claims of,
     # then computes what is left, as a task's waits for its claim)
     return off_slurm

@@ -1143,11 +1143,12 @@ def follow_own_job(run: NodeRun, off_slurm: bool) -> bool:
     """A node forced or retried (its own mode, not yet applied by this instance) while
     its earlier job is queued or running gets a new job now instead of following that
     one (whose result predates the force): on Slurm it starts after that job; off Slurm
-    (``off_slurm``) it starts at once and waits for that computation's claim."""
+    (``off_slurm``), or after a local job (Slurm cannot start after a process), it starts
+    at once and waits for that computation's claim."""
     if not gets_own_job(run, off_slurm) or run.resume is None:
         return False
-    if executors.on_slurm(run.node):
-        run.after = [h.job_id for h in run.handles]
+    if executors.on_slurm(run.node):  # (Slurm jobs only: a local job's id is a pid)
+        run.after = [h.job_id for h in run.handles if getattr(h, "cluster", None) == "slurm"]
     run.after_running_job = run.resume == "force"
     run.action, run.resume, run.handles = run.resume, None, []
     run.reason += " (submitted now, to start after it)"
