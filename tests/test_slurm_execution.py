@@ -1083,6 +1083,35 @@ def test_a_requeued_job_cancelled_while_pending_again_had_started(
 
 
 @pytest.mark.timeout(300)
+def test_a_requeued_job_ended_while_pending_again_quotes_no_exit_code(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    """A job that ran, was requeued, then ended before its new run started (its deadline
+    passed while pending): sacct -D gives that last run the exit code 1 though no process
+    ran in it, and the error said "its process exited with code 1"."""
+    import subprocess
+
+    (ctl / "block").touch()
+    obj = task(tmp_path, ctl, slurm_cluster, x=9)
+    job = obj.infra.job()
+    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
+    subprocess.run(["scontrol", "requeue", job.job_id], check=True, timeout=30)
+    wait_until(lambda: registry.queue_state(job.job_id) == "PENDING")
+    # (its time limit, 5 min, cannot fit before this deadline: ended when next scheduled)
+    update = ["scontrol", "update", f"jobid={job.job_id}", "Deadline=now+2", "StartTime=now"]
+    subprocess.run(update, check=True, timeout=30)
+    wait_until(lambda: sacct_states([job.job_id]).get(job.job_id, "").startswith("DEADLINE"))
+    said = (
+        rf"job {job.job_id} ended with state DEADLINE without writing its result: it was "
+        "requeued after running, then ended before it started again; its log: "
+    )
+    for call in (job.result, task(tmp_path, ctl, slurm_cluster, x=9).process):
+        with pytest.raises(JobFailedError, match=said) as info:
+            call()
+        assert "exited with code" not in str(info.value)
+
+
+@pytest.mark.timeout(300)
 def test_a_detached_forced_job_cancelled_before_it_started_is_not_its_result(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
 ) -> None:

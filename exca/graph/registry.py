@@ -514,6 +514,8 @@ def _sacct(fields: str, job_ids: tp.Sequence[str], runs: bool = False) -> list[l
 
 NO_NODE = "None assigned"  # sacct's NodeList of a job that never got a node
 NEVER_STARTED = "it never started (Slurm gave it no node)"
+# (a job that ran, was requeued, then ended before its new run got a node)
+NOT_RESTARTED = "it was requeued after running, then ended before it started again"
 
 
 def slurm_exit(job_id: str) -> str:
@@ -535,11 +537,17 @@ def _endings(job_ids: tp.Sequence[str]) -> dict[str, tuple[str, str]]:
         runs.setdefault(row[0], []).append(row)
     found = {}
     for job, rows in runs.items():
-        # (its last run says how it ended; a requeued job cancelled while pending again
-        # did start, in an earlier run: sacct -X shows only its last one, without a node)
-        _, state, code, _ = rows[-1]
-        started = any(nodes.strip() != NO_NODE for *_, nodes in rows)
-        found[job] = (state.strip(), _exit_words(code.strip()) if started else NEVER_STARTED)
+        # (its last run says how it ended)
+        _, state, code, nodes = rows[-1]
+        if nodes.strip() != NO_NODE:
+            how = _exit_words(code.strip())
+        elif any(r[3].strip() != NO_NODE for r in rows[:-1]):
+            # (requeued after an earlier run, then ended while pending, e.g. cancelled:
+            # the code sacct gives that last run, which had no node, is no process's)
+            how = NOT_RESTARTED
+        else:
+            how = NEVER_STARTED
+        found[job] = (state.strip(), how)
     return {j: found[j] for j in job_ids if j in found}
 
 
