@@ -914,6 +914,48 @@ def test_slurm_forced_job_while_an_earlier_local_job_runs(
 
 
 @pytest.mark.timeout(300)
+def test_forced_job_whose_records_are_gone_orders_jobs_by_time_not_by_id(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    """Whether a forced job that ended without computing has a forced result cached: with a
+    job record removed, jobs were ordered by their ids, a local job's (a pid) compared
+    with a Slurm job's. An earlier local job, running when the force was asked, wrote
+    after it, its record gone: its result was taken for the forced one (its pid is larger
+    than the Slurm id); a later Slurm job computing after a forced local job whose record
+    is gone: its result was called "an earlier one" (a smaller id)."""
+    import subprocess
+
+    held = {"slurm_additional_parameters": {"begin": "now+600"}}
+    (ctl / "block").touch()
+    first = task(tmp_path, ctl, slurm_cluster, x=4, cluster="local").infra.job()
+    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
+    forced = task(tmp_path, ctl, slurm_cluster, x=4, mode="force", **held)
+    job = forced.infra.job()
+    subprocess.run(["scancel", job.job_id], check=True, timeout=30)
+    (ctl / "block").unlink()
+    assert first.result() == 12  # (written after the force)
+    folder = forced.infra.uid_folder()
+    assert folder is not None
+    (folder / "jobs" / f"{first.job_id}.json").unlink()
+    said = rf"job {job.job_id} was cancelled before it started.*earlier one \(of job {first.job_id}"
+    with pytest.raises(JobFailedError, match=said):
+        job.result()
+    with pytest.raises(JobFailedError, match=said):
+        forced.process()
+    # a forced local job killed before writing, its record gone; then a Slurm job computes
+    (ctl / "kill").touch()
+    forced = task(tmp_path, ctl, slurm_cluster, x=4, mode="force", cluster="local")
+    job = forced.infra.job()
+    with pytest.raises(JobFailedError):
+        job.result()
+    (ctl / "kill").unlink()
+    (folder / "jobs" / f"{job.job_id}.json").unlink()
+    assert task(tmp_path, ctl, slurm_cluster, x=4, mode="retry").process() == 12
+    assert job.result() == 12 and job.state == "COMPLETED"
+    assert len(lines(ctl / "calls.txt")) == 3  # (the earlier job, the killed one, the retry)
+
+
+@pytest.mark.timeout(300)
 def test_a_forced_job_cancelled_before_it_started_says_so(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
 ) -> None:

@@ -824,7 +824,7 @@ def forcing_job(node: Node) -> tuple[registry.JobRecord, bool] | None:
         if (
             node.mode != "retry"
             and not registry.wrote_outcome(own)
-            and not_forced(node, job_id, records) is not None
+            and not_forced(node, job_id, own.cluster, records) is not None
         ):
             return own, False
     node.force_state.pop("job", None)

@@ -26,14 +26,14 @@ _FAILED_STATES = ("CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPT
 
 
 def not_forced(
-    node: Node, job_id: str, records: list[registry.JobRecord] | None = None
+    node: Node, job_id: str, cluster: str | None, records: list[registry.JobRecord] | None = None
 ) -> str | None:
     """Why what is cached is not the result of the forcing job ``job_id`` (ended, or
-    not): NOTHING_CACHED, or the id of the job submitted before it that wrote it (running
-    when the force was asked, it wrote after the forced job removed the result it
-    replaces; NO_JOB: a computation without a job started before it). None: the cached
-    outcome counts, written by that job or after the force (a later job, or a computation
-    without a job started since, e.g. inline in mode retry)."""
+    not; ``cluster``: its kind): NOTHING_CACHED, or the id of the job submitted before it
+    that wrote it (running when the force was asked, it wrote after the forced job
+    removed the result it replaces; NO_JOB: a computation without a job started before
+    it). None: the cached outcome counts, written by that job or after the force (a later
+    job, or a computation without a job started since, e.g. inline in mode retry)."""
     if store.task_state(node) == "missing":
         return NOTHING_CACHED
     by = store.computed_by(node)
@@ -48,19 +48,21 @@ def not_forced(
         return None
     if by in submitted and job_id in submitted:
         return by if submitted[by] < submitted[job_id] else None
-    # (a record removed since: Slurm numbers its jobs in the order they were submitted;
-    # local ids are pids: unknown, it counts)
-    ours, theirs = (j.split("_")[0] for j in (job_id, by))
-    cluster = next((r.cluster for r in records if r.job_id == job_id), "slurm")
-    if cluster == "slurm" and ours.isdigit() and theirs.isdigit() and int(theirs) < int(ours):
-        return by
+    # a record removed since: ids do not order jobs of different kinds (a local one is a pid)
+    if job_id in submitted:  # (when that computation started tells, as without a job)
+        return None if store.computed_since(node.cache, submitted[job_id]) else by
+    # (Slurm numbers its jobs in the order they were submitted; else unknown: it counts)
+    theirs = next((r.cluster for r in records if r.job_id == by), None)
+    ours_id, their_id = (j.split("_")[0] for j in (job_id, by))
+    if cluster == theirs == "slurm" and ours_id.isdigit() and their_id.isdigit():
+        return by if int(their_id) < int(ours_id) else None
     return None
 
 
 def force_failure(node: Node, handle: Handle) -> JobFailedError:
     """The error of a forced instance whose forcing job ended without computing, while
     what is cached is not a forced result (see ``not_forced``)."""
-    earlier = not_forced(node, handle.job_id) or NOTHING_CACHED
+    earlier = not_forced(node, handle.job_id, handle.cluster) or NOTHING_CACHED
     # (forced by a sub-config in mode force: that one is named, not this config's mode)
     upstream = next((n.uid for n in node.closure[1:] if n.mode == "force"), None)
     if node.mode == "force":
@@ -155,7 +157,7 @@ class Job:
             return False  # (not a job whose worker records its id: see store.computed_by)
         if not handle.done() or handle.finished_ok():
             return False
-        return not_forced(self.node, self.job_id) is not None
+        return not_forced(self.node, self.job_id, handle.cluster) is not None
 
     def _live_state(self) -> str:
         """PENDING while Slurm's queue holds the job, SUSPENDED while it is suspended
