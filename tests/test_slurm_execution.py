@@ -955,6 +955,36 @@ def test_forced_job_whose_records_are_gone_orders_jobs_by_time_not_by_id(
     assert len(lines(ctl / "calls.txt")) == 3  # (the earlier job, the killed one, the retry)
 
 
+def test_an_earlier_queued_slurm_job_whose_record_is_gone_is_not_the_forced_one(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    """A Slurm job still queued when its config was forced, computing after the force
+    (the forced job cancelled before it started), its record removed: the rule for a
+    record gone took when it computed (after the force was asked) for a forced result
+    (a review): two Slurm jobs are ordered by their ids, as by their records (the
+    cached result says which kind of job wrote it)."""
+    import subprocess
+
+    held = {"slurm_additional_parameters": {"begin": "now+600"}}
+    first = task(tmp_path, ctl, slurm_cluster, x=4, **held).infra.job()  # (queued)
+    forced = task(tmp_path, ctl, slurm_cluster, x=4, mode="force")
+    job = forced.infra.job()  # (after the earlier one: pending too)
+    subprocess.run(["scancel", job.job_id], check=True, timeout=30)
+    subprocess.run(
+        ["scontrol", "update", f"jobid={first.job_id}", "starttime=now"], check=True, timeout=30
+    )
+    assert first.result() == 12  # (computed after the force was asked)
+    folder = forced.infra.uid_folder()
+    assert folder is not None
+    (folder / "jobs" / f"{first.job_id}.json").unlink()
+    said = rf"job {job.job_id} was cancelled before it started.*earlier one \(of job {first.job_id}"
+    with pytest.raises(JobFailedError, match=said):
+        job.result()
+    with pytest.raises(JobFailedError, match=said):
+        forced.process()
+    assert len(lines(ctl / "calls.txt")) == 1
+
+
 @pytest.mark.timeout(300)
 def test_a_forced_job_cancelled_before_it_started_says_so(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None

@@ -48,15 +48,16 @@ def not_forced(
         return None
     if by in submitted and job_id in submitted:
         return by if submitted[by] < submitted[job_id] else None
-    # a record removed since: ids do not order jobs of different kinds (a local one is a pid)
-    if job_id in submitted:  # (when that computation started tells, as without a job)
-        return None if store.computed_since(node.cache, submitted[job_id]) else by
-    # (Slurm numbers its jobs in the order they were submitted; else unknown: it counts)
+    # a record removed since: Slurm numbers its jobs in the order they were submitted,
+    # but ids do not order jobs of different kinds (a local one is a pid)
     theirs = next((r.cluster for r in records if r.job_id == by), None)
+    theirs = theirs or store.computed_by_cluster(node)
     ours_id, their_id = (j.split("_")[0] for j in (job_id, by))
     if cluster == theirs == "slurm" and ours_id.isdigit() and their_id.isdigit():
         return by if int(their_id) < int(ours_id) else None
-    return None
+    if job_id in submitted:  # (when that computation started tells, as without a job)
+        return None if store.computed_since(node.cache, submitted[job_id]) else by
+    return None  # (unknown: it counts)
 
 
 def force_failure(node: Node, handle: Handle) -> JobFailedError:

@@ -44,6 +44,15 @@ def computed_by(node: Node) -> str | None:
     return None if job is None else str(job)
 
 
+def computed_by_cluster(node: Node) -> str | None:
+    """The kind of the job whose worker wrote a task's cached outcome ("slurm", "local"...;
+    None: unknown, e.g. written without a job, or by an older exca)."""
+    entry = node.cache.entry(TASK_KEY)
+    meta = entry.info.get("#meta") if entry is not None else None
+    cluster = meta.get("cl") if isinstance(meta, dict) else None
+    return cluster if isinstance(cluster, str) else None
+
+
 def started_at(entry: Entry | None) -> float | None:
     """When the computation of a cached entry started (its provenance time; None: an entry
     without one, e.g. of an older exca)."""

@@ -428,6 +428,8 @@ def _provenance(node: Node) -> dict[str, tp.Any]:
     # (unrounded: computed_since compares it with when a retry asked, which may be a
     # fraction of a millisecond away)
     meta: dict[str, tp.Any] = {"t": time.time(), "up": upstream, "job": _job_id()}
+    if meta["job"] is not None:  # (and its kind: ids of two kinds do not compare)
+        meta["cl"] = _JOB[1]
     code = codeprint.digest(codeprint.method_function(node.function))
     if code is not None:  # (a method of __main__: see codeprint)
         meta[codeprint.CODE_KEY] = code
@@ -435,20 +437,22 @@ def _provenance(node: Node) -> dict[str, tp.Any]:
 
 
 def _job_id() -> str | None:
-    """The id of the submitit job this process runs (as its records name it), else None."""
+    """The id of the submitit job this process runs (as its records name it), else None
+    (its kind, "slurm", "local"..., then in ``_JOB[1]``)."""
     if not _JOB_UNIT:
         return None
-    if not _JOB_ID:
+    if not _JOB:
         try:
             import submitit
 
-            _JOB_ID.append(str(submitit.JobEnvironment().job_id))
+            environment = submitit.JobEnvironment()
+            _JOB.extend([str(environment.job_id), str(environment.cluster)])
         except Exception:  # (not a submitit job after all)
-            _JOB_ID.append(None)
-    return _JOB_ID[0]
+            _JOB.extend([None, None])
+    return _JOB[0]
 
 
-_JOB_ID: list[str | None] = []  # (memoized: one job per process)
+_JOB: list[str | None] = []  # (memoized: one job per process; its id and kind)
 
 
 # a map's place in provenance, under its folder's path (its items are cached there, whichever
