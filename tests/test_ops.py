@@ -3027,6 +3027,49 @@ def test_clean_versions_keeps_what_a_kept_link_points_to(tmp_path: Path) -> None
     assert [v for v in "1234" if configs[v].exists()] == ["4"]
 
 
+def test_clean_versions_links_of_a_review(tmp_path: Path) -> None:
+    """Three slips of the link rules above (a review): fit,9 -> fit-v3-kept (a version
+    renamed to keep it, a folder of the root named as no step) counted as version 9, so
+    `versions --yes` removed fit,2 (kept before: an alias of that folder); an old
+    version's own `code` link to a copy kept elsewhere counted as a kept link pointing to
+    itself, keeping that version forever; a config kept for a link kept its version's code
+    too, which the preview did not say."""
+    root, elsewhere = tmp_path / "cache", tmp_path / "elsewhere"
+    trains = {v: Train(seed=1, infra={"folder": root, "version": v}) for v in "123"}
+    for train in trains.values():
+        train.fit()
+    steps = {v: folder_of(t).parent for v, t in trains.items()}
+    kept = root / "fit-v3-kept"
+    steps["3"].rename(kept)
+    bumped = root / steps["3"].name.replace(",3", ",9")
+    bumped.symlink_to(kept.name)
+    snapshot = elsewhere / "2026-12-05-abcdef"
+    snapshot.mkdir(parents=True)
+    (snapshot / "module.py").write_text("x = 1\n")
+    (steps["1"] / "code").symlink_to(elsewhere)  # (an old version's code, kept elsewhere)
+    preview = cli("clean", root, "versions", check=True).stdout
+    assert f"{bumped}  (an alias of the step folder {kept.name}" in preview, preview
+    assert "newest is 9" not in preview and "newest is 2" in preview, preview
+    assert "points to it" not in preview, preview
+    cli("clean", root, "versions", "--yes", check=True)
+    assert not folder_of(trains["1"]).exists() and not (steps["1"] / "code").exists()
+    assert (snapshot / "module.py").is_file()  # (the link only was removed)
+    assert folder_of(trains["2"]).is_dir() and trains["2"].infra.status() == "completed"
+    assert (bumped / folder_of(trains["3"]).name).is_dir()
+    # a config kept for a link keeps its version's code: the preview says so
+    newer = Train(seed=1, infra={"folder": root, "version": "4"})
+    newer.fit()
+    (steps["2"] / "code").mkdir()
+    (steps["2"] / "code" / "2026-12-05-fedcba").mkdir()
+    prev = folder_of(newer).parent / "prev"
+    prev.symlink_to(f"../{steps['2'].name}/{folder_of(trains['2']).name}")
+    preview = cli("clean", root, "versions", check=True).stdout
+    assert f"{folder_of(trains['2'])}  (an old version (newest is 4), but the link" in preview
+    assert f"{steps['2'] / 'code'}  (code of an old version (newest is 4), kept with" in preview
+    cli("clean", root, "versions", "--yes", check=True)
+    assert folder_of(trains["2"]).is_dir() and (steps["2"] / "code").is_dir()
+
+
 class Untyped(pydantic.BaseModel):
     """A config of an untyped value: 1 and "1" are two configs with one v2 folder name."""
 

@@ -412,7 +412,9 @@ def _alias_target(step: Path) -> Path | None:
     whose real path is another step folder's of the root, whatever their parents: fit,2
     itself may be a link, moved to another disk (then fit,9 was taken for version 9 and
     every real version removed). Of step folders with one real path, the real one is a
-    folder, else the one the others' links go through, else the one named as its target."""
+    folder, else the one the others' links go through, else the one named as its target.
+    A link to a folder of the root named as no step (``fit,9 -> fit-v3-kept``: a version
+    renamed to keep it) is an alias of that folder."""
     if not step.is_symlink():
         return None
     real = os.path.realpath(step)
@@ -425,8 +427,9 @@ def _alias_target(step: Path) -> Path | None:
         ]
     except OSError:
         return None
-    if not same:
-        return None
+    if not same:  # (fit,9 -> fit-v3-kept: a folder of the root named as no step)
+        beside = os.path.dirname(real) == os.path.realpath(step.parent)
+        return step.parent / os.path.basename(real) if beside else None
     group = [step, *same]
     names = {os.path.join(os.path.realpath(step.parent), p.name) for p in group}
 
@@ -943,8 +946,16 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
                     plan.kept.append((config, why))
                 elif is_config:
                     _add_folder(plan, config, reason)
-            if len(plan.kept) > kept_before:
-                continue  # a config of this version is in use: keep its logs and code too
+            if len(plan.kept) > kept_before:  # a config of this version is in use:
+                for other in subfolders:  # (its logs and code stay too, said so)
+                    try:
+                        config_folder = is_node_folder(other)
+                    except PermissionError:  # (another user's config: kept above)
+                        continue
+                    if not config_folder and _written_by_exca(other):
+                        why = f"{other.name} of an {reason}, kept with its config kept above"
+                        plan.kept.append((other, why))
+                continue
             for other in subfolders:
                 # logs/, code/ of the old version (not what the user put there)
                 if not is_node_folder(other) and _written_by_exca(other):
@@ -1027,8 +1038,12 @@ def _kept_links(
         for sub in scan(path):
             if not sub.is_symlink():
                 continue
-            if old and _is_dir(sub) and _seen_as_node_folder(Path(sub.path)):
-                continue  # (unlinked, or removed with the config it points to)
+            if (
+                old
+                and _is_dir(sub)
+                and (_seen_as_node_folder(Path(sub.path)) or _written_by_exca(Path(sub.path)))
+            ):
+                continue  # (unlinked, or removed with the config, logs, code it points to)
             add(Path(sub.path))
     return found
 
