@@ -1949,6 +1949,33 @@ def test_tasks_per_node_requires_srun(tmp_path: Path) -> None:
     assert Task(infra={"folder": tmp_path, "tasks_per_node": 2}).infra.tasks_per_node == 2
 
 
+def test_sbatch_options_exca_manages_are_refused(tmp_path: Path) -> None:
+    """slurm_additional_parameters={"array": "0-3"} was accepted: Slurm ran a 4-element
+    array exca followed as one job (three elements failed at once, one hung, three
+    contradictory states). Such options are refused before anything is queued, naming
+    the option and what to use instead."""
+    instead = {
+        "array": r"infra\.job_array\(\)",
+        "--array": r"infra\.job_array\(\)",
+        "output": r"set logs=\.\.\. instead",
+        "error": r"set logs=\.\.\. instead",
+        "parsable": r"remove it",
+    }
+    for key, hint in instead.items():
+        params = {key: "0-3"}
+        with pytest.raises(ValueError, match=rf"(?s){key}='0-3': the sbatch option.*{hint}"):
+            Task(
+                infra={
+                    "folder": tmp_path,
+                    "cluster": "slurm",
+                    "slurm_additional_parameters": params,
+                }
+            )
+    kept = {"qos": "low", "dependency": "afterok:1", "mail-type": "END"}
+    task = Task(infra={"folder": tmp_path, "cluster": "slurm", "slurm_additional_parameters": kept})
+    assert task.infra.slurm_additional_parameters == kept
+
+
 def test_conda_env_refused_without_cluster(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="conda_env"):
         Task(infra={"folder": tmp_path, "conda_env": "myenv"})

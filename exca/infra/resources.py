@@ -34,6 +34,29 @@ _PARAMS = (
 )
 
 
+# sbatch options exca (through submitit) writes itself and reads back: given in
+# slurm_additional_parameters, they replaced exca's, and what sbatch queued was no longer
+# what exca waits for (-> what to use instead). (A "dependency" is kept: exca adds its
+# own next to it; one that can never be satisfied fails the wait, see executors.)
+_LOGS_INSTEAD = (
+    "exca writes each job's logs where the infra's logs=... says, and reads them there "
+    "(its errors quote them): set logs=... instead"
+)
+MANAGED_SBATCH_OPTIONS = {
+    "array": (
+        "exca makes the Slurm arrays itself, one element per config, and follows each by "
+        "its id (this queued elements nothing follows): use infra.job_array() (or a "
+        "MapInfra's max_jobs) to run several computations as one array"
+    ),
+    "parsable": (
+        "it changes sbatch's answer, from which exca reads the job id (the job would run "
+        "unfollowed): remove it"
+    ),
+    "output": _LOGS_INSTEAD,
+    "error": _LOGS_INSTEAD,
+}
+
+
 UNSET_VARIABLE = re.compile(r"\$\{?\w+\}?")  # (what expandvars leaves of an unset one)
 
 
@@ -111,6 +134,23 @@ class SubmititMixin(pydantic.BaseModel):
             f"cluster={value!r} is not a cluster{hint}: use None (compute in this process) or "
             f"one of {listed}"
         )
+
+    @pydantic.field_validator("slurm_additional_parameters")
+    @classmethod
+    def _no_managed_sbatch_option(
+        cls, value: dict[str, int | str | float | bool] | None
+    ) -> dict[str, int | str | float | bool] | None:
+        # (given here, they replaced the ones exca/submitit write: sbatch queued work that
+        # exca does not follow, e.g. an array of 4 jobs recorded as one job)
+        for key, given in (value or {}).items():
+            option = key.lstrip("-").lower().replace("_", "-")
+            instead = MANAGED_SBATCH_OPTIONS.get(option)
+            if instead is not None:
+                raise ValueError(
+                    f"slurm_additional_parameters {key}={given!r}: the sbatch option "
+                    f"--{option} is exca's own: {instead}"
+                )
+        return value
 
     @pydantic.field_validator("logs")
     @classmethod
