@@ -574,10 +574,13 @@ def test_slurm_killed_job_says_how(
 ) -> None:
     (ctl / "kill").touch()
     obj = task(tmp_path, ctl, slurm_cluster, x=6)
-    # (this cluster reports the code of the killed step: 9)
-    with pytest.raises(JobFailedError, match=r"its process exited with code 9|SIGKILL"):
+    # (sacct gives the batch script's code, "9:0": it said "its process exited with code
+    # 9", where a local job says its process died; bash's report in the log tells)
+    killed = r"its process died \(killed by SIGKILL: out of memory, or killed by hand\)"
+    with pytest.raises(JobFailedError, match=killed):
         obj.process()
     assert obj.infra.status() == "failed"
+    assert re.search(killed, str(task(tmp_path, ctl, slurm_cluster, x=6).infra.job().exception()))
     (ctl / "kill").unlink()
     assert task(tmp_path, ctl, slurm_cluster, x=6, mode="retry").process() == 18
 
@@ -671,7 +674,7 @@ def test_many_killed_jobs_are_described_with_one_sacct_call(
         exca.graph.run(*nodes)
     assert len(info.value.failures) == 3
     for error in info.value.failures.values():
-        assert re.search(r"its process exited with code 9|SIGKILL", str(error)), error
+        assert re.search(r"its process died \(killed by SIGKILL", str(error)), error
     assert calls == {"one by one": 0, "batched": 2}  # one per decision: the plan, the run
     assert sorted(lines(ctl / "calls.txt")) == ["20", "21", "22"]  # nothing recomputed
 

@@ -495,10 +495,12 @@ class SubmititHandle(Handle):
             return f"local job {self.job_id} ended without writing its result: {_DIED}"
         detail = ""
         if self.cluster == "slurm":
-            if how is None:
-                from .registry import slurm_exit
+            from .registry import EXITED_WITH_CODE, slurm_exit
 
+            if how is None:
                 how = slurm_exit(self.job_id)
+            if how.startswith(EXITED_WITH_CODE) and not how.startswith(f"{EXITED_WITH_CODE} 0"):
+                how = self._killed_said() or how
             if not how and state.startswith("UNKNOWN"):
                 how = (
                     "neither the queue nor the accounting (sacct) knows it: cancelled before "
@@ -525,6 +527,18 @@ class SubmititHandle(Handle):
         except Exception:
             return False
         return isinstance(info, dict) and info.get("NodeList") == NO_NODE
+
+    def _killed_said(self) -> str | None:
+        """How the job's process was killed by a signal, as its log says (sacct gave the
+        batch script's code: a python killed by SIGKILL read "exited with code 9"), or
+        None."""
+        from .registry import killed_words, signal_in_log
+
+        try:
+            name = signal_in_log(read_tail(Path(self.job.paths.stderr)))
+        except Exception:  # (no log)
+            return None
+        return None if name is None else killed_words(name)
 
     def _log_said(self, tail: bool = False) -> str:
         """Where the job's stderr log is (and, with ``tail``, its last lines): "" when

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import time
 import typing as tp
 from pathlib import Path
@@ -512,6 +513,7 @@ def _sacct(fields: str, job_ids: tp.Sequence[str], runs: bool = False) -> list[l
     return [row for line in out.splitlines() if len(row := line.split("|")) == width]
 
 
+EXITED_WITH_CODE = "its process exited with code"  # (then the code: sacct's ExitCode)
 NO_NODE = "None assigned"  # sacct's NodeList of a job that never got a node
 NEVER_STARTED = "it never started (Slurm gave it no node)"
 # (a job that ran, was requeued, then ended before its new run got a node)
@@ -564,13 +566,45 @@ def _exit_words(exit_code: str) -> str:
             name = signal.Signals(number).name
         except ValueError:
             name = f"signal {number}"
-        hint = " (out of memory, or killed by hand)" if name == "SIGKILL" else ""
-        return f"killed by {name}{hint}"
+        return killed_words(name)
     if not code.isdigit():
         return ""
     if int(code) == 0:
-        return "its process exited with code 0 (did the method call sys.exit or os._exit?)"
-    return f"its process exited with code {code}"
+        return f"{EXITED_WITH_CODE} 0 (did the method call sys.exit or os._exit?)"
+    return f"{EXITED_WITH_CODE} {code}"
+
+
+def killed_words(signal_name: str) -> str:
+    """How a job's process killed by a signal ended, in words (what a local job's says:
+    "its process died (killed...")."""
+    hint = ": out of memory, or killed by hand" if signal_name == "SIGKILL" else ""
+    return f"its process died (killed by {signal_name}{hint})"
+
+
+# what bash (the batch script) or srun writes to the job's log when the process it waits
+# for is killed by a signal ("slurm_script: line 17:  6771 Killed  python -u -m submitit
+# ..."; "srun: error: node: task 0: Killed"): sacct then gives the script's code, the
+# signal's number as an exit code ("9:0", as a process exiting with code 9)
+_BASH_SIGNALS = {
+    "Killed": "SIGKILL",
+    "Terminated": "SIGTERM",
+    "Segmentation fault": "SIGSEGV",
+    "Aborted": "SIGABRT",
+    "Bus error": "SIGBUS",
+    "Floating point exception": "SIGFPE",
+    "Illegal instruction": "SIGILL",
+    "Hangup": "SIGHUP",
+}
+_SIGNAL_REPORT = re.compile(
+    r"(?:line \d+: +\d+|task \d+:) (" + "|".join(_BASH_SIGNALS) + r")\b", re.MULTILINE
+)
+
+
+def signal_in_log(text: str) -> str | None:
+    """The signal that killed a job's process, as its log's last report of one says
+    (bash's or srun's words), or None."""
+    found = _SIGNAL_REPORT.findall(text)
+    return _BASH_SIGNALS[found[-1]] if found else None
 
 
 def sacct_states(job_ids: tp.Sequence[str]) -> dict[str, str]:
