@@ -425,6 +425,52 @@ def test_a_job_of_an_array_element_cancelled_while_pending_ends(
     assert lines(ctl / "calls.txt") == ["1", "2"]  # (the cancelled element never ran)
 
 
+@pytest.mark.timeout(400)
+def test_a_job_slurm_never_starts_ends_its_wait(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """A job given the dependency afterok:<a job that did not succeed> stays pending for
+    good (squeue's reason: DependencyNeverSatisfied): its call waited for ever, the plan
+    said "pending" without a reason (a probe). Its wait ends, naming the job, the reason
+    and what to do; the job is left queued (an scontrol update may still start it)."""
+    import subprocess
+
+    def sbatch(*options: str) -> str:
+        args = ["sbatch", "--parsable", "-t", "1", "-o", "/dev/null", *options, "--wrap", "true"]
+        return subprocess.run(args, capture_output=True, text=True, check=True).stdout.strip()
+
+    other = sbatch("--hold")
+    subprocess.run(["scancel", other], check=True, timeout=30)  # (it never succeeds)
+    params = {"dependency": f"afterok:{other}"}
+    obj = task(tmp_path, ctl, slurm_cluster, x=31, slurm_additional_parameters=params)
+    job = obj.infra.job()
+    try:
+        wait_until(lambda: registry.queue_state(job.job_id) == "PENDING")
+
+        def reason() -> str:
+            (entry,) = exca.graph.plan(obj.process.node()).entries
+            return entry.reason
+
+        wait_until(lambda: "(Slurm never starts it: DependencyNeverSatisfied)" in reason())
+        said = (
+            rf"job {job.job_id} is pending with reason DependencyNeverSatisfied: Slurm never "
+            rf"starts it.*scancel {job.job_id}"
+        )
+        wait_until(job.done, timeout=60)  # (it waited for ever)
+        with pytest.raises(JobFailedError, match=said):
+            job.result()
+        with pytest.raises(JobFailedError, match=said):  # a call waiting for it
+            task(tmp_path, ctl, slurm_cluster, x=31, slurm_additional_parameters=params).process()
+        assert registry.queue_state(job.job_id) == "PENDING"  # (left queued, failure not cached)
+        assert obj.infra.status() == "running" and lines(ctl / "calls.txt") == []
+        update = ["scontrol", "update", f"jobid={job.job_id}", "dependency="]
+        subprocess.run(update, check=True, timeout=30)
+        assert task(tmp_path, ctl, slurm_cluster, x=31).process() == 93  # (that job's result)
+    finally:
+        subprocess.run(["scancel", job.job_id], check=False, timeout=30)
+    assert lines(ctl / "calls.txt") == ["31"]
+
+
 @pytest.mark.timeout(240)
 def test_pending_elements_past_squeues_cut_are_still_queued(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster

@@ -205,6 +205,11 @@ class Handle:
         """Whether the job is known to have ended with its work done (no error)."""
         return False
 
+    def never_starts(self) -> bool:
+        """Whether the job's wait ended though it is still queued: Slurm never starts it
+        (its failure is not cached: an ``scontrol update`` of its dependency may start it)."""
+        return False
+
     @property
     def submitit_job(self) -> tp.Any:
         return None
@@ -234,6 +239,9 @@ class HandleGroup(Handle):
 
     def finished_ok(self) -> bool:
         return all(h.finished_ok() for h in self.handles)
+
+    def never_starts(self) -> bool:
+        return any(h.never_starts() for h in self.handles)
 
     @property
     def submitit_job(self) -> tp.Any:
@@ -351,6 +359,7 @@ class SubmititHandle(Handle):
         self._done = False
         self._template = template  # local jobs: the log-folder template to drop when done
         self._cancelled = False  # (cancelled by this handle: a local job it then killed too)
+        self._never_starts: str | None = None  # (squeue's reason: Slurm never starts it)
 
     @property
     def submitit_job(self) -> tp.Any:
@@ -407,9 +416,17 @@ class SubmititHandle(Handle):
         it never ended. squeue knows a job from its submission on (see left_queue)."""
         if self.cluster != "slurm":
             return False
-        from .registry import left_queue
+        from .registry import left_queue, never_starts
 
-        return left_queue(self.job_id)
+        if left_queue(self.job_id):
+            return True
+        # (a job pending for a reason Slurm never gets over, DependencyNeverSatisfied:
+        # waited for, its call waited for ever; it ends the wait, described as such)
+        self._never_starts = never_starts(self.job_id)
+        return self._never_starts is not None
+
+    def never_starts(self) -> bool:
+        return self.__dict__.get("_never_starts") is not None
 
     def _runs_elsewhere(self) -> bool:
         """Whether the local job of a handle loaded in another process still runs (on
@@ -442,6 +459,11 @@ class SubmititHandle(Handle):
             return False
 
     def ended_how(self, known: tuple[str, str] | None = None) -> str:
+        never = self.__dict__.get("_never_starts")  # (absent: a handle pickled before)
+        if never is not None:
+            from .registry import never_starts_words
+
+            return never_starts_words(self.job_id, never)
         if self.cluster == "local":
             with contextlib.suppress(Exception):  # (no log to read: described below)
                 cancelled = _cancelled_local_job(self.job_id, Path(self.job.paths.stderr))

@@ -363,6 +363,28 @@ def queued_jobs(job_ids: tp.Sequence[str]) -> set[str]:
 
 
 _STATES: dict[str, str] = {}  # Slurm state of the jobs squeue listed last (PENDING, RUNNING...)
+_NEVER: dict[str, str] = {}  # pending jobs squeue said last Slurm never starts -> its reason
+
+# squeue's reasons (%r) of a pending job Slurm never starts: waited for, a call waited
+# for ever (a slurm_additional_parameters dependency afterok:<a job that failed>)
+NEVER_STARTS_REASONS = frozenset({"DependencyNeverSatisfied"})
+
+
+def never_starts(job_id: str) -> str | None:
+    """The reason squeue gave, in its last call listing this pending job, why Slurm will
+    never start it (None: none such; no new call)."""
+    return _NEVER.get(job_id)
+
+
+def never_starts_words(job_id: str, reason: str) -> str:
+    """Why a call does not wait for a job Slurm never starts, and what to do."""
+    return (
+        f"job {job_id} is pending with reason {reason}: Slurm never starts it (a "
+        "dependency that can no longer be met, e.g. afterok on a job that failed, "
+        "given in slurm_additional_parameters; exca.graph.run orders exca's own "
+        f"computations): scancel {job_id} (then mode='retry' computes it again), or "
+        f"change its dependency (scontrol update jobid={job_id} dependency=...)"
+    )
 
 
 def queue_state(job_id: str) -> str | None:
@@ -382,8 +404,11 @@ def as_jobs(job_ids: tp.Sequence[str]) -> str:
     last that the job (every one of them) waits in the queue."""
     shown = ", ".join(job_ids[:5]) + (", ..." if len(job_ids) > 5 else "")
     pending = bool(job_ids) and all(_STATES.get(j) == "PENDING" for j in job_ids)
+    never = sorted({_NEVER[j] for j in job_ids if j in _NEVER})
+    said = f" (Slurm never starts it: {', '.join(never)})" if never else ""
     return (
-        f"{'pending' if pending else 'running'} as job{'(s)' if len(job_ids) > 1 else ''} {shown}"
+        f"{'pending' if pending else 'running'} as job{'(s)' if len(job_ids) > 1 else ''} "
+        f"{shown}{said}"
     )
 
 
@@ -409,7 +434,7 @@ def _squeue(bases: list[str]) -> tuple[set[str], set[str]] | None:
         # (-r: one line per array element; grouped, the pending ones are listed as
         # 12_[3,5,7,...] cut at ~32 characters: elements past the cut read as ended)
         result = subprocess.run(
-            ["squeue", "-h", "-r", "-o", "%i|%T|%A", "-j", ",".join(bases)],
+            ["squeue", "-h", "-r", "-o", "%i|%T|%A|%r", "-j", ",".join(bases)],
             capture_output=True,
             text=True,
             timeout=30,
@@ -423,18 +448,28 @@ def _squeue(bases: list[str]) -> tuple[set[str], set[str]] | None:
     own_ids: set[str] = set()
     if len(_STATES) > 10_000:
         _STATES.clear()
+        _NEVER.clear()
+    asked = set(bases)
+    for job in [j for j in _NEVER if j.split("_")[0] in asked]:
+        del _NEVER[job]  # (what this call says replaces it: e.g. scontrol update)
     for line in result.stdout.splitlines():
         job, _, rest = line.partition("|")
-        state, _, raw = rest.partition("|")
-        state = state.strip()
+        state, _, rest = rest.partition("|")
+        raw, _, reason = rest.partition("|")
+        state, reason = state.strip(), reason.strip()
         if not state or state in FINAL_STATES:
             continue
+        never = state == "PENDING" and reason in NEVER_STARTS_REASONS
         if "_[" in job:  # (grouped elements: 12_[3-5%2], in case -r is not honoured)
             root, _, ranges = job.partition("_[")
             expanded = [f"{root}_{i}" for i in _expand(ranges.rstrip("]").split("%")[0])]
             listed.update(expanded)
             _STATES.update(dict.fromkeys(expanded, state))
+            if never:
+                _NEVER.update(dict.fromkeys(expanded, reason))
         else:
+            if never:
+                _NEVER[job] = reason
             listed.add(job)
             _STATES[job] = state
             own = raw.strip()

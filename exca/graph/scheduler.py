@@ -809,6 +809,8 @@ class Scheduler:
                 isinstance(run.error, JobFailedError)
                 and node.folder is not None
                 and not being_computed(node)
+                # (a job Slurm never starts is still queued: updated, it may run yet)
+                and not any(h.never_starts() for h in run.handles)
             ):
                 _cache_error(node, run.error)
             return
