@@ -172,8 +172,8 @@ def _log_not_submitted(
     ]
     if cached:
         logger.info(
-            "Job array: %d config(s) failed before (error cached, e.g. %s): not submitted "
-            "again (use mode='retry' to recompute)",
+            "Job array: %d config(s) failed before (an error cached, or a job ended without "
+            "its result; e.g. %s): not submitted again (use mode='retry' to recompute)",
             len(cached),
             cached[0].node.uid,
         )
