@@ -480,13 +480,6 @@ class SubmititHandle(Handle):
                 state = self.state()
                 if state.startswith("UNKNOWN"):
                     state = _settled_sacct_state(self.job_id) or state
-                if not _final(state):
-                    # (sacct keeps no row of an array element cancelled while pending:
-                    # submitit's state stays its last one, PENDING or UNKNOWN; its array's
-                    # rows tell it never started)
-                    from .registry import slurm_endings
-
-                    state, how = slurm_endings([self.job_id]).get(self.job_id, (state, None))
         kinds = {
             "CANCELLED": "was cancelled",
             "TIMEOUT": "timed out",

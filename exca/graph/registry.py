@@ -570,17 +570,8 @@ def slurm_endings(job_ids: tp.Sequence[str]) -> dict[str, tuple[str, str]]:
 
 def _endings(job_ids: tp.Sequence[str]) -> dict[str, tuple[str, str]]:
     runs: dict[str, list[list[str]]] = {}
-    arrays: set[str] = set()  # the arrays sacct knows
-    pending: set[str] = set()  # their elements it lists as pending (grouped: 12_[3-5])
     for row in _sacct("JobID,State,ExitCode,NodeList", job_ids, runs=True):
-        job = row[0]
-        if "_" in job:
-            root, _, index = job.partition("_")
-            arrays.add(root)
-            if index.startswith("["):
-                pending.update(f"{root}_{i}" for i in _expand(index.strip("[]").split("%")[0]))
-                continue
-        runs.setdefault(job, []).append(row)
+        runs.setdefault(row[0], []).append(row)
     found = {}
     for job, rows in runs.items():
         # (its last run says how it ended)
@@ -594,13 +585,6 @@ def _endings(job_ids: tp.Sequence[str]) -> dict[str, tuple[str, str]]:
         else:
             how = NEVER_STARTED
         found[job] = (state.strip(), how)
-    for job in job_ids:
-        root = job.partition("_")[0]
-        if job not in found and "_" in job and root in arrays and job not in pending:
-            # sacct keeps no row of an array element cancelled while pending (a started
-            # one gets its own row; the others are pending in the array's row): it said
-            # "UNKNOWN ... cancelled before it started?", a single job "CANCELLED"
-            found[job] = ("CANCELLED", NEVER_STARTED)
     return {j: found[j] for j in job_ids if j in found}
 
 
