@@ -1953,13 +1953,13 @@ def test_sbatch_options_exca_manages_are_refused(tmp_path: Path) -> None:
     """slurm_additional_parameters={"array": "0-3"} was accepted: Slurm ran a 4-element
     array exca followed as one job (three elements failed at once, one hung, three
     contradictory states). Such options are refused before anything is queued, naming
-    the option and what to use instead."""
+    the option and what to use instead, also as the start of it sbatch takes ("arr")."""
     instead = {
         "array": r"infra\.job_array\(\)",
         "--array": r"infra\.job_array\(\)",
-        "output": r"set logs=\.\.\. instead",
-        "error": r"set logs=\.\.\. instead",
+        "arr": r"--array is exca's own.*infra\.job_array\(\)",
         "parsable": r"remove it",
+        "pars": r"--parsable is exca's own.*remove it",
     }
     for key, hint in instead.items():
         params = {key: "0-3"}
@@ -1971,7 +1971,8 @@ def test_sbatch_options_exca_manages_are_refused(tmp_path: Path) -> None:
                     "slurm_additional_parameters": params,
                 }
             )
-    kept = {"qos": "low", "dependency": "afterok:1", "mail-type": "END"}
+    # (output/error only move the logs: configs cached with them still read back)
+    kept = {"qos": "low", "dependency": "afterok:1", "mail-type": "END", "output": "o_%j"}
     task = Task(infra={"folder": tmp_path, "cluster": "slurm", "slurm_additional_parameters": kept})
     assert task.infra.slurm_additional_parameters == kept
 

@@ -37,11 +37,9 @@ _PARAMS = (
 # sbatch options exca (through submitit) writes itself and reads back: given in
 # slurm_additional_parameters, they replaced exca's, and what sbatch queued was no longer
 # what exca waits for (-> what to use instead). (A "dependency" is kept: exca adds its
-# own next to it; one that can never be satisfied fails the wait, see executors.)
-_LOGS_INSTEAD = (
-    "exca writes each job's logs where the infra's logs=... says, and reads them there "
-    "(its errors quote them): set logs=... instead"
-)
+# own next to it; one that can never be satisfied fails the wait, see executors. And so
+# are output/error: they only move the logs exca quotes, and configs cached with them
+# must still read back.)
 MANAGED_SBATCH_OPTIONS = {
     "array": (
         "exca makes the Slurm arrays itself, one element per config, and follows each by "
@@ -52,9 +50,9 @@ MANAGED_SBATCH_OPTIONS = {
         "it changes sbatch's answer, from which exca reads the job id (the job would run "
         "unfollowed): remove it"
     ),
-    "output": _LOGS_INSTEAD,
-    "error": _LOGS_INSTEAD,
 }
+# (sbatch takes any unambiguous start of an option: --arr is --array; --par is not --parsable)
+_SHORTEST_PREFIX = {"array": 2, "parsable": 4}
 
 
 UNSET_VARIABLE = re.compile(r"\$\{?\w+\}?")  # (what expandvars leaves of an unset one)
@@ -144,6 +142,14 @@ class SubmititMixin(pydantic.BaseModel):
         # exca does not follow, e.g. an array of 4 jobs recorded as one job)
         for key, given in (value or {}).items():
             option = key.lstrip("-").lower().replace("_", "-")
+            option = next(
+                (
+                    name
+                    for name, shortest in _SHORTEST_PREFIX.items()
+                    if len(option) >= shortest and name.startswith(option)
+                ),
+                option,
+            )
             instead = MANAGED_SBATCH_OPTIONS.get(option)
             if instead is not None:
                 raise ValueError(
