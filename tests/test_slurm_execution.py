@@ -631,6 +631,23 @@ def test_slurm_killed_job_says_how(
     assert task(tmp_path, ctl, slurm_cluster, x=6, mode="retry").process() == 18
 
 
+def test_only_the_batch_scripts_report_of_a_signal_its_exit_code_tells_counts() -> None:
+    """A job whose method ran a child that was killed, then exited with code 3 (or 9), was
+    said "killed by SIGKILL" (a review): the last "Killed" line of its log was trusted,
+    bash's report of that child's death. Only the batch script's (or srun's) report of a
+    signal its exit code tells counts."""
+    from exca.graph.registry import signal_in_log
+
+    script = "/var/spool/slurmd/job01/slurm_script: line 17:  6771 Killed   python -u -m x\n"
+    child = "bash: line 1: 17603 Killed                  sleep 30\n"
+    srun = "srun: error: vm: task 0: Killed\n"
+    assert signal_in_log(script, 9) == "SIGKILL" and signal_in_log(script, 137) == "SIGKILL"
+    assert signal_in_log(srun, 9) == "SIGKILL"
+    assert signal_in_log(script, 3) is None  # (a code no signal gives)
+    assert signal_in_log(child, 9) is None and signal_in_log(child, 3) is None
+    assert signal_in_log("all went well\n", 9) is None
+
+
 @pytest.mark.timeout(300)
 def test_a_job_failing_before_python_names_its_log(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None

@@ -521,8 +521,11 @@ class SubmititHandle(Handle):
 
             if how is None:
                 how = slurm_exit(self.job_id)
-            if how.startswith(EXITED_WITH_CODE) and not how.startswith(f"{EXITED_WITH_CODE} 0"):
-                how = self._killed_said() or how
+            code = (
+                how[len(EXITED_WITH_CODE) :].split()[0] if how.startswith(EXITED_WITH_CODE) else ""
+            )
+            if code.isdigit() and int(code) != 0:
+                how = self._killed_said(int(code)) or how
             if not how and state.startswith("UNKNOWN"):
                 how = (
                     "neither the queue nor the accounting (sacct) knows it: cancelled before "
@@ -550,14 +553,14 @@ class SubmititHandle(Handle):
             return False
         return isinstance(info, dict) and info.get("NodeList") == NO_NODE
 
-    def _killed_said(self) -> str | None:
+    def _killed_said(self, exit_code: int) -> str | None:
         """How the job's process was killed by a signal, as its log says (sacct gave the
         batch script's code: a python killed by SIGKILL read "exited with code 9"), or
         None."""
         from .registry import killed_words, signal_in_log
 
         try:
-            name = signal_in_log(read_tail(Path(self.job.paths.stderr)))
+            name = signal_in_log(read_tail(Path(self.job.paths.stderr)), exit_code)
         except Exception:  # (no log)
             return None
         return None if name is None else killed_words(name)

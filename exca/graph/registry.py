@@ -630,16 +630,28 @@ _BASH_SIGNALS = {
     "Illegal instruction": "SIGILL",
     "Hangup": "SIGHUP",
 }
+# (the batch script's own report, or srun's: not one of a child the method ran, "bash:
+# line 1: 17603 Killed sleep 30")
 _SIGNAL_REPORT = re.compile(
-    r"(?:line \d+: +\d+|task \d+:) (" + "|".join(_BASH_SIGNALS) + r")\b", re.MULTILINE
+    r"(?:slurm_script: line \d+: +\d+|^srun: error: .*task \d+:) ("
+    + "|".join(_BASH_SIGNALS)
+    + r")\b",
+    re.MULTILINE,
 )
 
 
-def signal_in_log(text: str) -> str | None:
+def signal_in_log(text: str, exit_code: int) -> str | None:
     """The signal that killed a job's process, as its log's last report of one says
-    (bash's or srun's words), or None."""
+    (bash's or srun's words), or None; only a signal the job's exit code tells (its
+    number, or 128 + it: a job exiting with code 3 was not killed)."""
+    import signal
+
     found = _SIGNAL_REPORT.findall(text)
-    return _BASH_SIGNALS[found[-1]] if found else None
+    if not found:
+        return None
+    name = _BASH_SIGNALS[found[-1]]
+    number = int(signal.Signals[name])
+    return name if exit_code in (number, 128 + number) else None
 
 
 def sacct_states(job_ids: tp.Sequence[str]) -> dict[str, str]:
