@@ -454,8 +454,10 @@ def test_a_job_slurm_never_starts_ends_its_wait(
         wait_until(job.done, timeout=60)  # (it waited for ever)
         with pytest.raises(JobFailedError, match=said):
             job.result()
-        with pytest.raises(JobFailedError, match=said):  # a call waiting for it
+        with pytest.raises(JobFailedError, match=said) as info:  # a call waiting for it
             task(tmp_path, ctl, slurm_cluster, x=31, slurm_additional_parameters=params).process()
+        # (not the usual hint: mode='retry' alone follows that job again, failing at once)
+        assert "use mode='retry' to recompute" not in str(info.value)
         assert registry.queue_state(job.job_id) == "PENDING"  # (left queued, failure not cached)
         assert obj.infra.status() == "running" and lines(ctl / "calls.txt") == []
         update = ["scontrol", "update", f"jobid={job.job_id}", "dependency="]

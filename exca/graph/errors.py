@@ -32,6 +32,9 @@ LOG_QUOTE = "\nthe end of that log:\n"  # (what precedes the end of a job's log 
 CLASS_CHANGED = "ClassChangedError: "
 
 
+NEVER_STARTS = "Slurm never starts it"  # (a job's own advice: no retry hint)
+
+
 def class_changed(how: str) -> bool:
     """Whether a job's ending (``Handle.ended_how``) is its refusal of a config whose
     class changed: not a failure of the computation (nothing cached, nothing to retry)."""
@@ -42,7 +45,7 @@ def retry_hint(how: str) -> str:
     """A job's ending (``Handle.ended_how``) with the hint to recompute, before the end of
     the job's log it may quote (not inside a message of several lines: it cut it). None
     for a job that refused a changed class: its message says to submit it again."""
-    if class_changed(how):
+    if class_changed(how) or NEVER_STARTS in how:  # (mode=retry alone follows it again)
         return how
     said, quote, log_end = how.partition(LOG_QUOTE)
     return f"{said} (use mode='retry' to recompute){quote}{log_end}"

@@ -21,6 +21,7 @@ import orjson
 
 from ..storage import claims, process
 from ..storage.files import chmod, make_folder
+from .errors import NEVER_STARTS
 from .node import INPUTS_PREFIX
 
 JOBS_DIR = "jobs"
@@ -379,7 +380,7 @@ def never_starts(job_id: str) -> str | None:
 def never_starts_words(job_id: str, reason: str) -> str:
     """Why a call does not wait for a job Slurm never starts, and what to do."""
     return (
-        f"job {job_id} is pending with reason {reason}: Slurm never starts it (a "
+        f"job {job_id} is pending with reason {reason}: {NEVER_STARTS} (a "
         "dependency that can no longer be met, e.g. afterok on a job that failed, "
         "given in slurm_additional_parameters; exca.graph.run orders exca's own "
         f"computations): scancel {job_id} (then mode='retry' computes it again), or "
