@@ -1936,6 +1936,46 @@ def test_a_reader_removes_only_the_damaged_entry_it_read(
     assert env.starts("ramp") == 2 and env.starts("total") == 1
 
 
+@pytest.mark.parametrize("when", ["drop_damaged", "drop_outcome"])
+def test_a_reader_says_removed_only_when_it_removed(
+    env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, when: str
+) -> None:
+    """A node reading an upstream in mode retry whose payload no longer decodes, written
+    again by another process between the read and the removal (before the reader looks
+    at it again, or after it found it still damaged, right before removing it): nothing
+    is removed (the good result is kept), but the warning and the error said "removed"
+    (or, the first way, that mode retry would compute it in such a run). Now they say it
+    was written again, kept; a damaged payload removed still says "removed"."""
+    ramp = Ramp(log=env.log, infra=env.infra())
+    ramp.make()
+    _overwrite_payload(ramp.infra.uid_folder())
+    original = getattr(store, when)
+
+    def written_meanwhile(*args: tp.Any) -> tp.Any:
+        Ramp(log=env.log, infra=env.infra(mode="force")).make()  # (another writer)
+        return original(*args)
+
+    monkeypatch.setattr(store, when, written_meanwhile)
+    upstream = Ramp(log=env.log, infra=env.infra(mode="retry")).make.node()
+    with caplog.at_level("WARNING", logger="exca"), pytest.raises(UpstreamFailed) as info:
+        exca.graph.run(env.step("total").run.node(upstream))
+    message = str(info.value)
+    assert "removed" not in message.replace("nothing removed", ""), message
+    assert "another process wrote that output again meanwhile (kept" in message, message
+    assert "removed, to compute again" not in caplog.text, caplog.text
+    assert env.starts("ramp") == 2 and Ramp(log=env.log, infra=env.infra()).infra.status() == (
+        "completed"
+    )
+    # (damaged, nobody writing it meanwhile: removed, and said so; the run computes it)
+    monkeypatch.setattr(store, when, original)
+    _overwrite_payload(ramp.infra.uid_folder())
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="exca"):
+        exca.graph.run(env.step("total2").run.node(upstream))
+    assert "removed, to compute again" in caplog.text, caplog.text
+    assert env.starts("ramp") == 3 and env.starts("total2") == 1
+
+
 def test_check_upstream_says_whose_mode_retries_an_upstream_error(env: Env) -> None:
     """What a detached array element raises when its upstream holds an error said
     "mode='retry' computes it again" (the reader's own mode retries nothing upstream)."""

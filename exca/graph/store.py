@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import typing as tp
 
@@ -86,18 +85,23 @@ def outdated_outcome(cache: CacheDict[tp.Any], mode: str) -> tuple[str, int] | N
     return entry.file, entry.offset
 
 
-def drop_outcome(cache: CacheDict[tp.Any], outdated: tuple[str, int] | None) -> None:
+def drop_outcome(cache: CacheDict[tp.Any], outdated: tuple[str, int] | None) -> bool:
     """Remove an outdated outcome right after its replacing job was submitted, unless that
     job already replaced it (a synchronous executor). Not before submitting: the scheduler
     would then wait for the old job if it is still winding down, instead of submitting.
-    Until then (or without it), status() and result() showed the old outcome."""
+    Until then (or without it), status() and result() showed the old outcome. Returns
+    whether it was removed here (not: replaced or removed meanwhile by another writer)."""
     if outdated is None:
-        return
+        return False
     cache.refresh()
     entry = cache.entry(TASK_KEY)
-    if entry is not None and (entry.file, entry.offset) == outdated:
-        with contextlib.suppress(KeyError):  # (removed meanwhile by someone else)
-            del cache[TASK_KEY]
+    if entry is None or (entry.file, entry.offset) != outdated:
+        return False
+    try:
+        del cache[TASK_KEY]
+    except KeyError:  # (removed meanwhile by someone else)
+        return False
+    return True
 
 
 def output_places(cache: CacheDict[tp.Any], uids: tp.Iterable[str]) -> dict[str, tuple[str, int]]:
@@ -308,14 +312,15 @@ def drop_damaged_or_raise(
             "damaged): mode='retry' computes it again"
         )
         raise error
-    logger.warning(
-        "%d cached item(s) of %s cannot be read (%s: %s): computed again (mode=retry)",
-        len(damaged),
-        where,
-        type(error).__name__,
-        error,
-    )
-    _delete_if_unchanged(cache, damaged)
+    removed = _delete_if_unchanged(cache, damaged)
+    if removed:  # (the others were written again meanwhile by another process: read)
+        logger.warning(
+            "%d cached item(s) of %s cannot be read (%s: %s): computed again (mode=retry)",
+            len(removed),
+            where,
+            type(error).__name__,
+            error,
+        )
 
 
 def _damaged_items(cache: CacheDict[tp.Any], uids: tp.Iterable[str]) -> dict[str, tuple[str, int]]:
@@ -334,17 +339,30 @@ def _damaged_items(cache: CacheDict[tp.Any], uids: tp.Iterable[str]) -> dict[str
 
 def _delete_if_unchanged(
     cache: CacheDict[tp.Any], places: tp.Mapping[str, tuple[str, int]]
-) -> None:
-    """Delete the entries still where they were read (not one written meanwhile)."""
+) -> list[str]:
+    """Delete the entries still where they were read (not one written meanwhile); returns
+    the uids of those deleted here."""
     cache.refresh()
+    removed = []
     with cache.write():
         for uid in not_replaced(cache, places, ()):
-            with contextlib.suppress(KeyError):  # (removed meanwhile by someone else)
+            try:
                 del cache[uid]
+            except KeyError:  # (removed meanwhile by someone else)
+                continue
+            removed.append(uid)
+    return removed
 
 
-# set on a damaged payload error once its reader removed that payload (see drop_damaged)
+# set on a damaged payload error by drop_damaged: what became of that payload, "removed"
+# (by this reader), "rewritten" or "gone" (by another process, between the read and the
+# removal: this reader removed nothing)
 _DROPPED = "_exca_payload_dropped"
+
+
+def payload_dropped(error: BaseException) -> str | None:
+    """What ``drop_damaged`` did about the payload of this error (None: not called)."""
+    return getattr(error, _DROPPED, None)
 
 
 def drop_damaged(node: Node, error: BaseException) -> None:
@@ -361,20 +379,24 @@ def drop_damaged(node: Node, error: BaseException) -> None:
             damaged = _damaged_items(node.cache, map_item_uids(node))
         except Exception:  # (its items cannot be read: nothing removed)
             return
-    if not damaged:
+    removed: list[str] = []
+    if node.kind == "task" and damaged:
+        removed = [TASK_KEY] if drop_outcome(node.cache, damaged[TASK_KEY]) else []
+    elif damaged:
+        removed = _delete_if_unchanged(node.cache, damaged)
+    if not removed:  # (written again, or removed, by another process in between)
+        node.cache.refresh()
+        present = node.cache.entry(TASK_KEY) is not None if node.kind == "task" else True
+        setattr(error, _DROPPED, "rewritten" if present else "gone")
         return
     logger.warning(
         "%d cached output(s) of %s cannot be read (%s: %s): removed, to compute again (mode=retry)",
-        len(damaged),
+        len(removed),
         node.uid,
         type(error).__name__,
         error,
     )
-    if node.kind == "task":
-        drop_outcome(node.cache, damaged[TASK_KEY])
-    else:
-        _delete_if_unchanged(node.cache, damaged)
-    setattr(error, _DROPPED, True)
+    setattr(error, _DROPPED, "removed")
 
 
 # set on an error raised reading an upstream node's output (see worker.load_output): that
@@ -391,7 +413,20 @@ def unreadable_input(error: BaseException, named: bool = False) -> str:
     source: Node | None = getattr(error, INPUT_SOURCE, None)
     if source is None:
         return text
-    if getattr(error, _DROPPED, False):  # (see drop_damaged)
+    dropped = payload_dropped(error)
+    if dropped == "rewritten":
+        return (
+            f"{text}; the payload of upstream {source.uid} did not decode when read, and "
+            "another process wrote that output again meanwhile (kept: nothing removed); "
+            "the next run reads it"
+        )
+    if dropped == "gone":
+        return (
+            f"{text}; the payload of upstream {source.uid} did not decode when read, and "
+            "another process removed it meanwhile (a waiting run computes it again, then "
+            "this node; else the next run does)"
+        )
+    if dropped == "removed":
         return (
             f"{text}; the payload of upstream {source.uid} was damaged outside exca: "
             "removed, as that node is in mode='retry' (a waiting run computes it again, "
