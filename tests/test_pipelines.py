@@ -1850,26 +1850,56 @@ def _size(path: Path) -> int:
 def test_a_plan_never_removes_an_upstream_that_no_longer_decodes(env: Env) -> None:
     """plan, explain and status of a map whose items come from a task in mode retry whose
     payload no longer decodes removed that task's result (they read it for the item
-    uids; a plan writes, deletes nor repairs nothing). They leave it; a run fails saying
-    what computes it again (a map's items: not that run)."""
+    uids; a plan writes, deletes nor repairs nothing). They leave it; the plan says the
+    run computes it again (a run then does, see below)."""
 
     def square(mode: str) -> exca.graph.Node:
         return env.square().apply.node(env.numbers(2000, mode=mode).make.node())
 
     exca.graph.run(square("cached"))
     payload = _overwrite_payload(env.numbers(2000).infra.uid_folder())
-    exca.graph.plan(square("retry"))
+    plan = exca.graph.plan(square("retry"))
     exca.ops.explain(square("retry"))
     square("retry").status()
     assert payload.exists() and env.numbers(2000).infra.status() == "completed"
+    entry = _by_uid(plan)[square("retry").upstream[0].uid]
+    assert (entry.status, entry.action) == ("missing", "compute"), entry
+    assert entry.reason == exca.graph.decisions.UNDECODABLE
+    # (in mode cached: the run fails saying what computes it again)
     with pytest.raises(UpstreamFailed) as info:
-        exca.graph.run(square("retry"))
+        exca.graph.run(square("cached"))
     assert "no longer decodes" in str(info.value)
     assert store.UPSTREAM_DECODE_FIX in str(info.value)
     assert payload.exists() and env.starts("numbers2000") == 1
-    env.numbers(2000, mode="force").make()
-    exca.graph.run(square("cached"))
-    assert env.starts("numbers2000") == 2
+
+
+@pytest.mark.parametrize("map_mode", ["cached", "retry"])
+def test_a_map_whose_upstream_in_retry_mode_no_longer_decodes_computes_it_again(
+    env: Env, map_mode: str
+) -> None:
+    """A map taking its items from a task in mode retry whose payload was overwritten
+    outside exca (no stat tells): every run failed (the items could not be read, so the
+    task was never decided again), until a task read it or the user forced it; mode retry
+    computes damaged payloads again. Now the run does: the task first, then the map, whose
+    items were cached (not computed again); the plan said so beforehand."""
+
+    def square(mode: str = "cached", map_mode: str = "cached") -> exca.graph.Node:
+        return env.square(mode=map_mode).apply.node(env.numbers(2000, mode=mode).make.node())
+
+    assert len(exca.graph.run(square()).runs) == 2
+    assert env.starts("numbers2000") == 1 and env.starts("square1999") == 1
+    _overwrite_payload(env.numbers(2000).infra.uid_folder())
+    target = square("retry", map_mode)
+    entries = _by_uid(exca.graph.plan(target))
+    assert entries[target.upstream[0].uid].action == "compute"
+    assert entries[target.uid].items == "items known at run time"
+    exca.graph.run(target)
+    assert env.starts("numbers2000") == 2 and env.starts("square1999") == 1
+    assert square().result()[-1] == 1999**2
+    assert {e.action for e in exca.graph.plan(square("retry", map_mode)).entries} == {
+        "reuse",
+        "skip",
+    }
 
 
 def _refuses(data: bytes) -> tp.Any:

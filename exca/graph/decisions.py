@@ -12,6 +12,7 @@ import typing as tp
 
 from ..storage import gcpause
 from ..storage.cachederror import record_line
+from ..storage.dumping import is_damaged_payload
 from . import callers, executors, registry, store
 from .errors import JobFailedError, UpstreamFailed, read_only_error, retry_hint
 from .node import TASK_KEY, Group, Node
@@ -235,12 +236,14 @@ class Graph:
         item_uids: dict[Key, list[str]] | None = None,
         forced: tp.Collection[Key] = (),
         checks_payloads: bool = False,
+        dry_run: bool = False,
     ) -> None:
         """``forced``: nodes forced whatever their upstream's state now (forced by an
         upstream node that was forced, and computed, since). ``checks_payloads``: whether
         cached map items' payload files are checked in every mode, not only in mode retry:
         a plan does (a stat per data file, ~0.5 us per item); a run finds a damaged item
-        when it reads it, and says what to do then."""
+        when it reads it, and says what to do then. ``dry_run``: a plan's (it removes
+        nothing, see ``_damaged_source``)."""
         with gcpause.paused():
             self.targets = list(targets)
             self.forced_before = set(forced)
@@ -259,6 +262,10 @@ class Graph:
             self.order = self._topological()
             self.runs: dict[Key, NodeRun] = {}
             self.checks_payloads = checks_payloads
+            self.dry_run = dry_run
+            # tasks in mode retry whose result a map reading its items from them could not
+            # decode (see _damaged_source): computed again first
+            self.undecodable: set[Key] = set()
 
     def share_force_states(self) -> None:
         """What a node's mode=force did, told to the other instances of the same config
@@ -297,6 +304,7 @@ class Graph:
 
     def _decide(self) -> dict[Key, NodeRun]:
         forced = self._forced()
+        self.undecodable = set()  # (found anew by each decision)
         runs = {key: NodeRun(node) for key, node in self.nodes.items()}
         self.runs = runs
         visited: set[Key] = set()
@@ -309,6 +317,9 @@ class Graph:
             run = runs[key]
             if run.node.kind == "map":
                 self._decide_map(run, key in forced)
+                # (an upstream task decided before, e.g. another target, found undecodable
+                # by this map: decided again)
+                visited -= self.undecodable
             else:
                 self._decide_task(run, key in forced)
             # (a map reused with item errors may wait for a job retrying them, after
@@ -383,6 +394,9 @@ class Graph:
         if forced and not read_only:
             run.action = "force"
             run.reason = "mode=force" if node.pending_force else "forced by upstream"
+        elif node.key in self.undecodable:  # (mode retry: see _damaged_source)
+            run.action = "retry"
+            run.reason = UNDECODABLE
         elif own is not None and not own[1]:
             # (what is cached is not the forced result: an earlier job's, or nothing)
             run.action, run.holds_error = "fail", True
@@ -436,21 +450,47 @@ class Graph:
         uids = self.item_uids.get(node.key)
         if uids is None:
             if isinstance(node.items, Node) and not self._readable(node.items):
-                run.action, run.reason = "compute", "items known at run time"
-                if node.mode == "read-only":  # (checked once its upstream, in its own mode, ran)
-                    run.reason = "read-only: items known at run time (a missing item fails)"
-                elif forced:  # (decide_items then forces every item it gets, cached or not)
-                    why = "mode=force" if node.pending_force else "forced by upstream"
-                    run.action = "force"
-                    run.reason = f"{why}: {FORCED_ITEMS_LATER}"
+                _items_later(run, forced)
                 return
-            try:
-                uids = store.map_item_uids(node)
-            except Exception as error:  # (item_uid failing on an item: this node fails)
-                run.action, run.reason = "fail", f"{type(error).__name__}: {error}"
-                run.error = error
-                return
+            for attempt in (1, 2):
+                try:
+                    uids = store.map_item_uids(node)
+                    break
+                except Exception as error:  # (item_uid failing on an item: this node fails)
+                    damaged = self._damaged_source(node, error)
+                    if damaged:  # (its upstream is computed again first)
+                        _items_later(run, forced)
+                        return
+                    if damaged is None and attempt == 1:
+                        continue  # (written again meanwhile by another process: read again)
+                    run.action, run.reason = "fail", f"{type(error).__name__}: {error}"
+                    run.error = error
+                    return
+        assert uids is not None
         self.decide_items(run, uids, forced)
+
+    def _damaged_source(self, node: Node, error: BaseException) -> bool | None:
+        """Whether the items of a map could not be read because its upstream task, in mode
+        retry, holds a result whose payload no longer decodes (changed outside exca in a
+        way no stat tells): that task is then computed again first, as its own call in
+        mode retry does (a run removes that result now; a plan only says so). None: the
+        result was written again meanwhile by another process (nothing removed)."""
+        source = node.items
+        cause = error.__cause__ if isinstance(error, UpstreamFailed) else None
+        if (
+            not isinstance(source, Node)
+            or source.kind != "task"
+            or source.mode != "retry"
+            or cause is None
+            or not is_damaged_payload(cause)
+        ):
+            return False
+        if not self.dry_run:
+            store.drop_damaged(source, cause)
+            if store.payload_dropped(cause) == "rewritten":
+                return None
+        self.undecodable.add(source.key)
+        return True
 
     def _damaged_items(self, run: NodeRun, uids: list[str], missing: list[str]) -> bool:
         """Whether cached items of a map cannot be read (their payload file was removed or
@@ -783,6 +823,12 @@ CONFIG_OTHER_DEFAULTS = "its config was cached with other defaults"
 # gets is computed anew, cached or not (explain counts the cached ones)
 FORCED_ITEMS_LATER = "items known at run time, the cached ones are computed again too"
 
+# a task in mode retry whose result could not be read by a map taking its items from it
+UNDECODABLE = (
+    "its cached result cannot be read (its payload was removed or damaged outside exca), "
+    "found reading the items of a map below it"
+)
+
 _ABSENT = object()
 
 
@@ -897,6 +943,19 @@ def gets_own_job(run: NodeRun, off_slurm: bool) -> bool:
     # (off Slurm: a map's new job waits for the items the earlier job holds the claims of,
     # then computes what is left, as a task's waits for its claim)
     return off_slurm
+
+
+def _items_later(run: NodeRun, forced: bool) -> None:
+    """A map whose items come from an upstream node that runs first: decided once they are
+    known."""
+    node = run.node
+    run.action, run.reason = "compute", "items known at run time"
+    if node.mode == "read-only":  # (checked once its upstream, in its own mode, ran)
+        run.reason = "read-only: items known at run time (a missing item fails)"
+    elif forced:  # (decide_items then forces every item it gets, cached or not)
+        why = "mode=force" if node.pending_force else "forced by upstream"
+        run.action = "force"
+        run.reason = f"{why}: {FORCED_ITEMS_LATER}"
 
 
 def _reuse(run: NodeRun) -> bool:

@@ -87,7 +87,7 @@ class Plan:
 
     def __init__(self, targets: tp.Sequence[Node]) -> None:
         with gcpause.paused(), keeping_files():  # (a dry run: reads only)
-            self.graph = Graph(targets, checks_payloads=True)
+            self.graph = Graph(targets, checks_payloads=True, dry_run=True)
             self._by_uid: dict[str, Node] | None = None
             self._stale: set[Key] = set()  # stale nodes seen so far (topological order)
             runs = self.graph.decide()

@@ -455,12 +455,12 @@ def unreadable_input(error: BaseException, named: bool = False) -> str:
     return text if named else f"{text}; reading the output of upstream {source.uid}"
 
 
-# what computes again an upstream output that no longer decodes (a plan reads no payload:
-# only a task of a run reading it removes it, or a call of that node in mode retry)
+# what computes again an upstream output that no longer decodes (a plan removes nothing:
+# a run reading it removes it, a task its input, a map its items, or a call of that node
+# in mode retry)
 UPSTREAM_DECODE_FIX = (
     "; mode='retry' on that upstream config's own infra computes it again in a run where a "
-    "task reads it (not a map taking its items from it), or in its own call; mode='force' "
-    "on it always does"
+    "node reads it, or in its own call; mode='force' on it always does"
 )
 
 
