@@ -911,6 +911,45 @@ def test_a_cycle_is_an_error_naming_its_nodes(env: Env) -> None:
     assert a.uid in str(info.value) and b.uid in str(info.value)
 
 
+def test_a_node_that_is_its_own_upstream_is_a_cycle(env: Env) -> None:
+    """A graph of one node, its own input (by hand, as above): it was not checked (a
+    graph of one node needs no order), and a run said "never started ... report this as
+    an exca bug"."""
+    a = env.step("a").run.node(1)
+    assert a.key  # (its identity, before its input is replaced)
+    object.__setattr__(a, "inputs", (("a", a),))
+    for call in (exca.graph.plan, exca.graph.run):
+        with pytest.raises(ValueError, match="The graph has a cycle") as info:
+            call(a)
+        assert a.uid in str(info.value)
+    assert events(env.log) == []
+
+
+def test_an_input_that_holds_itself_is_an_error_naming_the_cycle(env: Env) -> None:
+    """A list or dict input that contains itself (at any depth, with nodes in it or not):
+    building the node, or calling the method, crashed with a RecursionError (or, called
+    with a node in it, said that node was nested too deep). Now a ValueError names the
+    node, the input and where the cycle is."""
+    upstream = env.step("up").run.node()
+    step = env.step("top")
+    holds_node: list[tp.Any] = [upstream]
+    holds_node.append(holds_node)
+    plain: list[tp.Any] = [1]
+    plain.append(plain)
+    inner: dict[str, tp.Any] = {"n": upstream, "sub": [2]}
+    inner["sub"].append(inner)
+    cases = {"a[1] is a": holds_node, "a[1] is a)": plain, "a['sub'][1] is a": inner}
+    for told, value in cases.items():
+        for build in (step.run.node, step.run):
+            with pytest.raises(ValueError, match="holds itself") as info:
+                build(value)
+            message = str(info.value)
+            assert message.startswith(step.run.node().uid.split("/inputs-")[0]), message
+            assert f"its input 'a' holds itself ({told}" in message, message
+    shared = [1]
+    assert step.run.node([shared, shared, upstream]).result() == "top([[1];[1];up(None,None)],None)"
+
+
 # =============================================================================================
 # 2. Sub-config chaining
 # =============================================================================================

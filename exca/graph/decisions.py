@@ -285,7 +285,10 @@ class Graph:
     def _topological(self) -> list[Key]:
         # (the standard library's sorter: importing networkx takes ~110 ms, a third of a
         # fresh process's run of a small graph; exca.graph.graph() still returns networkx)
-        if len(self.nodes) < 2:
+        if len(self.nodes) < 2:  # (a node of its own upstream is still a cycle)
+            for key, ups in self.upstream.items():
+                if key in ups:
+                    raise ValueError(f"The graph has a cycle: {[self.nodes[key].uid]}")
             return list(self.nodes)
         sorter = graphlib.TopologicalSorter(self.upstream)
         try:

@@ -273,6 +273,37 @@ def _read_only(array: tp.Any, np: tp.Any) -> bool:
     return isinstance(array, bytes)
 
 
+def container_cycle(value: tp.Any) -> tuple[str, str] | None:
+    """Where a list, tuple or dict holds itself, at any depth: (the path of the inner
+    reference, the path of the container it is), e.g. ``("[1]", "")`` for a list whose
+    second item is the list itself; None when it holds no cycle. Walked without recursion
+    (what it explains is a RecursionError)."""
+
+    def children(item: tp.Any) -> tp.Iterator[tuple[str, tp.Any]]:
+        if isinstance(item, dict):
+            return ((f"[{key!r}]", sub) for key, sub in item.items())
+        return ((f"[{index}]", sub) for index, sub in enumerate(item))
+
+    if not isinstance(value, list | tuple | dict):
+        return None
+    ids = [id(value)]  # the containers from the value down to the one walked now
+    labels = [""]
+    stack = [children(value)]
+    while stack:
+        label, sub = next(stack[-1], ("", None))
+        if sub is None and not label:  # (this container is done)
+            stack.pop(), ids.pop(), labels.pop()
+            continue
+        if not isinstance(sub, list | tuple | dict):
+            continue
+        if id(sub) in ids:
+            return "".join(labels[1:]) + label, "".join(labels[1 : ids.index(id(sub)) + 1])
+        ids.append(id(sub))
+        labels.append(label)
+        stack.append(children(sub))
+    return None
+
+
 def _holds_node(value: tp.Any) -> bool:
     if isinstance(value, Node):
         return True

@@ -19,7 +19,7 @@ import pydantic
 from ..confdict import ConfDict
 from ..graph import calls, registry
 from ..graph.jobs import Job
-from ..graph.node import INPUTS_PREFIX, TASK_KEY, Group, Input, Node, Value
+from ..graph.node import INPUTS_PREFIX, TASK_KEY, Group, Input, Node, Value, container_cycle
 from ..storage.cachedict import CacheDict
 from . import freezing, uidfolder
 from .base import _MISSING, BaseInfra
@@ -102,10 +102,14 @@ class TaskMethod(InfraMethod):
         return BoundTask(self, obj)
 
     def inputs(
-        self, args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any], snapshot: bool = False
+        self,
+        args: tuple[tp.Any, ...],
+        kwargs: dict[str, tp.Any],
+        snapshot: bool = False,
+        where: str | None = None,
     ) -> tuple[Input, ...]:
         """Named inputs of a call (nodes stay nodes, values get their uid; ``snapshot``:
-        values are copied, see ``Value.of``)."""
+        values are copied, see ``Value.of``; ``where``: the node named by errors)."""
         try:
             bound = self.signature.bind(None, *args, **kwargs)
         except TypeError as error:
@@ -123,20 +127,34 @@ class TaskMethod(InfraMethod):
         out: list[Input] = []
         for name in self.params:
             value = bound.arguments[name]
-            if isinstance(value, Node):
-                out.append((name, value))
-            elif isinstance(value, list | tuple) and any(isinstance(v, Node) for v in value):
-                group = tuple(_source(v, snapshot) for v in value)
-                out.append((name, Group(group)))  # e.g. a sweep of nodes feeding one evaluation
-            elif isinstance(value, dict) and any(isinstance(v, Node) for v in value.values()):
-                if not all(isinstance(k, str) for k in value):
-                    raise TypeError(f"{self.func.__qualname__}: a dict of nodes needs str keys")
-                keys = tuple(sorted(value))
-                group = tuple(_source(value[k], snapshot) for k in keys)
-                out.append((name, Group(group, keys)))  # e.g. trainings by name
-            else:
-                out.append((name, Value.of(value, snapshot)))
+            try:
+                out.append(self._input(name, value, snapshot))
+            except (RecursionError, TypeError):  # (walking a cycle, or what it made of it)
+                cycle = container_cycle(value)
+                if cycle is None:  # (e.g. nested deeper than Python's recursion limit)
+                    raise
+                inner, outer = cycle
+                raise ValueError(
+                    f"{where or self.func.__qualname__}: its input {name!r} holds itself "
+                    f"({name}{inner} is {name}{outer}): a list or dict that contains itself "
+                    "has no uid (a cycle). Pass a list or dict without cycles"
+                ) from None
         return tuple(out)
+
+    def _input(self, name: str, value: tp.Any, snapshot: bool) -> Input:
+        """One named input: a node, a group of nodes and values, or a value."""
+        if isinstance(value, Node):
+            return name, value
+        if isinstance(value, list | tuple) and any(isinstance(v, Node) for v in value):
+            group = tuple(_source(v, snapshot) for v in value)
+            return name, Group(group)  # e.g. a sweep of nodes feeding one evaluation
+        if isinstance(value, dict) and any(isinstance(v, Node) for v in value.values()):
+            if not all(isinstance(k, str) for k in value):
+                raise TypeError(f"{self.func.__qualname__}: a dict of nodes needs str keys")
+            keys = tuple(sorted(value))
+            group = tuple(_source(value[k], snapshot) for k in keys)
+            return name, Group(group, keys)  # e.g. trainings by name
+        return name, Value.of(value, snapshot)
 
 
 def _check_named_parameters(func: tp.Callable[..., tp.Any], signature: inspect.Signature) -> None:
@@ -227,7 +245,7 @@ class BoundTask:
             if args or kwargs:
                 raise TypeError(f"{self.method.func.__qualname__} takes no input")
             return node
-        return infra._input_node(node, self.method.inputs(args, kwargs, snapshot))
+        return infra._input_node(node, self.method.inputs(args, kwargs, snapshot, node.uid))
 
     def __repr__(self) -> str:
         return f"<bound {self.method.func.__qualname__} of {type(self.obj).__name__}>"
