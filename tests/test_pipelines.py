@@ -1770,6 +1770,51 @@ def test_force_recomputes_once_and_propagates(env: Env) -> None:
     assert len(started(env.log)) == 11
 
 
+class LockedStep(Step):
+    """A Step holding an object that cannot be pickled (a lock, a private attribute)."""
+
+    _lock: tp.Any = pydantic.PrivateAttr(default_factory=threading.Lock)
+
+
+class LockedSquare(Square):
+    """A Square holding an object that cannot be pickled."""
+
+    _lock: tp.Any = pydantic.PrivateAttr(default_factory=threading.Lock)
+
+
+@pytest.mark.timeout(120)
+def test_a_plan_lists_work_that_a_run_cannot_pickle(env: Env) -> None:
+    """A config that cannot be pickled (a lock in a private attribute), computed in a job
+    or a process pool: the run refuses it, and the plan said it would compute it. Now the
+    plan lists the refusal, in the words of the run's error; also for a node on a local
+    job reading a node of such a config (its job carries that node: that one was named
+    neither by the run nor by the plan). Computed here, nothing is pickled: no problem."""
+    up = LockedStep(name="up", log=env.log, infra=env.infra()).run.node()
+    cases = {
+        "the config's '_lock' (lock) cannot be pickled": LockedStep(
+            name="own", log=env.log, infra=env.infra(cluster="local")
+        ).run.node(),
+        f"it carries the node of its upstream {up.uid}": env.step(
+            "down", infra={"cluster": "local"}
+        ).run.node(up),
+        "cannot be sent to a process pool": LockedSquare(
+            log=env.log, infra=env.infra(cluster="processpool")
+        ).apply.node([1, 2]),
+    }
+    for told, node in cases.items():
+        entries = _by_uid(exca.graph.plan(node))
+        (problem,) = entries[node.uid].problems
+        assert told in problem, problem
+        assert not [e for e in entries.values() if e.problems and e.uid != node.uid]
+        with pytest.raises(TypeError) as info:
+            exca.graph.run(node)
+        assert str(info.value) == f"{node.uid}: {problem}"
+        assert node.status() == "not submitted"
+    assert started(env.log) == ["up"]  # (computed here, then its reader was refused)
+    here = LockedStep(name="own", log=env.log, infra=env.infra()).run.node()
+    assert not any(e.problems for e in exca.graph.plan(here).entries)
+
+
 class Ramp(pydantic.BaseModel):
     """A no-input task whose result is a payload file (an array): ``make() -> 0..n-1``."""
 

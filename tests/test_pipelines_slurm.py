@@ -197,6 +197,24 @@ def test_a_detached_run_that_would_wait_here_submits_nothing(env: Env, sbatch: S
     assert leaf.status() == "not submitted" and not events(env.log)
 
 
+def test_a_plan_of_a_detached_run_lists_what_it_would_refuse(env: Env, sbatch: Sbatch) -> None:
+    """Work done here (cluster=None) below a node that goes to Slurm, a task or a map
+    taking its items from it: run(..., wait=False) refuses it, and no plan said so. Now
+    plan(..., wait=False) lists it, in the words of the run's error (a waiting run does
+    not refuse it: its plan lists nothing)."""
+    numbers = env.numbers(3, **slurm()).make.node()
+    for node in (env.step("top").run.node(numbers), env.square().apply.node(numbers)):
+        assert not [e for e in exca.graph.plan(node).entries if e.problems]
+        entries = _by_uid(exca.graph.plan(node, wait=False))
+        (problem,) = entries[node.uid].problems
+        assert not entries[numbers.uid].problems
+        assert f"its upstream {numbers.uid} goes to Slurm" in problem, problem
+        with pytest.raises(ValueError) as info:
+            exca.graph.run(node, wait=False)
+        assert str(info.value) == problem
+    assert sbatch.count() == 0 and not events(env.log)
+
+
 def test_a_detached_run_whose_submission_fails_half_way_says_it_cancelled(
     env: Env, sbatch: Sbatch, caplog: pytest.LogCaptureFixture
 ) -> None:

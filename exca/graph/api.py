@@ -18,9 +18,10 @@ if tp.TYPE_CHECKING:
     import networkx as nx
 
 
-def plan(*targets: Node) -> Plan:
-    """Dry run: what running the targets would do for every node, and why (reads only)."""
-    return Plan(list(targets))
+def plan(*targets: Node, wait: bool = True) -> Plan:
+    """Dry run: what ``run(*targets, wait=wait)`` would do for every node, and why, and
+    what it would refuse (reads only)."""
+    return Plan(list(targets), wait=wait)
 
 
 def run(*targets: Node, wait: bool = True, progress: bool | None = None) -> Scheduler:

@@ -85,22 +85,59 @@ def submit_all(scheduler: Scheduler) -> None:
 def _check_nothing_here_waits_for_jobs(scheduler: Scheduler, work: list[NodeRun]) -> None:
     """ValueError for work done in this process (not on Slurm) below a node that goes to
     Slurm or whose job is waited for: this process would have to wait for that job."""
-    todo = {run.node.key: run for run in work}
     for run in work:
-        if executors.on_slurm(run.node) or run.action == "wait":
+        if executors.on_slurm(run.node):  # (checked as it is submitted: see _dependencies)
             continue
-        for key in scheduler.graph.upstream[run.node.key]:
-            up = todo.get(key)
-            if up is not None and (executors.on_slurm(up.node) or up.action == "wait"):
+        ups = [scheduler.runs[key] for key in scheduler.graph.upstream[run.node.key]]
+        refused = refusal(run, ups)
+        if refused is not None:
+            raise ValueError(refused)
+
+
+def refusal(run: NodeRun, ups: tp.Sequence[NodeRun]) -> str | None:
+    """Why a detached run refuses to submit a node's work (the words of its ValueError;
+    None: it does not), given the runs of its upstream nodes as decided: work done in this
+    process below work that goes to Slurm or a job waited for (refused before anything is
+    submitted); Slurm work below a job that Slurm cannot wait for (a local job, or another
+    process computing it: refused when its level is submitted). A plan of ``wait=False``
+    lists these."""
+    node = run.node
+    if not executors.on_slurm(node):
+        if run.action == "wait":
+            return None
+        for up in ups:
+            if up.needs_work and (executors.on_slurm(up.node) or up.action == "wait"):
                 where = "goes to Slurm" if up.action != "wait" else f"is not done ({up.reason})"
-                _cannot_wait(run.node, f"its upstream {up.node.uid} {where}")
+                return _cannot_wait(node, f"its upstream {up.node.uid} {where}")
+        return None
+    for up in ups:
+        if up.action == "wait" and not _slurm_jobs_only(up):
+            return _not_done(node, up)
+    return None
 
 
-def _cannot_wait(node: Node, why: str) -> tp.NoReturn:
-    raise ValueError(
+def _slurm_jobs_only(run: NodeRun) -> bool:
+    """Whether what a run waits for is Slurm jobs only (what a Slurm dependency can name)."""
+    jobs = [
+        h for h in run.handles if isinstance(h, executors.SubmititHandle) and h.cluster == "slurm"
+    ]
+    return bool(run.handles) and len(jobs) == len(run.handles)
+
+
+def _cannot_wait(node: Node, why: str) -> str:
+    return (
         f"Cannot submit {node.uid} without waiting: {why}, and only Slurm jobs can be "
         f"waited for by a detached run: work on {node.execution.describe()} cannot start "
         "after them (give it cluster='slurm', or use wait=True)"
+    )
+
+
+def _not_done(node: Node, up: NodeRun) -> str:
+    # (a local job, or another process computing it: nothing Slurm can wait for)
+    where = up.reason or "elsewhere"
+    return (
+        f"Cannot submit {node.uid} without waiting: its upstream {up.node.uid} is not done "
+        f"({where}), and only Slurm jobs can be waited for by a detached run (use wait=True)"
     )
 
 
@@ -190,20 +227,9 @@ def _dependencies(scheduler: Scheduler, key: Key) -> list[str]:
     for up in scheduler.graph.upstream[key]:
         run = scheduler.runs[up]
         if run.state == "running" or run.action == "wait":
-            jobs = [
-                h.job_id
-                for h in run.handles
-                if isinstance(h, executors.SubmititHandle) and h.cluster == "slurm"
-            ]
-            if not run.handles or len(jobs) < len(run.handles):
-                # (a local job, or another process computing it: nothing Slurm can wait for)
-                where = run.reason or "elsewhere"
-                raise ValueError(
-                    f"Cannot submit {scheduler.runs[key].node.uid} without waiting: its "
-                    f"upstream {run.node.uid} is not done ({where}), and only Slurm jobs "
-                    "can be waited for by a detached run (use wait=True)"
-                )
-            deps.extend(jobs)
+            if not _slurm_jobs_only(run):
+                raise ValueError(_not_done(scheduler.runs[key].node, run))
+            deps.extend(h.job_id for h in run.handles)
     return deps
 
 

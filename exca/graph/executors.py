@@ -871,25 +871,80 @@ def _descendants(pid: int) -> list[int]:
 
 def unpicklable_error(units: tp.Sequence[Unit], error: Exception, where: str) -> TypeError:
     """The error of work that cannot be pickled to be sent away, naming the cause."""
+    node = units[0].node
+    return TypeError(f"{node.uid}: {unpicklable_reason(node, error, where, units)}")
+
+
+def unpicklable_reason(
+    node: tp.Any, error: BaseException, where: str, units: tp.Sequence[Unit] = ()
+) -> str:
+    """Why work of a node cannot be sent to ``where`` (pickling it raised ``error``): the
+    words of a run's error after the node's uid, and of a plan's problem (the same place
+    for both)."""
     found = _unpicklable_item(units)
     if found is not None:
         uid, item = found
         # (named by its uid: the repr of an object is often its address, which says nothing)
-        return TypeError(
-            f"{units[0].node.uid}: its items cannot be sent to {where} ({error}): item "
+        return (
+            f"its items cannot be sent to {where} ({error}): item "
             f"{uid!r} ({type(item).__qualname__}) cannot be pickled. Give items that pickle "
             "(e.g. paths or ids instead of open files or clients), or use cluster=None to "
             "compute here"
         )
-    culprit = _unpicklable_part(units[0].node.function)
+    culprit = _unpicklable_part(node.function)
     if culprit is not None:
-        return TypeError(f"{units[0].node.uid}: cannot be sent to {where} ({error}): {culprit}")
-    return TypeError(
-        f"{units[0].node.uid}: its config or method cannot be sent to {where} ({error}). "
+        return f"cannot be sent to {where} ({error}): {culprit}"
+    for upstream in getattr(node, "closure", ())[1:]:  # (a unit carries the nodes it reads)
+        culprit = _unpicklable_part(upstream.function)
+        if culprit is not None:
+            return (
+                f"cannot be sent to {where} ({error}): it carries the node of its upstream "
+                f"{upstream.uid} (to read its output), and {culprit}"
+            )
+    return (
+        f"its config or method cannot be sent to {where} ({error}). "
         "Keep unpicklable objects (locks, open files, clients) out of the config, its class "
         "and what its method uses, e.g. create them in the method, or use cluster=None to "
         "compute here"
     )
+
+
+def sent_to(node: tp.Any, computed_here: bool) -> str | None:
+    """Where work of a node is pickled to (as the errors say it: "a job", "a process
+    pool"), None when it runs in this process (inline, threads, the debug cluster; a
+    pool's item computed here: ``computed_here``)."""
+    cluster = resolve_cluster(node.execution.cluster)
+    if cluster in ("local", "slurm"):
+        return "a job"
+    if cluster == "processpool" and not computed_here:
+        return "a process pool"
+    return None
+
+
+def pickling_errors(functions: tp.Sequence[tp.Any]) -> dict[int, BaseException]:
+    """The errors pickling each of these (a node's config and method, as a unit sent away
+    pickles it) raises, by id of the function: none when they all pickle (one pickle of all
+    of them first: the common case costs one pass). Only pickling errors count (what a run
+    turns into ``unpicklable_error``)."""
+    from .jobpickle import dumps
+
+    def error_of(value: tp.Any) -> BaseException | None:
+        try:
+            dumps(value)
+        except (TypeError, AttributeError, pickle.PicklingError) as error:
+            return error if "pickle" in str(error) else None
+        except Exception:  # (a value's own reduce failing otherwise: the run raises it)
+            return None
+        return None
+
+    if not functions or error_of(list(functions)) is None:
+        return {}
+    out = {}
+    for function in functions:
+        error = error_of(function)
+        if error is not None:
+            out[id(function)] = error
+    return out
 
 
 def _unpicklable_part(function: tp.Any) -> str | None:

@@ -85,13 +85,21 @@ class Plan:
     """The dry run of some targets (see module docstring); ``str(plan)`` is a table,
     ``plan.to_dict()`` is JSON-able, ``plan.to_mermaid()`` is a picture source."""
 
-    def __init__(self, targets: tp.Sequence[Node]) -> None:
+    def __init__(self, targets: tp.Sequence[Node], wait: bool = True) -> None:
+        """``wait``: the plan of ``run(*targets, wait=wait)`` (False: a detached run, which
+        refuses work that would have to wait for a job here: listed in its problems)."""
+        if not isinstance(wait, bool):  # (as run() checks it)
+            raise TypeError(f"plan(wait={wait!r}): give True or False")
+        self.wait = wait
         with gcpause.paused(), keeping_files():  # (a dry run: reads only)
             self.graph = Graph(targets, checks_payloads=True, dry_run=True)
             self._by_uid: dict[str, Node] | None = None
             self._stale: set[Key] = set()  # stale nodes seen so far (topological order)
             runs = self.graph.decide()
+            # (as the run decided them: before the plan marks work computed elsewhere)
+            self._refused = {} if wait else self._detached_refusals(runs)
             _note_computed_elsewhere(runs)
+            self._unsendable = self._unpicklable(runs)
             order = self.graph.order
             self.entries = [self._entry(runs[key]) for key in order]
             self._shared: dict[str, int] = {}  # map items another node of the run computes
@@ -150,9 +158,15 @@ class Plan:
                 problems = check_problems(node.execution)
             if cluster in SUBMITIT_CLUSTERS:
                 problems = [*problems, *_logs_problems(node)]
-            unreachable = unreachable_inputs(node, detached=False)
+            unreachable = unreachable_inputs(node, detached=not self.wait)
             if unreachable:
                 problems = [*problems, unreachable]
+            unsendable = self._unsendable.get(node.key)
+            if unsendable is not None:
+                problems = [*problems, unsendable]
+        refused = self._refused.get(node.key)
+        if refused is not None:
+            problems = [*problems, refused]
         return PlanEntry(
             uid=node.uid,
             kind=node.kind,
@@ -167,6 +181,48 @@ class Plan:
             problems=problems,
             inputs=describe_inputs(node) if node.inputs else None,
         )
+
+    def _unpicklable(self, runs: dict[Key, NodeRun]) -> dict[Key, str]:
+        """The work a run would send to another process (a job, a process pool) that cannot
+        be pickled: why, in the words of the run's error (its config or method, or those of
+        a node it reads: a unit carries them; each config pickled once, all at once first).
+        Map items are not pickled here (they may be large): a run names one that fails."""
+        from .executors import pickling_errors, sent_to, unpicklable_reason
+
+        sent = {}
+        for key, run in runs.items():
+            if run.needs_work and not _waits(run):
+                where = sent_to(run.node, _single_pool_item(run.node, run))
+                if where is not None:
+                    sent[key] = where
+        if not sent:
+            return {}
+        functions = {id(n.function): n.function for k in sent for n in runs[k].node.closure}
+        errors = pickling_errors(list(functions.values()))
+        out = {}
+        for key, where in sent.items():
+            node = runs[key].node
+            failing = next((n for n in node.closure if id(n.function) in errors), None)
+            if failing is not None:
+                out[key] = unpicklable_reason(node, errors[id(failing.function)], where)
+        return out
+
+    def _detached_refusals(self, runs: dict[Key, NodeRun]) -> dict[Key, str]:
+        """The work a detached run refuses to submit, in the words of its error."""
+        from .detached import refusal
+        from .executors import on_slurm
+
+        out = {}
+        upstream = self.graph.upstream
+        for key, run in runs.items():
+            if not run.needs_work:
+                continue
+            if on_slurm(run.node) and run.action == "wait" and not gets_own_job(run, False):
+                continue  # (its job is followed: nothing submitted for it)
+            refused = refusal(run, [runs[u] for u in upstream[key]])
+            if refused is not None:
+                out[key] = refused
+        return out
 
     def _is_target(self, node: Node) -> bool:
         return any(t.key == node.key for t in self.graph.targets)
@@ -497,9 +553,9 @@ def _status(run: NodeRun) -> tuple[str, str]:
     return "missing", "compute"
 
 
-def plan(*targets: Node) -> Plan:
+def plan(*targets: Node, wait: bool = True) -> Plan:
     """The dry run of some target nodes (see ``Plan``)."""
-    return Plan(list(targets))
+    return Plan(list(targets), wait=wait)
 
 
 INPUT_SHOWN = 80  # characters of each input of a call in a plan's table
