@@ -1986,42 +1986,71 @@ def test_a_map_whose_upstream_in_retry_mode_no_longer_decodes_computes_it_again(
     }
 
 
-def _refuses(data: bytes) -> tp.Any:
-    raise pickle.UnpicklingError("this build cannot read a v2 state")
+# what a value's own unpickling code raises (a version check, an external resource it
+# reopens found empty...): the words pickle and numpy use for a payload cut short
+_OWN_ERRORS: dict[str, tuple[type[Exception], str]] = {
+    "unpickling": (pickle.UnpicklingError, "this build cannot read a v2 state"),
+    "eof": (EOFError, "Ran out of input"),
+    "value": (ValueError, "No data left in file"),
+}
+
+
+def _refuses(data: bytes, kind: str = "unpickling") -> tp.Any:
+    error, message = _OWN_ERRORS[kind]
+    raise error(message)
 
 
 class Refused:
-    """A value whose own unpickling raises pickle.UnpicklingError (a version check)."""
+    """A value whose own unpickling raises (see _OWN_ERRORS)."""
+
+    def __init__(self, kind: str = "unpickling") -> None:
+        self.kind = kind
 
     def __reduce__(self) -> tp.Any:
-        return (_refuses, (b"x" * 20_000,))  # (large: in a payload file)
+        return (_refuses, (b"x" * 20_000, self.kind))  # (large: in a payload file)
 
 
 class MakesRefused(pydantic.BaseModel):
     log: str
+    kind: str = "unpickling"
     _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("log",)
     infra: exca.TaskInfra = exca.TaskInfra(version="1")
 
     @infra.apply
     def make(self) -> Refused:
         append(self.log, {"name": "refused", "event": "start"})
-        return Refused()
+        return Refused(self.kind)
 
 
-def test_a_reader_keeps_an_upstream_whose_own_unpickling_fails(env: Env) -> None:
+@pytest.mark.parametrize("kind", list(_OWN_ERRORS))
+@pytest.mark.parametrize("reader", ["task", "map"])
+def test_a_reader_keeps_an_upstream_whose_own_unpickling_fails(
+    env: Env, kind: str, reader: str
+) -> None:
     """A good upstream result in mode retry whose value's own unpickling code raises
     pickle.UnpicklingError was removed by the node reading it, and computed again by each
-    run: only a stream that no longer parses is damaged."""
+    run; so was one raising EOFError('Ran out of input') or ValueError('No data left in
+    file') (taken for a file cut short by their message alone), read by a task or by a map
+    taking its items from it: only a stream that no longer parses, or a payload shorter
+    than written, is damaged."""
 
-    def total() -> exca.graph.Node:
-        upstream = MakesRefused(log=env.log, infra=env.infra(mode="retry")).make.node()
+    def make(mode: str = "cached") -> MakesRefused:
+        return MakesRefused(log=env.log, kind=kind, infra=env.infra(mode=mode))
+
+    def target() -> exca.graph.Node:
+        upstream = make("retry").make.node()
+        if reader == "map":
+            return env.square().apply.node(upstream)
         return env.step("total").run.node(upstream)
 
-    exca.graph.run(MakesRefused(log=env.log, infra=env.infra()).make.node())
+    exca.graph.run(make().make.node())
+    error, message = _OWN_ERRORS[kind]
     for _ in range(2):
-        with pytest.raises(UpstreamFailed, match="this build cannot read"):
-            exca.graph.run(total())
-    assert MakesRefused(log=env.log, infra=env.infra()).infra.status() == "completed"
+        with pytest.raises(UpstreamFailed, match=message) as info:
+            exca.graph.run(target())
+        assert isinstance(info.value.__cause__, error)
+        assert "no longer decodes" not in str(info.value)
+    assert make().infra.status() == "completed"
     assert env.starts("refused") == 1 and env.starts("total") == 0
 
 

@@ -8,6 +8,7 @@ import base64
 import math
 import os
 import typing as tp
+from pathlib import Path
 
 import orjson
 
@@ -18,6 +19,7 @@ from .dumping import (
     delete_file,
     dumps_pickle,
     load_pickle,
+    mark_damaged,
     payload_path,
 )
 from .files import finish_write
@@ -375,11 +377,42 @@ class NumpyArray:
     def __load_from_info__(cls, ctx: DumpContext, filename: str) -> tp.Any:
         import numpy as np
 
-        return np.load(payload_path(ctx.folder, filename), allow_pickle=False)
+        path = payload_path(ctx.folder, filename)
+        try:
+            return np.load(path, allow_pickle=False)
+        except (ValueError, EOFError) as error:  # (no code of the value's runs here)
+            if not _whole_npy(path):
+                mark_damaged(error)
+            raise
 
     @classmethod
     def __delete_info__(cls, ctx: DumpContext, filename: str) -> None:
         delete_file(ctx, filename)
+
+
+def _whole_npy(path: Path) -> bool:
+    """Whether a .npy file's header parses and its data is all there (a file cut short,
+    or overwritten in its header, is damaged; records written before sizes were recorded
+    have no size to compare with)."""
+    import numpy as np
+
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as handle:
+            version = fmt.read_magic(handle)
+            if version == (1, 0):
+                shape, _, dtype = fmt.read_array_header_1_0(handle)
+            elif version == (2, 0):
+                shape, _, dtype = fmt.read_array_header_2_0(handle)
+            else:  # (a version this reader has no public header reader for: cannot tell)
+                return True
+            start = handle.tell()
+        needed = start + math.prod(shape) * dtype.itemsize
+        return os.path.getsize(path) >= needed
+    except OSError:  # (unreadable: cannot tell)
+        return True
+    except Exception:  # (the header does not parse: cut short or overwritten)
+        return False
 
 
 @DumpContext.register(default_for="numpy.generic")

@@ -634,9 +634,10 @@ class CacheDict(tp.Generic[X]):
         raise MissingKey(key)
 
     def _mark_if_damaged(self, key: str, entry: Record, error: BaseException) -> None:
-        """Mark a loading error that comes of a payload removed or cut short: by its message,
-        or, for messages numpy or pickle word otherwise (a .npy cut within its magic string
-        reads as 'pickled data'), by the payload's size against the one written."""
+        """Mark a loading error that comes of a payload removed or cut short: a missing file
+        of this folder, or a payload shorter than written (never by the error's message: a
+        value's own unpickling code raises the same ones; a stream that no longer parses
+        is marked by its format's loader)."""
         mark_if_damaged(error, self.folder)
         if (
             self.folder is not None

@@ -73,27 +73,19 @@ PAYLOAD_ERRORS: tuple[type[BaseException], ...] = (
     pickle.UnpicklingError,
     ValueError,
 )
-# what pickle and numpy say of a file cut short (a value's own code says other things)
-_CUT_SHORT = (
-    "pickle data was truncated",
-    "Ran out of input",  # (pickle, an empty file)
-    "No data left in file",  # (numpy, an empty .npy)
-    "Failed to read all data for array",  # (numpy, a .npy cut short)
-    "EOF: reading array header",  # (numpy, a .npy cut short in its header)
-)
 _DAMAGED = "exca_damaged_payload"
 
 
 def mark_if_damaged(error: BaseException, folder: Path | None) -> None:
     """Mark an error raised while loading an entry of ``folder`` if it says that a payload
-    file is missing or cut short (by its message: not an error of the value's own
-    unpickling code)."""
+    file of that folder is missing, or named outside it. Never by an error's message: a
+    value's own unpickling code may raise EOFError('Ran out of input'), ValueError('No
+    data left in file')... from a good payload, which must never be removed. A stream
+    that no longer parses is marked where it is read (``load_pickle``, the NumpyArray
+    format), a payload shorter than written by the cache reading it (CacheDict)."""
     if isinstance(error, FileNotFoundError):
         inside = str(folder) + os.sep
         damaged = folder is not None and str(error.filename or "").startswith(inside)
-    elif type(error) in (pickle.UnpicklingError, EOFError, ValueError):
-        # (a stream that no longer parses is marked where it is read: see load_pickle)
-        damaged = str(error).startswith(_CUT_SHORT)
     else:
         damaged = isinstance(error, DamagedPayload)
     if damaged:
@@ -107,20 +99,28 @@ def mark_damaged(error: BaseException) -> None:
 
 
 def load_pickle(source: bytes | tp.BinaryIO) -> tp.Any:
-    """Unpickle a payload; an UnpicklingError is marked damaged only if the stream itself
-    is malformed (bytes overwritten in place, cut short): pickle raises the same error
-    when a well-formed stream's code fails (a value's own ``__setstate__``, or a reader
-    whose class differs from the writer's), and such a result is not damaged."""
+    """Unpickle a payload; an error pickle raises on a stream cut short or overwritten
+    (UnpicklingError, EOFError, ValueError) is marked damaged only if the stream itself
+    is malformed: the same errors come of a well-formed stream's code (a value's own
+    ``__setstate__``, or a reader whose class differs from the writer's), and such a
+    result is not damaged."""
     try:
         # (bytes: loads, no stream on the path of every hit)
         return pickle.loads(source) if isinstance(source, bytes) else pickle.load(source)
-    except pickle.UnpicklingError as error:
+    except (pickle.UnpicklingError, EOFError, ValueError) as error:
+        # (exactly these types, which pickle raises on a stream cut short or overwritten;
+        # a UnicodeDecodeError, say, is left unmarked as before)
+        if type(error) not in _STREAM_ERRORS:
+            raise
         stream = io.BytesIO(source) if isinstance(source, bytes) else source
         with contextlib.suppress(OSError):  # (not seekable: left unmarked)
             stream.seek(0)
             if not well_formed_pickle(stream):
                 mark_damaged(error)
         raise
+
+
+_STREAM_ERRORS = (pickle.UnpicklingError, EOFError, ValueError)
 
 
 def well_formed_pickle(stream: tp.BinaryIO) -> bool:
