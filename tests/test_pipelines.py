@@ -1815,6 +1815,40 @@ def test_a_plan_lists_work_that_a_run_cannot_pickle(env: Env) -> None:
     assert not any(e.problems for e in exca.graph.plan(here).entries)
 
 
+class CountsPickling:
+    """Refuses to be pickled (as a lock does), counting the attempts."""
+
+    attempts = 0
+
+    def __reduce__(self) -> tp.Any:
+        type(self).attempts += 1
+        raise TypeError("cannot pickle 'CountsPickling' object")
+
+
+class CountedStep(Step):
+    """A Step holding an object that cannot be pickled, which counts the attempts."""
+
+    _guard: tp.Any = pydantic.PrivateAttr(default_factory=CountsPickling)
+
+
+def test_a_plan_pickles_each_config_sent_away_once(env: Env) -> None:
+    """A plan checks that the configs a run sends away pickle: it pickled them all in one
+    buffer first (all the data they hold at once), then each again when one failed; it
+    walked each node's closure (quadratic in a chain), and named the failing field once
+    per node reading it. Now each config is pickled once, alone, keeping no bytes, its
+    failing field looked for once, and each node of the chain still names that config."""
+    up = CountedStep(name="up", log=env.log, infra=env.infra(cluster="local")).run.node()
+    mid = env.step("mid", infra={"cluster": "local"}).run.node(up)
+    down = env.step("down", infra={"cluster": "local"}).run.node(mid)
+    CountsPickling.attempts = 0
+    entries = _by_uid(exca.graph.plan(down))
+    assert CountsPickling.attempts == 2  # (once checked, once to name its field)
+    assert "the config's '_guard' (CountsPickling) cannot be pickled" in entries[up.uid].problems[0]
+    for node in (mid, down):
+        (problem,) = entries[node.uid].problems
+        assert f"it carries the node of its upstream {up.uid}" in problem, problem
+
+
 class Ramp(pydantic.BaseModel):
     """A no-input task whose result is a payload file (an array): ``make() -> 0..n-1``."""
 

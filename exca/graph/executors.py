@@ -876,11 +876,18 @@ def unpicklable_error(units: tp.Sequence[Unit], error: Exception, where: str) ->
 
 
 def unpicklable_reason(
-    node: tp.Any, error: BaseException, where: str, units: tp.Sequence[Unit] = ()
+    node: tp.Any,
+    error: BaseException,
+    where: str,
+    units: tp.Sequence[Unit] = (),
+    failing: tp.Any = None,
+    parts: dict[int, str | None] | None = None,
 ) -> str:
     """Why work of a node cannot be sent to ``where`` (pickling it raised ``error``): the
     words of a run's error after the node's uid, and of a plan's problem (the same place
-    for both)."""
+    for both). ``failing``: the node of its closure whose config does not pickle, when
+    known (a plan: only it is looked at, not the whole closure of each node); ``parts``:
+    what was found of each config (by id of its function), shared across calls."""
     found = _unpicklable_item(units)
     if found is not None:
         uid, item = found
@@ -891,16 +898,25 @@ def unpicklable_reason(
             "(e.g. paths or ids instead of open files or clients), or use cluster=None to "
             "compute here"
         )
-    culprit = _unpicklable_part(node.function)
-    if culprit is not None:
-        return f"cannot be sent to {where} ({error}): {culprit}"
-    for upstream in getattr(node, "closure", ())[1:]:  # (a unit carries the nodes it reads)
-        culprit = _unpicklable_part(upstream.function)
-        if culprit is not None:
-            return (
-                f"cannot be sent to {where} ({error}): it carries the node of its upstream "
-                f"{upstream.uid} (to read its output), and {culprit}"
-            )
+    found_parts = {} if parts is None else parts
+
+    def part(function: tp.Any) -> str | None:
+        if id(function) not in found_parts:
+            found_parts[id(function)] = _unpicklable_part(function)
+        return found_parts[id(function)]
+
+    # (a unit carries the nodes it reads)
+    candidates = getattr(node, "closure", (node,)) if failing is None else (failing,)
+    for candidate in candidates:
+        culprit = part(candidate.function)
+        if culprit is None:
+            continue
+        if candidate is node or candidate.key == node.key:
+            return f"cannot be sent to {where} ({error}): {culprit}"
+        return (
+            f"cannot be sent to {where} ({error}): it carries the node of its upstream "
+            f"{candidate.uid} (to read its output), and {culprit}"
+        )
     return (
         f"its config or method cannot be sent to {where} ({error}). "
         "Keep unpicklable objects (locks, open files, clients) out of the config, its class "
@@ -921,29 +937,26 @@ def sent_to(node: tp.Any, computed_here: bool) -> str | None:
     return None
 
 
-def pickling_errors(functions: tp.Sequence[tp.Any]) -> dict[int, BaseException]:
+def pickling_errors(functions: tp.Iterable[tp.Any]) -> dict[int, BaseException]:
     """The errors pickling each of these (a node's config and method, as a unit sent away
-    pickles it) raises, by id of the function: none when they all pickle (one pickle of all
-    of them first: the common case costs one pass). Only pickling errors count (what a run
-    turns into ``unpicklable_error``)."""
-    from .jobpickle import dumps
+    pickles it) raises, by id of the function: each pickled once, one by one, keeping no
+    bytes (configs holding large data: no buffer of them all). Only pickling errors count
+    (what a run turns into ``unpicklable_error``)."""
+    from .jobpickle import check_pickles
 
-    def error_of(value: tp.Any) -> BaseException | None:
-        try:
-            dumps(value)
-        except (TypeError, AttributeError, pickle.PicklingError) as error:
-            return error if "pickle" in str(error) else None
-        except Exception:  # (a value's own reduce failing otherwise: the run raises it)
-            return None
-        return None
-
-    if not functions or error_of(list(functions)) is None:
-        return {}
-    out = {}
+    out: dict[int, BaseException] = {}
+    done: set[int] = set()
     for function in functions:
-        error = error_of(function)
-        if error is not None:
-            out[id(function)] = error
+        if id(function) in done:
+            continue
+        done.add(id(function))
+        try:
+            check_pickles(function)
+        except (TypeError, AttributeError, pickle.PicklingError) as error:
+            if "pickle" in str(error):
+                out[id(function)] = error
+        except Exception:  # (a value's own reduce failing otherwise: the run raises it)
+            pass
     return out
 
 

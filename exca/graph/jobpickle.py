@@ -67,9 +67,26 @@ def reduce(obj: tp.Any, plain: tp.Callable[[], tuple[tp.Any, ...]]) -> tuple[tp.
 
 def dumps(obj: tp.Any) -> bytes:
     buffer = io.BytesIO()
+    _dump(obj, buffer)
+    return buffer.getvalue()
+
+
+class _Discard:
+    """A file keeping nothing written to it (a check of what pickles needs no bytes)."""
+
+    def write(self, data: tp.Any) -> int:
+        return len(data)
+
+
+def check_pickles(obj: tp.Any) -> None:
+    """Pickle ``obj`` as ``dumps`` does (raising what it raises), keeping no bytes: a
+    config holding large data costs no memory to check."""
+    _dump(obj, _Discard())
+
+
+def _dump(obj: tp.Any, file: tp.Any) -> None:
     _DEPTH.value = getattr(_DEPTH, "value", 0) + 1
     try:
-        _pickler()(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+        _pickler()(file, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
     finally:
         _DEPTH.value -= 1
-    return buffer.getvalue()

@@ -185,7 +185,7 @@ class Plan:
     def _unpicklable(self, runs: dict[Key, NodeRun]) -> dict[Key, str]:
         """The work a run would send to another process (a job, a process pool) that cannot
         be pickled: why, in the words of the run's error (its config or method, or those of
-        a node it reads: a unit carries them; each config pickled once, all at once first).
+        a node it reads: a unit carries them; each config pickled once, alone, no bytes kept).
         Map items are not pickled here (they may be large): a run names one that fails."""
         from .executors import pickling_errors, sent_to, unpicklable_reason
 
@@ -197,14 +197,36 @@ class Plan:
                     sent[key] = where
         if not sent:
             return {}
-        functions = {id(n.function): n.function for k in sent for n in runs[k].node.closure}
-        errors = pickling_errors(list(functions.values()))
-        out = {}
+        # (each node carried by a unit sent away once: a walk of the graph, not of each
+        # node's closure, quadratic for a chain)
+        nodes, upstream = self.graph.nodes, self.graph.upstream
+        carried: set[Key] = set()
+        stack = list(sent)
+        while stack:
+            key = stack.pop()
+            if key not in carried:
+                carried.add(key)
+                stack.extend(upstream[key])
+        errors = pickling_errors(nodes[k].function for k in carried)
+        if not errors:
+            return {}
+        # (the node failing to pickle in each one's closure: itself, else its upstream's)
+        failing: dict[Key, Node | None] = {}
+        for key in self.graph.order:  # (upstream first)
+            if key in carried:
+                node = nodes[key]
+                own = node if id(node.function) in errors else None
+                failing[key] = own or next(
+                    (f for u in upstream[key] if (f := failing[u]) is not None), None
+                )
+        out: dict[Key, str] = {}
+        parts: dict[int, str | None] = {}  # (each failing config looked at once)
         for key, where in sent.items():
-            node = runs[key].node
-            failing = next((n for n in node.closure if id(n.function) in errors), None)
-            if failing is not None:
-                out[key] = unpicklable_reason(node, errors[id(failing.function)], where)
+            culprit = failing[key]
+            if culprit is not None:
+                error = errors[id(culprit.function)]
+                node = runs[key].node
+                out[key] = unpicklable_reason(node, error, where, failing=culprit, parts=parts)
         return out
 
     def _detached_refusals(self, runs: dict[Key, NodeRun]) -> dict[Key, str]:
