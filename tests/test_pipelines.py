@@ -2184,6 +2184,42 @@ def test_a_reader_says_removed_only_when_it_removed(
     assert env.starts("ramp") == 3 and env.starts("total2") == 1
 
 
+class Sets(pydantic.BaseModel):
+    """A map whose outputs are payload files (sets: pickled)."""
+
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def apply(self, items: list[int]) -> tp.Iterator[set[int]]:
+        for i in items:
+            yield set(range(i, i + 500))
+
+
+def test_a_reader_says_a_map_upstream_was_removed_when_it_was(env: Env) -> None:
+    """A node reading a map in mode retry whose payloads no longer decode, whose items
+    another process removed between the read and the removal: the reader's error said
+    they were 'written again meanwhile (kept: nothing removed)' (any map upstream read
+    as present). Now it says another process removed them."""
+    Sets(infra=env.infra()).apply.node([1, 2, 3]).result()
+    upstream = Sets(infra=env.infra(mode="retry")).apply.node([1, 2, 3])
+    for payload in (Path(upstream.folder) / "data").iterdir():
+        content = bytearray(payload.read_bytes())
+        content[2:66] = b"\xff" * 64  # (in its opcodes, its size unchanged)
+        payload.write_bytes(bytes(content))
+    with pytest.raises(pickle.UnpicklingError) as info:
+        exca.graph.worker.load_output(upstream)  # (what a reader does)
+    other = exca.cachedict.CacheDict(upstream.folder)  # (another process)
+    keys = other.keys()
+    with other.write():
+        for key in keys:
+            del other[key]
+    store.drop_damaged(upstream, info.value)
+    assert store.payload_dropped(info.value) == "gone"
+    message = store.unreadable_input(info.value)
+    assert "another process removed it meanwhile" in message, message
+    assert "written again" not in message, message
+
+
 def test_check_upstream_says_whose_mode_retries_an_upstream_error(env: Env) -> None:
     """What a detached array element raises when its upstream holds an error said
     "mode='retry' computes it again" (the reader's own mode retries nothing upstream)."""

@@ -372,13 +372,13 @@ def drop_damaged(node: Node, error: BaseException) -> None:
     call in mode retry does on reading them). Only the entries read, found damaged when
     read again: not a good one another process wrote meanwhile."""
     node.cache.refresh()
-    if node.kind == "task":
-        damaged = _damaged_items(node.cache, [TASK_KEY])
-    else:
+    uids = [TASK_KEY]
+    if node.kind != "task":
         try:
-            damaged = _damaged_items(node.cache, map_item_uids(node))
+            uids = map_item_uids(node)
         except Exception:  # (its items cannot be read: nothing removed)
             return
+    damaged = _damaged_items(node.cache, uids)
     removed: list[str] = []
     if node.kind == "task" and damaged:
         removed = [TASK_KEY] if drop_outcome(node.cache, damaged[TASK_KEY]) else []
@@ -386,7 +386,8 @@ def drop_damaged(node: Node, error: BaseException) -> None:
         removed = _delete_if_unchanged(node.cache, damaged)
     if not removed:  # (written again, or removed, by another process in between)
         node.cache.refresh()
-        present = node.cache.entry(TASK_KEY) is not None if node.kind == "task" else True
+        # (a map: every item was there when read; one missing now was removed meanwhile)
+        present = all(node.cache.entry(uid) is not None for uid in uids)
         setattr(error, _DROPPED, "rewritten" if present else "gone")
         return
     logger.warning(
