@@ -950,6 +950,19 @@ def test_an_input_that_holds_itself_is_an_error_naming_the_cycle(env: Env) -> No
     assert step.run.node([shared, shared, upstream]).result() == "top([[1];[1];up(None,None)],None)"
 
 
+def test_a_dict_of_nodes_with_a_non_str_key_says_so_even_holding_a_cycle(env: Env) -> None:
+    """A dict of nodes with a non-str key that also holds a cycle said it held a cycle
+    (any TypeError made the input be walked for one), not that its keys must be str. Now
+    a cycle is looked for only after a RecursionError: the key's error is raised."""
+    upstream = env.step("up").run.node()
+    cycle: list[tp.Any] = [upstream]
+    cycle.append(cycle)
+    step = env.step("top")
+    for build in (step.run.node, step.run):
+        with pytest.raises(TypeError, match="a dict of nodes needs str keys"):
+            build({1: upstream, "c": cycle})
+
+
 # =============================================================================================
 # 2. Sub-config chaining
 # =============================================================================================

@@ -127,6 +127,9 @@ class TaskMethod(InfraMethod):
         out: list[Input] = []
         for name in self.params:
             value = bound.arguments[name]
+            # (before the walk below: a cycle in such a dict must not hide this error)
+            if _dict_of_nodes(value) and not all(isinstance(k, str) for k in value):
+                raise TypeError(f"{self.func.__qualname__}: a dict of nodes needs str keys")
             try:
                 out.append(self._input(name, value, snapshot))
             except (RecursionError, TypeError):  # (walking a cycle, or what it made of it)
@@ -148,13 +151,15 @@ class TaskMethod(InfraMethod):
         if isinstance(value, list | tuple) and any(isinstance(v, Node) for v in value):
             group = tuple(_source(v, snapshot) for v in value)
             return name, Group(group)  # e.g. a sweep of nodes feeding one evaluation
-        if isinstance(value, dict) and any(isinstance(v, Node) for v in value.values()):
-            if not all(isinstance(k, str) for k in value):
-                raise TypeError(f"{self.func.__qualname__}: a dict of nodes needs str keys")
+        if _dict_of_nodes(value):  # (its keys are str: checked by inputs)
             keys = tuple(sorted(value))
             group = tuple(_source(value[k], snapshot) for k in keys)
             return name, Group(group, keys)  # e.g. trainings by name
         return name, Value.of(value, snapshot)
+
+
+def _dict_of_nodes(value: tp.Any) -> bool:
+    return isinstance(value, dict) and any(isinstance(v, Node) for v in value.values())
 
 
 def _check_named_parameters(func: tp.Callable[..., tp.Any], signature: inspect.Signature) -> None:
