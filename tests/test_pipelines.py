@@ -1862,37 +1862,6 @@ def test_a_plan_pickles_each_config_sent_away_once(env: Env) -> None:
         assert f"it carries the node of its upstream {up.uid}" in problem, problem
 
 
-class CountedTable:
-    """Pickles, counting how many times."""
-
-    times = 0
-
-    def __reduce__(self) -> tp.Any:
-        type(self).times += 1
-        return (CountedTable, ())
-
-
-class SharingStep(Step):
-    """A Step holding an object it may share with others (e.g. a big table)."""
-
-    _shared: tp.Any = pydantic.PrivateAttr(default=None)
-
-
-def test_a_plan_pickles_what_configs_sent_away_share_once(env: Env) -> None:
-    """Checking that configs sent away pickle, one by one, pickled what they share (a
-    table held by each) once per config: it is pickled once now."""
-    shared = CountedTable()
-    nodes = []
-    for name in ("a", "b", "c"):
-        step = SharingStep(name=name, log=env.log, infra=env.infra(cluster="local"))
-        step._shared = shared
-        nodes.append(step.run.node())
-    CountedTable.times = 0
-    entries = exca.graph.plan(*nodes).entries
-    assert CountedTable.times == 1
-    assert not any(e.problems for e in entries)
-
-
 class Ramp(pydantic.BaseModel):
     """A no-input task whose result is a payload file (an array): ``make() -> 0..n-1``."""
 

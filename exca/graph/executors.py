@@ -939,18 +939,24 @@ def sent_to(node: tp.Any, computed_here: bool) -> str | None:
 
 def pickling_errors(functions: tp.Iterable[tp.Any]) -> dict[int, BaseException]:
     """The errors pickling each of these (a node's config and method, as a unit sent away
-    pickles it) raises, by id of the function: each pickled once, keeping no bytes
-    (configs holding large data: no buffer of them all). Only pickling errors count (what
-    a run turns into ``unpicklable_error``)."""
-    from .jobpickle import pickling_failures
+    pickles it) raises, by id of the function: each pickled once, one by one, keeping no
+    bytes (configs holding large data: no buffer of them all). Only pickling errors count
+    (what a run turns into ``unpicklable_error``)."""
+    from .jobpickle import check_pickles
 
-    unique = {id(function): function for function in functions}
     out: dict[int, BaseException] = {}
-    for function, error in pickling_failures(unique.values()):
-        # (a value's own reduce failing otherwise: the run raises it)
-        pickling = isinstance(error, TypeError | AttributeError | pickle.PicklingError)
-        if pickling and "pickle" in str(error):
-            out[id(function)] = error
+    done: set[int] = set()
+    for function in functions:
+        if id(function) in done:
+            continue
+        done.add(id(function))
+        try:
+            check_pickles(function)
+        except (TypeError, AttributeError, pickle.PicklingError) as error:
+            if "pickle" in str(error):
+                out[id(function)] = error
+        except Exception:  # (a value's own reduce failing otherwise: the run raises it)
+            pass
     return out
 
 

@@ -67,11 +67,7 @@ def reduce(obj: tp.Any, plain: tp.Callable[[], tuple[tp.Any, ...]]) -> tuple[tp.
 
 def dumps(obj: tp.Any) -> bytes:
     buffer = io.BytesIO()
-    _DEPTH.value = getattr(_DEPTH, "value", 0) + 1
-    try:
-        _pickler()(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
-    finally:
-        _DEPTH.value -= 1
+    _dump(obj, buffer)
     return buffer.getvalue()
 
 
@@ -82,23 +78,15 @@ class _Discard:
         return len(data)
 
 
-def pickling_failures(values: tp.Iterable[tp.Any]) -> list[tuple[tp.Any, Exception]]:
-    """The values that do not pickle as ``dumps`` pickles them, with the error each
-    raises: each pickled once, one after the other, keeping no bytes (values holding large
-    data cost no memory to check). One pickler for them all (what they share, e.g. their
-    classes, is pickled once), a new one after a failure (left half-way)."""
-    failures: list[tuple[tp.Any, Exception]] = []
-    pickler = None
+def check_pickles(obj: tp.Any) -> None:
+    """Pickle ``obj`` as ``dumps`` does (raising what it raises), keeping no bytes: a
+    config holding large data costs no memory to check."""
+    _dump(obj, _Discard())
+
+
+def _dump(obj: tp.Any, file: tp.Any) -> None:
     _DEPTH.value = getattr(_DEPTH, "value", 0) + 1
     try:
-        for value in values:
-            if pickler is None:
-                pickler = _pickler()(_Discard(), protocol=pickle.HIGHEST_PROTOCOL)
-            try:
-                pickler.dump(value)
-            except Exception as error:
-                failures.append((value, error))
-                pickler = None
+        _pickler()(file, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
     finally:
         _DEPTH.value -= 1
-    return failures
