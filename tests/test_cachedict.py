@@ -2678,3 +2678,18 @@ def test_clear_while_another_thread_of_the_instance_writes(tmp_path: Path) -> No
     thread.join(timeout=30)
     assert cd.keys() == ["after"] and np.array_equal(cd["after"], np.arange(4))
     assert CacheDict(tmp_path).keys() == ["after"]
+
+
+def test_a_npy_payload_with_a_large_header_is_whole(tmp_path: Path) -> None:
+    """A structured dtype of thousands of fields has a .npy header over numpy's default
+    10000 bytes: the check of whether the file is whole raised, and the good entry was
+    taken for damaged (removed and computed again at each run in mode retry; a review)."""
+    from exca.storage.arrays import _whole_npy
+
+    dtype = np.dtype([(f"f{i}", float) for i in range(3000)])
+    path = tmp_path / "wide.npy"
+    np.save(path, np.zeros(2, dtype=dtype))
+    assert _whole_npy(path)
+    with open(path, "r+b") as handle:  # cut short: damaged
+        handle.truncate(path.stat().st_size - 8)
+    assert not _whole_npy(path)

@@ -1844,6 +1844,16 @@ class CountedStep(Step):
     _guard: tp.Any = pydantic.PrivateAttr(default_factory=CountsPickling)
 
 
+def test_the_pickling_check_takes_a_config_holding_a_large_array() -> None:
+    """A config holding an array of 64 KB or more was said not to pickle (a review): the
+    pickler hands a large buffer to the file as a PickleBuffer, which has no len()."""
+    from exca.graph import jobpickle
+
+    values = [np.arange(100_000, dtype=float), np.arange(100_000, dtype=float)[::2], b"x" * 10**6]
+    for value in values:
+        jobpickle.check_pickles(value)  # (raises when it does not pickle)
+
+
 def test_a_plan_pickles_each_config_sent_away_once(env: Env) -> None:
     """A plan checks that the configs a run sends away pickle: it pickled them all in one
     buffer first (all the data they hold at once), then each again when one failed; it

@@ -400,10 +400,13 @@ def _whole_npy(path: Path) -> bool:
     try:
         with open(path, "rb") as handle:
             version = fmt.read_magic(handle)
+            # (no header size limit: np.save wrote it, a structured dtype of thousands of
+            # fields has a header over numpy's default 10000 bytes, which raised: taken
+            # for damage, such a good entry was removed and computed again in mode retry)
             if version == (1, 0):
-                shape, _, dtype = fmt.read_array_header_1_0(handle)
+                shape, _, dtype = fmt.read_array_header_1_0(handle, max_header_size=2**62)
             elif version == (2, 0):
-                shape, _, dtype = fmt.read_array_header_2_0(handle)
+                shape, _, dtype = fmt.read_array_header_2_0(handle, max_header_size=2**62)
             else:  # (a version this reader has no public header reader for: cannot tell)
                 return True
             start = handle.tell()

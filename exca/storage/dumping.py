@@ -114,6 +114,12 @@ def load_pickle(source: bytes | tp.BinaryIO) -> tp.Any:
             raise
         stream = io.BytesIO(source) if isinstance(source, bytes) else source
         with contextlib.suppress(OSError):  # (not seekable: left unmarked)
+            size = stream.seek(0, io.SEEK_END)
+            # (disassembling a large stream costs seconds and its size in memory: an
+            # EOFError or ValueError of one is left unmarked, its result never removed;
+            # one cut short is found by its recorded size)
+            if type(error) is not pickle.UnpicklingError and size > _WELL_FORMED_MAX:
+                raise
             stream.seek(0)
             if not well_formed_pickle(stream):
                 mark_damaged(error)
@@ -121,6 +127,7 @@ def load_pickle(source: bytes | tp.BinaryIO) -> tp.Any:
 
 
 _STREAM_ERRORS = (pickle.UnpicklingError, EOFError, ValueError)
+_WELL_FORMED_MAX = 16 * 2**20  # (bytes: larger streams are not disassembled, see above)
 
 
 def well_formed_pickle(stream: tp.BinaryIO) -> bool:
