@@ -982,6 +982,17 @@ def test_slurm_forced_job_while_an_earlier_local_job_runs(
 
 
 @pytest.mark.timeout(300)
+def _refused_as_earlier(folder: Path, job: tp.Any, first: tp.Any, forced: tp.Any) -> None:
+    """With the record of the job that wrote the cached result removed, the forced job
+    (cancelled before it started) and the forced call still say that result is earlier."""
+    (folder / "jobs" / f"{first.job_id}.json").unlink()
+    said = rf"job {job.job_id} was cancelled before it started.*earlier one \(of job {first.job_id}"
+    with pytest.raises(JobFailedError, match=said):
+        job.result()
+    with pytest.raises(JobFailedError, match=said):
+        forced.process()
+
+
 def test_forced_job_whose_records_are_gone_orders_jobs_by_time_not_by_id(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
 ) -> None:
@@ -1004,12 +1015,7 @@ def test_forced_job_whose_records_are_gone_orders_jobs_by_time_not_by_id(
     assert first.result() == 12  # (written after the force)
     folder = forced.infra.uid_folder()
     assert folder is not None
-    (folder / "jobs" / f"{first.job_id}.json").unlink()
-    said = rf"job {job.job_id} was cancelled before it started.*earlier one \(of job {first.job_id}"
-    with pytest.raises(JobFailedError, match=said):
-        job.result()
-    with pytest.raises(JobFailedError, match=said):
-        forced.process()
+    _refused_as_earlier(folder, job, first, forced)
     # a forced local job killed before writing, its record gone; then a Slurm job computes
     (ctl / "kill").touch()
     forced = task(tmp_path, ctl, slurm_cluster, x=4, mode="force", cluster="local")
@@ -1044,12 +1050,7 @@ def test_an_earlier_queued_slurm_job_whose_record_is_gone_is_not_the_forced_one(
     assert first.result() == 12  # (computed after the force was asked)
     folder = forced.infra.uid_folder()
     assert folder is not None
-    (folder / "jobs" / f"{first.job_id}.json").unlink()
-    said = rf"job {job.job_id} was cancelled before it started.*earlier one \(of job {first.job_id}"
-    with pytest.raises(JobFailedError, match=said):
-        job.result()
-    with pytest.raises(JobFailedError, match=said):
-        forced.process()
+    _refused_as_earlier(folder, job, first, forced)
     assert len(lines(ctl / "calls.txt")) == 1
 
 

@@ -43,9 +43,10 @@ def class_changed(how: str) -> bool:
 
 def retry_hint(how: str) -> str:
     """A job's ending (``Handle.ended_how``) with the hint to recompute, before the end of
-    the job's log it may quote (not inside a message of several lines: it cut it). None
-    for a job that refused a changed class: its message says to submit it again."""
-    if class_changed(how) or NEVER_STARTS in how:  # (mode=retry alone follows it again)
+    the job's log it may quote (not inside a message of several lines: it cut it); as it
+    is for a job that refused a changed class (its message says to submit it again), or that
+    Slurm never starts (its own advice: mode=retry alone would follow it again)."""
+    if class_changed(how) or NEVER_STARTS in how:
         return how
     said, quote, log_end = how.partition(LOG_QUOTE)
     return f"{said} (use mode='retry' to recompute){quote}{log_end}"
