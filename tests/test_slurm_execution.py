@@ -1197,6 +1197,19 @@ def test_a_job_forced_by_its_sub_config_and_cancelled_names_what_was_forced(
     assert "new instance in mode='force'" not in said
 
 
+def _requeued_while_running(tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster) -> tp.Any:
+    """The job of a task (x=9) requeued while it ran (its method blocked), once pending
+    again."""
+    import subprocess
+
+    (ctl / "block").touch()
+    job = task(tmp_path, ctl, slurm_cluster, x=9).infra.job()
+    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
+    subprocess.run(["scontrol", "requeue", job.job_id], check=True, timeout=30)
+    wait_until(lambda: registry.queue_state(job.job_id) == "PENDING")
+    return job
+
+
 @pytest.mark.timeout(300)
 def test_a_requeued_job_cancelled_while_pending_again_had_started(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
@@ -1206,12 +1219,7 @@ def test_a_requeued_job_cancelled_while_pending_again_had_started(
     log."""
     import subprocess
 
-    (ctl / "block").touch()
-    obj = task(tmp_path, ctl, slurm_cluster, x=9)
-    job = obj.infra.job()
-    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
-    subprocess.run(["scontrol", "requeue", job.job_id], check=True, timeout=30)
-    wait_until(lambda: registry.queue_state(job.job_id) == "PENDING")
+    job = _requeued_while_running(tmp_path, ctl, slurm_cluster)
     subprocess.run(["scancel", job.job_id], check=True, timeout=30)
     wait_until(lambda: sacct_states([job.job_id]).get(job.job_id, "").startswith("CANCELLED"))
     assert registry.slurm_exit(job.job_id) != registry.NEVER_STARTED
@@ -1232,12 +1240,7 @@ def test_a_requeued_job_ended_while_pending_again_quotes_no_exit_code(
     ran in it, and the error said "its process exited with code 1"."""
     import subprocess
 
-    (ctl / "block").touch()
-    obj = task(tmp_path, ctl, slurm_cluster, x=9)
-    job = obj.infra.job()
-    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
-    subprocess.run(["scontrol", "requeue", job.job_id], check=True, timeout=30)
-    wait_until(lambda: registry.queue_state(job.job_id) == "PENDING")
+    job = _requeued_while_running(tmp_path, ctl, slurm_cluster)
     # (its time limit, 5 min, cannot fit before this deadline: ended when next scheduled)
     update = ["scontrol", "update", f"jobid={job.job_id}", "Deadline=now+2", "StartTime=now"]
     subprocess.run(update, check=True, timeout=30)
