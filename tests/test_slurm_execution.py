@@ -35,9 +35,8 @@ wait_until = functools.partial(filelog.wait_until, timeout=WAIT_S, poll=0.2)
 
 class SlurmTask(pydantic.BaseModel):
     """x -> 3 * x; raises ValueError while <ctl>/fail exists, kills itself (SIGKILL) while
-    <ctl>/kill exists. The first call (only) blocks
-    while <ctl>/block exists: a cancelled job that lingers (submitit ignores SIGTERM until
-    Slurm's KillWait SIGKILL) never finishes, and recomputations do not block."""
+    <ctl>/kill exists. The first call (only) blocks while <ctl>/block exists
+    (recomputations do not block)."""
 
     x: int = 1
     ctl: str
@@ -115,26 +114,36 @@ def short_result_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(submitit.core.core.Job, "_results_timeout_s", 1)
 
 
-def kill_leftover_worker(obj: SlurmTask, job_id: str) -> None:
-    """After a cancellation, SIGKILL the job's worker if it is still alive.
-
-    submitit's worker ignores SIGTERM, and Slurm's SIGKILL after KillWait does not reach it
-    on this cluster (proctrack/linuxproc loses it once the batch shell is gone): it would
-    keep its claim (alive, as far as exca can tell) and block any recomputation. Real
-    clusters (proctrack/cgroup) kill it; do the same for the worker of *our* job only,
-    found through its claim file, which records its pid and Slurm job id."""
+def wait_until_worker_killed(obj: tp.Any, job_id: str) -> None:
+    """Wait until Slurm has killed the worker of a cancelled job (found through its claim
+    file, which records its pid and Slurm job id). submitit's worker ignores SIGTERM; the
+    batch shell does not, and once it is gone Slurm kills what is left of the job (with
+    proctrack/pgid as here, or cgroup on real clusters)."""
     from exca.storage.process import hostname
 
     folder = obj.infra.uid_folder()
     assert folder is not None
-    time.sleep(6)  # KillWait (5 s here): let Slurm do it if it can
-    for path in (folder / "claims").glob("*.claim"):
-        owner = json.loads(path.read_text())["owner"]
-        if str(owner["job_id"]) == job_id and owner["host"] == hostname():
-            try:
-                os.kill(int(owner["pid"]), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    pids = [
+        int(owner["pid"])
+        for path in (folder / "claims").glob("*.claim")
+        if str((owner := json.loads(path.read_text())["owner"])["job_id"]) == job_id
+        and owner["host"] == hostname()
+    ]
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_until(lambda: all(gone(pid) for pid in pids))
+
+
+def short_cancel_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """clear_job() waits (5 s at most) for the cancelled job's worker to end: return
+    sooner, so the worker outlives it (it may, for KillWait after its SIGTERM)."""
+    monkeypatch.setattr(exca.infra.task, "CANCEL_WAIT_S", 0.5)
 
 
 # --- one task ------------------------------------------------------------------------------
@@ -391,7 +400,7 @@ def test_an_array_element_cancelled_while_running_is_said_cancelled(
     subprocess.run(["scancel", record["job_id"]], check=True)
     with pytest.raises(JobFailedError, match=rf"job {record['job_id']} was cancelled"):
         blocked.process()
-    kill_leftover_worker(blocked, record["job_id"])  # type: ignore[arg-type]
+    wait_until_worker_killed(blocked, record["job_id"])  # type: ignore[arg-type]
 
 
 @pytest.mark.timeout(240)
@@ -784,7 +793,7 @@ def test_slurm_cancelled_job(
         fresh.process()
     assert fresh.infra.status() == "failed"
     assert lines(ctl / "calls.txt") == ["5"]
-    kill_leftover_worker(obj, job.job_id)
+    wait_until_worker_killed(obj, job.job_id)
 
 
 def test_plan_says_whether_a_job_is_pending_or_running(
@@ -874,21 +883,42 @@ def test_a_class_edited_while_its_job_waits(
 def test_clear_job_of_a_running_slurm_job_leaves_nothing_cached(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
 ) -> None:
-    """scancel sends SIGTERM, which submitit's worker ignores until Slurm's SIGKILL: a
-    task finishing meanwhile stored its result after clear_job() removed the old one (the
-    config read "completed", from the job the user cancelled)."""
+    """clear_job() on a running Slurm job: Slurm kills its worker, nothing is cached, the
+    next call computes again."""
     (ctl / "block").touch()
     obj = task(tmp_path, ctl, slurm_cluster, x=5)
     job = obj.infra.job()
     wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
     obj.infra.clear_job()
+    wait_until_worker_killed(obj, job.job_id)
+    (ctl / "block").unlink()
+    fresh = task(tmp_path, ctl, slurm_cluster, x=5)
+    assert fresh.infra.status() == "not submitted"
+    assert fresh.process() == 15  # computed again, by a new job
+    assert lines(ctl / "calls.txt") == ["5", "5"]
+
+
+@pytest.mark.timeout(300)
+def test_a_job_cleared_that_ends_after_its_sigterm_stores_nothing(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With srun, the task runs in a job step that Slurm sends SIGTERM (which submitit's
+    worker ignores) and kills only KillWait later: a task finishing meanwhile stored its
+    result after clear_job() removed the old one (the config read "completed", from the
+    job the user cancelled)."""
+    short_cancel_wait(monkeypatch)
+    (ctl / "block").touch()
+    obj = task(tmp_path, ctl, slurm_cluster, x=5, slurm_use_srun=True)
+    job = obj.infra.job()
+    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
+    obj.infra.clear_job()
     wait_until(lambda: "SIGTERM" in (job.stderr() or ""))  # the worker got it, and goes on
-    (ctl / "block").unlink()  # its task finishes now (Slurm's SIGKILL misses it here)
+    (ctl / "block").unlink()  # its task finishes now, before Slurm's SIGKILL
     folder = obj.infra.uid_folder()
     assert folder is not None
     wait_until(lambda: not list((folder / "claims").glob("*.claim")))  # the worker ended
     assert "its outcome is not stored" in (job.stderr() or "")
-    fresh = task(tmp_path, ctl, slurm_cluster, x=5)
+    fresh = task(tmp_path, ctl, slurm_cluster, x=5, slurm_use_srun=True)
     assert fresh.infra.status() == "not submitted"
     assert fresh.process() == 15  # computed again, by a new job
     assert lines(ctl / "calls.txt") == ["5", "5"]
@@ -919,18 +949,24 @@ class SlowToStore(pydantic.BaseModel):
 
 @pytest.mark.timeout(300)
 def test_clear_job_while_the_result_is_being_written_leaves_nothing_cached(
-    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """clear_job() while the job already writes its result (past the last check): the
-    result it finishes writing is removed again."""
+    """clear_job() while the job already writes its result (past the last check; with
+    srun, Slurm kills it KillWait after its SIGTERM): the result it finishes writing is
+    removed again."""
+    short_cancel_wait(monkeypatch)
     (ctl / "block").touch()
-    settings = {"folder": tmp_path / "cache", "cluster": "slurm", **resources(slurm_cluster)}
+    settings = {
+        "folder": tmp_path / "cache",
+        "cluster": "slurm",
+        **resources(slurm_cluster, slurm_use_srun=True),
+    }
     obj = SlowToStore(ctl=str(ctl), infra=settings)
     job = obj.infra.job()
     wait_until(lambda: lines(ctl / "calls.txt") == ["pickling"])
     obj.infra.clear_job()
     wait_until(lambda: "SIGTERM" in (job.stderr() or ""))
-    (ctl / "block").unlink()  # the result is written now (Slurm's SIGKILL misses it here)
+    (ctl / "block").unlink()  # the result is written now, before Slurm's SIGKILL
     folder = obj.infra.uid_folder()
     assert folder is not None
     wait_until(lambda: not list((folder / "claims").glob("*.claim")))  # the worker ended
@@ -1370,7 +1406,7 @@ def test_slurm_scancel_while_waiting_then_retry(
     assert len(errors) == 1 and isinstance(errors[0], JobFailedError), errors
     assert "cancel" in str(errors[0]).lower()
     assert task(tmp_path, ctl, slurm_cluster, x=6).infra.status() == "failed"
-    kill_leftover_worker(obj, record["job_id"])
+    wait_until_worker_killed(obj, record["job_id"])
     retry = task(tmp_path, ctl, slurm_cluster, x=6, mode="retry")
     assert retry.process() == 18
     assert lines(ctl / "calls.txt") == ["6", "6"]
@@ -1387,7 +1423,7 @@ def test_slurm_retry_after_cancel(
     wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
     job.cancel()
     wait_until(lambda: sacct_states([job.job_id]).get(job.job_id) == "CANCELLED")
-    kill_leftover_worker(obj, job.job_id)
+    wait_until_worker_killed(obj, job.job_id)
     with pytest.raises(JobFailedError):
         task(tmp_path, ctl, slurm_cluster, x=8).process()
     retry = task(tmp_path, ctl, slurm_cluster, x=8, mode="retry", timeout_min=2)
