@@ -1135,6 +1135,22 @@ class Sweep(pydantic.BaseModel):
         return max(t.lr for t in held + [t for group in self.groups for t in group.values()])
 
 
+def _expanded(value: tp.Any) -> tp.Any:
+    """A yaml mapping with its dotted keys made nested plain dicts (in lists too)."""
+    if isinstance(value, list):
+        return [_expanded(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, tp.Any] = {}
+    for key, sub in value.items():
+        *heads, last = str(key).split(".")
+        place = out
+        for head in heads:
+            place = place.setdefault(head, {})
+        place[last] = _expanded(sub)
+    return out
+
+
 @pytest.mark.parametrize(
     "path", [("trainers", 0), ("named", "a"), ("groups", 0, "a"), ("by_color", "red")]
 )
@@ -1157,7 +1173,7 @@ def test_defaults_check_of_sub_configs_in_lists_and_dicts(
     full = folder / "full-uid.yaml"
     written = full.read_text()
 
-    def located(old: ConfDict) -> tuple[tp.Any, tp.Any]:
+    def located(old: tp.Any) -> tuple[tp.Any, tp.Any]:
         container: tp.Any = old[field]
         for part in path[1:-1]:
             container = container[part]
@@ -1167,17 +1183,14 @@ def test_defaults_check_of_sub_configs_in_lists_and_dicts(
     assert ConfDict(container[last]) == {"lr": 0.5, "epochs": 3, "infra": {"version": "1"}}
 
     def cached_with(changes: dict[str, tp.Any], remove: str = "") -> tp.Any:
-        old = ConfDict(yaml.safe_load(written))
-        top = old[field]
+        old = _expanded(yaml.safe_load(written))  # (plain dicts: edited in place)
         container, last = located(old)
-        target = ConfDict(container[last])
+        target = container[last]
         for name, value in changes.items():
             target[name] = value
         if remove:
             del target[remove]
-        container[last] = dict(target)
-        old[field] = top
-        full.write_text(old.to_yaml())
+        full.write_text(ConfDict(old).to_yaml())
         infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
         calls = _calls("Sweep")
         try:
@@ -1186,6 +1199,8 @@ def test_defaults_check_of_sub_configs_in_lists_and_dicts(
             assert _calls("Sweep") == calls  # (reused or refused: never computed again)
 
     assert cached_with({}, remove="epochs") == 0.5  # (Trainer.epochs added since)
+    container, last = located(_expanded(yaml.safe_load(full.read_text())))
+    assert container[last]["epochs"] == 3  # (recorded by the reuse)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="exca"):
         assert cached_with({"infra.version": "0"}) == 0.5
@@ -1227,6 +1242,46 @@ def test_defaults_check_of_plain_dicts_sees_added_keys(tmp_path: Path, cached: d
     with pytest.raises(RuntimeError, match=f"Default {name}[.=].* seems incompatible"):
         PlainData(infra={"folder": tmp_path}).run()
     assert _calls("PlainData") == computed
+
+
+class Noisy(pydantic.BaseModel):
+    n: int = 3
+    noise: float = 0.0
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def load(self) -> list[float]:
+        CALLS.append("Noisy")
+        return [i + self.noise for i in range(self.n)]
+
+
+def test_a_reuse_records_the_default_of_a_field_added_since(tmp_path: Path) -> None:
+    """A field added to the class since the cache was written reuses it, and its default
+    was never recorded: a later change of that default went unnoticed (the old results
+    came back). The reuse records it now; plans and read-only calls write nothing."""
+    import exca
+
+    obj = Noisy(infra={"folder": tmp_path})
+    assert obj.load() == [0, 1, 2]
+    folder = obj.infra.uid_folder()
+    assert folder is not None
+    full = folder / "full-uid.yaml"
+    written = full.read_text()
+    older = ConfDict(yaml.safe_load(written))
+    del older["noise"]
+    full.write_text(older.to_yaml())  # (as written before the class had `noise`)
+    computed = _calls("Noisy")
+    for settings in ({}, {"mode": "read-only"}):
+        infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
+        again = Noisy(infra={"folder": tmp_path, **settings})
+        assert "cached" in str(exca.graph.plan(again.load.node()))
+        assert full.read_text() == older.to_yaml()
+        assert again.load() == [0, 1, 2]
+    assert full.read_text() == older.to_yaml()  # (read-only: nothing written)
+    infra_base._DEFAULTS_CHECKED.clear()
+    assert Noisy(infra={"folder": tmp_path}).load() == [0, 1, 2]
+    assert full.read_text() == written  # the reuse recorded noise=0.0
+    assert _calls("Noisy") == computed
 
 
 CHANGING_DEFAULT = """

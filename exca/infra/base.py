@@ -727,6 +727,8 @@ class BaseInfra(pydantic.BaseModel):
                 full_uid_text=self._full_uid_yaml,
                 sub_configs=self._sub_configs,
                 reused=functools.partial(self._reuses, result),
+                record=restores and self.mode != "read-only",
+                permissions=self.permissions,
             )
             if checked is False and not (restores and self._restore_files(folder, result, prepare)):
                 return False  # no full-uid.yaml (yet): another process may write one later

@@ -163,6 +163,7 @@ def prepare(
     versions: list[str] = []
     if existing_full is not None:
         versions = _check_defaults(folder, existing_full, uid_config, full_uid_config, sub_configs)
+        _record_added_fields(folder, existing_full, full_uid_config, sub_configs, permissions)
         if versions and reuses is not None and reuses():
             _warn_versions(folder, versions)
     config_text = read_text(folder / CONFIG_FILE)  # (unparsable: removed and rewritten)
@@ -183,13 +184,16 @@ def verify_defaults(
     full_uid_text: tp.Callable[[], str] | None = None,
     sub_configs: tp.Callable[[], Structure] | None = None,
     reused: tp.Callable[[], bool] | None = None,
+    record: bool = False,
+    permissions: int | None = None,
 ) -> bool | None:
-    """Before cached results are reused (nothing written): the class defaults they were
-    computed with are the defaults of now (``full-uid.yaml``, when there is one: returns
-    whether there was one to check). ``full_uid_text``: ``full_uid_config().to_yaml()``,
-    maybe made faster (plans check thousands of nodes). ``reused``: whether there is a
-    result to reuse (a change of sub-configs' versions is told only then: None when there
-    was such a change and nothing to reuse, not settled)."""
+    """Before cached results are reused: the class defaults they were computed with are
+    the defaults of now (``full-uid.yaml``, when there is one: returns whether there was
+    one to check). ``full_uid_text``: ``full_uid_config().to_yaml()``, maybe made faster
+    (plans check thousands of nodes). ``reused``: whether there is a result to reuse (a
+    change of sub-configs' versions is told only then: None when there was such a change
+    and nothing to reuse, not settled). ``record``: a call about to reuse the result
+    records in full-uid.yaml the defaults of fields added since (plans only read)."""
     path = os.path.join(folder, FULL_UID_FILE)  # (str paths, bytes: a hit's path is short)
     try:
         data = _read_small(path)
@@ -204,11 +208,70 @@ def verify_defaults(
     existing = read_yaml(Path(path), text)
     if existing is not None:
         versions = _check_defaults(Path(folder), existing, uid_config(), full, sub_configs)
+        if record and (reused is None or reused()):
+            _record_added_fields(Path(folder), existing, full, sub_configs, permissions)
         if versions:
             if reused is not None and not reused():
                 return None  # (nothing reused: nothing to tell yet)
             _warn_versions(Path(folder), versions)
     return True
+
+
+def _record_added_fields(
+    folder: Path,
+    existing: dict[str, tp.Any],
+    full_uid_config: ConfDict,
+    sub_configs: tp.Callable[[], Structure] | None,
+    permissions: int | None,
+) -> None:
+    """Once results are reused under the defaults of fields added to the classes since
+    they were computed, full-uid.yaml says so: a later change of such a default is then
+    caught as any other (without this, it never was). What the file holds stays as is
+    (sub-configs' versions, fields removed since). Never raises: a cache shared read-only
+    only misses the record."""
+    plain = sub_configs().plain if sub_configs is not None else set()
+    merged, added = _with_added(_nested(existing), _nested(_normalized(full_uid_config)), plain)
+    if not added:
+        return
+    text = ConfDict(merged).to_yaml()
+    if ConfDict(merged).flat() == _normalized(full_uid_config):
+        text = full_uid_config.to_yaml()  # (the very text of the config: later reads are quick)
+    try:
+        write_atomic(folder / FULL_UID_FILE, text, permissions)
+    except OSError as error:
+        logger.debug("Could not record added fields in %s: %s", folder / FULL_UID_FILE, error)
+
+
+def _with_added(
+    cached: tp.Any, current: tp.Any, plain: set[str], parts: tuple[str, ...] = ()
+) -> tuple[tp.Any, bool]:
+    """``cached`` with the models' keys that only ``current`` has (fields added since),
+    walked as ``_changes`` walks them; and whether there were any."""
+    if isinstance(cached, dict) and isinstance(current, dict) and ".".join(parts) not in plain:
+        merged: dict[str, tp.Any] = {}
+        added = False
+        for name, value in cached.items():
+            if name in current:
+                value, sub_added = _with_added(value, current[name], plain, (*parts, name))
+                added = added or sub_added
+            merged[name] = value
+        for name, value in current.items():
+            if name not in cached:
+                merged[name] = value
+                added = True
+        return merged, added
+    if (
+        isinstance(cached, list)
+        and isinstance(current, list)
+        and len(cached) == len(current)
+        and all(isinstance(a, dict) and isinstance(b, dict) for a, b in zip(cached, current))
+    ):
+        items = [
+            _with_added(value, now, plain, (*parts, str(index)))
+            for index, (value, now) in enumerate(zip(cached, current))
+        ]
+        return [item for item, _ in items], any(added for _, added in items)
+    return cached, False
 
 
 def _read_small(path: str) -> bytes:
