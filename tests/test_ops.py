@@ -945,6 +945,17 @@ def test_explain_a_partly_cached_map_names_no_other_config(tmp_path: Path) -> No
         if "Squares" in e.uid
     ]
     assert checked.summary().endswith("(2 item(s) are cached for this config: a missing one fails)")
+    # no config of this method cached, items known at run time, but one of a class of the
+    # same name in another module: a moved module, said as for a task (it was not)
+    step = next(root.glob("*Squares.square,1"))
+    step.rename(step.with_name(f"old_module.{step.name.split('.', 1)[1]}"))
+    (moved,) = [
+        e
+        for e in exca.ops.explain(Squares(infra={"folder": root}).square.node(numbers))
+        if "Squares" in e.uid
+    ]
+    assert moved.summary().startswith("items known at run time: never computed")
+    assert "old_module.Squares.square,1: the class's module was renamed" in moved.summary()
 
 
 class Labelled(pydantic.BaseModel):

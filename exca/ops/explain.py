@@ -46,8 +46,6 @@ class Explanation:
             # (a map says how many items are missing: all of them, when compared)
             prefix = "" if self.reason == "missing" else f"{self.reason}: "
             if self.nearest is None:
-                if self.reason != "missing":
-                    return self.reason
                 if self.namesakes:
                     why = (
                         "a class defined in a script run as __main__ caches under __main__ "
@@ -56,10 +54,12 @@ class Explanation:
                         else "the class's module was renamed or moved?"
                     )
                     return (
-                        "never computed (no cached config of this method); a class and method "
-                        f"of the same names have cached configs in {', '.join(self.namesakes)}: "
-                        + why
+                        f"{prefix}never computed (no cached config of this method); a class "
+                        "and method of the same names have cached configs in "
+                        f"{', '.join(self.namesakes)}: {why}"
                     )
+                if self.reason != "missing":
+                    return self.reason
                 return "never computed (no cached config of this method)"
             if not self.diff and self.legacy:
                 return (
