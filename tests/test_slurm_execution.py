@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import threading
 import time
 import typing as tp
 from pathlib import Path
@@ -992,6 +993,38 @@ def test_slurm_forced_job_while_an_earlier_job_runs(
     assert lines(ctl / "calls.txt") == ["4", "4"]
     assert first.result() == 12 and forced.process() == 12
     assert lines(ctl / "calls.txt") == ["4", "4"]
+
+
+class Lingering(pydantic.BaseModel):
+    """process() -> 2 * x; its process lives on `linger` seconds after the result."""
+
+    x: int = 1
+    ctl: str
+    linger: float = 5.0
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    _exclude_from_cls_uid = ("linger",)
+
+    @infra.apply
+    def process(self) -> int:
+        append(Path(self.ctl) / "calls.txt", str(self.x))
+        threading.Thread(target=time.sleep, args=(self.linger,)).start()  # (non-daemon)
+        return 2 * self.x
+
+
+@pytest.mark.timeout(300)
+def test_a_forced_job_whose_result_is_written_is_completed_while_its_process_ends(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """status() of a forced instance said "running" once its job had written the forced
+    result (job.result() returned it), until the job left the queue."""
+    settings = {"folder": tmp_path / "cache", "cluster": "slurm", **resources(slurm_cluster)}
+    assert Lingering(ctl=str(ctl), linger=0, infra={**settings, "cluster": None}).process() == 2
+    forced = Lingering(ctl=str(ctl), infra={**settings, "mode": "force"})
+    job = forced.infra.job()
+    assert job.result() == 2 and lines(ctl / "calls.txt") == ["1", "1"]
+    assert forced.infra.status() == "completed"
+    assert forced.process() == 2 and lines(ctl / "calls.txt") == ["1", "1"]
 
 
 @pytest.mark.timeout(300)

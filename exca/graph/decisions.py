@@ -861,6 +861,8 @@ def forcing_job(node: Node) -> tuple[registry.JobRecord, bool] | None:
         return None
     records = registry.read_all(node.folder)
     own = next((r for r in records if r.job_id == job_id), None)
+    if own is not None and store.computed_by(node) == job_id:
+        own = None  # (its outcome is cached: the job may still be ending, not waited for)
     if own is not None:
         later = [r for r in records if r.submitted > own.submitted]
         slurm = [r.job_id for r in [own, *later] if r.cluster == "slurm"]
