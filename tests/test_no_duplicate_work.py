@@ -59,6 +59,18 @@ class Slow(pydantic.BaseModel):
         return 2 * self.x
 
 
+class SlowInputs(pydantic.BaseModel):
+    ctl: str
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self, x: int) -> int:
+        ctl = Path(self.ctl)
+        append(ctl / "calls.txt", f"task {me()}")
+        block_if_first(ctl)
+        return 2 * x
+
+
 class SlowMap(pydantic.BaseModel):
     ctl: str
     infra: exca.MapInfra = exca.MapInfra(version="1")
@@ -336,12 +348,18 @@ def test_no_job_for_a_task_another_worker_computes(
 
 
 @pytest.mark.timeout(60)
-def test_task_kept_in_ram_only_threads_of_one_instance(ctl: Path) -> None:
+@pytest.mark.parametrize("inputs", (False, True))
+def test_task_kept_in_ram_only_threads_of_one_instance(ctl: Path, inputs: bool) -> None:
     """No folder (keep_in_ram only): no claim on disk, yet threads calling one instance
-    compute it once (each computed it)."""
-    task = Slow(x=5, ctl=str(ctl), infra={"keep_in_ram": True})
+    compute it once (each computed it; with inputs, each call computed it anyway)."""
+    call: tp.Callable[[], int]
+    if inputs:
+        with_inputs = SlowInputs(ctl=str(ctl), infra={"keep_in_ram": True})
+        call = functools.partial(with_inputs.process, 5)
+    else:
+        call = Slow(x=5, ctl=str(ctl), infra={"keep_in_ram": True}).process
     out: list[tp.Any] = []
-    threads = [threading.Thread(target=lambda: out.append(task.process())) for _ in range(3)]
+    threads = [threading.Thread(target=lambda: out.append(call())) for _ in range(3)]
     threads[0].start()
     wait_until(lambda: bool(lines(ctl / "calls.txt")))
     for thread in threads[1:]:
@@ -352,6 +370,9 @@ def test_task_kept_in_ram_only_threads_of_one_instance(ctl: Path) -> None:
         thread.join(timeout=WAIT_S)
     assert out == [10, 10, 10]
     assert len(lines(ctl / "calls.txt")) == 1
+    if inputs:  # (another input: computed, and kept)
+        assert with_inputs.process(6) == 12 and with_inputs.process(6) == 12
+        assert len(lines(ctl / "calls.txt")) == 2
 
 
 @pytest.mark.timeout(120)

@@ -99,6 +99,58 @@ def test_keep_in_ram_forgets_a_result_its_own_node_cleared(tmp_path: Path) -> No
     assert ram.process() == 60 and _count("task", 6) == before + 1  # (in RAM again)
 
 
+class Coeffed(pydantic.BaseModel):
+    coeff: int = 2
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def scale(self, x: int) -> list[int]:
+        CALLS.append(("coeffed", x))
+        return [self.coeff * x]
+
+
+@pytest.mark.parametrize("with_folder", (True, False))
+def test_keep_in_ram_of_a_method_with_inputs(tmp_path: Path, with_folder: bool) -> None:
+    """keep_in_ram=True did nothing for a method taking inputs: without folder each call
+    computed again (its plan said "RAM only"), with one each call read the disk and
+    returned a new object (a probe). Each input tuple now has its own RAM entry."""
+    folder = tmp_path if with_folder else None
+    ram = Coeffed(coeff=3, infra={"folder": folder, "keep_in_ram": True})
+    before = _count("coeffed")
+    first = ram.scale(1)
+    first.append(0)  # (changed: later calls of this instance return that same object)
+    assert ram.scale(1) is first and ram.scale(x=1) is first
+    assert ram.scale(2) == [6] and ram.scale(2) is ram.scale(2)  # its own entry
+    assert _count("coeffed") == before + 2
+    assert ram.scale.node(1).result() in ([3], [3, 0])  # (a node reads the disk, if any)
+    assert ram.scale.node(1).result() in ([3], [3, 0])
+    assert _count("coeffed") == before + 2
+    ram.scale.node(1).clear()  # ("the next call computes it")
+    assert ram.scale(1) == [3] and _count("coeffed") == before + 3
+    assert ram.scale(1) is ram.scale(1) and _count("coeffed") == before + 3
+    if with_folder:  # removed through another instance: still in RAM, as without inputs
+        Coeffed(coeff=3, infra={"folder": tmp_path}).scale.node(2).clear()
+        assert ram.scale(2) == [6] and _count("coeffed") == before + 3
+        disk = Coeffed(coeff=3, infra={"folder": tmp_path})
+        assert disk.scale(1) == [3] and disk.scale(1) is not disk.scale(1)  # (read again)
+        assert _count("coeffed") == before + 3
+    else:  # nothing on disk for a new instance; without keep_in_ram, nothing kept
+        assert Coeffed(coeff=3, infra={"keep_in_ram": True}).scale(1) == [3]
+        plain = Coeffed(coeff=3)
+        assert plain.scale(1) == [3] and plain.scale(1) == [3]
+        assert _count("coeffed") == before + 6
+
+
+def test_keep_in_ram_of_a_method_with_inputs_forced(tmp_path: Path) -> None:
+    """mode=force with keep_in_ram: each input tuple is forced once, then kept."""
+    assert Coeffed(coeff=4, infra={"folder": tmp_path}).scale(1) == [4]
+    before = _count("coeffed")
+    forced = Coeffed(coeff=4, infra={"folder": tmp_path, "mode": "force", "keep_in_ram": True})
+    first = forced.scale(1)
+    assert forced.scale(1) is first and _count("coeffed") == before + 1
+    assert forced.scale(2) is forced.scale(2) and _count("coeffed") == before + 2
+
+
 def test_without_keep_in_ram_a_cleared_result_is_recomputed(tmp_path: Path) -> None:
     disk = Task(param=17, infra={"folder": tmp_path})
     assert disk.process() == 170

@@ -46,6 +46,10 @@ _MISSING: tp.Any = object()
 
 
 _RAM_LOCKS_GUARD = threading.Lock()
+# _Runtime's containers, made on first use
+_CONTAINERS = frozenset(
+    ("force_state", "models", "inputs_caches", "inputs_force", "inputs_checked", "inputs_ram")
+)
 # False while a read-only command builds nodes (exca plan/explain/check): a config found
 # under its legacy (v2) name is then reported, not renamed
 LEGACY_RENAMES: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -91,18 +95,24 @@ class _Runtime:
     inputs_caches: dict[tp.Any, tp.Any]  # CacheDicts of input sub-folders
     inputs_force: dict[str, dict[str, tp.Any]]  # force_state of each inputs node (mode=force)
     inputs_checked: dict[Path, bool]  # input sub-folders whose defaults check is settled
+    inputs_ram: dict[Path, tp.Any]  # keep_in_ram: results of calls with inputs, by folder
 
-    def ram_lock(self) -> threading.RLock:
+    def ram_lock(self, inputs: str | None = None) -> threading.RLock:
         """Held while this instance computes a result kept in RAM only (no folder, hence
-        no claim): threads calling it at once compute it once."""
-        lock = self.__dict__.get("_ram_lock")
-        if lock is None:
-            with _RAM_LOCKS_GUARD:
-                lock = self.__dict__.setdefault("_ram_lock", threading.RLock())
-        return tp.cast(threading.RLock, lock)
+        no claim): threads calling it at once compute it once (``inputs``: the key of a
+        call with inputs, each has its own lock)."""
+        if inputs is None:
+            lock = self.__dict__.get("_ram_lock")
+            if lock is None:
+                with _RAM_LOCKS_GUARD:
+                    lock = self.__dict__.setdefault("_ram_lock", threading.RLock())
+            return tp.cast(threading.RLock, lock)
+        with _RAM_LOCKS_GUARD:  # (the dict too: two threads must not make one each)
+            locks = self.__dict__.setdefault("_inputs_ram_locks", {})
+            return tp.cast(threading.RLock, locks.setdefault(inputs, threading.RLock()))
 
     def __getattr__(self, name: str) -> tp.Any:
-        if name not in ("force_state", "models", "inputs_caches", "inputs_force", "inputs_checked"):
+        if name not in _CONTAINERS:
             raise AttributeError(name)
         value: tp.Any = [] if name == "models" else {}
         setattr(self, name, value)

@@ -158,6 +158,11 @@ class TaskMethod(InfraMethod):
         return name, Value.of(value, snapshot)
 
 
+def _inputs_key(inputs: tp.Sequence[Input]) -> str:
+    """The names and uids of a call's inputs (a node's force state, its RAM cache)."""
+    return "|".join(f"{name}={source.uid}" for name, source in inputs)
+
+
 def _dict_of_nodes(value: tp.Any) -> bool:
     return isinstance(value, dict) and any(isinstance(v, Node) for v in value.values())
 
@@ -203,7 +208,10 @@ class BoundTask:
         runtime = infra._runtime()
         infra._check_unchanged_before_reading()  # (a config with lists changed in place?)
         if args or kwargs or self.method.params:  # (run now: its inputs are not copied)
-            return calls.task_result(self._node(args, kwargs, snapshot=False))
+            node = self._node(args, kwargs, snapshot=False)
+            if infra.keep_in_ram:
+                return infra._kept_result(node)
+            return calls.task_result(node)
         forcing_job = runtime.force_state.get("job")  # (its forcing job may still run)
         if infra.folder is not None and not forcing_job and not infra._force_pending():
             # fast path: one memoized uid and one index check, no node, no scheduler
@@ -387,12 +395,20 @@ class TaskInfra(BaseInfra, SubmititMixin):
         own mode=force state (each node is forced once per instance)."""
         forced = base.force_state
         if base.mode == "force":  # (only then is a state needed: no dict per node else)
-            key = "|".join(f"{name}={source.uid}" for name, source in inputs)
-            forced = self._runtime().inputs_force.setdefault(key, {})
+            forced = self._runtime().inputs_force.setdefault(_inputs_key(inputs), {})
         node = dataclasses.replace(base, inputs=inputs, force_state=forced)
         folder = node.folder
         if folder is None:
-            return dataclasses.replace(node, cache=CacheDict(None, keep_in_ram=True))
+            if not self.keep_in_ram:  # (recomputed per call)
+                return dataclasses.replace(node, cache=CacheDict(None, keep_in_ram=True))
+            # RAM only: the instance keeps each input tuple's cache, as it keeps the one
+            # of a method without inputs (runtime.cache)
+            ram_caches = self._runtime().inputs_caches
+            key = _inputs_key(inputs)
+            ram = ram_caches.get(key)
+            if ram is None:
+                ram = ram_caches.setdefault(key, CacheDict(None, keep_in_ram=True))
+            return dataclasses.replace(node, cache=ram)
         caches = self._runtime().inputs_caches
         cache = caches.get(folder)
         if cache is None:
@@ -415,6 +431,30 @@ class TaskInfra(BaseInfra, SubmititMixin):
             after_store=functools.partial(self._record_versions, folder),
             restore_files=None,  # (its config's yaml files are in the folder above)
         )
+
+    def _kept_result(self, node: Node) -> tp.Any:
+        """keep_in_ram for a call with inputs: each input tuple's result is kept in the
+        instance as the result of a method without inputs is (later calls read no disk
+        and return the same object), unless it was removed through this instance
+        (node.clear()) or mode=force has to apply."""
+        runtime = self._runtime()
+        folder = node.folder
+        if folder is None:  # (its cache is the instance's, in RAM: see _input_node)
+            with runtime.ram_lock(_inputs_key(node.inputs)):  # (other threads read it then)
+                return calls.task_result(node)
+        kept = runtime.inputs_ram
+        value = kept.get(folder, _MISSING)
+        if value is not _MISSING:
+            if (
+                node.cache.known(TASK_KEY)
+                and node.force_state.get("job") is None
+                and not any(n.pending_force for n in node.closure)
+            ):
+                return value
+            kept.pop(folder, None)
+        value = calls.task_result(node)
+        kept[folder] = value
+        return value
 
     def _prepare_inputs(self, folder: Path, inputs: tuple[Input, ...], create: bool = True) -> None:
         """Its config folder's yaml files and its sub-folder's inputs.yaml (``create=False``:
