@@ -2890,6 +2890,50 @@ def test_a_dead_worker_error_names_the_items_it_left(tmp_path: Path, cluster: st
     assert f"and {len(missing) - 5} more" in message
 
 
+class KilledOnce(pydantic.BaseModel):
+    """item -> item; item 7 kills its process (SIGKILL) while the file ``flag`` exists."""
+
+    flag: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        import signal
+
+        for item in items:
+            if item == 7 and os.path.exists(self.flag):
+                os.kill(os.getpid(), signal.SIGKILL)
+            yield item
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("call", ["call", "job"])
+def test_a_killed_map_job_says_the_next_call_computes_its_items(tmp_path: Path, call: str) -> None:
+    """A map job killed (kill -9) said "use mode='retry' to recompute", as for a task
+    (whose failure is recorded), while its missing items are not recorded as failed: the
+    next call computes them in any mode (and retry also recomputes every item whose error
+    is cached). The hint says so (a probe)."""
+    from exca.graph.errors import JobFailedError
+
+    flag = tmp_path / "kill"
+    flag.touch()
+    items = list(range(12))
+    infra = {"folder": tmp_path / "cache", "cluster": "local", "max_jobs": 1}
+    mapper = KilledOnce(flag=str(flag), infra=infra)
+    with pytest.raises(JobFailedError) as info:
+        if call == "call":
+            list(mapper.process(items))
+        else:
+            mapper.process.node(items).job().result()
+    message = str(info.value)
+    assert "7" in info.value.item_uids and "killed" in message, message
+    assert message.endswith("(the next call computes them)"), message
+    assert "mode='retry'" not in message
+    flag.unlink()
+    again = KilledOnce(flag=str(flag), infra=infra)  # (mode cached: what the hint says)
+    assert list(again.process(items)) == items
+
+
 class Listed(pydantic.BaseModel):
     """item -> [item] (written as soon as yielded: not an immutable value, batched); the
     last item of a call waits while the file ``gate`` exists."""

@@ -41,15 +41,23 @@ def class_changed(how: str) -> bool:
     return CLASS_CHANGED in how
 
 
-def retry_hint(how: str) -> str:
+RETRY_HINT = "use mode='retry' to recompute"
+# (a map's items a job left missing are not recorded as failed: mode retry would also
+# recompute every item whose error is cached)
+ITEMS_HINT = "the next call computes them"
+
+
+def retry_hint(how: str, items: bool = False) -> str:
     """A job's ending (``Handle.ended_how``) with the hint to recompute, before the end of
     the job's log it may quote (not inside a message of several lines: it cut it); as it
     is for a job that refused a changed class (its message says to submit it again), or that
-    Slurm never starts (its own advice: mode=retry alone would follow it again)."""
+    Slurm never starts (its own advice: mode=retry alone would follow it again). A task's
+    failure is recorded (mode retry computes it again); ``items``: a map's items the job
+    left missing, which the next call computes in any mode."""
     if class_changed(how) or NEVER_STARTS in how:
         return how
     said, quote, log_end = how.partition(LOG_QUOTE)
-    return f"{said} (use mode='retry' to recompute){quote}{log_end}"
+    return f"{said} ({ITEMS_HINT if items else RETRY_HINT}){quote}{log_end}"
 
 
 def force_not_done(uid: str, how: str, earlier: str, upstream: str | None = None) -> str:
@@ -75,7 +83,7 @@ def force_not_done(uid: str, how: str, earlier: str, upstream: str | None = None
     else:  # (this config is not in mode force: what was forced is upstream; it was
         # recomputed, this one was not: mode retry computes it with that new result)
         why = f"its upstream {upstream} is in mode='force'"
-        again = "use mode='retry' to recompute"
+        again = RETRY_HINT
     said, quote, log_end = how.partition(LOG_QUOTE)
     return (
         f"{uid} not computed again ({why}): {said}: the forced computation did not "

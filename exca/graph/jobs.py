@@ -352,7 +352,8 @@ class MapJob(Job):
             what = items_not_computed(missing, self.node.uid)
             if self.handle is None:
                 raise JobFailedError(f"{what}: they were never submitted", missing)
-            raise JobFailedError(f"{what}: {retry_hint(self.handle.ended_how())}", missing)
+            how = retry_hint(self.handle.ended_how(), items=True)
+            raise JobFailedError(f"{what}: {how}", missing)
         try:
             return store.map_outputs(self.node)
         except PAYLOAD_ERRORS as error:  # (a payload removed or damaged outside exca?)

@@ -1102,7 +1102,10 @@ class Scheduler:
         # (a description quoting its log's end spans lines: the next one starts its own)
         multiline = any("\n" in d for d in descriptions)
         detail = ("\n" if multiline else "; ").join(descriptions)
-        detail = retry_hint(detail) if detail else "the worker ended without writing it"
+        if detail:  # (a map's missing items: not recorded as failed, unlike a task)
+            detail = retry_hint(detail, items=bool(missing) and run.node.kind == "map")
+        else:
+            detail = "the worker ended without writing it"
         lost = JobFailedError(f"{what}: {detail}", missing)
         if missing and run.node.kind == "map":
             # a chunk job stops at the method's exception (cached for its item): that
