@@ -142,6 +142,20 @@ class SlowWithInput(pydantic.BaseModel):
         return value
 
 
+class SlowMap(pydantic.BaseModel):
+    """A map (x -> x) blocking while the file `flag` exists."""
+
+    flag: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def values(self, items: list[int]) -> tp.Iterator[int]:
+        end = time.time() + WAIT_S
+        while os.path.exists(self.flag) and time.time() < end:
+            time.sleep(0.02)
+        yield from items
+
+
 class Chatty(pydantic.BaseModel):
     """A map printing one stdout and one stderr line per item it computes."""
 
@@ -2571,6 +2585,84 @@ def test_clean_logs_of_ended_jobs(tmp_path: Path) -> None:
     assert not log_folder.exists()
     assert Train(seed=7, infra={"folder": root}).fit() == 8  # results are not logs
     assert exca.ops.inspect(root)[0].status == "success"
+
+
+def test_clean_removes_the_log_folder_template_its_submitter_left(tmp_path: Path) -> None:
+    """A process that submitted local jobs and ended before them (killed, or a detached
+    run) left submitit's literal, empty ``logs/<user>/%j`` folder: `clean orphans` and
+    `clean logs` left it forever (a probe). Both remove it once empty and idle (neither
+    it nor its parent, where each submission writes, changed for a while: a new
+    submission's local jobs look for it as they start)."""
+    root, flag = tmp_path / "cache", tmp_path / "flag"
+    flag.touch()
+    submitter = python(
+        f"""
+        import test_ops
+        infra = {{"folder": {str(root)!r}, "cluster": "local", "max_jobs": 2}}
+        mapper = test_ops.SlowMap(flag={str(flag)!r}, infra={{**infra, "min_samples_per_job": 1}})
+        print(list(mapper.values([1, 2, 3, 4])))
+        """
+    )
+    mapper = SlowMap(flag=str(flag), infra={"folder": root})
+    folder = folder_of(mapper)
+    try:
+        template = wait_until(lambda: next(folder.glob("logs/*/%j"), None), "the jobs start")
+        wait_until(lambda: len(list(folder.glob("jobs/*.json"))) == 2, "the jobs are recorded")
+    finally:
+        submitter.kill()  # (killed while its jobs run)
+        submitter.wait(timeout=WAIT_S)
+        flag.unlink()
+    wait_until(lambda: clean.busy_reason(folder) is None, "the jobs end")
+    submitter.communicate(timeout=WAIT_S)  # (its pipes, which its jobs held)
+    assert list(mapper.values([1, 2, 3, 4])) == [1, 2, 3, 4]  # (computed by the jobs)
+    assert template.is_dir() and not any(template.iterdir())
+    jobs = sorted(p for p in template.parent.iterdir() if p != template)
+    assert len(jobs) == 2
+
+    def listed(plan: clean.CleanPlan) -> list[Path]:
+        return [r.path for r in plan.removals if r.path.name == "%j"]
+
+    def age(*paths: Path) -> None:
+        old = time.time() - 2 * 3600
+        for path in paths:
+            os.utime(path, (old, old))
+
+    # just left: a submission may be starting its jobs next to it
+    assert listed(clean.orphans(root, min_age_hours=0)) == []
+    assert listed(clean.logs(root, older_than_days=0)) == []
+    age(template, template.parent)
+    assert listed(clean.orphans(root)) == [template]
+    assert listed(clean.logs(root, older_than_days=0)) == [template]
+    (template / "x").touch()  # (not empty: kept)
+    age(template, template.parent)
+    assert listed(clean.orphans(root)) == listed(clean.logs(root, older_than_days=0)) == []
+    (template / "x").unlink()
+    age(template, template.parent)
+    (template.parent / "12345").mkdir()  # (a new submission writes next to it: kept)
+    assert listed(clean.orphans(root)) == listed(clean.logs(root, older_than_days=0)) == []
+    (template.parent / "12345").rmdir()
+    age(template, template.parent)
+    preview = clean.orphans(root)
+    assert listed(preview) == [template]
+    os.utime(template.parent)  # (since the preview)
+    preview.execute()
+    assert template.is_dir() and [p for p, _ in preview.skipped] == [template]
+    age(template, template.parent)
+    out = cli("clean", root, "orphans", "--yes", check=True).stdout
+    assert "log-folder template" in out and not template.exists()
+    assert all(job.is_dir() for job in jobs)  # (orphans leaves the logs of jobs)
+    template.mkdir()
+    age(template, template.parent)
+    cli("clean", root, "logs", "--days", "0", "--yes", check=True)
+    assert not template.exists() and not any(job.exists() for job in jobs)
+    # a task's logs are in its step folder
+    task = Train(seed=3, infra={"folder": root, "cluster": "local"})
+    assert task.fit() == 4
+    (job_folder,) = folder_of(task).parent.glob("logs/*/*")
+    template = job_folder.parent / "%j"
+    template.mkdir()
+    age(template, template.parent)
+    assert listed(clean.orphans(root)) == listed(clean.logs(root, older_than_days=0)) == [template]
 
 
 def test_clean_logs_of_a_copied_cache_leaves_the_original_alone(tmp_path: Path) -> None:

@@ -68,6 +68,7 @@ class Removal:
     keys: list[str] | None = None  # only these items of a map's folder (None: the path)
     files: list[str] | None = None  # only these files of the folder (None: the path)
     links: list[Path] | None = None  # symlinks to the folder it was given as (unlinked too)
+    template: bool = False  # submitit's empty log-folder template (see _idle_template)
 
 
 @dataclasses.dataclass
@@ -174,6 +175,20 @@ class _Incomplete(OSError):
 def _remove(removal: Removal, jobs_use: dict[Path, dict[Path, str]]) -> int:
     """Remove one item of a plan (unless in use since the preview); the bytes freed."""
     path = removal.path
+    if removal.template:  # (checked again: a submission may have started since the preview)
+        if not path.exists():
+            return 0
+        if not _idle_template(path, time.time()):
+            raise _InUse("a submission wrote next to it since the preview")
+        try:
+            path.rmdir()
+        except FileNotFoundError:
+            return 0
+        except OSError as error:
+            if error.errno != errno.ENOTEMPTY:
+                raise
+            raise _InUse("a job's controller wrote into it since the preview") from None
+        return removal.size
     if path.is_symlink() and removal.keys is None and removal.files is None:
         path.unlink()  # (only the link, whatever it points to: see _add_folder)
         return removal.size
@@ -1153,11 +1168,13 @@ def orphans(root: Path | str, min_age_hours: float = 1.0, step: str | None = Non
     limit = time.time() - min_age_hours * 3600
     root = cache_root(root)
     steps = selected_steps(root, step)
+    templates: list[Path] = []  # (a map's logs are in its node folder, a task's in its step's)
     for step_name, _, folder in node_folders(root):
         if steps is not None and step_name not in steps:
             continue
         if busy_reason(folder) is not None:
             continue
+        templates += _templates_under(folder)
         cache = inspecting_view(folder)
         referenced: set[str] = set()
         for copy in cache.live_copies():  # (duplicates a reader may return included)
@@ -1210,7 +1227,60 @@ def orphans(root: Path | str, min_age_hours: float = 1.0, step: str | None = Non
                     )
     plan.removals += _killed_removals(root, limit, steps)
     plan.removals += _unsent_pickles(root, limit, steps)
+    for step_folder in _scan(root):  # (a loop of links: none)
+        selected = steps is None or step_folder.name in steps
+        if "," in step_folder.name and selected and _is_dir(step_folder):
+            templates += _templates_under(Path(step_folder.path))
+    _add_templates(plan, templates, limit)
     return plan
+
+
+# submitit's log-folder template (a logs setting ending with %j, the default): each local
+# job's controller creates it as it starts (mkdir exist_ok, which fails if the folder
+# vanishes right then); the submitter removes it once its jobs ended, a killed one
+# leaves it behind, empty, forever
+TEMPLATE = "%j"
+# a submission writes next to the template (its jobs' folders, its pickles) before its
+# local jobs' controllers look for it, a few seconds later: a template is left alone
+# until neither it nor its parent changed for that long
+TEMPLATE_GRACE_S = 60.0
+
+
+def _templates_under(folder: Path) -> list[Path]:
+    """The literal template folders of the default log layout under a step or node folder
+    (``logs/<user>/%j``)."""
+    return [Path(u.path) / TEMPLATE for u in _scan(folder / "logs") if _is_dir(u)]
+
+
+def _idle_template(path: Path, limit: float) -> bool:
+    """Whether a template folder is empty and idle: neither it nor its parent (where each
+    submission writes) changed since ``limit``, nor in the last TEMPLATE_GRACE_S seconds."""
+    limit = min(limit, time.time() - TEMPLATE_GRACE_S)
+    try:
+        if path.is_symlink() or not path.is_dir():
+            return False
+        with os.scandir(path) as entries:
+            if next(entries, None) is not None:
+                return False
+        return max(os.stat(path).st_mtime, os.stat(path.parent).st_mtime) < limit
+    except OSError:
+        return False
+
+
+def _add_templates(plan: CleanPlan, templates: tp.Iterable[Path], limit: float) -> None:
+    """The idle empty templates, removed first (a removal next to one, of a job's logs or
+    a pickle, makes it look recently written to at execution)."""
+    found, seen = [], set()
+    for path in templates:
+        real = os.path.realpath(path)  # (a step folder and its alias: once)
+        if real in seen:
+            continue
+        seen.add(real)
+        if _idle_template(path, limit):
+            reason = "empty log-folder template of submitit (its submitting process ended before its jobs: killed, or detached)"
+            size = os.lstat(path).st_blocks * 512
+            found.append(Removal(path, size, reason, template=True))
+    plan.removals[:0] = found
 
 
 # submitit pickles a job's work as <uuid hex>.pkl in the log folder of its user, then
@@ -1277,8 +1347,15 @@ def logs(root: Path | str, older_than_days: float = 30.0, step: str | None = Non
         for record in registry.read_all(folder, copied=True):
             selected = steps is None or step_name in steps
             by_folder.setdefault(record.logs_folder(), []).append((selected, record))
+    templates: set[Path] = set()
     for logs_folder, records in by_folder.items():
-        if not any(selected for selected, _ in records) or not logs_folder.exists():
+        if not any(selected for selected, _ in records):
+            continue
+        if logs_folder.name in {i for _, r in records for i in (r.job_id, r.job_id.split("_")[0])}:
+            # (a logs setting ending with %j: its template is its jobs' folders' sibling,
+            # there whether or not their folders still are)
+            templates.add(logs_folder.parent / TEMPLATE)
+        if not logs_folder.exists():
             continue
         other = _another_cache_root(logs_folder, root)
         if other is not None:  # (records of a copied or moved cache point at the original)
@@ -1293,6 +1370,8 @@ def logs(root: Path | str, older_than_days: float = 30.0, step: str | None = Non
         else:
             _add_job_files(plan, logs_folder, records, files, limit)
     _add_array_scripts(plan, by_folder)
+    templates = {t for t in templates if _another_cache_root(t, root) is None}
+    _add_templates(plan, sorted(templates), limit)
     return plan
 
 
