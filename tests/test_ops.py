@@ -4529,6 +4529,37 @@ def test_logs_of_a_local_task_from_a_fresh_process(tmp_path: Path) -> None:
     assert data["traceback"].endswith("ValueError: cannot fit seed=10")
 
 
+def test_logs_and_list_of_a_node_not_computed_as_its_input_failed(tmp_path: Path) -> None:
+    """A task with inputs not computed because its upstream failed: `exca logs` said only
+    "No job recorded", `exca list` showed it "empty" (a probe). Both name the failed
+    input; a folder holding nothing for another reason points to `exca explain`."""
+    root = tmp_path / "cache"
+    failing = Train(seed=11, fail=True, infra={"folder": root}).fit.node()
+    total = Total(infra={"folder": root}).total.node(failing)
+    again = Total(scale=3, infra={"folder": root}).total.node(total)  # (its input's failed)
+    with pytest.raises(Exception, match="cannot fit seed=11"):
+        exca.graph.run(again)
+    assert total.folder is not None and again.folder is not None
+    result = cli("logs", total.folder)
+    assert result.returncode == 1 and "No job recorded" in result.stdout
+    said = f"its input 'values' ({failing.uid}) failed (ValueError: cannot fit seed=11)"
+    assert f"not computed: {said}: `exca logs {failing.folder}`" in result.stdout
+    lines = [
+        line for line in cli("list", root, check=True).stdout.splitlines() if "inputs-" in line
+    ]
+    assert len(lines) == 2 and all(line.split()[0] == "empty" for line in lines)
+    assert sum(f"(not computed: {said})" in line for line in lines) == 1
+    (info,) = exca.ops.inspect(root, step="*Total*", where=["scale=2"])  # (its input unlisted)
+    assert info.status == "empty" and info.note == f"not computed: {said}"
+    result = cli("logs", again.folder)
+    assert f"its input 'values' ({total.uid}) holds nothing (not computed)" in result.stdout
+    # nothing cached, no input: where to look
+    empty = Train(seed=12, infra={"folder": root})
+    empty.infra.uid_folder(create=True)
+    out = cli("logs", folder_of(empty)).stdout
+    assert "nothing is cached there: `exca explain TARGET`" in out
+
+
 def test_logs_of_the_map_chunk_that_computed_an_item(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     mapper = Chatty(infra={"folder": root, "cluster": "local", "max_jobs": 2})

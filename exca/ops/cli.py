@@ -355,6 +355,24 @@ def _resource_problems(plan: tp.Any) -> list[tuple[str, str]]:
     return out
 
 
+def _why_nothing(folder: Path) -> str:
+    """What ``exca logs`` adds for a node folder without job nor anything cached: why,
+    when an input of it failed (its inputs.yaml tells), else where to look."""
+    from ..storage.cachedict import inspecting_view
+    from .inspect import upstream_problems
+
+    if inspecting_view(folder).entries_info():
+        return ""  # (computed where it was called: nothing to explain)
+    problems = upstream_problems(folder)
+    if problems:  # (where to look next: that input's folder)
+        said = "; ".join(f"{text}: `exca logs {shlex.quote(str(path))}`" for text, path in problems)
+        return f"; nothing is cached there, not computed: {said}"
+    return (
+        "; nothing is cached there: `exca explain TARGET` (exca.ops.explain(node) in python) "
+        "tells why it is not computed"
+    )
+
+
 def _clean_outcome(plan: CleanPlan, freed: int) -> str:
     """What ``clean --yes`` did, after the preview it prints: how many of the items listed
     "to remove" were removed, and how many were kept (in use since the preview, each
@@ -784,6 +802,8 @@ def _main(argv: list[str] | None) -> int:
             inputs = sorted(input_folders(Path(args.folder)))
             if inputs:  # (a method with inputs: its calls are nodes of their own)
                 message += f"; its calls with inputs have their own: {', '.join(map(str, inputs))}"
+            elif traceback is None and not failed_items and args.item is None:
+                message += _why_nothing(Path(args.folder))
             data: dict[str, tp.Any] = {"error": message}
             if traceback is not None:
                 data["traceback"] = traceback

@@ -19,7 +19,7 @@ from pathlib import Path
 from ..confdict import ConfDict
 from ..graph import registry
 from ..graph.node import INPUTS_PREFIX, TASK_KEY
-from ..infra.uidfolder import CONFIG_FILE, FULL_UID_FILE, UID_FILE, read_yaml
+from ..infra.uidfolder import CONFIG_FILE, FULL_UID_FILE, INPUTS_FILE, UID_FILE, read_yaml
 from ..plainyaml import pyyaml
 from ..storage.cachederror import record_line
 from ..storage.cachedict import inspecting_view
@@ -386,6 +386,44 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
     return info
 
 
+def upstream_problems(
+    folder: Path, infos: dict[Path, NodeInfo] | None = None
+) -> list[tuple[str, Path]]:
+    """Why a node with inputs may hold nothing (e.g. not computed as its upstream failed),
+    from its inputs.yaml: its inputs that are nodes of its cache root and hold an error,
+    item errors or nothing, each said with its folder (``infos``: the NodeInfos made
+    already, by folder; those made here are added)."""
+    inputs = read_yaml(folder / INPUTS_FILE) if folder.name.startswith(INPUTS_PREFIX) else None
+    if not isinstance(inputs, dict):
+        return []
+    root = registry.root_of(folder)
+    out = []
+    for name, uid in inputs.items():
+        step, _, rest = str(uid).partition("/")  # (a value's uid, or a group: not a node)
+        if "," not in step or not rest or rest.startswith("/"):
+            continue
+        path = root / uid
+        if path.name.startswith("items-"):  # (a map node: its items' digest)
+            path, rest = path.parent, rest.rpartition("/")[0]
+        info = infos.get(path) if infos is not None else None
+        if info is None:
+            if not path.is_dir() or not is_node_folder(path):
+                continue
+            info = describe(step, rest, path)
+            if infos is not None:
+                infos[path] = info
+        said = {
+            "error": f"failed ({info.error})" if info.error else "failed",
+            "partial": f"holds {info.errors} item error(s)",
+            "empty": "holds nothing (not computed)",
+            "running": "is being computed",
+            "computing": "is being computed",
+        }.get(info.status)
+        if said is not None:
+            out.append((f"its input {name!r} ({uid}) {said}", path))
+    return out
+
+
 def _producer(records: list[tp.Any], entry: dict[str, tp.Any] | None) -> tuple[tp.Any, str | None]:
     """The ended job to show for a node: the latest, unless its task result says it was
     computed by another job, or by no job (e.g. inline, with mode retry after that job
@@ -472,6 +510,15 @@ def inspect(
         if f in parents and info.kind == "empty":
             continue  # a config folder that only holds tasks with inputs (listed themselves)
         out.append(info)
+    # a task with inputs holding nothing: not computed as an upstream node failed? (its
+    # inputs.yaml read, its upstream nodes described once, if not listed)
+    listed = {info.folder: info for info in out}
+    for info in out:
+        if info.status == "empty" and info.folder.name.startswith(INPUTS_PREFIX):
+            problems = upstream_problems(info.folder, listed)
+            if problems:
+                said = "not computed: " + "; ".join(text for text, _ in problems)
+                info.note = f"{info.note}; {said}" if info.note else said
     out = select(out, where, status, parsed=conditions)
     _describe_dead_slurm_jobs(out, {r.job_id: r for r in records if r.cluster == "slurm"})
     return out
