@@ -292,6 +292,55 @@ def test_detached_dag(env: Env, sbatch: Sbatch) -> None:
     assert top.result() == EXPECTED_TOP
 
 
+KILLED_AFTER_SBATCH = """
+import os, signal, sys
+from pathlib import Path
+import exca.graph, exca.graph.scheduler
+from test_pipelines import Env
+from test_pipelines_slurm import build_dag
+
+def killed(*args, **kwargs):  # (sbatch returned: the first job record is next)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+exca.graph.scheduler.Scheduler.record = killed
+_, _, top = build_dag(Env(Path(sys.argv[1])), block=sys.argv[2])
+exca.graph.run(top, wait=False)
+sys.exit("not killed")
+"""
+
+
+def test_a_detached_run_killed_after_sbatch_is_followed_by_the_next_run(
+    env: Env, sbatch: Sbatch
+) -> None:
+    """Killed right after the leaves' sbatch returned, before their records: the next
+    detached run submitted the leaves again (each computed twice). It follows them, and
+    the levels above wait for them."""
+    block = env.tmp / "block"
+    block.touch()  # the leaves cannot end before the test removes it
+    script = env.tmp / "killed.py"
+    script.write_text(KILLED_AFTER_SBATCH)
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(script), str(env.tmp), str(block)],
+            capture_output=True,
+            text=True,
+            timeout=150,
+        )
+        assert proc.returncode == -9, proc.stderr
+        assert sbatch.count() == 1 and recorded_jobs(env.folder) == []
+        leaves, _, top = build_dag(env, block=str(block))
+        exca.graph.run(top, wait=False)
+        assert sbatch.count() == 3  # (the middles and the top)
+        (leaf_array,) = {job_id(n).split("_")[0] for n in leaves}
+        calls = sbatch.calls()
+        assert Sbatch.option(calls[0], "array") == "0-3%4"
+        assert Sbatch.option(calls[1], "dependency") == f"afterany:{leaf_array}"
+    finally:
+        block.unlink()
+    assert top.result() == EXPECTED_TOP
+    assert sorted(started(env.log)) == sorted(["l0", "l1", "l2", "l3", "m0", "m1", "top"])
+
+
 def test_failing_leaf_stops_only_its_dependents_then_retry(env: Env, sbatch: Sbatch) -> None:
     flag = env.tmp / "fail"
     flag.touch()

@@ -173,6 +173,9 @@ def _submit(
             if unit.action == "force" and unit.uids:
                 with run.node.cache.write():
                     run.node.cache.delete_many(unit.uids)
+        code = getattr(first.execution.workdir, "folder", None)
+        # (a kill between sbatch and the records: the next run adopts the jobs)
+        marked = submitting.mark(members, logs, scheduler.run_id, code=code)
         handles = executors.submit_array(
             units,
             first.execution,
@@ -180,16 +183,16 @@ def _submit(
             len(members),
             dependencies=deps,
             permissions=first.cache.permissions,
+            token=None if marked is None else marked[0],
         )
         for (run, unit), handle in zip(members, handles):
             run.handles.append(handle)
             run.state = "running"
             if run.action == "force" and run.node.pending_force:
                 _force_applied(run.node, unit, handle.job_id)
-            scheduler.record(
-                run.node, unit, handle, code=getattr(first.execution.workdir, "folder", None)
-            )
+            scheduler.record(run.node, unit, handle, code=code)
             out.append((run, handle))
+        submitting.unmark(marked)
         # a forced task no longer reads as its old result (after the records: see launch)
         store.drop_outcomes(outdated)
     return out

@@ -136,6 +136,14 @@ def _wait_for(executor: tp.Any, given: tp.Any, job_ids: str) -> None:
     executor._executor.update_parameters(additional_parameters=params)
 
 
+def _comment(executor: tp.Any, given: tp.Any, mark: str) -> None:
+    """Make the next submission of a submitit Slurm executor carry ``mark`` in its
+    comment (after the user's own comment, if any)."""
+    params = _additional(executor)
+    params["comment"] = f"{given} {mark}" if given else mark
+    executor._executor.update_parameters(additional_parameters=params)
+
+
 @functools.cache
 def max_array_size() -> int:
     """Slurm's MaxArraySize (arrays larger than that are split)."""
@@ -1550,9 +1558,13 @@ def submit_array(
     parallelism: int | None = None,
     dependencies: tp.Sequence[str] = (),
     permissions: int | None = None,
+    token: str | None = None,
 ) -> list[SubmititHandle]:
-    """Submit units as one submitit array (split at Slurm's MaxArraySize)."""
+    """Submit units as one submitit array (split at Slurm's MaxArraySize). ``token``: the
+    submission's marker (see registry.Marker), given to Slurm in each job's comment."""
     import submitit
+
+    from .registry import submission_comment
 
     _make_log_folder(logs, permissions)
     first = units[0].node if units else None
@@ -1609,11 +1621,14 @@ def submit_array(
             and _can_chain(executor, execution)
         )
         given = _additional(executor).get("dependency") if chained else None
+        comment = _additional(executor).get("comment") if cluster == "slurm" else None
         with submitit.helpers.clean_env(), context:
             for start in range(0, len(units), size):
                 part = units[start : start + size]
                 if chained and len(jobs) >= back:  # (the given dependency, and this one)
                     _wait_for(executor, given, jobs[-back].job_id.split("_")[0])
+                if token is not None and cluster == "slurm":  # (which units its elements are)
+                    _comment(executor, comment, submission_comment(token, start))
                 if len(part) == 1:
                     jobs.append(executor.submit(function, part[0]))
                     continue

@@ -181,6 +181,124 @@ def items_of(folder: Path, record: JobRecord) -> list[str] | None:
     return [str(u) for u in uids] if isinstance(uids, list) else None
 
 
+# --- submissions in progress -----------------------------------------------------------------
+# A Slurm submission is recorded once sbatch returned: a submitter killed in between (SIGKILL,
+# an OOM kill, a closed terminal) left its jobs queued with no record, and the next run
+# submitted them again. So before sbatch each node folder gets a marker naming the
+# submission (a random token, also given to Slurm as the jobs' --comment, which squeue
+# shows); it goes once the records are written. A marker left behind is looked up by the
+# next submission of its node (never on a cache hit): its jobs still queued are recorded
+# and followed, as if their submitter had recorded them (see submitting.adopt).
+MARK_SUFFIX = ".submitting"
+_COMMENT = re.compile(r"\bexca:([0-9a-f]{16}):(\d+)\b")
+
+
+@dataclasses.dataclass
+class Marker:
+    """A Slurm submission in progress for a node folder (``jobs/<token>.submitting``)."""
+
+    token: str
+    logs: str  # the jobs' log folder template (with %j)
+    submitted: float
+    run: str
+    user: str  # (squeue lists the jobs of this user; "": unknown, of every user)
+    host: str
+    pid: int
+    folder: str  # the node folder (absolute)
+    # the position in the submission of each unit of this folder -> its item uids (None:
+    # a task, or a map's items known at run time); the comment of a part of the array
+    # starting at position p is exca:<token>:<p>, its element i is position p + i
+    units: list[tuple[int, list[str] | None]]
+    code: str | None = None  # the workdir snapshot the jobs run
+
+
+def submission_comment(token: str, start: int) -> str:
+    """What the jobs of a submission's part starting at position ``start`` carry in their
+    Slurm comment (found by marked_jobs)."""
+    return f"exca:{token}:{start}"
+
+
+def mark(folder: Path, marker: Marker, permissions: int | None = None) -> None:
+    """Note a submission about to be made for a node folder (atomic)."""
+    jobs = folder / JOBS_DIR
+    if not jobs.exists():
+        make_folder(jobs, permissions)
+    tmp = jobs / f".{marker.token}.{os.urandom(3).hex()}.tmp"
+    tmp.write_bytes(orjson.dumps(dataclasses.asdict(marker)))
+    if permissions is not None:
+        chmod(tmp, permissions)
+    os.replace(tmp, jobs / (marker.token + MARK_SUFFIX))
+
+
+def unmark(folder: Path, token: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(folder / JOBS_DIR / (token + MARK_SUFFIX))
+
+
+def markers(folder: Path | None) -> list[Marker]:
+    """The submissions noted in a node folder whose submitter did not end them (killed
+    between its marker and its records; an unreadable one is said and skipped)."""
+    if folder is None:
+        return []
+    try:
+        entries = list(os.scandir(os.path.join(folder, JOBS_DIR)))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    out = []
+    for entry in entries:
+        if not entry.name.endswith(MARK_SUFFIX) or entry.name.startswith("."):
+            continue
+        try:
+            loaded = orjson.loads(Path(entry.path).read_bytes())
+            loaded["units"] = [(int(p), k) for p, k in loaded["units"]]
+            out.append(Marker(**loaded))
+        except FileNotFoundError:
+            continue  # (ended meanwhile)
+        except (OSError, orjson.JSONDecodeError, TypeError, KeyError, ValueError) as error:
+            _warn_unreadable(entry.path, error)
+    return sorted(out, key=lambda m: m.submitted)
+
+
+def marked_jobs(users: tp.Sequence[str]) -> dict[str, dict[int, str]] | None:
+    """The jobs of these users (every user's if one is unknown: "") that squeue lists in
+    a state that is not final, whose comment names a submission (ONE call): token ->
+    position in the submission -> job id (an array element's ``<array>_<index>``). None
+    when squeue does not answer."""
+    import subprocess
+
+    who = [] if "" in users else ["-u", ",".join(sorted(set(users)))]
+    try:
+        result = subprocess.run(
+            ["squeue", "-h", "-r", *who, "-o", "%i|%T|%k"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if result.returncode:
+        return None
+    found: dict[str, dict[int, str]] = {}
+    for line in result.stdout.splitlines():
+        job, _, rest = line.partition("|")
+        state, _, comment = rest.partition("|")
+        matches = list(_COMMENT.finditer(comment))  # (exca's goes last, after the user's)
+        if not matches or state.strip() in FINAL_STATES:
+            continue
+        match = matches[-1]
+        base, _, index = job.strip().partition("_")
+        if index.startswith("["):  # (grouped elements: 12_[3-5%2], in case -r is not honoured)
+            indexes = _expand(index[1:].rstrip("]").split("%")[0])
+        else:
+            indexes = [int(index)] if index.isdigit() else [] if index else [0]
+        start, own = int(match.group(2)), found.setdefault(match.group(1), {})
+        for i in indexes:
+            own[start + i] = f"{base}_{i}" if index else base
+            _STATES[own[start + i]] = state.strip()  # (as_jobs says "pending as job ...")
+    return found
+
+
 def read_all(folder: Path | None, copied: bool = False) -> list[JobRecord]:
     """Every job recorded for a node folder, oldest first. Without ``copied``, not the
     jobs of the folder this one was copied or moved from (copied with the cache): they
@@ -205,7 +323,7 @@ def read_all(folder: Path | None, copied: bool = False) -> list[JobRecord]:
             continue
         if record.folder:
             here = here or os.path.abspath(folder)
-            if record.folder != here and not _same_folder(record.folder, here):
+            if record.folder != here and not same_folder(record.folder, here):
                 if not copied:
                     continue
                 record.foreign = True
@@ -214,7 +332,7 @@ def read_all(folder: Path | None, copied: bool = False) -> list[JobRecord]:
     return sorted(out, key=lambda r: r.submitted)
 
 
-def _same_folder(recorded: str, here: str) -> bool:
+def same_folder(recorded: str, here: str) -> bool:
     """Whether a job's folder may be this one: under another name (a symbolic link), or
     not there (moved since, or a mount point another host names otherwise: trusted)."""
     try:

@@ -653,6 +653,8 @@ class Scheduler:
                 # (a Ctrl-C meanwhile is raised once the jobs are this run's, which cancels
                 # them: between sbatch and there, they ran on with no record, or half of one)
                 with interrupts.deferred():
+                    # (a kill between sbatch and the records: the next run adopts the jobs)
+                    marked = submitting.mark(members, logs, self.run_id, code=_code(first))
                     handles = list(
                         executors.submit_array(
                             units,
@@ -661,6 +663,7 @@ class Scheduler:
                             parallelism or len(units),
                             after,
                             permissions=first.cache.permissions,
+                            token=None if marked is None else marked[0],
                         )
                     )
                     for (run, unit), handle in zip(members, handles):
@@ -672,6 +675,7 @@ class Scheduler:
                             places = {u: run.replaced.get(u) for u in unit.uids}
                             jobs[handle.job_id] = (self.run_id, places)
                         self.record(run.node, unit, handle, code=_code(first))
+                    submitting.unmark(marked)
                     # forced: its old result is not read from now on (after the records: a
                     # job of another process needing it then sees a job recomputing it)
                     store.drop_outcomes(outdated)

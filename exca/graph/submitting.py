@@ -5,15 +5,24 @@ the computation single, yet the second job holds an allocation while it waits. S
 submission of a task, or of a map's chunks, is claimed (``SUBMIT_KEY`` in the node
 folder's claims), and once the claim is held the registry (and a task's cache) is read
 again.
+
+A submitter killed between ``sbatch`` and its records left jobs nothing follows: a marker
+written before ``sbatch`` names the submission (see ``registry.Marker``), and the next
+submission of its nodes, under the claim, adopts those jobs (``adopt``) instead of
+submitting them again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import getpass
 import logging
+import os
+import time
 import typing as tp
+from pathlib import Path
 
-from ..storage import interrupts
+from ..storage import interrupts, process
 from ..storage.claims import Claim, Claims
 from . import callers, executors, registry, store
 from .calls import being_computed, refuse_self_call
@@ -62,9 +71,11 @@ def exclusive(
         # (in a global order: two processes claiming overlapping sets cannot deadlock)
         for run in sorted(runs.values(), key=lambda r: str(r.node.folder)):
             _claim(run, held)
+        adopted = adopt(list(runs.values()))  # (jobs of a killed submitter: now recorded)
         tasks = [r for r in runs.values() if r.node.kind == "task"]
-        settled = _settle(tasks, run_id, claim_waits, waiting)
-        settled |= _settle_maps([r for r in runs.values() if r.node.kind == "map"], run_id)
+        settled = _settle(tasks, run_id, claim_waits, waiting, adopted)
+        maps = [r for r in runs.values() if r.node.kind == "map"]
+        settled |= _settle_maps(maps, run_id, adopted)
         yield [(r, u) for r, u in members if r.node.key not in settled]
     finally:
         with interrupts.deferred():  # (all of them, even under a second Ctrl-C)
@@ -89,10 +100,15 @@ def _claim(run: NodeRun, held: list[Claim]) -> None:
 
 
 def _settle(
-    tasks: list[NodeRun], run_id: str, claim_waits: bool = True, waiting: bool = False
+    tasks: list[NodeRun],
+    run_id: str,
+    claim_waits: bool = True,
+    waiting: bool = False,
+    adopted: tp.AbstractSet[str] = frozenset(),
 ) -> set[tp.Any]:
     """Tasks that another process submitted or computed since they were decided (or, with
-    ``claim_waits``, a worker computes now: waited for, instead of a job that would wait)."""
+    ``claim_waits``, a worker computes now: waited for, instead of a job that would wait).
+    ``adopted``: jobs squeue listed an instant ago (followed even if they ended since)."""
     settled: set[tp.Any] = set()
     newer: dict[tp.Any, registry.JobRecord] = {}
     for run in tasks:
@@ -128,8 +144,8 @@ def _settle(
             newer[node.key] = record
     if not newer:
         return settled
-    slurm = [r.job_id for r in newer.values() if r.cluster == "slurm"]
-    queued = registry.queued_jobs(slurm) if slurm else set()
+    slurm = [r.job_id for r in newer.values() if r.cluster == "slurm" and r.job_id not in adopted]
+    queued = (registry.queued_jobs(slurm) if slurm else set()) | set(adopted)
     for run in tasks:
         record = newer.get(run.node.key)
         if record is None or not registry.is_active(record, queued):
@@ -144,10 +160,12 @@ def _settle(
     return settled
 
 
-def _settle_maps(maps: list[NodeRun], run_id: str) -> set[tp.Any]:
+def _settle_maps(
+    maps: list[NodeRun], run_id: str, adopted: tp.AbstractSet[str] = frozenset()
+) -> set[tp.Any]:
     """Maps whose missing items chunk jobs of another process, submitted since they
     were decided, are computing: the run waits for those jobs (then computes what they
-    leave missing)."""
+    leave missing). ``adopted``: as for ``_settle``."""
     newer: dict[tp.Any, list[registry.JobRecord]] = {}
     for run in maps:
         todo = set(run.todo or ())
@@ -160,8 +178,13 @@ def _settle_maps(maps: list[NodeRun], run_id: str) -> set[tp.Any]:
             newer[run.node.key] = found
     if not newer:
         return set()
-    slurm = [r.job_id for records in newer.values() for r in records if r.cluster == "slurm"]
-    queued = registry.queued_jobs(slurm) if slurm else set()
+    slurm = [
+        r.job_id
+        for records in newer.values()
+        for r in records
+        if r.cluster == "slurm" and r.job_id not in adopted
+    ]
+    queued = (registry.queued_jobs(slurm) if slurm else set()) | set(adopted)
     settled: set[tp.Any] = set()
     for run in maps:
         active = [r for r in newer.get(run.node.key, []) if registry.is_active(r, queued)]
@@ -172,3 +195,173 @@ def _settle_maps(maps: list[NodeRun], run_id: str) -> set[tp.Any]:
         settled.add(run.node.key)
         _log_settled(run)
     return settled
+
+
+Marked = tuple[str, list[Path]]  # a submission's token, and the node folders it marked
+
+
+def mark(
+    members: list[tuple[NodeRun, Unit]], logs: str, run_id: str, code: tp.Any = None
+) -> Marked | None:
+    """Note the Slurm submission of these members (in the order they are submitted) in
+    their node folders, before ``sbatch``: its token goes to submit_array, ``unmark``
+    ends it once the jobs are recorded (None: not a Slurm submission)."""
+    execution = members[0][0].node.execution
+    if executors.resolve_cluster(execution.cluster) != "slurm":
+        return None  # (local and debug jobs die with their submitter)
+    token = os.urandom(8).hex()
+    try:
+        user = getpass.getuser()
+    except Exception:  # (no name for this uid: the jobs of every user are looked at)
+        user = ""
+    units: dict[Path, list[tuple[int, list[str] | None]]] = {}
+    nodes = {}
+    for position, (run, unit) in enumerate(members):
+        if run.node.folder is not None:
+            units.setdefault(run.node.folder, []).append((position, unit.uids))
+            nodes[run.node.folder] = run.node
+    marked: list[Path] = []
+    for folder, own in units.items():
+        marker = registry.Marker(
+            token=token,
+            logs=logs,
+            submitted=time.time(),
+            run=run_id,
+            user=user,
+            host=process.hostname(),
+            pid=os.getpid(),
+            folder=os.path.abspath(folder),
+            units=own,
+            code=None if code is None else str(code),
+        )
+        try:
+            registry.mark(folder, marker, permissions=nodes[folder].cache.permissions)
+            marked.append(folder)
+        except OSError as error:  # (as a record that cannot be written: said, not fatal)
+            logger.warning("Could not note the submission of %s: %s", nodes[folder].uid, error)
+    return token, marked
+
+
+def unmark(marked: Marked | None) -> None:
+    """End a submission noted by ``mark`` (its jobs are recorded)."""
+    if marked is not None:
+        token, folders = marked
+        for folder in folders:
+            registry.unmark(folder, token)
+
+
+def adopt(runs: list[NodeRun]) -> set[str]:
+    """Record the jobs still queued of submissions whose submitter was killed before
+    recording them (their marker is in the node folders of these runs, whose submission
+    claims are held), so that the run follows them instead of submitting again: the ids
+    of those jobs. The markers go (a submission none of whose jobs is queued was cut
+    before sbatch, or its jobs ended: its nodes are submitted as decided)."""
+    found: dict[Path, tuple[NodeRun, list[registry.Marker]]] = {}
+    for run in runs:
+        folder = run.node.folder
+        if folder is None or folder in found:
+            continue
+        here = os.path.abspath(folder)
+        markers = []
+        for marker in registry.markers(folder):  # (one listing: the node is to be submitted)
+            if marker.folder == here or registry.same_folder(marker.folder, here):
+                markers.append(marker)
+            else:  # (copied with the cache: its jobs compute into the original folder)
+                registry.unmark(folder, marker.token)
+        if markers:
+            found[folder] = (run, markers)
+    if not found:
+        return set()
+    users = sorted({m.user for _, markers in found.values() for m in markers})
+    queued = registry.marked_jobs(users)
+    if queued is None:  # (its markers stay: looked up again at the next submission)
+        logger.warning(
+            "An earlier submission of %s was interrupted before its job(s) were recorded, "
+            "and squeue does not answer: its jobs, if any, are not followed (squeue -o "
+            "'%%i %%k' lists them with the comment exca:<token>, tokens %s)",
+            ", ".join(run.node.uid for run, _ in found.values()),
+            ", ".join(sorted({m.token for _, markers in found.values() for m in markers})),
+        )
+        return set()
+    adopted: dict[str, str] = {}  # job id -> node uid
+    unusable: dict[str, str] = {}
+    submitters: set[str] = set()
+    for folder, (run, markers) in found.items():
+        for marker in markers:
+            jobs = queued.get(marker.token, {})
+            fates = [
+                (job_id, _adopt_job(run, marker, job_id, keys))
+                for position, keys in marker.units
+                if (job_id := jobs.get(position)) is not None
+            ]
+            for job_id, fate in fates:
+                if fate == "followed":
+                    adopted[job_id] = run.node.uid
+                    submitters.add(f"pid {marker.pid} on {marker.host}")
+                elif fate == "cancelled":
+                    unusable[job_id] = run.node.uid
+            if all(fate != "unrecorded" for _, fate in fates):  # (else kept: said, retried)
+                registry.unmark(folder, marker.token)
+    if unusable:
+        logger.warning(
+            "Cancelled %s, submitted by a process killed before exca recorded them: they "
+            "lack what they run (submitit had not stored it yet); submitting again: %s",
+            _jobs_of(unusable),
+            ", ".join(sorted(set(unusable.values()))[:5]),
+        )
+    if adopted:
+        uids = sorted(set(adopted.values()))
+        logger.warning(
+            "Following %s instead of submitting again: queued, submitted by a process "
+            "(%s) killed before exca recorded them, for %s",
+            _jobs_of(adopted),
+            ", ".join(sorted(submitters)),
+            ", ".join(uids[:5]) + (f" and {len(uids) - 5} more" if len(uids) > 5 else ""),
+        )
+    return set(adopted)
+
+
+def _jobs_of(jobs: tp.Mapping[str, str]) -> str:
+    ids = sorted(jobs, key=lambda j: [int(p) for p in j.split("_") if p.isdigit()])
+    shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+    return f"job{'s' if len(ids) > 1 else ''} {shown}"
+
+
+def _adopt_job(
+    run: NodeRun, marker: registry.Marker, job_id: str, keys: list[str] | None
+) -> tp.Literal["followed", "cancelled", "unrecorded"]:
+    """Record a queued job of an interrupted submission in its node folder, to be
+    followed; cancelled when it cannot run (its submitter was killed before submitit
+    stored what the job runs); "unrecorded" when its record cannot be written (said)."""
+    import submitit
+
+    node = run.node
+    assert node.folder is not None
+    job: tp.Any = submitit.SlurmJob(folder=marker.logs, job_id=job_id)
+    if not job.paths.submitted_pickle.exists():
+        # (it would wait for it, then fail: cancelled, the node is submitted again)
+        with contextlib.suppress(Exception):
+            job.cancel(check=False)
+        return "cancelled"
+    record = registry.JobRecord(
+        job_id=job_id,
+        cluster="slurm",
+        logs=str(job.paths.folder),
+        submitted=marker.submitted,
+        run=marker.run,
+        keys=keys,
+        host=marker.host,
+        pid=marker.pid,
+        folder=marker.folder,
+    )
+    if not registry.recorded(node.folder, job_id):  # (killed between records and unmark)
+        try:
+            registry.write(
+                node.folder, record, link=keys is None, permissions=node.cache.permissions
+            )
+            if marker.code is not None and keys is None:
+                registry.link(node.folder, "code", marker.code)
+        except OSError as error:
+            logger.warning("Could not record job %s in %s: %s", job_id, node.folder, error)
+            return "unrecorded"
+    return "followed"
