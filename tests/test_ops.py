@@ -2665,6 +2665,26 @@ def test_clean_removes_the_log_folder_template_its_submitter_left(tmp_path: Path
     assert listed(clean.orphans(root)) == listed(clean.logs(root, older_than_days=0)) == [template]
 
 
+def test_clean_logs_removes_the_template_beside_recent_logs(tmp_path: Path) -> None:
+    """`clean logs` (default --days 30) kept an idle empty `%j` template for as long as
+    any job of its log folder ended in the last 30 days (its parent changes with each
+    job's folder): docs say it stays only while it or its parent changed in the last
+    minute, as the commit adding it meant (a review)."""
+    root = tmp_path / "cache"
+    task = Train(seed=5, infra={"folder": root, "cluster": "local"})
+    assert task.fit() == 6
+    (job_folder,) = folder_of(task).parent.glob("logs/*/*")
+    template = job_folder.parent / "%j"
+    template.mkdir()
+    old = time.time() - 2 * 3600  # (the job ended 2 hours ago: its logs stay 30 days)
+    for path in (template, template.parent):
+        os.utime(path, (old, old))
+    plan = clean.logs(root)
+    assert [r.path for r in plan.removals] == [template]
+    plan.execute()
+    assert not template.exists() and job_folder.is_dir()
+
+
 def test_clean_logs_of_a_copied_cache_leaves_the_original_alone(tmp_path: Path) -> None:
     """Job records hold absolute log paths, those of the original: a copy's logs are read
     and cleaned from the copy's own log folders (the original's were removed once)."""

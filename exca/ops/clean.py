@@ -1371,7 +1371,9 @@ def logs(root: Path | str, older_than_days: float = 30.0, step: str | None = Non
             _add_job_files(plan, logs_folder, records, files, limit)
     _add_array_scripts(plan, by_folder)
     templates = {t for t in templates if _another_cache_root(t, root) is None}
-    _add_templates(plan, sorted(templates), limit)
+    # (not the logs' age: a template holds no job's logs, and its parent changes with
+    # each job's folder; only a starting submission needs it, TEMPLATE_GRACE_S)
+    _add_templates(plan, sorted(templates), time.time())
     return plan
 
 
