@@ -4580,6 +4580,30 @@ def test_logs_and_list_of_a_node_not_computed_as_its_input_failed(tmp_path: Path
     assert "nothing is cached there: `exca explain TARGET`" in out
 
 
+@pytest.mark.parametrize("unreadable", ("upstream", "inputs"))
+def test_list_of_a_node_whose_input_cannot_be_read(tmp_path: Path, unreadable: str) -> None:
+    """`exca list` skips a folder it cannot read (with a warning): the note of a call with
+    inputs not computed described that upstream again, or read the call's inputs.yaml,
+    unguarded: the whole listing crashed (a review)."""
+    root = tmp_path / "cache"
+    failing = Train(seed=13, fail=True, infra={"folder": root}).fit.node()
+    total = Total(infra={"folder": root}).total.node(failing)
+    with pytest.raises(Exception, match="cannot fit seed=13"):
+        exca.graph.run(total)
+    assert failing.folder is not None and total.folder is not None
+    path = (
+        (failing.folder / "uid.yaml")
+        if unreadable == "upstream"
+        else (total.folder / "inputs.yaml")
+    )
+    path.unlink()
+    path.mkdir()  # (IsADirectoryError, as PermissionError for another user's private file)
+    infos = {info.folder: info for info in exca.ops.inspect(root)}
+    assert infos[total.folder].status == "empty"
+    result = cli("logs", total.folder)
+    assert result.returncode == 1 and "No job recorded" in result.stdout
+
+
 def test_logs_of_the_map_chunk_that_computed_an_item(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     mapper = Chatty(infra={"folder": root, "cluster": "local", "max_jobs": 2})

@@ -393,7 +393,12 @@ def upstream_problems(
     from its inputs.yaml: its inputs that are nodes of its cache root and hold an error,
     item errors or nothing, each said with its folder (``infos``: the NodeInfos made
     already, by folder; those made here are added)."""
-    inputs = read_yaml(folder / INPUTS_FILE) if folder.name.startswith(INPUTS_PREFIX) else None
+    if not folder.name.startswith(INPUTS_PREFIX):
+        return []
+    try:
+        inputs = read_yaml(folder / INPUTS_FILE)
+    except (PermissionError, IsADirectoryError):  # (as inspect skips such a folder)
+        return []
     if not isinstance(inputs, dict):
         return []
     root = registry.root_of(folder)
@@ -409,7 +414,10 @@ def upstream_problems(
         if info is None:
             if not path.is_dir() or not is_node_folder(path):
                 continue
-            info = describe(step, rest, path)
+            try:
+                info = describe(step, rest, path)
+            except (PermissionError, IsADirectoryError):  # (skipped by inspect, warned)
+                continue
             if infos is not None:
                 infos[path] = info
         said = {
