@@ -4580,6 +4580,23 @@ def test_logs_and_list_of_a_node_not_computed_as_its_input_failed(tmp_path: Path
     assert "nothing is cached there: `exca explain TARGET`" in out
 
 
+def test_logs_of_a_node_not_computed_given_relative_to_it(tmp_path: Path) -> None:
+    """`exca logs .` (from the folder of a call not computed as its input failed), or its
+    path from a folder less than a root above it: its root was taken from the path as
+    given ("." has no parent): the failed input was not found, and the command pointed to
+    `exca explain` instead (a review)."""
+    root = tmp_path / "cache"
+    failing = Train(seed=14, fail=True, infra={"folder": root}).fit.node()
+    total = Total(infra={"folder": root}).total.node(failing)
+    with pytest.raises(Exception, match="cannot fit seed=14"):
+        exca.graph.run(total)
+    assert failing.folder is not None and total.folder is not None
+    said = f"its input 'values' ({failing.uid}) failed (ValueError: cannot fit seed=14)"
+    for cwd, given in ((total.folder, "."), (total.folder.parent, total.folder.name)):
+        out = cli("logs", given, cwd=cwd).stdout
+        assert f"not computed: {said}: `exca logs {failing.folder}`" in out, out
+
+
 @pytest.mark.parametrize("unreadable", ("upstream", "inputs"))
 def test_list_of_a_node_whose_input_cannot_be_read(tmp_path: Path, unreadable: str) -> None:
     """`exca list` skips a folder it cannot read (with a warning): the note of a call with

@@ -803,7 +803,8 @@ def _main(argv: list[str] | None) -> int:
             if inputs:  # (a method with inputs: its calls are nodes of their own)
                 message += f"; its calls with inputs have their own: {', '.join(map(str, inputs))}"
             elif traceback is None and not failed_items and args.item is None:
-                message += _why_nothing(Path(args.folder))
+                # (absolute: its root is found from the path, "." has no parent)
+                message += _why_nothing(Path(os.path.abspath(args.folder)))
             data: dict[str, tp.Any] = {"error": message}
             if traceback is not None:
                 data["traceback"] = traceback
