@@ -1271,16 +1271,27 @@ def test_a_reuse_records_the_default_of_a_field_added_since(tmp_path: Path) -> N
     del older["noise"]
     full.write_text(older.to_yaml())  # (as written before the class had `noise`)
     computed = _calls("Noisy")
-    for settings in ({}, {"mode": "read-only"}):
-        infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
-        again = Noisy(infra={"folder": tmp_path, **settings})
-        assert "cached" in str(exca.graph.plan(again.load.node()))
-        assert full.read_text() == older.to_yaml()
-        assert again.load() == [0, 1, 2]
+    infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
+    reader = Noisy(infra={"folder": tmp_path, "mode": "read-only"})
+    assert "cached" in str(exca.graph.plan(reader.load.node()))
+    assert reader.load() == [0, 1, 2]
     assert full.read_text() == older.to_yaml()  # (read-only: nothing written)
-    infra_base._DEFAULTS_CHECKED.clear()
-    assert Noisy(infra={"folder": tmp_path}).load() == [0, 1, 2]
-    assert full.read_text() == written  # the reuse recorded noise=0.0
+    # a plan, status() or a read-only call first (same process, same instance or node):
+    # checked without recording, the reuse that follows recorded nothing (a review)
+    for first in ("plan", "status", "node"):
+        full.write_text(older.to_yaml())
+        infra_base._DEFAULTS_CHECKED.clear()
+        again = Noisy(infra={"folder": tmp_path})
+        node = again.load.node()
+        if first == "status":
+            assert again.infra.status() == "completed"
+        else:
+            assert "cached" in str(exca.graph.plan(node))
+        assert full.read_text() == older.to_yaml()  # (nothing written)
+        assert Noisy(infra={"folder": tmp_path, "mode": "read-only"}).load() == [0, 1, 2]
+        assert full.read_text() == older.to_yaml()
+        assert (node.result() if first == "node" else again.load()) == [0, 1, 2]
+        assert full.read_text() == written, first  # the reuse recorded noise=0.0
     assert _calls("Noisy") == computed
 
 

@@ -72,7 +72,9 @@ def is_new_snapshot(folder: tp.Any) -> bool:
     return path.parent.name == "code" and bool(_SNAPSHOT_NAME.fullmatch(path.name))
 
 
-_DEFAULTS_OK = "_defaults_ok"  # (in a node's __dict__: it and its upstream passed)
+# (in a node's __dict__: it and its upstream passed; "read": in a plan or status(), which
+# record nothing: a call reusing them checks again, once, see BaseInfra._check_defaults)
+_DEFAULTS_OK = "_defaults_ok"
 
 
 DEFAULT_MAX_JOBS = 128  # a map's default bound on its jobs (for clusters: executors.max_jobs)
@@ -445,9 +447,11 @@ class Node:
         todo: list[Node] = []
         seen: set[tuple[str, str]] = set()
         stack: list[Node] = [self]
+        restores = RESTORES_FILES.get()
         while stack:
             node = stack.pop()
-            if node.key in seen or node.__dict__.get(_DEFAULTS_OK):
+            passed = node.__dict__.get(_DEFAULTS_OK)
+            if node.key in seen or passed is True or (passed and not restores):
                 continue
             seen.add(node.key)
             todo.append(node)
@@ -468,13 +472,13 @@ class Node:
                 raise RuntimeError(
                     f"{self.uid} needs {node.uid}, whose cached result no longer applies: {error}"
                 ) from None
-        if RESTORES_FILES.get():
+        if restores:
             for node in todo:
                 if node.restore_files is not None:
                     node.restore_files()
         if settled:  # (else checked again next time: another process may compute one)
             for node in todo:
-                node.__dict__[_DEFAULTS_OK] = True
+                node.__dict__[_DEFAULTS_OK] = True if restores else "read"
 
     @memoized
     def inputs_uid(self) -> str | None:

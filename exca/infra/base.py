@@ -72,6 +72,9 @@ class _Runtime:
     checked = False  # uid folder yaml files checked/written
     full_uid_current = False  # ...and its full-uid.yaml was this config's (versions too)
     defaults_checked = False  # full-uid.yaml checked before reusing cached results
+    # ...by a plan, status() or a read-only call only: a call reusing them checks again,
+    # once (it records there the defaults of fields added since, see verify_defaults)
+    defaults_read = False
     legacy_checked = False  # its cache looked for under its legacy (v2) name (a run renames)
     # whether the config holds a list, dict, set or array (changed in place, a frozen
     # config names other values than its uid): None until a cached read asks
@@ -94,7 +97,9 @@ class _Runtime:
     models: list[pydantic.BaseModel]  # the config tree, walked when frozen
     inputs_caches: dict[tp.Any, tp.Any]  # CacheDicts of input sub-folders
     inputs_force: dict[str, dict[str, tp.Any]]  # force_state of each inputs node (mode=force)
-    inputs_checked: dict[Path, bool]  # input sub-folders whose defaults check is settled
+    # input sub-folders whose defaults check is settled (False: by a check that could not
+    # record, see defaults_read)
+    inputs_checked: dict[Path, bool]
     inputs_ram: dict[Path, tp.Any]  # keep_in_ram: results of calls with inputs, by folder
 
     def ram_lock(self, inputs: str | None = None) -> threading.RLock:
@@ -122,8 +127,9 @@ class _Runtime:
 _FORCED_KEY = "__exca_forced__"
 # uid folders whose full-uid.yaml this process found consistent with a class's defaults,
 # with the uid export checked (another config with the same folder name, whose uid
-# collides, is checked again)
-_DEFAULTS_CHECKED: dict[str, tuple[type, tp.Any]] = {}
+# collides, is checked again), and whether by a check that records the defaults of fields
+# added since (not a plan's, status()'s or a read-only call's: a call checks again)
+_DEFAULTS_CHECKED: dict[str, tuple[type, tp.Any, bool]] = {}
 
 
 _UNRESTORABLE: set[str] = set()  # folders whose missing yaml files could not be written
@@ -132,10 +138,12 @@ _YAML_SEEN: set[str] = set()
 _YAML_FILES = (uidfolder.UID_FILE, uidfolder.FULL_UID_FILE, uidfolder.CONFIG_FILE)
 
 
-def _remember_checked_defaults(folder: str, owner_cls: type, export: tp.Any) -> None:
+def _remember_checked_defaults(
+    folder: str, owner_cls: type, export: tp.Any, recorded: bool = True
+) -> None:
     if len(_DEFAULTS_CHECKED) >= 10_000:
         _DEFAULTS_CHECKED.clear()  # (a bounded memo)
-    _DEFAULTS_CHECKED[folder] = (owner_cls, export)
+    _DEFAULTS_CHECKED[folder] = (owner_cls, export, recorded)
 
 
 class BaseInfra(pydantic.BaseModel):
@@ -714,11 +722,19 @@ class BaseInfra(pydantic.BaseModel):
             return True
         if result_folder is None and (runtime.checked or runtime.defaults_checked):
             return True
-        if result_folder is not None and result_folder in runtime.inputs_checked:
+        restores = self._restores(restore)
+        # (a check that records the defaults of fields added since: not a plan's, nor
+        # status()'s, nor a read-only call's, which a reusing call does not take for its own)
+        record = restores and self.mode != "read-only"
+        if result_folder is None and runtime.defaults_read and not record:
+            return True
+        inputs_checked = (
+            None if result_folder is None else runtime.inputs_checked.get(result_folder)
+        )
+        if inputs_checked is not None and (inputs_checked or not record):
             return True  # (a sub-folder's result is checked on its own)
         folder = os.path.join(self.folder, runtime.uid or self.uid())
         result = Path(folder) if result_folder is None else result_folder
-        restores = self._restores(restore)
         verified = folder
         if result_folder is not None:
             if restores and prepare is not None:
@@ -729,7 +745,13 @@ class BaseInfra(pydantic.BaseModel):
         known = _DEFAULTS_CHECKED.get(verified)
         # (once per folder, class and config: the export of two configs whose uids collide
         # differs)
-        if known is None or known[0] is not owner_cls or known[1] != runtime.uid_export:
+        if (
+            known is None
+            or known[0] is not owner_cls
+            or known[1] != runtime.uid_export
+            or (record and not known[2])
+        ):
+            unrecorded: set[str] = set()  # (by a plan: the call after it records them)
             checked = uidfolder.verify_defaults(
                 verified,
                 uid_config=self._uid_config,
@@ -737,18 +759,25 @@ class BaseInfra(pydantic.BaseModel):
                 full_uid_text=self._full_uid_yaml,
                 sub_configs=self._sub_configs,
                 reused=functools.partial(self._reuses, result),
-                record=restores and self.mode != "read-only",
+                record=record,
                 permissions=self.permissions,
+                unrecorded=unrecorded,
             )
             if checked is False and not (restores and self._restore_files(folder, result, prepare)):
                 return False  # no full-uid.yaml (yet): another process may write one later
             if checked is None:
                 return True  # (other sub-config versions, nothing reused: told when it is)
-            _remember_checked_defaults(verified, owner_cls, runtime.uid_export)
-        if result_folder is None:
-            runtime.defaults_checked = True
+            done = not unrecorded
+            _remember_checked_defaults(verified, owner_cls, runtime.uid_export, done)
         else:
-            runtime.inputs_checked[result_folder] = True
+            done = known[2]
+        if result_folder is None:
+            if done:
+                runtime.defaults_checked = True
+            else:
+                runtime.defaults_read = True
+        else:
+            runtime.inputs_checked[result_folder] = done
         return True
 
     def _reuse_note(self, result_folder: Path | None = None) -> str | None:

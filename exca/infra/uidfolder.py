@@ -8,7 +8,8 @@ Checks run once per instance before anything is computed: an existing ``uid.yaml
 differs means two configs share a folder name (RuntimeError); an existing
 ``full-uid.yaml`` whose value of a default changed means the cache was made with another
 default (RuntimeError). Unreadable files are replaced with a warning. The second check
-also runs before cached results are reused (``verify_defaults``, which writes nothing).
+also runs before cached results are reused (``verify_defaults``, which writes only the
+defaults of fields added since, for a call reusing them).
 """
 
 from __future__ import annotations
@@ -186,6 +187,7 @@ def verify_defaults(
     reused: tp.Callable[[], bool] | None = None,
     record: bool = False,
     permissions: int | None = None,
+    unrecorded: set[str] | None = None,
 ) -> bool | None:
     """Before cached results are reused: the class defaults they were computed with are
     the defaults of now (``full-uid.yaml``, when there is one: returns whether there was
@@ -193,7 +195,9 @@ def verify_defaults(
     (plans check thousands of nodes). ``reused``: whether there is a result to reuse (a
     change of sub-configs' versions is told only then: None when there was such a change
     and nothing to reuse, not settled). ``record``: a call about to reuse the result
-    records in full-uid.yaml the defaults of fields added since (plans only read)."""
+    records in full-uid.yaml the defaults of fields added since (plans only read: the
+    folder is then added to ``unrecorded`` if there are such fields, for a call to check
+    again)."""
     path = os.path.join(folder, FULL_UID_FILE)  # (str paths, bytes: a hit's path is short)
     try:
         data = _read_small(path)
@@ -210,6 +214,8 @@ def verify_defaults(
         versions = _check_defaults(Path(folder), existing, uid_config(), full, sub_configs)
         if record and (reused is None or reused()):
             _record_added_fields(Path(folder), existing, full, sub_configs, permissions)
+        elif not record and unrecorded is not None and _added(existing, full, sub_configs)[1]:
+            unrecorded.add(folder)
         if versions:
             if reused is not None and not reused():
                 return None  # (nothing reused: nothing to tell yet)
@@ -229,8 +235,7 @@ def _record_added_fields(
     caught as any other (without this, it never was). What the file holds stays as is
     (sub-configs' versions, fields removed since). Never raises: a cache shared read-only
     only misses the record."""
-    plain = sub_configs().plain if sub_configs is not None else set()
-    merged, added = _with_added(_nested(existing), _nested(_normalized(full_uid_config)), plain)
+    merged, added = _added(existing, full_uid_config, sub_configs)
     if not added:
         return
     text = ConfDict(merged).to_yaml()
@@ -240,6 +245,16 @@ def _record_added_fields(
         write_atomic(folder / FULL_UID_FILE, text, permissions)
     except OSError as error:
         logger.debug("Could not record added fields in %s: %s", folder / FULL_UID_FILE, error)
+
+
+def _added(
+    existing: dict[str, tp.Any],
+    full_uid_config: ConfDict,
+    sub_configs: tp.Callable[[], Structure] | None,
+) -> tuple[tp.Any, bool]:
+    """``existing`` (nested) with the fields added since, and whether there are any."""
+    plain = sub_configs().plain if sub_configs is not None else set()
+    return _with_added(_nested(existing), _nested(_normalized(full_uid_config)), plain)
 
 
 def _with_added(
