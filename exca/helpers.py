@@ -404,12 +404,18 @@ def find_slurm_job(job_id: str, folder: str | Path | None = None) -> tp.Any:
         folder = Path(paths[0]).parent
         while folder != folder.parent and not any(folder.glob("*/*/" + registry.JOBS_DIR)):
             folder = folder.parent
-    name = job_id.replace("/", "-") + ".json"
-    for record_path in Path(folder).rglob(f"{registry.JOBS_DIR}/{name}"):
+    name = job_id.replace("/", "-")
+    # (a job that refused its config too: its record was set aside, see registry.set_refused)
+    for record_path in Path(folder).rglob(f"{registry.JOBS_DIR}/{name}.*"):
+        if record_path.suffix not in (".json", registry.REFUSED_SUFFIX):
+            continue
         node_folder = record_path.parent.parent
         if node_folder.name.startswith("."):  # (a folder being removed: see ops.clean)
             continue
-        record = next(r for r in registry.read_all(node_folder, copied=True) if r.job_id == job_id)
+        records = registry.read_all(node_folder, copied=True, refused=True)
+        record = next((r for r in records if r.job_id == job_id), None)
+        if record is None:  # (set aside meanwhile: found under its other name)
+            continue
         job: tp.Any = submitit.SlurmJob(folder=record.logs_folder(), job_id=job_id)
         # (a task with inputs computes into an inputs-<digest> folder of its config's)
         config_folder = (

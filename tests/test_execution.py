@@ -1733,6 +1733,52 @@ def test_a_job_refusing_an_edited_class_caches_no_failure(
         sys.modules.pop("edited_module_31", None)
 
 
+@pytest.mark.timeout(120)
+def test_the_log_of_a_job_refusing_an_edited_class_is_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The log of a job that refused its config (its class edited while queued) says why:
+    `exca logs` found no job (its record was removed, so that the next call submits it
+    again). The record is set aside instead: the status stays "not submitted"."""
+    import importlib
+
+    from exca.ops.cli import main
+
+    code = tmp_path / "code"
+    code.mkdir()
+    module_file = code / "edited_module_32.py"
+    module_file.write_text(textwrap.dedent(EDITED_MODULE))
+    monkeypatch.syspath_prepend(str(code))
+    monkeypatch.setenv("PYTHONPATH", f"{code}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    module = importlib.import_module("edited_module_32")
+    try:
+        infra = {"folder": tmp_path / "cache", "cluster": "local"}
+        module_file.write_text(
+            textwrap.dedent(EDITED_MODULE).replace("a: int = 1", "a: int = 1\n    b: int")
+        )
+        task = module.Edited(infra=infra)
+        with pytest.raises(JobFailedError, match="required field"):
+            task.run()
+        folder = task.infra.uid_folder()
+        assert task.infra.status() == "not submitted"
+        (refused,) = exca.ops.logs(folder)
+        assert refused.refused and "ClassChangedError" in refused.stderr()
+        capsys.readouterr()
+        assert main(["logs", str(folder), "--stderr"]) == 0
+        out = capsys.readouterr().out
+        assert "ClassChangedError" in out and "refused its config" in out
+        cleaning = exca.ops.clean.logs(tmp_path / "cache", older_than_days=0)
+        assert refused.stdout_path.parent in [r.path for r in cleaning.removals]  # (not kept)
+        module_file.write_text(textwrap.dedent(EDITED_MODULE))  # the edit reverted
+        assert module.Edited(infra=infra).run() == "a=1"  # submitted again
+        first, second = exca.ops.logs(folder)
+        assert first.job_id == refused.job_id and not second.refused
+        assert main(["logs", str(folder)]) == 0
+        assert "refused" not in capsys.readouterr().out  # (the latest job's log)
+    finally:
+        sys.modules.pop("edited_module_32", None)
+
+
 MAIN_ERRORS_SCRIPT = """
 import sys
 import typing as tp

@@ -877,6 +877,10 @@ def test_a_class_edited_while_its_job_waits(
                     job.result()
                 folder = module.Edited(lr=lr, infra=infra).infra.uid_folder()
                 assert not exca.cachedict.CacheDict(folder).keys()  # no AttributeError cached
+                (found,) = exca.ops.logs(folder)  # (its log says why)
+                assert found.refused and "ClassChangedError" in found.stderr()
+                refused = exca.helpers.find_slurm_job(job.job_id, folder=tmp_path / "cache")
+                assert refused.config["lr"] == lr  # (found by its id too)
             else:
                 assert job.result() == pytest.approx(expected)
         finally:

@@ -104,7 +104,7 @@ def _main_names_findable(node: Node) -> None:
 class ClassChangedError(RuntimeError):
     """A job's config was pickled with a class that gained a required field since (edited
     while the job was queued): computing would fail on the missing attribute, and cache
-    that. Refused instead: not a failure of the computation (the job removes its record,
+    that. Refused instead: not a failure of the computation (the job sets its record aside,
     its caller caches nothing: see worker.run_job_unit, Scheduler._refused_changed_class)."""
 
 

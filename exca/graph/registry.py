@@ -51,6 +51,8 @@ class JobRecord:
     node_folder: Path | None = dataclasses.field(default=None, compare=False, repr=False)
     # a job of the folder this one was copied or moved from (not written: see read_all)
     foreign: bool = dataclasses.field(default=False, compare=False, repr=False)
+    # a job that refused its config (see set_refused; not written: its file's suffix says)
+    refused: bool = dataclasses.field(default=False, compare=False, repr=False)
 
     @property
     def stdout(self) -> Path:
@@ -102,7 +104,9 @@ def write(
     name = record.job_id.replace("/", "-")
     tmp = jobs / f".{name}.{os.urandom(3).hex()}.tmp"
     written = {
-        k: v for k, v in dataclasses.asdict(record).items() if k not in ("node_folder", "foreign")
+        k: v
+        for k, v in dataclasses.asdict(record).items()
+        if k not in ("node_folder", "foreign", "refused")
     }
     tmp.write_bytes(orjson.dumps(written))
     if permissions is not None:
@@ -151,7 +155,21 @@ def forget(folder: Path | None, job_id: str) -> None:
             os.remove(folder / JOBS_DIR / (name + suffix))
 
 
+def set_refused(folder: Path | None, job_id: str) -> None:
+    """Set aside the record of a job that refused its config (its class was edited while
+    it was queued, see jobprocess.ClassChangedError): no longer a job of the node (its
+    status is "not submitted", the next call submits it again), but its log, which says
+    why, is still found (``read_all(..., refused=True)``: ``exca logs``)."""
+    if folder is None or not job_id:
+        return
+    jobs = os.path.join(folder, JOBS_DIR)
+    name = job_id.replace("/", "-")
+    with contextlib.suppress(FileNotFoundError):  # (set aside already, or never written)
+        os.replace(os.path.join(jobs, name + ".json"), os.path.join(jobs, name + REFUSED_SUFFIX))
+
+
 ITEMS_SUFFIX = ".items"  # next to a record: the item uids its job took (known at run time)
+REFUSED_SUFFIX = ".refused"  # a record set aside: its job refused its config (set_refused)
 
 
 def write_items(folder: Path, job_id: str, uids: list[str], permissions: int | None = None) -> None:
@@ -299,10 +317,12 @@ def marked_jobs(users: tp.Sequence[str]) -> dict[str, dict[int, str]] | None:
     return found
 
 
-def read_all(folder: Path | None, copied: bool = False) -> list[JobRecord]:
+def read_all(folder: Path | None, copied: bool = False, refused: bool = False) -> list[JobRecord]:
     """Every job recorded for a node folder, oldest first. Without ``copied``, not the
     jobs of the folder this one was copied or moved from (copied with the cache): they
-    compute into that folder, not this one; their logs may be here (see logs_folder)."""
+    compute into that folder, not this one; their logs may be here (see logs_folder).
+    With ``refused``, also the jobs that refused their config (see set_refused), marked
+    so: only their logs are of use."""
     if folder is None:
         return []
     try:
@@ -312,7 +332,8 @@ def read_all(folder: Path | None, copied: bool = False) -> list[JobRecord]:
     out = []
     here = ""
     for entry in entries:
-        if not entry.name.endswith(".json"):
+        set_aside = refused and entry.name.endswith(REFUSED_SUFFIX)
+        if not entry.name.endswith(".json") and not set_aside:
             continue
         try:
             record = JobRecord(**orjson.loads(Path(entry.path).read_bytes()))
@@ -328,6 +349,7 @@ def read_all(folder: Path | None, copied: bool = False) -> list[JobRecord]:
                     continue
                 record.foreign = True
         record.node_folder = Path(folder)
+        record.refused = set_aside
         out.append(record)
     return sorted(out, key=lambda r: r.submitted)
 

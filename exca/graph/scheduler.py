@@ -968,17 +968,20 @@ class Scheduler:
     def _refused_changed_class(run: NodeRun) -> bool:
         """The job of a task refused its config, whose class was edited while it was
         queued (see jobprocess.ClassChangedError): fail with that error, not cached (the
-        job removed its record: the next call submits the config again) and not submitted
+        job set its record aside: the next call submits the config again) and not submitted
         again here (the config of this process is of the class the job refused)."""
-        hows = [
-            h.ended_how()
+        hows = {
+            h.job_id: h.ended_how()
             for h in run.handles
             if not isinstance(h, executors.DoneHandle | executors.FutureHandle)
             and h.error() is not None
-        ]
-        refused = next((how for how in hows if class_changed(how)), None)
-        if refused is None:
+        }
+        refusing = [job_id for job_id, how in hows.items() if class_changed(how)]
+        if not refusing:
             return False
+        refused = hows[refusing[0]]
+        for job_id in refusing:  # (the job did; unless it refused before it was recorded)
+            registry.set_refused(run.node.folder, job_id)
         run.state = "failed"
         run.error = JobFailedError(f"{run.node.uid} not computed: {refused}")
         return True

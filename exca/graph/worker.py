@@ -133,9 +133,9 @@ def run_job_unit(unit: Unit) -> Report:
     try:
         jobprocess.prepare(unit.node)
     except jobprocess.ClassChangedError:
-        # not a failure of the computation: the job's record goes, as a withdrawn job's
-        # does (a later call submits the config again, instead of reading it failed)
-        registry.forget(unit.node.folder, _job_id() or "")
+        # not a failure of the computation: the job's record is set aside (a later call
+        # submits the config again, instead of reading it failed; its log stays found)
+        registry.set_refused(unit.node.folder, _job_id() or "")
         raise
     rank, tasks = ranks.job_rank()
     if tasks == 1:

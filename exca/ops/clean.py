@@ -1140,7 +1140,7 @@ def _logs_users(root: Path) -> dict[Path, set[Path]]:
     """The node folders whose job records name each log folder under a root."""
     users: dict[Path, set[Path]] = {}
     for _, _, folder in node_folders(root):
-        for record in registry.read_all(folder, copied=True):
+        for record in registry.read_all(folder, copied=True, refused=True):
             users.setdefault(record.logs_folder().resolve(), set()).add(folder)
     return users
 
@@ -1344,7 +1344,8 @@ def logs(root: Path | str, older_than_days: float = 30.0, step: str | None = Non
     # (jobs may share a log folder: every step's jobs are looked at, the selected ones go)
     by_folder: dict[Path, list[tuple[bool, registry.JobRecord]]] = {}
     for step_name, _, folder in node_folders(root):
-        for record in registry.read_all(folder, copied=True):
+        # (with the jobs that refused their config: their logs are of no more use later)
+        for record in registry.read_all(folder, copied=True, refused=True):
             selected = steps is None or step_name in steps
             by_folder.setdefault(record.logs_folder(), []).append((selected, record))
     templates: set[Path] = set()

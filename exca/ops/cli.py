@@ -834,7 +834,13 @@ def _main(argv: list[str] | None) -> int:
         data = {"job_id": job.job_id, "cluster": job.cluster, "path": str(path), "text": text}
         header = f"# job {job.job_id} ({job.cluster}): {path}"
         maker = _result_job(Path(args.folder)) if args.item is None else job.job_id
-        if maker != job.job_id:
+        if job.refused:  # (its record was set aside: see registry.set_refused)
+            data["note"] = (
+                f"job {job.job_id} refused its config (its class was edited while it was "
+                "queued): nothing was computed; the next call submits it again"
+            )
+            header += f"\n# ({data['note']})"
+        elif maker != job.job_id:
             by = f"by job {maker} (of another node)" if maker else "where it was called"
             data["note"] = (
                 f"the current result was not computed by job {job.job_id} (the last job "

@@ -15,6 +15,8 @@ class JobLogs:
     cluster: str
     stdout_path: Path
     stderr_path: Path
+    # the job refused its config, its class edited while it was queued: nothing computed
+    refused: bool = False
 
     def stdout(self) -> str:
         return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
@@ -27,13 +29,16 @@ def logs(target: Node | Path | str, item: str | None = None) -> list[JobLogs]:
     """Logs of the jobs recorded for a node (newest last); ``item``: only the map chunk
     that computed this item uid (a chunk of a map whose items came from an upstream
     node is known once its job started). Jobs of grouped arrays are found through each
-    node's own record."""
+    node's own record; a job that refused its config (its class was edited while it was
+    queued: its log says so) is listed too, ``refused``."""
     folder = target.folder if isinstance(target, Node) else Path(target)
     if folder is None:
         return []
     out = []
-    for record in registry.read_all(folder, copied=True):
+    for record in registry.read_all(folder, copied=True, refused=True):
         if item is not None and item not in (registry.items_of(folder, record) or ()):
             continue
-        out.append(JobLogs(record.job_id, record.cluster, record.stdout, record.stderr))
+        out.append(
+            JobLogs(record.job_id, record.cluster, record.stdout, record.stderr, record.refused)
+        )
     return out
