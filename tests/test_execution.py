@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -1777,6 +1778,88 @@ def test_the_log_of_a_job_refusing_an_edited_class_is_found(
         assert "refused" not in capsys.readouterr().out  # (the latest job's log)
     finally:
         sys.modules.pop("edited_module_32", None)
+
+
+GATED_EDITED_MODULE = """
+import os
+import time
+from pathlib import Path
+
+import pydantic
+
+import exca
+
+_CTL = Path(os.environ["EDITED_CTL"])
+with open(_CTL / "imports.txt", "a") as _log:  # (each process importing it: a line)
+    _log.write("import\\n")
+while (_CTL / "gate").exists():  # (a job waiting in the queue, until the gate goes)
+    time.sleep(0.05)
+
+
+class Edited(pydantic.BaseModel):
+    a: int = 1
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> str:
+        return f"a={self.a}"
+"""
+
+
+class _OnLog(logging.Handler):
+    """Calls ``action`` once a log message of exca holds ``words``."""
+
+    def __init__(self, words: str, action: tp.Callable[[], None]) -> None:
+        super().__init__()
+        self.words, self.action = words, action
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.words in record.getMessage():
+            self.action()
+
+
+@pytest.mark.timeout(120)
+def test_a_follower_of_a_local_job_refusing_an_edited_class_submits_no_other_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call following another call's local job, which then refuses its config (its
+    class edited while it was queued): the follower took the job for withdrawn and
+    submitted the config again, a job refused again (its config is of the class the job
+    refused). It fails now with that job's refusal, nothing cached, nothing submitted."""
+    import importlib
+
+    code, ctl = tmp_path / "code", tmp_path / "ctl"
+    code.mkdir()
+    ctl.mkdir()
+    monkeypatch.setenv("EDITED_CTL", str(ctl))
+    module_file = code / "edited_module_33.py"
+    module_file.write_text(textwrap.dedent(GATED_EDITED_MODULE))
+    monkeypatch.syspath_prepend(str(code))
+    monkeypatch.setenv("PYTHONPATH", f"{code}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    module = importlib.import_module("edited_module_33")
+    imports = ctl / "imports.txt"
+    handler = _OnLog("computed elsewhere", lambda: (ctl / "gate").unlink(missing_ok=True))
+    exca_logger = logging.getLogger("exca")
+    try:
+        infra = {"folder": tmp_path / "cache", "cluster": "local"}
+        module_file.write_text(
+            textwrap.dedent(GATED_EDITED_MODULE).replace("a: int = 1", "a: int = 1\n    b: int")
+        )
+        (ctl / "gate").touch()
+        module.Edited(infra=infra).infra.job()  # (another call's job, waiting at the gate)
+        wait_until(lambda: len(calls(imports)) == 2)  # (this process, and the job)
+        follower = module.Edited(infra=infra)
+        exca_logger.addHandler(handler)  # (the gate goes once the follower waits for it)
+        with pytest.raises(JobFailedError, match="required field") as info:
+            follower.run()
+        assert "Nothing was computed nor cached" in str(info.value)
+        assert len(calls(imports)) == 2  # (no other job)
+        assert follower.infra.status() == "not submitted"
+        assert [j.refused for j in exca.ops.logs(follower.infra.uid_folder())] == [True]
+    finally:
+        exca_logger.removeHandler(handler)
+        (ctl / "gate").unlink(missing_ok=True)
+        sys.modules.pop("edited_module_33", None)
 
 
 MAIN_ERRORS_SCRIPT = """

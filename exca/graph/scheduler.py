@@ -974,7 +974,9 @@ class Scheduler:
             h.job_id: h.ended_how()
             for h in run.handles
             if not isinstance(h, executors.DoneHandle | executors.FutureHandle)
-            and h.error() is not None
+            # (another process's local job, followed here, tells its error by how it ended
+            # only: taken for withdrawn, it was submitted again, to be refused again)
+            and (h.error() is not None or isinstance(h, executors.RecordedLocalHandle))
         }
         refusing = [job_id for job_id, how in hows.items() if class_changed(how)]
         if not refusing:
