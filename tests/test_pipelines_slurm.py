@@ -197,6 +197,29 @@ def test_a_detached_run_that_would_wait_here_submits_nothing(env: Env, sbatch: S
     assert leaf.status() == "not submitted" and not events(env.log)
 
 
+def test_a_refused_detached_run_changes_nothing_on_disk(env: Env, sbatch: Sbatch) -> None:
+    """A detached run refused (a map done here below a Slurm task) had already removed the
+    task's cached result, in mode retry, whose payload no longer decodes (the map read its
+    items from it), and written the config folders of the work it then refused. A refused
+    run now changes nothing; the same run waiting removes that result and computes it."""
+    from test_pipelines import _overwrite_payload, snapshot
+
+    def square(**infra: tp.Any) -> exca.graph.Node:
+        return env.square().apply.node(env.numbers(2000, **infra).make.node())
+
+    exca.graph.run(square())  # (computed here)
+    _overwrite_payload(env.numbers(2000).infra.uid_folder())
+    fresh = env.square(power=3).apply.node(env.numbers(3000, **slurm()).make.node())
+    before = snapshot(env.folder)
+    for target in (square(mode="retry", **slurm()), fresh):
+        with pytest.raises(ValueError, match=r"Cannot submit .* without waiting"):
+            exca.graph.run(target, wait=False)
+    assert snapshot(env.folder) == before
+    assert sbatch.count() == 0 and env.starts("numbers2000") == 1
+    exca.graph.run(square(mode="retry"))  # (waiting, here: computed again)
+    assert env.starts("numbers2000") == 2 and env.starts("square1999") == 1
+
+
 def test_a_plan_of_a_detached_run_lists_what_it_would_refuse(env: Env, sbatch: Sbatch) -> None:
     """Work done here (cluster=None) below a node that goes to Slurm, a task or a map
     taking its items from it: run(..., wait=False) refuses it, and no plan said so. Now

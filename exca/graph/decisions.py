@@ -266,6 +266,9 @@ class Graph:
             # tasks in mode retry whose result a map reading its items from them could not
             # decode (see _damaged_source): computed again first
             self.undecodable: set[Key] = set()
+            # those results, with the error reading them: removed when the run starts
+            # (Scheduler.start, once nothing refuses it: a run refused changes nothing)
+            self.damaged_reads: list[tuple[Node, BaseException]] = []
 
     def share_force_states(self) -> None:
         """What a node's mode=force did, told to the other instances of the same config
@@ -307,7 +310,7 @@ class Graph:
 
     def _decide(self) -> dict[Key, NodeRun]:
         forced = self._forced()
-        self.undecodable = set()  # (found anew by each decision)
+        self.undecodable, self.damaged_reads = set(), []  # (found anew by each decision)
         runs = {key: NodeRun(node) for key, node in self.nodes.items()}
         self.runs = runs
         visited: set[Key] = set()
@@ -455,29 +458,23 @@ class Graph:
             if isinstance(node.items, Node) and not self._readable(node.items):
                 _items_later(run, forced)
                 return
-            for attempt in (1, 2):
-                try:
-                    uids = store.map_item_uids(node)
-                    break
-                except Exception as error:  # (item_uid failing on an item: this node fails)
-                    damaged = self._damaged_source(node, error)
-                    if damaged:  # (its upstream is computed again first)
-                        _items_later(run, forced)
-                        return
-                    if damaged is None and attempt == 1:
-                        continue  # (written again meanwhile by another process: read again)
-                    run.action, run.reason = "fail", f"{type(error).__name__}: {error}"
-                    run.error = error
+            try:
+                uids = store.map_item_uids(node)
+            except Exception as error:  # (item_uid failing on an item: this node fails)
+                if self._damaged_source(node, error):  # (its upstream is computed again first)
+                    _items_later(run, forced)
                     return
-        assert uids is not None
+                run.action, run.reason = "fail", f"{type(error).__name__}: {error}"
+                run.error = error
+                return
         self.decide_items(run, uids, forced)
 
-    def _damaged_source(self, node: Node, error: BaseException) -> bool | None:
+    def _damaged_source(self, node: Node, error: BaseException) -> bool:
         """Whether the items of a map could not be read because its upstream task, in mode
         retry, holds a result whose payload no longer decodes (changed outside exca in a
         way no stat tells): that task is then computed again first, as its own call in
-        mode retry does (a run removes that result now; a plan only says so). None: the
-        result was written again meanwhile by another process (nothing removed)."""
+        mode retry does (a run removes that result when it starts, only if unchanged, see
+        ``damaged_reads``; a plan only says so)."""
         source = node.items
         cause = error.__cause__ if isinstance(error, UpstreamFailed) else None
         if (
@@ -489,9 +486,7 @@ class Graph:
         ):
             return False
         if not self.dry_run:
-            store.drop_damaged(source, cause)
-            if store.payload_dropped(cause) == "rewritten":
-                return None
+            self.damaged_reads.append((source, cause))
         self.undecodable.add(source.key)
         return True
 

@@ -31,16 +31,24 @@ def submit_all(scheduler: Scheduler) -> None:
     this process (cluster=None, pools) is done now, when its upstream is ready."""
     from .scheduler import follow_own_job
 
-    work = scheduler.start(detached=True)  # work whose upstream fails was decided "fail"
+    # jobs queued or running, waited for (not submitted again): no level of their own,
+    # as in the plan (what is below one goes with the other work, after that job)
+    waited: set[Key] = set()
+
+    def refuse(work: list[NodeRun]) -> None:
+        waited.update(
+            r.node.key
+            for r in work
+            if r.action == "wait" and not follow_own_job(r, off_slurm=False)
+        )
+        # (before anything is submitted, or changed on disk: see Scheduler.start)
+        _check_nothing_here_waits_for_jobs(scheduler, work)
+
+    # (work whose upstream fails was decided "fail")
+    work = scheduler.start(detached=True, refuse=refuse)
     pools = executors.Pools()
     progress = Progress(0, desc="exca", requested=False)
     submitted: list[tuple[NodeRun, executors.Handle]] = []
-    # jobs queued or running, waited for (not submitted again): no level of their own,
-    # as in the plan (what is below one goes with the other work, after that job)
-    waited = {
-        r.node.key for r in work if r.action == "wait" and not follow_own_job(r, off_slurm=False)
-    }
-    _check_nothing_here_waits_for_jobs(scheduler, work)  # (before anything is submitted)
     interrupted = False
     try:
         for wave in _waves(scheduler.graph.upstream, [r.node.key for r in work], waited):

@@ -147,9 +147,15 @@ class Scheduler:
                 failing.add(key)
         return [runs[k] for k in self.graph.order if k in failing]
 
-    def start(self, detached: bool = False) -> list[NodeRun]:
+    def start(
+        self,
+        detached: bool = False,
+        refuse: tp.Callable[[list[NodeRun]], None] | None = None,
+    ) -> list[NodeRun]:
         """Decide, settle what needs no work, prepare the folders of what does
-        (``detached``: for a run that submits everything and returns)."""
+        (``detached``: for a run that submits everything and returns; ``refuse``: raises
+        if the run refuses that work). A run refused changes nothing on disk: what it
+        removes (damaged upstream outputs) and prepares comes after every refusal."""
         runs = self.graph.decide()
         read_only = self._read_only_failures(runs)
         roots = [r for r in read_only if not r.blocked]  # (the others fail only below them)
@@ -190,6 +196,10 @@ class Scheduler:
             from .slurm_check import check
 
             check(slurm)  # every problem at once, before anything is queued
+        if refuse is not None:
+            refuse(work)
+        for source, error in self.graph.damaged_reads:  # (decided to be computed again)
+            store.drop_damaged(source, error)
         for run in work:
             if run.node.prepare is not None and run.action != "wait":
                 run.node.prepare()
