@@ -2212,6 +2212,115 @@ def test_a_reader_says_a_map_upstream_was_removed_when_it_was(env: Env) -> None:
     assert "written again" not in message, message
 
 
+class LoggedSets(pydantic.BaseModel):
+    """A map whose outputs are payload files (sets, or values whose own unpickling raises
+    with ``refused``), one log line per computed item."""
+
+    log: str
+    refused: str = ""  # (a kind of _OWN_ERRORS)
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("log",)
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def apply(self, items: list[int]) -> tp.Iterator[tp.Any]:
+        for i in items:
+            append(self.log, {"name": f"set{i}", "event": "start"})
+            yield Refused(self.refused) if self.refused else set(range(i, i + 500))
+
+
+def _smallest(values: tp.Any) -> str:
+    return str(min(values))
+
+
+class SetSizes(pydantic.BaseModel):
+    """A map taking its items (sets) from another map: their sizes."""
+
+    log: str
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("log",)
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=_smallest)
+    def apply(self, items: list[set[int]]) -> tp.Iterator[int]:
+        for values in items:
+            append(self.log, {"name": f"size{min(values)}", "event": "start"})
+            yield len(values)
+
+
+def _set_sizes(env: Env, mode: str = "cached", refused: str = "") -> exca.graph.Node:
+    upstream = LoggedSets(log=env.log, refused=refused, infra=env.infra(mode=mode))
+    return SetSizes(log=env.log, infra=env.infra()).apply.node(upstream.apply.node([1, 2, 3]))
+
+
+@pytest.mark.parametrize("damage", ["overwritten", "cut short", "removed"])
+def test_a_map_reading_a_map_in_retry_mode_whose_items_no_longer_decode(
+    env: Env, damage: str
+) -> None:
+    """A map taking its items from a map in mode retry, an item of which no longer decodes
+    (its payload overwritten, cut short or removed outside exca): every run failed (the
+    items could not be read, so the upstream map was never decided again), as a map
+    reading a task did. Now the run computes that item again first (removed only then),
+    then the map below (its items known then); the plan says so and removes nothing."""
+    exca.graph.run(_set_sizes(env))
+    (payload,) = (Path(_set_sizes(env).upstream[0].folder) / "data").glob("2-*")
+    content = payload.read_bytes()
+    if damage == "overwritten":  # (in its opcodes, its size unchanged: no stat tells)
+        payload.write_bytes(content[:2] + b"\xff" * 64 + content[66:])
+    elif damage == "cut short":
+        payload.write_bytes(content[: len(content) // 2])
+    else:
+        payload.unlink()
+    damaged = payload.read_bytes() if payload.exists() else None
+    target = _set_sizes(env, "retry")
+    entries = _by_uid(exca.graph.plan(target))
+    upstream = entries[target.upstream[0].uid]
+    assert upstream.action == "compute", upstream
+    assert "1 whose payload file was removed or damaged" in upstream.reason, upstream
+    assert entries[target.uid].items == "items known at run time"
+    assert (payload.read_bytes() if payload.exists() else None) == damaged  # (plan: kept)
+    exca.graph.run(target)
+    counts = [started(env.log).count(name) for name in ("set1", "set2", "set3")]
+    assert counts == [1, 2, 1]  # (the damaged item only, once more)
+    assert [started(env.log).count(f"size{i}") for i in (1, 2, 3)] == [1, 1, 1]
+    assert _set_sizes(env).result() == [500, 500, 500]
+    assert {e.action for e in exca.graph.plan(_set_sizes(env, "retry")).entries} == {
+        "reuse",
+        "skip",
+    }
+
+
+def test_a_map_reading_a_map_keeps_items_whose_own_unpickling_fails(env: Env) -> None:
+    """Items of an upstream map in mode retry whose own unpickling code raises (not a
+    damaged payload): a map reading them fails, and they are never removed."""
+    target = _set_sizes(env, refused="unpickling")
+    exca.graph.run(target.upstream[0])
+    payloads = sorted((Path(target.upstream[0].folder) / "data").iterdir())
+    assert len(payloads) == 3
+    for _ in range(2):
+        with pytest.raises(UpstreamFailed, match="this build cannot read"):
+            exca.graph.run(_set_sizes(env, "retry", refused="unpickling"))
+    assert started(env.log) == ["set1", "set2", "set3"]
+    assert sorted((Path(target.upstream[0].folder) / "data").iterdir()) == payloads
+
+
+def test_a_map_reading_a_map_removes_only_the_damaged_items_it_read(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An item of an upstream map in mode retry that no longer decodes, written again by
+    another process before the run removes it: the good item is kept (not computed again)."""
+    exca.graph.run(_set_sizes(env))
+    _overwrite_payload(Path(_set_sizes(env).upstream[0].folder))
+    original = store.drop_damaged
+
+    def written_meanwhile(node: exca.graph.Node, error: BaseException) -> None:
+        LoggedSets(log=env.log, infra=env.infra(mode="force")).apply.node([1, 2, 3]).result()
+        original(node, error)
+
+    monkeypatch.setattr(store, "drop_damaged", written_meanwhile)
+    exca.graph.run(_set_sizes(env, "retry"))
+    assert len(started(env.log)) == 3 + 3 + 3  # (computed, sizes, the other writer's force)
+    assert _set_sizes(env).result() == [500, 500, 500]
+
+
 def test_check_upstream_says_whose_mode_retries_an_upstream_error(env: Env) -> None:
     """What a detached array element raises when its upstream holds an error said
     "mode='retry' computes it again" (the reader's own mode retries nothing upstream)."""

@@ -263,9 +263,11 @@ class Graph:
             self.runs: dict[Key, NodeRun] = {}
             self.checks_payloads = checks_payloads
             self.dry_run = dry_run
-            # tasks in mode retry whose result a map reading its items from them could not
-            # decode (see _damaged_source): computed again first
+            # tasks and maps in mode retry whose outputs a map reading its items from them
+            # could not decode (see _damaged_source): computed again first; of a map, the
+            # items found damaged, where they were read (see _still_undecodable)
             self.undecodable: set[Key] = set()
+            self.undecodable_items: dict[Key, dict[str, tuple[str, int]]] = {}
             # those results, with the error reading them: removed when the run starts
             # (Scheduler.start, once nothing refuses it: a run refused changes nothing)
             self.damaged_reads: list[tuple[Node, BaseException]] = []
@@ -310,7 +312,8 @@ class Graph:
 
     def _decide(self) -> dict[Key, NodeRun]:
         forced = self._forced()
-        self.undecodable, self.damaged_reads = set(), []  # (found anew by each decision)
+        # (found anew by each decision)
+        self.undecodable, self.undecodable_items, self.damaged_reads = set(), {}, []
         runs = {key: NodeRun(node) for key, node in self.nodes.items()}
         self.runs = runs
         visited: set[Key] = set()
@@ -323,7 +326,7 @@ class Graph:
             run = runs[key]
             if run.node.kind == "map":
                 self._decide_map(run, key in forced)
-                # (an upstream task decided before, e.g. another target, found undecodable
+                # (an upstream node decided before, e.g. another target, found undecodable
                 # by this map: decided again)
                 visited -= self.undecodable
             else:
@@ -470,25 +473,45 @@ class Graph:
         self.decide_items(run, uids, forced)
 
     def _damaged_source(self, node: Node, error: BaseException) -> bool:
-        """Whether the items of a map could not be read because its upstream task, in mode
-        retry, holds a result whose payload no longer decodes (changed outside exca in a
-        way no stat tells): that task is then computed again first, as its own call in
-        mode retry does (a run removes that result when it starts, only if unchanged, see
+        """Whether the items of a map could not be read because its upstream node, in mode
+        retry, holds a result (a task) or items (a map) whose payload no longer decodes
+        (changed outside exca in a way no stat tells, or removed or cut short): that node
+        is then computed again first (a map: those items), as its own call in mode retry
+        does (a run removes them when it starts, only if unchanged, see
         ``damaged_reads``; a plan only says so)."""
         source = node.items
         cause = error.__cause__ if isinstance(error, UpstreamFailed) else None
         if (
             not isinstance(source, Node)
-            or source.kind != "task"
             or source.mode != "retry"
             or cause is None
             or not is_damaged_payload(cause)
         ):
             return False
+        if source.kind == "map":
+            try:  # (each item read again: the damaged ones, where they are)
+                damaged = store.damaged_outputs(source)
+            except Exception:  # (its own items cannot be read: it fails, decided with them)
+                return False
+            self.undecodable_items.setdefault(source.key, {}).update(damaged)
         if not self.dry_run:
             self.damaged_reads.append((source, cause))
         self.undecodable.add(source.key)
         return True
+
+    def _still_undecodable(self, node: Node, uids: list[str], known: set[str]) -> list[str]:
+        """The items of a map that a map below it could not decode (see _damaged_source),
+        still where they were read (not removed, nor written again, since), and not
+        ``known`` already to be computed."""
+        places = self.undecodable_items.get(node.key)
+        if not places:
+            return []
+        still = []
+        for uid in dict.fromkeys(uids):
+            entry = node.cache.entry(uid) if uid in places and uid not in known else None
+            if entry is not None and (entry.file, entry.offset) == places[uid]:
+                still.append(uid)
+        return still
 
     def _damaged_items(self, run: NodeRun, uids: list[str], missing: list[str]) -> bool:
         """Whether cached items of a map cannot be read (their payload file was removed or
@@ -558,6 +581,7 @@ class Graph:
         else:
             if node.mode == "retry":
                 missing, errors = store.item_states(node, uids)
+                errors += self._still_undecodable(node, uids, {*missing, *errors})
             else:
                 missing, errors = node.cache.missing(uids), []
                 if self.checks_payloads and self._damaged_items(run, uids, missing):

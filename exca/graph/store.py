@@ -323,6 +323,12 @@ def drop_damaged_or_raise(
         )
 
 
+def damaged_outputs(node: Node) -> dict[str, tuple[str, int]]:
+    """The items of a map whose payload no longer decodes (each read again), with where
+    they were read (raises when its item uids cannot be read)."""
+    return _damaged_items(node.cache, map_item_uids(node))
+
+
 def _damaged_items(cache: CacheDict[tp.Any], uids: tp.Iterable[str]) -> dict[str, tuple[str, int]]:
     """The items whose payload is damaged (read again), with the entry read: a good
     output written meanwhile by another process is at another place."""
