@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -119,7 +120,13 @@ def settings(
 
 
 def killed_submitter(
-    kind: str, kill: str, ctl: Path, infra: dict[str, tp.Any], xs: list[int], **spec: tp.Any
+    kind: str,
+    kill: str,
+    ctl: Path,
+    infra: dict[str, tp.Any],
+    xs: list[int],
+    env: dict[str, str] | None = None,
+    **spec: tp.Any,
 ) -> None:
     spec.update(kind=kind, kill=kill, ctl=str(ctl), infra=infra, xs=xs)
     proc = subprocess.run(
@@ -127,6 +134,7 @@ def killed_submitter(
         capture_output=True,
         text=True,
         timeout=WAIT_S,
+        env=None if env is None else {**os.environ, **env},
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
 
@@ -213,6 +221,40 @@ def test_a_rerun_follows_the_array_of_a_submitter_killed_after_sbatch(
     with base.infra.job_array() as again:
         again.extend(base.infra.clone_obj(x=x) for x in (1, 2, 3))
     assert sbatch.count() == count and calls(ctl) == {"1": 1, "2": 1, "3": 1}
+
+
+@pytest.mark.parametrize("unknown", ["in-environment", "in-marker"])
+def test_the_jobs_are_found_whatever_user_name_the_submitter_had(
+    tmp_path: Path,
+    ctl: Path,
+    slurm_cluster: SlurmCluster,
+    sbatch: Sbatch,
+    to_cancel: list[str],
+    unknown: str,
+) -> None:
+    """$LOGNAME/$USER need not name the user the jobs run as (`su` without `-` keeps the
+    caller's, a container passes the host's): squeue listed that other user's jobs, not
+    these. And the marker's user may be unknown where the rerun runs (another user
+    database): squeue said "Invalid user", yet answered 0 and listed nothing. Either
+    way the rerun submitted everything again."""
+    infra = settings(tmp_path, slurm_cluster, held=True)
+    # (another user of this host: squeue lists that user's jobs, none of these)
+    other = next(u.pw_name for u in pwd.getpwall() if u.pw_uid != os.getuid())
+    env = {"LOGNAME": other, "USER": other} if unknown == "in-environment" else None
+    killed_submitter("array", "after-sbatch", ctl, infra, [1, 2], env=env)
+    to_cancel.extend(sbatch.jobs())
+    first = queued(sbatch.jobs())
+    assert len(first) == 2
+    folders = [SlurmTask(x=x, ctl=str(ctl), infra=infra).infra.uid_folder() for x in (1, 2)]
+    if unknown == "in-marker":
+        for marker in (m for f in folders for m in markers(f)):
+            marker.write_text(json.dumps({**json.loads(marker.read_text()), "user": "nosuchuser"}))
+    base = SlurmTask(ctl=str(ctl), infra=infra)
+    with base.infra.job_array() as array:
+        array.extend(base.infra.clone_obj(x=x) for x in (1, 2))
+    to_cancel.extend(sbatch.jobs())
+    assert sbatch.count() == 1  # nothing submitted again
+    assert sorted(map(job_of, folders), key=job_order) == first
 
 
 def test_a_rerun_submits_once_what_a_submitter_killed_before_sbatch_left(

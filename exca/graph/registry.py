@@ -295,6 +295,8 @@ def marked_jobs(users: tp.Sequence[str]) -> dict[str, dict[int, str]] | None:
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
+    if who and "Invalid user" in result.stderr:  # (a name this host does not know: squeue
+        return marked_jobs([""])  # says so, yet lists nothing and answers 0)
     if result.returncode:
         return None
     found: dict[str, dict[int, str]] = {}

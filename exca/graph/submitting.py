@@ -15,7 +15,6 @@ submitting them again.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import logging
 import os
 import time
@@ -210,9 +209,14 @@ def mark(
     if executors.resolve_cluster(execution.cluster) != "slurm":
         return None  # (local and debug jobs die with their submitter)
     token = os.urandom(8).hex()
+    # (the name of the uid sbatch submits as: getpass's comes from $LOGNAME/$USER first,
+    # which `su` or a container may leave naming someone else, and squeue listed none of
+    # the jobs)
     try:
-        user = getpass.getuser()
-    except Exception:  # (no name for this uid: the jobs of every user are looked at)
+        import pwd
+
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):  # (no name for this uid: every user's jobs are looked at)
         user = ""
     units: dict[Path, list[tuple[int, list[str] | None]]] = {}
     nodes = {}
