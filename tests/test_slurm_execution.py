@@ -1598,6 +1598,99 @@ def test_every_rank_of_a_multi_task_slurm_job_runs_the_method(
     assert sorted(lines(meeting / "calls.txt"))[:2] == ["infer rank=0", "infer rank=1"]
 
 
+class PastTheWarning(pydantic.BaseModel):
+    """Each rank notes its start and end in <ctl>/calls.txt. It runs until its own log
+    shows Slurm's time-limit warning (SIGUSR2, logged by submitit or exca), then 3 s more
+    (100 s at most); forever while <ctl>/block exists."""
+
+    ctl: str
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> str:
+        import submitit
+
+        env = submitit.JobEnvironment()
+        ctl, log = Path(self.ctl), Path(env.paths.stderr)
+        append(ctl / "calls.txt", f"start rank={env.global_rank}")
+        end = time.monotonic() + 100
+        while time.monotonic() < end or (ctl / "block").exists():
+            if "SIGUSR2" in log.read_text():
+                end = min(end, time.monotonic() + 3)
+            time.sleep(0.5)
+        append(ctl / "calls.txt", f"end rank={env.global_rank}")
+        return f"rank {env.global_rank}"
+
+
+@pytest.mark.timeout(300)
+def test_a_srun_job_runs_past_slurms_time_limit_warning(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """With slurm_use_srun=True the job step gets Slurm's warning (submitit's --signal,
+    USR2, 90 s before the time limit, up to 60 s earlier still): submitit's handler raised
+    in the method, and a 1-minute job failed after ~18 s, "reached its time limit" (a
+    probe). Without srun the method runs until Slurm's limit: with srun too now, the
+    warning is only logged."""
+    infra = {
+        "folder": tmp_path / "cache",
+        "cluster": "slurm",
+        **resources(slurm_cluster, timeout_min=2, slurm_use_srun=True),
+    }
+    obj = PastTheWarning(ctl=str(ctl), infra=infra)
+    job = obj.infra.job()
+    assert obj.run() == "rank 0"
+    assert lines(ctl / "calls.txt") == ["start rank=0", "end rank=0"]
+    log = job.stderr() or ""
+    assert "signal SIGUSR2: this job's time limit is near" in log
+
+
+@pytest.mark.timeout(300)
+def test_every_rank_of_a_srun_job_runs_until_its_time_limit(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """tasks_per_node=2: at Slurm's early warning, rank 0 failed ("reached its time limit",
+    ~15 s into a 1-minute job) while rank 1 ran on, its work thrown away (a probe). Every
+    rank now runs until Slurm stops the job at its limit, and the error says it timed out."""
+    if slurm_cluster.cpus_per_node < 2:
+        pytest.skip("needs a node of 2 CPUs")
+    (ctl / "block").touch()
+    infra = {
+        "folder": tmp_path / "cache",
+        "cluster": "slurm",
+        **resources(slurm_cluster, timeout_min=1, tasks_per_node=2, slurm_use_srun=True),
+    }
+    obj = PastTheWarning(ctl=str(ctl), infra=infra)
+    job = obj.infra.job()
+    with pytest.raises(JobFailedError, match=r"timed out \(state TIMEOUT\)"):
+        obj.run()
+    assert sorted(lines(ctl / "calls.txt")) == ["start rank=0", "start rank=1"]
+    rank_zero = Path(job.submitit_job.paths.stderr)  # (<job id>_0_log.err)
+    for log in (rank_zero, rank_zero.with_name(rank_zero.name.replace("_0_", "_1_"))):
+        assert "time limit is near" in log.read_text()  # (on each rank, then ran on)
+    assert obj.infra.status() == "failed"
+
+
+@pytest.mark.timeout(300)
+def test_a_srun_job_signalled_long_before_its_time_limit_is_still_requeued(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """The signal also comes with a preemption (Slurm's send_user_signal), long before the
+    time limit: submitit's handler still requeues the job, which computes the task again."""
+    import subprocess
+
+    (ctl / "block").touch()
+    obj = task(tmp_path, ctl, slurm_cluster, x=6, timeout_min=15, slurm_use_srun=True)
+    job = obj.infra.job()
+    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
+    subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True, timeout=30)
+    wait_until(lambda: registry.queue_state(job.job_id) == "PENDING")  # requeued
+    update = ["scontrol", "update", f"jobid={job.job_id}", "StartTime=now"]
+    subprocess.run(update, check=True, timeout=30)
+    assert job.result() == 18  # (its second run does not block)
+    assert lines(ctl / "calls.txt") == ["6", "6"]
+    assert "time limit is near" not in (job.stderr() or "")
+
+
 class LingeringMap(pydantic.BaseModel):
     """Its job's process stays a few seconds after writing its result (an exit handler):
     Slurm lists the job as running, then completing, meanwhile."""

@@ -585,6 +585,54 @@ def _watch_stop_signals() -> None:
 
         with contextlib.suppress(ValueError, OSError):
             signal.signal(kind, noted)
+    _run_on_past_time_limit_warning()
+
+
+def _run_on_past_time_limit_warning() -> None:
+    """In a Slurm job's process: submitit asks Slurm for its signal (USR2) 90 s before the
+    time limit (``--signal=USR2@90``; Slurm may send it up to 60 s earlier still). The
+    tasks of a job step started by srun (``slurm_use_srun=True``, every multi-task job)
+    get it, and submitit's handler, finding the job "timed-out" and exca's function not
+    checkpointable, raised inside the method: the job failed 1.5 to 2.5 minutes before its
+    limit, said to have reached it (rank 0 only: the other ranks ran on, for nothing),
+    while without srun the python never gets it and runs until Slurm's limit. Now that
+    warning is logged and ignored: the method runs until Slurm stops the job at its limit
+    (state TIMEOUT), with or without srun, on every rank. A signal submitit does not take
+    for the time limit (a preemption's) still goes to its handler, which requeues the job."""
+    import signal
+
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":  # (local: see _job_timeout)
+        return
+    try:
+        import submitit
+
+        kind = submitit.JobEnvironment._usr_sig()  # (USR2, or SUBMITIT_PREEMPT_SIGNAL)
+    except Exception:  # (an unknown SUBMITIT_PREEMPT_SIGNAL: submitit's handler failed too)
+        return
+    previous = signal.getsignal(kind)
+    # (submitit's SignalHandler: its own rule decides "timed-out" or "preempted")
+    timed_out = getattr(getattr(previous, "__self__", None), "has_timed_out", None)
+    if not callable(previous) or not callable(timed_out):
+        return
+
+    def warned(signum: int, frame: tp.Any) -> None:
+        try:
+            near_limit = bool(timed_out())
+        except Exception:  # (its logging, in a signal handler: the time limit, likely)
+            near_limit = True
+        if not near_limit:
+            previous(signum, frame)  # preempted: submitit requeues the job
+            return
+        with contextlib.suppress(Exception):  # (logging from a signal handler)
+            logger.warning(
+                "Slurm's signal %s: this job's time limit is near; the method runs on "
+                "until Slurm stops the job at its limit (exca does not checkpoint it: "
+                "nothing is gained by stopping sooner)",
+                signal.Signals(signum).name,
+            )
+
+    with contextlib.suppress(ValueError, OSError):
+        signal.signal(kind, warned)
 
 
 def _refuse_if_withdrawn(node: Node, written: bool = False) -> None:
