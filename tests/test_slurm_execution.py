@@ -1667,6 +1667,10 @@ def test_every_rank_of_a_srun_job_runs_until_its_time_limit(
     rank_zero = Path(job.submitit_job.paths.stderr)  # (<job id>_0_log.err)
     for log in (rank_zero, rank_zero.with_name(rank_zero.name.replace("_0_", "_1_"))):
         assert "time limit is near" in log.read_text()  # (on each rank, then ran on)
+    # (Slurm sends it up to 60 s early: at submitit's 90 s it came as the job started,
+    # which killed a task whose python could not ignore it yet; now near the minute's end)
+    script = Path(job.submitit_job.paths.submission_file).read_text()
+    assert "#SBATCH --signal=USR2@1\n" in script
     assert obj.infra.status() == "failed"
 
 

@@ -1448,6 +1448,23 @@ class Pools:
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # the time limit of a local job whose timeout_min is None
 
 
+SLURM_SIGNAL_DELAY_S = 90  # submitit's --signal=USR2@90: its time-limit warning
+SLURM_WARNING_SLACK_S = 60  # Slurm may send it this much earlier still
+SLURM_STARTUP_S = 30  # the warning never comes sooner after the job's start
+
+
+def slurm_signal_delay_s(timeout_min: int | None) -> int:
+    """How long before the time limit Slurm sends a job's warning signal (USR2). The tasks
+    of a srun step get it and ignore it (see ``worker._run_on_past_time_limit_warning``),
+    but only once python has started: submitit's 90 s, on a job of 1 or 2 minutes, had it
+    sent as the job started (Slurm sends it up to 60 s early), killing a task still
+    starting. Shorter for those: 1 s at least (Slurm sends no warning for 0; a preemption's
+    signal, with PreemptParameters=send_user_signal, may depend on it)."""
+    limit = 60 * (timeout_min or 5)  # (None: submitit's default, 5 minutes)
+    delay = limit - SLURM_WARNING_SLACK_S - SLURM_STARTUP_S
+    return max(1, min(SLURM_SIGNAL_DELAY_S, delay))
+
+
 def sbatch_options(extra: dict[str, tp.Any]) -> dict[str, tp.Any]:
     """slurm_additional_parameters with submitit's spelling ("ntasks_per_node"): the same
     option spelled "ntasks-per-node" did not replace the field's, both were written and
@@ -1480,6 +1497,8 @@ def submitit_executor(execution: Execution, logs: str) -> tp.Any:
         params["timeout_min"] = LOCAL_TIMEOUT_MIN
     if execution.job_name and "name" not in params:
         params["name"] = execution.job_name
+    if cluster == "slurm":
+        params["slurm_signal_delay_s"] = slurm_signal_delay_s(params.get("timeout_min"))
     if params.get("slurm_additional_parameters"):
         params["slurm_additional_parameters"] = sbatch_options(
             params["slurm_additional_parameters"]
