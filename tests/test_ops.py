@@ -477,7 +477,8 @@ def test_list_cli_filters_and_json(cache: dict[str, tp.Any]) -> None:
 
     everything = listed()
     fields = {"step", "uid", "folder", "kind", "status", "config", "entries", "errors", "size",
-              "modified", "job_id", "job_state", "stdout", "stderr", "error", "note"}  # fmt: skip
+              "modified", "job_id", "job_state", "job_reason", "stdout", "stderr", "error",
+              "note"}  # fmt: skip
     assert everything and all(set(row) == fields for row in everything)
     python_side = exca.ops.inspect(root)
     assert [r["folder"] for r in everything] == [str(i.folder) for i in python_side]

@@ -478,6 +478,123 @@ def test_a_job_slurm_never_starts_ends_its_wait(
     assert lines(ctl / "calls.txt") == ["31"]
 
 
+def _exca_cli(*args: str | Path) -> str:
+    """What `python -m exca ...` prints (a user's shell)."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "exca", *map(str, args)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=WAIT_S)
+    return result.stdout + result.stderr
+
+
+def _held_warnings(caplog: pytest.LogCaptureFixture, job_id: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.getMessage().startswith(f"Waiting for job {job_id}, which is held by Slurm")
+    ]
+
+
+@pytest.mark.timeout(400)
+def test_a_held_job_is_said_held_and_still_waited_for(
+    tmp_path: Path,
+    ctl: Path,
+    slurm_cluster: SlurmCluster,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job held in the queue (scontrol hold) made a call waiting for it wait for ever,
+    saying only "waiting for it"; the plan said "pending as job N", exca list "(pending)"
+    (a probe). The waiting call warns once (the job, squeue's reason, scontrol release)
+    and waits on: a held job may be released (unlike DependencyNeverSatisfied); the plan,
+    exca list and exca logs say it is held."""
+    import subprocess
+
+    monkeypatch.setattr(registry, "QUEUE_LOOK_S", 0.2)  # (many looks at the queue: one warning)
+    later = {"begin": "now+600"}  # (pending, not started: held below)
+    obj = task(tmp_path, ctl, slurm_cluster, x=41, slurm_additional_parameters=later)
+    job = obj.infra.job()
+    try:
+        wait_until(lambda: registry.queue_state(job.job_id) == "PENDING")
+        subprocess.run(["scontrol", "hold", job.job_id], check=True, timeout=30)
+        (entry,) = exca.graph.plan(obj.process.node()).entries
+        found = re.fullmatch(
+            rf"pending as job {job.job_id} \(held: (JobHeld\w+); `scontrol release "
+            rf"{job.job_id}` lets it start\)",
+            entry.reason,
+        )
+        assert found is not None and entry.action == "wait", entry.reason
+        reason = found.group(1)
+        (info,) = exca.ops.inspect(tmp_path / "cache")
+        assert (info.status, info.job_state, info.job_reason) == ("running", "held", reason)
+        listed = _exca_cli("list", tmp_path / "cache")
+        assert f"job {job.job_id} (held: {reason}; `scontrol release {job.job_id}`" in listed
+        logs = _exca_cli("logs", info.folder)
+        assert f"Job {job.job_id} (slurm) is held by Slurm (squeue's reason: {reason})" in logs
+        out: list[int] = []
+        waiting = threading.Thread(
+            target=lambda: out.append(task(tmp_path, ctl, slurm_cluster, x=41).process())
+        )
+        with caplog.at_level("WARNING", logger="exca"):
+            waiting.start()
+            wait_until(lambda: _held_warnings(caplog, job.job_id))
+            time.sleep(2.0)  # (the queue looked at again and again: no second warning)
+            assert waiting.is_alive()  # (the wait goes on)
+            subprocess.run(["scontrol", "release", job.job_id], check=True, timeout=30)
+            start = ["scontrol", "update", f"jobid={job.job_id}", "StartTime=now"]
+            subprocess.run(start, check=True, timeout=30)
+            waiting.join(timeout=300)
+        assert out == [123]
+        (said,) = _held_warnings(caplog, job.job_id)
+        assert f"(squeue's reason: {reason})" in said and f"`scontrol release {job.job_id}`" in said
+    finally:
+        subprocess.run(["scancel", job.job_id], check=False, timeout=30)
+    assert lines(ctl / "calls.txt") == ["41"]
+
+
+@pytest.mark.timeout(600)
+def test_a_job_requeued_held_while_running_is_said_held(
+    tmp_path: Path,
+    ctl: Path,
+    slurm_cluster: SlurmCluster,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """scontrol requeuehold of a running job: squeue's reason is "job requeued in held
+    state"; a call waiting for it said nothing of it (a probe). It warns, waits on, and
+    returns the result of the job's run once it is released."""
+    import subprocess
+
+    (ctl / "block").touch()  # (its first run blocks: requeued held below)
+    obj = task(tmp_path, ctl, slurm_cluster, x=43)
+    job = obj.infra.job()
+    try:
+        wait_until(lambda: lines(ctl / "calls.txt") == ["43"], timeout=300)  # (running)
+        subprocess.run(["scontrol", "requeuehold", job.job_id], check=True, timeout=30)
+
+        def reason() -> str:
+            (entry,) = exca.graph.plan(obj.process.node()).entries
+            return entry.reason
+
+        wait_until(lambda: "(held: job requeued in held state; `scontrol release" in reason())
+        out: list[int] = []
+        waiting = threading.Thread(
+            target=lambda: out.append(task(tmp_path, ctl, slurm_cluster, x=43).process())
+        )
+        with caplog.at_level("WARNING", logger="exca"):
+            waiting.start()
+            wait_until(lambda: _held_warnings(caplog, job.job_id))
+            assert waiting.is_alive()
+            subprocess.run(["scontrol", "release", job.job_id], check=True, timeout=30)
+            waiting.join(timeout=300)
+        assert out == [129]  # (its second run: not blocked)
+        (said,) = _held_warnings(caplog, job.job_id)
+        assert "(squeue's reason: job requeued in held state)" in said, said
+    finally:
+        subprocess.run(["scancel", job.job_id], check=False, timeout=30)
+    assert lines(ctl / "calls.txt") == ["43", "43"]
+
+
 @pytest.mark.timeout(240)
 def test_pending_elements_past_squeues_cut_are_still_queued(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster

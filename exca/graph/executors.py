@@ -424,13 +424,16 @@ class SubmititHandle(Handle):
         it never ended. squeue knows a job from its submission on (see left_queue)."""
         if self.cluster != "slurm":
             return False
-        from .registry import left_queue, never_starts
+        from .registry import left_queue, never_starts, tell_held
 
         if left_queue(self.job_id):
             return True
         # (a job pending for a reason Slurm never gets over, DependencyNeverSatisfied:
         # waited for, its call waited for ever; it ends the wait, described as such)
         self._never_starts = never_starts(self.job_id)
+        if self._never_starts is None:
+            # (held: it may be released, so the wait goes on; told, as it never ends else)
+            tell_held(self.job_id)
         return self._never_starts is not None
 
     def never_starts(self) -> bool:

@@ -530,6 +530,52 @@ def never_starts_words(job_id: str, reason: str) -> str:
     )
 
 
+_HELD: dict[str, str] = {}  # pending jobs squeue said last Slurm holds -> its reason
+
+# squeue's reasons (%r) of a pending job held (scontrol hold / uhold, sbatch --hold;
+# scontrol requeuehold of a running job: "job requeued in held state"): it may be
+# released and run, so a wait for it goes on; it is only told
+HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin", "job requeued in held state"})
+
+
+def held(job_id: str) -> str | None:
+    """The reason squeue gave, in its last call listing this pending job, why Slurm holds
+    it (JobHeldUser, JobHeldAdmin; None: not held; no new call)."""
+    return _HELD.get(job_id)
+
+
+def held_words(job_id: str, reason: str) -> str:
+    """What a job Slurm holds waits for, and how to start it ("is held...": after the
+    job's name)."""
+    return (
+        f"is held by Slurm (squeue's reason: {reason}): it does not start "
+        f"until it is released (`scontrol release {job_id}`), or cancelled (`scancel "
+        f"{job_id}`)"
+    )
+
+
+_HELD_TOLD: dict[str, str] = {}  # array (or job) id -> the job of it a waiting call told held
+
+
+def tell_held(job_id: str) -> None:
+    """Warn, once per job (or array) while it stays held, that a job a call waits for is
+    held by Slurm: the call waits on (it may be released), silently it seemed to hang."""
+    base = job_id.split("_")[0]
+    reason = held(job_id)
+    if reason is None:
+        if _HELD_TOLD.get(base) == job_id:  # (released: told again if held again)
+            del _HELD_TOLD[base]
+        return
+    if base in _HELD_TOLD:
+        return
+    if len(_HELD_TOLD) > 1000:
+        _HELD_TOLD.clear()
+    _HELD_TOLD[base] = job_id
+    logger.warning(
+        "Waiting for job %s, which %s; the wait goes on", job_id, held_words(job_id, reason)
+    )
+
+
 def queue_state(job_id: str) -> str | None:
     """The state squeue gives a Slurm job (PENDING, RUNNING...; None: not queued, or no
     answer): one squeue call, which knows a job at once (sacct may lag)."""
@@ -549,6 +595,11 @@ def as_jobs(job_ids: tp.Sequence[str]) -> str:
     pending = bool(job_ids) and all(_STATES.get(j) == "PENDING" for j in job_ids)
     never = sorted({_NEVER[j] for j in job_ids if j in _NEVER})
     said = f" (Slurm never starts it: {', '.join(never)})" if never else ""
+    held_ids = [j for j in job_ids if j in _HELD]
+    if held_ids:
+        reasons = ", ".join(sorted({_HELD[j] for j in held_ids}))
+        listed = ",".join(held_ids[:5]) + (",..." if len(held_ids) > 5 else "")
+        said += f" (held: {reasons}; `scontrol release {listed}` lets it start)"
     return (
         f"{'pending' if pending else 'running'} as job{'(s)' if len(job_ids) > 1 else ''} "
         f"{shown}{said}"
@@ -592,9 +643,11 @@ def _squeue(bases: list[str]) -> tuple[set[str], set[str]] | None:
     if len(_STATES) > 10_000:
         _STATES.clear()
         _NEVER.clear()
+        _HELD.clear()
     asked = set(bases)
-    for job in [j for j in _NEVER if j.split("_")[0] in asked]:
-        del _NEVER[job]  # (what this call says replaces it: e.g. scontrol update)
+    for said in (_NEVER, _HELD):
+        for job in [j for j in said if j.split("_")[0] in asked]:
+            del said[job]  # (what this call says replaces it: e.g. scontrol update, release)
     for line in result.stdout.splitlines():
         job, _, rest = line.partition("|")
         state, _, rest = rest.partition("|")
@@ -603,6 +656,7 @@ def _squeue(bases: list[str]) -> tuple[set[str], set[str]] | None:
         if not state or state in FINAL_STATES:
             continue
         never = state == "PENDING" and reason in NEVER_STARTS_REASONS
+        hold = state == "PENDING" and reason in HELD_REASONS
         if "_[" in job:  # (grouped elements: 12_[3-5%2], in case -r is not honoured)
             root, _, ranges = job.partition("_[")
             expanded = [f"{root}_{i}" for i in _expand(ranges.rstrip("]").split("%")[0])]
@@ -610,9 +664,13 @@ def _squeue(bases: list[str]) -> tuple[set[str], set[str]] | None:
             _STATES.update(dict.fromkeys(expanded, state))
             if never:
                 _NEVER.update(dict.fromkeys(expanded, reason))
+            if hold:
+                _HELD.update(dict.fromkeys(expanded, reason))
         else:
             if never:
                 _NEVER[job] = reason
+            if hold:
+                _HELD[job] = reason
             listed.add(job)
             _STATES[job] = state
             own = raw.strip()

@@ -476,6 +476,9 @@ def _not_started(job_id: str, cluster: str) -> str | None:
     state = registry.queue_state(job_id)
     if state is None:
         return None
+    reason = registry.held(job_id)  # (squeue said it, in the call just made)
+    if state == "PENDING" and reason is not None:
+        return registry.held_words(job_id, reason)
     if state == "PENDING":
         return f"is still pending in Slurm's queue (`squeue -j {job_id}` says why)"
     return f"is {state.lower()} in Slurm's queue and has not written its log yet"

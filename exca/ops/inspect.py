@@ -47,7 +47,8 @@ class NodeInfo:
     size: int = 0  # bytes on disk
     modified: float = 0.0  # last index write (unix time)
     job_id: str | None = None
-    job_state: str | None = None
+    job_state: str | None = None  # pending | held | running | ended
+    job_reason: str | None = None  # squeue's reason of a held job (JobHeldUser...)
     stdout: str | None = None
     stderr: str | None = None
     error: str | None = None  # a task's cached error: "ValueError: its message" (shortened)
@@ -359,6 +360,9 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
         info.job_state = "running"
         if registry.last_queue_state(record.job_id) == "PENDING":
             info.job_state = "pending"  # (as squeue said, in the call just made)
+            info.job_reason = registry.held(record.job_id)
+            if info.job_reason is not None:  # (it may wait for ever: not plain pending)
+                info.job_state = "held"
     elif records or kind == "task":
         record, elsewhere = _producer(records, entries.get(TASK_KEY) if kind == "task" else None)
         info.job_state = "ended" if record is not None or elsewhere is not None else None
@@ -371,7 +375,7 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
         info.status = "error" if errors else "success"
     elif kind == "map":
         info.status = "partial" if errors else "success"
-    if info.job_state in ("running", "pending") and (kind == "empty" or kind == "map"):
+    if info.job_state in ("running", "pending", "held") and (kind == "empty" or kind == "map"):
         info.status = "running"  # queued, or computing inside its job
     elif computing:
         info.status = "computing"
@@ -757,7 +761,10 @@ def render(infos: list[NodeInfo]) -> str:
             lines.append(f"{current}  ({count} config(s))")
         entries = f"{info.entries} item(s)" if info.kind == "map" else ""
         errors = f", {info.errors} error(s)" if info.kind == "map" and info.errors else ""
-        job = f"  job {info.job_id} ({info.job_state})" if info.job_id else ""
+        state = info.job_state
+        if state == "held":
+            state = f"held: {info.job_reason}; `scontrol release {info.job_id}` lets it start"
+        job = f"  job {info.job_id} ({state})" if info.job_id else ""
         error = f"  {info.error}" if info.error else ""
         note = f"  ({info.note})" if info.note else ""
         lines.append(
