@@ -31,6 +31,7 @@ import exca.graph
 import exca.ops
 import exca.storage.process
 from exca.graph import registry
+from exca.graph.errors import JobFailedError
 from exca.ops import clean
 from exca.ops.inspect import human_size, node_folders, step_selects
 from exca.storage.cachedict import CacheDict
@@ -4407,12 +4408,18 @@ def test_explain_a_config_whose_job_died_says_what_computes_it_again(tmp_path: P
     job = dies.infra.job()
     wait_until(job.done, "the job ends")
     (why,) = exca.ops.explain(dies.run.node())
-    assert (
-        why.summary() == f"job {job.job_id} ended without a result: mode='retry' computes it again"
-    )
+    # (in the call's words: how it ended, and where its log is)
+    said = why.summary()
+    died = f"local job {job.job_id} ended without writing its result: its process died"
+    assert said.startswith(died) and "; its log: " in said, said
+    assert said.endswith("_log.err (empty): mode='retry' computes it again"), said
     read_only = Dies(infra={"folder": tmp_path, "cluster": "local", "mode": "read-only"})
     (entry,) = exca.graph.plan(read_only.run.node()).entries
     assert "retry" not in entry.reason
+    with pytest.raises(JobFailedError) as info:  # (the call says it alike)
+        Dies(infra={"folder": tmp_path, "cluster": "local"}).run()
+    line = said.removesuffix(": mode='retry' computes it again")
+    assert f"{line} (use mode='retry' to recompute)" in str(info.value), info.value
 
 
 def test_a_result_computed_without_a_job_is_not_listed_as_that_jobs(tmp_path: Path) -> None:

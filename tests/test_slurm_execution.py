@@ -595,6 +595,47 @@ def test_a_job_requeued_held_while_running_is_said_held(
     assert lines(ctl / "calls.txt") == ["43", "43"]
 
 
+@pytest.mark.timeout(400)
+def test_list_plan_and_call_say_alike_how_a_dead_job_ended(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    """Array elements cancelled while pending (one alone, then the rest with the array):
+    exca list said "ended without writing its result (killed, out of memory,
+    cancelled...?): `exca logs FOLDER --stderr` shows how" (no log there), the plan "job N
+    ended without a result", where the call said how (cancelled before it started). All
+    three say it in the call's words now."""
+    import subprocess
+
+    later = {"begin": "now+600"}  # (pending until cancelled)
+    settings = {"folder": tmp_path / "cache", "cluster": "slurm", **resources(slurm_cluster)}
+    base = BlocksOne(ctl=str(ctl), infra={**settings, "slurm_additional_parameters": later})
+    with base.infra.job_array(max_workers=1) as array:
+        array.extend(base.infra.clone_obj(x=x) for x in (1, 2, 3))
+    jobs = [config.infra.job() for config in array]
+    try:
+        wait_until(lambda: all(registry.queue_state(j.job_id) == "PENDING" for j in jobs))
+        subprocess.run(["scancel", jobs[2].job_id], check=True, timeout=30)
+        wait_until(lambda: jobs[2].job_id not in registry.queued_jobs([jobs[2].job_id]))
+    finally:
+        subprocess.run(["scancel", jobs[0].job_id.split("_")[0]], check=False, timeout=30)
+    wait_until(lambda: not registry.queued_jobs([j.job_id for j in jobs]))
+    # (sacct knows them: the whole array, as one row of its pending elements)
+    base = jobs[0].job_id.split("_")[0]
+    wait_until(lambda: any(job.startswith(f"{base}_") for job in sacct_states([base])))
+    listed = {i.folder: i.error for i in exca.ops.inspect(tmp_path / "cache")}
+    nodes = [config.process.node() for config in array]
+    reasons = {e.uid: e.reason for e in exca.graph.plan(*nodes).entries}
+    for config, node, job in zip(array, nodes, jobs):
+        said = listed[config.infra.uid_folder()]
+        assert said is not None and said.startswith(f"job {job.job_id} "), said
+        assert "exca logs" not in said and "cancelled before it started" in said, said
+        assert reasons[node.uid] == f"{said}: mode='retry' computes it again"
+        with pytest.raises(JobFailedError) as info:
+            BlocksOne(ctl=str(ctl), x=config.x, infra=settings).process()
+        assert f"{said} (use mode='retry' to recompute)" in str(info.value)
+    assert lines(ctl / "calls.txt") == []
+
+
 @pytest.mark.timeout(240)
 def test_pending_elements_past_squeues_cut_are_still_queued(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster

@@ -14,7 +14,7 @@ from ..storage import gcpause
 from ..storage.cachederror import record_line
 from ..storage.dumping import is_damaged_payload
 from . import callers, executors, registry, store
-from .errors import JobFailedError, UpstreamFailed, read_only_error, retry_hint
+from .errors import JobFailedError, UpstreamFailed, ending_line, read_only_error, retry_hint
 from .node import TASK_KEY, Group, Node
 
 Key = tuple[str, str]
@@ -743,9 +743,10 @@ class Graph:
         for run, record in ended:
             how = executors.recorded_handle(record).ended_how(known.get(record.job_id))
             run.action, run.holds_error = "fail", True
-            run.reason = f"job {record.job_id} ended without a result"
-            if run.node.mode != "read-only":  # (what to do, as for a cached error)
-                run.reason += ": mode='retry' computes it again"
+            run.reason = ending_line(how)  # (as the call says it)
+            # (what to do, as for a cached error; not where its own words say it)
+            if run.node.mode != "read-only" and retry_hint(how) != how:
+                run.reason += f"{RETRY_COMPUTES} it again"
             run.error = JobFailedError(f"{run.node.uid}: {retry_hint(how)}")
 
     def _redone_upstream(self, run: NodeRun, jobs: str) -> bool:

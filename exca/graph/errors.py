@@ -60,6 +60,13 @@ def retry_hint(how: str, items: bool = False) -> str:
     return f"{said} ({ITEMS_HINT if items else RETRY_HINT}){quote}{log_end}"
 
 
+def ending_line(how: str) -> str:
+    """A job's ending (``Handle.ended_how``) on one line, without the end of its log it
+    may quote: what a plan's reason and `exca list` say of a job that ended without its
+    result, as the call's error does (they said "ended without a result" only)."""
+    return " ".join(how.partition(LOG_QUOTE)[0].split())
+
+
 def force_not_done(uid: str, how: str, earlier: str, upstream: str | None = None) -> str:
     """What a forced job that ended without computing (e.g. cancelled before it started)
     says: the force did not happen, and what the cache holds instead (``earlier``: the

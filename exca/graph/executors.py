@@ -642,10 +642,14 @@ class RecordedLocalHandle(Handle):
                 error = job.exception()
         if error is not None:
             return "local " + job_raised(self.job_id, error, stderr)
-        tail = read_tail(stderr)[-TAIL_CHARS:] if stderr.exists() else ""
-        return (f"local job {self.job_id} ended without writing its result: {_DIED}") + (
-            f"; the end of its stderr: {tail}" if tail else ""
-        )
+        said = f"local job {self.job_id} ended without writing its result: {_DIED}"
+        try:
+            end = log_tail(read_tail(stderr))
+        except OSError:  # (no log)
+            return said
+        # (its end quoted as a Slurm job's: after the first line, which a plan's reason
+        # and `exca list` say alone; it was glued to it, up to 1500 characters)
+        return f"{said}; its log: {stderr}" + (f"{LOG_QUOTE}{end}" if end else " (empty)")
 
     def cancel(self) -> None:
         from .registry import is_active

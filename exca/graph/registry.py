@@ -763,16 +763,24 @@ def slurm_exit(job_id: str) -> str:
     return found[job_id][1] if job_id in found else ""
 
 
-def slurm_endings(job_ids: tp.Sequence[str]) -> dict[str, tuple[str, str]]:
+def slurm_endings(job_ids: tp.Sequence[str], unknown: bool = False) -> dict[str, tuple[str, str]]:
     """State and exit (``slurm_exit``'s words) of ended Slurm jobs, with ONE ``sacct``
-    call (a plan describing many dead jobs would otherwise make two calls per job)."""
-    return _endings(job_ids) if job_ids else {}
+    call (a plan describing many dead jobs would otherwise make two calls per job).
+    With ``unknown``: ("UNKNOWN", "") for an array element sacct does not list while it
+    lists its array (an element cancelled while pending, on some clusters)."""
+    return _endings(job_ids, unknown) if job_ids else {}
 
 
-def _endings(job_ids: tp.Sequence[str]) -> dict[str, tuple[str, str]]:
+def _endings(job_ids: tp.Sequence[str], unknown: bool = False) -> dict[str, tuple[str, str]]:
     runs: dict[str, list[list[str]]] = {}
     for row in _sacct("JobID,State,ExitCode,NodeList", job_ids, runs=True):
         runs.setdefault(row[0], []).append(row)
+    for job in [j for j in runs if "_[" in j]:
+        # (pending elements grouped, 12_[3-5%2]: e.g. the array cancelled while they were
+        # pending; an element's own row, if any, says more)
+        root, _, ranges = job.partition("_[")
+        for index in _expand(ranges.rstrip("]").split("%")[0]):
+            runs.setdefault(f"{root}_{index}", runs[job])
     found = {}
     for job, rows in runs.items():
         # (its last run says how it ended)
@@ -786,6 +794,11 @@ def _endings(job_ids: tp.Sequence[str]) -> dict[str, tuple[str, str]]:
         else:
             how = NEVER_STARTED
         found[job] = (state.strip(), how)
+    if unknown:
+        arrays = {j.split("_")[0] for j in runs}
+        for job in job_ids:
+            if job not in found and "_" in job and job.split("_")[0] in arrays:
+                found[job] = ("UNKNOWN", "")  # (as SubmititHandle.ended_how then says)
     return {j: found[j] for j in job_ids if j in found}
 
 

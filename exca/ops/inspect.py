@@ -300,11 +300,11 @@ def disk_usage(folder: Path, recursive_into_inputs: bool = False) -> tuple[int, 
     return total, modified
 
 
-# (the line for a job that ended without writing its result, when nothing tells more)
-_DIED = (
-    "ended without writing its result (killed, out of memory, cancelled...?): "
-    "`exca logs FOLDER --stderr` shows how"
-)
+# (the line for a job that ended without writing its result, when nothing tells more:
+# its log, if it wrote one, tells how)
+_DIED = "ended without writing its result (killed, out of memory, cancelled...?)"
+_LOG_SHOWS = ": `exca logs FOLDER --stderr` shows how"
+_NO_LOG = "; it wrote no log (cancelled before it started?)"
 
 
 def step_selects(step: str, name: str) -> bool:
@@ -386,7 +386,8 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
         died = not record.foreign and not registry.wrote_outcome(record)
         if died:
             info.status = "error"
-            info.error = f"job {record.job_id} {_DIED}"
+            info.error = f"job {record.job_id} {_DIED}"  # (see _describe_dead_jobs)
+            info.error += _LOG_SHOWS if record.stderr.exists() else _NO_LOG
     return info
 
 
@@ -532,7 +533,7 @@ def inspect(
                 said = "not computed: " + "; ".join(text for text, _ in problems)
                 info.note = f"{info.note}; {said}" if info.note else said
     out = select(out, where, status, parsed=conditions)
-    _describe_dead_slurm_jobs(out, {r.job_id: r for r in records if r.cluster == "slurm"})
+    _describe_dead_jobs(out, records)
     return out
 
 
@@ -557,23 +558,32 @@ def select(
     return out
 
 
-def _describe_dead_slurm_jobs(infos: list[NodeInfo], slurm: dict[str, tp.Any]) -> None:
-    """How the Slurm jobs that ended without a result ended (cancelled while pending, out
-    of memory...), asked with ONE sacct call: the generic line sent to a log that a job
-    cancelled before it started never wrote."""
-    dead = [i for i in infos if i.error and i.error.endswith(_DIED) and i.job_id in slurm]
-    endings = registry.slurm_endings([str(i.job_id) for i in dead]) if dead else {}
-    if not endings:
-        return
+def _describe_dead_jobs(infos: list[NodeInfo], records: list[tp.Any]) -> None:
+    """How the Slurm jobs that ended without a result ended, in the words their call's
+    error has (``Handle.ended_how``: cancelled while pending, out of memory...), asked
+    with ONE sacct call: the generic line sent to a log that a job cancelled before it
+    started never wrote, and said less than the call and the plan. (A local job's own
+    log says how: the generic line sends there.)"""
+    by_job = {(r.node_folder, r.job_id): r for r in records if r.cluster == "slurm"}
+    dead = [
+        (info, by_job[(info.folder, info.job_id)])
+        for info in infos
+        if info.error
+        and info.error.startswith(f"job {info.job_id} {_DIED}")
+        and (info.folder, info.job_id) in by_job
+    ]
+    slurm = [record.job_id for _, record in dead]
+    endings = registry.slurm_endings(slurm, unknown=True) if slurm else {}
     from ..graph import executors
+    from ..graph.errors import ending_line
 
-    for info in dead:
-        known = endings.get(str(info.job_id))
+    for info, record in dead:
+        known = endings.get(record.job_id)
         if known is None:
-            continue
+            continue  # (sacct did not answer: the generic line stays)
         with contextlib.suppress(Exception):  # (the generic line stays)
-            how = executors.recorded_handle(slurm[str(info.job_id)]).ended_how(known)
-            info.error = " ".join(how.split())[:200]
+            how = executors.recorded_handle(record).ended_how(known)
+            info.error = ending_line(how)  # (no log quoted: a line, as the plan's)
 
 
 def keys_no_config_has(infos: list[NodeInfo], where: tp.Sequence[str]) -> list[str]:
