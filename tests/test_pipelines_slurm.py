@@ -789,3 +789,32 @@ def test_plan_says_when_slurm_splits_an_array(env: Env) -> None:
     assert f"{size + 99} element(s) in 2 arrays (Slurm's MaxArraySize is {size})" in str(plan)
     small = exca.graph.plan(square.apply.node([1, 2]))
     assert small.arrays[0].slurm_arrays == 1 and " arrays" not in str(small)
+
+
+# --- inline work does not hold back Slurm work it does not need ----------------------------------
+def _inline_beside_a_slurm_chain(env: Env) -> tuple[exca.graph.Node, exca.graph.Node]:
+    """leaf -> mid on Slurm (mid touches a file as it starts), and an independent inline
+    node (cluster=None) that waits (60 s at most, else fails) for that file: it ends only
+    if mid's job starts while it runs."""
+    started_file = env.tmp / "mid-started"
+    leaf = env.step("leaf", infra=slurm()).run.node(1)
+    mid = env.step("mid", signal_file=str(started_file), infra=slurm()).run.node(leaf)
+    inline = env.step("inline", partner=str(started_file)).run.node(2)
+    return mid, inline
+
+
+def test_a_detached_run_submits_slurm_work_before_inline_work_it_does_not_need(
+    env: Env, sbatch: Sbatch
+) -> None:
+    """run(..., wait=False) with an independent inline node: every Slurm node goes out
+    (with its dependency) before the inline node runs (mid went out only once the inline
+    node had run, a probe: 25 s late, and never on a Ctrl-C meanwhile)."""
+    mid, inline = _inline_beside_a_slurm_chain(env)
+    exca.graph.run(mid, inline, wait=False)
+    calls = sbatch.calls()
+    assert len(calls) == 2
+    leaf_id = job_id(next(iter(mid.upstream)))
+    assert Sbatch.option(calls[1], "dependency") == f"afterany:{leaf_id}"
+    assert inline.status() == "completed"
+    wait_until_ended([job_id(mid)])
+    assert mid.result() == "mid(leaf(1,None),None)"

@@ -28,7 +28,8 @@ if tp.TYPE_CHECKING:
 
 def submit_all(scheduler: Scheduler) -> None:
     """Submit every node that needs work and return without waiting. Work that runs in
-    this process (cluster=None, pools) is done now, when its upstream is ready."""
+    this process (cluster=None, pools) is done now, when its upstream is ready, after
+    every Slurm node that does not need it is submitted."""
     from .scheduler import follow_own_job
 
     # jobs queued or running, waited for (not submitted again): no level of their own,
@@ -51,23 +52,23 @@ def submit_all(scheduler: Scheduler) -> None:
     submitted: list[tuple[NodeRun, executors.Handle]] = []
     interrupted = False
     try:
-        for wave in _waves(scheduler.graph.upstream, [r.node.key for r in work], waited):
-            scheduler.graph.share_force_states()  # (before instances are pickled into jobs)
-            groups: dict[str, list[tuple[NodeRun, Unit]]] = {}
-            here: list[NodeRun] = []
-            pending = {key: scheduler.runs[key] for key in wave}
+        remaining = [r.node.key for r in work]  # (topological)
+        while remaining:
+            # every Slurm node that needs no work still to be done here goes out now, by
+            # level (Slurm dependencies between them): an inline node of another branch
+            # held its work back until it had run (and a Ctrl-C meanwhile cancelled it)
+            behind = _behind_work_here(scheduler, remaining, waited)
+            now = [k for k in remaining if k not in behind]
+            for wave in _waves(scheduler.graph.upstream, now, waited):
+                _submit_wave(scheduler, wave, waited, submitted)
+            # then the work done here that is ready: together (independent of each other)
+            upstream = scheduler.graph.upstream
+            here = [k for k in remaining if k in behind and not behind.intersection(upstream[k])]
+            pending = {key: scheduler.runs[key] for key in here}
             scheduler._skip_blocked(pending)  # (below work that failed here: not run)
-            for run in pending.values():
-                if run.node.key in waited:
-                    continue
-                if not executors.on_slurm(run.node):
-                    here.append(run)
-                    continue
-                for unit in _units(scheduler, run):
-                    groups.setdefault(run.array_key, []).append((run, unit))
-            for members in groups.values():
-                submitted.extend(_submit(scheduler, members))
-            _run_here(scheduler, here, pools, progress)  # (together: independent of each other)
+            _run_here(scheduler, list(pending.values()), pools, progress)
+            done = {*now, *here}
+            remaining = [k for k in remaining if k not in done]
     except BaseException as error:
         interrupted = isinstance(error, KeyboardInterrupt)
         for run, handle in submitted:  # never leave half a submission behind
@@ -88,6 +89,38 @@ def submit_all(scheduler: Scheduler) -> None:
     # what failed here (or was decided to fail: a cached error), raised as a waiting run
     # would, once everything else is submitted (the submitted jobs stay)
     scheduler._raise_failures()
+
+
+def _behind_work_here(scheduler: Scheduler, keys: list[Key], waited: set[Key]) -> set[Key]:
+    """The nodes among ``keys`` (topological) that are work done here, or below such work
+    (Slurm work then needs its result: submitted once it is done)."""
+    behind: set[Key] = set()
+    for key in keys:
+        run = scheduler.runs[key]
+        here = key not in waited and not executors.on_slurm(run.node)
+        if here or any(u in behind for u in scheduler.graph.upstream[key]):
+            behind.add(key)
+    return behind
+
+
+def _submit_wave(
+    scheduler: Scheduler,
+    wave: list[Key],
+    waited: set[Key],
+    submitted: list[tuple[NodeRun, executors.Handle]],
+) -> None:
+    """Submit the Slurm work of a level, one array per group (into ``submitted``)."""
+    scheduler.graph.share_force_states()  # (before instances are pickled into jobs)
+    groups: dict[str, list[tuple[NodeRun, Unit]]] = {}
+    pending = {key: scheduler.runs[key] for key in wave}
+    scheduler._skip_blocked(pending)  # (below work that failed here: not run)
+    for run in pending.values():
+        if run.node.key in waited:
+            continue
+        for unit in _units(scheduler, run):
+            groups.setdefault(run.array_key, []).append((run, unit))
+    for members in groups.values():
+        submitted.extend(_submit(scheduler, members))
 
 
 def _check_nothing_here_waits_for_jobs(scheduler: Scheduler, work: list[NodeRun]) -> None:
