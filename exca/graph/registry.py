@@ -277,23 +277,26 @@ def markers(folder: Path | None) -> list[Marker]:
     return sorted(out, key=lambda m: m.submitted)
 
 
+def _squeue_call(args: list[str]) -> tp.Any:
+    """``squeue -h -r <args>`` (a CompletedProcess, text), or None when it cannot run."""
+    import subprocess
+
+    try:
+        return subprocess.run(
+            ["squeue", "-h", "-r", *args], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
 def marked_jobs(users: tp.Sequence[str]) -> dict[str, dict[int, str]] | None:
     """The jobs of these users (every user's if one is unknown: "") that squeue lists in
     a state that is not final, whose comment names a submission (ONE call): token ->
     position in the submission -> job id (an array element's ``<array>_<index>``). None
     when squeue does not answer."""
-    import subprocess
-
     who = [] if "" in users else ["-u", ",".join(sorted(set(users)))]
-    try:
-        result = subprocess.run(
-            ["squeue", "-h", "-r", *who, "-o", "%i|%T|%k"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
+    result = _squeue_call([*who, "-o", "%i|%T|%k"])
+    if result is None:
         return None
     if who and "Invalid user" in result.stderr:  # (a name this host does not know: squeue
         return marked_jobs([""])  # says so, yet lists nothing and answers 0)
@@ -622,19 +625,10 @@ def _squeue(bases: list[str]) -> tuple[set[str], set[str]] | None:
     each by its id (an array element's ``<array>_<index>``), and the own job ids of the
     started ones (an element's SLURM_JOB_ID: maybe its array's id); None when squeue
     does not answer."""
-    import subprocess
-
-    try:
-        # (-r: one line per array element; grouped, the pending ones are listed as
-        # 12_[3,5,7,...] cut at ~32 characters: elements past the cut read as ended)
-        result = subprocess.run(
-            ["squeue", "-h", "-r", "-o", "%i|%T|%A|%r", "-j", ",".join(bases)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
+    # (-r: one line per array element; grouped, the pending ones are listed as
+    # 12_[3,5,7,...] cut at ~32 characters: elements past the cut read as ended)
+    result = _squeue_call(["-o", "%i|%T|%A|%r", "-j", ",".join(bases)])
+    if result is None:
         return None
     if result.returncode and "Invalid job id" not in result.stderr:
         return None
