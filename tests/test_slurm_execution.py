@@ -586,6 +586,9 @@ def test_a_job_requeued_held_while_running_is_said_held(
             wait_until(lambda: _held_warnings(caplog, job.job_id))
             assert waiting.is_alive()
             subprocess.run(["scontrol", "release", job.job_id], check=True, timeout=30)
+            # (a requeued job waits 2 minutes before it may start again: not here)
+            update = ["scontrol", "update", f"jobid={job.job_id}", "StartTime=now"]
+            subprocess.run(update, check=True, timeout=30)
             waiting.join(timeout=300)
         assert out == [129]  # (its second run: not blocked)
         (said,) = _held_warnings(caplog, job.job_id)
