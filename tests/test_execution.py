@@ -2987,6 +2987,66 @@ def test_killing_a_local_jobs_controller_ends_its_task(
     assert len(calls(log)) == 2
 
 
+@pytest.mark.timeout(120)
+def test_a_retry_call_following_a_local_job_killed_meanwhile_computes_it_again(
+    tmp_path: Path, short_result_wait: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A call and a job() in mode retry, made while another call's local job computes,
+    follow it; that job is then killed (kill -9): the call raised "its process died ...
+    (use mode='retry' to recompute)" to a caller in mode retry. It now computes it
+    again, once for both."""
+    log = tmp_path / "calls.txt"
+    block = tmp_path / "block-flag"
+    block.touch()
+    job = make(tmp_path, "local", x=7, block_flag=str(block)).infra.job()
+    _wait_for(lambda: len(calls(log)) == 1)  # the method started in the job
+    outcome: list[tp.Any] = []
+
+    def call() -> None:
+        retry = make(tmp_path, "local", x=7, block_flag=str(block), infra={"mode": "retry"})
+        try:
+            outcome.append(retry.process())
+        except BaseException as error:
+            outcome.append(error)
+
+    with caplog.at_level("INFO", logger="exca"):
+        thread = threading.Thread(target=call)
+        thread.start()
+        _wait_for(lambda: f"running as job {job.job_id}" in caplog.text)  # (it follows it)
+        retry = make(tmp_path, "local", x=7, block_flag=str(block), infra={"mode": "retry"})
+        followed = retry.infra.job()
+        assert followed.job_id == job.job_id
+        kill_tree(int(job.job_id))
+        block.unlink()  # (the recomputation then returns)
+        thread.join(timeout=60)
+    assert outcome == [14]
+    assert followed.result() == 14  # (computed by its retry, or the call's: once)
+    assert len(calls(log)) == 2
+    assert make(tmp_path, "local", x=7, block_flag=str(block)).infra.status() == "completed"
+
+
+@pytest.mark.timeout(120)
+def test_a_retry_job_following_a_local_job_killed_meanwhile_is_sent_again(
+    tmp_path: Path, short_result_wait: None
+) -> None:
+    """job() in mode retry while another call's local job computes returns that job;
+    killed, its result() raised "its process died ... (use mode='retry' to recompute)".
+    The retry's own job is now sent once that job ended, and computes it."""
+    log = tmp_path / "calls.txt"
+    block = tmp_path / "block-flag"
+    block.touch()
+    job = make(tmp_path, "local", x=5, block_flag=str(block)).infra.job()
+    _wait_for(lambda: len(calls(log)) == 1)  # the method started in the job
+    retry = make(tmp_path, "local", x=5, block_flag=str(block), infra={"mode": "retry"})
+    followed = retry.infra.job()
+    assert followed.job_id == job.job_id
+    kill_tree(int(job.job_id))
+    block.unlink()
+    assert followed.result() == 10
+    assert followed.job_id not in (job.job_id, "#local#") and followed.state == "COMPLETED"
+    assert len(calls(log)) == 2
+
+
 def test_a_local_job_over_max_pickle_size_gb_names_the_infras_field(tmp_path: Path) -> None:
     """submitit's refusal said "update executor.max_pickle_size_gb", which an exca user
     does not have: the error names the infra's field, and nothing ran."""

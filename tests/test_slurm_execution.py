@@ -1904,3 +1904,101 @@ def test_a_detached_forcing_map_whose_jobs_die_is_not_completed(
     (tmp_path / "die").unlink()
     again = module.Scaled(**config, infra={"folder": folder}).process.node([1, 2])
     assert again.result() == [10, 20]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("how", ["call", "job"])
+def test_a_retry_right_after_scancel_computes_again(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None, how: str
+) -> None:
+    """Right after scancel of a running job, Slurm still lists it (COMPLETING, for
+    KillWait and the epilog): a call or job() in mode retry then followed it, and raised
+    "was cancelled ... (use mode='retry' to recompute)" to a caller in mode retry; a
+    second retry worked. The retry now computes it again (job(): its own job, at once)."""
+    import subprocess
+
+    (ctl / "block").touch()
+    obj = task(tmp_path, ctl, slurm_cluster, x=4)
+    job = obj.infra.job()
+    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running, blocked
+    subprocess.run(["scancel", job.job_id], check=True, timeout=30)
+    retry = task(tmp_path, ctl, slurm_cluster, x=4, mode="retry")
+    if how == "job":
+        again = retry.infra.job()
+        assert again.job_id.isdigit() and again.job_id != job.job_id  # (a new job, at once)
+        assert again.result() == 12
+    assert retry.process() == 12
+    assert lines(ctl / "calls.txt") == ["4", "4"]
+    assert task(tmp_path, ctl, slurm_cluster, x=4).infra.status() == "completed"
+
+
+@pytest.mark.timeout(300)
+def test_retry_callers_following_a_job_cancelled_meanwhile_compute_it_again_once(
+    tmp_path: Path,
+    ctl: Path,
+    slurm_cluster: SlurmCluster,
+    short_result_wait: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A call and a job() in mode retry, made while another call's job runs, follow it;
+    it is then cancelled: both raised "was cancelled ... (use mode='retry' to
+    recompute)". The retry now computes it again, once for both."""
+    import subprocess
+    import threading
+
+    (ctl / "block").touch()
+    job = task(tmp_path, ctl, slurm_cluster, x=5).infra.job()
+    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running, blocked
+    outcome: list[tp.Any] = []
+
+    def call() -> None:
+        try:
+            outcome.append(task(tmp_path, ctl, slurm_cluster, x=5, mode="retry").process())
+        except BaseException as error:
+            outcome.append(error)
+
+    with caplog.at_level("INFO", logger="exca"):
+        thread = threading.Thread(target=call)
+        thread.start()
+        wait_until(lambda: f"running as job {job.job_id}" in caplog.text)  # (it follows it)
+        followed = task(tmp_path, ctl, slurm_cluster, x=5, mode="retry").infra.job()
+        assert followed.job_id == job.job_id
+        subprocess.run(["scancel", job.job_id], check=True, timeout=30)
+        thread.join(timeout=WAIT_S)
+    assert outcome == [15]
+    assert followed.result() == 15  # (computed by its retry, or the call's: once)
+    assert lines(ctl / "calls.txt") == ["5", "5"]
+
+
+@pytest.mark.timeout(300)
+def test_a_retry_job_array_right_after_scancel_submits_again(
+    tmp_path: Path,
+    ctl: Path,
+    slurm_cluster: SlurmCluster,
+    short_result_wait: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A job array in mode retry right after scancel of the array before (its running
+    element still listed, COMPLETING) followed that element: "computed elsewhere
+    (running as job N_0): not submitted again", then calls raised "was cancelled". It
+    is now submitted again (the completed element is not)."""
+    import subprocess
+
+    (ctl / "block").touch()
+    settings = {"folder": tmp_path / "cache", "cluster": "slurm", **resources(slurm_cluster)}
+    base = BlocksOne(ctl=str(ctl), infra=settings)
+    with base.infra.job_array() as array:
+        array.extend(base.infra.clone_obj(x=x) for x in (1, 2))
+    wait_until(lambda: "1" in lines(ctl / "calls.txt"))  # x=1 runs, blocked
+    wait_until(lambda: array[1].infra.status() == "completed")
+    (record,) = records(array[0].infra.uid_folder())
+    subprocess.run(["scancel", record["job_id"].split("_")[0]], check=True, timeout=30)
+    retry = BlocksOne(ctl=str(ctl), infra={**settings, "mode": "retry"})
+    with caplog.at_level("INFO", logger="exca"), retry.infra.job_array() as again:
+        again.extend(retry.infra.clone_obj(x=x) for x in (1, 2))
+    assert "not submitted again" not in caplog.text
+    assert len(records(again[0].infra.uid_folder())) == 2  # submitted again
+    wait_until_worker_killed(array[0], record["job_id"])
+    (ctl / "block").unlink()  # (its first job, killed, never returns)
+    assert [t.process() for t in again] == [1, 2]
+    assert collections.Counter(lines(ctl / "calls.txt")) == {"1": 2, "2": 1}

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import typing as tp
 
 from ..storage.cachederror import CachedError
@@ -236,6 +237,7 @@ def task_job(node: Node) -> Job:
     from .executors import DoneHandle, recorded_handle
     from .scheduler import Scheduler
 
+    asked_at = time.time()  # (an error computed since is the answer: see Job.retry_if_lost)
     state = store.task_state(node, refresh=True)
     record = registry.latest(node.folder)
     reusable = state == "done" or (state == "error" and node.mode != "retry")
@@ -249,12 +251,26 @@ def task_job(node: Node) -> Job:
         own = forcing_job(node)
         if own is not None:
             return Job(node, recorded_handle(own[0]), replaces=True)
-    if not forcing and (reusable or (record is not None and registry.is_active(record))):
+    active = record is not None and registry.is_active(record)
+    ending = False  # (mode retry: a job ending without a result, retried now, see
+    # Graph._check_registry; the new job's worker waits for the claim its worker holds)
+    if active and state == "missing" and not forcing:
+        from .decisions import retry_ending_job
+
+        assert record is not None
+        ending = retry_ending_job(node, record)
+        active = not ending
+    if not forcing and (reusable or active):
         if reusable:
             with restoring_files():
                 node.check_defaults()
-        return Job(node, recorded_handle(record) if record is not None else None)
-    if not forcing and keys_being_computed(node, (TASK_KEY,), others_only=True):
+        job = Job(node, recorded_handle(record) if record is not None else None)
+        # (mode retry following a job it did not submit: if that job ends without a
+        # result, its own job then, once, as a call does; see Job._retry_lost_job)
+        job.retry_if_lost = not reusable and node.mode == "retry"
+        job.asked_at = asked_at
+        return job
+    if not forcing and not ending and keys_being_computed(node, (TASK_KEY,), others_only=True):
         # another worker computes it (an inline call of another process, say): its outcome
         # is the job's; a job submitted now would hold its allocation only to wait for
         # that claim (a call with a cluster waits too, and submits only if it ends

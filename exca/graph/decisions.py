@@ -42,6 +42,9 @@ class NodeRun:
         self.holds_error = False
         self.item_errors = 0  # maps reused as they are: how many items hold a cached error
         self.seen_job: str | None = None  # tasks: the latest recorded job when this was decided
+        # tasks in mode retry following a job they did not submit (another call's, or one
+        # winding down after a scancel): computed again, once, if it ends without a result
+        self.retry_if_lost = False
         # tasks: where their cached outcome was (index file, offset) when the run chose to
         # wait for another worker: the same outcome after the wait predates the request
         self.seen_outcome: tuple[str, int] | None = None
@@ -717,7 +720,12 @@ class Graph:
                 and store.task_state(run.node) != "missing"
                 and not upstream_failed(run.node)
             )
-            if registry.is_active(record, queued) and not computed:
+            active = registry.is_active(record, queued) and not computed
+            # (mode retry: a job Slurm lists as COMPLETING without its result, e.g. right
+            # after a scancel, for KillWait and the epilog, ends without one: retried now,
+            # its worker's claim, while it lives, is waited for by the new computation)
+            ending = active and run.action == "compute" and retry_ending_job(run.node, record)
+            if active and not ending:
                 if self._redone_upstream(run, record.job_id):
                     continue
                 run.reason = registry.as_jobs([record.job_id])
@@ -726,13 +734,16 @@ class Graph:
                     forced_here = run.action == "retry" or run.node.pending_force
                     why = f"mode {run.action}" if forced_here else "forced by upstream"
                     run.reason += f", then computed again once it ends ({why})"
+                elif run.action == "compute" and run.node.mode == "retry":
+                    run.retry_if_lost = True  # (a run waiting for it: see _retry_lost_job)
                 run.action = "wait"
                 run.handles = [executors.recorded_handle(record)]
             elif run.action == "compute" and registry.wrote_outcome(record):
                 pass  # its result was removed since (forced, then interrupted): computed
             elif run.action == "compute" and run.node.mode == "retry":
                 run.action, run.holds_error = "retry", True
-                run.reason = f"retry: job {record.job_id} ended without a result"
+                how = "is ending (Slurm lists it COMPLETING)" if ending else "ended"
+                run.reason = f"retry: job {record.job_id} {how} without a result"
             elif run.action == "compute" and not being_computed(run.node):
                 ended.append((run, record))
             # (else its worker lives on, e.g. a local job whose controller was killed, or
@@ -836,6 +847,10 @@ class Graph:
 # and naming whose mode that is (the node's own mode retries nothing upstream)
 RETRY_COMPUTES = ": mode='retry' computes"
 UPSTREAM_RETRY_COMPUTES = "; mode='retry' on that upstream config's own infra computes"
+
+# what a run waiting for a job it did not submit, in mode retry, says of it (see
+# NodeRun.retry_if_lost; a submission that returns, e.g. a job array, only follows it)
+RETRIED_IF_LOST = "computed again if it ends without a result (mode retry)"
 
 OTHER_DEFAULTS = "cached with other defaults"
 # a node to compute in a config folder computed with other class defaults (see
@@ -951,6 +966,19 @@ def wait_for_map_jobs(run: NodeRun, active: list[registry.JobRecord]) -> None:
     elif run.action == "retry":  # (its cached errors: retried once they end, see gets_own_job)
         run.resume = "retry"
     run.action = "wait"
+
+
+def retry_ending_job(node: Node, record: registry.JobRecord) -> bool:
+    """Whether a task in mode retry, its result missing, finds its job ending without
+    one: Slurm lists it COMPLETING (after a scancel, a time limit, a failure: for
+    KillWait and the epilog) and its python did not end well (the result would be
+    cached). Its squeue state comes from the look that found it queued."""
+    return (
+        node.mode == "retry"
+        and record.cluster == "slurm"
+        and registry.last_queue_state(record.job_id) == "COMPLETING"
+        and not registry.wrote_outcome(record)
+    )
 
 
 def gets_own_job(run: NodeRun, off_slurm: bool) -> bool:

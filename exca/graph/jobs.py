@@ -74,6 +74,12 @@ def force_failure(node: Node, handle: Handle) -> JobFailedError:
 class Job:
     """The job computing a task node (or a finished/cached one)."""
 
+    # mode retry, following a job it did not submit (another call's): once that job ended
+    # without a result, or with an error of a computation started before ``asked_at``,
+    # the node's own job is sent (once), as a call in mode retry computes it again
+    retry_if_lost = False
+    asked_at = 0.0
+
     def __init__(self, node: Node, handle: Handle | None = None, *, replaces: bool = False) -> None:
         self.node = node
         self.handle = handle
@@ -120,11 +126,41 @@ class Job:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}<job_id={self.job_id}, cluster={self.cluster}, "
-            f"state={self.state}, node={self.node.uid}>"
+            f"state={self._state()}, node={self.node.uid}>"
         )
+
+    def _retry_lost_job(self, blocking: bool = False) -> None:
+        """The retry of a job in mode retry whose followed job ended without its result
+        (see ``retry_if_lost``); ``blocking``: also on cluster None, which computes it
+        in this process (not in ``done()`` or ``state``)."""
+        handle = self.handle
+        if not self.retry_if_lost or handle is None or not handle.done():
+            return
+        from .node import SUBMITIT_CLUSTERS
+
+        if not blocking and self.node.execution.cluster not in SUBMITIT_CLUSTERS:
+            return
+        self.retry_if_lost = False
+        node = self.node
+        state = store.task_state(node, refresh=True)
+        if state == "done" or self._successor() is not None:
+            return  # (its result, or a later job computing it: followed by result())
+        if state == "error" and store.computed_since(node.cache, self.asked_at):
+            return  # (the answer of a computation started since it was asked)
+        if state == "missing" and handle.finished_ok():
+            return  # (its result was removed since it wrote it: not a failure to retry)
+        from .calls import task_job
+
+        new = task_job(node)
+        self.handle, self.replaces = new.handle, new.replaces
 
     @property
     def state(self) -> str:
+        self._retry_lost_job()
+        return self._state()
+
+    def _state(self) -> str:
+        """``state``, without the retry of a followed job that ended (a repr sends none)."""
         if self.replaces and self.handle is not None and not self.handle.done():
             return self._live_state()
         if self._forced_nothing():  # (what is cached is not its outcome)
@@ -169,7 +205,10 @@ class Job:
         return state if state in ("PENDING", "SUSPENDED") else "RUNNING"
 
     def done(self) -> bool:
-        if not self.replaces and store.task_state(self.node, refresh=True) != "missing":
+        self._retry_lost_job()
+        state = "" if self.replaces else store.task_state(self.node, refresh=True)
+        # (an error while it follows a job in mode retry: maybe retried once that job ends)
+        if state == "done" or (state == "error" and not self.retry_if_lost):
             return True
         return self.handle is None or self.handle.done()  # (no job: nothing to wait for)
 
@@ -199,6 +238,9 @@ class Job:
     def result(self) -> tp.Any:
         """Wait for the job, then the node's result (re-raises a cached or job error)."""
         self.wait()
+        if self.retry_if_lost:  # (cluster None: its retry computes it here, now)
+            self._retry_lost_job(blocking=True)
+            self.wait()
         missing = store.task_state(self.node, refresh=True) == "missing"
         if missing:
             successor = self._successor()

@@ -19,6 +19,7 @@ from ..storage import interrupts, process
 from . import callers, executors, registry, store, submitting
 from .calls import being_computed, claimed_here
 from .decisions import (
+    RETRIED_IF_LOST,
     Graph,
     Key,
     NodeRun,
@@ -816,6 +817,8 @@ class Scheduler:
                 return  # requeued: that job is not this config's failure
             if self._computed_elsewhere_now(run):
                 return  # requeued: its outcome is that computation's
+            if self._retry_lost_job(run):
+                return  # requeued: mode retry computes it again
             run.error = self._lost(run)
             # (not while another worker computes it: e.g. this job only waited for that
             # worker's claim; its result is the outcome, not this job's end)
@@ -1077,6 +1080,29 @@ class Scheduler:
             run.action, run.handles, run.reason = "compute", [], reason
         self._requeued.append(run)
 
+    def _retry_lost_job(self, run: NodeRun) -> bool:
+        """A task in mode retry that followed a job it did not submit (another call's, or
+        one still listed after a scancel), which ended without a result (cancelled,
+        killed, timed out): the user asked for a retry, that job's end is not its
+        answer. Computed again, once per run (its own job's end is the answer); another
+        process retrying it too submits first, then the other follows that job (the
+        submission is claimed, see submitting.py)."""
+        if not run.retry_if_lost or run.action != "wait" or run.node.mode != "retry":
+            return False
+        if any(h.never_starts() for h in run.handles):  # (still queued: its own advice)
+            return False
+        run.retry_if_lost = False
+        jobs = ", ".join(sorted(h.job_id for h in run.handles))
+        logger.info(
+            "%s: job %s, followed, ended without a result: computed again (mode retry)",
+            run.node.uid,
+            jobs,
+        )
+        run.seen_job = next((h.job_id for h in run.handles), run.seen_job)
+        self._requeue(run, None, f"retry: job {jobs} ended without a result")
+        run.action, run.holds_error = "retry", True
+        return True
+
     def _computed_elsewhere_now(self, run: NodeRun) -> bool:
         """A task's jobs ended, its outcome is missing, and another worker computes it
         right now (e.g. a call in mode retry replaced the error this job wrote): not this
@@ -1191,7 +1217,8 @@ def _log_waits(runs: list[NodeRun], waiting: bool, shown: int = 3) -> None:
     False: a submission that returns, e.g. a job array)."""
     then = "waiting for it" if waiting else "not submitted again"
     for run in runs[:shown]:
-        logger.info("%s is computed elsewhere (%s): %s", run.node.uid, run.reason, then)
+        said = f"{then}, {RETRIED_IF_LOST}" if waiting and run.retry_if_lost else then
+        logger.info("%s is computed elsewhere (%s): %s", run.node.uid, run.reason, said)
     if len(runs) > shown:
         then = "waiting for them" if waiting else "not submitted again"
         logger.info("... and %d more node(s) computed elsewhere: %s", len(runs) - shown, then)

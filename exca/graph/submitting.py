@@ -151,6 +151,8 @@ def _settle(
             continue
         if run.action in ("force", "retry"):
             run.resume = run.action  # (as when such a job is found at decision time)
+        elif run.node.mode == "retry":  # (computed again if it ends without a result)
+            run.retry_if_lost = True
         run.action = "wait"
         run.reason = registry.as_jobs([record.job_id])
         run.handles.append(executors.recorded_handle(record))
