@@ -3047,6 +3047,40 @@ def test_a_retry_job_following_a_local_job_killed_meanwhile_is_sent_again(
     assert len(calls(log)) == 2
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["call", "job"])
+def test_a_retry_whose_own_job_dies_does_not_say_to_use_mode_retry(
+    tmp_path: Path, short_result_wait: None, how: str
+) -> None:
+    """The job of a call (or job()) in mode retry killed: its error told that caller
+    "use mode='retry' to recompute"; it says that this call retried already. The failure
+    recorded for later calls keeps the hint (mode cached re-raises it)."""
+    log = tmp_path / "calls.txt"
+    block = tmp_path / "block-flag"
+    block.touch()
+    outcome: list[tp.Any] = []
+
+    def call() -> None:
+        retry = make(tmp_path, "local", x=8, block_flag=str(block), infra={"mode": "retry"})
+        try:
+            outcome.append(retry.process() if how == "call" else retry.infra.job().result())
+        except BaseException as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    _wait_for(lambda: len(calls(log)) == 1)  # its own job computes
+    (record,) = (tmp_path / "cache").glob("*/*/jobs/*.json")
+    kill_tree(int(json.loads(record.read_text())["job_id"]))
+    thread.join(timeout=60)
+    (error,) = outcome
+    assert isinstance(error, JobFailedError) and "not computed: " in str(error)
+    assert "use mode='retry'" not in str(error) and "retried it already" in str(error)
+    with pytest.raises(JobFailedError, match="use mode='retry' to recompute"):
+        make(tmp_path, "local", x=8, block_flag=str(block)).process()
+    assert len(calls(log)) == 1
+
+
 def test_a_local_job_over_max_pickle_size_gb_names_the_infras_field(tmp_path: Path) -> None:
     """submitit's refusal said "update executor.max_pickle_size_gb", which an exca user
     does not have: the error names the infra's field, and nothing ran."""

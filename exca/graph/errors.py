@@ -42,22 +42,35 @@ def class_changed(how: str) -> bool:
 
 
 RETRY_HINT = "use mode='retry' to recompute"
+# (what a caller in mode retry is told instead: its retry was that job, or followed it)
+RETRIED_HINT = "this call in mode retry retried it already: call again to recompute"
 # (a map's items a job left missing are not recorded as failed: mode retry would also
 # recompute every item whose error is cached)
 ITEMS_HINT = "the next call computes them"
 
 
-def retry_hint(how: str, items: bool = False) -> str:
+def retry_hint(how: str, items: bool = False, retrying: bool = False) -> str:
     """A job's ending (``Handle.ended_how``) with the hint to recompute, before the end of
     the job's log it may quote (not inside a message of several lines: it cut it); as it
     is for a job that refused a changed class (its message says to submit it again), or that
     Slurm never starts (its own advice: mode=retry alone would follow it again). A task's
     failure is recorded (mode retry computes it again); ``items``: a map's items the job
-    left missing, which the next call computes in any mode."""
+    left missing, which the next call computes in any mode; ``retrying``: said to a caller
+    in mode retry (not told to use it)."""
     if class_changed(how) or NEVER_STARTS in how:
         return how
     said, quote, log_end = how.partition(LOG_QUOTE)
-    return f"{said} ({ITEMS_HINT if items else RETRY_HINT}){quote}{log_end}"
+    hint = ITEMS_HINT if items else RETRIED_HINT if retrying else RETRY_HINT
+    return f"{said} ({hint}){quote}{log_end}"
+
+
+def retried_error(error: BaseException | None) -> BaseException | None:
+    """A task's lost-job error as a caller in mode retry gets it: its hint says that the
+    call retried already (the error cached for later calls keeps "use mode='retry'")."""
+    if not isinstance(error, JobFailedError) or f"({RETRY_HINT})" not in str(error):
+        return error
+    said = str(error).replace(f"({RETRY_HINT})", f"({RETRIED_HINT})", 1)
+    return JobFailedError(said, error.item_uids)
 
 
 def ending_line(how: str) -> str:

@@ -264,7 +264,10 @@ class Job:
             if self.handle is None:
                 raise JobFailedError(f"{self.node.uid} not computed: it was never submitted")
             how = self.handle.ended_how()
-            raise JobFailedError(f"{self.node.uid} not computed: {retry_hint(how)}")
+            retrying = self.node.mode == "retry"  # (the job of its retry, or followed by it)
+            raise JobFailedError(
+                f"{self.node.uid} not computed: {retry_hint(how, retrying=retrying)}"
+            )
         return store.task_result(self.node)
 
     def _successor(self) -> Handle | None:

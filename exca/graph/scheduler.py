@@ -36,6 +36,7 @@ from .errors import (
     class_changed,
     items_not_computed,
     read_only_error,
+    retried_error,
     retry_hint,
 )
 from .node import (
@@ -830,6 +831,8 @@ class Scheduler:
                 and not any(h.never_starts() for h in run.handles)
             ):
                 _cache_error(node, run.error)
+            if node.mode == "retry":  # (cached as any failure; the caller retried already)
+                run.error = retried_error(run.error)
             return
         if run.action == "wait":  # someone else's chunk jobs ended: decide what is left
             # (this instance's own forcing jobs, of another call, ended: their items are
