@@ -239,10 +239,11 @@ def add_slurm_fixture(items: Iterable[pytest.Item]) -> None:
         names = getattr(item, "fixturenames", None)
         if item.get_closest_marker("slurm") is None or names is None:
             continue
-        for name in ("slurm_turn", "slurm_cluster"):
-            if name in names:
-                names.remove(name)
-            names.insert(0, name)
+        # (a new list: the parametrized items of one test function share theirs, and every
+        # one of them, marked slurm or not, waited for the Slurm turn, or was skipped
+        # without a cluster)
+        first = ["slurm_cluster", "slurm_turn"]
+        item.fixturenames = [*first, *(name for name in names if name not in first)]  # type: ignore[attr-defined]
 
 
 def sacct_states(job_ids: Iterable[str | int]) -> dict[str, str]:

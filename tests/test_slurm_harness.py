@@ -138,8 +138,20 @@ def _run_inner_pytest(folder: Path, conf: Path, require: bool) -> subprocess.Com
             add_slurm_fixture(items)
         """)
     )
+    # (params of one test, one marked slurm: they share the list of fixtures the harness
+    # edits, and the unmarked one was skipped too)
     (folder / "test_inner.py").write_text(
-        "import pytest\n\n@pytest.mark.slurm\ndef test_needs_slurm():\n    pass\n"
+        textwrap.dedent("""
+        import pytest
+
+        @pytest.mark.slurm
+        def test_needs_slurm():
+            pass
+
+        @pytest.mark.parametrize("x", [1, pytest.param(2, marks=pytest.mark.slurm)])
+        def test_one_param_needs_slurm(x):
+            pass
+        """)
     )
     env = {**os.environ, "SLURM_CONF": str(conf), "EXCA_START_SLURM": "0"}
     env.pop("EXCA_REQUIRE_SLURM", None)
@@ -156,7 +168,7 @@ def test_marked_test_skips_with_reason_without_cluster(
     inner.mkdir()
     proc = _run_inner_pytest(inner, dead_slurm_conf, require=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "1 skipped" in proc.stdout
+    assert "1 passed, 2 skipped" in proc.stdout
     assert "no Slurm cluster: Slurm controller does not answer" in proc.stdout
 
 
@@ -167,5 +179,5 @@ def test_marked_test_fails_without_cluster_under_require(
     inner.mkdir()
     proc = _run_inner_pytest(inner, dead_slurm_conf, require=True)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "1 error" in proc.stdout
+    assert "1 passed, 2 errors" in proc.stdout
     assert "EXCA_REQUIRE_SLURM=1 but no Slurm cluster" in proc.stdout
