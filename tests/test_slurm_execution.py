@@ -107,6 +107,13 @@ def in_sacct(job_id: str) -> bool:
 
 
 @pytest.fixture
+def quick_queue_looks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wait asks squeue about a job at most every 5 s (QUEUE_LOOK_S): tests that watch
+    two looks of a wait take 1 s per look."""
+    monkeypatch.setattr(registry, "QUEUE_LOOK_S", 1.0)
+
+
+@pytest.fixture
 def short_result_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     """submitit waits 15 s for the result pickle of a job that has none, each time exca asks
     how a dead job ended; 1 s is enough on a local disk."""
@@ -406,7 +413,11 @@ def test_an_array_element_cancelled_while_running_is_said_cancelled(
 
 @pytest.mark.timeout(240)
 def test_a_job_of_an_array_element_cancelled_while_pending_ends(
-    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+    tmp_path: Path,
+    ctl: Path,
+    slurm_cluster: SlurmCluster,
+    short_result_wait: None,
+    quick_queue_looks: None,
 ) -> None:
     """sacct keeps no record of an array element cancelled before it started: submitit
     reads its state UNKNOWN for good, and job.result() / job.wait() waited forever (a
@@ -428,6 +439,27 @@ def test_a_job_of_an_array_element_cancelled_while_pending_ends(
     (ctl / "block").unlink()
     assert [array[i].infra.job().result() for i in (0, 1)] == [1, 2]
     assert lines(ctl / "calls.txt") == ["1", "2"]  # (the cancelled element never ran)
+
+
+@pytest.mark.timeout(300)
+def test_the_queue_state_of_a_job_gone_from_the_queue_is_none(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """queue_state() kept the state squeue gave last for a job no longer listed: a job
+    cancelled while pending still read PENDING (job.state too, until its wait ended)."""
+    import subprocess
+
+    later = {"begin": "now+600"}  # (pending until cancelled)
+    obj = task(tmp_path, ctl, slurm_cluster, x=33, slurm_additional_parameters=later)
+    job = obj.infra.job()
+    try:
+        wait_until(lambda: registry.queue_state(job.job_id) == "PENDING")
+        assert job.state == "PENDING"
+    finally:
+        subprocess.run(["scancel", job.job_id], check=False, timeout=30)
+    wait_until(lambda: not registry.queued_jobs([job.job_id]))
+    assert registry.queue_state(job.job_id) is None
+    assert registry.last_queue_state(job.job_id) is None
 
 
 @pytest.mark.timeout(400)
@@ -641,7 +673,7 @@ def test_list_plan_and_call_say_alike_how_a_dead_job_ended(
 
 @pytest.mark.timeout(240)
 def test_pending_elements_past_squeues_cut_are_still_queued(
-    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, quick_queue_looks: None
 ) -> None:
     """squeue lists the pending elements of an array as one line, 12_[3,5,7,...], cut at
     ~32 characters: with gaps (elements cancelled, or done), the elements past the cut
@@ -671,7 +703,9 @@ def test_pending_elements_past_squeues_cut_are_still_queued(
 
 
 @pytest.mark.timeout(240)
-def test_a_stopped_job_is_not_done(tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster) -> None:
+def test_a_stopped_job_is_not_done(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, quick_queue_looks: None
+) -> None:
     """A job stopped by Slurm (scancel --signal=STOP --full), which squeue lists as
     STOPPED, can go on (SIGCONT): a wait taking it for ended failed it, "ended with
     state RUNNING without writing its result" (a review)."""
@@ -696,7 +730,7 @@ def test_a_stopped_job_is_not_done(tmp_path: Path, ctl: Path, slurm_cluster: Slu
 
 @pytest.mark.timeout(240)
 def test_a_suspended_job_is_not_done(
-    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, quick_queue_looks: None
 ) -> None:
     """submitit takes a job sacct says SUSPENDED (scontrol suspend) for ended: its
     done() said True, its state FAILED, and its result() raised "ended with state

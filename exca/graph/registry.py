@@ -639,9 +639,10 @@ def _squeue(bases: list[str]) -> tuple[set[str], set[str]] | None:
         _NEVER.clear()
         _HELD.clear()
     asked = set(bases)
-    for said in (_NEVER, _HELD):
+    for said in (_STATES, _NEVER, _HELD):
         for job in [j for j in said if j.split("_")[0] in asked]:
-            del said[job]  # (what this call says replaces it: e.g. scontrol update, release)
+            del said[job]  # (what this call says replaces it: a job gone from the queue
+            # has no state, a released job no hold)
     for line in result.stdout.splitlines():
         job, _, rest = line.partition("|")
         state, _, rest = rest.partition("|")
