@@ -343,7 +343,7 @@ resumed=0
 while :; do
   state=$(timeout 10 sinfo -h -n "$NODE" -o '%T' 2>/dev/null || true)
   case "$state" in
-    idle|mixed|allocated|completing) break ;;
+    idle|mixed|allocated|completing|planned) break ;;  # (planned: kept for a pending job)
     *drain*|down*)
       if [ $resumed = 0 ]; then
         log "node state '$state' ($(timeout 10 sinfo -h -n "$NODE" -o '%E' || true)); resuming"

@@ -62,7 +62,8 @@ DEFAULT_SLURM_CONF = "/etc/slurm/slurm.conf"
 CMD_TIMEOUT = 10.0  # seconds, for each Slurm client command
 START_TIMEOUT = 300.0  # seconds, for scripts/start-slurm.sh (may apt-install)
 # node states in which jobs can run (sinfo %T, lower case, suffix flags removed)
-_USABLE_STATES = {"idle", "mixed", "allocated", "completing"}
+# ("planned": idle, its CPUs planned by the backfill scheduler for a pending job)
+_USABLE_STATES = {"idle", "mixed", "allocated", "completing", "planned"}
 _START_ATTEMPTED: list[str] = []  # the start script runs at most once per process
 
 
