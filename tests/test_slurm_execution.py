@@ -2036,3 +2036,28 @@ def test_a_retry_job_array_right_after_scancel_submits_again(
     (ctl / "block").unlink()  # (its first job, killed, never returns)
     assert [t.process() for t in again] == [1, 2]
     assert collections.Counter(lines(ctl / "calls.txt")) == {"1": 2, "2": 1}
+
+
+@pytest.mark.timeout(300)
+def test_a_retry_job_cancelled_through_itself_is_not_sent_again(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    """job() in mode retry while another call's job runs follows that job; the user then
+    stopped it with that job's own cancel(): its done() (or state, result()) took it for
+    a job lost meanwhile and sent a new one, computing what was just cancelled. A job
+    cancelled through it is not sent again (a later call in mode retry computes it)."""
+    (ctl / "block").touch()
+    job = task(tmp_path, ctl, slurm_cluster, x=6).infra.job()
+    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running, blocked
+    retry = task(tmp_path, ctl, slurm_cluster, x=6, mode="retry")
+    followed = retry.infra.job()
+    assert followed.job_id == job.job_id
+    followed.cancel()
+    wait_until(followed.done)
+    assert followed.job_id == job.job_id and followed.state.startswith("CANCELLED")
+    with pytest.raises(JobFailedError, match="was cancelled"):
+        followed.result()
+    assert len(records(retry.infra.uid_folder())) == 1  # nothing sent since
+    assert lines(ctl / "calls.txt") == ["6"]
+    wait_until_worker_killed(retry, job.job_id)
+    assert retry.process() == 18  # (a new call in mode retry computes it)

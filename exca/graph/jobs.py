@@ -311,6 +311,9 @@ class Job:
         return self._log("stderr")
 
     def cancel(self, check: bool = True) -> None:
+        # (stopped on purpose: not a followed job lost meanwhile, which a job in mode
+        # retry would send again from its done() or state)
+        self.retry_if_lost = False
         if self.handle is not None:
             self.handle.cancel()
 
