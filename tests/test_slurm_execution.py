@@ -2061,3 +2061,38 @@ def test_a_retry_job_cancelled_through_itself_is_not_sent_again(
     assert lines(ctl / "calls.txt") == ["6"]
     wait_until_worker_killed(retry, job.job_id)
     assert retry.process() == 18  # (a new call in mode retry computes it)
+
+
+@pytest.mark.timeout(300)
+def test_a_retry_right_after_a_requeue_follows_the_requeued_job(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    """A running job requeued (scontrol requeue here; a preemption, a node failure) is
+    listed COMPLETING while Slurm stops its run, as a cancelled one is, then runs again
+    under the same id: a job() in mode retry took it for a job ending without a result
+    and submitted a second one (both then ran, one waiting in its allocation for the
+    other's computation); a call or a job array planned to compute it again. They
+    follow the requeued job."""
+    import subprocess
+
+    (ctl / "block").touch()
+    job = task(tmp_path, ctl, slurm_cluster, x=7).infra.job()
+    retry = task(tmp_path, ctl, slurm_cluster, x=7, mode="retry")
+    try:
+        wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running, blocked
+        subprocess.run(["scontrol", "requeue", job.job_id], check=True, timeout=30)
+        assert registry.queue_state(job.job_id) == "COMPLETING"  # (its run is stopped)
+        (entry,) = exca.graph.plan(retry.process.node()).entries  # (a call, a job array)
+        assert entry.action == "wait", entry.reason
+        again = retry.infra.job()
+        assert again.job_id == job.job_id
+        assert len(records(retry.infra.uid_folder())) == 1
+        wait_until(lambda: registry.queue_state(job.job_id) == "PENDING")
+        # (a requeued job waits 2 minutes before it may start again: not here)
+        update = ["scontrol", "update", f"jobid={job.job_id}", "StartTime=now"]
+        subprocess.run(update, check=True, timeout=30)
+        assert again.result() == 21  # (its second run: not blocked)
+    finally:
+        subprocess.run(["scancel", job.job_id], check=False, timeout=30)
+    assert lines(ctl / "calls.txt") == ["7", "7"]
+    assert len(records(retry.infra.uid_folder())) == 1

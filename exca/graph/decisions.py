@@ -704,6 +704,19 @@ class Graph:
                 for r in ([records[k]] if k in records else chunks[k])
                 if r.cluster == "slurm"
             }
+        # (mode retry: the jobs listed COMPLETING, maybe ending without a result, that
+        # Slurm may be requeuing instead: ONE squeue call, see retry_ending_job)
+        requeued = registry.maybe_requeued(
+            [
+                r.job_id
+                for k, r in records.items()
+                if r.cluster == "slurm"
+                and r.job_id in queued
+                and self.runs[k].action == "compute"
+                and self.runs[k].node.mode == "retry"
+                and registry.last_queue_state(r.job_id) == "COMPLETING"
+            ]
+        )
         ended: list[tuple[NodeRun, registry.JobRecord]] = []
         for key in self.order:  # (upstream first: whether it is redone is known)
             if key in chunks:
@@ -724,7 +737,9 @@ class Graph:
             # (mode retry: a job Slurm lists as COMPLETING without its result, e.g. right
             # after a scancel, for KillWait and the epilog, ends without one: retried now,
             # its worker's claim, while it lives, is waited for by the new computation)
-            ending = active and run.action == "compute" and retry_ending_job(run.node, record)
+            ending = (
+                active and run.action == "compute" and retry_ending_job(run.node, record, requeued)
+            )
             if active and not ending:
                 if self._redone_upstream(run, record.job_id):
                     continue
@@ -968,17 +983,26 @@ def wait_for_map_jobs(run: NodeRun, active: list[registry.JobRecord]) -> None:
     run.action = "wait"
 
 
-def retry_ending_job(node: Node, record: registry.JobRecord) -> bool:
+def retry_ending_job(
+    node: Node, record: registry.JobRecord, requeued: tp.AbstractSet[str] | None = None
+) -> bool:
     """Whether a task in mode retry, its result missing, finds its job ending without
     one: Slurm lists it COMPLETING (after a scancel, a time limit, a failure: for
     KillWait and the epilog) and its python did not end well (the result would be
-    cached). Its squeue state comes from the look that found it queued."""
-    return (
+    cached). Its squeue state comes from the look that found it queued. Not a job that
+    may be requeued, listed COMPLETING too while Slurm stops its run: it runs again
+    (followed, then computed again if it ends without a result, see _retry_lost_job).
+    ``requeued``: ``registry.maybe_requeued`` of the jobs asked about (else asked now)."""
+    if not (
         node.mode == "retry"
         and record.cluster == "slurm"
         and registry.last_queue_state(record.job_id) == "COMPLETING"
         and not registry.wrote_outcome(record)
-    )
+    ):
+        return False
+    if requeued is None:
+        requeued = registry.maybe_requeued([record.job_id])
+    return record.job_id not in requeued
 
 
 def gets_own_job(run: NodeRun, off_slurm: bool) -> bool:

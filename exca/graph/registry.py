@@ -591,6 +591,27 @@ def last_queue_state(job_id: str) -> str | None:
     return _STATES.get(job_id)
 
 
+def maybe_requeued(job_ids: tp.Sequence[str]) -> set[str]:
+    """Which of these Slurm jobs squeue lists may be ones Slurm requeues (``scontrol
+    requeue``, a preemption, a node failure): squeue lists such a job COMPLETING while
+    its run is stopped, as it lists one cancelled, then runs it again under the same id.
+    Their restart counts tell (ONE squeue call): 0, never requeued. All of them when
+    squeue does not answer; none of those it no longer lists (they ended)."""
+    if not job_ids:
+        return set()
+    fields = "ArrayJobID:40,ArrayTaskID:40,RestartCnt:12"
+    result = _squeue_call(["-j", ",".join(sorted(set(job_ids))), "-O", fields])
+    if result is None or result.returncode:
+        return set(job_ids)
+    counts: dict[str, str] = {}
+    for line in result.stdout.splitlines():
+        words = line.split()
+        if len(words) == 3:  # (an array element by its array id and index; N/A: no array)
+            base, index, count = words
+            counts[base if index == "N/A" else f"{base}_{index}"] = count
+    return {j for j in job_ids if counts.get(j, "0") != "0"}
+
+
 def as_jobs(job_ids: tp.Sequence[str]) -> str:
     """ "running as job 12" for a plan's reasons; "pending as job 12" when squeue said
     last that the job (every one of them) waits in the queue."""
