@@ -965,6 +965,23 @@ def test_a_cancelled_local_job_is_said_cancelled(
 
 
 @pytest.mark.timeout(120)
+def test_a_retry_job_cancelled_by_its_user_does_not_say_it_retried(tmp_path: Path) -> None:
+    """A job() in mode retry stopped with its own cancel(): its result() said "this call
+    in mode retry retried it already", though nothing was retried (a review)."""
+    log = tmp_path / "calls.txt"
+    block = tmp_path / "block-flag"
+    block.touch()
+    task = make(tmp_path, "local", x=9, block_flag=str(block), infra={"mode": "retry"})
+    job = task.infra.job()
+    _wait_for(lambda: len(calls(log)) == 1)  # computing in the job
+    job.cancel()
+    with pytest.raises(JobFailedError, match=r"was cancelled") as info:
+        job.result()
+    assert "retried it already" not in str(info.value)
+    assert "use mode='retry' to recompute" in str(info.value)
+
+
+@pytest.mark.timeout(120)
 def test_a_waiter_follows_a_resubmission_instead_of_caching_a_failure(
     tmp_path: Path, short_result_wait: None
 ) -> None:

@@ -79,6 +79,7 @@ class Job:
     # the node's own job is sent (once), as a call in mode retry computes it again
     retry_if_lost = False
     asked_at = 0.0
+    cancelled_here = False  # (its cancel() was called)
 
     def __init__(self, node: Node, handle: Handle | None = None, *, replaces: bool = False) -> None:
         self.node = node
@@ -264,7 +265,8 @@ class Job:
             if self.handle is None:
                 raise JobFailedError(f"{self.node.uid} not computed: it was never submitted")
             how = self.handle.ended_how()
-            retrying = self.node.mode == "retry"  # (the job of its retry, or followed by it)
+            # (the job of its retry, or followed by it; not one the user cancelled)
+            retrying = self.node.mode == "retry" and not self.cancelled_here
             raise JobFailedError(
                 f"{self.node.uid} not computed: {retry_hint(how, retrying=retrying)}"
             )
@@ -312,8 +314,9 @@ class Job:
 
     def cancel(self, check: bool = True) -> None:
         # (stopped on purpose: not a followed job lost meanwhile, which a job in mode
-        # retry would send again from its done() or state)
+        # retry would send again from its done() or state; nor one that it retried)
         self.retry_if_lost = False
+        self.cancelled_here = True
         if self.handle is not None:
             self.handle.cancel()
 
