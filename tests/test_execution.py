@@ -537,6 +537,31 @@ def test_a_local_job_loaded_by_another_process_runs_until_it_ends(
 
 
 @pytest.mark.timeout(120)
+def test_a_pickled_retry_job_following_a_lost_job_submits_nothing(
+    tmp_path: Path, short_result_wait: None
+) -> None:
+    """A job() in mode retry following another call's job sends its own job once that one
+    ended without a result, when asked its state: a copy of it pickled (to inspect
+    elsewhere) sent one too, from its done() (a review)."""
+    log = tmp_path / "calls.txt"
+    block = tmp_path / "block-flag"
+    block.touch()
+    first = make(tmp_path, "local", x=13, block_flag=str(block)).infra.job()
+    _wait_for(lambda: len(calls(log)) == 1)  # computing in the job
+    retry = make(tmp_path, "local", x=13, block_flag=str(block), infra={"mode": "retry"})
+    follower = retry.infra.job()
+    assert follower.job_id == first.job_id  # (it follows that job)
+    loaded = pickle.loads(pickle.dumps(follower))
+    first.cancel()
+    _wait_for(first.done)
+    assert loaded.done() and loaded.job_id == first.job_id
+    assert len(list((tmp_path / "cache").glob("*/*/jobs/*.json"))) == 1  # (nothing sent)
+    block.unlink()
+    assert follower.result() == 26  # (the follower itself retries it: once)
+    assert len(calls(log)) == 2
+
+
+@pytest.mark.timeout(120)
 def test_a_cache_copied_while_its_job_runs_computes_on_its_own(tmp_path: Path) -> None:
     """A cache copied while a job computes into the original: the copy's call does not
     take that job's end for its own (it cached "the job died" in the copy, for good: the

@@ -96,7 +96,9 @@ class Job:
     def __reduce__(self) -> tuple[tp.Any, ...]:
         # (its node holds the method's function: a class of a script (__main__) pickles
         # by value, through the unit pickler, as work sent to a job does)
-        return jobpickle.reduce(self, lambda: (object.__new__, (type(self),), dict(self.__dict__)))
+        # (nor its retry of a followed job: a copy loaded elsewhere inspects, not submits)
+        state = {k: v for k, v in self.__dict__.items() if k != "retry_if_lost"}
+        return jobpickle.reduce(self, lambda: (object.__new__, (type(self),), state))
 
     @property
     def submitit_job(self) -> tp.Any:
