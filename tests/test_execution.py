@@ -3250,3 +3250,44 @@ def test_the_end_of_a_big_log_is_quoted_without_reading_it_whole(
     how = RecordedLocalHandle(record).ended_how()
     assert how.startswith("local job 1 ended without writing its result")
     assert how.splitlines()[-1] == "    Segmentation fault (core dumped)"  # (quoted)
+
+
+@pytest.mark.timeout(120)
+def test_a_retry_job_that_lost_the_submission_to_another_call_retries_its_lost_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, short_result_wait: None
+) -> None:
+    """A job() in mode retry deciding to submit while another call submits the same
+    config follows that call's job (one job, not two); if that job then ends without a
+    result, the retry computes it, once, as when it found the job already running. It
+    followed it without the retry, and raised "was cancelled" (a review)."""
+    from exca.graph import submitting
+
+    log = tmp_path / "calls.txt"
+    block = tmp_path / "block-flag"
+    block.touch()
+    waiting, recorded = threading.Event(), threading.Event()
+    claim = submitting._claim
+
+    def late_claim(*args: tp.Any) -> None:
+        if threading.current_thread().name == "retry":  # (decided: submits once A did)
+            waiting.set()
+            recorded.wait(timeout=60)
+        claim(*args)
+
+    monkeypatch.setattr(submitting, "_claim", late_claim)
+    retry = make(tmp_path, "local", x=14, block_flag=str(block), infra={"mode": "retry"})
+    out: list[tp.Any] = []
+    thread = threading.Thread(target=lambda: out.append(retry.infra.job()), name="retry")
+    thread.start()
+    assert waiting.wait(timeout=60)
+    first = make(tmp_path, "local", x=14, block_flag=str(block)).infra.job()
+    recorded.set()
+    thread.join(timeout=60)
+    (follower,) = out
+    assert follower.job_id == first.job_id  # (it follows that job: one job)
+    _wait_for(lambda: len(calls(log)) == 1)  # computing in the job
+    first.cancel()
+    _wait_for(first.done)
+    block.unlink()
+    assert follower.result() == 28  # (computed again, once)
+    assert len(calls(log)) == 2

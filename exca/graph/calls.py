@@ -295,7 +295,12 @@ def task_job(node: Node) -> Job:
         if node.pending_force:
             node.force_state["done"] = True  # (the scheduler only sees the jobs it waits for)
             node.force_state["job"] = handles[0].job_id  # (a later call waits for it)
-        return Job(node, handles[0], replaces=forcing)
+        job = Job(node, handles[0], replaces=forcing)
+        settled = scheduler.runs.get(node.key)
+        if settled is not None and settled.retry_if_lost:  # (another call's job, submitted
+            # meanwhile, followed: retried once if it ends without a result, see _settle)
+            job.retry_if_lost, job.asked_at = True, asked_at
+        return job
     run = scheduler.runs.get(node.key)
     if run is not None and isinstance(run.error, JobFailedError) and record is not None:
         return Job(node, recorded_handle(record))  # its last job ended without a result
