@@ -1740,6 +1740,23 @@ class Edited(pydantic.BaseModel):
 """
 
 
+def _edited_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, source: str
+) -> tuple[Path, tp.Any]:
+    """A module ``name`` of ``source`` in tmp_path/code, imported here and importable by
+    jobs (PYTHONPATH): its file, to edit, and the module (removed from sys.modules by
+    the caller)."""
+    import importlib
+
+    code = tmp_path / "code"
+    code.mkdir(exist_ok=True)
+    module_file = code / f"{name}.py"
+    module_file.write_text(textwrap.dedent(source))
+    monkeypatch.syspath_prepend(str(code))
+    monkeypatch.setenv("PYTHONPATH", f"{code}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    return module_file, importlib.import_module(name)
+
+
 @pytest.mark.timeout(120)
 def test_a_job_refusing_an_edited_class_caches_no_failure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -1748,15 +1765,8 @@ def test_a_job_refusing_an_edited_class_caches_no_failure(
     queued: here before the job imported it) refuses it, saying nothing was computed nor
     cached: the next call in the default mode submits it again (the caller cached the
     job's error: status said failed, and the call re-raised it, saying to retry)."""
-    import importlib
 
-    code = tmp_path / "code"
-    code.mkdir()
-    module_file = code / "edited_module_31.py"
-    module_file.write_text(textwrap.dedent(EDITED_MODULE))
-    monkeypatch.syspath_prepend(str(code))
-    monkeypatch.setenv("PYTHONPATH", f"{code}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    module = importlib.import_module("edited_module_31")
+    module_file, module = _edited_module(tmp_path, monkeypatch, "edited_module_31", EDITED_MODULE)
     try:
         infra = {"folder": tmp_path / "cache", "cluster": "local"}
         # the class the job will import gains a required field ("b")
@@ -1783,17 +1793,10 @@ def test_the_log_of_a_job_refusing_an_edited_class_is_found(
     """The log of a job that refused its config (its class edited while queued) says why:
     `exca logs` found no job (its record was removed, so that the next call submits it
     again). The record is set aside instead: the status stays "not submitted"."""
-    import importlib
 
     from exca.ops.cli import main
 
-    code = tmp_path / "code"
-    code.mkdir()
-    module_file = code / "edited_module_32.py"
-    module_file.write_text(textwrap.dedent(EDITED_MODULE))
-    monkeypatch.syspath_prepend(str(code))
-    monkeypatch.setenv("PYTHONPATH", f"{code}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    module = importlib.import_module("edited_module_32")
+    module_file, module = _edited_module(tmp_path, monkeypatch, "edited_module_32", EDITED_MODULE)
     try:
         infra = {"folder": tmp_path / "cache", "cluster": "local"}
         module_file.write_text(
@@ -1868,17 +1871,13 @@ def test_a_follower_of_a_local_job_refusing_an_edited_class_submits_no_other_job
     class edited while it was queued): the follower took the job for withdrawn and
     submitted the config again, a job refused again (its config is of the class the job
     refused). It fails now with that job's refusal, nothing cached, nothing submitted."""
-    import importlib
 
-    code, ctl = tmp_path / "code", tmp_path / "ctl"
-    code.mkdir()
+    ctl = tmp_path / "ctl"
     ctl.mkdir()
     monkeypatch.setenv("EDITED_CTL", str(ctl))
-    module_file = code / "edited_module_33.py"
-    module_file.write_text(textwrap.dedent(GATED_EDITED_MODULE))
-    monkeypatch.syspath_prepend(str(code))
-    monkeypatch.setenv("PYTHONPATH", f"{code}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    module = importlib.import_module("edited_module_33")
+    module_file, module = _edited_module(
+        tmp_path, monkeypatch, "edited_module_33", GATED_EDITED_MODULE
+    )
     imports = ctl / "imports.txt"
     handler = _OnLog("computed elsewhere", lambda: (ctl / "gate").unlink(missing_ok=True))
     exca_logger = logging.getLogger("exca")
