@@ -144,26 +144,28 @@ def iter_models(value: tp.Any, freeze: bool = False) -> list[pydantic.BaseModel]
     patched, marked, set_attribute = _PATCHED, _FrozenFieldSet, object.__setattr__
     while stack:
         item = stack.pop()
-        if id(item) in seen:
+        ident = id(item)
+        if ident in seen:
             continue
-        seen.add(id(item))
-        if isinstance(item, base):
+        seen.add(ident)
+        kind = type(item)
+        # (a class met before is a model class: no isinstance check, slow on a metaclass)
+        names = field_names.get(kind)
+        if names is not None or isinstance(item, base):
             found.append(item)
-            kind = type(item)
             if freeze:
                 if kind not in patched:
                     _patch_setattr(kind)
                 fields_set = item.__pydantic_fields_set__
-                if type(fields_set) is not marked or fields_set.owner != id(item):
+                if type(fields_set) is not marked or fields_set.owner != ident:
                     mark = marked(fields_set)
-                    mark.owner = id(item)
+                    mark.owner = ident
                     set_attribute(item, _FIELDS_SET, mark)
-            names = field_names.get(kind)
             if names is None:
                 names = _field_names(kind)
             values = item.__dict__
             if len(values) == len(names):  # every field, nothing else (no cached property)
-                stack.extend([sub for sub in values.values() if type(sub) not in leaves])
+                stack += [sub for sub in values.values() if type(sub) not in leaves]
             else:
                 for name in names:
                     sub = values.get(name)
@@ -171,8 +173,8 @@ def iter_models(value: tp.Any, freeze: bool = False) -> list[pydantic.BaseModel]
                         stack.append(sub)
             if item.__pydantic_extra__:
                 stack.extend(item.__pydantic_extra__.values())
-        elif type(item) is dict or isinstance(item, dict):
-            stack.extend(v for v in item.values() if type(v) not in leaves)
+        elif kind is dict or isinstance(item, dict):
+            stack += [v for v in item.values() if type(v) not in leaves]
         elif isinstance(item, list | tuple | set | frozenset):
-            stack.extend(v for v in item if type(v) not in leaves)
+            stack += [v for v in item if type(v) not in leaves]
     return found
