@@ -1869,6 +1869,22 @@ def test_every_rank_of_a_srun_job_runs_until_its_time_limit(
     assert obj.infra.status() == "failed"
 
 
+@pytest.mark.parametrize("time_limit", ["1", "0:01:00"])
+def test_a_time_in_slurm_additional_parameters_sets_the_warning_delay(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, time_limit: str
+) -> None:
+    """A ``time`` in slurm_additional_parameters is the job's limit in the sbatch script
+    (it replaces timeout_min's): the warning comes 1 s before a 1-minute limit, not the 90 s
+    of timeout_min's default (Slurm then sent it as the job started)."""
+    extra = {"slurm_additional_parameters": {"time": time_limit}}
+    obj = task(tmp_path, ctl, slurm_cluster, x=4, timeout_min=None, **extra)
+    job = obj.infra.job()
+    assert job.result() == 12
+    script = Path(job.submitit_job.paths.submission_file).read_text()
+    assert f"#SBATCH --time={time_limit}\n" in script
+    assert "#SBATCH --signal=USR2@1\n" in script
+
+
 @pytest.mark.timeout(300)
 def test_a_srun_job_signalled_long_before_its_time_limit_is_still_requeued(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster

@@ -1472,6 +1472,19 @@ def slurm_signal_delay_s(timeout_min: int | None) -> int:
     return max(1, min(SLURM_SIGNAL_DELAY_S, delay))
 
 
+def _time_limit_min(params: dict[str, tp.Any]) -> int | None:
+    """The job's time limit in minutes: a ``time`` in slurm_additional_parameters replaces
+    timeout_min's in the sbatch script (a 1-minute ``time`` with the signal delay of the
+    default 5 minutes had the warning sent as the job started)."""
+    from .slurm_check import slurm_minutes
+
+    time_limit = (params.get("slurm_additional_parameters") or {}).get("time")
+    if time_limit is not None:
+        with contextlib.suppress(ValueError):  # (not a time: sbatch says so)
+            return slurm_minutes(str(time_limit)) or None  # (UNLIMITED, 0: no limit)
+    return tp.cast(int | None, params.get("timeout_min"))
+
+
 def sbatch_options(extra: dict[str, tp.Any]) -> dict[str, tp.Any]:
     """slurm_additional_parameters with submitit's spelling ("ntasks_per_node"): the same
     option spelled "ntasks-per-node" did not replace the field's, both were written and
@@ -1504,12 +1517,12 @@ def submitit_executor(execution: Execution, logs: str) -> tp.Any:
         params["timeout_min"] = LOCAL_TIMEOUT_MIN
     if execution.job_name and "name" not in params:
         params["name"] = execution.job_name
-    if cluster == "slurm":
-        params["slurm_signal_delay_s"] = slurm_signal_delay_s(params.get("timeout_min"))
     if params.get("slurm_additional_parameters"):
         params["slurm_additional_parameters"] = sbatch_options(
             params["slurm_additional_parameters"]
         )
+    if cluster == "slurm":
+        params["slurm_signal_delay_s"] = slurm_signal_delay_s(_time_limit_min(params))
     executor.update_parameters(**params)
     if execution.max_pickle_size_gb is not None:
         executor._executor.max_pickle_size_gb = execution.max_pickle_size_gb  # type: ignore[attr-defined]

@@ -72,7 +72,7 @@ def _fields(line: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in line.split() if "=" in part)
 
 
-def _minutes(text: str) -> int | None:
+def slurm_minutes(text: str) -> int | None:
     """Slurm time text in minutes, rounded up (None: ``UNLIMITED``). As sbatch reads it:
     ``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S`` (ValueError otherwise)."""
     text = text.strip()
@@ -131,7 +131,7 @@ def _read_cluster() -> SlurmCluster:
             continue
         listed = _expand_nodes(fields.get("Nodes", ""))
         partitions[name] = SlurmPartition(
-            name, fields.get("Default") == "YES", _minutes(fields.get("MaxTime", "")), listed
+            name, fields.get("Default") == "YES", slurm_minutes(fields.get("MaxTime", "")), listed
         )
     nodes: dict[str, SlurmNode] = {}
     for line in _run("scontrol", "show", "node", "-o").splitlines():
@@ -224,7 +224,7 @@ def _add_sbatch_options(params: dict[str, tp.Any]) -> dict[str, str]:
     time_limit = extra.get("time")
     if time_limit is not None:  # (sbatch's units: minutes, or [D-]H:M:S...)
         with contextlib.suppress(ValueError):  # (not a time: left to sbatch)
-            minutes = _minutes(str(time_limit))  # (None: UNLIMITED, beyond any limit)
+            minutes = slurm_minutes(str(time_limit))  # (None: UNLIMITED, beyond any limit)
             # (0 too: sbatch reads --time=0 as UNLIMITED)
             params["timeout_min"] = minutes or math.inf
             shown["timeout_min"] = f"time={time_limit!r} in slurm_additional_parameters"
