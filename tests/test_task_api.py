@@ -1519,6 +1519,34 @@ def test_yaml_files_written_meanwhile_are_not_told_restored(
     assert "Restored the missing yaml files" in caplog.text
 
 
+def test_a_new_map_folder_without_items_is_not_told_restored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Threads starting a map on a new folder together: one found the folder that another
+    had just made, before that one wrote its yaml files, and warned "Restored the missing
+    yaml files" (nobody removed them; a probe, 3 runs in 5 with 4 threads). Simulated: the
+    folder is there, empty. A folder holding items whose yaml files are gone is told."""
+    from exca.infra import base as infra_base
+
+    obj = LayeredMap(scale=[3], infra={"folder": tmp_path})
+    folder = obj.infra.uid_folder()
+    assert folder is not None
+    folder.mkdir(parents=True)  # (made by another thread, which writes the yaml files next)
+    with caplog.at_level(logging.WARNING, logger="exca"):
+        assert list(obj.apply([1, 2])) == [3, 6]
+    assert "Restored" not in caplog.text
+    assert {"uid.yaml", "full-uid.yaml", "config.yaml"} <= set(os.listdir(folder))
+    # its items there, its yaml files removed by hand: written again, and told
+    infra_base._DEFAULTS_CHECKED.clear()
+    (folder / "full-uid.yaml").unlink()
+    with caplog.at_level(logging.WARNING, logger="exca"):
+        assert list(LayeredMap(scale=[3], infra={"folder": tmp_path}).apply([1, 2])) == [3, 6]
+    assert "Restored the missing yaml files" in caplog.text
+    assert (folder / "full-uid.yaml").exists()
+    # iter_cached still lists a map folder whatever it holds
+    assert [o.scale for o in obj.infra.iter_cached()] == [[3]]
+
+
 class Scaled(pydantic.BaseModel):
     """A task with an input, and a sub-config (whose class version is not in its uid)."""
 

@@ -378,6 +378,14 @@ class MapInfra(BaseInfra, SubmititMixin):
         except FileNotFoundError:
             return False
 
+    def _has_result(self, folder: Path) -> bool:
+        # A folder without any item index is being made (its creator writes the yaml
+        # files next, before any item): its missing yaml files were not removed by hand
+        return self._prepare_reuses(folder)
+
+    def _holds_results(self, folder: Path) -> bool:
+        return True  # (iter_cached lists every map folder with a uid.yaml, items or not)
+
     def _check_disk(self) -> None:
         if self.folder is not None and not Path(self.folder).parent.exists():
             raise ValueError(
