@@ -2998,6 +2998,49 @@ def test_jobs_go_out_before_inline_work_of_the_same_wave(env: Env) -> None:
     assert here.result() == "here(None,None)" and job.result() == "job(None,None)"
 
 
+@pytest.mark.timeout(120)
+def test_jobs_go_out_while_inline_work_of_another_branch_runs(env: Env) -> None:
+    """quick -> follow on cluster="local", and an independent inline node that waits for
+    follow's job to start: follow goes out once quick ended, while the inline node runs
+    (it waited for the inline work to end: the inline node then waited in vain and failed)."""
+    sig = str(env.tmp / "follow-started")
+    local = {"cluster": "local"}
+    quick = env.step("quick", infra=local).run.node()
+    follow = env.step("follow", signal_file=sig, infra=local).run.node(quick)
+    here = env.step("here", partner=sig).run.node()
+    exca.graph.run(follow, here)
+    assert here.result() == "here(None,None)"
+    assert follow.result() == "follow(quick(None,None),None)"
+    assert started(env.log).count("follow") == 1
+
+
+class ThreadName(pydantic.BaseModel):
+    """A task returning the name of the thread computing it."""
+
+    tag: str = "t"
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> str:
+        return threading.current_thread().name
+
+
+@pytest.mark.timeout(120)
+def test_a_debug_job_runs_in_the_thread_of_the_run_while_inline_work_runs(env: Env) -> None:
+    """A debug job (run in this process once its end is asked for, with pdb on failure)
+    of the wave of an inline node: while the inline node runs, the thread submitting the
+    other branch's jobs leaves it to the run's own thread."""
+    sig = str(env.tmp / "follow-started")
+    local = {"cluster": "local"}
+    follow = env.step("follow", signal_file=sig, infra=local).run.node(
+        env.step("quick", infra=local).run.node()
+    )
+    here = env.step("here", partner=sig).run.node()
+    debug = ThreadName(infra=env.infra(cluster="debug")).run.node()
+    exca.graph.run(follow, here, debug)
+    assert debug.result() == threading.current_thread().name
+
+
 def _run_until_started(
     env: Env,
     targets: tuple[exca.graph.Node, ...],

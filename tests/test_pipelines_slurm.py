@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -803,6 +804,19 @@ def _inline_beside_a_slurm_chain(env: Env) -> tuple[exca.graph.Node, exca.graph.
     return mid, inline
 
 
+def test_a_waiting_run_submits_slurm_work_while_an_inline_node_runs(
+    env: Env, sbatch: Sbatch
+) -> None:
+    """A job ends while an inline node of another branch runs: the Slurm work it makes
+    ready goes out then (it waited for the inline node to end, a probe: 40 s late)."""
+    mid, inline = _inline_beside_a_slurm_chain(env)
+    exca.graph.run(mid, inline)
+    assert mid.result() == "mid(leaf(1,None),None)"
+    assert inline.result() == "inline(2,None)"
+    assert sbatch.count() == 2  # (leaf, then mid: none twice)
+    assert started(env.log).count("inline") == 1
+
+
 def test_a_detached_run_submits_slurm_work_before_inline_work_it_does_not_need(
     env: Env, sbatch: Sbatch
 ) -> None:
@@ -818,3 +832,69 @@ def test_a_detached_run_submits_slurm_work_before_inline_work_it_does_not_need(
     assert inline.status() == "completed"
     wait_until_ended([job_id(mid)])
     assert mid.result() == "mid(leaf(1,None),None)"
+
+
+INTERRUPTED_INLINE_SCRIPT = """
+import signal
+import sys
+from pathlib import Path
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # (as in a terminal)
+import exca.graph
+from test_pipelines import Env
+from test_pipelines_slurm import slurm
+
+env = Env(Path(sys.argv[1]))
+leaf = env.step("leaf", infra=slurm()).run.node(1)
+mid = env.step("mid", signal_file=sys.argv[2], block_flag=sys.argv[3], infra=slurm()).run.node(leaf)
+inline = env.step("inline", block_flag=sys.argv[3]).run.node(2)
+try:
+    exca.graph.run(mid, inline)
+except KeyboardInterrupt:
+    print("INTERRUPTED", flush=True)
+    sys.exit(3)
+print("FINISHED", flush=True)
+"""
+
+
+def test_ctrl_c_during_inline_work_cancels_the_jobs_submitted_meanwhile(env: Env) -> None:
+    """Ctrl-C while an inline node runs, after the job its run submitted meanwhile started
+    (mid, ready once leaf ended): that job is cancelled and forgotten, as every job of an
+    interrupted run (without it, mid never started while the inline node ran)."""
+    block = env.tmp / "block"
+    block.touch()
+    mid_started = env.tmp / "mid-started"
+    script = env.tmp / "driver.py"
+    script.write_text(textwrap.dedent(INTERRUPTED_INLINE_SCRIPT))
+    tests = str(Path(__file__).parent)
+    path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH", "")) if p)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(env.tmp), str(mid_started), str(block)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": path},
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: mid_started.exists() or proc.poll() is not None, timeout=120)
+        assert proc.poll() is None, proc.communicate()[0].decode()
+        assert started(env.log).count("inline") == 1 and "inline" not in [
+            e["name"] for e in events(env.log, "end")
+        ]
+        leaf = env.step("leaf", infra=slurm()).run.node(1)
+        mid_node = env.step(
+            "mid", signal_file=str(mid_started), block_flag=str(block), infra=slurm()
+        ).run.node(leaf)
+        (mid_job,) = [r["job_id"] for r in records(mid_node)]
+        os.kill(proc.pid, signal.SIGINT)
+        output = proc.communicate(timeout=90)[0].decode()
+    finally:
+        block.unlink()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 3 and "INTERRUPTED" in output, output
+    assert "cancelling the job(s) this call submitted" in output and mid_job in output, output
+    wait_until_ended([mid_job])
+    assert not records(mid_node)  # (cancelled: forgotten, the next call submits it again)
+    assert "mid" not in [e["name"] for e in events(env.log, "end")]

@@ -5,7 +5,9 @@ decorated method calling itself is refused by its claim (held by this very threa
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
 import typing as tp
 from pathlib import Path
@@ -27,8 +29,37 @@ class Caller(tp.NamedTuple):
 _INHERITED: list[Caller] = []  # in a job's process: the callers of its job
 
 
+class _Acting(threading.local):
+    caller: Caller | None = None  # the thread this one submits jobs for (see acting_for)
+
+
+_ACTING = _Acting()
+
+
+@contextlib.contextmanager
+def acting_for(caller: Caller) -> tp.Iterator[None]:
+    """In a thread submitting jobs on behalf of ``caller`` (a run's thread busy with inline
+    work, which waits for them afterwards): that caller is the one of the jobs, and its
+    claims are the ones "held here" (``thread_id``)."""
+    _ACTING.caller = caller
+    try:
+        yield
+    finally:
+        _ACTING.caller = None
+
+
+def thread_id() -> int:
+    """The native id of the thread whose claims count as this thread's own (its own, or
+    the one it submits for)."""
+    acting = _ACTING.caller
+    return threading.get_native_id() if acting is None else acting.owner.thread
+
+
 def current() -> Caller:
-    """This thread, as a caller of the jobs it submits and waits for."""
+    """This thread, as a caller of the jobs it submits and waits for (or the caller it
+    submits for: see acting_for)."""
+    if _ACTING.caller is not None:
+        return _ACTING.caller
     environ = os.environ
     ids = (environ.get("SUBMITIT_LOCAL_JOB_ID"), environ.get("SLURM_JOB_ID"), slurm_job_id())
     return Caller(Owner.current(), tuple(dict.fromkeys(i for i in ids if i)), time.time())

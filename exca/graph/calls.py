@@ -13,7 +13,7 @@ import typing as tp
 from ..storage.cachederror import CachedError
 from ..storage.cachedict import CacheDict
 from ..storage.dumping import PAYLOAD_ERRORS, is_damaged_payload
-from . import codeprint, registry, store
+from . import callers, codeprint, registry, store
 from .errors import JobFailedError, self_call_error
 from .jobs import Job, MapJob
 from .node import SUBMITIT_CLUSTERS, TASK_KEY, Node, restoring_files
@@ -137,7 +137,7 @@ def claimed_here(node: Node, keys: tp.Iterable[str]) -> bool:
     if node.folder is None or not os.path.isdir(os.path.join(node.folder, CLAIMS_DIR)):
         return False
     wanted = set(keys)
-    me = (*Owner.current()[:2], threading.get_native_id())
+    me = (*Owner.current()[:2], callers.thread_id())  # (a thread submitting for another: its)
     return any(
         (claim.owner.host, claim.owner.pid, claim.owner.thread) == me and claim.keys & wanted
         for claim in Claims(node.folder).current()
@@ -159,7 +159,7 @@ def keys_being_computed(node: Node, keys: tp.Iterable[str], others_only: bool = 
     if node.folder is None or not os.path.isdir(os.path.join(node.folder, CLAIMS_DIR)):
         return set()
     wanted = set(keys)
-    me = (*Owner.current()[:2], threading.get_native_id()) if others_only else None
+    me = (*Owner.current()[:2], callers.thread_id()) if others_only else None
     # the claim of a Slurm job that ended is not a computation, whatever its process does
     # (a lingering one here, a heartbeat still fresh on another host)
     return {

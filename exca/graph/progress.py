@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import typing as tp
 
 PROGRESS_ENV = "EXCA_PROGRESS"
@@ -35,6 +36,9 @@ class Progress:
         self.desc = desc
         self.requested = requested
         self._bar: tp.Any = None
+        # (a run's thread computing inline work counts its items while another one counts
+        # the jobs that end meanwhile: see Scheduler._run_inline)
+        self._lock = threading.Lock()
         if total > 0:
             self._show()
 
@@ -47,17 +51,19 @@ class Progress:
                 self._bar.update(self.count)
 
     def update(self, count: int = 1) -> None:
-        self.count += count
-        if self._bar is not None:
-            self._bar.update(count)
+        with self._lock:
+            self.count += count
+            if self._bar is not None:
+                self._bar.update(count)
 
     def add_total(self, count: int) -> None:
-        self.total += count
-        if self._bar is not None:
-            self._bar.total = self.total
-            self._bar.refresh()
-        elif self.total > 0 and self.requested is not False:  # (work known only now)
-            self._show()
+        with self._lock:
+            self.total += count
+            if self._bar is not None:
+                self._bar.total = self.total
+                self._bar.refresh()
+            elif self.total > 0 and self.requested is not False:  # (work known only now)
+                self._show()
 
     def note(self, text: str) -> None:
         if self._bar is not None:

@@ -1,7 +1,8 @@
 """The scheduler: the one path from "these nodes are wanted" to results in the cache.
 
 It carries out the decisions (``decisions.py``) in waves: ready work is grouped by where
-it runs, each group goes out as ONE array (inline work runs in the caller's thread), and
+it runs, each group goes out as ONE array (inline work runs in the caller's thread,
+while another thread submits the job work that jobs ending meanwhile make ready), and
 finished nodes unlock their dependents. A failure stops its dependents only; the other
 branches finish and stay cached; one final error lists every failed node.
 """
@@ -12,6 +13,7 @@ import collections
 import logging
 import os
 import random
+import threading
 import time
 import typing as tp
 
@@ -111,6 +113,7 @@ class Scheduler:
         self._settled: list[Key] = []  # nodes that left the running ones since the last wave
         self._held_since: dict[Key, float] = {}  # ready work held back, since when (monotonic)
         self._positions: tuple[Graph, dict[Key, int]] | None = None
+        self._loop: _Loop | None = None  # (a waiting run's state: see _run_inline)
 
     def _position(self) -> dict[Key, int]:
         """Each node's place in the topological order (of the current graph: submit()
@@ -288,25 +291,17 @@ class Scheduler:
         running: dict[Key, NodeRun] = {}
         # the pending nodes that may have become ready (or blocked): each wave checks only
         # these, not every pending node (a chain of n nodes has n waves: linear, not n^2)
-        candidates = set(pending)
+        loop = self._loop = _Loop(pending, running, set(pending), pools, progress)
         self._settled.clear()
         try:
             while True:
                 # finish what is done BEFORE holding back: a group whose last job just ended
                 # must not hold its next level back (that left the level unlaunched)
                 self.finish_done(running, progress)
-                for run in self._requeued:  # waited for others' jobs: compute what they left
-                    pending[run.node.key] = run
-                    candidates.add(run.node.key)
-                self._requeued.clear()
+                self._take_requeued(loop)
                 if not pending and not running:
                     break
-                for key in self._settled:
-                    candidates.update(d for d in self.graph.downstream[key] if d in pending)
-                self._settled.clear()
-                self._skip_blocked(pending, candidates)
-                checked = sorted(candidates & pending.keys(), key=self._position().__getitem__)
-                ready_keys = [k for k in checked if self._ready(k)]
+                ready_keys = self._ready_candidates(loop)
                 ready, release_at = self._hold_back(
                     [pending[k] for k in ready_keys], running, pending
                 )
@@ -314,7 +309,7 @@ class Scheduler:
                     del pending[run.node.key]
                 # (held back: ready still, checked again next wave; the others wait for an
                 # upstream node to settle, which makes them candidates again)
-                candidates = set(ready_keys) - {r.node.key for r in ready}
+                loop.candidates = set(ready_keys) - {r.node.key for r in ready}
                 self.launch(ready, running, pools, progress)
                 if running:
                     self.wait_some(running, progress, until=release_at)
@@ -327,8 +322,11 @@ class Scheduler:
                     "please report this as an exca bug"
                 )
         except KeyboardInterrupt:
-            cancelled = [r for r in running.values() if r.action != "wait"]  # not others' jobs
-            _log_interruption(cancelled, [r for r in running.values() if r.action == "wait"])
+            # (a copy at once: a thread submitting meanwhile, let go by a second Ctrl-C,
+            # may still add its jobs, see _run_inline)
+            runs = list(running.values())
+            cancelled = [r for r in runs if r.action != "wait"]  # not others' jobs
+            _log_interruption(cancelled, [r for r in runs if r.action == "wait"])
             # (a second Ctrl-C waits for this: stopped half-way, some jobs it named ran on,
             # or a cancelled one kept its record and the next call raised "cancelled"; a
             # third one stops the wait, e.g. for a Slurm controller that does not answer:
@@ -336,8 +334,28 @@ class Scheduler:
             _cancel(cancelled, pools)
             raise
         finally:
+            self._loop = None
             progress.close()
         pools.shutdown()
+
+    def _take_requeued(self, loop: _Loop) -> None:
+        """Runs that waited for others' jobs: pending again, to compute what they left."""
+        for run in self._requeued:
+            loop.pending[run.node.key] = run
+            loop.candidates.add(run.node.key)
+        self._requeued.clear()
+
+    def _ready_candidates(self, loop: _Loop) -> list[Key]:
+        """The pending nodes that are ready now, in topological order (those following
+        nodes settled since the last look are candidates; those below a failure are
+        skipped)."""
+        pending = loop.pending
+        for key in self._settled:
+            loop.candidates.update(d for d in self.graph.downstream[key] if d in pending)
+        self._settled.clear()
+        self._skip_blocked(pending, loop.candidates)
+        checked = sorted(loop.candidates & pending.keys(), key=self._position().__getitem__)
+        return [k for k in checked if self._ready(k)]
 
     @staticmethod
     def _group(run: NodeRun) -> str | None:
@@ -587,10 +605,12 @@ class Scheduler:
         progress: Progress,
         parallelism: int | None = None,
         waiting: bool = True,
+        later: list[tuple[NodeRun, Unit]] | None = None,
     ) -> None:
         """Start ready nodes: the ones with a cluster go out grouped in arrays, then the
         inline ones run (here: jobs first, so that they run meanwhile). ``waiting``: the
-        caller then waits for them (not a submission that returns)."""
+        caller then waits for them (not a submission that returns). ``later``: the inline
+        units are added there, not run (by a thread submitting for a busy one)."""
         self.graph.share_force_states()  # (before instances are pickled into jobs)
         groups: dict[str, list[tuple[NodeRun, Unit]]] = {}
         inline: list[tuple[NodeRun, Unit]] = []
@@ -627,9 +647,61 @@ class Scheduler:
         for members in groups.values():
             self._submit_group(members, pools, parallelism, waiting)
         self._add_borrowed()
-        for run, unit in inline:
-            on_items = progress.update if unit.uids is not None else None
-            run.handles.append(executors.run_inline(unit, on_items))
+        if later is not None:
+            later.extend(inline)
+        else:
+            self._run_inline(inline, progress)
+
+    def _run_inline(self, inline: list[tuple[NodeRun, Unit]], progress: Progress) -> None:
+        """Run inline units in this thread. In a waiting run with job work pending, a
+        thread meanwhile finishes the jobs that end and submits the job work they make
+        ready (an inline node of one branch held back another branch's Slurm work until
+        it ended: a long one for hours); inline units it comes across run here after."""
+        while inline:
+            meanwhile = _Meanwhile.start(self, {run.node.key for run, _ in inline})
+            try:
+                for run, unit in inline:
+                    on_items = progress.update if unit.uids is not None else None
+                    run.handles.append(executors.run_inline(unit, on_items))
+            except BaseException:
+                if meanwhile is not None:
+                    meanwhile.stop(raising=False)  # (its jobs are in the running ones)
+                raise
+            inline = meanwhile.stop() if meanwhile is not None else []
+
+    @staticmethod
+    def _sent_away(run: NodeRun) -> bool:
+        """Work that another thread may start while this one computes inline work: a job
+        followed, or jobs submitted (Slurm, local; not pools, whose processes it would
+        fork while this thread runs user code, nor the debug cluster, which runs here)."""
+        return run.action == "wait" or run.node.execution.cluster in ("slurm", "auto", "local")
+
+    def _submit_meanwhile(
+        self, loop: _Loop, busy: set[Key], later: list[tuple[NodeRun, Unit]]
+    ) -> bool:
+        """One look of the thread submitting while ``busy`` nodes compute inline (see
+        _run_inline): finish the other running nodes whose jobs ended, and start the job
+        work that is ready, as the run's loop does. Whether anything changed."""
+        # (a debug job runs when its end is asked for: in the busy thread, not this one)
+        debug = {k for k, r in loop.running.items() if any(h.cluster == "debug" for h in r.handles)}
+        changed = self.finish_done(loop.running, loop.progress, busy | debug)
+        self._take_requeued(loop)
+        ready_keys = self._ready_candidates(loop)
+        pending = loop.pending
+        sendable = [
+            pending[k]
+            for k in ready_keys
+            if self._sent_away(pending[k])
+            # (a task a call of the busy thread computes, around the run or in its inline
+            # work: left to that thread, which refuses it, or finds it done)
+            and not (pending[k].node.kind == "task" and claimed_here(pending[k].node, [TASK_KEY]))
+        ]
+        ready, _ = self._hold_back(sendable, loop.running, pending)
+        for run in ready:
+            del pending[run.node.key]
+            loop.candidates.discard(run.node.key)
+        self.launch(ready, loop.running, loop.pools, loop.progress, later=later)
+        return changed or bool(ready)
 
     def _submit_group(
         self,
@@ -760,9 +832,17 @@ class Scheduler:
                 time.sleep(delay)
             delay = min(delay * 1.5, longest)
 
-    def finish_done(self, running: dict[Key, NodeRun], progress: Progress) -> bool:
-        """Finish the running nodes whose jobs all ended; whether there was any."""
-        finished = [k for k, r in running.items() if all(h.done() for h in r.handles)]
+    def finish_done(
+        self,
+        running: dict[Key, NodeRun],
+        progress: Progress,
+        busy: tp.Collection[Key] = (),
+    ) -> bool:
+        """Finish the running nodes whose jobs all ended; whether there was any (not the
+        ``busy`` ones: computed inline right now, see _run_inline)."""
+        finished = [
+            k for k, r in running.items() if k not in busy and all(h.done() for h in r.handles)
+        ]
         for key in finished:
             self._finish(running.pop(key), progress)
         self._settled.extend(finished)  # (requeued ones too: their downstream stays unready)
@@ -1190,6 +1270,84 @@ class Scheduler:
             if len(causes) == 1:
                 raise causes[0]
         raise NodeFailures(failures)
+
+
+class _Loop:
+    """The state of a waiting run's loop (see Scheduler._execute), shared with the thread
+    that submits while inline work runs (never at the same time as the loop itself)."""
+
+    def __init__(
+        self,
+        pending: dict[Key, NodeRun],
+        running: dict[Key, NodeRun],
+        candidates: set[Key],
+        pools: executors.Pools,
+        progress: Progress,
+    ) -> None:
+        self.pending, self.running, self.candidates = pending, running, candidates
+        self.pools, self.progress = pools, progress
+
+
+class _Meanwhile:
+    """The thread that, while a waiting run's thread computes inline work, finishes the
+    jobs that end and submits the job work they make ready (see Scheduler._run_inline).
+
+    Only it touches the run's state until it is stopped (the busy thread only computes its
+    inline units, whose nodes it leaves alone). It submits as the busy thread would: that
+    thread is the caller of its jobs and the holder of the claims it checks (its own are
+    none). Ctrl-C reaches the busy thread: it stops this one, which finishes the
+    submission it is making (its jobs then belong to the run, which cancels them)."""
+
+    def __init__(self, scheduler: Scheduler, loop: _Loop, busy: set[Key]) -> None:
+        self.scheduler, self.loop, self.busy = scheduler, loop, busy
+        self.caller = callers.current()  # (before the inline work takes its claims)
+        self.later: list[tuple[NodeRun, Unit]] = []  # inline work it came across
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="exca-submit", daemon=True)
+
+    @classmethod
+    def start(cls, scheduler: Scheduler, busy: set[Key]) -> _Meanwhile | None:
+        """The thread, started, if job work is pending in a waiting run (None: nothing
+        it could submit, e.g. a run of inline nodes only)."""
+        loop = scheduler._loop
+        if loop is None or not any(scheduler._sent_away(r) for r in loop.pending.values()):
+            return None
+        meanwhile = cls(scheduler, loop, busy)
+        meanwhile._thread.start()
+        return meanwhile
+
+    def _run(self) -> None:
+        delay = POLL_START
+        try:
+            with callers.acting_for(self.caller):
+                while not self._stop.wait(delay):
+                    if self.scheduler._submit_meanwhile(self.loop, self.busy, self.later):
+                        delay = POLL_START
+                    else:
+                        delay = min(delay * 1.5, POLL_MAX)
+        except BaseException as error:  # (raised by the busy thread once its work ended)
+            self.error = error
+
+    def stop(self, raising: bool = True) -> list[tuple[NodeRun, Unit]]:
+        """Stop the thread (once its submission in progress ended); the inline work it
+        came across, for the busy thread to run. ``raising``: its error, if any, is
+        raised (as the run's loop raised it)."""
+        self._stop.set()
+        # (a Ctrl-C meanwhile is said, then raised once it ended; another one stops the
+        # wait: the jobs it submits then run on, as those a run's cancel leaves, _cancel)
+        with interrupts.deferred(escape=_still_submitting):
+            self._thread.join()
+        if raising and self.error is not None:
+            raise self.error
+        return self.later
+
+
+def _still_submitting() -> None:
+    logger.warning(
+        "Interrupted while a submission is in progress: cancelling once it ends (Ctrl-C "
+        "again stops waiting: the jobs it submits then keep running)"
+    )
 
 
 def follow_own_job(run: NodeRun, off_slurm: bool) -> bool:
