@@ -3012,6 +3012,7 @@ def test_jobs_go_out_while_inline_work_of_another_branch_runs(env: Env) -> None:
     assert here.result() == "here(None,None)"
     assert follow.result() == "follow(quick(None,None),None)"
     assert started(env.log).count("follow") == 1
+    assert not submitting_threads()  # (stopped once the inline work ended)
 
 
 class ThreadName(pydantic.BaseModel):
@@ -3039,6 +3040,73 @@ def test_a_debug_job_runs_in_the_thread_of_the_run_while_inline_work_runs(env: E
     debug = ThreadName(infra=env.infra(cluster="debug")).run.node()
     exca.graph.run(follow, here, debug)
     assert debug.result() == threading.current_thread().name
+    assert not submitting_threads()
+
+
+def submitting_threads() -> list[threading.Thread]:
+    """The threads submitting job work while a run computes inline work, still alive."""
+    return [t for t in threading.enumerate() if t.name == "exca-submit"]
+
+
+class Listing(pydantic.BaseModel):
+    """A task listing the items of a map (touching ``signal_file`` first)."""
+
+    signal_file: str = ""
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("signal_file",)
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def make(self) -> list[int]:
+        Path(self.signal_file).touch()
+        return [0, 1, 2]
+
+
+class SlowSquare(pydantic.BaseModel):
+    """A map whose first item, computed here, waits ``pause`` s once ``after`` exists."""
+
+    log: str
+    after: str = ""
+    pause: float = 0.0
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("log", "after", "pause")
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def apply(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            append(self.log, {"name": f"square{item}", "event": "start", "pid": os.getpid()})
+            if self.after and item == 0:
+                wait_for(lambda: Path(self.after).exists())
+                time.sleep(self.pause)
+            yield item * item
+
+
+class SquaresHere(pydantic.BaseModel):
+    """An inline task computing a map's items through a call (holding their claims)."""
+
+    square: SlowSquare
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply(chain_subconfigs=False)
+    def run(self) -> list[int]:
+        return list(self.square.apply([0, 1, 2]))
+
+
+@pytest.mark.timeout(120)
+def test_a_map_whose_items_the_inline_work_computes_is_not_lost_meanwhile(env: Env) -> None:
+    """While an inline node computes a map's items (a call, holding their claims), the
+    map node of the run becomes ready (its listing job ended): its work is left to the
+    run's thread, which waits for those claims, then finds them done. The thread
+    submitting meanwhile finished that node, without handles yet, as lost: the run
+    raised "3 item(s) ... not computed: the worker ended without writing it"."""
+    listed = env.tmp / "listed"
+    square = {"log": env.log, "after": str(listed), "pause": 3.0}
+    items = Listing(signal_file=str(listed), infra=env.infra(cluster="local")).make.node()
+    mapped = SlowSquare(**square, infra=env.infra(cluster="local")).apply.node(items)
+    here = SquaresHere(square=SlowSquare(**square, infra=env.infra())).run.node()
+    exca.graph.run(mapped, here)
+    assert mapped.result() == [0, 1, 4] and here.result() == [0, 1, 4]
+    assert sorted(started(env.log)) == ["square0", "square1", "square2"]  # (each once)
+    assert not submitting_threads()
 
 
 def _run_until_started(

@@ -684,7 +684,10 @@ class Scheduler:
         work that is ready, as the run's loop does. Whether anything changed."""
         # (a debug job runs when its end is asked for: in the busy thread, not this one)
         debug = {k for k, r in loop.running.items() if any(h.cluster == "debug" for h in r.handles)}
-        changed = self.finish_done(loop.running, loop.progress, busy | debug)
+        # (a node whose units it left to the busy thread has no handle until they ran: all
+        # of none ended, it was finished as lost, "not computed")
+        deferred = {run.node.key for run, _ in later}
+        changed = self.finish_done(loop.running, loop.progress, busy | debug | deferred)
         self._take_requeued(loop)
         ready_keys = self._ready_candidates(loop)
         pending = loop.pending
