@@ -3109,6 +3109,100 @@ def test_a_map_whose_items_the_inline_work_computes_is_not_lost_meanwhile(env: E
     assert not submitting_threads()
 
 
+@pytest.mark.timeout(120)
+def test_ctrl_c_as_the_submitting_thread_starts_stops_it(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C right as the thread submitting during inline work starts: the run
+    cancels its jobs, and that thread stops (it ran on, polling and submitting for a run
+    that had ended)."""
+    original = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        original(thread)
+        if thread.name == "exca-submit":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    local = {"cluster": "local"}
+    follow = env.step("follow", infra=local).run.node(env.step("quick", infra=local).run.node())
+    here = env.step("here").run.node()
+    with pytest.raises(KeyboardInterrupt):
+        exca.graph.run(follow, here)
+    monkeypatch.undo()
+    wait_for(lambda: not submitting_threads(), timeout=10)
+
+
+@pytest.mark.timeout(120)
+def test_a_submission_failing_during_inline_work_is_raised_once_it_ended(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread submitting during inline work fails to submit (sbatch refused, say):
+    the inline work goes on to its end (cached), then the run raises that error, as its
+    loop raises a failed submission; the thread is gone."""
+    original = exca.graph.executors.submit_array
+
+    def submit_array(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        if threading.current_thread().name == "exca-submit":
+            raise RuntimeError("submission refused")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(exca.graph.executors, "submit_array", submit_array)
+    quick_started = env.tmp / "quick-started"
+    local = {"cluster": "local"}
+    quick = env.step("quick", signal_file=str(quick_started), infra=local).run.node()
+    follow = env.step("follow", infra=local).run.node(quick)
+    watch = Watch(partner=str(env.tmp / "never"), after=str(quick_started), pause=2.0)
+    watched = watch.model_copy(update={"infra": exca.TaskInfra(**env.infra())}).run.node()
+    with pytest.raises(RuntimeError, match="submission refused"):
+        exca.graph.run(follow, watched)
+    assert watched.status() == "completed" and quick.status() == "completed"
+    assert "follow" not in started(env.log)
+    assert not submitting_threads()
+
+
+@pytest.mark.timeout(120)
+def test_inline_work_failing_while_jobs_went_out_meanwhile(env: Env) -> None:
+    """Inline work fails after the job work of another branch went out meanwhile: that
+    job is waited for (cached), the run raises the inline failure; the thread is gone."""
+    sig = str(env.tmp / "follow-started")
+    flag = env.tmp / "fail"
+    flag.touch()
+    local = {"cluster": "local"}
+    quick = env.step("quick", infra=local).run.node()
+    follow = env.step("follow", signal_file=sig, infra=local).run.node(quick)
+    here = env.step("here", partner=sig, fail_flag=str(flag)).run.node()
+    with pytest.raises(ValueError, match="here fails on purpose"):
+        exca.graph.run(follow, here)
+    assert follow.status() == "completed" and started(env.log).count("follow") == 1
+    assert not submitting_threads()
+
+
+class Watch(pydantic.BaseModel):
+    """An inline task watching this process's cwd and MASTER_PORT until ``partner``
+    exists, or ``pause`` s after ``after`` exists: the changes it saw."""
+
+    partner: str
+    after: str
+    pause: float
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("partner", "after", "pause")
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> list[str]:
+        first = (os.getcwd(), os.environ.get("MASTER_PORT"))
+        seen: set[str] = set()
+        end = time.monotonic() + 60
+        while not Path(self.partner).exists() and time.monotonic() < end:
+            if Path(self.after).exists():
+                end = min(end, time.monotonic() + self.pause)
+            now = (os.getcwd(), os.environ.get("MASTER_PORT"))
+            if now != first:
+                seen.add(f"{now}")
+            time.sleep(0.001)
+        return sorted(seen)
+
+
 def _run_until_started(
     env: Env,
     targets: tuple[exca.graph.Node, ...],

@@ -658,16 +658,21 @@ class Scheduler:
         ready (an inline node of one branch held back another branch's Slurm work until
         it ended: a long one for hours); inline units it comes across run here after."""
         while inline:
-            meanwhile = _Meanwhile.start(self, {run.node.key for run, _ in inline})
+            meanwhile = _Meanwhile.wanted(self, {run.node.key for run, _ in inline})
             try:
+                # (started in the try: a Ctrl-C right after its start left it running, the
+                # run's state its own while the run cancelled, and after)
+                if meanwhile is not None:
+                    meanwhile.start()
                 for run, unit in inline:
                     on_items = progress.update if unit.uids is not None else None
                     run.handles.append(executors.run_inline(unit, on_items))
+                later = meanwhile.stop() if meanwhile is not None else []
             except BaseException:
                 if meanwhile is not None:
                     meanwhile.stop(raising=False)  # (its jobs are in the running ones)
                 raise
-            inline = meanwhile.stop() if meanwhile is not None else []
+            inline = later
 
     @staticmethod
     def _sent_away(run: NodeRun) -> bool:
@@ -1310,15 +1315,18 @@ class _Meanwhile:
         self._thread = threading.Thread(target=self._run, name="exca-submit", daemon=True)
 
     @classmethod
-    def start(cls, scheduler: Scheduler, busy: set[Key]) -> _Meanwhile | None:
-        """The thread, started, if job work is pending in a waiting run (None: nothing
+    def wanted(cls, scheduler: Scheduler, busy: set[Key]) -> _Meanwhile | None:
+        """The thread (not started) if job work is pending in a waiting run (None: nothing
         it could submit, e.g. a run of inline nodes only)."""
         loop = scheduler._loop
-        if loop is None or not any(scheduler._sent_away(r) for r in loop.pending.values()):
+        if loop is None:
             return None
-        meanwhile = cls(scheduler, loop, busy)
-        meanwhile._thread.start()
-        return meanwhile
+        if not any(scheduler._sent_away(r) for r in loop.pending.values()):
+            return None
+        return cls(scheduler, loop, busy)
+
+    def start(self) -> None:
+        self._thread.start()
 
     def _run(self) -> None:
         delay = POLL_START
@@ -1340,7 +1348,10 @@ class _Meanwhile:
         # (a Ctrl-C meanwhile is said, then raised once it ended; another one stops the
         # wait: the jobs it submits then run on, as those a run's cancel leaves, _cancel)
         with interrupts.deferred(escape=_still_submitting):
-            self._thread.join()
+            try:
+                self._thread.join()
+            except RuntimeError:  # (not started: a Ctrl-C in its start; if it starts
+                pass  # now, it sees the stop at once)
         if raising and self.error is not None:
             raise self.error
         return self.later
