@@ -3203,6 +3203,37 @@ class Watch(pydantic.BaseModel):
         return sorted(seen)
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("changed", ["workdir", "environ"])
+def test_jobs_sent_during_inline_work_change_nothing_it_sees(
+    env: Env, monkeypatch: pytest.MonkeyPatch, changed: str
+) -> None:
+    """A job submitted while inline work runs must not change what its code sees: a job
+    with a workdir is submitted from the snapshot (cwd, sys.path, PYTHONPATH), and a
+    submission hides the Slurm and torch.distributed variables of os.environ (a driver
+    in a Slurm job). Such job work waits for the inline work (the inline code found its
+    cwd in the job's code snapshot, and MASTER_PORT gone)."""
+    quick_started, follow_started = env.tmp / "quick-started", env.tmp / "follow-started"
+    infra: dict[str, tp.Any] = {"cluster": "local"}
+    if changed == "workdir":
+        code = env.tmp / "code"
+        code.mkdir()
+        (code / "nothing.py").write_text("")
+        infra["workdir"] = {"copied": [str(code)]}
+    else:
+        monkeypatch.setenv("MASTER_PORT", "29500")
+    quick = env.step("quick", signal_file=str(quick_started), infra={"cluster": "local"})
+    follow = env.step("follow", signal_file=str(follow_started), infra=infra).run.node(
+        quick.run.node()
+    )
+    watch = Watch(partner=str(follow_started), after=str(quick_started), pause=3.0)
+    watched = watch.model_copy(update={"infra": exca.TaskInfra(**env.infra())}).run.node()
+    exca.graph.run(follow, watched)
+    assert watched.result() == []
+    assert follow.result() == "follow(quick(None,None),None)"
+    assert not submitting_threads()
+
+
 def _run_until_started(
     env: Env,
     targets: tuple[exca.graph.Node, ...],

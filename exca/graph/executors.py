@@ -1590,6 +1590,27 @@ def _conda_python(env: str) -> str:
     return str(python)
 
 
+# what submitit's clean_env removes from os.environ while a job is submitted (a job
+# submitted from a job would inherit them)
+_HIDDEN_PREFIXES = ("SLURM_", "SLURMD_", "SRUN_", "SBATCH_", "SUBMITIT_")
+_HIDDEN_NAMES = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+)
+
+
+def submission_hides_environ() -> bool:
+    """Whether submitting a job now removes variables from this process's environment
+    for its duration (submitit's clean_env: this process runs in a Slurm job, or with
+    torch.distributed's variables), which code running meanwhile in another thread
+    would miss (see Scheduler._run_inline)."""
+    return any(k.startswith(_HIDDEN_PREFIXES) or k in _HIDDEN_NAMES for k in os.environ)
+
+
 def submit_array(
     units: list[Unit],
     execution: Execution,

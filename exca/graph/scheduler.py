@@ -675,11 +675,21 @@ class Scheduler:
             inline = later
 
     @staticmethod
-    def _sent_away(run: NodeRun) -> bool:
+    def _sent_away(run: NodeRun, submits: bool) -> bool:
         """Work that another thread may start while this one computes inline work: a job
         followed, or jobs submitted (Slurm, local; not pools, whose processes it would
-        fork while this thread runs user code, nor the debug cluster, which runs here)."""
-        return run.action == "wait" or run.node.execution.cluster in ("slurm", "auto", "local")
+        fork while this thread runs user code, nor the debug cluster, which runs here).
+        Not a submission that changes what this process's user code sees: one with a
+        workdir (it works from the snapshot: cwd, sys.path, PYTHONPATH), or any while
+        ``submits`` is False (see executors.submission_hides_environ)."""
+        if run.action == "wait":
+            return True
+        execution = run.node.execution
+        return (
+            submits
+            and execution.cluster in ("slurm", "auto", "local")
+            and execution.workdir is None
+        )
 
     def _submit_meanwhile(
         self, loop: _Loop, busy: set[Key], later: list[tuple[NodeRun, Unit]]
@@ -696,10 +706,11 @@ class Scheduler:
         self._take_requeued(loop)
         ready_keys = self._ready_candidates(loop)
         pending = loop.pending
+        submits = not executors.submission_hides_environ()
         sendable = [
             pending[k]
             for k in ready_keys
-            if self._sent_away(pending[k])
+            if self._sent_away(pending[k], submits)
             # (a task a call of the busy thread computes, around the run or in its inline
             # work: left to that thread, which refuses it, or finds it done)
             and not (pending[k].node.kind == "task" and claimed_here(pending[k].node, [TASK_KEY]))
@@ -1321,7 +1332,8 @@ class _Meanwhile:
         loop = scheduler._loop
         if loop is None:
             return None
-        if not any(scheduler._sent_away(r) for r in loop.pending.values()):
+        submits = not executors.submission_hides_environ()
+        if not any(scheduler._sent_away(r, submits) for r in loop.pending.values()):
             return None
         return cls(scheduler, loop, busy)
 
