@@ -3234,6 +3234,27 @@ def test_jobs_sent_during_inline_work_change_nothing_it_sees(
     assert not submitting_threads()
 
 
+def test_a_run_of_inline_nodes_only_pays_nothing_for_the_submitting_thread(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chain of inline nodes (no job): each wave looked at every pending node for job
+    work the submitting thread could send (n^2 looks for a chain of n: 2 M for 2000)."""
+    looked: list[object] = []
+    original = exca.graph.scheduler.Scheduler._sent_away
+
+    def sent_away(*args: tp.Any) -> bool:
+        looked.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(exca.graph.scheduler.Scheduler, "_sent_away", staticmethod(sent_away))
+    node = None
+    for i in range(20):
+        node = env.step(f"s{i}").run.node(node)
+    assert node is not None
+    exca.graph.run(node)
+    assert len(started(env.log)) == 20 and not looked
+
+
 def _run_until_started(
     env: Env,
     targets: tuple[exca.graph.Node, ...],

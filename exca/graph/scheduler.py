@@ -1327,10 +1327,12 @@ class _Meanwhile:
 
     @classmethod
     def wanted(cls, scheduler: Scheduler, busy: set[Key]) -> _Meanwhile | None:
-        """The thread (not started) if job work is pending in a waiting run (None: nothing
-        it could submit, e.g. a run of inline nodes only)."""
+        """The thread (not started) if, in a waiting run, something could end meanwhile (a
+        job running, or work held back) and job work is pending (None: nothing it could
+        do, e.g. a run of inline nodes only; each wave of an inline chain looked at every
+        pending node: n^2 for a chain of n)."""
         loop = scheduler._loop
-        if loop is None:
+        if loop is None or not (scheduler._held_since or any(k not in busy for k in loop.running)):
             return None
         submits = not executors.submission_hides_environ()
         if not any(scheduler._sent_away(r, submits) for r in loop.pending.values()):
