@@ -3290,3 +3290,45 @@ def test_a_retry_job_that_lost_the_submission_to_another_call_retries_its_lost_j
     block.unlink()
     assert follower.result() == 28  # (computed again, once)
     assert len(calls(log)) == 2
+
+
+def test_squeue_answers_read_by_several_threads_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The states squeue said last are kept per process and read by every thread waiting
+    for jobs (a waiting run's thread submitting during inline work, user threads): one
+    thread forgot the states of its jobs while iterating the states another thread was
+    adding, "dictionary changed size during iteration" (squeue stands in: the answer's
+    parsing is what is checked)."""
+    from exca.graph import registry
+
+    def squeue(args: list[str]) -> subprocess.CompletedProcess[str]:
+        base = args[args.index("-j") + 1]
+        lines = [f"{base}_{i}|PENDING|{base}|JobHeldUser\n" for i in range(50)]
+        return subprocess.CompletedProcess(args, 0, "".join(lines), "")
+
+    monkeypatch.setattr(registry, "_squeue_call", squeue)
+    for name in ("_STATES", "_NEVER", "_HELD", "_HELD_TOLD"):
+        monkeypatch.setattr(registry, name, {})
+    errors: list[BaseException] = []
+    said: list[str] = []
+
+    def look(base: str) -> None:
+        try:
+            for _ in range(1500):
+                registry._squeue([base])
+                said.append(registry.as_jobs([f"{base}_{i}" for i in range(0, 50, 7)]))
+                registry.tell_held(f"{base}_3")
+        except BaseException as error:  # (raised here below)
+            errors.append(error)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # (threads switch often: the race shows within a second)
+    try:
+        threads = [threading.Thread(target=look, args=(str(base),)) for base in (1, 2, 3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors
+    assert said[-1].startswith("pending as job(s)") and "held: JobHeldUser" in said[-1]

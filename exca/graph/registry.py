@@ -567,7 +567,7 @@ def tell_held(job_id: str) -> None:
     reason = held(job_id)
     if reason is None:
         if _HELD_TOLD.get(base) == job_id:  # (released: told again if held again)
-            del _HELD_TOLD[base]
+            _HELD_TOLD.pop(base, None)
         return
     if base in _HELD_TOLD:
         return
@@ -617,11 +617,13 @@ def as_jobs(job_ids: tp.Sequence[str]) -> str:
     last that the job (every one of them) waits in the queue."""
     shown = ", ".join(job_ids[:5]) + (", ..." if len(job_ids) > 5 else "")
     pending = bool(job_ids) and all(_STATES.get(j) == "PENDING" for j in job_ids)
-    never = sorted({_NEVER[j] for j in job_ids if j in _NEVER})
+    # (.get: another thread's squeue call may forget a job meanwhile)
+    never = sorted({r for r in map(_NEVER.get, job_ids) if r is not None})
     said = f" (Slurm never starts it: {', '.join(never)})" if never else ""
-    held_ids = [j for j in job_ids if j in _HELD]
+    holds = {j: r for j in job_ids if (r := _HELD.get(j)) is not None}
+    held_ids = list(holds)
     if held_ids:
-        reasons = ", ".join(sorted({_HELD[j] for j in held_ids}))
+        reasons = ", ".join(sorted(set(holds.values())))
         listed = ",".join(held_ids[:5]) + (",..." if len(held_ids) > 5 else "")
         said += f" (held: {reasons}; `scontrol release {listed}` lets it start)"
     return (
@@ -660,10 +662,12 @@ def _squeue(bases: list[str]) -> tuple[set[str], set[str]] | None:
         _NEVER.clear()
         _HELD.clear()
     asked = set(bases)
+    # (list(): a copy made at once, another thread may call squeue meanwhile: a waiting
+    # run submits while its inline work runs, user threads wait for jobs)
     for said in (_STATES, _NEVER, _HELD):
-        for job in [j for j in said if j.split("_")[0] in asked]:
-            del said[job]  # (what this call says replaces it: a job gone from the queue
-            # has no state, a released job no hold)
+        for job in [j for j in list(said) if j.split("_")[0] in asked]:
+            said.pop(job, None)  # (what this call says replaces it: a job gone from the
+            # queue has no state, a released job no hold)
     for line in result.stdout.splitlines():
         job, _, rest = line.partition("|")
         state, _, rest = rest.partition("|")
