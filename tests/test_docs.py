@@ -94,7 +94,8 @@ def test_doc_block(
     namespace = module.__dict__
     # (the seeds' blocks expect these names; a block of our docs imports what it uses,
     # as a reader who copies it must: a forgotten import went unseen)
-    injected = SEEDS in Path(fence.source_path).resolve().parents
+    # (both resolved: ../shared may be a symbolic link)
+    injected = SEEDS.resolve() in Path(fence.source_path).resolve().parents
     if injected:
         namespace.update(
             np=np,
