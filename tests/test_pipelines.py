@@ -3135,11 +3135,12 @@ def test_ctrl_c_as_the_submitting_thread_starts_stops_it(
 
 @pytest.mark.timeout(120)
 def test_a_submission_failing_during_inline_work_is_raised_once_it_ended(
-    env: Env, monkeypatch: pytest.MonkeyPatch
+    env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The thread submitting during inline work fails to submit (sbatch refused, say):
     the inline work goes on to its end (cached), then the run raises that error, as its
-    loop raises a failed submission; the thread is gone."""
+    loop raises a failed submission; the thread is gone. A warning says so at once (the
+    inline work may last hours)."""
     original = exca.graph.executors.submit_array
 
     def submit_array(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
@@ -3156,6 +3157,9 @@ def test_a_submission_failing_during_inline_work_is_raised_once_it_ended(
     watched = watch.model_copy(update={"infra": exca.TaskInfra(**env.infra())}).run.node()
     with pytest.raises(RuntimeError, match="submission refused"):
         exca.graph.run(follow, watched)
+    (warned,) = [r for r in caplog.records if "while work runs here failed" in r.message]
+    assert "RuntimeError: submission refused" in warned.message
+    assert warned.threadName == "exca-submit"  # (said as it failed, not once it was raised)
     assert watched.status() == "completed" and quick.status() == "completed"
     assert "follow" not in started(env.log)
     assert not submitting_threads()

@@ -1353,6 +1353,13 @@ class _Meanwhile:
                         delay = min(delay * 1.5, POLL_MAX)
         except BaseException as error:  # (raised by the busy thread once its work ended)
             self.error = error
+            if isinstance(error, Exception):  # (said now: the inline work may last hours)
+                logger.warning(
+                    "Submitting the jobs made ready while work runs here failed (%s: %s): "
+                    "no more are submitted until that work ends, then the run raises it",
+                    type(error).__name__,
+                    error,
+                )
 
     def stop(self, raising: bool = True) -> list[tuple[NodeRun, Unit]]:
         """Stop the thread (once its submission in progress ended); the inline work it
