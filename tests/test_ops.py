@@ -2223,6 +2223,34 @@ def test_clean_versions_keeps_a_config_another_user_kept_private(tmp_path: Path)
     assert theirs.is_dir() and not mine.exists()
 
 
+def test_clean_orphans_skips_a_config_whose_index_another_user_kept_private(
+    tmp_path: Path,
+) -> None:
+    """A shared cache where one config's index file is another user's, mode 600: `exca
+    clean ROOT orphans` stopped with "exca: error: PermissionError" and found nothing
+    anywhere (a probe). That folder is now skipped with a warning naming it; the orphans
+    of the other folders are found and removed. Real permissions (setpriv)."""
+    root = tmp_path / "cache"
+    for seed in (1, 2):
+        Train(seed=seed, infra={"folder": root}).fit()
+    theirs, mine = (folder_of(Train(seed=s, infra={"folder": root})) for s in (1, 2))
+    orphan = mine / "data" / "left-by-a-killed-writer.pkl"
+    orphan.parent.mkdir(exist_ok=True)
+    orphan.write_bytes(b"orphan")
+    os.utime(orphan, (time.time() - 7200, time.time() - 7200))
+    _give_to_nobody(theirs)
+    indexes = sorted(theirs.glob("*-info.jsonl"))
+    for index in indexes:
+        index.chmod(0o600)
+    preview = _exca_as_a_user("clean", str(root), "orphans")
+    assert preview.returncode == 0, preview.stderr
+    assert f"Skipping {theirs}: " in preview.stderr, preview.stderr
+    assert str(orphan) in preview.stdout, preview.stdout
+    done = _exca_as_a_user("clean", str(root), "orphans", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert not orphan.exists() and indexes and all(i.exists() for i in indexes)
+
+
 def test_clean_leaves_whole_what_it_cannot_delete_and_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1175,56 +1175,10 @@ def orphans(root: Path | str, min_age_hours: float = 1.0, step: str | None = Non
         if busy_reason(folder) is not None:
             continue
         templates += _templates_under(folder)
-        cache = inspecting_view(folder)
-        referenced: set[str] = set()
-        for copy in cache.live_copies():  # (duplicates a reader may return included)
-            _referenced(copy, referenced)
-        indexes = [e.name for e in _scan(folder) if e.name.endswith(INDEX_SUFFIX)]
-        data = folder / DATA_DIR
-        # another exca's index files (left alone, not read): what they point to is unknown
-        if data.is_dir() and all(_OUR_INDEX_NAME.fullmatch(n) for n in indexes):
-            # a session whose index file is there may write again into its shared files
-            sessions = tuple(n[: -len(INDEX_SUFFIX)] for n in indexes)  # (.data, -data.txt...)
-            for entry in os.scandir(data):
-                stat = _stat(entry)
-                if stat is None or stat.st_mtime > limit:
-                    continue  # may belong to a writer still at work
-                if entry.name in referenced:
-                    continue  # (whatever its name: a key may start with "save-tmp-")
-                if entry.name.startswith(sessions):
-                    continue  # (compact merges the index files of dead writers first)
-                if entry.name.startswith("save-tmp-"):
-                    reason = "temporary file of a killed writer"
-                else:
-                    reason = "payload no entry refers to"
-                plan.removals.append(Removal(Path(entry.path), stat.st_blocks * 512, reason))
-        for place in (folder, folder / "jobs"):  # yaml files, index compaction, job records
-            for entry in _scan(place):
-                if not (entry.name.startswith(".") and _is_temporary(entry.name)):
-                    continue
-                stat = _stat(entry)
-                if stat is not None and stat.st_mtime < limit and entry.is_file():
-                    plan.removals.append(
-                        Removal(
-                            Path(entry.path),
-                            stat.st_blocks * 512,
-                            "temporary file of a killed writer",
-                        )
-                    )
-        claims = folder / CLAIMS_DIR
-        if claims.is_dir():
-            live = {c.path for c in Claims(folder).current()}
-            for entry in os.scandir(claims):
-                stat = _stat(entry)
-                if (
-                    stat is not None
-                    and Path(entry.path) not in live
-                    and stat.st_mtime < limit
-                    and entry.name != ".lock"
-                ):
-                    plan.removals.append(
-                        Removal(Path(entry.path), stat.st_blocks * 512, "claim of a dead owner")
-                    )
+        try:
+            plan.removals += _orphans_in(folder, limit)
+        except PermissionError as error:  # (a shared cache: another user's private files)
+            logger.warning("Skipping %s: %s", folder, error)
     plan.removals += _killed_removals(root, limit, steps)
     plan.removals += _unsent_pickles(root, limit, steps)
     for step_folder in _scan(root):  # (a loop of links: none)
@@ -1233,6 +1187,62 @@ def orphans(root: Path | str, min_age_hours: float = 1.0, step: str | None = Non
             templates += _templates_under(Path(step_folder.path))
     _add_templates(plan, templates, limit)
     return plan
+
+
+def _orphans_in(folder: Path, limit: float) -> list[Removal]:
+    """The leftovers of one node folder (see ``orphans``), files older than ``limit``."""
+    removals: list[Removal] = []
+    cache = inspecting_view(folder)
+    referenced: set[str] = set()
+    for copy in cache.live_copies():  # (duplicates a reader may return included)
+        _referenced(copy, referenced)
+    indexes = [e.name for e in _scan(folder) if e.name.endswith(INDEX_SUFFIX)]
+    data = folder / DATA_DIR
+    # another exca's index files (left alone, not read): what they point to is unknown
+    if data.is_dir() and all(_OUR_INDEX_NAME.fullmatch(n) for n in indexes):
+        # a session whose index file is there may write again into its shared files
+        sessions = tuple(n[: -len(INDEX_SUFFIX)] for n in indexes)  # (.data, -data.txt...)
+        for entry in os.scandir(data):
+            stat = _stat(entry)
+            if stat is None or stat.st_mtime > limit:
+                continue  # may belong to a writer still at work
+            if entry.name in referenced:
+                continue  # (whatever its name: a key may start with "save-tmp-")
+            if entry.name.startswith(sessions):
+                continue  # (compact merges the index files of dead writers first)
+            if entry.name.startswith("save-tmp-"):
+                reason = "temporary file of a killed writer"
+            else:
+                reason = "payload no entry refers to"
+            removals.append(Removal(Path(entry.path), stat.st_blocks * 512, reason))
+    for place in (folder, folder / "jobs"):  # yaml files, index compaction, job records
+        for entry in _scan(place):
+            if not (entry.name.startswith(".") and _is_temporary(entry.name)):
+                continue
+            stat = _stat(entry)
+            if stat is not None and stat.st_mtime < limit and entry.is_file():
+                removals.append(
+                    Removal(
+                        Path(entry.path),
+                        stat.st_blocks * 512,
+                        "temporary file of a killed writer",
+                    )
+                )
+    claims = folder / CLAIMS_DIR
+    if claims.is_dir():
+        live = {c.path for c in Claims(folder).current()}
+        for entry in os.scandir(claims):
+            stat = _stat(entry)
+            if (
+                stat is not None
+                and Path(entry.path) not in live
+                and stat.st_mtime < limit
+                and entry.name != ".lock"
+            ):
+                removals.append(
+                    Removal(Path(entry.path), stat.st_blocks * 512, "claim of a dead owner")
+                )
+    return removals
 
 
 # submitit's log-folder template (a logs setting ending with %j, the default): each local
