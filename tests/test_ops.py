@@ -12,6 +12,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -1618,6 +1619,36 @@ def test_clean_node_downstream_of_a_uid_with_commas(tmp_path: Path) -> None:
     assert {r.path for r in plan.removals} == {source.folder, down.folder}
 
 
+def test_commands_suggested_by_clean_can_be_pasted_into_a_shell(tmp_path: Path) -> None:
+    """The commands that clean's previews and errors suggest named the root and node
+    folders unquoted: pasted into a shell, a root with a space split in two arguments,
+    and a uid with parentheses or braces (a tuple, a sub-config) was a syntax error or
+    brace-expanded (a probe). They are quoted as a shell reads them now."""
+    root = tmp_path / "my cache (shared)"
+    Train(seed=1, infra={"folder": root}).fit()
+    Train(seed=1, infra={"folder": root, "version": "5"}).fit()
+    Train(seed=1, infra={"folder": root, "version": "debug"}).fit()
+
+    def suggested(text: str) -> list[list[str]]:
+        return [shlex.split(c) for c in re.findall(r"`(exca [^`]+)`", text)]
+
+    plan = clean.old_versions(root)
+    commands = suggested(plan.removals[0].reason) + suggested(plan.kept[0][1])
+    assert [c[:3] for c in commands] == [["exca", "list", str(root)]] + [
+        ["exca", "clean", str(root)]
+    ] * 2, commands
+    assert commands[0][3:] == ["--step", f"{__name__}.Train.fit,5"]
+    node = folder_of(Train(seed=1, infra={"folder": root, "version": "5"}))
+    odd = node.with_name("optim={lr=0.02,momentum=0.5}-(0.80,0.90)")
+    node.rename(odd)
+    with pytest.raises(ValueError) as error:
+        clean.cache_root(odd)
+    assert suggested(str(error.value)) == [["exca", "clean", "ROOT", "node", str(odd)]]
+    with pytest.raises(ValueError, match="step folder") as error:
+        clean.cache_root(odd.parent)
+    assert shlex.split(str(error.value).rpartition("--step ")[2]) == [odd.parent.name]
+
+
 def test_clean_versions_says_when_the_newest_was_set_by_configs(tmp_path: Path) -> None:
     """One try with infra.version="5" makes the class's version old: the preview says
     that no class set "5"."""
@@ -1630,7 +1661,7 @@ def test_clean_versions_says_when_the_newest_was_set_by_configs(tmp_path: Path) 
     assert "newest is 5, set by its configs, not by the class: if that was a try" in (
         removal.reason
     )
-    assert f"(`exca list {root} --step '{__name__}.Train.fit,5'`, then `exca clean {root} " in (
+    assert f"(`exca list {root} --step {__name__}.Train.fit,5`, then `exca clean {root} " in (
         removal.reason
     )
     # --step as `exca list` prints a step: that version only (not every version)

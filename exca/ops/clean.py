@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import re
+import shlex
 import shutil
 import stat
 import sys
@@ -369,12 +370,12 @@ def cache_root(root: Path | str) -> Path:
     if is_node_folder(root):
         raise ValueError(
             f"{root} is the folder of one node, not a cache root: give the cache root "
-            f"({registry.root_of(root)}); to remove this node: `exca clean ROOT node {root}`"
+            f"({registry.root_of(root)}); to remove this node: `exca clean ROOT node {shlex.quote(str(root))}`"
         )
     if "," in root.name and _holds_node_folders(root):
         raise ValueError(
             f"{root} is a step folder, not a cache root: give the cache root ({root.parent}) "
-            f"and restrict to this step with --step '{root.name}'"
+            f"and restrict to this step with --step {shlex.quote(root.name)}"
         )
     return root
 
@@ -871,7 +872,7 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
                     why = (
                         f"version {folder.name.partition(',')[2]!r} is not a number: "
                         "`versions` only compares numbered versions (1 < 2 < 10, 1.9 < 1.10, "
-                        f"v2); remove its configs with `exca clean {root} node FOLDER...`"
+                        f"v2); remove its configs with `exca clean {shlex.quote(str(root))} node FOLDER...`"
                     )
                     plan.kept.append((folder, why))
         if len(numbered) < 2:
@@ -927,8 +928,8 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
             # (a try with infra.version="5" makes every lower version old: said so)
             newest += (
                 ", set by its configs, not by the class: if that was a try, remove its "
-                f"configs first (`exca list {root} --step '{newest_folder.name}'`, then "
-                f"`exca clean {root} node FOLDER...`)"
+                f"configs first (`exca list {shlex.quote(str(root))} --step {shlex.quote(newest_folder.name)}`, then "
+                f"`exca clean {shlex.quote(str(root))} node FOLDER...`)"
             )
         # (a newer version is on disk, without a result: "newest is 1" would read wrongly)
         newest = f"newest with a result is {newest}" if any_newer else f"newest is {newest}"
@@ -1593,7 +1594,7 @@ def garbage(root: Path | str, targets: Node | tp.Sequence[Node]) -> CleanPlan:
                 (
                     node.folder,
                     f"reached by a target, but cached with other class defaults ({why}): "
-                    f"`exca clean {root} node {node.folder}` removes it, to compute it again",
+                    f"`exca clean {shlex.quote(str(root))} node {shlex.quote(str(node.folder))}` removes it, to compute it again",
                 )
             )
         except OSError as error:  # (its yaml files cannot be read: another user's?)
