@@ -2254,6 +2254,26 @@ def test_clean_versions_keeps_a_config_another_user_kept_private(tmp_path: Path)
     assert theirs.is_dir() and not mine.exists()
 
 
+def test_a_uid_yaml_of_bytes_that_are_no_utf8_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    """A damaged uid.yaml (bytes that are no UTF-8): `exca list` and `clean node --where`
+    stopped with "exca: error: UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff",
+    naming no file (a probe), where a yaml that does not parse is skipped with a warning
+    naming it. It is such an unreadable file now: skipped by `exca list` with that
+    warning (the other configs are listed), and a call of its config still reuses it."""
+    root = tmp_path / "cache"
+    for seed in (1, 2):
+        Train(seed=seed, infra={"folder": root}).fit()
+    damaged = folder_of(Train(seed=1, infra={"folder": root})) / "uid.yaml"
+    damaged.write_bytes(b"\xff\xfe seed: 1\n")
+    listing = cli("list", root, check=True)
+    assert f"Skipping unreadable {damaged}" in listing.stderr, listing.stderr
+    assert "seed=2" in listing.stdout, listing.stdout
+    selected = cli("clean", root, "node", "--where", "seed=2", check=True)
+    assert "1 item(s) to remove" in selected.stdout, selected.stdout
+    assert Train(seed=1, infra={"folder": root, "mode": "read-only"}).fit() == 2
+    assert Train(seed=1, infra={"folder": root}).fit() == 2
+
+
 def test_clean_orphans_skips_a_config_whose_index_another_user_kept_private(
     tmp_path: Path,
 ) -> None:

@@ -36,7 +36,9 @@ _VERSION_CHANGES: dict[str, str] = {}
 
 def read_text(path: Path) -> str | None:
     try:
-        return path.read_text(encoding="utf8")
+        # (bytes that are no UTF-8, a damaged file: kept as surrogates, a text no yaml
+        # reads, so that the file counts as unreadable instead of stopping the caller)
+        return path.read_text(encoding="utf8", errors="surrogateescape")
     except FileNotFoundError:
         return None
 
@@ -55,7 +57,7 @@ def read_yaml(
             return None
     try:
         data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError:
+    except (yaml.YAMLError, UnicodeError):  # (UnicodeError: bytes that are no UTF-8)
         data = None
     if not isinstance(data, dict):
         if not remove_unreadable:
