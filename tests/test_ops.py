@@ -1619,6 +1619,24 @@ def test_clean_node_downstream_of_a_uid_with_commas(tmp_path: Path) -> None:
     assert {r.path for r in plan.removals} == {source.folder, down.folder}
 
 
+def test_clean_from_python_refuses_a_root_that_is_no_folder(tmp_path: Path) -> None:
+    """``clean.orphans``, ``logs`` and ``compact`` of a root that does not exist (a typo)
+    returned an empty plan, "Nothing to remove", and ``old_versions`` raised a bare
+    FileNotFoundError (a probe), where ``exca.ops.inspect`` and the command line say "no
+    such folder". Each now raises that ValueError, naming the root; a file too."""
+    root = tmp_path / "cache"
+    Train(seed=1, infra={"folder": root}).fit()
+    typo, a_file = tmp_path / "cahce", tmp_path / "notes.txt"
+    a_file.write_text("not a cache")
+    for bad, why in ((typo, "no such folder"), (a_file, "not a folder")):
+        for call in (clean.orphans, clean.old_versions, clean.logs):
+            with pytest.raises(ValueError, match=f"^{re.escape(str(bad))}: {why} \\(give a cache"):
+                call(bad)
+        with pytest.raises(ValueError, match=why):
+            clean.garbage(bad, Train(seed=1, infra={"folder": root}).fit.node())
+    assert clean.orphans(root).removals == []  # (a root that is one: fine)
+
+
 def test_commands_suggested_by_clean_can_be_pasted_into_a_shell(tmp_path: Path) -> None:
     """The commands that clean's previews and errors suggest named the root and node
     folders unquoted: pasted into a shell, a root with a space split in two arguments,

@@ -367,6 +367,8 @@ def cache_root(root: Path | str) -> Path:
     root = Path(root)
     if root.name in ("", ".."):  # (".": the folder's own name tells what it is)
         root = root.resolve()
+    if not root.is_dir():  # (a typo: an empty plan would say there is nothing to clean)
+        raise ValueError(f"{root}: {not_a_folder(root)} (give a cache root: an infra's folder)")
     if is_node_folder(root):
         raise ValueError(
             f"{root} is the folder of one node, not a cache root: give the cache root "
