@@ -984,6 +984,18 @@ class Labelled(pydantic.BaseModel):
         return self.name.upper()
 
 
+def test_cli_config_file_that_cannot_be_read_is_named(tmp_path: Path) -> None:
+    """A --config file of bytes that are no UTF-8 ended with "exca: error:
+    UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff", a missing one with a bare
+    FileNotFoundError (a probe): neither said it was the --config. Both name it now."""
+    binary, missing = tmp_path / "binary.yaml", tmp_path / "missing.yaml"
+    binary.write_bytes(b"\xff\xfe")
+    for path, why in ((binary, "not a yaml mapping"), (missing, "cannot read it (No such")):
+        result = cli("explain", f"{__name__}:Train.fit", "--config", path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert f"exca: error: ValueError: --config {path}: {why}" in result.stderr, result.stderr
+
+
 def test_cli_config_file_values_keep_their_yaml_types(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     for name in ("123", "a: b"):

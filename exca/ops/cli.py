@@ -171,10 +171,12 @@ def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.An
         cfg = ConfDict()  # (merging the file applies its "=replace=" markers)
         if config:
             cfg.update(ConfDict.from_yaml(Path(config)))
-    except (yaml.YAMLError, TypeError) as error:
+    except (yaml.YAMLError, TypeError, UnicodeDecodeError) as error:
         raise ValueError(
             f"--config {config}: not a yaml mapping of config values ({error})"
         ) from None
+    except OSError as error:  # (a typo, a folder: say which option named it)
+        raise ValueError(f"--config {config}: cannot read it ({error.strerror or error})") from None
     for override in overrides:
         key = override.removeprefix("--").partition("=")[0]
         if "=" not in override or not key.strip() or key.startswith("-"):
