@@ -4622,6 +4622,20 @@ def test_logs_of_a_map_item_failed_inline_quotes_its_uid(tmp_path: Path) -> None
     )
 
 
+def test_logs_of_an_item_the_map_folder_does_not_hold_says_so(tmp_path: Path) -> None:
+    """`exca logs FOLDER --item 77` of a map holding items 0 to 4 only (a typo, an item of
+    another config) said only "No job recorded ... for item '77'", as for an item that
+    is there, computed where it was called (a probe). It says no such item is cached
+    there, and names some that are."""
+    obj = Squares(infra={"folder": tmp_path})
+    assert list(obj.square(range(5))) == [0, 1, 4, 9, 16]
+    typo = cli("logs", folder_of(obj), "--item", "77")
+    assert typo.returncode == 1, typo.stderr
+    assert "no item '77' is cached there (its 5 item(s): '0', '1', '2', ...:" in typo.stdout
+    there = cli("logs", folder_of(obj), "--item", "3")
+    assert there.returncode == 1 and "is cached there" not in there.stdout, there.stdout
+
+
 def test_logs_of_a_local_task_from_a_fresh_process(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     task = Train(seed=9, infra={"folder": root, "cluster": "local"})

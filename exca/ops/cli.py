@@ -357,6 +357,28 @@ def _resource_problems(plan: tp.Any) -> list[tuple[str, str]]:
     return out
 
 
+def _item_not_cached(folder: Path, item: str) -> str:
+    """What ``exca logs FOLDER --item ITEM`` adds when no job computed that item and it
+    is not an item of the folder (a typo, an item of another config): say so, with some
+    item uids that are there ("" when it is there; a task's folder: that --item is for maps)."""
+    from ..graph.node import TASK_KEY
+    from ..storage.cachedict import inspecting_view
+
+    try:
+        items = sorted(inspecting_view(folder).entries_info())
+    except OSError:  # (unreadable: nothing more to say)
+        return ""
+    if TASK_KEY in items:
+        return " (--item selects the chunk job of a map's item: this is a task)"
+    if item in items:
+        return ""
+    some = ", ".join(repr(i) for i in items[:3]) + (", ..." if len(items) > 3 else "")
+    held = f"its {len(items)} item(s): {some}" if items else "it holds no item"
+    return (
+        f"; no item {item!r} is cached there ({held}: item uids, as the map's item_uid gives them)"
+    )
+
+
 def _why_nothing(folder: Path) -> str:
     """What ``exca logs`` adds for a node folder without job nor anything cached: why,
     when an input of it failed (its inputs.yaml tells), else where to look."""
@@ -798,6 +820,8 @@ def _main(argv: list[str] | None) -> int:
             traceback = _cached_traceback(Path(args.folder), args.item)
             if traceback is not None:  # (computed by the calling process: no log, but this)
                 message += " (computed where it was called)"
+            elif args.item is not None and "this is a task" not in message:
+                message += _item_not_cached(Path(args.folder), args.item)  # (a typo?)
             failed_items = _failed_items(Path(args.folder)) if args.item is None else []
             if failed_items:  # (a map's items that failed where it was called)
                 message += (
