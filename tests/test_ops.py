@@ -4510,6 +4510,43 @@ def test_a_config_whose_job_died_is_listed_as_an_error(tmp_path: Path) -> None:
     assert "ended without writing its result" in cli("list", tmp_path, check=True).stdout
 
 
+class DiesHalfway(pydantic.BaseModel):
+    """A map whose process dies (a kill, out of memory) at its third item, after writing
+    two (in the order it is given them)."""
+
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def run(self, items: list[int]) -> tp.Iterator[list[int]]:
+        for position, item in enumerate(items):
+            if position == 2:
+                os._exit(3)
+            yield [item]  # (a list: written before the method resumes, see worker.py)
+
+
+def test_a_map_whose_chunk_job_died_half_way_is_listed_as_partial(tmp_path: Path) -> None:
+    """A map's chunk job killed after writing 2 of its 5 items: `exca list` said
+    "success  2 item(s)  job N (ended)", nothing telling the other items were never
+    written (a probe: a local job SIGKILLed). It is "partial" now, saying how many of
+    its items that job left unwritten; once they are written, "success" again."""
+    infra = {"folder": tmp_path, "cluster": "local", "max_jobs": 1}
+    with pytest.raises(JobFailedError):
+        list(DiesHalfway(infra=infra).run(range(5)))
+    (info,) = exca.ops.inspect(tmp_path)
+    assert (info.status, info.entries) == ("partial", 2), info
+    assert info.error is not None and info.error.startswith(
+        f"job {info.job_id} ended without writing 3 of 5 item(s)"
+    ), info.error
+    listing = cli("list", tmp_path, check=True).stdout
+    assert "without writing 3 of 5 item(s)" in listing, listing
+    view = CacheDict(folder=info.folder)
+    with view.write():  # (the missing items, as a later call writes them)
+        for item in {str(i) for i in range(5)} - set(view.keys()):
+            view[item] = [int(item)]
+    (info,) = exca.ops.inspect(tmp_path)
+    assert (info.status, info.error) == ("success", None), info
+
+
 def test_explain_a_config_whose_job_died_says_what_computes_it_again(tmp_path: Path) -> None:
     """explain (and plan) said "job N ended without a result", where a cached error says
     what computes it again (the call's error does: mode='retry'; a probe)."""

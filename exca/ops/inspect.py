@@ -388,7 +388,36 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
             info.status = "error"
             info.error = f"job {record.job_id} {_DIED}"  # (see _describe_dead_jobs)
             info.error += _LOG_SHOWS if record.stderr.exists() else _NO_LOG
+    elif kind == "map" and info.status in ("success", "partial"):
+        left = _items_left_by_dead_jobs(folder, records, set(entries), queued)
+        if left is not None:  # (a killed chunk job: "success" hid the items it never wrote)
+            info.status, info.error = "partial", left
     return info
+
+
+def _items_left_by_dead_jobs(
+    folder: Path, records: list[tp.Any], cached: set[str], queued: set[str]
+) -> str | None:
+    """What ``exca list`` says of a map's chunk jobs that ended without writing all of
+    their items (killed, out of memory, cancelled): None when there is none."""
+    dead, missing, total = [], 0, 0
+    for record in records:
+        if record.foreign or registry.still_running(record, queued):
+            continue  # (a copy's job writes elsewhere; a running job is not done)
+        items = registry.items_of(folder, record)
+        absent = sum(1 for item in items or () if item not in cached)
+        if absent and not registry.wrote_outcome(record):
+            dead.append(record)
+            missing, total = missing + absent, total + len(items or ())
+    if not dead:
+        return None
+    jobs = ", ".join(r.job_id for r in dead)
+    said = f"job {jobs} ended" if len(dead) == 1 else f"jobs {jobs} ended"
+    logs = _LOG_SHOWS if any(r.stderr.exists() for r in dead) else _NO_LOG
+    return (
+        f"{said} without writing {missing} of {total} item(s) (killed, out of memory, "
+        f"cancelled...?){logs}; a call computes them again"
+    )
 
 
 def upstream_problems(
