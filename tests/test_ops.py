@@ -4978,3 +4978,29 @@ def test_inspection_and_previews_free_nothing(tmp_path: Path) -> None:
     assert sorted(folder.glob("*-info.jsonl")) == before
     assert CacheDict(folder).keys() == ["result"]  # a read of the cache frees it
     assert len(list(folder.glob("*-info.jsonl"))) == 1
+
+
+def test_cli_config_file_empty_or_only_comments_gives_no_values(tmp_path: Path) -> None:
+    """An empty --config file (or one of comments only) was refused, "got NoneType": it
+    holds no values, as an empty mapping."""
+    root = tmp_path / "cache"
+    assert Labelled(name="x", infra={"folder": root}).label() == "X"
+    for text in ("", "# nothing yet\n"):
+        cfg = tmp_path / "cfg.yaml"
+        cfg.write_text(text)
+        folder = f"infra.folder={root}"
+        result = cli("explain", f"{__name__}:Labelled.label", "--config", cfg, "name=x", folder)
+        assert result.returncode == 0, result.stderr
+        assert "Nothing to compute" in result.stdout
+
+
+def test_python_ops_refuse_what_is_no_cache_folder(tmp_path: Path) -> None:
+    """exca.ops.logs of a path that is no folder returned [] (as a folder without jobs),
+    clean.orphans took a negative age (then even files of writers at work are old)."""
+    for path, what in ((tmp_path / "nope", "no such folder"), (tmp_path / "f", "not a folder")):
+        if what == "not a folder":
+            path.write_text("")
+        with pytest.raises(ValueError, match=f"{what} \\(give the folder of a task or map"):
+            exca.ops.logs(path)
+    with pytest.raises(ValueError, match=r"min_age_hours=-5: give a number of hours >= 0"):
+        clean.orphans(tmp_path, min_age_hours=-5)

@@ -1167,6 +1167,8 @@ def orphans(root: Path | str, min_age_hours: float = 1.0, step: str | None = Non
     """Leftovers no entry reads: unreferenced payload files, temporary files of killed
     writers, claims of dead owners, empty index files, pickles of failed submissions.
     ``step``: only in these steps (see ``selected_steps``)."""
+    if not min_age_hours >= 0:  # (a negative age removed the files of writers at work)
+        raise ValueError(f"min_age_hours={min_age_hours}: give a number of hours >= 0")
     plan = CleanPlan()
     limit = time.time() - min_age_hours * 3600
     root = cache_root(root)

@@ -169,7 +169,8 @@ def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.An
 
     try:
         cfg = ConfDict()  # (merging the file applies its "=replace=" markers)
-        if config:
+        # (a file that is empty or only comments gives no values, as an empty mapping)
+        if config and yaml.safe_load(Path(config).read_text(encoding="utf8")) is not None:
             cfg.update(ConfDict.from_yaml(Path(config)))
     except (yaml.YAMLError, TypeError, UnicodeDecodeError) as error:
         raise ValueError(

@@ -34,6 +34,9 @@ def logs(target: Node | Path | str, item: str | None = None) -> list[JobLogs]:
     folder = target.folder if isinstance(target, Node) else Path(target)
     if folder is None:
         return []
+    if not isinstance(target, Node) and not folder.is_dir():  # (a node not computed: none)
+        what = "not a folder" if folder.exists() else "no such folder"
+        raise ValueError(f"{str(folder)!r}: {what} (give the folder of a task or map config)")
     out = []
     for record in registry.read_all(folder, copied=True, refused=True):
         if item is not None and item not in (registry.items_of(folder, record) or ()):
