@@ -3109,6 +3109,72 @@ def test_a_map_whose_items_the_inline_work_computes_is_not_lost_meanwhile(env: E
     assert not submitting_threads()
 
 
+class Pausing(pydantic.BaseModel):
+    """A task touching ``signal_file``, then pausing ``pause`` s (its sub-config's task
+    included in its result)."""
+
+    named: ThreadName
+    log: str
+    signal_file: str = ""
+    pause: float = 0.0
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("log", "signal_file", "pause")
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> str:
+        append(self.log, {"name": "pausing", "event": "start"})
+        if self.signal_file:
+            Path(self.signal_file).touch()
+        time.sleep(self.pause)
+        return f"pausing({self.named.run()})"
+
+
+class CallsWhenTold(pydantic.BaseModel):
+    """An inline task calling a sub-config's task once ``partner`` exists."""
+
+    pausing: Pausing
+    partner: str
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply(chain_subconfigs=False)
+    def run(self) -> str:
+        wait_for(lambda: Path(self.partner).exists(), timeout=60)
+        return self.pausing.run()
+
+
+@pytest.mark.timeout(120)
+def test_a_task_the_inline_work_starts_computing_as_it_is_submitted_meanwhile(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread submitting while an inline node runs found a task ready (its upstream
+    job ended) and not computed here; the inline work then started computing that task
+    through a call (its claim) before the thread submitted it: the submission refused it
+    as a method calling itself ("already being computed by this very thread"), and the
+    run raised that. That claim is the inline work's, given back before the run waits:
+    the thread waits for it, as for another worker's (the task is computed once)."""
+    looked, claimed = env.tmp / "looked", env.tmp / "claimed"
+    hold_back = exca.graph.scheduler.Scheduler._hold_back
+
+    def slow_hold_back(self: tp.Any, ready: tp.Any, *args: tp.Any) -> tp.Any:
+        if threading.current_thread().name == "exca-submit" and ready:
+            looked.touch()  # (the task was not claimed: now it is, before it goes out)
+            wait_for(claimed.exists, timeout=60)
+        return hold_back(self, ready, *args)
+
+    monkeypatch.setattr(exca.graph.scheduler.Scheduler, "_hold_back", slow_hold_back)
+    named = ThreadName(infra=env.infra(cluster="local"))  # (upstream: a job)
+    pausing = Pausing(named=named, log=env.log, infra=env.infra(cluster="local")).run.node()
+    # (the same task, computed by a call of the inline work: its own instance)
+    called = Pausing(
+        named=named, log=env.log, signal_file=str(claimed), pause=3.0, infra=env.infra()
+    )
+    here = CallsWhenTold(pausing=called, partner=str(looked), infra=env.infra()).run.node()
+    exca.graph.run(pausing, here)
+    assert pausing.result() == here.result() == "pausing(MainThread)"
+    assert started(env.log).count("pausing") == 1
+    assert not submitting_threads()
+
+
 @pytest.mark.timeout(120)
 def test_ctrl_c_as_the_submitting_thread_starts_stops_it(
     env: Env, monkeypatch: pytest.MonkeyPatch

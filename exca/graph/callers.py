@@ -48,6 +48,11 @@ def acting_for(caller: Caller) -> tp.Iterator[None]:
         _ACTING.caller = None
 
 
+def acting() -> bool:
+    """Whether this thread submits jobs on behalf of another one (see acting_for)."""
+    return _ACTING.caller is not None
+
+
 def thread_id() -> int:
     """The native id of the thread whose claims count as this thread's own (its own, or
     the one it submits for)."""

@@ -64,7 +64,11 @@ def exclusive(
     (then a claim of a caller of this job, which waits for it in turn, is refused)."""
     held: list[Claim] = []
     runs = {r.node.key: r for r, _ in members if r.node.folder is not None}
-    for run in runs.values():  # (a job would wait for this thread, which waits for it)
+    # (a job would wait for this thread, which waits for it; not in a thread submitting for
+    # a busy one, callers.acting_for: a claim that one took since the node was looked at is
+    # its inline work's, given back before it waits for jobs. A task is then waited for,
+    # see _settle; a map's job waits for its items)
+    for run in runs.values() if not callers.acting() else ():
         refuse_self_call(run.node, (TASK_KEY,) if run.node.kind == "task" else run.todo or ())
     try:
         # (in a global order: two processes claiming overlapping sets cannot deadlock)
