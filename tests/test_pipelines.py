@@ -37,6 +37,7 @@ import exca.graph.decisions
 import exca.graph.executors
 import exca.graph.scheduler
 import exca.graph.worker
+import exca.infra.workdir
 import exca.ops
 from exca.graph import store
 from exca.graph.errors import NodeFailures
@@ -3302,6 +3303,88 @@ def test_jobs_sent_during_inline_work_change_nothing_it_sees(
     assert watched.result() == []
     assert follow.result() == "follow(quick(None,None),None)"
     assert not submitting_threads()
+
+
+class Cwd(pydantic.BaseModel):
+    """A task returning the working directory of the process computing it."""
+
+    log: str
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("log",)
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self, a: tp.Any = None) -> str:
+        append(self.log, {"name": "cwd", "event": "start"})
+        return os.getcwd()
+
+
+class CallsStep(pydantic.BaseModel):
+    """An inline task calling a sub-config's task (a job: see its infra)."""
+
+    step: Step
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply(chain_subconfigs=False)
+    def run(self) -> str:
+        return self.step.run()
+
+
+@pytest.mark.timeout(120)
+def test_a_job_sent_during_inline_work_is_not_sent_from_its_calls_workdir(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inline work submits a job with a workdir (a call): for that submission this
+    process works from the job's code snapshot (cwd, PYTHONPATH). A job the run's other
+    thread submitted meanwhile (its upstream job ended) started there too, running the
+    snapshot's code: submissions of one process go one at a time."""
+    go = env.tmp / "go"
+    activate = exca.infra.workdir.WorkDir.activate
+
+    @contextlib.contextmanager
+    def slow_activate(self: tp.Any) -> tp.Iterator[Path]:
+        with activate(self) as folder:
+            go.touch()  # (the upstream job ends: the thread submits the next one)
+            with contextlib.suppress(TimeoutError):  # (none is submitted meanwhile)
+                wait_for(lambda: "cwd" in started(env.log), timeout=10)
+            yield folder
+
+    monkeypatch.setattr(exca.infra.workdir.WorkDir, "activate", slow_activate)
+    code = env.tmp / "code"
+    code.mkdir()
+    (code / "nothing.py").write_text("")
+    upstream = env.step("up", partner=str(go), infra={"cluster": "local"}).run.node()
+    cwd = Cwd(log=env.log, infra=env.infra(cluster="local")).run.node(upstream)
+    called = env.step("called", infra={"cluster": "local", "workdir": {"copied": [str(code)]}})
+    here = CallsStep(step=called, infra=env.infra()).run.node()
+    exca.graph.run(cwd, here)
+    assert here.result() == "called(None,None)"
+    assert cwd.result() == os.getcwd()
+    assert not submitting_threads()
+
+
+def test_a_process_forked_while_another_thread_submits_can_submit() -> None:
+    """Submissions of one process go one at a time (see the test above): a process
+    forked while another thread submits (a process pool of inline work, its items
+    calling jobs) found that thread's lock held forever."""
+    held, release = threading.Event(), threading.Event()
+
+    def submitting() -> None:
+        with exca.graph.executors._PROCESS_STATE:
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=submitting)
+    thread.start()
+    try:
+        held.wait(30)
+        pid = os.fork()
+        if pid == 0:  # (the child: can it submit?)
+            os._exit(0 if exca.graph.executors._PROCESS_STATE.acquire(timeout=5) else 1)
+        status = os.waitpid(pid, 0)[1]
+    finally:
+        release.set()
+        thread.join()
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_a_run_of_inline_nodes_only_pays_nothing_for_the_submitting_thread(

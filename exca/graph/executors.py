@@ -1568,6 +1568,22 @@ class _Submitting(threading.local):
 
 
 _SUBMITTING = _Submitting()
+# held by a submission while it changes this process's state (clean_env hides variables
+# of os.environ, a workdir changes the cwd, sys.path and PYTHONPATH): a submission of
+# another thread meanwhile (a waiting run submits while its inline work runs, and that
+# work can call a job of its own) would start its jobs with that state (from another
+# job's code snapshot). Never held while waiting for a claim or a job: no deadlock
+_PROCESS_STATE = threading.RLock()
+
+
+def _new_process_state_lock() -> None:
+    """In a process forked while another thread submitted (a process pool of inline
+    work): the lock that thread held is free (else a submission there waits forever)."""
+    global _PROCESS_STATE
+    _PROCESS_STATE = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_new_process_state_lock)
 
 
 def _local_jobs_in_own_session() -> None:
@@ -1682,7 +1698,7 @@ def submit_array(
         )
         given = _additional(executor).get("dependency") if chained else None
         comment = _additional(executor).get("comment") if cluster == "slurm" else None
-        with submitit.helpers.clean_env(), context:
+        with _PROCESS_STATE, submitit.helpers.clean_env(), context:
             for start in range(0, len(units), size):
                 part = units[start : start + size]
                 if chained and len(jobs) >= back:  # (the given dependency, and this one)
