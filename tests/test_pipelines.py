@@ -3177,6 +3177,26 @@ def test_a_task_the_inline_work_starts_computing_as_it_is_submitted_meanwhile(
 
 
 @pytest.mark.timeout(120)
+def test_a_map_sharing_items_with_the_inline_work_gets_jobs_for_the_rest(env: Env) -> None:
+    """A map node on cluster="local" becomes ready (its listing job ended) while an
+    inline map node of the same config computes one of its items (holding its claim):
+    the thread submitting meanwhile sent all its items to the run's thread, which
+    computed them here, in the driver, not in jobs. It is left to the run's thread,
+    which decides its items once the inline work ended: jobs for the rest (as before)."""
+    listed = env.tmp / "listed"
+    square = {"log": env.log, "after": str(listed), "pause": 4.0}
+    items = Listing(signal_file=str(listed), infra=env.infra(cluster="local")).make.node()
+    mapped = SlowSquare(**square, infra=env.infra(cluster="local")).apply.node(items)
+    here = SlowSquare(**square, infra=env.infra()).apply.node([0, 5])
+    exca.graph.run(mapped, here)
+    assert mapped.result() == [0, 1, 4] and here.result() == [0, 25]
+    pids = {e["name"]: e["pid"] for e in events(env.log, "start")}
+    assert sorted(pids) == ["square0", "square1", "square2", "square5"]  # (each once)
+    assert pids["square1"] != os.getpid() and pids["square2"] != os.getpid()
+    assert not submitting_threads()
+
+
+@pytest.mark.timeout(120)
 def test_ctrl_c_as_the_submitting_thread_starts_stops_it(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -129,17 +129,18 @@ def being_computed(node: Node) -> bool:
     return bool(keys_being_computed(node, (TASK_KEY,)))
 
 
-def claimed_here(node: Node, keys: tp.Iterable[str]) -> bool:
+def claimed_here(node: Node, keys: tp.Iterable[str] | None) -> bool:
     """Whether this very thread holds a claim on some of these keys of a node (an
-    enclosing call computes them right now)."""
+    enclosing call computes them right now; ``None``: on any key)."""
     from ..storage.claims import CLAIMS_DIR, Claims, Owner
 
     if node.folder is None or not os.path.isdir(os.path.join(node.folder, CLAIMS_DIR)):
         return False
-    wanted = set(keys)
+    wanted = None if keys is None else set(keys)
     me = (*Owner.current()[:2], callers.thread_id())  # (a thread submitting for another: its)
     return any(
-        (claim.owner.host, claim.owner.pid, claim.owner.thread) == me and claim.keys & wanted
+        (claim.owner.host, claim.owner.pid, claim.owner.thread) == me
+        and (wanted is None or bool(claim.keys & wanted))
         for claim in Claims(node.folder).current()
     )
 

@@ -691,6 +691,18 @@ class Scheduler:
             and execution.workdir is None
         )
 
+    @staticmethod
+    def _computed_by_busy(run: NodeRun) -> bool:
+        """Work a call of the busy thread computes (around the run or in its inline work,
+        see _run_inline): left to that thread. A task: it refuses it, or finds it done. A
+        map: any of its items (its items may not be decided yet), decided by that thread
+        once its inline work ended, jobs for the rest (sent to the busy thread as work of
+        its own, all its items were computed there, in the caller's process)."""
+        node = run.node
+        if node.kind == "task":
+            return claimed_here(node, [TASK_KEY])
+        return run.action != "wait" and claimed_here(node, None)
+
     def _submit_meanwhile(
         self, loop: _Loop, busy: set[Key], later: list[tuple[NodeRun, Unit]]
     ) -> bool:
@@ -710,10 +722,7 @@ class Scheduler:
         sendable = [
             pending[k]
             for k in ready_keys
-            if self._sent_away(pending[k], submits)
-            # (a task a call of the busy thread computes, around the run or in its inline
-            # work: left to that thread, which refuses it, or finds it done)
-            and not (pending[k].node.kind == "task" and claimed_here(pending[k].node, [TASK_KEY]))
+            if self._sent_away(pending[k], submits) and not self._computed_by_busy(pending[k])
         ]
         ready, _ = self._hold_back(sendable, loop.running, pending)
         for run in ready:
