@@ -3605,3 +3605,31 @@ def test_a_node_below_a_cached_error_says_whose_mode_retries(env: Env) -> None:
     assert str(info.value.failures[down.uid]) == f"{down.uid}: {entry.reason}"
     explained = {e.uid: e for e in exca.ops.explain(down)}
     assert explained[down.uid].summary() == entry.reason
+
+
+def test_whether_submitting_hides_variables_is_read_while_no_submission_hides_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The thread submitting during inline work asks whether a submission would hide
+    variables from the inline code (MASTER_PORT...): asked while a submission of the inline
+    code hid them, it read "no" and submitted, hiding them from that code in turn."""
+    import submitit
+
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    hidden, release = threading.Event(), threading.Event()
+
+    def submission() -> None:  # (as submit_array changes the process's state)
+        with exca.graph.executors._PROCESS_STATE, submitit.helpers.clean_env():
+            hidden.set()
+            release.wait(2.0)
+
+    thread = threading.Thread(target=submission)
+    thread.start()
+    try:
+        assert hidden.wait(10) and "MASTER_PORT" not in os.environ
+        threading.Timer(0.3, release.set).start()
+        assert exca.graph.executors.submission_hides_environ()  # (once that one ended)
+    finally:
+        release.set()
+        thread.join()
+    assert os.environ["MASTER_PORT"] == "29500"

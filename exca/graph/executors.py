@@ -1623,8 +1623,11 @@ def submission_hides_environ() -> bool:
     """Whether submitting a job now removes variables from this process's environment
     for its duration (submitit's clean_env: this process runs in a Slurm job, or with
     torch.distributed's variables), which code running meanwhile in another thread
-    would miss (see Scheduler._run_inline)."""
-    return any(k.startswith(_HIDDEN_PREFIXES) or k in _HIDDEN_NAMES for k in os.environ)
+    would miss (see Scheduler._run_inline). Read while no submission of another thread
+    hides them (it then says False, and the thread it answers submits while they are
+    hidden from the code of the others)."""
+    with _PROCESS_STATE:
+        return any(k.startswith(_HIDDEN_PREFIXES) or k in _HIDDEN_NAMES for k in os.environ)
 
 
 def submit_array(
