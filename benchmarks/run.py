@@ -82,15 +82,21 @@ def table(data: dict[str, tp.Any]) -> str:
     lines = [
         f"Run of {data['started']} ({data['total_s']:.0f} s, repeat={data['args']['repeat']}"
         + (", QUICK sizes" if data["args"]["quick"] else "")
+        + (
+            f", only {' '.join(data['args']['only'])}: the other rows are from earlier runs"
+            if data["args"].get("only")
+            else ""
+        )
         + f"): {machine['cpu']}, {machine['cores']} cores, {machine['memory']}, "
         f"Python {machine['python']}, "
         + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()),
         "",
         f"Load before the run: 1/5/15-min {data['initial_conditions']['loadavg']} "
         f"(waited {data['initial_conditions']['waited_s']} s). Per module (load when it "
-        "started, share of the cores busy right then): "
+        "started, share of the cores busy right then; when it ran): "
         + "; ".join(
             f"{name} {m['conditions'].get('loadavg', ['?'])[0]} / {m['conditions'].get('busy_now', '?')}"
+            f" ({m.get('when', 'before ' + str(data['started']))})"
             for name, m in data["modules"].items()
         ),
         "",
@@ -191,6 +197,7 @@ def main() -> None:
         data = json.loads(RESULTS.read_text())
     for name in modules:
         data["modules"][name] = run_module(name, args)
+        data["modules"][name]["when"] = time.strftime("%Y-%m-%dT%H:%M")
     data.update(
         started=started,
         total_s=time.perf_counter() - start,
