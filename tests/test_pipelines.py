@@ -3325,6 +3325,60 @@ def test_jobs_sent_during_inline_work_change_nothing_it_sees(
     assert not submitting_threads()
 
 
+class SetsMasterPort(pydantic.BaseModel):
+    """An inline task setting MASTER_PORT once ``partner`` exists (before a
+    torch.distributed init, say), then watching it for 3 s: the changes it saw."""
+
+    partner: str
+    signal_file: str
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("partner", "signal_file")
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> list[str]:
+        wait_for(lambda: Path(self.partner).exists())
+        os.environ["MASTER_PORT"] = "29500"
+        Path(self.signal_file).touch()
+        seen: set[str] = set()
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end:
+            if os.environ.get("MASTER_PORT") != "29500":
+                seen.add("MASTER_PORT gone")
+            time.sleep(0.001)
+        return sorted(seen)
+
+
+@pytest.mark.timeout(120)
+def test_a_variable_the_inline_work_sets_after_the_look_is_not_hidden(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread submitting during inline work looks whether a submission would hide
+    variables of os.environ from the inline code (MASTER_PORT...), then claims, settles
+    and submits; the inline code set MASTER_PORT meanwhile (the window widened here):
+    the submission hid it from that code (a torch.distributed init then failed). Checked
+    again as it submits: the job goes out once the inline work ended."""
+    looked, set_ = env.tmp / "looked", env.tmp / "set"
+    hold_back = exca.graph.scheduler.Scheduler._hold_back
+
+    def slow_hold_back(self: tp.Any, ready: tp.Any, *args: tp.Any) -> tp.Any:
+        if threading.current_thread().name == "exca-submit" and ready:
+            looked.touch()  # (MASTER_PORT was not set: now it is, before the submission)
+            wait_for(set_.exists, timeout=60)
+        return hold_back(self, ready, *args)
+
+    monkeypatch.setattr(exca.graph.scheduler.Scheduler, "_hold_back", slow_hold_back)
+    monkeypatch.setenv("MASTER_PORT", "")  # (the inline code sets it: undone after the test)
+    monkeypatch.delenv("MASTER_PORT")
+    local = {"cluster": "local"}
+    follow = env.step("follow", infra=local).run.node(env.step("quick", infra=local).run.node())
+    here = SetsMasterPort(partner=str(looked), signal_file=str(set_), infra=env.infra())
+    exca.graph.run(follow, here.run.node())
+    assert here.run.node().result() == []
+    assert follow.result() == "follow(quick(None,None),None)"
+    assert started(env.log).count("follow") == 1
+    assert not submitting_threads()
+
+
 class Cwd(pydantic.BaseModel):
     """A task returning the working directory of the process computing it."""
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..storage.files import make_folder
 from ..storage.process import hostname, process_start_time
+from . import callers
 from .errors import LOG_QUOTE
 from .node import CLAIM_JOB_ID, DEFAULT_MAX_JOBS, TASK_KEY, Execution
 from .worker import Report, Unit, run_job_unit, run_stoppable, run_unit
@@ -1619,6 +1620,12 @@ _HIDDEN_NAMES = (
 )
 
 
+class SubmissionLeft(Exception):
+    """A submission made for another thread (callers.acting_for: a waiting run's thread
+    busy with inline work) that would now hide variables of os.environ from that thread's
+    code: nothing was submitted, the work is left to that thread."""
+
+
 def submission_hides_environ() -> bool:
     """Whether submitting a job now removes variables from this process's environment
     for its duration (submitit's clean_env: this process runs in a Slurm job, or with
@@ -1701,19 +1708,24 @@ def submit_array(
         )
         given = _additional(executor).get("dependency") if chained else None
         comment = _additional(executor).get("comment") if cluster == "slurm" else None
-        with _PROCESS_STATE, submitit.helpers.clean_env(), context:
-            for start in range(0, len(units), size):
-                part = units[start : start + size]
-                if chained and len(jobs) >= back:  # (the given dependency, and this one)
-                    _wait_for(executor, given, jobs[-back].job_id.split("_")[0])
-                if token is not None and cluster == "slurm":  # (which units its elements are)
-                    _comment(executor, comment, submission_comment(token, start))
-                if len(part) == 1:
-                    jobs.append(executor.submit(function, part[0]))
-                    continue
-                with executor.batch():
-                    part_jobs = [executor.submit(function, unit) for unit in part]
-                jobs.extend(part_jobs)
+        with _PROCESS_STATE:
+            # (looked at before this submission's claims and settling: the code of the
+            # thread it submits for may have set MASTER_PORT, say, since)
+            if callers.acting() and submission_hides_environ():
+                raise SubmissionLeft(units[0].node.uid)
+            with submitit.helpers.clean_env(), context:
+                for start in range(0, len(units), size):
+                    part = units[start : start + size]
+                    if chained and len(jobs) >= back:  # (the given dependency, and this one)
+                        _wait_for(executor, given, jobs[-back].job_id.split("_")[0])
+                    if token is not None and cluster == "slurm":  # (which units its elements are)
+                        _comment(executor, comment, submission_comment(token, start))
+                    if len(part) == 1:
+                        jobs.append(executor.submit(function, part[0]))
+                        continue
+                    with executor.batch():
+                        part_jobs = [executor.submit(function, unit) for unit in part]
+                    jobs.extend(part_jobs)
     except KeyboardInterrupt:  # (never half a submission)
         if cluster == "local":  # (every controller started, returned as a job or not)
             for process in _SUBMITTING.started or ():

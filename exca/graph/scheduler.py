@@ -114,6 +114,9 @@ class Scheduler:
         self._held_since: dict[Key, float] = {}  # ready work held back, since when (monotonic)
         self._positions: tuple[Graph, dict[Key, int]] | None = None
         self._loop: _Loop | None = None  # (a waiting run's state: see _run_inline)
+        # job work the thread submitting during inline work left to the busy thread (the
+        # submission would have hidden variables the inline code had set since its look)
+        self._left: list[list[tuple[NodeRun, Unit]]] = []
 
     def _position(self) -> dict[Key, int]:
         """Each node's place in the topological order (of the current graph: submit()
@@ -671,7 +674,12 @@ class Scheduler:
             except BaseException:
                 if meanwhile is not None:
                     meanwhile.stop(raising=False)  # (its jobs are in the running ones)
+                self._left.clear()  # (the run ends: nothing more goes out)
                 raise
+            left, self._left = self._left, []
+            for members in left:  # (running ones without handles yet: submitted now)
+                assert self._loop is not None  # (left by a thread of a waiting run)
+                self._submit_group(members, self._loop.pools, None)
             inline = later
 
     @staticmethod
@@ -714,6 +722,7 @@ class Scheduler:
         # (a node whose units it left to the busy thread has no handle until they ran: all
         # of none ended, it was finished as lost, "not computed")
         deferred = {run.node.key for run, _ in later}
+        deferred |= {run.node.key for members in self._left for run, _ in members}
         changed = self.finish_done(loop.running, loop.progress, busy | debug | deferred)
         self._take_requeued(loop)
         ready_keys = self._ready_candidates(loop)
@@ -767,17 +776,22 @@ class Scheduler:
                 with interrupts.deferred():
                     # (a kill between sbatch and the records: the next run adopts the jobs)
                     marked = submitting.mark(members, logs, self.run_id, code=_code(first))
-                    handles = list(
-                        executors.submit_array(
-                            units,
-                            first.execution,
-                            logs,
-                            parallelism or len(units),
-                            after,
-                            permissions=first.cache.permissions,
-                            token=None if marked is None else marked[0],
+                    try:
+                        handles = list(
+                            executors.submit_array(
+                                units,
+                                first.execution,
+                                logs,
+                                parallelism or len(units),
+                                after,
+                                permissions=first.cache.permissions,
+                                token=None if marked is None else marked[0],
+                            )
                         )
-                    )
+                    except executors.SubmissionLeft:  # (nothing went out)
+                        submitting.unmark(marked)
+                        self._left.append(members)  # (submitted once the inline work ended)
+                        return
                     for (run, unit), handle in zip(members, handles):
                         if unit.action == "force" and unit.uids is not None:
                             # (before its record: a call of this instance that sees the job
