@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from racing import race
 
 from exca.cachedict import CacheDict
 
@@ -644,53 +645,44 @@ def test_one_instance_written_and_read_by_two_threads(tmp_path: Path, how: str) 
     """A thread writes (or deletes) while another lists the same instance: the reader
     never raises, never misses a key written before its call, and never reads past the
     end of the writer's index file (which made later refreshes drop the file's keys)."""
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # (many thread switches: the window shows at once)
-    try:
-        cd: CacheDict[int] = CacheDict(tmp_path / "cache")
-        count = 4000
-        if how == "delete":
+    cd: CacheDict[int] = CacheDict(tmp_path / "cache")
+    count = 4000
+    if how == "delete":
+        with cd.write():
+            cd.set_many((f"k{i}", i) for i in range(count))
+    done = [0]
+    stop = threading.Event()
+    problems: list[str] = []
+
+    def write() -> None:
+        try:
             with cd.write():
-                cd.set_many((f"k{i}", i) for i in range(count))
-        done = [0]
-        stop = threading.Event()
-        problems: list[str] = []
+                for i in range(count):
+                    if how == "put":
+                        cd[f"k{i}"] = i
+                    elif how == "set_many":
+                        cd.set_many([(f"k{i}", i)])
+                    else:
+                        del cd[f"k{i}"]
+                    done[0] = i + 1
+        finally:
+            stop.set()
 
-        def write() -> None:
+    def read() -> None:
+        while not stop.is_set():
+            settled = done[0]
             try:
-                with cd.write():
-                    for i in range(count):
-                        if how == "put":
-                            cd[f"k{i}"] = i
-                        elif how == "set_many":
-                            cd.set_many([(f"k{i}", i)])
-                        else:
-                            del cd[f"k{i}"]
-                        done[0] = i + 1
-            finally:
-                stop.set()
+                keys = set(cd.keys())
+            except Exception as error:  # the failure this test looks for
+                problems.append(repr(error))
+                return
+            expected = {f"k{i}" for i in range(settled)}
+            if how == "delete" and keys & expected:
+                problems.append(f"deleted keys listed: {sorted(keys & expected)[:3]}")
+            elif how != "delete" and not expected <= keys:
+                problems.append(f"written keys missing: {sorted(expected - keys)[:3]}")
 
-        def read() -> None:
-            while not stop.is_set():
-                settled = done[0]
-                try:
-                    keys = set(cd.keys())
-                except Exception as error:  # the failure this test looks for
-                    problems.append(repr(error))
-                    return
-                expected = {f"k{i}" for i in range(settled)}
-                if how == "delete" and keys & expected:
-                    problems.append(f"deleted keys listed: {sorted(keys & expected)[:3]}")
-                elif how != "delete" and not expected <= keys:
-                    problems.append(f"written keys missing: {sorted(expected - keys)[:3]}")
-
-        threads = [threading.Thread(target=read), threading.Thread(target=write)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        sys.setswitchinterval(interval)
+    race(read, write)  # (many thread switches: the window shows at once)
     assert problems == []
     again: CacheDict[int] = CacheDict(tmp_path / "cache")
     assert len(again) == (0 if how == "delete" else count)

@@ -8,6 +8,7 @@ given in its config, so tests count the real calls, wherever they ran.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from pathlib import Path
 import pydantic
 import pytest
 from filelog import append, wait_until
+from racing import race
 
 import exca
 import exca.graph.executors
@@ -3320,15 +3322,6 @@ def test_squeue_answers_read_by_several_threads_at_once(monkeypatch: pytest.Monk
         except BaseException as error:  # (raised here below)
             errors.append(error)
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # (threads switch often: the race shows within a second)
-    try:
-        threads = [threading.Thread(target=look, args=(str(base),)) for base in (1, 2, 3)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        sys.setswitchinterval(interval)
+    race(*(functools.partial(look, str(base)) for base in (1, 2, 3)))
     assert not errors, errors
     assert said[-1].startswith("pending as job(s)") and "held: JobHeldUser" in said[-1]
