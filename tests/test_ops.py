@@ -5004,3 +5004,14 @@ def test_python_ops_refuse_what_is_no_cache_folder(tmp_path: Path) -> None:
             exca.ops.logs(path)
     with pytest.raises(ValueError, match=r"min_age_hours=-5: give a number of hours >= 0"):
         clean.orphans(tmp_path, min_age_hours=-5)
+
+
+def test_cli_list_lines_end_without_spaces(tmp_path: Path) -> None:
+    """A task's line of `exca list` ended with the two spaces meant to precede its map
+    details (pasted output, diffs and `grep 'x$'` saw them)."""
+    root = tmp_path / "cache"
+    for name in ("a", "b"):
+        assert Labelled(name=name, infra={"folder": root}).label() == name.upper()
+    result = cli("list", root, check=True)
+    rows = result.stdout.splitlines()
+    assert len(rows) == 3 and all(row == row.rstrip() for row in rows), rows

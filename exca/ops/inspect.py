@@ -806,8 +806,9 @@ def render(infos: list[NodeInfo]) -> str:
         job = f"  job {info.job_id} ({state})" if info.job_id else ""
         error = f"  {info.error}" if info.error else ""
         note = f"  ({info.note})" if info.note else ""
+        details = f"{entries}{errors}{job}{error}{note}".strip()  # (no trailing spaces)
         lines.append(
             f"  {info.status:9s} {human_size(info.size):>9s}  {_iso(info.modified) or '-':19s}  "
-            f"{info.uid}  {entries}{errors}{job}{error}{note}"
+            f"{info.uid}" + (f"  {details}" if details else "")
         )
     return "\n".join(lines)
