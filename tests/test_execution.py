@@ -26,7 +26,7 @@ from pathlib import Path
 import pydantic
 import pytest
 from filelog import append, wait_until
-from racing import race
+from racing import Background, race
 
 import exca
 import exca.graph.executors
@@ -3043,26 +3043,18 @@ def test_a_retry_call_following_a_local_job_killed_meanwhile_computes_it_again(
     block.touch()
     job = make(tmp_path, "local", x=7, block_flag=str(block)).infra.job()
     _wait_for(lambda: len(calls(log)) == 1)  # the method started in the job
-    outcome: list[tp.Any] = []
-
-    def call() -> None:
-        retry = make(tmp_path, "local", x=7, block_flag=str(block), infra={"mode": "retry"})
-        try:
-            outcome.append(retry.process())
-        except BaseException as error:
-            outcome.append(error)
-
     with caplog.at_level("INFO", logger="exca"):
-        thread = threading.Thread(target=call)
-        thread.start()
+        call = Background(
+            make(tmp_path, "local", x=7, block_flag=str(block), infra={"mode": "retry"}).process
+        )
         _wait_for(lambda: f"running as job {job.job_id}" in caplog.text)  # (it follows it)
         retry = make(tmp_path, "local", x=7, block_flag=str(block), infra={"mode": "retry"})
         followed = retry.infra.job()
         assert followed.job_id == job.job_id
         kill_tree(int(job.job_id))
         block.unlink()  # (the recomputation then returns)
-        thread.join(timeout=60)
-    assert outcome == [14]
+        call.join(timeout=60)
+    assert call.outcome == [14]
     assert followed.result() == 14  # (computed by its retry, or the call's: once)
     assert len(calls(log)) == 2
     assert make(tmp_path, "local", x=7, block_flag=str(block)).infra.status() == "completed"
@@ -3101,22 +3093,12 @@ def test_a_retry_whose_own_job_dies_does_not_say_to_use_mode_retry(
     log = tmp_path / "calls.txt"
     block = tmp_path / "block-flag"
     block.touch()
-    outcome: list[tp.Any] = []
-
-    def call() -> None:
-        retry = make(tmp_path, "local", x=8, block_flag=str(block), infra={"mode": "retry"})
-        try:
-            outcome.append(retry.process() if how == "call" else retry.infra.job().result())
-        except BaseException as error:
-            outcome.append(error)
-
-    thread = threading.Thread(target=call)
-    thread.start()
+    retry = make(tmp_path, "local", x=8, block_flag=str(block), infra={"mode": "retry"})
+    call = Background(retry.process if how == "call" else lambda: retry.infra.job().result())
     _wait_for(lambda: len(calls(log)) == 1)  # its own job computes
     (record,) = (tmp_path / "cache").glob("*/*/jobs/*.json")
     kill_tree(int(json.loads(record.read_text())["job_id"]))
-    thread.join(timeout=60)
-    (error,) = outcome
+    (error,) = call.join(timeout=60)
     assert isinstance(error, JobFailedError) and "not computed: " in str(error)
     assert "use mode='retry'" not in str(error) and "retried it already" in str(error)
     with pytest.raises(JobFailedError, match="use mode='retry' to recompute"):

@@ -22,6 +22,7 @@ import filelog
 import pydantic
 import pytest
 from filelog import append, lines
+from racing import Background
 
 import exca
 from exca.graph import executors, registry
@@ -1994,28 +1995,18 @@ def test_retry_callers_following_a_job_cancelled_meanwhile_compute_it_again_once
     it is then cancelled: both raised "was cancelled ... (use mode='retry' to
     recompute)". The retry now computes it again, once for both."""
     import subprocess
-    import threading
 
     (ctl / "block").touch()
     job = task(tmp_path, ctl, slurm_cluster, x=5).infra.job()
     wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running, blocked
-    outcome: list[tp.Any] = []
-
-    def call() -> None:
-        try:
-            outcome.append(task(tmp_path, ctl, slurm_cluster, x=5, mode="retry").process())
-        except BaseException as error:
-            outcome.append(error)
-
     with caplog.at_level("INFO", logger="exca"):
-        thread = threading.Thread(target=call)
-        thread.start()
+        call = Background(task(tmp_path, ctl, slurm_cluster, x=5, mode="retry").process)
         wait_until(lambda: f"running as job {job.job_id}" in caplog.text)  # (it follows it)
         followed = task(tmp_path, ctl, slurm_cluster, x=5, mode="retry").infra.job()
         assert followed.job_id == job.job_id
         subprocess.run(["scancel", job.job_id], check=True, timeout=30)
-        thread.join(timeout=WAIT_S)
-    assert outcome == [15]
+        call.join(timeout=WAIT_S)
+    assert call.outcome == [15]
     assert followed.result() == 15  # (computed by its retry, or the call's: once)
     assert lines(ctl / "calls.txt") == ["5", "5"]
 
