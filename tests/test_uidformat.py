@@ -68,6 +68,11 @@ def test_spec_example_v2_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert to_uid({"training.optim.lr": 0.01}, version=3) == "training.optim.lr=0.01-0f8936b4"
     monkeypatch.setenv("CONFDICT_UID_VERSION", "3")
     assert to_uid({"training.optim.lr": 0.01}) == "training.optim.lr=0.01-0f8936b4"
+    # (read at each call: set again, then removed)
+    monkeypatch.setenv("CONFDICT_UID_VERSION", "2")
+    assert to_uid({"training.optim.lr": 0.01}) == "training.optim.lr=0.01-346ce994"
+    monkeypatch.delenv("CONFDICT_UID_VERSION")
+    assert to_uid({"training.optim.lr": 0.01}) == "training.optim.lr=0.01-0f8936b4"
 
 
 @pytest.mark.parametrize("env,expected", [("2", "2"), ("3", "3"), ("", "3"), ("7", "3")])
