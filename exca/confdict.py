@@ -10,7 +10,6 @@ import collections
 import dataclasses
 import enum
 import io
-import os
 import typing as tp
 from pathlib import Path, PurePath
 
@@ -400,7 +399,7 @@ class ConfDict(dict[str, tp.Any]):
 
     def to_uid(self, version: int | None = None) -> str:
         """The uid string of this config (v3 by default, v2 with version=2 or the env)."""
-        if version is None and not os.environ.get(uidformat.UID_VERSION_ENV):
+        if version is None and not uidformat.environ_value(uidformat.UID_VERSION_ENV):
             version = self.UID_VERSION
         return uidformat.to_uid(self, version=version)
 
@@ -411,7 +410,7 @@ class ConfDict(dict[str, tp.Any]):
         ``plain_keys=True``: the caller knows it has none (no check)."""
         if not plain_keys and not _plain_keys(data):
             return cls(data).to_uid()
-        version = None if os.environ.get(uidformat.UID_VERSION_ENV) else cls.UID_VERSION
+        version = None if uidformat.environ_value(uidformat.UID_VERSION_ENV) else cls.UID_VERSION
         return uidformat.to_uid(data, version=version)
 
     @classmethod

@@ -65,7 +65,7 @@ def uid_version(version: int | None = None) -> int:
         if version not in (2, 3):
             raise ValueError(f"Unknown uid version {version!r}: use 2 (legacy) or 3")
         return version
-    env = _environ_value(UID_VERSION_ENV)
+    env = environ_value(UID_VERSION_ENV)
     if not env:
         return DEFAULT_UID_VERSION
     if env not in ("2", "3"):
@@ -80,7 +80,7 @@ _ENVIRON_STORE: tp.Any = getattr(os.environ, "_data", None)
 _ENVIRON_KEYS: dict[str, tp.Any] = {}  # name -> its key in that store
 
 
-def _environ_value(name: str) -> str | None:
+def environ_value(name: str) -> str | None:
     """``os.environ.get(name)``, quicker when the variable is unset (the common case)."""
     key = _ENVIRON_KEYS.get(name)
     if key is None:
