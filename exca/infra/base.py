@@ -526,7 +526,9 @@ class BaseInfra(pydantic.BaseModel):
             return None
 
     def _adopt_v2_folder(self, folder: Path) -> None:
-        if uidformat.environ_value(uidformat.UID_VERSION_ENV) == "2" or not os.path.isdir(folder.parent):
+        if uidformat.environ_value(uidformat.UID_VERSION_ENV) == "2" or not os.path.isdir(
+            folder.parent
+        ):
             return  # (v2 names asked for, or no folder of this method at all)
         legacy = self._legacy_name()
         if (

@@ -151,7 +151,9 @@ def iter_models(value: tp.Any, freeze: bool = False) -> list[pydantic.BaseModel]
         kind = type(item)
         # (a class met before is a model class: no isinstance check, slow on a metaclass)
         names = field_names.get(kind)
-        if names is not None or isinstance(item, base):
+        if kind is tuple or kind is list:  # (before the isinstance checks: ~0.4 us less)
+            stack += [v for v in item if type(v) not in leaves]
+        elif names is not None or isinstance(item, base):
             found.append(item)
             if freeze:
                 if kind not in patched:
