@@ -1744,6 +1744,34 @@ def test_an_option_sbatch_refuses_names_the_config(
     ]
 
 
+@pytest.mark.timeout(120)
+def test_a_submission_sbatch_refuses_leaves_no_marker(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """The marker of a submission (jobs/<token>.submitting, written before sbatch for a
+    later run to adopt jobs whose submitter was killed before recording them) stayed in
+    the node folders after sbatch refused the submission: no command removed it (`clean
+    orphans` neither), only a later submission of the same node (a probe). Now it goes
+    when sbatch refused it, for a call, a map's array and a detached run alike."""
+    import submitit
+
+    bad = {"slurm_additional_parameters": {"gres": "gpu:volta:1"}}
+    root = tmp_path / "cache"
+    obj = task(tmp_path, ctl, slurm_cluster, x=2, **bad)
+    with pytest.raises(submitit.core.utils.FailedJobError, match="refused"):
+        obj.process()
+    settings = {"folder": root, "cluster": "slurm", **resources(slurm_cluster), **bad}
+    mapped = SlurmMap(ctl=str(ctl), infra=settings)
+    with pytest.raises(submitit.core.utils.FailedJobError, match="refused"):
+        list(mapped.process([1, 2]))
+    detached = task(tmp_path, ctl, slurm_cluster, x=3, **bad)
+    with pytest.raises(submitit.core.utils.FailedJobError, match="refused"):
+        exca.graph.run(detached.process.node(), wait=False)
+    assert len(list(root.glob("*/*/jobs"))) == 3  # (where the markers were)
+    assert sorted(root.rglob("*.submitting")) == []
+    assert not (ctl / "calls.txt").exists()
+
+
 class SlurmEnv(pydantic.BaseModel):
     names: tuple[str, ...]
     infra: exca.TaskInfra = exca.TaskInfra(version="1")

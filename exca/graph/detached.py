@@ -217,15 +217,20 @@ def _submit(
         code = getattr(first.execution.workdir, "folder", None)
         # (a kill between sbatch and the records: the next run adopts the jobs)
         marked = submitting.mark(members, logs, scheduler.run_id, code=code)
-        handles = executors.submit_array(
-            units,
-            first.execution,
-            logs,
-            len(members),
-            dependencies=deps,
-            permissions=first.cache.permissions,
-            token=None if marked is None else marked[0],
-        )
+        try:
+            handles = executors.submit_array(
+                units,
+                first.execution,
+                logs,
+                len(members),
+                dependencies=deps,
+                permissions=first.cache.permissions,
+                token=None if marked is None else marked[0],
+            )
+        except Exception as error:  # (sbatch refused it: no job to adopt later)
+            if executors.sent_nothing(error):
+                submitting.unmark(marked)
+            raise
         for (run, unit), handle in zip(members, handles):
             run.handles.append(handle)
             run.state = "running"

@@ -1620,6 +1620,20 @@ _HIDDEN_NAMES = (
 )
 
 
+def _sent_nothing(error: BaseException) -> BaseException:
+    """``error``, raised by ``submit_array`` before any job of its submission went out
+    (see ``sent_nothing``)."""
+    error.exca_sent_nothing = True  # type: ignore[attr-defined]
+    return error
+
+
+def sent_nothing(error: BaseException) -> bool:
+    """Whether an error of ``submit_array`` says that no job went out: sbatch refused the
+    first one (it exited with an error), or the work could not be pickled. Its marker
+    (see submitting.mark) can go: no job of it is queued for a later run to adopt."""
+    return bool(getattr(error, "exca_sent_nothing", False))
+
+
 class SubmissionLeft(Exception):
     """A submission made for another thread (callers.acting_for: a waiting run's thread
     busy with inline work) that would now hide variables of os.environ from that thread's
@@ -1746,11 +1760,16 @@ def submit_array(
             if _CONTROLLER_DOWN.search(str(error))
             else "Check the infra's resources, slurm_* fields and slurm_additional_parameters"
         )
-        raise type(error)(
+        refused = type(error)(
             f"{cluster} refused the job(s) of {units[0].node.uid}"
             + (f" and {len(units) - 1} more" if len(units) > 1 else "")
             + f" ({execution.describe()}): {str(error).strip()}. {hint}"
-        ) from error
+        )
+        # (sbatch exited with an error: it submitted nothing; another FailedJobError, e.g.
+        # sbatch killed half-way, may have sent a job, which a later run adopts)
+        if not jobs and isinstance(error.__cause__, subprocess.CalledProcessError):
+            _sent_nothing(refused)
+        raise refused from error
     except RuntimeError as error:
         if "executor.max_pickle_size_gb" not in str(error):  # (submitit's: not our array's)
             raise
@@ -1761,12 +1780,13 @@ def submit_array(
         # (submitit's words say "update executor.max_pickle_size_gb": an exca user sets
         # the infra's field)
         estimate = str(error).split(" of objects")[0].removeprefix("Submitting an estimated ")
-        raise RuntimeError(
+        too_large = RuntimeError(
             f"The job of {units[0].node.uid} would pickle an estimated {estimate} (its "
             "config, inputs or items, and the method): raise the infra's max_pickle_size_gb "
             "if this is intended, or keep large data out of configs and items (load it in "
             "the method, from a path). It was not submitted"
-        ) from error
+        )
+        raise (_sent_nothing(too_large) if not jobs else too_large) from error
     except (TypeError, AttributeError, pickle.PicklingError) as error:
         if "pickle" not in str(error):
             raise
@@ -1774,7 +1794,8 @@ def submit_array(
             with contextlib.suppress(Exception):
                 job.cancel(check=False)
         _remove_empty_pickles(logs)
-        raise unpicklable_error(units, error, "a job") from error
+        unpicklable = unpicklable_error(units, error, "a job")
+        raise (_sent_nothing(unpicklable) if not jobs else unpicklable) from error
     finally:
         _SUBMITTING.started = None
     template = None

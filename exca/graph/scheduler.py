@@ -792,6 +792,10 @@ class Scheduler:
                         submitting.unmark(marked)
                         self._left.append(members)  # (submitted once the inline work ended)
                         return
+                    except Exception as error:  # (sbatch refused it: no job to adopt later)
+                        if executors.sent_nothing(error):
+                            submitting.unmark(marked)
+                        raise
                     for (run, unit), handle in zip(members, handles):
                         if unit.action == "force" and unit.uids is not None:
                             # (before its record: a call of this instance that sees the job
