@@ -3881,6 +3881,25 @@ def test_compact_many_writer_sessions(tmp_path: Path) -> None:
     ]
 
 
+def test_compact_keeps_the_last_write_that_list_shows(tmp_path: Path) -> None:
+    """`exca list` shows a node's last write (the newest mtime of its index files): a
+    compaction, which writes no entry, moved it to the time of the merging (a probe).
+    The merged file keeps the last write of the files it merged."""
+    root = tmp_path / "cache"
+    _many_writer_sessions(root, 3)
+    folder = folder_of(Ranges(infra={"folder": root}))
+    age_index_files(folder, seconds=86400.0)
+    (before,) = exca.ops.inspect(root)
+    listed = cli("list", root, check=True).stdout
+    assert "merged 3 index file(s)" in cli("clean", root, "compact", "--yes", check=True).stdout
+    assert len(index_files(folder)) == 1
+    (after,) = exca.ops.inspect(root)
+    assert after.entries == before.entries == 9
+    assert after.to_dict()["modified"] == before.to_dict()["modified"]
+    shown = before.to_dict()["modified"]  # (as `exca list` shows it)
+    assert shown in listed and shown in cli("list", root, check=True).stdout, listed
+
+
 def test_compact_leaves_another_excas_index_files_alone(tmp_path: Path) -> None:
     """An index file of the reference (<host>-<thread>-info.jsonl, not read by this exca)
     was merged away as a dead writer's: SPEC, a folder the reference wrote is left alone."""

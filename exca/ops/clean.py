@@ -1653,6 +1653,10 @@ def compact(folder: Path | str, grace_seconds: float = 3600.0) -> tuple[int, int
             for index_file in files:
                 mode |= stat.S_IMODE(index_file.stat().st_mode)
             os.chmod(tmp, mode)
+        # (the last write of the entries it holds, not of the merging: `exca list` shows a
+        # node's last write, the newest mtime of its index files)
+        last_write = max(index_file.stat().st_mtime_ns for index_file in files)
+        os.utime(tmp, ns=(time.time_ns(), last_write))
         os.replace(tmp, target)
         for index_file in files:
             with contextlib.suppress(FileNotFoundError):
