@@ -1962,6 +1962,29 @@ def test_clean_old_versions(tmp_path: Path) -> None:
     assert exca.graph.plan(node).entries[0].status == "cached"
 
 
+def test_clean_versions_says_a_shared_reason_once(tmp_path: Path) -> None:
+    """The preview of `clean versions` repeated "(old version (newest is 3))" after every
+    config of every old version (a probe): items in a row going for one reason are listed
+    under it, said once with their count and bytes; a reason of one item stays on its
+    line."""
+    root = tmp_path / "cache"
+    for version, seeds in (("1", (1, 2, 3)), ("2", (1, 2)), ("3", (1,))):
+        for seed in seeds:
+            Train(seed=seed, infra={"folder": root, "version": version}).fit()
+    plan = clean.old_versions(root)
+    (reason,) = {r.reason for r in plan.removals}  # (a long one: set by configs, not the class)
+    assert len(plan.removals) == 5 and reason.startswith("old version (newest is 3, set by")
+    preview = cli("clean", root, "versions", check=True).stdout
+    assert preview.count("newest is 3") == 1, preview
+    lines = preview.splitlines()
+    assert lines[1] == f"  {reason}: 5 item(s), {human_size(plan.size)}"
+    assert [line.split()[-1] for line in lines[2:7]] == [str(r.path) for r in plan.removals]
+    assert all(line.startswith("    - ") for line in lines[2:7])
+    # a plan of one item: its reason on its line, as before
+    single = clean.remove_nodes([plan.removals[0].path])
+    assert str(single).splitlines()[1].endswith(f"{plan.removals[0].path}  (requested)")
+
+
 def test_clean_versions_keeps_the_older_versions_when_the_newest_holds_no_success(
     tmp_path: Path,
 ) -> None:
@@ -3357,8 +3380,10 @@ def test_clean_node_where_removes_the_configs_list_where_shows(tmp_path: Path) -
     listed = json.loads(cli("list", root, "--where", "optim.lr=0.02", "--json", check=True).stdout)
     preview = cli("clean", root, "node", "--where", "optim.lr=0.02", check=True).stdout
     assert {Path(i["folder"]) for i in listed} == {folders[0.02, 0], folders[0.02, 1]}
-    for info in listed:  # (what list shows, each with why; nothing removed yet)
-        assert f"{info['folder']}  (--where optim.lr=0.02)" in preview
+    # (what list shows, under why, said once; nothing removed yet)
+    assert "\n  --where optim.lr=0.02: 2 item(s), " in preview, preview
+    for info in listed:
+        assert f"  {info['folder']}\n" in preview
     assert "2 item(s) to remove" in preview and "run again with --yes" in preview
     assert on_disk() == every
     # a key's end, as in list; conditions all hold; --yes removes
@@ -4439,7 +4464,7 @@ def test_clean_yes_says_how_many_were_removed_and_kept(
     )
     monkeypatch.setattr(clean, "remove_nodes", lambda *args, **kwargs: preview)
     assert exca_cli._main(["clean", str(root), "node", str(busy), str(idle), "--yes"]) == 0
-    summary = capsys.readouterr().out.rsplit("(requested)\n", 1)[1]
+    summary = capsys.readouterr().out.rsplit(f"{idle}\n", 1)[1]  # (after the preview)
     assert summary.startswith(f"Removed 1 of 2 item(s), {human_size(size)} freed; ")
     assert f"1 kept, in use since the preview:\n  - {busy}  (being computed by pid" in summary
     assert busy.is_dir() and not idle.exists() and proc.poll() is None

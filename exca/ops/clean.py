@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import itertools
 import logging
 import os
 import re
@@ -103,10 +104,25 @@ class CleanPlan:
 
     def __str__(self) -> str:
         lines = [f"{len(self.removals)} item(s) to remove, {human_size(self.size)}:"]
-        lines += [f"  - {human_size(r.size):>9s}  {r.path}  ({r.reason})" for r in self.removals]
+        for reason, group in itertools.groupby(self.removals, key=lambda r: r.reason):
+            removals = list(group)
+            if len(removals) == 1:
+                (r,) = removals
+                lines.append(f"  - {human_size(r.size):>9s}  {r.path}  ({reason})")
+                continue
+            # (the reason once for items in a row that share it: old versions, orphans...)
+            size = human_size(sum(r.size for r in removals))
+            lines.append(f"  {reason}: {len(removals)} item(s), {size}")
+            lines += [f"    - {human_size(r.size):>9s}  {r.path}" for r in removals]
         if self.kept:
             lines.append(f"{len(self.kept)} kept:")
-            lines += [f"  - {path}  ({why})" for path, why in self.kept]
+            for why, kept_group in itertools.groupby(self.kept, key=lambda k: k[1]):
+                paths = [path for path, _ in kept_group]
+                if len(paths) == 1:
+                    lines.append(f"  - {paths[0]}  ({why})")
+                    continue
+                lines.append(f"  {why}: {len(paths)} item(s)")
+                lines += [f"    - {path}" for path in paths]
         if not self.removals and not self.kept:
             lines = ["Nothing to remove."]
         return "\n".join(lines)
