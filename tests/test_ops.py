@@ -2921,6 +2921,43 @@ def test_a_node_folder_that_lost_its_uid_yaml_is_listed_and_cleaned(tmp_path: Pa
     assert not folder.exists(), result.stdout
 
 
+def test_a_damaged_uid_yaml_is_noted_and_a_damaged_full_uid_yaml_written_again(
+    tmp_path: Path,
+) -> None:
+    """A damaged uid.yaml (no yaml: a sync or an edit gone wrong) was listed as {} without
+    a note and `--where` missed it; a damaged full-uid.yaml turned the check of changed
+    class defaults off, and stayed (a probe). `exca list` notes the damaged uid.yaml and
+    filters on full-uid.yaml's values; removing it has the next call write it back (a hit
+    does not read it: it stays cheap). A damaged full-uid.yaml, read by a call reusing the
+    result anyway (once per process: a new process here), is written again (not in mode
+    read-only)."""
+    root = tmp_path / "cache"
+    for seed in (1, 2):
+        Train(seed=seed, infra={"folder": root}).fit()
+    folder = folder_of(Train(seed=1, infra={"folder": root}))
+    good = {name: (folder / name).read_text() for name in ("uid.yaml", "full-uid.yaml")}
+    (folder / "uid.yaml").write_text("seed: [1\n")
+    listing = cli("list", root, check=True).stdout
+    assert "uid.yaml unreadable (damaged?): a call of its config still reuses it; remove" in (
+        listing
+    )
+    assert [i.folder for i in exca.ops.inspect(root, where=["seed=1"])] == [folder]
+
+    def call(mode: str = "cached") -> str:  # (prints "fitting" when it computes)
+        infra = {"folder": str(root), "mode": mode}
+        return run_python(f"import test_ops\nprint(test_ops.Train(seed=1, infra={infra!r}).fit())")
+
+    (folder / "uid.yaml").unlink()  # (as the note says)
+    assert call() == "2.0\n"  # (not computed)
+    assert (folder / "uid.yaml").read_text() == good["uid.yaml"]
+    assert by_uid(exca.ops.inspect(root))[folder.name].note is None
+    (folder / "full-uid.yaml").write_bytes(b"\xff\xfe seed: 1\n")
+    assert call("read-only") == "2.0\n"
+    assert (folder / "full-uid.yaml").read_bytes() == b"\xff\xfe seed: 1\n"  # (left alone)
+    assert call() == "2.0\n"
+    assert (folder / "full-uid.yaml").read_text() == good["full-uid.yaml"]
+
+
 def test_a_users_folders_holding_index_files_are_not_nodes(tmp_path: Path) -> None:
     """A user's own folders under comma-named folders of the root, holding index files
     but no uid.yaml nor full-uid.yaml (their own CacheDict, a run-info.jsonl next to their

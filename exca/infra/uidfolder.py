@@ -49,17 +49,12 @@ def read_yaml(
     """A yaml mapping from a file (or its text, already read); None if it is missing or
     unreadable (``remove_unreadable``: then removed too, by a writer about to rewrite it;
     readers such as inspect or iter_cached leave it alone)."""
-    yaml = pyyaml()
-
     if text is None:
         text = read_text(path)
         if text is None:
             return None
-    try:
-        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except (yaml.YAMLError, UnicodeError):  # (UnicodeError: bytes that are no UTF-8)
-        data = None
-    if not isinstance(data, dict):
+    data = _load(text)
+    if data is None:
         if not remove_unreadable:
             logger.warning("Skipping unreadable %s: %r", path, text[:200])
             return None
@@ -70,6 +65,16 @@ def read_yaml(
             pass
         return None
     return data
+
+
+def _load(text: str) -> dict[str, tp.Any] | None:
+    """The yaml mapping of a text, None if it is no yaml mapping."""
+    yaml = pyyaml()
+    try:
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (yaml.YAMLError, UnicodeError):  # (UnicodeError: bytes that are no UTF-8)
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def holds_uid_config(folder: Path, uid_config: ConfDict) -> bool:
@@ -205,14 +210,18 @@ def verify_defaults(
         data = _read_small(path)
     except (FileNotFoundError, NotADirectoryError):  # (a folder under a file: none either)
         return False
-    text = data.decode("utf8", errors="replace")
+    text = data.decode("utf8", errors="surrogateescape")  # (no UTF-8: unreadable, see read_text)
     if text == (full_uid_text() if full_uid_text is not None else full_uid_config().to_yaml()):
         if _VERSION_CHANGES:  # (recomputed since, maybe by another process)
             forget_version_changes(folder)
         return True
     full = full_uid_config()
-    existing = read_yaml(Path(path), text)
-    if existing is not None:
+    existing = _load(text)
+    if existing is None:
+        if record:  # (damaged: written again by a call reusing the result, as a missing one)
+            return False
+        logger.warning("Skipping unreadable %s: %r", path, text[:200])
+    else:
         versions = _check_defaults(Path(folder), existing, uid_config(), full, sub_configs)
         if record and (reused is None or reused()):
             _record_added_fields(Path(folder), existing, full, sub_configs, permissions)

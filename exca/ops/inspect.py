@@ -326,17 +326,22 @@ def step_selects(step: str, name: str) -> bool:
 def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) -> NodeInfo:
     """The NodeInfo of one node folder."""
     config_folder = folder.parent if uid.rsplit("/", 1)[-1].startswith(INPUTS_PREFIX) else folder
-    config = ConfDict(read_yaml(config_folder / UID_FILE) or {}).flat()
+    uid_data = read_yaml(config_folder / UID_FILE)
+    config = ConfDict(uid_data or {}).flat()
     # (a result of a call with inputs may record its own, when computed under other
     # sub-config versions than its config folder's file says)
     own = folder / FULL_UID_FILE if folder != config_folder else None
     full_path = own if own is not None and own.exists() else config_folder / FULL_UID_FILE
     full = ConfDict(read_yaml(full_path) or {}).flat()
     note = None
-    if not config and lost_uid_file(config_folder):
+    damaged = uid_data is None and (config_folder / UID_FILE).is_file()
+    if not config and (lost_uid_file(config_folder) or damaged):
         note = (
-            f"{UID_FILE} missing (removed by hand?): a call of its config still reuses it, "
-            "and writes it back"
+            f"{UID_FILE} unreadable (damaged?): a call of its config still reuses it; "
+            "remove the file and that call writes it back"
+            if damaged
+            else f"{UID_FILE} missing (removed by hand?): a call of its config still "
+            "reuses it, and writes it back"
         )
         if not full:  # (config.yaml: every value, uid or not; for `--where` filters)
             full = ConfDict(read_yaml(config_folder / CONFIG_FILE) or {}).flat()
