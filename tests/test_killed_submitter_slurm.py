@@ -359,3 +359,54 @@ def test_a_rerun_follows_the_chunk_jobs_of_a_map_whose_submitter_was_killed(
     done = collections.Counter(i for line in lines(ctl / "calls.txt") for i in line.split())
     assert done == {"1": 1, "2": 1, "3": 1, "4": 1}
     assert not markers(folder)
+
+
+def test_a_job_queued_by_an_sbatch_that_timed_out_is_cancelled_by_a_rerun(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, sbatch: Sbatch, to_cancel: list[str]
+) -> None:
+    """sbatch may fail on a socket timeout after the controller queued the job. That job
+    cannot run (submitit stores what it runs only once sbatch answered): the submission's
+    marker must stay (unlike after a refusal, which queues nothing) for a rerun to find
+    it and cancel it, instead of leaving it to start and fail. The first sbatch here
+    queues the job, then says it timed out and exits 1, as sbatch does then."""
+    real_dir = tmp_path / "timing-out"
+    real_dir.mkdir()
+    flag = tmp_path / "timed-out-once"
+    (real_dir / "sbatch").write_text(
+        "#!/bin/sh\n"
+        f"out=$('{tmp_path / 'shim' / 'sbatch'}' \"$@\") || exit $?\n"  # (the counting one)
+        f"if [ ! -e '{flag}' ]; then\n"
+        f"  touch '{flag}'\n"
+        "  echo 'sbatch: error: Batch job submission failed: Socket timed out on send/recv "
+        "operation' >&2\n"
+        "  exit 1\n"
+        "fi\n"
+        'echo "$out"\n'
+    )
+    (real_dir / "sbatch").chmod(0o755)
+    infra = settings(tmp_path, slurm_cluster, held=True)
+    code = (
+        "import json, sys\nimport test_slurm_execution as t\n"
+        "spec = json.loads(sys.argv[1])\n"
+        "t.SlurmTask(x=4, ctl=spec['ctl'], infra=spec['infra']).infra.job()\n"
+    )
+    env = {**os.environ, "PATH": f"{real_dir}{os.pathsep}{os.environ['PATH']}"}
+    spec = json.dumps({"ctl": str(ctl), "infra": infra})
+    proc = subprocess.run(
+        [sys.executable, "-c", code, spec], capture_output=True, text=True, timeout=WAIT_S, env=env
+    )
+    to_cancel.extend(sbatch.jobs())
+    assert proc.returncode == 1 and "refused" in proc.stderr, proc.stderr
+    assert "Socket timed out" in proc.stderr
+    first = queued(sbatch.jobs())
+    assert len(first) == 1  # (queued all the same, held)
+    config = SlurmTask(x=4, ctl=str(ctl), infra=infra)
+    assert len(markers(config.infra.uid_folder())) == 1
+    job = config.infra.job()
+    to_cancel.extend(sbatch.jobs())
+    assert sbatch.count() == 2  # (a new job: the first one cannot run)
+    assert queued(first) == []  # cancelled
+    assert not markers(config.infra.uid_folder())
+    release(queued(sbatch.jobs()))
+    assert job.result() == 12
+    assert calls(ctl) == {"4": 1}

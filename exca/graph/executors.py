@@ -685,6 +685,8 @@ _RAISED_MAX = 1000  # characters of an exception's text in a job's failure
 # sbatch's words when no controller answers (not a problem of the job's options)
 # (not "Socket timed out": sbatch may have queued the job then)
 _CONTROLLER_DOWN = re.compile(r"Unable to contact slurm controller", re.I)
+# sbatch's errors after which the controller may have queued the job all the same
+_MAYBE_QUEUED = re.compile(r"timed out|time out|timeout", re.I)
 
 
 SACCT_SETTLING = (0.25, 0.5, 1.0, 1.5)  # seconds between looks at a job sacct does not know
@@ -1766,8 +1768,13 @@ def submit_array(
             + f" ({execution.describe()}): {str(error).strip()}. {hint}"
         )
         # (sbatch exited with an error: it submitted nothing; another FailedJobError, e.g.
-        # sbatch killed half-way, may have sent a job, which a later run adopts)
-        if not jobs and isinstance(error.__cause__, subprocess.CalledProcessError):
+        # sbatch killed half-way, may have sent a job, which a later run adopts; so may
+        # a socket timeout: the controller may have queued the job and not answered)
+        if (
+            not jobs
+            and isinstance(error.__cause__, subprocess.CalledProcessError)
+            and not _MAYBE_QUEUED.search(str(error))
+        ):
             _sent_nothing(refused)
         raise refused from error
     except RuntimeError as error:
