@@ -265,10 +265,11 @@ def annotated_dataclasses(annotation: tp.Any) -> tuple[tp.Any, ...]:
     return tuple(out)
 
 
-def _ambiguity(cls: type, name: str, field: pydantic.fields.FieldInfo) -> str | None:
+def _ambiguity(
+    cls: type, name: str, field: pydantic.fields.FieldInfo, models: list[tp.Any]
+) -> str | None:
     """Why a field's annotation cannot define a uid (raised when the field enters one:
-    a field kept out of uids may hold anything), or None."""
-    models = _model_types(field.annotation)
+    a field kept out of uids may hold anything), or None. ``models``: its _model_types."""
     if pydantic.BaseModel in models:
         return (
             f"Field {cls.__name__}.{name} is annotated as a raw pydantic.BaseModel, so its uid "
@@ -347,7 +348,16 @@ _ANALYSING: set[type] = set()
 
 
 def _field_facts(cls: type, name: str, field: pydantic.fields.FieldInfo) -> _FieldFacts:
-    ambiguous = _ambiguity(cls, name, field)
+    annotation = field.annotation
+    models: list[tp.Any] = []
+    ambiguous: str | None = None
+    contained: tuple[tp.Any, ...] = ()  # (the models named anywhere in the annotation)
+    # (a plain class, the common case: int, str, a dataclass... never a model, whose class
+    # is pydantic's metaclass, nor a union or container of models: nothing to analyse)
+    if type(annotation) is not type:
+        models = _model_types(annotation)
+        ambiguous = _ambiguity(cls, name, field, models)
+        contained = annotated_models(annotation)
     required = field.is_required()
     default = _NO_DEFAULT
     if not required:
@@ -358,7 +368,6 @@ def _field_facts(cls: type, name: str, field: pydantic.fields.FieldInfo) -> _Fie
                 default = _NO_DEFAULT  # depends on the other fields: never pruned
             else:
                 default = field.get_default(call_default_factory=True, validated_data={})
-    models = _model_types(field.annotation)
     model_cls: type[pydantic.BaseModel] | None = None
     if len(models) == 1 and isinstance(models[0], type) and models[0] is not pydantic.BaseModel:
         model_cls = models[0]
@@ -376,19 +385,19 @@ def _field_facts(cls: type, name: str, field: pydantic.fields.FieldInfo) -> _Fie
     # a serializer may map another value onto the default's json: compare python values
     # then (as pydantic's exclude_defaults does), never the dumps
     compare_json = not required and not _has_serializer(cls, name, field)
-    dataclass_types = annotated_dataclasses(field.annotation)
+    dataclass_types = annotated_dataclasses(annotation)
     return _FieldFacts(
         name=name,
         required=required,
         default=default,
         default_json=_json_default(default) if compare_json else _NO_DEFAULT,
         keep=_kept_fields(field),
-        plain=_plain_annotation(field.annotation),
+        plain=_plain_annotation(annotation),
         model_cls=model_cls,
         dump_exclude=dump_exclude,
         ambiguous=ambiguous,
         models=tuple(models),
-        contained=(*annotated_models(field.annotation), *dataclass_types),
+        contained=(*contained, *dataclass_types),
         dataclasses=bool(dataclass_types),
     )
 
