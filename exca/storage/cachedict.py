@@ -25,6 +25,7 @@ import orjson
 
 from . import gcpause, interrupts, presence
 from .dumping import (
+    PATH_TYPE,
     RECORD_ERRORS,
     DamagedRecord,
     is_damaged_payload,
@@ -201,7 +202,7 @@ class CacheDict(tp.Generic[X]):
                 "CacheDict needs a folder or keep_in_ram=True (else it stores nothing)"
             )
         if folder is not None:
-            folder = folder if type(folder) is Path else Path(folder)
+            folder = folder if type(folder) is PATH_TYPE else Path(folder)
             if not folder.is_absolute():  # (the cwd may change: a relative path would not hold)
                 folder = folder.absolute()
         self.folder = folder

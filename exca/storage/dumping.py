@@ -213,6 +213,9 @@ def key_file_stem(key: str) -> str:
     return f"{cleaned}-{digest}"
 
 
+PATH_TYPE = type(Path())  # (what Path() makes: PosixPath here, never Path itself)
+
+
 class DumpOptions:
     """Options of a context: ``replace`` remaps handler names on dump and load."""
 
@@ -242,7 +245,7 @@ class DumpContext:
         permissions: int | None = 0o777,
         session_name: str | None = None,
     ) -> None:
-        self.folder = Path(folder)
+        self.folder = folder if type(folder) is PATH_TYPE else Path(folder)
         self.key = key
         self.options = options or DumpOptions()
         self.permissions = permissions
