@@ -507,11 +507,12 @@ class BaseInfra(pydantic.BaseModel):
         if runtime.legacy_checked:
             return
         renames = rename and LEGACY_RENAMES.get()
-        folder = self.uid_folder()
+        # (a str: a Path costs ~10 µs, and the folder is there but for a legacy cache)
+        folder = None if self.folder is None else os.path.join(self.folder, self.uid())
         if folder is not None and not os.path.isdir(folder):
             token = LEGACY_RENAMES.set(renames)
             try:
-                self._adopt_v2_folder(folder)
+                self._adopt_v2_folder(Path(folder))
             finally:
                 LEGACY_RENAMES.reset(token)
         if renames or folder is None or os.path.isdir(folder):
@@ -736,7 +737,10 @@ class BaseInfra(pydantic.BaseModel):
         if inputs_checked is not None and (inputs_checked or not record):
             return True  # (a sub-folder's result is checked on its own)
         folder = os.path.join(self.folder, runtime.uid or self.uid())
-        result = Path(folder) if result_folder is None else result_folder
+
+        def result() -> Path:  # (the folder holding the result; a Path only if asked)
+            return Path(folder) if result_folder is None else result_folder
+
         verified = folder
         if result_folder is not None:
             if restores and prepare is not None:
@@ -760,12 +764,14 @@ class BaseInfra(pydantic.BaseModel):
                 full_uid_config=functools.partial(self.config, uid=True, exclude_defaults=False),
                 full_uid_text=self._full_uid_yaml,
                 sub_configs=self._sub_configs,
-                reused=functools.partial(self._reuses, result),
+                reused=lambda: self._reuses(result()),
                 record=record,
                 permissions=self.permissions,
                 unrecorded=unrecorded,
             )
-            if checked is False and not (restores and self._restore_files(folder, result, prepare)):
+            if checked is False and not (
+                restores and self._restore_files(folder, result(), prepare)
+            ):
                 return False  # no full-uid.yaml (yet): another process may write one later
             if checked is None:
                 return True  # (other sub-config versions, nothing reused: told when it is)
