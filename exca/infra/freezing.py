@@ -126,7 +126,8 @@ CLASS_FORGETTERS.extend([lambda cls: _FIELD_NAMES.pop(cls, None), _PATCHED.disca
 def _field_names(cls: type[pydantic.BaseModel]) -> tuple[str, ...]:
     """The fields of a class that may hold models (an infra's settings never do)."""
     scalars = getattr(cls, SCALAR_FIELDS_ATTR, ())
-    names = _FIELD_NAMES[cls] = tuple(name for name in cls.model_fields if name not in scalars)
+    fields = cls.__pydantic_fields__
+    names = _FIELD_NAMES[cls] = tuple(name for name in fields if name not in scalars)
     return names
 
 

@@ -127,7 +127,7 @@ class _ClassFacts:
 
     @functools.cached_property
     def fields(self) -> tuple[_FieldFacts, ...]:
-        return tuple(_field_facts(self.cls, n, f) for n, f in self.cls.model_fields.items())
+        return tuple(_field_facts(self.cls, n, f) for n, f in self.cls.__pydantic_fields__.items())
 
     @functools.cached_property
     def fields_in_uid(self) -> tuple[_FieldFacts, ...]:
@@ -137,7 +137,9 @@ class _ClassFacts:
             return self.fields
         keep = self.uid_fields
         return tuple(
-            _field_facts(self.cls, n, f) for n, f in self.cls.model_fields.items() if n in keep
+            _field_facts(self.cls, n, f)
+            for n, f in self.cls.__pydantic_fields__.items()
+            if n in keep
         )
 
     @functools.cached_property
@@ -205,7 +207,7 @@ def _raw_discriminator(field: pydantic.fields.FieldInfo) -> tp.Any:
 
 
 def _annotation_discriminator(annotation: tp.Any, depth: int) -> tp.Any:
-    if depth > 4 or type(annotation) is type:
+    if depth > 4 or isinstance(annotation, type):  # (a class: no Annotated, no union in it)
         return None
     origin = tp.get_origin(annotation)
     if origin is tp.Annotated:
@@ -299,7 +301,7 @@ def _undiscriminated_union(annotation: tp.Any, top: bool, depth: int = 0) -> lis
     """The model classes of a union of several models nested in an annotation (in a list,
     tuple, dict...) with no discriminator of its own, if any. ``top``: the field's own
     level, whose union the caller checks (with the field's discriminator)."""
-    if depth > 8:
+    if depth > 8 or isinstance(annotation, type):  # (a class: no union in it)
         return None
     origin = tp.get_origin(annotation)
     if origin is tp.Annotated:
@@ -352,9 +354,12 @@ def _field_facts(cls: type, name: str, field: pydantic.fields.FieldInfo) -> _Fie
     models: list[tp.Any] = []
     ambiguous: str | None = None
     contained: tuple[tp.Any, ...] = ()  # (the models named anywhere in the annotation)
-    # (a plain class, the common case: int, str, a dataclass... never a model, whose class
-    # is pydantic's metaclass, nor a union or container of models: nothing to analyse)
-    if type(annotation) is not type:
+    if isinstance(annotation, type):  # a class, the common case: no union, no container
+        if issubclass(annotation, pydantic.BaseModel):
+            models = [annotation]
+            ambiguous = _ambiguity(cls, name, field, models)  # (pydantic.BaseModel itself)
+            contained = (annotation,)
+    else:
         models = _model_types(annotation)
         ambiguous = _ambiguity(cls, name, field, models)
         contained = annotated_models(annotation)
@@ -375,7 +380,7 @@ def _field_facts(cls: type, name: str, field: pydantic.fields.FieldInfo) -> _Fie
     if model_cls is not None and model_cls not in _ANALYSING:
         sub = class_facts(model_cls)
         if sub.uid_fields is not None and "." not in sub.uid_fields:
-            dump_exclude = set(model_cls.model_fields) - sub.uid_fields or None
+            dump_exclude = set(model_cls.__pydantic_fields__) - sub.uid_fields or None
         elif sub.uid_fields is None:
             _ANALYSING.add(cls)  # (recursive models: no spec below a class being analysed)
             try:
@@ -467,7 +472,8 @@ def _validate_exclusions(cls: type, raw: tp.Any) -> frozenset[str]:
             f"(or a method returning one), got {raw!r}"
         )
     names = frozenset(raw)
-    unknown = names - set(cls.model_fields) - {"."}  # type: ignore[attr-defined]
+    fields = cls.__pydantic_fields__  # type: ignore[attr-defined]
+    unknown = {name for name in names if name not in fields and name != "."}
     if unknown:
         raise ValueError(
             f"{cls.__name__}.{EXCLUDE_ATTR} names unknown fields {sorted(unknown)}; "
@@ -1944,7 +1950,7 @@ _SCALARS = (str, int, float, bool, type(None), bytes, PurePath)
 
 def _scalar_annotation(annotation: tp.Any) -> bool:
     """Whether a field annotation can only hold plain values (never a model)."""
-    if type(annotation) is type:  # (a plain class, the common case: no typing call)
+    if isinstance(annotation, type):  # (a class, the common case: no typing call)
         return issubclass(annotation, _SCALARS)
     if type(annotation) is types.UnionType:  # X | Y
         return all(_scalar_annotation(arg) for arg in annotation.__args__)
