@@ -29,6 +29,7 @@ import pydantic_core
 
 from .. import uidformat
 from ..confdict import ConfDict
+from ..graph.node import RESTORES_FILES
 from ..storage.files import parse_permissions
 from . import freezing, identity, uidfolder
 from .resources import UNSET_VARIABLE, expand_path_text
@@ -867,8 +868,6 @@ class BaseInfra(pydantic.BaseModel):
 
     @staticmethod
     def _restores(restore: bool) -> bool:
-        from ..graph.node import RESTORES_FILES
-
         return restore or RESTORES_FILES.get()
 
     def _restore_files(
