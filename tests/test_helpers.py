@@ -468,6 +468,38 @@ def test_a_v2_named_cache_is_renamed_and_used(
     assert v2_folder is not None and not v2_folder.exists()
 
 
+class _LegacyDefault(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    lr: float = 0.1
+    steps: int = 10
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> float:
+        _LEGACY_CALLS.append(self.lr)
+        return 3 * self.lr
+
+
+def test_a_v2_named_cache_made_with_another_default_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call renames a v2-named cache, then checks the class defaults it was made with
+    (its full-uid.yaml) as for any cache: a default changed since is refused."""
+    monkeypatch.setenv("CONFDICT_UID_VERSION", "2")
+    old = _LegacyDefault(lr=0.07, infra={"folder": tmp_path})
+    assert old.process() == pytest.approx(0.21)
+    v2_folder = old.infra.uid_folder()
+    assert v2_folder is not None
+    full = v2_folder / "full-uid.yaml"
+    assert "steps: 10" in full.read_text()
+    full.write_text(full.read_text().replace("steps: 10", "steps: 11"))  # (then the default)
+    monkeypatch.delenv("CONFDICT_UID_VERSION")
+    new = _LegacyDefault(lr=0.07, infra={"folder": tmp_path})
+    with pytest.raises(RuntimeError, match="steps"):
+        new.process()
+    assert not v2_folder.exists() and _LEGACY_CALLS.count(0.07) == 1  # renamed, not computed
+
+
 def test_read_only_commands_leave_a_v2_named_cache_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -770,6 +770,10 @@ class BaseInfra(pydantic.BaseModel):
                 permissions=self.permissions,
                 unrecorded=unrecorded,
             )
+            if checked is not False and result_folder is None:
+                # (its full-uid.yaml was read, so its folder is there: no legacy-named cache
+                # to look for, see _adopt_legacy)
+                runtime.legacy_checked = True
             if checked is False and not (
                 restores and self._restore_files(folder, result(), prepare)
             ):

@@ -220,10 +220,13 @@ class BoundTask:
                 if runtime.cache is not None and runtime.cache.known(TASK_KEY):
                     return runtime.ram
                 runtime.ram = _MISSING
-            cache = infra._cache()  # (first: it may rename a legacy folder to today's name)
-            infra._check_defaults(
-                restore=True
-            )  # (a class default changed since the cache was made?)
+            # (a class default changed since the cache was made? Checked first: reading the
+            # folder's full-uid.yaml tells that it is there, and _cache() then needs no look
+            # for a legacy-named cache to rename to it, see _adopt_legacy)
+            settled = infra._check_defaults(restore=True)
+            cache = infra._cache()
+            if not settled:  # (no full-uid.yaml: maybe a legacy folder, renamed just now)
+                infra._check_defaults(restore=True)
             try:
                 value = calls.reuse(cache, infra.mode, runtime.uid or infra.uid())
             except Exception as error:
