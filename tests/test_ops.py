@@ -4829,6 +4829,35 @@ def test_logs_and_list_of_a_node_not_computed_as_its_input_failed(tmp_path: Path
     assert "nothing is cached there: `exca explain TARGET`" in out
 
 
+def test_list_of_a_node_whose_detached_job_found_its_input_failed(tmp_path: Path) -> None:
+    """The element of a detached run (Slurm, afterany) starting after its upstream failed
+    records "upstream failed" and exits: `exca list` showed it as an `error` (UpstreamFailed,
+    or "job N failed: ...", `--status error` selecting it) while a waiting run leaves the
+    same node `empty`, "not computed: its input ... failed", as the plan says "missing"
+    (a probe). It is listed as a waiting run leaves it."""
+    from exca.graph import worker
+    from exca.graph.errors import UpstreamFailed
+
+    root = tmp_path / "cache"
+    failing = Train(seed=15, fail=True, infra={"folder": root}).fit.node()
+    with pytest.raises(ValueError, match="cannot fit seed=15"):
+        failing.result()
+    total = Total(infra={"folder": root}).total.node(failing)
+    total.prepare()  # (its folders, as the run writes them before submitting)
+    with pytest.raises(UpstreamFailed):  # (what the element of its array runs, and caches)
+        worker.run_unit(worker.Unit(total))
+    (info,) = exca.ops.inspect(root, step="*Total*")
+    said = f"its input 'values' ({failing.uid}) failed (ValueError: cannot fit seed=15)"
+    assert (info.status, info.error, info.note) == ("empty", None, f"not computed: {said}")
+    assert exca.ops.inspect(root, step="*Total*", status="error") == []
+    (line,) = [
+        line for line in cli("list", root, check=True).stdout.splitlines() if "inputs-" in line
+    ]
+    assert line.split()[0] == "empty" and f"(not computed: {said})" in line
+    entry = {e.uid: e for e in exca.graph.plan(total).entries}[total.uid]
+    assert entry.status == "missing"  # (as the plan says)
+
+
 def test_logs_of_a_node_not_computed_given_relative_to_it(tmp_path: Path) -> None:
     """`exca logs .` (from the folder of a call not computed as its input failed), or its
     path from a folder less than a root above it: its root was taken from the path as

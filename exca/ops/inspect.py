@@ -376,8 +376,11 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
         info.job_id = record.job_id
         info.stdout, info.stderr = str(record.stdout), str(record.stderr)
     computing = bool(Claims(folder).current())
+    # a job of a detached run that found an input missing records "upstream failed" and
+    # exits: not computed, as a waiting run leaves it (its inputs' problems are noted)
+    skipped = kind == "task" and str(entries[TASK_KEY].get("t", "")).endswith("UpstreamFailed")
     if kind == "task":
-        info.status = "error" if errors else "success"
+        info.status = "empty" if skipped else "error" if errors else "success"
     elif kind == "map":
         info.status = "partial" if errors else "success"
     if info.job_state in ("running", "pending", "held") and (kind == "empty" or kind == "map"):
@@ -386,7 +389,9 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
         info.status = "computing"
     if info.status == "error":  # (not while it is computed again)
         info.error = record_line(entries[TASK_KEY])
-    elif info.status == "empty" and info.job_state == "ended" and record is not None:
+    elif (
+        info.status == "empty" and info.job_state == "ended" and record is not None and not skipped
+    ):
         # (as status() says: "failed"; a copy's job wrote into the original: not a failure)
         died = not record.foreign and not registry.wrote_outcome(record)
         if died:
