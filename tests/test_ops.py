@@ -1231,6 +1231,10 @@ def test_cli_target_naming_a_function_returning_nodes(
         (f"{__name__}:targets_of",): "called with no argument (missing a required argument",
         (f"{__name__}:nothing_here",): "has no nothing_here (check TARGET)",
         (f"{__name__}:pipeline_targets", "scale=3"): "takes no --config nor key=value",
+        # an option the command has not (explain's, a typo): said so, not an override
+        (f"{__name__}:pipeline_targets", "--folder", "x"): (
+            "'--folder' is not an option of this command: see --help"
+        ),
         (f"{__name__}:Train", "seed=3"): "Train is a class: name its decorated method",
         (f"{__name__}:",): "TARGET must look like",
     }

@@ -58,6 +58,9 @@ def _target_nodes(target: str, config: str | None, overrides: list[str]) -> list
             f"{target!r}: {name} is a class: name its decorated method, "
             f"package.module:{name}.method (or a function returning nodes)"
         )
+    unknown = [o for o in overrides if o.startswith("-") and "=" not in o]
+    if unknown:  # (an option of another command, a typo: not an override given to it)
+        raise ValueError(f"{unknown[0]!r} is not an option of this command: see --help")
     if config or overrides:
         raise ValueError(
             f"TARGET {target} names a function: it takes no --config nor key=value overrides "
