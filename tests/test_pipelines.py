@@ -768,6 +768,32 @@ def test_a_dict_of_nodes_is_one_input(env: Env) -> None:
         env.square().apply.node([first, second])
 
 
+class Named(pydantic.BaseModel):
+    """A map whose item uid reads its items (dicts with a name)."""
+
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=lambda item: item["name"])
+    def apply(self, items: list[dict[str, tp.Any]]) -> tp.Iterator[str]:
+        for item in items:
+            yield item["name"].upper()
+
+
+def test_an_eager_map_call_given_nodes_as_items_says_so(env: Env) -> None:
+    """A map called on a list of nodes (as a task's call takes nodes) raised its item_uid's
+    error, "item_uid <lambda> failed on item Node(...): TypeError: 'Node' object is not
+    subscriptable" (a probe); its node said what to do. Both say it now."""
+    named = Named(infra=env.infra())
+    nodes = [env.step("first").run.node(), env.step("second").run.node()]
+    for call in (named.apply, named.apply.node):
+        with pytest.raises(TypeError, match=r"Named\.apply: the items of a map are values, or one"):
+            call(nodes)
+    assert list(named.apply([{"name": "a"}])) == ["A"]
+    with pytest.raises(TypeError, match=r"failed on item 3: TypeError"):  # (its own error)
+        list(named.apply([3]))
+    assert env.starts("first") == 0
+
+
 def test_map_node_shares_its_item_cache_with_eager_calls(env: Env) -> None:
     square = env.square()
     over_list = square.apply.node([1, 2, 3])

@@ -200,7 +200,11 @@ class BoundMap:
         if not isinstance(items, list | tuple):
             items = as_items(items, method.func.__qualname__)
         infra = tp.cast(MapInfra, method.infra_of(self.obj))
-        uids = method.item_uid.unshortened(items)
+        try:
+            uids = method.item_uid.unshortened(items)
+        except Exception:  # (nodes among the items: said so, not item_uid's own error)
+            _refuse_node_items(method, items)
+            raise
         cache = infra.cache_dict
         infra._check_unchanged_before_reading()
         reusing = infra.mode in calls.REUSING_MODES
@@ -240,6 +244,16 @@ class BoundMap:
 
     def __repr__(self) -> str:
         return f"<bound {self.method.func.__qualname__} of {type(self.obj).__name__}>"
+
+
+def _refuse_node_items(method: InfraMethod, items: tp.Sequence[tp.Any]) -> None:
+    """TypeError if nodes are among the items of a map (a call's or a node's)."""
+    if Node in set(map(type, items)):  # (C speed)
+        raise TypeError(
+            f"{method.func.__qualname__}: the items of a map are values, or one node whose "
+            "output is the list of items, not a list of nodes (a task taking the list of "
+            "nodes can return the list of their outputs)"
+        )
 
 
 def as_items(items: tp.Any, name: str) -> list[tp.Any]:
@@ -444,12 +458,8 @@ class MapInfra(BaseInfra, SubmititMixin):
     def _map_node(
         self, items: tp.Sequence[tp.Any] | Node, uids: tp.Sequence[str] | None = None
     ) -> Node:
-        if not isinstance(items, Node) and Node in set(map(type, items)):  # (C speed)
-            raise TypeError(
-                f"{self._method().func.__qualname__}: the items of a map are values, or one "
-                "node whose output is the list of items, not a list of nodes (a task taking "
-                "the list of nodes can return the list of their outputs)"
-            )
+        if not isinstance(items, Node):
+            _refuse_node_items(self._method(), items)
         runtime = self._runtime()
         base: Node | None = runtime.node
         if base is None:
