@@ -738,6 +738,11 @@ def test_inputs_without_a_uid_get_a_hint(env: Env) -> None:
     with pytest.raises(TypeError, match="a path or a name instead of an object") as info:
         step.run(lambda x: x)
     assert "CONFDICT_UID_TYPE_BYPASS" not in str(info.value)
+    # a config (a probe: "a path or a name instead of an object" said nothing of its fields)
+    data = env.data(n=2)
+    with pytest.raises(TypeError, match="a config is given as a field of the config") as info:
+        step.run.node(data)
+    assert "Data value" in str(info.value) and "obj.model_dump()" in str(info.value)
     assert env.starts("hinted") == 0
 
 

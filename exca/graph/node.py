@@ -184,6 +184,13 @@ class Value:
                 ) from None
             if type(value).__name__ in ("BoundTask", "BoundMap") and hasattr(value, "node"):
                 hint = "to pass its output, pass its node: obj.method.node()"
+            elif hasattr(type(value), "model_fields"):  # (a pydantic model: a config)
+                hint = (
+                    "a config is given as a field of the config of the method taking it (its "
+                    "values then count in that config's uid), not as an input; or pass the "
+                    "node of one of its methods (obj.method.node()), or its values "
+                    "(obj.model_dump())"
+                )
             else:  # (not the str() bypass: an object's text often holds its memory address)
                 hint = (
                     "pass a node, or a value of a type the uid format supports (str, number, "
