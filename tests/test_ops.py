@@ -1583,6 +1583,21 @@ def test_clean_node_downstream(tmp_path: Path) -> None:
     assert [i.status for i in exca.ops.inspect(root, step="Train")] == ["success"]
 
 
+def test_clean_node_downstream_of_a_root_given_relative(tmp_path: Path) -> None:
+    """`exca clean cache node ... --downstream` from the cache's parent: the preview gave
+    the node absolute and what was computed from it relative to the current folder
+    ("cache/...Total.total,1/..."), two ways in one list (a probe). Both are absolute."""
+    root = tmp_path / "cache"
+    source, down = _pipeline(root)
+    assert down.result() == 12 and source.folder is not None and down.folder is not None
+    relative = source.folder.relative_to(tmp_path)
+    text = cli("clean", "cache", "node", relative, "--downstream", cwd=tmp_path, check=True).stdout
+    removals = [line for line in text.splitlines() if line.startswith("  -")]
+    assert len(removals) == 2, text
+    assert removals[0].endswith(f"{source.folder}  (requested)"), text
+    assert removals[1].endswith(f"{down.folder}  (computed from a removed node)"), text
+
+
 class Double(pydantic.BaseModel):
     infra: exca.TaskInfra = exca.TaskInfra(version="1")
 

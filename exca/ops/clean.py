@@ -684,7 +684,8 @@ def remove_nodes(
         if outside:  # (its downstream would be looked for in the wrong cache)
             raise ValueError(f"{outside[0]} is not in the cache root {base}: give its root")
         if downstream:
-            whole, some_items = computed_from(base, folders)
+            # (absolute, as the folders given: a root given relative listed them so)
+            whole, some_items = computed_from(Path(os.path.abspath(base)), folders)
             for folder in whole:
                 _add_folder(plan, folder, "computed from a removed node")
             for folder, keys in some_items.items():
