@@ -784,6 +784,17 @@ class Named(pydantic.BaseModel):
             yield item["name"].upper()
 
 
+def test_run_refuses_a_progress_that_is_not_a_bool(env: Env) -> None:
+    """run(progress="no") showed the bar ("no" is true; run(wait="no") was refused)."""
+    node = env.step("shown").run.node()
+    for progress in ("no", 0, "0"):
+        with pytest.raises(TypeError, match=r"run\(progress=.*\): give True, False or None"):
+            exca.graph.run(node, progress=progress)  # type: ignore[arg-type]
+    assert env.starts("shown") == 0
+    exca.graph.run(node, progress=False)
+    assert env.starts("shown") == 1
+
+
 def test_an_eager_map_call_given_nodes_as_items_says_so(env: Env) -> None:
     """A map called on a list of nodes (as a task's call takes nodes) raised its item_uid's
     error, "item_uid <lambda> failed on item Node(...): TypeError: 'Node' object is not

@@ -30,6 +30,11 @@ def run(*targets: Node, wait: bool = True, progress: bool | None = None) -> Sche
     not on Slurm, inline, in pools or local jobs, is done before returning)."""
     if not isinstance(wait, bool):  # (wait="no" is true: it waited)
         raise TypeError(f"run(wait={wait!r}): give True or False")
+    if progress is not None and not isinstance(progress, bool):  # (progress="no" is true)
+        raise TypeError(
+            f"run(progress={progress!r}): give True, False or None (None: as the "
+            "EXCA_PROGRESS variable or the terminal says)"
+        )
     scheduler = Scheduler(list(targets), progress=progress)
     if wait:
         try:
