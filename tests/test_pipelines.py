@@ -784,6 +784,28 @@ class Named(pydantic.BaseModel):
             yield item["name"].upper()
 
 
+def test_a_detached_map_element_refuses_items_that_are_not_a_list(env: Env) -> None:
+    """A map fed by a node whose output is not a list (a text here): a plan and a waiting
+    run refuse it ("whose output is not a list of items"), while the element of a detached
+    run (Slurm) iterated it: its characters were the items, each computed (a probe: an int
+    said "its items could not be read ... 'int' object is not iterable"). The element
+    refuses it with the plan's words, computing nothing."""
+    from exca.graph import worker
+
+    source = env.step("text").run.node()
+    squares = env.square().apply.node(source)
+    reason = {e.uid: e.reason for e in exca.graph.plan(squares).entries}[squares.uid]
+    assert source.result() == "text(None,None)"
+    said = f"come from {source.uid}, whose output is not a list of items: str 'text(None,None)'"
+    with pytest.raises(TypeError, match=re.escape(said)):
+        squares.result()
+    squares.prepare()  # (its folders, as the detached run writes them before submitting)
+    with pytest.raises(TypeError, match=re.escape(said)):  # (what its array's element runs)
+        worker.run_unit(worker.Unit(squares, split=(0, 2)))
+    assert not any(name.startswith("square") for name in started(env.log))
+    assert "items known at run time" in reason
+
+
 def test_run_refuses_a_progress_that_is_not_a_bool(env: Env) -> None:
     """run(progress="no") showed the bar ("no" is true; run(wait="no") was refused)."""
     node = env.step("shown").run.node()

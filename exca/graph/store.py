@@ -263,6 +263,21 @@ def item_result(node: Node, uid: str) -> tp.Any:
     return value
 
 
+def check_items_output(node: Node, source: Node, items: tp.Any) -> None:
+    """TypeError unless ``items``, the output of ``source``, is a list of items for the map
+    ``node`` (not a text, a dict, nor a single value)."""
+    if isinstance(items, str | bytes | tp.Mapping) or not isinstance(items, tp.Iterable):
+        raise TypeError(
+            f"The items of {node.uid} come from {source.uid}, whose output is not a "
+            f"list of items: {type(items).__name__} {items!r:.80}"
+            + (
+                " (a dict: its method may return list(d.values()))"
+                if isinstance(items, tp.Mapping)
+                else ""
+            )
+        )
+
+
 def map_item_uids(node: Node) -> list[str]:
     """Uids of a map node's items (its items come from a list, or an upstream's output)."""
     from .worker import load_output
@@ -279,16 +294,7 @@ def map_item_uids(node: Node) -> list[str]:
                 f"{node.uid}: its items could not be read from {source.uid} "
                 f"{unreadable_input(error, named=True)}"
             ) from error
-        if isinstance(items, str | bytes | tp.Mapping) or not isinstance(items, tp.Iterable):
-            raise TypeError(
-                f"The items of {node.uid} come from {source.uid}, whose output is not a "
-                f"list of items: {type(items).__name__} {items!r:.80}"
-                + (
-                    " (a dict: its method may return list(d.values()))"
-                    if isinstance(items, tp.Mapping)
-                    else ""
-                )
-            )
+        check_items_output(node, source, items)
     elif node.item_uids is not None:
         return list(node.item_uids)
     assert node.item_uid is not None

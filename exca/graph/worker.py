@@ -178,12 +178,14 @@ def _resolve_split(unit: Unit) -> Unit:
     node = unit.node
     assert unit.split is not None and isinstance(node.items, Node) and node.item_uid is not None
     try:
-        items = list(load_output(node.items))
+        output = load_output(node.items)
     except Exception as e:  # (an upstream item's cached error too: not this node's own)
         raise UpstreamFailed(
             f"{node.uid}: its items could not be read from {node.items.uid} "
             f"{store.unreadable_input(e, named=True)}"
         ) from e
+    store.check_items_output(node, node.items, output)  # (as a plan and a waiting run say)
+    items = list(output)
     uids = store.map_item_uids(dataclasses.replace(node, items=items))
     if node.mode == "read-only":  # (never computes: checks what is cached)
         node.cache.refresh()
