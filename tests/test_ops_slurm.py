@@ -77,6 +77,16 @@ class NapOps(pydantic.BaseModel):
         return self.marker
 
 
+class AfterNapOps(pydantic.BaseModel):
+    """A task with an input (a NapOps node's output)."""
+
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def after(self, marker: str) -> str:
+        return marker
+
+
 # --- helpers -----------------------------------------------------------------------------------
 def _run(*cmd: str) -> str:
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
@@ -608,6 +618,36 @@ def test_queued_job_shown_running_and_kept(tmp_path: Path) -> None:
     said = "was cancelled before it started (state CANCELLED"
     wait_until(lambda: said in held_error(), "sacct knows it")
     assert held_error().startswith(f"job {job.job_id} was cancelled")
+
+
+def test_list_says_how_the_job_of_an_input_ended(tmp_path: Path) -> None:
+    """A task with inputs not computed as its input's Slurm job ended without a result:
+    `exca list` said how that job ended on the input's line (sacct: "was cancelled before
+    it started") and, in the note of the task below it, "ended without writing its result
+    (killed, out of memory, cancelled...?)", also when the job had raised (a probe). The
+    note says what the line says, with --step too (the input's step not listed)."""
+    root = tmp_path / "cache"
+    infra = {"folder": root, "cluster": "slurm", "slurm_additional_parameters": HOLD}
+    task = NapOps(seconds=1, marker="gone", infra=infra)
+    job = task.infra.job()
+    try:
+        wait_until(lambda: _queue_state(job.job_id), "squeue lists the job")
+    finally:
+        _scancel(job.job_id)
+    wait_until(lambda: not _queue_state(job.job_id), "the cancelled job leaves the queue")
+    source = NapOps(seconds=1, marker="gone", infra=infra).nap.node()
+    down = AfterNapOps(infra={"folder": root}).after.node(source)
+    down.prepare()  # (its folders: a run stopped there, as its input failed)
+    said = f"job {job.job_id} was cancelled before it started (state CANCELLED"
+    wait_until(
+        lambda: said in (exca.ops.inspect(root, where=["marker=gone"])[0].error or ""),
+        "sacct knows it",
+    )
+    for step in (None, "AfterNapOps"):
+        (info,) = exca.ops.inspect(root, step=step, status="empty")
+        assert info.note is not None and info.note.startswith(
+            f"not computed: its input 'marker' ({source.uid}) failed ({said}"
+        ), info.note
 
 
 @pytest.mark.timeout(QUEUE_S + 4 * WAIT_S)

@@ -565,15 +565,20 @@ def inspect(
     # a task with inputs holding nothing: not computed as an upstream node failed? (its
     # inputs.yaml read, its upstream nodes described once, if not listed)
     listed = {info.folder: info for info in out}
-    for info in out:
-        if info.status == "empty" and info.folder.name.startswith(INPUTS_PREFIX):
-            problems = upstream_problems(info.folder, listed)
-            if problems:
-                said = "not computed: " + "; ".join(text for text, _ in problems)
-                info.note = f"{info.note}; {said}" if info.note else said
-    out = select(out, where, status, parsed=conditions)
-    _describe_dead_jobs(out, records)
-    return out
+    empty = [i for i in out if i.status == "empty" and i.folder.name.startswith(INPUTS_PREFIX)]
+    for info in empty:  # (their upstream nodes described, added to listed if not there)
+        upstream_problems(info.folder, listed)
+    # how dead Slurm jobs ended (one sacct call), for the lines and for the notes below
+    # naming an upstream's error (they said "killed, out of memory, cancelled...?" for a
+    # job that raised); the records of upstream nodes of other steps too
+    others = [r for f in listed if f not in {i.folder for i in out} for r in _readable_records(f)]
+    _describe_dead_jobs(list(listed.values()), records + others)
+    for info in empty:
+        problems = upstream_problems(info.folder, listed)
+        if problems:
+            said = "not computed: " + "; ".join(text for text, _ in problems)
+            info.note = f"{info.note}; {said}" if info.note else said
+    return select(out, where, status, parsed=conditions)
 
 
 def select(
