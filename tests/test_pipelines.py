@@ -806,6 +806,14 @@ def test_a_detached_map_element_refuses_items_that_are_not_a_list(env: Env) -> N
     assert "items known at run time" in reason
 
 
+def test_the_plan_of_no_target_says_so() -> None:
+    """plan(*[]) (a sweep filtered to nothing) printed "Plan: 0 node(s): " and the header
+    of an empty table (a probe)."""
+    plan = exca.graph.plan(*[])
+    assert str(plan) == "Plan: 0 node(s): no target given (nothing would run)"
+    assert plan.counts() == {} and plan.to_dict()["nodes"] == []
+
+
 def test_run_refuses_a_progress_that_is_not_a_bool(env: Env) -> None:
     """run(progress="no") showed the bar ("no" is true; run(wait="no") was refused)."""
     node = env.step("shown").run.node()

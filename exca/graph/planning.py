@@ -389,6 +389,8 @@ class Plan:
         printer.text(str(self))
 
     def _table(self) -> str:
+        if not self.entries:  # (a sweep filtered to nothing, say: not an empty table)
+            return "Plan: 0 node(s): no target given (nothing would run)"
         counts = ", ".join(
             f"{n} {s}"
             for s, n in sorted(self.counts().items(), key=lambda x: STATUS_ORDER.index(x[0]))
