@@ -1370,10 +1370,34 @@ def test_plan_submits_work_below_a_running_job_on_its_own(env: Env) -> None:
         arrays = {tuple(a.nodes): a for a in plan.arrays}
         assert set(arrays) == {(below.uid,), (apart.uid,)}
         assert arrays[(below.uid,)].after_running and not arrays[(apart.uid,)].after_running
-        assert "once the running jobs they need end" in str(plan)
+        assert "once the running work they need ends" in str(plan)
     finally:
         block.unlink()
     assert job.result() == "running(None,None)"
+
+
+@pytest.mark.timeout(120)
+def test_plan_of_work_below_a_computation_without_a_job_names_no_job(env: Env) -> None:
+    """Work below a task another thread (or process) computes inline: the plan marked its
+    array "once the running jobs they need end", while no job was running (a probe)."""
+    block = env.tmp / "block"
+    block.touch()
+    running = env.step("inline", block_flag=str(block)).run.node()
+    thread = threading.Thread(target=running.result)
+    thread.start()
+    try:
+        wait_for(lambda: "inline" in started(env.log), timeout=60)
+        below = env.step("below", infra={"cluster": "local"}).run.node(running)
+        plan = exca.graph.plan(below)
+        entry = _by_uid(plan)[running.uid]
+        assert (entry.status, entry.job_id) == ("running", None)
+        (array,) = plan.arrays
+        assert array.after_running and array.nodes == [below.uid]
+        submissions = str(plan).split("Submissions:")[1]
+        assert "(once the running work they need ends)" in submissions, submissions
+    finally:
+        block.unlink()
+        thread.join()
 
 
 def test_plan_of_a_pool_map_with_one_item_to_compute_says_inline(env: Env) -> None:

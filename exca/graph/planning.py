@@ -73,7 +73,8 @@ class PlannedArray:
     nodes: list[str]
     wave: int
     at_most: bool = False  # a map's items are known at run time: elements is a bound
-    # below a job submitted earlier (still running): goes out when that job ends, on its own
+    # below a job submitted earlier (still running), or a computation of another process:
+    # goes out when that ends, on its own
     after_running: bool = False
     # a map of at_most has max_jobs=None: no bound (one job per chunk of items)
     open_ended: bool = False
@@ -456,7 +457,7 @@ class Plan:
                     )
                 lines.append(
                     f"  wave {a.wave}: {count} on {a.where} for {len(a.nodes)} node(s)"
-                    + (" (once the running jobs they need end)" if a.after_running else "")
+                    + (" (once the running work they need ends)" if a.after_running else "")
                 )
         return "\n".join(lines)
 
