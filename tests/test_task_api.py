@@ -3199,3 +3199,71 @@ def test_an_infra_method_over_an_abstract_method_keeps_the_class_instantiable() 
             return 1
 
     assert Base().run() == 1
+
+
+PIPED_SCRIPT = """
+import sys
+from pathlib import Path
+
+import pydantic
+import exca
+
+CALLS = Path(sys.argv[1]) / "calls.txt"
+
+
+class Talkative(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        with CALLS.open("a") as handle:
+            handle.write("task\\n")
+        print("progress " * 30_000)  # (beyond the pipe's buffer: written at once)
+        return 3
+
+
+class TalkativeMap(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def run(self, items: list[int]):
+        for item in items:
+            with CALLS.open("a") as handle:
+                handle.write(f"item {item}\\n")
+            print("progress " * 30_000)
+            yield item * 2
+
+
+folder = Path(sys.argv[1]) / "cache"
+if sys.argv[2] == "task":
+    print(Talkative(infra={"folder": folder}).run(), file=sys.stderr)
+else:
+    print(list(TalkativeMap(infra={"folder": folder}).run([1, 2])), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("kind", ["task", "map"])
+def test_an_output_closed_by_its_reader_is_no_cached_error(tmp_path: Path, kind: str) -> None:
+    """`python run.py | head`: once head left, a print of the method raised BrokenPipeError,
+    cached as the method's error (a later call raised it again, until mode retry; a
+    probe). Not the method's failure: nothing is cached, the next call computes."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "talk.py"
+    script.write_text(PIPED_SCRIPT)
+    command = [sys.executable, str(script), str(tmp_path), kind]
+    closed = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert closed.stdout is not None and closed.stderr is not None
+    closed.stdout.close()  # (the reader leaves at once, as head does)
+    errors = closed.stderr.read().decode()
+    assert closed.wait(timeout=60) != 0 and "BrokenPipeError" in errors, errors
+    calls = tmp_path / "calls.txt"
+    first = calls.read_text().splitlines()
+    assert first == (["task"] if kind == "task" else ["item 1"])
+    again = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.strip() == ("3" if kind == "task" else "[2, 4]")
+    assert calls.read_text().splitlines()[len(first) :] == (
+        ["task"] if kind == "task" else ["item 1", "item 2"]
+    )

@@ -14,6 +14,7 @@ import functools
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
 import typing as tp
@@ -501,6 +502,8 @@ def _compute_task(node: Node) -> Report:
         ranks.announce(node.uid, None)
         value = node.function(**inputs)
     except Exception as error:
+        if _closed_output(error):
+            raise  # (not the method's failure: nothing cached)
         if meta is None:
             meta = _provenance(node)
         failure = _job_timeout(node.uid, error) or error
@@ -680,6 +683,26 @@ def _reached_time_limit(error: Exception) -> bool:
         and kind.__module__.startswith("submitit")
         and "timed-out" in str(error)
     )
+
+
+def _closed_output(error: Exception) -> bool:
+    """Whether ``error`` is a write to this process's closed stdout or stderr (``python
+    run.py | head``: the reader left): the terminal's doing, not the method's failure, so
+    not cached (a later call would raise it again, with its output read this time)."""
+    if not isinstance(error, BrokenPipeError):
+        return False
+    import select
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            # (a pipe whose reader left polls as an error; a flush may find nothing to write)
+            poller = select.poll()
+            poller.register(stream.fileno(), select.POLLOUT)
+            if any(events & select.POLLERR for _, events in poller.poll(0)):
+                return True
+        except Exception:  # (no file descriptor: replaced by the method, or closed)
+            continue
+    return False
 
 
 def _job_timeout(uid: str, error: Exception) -> Exception | None:
@@ -1069,8 +1092,8 @@ def _compute_from(
         flush()
         if position >= len(uids) or isinstance(error, NotIterableOutputs):
             raise
-        if _reached_time_limit(error):
-            raise  # (the job's time is up: not this item's error; the rest stays missing)
+        if _reached_time_limit(error) or _closed_output(error):
+            raise  # (the job's time is up, or stdout closed: not this item's error)
         uid = uids[position]
         if len(uids) - start > 1:  # (the method had other items: is it this one's error?)
             error_meta = {**error_meta, "t": time.time()}  # (the error is alone's, if any)
@@ -1128,7 +1151,9 @@ def _compute_alone(
         ranks.announce(node.uid, [uid])
         outputs = list(itertools.islice(_outputs(node, [item]), 2))  # (one is expected)
     except Exception as error:
-        if _reached_time_limit(error) or isinstance(error, NotIterableOutputs):
+        if _reached_time_limit(error) or _closed_output(error):
+            raise
+        if isinstance(error, NotIterableOutputs):
             raise
         return error
     if len(outputs) != 1:
