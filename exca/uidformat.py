@@ -75,22 +75,27 @@ def uid_version(version: int | None = None) -> int:
 
 # os.environ's own store and key encoding (CPython's os._Environ), when there: a look for
 # an unset variable there costs ~30 ns, os.environ.get ~700 ns (it raises and catches a
-# KeyError), and every uid looks (os.environ changes update that store as well).
-_ENVIRON_STORE: tp.Any = getattr(os.environ, "_data", None)
+# KeyError), and every uid looks (os.environ changes update that store as well; an
+# os.environ replaced by another mapping, as mock.patch.object(os, "environ", ...) does,
+# is asked its own way).
+_ENVIRON = os.environ
+_ENVIRON_STORE: tp.Any = getattr(_ENVIRON, "_data", None)
 _ENVIRON_KEYS: dict[str, tp.Any] = {}  # name -> its key in that store
 
 
 def environ_value(name: str) -> str | None:
     """``os.environ.get(name)``, quicker when the variable is unset (the common case)."""
-    key = _ENVIRON_KEYS.get(name)
-    if key is None:
-        try:
-            key = _ENVIRON_KEYS[name] = os.environ.encodekey(name)
-        except Exception:  # (another os.environ than CPython's: asked its own way)
-            key = _ENVIRON_KEYS[name] = False
-    if key is not False and _ENVIRON_STORE is not None and key not in _ENVIRON_STORE:
-        return None
-    return os.environ.get(name)
+    environ = os.environ
+    if environ is _ENVIRON and _ENVIRON_STORE is not None:
+        key = _ENVIRON_KEYS.get(name)
+        if key is None:
+            try:
+                key = _ENVIRON_KEYS[name] = _ENVIRON.encodekey(name)
+            except Exception:  # (another os.environ than CPython's: asked its own way)
+                key = _ENVIRON_KEYS[name] = False
+        if key is not False and key not in _ENVIRON_STORE:
+            return None
+    return environ.get(name)
 
 
 def _clean(text: str, table: dict[int, str | None], forbidden: re.Pattern[str]) -> str:

@@ -75,6 +75,21 @@ def test_spec_example_v2_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert to_uid({"training.optim.lr": 0.01}) == "training.optim.lr=0.01-0f8936b4"
 
 
+def test_uid_version_read_from_a_replaced_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An os.environ replaced by another mapping (mock.patch.object(os, "environ", ...),
+    monkeypatch.setattr) is the one read, as os.environ.get reads it: not the store of the
+    os.environ there was at import."""
+    monkeypatch.delenv("CONFDICT_UID_VERSION", raising=False)
+    monkeypatch.setattr(os, "environ", {**os.environ, "CONFDICT_UID_VERSION": "2"})
+    assert uidformat.uid_version() == 2
+    assert to_uid({"training.optim.lr": 0.01}) == "training.optim.lr=0.01-346ce994"
+    assert ConfDict({"training.optim.lr": 0.01}).to_uid() == "training.optim.lr=0.01-346ce994"
+    assert ConfDict.uid_of({"training.optim.lr": 0.01}) == "training.optim.lr=0.01-346ce994"
+    monkeypatch.undo()
+    monkeypatch.delenv("CONFDICT_UID_VERSION", raising=False)
+    assert to_uid({"training.optim.lr": 0.01}) == "training.optim.lr=0.01-0f8936b4"
+
+
 @pytest.mark.parametrize("env,expected", [("2", "2"), ("3", "3"), ("", "3"), ("7", "3")])
 def test_confdict_uid_version_follows_the_environment(env: str, expected: str) -> None:
     """ConfDict.UID_VERSION is the version in force at import (a bad value fails the uid
