@@ -361,25 +361,43 @@ def test_a_rerun_follows_the_chunk_jobs_of_a_map_whose_submitter_was_killed(
     assert not markers(folder)
 
 
+# how the first sbatch fails once it queued the job: what it says, how it ends
+_QUEUED_THEN = {
+    "timed out": (
+        "echo 'sbatch: error: Batch job submission failed: Socket timed out on send/recv "
+        "operation' >&2\n  exit 1\n",
+        "Socket timed out",
+    ),
+    # (killed by a signal: a negative return code, a CalledProcessError all the same)
+    "killed": ("kill -9 $$\n", "refused"),
+}
+
+
+@pytest.mark.parametrize("failure", sorted(_QUEUED_THEN))
 def test_a_job_queued_by_an_sbatch_that_timed_out_is_cancelled_by_a_rerun(
-    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, sbatch: Sbatch, to_cancel: list[str]
+    tmp_path: Path,
+    ctl: Path,
+    slurm_cluster: SlurmCluster,
+    sbatch: Sbatch,
+    to_cancel: list[str],
+    failure: str,
 ) -> None:
-    """sbatch may fail on a socket timeout after the controller queued the job. That job
-    cannot run (submitit stores what it runs only once sbatch answered): the submission's
-    marker must stay (unlike after a refusal, which queues nothing) for a rerun to find
-    it and cancel it, instead of leaving it to start and fail. The first sbatch here
-    queues the job, then says it timed out and exits 1, as sbatch does then."""
+    """sbatch may fail on a socket timeout after the controller queued the job, or be
+    killed by a signal once it sent it. That job cannot run (submitit stores what it runs
+    only once sbatch answered): the submission's marker must stay (unlike after a
+    refusal, which queues nothing) for a rerun to find it and cancel it, instead of
+    leaving it to start and fail. The first sbatch here queues the job, then says it
+    timed out and exits 1, as sbatch does then, or is killed (SIGKILL)."""
     real_dir = tmp_path / "timing-out"
     real_dir.mkdir()
     flag = tmp_path / "timed-out-once"
+    end, said = _QUEUED_THEN[failure]
     (real_dir / "sbatch").write_text(
         "#!/bin/sh\n"
         f"out=$('{tmp_path / 'shim' / 'sbatch'}' \"$@\") || exit $?\n"  # (the counting one)
         f"if [ ! -e '{flag}' ]; then\n"
         f"  touch '{flag}'\n"
-        "  echo 'sbatch: error: Batch job submission failed: Socket timed out on send/recv "
-        "operation' >&2\n"
-        "  exit 1\n"
+        f"  {end}"
         "fi\n"
         'echo "$out"\n'
     )
@@ -397,7 +415,7 @@ def test_a_job_queued_by_an_sbatch_that_timed_out_is_cancelled_by_a_rerun(
     )
     to_cancel.extend(sbatch.jobs())
     assert proc.returncode == 1 and "refused" in proc.stderr, proc.stderr
-    assert "Socket timed out" in proc.stderr
+    assert said in proc.stderr
     first = queued(sbatch.jobs())
     assert len(first) == 1  # (queued all the same, held)
     config = SlurmTask(x=4, ctl=str(ctl), infra=infra)

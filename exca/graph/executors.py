@@ -1768,11 +1768,14 @@ def submit_array(
             + f" ({execution.describe()}): {str(error).strip()}. {hint}"
         )
         # (sbatch exited with an error: it submitted nothing; another FailedJobError, e.g.
-        # sbatch killed half-way, may have sent a job, which a later run adopts; so may
-        # a socket timeout: the controller may have queued the job and not answered)
+        # sbatch killed half-way (by a signal: a negative return code), may have sent a
+        # job, which a later run adopts; so may a socket timeout: the controller may have
+        # queued the job and not answered)
+        cause = error.__cause__
         if (
             not jobs
-            and isinstance(error.__cause__, subprocess.CalledProcessError)
+            and isinstance(cause, subprocess.CalledProcessError)
+            and cause.returncode > 0
             and not _MAYBE_QUEUED.search(str(error))
         ):
             _sent_nothing(refused)
