@@ -2977,6 +2977,35 @@ def test_a_damaged_uid_yaml_is_noted_and_a_damaged_full_uid_yaml_written_again(
     assert (folder / "full-uid.yaml").read_text() == good["full-uid.yaml"]
 
 
+@pytest.mark.parametrize("first", ["plan", "status", "read-only"])
+def test_a_damaged_full_uid_yaml_is_written_again_after_a_read_in_the_same_process(
+    tmp_path: Path, first: str
+) -> None:
+    """A plan, a status() or a read-only call that met a damaged full-uid.yaml (it only
+    reads: it skips the file) did not leave the folder checked for the rest of the
+    process: a call reusing the result after it writes the file again, as in a new
+    process (else it was left damaged, and the check of class defaults off there)."""
+    root = tmp_path / "cache"
+    run_python(f"import test_ops\ntest_ops.Train(seed=1, infra={{'folder': {str(root)!r}}}).fit()")
+    folder = folder_of(Train(seed=1, infra={"folder": root}))
+    good = (folder / "full-uid.yaml").read_text()
+    (folder / "full-uid.yaml").write_bytes(b"\xff\xfe seed: 1\n")
+    reads = {
+        "plan": "print(exca.graph.plan(test_ops.Train(**kwargs).fit.node()))",
+        "status": "print(test_ops.Train(**kwargs).infra.status())",
+        "read-only": "print(test_ops.Train(seed=1, infra={**infra, 'mode': 'read-only'}).fit())",
+    }
+    infra = {"folder": str(root)}
+    out = run_python(
+        "import exca, test_ops\n"
+        f"infra = {infra!r}\nkwargs = dict(seed=1, infra=infra)\n"
+        f"{reads[first]}\n"
+        "print('call', test_ops.Train(**kwargs).fit())\n"
+    )
+    assert out.splitlines()[-1] == "call 2.0" and "fitting" not in out  # (not computed)
+    assert (folder / "full-uid.yaml").read_text() == good
+
+
 def test_a_users_folders_holding_index_files_are_not_nodes(tmp_path: Path) -> None:
     """A user's own folders under comma-named folders of the root, holding index files
     but no uid.yaml nor full-uid.yaml (their own CacheDict, a run-info.jsonl next to their

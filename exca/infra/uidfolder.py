@@ -32,6 +32,8 @@ INPUTS_FILE = "inputs.yaml"  # (in the sub-folder of a call with inputs: which t
 # Sub-configs' version changes found when reusing a folder (its path -> what changed):
 # the warning is logged once per folder and process; plans show it on each reuse
 _VERSION_CHANGES: dict[str, str] = {}
+# damaged full-uid.yaml files a check that only reads skipped (told once per process)
+_UNREADABLE_TOLD: set[str] = set()
 
 
 def read_text(path: Path) -> str | None:
@@ -218,19 +220,21 @@ def verify_defaults(
     full = full_uid_config()
     existing = _load(text)
     if existing is None:
-        if record:  # (damaged: written again by a call reusing the result, as a missing one)
-            return False
-        logger.warning("Skipping unreadable %s: %r", path, text[:200])
-    else:
-        versions = _check_defaults(Path(folder), existing, uid_config(), full, sub_configs)
-        if record and (reused is None or reused()):
-            _record_added_fields(Path(folder), existing, full, sub_configs, permissions)
-        elif not record and unrecorded is not None and _added(existing, full, sub_configs)[1]:
-            unrecorded.add(folder)
-        if versions:
-            if reused is not None and not reused():
-                return None  # (nothing reused: nothing to tell yet)
-            _warn_versions(Path(folder), versions)
+        # (damaged: as a missing one, not settled, for a call reusing the result to write
+        # it again, even after a plan, a status() or a read-only call of this process)
+        if not record and path not in _UNREADABLE_TOLD:
+            _UNREADABLE_TOLD.add(path)
+            logger.warning("Skipping unreadable %s: %r", path, text[:200])
+        return False
+    versions = _check_defaults(Path(folder), existing, uid_config(), full, sub_configs)
+    if record and (reused is None or reused()):
+        _record_added_fields(Path(folder), existing, full, sub_configs, permissions)
+    elif not record and unrecorded is not None and _added(existing, full, sub_configs)[1]:
+        unrecorded.add(folder)
+    if versions:
+        if reused is not None and not reused():
+            return None  # (nothing reused: nothing to tell yet)
+        _warn_versions(Path(folder), versions)
     return True
 
 
