@@ -4697,6 +4697,28 @@ def test_explain_a_config_whose_job_died_says_what_computes_it_again(tmp_path: P
     assert f"{line} (use mode='retry' to recompute)" in str(info.value), info.value
 
 
+class Exits(pydantic.BaseModel):
+    """A task whose method calls sys.exit (its job ends without a result, nor an error)."""
+
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        sys.exit(3)
+
+
+def test_a_local_job_ended_by_sys_exit_says_so(tmp_path: Path) -> None:
+    """A method calling sys.exit(3) in a local job: the call said only 'its process died
+    (killed, out of memory, or sys.exit/os._exit...)', with an empty log, where a Slurm
+    job's says its exit code (a probe). The job's log now ends with what it raised, which
+    the call quotes, with the log's path (as a call following the job after it ended
+    did already)."""
+    with pytest.raises(JobFailedError) as info:
+        Exits(infra={"folder": tmp_path, "cluster": "local"}).run()
+    said = "the job ends without its result: SystemExit(3) was raised (sys.exit in the method?)"
+    assert said in str(info.value) and "_log.err" in str(info.value), info.value
+
+
 def test_a_result_computed_without_a_job_is_not_listed_as_that_jobs(tmp_path: Path) -> None:
     """A job failed; the fix ran inline with mode retry: `list` named the failed job as the
     maker of the result (and `logs` showed its failure without a word)."""

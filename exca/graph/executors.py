@@ -188,6 +188,18 @@ def _make_log_folder(logs: str, permissions: int | None) -> None:
 _DIED = "its process died (killed, out of memory, or sys.exit/os._exit in the method)"
 
 
+def _local_death(job_id: str, stderr: Path) -> str:
+    """How a local job that wrote no result file ended, with the end of its log."""
+    said = f"local job {job_id} ended without writing its result: {_DIED}"
+    try:
+        end = log_tail(read_tail(stderr))
+    except OSError:  # (no log)
+        return said
+    # (its end quoted as a Slurm job's: after the first line, which a plan's reason
+    # and `exca list` say alone; it was glued to it, up to 1500 characters)
+    return f"{said}; its log: {stderr}" + (f"{LOG_QUOTE}{end}" if end else " (empty)")
+
+
 class Handle:
     """What the scheduler knows about the job running one unit."""
 
@@ -526,7 +538,7 @@ class SubmititHandle(Handle):
                     "of that host can follow it"
                 )
             # (submitit's local controller ends normally whatever happened to the worker)
-            return f"local job {self.job_id} ended without writing its result: {_DIED}"
+            return _local_death(self.job_id, self.job.paths.stderr)
         detail = ""
         if self.cluster == "slurm":
             from .registry import EXITED_WITH_CODE, slurm_exit
@@ -643,14 +655,7 @@ class RecordedLocalHandle(Handle):
                 error = job.exception()
         if error is not None:
             return "local " + job_raised(self.job_id, error, stderr)
-        said = f"local job {self.job_id} ended without writing its result: {_DIED}"
-        try:
-            end = log_tail(read_tail(stderr))
-        except OSError:  # (no log)
-            return said
-        # (its end quoted as a Slurm job's: after the first line, which a plan's reason
-        # and `exca list` say alone; it was glued to it, up to 1500 characters)
-        return f"{said}; its log: {stderr}" + (f"{LOG_QUOTE}{end}" if end else " (empty)")
+        return _local_death(self.job_id, stderr)
 
     def cancel(self) -> None:
         from .registry import is_active

@@ -139,15 +139,25 @@ def run_job_unit(unit: Unit) -> Report:
         registry.set_refused(unit.node.folder, _job_id() or "")
         raise
     rank, tasks = ranks.job_rank()
-    if tasks == 1:
-        return run_unit(unit)
-    if rank > 0:
-        return _follow_rank_zero(unit)
-    ranks.lead(unit.node.uid)
     try:
-        return run_unit(unit)
-    finally:
-        ranks.end()
+        if tasks == 1:
+            return run_unit(unit)
+        if rank > 0:
+            return _follow_rank_zero(unit)
+        ranks.lead(unit.node.uid)
+        try:
+            return run_unit(unit)
+        finally:
+            ranks.end()
+    except SystemExit as exiting:  # (the job ends without a result: its log says why)
+        if not _TOLD_TO_STOP:  # (else a stop signal's doing: said otherwise)
+            print(
+                f"exca: {unit.node.uid}: the job ends without its result: "
+                f"SystemExit({exiting.code!r}) was raised (sys.exit in the method?)",
+                file=sys.stderr,
+                flush=True,
+            )
+        raise
 
 
 def _follow_rank_zero(unit: Unit) -> Report:
