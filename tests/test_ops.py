@@ -4719,6 +4719,47 @@ def test_a_local_job_ended_by_sys_exit_says_so(tmp_path: Path) -> None:
     assert said in str(info.value) and "_log.err" in str(info.value), info.value
 
 
+class _SubmititLikeHandler:
+    """Stands for submitit's signal handler of a Slurm job: on its signal, a job not near
+    its time limit is preempted: requeued, then its process exits with sys.exit(-1)."""
+
+    def has_timed_out(self) -> bool:
+        return False
+
+    def checkpoint_and_try_requeue(self, signum: int, frame: tp.Any = None) -> None:
+        print("submitit: preempted, requeued", file=sys.stderr, flush=True)
+        sys.exit(-1)
+
+
+class Preempted(pydantic.BaseModel):
+    """A task whose Slurm job is preempted while it runs (submitit's handler exits)."""
+
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        import signal
+
+        from exca.graph import worker
+
+        os.environ["SUBMITIT_EXECUTOR"] = "slurm"  # (as in a Slurm job's process)
+        signal.signal(signal.SIGUSR2, _SubmititLikeHandler().checkpoint_and_try_requeue)
+        worker._run_on_past_time_limit_warning()
+        os.kill(os.getpid(), signal.SIGUSR2)
+        time.sleep(5)  # (the signal comes first)
+        return 12
+
+
+def test_a_preempted_jobs_exit_is_not_said_to_be_the_methods(tmp_path: Path) -> None:
+    """submitit's handler requeues a preempted job, then calls sys.exit(-1) in the
+    method's frame: its log said 'SystemExit(-1) was raised (sys.exit in the method?)',
+    blaming the method for submitit's exit."""
+    with pytest.raises(JobFailedError) as info:
+        Preempted(infra={"folder": tmp_path, "cluster": "local"}).run()
+    assert "submitit: preempted, requeued" in str(info.value), info.value
+    assert "sys.exit in the method?" not in str(info.value), info.value
+
+
 def test_a_result_computed_without_a_job_is_not_listed_as_that_jobs(tmp_path: Path) -> None:
     """A job failed; the fix ran inline with mode retry: `list` named the failed job as the
     maker of the result (and `logs` showed its failure without a word)."""

@@ -150,7 +150,9 @@ def run_job_unit(unit: Unit) -> Report:
         finally:
             ranks.end()
     except SystemExit as exiting:  # (the job ends without a result: its log says why)
-        if not _TOLD_TO_STOP:  # (else a stop signal's doing: said otherwise)
+        # (else a stop signal's doing, or submitit's exit after requeuing a preempted job:
+        # said otherwise)
+        if not _TOLD_TO_STOP and not _PREEMPTED:
             print(
                 f"exca: {unit.node.uid}: the job ends without its result: "
                 f"SystemExit({exiting.code!r}) was raised (sys.exit in the method?)",
@@ -574,6 +576,7 @@ _LOGGED = "__exca_logged__"
 
 _JOB_UNIT: list[str] = []  # in a submitit job's process: the uid of the job's unit
 _TOLD_TO_STOP: list[bool] = []  # in a submitit job's process: SIGTERM or SIGINT received
+_PREEMPTED: list[bool] = []  # in a Slurm job's process: submitit's preemption signal received
 
 
 def _watch_stop_signals() -> None:
@@ -636,6 +639,7 @@ def _run_on_past_time_limit_warning() -> None:
         except Exception:  # (its logging, in a signal handler: the time limit, likely)
             near_limit = True
         if not near_limit:
+            _PREEMPTED.append(True)  # (its sys.exit(-1) after requeuing: not the method's)
             previous(signum, frame)  # preempted: submitit requeues the job
             return
         with contextlib.suppress(Exception):  # (logging from a signal handler)
