@@ -571,7 +571,8 @@ def inspect(
     # how dead Slurm jobs ended (one sacct call), for the lines and for the notes below
     # naming an upstream's error (they said "killed, out of memory, cancelled...?" for a
     # job that raised); the records of upstream nodes of other steps too
-    others = [r for f in listed if f not in {i.folder for i in out} for r in _readable_records(f)]
+    shown = {info.folder for info in out}  # (once: not per listed folder, 10k of them)
+    others = [r for f in listed if f not in shown for r in _readable_records(f)]
     _describe_dead_jobs(list(listed.values()), records + others)
     for info in empty:
         problems = upstream_problems(info.folder, listed)
