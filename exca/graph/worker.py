@@ -153,12 +153,13 @@ def run_job_unit(unit: Unit) -> Report:
         # (else a stop signal's doing, or submitit's exit after requeuing a preempted job:
         # said otherwise)
         if not _TOLD_TO_STOP and not _PREEMPTED:
-            print(
-                f"exca: {unit.node.uid}: the job ends without its result: "
-                f"SystemExit({exiting.code!r}) was raised (sys.exit in the method?)",
-                file=sys.stderr,
-                flush=True,
-            )
+            with contextlib.suppress(Exception):  # (a stderr closed by the method: unsaid)
+                print(
+                    f"exca: {unit.node.uid}: the job ends without its result: "
+                    f"SystemExit({exiting.code!r}) was raised (sys.exit in the method?)",
+                    file=sys.stderr,
+                    flush=True,
+                )
         raise
 
 
@@ -712,7 +713,8 @@ def _closed_output(error: Exception) -> bool:
             # (a pipe whose reader left polls as an error; a flush may find nothing to write)
             poller = select.poll()
             poller.register(stream.fileno(), select.POLLOUT)
-            if any(events & select.POLLERR for _, events in poller.poll(0)):
+            # (POLLHUP: how some systems, macOS among them, say it of a pipe)
+            if any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0)):
                 return True
         except Exception:  # (no file descriptor: replaced by the method, or closed)
             continue
