@@ -1167,9 +1167,11 @@ def _compute_alone(
         ranks.announce(node.uid, [uid])
         outputs = list(itertools.islice(_outputs(node, [item]), 2))  # (one is expected)
     except Exception as error:
-        if _reached_time_limit(error) or _closed_output(error):
-            raise
-        if isinstance(error, NotIterableOutputs):
+        if (
+            _reached_time_limit(error)
+            or _closed_output(error)
+            or isinstance(error, NotIterableOutputs)
+        ):
             raise
         return error
     if len(outputs) != 1:
