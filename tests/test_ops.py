@@ -4969,6 +4969,32 @@ def test_list_of_a_node_whose_detached_job_found_its_input_failed(tmp_path: Path
     assert entry.status == "missing"  # (as the plan says)
 
 
+class MyUpstreamFailed(RuntimeError):
+    """A user's error whose name ends as exca's UpstreamFailed."""
+
+
+class RaisesLookalike(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        raise MyUpstreamFailed("its own failure")
+
+
+def test_a_users_error_named_like_upstream_failed_is_listed_as_an_error(tmp_path: Path) -> None:
+    """The cached error of exca's UpstreamFailed is listed empty (not computed: the
+    previous test); a user's MyUpstreamFailed was too (its type name was matched by its
+    end; a review), and a run took it for a skipped node. It is the method's error."""
+    from exca.graph import store
+
+    obj = RaisesLookalike(infra={"folder": tmp_path})
+    with pytest.raises(MyUpstreamFailed):
+        obj.run()
+    (info,) = exca.ops.inspect(tmp_path)
+    assert info.status == "error" and "MyUpstreamFailed" in (info.error or ""), info
+    assert not store.cache_upstream_failed(obj.run.node().cache)
+
+
 def test_logs_of_a_node_not_computed_given_relative_to_it(tmp_path: Path) -> None:
     """`exca logs .` (from the folder of a call not computed as its input failed), or its
     path from a folder less than a root above it: its root was taken from the path as

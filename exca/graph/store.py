@@ -537,8 +537,15 @@ def map_outputs(node: Node) -> list[tp.Any]:
     return list(node.cache.values_of(uids, where=node.uid))
 
 
+def upstream_failed_type(type_name: tp.Any) -> bool:
+    """Whether a cached error's type (its ``"t"``: module and name) is exca's
+    UpstreamFailed (not a user's class of a name ending alike)."""
+    name = str(type_name)
+    return name.startswith("exca.") and name.endswith(f".{UpstreamFailed.__qualname__}")
+
+
 def cache_upstream_failed(cache: CacheDict[tp.Any]) -> bool:
     """Whether a task's cached error only says that its upstream had failed (not an
     error of its own: computed again once the upstream is there)."""
     entry = cache.entry(TASK_KEY)
-    return entry is not None and str(entry.info.get("t", "")).endswith("UpstreamFailed")
+    return entry is not None and upstream_failed_type(entry.info.get("t", ""))

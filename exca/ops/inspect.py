@@ -17,7 +17,7 @@ import typing as tp
 from pathlib import Path
 
 from ..confdict import ConfDict
-from ..graph import registry
+from ..graph import registry, store
 from ..graph.node import INPUTS_PREFIX, TASK_KEY
 from ..infra.uidfolder import CONFIG_FILE, FULL_UID_FILE, INPUTS_FILE, UID_FILE, read_yaml
 from ..plainyaml import pyyaml
@@ -378,7 +378,7 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
     computing = bool(Claims(folder).current())
     # a job of a detached run that found an input missing records "upstream failed" and
     # exits: not computed, as a waiting run leaves it (its inputs' problems are noted)
-    skipped = kind == "task" and str(entries[TASK_KEY].get("t", "")).endswith("UpstreamFailed")
+    skipped = kind == "task" and store.upstream_failed_type(entries[TASK_KEY].get("t", ""))
     if kind == "task":
         info.status = "empty" if skipped else "error" if errors else "success"
     elif kind == "map":
