@@ -228,8 +228,7 @@ def _submit(
                 token=None if marked is None else marked[0],
             )
         except Exception as error:  # (sbatch refused it: no job to adopt later)
-            if executors.sent_nothing(error):
-                submitting.unmark(marked)
+            submitting.unmark_if_unsent(marked, error)
             raise
         for (run, unit), handle in zip(members, handles):
             run.handles.append(handle)

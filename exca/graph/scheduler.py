@@ -793,8 +793,7 @@ class Scheduler:
                         self._left.append(members)  # (submitted once the inline work ended)
                         return
                     except Exception as error:  # (sbatch refused it: no job to adopt later)
-                        if executors.sent_nothing(error):
-                            submitting.unmark(marked)
+                        submitting.unmark_if_unsent(marked, error)
                         raise
                     for (run, unit), handle in zip(members, handles):
                         if unit.action == "force" and unit.uids is not None:

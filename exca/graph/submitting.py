@@ -260,6 +260,13 @@ def unmark(marked: Marked | None) -> None:
             registry.unmark(folder, token)
 
 
+def unmark_if_unsent(marked: Marked | None, error: BaseException) -> None:
+    """End a submission noted by ``mark`` that failed with ``error`` if no job of it went
+    out (sbatch refused it: nothing for a later run to adopt; see executors.sent_nothing)."""
+    if executors.sent_nothing(error):
+        unmark(marked)
+
+
 def adopt(runs: list[NodeRun]) -> set[str]:
     """Record the jobs still queued of submissions whose submitter was killed before
     recording them (their marker is in the node folders of these runs, whose submission

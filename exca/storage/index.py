@@ -11,6 +11,7 @@ warning. New files are found by listing the folder, never by trusting its mtime.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -280,11 +281,8 @@ class IndexReader:
             # (a torn line of a killed writer stays torn)
             _check_final(path, state, state.offset + len(data))
             return True  # only an incomplete line so far
-        if end < PAUSE_BYTES:
+        with gcpause.paused() if end >= PAUSE_BYTES else contextlib.nullcontext():
             self._parse_span(name, state, data, end)
-        else:
-            with gcpause.paused():
-                self._parse_span(name, state, data, end)
         return True
 
     def _parse_span(self, name: str, state: FileState, data: bytes, end: int) -> None:
