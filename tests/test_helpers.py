@@ -575,6 +575,44 @@ def test_clearing_a_v2_named_cache_clears_it(
     assert _LEGACY_CALLS.count(lr) == 2  # computed again
 
 
+def test_read_only_calls_leave_a_v2_named_cache_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A call in mode read-only renamed the legacy folders of the method (update_uids),
+    though that mode never writes: it leaves them, and its error names the legacy folder
+    and how to rename it. A call in another mode renames it then."""
+    import exca.graph
+
+    monkeypatch.setenv("CONFDICT_UID_VERSION", "2")
+    assert _Legacy(lr=0.7, infra={"folder": tmp_path}).process() == pytest.approx(1.4)
+    other = _Legacy(lr=0.8, infra={"folder": tmp_path})
+    assert other.process() == pytest.approx(1.6)
+    v2_folder, v2_other = (
+        _Legacy(lr=0.7, infra={"folder": tmp_path}).infra.uid_folder(),
+        (other.infra.uid_folder()),
+    )
+    assert v2_folder is not None and v2_other is not None
+    monkeypatch.delenv("CONFDICT_UID_VERSION")
+    before = sorted(p.name for p in v2_folder.parent.iterdir())
+
+    def read_only() -> _Legacy:
+        return _Legacy(lr=0.7, infra={"folder": tmp_path, "mode": "read-only"})
+
+    for call in (
+        lambda: read_only().process(),
+        lambda: exca.graph.run(read_only().process.node()),
+    ):
+        with pytest.raises(RuntimeError, match="read-only") as info:
+            call()
+        assert f"legacy (v2) name {v2_folder}" in str(info.value)
+        assert "update_uids" in str(info.value)
+        assert sorted(p.name for p in v2_folder.parent.iterdir()) == before  # nothing renamed
+    assert _LEGACY_CALLS.count(0.7) == 1
+    assert _Legacy(lr=0.7, infra={"folder": tmp_path}).process() == pytest.approx(1.4)
+    assert not v2_folder.exists() and not v2_other.exists()  # renamed by that call
+    assert read_only().process() == pytest.approx(1.4) and _LEGACY_CALLS.count(0.7) == 1
+
+
 class _LegacyLoose(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
     x: int | str = 0
@@ -619,8 +657,8 @@ def test_a_v2_named_cache_of_an_ordereddict_config_is_found(
     assert _LegacySteps(steps=steps, infra={"folder": tmp_path}).process() == 11
     monkeypatch.delenv("CONFDICT_UID_VERSION")
     calls = len(_LEGACY_CALLS)
-    new = _LegacySteps(steps=steps, infra={"folder": tmp_path, "mode": "read-only"})
-    assert new.process() == 11 and len(_LEGACY_CALLS) == calls
+    new = _LegacySteps(steps=steps, infra={"folder": tmp_path})
+    assert new.process() == 11 and len(_LEGACY_CALLS) == calls  # renamed, not computed
     folder = new.infra.uid_folder()
     assert folder is not None and [p.name for p in folder.parent.iterdir()] == [folder.name]
 

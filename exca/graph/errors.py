@@ -130,6 +130,18 @@ def items_not_computed(uids: tp.Sequence[str], node_uid: str) -> str:
 def read_only_error(node: tp.Any, what: str) -> RuntimeError:
     """The error of a read-only node missing something (naming its cache folder: a map
     node's uid ends with the digest of its items, not a folder)."""
+    legacy = None
+    if node.legacy_folder is not None and node.folder is not None and not node.folder.exists():
+        legacy = node.legacy_folder()  # (an older exca's name, not renamed by a read-only call)
+        if legacy is not None and node.inputs_uid is not None:  # (in its config's folder)
+            legacy /= node.inputs_uid
+    if legacy is not None and legacy.exists():
+        root = legacy.parent.parent if node.inputs_uid is None else legacy.parent.parent.parent
+        what += (
+            f"; its cache is there under its legacy (v2) name {legacy}, which mode "
+            "'read-only' does not rename: call it once in another mode (renamed then), or "
+            f"rename the cache with exca.helpers.update_uids({str(root)!r}, dryrun=False)"
+        )
     return RuntimeError(
         f"{node.uid}: {what} (mode='read-only' never computes; cache folder: {node.folder})"
     )

@@ -507,7 +507,7 @@ class BaseInfra(pydantic.BaseModel):
         runtime = self._runtime()
         if runtime.legacy_checked:
             return
-        renames = rename and LEGACY_RENAMES.get()
+        renames = rename and LEGACY_RENAMES.get() and self.mode != "read-only"
         # (a str: a Path costs ~10 µs, and the folder is there but for a legacy cache)
         folder = None if self.folder is None else os.path.join(self.folder, self.uid())
         if folder is not None and not os.path.isdir(folder):
@@ -516,7 +516,8 @@ class BaseInfra(pydantic.BaseModel):
                 self._adopt_v2_folder(Path(folder))
             finally:
                 LEGACY_RENAMES.reset(token)
-        if renames or folder is None or os.path.isdir(folder):
+        # (a read-only config never renames: told once, its mode cannot change)
+        if renames or self.mode == "read-only" or folder is None or os.path.isdir(folder):
             runtime.legacy_checked = True
 
     def _legacy_name(self) -> str | None:
@@ -539,11 +540,12 @@ class BaseInfra(pydantic.BaseModel):
             or not (folder.parent / legacy / uidfolder.UID_FILE).is_file()
         ):
             return
-        if not LEGACY_RENAMES.get():
+        if not LEGACY_RENAMES.get():  # (a read-only command, or mode read-only)
             logger.warning(
-                "The cache of %s has its legacy (v2) name %s, which a read-only command does "
-                "not rename: it shows as missing here. A run renames it, or rename the whole "
-                "cache first with exca.helpers.update_uids(%r, dryrun=False)",
+                "The cache of %s has its legacy (v2) name %s, which a read-only command or "
+                "mode does not rename: it shows as missing here. A run in another mode "
+                "renames it, or rename the whole cache first with "
+                "exca.helpers.update_uids(%r, dryrun=False)",
                 folder.name,
                 legacy,
                 str(folder.parent.parent),
