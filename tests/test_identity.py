@@ -3459,3 +3459,60 @@ def test_a_secret_does_not_enter_the_uid_nor_the_files(tmp_path: Path) -> None:
     assert folder is not None
     written = "".join(p.read_text() for p in folder.glob("*.yaml"))
     assert "first-secret" not in written and "**" in written
+
+
+# --- a sub-config held by a dataclass ----------------------------------------------------
+class _HeldData(pydantic.BaseModel):
+    model_config = FORBID
+    _exclude_from_cls_uid = ("device", "log")
+    n: int = 3
+    device: str = "cpu"
+    log: tp.Any = None
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def prepare(self) -> int:
+        return self.n
+
+
+@dataclasses.dataclass
+class _DataBox:
+    data: _HeldData
+    more: list[_HeldData] = dataclasses.field(default_factory=list)
+
+
+class _HoldsDataBox(pydantic.BaseModel):
+    model_config = FORBID
+    box: _DataBox
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return self.box.data.n
+
+
+def test_a_sub_config_held_by_a_dataclass_keeps_its_exclusions_out(tmp_path: Path) -> None:
+    """A model in a dataclass (in a config field) was in the uid as pydantic dumps it:
+    its _exclude_from_cls_uid fields (device: a new cache folder per device; a logger
+    left out but None in it) and its infra's settings (folder, cluster, mode...: moving
+    the cache or running on Slurm changed the uid) were there. They are left out as for
+    any sub-config (its defaults are kept, as for a dataclass's own fields: the uids of
+    the other such configs are unchanged); the model is frozen with the config."""
+
+    def uid(data: _HeldData, *more: _HeldData) -> str:
+        return _HoldsDataBox(box=_DataBox(data=data, more=list(more))).infra.uid()
+
+    base = uid(_HeldData())
+    assert base.endswith("/box={more=(),data={n=3,infra.version=1}}-2f6bb459"), base
+    others = [
+        _HeldData(device="cuda"),
+        _HeldData(log=logging.getLogger("exca")),
+        _HeldData(infra={"folder": tmp_path, "cluster": "local", "mode": "force"}),
+    ]
+    assert [uid(d) for d in others] == [base] * 3
+    assert uid(_HeldData(), _HeldData(device="cuda")) == uid(_HeldData(), _HeldData())
+    assert uid(_HeldData(n=4)) != base
+    config = _HoldsDataBox(box=_DataBox(data=_HeldData()), infra={"folder": tmp_path})
+    assert config.process() == 3
+    with pytest.raises(RuntimeError, match="frozen"):
+        config.box.data.n = 5

@@ -10,6 +10,7 @@ a record by id: no weak reference, no registry to purge, no id reused by a new o
 
 from __future__ import annotations
 
+import dataclasses
 import types
 import typing as tp
 from pathlib import Path, PurePath
@@ -113,8 +114,8 @@ def _guarded(cls: type) -> bool:
 
 def freeze(model: pydantic.BaseModel) -> list[pydantic.BaseModel]:
     """Forbid public attribute changes on a model and on every model nested in it (returns
-    them all)."""
-    return iter_models(model, freeze=True)
+    them all), those held by dataclass fields too."""
+    return iter_models(model, freeze=True, in_dataclasses=True)
 
 
 _LEAF_TYPES = frozenset({str, int, float, bool, type(None), bytes, type(Path()), type(PurePath())})
@@ -131,9 +132,13 @@ def _field_names(cls: type[pydantic.BaseModel]) -> tuple[str, ...]:
     return names
 
 
-def iter_models(value: tp.Any, freeze: bool = False) -> list[pydantic.BaseModel]:
+def iter_models(
+    value: tp.Any, freeze: bool = False, in_dataclasses: bool = False
+) -> list[pydantic.BaseModel]:
     """The model itself and every pydantic model nested in its fields, lists and dicts
-    (``freeze=True``: each one frozen on the way, in the same walk).
+    (``freeze=True``: each one frozen on the way, in the same walk; ``in_dataclasses``:
+    and in the fields of dataclasses, which the sub-configs chained before a task are
+    not looked for in).
 
     Field values are looked at, not annotations: a type check per value is cheaper than
     analysing a class's annotations once per process (an infra has 24 fields). Only
@@ -180,4 +185,13 @@ def iter_models(value: tp.Any, freeze: bool = False) -> list[pydantic.BaseModel]
             stack += [v for v in item.values() if type(v) not in leaves]
         elif isinstance(item, list | tuple | set | frozenset):
             stack += [v for v in item if type(v) not in leaves]
+        elif (
+            in_dataclasses and hasattr(kind, "__dataclass_fields__") and not isinstance(item, type)
+        ):
+            # (a dataclass holding sub-configs: its fields, not its init=False memos)
+            stack += [
+                v
+                for f in dataclasses.fields(item)
+                if f.init and type(v := getattr(item, f.name, None)) not in leaves
+            ]
     return found

@@ -1105,9 +1105,32 @@ class _Exporter:
         if dval is None and type(value) is float:
             return value  # inf/nan: the json dump says null
         if type(dval) is dict and dataclasses.is_dataclass(value):
-            # (a set of strings: in hash order)
-            return _sets_ordered(value, dval, True, self.drops)
+            # (a set of strings: in hash order; a model inside: exported as a model, its
+            # uid exclusions and infra settings left out)
+            return _sets_ordered(value, dval, True, self.drops, self._held_model)
         return dval
+
+    def _held_model(self, model: pydantic.BaseModel, dumped: dict[str, tp.Any]) -> tp.Any:
+        """A model held by a dataclass: exported as the model it is (its uid exclusions,
+        and its infras' settings but ``version``, left out as in any sub-config), with
+        its defaults kept, as a dataclass's own fields are (the uids such configs had)."""
+        if (
+            len(dumped) < len(type(model).__pydantic_fields__)
+            and not class_facts(type(model)).has_serializer
+        ):  # (dumped by a base class's schema: its own fields were lost)
+            dumped = json_dump(model)
+        exported = _Exporter(self.uid, False).model(model, dumped, keep=())
+        if type(exported) is not dict:
+            return exported
+        # the fields it keeps as the dataclass's walk had them (a set of numbers in the
+        # order it had: the uids of such configs are kept), models inside exported so
+        fields = model.__dict__
+        return {
+            key: _sets_ordered(fields[key], dumped[key], True, self.drops, self._held_model)
+            if key in fields and key in dumped
+            else sub
+            for key, sub in exported.items()
+        }
 
     def _set_item(self, item: tp.Any, dval: tp.Any, declared: tuple[type, ...]) -> tp.Any:
         """A model in a set is exported as its json dump (defaults kept, as uids always
@@ -1877,18 +1900,25 @@ def _typed_items(items: tp.Iterable[tp.Any]) -> set[tuple[bool, tp.Any]]:
 
 
 def _sets_ordered(
-    value: tp.Any, dumped: tp.Any, only_seeded: bool = False, drops: list[int] | None = None
+    value: tp.Any,
+    dumped: tp.Any,
+    only_seeded: bool = False,
+    drops: list[int] | None = None,
+    models: tp.Callable[[pydantic.BaseModel, dict[str, tp.Any]], tp.Any] | None = None,
 ) -> tp.Any:
     """The json dump of a value with every set in it, at any depth, in a fixed order
     (the rest of the dump as it is), and without the ``init=False`` fields of its
     dataclasses (see ``init_only_fields``; ``drops`` counts the dataclasses that had
     some). ``only_seeded``: sets whose order is the same in every process (numbers only)
     keep it (inside dataclasses, whose sets were not ordered until strings in them were
-    found to change uids between processes)."""
+    found to change uids between processes). ``models``: exports a model met inside
+    (with its dump), in place of its dump."""
     if dumped is None and type(value) is float:
         return value  # inf/nan: the json dump says null (None itself stays None)
     if type(dumped) is dict:
         if isinstance(value, pydantic.BaseModel):  # (its fields, by name: they may hold sets)
+            if models is not None:
+                return models(value, dumped)
             fields = value.__dict__
             return {
                 k: _sets_ordered(fields[k], d, only_seeded, drops) if k in fields else d
@@ -1901,7 +1931,7 @@ def _sets_ordered(
             if skipped and drops is not None:  # (also when the dump had left them out)
                 drops.append(1)
             return {
-                k: _sets_ordered(getattr(value, k), d, only_seeded, drops)
+                k: _sets_ordered(getattr(value, k), d, only_seeded, drops, models)
                 if hasattr(value, k)
                 else d
                 for k, d in dumped.items()
@@ -1909,7 +1939,7 @@ def _sets_ordered(
             }
         if isinstance(value, dict) and len(value) == len(dumped):  # (keys in the same order)
             return {
-                k: _sets_ordered(v, d, only_seeded, drops)
+                k: _sets_ordered(v, d, only_seeded, drops, models)
                 for v, (k, d) in zip(value.values(), dumped.items())
             }
         return dumped
@@ -1920,12 +1950,12 @@ def _sets_ordered(
     ):
         return dumped  # (a list dump of something else: a dataclass's own serializer's)
     if isinstance(value, set | frozenset):  # (items in iteration order: the dump's)
-        items = [_sets_ordered(s, d, only_seeded, drops) for s, d in zip(value, dumped)]
+        items = [_sets_ordered(s, d, only_seeded, drops, models) for s, d in zip(value, dumped)]
         if only_seeded and not any(_hash_seeded(item) for item in value):
             return items
         return _ordered_set(items)
     if isinstance(value, list | tuple):
-        return [_sets_ordered(s, d, only_seeded, drops) for s, d in zip(value, dumped)]
+        return [_sets_ordered(s, d, only_seeded, drops, models) for s, d in zip(value, dumped)]
     return dumped
 
 
