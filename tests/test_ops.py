@@ -4719,6 +4719,34 @@ def test_a_local_job_ended_by_sys_exit_says_so(tmp_path: Path) -> None:
     assert said in str(info.value) and "_log.err" in str(info.value), info.value
 
 
+class Interrupts(pydantic.BaseModel):
+    """A task whose method raises KeyboardInterrupt itself (no signal: nobody cancels)."""
+
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        raise KeyboardInterrupt
+
+
+def test_a_local_job_whose_method_raises_keyboardinterrupt_is_not_cancelled(
+    tmp_path: Path,
+) -> None:
+    """A method raising KeyboardInterrupt in a local job: the call (and exca list) said
+    'local job N was cancelled (interrupted by SIGINT, which job.cancel() sends)', though
+    nothing cancelled it. The job's log notes that no SIGINT came; the error says the
+    method raised it, with the log's path and its end."""
+    with pytest.raises(JobFailedError) as info:
+        Interrupts(infra={"folder": tmp_path, "cluster": "local"}).run()
+    said = str(info.value)
+    assert "was cancelled" not in said, said
+    assert "KeyboardInterrupt was raised (by the method: no SIGINT was received)" in said
+    assert "_log.err" in said and "raise KeyboardInterrupt" in said, said
+    (listed,) = exca.ops.inspect(tmp_path)
+    assert listed.error is not None and "was cancelled" not in listed.error
+    assert "KeyboardInterrupt was raised (by the method" in listed.error
+
+
 class _SubmititLikeHandler:
     """Stands for submitit's signal handler of a Slurm job: on its signal, a job not near
     its time limit is preempted: requeued, then its process exits with sys.exit(-1)."""

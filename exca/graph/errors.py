@@ -24,6 +24,9 @@ class JobFailedError(RuntimeError):
 
 NOTHING_CACHED = ""  # (jobs.not_forced: the forced job's predecessor removed, nothing since)
 NO_JOB = "-"  # (jobs.not_forced: computed without a job, started before the force)
+# what a job's log says of a KeyboardInterrupt that no stop signal caused (a local job is
+# cancelled by SIGINT: one raised by the method is no cancel)
+RAISED_INTERRUPT = "KeyboardInterrupt was raised (by the method: no SIGINT was received)"
 LOG_QUOTE = "\nthe end of that log:\n"  # (what precedes the end of a job's log a message quotes)
 
 

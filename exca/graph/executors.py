@@ -26,7 +26,7 @@ from pathlib import Path
 from ..storage.files import make_folder
 from ..storage.process import hostname, process_start_time
 from . import callers
-from .errors import LOG_QUOTE
+from .errors import LOG_QUOTE, RAISED_INTERRUPT
 from .node import CLAIM_JOB_ID, DEFAULT_MAX_JOBS, TASK_KEY, Execution
 from .worker import Report, Unit, run_job_unit, run_stoppable, run_unit
 
@@ -1143,11 +1143,20 @@ def _unloadable(trace: str) -> str | None:
 
 def _cancelled_local_job(job_id: str, stderr: Path) -> str | None:
     """How a local job that ended on a KeyboardInterrupt ended: cancelling one sends it
-    SIGINT (its log's last line says so; not worth its traceback)."""
+    SIGINT (its log's last line says so; not worth its traceback), unless the job's
+    process noted that none came (the method raised it: its log is quoted)."""
     if not stderr.exists():
         return None
-    last = read_tail(stderr, 200).strip().rsplit("\n", 1)[-1]
-    if last.strip() != "KeyboardInterrupt":
+    last = read_tail(stderr, 200).strip().rsplit("\n", 1)[-1].strip()
+    if last != "KeyboardInterrupt" and not last.startswith("KeyboardInterrupt: "):
+        return None
+    tail = read_tail(stderr, 64 * 1024)  # (the note, then the traceback of the interrupt)
+    if RAISED_INTERRUPT in tail:
+        return (
+            f"local job {job_id} ended without writing its result: {RAISED_INTERRUPT}; "
+            f"its log: {stderr}{LOG_QUOTE}{log_tail(tail)}"
+        )
+    if last != "KeyboardInterrupt":
         return None
     return f"local job {job_id} was cancelled (interrupted by SIGINT, which job.cancel() sends)"
 

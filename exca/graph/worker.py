@@ -26,7 +26,7 @@ from ..storage.claims import Claim, Claims, Owner
 from ..storage.dumping import is_damaged_payload
 from ..storage.modules import imported
 from . import callers, codeprint, jobpickle, jobprocess, ranks, registry, store
-from .errors import UpstreamFailed, read_only_error, self_call_error
+from .errors import RAISED_INTERRUPT, UpstreamFailed, read_only_error, self_call_error
 from .node import TASK_KEY, Group, Node, Value
 
 logger = logging.getLogger("exca")
@@ -157,6 +157,15 @@ def run_job_unit(unit: Unit) -> Report:
                 print(
                     f"exca: {unit.node.uid}: the job ends without its result: "
                     f"SystemExit({exiting.code!r}) was raised (sys.exit in the method?)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        raise
+    except KeyboardInterrupt:  # (no SIGINT received: raised by the method, not a cancel)
+        if not _TOLD_TO_STOP:
+            with contextlib.suppress(Exception):
+                print(
+                    f"exca: {unit.node.uid}: the job ends without its result: {RAISED_INTERRUPT}",
                     file=sys.stderr,
                     flush=True,
                 )
