@@ -1235,6 +1235,15 @@ def test_cli_target_naming_a_function_returning_nodes(
         (f"{__name__}:pipeline_targets", "--folder", "x"): (
             "'--folder' is not an option of this command: see --help"
         ),
+        # (written with '=': it said 'takes no --config nor key=value overrides')
+        (f"{__name__}:pipeline_targets", "--folder=x"): (
+            "'--folder' (in '--folder=x') is not an option of this command: see --help"
+        ),
+        # a setting of the infra given as the config's: what to write instead
+        (f"{__name__}:Train.fit", "--folder=x"): (
+            "folder is a setting of the infra, not of the config: write infra.folder=VALUE"
+        ),
+        (f"{__name__}:Train.fit", "cluster=local"): "write infra.cluster=VALUE",
         (f"{__name__}:Train", "seed=3"): "Train is a class: name its decorated method",
         (f"{__name__}:",): "TARGET must look like",
     }

@@ -58,9 +58,16 @@ def _target_nodes(target: str, config: str | None, overrides: list[str]) -> list
             f"{target!r}: {name} is a class: name its decorated method, "
             f"package.module:{name}.method (or a function returning nodes)"
         )
-    unknown = [o for o in overrides if o.startswith("-") and "=" not in o]
-    if unknown:  # (an option of another command, a typo: not an override given to it)
-        raise ValueError(f"{unknown[0]!r} is not an option of this command: see --help")
+    # (an option of another command, a typo: not an override given to it; also written
+    # with '=': a function takes no override, so --folder=x is no config value either)
+    unknown = [o for o in overrides if o.startswith("-")]
+    if unknown:
+        name, _, value = unknown[0].partition("=")
+        written = f" (in {unknown[0]!r})" if value else ""
+        raise ValueError(
+            f"{name!r}{written} is not an option of this command: see --help (a TARGET naming "
+            "a function takes no config values: its code builds the nodes, folders included)"
+        )
     if config or overrides:
         raise ValueError(
             f"TARGET {target} names a function: it takes no --config nor key=value overrides "
@@ -218,11 +225,12 @@ def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.An
             if e["type"] in ("string_type", "literal_error", "enum", "path_type")
         }
         quoted = [f"'{k}=\"{v}\"'" for k, v in retyped.items() if k in invalid]
-        if not quoted:
+        notes = _infra_settings_given(cls, error)
+        if quoted:
+            notes.append(f"overrides are read as yaml; for a string, quote it: {', '.join(quoted)}")
+        if not notes:
             raise
-        raise ValueError(
-            f"{error}\n(overrides are read as yaml; for a string, quote it: {', '.join(quoted)})"
-        ) from None
+        raise ValueError(f"{error}\n" + "\n".join(f"({n})" for n in notes)) from None
     bound = getattr(obj, method)
     try:
         return bound.node()
@@ -232,6 +240,28 @@ def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.An
             "function of your module returning the nodes instead (package.module:function), "
             "or plan it from Python: exca.graph.plan(obj.method.node(...))"
         ) from None
+
+
+def _infra_settings_given(cls: type, error: tp.Any) -> list[str]:
+    """What to write for each key the class refused that is a setting of its infra
+    (``--folder=x`` or ``folder=x`` for ``infra.folder=x``)."""
+    from ..infra.base import BaseInfra
+
+    notes = []
+    fields = getattr(cls, "model_fields", {})
+    for e in error.errors():
+        if e["type"] != "extra_forbidden" or len(e["loc"]) != 1:
+            continue
+        key = str(e["loc"][0])
+        infras = [
+            name
+            for name, field in fields.items()
+            if isinstance(field.default, BaseInfra) and key in type(field.default).model_fields
+        ]
+        if infras:
+            written = " or ".join(f"{name}.{key}=VALUE" for name in infras)
+            notes.append(f"{key} is a setting of the infra, not of the config: write {written}")
+    return notes
 
 
 _MISSING: tp.Any = object()
