@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -5004,6 +5005,32 @@ def test_list_of_a_node_whose_detached_job_found_its_input_failed(tmp_path: Path
     assert line.split()[0] == "empty" and f"(not computed: {said})" in line
     entry = {e.uid: e for e in exca.graph.plan(total).entries}[total.uid]
     assert entry.status == "missing"  # (as the plan says)
+
+
+def test_list_reads_the_inputs_of_an_empty_task_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """inspect read the inputs.yaml of each empty task with inputs twice (once to describe
+    its upstream nodes, once more for its note, after asking sacct): once now, the note
+    unchanged."""
+    inspect_module = importlib.import_module("exca.ops.inspect")
+    root = tmp_path / "cache"
+    failing = Train(seed=16, fail=True, infra={"folder": root}).fit.node()
+    total = Total(infra={"folder": root}).total.node(failing)
+    with pytest.raises(Exception, match="cannot fit seed=16"):
+        exca.graph.run(total)
+    read = inspect_module.read_yaml
+    reads: list[Path] = []
+
+    def counted(path: Path) -> tp.Any:
+        reads.append(Path(path))
+        return read(path)
+
+    monkeypatch.setattr(inspect_module, "read_yaml", counted)
+    (info,) = exca.ops.inspect(root, step="*Total*")
+    said = f"its input 'values' ({failing.uid}) failed (ValueError: cannot fit seed=16)"
+    assert (info.status, info.note) == ("empty", f"not computed: {said}")
+    assert [p.name for p in reads].count("inputs.yaml") == 1, reads
 
 
 class MyUpstreamFailed(RuntimeError):

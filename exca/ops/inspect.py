@@ -437,6 +437,14 @@ def upstream_problems(
     from its inputs.yaml: its inputs that are nodes of its cache root and hold an error,
     item errors or nothing, each said with its folder (``infos``: the NodeInfos made
     already, by folder; those made here are added)."""
+    return _problems_of(_upstream_nodes(folder, infos))
+
+
+def _upstream_nodes(
+    folder: Path, infos: dict[Path, NodeInfo] | None = None
+) -> list[tuple[str, str, Path, NodeInfo]]:
+    """The inputs of a node with inputs (its inputs.yaml: read once) that are nodes of its
+    cache root: (name, uid, folder, NodeInfo) each (``infos``: see upstream_problems)."""
     if not folder.name.startswith(INPUTS_PREFIX):
         return []
     try:
@@ -464,6 +472,15 @@ def upstream_problems(
                 continue
             if infos is not None:
                 infos[path] = info
+        out.append((str(name), str(uid), path, info))
+    return out
+
+
+def _problems_of(upstream: list[tuple[str, str, Path, NodeInfo]]) -> list[tuple[str, Path]]:
+    """What upstream_problems says of the upstream nodes ``_upstream_nodes`` found (from
+    their NodeInfos as they are now: dead Slurm jobs described since, say)."""
+    out = []
+    for name, uid, path, info in upstream:
         said = {
             "error": f"failed ({info.error})" if info.error else "failed",
             "partial": f"holds {info.errors} item error(s)",
@@ -566,8 +583,8 @@ def inspect(
     # inputs.yaml read, its upstream nodes described once, if not listed)
     listed = {info.folder: info for info in out}
     empty = [i for i in out if i.status == "empty" and i.folder.name.startswith(INPUTS_PREFIX)]
-    for info in empty:  # (their upstream nodes described, added to listed if not there)
-        upstream_problems(info.folder, listed)
+    # (their upstream nodes described, added to listed if not there: inputs.yaml read once)
+    upstream = {info.folder: _upstream_nodes(info.folder, listed) for info in empty}
     # how dead Slurm jobs ended (one sacct call), for the lines and for the notes below
     # naming an upstream's error (they said "killed, out of memory, cancelled...?" for a
     # job that raised); the records of upstream nodes of other steps too
@@ -575,7 +592,7 @@ def inspect(
     others = [r for f in listed if f not in shown for r in _readable_records(f)]
     _describe_dead_jobs(list(listed.values()), records + others)
     for info in empty:
-        problems = upstream_problems(info.folder, listed)
+        problems = _problems_of(upstream[info.folder])
         if problems:
             said = "not computed: " + "; ".join(text for text, _ in problems)
             info.note = f"{info.note}; {said}" if info.note else said
