@@ -5033,6 +5033,44 @@ def test_list_reads_the_inputs_of_an_empty_task_once(
     assert [p.name for p in reads].count("inputs.yaml") == 1, reads
 
 
+def test_list_asks_sacct_only_for_the_nodes_it_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """inspect (exca list) asked sacct how the dead Slurm jobs of every folder ended
+    before applying --where and --status: one sacct call per listing, also when the
+    filters left none of them. Only the listed nodes' jobs (and their inputs') are asked."""
+    from exca.graph import registry
+
+    root = tmp_path / "cache"
+    dead = Train(seed=21, infra={"folder": root})
+    folder = dead.infra.uid_folder(create=True)
+    assert folder is not None
+    record = registry.JobRecord(
+        job_id="99999991",
+        cluster="slurm",
+        logs=str(folder / "logs"),
+        submitted=time.time() - 60,
+        folder=str(folder),
+    )
+    registry.write(folder, record, link=False)
+    assert Train(seed=22, infra={"folder": root}).fit() == pytest.approx(23.0)
+    asked: list[list[str]] = []
+
+    def endings(job_ids: tp.Sequence[str], unknown: bool = False) -> dict[str, tp.Any]:
+        asked.append(list(job_ids))
+        return {}
+
+    monkeypatch.setattr(registry, "queued_jobs", lambda job_ids: set())
+    monkeypatch.setattr(registry, "slurm_endings", endings)
+    (info,) = exca.ops.inspect(root, where=["seed=22"])
+    assert info.status == "success"
+    assert exca.ops.inspect(root, status="success") == [info]
+    assert asked == []  # (nothing listed had a dead Slurm job)
+    (info,) = exca.ops.inspect(root, where=["seed=21"])
+    assert info.status == "error" and info.job_id == "99999991"
+    assert asked == [["99999991"]]
+
+
 class MyUpstreamFailed(RuntimeError):
     """A user's error whose name ends as exca's UpstreamFailed."""
 

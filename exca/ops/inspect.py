@@ -579,24 +579,31 @@ def inspect(
         if f in parents and info.kind == "empty":
             continue  # a config folder that only holds tasks with inputs (listed themselves)
         out.append(info)
+    # the filters first: what follows (sacct) is asked only for the nodes listed
+    selected = select(out, where, status, parsed=conditions)
     # a task with inputs holding nothing: not computed as an upstream node failed? (its
     # inputs.yaml read, its upstream nodes described once, if not listed)
-    listed = {info.folder: info for info in out}
-    empty = [i for i in out if i.status == "empty" and i.folder.name.startswith(INPUTS_PREFIX)]
-    # (their upstream nodes described, added to listed if not there: inputs.yaml read once)
-    upstream = {info.folder: _upstream_nodes(info.folder, listed) for info in empty}
-    # how dead Slurm jobs ended (one sacct call), for the lines and for the notes below
-    # naming an upstream's error (they said "killed, out of memory, cancelled...?" for a
-    # job that raised); the records of upstream nodes of other steps too
-    shown = {info.folder for info in out}  # (once: not per listed folder, 10k of them)
-    others = [r for f in listed if f not in shown for r in _readable_records(f)]
-    _describe_dead_jobs(list(listed.values()), records + others)
+    known = {info.folder: info for info in out}
+    empty = [i for i in selected if i.status == "empty" and i.folder.name.startswith(INPUTS_PREFIX)]
+    # (their upstream nodes described, added to known if not there: inputs.yaml read once)
+    upstream = {info.folder: _upstream_nodes(info.folder, known) for info in empty}
+    # how dead Slurm jobs ended (one sacct call), for the lines listed and for the notes
+    # below naming an upstream's error (they said "killed, out of memory, cancelled...?"
+    # for a job that raised); the records of upstream nodes of other steps too
+    asked = {info.folder: info for info in selected}
+    for nodes in upstream.values():
+        for _, _, path, info in nodes:
+            asked.setdefault(path, info)
+    own = {f for _, _, f in folders}  # (once: not per listed folder, 10k of them)
+    wanted = [r for r in records if r.node_folder in asked]
+    wanted += [r for f in asked if f not in own for r in _readable_records(f)]
+    _describe_dead_jobs(list(asked.values()), wanted)
     for info in empty:
         problems = _problems_of(upstream[info.folder])
         if problems:
             said = "not computed: " + "; ".join(text for text, _ in problems)
             info.note = f"{info.note}; {said}" if info.note else said
-    return select(out, where, status, parsed=conditions)
+    return selected
 
 
 def select(
