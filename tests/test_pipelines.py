@@ -825,6 +825,22 @@ def test_run_refuses_a_progress_that_is_not_a_bool(env: Env) -> None:
     assert env.starts("shown") == 1
 
 
+def test_run_and_plan_take_numpy_bools(env: Env) -> None:
+    """run(progress=np.bool_(True)) (a flag from an array, a comparison) was refused as
+    "not True, False or None", as were run(wait=...) and plan(wait=...) given one: a numpy
+    bool is taken as the bool it is."""
+    node = env.step("numpy").run.node()
+    (entry,) = exca.graph.plan(node, wait=np.bool_(True)).entries
+    assert entry.action == "compute"
+    exca.graph.run(node, wait=np.bool_(True), progress=np.bool_(False))
+    assert env.starts("numpy") == 1
+    other = env.step("numpy2").run.node()
+    exca.graph.run(other, progress=np.array([1, 2]).sum() > 2)  # (a numpy bool too)
+    assert env.starts("numpy2") == 1
+    with pytest.raises(TypeError, match="give True or False"):
+        exca.graph.run(node, wait=np.int64(1))  # type: ignore[arg-type]
+
+
 def test_an_eager_map_call_given_nodes_as_items_says_so(env: Env) -> None:
     """A map called on a list of nodes (as a task's call takes nodes) raised its item_uid's
     error, "item_uid <lambda> failed on item Node(...): TypeError: 'Node' object is not

@@ -7,7 +7,7 @@ import typing as tp
 from ..storage.dumping import PAYLOAD_ERRORS
 from . import calls, store
 from .decisions import check_node, collect
-from .errors import NodeFailures
+from .errors import NodeFailures, as_bool
 from .jobs import Job
 from .node import TASK_KEY, Node
 from .planning import Plan
@@ -28,13 +28,18 @@ def run(*targets: Node, wait: bool = True, progress: bool | None = None) -> Sche
     """Compute what the targets need; with ``wait=False``, submit every missing Slurm node
     at once (Slurm dependencies between levels) and return without waiting for them (work
     not on Slurm, inline, in pools or local jobs, is done before returning)."""
-    if not isinstance(wait, bool):  # (wait="no" is true: it waited)
+    flag = as_bool(wait)
+    if flag is None:  # (wait="no" is true: it waited)
         raise TypeError(f"run(wait={wait!r}): give True or False")
-    if progress is not None and not isinstance(progress, bool):  # (progress="no" is true)
-        raise TypeError(
-            f"run(progress={progress!r}): give True, False or None (None: as the "
-            "EXCA_PROGRESS variable or the terminal says)"
-        )
+    wait = flag
+    if progress is not None:
+        flag = as_bool(progress)
+        if flag is None:  # (progress="no" is true)
+            raise TypeError(
+                f"run(progress={progress!r}): give True, False or None (None: as the "
+                "EXCA_PROGRESS variable or the terminal says)"
+            )
+        progress = flag
     scheduler = Scheduler(list(targets), progress=progress)
     if wait:
         try:

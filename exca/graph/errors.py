@@ -130,6 +130,17 @@ def items_not_computed(uids: tp.Sequence[str], node_uid: str) -> str:
     return f"{len(uids)} item(s) of {node_uid} not computed ({named_items(uids)})"
 
 
+def as_bool(value: tp.Any) -> bool | None:
+    """A flag given as True/False, or as a numpy bool (``np.bool_(True)``, from an array
+    or a comparison): as a bool; None for anything else (refused: "no" is true)."""
+    if isinstance(value, bool):
+        return value
+    kind = type(value)
+    if kind.__name__ in ("bool_", "bool") and kind.__module__ == "numpy":
+        return bool(value)
+    return None
+
+
 def read_only_error(node: tp.Any, what: str) -> RuntimeError:
     """The error of a read-only node missing something (naming its cache folder: a map
     node's uid ends with the digest of its items, not a folder)."""

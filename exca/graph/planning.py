@@ -24,7 +24,7 @@ from .decisions import (
     to_chunks,
     unreachable_inputs,
 )
-from .errors import shortened
+from .errors import as_bool, shortened
 from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Group, Node, single_item_here
 
 STATUS_ORDER = ("running", "missing", "forced", "cached error", "stale", "cached", "not needed")
@@ -89,9 +89,10 @@ class Plan:
     def __init__(self, targets: tp.Sequence[Node], wait: bool = True) -> None:
         """``wait``: the plan of ``run(*targets, wait=wait)`` (False: a detached run, which
         refuses work that would have to wait for a job here: listed in its problems)."""
-        if not isinstance(wait, bool):  # (as run() checks it)
+        flag = as_bool(wait)
+        if flag is None:  # (as run() checks it)
             raise TypeError(f"plan(wait={wait!r}): give True or False")
-        self.wait = wait
+        self.wait = flag
         with gcpause.paused(), keeping_files():  # (a dry run: reads only)
             self.graph = Graph(targets, checks_payloads=True, dry_run=True)
             self._by_uid: dict[str, Node] | None = None
