@@ -4001,6 +4001,22 @@ def test_compact_many_writer_sessions(tmp_path: Path) -> None:
     ]
 
 
+def test_compact_preview_of_a_root_given_relative_names_full_folders(tmp_path: Path) -> None:
+    """`exca clean cache compact` (the root given relative) previewed 'cache/...: N index
+    file(s)' where the other previews (node, logs...) name full folders: it names them
+    in full, in its text and in --json."""
+    root = tmp_path / "cache"
+    _many_writer_sessions(root, 2)
+    folder = folder_of(Ranges(infra={"folder": root}))
+    age_index_files(folder)
+    preview = cli("clean", "cache", "compact", cwd=tmp_path, check=True).stdout
+    assert preview.startswith(f"{folder}: 2 index file(s)\n"), preview
+    listed = json.loads(cli("clean", "cache", "compact", "--json", cwd=tmp_path, check=True).stdout)
+    assert [entry["folder"] for entry in listed] == [str(folder)]
+    node = cli("clean", "cache", "node", folder.relative_to(tmp_path), cwd=tmp_path, check=True)
+    assert f"  {folder}  (requested)" in node.stdout  # (as the node preview names it)
+
+
 def test_compact_keeps_the_last_write_that_list_shows(tmp_path: Path) -> None:
     """`exca list` shows a node's last write (the newest mtime of its index files): a
     compaction, which writes no entry, moved it to the time of the merging (a probe).
