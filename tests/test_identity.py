@@ -1702,6 +1702,61 @@ def test_overriding_infra_without_apply() -> None:
         OverridesInfra()
 
 
+class OverridesInfraAndMethod(Parent):
+    infra: TaskInfra = TaskInfra(version="2")  # (e.g. a version bump in a subclass)
+
+    @infra.apply
+    def func(self) -> int:
+        CALLS.append("OverridesInfraAndMethod")
+        return super().func() * 10
+
+
+class MapParent(pydantic.BaseModel):
+    infra: MapInfra = MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def each(self, items: list[int]) -> tp.Iterator[int]:
+        CALLS.extend(f"MapParent{item}" for item in items)
+        for item in items:
+            yield item + 1
+
+
+class MapOverridesInfraAndMethod(MapParent):
+    infra: MapInfra = MapInfra(version="2")
+
+    @infra.apply(item_uid=str)
+    def each(self, items: list[int]) -> tp.Iterator[int]:
+        for output in super().each(items):
+            yield output * 10
+
+
+def test_subclass_overriding_infra_and_method_calls_the_parent_uncached(tmp_path: Path) -> None:
+    """A subclass declaring the infra again and decorating its override, which calls
+    super().func(): the parent's method found the subclass's infra, applied to the
+    override, and raised 'already being computed by this very thread' (a map cached a
+    RecursionError per item). The parent's method is part of the override: it runs
+    inside the override's computation, cached in the override's folder only."""
+    obj = OverridesInfraAndMethod(p=3, infra={"folder": tmp_path})
+    assert obj.func() == 30
+    assert obj.infra.uid().startswith(f"{MODULE}.OverridesInfraAndMethod.func,2/")
+    assert [p.name for p in tmp_path.iterdir()] == [f"{MODULE}.OverridesInfraAndMethod.func,2"]
+    before = (_calls("Parent"), _calls("OverridesInfraAndMethod"))
+    assert OverridesInfraAndMethod(p=3, infra={"folder": tmp_path}).func() == 30
+    assert (_calls("Parent"), _calls("OverridesInfraAndMethod")) == before  # cached
+    assert Parent(p=3, infra={"folder": tmp_path}).func() == 3  # the parent's own cache
+    # a map
+    mapper = MapOverridesInfraAndMethod(infra={"folder": tmp_path / "map"})
+    (tmp_path / "map").mkdir()
+    assert list(mapper.each([1, 2])) == [20, 30]
+    assert sorted(mapper.infra.cache_dict.keys()) == ["1", "2"]
+    assert [p.name for p in (tmp_path / "map").iterdir()] == [
+        f"{MODULE}.MapOverridesInfraAndMethod.each,2"
+    ]
+    before_map = _calls("MapParent1")
+    assert list(MapOverridesInfraAndMethod(infra={"folder": tmp_path / "map"}).each([1])) == [20]
+    assert _calls("MapParent1") == before_map
+
+
 # --- several infras, decorator errors, private infra ---------------------------------------
 class TwoInfras(pydantic.BaseModel):
     x: int = 1

@@ -176,6 +176,8 @@ class BoundMap:
 
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Iterator[tp.Any]:
         method = self.method
+        if method.shadowed and method.overridden_on(self.obj):  # (super().method(items))
+            return iter(method.func(self.obj, *args, **kwargs))
         if kwargs:
             if args or len(kwargs) != 1 or method.param_name not in kwargs:
                 if len(kwargs) == 1 and not args:

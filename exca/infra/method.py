@@ -49,6 +49,7 @@ class InfraMethod(property):
     """
 
     func: tp.Callable[..., tp.Any]
+    shadowed = False  # (see __init__; a default for descriptors unpickled without it)
 
     @property
     def __isabstractmethod__(self) -> bool:  # type: ignore[override]
@@ -85,6 +86,9 @@ class InfraMethod(property):
         self.owner: type[pydantic.BaseModel] | None = None
         self.infra_name = ""
         self.private = False
+        # whether a class applies this method's infra (by its name) to another method
+        # (see overridden_on; set by owner_facts, which every instance's class goes through)
+        self.shadowed = False
         functools.update_wrapper(self, func)
 
     def __repr__(self) -> str:
@@ -135,6 +139,16 @@ class InfraMethod(property):
         # classes of __main__, notebooks or functions are pickled by value (cloudpickle):
         # their dict holds this descriptor, so rebuild it without touching the class
         return (_rebuild, (type(self), dict(self.__dict__)))
+
+    def overridden_on(self, obj: pydantic.BaseModel) -> bool:
+        """Whether the class of ``obj`` applies this method's infra (by its name) to another
+        method: a subclass declaring the infra again and decorating its own override,
+        which calls this one through ``super()``. This one then runs as a plain method
+        (its result is part of the override's, cached by it).
+        Callers check ``self.shadowed`` first (no such class: one attribute read)."""
+        facts = _FACTS.get(type(obj)) or owner_facts(type(obj))
+        applied = facts.applied.get(self.infra_name)
+        return applied is not None and applied is not self
 
     def infra_of(self, obj: pydantic.BaseModel) -> BaseInfra:
         """The (linked) infra instance that this method uses on an owner instance."""
@@ -221,6 +235,8 @@ def _find_infra_name(owner: type, infra: tp.Any) -> tuple[str, bool]:
 # --- owner classes ------------------------------------------------------------------------
 class _OwnerFacts(tp.NamedTuple):
     infras: tuple[tuple[str, bool, BaseInfra], ...]  # (name, private, class default)
+    # the method each infra name is applied to in this class (the most derived one)
+    applied: dict[str, InfraMethod]
 
 
 _FACTS: dict[type, _OwnerFacts] = {}
@@ -262,7 +278,11 @@ def owner_facts(cls: type[pydantic.BaseModel]) -> _OwnerFacts:
                 f"is decorated with, without applying it: decorate a method with "
                 f"@{name}.apply in {cls.__qualname__} too, or do not override {name!r}"
             )
-    facts = _FACTS[cls] = _OwnerFacts(tuple(infras))
+    for klass in cls.__mro__:  # (methods whose infra this class applies to another one)
+        for value in vars(klass).values():
+            if isinstance(value, InfraMethod) and applied.get(value.infra_name, value) is not value:
+                value.shadowed = True
+    facts = _FACTS[cls] = _OwnerFacts(tuple(infras), applied)
     return facts
 
 

@@ -204,6 +204,8 @@ class BoundTask:
     __reduce__ = reduce_bound
 
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        if self.method.shadowed and self.method.overridden_on(self.obj):  # (super().method())
+            return self.method.func(self.obj, *args, **kwargs)
         infra = tp.cast(TaskInfra, self.method.infra_of(self.obj))
         runtime = infra._runtime()
         infra._check_unchanged_before_reading()  # (a config with lists changed in place?)
