@@ -36,6 +36,29 @@ class FuncConfig(pydantic.BaseModel):
     def build(self) -> tp.Any:  # replaced by the cached call in each generated model
         raise NotImplementedError
 
+    def __reduce__(self) -> tp.Any:
+        # (its class is made by to_config_model, so pickle cannot find it by name in the
+        # function's module: it is made again from the function, which pickles by name)
+        func: tp.Any = _FUNC_OF.get(type(self))
+        if func is None:  # (a class of its own, deriving from FuncConfig)
+            return super().__reduce__()
+        named = _lookup(func.__module__, func.__qualname__)
+        if isinstance(named, FunctionWithInfra) and named.func is func:
+            func = named  # (decorated by with_infra: its name is the decorated function's)
+        return (_rebuild_config, (func, self.__getstate__()))
+
+
+_FUNC_OF: dict[type, tp.Callable[..., tp.Any]] = {}  # generated model -> its function
+
+
+def _rebuild_config(func: tp.Callable[..., tp.Any], state: dict[str, tp.Any]) -> FuncConfig:
+    if isinstance(func, FunctionWithInfra):
+        func = func.func
+    cls = to_config_model(func)
+    config = cls.__new__(cls)
+    config.__setstate__(state)
+    return config
+
 
 _ANY = (tp.Any, "Any", "tp.Any", "typing.Any")  # (unresolved string annotations too)
 
@@ -109,7 +132,9 @@ def to_config_model(func: tp.Callable[..., tp.Any]) -> type[FuncConfig]:
     )
     metaclass: tp.Any = type(pydantic.BaseModel)
     try:
-        return tp.cast(type[FuncConfig], metaclass(name, (FuncConfig,), namespace))
+        model = tp.cast(type[FuncConfig], metaclass(name, (FuncConfig,), namespace))
+        _FUNC_OF[model] = func
+        return model
     except pydantic.PydanticSchemaGenerationError:
         bad = [n for n in names if not _has_schema(annotations[n])]
         shown = ", ".join(f"{n!r} ({annotations[n]!r})" for n in bad) or "?"

@@ -180,6 +180,29 @@ def test_with_infra_picklable() -> None:
     assert restored is module_level_square  # pickled by name
 
 
+def test_function_configs_pickle(tmp_path: Path) -> None:
+    """A config of to_config / to_config_model / with_infra(...).config pickled (to a
+    process pool, a DataLoader's workers...): its class, made from the function, is no
+    attribute of the function's module, and pickle refused it ('attribute lookup
+    _add_FuncConfig on ... failed'). It is made again
+    from the function (by name, or the with_infra function decorating it); a cached
+    result is read back, not computed."""
+    config = helpers.to_config(_add, a=3, infra={"folder": tmp_path})
+    assert config.build() == 5
+    before = len(CALLS)
+    restored = pickle.loads(pickle.dumps(config))
+    assert type(restored) is type(config) and restored.a == 3 and restored.b == 2
+    assert restored.infra.folder == tmp_path and restored.build() == 5
+    assert len(CALLS) == before  # read from the cache
+    model = helpers.to_config_model(_add)
+    assert pickle.loads(pickle.dumps(model(a=1, b=1))).build() == 2
+    wrapped = helpers.with_infra(folder=tmp_path)(_add).config(a=7)
+    assert pickle.loads(pickle.dumps(wrapped)).infra.folder == tmp_path
+    # the module attribute is the decorated function: it carries the config
+    square = pickle.loads(pickle.dumps(module_level_square.config(x=4)))
+    assert square.x == 4 and square.infra.keep_in_ram and square.build() == 16
+
+
 def test_with_infra_picklable_by_value(tmp_path: Path) -> None:
     add = helpers.with_infra(folder=tmp_path)(_add)  # not the module attribute: by value
     restored = pickle.loads(pickle.dumps(add))
