@@ -407,8 +407,8 @@ def validate_kwargs(func: tp.Callable[..., tp.Any], kwargs: dict[str, tp.Any]) -
 
 def find_slurm_job(job_id: str, folder: str | Path | None = None) -> tp.Any:
     """The submitit job of a Slurm job id, with ``.config`` and ``.uid_config`` (ConfDict)
-    of the config it computes; searched in ``folder`` (recursively) or, when None, from
-    the job's output path given by scontrol."""
+    of the config it computes; searched in ``folder`` (recursively) or, when None, in the
+    closest cache folder above the job's log (its path given by scontrol)."""
     import submitit
 
     from .graph import registry
@@ -426,9 +426,7 @@ def find_slurm_job(job_id: str, folder: str | Path | None = None) -> tp.Any:
             raise RuntimeError(
                 f"scontrol does not know job {job_id} (give the cache folder instead)"
             )
-        folder = Path(paths[0]).parent
-        while folder != folder.parent and not any(folder.glob("*/*/" + registry.JOBS_DIR)):
-            folder = folder.parent
+        folder = _cache_above(Path(paths[0]), job_id)
     name = job_id.replace("/", "-")
     # (a job that refused its config too: its record was set aside, see registry.set_refused)
     for record_path in Path(folder).rglob(f"{registry.JOBS_DIR}/{name}.*"):
@@ -450,6 +448,30 @@ def find_slurm_job(job_id: str, folder: str | Path | None = None) -> tp.Any:
         job.uid_config = ConfDict(read_yaml(config_folder / UID_FILE) or {})
         return job
     raise RuntimeError(f"No record of job {job_id} under {folder}")
+
+
+# How far above a job's log its cache may be: the default logs are <root>/<method>/logs/
+# <user>/<id>/ for a task, one level deeper for a map (its uid folder's logs).
+_LOG_DEPTH = 8
+
+
+def _cache_above(log: Path, job_id: str) -> Path:
+    """The cache folder a Slurm job's log is in: the closest folder above it holding node
+    folders with job records. Only a few levels are looked at, never the filesystem's root:
+    a job whose log is elsewhere (not sent by exca, or logs set outside the cache) would
+    have had the whole filesystem searched."""
+    from .graph import registry
+
+    for folder in list(log.parents)[:_LOG_DEPTH]:
+        if folder == folder.parent:
+            break
+        if any(folder.glob("*/*/" + registry.JOBS_DIR)):
+            return folder
+    raise RuntimeError(
+        f"No exca cache found above the log of job {job_id} ({log}): it was not sent by "
+        "exca, or its logs are outside its cache. Give the cache folder: "
+        f"find_slurm_job({job_id!r}, folder=...)"
+    )
 
 
 _NOT_NODE_DIRS = frozenset({"data", "claims", "jobs", "logs", "code", "submitit"})

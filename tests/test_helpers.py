@@ -913,6 +913,43 @@ def test_find_slurm_job_skips_a_folder_being_removed(tmp_path: Path) -> None:
         helpers.find_slurm_job(job.job_id, folder=tmp_path)
 
 
+@pytest.mark.timeout(120)
+def test_find_slurm_job_without_folder_looks_above_the_log_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a folder, the cache is the closest folder above the job's log (scontrol's
+    StdOut) holding job records. A log in no cache (a job exca did not send, logs set
+    elsewhere) had the climb go up to / and search the whole filesystem (an OSError on
+    /proc, hours on a cluster's filesystem): it is refused, asking for the folder."""
+    import subprocess
+
+    task = _Recorded(x=5, infra={"folder": tmp_path / "cache", "cluster": "local"})
+    job = task.infra.job()
+    assert job.result() == 5
+    logs = {job.job_id: Path(job.submitit_job.paths.stdout), "77": tmp_path / "x/77/77.out"}
+    run = subprocess.run
+
+    def scontrol(args: list[str], **kwargs: tp.Any) -> tp.Any:
+        if args[:3] == ["scontrol", "show", "job"]:
+            out = f"JobId={args[3]} StdOut={logs[args[3]]}\n"
+            return subprocess.CompletedProcess(args, 0, out, "")
+        return run(args, **kwargs)
+
+    monkeypatch.setattr(helpers.subprocess, "run", scontrol)
+    found = helpers.find_slurm_job(job.job_id)
+    assert found.config["x"] == 5 and found.uid_config == {"x": 5}
+    searched: list[Path] = []
+    rglob = Path.rglob
+    monkeypatch.setattr(Path, "rglob", lambda self, p: searched.append(self) or rglob(self, p))
+    with pytest.raises(
+        RuntimeError,
+        match=r"No exca cache found above the log of job 77.*"
+        r"find_slurm_job\('77', folder=\.\.\.\)",
+    ):
+        helpers.find_slurm_job("77")
+    assert searched == []
+
+
 class _Scaled(pydantic.BaseModel):
     factor: int = 1
     infra: TaskInfra = TaskInfra(version="1")

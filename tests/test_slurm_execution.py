@@ -181,6 +181,8 @@ def test_slurm_task(tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster) -> N
     assert found.config["x"] == 7
     assert found.uid_config["x"] == 7
     assert "slurm task x=7" in (found.stdout() or "")
+    found = exca.helpers.find_slurm_job(job.job_id)  # (by scontrol: the cache above its log)
+    assert found.uid_config["x"] == 7
 
 
 class SlurmCallsItself(pydantic.BaseModel):
