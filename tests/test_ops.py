@@ -4001,7 +4001,7 @@ def test_compact_many_writer_sessions(tmp_path: Path) -> None:
     ]
 
 
-def test_compact_preview_of_a_root_given_relative_names_full_folders(tmp_path: Path) -> None:
+def test_previews_of_a_root_given_relative_name_full_folders(tmp_path: Path) -> None:
     """`exca clean cache compact` (the root given relative) previewed 'cache/...: N index
     file(s)' where the other previews (node, logs...) name full folders: it names them
     in full, in its text and in --json."""
@@ -4015,6 +4015,12 @@ def test_compact_preview_of_a_root_given_relative_names_full_folders(tmp_path: P
     assert [entry["folder"] for entry in listed] == [str(folder)]
     node = cli("clean", "cache", "node", folder.relative_to(tmp_path), cwd=tmp_path, check=True)
     assert f"  {folder}  (requested)" in node.stdout  # (as the node preview names it)
+    # and versions' ('cache/...' too: only compact's had been made whole)
+    old = Train(seed=1, infra={"folder": root})
+    old.fit()
+    Train(seed=1, infra={"folder": root, "version": "2"}).fit()
+    versions = cli("clean", "cache", "versions", cwd=tmp_path, check=True).stdout
+    assert f"  {folder_of(old)}  (old version" in versions, versions
 
 
 def test_compact_keeps_the_last_write_that_list_shows(tmp_path: Path) -> None:

@@ -764,11 +764,11 @@ def _main(argv: list[str] | None) -> int:
     elif args.command == "clean":
         from . import clean
 
+        args.root = os.path.abspath(args.root)  # (every preview names full paths)
         if args.what == "compact":
             from .inspect import node_folders
 
-            # (absolute: the folders previewed are full paths, as the other previews')
-            root = Path(os.path.abspath(clean.cache_root(args.root)))
+            root = clean.cache_root(args.root)
             steps = clean.selected_steps(root, args.step)
             folders = [f for s, _, f in node_folders(root) if steps is None or s in steps]
             if args.yes:
