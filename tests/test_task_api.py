@@ -4,6 +4,7 @@ errors, job()/status()/clear_job(), configs and clones, validation, MapInfra rul
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -2707,6 +2708,22 @@ def test_misuse_gets_a_clear_error(tmp_path: Path) -> None:
                 @decorator  # type: ignore[misc]
                 def f(self) -> int:
                     return 1
+
+    # (a partial failed on its missing __name__; a class was taken as a method)
+    with pytest.raises(TypeError, match=r"got a partial: put @infra\.apply"):
+
+        class Partial(pydantic.BaseModel):
+            infra: TaskInfra = TaskInfra()
+            f = infra.apply(functools.partial(lambda self, a: a, a=1))
+
+    with pytest.raises(TypeError, match=r"got a type: put @infra\.apply"):
+
+        class Nested(pydantic.BaseModel):
+            infra: TaskInfra = TaskInfra()
+
+            @infra.apply  # type: ignore[arg-type]
+            class Inner:
+                pass
 
     with pytest.raises(TypeError, match=r"use a list of field names \(\['param'\]\)"):
 

@@ -24,7 +24,11 @@ _HOOKED = "_exca_owner_hooked"
 
 def check_plain_method(func: tp.Any) -> None:
     """What ``infra.apply`` decorates must be a plain function of ``self``."""
-    if isinstance(func, property | classmethod | staticmethod) or not callable(func):
+    if (
+        isinstance(func, property | classmethod | staticmethod | type)
+        or not callable(func)
+        or not hasattr(func, "__qualname__")  # (a functools.partial, a callable object)
+    ):
         raise TypeError(
             f"infra.apply decorates a plain method (def name(self, ...)), got a "
             f"{type(func).__name__}: put @infra.apply directly above the def, with no "
