@@ -5,6 +5,7 @@ import copy
 import enum
 import io
 import itertools
+import logging
 import os
 import pickle
 import stat
@@ -2693,3 +2694,21 @@ def test_a_npy_payload_with_a_large_header_is_whole(tmp_path: Path) -> None:
     with open(path, "r+b") as handle:  # cut short: damaged
         handle.truncate(path.stat().st_size - 8)
     assert not _whole_npy(path)
+
+
+def test_an_index_file_of_another_package_is_ignored_once_said_what_to_do(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An index file named as the reference package names them is not read (its entries
+    are computed again); the warning came back in every process with no way to stop it
+    but reading the code: it names the file to remove once that package is done with it."""
+    cache: CacheDict[int] = CacheDict(tmp_path, cache_type="Pickle")
+    with cache.write():
+        cache["mine"] = 1
+    foreign = tmp_path / "vm-140245-info.jsonl"
+    foreign.write_text('{"#key": "x", "#type": "PickleDump", "filename": "x-abcdef12.pkl"}\n')
+    with caplog.at_level(logging.WARNING, logger="exca"):
+        assert sorted(CacheDict(tmp_path).keys()) == ["mine"]
+    (said,) = [r.getMessage() for r in caplog.records if "not written by this exca" in r.message]
+    assert said.endswith(f"if the reference package no longer uses this cache, remove {foreign}")
+    assert foreign.exists()

@@ -622,9 +622,11 @@ def _written_here(name: str, reader: IndexReader) -> bool:
         _WARNED_FOREIGN.add(reader._dir)
         logger.warning(
             "%s: %s was not written by this exca (the reference package?): its entries are "
-            "ignored and computed again; the file is left alone",
+            "ignored and computed again; the file is left alone, so this is said once per "
+            "process: if the reference package no longer uses this cache, remove %s",
             reader._dir,
             name,
+            os.path.join(reader._dir, name),
         )
     return False
 
