@@ -634,37 +634,85 @@ def _main(argv: list[str] | None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p_list = sub.add_parser("list", help="what a cache folder holds")
-    p_list.add_argument("root")
+    p_list = sub.add_parser(
+        "list",
+        help="what a cache folder holds",
+        description="What a cache holds: one block per step, one line per config (status, "
+        "size, last write, uid, job, error). Reads only.",
+    )
+    p_list.add_argument(
+        "root", help="a cache root (an infra's folder), a step folder or a node folder"
+    )
     p_list.add_argument("--step", help="glob or substring of <module>.<Class>.<method>,<version>")
     p_list.add_argument(
         "--where", action="append", default=[], help="config condition key=value (repeatable)"
     )
     p_list.add_argument(
-        "--status", choices=["success", "error", "running", "computing", "partial", "empty"]
+        "--status",
+        choices=["success", "error", "running", "computing", "partial", "empty"],
+        help="only the configs of this status (partial: a map with failed or missing items; "
+        "empty: a folder holding no result)",
     )
-    p_list.add_argument("--json", action="store_true")
+    p_list.add_argument("--json", action="store_true", help="machine-readable output")
 
-    for name, help_text in (
-        ("plan", "dry run of a config"),
-        ("explain", "why each node would compute"),
-        ("check", "check resources against the Slurm cluster"),
+    for name, help_text, description in (
+        (
+            "plan",
+            "dry run of a config",
+            "What running TARGET would do: each node's status, action, where it would run "
+            "and why, and the submissions. Runs nothing, writes nothing.",
+        ),
+        (
+            "explain",
+            "why each node would compute",
+            "Why each node of TARGET would compute (never computed, a config differing "
+            "from the nearest cached one, a cached error, stale upstream...). Reads only.",
+        ),
+        (
+            "check",
+            "check resources against the Slurm cluster",
+            "The resources of TARGET's Slurm nodes that the cluster cannot give (partition, "
+            "CPUs, GPUs, memory, time limit, constraint, account, qos). Exit status 1 if "
+            "any, or if no Slurm controller answers.",
+        ),
     ):
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=description
+            + " Example: exca "
+            + name
+            + " mypkg.exp:Train.fit --config exp.yaml optim.lr=0.02 infra.folder=cache",
+        )
         p.add_argument(
             "target",
             help="package.module:Class.method (then key=value overrides), or "
             "package.module:function returning nodes",
         )
         p.add_argument("--config", help="yaml file of the config")
-        p.add_argument("--json", action="store_true")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "plan":
             p.add_argument("--mermaid", help="write the mermaid picture source to this file")
 
-    p_clean = sub.add_parser("clean", help="free space (preview unless --yes)")
+    p_clean = sub.add_parser(
+        "clean",
+        help="free space (preview unless --yes)",
+        description="Free space in a cache: prints what would be removed, and what is kept\n"
+        "and why; --yes removes it. Folders being computed or with a queued or running job\n"
+        "are never removed.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""what:
+  node FOLDER...     these node folders (or --where k=v: the configs `list --where` shows)
+  versions           results of older numbered versions of each method
+  orphans            files no cache entry refers to, dead claims (older than an hour)
+  logs               job log folders of jobs that ended more than --days days ago
+  compact            merge the index files of finished writers into one""",
+    )
     p_clean.add_argument("root", help="the cache root folder")
     p_clean.add_argument(
-        "what", choices=["node", "versions", "orphans", "logs", "compact"], help="what to free"
+        "what",
+        choices=["node", "versions", "orphans", "logs", "compact"],
+        help="what to free (see below)",
     )
     # (a default: argparse then does not list it among the missing required arguments)
     p_clean.add_argument("folders", nargs="*", default=[], help="node folders (for 'node')")
@@ -689,13 +737,18 @@ def _main(argv: list[str] | None) -> int:
         help=f"logs older than this (for 'logs'; default {DEFAULT_LOG_DAYS:g})",
     )
     p_clean.add_argument("--yes", action="store_true", help="really remove (default: preview)")
-    p_clean.add_argument("--json", action="store_true")
+    p_clean.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p_logs = sub.add_parser("logs", help="stdout/stderr of a node's job")
+    p_logs = sub.add_parser(
+        "logs",
+        help="stdout/stderr of a node's job",
+        description="The stdout of the latest job recorded for a node folder (its cached "
+        "traceback for a failure computed inline). Exit status 1 when there is no log.",
+    )
     p_logs.add_argument("folder", help="node folder (<root>/<step>/<uid>[/inputs-...])")
-    p_logs.add_argument("--item", help="map item uid")
-    p_logs.add_argument("--stderr", action="store_true")
-    p_logs.add_argument("--json", action="store_true")
+    p_logs.add_argument("--item", help="map item uid: the log of the job that computed it")
+    p_logs.add_argument("--stderr", action="store_true", help="stderr instead of stdout")
+    p_logs.add_argument("--json", action="store_true", help="machine-readable output")
 
     # overrides are the arguments left: _target_node explains the misformed ones
     args, rest = parser.parse_known_args(argv)
