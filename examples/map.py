@@ -58,6 +58,9 @@ def main() -> None:
     folder = Path("demo-cache/map").resolve()
     folder.mkdir(parents=True, exist_ok=True)
     cluster = None if args.cluster == "none" else args.cluster
+    # jobs (local, auto): at most 4, of at least 5 items each; a pool (processpool, the
+    # default here) has at most 4 workers (one fewer than the CPUs), each given about 3
+    # chunks of the items: min_samples_per_job is for jobs only
     infra = {"folder": folder, "cluster": cluster, "max_jobs": 4, "min_samples_per_job": 5}
 
     embedder = Embedder(infra=infra)
