@@ -11,6 +11,7 @@
 TARGET is package.module:Class.method (decorated with an infra); its config comes
 from --config FILE.yaml and key=value overrides (dotted keys). Or package.module:function,
 a function of no argument returning a node or a list of nodes (a pipeline's targets).
+`exca COMMAND --help` gives a command's options; docs/cli.md has examples.
 """
 
 from __future__ import annotations
@@ -420,7 +421,11 @@ def _why_nothing(folder: Path) -> str:
     from .inspect import upstream_problems
 
     if inspecting_view(folder).entries_info():
-        return ""  # (computed where it was called: nothing to explain)
+        # (no job wrote what it holds, or its records are gone: no log to show)
+        return (
+            ": what it holds was computed where it was called (cluster=None or a pool: no "
+            "log), or its job records were removed"
+        )
     problems = upstream_problems(folder)
     if problems:  # (where to look next: that input's folder)
         said = "; ".join(f"{text}: `exca logs {shlex.quote(str(path))}`" for text, path in problems)
