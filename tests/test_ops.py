@@ -1967,6 +1967,7 @@ def test_clean_old_versions(tmp_path: Path) -> None:
     before = tree_hash(root)
     plan = clean.old_versions(root)
     assert {r.path for r in plan.removals} == old
+    assert plan.failed == [] and plan.skipped == []  # (a preview: nothing tried yet)
     assert all(r.size == disk_bytes(r.path) and "newest is 10" in r.reason for r in plan.removals)
     assert clean.old_versions(root, step="Squares").removals == []
     # a step as `exca list` prints it, with or without its module, or a glob naming one

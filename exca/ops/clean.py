@@ -93,6 +93,10 @@ class CleanPlan:
     skipped: list[tuple[Path, str]] = dataclasses.field(
         default_factory=list, repr=False, compare=False
     )
+    # after execute(): what could not be removed, and why (left whole)
+    failed: list[tuple[Path, str]] = dataclasses.field(
+        default_factory=list, repr=False, compare=False
+    )
 
     @property
     def size(self) -> int:
