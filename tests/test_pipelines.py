@@ -1707,6 +1707,9 @@ def test_plan_renderings(env: Env) -> None:
     assert json.loads(json.dumps(as_dict)) == as_dict  # JSON-able
     assert json.loads(plan.to_json()) == as_dict
     assert [n["uid"] for n in as_dict["nodes"]] == [e.uid for e in plan.entries]
+    # (where the work runs: none for the cached node, as the table's "-"; it said "inline")
+    assert {n["uid"]: n["where"] for n in as_dict["nodes"]}[a.uid] is None
+    assert {n["uid"]: n["where"] for n in as_dict["nodes"]}[b.uid] == "inline"
     assert {n["uid"]: n["status"] for n in as_dict["nodes"]} == {
         a.uid: "cached",
         b.uid: "missing",

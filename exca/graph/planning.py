@@ -60,7 +60,13 @@ class PlanEntry:
     inputs: str | None = None
 
     def to_dict(self) -> dict[str, tp.Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if self.action not in WORKING_ACTIONS:  # (as the table's "-": nothing runs there)
+            out["where"] = None
+        return out
+
+
+WORKING_ACTIONS = ("compute", "wait")  # the actions of a node whose work runs somewhere
 
 
 @dataclasses.dataclass
@@ -419,7 +425,7 @@ class Plan:
                     e.status,
                     e.action,
                     e.uid,
-                    e.where if e.action in ("compute", "wait") else "-",
+                    e.where if e.action in WORKING_ACTIONS else "-",
                     reason,
                 )
             )
