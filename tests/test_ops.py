@@ -2674,6 +2674,45 @@ def test_clean_orphans_keeps_payloads_of_user_formats(tmp_path: Path) -> None:
     assert payload.exists() and CacheDict(folder)["a"] == "QUIET"
 
 
+class TextParts:
+    """A user format writing a folder per entry, its record naming the files in it."""
+
+    @classmethod
+    def __dump_info__(cls, ctx: tp.Any, value: str) -> dict[str, tp.Any]:
+        parts = ctx.key_path("-parts")
+        parts.mkdir()
+        (parts / "head.txt").write_text(value[:2])
+        (parts / "tail.txt").write_text(value[2:])
+        return {"files": [f"{parts.name}/head.txt", f"data/{parts.name}/tail.txt"]}
+
+    @classmethod
+    def __load_from_info__(cls, ctx: tp.Any, files: list[str]) -> str:
+        head, tail = files
+        return (ctx.folder / "data" / head).read_text() + (ctx.folder / tail).read_text()
+
+
+def test_clean_orphans_keeps_a_payload_folder_whose_files_an_entry_names(tmp_path: Path) -> None:
+    """A format writing a folder of files for an entry (data/<folder>/head.txt), its record
+    naming the files in it, not the folder: orphans took the folder for an unreferenced
+    payload and removed it (the entry then failed to read)."""
+    from exca.cachedict import DumpContext
+
+    if "TextParts" not in DumpContext.HANDLERS:
+        DumpContext.register(TextParts)
+    folder = tmp_path / "cache" / "step,1" / "default"
+    folder.mkdir(parents=True)
+    (folder / "uid.yaml").write_text("{}\n")
+    cd: CacheDict[str] = CacheDict(folder, cache_type="TextParts")
+    with cd.write():
+        cd["a"] = "hello"
+    (parts,) = list((folder / "data").iterdir())
+    (folder / "data" / "nobody-reads-this.txt").write_text("orphan")
+    plan = clean.orphans(tmp_path / "cache", min_age_hours=0)
+    assert [r.path.name for r in plan.removals] == ["nobody-reads-this.txt"]
+    plan.execute()
+    assert parts.is_dir() and CacheDict(folder)["a"] == "hello"
+
+
 def test_read_only_commands_leave_unreadable_yaml_alone(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     assert Train(seed=3, infra={"folder": root}).fit() == 4

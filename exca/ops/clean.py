@@ -1170,12 +1170,14 @@ def _logs_users(root: Path) -> dict[Path, set[Path]]:
 
 
 def _referenced(info: tp.Any, out: set[str]) -> None:
-    """Every file name an index record may point to: any string in it, and its last path
-    component (user formats name their files as they like: "data/x.txt", "x.txt", a path)."""
+    """Every file name an index record may point to: any string in it, and each of its path
+    components (user formats name their files as they like: "data/x.txt", "x.txt", a path,
+    a file in a folder of the entry's, "<folder>/a.bin": that folder of data/ is read)."""
     if isinstance(info, str):
         if len(info) < 4096:
             out.add(info)
-            out.add(os.path.basename(info))
+            if "/" in info or os.sep in info:
+                out.update(info.replace(os.sep, "/").split("/"))
     elif isinstance(info, dict):
         for value in info.values():
             _referenced(value, out)
