@@ -2713,6 +2713,55 @@ def test_clean_orphans_keeps_a_payload_folder_whose_files_an_entry_names(tmp_pat
     assert parts.is_dir() and CacheDict(folder)["a"] == "hello"
 
 
+class KeyNamedText:
+    """A user format naming its file after the key, without __delete_info__ (a deleted
+    entry leaves its file; the key written again writes that file again)."""
+
+    @classmethod
+    def __dump_info__(cls, ctx: tp.Any, value: str) -> dict[str, tp.Any]:
+        path = ctx.folder / "data" / f"{ctx.key}.txt"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(value)
+        return {"name": path.name}
+
+    @classmethod
+    def __load_from_info__(cls, ctx: tp.Any, name: str) -> str:
+        return (ctx.folder / "data" / name).read_text()
+
+
+def test_clean_orphans_keeps_a_file_written_again_since_the_preview(tmp_path: Path) -> None:
+    """A leftover of the preview written again before execute() (a user format naming
+    files after keys, the key written again): execute() removed it, the new entry then
+    failed to read. It is kept, named in plan.skipped."""
+    from exca.cachedict import DumpContext
+
+    if "KeyNamedText" not in DumpContext.HANDLERS:
+        DumpContext.register(KeyNamedText)
+    folder = tmp_path / "cache" / "step,1" / "default"
+    folder.mkdir(parents=True)
+    (folder / "uid.yaml").write_text("{}\n")
+    cd: CacheDict[str] = CacheDict(folder, cache_type="KeyNamedText")
+    with cd.write():
+        cd["k"] = "old"
+    del cd["k"]  # (its file stays: an orphan)
+    old = time.time() - 2 * 3600
+    os.utime(folder / "data" / "k.txt", (old, old))
+    plan = clean.orphans(tmp_path / "cache")
+    assert [r.path.name for r in plan.removals] == ["k.txt"]
+    with cd.write():
+        cd["k"] = "new"
+    assert plan.execute() == 0
+    assert [(p.name, why) for p, why in plan.skipped] == [
+        ("k.txt", "written again since the preview")
+    ]
+    assert CacheDict(folder)["k"] == "new"
+    # untouched since its preview, it goes
+    del cd["k"]
+    os.utime(folder / "data" / "k.txt", (old, old))
+    plan = clean.orphans(tmp_path / "cache")
+    assert plan.execute() == plan.size > 0 and not (folder / "data" / "k.txt").exists()
+
+
 def test_read_only_commands_leave_unreadable_yaml_alone(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     assert Train(seed=3, infra={"folder": root}).fit() == 4

@@ -71,6 +71,8 @@ class Removal:
     files: list[str] | None = None  # only these files of the folder (None: the path)
     links: list[Path] | None = None  # symlinks to the folder it was given as (unlinked too)
     template: bool = False  # submitit's empty log-folder template (see _idle_template)
+    # (inode, mtime in ns, size) of a leftover as previewed: one written again since is kept
+    stamp: tuple[int, int, int] | None = None
 
 
 @dataclasses.dataclass
@@ -213,6 +215,9 @@ def _remove(removal: Removal, jobs_use: dict[Path, dict[Path, str]]) -> int:
     if path.is_symlink() and removal.keys is None and removal.files is None:
         path.unlink()  # (only the link, whatever it points to: see _add_folder)
         return removal.size
+    if removal.stamp is not None and _stamp(path) not in (removal.stamp, None):
+        # (a file named by its key, by a user format, written again for a new entry)
+        raise _InUse("written again since the preview")
     busy = _busy_with_inputs(path) if path.is_dir() else None
     if busy is not None:  # started being used since the preview
         raise _InUse(busy)
@@ -249,6 +254,18 @@ def _remove(removal: Removal, jobs_use: dict[Path, dict[Path, str]]) -> int:
         with contextlib.suppress(FileNotFoundError):
             link.unlink()
     return removal.size
+
+
+def _stamp(
+    path: Path | os.DirEntry[str], stat: os.stat_result | None = None
+) -> tuple[int, int, int] | None:
+    """(inode, mtime in ns, size) of a file, None when it is gone."""
+    if stat is None:
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 def busy_reason(folder: Path) -> str | None:
@@ -1242,7 +1259,8 @@ def _orphans_in(folder: Path, limit: float) -> list[Removal]:
                 reason = "temporary file of a killed writer"
             else:
                 reason = "payload no entry refers to"
-            removals.append(Removal(Path(entry.path), stat.st_blocks * 512, reason))
+            stamp = _stamp(entry, stat)
+            removals.append(Removal(Path(entry.path), stat.st_blocks * 512, reason, stamp=stamp))
     for place in (folder, folder / "jobs"):  # yaml files, index compaction, job records
         for entry in _scan(place):
             if not (entry.name.startswith(".") and _is_temporary(entry.name)):
@@ -1254,6 +1272,7 @@ def _orphans_in(folder: Path, limit: float) -> list[Removal]:
                         Path(entry.path),
                         stat.st_blocks * 512,
                         "temporary file of a killed writer",
+                        stamp=_stamp(entry, stat),
                     )
                 )
     claims = folder / CLAIMS_DIR
@@ -1267,8 +1286,9 @@ def _orphans_in(folder: Path, limit: float) -> list[Removal]:
                 and stat.st_mtime < limit
                 and entry.name != ".lock"
             ):
+                size, stamp = stat.st_blocks * 512, _stamp(entry, stat)
                 removals.append(
-                    Removal(Path(entry.path), stat.st_blocks * 512, "claim of a dead owner")
+                    Removal(Path(entry.path), size, "claim of a dead owner", stamp=stamp)
                 )
     return removals
 
@@ -1343,7 +1363,8 @@ def _unsent_pickles(root: Path, limit: float, steps: set[str] | None) -> list[Re
                 stat = _stat(entry)
                 if stat is not None and stat.st_mtime < limit and entry.is_file():
                     reason = "pickle of a submission that failed (never sent)"
-                    out.append(Removal(Path(entry.path), stat.st_blocks * 512, reason))
+                    size, stamp = stat.st_blocks * 512, _stamp(entry, stat)
+                    out.append(Removal(Path(entry.path), size, reason, stamp=stamp))
     return out
 
 
