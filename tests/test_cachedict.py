@@ -1175,6 +1175,23 @@ def test_delete_many(tmp_path: Path) -> None:
     assert sorted(CacheDict(tmp_path).keys()) == ["k0", "k2", "k4"]
 
 
+def test_delete_at_deletes_only_the_entries_where_they_were_read(tmp_path: Path) -> None:
+    """delete_at: an entry written again since it was read (another view deleted and
+    wrote the key) stays; the others go, gone ones are skipped."""
+    cd: CacheDict[str] = CacheDict(tmp_path)
+    with cd.write():
+        cd.set_many([("a", "old a"), ("b", "old b"), ("c", "old c")])
+    read = {k: (e.file, e.offset) for k in "abc" if (e := cd.entry(k)) is not None}
+    other: CacheDict[str] = CacheDict(tmp_path)
+    del other["a"]
+    with other.write():
+        other["a"] = "new a"  # (computed again since `read`)
+    del other["c"]
+    assert cd.delete_at({**read, "absent": ("x-info.jsonl", 0)}) == ["b"]
+    fresh: CacheDict[str] = CacheDict(tmp_path)
+    assert dict(fresh.items()) == {"a": "new a"}
+
+
 # --- freeing the files of ended writers ------------------------------------------------------
 def _write_elsewhere(folder: Path, code: str, idle: bool = True) -> None:
     """Run ``code`` in a process that ends (``cache`` is a CacheDict of ``folder``), then

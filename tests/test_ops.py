@@ -1910,6 +1910,38 @@ def test_clean_downstream_through_a_map_fed_twice(tmp_path: Path) -> None:
     assert exca.graph.plan(total(5)).counts() == {"missing": 3}
 
 
+def test_clean_downstream_keeps_an_item_computed_again_since_the_preview(
+    tmp_path: Path,
+) -> None:
+    """Items of a map previewed as computed from a removed node, one of them computed
+    again from another input before execute(): execute() deleted it too (the item's
+    key), though it no longer came from the removed node. Only the previewed entries go."""
+    root = tmp_path / "cache"
+
+    def total(n: int, mode: str = "cached") -> exca.graph.Node:
+        source = Source(n=n, infra={"folder": root}).make.node()
+        squares = Squares(infra={"folder": root, "mode": mode}).square.node(source)
+        return Total(infra={"folder": root}).total.node(squares)
+
+    assert total(3).result() == 2 * (0 + 1 + 4)
+    assert total(5).result() == 2 * (0 + 1 + 4 + 9 + 16)  # items 3 and 4 come from n=5
+    source5 = Source(n=5, infra={"folder": root}).make.node()
+    mapped = Squares(infra={"folder": root}).square.node(source5)
+    plan = clean.remove_nodes([source5], downstream=True)
+    (items,) = [r for r in plan.removals if r.path == mapped.folder]
+    assert sorted(items.keys or []) == ["3", "4"]
+    # before execute(): item 3 computed again, from n=4
+    assert total(4, mode="force").result() == 2 * (0 + 1 + 4 + 9)
+    plan.execute()
+    assert mapped.folder is not None
+    left = CacheDict(mapped.folder)
+    assert sorted(left.keys()) == ["0", "1", "2", "3"]  # item 4 went, not 3
+    entry = left.entry("3")
+    assert entry is not None and next(iter(entry.info["#meta"]["up"])).endswith(
+        Source(n=4, infra={"folder": root}).make.node().uid.split("/")[-1]
+    )
+
+
 class Shift(pydantic.BaseModel):
     """A map fed by a map (x -> x + 1)."""
 

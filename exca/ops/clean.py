@@ -68,6 +68,8 @@ class Removal:
     size: int
     reason: str
     keys: list[str] | None = None  # only these items of a map's folder (None: the path)
+    # where those items were when previewed: one computed again since is kept
+    places: dict[str, tuple[str, int]] | None = dataclasses.field(default=None, repr=False)
     files: list[str] | None = None  # only these files of the folder (None: the path)
     links: list[Path] | None = None  # symlinks to the folder it was given as (unlinked too)
     template: bool = False  # submitit's empty log-folder template (see _idle_template)
@@ -222,7 +224,7 @@ def _remove(removal: Removal, jobs_use: dict[Path, dict[Path, str]]) -> int:
     if busy is not None:  # started being used since the preview
         raise _InUse(busy)
     if removal.keys is not None:
-        _remove_items(path, removal.keys)
+        _remove_items(path, removal.keys, removal.places)
         return removal.size
     if removal.files is not None:  # (a folder holding other files too: kept)
         freed, failures = 0, []
@@ -283,13 +285,19 @@ def busy_reason(folder: Path) -> str | None:
     return None
 
 
-def _remove_items(folder: Path, keys: list[str]) -> None:
-    """Delete items of a map's folder (tombstones: other processes stop reading them)."""
+def _remove_items(
+    folder: Path, keys: list[str], places: dict[str, tuple[str, int]] | None = None
+) -> None:
+    """Delete items of a map's folder (tombstones: other processes stop reading them);
+    ``places``: only where they were previewed (not an item computed again since)."""
     from ..cachedict import CacheDict
 
     cache: CacheDict[tp.Any] = CacheDict(folder=folder, keep_in_ram=False)
     with cache.write():
-        cache.delete_many(keys)  # (those removed meanwhile are skipped)
+        if places is None:
+            cache.delete_many(keys)  # (those removed meanwhile are skipped)
+        else:
+            cache.delete_at({k: places[k] for k in keys if k in places})
 
 
 def remove_node_folder(folder: Path, size: int = 0) -> None:
@@ -534,10 +542,14 @@ def _add_items(plan: CleanPlan, folder: Path, keys: list[str], reason: str) -> N
     if busy is not None:
         plan.kept.append((folder, busy))
         return
-    total = max(len(inspecting_view(folder).entries_info()), 1)
+    entries = inspecting_view(folder).entries_info()
+    total = max(len(entries), 1)
     size, _ = disk_usage(folder)
     shown = f"{len(keys)} of {total} items: {reason}"
-    plan.removals.append(Removal(folder, size * len(keys) // total, shown, keys=keys))
+    # (where each is now: one computed again before execute(), from another input, stays)
+    places = {k: (entries[k][IN], entries[k][AT]) for k in keys if k in entries}
+    removal = Removal(folder, size * len(keys) // total, shown, keys=keys, places=places)
+    plan.removals.append(removal)
 
 
 def _holds_what_jobs_use(

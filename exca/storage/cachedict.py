@@ -57,6 +57,7 @@ from .index import (
     index_files_bytes,
     line_fields,
     place,
+    places,
 )
 from .keytext import check_utf8
 from .modules import imported
@@ -1105,27 +1106,53 @@ class CacheDict(tp.Generic[X]):
                 self._delete(key)
         self._free_after_deleting()
 
+    def delete_at(self, entries: tp.Mapping[str, tuple[str, int]]) -> list[str]:
+        """Delete entries where they were read (key -> ``(entry.file, entry.offset)``): a
+        copy of a key written since (computed again) is not deleted. Returns the keys
+        deleted (those gone or rewritten since are skipped)."""
+        if self.folder is None:
+            raise ValueError("delete_at: a CacheDict without a folder has no entry places")
+        self.refresh()
+        deleted = [k for k, (file, at) in entries.items() if self._delete(k, (file, at))]
+        self._free_after_deleting()
+        return deleted
+
     def _free_after_deleting(self) -> None:
         """A deleter frees the files of ended writers its deletions emptied (reclaim.py)."""
         if self._reader is not None and (self._reader.emptied or self._reader.awaiting_deleter):
             self._free_lifeless_files(deleter=True)
 
-    def _delete(self, key: str) -> None:
+    def _delete(self, key: str, only: tuple[str, int] | None = None) -> bool:
+        """Delete a key (``only``: its copy at that place, if still there; False if not)."""
+        if only is not None:
+            assert self._reader is not None
+            copies = [Entry.of(c) for c in self._reader.copies(key) if only in places(c)]
+            if not copies:
+                return False
+            self._ram.pop(key, None)
+            self._tombstone(key, copies)
+            return True
         in_ram = key in self._ram
         self._ram.pop(key, None)
         if self.folder is None:
             if not in_ram:
                 raise KeyError(key)
-            return
+            return True
         entry = self.entry(key)
         if entry is None:
             if in_ram:
-                return
+                return True
             raise KeyError(key)
-        writer, ctx = self._session()
         assert self._reader is not None
         # every copy this reader knows of (duplicates written by concurrent writers)
         copies = [Entry.of(c) for c in self._reader.copies(key)] or [entry]
+        self._tombstone(key, copies)
+        return True
+
+    def _tombstone(self, key: str, copies: list[Entry]) -> None:
+        """Write the deletion of these copies of a key, then remove their payloads."""
+        writer, ctx = self._session()
+        assert self._reader is not None
         lines = b"".join(
             orjson.dumps({"#del": key, "#of": f"{c.file}:{c.offset}"}) + b"\n" for c in copies
         )
@@ -1134,7 +1161,7 @@ class CacheDict(tp.Generic[X]):
                 writer.open()
             except SessionFilesGone:  # (freed just now: see put)
                 self._session(restart=True)
-                self._delete(key)
+                self._tombstone(key, copies)
                 return
         state = writer.read_state or self._reader.own_file(writer.name, writer.inode)
         writer.read_state = state
