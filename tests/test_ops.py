@@ -4257,6 +4257,34 @@ def test_a_killed_folder_removal_brings_no_deleted_entry_back(tmp_path: Path) ->
     assert not leftover.exists() and dict(CacheDict(folder).items()) == {"1": list(range(1, 201))}
 
 
+def test_two_cleanings_of_one_leftover_both_succeed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two cleanings removing the same folder at once (a leftover of a killed removal,
+    listed by both `orphans`): the one finding a file already deleted by the other said
+    'partly removed ... remove it by hand' (`--yes` exited with 1), nothing being left."""
+    root = tmp_path / "cache"
+    source = Source(n=1000, infra={"folder": root})
+    assert source.make() == list(range(1000))
+    folder = folder_of(source)
+    leftover = folder.with_name(clean.REMOVING_PREFIX + "vm-1-1-0123456789ab-abcdef")
+    folder.rename(leftover)
+    plan = clean.orphans(root, min_age_hours=0)
+    assert [r.path for r in plan.removals] == [leftover]
+    unlink = os.unlink
+    raced: list[tp.Any] = []
+
+    def the_other_cleaning_first(path: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> None:
+        if not raced:
+            raced.append(path)
+            unlink(path, *args, **kwargs)
+        unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", the_other_cleaning_first)
+    plan.execute()
+    assert raced and plan.failed == [] and not leftover.exists()
+
+
 def test_a_folder_a_killed_removal_left_is_not_listed(tmp_path: Path) -> None:
     """A node folder being removed (renamed away, then deleted) is not a config: no
     listing, iter_cached, explanation or cleaning of old versions reads it."""

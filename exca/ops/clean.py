@@ -346,7 +346,10 @@ def _delete_tree(folder: Path, size: int) -> None:
     failures: list[str] = []
 
     def failed(_: tp.Any, path: str, error: tp.Any) -> None:
-        failures.append(f"{path}: {error[1] if isinstance(error, tuple) else error}")
+        value = error[1] if isinstance(error, tuple) else error
+        if isinstance(value, FileNotFoundError):  # (deleted meanwhile: another cleaning
+            return  # of the same leftover, say; nothing of it is left there)
+        failures.append(f"{path}: {value}")
 
     # (onerror gives (type, value, traceback); its successor onexc, Python 3.12, the value)
     hook = "onexc" if sys.version_info >= (3, 12) else "onerror"
