@@ -2745,6 +2745,30 @@ def test_clean_orphans_keeps_a_payload_folder_whose_files_an_entry_names(tmp_pat
     assert parts.is_dir() and CacheDict(folder)["a"] == "hello"
 
 
+def test_clean_orphans_sizes_and_dates_a_payload_folder_by_its_files(tmp_path: Path) -> None:
+    """A folder of data/ no entry names (a user format's, its entry deleted): the preview
+    gave the size of the folder itself (4 KB) for the megabytes it holds, and dated it by
+    its own mtime, not by its files (one written into it just now went too)."""
+    folder = tmp_path / "cache" / "step,1" / "default"
+    folder.mkdir(parents=True)
+    (folder / "uid.yaml").write_text("{}\n")
+    cd: CacheDict[list[int]] = CacheDict(folder)
+    with cd.write():
+        cd["a"] = list(range(2000))
+    left = folder / "data" / "left-by-a-format"
+    left.mkdir()
+    (left / "big.bin").write_bytes(b"x" * 2_000_000)
+    old = time.time() - 2 * 3600
+    os.utime(left, (old, old))
+    assert clean.orphans(tmp_path / "cache").removals == []  # (its file is recent)
+    os.utime(left / "big.bin", (old, old))
+    plan = clean.orphans(tmp_path / "cache")
+    (removal,) = plan.removals
+    assert removal.path == left and removal.size >= 2_000_000
+    assert plan.execute() == removal.size and not left.exists()
+    assert CacheDict(folder)["a"] == list(range(2000))
+
+
 class KeyNamedText:
     """A user format naming its file after the key, without __delete_info__ (a deleted
     entry leaves its file; the key written again writes that file again)."""

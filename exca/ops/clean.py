@@ -1264,7 +1264,13 @@ def _orphans_in(folder: Path, limit: float) -> list[Removal]:
         sessions = tuple(n[: -len(INDEX_SUFFIX)] for n in indexes)  # (.data, -data.txt...)
         for entry in os.scandir(data):
             stat = _stat(entry)
-            if stat is None or stat.st_mtime > limit:
+            if stat is None:
+                continue
+            size, written = stat.st_blocks * 512, stat.st_mtime
+            if entry.is_dir(follow_symlinks=False):  # (a user format's folder: its files)
+                size += disk_usage(Path(entry.path))[0]
+                written = max(written, _newest_write(Path(entry.path)))
+            if written > limit:
                 continue  # may belong to a writer still at work
             if entry.name in referenced:
                 continue  # (whatever its name: a key may start with "save-tmp-")
@@ -1274,8 +1280,7 @@ def _orphans_in(folder: Path, limit: float) -> list[Removal]:
                 reason = "temporary file of a killed writer"
             else:
                 reason = "payload no entry refers to"
-            stamp = _stamp(entry, stat)
-            removals.append(Removal(Path(entry.path), stat.st_blocks * 512, reason, stamp=stamp))
+            removals.append(Removal(Path(entry.path), size, reason, stamp=_stamp(entry, stat)))
     for place in (folder, folder / "jobs"):  # yaml files, index compaction, job records
         for entry in _scan(place):
             if not (entry.name.startswith(".") and _is_temporary(entry.name)):
