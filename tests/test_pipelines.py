@@ -2252,6 +2252,45 @@ def test_a_reader_removes_only_the_damaged_entry_it_read(
     assert env.starts("ramp") == 2 and env.starts("total") == 1
 
 
+@pytest.mark.parametrize("how", ["drop_outcome", "drop_damaged_items"])
+def test_a_removal_of_an_outdated_entry_keeps_the_one_written_right_after_its_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Removing an outdated outcome (a forced job's, or a damaged item in mode retry)
+    checks that it is still where it was, then deletes the key: a result the replacing
+    writer stored between that check and the deletion (the deletion's own re-read of the
+    index) was deleted with it, as every copy of the key is. Only the outdated entry goes."""
+    from exca.cachedict import CacheDict
+    from exca.graph.node import TASK_KEY
+
+    cache: CacheDict[str] = CacheDict(tmp_path)
+    with cache.write():
+        cache[TASK_KEY] = "old"
+    entry = cache.entry(TASK_KEY)
+    assert entry is not None
+    outdated = (entry.file, entry.offset)
+    writer: CacheDict[str] = CacheDict(tmp_path)  # (the replacing job's, in its process)
+    refresh = CacheDict.refresh
+    reads: list[int] = []
+
+    def written_right_after_the_check(self: CacheDict[tp.Any]) -> None:
+        if self is cache:
+            reads.append(1)
+            if len(reads) == 2:  # (the first read checks; the next one deletes)
+                del writer[TASK_KEY]
+                with writer.write():
+                    writer[TASK_KEY] = "new"
+        refresh(self)
+
+    monkeypatch.setattr(CacheDict, "refresh", written_right_after_the_check)
+    if how == "drop_outcome":
+        assert not store.drop_outcome(cache, outdated)  # (the writer removed it)
+    else:
+        assert store._delete_if_unchanged(cache, {TASK_KEY: outdated}) == []
+    monkeypatch.setattr(CacheDict, "refresh", refresh)
+    assert len(reads) >= 2 and CacheDict(tmp_path)[TASK_KEY] == "new"
+
+
 @pytest.mark.parametrize("when", ["drop_damaged", "drop_outcome"])
 def test_a_reader_says_removed_only_when_it_removed(
     env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, when: str

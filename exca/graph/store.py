@@ -97,11 +97,8 @@ def drop_outcome(cache: CacheDict[tp.Any], outdated: tuple[str, int] | None) -> 
     entry = cache.entry(TASK_KEY)
     if entry is None or (entry.file, entry.offset) != outdated:
         return False
-    try:
-        del cache[TASK_KEY]
-    except KeyError:  # (removed meanwhile by someone else)
-        return False
-    return True
+    # (only that entry: one the new job wrote since this check stays)
+    return bool(cache.delete_at({TASK_KEY: outdated}))
 
 
 def output_places(cache: CacheDict[tp.Any], uids: tp.Iterable[str]) -> dict[str, tuple[str, int]]:
@@ -355,15 +352,9 @@ def _delete_if_unchanged(
     """Delete the entries still where they were read (not one written meanwhile); returns
     the uids of those deleted here."""
     cache.refresh()
-    removed = []
     with cache.write():
-        for uid in not_replaced(cache, places, ()):
-            try:
-                del cache[uid]
-            except KeyError:  # (removed meanwhile by someone else)
-                continue
-            removed.append(uid)
-    return removed
+        # (only those entries: one written again since the check above stays)
+        return cache.delete_at({uid: places[uid] for uid in not_replaced(cache, places, ())})
 
 
 # set on a damaged payload error by drop_damaged: what became of that payload, "removed"
