@@ -1181,15 +1181,32 @@ def test_delete_at_deletes_only_the_entries_where_they_were_read(tmp_path: Path)
     cd: CacheDict[str] = CacheDict(tmp_path)
     with cd.write():
         cd.set_many([("a", "old a"), ("b", "old b"), ("c", "old c")])
-    read = {k: (e.file, e.offset) for k in "abc" if (e := cd.entry(k)) is not None}
+    read = {k: [(e.file, e.offset)] for k in "abc" if (e := cd.entry(k)) is not None}
     other: CacheDict[str] = CacheDict(tmp_path)
     del other["a"]
     with other.write():
         other["a"] = "new a"  # (computed again since `read`)
     del other["c"]
-    assert cd.delete_at({**read, "absent": ("x-info.jsonl", 0)}) == ["b"]
+    assert cd.delete_at({**read, "absent": [("x-info.jsonl", 0)]}) == ["b"]
     fresh: CacheDict[str] = CacheDict(tmp_path)
     assert dict(fresh.items()) == {"a": "new a"}
+
+
+def test_delete_at_deletes_the_copies_of_racing_writers(tmp_path: Path) -> None:
+    """Two writers that raced on a key leave two copies: delete_at given both places
+    (live_copies) deletes both."""
+    first: CacheDict[str] = CacheDict(tmp_path)
+    second: CacheDict[str] = CacheDict(tmp_path)
+    assert "k" not in second  # (read before the first one writes: it writes its own copy)
+    with first.write():
+        first["k"] = "one"
+    with second.write():
+        second["k"] = "two"
+    reader: CacheDict[str] = CacheDict(tmp_path)
+    copies = [(c["#in"], c["#at"]) for c in reader.live_copies() if c["#key"] == "k"]
+    assert len(copies) == 2
+    assert reader.delete_at({"k": copies}) == ["k"]
+    assert "k" not in CacheDict(tmp_path)
 
 
 # --- freeing the files of ended writers ------------------------------------------------------

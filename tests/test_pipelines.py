@@ -2291,6 +2291,34 @@ def test_a_removal_of_an_outdated_entry_keeps_the_one_written_right_after_its_ch
     assert len(reads) >= 2 and CacheDict(tmp_path)[TASK_KEY] == "new"
 
 
+def test_the_removal_of_an_outdated_outcome_removes_its_racing_copies(tmp_path: Path) -> None:
+    """An outdated outcome stored twice (two writers raced on it): removing it removes
+    both copies (a copy left became the outcome again, the old result)."""
+    from exca.cachedict import CacheDict
+    from exca.graph.node import TASK_KEY
+
+    def stored_twice() -> CacheDict[str]:
+        first: CacheDict[str] = CacheDict(tmp_path)
+        second: CacheDict[str] = CacheDict(tmp_path)
+        assert TASK_KEY not in second  # (read before the first one writes)
+        with first.write():
+            first[TASK_KEY] = "old"
+        with second.write():
+            second[TASK_KEY] = "old, raced"
+        cache: CacheDict[str] = CacheDict(tmp_path)
+        assert len(cache.live_copies()) == 2
+        return cache
+
+    cache = stored_twice()
+    assert store.drop_outcome(cache, store.outdated_outcome(cache, "force"))
+    assert TASK_KEY not in CacheDict(tmp_path)
+    cache = stored_twice()
+    entry = cache.entry(TASK_KEY)
+    assert entry is not None
+    assert store._delete_if_unchanged(cache, {TASK_KEY: (entry.file, entry.offset)}) == [TASK_KEY]
+    assert TASK_KEY not in CacheDict(tmp_path)
+
+
 @pytest.mark.parametrize("when", ["drop_damaged", "drop_outcome"])
 def test_a_reader_says_removed_only_when_it_removed(
     env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, when: str

@@ -93,12 +93,13 @@ def drop_outcome(cache: CacheDict[tp.Any], outdated: tuple[str, int] | None) -> 
     whether it was removed here (not: replaced or removed meanwhile by another writer)."""
     if outdated is None:
         return False
-    cache.refresh()
+    # (one read for the check and the deletion: an outcome the new job wrote since stays;
+    # a copy of the outdated one, written by a writer that raced with it, goes with it)
+    copies = [(c["#in"], c["#at"]) for c in cache.live_copies() if c["#key"] == TASK_KEY]
     entry = cache.entry(TASK_KEY)
     if entry is None or (entry.file, entry.offset) != outdated:
         return False
-    # (only that entry: one the new job wrote since this check stays)
-    return bool(cache.delete_at({TASK_KEY: outdated}))
+    return bool(cache.delete_at({TASK_KEY: copies}))
 
 
 def output_places(cache: CacheDict[tp.Any], uids: tp.Iterable[str]) -> dict[str, tuple[str, int]]:
@@ -351,10 +352,12 @@ def _delete_if_unchanged(
 ) -> list[str]:
     """Delete the entries still where they were read (not one written meanwhile); returns
     the uids of those deleted here."""
-    cache.refresh()
+    copies: dict[str, list[tuple[str, int]]] = {}  # (one read: see drop_outcome)
+    for copy in cache.live_copies():
+        if copy["#key"] in places:
+            copies.setdefault(copy["#key"], []).append((copy["#in"], copy["#at"]))
     with cache.write():
-        # (only those entries: one written again since the check above stays)
-        return cache.delete_at({uid: places[uid] for uid in not_replaced(cache, places, ())})
+        return cache.delete_at({uid: copies[uid] for uid in not_replaced(cache, places, ())})
 
 
 # set on a damaged payload error by drop_damaged: what became of that payload, "removed"

@@ -68,8 +68,8 @@ class Removal:
     size: int
     reason: str
     keys: list[str] | None = None  # only these items of a map's folder (None: the path)
-    # where those items were when previewed: one computed again since is kept
-    places: dict[str, tuple[str, int]] | None = dataclasses.field(default=None, repr=False)
+    # where the copies of those items were when previewed: one computed again since is kept
+    places: dict[str, list[tuple[str, int]]] | None = dataclasses.field(default=None, repr=False)
     files: list[str] | None = None  # only these files of the folder (None: the path)
     links: list[Path] | None = None  # symlinks to the folder it was given as (unlinked too)
     template: bool = False  # submitit's empty log-folder template (see _idle_template)
@@ -286,7 +286,7 @@ def busy_reason(folder: Path) -> str | None:
 
 
 def _remove_items(
-    folder: Path, keys: list[str], places: dict[str, tuple[str, int]] | None = None
+    folder: Path, keys: list[str], places: dict[str, list[tuple[str, int]]] | None = None
 ) -> None:
     """Delete items of a map's folder (tombstones: other processes stop reading them);
     ``places``: only where they were previewed (not an item computed again since)."""
@@ -545,12 +545,15 @@ def _add_items(plan: CleanPlan, folder: Path, keys: list[str], reason: str) -> N
     if busy is not None:
         plan.kept.append((folder, busy))
         return
-    entries = inspecting_view(folder).entries_info()
-    total = max(len(entries), 1)
+    view = inspecting_view(folder)
+    # (where each is now: one computed again before execute(), from another input, stays)
+    wanted, places = set(keys), dict[str, list[tuple[str, int]]]()
+    for copy in view.live_copies():
+        if copy["#key"] in wanted:
+            places.setdefault(copy["#key"], []).append((copy[IN], copy[AT]))
+    total = max(len(view.entries_info()), 1)
     size, _ = disk_usage(folder)
     shown = f"{len(keys)} of {total} items: {reason}"
-    # (where each is now: one computed again before execute(), from another input, stays)
-    places = {k: (entries[k][IN], entries[k][AT]) for k in keys if k in entries}
     removal = Removal(folder, size * len(keys) // total, shown, keys=keys, places=places)
     plan.removals.append(removal)
 

@@ -1106,14 +1106,19 @@ class CacheDict(tp.Generic[X]):
                 self._delete(key)
         self._free_after_deleting()
 
-    def delete_at(self, entries: tp.Mapping[str, tuple[str, int]]) -> list[str]:
-        """Delete entries where they were read (key -> ``(entry.file, entry.offset)``): a
-        copy of a key written since (computed again) is not deleted. Returns the keys
-        deleted (those gone or rewritten since are skipped)."""
+    def delete_at(self, entries: tp.Mapping[str, tp.Iterable[tuple[str, int]]]) -> list[str]:
+        """Delete copies of keys where they were read (key -> the places of its copies,
+        ``(entry.file, entry.offset)``, or ``#in``/``#at`` of ``live_copies()``): a copy of
+        a key written since (computed again) is not deleted. Returns the keys of which a
+        copy was deleted (those gone or rewritten since are skipped)."""
         if self.folder is None:
             raise ValueError("delete_at: a CacheDict without a folder has no entry places")
         self.refresh()
-        deleted = [k for k, (file, at) in entries.items() if self._delete(k, (file, at))]
+        deleted = [
+            key
+            for key, where in entries.items()
+            if self._delete(key, frozenset((file, at) for file, at in where))
+        ]
         self._free_after_deleting()
         return deleted
 
@@ -1122,11 +1127,14 @@ class CacheDict(tp.Generic[X]):
         if self._reader is not None and (self._reader.emptied or self._reader.awaiting_deleter):
             self._free_lifeless_files(deleter=True)
 
-    def _delete(self, key: str, only: tuple[str, int] | None = None) -> bool:
-        """Delete a key (``only``: its copy at that place, if still there; False if not)."""
+    def _delete(self, key: str, only: frozenset[tuple[str, int]] | None = None) -> bool:
+        """Delete a key (``only``: its copies at these places, if still there; False if
+        none is)."""
         if only is not None:
             assert self._reader is not None
-            copies = [Entry.of(c) for c in self._reader.copies(key) if only in places(c)]
+            copies = [
+                Entry.of(c) for c in self._reader.copies(key) if not only.isdisjoint(places(c))
+            ]
             if not copies:
                 return False
             self._ram.pop(key, None)
