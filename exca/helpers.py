@@ -3,6 +3,7 @@ Slurm job's config, uid folder migration, and discriminated models."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import importlib
 import inspect
@@ -507,9 +508,19 @@ def update_uids(folder: str | Path, dryrun: bool = True) -> list[tuple[Path, Pat
         if target.exists():
             logger.warning("Not renaming %s: %s already exists", current, target)
             continue
-        renames.append((current, target))
         if not dryrun:
-            os.rename(current, target)
+            # (processes meeting a legacy cache at once rename it at once, e.g. the jobs
+            # of an array: another one may have renamed this folder, or made its target)
+            try:
+                os.rename(current, target)
+            except FileNotFoundError:  # (renamed meanwhile, by another process)
+                continue
+            except OSError as error:
+                if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                logger.warning("Not renaming %s: %s already exists", current, target)
+                continue
+        renames.append((current, target))
     for old_path, new_path in renames:
         logger.info("%s %s -> %s", "Would rename" if dryrun else "Renamed", old_path, new_path.name)
     return renames

@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import inspect
 import json
+import os
 import pickle
 import sys
 import typing as tp
@@ -418,6 +419,30 @@ def test_update_uids(tmp_path: Path) -> None:
     assert (moved / "payload.txt").read_text() == "data"
     assert current.exists()
     assert helpers.update_uids(tmp_path, dryrun=False) == []
+
+
+def test_update_uids_of_processes_renaming_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Processes meeting a legacy cache at once (the jobs of an array, after an upgrade)
+    each rename its folders: one renaming a folder another had just renamed stopped with
+    FileNotFoundError (its call failed). A folder renamed meanwhile is skipped."""
+    config = {"training": {"optim": {"lr": 0.01}}}
+    legacy = _legacy_folder(tmp_path, config)
+    other = _legacy_folder(tmp_path, {"name": "b"})
+    rename = os.rename
+
+    def another_process_first(source: tp.Any, target: tp.Any) -> None:
+        if Path(source) == legacy:
+            rename(source, target)  # (the other process's rename)
+        rename(source, target)
+
+    monkeypatch.setattr(os, "rename", another_process_first)
+    renames = helpers.update_uids(tmp_path, dryrun=False)
+    assert [old for old, _ in renames] == [other]  # (what this one renamed)
+    moved = legacy.with_name(ConfDict(config).to_uid())
+    assert (moved / "payload.txt").read_text() == "data" and not legacy.exists()
+    assert other.with_name(ConfDict({"name": "b"}).to_uid()).is_dir()
 
 
 def test_update_uids_finds_folders_at_any_depth_and_changes_nothing_in_a_dry_run(
