@@ -2973,6 +2973,35 @@ def test_clean_removes_the_log_folder_template_its_submitter_left(tmp_path: Path
     assert listed(clean.orphans(root)) == listed(clean.logs(root, older_than_days=0)) == [template]
 
 
+def test_clean_logs_keeps_those_of_a_local_job_running_on_another_host(tmp_path: Path) -> None:
+    """A cache shared by machines: a local job running on host A, its logs cleaned from
+    host B, which cannot see its process (taken for ended). `clean logs` removed the log
+    folder of the running job ('logs of job N, ended'; the job then ended without its
+    result). Its live claim (heartbeats, read across hosts) now tells it runs."""
+    root = tmp_path / "cache"
+    train = Train(seed=7, infra={"folder": root})
+    train.fit()
+    folder = folder_of(train)
+    logs = folder.parent / "logs" / "someone" / "4242"
+    logs.mkdir(parents=True)
+    (logs / "4242_0_log.out").write_text("training...")
+    old = time.time() - 2 * 86400
+    os.utime(logs / "4242_0_log.out", (old, old))
+    record = registry.JobRecord(
+        job_id="4242", cluster="local", logs=str(logs), submitted=old, host="hostA", pid=1
+    )
+    registry.write(folder, record, link=False)
+    # (its worker's claim: a child of the job's process, whose pid is the job's id)
+    claim = folder / "claims" / "hostA-4243-4243-0123456789ab-abcdef.claim"
+    claim.parent.mkdir(exist_ok=True)
+    owner = {"host": "hostA", "pid": 4243, "start": None, "thread": 4243, "job_id": None}
+    claim.write_text(json.dumps({"owner": owner, "keys": ["result"]}))
+    plan = clean.logs(root, older_than_days=1)
+    assert plan.removals == [] and [p for p, _ in plan.kept] == [logs]
+    claim.unlink()  # (the job ended, or died: no live claim)
+    assert [r.path for r in clean.logs(root, older_than_days=1).removals] == [logs]
+
+
 def test_clean_logs_removes_the_template_beside_recent_logs(tmp_path: Path) -> None:
     """`clean logs` (default --days 30) kept an idle empty `%j` template for as long as
     any job of its log folder ended in the last 30 days (its parent changes with each

@@ -280,9 +280,28 @@ def busy_reason(folder: Path) -> str | None:
     records = registry.read_all(folder, copied=True)
     queued = registry.queued_jobs([r.job_id for r in records if r.cluster == "slurm"])
     for record in reversed(records):
-        if registry.still_running(record, queued):
+        if _still_running(record, queued):
             return f"job {record.job_id} is queued or running"
     return None
+
+
+def _still_running(record: registry.JobRecord, queued: set[str] | None = None) -> bool:
+    """``registry.still_running``, also for a local job of another host (a cache shared by
+    machines), whose process this one cannot see (taken for ended): running while its
+    node folder holds a live claim of that host (heartbeats tell it across hosts; the
+    claim is its worker's, a child of the process its id names) and it wrote no outcome."""
+    if registry.still_running(record, queued):
+        return True
+    if record.cluster != "local" or record.foreign or record.host in ("", process.hostname()):
+        return False
+    if record.node_folder is None:
+        return False
+    try:
+        owners = Claims(record.node_folder).current()
+    except OSError:
+        return False
+    running = any(c.owner.host == record.host for c in owners)
+    return running and not registry.wrote_outcome(record)
 
 
 def _remove_items(
@@ -580,7 +599,7 @@ def _used_by_jobs(root: Path) -> dict[Path, str]:
     queued = registry.queued_jobs([r.job_id for _, r in records if r.cluster == "slurm"])
     used: dict[Path, str] = {}
     for folder, record in records:
-        if registry.still_running(record, queued):
+        if _still_running(record, queued):
             why = f"files of job {record.job_id} ({folder.name}), queued or running"
             used[record.logs_folder().resolve()] = why
             code = folder / "code"
@@ -1505,7 +1524,7 @@ def _add_whole_logs_folder(
     before ``limit``."""
     if any(r.submitted > limit for r in records):
         return  # (a recent job)
-    active = next((r for r in records if registry.is_active(r)), None)
+    active = next((r for r in records if registry.is_active(r) or _still_running(r)), None)
     if active is not None:
         plan.kept.append((folder, f"job {active.job_id} is queued or running"))
         return
@@ -1530,7 +1549,13 @@ def _add_job_files(
     for name, (job_id, _) in files.items():
         by_job.setdefault(job_id, []).append(name)
     # (any record's: a local job id is a pid, which a later job may have again)
-    busy = sorted({r.job_id for _, r in records if r.job_id in by_job and registry.is_active(r)})
+    busy = sorted(
+        {
+            r.job_id
+            for _, r in records
+            if r.job_id in by_job and (registry.is_active(r) or _still_running(r))
+        }
+    )
     going: list[str] = []
     for selected, record in records:
         names = by_job.get(record.job_id)
