@@ -145,10 +145,6 @@ def main() -> None:
     cluster = None if args.cluster == "none" else args.cluster
     folder = args.folder.resolve()
     folder.mkdir(exist_ok=True)
-    if cluster == "auto":
-        from exca.graph.executors import resolve_cluster
-
-        print(f"cluster='auto' runs jobs on: {resolve_cluster('auto')}")
     evaluations = build(folder, cluster)
     targets = list(evaluations.values())
 
@@ -167,9 +163,10 @@ def main() -> None:
         train, test = accuracy["train"], accuracy["test"]
         print(f"l2={l2:<7g} train accuracy {train:.2f}  test accuracy {test:.2f}")
 
-    print(f"\n--- plan after running\n{exca.graph.plan(*targets)}")
     print(f"\nMermaid source of the graph (before this run): {mermaid}")
-    print("Run me again: everything is cached, nothing is computed.")
+    if work:
+        print(f"\n--- plan after running\n{exca.graph.plan(*targets)}")
+        print("Run me again: everything is cached, nothing is computed.")
 
 
 if __name__ == "__main__":
