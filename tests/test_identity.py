@@ -3571,3 +3571,41 @@ def test_a_sub_config_held_by_a_dataclass_keeps_its_exclusions_out(tmp_path: Pat
     assert config.process() == 3
     with pytest.raises(RuntimeError, match="frozen"):
         config.box.data.n = 5
+
+
+class _HookedNet(pydantic.BaseModel):
+    model_config = FORBID
+    name: str = "resnet"
+    depth: int = 18
+
+    def _exca_uid_dict_override(self) -> dict[str, tp.Any]:
+        return {"name": f"{self.name}{self.depth}"}
+
+
+@dataclasses.dataclass
+class _NetBox:
+    net: _HookedNet
+
+
+class _HoldsNetBox(pydantic.BaseModel):
+    model_config = FORBID
+    box: _NetBox
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return self.box.net.depth
+
+
+def test_a_uid_hook_of_a_sub_config_held_by_a_dataclass_is_its_uid(tmp_path: Path) -> None:
+    """A model held by a dataclass with a _exca_uid_dict_override: the hook's dict is its
+    uid (as for any sub-config). Its keys that are field names took the fields' values
+    instead (name=resnet for depths 18 and 50): two configs shared a uid, the second
+    read the result of the first."""
+
+    def config(depth: int) -> _HoldsNetBox:
+        return _HoldsNetBox(box=_NetBox(_HookedNet(depth=depth)), infra={"folder": tmp_path})
+
+    assert config(18).infra.uid().endswith("/box.net.name=resnet18-08cb9f66")
+    assert config(18).process() == 18
+    assert config(50).process() == 50

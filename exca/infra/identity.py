@@ -1120,8 +1120,8 @@ class _Exporter:
         ):  # (dumped by a base class's schema: its own fields were lost)
             dumped = json_dump(model)
         exported = _Exporter(self.uid, False).model(model, dumped, keep=())
-        if type(exported) is not dict:
-            return exported
+        if type(exported) is not dict or (self.uid and class_facts(type(model)).has_override):
+            return exported  # (a uid hook's dict is the uid: its keys are not the fields)
         # the fields it keeps as the dataclass's walk had them (a set of numbers in the
         # order it had: the uids of such configs are kept), models inside exported so
         fields = model.__dict__
