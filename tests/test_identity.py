@@ -3609,3 +3609,24 @@ def test_a_uid_hook_of_a_sub_config_held_by_a_dataclass_is_its_uid(tmp_path: Pat
     assert config(18).infra.uid().endswith("/box.net.name=resnet18-08cb9f66")
     assert config(18).process() == 18
     assert config(50).process() == 50
+
+
+def test_a_forced_sub_config_held_by_a_dataclass_does_not_slow_every_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model held by a dataclass is frozen with the config, but not chained before it
+    (its infra never runs with it): its mode="force" left a force pending for ever, and
+    every call of the config went through the scheduler instead of its fast path."""
+    from exca.graph import calls
+
+    held = _HeldData(infra={"folder": tmp_path, "mode": "force"})
+    config = _HoldsDataBox(box=_DataBox(data=held), infra={"folder": tmp_path})
+    assert config.process() == 3
+    through: list[int] = []
+    task_result = calls.task_result
+    monkeypatch.setattr(
+        calls, "task_result", lambda *a, **k: through.append(1) or task_result(*a, **k)
+    )
+    assert [config.process() for _ in range(3)] == [3] * 3
+    assert not through  # (read through the fast path)
+    assert not (tmp_path / f"{__name__}._HeldData.prepare,1").exists()  # (never run)

@@ -96,6 +96,7 @@ class _Runtime:
     mutable_fields: tuple[str, ...] = ()
     force_state: dict[str, tp.Any]  # shared with this instance's nodes (see Node)
     models: list[pydantic.BaseModel]  # the config tree, walked when frozen
+    forcing: tuple[tp.Any, ...] | None = None  # its infras in mode force (_force_pending)
     inputs_caches: dict[tp.Any, tp.Any]  # CacheDicts of input sub-folders
     inputs_force: dict[str, dict[str, tp.Any]]  # force_state of each inputs node (mode=force)
     # input sub-folders whose defaults check is settled (False: by a check that could not
