@@ -3573,6 +3573,42 @@ def test_a_sub_config_held_by_a_dataclass_keeps_its_exclusions_out(tmp_path: Pat
         config.box.data.n = 5
 
 
+class _ThirdParty(pydantic.BaseModel):  # (no 'extra' key: a library's model, say)
+    a: int = 1
+    b: str = "x"
+
+
+class _LooseField(pydantic.BaseModel):
+    model_config = FORBID
+    anything: pydantic.BaseModel | None = None  # (no uid can be defined from it)
+    k: int = 2
+
+
+@dataclasses.dataclass
+class _LibBox:
+    lib: _ThirdParty
+    loose: _LooseField
+
+
+class _HoldsLibBox(pydantic.BaseModel):
+    model_config = FORBID
+    held: _LibBox
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        return self.held.lib.a
+
+
+def test_a_model_no_sub_config_may_be_keeps_its_uid_when_held_by_a_dataclass() -> None:
+    """Models held by dataclasses are exported as sub-configs now: one without an 'extra'
+    key, or with a field no uid can be defined from, raised on every call where its
+    dump had been its uid (a review). Such a model keeps that uid (the code of 11b796b's)."""
+    config = _HoldsLibBox(held=_LibBox(_ThirdParty(a=5), _LooseField(k=3)))
+    uid = config.infra.uid()
+    assert uid.endswith("/held={lib={a=5,b=x},loose={k=3,anything=None}}-9af77887"), uid
+
+
 class _HookedNet(pydantic.BaseModel):
     model_config = FORBID
     name: str = "resnet"

@@ -1114,12 +1114,18 @@ class _Exporter:
         """A model held by a dataclass: exported as the model it is (its uid exclusions,
         and its infras' settings but ``version``, left out as in any sub-config), with
         its defaults kept, as a dataclass's own fields are (the uids such configs had)."""
+        as_dumped = dumped
         if (
             len(dumped) < len(type(model).__pydantic_fields__)
             and not class_facts(type(model)).has_serializer
         ):  # (dumped by a base class's schema: its own fields were lost)
             dumped = json_dump(model)
-        exported = _Exporter(self.uid, False).model(model, dumped, keep=())
+        try:
+            exported = _Exporter(self.uid, False).model(model, dumped, keep=())
+        except RuntimeError:
+            # (a model refused as a sub-config: no 'extra' key, a field no uid can be
+            # defined from...: held by a dataclass, its dump was its uid, and stays so)
+            return _sets_ordered(model, as_dumped, True, self.drops)
         if type(exported) is not dict or (self.uid and class_facts(type(model)).has_override):
             return exported  # (a uid hook's dict is the uid: its keys are not the fields)
         # the fields it keeps as the dataclass's walk had them (a set of numbers in the
