@@ -1730,6 +1730,35 @@ class MapOverridesInfraAndMethod(MapParent):
             yield output * 10
 
 
+class InfraForAnotherMethod(Parent):
+    infra: TaskInfra = TaskInfra(version="2")
+
+    @infra.apply
+    def other(self) -> int:
+        CALLS.append("InfraForAnotherMethod")
+        return -1
+
+
+def test_a_method_whose_infra_a_subclass_applies_to_another_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A subclass declaring the infra again for another method: the parent's method on
+    its instances returned the other method's result (read from its cache, 11b796b). It
+    runs as a plain method (the infra is the other method's), said once."""
+    obj = InfraForAnotherMethod(p=4, infra={"folder": tmp_path})
+    with caplog.at_level(logging.WARNING, logger="exca"):
+        assert obj.func() == 4 and obj.func() == 4
+    assert _calls("InfraForAnotherMethod") == 0
+    said = [r.getMessage() for r in caplog.records if "is not cached" in r.message]
+    assert said == [
+        "Parent.func is not cached on InfraForAnotherMethod instances: InfraForAnotherMethod "
+        "declares 'infra' again for other only (it runs as a plain method; decorate an "
+        "override of func in InfraForAnotherMethod to cache it there)"
+    ]
+    assert list(tmp_path.iterdir()) == []
+    assert obj.other() == -1
+
+
 def test_subclass_overriding_infra_and_method_calls_the_parent_uncached(tmp_path: Path) -> None:
     """A subclass declaring the infra again and decorating its override, which calls
     super().func(): the parent's method found the subclass's infra, applied to the

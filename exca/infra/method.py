@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import sys
 import typing as tp
 
@@ -152,7 +153,11 @@ class InfraMethod(property):
         Callers check ``self.shadowed`` first (no such class: one attribute read)."""
         facts = _FACTS.get(type(obj)) or owner_facts(type(obj))
         applied = facts.applied.get(self.infra_name)
-        return applied is not None and applied is not self
+        if applied is None or applied is self:
+            return False
+        if applied.name != self.name:  # (no override calling it: another method's infra)
+            _warn_uncached(type(obj), self, applied)
+        return True
 
     def infra_of(self, obj: pydantic.BaseModel) -> BaseInfra:
         """The (linked) infra instance that this method uses on an owner instance."""
@@ -233,6 +238,22 @@ def _find_infra_name(owner: type, infra: tp.Any) -> tuple[str, bool]:
     raise RuntimeError(
         f"Could not find the infra used by @apply in class {owner.__qualname__}: declare it as a "
         "field with a default (infra: TaskInfra = TaskInfra()) in the same class"
+    )
+
+
+@functools.cache
+def _warn_uncached(cls: type, method: InfraMethod, applied: InfraMethod) -> None:
+    logging.getLogger("exca").warning(
+        "%s.%s is not cached on %s instances: %s declares %r again for %s only (it runs "
+        "as a plain method; decorate an override of %s in %s to cache it there)",
+        method.owner.__name__ if method.owner is not None else "?",
+        method.name,
+        cls.__name__,
+        cls.__name__,
+        method.infra_name,
+        applied.name,
+        method.name,
+        cls.__name__,
     )
 
 
