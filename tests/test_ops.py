@@ -2687,23 +2687,30 @@ class ShoutedText:
         return (ctx.folder / "data" / name).read_text()
 
 
-def test_clean_orphans_keeps_payloads_of_user_formats(tmp_path: Path) -> None:
+def _orphans_keep_the_payload_of(fmt: type, value: str, tmp_path: Path) -> tp.Any:
+    """Clean orphans in a folder holding one entry of a user format and an unreferenced
+    file: only the file goes; returns the entry read back (its payload is still there)."""
     from exca.cachedict import DumpContext
 
-    if "ShoutedText" not in DumpContext.HANDLERS:
-        DumpContext.register(ShoutedText)
+    if fmt.__name__ not in DumpContext.HANDLERS:
+        DumpContext.register(fmt)
     folder = tmp_path / "cache" / "step,1" / "default"
     folder.mkdir(parents=True)
     (folder / "uid.yaml").write_text("{}\n")
-    cd: CacheDict[str] = CacheDict(folder, cache_type="ShoutedText")
+    cd: CacheDict[str] = CacheDict(folder, cache_type=fmt.__name__)
     with cd.write():
-        cd["a"] = "quiet"
+        cd["a"] = value
     (payload,) = list((folder / "data").iterdir())
     (folder / "data" / "nobody-reads-this.txt").write_text("orphan")
     plan = clean.orphans(tmp_path / "cache", min_age_hours=0)
     assert [r.path.name for r in plan.removals] == ["nobody-reads-this.txt"]
     plan.execute()
-    assert payload.exists() and CacheDict(folder)["a"] == "QUIET"
+    assert payload.exists()
+    return CacheDict(folder)["a"]
+
+
+def test_clean_orphans_keeps_payloads_of_user_formats(tmp_path: Path) -> None:
+    assert _orphans_keep_the_payload_of(ShoutedText, "quiet", tmp_path) == "QUIET"
 
 
 class TextParts:
@@ -2727,22 +2734,7 @@ def test_clean_orphans_keeps_a_payload_folder_whose_files_an_entry_names(tmp_pat
     """A format writing a folder of files for an entry (data/<folder>/head.txt), its record
     naming the files in it, not the folder: orphans took the folder for an unreferenced
     payload and removed it (the entry then failed to read)."""
-    from exca.cachedict import DumpContext
-
-    if "TextParts" not in DumpContext.HANDLERS:
-        DumpContext.register(TextParts)
-    folder = tmp_path / "cache" / "step,1" / "default"
-    folder.mkdir(parents=True)
-    (folder / "uid.yaml").write_text("{}\n")
-    cd: CacheDict[str] = CacheDict(folder, cache_type="TextParts")
-    with cd.write():
-        cd["a"] = "hello"
-    (parts,) = list((folder / "data").iterdir())
-    (folder / "data" / "nobody-reads-this.txt").write_text("orphan")
-    plan = clean.orphans(tmp_path / "cache", min_age_hours=0)
-    assert [r.path.name for r in plan.removals] == ["nobody-reads-this.txt"]
-    plan.execute()
-    assert parts.is_dir() and CacheDict(folder)["a"] == "hello"
+    assert _orphans_keep_the_payload_of(TextParts, "hello", tmp_path) == "hello"
 
 
 def test_clean_orphans_sizes_and_dates_a_payload_folder_by_its_files(tmp_path: Path) -> None:
