@@ -3869,3 +3869,66 @@ def test_whether_submitting_hides_variables_is_read_while_no_submission_hides_th
         release.set()
         thread.join()
     assert os.environ["MASTER_PORT"] == "29500"
+
+
+NOTEBOOK_CELL = """
+import pydantic, exca
+
+
+class Part(pydantic.BaseModel):
+    x: int = 0
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        {body}
+
+
+class Join(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self, a: int, b: int) -> int:
+        return a + b
+"""
+
+
+def test_a_cached_error_of_a_notebook_method_fixed_since_says_so_in_graphs(
+    tmp_path: Path,
+) -> None:
+    """A notebook's cell fixed and run again: an eager call of its method said that its
+    cached error was raised by the old code, but a plan, a graph run and a node's result
+    did not (a probe: the run failed again with the same message, the Part's line not even
+    saying 'cached'). They say it now, and what to do."""
+
+    def cell(body: str) -> dict[str, tp.Any]:
+        namespace: dict[str, tp.Any] = {"__name__": "__main__"}  # (a notebook's classes)
+        # (not this module's `from __future__ import annotations`: pydantic would look for
+        # the annotations' names in sys.modules["__main__"], pytest's)
+        exec(
+            compile(NOTEBOOK_CELL.format(body=body), "<cell>", "exec", dont_inherit=True), namespace
+        )
+        return namespace
+
+    def target(ns: dict[str, tp.Any]) -> exca.graph.Node:
+        one, two = (ns["Part"](x=x, infra={"folder": tmp_path}).run.node() for x in (1, 2))
+        return ns["Join"](infra={"folder": tmp_path}).run.node(one, two)
+
+    failing = cell("if self.x == 2:\n            raise ValueError('x=2 is bad')\n        return 1")
+    with pytest.raises(exca.graph.errors.NodeFailures) as first:
+        exca.graph.run(target(failing))
+    said = "raised by other code of Part.run (edited since)"
+    assert said not in str(first.value)
+    assert said not in str(exca.graph.plan(target(failing)))  # (the same code)
+    fixed = cell("return self.x")
+    plan = str(exca.graph.plan(target(fixed)))
+    assert f"cached error (ValueError: x=2 is bad), {said}: mode='retry'" in plan
+    with pytest.raises(exca.graph.errors.NodeFailures) as again:
+        exca.graph.run(target(fixed))
+    assert f"ValueError: x=2 is bad (this error is cached, {said}: mode='retry'" in str(again.value)
+    part = fixed["Part"](x=2, infra={"folder": tmp_path})
+    with pytest.raises(ValueError, match="x=2 is bad") as read:
+        part.run.node().result()
+    assert any(said in note for note in read.value.__notes__)
+    assert fixed["Part"](x=2, infra={"folder": tmp_path, "mode": "retry"}).run() == 2
+    assert exca.graph.run(target(fixed)) is not None and target(fixed).result() == 3

@@ -70,11 +70,11 @@ def note_if_edited(
     """A cached error of a ``__main__`` method raised again: say so when the method was
     edited since it raised (fixed, it still raised the old error)."""
     entry = cache.entry(TASK_KEY)
-    if entry is not None and codeprint.edited_since(entry.info.get("#meta"), func):
+    edited = codeprint.edited_error(entry.info.get("#meta"), func) if entry else None
+    if edited is not None:
         error.add_note(
-            f"exca: this error is cached, raised by other code of "
-            f"{codeprint.code_owner(func).__qualname__} "
-            "(edited since): mode='retry' computes it again with today's code"
+            f"exca: this error is cached, {edited}: mode='retry' computes it again with "
+            "today's code"
         )
 
 
@@ -178,7 +178,13 @@ def task_result(node: Node) -> tp.Any:
     if not any(n.pending_force for n in node.closure) and node.force_state.get("job") is None:
         with restoring_files():  # (as a call does: made with today's class defaults?)
             node.check_defaults()
-        value = reuse(node.cache, node.mode, node.uid)
+        try:
+            value = reuse(node.cache, node.mode, node.uid)
+        except Exception as error:
+            func = codeprint.method_function(node.function)
+            if func is not None:  # (a notebook's method fixed since it raised? say so)
+                note_if_edited(error, node.cache, func)
+            raise
         if value is not MISSING:
             if node.restore_files is not None:  # (its folder was just listed: free)
                 node.restore_files()

@@ -99,6 +99,20 @@ def edited_since(meta: tp.Any, func: tp.Callable[..., tp.Any]) -> bool:
     return code_owner(func) is func or recorded != _code_digest(func)
 
 
+EDITED_ERROR = "raised by other code of {} (edited since)"  # (a cached error's note, reason)
+
+
+def edited_error(meta: tp.Any, func: tp.Any) -> str | None:
+    """What to say of a cached error of ``func`` (a node's method) that other code raised:
+    "raised by other code of Class.method (edited since)", or None (the same code, or a
+    method of an importable module)."""
+    if func is None or getattr(func, "__module__", None) != "__main__":
+        return None
+    if not edited_since(meta, func):
+        return None
+    return EDITED_ERROR.format(code_owner(func).__qualname__)
+
+
 def check(meta: tp.Any, func: tp.Callable[..., tp.Any], where: str) -> None:
     """Warn when a result reused for ``where`` was computed by other code (once per
     method and code: a sweep of configs warns once, not once per config)."""

@@ -13,7 +13,7 @@ import typing as tp
 from ..storage import gcpause
 from ..storage.cachederror import record_line
 from ..storage.dumping import is_damaged_payload
-from . import callers, executors, registry, store
+from . import callers, codeprint, executors, registry, store
 from .errors import JobFailedError, UpstreamFailed, ending_line, read_only_error, retry_hint
 from .node import TASK_KEY, Group, Node
 
@@ -442,6 +442,10 @@ class Graph:
             else:  # (the error itself, as `exca list` shows it: the reason to look at)
                 entry = node.cache.entry(TASK_KEY)
                 told = f" ({record_line(entry.info, 120)})" if entry is not None else ""
+                # (a notebook's cell fixed and run again: the error is still the old code's)
+                func = codeprint.method_function(node.function)
+                edited = codeprint.edited_error(entry.info.get("#meta"), func) if entry else None
+                told += f", {edited}" if edited is not None else ""
                 run.action = "fail"
                 run.reason = f"cached error{told}{RETRY_COMPUTES} it again"
         elif node.mode == "read-only":
@@ -849,6 +853,11 @@ class Graph:
             try:
                 store.task_result(node)
             except Exception as error:
+                func = codeprint.method_function(node.function)
+                if func is not None:  # (edited since it raised: say so, as an eager call)
+                    from .calls import note_if_edited
+
+                    note_if_edited(error, node.cache, func)
                 return error
         if node.mode == "read-only" and "read-only" in run.reason:
             return read_only_error(node, run.reason)

@@ -161,6 +161,10 @@ def read_only_error(node: tp.Any, what: str) -> RuntimeError:
     )
 
 
+# (how the note of a cached error of a method edited since it raised starts, see calls)
+EDITED_NOTE = "exca: this error is cached, raised by other code of "
+
+
 class NodeFailures(RuntimeError):
     """Several nodes of one run failed; ``failures`` maps each node uid to its error."""
 
@@ -168,7 +172,10 @@ class NodeFailures(RuntimeError):
         self.failures = failures
         lines = [f"{len(failures)} node(s) failed:"]
         for uid, error in failures.items():
-            lines.append(f"  - {uid}: {type(error).__name__}: {_summary(str(error))}")
+            line = f"  - {uid}: {type(error).__name__}: {_summary(str(error))}"
+            # (a cached error of a notebook's method fixed since: the one line seen of it)
+            edited = [n for n in getattr(error, "__notes__", ()) if n.startswith(EDITED_NOTE)]
+            lines.append(line + (f" ({edited[0][len('exca: ') :]})" if edited else ""))
         super().__init__("\n".join(lines))
 
 
