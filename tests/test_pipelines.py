@@ -3932,3 +3932,70 @@ def test_a_cached_error_of_a_notebook_method_fixed_since_says_so_in_graphs(
     assert any(said in note for note in read.value.__notes__)
     assert fixed["Part"](x=2, infra={"folder": tmp_path, "mode": "retry"}).run() == 2
     assert exca.graph.run(target(fixed)) is not None and target(fixed).result() == 3
+
+
+NOTEBOOK_GRAPH_CELL = """
+import typing as tp
+import pydantic, exca
+
+
+class Data(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def prepare(self) -> list[int]:
+        return [1, 2, 3]
+
+
+class Square(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def run(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            yield item * item{edit}
+
+
+class Total(pydantic.BaseModel):
+    extra: int = 0
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def apply(self, values: list[int], data: list[int]) -> int:
+        return sum(values) + self.extra
+"""
+
+
+def test_a_run_reusing_what_other_code_of_a_notebook_computed_warns_in_the_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A notebook's map (and task) edited in its cell, then a graph run whose new node,
+    computed in a job, reads their outputs cached by the old code: the warning that they
+    were computed by other code went to that job's log only, the session saying nothing
+    (a probe, with cluster='local' and 'slurm'). The run warns in the session now."""
+    from exca.graph import codeprint
+
+    monkeypatch.setattr(codeprint, "_WARNED", set())
+    monkeypatch.setattr(codeprint, "_ITEMS_CHECKED", set())
+
+    def cell(edit: str, prepare: str = "") -> dict[str, tp.Any]:
+        source = NOTEBOOK_GRAPH_CELL.format(edit=edit)
+        source = source.replace("return [1, 2, 3]", f"return [1, 2, 3]{prepare}")
+        namespace: dict[str, tp.Any] = {"__name__": "__main__"}  # (a notebook's classes)
+        exec(compile(source, "<cell>", "exec", dont_inherit=True), namespace)
+        return namespace
+
+    def target(ns: dict[str, tp.Any], extra: int) -> exca.graph.Node:
+        data = ns["Data"](infra={"folder": tmp_path}).prepare.node()
+        squares = ns["Square"](infra={"folder": tmp_path}).run.node(data)
+        total = ns["Total"](extra=extra, infra={"folder": tmp_path, "cluster": "local"})
+        return total.apply.node(squares, data)
+
+    exca.graph.run(target(cell(""), extra=0))
+    warning = "reusing a result computed by other code of {}"
+    edited = cell(" + 100", prepare=" + []")  # (both edited: the same outputs' uids)
+    with caplog.at_level("WARNING", logger="exca"):
+        exca.graph.run(target(edited, extra=1))  # (a new Total: computed in a job)
+    assert warning.format("Square.run") in caplog.text
+    assert warning.format("Data.prepare") in caplog.text
+    assert target(edited, extra=1).result() == 15  # (the cache: as documented)

@@ -621,6 +621,7 @@ class Graph:
                     run.action, run.reason = "compute", f"{len(missing)}/{total} missing"
                     # (its cached item errors stay: its outputs cannot be read after it)
                     absent = set(missing)
+                    _check_reused_code(node, [u for u in uids if u not in absent])
                     failed = node.cache.count_errors([u for u in uids if u not in absent])
                     if failed:
                         run.item_errors = failed
@@ -1053,7 +1054,20 @@ def _reuse(run: NodeRun) -> bool:
     except RuntimeError as error:
         run.action, run.reason, run.error = "fail", f"{OTHER_DEFAULTS}: {error}", error
         return False
+    _check_reused_code(run.node, run.uids if run.node.kind == "map" else None)
     return True
+
+
+def _check_reused_code(node: Node, uids: tp.Sequence[str] | None) -> None:
+    """Warn here when what a run reuses of a ``__main__`` method was computed by other
+    code (a notebook's cell edited): the job that reads it warned in its log only."""
+    func = codeprint.method_function(node.function)
+    if func is None or func.__module__ != "__main__":  # (see codeprint)
+        return
+    if uids is not None:
+        codeprint.check_items(node.cache, uids, func, node.uid)
+    elif (entry := node.cache.entry(TASK_KEY)) is not None:
+        codeprint.check(entry.info.get("#meta"), func, node.uid)
 
 
 def _all_cached(run: NodeRun) -> bool:
