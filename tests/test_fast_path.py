@@ -281,3 +281,54 @@ def test_new_items_in_an_existing_folder_need_no_yaml_parsing(tmp_path: Path) ->
     )
     assert result.returncode == 0, result.stderr
     assert "YAML True" in result.stdout
+
+
+def test_a_threadpool_map_counts_its_items_as_they_are_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A map on cluster='threadpool' counted its items only when its unit ended: with one
+    worker (a 2-CPU machine) the bar sat at 0/n until the whole map was done, then jumped
+    to n/n (seen in a notebook), where cluster=None counts each item. It counts them as
+    they are written now (a processpool's are still counted when their unit ends)."""
+    import typing as tp
+
+    import pydantic
+
+    import exca
+    from exca.graph import progress
+
+    monkeypatch.setenv(progress.PROGRESS_ENV, "1")
+    bars: list[tp.Any] = []
+
+    class Bar:  # (tqdm's interface, recording the count shown)
+        def __init__(self, total: int, **kwargs: tp.Any) -> None:
+            self.total, self.n = total, 0
+            bars.append(self)
+
+        def update(self, count: int) -> None:
+            self.n += count
+
+        def refresh(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(progress, "_tqdm", lambda: Bar)
+    seen: list[int] = []
+
+    class Lists(pydantic.BaseModel):
+        infra: exca.MapInfra = exca.MapInfra(version="1", max_jobs=1)
+
+        @infra.apply(item_uid=str)
+        def run(self, items: list[int]) -> tp.Iterator[list[int]]:
+            for item in items:
+                seen.append(bars[-1].n)  # what the bar shows as this item starts
+                yield [item]  # (not a small immutable output: written as it is yielded)
+
+    for cluster in (None, "threadpool"):
+        seen.clear()
+        obj = Lists(infra={"folder": tmp_path / str(cluster), "cluster": cluster})
+        assert [x[0] for x in obj.run([1, 2, 3])] == [1, 2, 3]
+        assert seen == [0, 1, 2], cluster
+        assert bars[-1].n == 3  # (counted once)

@@ -1369,7 +1369,10 @@ STOP_WAIT_S = 2.0  # on Ctrl-C, how long pool processes get to write what they c
 class Pools:
     """Thread and process pools of one run (created on first use, shut down at the end)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_items: tp.Callable[[int], None] | None = None) -> None:
+        # (counts the items of the maps its threads compute, as they are written: a
+        # progress bar's; a process pool's are counted when their unit ends)
+        self._on_items = on_items
         # one pool per cluster and bound (cpus - 1, max_jobs): a map's max_jobs bounds its
         # own chunks (a pool made for an earlier map with a higher bound ran them all at
         # once), with its size: a map needing more workers replaces a smaller pool (which
@@ -1436,7 +1439,9 @@ class Pools:
                 )
         else:
             for unit in units:
-                handles.append(FutureHandle(pool.submit(run_stoppable, self._stop, unit), cluster))
+                on_items = self._on_items if unit.uids is not None else None
+                running = pool.submit(run_stoppable, self._stop, unit, on_items)
+                handles.append(FutureHandle(running, cluster))
         return handles
 
     def shutdown(self, cancel: bool = False) -> None:

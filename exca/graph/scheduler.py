@@ -289,7 +289,7 @@ class Scheduler:
             for r in work
         )
         progress = Progress(total, desc="exca", requested=self.progress_requested)
-        pools = executors.Pools()
+        pools = executors.Pools(progress.update)  # (a threadpool's items, as they are written)
         pending = {r.node.key: r for r in work}
         running: dict[Key, NodeRun] = {}
         # the pending nodes that may have become ready (or blocked): each wave checks only
@@ -980,8 +980,8 @@ class Scheduler:
             run.replaced = {}
         if not inline and node.execution.cluster not in POOL_CLUSTERS:
             progress.update(len(todo) - len(missing))
-        elif node.execution.cluster in POOL_CLUSTERS and run.handles and not inline:
-            progress.update(len(todo))
+        elif node.execution.cluster == "processpool" and run.handles and not inline:
+            progress.update(len(todo))  # (a threadpool's were counted as they were written)
         if not missing:
             run.state = "done"
             if run.action == "force":

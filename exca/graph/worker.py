@@ -991,13 +991,15 @@ def _until_stopped(
             raise KeyboardInterrupt(f"{uid}: its run was interrupted")
 
 
-def run_stoppable(stop: threading.Event, unit: Unit) -> Report:
+def run_stoppable(
+    stop: threading.Event, unit: Unit, progress: ProgressCallback | None = None
+) -> Report:
     """``run_unit`` in a pool thread, stopping between two items once ``stop`` is set."""
     if stop is not None and stop.is_set():  # (a unit queued before the interrupt)
         raise KeyboardInterrupt("the run was interrupted before this unit started")
     STOP.event = stop
     try:
-        return run_unit(unit)
+        return run_unit(unit, progress)
     finally:
         STOP.event = None
 
