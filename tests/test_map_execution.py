@@ -1330,7 +1330,13 @@ class Paced(pydantic.BaseModel):
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
-    "cluster,how", [("threadpool", "call"), ("processpool", "call"), ("threadpool", "detached")]
+    "cluster,how",
+    [
+        ("threadpool", "call"),
+        ("processpool", "call"),
+        ("processpool", "group"),
+        ("threadpool", "detached"),
+    ],
 )
 @pytest.mark.parametrize("returns", ["generator", "list", "map"])
 def test_ctrl_c_reaching_the_caller_alone_stops_its_pool_and_keeps_what_it_computed(
@@ -1340,7 +1346,9 @@ def test_ctrl_c_reaching_the_caller_alone_stops_its_pool_and_keeps_what_it_compu
     thread went on with its whole chunk (the interpreter waited for it at exit; the next
     call of a notebook waited for it), a pool's process was killed with the outputs it had
     not yet written. Both stop at their next item, having written what they computed (a
-    method returning a list: all of it, computed; a detached run's pool too; reviews)."""
+    method returning a list: all of it, computed; a detached run's pool too; reviews).
+    A Ctrl-C reaching the pool's processes too (a terminal's, a Jupyter interrupt, sent
+    to the process group) interrupted the item each was computing: it was lost."""
     import signal
 
     log = tmp_path / "calls.txt"
@@ -1348,7 +1356,10 @@ def test_ctrl_c_reaching_the_caller_alone_stops_its_pool_and_keeps_what_it_compu
     proc = _calling_process(config, range(100), detached=how == "detached")
     try:
         wait_until(lambda: len(counts(log)) >= 3, timeout=60)
-        proc.send_signal(signal.SIGINT)  # (to the caller only, not its process group)
+        if how == "group":  # (a terminal's Ctrl-C, a Jupyter interrupt: the pool's too)
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGINT)  # (to the caller only, not its process group)
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:

@@ -1216,6 +1216,10 @@ def run_sole_local_unit(unit: Unit) -> Report:
 _RUNNING = [0]  # units running in this pool process
 
 
+def _interrupt_left_to_the_caller(signum: int, frame: tp.Any) -> None:
+    """A pool process's SIGINT handler: nothing (see _end_with_parent)."""
+
+
 def _end_with_parent(parent: int, stop: tp.Any = None) -> None:
     """Pool process initializer: end once the process that made the pool is gone (e.g.
     killed): a pool process would wait for work forever, holding a copy of its memory and
@@ -1223,6 +1227,15 @@ def _end_with_parent(parent: int, stop: tp.Any = None) -> None:
     ``stop``: the pool's event set on Ctrl-C (its maps stop at their next item)."""
     _RUNNING[0] = 0  # (forked from a pool process running a unit: none runs here yet)
     _POOL_STOP[0] = stop
+    if stop is not None:
+        # a Ctrl-C reaches the whole process group (a terminal's, a Jupyter interrupt): the
+        # caller sets ``stop``, and this process ends at its next item with what it wrote
+        # (SIGINT raising here lost the item it computed). A Python handler, not SIG_IGN:
+        # the programs the method starts are not made deaf to Ctrl-C.
+        import signal
+
+        with contextlib.suppress(ValueError):  # (not the main thread: left as it is)
+            signal.signal(signal.SIGINT, _interrupt_left_to_the_caller)
 
     def watch() -> None:
         while True:
