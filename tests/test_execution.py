@@ -128,6 +128,8 @@ def test_job_api(tmp_path: Path, cluster: str | None) -> None:
     assert job2.done()
     assert job2.result() == 10
     assert len(calls(tmp_path / "calls.txt")) == 1
+    if cluster is not None:  # (a debug job, found in the registry, said cluster=local)
+        assert f"cluster={cluster}," in repr(job2)
 
 
 @pytest.mark.timeout(120)

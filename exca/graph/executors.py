@@ -625,7 +625,7 @@ class RecordedLocalHandle(Handle):
     def __init__(self, record: tp.Any) -> None:
         self.record = record
         self.job_id = record.job_id
-        self.cluster = "local"
+        self.cluster = record.cluster  # (local, or debug: run by its submitting process)
 
     @property
     def submitit_job(self) -> tp.Any:
