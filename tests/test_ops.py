@@ -2709,6 +2709,20 @@ def _orphans_keep_the_payload_of(fmt: type, value: str, tmp_path: Path) -> tp.An
     return CacheDict(folder)["a"]
 
 
+def test_an_orphan_removed_meanwhile_is_not_counted_as_freed(tmp_path: Path) -> None:
+    """Two cleaners of one leftover: the one finding it gone counted its bytes as freed
+    (a review)."""
+    folder = tmp_path / "cache" / "step,1" / "default"
+    (folder / "data").mkdir(parents=True)
+    (folder / "uid.yaml").write_text("{}\n")
+    orphan = folder / "data" / "nobody-reads-this.txt"
+    orphan.write_text("orphan" * 1000)
+    plan = clean.orphans(tmp_path / "cache", min_age_hours=0)
+    assert [r.path for r in plan.removals] == [orphan] and plan.size > 0
+    orphan.unlink()  # (the other cleaner)
+    assert plan.execute() == 0 and plan.failed == [] and plan.skipped == []
+
+
 def test_clean_orphans_keeps_payloads_of_user_formats(tmp_path: Path) -> None:
     assert _orphans_keep_the_payload_of(ShoutedText, "quiet", tmp_path) == "QUIET"
 

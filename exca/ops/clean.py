@@ -250,8 +250,10 @@ def _remove(removal: Removal, jobs_use: dict[Path, dict[Path, str]]) -> int:
     if path.is_dir():
         remove_node_folder(path, removal.size)
     else:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             path.unlink()
+        except FileNotFoundError:  # (removed meanwhile, by another cleaner: not freed here)
+            return 0
     for link in removal.links or ():  # (they would point at nothing now)
         with contextlib.suppress(FileNotFoundError):
             link.unlink()
