@@ -95,11 +95,11 @@ def drop_outcome(cache: CacheDict[tp.Any], outdated: tuple[str, int] | None) -> 
         return False
     # (one read for the check and the deletion: an outcome the new job wrote since stays;
     # a copy of the outdated one, written by a writer that raced with it, goes with it)
-    copies = [(c["#in"], c["#at"]) for c in cache.live_copies() if c["#key"] == TASK_KEY]
+    copies = cache.copy_places([TASK_KEY])
     entry = cache.entry(TASK_KEY)
     if entry is None or (entry.file, entry.offset) != outdated:
         return False
-    return bool(cache.delete_at({TASK_KEY: copies}))
+    return bool(cache.delete_at(copies))
 
 
 def output_places(cache: CacheDict[tp.Any], uids: tp.Iterable[str]) -> dict[str, tuple[str, int]]:
@@ -352,10 +352,7 @@ def _delete_if_unchanged(
 ) -> list[str]:
     """Delete the entries still where they were read (not one written meanwhile); returns
     the uids of those deleted here."""
-    copies: dict[str, list[tuple[str, int]]] = {}  # (one read: see drop_outcome)
-    for copy in cache.live_copies():
-        if copy["#key"] in places:
-            copies.setdefault(copy["#key"], []).append((copy["#in"], copy["#at"]))
+    copies = cache.copy_places(places)  # (one read: see drop_outcome)
     with cache.write():
         return cache.delete_at({uid: copies[uid] for uid in not_replaced(cache, places, ())})
 

@@ -292,8 +292,11 @@ def _still_running(record: registry.JobRecord, queued: set[str] | None = None) -
     machines), whose process this one cannot see (taken for ended): running while its
     node folder holds a live claim of that host (heartbeats tell it across hosts; the
     claim is its worker's, a child of the process its id names) and it wrote no outcome."""
-    if registry.still_running(record, queued):
-        return True
+    return registry.still_running(record, queued) or _runs_on_another_host(record)
+
+
+def _runs_on_another_host(record: registry.JobRecord) -> bool:
+    """Whether a local job of another host still runs (see ``_still_running``)."""
     if record.cluster != "local" or record.foreign or record.host in ("", process.hostname()):
         return False
     if record.node_folder is None:
@@ -568,10 +571,7 @@ def _add_items(plan: CleanPlan, folder: Path, keys: list[str], reason: str) -> N
         return
     view = inspecting_view(folder)
     # (where each is now: one computed again before execute(), from another input, stays)
-    wanted, places = set(keys), dict[str, list[tuple[str, int]]]()
-    for copy in view.live_copies():
-        if copy["#key"] in wanted:
-            places.setdefault(copy["#key"], []).append((copy[IN], copy[AT]))
+    places = view.copy_places(keys)
     total = max(len(view.entries_info()), 1)
     size, _ = disk_usage(folder)
     shown = f"{len(keys)} of {total} items: {reason}"
@@ -1526,7 +1526,7 @@ def _add_whole_logs_folder(
     before ``limit``."""
     if any(r.submitted > limit for r in records):
         return  # (a recent job)
-    active = next((r for r in records if registry.is_active(r) or _still_running(r)), None)
+    active = next((r for r in records if registry.is_active(r) or _runs_on_another_host(r)), None)
     if active is not None:
         plan.kept.append((folder, f"job {active.job_id} is queued or running"))
         return
@@ -1555,7 +1555,7 @@ def _add_job_files(
         {
             r.job_id
             for _, r in records
-            if r.job_id in by_job and (registry.is_active(r) or _still_running(r))
+            if r.job_id in by_job and (registry.is_active(r) or _runs_on_another_host(r))
         }
     )
     going: list[str] = []

@@ -1106,6 +1106,17 @@ class CacheDict(tp.Generic[X]):
                 self._delete(key)
         self._free_after_deleting()
 
+    def copy_places(self, keys: tp.Iterable[str]) -> dict[str, list[tuple[str, int]]]:
+        """Where the live copies of these keys are now, ``(index file, offset)`` each (keys
+        absent left out): what ``delete_at`` takes, read once for the check and the
+        deletion (a copy written after this read is not among them)."""
+        wanted = set(keys)
+        places: dict[str, list[tuple[str, int]]] = {}
+        for copy in self.live_copies():
+            if copy["#key"] in wanted:
+                places.setdefault(copy["#key"], []).append((copy[IN], copy[AT]))
+        return places
+
     def delete_at(self, entries: tp.Mapping[str, tp.Iterable[tuple[str, int]]]) -> list[str]:
         """Delete copies of keys where they were read (key -> the places of its copies,
         ``(entry.file, entry.offset)``, or ``#in``/``#at`` of ``live_copies()``): a copy of
