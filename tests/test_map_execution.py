@@ -818,6 +818,39 @@ class Storing(pydantic.BaseModel):
             yield np.array([object()]) if item == 3 or item >= 100 else np.arange(item)
 
 
+class Records(pydantic.BaseModel):
+    """Items that are dicts and lists: stored in their index lines (no payload file)."""
+
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[tp.Any]:
+        for item in items:
+            yield {"item": item, "seen": [item]} if item % 2 else [item, {"twice": 2 * item}]
+
+
+@pytest.mark.parametrize("keep_in_ram", [False, True])
+def test_mutating_items_read_back_does_not_change_what_the_cache_holds(
+    tmp_path: Path, keep_in_ram: bool
+) -> None:
+    """Items read from their index lines by a new instance are copies: a caller editing
+    them changes neither the cache nor the index records the instance reads them from."""
+    infra = {"folder": tmp_path, "keep_in_ram": keep_in_ram}
+    expected = [{"item": 1, "seen": [1]}, [2, {"twice": 4}], {"item": 3, "seen": [3]}]
+    assert list(Records(infra=infra).process([1, 2, 3])) == expected
+    reader = Records(infra=infra)
+    read = list(reader.process([1, 2, 3]))
+    assert read == expected
+    read[0]["seen"].append("edited")
+    read[1][1]["twice"] = "edited"
+    read[2]["new"] = "edited"
+    assert list(Records(infra=infra).process([1, 2, 3])) == expected
+    records = reader.infra.cache_dict.entries_info()  # (the reader's own index records)
+    assert [records[k]["v"] for k in ("1", "2", "3")] == expected
+    if not keep_in_ram:  # (else the reader hands out its RAM copy: the caller's object)
+        assert list(reader.process([1, 2, 3])) == expected
+
+
 def test_an_item_uid_that_is_not_unicode_is_a_clear_error(tmp_path: Path) -> None:
     """An item uid made of a file name that os.listdir decoded with surrogates: a raw
     TypeError of orjson, from the claim, naming no item."""
@@ -2539,6 +2572,8 @@ def test_items_of_other_code_of_a_main_map_warn(tmp_path: Path) -> None:
     assert edited.stderr.count(warning) == 1, edited.stderr
     assert warning in run("yield item * 100", "1", how="node").stderr  # (a graph node's)
     assert warning not in run("yield item * 100", "5").stderr  # (its own item)
+    # (its own item first, then one of other code: each run of items is looked at)
+    assert warning in run("yield item * 100", "5,2").stderr
     # computed in a process pool (the class pickled by value): the same digest as here
     pooled = run("yield item * 10", "6,7", cluster="processpool")
     assert pooled.stdout.split() == ["60", "70"]

@@ -152,14 +152,17 @@ def check_items(
     if checked in _ITEMS_CHECKED or (where.partition("/")[0], current) in _WARNED:
         return
     python = current.partition("-")[0]
-    with cache.frozen_cache_folder():  # (an item removed meanwhile: no folder read per item)
-        for uid in uids:
-            entry = cache.entry(uid)
-            meta = entry.info.get("#meta") if entry is not None else None
-            recorded = meta.get(CODE_KEY) if isinstance(meta, dict) else None
-            # (an item of another Python says nothing: the next ones are looked at)
-            same_python = isinstance(recorded, str) and recorded.partition("-")[0] == python
-            if same_python and recorded != current:
-                check(meta, func, where)
-                return
+    last: tp.Any = None
+    for info in cache.records(uids):
+        meta = info.get("#meta") if info is not None else None
+        # (the items of one writer share their code: one look for a run of equal ones)
+        if meta is last or meta == last:
+            continue
+        last = meta
+        recorded = meta.get(CODE_KEY) if isinstance(meta, dict) else None
+        # (an item of another Python says nothing: the next ones are looked at)
+        same_python = isinstance(recorded, str) and recorded.partition("-")[0] == python
+        if same_python and recorded != current:
+            check(meta, func, where)
+            return
     _ITEMS_CHECKED.add(checked)

@@ -120,7 +120,7 @@ def _utf8(text: str) -> bool:
     return True
 
 
-def _fresh(value: tp.Any) -> tp.Any:
+def fresh_copy(value: tp.Any) -> tp.Any:
     """A copy of an inline dict/list: never hand out the index's own (mutable) object."""
     if type(value) is dict or type(value) is list:
         return orjson.loads(orjson.dumps(value))
@@ -132,7 +132,7 @@ def load_inline(ctx: DumpContext, info: dict[str, tp.Any]) -> tp.Any:
         # (base64.b64decode is this call, through two Python functions: a hit's path)
         return load_pickle(binascii.a2b_base64(info["p"]))
     if "v" in info and "f" not in info:
-        return _fresh(info["v"])
+        return fresh_copy(info["v"])
     handler = DumpContext.handler(info["#type"])
     return handler.__load_from_info__(ctx, **{k: v for k, v in info.items() if k[0] != "#"})
 
@@ -224,7 +224,7 @@ class Json:
         if f is None:
             if v is _NONE:
                 raise _no_value(cls.__name__)
-            return _fresh(v)
+            return fresh_copy(v)
         return orjson.loads(ctx.read_bytes(f, o, n))
 
 

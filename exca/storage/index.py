@@ -334,9 +334,19 @@ class IndexReader:
                 if FORMER_PLACES in record:
                     self._note_former_places(record)
         offsets = itertools.accumulate(map(_PLUS_NEWLINE, map(len, lines)), initial=state.offset)
+        # (the lines of one writer's batch share their "#meta": one object for a run of
+        # equal ones, not a dict per entry, which also makes the collector track half as
+        # many objects on a large map)
+        last_meta = None
         for record, offset in zip(records, offsets):
             record[IN] = name
             record[AT] = offset
+            meta = record.get("#meta")
+            if meta is not None:
+                if meta == last_meta:
+                    record["#meta"] = last_meta
+                else:
+                    last_meta = meta
         if self._deleted or (self.entries and not self.entries.keys().isdisjoint(keys)):
             pairs = [(k, e) for k, e in zip(keys, records) if not self._is_deleted(e)]
             if len(pairs) < len(keys):
