@@ -1483,6 +1483,21 @@ def test_a_child_keeps_the_file_of_its_parent_whose_deletions_still_apply(
     assert sorted(CacheDict(folder).keys()) == ["k3"]
 
 
+def test_values_read_lazily_after_a_clear_are_missing(tmp_path: Path) -> None:
+    """values_of is lazy: the keys it has not reached yet when the cache is cleared are
+    gone (a KeyError), not read from the index as it was before the clear."""
+    writer: CacheDict[tp.Any] = CacheDict(tmp_path)
+    with writer.write():
+        for key in "abc":
+            writer[key] = {"key": key}
+    reader: CacheDict[tp.Any] = CacheDict(tmp_path)
+    values = reader.values_of(["a", "b", "c"])
+    assert next(values) == {"key": "a"}
+    reader.clear()
+    with pytest.raises(KeyError, match="'b'"):
+        next(values)
+
+
 def test_clear_keeps_folder(tmp_path: Path) -> None:
     folder = tmp_path / "cache"
     cd: CacheDict[tp.Any] = CacheDict(folder, keep_in_ram=True)

@@ -448,12 +448,15 @@ class CacheDict(tp.Generic[X]):
 
     def _iter_values(self, keys: tp.Sequence[str], where: str) -> tp.Iterator[X]:
         entries, _ = self._entries_read()
-        ram = self._ram
+        ram, reader = self._ram, self._reader
         # (a value held in its index line is read here, without a __getitem__ call each:
-        # the same outcome for a fraction of the cost, on maps of many small items)
+        # the same outcome for a fraction of the cost, on maps of many small items; not
+        # after a clear() meanwhile: these entries are then gone)
         inline, keep = not self.options.replace, self.keep_in_ram
         for key in keys:
             info = entries.get(key) if inline and key not in ram else None
+            if info is not None and self._reader is not reader:
+                info = None
             if info is not None and "v" in info and "p" not in info and _inline(info):
                 copied: X = fresh_copy(info["v"])
                 if keep:
