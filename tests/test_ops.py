@@ -5594,3 +5594,96 @@ def test_cli_list_lines_end_without_spaces(tmp_path: Path) -> None:
     result = cli("list", root, check=True)
     rows = result.stdout.splitlines()
     assert len(rows) == 3 and all(row == row.rstrip() for row in rows), rows
+
+
+def _gate(gate: Path, x: int) -> None:
+    """Note that ``x`` is computed; for 2, touch ``written`` then wait for ``go``."""
+    with (gate / "computed").open("a") as handle:
+        handle.write(f"{x}\n")
+    if x == 2:
+        (gate / "written").touch()
+        wait_until(lambda: (gate / "go").exists(), "the cleaner lets item 2 go")
+
+
+class Gated(pydantic.BaseModel):
+    """A map (x -> [10 x], written as yielded) and a task (2 -> [20]) paused by files in
+    ``gate`` (see _gate): the map's items 0 and 1 are written when item 2 waits."""
+
+    gate: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def values(self, items: list[int]) -> tp.Iterator[list[int]]:
+        for x in items:
+            _gate(Path(self.gate), x)
+            yield [10 * x]
+
+
+class GatedTask(pydantic.BaseModel):
+    gate: str
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def value(self, x: int) -> list[int]:
+        _gate(Path(self.gate), x)
+        return [10 * x]
+
+
+@pytest.mark.parametrize("kind", ["map", "task"])
+def test_a_removal_never_takes_a_folder_claimed_after_its_last_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """execute() checked that a node folder was not being computed, then (after reading
+    every job record of the root) renamed it away: a map that claimed its items in
+    between, its first items written, had them removed while it ran, and the others
+    written into the removed folder (a real process, paused by files: its call failed,
+    '4 item(s) ... not computed'); a task computing then lost its folder and claim. The
+    last check is made under the folder's lock, with the removal's own claim on the task
+    key, right before the rename: such a folder is kept (plan.skipped) and what was
+    computed reads back."""
+    root, gate = tmp_path / "cache", tmp_path / "gate"
+    gate.mkdir()
+    if kind == "map":
+        call, items, expected = "test_ops.Gated({}).values([0, 1, 2, 3])", [0, 1, 2, 3, 100], 5
+        assert list(Gated(gate=str(gate), infra={"folder": root}).values([100])) == [[1000]]
+        folder = folder_of(Gated(gate=str(gate), infra={"folder": root}))
+    else:
+        call, items, expected = "test_ops.GatedTask({}).value(2)", [2], 2
+        assert GatedTask(gate=str(gate), infra={"folder": root}).value(100) == [1000]
+        folder = folder_of(GatedTask(gate=str(gate), infra={"folder": root}))
+    plan = clean.remove_nodes([folder])  # (the config folder: its inputs-* nodes with it)
+    assert [r.path for r in plan.removals] == [folder]
+    config = f"gate={str(gate)!r}, infra={{'folder': {str(root)!r}}}"
+    worker = python(
+        f"""
+        import test_ops
+        from pathlib import Path
+        test_ops.wait_until(Path({str(gate / "checked")!r}).exists, "the cleaner's check")
+        print(list({call.format(config)}))
+        """
+    )
+    checked = clean._holds_what_jobs_use
+
+    def paused(*args: tp.Any) -> str | None:  # (after its check of the folder's claims)
+        (gate / "checked").touch()
+        wait_until(lambda: (gate / "written").exists(), "the worker computes item 2")
+        return checked(*args)
+
+    monkeypatch.setattr(clean, "_holds_what_jobs_use", paused)
+    try:
+        plan.execute()
+    finally:
+        (gate / "go").touch()
+        out, err = worker.communicate(timeout=WAIT_S)
+    assert worker.returncode == 0, err
+    assert out.strip() == ("[[0], [10], [20], [30]]" if kind == "map" else "[20]")
+    ((path, why),) = plan.skipped
+    assert path == folder and "being computed" in why
+    computed = (gate / "computed").read_text().split()
+    assert len(computed) == expected
+    if kind == "map":
+        fresh = Gated(gate=str(gate), infra={"folder": root})
+        assert list(fresh.values(items)) == [[10 * x] for x in items]
+    else:
+        assert GatedTask(gate=str(gate), infra={"folder": root}).value(2) == [20]
+    assert (gate / "computed").read_text().split() == computed  # (nothing computed again)

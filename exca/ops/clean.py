@@ -31,8 +31,17 @@ from ..graph.node import TASK_KEY, Node
 from ..infra.uidfolder import UID_FILE, read_yaml
 from ..storage import process
 from ..storage.cachedict import CacheDict, inspecting_view
-from ..storage.claims import CLAIMS_DIR, Claims
+from ..storage.claims import (
+    CLAIM_SUFFIX,
+    CLAIMS_DIR,
+    LOCK_NAME,
+    Claims,
+    Owner,
+    _discard,
+    _unlock,
+)
 from ..storage.dumping import DATA_DIR
+from ..storage.files import write_new
 from ..storage.index import (
     _OUR_INDEX_NAME,
     AT,
@@ -220,7 +229,9 @@ def _remove(removal: Removal, jobs_use: dict[Path, dict[Path, str]]) -> int:
     if removal.stamp is not None and _stamp(path) not in (removal.stamp, None):
         # (a file named by its key, by a user format, written again for a new entry)
         raise _InUse("written again since the preview")
-    busy = _busy_with_inputs(path) if path.is_dir() else None
+    whole = removal.keys is None and removal.files is None
+    # (a whole node folder is checked again right before it is renamed away, see held)
+    busy = _busy_with_inputs(path) if path.is_dir() and not whole else None
     if busy is not None:  # started being used since the preview
         raise _InUse(busy)
     if removal.keys is not None:
@@ -248,7 +259,7 @@ def _remove(removal: Removal, jobs_use: dict[Path, dict[Path, str]]) -> int:
     if used is not None:
         raise _InUse(used)
     if path.is_dir():
-        remove_node_folder(path, removal.size)
+        remove_node_folder(path, removal.size, checked=True)
     else:
         try:
             path.unlink()
@@ -272,9 +283,10 @@ def _stamp(
     return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
-def busy_reason(folder: Path) -> str | None:
-    """Why a folder must not be touched now (being computed, job queued/running), or None."""
-    owners = Claims(folder).current()
+def busy_reason(folder: Path, own: tp.Container[Path] = ()) -> str | None:
+    """Why a folder must not be touched now (being computed, job queued/running), or None
+    (``own``: claim files of this cleaning, not counted)."""
+    owners = [c for c in Claims(folder).current() if c.path not in own]
     if owners:
         return f"being computed by {owners[0].owner.describe()}"
     # every record, not only the latest: a map's chunk job may still be queued after a
@@ -324,19 +336,25 @@ def _remove_items(
             cache.delete_at({k: places[k] for k in keys if k in places})
 
 
-def remove_node_folder(folder: Path, size: int = 0) -> None:
+def remove_node_folder(folder: Path, size: int = 0, checked: bool = False) -> None:
     """Remove a node (or step) folder: renamed away first, in one step, so that its
     entries vanish at once whenever a kill comes (removing its index files one by one,
     a kill between the file holding a deletion and the one holding the deleted entry
     brought that entry back); then deleted. ``size``: its bytes, as planned (what a failed
-    deletion freed is counted from it)."""
+    deletion freed is counted from it). ``checked``: a node folder (and its inputs-*
+    nodes) being computed, or whose job is queued or running, is kept (_InUse): checked
+    right before the rename, while no new claim can be taken there (see ``held``)."""
     if folder.name.startswith(REMOVING_PREFIX):  # (left by a killed removal)
         _delete_tree(folder, size)
         return
     _check_deletable(folder)  # (renamed away but not deleted, its space was not freed)
     trash = folder.with_name(REMOVING_PREFIX + process.unique_name())
+    guard = held(folder) if checked and is_node_folder(folder) else None
     try:
-        os.rename(folder, trash)
+        with guard if guard is not None else contextlib.nullcontext(Hold(None)) as hold:
+            if hold.busy is not None:
+                raise _InUse(hold.busy)
+            os.rename(folder, trash)
     except FileNotFoundError:
         return
     except PermissionError as error:
@@ -350,6 +368,93 @@ def remove_node_folder(folder: Path, size: int = 0) -> None:
             why = f"renaming it needs write access to {folder.parent}"
         raise PermissionError(error.errno, f"{error.strerror}: {why}") from None
     _delete_tree(trash, size)
+
+
+@dataclasses.dataclass
+class Hold:
+    """A node folder held by ``held``: why it must be left alone (None: it may go), and
+    where the block moved it (``moved_to``: what this cleaning put there is taken away)."""
+
+    busy: str | None
+    moved_to: Path | None = None
+
+
+@contextlib.contextmanager
+def held(folder: Path) -> tp.Iterator[Hold]:
+    """Keep new claims out of a node folder and of its inputs-* nodes while the block
+    renames it (away, or to another name); ``busy`` says why it must be left alone (being
+    computed, job queued or running: checked in there). A check made before, then the
+    rename, removed the items a map had claimed and written in between (and what it wrote
+    next went into the removed folder). Each node folder's claims lock is held (a batch
+    claimer, of a map's items or of a submission, waits for it; a job's record is written
+    under its submission's claim), and a claim of the task key by this process is there
+    (the claimer of a task's result takes no lock: it writes its claim, then lists the
+    others: it sees this one and waits, or this check sees its claim). Nothing is made
+    again where the folder went meanwhile (FileNotFoundError). A folder this user may not
+    write into is only checked."""
+    me = Owner.current()
+    claim = orjson.dumps({"owner": me._asdict(), "keys": [TASK_KEY]})
+    token = orjson.dumps({"owner": me._asdict(), "token": os.urandom(8).hex()})
+    name = process.unique_name()
+    hold = Hold(None)
+    done: list[Path] = []  # (the node folders held)
+    try:
+        try:
+            while True:  # (an inputs-* node made meanwhile, by a new call: held too)
+                new = [f for f in (folder, *input_folders(folder)) if f not in done]
+                if not new:
+                    break
+                for node_folder in new:
+                    _hold_one(node_folder, token, claim, name)
+                    done.append(node_folder)
+                own = {f / CLAIMS_DIR / (name + CLAIM_SUFFIX) for f in done}
+                hold.busy = _busy_with_inputs(folder, own)
+                if hold.busy is not None:
+                    break
+        except OSError as error:  # (another user's folder, which this one may still rename)
+            if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            _let_go(folder, folder, done, token, name)
+            done.clear()
+            hold.busy = _busy_with_inputs(folder)
+        yield hold
+    finally:  # (where the block moved it, what this process put there went along)
+        for place in dict.fromkeys((folder, hold.moved_to or folder)):
+            _let_go(folder, place, done, token, name)
+
+
+def _hold_one(folder: Path, token: bytes, claim: bytes, name: str) -> None:
+    """Take the claims lock of a node folder, then write this process's claim there
+    (see ``held``), making nothing but its claims folder (FileNotFoundError: gone)."""
+    claims = Claims(folder)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(claims.dir)
+    lock = claims.dir / LOCK_NAME
+    delay = 0.001
+    while True:
+        try:
+            write_new(os.fspath(lock), token)
+            break
+        except FileExistsError:
+            claims._break_if_stale(lock)  # (its holder was killed a minute ago)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+    try:
+        tmp = claims.dir / f"{name}.tmp"
+        write_new(os.fspath(tmp), claim)
+        os.replace(tmp, claims.dir / (name + CLAIM_SUFFIX))
+    except BaseException:
+        _unlock(lock, token)
+        raise
+
+
+def _let_go(folder: Path, now: Path, held: list[Path], token: bytes, name: str) -> None:
+    """Remove the claims and locks ``held`` put in the node folders of ``folder``, now
+    at ``now`` (moved by the block)."""
+    for node_folder in reversed(held):
+        claims = now / node_folder.relative_to(folder) / CLAIMS_DIR
+        _discard(claims / (name + CLAIM_SUFFIX))
+        _unlock(claims / LOCK_NAME, token)
 
 
 def _check_deletable(folder: Path) -> None:
@@ -422,12 +527,12 @@ def _killed_removals(root: Path, limit: float, steps: set[str] | None) -> list[R
     return out
 
 
-def _busy_with_inputs(folder: Path) -> str | None:
+def _busy_with_inputs(folder: Path, own: tp.Container[Path] = ()) -> str | None:
     """``busy_reason`` of a node folder or of a node in it (a method's inputs-* nodes)."""
-    busy = busy_reason(folder)
+    busy = busy_reason(folder, own)
     if busy is None:
         for sub in input_folders(folder):
-            busy = busy_reason(sub)
+            busy = busy_reason(sub, own)
             if busy is not None:
                 return f"{sub.name}: {busy}"
     return busy
