@@ -489,6 +489,36 @@ def _uid_files(folder: Path) -> list[Path]:
     return found
 
 
+def _rename_idle(current: Path, target: Path) -> bool:
+    """Rename a legacy-named node folder, unless it is being computed or its job is queued
+    or running (a process still using v2 names: renamed under it, its result went into a
+    folder made again under the old name, without its yaml files, and the new name
+    computed it again). Whether it was renamed."""
+    from .ops.clean import held
+
+    try:
+        with held(current) as hold:
+            if hold.busy is not None:
+                logger.warning(
+                    "Not renaming %s: %s (rename it once it is done)", current, hold.busy
+                )
+                return False
+            # (processes meeting a legacy cache at once rename it at once, e.g. the jobs
+            # of an array: another one may have renamed this folder, or made its target)
+            try:
+                os.rename(current, target)
+            finally:  # (renamed meanwhile, by a process not waiting for the hold: there)
+                hold.moved_to = target
+    except FileNotFoundError:  # (renamed meanwhile, by another process)
+        return False
+    except OSError as error:
+        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        logger.warning("Not renaming %s: %s already exists", current, target)
+        return False
+    return True
+
+
 def update_uids(folder: str | Path, dryrun: bool = True) -> list[tuple[Path, Path]]:
     """Rename cache folders named with the legacy v2 uid format to the v3 names (reports
     what it would do when dryrun=True). Returns the (old, new) pairs."""
@@ -508,18 +538,8 @@ def update_uids(folder: str | Path, dryrun: bool = True) -> list[tuple[Path, Pat
         if target.exists():
             logger.warning("Not renaming %s: %s already exists", current, target)
             continue
-        if not dryrun:
-            # (processes meeting a legacy cache at once rename it at once, e.g. the jobs
-            # of an array: another one may have renamed this folder, or made its target)
-            try:
-                os.rename(current, target)
-            except FileNotFoundError:  # (renamed meanwhile, by another process)
-                continue
-            except OSError as error:
-                if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise
-                logger.warning("Not renaming %s: %s already exists", current, target)
-                continue
+        if not dryrun and not _rename_idle(current, target):
+            continue
         renames.append((current, target))
     for old_path, new_path in renames:
         logger.info("%s %s -> %s", "Would rename" if dryrun else "Renamed", old_path, new_path.name)

@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import sys
+import time
 import typing as tp
 import warnings
 from pathlib import Path
@@ -443,6 +444,74 @@ def test_update_uids_of_processes_renaming_at_once(
     moved = legacy.with_name(ConfDict(config).to_uid())
     assert (moved / "payload.txt").read_text() == "data" and not legacy.exists()
     assert other.with_name(ConfDict({"name": "b"}).to_uid()).is_dir()
+
+
+class GatedV2(pydantic.BaseModel):
+    """A task noting each computation in ``<gate>/computed``; it touches ``<gate>/started``
+    and waits for ``<gate>/go`` (a nested field: its v2 and v3 names differ)."""
+
+    gate: str
+    opts: dict[str, int] = {"a": 1}
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def value(self) -> int:
+        gate = Path(self.gate)
+        with (gate / "computed").open("a") as handle:
+            handle.write("x\n")
+        (gate / "started").touch()
+        deadline = time.monotonic() + 60
+        while not (gate / "go").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return 7
+
+
+def test_update_uids_leaves_a_folder_being_computed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process still naming folders in v2 (CONFDICT_UID_VERSION=2: an older exca's job)
+    computing a task: update_uids renamed its folder under it (claims ignored); its result
+    went into a folder made again under the v2 name, without its yaml files (seen by no
+    listing, renamed by no later update), and the v3 name computed it again (a real
+    process, paused by files). A folder being computed is left, with a warning, and
+    renamed by an update once it is done: its result is read, not computed again."""
+    import subprocess
+
+    root, gate = tmp_path / "cache", tmp_path / "gate"
+    gate.mkdir()
+    code = f"""
+import test_helpers
+print(test_helpers.GatedV2(gate={str(gate)!r}, opts={{"a": 2}}, infra={{"folder": {str(root)!r}}}).value())
+"""
+    env = dict(os.environ, CONFDICT_UID_VERSION="2")
+    worker = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (gate / "started").exists():
+            assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()
+            time.sleep(0.02)
+        (legacy,) = root.glob("*GatedV2*/*")
+        with caplog.at_level("WARNING", logger="exca"):
+            assert helpers.update_uids(root, dryrun=False) == []
+        assert "Not renaming" in caplog.text and "being computed" in caplog.text
+        assert legacy.is_dir() and (legacy / "uid.yaml").is_file()
+    finally:
+        (gate / "go").touch()
+        out, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    assert out.strip() == "7"
+    ((_, moved),) = helpers.update_uids(root, dryrun=False)  # (done: renamed now)
+    config = GatedV2(gate=str(gate), opts={"a": 2}, infra={"folder": root})
+    assert moved == config.infra.uid_folder() and not legacy.exists()
+    assert config.value() == 7
+    assert (gate / "computed").read_text().count("x") == 1  # (not computed again)
+    assert [p.name for p in root.glob("*GatedV2*/*")] == [moved.name]
 
 
 def test_update_uids_finds_folders_at_any_depth_and_changes_nothing_in_a_dry_run(

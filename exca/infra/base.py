@@ -567,7 +567,7 @@ class BaseInfra(pydantic.BaseModel):
         source = self._legacy_folder()
         if source is not None and not folder.exists():
             with contextlib.suppress(OSError):  # (renamed by another process meanwhile)
-                os.rename(source, folder)
+                helpers._rename_idle(source, folder)  # (not while computed there)
         helpers.update_uids(folder.parent, dryrun=False)
 
     def _legacy_folder(self) -> Path | None:
