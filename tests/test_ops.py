@@ -5687,3 +5687,29 @@ def test_a_removal_never_takes_a_folder_claimed_after_its_last_check(
     else:
         assert GatedTask(gate=str(gate), infra={"folder": root}).value(2) == [20]
     assert (gate / "computed").read_text().split() == computed  # (nothing computed again)
+
+
+def test_a_compaction_makes_no_folder_removed_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node folder removed (renamed away by a removal, or by a legacy rename) after
+    compact() looked at it, before it took its lock (or while it waited for a removal's
+    hold of it): the lock made the folder again, left there as <uid>/claims/ (no uid.yaml:
+    seen by no listing nor cleaning, kept for ever; a probe). Nothing is made: nothing is
+    merged there."""
+    root = tmp_path / "cache"
+    _many_writer_sessions(root, 3)
+    folder = folder_of(Ranges(infra={"folder": root}))
+    age_index_files(folder)
+    assert len(clean.compactable(folder, grace_seconds=0)) == 3
+    previewed = clean.compactable
+
+    def then_removed(*args: tp.Any, **kwargs: tp.Any) -> list[str]:
+        names = previewed(*args, **kwargs)
+        clean.remove_nodes([folder]).execute()  # (another cleaner's)
+        return names
+
+    monkeypatch.setattr(clean, "compactable", then_removed)
+    assert clean.compact(folder, grace_seconds=0) == (0, 0)
+    assert not folder.exists()
+    assert [p.name for p in folder.parent.iterdir()] == []

@@ -1825,7 +1825,13 @@ def compact(folder: Path | str, grace_seconds: float = 3600.0) -> tuple[int, int
         return 0, 0  # (checked again below, under the folder's lock)
     folder = Path(folder)
     claims = Claims(folder)
-    with claims._folder_lock(claims_owner()):
+    # (a folder removed meanwhile, maybe while this waited for a removal's hold of it:
+    # not made again, nothing to merge there)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(claims._folder_lock(claims_owner(), create=False))
+        except FileNotFoundError:
+            return 0, 0
         files = _dead_index_files(folder, grace_seconds)
         if len(files) < 2:
             return 0, 0

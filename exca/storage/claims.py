@@ -303,11 +303,13 @@ class Claims:
 
     @contextlib.contextmanager
     def _folder_lock(
-        self, me: Owner, window: interrupts.deferred | None = None
+        self, me: Owner, window: interrupts.deferred | None = None, create: bool = True
     ) -> tp.Iterator[None]:
         """The folder's lock, taken and given back with Ctrl-C held back (not while
         waiting for it). With a ``window``, it stays held back in the block, for the caller
-        to hand on what it takes there; without, the block is interruptible."""
+        to hand on what it takes there; without, the block is interruptible.
+        ``create=False``: the folder is not made again when it is gone (FileNotFoundError;
+        its claims folder is made)."""
         lock = self.dir / LOCK_NAME
         token = orjson.dumps({"owner": me._asdict(), "token": os.urandom(8).hex()})
         own = window is None
@@ -315,7 +317,7 @@ class Claims:
         delay = 0.001
         while True:
             held.hold()
-            if self._try_lock(lock, token):
+            if self._try_lock(lock, token, create):
                 held.on_interrupt(lambda: _unlock(lock, token))
                 break
             held.allow()  # (nothing taken: a Ctrl-C while waiting goes up now)
@@ -334,12 +336,16 @@ class Claims:
                 if own:
                     held.allow()
 
-    def _try_lock(self, lock: Path, token: bytes) -> bool:
+    def _try_lock(self, lock: Path, token: bytes, create: bool = True) -> bool:
         """Create the lock file with our token (False: someone else holds it)."""
         while True:
             try:
                 fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             except FileNotFoundError:
+                if not create:  # (the folder gone: FileNotFoundError)
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(self.dir)
+                    continue
                 try:
                     make_folder(self.dir, self.permissions)
                 except OSError as error:
