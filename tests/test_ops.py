@@ -5713,3 +5713,27 @@ def test_a_compaction_makes_no_folder_removed_meanwhile(
     assert clean.compact(folder, grace_seconds=0) == (0, 0)
     assert not folder.exists()
     assert [p.name for p in folder.parent.iterdir()] == []
+
+
+def test_a_removal_leaves_no_claim_where_a_link_of_the_folder_points(tmp_path: Path) -> None:
+    """A removal holds each node folder of the folder it removes (its inputs-* ones too)
+    with a claim and a lock, taken away with the folder: in an inputs-* folder that is a
+    link to a folder elsewhere (moved to another disk), they stayed there once the link
+    was deleted (a probe: the node read as being computed by the cleaning process for as
+    long as it lived). They are taken away before the deletion."""
+    from exca.storage.claims import Claims
+
+    root = tmp_path / "cache"
+    down = Total(infra={"folder": root}).total.node(Source(infra={"folder": root}).make.node())
+    assert down.result() == 6
+    inputs = down.folder
+    assert inputs is not None and inputs.name.startswith("inputs-")
+    elsewhere = tmp_path / "disk" / inputs.name
+    elsewhere.parent.mkdir()
+    shutil.move(inputs, elsewhere)
+    inputs.symlink_to(elsewhere)
+    plan = clean.remove_nodes([inputs.parent])
+    plan.execute()
+    assert plan.skipped == [] and plan.failed == [] and not inputs.parent.exists()
+    assert Claims(elsewhere).current() == []
+    assert not (elsewhere / "claims" / ".lock").exists()

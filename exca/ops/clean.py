@@ -355,6 +355,7 @@ def remove_node_folder(folder: Path, size: int = 0, checked: bool = False) -> No
             if hold.busy is not None:
                 raise _InUse(hold.busy)
             os.rename(folder, trash)
+            hold.moved_to = trash  # (what the hold put there goes before the deletion)
     except FileNotFoundError:
         return
     except PermissionError as error:
