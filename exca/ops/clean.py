@@ -31,17 +31,8 @@ from ..graph.node import TASK_KEY, Node
 from ..infra.uidfolder import UID_FILE, read_yaml
 from ..storage import process
 from ..storage.cachedict import CacheDict, inspecting_view
-from ..storage.claims import (
-    CLAIM_SUFFIX,
-    CLAIMS_DIR,
-    LOCK_NAME,
-    Claims,
-    Owner,
-    _discard,
-    _unlock,
-)
+from ..storage.claims import CLAIMS_DIR, Claims, FolderHold
 from ..storage.dumping import DATA_DIR
-from ..storage.files import write_new
 from ..storage.index import (
     _OUR_INDEX_NAME,
     AT,
@@ -393,10 +384,7 @@ def held(folder: Path) -> tp.Iterator[Hold]:
     others: it sees this one and waits, or this check sees its claim). Nothing is made
     again where the folder went meanwhile (FileNotFoundError). A folder this user may not
     write into is only checked."""
-    me = Owner.current()
-    claim = orjson.dumps({"owner": me._asdict(), "keys": [TASK_KEY]})
-    token = orjson.dumps({"owner": me._asdict(), "token": os.urandom(8).hex()})
-    name = process.unique_name()
+    keeper = FolderHold([TASK_KEY])
     hold = Hold(None)
     done: list[Path] = []  # (the node folders held)
     try:
@@ -406,56 +394,29 @@ def held(folder: Path) -> tp.Iterator[Hold]:
                 if not new:
                     break
                 for node_folder in new:
-                    _hold_one(node_folder, token, claim, name)
+                    keeper.put(node_folder)
                     done.append(node_folder)
-                own = {f / CLAIMS_DIR / (name + CLAIM_SUFFIX) for f in done}
+                own = {keeper.claim_file(f) for f in done}
                 hold.busy = _busy_with_inputs(folder, own)
                 if hold.busy is not None:
                     break
         except OSError as error:  # (another user's folder, which this one may still rename)
             if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise
-            _let_go(folder, folder, done, token, name)
+            _take_away(keeper, folder, folder, done)
             done.clear()
             hold.busy = _busy_with_inputs(folder)
         yield hold
     finally:  # (where the block moved it, what this process put there went along)
         for place in dict.fromkeys((folder, hold.moved_to or folder)):
-            _let_go(folder, place, done, token, name)
+            _take_away(keeper, folder, place, done)
 
 
-def _hold_one(folder: Path, token: bytes, claim: bytes, name: str) -> None:
-    """Take the claims lock of a node folder, then write this process's claim there
-    (see ``held``), making nothing but its claims folder (FileNotFoundError: gone)."""
-    claims = Claims(folder)
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(claims.dir)
-    lock = claims.dir / LOCK_NAME
-    delay = 0.001
-    while True:
-        try:
-            write_new(os.fspath(lock), token)
-            break
-        except FileExistsError:
-            claims._break_if_stale(lock)  # (its holder was killed a minute ago)
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
-    try:
-        tmp = claims.dir / f"{name}.tmp"
-        write_new(os.fspath(tmp), claim)
-        os.replace(tmp, claims.dir / (name + CLAIM_SUFFIX))
-    except BaseException:
-        _unlock(lock, token)
-        raise
-
-
-def _let_go(folder: Path, now: Path, held: list[Path], token: bytes, name: str) -> None:
-    """Remove the claims and locks ``held`` put in the node folders of ``folder``, now
-    at ``now`` (moved by the block)."""
+def _take_away(keeper: FolderHold, folder: Path, now: Path, held: list[Path]) -> None:
+    """Take a hold away from the node folders of ``folder`` it was put in, now at ``now``
+    (moved by the block)."""
     for node_folder in reversed(held):
-        claims = now / node_folder.relative_to(folder) / CLAIMS_DIR
-        _discard(claims / (name + CLAIM_SUFFIX))
-        _unlock(claims / LOCK_NAME, token)
+        keeper.take_away(now / node_folder.relative_to(folder))
 
 
 def _check_deletable(folder: Path) -> None:

@@ -411,6 +411,52 @@ class Claims:
         return []
 
 
+class FolderHold:
+    """Keeps new claims out of a folder while it is removed or renamed (see
+    ``ops.clean.held``): its lock, taken and kept (a batch claimer waits for it), and a
+    claim of ``keys`` (a claimer that takes no lock, of a task's result, writes its claim
+    then lists the others: it sees this one and waits). One hold can be put in several
+    folders (a node and its inputs-* nodes), and let go where they were moved since."""
+
+    def __init__(self, keys: tp.Sequence[str]) -> None:
+        me = Owner.current()
+        self.name = process.unique_name()
+        self._claim = orjson.dumps({"owner": me._asdict(), "keys": list(keys)})
+        self._token = orjson.dumps({"owner": me._asdict(), "token": os.urandom(8).hex()})
+
+    def claim_file(self, folder: Path) -> Path:
+        """The claim this hold writes in a folder (not counted as a computation there)."""
+        return folder / CLAIMS_DIR / (self.name + CLAIM_SUFFIX)
+
+    def put(self, folder: Path) -> None:
+        """Hold a folder, making nothing but its claims folder (FileNotFoundError: gone)."""
+        claims = Claims(folder)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(claims.dir)
+        lock = claims.dir / LOCK_NAME
+        delay = 0.001
+        while True:
+            try:
+                write_new(os.fspath(lock), self._token)
+                break
+            except FileExistsError:
+                claims._break_if_stale(lock)  # (its holder was killed a minute ago)
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+        try:
+            tmp = claims.dir / f"{self.name}.tmp"
+            write_new(os.fspath(tmp), self._claim)
+            os.replace(tmp, self.claim_file(folder))
+        except BaseException:
+            _unlock(lock, self._token)
+            raise
+
+    def take_away(self, folder: Path) -> None:
+        """Remove what ``put`` wrote in a folder (or where it was moved since)."""
+        _discard(self.claim_file(folder))
+        _unlock(folder / CLAIMS_DIR / LOCK_NAME, self._token)
+
+
 def _remove_if_unchanged(lock: Path, data: bytes) -> None:
     """Remove a stale lock, unless it changed since it was judged stale (broken, and taken
     afresh, by another waiter). Breakers take turns (a ``.breaking`` file next to it,
