@@ -430,7 +430,7 @@ def find_slurm_job(job_id: str, folder: str | Path | None = None) -> tp.Any:
         folder = _cache_above(Path(paths[0]), job_id)
     name = job_id.replace("/", "-")
     # (a job that refused its config too: its record was set aside, see registry.set_refused)
-    for record_path in Path(folder).rglob(f"{registry.JOBS_DIR}/{name}.*"):
+    for record_path in _job_record_files(Path(folder), name):
         if record_path.suffix not in (".json", registry.REFUSED_SUFFIX):
             continue
         node_folder = record_path.parent.parent
@@ -466,13 +466,40 @@ def _cache_above(log: Path, job_id: str) -> Path:
     for folder in list(log.parents)[:_LOG_DEPTH]:
         if folder == folder.parent:
             break
-        if any(folder.glob("*/*/" + registry.JOBS_DIR)):
+        if any(
+            os.path.isdir(os.path.join(node, registry.JOBS_DIR))
+            for step in _subfolders(str(folder))
+            for node in _subfolders(step)
+        ):
             return folder
     raise RuntimeError(
         f"No exca cache found above the log of job {job_id} ({log}): it was not sent by "
         "exca, or its logs are outside its cache. Give the cache folder: "
         f"find_slurm_job({job_id!r}, folder=...)"
     )
+
+
+def _subfolders(folder: str) -> list[str]:
+    """The folders in a folder; none when it cannot be listed (removed meanwhile, e.g.
+    by a cleaning, or not readable): a search goes on with the others."""
+    try:
+        with os.scandir(folder) as entries:
+            return [e.path for e in entries if e.is_dir()]
+    except OSError:
+        return []
+
+
+def _job_record_files(folder: Path, name: str) -> tp.Iterator[Path]:
+    """The job record files named ``name.*`` in the jobs folders under a folder. A folder
+    removed while this walks (a cleaning, another program's) is skipped: rglob raised
+    FileNotFoundError then."""
+    from .graph import registry
+
+    prefix = name + "."
+    for root, dirs, files in os.walk(folder):
+        if os.path.basename(root) == registry.JOBS_DIR:
+            dirs.clear()  # (records only)
+            yield from (Path(root, f) for f in sorted(files) if f.startswith(prefix))
 
 
 _NOT_NODE_DIRS = frozenset({"data", "claims", "jobs", "logs", "code", "submitit"})

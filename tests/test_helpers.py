@@ -1033,8 +1033,10 @@ def test_find_slurm_job_without_folder_looks_above_the_log_only(
     found = helpers.find_slurm_job(job.job_id)
     assert found.config["x"] == 5 and found.uid_config == {"x": 5}
     searched: list[Path] = []
-    rglob = Path.rglob
-    monkeypatch.setattr(Path, "rglob", lambda self, p: searched.append(self) or rglob(self, p))
+    search = helpers._job_record_files
+    monkeypatch.setattr(
+        helpers, "_job_record_files", lambda f, n: searched.append(f) or search(f, n)
+    )
     with pytest.raises(
         RuntimeError,
         match=r"No exca cache found above the log of job 77.*"
@@ -1042,6 +1044,42 @@ def test_find_slurm_job_without_folder_looks_above_the_log_only(
     ):
         helpers.find_slurm_job("77")
     assert searched == []
+
+
+def test_find_slurm_job_goes_on_past_a_folder_removed_during_its_search(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder removed while find_slurm_job searches (a cleaning, pytest removing its old
+    runs next to the cache) is skipped: the search raised FileNotFoundError (seen as a
+    flaky test in a parallel run)."""
+    import os
+    import shutil
+    import subprocess
+
+    Path(tmp_path / "cache" / "removed" / "meanwhile").mkdir(parents=True)
+    (tmp_path / "gone" / "soon").mkdir(parents=True)
+    scandir = os.scandir
+
+    def removing(path: tp.Any) -> tp.Any:
+        if isinstance(path, (str, Path)) and Path(path).name in ("removed", "gone"):
+            shutil.rmtree(path)
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", removing)
+    with pytest.raises(RuntimeError, match="No record of job 12 under"):
+        helpers.find_slurm_job("12", folder=tmp_path / "cache")
+    run = subprocess.run
+
+    def scontrol(args: list[str], **kwargs: tp.Any) -> tp.Any:
+        if args[:3] == ["scontrol", "show", "job"]:
+            out = f"JobId={args[3]} StdOut={tmp_path / 'x/77/77.out'}\n"
+            return subprocess.CompletedProcess(args, 0, out, "")
+        return run(args, **kwargs)
+
+    monkeypatch.setattr(helpers.subprocess, "run", scontrol)
+    with pytest.raises(RuntimeError, match="No exca cache found above the log of job 77"):
+        helpers.find_slurm_job("77")
+    assert not (tmp_path / "gone").exists()  # (it was there when the climb listed tmp_path)
 
 
 class _Scaled(pydantic.BaseModel):
