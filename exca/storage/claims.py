@@ -317,7 +317,13 @@ class Claims:
         delay = 0.001
         while True:
             held.hold()
-            if self._try_lock(lock, token, create):
+            try:
+                taken = self._try_lock(lock, token, create)
+            except BaseException:  # (the folder gone, or not writable: nothing taken)
+                if own:
+                    held.allow()  # (Ctrl-C is given back its handler)
+                raise
+            if taken:
                 held.on_interrupt(lambda: _unlock(lock, token))
                 break
             held.allow()  # (nothing taken: a Ctrl-C while waiting goes up now)
