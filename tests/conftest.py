@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import typing as tp
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,19 @@ os.environ.setdefault("EXCA_PROGRESS", "0")
 # children get the default action back, and Python its KeyboardInterrupt.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_handler_given_back() -> tp.Iterator[None]:
+    """Fail a test that leaves the main thread's SIGINT handler changed (exca holding
+    Ctrl-C back for good: a user's next Ctrl-C does nothing), where it happens, not in
+    a later Ctrl-C test; the handler is put back for the others."""
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    if after is not before:
+        signal.signal(signal.SIGINT, before)
+        pytest.fail(f"the test left the SIGINT handler changed: {after!r}, was {before!r}")
 
 
 @pytest.fixture(autouse=True)
