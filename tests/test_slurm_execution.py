@@ -444,6 +444,41 @@ def test_a_job_of_an_array_element_cancelled_while_pending_ends(
     assert lines(ctl / "calls.txt") == ["1", "2"]  # (the cancelled element never ran)
 
 
+@pytest.mark.timeout(240)
+def test_an_array_element_cancelled_while_pending_is_not_said_pending(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    """scancel of one element of an array while the others still wait: sacct then lists
+    the array's pending elements without it, and submitit keeps the state it read last:
+    the call said "job N ended with state PENDING without writing its result" (a probe,
+    a map chunk's job). It says what a job neither squeue nor sacct knows is."""
+    import subprocess
+
+    later = {"begin": "now+600"}  # (pending until cancelled)
+    settings = {"folder": tmp_path / "cache", "cluster": "slurm", **resources(slurm_cluster)}
+    base = BlocksOne(ctl=str(ctl), infra={**settings, "slurm_additional_parameters": later})
+    with base.infra.job_array() as array:
+        array.extend(base.infra.clone_obj(x=x) for x in (1, 2, 3))
+    jobs = [config.infra.job() for config in array]
+    try:
+        cancelled = jobs[2]
+        submitit_job = cancelled.handle.job  # type: ignore[union-attr]
+
+        def read_pending() -> bool:
+            submitit_job.watcher.update()
+            return str(submitit_job.state) == "PENDING"
+
+        wait_until(read_pending)  # (sacct lists it, with the array's pending elements)
+        subprocess.run(["scancel", cancelled.job_id], check=True, timeout=30)
+        with pytest.raises(JobFailedError, match=re.escape(cancelled.job_id)) as info:
+            cancelled.result()
+    finally:
+        subprocess.run(["scancel", jobs[0].job_id.split("_")[0]], check=False, timeout=30)
+    said = str(info.value)
+    assert "PENDING" not in said and "cancelled before it started" in said, said
+    assert lines(ctl / "calls.txt") == []
+
+
 @pytest.mark.timeout(300)
 def test_the_queue_state_of_a_job_gone_from_the_queue_is_none(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster

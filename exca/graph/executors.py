@@ -502,8 +502,12 @@ class SubmititHandle(Handle):
             if self.cluster == "slurm" and not _final(state):
                 self.job.watcher.update()  # force a fresh sacct look before describing it
                 state = self.state()
-                if state.startswith("UNKNOWN"):
-                    state = _settled_sacct_state(self.job_id) or state
+                if not _final(state):
+                    # (UNKNOWN while sacct lags; or the last state submitit read, kept
+                    # once sacct forgot the job: PENDING for an array element cancelled
+                    # while pending, whose row left the array's. Not an end: not said)
+                    settled = _settled_sacct_state(self.job_id)
+                    state = settled if settled is not None and _final(settled) else "UNKNOWN"
         kinds = {
             "CANCELLED": "was cancelled",
             "TIMEOUT": "timed out",
