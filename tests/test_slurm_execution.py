@@ -479,6 +479,44 @@ def test_an_array_element_cancelled_while_pending_is_not_said_pending(
     assert lines(ctl / "calls.txt") == []
 
 
+@pytest.mark.timeout(240)
+def test_the_state_of_a_cancelled_job_stays_cancelled(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    """job.state of a job Slurm ended (scancel, a time limit) read CANCELLED or TIMEOUT
+    until its failure was recorded, then FAILED: the job that had timed out said
+    state=FAILED, while its error said "timed out (state TIMEOUT)" and submitit_job.state
+    TIMEOUT (a probe, deciding to resume with more time). It says Slurm's end, in a new
+    process too (its record read back)."""
+    import pickle
+    import subprocess
+
+    (ctl / "block").touch()
+    obj = task(tmp_path, ctl, slurm_cluster, x=34)
+    job = obj.infra.job()
+    try:
+        wait_until(lambda: lines(ctl / "calls.txt") == ["34"])  # (running, blocked)
+    finally:
+        subprocess.run(["scancel", job.job_id], check=False, timeout=30)
+    with pytest.raises(JobFailedError, match="was cancelled"):
+        obj.process()
+    assert obj.infra.status() == "failed"
+    assert job.state.startswith("CANCELLED"), job.state
+    again = task(tmp_path, ctl, slurm_cluster, x=34).infra.job()  # (from its record)
+    assert again.job_id == job.job_id and again.state.startswith("CANCELLED"), again.state
+    assert pickle.loads(pickle.dumps(again)).state.startswith("CANCELLED")
+    wait_until_worker_killed(obj, job.job_id)
+    # (retried without a job, the method raising: the job, still the latest recorded,
+    # reads FAILED: the error cached is not its end)
+    (ctl / "fail").touch()
+    retried = task(tmp_path, ctl, slurm_cluster, x=34, mode="retry", cluster=None)
+    with pytest.raises(ValueError, match="bad x=34"):
+        retried.process()
+    latest = task(tmp_path, ctl, slurm_cluster, x=34).infra.job()
+    assert latest.job_id == job.job_id and latest.state == "FAILED"
+    assert lines(ctl / "calls.txt") == ["34", "34"]
+
+
 @pytest.mark.timeout(300)
 def test_the_queue_state_of_a_job_gone_from_the_queue_is_none(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster

@@ -4,6 +4,7 @@ from the node's cache (workers write them there), so a job works from any proces
 
 from __future__ import annotations
 
+import contextlib
 import time
 import typing as tp
 
@@ -172,6 +173,8 @@ class Job:
         if cached == "done":
             return "COMPLETED"
         if cached == "error":
+            if self._ended_without_outcome():  # (its failure recorded: how Slurm ended it)
+                return self._ended_state()
             return "FAILED"
         if self.handle is None:
             return "NOT SUBMITTED"
@@ -187,6 +190,25 @@ class Job:
         state = getattr(self.handle, "state", None)
         seen = str(state()) if callable(state) else ""
         return seen if seen.startswith(_FAILED_STATES) else "FAILED"
+
+    def _ended_without_outcome(self) -> bool:
+        """Whether this job is a Slurm job that ended without writing an outcome (cancelled,
+        timed out...): the error cached for it is then its end, which its state says."""
+        handle = self.handle
+        if handle is None or handle.cluster != "slurm":
+            return False
+        # (the error cached is this job's end: not one of a later computation without a
+        # job, e.g. an inline retry that raised, which leaves this job the latest record)
+        entry = self.node.cache.entry(TASK_KEY)
+        info = entry.info if entry is not None else {}
+        said = str(info.get("m") or "")
+        if not str(info.get("t") or "").endswith("JobFailedError") or (
+            f"job {handle.job_id} " not in said
+        ):
+            return False
+        with contextlib.suppress(Exception):
+            return handle.done() and not handle.finished_ok() and handle.error() is None
+        return False
 
     def _forced_nothing(self) -> bool:
         """A forced job that ended without computing (cancelled before it started, killed
