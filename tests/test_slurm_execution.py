@@ -391,6 +391,62 @@ class BlocksOne(pydantic.BaseModel):
         return self.x
 
 
+class BlocksEach(pydantic.BaseModel):
+    """Each config blocks while <ctl>/block-<x> exists."""
+
+    x: int = 0
+    ctl: str
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        while (Path(self.ctl) / f"block-{self.x}").exists():
+            time.sleep(0.1)
+        return self.x
+
+
+@pytest.mark.timeout(240)
+def test_reading_an_arrays_results_one_by_one_says_the_wait_once(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """`[c.process() for c in array]` while the array runs: each call logged an INFO line
+    saying it waits for its element (20 lines for 40 configs, a probe). The first wait on
+    the array is said; the next ones are logged at DEBUG. Each config is released by the
+    log record of its own wait: every call does wait."""
+    import logging
+
+    xs = (1, 2, 3)
+    for x in xs:
+        (ctl / f"block-{x}").touch()
+    settings = {"folder": tmp_path / "cache", "cluster": "slurm", **resources(slurm_cluster)}
+    base = BlocksEach(ctl=str(ctl), infra=settings)
+    with base.infra.job_array() as array:
+        array.extend(base.infra.clone_obj(x=x) for x in xs)
+    said: list[int] = []
+
+    class Releasing(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage()
+            if "is computed elsewhere" in message:
+                said.append(record.levelno)
+                found = re.search(r"x=(\d+)", message)
+                assert found is not None, message
+                (ctl / f"block-{found.group(1)}").unlink(missing_ok=True)
+
+    logger = logging.getLogger("exca")
+    handler, level = Releasing(logging.DEBUG), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        assert [config.process() for config in array] == list(xs)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        for x in xs:
+            (ctl / f"block-{x}").unlink(missing_ok=True)
+    assert said == [logging.INFO, logging.DEBUG, logging.DEBUG]
+
+
 @pytest.mark.timeout(240)
 def test_an_array_element_cancelled_while_running_is_said_cancelled(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None

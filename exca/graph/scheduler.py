@@ -1433,6 +1433,26 @@ def _job_ids(runs: list[NodeRun]) -> list[str]:
     return sorted(i for i in ids if i and not i.startswith("#"))
 
 
+# Slurm arrays whose elements a call of this process waited for -> when it was said:
+# the calls of a loop reading an array's results one by one say it once, not per config
+_ARRAYS_WAITED: dict[str, float] = {}
+_ARRAY_WAIT_SAID_S = 600.0
+
+
+def _array_wait_said(run: NodeRun) -> bool:
+    """Whether this wait is for elements of Slurm arrays a call waited for a moment ago
+    (then noted for the next ones)."""
+    arrays = {h.job_id.partition("_")[0] for h in run.handles if "_" in h.job_id}
+    if not arrays or len(arrays) != len(run.handles):
+        return False
+    now = time.monotonic()
+    said = all(
+        now - _ARRAYS_WAITED.get(a, -_ARRAY_WAIT_SAID_S) < _ARRAY_WAIT_SAID_S for a in arrays
+    )
+    _ARRAYS_WAITED.update(dict.fromkeys(arrays, now))
+    return said
+
+
 def _log_waits(runs: list[NodeRun], waiting: bool, shown: int = 3) -> None:
     """Say what others compute: what this call waits for (else a call following another
     process's jobs stays silent until they end), or does not submit again (``waiting``
@@ -1440,7 +1460,14 @@ def _log_waits(runs: list[NodeRun], waiting: bool, shown: int = 3) -> None:
     then = "waiting for it" if waiting else "not submitted again"
     for run in runs[:shown]:
         said = f"{then}, {RETRIED_IF_LOST}" if waiting and run.retry_if_lost else then
-        logger.info("%s is computed elsewhere (%s): %s", run.node.uid, run.reason, said)
+        repeated = waiting and len(runs) == 1 and _array_wait_said(run)
+        logger.log(
+            logging.DEBUG if repeated else logging.INFO,
+            "%s is computed elsewhere (%s): %s",
+            run.node.uid,
+            run.reason,
+            said,
+        )
     if len(runs) > shown:
         then = "waiting for them" if waiting else "not submitted again"
         logger.info("... and %d more node(s) computed elsewhere: %s", len(runs) - shown, then)
