@@ -3676,6 +3676,68 @@ def test_a_uid_hook_of_a_sub_config_held_by_a_dataclass_is_its_uid(tmp_path: Pat
     assert config(50).process() == 50
 
 
+class _SelfExcluded(pydantic.BaseModel):
+    model_config = FORBID
+    _exclude_from_cls_uid = (".",)  # (the whole model: a logger's settings, say)
+    level: int = 0
+
+
+class _Optim(pydantic.BaseModel):
+    model_config = FORBID
+    lr: float = 0.1
+
+
+class _Renamed(_Optim):  # (overrides methods only: its fields are its base's)
+    pass
+
+
+@dataclasses.dataclass
+class _OptimBox:
+    optim: _Optim
+    log: _SelfExcluded = dataclasses.field(default_factory=_SelfExcluded)
+    more: list[_Optim | _SelfExcluded] = dataclasses.field(default_factory=list)
+
+
+class _HoldsOptimBox(pydantic.BaseModel):
+    model_config = FORBID
+    box: _OptimBox
+    optim: _Optim = _Optim()  # (the same shapes held directly, for comparison)
+    log: _SelfExcluded = _SelfExcluded()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> float:
+        return self.box.optim.lr
+
+
+def test_a_sub_config_held_by_a_dataclass_is_excluded_and_named_as_a_direct_one(
+    tmp_path: Path,
+) -> None:
+    """A model held by a dataclass with _exclude_from_cls_uid = (".",) counted in the
+    uid (box.log.level: a folder per logger level), where a field holding it leaves it
+    out; and a subclass of the model class the dataclass field names had no _class: one
+    that only overrides methods shared its base's uid (and read its result). Both are
+    as for a model held by a field now."""
+
+    def config(optim: _Optim, level: int = 0, *more: tp.Any) -> _HoldsOptimBox:
+        box = _OptimBox(optim, _SelfExcluded(level=level), list(more))
+        return _HoldsOptimBox(box=box, infra={"folder": tmp_path})
+
+    base = config(_Optim()).infra.uid()
+    assert base.endswith("/box={more=(),optim.lr=0.10}-4d32ab66"), base
+    assert config(_Optim(), 3).infra.uid() == base
+    assert config(_Optim(), 0, _SelfExcluded(level=2)).infra.uid() == base
+    assert _HoldsOptimBox(box=_OptimBox(_Optim()), log=_SelfExcluded(level=2)).infra.uid() == base
+    renamed = config(_Renamed()).infra.uid()
+    assert "optim={lr=0.10,_class=test_identity._Renamed}" in renamed, renamed
+    assert config(_Optim(), 0, _Renamed()).infra.uid() != config(_Optim(), 0, _Optim()).infra.uid()
+    direct = _HoldsOptimBox(box=_OptimBox(_Optim()), optim=_Renamed(lr=0.5)).infra.uid()
+    assert "optim={lr=0.50,_class=test_identity._Renamed}" in direct, direct
+    assert config(_Optim(lr=0.2), 5).process() == 0.2
+    assert config(_Renamed(lr=0.3)).process() == 0.3
+    assert "level" not in "".join(p.read_text() for p in tmp_path.glob("*/*/uid.yaml"))
+
+
 def test_a_forced_sub_config_held_by_a_dataclass_does_not_slow_every_call(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1110,10 +1110,26 @@ class _Exporter:
             return _sets_ordered(value, dval, True, self.drops, self._held_model)
         return dval
 
-    def _held_model(self, model: pydantic.BaseModel, dumped: dict[str, tp.Any]) -> tp.Any:
+    def _held_model(
+        self,
+        model: pydantic.BaseModel,
+        dumped: dict[str, tp.Any],
+        declared: tuple[type, ...] = (),
+    ) -> tp.Any:
         """A model held by a dataclass: exported as the model it is (its uid exclusions,
         and its infras' settings but ``version``, left out as in any sub-config), with
-        its defaults kept, as a dataclass's own fields are (the uids such configs had)."""
+        its defaults kept, as a dataclass's own fields are (the uids such configs had).
+        In a uid: left out (``_DROPPED``) when it excludes itself (``"."``), and with its
+        class when it is a strict subclass of a model class its dataclass field names
+        (``declared``), as a sub-config held by a model field is."""
+        if self.uid and dropped_from_parent(model):
+            return _DROPPED
+        exported = self._held_export(model, dumped)
+        if self.uid and declared and _subclass_of(type(model), declared):
+            return _with_class(exported, model)
+        return exported
+
+    def _held_export(self, model: pydantic.BaseModel, dumped: dict[str, tp.Any]) -> tp.Any:
         as_dumped = dumped
         if (
             len(dumped) < len(type(model).__pydantic_fields__)
@@ -1910,7 +1926,8 @@ def _sets_ordered(
     dumped: tp.Any,
     only_seeded: bool = False,
     drops: list[int] | None = None,
-    models: tp.Callable[[pydantic.BaseModel, dict[str, tp.Any]], tp.Any] | None = None,
+    models: tp.Callable[..., tp.Any] | None = None,
+    declared: tuple[type, ...] = (),
 ) -> tp.Any:
     """The json dump of a value with every set in it, at any depth, in a fixed order
     (the rest of the dump as it is), and without the ``init=False`` fields of its
@@ -1918,13 +1935,15 @@ def _sets_ordered(
     some). ``only_seeded``: sets whose order is the same in every process (numbers only)
     keep it (inside dataclasses, whose sets were not ordered until strings in them were
     found to change uids between processes). ``models``: exports a model met inside
-    (with its dump), in place of its dump."""
+    (with its dump and ``declared``: the model classes the annotation of the dataclass
+    field holding it names), in place of its dump; what it returns as ``_DROPPED`` is
+    left out (a model excluding itself from uids)."""
     if dumped is None and type(value) is float:
         return value  # inf/nan: the json dump says null (None itself stays None)
     if type(dumped) is dict:
         if isinstance(value, pydantic.BaseModel):  # (its fields, by name: they may hold sets)
             if models is not None:
-                return models(value, dumped)
+                return models(value, dumped, declared) if declared else models(value, dumped)
             fields = value.__dict__
             return {
                 k: _sets_ordered(fields[k], d, only_seeded, drops) if k in fields else d
@@ -1936,6 +1955,24 @@ def _sets_ordered(
                 skipped = init_only_fields(type(value))
             if skipped and drops is not None:  # (also when the dump had left them out)
                 drops.append(1)
+            if models is not None:  # (models inside: the classes their fields name)
+                hints = _dataclass_facts(type(value), None).hints
+                return _kept(
+                    {
+                        k: _sets_ordered(
+                            getattr(value, k),
+                            d,
+                            only_seeded,
+                            drops,
+                            models,
+                            annotated_models(hints.get(k)),
+                        )
+                        if hasattr(value, k)
+                        else d
+                        for k, d in dumped.items()
+                        if k not in skipped
+                    }
+                )
             return {
                 k: _sets_ordered(getattr(value, k), d, only_seeded, drops, models)
                 if hasattr(value, k)
@@ -1944,10 +1981,12 @@ def _sets_ordered(
                 if k not in skipped
             }
         if isinstance(value, dict) and len(value) == len(dumped):  # (keys in the same order)
-            return {
-                k: _sets_ordered(v, d, only_seeded, drops, models)
-                for v, (k, d) in zip(value.values(), dumped.items())
-            }
+            return _kept(
+                {
+                    k: _sets_ordered(v, d, only_seeded, drops, models, declared)
+                    for v, (k, d) in zip(value.values(), dumped.items())
+                }
+            )
         return dumped
     if (
         type(dumped) is not list
@@ -1956,13 +1995,31 @@ def _sets_ordered(
     ):
         return dumped  # (a list dump of something else: a dataclass's own serializer's)
     if isinstance(value, set | frozenset):  # (items in iteration order: the dump's)
-        items = [_sets_ordered(s, d, only_seeded, drops, models) for s, d in zip(value, dumped)]
+        items = [
+            _sets_ordered(s, d, only_seeded, drops, models, declared) for s, d in zip(value, dumped)
+        ]
+        if models is not None:
+            items = [item for item in items if item is not _DROPPED]
         if only_seeded and not any(_hash_seeded(item) for item in value):
             return items
         return _ordered_set(items)
     if isinstance(value, list | tuple):
-        return [_sets_ordered(s, d, only_seeded, drops, models) for s, d in zip(value, dumped)]
+        items = [
+            _sets_ordered(s, d, only_seeded, drops, models, declared) for s, d in zip(value, dumped)
+        ]
+        return [item for item in items if item is not _DROPPED] if models is not None else items
     return dumped
+
+
+# what _sets_ordered's ``models`` returns for a model left out of a uid (see _held_model)
+_DROPPED: tp.Any = object()
+
+
+def _kept(items: dict[str, tp.Any]) -> dict[str, tp.Any]:
+    """A dict without the values left out (``_DROPPED``)."""
+    if any(item is _DROPPED for item in items.values()):
+        return {key: item for key, item in items.items() if item is not _DROPPED}
+    return items
 
 
 def _hash_seeded(item: tp.Any) -> bool:
