@@ -282,6 +282,29 @@ def _killed(tmp_path: Path, **infra: tp.Any) -> Counted:
     return make(tmp_path, "local", x=9, block_flag=str(tmp_path / "block-flag"), infra=infra)
 
 
+class KillsItself(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        os.kill(os.getpid(), signal.SIGKILL)  # (as the out-of-memory killer does)
+        return 1
+
+
+@pytest.mark.timeout(120)
+def test_a_local_job_killed_by_a_signal_says_which(tmp_path: Path, short_result_wait: None) -> None:
+    """A local job whose process was killed (e.g. by the out-of-memory killer) was said to
+    have died, 'killed, out of memory, or sys.exit/os._exit': its controller forgot the
+    signal. Its log, its error and `exca list` name it."""
+    task = KillsItself(infra={"folder": tmp_path, "cluster": "local"})
+    with pytest.raises(JobFailedError, match=r"killed by SIGKILL: out of memory"):
+        task.process()
+    assert task.infra.status() == "failed"
+    assert "killed by SIGKILL (signal 9)" in (task.infra.job().stderr() or "")
+    (info,) = exca.ops.inspect(tmp_path)
+    assert "killed by SIGKILL" in (info.error or "")
+
+
 @pytest.mark.timeout(120)
 def test_killed_local_job_fails(killed_job: Path, short_result_wait: None) -> None:
     task = _killed(killed_job)

@@ -2982,6 +2982,22 @@ def test_a_killed_map_job_says_the_next_call_computes_its_items(tmp_path: Path, 
     assert list(again.process(items)) == items
 
 
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("cluster", ["processpool", "local"])
+def test_a_map_process_killed_by_a_signal_says_which(tmp_path: Path, cluster: str) -> None:
+    """A pool process or a local job killed by SIGKILL (the out-of-memory killer) was said
+    to have died, 'killed, out of memory, ... or sys.exit': the signal is named."""
+    from exca.graph.errors import JobFailedError
+
+    flag = tmp_path / "kill"
+    flag.touch()
+    infra = {"folder": tmp_path / "cache", "cluster": cluster, "max_jobs": 1}
+    with pytest.raises(JobFailedError) as info:
+        list(KilledOnce(flag=str(flag), infra=infra).process(list(range(12))))
+    message = str(info.value)
+    assert "died (killed by SIGKILL: out of memory, or killed by hand)" in message, message
+
+
 class Listed(pydantic.BaseModel):
     """item -> [item] (written as soon as yielded: not an immutable value, batched); the
     last item of a call waits while the file ``gate`` exists."""

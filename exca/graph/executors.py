@@ -189,15 +189,52 @@ _DIED = "its process died (killed, out of memory, or sys.exit/os._exit in the me
 
 
 def _local_death(job_id: str, stderr: Path) -> str:
-    """How a local job that wrote no result file ended, with the end of its log."""
+    """How a local job that wrote no result file ended, with the end of its log (the
+    signal that killed its process, as its controller wrote it there)."""
     said = f"local job {job_id} ended without writing its result: {_DIED}"
     try:
-        end = log_tail(read_tail(stderr))
+        text = read_tail(stderr)
     except OSError:  # (no log)
         return said
+    signal_name = local_signal_in_log(text)
+    if signal_name is not None:
+        from .registry import killed_words
+
+        said = f"local job {job_id} ended without writing its result: {killed_words(signal_name)}"
+        text = text.rstrip().rpartition("\n")[0]  # (the log's own end: said above)
+    end = log_tail(text)
     # (its end quoted as a Slurm job's: after the first line, which a plan's reason
     # and `exca list` say alone; it was glued to it, up to 1500 characters)
     return f"{said}; its log: {stderr}" + (f"{LOG_QUOTE}{end}" if end else " (empty)")
+
+
+# the line a local job's controller writes to its log when the job's process was killed
+# by a signal (see _RECORDING_CONTROLLER), followed by the signal's name
+KILLED_BY_SIGNAL = "exca: the job's process was killed by "
+
+
+def _signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def pool_signal(error: BaseException | None) -> str | None:
+    """The signal that killed the process of a process pool a unit ran in (its pool
+    broke: ``BrokenProcessPool``), when known (``SIGKILL``), or None."""
+    return getattr(error, "exca_signal", None)
+
+
+def local_signal_in_log(text: str) -> str | None:
+    """The signal that killed a local job's process, as its controller wrote it at the end
+    of the job's log (``SIGKILL``), or None."""
+    lines = text.rstrip().splitlines()
+    if not lines or not lines[-1].startswith(KILLED_BY_SIGNAL):
+        return None
+    return lines[-1][len(KILLED_BY_SIGNAL) :].split()[0] or None
 
 
 class Handle:
@@ -1344,7 +1381,7 @@ class _Isolation:
         payload, outcome = self.queue.pop(0)
         pool = _process_pool(1)
         inner = pool.submit(_run_pickled, payload)
-        inner.add_done_callback(functools.partial(_settle, outcome))
+        inner.add_done_callback(functools.partial(_settle, outcome, pool=pool))
         self.running = (pool, inner)
 
     def shutdown(self) -> None:
@@ -1357,12 +1394,25 @@ class _Isolation:
 
 
 def _settle(
-    outcome: concurrent.futures.Future[tp.Any], inner: concurrent.futures.Future[tp.Any]
+    outcome: concurrent.futures.Future[tp.Any],
+    inner: concurrent.futures.Future[tp.Any],
+    pool: tp.Any = None,
 ) -> None:
     if inner.cancelled():
         outcome.cancel()
     elif inner.exception() is not None:
-        outcome.set_exception(tp.cast(BaseException, inner.exception()))
+        error = tp.cast(BaseException, inner.exception())
+        if type(error).__name__ == "BrokenProcessPool" and pool is not None:
+            # (the pool's one process, dead: called while the pool fails its futures,
+            # before it stops and forgets its processes)
+            processes = list((getattr(pool, "_processes", None) or {}).values())
+            for process in processes:  # (dead: reaped at once; ended a moment ago)
+                process.join(timeout=2.0)
+            codes = [process.exitcode for process in processes]
+            signals = [-code for code in codes if code is not None and code < 0]
+            if signals:
+                error.exca_signal = _signal_name(signals[0])  # type: ignore[attr-defined]
+        outcome.set_exception(error)
     else:
         outcome.set_result(inner.result())
 
@@ -1380,6 +1430,8 @@ def _process_pool(workers: int, stop: tp.Any = None) -> concurrent.futures.Proce
 
 
 _POOL_STOP: list[tp.Any] = [None]  # in a pool process: its pool's stop event
+
+
 STOP_WAIT_S = 2.0  # on Ctrl-C, how long pool processes get to write what they computed
 
 
@@ -1585,6 +1637,7 @@ class _NewSessionSubprocess:
         import subprocess
 
         kwargs.setdefault("start_new_session", True)
+        args = (_recording_controller(args[0]), *args[1:]) if args else args
         # (the controller prints nothing to stdout, its tasks write to the job's log
         # files: sharing the script's stdout, it held a pipe open, `python run.py | tee
         # log` waiting for every local job to end; stderr stays, for the controller's own
@@ -1596,6 +1649,41 @@ class _NewSessionSubprocess:
         if started is not None:
             started.append(process)
         return process
+
+
+# submitit's local controller (`python -m submitit.local._local FOLDER`), which also writes
+# to the log of a task killed by a signal how it ended: the controller forgets its
+# tasks' exit codes, and a job killed by the out-of-memory killer was said only "died"
+_CONTROLLER = "submitit.local._local"
+_RECORDING_CONTROLLER = f"""
+import signal, sys
+from pathlib import Path
+from submitit.local import local
+
+class Controller(local.Controller):  # (exca: see executors._RECORDING_CONTROLLER)
+    def wait(self, *args, **kwargs):
+        codes = super().wait(*args, **kwargs)
+        for code, log in zip(codes, self.stderrs):
+            # (SIGINT: a job cancelled, or a Ctrl-C, which its log's KeyboardInterrupt says)
+            if code is not None and code < 0 and -code != signal.SIGINT:
+                try:
+                    name = signal.Signals(-code).name
+                except ValueError:
+                    name = f"signal {{-code}}"
+                log.write(f"\\n{KILLED_BY_SIGNAL}{{name}} (signal {{-code}})\\n")
+                log.flush()
+        return codes
+
+Controller(Path(sys.argv[1])).run()
+"""
+
+
+def _recording_controller(command: tp.Any) -> tp.Any:
+    """The command of submitit's local controller, made the one of _RECORDING_CONTROLLER
+    (any other command unchanged)."""
+    if isinstance(command, list) and command[1:3] == ["-m", _CONTROLLER]:
+        return [command[0], "-c", _RECORDING_CONTROLLER, *command[3:]]
+    return command  # (with setup lines, a shell's: exca gives local jobs none)
 
 
 class _Submitting(threading.local):

@@ -1261,10 +1261,15 @@ class Scheduler:
             error = handle.error()
             if isinstance(handle, executors.DoneHandle | executors.FutureHandle):
                 if type(error).__name__ == "BrokenProcessPool":
+                    signal_name = executors.pool_signal(error)
+                    how = (
+                        "(killed, out of memory, a crash such as a segfault, or os._exit/"
+                        "sys.exit in the method)"
+                        if signal_name is None
+                        else registry.killed_words(signal_name).partition(" died ")[2]
+                    )
                     return JobFailedError(
-                        f"{what}: a process of the pool died (killed, out of memory, a crash "
-                        f"such as a segfault, or os._exit/sys.exit in the method): {error}",
-                        missing,
+                        f"{what}: a process of the pool died {how}: {error}", missing
                     )
                 if error is not None:
                     return error
