@@ -332,3 +332,76 @@ def test_a_threadpool_map_counts_its_items_as_they_are_written(
         assert [x[0] for x in obj.run([1, 2, 3])] == [1, 2, 3]
         assert seen == [0, 1, 2], cluster
         assert bars[-1].n == 3  # (counted once)
+
+
+def test_a_processpool_map_counts_its_items_as_they_are_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A map on cluster='processpool' counted its items only when its unit (a chunk) ended:
+    with one worker (a 2-CPU machine) the bar sat at 0/n until the whole map was done. Its
+    processes count the items they write (a count shared with the caller, which polls it)."""
+    import threading
+    import time
+    import typing as tp
+
+    import pydantic
+
+    import exca
+    from exca.graph import progress
+
+    monkeypatch.setenv(progress.PROGRESS_ENV, "1")
+    bars: list[tp.Any] = []
+
+    class Bar:  # (tqdm's interface, recording the count shown)
+        def __init__(self, total: int, **kwargs: tp.Any) -> None:
+            self.total, self.n = total, 0
+            bars.append(self)
+
+        def update(self, count: int) -> None:
+            self.n += count
+
+        def refresh(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(progress, "_tqdm", lambda: Bar)
+    flags = tmp_path / "flags"
+    flags.mkdir()
+
+    class Gated(pydantic.BaseModel):
+        flags: str
+        infra: exca.MapInfra = exca.MapInfra(version="1", max_jobs=1)
+
+        @infra.apply(item_uid=str)
+        def run(self, items: list[int]) -> tp.Iterator[list[int]]:
+            at = Path(self.flags) / "at-last"
+            for index, item in enumerate(items):
+                if index == len(items) - 1 and not at.exists():
+                    # (the last item of the first chunk: waits until the caller looked)
+                    at.touch()
+                    while not (Path(self.flags) / "go").exists():
+                        time.sleep(0.02)
+                yield [item]
+
+    shown: list[int] = []
+
+    def look() -> None:  # (what the bar shows while that item waits, once polled)
+        deadline = time.monotonic() + 60
+        while not (flags / "at-last").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        deadline = time.monotonic() + 10  # (the caller polls at least every 2 s)
+        while time.monotonic() < deadline and (not bars or bars[-1].n < 1):
+            time.sleep(0.05)
+        shown.append(bars[-1].n if bars else -1)
+        (flags / "go").touch()
+
+    looker = threading.Thread(target=look)
+    looker.start()
+    obj = Gated(flags=str(flags), infra={"folder": tmp_path / "cache", "cluster": "processpool"})
+    items = list(range(30))  # (one process: max_jobs=1; chunks of several items)
+    assert [x[0] for x in obj.run(items)] == items
+    looker.join()
+    assert shown and shown[0] >= 1, shown  # (the items its chunk wrote before it)
+    assert bars[-1].n == 30  # (counted once)

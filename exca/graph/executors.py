@@ -368,8 +368,10 @@ class FutureHandle(Handle):
         adopt: tp.Callable[[tp.Any], None] | None = None,
         isolation: _Isolation | None = None,
         payload: bytes | None = None,
+        poll: tp.Callable[[], None] | None = None,
     ) -> None:
         self.future = future
+        self._poll = poll  # (a process pool's: counts the items its processes wrote)
         self.cluster = cluster
         self.job_id = f"#{cluster}#"
         self._adopt = adopt  # called once with the result, before done() says True
@@ -379,8 +381,12 @@ class FutureHandle(Handle):
     def done(self) -> bool:
         if self._isolation is not None:
             self._isolation.pump()
+        if self._poll is not None:
+            self._poll()
         if not self.future.done():
             return False
+        if self._poll is not None:  # (its last items, written before it ended)
+            self._poll()
         if self._payload is not None and type(self.future.exception()).__name__ == (
             "BrokenProcessPool"
         ):
@@ -1261,13 +1267,15 @@ def _interrupt_left_to_the_caller(signum: int, frame: tp.Any) -> None:
     """A pool process's SIGINT handler: nothing (see _end_with_parent)."""
 
 
-def _end_with_parent(parent: int, stop: tp.Any = None) -> None:
+def _end_with_parent(parent: int, stop: tp.Any = None, items: tp.Any = None) -> None:
     """Pool process initializer: end once the process that made the pool is gone (e.g.
     killed): a pool process would wait for work forever, holding a copy of its memory and
     its output pipes. A unit running then is finished first: its outputs are cached.
-    ``stop``: the pool's event set on Ctrl-C (its maps stop at their next item)."""
+    ``stop``: the pool's event set on Ctrl-C (its maps stop at their next item);
+    ``items``: the count of the items its maps write (see Pools.poll_items)."""
     _RUNNING[0] = 0  # (forked from a pool process running a unit: none runs here yet)
     _POOL_STOP[0] = stop
+    _POOL_ITEMS[0] = items
     if stop is not None:
         # a Ctrl-C reaches the whole process group (a terminal's, a Jupyter interrupt): the
         # caller sets ``stop``, and this process ends at its next item with what it wrote
@@ -1297,7 +1305,8 @@ def _run_pickled(payload: bytes) -> tuple[Report, bytes | None]:
     unit = cloudpickle.loads(payload)
     _RUNNING[0] += 1
     try:
-        report = run_stoppable(_POOL_STOP[0], unit)
+        counted = _POOL_ITEMS[0] is not None and unit.uids is not None  # (a map's)
+        report = run_stoppable(_POOL_STOP[0], unit, _count_items if counted else None)
     finally:
         _RUNNING[0] -= 1
     if not _in_memory(unit):
@@ -1360,6 +1369,7 @@ class _Isolation:
     def __init__(self) -> None:
         self.queue: list[tuple[bytes, concurrent.futures.Future[tp.Any]]] = []
         self.running: tuple[tp.Any, concurrent.futures.Future[tp.Any]] | None = None
+        self.items: tp.Any = None  # (the pools' shared count of items written: see Pools)
 
     def submit(self, payload: bytes) -> concurrent.futures.Future[tp.Any]:
         import concurrent.futures
@@ -1379,7 +1389,7 @@ class _Isolation:
         if not self.queue:
             return
         payload, outcome = self.queue.pop(0)
-        pool = _process_pool(1)
+        pool = _process_pool(1, items=self.items)
         inner = pool.submit(_run_pickled, payload)
         inner.add_done_callback(functools.partial(_settle, outcome, pool=pool))
         self.running = (pool, inner)
@@ -1417,7 +1427,9 @@ def _settle(
         outcome.set_result(inner.result())
 
 
-def _process_pool(workers: int, stop: tp.Any = None) -> concurrent.futures.ProcessPoolExecutor:
+def _process_pool(
+    workers: int, stop: tp.Any = None, items: tp.Any = None
+) -> concurrent.futures.ProcessPoolExecutor:
     import concurrent.futures
     import multiprocessing
 
@@ -1425,11 +1437,20 @@ def _process_pool(workers: int, stop: tp.Any = None) -> concurrent.futures.Proce
         workers,
         mp_context=multiprocessing.get_context("fork"),
         initializer=_end_with_parent,
-        initargs=(os.getpid(), stop),
+        initargs=(os.getpid(), stop, items),
     )
 
 
 _POOL_STOP: list[tp.Any] = [None]  # in a pool process: its pool's stop event
+# in a pool process: the count of the map items its pool's processes wrote, shared with
+# the caller (a multiprocessing Value), which shows it on its progress bar as it grows
+_POOL_ITEMS: list[tp.Any] = [None]
+
+
+def _count_items(count: int) -> None:
+    counter = _POOL_ITEMS[0]
+    with counter.get_lock():
+        counter.value += count
 
 
 STOP_WAIT_S = 2.0  # on Ctrl-C, how long pool processes get to write what they computed
@@ -1439,9 +1460,11 @@ class Pools:
     """Thread and process pools of one run (created on first use, shut down at the end)."""
 
     def __init__(self, on_items: tp.Callable[[int], None] | None = None) -> None:
-        # (counts the items of the maps its threads compute, as they are written: a
-        # progress bar's; a process pool's are counted when their unit ends)
+        # (counts the items of the maps its threads and processes compute, as they are
+        # written: a progress bar's; a process pool's through a shared count, polled)
         self._on_items = on_items
+        self._process_items: tp.Any = None  # (that count: a multiprocessing Value)
+        self._items_seen = 0
         # one pool per cluster and bound (cpus - 1, max_jobs): a map's max_jobs bounds its
         # own chunks (a pool made for an earlier map with a higher bound ran them all at
         # once), with its size: a map needing more workers replaces a smaller pool (which
@@ -1486,8 +1509,12 @@ class Pools:
                         "a time (a single missing item is computed here)"
                     )
                 if self._process_stop is None:
-                    self._process_stop = multiprocessing.get_context("fork").Event()
-                pool = _process_pool(workers, self._process_stop)
+                    context = multiprocessing.get_context("fork")
+                    self._process_stop = context.Event()
+                    if self._on_items is not None:
+                        self._process_items = context.Value("q", 0)
+                        self._isolation.items = self._process_items
+                pool = _process_pool(workers, self._process_stop, self._process_items)
             else:
                 pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="exca")
             self._pools[key] = (pool, workers)
@@ -1503,8 +1530,9 @@ class Pools:
                 raise unpicklable_error(units, error, "a process pool") from error
             for unit, payload in zip(units, payloads):
                 future = pool.submit(_run_pickled, payload)
+                poll = self.poll_items if self._process_items is not None else None
                 handles.append(
-                    FutureHandle(future, cluster, _adopter(unit), self._isolation, payload)
+                    FutureHandle(future, cluster, _adopter(unit), self._isolation, payload, poll)
                 )
         else:
             for unit in units:
@@ -1512,6 +1540,16 @@ class Pools:
                 running = pool.submit(run_stoppable, self._stop, unit, on_items)
                 handles.append(FutureHandle(running, cluster))
         return handles
+
+    def poll_items(self) -> None:
+        """Count the map items the process pools' processes wrote since the last poll."""
+        counter = self._process_items
+        if counter is None or self._on_items is None:
+            return
+        written = counter.value
+        if written != self._items_seen:
+            self._on_items(written - self._items_seen)
+            self._items_seen = written
 
     def shutdown(self, cancel: bool = False) -> None:
         """``cancel`` (Ctrl-C): drop queued work and stop the process pools' workers now

@@ -980,8 +980,7 @@ class Scheduler:
             run.replaced = {}
         if not inline and node.execution.cluster not in POOL_CLUSTERS:
             progress.update(len(todo) - len(missing))
-        elif node.execution.cluster == "processpool" and run.handles and not inline:
-            progress.update(len(todo))  # (a threadpool's were counted as they were written)
+        # (a pool's items were counted as they were written)
         if not missing:
             run.state = "done"
             if run.action == "force":
