@@ -3332,3 +3332,45 @@ def test_squeue_answers_read_by_several_threads_at_once(monkeypatch: pytest.Monk
     race(*(functools.partial(look, str(base)) for base in (1, 2, 3)))
     assert not errors, errors
     assert said[-1].startswith("pending as job(s)") and "held: JobHeldUser" in said[-1]
+
+
+_CELL_RAISING = """
+import exca, pydantic
+
+class CellTask(pydantic.BaseModel):
+    x: int = 1
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        return helper(self.x)
+
+def helper(x):
+    y = x + 1
+    raise ValueError(f"bad {y}")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_job_of_a_notebook_cell_shows_its_lines_in_its_traceback(tmp_path: Path) -> None:
+    """A method defined in a notebook's cell (its lines in linecache only, as IPython
+    registers them) failing in a local job: the traceback the caller got showed the
+    cell's frames without their lines (the job's process cannot read them). They are
+    sent with the job, and shown, for the method and the cell's helpers."""
+    import linecache
+    import traceback
+
+    name = "<ipython-input-7-0123456789ab>"
+    lines = _CELL_RAISING.splitlines(True)
+    linecache.cache[name] = (len(_CELL_RAISING), None, lines, name)  # (as IPython does)
+    try:
+        namespace: dict[str, tp.Any] = {"__name__": "__main__"}  # (a notebook's classes)
+        exec(compile(_CELL_RAISING, name, "exec", dont_inherit=True), namespace)
+        task = namespace["CellTask"](infra={"folder": tmp_path, "cluster": "local"})
+        with pytest.raises(ValueError, match="bad 2") as info:
+            task.run()
+    finally:
+        linecache.cache.pop(name, None)
+    shown = "".join(traceback.format_exception(info.value))
+    assert "return helper(self.x)" in shown, shown  # (the method's line)
+    assert 'raise ValueError(f"bad {y}")' in shown, shown  # (its helper's)

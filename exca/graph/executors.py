@@ -1843,6 +1843,17 @@ def submit_array(
         execution = dataclasses.replace(execution, job_name=name[: -len(first.config_uid) - 1])
     executor = submitit_executor(execution, logs)
     cluster = executor.cluster
+    if cluster in ("local", "slurm"):  # (another process: a notebook's lines are sent)
+        from .jobprocess import memory_sources
+
+        sources: dict[int, tp.Any] = {}  # (per function: the units of a map share it)
+        units = list(units)
+        for index, unit in enumerate(units):
+            key = id(unit.node.function)
+            if key not in sources:
+                sources[key] = memory_sources(unit.node)
+            if sources[key]:
+                units[index] = unit._replace(sources=sources[key])
     if cluster == "slurm":
         extra: dict[str, tp.Any] = {"array_parallelism": parallelism or len(units)}
         if dependencies:

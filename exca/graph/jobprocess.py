@@ -27,6 +27,78 @@ def prepare(node: Node) -> None:
     _main_names_findable(node)
 
 
+SOURCES_MAX = 256 * 1024  # the bytes of in-memory source lines a job is sent at most
+
+
+def memory_sources(node: Node) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The source lines this process holds in memory only (``linecache``: a notebook's
+    cells, code given to exec with its lines registered, as IPython does) of the node's
+    method and of the functions and classes of its module it names (e.g. a cell's
+    helpers, and theirs): a job's process cannot read them, and the traceback of an error
+    there showed no line of them (at most SOURCES_MAX bytes, by file name)."""
+    import linecache
+
+    function = node.function
+    func = getattr(getattr(function, "method", None), "func", function)
+    code = getattr(func, "__code__", None)
+    if code is None:
+        return ()
+    space = getattr(func, "__globals__", {})
+    names: set[str] = set()
+    todo: list[types.CodeType] = [code]
+    seen: set[types.CodeType] = set()
+    while todo and len(seen) < 200:  # (the code it runs, through the names it uses)
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        names.add(current.co_filename)
+        for const in current.co_consts:  # (nested functions, comprehensions, classes)
+            if isinstance(const, types.CodeType):
+                todo.append(const)
+        for used in current.co_names:
+            todo.extend(_codes_of(space.get(used), func.__module__))
+    out: list[tuple[str, tuple[str, ...]]] = []
+    total = 0
+    for name in sorted(names):
+        entry = linecache.cache.get(name)
+        if entry is None or len(entry) != 4 or os.path.exists(name):
+            continue  # (not known, or a file: read in the job as here)
+        lines = tuple(entry[2])
+        total += sum(len(line) for line in lines)
+        if total > SOURCES_MAX:
+            break
+        out.append((name, lines))
+    return tuple(out)
+
+
+def _codes_of(value: tp.Any, module: str) -> list[types.CodeType]:
+    """The code of a function, or of the methods of a class, of ``module``."""
+    if isinstance(value, types.FunctionType):
+        return [value.__code__] if value.__module__ == module else []
+    if not isinstance(value, type) or value.__module__ != module:
+        return []
+    codes = []
+    for attr in list(vars(value).values()):
+        attr = getattr(attr, "__func__", attr)  # (staticmethod, classmethod)
+        inner = getattr(getattr(attr, "method", None), "func", None)  # (a decorated one)
+        for candidate in (attr, inner):
+            if isinstance(candidate, types.FunctionType):
+                codes.append(candidate.__code__)
+    return codes
+
+
+def known_sources(sources: tp.Iterable[tuple[str, tp.Sequence[str]]]) -> None:
+    """In a job's process: the in-memory source lines of its submitting process (see
+    memory_sources), for its tracebacks."""
+    import linecache
+
+    for name, lines in sources:
+        if name not in linecache.cache:
+            size = sum(len(line) for line in lines)
+            linecache.cache[name] = (size, None, list(lines), name)
+
+
 def _share_job_logs(permissions: int | None) -> None:
     """Apply the cache's permissions to this job's log folder and files (submitit and
     Slurm create them with the user's umask: colleagues sharing the cache could not read

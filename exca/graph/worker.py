@@ -69,6 +69,9 @@ class Unit(tp.NamedTuple):
     asked_at: float = 0.0
     # the threads waiting for this unit's job to end (see callers.py)
     callers: tuple[tp.Any, ...] = ()
+    # the source lines of code the submitting process holds in memory only (a notebook's
+    # cells, exec'd code), by file name: the job's tracebacks show them (see jobprocess)
+    sources: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def keys(self) -> list[str]:
@@ -131,6 +134,7 @@ def run_job_unit(unit: Unit) -> Report:
         _watch_stop_signals()
         jobprocess.start(getattr(unit.node.cache, "permissions", None))
         callers.adopt(unit.callers)
+    jobprocess.known_sources(unit.sources)
     try:
         jobprocess.prepare(unit.node)
     except jobprocess.ClassChangedError:
