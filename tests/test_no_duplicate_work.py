@@ -673,6 +673,39 @@ def test_methods_calling_each_other_through_local_jobs_are_refused(
     assert len(registry.read_all(folder)) == (0 if ping_cluster is None else 1)
 
 
+class PoolCaller(pydantic.BaseModel):
+    """Its method maps PoolItems on a process pool, whose items need PoolCaller's own result."""
+
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        infra = {"folder": self.infra.folder, "cluster": "processpool"}
+        return sum(PoolItems(outer=self.model_dump(), infra=infra).process([1, 2]))
+
+
+class PoolItems(pydantic.BaseModel):
+    outer: dict[str, tp.Any]  # (not an PoolCaller: a field holding one makes it an upstream)
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            yield item + PoolCaller(**self.outer).process()
+
+
+@pytest.mark.timeout(60)
+def test_a_processpool_item_needing_what_its_caller_computes_is_refused(tmp_path: Path) -> None:
+    """A map's items on a process pool needing the result their caller computes (a cycle
+    through the pool's processes): each waited for the caller's claim, while the caller
+    waited for them, for good. Refused as for a job (the pool's units carry their
+    callers): the error names what the caller computes."""
+    outer = PoolCaller(infra={"folder": tmp_path})
+    with pytest.raises(RuntimeError, match="caller of this job") as info:
+        outer.process()
+    assert outer.infra.uid() in str(info.value)
+
+
 class Submitter(pydantic.BaseModel):
     """Sends Follower's job without waiting for it, then ends; Follower needs it."""
 

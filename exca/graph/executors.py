@@ -1301,14 +1301,17 @@ def _run_pickled(payload: bytes) -> tuple[Report, bytes | None]:
     import cloudpickle
 
     from ..storage.dumping import dumps_pickle
+    from . import callers
 
     unit = cloudpickle.loads(payload)
     _RUNNING[0] += 1
+    callers.adopt(unit.callers)
     try:
         counted = _POOL_ITEMS[0] is not None and unit.uids is not None  # (a map's)
         report = run_stoppable(_POOL_STOP[0], unit, _count_items if counted else None)
     finally:
         _RUNNING[0] -= 1
+        callers.adopt([])  # (the process's next unit: other callers)
     if not _in_memory(unit):
         return report, None
     cache = unit.node.cache
@@ -1522,6 +1525,12 @@ class Pools:
         if cluster == "processpool":
             import cloudpickle
 
+            from . import callers
+
+            # (the threads waiting for them: a unit's process waiting in turn for a claim
+            # one of them holds would wait for good, and is refused, see callers.py)
+            chain = callers.for_job()
+            units = [unit._replace(callers=chain) for unit in units]
             try:  # (all first: never half of them sent)
                 payloads = [cloudpickle.dumps(unit) for unit in units]
             except (TypeError, AttributeError, pickle.PicklingError) as error:
