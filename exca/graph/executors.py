@@ -1703,25 +1703,36 @@ class _NewSessionSubprocess:
 # tasks' exit codes, and a job killed by the out-of-memory killer was said only "died"
 _CONTROLLER = "submitit.local._local"
 _RECORDING_CONTROLLER = f"""
-import signal, sys
+import runpy, signal, sys
 from pathlib import Path
-from submitit.local import local
 
-class Controller(local.Controller):  # (exca: see executors._RECORDING_CONTROLLER)
-    def wait(self, *args, **kwargs):
-        codes = super().wait(*args, **kwargs)
-        for code, log in zip(codes, self.stderrs):
-            # (SIGINT: a job cancelled, or a Ctrl-C, which its log's KeyboardInterrupt says)
-            if code is not None and code < 0 and -code != signal.SIGINT:
-                try:
-                    name = signal.Signals(-code).name
-                except ValueError:
-                    name = f"signal {{-code}}"
-                log.write(f"\\n{KILLED_BY_SIGNAL}{{name}} (signal {{-code}})\\n")
-                log.flush()
-        return codes
+def recorded(codes, logs):
+    for code, log in zip(codes, logs):
+        # (SIGINT: a job cancelled, or a Ctrl-C, which its log's KeyboardInterrupt says)
+        if code is not None and code < 0 and -code != signal.SIGINT:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {{-code}}"
+            log.write(f"\\n{KILLED_BY_SIGNAL}{{name}} (signal {{-code}})\\n")
+            log.flush()
 
-Controller(Path(sys.argv[1])).run()
+try:
+    from submitit.local import local
+
+    class Controller(local.Controller):  # (exca: see executors._RECORDING_CONTROLLER)
+        def wait(self, *args, **kwargs):
+            codes = super().wait(*args, **kwargs)
+            try:  # (submitit's internals as of 1.5: never what makes a job fail)
+                recorded(codes, self.stderrs)
+            except Exception:
+                pass
+            return codes
+
+except Exception:  # (another submitit: its own controller, as is)
+    runpy.run_module("{_CONTROLLER}", run_name="__main__", alter_sys=True)
+else:
+    Controller(Path(sys.argv[1])).run()
 """
 
 
