@@ -5737,3 +5737,39 @@ def test_a_removal_leaves_no_claim_where_a_link_of_the_folder_points(tmp_path: P
     assert plan.skipped == [] and plan.failed == [] and not inputs.parent.exists()
     assert Claims(elsewhere).current() == []
     assert not (elsewhere / "claims" / ".lock").exists()
+
+
+@pytest.mark.parametrize("interrupted", [1, 2])
+def test_a_ctrl_c_while_a_removal_holds_a_folder_leaves_no_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interrupted: int
+) -> None:
+    """A Ctrl-C landing right after a removal put its hold (claims lock and claim) in a
+    node folder (the config's, or its inputs-* one): the hold was not known to be there
+    yet, and stayed. The folder, kept, read as being computed by the cleaning process
+    (a notebook: for as long as it lived), and a map's claimer waited for its lock."""
+    from exca.storage import claims as claims_module
+    from exca.storage.claims import Claims
+
+    root = tmp_path / "cache"
+    down = Total(infra={"folder": root}).total.node(Source(infra={"folder": root}).make.node())
+    assert down.result() == 6
+    inputs = down.folder
+    assert inputs is not None and inputs.name.startswith("inputs-")
+    config = inputs.parent
+    put = claims_module.FolderHold.put
+    calls: list[Path] = []
+
+    def put_then_interrupted(self: tp.Any, folder: Path) -> None:
+        put(self, folder)
+        calls.append(folder)
+        if len(calls) == interrupted:  # (the signal arrives as put returns)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(claims_module.FolderHold, "put", put_then_interrupted)
+    plan = clean.remove_nodes([config])
+    with pytest.raises(KeyboardInterrupt):
+        plan.execute()
+    assert len(calls) == interrupted and config.exists()
+    for folder in (config, inputs):
+        assert Claims(folder).current() == []
+        assert not (folder / "claims" / ".lock").exists()

@@ -394,8 +394,14 @@ def held(folder: Path) -> tp.Iterator[Hold]:
                 if not new:
                     break
                 for node_folder in new:
-                    keeper.put(node_folder)
+                    # (known before it is put: a Ctrl-C as put returns, or in it once
+                    # the lock is taken, leaves nothing behind, see below)
                     done.append(node_folder)
+                    try:
+                        keeper.put(node_folder)
+                    except OSError:  # (nothing of it was put: put takes its lock away)
+                        done.pop()
+                        raise
                 own = {keeper.claim_file(f) for f in done}
                 hold.busy = _busy_with_inputs(folder, own)
                 if hold.busy is not None:
