@@ -2998,6 +2998,41 @@ def test_a_map_process_killed_by_a_signal_says_which(tmp_path: Path, cluster: st
     assert "died (killed by SIGKILL: out of memory, or killed by hand)" in message, message
 
 
+class KilledHoldingTheCount(pydantic.BaseModel):
+    """item -> item; item 7 takes the lock of its process pool's item count, then kills
+    its process (SIGKILL), once: while the file ``flag`` exists, which it removes."""
+
+    flag: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        import signal
+
+        from exca.graph import executors
+
+        for item in items:
+            if item == 7 and os.path.exists(self.flag):
+                os.remove(self.flag)  # (once)
+                executors._POOL_ITEMS[0].get_lock().acquire()
+                os.kill(os.getpid(), signal.SIGKILL)
+            yield item
+
+
+@pytest.mark.timeout(120)
+def test_a_pool_process_killed_while_it_counts_its_items_hangs_nothing(tmp_path: Path) -> None:
+    """A pool process killed (the out-of-memory killer) while it held the lock of the item
+    count its pool shares with the caller (for the progress bar): the other processes
+    writing items, and the caller reading the count, waited for that lock for good. The
+    count is only shown: it is skipped, the map ends as for any killed process."""
+    flag = tmp_path / "kill"
+    flag.touch()
+    infra = {"folder": tmp_path / "cache", "cluster": "processpool", "max_jobs": 1}
+    mapper = KilledHoldingTheCount(flag=str(flag), infra=infra)
+    assert list(mapper.process(list(range(12)))) == list(range(12))  # (its unit re-run)
+    assert not flag.exists()  # (the process was killed once)
+
+
 class Listed(pydantic.BaseModel):
     """item -> [item] (written as soon as yielded: not an immutable value, batched); the
     last item of a call waits while the file ``gate`` exists."""

@@ -1452,8 +1452,14 @@ _POOL_ITEMS: list[tp.Any] = [None]
 
 def _count_items(count: int) -> None:
     counter = _POOL_ITEMS[0]
-    with counter.get_lock():
-        counter.value += count
+    lock = counter.get_lock()
+    # (a pool process killed while it held the lock, by the out-of-memory killer say,
+    # would hold it for good: the count is only shown, never waited for)
+    if lock.acquire(timeout=1.0):
+        try:
+            counter.get_obj().value += count
+        finally:
+            lock.release()
 
 
 STOP_WAIT_S = 2.0  # on Ctrl-C, how long pool processes get to write what they computed
@@ -1555,7 +1561,7 @@ class Pools:
         counter = self._process_items
         if counter is None or self._on_items is None:
             return
-        written = counter.value
+        written = counter.get_obj().value  # (no lock: a dead holder never blocks this)
         if written != self._items_seen:
             self._on_items(written - self._items_seen)
             self._items_seen = written
