@@ -1751,6 +1751,86 @@ def test_a_job_that_cannot_import_the_config_module_says_so(
         sys.modules.pop("hidden_module_27", None)
 
 
+@pytest.mark.timeout(180)
+def test_a_job_that_cannot_import_its_config_caches_no_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job that cannot import its config's module (the jobs' PYTHONPATH lacks it) is an
+    environment problem, not the config's outcome: nothing is cached (it was: once the
+    import path fixed, the default mode re-raised it until mode='retry'); its error says
+    which module, where (host, python), and what to do. An ImportError raised by the
+    method itself is cached as any error of the method."""
+    import importlib
+    import socket
+
+    code = tmp_path / "code"
+    code.mkdir()
+    source = textwrap.dedent(LIBRARY_MODULE) + textwrap.dedent(
+        """
+        class Broken(pydantic.BaseModel):
+            infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+            @infra.apply
+            def fit(self) -> int:
+                import no_such_module_29  # noqa
+
+                return 1
+        """
+    )
+    (code / "hidden_module_29.py").write_text(source)
+    monkeypatch.syspath_prepend(str(code))
+    module = importlib.import_module("hidden_module_29")
+    try:
+        infra = {"folder": tmp_path / "cache", "cluster": "local"}
+        task = module.Train(infra=infra)
+        with pytest.raises(JobFailedError, match="could not load what it had to run") as info:
+            task.fit()
+        said = str(info.value)
+        assert "No module named 'hidden_module_29'" in said
+        assert f"host {socket.gethostname()} " in said and sys.executable in said
+        assert "PYTHONPATH" in said and "workdir.copied" in said
+        assert "mode='retry'" not in said  # (nothing to retry: call again)
+        assert task.infra.status() == "not submitted"
+        monkeypatch.setenv("PYTHONPATH", f"{code}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+        again = module.Train(infra=infra)
+        assert again.fit() == 20  # submitted again, in the default mode
+        assert again.infra.status() == "completed"
+        broken = module.Broken(infra=infra)
+        with pytest.raises(Exception, match="no_such_module_29"):
+            broken.fit()
+        assert broken.infra.status() == "failed"  # (the method's own error: cached)
+        with pytest.raises(Exception, match="no_such_module_29"):
+            module.Broken(infra=infra).fit()
+    finally:
+        sys.modules.pop("hidden_module_29", None)
+
+
+def test_a_pool_inside_a_job_raises_the_import_error_of_a_unit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A unit a pool process cannot import, in a submitit job (its environment tells
+    worker.load_unit so): the ImportError, not a placeholder unit run as one."""
+    import importlib
+
+    import cloudpickle
+
+    from exca.graph.executors import _run_pickled
+    from exca.graph.worker import Unit
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "hidden_module_30.py").write_text(textwrap.dedent(LIBRARY_MODULE))
+    with monkeypatch.context() as patch:
+        patch.syspath_prepend(str(code))
+        module = importlib.import_module("hidden_module_30")
+        task = module.Train(infra={"folder": tmp_path / "cache"})
+        payload = cloudpickle.dumps(Unit(task.fit.node()))
+    sys.modules.pop("hidden_module_30", None)
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
+    with pytest.raises(ImportError, match="No module named 'hidden_module_30'"):
+        _run_pickled(payload)
+
+
 EDITED_MODULE = """
 import pydantic
 

@@ -2149,7 +2149,7 @@ import exca.graph.scheduler
 
 if sys.argv[0].endswith("_submit.py") and Path(__file__).with_name("die").exists():
     time.sleep(3)  # (a job that lives a while, then dies before computing anything)
-    raise ImportError("this job dies before computing")
+    raise RuntimeError("this job dies before computing")  # (an ImportError: refused)
 
 
 class Scaled(pydantic.BaseModel):

@@ -33,6 +33,8 @@ LOG_QUOTE = "\nthe end of that log:\n"  # (what precedes the end of a job's log 
 # what a job refusing a config whose class was edited while it was queued raised (see
 # jobprocess.ClassChangedError), as its ending quotes it
 CLASS_CHANGED = "ClassChangedError: "
+# ... and a job that could not import its config (jobprocess.ConfigImportError): refused too
+CONFIG_UNIMPORTABLE = "ConfigImportError: "
 
 
 NEVER_STARTS = "Slurm never starts it"  # (a job's own advice: no retry hint)
@@ -40,8 +42,9 @@ NEVER_STARTS = "Slurm never starts it"  # (a job's own advice: no retry hint)
 
 def class_changed(how: str) -> bool:
     """Whether a job's ending (``Handle.ended_how``) is its refusal of a config whose
-    class changed: not a failure of the computation (nothing cached, nothing to retry)."""
-    return CLASS_CHANGED in how
+    class changed, or of a config it could not import: not a failure of the computation
+    (nothing cached, nothing to retry)."""
+    return CLASS_CHANGED in how or CONFIG_UNIMPORTABLE in how
 
 
 RETRY_HINT = "use mode='retry' to recompute"

@@ -28,7 +28,7 @@ from ..storage.process import hostname, process_start_time
 from . import callers
 from .errors import LOG_QUOTE, RAISED_INTERRUPT
 from .node import CLAIM_JOB_ID, DEFAULT_MAX_JOBS, TASK_KEY, Execution
-from .worker import Report, Unit, run_job_unit, run_stoppable, run_unit
+from .worker import Report, Unit, UnloadedUnit, run_job_unit, run_stoppable, run_unit
 
 if tp.TYPE_CHECKING:
     import concurrent.futures
@@ -1304,6 +1304,8 @@ def _run_pickled(payload: bytes) -> tuple[Report, bytes | None]:
     from . import callers
 
     unit = cloudpickle.loads(payload)
+    if isinstance(unit, UnloadedUnit):  # (a pool inside a submitit job: its env says so)
+        raise ImportError(unit.error)
     _RUNNING[0] += 1
     callers.adopt(unit.callers)
     try:

@@ -180,6 +180,12 @@ class ClassChangedError(RuntimeError):
     its caller caches nothing: see worker.run_job_unit, Scheduler._refused_changed_class)."""
 
 
+class ConfigImportError(ImportError):
+    """A job could not import its config's module (or a module of what the config holds):
+    an environment problem (the job's PYTHONPATH, its python), not the config's outcome.
+    Refused as a changed class is: see worker.load_unit, Scheduler._refused_changed_class."""
+
+
 def _refuse_changed_classes(node: Node) -> None:
     """Before computing, for a config of this job that lacks a field its class (as
     imported in the job) has, the class being edited since submission: a field with a

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import typing as tp
+from pathlib import Path
 
 from ..storage import interrupts
 from ..storage.cachederror import CachedError
@@ -83,7 +84,12 @@ class Unit(tp.NamedTuple):
         return f"{self.node.uid} ({len(self.uids)} items)"
 
     def __reduce__(self) -> tuple[tp.Any, ...]:  # (its code keeps its file name: jobpickle)
-        return jobpickle.reduce(self, lambda: (Unit, tuple(self)))
+        if getattr(jobpickle._DEPTH, "value", 0):
+            return (Unit, tuple(self))
+        # (loaded by load_unit: a job that cannot import the config's module still runs
+        # exca, which sets the job aside instead of its failure being cached)
+        folder = "" if self.node.folder is None else str(self.node.folder)
+        return load_unit, (jobpickle.dumps(self), folder, self.node.uid)
 
     def __copy__(self) -> Unit:  # (immutable: not a pickling round trip, as __reduce__ is)
         return self
@@ -127,8 +133,50 @@ def run_unit(unit: Unit, progress: ProgressCallback | None = None) -> Report:
     return _run_map(unit, progress)
 
 
+class UnloadedUnit(tp.NamedTuple):
+    """What a submitit job got for its unit when loading it failed on an ImportError (the
+    config's module, or a module of what it holds, is not importable in the job)."""
+
+    folder: str
+    uid: str
+    error: str
+
+
+def load_unit(data: bytes, folder: str = "", uid: str = "") -> Unit | UnloadedUnit:
+    """A pickled unit (see ``Unit.__reduce__``). In a submitit job, an ImportError while
+    loading it gives an ``UnloadedUnit`` (run_job_unit refuses it: an environment problem,
+    not the config's outcome), elsewhere it is raised."""
+    import pickle
+
+    try:
+        return tp.cast(Unit, pickle.loads(data))
+    except ImportError as error:
+        if not uid or not os.environ.get("SUBMITIT_EXECUTOR"):
+            raise
+        return UnloadedUnit(folder, uid, f"{type(error).__name__}: {error}")
+
+
+def _refuse_unloaded(unit: UnloadedUnit) -> tp.NoReturn:
+    """A job that could not import its config: its record is set aside (as a job refusing
+    a changed class: Scheduler._refused_changed_class), nothing is computed nor cached."""
+    from ..storage.process import hostname
+
+    _JOB_UNIT.append(unit.uid)
+    registry.set_refused(Path(unit.folder) if unit.folder else None, _job_id() or "")
+    raise jobprocess.ConfigImportError(
+        f"{unit.uid}: the job could not load what it had to run ({unit.error}) on host "
+        f"{hostname()} with python {sys.executable}: the module defining the config (or "
+        "what it holds) is not importable there. Nothing was computed nor cached (not a "
+        "failure of the config: the next call submits it again): make it importable in the "
+        "jobs (PYTHONPATH of the submitting environment, the same environment on the nodes; "
+        "with a workdir, list that module in workdir.copied too), then call again"
+    )
+
+
 def run_job_unit(unit: Unit) -> Report:
     """What a submitit job (local or Slurm) runs: its unit (see ``_JOB_UNIT``)."""
+    if isinstance(unit, UnloadedUnit):
+        _refuse_unloaded(unit)
     if not _JOB_UNIT:
         _JOB_UNIT.append(unit.node.uid)
         _watch_stop_signals()
