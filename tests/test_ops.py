@@ -5471,6 +5471,44 @@ def test_a_list_of_partitions_must_fit_in_one_of_them(
     assert problem == "no node of partition 'gpu' has 64 CPUs, 1 GPUs together"
 
 
+def test_a_time_slurm_cannot_read_is_refused_before_submission(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`exca check` said "Resources fit the cluster" for {"time": "abc"} (and the job was
+    submitted: sbatch refused it, naming only --time): the value and the formats Slurm
+    reads are named, by check, a plan and the submission."""
+    from exca.graph import slurm_check as sc
+    from exca.ops.cli import main
+
+    _made_up_cluster(monkeypatch)
+    formats = "minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS or UNLIMITED"
+    for time_limit in ("abc", "1.5", "+3", "5:", "1:2:3:4", "1-2-3", "5m", "1-1:"):
+        (problem,) = _plan_problems(tmp_path, slurm_additional_parameters={"time": time_limit})
+        assert problem.startswith(f"time={time_limit!r} in slurm_additional_parameters is not a")
+        assert formats in problem
+    for time_limit in (90, "90", "30:00", "1:30:00", "0-23", "0-2:3", "1-0:0:0", "1-"):
+        assert _plan_problems(tmp_path, slurm_additional_parameters={"time": time_limit}) == []
+    task = Checked(
+        infra={
+            "folder": tmp_path,
+            "cluster": "slurm",
+            "slurm_additional_parameters": {"time": "abc"},
+        }
+    )
+    with pytest.raises(sc.ResourceError, match="time='abc' in slurm_additional_parameters"):
+        task.run()  # (nothing submitted)
+    assert task.infra.status() == "not submitted"
+    cfg = tmp_path / "cfg.yaml"
+    infra = {"folder": str(tmp_path), "cluster": "slurm"}
+    cfg.write_text(
+        yaml.safe_dump({"infra": {**infra, "slurm_additional_parameters": {"time": "abc"}}})
+    )
+    capsys.readouterr()
+    assert main(["check", f"{__name__}:Checked.run", "--config", str(cfg)]) != 0
+    out = capsys.readouterr().out
+    assert "time='abc'" in out and formats in out and "fit the cluster" not in out
+
+
 def test_time_and_mem_given_as_sbatch_options_are_checked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

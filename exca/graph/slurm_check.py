@@ -79,9 +79,11 @@ def slurm_minutes(text: str) -> int | None:
     if not text or text.upper() in ("UNLIMITED", "INFINITE", "NONE"):
         return None
     days, _, clock = text.rpartition("-")
-    parts = [int(p) for p in clock.split(":")]
-    if len(parts) > 3:
+    fields = clock.split(":") if clock or not days else ["0"]  # ("1-": sbatch reads 1 day)
+    # (digits only: int() took "+3", " 5", "1_0", which sbatch refuses)
+    if len(fields) > 3 or not all(f.isascii() and f.isdigit() for f in [*fields, days or "0"]):
         raise ValueError(f"not a Slurm time: {text!r}")
+    parts = [int(p) for p in fields]
     if days:  # (after a day count, hours come first)
         hours, minutes, seconds = [*parts, 0, 0][:3]
     elif len(parts) == 3:
@@ -278,15 +280,40 @@ def _mem_gb(value: tp.Any) -> float | None:
     return float(mem.group(1)) * _MEM_UNITS_GB[mem.group(2) or "M"] if mem else None
 
 
+SLURM_TIME_FORMATS = (
+    "minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS or UNLIMITED (e.g. 90, '1:30:00', "
+    "'2-00:00:00')"
+)
+
+
+def time_problem(params: dict[str, tp.Any]) -> str | None:
+    """A ``time`` in slurm_additional_parameters that sbatch cannot read (it refuses the
+    job, naming only --time), else None."""
+    time_limit = (params.get("slurm_additional_parameters") or {}).get("time")
+    if time_limit is None or (isinstance(time_limit, int) and not isinstance(time_limit, bool)):
+        return None
+    try:
+        slurm_minutes(str(time_limit))
+    except ValueError:
+        return (
+            f"time={time_limit!r} in slurm_additional_parameters is not a time Slurm can read: "
+            f"give {SLURM_TIME_FORMATS}"
+        )
+    return None
+
+
 def problems(
     execution: Execution, elements: int = 1, info: SlurmCluster | None = None
 ) -> list[str]:
     """What in an execution's resources does not fit the cluster ([] when all is fine)."""
+    params = {k: v for k, v in execution.params if v is not None}
+    unreadable_time = time_problem(params)  # (whatever the cluster: sbatch refuses it)
     info = info or cluster()
     if not info.partitions:
-        return []  # cluster facts unavailable: let sbatch speak
-    params = {k: v for k, v in execution.params if v is not None}
+        return [unreadable_time] if unreadable_time else []  # (no cluster facts: sbatch says)
     found: list[str] = _memory_options_conflict(params)
+    if unreadable_time:
+        found.insert(0, unreadable_time)
     shown = _add_sbatch_options(params)
     name = params.get("slurm_partition") or info.default_partition
     # (a list "a,b": Slurm starts the job in whichever can run it first)
