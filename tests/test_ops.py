@@ -381,6 +381,52 @@ def test_inspect_lists_inputs_node_on_its_own(cache: dict[str, tp.Any]) -> None:
     assert not [i for i in infos if i.folder == node.folder.parent]
 
 
+class LostJob(pydantic.BaseModel):
+    """Raises what the call of a task whose job ended without its result caches."""
+
+    log: str = "/cache/of/a/project/" + "x" * 150 + "/logs/7666_0_log.err"
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        uid = f"{type(self).__module__}.LostJob.run,1/{self.infra.uid().rsplit('/', 1)[-1]}"
+        raise exca.graph.errors.JobFailedError(
+            f"{uid} not computed: job 7666 was cancelled (state CANCELLED by 0); its log: "
+            f"{self.log} (use mode='retry' to recompute)"
+        )
+
+
+def test_list_shows_the_advice_of_a_long_error_without_its_uid_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`exca list` cut errors at 200 characters: a lost job's error repeated the uid of
+    the line and lost its advice ("(use mode='retry' ...)"). The uid is dropped, the
+    advice kept (the cut in the middle), in the table and in --json."""
+    from exca.ops.cli import main
+
+    task = LostJob(infra={"folder": tmp_path})
+    with pytest.raises(exca.graph.errors.JobFailedError):
+        task.run()
+    capsys.readouterr()
+    assert main(["list", str(tmp_path), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    error = row["error"]
+    assert error.startswith("JobFailedError: job 7666 was cancelled (state CANCELLED by 0); its")
+    assert error.endswith(" ... (use mode='retry' to recompute)"), error
+    assert len(error) <= 200 and "LostJob" not in error
+    assert main(["list", str(tmp_path)]) == 0
+    assert error in capsys.readouterr().out
+    short = LostJob(log="/short.err", infra={"folder": tmp_path})
+    with pytest.raises(exca.graph.errors.JobFailedError):
+        short.run()
+    infos = exca.ops.inspect(tmp_path)
+    (said,) = [i.error for i in infos if i.uid != row["uid"]]
+    assert said == (
+        "JobFailedError: job 7666 was cancelled (state CANCELLED by 0); its log: /short.err "
+        "(use mode='retry' to recompute)"
+    )
+
+
 def test_list_cli_table_grouped_by_step(cache: dict[str, tp.Any]) -> None:
     root = cache["root"]
     result = cli("list", root, check=True)

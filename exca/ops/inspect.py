@@ -21,7 +21,7 @@ from ..graph import registry, store
 from ..graph.node import INPUTS_PREFIX, TASK_KEY
 from ..infra.uidfolder import CONFIG_FILE, FULL_UID_FILE, INPUTS_FILE, UID_FILE, read_yaml
 from ..plainyaml import pyyaml
-from ..storage.cachederror import record_line
+from ..storage.cachederror import record_line, shorten
 from ..storage.cachedict import inspecting_view
 from ..storage.claims import Claims
 from ..storage.index import INDEX_SUFFIX
@@ -323,6 +323,22 @@ def step_selects(step: str, name: str) -> bool:
     return not version or name_version == version  # (Train.fit, : every version)
 
 
+ERROR_WIDTH = 200  # (characters of a cached error `exca list` shows)
+
+
+def error_line(record: dict[str, tp.Any], node_uid: str) -> str:
+    """A task's cached error on one line, as `exca list` shows it next to the node's uid:
+    without that uid again (a lost job's error starts "<uid> not computed: job ..."), cut
+    keeping its closing advice ("(use mode='retry' to recompute)")."""
+    line = record_line(record, width=1 << 62)
+    kind, sep, message = line.partition(": ")
+    for said in (f"{node_uid} not computed: ", f"{node_uid}: "):
+        if sep and message.startswith(said) and len(message) > len(said):
+            line = f"{kind}: {message[len(said) :]}"
+            break
+    return shorten(line, ERROR_WIDTH)
+
+
 def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) -> NodeInfo:
     """The NodeInfo of one node folder."""
     config_folder = folder.parent if uid.rsplit("/", 1)[-1].startswith(INPUTS_PREFIX) else folder
@@ -388,7 +404,7 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
     elif computing:
         info.status = "computing"
     if info.status == "error":  # (not while it is computed again)
-        info.error = record_line(entries[TASK_KEY])
+        info.error = error_line(entries[TASK_KEY], f"{step}/{uid}")
     elif (
         info.status == "empty" and info.job_state == "ended" and record is not None and not skipped
     ):

@@ -15,7 +15,24 @@ def record_line(record: dict[str, tp.Any], width: int = 200) -> str:
     kind = str(record.get("t") or "error").rpartition(".")[2]
     message = " ".join(str(record.get("m") or "").split())
     line = f"{kind}: {message}" if message else kind
-    return line if len(line) <= width else line[: width - 3] + "..."
+    return shorten(line, width)
+
+
+ADVICE_KEPT = 100  # the longest advice (a closing "(...)") kept whole when a line is cut
+
+
+def shorten(line: str, width: int) -> str:
+    """A line cut to ``width`` characters, keeping its closing parenthesis whole when it
+    is short (the advice a message ends with: "(use mode='retry' to recompute)"), the cut
+    in its middle marked ``...``."""
+    if len(line) <= width:
+        return line
+    advice = ""
+    if line.endswith(")"):
+        start = line.rfind(" (")
+        if start > 0 and len(line) - start <= min(ADVICE_KEPT, width // 2):
+            advice = line[start:]
+    return line[: width - 4 - len(advice)].rstrip() + " ..." + advice
 
 
 class ComputationError(RuntimeError):
