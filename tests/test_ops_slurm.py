@@ -63,17 +63,23 @@ class SplitOpsMap(pydantic.BaseModel):
 
 
 class NapOps(pydantic.BaseModel):
-    """Sleeps, printing a marker to stdout and stderr."""
+    """Sleeps, printing a marker to stdout and stderr; with ``block``, until that file is
+    gone (``seconds`` at most)."""
 
     seconds: float = 10.0
     marker: str = "nap"
+    block: str = ""
     infra: exca.TaskInfra = exca.TaskInfra(version="1")
 
     @infra.apply
     def nap(self) -> str:
         print(f"{self.marker}-stdout", flush=True)
         print(f"{self.marker}-stderr", file=sys.stderr, flush=True)
-        time.sleep(self.seconds)
+        if not self.block:
+            time.sleep(self.seconds)
+        end = time.monotonic() + self.seconds
+        while self.block and Path(self.block).exists() and time.monotonic() < end:
+            time.sleep(0.1)
         return self.marker
 
 
@@ -550,7 +556,8 @@ def test_an_array_element_computing_is_named_by_its_array_id(tmp_path: Path) -> 
     shows (exca list, job records: <array>_<index>): clean's "kept" named that number."""
     root = tmp_path / "cache"
     infra = {"folder": root, "cluster": "slurm"}
-    tasks = [NapOps(seconds=30, marker=f"a{i}", infra=infra) for i in range(2)]
+    # (element 0 ends at once: with one CPU free, element 1 starts without waiting for it)
+    tasks = [NapOps(seconds=30 * i, marker=f"a{i}", infra=infra) for i in range(2)]
     with tasks[0].infra.job_array() as array:
         array.extend(tasks)
     job_ids = [task.infra.job().job_id for task in tasks]
@@ -653,7 +660,10 @@ def test_list_says_how_the_job_of_an_input_ended(tmp_path: Path) -> None:
 @pytest.mark.timeout(QUEUE_S + 4 * WAIT_S)
 def test_running_job_then_logs_from_a_fresh_process(tmp_path: Path) -> None:
     root = tmp_path / "cache"
-    task = NapOps(seconds=8, marker="slurmnap", infra={"folder": root, "cluster": "slurm"})
+    block = tmp_path / "block"  # (the job naps until it is removed: running meanwhile)
+    block.touch()
+    infra = {"folder": root, "cluster": "slurm"}
+    task = NapOps(seconds=WAIT_S, marker="slurmnap", block=str(block), infra=infra)
     job = task.infra.job()
     try:
         wait_until(lambda: _queue_state(job.job_id) == "RUNNING", "the job runs", QUEUE_S)
@@ -663,8 +673,10 @@ def test_running_job_then_logs_from_a_fresh_process(tmp_path: Path) -> None:
         assert info.status in ("running", "computing")
         plan = exca.ops.clean.remove_nodes([info.folder])
         assert plan.removals == [] and [p for p, _ in plan.kept] == [info.folder]
+        block.unlink()
         assert job.result() == "slurmnap"
     finally:
+        block.unlink(missing_ok=True)
         if _queue_state(job.job_id):  # only if something above failed
             _scancel(job.job_id)
     wait_until(lambda: not _queue_state(job.job_id), "the job leaves the queue")

@@ -1977,31 +1977,47 @@ class PastTheWarning(pydantic.BaseModel):
         return f"rank {env.global_rank}"
 
 
-@pytest.mark.timeout(300)
-def test_a_srun_job_runs_past_slurms_time_limit_warning(
-    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
-) -> None:
-    """With slurm_use_srun=True the job step gets Slurm's warning (submitit's --signal,
-    USR2, 90 s before the time limit, up to 60 s earlier still): submitit's handler raised
-    in the method, and a 1-minute job failed after ~18 s, "reached its time limit" (a
-    probe). Without srun the method runs until Slurm's limit: with srun too now, the
-    warning is only logged."""
-    infra = {
-        "folder": tmp_path / "cache",
-        "cluster": "slurm",
-        **resources(slurm_cluster, timeout_min=2, slurm_use_srun=True),
-    }
-    obj = PastTheWarning(ctl=str(ctl), infra=infra)
-    job = obj.infra.job()
-    assert obj.run() == "rank 0"
-    assert lines(ctl / "calls.txt") == ["start rank=0", "end rank=0"]
-    log = job.stderr() or ""
-    assert "signal SIGUSR2: this job's time limit is near" in log
+PastTheWarningJob = tuple[PastTheWarning, tp.Any, Path]  # (config, its job, its ctl)
+
+
+@pytest.fixture(scope="module")
+def job_past_the_warning(
+    tmp_path_factory: pytest.TempPathFactory, slurm_cluster: SlurmCluster
+) -> tp.Iterator[tp.Callable[[], PastTheWarningJob]]:
+    """The job of test_a_srun_job_runs_past_slurms_time_limit_warning, sent by the first
+    test of the module calling this (in its body: in its Slurm turn): a job of 2 minutes
+    on one CPU, which runs until Slurm's warning, 60 to 90 s after its start (USR2@30: see
+    executors.slurm_signal_delay_s). test_a_srun_job_past_..._is_submitted sends it early;
+    the tests between it and that test run meanwhile, on the cluster's other CPU: each
+    needs one at a time (the tests holding both, such as
+    test_every_rank_of_a_srun_job_runs_until_its_time_limit or
+    test_a_retry_job_array_right_after_scancel_submits_again, come before or after)."""
+    sent: list[PastTheWarningJob] = []
+
+    def send() -> PastTheWarningJob:
+        if not sent:
+            tmp_path = tmp_path_factory.mktemp("past_the_warning")
+            ctl = tmp_path / "ctl"
+            ctl.mkdir()
+            infra = {
+                "folder": tmp_path / "cache",
+                "cluster": "slurm",
+                **resources(slurm_cluster, timeout_min=2, slurm_use_srun=True),
+            }
+            obj = PastTheWarning(ctl=str(ctl), infra=infra)
+            sent.append((obj, obj.infra.job(), ctl))
+        return sent[0]
+
+    yield send
+    if sent:  # (never left running when the test that waits for it did not run)
+        import subprocess
+
+        subprocess.run(["scancel", sent[0][1].job_id], check=False, timeout=30)
 
 
 @pytest.mark.timeout(300)
 def test_every_rank_of_a_srun_job_runs_until_its_time_limit(
-    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, quick_queue_looks: None
 ) -> None:
     """tasks_per_node=2: at Slurm's early warning, rank 0 failed ("reached its time limit",
     ~15 s into a 1-minute job) while rank 1 ran on, its work thrown away (a probe). Every
@@ -2027,6 +2043,20 @@ def test_every_rank_of_a_srun_job_runs_until_its_time_limit(
     script = Path(job.submitit_job.paths.submission_file).read_text()
     assert "#SBATCH --signal=USR2@1\n" in script
     assert obj.infra.status() == "failed"
+
+
+@pytest.mark.timeout(120)
+def test_a_srun_job_past_its_time_limit_warning_is_submitted(
+    job_past_the_warning: tp.Callable[[], PastTheWarningJob],
+) -> None:
+    """Sends the job that test_a_srun_job_runs_past_slurms_time_limit_warning (a few
+    tests below) waits for, so that its minute and a half overlaps the tests in between:
+    a 2-minute job is warned 30 s before its limit (Slurm sends it up to 60 s earlier
+    still: 30 s after the job's start at the soonest)."""
+    _, job, _ = job_past_the_warning()
+    assert job.job_id.isdigit(), job.job_id
+    script = Path(job.submitit_job.paths.submission_file).read_text()
+    assert "#SBATCH --time=2\n" in script and "#SBATCH --signal=USR2@30\n" in script
 
 
 @pytest.mark.parametrize("time_limit", ["1", "0:01:00"])
@@ -2168,6 +2198,23 @@ def test_retry_callers_following_a_job_cancelled_meanwhile_compute_it_again_once
     assert call.outcome == [15]
     assert followed.result() == 15  # (computed by its retry, or the call's: once)
     assert lines(ctl / "calls.txt") == ["5", "5"]
+
+
+@pytest.mark.timeout(300)
+def test_a_srun_job_runs_past_slurms_time_limit_warning(
+    job_past_the_warning: tp.Callable[[], PastTheWarningJob],
+) -> None:
+    """With slurm_use_srun=True the job step gets Slurm's warning (submitit's --signal,
+    USR2, 90 s before the time limit, up to 60 s earlier still): submitit's handler raised
+    in the method, and a 1-minute job failed after ~18 s, "reached its time limit" (a
+    probe). Without srun the method runs until Slurm's limit: with srun too now, the
+    warning is only logged. (Its job, sent by
+    test_a_srun_job_past_its_time_limit_warning_is_submitted, ran meanwhile.)"""
+    obj, job, ctl = job_past_the_warning()
+    assert obj.run() == "rank 0"
+    assert lines(ctl / "calls.txt") == ["start rank=0", "end rank=0"]
+    log = job.stderr() or ""
+    assert "signal SIGUSR2: this job's time limit is near" in log
 
 
 @pytest.mark.timeout(300)
