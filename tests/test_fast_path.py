@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import typing as tp
 from pathlib import Path
 
 import pytest
@@ -283,24 +284,15 @@ def test_new_items_in_an_existing_folder_need_no_yaml_parsing(tmp_path: Path) ->
     assert "YAML True" in result.stdout
 
 
-def test_a_threadpool_map_counts_its_items_as_they_are_written(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A map on cluster='threadpool' counted its items only when its unit ended: with one
-    worker (a 2-CPU machine) the bar sat at 0/n until the whole map was done, then jumped
-    to n/n (seen in a notebook), where cluster=None counts each item. It counts them as
-    they are written now (a processpool's are still counted when their unit ends)."""
-    import typing as tp
-
-    import pydantic
-
-    import exca
+def _recorded_bars(monkeypatch: pytest.MonkeyPatch) -> list[tp.Any]:
+    """Progress shown, through bars with tqdm's interface that record the count they show
+    (the list of bars made, the last one last)."""
     from exca.graph import progress
 
     monkeypatch.setenv(progress.PROGRESS_ENV, "1")
     bars: list[tp.Any] = []
 
-    class Bar:  # (tqdm's interface, recording the count shown)
+    class Bar:
         def __init__(self, total: int, **kwargs: tp.Any) -> None:
             self.total, self.n = total, 0
             bars.append(self)
@@ -315,6 +307,21 @@ def test_a_threadpool_map_counts_its_items_as_they_are_written(
             pass
 
     monkeypatch.setattr(progress, "_tqdm", lambda: Bar)
+    return bars
+
+
+def test_a_threadpool_map_counts_its_items_as_they_are_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A map on cluster='threadpool' counted its items only when its unit ended: with one
+    worker (a 2-CPU machine) the bar sat at 0/n until the whole map was done, then jumped
+    to n/n (seen in a notebook), where cluster=None counts each item. It counts them as
+    they are written now."""
+    import pydantic
+
+    import exca
+
+    bars = _recorded_bars(monkeypatch)
     seen: list[int] = []
 
     class Lists(pydantic.BaseModel):
@@ -342,31 +349,12 @@ def test_a_processpool_map_counts_its_items_as_they_are_written(
     processes count the items they write (a count shared with the caller, which polls it)."""
     import threading
     import time
-    import typing as tp
 
     import pydantic
 
     import exca
-    from exca.graph import progress
 
-    monkeypatch.setenv(progress.PROGRESS_ENV, "1")
-    bars: list[tp.Any] = []
-
-    class Bar:  # (tqdm's interface, recording the count shown)
-        def __init__(self, total: int, **kwargs: tp.Any) -> None:
-            self.total, self.n = total, 0
-            bars.append(self)
-
-        def update(self, count: int) -> None:
-            self.n += count
-
-        def refresh(self) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
-
-    monkeypatch.setattr(progress, "_tqdm", lambda: Bar)
+    bars = _recorded_bars(monkeypatch)
     flags = tmp_path / "flags"
     flags.mkdir()
 

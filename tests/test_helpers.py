@@ -1008,19 +1008,10 @@ def test_find_slurm_job_skips_a_folder_being_removed(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_find_slurm_job_without_folder_looks_above_the_log_only(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Without a folder, the cache is the closest folder above the job's log (scontrol's
-    StdOut) holding job records. A log in no cache (a job exca did not send, logs set
-    elsewhere) had the climb go up to / and search the whole filesystem (an OSError on
-    /proc, hours on a cluster's filesystem): it is refused, asking for the folder."""
+def _fake_scontrol(monkeypatch: pytest.MonkeyPatch, logs: dict[str, Path]) -> None:
+    """`scontrol show job <id>` answers with the job's log (StdOut) from ``logs``."""
     import subprocess
 
-    task = _Recorded(x=5, infra={"folder": tmp_path / "cache", "cluster": "local"})
-    job = task.infra.job()
-    assert job.result() == 5
-    logs = {job.job_id: Path(job.submitit_job.paths.stdout), "77": tmp_path / "x/77/77.out"}
     run = subprocess.run
 
     def scontrol(args: list[str], **kwargs: tp.Any) -> tp.Any:
@@ -1030,6 +1021,21 @@ def test_find_slurm_job_without_folder_looks_above_the_log_only(
         return run(args, **kwargs)
 
     monkeypatch.setattr(helpers.subprocess, "run", scontrol)
+
+
+def test_find_slurm_job_without_folder_looks_above_the_log_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a folder, the cache is the closest folder above the job's log (scontrol's
+    StdOut) holding job records. A log in no cache (a job exca did not send, logs set
+    elsewhere) had the climb go up to / and search the whole filesystem (an OSError on
+    /proc, hours on a cluster's filesystem): it is refused, asking for the folder."""
+
+    task = _Recorded(x=5, infra={"folder": tmp_path / "cache", "cluster": "local"})
+    job = task.infra.job()
+    assert job.result() == 5
+    logs = {job.job_id: Path(job.submitit_job.paths.stdout), "77": tmp_path / "x/77/77.out"}
+    _fake_scontrol(monkeypatch, logs)
     found = helpers.find_slurm_job(job.job_id)
     assert found.config["x"] == 5 and found.uid_config == {"x": 5}
     searched: list[Path] = []
@@ -1054,7 +1060,6 @@ def test_find_slurm_job_goes_on_past_a_folder_removed_during_its_search(
     flaky test in a parallel run)."""
     import os
     import shutil
-    import subprocess
 
     Path(tmp_path / "cache" / "removed" / "meanwhile").mkdir(parents=True)
     (tmp_path / "gone" / "soon").mkdir(parents=True)
@@ -1068,15 +1073,7 @@ def test_find_slurm_job_goes_on_past_a_folder_removed_during_its_search(
     monkeypatch.setattr(os, "scandir", removing)
     with pytest.raises(RuntimeError, match="No record of job 12 under"):
         helpers.find_slurm_job("12", folder=tmp_path / "cache")
-    run = subprocess.run
-
-    def scontrol(args: list[str], **kwargs: tp.Any) -> tp.Any:
-        if args[:3] == ["scontrol", "show", "job"]:
-            out = f"JobId={args[3]} StdOut={tmp_path / 'x/77/77.out'}\n"
-            return subprocess.CompletedProcess(args, 0, out, "")
-        return run(args, **kwargs)
-
-    monkeypatch.setattr(helpers.subprocess, "run", scontrol)
+    _fake_scontrol(monkeypatch, {"77": tmp_path / "x/77/77.out"})
     with pytest.raises(RuntimeError, match="No exca cache found above the log of job 77"):
         helpers.find_slurm_job("77")
     assert not (tmp_path / "gone").exists()  # (it was there when the climb listed tmp_path)
