@@ -2939,17 +2939,25 @@ def test_a_dead_worker_error_names_the_items_it_left(tmp_path: Path, cluster: st
 
 
 class KilledOnce(pydantic.BaseModel):
-    """item -> item; item 7 kills its process (SIGKILL) while the file ``flag`` exists."""
+    """item -> item; item 7 kills its process (SIGKILL) while the file ``flag`` exists.
+    With ``holding_the_count``, it first removes the flag (killed once) and takes the lock
+    of its process pool's item count."""
 
     flag: str
+    holding_the_count: bool = False
     infra: exca.MapInfra = exca.MapInfra(version="1")
 
     @infra.apply(item_uid=str)
     def process(self, items: list[int]) -> tp.Iterator[int]:
         import signal
 
+        from exca.graph import executors
+
         for item in items:
             if item == 7 and os.path.exists(self.flag):
+                if self.holding_the_count:
+                    os.remove(self.flag)
+                    executors._POOL_ITEMS[0].get_lock().acquire()
                 os.kill(os.getpid(), signal.SIGKILL)
             yield item
 
@@ -2998,27 +3006,6 @@ def test_a_map_process_killed_by_a_signal_says_which(tmp_path: Path, cluster: st
     assert "died (killed by SIGKILL: out of memory, or killed by hand)" in message, message
 
 
-class KilledHoldingTheCount(pydantic.BaseModel):
-    """item -> item; item 7 takes the lock of its process pool's item count, then kills
-    its process (SIGKILL), once: while the file ``flag`` exists, which it removes."""
-
-    flag: str
-    infra: exca.MapInfra = exca.MapInfra(version="1")
-
-    @infra.apply(item_uid=str)
-    def process(self, items: list[int]) -> tp.Iterator[int]:
-        import signal
-
-        from exca.graph import executors
-
-        for item in items:
-            if item == 7 and os.path.exists(self.flag):
-                os.remove(self.flag)  # (once)
-                executors._POOL_ITEMS[0].get_lock().acquire()
-                os.kill(os.getpid(), signal.SIGKILL)
-            yield item
-
-
 @pytest.mark.timeout(120)
 def test_a_pool_process_killed_while_it_counts_its_items_hangs_nothing(tmp_path: Path) -> None:
     """A pool process killed (the out-of-memory killer) while it held the lock of the item
@@ -3028,7 +3015,7 @@ def test_a_pool_process_killed_while_it_counts_its_items_hangs_nothing(tmp_path:
     flag = tmp_path / "kill"
     flag.touch()
     infra = {"folder": tmp_path / "cache", "cluster": "processpool", "max_jobs": 1}
-    mapper = KilledHoldingTheCount(flag=str(flag), infra=infra)
+    mapper = KilledOnce(flag=str(flag), holding_the_count=True, infra=infra)
     assert list(mapper.process(list(range(12)))) == list(range(12))  # (its unit re-run)
     assert not flag.exists()  # (the process was killed once)
 
