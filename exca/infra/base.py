@@ -920,6 +920,21 @@ class BaseInfra(pydantic.BaseModel):
         folder = os.path.join(self.folder, self.uid())
         self._restore_files(folder, Path(folder))
 
+    def _node_folder_hooks(self, cache: CacheDict[tp.Any]) -> dict[str, tp.Any]:
+        """The fields a task's and a map's node share: how they prepare, adopt and check
+        their folder (None without a cache folder), and how their uid config is exported."""
+        on_disk = self.folder is not None
+        return dict(
+            prepare=self._prepare_folder if on_disk else None,
+            adopt_legacy=self._adopt_legacy if on_disk else None,
+            legacy_name=self._legacy_name,
+            legacy_folder=self._legacy_folder,
+            check_reuse=self._check_defaults if on_disk else None,
+            check_folder=self._check_defaults if on_disk else None,
+            restore_files=self._listed_files_restorer(cache),
+            uid_config=functools.partial(self.config, uid=True, exclude_defaults=False),
+        )
+
     def _listed_files_restorer(self, cache: CacheDict[tp.Any]) -> tp.Callable[[], None] | None:
         """A node's ``restore_files`` (None without a cache folder)."""
         if self.folder is None:

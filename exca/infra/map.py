@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
-import functools
 import hashlib
 import inspect
 import logging
@@ -487,15 +486,8 @@ class MapInfra(BaseInfra, SubmititMixin):
                     max_jobs=self.max_jobs,
                     min_items_per_job=self.min_samples_per_job,
                 ),
-                prepare=self._prepare_folder if self.folder is not None else None,
-                adopt_legacy=self._adopt_legacy if self.folder is not None else None,
-                legacy_name=self._legacy_name,
-                legacy_folder=self._legacy_folder,
-                check_reuse=self._check_defaults if self.folder is not None else None,
-                check_folder=self._check_defaults if self.folder is not None else None,
-                restore_files=self._listed_files_restorer(cache),
                 label=uid,
-                uid_config=functools.partial(self.config, uid=True, exclude_defaults=False),
+                **self._node_folder_hooks(cache),
                 item_uid=method.item_uid,
                 forbid_single_item=self.forbid_single_item_computation,
             )
