@@ -2096,6 +2096,39 @@ def test_a_srun_job_signalled_long_before_its_time_limit_is_still_requeued(
     assert "time limit is near" not in (job.stderr() or "")
 
 
+@pytest.mark.timeout(300)
+def test_a_preempted_job_whose_requeue_command_is_killed_is_not_cached_as_failed(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slurm's SIGTERM to a job it requeues can reach submitit's `scontrol requeue` before
+    that exits (seen on a loaded machine): its CalledProcessError, raised inside the method,
+    was cached as the config's failure. Here an `scontrol` on the job's PATH requeues, then
+    is killed by SIGTERM, every time: the requeued job computes the task."""
+    import shutil
+    import subprocess
+
+    real = shutil.which("scontrol")
+    assert real is not None
+    fake = tmp_path / "bin" / "scontrol"
+    fake.parent.mkdir()
+    fake.write_text(
+        f'#!/bin/bash\nif [ "$1" = requeue ]; then {real} "$@"; kill -TERM $$; fi\n'
+        f'exec {real} "$@"\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    (ctl / "block").touch()
+    obj = task(tmp_path, ctl, slurm_cluster, x=7, timeout_min=15, slurm_use_srun=True)
+    job = obj.infra.job()
+    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
+    subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True, timeout=30)
+    wait_until(lambda: registry.queue_state(job.job_id) == "PENDING")  # requeued
+    update = [real, "update", f"jobid={job.job_id}", "StartTime=now"]
+    subprocess.run(update, check=True, timeout=30)
+    assert job.result() == 21
+    assert lines(ctl / "calls.txt") == ["7", "7"]
+
+
 class LingeringMap(pydantic.BaseModel):
     """Its job's process stays a few seconds after writing its result (an exit handler):
     Slurm lists the job as running, then completing, meanwhile."""

@@ -14,6 +14,7 @@ import functools
 import itertools
 import logging
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -702,7 +703,10 @@ def _run_on_past_time_limit_warning() -> None:
             near_limit = True
         if not near_limit:
             _PREEMPTED.append(True)  # (its sys.exit(-1) after requeuing: not the method's)
-            previous(signum, frame)  # preempted: submitit requeues the job
+            try:
+                previous(signum, frame)  # preempted: submitit requeues the job
+            except subprocess.SubprocessError as error:  # (its `scontrol requeue`)
+                _requeue_failed(error)
             return
         with contextlib.suppress(Exception):  # (logging from a signal handler)
             logger.warning(
@@ -714,6 +718,23 @@ def _run_on_past_time_limit_warning() -> None:
 
     with contextlib.suppress(ValueError, OSError):
         signal.signal(kind, warned)
+
+
+def _requeue_failed(error: Exception) -> tp.NoReturn:
+    """submitit's ``scontrol requeue`` of a preempted job failed, most often killed by the
+    SIGTERM Slurm sends the job it is requeuing, before it could exit. Raised inside the
+    method, that error was cached as the config's failure: it is not the method's. The job
+    ends without a result instead, as after a requeue; requeued or not, the next call finds
+    no result and computes the config again."""
+    with contextlib.suppress(Exception):  # (a stderr closed by the method: unsaid)
+        print(
+            f"exca: this job was preempted and submitit's requeue of it failed ({error}): "
+            "the job ends without its result (Slurm requeues it, or the next call submits "
+            "it again)",
+            file=sys.stderr,
+            flush=True,
+        )
+    sys.exit(-1)
 
 
 def _refuse_if_withdrawn(node: Node, written: bool = False) -> None:
