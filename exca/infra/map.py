@@ -425,6 +425,8 @@ class MapInfra(BaseInfra, SubmititMixin):
 
     @property
     def item_uid(self) -> ItemUid:
+        """The decorated method's ``item_uid``, shortened past ``item_uid_max_length``:
+        ``infra.item_uid(item)`` is the key of an item in ``cache_dict``."""
         return tp.cast(MapMethod, self._method()).item_uid
 
     @property

@@ -509,8 +509,10 @@ class TaskInfra(BaseInfra, SubmititMixin):
         return calls.task_status(self._node())
 
     def clear_job(self) -> None:
-        """Cancel a running job and remove the result (uid.yaml/full-uid.yaml are kept).
-        Waits a moment (at most CANCEL_WAIT_S) for the cancelled job's process to end."""
+        """Cancel a running job and remove the result (or the cached error), with the job
+        records (``jobs/``), the ``submitit`` link, ``code`` and ``config.yaml``; uid.yaml and
+        full-uid.yaml are kept. Waits a moment (at most 5 s) for a cancelled job's process
+        to end."""
         self._refuse_inputs("clear_job()", "call its .clear()")
         self._adopt_legacy()  # (a cache under its legacy name: what is cleared)
         node = self._node()
