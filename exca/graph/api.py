@@ -123,9 +123,9 @@ def result(node: Node) -> tp.Any:
 def status(node: Node) -> str:
     """``completed`` / ``failed`` / ``running`` / ``not submitted``. A map is completed
     when every item is cached without error, failed with an item error (or items a job
-    left missing: it died), running while a chunk job is queued or running, else not
-    submitted (its missing items computed by no job, or removed since their job wrote
-    them)."""
+    left missing: it died), running while a chunk job is queued or running or another
+    thread or process computes its missing items without a job, else not submitted (its
+    missing items computed by nobody, or removed since their job wrote them)."""
     check_node(node)
     if node.kind == "task":
         return calls.task_status(node)

@@ -1037,7 +1037,8 @@ class BaseInfra(pydantic.BaseModel):
         return out
 
     def iter_cached(self) -> tp.Iterator[pydantic.BaseModel]:
-        """Configs of this method/version that have a cache folder (read from config.yaml)."""
+        """Configs of this method/version whose folder holds a result or a cached error
+        (rebuilt from its config.yaml; each has that folder's root as its infra.folder)."""
         if self.folder is None:
             return
         step = Path(self.folder) / self._step_name()

@@ -591,7 +591,8 @@ class TaskInfra(BaseInfra, SubmititMixin):
         self, max_workers: int = 256, allow_empty: bool = False, allow_repeated_tasks: bool = False
     ) -> tp.Iterator[list[tp.Any]]:
         """Collect configs in a list; on exit, submit the ones without a result as ONE array
-        (with this infra's cluster, resources, logs and workdir), without waiting."""
+        (with this infra's cluster, resources, logs and workdir), without waiting
+        (cluster=None: they are computed, one after the other, before the block ends)."""
         given = max_workers
         try:  # (before the block runs; numpy ints are ints)
             max_workers = operator.index(max_workers)
