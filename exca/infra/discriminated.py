@@ -18,7 +18,10 @@ _SERIALIZING: contextvars.ContextVar[int] = contextvars.ContextVar("exca_seriali
 
 
 class DiscriminatedModel(pydantic.BaseModel):
-    """Base class of models selected by name (see module docstring)."""
+    """Base of a family of models chosen by class name: ``Base(type="Child", x=1)``, or
+    ``{"type": "Child", ...}`` (or just ``"Child"``) in a field typed ``Base``, builds a
+    ``Child``; dumps, uids and yaml files carry the key. The key defaults to ``"type"``
+    (``class Base(DiscriminatedModel, discriminator_key="kind")`` changes it)."""
 
     model_config = pydantic.ConfigDict(extra="forbid")
     _exca_discriminator_key: tp.ClassVar[str] = "type"
