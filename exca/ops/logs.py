@@ -11,6 +11,9 @@ from ..graph.node import Node
 
 @dataclasses.dataclass
 class JobLogs:
+    """The log files of one job of a node: ``stdout()`` / ``stderr()`` read them (empty
+    when a file is gone); ``refused``: the job refused its config, nothing computed."""
+
     job_id: str
     cluster: str
     stdout_path: Path
