@@ -2801,8 +2801,8 @@ def test_an_item_error_records_when_its_computation_started(tmp_path: Path) -> N
     (fail_dir / "3").touch()
     block = tmp_path / "block"
     block.touch()
+    before = time.time()  # (before the timer starts: its 0.5 s count from after this)
     threading.Timer(0.5, block.unlink).start()
-    before = time.time()
     blocked = make(tmp_path, None, fail_dir=str(fail_dir), block_flag=str(block))
     with pytest.raises(ValueError, match="bad item 3"):
         list(blocked.process([0, 3]))  # (item 0 waits 0.5 s, then 3 fails, then alone)
