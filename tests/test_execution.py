@@ -1805,6 +1805,64 @@ def test_a_job_that_cannot_import_its_config_caches_no_failure(
         sys.modules.pop("hidden_module_29", None)
 
 
+@pytest.mark.timeout(180)
+def test_a_job_whose_module_lacks_the_config_class_caches_no_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job whose module no longer has the config's class (renamed or removed in the
+    module's file after this process imported it: pickle's AttributeError at loading) is
+    refused as a job that cannot import the module: nothing cached (it was cached as the
+    config's failure, re-raised until mode='retry'), the error names the class, the host
+    and python, and the next call submits it again. An AttributeError raised by the method
+    itself is cached as any error of the method."""
+    import importlib
+    import socket
+
+    code = tmp_path / "code"
+    code.mkdir()
+    broken = textwrap.dedent(
+        """
+        class Broken(pydantic.BaseModel):
+            infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+            @infra.apply
+            def fit(self) -> int:
+                raise AttributeError("module 'x' has no attribute 'MyTask'")
+        """
+    )
+    source = textwrap.dedent(LIBRARY_MODULE) + broken
+    path = code / "hidden_module_31.py"
+    path.write_text(source)
+    monkeypatch.syspath_prepend(str(code))
+    monkeypatch.setenv("PYTHONPATH", f"{code}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    module = importlib.import_module("hidden_module_31")
+    try:
+        path.write_text(source.replace("class Train(", "class Trainer("))  # (renamed)
+        infra = {"folder": tmp_path / "cache", "cluster": "local"}
+        task = module.Train(infra=infra)
+        with pytest.raises(JobFailedError, match="could not load what it had to run") as info:
+            task.fit()
+        said = str(info.value)
+        assert "'Train'" in said and "hidden_module_31" in said
+        assert f"host {socket.gethostname()} " in said and sys.executable in said
+        assert "renamed or removed" in said
+        assert "mode='retry'" not in said  # (nothing to retry: call again)
+        assert task.infra.status() == "not submitted"
+        path.write_text(source)  # (the class is back)
+        again = module.Train(infra=infra)
+        assert again.fit() == 20  # submitted again, in the default mode
+        assert again.infra.status() == "completed"
+        failing = module.Broken(infra=infra)
+        with pytest.raises(Exception, match="has no attribute 'MyTask'"):
+            failing.fit()
+        assert failing.infra.status() == "failed"  # (the method's own error: cached)
+        with pytest.raises(Exception, match="has no attribute 'MyTask'"):
+            module.Broken(infra=infra).fit()
+    finally:
+        sys.modules.pop("hidden_module_31", None)
+
+
 def test_a_pool_inside_a_job_raises_the_import_error_of_a_unit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1829,6 +1887,34 @@ def test_a_pool_inside_a_job_raises_the_import_error_of_a_unit(
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
     with pytest.raises(ImportError, match="No module named 'hidden_module_30'"):
         _run_pickled(payload)
+
+
+def test_a_pool_inside_a_job_raises_the_missing_class_of_a_unit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A unit whose config class its module lacks in a pool process, in a submitit job:
+    the AttributeError, not a placeholder unit run as one."""
+    import importlib
+
+    import cloudpickle
+
+    from exca.graph.executors import _run_pickled
+    from exca.graph.worker import Unit
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "hidden_module_32.py").write_text(textwrap.dedent(LIBRARY_MODULE))
+    monkeypatch.syspath_prepend(str(code))
+    module = importlib.import_module("hidden_module_32")
+    try:
+        task = module.Train(infra={"folder": tmp_path / "cache"})
+        payload = cloudpickle.dumps(Unit(task.fit.node()))
+        monkeypatch.delattr(module, "Train")
+        monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
+        with pytest.raises(AttributeError, match="'Train' on <module 'hidden_module_32'"):
+            _run_pickled(payload)
+    finally:
+        sys.modules.pop("hidden_module_32", None)
 
 
 EDITED_MODULE = """

@@ -1305,7 +1305,7 @@ def _run_pickled(payload: bytes) -> tuple[Report, bytes | None]:
 
     unit = cloudpickle.loads(payload)
     if isinstance(unit, UnloadedUnit):  # (a pool inside a submitit job: its env says so)
-        raise ImportError(unit.error)
+        raise (AttributeError if unit.missing else ImportError)(unit.error)
     _RUNNING[0] += 1
     callers.adopt(unit.callers)
     try:

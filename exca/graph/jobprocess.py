@@ -181,8 +181,9 @@ class ClassChangedError(RuntimeError):
 
 
 class ConfigImportError(ImportError):
-    """A job could not import its config's module (or a module of what the config holds):
-    an environment problem (the job's PYTHONPATH, its python), not the config's outcome.
+    """A job could not import its config's module (or a module of what the config holds),
+    or that module lacks the class there (renamed or removed): an environment problem (the
+    job's PYTHONPATH, its python, its code), not the config's outcome.
     Refused as a changed class is: see worker.load_unit, Scheduler._refused_changed_class."""
 
 

@@ -14,6 +14,7 @@ import functools
 import itertools
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -136,25 +137,46 @@ def run_unit(unit: Unit, progress: ProgressCallback | None = None) -> Report:
 
 class UnloadedUnit(tp.NamedTuple):
     """What a submitit job got for its unit when loading it failed on an ImportError (the
-    config's module, or a module of what it holds, is not importable in the job)."""
+    config's module, or a module of what it holds, is not importable in the job), or on
+    the lookup of a class its module does not have there (``missing``: "module.Class")."""
 
     folder: str
     uid: str
     error: str
+    missing: str = ""
+
+
+# pickle's words for a global its module lacks ("Can't get attribute 'Name' on <module
+# 'mod' from ...>"), and getattr's on a module ("module 'mod' has no attribute 'Name'")
+_MISSING_GLOBAL = re.compile(
+    r"^(?:Can't get attribute '(?P<name>[^']+)' on <module '(?P<module>[^']+)'"
+    r"|module '(?P<module2>[^']+)' has no attribute '(?P<name2>[^']+)'$)"
+)
+
+
+def _missing_global(error: AttributeError) -> str | None:
+    """ "module.Name" when ``error`` is the lookup of a global its module lacks."""
+    found = _MISSING_GLOBAL.match(str(error))
+    if found is None:
+        return None
+    module = found.group("module") or found.group("module2")
+    return f"{module}.{found.group('name') or found.group('name2')}"
 
 
 def load_unit(data: bytes, folder: str = "", uid: str = "") -> Unit | UnloadedUnit:
     """A pickled unit (see ``Unit.__reduce__``). In a submitit job, an ImportError while
-    loading it gives an ``UnloadedUnit`` (run_job_unit refuses it: an environment problem,
-    not the config's outcome), elsewhere it is raised."""
+    loading it, or the lookup of a class that its module lacks in the job (renamed or
+    removed there), gives an ``UnloadedUnit`` (run_job_unit refuses it: an environment
+    problem, not the config's outcome), elsewhere it is raised."""
     import pickle
 
     try:
         return tp.cast(Unit, pickle.loads(data))
-    except ImportError as error:
-        if not uid or not os.environ.get("SUBMITIT_EXECUTOR"):
+    except (ImportError, AttributeError) as error:
+        missing = _missing_global(error) if isinstance(error, AttributeError) else ""
+        if not uid or not os.environ.get("SUBMITIT_EXECUTOR") or missing is None:
             raise
-        return UnloadedUnit(folder, uid, f"{type(error).__name__}: {error}")
+        return UnloadedUnit(folder, uid, f"{type(error).__name__}: {error}", missing)
 
 
 def _refuse_unloaded(unit: UnloadedUnit) -> tp.NoReturn:
@@ -164,13 +186,31 @@ def _refuse_unloaded(unit: UnloadedUnit) -> tp.NoReturn:
 
     _JOB_UNIT.append(unit.uid)
     registry.set_refused(Path(unit.folder) if unit.folder else None, _job_id() or "")
+    where = f"on host {hostname()} with python {sys.executable}"
+    if unit.missing:
+        module, name = unit.missing.rsplit(".", 1)
+        said = (
+            f"the module {module} has no {name} there (the class of the config, or of "
+            "what it holds, was renamed or removed from its module in the code the job "
+            "imports)"
+        )
+        advice = (
+            f"make the jobs import a version of {module} that defines {name} (the "
+            "submitting process's code: the same environment on the nodes; with a "
+            "workdir, list that module in workdir.copied too), or call with a config of "
+            "the class as the code names it now"
+        )
+    else:
+        said = "the module defining the config (or what it holds) is not importable there"
+        advice = (
+            "make it importable in the jobs (PYTHONPATH of the submitting environment, "
+            "the same environment on the nodes; with a workdir, list that module in "
+            "workdir.copied too)"
+        )
     raise jobprocess.ConfigImportError(
-        f"{unit.uid}: the job could not load what it had to run ({unit.error}) on host "
-        f"{hostname()} with python {sys.executable}: the module defining the config (or "
-        "what it holds) is not importable there. Nothing was computed nor cached (not a "
-        "failure of the config: the next call submits it again): make it importable in the "
-        "jobs (PYTHONPATH of the submitting environment, the same environment on the nodes; "
-        "with a workdir, list that module in workdir.copied too), then call again"
+        f"{unit.uid}: the job could not load what it had to run ({unit.error}) {where}: "
+        f"{said}. Nothing was computed nor cached (not a failure of the config: the next "
+        f"call submits it again): {advice}, then call again"
     )
 
 
