@@ -478,3 +478,61 @@ def test_a_child_forked_while_ctrl_c_is_held_back_gets_the_default_handler(
                 os._exit(0)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.fixture
+def private_umask() -> tp.Iterator[None]:
+    previous = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def _modes(folder: Path) -> dict[str, int]:
+    """The mode of each path under a folder, by its path relative to it."""
+    import stat
+
+    return {
+        os.path.relpath(os.path.join(top, name), folder): stat.S_IMODE(
+            os.stat(os.path.join(top, name)).st_mode
+        )
+        for top, dirs, files in os.walk(folder)
+        for name in [*dirs, *files]
+    }
+
+
+@pytest.mark.usefixtures("private_umask")
+def test_claims_follow_the_caches_permissions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a private umask (0o077), what claims make in a cache folder whose permissions
+    are 0o770 (its claims folder, claim files, the folder's lock) has that mode, and so
+    does what a removal's hold or a compaction makes there, which know the folder only:
+    they made the claims folder with the umask (0o700: the other users of a shared cache
+    could then take no claim there), and its lock and claim files were 0o600 (unreadable
+    by them)."""
+    from exca.ops import clean
+    from exca.storage.claims import FolderHold
+
+    folder = tmp_path / "node"
+    folder.mkdir()
+    os.chmod(folder, 0o770)  # (made with the cache's permissions)
+    claims = Claims(folder, permissions=0o770)
+    with claims._folder_lock(Owner.current()):
+        assert _modes(folder) == {CLAIMS_DIR: 0o770, f"{CLAIMS_DIR}/.lock": 0o770}
+    with claims.claim(["a"]):
+        assert len(_modes(folder)) == 2  # (claims/ and the claim file)
+        assert set(_modes(folder).values()) == {0o770}, _modes(folder)
+    for made_by in ("hold", "compaction"):
+        shutil.rmtree(folder / CLAIMS_DIR)
+        if made_by == "hold":
+            hold = FolderHold(["a"])
+            hold.put(folder)
+            assert {".lock", f"{hold.name}.claim"} <= set(os.listdir(folder / CLAIMS_DIR))
+            assert set(_modes(folder).values()) == {0o770}, _modes(folder)
+            hold.take_away(folder)
+        else:
+            monkeypatch.setattr(clean, "compactable", lambda *args: ["x", "y"])
+            assert clean.compact(folder, grace_seconds=0) == (0, 0)  # (nothing to merge)
+        assert _modes(folder) == {CLAIMS_DIR: 0o770}, made_by

@@ -33,6 +33,7 @@ from ..storage import process
 from ..storage.cachedict import CacheDict, inspecting_view
 from ..storage.claims import CLAIMS_DIR, Claims, FolderHold
 from ..storage.dumping import DATA_DIR
+from ..storage.files import folder_mode
 from ..storage.index import (
     _OUR_INDEX_NAME,
     AT,
@@ -1792,7 +1793,7 @@ def compact(folder: Path | str, grace_seconds: float = 3600.0) -> tuple[int, int
     if not compactable(folder, grace_seconds):  # (no lock taken, nor claims/ made, for nothing)
         return 0, 0  # (checked again below, under the folder's lock)
     folder = Path(folder)
-    claims = Claims(folder)
+    claims = Claims(folder, permissions=folder_mode(folder))  # (the cache's: unknown here)
     # (a folder removed meanwhile, maybe while this waited for a removal's hold of it:
     # not made again, nothing to merge there)
     with contextlib.ExitStack() as stack:

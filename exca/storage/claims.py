@@ -34,7 +34,7 @@ from pathlib import Path
 import orjson
 
 from . import interrupts, process
-from .files import make_folder, write_new
+from .files import chmod, fchmod, folder_mode, make_folder, write_new
 from .keytext import check_utf8
 
 CLAIMS_DIR = "claims"
@@ -293,10 +293,10 @@ class Claims:
             _refuse_keys_not_utf8(keys)
             raise
         try:
-            write_new(tmp, data)
+            write_new(tmp, data, self.permissions)
         except FileNotFoundError:
             make_folder(dirname, self.permissions)
-            write_new(tmp, data)
+            write_new(tmp, data, self.permissions)
         path = f"{dirname}/{name}{CLAIM_SUFFIX}"
         os.replace(tmp, path)
         return Path(path)
@@ -349,8 +349,7 @@ class Claims:
                 fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             except FileNotFoundError:
                 if not create:  # (the folder gone: FileNotFoundError)
-                    with contextlib.suppress(FileExistsError):
-                        os.mkdir(self.dir)
+                    _make_claims_dir(self.dir, self.permissions)
                     continue
                 try:
                     make_folder(self.dir, self.permissions)
@@ -366,6 +365,8 @@ class Claims:
                     raise _unwritable(self.dir, error) from error
                 raise
             try:
+                if self.permissions is not None:  # (read by the others: see _break_if_stale)
+                    fchmod(fd, lock, self.permissions)
                 os.write(fd, token)
             finally:
                 os.close(fd)
@@ -388,7 +389,7 @@ class Claims:
         # (empty for more than a moment: its owner died between creating and writing it)
         limit = EMPTY_LOCK_STALE_S if not data else LOCK_STALE_S
         if alive is False or (alive is None and age > limit):
-            _remove_if_unchanged(lock, data)
+            _remove_if_unchanged(lock, data, self.permissions)
 
     def wait(
         self,
@@ -435,15 +436,15 @@ class FolderHold:
         return folder / CLAIMS_DIR / (self.name + CLAIM_SUFFIX)
 
     def put(self, folder: Path) -> None:
-        """Hold a folder, making nothing but its claims folder (FileNotFoundError: gone)."""
-        claims = Claims(folder)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(claims.dir)
+        """Hold a folder, making nothing but its claims folder (FileNotFoundError: gone),
+        with the folder's mode (the cache's permissions, unknown here), as its files."""
+        claims = Claims(folder, permissions=folder_mode(folder))
+        _make_claims_dir(claims.dir, claims.permissions)
         lock = claims.dir / LOCK_NAME
         delay = 0.001
         while True:
             try:
-                write_new(os.fspath(lock), self._token)
+                write_new(os.fspath(lock), self._token, claims.permissions)
                 break
             except FileExistsError:
                 claims._break_if_stale(lock)  # (its holder was killed a minute ago)
@@ -451,7 +452,7 @@ class FolderHold:
                 delay = min(delay * 2, 0.05)
         try:
             tmp = claims.dir / f"{self.name}.tmp"
-            write_new(os.fspath(tmp), self._claim)
+            write_new(os.fspath(tmp), self._claim, claims.permissions)
             os.replace(tmp, self.claim_file(folder))
         except BaseException:
             _unlock(lock, self._token)
@@ -463,7 +464,18 @@ class FolderHold:
         _unlock(folder / CLAIMS_DIR / LOCK_NAME, self._token)
 
 
-def _remove_if_unchanged(lock: Path, data: bytes) -> None:
+def _make_claims_dir(path: Path, permissions: int | None) -> None:
+    """The claims folder of a folder that is there (FileNotFoundError: it is gone, and is
+    not made again), with ``permissions`` when made here."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        return
+    if permissions is not None:
+        chmod(path, permissions)
+
+
+def _remove_if_unchanged(lock: Path, data: bytes, permissions: int | None = None) -> None:
     """Remove a stale lock, unless it changed since it was judged stale (broken, and taken
     afresh, by another waiter). Breakers take turns (a ``.breaking`` file next to it,
     holding the breaker's token): only a breaker removes a lock that is not its own, so
@@ -476,6 +488,8 @@ def _remove_if_unchanged(lock: Path, data: bytes) -> None:
     mine = os.urandom(8).hex().encode()
     try:
         fd = os.open(breaking, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        if permissions is not None:  # (read by the other waiters)
+            fchmod(fd, breaking, permissions)
     except FileExistsError:  # another waiter's turn (or one killed in it: how long ago?)
         with contextlib.suppress(FileNotFoundError):
             # (by the file server's clock, which set its mtime: see _break_if_stale)

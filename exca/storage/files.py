@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import typing as tp
 
 logger = logging.getLogger("exca")
 
 
-def write_new(path: str, data: bytes) -> None:
+def write_new(path: str, data: bytes, permissions: int | None = None) -> None:
     """Create ``path`` (it must not exist: ``FileExistsError``) and write all of ``data``
-    into it, finishing short writes."""
+    into it, finishing short writes (``permissions``: its mode, else the umask's)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
+        if permissions is not None:
+            fchmod(fd, path, permissions)
         written = os.write(fd, data)
         if written != len(data):
             finish_write(fd, [data], written)
@@ -90,6 +93,23 @@ def chmod(path: str | os.PathLike[str], permissions: int) -> None:
         os.chmod(path, permissions)
     except OSError as e:
         logger.warning("Could not chmod %s to %s: %s", path, oct(permissions), e)
+
+
+def fchmod(fd: int, path: str | os.PathLike[str], permissions: int) -> None:
+    """``chmod`` of a file just opened (only a warning when it fails)."""
+    try:
+        os.fchmod(fd, permissions)
+    except OSError as e:
+        logger.warning("Could not chmod %s to %s: %s", path, oct(permissions), e)
+
+
+def folder_mode(folder: str | os.PathLike[str]) -> int | None:
+    """The mode of a folder of a cache (made with its permissions: what is created in
+    there by a process that does not know them, a cleaning, takes this), None if gone."""
+    try:
+        return stat.S_IMODE(os.stat(folder).st_mode) & 0o777  # (no setgid: a file's mode)
+    except OSError:
+        return None
 
 
 def make_folder(folder: str | os.PathLike[str], permissions: int | None) -> bool:
