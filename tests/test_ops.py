@@ -5857,3 +5857,19 @@ def test_a_ctrl_c_while_a_removal_holds_a_folder_leaves_no_hold(
     for folder in (config, inputs):
         assert Claims(folder).current() == []
         assert not (folder / "claims" / ".lock").exists()
+
+
+def test_a_folder_held_by_a_removal_is_not_listed_as_computed(tmp_path: Path) -> None:
+    """While a removal (``exca clean``, an infra's cleaning) holds a node folder to rename
+    it away, its claim of the task key keeps new claimers out; `exca list` and inspect()
+    read it as a computation ("computing", by the cleaning process). A removal's hold is
+    not work in progress: the node is listed by what it holds."""
+    root = tmp_path / "cache"
+    Train(infra={"folder": root}).fit()
+    folder = folder_of(Train(infra={"folder": root}))
+    with clean.held(folder) as hold:
+        assert hold.busy is None
+        assert [i.status for i in exca.ops.inspect(root, step="Train")] == ["success"]
+        said = cli("list", root, "--json", check=True).stdout
+        assert [n["status"] for n in json.loads(said)] == ["success"], said
+        assert "computing" not in cli("list", root, check=True).stdout

@@ -391,7 +391,8 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
     if record is not None:
         info.job_id = record.job_id
         info.stdout, info.stderr = str(record.stdout), str(record.stderr)
-    computing = bool(Claims(folder).current())
+    # (a removal's hold keeps new claims out while it renames the folder: not a computation)
+    computing = any(not claim.hold for claim in Claims(folder).current())
     # a job of a detached run that found an input missing records "upstream failed" and
     # exits: not computed, as a waiting run leaves it (its inputs' problems are noted)
     skipped = kind == "task" and store.upstream_failed_type(entries[TASK_KEY].get("t", ""))

@@ -106,6 +106,8 @@ class ClaimFile(tp.NamedTuple):
     owner: Owner
     keys: frozenset[str]
     mtime: float
+    # a FolderHold's (a removal keeping new claims out: a claim, but no computation)
+    hold: bool = False
 
     def is_dead(self, heartbeat: float, job_alive: JobAlive | None = None) -> bool:
         alive = process.is_alive(self.owner.host, self.owner.pid, self.owner.start)
@@ -178,7 +180,9 @@ class Claims:
             mtime = os.stat(path).st_mtime
             record = orjson.loads(data)
             owner = Owner(**record["owner"])
-            return ClaimFile(path, owner, frozenset(record["keys"]), mtime)
+            return ClaimFile(
+                path, owner, frozenset(record["keys"]), mtime, bool(record.get("hold"))
+            )
         except (FileNotFoundError, orjson.JSONDecodeError, KeyError, TypeError):
             return None  # being written (renamed in place) or removed: not a live claim
 
@@ -428,7 +432,7 @@ class FolderHold:
     def __init__(self, keys: tp.Sequence[str]) -> None:
         me = Owner.current()
         self.name = process.unique_name()
-        self._claim = orjson.dumps({"owner": me._asdict(), "keys": list(keys)})
+        self._claim = orjson.dumps({"owner": me._asdict(), "keys": list(keys), "hold": True})
         self._token = orjson.dumps({"owner": me._asdict(), "token": os.urandom(8).hex()})
 
     def claim_file(self, folder: Path) -> Path:
