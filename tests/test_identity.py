@@ -3738,6 +3738,88 @@ def test_a_sub_config_held_by_a_dataclass_is_excluded_and_named_as_a_direct_one(
     assert "level" not in "".join(p.read_text() for p in tmp_path.glob("*/*/uid.yaml"))
 
 
+class _Workers(pydantic.BaseModel):
+    model_config = FORBID
+    _exclude_from_cls_uid = ("workers",)  # (how fast, not what)
+    lr: float = 0.1
+    workers: int = 1
+
+
+class _FastWorkers(_Workers):  # (overrides methods only)
+    pass
+
+
+class _HoldsWorkers(pydantic.BaseModel):
+    model_config = FORBID
+    optim: _Workers = _Workers()
+    n: int = 0
+
+
+@dataclasses.dataclass
+class _WorkersBox:
+    optim: _Workers = dataclasses.field(default_factory=_Workers)
+    holder: _HoldsWorkers = dataclasses.field(default_factory=_HoldsWorkers)
+    size: int = 1
+
+
+@dataclasses.dataclass
+class _BiggerBox(_WorkersBox):
+    extra: int = 0
+
+
+class _HoldsWorkersBox(pydantic.BaseModel):
+    model_config = FORBID
+    box: _WorkersBox
+    holder: _HoldsWorkers = _HoldsWorkers()  # (the same shapes held directly)
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> str:
+        return f"{self.box.optim.workers}-{type(self.box.holder.optim).__name__}"
+
+
+def test_models_in_a_dataclass_subclass_or_in_a_held_model_are_exported_as_held_directly(
+    tmp_path: Path,
+) -> None:
+    """(a) A dataclass subclass instance (in a field annotated with its base) was exported
+    by its json dump: the models it holds kept their _exclude_from_cls_uid fields
+    (workers=4 and workers=1, two folders for one result), where its base class's
+    instance leaves them out. (b) A model held by a model that a dataclass holds had no
+    _class when it is a subclass of its field's class (the same uid as its base's),
+    where held by a model field it has one. Both are exported as the same models held
+    by the dataclass's base, or by fields."""
+
+    def uid(box: _WorkersBox, **fields: tp.Any) -> str:
+        return _HoldsWorkersBox(box=box, infra={"folder": tmp_path}, **fields).infra.uid()
+
+    base = uid(_WorkersBox(size=2))
+    assert base.endswith("/box={size=2,optim.lr=0.10,holder={n=0,optim.lr=0.10}}-90dbe5bc"), base
+    bigger = uid(_BiggerBox())
+    assert "workers" not in bigger, bigger
+    assert "_class=test_identity._BiggerBox" in bigger
+    assert uid(_BiggerBox(optim=_Workers(workers=4))) == bigger
+    assert uid(_BiggerBox(holder=_HoldsWorkers(optim=_Workers(workers=4)))) == bigger
+    assert uid(_WorkersBox(size=2, optim=_Workers(workers=4))) == base
+    fast = uid(_WorkersBox(size=2, holder=_HoldsWorkers(optim=_FastWorkers())))
+    assert fast != base
+    assert "holder={n=0,optim={lr=0.10,_class=test_identity._FastWorkers}}" in fast, fast
+    direct = uid(_WorkersBox(size=2), holder=_HoldsWorkers(optim=_FastWorkers()))
+    assert "holder.optim._class=test_identity._FastWorkers" in direct, direct
+    in_bigger = uid(_BiggerBox(holder=_HoldsWorkers(optim=_FastWorkers())))
+    assert "_class=test_identity._FastWorkers" in in_bigger, in_bigger
+    config = _HoldsWorkersBox(box=_BiggerBox(optim=_Workers(workers=4)), infra={"folder": tmp_path})
+    assert config.process() == "4-_Workers"
+    config = _HoldsWorkersBox(box=_BiggerBox(optim=_Workers(workers=2)), infra={"folder": tmp_path})
+    assert config.process() == "4-_Workers"  # (the same config: its cached result)
+    holder = _HoldsWorkers(optim=_FastWorkers())
+    fast_config = _HoldsWorkersBox(
+        box=_WorkersBox(size=2, holder=holder), infra={"folder": tmp_path}
+    )
+    assert fast_config.process() == "1-_FastWorkers"
+    plain = _HoldsWorkersBox(box=_WorkersBox(size=2), infra={"folder": tmp_path})
+    assert plain.process() == "1-_Workers"
+
+
 def test_a_forced_sub_config_held_by_a_dataclass_does_not_slow_every_call(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1065,9 +1065,10 @@ class _Exporter:
             if declared and type(dval) is dict and _lost_by_dump(value, declared, owner):
                 # a dataclass subclass instance (or one inside): the dump followed the
                 # annotated class's schema (its own fields lost): dumped whole, with the
-                # class of each such instance in a uid
+                # class of each such instance in a uid; the models inside exported as
+                # held by a dataclass (their uid exclusions left out, their class named)
                 exported = _dataclass_export(value, declared, owner, self.drops)
-                return _sets_ordered(value, exported, True, self.drops)
+                return _sets_ordered(value, exported, True, self.drops, self._held_model)
         if isinstance(value, dict) and isinstance(dval, dict):
             # the dump keeps the order of the keys: the i-th json key is the i-th key's
             # rendering (an Enum key as its value, an int as its text...)
@@ -1145,10 +1146,19 @@ class _Exporter:
         if type(exported) is not dict or (self.uid and class_facts(type(model)).has_override):
             return exported  # (a uid hook's dict is the uid: its keys are not the fields)
         # the fields it keeps as the dataclass's walk had them (a set of numbers in the
-        # order it had: the uids of such configs are kept), models inside exported so
+        # order it had: the uids of such configs are kept), models inside exported so,
+        # with the model classes their fields name (a subclass's _class, as held by a field)
         fields = model.__dict__
+        infos = type(model).__pydantic_fields__
         return {
-            key: _sets_ordered(fields[key], dumped[key], True, self.drops, self._held_model)
+            key: _sets_ordered(
+                fields[key],
+                dumped[key],
+                True,
+                self.drops,
+                self._held_model,
+                annotated_models(infos[key].annotation) if key in infos else (),
+            )
             if key in fields and key in dumped
             else sub
             for key, sub in exported.items()
