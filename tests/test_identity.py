@@ -3820,6 +3820,40 @@ def test_models_in_a_dataclass_subclass_or_in_a_held_model_are_exported_as_held_
     assert plain.process() == "1-_Workers"
 
 
+class _HoldsDefaultBox(pydantic.BaseModel):
+    model_config = FORBID
+    box: _WorkersBox = pydantic.Field(default_factory=_WorkersBox)
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> str:
+        return f"{self.box.optim.workers}-{type(self.box.holder.optim).__name__}"
+
+
+def test_a_dataclass_at_its_default_but_for_a_model_subclass_is_not_the_default(
+    tmp_path: Path,
+) -> None:
+    """A dataclass field whose value equals its default but for the class of a model it
+    holds (a subclass of the class its field names, directly or in a model it holds) was
+    taken for its default (its json dump follows the annotations: the same as the
+    default's): the config shared the uid of the one without it ("default"), and read its
+    result. It counts with the subclass's _class, as the same model held by a field."""
+
+    def uid(box: _WorkersBox) -> str:
+        return _HoldsDefaultBox(box=box, infra={"folder": tmp_path}).infra.uid()
+
+    default = uid(_WorkersBox())
+    assert default.endswith("/default"), default
+    fast = uid(_WorkersBox(optim=_FastWorkers()))
+    assert "optim={lr=0.10,_class=test_identity._FastWorkers}" in fast, fast
+    held = uid(_WorkersBox(holder=_HoldsWorkers(optim=_FastWorkers())))
+    assert "holder={n=0,optim={lr=0.10,_class=test_identity._FastWorkers}}" in held, held
+    assert len({default, fast, held}) == 3
+    box = _WorkersBox(holder=_HoldsWorkers(optim=_FastWorkers()))
+    assert _HoldsDefaultBox(infra={"folder": tmp_path}).process() == "1-_Workers"
+    assert _HoldsDefaultBox(box=box, infra={"folder": tmp_path}).process() == "1-_FastWorkers"
+
+
 def test_a_forced_sub_config_held_by_a_dataclass_does_not_slow_every_call(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

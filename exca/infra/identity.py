@@ -956,6 +956,9 @@ class _Exporter:
                     if isinstance(value, collections.OrderedDict)
                     else _equals_default(value, dval, field)
                 )
+                and not (
+                    field.dataclasses and self._names_other_classes(value, dval, field, facts.cls)
+                )
             ):
                 continue
             drops = len(self.drops)
@@ -982,6 +985,23 @@ class _Exporter:
                         continue
                     out[key] = self.value(sub, dumped[key])
         return out
+
+    def _names_other_classes(
+        self, value: tp.Any, dval: tp.Any, field: _FieldFacts, owner: type
+    ) -> bool:
+        """Whether a dataclass value whose dump is its field default's holds models of
+        other classes than the default's (a subclass of the class a field names, which
+        its dump loses: ``_class`` in its uid tells them apart), in a uid."""
+        if not self.uid or not dataclasses.is_dataclass(value) or value is field.default:
+            return False
+        if not _names_models(type(value)):
+            return False  # (no model class named: no _class, see _held_model)
+        if _model_classes(value, []) == _model_classes(field.default, []):
+            return False  # (the same classes where the default has them: a cheap look)
+        exported = _Exporter(self.uid, True).value(value, dval, field.keep, field.contained, owner)
+        if not _names_a_class(exported):
+            return False
+        return not self._default_export_is(exported, field, owner)
 
     def _default_export_is(self, exported: tp.Any, field: _FieldFacts, owner: type) -> bool:
         """Whether a field's export is that of its default (both without the init=False
@@ -1354,6 +1374,7 @@ def _forget_dataclasses(cls: type) -> None:
         _SCHEMA_CLASSES,
         _CLASSES,
         _INIT_ONLY,
+        _NAMES_MODELS,
     ):
         memo.clear()
     _NAMES_NO_DATACLASS.clear()
@@ -1363,6 +1384,31 @@ def _forget_dataclasses(cls: type) -> None:
 
 
 CLASS_FORGETTERS.append(_forget_dataclasses)
+
+_NAMES_MODELS: dict[type, bool] = {}  # (see _names_models)
+
+
+def _names_models(cls: type, depth: int = 0) -> bool:
+    """Whether the annotations of a dataclass name a model class, through the dataclasses
+    they name (a type variable, or annotations that cannot be read: maybe), memoized."""
+    known = _NAMES_MODELS.get(cls)
+    if known is not None:
+        return known
+    try:
+        hints = _dataclass_facts(cls, None).hints
+    except Exception:
+        return True
+    names = depth > 8 or any(
+        annotated_models(hint)
+        or _typevar_in(hint)
+        or any(
+            isinstance(sub, type) and sub is not cls and _names_models(sub, depth + 1)
+            for sub in annotated_dataclasses(hint)
+        )
+        for hint in hints.values()
+    )
+    _NAMES_MODELS[cls] = names
+    return names
 
 
 def _dataclass_facts(cls: type, owner: type | None) -> _DataclassFacts:
@@ -1861,6 +1907,40 @@ def _leaf_paths(value: tp.Any, prefix: tuple[str, ...]) -> tp.Iterator[tuple[str
             yield from _leaf_paths(sub, (*prefix, *str(key).split(".")))
     else:
         yield prefix
+
+
+def _model_classes(value: tp.Any, out: list[type], depth: int = 0) -> list[type]:
+    """The classes of the models a value holds, in order, through dataclasses, models
+    and containers, added to ``out`` (deeper than a few levels, an object is named by
+    its class alone)."""
+    kind = type(value)
+    if kind in _JSON_SCALARS or value is None:
+        return out
+    if depth > 8:
+        out.append(kind)
+    elif isinstance(value, pydantic.BaseModel):
+        out.append(kind)
+        for sub in value.__dict__.values():
+            _model_classes(sub, out, depth + 1)
+    elif hasattr(kind, "__dataclass_fields__"):
+        for name in kind.__dataclass_fields__:
+            _model_classes(getattr(value, name, None), out, depth + 1)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for sub in value:
+            _model_classes(sub, out, depth + 1)
+    elif isinstance(value, dict):
+        for sub in value.values():
+            _model_classes(sub, out, depth + 1)
+    return out
+
+
+def _names_a_class(exported: tp.Any) -> bool:
+    """Whether an export holds a ``_class`` key, at any depth."""
+    if isinstance(exported, dict):
+        return CLASS_KEY in exported or any(_names_a_class(v) for v in exported.values())
+    if isinstance(exported, list):
+        return any(_names_a_class(v) for v in exported)
+    return False
 
 
 def _equals_default(value: tp.Any, dval: tp.Any, field: _FieldFacts) -> bool:
