@@ -695,6 +695,25 @@ def test_where_with_a_float_in_exponent_notation(tmp_path: Path) -> None:
         assert row.folder == folder_of(small)
 
 
+def test_where_finds_a_float_computed_in_a_sweep_as_its_uid_shows_it(tmp_path: Path) -> None:
+    """A sweep's lr=0.1 * 3 is 0.30000000000000004: its folder reads optim.lr=0.30, and
+    ``--where optim.lr=0.3`` (or 0.30) found nothing; clean node --where neither."""
+    root = tmp_path / "cache"
+    swept = Train(optim={"lr": 0.1 * 3}, infra={"folder": root})
+    swept.fit()
+    Train(optim={"lr": 0.31}, infra={"folder": root}).fit()
+    assert "optim.lr=0.30" in folder_of(swept).name
+    for value in ("0.3", "0.30", str(0.1 * 3)):
+        (row,) = exca.ops.inspect(root, where=[f"optim.lr={value}"])
+        assert row.folder == folder_of(swept)
+    assert exca.ops.inspect(root, where=["optim.lr=0.4"]) == []
+    listed = cli("list", root, "--where", "lr=0.3", check=True).stdout
+    assert "(1 config(s))" in listed and folder_of(swept).name in listed
+    cli("clean", root, "node", "--where", "lr=0.3", "--yes", check=True)
+    assert not folder_of(swept).exists()
+    assert len(exca.ops.inspect(root)) == 1  # (0.31 stays)
+
+
 class Schedule(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
     lr: float = 0.1

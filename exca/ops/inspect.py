@@ -12,6 +12,7 @@ import datetime
 import errno
 import fnmatch
 import logging
+import math
 import os
 import typing as tp
 from pathlib import Path
@@ -833,7 +834,18 @@ def _matches(
         return held in (expected, value)
     if _is_nan(held):
         return _is_nan(expected)
+    if _is_float(held) and _is_number(expected):  # (0.1 * 3 is 0.30000000000000004:
+        # the uid shows lr=0.30, and lr=0.3 is what was meant)
+        return math.isclose(held, expected, rel_tol=1e-9)
     return bool(held == expected) or str(held) == value
+
+
+def _is_float(value: tp.Any) -> bool:
+    return isinstance(value, float)
+
+
+def _is_number(value: tp.Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def human_size(size: float) -> str:
