@@ -3999,3 +3999,36 @@ def test_a_run_reusing_what_other_code_of_a_notebook_computed_warns_in_the_sessi
     assert warning.format("Square.run") in caplog.text
     assert warning.format("Data.prepare") in caplog.text
     assert target(edited, extra=1).result() == 15  # (the cache: as documented)
+
+
+def test_a_plan_says_what_it_reuses_was_computed_by_other_code_of_a_notebook(
+    tmp_path: Path,
+) -> None:
+    """A notebook's task and map edited in their cell (the cached results are the old
+    code's): a plan said "cached  reuse ... cached", the answer to "what will run and why"
+    leaving out that the results are the old code's (a call warns in the log only). The
+    plan's reason says so, for the task and the map, and not for the same code."""
+
+    def cell(edit: str) -> dict[str, tp.Any]:
+        source = NOTEBOOK_GRAPH_CELL.format(edit=edit).replace(
+            "return [1, 2, 3]", f"return [1, 2, 3]{edit and ' + []'}"
+        )
+        namespace: dict[str, tp.Any] = {"__name__": "__main__"}  # (a notebook's classes)
+        exec(compile(source, "<cell>", "exec", dont_inherit=True), namespace)
+        return namespace
+
+    def targets(ns: dict[str, tp.Any]) -> list[exca.graph.Node]:
+        data = ns["Data"](infra={"folder": tmp_path}).prepare.node()
+        return [data, ns["Square"](infra={"folder": tmp_path}).run.node([1, 2, 3])]
+
+    first = cell("")
+    exca.graph.run(*targets(first))
+    said = "computed by other code of {} (edited since, or a namesake's)"
+    plan = exca.graph.plan(*targets(first))
+    assert "other code" not in str(plan)
+    plan = exca.graph.plan(*targets(cell(" + 100")))
+    reasons = {e.uid.split("/")[0].split(".", 1)[1]: e.reason for e in plan.entries}
+    assert [e.action for e in plan.entries] == ["reuse", "reuse"]  # (reused, as a call does)
+    assert reasons["Data.prepare,1"].startswith("cached, " + said.format("Data.prepare"))
+    assert reasons["Square.run,1"].startswith("cached, " + said.format("Square.run"))
+    assert "bump the infra's version" in reasons["Square.run,1"]

@@ -113,6 +113,38 @@ def edited_error(meta: tp.Any, func: tp.Any) -> str | None:
     return EDITED_ERROR.format(code_owner(func).__qualname__)
 
 
+EDITED_RESULT = (
+    "computed by other code of {} (edited since, or a namesake's): bump the infra's version "
+    "to compute it again"
+)  # (a plan's reason for a result it reuses: what the call reusing it warns)
+
+
+def edited_result(
+    cache: tp.Any, func: tp.Any, key: str, uids: tp.Sequence[str] | None = None
+) -> str | None:
+    """What a plan says of a result of ``func`` (a node's method) that it reuses and other
+    code computed: the task entry ``key``, or, for a map, one of its items ``uids``
+    (stopping at the first one that other code computed). None: the same code, or a method
+    of an importable module (which records nothing)."""
+    if func is None or getattr(func, "__module__", None) != "__main__":
+        return None
+    if uids is None:
+        entry = cache.entry(key)
+        metas: tp.Iterable[tp.Any] = [entry.info.get("#meta")] if entry is not None else []
+    elif cache.folder is not None and (str(cache.folder), digest(func)) in _ITEMS_CHECKED:
+        return None  # (check_items read them in this process: all of this code)
+    else:
+        metas = (info.get("#meta") for info in cache.records(uids) if info is not None)
+    last: tp.Any = None
+    for meta in metas:
+        if meta is last or meta == last:
+            continue  # (the items of one writer share their code)
+        last = meta
+        if edited_since(meta, func):
+            return EDITED_RESULT.format(code_owner(func).__qualname__)
+    return None
+
+
 def check(meta: tp.Any, func: tp.Callable[..., tp.Any], where: str) -> None:
     """Warn when a result reused for ``where`` was computed by other code (once per
     method and code: a sweep of configs warns once, not once per config)."""

@@ -14,7 +14,7 @@ import typing as tp
 
 from ..storage import gcpause
 from ..storage.cachedict import keeping_files
-from . import store
+from . import codeprint, store
 from .decisions import (
     OTHER_DEFAULTS,
     Graph,
@@ -136,10 +136,19 @@ class Plan:
             if stale is not None:
                 status, reason = "stale", stale
                 self._stale.add(node.key)
-            elif node.reuse_note is not None:
-                note = node.reuse_note()
+            else:
+                note = node.reuse_note() if node.reuse_note is not None else None
                 if note:
                     reason = f"{reason}, {note}"
+                # (a notebook's cell edited: the call reusing it warns, the plan says so)
+                edited = codeprint.edited_result(
+                    node.cache,
+                    codeprint.method_function(node.function),
+                    TASK_KEY,
+                    run.uids if node.kind == "map" else None,
+                )
+                if edited:
+                    reason = f"{reason}, {edited}"
         items = None
         if node.kind == "map" and run.action != "not-needed":
             if run.uids is None:  # (failing: its items could not be read, the reason says why)
