@@ -3172,6 +3172,71 @@ def test_a_result_of_other_code_of_a_main_class_warns(tmp_path: Path) -> None:
     assert warning in run('return str("a CNN")', seeds="5").stderr  # (other code)
 
 
+NOTEBOOK_OUTPUT_SCRIPT = """
+import sys
+import typing as tp
+import pydantic
+import exca
+
+{output}
+
+
+class Experiment(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def train(self) -> tp.Any:
+        return {value}
+
+
+class Features(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def embed(self, items: list[int]) -> tp.Iterator[tp.Any]:
+        for _ in items:
+            yield {value}
+
+
+if __name__ == "__main__":
+    if sys.argv[2] == "task":
+        print(Experiment(infra={{"folder": sys.argv[1]}}).train())
+    else:
+        print(list(Features(infra={{"folder": sys.argv[1]}}).embed([1, 2])))
+"""
+
+
+def test_a_result_holding_a_class_another_notebook_lacks_is_not_said_a_cached_error(
+    tmp_path: Path,
+) -> None:
+    """A notebook caches results holding an object of its own class (a pydantic model of
+    its __main__); another notebook, with a config class of the same name but not that
+    class, calls it (a probe). The task's AttributeError had the note "this error is
+    cached, raised by other code of Experiment.train (edited since): mode='retry'
+    computes it again": it is a result, not an error, and retry computes nothing; a map
+    item's error had no note at all. Both now say that a class cannot be found, and what
+    to do."""
+    import subprocess
+    import sys
+
+    def run(output: str, value: str, what: str) -> subprocess.CompletedProcess[str]:
+        script = tmp_path / "notebook.py"
+        script.write_text(NOTEBOOK_OUTPUT_SCRIPT.format(output=output, value=value))
+        command = [sys.executable, str(script), str(tmp_path / "cache"), what]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    own = "class Stats(pydantic.BaseModel):\n    mean: float = 1.0"
+    for what, item in (("task", "result"), ("map", "item '1'")):
+        first = run(own, "Stats()", what)
+        assert first.returncode == 0, first.stderr
+        other = run("", "1.0", what)  # (another notebook: no Stats)
+        assert other.returncode == 1
+        assert "AttributeError: Can't get attribute 'Stats'" in other.stderr
+        assert "this error is cached" not in other.stderr
+        assert f"exca: the cached {item}" in other.stderr, other.stderr
+        assert "holds an object whose class cannot be found now" in other.stderr
+
+
 @pytest.mark.parametrize(
     "source, shown",
     [

@@ -70,7 +70,9 @@ def note_if_edited(
     """A cached error of a ``__main__`` method raised again: say so when the method was
     edited since it raised (fixed, it still raised the old error)."""
     entry = cache.entry(TASK_KEY)
-    edited = codeprint.edited_error(entry.info.get("#meta"), func) if entry else None
+    if entry is None or entry.info.get("#type") != "Error":
+        return  # (a result that cannot be read: not an error of the method, see read_outcome)
+    edited = codeprint.edited_error(entry.info.get("#meta"), func)
     if edited is not None:
         error.add_note(
             f"exca: this error is cached, {edited}: mode='retry' computes it again with "

@@ -332,6 +332,11 @@ def _refilling(
                     error, infra.cache_dict, uids[position:], infra.uid(), retry
                 )
             else:
+                if store.class_not_found(error):  # (as a task's result says)
+                    error.add_note(
+                        f"exca: the cached item {uids[position]!r} of {infra.uid()} "
+                        f"{store.CLASS_NOT_FOUND}"
+                    )
                 raise
         refills += 1
         node = infra._map_node(items[position:], uids[position:])
