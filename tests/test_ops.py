@@ -5052,6 +5052,39 @@ def test_a_local_job_whose_method_raises_keyboardinterrupt_is_not_cancelled(
     assert "KeyboardInterrupt was raised (by the method" in listed.error
 
 
+class StartsThenWaits(pydantic.BaseModel):
+    """A task that says it started (a file), then waits (bounded) to be cancelled."""
+
+    started: str = ""
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        Path(self.started).touch()
+        time.sleep(WAIT_S)
+        return 1
+
+
+def test_exca_list_says_a_local_job_was_cancelled_as_its_call_does(tmp_path: Path) -> None:
+    """A sweep's local job cancelled (job.cancel()): its call said 'local job N was
+    cancelled (interrupted by SIGINT, which job.cancel() sends)', but `exca list` said
+    'job N ended without writing its result (killed, out of memory, cancelled...?)' (a
+    probe), where a Slurm job's line has its call's words. It has them now."""
+    started = tmp_path / "started"
+    task = StartsThenWaits(started=str(started), infra={"folder": tmp_path, "cluster": "local"})
+    job = task.infra.job()
+    wait_until(started.exists, "the job to start")
+    job.cancel()
+    wait_until(job.done, "the cancelled job to end")
+    with pytest.raises(JobFailedError, match="was cancelled"):
+        job.result()
+    (listed,) = exca.ops.inspect(tmp_path)
+    assert listed.status == "error"
+    said = f"local job {job.job_id} was cancelled (interrupted by SIGINT, which job.cancel() sends)"
+    assert listed.error is not None and listed.error.startswith(said), listed.error
+    assert said in cli("list", tmp_path, check=True).stdout
+
+
 class _SubmititLikeHandler:
     """Stands for submitit's signal handler of a Slurm job: on its signal, a job not near
     its time limit is preempted: requeued, then its process exits with sys.exit(-1)."""

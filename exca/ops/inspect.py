@@ -646,12 +646,12 @@ def select(
 
 
 def _describe_dead_jobs(infos: list[NodeInfo], records: list[tp.Any]) -> None:
-    """How the Slurm jobs that ended without a result ended, in the words their call's
-    error has (``Handle.ended_how``: cancelled while pending, out of memory...), asked
-    with ONE sacct call: the generic line sent to a log that a job cancelled before it
-    started never wrote, and said less than the call and the plan. (A local job's own
-    log says how: the generic line sends there.)"""
-    by_job = {(r.node_folder, r.job_id): r for r in records if r.cluster == "slurm"}
+    """How the Slurm and local jobs that ended without a result ended, in the words their
+    call's error has (``Handle.ended_how``: cancelled while pending, out of memory...),
+    Slurm's asked with ONE sacct call: the generic line sent to a log that a job cancelled
+    before it started never wrote, and said less than the call and the plan (a local
+    job's, read from the end of its log: cancelled, or killed by SIGKILL)."""
+    by_job = {(r.node_folder, r.job_id): r for r in records if r.cluster in ("slurm", "local")}
     dead = [
         (info, by_job[(info.folder, info.job_id)])
         for info in infos
@@ -659,15 +659,16 @@ def _describe_dead_jobs(infos: list[NodeInfo], records: list[tp.Any]) -> None:
         and info.error.startswith(f"job {info.job_id} {_DIED}")
         and (info.folder, info.job_id) in by_job
     ]
-    slurm = [record.job_id for _, record in dead]
+    slurm = [record.job_id for _, record in dead if record.cluster == "slurm"]
     endings = registry.slurm_endings(slurm, unknown=True) if slurm else {}
     from ..graph import executors
     from ..graph.errors import ending_line
 
     for info, record in dead:
         known = endings.get(record.job_id)
-        if known is None:
+        if known is None and record.cluster == "slurm":
             continue  # (sacct did not answer: the generic line stays)
+        # (a local job: its log says how, e.g. cancelled, or killed by SIGKILL)
         with contextlib.suppress(Exception):  # (the generic line stays)
             how = executors.recorded_handle(record).ended_how(known)
             info.error = ending_line(how)  # (no log quoted: a line, as the plan's)
