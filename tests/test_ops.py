@@ -4981,6 +4981,39 @@ def test_a_map_whose_chunk_job_died_half_way_is_listed_as_partial(tmp_path: Path
     assert (info.status, info.error) == ("success", None), info
 
 
+class KilledHalfway(pydantic.BaseModel):
+    """A map whose process is killed by SIGKILL (the out-of-memory killer) at its third
+    item, after writing two."""
+
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def run(self, items: list[int]) -> tp.Iterator[list[int]]:
+        import signal
+
+        for position, item in enumerate(items):
+            if position == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+            yield [item]  # (a list: written before the method resumes, see worker.py)
+
+
+def test_a_partial_map_says_how_its_local_chunk_job_died(tmp_path: Path) -> None:
+    """A map's local chunk job killed by SIGKILL half way: its call said 'its process died
+    (killed by SIGKILL: out of memory, or killed by hand)', `exca list` only '(killed, out
+    of memory, cancelled...?)' (a probe). It says what the call says now."""
+    infra = {"folder": tmp_path, "cluster": "local", "max_jobs": 1}
+    with pytest.raises(JobFailedError, match="killed by SIGKILL"):
+        list(KilledHalfway(infra=infra).run(range(5)))
+    (info,) = exca.ops.inspect(tmp_path)
+    assert (info.status, info.entries) == ("partial", 2), info
+    said = (
+        f"job {info.job_id} ended without writing 3 of 5 item(s): its process died (killed "
+        "by SIGKILL: out of memory, or killed by hand); a call computes them again"
+    )
+    assert info.error == said, info.error
+    assert said in cli("list", tmp_path, check=True).stdout
+
+
 def test_explain_a_config_whose_job_died_says_what_computes_it_again(tmp_path: Path) -> None:
     """explain (and plan) said "job N ended without a result", where a cached error says
     what computes it again (the call's error does: mode='retry'; a probe)."""

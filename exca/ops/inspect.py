@@ -441,11 +441,35 @@ def _items_left_by_dead_jobs(
         return None
     jobs = ", ".join(r.job_id for r in dead)
     said = f"job {jobs} ended" if len(dead) == 1 else f"jobs {jobs} ended"
+    how = _local_ending(dead[0]) if len(dead) == 1 else None
+    if how is not None:  # (the words of the call's error)
+        return f"{said} without writing {missing} of {total} item(s): {how}; a call computes them again"
     logs = _LOG_SHOWS if any(r.stderr.exists() for r in dead) else _NO_LOG
     return (
         f"{said} without writing {missing} of {total} item(s) (killed, out of memory, "
         f"cancelled...?){logs}; a call computes them again"
     )
+
+
+def _local_ending(record: tp.Any) -> str | None:
+    """How a local job that ended without writing all of its work ended, as the end of
+    its log says (cancelled, or its process killed by a signal), or None (not told)."""
+    if record.cluster != "local":
+        return None
+    from ..graph import executors
+    from ..graph.registry import killed_words
+
+    try:
+        stderr = Path(record.stderr)
+        if not stderr.exists():
+            return None
+        cancelled = executors._cancelled_local_job(record.job_id, stderr)
+        if cancelled is not None and " was cancelled " in cancelled:
+            return "it was cancelled (interrupted by SIGINT, which job.cancel() sends)"
+        signal_name = executors.local_signal_in_log(executors.read_tail(stderr))
+    except OSError:
+        return None
+    return None if signal_name is None else killed_words(signal_name)
 
 
 def upstream_problems(
