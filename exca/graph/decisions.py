@@ -810,6 +810,13 @@ class Graph:
     ) -> None:
         """A map whose chunk jobs are still queued or running: wait for them (what they
         leave missing is computed afterwards) instead of submitting the items again."""
+        from .worker import computing_items
+
+        if computing_items(run.node.folder):
+            # (a nested call of a thread computing items of this map, e.g. a chunk job: it
+            # computes here, waiting for each item another worker holds, not for whole jobs,
+            # whose items may need the items this thread holds)
+            return
         todo = set(run.todo or ())
         # (jobs computing other items than the missing ones: nothing to wait for)
         active = [r for r in records if registry.is_active(r, queued) and registry.covers(r, todo)]

@@ -214,6 +214,17 @@ def self_call_error(uid: str) -> RuntimeError:
     )
 
 
+def item_cycle_error(uid: str, keys: list[str], holder: str) -> RuntimeError:
+    """Items of a map computed by two workers (sibling chunk jobs), each waiting for an
+    item the other computes (directly or through other workers)."""
+    shown = ", ".join(repr(k) for k in keys[:3])
+    return RuntimeError(
+        f"{uid}: item(s) {shown} being computed here are needed by {holder}, which "
+        "computes what this thread waits for: a decorated method cannot (directly or "
+        "indirectly, through jobs) call itself"
+    )
+
+
 def caller_cycle_error(uid: str, holder: str) -> RuntimeError:
     """A job's method calling, through jobs, what one of its callers computes: each would
     wait for the other."""

@@ -50,7 +50,7 @@ from .node import (
     single_item_here,
 )
 from .progress import Progress
-from .worker import STOP, Action, Unit, UpstreamFailed
+from .worker import STOP, Action, Unit, UpstreamFailed, computing_items
 
 logger = logging.getLogger("exca")
 # (its own generator: the user's `random` state stays as it was, cached or not; seeded
@@ -641,7 +641,10 @@ class Scheduler:
             if (
                 cluster is None
                 or single_item
-                or (run.node.kind == "map" and claimed_here(run.node, run.todo or ()))
+                or (
+                    run.node.kind == "map"
+                    and (claimed_here(run.node, run.todo or ()) or computing_items(run.node.folder))
+                )
             ):
                 inline.extend((run, unit) for unit in units)
                 continue

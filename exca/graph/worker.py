@@ -29,7 +29,13 @@ from ..storage.claims import Claim, Claims, Owner
 from ..storage.dumping import is_damaged_payload
 from ..storage.modules import imported
 from . import callers, codeprint, jobpickle, jobprocess, ranks, registry, store
-from .errors import RAISED_INTERRUPT, UpstreamFailed, read_only_error, self_call_error
+from .errors import (
+    RAISED_INTERRUPT,
+    UpstreamFailed,
+    item_cycle_error,
+    read_only_error,
+    self_call_error,
+)
 from .node import TASK_KEY, Group, Node, Value
 
 logger = logging.getLogger("exca")
@@ -409,22 +415,85 @@ def _recomputed_elsewhere(source: Node) -> bool:
     return registry.still_running(record, queued)
 
 
-def _wait_message(node: Node) -> tp.Callable[[dict[str, Owner]], None]:
+def _wait_message(node: Node) -> _OnWait:
     """Say once who is waited for (after refusing to wait for a caller of this job)."""
-    shown: list[bool] = []
-    folder = node.folder
+    return _OnWait(node)
 
-    def on_wait(held: dict[str, Owner]) -> None:
+
+class _OnWait:
+    """What a worker does while it waits for keys others hold: refuse to wait for a caller
+    of its job; before the first wait, give back the items this thread has not started
+    (see _InFlight), and, holding items of this map (a nested call), record the wait, so
+    that a cycle of such waits (item a needs b, computed by a sibling job whose b needs a)
+    is refused instead of waited for by both for good; say once who is waited for."""
+
+    def __init__(self, node: Node) -> None:
+        self.node, self.folder = node, node.folder
+        self.shown = False
+        self.record: Path | None = None
+        self.holds: set[str] = set()
+
+    def __call__(self, held: dict[str, Owner]) -> None:
+        node, folder = self.node, self.folder
         if callers.chained():
             callers.refuse_waiting_on_claims(node.uid, folder, held)
-        if not shown:
+        if not self.shown and _IN_FLIGHT.units:  # (what they wait for may need those)
+            give_up_unstarted()
+            if folder is not None and node.kind == "map":
+                self.holds = _current_items(folder)
+                if self.holds:
+                    claims = Claims(folder, job_alive=registry.slurm_job_alive)
+                    self.record = claims.post_wait(held, self.holds)
+        if self.record is not None:
+            self._refuse_cycle(held)
+        if not self.shown:
             owner = next(iter(held.values()))
             logger.info(
                 "Waiting for %s to finish %d key(s) in %s", owner.describe(), len(held), folder
             )
-            shown.append(True)
+            self.shown = True
 
-    return on_wait
+    def _refuse_cycle(self, held: dict[str, Owner]) -> None:
+        """Raise if the holders of what this thread waits for wait, in turn, directly or
+        through others, for an item this thread computes (and holds, waiting)."""
+        assert self.folder is not None
+        records = {
+            owner[:4]: (waits, holds)
+            for owner, waits, holds in Claims(
+                self.folder, job_alive=registry.slurm_job_alive
+            ).waits()
+        }
+        waiting = set(held)
+        seen: set[tuple[tp.Any, ...]] = {Owner.current()[:4]}
+        while waiting:
+            blocking = [
+                (who, record)
+                for who, record in records.items()
+                if who not in seen and not waiting.isdisjoint(record[1])
+            ]
+            waiting = set()
+            for who, (waits, _) in blocking:
+                seen.add(who)
+                if not waits.isdisjoint(self.holds):
+                    raise item_cycle_error(
+                        self.node.uid, sorted(self.holds & waits), Owner(*who, None).describe()
+                    )
+                waiting |= waits
+
+    def end(self) -> None:
+        if self.record is not None:
+            Claims.end_wait(self.record)
+            self.record = None
+
+
+def _current_items(folder: Path) -> set[str]:
+    """The items of this map folder that the computations of this thread compute now."""
+    out = set()
+    for unit in _IN_FLIGHT.units:
+        at = unit.at
+        if at is not None and unit.claims.folder == folder and at() < len(unit.uids):
+            out.add(unit.uids[at()])
+    return out
 
 
 def load_output(source: Node | Value | Group, drop_damaged: bool = False) -> tp.Any:
@@ -921,25 +990,39 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
     action = unit.action
     forced_again = False  # (the items a forced unit waited for: computed again, once)
     while todo:
+        if _IN_FLIGHT.units:  # (a nested call: items an enclosing one has not started)
+            _give_up_items(node.folder, todo)
+        left: list[str] = []  # (given up while computing: claimed again below)
         # (Ctrl-C held back while claiming and releasing: else the claim file stayed)
         with interrupts.deferred(hold=False) as window:
             claim = claims.claim(todo, window)
 
-            def compute(claim: Claim = claim, action: str = action) -> None:
+            def compute(claim: Claim = claim, action: str = action, left: list[str] = left) -> None:
                 mine = claim.mine
                 if mine:
                     with node.cache.frozen_cache_folder():  # (one read: what others wrote)
                         node.cache.refresh()
                         mine = _map_todo(node, mine, action, forced_by)
-                    _compute_items(node, mine, by_uid, action, report, progress, forced_by)
+                    in_flight = _InFlight(claims, claim, mine)
+                    left.extend(
+                        _compute_items(
+                            node, mine, by_uid, action, report, progress, forced_by, in_flight
+                        )
+                    )
 
             window.guard(claim, compute)
+        if left:  # (then waits for what others hold, if they still do)
+            todo = list(dict.fromkeys([*left, *claim.busy, *claim.reentered]))
+            continue
         if claim.reentered:
             # (a method calling itself: what the enclosing calls computed is written first)
             for flush in _UNWRITTEN.by_folder.get(str(node.folder), ()):
                 flush()
             node.cache.refresh()
             again = _map_todo(node, claim.reentered, "compute")
+            cycle = sorted(_current_items(node.folder).intersection(again))
+            if cycle:  # (an item needing itself, through others: it would wait for itself)
+                raise self_call_error(f"{node.uid} (item {cycle[0]!r})")
             if again:
                 logger.warning(
                     "%d item(s) of %s are being computed by an enclosing call of this "
@@ -963,7 +1046,11 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
             done = _items_done(node, retried_before=unit.asked_at)
         else:
             done = _items_done(node)
-        todo = claims.wait(busy, done, on_wait=_wait_message(node))
+        on_wait = _wait_message(node)
+        try:
+            todo = claims.wait(busy, done, on_wait=on_wait)
+        finally:
+            on_wait.end()
         if refresh:
             forced_again = True
         elif action != "retry":
@@ -1042,9 +1129,15 @@ def _compute_items(
     report: Report,
     progress: ProgressCallback | None,
     forced_by: str = "",
-) -> None:
+    in_flight: _InFlight | None = None,
+) -> list[str]:
+    """Compute these items; returns those given up meanwhile (see _InFlight), not
+    computed here."""
     if not uids:
-        return
+        return []
+    if in_flight is not None:
+        in_flight.uids = uids
+        _IN_FLIGHT.units.append(in_flight)
     cache = node.cache
     if cache.is_writing():  # a map method calling itself: write through another instance
         cache = cache.view()
@@ -1059,8 +1152,19 @@ def _compute_items(
         try:
             while position < len(uids):
                 position = _compute_from(
-                    node, cache, uids, items, position, report, progress, failures, forced_by
+                    node,
+                    cache,
+                    uids,
+                    items,
+                    position,
+                    report,
+                    progress,
+                    failures,
+                    forced_by,
+                    in_flight,
                 )
+                if in_flight is not None and in_flight.released:
+                    break
             for (kind, message), first in list(failures.batch_errors.items())[:3]:
                 logger.warning(
                     "%s raised (%s: %s) on a batch from item %r, and no item raised it again "
@@ -1071,12 +1175,15 @@ def _compute_items(
                     first,
                 )
         finally:
+            if in_flight is not None:
+                _IN_FLIGHT.units.remove(in_flight)
             if failures.unlogged:  # (one line per failed item: a flood for many)
                 logger.warning(
                     "... and %d more item(s) of %s failed; their errors are cached too",
                     failures.unlogged,
                     node.label or node.uid,
                 )
+    return [] if in_flight is None else in_flight.released
 
 
 class _Stop(threading.local):
@@ -1127,6 +1234,72 @@ class _Unwritten(threading.local):
 
 _UNWRITTEN = _Unwritten()
 
+
+class _InFlight:
+    """A map unit's items being computed by this thread, under its claim. A nested call of
+    this thread that is about to wait for another worker, or that needs some of the items
+    not started yet, makes it give those back (``give_up``): the method stops after the
+    item it is computing, and the unit claims what is left again. (Else two chunk jobs
+    whose items need each other's later items waited for each other for good.)"""
+
+    __slots__ = ("at", "claim", "claims", "flush", "halt", "released", "uids")
+
+    def __init__(self, claims: Claims, claim: Claim, uids: list[str]) -> None:
+        self.claims, self.claim, self.uids = claims, claim, uids
+        self.flush: tp.Callable[[], None] | None = None  # (set by _compute_from)
+        self.at: tp.Callable[[], int] | None = None  # the position of the item computed now
+        self.halt: tp.Callable[[], int] | None = None  # stops after the item computed now
+        self.released: list[str] = []
+
+    def unstarted(self) -> list[str]:
+        """The items the method has not started (a lazy method: after the current one)."""
+        if self.at is None or self.released:
+            return []
+        return self.uids[self.at() + 1 :]
+
+    def give_up(self) -> list[str]:
+        """Write what was computed, and give back the claims of the items not started."""
+        if self.halt is None or self.released or self.claim.path is None:
+            return []
+        if self.flush is not None:
+            self.flush()
+        stop = self.halt()
+        rest = self.uids[stop:]
+        if rest:
+            self.released = rest
+            self.claim.give_back(rest, self.claims)
+        return rest
+
+
+class _Stack(threading.local):
+    def __init__(self) -> None:
+        self.units: list[_InFlight] = []
+
+
+_IN_FLIGHT = _Stack()
+
+
+def computing_items(folder: Path | None) -> bool:
+    """Whether this thread computes items of the map of this folder (a nested call)."""
+    return folder is not None and any(u.claims.folder == folder for u in _IN_FLIGHT.units)
+
+
+def _give_up_items(folder: Path, keys: tp.Collection[str]) -> None:
+    """Before claiming keys: the enclosing computations of this thread holding some of
+    them, not started yet, give up what they have not started (computed here, once)."""
+    wanted = set(keys)
+    for unit in _IN_FLIGHT.units:
+        if unit.claims.folder == folder and not wanted.isdisjoint(unit.unstarted()):
+            unit.give_up()
+
+
+def give_up_unstarted() -> None:
+    """Before waiting for another worker: every computation of this thread gives back
+    the items it has not started (that worker may need them)."""
+    for unit in _IN_FLIGHT.units:
+        unit.give_up()
+
+
 SETUP_ERROR_REPEATS = 3  # the same error on this many items in a row, and no output ever
 ITEM_ERRORS_LOGGED = 3  # item errors logged one by one per unit; the others counted
 
@@ -1156,6 +1329,7 @@ def _compute_from(
     progress: ProgressCallback | None,
     failures: _Failures,
     forced_by: str = "",
+    in_flight: _InFlight | None = None,
 ) -> int:
     """Call the method on items[start:]; write outputs in batches; when the method raises,
     cache the error for the item it was computing (confirmed by computing that item
@@ -1172,8 +1346,17 @@ def _compute_from(
         meta = {**(meta or {}), codeprint.CODE_KEY: code}
     error_meta = {**error_meta, **(meta or {})}
     position = start
+    stop = -1  # (given up by a nested call: the method stops after the item at stop - 1)
     batch: list[tuple[str, tp.Any]] = []
     last_flush = time.monotonic()
+
+    def at() -> int:
+        return position
+
+    def halt() -> int:
+        nonlocal stop
+        stop = position + 1
+        return stop
 
     def flush() -> None:
         nonlocal last_flush
@@ -1194,6 +1377,8 @@ def _compute_from(
     in_memory = cache.folder is None  # (RAM keeps the objects: arrays are copied)
     unwritten = _UNWRITTEN.by_folder.setdefault(str(node.folder), [])
     unwritten.append(flush)
+    if in_flight is not None:
+        in_flight.at, in_flight.halt, in_flight.flush = at, halt, flush
     # (names bound locally: this loop runs once per item)
     count, immutable, monotonic, append = len(uids), _IMMUTABLE, time.monotonic, batch.append
     outputs = _outputs(node, items)
@@ -1221,10 +1406,20 @@ def _compute_from(
                 if not in_memory:
                     position += 1
                     flush()
+                    if position == stop:
+                        break
                     continue
             position += 1
+            if position == stop:
+                break
             if len(batch) >= FLUSH_ITEMS or monotonic() - last_flush > FLUSH_SECONDS:
                 flush()
+        if position == stop:  # (the rest was given up: not computed by this method call)
+            flush()
+            close = getattr(outputs, "close", None)
+            if close is not None:
+                close()
+            return position
         if position >= count:
             # (in the try: a Ctrl-C right after the last output still writes the batch)
             flush()
@@ -1269,6 +1464,8 @@ def _compute_from(
         raise
     finally:
         unwritten.remove(flush)
+        if in_flight is not None:
+            in_flight.at = in_flight.halt = in_flight.flush = None
     if position < len(uids):
         return _miscounted(
             node, cache, uids, start, position - len(batch), report, "fewer", error_meta

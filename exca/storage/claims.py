@@ -40,6 +40,7 @@ from .keytext import check_utf8
 CLAIMS_DIR = "claims"
 LOCK_NAME = ".lock"
 CLAIM_SUFFIX = ".claim"
+WAIT_SUFFIX = ".waits"  # a claim holder waiting for other keys (see Claims.post_wait)
 BACKOFF_S = 0.005  # at most this long a random pause after two claimers met
 HEARTBEAT_ENV = "EXCA_CLAIM_HEARTBEAT_S"
 DEFAULT_HEARTBEAT_S = 30.0
@@ -150,6 +151,26 @@ class Claim:
                     os.remove(self.path)
                 self.path = None
 
+    def give_back(self, keys: tp.Collection[str], claims: Claims) -> None:
+        """Release some of the keys only (not started: another worker may take them). The
+        keys kept go to a new claim file before the old one goes, under the folder's lock
+        (a claimer lists, then reads, the files under it): they are never seen unclaimed;
+        a worker killed in between leaves both, dead."""
+        path = self.path
+        if path is None or not keys:
+            return
+        gone = set(keys)
+        kept = [k for k in self.mine if k not in gone]
+        me = Owner.current()
+        with interrupts.deferred() as window, claims._folder_lock(me, window):
+            new = claims._write(me, kept) if kept else None
+            if new is not None:
+                _HEARTBEAT.add(new, claims.heartbeat)
+            _HEARTBEAT.remove(path)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+            self.path, self.mine = new, kept
+
     def __enter__(self) -> Claim:
         return self
 
@@ -204,6 +225,52 @@ class Claims:
         for claim in self.current():
             for key in claim.keys & wanted:
                 out[key] = claim.owner
+        return out
+
+    # --- waits of workers holding items (cycles between them) ---------------------------
+    def post_wait(self, waits: tp.Iterable[str], holds: tp.Iterable[str]) -> Path:
+        """Record that this thread, holding ``holds`` (items it computes now, whose end
+        depends on this wait), waits for ``waits``: a worker waiting for one of them finds
+        the cycle (see ``waits``). Refreshed as claims are; ``end_wait`` removes it."""
+        me = Owner.current()
+        data = orjson.dumps({"owner": me._asdict(), "waits": list(waits), "holds": list(holds)})
+        dirname = os.fspath(self.dir)
+        name = process.unique_name()
+        path = f"{dirname}/{name}{WAIT_SUFFIX}"
+        with interrupts.deferred():
+            try:
+                write_new(f"{dirname}/{name}.tmp", data)
+            except FileNotFoundError:
+                make_folder(dirname, self.permissions)
+                write_new(f"{dirname}/{name}.tmp", data)
+            os.replace(f"{dirname}/{name}.tmp", path)
+            _HEARTBEAT.add(Path(path), self.heartbeat)
+        return Path(path)
+
+    @staticmethod
+    def end_wait(path: Path) -> None:
+        with interrupts.deferred():
+            _HEARTBEAT.remove(path)
+            _discard(path)
+
+    def waits(self) -> list[tuple[Owner, frozenset[str], frozenset[str]]]:
+        """The live wait records: (owner, keys waited for, keys held while waiting)."""
+        out = []
+        try:
+            names = [e.path for e in os.scandir(self.dir) if e.name.endswith(WAIT_SUFFIX)]
+        except FileNotFoundError:
+            return []
+        for name in names:
+            try:
+                record = orjson.loads(Path(name).read_bytes())
+                owner = Owner(**record["owner"])
+                mtime = os.stat(name).st_mtime
+                waits, holds = frozenset(record["waits"]), frozenset(record["holds"])
+            except (FileNotFoundError, orjson.JSONDecodeError, KeyError, TypeError):
+                continue
+            probe = ClaimFile(Path(name), owner, holds, mtime)
+            if not probe.is_dead(self.heartbeat, self.job_alive):
+                out.append((owner, waits, holds))
         return out
 
     # --- claiming -------------------------------------------------------------------------
