@@ -1106,3 +1106,17 @@ def test_recursive_map_call(tmp_path: Path, items: list[int]) -> None:
     again = Fib(log=str(log), infra={"folder": tmp_path / "cache"})
     assert list(again.process(list(range(8)))) == list(expected.values())
     assert collections.Counter(lines(log)) == counts  # (all read)
+
+
+@pytest.mark.timeout(60)
+def test_recursive_map_forced_on_a_threadpool(tmp_path: Path) -> None:
+    """Forced on a threadpool (its chunks in threads), the recursive map's pool threads
+    each waited for an item another held, not started yet, for good; now each item is
+    computed once."""
+    log = tmp_path / "calls.txt"
+    Fib(log=str(log), infra={"folder": tmp_path / "cache"}).process(list(range(8)))
+    log.unlink()
+    infra = {"folder": tmp_path / "cache", "mode": "force", "cluster": "threadpool"}
+    fib = Fib(log=str(log), infra=infra)
+    assert list(fib.process(list(range(8)))) == [0, 1, 1, 2, 3, 5, 8, 13]
+    assert collections.Counter(lines(log)) == {str(n): 1 for n in range(8)}
