@@ -239,10 +239,10 @@ class Claims:
         path = f"{dirname}/{name}{WAIT_SUFFIX}"
         with interrupts.deferred():
             try:
-                write_new(f"{dirname}/{name}.tmp", data)
+                write_new(f"{dirname}/{name}.tmp", data, self.permissions)
             except FileNotFoundError:
                 make_folder(dirname, self.permissions)
-                write_new(f"{dirname}/{name}.tmp", data)
+                write_new(f"{dirname}/{name}.tmp", data, self.permissions)
             os.replace(f"{dirname}/{name}.tmp", path)
             _HEARTBEAT.add(Path(path), self.heartbeat)
         return Path(path)
