@@ -837,6 +837,94 @@ def test_where_key_ends_do_not_name_keys_inside_list_items(
     assert "No cached node matches" in capsys.readouterr().out
 
 
+class Evaluate(pydantic.BaseModel):
+    """The second stage of a pipeline: a task whose input ``model`` is a Train's result."""
+
+    split: str = "test"
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def score(self, model: float, offset: float = 0.0) -> float:
+        return model + offset
+
+
+class Judge(pydantic.BaseModel):
+    """A third stage: its input ``score`` is an Evaluate's result."""
+
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def judge(self, score: float) -> bool:
+        return score > 1
+
+
+def test_where_reaches_into_the_configs_of_a_tasks_inputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--where`` filtered on a node's own config only: the evaluations of the trainings
+    with lr=0.02 could not be selected. A key starting with an input's name reaches into
+    the config of the node it was (its inputs.yaml, that node's config file, read once per
+    listing), through the inputs of that node too; a path naming nothing there is an error
+    naming it and the keys there are."""
+    ops_inspect = sys.modules["exca.ops.inspect"]  # (exca.ops.inspect is also a function)
+    root = tmp_path / "cache"
+    evaluated = {}
+    for lr in (0.01, 0.02):
+        trained = Train(optim={"lr": lr}, infra={"folder": root}).fit.node()
+        for split in ("test", "val"):
+            node = Evaluate(split=split, infra={"folder": root}).score.node(trained, offset=1.0)
+            evaluated[lr, split] = node
+    judged = {
+        lr: Judge(infra={"folder": root}).judge.node(evaluated[lr, "val"]) for lr in (0.01, 0.02)
+    }
+    for node in judged.values():
+        node.result()
+    for node in evaluated.values():
+        node.result()
+
+    def found(*where: str, step: str | None = None) -> set[Path]:
+        return {i.folder for i in exca.ops.inspect(root, step=step, where=list(where))}
+
+    def folders(*nodes: tp.Any) -> set[Path]:
+        return {n.folder for n in nodes}
+
+    lr2 = folders(evaluated[0.02, "test"], evaluated[0.02, "val"])
+    assert found("model.optim.lr=0.02") == lr2
+    assert found("model.lr=0.02") == lr2  # (the end of a key of the input's config)
+    assert found("model.lr=0.02", "split=val") == folders(evaluated[0.02, "val"])
+    assert found("score.model.optim.lr=0.01") == folders(judged[0.01])  # (an input's input)
+    assert found("score.split=val") == folders(*judged.values())
+    # a key without an input's name does not reach into inputs: the training only
+    assert found("optim.lr=0.02") == {folder_of(Train(optim={"lr": 0.02}, infra={"folder": root}))}
+    # the trainings read once per listing (not listed with --step: read from their folders)
+    reads: list[Path] = []
+    configs = ops_inspect._configs
+    monkeypatch.setattr(ops_inspect, "_configs", lambda f: reads.append(f) or configs(f))
+    assert found("model.lr=0.02", step="Evaluate") == lr2
+    trainings = {folder_of(Train(optim={"lr": lr}, infra={"folder": root})) for lr in (0.01, 0.02)}
+    assert sorted(f for f in reads if f in trainings) == sorted(trainings)
+    monkeypatch.undo()
+    # the command: selected, and a path naming nothing is an error naming what there is
+    listed = cli("list", root, "--where", "model.optim.lr=0.02", check=True).stdout
+    assert "Evaluate.score,1  (2 config(s))" in listed and "Train.fit" not in listed
+    bad = cli("list", root, "--where", "model.lrr=1")
+    assert bad.returncode == 2, bad
+    assert "--where model.lrr: the input 'model' of test_ops.Evaluate.score,1" in bad.stderr
+    assert "holds no key 'lrr': its keys are " in bad.stderr and "optim.lr" in bad.stderr
+    deep = cli("list", root, "--where", "score.model.lrr=1")
+    assert deep.returncode == 2 and "the input 'score.model' of" in deep.stderr, deep
+    value = cli("list", root, "--where", "offset.x=1")
+    assert value.returncode == 2 and "the input 'offset'" in value.stderr, value
+    assert "is a value" in value.stderr
+    typo = cli("list", root, "--where", "modle.lr=0.02", check=True).stdout
+    assert "No config has a key 'modle.lr'" in typo
+    assert "model, offset (test_ops.Evaluate.score,1)" in typo, typo
+    assert "score (test_ops.Judge.judge,1)" in typo
+    # clean node --where selects the same nodes
+    preview = cli("clean", root, "node", "--where", "model.optim.lr=0.02", check=True).stdout
+    assert "2 item(s) to remove" in preview, preview
+
+
 def test_explain_the_same_config_under_another_folder_name(tmp_path: Path) -> None:
     """A folder name lists the values that differ from the defaults of the day it was
     computed: after a default changed, the same config is cached under another name

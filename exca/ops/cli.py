@@ -464,6 +464,7 @@ def _listed(
     has...; ``filters``: the options the command takes). Notes on conditions that match
     None only go to stderr."""
     from .inspect import (
+        input_path_problems,
         inspect,
         keys_in_list_items,
         keys_no_config_has,
@@ -497,12 +498,21 @@ def _listed(
         there = ", ".join(sorted({i.step for i in every}))  # (a typo: what is there)
         text = f"--step {step!r} matches no step of {root}: {there}."
     unknown = keys_no_config_has(every, where)
+    hints = []
+    for key in unknown:  # (a path into an input naming nothing: an error saying why)
+        problems, inputs = input_path_problems(every, key)
+        if problems:
+            raise ValueError(f"--where {key}: " + "; ".join(problems))
+        hints += inputs
     if unknown:
         text += f" No config has a key {', '.join(map(repr, unknown))}: see `exca list ROOT`."
     for key in unknown:
         inside = keys_in_list_items(every, key)
         if inside:  # (held by list items: named with the indices only)
             text += f" {key!r} is in list items: give its indices, e.g. {inside[0]}."
+    if hints:  # (the steps with inputs: where a key may start with an input's name)
+        names = "; ".join(dict.fromkeys(hints))
+        text += f" A key may start with the name of an input, to reach into its config: {names}."
     return infos, text
 
 

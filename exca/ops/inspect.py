@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import errno
 import fnmatch
+import functools
 import logging
 import math
 import os
@@ -340,9 +341,11 @@ def error_line(record: dict[str, tp.Any], node_uid: str) -> str:
     return shorten(line, ERROR_WIDTH)
 
 
-def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) -> NodeInfo:
-    """The NodeInfo of one node folder."""
-    config_folder = folder.parent if uid.rsplit("/", 1)[-1].startswith(INPUTS_PREFIX) else folder
+def _configs(folder: Path) -> tuple[dict[str, tp.Any], dict[str, tp.Any], str | None]:
+    """A node folder's configs (flat): its uid.yaml, its full-uid.yaml (every uid value,
+    defaults too: what ``--where`` matches; config.yaml when both files are gone), and a
+    note when its uid.yaml is missing or damaged."""
+    config_folder = folder.parent if folder.name.startswith(INPUTS_PREFIX) else folder
     uid_data = read_yaml(config_folder / UID_FILE)
     config = ConfDict(uid_data or {}).flat()
     # (a result of a call with inputs may record its own, when computed under other
@@ -362,6 +365,12 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
         )
         if not full:  # (config.yaml: every value, uid or not; for `--where` filters)
             full = ConfDict(read_yaml(config_folder / CONFIG_FILE) or {}).flat()
+    return config, full, note
+
+
+def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) -> NodeInfo:
+    """The NodeInfo of one node folder."""
+    config, full, note = _configs(folder)
     cache = inspecting_view(folder)
     cache.refresh()
     entries = cache.entries_info()
@@ -656,11 +665,12 @@ def select(
 ) -> list[NodeInfo]:
     """The NodeInfos matching ``key=value`` conditions and a status (see inspect)."""
     conditions = [_parse_condition(c) for c in where] if parsed is None else parsed
+    upstreams = _Upstreams({info.folder: info for info in infos})  # (once per listing)
     out = []
     for info in infos:
         config = info.full_config or info.config
         if conditions:  # (first: a key naming several is an error whatever the status)
-            view = where_view(info)
+            view = where_view(info, upstreams)
             if not all(_matches(config, k, v, info.step, view) for k, v in conditions):
                 continue
         if status is not None and info.status != status:
@@ -701,8 +711,73 @@ def _describe_dead_jobs(infos: list[NodeInfo], records: list[tp.Any]) -> None:
 def keys_no_config_has(infos: list[NodeInfo], where: tp.Sequence[str]) -> list[str]:
     """The keys of ``key=value`` conditions that no config of ``infos`` holds (a typo?)."""
     keys = [_parse_condition(c)[0] for c in where]
-    views = [where_view(i) for i in infos]
+    upstreams = _Upstreams({info.folder: info for info in infos})
+    views = [where_view(i, upstreams) for i in infos]
     return [key for key in keys if not any(_keys_named(view, key) for view in views)]
+
+
+def input_path_problems(infos: list[NodeInfo], key: str) -> tuple[list[str], list[str]]:
+    """For a ``--where`` key that no config of ``infos`` holds (see keys_no_config_has):
+    (why it names nothing through the inputs of the nodes with inputs, when it starts
+    with an input's name: ``model.lrr`` where the config of the input ``model`` has no
+    ``lrr``, each said with the keys there are; the names of the inputs of each step with
+    inputs, when it starts with none: a typo?)."""
+    upstreams = _Upstreams({info.folder: info for info in infos})
+    problems: dict[str, None] = {}  # (ordered, once each)
+    names: dict[str, set[str]] = {}
+    for info in infos:
+        if not info.folder.name.startswith(INPUTS_PREFIX):
+            continue
+        view = where_view(info, upstreams)
+        names.setdefault(info.step, set()).update(view.inputs())
+        said = _path_problem(view, key, "", info.step)
+        if said is not None:
+            problems[said] = None
+    if problems:
+        return list(problems), []
+    return [], [f"{', '.join(sorted(n))} ({step})" for step, n in sorted(names.items()) if n]
+
+
+def _path_problem(view: _WhereView, key: str, above: str, owner: str) -> str | None:
+    """Why ``key`` names nothing through an input of a node (``view``: its config's), or
+    None when it does not start with the name of one of its inputs (``above``: the path
+    of inputs walked so far, ``owner``: whose inputs they are)."""
+    name, dot, rest = key.partition(".")
+    held = view.inputs().get(name)
+    if held is None:
+        return None
+    path = f"{above}{name}"
+    step = held.uid.partition("/")[0]  # (the input's step: said once for its nodes)
+    if held.view is None:
+        what = "a node that is not in this cache"
+        if held.uid[:1] in ("[", "{"):
+            what = "a list or dict of inputs (its members are not reached)"
+        elif "/" not in held.uid:
+            what = "a value"
+        return f"the input {path!r} of {owner} is {what} ({held.uid}): it has no config keys"
+    keys = _named_keys(held.view)
+    if not dot or not rest:
+        return f"{path!r} is an input of {owner} (a {step} node): give a key of its config: {keys}"
+    if _keys_named(held.view, rest):
+        return None
+    deeper = _path_problem(held.view, rest, f"{path}.", step)
+    if deeper is not None:
+        return deeper
+    return (
+        f"the input {path!r} of {owner} (a {step} node) holds no key {rest!r}: its keys are {keys}"
+    )
+
+
+def _named_keys(view: _WhereView, most: int = 12) -> str:
+    """The keys of a config's view (its list items left out) and the names of its inputs,
+    for an error message."""
+    keys = sorted(k for k in view.values if k not in view.first_index)
+    inputs = sorted(view.inputs())
+    text = ", ".join(keys[:most]) + (f" (and {len(keys) - most} more)" if len(keys) > most else "")
+    text = text or "none"
+    if inputs:
+        text += f"; its inputs: {', '.join(inputs)}"
+    return text
 
 
 def keys_in_list_items(infos: list[NodeInfo], key: str) -> list[str]:
@@ -722,14 +797,15 @@ def null_condition_hints(infos: list[NodeInfo], where: tp.Sequence[str]) -> list
     """For each condition ``key=null`` (a None value) whose key holds the text "null" in
     some config of ``infos``: how to match that text instead (it is not matched)."""
     hints = []
+    upstreams = _Upstreams({info.folder: info for info in infos})
     for key, text in (_parse_condition(c) for c in where):
         if not reads_as_null(text):
             continue
         words = {
-            view.values[k]
-            for view in (where_view(i) for i in infos)
+            _value(view, k)
+            for view in (where_view(i, upstreams) for i in infos)
             for k in _keys_named(view, key)
-            if isinstance(view.values[k], str) and reads_as_null(view.values[k])
+            if isinstance(_value(view, k), str) and reads_as_null(_value(view, k))
         }
         for word in sorted(words):
             hints.append(
@@ -749,15 +825,89 @@ class _WhereView:
 
     values: dict[str, tp.Any]
     first_index: dict[str, int]
+    # (a node with inputs: its inputs by name, read from its inputs.yaml when first asked)
+    inputs_of: tp.Callable[[], dict[str, _Input]] | None = None
+    _inputs: dict[str, _Input] | None = None
+
+    def inputs(self) -> dict[str, _Input]:
+        if self._inputs is None:
+            self._inputs = self.inputs_of() if self.inputs_of is not None else {}
+        return self._inputs
 
 
-def where_view(info: NodeInfo) -> _WhereView:
+class _Input:
+    """An input of a node with inputs, as its inputs.yaml names it: its uid, and the view
+    of its config (read when first asked; None for a value, or a node not in the cache)."""
+
+    def __init__(self, uid: str, root: Path, upstreams: _Upstreams) -> None:
+        self.uid, self._root, self._upstreams = uid, root, upstreams
+
+    @functools.cached_property
+    def view(self) -> _WhereView | None:
+        return self._upstreams.view(self._root, self.uid)
+
+
+class _Upstreams:
+    """The configs of the nodes that inputs.yaml files name (``--where model.optim.lr=...``
+    reaches into the input ``model``), read once per listing, by folder (``known``: the
+    NodeInfos described already, whose configs are not read again)."""
+
+    def __init__(self, known: dict[Path, NodeInfo] | None = None) -> None:
+        self.known = known or {}
+        self.views: dict[Path, _WhereView | None] = {}
+
+    def inputs(self, folder: Path) -> dict[str, _Input]:
+        """A node folder's inputs (none unless it is an ``inputs-*`` folder)."""
+        if not folder.name.startswith(INPUTS_PREFIX):
+            return {}
+        try:
+            named = read_yaml(folder / INPUTS_FILE)
+        except (PermissionError, IsADirectoryError):  # (as inspect skips such a folder)
+            return {}
+        if not isinstance(named, dict):
+            return {}
+        root = registry.root_of(folder)
+        return {str(name): _Input(str(uid), root, self) for name, uid in named.items()}
+
+    def view(self, root: Path, uid: str) -> _WhereView | None:
+        """The view of the config of the node ``uid`` of the cache ``root`` (None: a
+        value's uid, or no node folder of that root)."""
+        step, _, rest = uid.partition("/")  # (a value's uid, or a group: not a node)
+        if "," not in step or not rest or rest.startswith("/"):
+            return None
+        path = root / uid
+        if path.name.startswith("items-"):  # (a map node: its items' digest)
+            path = path.parent
+        if path in self.views:
+            return self.views[path]
+        self.views[path] = None
+        info = self.known.get(path)
+        if info is not None:
+            config = info.full_config or info.config
+        else:
+            try:
+                if not path.is_dir() or not is_node_folder(path):
+                    return None
+                own, full, _ = _configs(path)
+            except (PermissionError, IsADirectoryError):  # (skipped by inspect, warned)
+                return None
+            config = full or own
+        view = self.views[path] = _where_view(config)
+        view.inputs_of = functools.partial(self.inputs, path)
+        return view
+
+
+def where_view(info: NodeInfo, upstreams: _Upstreams | None = None) -> _WhereView:
     """The view of a config that ``--where`` conditions are matched against (built once
-    per config: a list of 10k items makes 10k keys)."""
+    per config: a list of 10k items makes 10k keys), reaching into the configs of its
+    inputs (``upstreams``: shared by the nodes of a listing, each input read once)."""
     config = info.full_config or info.config
     view = info.__dict__.get("_where_view")
     if view is None or view[0] is not config:
-        view = info.__dict__["_where_view"] = (config, _where_view(config))
+        made = _where_view(config)
+        if info.folder.name.startswith(INPUTS_PREFIX):
+            made.inputs_of = functools.partial((upstreams or _Upstreams()).inputs, info.folder)
+        view = info.__dict__["_where_view"] = (config, made)
     return tp.cast(_WhereView, view[1])
 
 
@@ -782,15 +932,34 @@ def _where_view(config: dict[str, tp.Any]) -> _WhereView:
 
 def _keys_named(view: _WhereView, key: str) -> list[str]:
     """The keys of a config's view a condition's key names: itself, else the keys it ends
-    (``lr`` names ``optim.lr``), with every list index they hold (see _WhereView)."""
+    (``lr`` names ``optim.lr``), with every list index they hold (see _WhereView); and,
+    for a node with inputs, a key starting with the name of an input names the keys of
+    that input's config the rest of it names (``model.lr``: ``model.optim.lr``, the
+    ``optim.lr`` of the input ``model``; never ``lr`` alone: an input is named)."""
     if key in view.values:
         return [key]
     start = -len(key)  # (where the key starts in a key it ends)
-    return [
+    named = [
         k
         for k in view.values
         if k.endswith("." + key) and view.first_index.get(k, len(k)) >= len(k) + start
     ]
+    name, dot, rest = key.partition(".")
+    if dot and rest and view.inputs_of is not None:
+        held = view.inputs().get(name)
+        if held is not None and held.view is not None:
+            named += [f"{name}.{k}" for k in _keys_named(held.view, rest)]
+    return named
+
+
+def _value(view: _WhereView, key: str) -> tp.Any:
+    """The value of a key _keys_named gave (in the config, or an input's)."""
+    if key in view.values:
+        return view.values[key]
+    name, _, rest = key.partition(".")
+    held = view.inputs()[name].view
+    assert held is not None
+    return _value(held, rest)
 
 
 def _parse_condition(text: str) -> tuple[str, str]:
@@ -841,7 +1010,7 @@ def _matches(
         )
     if not candidates:
         return False
-    held = view.values[candidates[0]]
+    held = _value(view, candidates[0])
     if reads_as_null(value):
         return held is None
     try:
