@@ -516,15 +516,16 @@ def _uid_files(folder: Path) -> list[Path]:
     return found
 
 
-def _rename_idle(current: Path, target: Path) -> bool:
+def _rename_idle(current: Path, target: Path, look: tp.Any = None) -> bool:
     """Rename a legacy-named node folder, unless it is being computed or its job is queued
     or running (a process still using v2 names: renamed under it, its result went into a
     folder made again under the old name, without its yaml files, and the new name
-    computed it again). Whether it was renamed."""
+    computed it again). Whether it was renamed (``look``: a registry.QueueLook shared by
+    the folders of a run, else squeue is asked for this folder's jobs)."""
     from .ops.clean import held
 
     try:
-        with held(current) as hold:
+        with held(current, look) as hold:
             if hold.busy is not None:
                 logger.warning(
                     "Not renaming %s: %s (rename it once it is done)", current, hold.busy
@@ -552,6 +553,7 @@ def update_uids(folder: str | Path, dryrun: bool = True) -> list[tuple[Path, Pat
     if not Path(folder).is_dir():
         raise FileNotFoundError(f"update_uids: {folder} is not a folder (a cache folder to scan)")
     renames: list[tuple[Path, Path]] = []
+    legacy: list[tuple[Path, Path]] = []
     for uid_file in _uid_files(Path(folder)):
         current = uid_file.parent
         config = read_yaml(uid_file)  # (unreadable: skipped, left alone)
@@ -565,7 +567,24 @@ def update_uids(folder: str | Path, dryrun: bool = True) -> list[tuple[Path, Pat
         if target.exists():
             logger.warning("Not renaming %s: %s already exists", current, target)
             continue
-        if not dryrun and not _rename_idle(current, target):
+        legacy.append((current, target))
+    look = None
+    if not dryrun and legacy:
+        # the Slurm queue looked at once for the jobs of every folder to rename (a call
+        # per folder made 500 folders take 7x longer), see registry.QueueLook
+        from .graph import registry
+        from .ops.inspect import input_folders
+
+        look = registry.QueueLook()
+        look.ask(
+            record.job_id
+            for current, _ in legacy
+            for node_folder in (current, *input_folders(current))
+            for record in registry.read_all(node_folder, copied=True)
+            if record.cluster == "slurm"
+        )
+    for current, target in legacy:
+        if not dryrun and not _rename_idle(current, target, look):
             continue
         renames.append((current, target))
     for old_path, new_path in renames:

@@ -514,6 +514,67 @@ print(test_helpers.GatedV2(gate={str(gate)!r}, opts={{"a": 2}}, infra={{"folder"
     assert [p.name for p in root.glob("*GatedV2*/*")] == [moved.name]
 
 
+def _fake_squeue(folder: Path, running: set[str], move: tuple[Path, Path]) -> Path:
+    """A ``squeue`` (to put first on PATH) listing the jobs of ``running`` it is asked
+    about as RUNNING; each call adds a line to the file it returns; the first one moves
+    ``move[0]`` to ``move[1]`` (a job recorded right after it)."""
+    calls = folder / "squeue-calls"
+    script = folder / "squeue"
+    script.write_text(
+        f"""#!{sys.executable}
+import os, sys
+if not os.path.exists({str(calls)!r}):
+    os.rename({str(move[0])!r}, {str(move[1])!r})
+with open({str(calls)!r}, "a") as handle:
+    handle.write(" ".join(sys.argv[1:]) + "\\n")
+for job in sys.argv[sys.argv.index("-j") + 1].split(","):
+    if job in {sorted(running)!r}:
+        print(f"{{job}}|RUNNING|{{job}}|None")
+"""
+    )
+    script.chmod(0o755)
+    return calls
+
+
+def test_update_uids_looks_at_the_slurm_queue_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """update_uids checked each folder holding Slurm job records for a job still queued
+    or running with an squeue call of its own (500 such folders: 7x the time). The queue
+    is looked at once for the jobs of every folder to rename; a folder whose job runs is
+    still left, with a warning, and a job recorded after that look (submitted meanwhile)
+    is looked up when met, not taken for ended."""
+    from exca.graph import registry
+
+    root = tmp_path / "cache"
+    folders = [_legacy_folder(root, {"training": {"optim": {"lr": i}}}) for i in range(6)]
+
+    def record(folder: Path, job_id: str, into: Path | None = None) -> None:
+        logs = str(root / "logs" / job_id)
+        job = registry.JobRecord(job_id, "slurm", logs, time.time(), folder=str(folder))
+        registry.write(into or folder, job, link=False)
+
+    for i, folder in enumerate(folders[:5]):
+        record(folder, str(101 + i))
+    staged = tmp_path / "staged"  # (the record of a job of the last folder, submitted
+    record(folders[5], "106", into=staged)  # right after the first look at the queue)
+    bin_folder = tmp_path / "bin"
+    bin_folder.mkdir()
+    move = (staged / registry.JOBS_DIR, folders[5] / registry.JOBS_DIR)
+    calls = _fake_squeue(bin_folder, running={"103", "106"}, move=move)
+    monkeypatch.setenv("PATH", f"{bin_folder}{os.pathsep}{os.environ['PATH']}")
+    with caplog.at_level("WARNING", logger="exca"):
+        renames = helpers.update_uids(root, dryrun=False)
+    assert sorted(old for old, _ in renames) == sorted(folders[i] for i in (0, 1, 3, 4))
+    assert folders[2].is_dir() and folders[5].is_dir()  # (their jobs run: left)
+    assert "Not renaming" in caplog.text and "job 103 is queued or running" in caplog.text
+    assert "job 106 is queued or running" in caplog.text
+    # one call for the jobs known at first, one for the job recorded since
+    asked = calls.read_text().splitlines()
+    assert len(asked) == 2, asked
+    assert asked[0].endswith("-j 101,102,103,104,105") and asked[1].endswith("-j 106")
+
+
 def test_update_uids_finds_folders_at_any_depth_and_changes_nothing_in_a_dry_run(
     tmp_path: Path,
 ) -> None:

@@ -508,6 +508,32 @@ def queued_jobs(job_ids: tp.Sequence[str]) -> set[str]:
     return set(job_ids) if confirmed is None else confirmed
 
 
+class QueueLook:
+    """Which Slurm jobs are queued (``queued_jobs``), looked at once for many folders: a
+    run over many folders (update_uids) asks for every job id it knows first, in one
+    squeue call (per 1000 ids: one command line stays short), not one call per folder;
+    an id met later and not asked yet (a job recorded since) is asked then, in a call of
+    its own. A job queued when looked at is taken as queued for the rest of the run."""
+
+    CHUNK = 1000
+
+    def __init__(self) -> None:
+        self.asked: set[str] = set()
+        self.queued: set[str] = set()
+
+    def ask(self, job_ids: tp.Iterable[str]) -> None:
+        new = sorted(set(job_ids) - self.asked)
+        for start in range(0, len(new), self.CHUNK):
+            chunk = new[start : start + self.CHUNK]
+            self.queued |= queued_jobs(chunk)
+            self.asked.update(chunk)
+
+    def queued_of(self, job_ids: tp.Sequence[str]) -> set[str]:
+        """``queued_jobs(job_ids)``, from what was looked at already when it can."""
+        self.ask(job_ids)
+        return self.queued.intersection(job_ids)
+
+
 _STATES: dict[str, str] = {}  # Slurm state of the jobs squeue listed last (PENDING, RUNNING...)
 _NEVER: dict[str, str] = {}  # pending jobs squeue said last Slurm never starts -> its reason
 

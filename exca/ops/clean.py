@@ -275,16 +275,20 @@ def _stamp(
     return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
-def busy_reason(folder: Path, own: tp.Container[Path] = ()) -> str | None:
+def busy_reason(
+    folder: Path, own: tp.Container[Path] = (), look: registry.QueueLook | None = None
+) -> str | None:
     """Why a folder must not be touched now (being computed, job queued/running), or None
-    (``own``: claim files of this cleaning, not counted)."""
+    (``own``: claim files of this cleaning, not counted; ``look``: the Slurm queue as a
+    run over many folders looked at it, else an squeue call for this folder's jobs)."""
     owners = [c for c in Claims(folder).current() if c.path not in own]
     if owners:
         return f"being computed by {owners[0].owner.describe()}"
     # every record, not only the latest: a map's chunk job may still be queued after a
     # later job (another call, other items) ended
     records = registry.read_all(folder, copied=True)
-    queued = registry.queued_jobs([r.job_id for r in records if r.cluster == "slurm"])
+    slurm = [r.job_id for r in records if r.cluster == "slurm"]
+    queued = registry.queued_jobs(slurm) if look is None else look.queued_of(slurm)
     for record in reversed(records):
         if _still_running(record, queued):
             return f"job {record.job_id} is queued or running"
@@ -373,7 +377,7 @@ class Hold:
 
 
 @contextlib.contextmanager
-def held(folder: Path) -> tp.Iterator[Hold]:
+def held(folder: Path, look: registry.QueueLook | None = None) -> tp.Iterator[Hold]:
     """Keep new claims out of a node folder and of its inputs-* nodes while the block
     renames it (away, or to another name); ``busy`` says why it must be left alone (being
     computed, job queued or running: checked in there). A check made before, then the
@@ -384,7 +388,7 @@ def held(folder: Path) -> tp.Iterator[Hold]:
     (the claimer of a task's result takes no lock: it writes its claim, then lists the
     others: it sees this one and waits, or this check sees its claim). Nothing is made
     again where the folder went meanwhile (FileNotFoundError). A folder this user may not
-    write into is only checked."""
+    write into is only checked. ``look``: see busy_reason."""
     keeper = FolderHold([TASK_KEY])
     hold = Hold(None)
     done: list[Path] = []  # (the node folders held)
@@ -404,7 +408,7 @@ def held(folder: Path) -> tp.Iterator[Hold]:
                         done.pop()
                         raise
                 own = {keeper.claim_file(f) for f in done}
-                hold.busy = _busy_with_inputs(folder, own)
+                hold.busy = _busy_with_inputs(folder, own, look)
                 if hold.busy is not None:
                     break
         except OSError as error:  # (another user's folder, which this one may still rename)
@@ -412,7 +416,7 @@ def held(folder: Path) -> tp.Iterator[Hold]:
                 raise
             _take_away(keeper, folder, folder, done)
             done.clear()
-            hold.busy = _busy_with_inputs(folder)
+            hold.busy = _busy_with_inputs(folder, look=look)
         yield hold
     finally:  # (where the block moved it, what this process put there went along)
         for place in dict.fromkeys((folder, hold.moved_to or folder)):
@@ -496,12 +500,14 @@ def _killed_removals(root: Path, limit: float, steps: set[str] | None) -> list[R
     return out
 
 
-def _busy_with_inputs(folder: Path, own: tp.Container[Path] = ()) -> str | None:
+def _busy_with_inputs(
+    folder: Path, own: tp.Container[Path] = (), look: registry.QueueLook | None = None
+) -> str | None:
     """``busy_reason`` of a node folder or of a node in it (a method's inputs-* nodes)."""
-    busy = busy_reason(folder, own)
+    busy = busy_reason(folder, own, look)
     if busy is None:
         for sub in input_folders(folder):
-            busy = busy_reason(sub, own)
+            busy = busy_reason(sub, own, look)
             if busy is not None:
                 return f"{sub.name}: {busy}"
     return busy
