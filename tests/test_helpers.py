@@ -514,17 +514,18 @@ print(test_helpers.GatedV2(gate={str(gate)!r}, opts={{"a": 2}}, infra={{"folder"
     assert [p.name for p in root.glob("*GatedV2*/*")] == [moved.name]
 
 
-def _fake_squeue(folder: Path, running: set[str], move: tuple[Path, Path]) -> Path:
+def _fake_squeue(folder: Path, running: set[str], move: tuple[Path, Path] | None = None) -> Path:
     """A ``squeue`` (to put first on PATH) listing the jobs of ``running`` it is asked
     about as RUNNING; each call adds a line to the file it returns; the first one moves
     ``move[0]`` to ``move[1]`` (a job recorded right after it)."""
     calls = folder / "squeue-calls"
     script = folder / "squeue"
+    moving = "" if move is None else f"os.rename({str(move[0])!r}, {str(move[1])!r})"
     script.write_text(
         f"""#!{sys.executable}
 import os, sys
 if not os.path.exists({str(calls)!r}):
-    os.rename({str(move[0])!r}, {str(move[1])!r})
+    {moving or "pass"}
 with open({str(calls)!r}, "a") as handle:
     handle.write(" ".join(sys.argv[1:]) + "\\n")
 for job in sys.argv[sys.argv.index("-j") + 1].split(","):
@@ -573,6 +574,21 @@ def test_update_uids_looks_at_the_slurm_queue_once(
     asked = calls.read_text().splitlines()
     assert len(asked) == 2, asked
     assert asked[0].endswith("-j 101,102,103,104,105") and asked[1].endswith("-j 106")
+
+
+def test_the_queue_of_a_cache_with_many_slurm_jobs_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ids of 20,000 recorded jobs went to squeue (and sacct) in one argument, past
+    Linux's 128 kB limit for one: squeue could not run, and every job read as queued (an
+    `exca list` of a large cache said them all running, a cleaning left them all)."""
+    from exca.graph import registry
+
+    calls = _fake_squeue(tmp_path, running={"1000007", "1019999"})
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    job_ids = [str(1_000_000 + i) for i in range(20_000)]
+    assert registry.queued_jobs(job_ids) == {"1000007", "1019999"}
+    assert len(calls.read_text().splitlines()) == 20
 
 
 def test_update_uids_finds_folders_at_any_depth_and_changes_nothing_in_a_dry_run(

@@ -501,9 +501,9 @@ def still_running(record: JobRecord, queued: set[str] | None = None) -> bool:
 
 
 def queued_jobs(job_ids: tp.Sequence[str]) -> set[str]:
-    """Which of these Slurm jobs are pending or running, with ONE ``squeue`` call (the
-    controller knows a job at once; sacct may lag right after a submission). When squeue
-    does not answer: all of them (they may still run: never resubmitted twice)."""
+    """Which of these Slurm jobs are pending or running, with one ``squeue`` call per 1000
+    ids (the controller knows a job at once; sacct may lag right after a submission). When
+    squeue does not answer: all of them (they may still run: never resubmitted twice)."""
     confirmed = confirmed_queued(job_ids)
     return set(job_ids) if confirmed is None else confirmed
 
@@ -515,18 +515,14 @@ class QueueLook:
     an id met later and not asked yet (a job recorded since) is asked then, in a call of
     its own. A job queued when looked at is taken as queued for the rest of the run."""
 
-    CHUNK = 1000
-
     def __init__(self) -> None:
         self.asked: set[str] = set()
         self.queued: set[str] = set()
 
     def ask(self, job_ids: tp.Iterable[str]) -> None:
         new = sorted(set(job_ids) - self.asked)
-        for start in range(0, len(new), self.CHUNK):
-            chunk = new[start : start + self.CHUNK]
-            self.queued |= queued_jobs(chunk)
-            self.asked.update(chunk)
+        self.queued |= queued_jobs(new)
+        self.asked.update(new)
 
     def queued_of(self, job_ids: tp.Sequence[str]) -> set[str]:
         """``queued_jobs(job_ids)``, from what was looked at already when it can."""
@@ -662,11 +658,21 @@ def confirmed_queued(job_ids: tp.Sequence[str]) -> set[str] | None:
     """``queued_jobs`` as squeue says it; None when squeue does not answer."""
     if not job_ids:
         return set()
-    answer = _squeue(sorted({j.split("_")[0] for j in job_ids}))
-    if answer is None:
-        return None
-    listed, own_ids = answer
+    bases = sorted({j.split("_")[0] for j in job_ids})
+    listed: set[str] = set()
+    own_ids: set[str] = set()
+    # (a call per SQUEUE_IDS ids: the ids of a large cache's jobs, in one argument, passed
+    # Linux's 128 kB limit for one; squeue could not run, and every job read as queued)
+    for start in range(0, len(bases), SQUEUE_IDS):
+        answer = _squeue(bases[start : start + SQUEUE_IDS])
+        if answer is None:
+            return None
+        listed |= answer[0]
+        own_ids |= answer[1]
     return {j for j in job_ids if j in listed or j.split("_")[0] in listed or j in own_ids}
+
+
+SQUEUE_IDS = 1000  # job ids per squeue call
 
 
 def _squeue(bases: list[str]) -> tuple[set[str], set[str]] | None:
@@ -780,19 +786,23 @@ def _sacct(fields: str, job_ids: tp.Sequence[str], runs: bool = False) -> list[l
     one row per run of a requeued job (``-D``), oldest first."""
     import subprocess
 
-    base = ",".join(sorted({j.split("_")[0] for j in job_ids}))
-    try:
-        out = subprocess.run(
-            ["sacct", "-n", "-X", "-P", *(["-D"] if runs else []), "-o", fields, "-j", base],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return []
+    bases = sorted({j.split("_")[0] for j in job_ids})
     width = fields.count(",") + 1
-    return [row for line in out.splitlines() if len(row := line.split("|")) == width]
+    rows: list[list[str]] = []
+    for start in range(0, len(bases), SQUEUE_IDS):  # (as squeue's: a short argument)
+        ids = ",".join(bases[start : start + SQUEUE_IDS])
+        try:
+            out = subprocess.run(
+                ["sacct", "-n", "-X", "-P", *(["-D"] if runs else []), "-o", fields, "-j", ids],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            ).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return []
+        rows.extend(row for line in out.splitlines() if len(row := line.split("|")) == width)
+    return rows
 
 
 EXITED_WITH_CODE = "its process exited with code"  # (then the code: sacct's ExitCode)
