@@ -542,12 +542,28 @@ def test_a_local_array_of_more_jobs_than_cpus_warns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Every local job is a process of this machine, all started at once (an array of 300
-    configs: 600 processes, 165 s on 2 cores, where cluster=None took 0.4 s): said so."""
+    configs: 600 processes, 165 s on 2 cores, where cluster=None took 0.4 s): said so.
+    At once indeed: submitit spaced them by 0.2 s (30 configs waited 6 s to start), a
+    pause meant for a scheduler, which local jobs do not have."""
+    import submitit.core.core as submitit_core
+
+    slept: list[float] = []
+
+    class Clock:  # (submitit's time module, its pauses recorded)
+        def __getattr__(self, name: str) -> tp.Any:
+            return getattr(time, name)
+
+        def sleep(self, seconds: float) -> None:
+            slept.append(seconds)
+            time.sleep(seconds)
+
+    monkeypatch.setattr(submitit_core, "_time", Clock())
     monkeypatch.setattr("exca.graph.executors.usable_cpus", lambda: 2)
     base = Square(ctl=str(tmp_path), infra={"folder": tmp_path / "cache", "cluster": "local"})
     configs = [base.infra.clone_obj(x=x) for x in range(3)]
     with caplog.at_level(logging.INFO, logger="exca"), base.infra.job_array() as array:
         array.extend(configs)
+    assert slept == []
     assert "3 local jobs started at once on this machine (2 CPUs)" in caplog.text
     assert [config.infra.job().result() for config in configs] == [0, 1, 4]
 
