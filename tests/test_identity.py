@@ -3854,6 +3854,50 @@ def test_a_dataclass_at_its_default_but_for_a_model_subclass_is_not_the_default(
     assert _HoldsDefaultBox(box=box, infra={"folder": tmp_path}).process() == "1-_FastWorkers"
 
 
+class _HoldsBoxes(pydantic.BaseModel):
+    model_config = FORBID
+    fast: _WorkersBox = pydantic.Field(default_factory=lambda: _WorkersBox(optim=_FastWorkers()))
+    boxes: list[_WorkersBox] = pydantic.Field(default_factory=lambda: [_WorkersBox()])
+    named: dict[str, _WorkersBox] = pydantic.Field(default_factory=lambda: {"a": _WorkersBox()})
+    optims: list[_Workers] = [_Workers()]
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> str:
+        boxes = [self.fast, *self.boxes, *self.named.values()]
+        return ",".join(type(m).__name__ for m in [*(b.optim for b in boxes), *self.optims])
+
+
+def test_a_default_holding_a_model_subclass_or_a_container_of_them_is_told_apart(
+    tmp_path: Path,
+) -> None:
+    """The other ways round of a dataclass at its default but for a model subclass: a
+    default holding the subclass and a value holding the base class, and a list or a dict
+    of dataclasses (or of models) equal to their default but for a subclass inside, were
+    taken for their default (their dumps are the default's): "default", and its result."""
+
+    def config(**fields: tp.Any) -> _HoldsBoxes:
+        return _HoldsBoxes(infra={"folder": tmp_path}, **fields)
+
+    default = config().infra.uid()
+    assert default.endswith("/default"), default
+    uids = {
+        "base": config(fast=_WorkersBox()).infra.uid(),
+        "list": config(boxes=[_WorkersBox(optim=_FastWorkers())]).infra.uid(),
+        "dict": config(named={"a": _WorkersBox(optim=_FastWorkers())}).infra.uid(),
+        "models": config(optims=[_FastWorkers()]).infra.uid(),
+    }
+    assert len({default, *uids.values()}) == 5, uids
+    assert "fast={size=1,optim.lr=0.10" in uids["base"], uids
+    for key in ("list", "dict", "models"):
+        assert "_class=test_identity._FastWorkers" in uids[key], uids
+    assert config().process() == "_FastWorkers,_Workers,_Workers,_Workers"
+    assert config(fast=_WorkersBox()).process() == "_Workers,_Workers,_Workers,_Workers"
+    assert (
+        config(optims=[_FastWorkers()]).process() == "_FastWorkers,_Workers,_Workers,_FastWorkers"
+    )
+
+
 def test_a_forced_sub_config_held_by_a_dataclass_does_not_slow_every_call(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -957,7 +957,7 @@ class _Exporter:
                     else _equals_default(value, dval, field)
                 )
                 and not (
-                    field.dataclasses and self._names_other_classes(value, dval, field, facts.cls)
+                    field.contained and self._names_other_classes(value, dval, field, facts.cls)
                 )
             ):
                 continue
@@ -989,33 +989,42 @@ class _Exporter:
     def _names_other_classes(
         self, value: tp.Any, dval: tp.Any, field: _FieldFacts, owner: type
     ) -> bool:
-        """Whether a dataclass value whose dump is its field default's holds models of
-        other classes than the default's (a subclass of the class a field names, which
-        its dump loses: ``_class`` in its uid tells them apart), in a uid."""
-        if not self.uid or not dataclasses.is_dataclass(value) or value is field.default:
+        """Whether a value whose dump is its field default's (a dataclass, or a container
+        of dataclasses or models) holds models of other classes than the default's (a
+        subclass of the class a field names, which its dump loses: ``_class`` in its uid
+        tells them apart, in the value or in the default), in a uid."""
+        if not self.uid or value is field.default or field.default is _NO_DEFAULT:
             return False
-        if not _names_models(type(value)):
+        if not _names_model_classes(field.contained):
             return False  # (no model class named: no _class, see _held_model)
         if _model_classes(value, []) == _model_classes(field.default, []):
             return False  # (the same classes where the default has them: a cheap look)
         exported = _Exporter(self.uid, True).value(value, dval, field.keep, field.contained, owner)
-        if not _names_a_class(exported):
+        reference = self._default_export(field, owner)
+        if reference is _NO_DEFAULT:
+            return _names_a_class(exported)
+        if not (_names_a_class(exported) or _names_a_class(reference)):
             return False
-        return not self._default_export_is(exported, field, owner)
+        return not _uid_equal(exported, reference)
 
     def _default_export_is(self, exported: tp.Any, field: _FieldFacts, owner: type) -> bool:
         """Whether a field's export is that of its default (both without the init=False
         fields of their dataclasses: a memo filled in one of them is no difference)."""
+        reference = self._default_export(field, owner)
+        return reference is not _NO_DEFAULT and _uid_equal(exported, reference)
+
+    def _default_export(self, field: _FieldFacts, owner: type) -> tp.Any:
+        """The export of a field's default, with defaults pruned (``_NO_DEFAULT``: none,
+        or one without a json form)."""
         default = field.default
         if default is _NO_DEFAULT:
-            return False
+            return _NO_DEFAULT
         try:
             dumped = pydantic_core.to_jsonable_python(default)
         except Exception:  # (no json form: the default's own memo, say)
-            return False
+            return _NO_DEFAULT
         exporter = _Exporter(self.uid, True)
-        reference = exporter.value(default, dumped, field.keep, field.contained, owner)
-        return _uid_equal(exported, reference)
+        return exporter.value(default, dumped, field.keep, field.contained, owner)
 
     def _field_without(
         self,
@@ -1386,6 +1395,15 @@ def _forget_dataclasses(cls: type) -> None:
 CLASS_FORGETTERS.append(_forget_dataclasses)
 
 _NAMES_MODELS: dict[type, bool] = {}  # (see _names_models)
+
+
+def _names_model_classes(contained: tuple[tp.Any, ...]) -> bool:
+    """Whether the classes an annotation names (``_FieldFacts.contained``) are or hold
+    model classes (a model's subclass there gets its ``_class`` in uids)."""
+    return any(
+        (isinstance(cls, type) and issubclass(cls, pydantic.BaseModel)) or _names_models(cls)
+        for cls in contained
+    )
 
 
 def _names_models(cls: type, depth: int = 0) -> bool:
