@@ -3898,6 +3898,56 @@ def test_a_default_holding_a_model_subclass_or_a_container_of_them_is_told_apart
     )
 
 
+class _AliasedWorkers(pydantic.BaseModel):
+    model_config = FORBID
+    _exclude_from_cls_uid = ("workers",)
+    rate: float = pydantic.Field(0.1, alias="Rate")
+    workers: int = 1
+
+
+@dataclasses.dataclass
+class _AliasedBox:
+    optim: _AliasedWorkers = dataclasses.field(default_factory=_AliasedWorkers)
+
+
+@dataclasses.dataclass
+class _BiggerAliasedBox(_AliasedBox):
+    extra: int = 0
+
+
+class _HoldsAliasedBox(pydantic.BaseModel):
+    model_config = FORBID
+    box: _AliasedBox
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> float:
+        return self.box.optim.rate
+
+
+def test_an_aliased_field_of_a_model_in_a_dataclass_subclass_is_config(tmp_path: Path) -> None:
+    """A model held by a dataclass subclass instance was exported from that instance's
+    own dump, which names fields by their aliases: a field with an alias was lost, from
+    the uid (Rate=0.5 and Rate=0.7: one folder, the first one's result) and from
+    config.yaml. It counts, by its name, as in the base dataclass's instance."""
+
+    def config(box: _AliasedBox) -> _HoldsAliasedBox:
+        return _HoldsAliasedBox(box=box, infra={"folder": tmp_path})
+
+    half = config(_BiggerAliasedBox(optim=_AliasedWorkers(Rate=0.5, workers=4)))
+    assert "rate=0.50" in half.infra.uid(), half.infra.uid()
+    assert "workers" not in half.infra.uid()
+    seven = config(_BiggerAliasedBox(optim=_AliasedWorkers(Rate=0.7)))
+    assert half.infra.uid() != seven.infra.uid()
+    base = config(_AliasedBox(optim=_AliasedWorkers(Rate=0.5)))
+    assert "optim.rate=0.50" in base.infra.uid(), base.infra.uid()  # (as the base has it)
+    assert half.process() == 0.5
+    assert seven.process() == 0.7
+    assert _plain(half.infra.config(uid=False))["box"]["optim"]["rate"] == 0.5
+    (read,) = [c for c in half.infra.iter_cached() if c.box.optim.rate == 0.5]
+    assert read.infra.uid() == half.infra.uid()
+
+
 def test_a_forced_sub_config_held_by_a_dataclass_does_not_slow_every_call(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1097,7 +1097,7 @@ class _Exporter:
                 # class of each such instance in a uid; the models inside exported as
                 # held by a dataclass (their uid exclusions left out, their class named)
                 exported = _dataclass_export(value, declared, owner, self.drops)
-                return _sets_ordered(value, exported, True, self.drops, self._held_model)
+                return _sets_ordered(value, exported, True, self.drops, self._redumped_model)
         if isinstance(value, dict) and isinstance(dval, dict):
             # the dump keeps the order of the keys: the i-th json key is the i-th key's
             # rendering (an Enum key as its value, an int as its text...)
@@ -1158,6 +1158,18 @@ class _Exporter:
         if self.uid and declared and _subclass_of(type(model), declared):
             return _with_class(exported, model)
         return exported
+
+    def _redumped_model(
+        self,
+        model: pydantic.BaseModel,
+        dumped: dict[str, tp.Any],
+        declared: tuple[type, ...] = (),
+    ) -> tp.Any:
+        """``_held_model`` for a model in a dataclass subclass's own export, where it was
+        dumped by its aliases (``_dataclass_export``): dumped again by its field names,
+        as the dump of a model holding the dataclass has it (else an aliased field was
+        lost, from the uid and from config.yaml)."""
+        return self._held_model(model, json_dump(model), declared)
 
     def _held_export(self, model: pydantic.BaseModel, dumped: dict[str, tp.Any]) -> tp.Any:
         as_dumped = dumped
@@ -1842,9 +1854,13 @@ def _adapter(cls: type) -> pydantic.TypeAdapter[tp.Any]:
 
 
 def _built(cls: type, fields: dict[str, tp.Any], name: str) -> tp.Any:
-    """An instance of a dataclass from its exported fields (validated as pydantic does)."""
+    """An instance of a dataclass from its exported fields (validated as pydantic does;
+    models inside name their fields, not their aliases, as in any export)."""
+    validate = _adapter(cls).validate_python
     try:
-        return _adapter(cls).validate_python(fields)
+        if "by_name" in inspect.signature(validate).parameters:  # (pydantic >= 2.11)
+            return validate(fields, by_name=True)
+        return validate(fields)
     except Exception as error:  # (invalid values, or annotations it cannot resolve)
         raise ClassNotRebuilt(
             f"Cannot build the dataclass {name} of the config: {error}"
