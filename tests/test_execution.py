@@ -1863,6 +1863,59 @@ def test_a_job_whose_module_lacks_the_config_class_caches_no_failure(
         sys.modules.pop("hidden_module_31", None)
 
 
+NESTED_MODULE = """
+import pydantic
+
+import exca
+
+
+class Parts:
+    class Optim(pydantic.BaseModel):
+        model_config = pydantic.ConfigDict(extra="forbid")
+        lr: float = 0.5
+
+
+class Fit(pydantic.BaseModel):
+    optim: Parts.Optim = Parts.Optim()
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def fit(self) -> float:
+        return self.optim.lr
+"""
+
+
+@pytest.mark.timeout(180)
+def test_a_job_missing_a_nested_class_names_its_module_and_class(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job whose module lacks a nested class the config holds (Parts.Optim renamed):
+    the error names the module and the class by its qualified name (it named the module
+    "hidden_module_34.Parts", which is no module, missing "Optim")."""
+    import importlib
+
+    code = tmp_path / "code"
+    code.mkdir()
+    source = textwrap.dedent(NESTED_MODULE)
+    path = code / "hidden_module_34.py"
+    path.write_text(source)
+    monkeypatch.syspath_prepend(str(code))
+    monkeypatch.setenv("PYTHONPATH", f"{code}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    module = importlib.import_module("hidden_module_34")
+    try:
+        path.write_text(source.replace("Optim", "Optimizer"))  # (renamed in the job's code)
+        task = module.Fit(infra={"folder": tmp_path / "cache", "cluster": "local"})
+        with pytest.raises(JobFailedError, match="could not load what it had to run") as info:
+            task.fit()
+        said = str(info.value)
+        assert "the module hidden_module_34 has no Parts.Optim there" in said, said
+        assert "a version of hidden_module_34 that defines Parts.Optim" in said, said
+        assert task.infra.status() == "not submitted"
+    finally:
+        sys.modules.pop("hidden_module_34", None)
+
+
 def test_a_pool_inside_a_job_raises_the_import_error_of_a_unit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

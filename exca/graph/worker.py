@@ -144,7 +144,8 @@ def run_unit(unit: Unit, progress: ProgressCallback | None = None) -> Report:
 class UnloadedUnit(tp.NamedTuple):
     """What a submitit job got for its unit when loading it failed on an ImportError (the
     config's module, or a module of what it holds, is not importable in the job), or on
-    the lookup of a class its module does not have there (``missing``: "module.Class")."""
+    the lookup of a class its module does not have there (``missing``: "module:Class", the
+    class by its qualified name: "Outer.Inner" for a nested one)."""
 
     folder: str
     uid: str
@@ -161,12 +162,13 @@ _MISSING_GLOBAL = re.compile(
 
 
 def _missing_global(error: AttributeError) -> str | None:
-    """ "module.Name" when ``error`` is the lookup of a global its module lacks."""
+    """ "module:Name" when ``error`` is the lookup of a global its module lacks (the name
+    may be dotted: a nested class, "Outer.Inner")."""
     found = _MISSING_GLOBAL.match(str(error))
     if found is None:
         return None
     module = found.group("module") or found.group("module2")
-    return f"{module}.{found.group('name') or found.group('name2')}"
+    return f"{module}:{found.group('name') or found.group('name2')}"
 
 
 def load_unit(data: bytes, folder: str = "", uid: str = "") -> Unit | UnloadedUnit:
@@ -194,7 +196,7 @@ def _refuse_unloaded(unit: UnloadedUnit) -> tp.NoReturn:
     registry.set_refused(Path(unit.folder) if unit.folder else None, _job_id() or "")
     where = f"on host {hostname()} with python {sys.executable}"
     if unit.missing:
-        module, name = unit.missing.rsplit(".", 1)
+        module, name = unit.missing.split(":", 1)
         said = (
             f"the module {module} has no {name} there (the class of the config, or of "
             "what it holds, was renamed or removed from its module in the code the job "
