@@ -4,6 +4,7 @@ removed, batch claims respected."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -269,6 +270,47 @@ def test_the_turn_of_a_breaker_killed_while_breaking_the_lock_is_taken_over(
     finally:
         claim.release()
     assert [p.name for p in turn.parent.iterdir()] == []
+
+
+def test_a_lock_and_a_turn_left_unreadable_by_another_users_killed_claimer_are_broken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claimer of another user, with a private umask, killed right after creating the
+    folder's lock (or a breaker's turn) and before its chmod, leaves a file we may not
+    read: a waiter raised PermissionError there, for good (no other user's claim could
+    be taken in that folder). Such a lock is a lock of an unknown owner (broken after a
+    minute), such a turn is taken over after 10 s, by their inode and mtime."""
+    import pathlib
+
+    claims_dir = tmp_path / CLAIMS_DIR
+    claims_dir.mkdir()
+    lock, turn = claims_dir / ".lock", claims_dir / ".lock.breaking"
+    lock.write_bytes(b"")
+    turn.write_bytes(b"")
+    for path, age in ((lock, 61), (turn, 11)):
+        old = time.time() - age
+        os.utime(path, (old, old))
+
+    def identity(path: Path) -> tuple[int, int]:
+        stat = os.stat(path)
+        return stat.st_ino, stat.st_mtime_ns
+
+    unreadable = {identity(lock), identity(turn)}  # (not the ones made later)
+    read_bytes = pathlib.Path.read_bytes
+
+    def refused(path: pathlib.Path) -> bytes:
+        with contextlib.suppress(FileNotFoundError):
+            if identity(path) in unreadable:
+                raise PermissionError(13, "Permission denied", str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(pathlib.Path, "read_bytes", refused)
+    claim = Claims(tmp_path).claim(["item"])
+    try:
+        assert claim.mine == ["item"]
+    finally:
+        claim.release()
+    assert [p.name for p in claims_dir.iterdir()] == []
 
 
 # --- Ctrl-C while claiming or releasing --------------------------------------------------------

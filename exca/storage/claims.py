@@ -444,14 +444,18 @@ class Claims:
             return True
 
     def _break_if_stale(self, lock: Path) -> None:
+        data = _read(lock)
+        if data is None:
+            return
         try:
-            data = lock.read_bytes()
             mtime = os.stat(lock).st_mtime
         except FileNotFoundError:
             return
         # (an empty lock is judged within seconds: by the file server's clock, which set
-        # its mtime, not this host's, which may differ by more on a network filesystem)
-        age = (_server_time(lock.parent) if not data else time.time()) - mtime
+        # its mtime, not this host's, which may differ by more on a network filesystem;
+        # an unreadable one likewise, but as a lock of an unknown owner: after a minute)
+        unknown = not data or data.startswith(_UNREADABLE)
+        age = (_server_time(lock.parent) if unknown else time.time()) - mtime
         try:
             owner = Owner(**orjson.loads(data)["owner"])
             alive = process.is_alive(owner.host, owner.pid, owner.start)
@@ -564,38 +568,49 @@ def _remove_if_unchanged(lock: Path, data: bytes, permissions: int | None = None
     except FileExistsError:  # another waiter's turn (or one killed in it: how long ago?)
         with contextlib.suppress(FileNotFoundError):
             # (by the file server's clock, which set its mtime: see _break_if_stale)
-            turn = breaking.read_bytes()
+            turn = _read(breaking)
             age = _server_time(lock.parent) - os.stat(breaking).st_mtime
-            if age > BREAKING_STALE_S and _read(breaking) == turn:  # (not taken over since)
-                _discard(breaking)
+            if turn is not None and age > BREAKING_STALE_S and _read(breaking) == turn:
+                _discard(breaking)  # (not taken over since)
         return
     try:
         os.write(fd, mine)
     finally:
         os.close(fd)
     try:
-        try:
-            current = lock.read_bytes()
-        except FileNotFoundError:
-            return
+        current = _read(lock)
         # (tokens are random: the same bytes, the same lock)
-        if current == data and _read(breaking) == mine:
+        if current is not None and current == data and _read(breaking) == mine:
             _discard(lock)
     finally:
         if _read(breaking) == mine:  # (never end another waiter's turn)
             _discard(breaking)
 
 
+# what stands for the bytes of a lock or turn file we may not read (never a token: json)
+_UNREADABLE = b"\0unreadable "
+
+
 def _read(path: Path) -> bytes | None:
+    """The bytes of a lock or a turn file (None: gone). One that another user's process
+    made and was killed in before its chmod (see ``_try_lock``: created with its umask,
+    0o600 for a private one) stays unreadable here: its inode and mtime stand for its
+    bytes (a waiter then breaks it as a lock of an unknown owner, after a minute)."""
     try:
         return path.read_bytes()
     except FileNotFoundError:
         return None
+    except PermissionError:
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return _UNREADABLE + f"{stat.st_ino} {stat.st_mtime_ns}".encode()
 
 
 def _unlock(lock: Path, token: bytes) -> None:
     with contextlib.suppress(FileNotFoundError):
-        if lock.read_bytes() == token:  # never remove a lock someone else took over
+        if _read(lock) == token:  # never remove a lock someone else took over
             os.remove(lock)
 
 
