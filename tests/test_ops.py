@@ -6046,3 +6046,18 @@ def test_a_folder_held_by_a_removal_is_not_listed_as_computed(tmp_path: Path) ->
         said = cli("list", root, "--json", check=True).stdout
         assert [n["status"] for n in json.loads(said)] == ["success"], said
         assert "computing" not in cli("list", root, check=True).stdout
+
+
+def test_a_folder_held_by_another_removal_is_kept_as_being_removed(tmp_path: Path) -> None:
+    """A cleaning that finds a node folder held by another removal (another `exca clean`,
+    an infra's cleaning, update_uids) kept it as "being computed by" that cleaning's
+    process: it is being removed or renamed, not computed."""
+    root = tmp_path / "cache"
+    Train(infra={"folder": root}).fit()
+    folder = folder_of(Train(infra={"folder": root}))
+    with clean.held(folder):  # (another removal's, as far as the plan below knows)
+        plan = clean.remove_nodes(folder)
+    assert plan.removals == []
+    (reason,) = dict(plan.kept).values()
+    assert reason.startswith("being removed or renamed by pid "), reason
+    assert "computed" not in reason

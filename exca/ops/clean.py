@@ -283,7 +283,10 @@ def busy_reason(
     run over many folders looked at it, else an squeue call for this folder's jobs)."""
     owners = [c for c in Claims(folder).current() if c.path not in own]
     if owners:
-        return f"being computed by {owners[0].owner.describe()}"
+        # (a removal's hold, another cleaning's: no computation, see ClaimFile.hold)
+        first = next((c for c in owners if not c.hold), owners[0])
+        doing = "being removed or renamed" if first.hold else "being computed"
+        return f"{doing} by {first.owner.describe()}"
     # every record, not only the latest: a map's chunk job may still be queued after a
     # later job (another call, other items) ended
     records = registry.read_all(folder, copied=True)
@@ -1272,7 +1275,8 @@ def _computed_now_by(step_folder: Path) -> str | None:
     None (a queued Slurm job, which holds no claim yet, is not looked for)."""
     for _, _, folder in node_folders(step_folder.parent, only=step_folder.name):
         try:
-            owners = Claims(folder).current()
+            # (a removal's hold is no computation: see ClaimFile.hold)
+            owners = [c for c in Claims(folder).current() if not c.hold]
         except OSError:  # (a shared cache: another user's private folder tells nothing)
             continue
         if owners:
