@@ -272,6 +272,37 @@ def test_the_turn_of_a_breaker_killed_while_breaking_the_lock_is_taken_over(
     assert [p.name for p in turn.parent.iterdir()] == []
 
 
+@pytest.mark.usefixtures("private_umask")
+def test_a_hold_or_a_compaction_keeps_the_setgid_bit_of_a_group_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a cache whose permissions are 0o2770 (a group's cache: what is made there takes
+    the folder's group), the claims folder that a removal's hold or a compaction made had
+    no setgid bit (they applied the folder's mode without it), where a claimer's has it:
+    the claim files and locks of the users claiming there later took their own group, in
+    which the other users of the cache may not be, and could not read them."""
+    from exca.ops import clean
+    from exca.storage.claims import FolderHold
+
+    folder = tmp_path / "node"
+    folder.mkdir()
+    os.chmod(folder, 0o2770)  # (made with the cache's permissions)
+    claims = Claims(folder, permissions=0o2770)
+    with claims.claim(["a"]):
+        assert _modes(folder)[CLAIMS_DIR] == 0o2770  # (a claimer's)
+    for made_by in ("hold", "compaction"):
+        shutil.rmtree(folder / CLAIMS_DIR)
+        if made_by == "hold":
+            hold = FolderHold(["a"])
+            hold.put(folder)
+            assert _modes(folder)[CLAIMS_DIR] == 0o2770, (made_by, _modes(folder))
+            hold.take_away(folder)
+        else:
+            monkeypatch.setattr(clean, "compactable", lambda *args: ["x", "y"])
+            assert clean.compact(folder, grace_seconds=0) == (0, 0)  # (nothing to merge)
+        assert _modes(folder)[CLAIMS_DIR] == 0o2770, (made_by, _modes(folder))
+
+
 def test_a_lock_and_a_turn_left_unreadable_by_another_users_killed_claimer_are_broken(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

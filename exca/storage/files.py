@@ -105,9 +105,13 @@ def fchmod(fd: int, path: str | os.PathLike[str], permissions: int) -> None:
 
 def folder_mode(folder: str | os.PathLike[str]) -> int | None:
     """The mode of a folder of a cache (made with its permissions: what is created in
-    there by a process that does not know them, a cleaning, takes this), None if gone."""
+    there by a process that does not know them, a cleaning, takes this), None if gone.
+    With its setgid bit (permissions=0o2770, or inherited): a claims folder made without
+    it, in a group's cache, would give the files made there their maker's own group,
+    which the other users may not read. (Not sticky nor setuid: breakers remove the
+    files of others.)"""
     try:
-        return stat.S_IMODE(os.stat(folder).st_mode) & 0o777  # (no setgid: a file's mode)
+        return stat.S_IMODE(os.stat(folder).st_mode) & 0o2777
     except OSError:
         return None
 
