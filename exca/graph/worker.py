@@ -816,7 +816,7 @@ def _run_on_past_time_limit_warning() -> None:
             _PREEMPTED.append(True)  # (its sys.exit(-1) after requeuing: not the method's)
             try:
                 previous(signum, frame)  # preempted: submitit requeues the job
-            except subprocess.SubprocessError as error:  # (its `scontrol requeue`)
+            except (subprocess.SubprocessError, OSError) as error:  # (its `scontrol requeue`)
                 _requeue_failed(error)
             return
         with contextlib.suppress(Exception):  # (logging from a signal handler)
@@ -832,8 +832,8 @@ def _run_on_past_time_limit_warning() -> None:
 
 
 def _requeue_failed(error: Exception) -> tp.NoReturn:
-    """submitit's ``scontrol requeue`` of a preempted job failed, most often killed by the
-    SIGTERM Slurm sends the job it is requeuing, before it could exit. Raised inside the
+    """submitit's ``scontrol requeue`` of a preempted job failed (most often killed by the
+    SIGTERM Slurm sends the job it is requeuing, before it could exit), or could not run. Raised inside the
     method, that error was cached as the config's failure: it is not the method's. The job
     ends without a result instead, as after a requeue; requeued or not, the next call finds
     no result and computes the config again."""
