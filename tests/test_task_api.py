@@ -2174,6 +2174,24 @@ def test_permissions_applied(tmp_path: Path) -> None:
     assert folder.stat().st_mode & 0o777 == 0o750
 
 
+def test_permissions_keep_the_setgid_bit_of_a_groups_cache(tmp_path: Path) -> None:
+    """A group's cache (its folder setgid: what is made there takes its group) with
+    permissions=0o770: chmod 0o770 cleared the setgid bit each new folder inherits, and
+    the files made in them took their maker's own group, which others may not read."""
+    import stat
+
+    root = tmp_path / "cache"
+    root.mkdir()
+    root.chmod(0o2770)
+    task = Task(param=17, infra={"folder": root, "permissions": 0o770})
+    task.process()
+    folder = task.infra.uid_folder()
+    assert folder is not None
+    for made in (folder.parent, folder, *(p for p in folder.rglob("*") if p.is_dir())):
+        assert made.stat().st_mode & 0o2777 == 0o2770, made
+    assert folder.stat().st_mode & stat.S_ISGID
+
+
 class ArrayTask(pydantic.BaseModel):
     x: int = 0
     infra: TaskInfra = TaskInfra(version="1")

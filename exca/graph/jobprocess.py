@@ -114,9 +114,9 @@ def _share_job_logs(permissions: int | None) -> None:
         names = [e.name for e in os.scandir(folder) if e.name.startswith(prefix + "_")]
     except Exception:  # (no log folder to share: not a submitit job after all)
         return
-    from ..storage.files import chmod
+    from ..storage.files import chmod, chmod_folder
 
-    chmod(folder, permissions)
+    chmod_folder(folder, permissions)
     for name in names:
         chmod(folder / name, permissions)
 

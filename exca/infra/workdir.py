@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pydantic
 
-from ..storage.files import chmod, make_folder
+from ..storage.files import chmod, chmod_folder, make_folder
 
 logger = logging.getLogger("exca")
 
@@ -379,9 +379,10 @@ class WorkDir(pydantic.BaseModel):
 def _chmod_tree(folder: Path, permissions: int) -> None:
     """Apply a cache's permissions to a snapshot: its folders and files (not what symlinks
     point to)."""
-    chmod(folder, permissions)
+    chmod_folder(folder, permissions)
     for root, dirs, files in os.walk(folder):
-        for name in (*dirs, *files):
-            path = os.path.join(root, name)
-            if not os.path.islink(path):
-                chmod(path, permissions)
+        for names, change in ((dirs, chmod_folder), (files, chmod)):
+            for name in names:
+                path = os.path.join(root, name)
+                if not os.path.islink(path):
+                    change(path, permissions)

@@ -34,7 +34,7 @@ from pathlib import Path
 import orjson
 
 from . import interrupts, process
-from .files import chmod, fchmod, folder_mode, make_folder, write_new
+from .files import chmod_folder, fchmod, folder_mode, make_folder, write_new
 from .keytext import check_utf8
 
 CLAIMS_DIR = "claims"
@@ -547,7 +547,7 @@ def _make_claims_dir(path: Path, permissions: int | None) -> None:
     except FileExistsError:
         return
     if permissions is not None:
-        chmod(path, permissions)
+        chmod_folder(path, permissions)
 
 
 def _remove_if_unchanged(lock: Path, data: bytes, permissions: int | None = None) -> None:

@@ -136,7 +136,18 @@ def make_folder(folder: str | os.PathLike[str], permissions: int | None) -> bool
             return False
         if permissions is not None:
             for path in missing:
-                chmod(path, permissions)
+                chmod_folder(path, permissions)
     if permissions is not None:
-        chmod(folder, permissions)
+        chmod_folder(folder, permissions)
     return True
+
+
+def chmod_folder(folder: str | os.PathLike[str], permissions: int) -> None:
+    """``chmod`` of a folder keeping its setgid bit (a new folder inherits it from its
+    parent, in a group's cache): without it, the files made there take their maker's own
+    group, which the other users of the cache may not read."""
+    try:
+        inherited = os.stat(folder).st_mode & stat.S_ISGID
+    except OSError:
+        inherited = 0
+    chmod(folder, permissions | inherited)
