@@ -1120,3 +1120,39 @@ def test_recursive_map_forced_on_a_threadpool(tmp_path: Path) -> None:
     fib = Fib(log=str(log), infra=infra)
     assert list(fib.process(list(range(8)))) == [0, 1, 1, 2, 3, 5, 8, 13]
     assert collections.Counter(lines(log)) == {str(n): 1 for n in range(8)}
+
+
+class FibList(pydantic.BaseModel):
+    """Fib, its method computing all its items before returning them (a list)."""
+
+    log: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> list[int]:
+        out = []
+        for n in items:
+            append(Path(self.log), str(n))
+            if n < 2:
+                out.append(n)
+            else:
+                a, b = self.process([n - 1, n - 2])
+                out.append(a + b)
+        return out
+
+
+@pytest.mark.timeout(60)
+def test_recursive_map_call_of_a_method_returning_a_list(tmp_path: Path) -> None:
+    """A method computing several items before returning any (a list): 3 needs 2, which
+    the same method computed already, not yet returned; the enclosing call, at its first
+    item (2) still, was taken for 2 needing itself: the self-call error, for a DAG. Now 2
+    is computed again for 3 (as before the items given up), and every value is right."""
+    log = tmp_path / "calls.txt"
+    fib = FibList(log=str(log), infra={"folder": tmp_path / "cache"})
+    assert list(fib.process([2, 3, 4])) == [1, 2, 3]
+    counts = collections.Counter(lines(log))
+    assert set(counts) == {"0", "1", "2", "3", "4"} and max(counts.values()) <= 2
+    again = FibList(log=str(log), infra={"folder": tmp_path / "cache"})
+    assert list(again.process([0, 1, 2, 3, 4])) == [0, 1, 1, 2, 3]
+    assert collections.Counter(lines(log)) == counts  # (all read)
+

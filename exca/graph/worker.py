@@ -1022,8 +1022,13 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
                 flush()
             node.cache.refresh()
             again = _map_todo(node, claim.reentered, "compute")
-            cycle = sorted(_current_items(node.folder).intersection(again))
-            if cycle:  # (an item needing itself, through others: it would wait for itself)
+            # (an item needing itself, through others, is computed here again once, and
+            # refused when that computation needs it again: the item an enclosing method
+            # is at may be computed already, by a method computing several items before
+            # yielding (returning a list), so that an item needing it is no cycle)
+            redoing = _UNWRITTEN.redoing.setdefault(str(node.folder), set())
+            cycle = sorted(redoing.intersection(again))
+            if cycle:
                 raise self_call_error(f"{node.uid} (item {cycle[0]!r})")
             if again:
                 logger.warning(
@@ -1032,7 +1037,11 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
                     len(again),
                     node.uid,
                 )
-            _compute_items(node, again, by_uid, "compute", report, progress)
+            redoing.update(again)
+            try:
+                _compute_items(node, again, by_uid, "compute", report, progress)
+            finally:
+                redoing.difference_update(again)
         if not claim.busy:
             break
         busy = list(claim.busy)
@@ -1232,6 +1241,8 @@ class _Unwritten(threading.local):
 
     def __init__(self) -> None:
         self.by_folder: dict[str, list[tp.Callable[[], None]]] = {}
+        # (the items that an enclosing call holds, computed here again: see _run_map)
+        self.redoing: dict[str, set[str]] = {}
 
 
 _UNWRITTEN = _Unwritten()
@@ -1432,6 +1443,8 @@ def _compute_from(
         if _reached_time_limit(error) or _closed_output(error):
             raise  # (the job's time is up, or stdout closed: not this item's error)
         uid = uids[position]
+        if uid in _UNWRITTEN.redoing.get(str(node.folder), ()):
+            raise  # (computed again for a nested call: the enclosing one caches its error)
         if len(uids) - start > 1:  # (the method had other items: is it this one's error?)
             error_meta = {**error_meta, "t": time.time()}  # (the error is alone's, if any)
             alone = _compute_alone(node, cache, uid, all_items[position], meta, report, progress)
