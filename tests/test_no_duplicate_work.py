@@ -1156,3 +1156,57 @@ def test_recursive_map_call_of_a_method_returning_a_list(tmp_path: Path) -> None
     assert list(again.process([0, 1, 2, 3, 4])) == [0, 1, 1, 2, 3]
     assert collections.Counter(lines(log)) == counts  # (all read)
 
+
+class WaitsOnGate(pydantic.BaseModel):
+    """Item 'slow' computes once the file ``gate`` exists; 'needs' needs 'slow'."""
+
+    ctl: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[str]) -> tp.Iterator[str]:
+        for item in items:
+            if item == "slow":
+                (Path(self.ctl) / "slow-started").touch()
+                filelog.wait_until((Path(self.ctl) / "gate").exists, timeout=30)
+                yield item
+            else:
+                yield item + "+" + next(iter(self.process(["slow"])))
+
+
+@pytest.mark.timeout(60)
+def test_a_wait_record_follows_the_caches_permissions(tmp_path: Path) -> None:
+    """Under a private umask (0o077), the record of a worker holding an item while it
+    waits for another (claims/*.waits) has the cache's permissions, as claim files have:
+    it was 0o600, which the other users of a shared cache, checking for cycles, could not
+    read (PermissionError)."""
+    import stat
+
+    previous = os.umask(0o077)
+    try:
+        infra = {"folder": tmp_path / "c", "permissions": 0o770}
+        slow = WaitsOnGate(ctl=str(tmp_path), infra=infra)
+        got: dict[str, list[str]] = {}
+        first = threading.Thread(target=lambda: got.setdefault("slow", slow.process(["slow"])))
+        first.start()
+        filelog.wait_until((tmp_path / "slow-started").exists, timeout=30)
+        needs = WaitsOnGate(ctl=str(tmp_path), infra=infra)
+        second = threading.Thread(
+            target=lambda: got.setdefault("needs", list(needs.process(["needs"])))
+        )
+        second.start()
+        folder = slow.infra.uid_folder()
+        assert folder is not None
+        try:
+            filelog.wait_until(lambda: any((folder / "claims").glob("*.waits")), timeout=30)
+            records = list((folder / "claims").glob("*.waits"))
+            modes = {stat.S_IMODE(os.stat(p).st_mode) for p in records}
+        finally:
+            (tmp_path / "gate").touch()
+            first.join()
+            second.join()
+    finally:
+        os.umask(previous)
+    assert modes == {0o770}
+    assert list(got["slow"]) == ["slow"] and got["needs"] == ["needs+slow"]
+    assert not list((folder / "claims").glob("*.waits"))  # (removed once the wait ended)

@@ -444,7 +444,11 @@ class _OnWait:
             if folder is not None and node.kind == "map":
                 self.holds = _current_items(folder)
                 if self.holds:
-                    claims = Claims(folder, job_alive=registry.slurm_job_alive)
+                    claims = Claims(
+                        folder,
+                        job_alive=registry.slurm_job_alive,
+                        permissions=node.cache.permissions,  # (read by the other users)
+                    )
                     self.record = claims.post_wait(held, self.holds)
         if self.record is not None:
             self._refuse_cycle(held)
