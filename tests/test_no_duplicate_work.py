@@ -1210,3 +1210,38 @@ def test_a_wait_record_follows_the_caches_permissions(tmp_path: Path) -> None:
     assert modes == {0o770}
     assert list(got["slow"]) == ["slow"] and got["needs"] == ["needs+slow"]
     assert not list((folder / "claims").glob("*.waits"))  # (removed once the wait ended)
+
+
+class NeedsFailing(pydantic.BaseModel):
+    """Item 3 always fails; item 4 needs item 3."""
+
+    log: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        for n in items:
+            append(Path(self.log), str(n))
+            if n == 3:
+                raise ValueError("bad item 3")
+            yield next(iter(self.process([3]))) + 1 if n == 4 else n
+
+
+@pytest.mark.timeout(60)
+def test_a_retry_does_not_retry_again_what_its_nested_call_retried(tmp_path: Path) -> None:
+    """mode='retry' on [4, 3, 5], 4 needing 3, both failed before: 4's nested call
+    retries 3 (its error cached again), then the retry's own unit, which had given 3 back
+    to that nested call, claimed it again and retried it once more. An error cached since
+    the retry asked is its answer, as for the items it waits for."""
+    log = tmp_path / "calls.txt"
+    infra = {"folder": tmp_path / "cache"}
+    with pytest.raises(ValueError, match="bad item 3"):
+        list(NeedsFailing(log=str(log), infra=infra).process([4, 3, 5]))
+    log.unlink()
+    retry = NeedsFailing(log=str(log), infra={**infra, "mode": "retry"})
+    with pytest.raises(ValueError, match="bad item 3"):
+        list(retry.process([4, 3, 5]))
+    counts = collections.Counter(lines(log))
+    # (4 computed, then alone to tell its error; each time its nested call retries 3,
+    # whose error the first has cached, then asked again: a call of its own)
+    assert counts == {"4": 2, "3": 2}

@@ -1018,6 +1018,11 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
 
             window.guard(claim, compute)
         if left:  # (then waits for what others hold, if they still do)
+            if action == "retry" and unit.asked_at:  # (an error cached since this retry
+                # asked: its answer, e.g. the nested call's that needed the item; a unit
+                # without the time, e.g. detached.py's, retries them all as before)
+                node.cache.refresh()
+                left = [k for k in left if not _new_error(node.cache, k, unit.asked_at)]
             todo = list(dict.fromkeys([*left, *claim.busy, *claim.reentered]))
             continue
         if claim.reentered:
@@ -1120,6 +1125,11 @@ def _items_done(
 def _old_error(cache: CacheDict[tp.Any], key: str, when: float) -> bool:
     """Whether an item holds an error of a computation started before ``when``."""
     return cache.entry_type(key) == "Error" and not store.computed_since(cache, when, key)
+
+
+def _new_error(cache: CacheDict[tp.Any], key: str, when: float) -> bool:
+    """Whether an item holds an error of a computation started at ``when`` or later."""
+    return cache.entry_type(key) == "Error" and store.computed_since(cache, when, key)
 
 
 def _items_provenance(node: Node) -> dict[str, tp.Any] | None:
