@@ -234,18 +234,10 @@ class Claims:
         the cycle (see ``waits``). Refreshed as claims are; ``end_wait`` removes it."""
         me = Owner.current()
         data = orjson.dumps({"owner": me._asdict(), "waits": list(waits), "holds": list(holds)})
-        dirname = os.fspath(self.dir)
-        name = process.unique_name()
-        path = f"{dirname}/{name}{WAIT_SUFFIX}"
         with interrupts.deferred():
-            try:
-                write_new(f"{dirname}/{name}.tmp", data, self.permissions)
-            except FileNotFoundError:
-                make_folder(dirname, self.permissions)
-                write_new(f"{dirname}/{name}.tmp", data, self.permissions)
-            os.replace(f"{dirname}/{name}.tmp", path)
-            _HEARTBEAT.add(Path(path), self.heartbeat)
-        return Path(path)
+            path = self._publish(data, WAIT_SUFFIX)
+            _HEARTBEAT.add(path, self.heartbeat)
+        return path
 
     @staticmethod
     def end_wait(path: Path) -> None:
@@ -355,20 +347,25 @@ class Claims:
 
     def _write(self, me: Owner, keys: list[str]) -> Path:
         """A new claim file (a unique name), complete when it appears."""
-        dirname = os.fspath(self.dir)
-        name = process.unique_name()
-        tmp = f"{dirname}/{name}.tmp"
         try:
             data = orjson.dumps({"owner": me._asdict(), "keys": keys})
         except TypeError:
             _refuse_keys_not_utf8(keys)
             raise
+        return self._publish(data, CLAIM_SUFFIX)
+
+    def _publish(self, data: bytes, suffix: str) -> Path:
+        """A new file of the claims folder (a unique name ending with ``suffix``, the
+        cache's permissions), complete when it appears."""
+        dirname = os.fspath(self.dir)
+        name = process.unique_name()
+        tmp = f"{dirname}/{name}.tmp"
         try:
             write_new(tmp, data, self.permissions)
         except FileNotFoundError:
             make_folder(dirname, self.permissions)
             write_new(tmp, data, self.permissions)
-        path = f"{dirname}/{name}{CLAIM_SUFFIX}"
+        path = f"{dirname}/{name}{suffix}"
         os.replace(tmp, path)
         return Path(path)
 
