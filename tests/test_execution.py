@@ -1761,7 +1761,6 @@ def test_a_job_that_cannot_import_its_config_caches_no_failure(
     which module, where (host, python), and what to do. An ImportError raised by the
     method itself is cached as any error of the method."""
     import importlib
-    import socket
 
     code = tmp_path / "code"
     code.mkdir()
@@ -1785,24 +1784,41 @@ def test_a_job_that_cannot_import_its_config_caches_no_failure(
         task = module.Train(infra=infra)
         with pytest.raises(JobFailedError, match="could not load what it had to run") as info:
             task.fit()
-        said = str(info.value)
+        said = _refused_load(task, info)
         assert "No module named 'hidden_module_29'" in said
-        assert f"host {socket.gethostname()} " in said and sys.executable in said
         assert "PYTHONPATH" in said and "workdir.copied" in said
-        assert "mode='retry'" not in said  # (nothing to retry: call again)
-        assert task.infra.status() == "not submitted"
         monkeypatch.setenv("PYTHONPATH", f"{code}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-        again = module.Train(infra=infra)
-        assert again.fit() == 20  # submitted again, in the default mode
-        assert again.infra.status() == "completed"
-        broken = module.Broken(infra=infra)
-        with pytest.raises(Exception, match="no_such_module_29"):
-            broken.fit()
-        assert broken.infra.status() == "failed"  # (the method's own error: cached)
-        with pytest.raises(Exception, match="no_such_module_29"):
-            module.Broken(infra=infra).fit()
+        _computed_then_method_error_cached(module, infra, "no_such_module_29")
     finally:
         sys.modules.pop("hidden_module_29", None)
+
+
+def _refused_load(task: tp.Any, info: pytest.ExceptionInfo[JobFailedError]) -> str:
+    """The error of a job that could not load its config: it names this host and python,
+    offers no retry (nothing was cached: a call submits again); the task is not submitted."""
+    import socket
+
+    said = str(info.value)
+    assert f"host {socket.gethostname()} " in said and sys.executable in said
+    assert "mode='retry'" not in said  # (nothing to retry: call again)
+    assert task.infra.status() == "not submitted"
+    return said
+
+
+def _computed_then_method_error_cached(
+    module: tp.Any, infra: dict[str, tp.Any], match: str
+) -> None:
+    """Once the job can load it, module.Train is submitted again in the default mode and
+    computed; module.Broken's method raises ``match``: its own error, cached."""
+    again = module.Train(infra=infra)
+    assert again.fit() == 20
+    assert again.infra.status() == "completed"
+    failing = module.Broken(infra=infra)
+    with pytest.raises(Exception, match=match):
+        failing.fit()
+    assert failing.infra.status() == "failed"
+    with pytest.raises(Exception, match=match):
+        module.Broken(infra=infra).fit()
 
 
 @pytest.mark.timeout(180)
@@ -1816,7 +1832,6 @@ def test_a_job_whose_module_lacks_the_config_class_caches_no_failure(
     and python, and the next call submits it again. An AttributeError raised by the method
     itself is cached as any error of the method."""
     import importlib
-    import socket
 
     code = tmp_path / "code"
     code.mkdir()
@@ -1843,22 +1858,11 @@ def test_a_job_whose_module_lacks_the_config_class_caches_no_failure(
         task = module.Train(infra=infra)
         with pytest.raises(JobFailedError, match="could not load what it had to run") as info:
             task.fit()
-        said = str(info.value)
+        said = _refused_load(task, info)
         assert "'Train'" in said and "hidden_module_31" in said
-        assert f"host {socket.gethostname()} " in said and sys.executable in said
         assert "renamed or removed" in said
-        assert "mode='retry'" not in said  # (nothing to retry: call again)
-        assert task.infra.status() == "not submitted"
         path.write_text(source)  # (the class is back)
-        again = module.Train(infra=infra)
-        assert again.fit() == 20  # submitted again, in the default mode
-        assert again.infra.status() == "completed"
-        failing = module.Broken(infra=infra)
-        with pytest.raises(Exception, match="has no attribute 'MyTask'"):
-            failing.fit()
-        assert failing.infra.status() == "failed"  # (the method's own error: cached)
-        with pytest.raises(Exception, match="has no attribute 'MyTask'"):
-            module.Broken(infra=infra).fit()
+        _computed_then_method_error_cached(module, infra, "has no attribute 'MyTask'")
     finally:
         sys.modules.pop("hidden_module_31", None)
 
