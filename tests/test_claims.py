@@ -518,7 +518,7 @@ def test_a_compaction_of_a_folder_removed_meanwhile_leaves_ctrl_c_working(
     folder = tmp_path / "node"
     folder.mkdir()
 
-    def removed_after_the_look(path: tp.Any, grace_seconds: float) -> bool:
+    def removed_after_the_look(path: tp.Any, grace_seconds: float, look: tp.Any = None) -> bool:
         shutil.rmtree(folder)  # (it had index files of ended writers to merge)
         return True
 

@@ -4092,6 +4092,74 @@ def _age(path: Path, days: float) -> None:
     os.utime(path, (when, when), follow_symlinks=False)
 
 
+def _counting_squeue(folder: Path, running: set[str]) -> Path:
+    """A ``squeue`` (put first on PATH) listing the jobs of ``running`` it is asked about
+    as RUNNING; each call adds a line (its arguments) to the file it returns."""
+    calls = folder / "squeue-calls"
+    script = folder / "squeue"
+    script.write_text(
+        f"""#!{sys.executable}
+import sys
+with open({str(calls)!r}, "a") as handle:
+    handle.write(" ".join(sys.argv[1:]) + "\\n")
+for job in sys.argv[sys.argv.index("-j") + 1].split(","):
+    if job in {sorted(running)!r}:
+        print(f"{{job}}|RUNNING|{{job}}|None")
+"""
+    )
+    script.chmod(0o755)
+    return calls
+
+
+def test_clean_looks_at_the_slurm_queue_once_per_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`exca clean ... --yes` asked squeue about the jobs of each folder on its own, in the
+    preview and again in the removal (50 folders: 102 calls for `clean node`). The preview
+    and the removal share one look at the queue, asked about every job of the root at
+    once, for each kind of cleaning; a folder whose job runs is still kept, and a job
+    recorded after the preview is asked about when the removal meets it."""
+    root = tmp_path / "cache"
+    Train(seed=0, infra={"folder": root}).fit()
+    source = folder_of(Train(seed=0, infra={"folder": root}))
+    folders = []
+    for i in range(50):
+        folder = source.with_name(f"copy{i:02d}")
+        shutil.copytree(source, folder)
+        _fake_job(folder, str(5000 + i), root / "logs" / str(5000 + i), 40)
+        folders.append(folder)
+    bin_folder = tmp_path / "bin"
+    bin_folder.mkdir()
+    calls = _counting_squeue(bin_folder, running={"5003", "5040", "5100"})
+    monkeypatch.setenv("PATH", f"{bin_folder}{os.pathsep}{os.environ['PATH']}")
+
+    def asked(*args: str | Path) -> list[str]:
+        calls.unlink(missing_ok=True)
+        result = cli("clean", root, *args)
+        assert result.returncode == 0, result.stderr
+        return calls.read_text().splitlines()
+
+    # (each: one call, for the 50 jobs; the two running ones' logs and folders kept)
+    assert len(asked("logs", "--yes")) == 1
+    assert sorted(p.name for p in (root / "logs").iterdir()) == ["5003", "5040"]
+    assert len(asked("orphans", "--yes")) == 1
+    assert len(asked("compact")) == 1
+    assert len(asked("compact", "--yes")) == 1
+    (call,) = asked("node", *folders, "--yes")
+    assert call.endswith("-j " + ",".join(str(5000 + i) for i in range(50)))
+    assert sorted(p.name for p in source.parent.glob("copy*")) == ["copy03", "copy40"]
+    # a job recorded between the preview and the removal: asked about then, and kept
+    calls.unlink()
+    plan = clean.remove_nodes(source)
+    assert not plan.kept and len(calls.read_text().splitlines()) == 1
+    _fake_job(source, "5100", root / "logs" / "5100", 0)
+    plan.execute()
+    assert plan.skipped and "job 5100 is queued or running" in plan.skipped[0][1]
+    assert source.is_dir()
+    asked_calls = calls.read_text().splitlines()
+    assert len(asked_calls) == 2 and asked_calls[1].endswith("-j 5100"), asked_calls
+
+
 def test_clean_logs_of_slurm_arrays_takes_their_scripts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -88,6 +88,11 @@ class CleanPlan:
     jobs_use: dict[Path, dict[Path, str]] = dataclasses.field(
         default_factory=dict, repr=False, compare=False
     )
+    # the Slurm queue, looked at once for the jobs of every folder of a root (per 1000
+    # ids), by the preview and by execute(): not an squeue call per folder, twice
+    look: registry.QueueLook = dataclasses.field(
+        default_factory=registry.QueueLook, repr=False, compare=False
+    )
     # folders removed too when the removals leave them empty (an old version's step folder)
     emptied: list[Path] = dataclasses.field(default_factory=list, repr=False, compare=False)
     # per folder: the symlinks in it, by the real path they point to (see _links_to)
@@ -149,14 +154,17 @@ class CleanPlan:
         """Remove everything listed (node folders: renamed away first); return bytes freed.
         What cannot be removed (e.g. another user's folder) is left whole, listed in
         ``failed`` and warned about; what started being computed or used since the preview
-        is kept, listed in ``skipped`` and warned about; the rest is removed."""
+        is kept, listed in ``skipped`` and warned about; the rest is removed. The Slurm
+        queue is not asked again about the jobs the preview asked about (``look``): one
+        queued then is taken as queued still (what it uses is kept), one ended then as
+        ended; a job recorded since is asked about (one call for those of a root)."""
         freed = 0
         self.failed = []
         self.skipped = []
         jobs_use: dict[Path, dict[Path, str]] = {}  # (read again: jobs may have started since)
         for removal in self.removals:
             try:
-                freed += _remove(removal, jobs_use)
+                freed += _remove(removal, jobs_use, self.look)
             except _InUse as error:
                 self.skipped.append((removal.path, str(error)))
             except _Incomplete as error:
@@ -198,7 +206,9 @@ class _Incomplete(OSError):
         return str(self.args[0])
 
 
-def _remove(removal: Removal, jobs_use: dict[Path, dict[Path, str]]) -> int:
+def _remove(
+    removal: Removal, jobs_use: dict[Path, dict[Path, str]], look: registry.QueueLook
+) -> int:
     """Remove one item of a plan (unless in use since the preview); the bytes freed."""
     path = removal.path
     if removal.template:  # (checked again: a submission may have started since the preview)
@@ -223,7 +233,7 @@ def _remove(removal: Removal, jobs_use: dict[Path, dict[Path, str]]) -> int:
         raise _InUse("written again since the preview")
     whole = removal.keys is None and removal.files is None
     # (a whole node folder is checked again right before it is renamed away, see held)
-    busy = _busy_with_inputs(path) if path.is_dir() and not whole else None
+    busy = _busy_with_inputs(path, look=look) if path.is_dir() and not whole else None
     if busy is not None:  # started being used since the preview
         raise _InUse(busy)
     if removal.keys is not None:
@@ -247,11 +257,11 @@ def _remove(removal: Removal, jobs_use: dict[Path, dict[Path, str]]) -> int:
             )
         return freed
     root = registry.root_of(path) if (path / UID_FILE).exists() else path.parent.parent
-    used = _holds_what_jobs_use(path, root, jobs_use) if path.is_dir() else None
+    used = _holds_what_jobs_use(path, root, jobs_use, look) if path.is_dir() else None
     if used is not None:
         raise _InUse(used)
     if path.is_dir():
-        remove_node_folder(path, removal.size, checked=True)
+        remove_node_folder(path, removal.size, checked=True, look=look)
     else:
         try:
             path.unlink()
@@ -335,20 +345,23 @@ def _remove_items(
             cache.delete_at({k: places[k] for k in keys if k in places})
 
 
-def remove_node_folder(folder: Path, size: int = 0, checked: bool = False) -> None:
+def remove_node_folder(
+    folder: Path, size: int = 0, checked: bool = False, look: registry.QueueLook | None = None
+) -> None:
     """Remove a node (or step) folder: renamed away first, in one step, so that its
     entries vanish at once whenever a kill comes (removing its index files one by one,
     a kill between the file holding a deletion and the one holding the deleted entry
     brought that entry back); then deleted. ``size``: its bytes, as planned (what a failed
     deletion freed is counted from it). ``checked``: a node folder (and its inputs-*
     nodes) being computed, or whose job is queued or running, is kept (_InUse): checked
-    right before the rename, while no new claim can be taken there (see ``held``)."""
+    right before the rename, while no new claim can be taken there (see ``held``; ``look``:
+    see busy_reason)."""
     if folder.name.startswith(REMOVING_PREFIX):  # (left by a killed removal)
         _delete_tree(folder, size)
         return
     _check_deletable(folder)  # (renamed away but not deleted, its space was not freed)
     trash = folder.with_name(REMOVING_PREFIX + process.unique_name())
-    guard = held(folder) if checked and is_node_folder(folder) else None
+    guard = held(folder, look) if checked and is_node_folder(folder) else None
     try:
         with guard if guard is not None else contextlib.nullcontext(Hold(None)) as hold:
             if hold.busy is not None:
@@ -554,9 +567,10 @@ def _add_folder(
             )
         )
         return
-    busy = _busy_with_inputs(folder) or _holds_what_jobs_use(
-        folder, registry.root_of(folder), plan.jobs_use
-    )
+    root = registry.root_of(folder)
+    # (the jobs of the whole root first: the queue is asked about all of them at once)
+    used = _jobs_use_of(root, plan.jobs_use, plan.look)
+    busy = _busy_with_inputs(folder, look=plan.look) or _used_by(folder, used)
     if busy is not None:
         plan.kept.append((folder, busy))
         return
@@ -648,7 +662,8 @@ def _link_target(path: Path) -> Path:
 
 def _add_items(plan: CleanPlan, folder: Path, keys: list[str], reason: str) -> None:
     """Some items of a map folder (the size: their share of the folder's, an estimate)."""
-    busy = _busy_with_inputs(folder)
+    _jobs_use_of(registry.root_of(folder), plan.jobs_use, plan.look)  # (the root's jobs)
+    busy = _busy_with_inputs(folder, look=plan.look)
     if busy is not None:
         plan.kept.append((folder, busy))
         return
@@ -663,25 +678,40 @@ def _add_items(plan: CleanPlan, folder: Path, keys: list[str], reason: str) -> N
 
 
 def _holds_what_jobs_use(
-    folder: Path, root: Path, jobs_use: dict[Path, dict[Path, str]]
+    folder: Path, root: Path, jobs_use: dict[Path, dict[Path, str]], look: registry.QueueLook
 ) -> str | None:
     """Why a folder holds files a queued or running job of ANOTHER node needs (jobs packed
     in one array share the log folder and code snapshot of its first node), or None;
     ``jobs_use`` memoizes ``_used_by_jobs`` per root."""
+    return _used_by(folder, _jobs_use_of(root, jobs_use, look))
+
+
+def _jobs_use_of(
+    root: Path, jobs_use: dict[Path, dict[Path, str]], look: registry.QueueLook
+) -> dict[Path, str]:
+    """``_used_by_jobs(root)``, once per root (``jobs_use``); it asks the queue (``look``)
+    about every Slurm job recorded under the root, so that the folders checked next find
+    theirs there."""
     root = root.resolve()
     if root not in jobs_use:
-        jobs_use[root] = _used_by_jobs(root)
+        jobs_use[root] = _used_by_jobs(root, look)
+    return jobs_use[root]
+
+
+def _used_by(folder: Path, used: dict[Path, str]) -> str | None:
+    """Why a folder holds what a job uses (``used``: see _used_by_jobs), or None."""
     resolved = folder.resolve()
-    for path, why in jobs_use[root].items():
+    for path, why in used.items():
         if path == resolved or resolved in path.parents:
             return why
     return None
 
 
-def _used_by_jobs(root: Path) -> dict[Path, str]:
-    """Log folders and code snapshots of the queued or running jobs under a root."""
+def _used_by_jobs(root: Path, look: registry.QueueLook) -> dict[Path, str]:
+    """Log folders and code snapshots of the queued or running jobs under a root (the
+    queue asked about all of them at once, per 1000 ids, through ``look``)."""
     records = [(f, r) for _, _, f in node_folders(root) for r in registry.read_all(f, copied=True)]
-    queued = registry.queued_jobs([r.job_id for _, r in records if r.cluster == "slurm"])
+    queued = look.queued_of([r.job_id for _, r in records if r.cluster == "slurm"])
     used: dict[Path, str] = {}
     for folder, record in records:
         if _still_running(record, queued):
@@ -1142,7 +1172,7 @@ def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
                         plan.kept.append((other, f"the link {link} points to it"))
                         continue
                     # (a job of another method may use them)
-                    used = _holds_what_jobs_use(other, root, plan.jobs_use)
+                    used = _holds_what_jobs_use(other, root, plan.jobs_use, plan.look)
                     if used is not None:
                         plan.kept.append((other, used))
                         continue
@@ -1337,10 +1367,11 @@ def orphans(root: Path | str, min_age_hours: float = 1.0, step: str | None = Non
     root = cache_root(root)
     steps = selected_steps(root, step)
     templates: list[Path] = []  # (a map's logs are in its node folder, a task's in its step's)
+    _jobs_use_of(root, plan.jobs_use, plan.look)  # (the queue asked about the root's jobs)
     for step_name, _, folder in node_folders(root):
         if steps is not None and step_name not in steps:
             continue
-        if busy_reason(folder) is not None:
+        if busy_reason(folder, look=plan.look) is not None:
             continue
         templates += _templates_under(folder)
         try:
@@ -1536,6 +1567,8 @@ def logs(root: Path | str, older_than_days: float = 30.0, step: str | None = Non
             selected = steps is None or step_name in steps
             by_folder.setdefault(record.logs_folder(), []).append((selected, record))
     templates: set[Path] = set()
+    # (the queue asked about every job at once: not once per job, see _is_active)
+    plan.look.ask(r.job_id for rs in by_folder.values() for _, r in rs if r.cluster == "slurm")
     for logs_folder, records in by_folder.items():
         if not any(selected for selected, _ in records):
             continue
@@ -1610,7 +1643,7 @@ def _add_whole_logs_folder(
     before ``limit``."""
     if any(r.submitted > limit for r in records):
         return  # (a recent job)
-    active = next((r for r in records if registry.is_active(r) or _runs_on_another_host(r)), None)
+    active = next((r for r in records if _is_active(r, plan.look)), None)
     if active is not None:
         plan.kept.append((folder, f"job {active.job_id} is queued or running"))
         return
@@ -1619,6 +1652,13 @@ def _add_whole_logs_folder(
     size, _ = disk_usage(folder)
     shown = ", ".join(sorted({r.job_id for r in records}))
     plan.removals.append(Removal(folder, size, f"logs of job {shown}, ended"))
+
+
+def _is_active(record: registry.JobRecord, look: registry.QueueLook) -> bool:
+    """``registry.is_active`` (the queue as ``look`` saw it), or a local job of another
+    host still running (see ``_still_running``)."""
+    queued = look.queued_of([record.job_id]) if record.cluster == "slurm" else None
+    return registry.is_active(record, queued) or _runs_on_another_host(record)
 
 
 def _add_job_files(
@@ -1635,13 +1675,7 @@ def _add_job_files(
     for name, (job_id, _) in files.items():
         by_job.setdefault(job_id, []).append(name)
     # (any record's: a local job id is a pid, which a later job may have again)
-    busy = sorted(
-        {
-            r.job_id
-            for _, r in records
-            if r.job_id in by_job and (registry.is_active(r) or _runs_on_another_host(r))
-        }
-    )
+    busy = sorted({r.job_id for _, r in records if r.job_id in by_job and _is_active(r, plan.look)})
     going: list[str] = []
     for selected, record in records:
         names = by_job.get(record.job_id)
@@ -1794,13 +1828,17 @@ def _writer_dead(name: str, mtime: float, grace: float) -> bool:
 KEPT_PLACES = 2
 
 
-def compact(folder: Path | str, grace_seconds: float = 3600.0) -> tuple[int, int]:
+def compact(
+    folder: Path | str, grace_seconds: float = 3600.0, look: registry.QueueLook | None = None
+) -> tuple[int, int]:
     """Merge the index files of dead writers of a folder into one; returns (files merged,
     entries kept). Readers see every entry throughout (new file written first).
     ``grace_seconds``: how long another host's writer must have been idle; on this host,
     a file is merged once its writer ended and it was idle for 2 minutes (or for
-    ``grace_seconds`` if shorter)."""
-    if not compactable(folder, grace_seconds):  # (no lock taken, nor claims/ made, for nothing)
+    ``grace_seconds`` if shorter). ``look``: see busy_reason."""
+    if not compactable(
+        folder, grace_seconds, look
+    ):  # (no lock taken, nor claims/ made, for nothing)
         return 0, 0  # (checked again below, under the folder's lock)
     folder = Path(folder)
     claims = Claims(folder, permissions=folder_mode(folder))  # (the cache's: unknown here)
@@ -1893,11 +1931,14 @@ def _former_places(folder: Path) -> set[str]:
     return named
 
 
-def compactable(folder: Path | str, grace_seconds: float = 3600.0) -> list[str]:
+def compactable(
+    folder: Path | str, grace_seconds: float = 3600.0, look: registry.QueueLook | None = None
+) -> list[str]:
     """The index files ``compact(folder)`` would merge now (none when the folder is being
-    computed, or when fewer than two writers are finished): a preview, nothing changes."""
+    computed, or when fewer than two writers are finished): a preview, nothing changes.
+    ``look``: see busy_reason."""
     folder = _cache_folder(folder)
-    if busy_reason(folder) is not None:
+    if busy_reason(folder, look=look) is not None:
         return []
     files = _dead_index_files(folder, grace_seconds)
     return sorted(e.name for e in files) if len(files) >= 2 else []
@@ -1935,6 +1976,15 @@ def _dead_index_files(folder: Path, grace_seconds: float) -> list[os.DirEntry[st
         and e.stat().st_mtime <= idle_before
         and _writer_dead(e.name, e.stat().st_mtime, grace_seconds)
     ]
+
+
+def look_at_jobs(folders: tp.Iterable[Path]) -> registry.QueueLook:
+    """The Slurm queue, asked at once (per 1000 ids) about the jobs recorded in these node
+    folders: a QueueLook to give to what checks them one by one (see busy_reason)."""
+    look = registry.QueueLook()
+    records = (r for f in folders for r in registry.read_all(f, copied=True))
+    look.ask(r.job_id for r in records if r.cluster == "slurm")
+    return look
 
 
 def claims_owner() -> tp.Any:

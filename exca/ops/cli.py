@@ -839,12 +839,13 @@ def _main(argv: list[str] | None) -> int:
             root = clean.cache_root(args.root)
             steps = clean.selected_steps(root, args.step)
             folders = [f for s, _, f in node_folders(root) if steps is None or s in steps]
+            look = clean.look_at_jobs(folders)  # (one squeue call, not one per folder)
             if args.yes:
                 # (a folder removed since it was listed: nothing to merge there)
-                merged = sum(clean.compact(f)[0] for f in folders if f.is_dir())
+                merged = sum(clean.compact(f, look=look)[0] for f in folders if f.is_dir())
                 _print({"merged": merged}, args.json, f"merged {merged} index file(s)")
                 return 0
-            previews = {str(f): clean.compactable(f) for f in folders}
+            previews = {str(f): clean.compactable(f, look=look) for f in folders}
             previews = {f: names for f, names in previews.items() if names}
             lines = [f"{f}: {len(names)} index file(s)" for f, names in previews.items()]
             total = sum(len(names) for names in previews.values())
