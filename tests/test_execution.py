@@ -1229,6 +1229,64 @@ def test_status_is_running_while_computed_without_a_job(tmp_path: Path) -> None:
     assert (entry.status, entry.action) == ("cached", "reuse")
 
 
+_HOLDER = """
+import os, sys, time
+from pathlib import Path
+from exca.ops import clean
+folder, go = Path(sys.argv[1]), Path(sys.argv[2])
+rename = os.rename
+def rename_on_go(source, target):  # (the hold is on: new claims are kept out)
+    print("held", flush=True)
+    deadline = time.monotonic() + 60
+    while not go.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rename(source, target)
+clean.os.rename = rename_on_go
+clean.remove_node_folder(folder, checked=True)
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cluster", [None, "local"])
+def test_status_and_job_while_the_folder_is_being_removed(
+    tmp_path: Path, cluster: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While `exca clean` removed a config's folder (its hold keeps new claims out until the
+    folder is renamed away), status() said "running" and job() gave a job "#claim#",
+    RUNNING: nothing computes it. status() says what the folder holds (no result: "not
+    submitted"), and job() waits for the removal, then computes it anew."""
+    task = make(tmp_path, cluster, x=14)
+    assert task.process() == 28
+    task.infra.clear_job()  # (the folder is left without a result)
+    folder = task.infra.uid_folder()
+    assert folder is not None and folder.is_dir()
+    go = tmp_path / "go"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(folder), str(go)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        other = make(tmp_path, cluster, x=14)
+        assert other.infra.status() == "not submitted"
+        (entry,) = exca.graph.plan(other.process.node()).entries
+        assert (entry.status, entry.action) == ("missing", "compute")
+        assert "being removed or renamed by pid" in entry.reason
+        with caplog.at_level(logging.INFO, logger="exca"):
+            asked = Background(other.infra.job)
+            seen = list(asked.join(timeout=1.0))  # (it waits for the removal: nothing yet)
+            go.touch()
+            (job,) = asked.join(timeout=90)
+        assert not seen, seen
+        assert job.job_id != "#claim#" and job.result() == 28
+    finally:
+        go.touch()
+        holder.wait(timeout=60)
+    assert len(calls(tmp_path / "calls.txt")) == 2  # (computed again, once removed)
+    assert other.infra.status() == "completed"
+    if cluster is None:  # (the wait says what it waits for)
+        assert "which is removing or renaming" in caplog.text
+
+
 @pytest.mark.timeout(120)
 def test_a_job_whose_record_could_not_be_written_fails_as_usual(
     tmp_path: Path, short_result_wait: None, monkeypatch: pytest.MonkeyPatch

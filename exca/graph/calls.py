@@ -119,16 +119,33 @@ def task_status(node: Node) -> tp.Literal["not submitted", "running", "completed
         return "running"
     if record is not None and record.cluster == "slurm" and registry.is_active(record):
         return "running"  # (a second look: squeue can miss a job for an instant)
-    if being_computed(node):  # computed by a worker: here or in another process (no job needed)
+    # computed by a worker: here or in another process (no job needed); a removal's hold
+    # computes nothing: the folder is as the removal found it, until it is gone
+    if being_computed(node, holds=False):
         return "running"
     if record is None or registry.wrote_outcome(record):
         return "not submitted"  # (an outcome removed since, e.g. by an interrupted force)
     return "failed"
 
 
-def being_computed(node: Node) -> bool:
-    """Whether a live worker holds the claim of a task's result."""
-    return bool(keys_being_computed(node, (TASK_KEY,)))
+def being_computed(node: Node, holds: bool = True) -> bool:
+    """Whether a live worker holds the claim of a task's result (``holds``: a removal's
+    hold counts too, see keys_being_computed)."""
+    return bool(keys_being_computed(node, (TASK_KEY,), holds=holds))
+
+
+def removal_holder(node: Node) -> str | None:
+    """Who holds a task's folder to remove or rename it (``exca clean``, an infra's
+    cleaning, update_uids: a FolderHold, which computes nothing), when such holds are the
+    only live claims of its result; else None."""
+    from ..storage.claims import CLAIMS_DIR, Claims
+
+    if node.folder is None or not os.path.isdir(os.path.join(node.folder, CLAIMS_DIR)):
+        return None
+    claims = [c for c in Claims(node.folder).current() if TASK_KEY in c.keys]
+    if not claims or not all(c.hold for c in claims):
+        return None
+    return claims[0].owner.describe()
 
 
 def claimed_here(node: Node, keys: tp.Iterable[str] | None) -> bool:
@@ -154,9 +171,14 @@ def refuse_self_call(node: Node, keys: tp.Iterable[str]) -> None:
         raise self_call_error(node.uid)
 
 
-def keys_being_computed(node: Node, keys: tp.Iterable[str], others_only: bool = False) -> set[str]:
+def keys_being_computed(
+    node: Node, keys: tp.Iterable[str], others_only: bool = False, holds: bool = True
+) -> set[str]:
     """Which of these keys of a node's cache live workers hold claims of (computing them
-    right now: here, in another process, in a job; ``others_only``: not this thread)."""
+    right now: here, in another process, in a job; ``others_only``: not this thread).
+    ``holds``: the hold of a removal (``exca clean``, update_uids' rename), which keeps new
+    claims out while it renames the folder, counts too (waiters wait for it to end); it
+    computes nothing."""
     from ..storage.claims import CLAIMS_DIR, Claims, Owner
 
     if node.folder is None or not os.path.isdir(os.path.join(node.folder, CLAIMS_DIR)):
@@ -168,7 +190,8 @@ def keys_being_computed(node: Node, keys: tp.Iterable[str], others_only: bool = 
     return {
         key
         for claim in Claims(node.folder).current()
-        if not (claim.owner.job_id and registry.slurm_job_alive(claim.owner.job_id) is False)
+        if (holds or not claim.hold)
+        and not (claim.owner.job_id and registry.slurm_job_alive(claim.owner.job_id) is False)
         and (me is None or (claim.owner.host, claim.owner.pid, claim.owner.thread) != me)
         for key in claim.keys & wanted
     }
@@ -279,7 +302,11 @@ def task_job(node: Node) -> Job:
         job.retry_if_lost = not reusable and node.mode == "retry"
         job.asked_at = asked_at
         return job
-    if not forcing and not ending and keys_being_computed(node, (TASK_KEY,), others_only=True):
+    if (
+        not forcing
+        and not ending
+        and keys_being_computed(node, (TASK_KEY,), others_only=True, holds=False)
+    ):
         # another worker computes it (an inline call of another process, say): its outcome
         # is the job's; a job submitted now would hold its allocation only to wait for
         # that claim (a call with a cluster waits too, and submits only if it ends

@@ -544,7 +544,7 @@ def _note_computed_elsewhere(runs: dict[Key, NodeRun]) -> None:
     says "running" too), whatever this node's cluster: a task is not submitted then (see
     submitting.exclusive). Map items that would go to a job still show as computed: their
     job waits for them, then computes what is left."""
-    from .calls import keys_being_computed
+    from .calls import keys_being_computed, removal_holder
 
     for run in runs.values():
         node = run.node
@@ -555,7 +555,11 @@ def _note_computed_elsewhere(runs: dict[Key, NodeRun]) -> None:
         keys = (TASK_KEY,) if node.kind == "task" else (run.todo or ())
         if not keys:
             continue
-        elsewhere = keys_being_computed(node, keys)
+        # (a removal's hold, `exca clean`: nothing computes it, it is computed once removed)
+        elsewhere = keys_being_computed(node, keys, holds=False)
+        remover = removal_holder(node) if node.kind == "task" and not elsewhere else None
+        if remover is not None:
+            run.reason += f" (its folder is being removed or renamed by {remover}: computed after)"
         waited = node.kind == "task" or node.execution.cluster in (None, "debug", *POOL_CLUSTERS)
         if waited and len(elsewhere) == len(set(keys)):
             run.action = "wait"

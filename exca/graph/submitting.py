@@ -24,7 +24,7 @@ from pathlib import Path
 from ..storage import interrupts, process
 from ..storage.claims import Claim, Claims
 from . import callers, executors, registry, store
-from .calls import being_computed, refuse_self_call
+from .calls import being_computed, refuse_self_call, removal_holder
 from .decisions import wait_for_map_jobs
 from .node import TASK_KEY
 
@@ -42,9 +42,15 @@ def _log_settled(run: NodeRun, by_worker: bool = False) -> None:
         if by_worker
         else "following its job(s) instead of submitting"
     )
+    if run.reason.startswith(REMOVED_NOW):  # (a cleaning's hold: nothing computes it)
+        logger.info("%s: %s; waiting for that to end, then computed here", run.node.uid, run.reason)
+        return
     logger.info(
         "%s is computed elsewhere since this run started (%s): %s", run.node.uid, run.reason, then
     )
+
+
+REMOVED_NOW = "its folder is being removed or renamed"  # (a run's reason, see exclusive)
 
 
 SUBMIT_KEY = "\x00submitting"  # (not a cache key: a task's is "result", a map's items' uids)
@@ -135,7 +141,12 @@ def _settle(
             # would only wait inside its allocation, and its end (a time limit) would be
             # taken for this task's failure. Wait here; submit if it ends without a result
             run.resume, run.action = run.action, "wait"
-            run.reason = "being computed by another worker (its claim is live)"
+            remover = removal_holder(node)  # (a cleaning's hold: it computes nothing)
+            run.reason = (
+                "being computed by another worker (its claim is live)"
+                if remover is None
+                else f"{REMOVED_NOW} by {remover}"
+            )
             entry = node.cache.entry(TASK_KEY)
             run.seen_outcome = None if entry is None else (entry.file, entry.offset)
             run.handles.append(executors.ClaimHandle(node))

@@ -454,9 +454,18 @@ class _OnWait:
             self._refuse_cycle(held)
         if not self.shown:
             owner = next(iter(held.values()))
-            logger.info(
-                "Waiting for %s to finish %d key(s) in %s", owner.describe(), len(held), folder
+            # (a cleaning's hold, exca clean or update_uids: it computes nothing)
+            holds = folder is not None and any(
+                c.hold and c.owner == owner for c in Claims(folder).current()
             )
+            if holds:
+                logger.info(
+                    "Waiting for %s, which is removing or renaming %s", owner.describe(), folder
+                )
+            else:
+                logger.info(
+                    "Waiting for %s to finish %d key(s) in %s", owner.describe(), len(held), folder
+                )
             self.shown = True
 
     def _refuse_cycle(self, held: dict[str, Owner]) -> None:

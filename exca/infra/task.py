@@ -481,7 +481,8 @@ class TaskInfra(BaseInfra, SubmititMixin):
     # --- jobs --------------------------------------------------------------------------------
     def job(self) -> Job:
         """The job computing this config (submitting it if needed; does not wait, except for
-        cluster=None and "debug", which compute in this process)."""
+        cluster=None and "debug", which compute in this process, and for a removal of its
+        folder under way, ``exca clean``: it is submitted, or computed, once removed)."""
         self._refuse_inputs("job()", "run it with exca.graph.run (see the pipelines docs)")
         node = self._node()
         if self.mode == "read-only" and not calls.has_job_or_outcome(node):
