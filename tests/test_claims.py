@@ -303,6 +303,63 @@ def test_a_hold_or_a_compaction_keeps_the_setgid_bit_of_a_group_cache(
         assert _modes(folder)[CLAIMS_DIR] == 0o2770, (made_by, _modes(folder))
 
 
+def test_claim_files_another_user_left_unreadable_are_judged_by_their_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim file (or a wait record) of another user that this one may not read (an exca
+    from before 105da31 wrote them 0o600 under a private umask) made every claimer and
+    reader of the folder raise PermissionError (claims, status, `exca list`, clean). Such
+    a claim stands for every key, its owner told by its name (host, pid: a unique_name)
+    and its heartbeat by its mtime: a live one is waited for, a dead one removed."""
+    import pathlib
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    claims_dir = tmp_path / CLAIMS_DIR
+    claims_dir.mkdir()
+    host = process.hostname()
+
+    def unreadable(name: str, age: float = 0.0) -> Path:
+        path = claims_dir / name
+        path.write_bytes(b"")
+        when = time.time() - age
+        os.utime(path, (when, when))
+        return path
+
+    now = f"{time.time_ns() // 1000:x}"
+    live = unreadable(f"{host}-{sleeper.pid}-{sleeper.pid}-{now}-abcdef.claim")
+    fresh = unreadable(f"elsewhere-12-12-{now}-abcdef.claim")  # (another host: its mtime)
+    stale = unreadable(f"elsewhere-13-13-{now}-abcdef.claim", age=1000)
+    odd = unreadable("not-a-unique-name.claim", age=1000)
+    record = unreadable(f"{host}-{sleeper.pid}-{sleeper.pid}-{now}-abcdef.waits")
+    refused = {live, fresh, stale, odd, record}
+    read_bytes = pathlib.Path.read_bytes
+
+    def refuse(path: pathlib.Path) -> bytes:
+        if path in refused:
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(pathlib.Path, "read_bytes", refuse)
+    try:
+        claims = Claims(tmp_path, heartbeat=30.0)
+        assert {c.path for c in claims.current()} == {live, fresh}
+        assert claims.holders(["result"])["result"].pid in (sleeper.pid, 12)
+        assert claims.waits() == []  # (no cycle is found through a record unreadable)
+        claim = claims.claim(["a", "b"])
+        assert claim.mine == [] and set(claim.busy) == {"a", "b"}
+        assert not stale.exists() and not odd.exists()  # (dead: removed)
+        assert claims.claim_one("result").mine == []
+        fresh.unlink()
+        sleeper.kill()
+        sleeper.wait()
+        with claims.claim_one("result") as one:
+            assert one.mine == ["result"]
+        assert not live.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
 def test_a_lock_and_a_turn_left_unreadable_by_another_users_killed_claimer_are_broken(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

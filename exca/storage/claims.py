@@ -89,7 +89,28 @@ class Owner(tp.NamedTuple):  # (named tuples, not dataclasses: cheaper to import
 
     def describe(self) -> str:
         job = f", slurm job {self.job_id}" if self.job_id else ""
-        return f"pid {self.pid} on {self.host}{job}"
+        return f"pid {self.pid} on {self.host}{job}" if self.pid else self.host
+
+
+class _EveryKey(frozenset):
+    """The keys of a claim file that cannot be read (see Claims._read): unknown, so taken
+    as every key (``claim.keys & wanted`` is ``wanted``, any key is ``in`` it); it lists
+    none."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __and__(self, other: tp.AbstractSet[tp.Any]) -> frozenset[tp.Any]:
+        return frozenset(other)
+
+    def isdisjoint(self, other: tp.Iterable[tp.Any]) -> bool:
+        return not any(True for _ in other)
+
+    def __repr__(self) -> str:
+        return "<every key>"
+
+
+EVERY_KEY: frozenset[str] = _EveryKey()
 
 
 def slurm_job_id() -> str | None:
@@ -109,8 +130,13 @@ class ClaimFile(tp.NamedTuple):
     mtime: float
     # a FolderHold's (a removal keeping new claims out: a claim, but no computation)
     hold: bool = False
+    unreadable: bool = False  # (its owner and keys told by its name only: see Claims._read)
 
     def is_dead(self, heartbeat: float, job_alive: JobAlive | None = None) -> bool:
+        if self.unreadable:  # (its name tells its process: gone on this host, or its
+            # heartbeat, the file's mtime, older than two periods)
+            name = self.path.name[: -len(CLAIM_SUFFIX)]
+            return process.session_ended(name, self.mtime, 2 * heartbeat)
         alive = process.is_alive(self.owner.host, self.owner.pid, self.owner.start)
         if alive is None:  # another host: only its heartbeat tells
             return time.time() - self.mtime > 2 * heartbeat
@@ -206,6 +232,8 @@ class Claims:
             )
         except (FileNotFoundError, orjson.JSONDecodeError, KeyError, TypeError):
             return None  # being written (renamed in place) or removed: not a live claim
+        except PermissionError:
+            return _unreadable_claim(path)
 
     def current(self) -> list[ClaimFile]:
         """Claim files of live owners (dead ones are ignored, not removed)."""
@@ -260,6 +288,8 @@ class Claims:
                 waits, holds = frozenset(record["waits"]), frozenset(record["holds"])
             except (FileNotFoundError, orjson.JSONDecodeError, KeyError, TypeError):
                 continue
+            except PermissionError:  # (another user's, made private: no cycle is found
+                continue  # through it; its claim, unreadable too, is waited for)
             probe = ClaimFile(Path(name), owner, holds, mtime)
             if not probe.is_dead(self.heartbeat, self.job_alive):
                 out.append((owner, waits, holds))
@@ -278,6 +308,7 @@ class Claims:
 
     def _claim(self, keys: tp.Sequence[str], window: interrupts.deferred) -> Claim:
         me = Owner.current()
+        asked = frozenset(keys)
         with self._folder_lock(me, window):
             mine: list[str] = []
             busy: dict[str, Owner] = {}
@@ -287,7 +318,7 @@ class Claims:
                 if claim.is_dead(self.heartbeat, self.job_alive):
                     _discard(claim.path)  # we hold the folder lock: nobody else removes it
                     continue
-                for key in claim.keys:
+                for key in claim.keys & asked:  # (an unreadable claim: all of them)
                     held[key] = claim.owner
             for key in dict.fromkeys(keys):
                 owner = held.get(key)
@@ -586,6 +617,31 @@ def _remove_if_unchanged(lock: Path, data: bytes, permissions: int | None = None
 
 # what stands for the bytes of a lock or turn file we may not read (never a token: json)
 _UNREADABLE = b"\0unreadable "
+
+
+def _unreadable_claim(path: Path) -> ClaimFile | None:
+    """A claim file this user may not read (another user's, made by an exca from before
+    105da31 under a private umask: 0o600), judged by its name (``process.unique_name``:
+    the host and pid of its process) and mtime (its heartbeat), as holding every key: a
+    live one is waited for, a dead one removed (as a lock we may not read is broken, see
+    ``_read``). None: gone."""
+    try:
+        mtime = os.stat(path).st_mtime
+    except FileNotFoundError:
+        return None
+    parts = path.name[: -len(CLAIM_SUFFIX)].split("-")
+    if len(parts) >= 5 and parts[-4].isdigit() and parts[-3].isdigit():
+        host, pid, thread = "-".join(parts[:-4]), int(parts[-4]), int(parts[-3])
+    else:  # (named otherwise: told by its heartbeat alone)
+        host, pid, thread = "an unknown host", 0, 0
+    try:
+        uid = f"uid {os.stat(path).st_uid}"
+    except OSError:
+        uid = "another user"
+    if not pid:
+        host = f"an unknown process of {uid} (its claim file {path.name} is unreadable here)"
+    owner = Owner(host=host, pid=pid, start=None, thread=thread, job_id=None)
+    return ClaimFile(path, owner, EVERY_KEY, mtime, unreadable=True)
 
 
 def _read(path: Path) -> bytes | None:
