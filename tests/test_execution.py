@@ -3462,6 +3462,41 @@ def test_every_rank_of_a_multi_task_local_job_runs_the_method(tmp_path: Path) ->
     assert infer.count("infer rank=0") == infer.count("infer rank=1")
 
 
+@pytest.mark.timeout(180)
+def test_a_jobs_result_file_and_its_ranks_calls_take_the_caches_permissions(
+    tmp_path: Path,
+) -> None:
+    """Under a private umask, the result file submitit writes once a job's function
+    returned (read by `exca list`, clean and status(): its job ran to its end) and the
+    folder where rank 0 of a multi-task job announces its calls (read by the other ranks,
+    removed by `exca clean logs`) took the umask (0o600, 0o700), not the infra's
+    ``permissions``, as the job's logs beside them do."""
+    from ranks import RankedTask
+
+    cache = tmp_path / "cache"
+    previous = os.umask(0o077)
+    try:
+        infra = {"folder": cache, "cluster": "local", "permissions": 0o750}
+        assert Counted(x=15, log=str(tmp_path / "calls.txt"), infra=infra).process() == 30
+        ranked = {**infra, "tasks_per_node": 2}
+        task = RankedTask(meeting=str(tmp_path / "meeting"), infra=ranked)
+        assert task.train() == "rank 0 of 2"
+    finally:
+        os.umask(previous)
+
+    def modes(pattern: str) -> dict[str, int]:
+        return {p.name: p.stat().st_mode & 0o7777 for p in cache.rglob(pattern)}
+
+    # (one job of one task, one of two: a result file each task; set as each one exits)
+    _wait_for(
+        lambda: len(modes("*_result.pkl")) == 3 and set(modes("*_result.pkl").values()) == {0o750}
+    )
+    (calls_folder,) = cache.rglob("rank-calls-*")
+    assert calls_folder.stat().st_mode & 0o7777 == 0o750
+    files = {p.name: p.stat().st_mode & 0o7777 for p in calls_folder.iterdir()}
+    assert "lead.json" in files and "0.json" in files and set(files.values()) == {0o750}, files
+
+
 @pytest.mark.timeout(120)
 def test_the_plan_of_a_task_another_process_computes_inline_says_wait_whatever_its_cluster(
     tmp_path: Path,

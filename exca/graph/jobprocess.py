@@ -102,7 +102,9 @@ def known_sources(sources: tp.Iterable[tuple[str, tp.Sequence[str]]]) -> None:
 def _share_job_logs(permissions: int | None) -> None:
     """Apply the cache's permissions to this job's log folder and files (submitit and
     Slurm create them with the user's umask: colleagues sharing the cache could not read
-    the logs behind ``job.stdout()``). The result file, written after, is not covered."""
+    the logs behind ``job.stdout()``), and, as the process exits, to the result file
+    submitit writes once the job's function returned (its outcome, which `exca list`,
+    `exca clean` and status() read: a job that ran to its end is not taken for dead)."""
     if permissions is None:
         return
     try:
@@ -119,6 +121,17 @@ def _share_job_logs(permissions: int | None) -> None:
     chmod_folder(folder, permissions)
     for name in names:
         chmod(folder / name, permissions)
+    import atexit
+
+    atexit.register(_share_result, Path(env.paths.result_pickle), permissions)
+
+
+def _share_result(path: Path, permissions: int) -> None:
+    """The cache's permissions on the result file submitit wrote (see _share_job_logs)."""
+    from ..storage.files import chmod
+
+    if path.exists():  # (none: killed, requeued... nothing to share)
+        chmod(path, permissions)
 
 
 def _end_with_local_controller() -> None:

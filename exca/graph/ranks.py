@@ -7,6 +7,7 @@ same order, with the same items, and store nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ import typing as tp
 from pathlib import Path
 
 from ..storage import claims, process
+from ..storage.files import make_folder, write_new
 
 logger = logging.getLogger("exca")
 POLL_MAX_S = 0.5  # (another rank's next call: its collectives would wait for it anyway)
@@ -29,24 +31,30 @@ LEAD_STALE_S = 600.0
 
 
 class Announcer:
-    """Rank 0's side: each call of the unit's method, then the end, as numbered files."""
+    """Rank 0's side: each call of the unit's method, then the end, as numbered files
+    (``permissions``: the cache's, given to the folder and its files, as to the job's
+    logs beside them: the other users of the cache read them, `exca clean logs` of
+    another user removes them)."""
 
-    def __init__(self, folder: Path, node_uid: str) -> None:
+    def __init__(self, folder: Path, node_uid: str, permissions: int | None = None) -> None:
         self.folder, self.node_uid, self.count = folder, node_uid, 0
-        folder.mkdir(parents=True, exist_ok=True)
+        self.permissions = permissions
+        make_folder(folder, permissions)
         lead = folder / LEAD_FILE
         me = {"host": process.hostname(), "pid": os.getpid(), "start": process.self_start_time()}
-        _write_json(lead, me)
+        _write_json(lead, me, permissions)
         claims.keep_fresh(lead)  # (a rank 0 killed stops refreshing it: the others stop)
 
     def write(self, message: dict[str, tp.Any]) -> None:
-        _write_json(self.folder / f"{self.count}.json", message)
+        _write_json(self.folder / f"{self.count}.json", message, self.permissions)
         self.count += 1
 
 
-def _write_json(path: Path, data: dict[str, tp.Any]) -> None:
+def _write_json(path: Path, data: dict[str, tp.Any], permissions: int | None = None) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data), encoding="utf8")
+    with contextlib.suppress(FileNotFoundError):  # (left by a rank 0 killed while writing)
+        tmp.unlink()
+    write_new(os.fspath(tmp), json.dumps(data).encode("utf8"), permissions)
     os.replace(tmp, path)  # (another rank never reads half a file)
 
 
@@ -76,9 +84,10 @@ def _calls_folder() -> Path:
     return Path(env.paths.folder) / f"{_CALLS_DIR}-{env.job_id}-{attempt}"
 
 
-def lead(node_uid: str) -> None:
-    """In rank 0 of a multi-task job: announce the calls of this node's method."""
-    _ANNOUNCER[:] = [Announcer(_calls_folder(), node_uid)]
+def lead(node_uid: str, permissions: int | None = None) -> None:
+    """In rank 0 of a multi-task job: announce the calls of this node's method
+    (``permissions``: the cache's, see Announcer)."""
+    _ANNOUNCER[:] = [Announcer(_calls_folder(), node_uid, permissions)]
 
 
 def announce(node_uid: str, uids: list[str] | None) -> None:

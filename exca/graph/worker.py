@@ -245,7 +245,7 @@ def run_job_unit(unit: Unit) -> Report:
             return run_unit(unit)
         if rank > 0:
             return _follow_rank_zero(unit)
-        ranks.lead(unit.node.uid)
+        ranks.lead(unit.node.uid, getattr(unit.node.cache, "permissions", None))
         try:
             return run_unit(unit)
         finally:
