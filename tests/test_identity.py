@@ -3898,6 +3898,46 @@ def test_a_default_holding_a_model_subclass_or_a_container_of_them_is_told_apart
     )
 
 
+def test_a_default_differing_only_in_what_its_models_keep_out_of_uids_is_the_default(
+    tmp_path: Path,
+) -> None:
+    """A dataclass field (or a list or dict of dataclasses or of models) whose value
+    differs from its default only in a field a model inside keeps out of uids (workers,
+    in _exclude_from_cls_uid) was not taken for its default (its json dump differs from
+    the default's): its own uid (box={size=1,optim.lr=0.10,...}), a new folder and a
+    new computation for the same config, where a model held by a field is the default.
+    They are the default, as the same model held by a field."""
+    slow = _Workers(workers=4)
+
+    def box_uid(box: _WorkersBox) -> str:
+        return _HoldsDefaultBox(box=box, infra={"folder": tmp_path}).infra.uid()
+
+    default = box_uid(_WorkersBox())
+    assert default.endswith("/default"), default
+    assert box_uid(_WorkersBox(optim=slow)) == default
+    assert box_uid(_WorkersBox(holder=_HoldsWorkers(optim=slow))) == default
+    assert box_uid(_WorkersBox(optim=_Workers(lr=0.2, workers=4))) != default
+    assert _HoldsDefaultBox(infra={"folder": tmp_path}).process() == "1-_Workers"
+    config = _HoldsDefaultBox(box=_WorkersBox(optim=slow), infra={"folder": tmp_path})
+    assert config.process() == "1-_Workers"  # (the default's result: the same config)
+    direct = _HoldsWorkersBox(box=_WorkersBox(), holder=_HoldsWorkers(optim=slow)).infra.uid()
+    assert direct == _HoldsWorkersBox(box=_WorkersBox()).infra.uid()  # (as held by a field)
+
+    def config_uid(**fields: tp.Any) -> str:
+        return _HoldsBoxes(infra={"folder": tmp_path}, **fields).infra.uid()
+
+    default = config_uid()
+    for fields in [
+        {"boxes": [_WorkersBox(optim=slow)]},
+        {"named": {"a": _WorkersBox(holder=_HoldsWorkers(optim=slow))}},
+        {"optims": [slow]},
+        {"fast": _WorkersBox(optim=_FastWorkers(workers=4))},
+    ]:
+        assert config_uid(**fields) == default, fields
+    assert config_uid(optims=[_Workers(lr=0.2, workers=4)]) != default
+    assert config_uid(optims=[slow, slow]) != default
+
+
 class _AliasedWorkers(pydantic.BaseModel):
     model_config = FORBID
     _exclude_from_cls_uid = ("workers",)

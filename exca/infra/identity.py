@@ -791,6 +791,9 @@ def _exclude_dict(spec: tp.Any) -> dict[tp.Any, tp.Any]:
 # (updated in place) were freed, and new facts at the same address read its export: a
 # test saw another class's default there, now and then)
 _DEFAULT_EXPORTS: dict[tuple[_FieldFacts, bool], dict[str, tp.Any]] = {}
+# (the same for a default that is not a model: a dataclass, a container; see
+# _Exporter._default_export)
+_DEFAULT_VALUE_EXPORTS: dict[tuple[_FieldFacts, type, bool], tp.Any] = {}
 
 
 def _default_export(field: _FieldFacts, uid: bool) -> dict[str, tp.Any]:
@@ -964,10 +967,15 @@ class _Exporter:
             drops = len(self.drops)
             exported = self.value(value, dval, field.keep, field.contained, facts.cls)
             if (
-                len(self.drops) > drops  # (init=False fields left out: their dumps differed)
-                and prune
+                prune
                 and not field.required
                 and name not in keep
+                and (
+                    len(self.drops) > drops  # (init=False fields left out: their dumps differed)
+                    # models inside (in a dataclass, a list, a dict): what they keep out of
+                    # uids differed in the dumps, not in the uids (their defaults then)
+                    or (self.uid and _holds_model(value))
+                )
                 and self._default_export_is(exported, field, facts.cls)
             ):
                 continue
@@ -1015,7 +1023,11 @@ class _Exporter:
 
     def _default_export(self, field: _FieldFacts, owner: type) -> tp.Any:
         """The export of a field's default, with defaults pruned (``_NO_DEFAULT``: none,
-        or one without a json form)."""
+        or one without a json form; computed once per field, as its json dump is)."""
+        key = (field, owner, self.uid)
+        found = _DEFAULT_VALUE_EXPORTS.get(key, _NO_DEFAULT)
+        if found is not _NO_DEFAULT:
+            return found
         default = field.default
         if default is _NO_DEFAULT:
             return _NO_DEFAULT
@@ -1024,7 +1036,9 @@ class _Exporter:
         except Exception:  # (no json form: the default's own memo, say)
             return _NO_DEFAULT
         exporter = _Exporter(self.uid, True)
-        return exporter.value(default, dumped, field.keep, field.contained, owner)
+        found = exporter.value(default, dumped, field.keep, field.contained, owner)
+        _DEFAULT_VALUE_EXPORTS[key] = found
+        return found
 
     def _field_without(
         self,
@@ -1236,6 +1250,28 @@ def _holds_subclass(model: pydantic.BaseModel) -> bool:
             if (declared and _subclass_of(type(sub), declared)) or _holds_subclass(sub):
                 return True
     return False
+
+
+def _holds_model(value: tp.Any, depth: int = 0) -> bool:
+    """Whether a value holds a model, through dataclasses and containers (deeper than a
+    few levels: assumed so)."""
+    kind = type(value)
+    if kind in _NO_BOOLS or kind is bool:
+        return False
+    if isinstance(value, pydantic.BaseModel) or depth > 8:
+        return True
+    if hasattr(kind, "__dataclass_fields__"):
+        return any(
+            _holds_model(getattr(value, name, None), depth + 1)
+            for name in kind.__dataclass_fields__
+        )
+    if isinstance(value, dict):
+        value = value.values()
+    elif not isinstance(value, list | tuple | set | frozenset):
+        return False
+    if _NO_BOOLS.issuperset(map(type, value)):
+        return False  # (plain values, the common case: no Python loop)
+    return any(_holds_model(sub, depth + 1) for sub in value)
 
 
 def _models_in(value: tp.Any) -> list[pydantic.BaseModel]:
