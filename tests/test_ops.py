@@ -925,6 +925,74 @@ def test_where_reaches_into_the_configs_of_a_tasks_inputs(
     assert "2 item(s) to remove" in preview, preview
 
 
+class Ensemble(pydantic.BaseModel):
+    """A task whose inputs are a list and a dict of inputs (Train results, a value)."""
+
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def vote(self, models: list[float], named: dict[str, float]) -> float:
+        return sum(models) + sum(named.values())
+
+
+def test_where_reaches_into_lists_and_dicts_of_inputs(tmp_path: Path) -> None:
+    """``--where`` could not reach into an input that is a list or dict of nodes (an error:
+    "its members are not reached"), and a path naming nothing in a config (a list index or
+    a dict key that is not there) only said that no config has it. A member is named by
+    its index or key, as in a config (``models.0.optim.lr``, ``named.best.lr``); a path
+    naming nothing there is an error naming the indices or keys there are, and a path
+    naming nothing in a config says what the configs hold where it goes wrong."""
+    root = tmp_path / "cache"
+    trained = {
+        lr: Train(optim={"lr": lr}, infra={"folder": root}).fit.node() for lr in (0.01, 0.02)
+    }
+    ensemble = Ensemble(infra={"folder": root})
+    both = ensemble.vote.node([trained[0.01], trained[0.02]], {"best": trained[0.02]})
+    one = ensemble.vote.node([trained[0.02]], {"best": trained[0.01], "other": 3.0})
+    both.result(), one.result()
+
+    def found(*where: str) -> set[Path]:
+        return {i.folder for i in exca.ops.inspect(root, step="Ensemble", where=list(where))}
+
+    assert found("models.0.optim.lr=0.01") == found("models.1.lr=0.02") == {both.folder}
+    assert found("models.0.optim.lr=0.02") == {one.folder}
+    assert found("named.best.optim.lr=0.02") == {both.folder}
+    assert found("named.best.lr=0.01", "models.0.lr=0.02") == {one.folder}
+    assert found("models.1.lr=0.01") == set()
+    listed = cli("list", root, "--where", "named.best.optim.lr=0.02", check=True).stdout
+    assert "test_ops.Ensemble.vote,1  (1 config(s))" in listed, listed
+    # a path naming nothing there: an error naming what there is
+    for where, said in [
+        (
+            "models.5.lr=1",
+            "the input 'models' of test_ops.Ensemble.vote,1 is a list of 2 "
+            "input(s): '5' is none of its indices (0, 1)",
+        ),
+        ("named.worst.lr=1", "is a dict of 1 input(s): 'worst' is none of its keys (best)"),
+        ("named.other.lr=1", "the input 'named.other' of test_ops.Ensemble.vote,1 is a value"),
+        (
+            "models.0.lrr=1",
+            "the input 'models.0' of test_ops.Ensemble.vote,1 (a "
+            "test_ops.Train.fit,1 node) holds no key 'lrr': its keys are ",
+        ),
+        (
+            "models=1",
+            "is a list of 2 input(s): give the index of one, then a key of its "
+            "config (e.g. models.0.KEY)",
+        ),
+    ]:
+        bad = cli("list", root, "--where", where)
+        assert bad.returncode == 2 and said in bad.stderr, (where, bad.stderr)
+    # a path naming nothing in a config: what the configs hold where it goes wrong
+    staged = Staged(stages=[{"size": 8}, {"size": 16}], infra={"folder": root})
+    staged.run()
+    wrong = cli("list", root, "--where", "stages.5.size=8", check=True).stdout
+    assert "No config has a key 'stages.5.size'" in wrong, wrong
+    assert "For 'stages.5.size': 'stages' holds the items 0, 1." in wrong, wrong
+    wrong = cli("list", root, "--where", "stages.0.siz=8", check=True).stdout
+    assert "'stages.0' holds the keys lr, size." in wrong, wrong
+
+
 def test_explain_the_same_config_under_another_folder_name(tmp_path: Path) -> None:
     """A folder name lists the values that differ from the defaults of the day it was
     computed: after a default changed, the same config is cached under another name

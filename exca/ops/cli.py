@@ -469,6 +469,7 @@ def _listed(
         keys_in_list_items,
         keys_no_config_has,
         null_condition_hints,
+        path_hint,
         reads_as_null,
         select,
     )
@@ -510,6 +511,10 @@ def _listed(
         inside = keys_in_list_items(every, key)
         if inside:  # (held by list items: named with the indices only)
             text += f" {key!r} is in list items: give its indices, e.g. {inside[0]}."
+        else:
+            held = path_hint(every, key)  # (a wrong index or dict key: what there is)
+            if held:
+                text += f" For {key!r}: {held}."
     if hints:  # (the steps with inputs: where a key may start with an input's name)
         names = "; ".join(dict.fromkeys(hints))
         text += f" A key may start with the name of an input, to reach into its config: {names}."

@@ -15,6 +15,7 @@ import functools
 import logging
 import math
 import os
+import re
 import typing as tp
 from pathlib import Path
 
@@ -742,21 +743,48 @@ def _path_problem(view: _WhereView, key: str, above: str, owner: str) -> str | N
     """Why ``key`` names nothing through an input of a node (``view``: its config's), or
     None when it does not start with the name of one of its inputs (``above``: the path
     of inputs walked so far, ``owner``: whose inputs they are)."""
-    name, dot, rest = key.partition(".")
+    name, _, rest = key.partition(".")
     held = view.inputs().get(name)
     if held is None:
         return None
-    path = f"{above}{name}"
+    return _input_problem(held, rest, f"{above}{name}", owner)
+
+
+def _input_problem(held: _Input, rest: str, path: str, owner: str) -> str | None:
+    """Why ``rest`` names nothing in the input ``held`` (``path``: how the key named it),
+    or None when it names something (see _path_problem)."""
+    members = held.members
+    if members is not None:  # (a list or dict of inputs: a member by its index or key)
+        kind, one, labels = ("list", "index", "indices")
+        if held.uid[:1] == "{":
+            kind, one, labels = ("dict", "key", "keys")
+        what = f"a {kind} of {len(members)} input(s)"
+        for label, member in members.items():
+            if rest.startswith(f"{label}."):
+                return _input_problem(member, rest[len(label) + 1 :], f"{path}.{label}", owner)
+        if rest in members:  # (a member named, with no key of its config)
+            return _input_problem(members[rest], "", f"{path}.{rest}", owner)
+        there = ", ".join(members) or "none"
+        if not rest:
+            example = f"{path}.{next(iter(members), '0')}.KEY"
+            return (
+                f"the input {path!r} of {owner} is {what}: give the {one} of one, then a key "
+                f"of its config (e.g. {example}); its {labels}: {there}"
+            )
+        first = rest.partition(".")[0]
+        return (
+            f"the input {path!r} of {owner} is {what}: {first!r} is none of its {labels} ({there})"
+        )
     step = held.uid.partition("/")[0]  # (the input's step: said once for its nodes)
     if held.view is None:
         what = "a node that is not in this cache"
         if held.uid[:1] in ("[", "{"):
-            what = "a list or dict of inputs (its members are not reached)"
+            what = "a list or dict of inputs whose members its uid does not tell apart"
         elif "/" not in held.uid:
             what = "a value"
         return f"the input {path!r} of {owner} is {what} ({held.uid}): it has no config keys"
     keys = _named_keys(held.view)
-    if not dot or not rest:
+    if not rest:
         return f"{path!r} is an input of {owner} (a {step} node): give a key of its config: {keys}"
     if _keys_named(held.view, rest):
         return None
@@ -791,6 +819,37 @@ def keys_in_list_items(infos: list[NodeInfo], key: str) -> list[str]:
             if k.endswith("." + key)
         }
     )
+
+
+def path_hint(infos: list[NodeInfo], key: str) -> str | None:
+    """For a dotted ``key`` that no config of ``infos`` holds (see keys_no_config_has):
+    what the configs hold at its longest start that some config has (``layers.5.size``:
+    the indices of ``layers``; ``heads.nope``: the keys of ``heads``), or None."""
+    views = [where_view(i) for i in infos]
+    parts = key.split(".")
+    for size in range(len(parts) - 1, 0, -1):
+        start = ".".join(parts[:size])
+        below: dict[str, None] = {}
+        kinds = set()
+        for view in views:
+            if start in view.values:
+                kinds.add(type(view.values[start]))
+            below.update(
+                (k[len(start) + 1 :].partition(".")[0], None)
+                for k in view.values
+                if k.startswith(f"{start}.")
+            )
+        if not below and not kinds:
+            continue
+        if not below:
+            return f"{start!r} is a value there (no keys in it)"
+        names = sorted(below, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n))
+        shown = ", ".join(names[:12]) + (
+            f" (and {len(names) - 12} more)" if len(names) > 12 else ""
+        )
+        what = "items" if kinds and kinds <= {list} else "keys"
+        return f"{start!r} holds the {what} {shown}"
+    return None
 
 
 def null_condition_hints(infos: list[NodeInfo], where: tp.Sequence[str]) -> list[str]:
@@ -844,7 +903,86 @@ class _Input:
 
     @functools.cached_property
     def view(self) -> _WhereView | None:
+        if self.members is not None:
+            return None
         return self._upstreams.view(self._root, self.uid)
+
+    @functools.cached_property
+    def members(self) -> dict[str, _Input] | None:
+        """A list or dict of inputs: its members, by index (``"0"``...) or key (None: not
+        one, or one whose uid cannot be split into its members' uids)."""
+        if self.uid[:1] not in ("[", "{"):
+            return None
+        parsed = group_members(self.uid, self._exists)
+        if parsed is None:
+            return None
+        return {
+            str(index) if key is None else key: _Input(uid, self._root, self._upstreams)
+            for index, (key, uid) in enumerate(parsed)
+        }
+
+    def _exists(self, uid: str) -> bool:
+        return self._upstreams.view(self._root, uid) is not None
+
+
+# the uids of the members of a list or dict of inputs (graph.node.Group.uid): a node's,
+# <step>/<config uid>[/inputs-<digest>] (a map's: /items-<digest>), its config uid
+# "default" or key=value pairs and a digest; or a value's, its uid format
+# (<display>-<digest>, without "/")
+_NODE_UID = re.compile(
+    r"[\w<>]+(?:\.[\w<>]+)+,[^/]*/(?:default|[^/,=]+=[^/]*-[0-9a-f]{8})(?:/(?:inputs|items)-[0-9a-f]{8})?"
+)
+_VALUE_UID = re.compile(r"[^/]*-[0-9a-f]{8}")
+_UID_END = re.compile(r"(?:-[0-9a-f]{8}|/default)$")
+_Members = list[tuple[str | None, str]]
+
+
+def group_members(uid: str, exists: tp.Callable[[str], bool] | None = None) -> _Members | None:
+    """The members of a list of inputs (its uid ``[uid,uid,...]``) or of a dict of them
+    (``{key=uid,...}``, a key up to its first ``=``), as (key, or None in a list; uid), in
+    order. The uids hold commas too: every split whose members are nodes' or values' uids
+    is tried; of several, the one whose nodes are all there (``exists``, given a node's
+    uid). None when the text is not one, or no single split fits."""
+    if len(uid) < 2 or (uid[0], uid[-1]) not in (("[", "]"), ("{", "}")):
+        return None
+    keyed = uid[0] == "{"
+    text = uid[1:-1]
+    if not text:
+        return []
+    # where a member may end: before a comma, after a uid's end (a digest, "default")
+    ends = [i for i, c in enumerate(text) if c == "," and _UID_END.search(text, 0, i)]
+    ends.append(len(text))
+    memo: dict[int, list[_Members]] = {}
+    most = 8  # (splits kept: more is hopeless)
+
+    def reading(member: str) -> tuple[str | None, str] | None:
+        key: str | None = None
+        if keyed:
+            key, equal, member = member.partition("=")
+            if not equal:
+                return None
+        if _NODE_UID.fullmatch(member) or _VALUE_UID.fullmatch(member):
+            return key, member
+        return None
+
+    def splits(start: int) -> list[_Members]:
+        """The ways text[start:] splits into members (up to ``most``)."""
+        if start not in memo:
+            found: list[_Members] = []
+            for end in ends:
+                if end <= start or len(found) >= most:
+                    continue
+                read = reading(text[start:end])
+                if read is not None:
+                    rests = [[]] if end == len(text) else splits(end + 1)
+                    found += [[read, *rest] for rest in rests[: most - len(found)]]
+            memo[start] = found
+        return memo[start]
+
+    found = splits(0)
+    if len(found) > 1 and exists is not None:
+        found = [f for f in found if all(exists(u) for _, u in f if "/" in u)]
+    return found[0] if len(found) == 1 else None
 
 
 class _Upstreams:
@@ -947,9 +1085,23 @@ def _keys_named(view: _WhereView, key: str) -> list[str]:
     name, dot, rest = key.partition(".")
     if dot and rest and view.inputs_of is not None:
         held = view.inputs().get(name)
-        if held is not None and held.view is not None:
-            named += [f"{name}.{k}" for k in _keys_named(held.view, rest)]
+        if held is not None:
+            named += [f"{name}.{k}" for k in _input_keys(held, rest)]
     return named
+
+
+def _input_keys(held: _Input, key: str) -> list[str]:
+    """The keys of the config of an input that ``key`` names (see _keys_named); in a list
+    or dict of inputs, a key starting with the index or key of a member names that
+    member's (``models.0.optim.lr``: the ``optim.lr`` of the first node of ``models``)."""
+    if held.view is not None:
+        return _keys_named(held.view, key)
+    return [
+        f"{label}.{k}"
+        for label, member in (held.members or {}).items()
+        if key.startswith(f"{label}.")
+        for k in _input_keys(member, key[len(label) + 1 :])
+    ]
 
 
 def _value(view: _WhereView, key: str) -> tp.Any:
@@ -957,9 +1109,17 @@ def _value(view: _WhereView, key: str) -> tp.Any:
     if key in view.values:
         return view.values[key]
     name, _, rest = key.partition(".")
-    held = view.inputs()[name].view
-    assert held is not None
-    return _value(held, rest)
+    return _input_value(view.inputs()[name], rest)
+
+
+def _input_value(held: _Input, key: str) -> tp.Any:
+    if held.view is not None:
+        return _value(held.view, key)
+    for label, member in (held.members or {}).items():
+        sub = key[len(label) + 1 :]
+        if key.startswith(f"{label}.") and sub in _input_keys(member, sub):
+            return _input_value(member, sub)
+    raise KeyError(key)
 
 
 def _parse_condition(text: str) -> tuple[str, str]:
