@@ -1416,6 +1416,39 @@ def test_plan_of_work_below_a_computation_without_a_job_names_no_job(env: Env) -
         thread.join()
 
 
+@pytest.mark.timeout(120)
+def test_inline_run_takes_other_tasks_while_another_worker_computes_one(env: Env) -> None:
+    """Two drivers of one sweep of inline tasks: the second waited for each task the
+    first one computed, in the same order, instead of taking the tasks nobody had
+    started; it now puts a task that another worker computes after its other tasks."""
+    block, b_started = env.tmp / "block", env.tmp / "b-started"
+    block.touch()
+    a = env.step("a", block_flag=str(block)).run.node()
+    b = env.step("b", signal_file=str(b_started)).run.node()
+    thread = threading.Thread(target=a.result)  # another worker, computing a
+    thread.start()
+    try:
+        wait_for(lambda: "a" in started(env.log), timeout=60)
+
+        # (a keeps computing until b started, or 10 s: without the fix, b waited for a)
+        def release() -> None:
+            with contextlib.suppress(Exception):
+                wait_for(b_started.exists, timeout=10)
+            block.unlink()
+
+        unblock = threading.Thread(target=release)
+        unblock.start()
+        exca.graph.run(a, b, progress=False)
+        unblock.join()
+    finally:
+        block.unlink(missing_ok=True)
+        thread.join()
+    order = [(e["name"], e["event"]) for e in events(env.log)]
+    assert order.index(("b", "start")) < order.index(("a", "end")), order
+    assert env.starts("a") == 1 and env.starts("b") == 1  # (a computed once: read here)
+    assert (a.result(), b.result()) == ("a(None,None)", "b(None,None)")
+
+
 def test_plan_of_a_pool_map_with_one_item_to_compute_says_inline(env: Env) -> None:
     """The run computes a single item here, without the pool (the plan said the pool)."""
     square = env.square(cluster="threadpool")

@@ -19,7 +19,7 @@ import typing as tp
 
 from ..storage import interrupts, process
 from . import callers, executors, registry, store, submitting
-from .calls import being_computed, claimed_here
+from .calls import being_computed, claimed_here, keys_being_computed
 from .decisions import (
     RETRIED_IF_LOST,
     Graph,
@@ -670,7 +670,7 @@ class Scheduler:
                 # run's state its own while the run cancelled, and after)
                 if meanwhile is not None:
                     meanwhile.start()
-                for run, unit in inline:
+                for run, unit in _others_first(inline):
                     on_items = progress.update if unit.uids is not None else None
                     run.handles.append(executors.run_inline(unit, on_items))
                 later = meanwhile.stop() if meanwhile is not None else []
@@ -1409,6 +1409,30 @@ class _Meanwhile:
         if raising and self.error is not None:
             raise self.error
         return self.later
+
+
+def _others_first(
+    inline: list[tuple[NodeRun, Unit]],
+) -> tp.Iterator[tuple[NodeRun, Unit]]:
+    """Inline units in order, but a task another worker (process or thread) computes
+    right now is put after the others, once: two drivers of one sweep of inline tasks
+    took each task in the same order, the second waiting for every task the first
+    computed, and neither taking the tasks the other had not started. (Looked at when
+    its turn comes, only while other units are left: a single call reads no claims.)"""
+    queue = collections.deque(inline)
+    put_back: set[int] = set()
+    while queue:
+        run, unit = queue.popleft()
+        if (
+            queue
+            and run.node.kind == "task"
+            and id(unit) not in put_back
+            and keys_being_computed(run.node, (TASK_KEY,), others_only=True)
+        ):
+            put_back.add(id(unit))
+            queue.append((run, unit))
+            continue
+        yield run, unit
 
 
 def _still_submitting() -> None:
