@@ -1664,6 +1664,61 @@ def test_explain_compares_inputs_by_their_upstream_configs(tmp_path: Path) -> No
     assert why.diff == [("inputs.w.inputs.w.optim.momentum", 0.9, 0.5)]
 
 
+class Gather(pydantic.BaseModel):
+    """Downstream of a sweep: a list or a dict of its scores."""
+
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def gather(self, scores: tp.Any) -> float:
+        return max(scores.values() if isinstance(scores, dict) else scores)
+
+
+def test_explain_compares_a_list_or_dict_of_nodes_entry_by_entry(tmp_path: Path) -> None:
+    """An aggregation of a sweep (a dict or a list of nodes as input) was compared with
+    the cached one as one uid string: the explanation showed both whole lists of uids (a
+    few kB for a sweep) and not which entry changed, nor how (a probe)."""
+    root = tmp_path / "cache"
+
+    def scores(momentum: float, lrs: tp.Sequence[float]) -> dict[str, exca.graph.Node]:
+        return {
+            f"lr={lr}": Score(infra={"folder": root}).score.node(
+                Train(optim={"lr": lr, "momentum": momentum}, infra={"folder": root}).fit.node()
+            )
+            for lr in lrs
+        }
+
+    before = scores(0.9, (0.01, 0.5))
+    cached = {
+        "dict": Gather(infra={"folder": root}).gather.node(before),
+        "list": Gather(infra={"folder": root}).gather.node(list(before.values())),
+    }
+    exca.graph.run(*cached.values())
+    # the trainings' momentum changed: each entry says how, through its own inputs (and
+    # the nearest is the call given the same kind of input)
+    after = scores(0.5, (0.01, 0.5))
+    for kind, given, entries in (
+        ("dict", after, ("lr=0.01", "lr=0.5")),
+        ("list", list(after.values()), ("0", "1")),
+    ):
+        wanted = Gather(infra={"folder": root}).gather.node(given)
+        (why,) = [e for e in exca.ops.explain(wanted) if e.uid == wanted.uid]
+        assert why.nearest == str(cached[kind].folder)
+        assert why.diff == [
+            (f"inputs.scores[{entry}].inputs.w.optim.momentum", 0.9, 0.5) for entry in entries
+        ]
+        assert why.summary() == "config differs from the nearest cached one: " + ", ".join(
+            f"inputs.scores[{entry}].inputs.w.optim.momentum 0.9 → 0.5" for entry in entries
+        )
+    # an entry added and one gone: named by their keys
+    wanted = Gather(infra={"folder": root}).gather.node(scores(0.9, (0.01, 0.7)))
+    (why,) = [e for e in exca.ops.explain(wanted) if e.uid == wanted.uid]
+    assert [(key, a == "<absent>", b == "<absent>") for key, a, b in why.diff] == [
+        ("inputs.scores[lr=0.5]", False, True),
+        ("inputs.scores[lr=0.7]", True, False),
+    ]
+
+
 def test_explain_version_change(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     Train(seed=1, infra={"folder": root}).fit()

@@ -167,7 +167,10 @@ _INPUT_DEPTH = 4  # inputs of inputs compared by their configs (deeper: by their
 
 def _prefixed(prefix: str, flat: dict[str, tp.Any]) -> dict[str, tp.Any]:
     """``flat``'s keys under ``prefix`` (the key "" is the prefix itself)."""
-    return {f"{prefix}.{key}" if key else prefix: value for key, value in flat.items()}
+    # (an entry of a list or dict of nodes, ``[lr=0.1]``, follows its prefix as is)
+    return {
+        prefix + (key if key[:1] in ("", "[") else f".{key}"): value for key, value in flat.items()
+    }
 
 
 class _InputConfigs:
@@ -219,8 +222,34 @@ class _InputConfigs:
                     want["inputs"] = wanted.inputs_uid or _MISSING
                     had["inputs"] = inputs or _MISSING
                 return want, had
+        if isinstance(wanted, Group) and isinstance(recorded, str) and depth < _INPUT_DEPTH:
+            entries = _group_entries(recorded, wanted.keys is not None)
+            if entries is not None:  # (a list or dict of nodes: compared entry by entry)
+                return self._compare_entries(wanted, entries, depth)
+            if any(isinstance(s, Node) for s in wanted.sources):
+                # (another kind of input was cached: each entry differs, not one key, or
+                # a call given a list would be nearer than one given another dict)
+                want, had = self._compare_entries(wanted, {}, depth)
+                want[""], had[""] = _MISSING, recorded
+                return want, had
         shown = wanted.uid if isinstance(wanted, Node | Value | Group) else _MISSING
         return {"": shown}, {"": _MISSING if recorded is None else recorded}
+
+    def _compare_entries(
+        self, wanted: Group, recorded: dict[str, str], depth: int
+    ) -> tuple[dict[str, tp.Any], dict[str, tp.Any]]:
+        """A list or dict of nodes against the one a cached call got: each entry as an
+        input of its own (``[lr=0.1]``, ``[2]``), so that a sweep's aggregation says which
+        of its inputs differ, and how, not the two whole lists of uids."""
+        names = wanted.keys or [str(i) for i in range(len(wanted.sources))]
+        given = dict(zip(names, wanted.sources))
+        want: dict[str, tp.Any] = {}
+        had: dict[str, tp.Any] = {}
+        for name in sorted(set(given) | set(recorded), key=_entry_order):
+            sub = self.compare(given.get(name), recorded.get(name), depth + 1)
+            want.update({f"[{name}]{_dotted(k)}": v for k, v in sub[0].items()})
+            had.update({f"[{name}]{_dotted(k)}": v for k, v in sub[1].items()})
+        return want, had
 
     def wanted(self, node: Node) -> dict[str, tp.Any]:
         """A node's step and config values (and its items' digest, for a map)."""
@@ -251,6 +280,49 @@ class _InputConfigs:
                     out["items"] = rest[0]
         self.read[root, uid] = out
         return out
+
+
+# a node uid inside a list or dict of nodes as inputs.yaml records it (see Group.uid):
+# <module>.<Class>.<method>,<version>/<config uid: default, or ending with its digest>,
+# then its inputs or items folder if any
+_GROUP_NODE = (
+    r"[A-Za-z_][\w.]*,[^,/{}\[\]=]*/(?:default|[^/]*?-[0-9a-f]{8})"
+    r"(?:/(?:inputs|items)-[0-9a-f]{8})?"
+)
+_LIST_ENTRY = re.compile(rf"({_GROUP_NODE})(?:,|$)")
+_DICT_ENTRY = re.compile(rf"(.*?)=({_GROUP_NODE})(?:,|$)")
+
+
+def _group_entries(recorded: str, keyed: bool) -> dict[str, str] | None:
+    """The entries of a list (``[uid,...]``: by index) or dict (``{key=uid,...}``) of
+    nodes as inputs.yaml records it, when every entry is a node and the parse gives back
+    the same text (None: a value among them, or not such a group)."""
+    opening, closing = "{}" if keyed else "[]"
+    if len(recorded) < 2 or recorded[0] != opening or recorded[-1] != closing:
+        return None
+    body, entry = recorded[1:-1], _DICT_ENTRY if keyed else _LIST_ENTRY
+    out: dict[str, str] = {}
+    position = 0
+    while position < len(body):
+        found = entry.match(body, position)
+        if found is None:
+            return None
+        name, uid = found.groups() if keyed else (str(len(out)), found.group(1))
+        if name in out:
+            return None
+        out[name] = uid
+        position = found.end()
+    shown = ",".join(f"{k}={v}" for k, v in out.items()) if keyed else ",".join(out.values())
+    return out if shown == body else None
+
+
+def _entry_order(name: str) -> tuple[int, str]:
+    """List entries by index, dict entries by key."""
+    return (int(name), "") if name.isdigit() else (-1, name)
+
+
+def _dotted(key: str) -> str:
+    return f".{key}" if key else ""
 
 
 def _own_values(config: dict[str, tp.Any]) -> dict[str, tp.Any]:
