@@ -1066,6 +1066,42 @@ def test_explain_never_computed(tmp_path: Path) -> None:
     assert "never computed" in result.stdout
 
 
+class Learner(pydantic.BaseModel):
+    """Train under another name (a class renamed): its configs have the same folders."""
+
+    optim: Optim = Optim()
+    seed: int = 0
+    fail: bool = False
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def fit(self) -> float:
+        return self.optim.lr * 100 + self.seed
+
+
+def test_explain_never_computed_names_the_step_holding_the_same_config(
+    tmp_path: Path,
+) -> None:
+    """A class renamed (Train -> Learner): explain said "never computed" and nothing
+    more, while its configs' folders (named after their values only) sat under the old
+    name's step folder (a probe)."""
+    root = tmp_path / "cache"
+    Train(seed=3, infra={"folder": root}).fit()
+    Train(infra={"folder": root}).fit()
+    (why,) = exca.ops.explain(Learner(seed=3, infra={"folder": root}).fit.node())
+    assert why.nearest is None and why.same_config_in == [f"{__name__}.Train.fit,1"]
+    assert why.summary() == (
+        "never computed (no cached config of this method); the same config folder, "
+        f"{Path(why.uid).name}, is cached under {__name__}.Train.fit,1: a class or method "
+        "renamed, or moved to another module?"
+    )
+    # not for the default config (every class has one), nor for a config cached nowhere
+    for other in (Learner(infra={"folder": root}), Learner(seed=4, infra={"folder": root})):
+        (why,) = exca.ops.explain(other.fit.node())
+        assert why.same_config_in == []
+        assert why.summary() == "never computed (no cached config of this method)"
+
+
 TRAIN_SCRIPT = """
 import sys
 import pydantic

@@ -17,7 +17,7 @@ from ..graph.decisions import FORCED_ITEMS_LATER, NodeRun
 from ..graph.node import INPUTS_PREFIX, Group, Node, Value
 from ..graph.planning import Plan, PlanEntry
 from ..infra.task import INPUTS_FILE
-from ..infra.uidfolder import FULL_UID_FILE, read_yaml
+from ..infra.uidfolder import FULL_UID_FILE, UID_FILE, read_yaml
 from ..storage.cachedict import inspecting_view, keeping_files
 from .inspect import input_folders, without_links_to_siblings
 
@@ -40,6 +40,9 @@ class Explanation:
     # never computed: steps of a class and method of the same names in another module
     namesakes: list[str] = dataclasses.field(default_factory=list)
     legacy: bool = False  # the nearest is this config under its legacy (v2) folder name
+    # never computed: steps of other methods holding a folder of this very config (its
+    # folder name comes from its values only: a class or method renamed, or moved?)
+    same_config_in: list[str] = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
         if self.status == "missing" and self.action in ("compute", "fail"):
@@ -60,6 +63,13 @@ class Explanation:
                     )
                 if self.reason != "missing":
                     return self.reason
+                if self.same_config_in:
+                    folder = self.uid.split("/")[1]
+                    return (
+                        "never computed (no cached config of this method); the same config "
+                        f"folder, {folder}, is cached under {', '.join(self.same_config_in)}: "
+                        "a class or method renamed, or moved to another module?"
+                    )
                 return "never computed (no cached config of this method)"
             if not self.diff and self.legacy:
                 return (
@@ -408,6 +418,8 @@ def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Exp
         explanation.nearest = None if folder is None else str(folder)
         if folder is None:
             explanation.namesakes = namesakes(node)
+            if not explanation.namesakes:
+                explanation.same_config_in = same_config_elsewhere(node)
         elif not explanation.diff:
             explanation.legacy = node.legacy_name is not None and folder.name == node.legacy_name()
     return explanation
@@ -428,6 +440,25 @@ def namesakes(node: Node) -> list[str]:
         name
         for name in steps
         if name.partition(",")[0] != base and name.partition(",")[0].split(".")[-2:] == tail
+    )
+
+
+def same_config_elsewhere(node: Node) -> list[str]:
+    """Step folders of the node's root, for other methods, holding a folder of the very
+    config of this node (not ``default``: every class has one). A config's folder name
+    comes from its values only, so such a folder is likely this config's results under
+    the class or method's former name."""
+    if node.root is None or node.config_uid == "default":
+        return []
+    try:
+        steps = [e.name for e in os.scandir(node.root) if "," in e.name and e.is_dir()]
+    except OSError:
+        return []
+    return sorted(
+        step
+        for step in steps
+        if step != node.step
+        and os.path.exists(os.path.join(node.root, step, node.config_uid, UID_FILE))
     )
 
 
