@@ -779,3 +779,43 @@ def test_an_index_line_naming_a_file_outside_the_cache_touches_nothing_there(
     finally:
         if precious.parent == Path("/tmp"):
             precious.unlink()
+
+
+def test_an_empty_index_file_another_user_cannot_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer of a shared cache (permissions 0o777) under a private umask (0o077) makes
+    its index file 0o600, then chmods it: killed in between (here: os._exit at the chmod),
+    it left an empty file that no other user may open, and every read of the folder by
+    another user failed with PermissionError (a reader looking in right between the two
+    steps failed the same way). The other user is played by refusing to open a file that
+    others may not read. The empty file holds nothing: it is skipped."""
+    import stat
+
+    folder = tmp_path / "cache"
+    cache: CacheDict[tp.Any] = CacheDict(folder, permissions=0o777)
+    with cache.write():
+        cache["a"] = {"x": 1}
+    code = f"""
+import os
+os.umask(0o077)
+from exca.storage import index
+index.chmod = lambda *args: os._exit(3)
+from exca.cachedict import CacheDict
+cache = CacheDict({str(folder)!r}, permissions=0o777)
+with cache.write():
+    cache["b"] = 2
+"""
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 3
+    modes = sorted(stat.S_IMODE(p.stat().st_mode) for p in index_files(folder))
+    assert modes == [0o600, 0o777]  # (the killed writer's, empty; the first one's)
+    real_open = os.open
+
+    def as_another_user(path: tp.Any, flags: int, *args: tp.Any, **kwargs: tp.Any) -> int:
+        if str(path).endswith("-info.jsonl") and not os.stat(path).st_mode & stat.S_IROTH:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", as_another_user)
+    fresh: CacheDict[tp.Any] = CacheDict(folder)
+    assert list(fresh.keys()) == ["a"] and fresh["a"] == {"x": 1}

@@ -255,6 +255,10 @@ class IndexReader:
             if state is not None:
                 self._forget_file(name)
             return False
+        except PermissionError:
+            if state is None and _empty(path):  # (nothing to read in it: read when it grows)
+                return True
+            raise
         try:
             if state is not None:
                 if stat.st_size == state.offset and stat.st_ino == state.inode:
@@ -660,6 +664,20 @@ def index_files_bytes(folder: Path | str) -> tp.Iterator[tuple[str, bytes]]:
                 yield item.name, handle.read()
         except FileNotFoundError:
             continue
+        except PermissionError:
+            if not _empty(item.path):
+                raise
+
+
+def _empty(path: str) -> bool:
+    """Whether an index file this user may not open is empty: another user's writer made
+    it with its umask's mode (0o600 under umask 077) and was killed before its chmod to
+    the cache's permissions, or is about to chmod it. It holds nothing to read; its
+    PermissionError made every read of the folder fail, for every other user."""
+    try:
+        return os.stat(path).st_size == 0
+    except OSError:
+        return False
 
 
 def tombstone_lines(data: bytes) -> tp.Iterator[tuple[bytes, str]]:
