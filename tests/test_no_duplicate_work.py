@@ -1122,6 +1122,33 @@ def test_recursive_map_forced_on_a_threadpool(tmp_path: Path) -> None:
     assert collections.Counter(lines(log)) == {str(n): 1 for n in range(8)}
 
 
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(("cluster", "max_jobs"), [("local", 1), ("local", 3), ("processpool", 2)])
+def test_recursive_map_forced_in_jobs_computes_each_item_once(
+    tmp_path: Path, cluster: str, max_jobs: int
+) -> None:
+    """Forced in local jobs (or pool processes), an item calling the map forced the items
+    it needed under a run of the job's own, which the job's unit did not count as its
+    force: the items it had given back were computed again (2 of 8 twice in one job,
+    several up to 5 times over 3 jobs). Now the calls made in a job force under the job's
+    run: each item is computed once."""
+    log = tmp_path / "calls.txt"
+    Fib(log=str(log), infra={"folder": tmp_path / "cache"}).process(list(range(8)))
+    log.unlink()
+    infra = {
+        "folder": tmp_path / "cache",
+        "mode": "force",
+        "cluster": cluster,
+        "max_jobs": max_jobs,
+    }
+    fib = Fib(log=str(log), infra=infra)
+    assert list(fib.process(list(range(8)))) == [0, 1, 1, 2, 3, 5, 8, 13]
+    assert collections.Counter(lines(log)) == {str(n): 1 for n in range(8)}
+    again = Fib(log=str(log), infra={"folder": tmp_path / "cache"})  # (forced: read)
+    assert list(again.process(list(range(8)))) == [0, 1, 1, 2, 3, 5, 8, 13]
+    assert len(lines(log)) == 8
+
+
 class FibList(pydantic.BaseModel):
     """Fib, its method computing all its items before returning them (a list)."""
 

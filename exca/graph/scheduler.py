@@ -488,6 +488,9 @@ class Scheduler:
         # marked too: a forced node of it then does not compute it again)
         forced_by = self.run_id if action == "force" or self._forced_here(run) else ""
         if forced_by and node.mode == "force":  # (another call of the instance: its force)
+            # (a call made by the method in a job of a forced run forces under that run:
+            # the run's other jobs count what it computes as forced, see worker)
+            forced_by = node.force_state.get("job_run", forced_by)
             node.add_forcing_run(forced_by)
         return [
             Unit(

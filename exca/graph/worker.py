@@ -8,6 +8,7 @@ computes, writes results or errors into the node's cache, and releases its claim
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import errno
 import functools
@@ -994,6 +995,8 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
     by_uid = dict(zip(unit.uids, unit.items))
     report = Report()
     forced_by = unit.forced_by
+    if forced_by:
+        node = _shared_force_state(node, forced_by)
     todo = _map_todo(node, list(by_uid), unit.action, forced_by)
     report.reused = len(by_uid) - len(todo)
     if node.folder is None:
@@ -1085,6 +1088,43 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
         elif action != "retry":
             action = "compute"  # what others computed meanwhile is fresh
     return report
+
+
+_FORCE_STATES: dict[tuple[str, str], dict[str, tp.Any]] = {}  # (run, node uid): see below
+
+
+def _shared_force_state(node: Node, run: str) -> Node:
+    """A forced map unit in a job or a pool process: its node and the instance its method
+    runs on (each unpickled) held force states of their own, and so did each unit of a
+    pool process; a call of the map made by the method (an item needing others) forced
+    its items under a run of its own, which the unit did not count as its force: the
+    items it had given back were computed a second time. As where the run was called,
+    they all share one (the submitting instance's jobs it lists are not followed here)."""
+    call = node.function
+    owner, method = getattr(call, "owner", None), getattr(call, "method", None)
+    infra_of = getattr(method, "infra_of", None)
+    if owner is None or infra_of is None:
+        return node
+    runtime = infra_of(owner)._runtime()
+    if runtime.force_state is node.force_state:  # (computed in the calling process)
+        return node
+    key = (run, node.uid)
+    state = _FORCE_STATES.get(key)
+    if state is None:
+        if len(_FORCE_STATES) > 1000:  # (a pool process lives on: forgotten at times)
+            _FORCE_STATES.clear()
+        unfollowed = ("job", "jobs")
+        state = {k: v for k, v in node.force_state.items() if k not in unfollowed}
+        _FORCE_STATES[key] = state
+    runs = (state, node.force_state, runtime.force_state)  # (forced here by any of them)
+    state["runs"] = tuple(dict.fromkeys(r for s in runs for r in s.get("runs", ())))
+    if runtime.force_state.get("done"):
+        state["done"] = True
+    state["job_run"] = run  # (calls of the map made here force under it: see scheduler)
+    runtime.force_state, runtime.node = state, None
+    shared = copy.copy(node)
+    vars(shared)["force_state"] = state
+    return shared
 
 
 def _map_todo(node: Node, uids: list[str], action: str, forced_by: str = "") -> list[str]:
