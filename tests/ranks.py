@@ -69,3 +69,31 @@ class RankedMap(pydantic.BaseModel):
             if item == 13:
                 raise ValueError(f"bad item {item} on rank {rank}")
             yield f"{item} by rank {rank} of {count}"
+
+
+class RankedDag(pydantic.BaseModel):
+    """Items needing other items of the same map (``deps``): each rank notes the items its
+    method steps through (``steps.txt``). The other ranks read what an item needs once
+    rank 0 computed it (a flag): they compute nothing themselves."""
+
+    meeting: str
+    deps: dict[str, list[str]] = {}
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def infer(self, items: list[str]) -> tp.Iterator[str]:
+        import submitit
+        from filelog import wait_until
+
+        rank = submitit.JobEnvironment().global_rank
+        meeting = Path(self.meeting)
+        for item in items:
+            append(meeting / "steps.txt", f"{item} rank={rank}")
+            needed = self.deps.get(item, [])
+            flag = meeting / f"computed-{item}"
+            if needed and rank > 0:
+                wait_until(flag.exists)
+            got = list(self.infer(needed)) if needed else []
+            if needed and rank == 0:
+                flag.touch()
+            yield item + "(" + ",".join(got) + ")"

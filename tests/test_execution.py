@@ -3497,6 +3497,31 @@ def test_a_jobs_result_file_and_its_ranks_calls_take_the_caches_permissions(
     assert "lead.json" in files and "0.json" in files and set(files.values()) == {0o750}, files
 
 
+@pytest.mark.timeout(180)
+def test_the_ranks_of_a_multi_task_job_stop_where_rank_zero_gave_items_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tasks_per_node=2, one job for [a, b, c, d], a needing d: rank 0 gives back what its
+    method has not started (b, c, d) and computes d for a, then b and c in a new call; the
+    other rank made the whole first call (a, b, c, d), then b and c again: the ranks
+    disagreed on the items, and a collective of an item rank 0 never computed in that call
+    waited for good. Now every rank stops that call after a, as rank 0 did."""
+    from ranks import RankedDag
+
+    from exca.graph import scheduler
+
+    monkeypatch.setattr(scheduler._SHUFFLER, "shuffle", lambda items: None)  # (in order)
+    meeting = tmp_path / "meeting"
+    meeting.mkdir()
+    infra = {"folder": tmp_path / "cache", "cluster": "local", "tasks_per_node": 2, "max_jobs": 1}
+    dag = RankedDag(meeting=str(meeting), deps={"a": ["d"]}, infra=infra)
+    assert list(dag.infer(["a", "b", "c", "d"])) == ["a(d())", "b()", "c()", "d()"]
+    steps = calls(meeting / "steps.txt")
+    by_rank = {r: [s.split()[0] for s in steps if s.endswith(f"rank={r}")] for r in (0, 1)}
+    # (d: computed by rank 0's call for a, which the other rank's call reads)
+    assert by_rank == {0: ["a", "d", "b", "c"], 1: ["a", "b", "c"]}
+
+
 @pytest.mark.timeout(120)
 def test_the_plan_of_a_task_another_process_computes_inline_says_wait_whatever_its_cluster(
     tmp_path: Path,

@@ -3,11 +3,14 @@ function once per task, and distributed code needs every rank to make the same c
 (each one meets the other ranks, e.g. in torch's collectives). Rank 0 decides what to
 compute (claims, cached items, per-item retries), caches the outcomes and announces each
 call of the method in the job's log folder; the other ranks make the same calls, in the
-same order, with the same items, and store nothing."""
+same order, with the same items, and store nothing. Rank 0 may stop a call of a map's
+method after any item (it gave the others back: see worker._InFlight), so the other
+ranks start an item of the call only once rank 0 went on to it (``Call``)."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -20,6 +23,7 @@ from ..storage.files import make_folder, write_new
 
 logger = logging.getLogger("exca")
 POLL_MAX_S = 0.5  # (another rank's next call: its collectives would wait for it anyway)
+ITEM_POLL_MAX_S = 0.05  # (rank 0 going on to the next item of a call: waited for per item)
 _CALLS_DIR = "rank-calls"
 
 
@@ -45,9 +49,44 @@ class Announcer:
         _write_json(lead, me, permissions)
         claims.keep_fresh(lead)  # (a rank 0 killed stops refreshing it: the others stop)
 
-    def write(self, message: dict[str, tp.Any]) -> None:
+    def write(self, message: dict[str, tp.Any]) -> int:
         _write_json(self.folder / f"{self.count}.json", message, self.permissions)
         self.count += 1
+        return self.count - 1
+
+
+class Call:
+    """Rank 0's announced call of a map's method: it tells the other ranks when it goes
+    on to the next item, or that the call stops after some items (it gave the others
+    back, or the method raised); they start an item only once rank 0 did, or stop too
+    (else they computed every announced item: a collective of an item rank 0 never
+    computes waited for good, and the ranks disagreed on the items computed)."""
+
+    __slots__ = ("path", "permissions", "stopped")
+
+    def __init__(self, path: Path, permissions: int | None = None) -> None:
+        self.path, self.permissions = path, permissions
+        self.stopped: int | None = None
+
+    def paced(self, outputs: tp.Iterator[tp.Any], count: int) -> tp.Iterator[tp.Any]:
+        """The method's outputs; asked for the next one, rank 0 goes on to its item."""
+        done = 0
+        try:
+            for output in outputs:
+                yield output
+                done += 1
+                if done < count:
+                    _write_json(self.path, {"at": done}, self.permissions)
+        finally:
+            close = getattr(outputs, "close", None)
+            if close is not None:  # (a generator: stopped now, as without this one)
+                close()
+
+    def stop(self, done: int) -> None:
+        """The call ends after its first ``done`` items (the others are not computed)."""
+        if self.stopped is None or done < self.stopped:
+            self.stopped = done
+            _write_json(self.path, {"stop": done}, self.permissions)
 
 
 def _write_json(path: Path, data: dict[str, tp.Any], permissions: int | None = None) -> None:
@@ -90,12 +129,17 @@ def lead(node_uid: str, permissions: int | None = None) -> None:
     _ANNOUNCER[:] = [Announcer(_calls_folder(), node_uid, permissions)]
 
 
-def announce(node_uid: str, uids: list[str] | None) -> None:
+def announce(node_uid: str, uids: list[str] | None) -> Call | None:
     """Rank 0 calls the unit's method (on these map items; None: a task): the other ranks
-    are told to make that call too. A nested node's method (called by the unit's) is not
-    announced: the other ranks' own calls of the unit's method make it."""
+    are told to make that call too (a map's: paced by the ``Call`` returned). A nested
+    node's method (called by the unit's) is not announced: the other ranks' own calls of
+    the unit's method make it."""
     if _ANNOUNCER and _ANNOUNCER[0].node_uid == node_uid:
-        _ANNOUNCER[0].write({"uids": uids})
+        announcer = _ANNOUNCER[0]
+        index = announcer.write({"uids": uids})
+        if uids is not None and len(uids) > 1:
+            return Call(announcer.folder / f"{index}{_AT}", announcer.permissions)
+    return None
 
 
 def end() -> None:
@@ -124,23 +168,72 @@ def _lead_gone(folder: Path, since: float) -> str | None:
     return None
 
 
-def announced() -> tp.Iterator[list[str] | None]:
-    """The calls rank 0 announces (map items; None: a task), as they come, until its end."""
+class LeadGone(RuntimeError):
+    """Rank 0 died: the other ranks stop (not an error of the method's call)."""
+
+
+_AT = ".at.json"  # (after a call's number: how far rank 0 went in it, see Call)
+_T = tp.TypeVar("_T")
+
+
+class Followed(tp.NamedTuple):
+    """A call rank 0 announced, as another rank makes it."""
+
+    uids: list[str] | None  # (None: a task)
+    at: Path  # rank 0's progress in it (see Call)
+    since: float
+
+    def goes_on(self, done: int) -> bool:
+        """Whether rank 0 went on to the item after the first ``done`` ones of this call
+        (waits until it did, or stopped the call there)."""
+
+        def read() -> bool | None:
+            try:
+                message = json.loads(self.at.read_text(encoding="utf8"))
+            except FileNotFoundError:
+                return None
+            if "stop" in message:
+                return done < message["stop"]
+            return True if message["at"] >= done else None
+
+        return _poll(self.at.parent, read, self.since, 0.001, ITEM_POLL_MAX_S)
+
+
+def _poll(
+    folder: Path, ready: tp.Callable[[], _T | None], since: float, delay: float, most: float
+) -> _T:
+    """What ``ready`` returns once it is not None (polled, from ``delay`` up to ``most``
+    seconds apart); an error when rank 0 died meanwhile."""
+    checked = time.monotonic()
+    while True:
+        value = ready()
+        if value is not None:
+            return value
+        time.sleep(delay)
+        delay = min(delay * 1.5, most)
+        if time.monotonic() - checked > 1.0:  # (a second: a process check, a stat)
+            checked = time.monotonic()
+            gone = _lead_gone(folder, since)
+            if gone is not None:
+                value = ready()  # (written just before it ended?)
+                if value is not None:
+                    return value
+                raise LeadGone(f"This rank stops following rank 0's calls: {gone}")
+
+
+def _present(path: Path) -> bool | None:
+    return True if path.exists() else None
+
+
+def announced() -> tp.Iterator[Followed]:
+    """The calls rank 0 announces, as they come, until its end."""
     folder = _calls_folder()
     count, since = 0, time.monotonic()
     while True:
         path = folder / f"{count}.json"
-        delay, checked = 0.02, time.monotonic()
-        while not path.exists():
-            time.sleep(delay)
-            delay = min(delay * 1.5, POLL_MAX_S)
-            if time.monotonic() - checked > 1.0:  # (a second: a process check, a stat)
-                checked = time.monotonic()
-                gone = _lead_gone(folder, since)
-                if gone is not None and not path.exists():  # (its end, written just before?)
-                    raise RuntimeError(f"This rank stops following rank 0's calls: {gone}")
+        _poll(folder, functools.partial(_present, path), since, 0.02, POLL_MAX_S)
         message = json.loads(path.read_text(encoding="utf8"))
         if message.get("end"):
             return
-        yield message["uids"]
+        yield Followed(message["uids"], folder / f"{count}{_AT}", since)
         count += 1

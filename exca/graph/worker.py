@@ -282,18 +282,33 @@ def _follow_rank_zero(unit: Unit) -> Report:
         unit = _resolve_split(unit)
     node = unit.node
     by_uid = dict(zip(unit.uids or (), unit.items or ()))
-    for uids in ranks.announced():
+    for call in ranks.announced():
         try:
-            if uids is None:
+            if call.uids is None:
                 node.function(**_inputs(node))
             else:
-                for _ in _outputs(node, [by_uid[uid] for uid in uids]):
-                    pass
+                _follow_items(node, call, [by_uid[uid] for uid in call.uids])
+        except ranks.LeadGone:
+            raise
         except Exception as error:  # (rank 0 caches the outcome: its own)
             logger.warning(
                 "%s raised on this rank (rank 0's outcome is cached): %r", node.uid, error
             )
     return Report()
+
+
+def _follow_items(node: Node, call: ranks.Followed, items: list[tp.Any]) -> None:
+    """Make rank 0's call of a map's method on these items: the next item only once rank
+    0 went on to it (it stops a call after an item when it gives the others back)."""
+    outputs = _outputs(node, items)
+    try:
+        for done, _ in enumerate(outputs, 1):
+            if done < len(items) and not call.goes_on(done):
+                break
+    finally:
+        close = getattr(outputs, "close", None)
+        if close is not None:  # (a generator: stopped now, as rank 0's)
+            close()
 
 
 def _resolve_split(unit: Unit) -> Unit:
@@ -1425,6 +1440,7 @@ def _compute_from(
     stop = -1  # (given up by a nested call: the method stops after the item at stop - 1)
     batch: list[tuple[str, tp.Any]] = []
     last_flush = time.monotonic()
+    call: ranks.Call | None = None  # (rank 0 of a multi-task job: the other ranks follow)
 
     def at() -> int:
         return position
@@ -1432,7 +1448,13 @@ def _compute_from(
     def halt() -> int:
         nonlocal stop
         stop = position + 1
+        if call is not None:  # (the other ranks stop after that item too)
+            call.stop(stop - start)
         return stop
+
+    def ended() -> None:  # (the other ranks stop where this call does)
+        if call is not None and position < count:
+            call.stop(position - start)
 
     def flush() -> None:
         nonlocal last_flush
@@ -1463,7 +1485,9 @@ def _compute_from(
     if STOP.event is not None and not isinstance(outputs, _COMPUTED_ITERATORS):
         outputs = _until_stopped(outputs, STOP.event, node.uid)
     try:
-        ranks.announce(node.uid, uids[start:])
+        call = ranks.announce(node.uid, uids[start:])
+        if call is not None:
+            outputs = call.paced(outputs, count - start)
         for output in outputs:
             if position >= count:
                 return _miscounted(
@@ -1500,6 +1524,7 @@ def _compute_from(
             # (in the try: a Ctrl-C right after the last output still writes the batch)
             flush()
     except Exception as error:
+        ended()  # (before this item is computed alone: another call, which they follow)
         flush()
         if position >= len(uids) or isinstance(error, NotIterableOutputs):
             raise
@@ -1544,6 +1569,7 @@ def _compute_from(
         unwritten.remove(flush)
         if in_flight is not None:
             in_flight.at = in_flight.halt = in_flight.flush = None
+        ended()
     if position < len(uids):
         return _miscounted(
             node, cache, uids, start, position - len(batch), report, "fewer", error_meta
