@@ -23,7 +23,8 @@ from ..storage.files import make_folder, write_new
 
 logger = logging.getLogger("exca")
 POLL_MAX_S = 0.5  # (another rank's next call: its collectives would wait for it anyway)
-ITEM_POLL_MAX_S = 0.05  # (rank 0 going on to the next item of a call: waited for per item)
+ITEM_POLL_MAX_S = 0.05  # (rank 0 going on to the next item of a call: waited for per item,
+# then POLL_MAX_S once rank 0 spent 10 s on its item: fewer reads of a shared folder)
 _CALLS_DIR = "rank-calls"
 
 
@@ -203,14 +204,14 @@ def _poll(
     folder: Path, ready: tp.Callable[[], _T | None], since: float, delay: float, most: float
 ) -> _T:
     """What ``ready`` returns once it is not None (polled, from ``delay`` up to ``most``
-    seconds apart); an error when rank 0 died meanwhile."""
-    checked = time.monotonic()
+    seconds apart, POLL_MAX_S after 10 s); an error when rank 0 died meanwhile."""
+    began = checked = time.monotonic()
     while True:
         value = ready()
         if value is not None:
             return value
         time.sleep(delay)
-        delay = min(delay * 1.5, most)
+        delay = min(delay * 1.5, most if checked - began < 10.0 else POLL_MAX_S)
         if time.monotonic() - checked > 1.0:  # (a second: a process check, a stat)
             checked = time.monotonic()
             gone = _lead_gone(folder, since)
