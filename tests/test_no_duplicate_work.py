@@ -736,6 +736,97 @@ def test_map_items_needing_each_other_in_sibling_jobs_are_refused(
     assert collections.Counter(lines(tmp_path / "calls.txt"))["a1"] == 1
 
 
+class CrossNeeds(pydantic.BaseModel):
+    """Two maps (``side`` "a" or "b": items named a* or b*) whose items need items of the
+    other map (``deps``), called with the same cluster. An item with needs first waits
+    until ``barrier`` workers reached such an item (each claimed its whole call by then)."""
+
+    side: str
+    ctl: str
+    deps: dict[str, list[str]]
+    barrier: int = 2
+    infra: exca.MapInfra = exca.MapInfra(version="1", max_jobs=1)
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[str]) -> tp.Iterator[str]:
+        ctl = Path(self.ctl)
+        for item in items:
+            append(ctl / "calls.txt", item)
+            needed = self.deps.get(item, [])
+            if needed:
+                (ctl / f"started-{os.getpid()}-{threading.get_native_id()}").touch()
+                with contextlib.suppress(TimeoutError):
+                    filelog.wait_until(
+                        lambda: len(list(ctl.glob("started-*"))) >= self.barrier, timeout=20
+                    )
+            yield item + "(" + ",".join(self.other().process(needed)) + ")"
+
+    def other(self) -> CrossNeeds:
+        side = "b" if self.side == "a" else "a"
+        infra = {"folder": self.infra.folder, "cluster": self.infra.cluster}
+        return CrossNeeds(side=side, ctl=self.ctl, deps=self.deps, infra=infra)
+
+
+def _call_both_sides(
+    tmp_path: Path, cluster: str | None, deps: dict[str, list[str]]
+) -> dict[str, tp.Any]:
+    """Map a calls [a0, a1] and map b [b0, b1] at the same time (two threads): the outputs
+    (or the error) of each; fails if a call hangs (its jobs then killed)."""
+    infra = {"folder": tmp_path / "c", "cluster": cluster}
+    maps = {s: CrossNeeds(side=s, ctl=str(tmp_path), deps=deps, infra=infra) for s in "ab"}
+    out: dict[str, tp.Any] = {}
+
+    def call(side: str) -> None:
+        try:
+            out[side] = list(maps[side].process([f"{side}0", f"{side}1"]))
+        except Exception as error:
+            out[side] = error
+
+    threads = [threading.Thread(target=call, args=(s,), daemon=True) for s in "ab"]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            thread.join(timeout=WAIT_S)
+        assert not any(t.is_alive() for t in threads), "the calls wait for each other for good"
+    finally:
+        for side in "ab":
+            _kill_jobs_left(maps[side].infra.uid_folder())
+    return out
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("cluster", [None, "debug", "local", "threadpool", "processpool"])
+def test_items_of_two_maps_needing_items_the_other_map_holds_are_computed_once(
+    tmp_path: Path, cluster: str | None
+) -> None:
+    """Two maps called at the same time (each in one job, or thread), whose first items
+    need the other map's second item: a worker about to wait gives back the items it has
+    not started whichever map they belong to, and the other worker computes them."""
+    out = _call_both_sides(tmp_path, cluster, {"a0": ["b1"], "b0": ["a1"]})
+    assert out == {"a": ["a0(b1())", "a1()"], "b": ["b0(a1())", "b1()"]}
+    assert sorted(lines(tmp_path / "calls.txt")) == ["a0", "a1", "b0", "b1"]  # (once each)
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("cluster", [None, "debug", "local", "threadpool", "processpool"])
+def test_items_of_two_maps_needing_each_other_are_refused(
+    tmp_path: Path, cluster: str | None
+) -> None:
+    """A cycle across two maps (a0 of map a needs b0 of map b, b0 needs a0), each item
+    computed by its own worker (job or thread) waiting for the other: both waited for
+    good (the wait records were read in one map's folder only). Now refused, naming the
+    items; the other items are computed, once."""
+    out = _call_both_sides(tmp_path, cluster, {"a0": ["b0"], "b0": ["a0"]})
+    for side in "ab":
+        assert isinstance(out[side], Exception), out
+    said = f"{out['a']}\n{out['b']}"
+    assert "cannot (directly or indirectly" in said
+    assert "'a0'" in said or "'b0'" in said
+    calls = collections.Counter(lines(tmp_path / "calls.txt"))
+    assert calls["a1"] == 1 and calls["b1"] == 1
+
+
 class Ping(pydantic.BaseModel):
     """Calls Pong, which calls Ping again (a user's bug, each through its own cluster)."""
 

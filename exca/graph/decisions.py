@@ -67,6 +67,9 @@ class NodeRun:
         # in a job: a job of its callers that computes this node (waited for by a run, each
         # would wait for the other: see callers.py)
         self.caller_job: str | None = None
+        # maps: a nested call of a thread computing map items, whose items live jobs
+        # compute: computed here, waiting for each item they hold, not for their whole jobs
+        self.by_items = False
 
     def __repr__(self) -> str:
         return f"NodeRun({self.node.uid}, action={self.action!r}, state={self.state!r})"
@@ -810,7 +813,7 @@ class Graph:
     ) -> None:
         """A map whose chunk jobs are still queued or running: wait for them (what they
         leave missing is computed afterwards) instead of submitting the items again."""
-        from .worker import computing_items
+        from .worker import computing_any_items, computing_items
 
         if computing_items(run.node.folder):
             # (a nested call of a thread computing items of this map, e.g. a chunk job: it
@@ -820,6 +823,12 @@ class Graph:
         todo = set(run.todo or ())
         # (jobs computing other items than the missing ones: nothing to wait for)
         active = [r for r in records if registry.is_active(r, queued) and registry.covers(r, todo)]
+        if active and computing_any_items():
+            # (likewise, in a thread computing items of another map: the items of those
+            # jobs may need the items this thread holds, e.g. jobs of two maps whose items
+            # need each other's)
+            run.by_items = True
+            return
         if active and not self._redone_upstream(run, ", ".join(r.job_id for r in active[:5])):
             wait_for_map_jobs(run, active)
             run.handles = [executors.recorded_handle(r) for r in active]

@@ -50,7 +50,7 @@ from .node import (
     single_item_here,
 )
 from .progress import Progress
-from .worker import STOP, Action, Unit, UpstreamFailed, computing_items
+from .worker import STOP, Action, Unit, UpstreamFailed, computing_any_items, computing_items
 
 logger = logging.getLogger("exca")
 # (its own generator: the user's `random` state stays as it was, cached or not; seeded
@@ -72,6 +72,16 @@ def _reads_only(run: NodeRun) -> bool:
     """A read-only node waiting for a job that computes what it misses: its upstream, not
     decided (nothing of it is needed here), does not hold it back."""
     return run.action == "wait" and run.reads_only
+
+
+def held_elsewhere(run: NodeRun) -> bool:
+    """A nested call of a thread computing map items, of a map some of whose missing items
+    other workers hold (e.g. jobs of debug, which records no job to wait for): computed in
+    this thread, waiting for each item they hold (a job sent for them, waited for whole,
+    would wait for those workers, whose items may need the items this thread holds)."""
+    return computing_any_items() and bool(
+        keys_being_computed(run.node, run.todo or (), others_only=True)
+    )
 
 
 class Scheduler:
@@ -646,7 +656,12 @@ class Scheduler:
                 or single_item
                 or (
                     run.node.kind == "map"
-                    and (claimed_here(run.node, run.todo or ()) or computing_items(run.node.folder))
+                    and (
+                        run.by_items
+                        or claimed_here(run.node, run.todo or ())
+                        or computing_items(run.node.folder)
+                        or held_elsewhere(run)
+                    )
                 )
             ):
                 inline.extend((run, unit) for unit in units)

@@ -441,15 +441,16 @@ def _wait_message(node: Node) -> _OnWait:
 class _OnWait:
     """What a worker does while it waits for keys others hold: refuse to wait for a caller
     of its job; before the first wait, give back the items this thread has not started
-    (see _InFlight), and, holding items of this map (a nested call), record the wait, so
-    that a cycle of such waits (item a needs b, computed by a sibling job whose b needs a)
-    is refused instead of waited for by both for good; say once who is waited for."""
+    (see _InFlight), and, holding items of maps (a nested call: of this map or another),
+    record the wait in the folder of each, so that a cycle of such waits (item a needs b,
+    computed by a sibling job, or a job of another map, whose b needs a) is refused instead
+    of waited for by both for good; say once who is waited for."""
 
     def __init__(self, node: Node) -> None:
         self.node, self.folder = node, node.folder
         self.shown = False
-        self.record: Path | None = None
-        self.holds: set[str] = set()
+        self.records: list[Path] = []
+        self.holds: dict[str, set[str]] = {}  # (by folder)
 
     def __call__(self, held: dict[str, Owner]) -> None:
         node, folder = self.node, self.folder
@@ -457,16 +458,13 @@ class _OnWait:
             callers.refuse_waiting_on_claims(node.uid, folder, held)
         if not self.shown and _IN_FLIGHT.units:  # (what they wait for may need those)
             give_up_unstarted()
-            if folder is not None and node.kind == "map":
-                self.holds = _current_items(folder)
-                if self.holds:
-                    claims = Claims(
-                        folder,
-                        job_alive=registry.slurm_job_alive,
-                        permissions=node.cache.permissions,  # (read by the other users)
-                    )
-                    self.record = claims.post_wait(held, self.holds)
-        if self.record is not None:
+            if folder is not None:
+                holders = _current_items()
+                self.holds = {f: keys for f, (_, keys) in holders.items()}
+                waits = {os.fspath(folder): list(held)}
+                for claims, _ in holders.values():
+                    self.records.append(claims.post_wait(waits, self.holds))
+        if self.records:
             self._refuse_cycle(held)
         if not self.shown:
             owner = next(iter(held.values()))
@@ -486,44 +484,53 @@ class _OnWait:
 
     def _refuse_cycle(self, held: dict[str, Owner]) -> None:
         """Raise if the holders of what this thread waits for wait, in turn, directly or
-        through others, for an item this thread computes (and holds, waiting)."""
+        through others (of any map), for an item this thread computes (and holds,
+        waiting). A holder waiting records it in the folder of the keys it holds: the
+        records of the folder of the keys waited for say who waits for what next."""
         assert self.folder is not None
-        records = {
-            owner[:4]: (waits, holds)
-            for owner, waits, holds in Claims(
-                self.folder, job_alive=registry.slurm_job_alive
-            ).waits()
-        }
-        waiting = set(held)
+        Records = list[tuple[Owner, dict[str, frozenset[str]], dict[str, frozenset[str]]]]
+        records: dict[str, Records] = {}  # (by folder, read once)
+        waiting: dict[str, set[str]] = {os.fspath(self.folder): set(held)}
         seen: set[tuple[tp.Any, ...]] = {Owner.current()[:4]}
         while waiting:
-            blocking = [
-                (who, record)
-                for who, record in records.items()
-                if who not in seen and not waiting.isdisjoint(record[1])
-            ]
-            waiting = set()
-            for who, (waits, _) in blocking:
-                seen.add(who)
-                if not waits.isdisjoint(self.holds):
-                    raise item_cycle_error(
-                        self.node.uid, sorted(self.holds & waits), Owner(*who, None).describe()
-                    )
-                waiting |= waits
+            further: dict[str, set[str]] = {}
+            for where, keys in waiting.items():
+                if where not in records:
+                    records[where] = Claims(where, job_alive=registry.slurm_job_alive).waits()
+                for owner, waits, holds in records[where]:
+                    if owner[:4] in seen or keys.isdisjoint(holds.get(where, ())):
+                        continue
+                    seen.add(owner[:4])
+                    for there, needed in waits.items():
+                        cycle = self.holds.get(there, set()) & needed
+                        if cycle:
+                            raise item_cycle_error(
+                                self._uid_of(there), sorted(cycle), owner.describe()
+                            )
+                        further.setdefault(there, set()).update(needed)
+            waiting = further
+
+    def _uid_of(self, folder: str) -> str:
+        """The uid of the map of this thread computing items in ``folder``."""
+        for unit in _IN_FLIGHT.units:
+            if os.fspath(unit.claims.folder) == folder:
+                return unit.uid
+        return self.node.uid
 
     def end(self) -> None:
-        if self.record is not None:
-            Claims.end_wait(self.record)
-            self.record = None
+        while self.records:
+            Claims.end_wait(self.records.pop())
 
 
-def _current_items(folder: Path) -> set[str]:
-    """The items of this map folder that the computations of this thread compute now."""
-    out = set()
+def _current_items() -> dict[str, tuple[Claims, set[str]]]:
+    """The items the computations of this thread compute now, by map folder (with the
+    claims of that folder)."""
+    out: dict[str, tuple[Claims, set[str]]] = {}
     for unit in _IN_FLIGHT.units:
         at = unit.at
-        if at is not None and unit.claims.folder == folder and at() < len(unit.uids):
-            out.add(unit.uids[at()])
+        if at is not None and at() < len(unit.uids):
+            where = os.fspath(unit.claims.folder)
+            out.setdefault(where, (unit.claims, set()))[1].add(unit.uids[at()])
     return out
 
 
@@ -598,7 +605,11 @@ def _run_task(unit: Unit) -> Report:
                 )
         if claim.reentered:
             raise self_call_error(node.uid)
-        claims.wait([TASK_KEY], _task_done(node, forced), on_wait=_wait_message(node))
+        on_wait = _wait_message(node)
+        try:
+            claims.wait([TASK_KEY], _task_done(node, forced), on_wait=on_wait)
+        finally:
+            on_wait.end()
         # a computation started before this force (another process's, of older code
         # maybe) is not it: computed again, unless this instance's force was done
         # meanwhile (another thread of it)
@@ -1036,7 +1047,7 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
                     with node.cache.frozen_cache_folder():  # (one read: what others wrote)
                         node.cache.refresh()
                         mine = _map_todo(node, mine, action, forced_by)
-                    in_flight = _InFlight(claims, claim, mine)
+                    in_flight = _InFlight(claims, claim, mine, node.uid)
                     left.extend(
                         _compute_items(
                             node, mine, by_uid, action, report, progress, forced_by, in_flight
@@ -1333,10 +1344,11 @@ class _InFlight:
     item it is computing, and the unit claims what is left again. (Else two chunk jobs
     whose items need each other's later items waited for each other for good.)"""
 
-    __slots__ = ("at", "claim", "claims", "flush", "halt", "released", "uids")
+    __slots__ = ("at", "claim", "claims", "flush", "halt", "released", "uid", "uids")
 
-    def __init__(self, claims: Claims, claim: Claim, uids: list[str]) -> None:
+    def __init__(self, claims: Claims, claim: Claim, uids: list[str], uid: str = "") -> None:
         self.claims, self.claim, self.uids = claims, claim, uids
+        self.uid = uid  # (the map's: named by a cycle error)
         self.flush: tp.Callable[[], None] | None = None  # (set by _compute_from)
         self.at: tp.Callable[[], int] | None = None  # the position of the item computed now
         self.halt: tp.Callable[[], int] | None = None  # stops after the item computed now
@@ -1373,6 +1385,11 @@ _IN_FLIGHT = _Stack()
 def computing_items(folder: Path | None) -> bool:
     """Whether this thread computes items of the map of this folder (a nested call)."""
     return folder is not None and any(u.claims.folder == folder for u in _IN_FLIGHT.units)
+
+
+def computing_any_items() -> bool:
+    """Whether this thread computes items of some map (a nested call)."""
+    return bool(_IN_FLIGHT.units)
 
 
 def _give_up_items(folder: Path, keys: tp.Collection[str]) -> None:

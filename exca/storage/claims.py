@@ -256,12 +256,22 @@ class Claims:
         return out
 
     # --- waits of workers holding items (cycles between them) ---------------------------
-    def post_wait(self, waits: tp.Iterable[str], holds: tp.Iterable[str]) -> Path:
-        """Record that this thread, holding ``holds`` (items it computes now, whose end
-        depends on this wait), waits for ``waits``: a worker waiting for one of them finds
-        the cycle (see ``waits``). Refreshed as claims are; ``end_wait`` removes it."""
+    def post_wait(
+        self, waits: tp.Mapping[str, tp.Iterable[str]], holds: tp.Mapping[str, tp.Iterable[str]]
+    ) -> Path:
+        """Record, in this folder (where this thread holds some of ``holds``), that this
+        thread, holding ``holds`` (items it computes now, whose end depends on this wait,
+        by folder: of this map and of others), waits for ``waits`` (keys by folder): a
+        worker waiting for one of the keys it holds here finds the cycle (see ``waits``),
+        whichever maps it goes through. Refreshed as claims are; ``end_wait`` removes it."""
         me = Owner.current()
-        data = orjson.dumps({"owner": me._asdict(), "waits": list(waits), "holds": list(holds)})
+        data = orjson.dumps(
+            {
+                "owner": me._asdict(),
+                "waits": {f: list(k) for f, k in waits.items()},
+                "holds": {f: list(k) for f, k in holds.items()},
+            }
+        )
         with interrupts.deferred():
             path = self._publish(data, WAIT_SUFFIX)
             _HEARTBEAT.add(path, self.heartbeat)
@@ -273,24 +283,27 @@ class Claims:
             _HEARTBEAT.remove(path)
             _discard(path)
 
-    def waits(self) -> list[tuple[Owner, frozenset[str], frozenset[str]]]:
-        """The live wait records: (owner, keys waited for, keys held while waiting)."""
+    def waits(self) -> list[tuple[Owner, dict[str, frozenset[str]], dict[str, frozenset[str]]]]:
+        """The live wait records of holders of keys of this folder: (owner, keys waited
+        for, keys held while waiting), keys by folder (a record of an older version, keys
+        only, gives those of this folder)."""
         out = []
         try:
             names = [e.path for e in os.scandir(self.dir) if e.name.endswith(WAIT_SUFFIX)]
         except FileNotFoundError:
             return []
+        here = os.fspath(self.folder)
         for name in names:
             try:
                 record = orjson.loads(Path(name).read_bytes())
                 owner = Owner(**record["owner"])
                 mtime = os.stat(name).st_mtime
-                waits, holds = frozenset(record["waits"]), frozenset(record["holds"])
+                waits, holds = (_by_folder(record[k], here) for k in ("waits", "holds"))
             except (FileNotFoundError, orjson.JSONDecodeError, KeyError, TypeError):
                 continue
             except PermissionError:  # (another user's, made private: no cycle is found
                 continue  # through it; its claim, unreadable too, is waited for)
-            probe = ClaimFile(Path(name), owner, holds, mtime)
+            probe = ClaimFile(Path(name), owner, holds.get(here, frozenset()), mtime)
             if not probe.is_dead(self.heartbeat, self.job_alive):
                 out.append((owner, waits, holds))
         return out
@@ -565,6 +578,13 @@ class FolderHold:
         """Remove what ``put`` wrote in a folder (or where it was moved since)."""
         _discard(self.claim_file(folder))
         _unlock(folder / CLAIMS_DIR / LOCK_NAME, self._token)
+
+
+def _by_folder(keys: tp.Any, here: str) -> dict[str, frozenset[str]]:
+    """Keys of a wait record by folder (a list: of ``here``, the record's folder)."""
+    if isinstance(keys, dict):
+        return {os.fspath(f): frozenset(k) for f, k in keys.items()}
+    return {here: frozenset(keys)}
 
 
 def _make_claims_dir(path: Path, permissions: int | None) -> None:
