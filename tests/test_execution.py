@@ -3522,6 +3522,28 @@ def test_the_ranks_of_a_multi_task_job_stop_where_rank_zero_gave_items_back(
     assert by_rank == {0: ["a", "d", "b", "c"], 1: ["a", "b", "c"]}
 
 
+@pytest.mark.timeout(180)
+def test_the_ranks_stop_a_call_where_rank_zero_stops_it_at_a_failing_item(
+    tmp_path: Path,
+) -> None:
+    """Item 13 fails on rank 0 only: rank 0 stops its call [3, 13, 4] there and computes
+    13 alone, a call of its own that meets the other ranks. The other rank, past 13 in the
+    first call, must stop that call before rank 0's next call, else that call's meeting
+    waits for it, which waits for rank 0 (it would stop only when rank 0's first call
+    ended, after 13 alone)."""
+    from ranks import RankedMap
+
+    meeting = tmp_path / "meeting"
+    infra = {"folder": tmp_path / "cache", "cluster": "local", "tasks_per_node": 2, "max_jobs": 1}
+    mapped = RankedMap(meeting=str(meeting), fails_on_rank_zero_only=True, infra=infra)
+    with pytest.raises(ValueError, match="bad item 13 on rank 0"):  # (not "never came")
+        list(mapped.infer([3, 13, 4]))
+    infer = calls(meeting / "calls.txt")
+    assert (
+        infer.count("infer rank=0") == infer.count("infer rank=1") == 3
+    )  # ([3, 13, 4], [13], [4])
+
+
 @pytest.mark.timeout(120)
 def test_the_plan_of_a_task_another_process_computes_inline_says_wait_whatever_its_cluster(
     tmp_path: Path,
