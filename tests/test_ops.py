@@ -527,7 +527,7 @@ def test_list_cli_filters_and_json(cache: dict[str, tp.Any]) -> None:
     everything = listed()
     fields = {"step", "uid", "folder", "kind", "status", "config", "entries", "errors", "size",
               "modified", "job_id", "job_state", "job_reason", "stdout", "stderr", "error",
-              "note"}  # fmt: skip
+              "note", "inputs"}  # fmt: skip
     assert everything and all(set(row) == fields for row in everything)
     python_side = exca.ops.inspect(root)
     assert [r["folder"] for r in everything] == [str(i.folder) for i in python_side]
@@ -906,7 +906,7 @@ def test_where_reaches_into_the_configs_of_a_tasks_inputs(
     monkeypatch.undo()
     # the command: selected, and a path naming nothing is an error naming what there is
     listed = cli("list", root, "--where", "model.optim.lr=0.02", check=True).stdout
-    assert "Evaluate.score,1  (2 config(s))" in listed and "Train.fit" not in listed
+    assert "Evaluate.score,1  (2 config(s))" in listed and "Train.fit,1  (" not in listed
     bad = cli("list", root, "--where", "model.lrr=1")
     assert bad.returncode == 2, bad
     assert "--where model.lrr: the input 'model' of test_ops.Evaluate.score,1" in bad.stderr
@@ -5652,6 +5652,30 @@ def test_logs_and_list_of_a_node_not_computed_as_its_input_failed(tmp_path: Path
     empty.infra.uid_folder(create=True)
     out = cli("logs", folder_of(empty)).stdout
     assert "nothing is cached there: `exca explain TARGET`" in out
+
+
+def test_list_says_what_fed_each_task_with_inputs(tmp_path: Path) -> None:
+    """The evaluations of a sweep (a task with inputs, whose config does not change) were
+    listed as `default/inputs-<digest>` lines only, the same for all but their digest:
+    nothing told which training each one evaluated, short of reading its inputs.yaml (a
+    probe). Each line now says what fed it, as the plan does, and --json gives it."""
+    root = tmp_path / "cache"
+    trained = {seed: Train(seed=seed, infra={"folder": root}).fit.node() for seed in (1, 2)}
+    for node in trained.values():
+        Score(infra={"folder": root}).score.node(node).result()
+    infos = exca.ops.inspect(root, step="*Score*")
+    assert sorted(str(i.inputs) for i in infos) == [str({"w": n.uid}) for n in trained.values()]
+    out = cli("list", root, "--step", "Score", check=True).stdout
+    lines = sorted(line for line in out.splitlines() if "inputs-" in line)
+    ends = sorted(f"(inputs: w=Train.fit,1/{n.uid.split('/', 1)[1]})" for n in trained.values())
+    assert len(lines) == 2 and all(any(line.endswith(end) for line in lines) for end in ends), (
+        lines,
+        ends,
+    )
+    # a task without inputs says nothing of them; the json has them, by name
+    assert "(inputs:" not in cli("list", root, "--step", "Train", check=True).stdout
+    listed = json.loads(cli("list", root, "--step", "Score", "--json", check=True).stdout)
+    assert sorted(entry["inputs"]["w"] for entry in listed) == [n.uid for n in trained.values()]
 
 
 def test_list_of_a_node_whose_detached_job_found_its_input_failed(tmp_path: Path) -> None:

@@ -21,7 +21,9 @@ from pathlib import Path
 
 from ..confdict import ConfDict
 from ..graph import registry, store
+from ..graph.errors import shortened
 from ..graph.node import INPUTS_PREFIX, TASK_KEY
+from ..graph.planning import INPUT_SHOWN
 from ..infra.uidfolder import CONFIG_FILE, FULL_UID_FILE, INPUTS_FILE, UID_FILE, read_yaml
 from ..plainyaml import pyyaml
 from ..storage.cachederror import record_line, shorten
@@ -56,6 +58,9 @@ class NodeInfo:
     stderr: str | None = None
     error: str | None = None  # a task's cached error: "ValueError: its message" (shortened)
     note: str | None = None  # something odd about the folder (its uid.yaml removed...)
+    # a task with inputs: what fed it, by parameter name, as its inputs.yaml records it
+    # (an upstream node's uid, a value's uid, or a list or dict of them)
+    inputs: dict[str, str] | None = None
     full_config: dict[str, tp.Any] = dataclasses.field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, tp.Any]:
@@ -497,13 +502,9 @@ def _upstream_nodes(
 ) -> list[tuple[str, str, Path, NodeInfo]]:
     """The inputs of a node with inputs (its inputs.yaml: read once) that are nodes of its
     cache root: (name, uid, folder, NodeInfo) each (``infos``: see upstream_problems)."""
-    if not folder.name.startswith(INPUTS_PREFIX):
-        return []
-    try:
-        inputs = read_yaml(folder / INPUTS_FILE)
-    except (PermissionError, IsADirectoryError):  # (as inspect skips such a folder)
-        return []
-    if not isinstance(inputs, dict):
+    info = infos.get(folder) if infos is not None else None
+    inputs = info.inputs if info is not None and info.inputs is not None else _inputs_of(folder)
+    if not inputs:
         return []
     root = registry.root_of(folder)
     out = []
@@ -526,6 +527,20 @@ def _upstream_nodes(
                 infos[path] = info
         out.append((str(name), str(uid), path, info))
     return out
+
+
+def _inputs_of(folder: Path) -> dict[str, str] | None:
+    """What fed a task with inputs, as the inputs.yaml of its ``inputs-*`` folder records
+    it (None: not such a folder, or nothing readable there)."""
+    if not folder.name.startswith(INPUTS_PREFIX):
+        return None
+    try:
+        inputs = read_yaml(folder / INPUTS_FILE)
+    except (PermissionError, IsADirectoryError):  # (as inspect skips such a folder)
+        return None
+    if not isinstance(inputs, dict):
+        return None
+    return {str(name): str(uid) for name, uid in inputs.items()}
 
 
 def _problems_of(upstream: list[tuple[str, str, Path, NodeInfo]]) -> list[tuple[str, Path]]:
@@ -636,6 +651,8 @@ def inspect(
     # a task with inputs holding nothing: not computed as an upstream node failed? (its
     # inputs.yaml read, its upstream nodes described once, if not listed)
     known = {info.folder: info for info in out}
+    for info in selected:  # (what fed each task with inputs: its inputs.yaml, read once)
+        info.inputs = _inputs_of(info.folder)
     empty = [i for i in selected if i.status == "empty" and i.folder.name.startswith(INPUTS_PREFIX)]
     # (their upstream nodes described, added to known if not there: inputs.yaml read once)
     upstream = {info.folder: _upstream_nodes(info.folder, known) for info in empty}
@@ -1210,6 +1227,20 @@ def human_size(size: float) -> str:
     return f"{size:.1f} TB"
 
 
+def describe_recorded_inputs(inputs: dict[str, str]) -> str:
+    """What fed a task with inputs, short, in the plan's words (``weights=Train.fit,1/
+    lr=0.10-.../inputs-...``): an upstream node by its step without its module, a value or
+    a list or dict of them by its uid, each cut in its middle when long."""
+    shown = []
+    for name, uid in inputs.items():
+        step, _, rest = uid.partition("/")
+        if "," in step and rest and not step.startswith(("{", "[")):
+            method, _, version = step.partition(",")
+            uid = f"{'.'.join(method.rsplit('.', 2)[-2:])},{version}/{rest}"
+        shown.append(f"{name}={shortened(uid, INPUT_SHOWN)}")
+    return ", ".join(shown)
+
+
 def render(infos: list[NodeInfo]) -> str:
     """A table grouped by step."""
     if not infos:
@@ -1229,7 +1260,8 @@ def render(infos: list[NodeInfo]) -> str:
         job = f"  job {info.job_id} ({state})" if info.job_id else ""
         error = f"  {info.error}" if info.error else ""
         note = f"  ({info.note})" if info.note else ""
-        details = f"{entries}{errors}{job}{error}{note}".strip()  # (no trailing spaces)
+        fed = f"  (inputs: {describe_recorded_inputs(info.inputs)})" if info.inputs else ""
+        details = f"{entries}{errors}{job}{error}{note}{fed}".strip()  # (no trailing spaces)
         lines.append(
             f"  {info.status:9s} {human_size(info.size):>9s}  {_iso(info.modified) or '-':19s}  "
             f"{info.uid}" + (f"  {details}" if details else "")
