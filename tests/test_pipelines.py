@@ -729,6 +729,19 @@ def test_a_plan_names_what_feeds_each_call_with_inputs(env: Env) -> None:
     assert ", lr2: Step.run,1/" in described and ", +1 more}, b=None" in described, described
 
 
+def test_a_plan_cuts_no_input_that_a_cut_would_not_shorten(env: Env) -> None:
+    """The evaluations of a sweep fed as a dict to its aggregation were each cut in their
+    middle in the plan's reason, `Step.run,1/name=eval- [...] -<digest>/inputs-<digest>`:
+    47 characters in place of their own 45 (a probe)."""
+    trainings = [env.step(f"train{v}").run.node() for v in (1, 2)]
+    evaluations = {f"lr{v}": env.step("eval").run.node(t) for v, t in zip((1, 2), trainings)}
+    described = describe_inputs(env.step("report").run.node(evaluations))
+    assert "[...]" not in described, described
+    for key, evaluation in evaluations.items():
+        shown = f"Step.run,1/{evaluation.uid.split('/', 1)[1]}"
+        assert 40 < len(shown) <= 47 and f"{key}: {shown}" in described, described
+
+
 def test_inputs_without_a_uid_get_a_hint(env: Env) -> None:
     """A bound method instead of its node, an object: the error says what to pass (it
     suggested str() as a uid, which holds an object's memory address)."""

@@ -196,10 +196,13 @@ def shortened(line: str, limit: int) -> str:
     """A line of at most about ``limit`` characters, cut in its middle: what to do (an
     error's remedy, a uid's digest) is at its end (cut at the limit, a long cache path
     left out the remedy; a probe)."""
-    if len(line) <= limit:
-        return line
     half = limit // 2
-    return f"{line[:half]} [...] {line[-half:]}"
+    if len(line) <= max(limit, 2 * half + len(_CUT)):  # (a cut would be no shorter)
+        return line
+    return f"{line[:half]}{_CUT}{line[-half:]}"
+
+
+_CUT = " [...] "
 
 
 def raise_from(record: CachedError, where: str) -> tp.NoReturn:
