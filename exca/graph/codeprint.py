@@ -18,6 +18,8 @@ import logging
 import types
 import typing as tp
 
+from ..storage.index import meta_of
+
 logger = logging.getLogger("exca")
 CODE_KEY = "code"  # in the #meta of a task entry, or of a map item
 _DIGESTS: dict[tp.Any, str] = {}  # code object -> digest (memoized: the hit path asks)
@@ -134,7 +136,7 @@ def edited_result(
     elif cache.folder is not None and (str(cache.folder), digest(func)) in _ITEMS_CHECKED:
         return None  # (check_items read them in this process: all of this code)
     else:
-        metas = (info.get("#meta") for info in cache.records(uids) if info is not None)
+        metas = (meta_of(info) for info in cache.records(uids) if info is not None)
     last: tp.Any = None
     for meta in metas:
         if meta is last or meta == last:
@@ -186,7 +188,7 @@ def check_items(
     python = current.partition("-")[0]
     last: tp.Any = None
     for info in cache.records(uids):
-        meta = info.get("#meta") if info is not None else None
+        meta = meta_of(info) if info is not None else None
         # (the items of one writer share their code: one look for a run of equal ones)
         if meta is last or meta == last:
             continue

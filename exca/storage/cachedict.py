@@ -50,6 +50,7 @@ from .index import (
     IDLE_CHECK_SECONDS,
     IN,
     INDEX_SUFFIX,
+    META,
     Entry,
     IndexReader,
     IndexWriter,
@@ -59,6 +60,8 @@ from .index import (
     line_fields,
     place,
     places,
+    stored_meta,
+    written_record,
 )
 from .keytext import check_utf8
 from .modules import imported
@@ -157,6 +160,19 @@ def _is_ndarray_type(kind: type) -> bool:
 
 
 _NOT_KEPT: tp.Any = object()
+
+
+def _reloaded(line: bytes, stored: tp.Any) -> Record:
+    """The record of an entry's line (its inline value as read back), its metadata as
+    ``stored`` (see index.META): parsed without it when it is a dict's or a list's bytes
+    (a record made holding a dict stays tracked by the collector)."""
+    if type(stored) is not bytes:
+        return tp.cast(Record, orjson.loads(line))
+    tail = b',"#meta":' + stored + b"}\n"
+    data = line[: -len(tail)] + b"}" if line.endswith(tail) else line  # (last: see put)
+    record = orjson.loads(data)
+    record[META] = stored
+    return tp.cast(Record, record)
 
 
 def _not_json_record(info: dict[str, tp.Any]) -> bool:
@@ -551,7 +567,7 @@ class CacheDict(tp.Generic[X]):
         """Every key's index record (``#type``, ``#meta``, format fields; ``#in``/``#at``:
         where its line is), without loading any value: what inspection tools read."""
         self.refresh()
-        return dict(self._entries())
+        return {key: written_record(record) for key, record in self._entries().items()}
 
     def live_copies(self) -> list[dict[str, tp.Any]]:
         """The index record of every live entry, duplicates of a key included (two writers
@@ -560,7 +576,9 @@ class CacheDict(tp.Generic[X]):
         if self._reader is None:
             return []
         reader = self._reader
-        return [copy for key in list(self._entries()) for copy in reader.copies(key)]
+        return [
+            written_record(copy) for key in list(self._entries()) for copy in reader.copies(key)
+        ]
 
     def entry(self, key: str) -> Entry | None:
         """Where an entry is stored (index file, offset, its index record), or None."""
@@ -572,7 +590,8 @@ class CacheDict(tp.Generic[X]):
 
     def records(self, keys: tp.Iterable[str]) -> tp.Iterator[Record | None]:
         """The index record of each key (None: not in the index when it was last read;
-        the folder is read at most once), lazily: what a bulk look at many keys wants."""
+        the folder is read at most once), lazily: what a bulk look at many keys wants
+        (as kept in memory: its ``#meta`` is read with ``index.meta_of``)."""
         entries, _ = self._entries_read()
         return map(entries.get, keys)
 
@@ -688,7 +707,7 @@ class CacheDict(tp.Generic[X]):
         where = f"{self.folder}/{entry[IN]}" if self.folder is not None else "memory"
         raise DamagedRecord(
             f"The index line of {key!r} in {where} is damaged: {problem} (the line: "
-            f"{line_fields(entry)!r:.300}). Was it written by hand, or by another tool? Delete the key "
+            f"{line_fields(written_record(entry))!r:.300}). Was it written by hand, or by another tool? Delete the key "
             f"(del cache[{key!r}], inside cache.write()) to write it again; in an infra's "
             "cache, mode='retry' or mode='force' computes it again"
         ) from error
@@ -874,8 +893,10 @@ class CacheDict(tp.Generic[X]):
         except Exception as error:  # (name the key: the format's message may not)
             _add_note(error, f"while storing {key!r} in {self.folder}")
             raise
-        if meta is not None:
-            info["#meta"] = meta
+        stored = None
+        if meta is not None:  # (bytes in memory, see index.META: written as they are)
+            stored = stored_meta(meta)
+            info[META] = orjson.Fragment(stored) if type(stored) is bytes else stored
         try:
             line = orjson.dumps(info, option=orjson.OPT_APPEND_NEWLINE)
         except TypeError as error:  # (orjson.JSONEncodeError: from the format's fields)
@@ -892,7 +913,9 @@ class CacheDict(tp.Generic[X]):
         if state is None:
             state = writer.read_state = reader.own_file(writer.name, writer.inode)
         if "v" in info and type(info["v"]) is orjson.Fragment:  # pre-serialized inline value
-            info = orjson.loads(line)
+            info = _reloaded(line, stored)
+        elif type(stored) is bytes:
+            info[META] = stored
         # (a long dump: the file may have become idle for long enough to be freed meanwhile)
         resumed = resumed or _monotonic() - started > _HALF_IDLE
         # append and record under the reader's lock: a refresh by another thread in between
@@ -1037,9 +1060,12 @@ class CacheDict(tp.Generic[X]):
                     errors += 1
             values = list(batch.items())
             records = ctx.dump_entries(values, self.cache_type)
-            if meta is not None:
+            stored = None
+            if meta is not None:  # (bytes in memory, see index.META: written as they are)
+                stored = stored_meta(meta)
+                written = orjson.Fragment(stored) if type(stored) is bytes else stored
                 for info in records:
-                    info["#meta"] = meta
+                    info[META] = written
             dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
             try:
                 lines = [dumps(info, option=newline) for info in records]
@@ -1071,9 +1097,9 @@ class CacheDict(tp.Generic[X]):
             freed = resumed and writer.unlinked()
             for info, line in () if freed else zip(records, lines):
                 if "v" in info and type(info["v"]) is fragment:  # pre-serialized inline value
-                    info = orjson.loads(line)
-                    if meta is not None:  # (one object for the batch: see index._parse_bulk)
-                        info["#meta"] = meta
+                    info = _reloaded(line, stored)
+                elif type(stored) is bytes:  # (one object for the batch)
+                    info[META] = stored
                 key = info["#key"]
                 info[IN], info[AT] = name, offset
                 entry = info

@@ -12,6 +12,7 @@ warning. New files are found by listing the folder, never by trusting its mtime.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -50,11 +51,65 @@ IDLE_CHECK_SECONDS = 60.0
 # finds the entry
 FORMER_PLACES = "#was"
 FORMER_PLACES_BYTES = b'"#was"'
+META_BYTES = b'"#meta"'
 PARSE_BYTES = 4 << 20  # index lines parsed at a time
 # index bytes from which a read pauses the cyclic collector (gcpause): ~100 entries and
 # more; fewer make no burst of allocations worth a pause (whose first use costs ~12 µs of
 # a process's first cache hit)
 PAUSE_BYTES = 64 << 10
+
+
+# An entry's metadata (``put(..., meta=...)``: the code that computed a result of
+# ``__main__``, when, from which upstream entries). In memory, a dict or list there is
+# kept as its JSON bytes (one object for a run of entries sharing it): a record holding a
+# dict would be tracked by the collector, and a map of a million items of a method of
+# ``__main__`` (a code digest per item) added a million objects to every collection (1.9 s
+# of 11 s). ``meta_of`` reads it; ``line_fields`` and ``Entry.of`` give it back as written.
+META = "#meta"
+
+
+def meta_of(record: Record) -> tp.Any:
+    """The metadata of an entry (None: none), as it was written."""
+    meta = record.get(META)
+    return _parsed_meta(meta) if type(meta) is bytes else meta
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_meta(data: bytes) -> tp.Any:
+    # (one object for equal metadata, as the records of a writer's batch share theirs)
+    return orjson.loads(data)
+
+
+def stored_meta(meta: tp.Any) -> tp.Any:
+    """What a record keeps in memory of an entry's metadata: its JSON bytes for a dict or
+    a list (see META), else itself."""
+    return orjson.dumps(meta) if isinstance(meta, dict | list) else meta
+
+
+def written_record(record: Record) -> Record:
+    """A record as its line has it (its metadata as written), for whoever reads it."""
+    meta = record.get(META)
+    if type(meta) is not bytes:
+        return record
+    out = dict(record)
+    out[META] = _parsed_meta(meta)
+    return out
+
+
+def _store_metas(records: list[Record]) -> None:
+    """Parsed records (in place): those with dict or list metadata made anew with its
+    bytes (see META; one object for a run of equal ones): a dict made holding a dict
+    stays tracked by the collector, one made of strings and numbers is not."""
+    last: tp.Any = None
+    stored: tp.Any = None
+    for index, record in enumerate(records):
+        meta = record.get(META)
+        if meta is None or not isinstance(meta, dict | list):
+            continue
+        if meta != last:
+            last, stored = meta, orjson.dumps(meta)
+        record[META] = stored
+        records[index] = dict(zip(record, record.values()))
 
 
 def place(record: Record) -> EntryId:
@@ -63,8 +118,11 @@ def place(record: Record) -> EntryId:
 
 
 def line_fields(record: Record) -> dict[str, tp.Any]:
-    """What an entry's line holds (its record without where it is)."""
-    return {k: v for k, v in record.items() if k != IN and k != AT}
+    """What an entry's line holds (its record without where it is), for orjson.dumps."""
+    out = {k: v for k, v in record.items() if k != IN and k != AT}
+    if type(out.get(META)) is bytes:  # (written again as it was: see META)
+        out[META] = orjson.Fragment(out[META])
+    return out
 
 
 def places(entry: Record) -> list[EntryId]:
@@ -97,7 +155,7 @@ class Entry(tp.NamedTuple):
 
     @classmethod
     def of(cls, record: Record) -> Entry:
-        return cls(record[IN], record[AT], record)
+        return cls(record[IN], record[AT], written_record(record))
 
 
 class FileState:
@@ -319,8 +377,9 @@ class IndexReader:
     ) -> bool:
         """Fast path: every line is well-formed JSON (entries, and tombstones: see
         ``_parse_mixed``), nothing odd."""
+        joined = b"[" + b",".join(lines) + b"]"
         try:
-            records = orjson.loads(b"[" + b",".join(lines) + b"]")
+            records = orjson.loads(joined)
         except orjson.JSONDecodeError:
             return False
         try:
@@ -338,19 +397,11 @@ class IndexReader:
                 if FORMER_PLACES in record:
                     self._note_former_places(record)
         offsets = itertools.accumulate(map(_PLUS_NEWLINE, map(len, lines)), initial=state.offset)
-        # (the lines of one writer's batch share their "#meta": one object for a run of
-        # equal ones, not a dict per entry, which also makes the collector track half as
-        # many objects on a large map)
-        last_meta = None
         for record, offset in zip(records, offsets):
             record[IN] = name
             record[AT] = offset
-            meta = record.get("#meta")
-            if meta is not None:
-                if meta == last_meta:
-                    record["#meta"] = last_meta
-                else:
-                    last_meta = meta
+        if META_BYTES in joined:
+            _store_metas(records)
         if self._deleted or (self.entries and not self.entries.keys().isdisjoint(keys)):
             pairs = [(k, e) for k, e in zip(keys, records) if not self._is_deleted(e)]
             if len(pairs) < len(keys):
@@ -399,6 +450,10 @@ class IndexReader:
             for _, entry in entries:
                 if FORMER_PLACES in entry:
                     self._note_former_places(entry)
+        if any(META in entry for _, entry in entries):
+            stored = [entry for _, entry in entries]
+            _store_metas(stored)
+            entries = [(key, entry) for (key, _), entry in zip(entries, stored)]
         state.aim_at({target[0] for _, target in tombstones})
         deleted, shadowed, current = self._deleted, self._shadowed, self.entries
         for key, target in tombstones:
@@ -439,6 +494,10 @@ class IndexReader:
                     continue
                 record[IN] = name
                 record[AT] = offset
+                if META in record:
+                    made = [record]
+                    _store_metas(made)
+                    record = made[0]
                 if not self._is_deleted(record):
                     self._shadow(key, record)
                     self.entries[key] = record
