@@ -827,6 +827,75 @@ def test_items_of_two_maps_needing_each_other_are_refused(
     assert calls["a1"] == 1 and calls["b1"] == 1
 
 
+def _meet(ctl: Path) -> None:
+    """Wait until two workers got here (each holds what it computes by then)."""
+    (ctl / f"started-{os.getpid()}-{threading.get_native_id()}").touch()
+    with contextlib.suppress(TimeoutError):
+        filelog.wait_until(lambda: len(list(ctl.glob("started-*"))) >= 2, timeout=20)
+
+
+class TaskNeedingItem(pydantic.BaseModel):
+    """Its result needs item a0 of ItemNeedingTask, whose a0 needs this result."""
+
+    ctl: str
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> str:
+        append(Path(self.ctl) / "calls.txt", "task")
+        _meet(Path(self.ctl))
+        items = ItemNeedingTask(ctl=self.ctl, infra={"folder": self.infra.folder})
+        return "t(" + ",".join(items.process(["a0"])) + ")"
+
+
+class ItemNeedingTask(pydantic.BaseModel):
+    ctl: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[str]) -> tp.Iterator[str]:
+        for item in items:
+            append(Path(self.ctl) / "calls.txt", item)
+            if item != "a0":
+                yield item + "()"
+                continue
+            _meet(Path(self.ctl))
+            task = TaskNeedingItem(ctl=self.ctl, infra={"folder": self.infra.folder})
+            yield item + "(" + task.process() + ")"
+
+
+@pytest.mark.timeout(150)
+def test_a_map_item_and_a_task_needing_each_other_are_refused(tmp_path: Path) -> None:
+    """Item a0 of a map needs a task whose computation needs a0, each computed by its own
+    thread: both waited for good (a task computed was no holder in the wait records).
+    Now refused; the map's other item is computed, once."""
+    folder = tmp_path / "c"
+    out: dict[str, tp.Any] = {}
+
+    def call(name: str, function: tp.Callable[[], tp.Any]) -> None:
+        try:
+            out[name] = function()
+        except Exception as error:
+            out[name] = error
+
+    mapper = ItemNeedingTask(ctl=str(tmp_path), infra={"folder": folder})
+    task = TaskNeedingItem(ctl=str(tmp_path), infra={"folder": folder})
+    threads = [
+        threading.Thread(target=call, args=("map", lambda: list(mapper.process(["a0", "a1"])))),
+        threading.Thread(target=call, args=("task", task.process)),
+    ]
+    for thread in threads:
+        thread.daemon = True
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=WAIT_S)
+    assert not any(t.is_alive() for t in threads), "they wait for each other for good"
+    assert isinstance(out["map"], Exception) and isinstance(out["task"], Exception), out
+    said = f"{out['map']}\n{out['task']}"
+    assert "cannot (directly or indirectly" in said
+    assert collections.Counter(lines(tmp_path / "calls.txt"))["a1"] == 1
+
+
 class Ping(pydantic.BaseModel):
     """Calls Pong, which calls Ping again (a user's bug, each through its own cluster)."""
 

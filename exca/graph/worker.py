@@ -441,10 +441,11 @@ def _wait_message(node: Node) -> _OnWait:
 class _OnWait:
     """What a worker does while it waits for keys others hold: refuse to wait for a caller
     of its job; before the first wait, give back the items this thread has not started
-    (see _InFlight), and, holding items of maps (a nested call: of this map or another),
-    record the wait in the folder of each, so that a cycle of such waits (item a needs b,
-    computed by a sibling job, or a job of another map, whose b needs a) is refused instead
-    of waited for by both for good; say once who is waited for."""
+    (see _InFlight), and, holding items of maps (a nested call: of this map or another)
+    or computing tasks, record the wait in the folder of each, so that a cycle of such
+    waits (item a needs b, computed by a sibling job, or a job of another map, or a task
+    computed elsewhere, whose b needs a) is refused instead of waited for by both for good;
+    say once who is waited for."""
 
     def __init__(self, node: Node) -> None:
         self.node, self.folder = node, node.folder
@@ -456,7 +457,8 @@ class _OnWait:
         node, folder = self.node, self.folder
         if callers.chained():
             callers.refuse_waiting_on_claims(node.uid, folder, held)
-        if not self.shown and _IN_FLIGHT.units:  # (what they wait for may need those)
+        # (what they wait for may need those)
+        if not self.shown and (_IN_FLIGHT.units or _IN_FLIGHT.tasks):
             give_up_unstarted()
             if folder is not None:
                 holders = _current_items()
@@ -511,10 +513,13 @@ class _OnWait:
             waiting = further
 
     def _uid_of(self, folder: str) -> str:
-        """The uid of the map of this thread computing items in ``folder``."""
+        """The uid of the map (or task) this thread computes items of in ``folder``."""
         for unit in _IN_FLIGHT.units:
             if os.fspath(unit.claims.folder) == folder:
                 return unit.uid
+        for claims, uid in _IN_FLIGHT.tasks:
+            if os.fspath(claims.folder) == folder:
+                return uid
         return self.node.uid
 
     def end(self) -> None:
@@ -523,14 +528,16 @@ class _OnWait:
 
 
 def _current_items() -> dict[str, tuple[Claims, set[str]]]:
-    """The items the computations of this thread compute now, by map folder (with the
-    claims of that folder)."""
+    """The items the computations of this thread compute now (and the results of the
+    tasks it computes), by folder (with the claims of that folder)."""
     out: dict[str, tuple[Claims, set[str]]] = {}
     for unit in _IN_FLIGHT.units:
         at = unit.at
         if at is not None and at() < len(unit.uids):
             where = os.fspath(unit.claims.folder)
             out.setdefault(where, (unit.claims, set()))[1].add(unit.uids[at()])
+    for claims, _ in _IN_FLIGHT.tasks:
+        out.setdefault(os.fspath(claims.folder), (claims, set()))[1].add(TASK_KEY)
     return out
 
 
@@ -600,9 +607,10 @@ def _run_task(unit: Unit) -> Report:
         with interrupts.deferred() as window:  # (Ctrl-C held back while claiming)
             claim = claims.claim_one(TASK_KEY)
             if claim.mine:
-                return window.guard(
-                    claim, functools.partial(_compute_claimed, node, unit, forced, reusable_error)
+                compute = functools.partial(
+                    _compute_claimed, node, unit, forced, reusable_error, claims
                 )
+                return window.guard(claim, compute)
         if claim.reentered:
             raise self_call_error(node.uid)
         on_wait = _wait_message(node)
@@ -617,7 +625,7 @@ def _run_task(unit: Unit) -> Report:
 
 
 def _compute_claimed(
-    node: Node, unit: Unit, forced: bool, reusable_error: tp.Callable[[], bool]
+    node: Node, unit: Unit, forced: bool, reusable_error: tp.Callable[[], bool], claims: Claims
 ) -> Report:
     """Compute a task whose claim this worker holds (unless done meanwhile)."""
     state = store.task_state(node, refresh=True)
@@ -628,7 +636,11 @@ def _compute_claimed(
         return Report(reused=1)
     if state != "missing":
         del node.cache[TASK_KEY]
-    report = _compute_task(node)
+    _IN_FLIGHT.tasks.append((claims, node.uid))  # (a wait of its method says it holds it)
+    try:
+        report = _compute_task(node)
+    finally:
+        _IN_FLIGHT.tasks.pop()
     if forced:  # (before the claim goes: a thread of this instance waiting for it)
         node.force_state["done"] = True
     return report
@@ -1377,6 +1389,7 @@ class _InFlight:
 class _Stack(threading.local):
     def __init__(self) -> None:
         self.units: list[_InFlight] = []
+        self.tasks: list[tuple[Claims, str]] = []  # (the tasks it computes: claims, uid)
 
 
 _IN_FLIGHT = _Stack()
