@@ -2824,6 +2824,46 @@ def test_failure_stops_only_its_dependents_then_retry(env: Env) -> None:
     assert env.starts("p") == 1 and env.starts("q") == 1
 
 
+def test_a_node_below_several_failures_names_them_all(env: Env) -> None:
+    """An aggregation over six evaluations, two of which failed, said that it was not
+    computed because of the first one only (in the run's error, and in the plan of a run
+    reading the cached errors): both are named; past five, the others are counted (a
+    probe)."""
+    flag = env.tmp / "fail"
+    flag.touch()
+
+    def evaluations(failing: tp.Collection[int], count: int = 6, name: str = "eval") -> dict:
+        return {
+            f"e{i}": env.step(
+                f"{name}{i}", **({"fail_flag": str(flag)} if i in failing else {})
+            ).run.node()
+            for i in range(count)
+        }
+
+    evals = evaluations((1, 4))
+    aggregate = env.step("aggregate").run.node(evals)
+    failed = [evals["e1"].uid, evals["e4"].uid]
+    with pytest.raises(NodeFailures) as info:
+        exca.graph.run(aggregate)
+    error = info.value.failures[aggregate.uid]
+    assert isinstance(error, UpstreamFailed)
+    assert f"2 upstream nodes failed: {failed[0]}, {failed[1]}" in str(error), error
+    # again: the errors are cached, the plan fails it before anything runs
+    reason = _by_uid(exca.graph.plan(aggregate))[aggregate.uid].reason
+    assert f"upstream {failed[0]} fails (" in reason, reason
+    assert f"; also upstream {failed[1]} fails" in reason, reason
+    with pytest.raises(NodeFailures) as info:
+        exca.graph.run(aggregate)
+    assert failed[1] in str(info.value.failures[aggregate.uid])
+    # many: five named, the others counted
+    evals = evaluations(range(1, 8), count=8, name="other")
+    with pytest.raises(NodeFailures) as info:
+        exca.graph.run(env.step("many").run.node(evals))
+    said = str(info.value.failures[env.step("many").run.node(evals).uid])
+    assert "7 upstream nodes failed: " in said and said.endswith(" and 2 more"), said
+    assert evals["e5"].uid in said and evals["e6"].uid not in said, said
+
+
 class FlakySquare(pydantic.BaseModel):
     """A map whose item 2 raises while the file ``fail_flag`` exists."""
 

@@ -14,7 +14,14 @@ from ..storage import gcpause
 from ..storage.cachederror import record_line
 from ..storage.dumping import is_damaged_payload
 from . import callers, codeprint, executors, registry, store
-from .errors import JobFailedError, UpstreamFailed, ending_line, read_only_error, retry_hint
+from .errors import (
+    JobFailedError,
+    UpstreamFailed,
+    ending_line,
+    failed_upstreams,
+    read_only_error,
+    retry_hint,
+)
 from .node import TASK_KEY, Group, Node
 
 Key = tuple[str, str]
@@ -839,22 +846,29 @@ class Graph:
             run = self.runs[key]
             if not run.needs_work or run.action == "wait":
                 continue
-            failing = next((u for u in self.upstream[key] if self._fails(u)), None)
-            if failing is None:
+            failing = [u for u in self.upstream[key] if self._fails(u)]
+            if not failing:
                 continue
             run.action = "fail"
             run.blocked = True
-            up = self.runs[failing]
+            up = self.runs[failing[0]]
+            # (the others named too: an aggregation over evaluations, two failing, named
+            # the first only)
+            others = [self.runs[u].node.uid for u in failing[1:]]
+            also = f"; also {failed_upstreams(others, 'fail' if others[1:] else 'fails')}"
+            also = also if others else ""
             if up.action == "fail":  # (named by the root failure, not a chain of them)
                 # (a retry of this node alone left it failing: whose mode retries is said)
                 told = up.reason.replace(RETRY_COMPUTES, UPSTREAM_RETRY_COMPUTES)
-                run.reason = up.reason if up.blocked else f"upstream {up.node.uid} fails ({told})"
+                reason = up.reason if up.blocked else f"upstream {up.node.uid} fails ({told})"
+                run.reason = reason + also
                 continue
             # a map kept with cached item errors: its outputs cannot be read (said as a run
             # that computed the map says it)
             failed = up.node.cache.error_keys(up.uids or [])
-            run.reason = store.item_errors(up.node, failed)
-            run.error = store.item_errors_failure(run.node, up.node, up.uids or [])
+            run.reason = store.item_errors(up.node, failed) + also
+            if not others:  # (else its reason, naming them all, is its error)
+                run.error = store.item_errors_failure(run.node, up.node, up.uids or [])
 
     def _fails(self, key: Key) -> bool:
         """Whether what a node gives its downstream nodes cannot be read."""

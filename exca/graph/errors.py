@@ -128,6 +128,18 @@ def named_items(uids: tp.Sequence[str]) -> str:
     return named
 
 
+def failed_upstreams(uids: tp.Sequence[str], verb: str = "failed") -> str:
+    """``upstream A failed``, or ``2 upstream nodes failed: A, B``: every failed input of a
+    node named (an aggregation over evaluations, two of which failed, named the first
+    only), the first ITEMS_NAMED of many, the others counted."""
+    if len(uids) == 1:
+        return f"upstream {uids[0]} {verb}"
+    named = ", ".join(uids[:ITEMS_NAMED])
+    if len(uids) > ITEMS_NAMED:
+        named += f" and {len(uids) - ITEMS_NAMED} more"
+    return f"{len(uids)} upstream nodes {verb}: {named}"
+
+
 def items_not_computed(uids: tp.Sequence[str], node_uid: str) -> str:
     """``3 item(s) of <node> not computed ('a', 'b', 'c')``: which ones, not just how many."""
     return f"{len(uids)} item(s) of {node_uid} not computed ({named_items(uids)})"

@@ -36,6 +36,7 @@ from .errors import (
     JobFailedError,
     NodeFailures,
     class_changed,
+    failed_upstreams,
     items_not_computed,
     read_only_error,
     retried_error,
@@ -417,7 +418,7 @@ class Scheduler:
         """Skip the pending nodes (``candidates``: only those, and what follows them) that
         an upstream node failed (or was skipped) for, in topological order."""
         keys = [k for k in (pending if candidates is None else candidates) if k in pending]
-        if all(self._failed_upstream(k) is None for k in keys):
+        if not any(self._failed_upstream(k) for k in keys):
             return  # (the common case: heapq is not even imported)
         import heapq
 
@@ -429,38 +430,38 @@ class Scheduler:
             if key not in pending or _reads_only(pending[key]):
                 continue
             failed = self._failed_upstream(key)
-            if failed is not None:
+            if failed:
                 run = pending.pop(key)
                 for down in self.graph.downstream[key]:
                     if down in pending:
                         heapq.heappush(heap, (position[down], down))
                 run.state = "skipped"
                 run.blocked = True
-                run.error = self._upstream_error(run, self.runs[failed])
+                run.error = self._upstream_error(run, [self.runs[u] for u in failed])
 
-    def _failed_upstream(self, key: Key) -> Key | None:
-        """An upstream node of this one that failed or was skipped, if any (or a map that
-        computed, with item errors: its outputs cannot be read; a job sent now would fail)."""
+    def _failed_upstream(self, key: Key) -> list[Key]:
+        """The upstream nodes of this one that failed or were skipped (or maps that
+        computed, with item errors: their outputs cannot be read; a job sent now would
+        fail), in the order of its inputs."""
         runs = self.runs
-        return next(
-            (
-                u
-                for u in self.graph.upstream[key]
-                if runs[u].state in ("failed", "skipped")
-                or (runs[u].state == "done" and runs[u].item_errors)
-            ),
-            None,
-        )
+        return [
+            u
+            for u in self.graph.upstream[key]
+            if runs[u].state in ("failed", "skipped")
+            or (runs[u].state == "done" and runs[u].item_errors)
+        ]
 
     @staticmethod
-    def _upstream_error(run: NodeRun, failed: NodeRun) -> BaseException:
+    def _upstream_error(run: NodeRun, failed: list[NodeRun]) -> BaseException:
         """Why a node was not computed, as a call reading the failed upstream's outputs
-        would have said (for a map with item errors: the first one)."""
-        if failed.state == "done":
-            error = store.item_errors_failure(run.node, failed.node, failed.uids or [])
+        would have said (for a map with item errors: the first one), naming every failed
+        upstream node."""
+        if len(failed) == 1 and failed[0].state == "done":
+            error = store.item_errors_failure(run.node, failed[0].node, failed[0].uids or [])
             if error is not None:
                 return error
-        return UpstreamFailed(f"{run.node.uid} was not computed: upstream {failed.node.uid} failed")
+        uids = [f.node.uid for f in failed]
+        return UpstreamFailed(f"{run.node.uid} was not computed: {failed_upstreams(uids)}")
 
     # --- launching ---------------------------------------------------------------------------
     def units(self, run: NodeRun) -> list[Unit]:
