@@ -1467,6 +1467,40 @@ def targets_of(folder: str) -> list[exca.graph.Node]:  # (a TARGET needing an ar
     return [Train(infra={"folder": folder}).fit.node()]
 
 
+def pipeline_ensemble() -> exca.graph.Node:
+    """A CLI TARGET: an Ensemble fed by a list and a dict of six trainings (and a value)."""
+    root = PIPELINE_ROOT[0]
+    models = [Train(seed=s, infra={"folder": root}).fit.node() for s in range(6)]
+    named = {f"s{s}": Train(seed=s, infra={"folder": root}).fit.node() for s in range(5)}
+    return Ensemble(infra={"folder": root}).vote.node(models, {**named, "bias": 0.5})
+
+
+def test_cli_plan_json_gives_each_input_by_name_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`exca plan --json` gave the inputs of a node as the table's text only, cut past two
+    entries (`{s0: Train.fit,1/default, s1: ..., +4 more}`): a script could not tell
+    what fed it. Its ``input_uids`` map each input's name to the uid of its node or value,
+    or to a list (a dict, by key) of them, whole (a probe)."""
+    from exca.ops.cli import main
+
+    monkeypatch.setattr(sys.modules[__name__], "PIPELINE_ROOT", [tmp_path / "cache"])
+    assert main(["plan", f"{__name__}:pipeline_ensemble", "--json"]) == 0
+    nodes = {n["uid"]: n for n in json.loads(capsys.readouterr().out)["nodes"]}
+    target = pipeline_ensemble()
+    trainings = [Train(seed=s, infra={"folder": tmp_path / "cache"}).fit.node() for s in range(6)]
+    entry = nodes[target.uid]
+    assert "+4 more" in entry["inputs"]  # (the display text, as the table shows it)
+    bias = entry["input_uids"]["named"]["bias"]
+    assert entry["input_uids"] == {
+        "models": [t.uid for t in trainings],
+        "named": {**{f"s{s}": trainings[s].uid for s in range(5)}, "bias": bias},
+    }
+    assert bias == exca.graph.node.Value.of(0.5).uid
+    assert all(uid in nodes for uid in entry["input_uids"]["models"])  # (joined by uid)
+    assert nodes[trainings[0].uid]["input_uids"] is None  # (no inputs)
+
+
 def test_cli_target_naming_a_function_returning_nodes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

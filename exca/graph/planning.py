@@ -58,6 +58,10 @@ class PlanEntry:
     # a call with inputs: what feeds it, e.g. "w=Train.fit,1/lr=0.20-3d9814eb" (its uid
     # says inputs-<digest> only: the evaluations of a sweep looked all alike)
     inputs: str | None = None
+    # ... the same for scripts, whole: each input's name mapped to the uid of what feeds it
+    # (a node's uid, as in ``uid`` and ``upstream``, or a value's uid), or to a list (a
+    # dict, by key) of them (the display text above cuts them: "..., +4 more}")
+    input_uids: dict[str, tp.Any] | None = None
 
     def to_dict(self) -> dict[str, tp.Any]:
         out = dataclasses.asdict(self)
@@ -197,6 +201,7 @@ class Plan:
             folder=None if node.folder is None else str(node.folder),
             problems=problems,
             inputs=describe_inputs(node) if node.inputs else None,
+            input_uids=input_uids(node) if node.inputs else None,
         )
 
     def _unpicklable(self, runs: dict[Key, NodeRun]) -> dict[Key, str]:
@@ -638,6 +643,20 @@ def describe_inputs(node: Node) -> str:
         return shortened(text, INPUT_SHOWN)
 
     return ", ".join(f"{name}={bounded(source)}" for name, source in node.inputs)
+
+
+def input_uids(node: Node) -> dict[str, tp.Any]:
+    """What feeds a call with inputs, whole: each input's name and the uid of its node or
+    value, or the list (dict, by key) of them."""
+
+    def uids(source: tp.Any) -> tp.Any:
+        if isinstance(source, Group):
+            if source.keys is not None:
+                return {key: s.uid for key, s in zip(source.keys, source.sources)}
+            return [s.uid for s in source.sources]
+        return str(source.uid)
+
+    return {name: uids(source) for name, source in node.inputs}
 
 
 def _root_of(folder: str, uid: str) -> str:
