@@ -1939,6 +1939,43 @@ def test_clean_node_downstream(tmp_path: Path) -> None:
     assert [i.status for i in exca.ops.inspect(root, step="Train")] == ["success"]
 
 
+def test_clean_versions_downstream(tmp_path: Path) -> None:
+    """`exca clean ROOT versions --downstream` was refused ("does not apply"): what was
+    computed from an old version's results (the aggregation of the evaluations of version
+    1) stayed. The preview lists it too, --yes removes it; the aggregation of the newest
+    version stays cached (a probe)."""
+    root = tmp_path / "cache"
+    train = Train(infra={"folder": root}).fit.node()
+    aggregates = {}
+    evaluations = {}
+    for version in ("1", "2"):
+        evaluation = Evaluate(infra={"folder": root, "version": version}).score.node(train)
+        evaluations[version] = evaluation
+        aggregates[version] = Ensemble(infra={"folder": root}).vote.node(
+            [evaluation], {"v": evaluation}
+        )
+        assert aggregates[version].result() == 2.0
+    old, old_aggregate = evaluations["1"].folder, aggregates["1"].folder
+    assert old is not None and old_aggregate is not None
+    before = tree_hash(root)
+    alone = json.loads(cli("clean", root, "versions", "--json", check=True).stdout)
+    assert {Path(r["path"]) for r in alone["removals"]} == {old.parent}  # (its config)
+    preview = json.loads(
+        cli("clean", root, "versions", "--downstream", "--json", check=True).stdout
+    )
+    removals = {Path(r["path"]): r["reason"] for r in preview["removals"]}
+    assert set(removals) == {old.parent, old_aggregate}, removals
+    assert removals[old_aggregate] == "computed from an old version"
+    text = cli("clean", root, "versions", "--downstream", check=True).stdout
+    assert str(old_aggregate) in text and "computed from an old version" in text, text
+    assert tree_hash(root) == before
+    cli("clean", root, "versions", "--downstream", "--yes", check=True)
+    assert not old.exists() and not old_aggregate.exists()
+    statuses = {e.uid: e.status for e in exca.graph.plan(aggregates["2"]).entries}
+    assert statuses[aggregates["2"].uid] == "cached", statuses
+    assert clean.old_versions(root, downstream=True).removals == []  # (nothing left)
+
+
 def test_clean_node_downstream_of_a_root_given_relative(tmp_path: Path) -> None:
     """`exca clean cache node ... --downstream` from the cache's parent: the preview gave
     the node absolute and what was computed from it relative to the current folder
@@ -2549,7 +2586,7 @@ def test_clean_orphans_logs_and_compact_of_some_steps(tmp_path: Path) -> None:
     # --yes` removed the logs of the whole root)
     for args in (
         ("logs", str(folder_of(train)), "--days", "0"),
-        ("versions", "--downstream"),
+        ("orphans", "--downstream"),
         ("versions", "--days", "30"),  # (its default value, given: refused too)
         ("node", str(folder_of(train)), "--days", "2"),
     ):

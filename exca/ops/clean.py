@@ -1010,15 +1010,50 @@ def _unmatched(methods: dict[str, list[Path]], step: str) -> str:
     return f"--step {step!r} matches no step of the root: {', '.join(steps) or 'it holds none'}"
 
 
-def old_versions(root: Path | str, step: str | None = None) -> CleanPlan:
+def old_versions(root: Path | str, step: str | None = None, downstream: bool = False) -> CleanPlan:
     """Every ``<method>,<version>`` folder of a numbered version lower than the newest
     numbered version of its method holding a successful result (see ``_version_key``).
     A newer version without one (only cached errors, cleared, or being computed) makes
     nothing old and is kept, with why; one left with logs only is old, its reason then
     says "newest with a result is N". A version that is not a number ("debug", "2b") is
     never old and never makes another one old: the preview lists it as kept, with why
-    (as a numbered version equal to the newest one: "v2")."""
+    (as a numbered version equal to the newest one: "v2"). ``downstream``: also what was
+    computed from the configs removed (recorded provenance, as ``remove_nodes`` finds
+    it), e.g. the aggregation of the evaluations of an old version."""
     root = cache_root(root)
+    plan = _old_versions(root, step)
+    if downstream:
+        _add_downstream(plan, root, "computed from an old version")
+    return plan
+
+
+def _add_downstream(plan: CleanPlan, root: Path, reason: str) -> None:
+    """Add to a plan what was computed from the node folders it removes whole (not what
+    it keeps: e.g. a config of an old version a link points to)."""
+    removed = []
+    for removal in plan.removals:
+        path = removal.path
+        if removal.keys is not None or path.is_symlink():  # (items; a link alone)
+            continue
+        try:
+            if is_node_folder(path):
+                removed.append(path)
+        except PermissionError:  # (not listed as removed then)
+            continue
+    if not removed:
+        return
+    kept = {p.resolve() for p, _ in plan.kept}
+    # (absolute, as the folders removed: a root given relative listed them so)
+    whole, some_items = computed_from(Path(os.path.abspath(root)), removed)
+    for folder in whole:
+        if folder.resolve() not in kept:
+            _add_folder(plan, folder, reason)
+    for folder, keys in some_items.items():
+        if folder.resolve() not in kept:
+            _add_items(plan, folder, keys, reason)
+
+
+def _old_versions(root: Path, step: str | None) -> CleanPlan:
     plan = CleanPlan()
     every = methods = _methods(root)
     if step is not None:

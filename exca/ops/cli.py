@@ -737,7 +737,9 @@ def _main(argv: list[str] | None) -> int:
     # (a default: argparse then does not list it among the missing required arguments)
     p_clean.add_argument("folders", nargs="*", default=[], help="node folders (for 'node')")
     p_clean.add_argument(
-        "--downstream", action="store_true", help="also what was computed from them"
+        "--downstream",
+        action="store_true",
+        help="also what was computed from them (for 'node' and 'versions')",
     )
     p_clean.add_argument(
         "--step", help="only these steps (for 'node': of the configs --where selects)"
@@ -808,7 +810,7 @@ def _main(argv: list[str] | None) -> int:
             shown
             for shown, given, used_by in (
                 ("FOLDERS", bool(args.folders), ("node",)),
-                ("--downstream", args.downstream, ("node",)),
+                ("--downstream", args.downstream, ("node", "versions")),
                 ("--days", args.days is not None, ("logs",)),
                 ("--where", bool(args.where), ("node",)),
             )
@@ -884,7 +886,7 @@ def _main(argv: list[str] | None) -> int:
         elif args.what == "node":
             removal = clean.remove_nodes(args.folders, downstream=args.downstream, root=args.root)
         elif args.what == "versions":
-            removal = clean.old_versions(args.root, step=args.step)
+            removal = clean.old_versions(args.root, step=args.step, downstream=args.downstream)
         elif args.what == "orphans":
             removal = clean.orphans(args.root, step=args.step)
         else:
