@@ -1501,6 +1501,58 @@ def test_cli_plan_json_gives_each_input_by_name_whole(
     assert nodes[trainings[0].uid]["input_uids"] is None  # (no inputs)
 
 
+def pipeline_failing() -> list[exca.graph.Node]:
+    """A CLI TARGET: a training that fails, and the aggregation of a map (cached)."""
+    failing = Train(seed=3, fail=True, infra={"folder": PIPELINE_ROOT[0]}).fit.node()
+    return [failing, pipeline_targets()]
+
+
+def test_cli_plan_and_explain_preview_another_mode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`exca plan` / `exca explain` of a function returning nodes could not say what
+    mode='retry' (or 'force') would recompute: the nodes are built by its code, no
+    infra.mode override applies (a probe). --mode gives the targets that mode (their
+    upstream nodes keep theirs), and computes nothing."""
+    from exca.ops.cli import main
+
+    root = tmp_path / "cache"
+    monkeypatch.setattr(sys.modules[__name__], "PIPELINE_ROOT", [root])
+    failing, total = pipeline_failing()
+    with pytest.raises(ValueError, match="cannot fit"):
+        failing.result()
+    assert total.result() == 28
+    capsys.readouterr()  # (what the training printed)
+    before = tree_hash(root)
+
+    def plan(*options: str) -> dict[str, tuple[str, str]]:
+        assert main(["plan", f"{__name__}:pipeline_failing", "--json", *options]) == 0
+        nodes = json.loads(capsys.readouterr().out)["nodes"]
+        return {n["uid"]: (n["status"], n["action"]) for n in nodes}
+
+    squares = total.upstream[0]
+    assert plan() == {
+        failing.uid: ("cached error", "fail"),
+        squares.uid: ("not needed", "skip"),
+        total.uid: ("cached", "reuse"),
+    }
+    retried = plan("--mode", "retry")
+    assert retried[failing.uid] == ("cached error", "compute")  # (what retry recomputes)
+    assert retried[total.uid] == ("cached", "reuse")
+    forced = plan("--mode", "force")
+    assert forced[total.uid] == ("forced", "compute")
+    assert forced[squares.uid] == ("cached", "reuse")  # (upstream: its own mode)
+    assert main(["explain", f"{__name__}:pipeline_failing", "--mode", "retry"]) == 0
+    out = capsys.readouterr().out
+    assert "compute" in out and failing.uid in out, out
+    assert tree_hash(root) == before  # (read-only: computes nothing, writes nothing)
+    assert plan() == {
+        failing.uid: ("cached error", "fail"),
+        squares.uid: ("not needed", "skip"),
+        total.uid: ("cached", "reuse"),
+    }
+
+
 def test_cli_target_naming_a_function_returning_nodes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

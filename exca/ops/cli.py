@@ -603,11 +603,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _with_mode(nodes: list[tp.Any], mode: str) -> list[tp.Any]:
+    """The targets in another mode (``--mode``), for a plan: only the targets, as a call of
+    theirs in that mode would run (their upstream nodes keep their own modes). A target
+    that feeds another target keeps its own too: that target's inputs hold its instance
+    (two instances of one node in two modes are refused)."""
+    from ..graph.decisions import collect
+
+    feeding = {key for node in nodes for upstream in node.upstream for key in collect([upstream])}
+    return [n if n.key in feeding else n.with_mode(mode) for n in nodes]
+
+
 def _read_only_command(args: argparse.Namespace) -> int:
     """plan, explain and check."""
     from ..graph.planning import Plan
 
     nodes = _target_nodes(args.target, args.config, args.overrides)
+    if getattr(args, "mode", None) is not None:
+        nodes = _with_mode(nodes, args.mode)
     plan = Plan(nodes)
     if args.command != "check":  # (a typo in the folder reads as "nothing cached")
         roots = {n.root for n in plan.graph.nodes.values() if n.root is not None}
@@ -713,6 +726,13 @@ def _main(argv: list[str] | None) -> int:
         p.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "plan":
             p.add_argument("--mermaid", help="write the mermaid picture source to this file")
+        if name in ("plan", "explain"):
+            p.add_argument(
+                "--mode",
+                choices=["cached", "retry", "force", "read-only"],
+                help="as if TARGET's nodes had this infra mode (upstream nodes keep theirs), "
+                "e.g. what mode='retry' would recompute; computes nothing",
+            )
 
     p_clean = sub.add_parser(
         "clean",
