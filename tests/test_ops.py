@@ -993,6 +993,39 @@ def test_where_reaches_into_lists_and_dicts_of_inputs(tmp_path: Path) -> None:
     assert "'stages.0' holds the keys lr, size." in wrong, wrong
 
 
+def test_where_splits_long_lists_of_inputs_and_lists_holding_values(tmp_path: Path) -> None:
+    """The uid of a list (or dict) of inputs was split into its members' uids by a
+    recursion as deep as the members: ``--where models.0.lr=...`` over an aggregation of
+    a sweep of ~1000 nodes raised RecursionError (and each member tried every end after
+    it: quadratic). A list holding a node and two values or more was not split (a value's
+    uid, its text then a digest, also reads as several values): its uid was then taken
+    for a node's folder name (OSError "File name too long" past 255 characters, else
+    "is a value")."""
+    from exca.ops.inspect import group_members
+
+    uids = [f"proj.Train.fit,1/lr=0.1,seed={i}-{i:08x}" for i in range(3000)]
+    uids[5] += "/inputs-0123abcd"
+    assert group_members("[" + ",".join(uids) + "]") == [(None, u) for u in uids]
+    keyed = "{" + ",".join(f"k/{i}={u}" for i, u in enumerate(uids)) + "}"
+    assert group_members(keyed) == [(f"k/{i}", u) for i, u in enumerate(uids)]
+    root = tmp_path / "cache"
+    trained = Train(optim={"lr": 0.02}, infra={"folder": root}).fit.node()
+    ensemble = Ensemble(infra={"folder": root})
+    for count in (2, 300):
+        weights = [float(i) for i in range(count)]
+        voted = ensemble.vote.node([trained, *weights], {"best": trained})
+        voted.result()
+
+        def found(*where: str) -> set[Path]:
+            return {i.folder for i in exca.ops.inspect(root, step="Ensemble", where=list(where))}
+
+        assert found("models.0.optim.lr=0.02") >= {voted.folder}, count
+        assert found("models.0.optim.lr=0.01") == set(), count
+        bad = cli("list", root, "--where", f"models.{count}.lr=1")
+        assert bad.returncode == 2, bad.stderr
+        assert f"the input 'models.{count}' of test_ops.Ensemble.vote,1 is a value" in bad.stderr
+
+
 def test_explain_the_same_config_under_another_folder_name(tmp_path: Path) -> None:
     """A folder name lists the values that differ from the defaults of the day it was
     computed: after a default changed, the same config is cached under another name

@@ -959,7 +959,7 @@ def group_members(uid: str, exists: tp.Callable[[str], bool] | None = None) -> _
     (``{key=uid,...}``, a key up to its first ``=``), as (key, or None in a list; uid), in
     order. The uids hold commas too: every split whose members are nodes' or values' uids
     is tried; of several, the one whose nodes are all there (``exists``, given a node's
-    uid). None when the text is not one, or no single split fits."""
+    uid), then the finest one. None when the text is not one, or no single split fits."""
     if len(uid) < 2 or (uid[0], uid[-1]) not in (("[", "]"), ("{", "}")):
         return None
     keyed = uid[0] == "{"
@@ -967,9 +967,9 @@ def group_members(uid: str, exists: tp.Callable[[str], bool] | None = None) -> _
     if not text:
         return []
     # where a member may end: before a comma, after a uid's end (a digest, "default")
-    ends = [i for i, c in enumerate(text) if c == "," and _UID_END.search(text, 0, i)]
+    # (searched in the 9 characters before: from the start, quadratic in the text)
+    ends = [i for i, c in enumerate(text) if c == "," and _UID_END.search(text, i - 9, i)]
     ends.append(len(text))
-    memo: dict[int, list[_Members]] = {}
     most = 8  # (splits kept: more is hopeless)
 
     def reading(member: str) -> tuple[str | None, str] | None:
@@ -982,23 +982,47 @@ def group_members(uid: str, exists: tp.Callable[[str], bool] | None = None) -> _
             return key, member
         return None
 
-    def splits(start: int) -> list[_Members]:
-        """The ways text[start:] splits into members (up to ``most``)."""
-        if start not in memo:
-            found: list[_Members] = []
-            for end in ends:
-                if end <= start or len(found) >= most:
-                    continue
-                read = reading(text[start:end])
-                if read is not None:
-                    rests = [[]] if end == len(text) else splits(end + 1)
-                    found += [[read, *rest] for rest in rests[: most - len(found)]]
-            memo[start] = found
-        return memo[start]
+    # the ways text[start:] splits into members (up to ``most``), from the last start to
+    # the first (a recursion went as deep as the members: a list of ~1000 nodes raised
+    # RecursionError), each kept as its first member and where the rest is in ``memo``
+    # (the lists of members made at the end only: each start copied its rests whole); a
+    # member holds at most two "/" (a node's), past its key: the ends further away are
+    # not tried (each start tried every end: quadratic)
+    Split = tuple[tuple[str | None, str], int, int]  # (member, start of the rest, its split)
+    memo: dict[int, list[Split]] = {}
+    for first in range(len(ends) - 1, -1, -1):
+        start = 0 if first == 0 else ends[first - 1] + 1
+        base = text.find("=", start) if keyed else start
+        splits: list[Split] = []
+        for end in ends[first:]:
+            if len(splits) >= most or base < 0 or text.count("/", base, end) > 2:
+                break
+            read = reading(text[start:end])
+            if read is not None:
+                if end == len(text):
+                    splits.append((read, -1, 0))
+                else:
+                    rests = range(min(len(memo[end + 1]), most - len(splits)))
+                    splits.extend((read, end + 1, i) for i in rests)
+        memo[start] = splits
 
-    found = splits(0)
+    def members(start: int, index: int) -> _Members:
+        out: _Members = []
+        while start >= 0:
+            read, start, index = memo[start][index]
+            out.append(read)
+        return out
+
+    found = [members(0, i) for i in range(len(memo[0]))]
     if len(found) > 1 and exists is not None:
         found = [f for f in found if all(exists(u) for _, u in f if "/" in u)]
+    if len(found) > 1:
+        # (a value's uid, its text then a digest, reads as several values, and as their
+        # end: [node,0.5,0.3] split as node, "0.5-<digest>,0.3-<digest>" too, and no
+        # list holding two values was split; a text holding "-<digest>," is rare: the
+        # finest split)
+        finest = max(len(f) for f in found)
+        found = [f for f in found if len(f) == finest]
     return found[0] if len(found) == 1 else None
 
 
@@ -1028,8 +1052,8 @@ class _Upstreams:
         """The view of the config of the node ``uid`` of the cache ``root`` (None: a
         value's uid, or no node folder of that root)."""
         step, _, rest = uid.partition("/")  # (a value's uid, or a group: not a node)
-        if "," not in step or not rest or rest.startswith("/"):
-            return None
+        if "," not in step or not rest or rest.startswith("/") or uid[:1] in ("[", "{"):
+            return None  # (a group's "[a.B.f,1/...": its text as a path was too long)
         path = root / uid
         if path.name.startswith("items-"):  # (a map node: its items' digest)
             path = path.parent
@@ -1045,6 +1069,10 @@ class _Upstreams:
                     return None
                 own, full, _ = _configs(path)
             except (PermissionError, IsADirectoryError):  # (skipped by inspect, warned)
+                return None
+            except OSError as error:  # (a value's uid holding "/": a name too long)
+                if error.errno != errno.ENAMETOOLONG:
+                    raise
                 return None
             config = full or own
         view = self.views[path] = _where_view(config)
