@@ -1112,6 +1112,18 @@ class Learner(pydantic.BaseModel):
         return self.optim.lr * 100 + self.seed
 
 
+class Scorer(pydantic.BaseModel):
+    """Another class sharing a field with Train (seed): not Train renamed."""
+
+    seed: int = 0
+    metric: str = "acc"
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def fit(self) -> float:
+        return float(self.seed)
+
+
 def test_explain_never_computed_names_the_step_holding_the_same_config(
     tmp_path: Path,
 ) -> None:
@@ -1133,6 +1145,10 @@ def test_explain_never_computed_names_the_step_holding_the_same_config(
         (why,) = exca.ops.explain(other.fit.node())
         assert why.same_config_in == []
         assert why.summary() == "never computed (no cached config of this method)"
+    # nor for another class whose config has the same folder name (seed=3), but other
+    # fields: a new class sharing a value, not a former name (it was named)
+    (why,) = exca.ops.explain(Scorer(seed=3, infra={"folder": root}).fit.node())
+    assert why.same_config_in == [], why.summary()
 
 
 TRAIN_SCRIPT = """

@@ -447,19 +447,28 @@ def same_config_elsewhere(node: Node) -> list[str]:
     """Step folders of the node's root, for other methods, holding a folder of the very
     config of this node (not ``default``: every class has one). A config's folder name
     comes from its values only, so such a folder is likely this config's results under
-    the class or method's former name."""
-    if node.root is None or node.config_uid == "default":
+    the class or method's former name, when its fields are this config's (its
+    full-uid.yaml names the same fields: another class sharing a value, ``seed=1``, is
+    not named as a former name)."""
+    if node.root is None or node.config_uid == "default" or node.uid_config is None:
         return []
     try:
         steps = [e.name for e in os.scandir(node.root) if "," in e.name and e.is_dir()]
     except OSError:
         return []
-    return sorted(
-        step
-        for step in steps
-        if step != node.step
-        and os.path.exists(os.path.join(node.root, step, node.config_uid, UID_FILE))
-    )
+    fields: set[str] | None = None
+    out = []
+    for step in steps:
+        folder = os.path.join(node.root, step, node.config_uid)
+        if step == node.step or not os.path.exists(os.path.join(folder, UID_FILE)):
+            continue
+        full = read_yaml(Path(folder) / FULL_UID_FILE)
+        if fields is None:
+            fields = {str(k).split(".")[0] for k in node.uid_config()}
+        # (its yaml's keys may be dotted: "infra.version")
+        if full is None or {str(k).split(".")[0] for k in full} == fields:
+            out.append(step)
+    return sorted(out)
 
 
 def render(explanations: list[Explanation]) -> str:
