@@ -166,7 +166,9 @@ def make_folder(
                 os.rename(tmp, folder)
                 created = True
             except OSError as error:  # (made meanwhile, and no longer empty; or a file)
-                if error.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                # (or another user's, in a sticky folder such as /tmp: EPERM, not replaced)
+                gone = error.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR)
+                if gone and error.errno != errno.EISDIR and not os.path.isdir(folder):
                     raise
     finally:
         if not created:
