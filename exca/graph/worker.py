@@ -28,6 +28,7 @@ from ..storage.cachederror import CachedError
 from ..storage.cachedict import CacheDict
 from ..storage.claims import Claim, Claims, Owner
 from ..storage.dumping import is_damaged_payload
+from ..storage.index import meta_of
 from ..storage.modules import imported
 from . import callers, codeprint, jobpickle, jobprocess, ranks, registry, store
 from .errors import (
@@ -713,9 +714,17 @@ def _map_provenance(source: Node) -> dict[str, str]:
         uids = store.map_item_uids(source)
     except Exception:  # (the map's items cannot be read: nothing to record)
         return out
-    infos = source.cache.entries_info()
-    for uid in dict.fromkeys(uids):
-        meta = (infos.get(uid) or {}).get("#meta")
+    cache = source.cache
+    cache.refresh()
+    # (the records as kept in memory, their metadata read with meta_of: entries_info
+    # copies each record whose metadata is kept as bytes; a run of items of one writer
+    # shares one metadata object, looked at once)
+    last: tp.Any = None
+    for info in cache.records(dict.fromkeys(uids)):
+        meta = meta_of(info) if info is not None else None
+        if meta is last:
+            continue
+        last = meta
         if isinstance(meta, dict) and isinstance(meta.get("up"), dict):
             out.update(meta["up"])
     return out

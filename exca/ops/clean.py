@@ -670,7 +670,7 @@ def _add_items(plan: CleanPlan, folder: Path, keys: list[str], reason: str) -> N
     view = inspecting_view(folder)
     # (where each is now: one computed again before execute(), from another input, stays)
     places = view.copy_places(keys)
-    total = max(len(view.entries_info()), 1)
+    total = max(len(view.keys()), 1)
     size, _ = disk_usage(folder)
     shown = f"{len(keys)} of {total} items: {reason}"
     removal = Removal(folder, size * len(keys) // total, shown, keys=keys, places=places)
@@ -1327,10 +1327,11 @@ def _holds_a_success(step_folder: Path, step_reals: set[str] | None = None) -> b
         if step_reals is not None and _borrowed(folder, step_reals):
             continue
         try:
-            entries = inspecting_view(folder).entries_info().values()
+            view = inspecting_view(folder)
+            keys = view.keys()  # (not entries_info: a copy of each record, see index.META)
         except OSError:  # (a shared cache: another user's private folder tells nothing)
             continue
-        if any(info.get("#type") != "Error" for info in entries):
+        if len(view.error_keys(keys)) < len(keys):
             return True
     return False
 

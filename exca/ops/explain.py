@@ -347,7 +347,8 @@ def _has_results(folder: Path) -> bool:
 def _result_count(folder: Path) -> int:
     """How many entries of a node folder hold a result (not a cached error)."""
     cache = inspecting_view(folder)
-    return sum(info.get("#type") != "Error" for info in cache.entries_info().values())
+    keys = cache.keys()  # (not entries_info: a copy of each record, see index.META)
+    return len(keys) - len(cache.error_keys(keys))
 
 
 # a map's reason when items are simply missing (not cached errors or damaged payloads to

@@ -379,11 +379,15 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
     config, full, note = _configs(folder)
     cache = inspecting_view(folder)
     cache.refresh()
-    entries = cache.entries_info()
-    errors = sum(1 for info in entries.values() if info.get("#type") == "Error")
+    # (keys and error keys: entries_info copies each record whose metadata is kept as
+    # bytes, see index.META, a cost per item of a large map)
+    keys = cache.keys()
+    errors = len(cache.error_keys(keys))
     kind = "empty"
-    if entries:
-        kind = "task" if set(entries) == {TASK_KEY} else "map"
+    if keys:
+        kind = "task" if keys == [TASK_KEY] else "map"
+    task = cache.entry(TASK_KEY) if kind == "task" else None
+    entries: dict[str, tp.Any] = {TASK_KEY: task.info} if task is not None else dict.fromkeys(keys)
     size, modified = disk_usage(folder)
     info = NodeInfo(step, uid, folder, kind, "empty", config, len(entries), errors, size, modified)
     info.full_config = full
