@@ -2813,3 +2813,22 @@ def test_records_with_dict_metadata_are_not_tracked_by_the_collector(tmp_path: P
     assert [json.loads(line)["#meta"] for line in index_lines(other)] == [meta, meta]
     compacted: CacheDict[tp.Any] = CacheDict(other)
     assert compacted.entry("z").info["#meta"] == meta  # type: ignore[union-attr]
+
+
+def test_metadata_equal_in_python_but_not_in_json_reads_back_as_written(tmp_path: Path) -> None:
+    """The records of a run of lines with equal metadata share one object when read in
+    bulk: equal as Python values is not enough ({"n": 1} == {"n": True} == {"n": 1.0}),
+    the metadata of the later lines read as the first one's."""
+    import json
+
+    folder = tmp_path / "cache"
+    metas: list[tp.Any] = [{"n": 1}, {"n": True}, {"n": 1.0}, [1], [True], {"b": 1, "a": 2}]
+    metas.append({"a": 2, "b": 1})
+    writer: CacheDict[tp.Any] = CacheDict(folder)
+    with writer.write():
+        for number, meta in enumerate(metas):
+            writer.set_many([(f"k{number}", number)], meta=meta)
+    for cache in (writer, CacheDict(folder)):
+        for number, meta in enumerate(metas):
+            read = cache.entry(f"k{number}").info["#meta"]  # type: ignore[union-attr]
+            assert json.dumps(read) == json.dumps(meta), (number, read)

@@ -100,14 +100,15 @@ def _store_metas(records: list[Record]) -> None:
     """Parsed records (in place): those with dict or list metadata made anew with its
     bytes (see META; one object for a run of equal ones): a dict made holding a dict
     stays tracked by the collector, one made of strings and numbers is not."""
-    last: tp.Any = None
     stored: tp.Any = None
     for index, record in enumerate(records):
         meta = record.get(META)
         if meta is None or not isinstance(meta, dict | list):
             continue
-        if meta != last:
-            last, stored = meta, orjson.dumps(meta)
+        # (equal bytes, not equal values: {"n": 1} == {"n": True} == {"n": 1.0})
+        data = orjson.dumps(meta)
+        if data != stored:
+            stored = data
         record[META] = stored
         records[index] = dict(zip(record, record.values()))
 
