@@ -58,14 +58,20 @@ class RankedTask(pydantic.BaseModel):
 
 class RankedMap(pydantic.BaseModel):
     """Item 13 raises (on every rank, or on rank 0 only), after the call met the other
-    ranks."""
+    ranks. ``returns_list``: the method returns a list (each call meets the other ranks
+    as it is called, not when its first output is asked for)."""
 
     meeting: str
     fails_on_rank_zero_only: bool = False
+    returns_list: bool = False
     infra: exca.MapInfra = exca.MapInfra(version="1")
 
     @infra.apply(item_uid=str)
-    def infer(self, items: list[int]) -> tp.Iterator[str]:
+    def infer(self, items: list[int]) -> tp.Iterable[str]:
+        outputs = self._infer(items)
+        return list(outputs) if self.returns_list else outputs
+
+    def _infer(self, items: list[int]) -> tp.Iterator[str]:
         rank, count = _meet_every_rank(Path(self.meeting), "infer")
         for item in items:
             if item == 13 and (rank == 0 or not self.fails_on_rank_zero_only):

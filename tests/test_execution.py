@@ -3544,6 +3544,35 @@ def test_the_ranks_stop_a_call_where_rank_zero_stops_it_at_a_failing_item(
     )  # ([3, 13, 4], [13], [4])
 
 
+@pytest.mark.timeout(180)
+def test_the_ranks_of_a_multi_task_job_follow_a_method_returning_a_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A method returning a list computes its items (meeting the other ranks) as it is
+    called: rank 0 called it before announcing the call, so the other ranks, waiting
+    for the announcement, never met it (an error after 60 s, that item's). And its call
+    raising for item 13 cached nothing. Now rank 0 announces first; the call raising,
+    each half of its items is called (announced too), down to 13 alone: 3 and 4 are
+    cached, 13's error too."""
+    from ranks import RankedMap
+
+    from exca.graph import scheduler
+
+    monkeypatch.setattr(scheduler._SHUFFLER, "shuffle", lambda items: None)  # (in order)
+    meeting = tmp_path / "meeting"
+    infra = {"folder": tmp_path / "cache", "cluster": "local", "tasks_per_node": 2, "max_jobs": 1}
+    mapped = RankedMap(meeting=str(meeting), returns_list=True, infra=infra)
+    assert list(mapped.infer([1, 2])) == ["1 by rank 0 of 2", "2 by rank 0 of 2"]
+    with pytest.raises(ValueError, match="bad item 13 on rank 0"):  # (not "never came")
+        list(RankedMap(meeting=str(meeting), returns_list=True, infra=infra).infer([3, 13, 4]))
+    infer = calls(meeting / "calls.txt")
+    # ([1, 2]; [3, 13, 4], [3], [13, 4], [13], [4])
+    assert infer.count("infer rank=0") == infer.count("infer rank=1") == 6
+    infos = mapped.infra.cache_dict.entries_info()
+    assert sorted(infos) == ["1", "13", "2", "3", "4"]
+    assert [k for k, i in infos.items() if i["#type"] == "Error"] == ["13"]
+
+
 @pytest.mark.timeout(120)
 def test_the_plan_of_a_task_another_process_computes_inline_says_wait_whatever_its_cluster(
     tmp_path: Path,

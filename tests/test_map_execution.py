@@ -732,6 +732,101 @@ def test_a_batch_error_is_cached_for_its_own_item_only(tmp_path: Path, cluster: 
     assert [k for k, info in infos.items() if info["#type"] == "Error"] == ["6"]
 
 
+class Listing(pydantic.BaseModel):
+    """item -> 10 * item, returned as a list (no generator): an item listed in `bad`
+    raises, so the whole call raises before any output. Appends each item it starts to
+    `log`, and "call <items>" to `calls` for each call."""
+
+    log: str
+    calls: str
+    bad: tuple[int, ...] = ()
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("bad",)  # (a fix: same outputs)
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> list[int]:
+        append(self.calls, "call " + ",".join(str(i) for i in items))
+        outputs = []
+        for item in items:
+            append(self.log, str(item))
+            if item in self.bad:
+                raise ValueError(f"bad item {item}")
+            outputs.append(10 * item)
+        return outputs
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cluster", [None, "processpool", "local"])
+def test_a_method_returning_a_list_caches_the_error_of_its_failing_item_only(
+    tmp_path: Path, cluster: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A method returning a list (not yielding) that raised for one item was called
+    outside the per-item error handling: nothing was cached, neither that item's error
+    nor the other items (all computed again by the next call). Its call raising before
+    any output, on several items, is now called on each half of them, down to the item
+    that raises alone: the others are cached, that item's error too."""
+    log, calls = tmp_path / "calls.txt", tmp_path / "methodcalls.txt"
+    infra = {"folder": tmp_path / "cache", "cluster": cluster, "max_jobs": 1}
+
+    def make_listing(**kwargs: tp.Any) -> Listing:
+        return Listing(log=str(log), calls=str(calls), bad=kwargs.pop("bad", (3,)), **kwargs)
+
+    monkeypatch.setattr(exca.graph.scheduler._SHUFFLER, "shuffle", lambda items: None)
+    items = [1, 2, 3, 4, 5, 6, 7, 8]
+    with pytest.raises(ValueError, match="bad item 3") as info:
+        list(make_listing(infra=infra).process(items))
+    assert "item '3'" in error_text(info.value)
+    first = counts(log)
+    if cluster == "processpool":  # (3 chunks for a pool's worker: [1, 2, 3], [4, 5, 6], [7, 8])
+        expected = ["call 1,2,3", "call 1", "call 2,3", "call 2", "call 3"]
+        assert sorted(lines(calls)) == sorted([*expected, "call 4,5,6", "call 7,8"])
+        assert [c for c in lines(calls) if c in expected] == expected
+        assert first == {1: 2, 2: 3, 3: 3, 4: 1, 5: 1, 6: 1, 7: 1, 8: 1}
+    else:
+        assert lines(calls) == [
+            "call 1,2,3,4,5,6,7,8",  # (raises at 3: each half is called)
+            "call 1,2,3,4",  # (raises: halves again)
+            "call 1,2",
+            "call 3,4",  # (raises: halves again)
+            "call 3",  # (its error is cached)
+            "call 4",
+            "call 5,6,7,8",
+        ]
+        assert first == {1: 3, 2: 3, 3: 4, 4: 1, 5: 1, 6: 1, 7: 1, 8: 1}
+    # the other items are cached, the error too: nothing computed again
+    good = [8, 7, 6, 5, 4, 2, 1]
+    assert list(make_listing(infra=infra).process(good)) == [10 * i for i in good]
+    with pytest.raises(ValueError, match="bad item 3") as info:
+        list(make_listing(infra=infra).process([4, 3]))
+    assert "item '3'" in error_text(info.value) and "Traceback" in error_text(info.value)
+    infos = make_listing(infra=infra).infra.cache_dict.entries_info()
+    assert sorted(infos) == [str(i) for i in items]
+    assert [k for k, i in infos.items() if i["#type"] == "Error"] == ["3"]
+    assert counts(log) == first
+    # retry recomputes the failed item only, once fixed
+    retry = make_listing(bad=(), infra={**infra, "mode": "retry"})
+    assert list(retry.process(items)) == [10 * i for i in items]
+    assert counts(log) == {**first, 3: first[3] + 1}
+    assert lines(calls)[-1] == "call 3"
+
+
+def test_a_method_returning_a_list_with_several_failing_items(tmp_path: Path) -> None:
+    """Two failing items of a list-returning method: each one's error is cached, with
+    its own message; the other items are computed and cached."""
+    log, calls = tmp_path / "calls.txt", tmp_path / "methodcalls.txt"
+    mapper = Listing(log=str(log), calls=str(calls), bad=(2, 5), infra={"folder": tmp_path})
+    with pytest.raises(ValueError, match="bad item 2"):
+        list(mapper.process([1, 2, 3, 4, 5, 6]))
+    infos = mapper.infra.cache_dict.entries_info()
+    assert sorted(infos) == [str(i) for i in range(1, 7)]
+    assert sorted(k for k, i in infos.items() if i["#type"] == "Error") == ["2", "5"]
+    with pytest.raises(ValueError, match="bad item 5"):
+        list(mapper.process([6, 5]))
+    assert list(mapper.process([1, 3, 4, 6])) == [10, 30, 40, 60]
+    # (halves: [1, 2, 3] -> [1], [2, 3] -> [2], [3]; [4, 5, 6] -> [4], [5, 6] -> [5], [6])
+    assert len(lines(calls)) == 11
+
+
 class TooBig(pydantic.BaseModel):
     """Raises MemoryError on a batch of more than 2 items (no item is at fault)."""
 

@@ -1265,19 +1265,24 @@ def _compute_items(
     with cache.write():
         if action in ("force", "retry"):
             cache.delete_many(uids)
-        position = 0
         failures = _Failures()
         # (built once: after each item error the method is called again on the rest, a
         # slice of it; rebuilt each time, n items with k errors cost n*k dict lookups)
         items = [by_uid[u] for u in uids]
+        # (the ranges of items left to call the method on, the next one last: a method
+        # that raised as it was called, before any output (one returning a list), is
+        # called on each half of its items in turn, down to the item that raises alone)
+        ranges = [(0, len(uids))]
         try:
-            while position < len(uids):
+            while ranges:
+                start, end = ranges.pop()
                 position = _compute_from(
                     node,
                     cache,
                     uids,
                     items,
-                    position,
+                    start,
+                    end,
                     report,
                     progress,
                     failures,
@@ -1286,6 +1291,11 @@ def _compute_items(
                 )
                 if in_flight is not None and in_flight.released:
                     break
+                if position == _HALVES:
+                    middle = (start + end) // 2
+                    ranges += [(middle, end), (start, middle)]
+                elif position < end:
+                    ranges.append((position, end))
             for (kind, message), first in list(failures.batch_errors.items())[:3]:
                 logger.warning(
                     "%s raised (%s: %s) on a batch from item %r, and no item raised it again "
@@ -1449,22 +1459,28 @@ class _Failures:
         self.unlogged = 0  # ... and the others, counted in one line at the end of the unit
 
 
+_HALVES = -1  # (_compute_from: the method raised as it was called, on several items)
+
+
 def _compute_from(
     node: Node,
     cache: CacheDict[tp.Any],
     uids: list[str],
     all_items: list[tp.Any],
     start: int,
+    end: int,
     report: Report,
     progress: ProgressCallback | None,
     failures: _Failures,
     forced_by: str = "",
     in_flight: _InFlight | None = None,
 ) -> int:
-    """Call the method on items[start:]; write outputs in batches; when the method raises,
-    cache the error for the item it was computing (confirmed by computing that item
-    alone: a method working on batches raises for a later item). Returns where to restart."""
-    items = all_items[start:] if start else all_items
+    """Call the method on items[start:end]; write outputs in batches; when the method
+    raises, cache the error for the item it was computing (confirmed by computing that
+    item alone: a method working on batches raises for a later item). Returns where to
+    restart, or _HALVES: the call itself raised, before any output (a method returning a
+    list), on several items: which one is at fault is unknown, each half is called."""
+    items = all_items[start:end] if start or end < len(all_items) else all_items
     meta = _items_provenance(node)
     # (an item's error tells when its computation started: a retry asked since computes
     # it again, one asked after reads it; see _old_error, decisions.retrying_jobs)
@@ -1517,20 +1533,24 @@ def _compute_from(
     if in_flight is not None:
         in_flight.at, in_flight.halt, in_flight.flush = at, halt, flush
     # (names bound locally: this loop runs once per item)
-    count, immutable, monotonic, append = len(uids), _IMMUTABLE, time.monotonic, batch.append
-    outputs = _outputs(node, items)
-    # (a pool's thread or process; a lazy iterator's next item is not computed yet, a
-    # list's is)
-    if STOP.event is not None and not isinstance(outputs, _COMPUTED_ITERATORS):
-        outputs = _until_stopped(outputs, STOP.event, node.uid)
+    count, immutable, monotonic, append = end, _IMMUTABLE, time.monotonic, batch.append
+    called = False  # (whether the method returned: a list's items are all computed then)
     try:
-        call = ranks.announce(node.uid, uids[start:])
+        # (announced first: the other ranks make the call too, and a method computing its
+        # items as it is called, returning a list, meets them)
+        call = ranks.announce(node.uid, uids[start:end])
+        outputs = _outputs(node, items)
+        called = True
+        # (a pool's thread or process; a lazy iterator's next item is not computed yet, a
+        # list's is)
+        if STOP.event is not None and not isinstance(outputs, _COMPUTED_ITERATORS):
+            outputs = _until_stopped(outputs, STOP.event, node.uid)
         if call is not None:
             outputs = call.paced(outputs, count - start)
         for output in outputs:
             if position >= count:
                 return _miscounted(
-                    node, cache, uids, start, position - len(batch), report, "more", error_meta
+                    node, cache, uids, start, end, position - len(batch), report, "more", error_meta
                 )
             kind = type(output)
             if kind in immutable:
@@ -1565,14 +1585,16 @@ def _compute_from(
     except Exception as error:
         ended()  # (before this item is computed alone: another call, which they follow)
         flush()
-        if position >= len(uids) or isinstance(error, NotIterableOutputs):
+        if position >= end or isinstance(error, NotIterableOutputs):
             raise
         if _reached_time_limit(error) or _closed_output(error):
             raise  # (the job's time is up, or stdout closed: not this item's error)
         uid = uids[position]
         if uid in _UNWRITTEN.redoing.get(str(node.folder), ()):
             raise  # (computed again for a nested call: the enclosing one caches its error)
-        if len(uids) - start > 1:  # (the method had other items: is it this one's error?)
+        if not called and end - start > 1:  # (no output yet: whose error? see _HALVES)
+            return _HALVES
+        if end - start > 1:  # (the method had other items: is it this one's error?)
             error_meta = {**error_meta, "t": time.time()}  # (the error is alone's, if any)
             alone = _compute_alone(node, cache, uid, all_items[position], meta, report, progress)
             if alone is None:  # (it computed alone: the error was a later item's?)
@@ -1609,9 +1631,9 @@ def _compute_from(
         if in_flight is not None:
             in_flight.at = in_flight.halt = in_flight.flush = None
         ended()
-    if position < len(uids):
+    if position < end:
         return _miscounted(
-            node, cache, uids, start, position - len(batch), report, "fewer", error_meta
+            node, cache, uids, start, end, position - len(batch), report, "fewer", error_meta
         )
     return position
 
@@ -1712,6 +1734,7 @@ def _miscounted(
     cache: CacheDict[tp.Any],
     uids: list[str],
     start: int,
+    end: int,
     flushed: int,
     report: Report,
     how: str,
@@ -1722,15 +1745,15 @@ def _miscounted(
     deleted); every item of the call gets the error. Returns where to restart (the end)."""
     error = RuntimeError(
         f"{node.label or node.uid} did not yield exactly once per item: it yielded {how} "
-        f"outputs than its {len(uids) - start} items (a map method must yield one output "
+        f"outputs than its {end - start} items (a map method must yield one output "
         "per item, in order)"
     )
     cache.delete_many(uids[start:flushed])
-    cache.set_many(((u, CachedError.from_exception(error)) for u in uids[start:]), meta=meta)
+    cache.set_many(((u, CachedError.from_exception(error)) for u in uids[start:end]), meta=meta)
     report.computed -= flushed - start
-    report.errors += len(uids) - start
+    report.errors += end - start
     logger.warning("%s; the error is cached for each of those items", error)
-    return len(uids)
+    return end
 
 
 def _store_one_by_one(
