@@ -3524,7 +3524,7 @@ def test_the_ranks_of_a_multi_task_job_stop_where_rank_zero_gave_items_back(
 
 @pytest.mark.timeout(180)
 def test_the_ranks_stop_a_call_where_rank_zero_stops_it_at_a_failing_item(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Item 13 fails on rank 0 only: rank 0 stops its call [3, 13, 4] there and computes
     13 alone, a call of its own that meets the other ranks. The other rank, past 13 in the
@@ -3533,6 +3533,10 @@ def test_the_ranks_stop_a_call_where_rank_zero_stops_it_at_a_failing_item(
     ended, after 13 alone)."""
     from ranks import RankedMap
 
+    from exca.graph import scheduler
+
+    # (in order: 13 shuffled last, the call [3, 4, 13] has no item after it, 2 calls)
+    monkeypatch.setattr(scheduler._SHUFFLER, "shuffle", lambda items: None)
     meeting = tmp_path / "meeting"
     infra = {"folder": tmp_path / "cache", "cluster": "local", "tasks_per_node": 2, "max_jobs": 1}
     mapped = RankedMap(meeting=str(meeting), fails_on_rank_zero_only=True, infra=infra)
