@@ -3423,37 +3423,3 @@ def test_an_output_closed_by_its_reader_is_no_cached_error(tmp_path: Path, kind:
     assert calls.read_text().splitlines()[len(first) :] == (
         ["task"] if kind == "task" else ["item 1", "item 2"]
     )
-
-
-def test_make_folder_made_meanwhile_by_another_user_in_a_sticky_folder(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """make_folder renames its temporary folder into place: when another process made the
-    folder meanwhile (between its check and the rename), the rename fails, and in a
-    sticky folder such as /tmp, over another user's folder, it fails with EPERM (not
-    EEXIST or ENOTEMPTY): the folder is there all the same, made by someone else."""
-    import errno
-    import os
-
-    from exca.storage import files
-
-    folder = tmp_path / "cache"
-    rename = os.rename
-
-    def other_user_first(src: str, dst: str) -> None:
-        if os.fspath(dst) == os.fspath(folder):
-            os.mkdir(dst)  # (another user's, made right now)
-            raise PermissionError(errno.EPERM, "Operation not permitted", dst)
-        rename(src, dst)
-
-    monkeypatch.setattr(os, "rename", other_user_first)
-    assert files.make_folder(folder, 0o777) is False
-    assert folder.is_dir()
-    assert [p.name for p in tmp_path.iterdir()] == ["cache"]  # (no temporary folder left)
-    monkeypatch.undo()
-    # a rename failing for another reason, the folder not there: raised
-    monkeypatch.setattr(os, "rename", lambda src, dst: rename(src, "/proc/nope/x"))
-    with pytest.raises(OSError):
-        files.make_folder(tmp_path / "other", 0o777)
-    assert not (tmp_path / "other").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["cache"]

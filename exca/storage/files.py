@@ -166,9 +166,7 @@ def make_folder(
                 os.rename(tmp, folder)
                 created = True
             except OSError as error:  # (made meanwhile, and no longer empty; or a file)
-                # (or another user's, in a sticky folder such as /tmp: EPERM, not replaced)
-                gone = error.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR)
-                if gone and error.errno != errno.EISDIR and not os.path.isdir(folder):
+                if error.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
                     raise
     finally:
         if not created:
