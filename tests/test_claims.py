@@ -666,35 +666,3 @@ def test_claims_follow_the_caches_permissions(
             monkeypatch.setattr(clean, "compactable", lambda *args: ["x", "y"])
             assert clean.compact(folder, grace_seconds=0) == (0, 0)  # (nothing to merge)
         assert _modes(folder) == {CLAIMS_DIR: 0o770}, made_by
-
-
-def test_a_hold_killed_making_the_claims_folder_leaves_it_shared(tmp_path: Path) -> None:
-    """A removal's hold (``exca clean``) of a folder without a claims folder made it with
-    mkdir, then chmod'ed it to the cache's mode: killed between the two, it left claims/
-    with the umask's mode (0o755 under 0o022, the cache's 0o777), and the other users of
-    the cache could never claim anything in that folder. It is made under a temporary
-    name, chmod'ed, then renamed into place (as make_folder's folders)."""
-    import stat
-
-    folder = tmp_path / "node"
-    folder.mkdir()
-    os.chmod(folder, 0o777)
-    code = f"""
-import os
-os.umask(0o022)
-from pathlib import Path
-from exca.storage import claims, files
-def killed(path, permissions):
-    os._exit(3)
-files.chmod_folder = claims.__dict__["chmod_folder"] = killed
-claims.FolderHold(["a"]).put(Path({str(folder)!r}))
-"""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 3
-    previous = os.umask(0o022)
-    try:
-        claim = Claims(folder, permissions=0o777).claim(["a"])
-        claim.release()
-    finally:
-        os.umask(previous)
-    assert stat.S_IMODE((folder / CLAIMS_DIR).stat().st_mode) == 0o777

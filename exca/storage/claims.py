@@ -34,7 +34,7 @@ from pathlib import Path
 import orjson
 
 from . import interrupts, process
-from .files import fchmod, folder_mode, make_folder, write_new
+from .files import chmod_folder, fchmod, folder_mode, make_folder, write_new
 from .keytext import check_utf8
 
 CLAIMS_DIR = "claims"
@@ -589,10 +589,13 @@ def _by_folder(keys: tp.Any, here: str) -> dict[str, frozenset[str]]:
 
 def _make_claims_dir(path: Path, permissions: int | None) -> None:
     """The claims folder of a folder that is there (FileNotFoundError: it is gone, and is
-    not made again), with ``permissions`` when made here (under a temporary name, as
-    make_folder: a kill between its mkdir and its chmod left it with the umask's mode,
-    and the other users of the cache could never claim anything there)."""
-    make_folder(path, permissions, parents=False)
+    not made again), with ``permissions`` when made here."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        return
+    if permissions is not None:
+        chmod_folder(path, permissions)
 
 
 def _remove_if_unchanged(lock: Path, data: bytes, permissions: int | None = None) -> None:

@@ -118,12 +118,9 @@ def folder_mode(folder: str | os.PathLike[str]) -> int | None:
         return None
 
 
-def make_folder(
-    folder: str | os.PathLike[str], permissions: int | None, parents: bool = True
-) -> bool:
+def make_folder(folder: str | os.PathLike[str], permissions: int | None) -> bool:
     """mkdir -p, applying permissions to the folders it creates; True when it created
-    ``folder`` itself (then it was empty a moment ago). ``parents=False``: mkdir (its
-    parent gone: FileNotFoundError). With permissions, each folder is
+    ``folder`` itself (then it was empty a moment ago). With permissions, each folder is
     made under a temporary name, chmod'ed, then renamed into place: a kill between a mkdir
     and its chmod left a folder of the umask's mode under its name, which later calls
     found there and kept (a shared cache's folder that the other users could not write
@@ -135,8 +132,6 @@ def make_folder(
         except FileExistsError:
             return False
         except FileNotFoundError:  # parents missing: create them first
-            if not parents:
-                raise
             try:
                 os.makedirs(folder)
             except FileExistsError:  # (created meanwhile by someone else)
@@ -153,7 +148,7 @@ def make_folder(
     try:
         os.mkdir(tmp)
     except FileNotFoundError:  # parents missing: create them first (each the same way)
-        if not parent or not parents:
+        if not parent:
             raise
         make_folder(parent, permissions)
         os.mkdir(tmp)
