@@ -2255,20 +2255,6 @@ ArrayTask(x=5, infra={{"folder": {str(root)!r}}}).process()
         assert stat.S_IMODE(made.stat().st_mode) == 0o777, made
 
 
-def test_folders_of_long_names_are_made_with_permissions(tmp_path: Path) -> None:
-    """A folder is made under a hidden temporary name, then renamed into place (see the
-    test above): that name added 20 characters to the folder's, so a cache root (or a
-    step folder) of 236 to 255 characters, which a plain mkdir made, could not be made
-    ("File name too long")."""
-    import stat
-
-    root = tmp_path / ("r" * 250)
-    task = ArrayTask(x=5, infra={"folder": root})
-    assert task.process()[0] == 5
-    assert stat.S_IMODE(root.stat().st_mode) == 0o777
-    assert [p.name for p in tmp_path.iterdir()] == [root.name]  # (no temporary one left)
-
-
 @pytest.mark.timeout(120)
 def test_permissions_reach_every_created_folder_and_file(tmp_path: Path) -> None:
     """A shared cache (default permissions 0o777): whatever the umask, the folders and files

@@ -142,9 +142,7 @@ def make_folder(folder: str | os.PathLike[str], permissions: int | None) -> bool
     parent, name = os.path.split(folder.rstrip(os.sep) or folder)
     if not name or name in (".", ".."):  # (a root, or a path ending in . or ..: is there)
         return False
-    # (the name cut: 20 characters added to a name of 236 or more were too long for a
-    # folder name, a cache root or a step folder that plain mkdir made)
-    tmp = os.path.join(parent, f".{name[:200]}.tmp-{os.getpid()}-{os.urandom(3).hex()}")
+    tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}-{os.urandom(3).hex()}")
     try:
         os.mkdir(tmp)
     except FileNotFoundError:  # parents missing: create them first (each the same way)
