@@ -2214,47 +2214,6 @@ class ArrayMap(pydantic.BaseModel):
             yield np.full(100, item)
 
 
-@pytest.mark.parametrize("killed_at", [1, 2, 3])
-def test_permissions_of_folders_whose_maker_was_killed(tmp_path: Path, killed_at: int) -> None:
-    """A process killed between the mkdir of a folder of a shared cache (the root, the
-    step folder, the node folder) and its chmod left it with the umask's mode under its
-    name: the next calls found it there and kept it (0o755: the other users could not
-    write in it). The chmod's number ``killed_at`` kills the first call (os._exit)."""
-    import os
-    import stat
-    import subprocess
-    import sys
-
-    root = tmp_path / "cache"
-    code = f"""
-import os, sys
-sys.path.insert(0, {str(Path(__file__).parent)!r})
-os.umask(0o022)
-from exca.storage import files
-from test_task_api import ArrayTask
-calls, chmod_folder = [], files.chmod_folder
-def killed(path, permissions):
-    calls.append(path)
-    if len(calls) == {killed_at}:
-        os._exit(3)
-    chmod_folder(path, permissions)
-files.chmod_folder = killed
-ArrayTask(x=5, infra={{"folder": {str(root)!r}}}).process()
-"""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 3
-    previous = os.umask(0o022)
-    try:
-        task = ArrayTask(x=5, infra={"folder": root})
-        assert task.process()[0] == 5
-    finally:
-        os.umask(previous)
-    folder = task.infra.uid_folder()
-    assert folder is not None
-    for made in (root, folder.parent, folder):
-        assert stat.S_IMODE(made.stat().st_mode) == 0o777, made
-
-
 @pytest.mark.timeout(120)
 def test_permissions_reach_every_created_folder_and_file(tmp_path: Path) -> None:
     """A shared cache (default permissions 0o777): whatever the umask, the folders and files

@@ -4,8 +4,6 @@ several users write to; None leaves the umask's)."""
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
 import os
 import stat
@@ -120,52 +118,28 @@ def folder_mode(folder: str | os.PathLike[str]) -> int | None:
 
 def make_folder(folder: str | os.PathLike[str], permissions: int | None) -> bool:
     """mkdir -p, applying permissions to the folders it creates; True when it created
-    ``folder`` itself (then it was empty a moment ago). With permissions, each folder is
-    made under a temporary name, chmod'ed, then renamed into place: a kill between a mkdir
-    and its chmod left a folder of the umask's mode under its name, which later calls
-    found there and kept (a shared cache's folder that the other users could not write
-    into). A kill leaves at most an empty hidden ``.<name>.tmp-<pid>-<hex>`` folder."""
+    ``folder`` itself (then it was empty a moment ago)."""
     folder = os.fspath(folder)
-    if permissions is None:
+    try:
+        os.mkdir(folder)
+    except FileExistsError:
+        return False
+    except FileNotFoundError:  # parents missing: create them first
+        missing = []
+        current = os.path.dirname(folder)
+        while current and not os.path.exists(current):  # ("": the top of a relative path)
+            missing.append(current)
+            current = os.path.dirname(current)
         try:
-            os.mkdir(folder)
-        except FileExistsError:
+            os.makedirs(folder)
+        except FileExistsError:  # (created meanwhile by someone else)
             return False
-        except FileNotFoundError:  # parents missing: create them first
-            try:
-                os.makedirs(folder)
-            except FileExistsError:  # (created meanwhile by someone else)
-                return False
-        return True
-    if os.path.lexists(folder):  # (the common case: one stat, as the mkdir it replaces)
-        return False
-    parent, name = os.path.split(folder.rstrip(os.sep) or folder)
-    if not name or name in (".", ".."):  # (a root, or a path ending in . or ..: is there)
-        return False
-    tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}-{os.urandom(3).hex()}")
-    try:
-        os.mkdir(tmp)
-    except FileNotFoundError:  # parents missing: create them first (each the same way)
-        if not parent:
-            raise
-        make_folder(parent, permissions)
-        os.mkdir(tmp)
-    created = False
-    try:
-        chmod_folder(tmp, permissions)
-        if not os.path.lexists(folder):  # (else created meanwhile by someone else)
-            try:
-                # (over a folder another process has just made, still empty: the same)
-                os.rename(tmp, folder)
-                created = True
-            except OSError as error:  # (made meanwhile, and no longer empty; or a file)
-                if error.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
-                    raise
-    finally:
-        if not created:
-            with contextlib.suppress(OSError):
-                os.rmdir(tmp)
-    return created
+        if permissions is not None:
+            for path in missing:
+                chmod_folder(path, permissions)
+    if permissions is not None:
+        chmod_folder(folder, permissions)
+    return True
 
 
 def chmod_folder(folder: str | os.PathLike[str], permissions: int) -> None:
