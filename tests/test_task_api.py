@@ -9,6 +9,7 @@ import hashlib
 import logging
 import os
 import pickle
+import threading
 import typing as tp
 from pathlib import Path
 
@@ -3192,6 +3193,7 @@ def test_a_result_of_other_code_of_a_main_class_warns(tmp_path: Path) -> None:
 
 NOTEBOOK_OUTPUT_SCRIPT = """
 import sys
+import threading
 import typing as tp
 import pydantic
 import exca
@@ -3368,3 +3370,39 @@ def test_an_output_closed_by_its_reader_is_no_cached_error(tmp_path: Path, kind:
     assert calls.read_text().splitlines()[len(first) :] == (
         ["task"] if kind == "task" else ["item 1", "item 2"]
     )
+
+
+def test_folders_made_at_once_by_many_threads_under_a_new_root(tmp_path: Path) -> None:
+    """Threads (or processes) making folders under one new root at the same time, with
+    permissions, all succeed. Folders made under a temporary name then renamed into place
+    (tried to close the window between a mkdir and its chmod) failed there: a rename over
+    the empty folder another thread had just made removed it while that thread created
+    its step folder inside ("No such file or directory"), seen as two maps called from
+    two threads failing now and then."""
+    from exca.storage import files
+
+    for attempt in range(30):
+        root = tmp_path / f"r{attempt}"
+        start = threading.Barrier(6)
+        errors: list[BaseException] = []
+
+        def make(
+            i: int,
+            root: Path = root,
+            start: threading.Barrier = start,
+            errors: list[BaseException] = errors,
+        ) -> None:
+            start.wait()
+            try:
+                files.make_folder(root / "step" / f"node{i}", 0o777)
+            except OSError as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=make, args=(i,)) for i in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+        assert sorted(p.name for p in (root / "step").iterdir()) == [f"node{i}" for i in range(6)]
+        assert (root / "step").stat().st_mode & 0o777 == 0o777
