@@ -18,6 +18,7 @@ import numpy as np
 import pydantic
 import pytest
 import yaml
+from fake_squeue import counting_squeue
 
 from exca import ConfDict, TaskInfra, helpers
 from exca.helpers import DiscriminatedModel
@@ -514,29 +515,6 @@ print(test_helpers.GatedV2(gate={str(gate)!r}, opts={{"a": 2}}, infra={{"folder"
     assert [p.name for p in root.glob("*GatedV2*/*")] == [moved.name]
 
 
-def _fake_squeue(folder: Path, running: set[str], move: tuple[Path, Path] | None = None) -> Path:
-    """A ``squeue`` (to put first on PATH) listing the jobs of ``running`` it is asked
-    about as RUNNING; each call adds a line to the file it returns; the first one moves
-    ``move[0]`` to ``move[1]`` (a job recorded right after it)."""
-    calls = folder / "squeue-calls"
-    script = folder / "squeue"
-    moving = "" if move is None else f"os.rename({str(move[0])!r}, {str(move[1])!r})"
-    script.write_text(
-        f"""#!{sys.executable}
-import os, sys
-if not os.path.exists({str(calls)!r}):
-    {moving or "pass"}
-with open({str(calls)!r}, "a") as handle:
-    handle.write(" ".join(sys.argv[1:]) + "\\n")
-for job in sys.argv[sys.argv.index("-j") + 1].split(","):
-    if job in {sorted(running)!r}:
-        print(f"{{job}}|RUNNING|{{job}}|None")
-"""
-    )
-    script.chmod(0o755)
-    return calls
-
-
 def test_update_uids_looks_at_the_slurm_queue_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -562,7 +540,7 @@ def test_update_uids_looks_at_the_slurm_queue_once(
     bin_folder = tmp_path / "bin"
     bin_folder.mkdir()
     move = (staged / registry.JOBS_DIR, folders[5] / registry.JOBS_DIR)
-    calls = _fake_squeue(bin_folder, running={"103", "106"}, move=move)
+    calls = counting_squeue(bin_folder, running={"103", "106"}, move=move)
     monkeypatch.setenv("PATH", f"{bin_folder}{os.pathsep}{os.environ['PATH']}")
     with caplog.at_level("WARNING", logger="exca"):
         renames = helpers.update_uids(root, dryrun=False)
@@ -584,7 +562,7 @@ def test_the_queue_of_a_cache_with_many_slurm_jobs_is_read(
     `exca list` of a large cache said them all running, a cleaning left them all)."""
     from exca.graph import registry
 
-    calls = _fake_squeue(tmp_path, running={"1000007", "1019999"})
+    calls = counting_squeue(tmp_path, running={"1000007", "1019999"})
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     job_ids = [str(1_000_000 + i) for i in range(20_000)]
     assert registry.queued_jobs(job_ids) == {"1000007", "1019999"}

@@ -20,6 +20,7 @@ import sys
 import textwrap
 import threading
 import time
+import traceback
 import typing as tp
 from pathlib import Path
 
@@ -621,6 +622,15 @@ def test_a_map_item_needing_another_of_its_call_is_computed_in_its_job_too(
     assert list(fib.process([1, 2, 3])) == [1, 3, 6]
 
 
+def _meet(ctl: Path, count: int = 2, me: str = "") -> None:
+    """Wait until ``count`` workers got here (each holds what it computes by then; 20 s
+    at most: alone in its process, there is nobody to wait for). A worker is ``me``, by
+    default this thread."""
+    (ctl / f"started-{me or f'{os.getpid()}-{threading.get_native_id()}'}").touch()
+    with contextlib.suppress(TimeoutError):
+        filelog.wait_until(lambda: len(list(ctl.glob("started-*"))) >= count, timeout=20)
+
+
 class NeedsOthers(pydantic.BaseModel):
     """Items needing other items of the same map (``deps``). An item with needs first
     waits until ``barrier`` chunk units started (each claimed its whole chunk by then)."""
@@ -636,12 +646,8 @@ class NeedsOthers(pydantic.BaseModel):
         for item in items:
             append(ctl / "calls.txt", item)
             needed = self.deps.get(item, [])
-            if needed:
-                (ctl / f"started-{os.getpid()}").touch()
-                with contextlib.suppress(TimeoutError):  # (alone in its process: no wait)
-                    filelog.wait_until(
-                        lambda: len(list(ctl.glob("started-*"))) >= self.barrier, timeout=20
-                    )
+            if needed:  # (one worker a process)
+                _meet(ctl, self.barrier, me=str(os.getpid()))
             yield item + "(" + ",".join(self.process(needed)) + ")"
 
 
@@ -754,11 +760,7 @@ class CrossNeeds(pydantic.BaseModel):
             append(ctl / "calls.txt", item)
             needed = self.deps.get(item, [])
             if needed:
-                (ctl / f"started-{os.getpid()}-{threading.get_native_id()}").touch()
-                with contextlib.suppress(TimeoutError):
-                    filelog.wait_until(
-                        lambda: len(list(ctl.glob("started-*"))) >= self.barrier, timeout=20
-                    )
+                _meet(ctl, self.barrier)
             yield item + "(" + ",".join(self.other().process(needed)) + ")"
 
     def other(self) -> CrossNeeds:
@@ -780,6 +782,7 @@ def _call_both_sides(
         try:
             out[side] = list(maps[side].process([f"{side}0", f"{side}1"]))
         except Exception as error:
+            traceback.print_exc()  # (shown with a failure: where an unexpected error came from)
             out[side] = error
 
     threads = [threading.Thread(target=call, args=(s,), daemon=True) for s in "ab"]
@@ -825,13 +828,6 @@ def test_items_of_two_maps_needing_each_other_are_refused(
     assert "'a0'" in said or "'b0'" in said
     calls = collections.Counter(lines(tmp_path / "calls.txt"))
     assert calls["a1"] == 1 and calls["b1"] == 1
-
-
-def _meet(ctl: Path) -> None:
-    """Wait until two workers got here (each holds what it computes by then)."""
-    (ctl / f"started-{os.getpid()}-{threading.get_native_id()}").touch()
-    with contextlib.suppress(TimeoutError):
-        filelog.wait_until(lambda: len(list(ctl.glob("started-*"))) >= 2, timeout=20)
 
 
 class TaskNeedingItem(pydantic.BaseModel):

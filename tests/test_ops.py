@@ -27,6 +27,7 @@ from pathlib import Path
 import pydantic
 import pytest
 import yaml
+from fake_squeue import counting_squeue
 
 import exca
 import exca.graph
@@ -4423,25 +4424,6 @@ def _age(path: Path, days: float) -> None:
     os.utime(path, (when, when), follow_symlinks=False)
 
 
-def _counting_squeue(folder: Path, running: set[str]) -> Path:
-    """A ``squeue`` (put first on PATH) listing the jobs of ``running`` it is asked about
-    as RUNNING; each call adds a line (its arguments) to the file it returns."""
-    calls = folder / "squeue-calls"
-    script = folder / "squeue"
-    script.write_text(
-        f"""#!{sys.executable}
-import sys
-with open({str(calls)!r}, "a") as handle:
-    handle.write(" ".join(sys.argv[1:]) + "\\n")
-for job in sys.argv[sys.argv.index("-j") + 1].split(","):
-    if job in {sorted(running)!r}:
-        print(f"{{job}}|RUNNING|{{job}}|None")
-"""
-    )
-    script.chmod(0o755)
-    return calls
-
-
 def test_clean_looks_at_the_slurm_queue_once_per_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -4461,7 +4443,7 @@ def test_clean_looks_at_the_slurm_queue_once_per_command(
         folders.append(folder)
     bin_folder = tmp_path / "bin"
     bin_folder.mkdir()
-    calls = _counting_squeue(bin_folder, running={"5003", "5040", "5100"})
+    calls = counting_squeue(bin_folder, running={"5003", "5040", "5100"})
     monkeypatch.setenv("PATH", f"{bin_folder}{os.pathsep}{os.environ['PATH']}")
 
     def asked(*args: str | Path) -> list[str]:
