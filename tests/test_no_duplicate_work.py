@@ -792,6 +792,9 @@ def _call_both_sides(
         for thread in threads:
             thread.join(timeout=WAIT_S)
         assert not any(t.is_alive() for t in threads), "the calls wait for each other for good"
+        # (debug jobs run by two threads at once: submitit put one's job id back in the
+        # environment for good; the process then read as a job, see executors)
+        assert "SUBMITIT_DEBUG_JOB_ID" not in os.environ
     finally:
         for side in "ab":
             _kill_jobs_left(maps[side].infra.uid_folder())

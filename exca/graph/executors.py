@@ -415,6 +415,31 @@ def _final(state: str) -> bool:
     return state.split(" ")[0].rstrip("+") in FINAL_STATES
 
 
+_DEBUG_JOB_ID = "SUBMITIT_DEBUG_JOB_ID"
+_DEBUG_JOBS = threading.Lock()
+_DEBUG_RUNNING: list[tp.Any] = [0, False]  # (debug jobs running, the id there before)
+
+
+@contextlib.contextmanager
+def _debug_job_environ() -> tp.Iterator[None]:
+    """While debug jobs run in this process: submitit sets SUBMITIT_DEBUG_JOB_ID for one,
+    then puts back the environment it found; two running at once in two threads, the
+    second found the first one's id and put it back for good (the process then read as a
+    job of submitit's, and no longer submitted jobs while work ran inline). Removed once
+    the last one ended, if it was not there before the first."""
+    with _DEBUG_JOBS:
+        if not _DEBUG_RUNNING[0]:
+            _DEBUG_RUNNING[1] = _DEBUG_JOB_ID in os.environ
+        _DEBUG_RUNNING[0] += 1
+    try:
+        yield
+    finally:
+        with _DEBUG_JOBS:
+            _DEBUG_RUNNING[0] -= 1
+            if not _DEBUG_RUNNING[0] and not _DEBUG_RUNNING[1]:
+                os.environ.pop(_DEBUG_JOB_ID, None)
+
+
 class SubmititHandle(Handle):
     def __init__(self, job: tp.Any, cluster: str, template: str | None = None) -> None:
         self.job = job
@@ -462,7 +487,11 @@ class SubmititHandle(Handle):
         submitit takes every state but a few running ones for an end, so a job suspended
         (``scontrol suspend``: SUSPENDED), stopped or held for requeue read as ended,
         and its wait failed it though it goes on once resumed."""
-        if not self.job.done():
+        if self.cluster == "debug":
+            with _debug_job_environ():  # (done() runs a debug job)
+                if not self.job.done():
+                    return False
+        elif not self.job.done():
             return False
         if self.cluster != "slurm" or self.job.paths.result_pickle.exists():
             return True
