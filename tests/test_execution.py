@@ -1879,6 +1879,23 @@ def _computed_then_method_error_cached(
         module.Broken(infra=infra).fit()
 
 
+def _import_module_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, source: str
+) -> tuple[tp.Any, Path]:
+    """A module written in tmp_path/code and imported, importable by the jobs too (its
+    file read again, not its bytecode, once a test edits it); the module and its file."""
+    import importlib
+
+    code = tmp_path / "code"
+    code.mkdir()
+    path = code / f"{name}.py"
+    path.write_text(source)
+    monkeypatch.syspath_prepend(str(code))
+    monkeypatch.setenv("PYTHONPATH", f"{code}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    return importlib.import_module(name), path
+
+
 @pytest.mark.timeout(180)
 def test_a_job_whose_module_lacks_the_config_class_caches_no_failure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -1889,10 +1906,6 @@ def test_a_job_whose_module_lacks_the_config_class_caches_no_failure(
     config's failure, re-raised until mode='retry'), the error names the class, the host
     and python, and the next call submits it again. An AttributeError raised by the method
     itself is cached as any error of the method."""
-    import importlib
-
-    code = tmp_path / "code"
-    code.mkdir()
     broken = textwrap.dedent(
         """
         class Broken(pydantic.BaseModel):
@@ -1904,12 +1917,7 @@ def test_a_job_whose_module_lacks_the_config_class_caches_no_failure(
         """
     )
     source = textwrap.dedent(LIBRARY_MODULE) + broken
-    path = code / "hidden_module_31.py"
-    path.write_text(source)
-    monkeypatch.syspath_prepend(str(code))
-    monkeypatch.setenv("PYTHONPATH", f"{code}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
-    module = importlib.import_module("hidden_module_31")
+    module, path = _import_module_file(tmp_path, monkeypatch, "hidden_module_31", source)
     try:
         path.write_text(source.replace("class Train(", "class Trainer("))  # (renamed)
         infra = {"folder": tmp_path / "cache", "cluster": "local"}
@@ -1954,17 +1962,8 @@ def test_a_job_missing_a_nested_class_names_its_module_and_class(
     """A job whose module lacks a nested class the config holds (Parts.Optim renamed):
     the error names the module and the class by its qualified name (it named the module
     "hidden_module_34.Parts", which is no module, missing "Optim")."""
-    import importlib
-
-    code = tmp_path / "code"
-    code.mkdir()
     source = textwrap.dedent(NESTED_MODULE)
-    path = code / "hidden_module_34.py"
-    path.write_text(source)
-    monkeypatch.syspath_prepend(str(code))
-    monkeypatch.setenv("PYTHONPATH", f"{code}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
-    module = importlib.import_module("hidden_module_34")
+    module, path = _import_module_file(tmp_path, monkeypatch, "hidden_module_34", source)
     try:
         path.write_text(source.replace("Optim", "Optimizer"))  # (renamed in the job's code)
         task = module.Fit(infra={"folder": tmp_path / "cache", "cluster": "local"})
