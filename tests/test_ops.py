@@ -1603,6 +1603,39 @@ def test_cli_plan_and_explain_preview_another_mode(
     }
 
 
+def test_cli_check_takes_mode_as_plan_and_explain_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`exca check` had no --mode while plan and explain had it (exit 2, "unrecognized
+    arguments"): the same options could not be given to the three commands. It takes it,
+    with the same help and the same error for a bad value, naming the allowed ones."""
+    from exca.ops.cli import main
+
+    _made_up_cluster(monkeypatch)
+    cfg = tmp_path / "cfg.yaml"
+    infra = {"folder": str(tmp_path / "cache"), "cluster": "slurm", "gpus_per_node": 9}
+    cfg.write_text(yaml.safe_dump({"infra": {**infra, "slurm_partition": "gpu"}}))
+    target = [f"{__name__}:Checked.run", "--config", str(cfg)]
+    for mode in ("cached", "retry", "force", "read-only"):
+        assert main(["check", *target, "--mode", mode]) == 1, mode
+        out = capsys.readouterr().out
+        assert "gpus_per_node=9" in out, out
+    helps, errors = {}, {}
+    for command in ("plan", "explain", "check"):
+        with pytest.raises(SystemExit) as exit_:
+            main([command, *target, "--mode", "retried"])
+        assert exit_.value.code == 2
+        errors[command] = capsys.readouterr().err.splitlines()[-1]
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        helps[command] = out[out.rindex("--mode {") :].split(" --", 1)[0]  # (options)
+    assert "invalid choice: 'retried'" in errors["check"], errors
+    assert "'cached', 'retry', 'force', 'read-only'" in errors["check"], errors
+    assert len({e.split(":", 1)[1] for e in errors.values()}) == 1, errors  # (but the prog)
+    assert len(set(helps.values())) == 1 and "mode='retry'" in helps["check"], helps
+
+
 def test_cli_target_naming_a_function_returning_nodes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -619,7 +619,7 @@ def _read_only_command(args: argparse.Namespace) -> int:
     from ..graph.planning import Plan
 
     nodes = _target_nodes(args.target, args.config, args.overrides)
-    if getattr(args, "mode", None) is not None:
+    if args.mode is not None:
         nodes = _with_mode(nodes, args.mode)
     plan = Plan(nodes)
     if args.command != "check":  # (a typo in the folder reads as "nothing cached")
@@ -726,13 +726,12 @@ def _main(argv: list[str] | None) -> int:
         p.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "plan":
             p.add_argument("--mermaid", help="write the mermaid picture source to this file")
-        if name in ("plan", "explain"):
-            p.add_argument(
-                "--mode",
-                choices=["cached", "retry", "force", "read-only"],
-                help="as if TARGET's nodes had this infra mode (upstream nodes keep theirs), "
-                "e.g. what mode='retry' would recompute; computes nothing",
-            )
+        p.add_argument(
+            "--mode",
+            choices=["cached", "retry", "force", "read-only"],
+            help="as if TARGET's nodes had this infra mode (upstream nodes keep theirs), "
+            "e.g. what mode='retry' would recompute; computes nothing",
+        )
 
     p_clean = sub.add_parser(
         "clean",
