@@ -4461,7 +4461,8 @@ def test_clean_looks_at_the_slurm_queue_once_per_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`exca clean ... --yes` asked squeue about the jobs of each folder on its own, in the
-    preview and again in the removal (50 folders: 102 calls for `clean node`). The preview
+    preview and again in the removal (50 folders: 102 calls for `clean node`; `clean node
+    --where` asked once to select, once to remove). The preview
     and the removal share one look at the queue, asked about every job of the root at
     once, for each kind of cleaning; a folder whose job runs is still kept, and a job
     recorded after the preview is asked about when the removal meets it."""
@@ -4491,6 +4492,22 @@ def test_clean_looks_at_the_slurm_queue_once_per_command(
     assert len(asked("orphans", "--yes")) == 1
     assert len(asked("compact")) == 1
     assert len(asked("compact", "--yes")) == 1
+    # (--where: its selection and the removal share the look; a key matching nothing too,
+    # and `list`)
+    assert len(asked("node", "--where", "seed=0")) == 1
+    assert len(asked("node", "--where", "seed=7")) == 1
+    calls.unlink()
+    assert cli("list", root, "--where", "seed=7").returncode == 0
+    assert len(calls.read_text().splitlines()) == 1
+    (call,) = asked("node", "--where", "seed=0", "--step", "Train", "--yes")
+    assert call.endswith("-j " + ",".join(str(5000 + i) for i in range(50)))
+    assert sorted(p.name for p in source.parent.glob("copy*")) == ["copy03", "copy40"]
+    assert not source.exists()
+    Train(seed=0, infra={"folder": root}).fit()  # (computed again)
+    for i in range(50):
+        if i not in (3, 40):
+            shutil.copytree(source, source.with_name(f"copy{i:02d}"))
+            _fake_job(folders[i], str(5000 + i), root / "logs" / str(5000 + i), 40)
     (call,) = asked("node", *folders, "--yes")
     assert call.endswith("-j " + ",".join(str(5000 + i) for i in range(50)))
     assert sorted(p.name for p in source.parent.glob("copy*")) == ["copy03", "copy40"]

@@ -793,13 +793,15 @@ def remove_nodes(
     downstream: bool = False,
     root: Path | str | None = None,
     reason: str = "requested",
+    look: registry.QueueLook | None = None,
 ) -> CleanPlan:
     """Remove node folders (Nodes or folder paths: a node never computed has nothing to
     remove), and on request every folder whose result was computed from them (in
     ``root``, by default the cache root of the first one). ``reason``: what the preview
     says of the folders given (those of some configs: ``[i.folder for i in
-    exca.ops.inspect(root, where=[...])]``, as ``exca clean ROOT node --where`` does)."""
-    plan = CleanPlan()
+    exca.ops.inspect(root, where=[...])]``, as ``exca clean ROOT node --where`` does);
+    ``look``: the Slurm queue as looked at already by that selection (see inspect)."""
+    plan = CleanPlan() if look is None else CleanPlan(look=look)
     folders = []
     links: dict[Path, list[Path]] = {}  # (a folder given as a symlink: that link goes too)
     if isinstance(nodes, Node | Path | str):

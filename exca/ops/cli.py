@@ -32,6 +32,7 @@ from ..confdict import ConfDict
 from ..plainyaml import pyyaml
 
 if tp.TYPE_CHECKING:  # (the commands import what they use when run: a fast --help)
+    from ..graph.registry import QueueLook
     from .clean import CleanPlan
 
 DEFAULT_LOG_DAYS = 30.0  # `clean logs` removes the logs older than this
@@ -457,12 +458,22 @@ def _clean_outcome(plan: CleanPlan, freed: int) -> str:
 
 
 def _listed(
-    root: str, step: str | None, where: list[str], status: str | None, filters: str
+    root: str,
+    step: str | None,
+    where: list[str],
+    status: str | None,
+    filters: str,
+    look: QueueLook | None = None,
 ) -> tuple[list[tp.Any], str]:
     """The nodes `list` shows (inspect's selection: the one of `list` and `clean node
     --where`) and, when there are none, why (a step matching nothing, a key no config
     has...; ``filters``: the options the command takes). Notes on conditions that match
-    None only go to stderr."""
+    None only go to stderr. The Slurm queue is asked once (``look``: shared with what the
+    caller does next, e.g. a removal), however many times the cache is described."""
+    from ..graph import registry
+
+    if look is None:
+        look = registry.QueueLook()
     from .inspect import (
         input_path_problems,
         inspect,
@@ -478,15 +489,15 @@ def _listed(
     if any(reads_as_null(c.partition("=")[2].strip()) for c in where):
         # (configs holding the text "null" are not matched: say how they would be;
         # the cache is described once, then filtered)
-        described = inspect(root, step=step)
+        described = inspect(root, step=step, look=look)
         infos = select(described, where, status)
         for hint in null_condition_hints(described, where):
             print(f"exca: note: {hint}", file=sys.stderr)
     else:
-        infos = inspect(root, step=step, where=where, status=status)
+        infos = inspect(root, step=step, where=where, status=status, look=look)
     if infos:
         return infos, ""
-    every = described if described is not None and step is None else inspect(root)
+    every = described if described is not None and step is None else inspect(root, look=look)
     if not every:
         return infos, (
             f"No cached node found in {root}: it holds no "
@@ -494,7 +505,7 @@ def _listed(
         )
     text = f"No cached node matches {filters}."
     if described is None and step is not None:
-        described = inspect(root, step=step)
+        described = inspect(root, step=step, look=look)
     if step is not None and not described:
         there = ", ".join(sorted({i.step for i in every}))  # (a typo: what is there)
         text = f"--step {step!r} matches no step of {root}: {there}."
@@ -857,11 +868,10 @@ def _main(argv: list[str] | None) -> int:
             LEGACY_RENAMES.reset(token)
     elif args.command == "clean":
         from . import clean
+        from .inspect import node_folders
 
         args.root = os.path.abspath(args.root)  # (every preview names full paths)
         if args.what == "compact":
-            from .inspect import node_folders
-
             root = clean.cache_root(args.root)
             steps = clean.selected_steps(root, args.step)
             folders = [f for s, _, f in node_folders(root) if steps is None or s in steps]
@@ -891,8 +901,12 @@ def _main(argv: list[str] | None) -> int:
         if args.what == "node" and args.where:
             # (a step or node folder: the root to give; a --step matching nothing: an
             # error, as for the other clean commands, not "Nothing to remove")
-            clean.selected_steps(clean.cache_root(args.root), args.step)
-            infos, why = _listed(args.root, args.step, args.where, None, "--step/--where")
+            root = clean.cache_root(args.root)
+            clean.selected_steps(root, args.step)
+            # (the queue asked once about every job of the root, as the removal's checks
+            # ask: shared by the selection and the removal)
+            look = clean.look_at_jobs(f for _, _, f in node_folders(root))
+            infos, why = _listed(args.root, args.step, args.where, None, "--step/--where", look)
             if not infos:
                 _print(clean.CleanPlan().to_dict(), args.json, f"Nothing to remove. {why}")
                 return 0
@@ -901,6 +915,7 @@ def _main(argv: list[str] | None) -> int:
                 downstream=args.downstream,
                 root=args.root,
                 reason=" ".join(f"--where {shlex.quote(c)}" for c in args.where),
+                look=look,
             )
         elif args.what == "node":
             removal = clean.remove_nodes(args.folders, downstream=args.downstream, root=args.root)

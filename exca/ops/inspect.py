@@ -600,9 +600,12 @@ def inspect(
     step: str | None = None,
     where: tp.Sequence[str] = (),
     status: str | None = None,
+    look: registry.QueueLook | None = None,
 ) -> list[NodeInfo]:
     """Describe every node folder of a cache root (filters: step glob or substring,
-    ``key=value`` conditions on the uid config, status)."""
+    ``key=value`` conditions on the uid config, status). ``look``: the Slurm queue as
+    looked at already (a command describing, then cleaning: one squeue call), else asked
+    once for the jobs of these folders."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root}: {not_a_folder(root)} (give a cache root: an infra's folder)")
@@ -637,7 +640,10 @@ def inspect(
     ]
     records = [r for _, _, f in folders for r in _readable_records(f)]  # (every job)
     slurm = [r.job_id for r in records if r.cluster == "slurm"]
-    queued = registry.queued_jobs(slurm) if slurm else set()
+    if look is not None:
+        queued = look.queued_of(slurm)
+    else:
+        queued = registry.queued_jobs(slurm) if slurm else set()
     parents = {f.parent for _, u, f in folders if "/" in u}
     out = []
     for s, u, f in folders:
