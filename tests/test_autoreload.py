@@ -134,3 +134,68 @@ def test_autoreload_loaded_after_the_classes_were_defined(tmp_path: Path) -> Non
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "late_exp.Exp.train,1/default"  # (the new options)
+
+
+INNER = """
+import pydantic
+
+
+class Inner(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    x: int = 1
+"""
+
+OUTER = """
+import pydantic, exca
+from reloaded_inner import Inner
+
+CALLS = []
+
+
+class Outer(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    inner: Inner = Inner()
+    items: list[Inner] = [Inner()]
+    infra: exca.TaskInfra = exca.TaskInfra()
+
+    @infra.apply
+    def total(self) -> int:
+        CALLS.append(1)
+        return self.inner.x * 100 + sum(item.x for item in self.items)
+"""
+
+
+def test_autoreload_of_a_class_held_by_another_modules_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only Inner's module edited (Inner's default x 1 -> 2) and reloaded: Outer, in
+    another module (or a notebook), kept the exports of its field defaults made with
+    Inner's old defaults. Outer(items=[Inner(x=2)]), now at Inner's default, read as
+    Outer's default [Inner(x=1)]: it took the "default" folder, computed by Outer()
+    before, and returned its result (1 for 2); and Outer(), unchanged, was no longer
+    "default" (computed again under another uid)."""
+    (tmp_path / "reloaded_inner.py").write_text(INNER)
+    (tmp_path / "reloaded_outer.py").write_text(OUTER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    inner_module = importlib.import_module("reloaded_inner")
+    outer_module = importlib.import_module("reloaded_outer")
+    try:
+        Outer, folder = outer_module.Outer, tmp_path / "cache"
+        assert Outer(infra={"folder": folder}).total() == 101
+        # (uids of values differing from the defaults: their exports are compared)
+        assert "items=({x=3})" in Outer(items=[{"x": 3}]).infra.uid()
+        assert "inner.x=3" in Outer(inner={"x": 3}).infra.uid()
+        (tmp_path / "reloaded_inner.py").write_text(INNER.replace("x: int = 1", "x: int = 2"))
+        autoreload.superreload(inner_module, old_objects=OLD)
+        outer = Outer(items=[{"x": 2}], infra={"folder": folder})
+        assert outer.infra.uid() != Outer().infra.uid()
+        assert outer.total() == 102
+        assert len(outer_module.CALLS) == 2
+        default = Outer(infra={"folder": folder})
+        assert default.infra.uid().endswith("/default")  # (its values are Outer's defaults)
+        assert default.total() == 101
+        assert len(outer_module.CALLS) == 2  # (read from the cache)
+    finally:
+        for name in ("reloaded_inner", "reloaded_outer"):
+            sys.modules.pop(name, None)
+        OLD.clear()

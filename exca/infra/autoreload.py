@@ -25,6 +25,14 @@ def follow() -> None:
     class Rule(tuple):  # (a rule autoreload reads as a pair)
         exca = True
 
+    def classes(old: tp.Any, new: tp.Any) -> bool:
+        # (any class updated in place, a config's or one its defaults hold (a model, a
+        # dataclass, in another module): the exports of field defaults may have changed;
+        # never a match, the update is the next rule's)
+        if isinstance(old, type) and isinstance(new, type):
+            identity.forget_default_exports()
+        return False
+
     def infra_methods(old: tp.Any, new: tp.Any) -> bool:
         return isinstance(old, InfraMethod) and isinstance(new, InfraMethod)
 
@@ -45,6 +53,7 @@ def follow() -> None:
             guard.original = new
 
     rules[0:0] = [
+        Rule((classes, _update_method)),  # (never called: see classes)
         Rule((infra_methods, _update_method)),
         Rule((guards, update_guard)),
         Rule((guarded_classes, update_class)),

@@ -444,8 +444,19 @@ def forget_class(cls: type) -> None:
     """Forget what was computed of a class (its fields changed: IPython's %autoreload
     updates an edited class in place, its new fields were out of the uids)."""
     _FACTS.pop(cls, None)
+    forget_default_exports()
     for forget in CLASS_FORGETTERS:
         forget(cls)
+
+
+def forget_default_exports() -> None:
+    """Forget the exports of field defaults (a class updated in place: those of every
+    class whose defaults hold its instances are stale, not only its own; autoreload.py
+    calls this for every class %autoreload updates). Kept, an Inner edited in its module
+    left the export of ``Outer.inner``'s default as it was: a value at Inner's new
+    defaults read as Outer's default (the cached result of another config)."""
+    _DEFAULT_EXPORTS.clear()
+    _DEFAULT_VALUE_EXPORTS.clear()
 
 
 def _declared_exclusions(cls: type) -> tp.Any:
