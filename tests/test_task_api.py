@@ -2249,6 +2249,81 @@ def test_permissions_reach_every_created_folder_and_file(tmp_path: Path) -> None
     assert {"claims", "data", "jobs", "uid.yaml", "config.yaml", "logs", user} <= seen
 
 
+@pytest.mark.parametrize("killed_at", [1, 2, 3, 4])
+def test_permissions_of_folders_whose_maker_was_killed(tmp_path: Path, killed_at: int) -> None:
+    """A process killed between the mkdir of a folder of a shared cache and its chmod (the
+    root, the step folder, the node folder, its claims folder: the chmod numbered
+    ``killed_at`` of a first call ends its process, os._exit) left that folder with the
+    umask's mode (0o755 under 0o022) for good: every later call found it there and kept
+    it, and the other users could never write in it. The next call of its owner gives it
+    the cache's permissions."""
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    root = tmp_path / "cache"
+    code = f"""
+import os, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+os.umask(0o022)
+from exca.storage import files
+from test_task_api import ArrayTask
+calls, chmod_folder = [], files.chmod_folder
+def killed(path, permissions):
+    calls.append(path)
+    if len(calls) == {killed_at}:
+        os._exit(3)
+    chmod_folder(path, permissions)
+files.chmod_folder = killed
+ArrayTask(x=5, infra={{"folder": {str(root)!r}}}).process()
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 3
+    modes = {p: stat.S_IMODE(p.stat().st_mode) for p in [root, *root.rglob("*")] if p.is_dir()}
+    assert 0o755 in modes.values()  # (what the kill left)
+    previous = os.umask(0o022)
+    try:
+        task = ArrayTask(x=5, infra={"folder": root})
+        assert task.process()[0] == 5
+    finally:
+        os.umask(previous)
+    folder = task.infra.uid_folder()
+    assert folder is not None and (folder / "claims").is_dir()
+    for made in (root, *root.rglob("*")):
+        if made.is_dir():
+            assert stat.S_IMODE(made.stat().st_mode) == 0o777, made
+
+
+def test_permissions_given_back_to_folders_a_writer_writes_in(tmp_path: Path) -> None:
+    """The folders of a node (itself, its step folder, claims/, data/) found without the
+    cache's permissions (as a kill between their mkdir and chmod leaves them) by the
+    process owning them, which then writes there, get them; the cache root, which may be
+    the user's own, is left as it is once it holds something."""
+    import os
+    import stat
+
+    root = tmp_path / "cache"
+    assert [o[0] for o in ArrayMap(infra={"folder": root}).process([1, 2])] == [1, 2]
+    folders = [p for p in root.rglob("*") if p.is_dir()]
+    assert {p.name for p in folders} >= {"claims", "data"}
+    for folder in (root, *folders):
+        folder.chmod(0o755)
+    assert [o[0] for o in ArrayMap(infra={"folder": root}).process([1, 3])] == [1, 3]
+    for folder in folders:
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o777, folder
+    assert stat.S_IMODE(root.stat().st_mode) == 0o755
+    # (a folder of another user is not this process's to chmod: nothing tried)
+    other = tmp_path / "other"
+    other.mkdir(mode=0o755)
+    os.chmod(other, 0o755)
+    files_module = __import__("exca.storage.files", fromlist=["repair"])
+    status = os.stat(other)
+    fake = os.stat_result((*status[:4], status.st_uid + 1, *status[5:]))
+    files_module.repair(other, 0o777, status=fake)
+    assert stat.S_IMODE(other.stat().st_mode) == 0o755
+
+
 # --- MapInfra --------------------------------------------------------------------------------
 class Mapper(pydantic.BaseModel):
     coeff: int = 1

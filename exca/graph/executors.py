@@ -179,7 +179,7 @@ def _make_log_folder(logs: str, permissions: int | None) -> None:
     fixed = next((i for i, part in enumerate(parts) if "%" in part), len(parts))
     if fixed > 1:
         with contextlib.suppress(OSError):  # (submitit reports a folder it cannot create)
-            make_folder(Path(*parts[:fixed]), permissions)
+            make_folder(Path(*parts[:fixed]), permissions, levels=0)  # (the user's)
 
 
 # --- handles -------------------------------------------------------------------------------

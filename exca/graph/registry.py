@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 
 from ..storage import claims, process
-from ..storage.files import chmod, make_folder
+from ..storage.files import chmod, ensure_folder
 from .errors import NEVER_STARTS
 from .node import INPUTS_PREFIX
 
@@ -99,8 +99,7 @@ def write(
 ) -> None:
     """Record a submitted job for a node folder (atomic), and point ``submitit`` at it."""
     jobs = folder / JOBS_DIR
-    if not jobs.exists():
-        make_folder(jobs, permissions)
+    ensure_folder(jobs, permissions)
     name = record.job_id.replace("/", "-")
     tmp = jobs / f".{name}.{os.urandom(3).hex()}.tmp"
     written = {
@@ -176,8 +175,7 @@ def write_items(folder: Path, job_id: str, uids: list[str], permissions: int | N
     """Note which items a map chunk job computes, when they were unknown at submission
     (its record has no keys): ``logs(..., item=...)`` finds the job through it."""
     jobs = folder / JOBS_DIR
-    if not jobs.exists():
-        make_folder(jobs, permissions)
+    ensure_folder(jobs, permissions)
     name = job_id.replace("/", "-")
     tmp = jobs / f".{name}.{os.urandom(3).hex()}.tmp"
     tmp.write_bytes(orjson.dumps(uids))
@@ -239,8 +237,7 @@ def submission_comment(token: str, start: int) -> str:
 def mark(folder: Path, marker: Marker, permissions: int | None = None) -> None:
     """Note a submission about to be made for a node folder (atomic)."""
     jobs = folder / JOBS_DIR
-    if not jobs.exists():
-        make_folder(jobs, permissions)
+    ensure_folder(jobs, permissions)
     tmp = jobs / f".{marker.token}.{os.urandom(3).hex()}.tmp"
     tmp.write_bytes(orjson.dumps(dataclasses.asdict(marker)))
     if permissions is not None:

@@ -147,7 +147,7 @@ def prepare(
     (False: its sub-configs' versions differ, told here if ``reuses()``: what the folder
     holds is reused by this call, e.g. a map's other items; else where it is reused).
     ``create=False``: the folder is not made (FileNotFoundError when it is gone)."""
-    if create and make_folder(folder, permissions):
+    if create and make_folder(folder, permissions, levels=2):  # (and its step folder)
         # created by this call: no file to check yet (a concurrent creator of the same
         # folder writes the same texts, each file replaced whole)
         for name, cfg in ((UID_FILE, uid_config), (FULL_UID_FILE, full_uid_config)):

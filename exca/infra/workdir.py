@@ -272,7 +272,7 @@ class WorkDir(pydantic.BaseModel):
         commits = self._commit_lines() if self.log_commit and not log.exists() else None
         permissions = self._permissions
         created = not folder.exists()
-        make_folder(folder, permissions)
+        make_folder(folder, permissions, levels=0)  # (maybe the user's)
         (folder / SNAPSHOT_MARKER).touch()  # (a later copy of "." skips this folder)
         copied = False
         try:

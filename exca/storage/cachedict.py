@@ -33,7 +33,7 @@ from .dumping import (
     mark_if_damaged,
     record_problem,
 )
-from .files import make_folder, parse_permissions
+from .files import ensure_folder, parse_permissions
 from .formats import (
     DATA_DIR,
     LEGACY_WRITERS,
@@ -834,8 +834,7 @@ class CacheDict(tp.Generic[X]):
             session[0].close()
         # new thread state, or after a fork: a new session
         assert self.folder is not None
-        if not self.folder.exists():
-            make_folder(self.folder, self.permissions)
+        ensure_folder(self.folder, self.permissions, levels=0)  # (maybe the user's)
         writer = IndexWriter(self.folder, self.permissions)
         ctx = DumpContext(
             self.folder,

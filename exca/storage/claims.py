@@ -34,7 +34,7 @@ from pathlib import Path
 import orjson
 
 from . import interrupts, process
-from .files import chmod_folder, fchmod, folder_mode, make_folder, write_new
+from .files import chmod_folder, fchmod, folder_mode, make_folder, repair, write_new
 from .keytext import check_utf8
 
 CLAIMS_DIR = "claims"
@@ -409,6 +409,9 @@ class Claims:
         except FileNotFoundError:
             make_folder(dirname, self.permissions)
             write_new(tmp, data, self.permissions)
+        else:
+            if self.permissions is not None:  # (a claims folder left by a kill: files.repair)
+                repair(dirname, self.permissions)
         path = f"{dirname}/{name}{suffix}"
         os.replace(tmp, path)
         return Path(path)
@@ -482,6 +485,8 @@ class Claims:
                 os.write(fd, token)
             finally:
                 os.close(fd)
+            if self.permissions is not None:  # (a claims folder left by a kill: files.repair)
+                repair(self.dir, self.permissions)
             return True
 
     def _break_if_stale(self, lock: Path) -> None:
@@ -593,6 +598,8 @@ def _make_claims_dir(path: Path, permissions: int | None) -> None:
     try:
         os.mkdir(path)
     except FileExistsError:
+        if permissions is not None:  # (left by a kill before its chmod: see files.repair)
+            repair(path, permissions)
         return
     if permissions is not None:
         chmod_folder(path, permissions)

@@ -29,7 +29,7 @@ import warnings
 from collections import OrderedDict
 from pathlib import Path
 
-from .files import chmod, make_folder
+from .files import chmod, ensure_folder
 from .index import _FORKS
 from .sharedfile import SharedFile
 
@@ -526,8 +526,7 @@ class DumpContext:
         if self.key is None:
             raise RuntimeError("key_path needs a key: only available while dumping an entry")
         folder = self.folder / DATA_DIR
-        if not folder.exists():
-            make_folder(folder, self.permissions)
+        ensure_folder(folder, self.permissions)
         # the writer's session and a count in the name: a file is never reused, so a stale
         # deleter (an entry deleted and written again since it read the index) can only
         # remove the file of the entry it deletes

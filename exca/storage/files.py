@@ -116,30 +116,114 @@ def folder_mode(folder: str | os.PathLike[str]) -> int | None:
         return None
 
 
-def make_folder(folder: str | os.PathLike[str], permissions: int | None) -> bool:
+def make_folder(folder: str | os.PathLike[str], permissions: int | None, levels: int = 1) -> bool:
     """mkdir -p, applying permissions to the folders it creates; True when it created
-    ``folder`` itself (then it was empty a moment ago)."""
+    ``folder`` itself (then it was empty a moment ago).
+
+    Missing folders are made from the top down, each given its permissions before
+    anything is made in it: a process killed between a mkdir and its chmod leaves that
+    one folder with its umask's mode (0o755 under 0o022: the other users of a shared
+    cache could never write in it), and empty. So the folders this user owns and finds
+    without some of the permission bits get them added (``repair``): ``folder`` and its
+    ancestors up to ``levels`` - 1 above it (the folders exca names, e.g. 2 for a node
+    folder and its step folder; 0: none, a folder the user named), whatever they hold;
+    a folder above those, or one the user named, only when found empty (as such a kill
+    leaves it: an empty folder of the user's own there gets the permissions too, as if
+    exca had made it). Never renamed into place (a rename over the empty folder another
+    thread just made removed it under that thread's feet)."""
     folder = os.fspath(folder)
     try:
         os.mkdir(folder)
     except FileExistsError:
+        if permissions is not None:
+            repair(folder, permissions, empty_only=levels < 1)
+            if levels > 1:
+                repair(os.path.dirname(folder), permissions)
         return False
-    except FileNotFoundError:  # parents missing: create them first
+    except FileNotFoundError:  # parents missing: create them first, from the top
         missing = []
         current = os.path.dirname(folder)
         while current and not os.path.exists(current):  # ("": the top of a relative path)
             missing.append(current)
             current = os.path.dirname(current)
-        try:
-            os.makedirs(folder)
-        except FileExistsError:  # (created meanwhile by someone else)
-            return False
-        if permissions is not None:
-            for path in missing:
+        if permissions is not None and current:  # (maybe left by a kill before its chmod)
+            repair(current, permissions, empty_only=len(missing) + 1 >= levels)
+        for path in reversed(missing):
+            try:
+                os.mkdir(path)
+            except FileExistsError:  # (made meanwhile by someone else, who chmods it)
+                continue
+            if permissions is not None:
                 chmod_folder(path, permissions)
+        try:
+            os.mkdir(folder)
+        except FileExistsError:  # (made meanwhile by someone else)
+            return False
+    else:
+        if permissions is not None and levels > 1:  # (its parent: maybe left by a kill)
+            repair(os.path.dirname(folder), permissions)
     if permissions is not None:
         chmod_folder(folder, permissions)
     return True
+
+
+def ensure_folder(folder: str | os.PathLike[str], permissions: int | None, levels: int = 1) -> None:
+    """A folder about to be written into: made when missing (``make_folder``), else given
+    the permission bits it lacks (see ``repair``). One stat when it is there with them,
+    as the ``exists()`` it replaces."""
+    try:
+        status = os.stat(folder)
+    except OSError:
+        make_folder(folder, permissions, levels)
+        return
+    if permissions is not None and permissions & ~status.st_mode & 0o7777:
+        repair(folder, permissions, empty_only=levels < 1, status=status)
+
+
+# the folders repair gave permission bits, by inode: a chmod that did not take (a file
+# system that ignores it) is not tried again, and logged once
+_REPAIRED: dict[str, int] = {}
+
+
+def repair(
+    folder: str | os.PathLike[str],
+    permissions: int,
+    empty_only: bool = False,
+    status: os.stat_result | None = None,
+) -> None:
+    """Add to a folder of a shared cache the ``permissions`` bits it lacks, when it is this
+    user's (only its owner may chmod it): a process killed between its mkdir and its chmod
+    left it with the umask's mode, and the other users could not write in it for good.
+    ``empty_only``: only if it is empty (a folder exca cannot tell from the user's own
+    unless so). Never raises: a chmod that fails is logged."""
+    folder = os.fspath(folder)
+    try:
+        status = status if status is not None else os.stat(folder)
+    except OSError:
+        return
+    mode = stat.S_IMODE(status.st_mode)
+    if not permissions & ~mode & 0o7777 or status.st_uid != os.getuid():
+        return
+    if _REPAIRED.get(folder) == status.st_ino or not stat.S_ISDIR(status.st_mode):
+        return
+    if empty_only:
+        try:
+            with os.scandir(folder) as entries:
+                if next(entries, None) is not None:
+                    return
+        except OSError:
+            return
+    if len(_REPAIRED) >= 10_000:
+        _REPAIRED.clear()
+    _REPAIRED[folder] = status.st_ino
+    logger.debug(
+        "Giving %s the cache's permissions (%s, it had %s: made by a process killed before "
+        "its chmod?)",
+        folder,
+        oct(permissions),
+        oct(mode),
+    )
+    chmod(folder, mode | permissions)
 
 
 def chmod_folder(folder: str | os.PathLike[str], permissions: int) -> None:

@@ -8,7 +8,7 @@ import os
 import typing as tp
 from pathlib import Path
 
-from .files import chmod, finish_write, make_folder
+from .files import chmod, ensure_folder, finish_write
 
 BUFFER_FLUSH_BYTES = 16 << 20  # batched payload bytes kept in memory before writing
 ALIGNMENT = 64  # byte alignment of arrays in shared data files
@@ -20,8 +20,7 @@ class SharedFile:
     def __init__(self, folder: Path, name: str, permissions: int | None) -> None:
         self.name = name  # relative to the cache folder
         path = folder / name
-        if not path.parent.exists():
-            make_folder(path.parent, permissions)
+        ensure_folder(path.parent, permissions)
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
         self.size = os.fstat(self.fd).st_size
         self.pending: list[tp.Any] | None = None  # batched writes: buffers not written yet
