@@ -56,6 +56,8 @@ class SlurmTask(pydantic.BaseModel):
             raise ValueError(f"bad x={self.x}")
         if (ctl / "kill").exists():
             os.kill(os.getpid(), signal.SIGKILL)
+        if (ctl / "interrupt").exists():
+            raise KeyboardInterrupt  # (by the method: no signal)
         return 3 * self.x
 
 
@@ -968,6 +970,27 @@ def test_slurm_killed_job_says_how(
     assert re.search(killed, str(task(tmp_path, ctl, slurm_cluster, x=6).infra.job().exception()))
     (ctl / "kill").unlink()
     assert task(tmp_path, ctl, slurm_cluster, x=6, mode="retry").process() == 18
+
+
+@pytest.mark.timeout(300)
+def test_slurm_job_whose_method_raises_keyboardinterrupt_says_so(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    """A method raising KeyboardInterrupt in a Slurm job (a notebook probe: a stop
+    condition written so): the call said "job N ended with state FAILED without writing
+    its result: its process exited with code 2", the interrupt's traceback hiding the
+    job's note from the end of the log it quotes, where a local job's error says that
+    the method raised it (no SIGINT came)."""
+    (ctl / "interrupt").touch()
+    obj = task(tmp_path, ctl, slurm_cluster, x=7)
+    with pytest.raises(JobFailedError) as info:
+        obj.process()
+    said = str(info.value)
+    assert "KeyboardInterrupt was raised (by the method: no SIGINT was received)" in said, said
+    assert "_log.err" in said and "raise KeyboardInterrupt" in said, said
+    assert obj.infra.status() == "failed"
+    (ctl / "interrupt").unlink()
+    assert task(tmp_path, ctl, slurm_cluster, x=7, mode="retry").process() == 21
 
 
 def test_only_the_batch_scripts_report_of_a_signal_its_exit_code_tells_counts() -> None:

@@ -625,7 +625,7 @@ class SubmititHandle(Handle):
                 how[len(EXITED_WITH_CODE) :].split()[0] if how.startswith(EXITED_WITH_CODE) else ""
             )
             if code.isdigit() and int(code) != 0:
-                how = self._killed_said(int(code)) or how
+                how = self._killed_said(int(code)) or self._raised_interrupt() or how
             if not how and state.startswith("UNKNOWN"):
                 how = (
                     "neither the queue nor the accounting (sacct) knows it: cancelled before "
@@ -664,6 +664,20 @@ class SubmititHandle(Handle):
         except Exception:  # (no log)
             return None
         return None if name is None else killed_words(name)
+
+    def _raised_interrupt(self) -> str | None:
+        """That the method raised KeyboardInterrupt, as the job's log notes (worker.py:
+        no SIGINT came), else None. The traceback after the note hides it from the end
+        of the log a call quotes: a Slurm job said only "its process exited with code 2",
+        where a local one names the interrupt."""
+        try:
+            text = read_tail(Path(self.job.paths.stderr), 64 * 1024)
+        except Exception:  # (no log)
+            return None
+        last = text.strip().rsplit("\n", 1)[-1].strip()
+        if RAISED_INTERRUPT in text and last.startswith("KeyboardInterrupt"):
+            return RAISED_INTERRUPT
+        return None
 
     def _log_said(self, tail: bool = False) -> str:
         """Where the job's stderr log is (and, with ``tail``, its last lines): "" when
