@@ -81,6 +81,24 @@ def test_autoreload_of_a_version_bump_and_of_options(module: tp.Any, tmp_path: P
     assert Exp(lr=0.5, infra={"folder": folder}).infra.uid() == "reloaded_exp.Exp.train,2/default"
 
 
+def test_autoreload_of_an_edited_default_checks_the_cache_again(
+    module: tp.Any, tmp_path: Path
+) -> None:
+    """lr's default edited (0.1 -> 0.2) and reloaded: Exp() is still "default", whose
+    folder holds the result of lr=0.1. A new process says the default changed (its
+    full-uid.yaml); this one had checked that folder already (for the same class and uid)
+    and returned 1.0, the result of lr=0.1, for lr=0.2."""
+    Exp = module.Exp
+    folder = tmp_path / "cache"
+    assert Exp(infra={"folder": folder}).train() == pytest.approx(1.0)
+    (tmp_path / "reloaded_exp.py").write_text(MODULE.replace("lr: float = 0.1", "lr: float = 0.2"))
+    autoreload.superreload(module, old_objects=OLD)
+    exp = Exp(infra={"folder": folder})
+    assert exp.lr == 0.2 and exp.infra.uid().endswith("/default")
+    with pytest.raises(RuntimeError, match=r"Default lr=0.2 seems incompatible"):
+        exp.train()
+
+
 OWN_SETATTR = MODULE.replace(
     "    @infra.apply",
     "    def __setattr__(self, name, value):  # edited: v1\n"

@@ -30,7 +30,7 @@ def follow() -> None:
         # dataclass, in another module): the exports of field defaults may have changed;
         # never a match, the update is the next rule's)
         if isinstance(old, type) and isinstance(new, type):
-            identity.forget_default_exports()
+            identity.classes_changed()
         return False
 
     def infra_methods(old: tp.Any, new: tp.Any) -> bool:

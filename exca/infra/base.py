@@ -132,6 +132,10 @@ _FORCED_KEY = "__exca_forced__"
 # collides, is checked again), and whether by a check that records the defaults of fields
 # added since (not a plan's, status()'s or a read-only call's: a call checks again)
 _DEFAULTS_CHECKED: dict[str, tuple[type, tp.Any, bool]] = {}
+# (a class updated in place, by %autoreload: its defaults, or those of a class its
+# defaults hold, may have changed, the uid export not; kept, the "default" folder of
+# lr=0.1 was reused for lr=0.2, the default since, without the check a new process makes)
+identity.DEFAULTS_FORGETTERS.append(_DEFAULTS_CHECKED.clear)
 
 
 _UNRESTORABLE: set[str] = set()  # folders whose missing yaml files could not be written

@@ -444,19 +444,27 @@ def forget_class(cls: type) -> None:
     """Forget what was computed of a class (its fields changed: IPython's %autoreload
     updates an edited class in place, its new fields were out of the uids)."""
     _FACTS.pop(cls, None)
-    forget_default_exports()
+    classes_changed()
     for forget in CLASS_FORGETTERS:
         forget(cls)
 
 
-def forget_default_exports() -> None:
-    """Forget the exports of field defaults (a class updated in place: those of every
-    class whose defaults hold its instances are stale, not only its own; autoreload.py
-    calls this for every class %autoreload updates). Kept, an Inner edited in its module
-    left the export of ``Outer.inner``'s default as it was: a value at Inner's new
-    defaults read as Outer's default (the cached result of another config)."""
+# what other modules memoize that depends on the defaults of any class (not only those
+# of a config's own class), to forget when a class is updated in place
+DEFAULTS_FORGETTERS: list[tp.Callable[[], object]] = []
+
+
+def classes_changed() -> None:
+    """Forget what depends on the defaults of any class (a class updated in place: what
+    concerns every class whose defaults hold its instances is stale too; autoreload.py
+    calls this for every class %autoreload updates): the exports of field defaults (kept,
+    an Inner edited in its module left the export of ``Outer.inner``'s default as it was:
+    a value at Inner's new defaults read as Outer's default, the cached result of another
+    config), and DEFAULTS_FORGETTERS'."""
     _DEFAULT_EXPORTS.clear()
     _DEFAULT_VALUE_EXPORTS.clear()
+    for forget in DEFAULTS_FORGETTERS:
+        forget()
 
 
 def _declared_exclusions(cls: type) -> tp.Any:
