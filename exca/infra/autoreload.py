@@ -4,8 +4,12 @@ methods, with their class default infra and options; the freeze guard of their c
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+import types
 import typing as tp
+
+import pydantic
 
 from . import freezing, identity
 from .method import InfraMethod
@@ -52,6 +56,7 @@ def follow() -> None:
         if new is not guard.original and not module.update_generic(guard.original, new):  # type: ignore[union-attr]
             guard.original = new
 
+    _skip_deduper(module)
     rules[0:0] = [
         Rule((classes, _update_method)),  # (never called: see classes)
         Rule((infra_methods, _update_method)),
@@ -68,3 +73,37 @@ def _update_method(old: InfraMethod, new: InfraMethod) -> None:
     new.infra._runtime().method = old
     if owner is not None:
         identity.forget_class(owner)
+
+
+def _skip_deduper(module: tp.Any) -> None:
+    """IPython >= 9's ``%autoreload 2`` first tries its "deduperreload": it runs a class
+    body's edited lines again in the old class (``setattr``), which a pydantic model (or a
+    dataclass) never sees: a field default edited in a module (``seed: int = 1`` -> ``2``)
+    was silently ignored, the configs keeping the old default (its uid and results
+    too), until the kernel restarted (where the cache then said "Default seed=2 seems
+    incompatible"); nor did exca's rules run. A module defining such classes is reloaded
+    by autoreload's full reload instead (what ``%autoreload 2 --full`` does for all)."""
+    deduper: tp.Any = getattr(module, "DeduperReloader", None)
+    original = getattr(deduper, "maybe_reload_module", None)
+    if original is None or getattr(original, "exca", False):
+        return
+
+    def maybe_reload_module(self: tp.Any, reloaded: types.ModuleType) -> bool:
+        if _defines_config_classes(reloaded):
+            return False  # (autoreload then calls its superreload)
+        return bool(original(self, reloaded))
+
+    maybe_reload_module.exca = True  # type: ignore[attr-defined]
+    deduper.maybe_reload_module = maybe_reload_module
+
+
+def _defines_config_classes(module: types.ModuleType) -> bool:
+    """Whether a module defines a pydantic model or a dataclass (classes built from their
+    body once: a line of it run again changes nothing)."""
+    name = getattr(module, "__name__", None)
+    return any(
+        isinstance(value, type)
+        and getattr(value, "__module__", None) == name
+        and (issubclass(value, pydantic.BaseModel) or dataclasses.is_dataclass(value))
+        for value in list(vars(module).values())
+    )
