@@ -770,12 +770,19 @@ class CrossNeeds(pydantic.BaseModel):
 
 
 def _call_both_sides(
-    tmp_path: Path, cluster: str | None, deps: dict[str, list[str]]
+    tmp_path: Path,
+    cluster: str | None,
+    deps: dict[str, list[str]],
+    folders: dict[str, Path] | None = None,
 ) -> dict[str, tp.Any]:
     """Map a calls [a0, a1] and map b [b0, b1] at the same time (two threads): the outputs
-    (or the error) of each; fails if a call hangs (its jobs then killed)."""
-    infra = {"folder": tmp_path / "c", "cluster": cluster}
-    maps = {s: CrossNeeds(side=s, ctl=str(tmp_path), deps=deps, infra=infra) for s in "ab"}
+    (or the error) of each; fails if a call hangs (its jobs then killed). ``folders``: the
+    cache folder each side (and the other map it calls) is given, by side."""
+    folders = folders or {s: tmp_path / "c" for s in "ab"}
+    maps = {
+        s: CrossNeeds(side=s, ctl=str(tmp_path), deps=deps, infra={"folder": f, "cluster": cluster})
+        for s, f in folders.items()
+    }
     out: dict[str, tp.Any] = {}
 
     def call(side: str) -> None:
@@ -829,6 +836,27 @@ def test_items_of_two_maps_needing_each_other_are_refused(
     said = f"{out['a']}\n{out['b']}"
     assert "cannot (directly or indirectly" in said
     assert "'a0'" in said or "'b0'" in said
+    calls = collections.Counter(lines(tmp_path / "calls.txt"))
+    assert calls["a1"] == 1 and calls["b1"] == 1
+
+
+@pytest.mark.timeout(150)
+def test_items_of_two_maps_needing_each_other_through_a_symlinked_cache_are_refused(
+    tmp_path: Path,
+) -> None:
+    """The cycle across two maps above, one side given the cache folder through a symlink
+    (or another mount of it), the other by its real path: the wait records named folders
+    by those paths and compared them as strings, so the cycle was missed and both waited
+    for good. Now refused, as with one path."""
+    real = tmp_path / "c"
+    real.mkdir()
+    other = tmp_path / "link"
+    other.symlink_to(real, target_is_directory=True)
+    out = _call_both_sides(tmp_path, None, {"a0": ["b0"], "b0": ["a0"]}, {"a": other, "b": real})
+    for side in "ab":
+        assert isinstance(out[side], Exception), out
+    said = f"{out['a']}\n{out['b']}"
+    assert "cannot (directly or indirectly" in said
     calls = collections.Counter(lines(tmp_path / "calls.txt"))
     assert calls["a1"] == 1 and calls["b1"] == 1
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from ..storage import interrupts
 from ..storage.cachederror import CachedError
 from ..storage.cachedict import CacheDict
-from ..storage.claims import Claim, Claims, Owner
+from ..storage.claims import Claim, Claims, Owner, folder_key
 from ..storage.dumping import is_damaged_payload
 from ..storage.index import meta_of
 from ..storage.modules import imported
@@ -491,35 +491,52 @@ class _OnWait:
         waiting). A holder waiting records it in the folder of the keys it holds: the
         records of the folder of the keys waited for say who waits for what next."""
         assert self.folder is not None
-        Records = list[tuple[Owner, dict[str, frozenset[str]], dict[str, frozenset[str]]]]
-        records: dict[str, Records] = {}  # (by folder, read once)
-        waiting: dict[str, set[str]] = {os.fspath(self.folder): set(held)}
+        # (folders compared by folder_key, not by path: one cache may be named by several,
+        # through a symlink or another mount, by the workers recording their waits)
+        keys_of: dict[str, tp.Any] = {}
+
+        def key(path: str) -> tp.Any:
+            if path not in keys_of:
+                keys_of[path] = folder_key(path)
+            return keys_of[path]
+
+        mine = {key(f): keys for f, keys in self.holds.items()}
+        Records = list[tuple[Owner, dict[tp.Any, frozenset[str]], dict[str, frozenset[str]]]]
+        records: dict[tp.Any, Records] = {}  # (by folder, read once)
+        waiting: dict[tp.Any, tuple[str, set[str]]] = {
+            key(os.fspath(self.folder)): (os.fspath(self.folder), set(held))
+        }
         seen: set[tuple[tp.Any, ...]] = {Owner.current()[:4]}
         while waiting:
-            further: dict[str, set[str]] = {}
-            for where, keys in waiting.items():
-                if where not in records:
-                    records[where] = Claims(where, job_alive=registry.slurm_job_alive).waits()
-                for owner, waits, holds in records[where]:
-                    if owner[:4] in seen or keys.isdisjoint(holds.get(where, ())):
+            further: dict[tp.Any, tuple[str, set[str]]] = {}
+            for here, (where, keys) in waiting.items():
+                if here not in records:
+                    found = Claims(where, job_alive=registry.slurm_job_alive).waits()
+                    records[here] = [
+                        (owner, {key(f): k for f, k in holds.items()}, waits)
+                        for owner, waits, holds in found
+                    ]
+                for owner, holds, waits in records[here]:
+                    if owner[:4] in seen or keys.isdisjoint(holds.get(here, ())):
                         continue
                     seen.add(owner[:4])
                     for there, needed in waits.items():
-                        cycle = self.holds.get(there, set()) & needed
+                        cycle = mine.get(key(there), set()) & needed
                         if cycle:
                             raise item_cycle_error(
-                                self._uid_of(there), sorted(cycle), owner.describe()
+                                self._uid_of(key(there)), sorted(cycle), owner.describe()
                             )
-                        further.setdefault(there, set()).update(needed)
+                        further.setdefault(key(there), (there, set()))[1].update(needed)
             waiting = further
 
-    def _uid_of(self, folder: str) -> str:
-        """The uid of the map (or task) this thread computes items of in ``folder``."""
+    def _uid_of(self, folder: tp.Any) -> str:
+        """The uid of the map (or task) this thread computes items of in ``folder`` (its
+        folder_key)."""
         for unit in _IN_FLIGHT.units:
-            if os.fspath(unit.claims.folder) == folder:
+            if folder_key(unit.claims.folder) == folder:
                 return unit.uid
         for claims, uid in _IN_FLIGHT.tasks:
-            if os.fspath(claims.folder) == folder:
+            if folder_key(claims.folder) == folder:
                 return uid
         return self.node.uid
 

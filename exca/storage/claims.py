@@ -263,13 +263,15 @@ class Claims:
         thread, holding ``holds`` (items it computes now, whose end depends on this wait,
         by folder: of this map and of others), waits for ``waits`` (keys by folder): a
         worker waiting for one of the keys it holds here finds the cycle (see ``waits``),
-        whichever maps it goes through. Refreshed as claims are; ``end_wait`` removes it."""
+        whichever maps it goes through. Refreshed as claims are; ``end_wait`` removes it.
+        Folders are recorded by their real path (readers compare them by ``folder_key``)."""
         me = Owner.current()
+        real = os.path.realpath
         data = orjson.dumps(
             {
                 "owner": me._asdict(),
-                "waits": {f: list(k) for f, k in waits.items()},
-                "holds": {f: list(k) for f, k in holds.items()},
+                "waits": {real(f): list(k) for f, k in waits.items()},
+                "holds": {real(f): list(k) for f, k in holds.items()},
             }
         )
         with interrupts.deferred():
@@ -583,6 +585,18 @@ class FolderHold:
         """Remove what ``put`` wrote in a folder (or where it was moved since)."""
         _discard(self.claim_file(folder))
         _unlock(folder / CLAIMS_DIR / LOCK_NAME, self._token)
+
+
+def folder_key(folder: str | os.PathLike[str]) -> tuple[int, int] | str:
+    """What tells a folder from another here, whatever path names it (a symlink, another
+    mount of the cache, a relative path): its device and inode; its real path when it
+    cannot be looked at (gone, or a path of another host's mounts). Wait records name
+    folders by path, and a cycle through a folder named two ways was missed."""
+    try:
+        status = os.stat(folder)
+    except OSError:
+        return os.path.realpath(folder)
+    return (status.st_dev, status.st_ino)
 
 
 def _by_folder(keys: tp.Any, here: str) -> dict[str, frozenset[str]]:
