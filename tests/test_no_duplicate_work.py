@@ -1144,6 +1144,120 @@ def test_foreign_claim_waited_for_then_taken_over(
     assert [n for n in claim_files(folder) if n.endswith(".claim")] == []
 
 
+@pytest.mark.timeout(60)
+def test_a_claim_another_user_left_unreadable_is_waited_for_and_said(
+    tmp_path: Path, ctl: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A live claim of another user that this one may not read (written without the
+    cache's permissions, under a private umask) holds keys nobody can know: taken as
+    holding every key of its map, each call there waited for it, told only "Waiting for
+    pid N on HOST to finish 2 key(s)", at info level. Waiting stays the answer (the only
+    one that never computes twice what it may compute), now said as a warning naming the
+    file, its owner, and what to do (permissions); once its process is gone, the items
+    are computed."""
+    import logging
+    import pathlib
+
+    (ctl / "release").touch()  # nothing blocks in this test
+    obj = SlowMap(ctl=str(ctl), infra={"folder": tmp_path / "cache"})
+    folder = obj.infra.uid_folder(create=True)
+    assert folder is not None
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    host, now = process_info.hostname(), f"{time.time_ns() // 1000:x}"
+    claim = folder / "claims" / f"{host}-{sleeper.pid}-{sleeper.pid}-{now}-abcdef.claim"
+    claim.parent.mkdir(exist_ok=True)
+    claim.write_bytes(b'{"owner": {}, "keys": ["7"]}')  # (what it holds: unknown here)
+    os.chown(claim, 65534, 65534)  # (nobody's)
+    claim.chmod(0)
+    read_bytes = pathlib.Path.read_bytes
+
+    def refuse(path: pathlib.Path) -> bytes:  # (the tests run as root, whom modes do not stop)
+        if path == claim:
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(pathlib.Path, "read_bytes", refuse)
+    out: list[tp.Any] = []
+    thread = threading.Thread(target=lambda: out.append(list(obj.process([1, 2]))), daemon=True)
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "Waiting for" in r.getMessage()]
+
+    try:
+        with caplog.at_level(logging.INFO, logger="exca"):
+            thread.start()
+            filelog.wait_until(lambda: bool(said()), timeout=20)
+            assert not (ctl / "calls.txt").exists()  # (waited for)
+            warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+            assert warnings, said()
+            message = warnings[0].getMessage()
+            assert str(claim) in message and "uid 65534" in message, message
+            assert "may not read" in message and "permissions" in message, message
+        sleeper.kill()
+        sleeper.wait()
+        thread.join(timeout=WAIT_S)
+        assert out == [[2, 4]]
+        assert not claim.exists()  # (dead: removed)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+@pytest.mark.timeout(60)
+def test_a_claim_another_user_left_unreadable_for_real(tmp_path: Path, ctl: Path) -> None:
+    """The test above with real permissions: the claim file nobody's, mode 0o600, the
+    call made by root without the capabilities that bypass file permissions (setpriv)."""
+    import shutil
+
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv (util-linux) to give files to another user")
+    (ctl / "release").touch()  # nothing blocks in this test
+    obj = SlowMap(ctl=str(ctl), infra={"folder": tmp_path / "cache"})
+    folder = obj.infra.uid_folder(create=True)
+    assert folder is not None
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    host, now = process_info.hostname(), f"{time.time_ns() // 1000:x}"
+    claim = folder / "claims" / f"{host}-{sleeper.pid}-{sleeper.pid}-{now}-abcdef.claim"
+    claim.parent.mkdir(exist_ok=True)
+    claim.write_bytes(b'{"owner": {}, "keys": ["7"]}')
+    claim.chmod(0o600)
+    os.chown(claim, 65534, 65534)  # (nobody's)
+    code = f"""
+import logging, sys
+logging.basicConfig(level=logging.INFO)
+from test_no_duplicate_work import SlowMap
+obj = SlowMap(ctl={str(ctl)!r}, infra={{"folder": {str(tmp_path / "cache")!r}}})
+print(list(obj.process([1, 2])))
+"""
+    no_bypass, python = "-dac_override,-dac_read_search", [sys.executable, "-c", code]
+    caller = subprocess.Popen(
+        [setpriv, f"--bounding-set={no_bypass}", f"--inh-caps={no_bypass}", *python],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        assert caller.stderr is not None
+        said = ""
+        while "Waiting for" not in said:  # (the first line it writes: nothing computed)
+            said = caller.stderr.readline()
+            assert said, "the call ended without waiting"
+        assert not (ctl / "calls.txt").exists()
+        assert said.startswith("WARNING") and str(claim) in said and "uid 65534" in said, said
+        sleeper.kill()
+        sleeper.wait()
+        out, err = caller.communicate(timeout=WAIT_S)
+        assert out.strip() == "[2, 4]", err
+        assert not claim.exists()  # (dead: removed)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        caller.kill()
+        caller.wait()
+
+
 # --- nested decorated calls --------------------------------------------------------------
 class Inner(pydantic.BaseModel):
     x: int = 1

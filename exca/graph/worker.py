@@ -26,7 +26,7 @@ from pathlib import Path
 from ..storage import interrupts
 from ..storage.cachederror import CachedError
 from ..storage.cachedict import CacheDict
-from ..storage.claims import Claim, Claims, Owner, folder_key
+from ..storage.claims import Claim, Claims, Owner, folder_key, unreadable_wait
 from ..storage.dumping import is_damaged_payload
 from ..storage.index import meta_of
 from ..storage.modules import imported
@@ -471,11 +471,14 @@ class _OnWait:
             self._refuse_cycle(held)
         if not self.shown:
             owner = next(iter(held.values()))
+            current = Claims(folder).current() if folder is not None else []
             # (a cleaning's hold, exca clean or update_uids: it computes nothing)
-            holds = folder is not None and any(
-                c.hold and c.owner == owner for c in Claims(folder).current()
-            )
-            if holds:
+            holds = any(c.hold and c.owner == owner for c in current)
+            # (one whose keys are unknown: taken as holding them all, said with what to do)
+            unreadable = [c for c in current if c.unreadable and c.owner in held.values()]
+            if unreadable:
+                logger.warning(unreadable_wait(unreadable[0], len(held)))
+            elif holds:
                 logger.info(
                     "Waiting for %s, which is removing or renaming %s", owner.describe(), folder
                 )

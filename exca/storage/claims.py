@@ -95,7 +95,12 @@ class Owner(tp.NamedTuple):  # (named tuples, not dataclasses: cheaper to import
 class _EveryKey(frozenset):
     """The keys of a claim file that cannot be read (see Claims._read): unknown, so taken
     as every key (``claim.keys & wanted`` is ``wanted``, any key is ``in`` it); it lists
-    none."""
+    none. Nothing else tells them: the file's name tells its process (host, pid, thread,
+    creation time: whether it is alive) and its mtime its heartbeat, but no key (a batch's
+    keys do not fit in a name), and what its owner wrote next to it (its index, its job
+    records) is as private. So a live one is waited for, key by key until each is cached,
+    else until it ends (released, or its process dead): the only answer that never
+    computes twice what it may compute; the wait says so (``unreadable_wait``)."""
 
     def __contains__(self, key: object) -> bool:
         return True
@@ -683,6 +688,37 @@ def _unreadable_claim(path: Path) -> ClaimFile | None:
         host = f"an unknown process of {uid} (its claim file {path.name} is unreadable here)"
     owner = Owner(host=host, pid=pid, start=None, thread=thread, job_id=None)
     return ClaimFile(path, owner, EVERY_KEY, mtime, unreadable=True)
+
+
+def file_owner(path: Path | str) -> str:
+    """Who owns a file, for messages: "user NAME (uid N)", "uid N", or "another user"."""
+    try:
+        uid = os.stat(path).st_uid
+    except OSError:
+        return "another user"
+    try:
+        import pwd
+
+        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def unreadable_wait(claim: ClaimFile, count: int) -> str:
+    """What a worker waiting for a live claim it may not read says (see _EveryKey)."""
+    user = file_owner(claim.path)
+    folder = claim.path.parent.parent
+    return (
+        f"Waiting for {claim.owner.describe()}, whose claim file {claim.path}, owned by "
+        f"{user}, this user may not read: the keys it holds cannot be known, so the "
+        f"{count} key(s) needed here in {folder} wait for it, each until it is "
+        "cached, the others until that claim ends (its process releases it, or dies: it is "
+        "then removed), rather than be computed twice. Its process wrote it without the "
+        "cache's permissions (permissions=None under a private umask, or an older exca): "
+        "give the infra of every user of this cache `permissions` (the default 0o777, or "
+        f"e.g. 0o770 for a group), or ask {user} to make the claim files of "
+        f"{claim.path.parent} readable (chmod a+r)"
+    )
 
 
 def _read(path: Path) -> bytes | None:
