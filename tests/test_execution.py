@@ -1288,6 +1288,48 @@ def test_status_and_job_while_the_folder_is_being_removed(
 
 
 @pytest.mark.timeout(120)
+def test_read_only_call_meeting_a_removal_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A read-only call of a config whose folder `exca clean` removed (its hold, the only
+    claim there) said "being computed right now by another worker": its plan "running,
+    wait", its log "computed elsewhere", its error, once removed, "the worker that was
+    computing it ended without writing it". Nothing computes it: each says the folder is
+    being (was) removed, by whom; the plan says "missing"."""
+    task = make(tmp_path, None, x=15)
+    assert task.process() == 30
+    task.infra.clear_job()  # (the folder is left without a result)
+    folder = task.infra.uid_folder()
+    assert folder is not None and folder.is_dir()
+    go = tmp_path / "go"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(folder), str(go)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        reader = make(tmp_path, None, x=15, infra={"mode": "read-only"})
+        (entry,) = exca.graph.plan(reader.process.node()).entries
+        assert (entry.status, entry.action) == ("missing", "wait"), entry
+        assert f"being removed or renamed by pid {holder.pid}" in entry.reason, entry.reason
+        assert "computed" not in entry.reason.replace("computes nothing", ""), entry.reason
+        with caplog.at_level(logging.INFO, logger="exca"):
+            asked = Background(reader.process)
+            seen = list(asked.join(timeout=1.0))  # (it waits for the removal: nothing yet)
+            go.touch()
+            (error,) = asked.join(timeout=90)
+        assert not seen, seen
+    finally:
+        go.touch()
+        holder.wait(timeout=60)
+    assert isinstance(error, RuntimeError), error
+    message = str(error)
+    assert f"its folder was removed or renamed by pid {holder.pid}" in message, message
+    assert "computing" not in message, message
+    assert "being removed or renamed" in caplog.text and "computed elsewhere" not in caplog.text
+    assert len(calls(tmp_path / "calls.txt")) == 1  # (read-only: never computed again)
+
+
+@pytest.mark.timeout(120)
 def test_a_job_whose_record_could_not_be_written_fails_as_usual(
     tmp_path: Path, short_result_wait: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

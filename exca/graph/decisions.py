@@ -62,6 +62,9 @@ class NodeRun:
         # read-only with something missing, waiting for the job that computes it (its
         # upstream was not decided: it does not hold the wait back)
         self.reads_only = False
+        # read-only tasks waiting for the removal of their folder (`exca clean`'s hold, see
+        # wait_for_claims): who removes it (nothing computes it)
+        self.removed_by: str | None = None
         # a task whose folder did not exist when decided: no job record nor claim to look for
         self.folder_absent = False
         # a forcing map sent to jobs or a pool: where each item's old output was when they
@@ -120,7 +123,7 @@ def wait_for_claims(run: NodeRun) -> bool:
     node = run.node
     if run.folder_absent or node.folder is None:
         return False
-    from .calls import keys_being_computed
+    from .calls import keys_being_computed, removal_holder
 
     keys = [TASK_KEY] if node.kind == "task" else list(dict.fromkeys(run.todo or ()))
     busy = keys_being_computed(node, keys) if keys else set()
@@ -141,7 +144,15 @@ def wait_for_claims(run: NodeRun) -> bool:
         if len(busy) < len(keys):  # (what nobody computes stays missing: it fails now)
             return False
     run.action, run.reads_only = "wait", True
-    run.reason = "read-only: being computed right now by another worker (waited for)"
+    # (the hold of a removal, `exca clean`, is the only claim there: nothing computes it)
+    run.removed_by = removal_holder(node) if node.kind == "task" else None
+    if run.removed_by is not None:
+        run.reason = (
+            f"read-only: its folder is being removed or renamed by {run.removed_by}, which "
+            "computes nothing (waited for: read after, if still there)"
+        )
+    else:
+        run.reason = "read-only: being computed right now by another worker (waited for)"
     run.handles = [executors.ClaimHandle(node, None if node.kind == "task" else keys)]
     return True
 

@@ -590,8 +590,8 @@ def _status(run: NodeRun) -> tuple[str, str]:
         return "forced", "compute"
     if action == "retry":  # (an "upstream failed" error is not this node's)
         return ("cached error" if run.holds_error else "missing"), "compute"
-    if action == "wait":
-        return "running", "wait"
+    if action == "wait":  # (a removal's hold computes nothing: missing meanwhile)
+        return ("missing" if run.removed_by is not None else "running"), "wait"
     if run.check_only:
         return "missing", "check"
     if action == "fail":

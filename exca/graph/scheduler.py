@@ -1073,7 +1073,9 @@ class Scheduler:
             except Exception as cached:
                 run.error = cached
                 return
-        if any(isinstance(h, executors.ClaimHandle) for h in run.handles):
+        if run.removed_by is not None:  # (waited for a removal: `exca clean`)
+            ended = f"its folder was removed or renamed by {run.removed_by} meanwhile"
+        elif any(isinstance(h, executors.ClaimHandle) for h in run.handles):
             ended = "the worker that was computing it ended without writing it"
         else:
             jobs = ", ".join(h.job_id for h in run.handles) or "its job"
@@ -1509,6 +1511,9 @@ def _log_waits(runs: list[NodeRun], waiting: bool, shown: int = 3) -> None:
     False: a submission that returns, e.g. a job array)."""
     then = "waiting for it" if waiting else "not submitted again"
     for run in runs[:shown]:
+        if run.removed_by is not None:  # (nothing computes it: not "computed elsewhere")
+            logger.info("%s is not computed, %s", run.node.uid, run.reason)
+            continue
         said = f"{then}, {RETRIED_IF_LOST}" if waiting and run.retry_if_lost else then
         repeated = waiting and len(runs) == 1 and _array_wait_said(run)
         logger.log(
