@@ -1680,6 +1680,58 @@ def test_cli_target_naming_a_function_returning_nodes(
         assert "exca: error:" in err and message in err, (argv, err)
 
 
+class Sgd(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    momentum: float = 0.9
+
+
+class Typoed(pydantic.BaseModel):
+    """Sub-configs in a field, a list, a dict, an optional field and a union."""
+
+    optim: Optim = Optim()
+    layers: list[Optim] = [Optim()]
+    heads: dict[str, Optim] = {}
+    maybe: Optim | None = None
+    either: Optim | Sgd = Sgd()
+    epochs: int = 3
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        return self.epochs
+
+
+def test_cli_config_typo_names_the_fields_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key the config does not have (a typo: `epoch=4`, `optim.lrr=0.1`) ended with
+    pydantic's "Extra inputs are not permitted" alone: nothing said which keys there are.
+    The error names the model that has no such field and the close names, or its fields
+    (also in a list item, a dict value, an optional field, a union's members)."""
+    from exca.ops.cli import main
+
+    cases = {
+        "epoch=4": "epoch: Typoed has no field 'epoch': did you mean 'epochs'?",
+        "optim.lrr=0.1": "optim.lrr: Optim has no field 'lrr': did you mean 'lr'?",
+        "optim.zzz=0.1": "optim.zzz: Optim has no field 'zzz'; its fields: lr, momentum",
+        "layers.0.lrr=0.1": "layers.0.lrr: Optim has no field 'lrr': did you mean 'lr'?",
+        "heads={lr: {lrr: 1}}": "heads.lr.lrr: Optim has no field 'lrr': did you mean 'lr'?",
+        "maybe={lrr: 1}": "maybe.lrr: Optim has no field 'lrr': did you mean 'lr'?",
+        "either={momentm: 1}": "either.Sgd.momentm: Sgd has no field 'momentm': did you mean",
+        "infra.clustr=local": "infra.clustr: TaskInfra has no field 'clustr': did you mean "
+        "'cluster'?",
+    }
+    for override, message in cases.items():
+        argv = ["plan", f"{__name__}:Typoed.run", f"infra.folder={tmp_path}", override]
+        assert main(argv) == 2, override
+        err = capsys.readouterr().err
+        assert "exca: error:" in err and f"({message}" in err, (override, err)
+    # a setting of the infra: said as before, once
+    assert main(["plan", f"{__name__}:Typoed.run", "folder=x"]) == 2
+    err = capsys.readouterr().err
+    assert "write infra.folder=VALUE" in err and "has no field" not in err, err
+
+
 class Helped(pydantic.BaseModel):
     """A decorated method next to a plain one (not a TARGET)."""
 
