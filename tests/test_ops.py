@@ -3471,6 +3471,25 @@ def test_clean_logs_of_ended_jobs(tmp_path: Path) -> None:
     assert exca.ops.inspect(root)[0].status == "success"
 
 
+def test_clean_logs_refuses_days_that_are_not_a_number_of_days(tmp_path: Path) -> None:
+    """`clean logs --days nan` previewed (and with --yes removed) the logs of every ended
+    job, as --days 0 (every comparison with nan is False); --days -1 was refused naming
+    older_than_days, a Python parameter. Both are refused naming --days; nothing removed."""
+    root = tmp_path / "cache"
+    task = Train(seed=7, infra={"folder": root, "cluster": "local"})
+    assert task.fit() == 8
+    (job,) = exca.ops.logs(folder_of(task))
+    for days in ("nan", "-1"):
+        result = cli("clean", root, "logs", "--days", days, "--yes")
+        assert result.returncode == 2, (days, result.stdout)
+        assert f"exca: error: ValueError: --days {days}: give a number of days >= 0" in (
+            result.stderr
+        )
+    with pytest.raises(ValueError, match="older_than_days=nan"):
+        clean.logs(root, older_than_days=float("nan"))
+    assert job.stdout_path.exists()
+
+
 def test_clean_removes_the_log_folder_template_its_submitter_left(tmp_path: Path) -> None:
     """A process that submitted local jobs and ended before them (killed, or a detached
     run) left submitit's literal, empty ``logs/<user>/%j`` folder: `clean orphans` and

@@ -1591,7 +1591,7 @@ def _stat(entry: os.DirEntry[str]) -> os.stat_result | None:
 def logs(root: Path | str, older_than_days: float = 30.0, step: str | None = None) -> CleanPlan:
     """submitit leftovers: log folders of jobs that ended more than N days ago
     (``step``: jobs of these steps' nodes only, see ``selected_steps``)."""
-    if older_than_days < 0:
+    if not older_than_days >= 0:  # (nan too: every comparison with it is False)
         raise ValueError(f"older_than_days={older_than_days}: give a number of days >= 0")
     plan = CleanPlan()
     limit = time.time() - older_than_days * 86400

@@ -891,6 +891,11 @@ def _main(argv: list[str] | None) -> int:
                 "clean node: --step does not apply to the folders given (with --where, it "
                 "restricts the configs selected to some steps)"
             )
+    if args.command == "clean" and args.days is not None and not args.days >= 0:
+        raise ValueError(  # (nan too: it read as 0 days, every ended job's logs removed)
+            f"--days {args.days:g}: give a number of days >= 0 (the logs of jobs that ended "
+            "more than that many days ago)"
+        )
     if args.command == "clean":  # (an option a command does not use was ignored, silently)
         ignored = [
             shown
