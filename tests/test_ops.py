@@ -1551,6 +1551,27 @@ def test_cli_plan_json_gives_each_input_by_name_whole(
     assert nodes[trainings[0].uid]["input_uids"] is None  # (no inputs)
 
 
+def test_cli_plan_mermaid_writes_the_picture_or_names_the_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`exca plan --mermaid FILE` into a folder that does not exist (or a folder) printed
+    the plan, then "exca: error: FileNotFoundError: [Errno 2] No such file or directory:
+    ..." naming no option. The error names --mermaid and why, before any plan is printed;
+    a path it can write gets the flowchart."""
+    from exca.ops.cli import main
+
+    monkeypatch.setattr(sys.modules[__name__], "PIPELINE_ROOT", [tmp_path / "cache"])
+    picture = tmp_path / "dag.mmd"
+    assert main(["plan", f"{__name__}:pipeline_targets", "--mermaid", str(picture)]) == 0
+    assert capsys.readouterr().out.startswith("Plan: 2 node(s)")
+    assert picture.read_text().startswith("flowchart TD")
+    for bad, why in ((tmp_path / "nowhere" / "dag.mmd", "No such file"), (tmp_path, "Is a dir")):
+        assert main(["plan", f"{__name__}:pipeline_targets", "--mermaid", str(bad)]) == 2
+        out, err = capsys.readouterr()
+        said = f"exca: error: ValueError: --mermaid {bad}: cannot write it ({why}"
+        assert said in err and out == "", (out, err)
+
+
 def pipeline_failing() -> list[exca.graph.Node]:
     """A CLI TARGET: a training that fails, and the aggregation of a map (cached)."""
     failing = Train(seed=3, fail=True, infra={"folder": PIPELINE_ROOT[0]}).fit.node()

@@ -697,9 +697,14 @@ def _read_only_command(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     if args.command == "plan":
+        if args.mermaid:  # (first: a path it cannot write is an error naming the option)
+            try:
+                Path(args.mermaid).write_text(plan.to_mermaid())
+            except OSError as error:
+                raise ValueError(
+                    f"--mermaid {args.mermaid}: cannot write it ({error.strerror or error})"
+                ) from None
         _print(plan.to_dict(), args.json, str(plan))
-        if args.mermaid:
-            Path(args.mermaid).write_text(plan.to_mermaid())
     elif args.command == "explain":
         from .explain import explain
         from .explain import render as render_explanations
