@@ -3492,6 +3492,26 @@ def test_clean_logs_of_ended_jobs(tmp_path: Path) -> None:
     assert exca.ops.inspect(root)[0].status == "success"
 
 
+def test_json_output_matching_nothing_says_why_on_stderr(tmp_path: Path) -> None:
+    """`exca list --json` (and `clean node --where --json`) matching nothing printed `[]`
+    (an empty plan) alone: the text output's why (a key no config has, a step matching
+    nothing, a folder that is no cache) was lost, a typo looked like an empty cache. It
+    is said on stderr (stdout stays the JSON)."""
+    root = tmp_path / "cache"
+    Train(seed=1, infra={"folder": root}).fit()
+    cases = {
+        ("list", root, "--where", "sed=1"): "No config has a key 'sed'",
+        ("list", root, "--step", "Tran.fit"): "--step 'Tran.fit' matches no step",
+        ("list", tmp_path): "it holds no <module>.<Class>.<method>,<version> folder",
+        ("clean", root, "node", "--where", "sed=1"): "No config has a key 'sed'",
+    }
+    for args, why in cases.items():
+        result = cli(*args, "--json", check=True)
+        assert json.loads(result.stdout) in ([], {"bytes": 0, "removals": [], "kept": []})
+        assert result.stderr.startswith("exca: note: ") and why in result.stderr, result.stderr
+    assert cli("list", root, "--json", check=True).stderr == ""  # (matching: no note)
+
+
 def test_clean_logs_refuses_days_that_are_not_a_number_of_days(tmp_path: Path) -> None:
     """`clean logs --days nan` previewed (and with --yes removed) the logs of every ended
     job, as --days 0 (every comparison with nan is False); --days -1 was refused naming

@@ -924,6 +924,8 @@ def _main(argv: list[str] | None) -> int:
             args.root, args.step, args.where, args.status, "--step/--where/--status"
         )
         _print([i.to_dict() for i in infos], args.json, render(infos) if infos else why)
+        if args.json and why:  # (why nothing matched: a typo? said beside the [])
+            print(f"exca: note: {why}", file=sys.stderr)
     elif args.command in ("plan", "explain", "check"):
         from ..infra.base import LEGACY_RENAMES
 
@@ -975,6 +977,8 @@ def _main(argv: list[str] | None) -> int:
             infos, why = _listed(args.root, args.step, args.where, None, "--step/--where", look)
             if not infos:
                 _print(clean.CleanPlan().to_dict(), args.json, f"Nothing to remove. {why}")
+                if args.json:  # (why nothing matched: said beside the empty plan)
+                    print(f"exca: note: {why}", file=sys.stderr)
                 return 0
             removal = clean.remove_nodes(
                 [i.folder for i in infos],
