@@ -3512,6 +3512,29 @@ def test_json_output_matching_nothing_says_why_on_stderr(tmp_path: Path) -> None
     assert cli("list", root, "--json", check=True).stderr == ""  # (matching: no note)
 
 
+def test_clean_of_a_folder_that_is_no_cache_says_so(tmp_path: Path) -> None:
+    """`exca clean DIR versions` (orphans, logs, compact) of a folder holding no cache,
+    e.g. the project's folder given for its cache, said "Nothing to remove." alone, as
+    for a clean cache: the user believed it clean. It says that DIR holds no step
+    folder, as `list` does (exit 0, nothing removed; under --json on stderr)."""
+    project = tmp_path / "project"
+    Train(seed=1, infra={"folder": project / "cache"}).fit()
+    (project / "notes.txt").write_text("x")
+    before = tree_hash(project)
+    for what in ("versions", "orphans", "logs", "compact"):
+        result = cli("clean", project, what, "--yes", check=True)
+        assert f"No cached node found in {project}: it holds no" in result.stdout, result.stdout
+        assert result.stdout.startswith(("Nothing to remove.", "merged 0")), what
+        result = cli("clean", project, what, check=True)  # (the preview too)
+        assert f"No cached node found in {project}" in result.stdout, result.stdout
+        result = cli("clean", project, what, "--json", check=True)
+        json.loads(result.stdout)
+        assert f"exca: note: No cached node found in {project}" in result.stderr, result.stderr
+        # the cache itself: nothing more said
+        assert "No cached node" not in cli("clean", project / "cache", what, check=True).stdout
+    assert tree_hash(project) == before
+
+
 def test_clean_logs_refuses_days_that_are_not_a_number_of_days(tmp_path: Path) -> None:
     """`clean logs --days nan` previewed (and with --yes removed) the logs of every ended
     job, as --days 0 (every comparison with nan is False); --days -1 was refused naming

@@ -588,6 +588,23 @@ def _listed(
     return infos, text
 
 
+def _no_cache(root: Path, as_json: bool) -> str:
+    """What `clean` says of a ROOT holding no node folder ("" when it holds some): no
+    cache there (a root given wrong: the project's folder, a parent of the cache...).
+    Under --json, said on stderr too."""
+    from .inspect import node_folders
+
+    if any(node_folders(root)):
+        return ""
+    said = (
+        f"No cached node found in {root}: it holds no <module>.<Class>.<method>,<version> "
+        "folder (give an infra's folder)"
+    )
+    if as_json:
+        print(f"exca: note: {said}", file=sys.stderr)
+    return said
+
+
 def _print(data: tp.Any, as_json: bool, text: str) -> None:
     if as_json:
         print(json.dumps(data, indent=2, default=str))
@@ -944,10 +961,12 @@ def _main(argv: list[str] | None) -> int:
             steps = clean.selected_steps(root, args.step)
             folders = [f for s, _, f in node_folders(root) if steps is None or s in steps]
             look = clean.look_at_jobs(folders)  # (one squeue call, not one per folder)
+            said = "" if folders else _no_cache(root, args.json)  # (a root given wrong?)
             if args.yes:
                 # (a folder removed since it was listed: nothing to merge there)
                 merged = sum(clean.compact(f, look=look)[0] for f in folders if f.is_dir())
-                _print({"merged": merged}, args.json, f"merged {merged} index file(s)")
+                text = f"merged {merged} index file(s)" + (f". {said}" if said else "")
+                _print({"merged": merged}, args.json, text)
                 return 0
             previews = {str(f): clean.compactable(f, look=look) for f in folders}
             previews = {f: names for f, names in previews.items() if names}
@@ -960,6 +979,8 @@ def _main(argv: list[str] | None) -> int:
                 else "Nothing to merge (no folder holds 2 index files of finished writers "
                 "idle for 2 minutes, or it is being computed)."
             )
+            if said:
+                lines[-1] = f"Nothing to merge. {said}"
             _print(
                 [{"folder": f, "index_files": names} for f, names in previews.items()],
                 args.json,
@@ -996,6 +1017,9 @@ def _main(argv: list[str] | None) -> int:
         else:
             days = DEFAULT_LOG_DAYS if args.days is None else args.days
             removal = clean.logs(args.root, older_than_days=days, step=args.step)
+        said = ""  # (nothing found: a root given wrong? said)
+        if not removal.removals and not removal.kept:
+            said = _no_cache(Path(args.root), args.json)
         if args.yes:
             freed = removal.execute()
             done = _clean_outcome(removal, freed)
@@ -1004,12 +1028,13 @@ def _main(argv: list[str] | None) -> int:
             _print(
                 {"freed": freed, **removal.to_dict(), "failed": failed, "skipped": skipped},
                 args.json,
-                f"{removal}\n{done}".strip(),
+                f"{removal} {said}" if said else f"{removal}\n{done}".strip(),
             )
             if removal.failed:
                 return 1
         else:
             hint = "\n(preview: run again with --yes to remove)" if removal.removals else ""
+            hint = f" {said}" if said else hint
             _print(removal.to_dict(), args.json, f"{removal}{hint}")
     elif args.command == "logs":
         from .clean import is_node_folder
