@@ -5993,6 +5993,36 @@ def test_logs_and_list_of_a_node_not_computed_as_its_input_failed(tmp_path: Path
     assert "nothing is cached there: `exca explain TARGET`" in out
 
 
+def test_logs_of_a_node_being_computed_where_it_was_called(tmp_path: Path) -> None:
+    """`exca logs FOLDER` of a task being computed right now where it was called (no job,
+    a live claim) said "nothing is cached there: `exca explain TARGET` tells why it is
+    not computed" (a probe): it is computed, by a process that writes no log file here.
+    It names that process; a removal's hold (`exca clean`) is named as such."""
+    from exca.storage.claims import Claims, FolderHold
+
+    root = tmp_path / "cache"
+    task = Train(seed=13, infra={"folder": root})
+    task.infra.uid_folder(create=True)
+    folder = folder_of(task)
+    claim = Claims(folder).claim(["result"])
+    try:
+        result = cli("logs", folder)
+    finally:
+        claim.release()
+    assert result.returncode == 1 and "No job recorded" in result.stdout
+    said = f"it is being computed right now by pid {os.getpid()} on "
+    assert said in result.stdout and "exca explain" not in result.stdout, result.stdout
+    hold = FolderHold(["result"])
+    hold.put(folder)
+    try:
+        result = cli("logs", folder)
+    finally:
+        hold.take_away(folder)
+    said = f"its folder is being removed or renamed by pid {os.getpid()} on "
+    assert said in result.stdout and "computed right now" not in result.stdout, result.stdout
+    assert "exca explain" in cli("logs", folder).stdout  # (nothing there: as before)
+
+
 def test_list_says_what_fed_each_task_with_inputs(tmp_path: Path) -> None:
     """The evaluations of a sweep (a task with inputs, whose config does not change) were
     listed as `default/inputs-<digest>` lines only, the same for all but their digest:

@@ -475,8 +475,18 @@ def _why_nothing(folder: Path) -> str:
     """What ``exca logs`` adds for a node folder without job nor anything cached: why,
     when an input of it failed (its inputs.yaml tells), else where to look."""
     from ..storage.cachedict import inspecting_view
+    from ..storage.claims import Claims
     from .inspect import upstream_problems
 
+    claims = Claims(folder).current()
+    computing = [c.owner.describe() for c in claims if not c.hold]
+    if computing:  # (where it was called, or by another node's job: no log of its own)
+        return (
+            f"; it is being computed right now by {computing[0]} (where it was called, or in "
+            "another node's job: its output goes there, no log file here)"
+        )
+    if claims:  # (a removal's hold, `exca clean`: nothing computes it)
+        return f"; its folder is being removed or renamed by {claims[0].owner.describe()}"
     if inspecting_view(folder).entries_info():
         # (no job wrote what it holds, or its records are gone: no log to show)
         return (
