@@ -1364,6 +1364,31 @@ class Indexed(pydantic.BaseModel):
         return 1
 
 
+def test_cli_config_given_twice_merges_the_files_in_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`exca plan T --config base.yaml --config exp.yaml` planned exp.yaml's config alone:
+    the first file was dropped silently (argparse keeps the last value). The files are
+    merged in order, each onto what the ones before set, then the overrides; a file it
+    cannot read is named."""
+    from exca.ops.cli import main
+
+    base, exp = tmp_path / "base.yaml", tmp_path / "exp.yaml"
+    base.write_text(yaml.safe_dump({"seed": 4, "optim": {"lr": 0.5}}))
+    exp.write_text(yaml.safe_dump({"optim": {"momentum": 0.1}, "seed": 5}))
+    target = [f"{__name__}:Train.fit", f"infra.folder={tmp_path / 'cache'}", "--json"]
+    for seed, overrides in ((5, []), (6, ["seed=6"])):  # (the overrides go last)
+        files = ["--config", str(base), "--config", str(exp)]
+        assert main(["plan", *target, *files, *overrides]) == 0
+        (node,) = json.loads(capsys.readouterr().out)["nodes"]
+        optim = Optim(lr=0.5, momentum=0.1)
+        expected = Train(seed=seed, optim=optim, infra={"folder": tmp_path}).fit.node()
+        assert node["uid"] == expected.uid, node["uid"]
+    missing = tmp_path / "nothere.yaml"
+    assert main(["plan", *target, "--config", str(base), "--config", str(missing)]) == 2
+    assert f"--config {missing}: cannot read it" in capsys.readouterr().err
+
+
 def test_cli_list_index_overrides_keep_the_other_fields_and_any_order(tmp_path: Path) -> None:
     """A review: indexing a list of sub-models copied it through a json export (secrets
     came back as "**********", excluded fields at their defaults); and the list indexed

@@ -38,7 +38,9 @@ if tp.TYPE_CHECKING:  # (the commands import what they use when run: a fast --he
 DEFAULT_LOG_DAYS = 30.0  # `clean logs` removes the logs older than this
 
 
-def _target_nodes(target: str, config: str | None, overrides: list[str]) -> list[tp.Any]:
+def _target_nodes(
+    target: str, config: str | list[str] | None, overrides: list[str]
+) -> list[tp.Any]:
     """The nodes of TARGET: ``module:Class.method`` for a config (yaml file + overrides),
     or ``module:function``, a function of no argument returning a node or a list of nodes
     (a pipeline's targets: nodes with inputs cannot be made from a config alone)."""
@@ -121,8 +123,9 @@ def _import_target_module(target: str, module_name: str) -> tp.Any:
         raise
 
 
-def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.Any:
-    """Build the node of ``module:Class.method`` for a config (yaml file + overrides)."""
+def _target_node(target: str, config: str | list[str] | None, overrides: list[str]) -> tp.Any:
+    """Build the node of ``module:Class.method`` for a config (yaml files, merged in
+    order, + overrides)."""
     module_name, _, attr = target.partition(":")
     class_name, _, method = attr.rpartition(".")
     module = _import_target_module(target, module_name)
@@ -179,17 +182,21 @@ def _target_node(target: str, config: str | None, overrides: list[str]) -> tp.An
         )
     yaml = pyyaml()
 
-    try:
-        cfg = ConfDict()  # (merging the file applies its "=replace=" markers)
-        # (a file that is empty or only comments gives no values, as an empty mapping)
-        if config and yaml.safe_load(Path(config).read_text(encoding="utf8")) is not None:
-            cfg.update(ConfDict.from_yaml(Path(config)))
-    except (yaml.YAMLError, TypeError, UnicodeDecodeError) as error:
-        raise ValueError(
-            f"--config {config}: not a yaml mapping of config values ({error})"
-        ) from None
-    except OSError as error:  # (a typo, a folder: say which option named it)
-        raise ValueError(f"--config {config}: cannot read it ({error.strerror or error})") from None
+    cfg = ConfDict()  # (merging a file applies its "=replace=" markers)
+    # (--config given several times: merged in order, each onto what the ones before set)
+    for file in [config] if isinstance(config, str) else config or []:
+        try:
+            # (a file that is empty or only comments gives no values, as an empty mapping)
+            if yaml.safe_load(Path(file).read_text(encoding="utf8")) is not None:
+                cfg.update(ConfDict.from_yaml(Path(file)))
+        except (yaml.YAMLError, TypeError, UnicodeDecodeError) as error:
+            raise ValueError(
+                f"--config {file}: not a yaml mapping of config values ({error})"
+            ) from None
+        except OSError as error:  # (a typo, a folder: say which option named it)
+            raise ValueError(
+                f"--config {file}: cannot read it ({error.strerror or error})"
+            ) from None
     for override in overrides:
         key = override.removeprefix("--").partition("=")[0]
         if "=" not in override or not key.strip() or key.startswith("-"):
@@ -821,7 +828,12 @@ def _main(argv: list[str] | None) -> int:
             help="package.module:Class.method (then key=value overrides), or "
             "package.module:function returning nodes",
         )
-        p.add_argument("--config", help="yaml file of the config")
+        p.add_argument(
+            "--config",
+            action="append",
+            default=[],
+            help="yaml file of the config (repeatable: merged in order, then the overrides)",
+        )
         p.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "plan":
             p.add_argument("--mermaid", help="write the mermaid picture source to this file")
