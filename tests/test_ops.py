@@ -3560,6 +3560,21 @@ def test_clean_of_a_folder_that_is_no_cache_says_so(tmp_path: Path) -> None:
     assert tree_hash(project) == before
 
 
+def test_where_without_a_key_is_refused(tmp_path: Path) -> None:
+    """`exca list ROOT --where =1` (and `clean node --where =1`) was taken as a condition
+    on the key '': "No cached node matches ... No config has a key ''", exit 0 (a
+    probe). A condition without a key is refused as one without '=' is."""
+    root = tmp_path / "cache"
+    Train(seed=1, infra={"folder": root}).fit()
+    for args in (("list", root), ("clean", root, "node")):
+        for condition in ("=1", " =1"):
+            result = cli(*args, "--where", condition)
+            assert result.returncode == 2, result.stdout
+            assert f"Cannot parse condition {condition!r}: expected key=value" in result.stderr
+    with pytest.raises(ValueError, match="Cannot parse condition"):
+        exca.ops.inspect(root, where=["=1"])
+
+
 def test_clean_logs_refuses_days_that_are_not_a_number_of_days(tmp_path: Path) -> None:
     """`clean logs --days nan` previewed (and with --yes removed) the logs of every ended
     job, as --days 0 (every comparison with nan is False); --days -1 was refused naming

@@ -1178,11 +1178,11 @@ def _input_value(held: _Input, key: str) -> tp.Any:
 
 
 def _parse_condition(text: str) -> tuple[str, str]:
-    if "=" not in text:
+    key, equal, value = text.partition("=")
+    if not equal or not key.strip():  # (no key: "=1" matched nothing, "no key ''")
         raise ValueError(
             f"Cannot parse condition {text!r}: expected key=value (e.g. optim.lr=0.01)"
         )
-    key, value = text.split("=", 1)
     return key.strip(), value.strip()
 
 
