@@ -3560,6 +3560,39 @@ def test_clean_of_a_folder_that_is_no_cache_says_so(tmp_path: Path) -> None:
     assert tree_hash(project) == before
 
 
+def test_options_taking_one_value_given_twice_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`exca list ROOT --step A --step B` listed B's step only (argparse keeps the last
+    value, silently; so for --status, --mermaid, --mode, clean's --step and --days, logs'
+    --item): the user asked for both. Each is refused, naming the two values."""
+    from exca.ops.cli import main
+
+    root = tmp_path / "cache"
+    Train(seed=1, infra={"folder": root}).fit()
+    folder = folder_of(Train(seed=1, infra={"folder": root}))
+    target = f"{__name__}:Train.fit"
+    cases = [
+        ["list", root, "--step", "Train", "--step", "Squares"],
+        ["list", root, "--status", "success", "--status", "error"],
+        ["plan", target, "--mermaid", tmp_path / "a", "--mermaid", tmp_path / "b"],
+        ["explain", target, "--mode", "retry", "--mode=force"],
+        ["check", target, "--mode", "retry", "--mode", "force"],
+        ["clean", root, "logs", "--step", "Train", "--step", "Squares"],
+        ["clean", root, "logs", "--days", "1", "--days", "2"],
+        ["logs", folder, "--item", "a", "--item", "b"],
+    ]
+    for argv in cases:
+        with pytest.raises(SystemExit) as exit_:
+            main([str(a) for a in argv])
+        assert exit_.value.code == 2, argv
+        err = capsys.readouterr().err
+        option = argv[-2].partition("=")[0] if argv[-2].startswith("--") else "--mode"
+        assert f"argument {option}: given twice (" in err and "give it once" in err, (argv, err)
+    assert main(["list", str(root), "--step", "Train"]) == 0  # (once: as before)
+    assert "Train.fit,1" in capsys.readouterr().out
+
+
 def test_where_without_a_key_is_refused(tmp_path: Path) -> None:
     """`exca list ROOT --where =1` (and `clean node --where =1`) was taken as a condition
     on the key '': "No cached node matches ... No config has a key ''", exit 0 (a

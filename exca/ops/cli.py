@@ -765,6 +765,27 @@ def _read_only_command(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Once(argparse.Action):
+    """An option taking one value, refused when given twice: argparse kept the last value
+    silently (`--step A --step B` listed B's step only)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: tp.Any,
+        option_string: str | None = None,
+    ) -> None:
+        given: set[str] = getattr(namespace, "_given_once", set())
+        if self.dest in given:
+            raise argparse.ArgumentError(
+                self,
+                f"given twice ({getattr(namespace, self.dest)!r}, then {values!r}): give it once",
+            )
+        namespace._given_once = given | {self.dest}
+        setattr(namespace, self.dest, values)
+
+
 def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="exca",
@@ -782,12 +803,17 @@ def _main(argv: list[str] | None) -> int:
     p_list.add_argument(
         "root", help="a cache root (an infra's folder), a step folder or a node folder"
     )
-    p_list.add_argument("--step", help="glob or substring of <module>.<Class>.<method>,<version>")
+    p_list.add_argument(
+        "--step",
+        action=_Once,
+        help="glob or substring of <module>.<Class>.<method>,<version>",
+    )
     p_list.add_argument(
         "--where", action="append", default=[], help="config condition key=value (repeatable)"
     )
     p_list.add_argument(
         "--status",
+        action=_Once,
         choices=["success", "error", "running", "computing", "partial", "empty"],
         help="only the configs of this status (partial: a map with failed or missing items; "
         "empty: a folder holding no result)",
@@ -836,9 +862,12 @@ def _main(argv: list[str] | None) -> int:
         )
         p.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "plan":
-            p.add_argument("--mermaid", help="write the mermaid picture source to this file")
+            p.add_argument(
+                "--mermaid", action=_Once, help="write the mermaid picture source to this file"
+            )
         p.add_argument(
             "--mode",
+            action=_Once,
             choices=["cached", "retry", "force", "read-only"],
             help="as if TARGET's nodes had this infra mode (upstream nodes keep theirs), "
             "e.g. what mode='retry' would recompute; computes nothing",
@@ -872,7 +901,9 @@ def _main(argv: list[str] | None) -> int:
         help="also what was computed from them (for 'node' and 'versions')",
     )
     p_clean.add_argument(
-        "--step", help="only these steps (for 'node': of the configs --where selects)"
+        "--step",
+        action=_Once,
+        help="only these steps (for 'node': of the configs --where selects)",
     )
     p_clean.add_argument(
         "--where",
@@ -884,6 +915,7 @@ def _main(argv: list[str] | None) -> int:
     )
     p_clean.add_argument(
         "--days",
+        action=_Once,
         type=float,
         default=None,
         help=f"logs older than this (for 'logs'; default {DEFAULT_LOG_DAYS:g})",
@@ -898,7 +930,9 @@ def _main(argv: list[str] | None) -> int:
         "traceback for a failure computed inline). Exit status 1 when there is no log.",
     )
     p_logs.add_argument("folder", help="node folder (<root>/<step>/<uid>[/inputs-...])")
-    p_logs.add_argument("--item", help="map item uid: the log of the job that computed it")
+    p_logs.add_argument(
+        "--item", action=_Once, help="map item uid: the log of the job that computed it"
+    )
     p_logs.add_argument("--stderr", action="store_true", help="stderr instead of stdout")
     p_logs.add_argument("--json", action="store_true", help="machine-readable output")
 
