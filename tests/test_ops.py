@@ -6066,6 +6066,33 @@ def test_logs_and_list_of_a_node_not_computed_as_its_input_failed(tmp_path: Path
     assert "nothing is cached there: `exca explain TARGET`" in out
 
 
+def test_logs_of_a_map_item_that_failed_in_a_job_show_its_traceback(tmp_path: Path) -> None:
+    """A map's item that failed in a job has its error cached and the job goes on: its
+    log holds "Job completed successfully" (stderr a one-line warning), so `exca logs
+    FOLDER --item UID` showed no traceback, only in the cache (a probe; for an item
+    that failed where it was called, logs shows the cached one). It shows the cached
+    traceback after the job's log (``traceback`` in --json), and the log of the map
+    without --item says which items failed."""
+    root = tmp_path / "cache"
+    mapper = Squares(offset=2, infra={"folder": root, "cluster": "local"})
+    with pytest.raises(ValueError, match="negative item -2"):
+        list(mapper.square([1, -2, 3]))
+    folder = folder_of(mapper)
+    result = cli("logs", folder, "--item", "-2", check=True)
+    assert "# job " in result.stdout
+    assert "# item '-2' holds a cached error (its traceback):\nTraceback" in result.stdout
+    assert result.stdout.rstrip().endswith("ValueError: negative item -2"), result.stdout
+    data = json.loads(cli("logs", folder, "--item=-2", "--json", check=True).stdout)
+    assert data["traceback"].endswith("ValueError: negative item -2")
+    data = json.loads(cli("logs", folder, "--item", "3", "--json", check=True).stdout)
+    assert "traceback" not in data  # (an item that succeeded: its log alone)
+    result = cli("logs", folder, check=True)
+    assert "1 item(s) of this map hold a cached error" in result.stdout
+    assert "--item=-2" in result.stdout
+    data = json.loads(cli("logs", folder, "--json", check=True).stdout)
+    assert data["failed_items"] == ["-2"]
+
+
 def test_logs_of_a_node_being_computed_where_it_was_called(tmp_path: Path) -> None:
     """`exca logs FOLDER` of a task being computed right now where it was called (no job,
     a live claim) said "nothing is cached there: `exca explain TARGET` tells why it is

@@ -1172,5 +1172,19 @@ def _main(argv: list[str] | None) -> int:
                 f"recorded here) but {by}"
             )
             header += f"\n# ({data['note']})"
-        _print(data, args.json, f"{header}\n{text}")
+        footer = ""
+        # (a map's item failing in a job: its error is cached, the job goes on and logs
+        # one line; the traceback is in the cache only)
+        traceback = _cached_traceback(Path(args.folder), args.item) if args.item else None
+        if traceback is not None:
+            data["traceback"] = traceback
+            footer = f"\n# item {args.item!r} holds a cached error (its traceback):\n{traceback}"
+        erred = _failed_items(Path(args.folder)) if args.item is None else []
+        if erred:
+            data["failed_items"] = erred
+            footer = (
+                f"\n# ({len(erred)} item(s) of this map hold a cached error: --item UID shows "
+                f"its job's log and its traceback, e.g. {shlex.quote('--item=' + erred[0])})"
+            )
+        _print(data, args.json, f"{header}\n{text}{footer}")
     return 0
