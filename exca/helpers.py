@@ -24,6 +24,9 @@ from .infra import TaskInfra
 from .infra.discriminated import DiscriminatedModel
 from .infra.uidfolder import CONFIG_FILE, UID_FILE, read_yaml
 
+if tp.TYPE_CHECKING:
+    import exca.ops.rename
+
 logger = logging.getLogger("exca")
 _CONFIG_CACHE_SIZE = 1024
 
@@ -592,11 +595,25 @@ def update_uids(folder: str | Path, dryrun: bool = True) -> list[tuple[Path, Pat
     return renames
 
 
+def rename_class(
+    folder: str | Path, old: str, new: str, dryrun: bool = True
+) -> exca.ops.rename.Renaming:
+    """Migrate a cache root after a pure rename or move of a class, ``old`` and ``new``
+    being ``<module>.<Class>`` names: its results, and everything computed from them, are
+    found again under the new name (reports what it would do when dryrun=True). Returns
+    an ``exca.ops.rename.Renaming`` (``moves``: the (old, new) folder pairs, ``rewrites``:
+    the inputs.yaml files rewritten, ``left``: folders busy now). See docs/operating.md."""
+    from .ops.rename import rename_class as _rename_class
+
+    return _rename_class(folder, old, new, dryrun=dryrun)
+
+
 __all__ = [
     "DiscriminatedModel",
     "FuncConfig",
     "FunctionWithInfra",
     "find_slurm_job",
+    "rename_class",
     "to_config",
     "to_config_model",
     "update_uids",

@@ -923,6 +923,20 @@ def _main(argv: list[str] | None) -> int:
     p_clean.add_argument("--yes", action="store_true", help="really remove (default: preview)")
     p_clean.add_argument("--json", action="store_true", help="machine-readable output")
 
+    p_rename = sub.add_parser(
+        "rename",
+        help="migrate a cache after a class was renamed or moved (preview unless --yes)",
+        description="After a pure rename of a class, or its move to another module (no "
+        "change of behaviour: else bump its version), move its results, and what was "
+        "computed from them, to the names the renamed code looks for; prints what it would "
+        "do unless --yes. Example: exca rename cache mypkg.models.Train mypkg.train.Trainer",
+    )
+    p_rename.add_argument("root", help="the cache root folder")
+    p_rename.add_argument("old", help="the class's former name: <module>.<Class>")
+    p_rename.add_argument("new", help="its new name: <module>.<Class>")
+    p_rename.add_argument("--yes", action="store_true", help="really rename (default: preview)")
+    p_rename.add_argument("--json", action="store_true", help="machine-readable output")
+
     p_logs = sub.add_parser(
         "logs",
         help="stdout/stderr of a node's job",
@@ -1007,6 +1021,15 @@ def _main(argv: list[str] | None) -> int:
             return _read_only_command(args)
         finally:
             LEGACY_RENAMES.reset(token)
+    elif args.command == "rename":
+        from .rename import rename_class
+
+        renaming = rename_class(args.root, args.old, args.new, dryrun=not args.yes)
+        text = str(renaming)
+        if not args.yes:
+            text += "\n(preview: run again with --yes to rename)"
+        _print(renaming.to_dict(), args.json, text)
+        return 1 if renaming.left else 0
     elif args.command == "clean":
         from . import clean
         from .inspect import node_folders

@@ -1,0 +1,472 @@
+"""Migrating a cache after a pure rename of a class (or its move to another module).
+
+A class's name is in the name of its step folders (``<module>.<Class>.<method>,<version>``),
+and, through them, in the identity of everything computed from its results: a task fed
+by it lives in an ``inputs-<digest>`` folder whose digest is of its inputs' uids (which name
+the upstream step), and a map fed by it is named ``items-<digest>`` of that upstream's uid
+in the uids of what follows. ``rename_class`` moves the class's config folders under the
+new step name, then gives every ``inputs-*`` folder downstream the digest its inputs have
+under the new names (rewriting its ``inputs.yaml``), so that the renamed code finds it all.
+
+Each change is one atomic rename of a folder or one file written under a temporary name
+then renamed over the old one; a migration killed at any point leaves folders that each
+hold the results of their own computation (under the old or the new name), and running
+it again finishes it. What is left as it was: the provenance recorded in index lines
+(which upstream entries a result was computed from: rewriting index files would move the
+lines that deletions name by their place), see docs/operating.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import logging
+import os
+import re
+import typing as tp
+from pathlib import Path
+
+from ..graph.node import INPUTS_PREFIX
+from ..infra.uidfolder import INPUTS_FILE, write_atomic
+
+logger = logging.getLogger("exca")
+_NAME = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+")
+_DIGEST = r"([0-9a-f]{8})"
+_ITEMS = "items-"
+_NOT_NODES = frozenset({"code", "logs"})  # (in a step folder, beside its config folders)
+
+
+@dataclasses.dataclass
+class Renaming:
+    """What ``rename_class`` does (or would do, in a dry run): folder renames (old path,
+    new path), ``inputs.yaml`` files rewritten with the new names, and what was left
+    (a folder being computed or whose job is queued or running, with why)."""
+
+    root: Path
+    moves: list[tuple[Path, Path]] = dataclasses.field(default_factory=list)
+    rewrites: list[Path] = dataclasses.field(default_factory=list)
+    left: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+
+    def __str__(self) -> str:
+        def shown(path: Path) -> str:  # (under the root)
+            return str(path.relative_to(self.root)) if self.root in path.parents else str(path)
+
+        lines = [f"rename   {shown(a)} -> {shown(b)}" for a, b in self.moves]
+        lines += [f"rewrite  {shown(p)}" for p in self.rewrites]
+        lines += [f"left     {shown(p)}: {why}" for p, why in self.left]
+        return "\n".join(lines) or "nothing to do"
+
+    def to_dict(self) -> dict[str, tp.Any]:
+        return {
+            "moves": [[str(a), str(b)] for a, b in self.moves],
+            "rewrites": [str(p) for p in self.rewrites],
+            "left": [[str(p), why] for p, why in self.left],
+        }
+
+
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode("utf8", "surrogatepass")).hexdigest()[:8]
+
+
+def _inputs_digest(inputs: dict[str, str]) -> str:
+    """The digest of a node's inputs, as graph.node.Node.inputs_uid computes it."""
+    return _md5("|".join(f"{name}={uid}" for name, uid in inputs.items()))
+
+
+def _read_inputs(path: Path) -> dict[str, str] | None:
+    """An inputs.yaml as written (every value a string, in its order); None: unreadable."""
+    from ..plainyaml import pyyaml
+
+    try:
+        text = path.read_text(encoding="utf8")
+        data = pyyaml().load(text, Loader=pyyaml().BaseLoader)
+    except Exception:  # (unreadable, not yaml: left alone)
+        return None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        return None
+    return data
+
+
+def _dirs(folder: Path) -> list[Path]:
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(
+                Path(e.path)
+                for e in entries
+                if e.is_dir(follow_symlinks=False) and e.name[:1] != "."
+            )
+    except OSError:
+        return []
+
+
+@dataclasses.dataclass
+class _InputsFolder:
+    folder: Path
+    inputs: dict[str, str]
+    as_written: str  # the digest of its inputs.yaml as it is
+
+
+class _Migration:
+    """The plan of a migration, made from the cache as it is (before, or part-way through
+    a killed one): every name is computed from what the folders hold, not remembered."""
+
+    def __init__(self, root: Path, old: str, new: str) -> None:
+        self.root, self.old, self.new = root, old, new
+        # a step name of the class: <old>.<method...>,<version> (not <old>X..., nor a name
+        # ending with it)
+        self._step = re.compile(r"(?<![\w.])" + re.escape(old) + r"\.(?=[A-Za-z_][\w.]*,[^/]*/)")
+        self.steps = [d for d in _dirs(root) if d.name != "logs"]
+        self.inputs: list[_InputsFolder] = []
+        self.by_digest: dict[str, list[_InputsFolder]] = {}
+        self.unreadable: list[Path] = []
+        for step in self.steps:
+            for config in _dirs(step):
+                for sub in _dirs(config):
+                    if not sub.name.startswith(INPUTS_PREFIX):
+                        continue
+                    inputs = _read_inputs(sub / INPUTS_FILE)
+                    if inputs is None:
+                        self.unreadable.append(sub)
+                        continue
+                    found = _InputsFolder(sub, inputs, _inputs_digest(inputs))
+                    self.inputs.append(found)
+                    for digest in {sub.name[len(INPUTS_PREFIX) :], found.as_written}:
+                        self.by_digest.setdefault(digest, []).append(found)
+        self._renamed: dict[str, str] = {}
+        self._uid_upstream: dict[str, set[int]] = {}  # (ids of _InputsFolder)
+        self.upstream: dict[int, set[int]] = {}  # an inputs folder's, transitively
+        self._collecting: list[set[int]] = []
+        self._new_digest: dict[int, str] = {}
+        self._items: dict[str, str] = {}  # digest of "from:<uid>" -> that uid
+        self._maps: list[str] = []  # the paths of the folders holding items, not a result
+        self._collect_items()
+
+    # --- names ---------------------------------------------------------------------------
+    def step_name(self, name: str) -> str:
+        """The name of a step folder under the new class name (unchanged if not of it)."""
+        return self._step.sub(self.new + ".", name + "/")[:-1]
+
+    def is_old_step(self, name: str) -> bool:
+        return self.step_name(name) != name
+
+    def _forms(self, step: str) -> set[str]:
+        """A step folder's name as it was before the rename, and after."""
+        back = re.sub(
+            r"(?<![\w.])" + re.escape(self.new) + r"\.(?=[A-Za-z_][\w.]*,[^/]*/)",
+            self.old + ".",
+            step + "/",
+        )[:-1]
+        return {step, back, self.step_name(step), self.step_name(back)}
+
+    def _collect_items(self) -> None:
+        """Which uid each ``items-<digest>`` seen in an inputs.yaml stands for (a map fed
+        by a node is named after that node's uid, before or after the rename): the uids
+        of every node folder under both names, then those of the maps fed by them."""
+        candidates: set[str] = set()
+        configs: list[str] = []
+        for step in self.steps:
+            for config in _dirs(step):
+                for form in self._forms(step.name):
+                    configs.append(f"{form}/{config.name}")
+        candidates.update(configs)
+        for found in self.inputs:
+            above = found.folder.parent
+            for form in self._forms(above.parent.name):
+                for digest in {found.folder.name[len(INPUTS_PREFIX) :], found.as_written}:
+                    candidates.add(f"{form}/{above.name}/{INPUTS_PREFIX}{digest}")
+        candidates.update(self._fed_maps(set(candidates)))
+        seen = {
+            digest
+            for found in self.inputs
+            for uid in found.inputs.values()
+            for digest in re.findall("/" + _ITEMS + _DIGEST, uid)
+        }
+        new = candidates
+        while new:
+            for uid in new:
+                self._items.setdefault(_md5("from:" + uid), uid)
+            resolved = [d for d in seen if d in self._items]
+            more = set()
+            for digest in resolved:
+                for name in self._maps:
+                    more.add(f"{name}/{_ITEMS}{digest}")
+            new = more - candidates
+            candidates |= new
+
+    def _fed_maps(self, tasks: set[str]) -> set[str]:
+        """The uids a map node fed by another node may have: its folder's path, then
+        ``/items-<digest>`` of any task's uid (under the names before and after the rename),
+        or of a uid of the map that fed its items (as their provenance names its folder;
+        a map's items shared by several nodes record one of them only, hence the tasks)."""
+        from ..graph.node import TASK_KEY
+        from ..graph.worker import MAP_REF
+        from ..storage.cachedict import inspecting_view
+        from ..storage.index import meta_of
+
+        feeders: dict[str, set[str]] = {}  # map folder path -> folders of maps feeding it
+        for step in self.steps:
+            for config in _dirs(step):
+                try:
+                    records = inspecting_view(config).entries_info()
+                except Exception:  # (unreadable: no map uid from there)
+                    continue
+                if not records or set(records) == {TASK_KEY}:
+                    continue  # (a task's folder, or nothing)
+                maps: set[str] = set()
+                last: tp.Any = None
+                for record in records.values():
+                    meta = meta_of(record)
+                    if meta is last:  # (a run of items of one writer shares it)
+                        continue
+                    last = meta
+                    if isinstance(meta, dict) and isinstance(meta.get("up"), dict):
+                        maps.update(str(k) for k, v in meta["up"].items() if v == MAP_REF)
+                for form in self._forms(step.name):
+                    feeders[f"{form}/{config.name}"] = maps
+        self._maps = list(feeders)
+        hashed = {uid: _md5("from:" + uid) for uid in tasks}
+        uids: dict[str, set[str]] = {}
+
+        def of(path: str) -> set[str]:
+            if path in uids:
+                return uids[path]
+            uids[path] = set()  # (a cycle, which provenance has not)
+            out = {f"{path}/{_ITEMS}{digest}" for digest in hashed.values()}
+            for feeder in feeders.get(path, ()):
+                step, _, rest = feeder.partition("/")
+                for form in self._forms(step):
+                    for uid in of(f"{form}/{rest}"):
+                        out.add(f"{path}/{_ITEMS}{_md5('from:' + uid)}")
+            uids[path] = out
+            return out
+
+        return {uid for path in feeders for uid in of(path)}
+
+    # Which inputs-* folders each name depends on (``upstream``): a migration renames
+    # the folders downstream first. A folder renamed and its inputs.yaml rewritten no
+    # longer tells its former digest, which the inputs.yaml of a folder downstream names
+    # until that one is migrated: done the other way round, a migration killed in between
+    # left the folder downstream under its old name for good (computed again).
+    def _depends(self, folders: set[int]) -> None:
+        if self._collecting:
+            self._collecting[-1].update(folders)
+
+    def _items_digest(self, digest: str) -> str:
+        source = self._items.get(digest)
+        if source is None:  # (items given as a list: no uid of a node in there)
+            return digest
+        return _md5("from:" + self.renamed(source))
+
+    def renamed(self, uid: str) -> str:
+        """A uid (of a node, a group of them, a value) under the new names."""
+        done = self._renamed.get(uid)
+        if done is not None:
+            self._depends(self._uid_upstream[uid])
+            return done
+        self._renamed[uid] = uid  # (a cycle, which a DAG has not: left as it is)
+        self._uid_upstream[uid] = upstream = set[int]()
+        self._collecting.append(upstream)
+        try:
+            text = self._step.sub(self.new + ".", uid + "/")[:-1]
+            text = re.sub(
+                "/" + re.escape(INPUTS_PREFIX) + _DIGEST,
+                lambda m: f"/{INPUTS_PREFIX}{self._inputs_digest_of(m.group(1))}",
+                text,
+            )
+            text = re.sub(
+                "/" + _ITEMS + _DIGEST,
+                lambda m: f"/{_ITEMS}{self._items_digest(m.group(1))}",
+                text,
+            )
+        finally:
+            self._collecting.pop()
+        self._renamed[uid] = text
+        self._depends(upstream)
+        return text
+
+    def _inputs_digest_of(self, digest: str) -> str:
+        found = self.by_digest.get(digest, [])
+        new = {self.new_digest(f) for f in found}
+        if len(new) > 1:
+            raise RuntimeError(
+                f"rename_class: inputs-{digest} names several folders of {self.root} "
+                f"({', '.join(str(f.folder) for f in found)}) whose inputs differ: cannot "
+                "tell which one an input names"
+            )
+        for f in found:
+            self._depends({id(f)} | self.upstream[id(f)])
+        return new.pop() if new else digest
+
+    def new_digest(self, found: _InputsFolder) -> str:
+        key = id(found)
+        if key not in self._new_digest:
+            self._new_digest[key] = found.as_written  # (a cycle: left)
+            self.upstream[key] = upstream = set[int]()
+            self._collecting.append(upstream)
+            try:
+                self._new_digest[key] = _inputs_digest(self.new_inputs(found))
+            finally:
+                self._collecting.pop()
+        return self._new_digest[key]
+
+    def new_inputs(self, found: _InputsFolder) -> dict[str, str]:
+        return {name: self.renamed(uid) for name, uid in found.inputs.items()}
+
+
+def rename_class(folder: str | Path, old: str, new: str, dryrun: bool = True) -> Renaming:
+    """Migrate the cache root ``folder`` after the class ``old`` (``pkg.mod.Old``) was
+    renamed or moved to ``new`` (``pkg.mod.New``) with no change of behaviour: its
+    config folders go under the new step names, and what was computed from them gets the
+    folder names its inputs have under the new names. ``dryrun=True`` (the default)
+    changes nothing and returns what would be done."""
+    root = Path(folder)
+    for name in (old, new):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ValueError(
+                f"rename_class: {name!r} is not the dotted name of a class "
+                "(<module>.<Class>, e.g. mypkg.models.Train)"
+            )
+    if old == new or new.startswith(old + ".") or old.startswith(new + "."):
+        raise ValueError(
+            f"rename_class: {old} -> {new}: one name must not be the other or start with it"
+        )
+    if not root.is_dir():
+        raise FileNotFoundError(f"rename_class: {root} is not a folder (a cache root)")
+    plan = _Migration(root, old, new)
+    if plan.unreadable:
+        logger.warning(
+            "rename_class: left %d inputs-* folder(s) without a readable inputs.yaml (e.g. "
+            "%s): what they hold cannot be told, and computes again if it was fed by %s",
+            len(plan.unreadable),
+            plan.unreadable[0],
+            old,
+        )
+    old_steps = [s for s in plan.steps if plan.is_old_step(s.name)]
+    renaming = Renaming(root)
+    # 1. the class's config folders, under the new step names
+    configs: list[tuple[Path, Path]] = []
+    conflicts: list[str] = []
+    for step in old_steps:
+        target_step = step.with_name(plan.step_name(step.name))
+        for entry in _dirs(step):
+            target = target_step / entry.name
+            if os.path.lexists(target):
+                conflicts.append(f"{entry} and {target}")
+            configs.append((entry, target))
+    # 2. the inputs-* folders computed from them (any depth downstream)
+    inputs_moves: list[tuple[_InputsFolder, Path, dict[str, str]]] = []
+    for found in plan.inputs:
+        current = found.folder.name[len(INPUTS_PREFIX) :]
+        new_digest = plan.new_digest(found)  # (and what it depends on)
+        new_inputs = plan.new_inputs(found)
+        if current == found.as_written:
+            if new_digest == current:
+                continue  # (nothing of the class in there)
+            target = found.folder.with_name(INPUTS_PREFIX + new_digest)
+            if os.path.lexists(target):
+                conflicts.append(f"{found.folder} and {target}")
+            inputs_moves.append((found, target, new_inputs))
+        elif current == new_digest:  # (renamed by a migration killed before its yaml)
+            inputs_moves.append((found, found.folder, new_inputs))
+        else:
+            logger.warning(
+                "rename_class: left %s: its inputs.yaml does not give its name (written by "
+                "hand, or by another exca)",
+                found.folder,
+            )
+    if conflicts:
+        raise RuntimeError(
+            f"rename_class {old} -> {new}: the new names are taken already (results computed "
+            "since under the new name, or another class's): "
+            + "; ".join(conflicts)
+            + ". Remove one of each pair (e.g. `exca clean ROOT node FOLDER`), then run again"
+        )
+    if not old_steps and not inputs_moves:
+        steps = sorted({s.name.split(",", 1)[0].rsplit(".", 1)[0] for s in plan.steps})
+        raise ValueError(
+            f"rename_class: no step folder of {old} (<module>.<Class>.<method>,<version>) in "
+            f"{root}, and nothing computed from it to migrate; its steps are of: "
+            + (", ".join(steps) or "none")
+        )
+    # paths below the class's step folders move with their config folder
+    moved_configs = dict(configs)
+
+    def now_at(path: Path) -> Path:  # (an inputs-* folder, in a config folder)
+        above = moved_configs.get(path.parent)
+        return path if above is None else above / path.name
+
+    for source, target in configs:
+        if dryrun or _move(source, target, renaming):
+            renaming.moves.append((source, target))
+        else:
+            moved_configs.pop(source)
+    for step in old_steps:
+        if not dryrun:
+            try:
+                os.rmdir(step)  # (emptied: what is left of it, e.g. a busy config, stays)
+            except OSError:
+                pass
+    # (downstream first: see _Migration._depends)
+    inputs_moves.sort(key=lambda move: -len(plan.upstream.get(id(move[0]), ())))
+    for found, target, new_inputs in inputs_moves:
+        source = now_at(found.folder)
+        target = now_at(target)
+        if source != target:
+            if not dryrun and not _move(source, target, renaming):
+                continue
+            renaming.moves.append((source, target))
+        yaml_path = target / INPUTS_FILE
+        if not dryrun:
+            from ..confdict import ConfDict
+
+            write_atomic(yaml_path, ConfDict(new_inputs).to_yaml(), _permissions(yaml_path))
+        renaming.rewrites.append(yaml_path)
+    for a, b in renaming.moves:
+        logger.info("%s %s -> %s", "Would rename" if dryrun else "Renamed", a, b)
+    return renaming
+
+
+def _permissions(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        return None
+
+
+def _move(source: Path, target: Path, renaming: Renaming) -> bool:
+    """Rename a node folder (and its inputs-* folders) unless it is being computed or its
+    job is queued or running; its new parent is made if missing (whether it moved)."""
+    from ..storage.files import make_folder
+    from .clean import held
+
+    if source.name in _NOT_NODES:  # (a step's workdir copies or logs: moved as they are)
+        make_folder(target.parent, _permissions(source.parent))
+        try:
+            os.rename(source, target)
+        except OSError as error:
+            renaming.left.append((source, str(error)))
+            return False
+        return True
+    make_folder(target.parent, _permissions(source.parent))
+    try:
+        with held(source) as hold:
+            if hold.busy is not None:
+                renaming.left.append((source, hold.busy))
+                logger.warning("Not renaming %s: %s (run again once it is done)", source, hold.busy)
+                return False
+            try:
+                os.rename(source, target)
+            finally:
+                hold.moved_to = target
+    except FileNotFoundError:  # (moved meanwhile, by another migration)
+        renaming.left.append((source, "moved meanwhile"))
+        return False
+    except OSError as error:
+        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        renaming.left.append((source, f"{target} exists"))
+        return False
+    return True

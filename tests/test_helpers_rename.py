@@ -1,0 +1,378 @@
+"""exca.helpers.rename_class: migrating a cache after a pure rename (or move) of a class,
+its pipeline downstream included. Each run of the project's code is a new process (the
+class renamed in its module file between runs, as a user does)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import typing as tp
+from pathlib import Path
+
+import pytest
+
+from exca import helpers
+from exca.ops import cli
+
+HEADER = """
+import os
+import typing as tp
+from pathlib import Path
+
+import pydantic
+import exca
+
+LOG = Path(__file__).with_name("calls.log")
+
+
+def log(what: str) -> None:
+    with LOG.open("a") as f:
+        f.write(what + "\\n")
+"""
+
+DATA_DEF = """
+class {data}(pydantic.BaseModel):
+    n: int = 4
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def prepare(self) -> list[int]:
+        log("prepare")
+        return list(range(self.n))
+"""
+
+MODULE = (
+    HEADER
+    + '''
+{data_def}
+
+class {square}(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def run(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            log(f"square {{item}}")
+            yield item**2
+
+
+class Scale(pydantic.BaseModel):
+    factor: int = 10
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def apply(self, values: list[int]) -> list[int]:
+        log("scale")
+        return [v * self.factor for v in values]
+
+
+class Plus(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def run(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            log(f"plus {{item}}")
+            yield item + 1
+
+
+class Report(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def summarize(self, scaled: list[int], parts: list[list[int]]) -> int:
+        log("report")
+        return sum(scaled) + 1000 * len(parts) + sum(len(p) for p in parts)
+
+
+class Tail(pydantic.BaseModel):  # (named after Scale, which feeds it)
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def last(self, values: list[int]) -> int:
+        log("tail")
+        return values[-1]
+
+
+class Train(pydantic.BaseModel):
+    data: {data} = {data}()
+    lr: float = 0.5
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def fit(self) -> float:
+        log("fit")
+        return self.lr * sum(self.data.prepare())
+
+
+def results(root: str, mode: str = "cached") -> dict[str, tp.Any]:
+    """Every result of the pipeline (None: missing in read-only mode)."""
+    infra = {{"folder": root, "mode": mode}}
+    data = {data}(infra=infra)
+    square = {square}(infra=infra)
+    scaled = Scale(infra=infra).apply.node(square.run.node(data.prepare.node()))
+    report = Report(infra=infra).summarize.node(scaled, parts=[scaled, data.prepare.node()])
+    # a map fed by a map fed by a task (whose uid no inputs.yaml names)
+    small = {data}(n=3, infra=infra).prepare.node()
+    plus = Plus(infra=infra).run.node(square.run.node(small))
+    chained = Scale(factor=3, infra=infra).apply.node(plus)
+    out: dict[str, tp.Any] = {{}}
+    for name, call in (
+        ("report", report.result),
+        ("chained", chained.result),
+        ("tail", Tail(infra=infra).last.node(scaled).result),
+        ("scaled", scaled.result),
+        ("fit", Train(data=data, infra=infra).fit),
+        ("eager_map", lambda: list(square.run([7, 3]))),
+        ("eager_scale", lambda: Scale(infra=infra).apply(values=[1, 2])),
+    ):
+        try:
+            out[name] = call()
+        except RuntimeError:
+            if mode != "read-only":
+                raise
+            out[name] = None
+    return out
+'''
+)
+
+EXPECTED = {
+    "report": 140 + 2000 + 8,
+    "chained": [3, 6, 15],
+    "tail": 90,
+    "scaled": [0, 10, 40, 90],
+    "fit": 3.0,
+    "eager_map": [49, 9],
+    "eager_scale": [10, 20],
+}
+
+DRIVER = """
+import json, os, sys
+import exca
+mode, root = sys.argv[1], sys.argv[2]
+if mode == "migrate":
+    old, new = sys.argv[3], sys.argv[4]
+    done = exca.helpers.rename_class(root, old, new, dryrun=False)
+    print(json.dumps(done.to_dict()))
+else:
+    import pipemod
+    print(json.dumps(pipemod.results(root, "cached" if mode == "run" else mode)))
+"""
+
+
+class Project:
+    """The project's code in tmp_path/code (module pipemod), run in new processes."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.code = tmp_path / "code"
+        self.code.mkdir(exist_ok=True)
+        (self.code / "driver.py").write_text(DRIVER)
+        self.root = tmp_path / "cache"
+        self.log = self.code / "calls.log"
+        self.names = {"data": "Data", "square": "Square"}
+        self.write()
+
+    def write(self, moved: bool = False, **names: str) -> None:
+        """The module, with its classes named ``names``; ``moved``: Data defined in
+        module newmod (imported by pipemod)."""
+        self.names.update(names)
+        data_def = DATA_DEF.format(**self.names)
+        if moved:
+            (self.code / "newmod.py").write_text(
+                HEADER.replace("{{", "{").replace("}}", "}") + data_def
+            )
+            data_def = f"from newmod import {self.names['data']}"
+        (self.code / "pipemod.py").write_text(MODULE.format(data_def=data_def, **self.names))
+
+    def run(self, *args: str, root: Path | None = None) -> tp.Any:
+        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+        repo = str(Path(__file__).parents[1])
+        env["PYTHONPATH"] = os.pathsep.join([str(self.code), repo, env.get("PYTHONPATH", "")])
+        out = subprocess.run(
+            [
+                sys.executable,
+                str(self.code / "driver.py"),
+                args[0],
+                str(root or self.root),
+                *args[1:],
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if out.returncode:
+            return out
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def calls(self) -> list[str]:
+        """What the methods computed since the last look."""
+        if not self.log.exists():
+            return []
+        done = self.log.read_text().split()
+        self.log.unlink()
+        return done
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): (p.read_bytes() if p.is_file() else b"")
+        for p in sorted(root.rglob("*"))
+    }
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    project = Project(tmp_path)
+    assert project.run("run") == EXPECTED
+    assert project.calls()  # (computed)
+    return project
+
+
+@pytest.mark.parametrize("renamed", ["data", "square"])
+def test_rename_class_then_nothing_recomputes(project: Project, renamed: str) -> None:
+    old = {"data": "Data", "square": "Square"}[renamed]
+    new = old + "Renamed"
+    before = _tree(project.root)
+    project.write(**{renamed: new})
+    # what the rename costs without a migration: the class's results and everything
+    # computed from them downstream (a copy of the cache, to leave this one as it was)
+    copy = project.root.with_name("copy")
+    shutil.copytree(project.root, copy)
+    assert project.run("run", root=copy) == EXPECTED
+    recomputed = project.calls()
+    assert recomputed.count("scale") == 2 and "report" in recomputed
+    # a dry run says what it would do and changes nothing
+    planned = helpers.rename_class(project.root, f"pipemod.{old}", f"pipemod.{new}")
+    assert _tree(project.root) == before
+    assert planned.moves and planned.rewrites
+    assert all(f"pipemod.{new}." in str(b) for a, b in planned.moves if f"pipemod.{old}." in str(a))
+    done = helpers.rename_class(project.root, f"pipemod.{old}", f"pipemod.{new}", dryrun=False)
+    assert done.moves == planned.moves and done.rewrites == planned.rewrites and not done.left
+    assert not [p for p in project.root.iterdir() if p.name.startswith(f"pipemod.{old}.")]
+    assert project.run("run") == EXPECTED
+    assert project.calls() == []  # nothing recomputed
+    # the renamed class's folders are read in read-only mode too
+    assert project.run("read-only") == EXPECTED
+    # run again: nothing of the old name left, it says so
+    with pytest.raises(ValueError, match=f"no step folder of pipemod.{old}"):
+        helpers.rename_class(project.root, f"pipemod.{old}", f"pipemod.{new}", dryrun=False)
+
+
+def test_rename_class_moved_to_another_module(project: Project) -> None:
+    project.write(moved=True)
+    done = helpers.rename_class(project.root, "pipemod.Data", "newmod.Data", dryrun=False)
+    assert any(b.parent.name == "newmod.Data.prepare,1" for _, b in done.moves)
+    assert project.run("run") == EXPECTED
+    assert project.calls() == []
+
+
+def test_rename_class_refusals(project: Project) -> None:
+    with pytest.raises(ValueError, match=r"no step folder of pipemod\.Nothing .*: pipemod\.Data"):
+        helpers.rename_class(project.root, "pipemod.Nothing", "pipemod.Other")
+    with pytest.raises(ValueError, match="not the dotted name"):
+        helpers.rename_class(project.root, "Data", "pipemod.Other")
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        helpers.rename_class(project.root / "nope", "pipemod.Data", "pipemod.Other")
+    # the renamed code ran before the migration: the new names hold results already
+    project.write(data="Dataset")
+    assert project.run("run") == EXPECTED
+    project.calls()
+    before = _tree(project.root)
+    with pytest.raises(RuntimeError, match=r"new names are taken already.*Dataset\.prepare,1"):
+        helpers.rename_class(project.root, "pipemod.Data", "pipemod.Dataset", dryrun=False)
+    assert _tree(project.root) == before  # (refused before any change)
+    out = project.run("migrate", "pipemod.Data", "pipemod.Dataset")
+    assert out.returncode == 1 and "new names are taken already" in out.stderr
+
+
+def _migrate_killed(root: Path, old: str, new: str, kill_at: int) -> int:
+    """rename_class in a forked process SIGKILLed at its kill_at-th rename (of a folder or
+    a file, the claims of its holds included; 0: not killed). Its number of renames."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # (the child: never back into pytest)
+        try:
+            count = [0]
+
+            def counted(real: tp.Any) -> tp.Any:
+                def call(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+                    count[0] += 1
+                    if count[0] == kill_at:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    return real(*args, **kwargs)
+
+                return call
+
+            os.rename, os.replace = counted(os.rename), counted(os.replace)
+            helpers.rename_class(root, old, new, dryrun=False)
+            os.write(write, str(count[0]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    said = os.read(read, 100).decode()
+    os.close(read)
+    if kill_at:
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, kill_at
+        return kill_at
+    assert os.WIFEXITED(status) and said, status
+    return int(said)
+
+
+def test_rename_class_killed_then_run_again(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration killed (SIGKILL) at each of its renames of a folder or file in turn."""
+    template = tmp_path / "template"
+    shutil.copytree(project.root, template)
+    old, new = "pipemod.Data", "pipemod.Dataset"
+    project.write(data="Dataset")
+    monkeypatch.syspath_prepend(str(project.code))
+    sys.modules.pop("pipemod", None)
+    pipemod: tp.Any = importlib.import_module("pipemod")
+    try:
+        shutil.copytree(template, tmp_path / "counted")
+        renames = _migrate_killed(tmp_path / "counted", old, new, 0)
+        assert renames >= 10
+        states = set()
+        for kill_at in range(1, renames + 1):
+            shutil.rmtree(project.root)
+            shutil.copytree(template, project.root)
+            _migrate_killed(project.root, old, new, kill_at)
+            states.add(json.dumps(sorted(_tree(project.root))))
+            # whatever the kill left reads back right, or is missing
+            read = pipemod.results(str(project.root), "read-only")
+            assert set(read) == set(EXPECTED)
+            assert all(v is None or v == EXPECTED[k] for k, v in read.items()), (kill_at, read)
+            # run again: the migration finishes the job, nothing computes
+            done = helpers.rename_class(project.root, old, new, dryrun=False)
+            assert done.left == [], kill_at
+            assert pipemod.results(str(project.root)) == EXPECTED, kill_at
+            assert project.calls() == [], kill_at
+            assert not [p for p in project.root.iterdir() if p.name.startswith(f"{old}.")]
+        assert len(states) >= renames // 2  # (killed at different points of the migration)
+    finally:
+        sys.modules.pop("pipemod", None)
+
+
+def test_rename_class_command_line(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    before = _tree(project.root)
+    args = ["rename", str(project.root), "pipemod.Data", "pipemod.Dataset"]
+    assert cli.main(args) == 0
+    said = capsys.readouterr().out
+    assert "pipemod.Dataset.prepare,1" in said and "preview" in said
+    assert _tree(project.root) == before
+    assert cli.main([*args, "--yes", "--json"]) == 0
+    done = json.loads(capsys.readouterr().out)
+    assert done["moves"] and not done["left"]
+    project.write(data="Dataset")
+    assert project.run("run") == EXPECTED
+    assert project.calls() == []
+    assert cli.main(args) == 2
+    assert "no step folder of pipemod.Data" in capsys.readouterr().err
