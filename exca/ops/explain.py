@@ -44,6 +44,22 @@ class Explanation:
     # folder name comes from its values only: a class or method renamed, or moved?)
     same_config_in: list[str] = dataclasses.field(default_factory=list)
 
+    def _migration(self, steps: list[str]) -> str:
+        """How to migrate the cache when a single former step is of another class with
+        the same method and version (a pure rename or move of the class)."""
+
+        def split(step: str) -> tuple[str, str]:  # (class, ".method,version")
+            name, _, version = step.partition(",")
+            owner, _, method = name.rpartition(".")
+            return owner, f".{method},{version}"
+
+        if len(steps) != 1 or "__main__." in steps[0]:
+            return ""
+        (old, rest), (new, own) = split(steps[0]), split(self.uid.split("/")[0])
+        if rest != own or old == new:
+            return ""
+        return f" (if the class was renamed and nothing else changed: exca rename ROOT {old} {new})"
+
     def summary(self) -> str:
         if self.status == "missing" and self.action in ("compute", "fail"):
             # (a map says how many items are missing: all of them, when compared)
@@ -59,7 +75,7 @@ class Explanation:
                     return (
                         f"{prefix}never computed (no cached config of this method); a class "
                         "and method of the same names have cached configs in "
-                        f"{', '.join(self.namesakes)}: {why}"
+                        f"{', '.join(self.namesakes)}: {why}" + self._migration(self.namesakes)
                     )
                 if self.reason != "missing":
                     return self.reason
@@ -69,6 +85,7 @@ class Explanation:
                         "never computed (no cached config of this method); the same config "
                         f"folder, {folder}, is cached under {', '.join(self.same_config_in)}: "
                         "a class or method renamed, or moved to another module?"
+                        + self._migration(self.same_config_in)
                     )
                 return "never computed (no cached config of this method)"
             if not self.diff and self.legacy:
