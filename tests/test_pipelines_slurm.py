@@ -416,9 +416,15 @@ def test_failing_leaf_stops_only_its_dependents_then_retry(env: Env, sbatch: Sba
 
 
 @pytest.mark.parametrize("wait", [False, True])
-def test_one_array_per_level(env: Env, sbatch: Sbatch, wait: bool) -> None:
+def test_one_array_per_level(
+    env: Env, sbatch: Sbatch, wait: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """30 nodes on 3 levels with one resource set: 3 submissions, one array each, whether
     the run waits (a level goes out once the level below ended) or not (afterany)."""
+    # (a level's ready nodes wait at most HOLD_BACK_MAX_S for the rest of the level: on a
+    # loaded machine the 18 leaves on the test cluster's 2 CPUs took longer than its 30 s,
+    # and the middles went out as they became ready)
+    monkeypatch.setattr(exca.graph.scheduler, "HOLD_BACK_MAX_S", 600.0)
     leaves = [env.step(f"l{i}", infra=slurm()).run.node(i) for i in range(18)]
     middles = [
         env.step(f"m{i}", infra=slurm()).run.node(leaves[2 * i], leaves[2 * i + 1])
