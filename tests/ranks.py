@@ -19,9 +19,10 @@ import exca
 _CALLS = itertools.count()  # this process's calls of a method (the nth meets the nth)
 
 
-def _meet_every_rank(meeting: Path, what: str) -> tuple[int, int]:
+def _meet_every_rank(meeting: Path, what: str, timeout: float = 60) -> tuple[int, int]:
     """Note this rank's call in the meeting folder, then wait for the same call of the
-    job's other ranks (one that never comes: an error after 60 s, not a job that hangs)."""
+    job's other ranks (one that never comes: an error after ``timeout`` s, not a job that
+    hangs)."""
     import submitit
 
     env = submitit.JobEnvironment()
@@ -30,7 +31,7 @@ def _meet_every_rank(meeting: Path, what: str) -> tuple[int, int]:
     append(meeting / "calls.txt", f"{what} rank={env.global_rank}")
     prefix = f"{what}-{env.job_id}-call{call}-rank"
     (meeting / f"{prefix}{env.global_rank}").touch()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + timeout
     while len(list(meeting.glob(f"{prefix}*"))) < env.num_tasks:
         if time.monotonic() > deadline:
             raise RuntimeError(
@@ -81,8 +82,8 @@ class RankedMap(pydantic.BaseModel):
 
 class RankedDag(pydantic.BaseModel):
     """Items needing other items of the same map (``deps``): each rank notes the items its
-    method steps through (``steps.txt``). The other ranks read what an item needs once
-    rank 0 computed it (a flag): they compute nothing themselves."""
+    method steps through (``steps.txt``). The other ranks call for what an item needs
+    once rank 0 computed it (a flag): the order of the steps does not depend on timing."""
 
     meeting: str
     deps: dict[str, list[str]] = {}
@@ -105,3 +106,46 @@ class RankedDag(pydantic.BaseModel):
             if needed and rank == 0:
                 flag.touch()
             yield item + "(" + ",".join(got) + ")"
+
+
+class RankedInner(pydantic.BaseModel):
+    """A map called inside the items of RankedNesting: each item meets every rank."""
+
+    meeting: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def infer(self, items: list[str]) -> tp.Iterator[str]:
+        for item in items:
+            rank, _ = _meet_every_rank(Path(self.meeting), f"inner {item}", timeout=20)
+            yield f"{item} by rank {rank}"
+
+
+class RankedStep(pydantic.BaseModel):
+    """A task called inside the items of RankedNesting: it meets every rank."""
+
+    meeting: str
+    x: int
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> str:
+        rank, _ = _meet_every_rank(Path(self.meeting), f"step {self.x}", timeout=20)
+        return f"step {self.x} by rank {rank}"
+
+
+class RankedNesting(pydantic.BaseModel):
+    """Each item calls a map (RankedInner, on two items) and a task (RankedStep) cached in
+    ``cache``, computed in the job (no cluster)."""
+
+    meeting: str
+    cache: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def infer(self, items: list[int]) -> tp.Iterator[str]:
+        inner = RankedInner(meeting=self.meeting, infra={"folder": self.cache})
+        for x in items:
+            got = list(inner.infer([f"{x}.1", f"{x}.2"]))
+            step = RankedStep(meeting=self.meeting, x=x, infra={"folder": self.cache}).run()
+            yield f"{x}: {', '.join(got)}; {step}"

@@ -3559,8 +3559,35 @@ def test_the_ranks_of_a_multi_task_job_stop_where_rank_zero_gave_items_back(
     assert list(dag.infer(["a", "b", "c", "d"])) == ["a(d())", "b()", "c()", "d()"]
     steps = calls(meeting / "steps.txt")
     by_rank = {r: [s.split()[0] for s in steps if s.endswith(f"rank={r}")] for r in (0, 1)}
-    # (d: computed by rank 0's call for a, which the other rank's call reads)
-    assert by_rank == {0: ["a", "d", "b", "c"], 1: ["a", "b", "c"]}
+    # (d: computed by rank 0's nested call for a, which the other rank's follows)
+    assert by_rank == {0: ["a", "d", "b", "c"], 1: ["a", "d", "b", "c"]}
+
+
+@pytest.mark.timeout(240)
+def test_the_ranks_of_a_multi_task_job_step_through_nested_calls_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tasks_per_node=2, a map whose items call another map and a task (computed in the
+    job): rank 0 computed their items without announcing them, and the other rank's same
+    calls waited for its claims (or claimed first and computed them itself), so a
+    collective inside them never met every rank (here: 20 s, then an error). Every rank
+    now steps through the same nested items, in the same order, and the other ranks read
+    rank 0's outcome."""
+    from ranks import RankedNesting
+
+    from exca.graph import scheduler
+
+    monkeypatch.setattr(scheduler._SHUFFLER, "shuffle", lambda items: None)  # (in order)
+    meeting = tmp_path / "meeting"
+    infra = {"folder": tmp_path / "cache", "cluster": "local", "tasks_per_node": 2, "max_jobs": 1}
+    nesting = RankedNesting(meeting=str(meeting), cache=str(tmp_path / "nested"), infra=infra)
+    assert list(nesting.infer([1, 2])) == [
+        f"{x}: {x}.1 by rank 0, {x}.2 by rank 0; step {x} by rank 0" for x in (1, 2)
+    ]
+    lines = calls(meeting / "calls.txt")
+    by_rank = {r: [c.rsplit(" ", 1)[0] for c in lines if c.endswith(f"rank={r}")] for r in (0, 1)}
+    steps = ["inner 1.1", "inner 1.2", "step 1", "inner 2.1", "inner 2.2", "step 2"]
+    assert by_rank == {0: steps, 1: steps}
 
 
 @pytest.mark.timeout(180)

@@ -5,15 +5,27 @@ compute (claims, cached items, per-item retries), caches the outcomes and announ
 call of the method in the job's log folder; the other ranks make the same calls, in the
 same order, with the same items, and store nothing. Rank 0 may stop a call of a map's
 method after any item (it gave the others back: see worker._InFlight), so the other
-ranks start an item of the call only once rank 0 went on to it (``Call``)."""
+ranks start an item of the call only once rank 0 went on to it (``Call``).
+
+The unit's method may call other decorated methods (a nested call, of a task or a map
+with a folder, made in the job's thread): rank 0 announces it as a bracket (``nested``:
+its start, the calls of methods it makes in this thread, its end, with the error it
+raised), and the other ranks, at their same call, make those calls as they come, then
+read rank 0's outcome from the cache instead of deciding or computing anything
+themselves (``follow_nested``): every rank steps through the same nested items, and a
+collective inside them meets every rank. Computed elsewhere (a pool, a job of its own),
+the other ranks only wait for the bracket's end. A folder-less infra keeps its cache in
+each process's memory: every rank computes its own, as before."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import json
 import logging
 import os
+import threading
 import time
 import typing as tp
 from pathlib import Path
@@ -44,6 +56,8 @@ class Announcer:
     def __init__(self, folder: Path, node_uid: str, permissions: int | None = None) -> None:
         self.folder, self.node_uid, self.count = folder, node_uid, 0
         self.permissions = permissions
+        self.thread = threading.get_ident()  # (the job's: its nested calls are announced)
+        self.depth = 0  # (nested calls of that thread in progress)
         make_folder(folder, permissions)
         lead = folder / LEAD_FILE
         me = {"host": process.hostname(), "pid": os.getpid(), "start": process.self_start_time()}
@@ -99,6 +113,8 @@ def _write_json(path: Path, data: dict[str, tp.Any], permissions: int | None = N
 
 
 _ANNOUNCER: list[Announcer] = []  # rank 0 of a multi-task job: its announcer
+# non-empty in each rank of a multi-task job (a decorated call looks at nested_role then)
+ACTIVE: list[bool] = []
 
 
 def job_rank() -> tuple[int, int]:
@@ -128,19 +144,84 @@ def lead(node_uid: str, permissions: int | None = None) -> None:
     """In rank 0 of a multi-task job: announce the calls of this node's method
     (``permissions``: the cache's, see Announcer)."""
     _ANNOUNCER[:] = [Announcer(_calls_folder(), node_uid, permissions)]
+    ACTIVE[:] = [True]
 
 
-def announce(node_uid: str, uids: list[str] | None) -> Call | None:
-    """Rank 0 calls the unit's method (on these map items; None: a task): the other ranks
-    are told to make that call too (a map's: paced by the ``Call`` returned). A nested
-    node's method (called by the unit's) is not announced: the other ranks' own calls of
-    the unit's method make it."""
-    if _ANNOUNCER and _ANNOUNCER[0].node_uid == node_uid:
-        announcer = _ANNOUNCER[0]
-        index = announcer.write({"uids": uids})
-        if uids is not None and len(uids) > 1:
-            return Call(announcer.folder / f"{index}{_AT}", announcer.permissions)
+def announce(node_uid: str, uids: list[str] | None, shared: bool = True) -> Call | None:
+    """Rank 0 calls a node's method (on these map items; None: a task): the unit's, or,
+    in the job's thread, one a nested call of the unit's method computes (``shared``: its
+    node has a folder; a folder-less one is computed by each rank for itself). The other
+    ranks are told to make that call too (a map's: paced by the ``Call`` returned)."""
+    if not _ANNOUNCER:
+        return None
+    announcer = _ANNOUNCER[0]
+    if announcer.depth:
+        if not shared or threading.get_ident() != announcer.thread:
+            return None
+    elif announcer.node_uid != node_uid:
+        return None
+    index = announcer.write({"uids": uids, "node": node_uid})
+    if uids is not None and len(uids) > 1:
+        return Call(announcer.folder / f"{index}{_AT}", announcer.permissions)
     return None
+
+
+def nested_role() -> str | None:
+    """In the job's thread of a rank of a multi-task job: "lead" (rank 0: its nested calls
+    are announced, see ``led``) or "follow" (the other ranks: see ``follow_nested``)."""
+    if _ANNOUNCER and _ANNOUNCER[0].thread == threading.get_ident():
+        return "lead"
+    if _CURSOR and _CURSOR[0].thread == threading.get_ident():
+        return "follow"
+    return None
+
+
+@contextlib.contextmanager
+def led(what: str) -> tp.Iterator[None]:
+    """Rank 0's nested call (``what``: the method and config called): announced as a
+    bracket, with the calls of methods it makes in this thread, then its end (and the
+    error it raised: the other ranks raise it too)."""
+    announcer = _ANNOUNCER[0]
+    announcer.write({"nested": what})
+    announcer.depth += 1
+    ending: dict[str, tp.Any] = {"nested_end": True}
+    try:
+        yield
+    except BaseException as error:
+        ending["error"] = _error_info(error)
+        raise
+    finally:
+        announcer.depth -= 1
+        announcer.write(ending)
+
+
+def _error_info(error: BaseException) -> dict[str, str]:
+    from ..storage import exceptions
+
+    info = {"type": type(error).__name__, "message": str(error)[:20_000]}
+    data = exceptions.dumps(error) if isinstance(error, Exception) else None
+    if data is not None:
+        info["pickle"] = base64.b64encode(data).decode("ascii")
+    return info
+
+
+class RankZeroFailed(RuntimeError):
+    """Rank 0's nested call raised an error that could not be rebuilt here (its type and
+    message are said)."""
+
+
+def raise_rank_zero_error(info: dict[str, str], what: str) -> tp.NoReturn:
+    """Raise on this rank the error rank 0's nested call raised (its own type, when it
+    unpickles here)."""
+    from ..storage import exceptions
+
+    error = None
+    if "pickle" in info:
+        error = exceptions.loads(base64.b64decode(info["pickle"]))
+    if error is None:
+        error = RankZeroFailed(f"{info['type']}: {info['message']}")
+    error.add_note(f"exca: raised by rank 0's call of {what} (this rank followed it)")
+    raise error
 
 
 def end() -> None:
@@ -149,6 +230,7 @@ def end() -> None:
         announcer = _ANNOUNCER.pop()
         announcer.write({"end": True})
         claims.stop_refreshing(announcer.folder / LEAD_FILE)
+        ACTIVE.clear()
 
 
 def _lead_gone(folder: Path, since: float) -> str | None:
@@ -183,6 +265,7 @@ class Followed(tp.NamedTuple):
     uids: list[str] | None  # (None: a task)
     at: Path  # rank 0's progress in it (see Call)
     since: float
+    node: str | None = None  # (the uid of the node whose method it is)
 
     def goes_on(self, done: int) -> bool:
         """Whether rank 0 went on to the item after the first ``done`` ones of this call
@@ -226,15 +309,96 @@ def _present(path: Path) -> bool | None:
     return True if path.exists() else None
 
 
+class _Cursor:
+    """The other ranks' place in rank 0's announcements (one sequence: the calls of the
+    unit's method, and the brackets of their nested calls, read by those calls)."""
+
+    def __init__(self) -> None:
+        self.folder = _calls_folder()
+        self.count, self.since = 0, time.monotonic()
+        self.thread = threading.get_ident()
+        self.last: dict[str, tp.Any] = {}  # (the message that ended the latest calls())
+
+    def peek(self, nested: bool = False) -> dict[str, tp.Any]:
+        """The next message (waited for: a nested one item by item, see Followed)."""
+        path = self.folder / f"{self.count}.json"
+        delay, most = (0.001, ITEM_POLL_MAX_S) if nested else (0.02, POLL_MAX_S)
+        _poll(self.folder, functools.partial(_present, path), self.since, delay, most)
+        message: dict[str, tp.Any] = json.loads(path.read_text(encoding="utf8"))
+        return message
+
+    def take(self, nested: bool = False) -> dict[str, tp.Any]:
+        message = self.peek(nested)
+        self.count += 1
+        return message
+
+    def calls(self, until: str, nested: bool = False) -> tp.Iterator[Followed]:
+        """The calls announced until the message ``until`` (the unit's end, or the end of
+        a nested call's bracket); a bracket that no call of this rank took (its method
+        went another way: raised before its nested call...) is skipped."""
+        while True:
+            index = self.count
+            message = self.take(nested)
+            if message.get(until):
+                self.last = message
+                return
+            if "nested" in message:
+                logger.warning(
+                    "This rank did not make rank 0's call of %s: its calls are skipped",
+                    message["nested"],
+                )
+                self.skip_bracket()
+                continue
+            if "uids" in message:
+                path = self.folder / f"{index}{_AT}"
+                yield Followed(message["uids"], path, self.since, message.get("node"))
+
+    def skip_bracket(self) -> None:
+        depth = 1
+        while depth:
+            message = self.take(nested=True)
+            depth += ("nested" in message) - bool(message.get("nested_end"))
+
+
+_CURSOR: list[_Cursor] = []  # the other ranks of a multi-task job: theirs
+
+
+def _forget_in_child() -> None:
+    # (a process forked by the job, e.g. a pool's worker, neither announces nor follows:
+    # it would write into rank 0's sequence, as the same thread, or read from it)
+    _ANNOUNCER.clear()
+    _CURSOR.clear()
+    ACTIVE.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def announced() -> tp.Iterator[Followed]:
-    """The calls rank 0 announces, as they come, until its end."""
-    folder = _calls_folder()
-    count, since = 0, time.monotonic()
-    while True:
-        path = folder / f"{count}.json"
-        _poll(folder, functools.partial(_present, path), since, 0.02, POLL_MAX_S)
-        message = json.loads(path.read_text(encoding="utf8"))
-        if message.get("end"):
-            return
-        yield Followed(message["uids"], folder / f"{count}{_AT}", since)
-        count += 1
+    """The calls of the unit's method rank 0 announces, as they come, until its end."""
+    _CURSOR[:] = [_Cursor()]
+    ACTIVE[:] = [True]
+    try:
+        yield from _CURSOR[0].calls("end")
+    finally:
+        _CURSOR.clear()
+        ACTIVE.clear()
+
+
+def follow_nested(what: str) -> tp.Iterator[Followed]:
+    """The other ranks' nested call: the calls rank 0's same nested call announces, as
+    they come (to be made by the caller), until the end of its bracket; then rank 0's
+    error is raised, if it raised one. Raises (and takes no message) when rank 0's next
+    announcement is not that call: this rank's method went another way."""
+    cursor = _CURSOR[0]
+    message = cursor.peek(nested=True)
+    if message.get("nested") != what:
+        raise RuntimeError(
+            f"This rank called {what}, but rank 0 did not (its next announcement: "
+            f"{message}): the ranks' methods made different calls"
+        )
+    cursor.count += 1
+    yield from cursor.calls("nested_end", nested=True)
+    error = cursor.last.get("error")
+    if error is not None:
+        raise_rank_zero_error(error, what)

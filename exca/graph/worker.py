@@ -312,6 +312,39 @@ def _follow_items(node: Node, call: ranks.Followed, items: list[tp.Any]) -> None
             close()
 
 
+def follow_nested(what: str, target: Node) -> None:
+    """Another rank than 0's nested call (of target, in a method it follows, see
+    ranks.py): make the calls rank 0's same call announces, of target's method or of its
+    upstream nodes' (errors raised here are only logged: rank 0's outcome is read after),
+    until that call ended on rank 0; raises what it raised."""
+    nodes = {node.uid: node for node in target.closure}
+    items: dict[str, dict[str, tp.Any]] = {}  # (a map's items by uid, read when followed)
+    for call in ranks.follow_nested(what):
+        node = nodes.get(call.node or "")
+        if node is None:  # (not one it needs: rank 0's run went another way)
+            logger.warning("Rank 0 called %s's method, not this rank's call: skipped", call.node)
+            continue
+        try:
+            if call.uids is None:
+                node.function(**_inputs(node))
+                continue
+            if node.uid not in items:
+                listed = node.items
+                if isinstance(listed, Node):  # (computed by now: rank 0 called the map)
+                    listed = list(load_output(listed))
+                    uids = store.map_item_uids(dataclasses.replace(node, items=listed))
+                else:
+                    uids = store.map_item_uids(node)
+                items[node.uid] = dict(zip(uids, listed or ()))
+            _follow_items(node, call, [items[node.uid][uid] for uid in call.uids])
+        except ranks.LeadGone:
+            raise
+        except Exception as error:  # (rank 0 caches the outcome: its own)
+            logger.warning(
+                "%s raised on this rank (rank 0's outcome is cached): %r", node.uid, error
+            )
+
+
 def _resolve_split(unit: Unit) -> Unit:
     """Items of a map chunk whose items come from an upstream node (known now)."""
     from .scheduler import to_chunks
@@ -766,7 +799,7 @@ def _compute_task(node: Node) -> Report:
         # (once the inputs are read: the upstream entries they came from, not those this
         # process knew before, replaced meanwhile by a forced upstream)
         meta = _provenance(node)
-        ranks.announce(node.uid, None)
+        ranks.announce(node.uid, None)  # (a task computed here has a folder)
         value = node.function(**inputs)
     except Exception as error:
         if _closed_output(error):
@@ -1558,7 +1591,7 @@ def _compute_from(
     try:
         # (announced first: the other ranks make the call too, and a method computing its
         # items as it is called, returning a list, meets them)
-        call = ranks.announce(node.uid, uids[start:end])
+        call = ranks.announce(node.uid, uids[start:end], node.folder is not None)
         outputs = _outputs(node, items)
         called = True
         # (a pool's thread or process; a lazy iterator's next item is not computed yet, a
@@ -1670,7 +1703,7 @@ def _compute_alone(
     """Compute one item by itself: None once its output is stored, else its error."""
     error_meta = {"t": time.time(), **(meta or {})}  # (see _compute_from)
     try:
-        ranks.announce(node.uid, [uid])
+        ranks.announce(node.uid, [uid], node.folder is not None)
         outputs = list(itertools.islice(_outputs(node, [item]), 2))  # (one is expected)
     except Exception as error:
         if (

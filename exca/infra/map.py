@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pydantic
 
-from ..graph import calls, codeprint, store
+from ..graph import calls, codeprint, ranks, store
 from ..graph.node import DEFAULT_MAX_JOBS, Node
 from ..storage.cachedict import CacheDict, MissingKey
 from ..storage.dumping import PAYLOAD_ERRORS
@@ -194,6 +194,39 @@ class BoundMap:
             )
         else:
             items = args[0]
+        if ranks.ACTIVE:  # (in a multi-task job: a nested call is followed, see ranks.py)
+            infra = tp.cast(MapInfra, method.infra_of(self.obj))
+            role = ranks.nested_role() if infra.folder is not None else None
+            if role is not None:
+                what = f"{method.func.__qualname__} of {infra.uid()}"
+                if role == "lead":
+                    with ranks.led(what):
+                        return self._call(items)
+                return self._followed(what, items)
+        return self._call(items)
+
+    def _followed(self, what: str, items: tp.Any) -> tp.Iterator[tp.Any]:
+        """Another rank than 0's nested call: it makes the calls rank 0's makes, then
+        reads its outputs (see ranks.py)."""
+        from ..graph import worker
+
+        method = self.method
+        if isinstance(items, Node):
+            node = self.node(items)
+            worker.follow_nested(what, node)
+            node.cache.reread()  # (what rank 0 wrote meanwhile)
+            return iter(store.map_outputs(node))
+        if not isinstance(items, list | tuple):
+            items = as_items(items, method.func.__qualname__)
+        infra = tp.cast(MapInfra, method.infra_of(self.obj))
+        uids = method.item_uid.shorten_all(method.item_uid.unshortened(items))
+        node = infra._map_node(items, uids)
+        worker.follow_nested(what, node)
+        node.cache.reread()
+        return node.cache.values_of(uids, where=node.uid)
+
+    def _call(self, items: tp.Any) -> tp.Iterator[tp.Any]:
+        method = self.method
         if isinstance(items, Node):  # items produced by an upstream node
             node = self.node(items)
             calls.run_nodes([node])

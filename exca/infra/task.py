@@ -17,7 +17,7 @@ from pathlib import Path
 import pydantic
 
 from ..confdict import ConfDict
-from ..graph import calls, registry
+from ..graph import calls, ranks, registry
 from ..graph.jobs import Job
 from ..graph.node import INPUTS_PREFIX, TASK_KEY, Group, Input, Node, Value, container_cycle
 from ..storage.cachedict import CacheDict
@@ -206,6 +206,32 @@ class BoundTask:
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         if self.method.shadowed and self.method.overridden_on(self.obj):  # (super().method())
             return self.method.func(self.obj, *args, **kwargs)
+        if ranks.ACTIVE:  # (in a multi-task job: a nested call is followed, see ranks.py)
+            infra = tp.cast(TaskInfra, self.method.infra_of(self.obj))
+            role = ranks.nested_role() if infra.folder is not None else None
+            if role is not None:
+                what = f"{self.method.func.__qualname__} of {infra.uid()}"
+                if role == "lead":
+                    with ranks.led(what):
+                        return self._call(args, kwargs)
+                return self._followed(what, args, kwargs)
+        return self._call(args, kwargs)
+
+    def _followed(self, what: str, args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any]) -> tp.Any:
+        """Another rank than 0's nested call: it makes the calls rank 0's makes, then
+        reads its outcome (see ranks.py)."""
+        from ..graph import store, worker
+
+        infra = tp.cast(TaskInfra, self.method.infra_of(self.obj))
+        if args or kwargs or self.method.params:
+            node = self._node(args, kwargs, snapshot=False)
+        else:
+            node = infra._node()
+        worker.follow_nested(what, node)
+        node.cache.reread()  # (what rank 0 wrote meanwhile)
+        return store.task_result(node)
+
+    def _call(self, args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any]) -> tp.Any:
         infra = tp.cast(TaskInfra, self.method.infra_of(self.obj))
         runtime = infra._runtime()
         infra._check_unchanged_before_reading()  # (a config with lists changed in place?)
