@@ -638,10 +638,15 @@ class NeedsOthers(pydantic.BaseModel):
     ctl: str
     deps: dict[str, list[str]]
     barrier: int = 1
+    returns_list: bool = False  # (computes its items as it is called)
     infra: exca.MapInfra = exca.MapInfra(version="1", max_jobs=2)
 
     @infra.apply(item_uid=str)
-    def process(self, items: list[str]) -> tp.Iterator[str]:
+    def process(self, items: list[str]) -> tp.Iterable[str]:
+        outputs = self._process(items)
+        return list(outputs) if self.returns_list else outputs
+
+    def _process(self, items: list[str]) -> tp.Iterator[str]:
         ctl = Path(self.ctl)
         for item in items:
             append(ctl / "calls.txt", item)
@@ -649,6 +654,24 @@ class NeedsOthers(pydantic.BaseModel):
             if needed:  # (one worker a process)
                 _meet(ctl, self.barrier, me=str(os.getpid()))
             yield item + "(" + ",".join(self.process(needed)) + ")"
+
+
+def test_a_method_returning_a_list_computes_its_items_once_when_one_needs_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A method returning a list computes its items as it is called: item a needing d (a
+    nested call, while the list was being made) took b, c and d for unstarted and gave
+    them back, and the call stopped after a: the outputs of b, c and d it had computed
+    anyway were dropped, and b, c computed again by a second call (7 computations of 4
+    items). Only d, needed before the list made it, is computed twice now."""
+    from exca.graph import scheduler
+
+    monkeypatch.setattr(scheduler._SHUFFLER, "shuffle", lambda items: None)  # (in order)
+    mapped = NeedsOthers(
+        ctl=str(tmp_path), deps={"a": ["d"]}, returns_list=True, infra={"folder": tmp_path / "c"}
+    )
+    assert list(mapped.process(["a", "b", "c", "d"])) == ["a(d())", "b()", "c()", "d()"]
+    assert sorted(lines(tmp_path / "calls.txt")) == ["a", "b", "c", "d", "d"]
 
 
 def _kill_jobs_left(folder: Path | None) -> None:

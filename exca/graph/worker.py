@@ -1439,7 +1439,9 @@ class _InFlight:
         self.released: list[str] = []
 
     def unstarted(self) -> list[str]:
-        """The items the method has not started (a lazy method: after the current one)."""
+        """The items the method has not started (a lazy method: after the current one;
+        none while the method is being called: it computes them all then, see
+        _compute_from)."""
         if self.at is None or self.released:
             return []
         return self.uids[self.at() + 1 :]
@@ -1583,8 +1585,8 @@ def _compute_from(
     in_memory = cache.folder is None  # (RAM keeps the objects: arrays are copied)
     unwritten = _UNWRITTEN.by_folder.setdefault(str(node.folder), [])
     unwritten.append(flush)
-    if in_flight is not None:
-        in_flight.at, in_flight.halt, in_flight.flush = at, halt, flush
+    if in_flight is not None:  # (at: once the method returned, see below)
+        in_flight.halt, in_flight.flush = halt, flush
     # (names bound locally: this loop runs once per item)
     count, immutable, monotonic, append = end, _IMMUTABLE, time.monotonic, batch.append
     called = False  # (whether the method returned: a list's items are all computed then)
@@ -1594,6 +1596,13 @@ def _compute_from(
         call = ranks.announce(node.uid, uids[start:end], node.folder is not None)
         outputs = _outputs(node, items)
         called = True
+        if in_flight is not None:
+            # (not before: a method running as it is called computes its items then, and
+            # returns a list; a nested call needing one of them, made meanwhile, found the
+            # items after the first unstarted, and the method stopped after its first
+            # item: the others' outputs were computed for nothing, then computed again by
+            # the next call. A lazy method's body runs only once its outputs are asked for)
+            in_flight.at = at
         # (a pool's thread or process; a lazy iterator's next item is not computed yet, a
         # list's is)
         if STOP.event is not None and not isinstance(outputs, _COMPUTED_ITERATORS):
