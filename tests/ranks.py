@@ -136,16 +136,23 @@ class RankedStep(pydantic.BaseModel):
 
 class RankedNesting(pydantic.BaseModel):
     """Each item calls a map (RankedInner, on two items) and a task (RankedStep) cached in
-    ``cache``, computed in the job (no cluster)."""
+    ``cache``, computed in the job (no cluster); each rank notes what it got
+    (``got.txt``). ``tag``: another config, with the same nested calls."""
 
     meeting: str
     cache: str
+    tag: str = ""
     infra: exca.MapInfra = exca.MapInfra(version="1")
 
     @infra.apply(item_uid=str)
     def infer(self, items: list[int]) -> tp.Iterator[str]:
+        import submitit
+
+        rank = submitit.JobEnvironment().global_rank
         inner = RankedInner(meeting=self.meeting, infra={"folder": self.cache})
         for x in items:
             got = list(inner.infer([f"{x}.1", f"{x}.2"]))
             step = RankedStep(meeting=self.meeting, x=x, infra={"folder": self.cache}).run()
-            yield f"{x}: {', '.join(got)}; {step}"
+            output = f"{x}: {', '.join(got)}; {step}"
+            append(Path(self.meeting) / "got.txt", f"{self.tag}{output} rank={rank}")
+            yield output

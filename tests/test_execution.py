@@ -3572,7 +3572,7 @@ def test_the_ranks_of_a_multi_task_job_step_through_nested_calls_together(
     calls waited for its claims (or claimed first and computed them itself), so a
     collective inside them never met every rank (here: 20 s, then an error). Every rank
     now steps through the same nested items, in the same order, and the other ranks read
-    rank 0's outcome."""
+    rank 0's outcome; then, those nested calls cached, nothing is computed again."""
     from ranks import RankedNesting
 
     from exca.graph import scheduler
@@ -3580,14 +3580,22 @@ def test_the_ranks_of_a_multi_task_job_step_through_nested_calls_together(
     monkeypatch.setattr(scheduler._SHUFFLER, "shuffle", lambda items: None)  # (in order)
     meeting = tmp_path / "meeting"
     infra = {"folder": tmp_path / "cache", "cluster": "local", "tasks_per_node": 2, "max_jobs": 1}
-    nesting = RankedNesting(meeting=str(meeting), cache=str(tmp_path / "nested"), infra=infra)
-    assert list(nesting.infer([1, 2])) == [
-        f"{x}: {x}.1 by rank 0, {x}.2 by rank 0; step {x} by rank 0" for x in (1, 2)
-    ]
-    lines = calls(meeting / "calls.txt")
-    by_rank = {r: [c.rsplit(" ", 1)[0] for c in lines if c.endswith(f"rank={r}")] for r in (0, 1)}
-    steps = ["inner 1.1", "inner 1.2", "step 1", "inner 2.1", "inner 2.2", "step 2"]
-    assert by_rank == {0: steps, 1: steps}
+    outputs = [f"{x}: {x}.1 by rank 0, {x}.2 by rank 0; step {x} by rank 0" for x in (1, 2)]
+    for tag in ("", "again"):  # (again: another config, its nested calls cached)
+        nesting = RankedNesting(
+            meeting=str(meeting), cache=str(tmp_path / "nested"), tag=tag, infra=infra
+        )
+        assert list(nesting.infer([1, 2])) == outputs
+        lines = calls(meeting / "calls.txt")
+        by_rank = {
+            r: [c.rsplit(" ", 1)[0] for c in lines if c.endswith(f"rank={r}")] for r in (0, 1)
+        }
+        steps = ["inner 1.1", "inner 1.2", "step 1", "inner 2.1", "inner 2.2", "step 2"]
+        assert by_rank == {0: steps, 1: steps}
+    got = calls(meeting / "got.txt")
+    assert sorted(got) == sorted(
+        f"{t}{o} rank={r}" for t in ("", "again") for o in outputs for r in (0, 1)
+    )
 
 
 @pytest.mark.timeout(180)

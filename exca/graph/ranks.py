@@ -58,6 +58,9 @@ class Announcer:
         self.permissions = permissions
         self.thread = threading.get_ident()  # (the job's: its nested calls are announced)
         self.depth = 0  # (nested calls of that thread in progress)
+        # (the starts of those whose bracket is not written yet: a nested call announcing
+        # no call inside is one message, see led)
+        self.pending: list[dict[str, tp.Any]] = []
         make_folder(folder, permissions)
         lead = folder / LEAD_FILE
         me = {"host": process.hostname(), "pid": os.getpid(), "start": process.self_start_time()}
@@ -65,6 +68,10 @@ class Announcer:
         claims.keep_fresh(lead)  # (a rank 0 killed stops refreshing it: the others stop)
 
     def write(self, message: dict[str, tp.Any]) -> int:
+        if self.pending:  # (the brackets this message is inside start first)
+            started, self.pending = self.pending, []
+            for start in started:
+                self.write(start)
         _write_json(self.folder / f"{self.count}.json", message, self.permissions)
         self.count += 1
         return self.count - 1
@@ -180,9 +187,11 @@ def nested_role() -> str | None:
 def led(what: str) -> tp.Iterator[None]:
     """Rank 0's nested call (``what``: the method and config called): announced as a
     bracket, with the calls of methods it makes in this thread, then its end (and the
-    error it raised: the other ranks raise it too)."""
+    error it raised: the other ranks raise it too). One that announced nothing inside (a
+    cache hit, or computed elsewhere) is one message once it ended, ``done``."""
     announcer = _ANNOUNCER[0]
-    announcer.write({"nested": what})
+    start: dict[str, tp.Any] = {"nested": what}
+    announcer.pending.append(start)
     announcer.depth += 1
     ending: dict[str, tp.Any] = {"nested_end": True}
     try:
@@ -192,6 +201,9 @@ def led(what: str) -> tp.Iterator[None]:
         raise
     finally:
         announcer.depth -= 1
+        if announcer.pending and announcer.pending[-1] is start:
+            announcer.pending.pop()
+            ending = {**start, "done": True, **{k: v for k, v in ending.items() if k == "error"}}
         announcer.write(ending)
 
 
@@ -347,7 +359,8 @@ class _Cursor:
                     "This rank did not make rank 0's call of %s: its calls are skipped",
                     message["nested"],
                 )
-                self.skip_bracket()
+                if not message.get("done"):
+                    self.skip_bracket()
                 continue
             if "uids" in message:
                 path = self.folder / f"{index}{_AT}"
@@ -357,7 +370,9 @@ class _Cursor:
         depth = 1
         while depth:
             message = self.take(nested=True)
-            depth += ("nested" in message) - bool(message.get("nested_end"))
+            depth += ("nested" in message and not message.get("done")) - bool(
+                message.get("nested_end")
+            )
 
 
 _CURSOR: list[_Cursor] = []  # the other ranks of a multi-task job: theirs
@@ -398,7 +413,10 @@ def follow_nested(what: str) -> tp.Iterator[Followed]:
             f"{message}): the ranks' methods made different calls"
         )
     cursor.count += 1
-    yield from cursor.calls("nested_end", nested=True)
-    error = cursor.last.get("error")
+    if message.get("done"):  # (it announced no call)
+        error = message.get("error")
+    else:
+        yield from cursor.calls("nested_end", nested=True)
+        error = cursor.last.get("error")
     if error is not None:
         raise_rank_zero_error(error, what)
