@@ -3481,3 +3481,55 @@ def test_folders_made_at_once_by_many_threads_under_a_new_root(tmp_path: Path) -
         assert not errors, errors
         assert sorted(p.name for p in (root / "step").iterdir()) == [f"node{i}" for i in range(6)]
         assert (root / "step").stat().st_mode & 0o777 == 0o777
+
+
+def test_folder_made_while_another_thread_repairs_it_ends_with_the_permissions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two threads making the same folder of a group's cache (permissions 0o770, umask
+    0o022): the one that made it chmods it, the other finds it there, still 0o755 (before
+    that chmod), and repairs it (files.repair). The repair added the bits it lacked to the
+    mode it had seen (0o755 | 0o770): done after the maker's chmod, it gave back the bits
+    that chmod removed, and the folder ended 0o775, readable by every user. Both now set
+    the same mode: 0o770, whichever comes last."""
+    import os
+    import stat
+
+    from exca.storage import files
+
+    folder = tmp_path / "cache"
+    made, seen, chmodded = threading.Event(), threading.Event(), threading.Event()
+    chmod, chmod_folder = files.chmod, files.chmod_folder
+    maker = threading.get_ident()
+
+    def slow_chmod_folder(path: tp.Any, permissions: int) -> None:
+        if threading.get_ident() == maker:
+            made.set()
+            seen.wait(10)  # (the other thread has stat'ed the folder)
+        chmod_folder(path, permissions)
+        if threading.get_ident() == maker:
+            chmodded.set()
+
+    def late_chmod(path: tp.Any, permissions: int) -> None:
+        if threading.get_ident() != maker:
+            seen.set()
+            chmodded.wait(10)  # (after the maker's chmod)
+        chmod(path, permissions)
+
+    def other() -> None:
+        made.wait(10)
+        assert not files.make_folder(folder, 0o770)
+
+    monkeypatch.setattr(files, "chmod_folder", slow_chmod_folder)
+    monkeypatch.setattr(files, "chmod", late_chmod)
+    thread = threading.Thread(target=other)
+    previous = os.umask(0o022)
+    try:
+        thread.start()
+        assert files.make_folder(folder, 0o770)
+        thread.join()
+    finally:
+        os.umask(previous)
+    monkeypatch.undo()
+    assert seen.is_set() and chmodded.is_set()
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o770

@@ -124,7 +124,7 @@ def make_folder(folder: str | os.PathLike[str], permissions: int | None, levels:
     anything is made in it: a process killed between a mkdir and its chmod leaves that
     one folder with its umask's mode (0o755 under 0o022: the other users of a shared
     cache could never write in it), and empty. So the folders this user owns and finds
-    without some of the permission bits get them added (``repair``): ``folder`` and its
+    without some of the permission bits are given them (``repair``): ``folder`` and its
     ancestors up to ``levels`` - 1 above it (the folders exca names, e.g. 2 for a node
     folder and its step folder; 0: none, a folder the user named), whatever they hold;
     a folder above those, or one the user named, only when found empty (as such a kill
@@ -169,7 +169,7 @@ def make_folder(folder: str | os.PathLike[str], permissions: int | None, levels:
 
 def ensure_folder(folder: str | os.PathLike[str], permissions: int | None, levels: int = 1) -> None:
     """A folder about to be written into: made when missing (``make_folder``), else given
-    the permission bits it lacks (see ``repair``). One stat when it is there with them,
+    the permissions when it lacks some of their bits (see ``repair``). One stat when it is there with them,
     as the ``exists()`` it replaces."""
     try:
         status = os.stat(folder)
@@ -191,9 +191,13 @@ def repair(
     empty_only: bool = False,
     status: os.stat_result | None = None,
 ) -> None:
-    """Add to a folder of a shared cache the ``permissions`` bits it lacks, when it is this
-    user's (only its owner may chmod it): a process killed between its mkdir and its chmod
-    left it with the umask's mode, and the other users could not write in it for good.
+    """Give a folder of a shared cache lacking some of the ``permissions`` bits the mode
+    its maker gives it (``chmod_folder``: ``permissions``, keeping its setgid bit), when it
+    is this user's (only its owner may chmod it): a process killed between its mkdir and
+    its chmod left it with the umask's mode, and the other users could not write in it for
+    good. Not the bits it lacked added to the mode seen: that mode may be stale, seen just
+    before another thread's or process's chmod of the folder it just made, and adding to
+    it gave back the umask's bits that chmod had removed (0o775 for permissions=0o770).
     ``empty_only``: only if it is empty (a folder exca cannot tell from the user's own
     unless so). Never raises: a chmod that fails is logged."""
     folder = os.fspath(folder)
@@ -223,7 +227,7 @@ def repair(
         oct(permissions),
         oct(mode),
     )
-    chmod(folder, mode | permissions)
+    chmod(folder, permissions | (mode & stat.S_ISGID))
 
 
 def chmod_folder(folder: str | os.PathLike[str], permissions: int) -> None:
