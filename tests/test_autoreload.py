@@ -9,7 +9,10 @@ import sys
 import typing as tp
 from pathlib import Path
 
+import pydantic
 import pytest
+
+import exca
 
 autoreload = pytest.importorskip("IPython.extensions.autoreload")
 
@@ -245,3 +248,98 @@ def test_autoreload_2_of_an_edited_field_default(module: tp.Any, tmp_path: Path)
     assert "lr=0.10" in Exp(lr=0.1).infra.uid()
     with pytest.raises(RuntimeError, match=r"Default lr=0.2 seems incompatible"):
         exp.train()  # (as in a new process: the result of lr=0.1 is there)
+
+
+def _deduper_reloader() -> tp.Any:
+    """IPython's reloader as %autoreload 2 uses it (its deduper on), the sources noted."""
+    if getattr(autoreload, "DeduperReloader", None) is None:
+        pytest.skip("an IPython without deduperreload (< 9)")
+    reloader = autoreload.ModuleReloader()
+    reloader.enabled = True
+    reloader.deduper_reloader.enabled = True
+    reloader.check()  # (the deduper notes the sources)
+    return reloader
+
+
+def _edit(path: Path, text: str) -> None:
+    path.write_text(text)
+    stat = path.stat()
+    os.utime(path, (stat.st_atime, stat.st_mtime + 5))  # (a later edit)
+
+
+def test_autoreload_2_of_a_default_of_a_class_a_config_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inner (no infra, in a module of its own) edited (x 1 -> 2) under %autoreload 2:
+    a class whose defaults exca's uids depend on (Outer's fields hold it), reloaded in
+    full, not by the deduper (which left Inner().x at 1)."""
+    (tmp_path / "reloaded_inner.py").write_text(INNER)
+    (tmp_path / "reloaded_outer.py").write_text(OUTER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    inner_module = importlib.import_module("reloaded_inner")
+    outer_module = importlib.import_module("reloaded_outer")
+    try:
+        reloader = _deduper_reloader()
+        _edit(tmp_path / "reloaded_inner.py", INNER.replace("x: int = 1", "x: int = 2"))
+        reloader.check()
+        assert inner_module.Inner().x == 2
+        Outer = outer_module.Outer
+        assert Outer(items=[{"x": 2}]).infra.uid() != Outer().infra.uid()
+    finally:
+        for name in ("reloaded_inner", "reloaded_outer"):
+            sys.modules.pop(name, None)
+
+
+PLAIN = """
+import dataclasses
+import pydantic
+
+STATE = []  # (a module-level cache)
+
+
+@dataclasses.dataclass
+class Point:
+    x: int = 1
+
+
+class Settings(pydantic.BaseModel):
+    y: int = 1
+
+
+def value():
+    return 1
+"""
+
+
+class AnyModel(pydantic.BaseModel):
+    """A config holding any pydantic model (its field's class says nothing of which)."""
+
+    model: pydantic.BaseModel | None = None
+    infra: exca.TaskInfra = exca.TaskInfra()
+
+    @infra.apply
+    def run(self) -> int:
+        return 1
+
+
+def test_autoreload_2_keeps_the_state_of_modules_exca_does_not_use(
+    module: tp.Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A module of the user's defining a dataclass and a pydantic model that no config
+    holds, its function edited under %autoreload 2 (exca imported, configs defined, one
+    with a field of any pydantic model): the deduper updates it and keeps its state
+    (STATE), as without exca. Every module defining such classes was reloaded in full,
+    its body run again: STATE was a new list (a module-level cache emptied, a client or
+    model made anew at each edit)."""
+    (tmp_path / "plain_module.py").write_text(PLAIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plain = importlib.import_module("plain_module")
+    try:
+        reloader = _deduper_reloader()
+        state = plain.STATE
+        _edit(tmp_path / "plain_module.py", PLAIN.replace("return 1", "return 2"))
+        reloader.check()
+        assert plain.value() == 2
+        assert plain.STATE is state
+    finally:
+        sys.modules.pop("plain_module", None)

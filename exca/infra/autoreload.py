@@ -12,7 +12,7 @@ import typing as tp
 import pydantic
 
 from . import freezing, identity
-from .method import InfraMethod
+from .method import OWNERS, InfraMethod
 
 
 def follow() -> None:
@@ -81,8 +81,12 @@ def _skip_deduper(module: tp.Any) -> None:
     dataclass) never sees: a field default edited in a module (``seed: int = 1`` -> ``2``)
     was silently ignored, the configs keeping the old default (its uid and results
     too), until the kernel restarted (where the cache then said "Default seed=2 seems
-    incompatible"); nor did exca's rules run. A module defining such classes is reloaded
-    by autoreload's full reload instead (what ``%autoreload 2 --full`` does for all)."""
+    incompatible"); nor did exca's rules run. A module defining such classes that exca's
+    uids depend on (``_classes_exca_uses``) is reloaded by autoreload's full reload instead
+    (what ``%autoreload 2 --full`` does for all). Not the other modules, even defining
+    models or dataclasses: a full reload runs a module's body again, so its state (a
+    module-level cache, a client, a model loaded at import) is made anew, which the
+    deduper keeps, and their classes are not exca's concern."""
     deduper: tp.Any = getattr(module, "DeduperReloader", None)
     original = getattr(deduper, "maybe_reload_module", None)
     if original is None or getattr(original, "exca", False):
@@ -99,11 +103,68 @@ def _skip_deduper(module: tp.Any) -> None:
 
 def _defines_config_classes(module: types.ModuleType) -> bool:
     """Whether a module defines a pydantic model or a dataclass (classes built from their
-    body once: a line of it run again changes nothing)."""
+    body once: a line of it run again changes nothing) that exca's uids depend on."""
     name = getattr(module, "__name__", None)
-    return any(
-        isinstance(value, type)
-        and getattr(value, "__module__", None) == name
-        and (issubclass(value, pydantic.BaseModel) or dataclasses.is_dataclass(value))
+    defined = [
+        value
         for value in list(vars(module).values())
-    )
+        if isinstance(value, type)
+        and getattr(value, "__module__", None) == name
+        and _built_once(value)
+    ]
+    if not defined:
+        return False
+    used = _classes_exca_uses()
+    return any(cls in used for cls in defined)
+
+
+def _built_once(cls: type) -> bool:
+    return issubclass(cls, pydantic.BaseModel) or dataclasses.is_dataclass(cls)
+
+
+def _classes_exca_uses() -> set[type]:
+    """The configs (classes with an infra method, and their subclasses) and the pydantic
+    models and dataclasses their fields may hold (by their annotations or their defaults,
+    at any depth, and their subclasses): those whose field defaults are in exca's uids. A
+    field of any model (``pydantic.BaseModel``) names none, as one of ``tp.Any``: its
+    subclasses are every model, of every module."""
+    seen: set[type] = set()
+    todo: list[type] = list(OWNERS)
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        found: list[tp.Any] = list(cls.__subclasses__())
+        try:
+            if issubclass(cls, pydantic.BaseModel):
+                for field in cls.model_fields.values():
+                    found += [field.annotation, type(field.default)]
+            elif dataclasses.is_dataclass(cls):
+                hints = tp.get_type_hints(cls)
+                for dc_field in dataclasses.fields(cls):
+                    found += [hints.get(dc_field.name), type(dc_field.default)]
+        except Exception:  # (an annotation that cannot be resolved: its fields unknown)
+            pass
+        todo += [
+            c
+            for c in _classes_in(found)
+            if c not in seen and c is not pydantic.BaseModel and _built_once(c)
+        ]
+    return seen
+
+
+def _classes_in(annotations: list[tp.Any]) -> tp.Iterator[type]:
+    """The classes an annotation names (list[Inner] | None: list, Inner, NoneType)."""
+    stack, done = list(annotations), set()
+    while stack:
+        annotation = stack.pop()
+        if id(annotation) in done:
+            continue
+        done.add(id(annotation))
+        if isinstance(annotation, type) and not tp.get_args(annotation):
+            yield annotation
+        stack += tp.get_args(annotation)
+        origin = tp.get_origin(annotation)
+        if origin is not None:
+            stack.append(origin)

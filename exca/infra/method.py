@@ -12,6 +12,7 @@ import inspect
 import logging
 import sys
 import typing as tp
+import weakref
 
 import pydantic
 
@@ -41,6 +42,11 @@ def check_plain_method(func: tp.Any) -> None:
             "would be a coroutine, which cannot be stored). Make it a def (call the async "
             "code with asyncio.run inside it)"
         )
+
+
+# the classes with an infra method (see autoreload._classes_exca_uses: the classes whose
+# edits %autoreload must apply in full)
+OWNERS: weakref.WeakSet[type] = weakref.WeakSet()
 
 
 class InfraMethod(property):
@@ -129,6 +135,7 @@ class InfraMethod(property):
         # pydantic builds the schema from this very dict after __set_name__ returns
         owner.model_config.setdefault("extra", "forbid")
         install_owner_hooks(owner)
+        OWNERS.add(owner)
 
     def __get__(self, obj: tp.Any, objtype: tp.Any = None) -> tp.Any:
         if obj is None:
