@@ -1683,6 +1683,40 @@ def test_cli_check_takes_mode_as_plan_and_explain_do(
     assert len(set(helps.values())) == 1 and "mode='retry'" in helps["check"], helps
 
 
+def targets_raising_value_error() -> list[exca.graph.Node]:
+    """A CLI TARGET whose code raises (a config file it reads, a value it checks)."""
+    raise ValueError("no such experiment: exp12")
+
+
+def targets_raising_key_error() -> list[exca.graph.Node]:
+    return [{"a": 1}["b"]]
+
+
+def test_cli_target_function_raising_says_it_raised(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A TARGET function raising a ValueError (RuntimeError, OSError...) ended with
+    "exca: error: ValueError: no such experiment: exp12", as if exca refused something:
+    nothing said the function raised it, nor where (a probe). The error says so, with the
+    file and line; another error type keeps its traceback, with a note naming TARGET."""
+    from exca.ops.cli import main
+
+    target = f"{__name__}:targets_raising_value_error"
+    assert main(["plan", target]) == 2
+    err = capsys.readouterr().err
+    said = (
+        f"exca: error: ValueError: calling targets_raising_value_error(), the function of "
+        f"TARGET {target}, failed: ValueError: no such experiment: exp12 (raised at {__file__}:"
+    )
+    assert err.startswith(said), err
+    with pytest.raises(KeyError) as error:
+        main(["explain", f"{__name__}:targets_raising_key_error"])
+    assert error.value.__notes__ == [
+        f"calling targets_raising_key_error(), the function of TARGET "
+        f"{__name__}:targets_raising_key_error, failed"
+    ]
+
+
 def test_cli_target_naming_a_function_returning_nodes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

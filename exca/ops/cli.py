@@ -87,7 +87,18 @@ def _target_nodes(
             ) from None
         except ValueError:  # (no signature to read: a builtin, say; called as it is)
             pass
-        made = made()
+        try:
+            made = made()
+        except Exception as error:
+            # (main prints these types as one line, "exca: error: ValueError: ...": as if
+            # exca refused something, nothing said the TARGET's function raised it, where)
+            where = f"calling {name}(), the function of TARGET {target}, failed"
+            if isinstance(error, ImportError | ValueError | RuntimeError | OSError):
+                frames = traceback.extract_tb(error.__traceback__)[1:]  # (from its code on)
+                at = f" (raised at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+                raise ValueError(f"{where}: {type(error).__name__}: {error}{at}") from error
+            error.add_note(where)  # (other errors keep their traceback)
+            raise
     nodes = [made] if isinstance(made, Node) else made
     if (
         not isinstance(nodes, list | tuple)
