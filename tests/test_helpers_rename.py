@@ -376,3 +376,27 @@ def test_rename_class_command_line(project: Project, capsys: pytest.CaptureFixtu
     assert project.calls() == []
     assert cli.main(args) == 2
     assert "no step folder of pipemod.Data" in capsys.readouterr().err
+
+
+def _job_logs(step: Path, job: str) -> None:
+    """The log folder a job of this step writes (logs/<user>/<job id>/...)."""
+    folder = step / "logs" / "someone" / job
+    folder.mkdir(parents=True)
+    (folder / f"{job}_0_log.out").write_text(f"log of {job}")
+
+
+def test_rename_class_merges_the_logs_of_the_renamed_class(project: Project) -> None:
+    """The renamed class ran a job before the migration (its step folder under the new
+    name has a logs folder): the migration merges the logs, it does not refuse."""
+    old = project.root / "pipemod.Data.prepare,1"
+    new = project.root / "pipemod.Dataset.prepare,1"
+    _job_logs(old, "11")
+    _job_logs(new, "22")
+    done = helpers.rename_class(project.root, "pipemod.Data", "pipemod.Dataset", dryrun=False)
+    assert done.left == []
+    assert not old.exists()
+    assert (new / "logs/someone/11/11_0_log.out").read_text() == "log of 11"
+    assert (new / "logs/someone/22/22_0_log.out").read_text() == "log of 22"
+    project.write(data="Dataset")
+    assert project.run("run") == EXPECTED
+    assert project.calls() == []

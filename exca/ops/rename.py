@@ -18,6 +18,7 @@ lines that deletions name by their place), see docs/operating.md.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -353,7 +354,9 @@ def rename_class(folder: str | Path, old: str, new: str, dryrun: bool = True) ->
         target_step = step.with_name(plan.step_name(step.name))
         for entry in _dirs(step):
             target = target_step / entry.name
-            if os.path.lexists(target):
+            # (a step's logs or code folder exists under the new name once the renamed
+            # class ran: merged, see _merge)
+            if os.path.lexists(target) and entry.name not in _NOT_NODES:
                 conflicts.append(f"{entry} and {target}")
             configs.append((entry, target))
     # 2. the inputs-* folders computed from them (any depth downstream)
@@ -444,12 +447,7 @@ def _move(source: Path, target: Path, renaming: Renaming) -> bool:
 
     if source.name in _NOT_NODES:  # (a step's workdir copies or logs: moved as they are)
         make_folder(target.parent, _permissions(source.parent))
-        try:
-            os.rename(source, target)
-        except OSError as error:
-            renaming.left.append((source, str(error)))
-            return False
-        return True
+        return _merge(source, target, renaming)
     make_folder(target.parent, _permissions(source.parent))
     try:
         with held(source) as hold:
@@ -470,3 +468,36 @@ def _move(source: Path, target: Path, renaming: Renaming) -> bool:
         renaming.left.append((source, f"{target} exists"))
         return False
     return True
+
+
+def _merge(source: Path, target: Path, renaming: Renaming) -> bool:
+    """Move a step's logs or code folder (no node: nothing computes into it) to target,
+    merged into target if it exists (the renamed class ran already: its jobs' logs are
+    there); an entry of the same name on both sides is left where it is (reported)."""
+    try:
+        os.rename(source, target)
+        return True
+    except OSError as error:
+        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not target.is_dir():
+            renaming.left.append((source, str(error)))
+            return False
+    moved = True
+    with os.scandir(source) as entries:
+        names = sorted(e.name for e in entries)
+    for name in names:
+        child, there = source / name, target / name
+        if not os.path.lexists(there):
+            try:
+                os.rename(child, there)
+            except OSError as error:
+                renaming.left.append((child, str(error)))
+                moved = False
+        elif child.is_dir() and not child.is_symlink() and there.is_dir():
+            moved = _merge(child, there, renaming) and moved
+        else:
+            renaming.left.append((child, f"{there} exists"))
+            moved = False
+    if moved:
+        with contextlib.suppress(OSError):
+            os.rmdir(source)
+    return moved
