@@ -209,6 +209,57 @@ def test_error_cached_and_retried(tmp_path: Path, cluster: str | None) -> None:
     assert len(calls(tmp_path / "calls.txt")) == 2
 
 
+class Interrupting(pydantic.BaseModel):
+    """process() -> 1; raises KeyboardInterrupt itself while the file ``flag`` exists (a
+    stop condition: no signal, nobody pressed Ctrl-C)."""
+
+    flag: str
+    log: str
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        append(self.log, "called")
+        if Path(self.flag).exists():
+            raise KeyboardInterrupt("a stop condition")
+        return 1
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("cluster", CLUSTERS)
+def test_a_keyboardinterrupt_of_the_method_is_never_cached(
+    tmp_path: Path, cluster: str | None
+) -> None:
+    """A method raising KeyboardInterrupt itself (a notebook probe): inline it propagated
+    and nothing was recorded, but a local job was recorded as failed (the next calls
+    raised it, until mode='retry'). An interrupt is no property of the config: nothing
+    is cached in any cluster, the next call computes it. In this process (None, debug)
+    the KeyboardInterrupt propagates; a job's error says that the method raised it."""
+    flag, log = tmp_path / "flag", tmp_path / "calls.txt"
+    flag.touch()
+
+    def task() -> Interrupting:
+        infra = {"folder": tmp_path / "cache", "cluster": cluster}
+        return Interrupting(flag=str(flag), log=str(log), infra=infra)
+
+    if cluster == "local":
+        with pytest.raises(JobFailedError) as info:
+            task().process()
+        said = str(info.value)
+        assert "KeyboardInterrupt was raised (by the method: no SIGINT was received)" in said
+        assert "nothing is cached: the next call computes it" in said, said
+        assert "retry" not in said.partition("the end of that log")[0], said
+    else:
+        with pytest.raises(KeyboardInterrupt, match="a stop condition"):
+            task().process()
+    assert task().infra.status() == "not submitted"
+    assert calls(log) == ["called"]
+    flag.unlink()
+    assert task().process() == 1  # (mode cached: computed)
+    assert task().infra.status() == "completed"
+    assert calls(log) == ["called"] * 2
+
+
 def _wait_for(predicate: tp.Callable[[], bool], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

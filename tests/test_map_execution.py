@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import types
 import typing as tp
 import weakref
@@ -50,7 +51,7 @@ class Mapper(pydantic.BaseModel):
     slow_flag: str = ""
     short: bool = False
     extra: bool = False
-    raised: str = "ValueError"  # (or "KeyError")
+    raised: str = "ValueError"  # (or "KeyError", "KeyboardInterrupt")
     factor_file: str = ""  # a file holding the factor (10 without it)
     _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("factor_file",)
     infra: exca.MapInfra = exca.MapInfra(version="1")
@@ -66,7 +67,8 @@ class Mapper(pydantic.BaseModel):
             while item == 2 and self.slow_flag and Path(self.slow_flag).exists():
                 time.sleep(0.05)
             if self.fail_dir and (Path(self.fail_dir) / str(item)).exists():
-                raise (KeyError if self.raised == "KeyError" else ValueError)(f"bad item {item}")
+                raised = {"KeyError": KeyError, "KeyboardInterrupt": KeyboardInterrupt}
+                raise raised.get(self.raised, ValueError)(f"bad item {item}")
             yield factor * item
             if self.extra and item == items[0]:
                 yield 10 * item
@@ -411,6 +413,42 @@ def test_a_forced_instance_called_from_two_threads_forces_once(tmp_path: Path) -
     assert counts(log) == {0: 2, 1: 2, 2: 2}
     assert list(forced.process([0, 1, 2])) == [0, 10, 20]  # (forced once: read now)
     assert counts(log) == {0: 2, 1: 2, 2: 2}
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("cluster", CLUSTERS)
+def test_a_keyboardinterrupt_of_the_method_is_named_and_never_cached(
+    tmp_path: Path, cluster: str | None
+) -> None:
+    """A method raising KeyboardInterrupt itself at an item (a notebook probe): in a
+    processpool it reached the caller as a bare KeyboardInterrupt, as the user's own
+    Ctrl-C does. From a pool's thread or process (not the caller's: its Ctrl-C stops the
+    caller) the call now raises a JobFailedError naming the item, as a local job's names
+    the interrupt; in this process (None, debug) it propagates as it is. In every
+    cluster nothing is cached for that item: the next call computes it."""
+    fail_dir = tmp_path / "fail"
+    fail_dir.mkdir()
+    (fail_dir / "2").touch()
+    mapper = make(tmp_path, cluster, fail_dir=str(fail_dir), raised="KeyboardInterrupt")
+    if cluster in (None, "debug"):
+        with pytest.raises(KeyboardInterrupt, match="bad item 2"):
+            list(mapper.process([1, 2, 3]))
+    else:
+        with pytest.raises(exca.graph.errors.JobFailedError) as info:
+            list(mapper.process([1, 2, 3]))
+        said = str(info.value)
+        assert "2" in info.value.item_uids and "the next call computes them" in said, said
+        if cluster == "local":
+            assert "KeyboardInterrupt was raised (by the method: no SIGINT" in said, said
+        else:
+            where = "a thread" if cluster == "threadpool" else "a process"
+            raised = f"the method raised KeyboardInterrupt in {where} of the {cluster}"
+            assert f"{raised} computing item '2'" in said, said
+            assert "bad item 2" in "".join(traceback.format_exception(info.value))
+    (fail_dir / "2").unlink()
+    again = make(tmp_path, cluster, fail_dir=str(fail_dir), raised="KeyboardInterrupt")
+    assert list(again.process([1, 2, 3])) == [10, 20, 30]
+    assert counts(tmp_path / "calls.txt")[2] == 2
 
 
 @pytest.mark.timeout(120)

@@ -5835,16 +5835,24 @@ def test_a_local_job_whose_method_raises_keyboardinterrupt_is_not_cancelled(
     """A method raising KeyboardInterrupt in a local job: the call (and exca list) said
     'local job N was cancelled (interrupted by SIGINT, which job.cancel() sends)', though
     nothing cancelled it. The job's log notes that no SIGINT came; the error says the
-    method raised it, with the log's path and its end."""
+    method raised it, with the log's path and its end. Nothing is cached (`exca list`
+    lists no error; it listed the job's failure), and `exca logs` says why (not that
+    the job refused its config, as for the other records set aside)."""
     with pytest.raises(JobFailedError) as info:
         Interrupts(infra={"folder": tmp_path, "cluster": "local"}).run()
     said = str(info.value)
     assert "was cancelled" not in said, said
     assert "KeyboardInterrupt was raised (by the method: no SIGINT was received)" in said
     assert "_log.err" in said and "raise KeyboardInterrupt" in said, said
+    assert "nothing is cached: the next call computes it" in said, said
+    # (not cached as the config's failure, see tests/test_execution.py: its job's record
+    # is set aside, and its log says why)
     (listed,) = exca.ops.inspect(tmp_path)
-    assert listed.error is not None and "was cancelled" not in listed.error
-    assert "KeyboardInterrupt was raised (by the method" in listed.error
+    assert listed.error is None and listed.status != "error", listed
+    folder = Interrupts(infra={"folder": tmp_path}).infra.uid_folder()
+    out = cli("logs", folder, check=True).stdout
+    assert "method raised KeyboardInterrupt: nothing was cached" in out, out
+    assert "refused its config" not in out, out
 
 
 class StartsThenWaits(pydantic.BaseModel):

@@ -19,6 +19,7 @@ from .errors import (
     UpstreamFailed,
     ending_line,
     failed_upstreams,
+    method_interrupted,
     read_only_error,
     retry_hint,
 )
@@ -794,6 +795,9 @@ class Graph:
         known = registry.slurm_endings(slurm_ended) if slurm_ended else {}  # (one sacct call)
         for run, record in ended:
             how = executors.recorded_handle(record).ended_how(known.get(record.job_id))
+            if method_interrupted(how):  # (not its failure: computed, see INTERRUPT_HINT)
+                registry.set_refused(run.node.folder, record.job_id)  # (as the job does)
+                continue
             run.action, run.holds_error = "fail", True
             run.reason = ending_line(how)  # (as the call says it)
             # (what to do, as for a cached error; not where its own words say it)

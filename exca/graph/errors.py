@@ -27,6 +27,35 @@ NO_JOB = "-"  # (jobs.not_forced: computed without a job, started before the for
 # what a job's log says of a KeyboardInterrupt that no stop signal caused (a local job is
 # cancelled by SIGINT: one raised by the method is no cancel)
 RAISED_INTERRUPT = "KeyboardInterrupt was raised (by the method: no SIGINT was received)"
+# ... which is never cached as the config's failure (an interrupt is no property of the
+# config): a task's job sets its record aside, as a job refusing its config does, and the
+# next call computes it, in any mode, as after an inline call's KeyboardInterrupt
+INTERRUPT_HINT = "nothing is cached: the next call computes it"
+# the attribute of a KeyboardInterrupt that stopped a map's method naming the item it was
+# computing: raised by the method in a pool's thread or process, the caller's error names it
+INTERRUPTED_ITEM = "exca_item"
+
+
+def pool_interrupt(
+    error: BaseException, what: str, cluster: str, missing: tp.Sequence[str]
+) -> JobFailedError:
+    """The error of a call whose method raised KeyboardInterrupt in a pool's thread or
+    process (``what``: what was not computed, ``missing`` its items): not the caller's Ctrl-C (which stops the
+    caller itself, not here), and a bare KeyboardInterrupt read as one. The method's own
+    traceback is its cause."""
+    item = getattr(error, INTERRUPTED_ITEM, None)
+    where = "a thread" if cluster == "threadpool" else "a process"
+    which = f" computing item {item!r}" if item is not None else ""
+    hint = ITEMS_HINT if missing else INTERRUPT_HINT
+    failure = JobFailedError(
+        f"{what}: the method raised KeyboardInterrupt in {where} of the {cluster}{which} "
+        f"(raised by the method itself: no Ctrl-C; {hint})",
+        missing,
+    )
+    failure.__cause__ = error
+    return failure
+
+
 LOG_QUOTE = "\nthe end of that log:\n"  # (what precedes the end of a job's log a message quotes)
 
 
@@ -45,6 +74,12 @@ def class_changed(how: str) -> bool:
     class changed, or of a config it could not import: not a failure of the computation
     (nothing cached, nothing to retry)."""
     return CLASS_CHANGED in how or CONFIG_UNIMPORTABLE in how
+
+
+def method_interrupted(how: str) -> bool:
+    """Whether a job's ending (``Handle.ended_how``) is a KeyboardInterrupt its method
+    raised (no SIGINT: not a cancel): not cached, as a refusal (see RAISED_INTERRUPT)."""
+    return RAISED_INTERRUPT in how
 
 
 RETRY_HINT = "use mode='retry' to recompute"
@@ -66,7 +101,12 @@ def retry_hint(how: str, items: bool = False, retrying: bool = False) -> str:
     if class_changed(how) or NEVER_STARTS in how:
         return how
     said, quote, log_end = how.partition(LOG_QUOTE)
-    hint = ITEMS_HINT if items else RETRIED_HINT if retrying else RETRY_HINT
+    if items:
+        hint = ITEMS_HINT
+    elif method_interrupted(how):
+        hint = INTERRUPT_HINT
+    else:
+        hint = RETRIED_HINT if retrying else RETRY_HINT
     return f"{said} ({hint}){quote}{log_end}"
 
 

@@ -38,6 +38,8 @@ from .errors import (
     class_changed,
     failed_upstreams,
     items_not_computed,
+    method_interrupted,
+    pool_interrupt,
     read_only_error,
     retried_error,
     retry_hint,
@@ -1139,17 +1141,25 @@ class Scheduler:
             for h in run.handles
             if not isinstance(h, executors.DoneHandle | executors.FutureHandle)
             # (another process's local job, followed here, tells its error by how it ended
-            # only: taken for withdrawn, it was submitted again, to be refused again)
-            and (h.error() is not None or isinstance(h, executors.RecordedLocalHandle))
+            # only: taken for withdrawn, it was submitted again, to be refused again; a job
+            # ending on a KeyboardInterrupt writes no error: its log tells)
+            and (
+                h.error() is not None
+                or isinstance(h, executors.RecordedLocalHandle)
+                or not h.finished_ok()
+            )
         }
-        refusing = [job_id for job_id, how in hows.items() if class_changed(how)]
+        # (or whose method raised KeyboardInterrupt: not cached either, see INTERRUPT_HINT)
+        refusing = [
+            job_id for job_id, how in hows.items() if class_changed(how) or method_interrupted(how)
+        ]
         if not refusing:
             return False
         refused = hows[refusing[0]]
         for job_id in refusing:  # (the job did; unless it refused before it was recorded)
             registry.set_refused(run.node.folder, job_id)
         run.state = "failed"
-        run.error = JobFailedError(f"{run.node.uid} not computed: {refused}")
+        run.error = JobFailedError(f"{run.node.uid} not computed: {retry_hint(refused)}")
         return True
 
     def _job_withdrawn(self, run: NodeRun) -> bool:
@@ -1294,6 +1304,10 @@ class Scheduler:
                     return JobFailedError(
                         f"{what}: a process of the pool died {how}: {error}", missing
                     )
+                pool = getattr(handle, "cluster", None)
+                if isinstance(error, KeyboardInterrupt) and pool in POOL_CLUSTERS:
+                    # (the method's: the caller's own Ctrl-C stops the caller, not here)
+                    return pool_interrupt(error, what, pool, missing)
                 if error is not None:
                     return error
                 continue

@@ -32,6 +32,7 @@ from ..storage.index import meta_of
 from ..storage.modules import imported
 from . import callers, codeprint, jobpickle, jobprocess, ranks, registry, store
 from .errors import (
+    INTERRUPTED_ITEM,
     RAISED_INTERRUPT,
     UpstreamFailed,
     item_cycle_error,
@@ -272,6 +273,11 @@ def run_job_unit(unit: Unit) -> Report:
                     file=sys.stderr,
                     flush=True,
                 )
+            if unit.node.kind == "task":  # (a map's missing items: computed by the next call)
+                # not the config's failure (see errors.INTERRUPT_HINT): its record is set
+                # aside, as a job refusing its config does (the next call computes it)
+                with contextlib.suppress(Exception):
+                    registry.set_refused(unit.node.folder, _job_id() or "")
         raise
 
 
@@ -1685,7 +1691,10 @@ def _compute_from(
         if failures.repeats >= SETUP_ERROR_REPEATS and left and _never_computed(cache, report):
             _setup_failed(node, left, error)
         return position + 1
-    except BaseException:  # Ctrl-C, SystemExit: what was computed stays computed
+    except BaseException as interrupt:  # Ctrl-C, SystemExit: what was computed stays computed
+        if isinstance(interrupt, KeyboardInterrupt) and position < end:
+            # (the item it interrupted, named by a pool's caller: see INTERRUPTED_ITEM)
+            setattr(interrupt, INTERRUPTED_ITEM, uids[position])
         flush()
         raise
     finally:

@@ -1193,7 +1193,15 @@ def _main(argv: list[str] | None) -> int:
         data = {"job_id": job.job_id, "cluster": job.cluster, "path": str(path), "text": text}
         header = f"# job {job.job_id} ({job.cluster}): {path}"
         maker = _result_job(Path(args.folder)) if args.item is None else job.job_id
-        if job.refused:  # (its record was set aside: see registry.set_refused)
+        from ..graph.errors import RAISED_INTERRUPT
+
+        if job.refused and RAISED_INTERRUPT in (job.stderr() or ""):  # (set aside too)
+            data["note"] = (
+                f"job {job.job_id}'s method raised KeyboardInterrupt: nothing was cached; "
+                "the next call computes it"
+            )
+            header += f"\n# ({data['note']})"
+        elif job.refused:  # (its record was set aside: see registry.set_refused)
             data["note"] = (
                 f"job {job.job_id} refused its config (its class was edited while it was "
                 "queued): nothing was computed; the next call submits it again"
