@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -1942,6 +1943,42 @@ def test_a_job_that_cannot_import_its_config_caches_no_failure(
         _computed_then_method_error_cached(module, infra, "no_such_module_29")
     finally:
         sys.modules.pop("hidden_module_29", None)
+
+
+@pytest.mark.timeout(180)
+def test_jobs_that_cannot_import_the_config_module_say_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A notebook's sys.path.insert(0, "mydir") and classes from a module there (a probe):
+    every job of the call refuses its config for the same reason, and the call printed
+    that paragraph (naming PYTHONPATH) once per job: a map's 3 chunk jobs, a graph run's
+    3 tasks. It is said once now, the other jobs named after it."""
+    import importlib
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "hidden_module_31.py").write_text(textwrap.dedent(LIBRARY_MODULE))
+    monkeypatch.syspath_prepend(str(code))
+    module = importlib.import_module("hidden_module_31")
+    cannot = "could not load what it had to run"
+    try:
+        infra = {"folder": tmp_path / "cache", "cluster": "local"}
+        chunks = {**infra, "max_jobs": 3, "min_samples_per_job": 1}
+        with pytest.raises(JobFailedError, match=cannot) as info:
+            list(module.Embed(infra=chunks).process([1, 2, 3]))
+        said = str(info.value)
+        assert said.count(cannot) == 1 and said.count("PYTHONPATH") == 1, said
+        assert re.search(r"; and so in 2 other jobs: \d+, \d+$", said), said
+        nodes = [module.Train(layers=n, infra=infra).fit.node() for n in range(3)]
+        with pytest.raises(exca.graph.errors.NodeFailures) as failures:
+            exca.graph.run(*nodes)
+        said = str(failures.value)
+        assert len(failures.value.failures) == 3  # (each node's error, whole, is there)
+        assert said.count(cannot) == 1 and said.count("PYTHONPATH") == 1, said
+        assert "\n    and so in 2 other node(s): " in said, said
+        assert f"{nodes[1].uid} (job " in said and f"{nodes[2].uid} (job " in said, said
+    finally:
+        sys.modules.pop("hidden_module_31", None)
 
 
 def _refused_load(task: tp.Any, info: pytest.ExceptionInfo[JobFailedError]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import typing as tp
 
 from ..storage.cachederror import CachedError, ComputationError
@@ -168,6 +169,31 @@ def named_items(uids: tp.Sequence[str]) -> str:
     return named
 
 
+def same_endings(endings: tp.Sequence[tuple[str, str]]) -> list[str]:
+    """The endings (``Handle.ended_how``) of several jobs, by job id, each said once: the
+    jobs ending the same way (the same words once their job ids, in their log paths too,
+    are set aside) are named after the first one's ending, "and in N other jobs: ...".
+    (Eight chunk jobs that could not import their config printed its paragraph eight
+    times.)"""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for job_id, how in endings:
+        key = how.replace(job_id, "\0") if job_id else how
+        groups.setdefault(key, []).append((job_id, how))
+    said = []
+    for group in groups.values():
+        how = group[0][1]
+        others = [job_id for job_id, _ in group[1:]]
+        if others:
+            named = ", ".join(others[:ITEMS_NAMED])
+            if len(others) > ITEMS_NAMED:
+                named += f" and {len(others) - ITEMS_NAMED} more"
+            jobs = "job" if len(others) == 1 else "jobs"
+            first, quote, log_end = how.partition(LOG_QUOTE)
+            how = f"{first}; and so in {len(others)} other {jobs}: {named}{quote}{log_end}"
+        said.append(how)
+    return said
+
+
 def failed_upstreams(uids: tp.Sequence[str], verb: str = "failed") -> str:
     """``upstream A failed``, or ``2 upstream nodes failed: A, B``: every failed input of a
     node named (an aggregation over evaluations, two of which failed, named the first
@@ -226,12 +252,51 @@ class NodeFailures(RuntimeError):
     def __init__(self, failures: dict[str, BaseException]) -> None:
         self.failures = failures
         lines = [f"{len(failures)} node(s) failed:"]
+        alike = _refused_alike(failures)
         for uid, error in failures.items():
-            line = f"  - {uid}: {type(error).__name__}: {_summary(str(error))}"
+            if uid in alike and not alike[uid]:
+                continue  # (said with the first node refused so)
+            # (its remedy whole: said once for the nodes refused alike)
+            limit = 1000 if uid in alike else 300
+            line = f"  - {uid}: {type(error).__name__}: {_summary(str(error), limit)}"
             # (a cached error of a notebook's method fixed since: the one line seen of it)
             edited = [n for n in getattr(error, "__notes__", ()) if n.startswith(EDITED_NOTE)]
             lines.append(line + (f" ({edited[0][len('exca: ') :]})" if edited else ""))
+            others = alike.get(uid)
+            if others:
+                named = ", ".join(others[:ITEMS_NAMED])
+                if len(others) > ITEMS_NAMED:
+                    named += f" and {len(others) - ITEMS_NAMED} more"
+                lines.append(f"    and so in {len(others)} other node(s): {named}")
         super().__init__("\n".join(lines))
+
+
+_JOB_ID = re.compile(r"\bjob ([\w.-]+) ")
+
+
+def _refused_alike(failures: dict[str, BaseException]) -> dict[str, list[str]]:
+    """The nodes whose jobs refused their config for the same reason (it could not be
+    imported, or its class changed: the same words once the node's uid and its job id
+    are set aside), grouped under the first one: its uid -> the others' (with their job
+    ids); theirs -> [] (a sweep of 8 jobs that could not import its config printed its
+    paragraph 8 times)."""
+    groups: dict[str, list[str]] = {}
+    for uid, error in failures.items():
+        text = str(error)
+        if not class_changed(text):
+            continue
+        found = _JOB_ID.search(text)
+        key = text.replace(uid, "\0")
+        if found is not None:
+            key = key.replace(found.group(1), "\1")
+        groups.setdefault(key, []).append(uid if found is None else f"{uid} (job {found[1]})")
+    alike: dict[str, list[str]] = {}
+    for said in groups.values():
+        if len(said) > 1:
+            first = said[0].partition(" (job ")[0]
+            alike[first] = said[1:]
+            alike.update((other.partition(" (job ")[0], []) for other in said[1:])
+    return alike
 
 
 def _summary(message: str, limit: int = 300) -> str:

@@ -43,6 +43,7 @@ from .errors import (
     read_only_error,
     retried_error,
     retry_hint,
+    same_endings,
 )
 from .node import (
     POOL_CLUSTERS,
@@ -1287,7 +1288,7 @@ class Scheduler:
             items_not_computed(missing, run.node.uid) if missing else f"{run.node.uid} not computed"
         )
         missing = missing or []
-        descriptions = []
+        descriptions: list[tuple[str, str]] = []
         slurm = [h.job_id for h in run.handles if getattr(h, "cluster", None) == "slurm"]
         known = registry.slurm_endings(slurm) if len(slurm) > 1 else {}  # (chunk jobs)
         for handle in run.handles:
@@ -1313,10 +1314,11 @@ class Scheduler:
                 continue
             if error is None and handle.finished_ok():
                 continue  # (a chunk job that did its share: not the one to blame)
-            descriptions.append(handle.ended_how(known.get(handle.job_id)))
+            descriptions.append((handle.job_id, handle.ended_how(known.get(handle.job_id))))
+        endings = same_endings(descriptions)  # (many chunk jobs ending alike: said once)
         # (a description quoting its log's end spans lines: the next one starts its own)
-        multiline = any("\n" in d for d in descriptions)
-        detail = ("\n" if multiline else "; ").join(descriptions)
+        multiline = any("\n" in d for d in endings)
+        detail = ("\n" if multiline else "; ").join(endings)
         if detail:  # (a map's missing items: not recorded as failed, unlike a task)
             detail = retry_hint(detail, items=bool(missing) and run.node.kind == "map")
         else:
