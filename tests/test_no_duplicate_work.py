@@ -946,6 +946,155 @@ def test_a_map_item_and_a_task_needing_each_other_are_refused(tmp_path: Path) ->
     assert collections.Counter(lines(tmp_path / "calls.txt"))["a1"] == 1
 
 
+class TaskOfItems(pydantic.BaseModel):
+    """A task (infra ``spec["task"]``) whose result needs items ``spec["task_items"]`` of
+    ItemsOfTask, whose items ``spec["needy"]`` need this result (through its job whole:
+    ``task.process()``, or ``task.infra.job().result()`` when ``spec["via_job"]``). With
+    ``spec["meet"]``, the task and a needy item wait until that many workers met."""
+
+    spec: dict[str, tp.Any]
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> str:
+        ctl = Path(self.spec["ctl"])
+        append(ctl / "calls.txt", "task")
+        if self.spec["meet"]:
+            _meet(ctl, self.spec["meet"])
+        items = ItemsOfTask(spec=self.spec, infra={"folder": self.infra.folder})
+        return "t(" + ",".join(items.process(self.spec["task_items"])) + ")"
+
+
+class ItemsOfTask(pydantic.BaseModel):
+    spec: dict[str, tp.Any]
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[str]) -> tp.Iterator[str]:
+        ctl = Path(self.spec["ctl"])
+        for item in items:
+            append(ctl / "calls.txt", item)
+            if item not in self.spec["needy"]:
+                yield item + "()"
+                continue
+            if self.spec["meet"]:
+                _meet(ctl, self.spec["meet"])
+            task = TaskOfItems(
+                spec=self.spec, infra={"folder": self.infra.folder, **self.spec["task"]}
+            )
+            if self.spec["via_job"]:
+                yield item + "(" + task.infra.job().result() + ")"
+            else:
+                yield item + "(" + task.process() + ")"
+
+
+_SLURM_TASK = {"cluster": "slurm", "cpus_per_task": 1, "timeout_min": 3}
+
+
+def _task_and_items(
+    tmp_path: Path, cluster: str, both: bool, via: str, needy: list[str], task_items: list[str]
+) -> dict[str, tp.Any]:
+    """The map called on [x, y] (and, ``both``, the task called at the same time by
+    another thread, both waiting until the other started): outputs or errors."""
+    task_infra = _SLURM_TASK if cluster == "slurm" else {"cluster": cluster}
+    spec = {
+        "ctl": str(tmp_path),
+        "task": task_infra,
+        "needy": needy,
+        "task_items": task_items,
+        "meet": 2 if both else 0,
+        "via_job": via == "job",
+    }
+    folder = tmp_path / "c"
+    items = ItemsOfTask(spec=spec, infra={"folder": folder})
+    task = TaskOfItems(spec=spec, infra={"folder": folder, **task_infra})
+    calls: dict[str, tp.Callable[[], tp.Any]] = {"map": lambda: list(items.process(["x", "y"]))}
+    if both:
+        calls["task"] = task.process
+    out: dict[str, tp.Any] = {}
+
+    def call(name: str) -> None:
+        try:
+            out[name] = calls[name]()
+        except Exception as error:
+            traceback.print_exc()
+            out[name] = error
+
+    threads = [threading.Thread(target=call, args=(n,), daemon=True) for n in calls]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            thread.join(timeout=WAIT_S)
+        assert not any(t.is_alive() for t in threads), "they wait for each other for good"
+    finally:
+        for node in (items, task):
+            _kill_jobs_left(node.infra.uid_folder())
+    return out
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize(
+    "cluster, both, via",
+    [
+        ("debug", True, "call"),
+        ("local", True, "call"),
+        pytest.param("slurm", True, "call", marks=pytest.mark.slurm),
+        ("local", True, "job"),
+        ("local", False, "job"),
+        ("debug", False, "job"),
+        ("local", False, "call"),
+    ],
+)
+def test_a_map_item_and_a_task_needing_each_other_through_its_job_are_refused(
+    tmp_path: Path, cluster: str, both: bool, via: str
+) -> None:
+    """Item x needs a task computed by its job (waited for whole: its call with a
+    cluster, or job().result()), whose method needs x. Waited for good: by the map's
+    thread following the job the task's own call sent (``both``), or the job that x sent
+    through job() (no callers); no wait record linked a job waited for whole. Now refused,
+    naming both ends; y computed once."""
+    out = _task_and_items(tmp_path, cluster, both, via, needy=["x"], task_items=["x"])
+    assert all(isinstance(error, Exception) for error in out.values()), out
+    said = "\n".join(str(error) for error in out.values())
+    assert "cannot (directly or indirectly" in said
+    # (else refused as before: x calls the task's job with callers (a caller of the job),
+    # or runs its debug job in its own thread (already computed by this very thread))
+    if both or (via == "job" and cluster != "debug"):
+        assert "item(s) 'x'" in said and "TaskOfItems" in said and "ItemsOfTask" in said
+    assert collections.Counter(lines(tmp_path / "calls.txt"))["y"] == 1
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize(
+    "cluster, both, via",
+    [
+        ("debug", True, "call"),
+        ("local", True, "call"),
+        pytest.param("slurm", True, "call", marks=pytest.mark.slurm),
+        ("local", True, "job"),
+        ("local", False, "call"),
+        pytest.param("slurm", False, "call", marks=pytest.mark.slurm),
+        ("local", False, "job"),
+    ],
+)
+def test_a_task_job_needing_an_item_its_waiting_caller_has_not_started_computes_it(
+    tmp_path: Path, cluster: str, both: bool, via: str
+) -> None:
+    """No cycle: item x needs the task (its job waited for whole), whose method needs
+    item y of the same call, claimed by the map's thread but not started. The thread
+    held y while it waited for the job: the job waited for y for good (the task called
+    by another thread, ``both``, or x's job() job), or refused it as held by a caller of
+    its job. Now the thread gives back its unstarted items before it waits for a job
+    whole (before sending it): the job computes y; each is computed once."""
+    out = _task_and_items(tmp_path, cluster, both, via, needy=["x"], task_items=["y"])
+    expected = {"map": ["x(t(y()))", "y()"]}
+    if both:
+        expected["task"] = "t(y())"
+    assert out == expected
+    assert sorted(lines(tmp_path / "calls.txt")) == ["task", "x", "y"]
+
+
 class Ping(pydantic.BaseModel):
     """Calls Pong, which calls Ping again (a user's bug, each through its own cluster)."""
 

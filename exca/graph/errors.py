@@ -334,12 +334,17 @@ def self_call_error(uid: str) -> RuntimeError:
     )
 
 
-def item_cycle_error(uid: str, keys: list[str], holder: str) -> RuntimeError:
-    """Items of a map computed by two workers (sibling chunk jobs), each waiting for an
-    item the other computes (directly or through other workers)."""
-    shown = ", ".join(repr(k) for k in keys[:3])
+def item_cycle_error(uid: str, keys: list[str], holder: str, theirs: str = "") -> RuntimeError:
+    """Items of a map (or a task's result, key "result") computed by two workers (sibling
+    chunk jobs, or a job waited for whole), each waiting for an item the other computes
+    (directly or through other workers). ``theirs``: what the other one computes."""
+    if keys == ["result"]:
+        shown = "its result being computed here is"
+    else:
+        shown = "item(s) " + ", ".join(repr(k) for k in keys[:3]) + " being computed here are"
+    also = f" (computing {theirs})" if theirs else ""
     return RuntimeError(
-        f"{uid}: item(s) {shown} being computed here are needed by {holder}, which "
+        f"{uid}: {shown} needed by {holder}{also}, which "
         "computes what this thread waits for: a decorated method cannot (directly or "
         "indirectly, through jobs) call itself"
     )

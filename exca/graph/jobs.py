@@ -5,6 +5,7 @@ from the node's cache (workers write them there), so a job works from any proces
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import typing as tp
 
@@ -238,12 +239,27 @@ class Job:
         return self.handle is None or self.handle.done()  # (no job: nothing to wait for)
 
     def wait(self) -> None:
-        if not self.done():
-            self._refuse_waiting_for_callers()
+        if self.done():
+            return
+        self._refuse_waiting_for_callers()
+        from .worker import JobWait
+
+        # (in a computation of map items or of a task: a cycle through the job is refused)
+        job_wait = JobWait(self.node.uid)
+        waits = self._computes() if job_wait.wanted() else {}
         delay = 0.05
-        while not self.done():
-            time.sleep(delay)
-            delay = min(delay * 1.5, 2.0)
+        try:
+            while not self.done():
+                job_wait(waits)
+                time.sleep(delay)
+                delay = min(delay * 1.5, 2.0)
+        finally:
+            job_wait.end()
+
+    def _computes(self) -> dict[str, set[str]]:
+        """What the job computes (keys by folder), for the wait records (see JobWait)."""
+        folder = self.node.folder
+        return {} if folder is None else {os.fspath(folder): {TASK_KEY}}
 
     def _refuse_waiting_for_callers(self) -> None:
         """In a job: raise if this is the job of one of its callers, or the claim of one
@@ -363,6 +379,16 @@ class MapJob(Job):
 
             new = map_job(self.node)
             self.handle, self.replaces, self.resume = new.handle, new.replaces, new.resume
+
+    def _computes(self) -> dict[str, set[str]]:
+        folder = self.node.folder
+        if folder is None:
+            return {}
+        try:
+            missing = self._missing()
+        except Exception:  # (its items unknown: said by result())
+            missing = None
+        return {os.fspath(folder): set(missing or ())}
 
     def _missing(self) -> list[str] | None:
         """The items not cached yet (None: its items cannot be read, e.g. an upstream node

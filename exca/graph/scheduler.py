@@ -54,7 +54,16 @@ from .node import (
     single_item_here,
 )
 from .progress import Progress
-from .worker import STOP, Action, Unit, UpstreamFailed, computing_any_items, computing_items
+from .worker import (
+    STOP,
+    Action,
+    JobWait,
+    Unit,
+    UpstreamFailed,
+    computing_any_items,
+    computing_items,
+    give_up_unstarted,
+)
 
 logger = logging.getLogger("exca")
 # (its own generator: the user's `random` state stays as it was, cached or not; seeded
@@ -672,6 +681,14 @@ class Scheduler:
                 continue
             key = f"{cluster}|{run.array_key}"
             groups.setdefault(key, []).extend((run, u) for u in units)
+        if waiting and (
+            any(r.action == "wait" for r in ready)
+            or any(members[0][0].node.execution.cluster != "debug" for members in groups.values())
+        ):
+            # (a thread computing map items about to wait for jobs whole: they may need its
+            # items not started, given back first, before its jobs go out: a job whose
+            # callers hold what it needs refuses it, see callers.py; a debug job runs here)
+            give_up_unstarted()
         for members in groups.values():
             self._submit_group(members, pools, parallelism, waiting)
         self._add_borrowed()
@@ -876,12 +893,27 @@ class Scheduler:
     ) -> None:
         """Block until at least one running node finishes (or time.monotonic() reaches
         ``until``: held-back work is due)."""
+        job_wait = JobWait("")  # (in a nested call: a cycle through those jobs is refused)
+        try:
+            self._wait_some(running, progress, until, job_wait)
+        finally:
+            job_wait.end()
+
+    def _wait_some(
+        self,
+        running: dict[Key, NodeRun],
+        progress: Progress,
+        until: float | None,
+        job_wait: JobWait,
+    ) -> None:
         delay = POLL_START
         # (a local job's end is seen soon after it happens: what follows it starts then)
         local = any(h.cluster == "local" for r in running.values() for h in r.handles)
         longest = LOCAL_POLL_MAX if local else POLL_MAX
         stop = STOP.event  # (this run waits in a pool's thread or process)
         while not self.finish_done(running, progress):
+            if job_wait.wanted():
+                job_wait(_computed_by_jobs(running))
             if until is not None and time.monotonic() >= until:
                 return
             if stop is not None and stop.is_set():
@@ -1446,6 +1478,18 @@ class _Meanwhile:
         if raising and self.error is not None:
             raise self.error
         return self.later
+
+
+def _computed_by_jobs(running: dict[Key, NodeRun]) -> dict[str, set[str]]:
+    """What the running nodes a run waits for compute (keys by folder): a task's result,
+    a map's missing items."""
+    out: dict[str, set[str]] = {}
+    for run in running.values():
+        node = run.node
+        if node.folder is not None:
+            keys = (run.todo or ()) if node.kind == "map" else (TASK_KEY,)
+            out.setdefault(os.fspath(node.folder), set()).update(keys)
+    return out
 
 
 def _others_first(

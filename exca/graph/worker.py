@@ -39,7 +39,7 @@ from .errors import (
     read_only_error,
     self_call_error,
 )
-from .node import TASK_KEY, Group, Node, Value
+from .node import INPUTS_PREFIX, TASK_KEY, Group, Node, Value
 
 logger = logging.getLogger("exca")
 Action = tp.Literal["compute", "force", "retry"]
@@ -507,7 +507,8 @@ class _OnWait:
                 for claims, _ in holders.values():
                     self.records.append(claims.post_wait(waits, self.holds))
         if self.records:
-            self._refuse_cycle(held)
+            assert folder is not None
+            refuse_cycle({os.fspath(folder): set(held)}, self.holds, node.uid)
         if not self.shown:
             owner = next(iter(held.values()))
             current = Claims(folder).current() if folder is not None else []
@@ -527,60 +528,114 @@ class _OnWait:
                 )
             self.shown = True
 
-    def _refuse_cycle(self, held: dict[str, Owner]) -> None:
-        """Raise if the holders of what this thread waits for wait, in turn, directly or
-        through others (of any map), for an item this thread computes (and holds,
-        waiting). A holder waiting records it in the folder of the keys it holds: the
-        records of the folder of the keys waited for say who waits for what next."""
-        assert self.folder is not None
-        # (folders compared by folder_key, not by path: one cache may be named by several,
-        # through a symlink or another mount, by the workers recording their waits)
-        keys_of: dict[str, tp.Any] = {}
+    def end(self) -> None:
+        while self.records:
+            Claims.end_wait(self.records.pop())
 
-        def key(path: str) -> tp.Any:
-            if path not in keys_of:
-                keys_of[path] = folder_key(path)
-            return keys_of[path]
 
-        mine = {key(f): keys for f, keys in self.holds.items()}
-        Records = list[tuple[Owner, dict[tp.Any, frozenset[str]], dict[str, frozenset[str]]]]
-        records: dict[tp.Any, Records] = {}  # (by folder, read once)
-        waiting: dict[tp.Any, tuple[str, set[str]]] = {
-            key(os.fspath(self.folder)): (os.fspath(self.folder), set(held))
-        }
-        seen: set[tuple[tp.Any, ...]] = {Owner.current()[:4]}
-        while waiting:
-            further: dict[tp.Any, tuple[str, set[str]]] = {}
-            for here, (where, keys) in waiting.items():
-                if here not in records:
-                    found = Claims(where, job_alive=registry.slurm_job_alive).waits()
-                    records[here] = [
-                        (owner, {key(f): k for f, k in holds.items()}, waits)
-                        for owner, waits, holds in found
-                    ]
-                for owner, holds, waits in records[here]:
-                    if owner[:4] in seen or keys.isdisjoint(holds.get(here, ())):
-                        continue
-                    seen.add(owner[:4])
-                    for there, needed in waits.items():
-                        cycle = mine.get(key(there), set()) & needed
-                        if cycle:
-                            raise item_cycle_error(
-                                self._uid_of(key(there)), sorted(cycle), owner.describe()
-                            )
-                        further.setdefault(key(there), (there, set()))[1].update(needed)
-            waiting = further
+def refuse_cycle(waiting: dict[str, set[str]], holds: dict[str, set[str]], uid: str) -> None:
+    """Raise if the holders of what this thread waits for (``waiting``: keys by folder)
+    wait, in turn, directly or through others (of any map), for an item this thread
+    computes (and ``holds``, waiting). A holder waiting records it in the folder of the
+    keys it holds: the records of the folder of the keys waited for say who waits for
+    what next. ``uid``: named when no computation of this thread is of that folder."""
+    # (folders compared by folder_key, not by path: one cache may be named by several,
+    # through a symlink or another mount, by the workers recording their waits)
+    keys_of: dict[str, tp.Any] = {}
 
-    def _uid_of(self, folder: tp.Any) -> str:
-        """The uid of the map (or task) this thread computes items of in ``folder`` (its
-        folder_key)."""
-        for unit in _IN_FLIGHT.units:
-            if folder_key(unit.claims.folder) == folder:
-                return unit.uid
-        for claims, uid in _IN_FLIGHT.tasks:
-            if folder_key(claims.folder) == folder:
-                return uid
-        return self.node.uid
+    def key(path: str) -> tp.Any:
+        if path not in keys_of:
+            keys_of[path] = folder_key(path)
+        return keys_of[path]
+
+    mine = {key(f): keys for f, keys in holds.items()}
+    Record = tuple[
+        Owner, dict[tp.Any, frozenset[str]], dict[str, frozenset[str]], dict[str, frozenset[str]]
+    ]
+    records: dict[tp.Any, list[Record]] = {}  # (by folder, read once)
+    pending: dict[tp.Any, tuple[str, set[str]]] = {}
+    for folder, keys in waiting.items():
+        pending.setdefault(key(folder), (folder, set()))[1].update(keys)
+    seen: set[tuple[tp.Any, ...]] = {Owner.current()[:4]}
+    while pending:
+        further: dict[tp.Any, tuple[str, set[str]]] = {}
+        for here, (where, keys) in pending.items():
+            if here not in records:
+                found = Claims(where, job_alive=registry.slurm_job_alive).waits()
+                records[here] = [
+                    (owner, {key(f): k for f, k in held.items()}, waits, held)
+                    for owner, waits, held in found
+                ]
+            for owner, held_by_key, waits, held in records[here]:
+                if owner[:4] in seen or keys.isdisjoint(held_by_key.get(here, ())):
+                    continue
+                seen.add(owner[:4])
+                for there, needed in waits.items():
+                    cycle = mine.get(key(there), set()) & needed
+                    if cycle:
+                        raise item_cycle_error(
+                            _uid_of(there, uid), sorted(cycle), owner.describe(), _named(held)
+                        )
+                    further.setdefault(key(there), (there, set()))[1].update(needed)
+        pending = further
+
+
+def _named(holds: dict[str, frozenset[str]]) -> str:
+    """What a wait record's holder computes, for a cycle error: the uid of each node (its
+    folder under the cache root, ``<step>/<config uid>[/inputs-...]``) and its items."""
+    said = []
+    for folder, keys in holds.items():
+        parts = Path(folder).parts
+        uid = "/".join(parts[-3:] if parts[-1].startswith(INPUTS_PREFIX) else parts[-2:])
+        shown = ", ".join(repr(k) for k in sorted(keys)[:3])
+        said.append(uid if keys == {TASK_KEY} else f"{uid}: item(s) {shown}")
+    return "; ".join(said)
+
+
+def _uid_of(folder: str, default: str) -> str:
+    """The uid of the map (or task) this thread computes items of in ``folder``."""
+    wanted = folder_key(folder)
+    for unit in _IN_FLIGHT.units:
+        if folder_key(unit.claims.folder) == wanted:
+            return unit.uid
+    for claims, uid in _IN_FLIGHT.tasks:
+        if folder_key(claims.folder) == wanted:
+            return uid
+    return default
+
+
+class JobWait:
+    """What a thread computing map items or tasks (a nested call) does while it waits for
+    jobs whole, its own or others' it follows (as _OnWait does for claims): gives back the
+    items it has not started (those jobs may need them), and records, in the folder of
+    what it holds, that it waits for what those jobs compute, then refuses a cycle through
+    them (item x of a map needs task T, whose job needs x: each waited for good)."""
+
+    def __init__(self, uid: str) -> None:
+        self.uid = uid  # (named when a cycle goes through no computation of this thread)
+        self.records: list[Path] = []
+        self.waits: dict[str, set[str]] = {}
+        self.holds: dict[str, set[str]] = {}
+
+    @staticmethod
+    def wanted() -> bool:
+        """Whether this thread computes map items or tasks (else it holds nothing)."""
+        return bool(_IN_FLIGHT.units or _IN_FLIGHT.tasks)
+
+    def __call__(self, waits: dict[str, set[str]]) -> None:
+        """Each look while waiting; ``waits``: what the jobs compute (keys by folder)."""
+        if not waits or not self.wanted():
+            return
+        if waits != self.waits:
+            give_up_unstarted()  # (once per computation: see _InFlight.give_up)
+            self.end()
+            self.waits = waits
+            holders = _current_items()
+            self.holds = {f: keys for f, (_, keys) in holders.items()}
+            for claims, _ in holders.values():
+                self.records.append(claims.post_wait(waits, self.holds))
+        if self.records:
+            refuse_cycle(dict(self.waits), self.holds, self.uid)
 
     def end(self) -> None:
         while self.records:
