@@ -3497,10 +3497,12 @@ def test_a_submission_failing_during_inline_work_is_raised_once_it_ended(
     loop raises a failed submission; the thread is gone. A warning says so at once (the
     inline work may last hours)."""
     original = exca.graph.executors.submit_array
+    refused = env.tmp / "refused"
 
     def submit_array(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         if threading.current_thread().name == "exca-submit":
-            raise RuntimeError("submission refused")
+            refused.touch()  # (the inline work ends then: a fixed pause was too short
+            raise RuntimeError("submission refused")  # on a loaded machine)
         return original(*args, **kwargs)
 
     monkeypatch.setattr(exca.graph.executors, "submit_array", submit_array)
@@ -3508,7 +3510,7 @@ def test_a_submission_failing_during_inline_work_is_raised_once_it_ended(
     local = {"cluster": "local"}
     quick = env.step("quick", signal_file=str(quick_started), infra=local).run.node()
     follow = env.step("follow", infra=local).run.node(quick)
-    watch = Watch(partner=str(env.tmp / "never"), after=str(quick_started), pause=2.0)
+    watch = Watch(partner=str(refused), after=str(quick_started), pause=30.0)
     watched = watch.model_copy(update={"infra": exca.TaskInfra(**env.infra())}).run.node()
     with pytest.raises(RuntimeError, match="submission refused"):
         exca.graph.run(follow, watched)
