@@ -3533,3 +3533,27 @@ def test_folder_made_while_another_thread_repairs_it_ends_with_the_permissions(
     monkeypatch.undo()
     assert seen.is_set() and chmodded.is_set()
     assert stat.S_IMODE(folder.stat().st_mode) == 0o770
+
+
+def test_a_private_empty_root_made_by_the_user_is_left_private(tmp_path: Path) -> None:
+    """An empty cache root the user made with a mode of their own (0o700: mkdir -m 700,
+    tempfile.mkdtemp) stays so: exca cannot tell an empty root from one a kill left
+    without its permissions (with the umask's mode, which it repairs), but a mode other
+    than the umask's is the user's choice. It was made 0o777 (the default permissions)
+    by the first call: the user's private cache, open to every user."""
+    import os
+    import stat
+
+    private, plain = tmp_path / "private", tmp_path / "plain"
+    private.mkdir()
+    plain.mkdir()
+    previous = os.umask(0o022)
+    try:
+        private.chmod(0o700)
+        plain.chmod(0o755)  # (the umask's mode: as a kill leaves it)
+        assert ArrayTask(x=1, infra={"folder": private}).process()[0] == 1
+        assert ArrayTask(x=1, infra={"folder": plain}).process()[0] == 1
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
+    assert stat.S_IMODE(plain.stat().st_mode) == 0o777

@@ -127,9 +127,10 @@ def make_folder(folder: str | os.PathLike[str], permissions: int | None, levels:
     without some of the permission bits are given them (``repair``): ``folder`` and its
     ancestors up to ``levels`` - 1 above it (the folders exca names, e.g. 2 for a node
     folder and its step folder; 0: none, a folder the user named), whatever they hold;
-    a folder above those, or one the user named, only when found empty (as such a kill
-    leaves it: an empty folder of the user's own there gets the permissions too, as if
-    exca had made it). Never renamed into place (a rename over the empty folder another
+    a folder above those, or one the user named, only when found empty and with the
+    umask's mode (as such a kill leaves it: an empty folder of the user's own there, made
+    with the umask's mode, gets the permissions too, as if exca had made it; one made
+    with a mode of its own, e.g. 0o700, is left as it is). Never renamed into place (a rename over the empty folder another
     thread just made removed it under that thread's feet)."""
     folder = os.fspath(folder)
     try:
@@ -198,8 +199,12 @@ def repair(
     good. Not the bits it lacked added to the mode seen: that mode may be stale, seen just
     before another thread's or process's chmod of the folder it just made, and adding to
     it gave back the umask's bits that chmod had removed (0o775 for permissions=0o770).
-    ``empty_only``: only if it is empty (a folder exca cannot tell from the user's own
-    unless so). Never raises: a chmod that fails is logged."""
+    ``empty_only``: a folder exca cannot tell from the user's own (the cache root, or a
+    folder above it, or one the user names): only if it is empty and has the mode mkdir
+    gives under this process's umask (what a kill leaves): one the user made with a mode
+    of their own (``mkdir -m 700``, ``tempfile.mkdtemp``: a private folder) is theirs,
+    and was made 0o777 (the default permissions) by the first call using it. Never
+    raises: a chmod that fails is logged."""
     folder = os.fspath(folder)
     try:
         status = status if status is not None else os.stat(folder)
@@ -211,6 +216,9 @@ def repair(
     if _REPAIRED.get(folder) == status.st_ino or not stat.S_ISDIR(status.st_mode):
         return
     if empty_only:
+        umask = _umask()
+        if umask is None or mode & 0o777 != 0o777 & ~umask:
+            return
         try:
             with os.scandir(folder) as entries:
                 if next(entries, None) is not None:
@@ -228,6 +236,19 @@ def repair(
         oct(mode),
     )
     chmod(folder, permissions | (mode & stat.S_ISGID))
+
+
+def _umask() -> int | None:
+    """This process's umask, read without setting it (os.umask sets it for every thread,
+    the files they create meanwhile included); None when unknown (no /proc)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def chmod_folder(folder: str | os.PathLike[str], permissions: int) -> None:
