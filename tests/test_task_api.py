@@ -3557,3 +3557,24 @@ def test_a_private_empty_root_made_by_the_user_is_left_private(tmp_path: Path) -
         os.umask(previous)
     assert stat.S_IMODE(private.stat().st_mode) == 0o700
     assert stat.S_IMODE(plain.stat().st_mode) == 0o777
+
+
+def test_make_folder_of_a_path_with_a_trailing_slash(tmp_path: Path) -> None:
+    """make_folder("a/b/") with "a" missing makes both, with the permissions, and says
+    it made "a/b" (True: its caller then writes its files there as in a new folder). It
+    took "a/b" for its own parent (os.path.dirname("a/b/")), made it as a missing parent,
+    then found it there: False, as if another process had made it."""
+    import os
+    import stat
+
+    from exca.storage import files
+
+    previous = os.umask(0o022)
+    try:
+        assert files.make_folder(f"{tmp_path}/a/b/", 0o777)
+        assert not files.make_folder(f"{tmp_path}/a/b/", 0o777)
+        assert files.make_folder(f"{tmp_path}/c/", 0o777)
+    finally:
+        os.umask(previous)
+    for name in ("a", "a/b", "c"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o777, name

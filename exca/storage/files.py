@@ -133,6 +133,8 @@ def make_folder(folder: str | os.PathLike[str], permissions: int | None, levels:
     with a mode of its own, e.g. 0o700, is left as it is). Never renamed into place (a rename over the empty folder another
     thread just made removed it under that thread's feet)."""
     folder = os.fspath(folder)
+    if folder.endswith(os.sep) and folder.strip(os.sep):  # ("a/b/": its parent is "a")
+        folder = folder.rstrip(os.sep)
     try:
         os.mkdir(folder)
     except FileExistsError:
