@@ -666,3 +666,26 @@ def test_claims_follow_the_caches_permissions(
             monkeypatch.setattr(clean, "compactable", lambda *args: ["x", "y"])
             assert clean.compact(folder, grace_seconds=0) == (0, 0)  # (nothing to merge)
         assert _modes(folder) == {CLAIMS_DIR: 0o770}, made_by
+
+
+def test_a_wait_record_keeps_the_keys_of_a_folder_named_by_two_paths(tmp_path: Path) -> None:
+    """A worker holding keys of one map folder under two paths (the map given the cache
+    through a symlink, one of its items calling the same map given the real path) records
+    them all: the record named folders by their real path, and kept only the keys of the
+    last path, so a worker waiting for the others missed the cycle and both waited for
+    good."""
+    real, other = tmp_path / "c", tmp_path / "d"
+    real.mkdir()
+    other.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    claims = Claims(real, heartbeat=30.0)
+    record = claims.post_wait(
+        {os.fspath(other): ["b0"]}, {os.fspath(link): ["a0"], os.fspath(real): ["a2"]}
+    )
+    try:
+        [(_, waits, holds)] = claims.waits()
+        assert holds[os.path.realpath(real)] == {"a0", "a2"}
+        assert waits[os.path.realpath(other)] == {"b0"}
+    finally:
+        Claims.end_wait(record)

@@ -271,13 +271,8 @@ class Claims:
         whichever maps it goes through. Refreshed as claims are; ``end_wait`` removes it.
         Folders are recorded by their real path (readers compare them by ``folder_key``)."""
         me = Owner.current()
-        real = os.path.realpath
         data = orjson.dumps(
-            {
-                "owner": me._asdict(),
-                "waits": {real(f): list(k) for f, k in waits.items()},
-                "holds": {real(f): list(k) for f, k in holds.items()},
-            }
+            {"owner": me._asdict(), "waits": _by_real_path(waits), "holds": _by_real_path(holds)}
         )
         with interrupts.deferred():
             path = self._publish(data, WAIT_SUFFIX)
@@ -602,6 +597,16 @@ def folder_key(folder: str | os.PathLike[str]) -> tuple[int, int] | str:
     except OSError:
         return os.path.realpath(folder)
     return (status.st_dev, status.st_ino)
+
+
+def _by_real_path(keys: tp.Mapping[str, tp.Iterable[str]]) -> dict[str, list[str]]:
+    """Keys by folder, the folders by their real path: the keys of one folder named by
+    two paths (a map's cache given through a symlink, calling the same map given the real
+    path) are merged, not the last path's kept (a cycle through the others was missed)."""
+    out: dict[str, list[str]] = {}
+    for folder, folder_keys in keys.items():
+        out.setdefault(os.path.realpath(folder), []).extend(folder_keys)
+    return {folder: sorted(set(k)) for folder, k in out.items()}
 
 
 def _by_folder(keys: tp.Any, here: str) -> dict[str, frozenset[str]]:
