@@ -1745,3 +1745,42 @@ def test_a_retry_does_not_retry_again_what_its_nested_call_retried(tmp_path: Pat
     # (4 computed, then alone to tell its error; each time its nested call retries 3,
     # whose error the first has cached, then asked again: a call of its own)
     assert counts == {"4": 2, "3": 2}
+
+
+def test_a_cycle_through_keys_held_under_two_paths_of_one_folder_is_refused(
+    tmp_path: Path,
+) -> None:
+    """A worker holding items a0 and a2 of one map folder under two paths (the map given
+    the cache through a symlink, an item calling the same map by the real path) waits for
+    b0, whose holder waits for a0: a cycle. The check merged its holdings by folder
+    keeping only the last path's keys (a2), and missed it: both waited for good."""
+    from exca.graph import worker
+    from exca.storage.claims import Claims
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(a, target_is_directory=True)
+    posted, done = threading.Event(), threading.Event()
+    owner: list[tp.Any] = []
+
+    def other_worker() -> None:  # (holds b0, waits for a0)
+        from exca.storage.claims import Owner
+
+        owner.append(Owner.current())
+        record = Claims(b).post_wait({os.fspath(a): ["a0"]}, {os.fspath(b): ["b0"]})
+        posted.set()
+        done.wait(30)
+        Claims.end_wait(record)
+
+    thread = threading.Thread(target=other_worker)
+    thread.start()
+    try:
+        assert posted.wait(30)
+        holds = {os.fspath(link): {"a0"}, os.fspath(a): {"a2"}}
+        with pytest.raises(RuntimeError, match="'a0'"):
+            worker.refuse_cycle({os.fspath(b): {"b0"}}, holds, "map-a")
+    finally:
+        done.set()
+        thread.join()

@@ -548,9 +548,15 @@ def refuse_cycle(waiting: dict[str, set[str]], holds: dict[str, set[str]], uid: 
             keys_of[path] = folder_key(path)
         return keys_of[path]
 
-    mine = {key(f): keys for f, keys in holds.items()}
+    def by_key(by_path: tp.Mapping[str, tp.Iterable[str]]) -> dict[tp.Any, set[str]]:
+        merged: dict[tp.Any, set[str]] = {}  # (one folder named by two paths: both kept)
+        for path, keys in by_path.items():
+            merged.setdefault(key(path), set()).update(keys)
+        return merged
+
+    mine = by_key(holds)
     Record = tuple[
-        Owner, dict[tp.Any, frozenset[str]], dict[str, frozenset[str]], dict[str, frozenset[str]]
+        Owner, dict[tp.Any, set[str]], dict[str, frozenset[str]], dict[str, frozenset[str]]
     ]
     records: dict[tp.Any, list[Record]] = {}  # (by folder, read once)
     pending: dict[tp.Any, tuple[str, set[str]]] = {}
@@ -562,10 +568,7 @@ def refuse_cycle(waiting: dict[str, set[str]], holds: dict[str, set[str]], uid: 
         for here, (where, keys) in pending.items():
             if here not in records:
                 found = Claims(where, job_alive=registry.slurm_job_alive).waits()
-                records[here] = [
-                    (owner, {key(f): k for f, k in held.items()}, waits, held)
-                    for owner, waits, held in found
-                ]
+                records[here] = [(owner, by_key(held), waits, held) for owner, waits, held in found]
             for owner, held_by_key, waits, held in records[here]:
                 if owner[:4] in seen or keys.isdisjoint(held_by_key.get(here, ())):
                     continue
