@@ -689,3 +689,31 @@ def test_a_wait_record_keeps_the_keys_of_a_folder_named_by_two_paths(tmp_path: P
         assert waits[os.path.realpath(other)] == {"b0"}
     finally:
         Claims.end_wait(record)
+
+
+def test_keys_given_back_are_taken_back_in_order_until_one_another_holds(
+    tmp_path: Path,
+) -> None:
+    """A worker gives back keys it has not started, then takes them back (its wait
+    ended): in order, as far as no live claim of another worker holds them; the keys
+    kept and taken are then held by one claim file, the others stay free."""
+    claims = Claims(tmp_path)
+    claim = claims.claim(["a", "b", "c", "d", "e"])
+    claim.give_back(["b", "c", "d", "e"], claims)
+    taken: list[Claim] = []
+    thread = threading.Thread(target=lambda: taken.append(claims.claim(["d"])))
+    thread.start()  # (another thread: a live other owner)
+    thread.join()
+    assert taken[0].mine == ["d"]
+    assert claim.take_back(["b", "c", "d", "e"], claims) == ["b", "c"]
+    assert claim.mine == ["a", "b", "c"]
+    assert len(_claim_files(tmp_path)) == 2
+    assert claims.holders(["a", "b", "c", "d", "e"]).keys() == {"a", "b", "c", "d"}
+    assert claim.take_back(["e"], claims) == ["e"]  # (d taken by the other: e still free)
+    taken[0].release()
+    claim.give_back(["a", "b", "c", "e"], claims)  # (all: no claim file left)
+    assert claim.path is None and _claim_files(tmp_path) == []
+    assert claim.take_back(["b", "c"], claims) == ["b", "c"]
+    assert claims.holders(["a", "b", "c"]).keys() == {"b", "c"}
+    claim.release()
+    assert _claim_files(tmp_path) == []

@@ -1095,6 +1095,54 @@ def test_a_task_job_needing_an_item_its_waiting_caller_has_not_started_computes_
     assert sorted(lines(tmp_path / "calls.txt")) == ["task", "x", "y"]
 
 
+class ItemTask(pydantic.BaseModel):
+    """A task per item of PerItemJobs (in its own local job)."""
+
+    item: int
+    ctl: str
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        append(Path(self.ctl) / "tasks.txt", str(self.item))
+        return 10 * self.item
+
+
+class PerItemJobs(pydantic.BaseModel):
+    """A map whose method, set up once per call, calls a task per item (waited for whole,
+    in its job)."""
+
+    ctl: str
+    task: dict[str, tp.Any]
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        append(Path(self.ctl) / "setups.txt", ",".join(str(i) for i in items))
+        for item in items:
+            append(Path(self.ctl) / "items.txt", str(item))
+            task = ItemTask(
+                item=item, ctl=self.ctl, infra={"folder": self.infra.folder, **self.task}
+            )
+            yield task.process() + 1
+
+
+@pytest.mark.timeout(300)
+def test_a_method_calling_a_job_per_item_is_called_once(tmp_path: Path) -> None:
+    """Before waiting for each item's job, the thread gives back the items it has not
+    started (a job may need them): the method stopped after each item and was called
+    again on the rest (10 calls for 10 items, its setup each time). The items nobody took
+    meanwhile are now taken back once the wait ends, and the same call goes on."""
+    items = PerItemJobs(ctl=str(tmp_path), task={"cluster": "local"}, infra={"folder": tmp_path})
+    try:
+        assert list(items.process(list(range(10)))) == [10 * i + 1 for i in range(10)]
+    finally:
+        _kill_jobs_left(items.infra.uid_folder())
+    assert lines(tmp_path / "setups.txt") == [",".join(str(i) for i in range(10))]
+    assert sorted(lines(tmp_path / "items.txt"), key=int) == [str(i) for i in range(10)]
+    assert sorted(lines(tmp_path / "tasks.txt"), key=int) == [str(i) for i in range(10)]
+
+
 class Ping(pydantic.BaseModel):
     """Calls Pong, which calls Ping again (a user's bug, each through its own cluster)."""
 

@@ -1489,7 +1489,8 @@ class _InFlight:
     """A map unit's items being computed by this thread, under its claim. A nested call of
     this thread that is about to wait for another worker, or that needs some of the items
     not started yet, makes it give those back (``give_up``): the method stops after the
-    item it is computing, and the unit claims what is left again. (Else two chunk jobs
+    item it is computing, unless it takes them back then (``take_back``: those nobody
+    took or computed meanwhile), and the unit claims what is left again. (Else two chunk jobs
     whose items need each other's later items waited for each other for good.)"""
 
     __slots__ = ("at", "claim", "claims", "flush", "halt", "released", "uid", "uids")
@@ -1503,25 +1504,48 @@ class _InFlight:
         self.released: list[str] = []
 
     def unstarted(self) -> list[str]:
-        """The items the method has not started (a lazy method: after the current one;
-        none while the method is being called: it computes them all then, see
+        """The items the method has not started and holds (a lazy method: after the
+        current one; none while the method is being called: it computes them all then, see
         _compute_from)."""
-        if self.at is None or self.released:
+        if self.at is None:
             return []
-        return self.uids[self.at() + 1 :]
+        gone = set(self.released)
+        return [u for u in self.uids[self.at() + 1 :] if u not in gone]
 
     def give_up(self) -> list[str]:
-        """Write what was computed, and give back the claims of the items not started."""
-        if self.halt is None or self.released or self.claim.path is None:
+        """Write what was computed, and give back the claims of the items not started
+        (those not given back already: some may have been taken back, see take_back)."""
+        if self.halt is None or self.claim.path is None:
             return []
+        gone = set(self.released)
         if self.flush is not None:
             self.flush()
         stop = self.halt()
-        rest = self.uids[stop:]
+        rest = [u for u in self.uids[stop:] if u not in gone]
         if rest:
-            self.released = rest
             self.claim.give_back(rest, self.claims)
+            gone.update(rest)
+            self.released = [u for u in self.uids[stop:] if u in gone]
         return rest
+
+    def take_back(self, upto: int, missing: tp.Callable[[list[str]], list[str]]) -> int:
+        """Once the wait that made it give up ended: claim again, in order, the items
+        given back before ``self.uids[upto]`` that no other claim holds and that are not
+        computed meanwhile (``missing`` of the cache, read after they are claimed: a
+        worker writes an item before it releases it); the method then goes on to them.
+        Returns how many were taken (the first that could not be ends them)."""
+        wanted = self.released[: max(0, upto - (len(self.uids) - len(self.released)))]
+        if not wanted:
+            return 0
+        taken = self.claim.take_back(wanted, self.claims)
+        if not taken:
+            return 0
+        new = set(missing(taken))
+        count = next((i for i, u in enumerate(taken) if u not in new), len(taken))
+        if count < len(taken):  # (computed meanwhile: given back again)
+            self.claim.give_back(taken[count:], self.claims)
+        self.released = self.released[count:]
+        return count
 
 
 class _Stack(threading.local):
@@ -1626,6 +1650,26 @@ def _compute_from(
             call.stop(stop - start)
         return stop
 
+    def missing(keys: list[str]) -> list[str]:
+        with cache.frozen_cache_folder():  # (one read: what others wrote meanwhile)
+            cache.refresh()
+            return cache.missing(keys)
+
+    def resumed() -> bool:
+        """At the item where a give-up stopped the call (the wait that made it give up
+        has ended, in the method's previous item): whether it goes on, the next items
+        taken back (else the unit claims them again and calls the method again on them,
+        its setup paid again: once per item of a method waiting for a job per item). Not
+        in a multi-task job: the other ranks were told the call stops there (halt)."""
+        nonlocal stop
+        if in_flight is None or call is not None:
+            return False
+        taken = in_flight.take_back(end, missing)
+        if not taken:
+            return False
+        stop = position + taken if position + taken < end else -1
+        return True
+
     def ended() -> None:  # (the other ranks stop where this call does)
         if call is not None and position < count:
             call.stop(position - start)
@@ -1691,11 +1735,11 @@ def _compute_from(
                 if not in_memory:
                     position += 1
                     flush()
-                    if position == stop:
+                    if position == stop and not resumed():
                         break
                     continue
             position += 1
-            if position == stop:
+            if position == stop and not resumed():
                 break
             if len(batch) >= FLUSH_ITEMS or monotonic() - last_flush > FLUSH_SECONDS:
                 flush()

@@ -202,6 +202,40 @@ class Claim:
                 os.remove(path)
             self.path, self.mine = new, kept
 
+    def take_back(self, keys: tp.Sequence[str], claims: Claims) -> list[str]:
+        """Claim again keys given back (``give_back``), in order, as far as no live
+        claim (another worker's, or another of this thread's) holds them: the first held
+        ends what is taken (returned). The keys taken and those kept go to a new claim
+        file before the old one goes, under the folder's lock, as in ``give_back``."""
+        if not keys:
+            return []
+        me = Owner.current()
+        path = self.path
+        with interrupts.deferred() as window, claims._folder_lock(me, window):
+            held: set[str] = set()
+            asked = frozenset(keys)
+            for claim in claims._all_files(skip=path):
+                if claim.is_dead(claims.heartbeat, claims.job_alive):
+                    _discard(claim.path)  # (the folder lock is held: see _claim)
+                    continue
+                held.update(claim.keys & asked)  # (an unreadable claim: all of them)
+            taken: list[str] = []
+            for key in keys:
+                if key in held or key in self.mine:
+                    break
+                taken.append(key)
+            if not taken:
+                return []
+            kept = [*self.mine, *taken]
+            new = claims._write(me, kept)
+            _HEARTBEAT.add(new, claims.heartbeat)
+            if path is not None:
+                _HEARTBEAT.remove(path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+            self.path, self.mine = new, kept
+        return taken
+
     def __enter__(self) -> Claim:
         return self
 
