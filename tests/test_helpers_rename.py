@@ -11,11 +11,15 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 import typing as tp
 from pathlib import Path
 
+import pydantic
 import pytest
 
+import exca
 from exca import helpers
 from exca.ops import cli
 
@@ -400,3 +404,43 @@ def test_rename_class_merges_the_logs_of_the_renamed_class(project: Project) -> 
     project.write(data="Dataset")
     assert project.run("run") == EXPECTED
     assert project.calls() == []
+
+
+class Held(pydantic.BaseModel):
+    flag: str = ""
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def wait(self) -> int:
+        while Path(self.flag).exists():
+            time.sleep(0.02)
+        return 1
+
+
+def test_rename_class_leaves_the_logs_of_a_step_being_computed(tmp_path: Path) -> None:
+    """A config folder of the class left (being computed, or its job queued or running:
+    its logs are written in the step's logs folder): the step's logs stay too."""
+    root = tmp_path / "cache"
+    flag = tmp_path / "flag"
+    Held(flag=str(tmp_path / "none"), infra={"folder": root}).wait()
+    busy = Held(flag=str(flag), infra={"folder": root})
+    flag.touch()
+    thread = threading.Thread(target=busy.wait)
+    thread.start()
+    try:
+        folder = busy.infra.uid_folder()
+        assert folder is not None
+        deadline = time.monotonic() + 60
+        while not list(folder.glob("claims/*.claim")):
+            assert time.monotonic() < deadline, "the thread claims its task"
+            time.sleep(0.02)
+        step = folder.parent
+        _job_logs(step, "11")
+        name = f"{__name__}.Held"
+        done = helpers.rename_class(root, name, name + "Again", dryrun=False)
+        assert [p for p, _ in done.left] == [folder, step / "logs"], done.left
+        assert (step / "logs/someone/11/11_0_log.out").exists()
+        assert len(done.moves) == 1 and done.moves[0][0].parent == step
+    finally:
+        flag.unlink()
+        thread.join()

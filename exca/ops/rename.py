@@ -401,11 +401,21 @@ def rename_class(folder: str | Path, old: str, new: str, dryrun: bool = True) ->
         above = moved_configs.get(path.parent)
         return path if above is None else above / path.name
 
+    # (a step's logs and code folders last, and only when none of its config folders was
+    # left: a job still queued or running writes its logs and result there)
+    configs.sort(key=lambda move: move[0].name in _NOT_NODES)
+    busy_steps: set[Path] = set()
     for source, target in configs:
-        if dryrun or _move(source, target, renaming):
+        if source.name in _NOT_NODES and source.parent in busy_steps:
+            renaming.left.append(
+                (source, "a config folder of its step was left: run again once it is done")
+            )
+            moved_configs.pop(source)
+        elif dryrun or _move(source, target, renaming):
             renaming.moves.append((source, target))
         else:
             moved_configs.pop(source)
+            busy_steps.add(source.parent)
     for step in old_steps:
         if not dryrun:
             try:
