@@ -444,3 +444,31 @@ def test_rename_class_leaves_the_logs_of_a_step_being_computed(tmp_path: Path) -
     finally:
         flag.unlink()
         thread.join()
+
+
+class Logged(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        print("hello from the job", flush=True)
+        return 1
+
+
+def test_rename_class_then_the_logs_of_its_jobs_are_found(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A job's record names its logs by the path they had (under the old step folder):
+    `exca logs` of the migrated folder finds them where the migration moved them."""
+    root = tmp_path / "cache"
+    obj = Logged(infra={"folder": root, "cluster": "local"})
+    assert obj.run() == 1
+    folder = obj.infra.uid_folder()
+    assert folder is not None
+    name = f"{__name__}.Logged"
+    helpers.rename_class(root, name, name + "Again", dryrun=False)
+    moved = root / folder.parent.name.replace(name, name + "Again") / folder.name
+    assert moved.is_dir() and not folder.parent.exists()
+    capsys.readouterr()
+    assert cli.main(["logs", str(moved)]) == 0
+    assert "hello from the job" in capsys.readouterr().out

@@ -67,6 +67,21 @@ class JobRecord:
         moved or copied since, the same place in the cache the record was read from, when
         it is there (a copy's own logs, not the original's; an array's logs may be in the
         folder of another node of it)."""
+        found = self._logs_in_cache()
+        if self.node_folder is None or not self.folder or found.exists():
+            return found
+        # (its node folder moved to another step since: exca rename of its class, whose
+        # step folder's logs went along)
+        here, then = _step_of(self.node_folder), _step_of(Path(self.folder))
+        if here.name != then.name:
+            recorded = Path(os.path.abspath(self.logs))
+            if recorded.is_relative_to(then):
+                moved = here / recorded.relative_to(then)
+                if moved.exists():
+                    return moved
+        return found
+
+    def _logs_in_cache(self) -> Path:
         recorded = Path(self.logs)
         if self.node_folder is None:
             return recorded
@@ -122,6 +137,14 @@ def _link_target(folder: Path, logs: str) -> str:
     if os.path.commonpath([root, os.path.abspath(logs)]) != root:
         return logs
     return os.path.relpath(logs, folder)
+
+
+def _step_of(node_folder: Path) -> Path:
+    """The step folder of a node folder, absolute (see root_of)."""
+    folder = Path(os.path.abspath(node_folder))
+    if folder.name.startswith(INPUTS_PREFIX):
+        folder = folder.parent
+    return folder.parent
 
 
 def root_of(node_folder: Path) -> Path:
