@@ -472,3 +472,19 @@ def test_rename_class_then_the_logs_of_its_jobs_are_found(
     capsys.readouterr()
     assert cli.main(["logs", str(moved)]) == 0
     assert "hello from the job" in capsys.readouterr().out
+
+
+def test_rename_class_json_says_whether_it_renamed(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`exca rename ... --json` printed the same keys for a preview and for --yes: a
+    script could not tell whether anything was renamed."""
+    args = ["rename", str(project.root), "pipemod.Data", "pipemod.Dataset", "--json"]
+    assert cli.main(args) == 0
+    preview = json.loads(capsys.readouterr().out)
+    assert preview["dryrun"] is True and preview["moves"]
+    assert (project.root / "pipemod.Data.prepare,1").exists()
+    assert cli.main([*args, "--yes"]) == 0
+    done = json.loads(capsys.readouterr().out)
+    assert done["dryrun"] is False and done["moves"] == preview["moves"]
+    assert not (project.root / "pipemod.Data.prepare,1").exists()

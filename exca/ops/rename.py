@@ -42,9 +42,11 @@ _NOT_NODES = frozenset({"code", "logs"})  # (in a step folder, beside its config
 class Renaming:
     """What ``rename_class`` does (or would do, in a dry run): folder renames (old path,
     new path), ``inputs.yaml`` files rewritten with the new names, and what was left
-    (a folder being computed or whose job is queued or running, with why)."""
+    (a folder being computed or whose job is queued or running, with why); ``dryrun``:
+    nothing was changed (a preview: ``left`` is only known when renaming)."""
 
     root: Path
+    dryrun: bool = False
     moves: list[tuple[Path, Path]] = dataclasses.field(default_factory=list)
     rewrites: list[Path] = dataclasses.field(default_factory=list)
     left: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
@@ -60,6 +62,7 @@ class Renaming:
 
     def to_dict(self) -> dict[str, tp.Any]:
         return {
+            "dryrun": self.dryrun,
             "moves": [[str(a), str(b)] for a, b in self.moves],
             "rewrites": [str(p) for p in self.rewrites],
             "left": [[str(p), why] for p, why in self.left],
@@ -346,7 +349,7 @@ def rename_class(folder: str | Path, old: str, new: str, dryrun: bool = True) ->
             old,
         )
     old_steps = [s for s in plan.steps if plan.is_old_step(s.name)]
-    renaming = Renaming(root)
+    renaming = Renaming(root, dryrun=dryrun)
     # 1. the class's config folders, under the new step names
     configs: list[tuple[Path, Path]] = []
     conflicts: list[str] = []
