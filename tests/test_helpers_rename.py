@@ -488,3 +488,53 @@ def test_rename_class_json_says_whether_it_renamed(
     done = json.loads(capsys.readouterr().out)
     assert done["dryrun"] is False and done["moves"] == preview["moves"]
     assert not (project.root / "pipemod.Data.prepare,1").exists()
+
+
+class SubBase(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    n: int = 3
+
+
+class SubData(SubBase):
+    pass
+
+
+class SubDataLoader(SubBase):  # (a name SubData starts)
+    pass
+
+
+class UsesSub(pydantic.BaseModel):
+    data: SubBase = SubBase()
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def fit(self) -> int:
+        return self.data.n
+
+
+def test_rename_class_of_a_sub_config_says_it_is_not_migrated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A subclass in a field annotated with its base is named in the uid of the config
+    holding it (data._class=...): renaming it changes those uids, which rename_class does
+    not migrate. It said only "no step folder of ...", or migrated the class's own steps
+    and said nothing of the configs that compute again."""
+    root = tmp_path / "cache"
+    assert UsesSub(data=SubData(), infra={"folder": root}).fit() == 3
+    assert UsesSub(data=SubDataLoader(), infra={"folder": root}).fit() == 3
+    name = f"{__name__}.SubData"
+    with pytest.raises(ValueError, match="no step folder") as error:
+        helpers.rename_class(root, name, name + "2")
+    said = str(error.value)
+    assert f"{name} is the class of a sub-config in 1 config folder(s)" in said
+    assert "data._class=" in said and "compute again" in said
+    assert cli.main(["rename", str(root), name, name + "2"]) == 2
+    assert "is the class of a sub-config" in capsys.readouterr().err
+    # with a step of its own, the migration goes on and warns
+    Held(flag=str(tmp_path / "none"), infra={"folder": root}).wait()
+    held = f"{__name__}.Held"
+    assert UsesSub(data=SubBase(), infra={"folder": root}).fit() == 3
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="exca"):
+        helpers.rename_class(root, held, held + "2", dryrun=True)
+    assert "sub-config" not in caplog.text  # (Held is no sub-config's class)

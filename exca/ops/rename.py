@@ -349,6 +349,14 @@ def rename_class(folder: str | Path, old: str, new: str, dryrun: bool = True) ->
             old,
         )
     old_steps = [s for s in plan.steps if plan.is_old_step(s.name)]
+    as_field = _configs_naming_class(plan.steps, old)
+    unmigrated = ""
+    if as_field:
+        unmigrated = (
+            f"{old} is the class of a sub-config in {len(as_field)} config folder(s) of "
+            f"other steps (e.g. {as_field[0]}): its name is part of their uids, which "
+            "rename_class does not migrate (they, and what follows them, compute again)"
+        )
     renaming = Renaming(root, dryrun=dryrun)
     # 1. the class's config folders, under the new step names
     configs: list[tuple[Path, Path]] = []
@@ -396,7 +404,10 @@ def rename_class(folder: str | Path, old: str, new: str, dryrun: bool = True) ->
             f"rename_class: no step folder of {old} (<module>.<Class>.<method>,<version>) in "
             f"{root}, and nothing computed from it to migrate; its steps are of: "
             + (", ".join(steps) or "none")
+            + (f". {unmigrated}" if unmigrated else "")
         )
+    if unmigrated:
+        logger.warning("rename_class: %s", unmigrated)
     # paths below the class's step folders move with their config folder
     moved_configs = dict(configs)
 
@@ -514,3 +525,24 @@ def _merge(source: Path, target: Path, renaming: Renaming) -> bool:
         with contextlib.suppress(OSError):
             os.rmdir(source)
     return moved
+
+
+def _configs_naming_class(steps: list[Path], name: str) -> list[Path]:
+    """The config folders whose uid names the class ``name`` as a sub-config's class (a
+    subclass in a field annotated with its base: ``<field>._class: <name>`` in uid.yaml)."""
+    from ..infra.identity import CLASS_KEY
+
+    pattern = re.compile(
+        rf"(^|[\s.{{,]){re.escape(CLASS_KEY)}:\s*['\"]?{re.escape(name)}['\"]?\s*($|[,}}])",
+        re.MULTILINE,
+    )
+    found = []
+    for step in steps:
+        for config in _dirs(step):
+            try:
+                text = (config / "uid.yaml").read_text(encoding="utf8")
+            except (OSError, UnicodeDecodeError):
+                continue
+            if name in text and pattern.search(text):
+                found.append(config)
+    return found
