@@ -538,3 +538,44 @@ def test_rename_class_of_a_sub_config_says_it_is_not_migrated(
     with caplog.at_level("WARNING", logger="exca"):
         helpers.rename_class(root, held, held + "2", dryrun=True)
     assert "sub-config" not in caplog.text  # (Held is no sub-config's class)
+
+
+def test_rename_class_leaves_logs_a_running_job_of_another_step_uses(tmp_path: Path) -> None:
+    """A job of an array spanning several steps writes its logs (and runs its code
+    snapshot) in one node's step folder: a job of another class's node, running, whose
+    logs are in the renamed class's step folder keeps them where it writes them."""
+    from exca.graph import registry
+    from exca.storage import process
+
+    root = tmp_path / "cache"
+    Held(flag=str(tmp_path / "none"), infra={"folder": root}).wait()
+    other = UsesSub(infra={"folder": root})
+    assert other.fit() == 3
+    step = next(root.glob("*.Held.wait,1"))
+    logs = step / "logs" / "someone" / "4242"
+    logs.mkdir(parents=True)
+    sleeper = subprocess.Popen(["sleep", "120"])
+    try:
+        folder = other.infra.uid_folder()
+        assert folder is not None
+        record = registry.JobRecord(
+            job_id=str(sleeper.pid),
+            cluster="local",
+            logs=str(logs),
+            submitted=time.time(),
+            host=process.hostname(),
+            folder=os.path.abspath(folder),
+            start=process.process_start_time(sleeper.pid),
+        )
+        registry.write(folder, record, link=False)
+        name = f"{__name__}.Held"
+        done = helpers.rename_class(root, name, name + "Again", dryrun=False)
+        assert [p for p, _ in done.left] == [step / "logs"], done.left
+        assert "queued or running" in done.left[0][1]
+        assert logs.is_dir()
+        assert len(done.moves) == 1  # (the config folder)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    done = helpers.rename_class(root, name, name + "Again", dryrun=False)
+    assert done.left == [] and not step.exists()

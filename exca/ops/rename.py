@@ -419,11 +419,23 @@ def rename_class(folder: str | Path, old: str, new: str, dryrun: bool = True) ->
     # left: a job still queued or running writes its logs and result there)
     configs.sort(key=lambda move: move[0].name in _NOT_NODES)
     busy_steps: set[Path] = set()
+    used = None  # (the logs and code snapshots of queued or running jobs: any step's, as
+    # an array's job may write its logs, or run its code, in another node's step folder)
     for source, target in configs:
+        if source.name in _NOT_NODES and not dryrun and used is None:
+            from ..graph import registry
+            from .clean import _used_by_jobs
+
+            used = _used_by_jobs(root, registry.QueueLook())
+        why = None
         if source.name in _NOT_NODES and source.parent in busy_steps:
-            renaming.left.append(
-                (source, "a config folder of its step was left: run again once it is done")
-            )
+            why = "a config folder of its step was left: run again once it is done"
+        elif source.name in _NOT_NODES and used:
+            from .clean import _used_by
+
+            why = _used_by(source, used)
+        if why is not None:
+            renaming.left.append((source, why))
             moved_configs.pop(source)
         elif dryrun or _move(source, target, renaming):
             renaming.moves.append((source, target))
