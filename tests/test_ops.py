@@ -6020,6 +6020,51 @@ def test_logs_of_a_map_item_failed_inline_quotes_its_uid(tmp_path: Path) -> None
     )
 
 
+class LookedUp(pydantic.BaseModel):
+    """A map looking its items up: a missing one raises from its KeyError (a chain)."""
+
+    infra: exca.MapInfra = exca.MapInfra()
+
+    @infra.apply(item_uid=str)
+    def apply(self, items: tp.Iterable[str]) -> tp.Iterator[int]:
+        table = {"a": 1, "b": 2}
+        for text in items:
+            try:
+                yield table[text]
+            except KeyError as error:
+                raise ValueError(f"unknown item {text}") from error
+
+
+def test_a_failed_map_item_cached_traceback_shows_its_error_once(tmp_path: Path) -> None:
+    """The cached traceback of a map's item that failed among others showed its error
+    twice, the second "During handling of the above exception, another exception
+    occurred" (a probe, `exca logs F --item UID`): the item, computed alone after the
+    call of the whole batch failed, raised while the batch's error was handled, which
+    became its context. It shows once, with the user's frames; a chain the user's code
+    made is kept."""
+    obj = Squares(offset=5, infra={"folder": tmp_path})
+    for _ in range(2):  # (computed, then re-raised from the cache)
+        with pytest.raises(ValueError, match="negative item -2") as info:
+            list(obj.square([1, -2, 3]))
+        (note,) = info.value.__notes__
+        assert note.count("ValueError: negative item -2") == 1, note
+        assert "During handling" not in note and 'raise ValueError(f"negative item' in note
+    shown = cli("logs", folder_of(obj), "--item=-2").stdout
+    assert shown.count("ValueError: negative item -2") == 1, shown
+    assert "During handling" not in shown and "in square" in shown
+    chained = LookedUp(infra={"folder": tmp_path})
+    with pytest.raises(ValueError, match="unknown item c"):
+        list(chained.apply(["a", "c", "b"]))
+    shown = cli("logs", folder_of(chained), "--item=c").stdout
+    assert shown.count("ValueError: unknown item c") == 1, shown
+    assert "During handling" not in shown and "KeyError: 'c'" in shown, shown
+    assert (
+        shown.index("KeyError: 'c'")
+        < shown.index("was the direct cause")
+        < shown.index("ValueError: unknown item c")
+    )
+
+
 def test_logs_of_an_item_the_map_folder_does_not_hold_says_so(tmp_path: Path) -> None:
     """`exca logs FOLDER --item 77` of a map holding items 0 to 4 only (a typo, an item of
     another config) said only "No job recorded ... for item '77'", as for an item that

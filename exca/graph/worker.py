@@ -1771,6 +1771,9 @@ def _compute_from(
                 failures.batch_errors.setdefault((type(error).__name__, str(error)), uid)
                 failures.last, failures.repeats = None, 0
                 return position + 1
+            # (raised while the batch's error was handled: its implicit context, the same
+            # error of the batch, showed twice in the cached traceback)
+            _drop_context(alone, error)
             error = alone
         signature = (type(error).__name__, str(error))
         failures.batch_errors.pop(signature, None)  # (this item's: said below)
@@ -1809,6 +1812,23 @@ def _compute_from(
             node, cache, uids, start, end, position - len(batch), report, "fewer", error_meta
         )
     return position
+
+
+def _drop_context(error: BaseException, handled: BaseException) -> None:
+    """Unlink ``handled`` from the exceptions chained to ``error`` (as its implicit
+    ``__context__``: raised while it was being handled, by code that never saw it); the
+    links the user's code made (``raise ... from``, an error raised in its own except
+    block) stay."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [error]
+    while todo:
+        exc = todo.pop()
+        if id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        if exc.__context__ is handled:
+            exc.__context__ = None
+        todo.extend(e for e in (exc.__cause__, exc.__context__) if e is not None)
 
 
 def _compute_alone(
