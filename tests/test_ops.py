@@ -1761,6 +1761,37 @@ def test_cli_target_naming_a_function_returning_nodes(
         assert "exca: error:" in err and message in err, (argv, err)
 
 
+class OwnInfraName(pydantic.BaseModel):
+    """A task whose infra field is not named "infra"."""
+
+    stage: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @stage.apply
+    def run(self) -> int:
+        return 1
+
+
+def test_cli_a_cluster_without_folder_says_the_override_to_give(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`exca plan T infra.cluster=local` (no folder) said pydantic's "set infra folder=...",
+    what a python caller writes, not the override the command line takes (a probe). It
+    says `infra.folder=PATH`, with the name of the TARGET's infra field."""
+    from exca.ops.cli import main
+
+    cases = {
+        (f"{__name__}:Train.fit", "infra.cluster=local"): "give infra.folder=PATH",
+        (f"{__name__}:OwnInfraName.run", "stage.cluster=local"): "give stage.folder=PATH",
+        (f"{__name__}:OwnInfraName.run", "stage.workdir.copied=[.]"): "give stage.folder=PATH",
+    }
+    for argv, message in cases.items():
+        for command in ("plan", "explain"):
+            assert main([command, *argv]) == 2, argv
+            err = capsys.readouterr().err
+            assert "exca: error:" in err and message in err, (argv, err)
+            assert "set infra folder" not in err and "set folder" not in err, err
+
+
 class Sgd(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
     momentum: float = 0.9

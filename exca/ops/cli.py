@@ -248,9 +248,10 @@ def _target_node(target: str, config: str | list[str] | None, overrides: list[st
         notes = _infra_settings_given(cls, error) + _unknown_keys(cls, error)
         if quoted:
             notes.append(f"overrides are read as yaml; for a string, quote it: {', '.join(quoted)}")
-        if not notes:
+        text = _as_overrides(str(error), cls, method)
+        if not notes and text == str(error):
             raise
-        raise ValueError(f"{error}\n" + "\n".join(f"({n})" for n in notes)) from None
+        raise ValueError("\n".join([text, *(f"({n})" for n in notes)])) from None
     bound = getattr(obj, method)
     try:
         return bound.node()
@@ -260,6 +261,22 @@ def _target_node(target: str, config: str | list[str] | None, overrides: list[st
             "function of your module returning the nodes instead (package.module:function), "
             "or plan it from Python: exca.graph.plan(obj.method.node(...))"
         ) from None
+
+
+# (what the infra's errors tell a python caller to set, and how to give it here)
+_PYTHON_HINTS = ("set infra folder=...", "set folder=...")
+
+
+def _as_overrides(text: str, cls: type, method: str) -> str:
+    """An infra's error as the command line takes its settings: "set infra folder=..."
+    (what a python caller writes) says ``infra.folder=PATH``, the override to give, with
+    the name of the TARGET method's infra field."""
+    import inspect
+
+    name = getattr(inspect.getattr_static(cls, method, None), "infra_name", "") or "infra"
+    for hint in _PYTHON_HINTS:
+        text = text.replace(hint, f"give {name}.folder=PATH")
+    return text
 
 
 def _infra_settings_given(cls: type, error: tp.Any) -> list[str]:
