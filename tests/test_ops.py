@@ -1235,6 +1235,45 @@ def test_explain_config_diff_against_nearest(tmp_path: Path) -> None:
     assert exca.ops.explain(Train(seed=1, infra=infra).fit.node()) == []
 
 
+def test_explain_read_only_compares_with_the_nearest_cached_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`exca explain T --mode read-only` of a config never computed said only "read-only
+    and missing", dropping the difference with the nearest cached config that the default
+    mode shows (a probe). It shows it after "read-only and missing", and says so of a
+    config never computed at all and of a folder holding no result."""
+    from exca.ops.cli import main
+
+    root = tmp_path / "cache"
+    Train(seed=1, infra={"folder": root}).fit()
+    target = [f"{__name__}:Train.fit", f"infra.folder={root}", "seed=2"]
+    assert main(["explain", *target, "--mode", "read-only"]) == 0
+    out = capsys.readouterr().out
+    said = "why: read-only and missing: config differs from the nearest cached one: seed 1 → 2"
+    assert said in out, out
+    assert f"nearest cached: {folder_of(Train(seed=1, infra={'folder': root}))}" in out
+    (explanation,) = exca.ops.explain(
+        Train(seed=2, infra={"folder": root, "mode": "read-only"}).fit.node()
+    )
+    assert (explanation.action, explanation.diff) == ("fail", [("seed", 1, 2)])
+    assert main(["explain", *target, "--mode", "read-only", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["diff"] == [["seed", 1, 2]] and row["nearest"] is not None
+    empty = {"folder": tmp_path / "other", "mode": "read-only"}
+    (explanation,) = exca.ops.explain(Train(seed=2, infra=empty).fit.node())
+    assert explanation.summary() == (
+        "read-only and missing: never computed (no cached config of this method)"
+    )
+    cleared = Train(seed=3, infra={"folder": root})
+    cleared.fit()
+    cleared.infra.clear_job()
+    read_only = Train(seed=3, infra={"folder": root, "mode": "read-only"})
+    (explanation,) = exca.ops.explain(read_only.fit.node())
+    assert explanation.nearest is None and explanation.summary().startswith(
+        "read-only and missing: its folder exists but holds no result"
+    )
+
+
 def test_explain_a_partly_cached_map_names_no_other_config(tmp_path: Path) -> None:
     """Items missing from a map whose config has other items cached are new items: explain
     says so, and does not send the user to another config's folder (nor when the items

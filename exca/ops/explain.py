@@ -77,17 +77,17 @@ class Explanation:
                         "and method of the same names have cached configs in "
                         f"{', '.join(self.namesakes)}: {why}" + self._migration(self.namesakes)
                     )
-                if self.reason != "missing":
+                if self.reason not in ("missing", _READ_ONLY_MISSING):
                     return self.reason
                 if self.same_config_in:
                     folder = self.uid.split("/")[1]
                     return (
-                        "never computed (no cached config of this method); the same config "
+                        f"{prefix}never computed (no cached config of this method); the same config "
                         f"folder, {folder}, is cached under {', '.join(self.same_config_in)}: "
                         "a class or method renamed, or moved to another module?"
                         + self._migration(self.same_config_in)
                     )
-                return "never computed (no cached config of this method)"
+                return f"{prefix}never computed (no cached config of this method)"
             if not self.diff and self.legacy:
                 return (
                     f"{prefix}the same config is cached under its legacy (v2) folder name, "
@@ -373,6 +373,10 @@ def _result_count(folder: Path) -> int:
 _MISSING_ITEMS = re.compile(r"(read-only and )?\d+/\d+ (items )?missing|(read-only: )?items known")
 
 
+# a read-only task's reason when its result is missing (it fails: see decisions)
+_READ_ONLY_MISSING = "read-only and missing"
+
+
 def _missing_items(reason: str) -> bool:
     return _MISSING_ITEMS.match(reason) is not None
 
@@ -400,7 +404,10 @@ def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Exp
         if cached:
             explanation.reason += f" ({cached} item(s) are cached for this config)"
         return explanation
-    if entry.reason == "missing" or (node.kind == "map" and _missing_items(entry.reason)):
+    # (read-only: the same comparison, what a call computing it would compute)
+    if entry.reason in ("missing", _READ_ONLY_MISSING) or (
+        node.kind == "map" and _missing_items(entry.reason)
+    ):
         # (the plan's counts, not the cache: a map's index can hold 100k entries)
         if run.uids is not None and len(run.todo or ()) < len(set(run.uids)):
             # some items are cached for this very config: the others are new items, not
@@ -424,7 +431,8 @@ def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Exp
         if node.folder is not None and node.folder.is_dir():
             if node.kind == "task" and not _has_results(node.folder):
                 explanation.reason = (
-                    "missing: its folder exists but holds no result (interrupted, or cleared?)"
+                    f"{entry.reason}: its folder exists but holds no result (interrupted, or "
+                    "cleared?)"
                 )
                 return explanation
             if node.kind == "map" and not inspecting_view(node.folder).entries_info():
