@@ -1578,6 +1578,34 @@ def pipeline_target_list() -> list[exca.graph.Node]:
 NOT_NODES = 3
 
 
+def pipeline_target_generator() -> tp.Iterator[exca.graph.Node]:
+    """A TARGET function yielding its nodes."""
+    yield pipeline_targets()
+    yield Train(infra={"folder": PIPELINE_ROOT[0]}).fit.node()
+
+
+def pipeline_target_dict_values() -> tp.Iterable[exca.graph.Node]:
+    return {"total": pipeline_targets()}.values()
+
+
+def no_target() -> tp.Iterator[exca.graph.Node]:
+    yield from ()
+
+
+def empty_targets() -> list[exca.graph.Node]:
+    return []
+
+
+def failing_target_generator() -> tp.Iterator[exca.graph.Node]:
+    yield pipeline_targets()
+    raise RuntimeError("no more configs")
+
+
+def not_only_nodes() -> tp.Iterator[tp.Any]:
+    yield pipeline_targets()
+    yield "train"
+
+
 def targets_of(folder: str) -> list[exca.graph.Node]:  # (a TARGET needing an argument)
     return [Train(infra={"folder": folder}).fit.node()]
 
@@ -1798,6 +1826,37 @@ def test_cli_target_naming_a_function_returning_nodes(
         assert main(["plan", *argv]) == 2, argv
         err = capsys.readouterr().err
         assert "exca: error:" in err and message in err, (argv, err)
+
+
+def test_cli_target_function_returning_any_iterable_of_nodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A TARGET function returning a generator of nodes (or any iterable but a list or a
+    tuple) was refused, "expected a node or a list of nodes" (a probe); an empty list said
+    "gave list ([]), expected ...". Any iterable of nodes is taken; one holding no node
+    says the function returned no node; an error raised while a generator runs is the
+    function's, said as such."""
+    from exca.ops.cli import main
+
+    monkeypatch.setattr(sys.modules[__name__], "PIPELINE_ROOT", [tmp_path / "cache"])
+    assert main(["plan", f"{__name__}:pipeline_target_generator"]) == 0
+    assert capsys.readouterr().out.startswith("Plan: 3 node(s): 3 missing")
+    assert main(["plan", f"{__name__}:pipeline_target_dict_values"]) == 0
+    assert capsys.readouterr().out.startswith("Plan: 2 node(s): 2 missing")
+    cases = {
+        "no_target": "no_target() returned no node (an empty generator)",
+        "empty_targets": "empty_targets() returned no node (an empty list)",
+        "failing_target_generator": (
+            "iterating what failing_target_generator() returned, for TARGET "
+            f"{__name__}:failing_target_generator, failed: RuntimeError: no more configs "
+            f"(raised at {__file__}:"
+        ),
+        "not_only_nodes": "gave generator holding str ('train'), expected a node",
+    }
+    for name, message in cases.items():
+        assert main(["plan", f"{__name__}:{name}"]) == 2, name
+        err = capsys.readouterr().err
+        assert "exca: error:" in err and message in err, (name, err)
 
 
 class OwnInfraName(pydantic.BaseModel):

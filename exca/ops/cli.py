@@ -90,26 +90,46 @@ def _target_nodes(
         try:
             made = made()
         except Exception as error:
-            # (main prints these types as one line, "exca: error: ValueError: ...": as if
-            # exca refused something, nothing said the TARGET's function raised it, where)
-            where = f"calling {name}(), the function of TARGET {target}, failed"
-            if isinstance(error, ImportError | ValueError | RuntimeError | OSError):
-                frames = traceback.extract_tb(error.__traceback__)[1:]  # (from its code on)
-                at = f" (raised at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
-                raise ValueError(f"{where}: {type(error).__name__}: {error}{at}") from error
-            error.add_note(where)  # (other errors keep their traceback)
-            raise
-    nodes = [made] if isinstance(made, Node) else made
-    if (
-        not isinstance(nodes, list | tuple)
-        or not nodes
-        or not all(isinstance(n, Node) for n in nodes)
-    ):
+            _raise_from_target(error, f"calling {name}(), the function of TARGET {target}, failed")
+        gave = f"{name}() returned"
+    else:
+        gave = f"{name} holds"
+    if isinstance(made, Node):
+        return [made]
+    if isinstance(made, str | bytes) or not isinstance(made, tp.Iterable):
         raise ValueError(
             f"{target}: gave {type(made).__name__} ({made!r:.80}), expected a node or a list "
             "of nodes (e.g. return [obj.method.node(...), ...])"
         )
-    return list(nodes)
+    try:  # (any iterable: a generator's body runs now, its errors are the function's)
+        nodes = list(made)
+    except Exception as error:
+        _raise_from_target(error, f"iterating what {gave}, for TARGET {target}, failed")
+    if not nodes:
+        raise ValueError(
+            f"{target}: {gave} no node (an empty {type(made).__name__}): give the nodes to "
+            "plan (e.g. return [obj.method.node(...), ...])"
+        )
+    other = next((n for n in nodes if not isinstance(n, Node)), None)
+    if other is not None:
+        raise ValueError(
+            f"{target}: gave {type(made).__name__} holding {type(other).__name__} "
+            f"({other!r:.80}), expected a node or a list of nodes (e.g. return "
+            "[obj.method.node(...), ...])"
+        )
+    return nodes
+
+
+def _raise_from_target(error: Exception, where: str) -> tp.NoReturn:
+    """An error of a TARGET function's code: one of the types main prints as one line
+    ("exca: error: ValueError: ...", as if exca refused something) said as raised there,
+    where; the others keep their traceback, with a note saying where."""
+    if isinstance(error, ImportError | ValueError | RuntimeError | OSError):
+        frames = traceback.extract_tb(error.__traceback__)[1:]  # (from its code on)
+        at = f" (raised at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+        raise ValueError(f"{where}: {type(error).__name__}: {error}{at}") from error
+    error.add_note(where)
+    raise error
 
 
 def _import_target_module(target: str, module_name: str) -> tp.Any:
