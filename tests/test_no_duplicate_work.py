@@ -1832,3 +1832,79 @@ def test_a_cycle_through_keys_held_under_two_paths_of_one_folder_is_refused(
     finally:
         done.set()
         thread.join()
+
+
+class FailsAfterTakeBack(pydantic.BaseModel):
+    """Item 0 needs item 3 of the same map (a nested call: 1 to 5 are given back, 3 is
+    computed there, 1, 2, 4 and 5 taken back once it returned); item 1 raises."""
+
+    ctl: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            append(Path(self.ctl) / "items.txt", str(item))
+            if item == 0:
+                assert list(self.process([3])) == [30]
+            if item == 1:
+                raise ValueError("item 1 fails")
+            yield 10 * item
+
+
+def test_items_taken_back_before_an_item_error_are_computed(tmp_path: Path) -> None:
+    """Items taken back by the call that then stopped at an item's error (before the
+    first item it could not take back: 3, computed meanwhile) were dropped: neither
+    computed nor claimed again ("not computed ('2'): the worker ended without writing
+    it"). They are computed after the error, as any item after an item error."""
+    maps = FailsAfterTakeBack(ctl=str(tmp_path), infra={"folder": tmp_path / "cache"})
+    with pytest.raises(ValueError, match="item 1 fails"):
+        list(maps.process(list(range(6))))
+    # (1 twice: in the call, then alone to tell whose error it was)
+    assert sorted(lines(tmp_path / "items.txt"), key=int) == ["0", "1", "1", "2", "3", "4", "5"]
+    with pytest.raises(ValueError, match="item 1 fails"):  # (all cached: read back)
+        list(maps.process(list(range(6))))
+    assert list(maps.process([0, 2, 3, 4, 5])) == [0, 20, 30, 40, 50]
+    assert len(lines(tmp_path / "items.txt")) == 7
+
+
+class ListNeedsAPool(pydantic.BaseModel):
+    """A method returning a list, calling a map on a threadpool (the thread gives back
+    the items after the first before its jobs go out), raising for item 2."""
+
+    ctl: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> list[int]:
+        append(Path(self.ctl) / "calls.txt", ",".join(map(str, items)))
+        pool = Doubles(infra={"folder": Path(self.ctl) / "cache", "cluster": "threadpool"})
+        assert list(pool.process([items[0], 100])) == [2 * items[0], 200]
+        if 2 in items:
+            raise ValueError("item 2 fails")
+        return [10 * i for i in items]
+
+
+class Doubles(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            yield 2 * item
+
+
+def test_a_list_method_raising_after_giving_back_computes_its_first_item(
+    tmp_path: Path,
+) -> None:
+    """A method returning a list that gave back its items after the first (a nested call
+    sending jobs, while it was called) and then raised: the item it kept, never written,
+    was dropped with those given back ("3 item(s) ... not computed ('0', '1', '2')"),
+    where each half is called in turn to find the item at fault. The item kept is now
+    called alone, the others claimed again."""
+    maps = ListNeedsAPool(ctl=str(tmp_path), infra={"folder": tmp_path / "cache"})
+    with pytest.raises(ValueError, match="item 2 fails"):
+        list(maps.process([0, 1, 2, 3]))
+    assert list(maps.process([0, 1, 3])) == [0, 10, 30]
+    calls = lines(tmp_path / "calls.txt")
+    assert sorted(c for c in calls if "," not in c) == ["0", "1", "2", "3"]

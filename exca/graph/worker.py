@@ -1393,6 +1393,14 @@ def _compute_items(
         try:
             while ranges:
                 start, end = ranges.pop()
+                if in_flight is not None and in_flight.released:
+                    # (the items given back, the last ones, are the unit's to claim again;
+                    # those before them are still held here: computed, not dropped, when
+                    # the call stopped before them, an item's error or a method raising
+                    # as it was called, after a nested call gave back the others)
+                    end = min(end, len(uids) - len(in_flight.released))
+                    if start >= end:
+                        continue
                 position = _compute_from(
                     node,
                     cache,
@@ -1406,8 +1414,6 @@ def _compute_items(
                     forced_by,
                     in_flight,
                 )
-                if in_flight is not None and in_flight.released:
-                    break
                 if position == _HALVES:
                     middle = (start + end) // 2
                     ranges += [(middle, end), (start, middle)]
