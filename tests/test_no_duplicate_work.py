@@ -970,7 +970,11 @@ class ItemsOfTask(pydantic.BaseModel):
     infra: exca.MapInfra = exca.MapInfra(version="1")
 
     @infra.apply(item_uid=str)
-    def process(self, items: list[str]) -> tp.Iterator[str]:
+    def process(self, items: list[str]) -> tp.Iterable[str]:
+        outputs = self._process(items)
+        return list(outputs) if self.spec.get("as_list") else outputs
+
+    def _process(self, items: list[str]) -> tp.Iterator[str]:
         ctl = Path(self.spec["ctl"])
         for item in items:
             append(ctl / "calls.txt", item)
@@ -992,7 +996,13 @@ _SLURM_TASK = {"cluster": "slurm", "cpus_per_task": 1, "timeout_min": 3}
 
 
 def _task_and_items(
-    tmp_path: Path, cluster: str, both: bool, via: str, needy: list[str], task_items: list[str]
+    tmp_path: Path,
+    cluster: str,
+    both: bool,
+    via: str,
+    needy: list[str],
+    task_items: list[str],
+    as_list: bool = False,
 ) -> dict[str, tp.Any]:
     """The map called on [x, y] (and, ``both``, the task called at the same time by
     another thread, both waiting until the other started): outputs or errors."""
@@ -1004,6 +1014,7 @@ def _task_and_items(
         "task_items": task_items,
         "meet": 2 if both else 0,
         "via_job": via == "job",
+        "as_list": as_list,  # (the map's method returns a list)
     }
     folder = tmp_path / "c"
     items = ItemsOfTask(spec=spec, infra={"folder": folder})
@@ -1031,6 +1042,23 @@ def _task_and_items(
         for node in (items, task):
             _kill_jobs_left(node.infra.uid_folder())
     return out
+
+
+@pytest.mark.timeout(150)
+def test_a_map_item_of_a_list_method_and_a_task_needing_each_other_are_refused(
+    tmp_path: Path,
+) -> None:
+    """As below, the map's method returning a list (computing its items as it is
+    called): while it was being called, its thread recorded no item it held (the item
+    computed now is known once the method returned), so the job of the task, waiting for
+    x, found no wait record holding x, and both waited for good. Refused now."""
+    out = _task_and_items(
+        tmp_path, "local", False, "job", needy=["x"], task_items=["x"], as_list=True
+    )
+    assert all(isinstance(error, Exception) for error in out.values()), out
+    said = "\n".join(str(error) for error in out.values())
+    assert "cannot (directly or indirectly" in said
+    assert "item(s) 'x'" in said and "TaskOfItems" in said and "ItemsOfTask" in said
 
 
 @pytest.mark.timeout(150)

@@ -650,10 +650,15 @@ def _current_items() -> dict[str, tuple[Claims, set[str]]]:
     tasks it computes), by folder (with the claims of that folder)."""
     out: dict[str, tuple[Claims, set[str]]] = {}
     for unit in _IN_FLIGHT.units:
-        at = unit.at
+        at, calling = unit.at, unit.calling
         if at is not None and at() < len(unit.uids):
             where = os.fspath(unit.claims.folder)
             out.setdefault(where, (unit.claims, set()))[1].add(unit.uids[at()])
+        elif calling is not None:  # (a method being called: a list's items, computed then)
+            keys = calling()
+            if keys:
+                where = os.fspath(unit.claims.folder)
+                out.setdefault(where, (unit.claims, set()))[1].update(keys)
     for claims, _ in _IN_FLIGHT.tasks:
         out.setdefault(os.fspath(claims.folder), (claims, set()))[1].add(TASK_KEY)
     return out
@@ -1499,13 +1504,15 @@ class _InFlight:
     took or computed meanwhile), and the unit claims what is left again. (Else two chunk jobs
     whose items need each other's later items waited for each other for good.)"""
 
-    __slots__ = ("at", "claim", "claims", "flush", "halt", "released", "uid", "uids")
+    __slots__ = ("at", "calling", "claim", "claims", "flush", "halt", "released", "uid", "uids")
 
     def __init__(self, claims: Claims, claim: Claim, uids: list[str], uid: str = "") -> None:
         self.claims, self.claim, self.uids = claims, claim, uids
         self.uid = uid  # (the map's: named by a cycle error)
         self.flush: tp.Callable[[], None] | None = None  # (set by _compute_from)
         self.at: tp.Callable[[], int] | None = None  # the position of the item computed now
+        # (while the method is being called: the items it computes then and still holds)
+        self.calling: tp.Callable[[], list[str]] | None = None
         self.halt: tp.Callable[[], int] | None = None  # stops after the item computed now
         self.released: list[str] = []
 
@@ -1676,6 +1683,11 @@ def _compute_from(
         stop = position + taken if position + taken < end else -1
         return True
 
+    def calling() -> list[str]:
+        """The items of this call still held (a method computing its items as it is
+        called, returning a list, computes them all then)."""
+        return uids[position : stop if stop != -1 else end]
+
     def ended() -> None:  # (the other ranks stop where this call does)
         if call is not None and position < count:
             call.stop(position - start)
@@ -1700,7 +1712,7 @@ def _compute_from(
     unwritten = _UNWRITTEN.by_folder.setdefault(str(node.folder), [])
     unwritten.append(flush)
     if in_flight is not None:  # (at: once the method returned, see below)
-        in_flight.halt, in_flight.flush = halt, flush
+        in_flight.halt, in_flight.flush, in_flight.calling = halt, flush, calling
     # (names bound locally: this loop runs once per item)
     count, immutable, monotonic, append = end, _IMMUTABLE, time.monotonic, batch.append
     called = False  # (whether the method returned: a list's items are all computed then)
@@ -1716,7 +1728,7 @@ def _compute_from(
             # items after the first unstarted, and the method stopped after its first
             # item: the others' outputs were computed for nothing, then computed again by
             # the next call. A lazy method's body runs only once its outputs are asked for)
-            in_flight.at = at
+            in_flight.at, in_flight.calling = at, None
         # (a pool's thread or process; a lazy iterator's next item is not computed yet, a
         # list's is)
         if STOP.event is not None and not isinstance(outputs, _COMPUTED_ITERATORS):
@@ -1811,7 +1823,7 @@ def _compute_from(
     finally:
         unwritten.remove(flush)
         if in_flight is not None:
-            in_flight.at = in_flight.halt = in_flight.flush = None
+            in_flight.at = in_flight.halt = in_flight.flush = in_flight.calling = None
         ended()
     if position < end:
         return _miscounted(
