@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -33,6 +34,7 @@ from filelog import append, lines
 import exca
 from exca.graph import registry
 from exca.storage import process as process_info
+from exca.storage.claims import Claim, Claims
 
 WAIT_S = 60.0  # bound on any wait (never reached when things work)
 wait_until = functools.partial(filelog.wait_until, timeout=WAIT_S, poll=0.02)
@@ -1936,3 +1938,39 @@ def test_a_list_method_raising_after_giving_back_computes_its_first_item(
     assert list(maps.process([0, 1, 3])) == [0, 10, 30]
     calls = lines(tmp_path / "calls.txt")
     assert sorted(c for c in calls if "," not in c) == ["0", "1", "2", "3"]
+
+
+class HeldWhenComputed(pydantic.BaseModel):
+    """Item 0 needs item 3 of the same map (1 to 5 given back, then taken back); each
+    item notes whether this thread held its claim as it was computed."""
+
+    ctl: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        claims = Claims(self.infra.uid_folder())
+        for item in items:
+            owner = claims.holders([str(item)]).get(str(item))
+            held = owner is not None and owner.thread == threading.get_native_id()
+            append(Path(self.ctl) / "items.txt", f"{item} {'held' if held else 'free'}")
+            if item == 0:
+                assert list(self.process([3])) == [30]
+            yield 10 * item
+
+
+def test_a_failed_take_back_computes_no_item_it_does_not_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Taking back the items given back failed (writing the claim: a full disk): the
+    error was taken for the next item's, which was computed alone to tell, though it was
+    given back (another worker could compute it too) and the error said to be a batch's.
+    The call now stops there, and the unit claims the rest again."""
+    maps = HeldWhenComputed(ctl=str(tmp_path), infra={"folder": tmp_path / "cache"})
+
+    def take_back(*args: tp.Any) -> list[str]:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Claim, "take_back", take_back)
+    assert list(maps.process(list(range(6)))) == [10 * i for i in range(6)]
+    assert sorted(lines(tmp_path / "items.txt")) == [f"{i} held" for i in range(6)]

@@ -1677,7 +1677,12 @@ def _compute_from(
         nonlocal stop
         if in_flight is None or call is not None:
             return False
-        taken = in_flight.take_back(end, missing)
+        try:
+            taken = in_flight.take_back(end, missing)
+        except Exception:  # (not the next item's error: that item is not held; the unit
+            # claims the rest again, and says such an error of the claims folder there)
+            logger.warning("Could not claim again items of %s", node.uid, exc_info=True)
+            return False
         if not taken:
             return False
         stop = position + taken if position + taken < end else -1
