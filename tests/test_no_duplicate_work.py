@@ -1046,6 +1046,14 @@ def _task_and_items(
     return out
 
 
+def _refused_as_cycle(out: dict[str, tp.Any]) -> str:
+    """What every call of _task_and_items raised, each a cycle error: their texts."""
+    assert all(isinstance(error, Exception) for error in out.values()), out
+    said = "\n".join(str(error) for error in out.values())
+    assert "cannot (directly or indirectly" in said
+    return said
+
+
 @pytest.mark.timeout(150)
 def test_a_map_item_of_a_list_method_and_a_task_needing_each_other_are_refused(
     tmp_path: Path,
@@ -1057,9 +1065,7 @@ def test_a_map_item_of_a_list_method_and_a_task_needing_each_other_are_refused(
     out = _task_and_items(
         tmp_path, "local", False, "job", needy=["x"], task_items=["x"], as_list=True
     )
-    assert all(isinstance(error, Exception) for error in out.values()), out
-    said = "\n".join(str(error) for error in out.values())
-    assert "cannot (directly or indirectly" in said
+    said = _refused_as_cycle(out)
     assert "item(s) 'x'" in said and "TaskOfItems" in said and "ItemsOfTask" in said
 
 
@@ -1085,9 +1091,7 @@ def test_a_map_item_and_a_task_needing_each_other_through_its_job_are_refused(
     through job() (no callers); no wait record linked a job waited for whole. Now refused,
     naming both ends; y computed once."""
     out = _task_and_items(tmp_path, cluster, both, via, needy=["x"], task_items=["x"])
-    assert all(isinstance(error, Exception) for error in out.values()), out
-    said = "\n".join(str(error) for error in out.values())
-    assert "cannot (directly or indirectly" in said
+    said = _refused_as_cycle(out)
     # (else refused as before: x calls the task's job with callers (a caller of the job),
     # or runs its debug job in its own thread (already computed by this very thread))
     if both or (via == "job" and cluster != "debug"):
