@@ -1298,6 +1298,24 @@ clean.remove_node_folder(folder, checked=True)
 """
 
 
+@contextlib.contextmanager
+def _held_for_removal(task: tp.Any, go: Path) -> tp.Iterator[subprocess.Popen[str]]:
+    """The task's folder, its result cleared, under an `exca clean` removal hold (a
+    process holding it until the file ``go`` exists): that process."""
+    task.infra.clear_job()  # (the folder is left without a result)
+    folder = task.infra.uid_folder()
+    assert folder is not None and folder.is_dir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(folder), str(go)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        go.touch()
+        holder.wait(timeout=60)
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("cluster", [None, "local"])
 def test_status_and_job_while_the_folder_is_being_removed(
@@ -1309,15 +1327,8 @@ def test_status_and_job_while_the_folder_is_being_removed(
     submitted"), and job() waits for the removal, then computes it anew."""
     task = make(tmp_path, cluster, x=14)
     assert task.process() == 28
-    task.infra.clear_job()  # (the folder is left without a result)
-    folder = task.infra.uid_folder()
-    assert folder is not None and folder.is_dir()
     go = tmp_path / "go"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(folder), str(go)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with _held_for_removal(task, go):
         other = make(tmp_path, cluster, x=14)
         assert other.infra.status() == "not submitted"
         (entry,) = exca.graph.plan(other.process.node()).entries
@@ -1330,9 +1341,6 @@ def test_status_and_job_while_the_folder_is_being_removed(
             (job,) = asked.join(timeout=90)
         assert not seen, seen
         assert job.job_id != "#claim#" and job.result() == 28
-    finally:
-        go.touch()
-        holder.wait(timeout=60)
     assert len(calls(tmp_path / "calls.txt")) == 2  # (computed again, once removed)
     assert other.infra.status() == "completed"
     if cluster is None:  # (the wait says what it waits for)
@@ -1350,15 +1358,8 @@ def test_read_only_call_meeting_a_removal_says_so(
     being (was) removed, by whom; the plan says "missing"."""
     task = make(tmp_path, None, x=15)
     assert task.process() == 30
-    task.infra.clear_job()  # (the folder is left without a result)
-    folder = task.infra.uid_folder()
-    assert folder is not None and folder.is_dir()
     go = tmp_path / "go"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(folder), str(go)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with _held_for_removal(task, go) as holder:
         reader = make(tmp_path, None, x=15, infra={"mode": "read-only"})
         (entry,) = exca.graph.plan(reader.process.node()).entries
         assert (entry.status, entry.action) == ("missing", "wait"), entry
@@ -1370,9 +1371,6 @@ def test_read_only_call_meeting_a_removal_says_so(
             go.touch()
             (error,) = asked.join(timeout=90)
         assert not seen, seen
-    finally:
-        go.touch()
-        holder.wait(timeout=60)
     assert isinstance(error, RuntimeError), error
     message = str(error)
     assert f"its folder was removed or renamed by pid {holder.pid}" in message, message
