@@ -374,8 +374,14 @@ def _configs(folder: Path) -> tuple[dict[str, tp.Any], dict[str, tp.Any], str | 
     return config, full, note
 
 
-def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) -> NodeInfo:
-    """The NodeInfo of one node folder."""
+def describe(
+    step: str,
+    uid: str,
+    folder: Path,
+    queued: set[str] | None = None,
+    records: list[registry.JobRecord] | None = None,
+) -> NodeInfo:
+    """The NodeInfo of one node folder (``records``: its job records, if read already)."""
     config, full, note = _configs(folder)
     cache = inspecting_view(folder)
     cache.refresh()
@@ -392,7 +398,8 @@ def describe(step: str, uid: str, folder: Path, queued: set[str] | None = None) 
     info = NodeInfo(step, uid, folder, kind, "empty", config, len(entries), errors, size, modified)
     info.full_config = full
     info.note = note
-    records = registry.read_all(folder, copied=True)
+    if records is None:
+        records = registry.read_all(folder, copied=True)
     if queued is None:  # (one squeue call for the folder's Slurm jobs)
         queued = registry.queued_jobs([r.job_id for r in records if r.cluster == "slurm"])
     # the latest active job (a chunk job may still run after a later one ended), else the latest
@@ -588,11 +595,11 @@ def result_job(entry: dict[str, tp.Any] | None) -> tp.Any:
     return meta["job"]
 
 
-def _readable_records(folder: Path) -> list[registry.JobRecord]:
+def _readable_records(folder: Path) -> list[registry.JobRecord] | None:
     try:
         return registry.read_all(folder, copied=True)
     except PermissionError:  # (describe() skips the folder, with a warning)
-        return []
+        return None
 
 
 def inspect(
@@ -638,7 +645,8 @@ def inspect(
         and (only_config is None or u.split("/")[0] == only_config)
         and (only_inputs is None or u == f"{only_config}/{only_inputs}")
     ]
-    records = [r for _, _, f in folders for r in _readable_records(f)]  # (every job)
+    read = {f: _readable_records(f) for _, _, f in folders}  # (every job, read once)
+    records = [r for found in read.values() for r in found or ()]
     slurm = [r.job_id for r in records if r.cluster == "slurm"]
     if look is not None:
         queued = look.queued_of(slurm)
@@ -648,7 +656,7 @@ def inspect(
     out = []
     for s, u, f in folders:
         try:
-            info = describe(s, u, f, queued)
+            info = describe(s, u, f, queued, read[f])
         # (a shared cache: another user's private files; a yaml file that is a folder)
         except (PermissionError, IsADirectoryError) as error:
             logger.warning("Skipping %s: %s", f, error)
@@ -675,7 +683,7 @@ def inspect(
             asked.setdefault(path, info)
     own = {f for _, _, f in folders}  # (once: not per listed folder, 10k of them)
     wanted = [r for r in records if r.node_folder in asked]
-    wanted += [r for f in asked if f not in own for r in _readable_records(f)]
+    wanted += [r for f in asked if f not in own for r in _readable_records(f) or ()]
     _describe_dead_jobs(list(asked.values()), wanted)
     for info in empty:
         problems = _problems_of(upstream[info.folder])
