@@ -579,3 +579,83 @@ def test_rename_class_leaves_logs_a_running_job_of_another_step_uses(tmp_path: P
         sleeper.wait()
     done = helpers.rename_class(root, name, name + "Again", dryrun=False)
     assert done.left == [] and not step.exists()
+
+
+CALLS: list[str] = []
+
+
+class Source(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def prepare(self) -> list[int]:
+        CALLS.append("prepare")
+        return [1, 2]
+
+
+class SourceAgain(Source):  # (the renamed class: the same config and method)
+    pass
+
+
+class Note(pydantic.BaseModel):
+    note: str = ""
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def get(self) -> str:
+        CALLS.append("note")
+        return self.note
+
+
+class Join(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self, values: list[int], tag: str) -> str:
+        CALLS.append("join")
+        return f"{sum(values)}:{tag}"
+
+
+class Keys(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def keys(self, parts: dict[str, tp.Any]) -> list[str]:
+        CALLS.append("keys")
+        return sorted(parts)
+
+
+def test_rename_class_renames_step_references_only(tmp_path: Path) -> None:
+    """A step's name held as a string (an input's value, a config field, a key of a dict
+    of inputs) was rewritten in the uids naming it as if it referred to the step: what
+    was computed from it computed again, and a dict key naming the old step was read
+    back under the key naming the new one (the result of other inputs)."""
+    root = tmp_path / "cache"
+    old, new = f"{__name__}.Source", f"{__name__}.SourceAgain"
+    old_ref = f"{old}.prepare,1/default"
+
+    def results(cls: type[Source], key: str, mode: str = "cached") -> list[tp.Any]:
+        infra = {"folder": root, "mode": mode}
+        data = cls(infra=infra).prepare.node()
+        join = Join(infra=infra)
+        return [
+            join.run.node(data, tag=old_ref).result(),  # (a value)
+            join.run.node(data, tag=Note(note=old_ref, infra=infra).get.node()).result(),
+            Keys(infra=infra).keys.node({key: data, "other": data}).result(),
+        ]
+
+    expected = [f"3:{old_ref}", f"3:{old_ref}", ["other", f"{old}.prepare,1/k"]]
+    assert results(Source, f"{old}.prepare,1/k") == expected
+    CALLS.clear()
+    helpers.rename_class(root, old, new, dryrun=False)
+    # everything is found under the new names: read-only reads it back
+    assert results(SourceAgain, f"{old}.prepare,1/k", mode="read-only") == expected
+    # a key naming the new step is another input: computed, not the old key's result
+    keyed = Keys(infra={"folder": root}).keys.node(
+        {
+            f"{new}.prepare,1/k": SourceAgain(infra={"folder": root}).prepare.node(),
+            "other": SourceAgain(infra={"folder": root}).prepare.node(),
+        }
+    )
+    assert keyed.result() == ["other", f"{new}.prepare,1/k"]
+    assert CALLS == ["keys"]

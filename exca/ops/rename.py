@@ -123,6 +123,24 @@ class _Migration:
         # ending with it)
         self._step = re.compile(r"(?<![\w.])" + re.escape(old) + r"\.(?=[A-Za-z_][\w.]*,[^/]*/)")
         self.steps = [d for d in _dirs(root) if d.name != "logs"]
+        # the class's step names as uids name them (the old names), with the names of
+        # their config folders (under either step name): see _rename_refs
+        self._configs: dict[str, set[str]] = {}
+        for step in self.steps:
+            names = {form for form in self._forms(step.name) if self.is_old_step(form)}
+            if names:
+                configs = {c.name for c in _dirs(step) if c.name not in _NOT_NODES}
+                for name in names:
+                    self._configs.setdefault(name, set()).update(configs)
+        self._ref = (
+            re.compile(
+                r"(?:^|(?<=[\[,=]))("
+                + "|".join(re.escape(n) for n in sorted(self._configs, key=len, reverse=True))
+                + ")/"
+            )
+            if self._configs
+            else None
+        )
         self.inputs: list[_InputsFolder] = []
         self.by_digest: dict[str, list[_InputsFolder]] = {}
         self.unreadable: list[Path] = []
@@ -274,7 +292,7 @@ class _Migration:
         self._uid_upstream[uid] = upstream = set[int]()
         self._collecting.append(upstream)
         try:
-            text = self._step.sub(self.new + ".", uid + "/")[:-1]
+            text = self._rename_refs(uid)
             text = re.sub(
                 "/" + re.escape(INPUTS_PREFIX) + _DIGEST,
                 lambda m: f"/{INPUTS_PREFIX}{self._inputs_digest_of(m.group(1))}",
@@ -290,6 +308,38 @@ class _Migration:
         self._renamed[uid] = text
         self._depends(upstream)
         return text
+
+    def _rename_refs(self, uid: str) -> str:
+        """A uid with its references to a step of the class renamed: a node's uid
+        (``<step>/<config>[/...]``) at its start, or in a group of inputs (after ``[``, or
+        ``,`` of a list; after ``=`` of a dict), naming a config folder of that step. Not
+        the same text elsewhere: in a value's uid or a config folder's name (a field or an
+        input holding a step's name as a string: cleaned, no ``/`` left in it, and what
+        follows is that value's digest, which the new code computes the same), nor in
+        the key of a dict of inputs (as given: a key "<old step>/k" of the new code is
+        another input than the old key, whose result it must not read)."""
+        if self._ref is None:
+            return uid
+        out: list[str] = []
+        last = 0
+        for match in self._ref.finditer(uid):
+            step = match.group(1)
+            if not self._names_config(step, uid, match.end()):
+                continue
+            out += [uid[last : match.start()], self.step_name(step), "/"]
+            last = match.end()
+        return "".join(out) + uid[last:] if out else uid
+
+    def _names_config(self, step: str, uid: str, start: int) -> bool:
+        """Whether ``uid[start:]`` starts with a config folder name of ``step``, up to the
+        end of that node's uid (its end, ``/inputs-``/``/items-``, or the group's ``,``,
+        ``]``, ``}``; a config's name may hold ``,`` or ``}`` but never ``/``)."""
+        configs = self._configs.get(step, set())
+        end = uid.find("/", start)
+        end = len(uid) if end < 0 else end
+        if uid[start:end] in configs:
+            return True
+        return any(uid[start:i] in configs for i in range(start, end) if uid[i] in ",]}")
 
     def _inputs_digest_of(self, digest: str) -> str:
         found = self.by_digest.get(digest, [])
