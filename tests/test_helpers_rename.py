@@ -437,10 +437,15 @@ def test_rename_class_leaves_the_logs_of_a_step_being_computed(tmp_path: Path) -
         step = folder.parent
         _job_logs(step, "11")
         name = f"{__name__}.Held"
+        # the preview says what a run leaves (its 'left' was always empty)
+        preview = helpers.rename_class(root, name, name + "Again")
+        assert [p for p, _ in preview.left] == [folder, step / "logs"], preview.left
+        assert "being computed" in preview.left[0][1]
+        assert len(preview.moves) == 1 and preview.moves[0][0].parent == step
+        assert cli.main(["rename", str(root), name, name + "Again"]) == 1
         done = helpers.rename_class(root, name, name + "Again", dryrun=False)
-        assert [p for p, _ in done.left] == [folder, step / "logs"], done.left
+        assert done.left == preview.left and done.moves == preview.moves
         assert (step / "logs/someone/11/11_0_log.out").exists()
-        assert len(done.moves) == 1 and done.moves[0][0].parent == step
     finally:
         flag.unlink()
         thread.join()
@@ -569,7 +574,10 @@ def test_rename_class_leaves_logs_a_running_job_of_another_step_uses(tmp_path: P
         )
         registry.write(folder, record, link=False)
         name = f"{__name__}.Held"
+        preview = helpers.rename_class(root, name, name + "Again")
+        assert [p for p, _ in preview.left] == [step / "logs"], preview.left
         done = helpers.rename_class(root, name, name + "Again", dryrun=False)
+        assert done.left == preview.left and done.moves == preview.moves
         assert [p for p, _ in done.left] == [step / "logs"], done.left
         assert "queued or running" in done.left[0][1]
         assert logs.is_dir()

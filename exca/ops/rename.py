@@ -43,7 +43,7 @@ class Renaming:
     """What ``rename_class`` does (or would do, in a dry run): folder renames (old path,
     new path), ``inputs.yaml`` files rewritten with the new names, and what was left
     (a folder being computed or whose job is queued or running, with why); ``dryrun``:
-    nothing was changed (a preview: ``left`` is only known when renaming)."""
+    nothing was changed (a preview: ``left`` is what a run would leave now)."""
 
     root: Path
     dryrun: bool = False
@@ -471,12 +471,14 @@ def rename_class(folder: str | Path, old: str, new: str, dryrun: bool = True) ->
     busy_steps: set[Path] = set()
     used = None  # (the logs and code snapshots of queued or running jobs: any step's, as
     # an array's job may write its logs, or run its code, in another node's step folder)
+    from ..graph import registry
+
+    look = registry.QueueLook()  # (the Slurm queue, asked once for a preview's checks)
     for source, target in configs:
-        if source.name in _NOT_NODES and not dryrun and used is None:
-            from ..graph import registry
+        if source.name in _NOT_NODES and used is None:
             from .clean import _used_by_jobs
 
-            used = _used_by_jobs(root, registry.QueueLook())
+            used = _used_by_jobs(root, look)
         why = None
         if source.name in _NOT_NODES and source.parent in busy_steps:
             why = "a config folder of its step was left: run again once it is done"
@@ -487,7 +489,7 @@ def rename_class(folder: str | Path, old: str, new: str, dryrun: bool = True) ->
         if why is not None:
             renaming.left.append((source, why))
             moved_configs.pop(source)
-        elif dryrun or _move(source, target, renaming):
+        elif _move(source, target, renaming) if not dryrun else _free(source, renaming, look):
             renaming.moves.append((source, target))
         else:
             moved_configs.pop(source)
@@ -504,7 +506,9 @@ def rename_class(folder: str | Path, old: str, new: str, dryrun: bool = True) ->
         source = now_at(found.folder)
         target = now_at(target)
         if source != target:
-            if not dryrun and not _move(source, target, renaming):
+            if not (
+                _move(source, target, renaming) if not dryrun else _free(source, renaming, look)
+            ):
                 continue
             renaming.moves.append((source, target))
         yaml_path = target / INPUTS_FILE
@@ -552,6 +556,20 @@ def _move(source: Path, target: Path, renaming: Renaming) -> bool:
         if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
             raise
         renaming.left.append((source, f"{target} exists"))
+        return False
+    return True
+
+
+def _free(source: Path, renaming: Renaming, look: tp.Any) -> bool:
+    """What ``_move`` would find, for a preview (nothing held, nothing moved): whether a
+    node folder may move now; if not, it is in ``renaming.left`` with why."""
+    from .clean import _busy_with_inputs
+
+    if source.name in _NOT_NODES:
+        return True
+    busy = _busy_with_inputs(source, look=look)
+    if busy is not None:
+        renaming.left.append((source, busy))
         return False
     return True
 
