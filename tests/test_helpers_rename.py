@@ -667,3 +667,65 @@ def test_rename_class_renames_step_references_only(tmp_path: Path) -> None:
     )
     assert keyed.result() == ["other", f"{new}.prepare,1/k"]
     assert CALLS == ["keys"]
+
+
+class Coded(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        return 2
+
+
+def test_rename_class_points_the_links_of_its_folders_at_where_they_moved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node folder's `code` link (the snapshot its job ran, an absolute path) pointed
+    at the old step folder after a migration (dangling); so did a link to logs in the
+    step folder of another node (an array's job), relative or not."""
+    root = tmp_path / "cache"
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text("")
+    infra = {"folder": root, "cluster": "local", "workdir": {"copied": [tmp_path / "src"]}}
+    obj = Coded(infra=infra)
+    assert obj.run() == 2
+    folder = obj.infra.uid_folder()
+    assert folder is not None and (folder / "code").is_symlink()
+    assert os.path.isabs(os.readlink(folder / "code")) and (folder / "code").exists()
+    step = folder.parent
+    # another class's node whose job (of an array) wrote its logs in Coded's step folder
+    other = UsesSub(infra={"folder": root})
+    assert other.fit() == 3
+    elsewhere = other.infra.uid_folder()
+    assert elsewhere is not None
+    _job_logs(step, "4242")
+    os.symlink(os.path.relpath(step / "logs/someone/4242", elsewhere), elsewhere / "submitit")
+    os.symlink(os.readlink(folder / "code"), elsewhere / "code")
+    name = f"{__name__}.Coded"
+    new_step = root / step.name.replace(name, name + "Again")
+    preview = helpers.rename_class(root, name, name + "Again")
+    assert {p for p, _ in preview.links} == {
+        elsewhere / "code",
+        elsewhere / "submitit",
+        new_step / folder.name / "code",
+    }
+    assert (folder / "code").exists() and (elsewhere / "code").exists()  # (unchanged)
+    # a migration killed before it relinked (the links left as they were): the next run
+    # relinks them, though nothing else is left to do
+    from exca.graph import registry
+
+    monkeypatch.setattr(registry, "link", lambda *args: None)
+    done = helpers.rename_class(root, name, name + "Again", dryrun=False)
+    assert done.links == preview.links
+    monkeypatch.undo()
+    assert not step.exists() and not (elsewhere / "code").exists()
+    done = helpers.rename_class(root, name, name + "Again", dryrun=False)
+    assert not done.moves and done.links == preview.links
+    for link in (elsewhere / "code", elsewhere / "submitit", new_step / folder.name / "code"):
+        assert link.exists() and new_step in Path(os.path.realpath(link)).parents, link
+    assert os.path.isabs(os.readlink(elsewhere / "code"))
+    assert not os.path.isabs(os.readlink(elsewhere / "submitit"))
+    assert (elsewhere / "submitit" / "4242_0_log.out").read_text() == "log of 4242"
+    assert (new_step / folder.name / "code" / "src" / "a.py").exists()
+    with pytest.raises(ValueError, match="no step folder"):  # (nothing left to do)
+        helpers.rename_class(root, name, name + "Again", dryrun=False)

@@ -29,6 +29,7 @@ import typing as tp
 from pathlib import Path
 
 from ..graph.node import INPUTS_PREFIX
+from ..graph.registry import LINK_NAME
 from ..infra.uidfolder import INPUTS_FILE, write_atomic
 
 logger = logging.getLogger("exca")
@@ -42,7 +43,9 @@ _NOT_NODES = frozenset({"code", "logs"})  # (in a step folder, beside its config
 class Renaming:
     """What ``rename_class`` does (or would do, in a dry run): folder renames (old path,
     new path), ``inputs.yaml`` files rewritten with the new names, and what was left
-    (a folder being computed or whose job is queued or running, with why); ``dryrun``:
+    (a folder being computed or whose job is queued or running, with why), links of node
+    folders pointed again at the code snapshot or logs that moved (with their new text);
+    ``dryrun``:
     nothing was changed (a preview: ``left`` is what a run would leave now)."""
 
     root: Path
@@ -50,6 +53,7 @@ class Renaming:
     moves: list[tuple[Path, Path]] = dataclasses.field(default_factory=list)
     rewrites: list[Path] = dataclasses.field(default_factory=list)
     left: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
+    links: list[tuple[Path, str]] = dataclasses.field(default_factory=list)
 
     def __str__(self) -> str:
         def shown(path: Path) -> str:  # (under the root)
@@ -57,6 +61,7 @@ class Renaming:
 
         lines = [f"rename   {shown(a)} -> {shown(b)}" for a, b in self.moves]
         lines += [f"rewrite  {shown(p)}" for p in self.rewrites]
+        lines += [f"relink   {shown(p)} -> {text}" for p, text in self.links]
         lines += [f"left     {shown(p)}: {why}" for p, why in self.left]
         return "\n".join(lines) or "nothing to do"
 
@@ -66,6 +71,7 @@ class Renaming:
             "moves": [[str(a), str(b)] for a, b in self.moves],
             "rewrites": [str(p) for p in self.rewrites],
             "left": [[str(p), why] for p, why in self.left],
+            "links": [[str(p), text] for p, text in self.links],
         }
 
 
@@ -448,7 +454,7 @@ def rename_class(folder: str | Path, old: str, new: str, dryrun: bool = True) ->
             + "; ".join(conflicts)
             + ". Remove one of each pair (e.g. `exca clean ROOT node FOLDER`), then run again"
         )
-    if not old_steps and not inputs_moves:
+    if not old_steps and not inputs_moves and not _links(plan, [], dryrun=True):
         steps = sorted({s.name.split(",", 1)[0].rsplit(".", 1)[0] for s in plan.steps})
         raise ValueError(
             f"rename_class: no step folder of {old} (<module>.<Class>.<method>,<version>) in "
@@ -517,9 +523,93 @@ def rename_class(folder: str | Path, old: str, new: str, dryrun: bool = True) ->
 
             write_atomic(yaml_path, ConfDict(new_inputs).to_yaml(), _permissions(yaml_path))
         renaming.rewrites.append(yaml_path)
+    # the links of node folders to a code snapshot or job logs that moved (absolute,
+    # or relative from a step folder to another's), made to point there again
+    for link, text in _links(plan, renaming.moves, dryrun):
+        if not dryrun:
+            from ..graph import registry
+
+            registry.link(link.parent, link.name, text)
+        renaming.links.append((link, text))
     for a, b in renaming.moves:
         logger.info("%s %s -> %s", "Would rename" if dryrun else "Renamed", a, b)
     return renaming
+
+
+_LINKS = ("code", LINK_NAME)  # (a node folder's links: its job's code snapshot and logs)
+
+
+def _links(
+    plan: _Migration, moves: list[tuple[Path, Path]], dryrun: bool
+) -> list[tuple[Path, str]]:
+    """The links of node folders (``code``: the snapshot a job ran; ``submitit``: its
+    logs) that the folder renames ``moves`` leave pointing elsewhere than at what they
+    pointed to, or that point under an old step name (a migration killed before it
+    relinked them): each with its new text (absolute if it was, else relative). With
+    ``dryrun`` the folders are still where they were (``moves`` predicted), else moved.
+    A link whose target is not found either way is left as it is."""
+    root = plan.root
+    prefixes = list(dict.fromkeys((os.path.abspath(root), os.path.realpath(root))))
+    pairs = [(str(a.relative_to(root)), str(b.relative_to(root))) for a, b in moves]
+
+    def through(path: str, steps: tp.Iterable[tuple[str, str]]) -> str:
+        for a, b in steps:
+            if path == a or path.startswith(a + os.sep):
+                path = b + path[len(a) :]
+        return path
+
+    def after(path: str) -> str:
+        return through(path, pairs)
+
+    def before(path: str) -> str:
+        return through(path, [(b, a) for a, b in reversed(pairs)])
+
+    def exists_after(path: str) -> bool:
+        if not dryrun:
+            return os.path.exists(root / path)
+        earlier = before(path)
+        return after(earlier) == path and os.path.exists(root / earlier)
+
+    def relative(text: str, folder: str) -> str | None:  # (a target under the root)
+        if os.path.isabs(text):
+            for prefix in prefixes:
+                if text == prefix or text.startswith(prefix + os.sep):
+                    return os.path.normpath(text[len(prefix) + 1 :] or ".")
+            return None
+        path = os.path.normpath(os.path.join(folder, text))
+        return None if path == ".." or path.startswith(".." + os.sep) else path
+
+    out: list[tuple[Path, str]] = []
+    for step in plan.steps if dryrun else [d for d in _dirs(root) if d.name != "logs"]:
+        for config in _dirs(step):
+            if config.name in _NOT_NODES:
+                continue
+            for folder in [config, *(d for d in _dirs(config) if d.name.startswith(INPUTS_PREFIX))]:
+                here = str(folder.relative_to(root))
+                old_place, new_place = (here, after(here)) if dryrun else (before(here), here)
+                for name in _LINKS:
+                    try:
+                        text = os.readlink(folder / name)
+                    except OSError:  # (no such link)
+                        continue
+                    target = relative(text, old_place)
+                    if target is None:
+                        continue
+                    target = after(target)
+                    if not exists_after(target):  # (moved by a killed migration)
+                        first, _, rest = target.partition(os.sep)
+                        target = os.path.join(plan.step_name(first), rest)
+                        if not exists_after(target):
+                            continue
+                    if relative(text, new_place) == target:
+                        continue
+                    if os.path.isabs(text):  # (under the same prefix)
+                        prefix = next(p for p in prefixes if text.startswith(p + os.sep))
+                        new_text = os.path.join(prefix, target)
+                    else:
+                        new_text = os.path.relpath(target, new_place)
+                    out.append((root / new_place / name, new_text))
+    return out
 
 
 def _permissions(path: Path) -> int | None:
