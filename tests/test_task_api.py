@@ -2324,6 +2324,38 @@ def test_permissions_given_back_to_folders_a_writer_writes_in(tmp_path: Path) ->
     assert stat.S_IMODE(other.stat().st_mode) == 0o755
 
 
+def test_a_folder_repaired_then_made_again_by_a_killed_maker_is_repaired_again(
+    tmp_path: Path,
+) -> None:
+    """A process that gave a folder of its cache the permissions (found with the umask's
+    mode, as a kill between its mkdir and its chmod leaves it) repairs it again when it is
+    removed, then made again by a process killed the same way: ext4 gives the new folder
+    the inode of the removed one at once, and files.repair remembered the folders it had
+    repaired by inode (to try a chmod that does not take only once): it took the new one
+    for repaired already, and left it 0o755 for good (the other users could not write in
+    it) for the life of that process. (The folder made again is the same folder given the
+    umask's mode here: the same inode whatever the file system does.)"""
+    import os
+    import stat
+
+    root = tmp_path / "cache"
+    previous = os.umask(0o022)
+    try:
+        mapper = ArrayMap(infra={"folder": root})
+        assert [o[0] for o in mapper.process([1])] == [1]
+        folder = mapper.infra.uid_folder()
+        assert folder is not None
+        data = folder / "data"
+        data.chmod(0o755)  # (as a kill before its chmod leaves it)
+        assert [o[0] for o in ArrayMap(infra={"folder": root}).process([2])] == [2]
+        assert stat.S_IMODE(data.stat().st_mode) == 0o777
+        data.chmod(0o755)  # (removed, made again by a process killed before its chmod)
+        assert [o[0] for o in ArrayMap(infra={"folder": root}).process([3])] == [3]
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(data.stat().st_mode) == 0o777
+
+
 # --- MapInfra --------------------------------------------------------------------------------
 class Mapper(pydantic.BaseModel):
     coeff: int = 1

@@ -183,8 +183,10 @@ def ensure_folder(folder: str | os.PathLike[str], permissions: int | None, level
         repair(folder, permissions, empty_only=levels < 1, status=status)
 
 
-# the folders repair gave permission bits, by inode: a chmod that did not take (a file
-# system that ignores it) is not tried again, and logged once
+# the folders whose chmod by repair did not take (a file system that ignores it), by
+# inode: not tried again, and logged once. Only those: one whose chmod took, removed since
+# and made again by a process killed before its chmod, mostly has the same inode (ext4
+# gives a freed inode again at once), and was left with the umask's mode for good
 _REPAIRED: dict[str, int] = {}
 
 
@@ -227,9 +229,6 @@ def repair(
                     return
         except OSError:
             return
-    if len(_REPAIRED) >= 10_000:
-        _REPAIRED.clear()
-    _REPAIRED[folder] = status.st_ino
     logger.debug(
         "Giving %s the cache's permissions (%s, it had %s: made by a process killed before "
         "its chmod?)",
@@ -238,6 +237,14 @@ def repair(
         oct(mode),
     )
     chmod(folder, permissions | (mode & stat.S_ISGID))
+    try:
+        took = not permissions & ~os.stat(folder).st_mode & 0o7777
+    except OSError:  # (gone meanwhile)
+        return
+    if not took:
+        if len(_REPAIRED) >= 10_000:
+            _REPAIRED.clear()
+        _REPAIRED[folder] = status.st_ino
 
 
 def _umask() -> int | None:
