@@ -5984,6 +5984,32 @@ def test_a_local_job_whose_method_raises_keyboardinterrupt_is_not_cancelled(
     assert "refused its config" not in out, out
 
 
+def test_plan_of_another_users_task_whose_job_raised_keyboardinterrupt(tmp_path: Path) -> None:
+    """A task's job whose method raised KeyboardInterrupt, its record still there (the
+    job ended before its submitter recorded it, and the submitter was gone before it set
+    it aside): a plan sets it aside (nothing is cached, see tests/test_execution.py). In
+    a cache folder of another user's, `exca plan` stopped there with "exca: error:
+    PermissionError: ... jobs/N.json -> jobs/N.refused" (that user may not move it): it
+    now plans the task as missing, to compute, and leaves the record. Real permissions:
+    run as root without the capabilities that bypass them (setpriv)."""
+    root = tmp_path / "cache"
+    with pytest.raises(JobFailedError, match="KeyboardInterrupt was raised"):
+        Interrupts(infra={"folder": root, "cluster": "local"}).run()
+    folder = Interrupts(infra={"folder": root}).infra.uid_folder()
+    assert folder is not None
+    (refused,) = (folder / "jobs").glob("*.refused")
+    record = refused.with_suffix(".json")
+    refused.rename(record)  # (as if recorded after the job set its record aside)
+    _give_to_nobody(root)
+    (folder / "jobs").chmod(0o755)
+    target = f"{__name__}:Interrupts.run"
+    planned = _exca_as_a_user("plan", target, f"infra.folder={root}", "infra.cluster=local")
+    assert planned.returncode == 0, planned.stderr
+    assert "PermissionError" not in planned.stderr, planned.stderr
+    assert "missing  compute" in planned.stdout, planned.stdout
+    assert record.exists()  # (left: not this user's to move)
+
+
 class StartsThenWaits(pydantic.BaseModel):
     """A task that says it started (a file), then waits (bounded) to be cancelled."""
 

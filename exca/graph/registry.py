@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import re
@@ -181,13 +182,21 @@ def set_refused(folder: Path | None, job_id: str) -> None:
     """Set aside the record of a job that refused its config (its class was edited while
     it was queued, see jobprocess.ClassChangedError): no longer a job of the node (its
     status is "not submitted", the next call submits it again), but its log, which says
-    why, is still found (``read_all(..., refused=True)``: ``exca logs``)."""
+    why, is still found (``read_all(..., refused=True)``: ``exca logs``). A record this
+    user may not move (another user's cache, a read-only one) is left: a plan or a call
+    made there found it failing with PermissionError (its ending says why all the same)."""
     if folder is None or not job_id:
         return
     jobs = os.path.join(folder, JOBS_DIR)
     name = job_id.replace("/", "-")
-    with contextlib.suppress(FileNotFoundError):  # (set aside already, or never written)
+    try:
         os.replace(os.path.join(jobs, name + ".json"), os.path.join(jobs, name + REFUSED_SUFFIX))
+    except FileNotFoundError:  # (set aside already, or never written)
+        pass
+    except OSError as error:
+        if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        logger.debug("Could not set aside the record of job %s in %s: %s", job_id, jobs, error)
 
 
 ITEMS_SUFFIX = ".items"  # next to a record: the item uids its job took (known at run time)
