@@ -2356,6 +2356,37 @@ def test_a_folder_repaired_then_made_again_by_a_killed_maker_is_repaired_again(
     assert stat.S_IMODE(data.stat().st_mode) == 0o777
 
 
+def test_a_logs_folder_left_by_a_killed_submitter_gets_the_permissions(tmp_path: Path) -> None:
+    """A submission killed between the mkdir of a step's logs folder and its chmod left
+    it with the umask's mode (0o755 under 0o022), and the next submission made its
+    user's folder in it (logs/<user>), so it was never given the cache's permissions
+    (make_folder took it for a folder of the user's, repaired only when found empty):
+    the other users of the shared cache could never make their own logs/<user> there.
+    It is now given them, as the other folders of the cache; a log folder of the user's
+    (outside the cache) is left as it is."""
+    import os
+    import stat
+
+    root = tmp_path / "cache"
+    previous = os.umask(0o022)
+    try:
+        assert ArrayTask(x=1, infra={"folder": root}).process()[0] == 1
+        folder = ArrayTask(x=1, infra={"folder": root}).infra.uid_folder()
+        assert folder is not None
+        logs = folder.parent / "logs"
+        logs.mkdir()  # (the umask's mode: as a kill before its chmod leaves it)
+        theirs = tmp_path / "own"  # (a log folder of the user's, outside the cache)
+        theirs.mkdir()
+        for x, infra in ((2, {}), (3, {"logs": f"{theirs}/{{user}}/%j"})):
+            task = ArrayTask(x=x, infra={"folder": root, "cluster": "local", **infra})
+            assert task.process()[0] == x
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(logs.stat().st_mode) == 0o777
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o777 for p in logs.iterdir())
+    assert stat.S_IMODE(theirs.stat().st_mode) == 0o755
+
+
 # --- MapInfra --------------------------------------------------------------------------------
 class Mapper(pydantic.BaseModel):
     coeff: int = 1

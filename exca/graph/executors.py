@@ -171,15 +171,24 @@ def format_logs(template: str, folder: Path | None) -> str:
     return template.replace("{folder}", str(folder)).replace("{user}", getpass.getuser())
 
 
-def _make_log_folder(logs: str, permissions: int | None) -> None:
+def _make_log_folder(logs: str, permissions: int | None, step: Path | None = None) -> None:
     """Create the fixed part of a log folder template (up to the component holding ``%j``)
     with the cache's permissions: submitit would create it with the user's umask, and
-    another user of a shared cache could not add their own ``{user}`` folder next to it."""
+    another user of a shared cache could not add their own ``{user}`` folder next to it.
+    Its folders under ``step`` (the step folder of the nodes: ``logs/<user>`` for the
+    default ``{folder}/logs/{user}/%j``) are exca's, given the permissions when found
+    without them (see files.make_folder: a process killed between the mkdir of ``logs``
+    and its chmod left it 0o755 for good, as it holds a user's folder right after); the
+    others are the user's."""
     parts = Path(logs).expanduser().parts  # (as submitit reads it)
     fixed = next((i for i, part in enumerate(parts) if "%" in part), len(parts))
     if fixed > 1:
+        made = Path(os.path.abspath(Path(*parts[:fixed])))
+        levels = 0  # (the user's)
+        if step is not None and made.is_relative_to(os.path.abspath(step)):
+            levels = len(made.parts) - len(Path(os.path.abspath(step)).parts)
         with contextlib.suppress(OSError):  # (submitit reports a folder it cannot create)
-            make_folder(Path(*parts[:fixed]), permissions, levels=0)  # (the user's)
+            make_folder(made, permissions, levels=levels)
 
 
 # --- handles -------------------------------------------------------------------------------
@@ -1905,8 +1914,9 @@ def submit_array(
 
     from .registry import submission_comment
 
-    _make_log_folder(logs, permissions)
     first = units[0].node if units else None
+    step = None if first is None or first.root is None else first.root / first.step
+    _make_log_folder(logs, permissions, step)
     name = execution.job_name
     if (
         first is not None
