@@ -495,6 +495,22 @@ def test_the_snapshot_and_job_logs_get_the_cache_permissions(project: Path) -> N
     assert {p: oct(p.stat().st_mode & 0o777) for p in shared} == dict.fromkeys(shared, "0o775")
 
 
+def test_a_maps_snapshot_gets_the_cache_permissions(project: Path) -> None:
+    """The same for a map: its code snapshot (and the step's code/ folder) were made with
+    the umask's mode (0o700 here, 0o755 under 0o022): each call's workdir was copied from
+    the infra's own, which does not hold the cache's permissions (the execution's does),
+    so the colleagues sharing the cache could neither read it nor add theirs to code/."""
+    infra = {"folder": "cache", "cluster": "local", "permissions": 0o775}
+    previous = os.umask(0o077)
+    try:
+        assert len(list(MapReads(infra={**infra, "workdir": {"copied": ["pkg"]}}).values([1]))) == 1
+    finally:
+        os.umask(previous)
+    (snapshot,) = [p.parent for p in (project / "cache").rglob(SNAPSHOT_MARKER)]
+    shared = [snapshot, snapshot / "pkg" / "core.py", snapshot.parent]
+    assert {p: oct(p.stat().st_mode & 0o777) for p in shared} == dict.fromkeys(shared, "0o775")
+
+
 def test_nodes_of_one_array_share_one_snapshot(project: Path) -> None:
     """Two configs and two map calls run in one graph go out as one array (same cluster,
     resources and workdir), copying the code once (a snapshot folder per node split them

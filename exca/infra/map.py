@@ -536,7 +536,10 @@ class MapInfra(BaseInfra, SubmititMixin):
         if self.workdir is not None and self.workdir.folder is None and self.folder is not None:
             # each call that submits copies the code as it is now (the copy is made only
             # when a job is submitted)
-            workdir = self.workdir.model_copy(update={"folder": self._workdir_folder(base.step)})
+            # (from the execution's: it holds the cache's permissions, see _execution; the
+            # snapshot and its code/ folder were made with the umask's mode)
+            source = base.execution.workdir or self.workdir
+            workdir = source.model_copy(update={"folder": self._workdir_folder(base.step)})
             execution = dataclasses.replace(base.execution, workdir=workdir)
             return dataclasses.replace(base, items=items, item_uids=uids, execution=execution)
         return dataclasses.replace(base, items=items, item_uids=uids)
