@@ -5,6 +5,7 @@ from their snapshots."""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 import typing as tp
@@ -509,6 +510,38 @@ def test_a_maps_snapshot_gets_the_cache_permissions(project: Path) -> None:
     (snapshot,) = [p.parent for p in (project / "cache").rglob(SNAPSHOT_MARKER)]
     shared = [snapshot, snapshot / "pkg" / "core.py", snapshot.parent]
     assert {p: oct(p.stat().st_mode & 0o777) for p in shared} == dict.fromkeys(shared, "0o775")
+
+
+@pytest.mark.parametrize("kind", ["task", "map"])
+def test_a_code_folder_left_by_a_killed_submitter_gets_the_permissions(
+    project: Path, kind: str
+) -> None:
+    """A submission killed between the mkdir of a step's code/ folder and its chmod left
+    it with the umask's mode (0o755 under 0o022), and the next submission made its
+    snapshot in it, so it was never given the cache's permissions (the snapshot folder
+    was made as one of the user's: repaired only when found empty): the colleagues
+    sharing the cache could never add their snapshots there. It now gets them, as the
+    other folders of the cache."""
+    infra = {"folder": "cache", "cluster": "local", "workdir": {"copied": ["pkg"]}}
+    previous = os.umask(0o022)
+    try:
+        node = Reads(n=3, infra=infra) if kind == "task" else MapReads(infra=infra)
+        folder = node.infra.uid_folder()
+        assert folder is not None
+        code = folder.parent / "code"
+        code.mkdir(parents=True)  # (the umask's mode: as a kill before its chmod leaves it)
+        assert stat.S_IMODE(code.stat().st_mode) == 0o755
+        if isinstance(node, Reads):
+            assert node.value().startswith("1 ")
+        else:
+            assert [v.split()[0] for v in node.values([1])] == ["1"]
+    finally:
+        os.umask(previous)
+    (snapshot,) = code.iterdir()
+    assert {p: oct(stat.S_IMODE(p.stat().st_mode)) for p in (code, snapshot)} == {
+        code: "0o777",
+        snapshot: "0o777",
+    }
 
 
 def test_nodes_of_one_array_share_one_snapshot(project: Path) -> None:

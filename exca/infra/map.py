@@ -540,6 +540,7 @@ class MapInfra(BaseInfra, SubmititMixin):
             # snapshot and its code/ folder were made with the umask's mode)
             source = base.execution.workdir or self.workdir
             workdir = source.model_copy(update={"folder": self._workdir_folder(base.step)})
+            workdir._exca_levels = 2  # (<step>/code/<date>-<random>: see _workdir_folder)
             execution = dataclasses.replace(base.execution, workdir=workdir)
             return dataclasses.replace(base, items=items, item_uids=uids, execution=execution)
         return dataclasses.replace(base, items=items, item_uids=uids)

@@ -232,6 +232,7 @@ class SubmititMixin(pydantic.BaseModel):
         workdir = self.workdir
         if workdir is not None and workdir.folder is None and workdir_folder is not None:
             workdir = workdir.model_copy(update={"folder": workdir_folder})
+            workdir._exca_levels = 2  # (<step>/code/<date>-<random>: see _workdir_folder)
         permissions = getattr(self, "permissions", None)
         if workdir is not None and permissions is not None:
             workdir = workdir.model_copy() if workdir is self.workdir else workdir

@@ -64,6 +64,10 @@ class WorkDir(pydantic.BaseModel):
     _active: int = pydantic.PrivateAttr(default=0)
     # the infra's permissions (set by it, not a setting): applied to the snapshot
     _permissions: int | None = pydantic.PrivateAttr(default=None)
+    # how many folders at the end of ``folder`` are exca's (2: the snapshot and its code/
+    # folder, when the infra names it under its step folder), given the permissions when
+    # found without them (files.make_folder: a kill between a mkdir and its chmod)
+    _exca_levels: int = pydantic.PrivateAttr(default=0)
 
     @pydantic.field_validator("copied")
     @classmethod
@@ -272,7 +276,7 @@ class WorkDir(pydantic.BaseModel):
         commits = self._commit_lines() if self.log_commit and not log.exists() else None
         permissions = self._permissions
         created = not folder.exists()
-        make_folder(folder, permissions, levels=0)  # (maybe the user's)
+        make_folder(folder, permissions, levels=self._exca_levels)  # (0: maybe the user's)
         (folder / SNAPSHOT_MARKER).touch()  # (a later copy of "." skips this folder)
         copied = False
         try:
