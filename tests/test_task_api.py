@@ -2387,6 +2387,130 @@ def test_a_logs_folder_left_by_a_killed_submitter_gets_the_permissions(tmp_path:
     assert stat.S_IMODE(theirs.stat().st_mode) == 0o755
 
 
+_RACING_USER = """
+import os, sys, time, typing as tp
+os.umask(0o022)
+import pydantic, exca
+from exca.storage import files
+
+chmod_folder = files.chmod_folder
+
+
+def slow_chmod_folder(path: tp.Any, permissions: int) -> None:
+    time.sleep(0.005)  # (a loaded machine, a network file system: a wider window)
+    chmod_folder(path, permissions)
+
+
+files.chmod_folder = slow_chmod_folder
+
+
+class Step(pydantic.BaseModel):
+    x: int = 0
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        return 2 * self.x
+
+
+class Items(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def run(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            yield 2 * item
+
+
+base, me, start, rounds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+for i in range(rounds):
+    while time.time() < start + 0.4 * i:  # (both users start the round together)
+        pass
+    try:
+        if i % 3 == 0:  # the same task
+            got = Step(infra={"folder": f"{base}/{i}/cache"}).run()
+        elif i % 3 == 1:  # a task each, in the same step folder
+            got = Step(x=me, infra={"folder": f"{base}/{i}/cache"}).run()
+        else:  # a map, items in common and one each
+            got = list(Items(infra={"folder": f"{base}/{i}"}).run([0, 1, 2 + me]))
+        print(i, got, flush=True)
+    except Exception as error:
+        print(i, "failed:", type(error).__name__, error, flush=True)
+"""
+
+
+def test_two_users_using_a_new_shared_cache_at_once(tmp_path: Path) -> None:
+    """Two users calling at once into a new shared cache (permissions 0o777, both under
+    umask 0o022): the one that makes a folder (the root, a step, node or claims folder)
+    makes it 0o755 and chmods it just after; the other one, finding it in between, could
+    not write in it: PermissionError "Cannot write into the cache folder" (a third of
+    their calls failed when racing, a probe). It now waits for that chmod
+    (files.await_chmod). Real users (setpriv, two uids), racing 12 times: the same task,
+    a task each, a map; their maker's chmods delayed by 5 ms, as on a loaded machine."""
+    import shutil
+    import stat
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv (util-linux) to run as two users")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def as_user(uid: int, *args: str) -> list[str]:
+        return [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *args]
+
+    users = (54541, 54542)  # (no such users needed: uids of their own)
+    probe = subprocess.run(
+        as_user(users[0], sys.executable, "-c", "import exca"),
+        env=env,
+        cwd="/",
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode:
+        pytest.skip(f"exca cannot be imported by another user here: {probe.stderr[-300:]}")
+    base = Path(tempfile.mkdtemp(prefix="exca-shared-"))  # (tmp_path: root's only)
+    try:
+        base.chmod(0o1777)  # (as /tmp)
+        rounds, start = 12, time.time() + 5
+        users_runs = [
+            subprocess.Popen(
+                as_user(
+                    uid,
+                    sys.executable,
+                    "-c",
+                    _RACING_USER,
+                    str(base),
+                    str(me),
+                    str(start),
+                    str(rounds),
+                ),
+                env=env,
+                cwd="/",
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for me, uid in enumerate(users)
+        ]
+        outputs = [run.communicate(timeout=120) for run in users_runs]
+        for me, (out, err) in enumerate(outputs):
+            expected = [f"{i} {[0, 2 * me, [0, 2, 4 + 2 * me]][i % 3]}" for i in range(rounds)]
+            assert out.splitlines() == expected, err[-2000:]
+        owners = set()
+        for folder, dirs, _ in os.walk(base):
+            for name in dirs:
+                status = (Path(folder) / name).stat()
+                owners.add(status.st_uid)
+                assert stat.S_IMODE(status.st_mode) == 0o777, Path(folder) / name
+        assert owners == set(users)  # (each made some of them)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 # --- MapInfra --------------------------------------------------------------------------------
 class Mapper(pydantic.BaseModel):
     coeff: int = 1

@@ -34,7 +34,7 @@ from pathlib import Path
 import orjson
 
 from . import interrupts, process
-from .files import chmod_folder, fchmod, folder_mode, make_folder, repair, write_new
+from .files import await_chmod, chmod_folder, fchmod, folder_mode, make_folder, repair, write_new
 from .keytext import check_utf8
 
 CLAIMS_DIR = "claims"
@@ -445,6 +445,10 @@ class Claims:
         except FileNotFoundError:
             make_folder(dirname, self.permissions)
             write_new(tmp, data, self.permissions)
+        except PermissionError:  # (another user's claims folder just made: its chmod)
+            if not await_chmod(dirname):
+                raise
+            write_new(tmp, data, self.permissions)
         else:
             if self.permissions is not None:  # (a claims folder left by a kill: files.repair)
                 repair(dirname, self.permissions)
@@ -495,6 +499,7 @@ class Claims:
 
     def _try_lock(self, lock: Path, token: bytes, create: bool = True) -> bool:
         """Create the lock file with our token (False: someone else holds it)."""
+        waited = False  # (for the chmod of another user's claims folder: once)
         while True:
             try:
                 fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -512,6 +517,9 @@ class Claims:
             except FileExistsError:
                 return False
             except OSError as error:
+                if error.errno == errno.EACCES and not waited and await_chmod(self.dir):
+                    waited = True  # (another user's claims folder just made: its chmod)
+                    continue
                 if error.errno in _UNWRITABLE:
                     raise _unwritable(self.dir, error) from error
                 raise

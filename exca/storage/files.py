@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import time
 import typing as tp
 
 logger = logging.getLogger("exca")
@@ -131,12 +132,14 @@ def make_folder(folder: str | os.PathLike[str], permissions: int | None, levels:
     umask's mode (as such a kill leaves it: an empty folder of the user's own there, made
     with the umask's mode, gets the permissions too, as if exca had made it; one made
     with a mode of its own, e.g. 0o700, is left as it is). Never renamed into place (a rename over the empty folder another
-    thread just made removed it under that thread's feet)."""
+    thread just made removed it under that thread's feet): a folder another user has
+    just made, found there or refusing a mkdir in it before its maker's chmod, is
+    waited for (``await_chmod``)."""
     folder = os.fspath(folder)
     if folder.endswith(os.sep) and folder.strip(os.sep):  # ("a/b/": its parent is "a")
         folder = folder.rstrip(os.sep)
     try:
-        os.mkdir(folder)
+        _mkdir(folder)
     except FileExistsError:
         if permissions is not None:
             repair(folder, permissions, empty_only=levels < 1)
@@ -153,14 +156,16 @@ def make_folder(folder: str | os.PathLike[str], permissions: int | None, levels:
             repair(current, permissions, empty_only=len(missing) + 1 >= levels)
         for path in reversed(missing):
             try:
-                os.mkdir(path)
+                _mkdir(path)
             except FileExistsError:  # (made meanwhile by someone else, who chmods it)
                 continue
             if permissions is not None:
                 chmod_folder(path, permissions)
         try:
-            os.mkdir(folder)
-        except FileExistsError:  # (made meanwhile by someone else)
+            _mkdir(folder)
+        except FileExistsError:  # (made meanwhile by someone else, who chmods it)
+            if permissions is not None:
+                await_chmod(folder)
             return False
     else:
         if permissions is not None and levels > 1:  # (its parent: maybe left by a kill)
@@ -215,7 +220,10 @@ def repair(
     except OSError:
         return
     mode = stat.S_IMODE(status.st_mode)
-    if not permissions & ~mode & 0o7777 or status.st_uid != os.getuid():
+    if not permissions & ~mode & 0o7777:
+        return
+    if status.st_uid != os.getuid():  # (another user's: maybe just made, before its chmod)
+        await_chmod(folder, status)
         return
     if _REPAIRED.get(folder) == status.st_ino or not stat.S_ISDIR(status.st_mode):
         return
@@ -258,6 +266,48 @@ def _umask() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+# how long after its mkdir another user's folder may still lack its chmod (await_chmod)
+CHMOD_WAIT_S = 5.0
+
+
+def _mkdir(path: str) -> None:
+    """``os.mkdir``, waiting for the chmod of a parent another user has just made when it
+    may not be written yet (``await_chmod``)."""
+    try:
+        os.mkdir(path)
+    except PermissionError:
+        if not await_chmod(os.path.dirname(path) or "."):
+            raise
+        os.mkdir(path)
+
+
+def await_chmod(folder: str | os.PathLike[str], status: os.stat_result | None = None) -> bool:
+    """Whether this user may create files in ``folder``, once another user who has just
+    made it (its ctime within ``CHMOD_WAIT_S``) gave it the cache's permissions: two
+    users using a new shared cache at once, the one that makes a folder makes it with
+    its umask's mode (0o755) and chmods it just after; the other one, finding it in
+    between, could not write in it (PermissionError). Waits for that chmod, at most
+    ``CHMOD_WAIT_S``: an older folder, or one of this user's, is not waited for (False
+    when it may not be written). Only where a folder was found there or a write was
+    refused, never on a cache hit."""
+    try:
+        status = status if status is not None else os.stat(folder)
+    except OSError:
+        return False
+    if os.access(folder, os.W_OK | os.X_OK):
+        return True
+    if status.st_uid == os.getuid() or abs(time.time() - status.st_ctime) > CHMOD_WAIT_S:
+        return False
+    logger.debug("Waiting for the owner of %s (uid %d) to chmod it", folder, status.st_uid)
+    deadline, delay = time.monotonic() + CHMOD_WAIT_S, 0.001
+    while time.monotonic() < deadline:
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+        if os.access(folder, os.W_OK | os.X_OK):
+            return True
+    return False
 
 
 def chmod_folder(folder: str | os.PathLike[str], permissions: int) -> None:
