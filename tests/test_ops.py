@@ -3681,6 +3681,62 @@ def test_clean_logs_of_ended_jobs(tmp_path: Path) -> None:
     assert exca.ops.inspect(root)[0].status == "success"
 
 
+def test_clean_logs_finds_the_logs_of_jobs_whose_record_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`exca clean ROOT logs` found job log folders through the job records alone. A
+    record goes when its job is cancelled by a Ctrl-C of the submitter, with clear_job()
+    or node.clear(), and with the node folder `clean node` removes, while a task's job
+    logs stay in its step folder (<step>/logs/<user>/<job id>/): no command listed them
+    any more (a training's logs, removed node by node, stayed until its whole version
+    was cleaned). Such folders of the default layout are found, and go as the others
+    do, unless a job of their id is queued on Slurm or a process of their id runs here
+    (a local job's id), or they hold other files than submitit's."""
+    root = tmp_path / "cache"
+    cleared = Train(seed=3, infra={"folder": root, "cluster": "local"})
+    removed = Train(seed=4, infra={"folder": root, "cluster": "local"})
+    logs = []
+    for task in (cleared, removed):
+        assert task.fit() == task.seed + 1
+        (job,) = exca.ops.logs(folder_of(task))
+        logs.append(job.stdout_path.parent)
+    cleared.infra.clear_job()
+    clean.remove_nodes([folder_of(removed)]).execute()
+    assert all(folder.exists() for folder in logs)  # (what the cleanings left)
+    user = folder_of(cleared).parent / "logs" / "someone"
+    left = {  # folders without a record that no cleaning may take
+        "queued": user / "77",  # a Slurm job (submitted, not recorded yet: its
+        "live": user / str(os.getpid()),  # submitter killed); a local job running
+        "user's": user / "78",  # a folder holding a file of the user
+        "recent": user / "79",  # written in the last hour: maybe being submitted
+    }
+    for folder in left.values():
+        folder.mkdir(parents=True)
+        (folder / f"{folder.name}_0_log.out").write_text("...")
+    (left["user's"] / "notes.txt").write_text("mine")
+    old = time.time() - 2 * 3600
+    for folder in [*logs, *left.values()]:
+        for path in folder.iterdir():
+            if folder != left["recent"]:
+                os.utime(path, (old, old))
+    bin_folder = tmp_path / "bin"
+    bin_folder.mkdir()
+    counting_squeue(bin_folder, running={"77"})
+    monkeypatch.setenv("PATH", f"{bin_folder}{os.pathsep}{os.environ['PATH']}")
+    assert clean.logs(root, older_than_days=1).removals == []  # (2 hours old)
+    plan = clean.logs(root, older_than_days=0)
+    assert sorted(r.path for r in plan.removals if not r.template) == sorted(logs)
+    assert all("which no record names" in r.reason for r in plan.removals if not r.template)
+    kept = dict(plan.kept)
+    assert "job 77 (no record) is queued on Slurm" in kept[left["queued"]]
+    assert f"a process {os.getpid()} runs here" in kept[left["live"]]
+    assert left["user's"] not in kept and left["recent"] not in kept
+    plan.execute()
+    assert not any(folder.exists() for folder in logs)
+    assert all(folder.exists() for folder in left.values())
+    assert cleared.fit() == 4  # (results are not logs: computed again, as cleared)
+
+
 def test_json_output_matching_nothing_says_why_on_stderr(tmp_path: Path) -> None:
     """`exca list --json` (and `clean node --where --json`) matching nothing printed `[]`
     (an empty plan) alone: the text output's why (a key no config has, a step matching

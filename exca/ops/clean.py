@@ -1629,11 +1629,96 @@ def logs(root: Path | str, older_than_days: float = 30.0, step: str | None = Non
         else:
             _add_job_files(plan, logs_folder, records, files, limit)
     _add_array_scripts(plan, by_folder)
+    templates.update(_add_unrecorded_logs(plan, root, steps, by_folder, limit))
     templates = {t for t in templates if _another_cache_root(t, root) is None}
     # (not the logs' age: a template holds no job's logs, and its parent changes with
     # each job's folder; only a starting submission needs it, TEMPLATE_GRACE_S)
     _add_templates(plan, sorted(templates), time.time())
     return plan
+
+
+# a job's own log folder in the default layout (``.../logs/<user>/%j``): named after
+# the job's id, Slurm's (an array element's ``<array id>_<index>``) or a local job's pid
+_JOB_FOLDER = re.compile(r"[0-9]+(?:_[0-9]+)?")
+# an unrecorded log folder written to this recently is kept: its job may be being
+# submitted (its record not written yet)
+UNRECORDED_GRACE_S = 3600.0
+
+
+def _add_unrecorded_logs(
+    plan: CleanPlan,
+    root: Path,
+    steps: set[str] | None,
+    by_folder: dict[Path, list[tuple[bool, registry.JobRecord]]],
+    limit: float,
+) -> set[Path]:
+    """The log folders of the default layout (``<step>/logs/<user>/<job id>/``, a map's
+    in its node folder) that no job record names any more: records are dropped when
+    their job is cancelled by a Ctrl-C of its submitter, by ``clear_job()`` or
+    ``node.clear()``, and with the node folder ``clean node`` removes, while the job's
+    logs stay in the step's folder. They go once nothing was written in them since
+    ``limit`` (and for an hour), and no job of their id is queued (Slurm) or running
+    (a local job's id is its pid on this host). Returns the templates beside them."""
+    recorded = {os.path.realpath(f) for f in by_folder}
+    # (an array's script folder is named after the array: _add_array_scripts decides)
+    arrays = {r.job_id.split("_")[0] for rs in by_folder.values() for _, r in rs}
+    parents: list[Path] = []
+    for step in _scan(root):
+        if "," in step.name and _is_dir(step) and (steps is None or step.name in steps):
+            parents.append(Path(step.path))
+    for step_name, _, folder in node_folders(root):  # (a map's logs are in its folder)
+        if steps is None or step_name in steps:
+            parents.append(folder)
+    limit = min(limit, time.time() - UNRECORDED_GRACE_S)
+    found: list[Path] = []
+    for parent in parents:
+        for user in _scan(parent / "logs"):
+            if not _is_dir(user) or user.is_symlink():
+                continue
+            for entry in _scan(Path(user.path)):
+                name = entry.name
+                if not _JOB_FOLDER.fullmatch(name) or name in arrays:
+                    continue
+                if entry.is_symlink() or not _is_dir(entry):
+                    continue
+                path = Path(entry.path)
+                if os.path.realpath(path) in recorded:
+                    continue
+                inside = _scan(path)  # (submitit's files alone: <job id>_...)
+                if not inside or not all(
+                    e.name.startswith(f"{name}_") and e.is_file(follow_symlinks=False)
+                    for e in inside
+                ):
+                    continue
+                if _newest_write(path) > limit:
+                    continue
+                found.append(path)
+    if not found:
+        return set()
+    queued = _unrecorded_queued([p.name for p in found], plan.look)
+    for path in found:
+        if path.name in queued:
+            plan.kept.append((path, f"job {path.name} (no record) is queued on Slurm"))
+        elif path.name.isdigit() and process.process_start_time(int(path.name)) is not None:
+            plan.kept.append(
+                (path, f"job {path.name} (no record) may run: a process {path.name} runs here")
+            )
+        else:
+            size, _ = disk_usage(path)
+            reason = (
+                f"logs of job {path.name}, which no record names (cancelled by a Ctrl-C, "
+                "cleared, or its node removed)"
+            )
+            plan.removals.append(Removal(path, size, reason))
+    return {p.parent / TEMPLATE for p in found}
+
+
+def _unrecorded_queued(job_ids: list[str], look: registry.QueueLook) -> set[str]:
+    """Which of these job ids Slurm has queued. Where squeue is not installed (no Slurm on
+    this host), none; where it is but does not answer, all of them (they may run)."""
+    if shutil.which("squeue") is None:
+        return set()
+    return look.queued_of(job_ids)
 
 
 def _add_array_scripts(
