@@ -156,3 +156,39 @@ class RankedNesting(pydantic.BaseModel):
             output = f"{x}: {', '.join(got)}; {step}"
             append(Path(self.meeting) / "got.txt", f"{self.tag}{output} rank={rank}")
             yield output
+
+
+class RankedItemJob(pydantic.BaseModel):
+    """A task computed in a job of its own (``cluster="local"``), called by each item of
+    RankedJobPerItem."""
+
+    meeting: str
+    x: int
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        append(Path(self.meeting) / "tasks.txt", str(self.x))
+        return 10 * self.x
+
+
+class RankedJobPerItem(pydantic.BaseModel):
+    """Each item waits for a task's job (RankedItemJob, cached in ``cache``) and meets
+    every rank; each rank notes each call of the method (``setups.txt``: its items)."""
+
+    meeting: str
+    cache: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def infer(self, items: list[int]) -> tp.Iterator[int]:
+        import submitit
+
+        rank = submitit.JobEnvironment().global_rank
+        meeting = Path(self.meeting)
+        append(meeting / "setups.txt", f"{','.join(map(str, items))} rank={rank}")
+        for x in items:
+            infra = {"folder": self.cache, "cluster": "local"}
+            got = RankedItemJob(meeting=self.meeting, x=x, infra=infra).run()
+            _meet_every_rank(meeting, f"item {x}", timeout=30)
+            yield got + 1

@@ -3629,8 +3629,8 @@ def test_the_ranks_of_a_multi_task_job_stop_where_rank_zero_gave_items_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """tasks_per_node=2, one job for [a, b, c, d], a needing d: rank 0 gives back what its
-    method has not started (b, c, d) and computes d for a, then b and c in a new call; the
-    other rank made the whole first call (a, b, c, d), then b and c again: the ranks
+    method has not started (b, c, d) and computes d for a, then b and c (taken back, in the
+    same call since the other ranks wait for its decision); the other rank made the whole first call (a, b, c, d), then b and c again: the ranks
     disagreed on the items, and a collective of an item rank 0 never computed in that call
     waited for good. Now every rank stops that call after a, as rank 0 did."""
     from ranks import RankedDag
@@ -3737,6 +3737,33 @@ def test_the_ranks_of_a_multi_task_job_follow_a_method_returning_a_list(
     infos = mapped.infra.cache_dict.entries_info()
     assert sorted(infos) == ["1", "13", "2", "3", "4"]
     assert [k for k, i in infos.items() if i["#type"] == "Error"] == ["13"]
+
+
+@pytest.mark.timeout(240)
+def test_a_multi_task_jobs_method_waiting_for_a_job_per_item_is_called_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tasks_per_node=2, each item waiting for a task's job: before each wait rank 0 gives
+    back the items its method has not started; outside multi-task jobs it takes them back
+    once the wait ended and the same call goes on, but here the call stopped after each
+    item (the other ranks were told so at once), and the method was called again on the
+    rest (4 calls for 4 items, on every rank). Rank 0 now tells the other ranks where the
+    call stops only once it knows (the wait ended, the items taken back or not): one call
+    on every rank, each task computed once."""
+    from ranks import RankedJobPerItem
+
+    from exca.graph import scheduler
+
+    monkeypatch.setattr(scheduler._SHUFFLER, "shuffle", lambda items: None)  # (in order)
+    meeting = tmp_path / "meeting"
+    meeting.mkdir()
+    infra = {"folder": tmp_path / "cache", "cluster": "local", "tasks_per_node": 2, "max_jobs": 1}
+    mapped = RankedJobPerItem(meeting=str(meeting), cache=str(tmp_path / "nested"), infra=infra)
+    assert list(mapped.infer([1, 2, 3, 4])) == [11, 21, 31, 41]
+    assert sorted(calls(meeting / "setups.txt")) == ["1,2,3,4 rank=0", "1,2,3,4 rank=1"]
+    assert sorted(calls(meeting / "tasks.txt")) == ["1", "2", "3", "4"]
+    met = [c for c in calls(meeting / "calls.txt")]
+    assert sorted(met) == sorted(f"item {x} rank={r}" for x in (1, 2, 3, 4) for r in (0, 1))
 
 
 @pytest.mark.timeout(120)

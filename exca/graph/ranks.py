@@ -4,8 +4,9 @@ function once per task, and distributed code needs every rank to make the same c
 compute (claims, cached items, per-item retries), caches the outcomes and announces each
 call of the method in the job's log folder; the other ranks make the same calls, in the
 same order, with the same items, and store nothing. Rank 0 may stop a call of a map's
-method after any item (it gave the others back: see worker._InFlight), so the other
-ranks start an item of the call only once rank 0 went on to it (``Call``).
+method after any item (it gave the others back and could not take them back: see
+worker._InFlight), so the other ranks start an item of the call only once rank 0 went on
+to it (``Call``).
 
 The unit's method may call other decorated methods (a nested call, of a task or a map
 with a folder, made in the job's thread): rank 0 announces it as a bracket (``nested``:

@@ -1657,10 +1657,10 @@ def _compute_from(
         return position
 
     def halt() -> int:
+        # (in a multi-task job, the other ranks are told where the call stops only once
+        # this one knows, at that item: it may take back what it gave, see resumed)
         nonlocal stop
         stop = position + 1
-        if call is not None:  # (the other ranks stop after that item too)
-            call.stop(stop - start)
         return stop
 
     def missing(keys: list[str]) -> list[str]:
@@ -1672,10 +1672,11 @@ def _compute_from(
         """At the item where a give-up stopped the call (the wait that made it give up
         has ended, in the method's previous item): whether it goes on, the next items
         taken back (else the unit claims them again and calls the method again on them,
-        its setup paid again: once per item of a method waiting for a job per item). Not
-        in a multi-task job: the other ranks were told the call stops there (halt)."""
+        its setup paid again: once per item of a method waiting for a job per item). In a
+        multi-task job, the other ranks wait at that item for rank 0 to go on (Call.paced)
+        or to stop the call there (ended): they follow what it decided."""
         nonlocal stop
-        if in_flight is None or call is not None:
+        if in_flight is None:
             return False
         try:
             taken = in_flight.take_back(end, missing)
