@@ -42,14 +42,20 @@ def _meet_every_rank(meeting: Path, what: str, timeout: float = 60) -> tuple[int
 
 
 class RankedTask(pydantic.BaseModel):
-    """``rank_zero_dies``: rank 0 is killed (out of memory, say) once every rank met."""
+    """``rank_zero_dies``: rank 0 is killed (out of memory, say) once every rank met.
+    ``hold``: a file; every rank waits as long as it exists (up to 60 s), then meets."""
 
     meeting: str
     rank_zero_dies: bool = False
+    hold: str = ""
     infra: exca.TaskInfra = exca.TaskInfra(version="1")
 
     @infra.apply
     def train(self) -> str:
+        if self.hold:
+            from filelog import wait_until
+
+            wait_until(lambda: not Path(self.hold).exists())
         rank, count = _meet_every_rank(Path(self.meeting), "train")
         if self.rank_zero_dies and rank == 0:
             os.kill(os.getpid(), signal.SIGKILL)

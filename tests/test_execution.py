@@ -3597,17 +3597,29 @@ def test_a_jobs_result_file_and_its_ranks_calls_take_the_caches_permissions(
     returned (read by `exca list`, clean and status(): its job ran to its end) and the
     folder where rank 0 of a multi-task job announces its calls (read by the other ranks,
     removed by `exca clean logs`) took the umask (0o600, 0o700), not the infra's
-    ``permissions``, as the job's logs beside them do."""
+    ``permissions``, as the job's logs beside them do. That folder (a file per call,
+    nested ones too) stayed after the job: every rank done, it is removed."""
     from ranks import RankedTask
 
     cache = tmp_path / "cache"
+    hold = tmp_path / "hold"
+    hold.touch()
     previous = os.umask(0o077)
     try:
         infra = {"folder": cache, "cluster": "local", "permissions": 0o750}
         assert Counted(x=15, log=str(tmp_path / "calls.txt"), infra=infra).process() == 30
         ranked = {**infra, "tasks_per_node": 2}
-        task = RankedTask(meeting=str(tmp_path / "meeting"), infra=ranked)
-        assert task.train() == "rank 0 of 2"
+        task = RankedTask(meeting=str(tmp_path / "meeting"), hold=str(hold), infra=ranked)
+        job = task.infra.job()
+        try:  # (the method held: rank 0 announced its call)
+            _wait_for(lambda: len(list(cache.rglob("rank-calls-*/0.json"))) == 1)
+            (calls_folder,) = cache.rglob("rank-calls-*")
+            assert calls_folder.stat().st_mode & 0o7777 == 0o750
+            files = {p.name: p.stat().st_mode & 0o7777 for p in calls_folder.iterdir()}
+            assert "lead.json" in files and set(files.values()) == {0o750}, files
+        finally:
+            hold.unlink()
+        assert job.result() == "rank 0 of 2"
     finally:
         os.umask(previous)
 
@@ -3618,10 +3630,7 @@ def test_a_jobs_result_file_and_its_ranks_calls_take_the_caches_permissions(
     _wait_for(
         lambda: len(modes("*_result.pkl")) == 3 and set(modes("*_result.pkl").values()) == {0o750}
     )
-    (calls_folder,) = cache.rglob("rank-calls-*")
-    assert calls_folder.stat().st_mode & 0o7777 == 0o750
-    files = {p.name: p.stat().st_mode & 0o7777 for p in calls_folder.iterdir()}
-    assert "lead.json" in files and "0.json" in files and set(files.values()) == {0o750}, files
+    assert not calls_folder.exists()
 
 
 @pytest.mark.timeout(180)

@@ -26,6 +26,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 import typing as tp
@@ -244,6 +245,24 @@ def end() -> None:
         announcer.write({"end": True})
         claims.stop_refreshing(announcer.folder / LEAD_FILE)
         ACTIVE.clear()
+        _done(announcer.folder, announcer.permissions)
+
+
+_DONE = "done-"  # (then a rank: it reads and writes nothing more in the calls' folder)
+
+
+def _done(folder: Path, permissions: int | None) -> None:
+    """This rank is done with the calls' folder (one file per call of a method, nested
+    ones too): the last rank done removes it. One killed before leaves it (as a job's
+    logs, `exca clean logs` removes it)."""
+    rank, tasks = job_rank()
+    try:
+        write_new(os.fspath(folder / f"{_DONE}{rank}"), b"", permissions)
+        done = sum(name.startswith(_DONE) for name in os.listdir(folder))
+    except OSError:  # (no folder: rank 0 never made it; or a rank done twice: left as is)
+        return
+    if done >= tasks:  # (each rank notes it before counting: the last one sees them all)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _lead_gone(folder: Path, since: float) -> str | None:
@@ -390,15 +409,17 @@ def _forget_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
-def announced() -> tp.Iterator[Followed]:
-    """The calls of the unit's method rank 0 announces, as they come, until its end."""
-    _CURSOR[:] = [_Cursor()]
+def announced(permissions: int | None = None) -> tp.Iterator[Followed]:
+    """The calls of the unit's method rank 0 announces, as they come, until its end (or
+    this rank stops following: then it is done with them, see ``_done``)."""
+    _CURSOR[:] = [cursor := _Cursor()]
     ACTIVE[:] = [True]
     try:
-        yield from _CURSOR[0].calls("end")
+        yield from cursor.calls("end")
     finally:
         _CURSOR.clear()
         ACTIVE.clear()
+        _done(cursor.folder, permissions)
 
 
 def follow_nested(what: str) -> tp.Iterator[Followed]:

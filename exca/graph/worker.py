@@ -289,7 +289,7 @@ def _follow_rank_zero(unit: Unit) -> Report:
         unit = _resolve_split(unit)
     node = unit.node
     by_uid = dict(zip(unit.uids or (), unit.items or ()))
-    for call in ranks.announced():
+    for call in ranks.announced(getattr(node.cache, "permissions", None)):
         try:
             if call.uids is None:
                 node.function(**_inputs(node))
