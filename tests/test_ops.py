@@ -6004,6 +6004,29 @@ def test_a_local_job_ended_by_sys_exit_says_so(tmp_path: Path) -> None:
     assert said in str(info.value) and "_log.err" in str(info.value), info.value
 
 
+class ExitsAtItem(pydantic.BaseModel):
+    """A map whose method calls sys.exit at item 2 (its job ends without a result)."""
+
+    infra: exca.MapInfra = exca.MapInfra(version="1", max_jobs=1)
+
+    @infra.apply(item_uid=str)
+    def run(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            if item == 2:
+                sys.exit(3)
+            yield item
+
+
+def test_a_local_map_job_ended_by_sys_exit_names_the_item(tmp_path: Path) -> None:
+    """A map's method calling sys.exit in a local job: the end of the job's log, quoted by
+    the call, said what was raised but not at which item (the items left not computed
+    may be several); it names the item now, as a pool's caller does for an interrupt."""
+    with pytest.raises(JobFailedError) as info:
+        list(ExitsAtItem(infra={"folder": tmp_path, "cluster": "local"}).run([0, 1, 2, 3]))
+    said = "SystemExit(3) was raised (sys.exit in the method?) while computing item '2'"
+    assert said in str(info.value), info.value
+
+
 class Interrupts(pydantic.BaseModel):
     """A task whose method raises KeyboardInterrupt itself (no signal: nobody cancels)."""
 

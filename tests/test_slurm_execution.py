@@ -69,6 +69,8 @@ class SlurmMap(pydantic.BaseModel):
     def process(self, items: list[int]) -> tp.Iterator[int]:
         append(Path(self.ctl) / "calls.txt", " ".join(str(i) for i in items))
         for item in items:
+            if item == 2 and (Path(self.ctl) / "interrupt").exists():
+                raise KeyboardInterrupt  # (by the method: no signal)
             yield item + 1
 
 
@@ -993,6 +995,27 @@ def test_slurm_job_whose_method_raises_keyboardinterrupt_says_so(
     assert obj.infra.status() == "not submitted"
     (ctl / "interrupt").unlink()
     assert task(tmp_path, ctl, slurm_cluster, x=7).process() == 21
+
+
+@pytest.mark.timeout(300)
+def test_slurm_map_job_whose_method_raises_keyboardinterrupt_names_the_item(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    """A map's method raising KeyboardInterrupt at an item in a Slurm job: the call named
+    the items the job left not computed (several, in any order), not the one the method
+    was at, where a pool's caller names it; the job's note names it now, and the call
+    says it. Nothing is cached for those items: the next call computes them."""
+    (ctl / "interrupt").touch()
+    infra = {"folder": tmp_path / "cache", "cluster": "slurm", "max_jobs": 1}
+    mapper = SlurmMap(ctl=str(ctl), infra={**infra, **resources(slurm_cluster)})
+    with pytest.raises(JobFailedError) as info:
+        list(mapper.process([0, 1, 2, 3]))
+    said = str(info.value)
+    raised = "KeyboardInterrupt was raised (by the method: no SIGINT was received)"
+    assert f"{raised} while computing item '2'" in said, said
+    assert "2" in info.value.item_uids and "the next call computes them" in said, said
+    (ctl / "interrupt").unlink()
+    assert list(mapper.process([0, 1, 2, 3])) == [1, 2, 3, 4]
 
 
 def test_only_the_batch_scripts_report_of_a_signal_its_exit_code_tells_counts() -> None:

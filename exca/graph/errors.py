@@ -37,6 +37,22 @@ INTERRUPT_HINT = "nothing is cached: the next call computes it"
 INTERRUPTED_ITEM = "exca_item"
 
 
+def interrupted_at(error: BaseException) -> str:
+    """Which map item the method was computing when it raised ``error`` (a
+    KeyboardInterrupt, a SystemExit), as a job's log note ends: "" when unknown (a task)."""
+    item = getattr(error, INTERRUPTED_ITEM, None)
+    return f" while computing item {item!r}" if item is not None else ""
+
+
+def interrupt_said(log: str) -> str | None:
+    """RAISED_INTERRUPT as a job's log notes it, with the item the method was computing
+    (see interrupted_at), else None."""
+    for line in reversed(log.splitlines()):
+        if RAISED_INTERRUPT in line:
+            return line[line.index(RAISED_INTERRUPT) :].strip()
+    return None
+
+
 def pool_interrupt(
     error: BaseException, what: str, cluster: str, missing: tp.Sequence[str]
 ) -> JobFailedError:

@@ -26,7 +26,7 @@ from pathlib import Path
 from ..storage.files import make_folder
 from ..storage.process import hostname, process_start_time
 from . import callers
-from .errors import LOG_QUOTE, RAISED_INTERRUPT
+from .errors import LOG_QUOTE, interrupt_said
 from .node import CLAIM_JOB_ID, DEFAULT_MAX_JOBS, TASK_KEY, Execution
 from .worker import Report, Unit, UnloadedUnit, run_job_unit, run_stoppable, run_unit
 
@@ -684,8 +684,8 @@ class SubmititHandle(Handle):
         except Exception:  # (no log)
             return None
         last = text.strip().rsplit("\n", 1)[-1].strip()
-        if RAISED_INTERRUPT in text and last.startswith("KeyboardInterrupt"):
-            return RAISED_INTERRUPT
+        if last.startswith("KeyboardInterrupt"):
+            return interrupt_said(text)  # (with the map item the method was computing)
         return None
 
     def _log_said(self, tail: bool = False) -> str:
@@ -1250,9 +1250,10 @@ def _cancelled_local_job(job_id: str, stderr: Path) -> str | None:
     if last != "KeyboardInterrupt" and not last.startswith("KeyboardInterrupt: "):
         return None
     tail = read_tail(stderr, 64 * 1024)  # (the note, then the traceback of the interrupt)
-    if RAISED_INTERRUPT in tail:
+    said = interrupt_said(tail)  # (with the map item the method was computing)
+    if said is not None:
         return (
-            f"local job {job_id} ended without writing its result: {RAISED_INTERRUPT}; "
+            f"local job {job_id} ended without writing its result: {said}; "
             f"its log: {stderr}{LOG_QUOTE}{log_tail(tail)}"
         )
     if last != "KeyboardInterrupt":

@@ -35,6 +35,7 @@ from .errors import (
     INTERRUPTED_ITEM,
     RAISED_INTERRUPT,
     UpstreamFailed,
+    interrupted_at,
     item_cycle_error,
     read_only_error,
     self_call_error,
@@ -260,16 +261,20 @@ def run_job_unit(unit: Unit) -> Report:
             with contextlib.suppress(Exception):  # (a stderr closed by the method: unsaid)
                 print(
                     f"exca: {unit.node.uid}: the job ends without its result: "
-                    f"SystemExit({exiting.code!r}) was raised (sys.exit in the method?)",
+                    f"SystemExit({exiting.code!r}) was raised (sys.exit in the method?)"
+                    f"{interrupted_at(exiting)}",
                     file=sys.stderr,
                     flush=True,
                 )
         raise
-    except KeyboardInterrupt:  # (no SIGINT received: raised by the method, not a cancel)
+    except KeyboardInterrupt as interrupt:  # (no SIGINT received: raised by the method)
         if not _TOLD_TO_STOP:
             with contextlib.suppress(Exception):
+                # (the map item it was computing: the caller's error names it, as a pool's
+                # caller does, see executors.interrupt_said)
                 print(
-                    f"exca: {unit.node.uid}: the job ends without its result: {RAISED_INTERRUPT}",
+                    f"exca: {unit.node.uid}: the job ends without its result: {RAISED_INTERRUPT}"
+                    f"{interrupted_at(interrupt)}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -1821,9 +1826,17 @@ def _compute_from(
             _setup_failed(node, left, error)
         return position + 1
     except BaseException as interrupt:  # Ctrl-C, SystemExit: what was computed stays computed
-        if isinstance(interrupt, KeyboardInterrupt) and position < end:
-            # (the item it interrupted, named by a pool's caller: see INTERRUPTED_ITEM)
+        if isinstance(interrupt, KeyboardInterrupt | SystemExit) and position < end:
+            # (the item it interrupted, named by a pool's caller and a job's log: see
+            # INTERRUPTED_ITEM; the outermost map's of this process, for nested calls)
             setattr(interrupt, INTERRUPTED_ITEM, uids[position])
+            if isinstance(interrupt, KeyboardInterrupt) and not _JOB_UNIT:
+                # (in this process, it propagates as it is: cluster None, debug; not in a
+                # job, whose log must end with the interrupt, see errors.interrupt_said)
+                interrupt.add_note(
+                    f"exca: the method of {node.label or node.uid} was computing item "
+                    f"{uids[position]!r}"
+                )
         flush()
         raise
     finally:
