@@ -904,21 +904,23 @@ def test_a_batch_error_no_item_has_is_a_warning(
     assert "Item '6' of" in caplog.text and "no item raised it again" not in caplog.text
 
 
-@pytest.mark.parametrize("cluster", [None, "local"])
+@pytest.mark.parametrize("cluster", [None, "local", "debug"])
 def test_a_setup_error_stops_the_unit(tmp_path: Path, cluster: str | None) -> None:
     """A method failing before any output the same way for 3 items in a row, and never
     producing an output for this config (its model file is missing), was called once (and
     now twice) per item. It stops there: the 3 items keep the error (mode="retry" computes
     them again), the others are left missing for the next call. The call raises the
     method's own error, in a job too (it was a JobFailedError there: an `except
-    FileNotFoundError` working inline missed it on a cluster)."""
+    FileNotFoundError` working inline missed it on a cluster; in a debug job, run in this
+    process without a result file, it said "job DEBUG_N ended with state DONE without
+    writing its result", the error lost)."""
     model = tmp_path / "model.bin"
     log = tmp_path / "calls.txt"
     infra = {"folder": tmp_path / "cache", "cluster": cluster, "max_jobs": 1}
     mapper = Batched(log=str(log), model=str(model), infra=infra)
     with pytest.raises(FileNotFoundError) as info:
         list(mapper.process(list(range(50))))
-    if cluster == "local":  # (the job's end is told too)
+    if cluster in ("local", "debug"):  # (the job's end is told too)
         assert "47 item(s) of" in error_text(info.value), error_text(info.value)
     else:  # (inline too: a log line said so, the error did not)
         told = "for 3 items in a row and never produced an output (its setup?): stopped, 47"

@@ -550,6 +550,15 @@ class SubmititHandle(Handle):
             return "UNKNOWN"
 
     def error(self) -> BaseException | None:
+        if self.cluster == "debug":
+            # (run in this process, with no result pickle: without a terminal the job
+            # returns the exception it met, see run_unit_quietly; it read as having ended
+            # without its result, "state DONE", where an inline call raises that error)
+            submission = getattr(self.job, "_submission", None)
+            result = getattr(submission, "_result", None) if submission is not None else None
+            if getattr(submission, "_done", False) and isinstance(result, BaseException):
+                return result
+            return None
         try:
             if not self.job.paths.result_pickle.exists():
                 return None  # ended without a result file: submitit would wait 15 s for it

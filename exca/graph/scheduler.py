@@ -1363,7 +1363,7 @@ class Scheduler:
             first = str(raised).partition("\n")[0] if raised is not None else ""
             said = f"{type(raised).__name__}: {first}"
             # (only the error its job raised: not one item's error, in a job killed later)
-            if raised is not None and any(said in str(h.error() or "") for h in run.handles):
+            if raised is not None and any(said in _raised_said(h.error()) for h in run.handles):
                 raised.add_note(f"exca: {lost}")
                 return raised
         return lost
@@ -1391,6 +1391,14 @@ class Scheduler:
             if len(causes) == 1:
                 raise causes[0]
         raise NodeFailures(failures)
+
+
+def _raised_said(error: BaseException | None) -> str:
+    """What a job's error says it raised: submitit's error quotes the job's traceback
+    ("Type: message"); a debug job's is the exception itself (run in this process)."""
+    if error is None:
+        return ""
+    return f"{error}\n{type(error).__name__}: {error}"
 
 
 class _Loop:
