@@ -1902,6 +1902,39 @@ def test_a_job_that_cannot_import_the_config_module_says_so(
 
 
 @pytest.mark.timeout(180)
+def test_an_array_whose_jobs_cannot_import_the_config_module_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job array (local) of configs whose module raises when a job imports it (an import
+    needing a display, say): each config's error said "local job N failed: RuntimeError:
+    ...", as if the method had raised, where a single task's job names the load that
+    failed (an array's jobs are followed through their records, which did not look for
+    it). They now say that the job could not load what it had to run, and why."""
+    source = textwrap.dedent(LIBRARY_MODULE) + textwrap.dedent(
+        """
+        import os
+
+        if os.environ.get("SUBMITIT_EXECUTOR"):  # (in a job's process only)
+            raise RuntimeError("no display in jobs")
+        """
+    )
+    module, _ = _import_module_file(tmp_path, monkeypatch, "hidden_module_36", source)
+    try:
+        base = module.Train(infra={"folder": tmp_path / "cache", "cluster": "local"})
+        with base.infra.job_array() as array:
+            array.extend(base.infra.clone_obj(layers=n) for n in (3, 4))
+        for task in array:
+            with pytest.raises(JobFailedError) as info:
+                task.infra.job().result()
+            said = str(info.value)
+            assert "could not load what it had to run (RuntimeError: no display in jobs)" in said
+            assert "_log.err" in said, said
+            assert task.infra.status() == "failed"
+    finally:
+        sys.modules.pop("hidden_module_36", None)
+
+
+@pytest.mark.timeout(180)
 def test_a_job_that_cannot_import_its_config_caches_no_failure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -612,14 +612,9 @@ class SubmititHandle(Handle):
                     return f"job {self.job_id} was cancelled before it started (state {state})"
                 return f"job {self.job_id} {text} (state {state}){self._log_said()}"
         error = self.error()
-        unloadable = _unloadable(str(error)) if error is not None else None
-        if unloadable is not None:
-            return (
-                f"job {self.job_id} could not load what it had to run ({unloadable}): the "
-                "module defining the config (or what it holds) is not importable in the job; "
-                "with a workdir, list that module in workdir.copied too; the job's log: "
-                f"{self.job.paths.stderr}"
-            )
+        unloaded = _unloaded_said(self.job_id, error, self.job.paths.stderr)
+        if unloaded is not None:
+            return unloaded
         if error is not None:  # (the job raised: submitit's error holds its traceback)
             where = "local " if self.cluster == "local" else ""
             return where + job_raised(self.job_id, error, self.job.paths.stderr)
@@ -762,6 +757,11 @@ class RecordedLocalHandle(Handle):
             if job.paths.result_pickle.exists():
                 error = job.exception()
         if error is not None:
+            # (another process's local job, e.g. an element of a job array: said as the
+            # job of this process is)
+            unloaded = _unloaded_said(self.job_id, error, stderr)
+            if unloaded is not None:
+                return "local " + unloaded
             return "local " + job_raised(self.job_id, error, stderr)
         return _local_death(self.job_id, stderr)
 
@@ -1234,6 +1234,18 @@ def _unpicklable_item(units: tp.Sequence[Unit]) -> tuple[str, tp.Any] | None:
             except Exception:
                 return uid, item
     return None
+
+
+def _unloaded_said(job_id: str, error: BaseException | None, log: tp.Any) -> str | None:
+    """How a job that failed loading its pickled call ended (see _unloadable), else None."""
+    unloadable = _unloadable(str(error)) if error is not None else None
+    if unloadable is None:
+        return None
+    return (
+        f"job {job_id} could not load what it had to run ({unloadable}): the module "
+        "defining the config (or what it holds) is not importable in the job; with a "
+        f"workdir, list that module in workdir.copied too; the job's log: {log}"
+    )
 
 
 def _unloadable(trace: str) -> str | None:
