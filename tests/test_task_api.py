@@ -2387,6 +2387,29 @@ def test_a_logs_folder_left_by_a_killed_submitter_gets_the_permissions(tmp_path:
     assert stat.S_IMODE(theirs.stat().st_mode) == 0o755
 
 
+def test_a_chmod_of_the_owner_is_undone_unless_permissions_allow_it(tmp_path: Path) -> None:
+    """What docs/taskinfra.md says of a folder its owner took bits from (chmod go-w, to
+    keep the other users out): the owner's next computation there gives the cache's
+    permissions back (exca cannot tell it from a folder a kill left with the umask's
+    mode); with the permissions set to the mode wanted (0o755), or None, it is kept. A
+    cache root in use (not empty) keeps its chmod whatever the permissions."""
+    import stat
+
+    root = tmp_path / "cache"
+    assert [o[0] for o in ArrayMap(infra={"folder": root}).process([1])] == [1]
+    node = next(p.parent for p in root.rglob("claims"))
+    mode = lambda path: stat.S_IMODE(path.stat().st_mode)  # noqa: E731
+    assert mode(node) == mode(root) == 0o777
+    for path in (node, root):
+        path.chmod(0o755)
+    for item, permissions in ((2, 0o755), (3, None)):
+        infra = {"folder": root, "permissions": permissions}
+        assert [o[0] for o in ArrayMap(infra=infra).process([item])] == [item]
+        assert mode(node) == 0o755
+    assert [o[0] for o in ArrayMap(infra={"folder": root}).process([4])] == [4]
+    assert mode(node) == 0o777 and mode(root) == 0o755
+
+
 _RACING_USER = """
 import os, sys, time, typing as tp
 os.umask(0o022)
