@@ -198,3 +198,43 @@ class RankedJobPerItem(pydantic.BaseModel):
             got = RankedItemJob(meeting=self.meeting, x=x, infra=infra).run()
             _meet_every_rank(meeting, f"item {x}", timeout=30)
             yield got + 1
+
+
+class RankedNote(pydantic.BaseModel):
+    """A task called inside the items of RankedDiverging (no meeting)."""
+
+    x: int
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        return self.x
+
+
+class RankedDiverging(pydantic.BaseModel):
+    """Each item x calls RankedNote(x) (cached in ``cache``) on every rank, after
+    RankedNote(100 + x) on rank ``only_rank`` alone; each rank notes the errors of those
+    calls (``errors.txt``: ``<x> rank=<rank>: <error>``)."""
+
+    meeting: str
+    cache: str
+    only_rank: int
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def infer(self, items: list[int]) -> tp.Iterator[int]:
+        import submitit
+
+        rank = submitit.JobEnvironment().global_rank
+
+        def run(x: int) -> int:
+            try:
+                return RankedNote(x=x, infra={"folder": self.cache}).run()
+            except RuntimeError as error:
+                append(Path(self.meeting) / "errors.txt", f"{x} rank={rank}: {error}")
+                return -1
+
+        for x in items:
+            if rank == self.only_rank:
+                run(100 + x)
+            yield run(x)

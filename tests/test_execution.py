@@ -3808,6 +3808,58 @@ def test_a_multi_task_jobs_method_waiting_for_a_job_per_item_is_called_once(
     assert sorted(met) == sorted(f"item {x} rank={r}" for x in (1, 2, 3, 4) for r in (0, 1))
 
 
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("only_rank", [0, 1])
+def test_a_rank_whose_nested_calls_diverge_from_rank_zeros_says_where(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, only_rank: int
+) -> None:
+    """Items 1, 2 each call a task on every rank, after another one on one rank only:
+    another rank than 0 cannot follow those calls. It raised, for each of its calls
+    after the one that went another way, "This rank called <its call>, but rank 0 did
+    not (its next announcement: <a raw message>)": every call seemed at fault. The first
+    that diverged says so, rank 0's next call in words and what to do; a later one names
+    the first; a call the others make alone does not stop them following the next ones."""
+    from ranks import RankedDiverging, RankedNote
+
+    from exca.graph import scheduler
+
+    monkeypatch.setattr(scheduler._SHUFFLER, "shuffle", lambda items: None)  # (in order)
+    meeting = tmp_path / "meeting"
+    meeting.mkdir()
+    cache = str(tmp_path / "nested")
+    infra = {"folder": tmp_path / "cache", "cluster": "local", "tasks_per_node": 2, "max_jobs": 1}
+    mapped = RankedDiverging(meeting=str(meeting), cache=cache, only_rank=only_rank, infra=infra)
+    assert list(mapped.infer([1, 2])) == [1, 2]  # (rank 0's)
+    errors = calls(meeting / "errors.txt")
+    run = {
+        x: f"RankedNote.run of {RankedNote(x=x, infra={'folder': cache}).infra.uid()}"
+        for x in (1, 2, 101, 102)
+    }
+    if only_rank == 1:  # (rank 1's own calls raise; its calls of every rank are followed)
+        assert errors == [
+            f"{x} rank=1: Rank 1 called {run[x]}, but rank 0 did not at this point (rank "
+            f"0's next: its call of {run[x - 100]}): in a multi-task job every rank must "
+            "make the same decorated calls, in the same order (rank 0 computes them, the "
+            "others make them with it and read its outcome); a call made on some ranks only "
+            "(e.g. under `if rank == 0`) cannot be followed: make it on every rank"
+            for x in (101, 102)
+        ]
+        return
+    assert len(errors) == 2, errors
+    assert errors[0] == (
+        f"1 rank=1: Rank 1 called {run[1]}, but rank 0 did not at this point (rank 0's "
+        f"next: its call of {run[101]}): in a multi-task job every rank must make the same "
+        "decorated calls, in the same order (rank 0 computes them, the others make them "
+        "with it and read its outcome); a call made on some ranks only (e.g. under `if "
+        "rank == 0`) cannot be followed: make it on every rank"
+    )
+    assert errors[1].startswith(
+        f"2 rank=1: Rank 1 called {run[2]}: not followed either, this rank's calls went "
+        f"another way than rank 0's at its call of {run[1]} (rank 0's next: its call of "
+        f"{run[101]})"
+    )
+
+
 @pytest.mark.timeout(120)
 def test_the_plan_of_a_task_another_process_computes_inline_says_wait_whatever_its_cluster(
     tmp_path: Path,

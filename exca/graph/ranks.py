@@ -350,6 +350,8 @@ class _Cursor:
         self.count, self.since = 0, time.monotonic()
         self.thread = threading.get_ident()
         self.last: dict[str, tp.Any] = {}  # (the message that ended the latest calls())
+        # (where this rank's nested calls first went another way: index, call; see diverged)
+        self.first_diverged: tuple[int, str] = (-1, "")
 
     def peek(self, nested: bool = False) -> dict[str, tp.Any]:
         """The next message (waited for: a nested one item by item, see Followed)."""
@@ -358,6 +360,28 @@ class _Cursor:
         _poll(self.folder, functools.partial(_present, path), self.since, delay, most)
         message: dict[str, tp.Any] = json.loads(path.read_text(encoding="utf8"))
         return message
+
+    def diverged(self, what: str, message: dict[str, tp.Any]) -> CallsDiverged:
+        """The error of this rank's nested call of ``what`` where rank 0's next
+        announcement is ``message`` (taken later: another call of this rank may be it).
+        A later call meeting the same announcement names the first that did."""
+        rank = job_rank()[0]
+        first = self.first_diverged if self.first_diverged[0] == self.count else None
+        self.first_diverged = (self.count, what) if first is None else first
+        if first is not None:
+            return CallsDiverged(
+                f"Rank {rank} called {what}: not followed either, this rank's calls went "
+                f"another way than rank 0's at its call of {first[1]} (rank 0's next: "
+                f"{_described(message)}): every rank must make the same decorated calls, "
+                "in the same order"
+            )
+        return CallsDiverged(
+            f"Rank {rank} called {what}, but rank 0 did not at this point (rank 0's next: "
+            f"{_described(message)}): in a multi-task job every rank must make the same "
+            "decorated calls, in the same order (rank 0 computes them, the others make "
+            "them with it and read its outcome); a call made on some ranks only (e.g. "
+            "under `if rank == 0`) cannot be followed: make it on every rank"
+        )
 
     def take(self, nested: bool = False) -> dict[str, tp.Any]:
         message = self.peek(nested)
@@ -398,6 +422,24 @@ class _Cursor:
 _CURSOR: list[_Cursor] = []  # the other ranks of a multi-task job: theirs
 
 
+class CallsDiverged(RuntimeError):
+    """A nested call of another rank than 0 that rank 0 did not make there (the ranks'
+    methods went different ways): it cannot be followed."""
+
+
+def _described(message: dict[str, tp.Any]) -> str:
+    """Rank 0's announcement, in words."""
+    if "nested" in message:
+        return f"its call of {message['nested']}"
+    if message.get("nested_end"):
+        return "the end of the call this one is made in"
+    if message.get("end"):
+        return "the end of its unit"
+    uids = message.get("uids")
+    on = "" if uids is None else f" on {len(uids)} item(s)"
+    return f"a call of the method of {message.get('node')}{on}"
+
+
 def _forget_in_child() -> None:
     # (a process forked by the job, e.g. a pool's worker, neither announces nor follows:
     # it would write into rank 0's sequence, as the same thread, or read from it)
@@ -430,10 +472,7 @@ def follow_nested(what: str) -> tp.Iterator[Followed]:
     cursor = _CURSOR[0]
     message = cursor.peek(nested=True)
     if message.get("nested") != what:
-        raise RuntimeError(
-            f"This rank called {what}, but rank 0 did not (its next announcement: "
-            f"{message}): the ranks' methods made different calls"
-        )
+        raise cursor.diverged(what, message)
     cursor.count += 1
     if message.get("done"):  # (it announced no call)
         error = message.get("error")
