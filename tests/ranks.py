@@ -238,3 +238,36 @@ class RankedDiverging(pydantic.BaseModel):
             if rank == self.only_rank:
                 run(100 + x)
             yield run(x)
+
+
+class RankedFanOut(pydantic.BaseModel):
+    """Items needing other items of the same map (``deps``), asked for all at once from a
+    thread pool of the method (one thread per item needed); each rank notes each call of
+    the method in its job's thread (``calls.txt``: ``infer <items> rank=<rank>``)."""
+
+    meeting: str
+    deps: dict[str, list[str]] = {}
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def infer(self, items: list[str]) -> tp.Iterator[str]:
+        import threading
+        from concurrent import futures
+
+        import submitit
+
+        rank = submitit.JobEnvironment().global_rank
+        if threading.current_thread() is threading.main_thread():
+            append(Path(self.meeting) / "calls.txt", f"infer {','.join(items)} rank={rank}")
+        # (computed in this job: the same map, without a cluster)
+        infra = {"folder": self.infra.folder}
+        inline = RankedFanOut(meeting=self.meeting, deps=self.deps, infra=infra)
+
+        def one(item: str) -> str:
+            return next(iter(inline.infer([item])))
+
+        for item in items:
+            needed = self.deps.get(item, [])
+            with futures.ThreadPoolExecutor(max(1, len(needed))) as pool:
+                got = list(pool.map(one, needed))
+            yield item + "(" + ",".join(got) + ")"

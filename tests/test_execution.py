@@ -3809,6 +3809,37 @@ def test_a_multi_task_jobs_method_waiting_for_a_job_per_item_is_called_once(
 
 
 @pytest.mark.timeout(240)
+def test_calls_from_threads_of_a_multi_task_jobs_method_are_not_announced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A map's item asks for 8 other items of its map at once from a thread pool of its
+    method (computed in the job, by those threads): rank 0's announcements are written by
+    its job's thread only, without a lock (announced from those threads too, they took
+    the same numbers: one was lost, and rank 1 waited for it until rank 0 ended), so
+    those threads' calls, of the same map on other items (other nodes), are neither
+    announced nor followed by the other ranks' job threads (their own pool threads make
+    their calls, as for a pool): one call of the method in each rank's job thread, rank
+    1 followed rank 0 to its end, and the job ends with every item."""
+    from ranks import RankedFanOut
+
+    from exca.graph import scheduler
+
+    monkeypatch.setattr(scheduler._SHUFFLER, "shuffle", lambda items: None)  # (in order)
+    meeting = tmp_path / "meeting"
+    meeting.mkdir()
+    infra = {"folder": tmp_path / "cache", "cluster": "local", "tasks_per_node": 2, "max_jobs": 1}
+    deps = [f"d{i}" for i in range(8)]
+    mapped = RankedFanOut(meeting=str(meeting), deps={"x": deps}, infra=infra)
+    assert list(mapped.infer(["x"])) == ["x(" + ",".join(f"{d}()" for d in deps) + ")"]
+    assert sorted(calls(meeting / "calls.txt")) == ["infer x rank=0", "infer x rank=1"]
+    # (rank 1 followed rank 0 to its end: announced from those threads too, two of them
+    # took one number, and rank 1 waited for the next one until rank 0 ended)
+    (log,) = (tmp_path / "cache").rglob("*_1_log.err")
+    said = log.read_text()
+    assert "raised on this rank" not in said and "stops following" not in said, said
+
+
+@pytest.mark.timeout(240)
 @pytest.mark.parametrize("only_rank", [0, 1])
 def test_a_rank_whose_nested_calls_diverge_from_rank_zeros_says_where(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, only_rank: int

@@ -53,7 +53,10 @@ class Announcer:
     """Rank 0's side: each call of the unit's method, then the end, as numbered files
     (``permissions``: the cache's, given to the folder and its files, as to the job's
     logs beside them: the other users of the cache read them, `exca clean logs` of
-    another user removes them)."""
+    another user removes them). Only the job's thread writes (no lock): announce takes
+    a call of the unit's node (made in that thread; another thread's call of the same
+    map, on other items, is another node) or, inside a nested call, one of that thread;
+    led and end are that thread's too."""
 
     def __init__(self, folder: Path, node_uid: str, permissions: int | None = None) -> None:
         self.folder, self.node_uid, self.count = folder, node_uid, 0
