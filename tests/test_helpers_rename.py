@@ -729,3 +729,37 @@ def test_rename_class_points_the_links_of_its_folders_at_where_they_moved(
     assert (new_step / folder.name / "code" / "src" / "a.py").exists()
     with pytest.raises(ValueError, match="no step folder"):  # (nothing left to do)
         helpers.rename_class(root, name, name + "Again", dryrun=False)
+
+
+def test_rename_class_then_provenance_finds_the_renamed_upstream(tmp_path: Path) -> None:
+    """The provenance of a result keeps the uids its upstream had (the old class name):
+    after a migration, `clean --downstream` of a renamed folder did not find what was
+    computed from it, and that folder recomputed alone did not make them `stale` (a plan
+    said `cached`)."""
+
+    root = tmp_path / "cache"
+    old, new = f"{__name__}.Source", f"{__name__}.SourceAgain"
+
+    def targets(cls: type[Source]) -> list[tp.Any]:
+        infra = {"folder": root}
+        data = cls(infra=infra).prepare.node()
+        return [Join(infra=infra).run.node(data, tag="t"), Keys(infra=infra).keys.node({"a": data})]
+
+    for node in targets(Source):
+        node.result()
+    helpers.rename_class(root, old, new, dryrun=False)
+    plan = exca.graph.plan(*targets(SourceAgain))
+    assert {e.status for e in plan.entries} == {"cached", "not needed"}
+    # `exca clean ROOT node FOLDER --downstream` finds what was computed from it
+    from exca.ops import clean
+
+    source = SourceAgain(infra={"folder": root}).prepare.node()
+    removal = clean.remove_nodes(source, downstream=True, root=root)
+    assert {r.path for r in removal.removals} == {n.folder for n in [source, *targets(SourceAgain)]}
+    # the renamed upstream recomputed alone: what was computed from it is stale
+    forced = SourceAgain(infra={"folder": root, "mode": "force"})
+    forced.prepare()
+    plan = exca.graph.plan(*targets(SourceAgain))
+    stale = [e for e in plan.entries if e.status == "stale"]
+    assert len(stale) == 2, plan.entries
+    assert all(f"stale: upstream {new}.prepare,1/default recomputed" in e.reason for e in stale)

@@ -279,10 +279,7 @@ class Plan:
             return None
         if self._by_uid is None:
             self._by_uid = {n.uid: n for n in self.graph.nodes.values()}
-        for uid, recorded in (meta.get("up") or {}).items():
-            upstream = self._by_uid.get(uid)
-            if upstream is None or upstream.kind != "task":
-                continue
+        for uid, recorded, upstream in self._recorded_upstream(node, meta.get("up") or {}):
             if self.graph.runs[upstream.key].action == "not-needed":
                 upstream.cache.refresh()  # not read by decide (the others were, just now)
             current = upstream.cache.entry(TASK_KEY)
@@ -298,6 +295,39 @@ class Plan:
                 )
                 return f"stale: upstream {uid} recomputed at {stamp}"
         return None
+
+    def _recorded_upstream(
+        self, node: Node, recorded: dict[str, tp.Any]
+    ) -> list[tuple[str, tp.Any, Node]]:
+        """The upstream tasks a result's provenance names (uid, recorded entry, node). A
+        uid no node has is one from before a class was renamed (exca rename migrates the
+        folders, not the provenance): it is paired with an upstream task the record does
+        not name whose uid has the same shape (store.uid_shape: the same method, version
+        and config), when only one has."""
+        assert self._by_uid is not None
+        out = []
+        unknown: dict[tuple[str, ...], list[str]] = {}
+        from .worker import MAP_REF
+
+        for uid, entry in recorded.items():
+            upstream = self._by_uid.get(uid)
+            if upstream is None:
+                if entry == MAP_REF:  # (a map's folder: no entry of its own to compare)
+                    continue
+                unknown.setdefault(store.uid_shape(uid), []).append(uid)
+            elif upstream.kind == "task":
+                out.append((uid, entry, upstream))
+        if unknown:
+            unnamed: dict[tuple[str, ...], list[Node]] = {}
+            for up in node.upstream:
+                up = self._by_uid.get(up.uid, up)
+                if up.kind == "task" and up.uid not in recorded:
+                    unnamed.setdefault(store.uid_shape(up.uid), []).append(up)
+            for shape, uids in unknown.items():
+                ups = list({u.uid: u for u in unnamed.get(shape, ())}.values())
+                if len(uids) == 1 and len(ups) == 1:
+                    out.append((ups[0].uid, recorded[uids[0]], ups[0]))
+        return out
 
     def _pack(self, order: list[Key]) -> list[PlannedArray]:
         """How missing work would be grouped: per topological wave of work, one array per

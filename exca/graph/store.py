@@ -34,6 +34,17 @@ def entry_ref(entry: Entry) -> str:
     return f"t={when}" if isinstance(when, int | float) else f"{entry.file}:{entry.offset}"
 
 
+def uid_shape(uid: str) -> tuple[str, ...]:
+    """A node uid (``<module>.<Class>.<method>,<version>/<config>[/inputs-<digest>]``)
+    without its class's name nor its inputs' digest (which names its upstream classes):
+    what provenance recorded before a class was renamed or moved (``exca rename``) has
+    the same shape as the uid of the same node today."""
+    step, _, rest = uid.partition("/")
+    name, _, version = step.partition(",")
+    config, _, more = rest.partition("/")
+    return (name.rsplit(".", 1)[-1], version, config, more.split("-", 1)[0])
+
+
 def computed_by(node: Node) -> str | None:
     """The job whose worker wrote a task's cached outcome (None: nothing cached, or
     written without a job)."""

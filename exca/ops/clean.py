@@ -26,7 +26,7 @@ from pathlib import Path
 
 import orjson
 
-from ..graph import registry
+from ..graph import registry, store
 from ..graph.node import TASK_KEY, Node
 from ..infra.uidfolder import UID_FILE, read_yaml
 from ..storage import process
@@ -732,6 +732,10 @@ def computed_from(
     the items of every call of its config: those computed from other inputs stay)."""
     by_uid: dict[str, Path] = {}
     parents: dict[Path, dict[str | None, set[str]]] = {}  # (None: a task's result)
+    # a task's result by its uid's shape and entry (provenance recorded before its class
+    # was renamed, exca rename, names it by its old uid: see store.uid_shape)
+    by_entry: dict[tuple[tuple[str, ...], str], str] = {}
+    renamed: set[tuple[str, str]] = set()  # (recorded uids no folder has, and entries)
     for step, uid, folder in node_folders(root):
         by_uid[f"{step}/{uid}"] = folder
         cache = inspecting_view(folder)
@@ -741,12 +745,23 @@ def computed_from(
             metas = {key: info.get("#meta") for key, info in cache.entries_info().items()}
         else:
             metas = {None: entry.info.get("#meta")}
-        parents[folder] = {
-            key: set(meta["up"])
-            if isinstance(meta, dict) and isinstance(meta.get("up"), dict)
-            else set()
+            by_entry[store.uid_shape(f"{step}/{uid}"), store.entry_ref(entry)] = f"{step}/{uid}"
+        ups = {
+            key: meta["up"] if isinstance(meta, dict) and isinstance(meta.get("up"), dict) else {}
             for key, meta in metas.items()
         }
+        parents[folder] = {key: set(up) for key, up in ups.items()}
+        renamed.update((u, r) for up in ups.values() for u, r in up.items() if isinstance(r, str))
+    aliases: dict[str, str] = {}
+    for uid, ref in renamed:
+        if uid not in by_uid:
+            alias = by_entry.get((store.uid_shape(uid), ref))
+            if alias is not None:
+                aliases[uid] = alias
+    if aliases:
+        for ups_of in parents.values():
+            for key, up in ups_of.items():
+                ups_of[key] = {aliases.get(u, u) for u in up}
     # a config folder goes with the node folders of its inputs (inputs-*) inside it
     targets = {g.resolve() for f in folders for g in (Path(f), *input_folders(Path(f)))}
     found: list[Path] = []
