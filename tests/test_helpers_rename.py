@@ -691,7 +691,12 @@ def test_rename_class_points_the_links_of_its_folders_at_where_they_moved(
     assert obj.run() == 2
     folder = obj.infra.uid_folder()
     assert folder is not None and (folder / "code").is_symlink()
-    assert os.path.isabs(os.readlink(folder / "code")) and (folder / "code").exists()
+    # the link to the snapshot in the cache is relative (as the one to the job's logs),
+    # it survives moving the cache; an older exca wrote an absolute one
+    assert not os.path.isabs(os.readlink(folder / "code")) and (folder / "code").exists()
+    snapshot = os.path.realpath(folder / "code")
+    (folder / "code").unlink()
+    os.symlink(snapshot, folder / "code")
     step = folder.parent
     # another class's node whose job (of an array) wrote its logs in Coded's step folder
     other = UsesSub(infra={"folder": root})
@@ -700,7 +705,7 @@ def test_rename_class_points_the_links_of_its_folders_at_where_they_moved(
     assert elsewhere is not None
     _job_logs(step, "4242")
     os.symlink(os.path.relpath(step / "logs/someone/4242", elsewhere), elsewhere / "submitit")
-    os.symlink(os.readlink(folder / "code"), elsewhere / "code")
+    os.symlink(snapshot, elsewhere / "code")
     name = f"{__name__}.Coded"
     new_step = root / step.name.replace(name, name + "Again")
     preview = helpers.rename_class(root, name, name + "Again")

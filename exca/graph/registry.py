@@ -128,12 +128,12 @@ def write(
         chmod(tmp, permissions)
     os.replace(tmp, jobs / f"{name}.json")
     if link:
-        globals()["link"](folder, LINK_NAME, _link_target(folder, record.logs))
+        globals()["link"](folder, LINK_NAME, link_target(folder, record.logs))
 
 
-def _link_target(folder: Path, logs: str) -> str:
-    """A log folder inside the cache is linked relatively: the link survives moving or
-    copying the cache (one elsewhere keeps its absolute path)."""
+def link_target(folder: Path, logs: str) -> str:
+    """A log folder (or code snapshot) inside the cache is linked relatively: the link
+    survives moving or copying the cache (one elsewhere keeps its absolute path)."""
     root = os.path.abspath(root_of(folder))
     if os.path.commonpath([root, os.path.abspath(logs)]) != root:
         return logs

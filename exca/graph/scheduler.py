@@ -883,7 +883,8 @@ class Scheduler:
             self._recorded.add(record.job_id)
             workdir = code or getattr(node.execution.workdir, "folder", None)
             if workdir is not None and unit.uids is None:
-                registry.link(folder, "code", str(workdir))  # the code snapshot the job ran
+                # the code snapshot the job ran (relative in the cache, as its logs)
+                registry.link(folder, "code", registry.link_target(folder, str(workdir)))
         except OSError as e:
             logger.warning("Could not record job %s in %s: %s", handle.job_id, folder, e)
 

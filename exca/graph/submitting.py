@@ -388,7 +388,7 @@ def _adopt_job(
                 node.folder, record, link=keys is None, permissions=node.cache.permissions
             )
             if marker.code is not None and keys is None:
-                registry.link(node.folder, "code", marker.code)
+                registry.link(node.folder, "code", registry.link_target(node.folder, marker.code))
         except OSError as error:
             logger.warning("Could not record job %s in %s: %s", job_id, node.folder, error)
             return "unrecorded"
