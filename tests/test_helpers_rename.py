@@ -365,12 +365,18 @@ def test_rename_class_killed_then_run_again(
         sys.modules.pop("pipemod", None)
 
 
-def test_rename_class_command_line(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+def test_rename_class_command_line(
+    project: Project, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     before = _tree(project.root)
     args = ["rename", str(project.root), "pipemod.Data", "pipemod.Dataset"]
-    assert cli.main(args) == 0
+    with caplog.at_level("INFO", logger="exca"):
+        assert cli.main(args) == 0
     said = capsys.readouterr().out
     assert "pipemod.Dataset.prepare,1" in said and "preview" in said
+    # each rename is printed once, not logged too (one summary line)
+    (logged,) = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+    assert "would rename" in logged and "pipemod.Dataset.prepare,1" not in logged
     assert _tree(project.root) == before
     assert cli.main([*args, "--yes", "--json"]) == 0
     done = json.loads(capsys.readouterr().out)

@@ -532,7 +532,20 @@ def rename_class(folder: str | Path, old: str, new: str, dryrun: bool = True) ->
             registry.link(link.parent, link.name, text)
         renaming.links.append((link, text))
     for a, b in renaming.moves:
-        logger.info("%s %s -> %s", "Would rename" if dryrun else "Renamed", a, b)
+        logger.debug("%s %s -> %s", "Would rename" if dryrun else "Renamed", a, b)
+    # (one line: the returned Renaming, which `exca rename` prints, lists them all)
+    logger.info(
+        "rename_class %s -> %s in %s: %s %d folder(s), %d inputs.yaml rewrite(s), %d link(s), "
+        "%d left",
+        old,
+        new,
+        root,
+        "would rename" if dryrun else "renamed",
+        len(renaming.moves),
+        len(renaming.rewrites),
+        len(renaming.links),
+        len(renaming.left),
+    )
     return renaming
 
 
