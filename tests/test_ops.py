@@ -1140,7 +1140,7 @@ def test_explain_never_computed_names_the_step_holding_the_same_config(
         "never computed (no cached config of this method); the same config folder, "
         f"{Path(why.uid).name}, is cached under {__name__}.Train.fit,1: a class or method "
         "renamed, or moved to another module? (if the class was renamed and nothing else "
-        f"changed: exca rename ROOT {__name__}.Train {__name__}.Learner)"
+        f"changed: exca rename {shlex.quote(str(root))} {__name__}.Train {__name__}.Learner)"
     )
     # not for the default config (every class has one), nor for a config cached nowhere
     for other in (Learner(infra={"folder": root}), Learner(seed=4, infra={"folder": root})):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shlex
 import typing as tp
 from pathlib import Path
 
@@ -43,6 +44,7 @@ class Explanation:
     # never computed: steps of other methods holding a folder of this very config (its
     # folder name comes from its values only: a class or method renamed, or moved?)
     same_config_in: list[str] = dataclasses.field(default_factory=list)
+    root: str | None = None  # the node's cache root (named in the migration command)
 
     def _migration(self, steps: list[str]) -> str:
         """How to migrate the cache when a single former step is of another class with
@@ -58,7 +60,10 @@ class Explanation:
         (old, rest), (new, own) = split(steps[0]), split(self.uid.split("/")[0])
         if rest != own or old == new:
             return ""
-        return f" (if the class was renamed and nothing else changed: exca rename ROOT {old} {new})"
+        root = "ROOT" if self.root is None else shlex.quote(self.root)
+        return (
+            f" (if the class was renamed and nothing else changed: exca rename {root} {old} {new})"
+        )
 
     def summary(self) -> str:
         if self.status == "missing" and self.action in ("compute", "fail"):
@@ -443,6 +448,7 @@ def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Exp
         folder, explanation.diff, explanation.equally_near = nearest_cached(node, inputs)
         explanation.nearest = None if folder is None else str(folder)
         if folder is None:
+            explanation.root = None if node.root is None else str(node.root)
             explanation.namesakes = namesakes(node)
             if not explanation.namesakes:
                 explanation.same_config_in = same_config_elsewhere(node)
