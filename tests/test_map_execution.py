@@ -253,6 +253,26 @@ def test_executor(tmp_path: Path) -> None:
         make(tmp_path, "local", infra={"mode": "read-only"}).infra.executor()
 
 
+def test_task_calls_of_a_map_infra_say_what_to_call_instead(tmp_path: Path) -> None:
+    """`infra.status()` (job(), clear_job(), job_array()) of a MapInfra, natural for a user
+    whose method went from a TaskInfra to a MapInfra, raised a bare "'MapInfra' object
+    has no attribute 'status'". Still an AttributeError, it names the map and what to
+    call: the node of the items."""
+    mapper = make(tmp_path, None)
+    for call, instead in [
+        (lambda: mapper.infra.status(), "call its .status()"),
+        (lambda: mapper.infra.job(), "call its .job()"),
+        (lambda: mapper.infra.clear_job(), "call its .clear()"),
+        (lambda: mapper.infra.job_array(), "run it"),
+    ]:
+        with pytest.raises(AttributeError) as error:
+            call()
+        message = str(error.value)
+        assert message.startswith("Mapper.process is a map (MapInfra): it has no infra."), message
+        assert "Build obj.process.node(items) with the items and " + instead in message
+    assert list(mapper.process([1])) == [10]  # (nothing else changed)
+
+
 @pytest.mark.timeout(120)
 def test_local_packing_into_one_array(tmp_path: Path) -> None:
     """13 items, max_jobs=2, min_samples_per_job=5: 2 jobs of 7 and 6 items, one submission."""

@@ -461,6 +461,39 @@ class MapInfra(BaseInfra, SubmititMixin):
             node.execution, format_logs(node.execution.logs or "", node.folder)
         )
 
+    # TaskInfra's per-config calls: a map has one computation per item (its node's)
+    def job(self) -> tp.NoReturn:
+        self._per_item("job()", "call its .job() (it sends the missing items)")
+
+    def status(self) -> tp.NoReturn:
+        self._per_item("status()", "call its .status()")
+
+    def clear_job(self) -> tp.NoReturn:
+        self._per_item("clear_job()", "call its .clear() (it removes those items' outputs)")
+
+    def job_array(self, *args: tp.Any, **kwargs: tp.Any) -> tp.NoReturn:
+        self._per_item(
+            "job_array()", "run it: its missing items go out as one job array (max_jobs)"
+        )
+
+    def _per_item(self, what: str, instead: str) -> tp.NoReturn:
+        """The calls of a TaskInfra that name the one computation of a config: a user
+        switching a method to a MapInfra got a bare "'MapInfra' object has no attribute
+        'status'". An AttributeError still (what it was), saying what to call instead."""
+        method = self._runtime().method
+        if method is None:
+            where, build = "a MapInfra", "obj.method.node(items)"
+        else:
+            name = method.func.__name__
+            where, build = (
+                f"{method.func.__qualname__} is a map (MapInfra): it",
+                f"obj.{name}.node(items)",
+            )
+        raise AttributeError(
+            f"{where} has no infra.{what}: which items would it be about? Build "
+            f"{build} with the items and {instead}"
+        )
+
     @property
     def item_uid(self) -> ItemUid:
         """The decorated method's ``item_uid``, shortened past ``item_uid_max_length``:
