@@ -1614,7 +1614,8 @@ def logs(root: Path | str, older_than_days: float = 30.0, step: str | None = Non
     steps = selected_steps(root, step)
     # (jobs may share a log folder: every step's jobs are looked at, the selected ones go)
     by_folder: dict[Path, list[tuple[bool, registry.JobRecord]]] = {}
-    for step_name, _, folder in node_folders(root):
+    nodes = list(node_folders(root))
+    for step_name, _, folder in nodes:
         # (with the jobs that refused their config: their logs are of no more use later)
         for record in registry.read_all(folder, copied=True, refused=True):
             selected = steps is None or step_name in steps
@@ -1644,7 +1645,7 @@ def logs(root: Path | str, older_than_days: float = 30.0, step: str | None = Non
         else:
             _add_job_files(plan, logs_folder, records, files, limit)
     _add_array_scripts(plan, by_folder)
-    templates.update(_add_unrecorded_logs(plan, root, steps, by_folder, limit))
+    templates.update(_add_unrecorded_logs(plan, root, steps, nodes, by_folder, limit))
     templates = {t for t in templates if _another_cache_root(t, root) is None}
     # (not the logs' age: a template holds no job's logs, and its parent changes with
     # each job's folder; only a starting submission needs it, TEMPLATE_GRACE_S)
@@ -1664,6 +1665,7 @@ def _add_unrecorded_logs(
     plan: CleanPlan,
     root: Path,
     steps: set[str] | None,
+    nodes: list[tuple[str, str, Path]],
     by_folder: dict[Path, list[tuple[bool, registry.JobRecord]]],
     limit: float,
 ) -> set[Path]:
@@ -1681,7 +1683,7 @@ def _add_unrecorded_logs(
     for step in _scan(root):
         if "," in step.name and _is_dir(step) and (steps is None or step.name in steps):
             parents.append(Path(step.path))
-    for step_name, _, folder in node_folders(root):  # (a map's logs are in its folder)
+    for step_name, _, folder in nodes:  # (a map's logs are in its folder)
         if steps is None or step_name in steps:
             parents.append(folder)
     limit = min(limit, time.time() - UNRECORDED_GRACE_S)
