@@ -3255,6 +3255,35 @@ def test_logs_names_environment_variables_expanded_when_a_job_is_sent(
     assert not (tmp_path / "first").exists() or not list((tmp_path / "first").glob("*/jobs/*"))
 
 
+def test_a_cache_folder_holding_a_submitit_placeholder_is_refused_for_jobs(tmp_path: Path) -> None:
+    """A cache folder whose name holds "%j" (or %A, %a, %t): submitit replaces them in the
+    whole path of a job's log folder ({folder}/logs/{user}/%j), so the job looked for its
+    work in ".../c<job id>/..." and died, said "its process died (killed, out of memory,
+    or sys.exit/os._exit in the method)" (a new user's probe). It is a problem of the
+    plan and refused before anything is sent, naming the folder and what to do; computed
+    without a job it is fine, and so is a logs setting that does not use {folder}."""
+    folder = tmp_path / "c%j"
+    local = Scratchless(infra={"folder": folder, "cluster": "local"})
+    [entry] = exca.graph.plan(local.process.node()).entries
+    assert any("holds '%j', which submitit replaces" in p for p in entry.problems), entry
+    with pytest.raises(ValueError, match=r"Cannot submit.*holds '%j', which submitit replaces"):
+        local.process()
+    assert not list(tmp_path.glob("c[0-9]*"))  # (no job sent: no folder of its id)
+    assert Scratchless(infra={"folder": folder}).process() == 12  # (no job: no logs)
+    elsewhere = {"folder": folder, "cluster": "local", "logs": str(tmp_path / "logs/%j")}
+    assert Scratchless(x=1, infra=elsewhere).process() == 13
+    assert list((tmp_path / "logs").iterdir())
+
+
+class Scratchless(pydantic.BaseModel):
+    x: int = 0
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return 12 + self.x
+
+
 class LogsBelow(pydantic.BaseModel):
     infra: TaskInfra = TaskInfra(version="1", logs="$EXCA_TEST_SCRATCH/logs/%j")
 

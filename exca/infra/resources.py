@@ -55,6 +55,7 @@ MANAGED_SBATCH_OPTIONS = {
 _SHORTEST_PREFIX = {"array": 2, "parsable": 4}
 
 
+SUBMITIT_PLACEHOLDERS = ("%j", "%A", "%a", "%t")  # (what submitit fills in a log folder)
 UNSET_VARIABLE = re.compile(r"\$\{?\w+\}?")  # (what expandvars leaves of an unset one)
 
 
@@ -248,6 +249,17 @@ class SubmititMixin(pydantic.BaseModel):
                 logs = expand_path_text("logs", logs.replace("{user}", getpass.getuser()))
             except ValueError as error:
                 logs_problem = str(error)
+        if logs_problem is None and logs_folder is not None and "{folder}" in logs:
+            # (submitit replaces these in the whole path of a job's log folder, the cache
+            # folder's name included: the job looked for its work in another folder, and
+            # died "killed, out of memory...")
+            held = next((t for t in SUBMITIT_PLACEHOLDERS if t in str(logs_folder)), None)
+            if held is not None:
+                logs_problem = (
+                    f"logs={self.logs!r}: its {{folder}}, {logs_folder}, holds {held!r}, which "
+                    "submitit replaces in a job's log folder (with the job's id or index): "
+                    "give the cache a folder without it, or set logs to a folder without it"
+                )
         return Execution(
             cluster=self.cluster,
             params=self._submitit_params(),
