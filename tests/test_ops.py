@@ -7103,3 +7103,18 @@ def test_a_folder_held_by_another_removal_is_kept_as_being_removed(tmp_path: Pat
     (reason,) = dict(plan.kept).values()
     assert reason.startswith("being removed or renamed by pid "), reason
     assert "computed" not in reason
+
+
+def test_the_summary_of_exca_help_names_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """`exca --help` opens with one line per command (what it takes, what it does): the
+    `rename` command was missing from it, only in argparse's list below."""
+    from exca.ops.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    choices = out.split("{", 1)[1].split("}", 1)[0].split(",")
+    summary = out.split("positional arguments:")[0]
+    assert len(choices) >= 7, choices
+    missing = [c for c in choices if not re.search(rf"^  {c} ", summary, re.M)]
+    assert missing == [], summary

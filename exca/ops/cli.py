@@ -6,6 +6,7 @@
   check   TARGET [k=v ...]      resources vs the Slurm cluster, before submitting
   clean   ROOT <what>           free space (preview; --yes to remove); `ROOT node
                                 --where k=v`: the configs `list --where k=v` shows
+  rename  ROOT OLD NEW          move a renamed class's results (preview; --yes to move)
   logs    FOLDER                stdout/stderr of a node's (or a map item's) job
 
 TARGET is package.module:Class.method (decorated with an infra); its config comes
