@@ -7118,3 +7118,34 @@ def test_the_summary_of_exca_help_names_every_command(capsys: pytest.CaptureFixt
     assert len(choices) >= 7, choices
     missing = [c for c in choices if not re.search(rf"^  {c} ", summary, re.M)]
     assert missing == [], summary
+
+
+class Placed(pydantic.BaseModel):
+    """A config with a field kept out of its uid (where it runs)."""
+
+    lr: float = 0.1
+    device: str = "cpu"
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+    _exclude_from_cls_uid = ("device",)
+
+    @infra.apply
+    def fit(self) -> float:
+        return self.lr
+
+
+def test_where_on_a_field_excluded_from_the_uid_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`exca list ROOT --where device=cuda` on a field excluded from the uid said "No
+    config has a key 'device'" (as for a typo) though every config.yaml holds it: it now
+    says the key is not in the uid, which is what --where matches."""
+    from exca.ops.cli import main
+
+    root = tmp_path / "cache"
+    Placed(lr=0.2, device="cuda", infra={"folder": root}).fit()
+    for key in ("device", "infra.cluster"):
+        main(["list", str(root), "--where", f"{key}=cuda", "--where", "lrr=1"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert "No config has a key 'lrr'" in out, out
+        assert f"No config has a key '{key}'" not in out, out
+        assert f"'{key}' is in the configs' config.yaml but not in their uid" in out, out

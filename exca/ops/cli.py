@@ -601,6 +601,7 @@ def _listed(
         inspect,
         keys_in_list_items,
         keys_no_config_has,
+        keys_outside_uids,
         null_condition_hints,
         path_hint,
         reads_as_null,
@@ -638,9 +639,17 @@ def _listed(
         if problems:
             raise ValueError(f"--where {key}: " + "; ".join(problems))
         hints += inputs
-    if unknown:
-        text += f" No config has a key {', '.join(map(repr, unknown))}: see `exca list ROOT`."
-    for key in unknown:
+    outside = keys_outside_uids(every, unknown)  # (an excluded field, or an infra's)
+    absent = [key for key in unknown if key not in outside]
+    if absent:
+        text += f" No config has a key {', '.join(map(repr, absent))}: see `exca list ROOT`."
+    if outside:
+        text += (
+            f" {', '.join(map(repr, outside))} is in the configs' config.yaml but not in their "
+            "uid (excluded from it, e.g. by _exclude_from_cls_uid, or an infra field): --where "
+            "matches the uid's values only."
+        )
+    for key in absent:
         inside = keys_in_list_items(every, key)
         if inside:  # (held by list items: named with the indices only)
             text += f" {key!r} is in list items: give its indices, e.g. {inside[0]}."

@@ -744,6 +744,25 @@ def _describe_dead_jobs(infos: list[NodeInfo], records: list[tp.Any]) -> None:
             info.error = ending_line(how)  # (no log quoted: a line, as the plan's)
 
 
+def keys_outside_uids(infos: list[NodeInfo], keys: tp.Sequence[str]) -> list[str]:
+    """Those of ``keys`` that a config.yaml of ``infos`` holds though no uid does (a field
+    excluded from the uid: ``--where`` cannot match it). Read only when a filter matched
+    nothing, each config folder's file once, stopping when every key is found."""
+    left, found = set(keys), []
+    seen: set[Path] = set()
+    for info in infos:
+        folder = info.folder.parent if info.folder.name.startswith(INPUTS_PREFIX) else info.folder
+        if not left or folder in seen:
+            continue
+        seen.add(folder)
+        flat = ConfDict(read_yaml(folder / CONFIG_FILE) or {}).flat()
+        for key in sorted(left):
+            if any(k == key or k.startswith(key + ".") for k in flat):
+                left.discard(key)
+                found.append(key)
+    return [k for k in keys if k in found]
+
+
 def keys_no_config_has(infos: list[NodeInfo], where: tp.Sequence[str]) -> list[str]:
     """The keys of ``key=value`` conditions that no config of ``infos`` holds (a typo?)."""
     keys = [_parse_condition(c)[0] for c in where]
