@@ -2970,7 +2970,7 @@ def test_clean_orphans_logs_and_compact_of_some_steps(tmp_path: Path) -> None:
     for folder in (ranges, copy):
         age_index_files(folder)
     listed = json.loads(cli("clean", root, "compact", "--step", "Copy", "--json").stdout)
-    assert [Path(f["folder"]) for f in listed] == [copy]
+    assert [Path(f["folder"]) for f in listed["merges"]] == [copy]
     cli("clean", root, "compact", "--step", "Copy", "--yes", check=True)
     assert len(index_files(ranges)) == 3 and len(index_files(copy)) == 1
     # a typo is an error for each, as for `versions`; `node` takes no --step
@@ -3752,7 +3752,8 @@ def test_json_output_matching_nothing_says_why_on_stderr(tmp_path: Path) -> None
     }
     for args, why in cases.items():
         result = cli(*args, "--json", check=True)
-        assert json.loads(result.stdout) in ([], {"bytes": 0, "removals": [], "kept": []})
+        out = json.loads(result.stdout)
+        assert out == [] or (out["removals"] == [] and out["dryrun"] is True), out
         assert result.stderr.startswith("exca: note: ") and why in result.stderr, result.stderr
     assert cli("list", root, "--json", check=True).stderr == ""  # (matching: no note)
 
@@ -5149,6 +5150,45 @@ def _many_writer_sessions(root: Path, processes: int) -> None:
     )
 
 
+CLEAN_JSON_KEYS = {"what", "dryrun", "bytes", "removals", "kept", "merges", "freed", "merged"}
+CLEAN_JSON_KEYS |= {"failed", "skipped"}
+
+
+def test_clean_json_has_one_shape_for_every_what(tmp_path: Path) -> None:
+    """`exca clean ROOT WHAT --json` printed a list for a compact preview, {"merged": N}
+    for compact --yes, and the plan's bytes/removals/kept (with freed, failed and skipped
+    under --yes) for the other WHATs: a script had to know each shape, and could not
+    tell a preview from a removal. Every WHAT now prints one object with the same keys
+    (docs/cli.md), "dryrun" saying which, and "what" the WHAT."""
+    root = tmp_path / "cache"
+    _many_writer_sessions(root, 3)
+    ranges = folder_of(Ranges(infra={"folder": root}))
+    age_index_files(ranges)
+    old = Train(seed=1, infra={"folder": root})
+    old.fit()
+    Train(seed=1, infra={"folder": root, "version": "2"}).fit()
+    gone = Train(seed=2, infra={"folder": root, "version": "2"})
+    gone.fit()
+    kinds = {"node": [str(folder_of(gone))], "versions": [], "orphans": [], "logs": []}
+    kinds["compact"] = []
+    for what, extra in kinds.items():
+        for yes in ([], ["--yes"]):
+            out = json.loads(cli("clean", root, what, *extra, *yes, "--json", check=True).stdout)
+            assert isinstance(out, dict) and set(out) == CLEAN_JSON_KEYS, (what, yes, out)
+            assert out["what"] == what and out["dryrun"] is not yes, (what, out)
+            assert (out["freed"] is None) is not yes and (out["merged"] is None) is not yes
+            if what == "compact":
+                assert out["removals"] == [] and out["bytes"] == 0, out
+                assert [m["folder"] for m in out["merges"]] == [str(ranges)], out
+                assert len(out["merges"][0]["index_files"]) == 3, out
+                assert out["merged"] in (None, 3), out
+            else:
+                assert out["merges"] == [] and out["merged"] in (None, 0), out
+    assert not folder_of(gone).exists() and not folder_of(old).exists()
+    empty = json.loads(cli("clean", root, "node", "--where", "seed=9", "--json").stdout)
+    assert set(empty) == CLEAN_JSON_KEYS and empty["removals"] == [], empty
+
+
 def test_compact_many_writer_sessions(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     _many_writer_sessions(root, 50)
@@ -5168,7 +5208,8 @@ def test_compact_many_writer_sessions(tmp_path: Path) -> None:
     assert "preview: 50 index file(s) of finished writers would be merged" in preview.stdout
     assert len(index_files(folder)) == 50  # a preview changes nothing
     listed = json.loads(cli("clean", root, "compact", "--json", check=True).stdout)
-    assert listed == [{"folder": str(folder), "index_files": [f.name for f in index_files(folder)]}]
+    merges = [{"folder": str(folder), "index_files": [f.name for f in index_files(folder)]}]
+    assert listed["merges"] == merges and listed["dryrun"] is True
     result = cli("clean", root, "compact", "--yes", check=True)
     assert "merged 50 index file(s)" in result.stdout
     after = index_files(folder)
@@ -5184,9 +5225,8 @@ def test_compact_many_writer_sessions(tmp_path: Path) -> None:
     assert exca.ops.inspect(root)[0].entries == size_before
     # nothing left to merge; the map still reads without recomputing
     assert clean.compact(folder) == (0, 0)
-    assert json.loads(cli("clean", root, "compact", "--yes", "--json", check=True).stdout) == {
-        "merged": 0
-    }
+    done = json.loads(cli("clean", root, "compact", "--yes", "--json", check=True).stdout)
+    assert done["merged"] == 0 and done["merges"] == [] and done["dryrun"] is False
     assert list(Ranges(infra={"folder": root, "mode": "read-only"}).expand([0, 149])) == [
         list(range(0, 200)),
         list(range(149, 349)),
@@ -5204,7 +5244,7 @@ def test_previews_of_a_root_given_relative_name_full_folders(tmp_path: Path) -> 
     preview = cli("clean", "cache", "compact", cwd=tmp_path, check=True).stdout
     assert preview.startswith(f"{folder}: 2 index file(s)\n"), preview
     listed = json.loads(cli("clean", "cache", "compact", "--json", cwd=tmp_path, check=True).stdout)
-    assert [entry["folder"] for entry in listed] == [str(folder)]
+    assert [entry["folder"] for entry in listed["merges"]] == [str(folder)]
     node = cli("clean", "cache", "node", folder.relative_to(tmp_path), cwd=tmp_path, check=True)
     assert f"  {folder}  (requested)" in node.stdout  # (as the node preview names it)
     # and versions' ('cache/...' too: only compact's had been made whole)

@@ -559,6 +559,33 @@ def _why_nothing(folder: Path) -> str:
     )
 
 
+def _clean_json(
+    what: str,
+    dryrun: bool,
+    plan: CleanPlan | None = None,
+    merges: tp.Sequence[dict[str, tp.Any]] = (),
+    freed: int | None = None,
+    merged: int | None = None,
+) -> dict[str, tp.Any]:
+    """What ``clean --json`` prints, one shape for every WHAT (docs/cli.md lists its
+    keys): a preview (``dryrun``) has ``freed`` and ``merged`` null, and no ``failed``
+    nor ``skipped`` item; ``compact`` lists ``merges`` (its index files, by folder),
+    the others ``removals`` and ``kept``; a key of another WHAT is empty (0 once run)."""
+    removals = plan.to_dict() if plan is not None else {"bytes": 0, "removals": [], "kept": []}
+    failed = plan.failed if plan is not None and not dryrun else []
+    skipped = plan.skipped if plan is not None and not dryrun else []
+    return {
+        "what": what,
+        "dryrun": dryrun,
+        **removals,
+        "merges": list(merges),
+        "freed": None if dryrun else (freed or 0),
+        "merged": None if dryrun else (merged or 0),
+        "failed": [{"path": str(p), "why": why} for p, why in failed],
+        "skipped": [{"path": str(p), "why": why} for p, why in skipped],
+    }
+
+
 def _clean_outcome(plan: CleanPlan, freed: int) -> str:
     """What ``clean --yes`` did, after the preview it prints: how many of the items listed
     "to remove" were removed, and how many were kept (in use since the preview, each
@@ -1100,10 +1127,17 @@ def _main(argv: list[str] | None) -> int:
             look = clean.look_at_jobs(folders)  # (one squeue call, not one per folder)
             said = "" if folders else _no_cache(root, args.json)  # (a root given wrong?)
             if args.yes:
-                # (a folder removed since it was listed: nothing to merge there)
-                merged = sum(clean.compact(f, look=look)[0] for f in folders if f.is_dir())
+                # (a folder removed since it was listed: nothing to merge there; its index
+                # files, named as a preview names them, just before they are merged)
+                merges, merged = [], 0
+                for folder in folders:
+                    names = clean.compactable(folder, look=look) if folder.is_dir() else []
+                    count = clean.compact(folder, look=look)[0] if names else 0
+                    merged += count
+                    if count:
+                        merges.append({"folder": str(folder), "index_files": names})
                 text = f"merged {merged} index file(s)" + (f". {said}" if said else "")
-                _print({"merged": merged}, args.json, text)
+                _print(_clean_json("compact", False, merges=merges, merged=merged), args.json, text)
                 return 0
             previews = {str(f): clean.compactable(f, look=look) for f in folders}
             previews = {f: names for f, names in previews.items() if names}
@@ -1118,11 +1152,8 @@ def _main(argv: list[str] | None) -> int:
             )
             if said:
                 lines[-1] = f"Nothing to merge. {said}"
-            _print(
-                [{"folder": f, "index_files": names} for f, names in previews.items()],
-                args.json,
-                "\n".join(lines),
-            )
+            merges = [{"folder": f, "index_files": names} for f, names in previews.items()]
+            _print(_clean_json("compact", True, merges=merges), args.json, "\n".join(lines))
             return 0
         if args.what == "node" and args.where:
             # (a step or node folder: the root to give; a --step matching nothing: an
@@ -1134,7 +1165,8 @@ def _main(argv: list[str] | None) -> int:
             look = clean.look_at_jobs(f for _, _, f in node_folders(root))
             infos, why = _listed(args.root, args.step, args.where, None, "--step/--where", look)
             if not infos:
-                _print(clean.CleanPlan().to_dict(), args.json, f"Nothing to remove. {why}")
+                nothing = _clean_json("node", not args.yes, clean.CleanPlan(), freed=0)
+                _print(nothing, args.json, f"Nothing to remove. {why}")
                 if args.json:  # (why nothing matched: said beside the empty plan)
                     print(f"exca: note: {why}", file=sys.stderr)
                 return 0
@@ -1160,10 +1192,8 @@ def _main(argv: list[str] | None) -> int:
         if args.yes:
             freed = removal.execute()
             done = _clean_outcome(removal, freed)
-            failed = [{"path": str(p), "why": why} for p, why in removal.failed]
-            skipped = [{"path": str(p), "why": why} for p, why in removal.skipped]
             _print(
-                {"freed": freed, **removal.to_dict(), "failed": failed, "skipped": skipped},
+                _clean_json(args.what, False, removal, freed=freed),
                 args.json,
                 f"{removal} {said}" if said else f"{removal}\n{done}".strip(),
             )
@@ -1172,7 +1202,7 @@ def _main(argv: list[str] | None) -> int:
         else:
             hint = "\n(preview: run again with --yes to remove)" if removal.removals else ""
             hint = f" {said}" if said else hint
-            _print(removal.to_dict(), args.json, f"{removal}{hint}")
+            _print(_clean_json(args.what, True, removal), args.json, f"{removal}{hint}")
     elif args.command == "logs":
         from .clean import is_node_folder
         from .inspect import input_folders
