@@ -1588,6 +1588,22 @@ def pipeline_target_dict_values() -> tp.Iterable[exca.graph.Node]:
     return {"total": pipeline_targets()}.values()
 
 
+def pipeline_targets_by_name() -> dict[str, exca.graph.Node]:
+    """A TARGET function returning its nodes by name."""
+    return {
+        "total": pipeline_targets(),
+        "train": Train(infra={"folder": PIPELINE_ROOT[0]}).fit.node(),
+    }
+
+
+def targets_by_name_holding_a_str() -> dict[str, tp.Any]:
+    return {"total": pipeline_targets(), "train": "Train.fit"}
+
+
+def no_target_by_name() -> dict[str, exca.graph.Node]:
+    return {}
+
+
 def no_target() -> tp.Iterator[exca.graph.Node]:
     yield from ()
 
@@ -1852,6 +1868,31 @@ def test_cli_target_function_returning_any_iterable_of_nodes(
             f"(raised at {__file__}:"
         ),
         "not_only_nodes": "gave generator holding str ('train'), expected a node",
+    }
+    for name, message in cases.items():
+        assert main(["plan", f"{__name__}:{name}"]) == 2, name
+        err = capsys.readouterr().err
+        assert "exca: error:" in err and message in err, (name, err)
+
+
+def test_cli_target_function_returning_a_dict_plans_its_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A TARGET function returning its nodes by name ({"total": node, "train": node}) was
+    iterated by keys: "gave dict holding str ('total'), expected a node or a list of
+    nodes", though it holds nothing but nodes. A dict's values are the nodes now; a value
+    that is no node is named by its key, and an empty dict says no node was returned."""
+    from exca.ops.cli import main
+
+    monkeypatch.setattr(sys.modules[__name__], "PIPELINE_ROOT", [tmp_path / "cache"])
+    assert main(["plan", f"{__name__}:pipeline_targets_by_name"]) == 0
+    assert capsys.readouterr().out.startswith("Plan: 3 node(s): 3 missing")
+    cases = {
+        "targets_by_name_holding_a_str": (
+            "targets_by_name_holding_a_str() returned a dict whose value for 'train' is str "
+            "('Train.fit'), not a node"
+        ),
+        "no_target_by_name": "no_target_by_name() returned no node (an empty dict)",
     }
     for name, message in cases.items():
         assert main(["plan", f"{__name__}:{name}"]) == 2, name

@@ -97,6 +97,25 @@ def _target_nodes(
         gave = f"{name} holds"
     if isinstance(made, Node):
         return [made]
+    kind = type(made).__name__
+    if isinstance(made, tp.Mapping):
+        # (nodes by name, {"baseline": node, ...}: its values are the targets; iterated,
+        # its keys were taken for them, "gave dict holding str ('baseline')")
+        keys = {id(value): key for key, value in made.items()}
+        other = next((v for v in made.values() if not isinstance(v, Node)), None)
+        if other is not None:
+            raise ValueError(
+                f"{target}: {gave} a {kind} whose value for {keys[id(other)]!r} is "
+                f"{type(other).__name__} ({other!r:.80}), not a node: a {kind}'s values are "
+                "the nodes to plan (e.g. return {'name': obj.method.node(...), ...}), or "
+                "return a list of nodes"
+            )
+        if not made:
+            raise ValueError(
+                f"{target}: {gave} no node (an empty {kind}): give the nodes to plan (e.g. "
+                "return {'name': obj.method.node(...), ...})"
+            )
+        return list(made.values())
     if isinstance(made, str | bytes) or not isinstance(made, tp.Iterable):
         raise ValueError(
             f"{target}: gave {type(made).__name__} ({made!r:.80}), expected a node or a list "
