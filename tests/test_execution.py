@@ -1935,6 +1935,50 @@ def test_an_array_whose_jobs_cannot_import_the_config_module_says_so(
 
 
 @pytest.mark.timeout(180)
+def test_an_array_submitted_again_after_its_jobs_could_not_load_it_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job array whose jobs cannot import the config's module (on this process's
+    sys.path only): each job refuses its config, nothing is cached and the status is
+    "not submitted" again, as for a single task; but an array does not wait for its
+    jobs, so nobody was told, and the same array run again was refused again, silently.
+    Submitted again, it now warns, naming how many configs, a job, and why."""
+    import importlib
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "hidden_module_37.py").write_text(textwrap.dedent(LIBRARY_MODULE))
+    monkeypatch.syspath_prepend(str(code))
+    module = importlib.import_module("hidden_module_37")
+    cannot = "ConfigImportError: "
+
+    def refused(tasks: list[tp.Any]) -> bool:  # (their jobs ended, their logs say why)
+        records = [exca.graph.registry.read_all(t.infra.uid_folder(), refused=True) for t in tasks]
+        return all(
+            r and r[-1].refused and r[-1].stderr.exists() and cannot in r[-1].stderr.read_text()
+            for r in records
+        )
+
+    try:
+        base = module.Train(infra={"folder": tmp_path / "cache", "cluster": "local"})
+        with caplog.at_level(logging.WARNING, logger="exca"):
+            for attempt in range(2):
+                with base.infra.job_array() as array:
+                    array.extend(base.infra.clone_obj(layers=n) for n in (3, 4))
+                said = [r.getMessage() for r in caplog.records if "Job array" in r.message]
+                if not attempt:
+                    assert not said, said  # (never refused before)
+                else:
+                    (message,) = said
+                    assert "the last job of 2 config(s) submitted now could not load it" in message
+                    assert "No module named 'hidden_module_37'" in message, message
+                wait_until(lambda: refused(array), timeout=60)
+                assert [t.infra.status() for t in array] == ["not submitted"] * 2
+    finally:
+        sys.modules.pop("hidden_module_37", None)
+
+
+@pytest.mark.timeout(180)
 def test_a_job_that_cannot_import_its_config_caches_no_failure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -98,6 +98,10 @@ def submit_array(
         dataclasses.replace(i._node(), mode=mode, execution=execution) for i in infras.values()
     ]
     outdated = {n.key: store.outdated_outcome(n.cache, mode) for n in nodes}
+    # (before this submission's records: whose last job could not load them)
+    unloaded = {
+        n.key: why for n in nodes if (why := _last_job_unloaded(n.folder, n.uid)) is not None
+    }
     scheduler = Scheduler(nodes)
     try:
         handles = scheduler.submit(parallelism=max_workers, keep_going=True)
@@ -108,6 +112,7 @@ def submit_array(
         if handles.get(node.key):  # (not submitted, e.g. its sub-config failed: kept)
             store.drop_outcome(node.cache, outdated[node.key])
     _log_not_submitted(scheduler, nodes, handles)
+    _log_unloaded_before(nodes, handles, unloaded)
     if requested in ("force", "retry"):
         for infra in [array_infra, *infras.values()]:
             _forced(infra)
@@ -177,6 +182,53 @@ def _log_not_submitted(
             len(cached),
             cached[0].node.uid,
         )
+
+
+def _last_job_unloaded(folder: Path | None, uid: str) -> tuple[str, str] | None:
+    """(job id, why) when the last job recorded for a config folder could not load the
+    config (its module not importable in the job: jobprocess.ConfigImportError), which
+    set its record aside and cached nothing (its status reads "not submitted" again),
+    else None."""
+    from ..graph import registry
+    from ..graph.errors import CONFIG_UNIMPORTABLE
+    from ..graph.executors import read_tail
+
+    records = registry.read_all(folder, refused=True)
+    if not records or not records[-1].refused:
+        return None
+    job = records[-1]
+    try:
+        text = read_tail(job.stderr)
+    except OSError:  # (its log removed: why is unknown, e.g. a class edited meanwhile)
+        return None
+    lines = [line for line in text.splitlines() if CONFIG_UNIMPORTABLE in line]
+    if not lines:  # (refused for another reason: a class changed, a KeyboardInterrupt)
+        return None
+    why = lines[-1].split(CONFIG_UNIMPORTABLE, 1)[1].strip()
+    why = why.split(": ", 1)[1] if why.startswith(f"{uid}: ") else why  # (named already)
+    return job.job_id, why if len(why) <= 600 else why[:600] + " [...]"
+
+
+def _log_unloaded_before(
+    nodes: list[tp.Any], handles: dict[tp.Any, tp.Any], unloaded: dict[tp.Any, tuple[str, str]]
+) -> None:
+    """Say which configs submitted now were refused by their last job, which could not
+    load them: an array does not wait for its jobs, so that refusal (nothing cached, the
+    status "not submitted" again) was said to nobody, and the same array submitted again
+    was refused again, silently, until its results were asked for."""
+    again = [node for node in nodes if handles.get(node.key) and node.key in unloaded]
+    if not again:
+        return
+    job_id, why = unloaded[again[0].key]
+    logger.warning(
+        "Job array: the last job of %d config(s) submitted now could not load it (nothing "
+        "cached: status 'not submitted'), e.g. job %s of %s: %s\nSubmitted again: their "
+        "jobs refuse them again unless the jobs' environment changed since",
+        len(again),
+        job_id,
+        again[0].uid,
+        why,
+    )
 
 
 def _forced(infra: TaskInfra) -> None:
