@@ -6170,6 +6170,51 @@ def test_plan_of_another_users_task_whose_job_raised_keyboardinterrupt(tmp_path:
     assert record.exists()  # (left: not this user's to move)
 
 
+def _interrupted_job_record(root: Path) -> Path:
+    """A task's local job whose method raised KeyboardInterrupt, its record put back
+    where it was before the job set it aside (the job ended before its submitter recorded
+    it, and the submitter was gone before it set it aside; or a kill at the right
+    instant): the record, in the node folder's jobs/."""
+    with pytest.raises(JobFailedError, match="KeyboardInterrupt was raised"):
+        Interrupts(infra={"folder": root, "cluster": "local"}).run()
+    folder = Interrupts(infra={"folder": root}).infra.uid_folder()
+    assert folder is not None
+    (refused,) = (folder / "jobs").glob("*.refused")
+    record = refused.with_suffix(".json")
+    refused.rename(record)
+    return record
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int, int]]:
+    """Every file and folder under root: its mode, size and modification time."""
+    return {
+        str(path.relative_to(root)): (info.st_mode, info.st_size, info.st_mtime_ns)
+        for path in [root, *root.rglob("*")]
+        for info in [os.lstat(path)]
+    }
+
+
+def test_plan_and_explain_of_a_task_whose_job_raised_keyboardinterrupt_write_nothing(
+    tmp_path: Path,
+) -> None:
+    """`exca plan` and `exca explain` finding the record of a task's job whose method
+    raised KeyboardInterrupt (not set aside: see _interrupted_job_record) renamed it
+    aside (jobs/N.json -> jobs/N.refused), though a plan computes nothing and writes
+    nothing (run on caches one may only read). They now leave the cache as it was, and
+    plan the task as missing, to compute; the call that computes it sets it aside."""
+    root = tmp_path / "cache"
+    record = _interrupted_job_record(root)
+    before = _tree(root)
+    target = (f"{__name__}:Interrupts.run", f"infra.folder={root}", "infra.cluster=local")
+    assert "missing  compute" in cli("plan", *target, check=True).stdout
+    assert "missing      compute" in cli("explain", *target, check=True).stdout
+    assert _tree(root) == before  # (the record left where it was)
+    with pytest.raises(JobFailedError, match="KeyboardInterrupt was raised") as info:
+        Interrupts(infra={"folder": root, "cluster": "local"}).run()  # (computed again)
+    assert f"local job {record.stem} " not in str(info.value)  # (a new job's)
+    assert not record.exists() and record.with_suffix(".refused").exists()
+
+
 class StartsThenWaits(pydantic.BaseModel):
     """A task that says it started (a file), then waits (bounded) to be cancelled."""
 

@@ -268,7 +268,8 @@ class Graph:
         cached map items' payload files are checked in every mode, not only in mode retry:
         a plan does (a stat per data file, ~0.5 us per item); a run finds a damaged item
         when it reads it, and says what to do then. ``dry_run``: a plan's (it removes
-        nothing, see ``_damaged_source``)."""
+        nothing, see ``_damaged_source``, and sets no job record aside, see
+        ``_check_registry``)."""
         with gcpause.paused():
             self.targets = list(targets)
             self.forced_before = set(forced)
@@ -796,7 +797,8 @@ class Graph:
         for run, record in ended:
             how = executors.recorded_handle(record).ended_how(known.get(record.job_id))
             if method_interrupted(how):  # (not its failure: computed, see INTERRUPT_HINT)
-                registry.set_refused(run.node.folder, record.job_id)  # (as the job does)
+                if not self.dry_run:  # (a plan, explain: read only, they move nothing)
+                    registry.set_refused(run.node.folder, record.job_id)  # (as the job does)
                 continue
             run.action, run.holds_error = "fail", True
             run.reason = ending_line(how)  # (as the call says it)
