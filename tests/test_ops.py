@@ -6215,6 +6215,30 @@ def test_plan_and_explain_of_a_task_whose_job_raised_keyboardinterrupt_write_not
     assert not record.exists() and record.with_suffix(".refused").exists()
 
 
+def test_status_and_list_of_a_task_whose_job_raised_keyboardinterrupt_say_what_a_call_does(
+    tmp_path: Path,
+) -> None:
+    """The record of a task's job whose method raised KeyboardInterrupt, not set aside
+    (see _interrupted_job_record): status() said "failed" and `exca list` "error" (the
+    job's ending), yet the next call computes it (an interrupt is no failure of the
+    config: nothing is cached). Both now say what that call does: not submitted, no
+    error; neither moves the record, the call does."""
+    root = tmp_path / "cache"
+    record = _interrupted_job_record(root)
+    task = Interrupts(infra={"folder": root, "cluster": "local"})
+    assert task.infra.status() == "not submitted"
+    (listed,) = exca.ops.inspect(root)
+    assert listed.status == "empty" and listed.error is None, listed
+    assert exca.ops.inspect(root, status="error") == []
+    out = cli("list", root, check=True).stdout
+    assert "KeyboardInterrupt" not in out and " error " not in out, out
+    assert record.exists()
+    with pytest.raises(JobFailedError, match="KeyboardInterrupt was raised") as info:
+        task.run()  # (computed: a new job)
+    assert f"local job {record.stem} " not in str(info.value)
+    assert not record.exists() and task.infra.status() == "not submitted"
+
+
 class StartsThenWaits(pydantic.BaseModel):
     """A task that says it started (a file), then waits (bounded) to be cancelled."""
 

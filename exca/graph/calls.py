@@ -125,6 +125,10 @@ def task_status(node: Node) -> tp.Literal["not submitted", "running", "completed
         return "running"
     if record is None or registry.wrote_outcome(record):
         return "not submitted"  # (an outcome removed since, e.g. by an interrupted force)
+    from .executors import ended_by_method_interrupt
+
+    if ended_by_method_interrupt(record):  # (not its failure: the next call computes it)
+        return "not submitted"
     return "failed"
 
 

@@ -1291,6 +1291,27 @@ def recorded_handle(record: tp.Any) -> Handle:
     return SubmititHandle(submitit_job(record), record.cluster)
 
 
+def ended_by_method_interrupt(record: tp.Any, known: tuple[str, str] | None = None) -> bool:
+    """Whether a recorded job that ended without its outcome ended on a KeyboardInterrupt
+    its method raised (``errors.method_interrupted`` of its ending, as the next call reads
+    it: it computes the task again, see decisions.Graph._check_registry), its record not
+    set aside yet (by the job, or by that call): status() and ``exca list`` say what that
+    call does. Its log is looked at first (the job notes the interrupt there, see
+    worker.run_job_unit): the ending of any other job, a Slurm one's asked of sacct, is
+    not looked up (``known``: as ``registry.slurm_endings`` gave it)."""
+    from .errors import RAISED_INTERRUPT, method_interrupted
+
+    try:
+        if RAISED_INTERRUPT not in read_tail(Path(record.stderr), 64 * 1024):
+            return False
+    except OSError:  # (no log: not noted)
+        return False
+    try:
+        return method_interrupted(recorded_handle(record).ended_how(known))
+    except Exception:  # (its ending unknown: as before, a failure)
+        return False
+
+
 # --- executors -------------------------------------------------------------------------------
 def run_inline(unit: Unit, progress: tp.Callable[[int], None] | None = None) -> DoneHandle:
     """Run a unit now, in the caller's thread (exceptions are kept in the handle)."""

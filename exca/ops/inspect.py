@@ -438,6 +438,11 @@ def describe(
     ):
         # (as status() says: "failed"; a copy's job wrote into the original: not a failure)
         died = not record.foreign and not registry.wrote_outcome(record)
+        if died:  # (not ended by its method's KeyboardInterrupt: no failure, the next
+            # call computes it, as status() says; its record is set aside then)
+            from ..graph.executors import ended_by_method_interrupt
+
+            died = not ended_by_method_interrupt(record)
         if died:
             info.status = "error"
             info.error = f"job {record.job_id} {_DIED}"  # (see _describe_dead_jobs)
