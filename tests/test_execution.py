@@ -2056,6 +2056,49 @@ def test_jobs_that_cannot_import_the_config_module_say_it_once(
         sys.modules.pop("hidden_module_31", None)
 
 
+def test_jobs_are_said_alike_only_when_their_endings_differ_by_their_ids_alone() -> None:
+    """Jobs ending alike (chunk jobs, nodes' jobs refusing their config) are said once,
+    the others named after the first one: "alike" was the same text once each job's id
+    was replaced wherever it appeared, so job 12 exiting with code 12 and job 34 with
+    code 34 (or job 5 at line 55, job 6 at line 66) were said alike, the second's
+    ending hidden. Only the mentions of a job (after "job ", in its log's path) are set
+    aside now."""
+    from exca.graph.errors import NodeFailures, same_endings
+
+    def ending(job_id: str, code: int) -> str:
+        log = f"/cache/m.T.f,1/logs/user/{job_id}/{job_id}_0_log.err"
+        return (
+            f"local job {job_id} ended without writing its result: its process exited with "
+            f"code {code}; its log: {log}"
+        )
+
+    for codes in ({"12": 12, "34": 34}, {"5": 55, "6": 66}):
+        endings = [(job_id, ending(job_id, code)) for job_id, code in codes.items()]
+        assert same_endings(endings) == [how for _, how in endings]  # (each said)
+    alike = [(i, ending(i, 1)) for i in ("5", "6", "1234_1", "1234_10")]
+    assert same_endings(alike) == [f"{ending('5', 1)}; and so in 3 other jobs: 6, 1234_1, 1234_10"]
+
+    # nodes whose jobs refused their config: the same, their uids set aside too (a uid
+    # inside a longer one is no mention of it)
+    def refused(uid: str, job_id: str, why: str) -> JobFailedError:
+        return JobFailedError(
+            f"{uid} not computed: job {job_id} could not load what it had to run "
+            f"(ConfigImportError: {why})"
+        )
+
+    uids = ["m.T.f,1/n=1", "m.T.f,1/n=2", "m.T.f,1/n=10"]
+    for whys in (
+        {"12": "x.py, line 12: invalid syntax", "34": "x.py, line 34: invalid syntax"},
+        {"12": "it needs m.T.f,1/n=10", "34": "it needs m.T.f,1/n=20"},
+    ):
+        failures = {uid: refused(uid, *job) for uid, job in zip(uids, whys.items())}
+        said = str(NodeFailures(failures))  # (as the user sees it)
+        assert "and so in" not in said and all(why in said for why in whys.values()), said
+    said = str(NodeFailures({u: refused(u, j, "x") for u, j in zip(uids, ("12", "34", "56"))}))
+    assert said.count("ConfigImportError") == 1, said
+    assert "and so in 2 other node(s): m.T.f,1/n=2 (job 34), m.T.f,1/n=10 (job 56)" in said
+
+
 def _refused_load(task: tp.Any, info: pytest.ExceptionInfo[JobFailedError]) -> str:
     """The error of a job that could not load its config: it names this host and python,
     offers no retry (nothing was cached: a call submits again); the task is not submitted."""

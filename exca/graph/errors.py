@@ -185,6 +185,56 @@ def named_items(uids: tp.Sequence[str]) -> str:
     return named
 
 
+# where a text names a job by its id: after "job " (Slurm's "JOB 12 ON node CANCELLED"
+# too), in a command (scancel, scontrol's jobid=) or a path (its log folder and file)
+_BEFORE_IDS = ("job ", "Job ", "JOB ", "jobs ", "jobid=", "job_id=", "scancel ", "release ", "/")
+# ... the id whole: not the start of a longer word or number (job 12's text holds 123),
+# but a log file of submitit's (12_0_log.err)
+_ID_ENDS = re.compile(r"_\d+_log\b|[^\w.-]|\.(?!\w)|$")
+_UID_ENDS = re.compile(r"(?![\w,=-]|\.\w)")  # (a uid whole: not x=1 in x=10)
+_IN_UIDS = re.compile(r"[\w.,=-]")
+
+
+def _without(text: str, name: str, mark: str, named: tp.Callable[[int, int], bool]) -> str:
+    """``text`` with each occurrence of ``name`` that ``named(start, end)`` replaced by
+    ``mark`` (str.find, not a pattern per name: a call's 1000 chunk jobs, 1000 ids)."""
+    parts, done = [], 0
+    at = text.find(name) if name else -1
+    while at >= 0:
+        end = at + len(name)
+        if named(at, end):
+            parts += [text[done:at], mark]
+            done = end
+        at = text.find(name, end if done == end else at + 1)
+    return "".join(parts) + text[done:] if parts else text
+
+
+def without_job_id(text: str, job_id: str, mark: str = "\0") -> str:
+    """A job's text with each mention of its job id (after ``_BEFORE_IDS``, whole)
+    replaced by ``mark``: the endings of jobs alike but for their ids are then equal.
+    Only mentions: a number that happens to hold the id (a line number, an exit code, a
+    longer id) stays, so that two jobs exiting with their own codes are not said alike."""
+    return _without(
+        text,
+        job_id,
+        mark,
+        lambda at, end: text.endswith(_BEFORE_IDS, 0, at) and bool(_ID_ENDS.match(text, end)),
+    )
+
+
+def without_uid(text: str, uid: str, mark: str = "\0") -> str:
+    """A text with each mention of a node's uid (whole: not inside a longer uid, ``x=1``
+    of ``x=10``) replaced by ``mark``."""
+    return _without(
+        text,
+        uid,
+        mark,
+        lambda at, end: (
+            (at == 0 or not _IN_UIDS.match(text[at - 1])) and bool(_UID_ENDS.match(text, end))
+        ),
+    )
+
+
 def same_endings(endings: tp.Sequence[tuple[str, str]]) -> list[str]:
     """The endings (``Handle.ended_how``) of several jobs, by job id, each said once: the
     jobs ending the same way (the same words once their job ids, in their log paths too,
@@ -193,7 +243,7 @@ def same_endings(endings: tp.Sequence[tuple[str, str]]) -> list[str]:
     times.)"""
     groups: dict[str, list[tuple[str, str]]] = {}
     for job_id, how in endings:
-        key = how.replace(job_id, "\0") if job_id else how
+        key = without_job_id(how, job_id)
         groups.setdefault(key, []).append((job_id, how))
     said = []
     for group in groups.values():
@@ -302,9 +352,9 @@ def _refused_alike(failures: dict[str, BaseException]) -> dict[str, list[str]]:
         if not class_changed(text):
             continue
         found = _JOB_ID.search(text)
-        key = text.replace(uid, "\0")
+        key = without_uid(text, uid)
         if found is not None:
-            key = key.replace(found.group(1), "\1")
+            key = without_job_id(key, found.group(1), "\1")
         groups.setdefault(key, []).append(uid if found is None else f"{uid} (job {found[1]})")
     alike: dict[str, list[str]] = {}
     for said in groups.values():
