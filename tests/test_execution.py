@@ -1843,6 +1843,22 @@ class Embed(pydantic.BaseModel):
         yield from items
 """
 
+
+def _module_of_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, source: str = LIBRARY_MODULE
+) -> tp.Any:
+    """The module ``name`` written from ``source`` in tmp_path/code and imported from
+    there: on this process's sys.path only (as a notebook's sys.path.insert), not on the
+    PYTHONPATH its jobs get."""
+    import importlib
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / f"{name}.py").write_text(textwrap.dedent(source))
+    monkeypatch.syspath_prepend(str(code))
+    return importlib.import_module(name)
+
+
 SUBCLASS_IN_MAIN_SCRIPT = """
 import sys
 
@@ -1884,13 +1900,7 @@ def test_a_job_that_cannot_import_the_config_module_says_so(
     """The config's module is importable here (sys.path set by this process) but not in
     the job: the error says so, with the missing module (it said "ended with state
     FINISHED without writing its result", the cause deep in submitit's traceback)."""
-    import importlib
-
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "hidden_module_27.py").write_text(textwrap.dedent(LIBRARY_MODULE))
-    monkeypatch.syspath_prepend(str(code))
-    module = importlib.import_module("hidden_module_27")
+    module = _module_of_this_process(tmp_path, monkeypatch, "hidden_module_27")
     try:
         task = module.Train(infra={"folder": tmp_path / "cache", "cluster": "local"})
         with pytest.raises(JobFailedError, match="could not load what it had to run") as info:
@@ -1943,13 +1953,7 @@ def test_an_array_submitted_again_after_its_jobs_could_not_load_it_says_why(
     "not submitted" again, as for a single task; but an array does not wait for its
     jobs, so nobody was told, and the same array run again was refused again, silently.
     Submitted again, it now warns, naming how many configs, a job, and why."""
-    import importlib
-
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "hidden_module_37.py").write_text(textwrap.dedent(LIBRARY_MODULE))
-    monkeypatch.syspath_prepend(str(code))
-    module = importlib.import_module("hidden_module_37")
+    module = _module_of_this_process(tmp_path, monkeypatch, "hidden_module_37")
     cannot = "ConfigImportError: "
 
     def refused(tasks: list[tp.Any]) -> bool:  # (their jobs ended, their logs say why)
@@ -1987,10 +1991,6 @@ def test_a_job_that_cannot_import_its_config_caches_no_failure(
     import path fixed, the default mode re-raised it until mode='retry'); its error says
     which module, where (host, python), and what to do. An ImportError raised by the
     method itself is cached as any error of the method."""
-    import importlib
-
-    code = tmp_path / "code"
-    code.mkdir()
     source = textwrap.dedent(LIBRARY_MODULE) + textwrap.dedent(
         """
         class Broken(pydantic.BaseModel):
@@ -2003,9 +2003,7 @@ def test_a_job_that_cannot_import_its_config_caches_no_failure(
                 return 1
         """
     )
-    (code / "hidden_module_29.py").write_text(source)
-    monkeypatch.syspath_prepend(str(code))
-    module = importlib.import_module("hidden_module_29")
+    module = _module_of_this_process(tmp_path, monkeypatch, "hidden_module_29", source)
     try:
         infra = {"folder": tmp_path / "cache", "cluster": "local"}
         task = module.Train(infra=infra)
@@ -2014,7 +2012,9 @@ def test_a_job_that_cannot_import_its_config_caches_no_failure(
         said = _refused_load(task, info)
         assert "No module named 'hidden_module_29'" in said
         assert "PYTHONPATH" in said and "workdir.copied" in said
-        monkeypatch.setenv("PYTHONPATH", f"{code}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+        monkeypatch.setenv(
+            "PYTHONPATH", f"{tmp_path / 'code'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+        )
         _computed_then_method_error_cached(module, infra, "no_such_module_29")
     finally:
         sys.modules.pop("hidden_module_29", None)
@@ -2028,13 +2028,7 @@ def test_jobs_that_cannot_import_the_config_module_say_it_once(
     every job of the call refuses its config for the same reason, and the call printed
     that paragraph (naming PYTHONPATH) once per job: a map's 3 chunk jobs, a graph run's
     3 tasks. It is said once now, the other jobs named after it."""
-    import importlib
-
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "hidden_module_31.py").write_text(textwrap.dedent(LIBRARY_MODULE))
-    monkeypatch.syspath_prepend(str(code))
-    module = importlib.import_module("hidden_module_31")
+    module = _module_of_this_process(tmp_path, monkeypatch, "hidden_module_31")
     cannot = "could not load what it had to run"
     try:
         infra = {"folder": tmp_path / "cache", "cluster": "local"}
@@ -2256,18 +2250,13 @@ def test_a_pool_inside_a_job_raises_the_missing_class_of_a_unit(
 ) -> None:
     """A unit whose config class its module lacks in a pool process, in a submitit job:
     the AttributeError, not a placeholder unit run as one."""
-    import importlib
 
     import cloudpickle
 
     from exca.graph.executors import _run_pickled
     from exca.graph.worker import Unit
 
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "hidden_module_32.py").write_text(textwrap.dedent(LIBRARY_MODULE))
-    monkeypatch.syspath_prepend(str(code))
-    module = importlib.import_module("hidden_module_32")
+    module = _module_of_this_process(tmp_path, monkeypatch, "hidden_module_32")
     try:
         task = module.Train(infra={"folder": tmp_path / "cache"})
         payload = cloudpickle.dumps(Unit(task.fit.node()))
