@@ -7299,3 +7299,55 @@ def test_where_on_a_field_excluded_from_the_uid_says_so(
         assert "No config has a key 'lrr'" in out, out
         assert f"No config has a key '{key}'" not in out, out
         assert f"'{key}' is in the configs' config.yaml but not in their uid" in out, out
+
+
+class ForcedTask(pydantic.BaseModel):
+    x: int = 1
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        return self.x
+
+
+class ForcedMap(pydantic.BaseModel):
+    k: int = 1
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            yield item * self.k
+
+
+def test_status_and_read_only_calls_free_no_file_of_an_ended_writer(tmp_path: Path) -> None:
+    """A task and a map computed, then forced again, each by a process now ended: the
+    first writer's index files hold only deleted entries, freed by the next read (after
+    two idle checks, reclaim.py). infra.status(), a node's status() and mode='read-only'
+    calls removed them, though they only read (a cache one may only read); a plan did not
+    (keeping_files). They now leave the cache as it was; a call in the default mode
+    frees them."""
+    root = tmp_path / "cache"
+    for mode in ("cached", "force"):
+        run_python(
+            f"""
+            import test_ops
+            infra = {{"folder": {str(root)!r}, "mode": {mode!r}}}
+            test_ops.ForcedTask(infra=infra).run()
+            list(test_ops.ForcedMap(infra=infra).process([1, 2]))
+            """
+        )
+    long_ago = time.time() - 3600  # (idle for long: see reclaim.MIN_IDLE_SECONDS)
+    for path in root.rglob("*"):
+        os.utime(path, (long_ago, long_ago), follow_symlinks=False)
+    before = _tree(root)
+    task = ForcedTask(infra={"folder": root})
+    mapper = ForcedMap(infra={"folder": root})
+    assert task.infra.status() == "completed"
+    assert task.run.node().status() == "completed"
+    assert mapper.process.node([1, 2]).status() == "completed"
+    assert ForcedTask(infra={"folder": root, "mode": "read-only"}).run() == 1
+    assert list(ForcedMap(infra={"folder": root, "mode": "read-only"}).process([1, 2])) == [1, 2]
+    assert _tree(root) == before  # (nothing freed)
+    assert task.run() == 1 and list(mapper.process([1, 2])) == [1, 2]  # (these free them)
+    assert len(_tree(root)) < len(before)

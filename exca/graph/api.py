@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typing as tp
 
+from ..storage.cachedict import keeping_files
 from ..storage.dumping import PAYLOAD_ERRORS
 from . import calls, store
 from .decisions import check_node, collect
@@ -125,8 +126,14 @@ def status(node: Node) -> str:
     when every item is cached without error, failed with an item error (or items a job
     left missing: it died), running while a chunk job is queued or running or another
     thread or process computes its missing items without a job, else not submitted (its
-    missing items computed by nobody, or removed since their job wrote them)."""
+    missing items computed by nobody, or removed since their job wrote them). Reads
+    only: it frees no file of an ended writer (reclaim.py), as a plan does not."""
     check_node(node)
+    with keeping_files():
+        return _status(node)
+
+
+def _status(node: Node) -> str:
     if node.kind == "task":
         return calls.task_status(node)
     from . import registry

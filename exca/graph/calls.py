@@ -11,7 +11,7 @@ import time
 import typing as tp
 
 from ..storage.cachederror import CachedError
-from ..storage.cachedict import CacheDict
+from ..storage.cachedict import CacheDict, keeping_files
 from ..storage.dumping import PAYLOAD_ERRORS, is_damaged_payload
 from . import callers, codeprint, registry, store
 from .errors import JobFailedError, self_call_error
@@ -87,7 +87,13 @@ def _check_node_code(node: Node) -> None:
 
 
 def task_status(node: Node) -> tp.Literal["not submitted", "running", "completed", "failed"]:
-    """State of a task node's computation, from its cache and its recorded job."""
+    """State of a task node's computation, from its cache and its recorded job. Reads
+    only: it frees no file of an ended writer (reclaim.py), as a plan does not."""
+    with keeping_files():
+        return _task_status(node)
+
+
+def _task_status(node: Node) -> tp.Literal["not submitted", "running", "completed", "failed"]:
     state = store.task_state(node, refresh=True)
     if state == "done" and node.cache.payload_present(TASK_KEY) is False:
         # (its file removed outside exca: a call raises, a plan says fail; or replaced since

@@ -382,6 +382,9 @@ class TaskInfra(BaseInfra, SubmititMixin):
                 runtime.cache = CacheDict(None, keep_in_ram=True)
             else:
                 runtime.cache = CacheDict(folder, cache_type="Result", permissions=self.permissions)
+                runtime.cache._frees_files = (
+                    self.mode != "read-only"
+                )  # (read-only: frees no file, reclaim.py)
         cache: CacheDict[tp.Any] = runtime.cache
         return cache
 
@@ -448,6 +451,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
             cache = caches[folder] = CacheDict(
                 folder, cache_type="Result", permissions=self.permissions
             )
+            cache._frees_files = self.mode != "read-only"  # (read-only: frees no file, reclaim.py)
         label = f"{base.label}/{node.inputs_uid}"
         return dataclasses.replace(
             node,
