@@ -382,9 +382,8 @@ class TaskInfra(BaseInfra, SubmititMixin):
                 runtime.cache = CacheDict(None, keep_in_ram=True)
             else:
                 runtime.cache = CacheDict(folder, cache_type="Result", permissions=self.permissions)
-                runtime.cache._frees_files = (
-                    self.mode != "read-only"
-                )  # (read-only: frees no file, reclaim.py)
+                # (read-only: frees no file of an ended writer, see reclaim.py)
+                runtime.cache._frees_files = self.mode != "read-only"
         cache: CacheDict[tp.Any] = runtime.cache
         return cache
 
