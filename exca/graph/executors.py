@@ -26,7 +26,7 @@ from pathlib import Path
 from ..storage.files import make_folder
 from ..storage.process import hostname, process_start_time
 from . import callers
-from .errors import LOG_QUOTE, interrupt_said
+from .errors import LOG_QUOTE, RAISED_INTERRUPT, interrupt_said, method_interrupted
 from .node import CLAIM_JOB_ID, DEFAULT_MAX_JOBS, TASK_KEY, Execution
 from .worker import Report, Unit, UnloadedUnit, run_job_unit, run_stoppable, run_unit
 
@@ -1299,8 +1299,6 @@ def ended_by_method_interrupt(record: tp.Any, known: tuple[str, str] | None = No
     call does. Its log is looked at first (the job notes the interrupt there, see
     worker.run_job_unit): the ending of any other job, a Slurm one's asked of sacct, is
     not looked up (``known``: as ``registry.slurm_endings`` gave it)."""
-    from .errors import RAISED_INTERRUPT, method_interrupted
-
     try:
         if RAISED_INTERRUPT not in read_tail(Path(record.stderr), 64 * 1024):
             return False
