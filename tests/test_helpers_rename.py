@@ -655,7 +655,11 @@ def test_rename_class_renames_step_references_only(tmp_path: Path) -> None:
         return [
             join.run.node(data, tag=old_ref).result(),  # (a value)
             join.run.node(data, tag=Note(note=old_ref, infra=infra).get.node()).result(),
-            Keys(infra=infra).keys.node({key: data, "other": data}).result(),
+            # ("other" fed by another node: the same one, the key could be
+            # "<old step>/k=<old step>/default,other", see the test below)
+            Keys(infra=infra)
+            .keys.node({key: data, "other": Note(infra=infra).get.node()})
+            .result(),
         ]
 
     expected = [f"3:{old_ref}", f"3:{old_ref}", ["other", f"{old}.prepare,1/k"]]
@@ -673,6 +677,43 @@ def test_rename_class_renames_step_references_only(tmp_path: Path) -> None:
     )
     assert keyed.result() == ["other", f"{new}.prepare,1/k"]
     assert CALLS == ["keys"]
+
+
+def test_rename_class_leaves_a_dict_key_holding_a_reference(tmp_path: Path) -> None:
+    """A key of a dict of inputs holding the text of a reference to a node of the class
+    ("<old step>/<config>" followed by "," or "}" in the key) was renamed with the real
+    references: the renamed code giving the key naming the new step read back the result
+    computed for the old key. Only what is a reference in every reading of the group's
+    uid is renamed (its recorded upstream telling readings apart); else the group is
+    left as it is, and computes again."""
+    root = tmp_path / "cache"
+    old, new = f"{__name__}.Source", f"{__name__}.SourceAgain"
+    infra = {"folder": root}
+
+    def keyed(cls: type[Source], step: str, with_note: bool, mode: str = "cached") -> tp.Any:
+        data = cls(infra={**infra, "mode": mode}).prepare.node()
+        note = Note(note="n", infra={**infra, "mode": mode}).get.node()
+        parts: dict[str, tp.Any] = {"other": note if with_note else data}
+        parts[f"{step}.prepare,1/default,z"] = data
+        if not with_note:  # (a key "...}" too)
+            parts[f"{step}.prepare,1/default}}"] = data
+        return Keys(infra={**infra, "mode": mode}).keys.node(parts).result()
+
+    # "other" fed by the same node as the keys: the group's uid reads two ways
+    assert keyed(Source, old, with_note=False)[0] == "other"
+    # "other" fed by another node: its recorded upstream tells the reading
+    assert keyed(Source, old, with_note=True) == ["other", f"{old}.prepare,1/default,z"]
+    helpers.rename_class(root, old, new, dryrun=False)
+    CALLS.clear()
+    # the keys naming the new step are other inputs: computed, not read back
+    for with_note in (False, True):
+        got = keyed(SourceAgain, new, with_note=with_note)
+        assert all(key == "other" or key.startswith(new) for key in got), got
+    assert CALLS == ["keys", "keys"]
+    # the key as it was, fed by the renamed node, is found where the migration put it
+    CALLS.clear()
+    got = keyed(SourceAgain, old, with_note=True, mode="read-only")
+    assert got == ["other", f"{old}.prepare,1/default,z"]
 
 
 class Coded(pydantic.BaseModel):

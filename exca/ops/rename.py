@@ -31,6 +31,7 @@ from pathlib import Path
 from ..graph.node import INPUTS_PREFIX
 from ..graph.registry import LINK_NAME
 from ..infra.uidfolder import INPUTS_FILE, write_atomic
+from .readings import Readings, Span
 
 logger = logging.getLogger("exca")
 _NAME = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+")
@@ -129,24 +130,19 @@ class _Migration:
         # ending with it)
         self._step = re.compile(r"(?<![\w.])" + re.escape(old) + r"\.(?=[A-Za-z_][\w.]*,[^/]*/)")
         self.steps = [d for d in _dirs(root) if d.name != "logs"]
-        # the class's step names as uids name them (the old names), with the names of
-        # their config folders (under either step name): see _rename_refs
-        self._configs: dict[str, set[str]] = {}
+        # the config folder names of the class's steps, under both names: what a node's
+        # uid of them may name (see readings.Readings: "<step>/<config>,<value>" is no
+        # config of theirs); other steps' (maybe removed, or of another root) are not
+        # looked at (their uids are renamed only in their inputs-/items- digests)
+        self._step_configs: dict[str, set[str]] = {}
         for step in self.steps:
-            names = {form for form in self._forms(step.name) if self.is_old_step(form)}
-            if names:
+            forms = self._forms(step.name)
+            if len(forms) > 1:  # (a step of the class)
                 configs = {c.name for c in _dirs(step) if c.name not in _NOT_NODES}
-                for name in names:
-                    self._configs.setdefault(name, set()).update(configs)
-        self._ref = (
-            re.compile(
-                r"(?:^|(?<=[\[,=]))("
-                + "|".join(re.escape(n) for n in sorted(self._configs, key=len, reverse=True))
-                + ")/"
-            )
-            if self._configs
-            else None
-        )
+                for name in forms:
+                    self._step_configs.setdefault(name, set()).update(configs)
+        self._readings: dict[str, Readings] = {}
+        self._new_inputs: dict[int, dict[str, str]] = {}
         self.inputs: list[_InputsFolder] = []
         self.by_digest: dict[str, list[_InputsFolder]] = {}
         self.unreadable: list[Path] = []
@@ -289,7 +285,8 @@ class _Migration:
         return _md5("from:" + self.renamed(source))
 
     def renamed(self, uid: str) -> str:
-        """A uid (of a node, a group of them, a value) under the new names."""
+        """A node's uid under the new names: its step's if it is one of the class's, and
+        the digests of its ``inputs-*`` and ``items-*`` parts."""
         done = self._renamed.get(uid)
         if done is not None:
             self._depends(self._uid_upstream[uid])
@@ -298,54 +295,77 @@ class _Migration:
         self._uid_upstream[uid] = upstream = set[int]()
         self._collecting.append(upstream)
         try:
-            text = self._rename_refs(uid)
-            text = re.sub(
-                "/" + re.escape(INPUTS_PREFIX) + _DIGEST,
-                lambda m: f"/{INPUTS_PREFIX}{self._inputs_digest_of(m.group(1))}",
-                text,
+            step, _, rest = uid.partition("/")
+            config, slash, more = rest.partition("/")
+            if self.is_old_step(step) and config in self._step_configs.get(step, ()):
+                step = self.step_name(step)
+            more = re.sub(
+                "^" + re.escape(INPUTS_PREFIX) + _DIGEST,
+                lambda m: f"{INPUTS_PREFIX}{self._inputs_digest_of(m.group(1))}",
+                more,
             )
-            text = re.sub(
-                "/" + _ITEMS + _DIGEST,
-                lambda m: f"/{_ITEMS}{self._items_digest(m.group(1))}",
-                text,
+            more = re.sub(
+                "(^|/)" + _ITEMS + _DIGEST + "$",
+                lambda m: f"{m.group(1)}{_ITEMS}{self._items_digest(m.group(2))}",
+                more,
             )
+            text = f"{step}/{config}{slash}{more}"
         finally:
             self._collecting.pop()
         self._renamed[uid] = text
         self._depends(upstream)
         return text
 
-    def _rename_refs(self, uid: str) -> str:
-        """A uid with its references to a step of the class renamed: a node's uid
-        (``<step>/<config>[/...]``) at its start, or in a group of inputs (after ``[``, or
-        ``,`` of a list; after ``=`` of a dict), naming a config folder of that step. Not
-        the same text elsewhere: in a value's uid or a config folder's name (a field or an
-        input holding a step's name as a string: cleaned, no ``/`` left in it, and what
-        follows is that value's digest, which the new code computes the same), nor in
-        the key of a dict of inputs (as given: a key "<old step>/k" of the new code is
-        another input than the old key, whose result it must not read)."""
-        if self._ref is None:
-            return uid
-        out: list[str] = []
-        last = 0
-        for match in self._ref.finditer(uid):
-            step = match.group(1)
-            if not self._names_config(step, uid, match.end()):
-                continue
-            out += [uid[last : match.start()], self.step_name(step), "/"]
-            last = match.end()
-        return "".join(out) + uid[last:] if out else uid
+    def reading(self, uid: str) -> Readings:
+        found = self._readings.get(uid)
+        if found is None:
+            found = self._readings[uid] = Readings(uid, self._step_configs.get)
+        return found
 
-    def _names_config(self, step: str, uid: str, start: int) -> bool:
-        """Whether ``uid[start:]`` starts with a config folder name of ``step``, up to the
-        end of that node's uid (its end, ``/inputs-``/``/items-``, or the group's ``,``,
-        ``]``, ``}``; a config's name may hold ``,`` or ``}`` but never ``/``)."""
-        configs = self._configs.get(step, set())
-        end = uid.find("/", start)
-        end = len(uid) if end < 0 else end
-        if uid[start:end] in configs:
-            return True
-        return any(uid[start:i] in configs for i in range(start, end) if uid[i] in ",]}")
+    def _renamed_inputs(
+        self, inputs: dict[str, str], recorded: tp.Callable[[], set[str] | None]
+    ) -> dict[str, str]:
+        """Inputs' uids under the new names: in each, the uids of nodes (references to
+        the class's nodes, or to what was computed from them) renamed where every reading
+        of it has them (see readings.Readings); an input read several ways that would
+        rename differently is left as it is (its node computes again: a key of a dict of
+        inputs holding a reference's text must not be renamed, the renamed code giving
+        the renamed key would read what the old key computed). ``recorded()``: the uids of
+        the upstream tasks the folder's result was computed from (None: unknown): a
+        reading must name each of them (a key holding one's text is no upstream)."""
+        readings = {name: self.reading(uid) for name, uid in inputs.items() if "/" in uid}
+        changes = {
+            name: {
+                span: new
+                for span in r.spans
+                if (new := self.renamed(r.text[span[0] : span[1]])) != r.text[span[0] : span[1]]
+            }
+            for name, r in readings.items()
+        }
+        counts = {name: r.count() for name, r in readings.items()}
+        unsure = any(
+            uses.get(span, 0) not in (0, total)
+            for name, (total, uses) in counts.items()
+            for span in changes[name]
+        )
+        known = recorded() if unsure else None  # (read only when needed: an index read)
+        if known:  # (a reading names each recorded task: where only one span can, it must)
+            for name, needed in _required(readings, known).items():
+                counted = readings[name].count(required=needed) if needed else counts[name]
+                if counted[0]:  # (else the record fits no reading: not used)
+                    counts[name] = counted
+        out = dict(inputs)
+        for name, r in readings.items():
+            total, uses = counts[name]
+            if not total or any(uses.get(span, 0) not in (0, total) for span in changes[name]):
+                continue  # (no reading, or readings renaming differently: left)
+            text, last, parts = r.text, 0, []
+            for (start, end), new in sorted(changes[name].items()):
+                if uses.get((start, end)):
+                    parts += [text[last:start], new]
+                    last = end
+            out[name] = "".join(parts) + text[last:]
+        return out
 
     def _inputs_digest_of(self, digest: str) -> str:
         found = self.by_digest.get(digest, [])
@@ -373,7 +393,65 @@ class _Migration:
         return self._new_digest[key]
 
     def new_inputs(self, found: _InputsFolder) -> dict[str, str]:
-        return {name: self.renamed(uid) for name, uid in found.inputs.items()}
+        key = id(found)
+        if key not in self._new_inputs:
+            self._new_inputs[key] = self._renamed_inputs(
+                found.inputs, lambda: _recorded_tasks(found.folder)
+            )
+        return self._new_inputs[key]
+
+
+def _required(readings: dict[str, Readings], recorded: set[str]) -> dict[str, set[Span]]:
+    """The spans (by input name) that a reading must have as node uids: for each upstream
+    task recorded, the one span of all readings that can be it. Its uid in the record may
+    be older than the inputs.yaml (an earlier migration renamed the latter only), so that
+    is the one span of its shape (store.uid_shape: without class names and digests), or
+    the one span of its very uid when every span of its shape is a recorded uid (else a
+    key could hold the old text of a renamed one)."""
+    from ..graph.store import uid_shape
+
+    texts = {
+        (name, span): r.text[span[0] : span[1]] for name, r in readings.items() for span in r.spans
+    }
+    by_text: dict[str, list[tuple[str, Span]]] = {}
+    by_shape: dict[tuple[str, ...], list[tuple[str, Span]]] = {}
+    for place, text in texts.items():
+        by_text.setdefault(text, []).append(place)
+        by_shape.setdefault(uid_shape(text), []).append(place)
+    out: dict[str, set[Span]] = {name: set() for name in readings}
+    for uid in recorded:
+        alike = by_shape.get(uid_shape(uid), [])
+        same = by_text.get(uid, [])
+        if len(alike) == 1:
+            found = alike[0]
+        elif len(same) == 1 and all(texts[place] in recorded for place in alike):
+            found = same[0]
+        else:
+            continue
+        out[found[0]].add(found[1])
+    return out
+
+
+def _recorded_tasks(folder: Path) -> set[str] | None:
+    """The uids of the upstream tasks the result of a task's ``inputs-*`` folder was
+    computed from (its provenance), None if unknown: no result, or fed by a map (whose
+    provenance adds what fed the map: not an input of its own)."""
+    from ..graph.node import TASK_KEY
+    from ..graph.worker import MAP_REF
+    from ..storage.cachedict import inspecting_view
+    from ..storage.index import meta_of
+
+    try:
+        records = inspecting_view(folder).entries_info()
+    except Exception:  # (unreadable: nothing known)
+        return None
+    if set(records) != {TASK_KEY}:
+        return None
+    meta = meta_of(records[TASK_KEY])
+    up = meta.get("up") if isinstance(meta, dict) else None
+    if not isinstance(up, dict) or MAP_REF in up.values():
+        return None
+    return {str(uid) for uid in up}
 
 
 def rename_class(folder: str | Path, old: str, new: str, dryrun: bool = True) -> Renaming:
