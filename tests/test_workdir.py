@@ -560,6 +560,52 @@ def test_nodes_of_one_array_share_one_snapshot(project: Path) -> None:
     assert links == {Path(c) for c in cwds}
 
 
+def _code_link_names_the_snapshot_it_ran(task: Reads, cwd: str, relative: bool) -> None:
+    folder = task.infra.uid_folder()
+    assert folder is not None
+    link = folder / "code"
+    assert link.resolve() == Path(cwd).resolve(), (os.readlink(link), cwd)
+    assert (link / "pkg" / "core.py").exists()
+    assert os.path.isabs(os.readlink(link)) is not relative
+
+
+@pytest.mark.parametrize("where", ["cache", "relative", "absolute"])
+def test_the_code_link_names_the_snapshot_the_job_ran_from(project: Path, where: str) -> None:
+    """A config folder's `code` link names the snapshot its job ran from (the job's cwd):
+    relative in the cache (it survives moving it), absolute elsewhere. A fixed folder
+    given relative to the cwd ("snap") was linked as written, relative to the config
+    folder: the link named a folder that does not exist (the submission works from the
+    snapshot, so the folder was not made absolute either)."""
+    workdir: dict[str, tp.Any] = {"copied": ["pkg"]}
+    if where != "cache":
+        workdir["folder"] = "snap" if where == "relative" else str(project / "snap")
+    task = Reads(n=11, infra={"folder": "cache", "cluster": "local", "workdir": workdir})
+    _, cwd = task.value().split()
+    assert Path(cwd) == (project / "snap" if where != "cache" else Path(cwd))
+    _code_link_names_the_snapshot_it_ran(task, cwd, relative=where == "cache")
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(120)
+def test_the_code_link_of_a_slurm_job_run_from_its_snapshot(
+    project: Path, slurm_cluster: tp.Any
+) -> None:
+    """The same for a Slurm job (its record and link written by the submitter, which works
+    from the snapshot while it submits): relative, and it resolves from the config folder."""
+    infra = {
+        "folder": "cache",
+        "cluster": "slurm",
+        "slurm_partition": slurm_cluster.partition,
+        "cpus_per_task": 1,
+        "timeout_min": 5,
+        "workdir": {"copied": ["pkg"]},
+    }
+    task = Reads(n=12, infra=infra)
+    _, cwd = task.value().split()
+    assert "/code/" in cwd and Path(cwd).is_relative_to(project / "cache")
+    _code_link_names_the_snapshot_it_ran(task, cwd, relative=True)
+
+
 class ReadsSrcLayout(pydantic.BaseModel):
     """Reads srclib.VALUE and srclib.linked.VALUE in the job (a src layout package with a
     symlinked sub-package)."""

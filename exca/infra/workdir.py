@@ -76,6 +76,13 @@ class WorkDir(pydantic.BaseModel):
             raise ValueError("WorkDir.copied must name at least one folder or file to copy")
         return value
 
+    @pydantic.field_validator("folder")
+    @classmethod
+    def _absolute(cls, value: Path | str | None) -> Path | None:
+        # (the submission works from the snapshot, so a folder relative to the cwd it
+        # left would name another place: e.g. the job's `code` link, written then)
+        return None if value is None else Path(value).absolute()
+
     def resolve(self, name: str | Path) -> Path:
         """Find what a copied name refers to: cwd, PYTHONPATH, sys.path, then editable packages."""
         path = Path(name)
