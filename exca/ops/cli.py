@@ -652,6 +652,7 @@ def _listed(
         path_hint,
         reads_as_null,
         select,
+        step_selects,
     )
 
     described = None  # (the step's nodes, unfiltered: when known already)
@@ -676,8 +677,15 @@ def _listed(
     if described is None and step is not None:
         described = inspect(root, step=step, look=look)
     if step is not None and not described:
-        there = ", ".join(sorted({i.step for i in every}))  # (a typo: what is there)
-        text = f"--step {step!r} matches no step of {root}: {there}."
+        there = sorted({i.step for i in every})
+        # (a typo: an error, exit 2, as `clean --step` says it; a step folder holding no
+        # node now, all removed, is a step still: nothing matches there)
+        empty = [name for name in sorted(_step_folders(root)) if step_selects(step, name)]
+        if not empty:
+            raise ValueError(f"--step {step!r} matches no step of {root}: {', '.join(there)}")
+        text = (
+            f"--step {step!r} matches step folders of {root} holding no node: {', '.join(empty)}."
+        )
     unknown = keys_no_config_has(every, where)
     hints = []
     for key in unknown:  # (a path into an input naming nothing: an error saying why)
@@ -707,6 +715,24 @@ def _listed(
         names = "; ".join(dict.fromkeys(hints))
         text += f" A key may start with the name of an input, to reach into its config: {names}."
     return infos, text
+
+
+def _step_folders(root: str) -> list[str]:
+    """The names of the step folders (``<module>.<Class>.<method>,<version>``) directly
+    in ``root``, those holding no node folder too."""
+    from .inspect import INPUTS_PREFIX, is_node_folder
+
+    path = Path(os.path.abspath(root))
+    if is_node_folder(path) or path.name.startswith(INPUTS_PREFIX):
+        return []  # (a node folder: its sub-folders are no steps)
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return []
+    # (ROOT a step folder: its node folders' names may hold "," too, they are no steps)
+    return [
+        e.name for e in entries if "," in e.name and e.is_dir() and not is_node_folder(Path(e.path))
+    ]
 
 
 def _no_cache(root: Path, as_json: bool) -> str:
