@@ -514,14 +514,20 @@ def upstream_problems(
 
 
 def _upstream_nodes(
-    folder: Path, infos: dict[Path, NodeInfo] | None = None
+    folder: Path,
+    infos: dict[Path, NodeInfo] | None = None,
+    chained: _ChainedIndex | None = None,
 ) -> list[tuple[str, str, Path, NodeInfo]]:
-    """The inputs of a node with inputs (its inputs.yaml: read once) that are nodes of its
-    cache root: (name, uid, folder, NodeInfo) each (``infos``: see upstream_problems)."""
+    """The nodes a node needed computed first: its inputs (its inputs.yaml: read once)
+    that are nodes of its cache root, and the cached tasks of its sub-configs (see
+    _chained_nodes): (what it is, "input 'a'" or "sub-config 'data'"; uid, folder,
+    NodeInfo) each (``infos``: see upstream_problems; ``chained``: the steps' configs read
+    so far)."""
     info = infos.get(folder) if infos is not None else None
     inputs = info.inputs if info is not None and info.inputs is not None else _inputs_of(folder)
+    chained_nodes = _chained_nodes(folder, infos, chained or _ChainedIndex())
     if not inputs:
-        return []
+        return chained_nodes
     root = registry.root_of(folder)
     out = []
     for name, uid in inputs.items():
@@ -541,7 +547,110 @@ def _upstream_nodes(
                 continue
             if infos is not None:
                 infos[path] = info
-        out.append((str(name), str(uid), path, info))
+        out.append((f"input {str(name)!r}", str(uid), path, info))
+    return out + chained_nodes
+
+
+class _ChainedIndex:
+    """The full uid configs of the node folders of a step, read once per listing (the
+    sub-configs of many parents are looked for in the same steps)."""
+
+    def __init__(self) -> None:
+        self._steps: dict[Path, list[tuple[str, Path, dict[str, tp.Any]]]] = {}
+
+    def steps(self, root: Path, version: str) -> list[Path]:
+        """The step folders of a root for a method version (``<...>,<version>``)."""
+        try:
+            entries = list(os.scandir(root))
+        except OSError:
+            return []
+        return [Path(e.path) for e in entries if e.name.endswith(f",{version}") and _is_dir(e)]
+
+    def configs(self, step: Path) -> list[tuple[str, Path, dict[str, tp.Any]]]:
+        """(uid, folder, flat full uid config) of the config folders of a step."""
+        if step not in self._steps:
+            found = []
+            for _, uid, path in node_folders(step.parent, only=step.name):
+                if "/" in uid:  # (a call with inputs: never chained)
+                    continue
+                try:
+                    full = ConfDict(read_yaml(path / FULL_UID_FILE) or {}).flat()
+                except (PermissionError, IsADirectoryError):
+                    continue
+                found.append((uid, path, full))
+            self._steps[step] = found
+        return self._steps[step]
+
+
+def _sub_configs(
+    config: tp.Any, path: tuple[str, ...] = ()
+) -> tp.Iterator[tuple[tuple[str, ...], dict[str, tp.Any]]]:
+    """(path, sub-config) of each sub-config of a config.yaml (at any depth, through
+    dicts and lists) whose infra has a folder: those whose task a parent's call chains."""
+    if isinstance(config, dict):
+        infra = config.get("infra")
+        if path and isinstance(infra, dict) and infra.get("folder") and "version" in infra:
+            yield path, config
+        for key, value in config.items():
+            if key != "infra":
+                yield from _sub_configs(value, (*path, str(key)))
+    elif isinstance(config, list):
+        for index, value in enumerate(config):
+            yield from _sub_configs(value, (*path, str(index)))
+
+
+def _at(config: tp.Any, path: tuple[str, ...]) -> tp.Any:
+    """The value of a nested config at a path (dict keys, list indices), else None."""
+    for part in path:
+        if isinstance(config, dict):
+            config = config.get(part)
+        elif isinstance(config, list) and part.isdigit() and int(part) < len(config):
+            config = config[int(part)]
+        else:
+            return None
+    return config
+
+
+def _chained_nodes(
+    folder: Path, infos: dict[Path, NodeInfo] | None, index: _ChainedIndex
+) -> list[tuple[str, str, Path, NodeInfo]]:
+    """The task nodes of a node's sub-configs (a ``data: Data`` field whose infra has a
+    folder: computed before the node, its failure leaves the node empty), found by their
+    full uid config in the sub-config's cache root (its config names no class): as
+    _upstream_nodes returns them, "sub-config 'data'"."""
+    config_folder = folder.parent if folder.name.startswith(INPUTS_PREFIX) else folder
+    try:
+        config = read_yaml(config_folder / CONFIG_FILE)
+        subs = list(_sub_configs(config))
+        full = ConfDict(read_yaml(config_folder / FULL_UID_FILE) or {}) if subs else {}
+    except (PermissionError, IsADirectoryError):
+        return []
+    own_root = registry.root_of(folder)
+    out = []
+    for path, sub in subs:
+        section = _at(full, path)
+        if not isinstance(section, dict):
+            continue
+        wanted = ConfDict(section).flat()
+        root = Path(str(sub["infra"]["folder"]))
+        if not root.is_dir():  # (a moved or copied cache: its own root)
+            root = own_root
+        for step in index.steps(root, str(sub["infra"]["version"])):
+            for uid, found, flat in index.configs(step):
+                if flat != wanted or found == config_folder:
+                    continue
+                info = infos.get(found) if infos is not None else None
+                if info is None:
+                    try:
+                        info = describe(step.name, uid, found)
+                    except (PermissionError, IsADirectoryError):
+                        continue
+                    if infos is not None:
+                        infos[found] = info
+                if info.kind != "map":  # (maps are never chained)
+                    out.append(
+                        (f"sub-config {'.'.join(path)!r}", f"{step.name}/{uid}", found, info)
+                    )
     return out
 
 
@@ -572,7 +681,7 @@ def _problems_of(upstream: list[tuple[str, str, Path, NodeInfo]]) -> list[tuple[
             "computing": "is being computed",
         }.get(info.status)
         if said is not None:
-            out.append((f"its input {name!r} ({uid}) {said}", path))
+            out.append((f"its {name} ({uid}) {said}", path))
     return out
 
 
@@ -676,9 +785,11 @@ def inspect(
     known = {info.folder: info for info in out}
     for info in selected:  # (what fed each task with inputs: its inputs.yaml, read once)
         info.inputs = _inputs_of(info.folder)
-    empty = [i for i in selected if i.status == "empty" and i.folder.name.startswith(INPUTS_PREFIX)]
+    # (or as a sub-config's task failed: any node holding nothing)
+    empty = [i for i in selected if i.status == "empty"]
     # (their upstream nodes described, added to known if not there: inputs.yaml read once)
-    upstream = {info.folder: _upstream_nodes(info.folder, known) for info in empty}
+    chained = _ChainedIndex()
+    upstream = {info.folder: _upstream_nodes(info.folder, known, chained) for info in empty}
     # how dead Slurm jobs ended (one sacct call), for the lines listed and for the notes
     # below naming an upstream's error (they said "killed, out of memory, cancelled...?"
     # for a job that raised); the records of upstream nodes of other steps too
