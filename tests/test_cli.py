@@ -5,6 +5,11 @@ failed. Commands run in this process through ``main`` (its exit status is return
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 import typing as tp
 from pathlib import Path
 
@@ -15,6 +20,7 @@ import exca
 from exca.ops.cli import main
 
 STEP = f"{__name__}.Train.fit,1"
+WAIT_S = 60.0  # bound on any wait (never reached when things work)
 
 
 class Train(pydantic.BaseModel):
@@ -126,3 +132,100 @@ def test_list_and_logs_say_which_sub_config_failed(
         assert line.split()[0] == "empty" and said in line, line
         status, out, _ = run(capsys, "logs", folder)
         assert status == 1 and said in out and f"`exca logs {bad}`" in out, out
+
+
+class Slow(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    seconds: float = 60.0
+    interrupt: bool = False  # (the method raises KeyboardInterrupt itself)
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> float:
+        print("slow method started", flush=True)
+        if self.interrupt:
+            raise KeyboardInterrupt
+        time.sleep(self.seconds)
+        return self.seconds
+
+
+def _wait_for(check: tp.Callable[[], bool], what: str) -> None:
+    end = time.monotonic() + WAIT_S
+    while not check():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_logs_of_a_job_cancelled_by_a_ctrl_c_of_its_submitter(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Ctrl-C of the process that submitted a local job cancels the job and drops its
+    record: `exca logs FOLDER` said "No job recorded" and pointed to `exca explain`,
+    though the job's log is there, linked from the node folder. It shows that log, saying
+    that no record names the job any more, why, and that nothing is cached; without the
+    link, the error names the log folders no record names near the node."""
+    root = tmp_path / "cache"
+    code = f"""
+        import signal
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        import test_cli
+        test_cli.Slow(infra={{"folder": {str(root)!r}, "cluster": "local"}}).run()
+    """
+    submitter = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        folder = Slow(infra={"folder": root}).infra.uid_folder()
+        assert folder is not None
+        outs = lambda: list(root.glob("*/logs/*/*/*_log.out"))  # noqa: E731
+        _wait_for(lambda: any("slow method started" in p.read_text() for p in outs()), "the job")
+        submitter.send_signal(signal.SIGINT)
+        _, err = submitter.communicate(timeout=WAIT_S)
+    finally:
+        if submitter.poll() is None:
+            submitter.kill()
+            submitter.wait()
+    assert submitter.returncode != 0 and "KeyboardInterrupt" in err, err
+    assert not list((folder / "jobs").glob("*.json"))  # (its record was dropped)
+    (log,) = outs()
+    job_id = log.parent.name
+    status, out, _ = run(capsys, "logs", folder)
+    assert status == 0, out
+    assert out.startswith(f"# job {job_id} (no record): {log}\n"), out
+    assert f"no record names job {job_id} any more" in out
+    assert "nothing is cached: the next call computes it" in out
+    assert "slow method started" in out
+    status, out, _ = run(capsys, "logs", folder, "--stderr", "--json")
+    shown = json.loads(out)
+    assert status == 0 and shown["job_id"] == job_id and "KeyboardInterrupt" in shown["text"]
+    assert shown["path"] == str(log.with_name(f"{job_id}_0_log.err"))
+    # the link removed (by hand): the error says where such logs are
+    (folder / "submitit").unlink()
+    status, out, _ = run(capsys, "logs", folder)
+    assert status == 1 and "No job recorded" in out
+    assert "no job record names 1 job log folder(s) near it" in out and str(log.parent) in out
+
+
+def test_logs_note_a_method_interrupt_before_its_record_is_set_aside(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A job whose method raised KeyboardInterrupt caches nothing; `exca logs` said so
+    only once its record was set aside (as a refusal): before that (the job killed first,
+    the next call not made yet), its log was shown with no note, as a job that computed
+    the node. It is said from the log whether the record is set aside or not."""
+    slow = Slow(interrupt=True, infra={"folder": tmp_path, "cluster": "local"})
+    with pytest.raises(Exception, match="KeyboardInterrupt was raised"):
+        slow.run()
+    folder = slow.infra.uid_folder()
+    assert folder is not None
+    said = "method raised KeyboardInterrupt: nothing was cached; the next call computes it"
+    status, out, _ = run(capsys, "logs", folder)
+    assert status == 0 and said in out, out  # (set aside by the job)
+    (aside,) = (folder / "jobs").glob("*.refused")
+    aside.rename(aside.with_name(aside.name.replace(".refused", ".json")))  # (not yet)
+    status, out, _ = run(capsys, "logs", folder)
+    assert status == 0 and said in out, out

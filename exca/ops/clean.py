@@ -59,6 +59,7 @@ from .inspect import (
     step_selects,
     without_links_to_siblings,
 )
+from .logs import JOB_FOLDER
 
 logger = logging.getLogger("exca")
 
@@ -1653,9 +1654,6 @@ def logs(root: Path | str, older_than_days: float = 30.0, step: str | None = Non
     return plan
 
 
-# a job's own log folder in the default layout (``.../logs/<user>/%j``): named after
-# the job's id, Slurm's (an array element's ``<array id>_<index>``) or a local job's pid
-_JOB_FOLDER = re.compile(r"[0-9]+(?:_[0-9]+)?")
 # an unrecorded log folder written to this recently is kept: its job may be being
 # submitted (its record not written yet)
 UNRECORDED_GRACE_S = 3600.0
@@ -1687,29 +1685,11 @@ def _add_unrecorded_logs(
         if steps is None or step_name in steps:
             parents.append(folder)
     limit = min(limit, time.time() - UNRECORDED_GRACE_S)
-    found: list[Path] = []
-    for parent in parents:
-        for user in _scan(parent / "logs"):
-            if not _is_dir(user) or user.is_symlink():
-                continue
-            for entry in _scan(Path(user.path)):
-                name = entry.name
-                if not _JOB_FOLDER.fullmatch(name) or name in arrays:
-                    continue
-                if entry.is_symlink() or not _is_dir(entry):
-                    continue
-                path = Path(entry.path)
-                if os.path.realpath(path) in recorded:
-                    continue
-                inside = _scan(path)  # (submitit's files alone: <job id>_...)
-                if not inside or not all(
-                    e.name.startswith(f"{name}_") and e.is_file(follow_symlinks=False)
-                    for e in inside
-                ):
-                    continue
-                if _newest_write(path) > limit:
-                    continue
-                found.append(path)
+    found = [
+        path
+        for path in unrecorded_log_folders(parents, recorded, arrays)
+        if _newest_write(path) <= limit
+    ]
     if not found:
         return set()
     queued = _unrecorded_queued([p.name for p in found], plan.look)
@@ -1728,6 +1708,36 @@ def _add_unrecorded_logs(
             )
             plan.removals.append(Removal(path, size, reason))
     return {p.parent / TEMPLATE for p in found}
+
+
+def unrecorded_log_folders(
+    parents: tp.Iterable[Path], recorded: set[str], arrays: set[str]
+) -> list[Path]:
+    """The job log folders of the default layout (``<parent>/logs/<user>/<job id>/``,
+    holding submitit's files alone) whose real path is not in ``recorded`` (the log
+    folders job records name) and whose name is no array's (``arrays``: their scripts'
+    folders), under these parents (step folders; node folders, for a map's logs)."""
+    found: list[Path] = []
+    for parent in parents:
+        for user in _scan(parent / "logs"):
+            if not _is_dir(user) or user.is_symlink():
+                continue
+            for entry in _scan(Path(user.path)):
+                name = entry.name
+                if not JOB_FOLDER.fullmatch(name) or name in arrays:
+                    continue
+                if entry.is_symlink() or not _is_dir(entry):
+                    continue
+                path = Path(entry.path)
+                if os.path.realpath(path) in recorded:
+                    continue
+                inside = _scan(path)  # (submitit's files alone: <job id>_...)
+                if inside and all(
+                    e.name.startswith(f"{name}_") and e.is_file(follow_symlinks=False)
+                    for e in inside
+                ):
+                    found.append(path)
+    return found
 
 
 def _unrecorded_queued(job_ids: list[str], look: registry.QueueLook) -> set[str]:
@@ -2131,3 +2141,19 @@ def claims_owner() -> tp.Any:
     from ..storage.claims import Owner
 
     return Owner.current()
+
+
+def unrecorded_logs_near(folder: Path) -> list[Path]:
+    """The job log folders no record of the cache names (see unrecorded_log_folders) in
+    a node folder's step folder (a task's job logs) and in the node folder (a map's):
+    where the logs of its jobs whose records were dropped may be."""
+    folder = Path(os.path.abspath(folder))
+    config = folder.parent if folder.name.startswith(INPUTS_PREFIX) else folder
+    records = [
+        record
+        for _, _, node in node_folders(registry.root_of(folder))
+        for record in registry.read_all(node, copied=True, refused=True)
+    ]
+    recorded = {os.path.realpath(r.logs_folder()) for r in records}
+    arrays = {r.job_id.split("_")[0] for r in records}
+    return sorted(unrecorded_log_folders([config.parent, config], recorded, arrays))

@@ -793,6 +793,57 @@ def _not_started(job_id: str, cluster: str) -> str | None:
     return f"is {state.lower()} in Slurm's queue and has not written its log yet"
 
 
+def _holds_task_result(folder: Path) -> bool:
+    """Whether a node folder holds a task's result or cached error (computed inline, say:
+    then a job whose record was dropped is not what made it)."""
+    from ..graph.node import TASK_KEY
+    from ..storage.cachedict import inspecting_view
+
+    return TASK_KEY in inspecting_view(folder).entries_info()
+
+
+def _unrecorded_note(job: tp.Any, folder: Path) -> str:
+    """What ``exca logs`` says of a job no record names any more (see unrecorded_job)."""
+    from ..graph import executors
+    from ..graph.errors import RAISED_INTERRUPT
+    from ..storage.cachedict import inspecting_view
+
+    note = (
+        f"no record names job {job.job_id} any more (found through the node's submitit "
+        "link): the call that submitted it cancelled it (a Ctrl-C of it stops its local "
+        "jobs), or node.clear() dropped its record"
+    )
+    try:
+        if RAISED_INTERRUPT in job.stderr():
+            note += "; its method raised KeyboardInterrupt"
+        elif " was cancelled " in (
+            executors._cancelled_local_job(job.job_id, job.stderr_path) or ""
+        ):
+            note += "; its log ends on the SIGINT that cancelling a job sends"
+    except OSError:
+        pass
+    if not inspecting_view(folder).entries_info():
+        note += "; nothing is cached: the next call computes it"
+    return note
+
+
+def _unrecorded_logs_said(folder: Path) -> str:
+    """Where the logs of a node's jobs whose records were dropped may be (``exca logs``
+    found no job for it): the job log folders no record names in its step folder."""
+    from .clean import unrecorded_logs_near
+
+    found = unrecorded_logs_near(folder)
+    if not found:
+        return ""
+    shown = ", ".join(str(f) for f in found[:5]) + (
+        f" (and {len(found) - 5} more)" if len(found) > 5 else ""
+    )
+    return (
+        f"; no job record names {len(found)} job log folder(s) near it (records are dropped "
+        f"when the call that submitted a job cancels it, e.g. on a Ctrl-C): {shown}"
+    )
+
+
 def _cached_traceback(folder: Path, item: str | None) -> str | None:
     """The traceback of a node's cached error (of an item's, for a map), if it holds one."""
     from ..graph.node import TASK_KEY
@@ -1251,7 +1302,7 @@ def _main(argv: list[str] | None) -> int:
     elif args.command == "logs":
         from .clean import is_node_folder
         from .inspect import input_folders
-        from .logs import logs
+        from .logs import logs, unrecorded_job
 
         if not is_node_folder(Path(args.folder).resolve()):  # (".": its name tells)
             raise ValueError(
@@ -1259,6 +1310,11 @@ def _main(argv: list[str] | None) -> int:
                 "`exca list ROOT` shows them"
             )
         found = logs(args.folder, item=args.item)
+        if not found and args.item is None and not _holds_task_result(Path(args.folder)):
+            # (no record: dropped when its submitting call cancelled it, a Ctrl-C; its
+            # log folder is still linked from the node's folder)
+            unrecorded = unrecorded_job(args.folder)
+            found = [unrecorded] if unrecorded is not None else []
         if not found:
             message = f"No job recorded in {args.folder}" + (
                 f" for item {args.item!r}" if args.item else ""
@@ -1286,6 +1342,8 @@ def _main(argv: list[str] | None) -> int:
             elif traceback is None and not failed_items and args.item is None:
                 # (absolute: its root is found from the path, "." has no parent)
                 message += _why_nothing(Path(os.path.abspath(args.folder)))
+            if args.item is None:  # (logs of jobs whose records were dropped: where)
+                message += _unrecorded_logs_said(Path(args.folder))
             data: dict[str, tp.Any] = {"error": message}
             if traceback is not None:
                 data["traceback"] = traceback
@@ -1317,7 +1375,10 @@ def _main(argv: list[str] | None) -> int:
         maker = _result_job(Path(args.folder)) if args.item is None else job.job_id
         from ..graph.errors import RAISED_INTERRUPT
 
-        if job.refused and RAISED_INTERRUPT in (job.stderr() or ""):  # (set aside too)
+        if job.unrecorded:
+            data["note"] = _unrecorded_note(job, Path(args.folder))
+            header += f"\n# ({data['note']})"
+        elif RAISED_INTERRUPT in (job.stderr() or ""):  # (its record set aside, or not yet)
             data["note"] = (
                 f"job {job.job_id}'s method raised KeyboardInterrupt: nothing was cached; "
                 "the next call computes it"
