@@ -7352,3 +7352,49 @@ def test_status_and_read_only_calls_free_no_file_of_an_ended_writer(tmp_path: Pa
     assert _tree(root) == before  # (nothing freed)
     assert task.run() == 1 and list(mapper.process([1, 2])) == [1, 2]  # (these free them)
     assert len(_tree(root)) < len(before)
+
+
+class ForcedOuter(pydantic.BaseModel):
+    inner: ForcedTask = ForcedTask()
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def total(self) -> int:
+        return self.inner.x * 10
+
+
+def test_iter_cached_and_a_reuse_check_free_no_file_of_an_ended_writer(tmp_path: Path) -> None:
+    """As status() and read-only calls (above): infra.iter_cached() (a listing) and the
+    check of a read-only call reusing a result computed under another sub-config version
+    read the task's folder through a CacheDict of their own, which freed the index file of
+    an ended writer (an index file removed, its folder's mtime changed). They only peek:
+    the cache is left as it was."""
+    from exca.infra import base as infra_base
+
+    root = tmp_path / "cache"
+    for mode in ("cached", "force"):
+        run_python(
+            f"""
+            import test_ops
+            infra = {{"folder": {str(root)!r}, "mode": {mode!r}}}
+            test_ops.ForcedTask(infra=infra).run()
+            test_ops.ForcedOuter(infra=infra).total()
+            """
+        )
+    outer = ForcedOuter(infra={"folder": root}).infra.uid_folder()
+    assert outer is not None
+    full = outer / "full-uid.yaml"  # (as written by the sub-config's class at version "0")
+    older = full.read_text().replace("  infra.version: '1'", "  infra.version: '0'")
+    assert older != full.read_text()
+    full.write_text(older)
+    long_ago = time.time() - 3600  # (idle for long: see reclaim.MIN_IDLE_SECONDS)
+    for path in root.rglob("*"):
+        os.utime(path, (long_ago, long_ago), follow_symlinks=False)
+    before = _tree(root)
+    for mode in ("cached", "read-only"):
+        listed = ForcedTask(infra={"folder": root, "mode": mode}).infra.iter_cached()
+        assert [c.x for c in listed] == [1]
+    assert _tree(root) == before  # (nothing freed by the listings)
+    infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process: the check is made)
+    assert ForcedOuter(infra={"folder": root, "mode": "read-only"}).total() == 10
+    assert _tree(root) == before  # (nothing freed by the read-only call's check)

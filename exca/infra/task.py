@@ -20,7 +20,7 @@ from ..confdict import ConfDict
 from ..graph import calls, ranks, registry
 from ..graph.jobs import Job
 from ..graph.node import INPUTS_PREFIX, TASK_KEY, Group, Input, Node, Value, container_cycle
-from ..storage.cachedict import CacheDict
+from ..storage.cachedict import CacheDict, inspecting_view
 from . import freezing, uidfolder
 from .base import _MISSING, BaseInfra
 from .method import InfraMethod, check_plain_method, reduce_bound
@@ -598,7 +598,8 @@ class TaskInfra(BaseInfra, SubmititMixin):
         )
 
     def _has_result(self, folder: Path) -> bool:
-        cache: CacheDict[tp.Any] = CacheDict(folder, permissions=None)
+        # (a peek, as iter_cached's listing: it frees no file of an ended writer, reclaim.py)
+        cache = inspecting_view(folder)
         return cache.entry_type(TASK_KEY) is not None  # computed (a result or an error)
 
     def _holds_results(self, folder: Path) -> bool:
@@ -612,8 +613,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
         return any(self._has_result(Path(sub)) for sub in subs)
 
     def _reuses(self, folder: Path) -> bool:
-        cache: CacheDict[tp.Any] = CacheDict(folder, permissions=None)
-        kind = cache.entry_type(TASK_KEY)
+        kind = inspecting_view(folder).entry_type(TASK_KEY)  # (a peek: see _has_result)
         return kind is not None and not (kind == "Error" and self.mode == "retry")
 
     @contextlib.contextmanager
