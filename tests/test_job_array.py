@@ -173,6 +173,38 @@ def test_one_object_appended_twice_is_named(tmp_path: Path, ctl: Path) -> None:
     assert calls(ctl) == {}
 
 
+def test_an_array_of_cached_configs_reads_no_job_record(
+    tmp_path: Path, ctl: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before submitting, an array read the job records of every config it was given, to
+    tell whose last job could not load its config (842a404), though only the configs it
+    submits are told of: an array of 10k configs, all cached, read 10k jobs/ folders
+    (~0.3 ms each on a loaded machine) to submit nothing. Now only the configs submitted
+    have their records read."""
+    from exca.graph import registry
+
+    task = base(tmp_path, ctl, "local")
+    with task.infra.job_array() as array:
+        array.extend(task.infra.clone_obj(x=x) for x in range(4))
+    assert [t.process() for t in array] == [0, 1, 4, 9]
+    read: list[Path] = []
+    read_all = registry.read_all
+
+    def counted(folder: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        if kwargs.get("refused"):
+            read.append(folder)
+        return read_all(folder, *args, **kwargs)
+
+    monkeypatch.setattr(registry, "read_all", counted)
+    with task.infra.job_array() as again:  # (all cached: nothing submitted)
+        again.extend(task.infra.clone_obj(x=x) for x in range(4))
+    assert read == []
+    with task.infra.job_array() as more:  # (one new config: its records only)
+        more.extend(task.infra.clone_obj(x=x) for x in range(5))
+    assert read == [more[4].infra.uid_folder()]
+    assert more[4].process() == 16 and calls(ctl) == {x: 1 for x in range(5)}
+
+
 # --- cluster None: computed now, in order --------------------------------------------------
 def test_inline_array_computes_in_order(tmp_path: Path, ctl: Path) -> None:
     task = base(tmp_path, ctl, None)

@@ -98,10 +98,6 @@ def submit_array(
         dataclasses.replace(i._node(), mode=mode, execution=execution) for i in infras.values()
     ]
     outdated = {n.key: store.outdated_outcome(n.cache, mode) for n in nodes}
-    # (before this submission's records: whose last job could not load them)
-    unloaded = {
-        n.key: why for n in nodes if (why := _last_job_unloaded(n.folder, n.uid)) is not None
-    }
     scheduler = Scheduler(nodes)
     try:
         handles = scheduler.submit(parallelism=max_workers, keep_going=True)
@@ -112,7 +108,7 @@ def submit_array(
         if handles.get(node.key):  # (not submitted, e.g. its sub-config failed: kept)
             store.drop_outcome(node.cache, outdated[node.key])
     _log_not_submitted(scheduler, nodes, handles)
-    _log_unloaded_before(nodes, handles, unloaded)
+    _log_unloaded_before(nodes, handles)
     if requested in ("force", "retry"):
         for infra in [array_infra, *infras.values()]:
             _forced(infra)
@@ -184,16 +180,18 @@ def _log_not_submitted(
         )
 
 
-def _last_job_unloaded(folder: Path | None, uid: str) -> tuple[str, str] | None:
-    """(job id, why) when the last job recorded for a config folder could not load the
-    config (its module not importable in the job: jobprocess.ConfigImportError), which
-    set its record aside and cached nothing (its status reads "not submitted" again),
-    else None."""
+def _last_job_unloaded(
+    folder: Path | None, uid: str, new: tp.Collection[str]
+) -> tuple[str, str] | None:
+    """(job id, why) when the last job recorded for a config folder before the ``new``
+    ones (this submission's job ids) could not load the config (its module not
+    importable in the job: jobprocess.ConfigImportError), which set its record aside and
+    cached nothing (its status reads "not submitted" again), else None."""
     from ..graph import registry
     from ..graph.errors import CONFIG_UNIMPORTABLE
     from ..graph.executors import read_tail
 
-    records = registry.read_all(folder, refused=True)
+    records = [r for r in registry.read_all(folder, refused=True) if r.job_id not in new]
     if not records or not records[-1].refused:
         return None
     job = records[-1]
@@ -209,24 +207,30 @@ def _last_job_unloaded(folder: Path | None, uid: str) -> tuple[str, str] | None:
     return job.job_id, why if len(why) <= 600 else why[:600] + " [...]"
 
 
-def _log_unloaded_before(
-    nodes: list[tp.Any], handles: dict[tp.Any, tp.Any], unloaded: dict[tp.Any, tuple[str, str]]
-) -> None:
+def _log_unloaded_before(nodes: list[tp.Any], handles: dict[tp.Any, tp.Any]) -> None:
     """Say which configs submitted now were refused by their last job, which could not
     load them: an array does not wait for its jobs, so that refusal (nothing cached, the
     status "not submitted" again) was said to nobody, and the same array submitted again
-    was refused again, silently, until its results were asked for."""
-    again = [node for node in nodes if handles.get(node.key) and node.key in unloaded]
+    was refused again, silently, until its results were asked for. Only the records of
+    the configs submitted are read (an array of 10k configs, all cached, reads none)."""
+    again = []
+    for node in nodes:
+        submitted = handles.get(node.key)
+        if submitted:  # (its jobs of now set aside: their records are not the last before)
+            new = {h.job_id for h in submitted}
+            unloaded = _last_job_unloaded(node.folder, node.uid, new)
+            if unloaded is not None:
+                again.append((node, unloaded))
     if not again:
         return
-    job_id, why = unloaded[again[0].key]
+    first, (job_id, why) = again[0]
     logger.warning(
         "Job array: the last job of %d config(s) submitted now could not load it (nothing "
         "cached: status 'not submitted'), e.g. job %s of %s: %s\nSubmitted again: their "
         "jobs refuse them again unless the jobs' environment changed since",
         len(again),
         job_id,
-        again[0].uid,
+        first.uid,
         why,
     )
 
