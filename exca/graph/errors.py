@@ -177,12 +177,18 @@ def force_not_done(uid: str, how: str, earlier: str, upstream: str | None = None
 ITEMS_NAMED = 5  # item uids an error message names, before "... and N more"
 
 
+def first_named(names: tp.Sequence[str], shown: tp.Callable[[str], str] = str) -> str:
+    """``a, b, c and 2 more``: the first ITEMS_NAMED names (each as ``shown`` gives it),
+    the others counted."""
+    named = ", ".join(shown(name) for name in names[:ITEMS_NAMED])
+    if len(names) > ITEMS_NAMED:
+        named += f" and {len(names) - ITEMS_NAMED} more"
+    return named
+
+
 def named_items(uids: tp.Sequence[str]) -> str:
     """``'a', 'b', 'c'``: the first ITEMS_NAMED uids, the others counted."""
-    named = ", ".join(repr(uid) for uid in uids[:ITEMS_NAMED])
-    if len(uids) > ITEMS_NAMED:
-        named += f" and {len(uids) - ITEMS_NAMED} more"
-    return named
+    return first_named(uids, repr)
 
 
 # where a text names a job by its id: after "job " (Slurm's "JOB 12 ON node CANCELLED"
@@ -250,11 +256,9 @@ def same_endings(endings: tp.Sequence[tuple[str, str]]) -> list[str]:
         how = group[0][1]
         others = [job_id for job_id, _ in group[1:]]
         if others:
-            named = ", ".join(others[:ITEMS_NAMED])
-            if len(others) > ITEMS_NAMED:
-                named += f" and {len(others) - ITEMS_NAMED} more"
             jobs = "job" if len(others) == 1 else "jobs"
             first, quote, log_end = how.partition(LOG_QUOTE)
+            named = first_named(others)
             how = f"{first}; and so in {len(others)} other {jobs}: {named}{quote}{log_end}"
         said.append(how)
     return said
@@ -266,10 +270,7 @@ def failed_upstreams(uids: tp.Sequence[str], verb: str = "failed") -> str:
     only), the first ITEMS_NAMED of many, the others counted."""
     if len(uids) == 1:
         return f"upstream {uids[0]} {verb}"
-    named = ", ".join(uids[:ITEMS_NAMED])
-    if len(uids) > ITEMS_NAMED:
-        named += f" and {len(uids) - ITEMS_NAMED} more"
-    return f"{len(uids)} upstream nodes {verb}: {named}"
+    return f"{len(uids)} upstream nodes {verb}: {first_named(uids)}"
 
 
 def items_not_computed(uids: tp.Sequence[str], node_uid: str) -> str:
@@ -330,10 +331,7 @@ class NodeFailures(RuntimeError):
             lines.append(line + (f" ({edited[0][len('exca: ') :]})" if edited else ""))
             others = alike.get(uid)
             if others:
-                named = ", ".join(others[:ITEMS_NAMED])
-                if len(others) > ITEMS_NAMED:
-                    named += f" and {len(others) - ITEMS_NAMED} more"
-                lines.append(f"    and so in {len(others)} other node(s): {named}")
+                lines.append(f"    and so in {len(others)} other node(s): {first_named(others)}")
         super().__init__("\n".join(lines))
 
 
