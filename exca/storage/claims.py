@@ -183,30 +183,20 @@ class Claim:
                 self.path = None
 
     def give_back(self, keys: tp.Collection[str], claims: Claims) -> None:
-        """Release some of the keys only (not started: another worker may take them). The
-        keys kept go to a new claim file before the old one goes, under the folder's lock
-        (a claimer lists, then reads, the files under it): they are never seen unclaimed;
-        a worker killed in between leaves both, dead."""
-        path = self.path
-        if path is None or not keys:
+        """Release some of the keys only (not started: another worker may take them); the
+        others stay held (see ``_hold_only``)."""
+        if self.path is None or not keys:
             return
         gone = set(keys)
         kept = [k for k in self.mine if k not in gone]
         me = Owner.current()
         with interrupts.deferred() as window, claims._folder_lock(me, window):
-            new = claims._write(me, kept) if kept else None
-            if new is not None:
-                _HEARTBEAT.add(new, claims.heartbeat)
-            _HEARTBEAT.remove(path)
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
-            self.path, self.mine = new, kept
+            self._hold_only(kept, claims, me)
 
     def take_back(self, keys: tp.Sequence[str], claims: Claims) -> list[str]:
         """Claim again keys given back (``give_back``), in order, as far as no live
         claim (another worker's, or another of this thread's) holds them: the first held
-        ends what is taken (returned). The keys taken and those kept go to a new claim
-        file before the old one goes, under the folder's lock, as in ``give_back``."""
+        ends what is taken (returned), held with the others (see ``_hold_only``)."""
         if not keys:
             return []
         me = Owner.current()
@@ -226,15 +216,23 @@ class Claim:
                 taken.append(key)
             if not taken:
                 return []
-            kept = [*self.mine, *taken]
-            new = claims._write(me, kept)
-            _HEARTBEAT.add(new, claims.heartbeat)
-            if path is not None:
-                _HEARTBEAT.remove(path)
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(path)
-            self.path, self.mine = new, kept
+            self._hold_only([*self.mine, *taken], claims, me)
         return taken
+
+    def _hold_only(self, kept: list[str], claims: Claims, me: Owner) -> None:
+        """Hold ``kept`` from now on (none: no file): its new claim file is written before
+        the old one goes, under the folder's lock (held by the caller; a claimer lists, then
+        reads, the files under it), so they are never seen unclaimed; a worker killed in
+        between leaves both, dead."""
+        path = self.path
+        new = claims._write(me, kept) if kept else None
+        if new is not None:
+            _HEARTBEAT.add(new, claims.heartbeat)
+        if path is not None:
+            _HEARTBEAT.remove(path)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        self.path, self.mine = new, kept
 
     def __enter__(self) -> Claim:
         return self
