@@ -6508,6 +6508,29 @@ def test_logs_of_a_local_task_from_a_fresh_process(tmp_path: Path) -> None:
     assert data["traceback"].endswith("ValueError: cannot fit seed=10")
 
 
+def test_logs_of_a_task_that_failed_in_a_job_names_its_error(tmp_path: Path) -> None:
+    """`exca logs FOLDER` of a task whose local job raised showed its stdout alone, ending
+    with submitit's "Submitted job triggered an exception": neither the error nor where
+    to find it (its stderr). The log is followed by the error and the --stderr command
+    (``job_error`` in --json); a successful job's log has no such line."""
+    root = tmp_path / "cache"
+    failed = Train(seed=21, fail=True, infra={"folder": root, "cluster": "local"})
+    with pytest.raises(ValueError, match="cannot fit seed=21"):
+        failed.fit()
+    folder = folder_of(failed)
+    out = cli("logs", folder, check=True).stdout
+    assert "fitting seed=21" in out
+    said = "# (the job failed: ValueError: cannot fit seed=21; its traceback is in its stderr"
+    assert said in out and out.rstrip().endswith(f"`exca logs {folder} --stderr`)")
+    data = json.loads(cli("logs", folder, "--json", check=True).stdout)
+    assert data["job_error"] == "ValueError: cannot fit seed=21"
+    err = cli("logs", folder, "--stderr", check=True).stdout  # (the traceback is there)
+    assert "the job failed" not in err and "ValueError: cannot fit seed=21" in err
+    ok = Train(seed=22, infra={"folder": root, "cluster": "local"})
+    assert ok.fit() == 23.0
+    assert "the job failed" not in cli("logs", folder_of(ok), check=True).stdout
+
+
 def test_logs_and_list_of_a_node_not_computed_as_its_input_failed(tmp_path: Path) -> None:
     """A task with inputs not computed because its upstream failed: `exca logs` said only
     "No job recorded", `exca list` showed it "empty" (a probe). Both name the failed

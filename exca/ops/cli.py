@@ -856,6 +856,23 @@ def _cached_traceback(folder: Path, item: str | None) -> str | None:
     return str(info.get("tb") or f"{info.get('t')}: {info.get('m')}").rstrip()
 
 
+def _task_error_footer(folder: Path, given: str, data: dict[str, tp.Any]) -> str:
+    """What ``exca logs FOLDER`` adds after the stdout of the job whose error a task
+    caches: its stdout ends with submitit's "Submitted job triggered an exception", the
+    error itself is in its stderr (and in the cache); '' when the task holds no error."""
+    from ..graph.node import TASK_KEY
+    from ..storage.cachederror import record_line
+    from ..storage.cachedict import inspecting_view
+
+    entry = inspecting_view(folder).entry(TASK_KEY)
+    if entry is None or entry.info.get("#type") != "Error":
+        return ""
+    error = record_line(entry.info)  # (as `exca list` shows it)
+    data["job_error"] = error
+    command = f"exca logs {shlex.quote(given)} --stderr"
+    return f"\n# (the job failed: {error}; its traceback is in its stderr: `{command}`)"
+
+
 def _failed_items(folder: Path) -> list[str]:
     """The uids of a map's items whose cached error is there (sorted), none for a task."""
     from ..graph.node import TASK_KEY
@@ -1404,6 +1421,8 @@ def _main(argv: list[str] | None) -> int:
         if traceback is not None:
             data["traceback"] = traceback
             footer = f"\n# item {args.item!r} holds a cached error (its traceback):\n{traceback}"
+        elif args.item is None and not args.stderr and maker == job.job_id:
+            footer = _task_error_footer(Path(args.folder), args.folder, data)
         erred = _failed_items(Path(args.folder)) if args.item is None else []
         if erred:
             data["failed_items"] = erred
