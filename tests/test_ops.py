@@ -3812,6 +3812,7 @@ def test_clean_of_a_folder_that_is_no_cache_says_so(tmp_path: Path) -> None:
     for what in ("versions", "orphans", "logs", "compact"):
         result = cli("clean", project, what, "--yes", check=True)
         assert f"No cached node found in {project}: it holds no" in result.stdout, result.stdout
+        assert f"cache folders inside it: {project / 'cache'}" in result.stdout, result.stdout
         assert result.stdout.startswith(("Nothing to remove.", "merged 0")), what
         result = cli("clean", project, what, check=True)  # (the preview too)
         assert f"No cached node found in {project}" in result.stdout, result.stdout
@@ -3821,6 +3822,24 @@ def test_clean_of_a_folder_that_is_no_cache_says_so(tmp_path: Path) -> None:
         # the cache itself: nothing more said
         assert "No cached node" not in cli("clean", project / "cache", what, check=True).stdout
     assert tree_hash(project) == before
+
+
+def test_list_of_a_folder_holding_caches_names_them(tmp_path: Path) -> None:
+    """`exca list demo-cache` (the folder the examples write to: they keep their caches
+    in demo-cache/task, demo-cache/map...) said only that it "holds no
+    <module>.<Class>.<method>,<version> folder": a newcomer did not see which folder to
+    give. The sub-folders that are caches are named (a folder without any: as before)."""
+    demo = tmp_path / "demo-cache"
+    Train(seed=1, infra={"folder": demo / "task"}).fit()
+    list(Squares(infra={"folder": demo / "map"}).square([1, 2]))
+    (demo / "notes").mkdir()
+    out = cli("list", demo, check=True).stdout
+    assert f"No cached node found in {demo}: it holds no" in out
+    assert out.rstrip().endswith(f"cache folders inside it: {demo / 'map'}, {demo / 'task'}")
+    result = cli("list", demo, "--json", check=True)
+    assert json.loads(result.stdout) == [] and f"inside it: {demo / 'map'}" in result.stderr
+    assert "inside it" not in cli("list", demo / "notes", check=True).stdout
+    assert "(1 config(s))" in cli("list", demo / "task", check=True).stdout
 
 
 def test_options_taking_one_value_given_twice_are_refused(

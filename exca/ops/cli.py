@@ -669,10 +669,7 @@ def _listed(
         return infos, ""
     every = described if described is not None and step is None else inspect(root, look=look)
     if not every:
-        return infos, (
-            f"No cached node found in {root}: it holds no "
-            "<module>.<Class>.<method>,<version> folder (give an infra's folder)"
-        )
+        return infos, _no_node_found(root)
     text = f"No cached node matches {filters}."
     if described is None and step is not None:
         described = inspect(root, step=step, look=look)
@@ -743,13 +740,40 @@ def _no_cache(root: Path, as_json: bool) -> str:
 
     if any(node_folders(root)):
         return ""
+    said = _no_node_found(root)
+    if as_json:
+        print(f"exca: note: {said}", file=sys.stderr)
+    return said
+
+
+def _no_node_found(root: Path | str) -> str:
+    """Why a ROOT lists nothing, naming its sub-folders that are caches: a root given one
+    level too high (the examples' ./demo-cache holds the caches task/, map/...)."""
     said = (
         f"No cached node found in {root}: it holds no <module>.<Class>.<method>,<version> "
         "folder (give an infra's folder)"
     )
-    if as_json:
-        print(f"exca: note: {said}", file=sys.stderr)
+    inside = _caches_inside(Path(root))
+    if inside:
+        shown = ", ".join(str(Path(root) / name) for name in inside[:_CACHES_SHOWN])
+        more = f" and {len(inside) - _CACHES_SHOWN} more" if len(inside) > _CACHES_SHOWN else ""
+        said += f"; cache folders inside it: {shown}{more}"
     return said
+
+
+_CACHES_SHOWN = 5  # sub-folders named by _no_node_found
+_SUBFOLDERS_LOOKED_AT = 200  # (a root given far too high, e.g. a home folder: a bound)
+
+
+def _caches_inside(root: Path) -> list[str]:
+    """Names of the sub-folders of ``root`` that hold node folders (sorted)."""
+    from .inspect import node_folders
+
+    try:
+        subs = sorted(e.name for e in os.scandir(root) if e.is_dir() and "," not in e.name)
+    except OSError:  # (no folder, a file, not readable: the message says enough)
+        return []
+    return [n for n in subs[:_SUBFOLDERS_LOOKED_AT] if any(node_folders(root / n))]
 
 
 def _print(data: tp.Any, as_json: bool, text: str) -> None:
