@@ -1509,6 +1509,30 @@ def test_clone_obj_past_the_end_of_a_list_names_the_key() -> None:
         obj.infra.clone_obj({"layers.3.size": 7})
 
 
+def test_a_target_written_with_dots_only_gets_the_colon_form(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`exca plan myexp.Train.fit,1` (the step as `exca list` prints it, copied) said only
+    that TARGET must look like package.module:Class.method: the user had to work out
+    where the colon goes. The error names the TARGET meant; one it cannot guess is as
+    before."""
+    from exca.ops.cli import main
+
+    cases = {
+        "myexp.Train.fit,1": "did you mean 'myexp:Train.fit'? (`exca list` names steps",
+        "pkg.sub.Train.fit": "did you mean 'pkg.sub:Train.fit'?",
+        "pkg.targets": "did you mean 'pkg:targets'?",
+    }
+    for target, said in cases.items():
+        assert main(["plan", target]) == 2
+        err = capsys.readouterr().err
+        assert "TARGET must look like" in err and said in err, (target, err)
+    for target in ("myexp", "myexp:", "./myexp.py"):
+        assert main(["explain", target]) == 2
+        err = capsys.readouterr().err
+        assert "TARGET must look like" in err and "did you mean" not in err, (target, err)
+
+
 def test_cli_bad_input_gets_a_message_not_a_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -39,6 +39,25 @@ if tp.TYPE_CHECKING:  # (the commands import what they use when run: a fast --he
 DEFAULT_LOG_DAYS = 30.0  # `clean logs` removes the logs older than this
 
 
+def _colon_hint(target: str) -> str:
+    """A TARGET written with dots only, e.g. a step name copied from `exca list`
+    (``myexp.Train.fit,1``): the TARGET it likely means, else ''."""
+    if ":" in target:
+        return ""
+    step, _, version = target.partition(",")
+    parts = step.split(".")
+    if len(parts) < 2 or not all(p.isidentifier() for p in parts):
+        return ""
+    if version or len(parts) >= 3:  # (<module>.<Class>.<method>[,<version>])
+        if len(parts) < 3:
+            return ""
+        guess = f"{'.'.join(parts[:-2])}:{parts[-2]}.{parts[-1]}"
+    else:  # (<module>.<function>)
+        guess = f"{parts[0]}:{parts[1]}"
+    said = " (`exca list` names steps <module>.<Class>.<method>,<version>)"
+    return f": did you mean {guess!r}?" + (said if version else "")
+
+
 def _target_nodes(
     target: str, config: str | list[str] | None, overrides: list[str]
 ) -> list[tp.Any]:
@@ -48,7 +67,7 @@ def _target_nodes(
     if ":" not in target or not target.split(":", 1)[1]:
         raise ValueError(
             "TARGET must look like package.module:Class.method (or package.module:function "
-            f"returning nodes), got {target!r}"
+            f"returning nodes), got {target!r}{_colon_hint(target)}"
         )
     if "." in target.split(":", 1)[1]:
         return [_target_node(target, config, overrides)]
