@@ -3748,6 +3748,26 @@ def test_clean_logs_of_ended_jobs(tmp_path: Path) -> None:
     assert exca.ops.inspect(root)[0].status == "success"
 
 
+def test_clean_logs_says_how_many_log_folders_it_leaves_as_recent(tmp_path: Path) -> None:
+    """`exca clean ROOT logs` of a cache whose jobs ended this week said "Nothing to
+    remove." alone: a user freeing space read it as "no logs here". It says how many log
+    folders it leaves as younger than --days, and how to take them (not in --json; a
+    --days that takes them all says nothing more)."""
+    root = tmp_path / "cache"
+    for seed in (1, 2):
+        assert Train(seed=seed, infra={"folder": root, "cluster": "local"}).fit() == seed + 1
+    said = "(2 log folder(s) of jobs that ended less than 30 day(s) ago are left: --days N"
+    out = cli("clean", root, "logs", check=True).stdout
+    assert out.startswith("Nothing to remove.\n") and said in out, out
+    assert said in cli("clean", root, "logs", "--yes", check=True).stdout
+    assert "less than 2.5 day(s) ago" in cli("clean", root, "logs", "--days", "2.5").stdout
+    data = json.loads(cli("clean", root, "logs", "--json", check=True).stdout)
+    assert data["removals"] == [] and data["kept"] == []
+    out = cli("clean", root, "logs", "--days", "0", check=True).stdout
+    assert out.startswith("2 item(s) to remove") and "are left" not in out, out
+    assert len(exca.ops.clean.logs(root).recent) == 2
+
+
 def test_clean_logs_finds_the_logs_of_jobs_whose_record_is_gone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -108,6 +108,9 @@ class CleanPlan:
     failed: list[tuple[Path, str]] = dataclasses.field(
         default_factory=list, repr=False, compare=False
     )
+    # ``logs``: the log folders left as their jobs ended (or wrote) too recently, not
+    # listed as kept (nothing protects them: a smaller --days takes them)
+    recent: list[Path] = dataclasses.field(default_factory=list, repr=False, compare=False)
 
     @property
     def size(self) -> int:
@@ -1684,12 +1687,14 @@ def _add_unrecorded_logs(
     for step_name, _, folder in nodes:  # (a map's logs are in its folder)
         if steps is None or step_name in steps:
             parents.append(folder)
-    limit = min(limit, time.time() - UNRECORDED_GRACE_S)
-    found = [
-        path
-        for path in unrecorded_log_folders(parents, recorded, arrays)
-        if _newest_write(path) <= limit
-    ]
+    asked, limit = limit, min(limit, time.time() - UNRECORDED_GRACE_S)
+    found = []
+    for path in unrecorded_log_folders(parents, recorded, arrays):
+        newest = _newest_write(path)
+        if newest > asked:  # (younger than --days: said; within the grace only: not)
+            plan.recent.append(path)
+        if newest <= limit:
+            found.append(path)
     if not found:
         return set()
     queued = _unrecorded_queued([p.name for p in found], plan.look)
@@ -1792,13 +1797,15 @@ def _add_whole_logs_folder(
     """A log folder of its own (the default ``.../%j``): removed whole once its jobs ended
     before ``limit``."""
     if any(r.submitted > limit for r in records):
-        return  # (a recent job)
+        plan.recent.append(folder)  # (a recent job)
+        return
     active = next((r for r in records if _is_active(r, plan.look)), None)
     if active is not None:
         plan.kept.append((folder, f"job {active.job_id} is queued or running"))
         return
     if _newest_write(folder) > limit:
-        return  # (written until recently: a job queued long ago that ended lately)
+        plan.recent.append(folder)  # (written until recently: a job queued long ago)
+        return
     size, _ = disk_usage(folder)
     shown = ", ".join(sorted({r.job_id for r in records}))
     plan.removals.append(Removal(folder, size, f"logs of job {shown}, ended"))
@@ -1833,6 +1840,8 @@ def _add_job_files(
             continue
         if record.submitted <= limit and max(files[n][1].st_mtime for n in names) <= limit:
             going.append(record.job_id)
+        elif folder not in plan.recent:
+            plan.recent.append(folder)
     gone = [n for job_id in going for n in by_job[job_id]]
     elements: dict[str, set[str]] = {}  # array id -> its elements' job ids
     for _, record in records:

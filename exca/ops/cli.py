@@ -765,6 +765,15 @@ def _no_cache(root: Path, as_json: bool) -> str:
     return said
 
 
+def _recent_logs(recent: list[Path], days: float) -> str:
+    """What `clean logs` adds about the log folders it leaves as too recent: "Nothing to
+    remove." alone read as "no logs" to a user whose jobs ended this week."""
+    return (
+        f"({len(recent)} log folder(s) of jobs that ended less than {days:g} day(s) ago are "
+        "left: --days N takes those older than N days, --days 0 those of every ended job)"
+    )
+
+
 def _no_node_found(root: Path | str) -> str:
     """Why a ROOT lists nothing, naming its sub-folders that are caches: a root given one
     level too high (the examples' ./demo-cache holds the caches task/, map/...)."""
@@ -1345,20 +1354,23 @@ def _main(argv: list[str] | None) -> int:
         said = ""  # (nothing found: a root given wrong? said)
         if not removal.removals and not removal.kept:
             said = _no_cache(Path(args.root), args.json)
+        recent = ""  # (`clean logs`: what it left as too recent, said under the preview)
+        if args.what == "logs" and removal.recent and not said:
+            recent = "\n" + _recent_logs(removal.recent, days)
         if args.yes:
             freed = removal.execute()
             done = _clean_outcome(removal, freed)
             _print(
                 _clean_json(args.what, False, removal, freed=freed),
                 args.json,
-                f"{removal} {said}" if said else f"{removal}\n{done}".strip(),
+                f"{removal} {said}" if said else f"{removal}\n{done}".strip() + recent,
             )
             if removal.failed:
                 return 1
         else:
             hint = "\n(preview: run again with --yes to remove)" if removal.removals else ""
             hint = f" {said}" if said else hint
-            _print(_clean_json(args.what, True, removal), args.json, f"{removal}{hint}")
+            _print(_clean_json(args.what, True, removal), args.json, f"{removal}{hint}{recent}")
     elif args.command == "logs":
         from .clean import is_node_folder
         from .inspect import input_folders
