@@ -98,6 +98,19 @@ def _imprecise(func: tp.Callable[..., tp.Any], name: str) -> ValueError:
     )
 
 
+def _as_keywords(
+    func: tp.Callable[..., tp.Any], args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any]
+) -> str:
+    """The call of ``func`` with these positional arguments given by name (what a
+    function decorated by with_infra takes), as a hint; '' when they do not bind."""
+    try:
+        bound = inspect.signature(func).bind_partial(*args, **kwargs)
+    except (TypeError, ValueError):
+        return ""
+    given = ", ".join(f"{name}={value!r:.40}" for name, value in bound.arguments.items())
+    return f": {func.__name__}({given})"
+
+
 @functools.cache
 def to_config_model(func: tp.Callable[..., tp.Any]) -> type[FuncConfig]:
     """A pydantic model ``<func>_FuncConfig`` whose ``build()`` is the cached call of func."""
@@ -201,6 +214,7 @@ class FunctionWithInfra:
         if args:
             raise RuntimeError(
                 f"{self.func.__qualname__} has an infra: call it with keyword arguments only"
+                + _as_keywords(self.func, args, kwargs)
             )
         key: tp.Any = None
         # (mode force/retry: each call gets a new config, which forces (retries) once, as

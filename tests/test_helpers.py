@@ -50,6 +50,21 @@ def test_with_infra(tmp_path: Path) -> None:
         add(1)
 
 
+def test_with_infra_called_positionally_shows_the_call_by_keyword(tmp_path: Path) -> None:
+    """`noise(2, 3)` of a function decorated by with_infra raised "call it with keyword
+    arguments only": the user had to look up the parameter names. The error now writes
+    the call with them (positional arguments that do not bind: as before)."""
+    add = helpers.with_infra(folder=tmp_path)(_add)
+    before = len(CALLS)
+    with pytest.raises(RuntimeError, match=r"keyword arguments only: _add\(a=1, b=5\)$"):
+        add(1, 5)
+    with pytest.raises(RuntimeError, match=r"keyword arguments only: _add\(a=1, b=4\)$"):
+        add(1, b=4)
+    with pytest.raises(RuntimeError, match=r"keyword arguments only$"):
+        add(1, 2, 3)  # (one too many: no call to show)
+    assert len(CALLS) == before  # (nothing computed)
+
+
 def test_with_infra_force_recomputes_every_call(tmp_path: Path) -> None:
     """mode="force" on a function: every call computes (a config kept per arguments
     forced only the first call of the process)."""
