@@ -6594,6 +6594,28 @@ def test_logs_of_a_task_that_failed_in_a_job_names_its_error(tmp_path: Path) -> 
     assert "the job failed" not in cli("logs", folder_of(ok), check=True).stdout
 
 
+class Wordy(pydantic.BaseModel):
+    """A task whose error message is long, its advice at the end (as UpstreamFailed's)."""
+
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        raise ValueError("a long explanation " * 15 + "(the advice at the end)")
+
+
+def test_logs_of_a_task_that_failed_in_a_job_shows_its_whole_error(tmp_path: Path) -> None:
+    """The line `exca logs FOLDER` adds after the log of a failed job cut the error at 200
+    characters ("... mode='retry' on that upstrea ...": an upstream failure's advice, at
+    its end, was lost): the message is shown whole."""
+    wordy = Wordy(infra={"folder": tmp_path / "cache", "cluster": "local"})
+    with pytest.raises(ValueError, match="the advice at the end"):
+        wordy.run()
+    out = cli("logs", folder_of(wordy), check=True).stdout
+    said = "a long explanation " * 15 + "(the advice at the end); its traceback is in"
+    assert f"# (the job failed: ValueError: {said}" in out, out
+
+
 def test_logs_and_list_of_a_node_not_computed_as_its_input_failed(tmp_path: Path) -> None:
     """A task with inputs not computed because its upstream failed: `exca logs` said only
     "No job recorded", `exca list` showed it "empty" (a probe). Both name the failed

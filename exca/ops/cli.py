@@ -908,6 +908,9 @@ def _cached_traceback(folder: Path, item: str | None) -> str | None:
     return str(info.get("tb") or f"{info.get('t')}: {info.get('m')}").rstrip()
 
 
+_ERROR_SHOWN = 1000  # characters of a job's error shown after its log (a message, not a log)
+
+
 def _task_error_footer(folder: Path, given: str, data: dict[str, tp.Any]) -> str:
     """What ``exca logs FOLDER`` adds after the stdout of the job whose error a task
     caches: its stdout ends with submitit's "Submitted job triggered an exception", the
@@ -919,7 +922,8 @@ def _task_error_footer(folder: Path, given: str, data: dict[str, tp.Any]) -> str
     entry = inspecting_view(folder).entry(TASK_KEY)
     if entry is None or entry.info.get("#type") != "Error":
         return ""
-    error = record_line(entry.info)  # (as `exca list` shows it)
+    # (whole: an upstream failure says which input and what computes it again)
+    error = record_line(entry.info, width=_ERROR_SHOWN)
     data["job_error"] = error
     command = f"exca logs {shlex.quote(given)} --stderr"
     return f"\n# (the job failed: {error}; its traceback is in its stderr: `{command}`)"
