@@ -1222,6 +1222,34 @@ class PlainData(pydantic.BaseModel):
         return len(self.specs) + len(self.table)
 
 
+class _Rate(pydantic.BaseModel):
+    lr: float = 0.05
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> float:
+        return self.lr * 2
+
+
+def test_a_changed_default_says_what_removing_full_uid_yaml_does(tmp_path: Path) -> None:
+    """The changed-default error began its advice with "to ignore, remove full-uid.yaml":
+    a newcomer took it for the harmless way out, and the results of lr=0.01 then read
+    back as those of lr=0.05. The safe ways come first, and the removal says what it
+    does: only if the results also hold for the new default, and they are then read for
+    it."""
+    rate = _Rate(infra={"folder": tmp_path})
+    assert rate.run() == 0.1
+    full = rate.infra.uid_folder() / "full-uid.yaml"
+    full.write_text(full.read_text().replace("0.05", "0.01"))  # (computed with 0.01)
+    infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
+    with pytest.raises(RuntimeError, match="seems incompatible") as info:
+        _Rate(infra={"folder": tmp_path}).run()
+    message = str(info.value)
+    assert "to ignore" not in message
+    said = "only if the cached results also hold for lr=0.05, remove full-uid.yaml: they are"
+    assert said in message and message.index("bump the infra version") < message.index(said)
+
+
 @pytest.mark.parametrize(
     "cached",
     [{"specs": [{"a": 1, "b": 2}]}, {"specs": [{}]}, {"table": {"a": 1, "b": 2}}, {"table": {}}],

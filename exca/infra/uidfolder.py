@@ -354,18 +354,24 @@ def _check_defaults(
         if key in structure.versions:
             changed_versions.append(f"{key} {cached!r} -> {current!r}")
             continue
+        # (removing the file reads the cached results as those of the new default: said
+        # as such, after the safe ways; "to ignore" read as a harmless way out)
+        keep = (
+            f"only if the cached results also hold for {key}={current!r}, remove "
+            f"{FULL_UID_FILE}: they are then read for it"
+        )
         if "_FuncConfig.build," in folder.parent.name:  # (a function of with_infra)
             why = (
                 f"the default of the function's parameter {key!r} changed since the cache "
-                f"was written; to ignore, remove {FULL_UID_FILE}; if the cached results are "
-                "wrong now, give with_infra(...) a new version=..."
+                f"was written; if the cached results are wrong now, give with_infra(...) a "
+                f"new version=...; {keep}"
             )
         else:
             why = (
-                f"the class default changed since the cache was written; to ignore, remove "
-                f"{FULL_UID_FILE}; if the cached results are wrong now, bump the infra "
-                "version instead; if this field does not change results, e.g. a path or a "
-                "device, keep it out of the uid with _exclude_from_cls_uid"
+                "the class default changed since the cache was written; if the cached "
+                "results are wrong now, bump the infra version; if this field does not "
+                "change results, e.g. a path or a device, keep it out of the uid with "
+                f"_exclude_from_cls_uid; {keep}"
             )
         raise RuntimeError(
             f"Default {key}={current!r} seems incompatible with the cached "
