@@ -7506,3 +7506,36 @@ def test_iter_cached_and_a_reuse_check_free_no_file_of_an_ended_writer(tmp_path:
     infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process: the check is made)
     assert ForcedOuter(infra={"folder": root, "mode": "read-only"}).total() == 10
     assert _tree(root) == before  # (nothing freed by the read-only call's check)
+
+
+def test_a_copy_of_a_cache_view_that_frees_nothing_frees_nothing(tmp_path: Path) -> None:
+    """A CacheDict made to free no file (an inspecting view, a read-only call's) gave
+    copies (view(), a pickle sent to a worker, deepcopy) that freed the index files of an
+    ended writer again: the setting was set on the instance after it was made, and a copy
+    is made from the constructor's arguments."""
+    import copy
+    import pickle
+
+    from exca.storage.cachedict import CacheDict, inspecting_view
+
+    root = tmp_path / "cache"
+    for mode in ("cached", "force"):
+        run_python(
+            f"""
+            import test_ops
+            infra = {{"folder": {str(root)!r}, "mode": {mode!r}}}
+            list(test_ops.ForcedMap(infra=infra).process([1, 2]))
+            """
+        )
+    folder = ForcedMap(infra={"folder": root}).infra.uid_folder()
+    assert folder is not None
+    long_ago = time.time() - 3600  # (idle for long: see reclaim.MIN_IDLE_SECONDS)
+    for path in root.rglob("*"):
+        os.utime(path, (long_ago, long_ago), follow_symlinks=False)
+    before = _tree(root)
+    view = inspecting_view(folder)
+    for copied in (view.view(), pickle.loads(pickle.dumps(view)), copy.deepcopy(view)):
+        assert len(copied.keys()) == 2
+        assert _tree(root) == before  # (nothing freed)
+    assert len(CacheDict(folder).keys()) == 2  # (a plain instance frees them)
+    assert len(_tree(root)) < len(before)

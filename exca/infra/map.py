@@ -522,10 +522,8 @@ class MapInfra(BaseInfra, SubmititMixin):
                     keep_in_ram=self.keep_in_ram,
                     cache_type=method.options.get("cache_type"),
                     permissions=self.permissions,
+                    frees_files=self.mode != "read-only",  # (read-only writes nothing)
                 )
-                # (mode='read-only' writes nothing: its reads free no file of an ended
-                # writer, reclaim.py; a call in another mode frees them)
-                runtime.cache._frees_files = self.mode != "read-only"
             except ValueError as error:  # (an unknown cache_type: say whose)
                 name = getattr(method.func, "__qualname__", repr(method.func))
                 raise ValueError(f"@infra.apply of {name}: {error}") from None

@@ -381,9 +381,12 @@ class TaskInfra(BaseInfra, SubmititMixin):
             if folder is None:
                 runtime.cache = CacheDict(None, keep_in_ram=True)
             else:
-                runtime.cache = CacheDict(folder, cache_type="Result", permissions=self.permissions)
-                # (read-only: frees no file of an ended writer, see reclaim.py)
-                runtime.cache._frees_files = self.mode != "read-only"
+                runtime.cache = CacheDict(
+                    folder,
+                    cache_type="Result",
+                    permissions=self.permissions,
+                    frees_files=self.mode != "read-only",  # (read-only writes nothing)
+                )
         cache: CacheDict[tp.Any] = runtime.cache
         return cache
 
@@ -448,9 +451,11 @@ class TaskInfra(BaseInfra, SubmititMixin):
         cache = caches.get(folder)
         if cache is None:
             cache = caches[folder] = CacheDict(
-                folder, cache_type="Result", permissions=self.permissions
+                folder,
+                cache_type="Result",
+                permissions=self.permissions,
+                frees_files=self.mode != "read-only",  # (read-only writes nothing)
             )
-            cache._frees_files = self.mode != "read-only"  # (read-only: frees no file, reclaim.py)
         label = f"{base.label}/{node.inputs_uid}"
         return dataclasses.replace(
             node,

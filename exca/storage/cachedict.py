@@ -201,11 +201,9 @@ class CacheDict(tp.Generic[X]):
     cache_type: name of the format used to write values (None: chosen per value type);
         reading always uses the format an entry was written with
     permissions: chmod applied to created files and folders (None: leave them alone)
+    frees_files: whether reads free the files of ended writers whose entries were all
+        deleted (reclaim.py); False for a read-only use, which changes nothing on disk
     """
-
-    # reads free the files of ended writers whose entries were all deleted (reclaim.py);
-    # an inspecting view (`inspecting_view`) changes nothing on disk
-    _frees_files = True
 
     def __init__(
         self,
@@ -214,6 +212,8 @@ class CacheDict(tp.Generic[X]):
         cache_type: str | None = None,
         permissions: int | str | None = 0o777,
         options: DumpOptions | None = None,
+        *,
+        frees_files: bool = True,
     ) -> None:
         if folder is None and not keep_in_ram:
             raise ValueError(
@@ -239,6 +239,7 @@ class CacheDict(tp.Generic[X]):
             permissions = parse_permissions(permissions)
         self.permissions = permissions
         self.options = options or DumpOptions()
+        self._frees_files = frees_files
         self._ram: dict[str, X] = {}
         self._reader = self._new_reader() if self.folder is not None else None
         self._loader_context: DumpContext | None = None
@@ -267,6 +268,7 @@ class CacheDict(tp.Generic[X]):
             "cache_type": self.cache_type,
             "permissions": self.permissions,
             "options": self.options.replace,
+            "frees_files": self._frees_files,
         }
 
     def __setstate__(self, state: dict[str, tp.Any]) -> None:
@@ -1339,6 +1341,4 @@ def keeping_files() -> tp.Iterator[None]:
 def inspecting_view(folder: Path | str) -> CacheDict[tp.Any]:
     """A view of a cache folder for inspection tools (listings, previews, explanations):
     its reads free nothing (reclaim.py), whatever they meet."""
-    view: CacheDict[tp.Any] = CacheDict(folder, permissions=None)
-    view._frees_files = False
-    return view
+    return CacheDict(folder, permissions=None, frees_files=False)
