@@ -229,3 +229,38 @@ def test_logs_note_a_method_interrupt_before_its_record_is_set_aside(
     aside.rename(aside.with_name(aside.name.replace(".refused", ".json")))  # (not yet)
     status, out, _ = run(capsys, "logs", folder)
     assert status == 0 and said in out, out
+
+
+class Fails(pydantic.BaseModel):
+    x: int = 0
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        if self.x < 0:
+            raise ValueError(f"bad x={self.x}")
+        return self.x
+
+
+def test_list_status_takes_the_words_of_infra_status(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """infra.status() says "completed" and "failed"; `exca list --status failed` was an
+    argparse error (the list's words are "success" and "error"). Both words now select
+    the same configs, from the command line and from exca.ops.inspect."""
+    from exca.ops.inspect import inspect
+
+    root = tmp_path / "cache"
+    Fails(x=1, infra={"folder": root}).run()
+    failing = Fails(x=-1, infra={"folder": root})
+    with pytest.raises(ValueError, match="bad x=-1"):
+        failing.run()
+    assert failing.infra.status() == "failed"
+    for word, alias, x in (("error", "failed", -1), ("success", "completed", 1)):
+        listed = []
+        for status_word in (word, alias):
+            status, out, _ = run(capsys, "list", root, "--status", status_word, "--json")
+            assert status == 0
+            listed.append([info["config"]["x"] for info in json.loads(out)])
+        assert listed == [[x], [x]], (word, listed)
+        assert [i.config["x"] for i in inspect(root, status=alias)] == [x]

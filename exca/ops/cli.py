@@ -1068,9 +1068,13 @@ def _main(argv: list[str] | None) -> int:
     p_list.add_argument(
         "--status",
         action=_Once,
-        choices=["success", "error", "running", "computing", "partial", "empty"],
+        choices=[
+            *("success", "error", "running", "computing", "partial", "empty"),
+            *("completed", "failed"),  # (infra.status()'s words: inspect.STATUS_ALIASES)
+        ],
         help="only the configs of this status (partial: a map with failed or missing items; "
-        "empty: a folder holding no result)",
+        "empty: a folder holding no result; infra.status()'s completed and failed are "
+        "success and error)",
     )
     p_list.add_argument("--json", action="store_true", help="machine-readable output")
 

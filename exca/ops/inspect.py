@@ -35,6 +35,8 @@ logger = logging.getLogger("exca")
 
 
 STATUSES = ("success", "error", "running", "computing", "partial", "empty")
+# the words infra.status() says for the same states: a user filtering by them means these
+STATUS_ALIASES = {"completed": "success", "failed": "error"}
 
 
 @dataclasses.dataclass
@@ -730,6 +732,7 @@ def inspect(
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root}: {not_a_folder(root)} (give a cache root: an infra's folder)")
+    status = STATUS_ALIASES.get(status, status) if status is not None else None
     if status is not None and status not in STATUSES:
         raise ValueError(f"status={status!r} is not a status: use one of {', '.join(STATUSES)}")
     if isinstance(where, str):
@@ -817,6 +820,7 @@ def select(
 ) -> list[NodeInfo]:
     """The NodeInfos matching ``key=value`` conditions and a status (see inspect)."""
     conditions = [_parse_condition(c) for c in where] if parsed is None else parsed
+    status = STATUS_ALIASES.get(status, status) if status is not None else None
     upstreams = _Upstreams({info.folder: info for info in infos})  # (once per listing)
     out = []
     for info in infos:
