@@ -3768,6 +3768,29 @@ def test_clean_logs_says_how_many_log_folders_it_leaves_as_recent(tmp_path: Path
     assert len(exca.ops.clean.logs(root).recent) == 2
 
 
+def test_clean_logs_says_it_leaves_the_logs_of_unrecorded_jobs_written_this_hour(
+    tmp_path: Path,
+) -> None:
+    """A log folder no job record names, written to in the last hour, is left whatever
+    --days (its job may be being submitted): `exca clean ROOT logs --days 0` left it and
+    said nothing of it ("Nothing to remove." on a cache holding logs). It says so."""
+    root = tmp_path / "cache"
+    assert Train(seed=1, infra={"folder": root, "cluster": "local"}).fit() == 2
+    (job,) = exca.ops.logs(folder_of(Train(seed=1, infra={"folder": root})))
+    fresh = job.stdout_path.parent.parent / "79"  # (named as a local job's, no record)
+    fresh.mkdir()
+    (fresh / "79_0_log.out").write_text("...")
+    plan = clean.logs(root, older_than_days=0)
+    assert [r.path for r in plan.removals if not r.template] == [job.stdout_path.parent]
+    assert plan.starting == [fresh] and plan.recent == []
+    said = "(1 log folder(s) that no job record names were written to in the last hour: left"
+    out = cli("clean", root, "logs", "--days", "0", "--yes", check=True).stdout
+    assert said in out, out
+    assert fresh.exists() and not job.stdout_path.parent.exists()
+    out = cli("clean", root, "logs", "--days", "0", check=True).stdout
+    assert out.startswith("Nothing to remove.") and said in out, out
+
+
 def test_clean_logs_finds_the_logs_of_jobs_whose_record_is_gone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -111,6 +111,9 @@ class CleanPlan:
     # ``logs``: the log folders left as their jobs ended (or wrote) too recently, not
     # listed as kept (nothing protects them: a smaller --days takes them)
     recent: list[Path] = dataclasses.field(default_factory=list, repr=False, compare=False)
+    # ``logs``: log folders no job record names, old enough for --days but written in the
+    # last UNRECORDED_GRACE_S (their job may be being submitted): left whatever --days
+    starting: list[Path] = dataclasses.field(default_factory=list, repr=False, compare=False)
 
     @property
     def size(self) -> int:
@@ -1691,8 +1694,10 @@ def _add_unrecorded_logs(
     found = []
     for path in unrecorded_log_folders(parents, recorded, arrays):
         newest = _newest_write(path)
-        if newest > asked:  # (younger than --days: said; within the grace only: not)
+        if newest > asked:  # (younger than --days)
             plan.recent.append(path)
+        elif newest > limit:  # (within the grace only)
+            plan.starting.append(path)
         if newest <= limit:
             found.append(path)
     if not found:

@@ -765,13 +765,24 @@ def _no_cache(root: Path, as_json: bool) -> str:
     return said
 
 
-def _recent_logs(recent: list[Path], days: float) -> str:
+def _recent_logs(plan: CleanPlan, days: float) -> str:
     """What `clean logs` adds about the log folders it leaves as too recent: "Nothing to
-    remove." alone read as "no logs" to a user whose jobs ended this week."""
-    return (
-        f"({len(recent)} log folder(s) of jobs that ended less than {days:g} day(s) ago are "
-        "left: --days N takes those older than N days, --days 0 those of every ended job)"
-    )
+    remove." alone read as "no logs" to a user whose jobs ended this week (and a --days 0
+    leaving some said nothing of them)."""
+    said = []
+    if plan.recent:
+        said.append(
+            f"({len(plan.recent)} log folder(s) of jobs that ended less than {days:g} day(s) "
+            "ago are left: --days N takes those older than N days, --days 0 those of every "
+            "ended job)"
+        )
+    if plan.starting:
+        said.append(
+            f"({len(plan.starting)} log folder(s) that no job record names were written to "
+            "in the last hour: left, as their job may be being submitted; a clean an hour "
+            "after their last write takes them)"
+        )
+    return "\n".join(said)
 
 
 def _no_node_found(root: Path | str) -> str:
@@ -1363,8 +1374,8 @@ def _main(argv: list[str] | None) -> int:
         if not removal.removals and not removal.kept:
             said = _no_cache(Path(args.root), args.json)
         recent = ""  # (`clean logs`: what it left as too recent, said under the preview)
-        if args.what == "logs" and removal.recent and not said:
-            recent = "\n" + _recent_logs(removal.recent, days)
+        if args.what == "logs" and (removal.recent or removal.starting) and not said:
+            recent = "\n" + _recent_logs(removal, days)
         if args.yes:
             freed = removal.execute()
             done = _clean_outcome(removal, freed)
