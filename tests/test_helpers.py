@@ -1093,6 +1093,11 @@ def _fake_scontrol(monkeypatch: pytest.MonkeyPatch, logs: dict[str, Path]) -> No
     monkeypatch.setattr(helpers.subprocess, "run", scontrol)
 
 
+# a log 7 folders under tmp_path: the climb (helpers._LOG_DEPTH, 8 folders) ends at tmp_path,
+# whatever the folders above hold (a cache left in /tmp made it find one there)
+LOG_IN_NO_CACHE = "a/b/c/d/e/x/77/77.out"
+
+
 def test_find_slurm_job_without_folder_looks_above_the_log_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1101,10 +1106,11 @@ def test_find_slurm_job_without_folder_looks_above_the_log_only(
     elsewhere) had the climb go up to / and search the whole filesystem (an OSError on
     /proc, hours on a cluster's filesystem): it is refused, asking for the folder."""
 
+    assert len(Path(LOG_IN_NO_CACHE).parents) == helpers._LOG_DEPTH  # (tmp_path the last)
     task = _Recorded(x=5, infra={"folder": tmp_path / "cache", "cluster": "local"})
     job = task.infra.job()
     assert job.result() == 5
-    logs = {job.job_id: Path(job.submitit_job.paths.stdout), "77": tmp_path / "x/77/77.out"}
+    logs = {job.job_id: Path(job.submitit_job.paths.stdout), "77": tmp_path / LOG_IN_NO_CACHE}
     _fake_scontrol(monkeypatch, logs)
     found = helpers.find_slurm_job(job.job_id)
     assert found.config["x"] == 5 and found.uid_config == {"x": 5}
@@ -1143,7 +1149,7 @@ def test_find_slurm_job_goes_on_past_a_folder_removed_during_its_search(
     monkeypatch.setattr(os, "scandir", removing)
     with pytest.raises(RuntimeError, match="No record of job 12 under"):
         helpers.find_slurm_job("12", folder=tmp_path / "cache")
-    _fake_scontrol(monkeypatch, {"77": tmp_path / "x/77/77.out"})
+    _fake_scontrol(monkeypatch, {"77": tmp_path / LOG_IN_NO_CACHE})
     with pytest.raises(RuntimeError, match="No exca cache found above the log of job 77"):
         helpers.find_slurm_job("77")
     assert not (tmp_path / "gone").exists()  # (it was there when the climb listed tmp_path)
