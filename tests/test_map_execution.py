@@ -51,7 +51,7 @@ class Mapper(pydantic.BaseModel):
     slow_flag: str = ""
     short: bool = False
     extra: bool = False
-    raised: str = "ValueError"  # (or "KeyError", "KeyboardInterrupt")
+    raised: str = "ValueError"  # (or "KeyError", "KeyboardInterrupt", "SystemExit")
     factor_file: str = ""  # a file holding the factor (10 without it)
     _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("factor_file",)
     infra: exca.MapInfra = exca.MapInfra(version="1")
@@ -67,7 +67,11 @@ class Mapper(pydantic.BaseModel):
             while item == 2 and self.slow_flag and Path(self.slow_flag).exists():
                 time.sleep(0.05)
             if self.fail_dir and (Path(self.fail_dir) / str(item)).exists():
-                raised = {"KeyError": KeyError, "KeyboardInterrupt": KeyboardInterrupt}
+                raised = {
+                    "KeyError": KeyError,
+                    "KeyboardInterrupt": KeyboardInterrupt,
+                    "SystemExit": SystemExit,  # (sys.exit("bad item 2"))
+                }
                 raise raised.get(self.raised, ValueError)(f"bad item {item}")
             yield factor * item
             if self.extra and item == items[0]:
@@ -473,6 +477,46 @@ def test_a_keyboardinterrupt_of_the_method_is_named_and_never_cached(
             assert "bad item 2" in "".join(traceback.format_exception(info.value))
     (fail_dir / "2").unlink()
     again = make(tmp_path, cluster, fail_dir=str(fail_dir), raised="KeyboardInterrupt")
+    assert list(again.process([1, 2, 3])) == [10, 20, 30]
+    assert counts(tmp_path / "calls.txt")[2] == 2
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("cluster", CLUSTERS)
+def test_a_sys_exit_of_the_method_names_the_item_and_is_never_cached(
+    tmp_path: Path, cluster: str | None
+) -> None:
+    """A method calling sys.exit at an item: in a threadpool or processpool the caller got
+    a bare SystemExit, naming no item (a script ended silently, with the method's code),
+    where a local job's error names the item. From a pool the call now raises a
+    JobFailedError naming the item and the sys.exit, the method's SystemExit as its cause;
+    in this process (None, debug) the SystemExit propagates as it is, with a note naming
+    the item. Nothing is cached for that item: the next call computes it."""
+    fail_dir = tmp_path / "fail"
+    fail_dir.mkdir()
+    (fail_dir / "2").touch()
+    mapper = make(tmp_path, cluster, fail_dir=str(fail_dir), raised="SystemExit")
+    if cluster in (None, "debug"):
+        with pytest.raises(SystemExit, match="bad item 2") as exited:
+            list(mapper.process([1, 2, 3]))
+        notes = getattr(exited.value, "__notes__", [])
+        said = "called sys.exit('bad item 2') while computing item '2'"
+        assert any(said in note for note in notes), notes
+    else:
+        with pytest.raises(exca.graph.errors.JobFailedError) as info:
+            list(mapper.process([1, 2, 3]))
+        said = str(info.value)
+        assert "2" in info.value.item_uids and "the next call computes them" in said, said
+        if cluster == "local":
+            raised = "SystemExit('bad item 2') was raised (sys.exit in the method?)"
+            assert f"{raised} while computing item '2'" in said, said
+        else:
+            where = "a thread" if cluster == "threadpool" else "a process"
+            called = f"the method called sys.exit('bad item 2') in {where} of the {cluster}"
+            assert f"{called} computing item '2'" in said, said
+            assert isinstance(info.value.__cause__, SystemExit)
+    (fail_dir / "2").unlink()
+    again = make(tmp_path, cluster, fail_dir=str(fail_dir), raised="SystemExit")
     assert list(again.process([1, 2, 3])) == [10, 20, 30]
     assert counts(tmp_path / "calls.txt")[2] == 2
 

@@ -56,19 +56,22 @@ def interrupt_said(log: str) -> str | None:
 def pool_interrupt(
     error: BaseException, what: str, cluster: str, missing: tp.Sequence[str]
 ) -> JobFailedError:
-    """The error of a call whose method raised KeyboardInterrupt in a pool's thread or
-    process (``what``: what was not computed, ``missing`` its items): not the caller's Ctrl-C (which stops the
-    caller itself, not here), and a bare KeyboardInterrupt read as one. The method's own
-    traceback is its cause."""
+    """The error of a call whose method raised KeyboardInterrupt, or called sys.exit, in a
+    pool's thread or process (``what``: what was not computed, ``missing`` its items): not
+    the caller's Ctrl-C (which stops the caller itself, not here), and a bare
+    KeyboardInterrupt read as one, a bare SystemExit ended the caller's script silently.
+    The method's own traceback is its cause."""
     item = getattr(error, INTERRUPTED_ITEM, None)
     where = "a thread" if cluster == "threadpool" else "a process"
     which = f" computing item {item!r}" if item is not None else ""
     hint = ITEMS_HINT if missing else INTERRUPT_HINT
-    failure = JobFailedError(
-        f"{what}: the method raised KeyboardInterrupt in {where} of the {cluster}{which} "
-        f"(raised by the method itself: no Ctrl-C; {hint})",
-        missing,
-    )
+    if isinstance(error, SystemExit):
+        said = f"the method called sys.exit({error.code!r}) in {where} of the {cluster}{which}"
+        why = f"nothing is cached for it: {hint}"
+    else:
+        said = f"the method raised KeyboardInterrupt in {where} of the {cluster}{which}"
+        why = f"raised by the method itself: no Ctrl-C; {hint}"
+    failure = JobFailedError(f"{what}: {said} ({why})", missing)
     failure.__cause__ = error
     return failure
 

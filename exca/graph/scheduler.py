@@ -1339,8 +1339,9 @@ class Scheduler:
                         f"{what}: a process of the pool died {how}: {error}", missing
                     )
                 pool = getattr(handle, "cluster", None)
-                if isinstance(error, KeyboardInterrupt) and pool in POOL_CLUSTERS:
-                    # (the method's: the caller's own Ctrl-C stops the caller, not here)
+                if isinstance(error, KeyboardInterrupt | SystemExit) and pool in POOL_CLUSTERS:
+                    # (the method's: the caller's own Ctrl-C stops the caller, not here; a
+                    # sys.exit in a pool's thread must not end the caller's script silently)
                     return pool_interrupt(error, what, pool, missing)
                 if error is not None:
                     return error

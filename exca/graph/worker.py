@@ -1830,12 +1830,14 @@ def _compute_from(
             # (the item it interrupted, named by a pool's caller and a job's log: see
             # INTERRUPTED_ITEM; the outermost map's of this process, for nested calls)
             setattr(interrupt, INTERRUPTED_ITEM, uids[position])
-            if isinstance(interrupt, KeyboardInterrupt) and not _JOB_UNIT:
+            if not _JOB_UNIT:
                 # (in this process, it propagates as it is: cluster None, debug; not in a
                 # job, whose log must end with the interrupt, see errors.interrupt_said)
+                did = "was computing"
+                if isinstance(interrupt, SystemExit):
+                    did = f"called sys.exit({interrupt.code!r}) while computing"
                 interrupt.add_note(
-                    f"exca: the method of {node.label or node.uid} was computing item "
-                    f"{uids[position]!r}"
+                    f"exca: the method of {node.label or node.uid} {did} item {uids[position]!r}"
                 )
         flush()
         raise
