@@ -1919,7 +1919,10 @@ def test_an_array_whose_jobs_cannot_import_the_config_module_says_so(
     needing a display, say): each config's error said "local job N failed: RuntimeError:
     ...", as if the method had raised, where a single task's job names the load that
     failed (an array's jobs are followed through their records, which did not look for
-    it). They now say that the job could not load what it had to run, and why."""
+    it). They now say that the job could not load what it had to run, and why; nothing
+    is cached (the method never ran: see
+    test_a_job_whose_module_raises_at_import_caches_no_failure), so each is "not
+    submitted" again."""
     source = textwrap.dedent(LIBRARY_MODULE) + textwrap.dedent(
         """
         import os
@@ -1939,9 +1942,58 @@ def test_an_array_whose_jobs_cannot_import_the_config_module_says_so(
             said = str(info.value)
             assert "could not load what it had to run (RuntimeError: no display in jobs)" in said
             assert "_log.err" in said, said
-            assert task.infra.status() == "failed"
+            assert task.infra.status() == "not submitted"
     finally:
         sys.modules.pop("hidden_module_36", None)
+
+
+@pytest.mark.timeout(180)
+def test_a_job_whose_module_raises_at_import_caches_no_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The config's module raises at its import in the job only (code run at import,
+    guarded by a file or an environment variable only jobs have: a display, a GPU, a
+    mounted disk): the method never ran, yet its failure was cached (status "failed",
+    every call re-raising it until mode='retry', though the job's environment was fixed),
+    while a module missing there (an ImportError) is refused, nothing cached. Now the
+    same: the error names the module that raised and says it happened at its import, the
+    status is "not submitted", and once the import succeeds in jobs the next call
+    computes it. The method's own errors are still cached."""
+    flag = tmp_path / "no_display"
+    source = textwrap.dedent(LIBRARY_MODULE) + textwrap.dedent(
+        f"""
+        import os
+
+
+        class Broken(pydantic.BaseModel):
+            infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+            @infra.apply
+            def fit(self) -> int:
+                raise RuntimeError("the method's own error")
+
+
+        if os.environ.get("SUBMITIT_EXECUTOR") and os.path.exists({str(flag)!r}):
+            raise RuntimeError("no display in jobs")
+        """
+    )
+    module, path = _import_module_file(tmp_path, monkeypatch, "hidden_module_55", source)
+    flag.touch()
+    try:
+        infra = {"folder": tmp_path / "cache", "cluster": "local"}
+        task = module.Train(infra=infra)
+        for _ in range(2):  # (nothing cached: the second call submits it again)
+            with pytest.raises(JobFailedError) as info:
+                task.fit()
+            said = _refused_load(task, info)
+            assert "could not load what it had to run (RuntimeError: no display in jobs)" in said
+            raised = f"the module hidden_module_55 ({path}) raised it while the job imported it"
+            assert raised in said, said
+            assert "nothing of the method ran" in said, said
+        flag.unlink()  # (the jobs' environment fixed)
+        _computed_then_method_error_cached(module, infra, "the method's own error")
+    finally:
+        sys.modules.pop("hidden_module_55", None)
 
 
 @pytest.mark.timeout(180)

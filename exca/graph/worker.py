@@ -147,14 +147,32 @@ def run_unit(unit: Unit, progress: ProgressCallback | None = None) -> Report:
 
 class UnloadedUnit(tp.NamedTuple):
     """What a submitit job got for its unit when loading it failed on an ImportError (the
-    config's module, or a module of what it holds, is not importable in the job), or on
+    config's module, or a module of what it holds, is not importable in the job), on
     the lookup of a class its module does not have there (``missing``: "module:Class", the
-    class by its qualified name: "Outer.Inner" for a nested one)."""
+    class by its qualified name: "Outer.Inner" for a nested one), or on another exception
+    (``raised``: the module whose code, run at its import, raised it, else "" when an
+    object's unpickling raised it: ``other``)."""
 
     folder: str
     uid: str
     error: str
     missing: str = ""
+    raised: str = ""
+    other: bool = False
+
+
+def _module_raising(error: BaseException) -> str:
+    """The module (name and file) whose code, run when it was imported, raised ``error``
+    (the innermost module frame of its traceback), else "" (raised by no import)."""
+    module = ""
+    trace = error.__traceback__
+    while trace is not None:
+        code = trace.tb_frame.f_code
+        if code.co_name == "<module>":
+            name = trace.tb_frame.f_globals.get("__name__", "?")
+            module = f"{name} ({code.co_filename})"
+        trace = trace.tb_next
+    return module
 
 
 # pickle's words for a global its module lacks ("Can't get attribute 'Name' on <module
@@ -176,19 +194,28 @@ def _missing_global(error: AttributeError) -> str | None:
 
 
 def load_unit(data: bytes, folder: str = "", uid: str = "") -> Unit | UnloadedUnit:
-    """A pickled unit (see ``Unit.__reduce__``). In a submitit job, an ImportError while
-    loading it, or the lookup of a class that its module lacks in the job (renamed or
-    removed there), gives an ``UnloadedUnit`` (run_job_unit refuses it: an environment
-    problem, not the config's outcome), elsewhere it is raised."""
+    """A pickled unit (see ``Unit.__reduce__``). In a submitit job, an exception while
+    loading it (an ImportError, the lookup of a class that its module lacks in the job:
+    renamed or removed there, a module's code run at its import raising there) gives an
+    ``UnloadedUnit`` (run_job_unit refuses it: an environment problem, not the config's
+    outcome: the method never ran), elsewhere it is raised."""
     import pickle
 
     try:
         return tp.cast(Unit, pickle.loads(data))
-    except (ImportError, AttributeError) as error:
-        missing = _missing_global(error) if isinstance(error, AttributeError) else ""
-        if not uid or not os.environ.get("SUBMITIT_EXECUTOR") or missing is None:
+    except Exception as error:  # (the method never ran: not its outcome to cache)
+        if not uid or not os.environ.get("SUBMITIT_EXECUTOR"):
             raise
-        return UnloadedUnit(folder, uid, f"{type(error).__name__}: {error}", missing)
+        said = f"{type(error).__name__}: {error}"
+        if isinstance(error, ImportError):
+            return UnloadedUnit(folder, uid, said)
+        missing = _missing_global(error) if isinstance(error, AttributeError) else None
+        if missing is not None:
+            return UnloadedUnit(folder, uid, said, missing)
+        # (code run at a module's import in the job: e.g. guarded by an environment
+        # variable or a file only jobs have; or an object's unpickling)
+        raised = _module_raising(error)
+        return UnloadedUnit(folder, uid, said, raised=raised, other=not raised)
 
 
 def _refuse_unloaded(unit: UnloadedUnit) -> tp.NoReturn:
@@ -211,6 +238,23 @@ def _refuse_unloaded(unit: UnloadedUnit) -> tp.NoReturn:
             "submitting process's code: the same environment on the nodes; with a "
             "workdir, list that module in workdir.copied too), or call with a config of "
             "the class as the code names it now"
+        )
+    elif unit.raised:
+        said = (
+            f"the module {unit.raised} raised it while the job imported it (code run at "
+            "import, not the method: nothing of the method ran)"
+        )
+        advice = (
+            "make that module's import-time code succeed in the jobs (what it needs there: "
+            "environment variables, files, devices; or move that code into the method)"
+        )
+    elif unit.other:
+        said = (
+            "unpickling the config (or what it holds) raised it there (nothing of the method ran)"
+        )
+        advice = (
+            "keep values that cannot be loaded in the jobs out of the config (create "
+            "them in the method)"
         )
     else:
         said = "the module defining the config (or what it holds) is not importable there"
