@@ -449,7 +449,8 @@ def test_a_keyboardinterrupt_of_the_method_is_named_and_never_cached(
     Ctrl-C does. From a pool's thread or process (not the caller's: its Ctrl-C stops the
     caller) the call now raises a JobFailedError naming the item, as a local job's names
     the interrupt; in this process (None, debug) it propagates as it is. In every
-    cluster nothing is cached for that item: the next call computes it."""
+    cluster nothing is cached for that item: the next call computes it, and the status of
+    the items says so ("not submitted": a local job's said "failed")."""
     fail_dir = tmp_path / "fail"
     fail_dir.mkdir()
     (fail_dir / "2").touch()
@@ -475,6 +476,9 @@ def test_a_keyboardinterrupt_of_the_method_is_named_and_never_cached(
             raised = f"the method raised KeyboardInterrupt in {where} of the {cluster}"
             assert f"{raised} computing item '2'" in said, said
             assert "bad item 2" in "".join(traceback.format_exception(info.value))
+    # what the next call does (computes it), as a task's status says: not "failed", as
+    # it said of a job's items (a job sent them and did not write them)
+    assert mapper.process.node([1, 2, 3]).status() == "not submitted"
     (fail_dir / "2").unlink()
     again = make(tmp_path, cluster, fail_dir=str(fail_dir), raised="KeyboardInterrupt")
     assert list(again.process([1, 2, 3])) == [10, 20, 30]

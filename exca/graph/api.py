@@ -124,7 +124,8 @@ def result(node: Node) -> tp.Any:
 def status(node: Node) -> str:
     """``completed`` / ``failed`` / ``running`` / ``not submitted``. A map is completed
     when every item is cached without error, failed with an item error (or items a job
-    left missing: it died), running while a chunk job is queued or running or another
+    left missing: it died; not when its method raised KeyboardInterrupt, which the next
+    call computes again, as for a task), running while a chunk job is queued or running or another
     thread or process computes its missing items without a job, else not submitted (its
     missing items computed by nobody, or removed since their job wrote them). Reads
     only: it frees no file of an ended writer (reclaim.py), as a plan does not."""
@@ -174,9 +175,16 @@ def _status(node: Node) -> str:
     if calls.keys_being_computed(node, missing):  # (by a worker without a job)
         return "running"
     # items a job was sent and did not write: it failed; a job that ran to its end wrote
-    # them, removed since (a clear() while it ran): missing, as they were never computed
+    # them, removed since (a clear() while it ran): missing, as they were never computed;
+    # a job whose method raised KeyboardInterrupt is no failure (the next call computes
+    # them: see errors.INTERRUPT_HINT), as for a task (calls.task_status)
+    from .executors import ended_by_method_interrupt
+
     left = set(missing)
-    failed = any(computes(r, left) and not registry.wrote_outcome(r) for r in records)
+    failed = any(
+        computes(r, left) and not registry.wrote_outcome(r) and not ended_by_method_interrupt(r)
+        for r in records
+    )
     return "failed" if failed else "not submitted"
 
 
