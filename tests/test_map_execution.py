@@ -525,6 +525,26 @@ def test_a_sys_exit_of_the_method_names_the_item_and_is_never_cached(
     assert counts(tmp_path / "calls.txt")[2] == 2
 
 
+def test_a_debug_map_job_interrupted_by_its_method_is_not_failed(tmp_path: Path) -> None:
+    """A debug job runs in the calling process: its method raising KeyboardInterrupt (as a
+    Ctrl-C there) caches nothing and the next call computes its items, but the records
+    node.job() leaves made the node's status() "failed" (taken for jobs that died), where
+    a task's status() reads a debug job's record as not submitted. Not submitted now."""
+    fail_dir = tmp_path / "fail"
+    fail_dir.mkdir()
+    (fail_dir / "2").touch()
+    mapper = make(tmp_path, "debug", fail_dir=str(fail_dir), raised="KeyboardInterrupt")
+    node = mapper.process.node([1, 2, 3])
+    with pytest.raises(KeyboardInterrupt, match="bad item 2"):
+        node.job().result()
+    assert exca.graph.registry.read_all(mapper.infra.uid_folder())  # (records left)
+    assert node.status() == "not submitted"
+    assert all(listed.error is None for listed in exca.ops.inspect(tmp_path / "cache"))
+    (fail_dir / "2").unlink()
+    assert list(mapper.process([1, 2, 3])) == [10, 20, 30]
+    assert node.status() == "completed"
+
+
 @pytest.mark.timeout(120)
 def test_a_forced_call_interrupted_after_submitting_forces_at_the_next_call(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

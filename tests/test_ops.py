@@ -6326,6 +6326,51 @@ def test_status_and_list_of_a_task_whose_job_raised_keyboardinterrupt_say_what_a
     assert not record.exists() and task.infra.status() == "not submitted"
 
 
+class InterruptsWhileFlagged(pydantic.BaseModel):
+    """A task whose method raises KeyboardInterrupt itself while the file ``flag`` exists."""
+
+    flag: str
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        if Path(self.flag).exists():
+            raise KeyboardInterrupt("stop condition")
+        return 7
+
+
+@pytest.mark.parametrize("call", ["call", "job"])
+@pytest.mark.parametrize("cluster", [None, "debug"])
+def test_a_keyboardinterrupt_of_the_method_in_this_process_lists_no_error(
+    tmp_path: Path, cluster: str | None, call: str
+) -> None:
+    """A method raising KeyboardInterrupt itself in the calling process (cluster None or
+    "debug") cannot be told from the user's Ctrl-C: it propagates, nothing is cached, the
+    status is "not submitted" and the next call computes it. But a debug job followed by
+    job().result() leaves its record (a call withdraws the job it submitted), which `exca
+    list` read as a job that died: "error ... job DEBUG_N ended without writing its result
+    (killed, out of memory, cancelled...?)", where status() said "not submitted" (and
+    cluster None lists "empty"). It lists "empty" now."""
+    root = tmp_path / "cache"
+    flag = tmp_path / "flag"
+    flag.touch()
+    infra = {"folder": root, "cluster": cluster}
+    task = InterruptsWhileFlagged(flag=str(flag), infra=infra)
+    with pytest.raises(KeyboardInterrupt, match="stop condition"):
+        task.run() if call == "call" else task.infra.job().result()
+    assert task.infra.status() == "not submitted"
+    (listed,) = exca.ops.inspect(root)
+    assert listed.status == "empty" and listed.error is None, listed
+    assert exca.ops.inspect(root, status="error") == []
+    out = cli("list", root, check=True).stdout
+    assert " error " not in out and "ended without writing" not in out, out
+    flag.unlink()
+    assert InterruptsWhileFlagged(flag=str(flag), infra=infra).run() == 7  # (computed)
+    assert task.infra.status() == "completed"
+    (listed,) = exca.ops.inspect(root)
+    assert listed.status == "success", listed
+
+
 class StartsThenWaits(pydantic.BaseModel):
     """A task that says it started (a file), then waits (bounded) to be cancelled."""
 

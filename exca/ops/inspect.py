@@ -438,8 +438,13 @@ def describe(
     elif (
         info.status == "empty" and info.job_state == "ended" and record is not None and not skipped
     ):
-        # (as status() says: "failed"; a copy's job wrote into the original: not a failure)
-        died = not record.foreign and not registry.wrote_outcome(record)
+        # (as status() says: "failed"; a copy's job wrote into the original: not a failure;
+        # a debug job ran in its submitting process, as with cluster None: ended without
+        # its outcome, that process was interrupted (a Ctrl-C, or a KeyboardInterrupt of the
+        # method), which caches nothing: status() reads its record alike, not submitted)
+        died = (
+            not record.foreign and record.cluster != "debug" and not registry.wrote_outcome(record)
+        )
         if died:  # (not ended by its method's KeyboardInterrupt: no failure, the next
             # call computes it, as status() says; its record is set aside then)
             from ..graph.executors import ended_by_method_interrupt
@@ -463,8 +468,10 @@ def _items_left_by_dead_jobs(
     their items (killed, out of memory, cancelled): None when there is none."""
     dead, missing, total = [], 0, 0
     for record in records:
-        if record.foreign or registry.still_running(record, queued):
-            continue  # (a copy's job writes elsewhere; a running job is not done)
+        if record.foreign or record.cluster == "debug" or registry.still_running(record, queued):
+            # (a copy's job writes elsewhere; a running job is not done; a debug job ran in
+            # its submitting process, as with cluster None: see describe)
+            continue
         items = registry.items_of(folder, record)
         absent = sum(1 for item in items or () if item not in cached)
         if absent and not registry.wrote_outcome(record):
