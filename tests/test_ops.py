@@ -6195,6 +6195,27 @@ def test_a_local_map_job_ended_by_sys_exit_names_the_item(tmp_path: Path) -> Non
     assert said in str(info.value), info.value
 
 
+def test_the_first_line_of_a_local_job_ended_by_sys_exit_names_it(tmp_path: Path) -> None:
+    """A local job whose method called sys.exit was said, on the first line of the call's
+    error (what a plan's reason and `exca list` say alone), to have died "(killed, out of
+    memory, or sys.exit/os._exit in the method)", the sys.exit only in the log quoted
+    below, where a pool's caller says it (and, for a map, at which item). The first line
+    now quotes the job's note: a task's, and a map's with its item."""
+    with pytest.raises(JobFailedError) as info:
+        Exits(infra={"folder": tmp_path / "task", "cluster": "local"}).run()
+    first = str(info.value).partition("\n")[0]
+    assert "ended without writing its result: SystemExit(3) was raised" in first, first
+    assert "died" not in first, first
+    (listed,) = exca.ops.inspect(tmp_path / "task")
+    assert listed.error is not None and "SystemExit(3) was raised" in listed.error, listed
+    mapper = ExitsAtItem(infra={"folder": tmp_path / "map", "cluster": "local"})
+    with pytest.raises(JobFailedError) as info:
+        list(mapper.run([0, 1, 2, 3]))
+    first = str(info.value).partition("\n")[0]
+    said = "SystemExit(3) was raised (sys.exit in the method?) while computing item '2'"
+    assert f"ended without writing its result: {said}" in first, first
+
+
 class Interrupts(pydantic.BaseModel):
     """A task whose method raises KeyboardInterrupt itself (no signal: nobody cancels)."""
 

@@ -37,6 +37,19 @@ INTERRUPT_HINT = "nothing is cached: the next call computes it"
 INTERRUPTED_ITEM = "exca_item"
 
 
+# what a job's log says of a SystemExit the method raised (sys.exit), after "SystemExit(code)"
+EXITED_IN_METHOD = " was raised (sys.exit in the method?)"
+
+
+def exit_said(log: str) -> str | None:
+    """The job's note of a sys.exit in the method, from "SystemExit(" on (with the map item
+    the method was computing: see interrupted_at), else None."""
+    for line in reversed(log.splitlines()):
+        if EXITED_IN_METHOD in line and "SystemExit(" in line:
+            return line[line.index("SystemExit(") :].strip()
+    return None
+
+
 def interrupted_at(error: BaseException) -> str:
     """Which map item the method was computing when it raised ``error`` (a
     KeyboardInterrupt, a SystemExit), as a job's log note ends: "" when unknown (a task)."""

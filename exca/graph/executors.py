@@ -26,7 +26,13 @@ from pathlib import Path
 from ..storage.files import make_folder
 from ..storage.process import hostname, process_start_time
 from . import callers
-from .errors import LOG_QUOTE, RAISED_INTERRUPT, interrupt_said, method_interrupted
+from .errors import (
+    LOG_QUOTE,
+    RAISED_INTERRUPT,
+    exit_said,
+    interrupt_said,
+    method_interrupted,
+)
 from .node import CLAIM_JOB_ID, DEFAULT_MAX_JOBS, TASK_KEY, Execution
 from .worker import Report, Unit, UnloadedUnit, run_job_unit, run_stoppable, run_unit
 
@@ -211,6 +217,8 @@ def _local_death(job_id: str, stderr: Path) -> str:
 
         said = f"local job {job_id} ended without writing its result: {killed_words(signal_name)}"
         text = text.rstrip().rpartition("\n")[0]  # (the log's own end: said above)
+    elif (exited := exit_said(text)) is not None:  # (the method's sys.exit: not a death)
+        said = f"local job {job_id} ended without writing its result: {exited}"
     end = log_tail(text)
     # (its end quoted as a Slurm job's: after the first line, which a plan's reason
     # and `exca list` say alone; it was glued to it, up to 1500 characters)

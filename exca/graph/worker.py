@@ -32,6 +32,7 @@ from ..storage.index import meta_of
 from ..storage.modules import imported
 from . import callers, codeprint, jobpickle, jobprocess, ranks, registry, store
 from .errors import (
+    EXITED_IN_METHOD,
     INTERRUPTED_ITEM,
     RAISED_INTERRUPT,
     UpstreamFailed,
@@ -305,7 +306,7 @@ def run_job_unit(unit: Unit) -> Report:
             with contextlib.suppress(Exception):  # (a stderr closed by the method: unsaid)
                 print(
                     f"exca: {unit.node.uid}: the job ends without its result: "
-                    f"SystemExit({exiting.code!r}) was raised (sys.exit in the method?)"
+                    f"SystemExit({exiting.code!r}){EXITED_IN_METHOD}"
                     f"{interrupted_at(exiting)}",
                     file=sys.stderr,
                     flush=True,

@@ -493,10 +493,12 @@ def _items_left_by_dead_jobs(
 
 def _local_ending(record: tp.Any) -> str | None:
     """How a local job that ended without writing all of its work ended, as the end of
-    its log says (cancelled, or its process killed by a signal), or None (not told)."""
+    its log says (cancelled, its process killed by a signal, or a sys.exit in the method,
+    as the call says it), or None (not told)."""
     if record.cluster != "local":
         return None
     from ..graph import executors
+    from ..graph.errors import exit_said
     from ..graph.registry import killed_words
 
     try:
@@ -506,10 +508,13 @@ def _local_ending(record: tp.Any) -> str | None:
         cancelled = executors._cancelled_local_job(record.job_id, stderr)
         if cancelled is not None and " was cancelled " in cancelled:
             return "it was cancelled (interrupted by SIGINT, which job.cancel() sends)"
-        signal_name = executors.local_signal_in_log(executors.read_tail(stderr))
+        tail = executors.read_tail(stderr)
+        signal_name = executors.local_signal_in_log(tail)
     except OSError:
         return None
-    return None if signal_name is None else killed_words(signal_name)
+    if signal_name is None:
+        return exit_said(tail)
+    return killed_words(signal_name)
 
 
 def upstream_problems(
