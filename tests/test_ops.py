@@ -7628,3 +7628,69 @@ def test_a_copy_of_a_cache_view_that_frees_nothing_frees_nothing(tmp_path: Path)
         assert _tree(root) == before  # (nothing freed)
     assert len(CacheDict(folder).keys()) == 2  # (a plain instance frees them)
     assert len(_tree(root)) < len(before)
+
+
+class ForcedList(pydantic.BaseModel):
+    n: int = 3
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> list[int]:
+        return list(range(self.n))
+
+
+class ForcedSum(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def total(self, values: list[int]) -> int:
+        return sum(values)
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int, int, int]]:
+    """Every file and folder under root: its mode, size, modification time and inode."""
+    return {
+        str(path.relative_to(root)): (info.st_mode, info.st_size, info.st_mtime_ns, info.st_ino)
+        for path in [root, *root.rglob("*")]
+        for info in [os.lstat(path)]
+    }
+
+
+def test_read_only_nodes_write_nothing_in_their_upstream_folders(tmp_path: Path) -> None:
+    """Read-only nodes (a map whose items come from a task, a task taking that task's
+    output) below an upstream task in the default mode: the upstream was read in its own
+    mode, so a read-only call freed its files of an ended writer (computed, then forced
+    again by processes now ended: reclaim.py) and wrote back its yaml files removed by
+    hand, though the read-only nodes' own folders were left as they were (c42a65c). A
+    call of read-only nodes now writes and removes nothing anywhere; a default call
+    frees and restores them."""
+    root = tmp_path / "cache"
+    for mode in ("cached", "force"):
+        run_python(
+            f"""
+            import test_ops
+            infra = {{"folder": {str(root)!r}, "mode": {mode!r}}}
+            up = test_ops.ForcedList(infra=infra)
+            if {mode!r} == "cached":
+                test_ops.ForcedMap(infra=infra).process.node(up.run.node()).result()
+                test_ops.ForcedSum(infra=infra).total.node(up.run.node()).result()
+            up.run()
+            """
+        )
+    upstream = ForcedList(infra={"folder": root}).infra.uid_folder()
+    assert upstream is not None
+    (upstream / "uid.yaml").unlink()  # (removed by hand: a call reusing it writes it back)
+    long_ago = time.time() - 3600  # (idle for long: see reclaim.MIN_IDLE_SECONDS)
+    for path in root.rglob("*"):
+        os.utime(path, (long_ago, long_ago), follow_symlinks=False)
+    before = _snapshot(root)
+    read_only = {"folder": root, "mode": "read-only"}
+    up = ForcedList(infra={"folder": root})
+    assert ForcedMap(infra=read_only).process.node(up.run.node()).result() == [0, 1, 2]
+    assert ForcedSum(infra=read_only).total.node(up.run.node()).result() == 3
+    assert exca.graph.run(ForcedMap(infra=read_only).process.node(up.run.node()))
+    assert _snapshot(root) == before  # (nothing freed, nothing written back)
+    assert up.run() == [0, 1, 2]  # (the default mode frees and restores them)
+    after = _snapshot(root)
+    assert "uid.yaml" in {Path(p).name for p in set(after) - set(before)}
+    assert set(before) - set(after), "no file freed"

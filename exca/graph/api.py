@@ -10,7 +10,7 @@ from . import calls, store
 from .decisions import check_node, collect
 from .errors import NodeFailures, as_bool
 from .jobs import Job
-from .node import TASK_KEY, Node
+from .node import TASK_KEY, Node, reading_only
 from .planning import Plan
 from .scheduler import Scheduler
 from .store import first_item_error
@@ -109,6 +109,11 @@ def result(node: Node) -> tp.Any:
     """The output of a node (computing what is missing): a task's result, or a map's
     outputs in item order."""
     check_node(node)
+    with reading_only([node]):  # (a read-only node's upstream read too: frees nothing)
+        return _result(node)
+
+
+def _result(node: Node) -> tp.Any:
     if node.kind == "task":
         return calls.task_result(node)
     calls.run_nodes([node])

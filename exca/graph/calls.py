@@ -16,7 +16,7 @@ from ..storage.dumping import PAYLOAD_ERRORS, is_damaged_payload
 from . import callers, codeprint, registry, store
 from .errors import JobFailedError, self_call_error
 from .jobs import Job, MapJob
-from .node import SUBMITIT_CLUSTERS, TASK_KEY, Node, restoring_files
+from .node import SUBMITIT_CLUSTERS, TASK_KEY, Node, reading_only, restoring_files
 
 logger = logging.getLogger("exca")
 MISSING: tp.Any = object()
@@ -210,6 +210,11 @@ def keys_being_computed(
 def task_result(node: Node) -> tp.Any:
     """The result of a task node: from the cache when it can be reused, else computed
     (or waited for: this instance's forcing job, while it runs, see decisions)."""
+    with reading_only([node]):  # (a read-only node's upstream nodes: read only)
+        return _task_result(node)
+
+
+def _task_result(node: Node) -> tp.Any:
     if not any(n.pending_force for n in node.closure) and node.force_state.get("job") is None:
         with restoring_files():  # (as a call does: made with today's class defaults?)
             node.check_defaults()

@@ -17,7 +17,7 @@ import re
 import typing as tp
 from pathlib import Path
 
-from ..storage.cachedict import CacheDict
+from ..storage.cachedict import CacheDict, keeping_files
 from ..storage.modules import imported
 from ..uidformat import is_tensor
 
@@ -28,13 +28,39 @@ RESTORES_FILES: contextvars.ContextVar[bool] = contextvars.ContextVar(
 )
 
 
+# True while a call of read-only targets runs (see reading_only)
+_READING_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "exca_reading_only", default=False
+)
+
+
 @contextlib.contextmanager
 def restoring_files() -> tp.Iterator[None]:
-    token = RESTORES_FILES.set(True)
+    token = RESTORES_FILES.set(not _READING_ONLY.get())
     try:
         yield
     finally:
         RESTORES_FILES.reset(token)
+
+
+@contextlib.contextmanager
+def reading_only(targets: tp.Sequence[Node]) -> tp.Iterator[None]:
+    """Targets all in mode read-only: their upstream nodes, in their own modes, are read
+    too (deciding and feeding them), and as the targets' own reads, those write nothing:
+    they free no file of an ended writer (reclaim.py) and write back no yaml file (see
+    BaseInfra._restore_files). What an upstream node must compute, if any, is written as
+    ever."""
+    if not targets or not all(n.mode == "read-only" for n in targets):
+        yield
+        return
+    token = _READING_ONLY.set(True)
+    restores = RESTORES_FILES.set(False)
+    try:
+        with keeping_files():
+            yield
+    finally:
+        RESTORES_FILES.reset(restores)
+        _READING_ONLY.reset(token)
 
 
 TASK_KEY = "result"  # the CacheDict key of a task node's result

@@ -50,6 +50,7 @@ from .node import (
     SUBMITIT_CLUSTERS,
     TASK_KEY,
     Node,
+    reading_only,
     restoring_files,
     single_item_here,
 )
@@ -242,14 +243,15 @@ class Scheduler:
         when several nodes failed; ``root_cause``: the error of the one node that failed
         when the others only could not run because of it, as a call of that node raises)."""
         self.root_cause = root_cause
-        with restoring_files():
-            work = self.start()
-        callers.refuse_waiting_on_caller_jobs(work)  # (a wait that would never end)
-        if work:
-            try:
-                self._execute(work)
-            finally:
-                self.graph.share_force_states()
+        with reading_only(self._targets):
+            with restoring_files():
+                work = self.start()
+            callers.refuse_waiting_on_caller_jobs(work)  # (a wait that would never end)
+            if work:
+                try:
+                    self._execute(work)
+                finally:
+                    self.graph.share_force_states()
         self._raise_failures(root_cause)
 
     def run_detached(self) -> None:
@@ -257,7 +259,8 @@ class Scheduler:
         from .detached import submit_all
 
         self.shares_items = False
-        submit_all(self)
+        with reading_only(self._targets):
+            submit_all(self)
 
     def submit(
         self, parallelism: int | None = None, keep_going: bool = False
@@ -265,6 +268,12 @@ class Scheduler:
         """Submit the nodes that need work (none may depend on another's work) without
         waiting (inline nodes run now). Returns the handles per node key. ``keep_going``:
         an upstream node that fails (cached) fails only the nodes that need it."""
+        with reading_only(self._targets):
+            return self._submit(parallelism, keep_going)
+
+    def _submit(
+        self, parallelism: int | None, keep_going: bool
+    ) -> dict[Key, list[executors.Handle]]:
         with restoring_files():
             work = self.start()
         needed = {
