@@ -374,6 +374,38 @@ def test_killed_local_job_fails(killed_job: Path, short_result_wait: None) -> No
     assert len(calls(killed_job / "calls.txt")) == 1
 
 
+def _snapshot(root: Path) -> dict[str, tuple[int, int, int, int]]:
+    """Every file and folder under root: its mode, size, modification time and inode."""
+    return {
+        str(path.relative_to(root)): (info.st_mode, info.st_size, info.st_mtime_ns, info.st_ino)
+        for path in [root, *root.rglob("*")]
+        for info in [os.lstat(path)]
+    }
+
+
+@pytest.mark.timeout(120)
+def test_a_read_only_call_says_how_a_killed_local_job_ended(
+    killed_job: Path, short_result_wait: None
+) -> None:
+    """A task whose local job was killed (SIGKILL): a call, status() and a plan say that
+    its process died; a read-only call (and its plan) said only "read-only and missing",
+    as of a config never computed. It now raises the call's error, and its plan gives
+    the call's reason, writing nothing."""
+    root = killed_job / "cache"
+    before = _snapshot(root)
+    reader = _killed(killed_job, mode="read-only")
+    with pytest.raises(JobFailedError, match="its process died") as read_only:
+        reader.process()
+    (entry,) = exca.graph.plan(reader.process.node()).entries
+    assert entry.action == "fail" and "its process died" in entry.reason, entry
+    assert reader.infra.status() == "failed"
+    assert _snapshot(root) == before  # (nothing written, nothing moved)
+    with pytest.raises(JobFailedError) as call:
+        _killed(killed_job).process()
+    assert str(read_only.value) == str(call.value)
+    assert len(calls(killed_job / "calls.txt")) == 1
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("outcome", ["result", "error"])
 def test_a_job_whose_outcome_was_removed_since_did_not_fail(tmp_path: Path, outcome: str) -> None:

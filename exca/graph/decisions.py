@@ -111,6 +111,18 @@ class NodeRun:
         )
 
 
+def _read_only_task_left(run: NodeRun, record: registry.JobRecord) -> bool:
+    """A read-only task missing its result, whose last job ended without writing it
+    (killed, cancelled, timed out...): that job's ending is what a call in another mode
+    says, and what it says too (rather than a mere "read-only and missing")."""
+    return (
+        run.node.kind == "task"
+        and read_only_missing(run)
+        and run.reason == READ_ONLY_MISSING
+        and not registry.wrote_outcome(record)  # (its result removed since: only missing)
+    )
+
+
 def read_only_missing(run: NodeRun) -> bool:
     """A read-only node with something missing: it fails, unless a job computes it now
     (then it waits for that job: read-only never computes, but may wait)."""
@@ -472,7 +484,7 @@ class Graph:
                 run.action = "fail"
                 run.reason = f"cached error{told}{RETRY_COMPUTES} it again"
         elif node.mode == "read-only":
-            run.action, run.reason = "fail", "read-only and missing"
+            run.action, run.reason = "fail", READ_ONLY_MISSING
         else:
             run.action, run.reason = "compute", "missing"
 
@@ -789,6 +801,13 @@ class Graph:
                 run.reason = f"retry: job {record.job_id} {how} without a result"
             elif run.action == "compute" and not being_computed(run.node):
                 ended.append((run, record))
+            elif (
+                _read_only_task_left(run, record)
+                # (squeue not answering: a Slurm job may still run, not said to have ended)
+                and (record.cluster != "slurm" or confirmed is not None)
+                and not being_computed(run.node)
+            ):
+                ended.append((run, record))  # (said as another mode says it, moving nothing)
             # (else its worker lives on, e.g. a local job whose controller was killed, or
             # another worker computes it now: computed as any task being computed elsewhere,
             # its claim waited for)
@@ -797,7 +816,8 @@ class Graph:
         for run, record in ended:
             how = executors.recorded_handle(record).ended_how(known.get(record.job_id))
             if method_interrupted(how):  # (not its failure: computed, see INTERRUPT_HINT)
-                if not self.dry_run:  # (a plan, explain: read only, they move nothing)
+                # (a plan, explain, a read-only call: read only, they move nothing)
+                if not self.dry_run and run.node.mode != "read-only":
                     registry.set_refused(run.node.folder, record.job_id)  # (as the job does)
                 continue
             run.action, run.holds_error = "fail", True
@@ -918,6 +938,7 @@ class Graph:
 # it again"), and how a node below it words it: in parentheses after the upstream's uid,
 # and naming whose mode that is (the node's own mode retries nothing upstream)
 RETRY_COMPUTES = ": mode='retry' computes"
+READ_ONLY_MISSING = "read-only and missing"  # (a read-only task's reason, see _decide_task)
 UPSTREAM_RETRY_COMPUTES = "; mode='retry' on that upstream config's own infra computes"
 
 # what a run waiting for a job it did not submit, in mode retry, says of it (see
