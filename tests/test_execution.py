@@ -545,6 +545,36 @@ def test_killed_local_job_retry_recomputes(
 
 
 @pytest.mark.timeout(120)
+def test_the_plan_of_a_copied_cache_says_how_the_original_job_ended(
+    killed_job: Path, tmp_path: Path, short_result_wait: None
+) -> None:
+    """A cache copied (cp -a) holding the record of a local job that was killed: a plan
+    and explain of the copy said only "missing" ("its folder exists but holds no result
+    (interrupted, or cleared?)"), where the original's say the job died. The copy's call
+    computes it anew (that job wrote into the original folder: not the copy's failure,
+    see registry.read_all), and its plan says so and how that job ended, writing nothing."""
+    folder = tmp_path / "killed"
+    subprocess.run(["cp", "-a", str(killed_job), str(folder)], check=True)
+    before = _snapshot(folder)
+    original = str(_killed(killed_job).infra.uid_folder())
+
+    def copied(**infra: tp.Any) -> Counted:  # (the same config, in the copy)
+        return _killed(killed_job, folder=folder / "cache", **infra)
+
+    node = copied().process.node()
+    (entry,) = exca.graph.plan(node).entries
+    assert (entry.status, entry.action) == ("missing", "compute"), entry
+    assert f"its folder was copied from {original}, where local job" in entry.reason, entry
+    assert "its process died" in entry.reason and "not a failure of this folder" in entry.reason
+    (explained,) = exca.ops.explain(node)
+    assert explained.reason == entry.reason and "interrupted, or cleared" not in explained.reason
+    (entry,) = exca.graph.plan(copied(mode="read-only").process.node()).entries
+    assert entry.reason.startswith("read-only and missing (its folder was copied from"), entry
+    assert _snapshot(folder) == before  # (read only)
+    assert len(calls(killed_job / "calls.txt")) == 1
+
+
+@pytest.mark.timeout(120)
 def test_job_killed_while_waited_for(tmp_path: Path, short_result_wait: None) -> None:
     """The caller is blocked in the call when the job dies: JobFailedError, then retry."""
     log = tmp_path / "calls.txt"

@@ -11,12 +11,14 @@ import datetime
 import json
 import re
 import typing as tp
+from pathlib import Path
 
 from ..storage import gcpause
 from ..storage.cachedict import keeping_files
-from . import codeprint, store
+from . import codeprint, executors, registry, store
 from .decisions import (
     OTHER_DEFAULTS,
+    READ_ONLY_MISSING,
     Graph,
     Key,
     NodeRun,
@@ -24,7 +26,7 @@ from .decisions import (
     to_chunks,
     unreachable_inputs,
 )
-from .errors import as_bool, shortened
+from .errors import as_bool, ending_line, shortened
 from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Group, Node, single_item_here
 
 STATUS_ORDER = ("running", "missing", "forced", "cached error", "stale", "cached", "not needed")
@@ -153,6 +155,10 @@ class Plan:
                 )
                 if edited:
                     reason = f"{reason}, {edited}"
+        elif status == "missing" and run.reason in ("missing", READ_ONLY_MISSING):
+            copied = _copied_job(run)
+            if copied is not None:
+                reason = f"{reason} ({copied})"
         items = None
         if node.kind == "map" and run.action != "not-needed":
             if run.uids is None:  # (failing: its items could not be read, the reason says why)
@@ -602,6 +608,36 @@ def _note_computed_elsewhere(runs: dict[Key, NodeRun]) -> None:
             run.reason = f"computed right now by another process: run() waits for {what}"
         elif elsewhere:
             run.reason += f" ({len(elsewhere)} of them computed right now by another process)"
+
+
+def _copied_job(run: NodeRun) -> str | None:
+    """A task missing here whose folder was copied (or moved) holding the record of a job
+    of the original folder (its last one: ``registry.read_all``'s foreign records): how
+    that job is, or ended, as far as it can be known here (its process, on this host, by
+    pid and start time; Slurm's queue; its logs, copied along), said as a plan on the
+    original says it. It computed (or computes) into the original folder, not this one:
+    this one computes it anew, and its failure is not this folder's (None: no such job)."""
+    node = run.node
+    if node.kind != "task" or node.folder is None or run.folder_absent or run.seen_job:
+        return None
+    foreign = [r for r in registry.read_all(node.folder, copied=True) if r.foreign]
+    if not foreign:
+        return None
+    record = foreign[-1]
+    # (as read in the original folder, where it writes, when that is still there: its
+    # logs there end as it ended, not where the copy caught them)
+    there = Path(record.folder)
+    own = dataclasses.replace(
+        record, foreign=False, node_folder=there if there.is_dir() else record.node_folder
+    )
+    copied = f"its folder was copied from {record.folder}, where"
+    if registry.still_running(own):
+        return f"{copied} job {record.job_id} computes it now (not waited for: it writes there)"
+    if registry.wrote_outcome(own):
+        return f"{copied} job {record.job_id} computed it since"
+    known = registry.slurm_endings([record.job_id]) if record.cluster == "slurm" else {}
+    how = ending_line(executors.recorded_handle(own).ended_how(known.get(record.job_id)))
+    return f"{copied} {how}; not a failure of this folder"
 
 
 def _waits(run: NodeRun) -> bool:
