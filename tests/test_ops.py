@@ -6293,10 +6293,10 @@ def _interrupted_job_record(root: Path) -> Path:
     return record
 
 
-def _tree(root: Path) -> dict[str, tuple[int, int, int]]:
-    """Every file and folder under root: its mode, size and modification time."""
+def _tree(root: Path) -> dict[str, tuple[int, int, int, int]]:
+    """Every file and folder under root: its mode, size, modification time and inode."""
     return {
-        str(path.relative_to(root)): (info.st_mode, info.st_size, info.st_mtime_ns)
+        str(path.relative_to(root)): (info.st_mode, info.st_size, info.st_mtime_ns, info.st_ino)
         for path in [root, *root.rglob("*")]
         for info in [os.lstat(path)]
     }
@@ -7647,15 +7647,6 @@ class ForcedSum(pydantic.BaseModel):
         return sum(values)
 
 
-def _snapshot(root: Path) -> dict[str, tuple[int, int, int, int]]:
-    """Every file and folder under root: its mode, size, modification time and inode."""
-    return {
-        str(path.relative_to(root)): (info.st_mode, info.st_size, info.st_mtime_ns, info.st_ino)
-        for path in [root, *root.rglob("*")]
-        for info in [os.lstat(path)]
-    }
-
-
 def test_read_only_nodes_write_nothing_in_their_upstream_folders(tmp_path: Path) -> None:
     """Read-only nodes (a map whose items come from a task, a task taking that task's
     output) below an upstream task in the default mode: the upstream was read in its own
@@ -7683,14 +7674,14 @@ def test_read_only_nodes_write_nothing_in_their_upstream_folders(tmp_path: Path)
     long_ago = time.time() - 3600  # (idle for long: see reclaim.MIN_IDLE_SECONDS)
     for path in root.rglob("*"):
         os.utime(path, (long_ago, long_ago), follow_symlinks=False)
-    before = _snapshot(root)
+    before = _tree(root)
     read_only = {"folder": root, "mode": "read-only"}
     up = ForcedList(infra={"folder": root})
     assert ForcedMap(infra=read_only).process.node(up.run.node()).result() == [0, 1, 2]
     assert ForcedSum(infra=read_only).total.node(up.run.node()).result() == 3
     assert exca.graph.run(ForcedMap(infra=read_only).process.node(up.run.node()))
-    assert _snapshot(root) == before  # (nothing freed, nothing written back)
+    assert _tree(root) == before  # (nothing freed, nothing written back)
     assert up.run() == [0, 1, 2]  # (the default mode frees and restores them)
-    after = _snapshot(root)
+    after = _tree(root)
     assert "uid.yaml" in {Path(p).name for p in set(after) - set(before)}
     assert set(before) - set(after), "no file freed"
