@@ -438,9 +438,20 @@ def test_a_job_whose_outcome_was_removed_since_did_not_fail(tmp_path: Path, outc
 
 
 @pytest.mark.timeout(150)
-def test_local_job_reaching_its_time_limit(tmp_path: Path) -> None:
+def test_local_job_reaching_its_time_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """submitit stops a local job at its time limit by raising its UncompletedJobError in
     the method: the task fails with JobFailedError (as on Slurm), cached; retry recomputes."""
+    import submitit.local.local
+
+    submit = submitit.local.local.LocalExecutor._submit_command
+
+    def warned_early(self: tp.Any, command: str) -> tp.Any:
+        # (submitit's warning 55 s before the 1-minute limit, not its 30 s: the job is
+        # stopped 5 s after its start; the test waited 30 s for it)
+        self.parameters["signal_delay_s"] = 55
+        return submit(self, command)
+
+    monkeypatch.setattr(submitit.local.local.LocalExecutor, "_submit_command", warned_early)
     flag = str(tmp_path / "block-flag")
     task = make(tmp_path, "local", block_flag=flag, infra={"timeout_min": 1})
     Path(flag).touch()
