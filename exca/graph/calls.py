@@ -210,6 +210,8 @@ def keys_being_computed(
 def task_result(node: Node) -> tp.Any:
     """The result of a task node: from the cache when it can be reused, else computed
     (or waited for: this instance's forcing job, while it runs, see decisions)."""
+    if node.mode != "read-only":  # (the common case: no context to enter)
+        return _task_result(node)
     with reading_only([node]):  # (a read-only node's upstream nodes: read only)
         return _task_result(node)
 
