@@ -261,6 +261,64 @@ def test_a_keyboardinterrupt_of_the_method_is_never_cached(
     assert calls(log) == ["called"] * 2
 
 
+class Exiting(pydantic.BaseModel):
+    """process() -> 1; calls sys.exit(3) while the file ``flag`` exists (a stop condition
+    of a script's method, called in a task)."""
+
+    flag: str
+    log: str
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        append(self.log, "called")
+        if Path(self.flag).exists():
+            sys.exit(3)
+        return 1
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("cluster", [*CLUSTERS, pytest.param("slurm", marks=pytest.mark.slurm)])
+def test_a_sys_exit_of_the_method_is_never_cached(tmp_path: Path, cluster: str | None) -> None:
+    """A task's method calling sys.exit(3): a local job was recorded as failed (status
+    "failed", `exca list` an error, the next calls raised it until mode='retry'), a Slurm
+    job too ("its process exited with code 3"), while a map's item is never cached for
+    it (the next call computes it), and inline the SystemExit propagated naming nothing.
+    Now as for a map's item, on every cluster: nothing is cached, the next call computes
+    it; a job's error says that the method called sys.exit (not to use mode='retry');
+    in this process (None, debug) the SystemExit propagates with a note naming the task."""
+    flag, log = tmp_path / "flag", tmp_path / "calls.txt"
+    flag.touch()
+
+    def task() -> Exiting:
+        infra = {"folder": tmp_path / "cache", "cluster": cluster}
+        return Exiting(flag=str(flag), log=str(log), infra=infra)
+
+    for attempt in (1, 2):  # (the second call computes it again: nothing was cached)
+        if cluster in (None, "debug"):
+            with pytest.raises(SystemExit) as exited:
+                task().process()
+            assert exited.value.code == 3
+            notes = getattr(exited.value, "__notes__", [])
+            said = f"exca: the method of {task().process.node().uid} called sys.exit(3)"
+            assert any(note.startswith(said) for note in notes), notes
+        else:
+            with pytest.raises(JobFailedError) as info:
+                task().process()
+            first = str(info.value).partition("\n")[0]
+            assert "SystemExit(3) was raised (sys.exit in the method?)" in first, first
+            assert "(nothing is cached: the next call computes it)" in first, first
+            assert "retry" not in first, first
+        assert task().infra.status() == "not submitted"
+        (listed,) = exca.ops.inspect(tmp_path / "cache")
+        assert listed.error is None and listed.status != "error", listed
+        assert calls(log) == ["called"] * attempt
+    flag.unlink()
+    assert task().process() == 1  # (mode cached: computed)
+    assert task().infra.status() == "completed"
+    assert calls(log) == ["called"] * 3
+
+
 def _wait_for(predicate: tp.Callable[[], bool], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -519,6 +519,9 @@ def test_a_sys_exit_of_the_method_names_the_item_and_is_never_cached(
             called = f"the method called sys.exit('bad item 2') in {where} of the {cluster}"
             assert f"{called} computing item '2'" in said, said
             assert isinstance(info.value.__cause__, SystemExit)
+    # (what the next call does, as for a KeyboardInterrupt: a local job's items were
+    # said "failed", sent to a job that did not write them)
+    assert mapper.process.node([1, 2, 3]).status() == "not submitted"
     (fail_dir / "2").unlink()
     again = make(tmp_path, cluster, fail_dir=str(fail_dir), raised="SystemExit")
     assert list(again.process([1, 2, 3])) == [10, 20, 30]

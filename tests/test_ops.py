@@ -6206,14 +6206,29 @@ def test_the_first_line_of_a_local_job_ended_by_sys_exit_names_it(tmp_path: Path
     first = str(info.value).partition("\n")[0]
     assert "ended without writing its result: SystemExit(3) was raised" in first, first
     assert "died" not in first, first
-    (listed,) = exca.ops.inspect(tmp_path / "task")
-    assert listed.error is not None and "SystemExit(3) was raised" in listed.error, listed
     mapper = ExitsAtItem(infra={"folder": tmp_path / "map", "cluster": "local"})
     with pytest.raises(JobFailedError) as info:
         list(mapper.run([0, 1, 2, 3]))
     first = str(info.value).partition("\n")[0]
     said = "SystemExit(3) was raised (sys.exit in the method?) while computing item '2'"
     assert f"ended without writing its result: {said}" in first, first
+
+
+def test_list_and_logs_of_a_task_whose_job_called_sys_exit(tmp_path: Path) -> None:
+    """A task's local job whose method called sys.exit: `exca list` listed the job's
+    failure as an error (cached: the next calls raised it until mode='retry'). Nothing
+    is cached now, as for a map's item (see tests/test_execution.py): no error listed, and
+    `exca logs` says why its record was set aside (not that the job refused its config,
+    as for the other records set aside)."""
+    with pytest.raises(JobFailedError, match=r"SystemExit\(3\) was raised"):
+        Exits(infra={"folder": tmp_path, "cluster": "local"}).run()
+    (listed,) = exca.ops.inspect(tmp_path)
+    assert listed.error is None and listed.status != "error", listed
+    folder = Exits(infra={"folder": tmp_path}).infra.uid_folder()
+    out = cli("logs", folder, check=True).stdout
+    said = "ended on a sys.exit of its method: SystemExit(3) was raised (sys.exit in the method?)"
+    assert f"{said}; nothing was cached for what it left; the next call computes it" in out, out
+    assert "refused its config" not in out, out
 
 
 class Interrupts(pydantic.BaseModel):

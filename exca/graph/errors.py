@@ -111,8 +111,15 @@ def class_changed(how: str) -> bool:
 
 def method_interrupted(how: str) -> bool:
     """Whether a job's ending (``Handle.ended_how``) is a KeyboardInterrupt its method
-    raised (no SIGINT: not a cancel): not cached, as a refusal (see RAISED_INTERRUPT)."""
-    return RAISED_INTERRUPT in how
+    raised (no SIGINT: not a cancel), or a sys.exit it called (its first line says so, see
+    EXITED_IN_METHOD): not cached, as a refusal (see RAISED_INTERRUPT)."""
+    return RAISED_INTERRUPT in how or EXITED_IN_METHOD in how.partition(LOG_QUOTE)[0]
+
+
+def method_ended_in_log(log: str) -> bool:
+    """Whether a job's log notes that its method raised KeyboardInterrupt or called
+    sys.exit (see worker.run_job_unit): what the next call reads as no failure."""
+    return RAISED_INTERRUPT in log or exit_said(log) is not None
 
 
 RETRY_HINT = "use mode='retry' to recompute"

@@ -28,9 +28,9 @@ from ..storage.process import hostname, process_start_time
 from . import callers
 from .errors import (
     LOG_QUOTE,
-    RAISED_INTERRUPT,
     exit_said,
     interrupt_said,
+    method_ended_in_log,
     method_interrupted,
 )
 from .node import CLAIM_JOB_ID, DEFAULT_MAX_JOBS, TASK_KEY, Execution
@@ -646,7 +646,14 @@ class SubmititHandle(Handle):
                 how[len(EXITED_WITH_CODE) :].split()[0] if how.startswith(EXITED_WITH_CODE) else ""
             )
             if code.isdigit() and int(code) != 0:
-                how = self._killed_said(int(code)) or self._raised_interrupt() or how
+                how = (
+                    self._killed_said(int(code))
+                    or self._raised_interrupt()
+                    or self._exited_in_method()
+                    or how
+                )
+            else:  # (e.g. sys.exit(0) in the method: no result, sacct says no code)
+                how = self._exited_in_method() or how
             if not how and state.startswith("UNKNOWN"):
                 how = (
                     "neither the queue nor the accounting (sacct) knows it: cancelled before "
@@ -699,6 +706,15 @@ class SubmititHandle(Handle):
         if last.startswith("KeyboardInterrupt"):
             return interrupt_said(text)  # (with the map item the method was computing)
         return None
+
+    def _exited_in_method(self) -> str | None:
+        """That the method called sys.exit, as the job's log notes it (worker.py), else
+        None: a Slurm job said only "its process exited with code 3", where a local one
+        says it (and the next call computes it: nothing is cached)."""
+        try:
+            return exit_said(read_tail(Path(self.job.paths.stderr), 64 * 1024))
+        except Exception:  # (no log)
+            return None
 
     def _log_said(self, tail: bool = False) -> str:
         """Where the job's stderr log is (and, with ``tail``, its last lines): "" when
@@ -1301,14 +1317,14 @@ def recorded_handle(record: tp.Any) -> Handle:
 
 def ended_by_method_interrupt(record: tp.Any, known: tuple[str, str] | None = None) -> bool:
     """Whether a recorded job that ended without its outcome ended on a KeyboardInterrupt
-    its method raised (``errors.method_interrupted`` of its ending, as the next call reads
-    it: it computes the task again, see decisions.Graph._check_registry), its record not
-    set aside yet (by the job, or by that call): status() and ``exca list`` say what that
-    call does. Its log is looked at first (the job notes the interrupt there, see
+    its method raised, or a sys.exit it called (``errors.method_interrupted`` of its
+    ending, as the next call reads it: it computes the task again, see
+    decisions.Graph._check_registry), its record not set aside yet (by the job, or by
+    that call): status() and ``exca list`` say what that call does. Its log is looked at first (the job notes the interrupt there, see
     worker.run_job_unit): the ending of any other job, a Slurm one's asked of sacct, is
     not looked up (``known``: as ``registry.slurm_endings`` gave it)."""
     try:
-        if RAISED_INTERRUPT not in read_tail(Path(record.stderr), 64 * 1024):
+        if not method_ended_in_log(read_tail(Path(record.stderr), 64 * 1024)):
             return False
     except OSError:  # (no log: not noted)
         return False

@@ -311,6 +311,11 @@ def run_job_unit(unit: Unit) -> Report:
                     file=sys.stderr,
                     flush=True,
                 )
+            if unit.node.kind == "task":  # (a map's missing items: computed by the next call)
+                # no failure of the config either (a sys.exit says nothing of it, and its
+                # log says why): set aside as for a KeyboardInterrupt, the next call computes it
+                with contextlib.suppress(Exception):
+                    registry.set_refused(unit.node.folder, _job_id() or "")
         raise
     except KeyboardInterrupt as interrupt:  # (no SIGINT received: raised by the method)
         if not _TOLD_TO_STOP:
@@ -920,6 +925,16 @@ def _compute_task(node: Node) -> Report:
         meta = _provenance(node)
         ranks.announce(node.uid, None)  # (a task computed here has a folder)
         value = node.function(**inputs)
+    except SystemExit as exiting:  # (nothing cached: the next call computes it)
+        if meta is not None and not _JOB_UNIT and not getattr(exiting, _EXIT_NOTED, False):
+            # (in this process it propagates as it is, cluster None or debug, named as a
+            # map's item is; a job's log says it instead, see run_job_unit)
+            setattr(exiting, _EXIT_NOTED, True)  # (the innermost task's, for nested calls)
+            exiting.add_note(
+                f"exca: the method of {node.label or node.uid} called "
+                f"sys.exit({exiting.code!r}) (nothing is cached: the next call computes it)"
+            )
+        raise
     except Exception as error:
         if _closed_output(error):
             raise  # (not the method's failure: nothing cached)
@@ -966,6 +981,9 @@ def _compute_task(node: Node) -> Report:
     _refuse_if_withdrawn(node, written=True)  # (withdrawn while it wrote: removed again)
     _stored(node)
     return Report(computed=1)
+
+
+_EXIT_NOTED = "exca_exit_noted"  # (a SystemExit a task's method raised, noted already)
 
 
 def _stored(node: Node) -> None:

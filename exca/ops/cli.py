@@ -868,7 +868,7 @@ def _holds_task_result(folder: Path) -> bool:
 def _unrecorded_note(job: tp.Any, folder: Path) -> str:
     """What ``exca logs`` says of a job no record names any more (see unrecorded_job)."""
     from ..graph import executors
-    from ..graph.errors import RAISED_INTERRUPT
+    from ..graph.errors import RAISED_INTERRUPT, exit_said
     from ..storage.cachedict import inspecting_view
 
     note = (
@@ -879,6 +879,8 @@ def _unrecorded_note(job: tp.Any, folder: Path) -> str:
     try:
         if RAISED_INTERRUPT in job.stderr():
             note += "; its method raised KeyboardInterrupt"
+        elif exit_said(job.stderr()) is not None:
+            note += "; its method called sys.exit"
         elif " was cancelled " in (
             executors._cancelled_local_job(job.job_id, job.stderr_path) or ""
         ):
@@ -1464,7 +1466,7 @@ def _main(argv: list[str] | None) -> int:
         data = {"job_id": job.job_id, "cluster": job.cluster, "path": str(path), "text": text}
         header = f"# job {job.job_id} ({job.cluster}): {path}"
         maker = _result_job(Path(args.folder)) if args.item is None else job.job_id
-        from ..graph.errors import RAISED_INTERRUPT
+        from ..graph.errors import RAISED_INTERRUPT, exit_said
 
         if job.unrecorded:
             data["note"] = _unrecorded_note(job, Path(args.folder))
@@ -1473,6 +1475,12 @@ def _main(argv: list[str] | None) -> int:
             data["note"] = (
                 f"job {job.job_id}'s method raised KeyboardInterrupt: nothing was cached; "
                 "the next call computes it"
+            )
+            header += f"\n# ({data['note']})"
+        elif (exited := exit_said(job.stderr() or "")) is not None:  # (as for an interrupt)
+            data["note"] = (
+                f"job {job.job_id} ended on a sys.exit of its method: {exited}; nothing "
+                "was cached for what it left; the next call computes it"
             )
             header += f"\n# ({data['note']})"
         elif job.refused:  # (its record was set aside: see registry.set_refused)
