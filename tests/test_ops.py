@@ -7514,6 +7514,36 @@ def test_where_on_a_field_excluded_from_the_uid_says_so(
         assert f"'{key}' is in the configs' config.yaml but not in their uid" in out, out
 
 
+def test_list_matching_nothing_reads_each_config_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`exca list ROOT --where KEY=V` matching nothing described the whole cache twice
+    (once filtered, then again to say why nothing matched: 2x the reads, seconds on 5k
+    configs): each node's uid.yaml and full-uid.yaml are now read once, and it says the
+    same."""
+    from exca.infra import uidfolder
+    from exca.ops.cli import main
+
+    root = tmp_path / "cache"
+    for lr in (0.1, 0.2, 0.3):
+        Placed(lr=lr, infra={"folder": root}).fit()
+    reads: dict[str, int] = {}
+    read_text = uidfolder.read_text
+
+    def counted(path: Path) -> str | None:
+        reads[Path(path).name] = reads.get(Path(path).name, 0) + 1
+        return read_text(path)
+
+    monkeypatch.setattr(uidfolder, "read_text", counted)
+    for condition, said in [("lrr=1", "No config has a key 'lrr'"), ("lr=5", "")]:
+        reads.clear()
+        main(["list", str(root), "--where", condition])
+        out = " ".join(capsys.readouterr().out.split())
+        assert "No cached node matches --step/--where/--status." in out, out
+        assert said in out, out
+        assert reads["uid.yaml"] == 3 and reads["full-uid.yaml"] == 3, reads
+
+
 class ForcedTask(pydantic.BaseModel):
     x: int = 1
     infra: exca.TaskInfra = exca.TaskInfra(version="1")

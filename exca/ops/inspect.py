@@ -736,11 +736,16 @@ def inspect(
     where: tp.Sequence[str] = (),
     status: str | None = None,
     look: registry.QueueLook | None = None,
+    described: list[NodeInfo] | None = None,
 ) -> list[NodeInfo]:
     """Describe every node folder of a cache root (filters: step glob or substring,
     ``key=value`` conditions on the uid config, status). ``look``: the Slurm queue as
     looked at already (a command describing, then cleaning: one squeue call), else asked
-    once for the jobs of these folders."""
+    once for the jobs of these folders. ``described``: a list that receives every node of
+    the root (or step) before the ``where`` and ``status`` filters, for a caller saying
+    why they matched nothing without describing the cache again (their configs and
+    statuses; the notes on upstream problems and dead jobs' endings are made for the
+    selected nodes only)."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root}: {not_a_folder(root)} (give a cache root: an infra's folder)")
@@ -793,6 +798,8 @@ def inspect(
         if f in parents and info.kind == "empty":
             continue  # a config folder that only holds tasks with inputs (listed themselves)
         out.append(info)
+    if described is not None:
+        described.extend(out)
     # the filters first: what follows (sacct) is asked only for the nodes listed
     selected = select(out, where, status, parsed=conditions)
     # a task with inputs holding nothing: not computed as an upstream node failed? (its
