@@ -7544,6 +7544,40 @@ def test_list_matching_nothing_reads_each_config_once(
         assert reads["uid.yaml"] == 3 and reads["full-uid.yaml"] == 3, reads
 
 
+def test_where_on_a_key_no_config_has_parses_no_config_yaml(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`exca list ROOT --where typo=1` parsed every config.yaml of the cache to say that
+    none holds 'typo' (seconds on 5k configs): a file whose text does not hold a part of
+    the key is no longer parsed; a key spelled otherwise there (an escape, a dotted yaml
+    key) is still found."""
+    from exca.ops.cli import main
+
+    inspect_module = importlib.import_module("exca.ops.inspect")  # (not exca.ops.inspect())
+    root = tmp_path / "cache"
+    for lr in (0.1, 0.2, 0.3):
+        Placed(lr=lr, infra={"folder": root}).fit()
+    parsed: list[str] = []
+    read_yaml = inspect_module.read_yaml
+
+    def counted(path: Path, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        parsed.append(Path(path).name)
+        return read_yaml(path, *args, **kwargs)
+
+    monkeypatch.setattr(inspect_module, "read_yaml", counted)
+    main(["list", str(root), "--where", "typo=1"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "No config has a key 'typo'" in out, out
+    assert "config.yaml" not in parsed, parsed
+    # (keys a hand-edited config.yaml spells otherwise: found, as before)
+    config = next(root.glob("*/*/config.yaml"))
+    config.write_text(config.read_text() + '"zz\\x71": 1\nopt.beta: 2\n')
+    for key in ("zzq", "opt.beta", "opt"):
+        main(["list", str(root), "--where", f"{key}=1"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert f"'{key}' is in the configs' config.yaml but not in their uid" in out, out
+
+
 class ForcedTask(pydantic.BaseModel):
     x: int = 1
     infra: exca.TaskInfra = exca.TaskInfra(version="1")

@@ -24,7 +24,14 @@ from ..graph import registry, store
 from ..graph.errors import shortened
 from ..graph.node import INPUTS_PREFIX, TASK_KEY
 from ..graph.planning import INPUT_SHOWN
-from ..infra.uidfolder import CONFIG_FILE, FULL_UID_FILE, INPUTS_FILE, UID_FILE, read_yaml
+from ..infra.uidfolder import (
+    CONFIG_FILE,
+    FULL_UID_FILE,
+    INPUTS_FILE,
+    UID_FILE,
+    read_text,
+    read_yaml,
+)
 from ..plainyaml import pyyaml
 from ..storage.cachederror import record_line, shorten
 from ..storage.cachedict import inspecting_view
@@ -894,12 +901,36 @@ def keys_outside_uids(infos: list[NodeInfo], keys: tp.Sequence[str]) -> list[str
         if not left or folder in seen:
             continue
         seen.add(folder)
-        flat = ConfDict(read_yaml(folder / CONFIG_FILE) or {}).flat()
-        for key in sorted(left):
+        text = read_text(folder / CONFIG_FILE)
+        maybe = [key for key in left if _may_hold(text, key)] if text is not None else []
+        if not maybe:  # (a typo: no parse of each of 5k files, the text tells)
+            continue
+        flat = ConfDict(read_yaml(folder / CONFIG_FILE, text=text) or {}).flat()
+        for key in sorted(maybe):
             if any(k == key or k.startswith(key + ".") for k in flat):
                 left.discard(key)
                 found.append(key)
     return [k for k in keys if k in found]
+
+
+# (what a key part written in yaml may turn into: str() of a number, bool or null key)
+_NUMERIC = frozenset("0123456789.+-e")
+_NAMED = frozenset({"True", "False", "None", "inf", "-inf", "nan"})
+
+
+def _may_hold(text: str, key: str) -> bool:
+    """Whether a yaml text may hold a flat ``key`` (or keys below it): False only when a
+    part of it is not in the text at all, a part yaml can only hold as written (no
+    escape in the text: a backslash; no space, quote, number, bool or null word in the
+    part, which folding, quoting or a key of another type may spell otherwise)."""
+    if "\\" in text:
+        return True
+    for part in key.split("."):
+        if part in text or part in _NAMED or set(part) <= _NUMERIC:
+            continue
+        if not any(c.isspace() or c in "'\"" for c in part):
+            return False
+    return True
 
 
 def keys_no_config_has(infos: list[NodeInfo], where: tp.Sequence[str]) -> list[str]:
