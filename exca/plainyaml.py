@@ -181,3 +181,71 @@ def _sequence(items: tp.Sequence[tp.Any], indent: str, lines: list[str]) -> None
         else:
             _sequence(item, inner, lines)
         lines[start] = f"{indent}- {lines[start][len(inner) :]}"  # first line on the dash
+
+
+def load(text: str) -> dict[str, tp.Any] | None:
+    """The mapping of a YAML text as :func:`dump` writes it, or None when PyYAML is
+    needed. Parsed line by line, then kept only if dump() writes that mapping back as the
+    same text: dump() writing what PyYAML does, PyYAML reads that text as this mapping
+    (so a text this parse misreads is never returned: dump() differs)."""
+    try:
+        data = _parse(text)
+    except (_Unsupported, ValueError):
+        return None
+    return data if dump(data) == text else None
+
+
+def _parse(text: str) -> dict[str, tp.Any]:
+    if text == "{}\n":
+        return {}
+    if not text.endswith("\n"):
+        raise _Unsupported
+    root: dict[str, tp.Any] = {}
+    stack: list[tuple[int, dict[str, tp.Any]]] = [(0, root)]  # (indent, mapping)
+    for line in text[:-1].split("\n"):
+        stripped = line.lstrip(" ")
+        indent = len(line) - len(stripped)
+        while stack[-1][0] > indent:
+            stack.pop()
+        if stack[-1][0] != indent or stripped[:2] == "- ":
+            raise _Unsupported  # (a sequence: PyYAML reads it)
+        mapping = stack[-1][1]
+        if stripped[-1:] == ":":  # (a mapping below)
+            child: dict[str, tp.Any] = {}
+            mapping[_unquoted(stripped[:-1])] = child
+            stack.append((indent + 2, child))
+            continue
+        key, sep, value = stripped.partition(": ")
+        if not sep:
+            raise _Unsupported
+        mapping[_unquoted(key)] = _parsed_scalar(value)
+    return root
+
+
+def _unquoted(text: str) -> str:
+    if len(text) > 1 and text[0] == "'" and text[-1] == "'":
+        return text[1:-1].replace("''", "'")
+    return text
+
+
+_WORDS: dict[str, tp.Any] = {"null": None, "true": True, "false": False}
+_WORDS.update({".nan": float("nan"), ".inf": float("inf"), "-.inf": float("-inf")})
+
+
+def _parsed_scalar(text: str) -> tp.Any:
+    """The value of a scalar as _scalar writes it (a text it would not write gives some
+    value: load() then finds dump() differing)."""
+    if text in _WORDS:
+        return _WORDS[text]
+    if text[:1] == "'":
+        return _unquoted(text)
+    if text == "{}":
+        return {}
+    if text == "[]":
+        return []
+    first = text[:1]
+    if first.isdigit() or (first == "-" and text[1:2].isdigit()):
+        if text.lstrip("-").isdigit():
+            return int(text)
+        return float(text)
+    return text

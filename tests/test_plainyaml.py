@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import collections
 import typing as tp
+from pathlib import Path
 
+import pydantic
+import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import exca
 from exca import plainyaml
 from exca.confdict import _dumper_class
 
@@ -99,3 +103,66 @@ def test_declines_what_needs_quotes() -> None:
         assert plainyaml.dump({"key": value}) is None, value
     assert plainyaml.dump({"k" * 200: 1}) is None
     assert plainyaml.dump({1: 1}) is None  # type: ignore[dict-item]
+
+
+# texts near what dump() writes: keys, values and indents of every kind it declines too
+_pieces = st.sampled_from(
+    ["a", "b.c", "'1'", "'yes'", "yes", "1", "-2", "007", "1.5", "1.0e-05", ".nan", "-.inf",
+     "null", "~", "true", "True", "{}", "[]", "'it''s'", "''", "0x1f", "a: b", "- x", "#c"]
+)  # fmt: skip
+_lines = st.tuples(st.sampled_from(["", "  ", "    ", " "]), _pieces, st.sampled_from([": ", ":"]))
+_texts = st.lists(st.tuples(_lines, _pieces), max_size=6).map(
+    lambda lines: "".join(
+        f"{indent}{key}{sep}{value if sep == ': ' else ''}\n" for (indent, key, sep), value in lines
+    )
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_texts)
+def test_load_reads_as_pyyaml_or_declines(text: str) -> None:
+    data = plainyaml.load(text)
+    if data is not None:
+        # (repr: the types too, 1 vs 1.0 vs True; nan equal to nan)
+        assert repr(data) == repr(yaml.load(text, Loader=yaml.CSafeLoader)), text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(simple_words, simple_values, max_size=5))
+def test_load_reads_what_dump_writes(data: dict[str, tp.Any]) -> None:
+    text = plainyaml.dump(data)
+    if text is not None and "- " not in text:  # (sequences: read by PyYAML)
+        loaded = plainyaml.load(text)
+        assert loaded is not None, text
+        assert repr(loaded) == repr(yaml.safe_load(text)), text
+
+
+class _Listed(pydantic.BaseModel):
+    seed: int = 0
+    tag: str = "a-b"
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        return self.seed
+
+
+def test_exca_list_reads_its_yaml_files_without_pyyaml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`exca list` of 5k configs spent most of its time in PyYAML's constructor reading
+    uid.yaml and full-uid.yaml (pure Python, even with CSafeLoader): the files exca
+    writes are now read by plainyaml.load."""
+    from exca.ops.inspect import inspect
+
+    root = tmp_path / "cache"
+    for seed in range(3):
+        _Listed(seed=seed, tag="a-b", infra={"folder": root}).run()
+
+    def refused(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        raise AssertionError("PyYAML's loader called")
+
+    monkeypatch.setattr(yaml, "load", refused)
+    infos = inspect(root)
+    assert sorted(i.config.get("seed", 0) for i in infos) == [0, 1, 2], infos
+    assert [i.full_config["tag"] for i in infos] == ["a-b"] * 3, infos

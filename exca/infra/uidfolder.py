@@ -21,6 +21,7 @@ import typing as tp
 from pathlib import Path
 
 from ..confdict import ConfDict
+from ..plainyaml import load as plain_load
 from ..plainyaml import pyyaml
 from ..storage.files import chmod, make_folder, write_new
 
@@ -71,6 +72,11 @@ def read_yaml(
 
 def _load(text: str) -> dict[str, tp.Any] | None:
     """The yaml mapping of a text, None if it is no yaml mapping."""
+    # (the files exca writes, read back without PyYAML's constructor: 4-5x faster, the
+    # bulk of `exca list` on 5k configs; any other text is read by PyYAML)
+    data = plain_load(text)
+    if data is not None:
+        return data
     yaml = pyyaml()
     try:
         data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
