@@ -86,6 +86,12 @@ def bench_large_folder(ctx: common.Context) -> None:
             _times(lambda: _cli("list", root, "--where", "optim.lr=0.02"), repeat),
             "s",
         )
+        ctx.record(
+            "O3b",
+            "python -m exca list ROOT --where typo=1 (a key no config has: why nothing matched)",
+            _times(lambda: _cli("list", root, "--where", "typo=1"), repeat),
+            "s",
+        )
         node = models.Experiment(seed=5, optim={"lr": 0.5}, infra={"folder": root}).process.node()
         ctx.record(
             "O4",
