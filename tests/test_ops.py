@@ -7794,3 +7794,34 @@ def test_read_only_nodes_write_nothing_in_their_upstream_folders(tmp_path: Path)
     after = _tree(root)
     assert "uid.yaml" in {Path(p).name for p in set(after) - set(before)}
     assert set(before) - set(after), "no file freed"
+
+
+def test_read_only_nodes_rename_no_legacy_upstream_folder(tmp_path: Path) -> None:
+    """A read-only map fed by an upstream task in the default mode whose cache has its
+    legacy (v2) folder name (an older exca's): the call renamed the upstream's folder (and
+    its method's other v2-named folders) while building its scheduler, though a call of
+    read-only nodes writes, renames and removes nothing. It now leaves every file as it
+    was and fails naming the legacy folder (computing the upstream again beside it would
+    write); a call in the default mode still renames it and reuses it."""
+    root = tmp_path / "cache"
+    up = ForcedList(n=4, infra={"folder": root})
+    assert ForcedMap(infra={"folder": root}).process.node(up.run.node()).result() == [0, 1, 2, 3]
+    folder, legacy_name = up.infra.uid_folder(), up.infra._legacy_name()
+    assert folder is not None and legacy_name is not None and legacy_name != folder.name
+    legacy = folder.rename(folder.parent / legacy_name)  # (as an older exca named it)
+    before = _tree(root)
+    read_only = {"folder": root, "mode": "read-only"}
+    node = ForcedMap(infra=read_only).process.node(
+        ForcedList(n=4, infra={"folder": root}).run.node()
+    )
+    with pytest.raises(RuntimeError, match=r"legacy \(v2\) name .*n=4-") as info:
+        node.result()
+    assert str(legacy) in str(info.value) and "update_uids" in str(info.value)
+    with pytest.raises(RuntimeError, match=r"legacy \(v2\) name"):
+        exca.graph.run(node)
+    assert _tree(root) == before  # (nothing renamed, nothing computed beside it)
+    up = ForcedList(n=4, infra={"folder": root})
+    assert ForcedMap(infra={"folder": root}).process.node(up.run.node()).result() == [0, 1, 2, 3]
+    assert folder.is_dir() and not legacy.exists()  # (the default mode adopts it)
+    assert folder.stat().st_ino == before[str(legacy.relative_to(root))][3]  # (renamed)
+    assert up.infra.status() == "completed"

@@ -19,6 +19,8 @@ from .errors import (
     UpstreamFailed,
     ending_line,
     failed_upstreams,
+    legacy_cache,
+    legacy_not_renamed,
     method_interrupted,
     read_only_error,
     retry_hint,
@@ -387,8 +389,27 @@ class Graph:
             if read_only_missing(run):
                 wait_for_claims(run)
         self._check_config_folders()
+        self._refuse_legacy_caches()
         self._block_on_failures()
         return runs
+
+    def _refuse_legacy_caches(self) -> None:
+        """Targets all read-only: an upstream node whose cache has its legacy (v2) name,
+        which such a call does not rename (it writes nothing), fails rather than being
+        computed again beside it (see Scheduler.__init__)."""
+        if not self.targets or any(t.mode != "read-only" for t in self.targets):
+            return
+        for run in self.runs.values():
+            if run.action not in ("compute", "retry", "force"):
+                continue
+            legacy = legacy_cache(run.node)
+            if legacy is None:
+                continue
+            run.action = "fail"
+            run.reason = "missing here; " + legacy_not_renamed(
+                run.node, legacy, "a call of read-only nodes"
+            )
+            run.error = RuntimeError(f"{run.node.uid}: {run.reason}")
 
     def _check_config_folders(self) -> None:
         """Work to compute into a config folder whose full-uid.yaml records other class

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import typing as tp
+from pathlib import Path
 
 from ..storage.cachederror import CachedError, ComputationError
 
@@ -312,21 +313,33 @@ def as_bool(value: tp.Any) -> bool | None:
     return None
 
 
+def legacy_cache(node: tp.Any) -> Path | None:
+    """A node's cache under its config's legacy (v2) folder name, an older exca's, when
+    its own folder is not there (None otherwise)."""
+    if node.legacy_folder is None or node.folder is None or node.folder.exists():
+        return None
+    legacy = node.legacy_folder()
+    if legacy is not None and node.inputs_uid is not None:  # (in its config's folder)
+        legacy /= node.inputs_uid
+    return legacy if legacy is not None and legacy.exists() else None
+
+
+def legacy_not_renamed(node: tp.Any, legacy: Path, who: str) -> str:
+    """What a call that renames nothing says of a cache under its legacy (v2) name."""
+    root = legacy.parent.parent if node.inputs_uid is None else legacy.parent.parent.parent
+    return (
+        f"its cache is there under its legacy (v2) name {legacy}, which {who} does not "
+        "rename: call it once in another mode (renamed then), or rename the cache with "
+        f"exca.helpers.update_uids({str(root)!r}, dryrun=False)"
+    )
+
+
 def read_only_error(node: tp.Any, what: str) -> RuntimeError:
     """The error of a read-only node missing something (naming its cache folder: a map
     node's uid ends with the digest of its items, not a folder)."""
-    legacy = None
-    if node.legacy_folder is not None and node.folder is not None and not node.folder.exists():
-        legacy = node.legacy_folder()  # (an older exca's name, not renamed by a read-only call)
-        if legacy is not None and node.inputs_uid is not None:  # (in its config's folder)
-            legacy /= node.inputs_uid
-    if legacy is not None and legacy.exists():
-        root = legacy.parent.parent if node.inputs_uid is None else legacy.parent.parent.parent
-        what += (
-            f"; its cache is there under its legacy (v2) name {legacy}, which mode "
-            "'read-only' does not rename: call it once in another mode (renamed then), or "
-            f"rename the cache with exca.helpers.update_uids({str(root)!r}, dryrun=False)"
-        )
+    legacy = legacy_cache(node)
+    if legacy is not None:
+        what += "; " + legacy_not_renamed(node, legacy, "mode 'read-only'")
     return RuntimeError(
         f"{node.uid}: {what} (mode='read-only' never computes; cache folder: {node.folder})"
     )

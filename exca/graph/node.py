@@ -47,18 +47,22 @@ def restoring_files() -> tp.Iterator[None]:
 def reading_only(targets: tp.Sequence[Node]) -> tp.Iterator[None]:
     """Targets all in mode read-only: their upstream nodes, in their own modes, are read
     too (deciding and feeding them), and as the targets' own reads, those write nothing:
-    they free no file of an ended writer (reclaim.py) and write back no yaml file (see
-    BaseInfra._restore_files). What an upstream node must compute, if any, is written as
+    they free no file of an ended writer (reclaim.py), write back no yaml file (see
+    BaseInfra._restore_files) and rename no cache from its legacy (v2) name. What an upstream node must compute, if any, is written as
     ever."""
     if not targets or not all(n.mode == "read-only" for n in targets):
         yield
         return
+    from ..infra.base import LEGACY_RENAMES  # (infra imports this module)
+
     token = _READING_ONLY.set(True)
     restores = RESTORES_FILES.set(False)
+    renames = LEGACY_RENAMES.set(False)  # (a legacy-named upstream cache: see decisions)
     try:
         with keeping_files():
             yield
     finally:
+        LEGACY_RENAMES.reset(renames)
         RESTORES_FILES.reset(restores)
         _READING_ONLY.reset(token)
 

@@ -110,9 +110,10 @@ class Scheduler:
         # (before deciding: a computation started since then answers this run's request)
         self.asked_at = time.time()
         self.graph = Graph(targets, item_uids)
-        for node in self.graph.nodes.values():  # (a plan only warns of legacy names)
-            if node.adopt_legacy is not None:
-                node.adopt_legacy()
+        with reading_only(targets):  # (a plan only warns of legacy names, and so does
+            for node in self.graph.nodes.values():  # a call of read-only targets)
+                if node.adopt_legacy is not None:
+                    node.adopt_legacy()
         self._targets, self._item_uids = targets, item_uids
         self.progress_requested = progress
         self._requeued: list[NodeRun] = []
