@@ -2599,6 +2599,38 @@ def test_forced_map_nodes_sharing_items_whose_job_dies_force_them_once(
     assert counts(tmp_path / "calls.txt") == before
 
 
+@pytest.mark.timeout(180)
+def test_a_read_only_map_says_how_the_job_that_left_its_items_ended(tmp_path: Path) -> None:
+    """A map whose local chunk job was killed (SIGKILL) before writing its items: the
+    call says that job's process died, status() says "failed" and the default mode
+    computes them again, but a read-only call (and its plan) said only "read-only and
+    5/5 items missing", as of items never sent to a job. It now names that job and how it
+    ended, writing nothing."""
+    from test_execution import _snapshot
+
+    tagged, items = tagged_in(tmp_path), [1, 2, 99, 3, 4]
+    with pytest.raises(exca.graph.errors.JobFailedError, match="its process died") as call:
+        list(tagged(0, cluster="local", max_jobs=1).process(items))
+    job_id = call.value.args[0].split("local job ")[1].split()[0]
+    root = tmp_path / "cache"
+    before = _snapshot(root)
+    reader = tagged(0, mode="read-only")
+    ended = rf"read-only and \d/5 items missing .*: local job {job_id} ended without writing"
+    with pytest.raises(exca.graph.errors.JobFailedError, match=ended) as read_only:
+        list(reader.process(items))
+    assert "its process died (killed by SIGKILL" in str(read_only.value)
+    assert "mode='read-only' never computes" in str(read_only.value)
+    node = reader.process.node(items)
+    (entry,) = exca.graph.plan(node).entries
+    assert entry.action == "fail" and f"local job {job_id} ended" in entry.reason, entry
+    (explanation,) = exca.ops.explain(node)
+    assert explanation.reason == entry.reason  # (not "its folder ... holds no item")
+    assert node.status() == "failed"
+    assert _snapshot(root) == before  # (nothing written, nothing moved)
+    assert list(tagged(0, cluster="local").process(items)) == items  # (computed again)
+    assert list(reader.process(items)) == items
+
+
 @pytest.mark.timeout(120)
 def test_a_forced_and_a_cached_map_node_on_different_clusters_share_items(
     tmp_path: Path,

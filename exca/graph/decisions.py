@@ -15,6 +15,7 @@ from ..storage.cachederror import record_line
 from ..storage.dumping import is_damaged_payload
 from . import callers, codeprint, executors, registry, store
 from .errors import (
+    LOG_QUOTE,
     JobFailedError,
     UpstreamFailed,
     ending_line,
@@ -125,6 +126,40 @@ def _read_only_task_left(run: NodeRun, record: registry.JobRecord) -> bool:
     )
 
 
+def _read_only_items_left(
+    run: NodeRun, records: list[registry.JobRecord], queued: set[str]
+) -> registry.JobRecord | None:
+    """A read-only map missing items, the last job sent some of which ended without
+    writing its outcome (killed, cancelled, timed out...): status() says "failed", and a
+    call in another mode names that job's ending; so does the read-only call."""
+    if not read_only_missing(run) or run.node.kind != "map" or not run.todo:
+        return None
+    if run.node.folder is None:
+        return None
+    todo, folder = set(run.todo), run.node.folder
+    left = [
+        r
+        for r in records
+        if r.cluster != "debug"  # (run by its submitting process: nothing of a job)
+        # (items from an upstream node: noted by the job when it started, as status() reads)
+        and todo.intersection(registry.items_of(folder, r) or todo)
+        and not registry.is_active(r, queued)
+        and not registry.wrote_outcome(r)
+        and not executors.ended_by_method_interrupt(r)  # (no failure: INTERRUPT_HINT)
+    ]
+    return left[-1] if left else None
+
+
+def _say_items_left(run: NodeRun, how: str) -> None:
+    """A read-only map's reason and error name the job that left its items missing."""
+    said, quote, log_end = how.partition(LOG_QUOTE)
+    hint = f"mode='read-only' never computes; cache folder: {run.node.folder}"
+    run.error = JobFailedError(
+        f"{run.node.uid}: {run.reason}: {said} ({hint}){quote}{log_end}", run.todo or ()
+    )
+    run.reason = f"{run.reason}: {ending_line(how)}"  # (a plan's, on one line)
+
+
 def read_only_missing(run: NodeRun) -> bool:
     """A read-only node with something missing: it fails, unless a job computes it now
     (then it waits for that job: read-only never computes, but may wait)."""
@@ -158,7 +193,7 @@ def wait_for_claims(run: NodeRun) -> bool:
         busy = keys_being_computed(node, keys)
         if len(busy) < len(keys):  # (what nobody computes stays missing: it fails now)
             return False
-    run.action, run.reads_only = "wait", True
+    run.action, run.reads_only, run.error = "wait", True, None
     # (the hold of a removal, `exca clean`, is the only claim there: nothing computes it)
     run.removed_by = removal_holder(node) if node.kind == "task" else None
     if run.removed_by is not None:
@@ -781,7 +816,12 @@ class Graph:
         ended: list[tuple[NodeRun, registry.JobRecord]] = []
         for key in self.order:  # (upstream first: whether it is redone is known)
             if key in chunks:
-                self._attach_map_jobs(self.runs[key], chunks[key], queued)
+                run = self.runs[key]
+                self._attach_map_jobs(run, chunks[key], queued)
+                # (squeue not answering: a Slurm job may still run, not said to have ended)
+                left = _read_only_items_left(run, chunks[key], queued)
+                if left is not None and (left.cluster != "slurm" or confirmed is not None):
+                    ended.append((run, left))  # (said as another mode says it)
                 continue
             record = records.get(key)
             if record is None:
@@ -836,6 +876,9 @@ class Graph:
         known = registry.slurm_endings(slurm_ended) if slurm_ended else {}  # (one sacct call)
         for run, record in ended:
             how = executors.recorded_handle(record).ended_how(known.get(record.job_id))
+            if run.node.kind == "map":
+                _say_items_left(run, how)
+                continue
             if method_interrupted(how):  # (not its failure: computed, see INTERRUPT_HINT)
                 # (a plan, explain, a read-only call: read only, they move nothing)
                 if not self.dry_run and run.node.mode != "read-only":

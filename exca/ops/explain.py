@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..confdict import ConfDict
 from ..graph.decisions import FORCED_ITEMS_LATER, NodeRun
+from ..graph.errors import JobFailedError
 from ..graph.node import INPUTS_PREFIX, Group, Node, Value
 from ..graph.planning import Plan, PlanEntry
 from ..infra.task import INPUTS_FILE
@@ -410,8 +411,10 @@ def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Exp
             explanation.reason += f" ({cached} item(s) are cached for this config)"
         return explanation
     # (read-only: the same comparison, what a call computing it would compute)
+    # (a read-only map's items left missing by a job that ended: its reason says how)
+    left_by_job = isinstance(run.error, JobFailedError)
     if entry.reason in ("missing", _READ_ONLY_MISSING) or (
-        node.kind == "map" and _missing_items(entry.reason)
+        node.kind == "map" and _missing_items(entry.reason) and not left_by_job
     ):
         # (the plan's counts, not the cache: a map's index can hold 100k entries)
         if run.uids is not None and len(run.todo or ()) < len(set(run.uids)):
