@@ -1320,9 +1320,10 @@ def ended_by_method_interrupt(record: tp.Any, known: tuple[str, str] | None = No
     its method raised, or a sys.exit it called (``errors.method_interrupted`` of its
     ending, as the next call reads it: it computes the task again, see
     decisions.Graph._check_registry), its record not set aside yet (by the job, or by
-    that call): status() and ``exca list`` say what that call does. Its log is looked at first (the job notes the interrupt there, see
-    worker.run_job_unit): the ending of any other job, a Slurm one's asked of sacct, is
-    not looked up (``known``: as ``registry.slurm_endings`` gave it)."""
+    that call): status() and ``exca list`` say what that call does. Its log is looked at
+    first (the job notes the interrupt there, see worker.run_job_unit): the ending of any
+    other job, a Slurm one's asked of sacct, is not looked up (``known``: as
+    ``registry.slurm_endings`` gave it)."""
     try:
         if not method_ended_in_log(read_tail(Path(record.stderr), 64 * 1024)):
             return False

@@ -48,8 +48,8 @@ def reading_only(targets: tp.Sequence[Node]) -> tp.Iterator[None]:
     """Targets all in mode read-only: their upstream nodes, in their own modes, are read
     too (deciding and feeding them), and as the targets' own reads, those write nothing:
     they free no file of an ended writer (reclaim.py), write back no yaml file (see
-    BaseInfra._restore_files) and rename no cache from its legacy (v2) name. What an upstream node must compute, if any, is written as
-    ever."""
+    BaseInfra._restore_files) and rename no cache from its legacy (v2) name. What an
+    upstream node must compute, if any, is written as ever."""
     if not targets or not all(n.mode == "read-only" for n in targets):
         yield
         return
