@@ -7739,15 +7739,6 @@ def test_a_copy_of_a_cache_view_that_frees_nothing_frees_nothing(tmp_path: Path)
     assert len(_tree(root)) < len(before)
 
 
-class ForcedList(pydantic.BaseModel):
-    n: int = 3
-    infra: exca.TaskInfra = exca.TaskInfra(version="1")
-
-    @infra.apply
-    def run(self) -> list[int]:
-        return list(range(self.n))
-
-
 class ForcedSum(pydantic.BaseModel):
     infra: exca.TaskInfra = exca.TaskInfra(version="1")
 
@@ -7770,14 +7761,14 @@ def test_read_only_nodes_write_nothing_in_their_upstream_folders(tmp_path: Path)
             f"""
             import test_ops
             infra = {{"folder": {str(root)!r}, "mode": {mode!r}}}
-            up = test_ops.ForcedList(infra=infra)
+            up = test_ops.Source(infra=infra)
             if {mode!r} == "cached":
-                test_ops.ForcedMap(infra=infra).process.node(up.run.node()).result()
-                test_ops.ForcedSum(infra=infra).total.node(up.run.node()).result()
-            up.run()
+                test_ops.ForcedMap(infra=infra).process.node(up.make.node()).result()
+                test_ops.ForcedSum(infra=infra).total.node(up.make.node()).result()
+            up.make()
             """
         )
-    upstream = ForcedList(infra={"folder": root}).infra.uid_folder()
+    upstream = Source(infra={"folder": root}).infra.uid_folder()
     assert upstream is not None
     (upstream / "uid.yaml").unlink()  # (removed by hand: a call reusing it writes it back)
     long_ago = time.time() - 3600  # (idle for long: see reclaim.MIN_IDLE_SECONDS)
@@ -7785,12 +7776,12 @@ def test_read_only_nodes_write_nothing_in_their_upstream_folders(tmp_path: Path)
         os.utime(path, (long_ago, long_ago), follow_symlinks=False)
     before = _tree(root)
     read_only = {"folder": root, "mode": "read-only"}
-    up = ForcedList(infra={"folder": root})
-    assert ForcedMap(infra=read_only).process.node(up.run.node()).result() == [0, 1, 2]
-    assert ForcedSum(infra=read_only).total.node(up.run.node()).result() == 3
-    assert exca.graph.run(ForcedMap(infra=read_only).process.node(up.run.node()))
+    up = Source(infra={"folder": root})
+    assert ForcedMap(infra=read_only).process.node(up.make.node()).result() == [0, 1, 2]
+    assert ForcedSum(infra=read_only).total.node(up.make.node()).result() == 3
+    assert exca.graph.run(ForcedMap(infra=read_only).process.node(up.make.node()))
     assert _tree(root) == before  # (nothing freed, nothing written back)
-    assert up.run() == [0, 1, 2]  # (the default mode frees and restores them)
+    assert up.make() == [0, 1, 2]  # (the default mode frees and restores them)
     after = _tree(root)
     assert "uid.yaml" in {Path(p).name for p in set(after) - set(before)}
     assert set(before) - set(after), "no file freed"
@@ -7804,24 +7795,22 @@ def test_read_only_nodes_rename_no_legacy_upstream_folder(tmp_path: Path) -> Non
     was and fails naming the legacy folder (computing the upstream again beside it would
     write); a call in the default mode still renames it and reuses it."""
     root = tmp_path / "cache"
-    up = ForcedList(n=4, infra={"folder": root})
-    assert ForcedMap(infra={"folder": root}).process.node(up.run.node()).result() == [0, 1, 2, 3]
+    up = Source(n=4, infra={"folder": root})
+    assert ForcedMap(infra={"folder": root}).process.node(up.make.node()).result() == [0, 1, 2, 3]
     folder, legacy_name = up.infra.uid_folder(), up.infra._legacy_name()
     assert folder is not None and legacy_name is not None and legacy_name != folder.name
     legacy = folder.rename(folder.parent / legacy_name)  # (as an older exca named it)
     before = _tree(root)
     read_only = {"folder": root, "mode": "read-only"}
-    node = ForcedMap(infra=read_only).process.node(
-        ForcedList(n=4, infra={"folder": root}).run.node()
-    )
+    node = ForcedMap(infra=read_only).process.node(Source(n=4, infra={"folder": root}).make.node())
     with pytest.raises(RuntimeError, match=r"legacy \(v2\) name .*n=4-") as info:
         node.result()
     assert str(legacy) in str(info.value) and "update_uids" in str(info.value)
     with pytest.raises(RuntimeError, match=r"legacy \(v2\) name"):
         exca.graph.run(node)
     assert _tree(root) == before  # (nothing renamed, nothing computed beside it)
-    up = ForcedList(n=4, infra={"folder": root})
-    assert ForcedMap(infra={"folder": root}).process.node(up.run.node()).result() == [0, 1, 2, 3]
+    up = Source(n=4, infra={"folder": root})
+    assert ForcedMap(infra={"folder": root}).process.node(up.make.node()).result() == [0, 1, 2, 3]
     assert folder.is_dir() and not legacy.exists()  # (the default mode adopts it)
     assert folder.stat().st_ino == before[str(legacy.relative_to(root))][3]  # (renamed)
     assert up.infra.status() == "completed"
