@@ -7,6 +7,7 @@ given in its config, so tests count the real calls, wherever they ran.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import json
@@ -1197,6 +1198,46 @@ def test_a_cancelled_local_job_is_said_cancelled(
     with pytest.raises(exca.graph.errors.JobFailedError, match="was cancelled") as info:
         make(tmp_path, "local", x=7, block_flag=str(block)).process()  # a new instance
     assert "Traceback" not in str(info.value)
+
+
+class SlowToExit(pydantic.BaseModel):
+    """Blocks while the file `block_flag` exists; its process then takes 5 s to exit."""
+
+    log: str
+    block_flag: str
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        atexit.register(time.sleep, 5)  # (a slow wind-down: cleanup, a busy machine)
+        append(self.log, "started")
+        while Path(self.block_flag).exists():
+            time.sleep(0.05)
+        return 1
+
+
+@pytest.mark.timeout(120)
+def test_a_cancelled_local_job_killed_while_winding_down_is_said_cancelled(
+    tmp_path: Path,
+) -> None:
+    """cancel() sends SIGINT, then SIGKILL to a job still alive a second later. A job
+    slow to exit after its KeyboardInterrupt (on a loaded machine, in CI) was then said
+    "killed by SIGKILL: out of memory, or killed by hand" by every later call: the line
+    its controller writes after the traceback hid the interrupt from them."""
+    block = tmp_path / "block-flag"
+    block.touch()
+    infra = {"folder": tmp_path / "cache", "cluster": "local"}
+    task = SlowToExit(log=str(tmp_path / "calls.txt"), block_flag=str(block), infra=infra)
+    job = task.infra.job()
+    _wait_for(lambda: calls(tmp_path / "calls.txt") == ["started"])
+    job.cancel()
+    _wait_for(lambda: task.infra.status() == "failed")
+    log = job.stderr() or ""
+    assert "exca: the job's process was killed by SIGKILL" in log  # (killed, as meant)
+    again = SlowToExit(log=str(tmp_path / "calls.txt"), block_flag=str(block), infra=infra)
+    with pytest.raises(JobFailedError, match=r"local job \d+ was cancelled") as info:
+        again.process()  # (a new instance: reads the job's log)
+    assert "out of memory" not in str(info.value)
 
 
 @pytest.mark.timeout(120)

@@ -1291,10 +1291,14 @@ def _cancelled_local_job(job_id: str, stderr: Path) -> str | None:
     process noted that none came (the method raised it: its log is quoted)."""
     if not stderr.exists():
         return None
-    last = read_tail(stderr, 200).strip().rsplit("\n", 1)[-1].strip()
+    tail = read_tail(stderr, 64 * 1024)  # (the note, then the traceback of the interrupt)
+    if local_signal_in_log(tail) == "SIGKILL":
+        # (still alive a second after the interrupt, winding down: cancel() kills it, and
+        # its controller writes so after the traceback)
+        tail = tail.rstrip().rsplit("\n", 1)[0]
+    last = tail.strip().rsplit("\n", 1)[-1].strip()
     if last != "KeyboardInterrupt" and not last.startswith("KeyboardInterrupt: "):
         return None
-    tail = read_tail(stderr, 64 * 1024)  # (the note, then the traceback of the interrupt)
     said = interrupt_said(tail)  # (with the map item the method was computing)
     if said is not None:
         return (
