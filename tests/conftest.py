@@ -25,6 +25,25 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # (once, in the process that starts the workers)
+        _compile_the_code_jobs_import()
+
+
+def _compile_the_code_jobs_import() -> None:
+    """Write the bytecode of exca and of the test modules. Each job of the suite (local
+    process, Slurm job, CLI call) is a fresh interpreter importing both: where
+    PYTHONDONTWRITEBYTECODE is set, as on the CI machines, every one of those ~1000
+    processes compiled ~60k lines from source (~0.3 s of CPU each). Stale files only are
+    compiled; a job still compiles any module newer than its bytecode."""
+    import compileall
+
+    import exca
+
+    for folder in (Path(exca.__file__).parent, TESTS):
+        compileall.compile_dir(folder, quiet=1)
+
+
 @pytest.fixture(autouse=True)
 def _ctrl_c_handler_given_back() -> tp.Iterator[None]:
     """Fail a test that leaves the main thread's SIGINT handler changed (exca holding
