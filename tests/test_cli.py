@@ -264,3 +264,27 @@ def test_list_status_takes_the_words_of_infra_status(
             listed.append([info["config"]["x"] for info in json.loads(out)])
         assert listed == [[x], [x]], (word, listed)
         assert [i.config["x"] for i in inspect(root, status=alias)] == [x]
+
+
+def test_each_command_in_one_process_warns_of_a_symlink_loop(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A loop of symlinks in a cache is named once per process (a scan meets it often): a
+    second command run through ``main`` in one process (a notebook, the tests) said
+    nothing of it, where a second ``python -m exca`` warns again. Each command warns once;
+    the library's own memo is kept (a later scan of the process says nothing again)."""
+    root = tmp_path / "cache"
+    Train(infra={"folder": root}).fit()
+    (root / STEP / "x").symlink_to("y")  # (a loop in the step folder)
+    (root / STEP / "y").symlink_to("x")
+    said = f"Skipping {root / STEP / 'x'}: a symlink loop"
+    for command in (["clean", root, "orphans"], ["clean", root, "orphans"], ["list", root]):
+        caplog.clear()
+        assert run(capsys, *command)[0] == 0, command
+        told = [r for r in caplog.records if r.getMessage().startswith(said)]
+        assert len(told) == 1, (command, caplog.text)
+    caplog.clear()
+    assert len(exca.ops.inspect(root)) == 1  # (the library: already said in this process)
+    assert said not in caplog.text
+    told_loops = sys.modules["exca.ops.inspect"]._TOLD_LOOPS  # (exca.ops.inspect: a function)
+    assert str(root / STEP / "x") in told_loops  # (the memo kept)
