@@ -8,10 +8,13 @@ import them as ``test_ops`` (tests/ is on PYTHONPATH, see conftest). Every wait 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import importlib
+import io
 import json
+import logging
 import os
 import re
 import shlex
@@ -21,8 +24,11 @@ import sys
 import textwrap
 import threading
 import time
+import traceback
 import typing as tp
+import warnings
 from pathlib import Path
+from unittest import mock
 
 import pydantic
 import pytest
@@ -176,20 +182,196 @@ class Chatty(pydantic.BaseModel):
 
 # --- helpers -----------------------------------------------------------------------------------
 def cli(
-    *args: str | Path, cwd: Path | None = None, check: bool = False
+    *args: str | Path, cwd: Path | None = None, check: bool = False, fresh: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m exca <args>`` in a fresh process."""
-    result = subprocess.run(
-        [sys.executable, "-m", "exca", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=WAIT_S,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-    )
+    """``python -m exca <args>``: in this process (``exca.ops.cli.main``, as a fresh process
+    would see it: see _cli_here), or, ``fresh``, in a new process (the real entry point; for
+    a TARGET module written by the test, which this process would import once, and keep)."""
+    argv = [str(a) for a in args]
+    if fresh:
+        result = subprocess.run(
+            [sys.executable, "-m", "exca", *argv],
+            capture_output=True,
+            text=True,
+            timeout=WAIT_S,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+        )
+    else:
+        result = _cli_here(argv, cwd)
     if check:
         assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     return result
+
+
+# where the modules a command may import live (those of a test's folder: fresh=True)
+_KNOWN_MODULE_PLACES = tuple(
+    str(Path(p).resolve()) + os.sep
+    for p in {
+        sys.prefix,
+        sys.base_prefix,
+        sys.exec_prefix,
+        Path(exca.__file__).parent,
+        Path(__file__).parent,
+    }
+)
+
+
+# the warnings a fresh Python process does not show (its default filters)
+_IGNORED_BY_DEFAULT = (
+    DeprecationWarning,
+    PendingDeprecationWarning,
+    ImportWarning,
+    ResourceWarning,
+)
+
+
+def _cli_here(argv: list[str], cwd: Path | None) -> subprocess.CompletedProcess[str]:
+    """``exca.ops.cli.main(argv)`` with what a fresh ``python -m exca`` process has: its
+    stdout and stderr captured (the "exca" logger's records and warnings written there
+    too, not to pytest's capture), stdin empty (not a tty), ``cwd`` as the current folder;
+    sys.path, the cwd and the logging and warnings settings put back after."""
+    from exca.ops.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code: int | str | None
+    modules, path, before = set(sys.modules), list(sys.path), os.getcwd()
+    root, exca_logger = logging.getLogger(), logging.getLogger("exca")
+    root_handlers, exca_level = list(root.handlers), exca_logger.level
+    streams = [(h, h.stream) for h in exca_logger.handlers if isinstance(h, logging.StreamHandler)]
+    try:
+        # a fresh process: no handler on the root logger (pytest puts its own there, which
+        # makes the "exca" handler quiet), exca's INFO level, Python's default warning filters
+        root.handlers[:] = []
+        exca_logger.setLevel(logging.INFO)
+        for handler, _ in streams:
+            handler.setStream(err)
+        with warnings.catch_warnings():
+            warnings.resetwarnings()
+            for category in _IGNORED_BY_DEFAULT:
+                warnings.simplefilter("ignore", category)
+            warnings.showwarning = _warning_to_stderr  # (pytest's records them, else)
+            if cwd is not None:
+                os.chdir(cwd)
+            with (
+                contextlib.redirect_stdout(out),
+                contextlib.redirect_stderr(err),
+                mock.patch.object(sys, "stdin", io.StringIO()),
+            ):
+                try:
+                    code = main(argv)
+                except SystemExit as stop:  # (argparse: 2 for a usage error, 0 for --help)
+                    code = stop.code
+                except Exception:  # (as the interpreter: the traceback, exit status 1)
+                    traceback.print_exc()
+                    code = 1
+    finally:
+        os.chdir(before)
+        sys.path[:] = path
+        root.handlers[:] = root_handlers
+        exca_logger.setLevel(exca_level)
+        for handler, stream in streams:
+            handler.setStream(stream)
+    if isinstance(code, str):  # (sys.exit("message"): printed, exit status 1)
+        err.write(code + "\n")
+        code = 1
+    _no_module_of_a_test_folder(set(sys.modules) - modules, argv)
+    return subprocess.CompletedProcess(argv, code or 0, out.getvalue(), err.getvalue())
+
+
+def _warning_to_stderr(
+    message: tp.Any, category: tp.Any, filename: str, lineno: int, *_: tp.Any
+) -> None:
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno))
+
+
+def _no_module_of_a_test_folder(imported: set[str], argv: list[str]) -> None:
+    """A module imported from elsewhere (a test's folder) stays in this process: a later
+    command would get it as it was, not as a fresh process reads it (fresh=True)."""
+    for name in imported:
+        file = getattr(sys.modules.get(name), "__file__", None)
+        if file is not None and not str(Path(file).resolve()).startswith(_KNOWN_MODULE_PLACES):
+            del sys.modules[name]
+            raise AssertionError(
+                f"exca {' '.join(argv)} imported {name} from {file}: give fresh=True"
+            )
+
+
+def warning_target() -> exca.graph.Node:
+    """A CLI TARGET whose function warns (as a user's code may, e.g. a deprecation)."""
+    warnings.warn("targets built from defaults", UserWarning, stacklevel=1)
+    return Train(infra={"folder": Path.cwd() / "cache"}).fit.node()
+
+
+def test_cli_here_shows_what_a_fresh_process_shows(tmp_path: Path) -> None:
+    """cli() runs ``exca.ops.cli.main`` in this process (much cheaper than a process per
+    command): each command gives what ``python -m exca`` (the real entry point, run here
+    too) gives, exit status, stdout and stderr: relative paths from cwd, a usage error of
+    argparse (exit 2), an error message, the "exca" logger's warnings (pytest's logging
+    makes exca's handler quiet), a TARGET's Python warning, an uncaught error's traceback
+    (exit 1); stdin is empty and not a tty in both; this process's cwd, sys.path and
+    logging are put back."""
+    root = tmp_path / "cache"
+    Train(infra={"folder": root}).fit()
+    step = folder_of(Train(infra={"folder": root})).parent
+    (step / "x").symlink_to("y")  # (a loop: a warning of the "exca" logger, each command)
+    (step / "y").symlink_to("x")
+    stamp = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", re.MULTILINE)
+    commands: list[tuple[str | Path, ...]] = [
+        ("list", "cache"),
+        ("list", "cache", "--json"),
+        ("clean", "cache", "versions"),
+        ("list", "nope"),
+        ("clean", "cache", "everything"),
+        ("logs", step),
+        ("plan", f"{__name__}:warning_target"),
+        ("--help",),
+    ]
+    path, handlers, cwd = list(sys.path), list(logging.getLogger().handlers), os.getcwd()
+    for argv in commands:
+        here, fresh = (cli(*argv, cwd=tmp_path, fresh=f) for f in (False, True))
+        assert here.returncode == fresh.returncode, (argv, here, fresh)
+        assert here.stdout == fresh.stdout, argv
+        assert stamp.sub("", here.stderr) == stamp.sub("", fresh.stderr), argv
+    codes = {argv[:2]: cli(*argv, cwd=tmp_path).returncode for argv in commands}
+    assert set(codes.values()) == {0, 2}  # (both kinds of exit met)
+    here = cli("clean", "cache", "orphans", cwd=tmp_path)
+    assert "WARNING - exca - Skipping" in here.stderr and "UserWarning: targets built" in (
+        cli("plan", f"{__name__}:warning_target", cwd=tmp_path).stderr
+    )
+    here, fresh = (
+        cli("explain", f"{__name__}:targets_raising_key_error", fresh=f) for f in (False, True)
+    )
+    assert here.returncode == fresh.returncode == 1
+    assert here.stderr.splitlines()[-2:] == fresh.stderr.splitlines()[-2:]
+    assert here.stderr.startswith("Traceback") and fresh.stderr.startswith("Traceback")
+    assert (sys.path, logging.getLogger().handlers, os.getcwd()) == (path, handlers, cwd)
+
+
+def test_cli_here_refuses_a_target_module_of_a_test_folder(tmp_path: Path) -> None:
+    """A TARGET module written by a test, imported by a command run in this process, would
+    stay imported (a later command, after the test edits it, would get the old one; a
+    later test's module of the same name, this one): cli() refuses it, dropping it, and
+    says to give fresh=True (a new process, as a user's shell runs)."""
+    (tmp_path / "exca_cli_probe.py").write_text(
+        textwrap.dedent(
+            """
+            import exca, pydantic
+
+            class Probe(pydantic.BaseModel):
+                infra: exca.TaskInfra = exca.TaskInfra(folder="cache", version="1")
+
+                @infra.apply
+                def run(self) -> int:
+                    return 1
+            """
+        )
+    )
+    with pytest.raises(AssertionError, match=r"imported exca_cli_probe from .*: give fresh=True"):
+        cli("plan", "exca_cli_probe:Probe.run", cwd=tmp_path)
+    assert "exca_cli_probe" not in sys.modules
+    planned = cli("plan", "exca_cli_probe:Probe.run", cwd=tmp_path, fresh=True, check=True)
+    assert "exca_cli_probe.Probe.run,1" in planned.stdout, planned.stdout
 
 
 def python(code: str, **popen: tp.Any) -> subprocess.Popen[str]:
