@@ -288,3 +288,34 @@ def test_each_command_in_one_process_warns_of_a_symlink_loop(
     assert said not in caplog.text
     told_loops = sys.modules["exca.ops.inspect"]._TOLD_LOOPS  # (exca.ops.inspect: a function)
     assert str(root / STEP / "x") in told_loops  # (the memo kept)
+
+
+def test_a_command_leaves_sys_path_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """TARGET modules are found from the current folder: each plan/explain/check command
+    run through ``main`` put that folder first on sys.path and left it there (one more
+    copy per command), so that a later import of the process found the modules of a
+    folder it had left. The folder is there during the command only."""
+    (tmp_path / "exca_cli_path_probe.py").write_text(
+        textwrap.dedent(
+            f"""
+            import sys
+            import test_cli
+
+            def targets():
+                assert sys.path[0] == {str(tmp_path)!r}  # (during the command: first)
+                return test_cli.Train(infra={{"folder": {str(tmp_path / "cache")!r}}}).fit.node()
+            """
+        )
+    )
+    monkeypatch.chdir(tmp_path)
+    before = list(sys.path)
+    try:
+        for command in ("plan", "explain", "check", "plan"):
+            status, out, err = run(capsys, command, "exca_cli_path_probe:targets")
+            assert status == 0, (command, out, err)
+            assert sys.path == before, command
+        assert "missing" in run(capsys, "plan", "exca_cli_path_probe:targets")[1]
+    finally:  # (a module of this test's folder: not left to later tests)
+        sys.modules.pop("exca_cli_path_probe", None)

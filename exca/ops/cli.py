@@ -172,8 +172,22 @@ def _raise_from_target(error: Exception, where: str) -> tp.NoReturn:
     raise error
 
 
+@contextlib.contextmanager
+def _current_folder_on_path() -> tp.Iterator[None]:
+    """TARGET modules are found from the current folder (first on sys.path, as for
+    ``python -m``) during a command only: main called in a process (a notebook, tests)
+    left a copy of it on sys.path per command, for good (a later import in the process
+    found the modules of a folder it had left)."""
+    folder = str(Path.cwd())
+    sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        if folder in sys.path:  # (the first copy: this one, unless the command put another)
+            sys.path.remove(folder)
+
+
 def _import_target_module(target: str, module_name: str) -> tp.Any:
-    sys.path.insert(0, str(Path.cwd()))
     try:
         return importlib.import_module(module_name)
     except Exception as error:
@@ -1317,7 +1331,8 @@ def _main(argv: list[str] | None) -> int:
 
         token = LEGACY_RENAMES.set(False)  # (these commands only read)
         try:
-            return _read_only_command(args)
+            with _current_folder_on_path():
+                return _read_only_command(args)
         finally:
             LEGACY_RENAMES.reset(token)
     elif args.command == "rename":
