@@ -245,6 +245,35 @@ class TrainWithMap(pydantic.BaseModel):
         return total
 
 
+class ScaleByData(pydantic.BaseModel):
+    """A map owning a data sub-config: ``item -> item * sum(data)``."""
+
+    data: Data
+    log: str
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("log",)
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def apply(self, items: list[int]) -> tp.Iterator[int]:
+        total = sum(self.data.prepare())
+        for item in items:
+            append(self.log, {"name": f"scaled{item}", "event": "start", "pid": os.getpid()})
+            yield item * total
+
+
+class ScaleByDataInline(ScaleByData):
+    """Same as ScaleByData, but opted out of sub-config chaining."""
+
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str, chain_subconfigs=False)
+    def apply(self, items: list[int]) -> tp.Iterator[int]:
+        total = sum(self.data.prepare())
+        for item in items:
+            append(self.log, {"name": f"scaled{item}", "event": "start", "pid": os.getpid()})
+            yield item * total
+
+
 AnyData = tp.Annotated[Data | OtherData, pydantic.Field(discriminator="kind")]
 
 
@@ -1242,6 +1271,29 @@ def test_map_and_folderless_subconfigs_are_not_chained(env: Env) -> None:
     order = _order(env)
     assert order[0] == "fit:start" and order[-1] == "fit:end"
     assert sorted(order[1:-1]) == ["prepare3:start", "square1:start", "square2:start"]
+
+
+def test_map_owner_chains_its_subconfig_tasks(env: Env) -> None:
+    """A map's data sub-config is a node of its own, planned and computed before the map (as
+    for a task): not inside each chunk job, where on Slurm the nested job it submitted waited
+    on the allocation the chunk jobs held (they hit their time limit)."""
+    scale = ScaleByData(data=env.data(), log=env.log, infra=env.infra(cluster="local"))
+    node = scale.apply.node([1, 2, 3])
+    assert [n.uid for n in node.upstream] == [env.data().prepare.node().uid]
+    plan = exca.graph.plan(node)
+    assert [entry.uid for entry in plan.entries] == [env.data().prepare.node().uid, node.uid]
+    assert node.result() == [3, 6, 9]
+    assert env.starts("prepare3") == 1  # before the chunk jobs (2 of them), not in them
+    assert started(env.log)[0] == "prepare3"
+    assert exca.graph.plan(node).counts() == {"cached": 1, "not needed": 1}
+
+
+def test_map_owner_chain_subconfigs_false(env: Env) -> None:
+    scale = ScaleByDataInline(data=env.data(), log=env.log, infra=env.infra())
+    node = scale.apply.node([1, 2])
+    assert node.upstream == () and len(exca.graph.plan(node).entries) == 1
+    assert list(scale.apply([1, 2])) == [3, 6]
+    assert started(env.log) == ["prepare3", "scaled1", "scaled2"]
 
 
 def test_chaining_through_lists_dicts_and_unions(env: Env) -> None:

@@ -24,7 +24,7 @@ from ..storage.keytext import check_utf8
 from .base import BaseInfra
 from .method import InfraMethod, check_plain_method, reduce_bound
 from .resources import SubmititMixin
-from .task import MethodCall
+from .task import MethodCall, chained_nodes
 
 logger = logging.getLogger("exca")
 # (lower case: a string annotation, under `from __future__ import annotations`, may say
@@ -399,8 +399,11 @@ class MapInfra(BaseInfra, SubmititMixin):
         item_uid_max_length: int | None = 256,
         exclude_from_cache_uid: tp.Any = (),
         cache_type: str | None = None,
+        chain_subconfigs: bool = True,
     ) -> tp.Callable[[tp.Callable[..., tp.Any]], MapMethod]:
-        """Decorate a map method; ``item_uid(item) -> str`` names each item's cache entry."""
+        """Decorate a map method; ``item_uid(item) -> str`` names each item's cache entry.
+        ``chain_subconfigs=False`` stops sub-configs' task methods from being computed first
+        (see the pipelines docs)."""
         if method is not None:
             raise TypeError(
                 "MapInfra.apply takes keyword arguments only: @infra.apply(item_uid=str)"
@@ -416,6 +419,7 @@ class MapInfra(BaseInfra, SubmititMixin):
                 item_uid_max_length=item_uid_max_length,
                 exclude_from_cache_uid=exclude_from_cache_uid or None,
                 cache_type=cache_type,
+                chain_subconfigs=chain_subconfigs,
             )
 
         return decorate
@@ -564,6 +568,11 @@ class MapInfra(BaseInfra, SubmititMixin):
                 **self._node_folder_hooks(cache),
                 item_uid=method.item_uid,
                 forbid_single_item=self.forbid_single_item_computation,
+                # (a sub-config's task computed first, as for a task: not inside each
+                # chunk job, where a nested Slurm job would wait on a held allocation)
+                chained=chained_nodes(owner)
+                if method.options.get("chain_subconfigs", True)
+                else (),
             )
             if self.folder is not None or self.keep_in_ram:
                 runtime.node = base
