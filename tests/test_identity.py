@@ -1323,6 +1323,34 @@ def test_a_reuse_records_the_default_of_a_field_added_since(tmp_path: Path) -> N
     assert _calls("Noisy") == computed
 
 
+def test_a_field_renamed_with_another_default_is_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A field renamed (jitter -> noise) reads as one removed and one added: the results are
+    reused, taken as computed with the new field's default. When that default is another
+    value than the removed field had (the default changed with the rename, before this
+    folder was reused), they were computed with the old value: the reuse says so, naming
+    both, and what to do. A rename at the same value is silent."""
+    obj = Noisy(infra={"folder": tmp_path})
+    assert obj.load() == [0, 1, 2]
+    folder = obj.infra.uid_folder()
+    assert folder is not None
+    full = folder / "full-uid.yaml"
+    for old_value, warned in ((0.5, True), (0.0, False)):
+        older = ConfDict(yaml.safe_load(full.read_text()))
+        del older["noise"]
+        older["jitter"] = old_value  # (as written when the field was `jitter`)
+        full.write_text(older.to_yaml())
+        infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="exca"):
+            assert Noisy(infra={"folder": tmp_path}).load() == [0, 1, 2]
+        shown = "jitter=0.5, which is no field now, and before noise (default 0.0) was added"
+        assert (shown in caplog.text) is warned, caplog.text
+        assert ("bump the infra version" in caplog.text) is warned
+        assert "noise: 0.0" in full.read_text()  # (recorded: said once)
+
+
 CHANGING_DEFAULT = """
 import sys, typing as tp
 import pydantic, exca

@@ -259,6 +259,10 @@ def _record_added_fields(
     merged, added = _added(existing, full_uid_config, sub_configs)
     if not added:
         return
+    plain = sub_configs().plain if sub_configs is not None else set()
+    cached, current = _nested(existing), _nested(_normalized(full_uid_config))
+    for path, gone, new in _swapped(cached, current, plain):
+        _warn_swapped(folder, path, gone, new)
     text = ConfDict(merged).to_yaml()
     if ConfDict(merged).flat() == _normalized(full_uid_config):
         text = full_uid_config.to_yaml()  # (the very text of the config: later reads are quick)
@@ -308,6 +312,51 @@ def _with_added(
         ]
         return [item for item, _ in items], any(added for _, added in items)
     return cached, False
+
+
+def _swapped(
+    cached: tp.Any, current: tp.Any, plain: set[str], parts: tuple[str, ...] = ()
+) -> tp.Iterator[tuple[str, dict[str, tp.Any], dict[str, tp.Any]]]:
+    """(dotted path, fields removed since, fields added since) of the models where fields
+    went and came, each added one at a value no removed one had: maybe a field renamed
+    and its default changed, which reads as an added field (walked as ``_with_added``)."""
+    key = ".".join(parts)
+    if isinstance(cached, dict) and isinstance(current, dict) and key not in plain:
+        gone = {k: v for k, v in cached.items() if k not in current}
+        new = {k: v for k, v in current.items() if k not in cached}
+        if gone and new and not any(_same(v, old) for v in new.values() for old in gone.values()):
+            yield key, gone, new
+        for name, value in cached.items():
+            if name in current:
+                yield from _swapped(value, current[name], plain, (*parts, name))
+    elif (
+        isinstance(cached, list)
+        and isinstance(current, list)
+        and len(cached) == len(current)
+        and all(isinstance(a, dict) and isinstance(b, dict) for a, b in zip(cached, current))
+    ):
+        for index, (value, now) in enumerate(zip(cached, current)):
+            yield from _swapped(value, now, plain, (*parts, str(index)))
+
+
+def _same(a: tp.Any, b: tp.Any) -> bool:
+    return not isinstance(a, dict) and not isinstance(b, dict) and not _differ(a, b)
+
+
+def _warn_swapped(folder: Path, path: str, gone: dict[str, tp.Any], new: dict[str, tp.Any]) -> None:
+    where = f"{path}." if path else ""
+    removed = ", ".join(f"{where}{k}={v!r}" for k, v in gone.items())
+    added = ", ".join(f"{where}{k} (default {v!r})" for k, v in new.items())
+    logger.warning(
+        "Reusing the results in %s, computed with %s, which is no field now, and before %s "
+        "was added: they are taken as computed with that default (recorded in %s). If it "
+        "is the removed field renamed, with another default, these results hold the old "
+        "value: bump the infra version (or remove the folder) to compute them again",
+        folder,
+        removed,
+        added,
+        FULL_UID_FILE,
+    )
 
 
 def _read_small(path: str) -> bytes:
