@@ -7014,6 +7014,25 @@ def test_list_says_what_fed_each_task_with_inputs(tmp_path: Path) -> None:
     assert sorted(entry["inputs"]["w"] for entry in listed) == [n.uid for n in trained.values()]
 
 
+def test_list_says_lists_and_dicts_of_inputs_as_the_plan_does(tmp_path: Path) -> None:
+    """A task fed by a list or a dict of nodes was listed with the raw text of its
+    inputs.yaml, modules included and cut in its middle (``named={best=mymod.Train.fit,1/
+    [...] ...}``), not as the plan says it (``named={best: Train.fit,1/..., ...}``), which
+    the docs promise: the same text now."""
+    root = tmp_path / "cache"
+    trained = [Train(seed=seed, infra={"folder": root}).fit.node() for seed in (1, 2, 3)]
+    named = {"best": trained[0], "worst": trained[1]}
+    node = Ensemble(infra={"folder": root}).vote.node(trained, named)
+    planned = str(exca.graph.plan(node)).splitlines()
+    (line,) = [line for line in planned if "Ensemble.vote" in line]
+    fed = line[line.index("(inputs: ") :]
+    assert "models=[Train.fit,1/seed=1-" in fed and ", +1 more]" in fed, fed
+    assert "named={best: Train.fit,1/seed=1-" in fed and "test_ops." not in fed, fed
+    node.result()
+    out = cli("list", root, "--step", "Ensemble", check=True).stdout
+    assert out.rstrip().endswith(fed), (out, fed)
+
+
 def test_list_of_a_node_whose_detached_job_found_its_input_failed(tmp_path: Path) -> None:
     """The element of a detached run (Slurm, afterany) starting after its upstream failed
     records "upstream failed" and exits: `exca list` showed it as an `error` (UpstreamFailed,

@@ -21,7 +21,7 @@ from ..graph.planning import Plan, PlanEntry
 from ..infra.task import INPUTS_FILE
 from ..infra.uidfolder import FULL_UID_FILE, UID_FILE, read_yaml
 from ..storage.cachedict import inspecting_view, keeping_files
-from .inspect import input_folders, without_links_to_siblings
+from .inspect import group_entries, input_folders, without_links_to_siblings
 
 _MISSING: tp.Any = "<absent>"
 
@@ -256,7 +256,7 @@ class _InputConfigs:
                     had["inputs"] = inputs or _MISSING
                 return want, had
         if isinstance(wanted, Group) and isinstance(recorded, str) and depth < _INPUT_DEPTH:
-            entries = _group_entries(recorded, wanted.keys is not None)
+            entries = group_entries(recorded, wanted.keys is not None)
             if entries is not None:  # (a list or dict of nodes: compared entry by entry)
                 return self._compare_entries(wanted, entries, depth)
             if any(isinstance(s, Node) for s in wanted.sources):
@@ -313,40 +313,6 @@ class _InputConfigs:
                     out["items"] = rest[0]
         self.read[root, uid] = out
         return out
-
-
-# a node uid inside a list or dict of nodes as inputs.yaml records it (see Group.uid):
-# <module>.<Class>.<method>,<version>/<config uid: default, or ending with its digest>,
-# then its inputs or items folder if any
-_GROUP_NODE = (
-    r"[A-Za-z_][\w.]*,[^,/{}\[\]=]*/(?:default|[^/]*?-[0-9a-f]{8})"
-    r"(?:/(?:inputs|items)-[0-9a-f]{8})?"
-)
-_LIST_ENTRY = re.compile(rf"({_GROUP_NODE})(?:,|$)")
-_DICT_ENTRY = re.compile(rf"(.*?)=({_GROUP_NODE})(?:,|$)")
-
-
-def _group_entries(recorded: str, keyed: bool) -> dict[str, str] | None:
-    """The entries of a list (``[uid,...]``: by index) or dict (``{key=uid,...}``) of
-    nodes as inputs.yaml records it, when every entry is a node and the parse gives back
-    the same text (None: a value among them, or not such a group)."""
-    opening, closing = "{}" if keyed else "[]"
-    if len(recorded) < 2 or recorded[0] != opening or recorded[-1] != closing:
-        return None
-    body, entry = recorded[1:-1], _DICT_ENTRY if keyed else _LIST_ENTRY
-    out: dict[str, str] = {}
-    position = 0
-    while position < len(body):
-        found = entry.match(body, position)
-        if found is None:
-            return None
-        name, uid = found.groups() if keyed else (str(len(out)), found.group(1))
-        if name in out:
-            return None
-        out[name] = uid
-        position = found.end()
-    shown = ",".join(f"{k}={v}" for k, v in out.items()) if keyed else ",".join(out.values())
-    return out if shown == body else None
 
 
 def _entry_order(name: str) -> tuple[int, str]:

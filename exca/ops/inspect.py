@@ -1462,18 +1462,71 @@ def human_size(size: float) -> str:
     return f"{size:.1f} TB"
 
 
+# a node uid inside a list or dict of nodes as inputs.yaml records it (see Group.uid):
+# <module>.<Class>.<method>,<version>/<config uid: default, or ending with its digest>,
+# then its inputs or items folder if any
+_GROUP_NODE = (
+    r"[A-Za-z_][\w.]*,[^,/{}\[\]=]*/(?:default|[^/]*?-[0-9a-f]{8})"
+    r"(?:/(?:inputs|items)-[0-9a-f]{8})?"
+)
+_LIST_ENTRY = re.compile(rf"({_GROUP_NODE})(?:,|$)")
+_DICT_ENTRY = re.compile(rf"(.*?)=({_GROUP_NODE})(?:,|$)")
+
+
+def group_entries(recorded: str, keyed: bool) -> dict[str, str] | None:
+    """The entries of a list (``[uid,...]``: by index) or dict (``{key=uid,...}``) of
+    nodes as inputs.yaml records it, when every entry is a node and the parse gives back
+    the same text (None: a value among them, or not such a group)."""
+    opening, closing = "{}" if keyed else "[]"
+    if len(recorded) < 2 or recorded[0] != opening or recorded[-1] != closing:
+        return None
+    body, entry = recorded[1:-1], _DICT_ENTRY if keyed else _LIST_ENTRY
+    out: dict[str, str] = {}
+    position = 0
+    while position < len(body):
+        found = entry.match(body, position)
+        if found is None:
+            return None
+        name, uid = found.groups() if keyed else (str(len(out)), found.group(1))
+        if name in out:
+            return None
+        out[name] = uid
+        position = found.end()
+    shown = ",".join(f"{k}={v}" for k, v in out.items()) if keyed else ",".join(out.values())
+    return out if shown == body else None
+
+
 def describe_recorded_inputs(inputs: dict[str, str]) -> str:
     """What fed a task with inputs, short, in the plan's words (``weights=Train.fit,1/
-    lr=0.10-.../inputs-...``): an upstream node by its step without its module, a value or
-    a list or dict of them by its uid, each cut in its middle when long."""
+    lr=0.10-.../inputs-...``): an upstream node by its step without its module, a value by
+    its uid, a list or dict of nodes by its first two entries (``{best: Train.fit,1/...,
+    +3 more}``), each cut in its middle when long."""
     shown = []
     for name, uid in inputs.items():
-        step, _, rest = uid.partition("/")
-        if "," in step and rest and not step.startswith(("{", "[")):
-            method, _, version = step.partition(",")
-            uid = f"{'.'.join(method.rsplit('.', 2)[-2:])},{version}/{rest}"
-        shown.append(f"{name}={shortened(uid, INPUT_SHOWN)}")
+        listed, keyed = group_entries(uid, keyed=False), group_entries(uid, keyed=True)
+        entries = keyed if keyed is not None else listed
+        if entries is None:  # (a node, a value, or a group holding values: as recorded)
+            shown.append(f"{name}={shortened(_without_module(uid), INPUT_SHOWN)}")
+            continue
+        texts = [_without_module(entry) for entry in list(entries.values())[:2]]
+        more = len(entries) - len(texts)
+        tail = f", +{more} more" if more else ""
+        if keyed is None:
+            shown.append(f"{name}={shortened('[' + ', '.join(texts) + tail + ']', INPUT_SHOWN)}")
+            continue
+        half = INPUT_SHOWN // 2  # (each entry cut on its own, as the plan does)
+        pairs = [f"{shortened(k, half)}: {shortened(t, half)}" for k, t in zip(entries, texts)]
+        shown.append(f"{name}={{{', '.join(pairs)}{tail}}}")
     return ", ".join(shown)
+
+
+def _without_module(uid: str) -> str:
+    """A node uid with its step's module left out (``Train.fit,1/...``), else as it is."""
+    step, _, rest = uid.partition("/")
+    if "," in step and rest and not step.startswith(("{", "[")):
+        method, _, version = step.partition(",")
+        return f"{'.'.join(method.rsplit('.', 2)[-2:])},{version}/{rest}"
+    return uid
 
 
 def render(infos: list[NodeInfo]) -> str:
