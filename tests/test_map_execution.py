@@ -2129,9 +2129,10 @@ def test_a_downstream_node_of_a_damaged_payload_says_how_to_repair_it(tmp_path: 
     (entry,) = [e for e in exca.graph.plan(total("retry")).entries if e.kind == "map"]
     assert (entry.status, entry.action, entry.items) == ("missing", "compute", "2/3 to compute")
     assert "2 whose payload file was removed or damaged outside exca" in entry.reason
-    # (explain added "new items: the others are cached" to any map with items to compute)
+    # (explain added "not computed for this config yet" to any map with items to compute)
     (why,) = [e for e in exca.ops.explain(total("retry")) if e.uid == entry.uid]
-    assert why.summary().startswith("retry of 2 whose payload") and "new items" not in why.summary()
+    assert why.summary().startswith("retry of 2 whose payload")
+    assert "not computed for this config yet" not in why.summary()
     exca.graph.run(total("retry"), progress=False)
     assert total("cached").result() == 100 * (10 + 20 + 30)
     assert counts(log) == {1: 1, 2: 2, 3: 2}  # (item 1 was before the cut)

@@ -1459,15 +1459,19 @@ def test_explain_read_only_compares_with_the_nearest_cached_config(
 
 
 def test_explain_a_partly_cached_map_names_no_other_config(tmp_path: Path) -> None:
-    """Items missing from a map whose config has other items cached are new items: explain
-    says so, and does not send the user to another config's folder (nor when the items
-    are known only at run time: a probe)."""
+    """Items missing from a map whose config has other items cached are new items, or items
+    a run did not finish (it said "new items" after a Ctrl-C): explain says so, and does not
+    send the user to another config's folder (nor when the items are known only at run
+    time: a probe)."""
     root = tmp_path / "cache"
     Squares(offset=1, infra={"folder": root}).square([1, 2, 3])
     Squares(infra={"folder": root}).square([1, 2])
     (explanation,) = exca.ops.explain(Squares(infra={"folder": root}).square.node([1, 2, 3, 4]))
     assert explanation.nearest is None and explanation.diff == []
-    assert explanation.summary() == "2/4 missing (new items: the others are cached for this config)"
+    assert explanation.summary() == (
+        "2/4 missing (not computed for this config yet, or not finished: its other items are "
+        "cached)"
+    )
     # nothing cached for this config: the nearest cached config is named, with the change
     (fresh,) = exca.ops.explain(Squares(offset=2, infra={"folder": root}).square.node([1]))
     assert fresh.nearest is not None and fresh.diff[0][0] == "offset"

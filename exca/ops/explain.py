@@ -384,9 +384,12 @@ def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Exp
     ):
         # (the plan's counts, not the cache: a map's index can hold 100k entries)
         if run.uids is not None and len(run.todo or ()) < len(set(run.uids)):
-            # some items are cached for this very config: the others are new items, not
-            # a config that differs from another one
-            explanation.reason += " (new items: the others are cached for this config)"
+            # some items are cached for this very config: the others were never computed
+            # for it, or not finished (a run interrupted, a job that died), not a config
+            # that differs from another one ("new items" misled after a Ctrl-C)
+            explanation.reason += (
+                " (not computed for this config yet, or not finished: its other items are cached)"
+            )
             return explanation
         if run.uids is None and node.kind == "map" and node.folder is not None:
             # items known at run time: the items of this config already cached are reused
