@@ -1288,6 +1288,19 @@ def test_map_owner_chains_its_subconfig_tasks(env: Env) -> None:
     assert exca.graph.plan(node).counts() == {"cached": 1, "not needed": 1}
 
 
+def test_a_forced_subconfig_task_of_a_map_makes_what_follows_the_map_stale(env: Env) -> None:
+    """The items of a map record the sub-config tasks they read, as a task's result does:
+    recomputing the data alone marks what the map fed stale (it stayed plain cached)."""
+    scale = ScaleByData(data=env.data(), log=env.log, infra=env.infra())
+    after = env.step("after").run.node(scale.apply.node([1, 2]))
+    exca.graph.run(after)
+    assert exca.graph.plan(after).entries[-1].status == "cached"
+    env.data(mode="force").prepare()  # recomputed alone
+    (entry,) = [e for e in exca.graph.plan(after).entries if e.uid == after.uid]
+    assert entry.status == "stale", entry
+    assert f"upstream {env.data().prepare.node().uid} recomputed at" in entry.reason
+
+
 def test_map_owner_chain_subconfigs_false(env: Env) -> None:
     scale = ScaleByDataInline(data=env.data(), log=env.log, infra=env.infra())
     node = scale.apply.node([1, 2])

@@ -885,7 +885,7 @@ def _map_provenance(source: Node) -> dict[str, str]:
     records its entry with each item): what fed the map fed this node too, so a forced
     task makes what follows its map stale."""
     out: dict[str, str] = {}
-    if not isinstance(source.items, Node):
+    if not isinstance(source.items, Node) and not source.chained:
         return out
     try:
         uids = store.map_item_uids(source)
@@ -1419,17 +1419,22 @@ def _new_error(cache: CacheDict[tp.Any], key: str, when: float) -> bool:
 
 
 def _items_provenance(node: Node) -> dict[str, tp.Any] | None:
-    """For maps fed by an upstream node: where the items came from (clean --downstream
-    finds maps computed from a node through it; a plan, tasks made stale since)."""
+    """For maps fed by an upstream node, or chaining sub-configs' tasks: where the items
+    came from (clean --downstream finds maps computed from a node through it; a plan,
+    tasks made stale since)."""
+    up: dict[str, tp.Any] = {}
+    for chained in node.chained:  # (the sub-config tasks its method read, as a task's)
+        entry = chained.cache.entry(TASK_KEY)
+        if entry is not None:
+            up[chained.uid] = store.entry_ref(entry)
     source = node.items
-    if not isinstance(source, Node):
-        return None
-    if source.kind == "map":  # (and what fed that map, as for a task fed by a map)
-        return {"t": round(time.time(), 3), "up": {**_map_provenance(source), source.path: MAP_REF}}
-    entry = source.cache.entry(TASK_KEY)
-    if entry is None:
-        return None
-    return {"t": round(time.time(), 3), "up": {source.uid: store.entry_ref(entry)}}
+    if isinstance(source, Node) and source.kind == "map":  # (and what fed that map)
+        up.update({**_map_provenance(source), source.path: MAP_REF})
+    elif isinstance(source, Node):
+        entry = source.cache.entry(TASK_KEY)
+        if entry is not None:
+            up[source.uid] = store.entry_ref(entry)
+    return {"t": round(time.time(), 3), "up": up} if up else None
 
 
 def _compute_items(
