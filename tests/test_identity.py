@@ -1330,25 +1330,33 @@ def test_a_field_renamed_with_another_default_is_warned_of(
     reused, taken as computed with the new field's default. When that default is another
     value than the removed field had (the default changed with the rename, before this
     folder was reused), they were computed with the old value: the reuse says so, naming
-    both, and what to do. A rename at the same value is silent."""
-    obj = Noisy(infra={"folder": tmp_path})
-    assert obj.load() == [0, 1, 2]
-    folder = obj.infra.uid_folder()
-    assert folder is not None
-    full = folder / "full-uid.yaml"
+    both, and what to do, once per step folder (a sweep's configs: not one warning each).
+    A rename at the same value is silent."""
+    from exca.infra import uidfolder
+
+    uidfolder._SWAPS_TOLD.clear()
+    configs = [Noisy(n=n, infra={"folder": tmp_path}) for n in (3, 4)]
+    fulls = []
+    for obj in configs:
+        obj.load()
+        folder = obj.infra.uid_folder()
+        assert folder is not None
+        fulls.append(folder / "full-uid.yaml")
     for old_value, warned in ((0.5, True), (0.0, False)):
-        older = ConfDict(yaml.safe_load(full.read_text()))
-        del older["noise"]
-        older["jitter"] = old_value  # (as written when the field was `jitter`)
-        full.write_text(older.to_yaml())
+        for full in fulls:
+            older = ConfDict(yaml.safe_load(full.read_text()))
+            del older["noise"]
+            older["jitter"] = old_value  # (as written when the field was `jitter`)
+            full.write_text(older.to_yaml())
         infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="exca"):
             assert Noisy(infra={"folder": tmp_path}).load() == [0, 1, 2]
+            assert Noisy(n=4, infra={"folder": tmp_path}).load() == [0, 1, 2, 3]
         shown = "jitter=0.5, which is no field now, and before noise (default 0.0) was added"
-        assert (shown in caplog.text) is warned, caplog.text
+        assert caplog.text.count(shown) == int(warned), caplog.text
         assert ("bump the infra version" in caplog.text) is warned
-        assert "noise: 0.0" in full.read_text()  # (recorded: said once)
+        assert all("noise: 0.0" in full.read_text() for full in fulls)  # (recorded)
 
 
 CHANGING_DEFAULT = """

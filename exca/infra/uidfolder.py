@@ -343,15 +343,25 @@ def _same(a: tp.Any, b: tp.Any) -> bool:
     return not isinstance(a, dict) and not isinstance(b, dict) and not _differ(a, b)
 
 
+_SWAPS_TOLD: set[tuple[str, str, str]] = set()  # (step folder, removed, added): told once
+
+
 def _warn_swapped(folder: Path, path: str, gone: dict[str, tp.Any], new: dict[str, tp.Any]) -> None:
     where = f"{path}." if path else ""
     removed = ", ".join(f"{where}{k}={v!r}" for k, v in gone.items())
     added = ", ".join(f"{where}{k} (default {v!r})" for k, v in new.items())
+    told = (str(folder.parent), removed, added)  # (a sweep's folders: one warning, not 1000)
+    if told in _SWAPS_TOLD:
+        return
+    if len(_SWAPS_TOLD) >= 10_000:
+        _SWAPS_TOLD.clear()  # (a bounded memo)
+    _SWAPS_TOLD.add(told)
     logger.warning(
         "Reusing the results in %s, computed with %s, which is no field now, and before %s "
         "was added: they are taken as computed with that default (recorded in %s). If it "
         "is the removed field renamed, with another default, these results hold the old "
-        "value: bump the infra version (or remove the folder) to compute them again",
+        "value: bump the infra version (or remove the folder) to compute them again (said "
+        "once per step folder in this process)",
         folder,
         removed,
         added,
