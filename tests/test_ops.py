@@ -6359,13 +6359,17 @@ def test_a_local_job_ended_by_sys_exit_says_so(tmp_path: Path) -> None:
 
 
 class ExitsAtItem(pydantic.BaseModel):
-    """A map whose method calls sys.exit at item 2 (its job ends without a result)."""
+    """A map whose method calls sys.exit at item 2 (its job ends without a result), or
+    raises KeyboardInterrupt there (``interrupt``)."""
 
+    interrupt: bool = False
     infra: exca.MapInfra = exca.MapInfra(version="1", max_jobs=1)
 
     @infra.apply(item_uid=str)
     def run(self, items: list[int]) -> tp.Iterator[int]:
         for item in items:
+            if item == 2 and self.interrupt:
+                raise KeyboardInterrupt
             if item == 2:
                 sys.exit(3)
             yield item
@@ -6415,6 +6419,32 @@ def test_list_and_logs_of_a_task_whose_job_called_sys_exit(tmp_path: Path) -> No
     said = "ended on a sys.exit of its method: SystemExit(3) was raised (sys.exit in the method?)"
     assert f"{said}; nothing was cached for what it left; the next call computes it" in out, out
     assert "refused its config" not in out, out
+
+
+@pytest.mark.parametrize("interrupt", (False, True))
+def test_logs_of_a_map_job_ended_by_its_method_count_the_items_it_cached(
+    tmp_path: Path, interrupt: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A map's local job whose method called sys.exit (or raised KeyboardInterrupt) at item
+    2: the items it computed before are kept, yet `exca logs` noted "nothing was cached"
+    (a task's words). The job's log, quoted by the call and by `exca logs`, now counts the
+    items the job had cached."""
+    mapper = ExitsAtItem(interrupt=interrupt, infra={"folder": tmp_path, "cluster": "local"})
+    with pytest.raises(JobFailedError) as info:
+        list(mapper.run([0, 1, 2, 3]))
+    folder = mapper.infra.uid_folder()
+    assert folder is not None
+    cached = len(CacheDict(folder).keys())
+    said = f"while computing item '2' (the job had cached {cached} of its 4 item(s))"
+    assert said in str(info.value), info.value
+    from exca.ops.cli import main
+
+    capsys.readouterr()
+    assert main(["logs", str(folder)]) == 0
+    out = capsys.readouterr().out
+    note = out.splitlines()[1]
+    assert said in note and note.endswith("the next call computes the items it left)"), out
+    assert "nothing was cached" not in out, out
 
 
 class Interrupts(pydantic.BaseModel):

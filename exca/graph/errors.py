@@ -36,6 +36,9 @@ INTERRUPT_HINT = "nothing is cached: the next call computes it"
 # the attribute of a KeyboardInterrupt that stopped a map's method naming the item it was
 # computing: raised by the method in a pool's thread or process, the caller's error names it
 INTERRUPTED_ITEM = "exca_item"
+# ... and how many of its job's items the map's unit had cached then, of how many (what a
+# job's log says of it: its outputs written before are kept, see worker._compute_from)
+CACHED_ITEMS = "exca_cached_items"
 
 
 # what a job's log says of a SystemExit the method raised (sys.exit), after "SystemExit(code)"
@@ -55,7 +58,16 @@ def interrupted_at(error: BaseException) -> str:
     """Which map item the method was computing when it raised ``error`` (a
     KeyboardInterrupt, a SystemExit), as a job's log note ends: "" when unknown (a task)."""
     item = getattr(error, INTERRUPTED_ITEM, None)
-    return f" while computing item {item!r}" if item is not None else ""
+    if item is None:
+        return ""
+    said = f" while computing item {item!r}"
+    cached = getattr(error, CACHED_ITEMS, None)
+    if cached is not None:  # (what `exca logs` says of the job's items: see cli)
+        said += f" {CACHED_SAID}{cached[0]} of its {cached[1]} item(s))"
+    return said
+
+
+CACHED_SAID = "(the job had cached "
 
 
 def interrupt_said(log: str) -> str | None:

@@ -32,6 +32,7 @@ from ..storage.index import meta_of
 from ..storage.modules import imported
 from . import callers, codeprint, jobpickle, jobprocess, ranks, registry, store
 from .errors import (
+    CACHED_ITEMS,
     EXITED_IN_METHOD,
     INTERRUPTED_ITEM,
     RAISED_INTERRUPT,
@@ -1227,10 +1228,21 @@ def _unpicklable_part(value: tp.Any, depth: int = 6) -> str:
 
 # --- maps ---------------------------------------------------------------------------------
 def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
+    report = Report()
+    try:
+        return _run_map_unit(unit, progress, report)
+    except (KeyboardInterrupt, SystemExit) as interrupt:
+        # (what it computed before is written and kept: its job's log says how many, the
+        # outermost map's of this process for nested calls, as for INTERRUPTED_ITEM)
+        done = report.computed + report.errors
+        setattr(interrupt, CACHED_ITEMS, (done, len(unit.uids or ())))
+        raise
+
+
+def _run_map_unit(unit: Unit, progress: ProgressCallback | None, report: Report) -> Report:
     node = unit.node
     assert unit.items is not None and unit.uids is not None
     by_uid = dict(zip(unit.uids, unit.items))
-    report = Report()
     forced_by = unit.forced_by
     if forced_by:
         node = _shared_force_state(node, forced_by)

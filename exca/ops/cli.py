@@ -875,6 +875,34 @@ def _holds_task_result(folder: Path) -> bool:
     return TASK_KEY in inspecting_view(folder).entries_info()
 
 
+def _ended_by_method(job_id: str, log: str) -> str | None:
+    """What ``exca logs`` notes of a job whose method raised KeyboardInterrupt or called
+    sys.exit (from its log), else None. A task's job cached nothing; a map's job kept the
+    items it computed before, which its log counts (a log of an older exca does not)."""
+    from ..graph.errors import RAISED_INTERRUPT, exit_said, interrupt_said
+
+    interrupted = interrupt_said(log)
+    exited = exit_said(log) if interrupted is None else None
+    said = interrupted or exited
+    if said is None:
+        return None
+    if " while computing item " not in said:  # (a task's job)
+        if interrupted is not None:
+            return (
+                f"job {job_id}'s method raised KeyboardInterrupt: nothing was cached; the "
+                "next call computes it"
+            )
+        return (
+            f"job {job_id} ended on a sys.exit of its method: {said}; nothing was cached "
+            "for what it left; the next call computes it"
+        )
+    if interrupted is not None:  # (what follows the words: the item, and what was cached)
+        note = f"job {job_id}'s method raised KeyboardInterrupt{said[len(RAISED_INTERRUPT) :]}"
+    else:
+        note = f"job {job_id} ended on a sys.exit of its method: {said}"
+    return f"{note}; the next call computes the items it left"
+
+
 def _unrecorded_note(job: tp.Any, folder: Path) -> str:
     """What ``exca logs`` says of a job no record names any more (see unrecorded_job)."""
     from ..graph import executors
@@ -1509,22 +1537,11 @@ def _main(argv: list[str] | None) -> int:
         data = {"job_id": job.job_id, "cluster": job.cluster, "path": str(path), "text": text}
         header = f"# job {job.job_id} ({job.cluster}): {path}"
         maker = _result_job(Path(args.folder)) if args.item is None else job.job_id
-        from ..graph.errors import RAISED_INTERRUPT, exit_said
-
         if job.unrecorded:
             data["note"] = _unrecorded_note(job, Path(args.folder))
             header += f"\n# ({data['note']})"
-        elif RAISED_INTERRUPT in (job.stderr() or ""):  # (its record set aside, or not yet)
-            data["note"] = (
-                f"job {job.job_id}'s method raised KeyboardInterrupt: nothing was cached; "
-                "the next call computes it"
-            )
-            header += f"\n# ({data['note']})"
-        elif (exited := exit_said(job.stderr() or "")) is not None:  # (as for an interrupt)
-            data["note"] = (
-                f"job {job.job_id} ended on a sys.exit of its method: {exited}; nothing "
-                "was cached for what it left; the next call computes it"
-            )
+        elif (ended := _ended_by_method(job.job_id, job.stderr() or "")) is not None:
+            data["note"] = ended  # (its record set aside, or not yet)
             header += f"\n# ({data['note']})"
         elif job.refused:  # (its record was set aside: see registry.set_refused)
             data["note"] = (
