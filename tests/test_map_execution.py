@@ -528,6 +528,34 @@ def test_a_sys_exit_of_the_method_names_the_item_and_is_never_cached(
     assert counts(tmp_path / "calls.txt")[2] == 2
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "cluster,raised",
+    [("local", "SystemExit"), ("debug", "SystemExit"), ("debug", "KeyboardInterrupt")],
+)
+def test_a_map_job_stopped_by_its_method_keeps_the_items_before_it(
+    tmp_path: Path, cluster: str, raised: str
+) -> None:
+    """A job's method calling sys.exit (or raising KeyboardInterrupt) at item 5 of 1..8
+    (one job for them all): the items it had computed are kept, but which ones varied from call to call (a job
+    got its items shuffled: items after 5, or none, were cached). A job computes its items
+    in the call's order now: 1 to 4 are kept, as in the calling process, and the next
+    call computes the others only."""
+    fail_dir = tmp_path / "fail"
+    fail_dir.mkdir()
+    (fail_dir / "5").touch()
+    items = list(range(1, 9))
+    one_job = {"max_jobs": 1}
+    mapper = make(tmp_path, cluster, fail_dir=str(fail_dir), raised=raised, infra=one_job)
+    with pytest.raises((exca.graph.errors.JobFailedError, SystemExit, KeyboardInterrupt)):
+        list(mapper.process(items))
+    assert sorted(mapper.infra.cache_dict.keys()) == ["1", "2", "3", "4"]
+    (fail_dir / "5").unlink()
+    again = make(tmp_path, cluster, fail_dir=str(fail_dir), raised=raised, infra=one_job)
+    assert list(again.process(items)) == [10 * i for i in items]
+    assert counts(tmp_path / "calls.txt") == {**{i: 1 for i in items}, 5: 2}
+
+
 def test_a_debug_map_job_interrupted_by_its_method_is_not_failed(tmp_path: Path) -> None:
     """A debug job runs in the calling process: its method raising KeyboardInterrupt (as a
     Ctrl-C there) caches nothing and the next call computes its items, but the records

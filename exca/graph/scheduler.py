@@ -72,6 +72,26 @@ logger = logging.getLogger("exca")
 # `random` does. Not SystemRandom: 2.5x slower to shuffle a million items)
 _SHUFFLER = random.Random()
 os.register_at_fork(after_in_child=_SHUFFLER.seed)
+
+
+def _shuffled(todo: list[str], chunks: list[tuple[int, int]]) -> list[str]:
+    """The items for these chunks: random ones in each chunk (overlapping runs start on
+    different items), in the call's order within it. A job then computes its items in
+    that order, so what its method keeps when it stops at an item (sys.exit, a
+    KeyboardInterrupt: the outputs before it are written) is the items before it in the
+    call, as in the calling process; a chunk of all the items is not shuffled."""
+    if len(chunks) < 2:
+        return todo
+    # (each item's chunk drawn by shuffling the chunks' places: no sort, one pass)
+    labels = [c for c, (a, b) in enumerate(chunks) for _ in range(b - a)]
+    _SHUFFLER.shuffle(labels)
+    buckets: list[list[str]] = [[] for _ in chunks]
+    appends = [bucket.append for bucket in buckets]
+    for label, uid in zip(labels, todo):
+        appends[label](uid)
+    return [uid for bucket in buckets for uid in bucket]
+
+
 POLL_START = 0.05
 POLL_MAX = 2.0
 LOCAL_POLL_MAX = 0.2  # (while local jobs run: polling one costs a process check)
@@ -507,13 +527,13 @@ class Scheduler:
         if cluster in POOL_CLUSTERS or cluster in SUBMITIT_CLUSTERS:
             todo = self._take_items(run, todo)
         if cluster in POOL_CLUSTERS and len(todo) > 1:
-            _SHUFFLER.shuffle(todo)  # overlapping runs start on different items
             workers = executors.Pools.workers(len(todo), node.execution.max_jobs)
             chunks = to_chunks(len(todo), 3 * workers, 1)
+            todo = _shuffled(todo, chunks)
         elif cluster in SUBMITIT_CLUSTERS:
-            _SHUFFLER.shuffle(todo)
             limit = executors.max_jobs(node.execution)
             chunks = to_chunks(len(todo), limit, node.execution.min_items_per_job)
+            todo = _shuffled(todo, chunks)
         else:
             chunks = [(0, len(todo))] if todo else []
         shipped = node.shipped()
