@@ -466,6 +466,47 @@ def test_a_read_only_call_says_how_a_killed_local_job_ended(
 
 
 @pytest.mark.timeout(120)
+def test_a_read_only_call_waiting_for_a_job_that_dies_says_how_it_ended(
+    tmp_path: Path, short_result_wait: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A read-only call waits for the job computing its task; that job killed (SIGKILL),
+    the call raised "read-only and missing (job N ended without a result)", saying not
+    how it ended, where the other read-only paths (a job found ended) raise the default
+    call's JobFailedError. It does too now, writing nothing."""
+    block = tmp_path / "block-flag"
+    block.touch()
+    job = make(tmp_path, "local", x=9, block_flag=str(block)).infra.job()
+    _wait_for(lambda: len(calls(tmp_path / "calls.txt")) == 1)  # (the method started)
+    reader = make(tmp_path, "local", x=9, block_flag=str(block), infra={"mode": "read-only"})
+    raised: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            reader.process()
+        except BaseException as error:
+            raised.append(error)
+
+    thread = threading.Thread(target=read)
+    root = tmp_path / "cache"
+    try:
+        with caplog.at_level(logging.INFO, logger="exca"):
+            thread.start()
+            _wait_for(lambda: "is computed elsewhere" in caplog.text)  # (it waits)
+    finally:
+        kill_tree(int(job.job_id))
+        thread.join(timeout=60)
+    (error,) = raised
+    assert isinstance(error, JobFailedError), error
+    assert f"job {job.job_id} ended without writing its result: its process died" in str(error)
+    before = _snapshot(root)
+    with pytest.raises(JobFailedError) as again:  # (the read-only call that finds it ended)
+        reader.process()
+    assert str(again.value) == str(error)
+    assert _snapshot(root) == before
+    assert len(calls(tmp_path / "calls.txt")) == 1
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("outcome", ["result", "error"])
 def test_a_job_whose_outcome_was_removed_since_did_not_fail(tmp_path: Path, outcome: str) -> None:
     """A forced or retried run removes the old outcome before it submits; interrupted
@@ -2962,7 +3003,7 @@ def test_read_only_waits_for_a_running_job(tmp_path: Path) -> None:
     """mode='read-only' never computes, but a result being computed by a job is not
     missing: the call waits for it (it raised "read-only and missing" while status()
     said "running"); a job that ends without a result leaves it missing (nothing cached
-    by the read-only caller)."""
+    by the read-only caller), its error saying how that job ended."""
     block = tmp_path / "block-flag"
     block.touch()
     job = make(tmp_path, "local", x=9, block_flag=str(block)).infra.job()
@@ -2986,7 +3027,8 @@ def test_read_only_waits_for_a_running_job(tmp_path: Path) -> None:
     assert thread.is_alive()
     kill_tree(int(job.job_id))
     thread.join(timeout=60)
-    assert isinstance(out[0], RuntimeError) and "read-only" in str(out[0]), out
+    # (how it ended, as a default call says it: see the test below)
+    assert isinstance(out[0], JobFailedError) and "its process died" in str(out[0]), out
     folder = reader.infra.uid_folder()
     assert folder is not None and not CacheDict(folder).keys()  # (nothing cached)
 

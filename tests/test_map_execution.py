@@ -2661,6 +2661,46 @@ def test_a_read_only_map_says_how_the_job_that_left_its_items_ended(tmp_path: Pa
 
 
 @pytest.mark.timeout(120)
+def test_a_read_only_map_waiting_for_a_job_that_dies_says_how_it_ended(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A read-only call waits for the chunk job computing its items; that job killed
+    (SIGKILL), the call raised "read-only and 2/2 items missing", saying not how the job
+    ended, where a read-only call finding it ended names it. It does too now."""
+    from test_execution import kill_tree
+
+    block = tmp_path / "block-flag"
+    block.touch()
+    items, one_job = [0, 2], {"max_jobs": 1}  # (the job blocks in item 0)
+    job = make(tmp_path, "local", block_flag=str(block), infra=one_job).process.node(items).job()
+    wait_until(lambda: counts(tmp_path / "calls.txt"))  # (the method started)
+    infra = {"mode": "read-only", **one_job}
+    reader = make(tmp_path, "local", block_flag=str(block), infra=infra)
+    raised: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            list(reader.process(items))
+        except BaseException as error:
+            raised.append(error)
+
+    thread = threading.Thread(target=read)
+    try:
+        with caplog.at_level(logging.INFO, logger="exca"):
+            thread.start()
+            wait_until(lambda: "is computed elsewhere" in caplog.text)  # (it waits)
+    finally:
+        kill_tree(int(job.job_id))
+        thread.join(timeout=60)
+    (error,) = raised
+    ended = f"local job {job.job_id} ended without writing its result: its process died"
+    assert isinstance(error, exca.graph.errors.JobFailedError) and ended in str(error), error
+    with pytest.raises(exca.graph.errors.JobFailedError) as again:  # (finding it ended)
+        list(reader.process(items))
+    assert str(again.value) == str(error)
+
+
+@pytest.mark.timeout(120)
 def test_a_forced_and_a_cached_map_node_on_different_clusters_share_items(
     tmp_path: Path,
 ) -> None:

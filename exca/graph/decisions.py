@@ -150,7 +150,7 @@ def _read_only_items_left(
     return left[-1] if left else None
 
 
-def _say_items_left(run: NodeRun, how: str) -> None:
+def say_items_left(run: NodeRun, how: str) -> None:
     """A read-only map's reason and error name the job that left its items missing."""
     said, quote, log_end = how.partition(LOG_QUOTE)
     hint = f"mode='read-only' never computes; cache folder: {run.node.folder}"
@@ -877,7 +877,7 @@ class Graph:
         for run, record in ended:
             how = executors.recorded_handle(record).ended_how(known.get(record.job_id))
             if run.node.kind == "map":
-                _say_items_left(run, how)
+                say_items_left(run, how)
                 continue
             if method_interrupted(how):  # (not its failure: computed, see INTERRUPT_HINT)
                 # (a plan, explain, a read-only call: read only, they move nothing)

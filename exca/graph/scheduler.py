@@ -28,6 +28,7 @@ from .decisions import (
     collect,
     gets_own_job,
     read_only_missing,
+    say_items_left,
     to_chunks,
     unreachable_inputs,
     wait_for_claims,
@@ -1139,6 +1140,10 @@ class Scheduler:
             except Exception as cached:
                 run.error = cached
                 return
+        how = _waited_job_ending(run, run.handles) if run.removed_by is None else None
+        if how is not None:  # (said as a default call and the other read-only paths say it)
+            run.error = JobFailedError(f"{run.node.uid}: {retry_hint(how)}")
+            return
         if run.removed_by is not None:  # (waited for a removal: `exca clean`)
             ended = f"its folder was removed or renamed by {run.removed_by} meanwhile"
         elif any(isinstance(h, executors.ClaimHandle) for h in run.handles):
@@ -1163,6 +1168,7 @@ class Scheduler:
 
     def _redecide_items(self, run: NodeRun, forced: bool = False) -> None:
         """Decide again what a map still needs (requeued if anything)."""
+        waited = run.handles
         run.handles, run.resume = [], None
         run.node.cache.refresh()  # (what others wrote meanwhile: e.g. retried item errors)
         self.graph.decide_items(run, store.map_item_uids(run.node), forced=forced)
@@ -1175,6 +1181,8 @@ class Scheduler:
             run.state = "done" if run.action == "reuse" else "failed"
             if run.state == "failed":
                 run.error = self.graph.decision_error(run)
+                if read_only_missing(run):
+                    _say_waited_job_ended(run, waited)
 
     def _recomputed_elsewhere(self, run: NodeRun, missing: list[str]) -> bool:
         """Items this run computed, deleted since by another process that recomputes
@@ -1603,6 +1611,31 @@ def _array_wait_said(run: NodeRun) -> bool:
     )
     _ARRAYS_WAITED.update(dict.fromkeys(arrays, now))
     return said
+
+
+def _waited_job_ending(run: NodeRun, handles: list[executors.Handle]) -> str | None:
+    """How the last job a read-only node waited for ended without its outcome (died,
+    cancelled...), as decisions.Graph._check_registry says it of a job found ended; None
+    when none did (all ran to their end, their outcome removed since: only missing), or
+    when the wait was for another worker's claim, or the job was withdrawn (its record
+    removed: clear_job, its submitter interrupted; no failure, as a default call takes
+    it), or its method raised KeyboardInterrupt or called sys.exit (see INTERRUPT_HINT)."""
+    folder = run.node.folder
+    if folder is None or any(isinstance(h, executors.ClaimHandle) for h in handles):
+        return None
+    ended = [h for h in handles if not h.finished_ok()]
+    if not ended or not registry.recorded(folder, ended[-1].job_id):
+        return None
+    how = ended[-1].ended_how()
+    return None if method_interrupted(how) else how
+
+
+def _say_waited_job_ended(run: NodeRun, waited: list[executors.Handle]) -> None:
+    """A read-only map still missing items once the jobs it waited for ended: its error
+    names the job that left them, as a read-only call finding that job ended does."""
+    how = _waited_job_ending(run, waited)
+    if how is not None:
+        say_items_left(run, how)
 
 
 def _log_waits(runs: list[NodeRun], waiting: bool, shown: int = 3) -> None:
