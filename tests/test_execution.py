@@ -2315,6 +2315,40 @@ def test_jobs_that_cannot_import_the_config_module_say_it_once(
         sys.modules.pop("hidden_module_31", None)
 
 
+def test_slurm_jobs_ending_alike_are_said_alike_whatever_slurm_names_them() -> None:
+    """Slurm's texts name a job by its steps too: "StepId=12345.batch" (slurmstepd's
+    out-of-memory line), "STEP 12345.0" (a step cancelled), "step 12345.batch" (older
+    Slurm), "JobId=12345" (scontrol). Jobs ending alike but for these mentions were each
+    said whole (their endings differed): a sweep of jobs killed for their memory printed
+    each job's log end. These mentions are set aside now, as "JOB 12345" was; a number
+    holding the id (a line, a size) still tells jobs apart."""
+    from exca.graph.errors import LOG_QUOTE, same_endings
+
+    def ending(job_id: str) -> str:
+        log = f"/cache/m.T.f,1/logs/user/{job_id}/{job_id}_0_log.err"
+        tail = "\n".join(
+            [
+                f"slurmstepd: error: Detected 1 oom_kill event in StepId={job_id}.batch. Some "
+                "of the step tasks have been OOM Killed.",
+                f"slurmstepd: error: *** STEP {job_id}.0 ON node1 CANCELLED AT "
+                "2026-12-06T14:00:00 ***",
+                f"slurmstepd: error: Detected 1 oom-kill event(s) in step {job_id}.extern cgroup.",
+                f"JobId={job_id} JobName=train JobState=OUT_OF_MEMORY Reason=OutOfMemory",
+            ]
+        )
+        return (
+            f"job {job_id} ran out of memory (state OUT_OF_MEMORY); its log: {log}{LOG_QUOTE}{tail}"
+        )
+
+    alike = [(i, ending(i)) for i in ("12345", "12346", "12347")]
+    assert same_endings(alike) == [
+        ending("12345").replace(LOG_QUOTE, f"; and so in 2 other jobs: 12346, 12347{LOG_QUOTE}")
+    ]
+    # (an id inside a longer one is no mention: jobs naming other jobs' steps differ)
+    other = [(i, f"job {i} failed: StepId={i}9.batch was cancelled") for i in ("123", "124")]
+    assert same_endings(other) == [how for _, how in other]
+
+
 def test_jobs_are_said_alike_only_when_their_endings_differ_by_their_ids_alone() -> None:
     """Jobs ending alike (chunk jobs, nodes' jobs refusing their config) are said once,
     the others named after the first one: "alike" was the same text once each job's id

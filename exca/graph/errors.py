@@ -228,11 +228,14 @@ def named_items(uids: tp.Sequence[str]) -> str:
 
 
 # where a text names a job by its id: after "job " (Slurm's "JOB 12 ON node CANCELLED"
-# too), in a command (scancel, scontrol's jobid=) or a path (its log folder and file)
-_BEFORE_IDS = ("job ", "Job ", "JOB ", "jobs ", "jobid=", "job_id=", "scancel ", "release ", "/")
+# too), in a command (scancel, scontrol's jobid=) or a path (its log folder and file); by
+# one of its steps in Slurm's words (slurmstepd's "StepId=12.batch", "STEP 12.0 ON node
+# CANCELLED", an older "in step 12.batch cgroup"), in scontrol's output ("JobId=12")
+_BEFORE_IDS: tuple[str, ...] = ("job ", "Job ", "JOB ", "jobs ", "jobid=", "job_id=", "JobId=")
+_BEFORE_IDS += ("scancel ", "release ", "StepId=", "STEP ", "step ", "/")
 # ... the id whole: not the start of a longer word or number (job 12's text holds 123),
-# but a log file of submitit's (12_0_log.err)
-_ID_ENDS = re.compile(r"_\d+_log\b|[^\w.-]|\.(?!\w)|$")
+# but a log file of submitit's (12_0_log.err), or a step of the job (12.batch, 12.0)
+_ID_ENDS = re.compile(r"_\d+_log\b|\.(?:batch|extern|interactive|\d+)(?!\w)|[^\w.-]|\.(?!\w)|$")
 _UID_ENDS = re.compile(r"(?![\w,=-]|\.\w)")  # (a uid whole: not x=1 in x=10)
 _IN_UIDS = re.compile(r"[\w.,=-]")
 
