@@ -551,6 +551,45 @@ def test_rename_class_of_a_sub_config_says_it_is_not_migrated(
     assert "sub-config" not in caplog.text  # (Held is no sub-config's class)
 
 
+class Head(helpers.DiscriminatedModel):
+    pass
+
+
+class LinearHead(Head):
+    width: int = 2
+
+
+class UsesHead(pydantic.BaseModel):
+    head: Head = LinearHead()
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def fit(self) -> int:
+        return 1
+
+
+def test_rename_class_of_a_discriminated_model_says_its_configs_compute_again(
+    tmp_path: Path,
+) -> None:
+    """A DiscriminatedModel subclass's name is its discriminator value, in the uids of
+    the configs holding it (head.type: LinearHead): renaming it, rename_class said only
+    that there was nothing to migrate, though those configs compute again. It says so
+    now, and what to do; a move to another module (the name kept) needs nothing."""
+    root = tmp_path / "cache"
+    assert UsesHead(head=LinearHead(width=3), infra={"folder": root}).fit() == 1
+    name = f"{__name__}.LinearHead"
+    for old in (name, "gone.LinearHead"):  # (importable, or not: its key unknown)
+        with pytest.raises(ValueError, match="nothing computed from it to migrate") as error:
+            helpers.rename_class(root, old, f"{__name__}.DenseHead")
+        said = str(error.value)
+        assert "DiscriminatedModel subclass, its class name is the discriminator value" in said
+        assert "1 config folder(s) holding it (e.g. `type: LinearHead` in " in said, said
+        assert "compute again" in said and "keep the class's name" in said, said
+    with pytest.raises(ValueError) as error:  # (moved: the uids do not change)
+        helpers.rename_class(root, name, "othermod.LinearHead")
+    assert "DiscriminatedModel" not in str(error.value)
+
+
 def test_rename_class_leaves_logs_a_running_job_of_another_step_uses(tmp_path: Path) -> None:
     """A job of an array spanning several steps writes its logs (and runs its code
     snapshot) in one node's step folder: a job of another class's node, running, whose

@@ -491,6 +491,9 @@ def rename_class(folder: str | Path, old: str, new: str, dryrun: bool = True) ->
             f"other steps (e.g. {as_field[0]}): its name is part of their uids, which "
             "rename_class does not migrate (they, and what follows them, compute again)"
         )
+    discriminated = _discriminator_hint(plan.steps, old, new)
+    if discriminated:
+        unmigrated = f"{unmigrated}; {discriminated}" if unmigrated else discriminated
     renaming = Renaming(root, dryrun=dryrun)
     # 1. the class's config folders, under the new step names
     configs: list[tuple[Path, Path]] = []
@@ -786,6 +789,77 @@ def _merge(source: Path, target: Path, renaming: Renaming) -> bool:
         with contextlib.suppress(OSError):
             os.rmdir(source)
     return moved
+
+
+def _discriminator_hint(steps: list[Path], old: str, new: str) -> str:
+    """What a rename of a DiscriminatedModel subclass does not migrate: its class name
+    (not its module) is its discriminator value, in the uids of the configs holding it
+    ("" when the name stays, the class is not one, or no config holds it)."""
+    name, new_name = old.rpartition(".")[2], new.rpartition(".")[2]
+    if name == new_name:  # (moved to another module: the uids hold the name only)
+        return ""
+    held = _configs_holding_value(steps, name)
+    if not held:  # (the usual case: no module imported to tell)
+        return ""
+    key = _discriminator_key(new) or _discriminator_key(old)
+    if key == "":  # (an importable class, not a DiscriminatedModel)
+        return ""
+    found = [(folder, line) for folder, key_of, line in held if key in (None, key_of)]
+    if not found:
+        return ""
+    folder, line = found[0]
+    which = (
+        f"{old} is a DiscriminatedModel subclass"
+        if key
+        else f"if {old} is a DiscriminatedModel subclass"
+    )
+    return (
+        f"{which}, its class name is the discriminator value in the uids of "
+        f"{len(found)} config folder(s) holding it (e.g. `{line}` in {folder}): a rename to "
+        f"{new_name} changes these configs, which rename_class does not migrate: they (and "
+        "what follows them) compute again in new folders, the old ones stay until cleaned "
+        "(`exca clean`). To keep reading them, keep the class's name (moving it to another "
+        "module needs no migration)"
+    )
+
+
+def _discriminator_key(name: str) -> str | None:
+    """The discriminator key of the DiscriminatedModel class named ``name`` ("": a class
+    of another kind; None: not importable here)."""
+    import importlib
+
+    from ..infra.discriminated import DiscriminatedModel
+
+    module, _, attr = name.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), attr)
+    except Exception:  # (any import error of the user's module: unknown)
+        return None
+    if not isinstance(found, type):
+        return None
+    if not issubclass(found, DiscriminatedModel):
+        return ""
+    return found._exca_discriminator_key
+
+
+def _configs_holding_value(steps: list[Path], value: str) -> list[tuple[Path, str, str]]:
+    """The config folders whose uid.yaml holds a field of value ``value``, with that
+    field's name and line (its first such field)."""
+    pattern = re.compile(
+        rf"(?:^|[\s.{{,])(?P<line>(?P<key>\w+):\s*['\"]?{re.escape(value)}['\"]?)\s*(?:$|[,}}])",
+        re.MULTILINE,
+    )
+    found = []
+    for step in steps:
+        for config in _dirs(step):
+            try:
+                text = (config / "uid.yaml").read_text(encoding="utf8")
+            except (OSError, UnicodeDecodeError):
+                continue
+            match = pattern.search(text) if value in text else None
+            if match is not None:
+                found.append((config, match.group("key"), match.group("line")))
+    return found
 
 
 def _configs_naming_class(steps: list[Path], name: str) -> list[Path]:
