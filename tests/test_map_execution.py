@@ -2612,7 +2612,7 @@ def test_forced_map_nodes_sharing_items_whose_job_dies_force_them_once(
     node's own job had forced: item 2)."""
     import exca.graph.scheduler
 
-    monkeypatch.setattr(exca.graph.scheduler.random, "shuffle", lambda items: None)
+    monkeypatch.setattr(exca.graph.scheduler._SHUFFLER, "shuffle", lambda items: None)
     (tmp_path / "died").touch()
     tagged = tagged_in(tmp_path)
 
