@@ -1359,6 +1359,65 @@ def test_a_field_renamed_with_another_default_is_warned_of(
         assert all("noise: 0.0" in full.read_text() for full in fulls)  # (recorded)
 
 
+class Relabelled(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    a: float = 0.2
+    b: float = 1.0
+    sub: Noisy = Noisy()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def load(self) -> float:
+        CALLS.append("Relabelled")
+        return self.a + self.b
+
+
+def _reuse_with_older(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, renames: dict[str, tp.Any]
+) -> str:
+    """The warnings of reusing Relabelled's folder after its full-uid.yaml is rewritten as
+    if the fields (flat keys) had other names and values then: {name now: (then, value)}."""
+    from exca.infra import uidfolder
+
+    obj = Relabelled(infra={"folder": tmp_path})
+    obj.load()
+    folder = obj.infra.uid_folder()
+    assert folder is not None
+    full = folder / "full-uid.yaml"
+    older = ConfDict(yaml.safe_load(full.read_text())).flat()
+    for name, (then, value) in renames.items():
+        del older[name]
+        older[then] = value
+    full.write_text(ConfDict(older).to_yaml())
+    infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
+    uidfolder._SWAPS_TOLD.clear()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="exca"):
+        assert Relabelled(infra={"folder": tmp_path}).load() == 1.2
+    return caplog.text
+
+
+def test_a_renamed_field_with_another_default_beside_one_renamed_as_is_is_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two fields renamed, one at its old value (b: 1.0), one with another default (a: 0.5
+    then, 0.2 now): the results hold a=0.5. The value matched by the other rename hid it
+    (no warning at all)."""
+    text = _reuse_with_older(tmp_path, caplog, {"a": ("old_a", 0.5), "b": ("old_b", 1.0)})
+    assert "computed with old_a=0.5, which is no field now, and before a (default 0.2)" in text
+    assert "old_b" not in text  # (renamed as is: not named)
+
+
+def test_a_sub_config_field_renamed_as_is_is_not_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sub-config field renamed with the same sub-config values is a rename at the same
+    value: silent (it warned, a dict value never being 'the same')."""
+    renames = {"sub.n": ("data.n", 3), "sub.noise": ("data.noise", 0.0)}
+    renames["sub.infra.version"] = ("data.infra.version", "1")
+    assert "Reusing the results" not in _reuse_with_older(tmp_path, caplog, renames)
+
+
 CHANGING_DEFAULT = """
 import sys, typing as tp
 import pydantic, exca
