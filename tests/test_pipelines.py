@@ -1301,6 +1301,21 @@ def test_a_forced_subconfig_task_of_a_map_makes_what_follows_the_map_stale(env: 
     assert f"upstream {env.data().prepare.node().uid} recomputed at" in entry.reason
 
 
+def test_map_owner_with_cached_items_forces_its_forced_subconfig(env: Env) -> None:
+    """A map whose items are all cached, its data sub-config in mode force: the data is
+    computed again and so are the items (forced by upstream, as the plan says and as for a
+    task owner). The call's fast path returned the cached items, forcing nothing."""
+    assert list(ScaleByData(data=env.data(), log=env.log, infra=env.infra()).apply([1, 2])) == [
+        3,
+        6,
+    ]
+    scale = ScaleByData(data=env.data(mode="force"), log=env.log, infra=env.infra())
+    assert exca.graph.plan(scale.apply.node([1, 2])).counts() == {"forced": 2}
+    assert list(scale.apply([1, 2])) == [3, 6]
+    assert list(scale.apply([1, 2])) == [3, 6]  # (forced once by this instance)
+    assert started(env.log) == ["prepare3", "scaled1", "scaled2"] * 2
+
+
 def test_map_owner_chain_subconfigs_false(env: Env) -> None:
     scale = ScaleByDataInline(data=env.data(), log=env.log, infra=env.infra())
     node = scale.apply.node([1, 2])

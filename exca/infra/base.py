@@ -638,6 +638,26 @@ class BaseInfra(pydantic.BaseModel):
         if settled:  # (else the versions are told where a result is reused)
             _remember_checked_defaults(folder, type(self._owner()), runtime.uid_export)
 
+    def _force_pending(self) -> bool:
+        """Whether this infra, or one of the sub-configs' infras, still has to apply
+        mode=force (then the call goes through the scheduler: a map's cached items too)."""
+        self.uid()  # walks the config tree once (freezing it) and keeps the models
+        runtime = self._runtime()
+        forcing = runtime.forcing
+        if forcing is None:  # (once: modes are frozen with the config)
+            forcing = ()
+            if any(isinstance(m, BaseInfra) and m.mode == "force" for m in runtime.models):
+                # those of the sub-configs that run before it only: not the infras of
+                # models held by dataclasses (frozen with it, not chained: never forced)
+                owner = self._owner()
+                forcing = tuple(
+                    m
+                    for m in freezing.iter_models(owner)
+                    if isinstance(m, BaseInfra) and m.mode == "force"
+                )
+            runtime.forcing = forcing
+        return any(not infra._runtime().force_state.get("done", False) for infra in forcing)
+
     def _check_unchanged_before_reading(self) -> None:
         """``_check_unchanged`` for a cached read, where the config holds containers that
         can change in place (the read returned the old values' result); free otherwise."""

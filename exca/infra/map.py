@@ -253,7 +253,8 @@ class BoundMap:
                 cache.reread()  # what other processes retried, forced or deleted meanwhile
                 cache.drop_stale_ram()
                 missing = cache.missing(uids)
-            if not missing:  # fast path: no node, no scheduler
+            # (a forced sub-config task, chained: computed again with what follows it)
+            if not missing and not infra._force_pending():  # fast path: no scheduler
                 infra._check_defaults(
                     restore=True
                 )  # (a class default changed since they were made?)

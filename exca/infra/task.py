@@ -350,26 +350,6 @@ class TaskInfra(BaseInfra, SubmititMixin):
         self._check_resources(self.folder)
 
     # --- nodes -----------------------------------------------------------------------------
-    def _force_pending(self) -> bool:
-        """Whether this infra, or one of the sub-configs' infras, still has to apply
-        mode=force (then the call goes through the scheduler)."""
-        self.uid()  # walks the config tree once (freezing it) and keeps the models
-        runtime = self._runtime()
-        forcing = runtime.forcing
-        if forcing is None:  # (once: modes are frozen with the config)
-            forcing = ()
-            if any(isinstance(m, BaseInfra) and m.mode == "force" for m in runtime.models):
-                # those of the sub-configs that run before it only: not the infras of
-                # models held by dataclasses (frozen with it, not chained: never forced)
-                owner = self._owner()
-                forcing = tuple(
-                    m
-                    for m in freezing.iter_models(owner)
-                    if isinstance(m, BaseInfra) and m.mode == "force"
-                )
-            runtime.forcing = forcing
-        return any(not infra._runtime().force_state.get("done", False) for infra in forcing)
-
     def _cache(self, adopt: bool = True) -> CacheDict[tp.Any]:
         """The CacheDict of the result (``adopt``: after renaming a legacy-named cache,
         see _adopt_legacy; a node being built only warns of one)."""
