@@ -7067,6 +7067,21 @@ def test_list_says_lists_and_dicts_of_inputs_as_the_plan_does(tmp_path: Path) ->
     assert out.rstrip().endswith(fed), (out, fed)
 
 
+def test_list_says_a_list_mixing_nodes_and_values_without_modules(tmp_path: Path) -> None:
+    """A list input mixing a node and a value was listed as inputs.yaml records it
+    (``models=[test_ops.Train.fit,1/seed=1-...,2.50-...]``: the module kept, no spaces),
+    unlike a list of nodes only: its nodes are now said without their module, as the plan
+    says them, its values by their uid (as a value input is listed)."""
+    root = tmp_path / "cache"
+    trained = [Train(seed=seed, infra={"folder": root}).fit.node() for seed in (1, 2)]
+    node = Ensemble(infra={"folder": root}).vote.node([trained[0], 2.5], {"best": trained[1]})
+    node.result()
+    out = cli("list", root, "--step", "Ensemble", check=True).stdout
+    (line,) = [line for line in out.splitlines() if "(inputs: " in line]
+    assert "models=[Train.fit,1/seed=1-" in line and ", 2.50-" in line, line
+    assert "named={best: Train.fit,1/seed=2-" in line and "test_ops." not in line, line
+
+
 def test_list_of_a_node_whose_detached_job_found_its_input_failed(tmp_path: Path) -> None:
     """The element of a detached run (Slurm, afterany) starting after its upstream failed
     records "upstream failed" and exits: `exca list` showed it as an `error` (UpstreamFailed,

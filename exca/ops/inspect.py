@@ -1471,16 +1471,28 @@ _GROUP_NODE = (
 )
 _LIST_ENTRY = re.compile(rf"({_GROUP_NODE})(?:,|$)")
 _DICT_ENTRY = re.compile(rf"(.*?)=({_GROUP_NODE})(?:,|$)")
+# (or a value's uid, which ends with its digest: a group mixing nodes and values)
+_GROUP_ANY = rf"(?:{_GROUP_NODE}|.*?-[0-9a-f]{{8}})"
+_LIST_ANY = re.compile(rf"({_GROUP_ANY})(?:,|$)")
+_DICT_ANY = re.compile(rf"(.*?)=({_GROUP_ANY})(?:,|$)")
+_GROUP_PARSERS = {  # (keyed, values): the parser of an entry
+    (False, False): _LIST_ENTRY,
+    (True, False): _DICT_ENTRY,
+    (False, True): _LIST_ANY,
+    (True, True): _DICT_ANY,
+}
 
 
-def group_entries(recorded: str, keyed: bool) -> dict[str, str] | None:
+def group_entries(recorded: str, keyed: bool, values: bool = False) -> dict[str, str] | None:
     """The entries of a list (``[uid,...]``: by index) or dict (``{key=uid,...}``) of
-    nodes as inputs.yaml records it, when every entry is a node and the parse gives back
-    the same text (None: a value among them, or not such a group)."""
+    nodes as inputs.yaml records it, when every entry is a node (``values``: or a value)
+    and the parse gives back the same text (None: a value among them, or not such a
+    group)."""
     opening, closing = "{}" if keyed else "[]"
     if len(recorded) < 2 or recorded[0] != opening or recorded[-1] != closing:
         return None
-    body, entry = recorded[1:-1], _DICT_ENTRY if keyed else _LIST_ENTRY
+    entry = _GROUP_PARSERS[keyed, values]
+    body = recorded[1:-1]
     out: dict[str, str] = {}
     position = 0
     while position < len(body):
@@ -1499,13 +1511,15 @@ def group_entries(recorded: str, keyed: bool) -> dict[str, str] | None:
 def describe_recorded_inputs(inputs: dict[str, str]) -> str:
     """What fed a task with inputs, short, in the plan's words (``weights=Train.fit,1/
     lr=0.10-.../inputs-...``): an upstream node by its step without its module, a value by
-    its uid, a list or dict of nodes by its first two entries (``{best: Train.fit,1/...,
+    its uid, a list or dict of them by its first two entries (``{best: Train.fit,1/...,
     +3 more}``), each cut in its middle when long."""
     shown = []
     for name, uid in inputs.items():
-        listed, keyed = group_entries(uid, keyed=False), group_entries(uid, keyed=True)
+        # (nodes only first: a key holding '=' is read right then; values are rarer)
+        listed = group_entries(uid, False) or group_entries(uid, False, values=True)
+        keyed = group_entries(uid, True) or group_entries(uid, True, values=True)
         entries = keyed if keyed is not None else listed
-        if entries is None:  # (a node, a value, or a group holding values: as recorded)
+        if entries is None:  # (a node or a value: as recorded)
             shown.append(f"{name}={shortened(_without_module(uid), INPUT_SHOWN)}")
             continue
         texts = [_without_module(entry) for entry in list(entries.values())[:2]]
