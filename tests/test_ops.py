@@ -6833,6 +6833,35 @@ def test_a_failed_map_item_cached_traceback_shows_its_error_once(tmp_path: Path)
     )
 
 
+def test_a_map_item_error_cached_in_an_except_block_holds_its_error_only(
+    tmp_path: Path,
+) -> None:
+    """An item computed while the caller handled another exception (a call made in an
+    except block; exca's own: a call computing again after a read error) cached its error
+    with that exception as its context: its note and `exca logs F --item UID` showed the
+    unrelated error, then "During handling", for good (a flaky
+    test_a_failed_map_item_cached_traceback_shows_its_error_once). The item's own
+    error is cached, whether it was computed alone or among other items; the raised one
+    still chains to what the caller handled (Python's doing, live)."""
+    for items in ([-2], [1, -2, 3]):
+        obj = Squares(offset=len(items), infra={"folder": tmp_path})
+        try:
+            raise KeyError("unrelated")
+        except KeyError:
+            with pytest.raises(ValueError, match="negative item -2") as info:
+                list(obj.square(items))
+        assert isinstance(info.value.__context__, KeyError)  # (the live chain)
+        for _ in range(2):  # (the note of the error computed, then of the cached one)
+            (note,) = info.value.__notes__
+            assert "unrelated" not in note and "During handling" not in note, note
+            assert note.count("ValueError: negative item -2") == 1, note
+            with pytest.raises(ValueError, match="negative item -2") as info:
+                list(obj.square(items))
+        shown = cli("logs", folder_of(obj), "--item=-2").stdout
+        assert "unrelated" not in shown and "During handling" not in shown, shown
+        assert shown.count("ValueError: negative item -2") == 1, shown
+
+
 def test_logs_of_an_item_the_map_folder_does_not_hold_says_so(tmp_path: Path) -> None:
     """`exca logs FOLDER --item 77` of a map holding items 0 to 4 only (a typo, an item of
     another config) said only "No job recorded ... for item '77'", as for an item that

@@ -1722,6 +1722,9 @@ def _compute_from(
     restart, or _HALVES: the call itself raised, before any output (a method returning a
     list), on several items: which one is at fault is unknown, each half is called."""
     items = all_items[start:end] if start or end < len(all_items) else all_items
+    # (an exception the callers are handling, e.g. a call made in an except block: not the
+    # items', though an item's error raised here gets it as its implicit context)
+    outer = sys.exc_info()[1]
     meta = _items_provenance(node)
     # (an item's error tells when its computation started: a retry asked since computes
     # it again, one asked after reads it; see _old_error, decisions.retrying_jobs)
@@ -1884,6 +1887,8 @@ def _compute_from(
             # error of the batch, showed twice in the cached traceback)
             _drop_context(alone, error)
             error = alone
+        if outer is not None:  # (else a one-item call cached it with its error)
+            _drop_context(error, outer)
         signature = (type(error).__name__, str(error))
         failures.batch_errors.pop(signature, None)  # (this item's: said below)
         failures.repeats = failures.repeats + 1 if signature == failures.last else 1
