@@ -6833,16 +6833,15 @@ def test_a_failed_map_item_cached_traceback_shows_its_error_once(tmp_path: Path)
     )
 
 
-def test_a_map_item_error_cached_in_an_except_block_holds_its_error_only(
-    tmp_path: Path,
-) -> None:
-    """An item computed while the caller handled another exception (a call made in an
-    except block; exca's own: a call computing again after a read error) cached its error
-    with that exception as its context: its note and `exca logs F --item UID` showed the
-    unrelated error, then "During handling", for good (a flaky
-    test_a_failed_map_item_cached_traceback_shows_its_error_once). The item's own
-    error is cached, whether it was computed alone or among other items; the raised one
-    still chains to what the caller handled (Python's doing, live)."""
+def test_an_error_cached_in_an_except_block_holds_its_error_only(tmp_path: Path) -> None:
+    """A map item (alone in its method call) or a task computed while the caller handled
+    another exception (a call made in an except block, the user's or exca's) cached its
+    error with that exception as its implicit context: the note of every later re-raise,
+    and `exca logs F --item UID`, showed the unrelated error, then "During handling", for
+    good (the symptom of a one-off failure of
+    test_a_failed_map_item_cached_traceback_shows_its_error_once). The error's own
+    traceback is cached, as for an item that failed among others; the raised one still
+    chains to what the caller handled (Python's doing, live)."""
     for items in ([-2], [1, -2, 3]):
         obj = Squares(offset=len(items), infra={"folder": tmp_path})
         try:
@@ -6860,6 +6859,18 @@ def test_a_map_item_error_cached_in_an_except_block_holds_its_error_only(
         shown = cli("logs", folder_of(obj), "--item=-2").stdout
         assert "unrelated" not in shown and "During handling" not in shown, shown
         assert shown.count("ValueError: negative item -2") == 1, shown
+    task = Train(seed=4, fail=True, infra={"folder": tmp_path})
+    try:
+        raise KeyError("unrelated")
+    except KeyError:
+        with pytest.raises(ValueError, match="cannot fit seed=4") as raised:
+            task.fit()
+    assert isinstance(raised.value.__context__, KeyError)  # (the live chain)
+    with pytest.raises(ValueError, match="cannot fit seed=4") as raised:
+        task.fit()  # (from the cache)
+    (note,) = raised.value.__notes__
+    assert "unrelated" not in note and "During handling" not in note, note
+    assert note.count("ValueError: cannot fit seed=4") == 1 and "in fit" in note, note
 
 
 def test_logs_of_an_item_the_map_folder_does_not_hold_says_so(tmp_path: Path) -> None:

@@ -910,6 +910,7 @@ def _map_provenance(source: Node) -> dict[str, str]:
 
 def _compute_task(node: Node) -> Report:
     meta: dict[str, tp.Any] | None = None
+    outer = sys.exc_info()[1]  # (handled by the callers: not the task's, see _cached_error)
     try:
         check_upstream(node)
         try:
@@ -947,7 +948,7 @@ def _compute_task(node: Node) -> Report:
         node.cache.refresh()
         if TASK_KEY not in node.cache:  # (see below)
             with node.cache.write():
-                node.cache.put(TASK_KEY, CachedError.from_exception(failure), meta=meta)
+                node.cache.put(TASK_KEY, _cached_error(failure, outer), meta=meta)
             _stored(node)
         if failure is not error:
             raise failure from error
@@ -1722,9 +1723,7 @@ def _compute_from(
     restart, or _HALVES: the call itself raised, before any output (a method returning a
     list), on several items: which one is at fault is unknown, each half is called."""
     items = all_items[start:end] if start or end < len(all_items) else all_items
-    # (an exception the callers are handling, e.g. a call made in an except block: not the
-    # items', though an item's error raised here gets it as its implicit context)
-    outer = sys.exc_info()[1]
+    outer = sys.exc_info()[1]  # (handled by the callers: not the items', see _cached_error)
     meta = _items_provenance(node)
     # (an item's error tells when its computation started: a retry asked since computes
     # it again, one asked after reads it; see _old_error, decisions.retrying_jobs)
@@ -1887,13 +1886,11 @@ def _compute_from(
             # error of the batch, showed twice in the cached traceback)
             _drop_context(alone, error)
             error = alone
-        if outer is not None:  # (else a one-item call cached it with its error)
-            _drop_context(error, outer)
         signature = (type(error).__name__, str(error))
         failures.batch_errors.pop(signature, None)  # (this item's: said below)
         failures.repeats = failures.repeats + 1 if signature == failures.last else 1
         failures.last = signature
-        cache.put(uid, CachedError.from_exception(error), meta=error_meta)
+        cache.put(uid, _cached_error(error, outer), meta=error_meta)
         report.errors += 1
         if failures.logged < ITEM_ERRORS_LOGGED:
             failures.logged += 1
@@ -1938,13 +1935,14 @@ def _compute_from(
     return position
 
 
-def _drop_context(error: BaseException, handled: BaseException) -> None:
+def _drop_context(error: BaseException, handled: BaseException) -> list[BaseException]:
     """Unlink ``handled`` from the exceptions chained to ``error`` (as its implicit
     ``__context__``: raised while it was being handled, by code that never saw it); the
     links the user's code made (``raise ... from``, an error raised in its own except
-    block) stay."""
+    block) stay. Returns the exceptions unlinked."""
     seen: set[int] = set()
     todo: list[BaseException] = [error]
+    unlinked: list[BaseException] = []
     while todo:
         exc = todo.pop()
         if id(exc) in seen:
@@ -1952,7 +1950,25 @@ def _drop_context(error: BaseException, handled: BaseException) -> None:
         seen.add(id(exc))
         if exc.__context__ is handled:
             exc.__context__ = None
+            unlinked.append(exc)
         todo.extend(e for e in (exc.__cause__, exc.__context__) if e is not None)
+    return unlinked
+
+
+def _cached_error(error: BaseException, outer: BaseException | None) -> CachedError:
+    """The error to cache, its traceback without ``outer``: an exception the callers
+    were handling when the computation started (a call made in an except block), not the
+    computation's, though the error got it as its implicit context. The cache outlives
+    that handler: every later re-raise and `exca logs` showed it, then "During
+    handling". The live error keeps its chain (raised on to that caller)."""
+    if outer is None:
+        return CachedError.from_exception(error)
+    unlinked = _drop_context(error, outer)
+    try:
+        return CachedError.from_exception(error)
+    finally:
+        for exc in unlinked:
+            exc.__context__ = outer
 
 
 def _compute_alone(
