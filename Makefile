@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(PY) examples/pipeline.py
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 3 --dist loadgroup
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

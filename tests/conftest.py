@@ -66,8 +66,8 @@ def _claim_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.hookimpl(tryfirst=True)  # (before xdist's, which reads the groups)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     add_slurm_fixture(items)  # noqa: F405
-    # `make test` runs two pytest workers (-n 2 --dist loadgroup): the Slurm tests all go to
-    # one of them, in turn, as without workers (one cluster; some count its jobs)
+    # `make test` runs three pytest workers (-n 3 --dist loadgroup): the Slurm tests all go
+    # to one of them, in turn, as without workers (one cluster; some count its jobs)
     for item in items:
         if item.get_closest_marker("slurm") is not None:
             item.add_marker(pytest.mark.xdist_group("slurm"))
