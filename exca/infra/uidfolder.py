@@ -332,14 +332,19 @@ def _swapped(
         for name, value in cached.items():
             if name in current:
                 yield from _swapped(value, current[name], plain, (*parts, name))
-    elif (
+    elif _dict_lists(cached, current):
+        for index, (value, now) in enumerate(zip(cached, current)):
+            yield from _swapped(value, now, plain, (*parts, str(index)))
+
+
+def _dict_lists(cached: tp.Any, current: tp.Any) -> bool:
+    """Whether both are lists of dicts of one length (walked item by item)."""
+    return (
         isinstance(cached, list)
         and isinstance(current, list)
         and len(cached) == len(current)
         and all(isinstance(a, dict) and isinstance(b, dict) for a, b in zip(cached, current))
-    ):
-        for index, (value, now) in enumerate(zip(cached, current)):
-            yield from _swapped(value, now, plain, (*parts, str(index)))
+    )
 
 
 def _same(a: tp.Any, b: tp.Any) -> bool:
@@ -518,12 +523,7 @@ def _changes(
                 if name in current:
                     yield from _changes(value, current[name], plain, (*parts, name))
             return
-    elif (
-        isinstance(cached, list)
-        and isinstance(current, list)
-        and len(cached) == len(current)
-        and all(isinstance(a, dict) and isinstance(b, dict) for a, b in zip(cached, current))
-    ):
+    elif _dict_lists(cached, current):
         for index, (value, now) in enumerate(zip(cached, current)):
             yield from _changes(value, now, plain, (*parts, str(index)))
         return

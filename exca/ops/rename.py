@@ -850,16 +850,23 @@ def _configs_holding_value(steps: list[Path], value: str) -> list[tuple[Path, st
         re.MULTILINE,
     )
     found = []
+    for config, text in _uid_texts(steps):
+        match = pattern.search(text) if value in text else None
+        if match is not None:
+            found.append((config, match.group("key"), match.group("line")))
+    return found
+
+
+def _uid_texts(steps: list[Path]) -> tp.Iterator[tuple[Path, str]]:
+    """Each config folder of ``steps`` with the text of its uid.yaml (unreadable ones are
+    skipped)."""
     for step in steps:
         for config in _dirs(step):
             try:
                 text = (config / "uid.yaml").read_text(encoding="utf8")
             except (OSError, UnicodeDecodeError):
                 continue
-            match = pattern.search(text) if value in text else None
-            if match is not None:
-                found.append((config, match.group("key"), match.group("line")))
-    return found
+            yield config, text
 
 
 def _configs_naming_class(steps: list[Path], name: str) -> list[Path]:
@@ -871,13 +878,4 @@ def _configs_naming_class(steps: list[Path], name: str) -> list[Path]:
         rf"(^|[\s.{{,]){re.escape(CLASS_KEY)}:\s*['\"]?{re.escape(name)}['\"]?\s*($|[,}}])",
         re.MULTILINE,
     )
-    found = []
-    for step in steps:
-        for config in _dirs(step):
-            try:
-                text = (config / "uid.yaml").read_text(encoding="utf8")
-            except (OSError, UnicodeDecodeError):
-                continue
-            if name in text and pattern.search(text):
-                found.append(config)
-    return found
+    return [config for config, text in _uid_texts(steps) if name in text and pattern.search(text)]
