@@ -1291,14 +1291,11 @@ def _cancelled_local_job(job_id: str, stderr: Path) -> str | None:
     process noted that none came (the method raised it: its log is quoted)."""
     if not stderr.exists():
         return None
-    tail = read_tail(stderr, 64 * 1024)  # (the note, then the traceback of the interrupt)
-    if local_signal_in_log(tail) == "SIGKILL":
-        # (still alive a second after the interrupt, winding down: cancel() kills it, and
-        # its controller writes so after the traceback)
-        tail = tail.rstrip().rsplit("\n", 1)[0]
-    last = tail.strip().rsplit("\n", 1)[-1].strip()
+    last = _before_kill_note(read_tail(stderr, 400)).strip().rsplit("\n", 1)[-1].strip()
     if last != "KeyboardInterrupt" and not last.startswith("KeyboardInterrupt: "):
         return None
+    # (the note, then the traceback of the interrupt)
+    tail = _before_kill_note(read_tail(stderr, 64 * 1024))
     said = interrupt_said(tail)  # (with the map item the method was computing)
     if said is not None:
         return (
@@ -1308,6 +1305,14 @@ def _cancelled_local_job(job_id: str, stderr: Path) -> str | None:
     if last != "KeyboardInterrupt":
         return None
     return f"local job {job_id} was cancelled (interrupted by SIGINT, which job.cancel() sends)"
+
+
+def _before_kill_note(log: str) -> str:
+    """A local job's log without the SIGKILL line its controller ends it with: a job still
+    winding down a second after cancel()'s interrupt is killed by cancel() itself."""
+    if local_signal_in_log(log) == "SIGKILL":
+        return log.rstrip().rsplit("\n", 1)[0]
+    return log
 
 
 def recorded_handle(record: tp.Any) -> Handle:
