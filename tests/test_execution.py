@@ -478,24 +478,14 @@ def test_a_read_only_call_waiting_for_a_job_that_dies_says_how_it_ended(
     job = make(tmp_path, "local", x=9, block_flag=str(block)).infra.job()
     _wait_for(lambda: len(calls(tmp_path / "calls.txt")) == 1)  # (the method started)
     reader = make(tmp_path, "local", x=9, block_flag=str(block), infra={"mode": "read-only"})
-    raised: list[BaseException] = []
-
-    def read() -> None:
-        try:
-            reader.process()
-        except BaseException as error:
-            raised.append(error)
-
-    thread = threading.Thread(target=read)
     root = tmp_path / "cache"
     try:
         with caplog.at_level(logging.INFO, logger="exca"):
-            thread.start()
+            reading = Background(reader.process)
             _wait_for(lambda: "is computed elsewhere" in caplog.text)  # (it waits)
     finally:
         kill_tree(int(job.job_id))
-        thread.join(timeout=60)
-    (error,) = raised
+    (error,) = reading.join(timeout=60)
     assert isinstance(error, JobFailedError), error
     assert f"job {job.job_id} ended without writing its result: its process died" in str(error)
     before = _snapshot(root)

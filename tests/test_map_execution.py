@@ -439,6 +439,18 @@ def test_a_forced_instance_called_from_two_threads_forces_once(tmp_path: Path) -
     assert counts(log) == {0: 2, 1: 2, 2: 2}
 
 
+def _the_next_call_computes_item_2(tmp_path: Path, mapper: tp.Any, raised: str) -> None:
+    """Item 2 stopped the method (``raised``): nothing was cached for it. Its status says
+    what the next call does, "not submitted" (not "failed", as a local job's items were
+    said: sent to a job that did not write them), and that call computes it again."""
+    assert mapper.process.node([1, 2, 3]).status() == "not submitted"
+    fail_dir = Path(mapper.fail_dir)
+    (fail_dir / "2").unlink()
+    again = make(tmp_path, mapper.infra.cluster, fail_dir=str(fail_dir), raised=raised)
+    assert list(again.process([1, 2, 3])) == [10, 20, 30]
+    assert counts(tmp_path / "calls.txt")[2] == 2
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("cluster", CLUSTERS)
 def test_a_keyboardinterrupt_of_the_method_is_named_and_never_cached(
@@ -476,13 +488,7 @@ def test_a_keyboardinterrupt_of_the_method_is_named_and_never_cached(
             raised = f"the method raised KeyboardInterrupt in {where} of the {cluster}"
             assert f"{raised} computing item '2'" in said, said
             assert "bad item 2" in "".join(traceback.format_exception(info.value))
-    # what the next call does (computes it), as a task's status says: not "failed", as
-    # it said of a job's items (a job sent them and did not write them)
-    assert mapper.process.node([1, 2, 3]).status() == "not submitted"
-    (fail_dir / "2").unlink()
-    again = make(tmp_path, cluster, fail_dir=str(fail_dir), raised="KeyboardInterrupt")
-    assert list(again.process([1, 2, 3])) == [10, 20, 30]
-    assert counts(tmp_path / "calls.txt")[2] == 2
+    _the_next_call_computes_item_2(tmp_path, mapper, "KeyboardInterrupt")
 
 
 @pytest.mark.timeout(180)
@@ -519,13 +525,7 @@ def test_a_sys_exit_of_the_method_names_the_item_and_is_never_cached(
             called = f"the method called sys.exit('bad item 2') in {where} of the {cluster}"
             assert f"{called} computing item '2'" in said, said
             assert isinstance(info.value.__cause__, SystemExit)
-    # (what the next call does, as for a KeyboardInterrupt: a local job's items were
-    # said "failed", sent to a job that did not write them)
-    assert mapper.process.node([1, 2, 3]).status() == "not submitted"
-    (fail_dir / "2").unlink()
-    again = make(tmp_path, cluster, fail_dir=str(fail_dir), raised="SystemExit")
-    assert list(again.process([1, 2, 3])) == [10, 20, 30]
-    assert counts(tmp_path / "calls.txt")[2] == 2
+    _the_next_call_computes_item_2(tmp_path, mapper, "SystemExit")
 
 
 @pytest.mark.timeout(60)
@@ -2667,6 +2667,7 @@ def test_a_read_only_map_waiting_for_a_job_that_dies_says_how_it_ended(
     """A read-only call waits for the chunk job computing its items; that job killed
     (SIGKILL), the call raised "read-only and 2/2 items missing", saying not how the job
     ended, where a read-only call finding it ended names it. It does too now."""
+    from racing import Background
     from test_execution import kill_tree
 
     block = tmp_path / "block-flag"
@@ -2676,23 +2677,13 @@ def test_a_read_only_map_waiting_for_a_job_that_dies_says_how_it_ended(
     wait_until(lambda: counts(tmp_path / "calls.txt"))  # (the method started)
     infra = {"mode": "read-only", **one_job}
     reader = make(tmp_path, "local", block_flag=str(block), infra=infra)
-    raised: list[BaseException] = []
-
-    def read() -> None:
-        try:
-            list(reader.process(items))
-        except BaseException as error:
-            raised.append(error)
-
-    thread = threading.Thread(target=read)
     try:
         with caplog.at_level(logging.INFO, logger="exca"):
-            thread.start()
+            reading = Background(lambda: list(reader.process(items)))
             wait_until(lambda: "is computed elsewhere" in caplog.text)  # (it waits)
     finally:
         kill_tree(int(job.job_id))
-        thread.join(timeout=60)
-    (error,) = raised
+    (error,) = reading.join(timeout=60)
     ended = f"local job {job.job_id} ended without writing its result: its process died"
     assert isinstance(error, exca.graph.errors.JobFailedError) and ended in str(error), error
     with pytest.raises(exca.graph.errors.JobFailedError) as again:  # (finding it ended)
