@@ -18,6 +18,7 @@ import pytest
 
 import exca
 from exca.ops.cli import main
+from exca.storage import saidonce
 
 STEP = f"{__name__}.Train.fit,1"
 WAIT_S = 60.0  # bound on any wait (never reached when things work)
@@ -286,8 +287,41 @@ def test_each_command_in_one_process_warns_of_a_symlink_loop(
     caplog.clear()
     assert len(exca.ops.inspect(root)) == 1  # (the library: already said in this process)
     assert said not in caplog.text
-    told_loops = sys.modules["exca.ops.inspect"]._TOLD_LOOPS  # (exca.ops.inspect: a function)
-    assert str(root / STEP / "x") in told_loops  # (the memo kept)
+    loop_key = sys.modules["exca.ops.inspect"].loop_key  # (exca.ops.inspect: a function)
+    assert saidonce.said(loop_key(root / STEP / "x"))  # (the memo kept)
+
+
+def test_each_command_in_one_process_says_what_exca_says_once_per_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """What exca says once per process (a loop of symlinks, an unreadable job record, an
+    index file of another package, an index name that is no file) is said by each command
+    run through ``main`` in one process, as by each ``python -m exca``: the command line
+    emptied the memos it listed by name, and the index file of another package was not
+    listed (the second command said nothing of it). One memo now, emptied per command."""
+    root = tmp_path / "cache"
+    task = Train(infra={"folder": root})
+    task.fit()
+    folder = task.infra.uid_folder()
+    assert folder is not None
+    foreign = folder / "vm-140245-info.jsonl"  # (as the reference package names them)
+    foreign.write_text('{"#key": "x", "#type": "PickleDump", "filename": "x-abcdef12.pkl"}\n')
+    (folder / "host-123-456-0123456789ab-abcdef-info.jsonl").mkdir()  # (no file)
+    (folder / "jobs").mkdir(exist_ok=True)
+    (folder / "jobs" / "12345.json").write_text("{damaged")
+    (root / STEP / "x").symlink_to("y")
+    (root / STEP / "y").symlink_to("x")
+    said = {
+        "loop": f"Skipping {root / STEP / 'x'}: a symlink loop",
+        "record": f"Ignoring the unreadable job record {folder / 'jobs' / '12345.json'}",
+        "foreign": f"remove {foreign}",
+        "no file": "-info.jsonl is named like an index file but is not a file",
+    }
+    for _ in range(2):
+        caplog.clear()
+        assert run(capsys, "list", root)[0] == 0
+        told = {k: sum(t in r.getMessage() for r in caplog.records) for k, t in said.items()}
+        assert told == dict.fromkeys(said, 1), (told, caplog.text)
 
 
 def test_a_command_leaves_sys_path_as_it_was(

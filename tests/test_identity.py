@@ -1332,9 +1332,9 @@ def test_a_field_renamed_with_another_default_is_warned_of(
     folder was reused), they were computed with the old value: the reuse says so, naming
     both, and what to do, once per step folder (a sweep's configs: not one warning each).
     A rename at the same value is silent."""
-    from exca.infra import uidfolder
+    from exca.storage import saidonce
 
-    uidfolder._SWAPS_TOLD.clear()
+    saidonce._SAID.clear()  # (as in a new process)
     configs = [Noisy(n=n, infra={"folder": tmp_path}) for n in (3, 4)]
     fulls = []
     for obj in configs:
@@ -1377,7 +1377,7 @@ def _reuse_with_older(
 ) -> str:
     """The warnings of reusing Relabelled's folder after its full-uid.yaml is rewritten as
     if the fields (flat keys) had other names and values then: {name now: (then, value)}."""
-    from exca.infra import uidfolder
+    from exca.storage import saidonce
 
     obj = Relabelled(infra={"folder": tmp_path})
     obj.load()
@@ -1390,7 +1390,7 @@ def _reuse_with_older(
         older[then] = value
     full.write_text(ConfDict(older).to_yaml())
     infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
-    uidfolder._SWAPS_TOLD.clear()
+    saidonce._SAID.clear()  # (as in a new process)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="exca"):
         assert Relabelled(infra={"folder": tmp_path}).load() == 1.2

@@ -4142,8 +4142,9 @@ def test_a_run_reusing_what_other_code_of_a_notebook_computed_warns_in_the_sessi
     were computed by other code went to that job's log only, the session saying nothing
     (a probe, with cluster='local' and 'slurm'). The run warns in the session now."""
     from exca.graph import codeprint
+    from exca.storage import saidonce
 
-    monkeypatch.setattr(codeprint, "_WARNED", set())
+    monkeypatch.setattr(saidonce, "_SAID", set())
     monkeypatch.setattr(codeprint, "_ITEMS_CHECKED", set())
 
     def cell(edit: str, prepare: str = "") -> dict[str, tp.Any]:

@@ -18,12 +18,12 @@ import logging
 import types
 import typing as tp
 
+from ..storage import saidonce
 from ..storage.index import meta_of
 
 logger = logging.getLogger("exca")
 CODE_KEY = "code"  # in the #meta of a task entry, or of a map item
 _DIGESTS: dict[tp.Any, str] = {}  # code object -> digest (memoized: the hit path asks)
-_WARNED: set[tuple[str, str]] = set()  # (step, current digest)
 # (cache folder, current digest) whose reused map items were checked: once per process (a
 # scan per call doubled the cost of a warm map call)
 _ITEMS_CHECKED: set[tuple[str, str]] = set()
@@ -147,6 +147,12 @@ def edited_result(
     return None
 
 
+def _edited_key(step: str, current: str) -> tuple[str, str, str]:
+    """The ``saidonce`` key of "reusing a result computed by other code" (once per
+    method and code)."""
+    return ("computed by other code", step, current)
+
+
 def check(meta: tp.Any, func: tp.Callable[..., tp.Any], where: str) -> None:
     """Warn when a result reused for ``where`` was computed by other code (once per
     method and code: a sweep of configs warns once, not once per config)."""
@@ -155,9 +161,8 @@ def check(meta: tp.Any, func: tp.Callable[..., tp.Any], where: str) -> None:
     current = digest(func) or ""  # (edited_since: there is one)
     owner = code_owner(func)
     step = where.partition("/")[0]
-    if (step, current) in _WARNED:
+    if not saidonce.first(_edited_key(step, current)):
         return
-    _WARNED.add((step, current))
     what = "function" if owner is not func else "method"
     namesake = "a function" if owner is not func else "a class"
     logger.warning(
@@ -183,7 +188,7 @@ def check_items(
     if current is None or cache.folder is None:
         return
     checked = (str(cache.folder), current)
-    if checked in _ITEMS_CHECKED or (where.partition("/")[0], current) in _WARNED:
+    if checked in _ITEMS_CHECKED or saidonce.said(_edited_key(where.partition("/")[0], current)):
         return
     python = current.partition("-")[0]
     last: tp.Any = None

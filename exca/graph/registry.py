@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from ..storage import claims, process
+from ..storage import claims, process, saidonce
 from ..storage.files import chmod, ensure_folder
 from .errors import NEVER_STARTS
 from .node import INPUTS_PREFIX
@@ -410,15 +410,11 @@ def recorded(folder: Path | None, job_id: str) -> bool:
     return os.path.exists(os.path.join(folder, JOBS_DIR, job_id.replace("/", "-") + ".json"))
 
 
-_WARNED_UNREADABLE: set[str] = set()
-
-
 def _warn_unreadable(path: str, error: Exception) -> None:
     """A job record that does not read (written atomically: damaged outside exca), said
     once per process: its job is then unknown here (not waited for, no logs)."""
-    if path in _WARNED_UNREADABLE:
+    if not saidonce.first(("unreadable job record", path)):
         return
-    _WARNED_UNREADABLE.add(path)
     logger.warning(
         "Ignoring the unreadable job record %s (%s: %s): its job is unknown here; remove "
         "the file if that job ended",

@@ -23,6 +23,7 @@ from pathlib import Path
 from ..confdict import ConfDict
 from ..plainyaml import load as plain_load
 from ..plainyaml import pyyaml
+from ..storage import saidonce
 from ..storage.files import chmod, make_folder, write_new
 
 logger = logging.getLogger("exca")
@@ -33,8 +34,6 @@ INPUTS_FILE = "inputs.yaml"  # (in the sub-folder of a call with inputs: which t
 # Sub-configs' version changes found when reusing a folder (its path -> what changed):
 # the warning is logged once per folder and process; plans show it on each reuse
 _VERSION_CHANGES: dict[str, str] = {}
-# damaged full-uid.yaml files a check that only reads skipped (told once per process)
-_UNREADABLE_TOLD: set[str] = set()
 
 
 def read_text(path: Path) -> str | None:
@@ -228,8 +227,8 @@ def verify_defaults(
     if existing is None:
         # (damaged: as a missing one, not settled, for a call reusing the result to write
         # it again, even after a plan, a status() or a read-only call of this process)
-        if not record and path not in _UNREADABLE_TOLD:
-            _UNREADABLE_TOLD.add(path)
+        # (a check that only reads skipped it: told once per process)
+        if not record and saidonce.first(("unreadable full-uid.yaml", path)):
             logger.warning("Skipping unreadable %s: %r", path, text[:200])
         return False
     versions = _check_defaults(Path(folder), existing, uid_config(), full, sub_configs)
@@ -356,19 +355,13 @@ def _same(a: tp.Any, b: tp.Any) -> bool:
     return not isinstance(a, (dict, list)) and not isinstance(b, (dict, list)) and not _differ(a, b)
 
 
-_SWAPS_TOLD: set[tuple[str, str, str]] = set()  # (step folder, removed, added): told once
-
-
 def _warn_swapped(folder: Path, path: str, gone: dict[str, tp.Any], new: dict[str, tp.Any]) -> None:
     where = f"{path}." if path else ""
     removed = ", ".join(f"{where}{k}={v!r}" for k, v in gone.items())
     added = ", ".join(f"{where}{k} (default {v!r})" for k, v in new.items())
-    told = (str(folder.parent), removed, added)  # (a sweep's folders: one warning, not 1000)
-    if told in _SWAPS_TOLD:
+    # (a sweep's folders: one warning, not 1000)
+    if not saidonce.first(("field renamed", str(folder.parent), removed, added)):
         return
-    if len(_SWAPS_TOLD) >= 10_000:
-        _SWAPS_TOLD.clear()  # (a bounded memo)
-    _SWAPS_TOLD.add(told)
     logger.warning(
         "Reusing the results in %s, computed with %s, which is no field now, and before %s "
         "was added: they are taken as computed with that default (recorded in %s). If it "

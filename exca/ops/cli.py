@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ..confdict import ConfDict
 from ..plainyaml import pyyaml
+from ..storage import saidonce
 
 if tp.TYPE_CHECKING:  # (the commands import what they use when run: a fast --help)
     from ..graph.registry import QueueLook
@@ -991,37 +992,11 @@ def _failed_items(folder: Path) -> list[str]:
     return sorted(k for k, info in entries.items() if info.get("#type") == "Error")
 
 
-# warnings said once per process (a loop of symlinks, a job record, a full-uid.yaml that
-# does not read, an index name that is no file): once per command, as `python -m exca`
-# says them; main called again in one process (a notebook, tests) said them only once
-_SAID_ONCE = (
-    ("exca.ops.inspect", "_TOLD_LOOPS"),
-    ("exca.graph.registry", "_WARNED_UNREADABLE"),
-    ("exca.storage.index", "_WARNED_NOT_FILES"),
-    ("exca.infra.uidfolder", "_UNREADABLE_TOLD"),
-)
-
-
-@contextlib.contextmanager
-def _said_once_per_command() -> tp.Iterator[None]:
-    """The memos of _SAID_ONCE empty during a command, given back after (with what it
-    said: the process said it); a module not imported yet has nothing said."""
-    memos: list[set[str]] = [
-        getattr(sys.modules[module], name) for module, name in _SAID_ONCE if module in sys.modules
-    ]
-    before = [set(memo) for memo in memos]
-    for memo in memos:
-        memo.clear()
-    try:
-        yield
-    finally:
-        for memo, said in zip(memos, before):
-            memo.update(said)
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
-        with _said_once_per_command():
+        # (what exca says once per process: once per command, as `python -m exca` says
+        # it; main called again in one process, a notebook or the tests, said it once)
+        with saidonce.afresh():
             return _main(argv)
     except BrokenPipeError:  # `exca list ROOT | head`: the reader left, nothing to report
         devnull = os.open(os.devnull, os.O_WRONLY)

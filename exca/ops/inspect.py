@@ -33,6 +33,7 @@ from ..infra.uidfolder import (
     read_yaml,
 )
 from ..plainyaml import pyyaml
+from ..storage import saidonce
 from ..storage.cachederror import record_line, shorten
 from ..storage.cachedict import inspecting_view
 from ..storage.claims import Claims
@@ -137,21 +138,22 @@ def node_folders(root: Path, only: str | None = None) -> tp.Iterator[tuple[str, 
                 yield step.name, f"{config.name}/{sub.name}", sub
 
 
-_TOLD_LOOPS: set[str] = set()  # (the links of loops warned about: once per process)
-
-
 def _is_dir(entry: os.DirEntry[str]) -> bool:
     """``entry.is_dir()``; a loop of links is not a folder (as for pathlib), and is named
     (once): a command scanning a cache stopped at it with errno 40, or said nothing."""
     try:
         return entry.is_dir()
     except OSError as error:
-        if error.errno == errno.ELOOP and os.path.abspath(entry.path) not in _TOLD_LOOPS:
-            if len(_TOLD_LOOPS) >= 10_000:
-                _TOLD_LOOPS.clear()  # (a bounded memo)
-            _TOLD_LOOPS.update(os.path.abspath(p) for p in _link_walk(entry.path)[1])
+        if error.errno == errno.ELOOP and saidonce.first(loop_key(entry.path)):
+            # (the loop's other links: said with this one)
+            saidonce.mark(loop_key(p) for p in _link_walk(entry.path)[1])
             logger.warning("Skipping %s: %s", entry.path, not_a_folder(entry.path))
         return False
+
+
+def loop_key(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """The ``saidonce`` key of a link of a symlink loop, said skipped."""
+    return ("symlink loop", os.path.abspath(path))
 
 
 class _Folder(tp.Protocol):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import orjson
 
-from . import gcpause, process
+from . import gcpause, process, saidonce
 from .files import chmod, finish_write
 
 INDEX_SUFFIX = "-info.jsonl"
@@ -631,10 +631,6 @@ class IndexReader:
 # (process.unique_name); other names come from another exca (the reference writes
 # <host>-<thread>-info.jsonl, whose payload formats differ): left alone, not read
 _OUR_INDEX_NAME = re.compile(r".+-\d+-\d+-[0-9a-f]{12,}-[0-9a-f]{6}" + re.escape(INDEX_SUFFIX))
-_WARNED_FOREIGN: set[str] = set()
-
-
-_WARNED_NOT_FILES: set[str] = set()
 
 
 def _regular_file(folder: str, name: str) -> bool:
@@ -648,8 +644,7 @@ def _regular_file(folder: str, name: str) -> bool:
         return True
     except OSError:
         pass
-    if path not in _WARNED_NOT_FILES:  # (once per process)
-        _WARNED_NOT_FILES.add(path)
+    if saidonce.first(("index name not a file", path)):
         logger.warning("%s is named like an index file but is not a file: ignored", path)
     return False
 
@@ -692,8 +687,7 @@ def _check_final(path: str, state: FileState, size: int) -> None:
 def _written_here(name: str, reader: IndexReader) -> bool:
     if _OUR_INDEX_NAME.fullmatch(name):
         return _regular_file(reader._dir, name)
-    if reader._dir not in _WARNED_FOREIGN:  # (once per folder and process)
-        _WARNED_FOREIGN.add(reader._dir)
+    if saidonce.first(("foreign index", reader._dir)):  # (once per folder and process)
         logger.warning(
             "%s: %s was not written by this exca (the reference package?): its entries are "
             "ignored and computed again; the file is left alone, so this is said once per "

@@ -1,0 +1,57 @@
+"""Warnings said once per process (a loop of symlinks, an unreadable record, a renamed
+field reused...): one memo of what was said, by key, for all of exca.
+
+One memo, not one per module: the command line (``exca.ops.cli.main``, called several
+times in one process by a notebook or the tests) empties it for each command, as a new
+``python -m exca`` process starts with it empty; a memo of its own that the command line
+did not know of (or one renamed) kept each later command silent.
+
+Keys are tuples whose first item names the warning (``("symlink loop", path)``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import typing as tp
+
+_SAID: set[tuple[tp.Hashable, ...]] = set()
+_LOCK = threading.Lock()
+_BOUND = 100_000  # (a bounded memo: a process scanning huge caches says some things twice)
+
+
+def said(key: tuple[tp.Hashable, ...]) -> bool:
+    """Whether ``key`` was said already (a look: it is not marked)."""
+    return key in _SAID
+
+
+def first(key: tuple[tp.Hashable, ...]) -> bool:
+    """Whether ``key`` is said now for the first time (it is marked said): ``if
+    first(key): logger.warning(...)``."""
+    with _LOCK:  # (two threads meeting the same thing: one says it)
+        if key in _SAID:
+            return False
+        if len(_SAID) >= _BOUND:
+            _SAID.clear()
+        _SAID.add(key)
+        return True
+
+
+def mark(keys: tp.Iterable[tuple[tp.Hashable, ...]]) -> None:
+    """Mark ``keys`` said (what one warning covers, e.g. every link of a loop)."""
+    with _LOCK:
+        _SAID.update(keys)
+
+
+@contextlib.contextmanager
+def afresh() -> tp.Iterator[None]:
+    """Everything is said again within the block (a command of the command line), as in
+    a new process; after it, what was said before and within counts as said."""
+    with _LOCK:
+        before = set(_SAID)
+        _SAID.clear()
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _SAID.update(before)
