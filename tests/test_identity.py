@@ -1359,6 +1359,54 @@ def test_a_field_renamed_with_another_default_is_warned_of(
         assert all("noise: 0.0" in full.read_text() for full in fulls)  # (recorded)
 
 
+class NoisyWithInputs(pydantic.BaseModel):
+    n: int = 3
+    noise: float = 0.0
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def load(self, offset: int) -> float:
+        CALLS.append("NoisyWithInputs")
+        return self.n + offset + self.noise
+
+
+def _as_when_noise_was_jitter(full: Path) -> None:
+    """Rewrite a full-uid.yaml as written when the field ``noise`` was ``jitter=0.5``."""
+    older = ConfDict(yaml.safe_load(full.read_text()))
+    del older["noise"]
+    older["jitter"] = 0.5
+    full.write_text(older.to_yaml())
+
+
+def test_a_field_renamed_with_another_default_is_warned_of_once_per_step_with_inputs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A task with inputs keeps each result in a sub-folder of its config folder, with a
+    full-uid.yaml of its own when it differs from the config folder's: the warning of a
+    renamed field, "once per step folder", was once per folder above the one read, i.e.
+    once per config (a sweep of 2 configs x 2 inputs: 2 warnings). Once per step now."""
+    from exca.storage import saidonce
+
+    configs = [NoisyWithInputs(n=n, infra={"folder": tmp_path}) for n in (3, 4)]
+    for obj in configs:
+        for offset in (10, 20):
+            assert obj.load(offset) == obj.n + offset
+    subs = sorted(tmp_path.glob("*/*/inputs-*"))
+    assert len(subs) == 4, subs
+    for sub in subs:  # (their own records: as written when the sub-configs' versions differed)
+        (sub / "full-uid.yaml").write_text((sub.parent / "full-uid.yaml").read_text())
+        _as_when_noise_was_jitter(sub / "full-uid.yaml")
+    infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
+    saidonce._SAID.clear()
+    with caplog.at_level(logging.WARNING, logger="exca"):
+        for n in (3, 4):
+            for offset in (10, 20):
+                assert NoisyWithInputs(n=n, infra={"folder": tmp_path}).load(offset) == n + offset
+    shown = "jitter=0.5, which is no field now, and before noise (default 0.0) was added"
+    assert caplog.text.count(shown) == 1, caplog.text
+    assert all("noise: 0.0" in (sub / "full-uid.yaml").read_text() for sub in subs)
+
+
 class Relabelled(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
     a: float = 0.2

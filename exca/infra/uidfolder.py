@@ -21,6 +21,7 @@ import typing as tp
 from pathlib import Path
 
 from ..confdict import ConfDict
+from ..graph.node import INPUTS_PREFIX
 from ..plainyaml import load as plain_load
 from ..plainyaml import pyyaml
 from ..storage import saidonce
@@ -355,12 +356,18 @@ def _same(a: tp.Any, b: tp.Any) -> bool:
     return not isinstance(a, (dict, list)) and not isinstance(b, (dict, list)) and not _differ(a, b)
 
 
+def _step_folder(folder: Path) -> Path:
+    """The step folder of a config folder, or of the sub-folder of one holding the result
+    of a call with inputs (``inputs-<digest>``, which may have its own full-uid.yaml)."""
+    return folder.parent.parent if folder.name.startswith(INPUTS_PREFIX) else folder.parent
+
+
 def _warn_swapped(folder: Path, path: str, gone: dict[str, tp.Any], new: dict[str, tp.Any]) -> None:
     where = f"{path}." if path else ""
     removed = ", ".join(f"{where}{k}={v!r}" for k, v in gone.items())
     added = ", ".join(f"{where}{k} (default {v!r})" for k, v in new.items())
     # (a sweep's folders: one warning, not 1000)
-    if not saidonce.first(("field renamed", str(folder.parent), removed, added)):
+    if not saidonce.first(("field renamed", str(_step_folder(folder)), removed, added)):
         return
     logger.warning(
         "Reusing the results in %s, computed with %s, which is no field now, and before %s "
