@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pydantic
 import pytest
+import yaml
 
 import exca
 from exca.ops.cli import main
@@ -322,6 +323,30 @@ def test_each_command_in_one_process_says_what_exca_says_once_per_process(
         assert run(capsys, "list", root)[0] == 0
         told = {k: sum(t in r.getMessage() for r in caplog.records) for k, t in said.items()}
         assert told == dict.fromkeys(said, 1), (told, caplog.text)
+
+
+def test_each_plan_command_says_a_field_renamed_with_another_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """`exca plan` of results computed with a field renamed since with another default
+    said "cached" only (the call reusing them warned); it says it now, in each command
+    run through ``main`` in one process, as in each ``python -m exca``."""
+    root = tmp_path / "cache"
+    task = Train(infra={"folder": root})
+    task.fit()
+    folder = task.infra.uid_folder()
+    assert folder is not None
+    older = exca.ConfDict(yaml.safe_load((folder / "full-uid.yaml").read_text()))
+    del older["epochs"]
+    older["rounds"] = 5  # (as written when the field was `rounds`, 5 by default)
+    (folder / "full-uid.yaml").write_text(older.to_yaml())
+    shown = "computed with rounds=5, which is no field now, and before epochs (default 3)"
+    for _ in range(2):
+        caplog.clear()
+        status, out, err = run(capsys, "plan", f"{__name__}:Train.fit", f"infra.folder={root}")
+        assert status == 0 and "cached" in out, (out, err)
+        assert caplog.text.count(shown) == 1, caplog.text
+    assert "rounds" in (folder / "full-uid.yaml").read_text()  # (a plan writes nothing)
 
 
 def test_a_command_leaves_sys_path_as_it_was(

@@ -1407,6 +1407,46 @@ def test_a_field_renamed_with_another_default_is_warned_of_once_per_step_with_in
     assert all("noise: 0.0" in (sub / "full-uid.yaml").read_text() for sub in subs)
 
 
+def test_a_plan_says_a_field_renamed_with_another_default_before_the_reuse(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A field renamed with another default was said only by the call recording the
+    reuse: a plan (``exca plan``) said "cached" and nothing of it, the user learnt it once
+    the work ran, and a read-only call never. The plan says it (writing nothing); the
+    reuse after it in the process then says nothing more (once), and records the field's
+    default; a read-only call says it too."""
+    import exca
+    from exca.storage import saidonce
+
+    obj = Noisy(infra={"folder": tmp_path})
+    assert obj.load() == [0, 1, 2]
+    folder = obj.infra.uid_folder()
+    assert folder is not None
+    full = folder / "full-uid.yaml"
+    _as_when_noise_was_jitter(full)
+    older = full.read_text()
+    infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
+    saidonce._SAID.clear()
+    shown = "jitter=0.5, which is no field now, and before noise (default 0.0) was added"
+    with caplog.at_level(logging.WARNING, logger="exca"):
+        assert "cached" in str(exca.graph.plan(Noisy(infra={"folder": tmp_path}).load.node()))
+        assert caplog.text.count(shown) == 1, caplog.text
+        assert full.read_text() == older  # (a plan writes nothing)
+        caplog.clear()
+        assert Noisy(infra={"folder": tmp_path}).load() == [0, 1, 2]
+    assert shown not in caplog.text  # (said once)
+    assert "noise: 0.0" in full.read_text()  # (recorded by the reuse)
+    # a read-only call reuses them too (recording nothing): it said nothing at all
+    full.write_text(older)
+    infra_base._DEFAULTS_CHECKED.clear()
+    saidonce._SAID.clear()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="exca"):
+        assert Noisy(infra={"folder": tmp_path, "mode": "read-only"}).load() == [0, 1, 2]
+    assert caplog.text.count(shown) == 1, caplog.text
+    assert full.read_text() == older
+
+
 class Relabelled(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
     a: float = 0.2

@@ -30,6 +30,7 @@ import pydantic_core
 from .. import uidformat
 from ..confdict import ConfDict
 from ..graph.node import RESTORES_FILES
+from ..storage import saidonce
 from ..storage.files import parse_permissions
 from . import freezing, identity, uidfolder
 from .resources import UNSET_VARIABLE, expand_path_text
@@ -136,6 +137,8 @@ _DEFAULTS_CHECKED: dict[str, tuple[type, tp.Any, bool]] = {}
 # defaults hold, may have changed, the uid export not; kept, the "default" folder of
 # lr=0.1 was reused for lr=0.2, the default since, without the check a new process makes)
 identity.DEFAULTS_FORGETTERS.append(_DEFAULTS_CHECKED.clear)
+# (its checks say once what they find: renamed fields, sub-configs' versions changed)
+saidonce.FORGET_CHECKS.append(_DEFAULTS_CHECKED.clear)
 
 
 _UNRESTORABLE: set[str] = set()  # folders whose missing yaml files could not be written

@@ -235,8 +235,12 @@ def verify_defaults(
     versions = _check_defaults(Path(folder), existing, uid_config(), full, sub_configs)
     if record and (reused is None or reused()):
         _record_added_fields(Path(folder), existing, full, sub_configs, permissions)
-    elif not record and unrecorded is not None and _added(existing, full, sub_configs)[1]:
-        unrecorded.add(folder)
+    elif not record and _added(existing, full, sub_configs)[1]:
+        if unrecorded is not None:
+            unrecorded.add(folder)
+        # (a plan, status() or a read-only call: said before the reuse that records them,
+        # which said it alone: a plan showed "cached" only, a read-only call nothing)
+        _tell_swaps(Path(folder), existing, full, sub_configs)
     if versions:
         if reused is not None and not reused():
             return None  # (nothing reused: nothing to tell yet)
@@ -259,10 +263,7 @@ def _record_added_fields(
     merged, added = _added(existing, full_uid_config, sub_configs)
     if not added:
         return
-    plain = sub_configs().plain if sub_configs is not None else set()
-    cached, current = _nested(existing), _nested(_normalized(full_uid_config))
-    for path, gone, new in _swapped(cached, current, plain):
-        _warn_swapped(folder, path, gone, new)
+    _tell_swaps(folder, existing, full_uid_config, sub_configs)
     text = ConfDict(merged).to_yaml()
     if ConfDict(merged).flat() == _normalized(full_uid_config):
         text = full_uid_config.to_yaml()  # (the very text of the config: later reads are quick)
@@ -270,6 +271,20 @@ def _record_added_fields(
         write_atomic(folder / FULL_UID_FILE, text, permissions)
     except OSError as error:
         logger.debug("Could not record added fields in %s: %s", folder / FULL_UID_FILE, error)
+
+
+def _tell_swaps(
+    folder: Path,
+    existing: dict[str, tp.Any],
+    full_uid_config: ConfDict,
+    sub_configs: tp.Callable[[], Structure] | None,
+) -> None:
+    """Warn of the fields removed since the results of ``folder`` were computed beside
+    fields added at another value (maybe renamed with another default), once per step."""
+    plain = sub_configs().plain if sub_configs is not None else set()
+    cached, current = _nested(existing), _nested(_normalized(full_uid_config))
+    for path, gone, new in _swapped(cached, current, plain):
+        _warn_swapped(folder, path, gone, new)
 
 
 def _added(
@@ -371,10 +386,10 @@ def _warn_swapped(folder: Path, path: str, gone: dict[str, tp.Any], new: dict[st
         return
     logger.warning(
         "Reusing the results in %s, computed with %s, which is no field now, and before %s "
-        "was added: they are taken as computed with that default (recorded in %s). If it "
-        "is the removed field renamed, with another default, these results hold the old "
-        "value: bump the infra version (or remove the folder) to compute them again (said "
-        "once per step folder in this process)",
+        "was added: they are taken as computed with that default (a call reusing them "
+        "records it in %s). If it is the removed field renamed, with another default, these "
+        "results hold the old value: bump the infra version (or remove the folder) to "
+        "compute them again (said once per step folder in this process)",
         folder,
         removed,
         added,

@@ -18,6 +18,10 @@ import typing as tp
 _SAID: set[tuple[tp.Hashable, ...]] = set()
 _LOCK = threading.Lock()
 _BOUND = 100_000  # (a bounded memo: a process scanning huge caches says some things twice)
+# how to forget the memos of checks done once per process whose checks say things (e.g.
+# that cached results were computed with a renamed field): forgotten by ``afresh``, for
+# the check to run, and say, again (kept, a second command said nothing)
+FORGET_CHECKS: list[tp.Callable[[], object]] = []
 
 
 def said(key: tuple[tp.Hashable, ...]) -> bool:
@@ -46,10 +50,13 @@ def mark(keys: tp.Iterable[tuple[tp.Hashable, ...]]) -> None:
 @contextlib.contextmanager
 def afresh() -> tp.Iterator[None]:
     """Everything is said again within the block (a command of the command line), as in
-    a new process; after it, what was said before and within counts as said."""
+    a new process (the checks of FORGET_CHECKS run again); after it, what was said before
+    and within counts as said."""
     with _LOCK:
         before = set(_SAID)
         _SAID.clear()
+    for forget in FORGET_CHECKS:
+        forget()
     try:
         yield
     finally:
