@@ -325,6 +325,31 @@ def test_each_command_in_one_process_says_what_exca_says_once_per_process(
         assert told == dict.fromkeys(said, 1), (told, caplog.text)
 
 
+def test_each_command_in_one_process_warns_of_an_unreadable_index_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unreadable index line (a writer killed while writing it) is said by a Python
+    warning, which Python says once per place and text in a process: a second command
+    run through ``main`` in one process (a notebook, the tests) said nothing of it, where
+    a second ``python -m exca`` warns again. Each command warns now."""
+    import warnings
+
+    root = tmp_path / "cache"
+    task = Train(infra={"folder": root})
+    task.fit()
+    folder = task.infra.uid_folder()
+    assert folder is not None
+    (index,) = folder.glob("*-info.jsonl")
+    with index.open("ab") as handle:
+        handle.write(b'{"#key": "broken\n')  # (a line cut short)
+    with warnings.catch_warnings(record=True) as log:
+        warnings.simplefilter("default")  # (Python's own: once per place and text)
+        for _ in range(2):
+            assert run(capsys, "list", root)[0] == 0
+    said = [w for w in log if "unreadable index line" in str(w.message)]
+    assert len(said) == 2, [str(w.message) for w in log]
+
+
 def test_each_plan_command_says_a_field_renamed_with_another_default(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import typing as tp
+import warnings
 
 _SAID: set[tuple[tp.Hashable, ...]] = set()
 _LOCK = threading.Lock()
@@ -50,15 +51,20 @@ def mark(keys: tp.Iterable[tuple[tp.Hashable, ...]]) -> None:
 @contextlib.contextmanager
 def afresh() -> tp.Iterator[None]:
     """Everything is said again within the block (a command of the command line), as in
-    a new process (the checks of FORGET_CHECKS run again); after it, what was said before
-    and within counts as said."""
+    a new process (the checks of FORGET_CHECKS run again, Python's warnings are said
+    again); after it, what was said before and within counts as said (Python's warnings
+    may be said again: their memo is reset whenever the warning filters change). Not for
+    threads: the warning filters are the process's."""
     with _LOCK:
         before = set(_SAID)
         _SAID.clear()
     for forget in FORGET_CHECKS:
         forget()
     try:
-        yield
+        # (Python's warnings, e.g. an unreadable index line, said once per place and
+        # text: entering this resets what they said, the filters kept as they are)
+        with warnings.catch_warnings():
+            yield
     finally:
         with _LOCK:
             _SAID.update(before)
