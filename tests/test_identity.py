@@ -768,6 +768,105 @@ def test_submodel_without_extra_is_refused() -> None:
         HoldsNoExtra(sub={"x": 2}).infra.uid()
 
 
+class _Lr(pydantic.BaseModel):
+    model_config = FORBID
+    lr: float = 0.01
+
+
+class _Layers(pydantic.RootModel[list[int]]):  # (a RootModel cannot set `extra`)
+    pass
+
+
+class _Free(pydantic.RootModel[dict[str, tp.Any]]):
+    pass
+
+
+class _Weights(pydantic.RootModel[dict[str, float]]):
+    pass
+
+
+class _Subs(pydantic.RootModel[list[_Lr]]):
+    pass
+
+
+class HoldsRootModels(pydantic.BaseModel):
+    layers: _Layers = _Layers([1, 2])
+    weights: _Weights = _Weights({})
+    subs: _Subs = _Subs([_Lr()])
+    many: list[_Layers] = []
+    named: dict[str, _Weights] = {}
+    maybe: _Layers | None = None
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
+@dataclasses.dataclass
+class _HeldRoots:
+    layers: _Layers = dataclasses.field(default_factory=lambda: _Layers([1]))
+    free: _Free = dataclasses.field(default_factory=lambda: _Free({}))
+
+
+class HoldsHeldRoots(pydantic.BaseModel):
+    held: _HeldRoots = _HeldRoots()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
+def test_root_models_are_sub_configs_with_their_root_as_value(tmp_path: Path) -> None:
+    """A RootModel sub-config was refused (no 'extra' key: set extra='forbid', which
+    pydantic refuses for a RootModel). It is its root value, as pydantic dumps it."""
+    configs: list[dict[str, tp.Any]] = [
+        dict(layers=[1, 2, 3]),
+        dict(layers=[]),
+        dict(weights={"b": 1.0, "a": 0.5}),
+        dict(subs=[{"lr": 0.1}]),
+        dict(subs=[]),
+        dict(many=[[1], [2]]),
+        dict(named={"x": {"a": 1.0}}),
+        dict(maybe=[1]),
+    ]
+    uids = {HoldsRootModels(**c).infra.uid().split("/")[-1]: c for c in configs}
+    assert len(uids) == len(configs)  # all different
+    assert "layers=(1,2,3)-" in HoldsRootModels(**configs[0]).infra.uid()
+    assert "weights={b=1,a=0.50}-" in HoldsRootModels(**configs[2]).infra.uid()
+    # equal to the defaults (also given as a dict, or as the instance): the default uid
+    for same in [dict(layers=[1, 2]), dict(subs=[{}]), dict(subs=_Subs([_Lr(lr=0.01)]))]:
+        assert HoldsRootModels(**same).infra.uid().endswith("/default"), same
+    for config in configs:  # written and read back: the same uid
+        obj = HoldsRootModels(**config, infra={"folder": tmp_path})
+        obj.process()
+        assert obj.infra.clone_obj().infra.uid() == obj.infra.uid()
+    listed = sorted(
+        o.infra.uid() for o in HoldsRootModels(infra={"folder": tmp_path}).infra.iter_cached()
+    )
+    assert listed == sorted(HoldsRootModels(**c).infra.uid() for c in configs)
+
+
+def test_root_models_held_by_a_dataclass_keep_their_values_in_config_yaml(tmp_path: Path) -> None:
+    """Held by a dataclass, a RootModel's dump was its uid (kept), but config.yaml left
+    out its values (a dict root was written {}): iter_cached() skipped the config and
+    clone_obj() rebuilt another one. Its sets of strings were in hash order."""
+    obj = HoldsHeldRoots(held=_HeldRoots(layers=_Layers([1, 2])), infra={"folder": tmp_path})
+    assert obj.infra.uid().endswith("/held={free={},layers=(1,2)}-bf93efef"), obj.infra.uid()
+    kept = HoldsHeldRoots(held=_HeldRoots(free=_Free({"z": 1, "a": [1]}))).infra.uid()
+    assert kept.endswith("/held={layers=(1),free={z=1,a=(1)}}-60920723"), kept
+    free = _Free({"z": 1, "a": [1], "tags": {"beta", "alpha", "gamma"}})
+    other = HoldsHeldRoots(held=_HeldRoots(free=free), infra={"folder": tmp_path})
+    for config in (obj, other):
+        config.process()
+        assert config.infra.clone_obj().infra.uid() == config.infra.uid()
+    assert "tags=(alpha,beta,gamma)" in other.infra.uid()
+    assert _read(other.infra.uid_folder() / "config.yaml")["held"]["free"]["z"] == 1
+    listed = sorted(o.infra.uid() for o in obj.infra.iter_cached())
+    assert listed == sorted([obj.infra.uid(), other.infra.uid()])
+
+
 # --- owner model_config ---------------------------------------------------------------------
 class AllowsExtra(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="allow")
