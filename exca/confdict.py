@@ -560,6 +560,14 @@ def _deep_copy(value: tp.Any) -> tp.Any:
 _DUMPERS: dict[bool, tp.Any] = {}
 
 
+def _sorted_items(items: tp.Iterable[tp.Any]) -> list[tp.Any]:
+    """The items of a set in an order that is the same in every process."""
+    try:
+        return sorted(items)
+    except TypeError:  # (items of several types: each type's items together)
+        return sorted(items, key=lambda item: (type(item).__name__, repr(item)))
+
+
 def _dumper_class(libyaml: bool = True) -> tp.Any:
     """A SafeDumper that also writes ConfDict, OrderedDict, tuples, Paths and numpy scalars
     (``libyaml``: on libyaml's C emitter when available, much faster)."""
@@ -577,6 +585,11 @@ def _dumper_class(libyaml: bool = True) -> tp.Any:
 
     def sequence(dumper: tp.Any, data: tuple[tp.Any, ...]) -> tp.Any:
         return dumper.represent_list(list(data))
+
+    def unordered(dumper: tp.Any, data: set[tp.Any] | frozenset[tp.Any]) -> tp.Any:
+        # sorted: a set of strings iterates in another order in each process (the yaml
+        # text of one config would differ); a frozenset is written as a set too
+        return dumper.represent_set(_sorted_items(data))
 
     def path(dumper: tp.Any, data: PurePath) -> tp.Any:
         return dumper.represent_str(str(data))
@@ -599,6 +612,8 @@ def _dumper_class(libyaml: bool = True) -> tp.Any:
     Dumper.add_representer(ConfDict, mapping)
     Dumper.add_representer(collections.OrderedDict, mapping)
     Dumper.add_representer(tuple, sequence)
+    Dumper.add_representer(set, unordered)
+    Dumper.add_representer(frozenset, unordered)
     Dumper.add_multi_representer(PurePath, path)
     Dumper.add_multi_representer(object, fallback)
     _DUMPERS[libyaml] = Dumper

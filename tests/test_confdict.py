@@ -317,6 +317,20 @@ def test_to_yaml_types(tmp_path: Path) -> None:
     assert filepath.read_text() == text
 
 
+def test_sets_in_yaml_are_sorted_and_frozensets_written() -> None:
+    """A frozenset made to_yaml() raise a RepresenterError ("cannot represent an
+    object"), though to_uid() took it; a set of strings was written in the hash order of
+    the process, so the yaml text of one config changed from process to process."""
+    tags = {"zeta", "alpha", "epsilon", "beta", "gamma", "delta", "eta", "theta"}
+    cd = ConfDict({"tags": tags, "frozen": frozenset({"y", "x"}), "mixed": {2, "a", 1}})
+    lines = [f"  {tag}: null" for tag in sorted(tags)]
+    expected = "\n".join(["tags: !!set", *lines, "frozen: !!set", "  x: null", "  y: null"])
+    expected += "\nmixed: !!set\n  1: null\n  2: null\n  a: null\n"
+    assert cd.to_yaml() == expected
+    assert ConfDict.yaml_of(dict(cd)) == expected
+    assert ConfDict.from_yaml(expected) == cd  # read back as sets, equal
+
+
 def test_ordereddict_yaml() -> None:
     cd = ConfDict({"o": collections.OrderedDict([("b", 1), ("a", {"c": 2})])})
     text = cd.to_yaml()
