@@ -2585,10 +2585,24 @@ class _Signed(pydantic.BaseModel):
         return len(self.key)
 
 
-def test_bytes_that_are_not_utf8_get_a_clear_error() -> None:
-    with pytest.raises(TypeError, match=r"_Signed\.key.*ser_json_bytes"):
+class _Signed64(_Signed):
+    model_config = pydantic.ConfigDict(
+        extra="forbid", ser_json_bytes="base64", val_json_bytes="base64"
+    )
+
+
+def test_bytes_that_are_not_utf8_get_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match=r"_Signed\.key.*ser_json_bytes") as error:
         _Signed(key=b"\x89PNG").infra.uid()
     assert "key=abc" in _Signed(key=b"abc").infra.uid()
+    # the advice, followed, gives configs that read back: the advice was ser_json_bytes
+    # alone, and then config.yaml and clone_obj read the base64 text as the bytes
+    # (key=b"iVBORw==" for b"\x89PNG": another config, silently)
+    assert "val_json_bytes='base64'" in str(error.value)
+    obj = _Signed64(key=b"\x89PNG", infra={"folder": tmp_path})
+    assert obj.process() == 4
+    assert obj.infra.clone_obj().key == b"\x89PNG"
+    assert [c.key for c in obj.infra.iter_cached()] == [b"\x89PNG"]
 
 
 # --- serializers ------------------------------------------------------------------------------

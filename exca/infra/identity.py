@@ -682,7 +682,8 @@ def json_dump(
         where = f"{type(model).__name__}.{where}" if where else type(model).__name__
         hint = (
             "bytes are exported as utf-8 text: set model_config = pydantic.ConfigDict("
-            "ser_json_bytes='base64') or hold them as str"
+            "ser_json_bytes='base64', val_json_bytes='base64') (both: config.yaml and "
+            "clone_obj read the base64 text back) or hold them as str"
             if isinstance(error, UnicodeDecodeError)
             else "annotate the field with a type pydantic serializes (convert numpy "
             "scalars and arrays held by an Any field with float()/int()/.tolist()); a "
