@@ -521,6 +521,31 @@ def test_exclude_from_cache_uid_names_fields_only() -> None:
         CacheExclTypoTop(a=2).infra.uid()
 
 
+class CacheExclInList(pydantic.BaseModel):
+    subs: list[_ExclSub] = []
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply(exclude_from_cache_uid=lambda obj: obj.names)
+    def process(self) -> int:
+        return len(self.subs)
+
+    names: tp.ClassVar[list[str]] = []
+
+
+def test_exclude_from_cache_uid_names_list_items_by_index(monkeypatch: tp.Any) -> None:
+    """'subs.x' (meaning the x of every item) excluded nothing, silently: the uid kept
+    the items' x. Items are named by index ('subs.0.x'), whose fields are checked too."""
+    config = CacheExclInList(subs=[{"x": 5}])
+    monkeypatch.setattr(CacheExclInList, "names", ["subs.x"])
+    with pytest.raises(ValueError, match=r"'subs\.x', but subs is a list.*subs\.0\.x"):
+        config.infra.uid()
+    monkeypatch.setattr(CacheExclInList, "names", ["subs.0.nope"])
+    with pytest.raises(ValueError, match=r"'subs\.0\.nope'.*_ExclSub has no field 'nope'"):
+        CacheExclInList(subs=[{"x": 5}]).infra.uid()
+    monkeypatch.setattr(CacheExclInList, "names", ["subs.0.x", "subs.3.x"])  # (3: no item)
+    assert _cfg(CacheExclInList(subs=[{"x": 5}])) == {"subs": [{}]}
+
+
 class _Loader(pydantic.BaseModel):
     model_config = FORBID
     workers: int = 1

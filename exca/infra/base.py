@@ -1498,9 +1498,20 @@ def _check_field_path(owner: pydantic.BaseModel, name: str) -> None:
     if not isinstance(name, str):
         raise TypeError(f"exclude_from_cache_uid must give field names, got {name!r}")
     value: tp.Any = owner
-    for part in name.split("."):
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if isinstance(value, list | tuple):
+            if not part.isdigit():  # (what it names is in no list: it excluded nothing)
+                where = ".".join(parts[:i])
+                raise ValueError(
+                    f"exclude_from_cache_uid names {name!r}, but {where} is a list: its "
+                    f"items are named by their index ({where}.0.{'.'.join(parts[i:])} for "
+                    "the first one)"
+                )
+            value = value[int(part)] if int(part) < len(value) else None
+            continue
         if not isinstance(value, pydantic.BaseModel):
-            return  # inside a dict or a list: not checked further
+            return  # inside a dict (keys vary from config to config): not checked further
         if part not in type(value).model_fields and part not in (value.__pydantic_extra__ or {}):
             raise ValueError(
                 f"exclude_from_cache_uid names {name!r}, but {type(value).__name__} has no "
