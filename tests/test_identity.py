@@ -2600,6 +2600,48 @@ def test_value_without_json_form_names_its_field() -> None:
     assert "sub.extra=0.50" in _WithNumpyInside(sub={"extra": 0.5}).infra.uid()
 
 
+class _NumpyDefaults(pydantic.BaseModel):
+    size: int = __import__("numpy").prod((3, 4))
+    grid: list[float] = pydantic.Field(
+        default_factory=lambda: list(__import__("numpy").linspace(0, 1, 3, dtype="float32"))
+    )
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return self.size
+
+
+class _NumpyDefaultsValidated(pydantic.BaseModel):
+    size: int = pydantic.Field(
+        default_factory=lambda: __import__("numpy").prod((3, 4)), validate_default=True
+    )
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return self.size
+
+
+def test_a_numpy_default_gets_a_hint_about_defaults() -> None:
+    """A default written with numpy (``size: int = np.prod(shape)``) is not validated
+    by pydantic: the field holds a numpy int. The error said to annotate the field with a
+    type pydantic serializes (it is: ``int``), or to convert values held by an Any field.
+    It names the default now, and the two ways out."""
+    pytest.importorskip("numpy")
+    with pytest.raises(TypeError, match=r"_NumpyDefaults\.size.*default of _NumpyDefaults\.size"):
+        _NumpyDefaults().infra.uid()
+    with pytest.raises(TypeError, match=r"default of _NumpyDefaults\.grid .*validate_default"):
+        _NumpyDefaults(size=12).infra.uid()
+    message = r"_WithNumpyInside\.sub\.extra.*float\(\)"  # (a given value: as before)
+    with pytest.raises(TypeError, match=message) as error:
+        _WithNumpyInside(sub={"extra": __import__("numpy").float32(0.5)}).infra.uid()
+    assert "default" not in str(error.value).split("json form:")[1]
+    # the advice followed: the default is validated, and it is the default
+    assert _NumpyDefaultsValidated().infra.uid().endswith("/default")
+    assert "size=13" in _NumpyDefaultsValidated(size=13).infra.uid()
+
+
 class _Signed(pydantic.BaseModel):
     model_config = FORBID
     key: bytes = b""

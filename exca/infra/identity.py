@@ -680,7 +680,7 @@ def json_dump(
                 return dumped
         where = ".".join(str(p) for p in failing[0]) if failing and failing[0] else ""
         where = f"{type(model).__name__}.{where}" if where else type(model).__name__
-        hint = (
+        hint = _unvalidated_default(model, failing[0] if failing else ()) or (
             "bytes are exported as utf-8 text: set model_config = pydantic.ConfigDict("
             "ser_json_bytes='base64', val_json_bytes='base64') (both: config.yaml and "
             "clone_obj read the base64 text back) or hold them as str"
@@ -697,6 +697,53 @@ def json_dump(
             where,
             error,
         ) from error
+
+
+def _is_default(held: tp.Any, field: pydantic.fields.FieldInfo) -> bool:
+    """Whether a field holds its default (pydantic copies a list or dict default; a
+    factory makes a new one each time)."""
+    default = field.default
+    if held is default:
+        return True
+    if field.default_factory is not None:
+        if getattr(field, "default_factory_takes_validated_data", False):
+            return False
+        try:
+            default = field.default_factory()  # type: ignore[call-arg]
+        except Exception:
+            return False
+    if type(held) is not type(default):
+        return False
+    try:
+        return bool(held == default)
+    except Exception:  # (arrays inside: no single truth value)
+        return False
+
+
+def _unvalidated_default(model: tp.Any, path: tuple[str | int, ...]) -> str | None:
+    """A hint when the value that has no json form is in a field's default, as written in
+    the class (pydantic validates given values, not defaults: ``n: int = np.prod(shape)``
+    holds a numpy int, which the field's annotation would have converted)."""
+    value = model
+    for part in path:
+        if isinstance(value, pydantic.BaseModel) and isinstance(part, str):
+            field = type(value).model_fields.get(part)
+            held = value.__dict__.get(part)
+            if field is not None and held is not None and _is_default(held, field):
+                return (
+                    f"the default of {type(value).__name__}.{part} ({held!r}) is used as "
+                    "written in the class, not validated by pydantic: write it as a plain "
+                    "value (float(...), int(...), .tolist()), or declare the field with "
+                    "pydantic.Field(<default>, validate_default=True)"
+                )
+            value = held
+        elif isinstance(value, dict):
+            value = value.get(part)
+        elif isinstance(value, list | tuple) and isinstance(part, int) and part < len(value):
+            value = value[part]
+        else:
+            return None
+    return None
 
 
 def _unserializable(
