@@ -932,6 +932,47 @@ class _ExtraOwner(pydantic.BaseModel):
         return self.optim.lr + self.data.optim.lr
 
 
+class _Scaled(pydantic.BaseModel):
+    model_config = FORBID
+    mult: dict[str, float] = {}
+
+
+class _DottedKeys(pydantic.BaseModel):
+    lr_mult: dict[str, float] = {}  # (by parameter name: "encoder.layer1")
+    scaled: list[_Scaled] = []
+    maybe: tp.Annotated[dict[str, list[int]], "doc"] | None = None
+    free: dict[str, tp.Any] = {}
+    epochs: int = 1
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return self.epochs
+
+
+def test_dotted_keys_of_dicts_of_plain_values_are_read_back(tmp_path: Path) -> None:
+    """config.yaml and clone_obj's merge read {"encoder.layer1": 0.1} as
+    {"encoder": {"layer1": 0.1}}, which a dict[str, float] refuses: clone_obj() of such a
+    config raised a ValidationError (to change any field), and iter_cached() skipped it."""
+    config = _DottedKeys(
+        lr_mult={"encoder.layer1": 0.1, "head": 2.0},
+        scaled=[{"mult": {"a.b.c": 0.5}}],
+        maybe={"x.y": [1]},
+        free={"k.v": 1},
+        infra={"folder": tmp_path},
+    )
+    config.process()
+    clone = config.infra.clone_obj()
+    assert clone.lr_mult == config.lr_mult and clone.scaled == config.scaled
+    assert clone.maybe == {"x.y": [1]}
+    assert clone.free == {"k": {"v": 1}}  # (values that may be dicts: cannot tell)
+    assert clone.infra.uid() == config.infra.uid()
+    assert config.infra.clone_obj({"epochs": 2}).lr_mult == config.lr_mult
+    changed = config.infra.clone_obj({"lr_mult.encoder.layer1": 0.2})
+    assert changed.lr_mult == {"encoder.layer1": 0.2, "head": 2.0}
+    assert [c.infra.uid() for c in config.infra.iter_cached()] == [config.infra.uid()]
+
+
 def test_dotted_extra_keys_naming_a_field_are_refused(tmp_path: Path) -> None:
     """An extra key "optim.lr" left the field optim at its default, yet had the uid of
     optim={"lr": 0.5} (read as a path): the two configs shared one cache folder, the

@@ -1474,7 +1474,7 @@ def _moved(
 def _from_config(cls: type[pydantic.BaseModel], data: dict[str, tp.Any]) -> tp.Any:
     """A config instance from an exported config (field names, not aliases; a dataclass
     naming its class, a subclass of the annotated one, built as that class)."""
-    data = identity.with_dataclass_instances(cls, data)
+    data = identity.with_dataclass_instances(cls, identity.with_dotted_keys(cls, data))
     if _BY_NAME:
         return cls.model_validate(data, by_name=True)
     return cls.model_validate(data)

@@ -1753,6 +1753,136 @@ def with_dataclass_instances(
     return _model_data(cls, data)
 
 
+def with_dotted_keys(cls: type[pydantic.BaseModel], data: dict[str, tp.Any]) -> dict[str, tp.Any]:
+    """An exported config with the dotted keys of its dicts of plain values made whole
+    again: a ConfDict (config.yaml, clone_obj's merge) reads ``{"enc.bias": 0.1}`` as
+    ``{"enc": {"bias": 0.1}}``, which a ``dict[str, float]`` field refuses. A dict there
+    cannot be a value, so it can only be the split of a dotted key (e.g. the parameter
+    names of a torch model). Fields that may hold a dict are left as they are."""
+    plan = _model_plan(cls)
+    return _planned_model(plan, data) if plan else data
+
+
+# What to do with a value to join its dotted keys back, from its annotation (compiled once
+# per model class): ("flat",) a dict of plain values; ("model", cls) a sub-config;
+# ("dict", spec) / ("list", spec) the values / items of a container, each by ``spec``.
+_Spec = tuple[tp.Any, ...]
+_PLANS: dict[type, dict[str, _Spec]] = {}
+# (a class updated in place, by %autoreload: what holds it may need another plan)
+CLASS_FORGETTERS.append(lambda cls: _PLANS.clear())
+_PLANNING: set[type] = set()  # (classes whose plan is being made: recursive ones)
+_MAX_DEPTH = 50  # (annotations or values nested deeper: left as they are)
+
+
+def _model_plan(cls: type[pydantic.BaseModel]) -> dict[str, _Spec]:
+    """The specs of the fields of a model class that may hold such dicts (memoized; a
+    recursive class sees its own plan, filled in place)."""
+    plan = _PLANS.get(cls)
+    if plan is None:
+        plan = _PLANS[cls] = {}
+        _PLANNING.add(cls)
+        try:
+            for name, field in cls.model_fields.items():
+                spec = _spec(field.annotation, 0)
+                if spec is not None:
+                    plan[name] = spec
+        finally:
+            _PLANNING.discard(cls)
+    return plan
+
+
+def _spec(hint: tp.Any, depth: int) -> _Spec | None:
+    hint = _unannotated(hint)
+    if depth > _MAX_DEPTH:
+        return None
+    if isinstance(hint, type) and issubclass(hint, pydantic.BaseModel):
+        return ("model", hint) if _model_plan(hint) or hint in _PLANNING else None
+    origin = tp.get_origin(hint)
+    args = tp.get_args(hint)
+    if origin is tp.Union or origin is types.UnionType:
+        members = [a for a in args if a is not type(None)]
+        return _spec(members[0], depth + 1) if len(members) == 1 else None  # (else: which?)
+    if not isinstance(origin, type):
+        return None
+    if issubclass(origin, collections.abc.Mapping) and len(args) == 2:
+        if not _admits_dict(args[1]):
+            return ("flat",)
+        inner = _spec(args[1], depth + 1)
+        return None if inner is None else ("dict", inner)
+    if issubclass(origin, collections.abc.Iterable) and args and (len(args) == 1 or args[1] is ...):
+        inner = _spec(args[0], depth + 1)
+        return None if inner is None else ("list", inner)
+    return None
+
+
+def _unannotated(hint: tp.Any) -> tp.Any:
+    while tp.get_origin(hint) is tp.Annotated:
+        hint = tp.get_args(hint)[0]
+    return hint
+
+
+def _admits_dict(hint: tp.Any, depth: int = 0) -> bool:
+    """Whether a value of this annotation may be a dict (conservative: unknown, yes)."""
+    hint = _unannotated(hint)
+    if depth > _MAX_DEPTH or hint is tp.Any or hint is object or isinstance(hint, tp.TypeVar):
+        return True
+    origin = tp.get_origin(hint)
+    if origin is tp.Union or origin is types.UnionType:
+        return any(_admits_dict(arg, depth + 1) for arg in tp.get_args(hint))
+    if origin is tp.Literal or hint is None or hint is type(None):
+        return False
+    cls = origin if origin is not None else hint
+    if not isinstance(cls, type):
+        return True
+    if issubclass(cls, collections.abc.Mapping | pydantic.BaseModel):
+        return True
+    if dataclasses.is_dataclass(cls) or tp.is_typeddict(cls):
+        return True
+    return hasattr(cls, "__get_pydantic_core_schema__")  # (its own schema: may take one)
+
+
+def _planned_model(plan: dict[str, _Spec], data: tp.Any, depth: int = 0) -> tp.Any:
+    if not isinstance(data, dict) or depth > _MAX_DEPTH:
+        return data
+    out = data
+    for name, spec in plan.items():
+        sub = data.get(name)
+        if sub is None:
+            continue
+        new = _planned(spec, sub, depth + 1)
+        if new is not sub:
+            out = dict(data) if out is data else out  # (plain: a ConfDict splits keys)
+            out[name] = new
+    return out
+
+
+def _planned(spec: _Spec, value: tp.Any, depth: int) -> tp.Any:
+    kind = spec[0]
+    if kind == "flat":
+        return _flattened(value) if isinstance(value, dict) else value
+    if kind == "model":
+        return _planned_model(_model_plan(spec[1]), value, depth)
+    if kind == "dict" and isinstance(value, dict):
+        return _mapped(value, lambda _, sub: _planned(spec[1], sub, depth + 1))
+    if kind == "list" and isinstance(value, list):
+        return _mapped(value, lambda _, sub: _planned(spec[1], sub, depth + 1))
+    return value
+
+
+def _flattened(value: dict[str, tp.Any]) -> dict[str, tp.Any]:
+    """A dict with its nested (non-empty) dicts as dotted keys."""
+    if not any(isinstance(sub, dict) and sub for sub in value.values()):
+        return value
+    out: dict[str, tp.Any] = {}
+    for key, sub in value.items():
+        if isinstance(sub, dict) and sub:
+            for inner, leaf in _flattened(sub).items():
+                out[f"{key}.{inner}"] = leaf
+        else:
+            out[key] = sub
+    return out
+
+
 _HOLDS_DATACLASSES: dict[type, bool] = {}
 
 
