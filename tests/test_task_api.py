@@ -533,6 +533,37 @@ class LayeredMap(pydantic.BaseModel):
             yield item * sum(self.scale)
 
 
+class _Steps(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    sizes: tp.Iterable[int] = (1,)
+
+
+class Iterated(pydantic.BaseModel):
+    sizes: tp.Iterable[int] = (1, 2)  # (pydantic: a value given here is a one-pass iterator)
+    steps: _Steps = _Steps()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def train(self) -> int:
+        return sum(self.sizes)
+
+
+def test_a_one_pass_iterator_consumed_by_the_uid_is_named(tmp_path: Path) -> None:
+    """A value given to a tp.Iterable field is validated lazily by pydantic, and the
+    dump that makes the uid consumes it: the compute refused it as "changed in place",
+    with no word on what changed it (no code of the user's). The error says so."""
+    assert Iterated(infra={"folder": tmp_path}).train() == 3  # (a default: not validated)
+    folder = {"folder": tmp_path}
+    for name, config in [
+        ("Iterated.sizes", Iterated(sizes=[1, 2, 3], infra=folder)),
+        ("_Steps.sizes", Iterated(steps={"sizes": [4]}, infra=folder)),
+    ]:
+        with pytest.raises(RuntimeError, match="changed in place") as error:
+            config.train()
+        assert f"{name} is a one-pass iterator" in str(error.value)
+        assert "tp.Sequence[int]" in str(error.value)
+
+
 def test_a_config_changed_in_place_after_its_uid_is_not_computed(tmp_path: Path) -> None:
     """A list or dict changed in place after the uid was computed (a plan, a printed
     folder): the result of the new values was cached under the old values' uid."""

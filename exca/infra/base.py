@@ -7,6 +7,7 @@ lives in a ``__slots__`` attribute, so it never enters dumps, equality or pickle
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import contextvars
 import copy
@@ -736,6 +737,7 @@ class BaseInfra(pydantic.BaseModel):
             f"The config of {self.uid()} was changed in place after its uid was computed "
             f"({shown}): its result would be cached under the uid of the old values. "
             "Build a new config instead, e.g. infra.clone_obj({...}) with the new values"
+            + _one_pass_iterators(runtime.models)
         )
 
     def _check_defaults(
@@ -1490,6 +1492,25 @@ def _value_at(value: tp.Any, path: tuple[str, ...]) -> tp.Any:
         else:
             value = next(v for k, v in value.items() if str(k) == part)
     return value
+
+
+def _one_pass_iterators(models: tp.Iterable[pydantic.BaseModel]) -> str:
+    """What to say of the fields of a config holding one-pass iterators: a value given to
+    a ``tp.Iterable`` field is validated lazily by pydantic, and the dump that made the
+    uid consumed it (the config seems changed in place, by no code of the user's)."""
+    names = [
+        f"{type(model).__name__}.{name}"
+        for model in models
+        for name, value in model.__dict__.items()
+        if isinstance(value, collections.abc.Iterator)
+    ]
+    if not names:
+        return ""
+    return (
+        f". Here {', '.join(names)} is a one-pass iterator: pydantic validates a value given "
+        "to a tp.Iterable field lazily, and computing the uid consumed it (not your code). "
+        "Annotate the field as a container (tp.Sequence[int], list[int], tuple[int, ...])"
+    )
 
 
 def _check_field_path(owner: pydantic.BaseModel, name: str) -> None:
