@@ -2664,6 +2664,18 @@ class _NumpyDefaultsValidated(pydantic.BaseModel):
         return self.size
 
 
+class _DtypeDefault(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    dtype: tp.Any = pydantic.Field(
+        default_factory=lambda: __import__("numpy").dtype("float32"), validate_default=True
+    )
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
 def test_a_numpy_default_gets_a_hint_about_defaults() -> None:
     """A default written with numpy (``size: int = np.prod(shape)``) is not validated
     by pydantic: the field holds a numpy int. The error said to annotate the field with a
@@ -2678,6 +2690,10 @@ def test_a_numpy_default_gets_a_hint_about_defaults() -> None:
     with pytest.raises(TypeError, match=message) as error:
         _WithNumpyInside(sub={"extra": __import__("numpy").float32(0.5)}).infra.uid()
     assert "default" not in str(error.value).split("json form:")[1]
+    # a default that validation would not give a json form: the hint for any value
+    with pytest.raises(TypeError, match=r"_DtypeDefault\.dtype.*annotate the field") as error:
+        _DtypeDefault().infra.uid()
+    assert "validate_default" not in str(error.value)
     # the advice followed: the default is validated, and it is the default
     assert _NumpyDefaultsValidated().infra.uid().endswith("/default")
     assert "size=13" in _NumpyDefaultsValidated(size=13).infra.uid()

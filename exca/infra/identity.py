@@ -720,6 +720,18 @@ def _is_default(held: tp.Any, field: pydantic.fields.FieldInfo) -> bool:
         return False
 
 
+def _exports_once_validated(held: tp.Any, field: pydantic.fields.FieldInfo) -> bool:
+    """Whether a default, validated by its field's annotation, has a json form (a numpy
+    int for an ``int``: yes; an arbitrary type such as a numpy dtype: no, validating the
+    default would not help)."""
+    try:
+        adapter: pydantic.TypeAdapter[tp.Any] = pydantic.TypeAdapter(field.annotation or tp.Any)
+        pydantic_core.to_jsonable_python(adapter.validate_python(held))
+    except Exception:
+        return False
+    return True
+
+
 def _unvalidated_default(model: tp.Any, path: tuple[str | int, ...]) -> str | None:
     """A hint when the value that has no json form is in a field's default, as written in
     the class (pydantic validates given values, not defaults: ``n: int = np.prod(shape)``
@@ -729,7 +741,12 @@ def _unvalidated_default(model: tp.Any, path: tuple[str | int, ...]) -> str | No
         if isinstance(value, pydantic.BaseModel) and isinstance(part, str):
             field = type(value).model_fields.get(part)
             held = value.__dict__.get(part)
-            if field is not None and held is not None and _is_default(held, field):
+            if (
+                field is not None
+                and held is not None
+                and _is_default(held, field)
+                and _exports_once_validated(held, field)
+            ):
                 return (
                     f"the default of {type(value).__name__}.{part} ({held!r}) is used as "
                     "written in the class, not validated by pydantic: write it as a plain "
