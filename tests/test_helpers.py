@@ -1249,3 +1249,57 @@ def test_a_cached_error_of_a_script_function_edited_since_says_so(tmp_path: Path
     assert "not yet" in again.stderr and note not in again.stderr  # (the same code)
     fixed = run("return x * 2")
     assert fixed.returncode != 0 and "not yet" in fixed.stderr and note in fixed.stderr
+
+
+class _Coach(pydantic.BaseModel):
+    star: Animal = Bird(wingspan=1.0)
+    pet: Animal = pydantic.Field(default_factory=Dog)
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def count(self) -> int:
+        return 1
+
+
+def test_discriminated_subclass_defaults() -> None:
+    """``star: Animal = Bird()`` and ``Field(default_factory=Dog)``: the default is the
+    subclass, its config is the default one, and an exported config comes back as it."""
+    coach = _Coach()
+    assert type(coach.star) is Bird and coach.star.wingspan == 1.0 and type(coach.pet) is Dog
+    assert coach.infra.uid().endswith("/default")
+    assert coach.infra.uid() == _Coach(star=Bird(wingspan=1.0), pet=Dog()).infra.uid()
+    full = coach.infra.config(uid=False, exclude_defaults=False)
+    assert full["star.type"] == "Bird" and full["pet.type"] == "Dog"
+    back = _Coach(**ConfDict.from_yaml(full.to_yaml()))
+    assert type(back.star) is Bird and type(back.pet) is Dog
+    assert back.infra.uid() == coach.infra.uid()
+    other = _Coach(star=Bird(wingspan=2.0))  # (a changed default keeps its key)
+    short = ConfDict.from_yaml(other.infra.config(uid=False, exclude_defaults=True).to_yaml())
+    assert short["star"] == {"type": "Bird", "wingspan": 2.0}
+    assert _Coach(**short).infra.uid() == other.infra.uid() != coach.infra.uid()
+
+
+def test_discriminated_plain_default_is_explained() -> None:
+    """``pet: Animal = "Dog"``: pydantic does not validate defaults, the field holds the
+    string; the export said "type object 'str' has no attribute '__pydantic_serializer__'"
+    with a hint about numpy values. It now says what to write instead."""
+
+    class Kennel(pydantic.BaseModel):
+        pet: Animal = "Dog"  # type: ignore[assignment]
+        infra: TaskInfra = TaskInfra()
+
+        @infra.apply
+        def count(self) -> int:
+            return 1
+
+    with pytest.raises(TypeError) as error:
+        Kennel().infra.uid()
+    message = str(error.value)
+    assert "Kennel.pet" in message and "'Dog' (str)" in message
+    assert "default_factory=Dog" in message and "validate_default=True" in message
+    assert "numpy" not in message and "__pydantic_serializer__" not in message
+
+    class Validated(pydantic.BaseModel):  # (the written fix works)
+        pet: Animal = pydantic.Field("Dog", validate_default=True)
+
+    assert type(Validated().pet) is Dog

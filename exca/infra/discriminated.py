@@ -112,6 +112,8 @@ class DiscriminatedModel(pydantic.BaseModel):
 
     @pydantic.model_serializer(mode="wrap")
     def _exca_serialize(self, handler: tp.Any, info: pydantic.SerializationInfo) -> tp.Any:
+        if not isinstance(self, DiscriminatedModel):
+            raise TypeError(_raw_default_message(self))
         if _SERIALIZING.get() == id(self):
             data = handler(self)
         else:  # a field typed as the base holds a subclass: dump the subclass's fields
@@ -136,6 +138,21 @@ class DiscriminatedModel(pydantic.BaseModel):
     def _exca_uid_prefix(self) -> dict[str, tp.Any]:
         """Always part of a uid: the discriminator selects the class."""
         return {self._exca_discriminator_key: type(self).__name__}
+
+
+def _raw_default_message(value: tp.Any) -> str:
+    """Why a field typed as a family holds a plain value: pydantic does not validate field
+    defaults, so ``optim: Optim = "Adam"`` (or a dict) stays a string in every instance."""
+    names = [value] if isinstance(value, str) else []
+    if isinstance(value, dict):  # (the class named under the key, whichever key it is)
+        names = [v for v in value.values() if isinstance(v, str) and v.isidentifier()]
+    example = names[0] if names else "Child"
+    return (
+        f"a field typed as a DiscriminatedModel holds {value!r} "
+        f"({type(value).__name__}), not a model: pydantic does not validate field defaults; "
+        f"write an instance as default ({example}()), pydantic.Field(default_factory="
+        f"{example}), or pydantic.Field({value!r}, validate_default=True)"
+    )
 
 
 def _other_class(known: type, new: type) -> bool:

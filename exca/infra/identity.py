@@ -619,6 +619,12 @@ def export_field(parent: pydantic.BaseModel, name: str) -> dict[str, tp.Any]:
 _DUMP_ERRORS = (pydantic_core.PydanticSerializationError, UnicodeDecodeError)
 
 
+# DiscriminatedModel's serializer given a plain value (see discriminated._raw_default_message)
+_RAW_DEFAULT = re.compile(
+    r"(a field typed as a DiscriminatedModel holds .*validate_default=True\))"
+)
+
+
 class Unexportable(TypeError):
     """A config value with no json form (``where``: its dotted path, with the class)."""
 
@@ -680,6 +686,13 @@ def json_dump(
                 return dumped
         where = ".".join(str(p) for p in failing[0]) if failing and failing[0] else ""
         where = f"{type(model).__name__}.{where}" if where else type(model).__name__
+        raw = _RAW_DEFAULT.search(str(error))
+        if raw:  # (a family's field holding its unvalidated default: the hint is its own)
+            raise Unexportable(
+                f"Cannot export {where} into a config (uid, yaml files): {raw.group(1)}",
+                where,
+                error,
+            ) from error
         hint = _unvalidated_default(model, failing[0] if failing else ()) or (
             "bytes are exported as utf-8 text: set model_config = pydantic.ConfigDict("
             "ser_json_bytes='base64', val_json_bytes='base64') (both: config.yaml and "
