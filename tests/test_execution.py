@@ -411,6 +411,8 @@ def test_a_local_job_killed_by_a_signal_says_which(tmp_path: Path, short_result_
     with pytest.raises(JobFailedError, match=r"killed by SIGKILL: out of memory"):
         task.process()
     assert task.infra.status() == "failed"
+    # (why, in python too: the call's error, as `exca list` says it)
+    assert "killed by SIGKILL" in str(task.infra.failure())
     assert "killed by SIGKILL (signal 9)" in (task.infra.job().stderr() or "")
     (info,) = exca.ops.inspect(tmp_path)
     assert "killed by SIGKILL" in (info.error or "")

@@ -289,6 +289,47 @@ def test_job_of_failing_task(tmp_path: Path) -> None:
     assert job.state == "FAILED"
 
 
+class _OddFails(pydantic.BaseModel):
+    infra: MapInfra = MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def apply(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            if item % 2:
+                raise ValueError(f"odd item {item}")
+            yield item
+
+
+def test_failure_says_why_status_is_failed(tmp_path: Path) -> None:
+    """status() is a plain "failed" (SPEC), and only `exca list` said why: failure() gives
+    the error a call raises, reading only (in mode retry too: nothing computed)."""
+    task = Task(param=13, fail=True, infra={"folder": tmp_path})
+    assert task.infra.failure() is None  # (not submitted: no failure)
+    with pytest.raises(KeyError):
+        task.process()
+    assert task.infra.status() == "failed"
+    error = task.infra.failure()
+    assert isinstance(error, KeyError) and "param=13" in str(error)
+    retry = Task(param=13, fail=True, infra={"folder": tmp_path, "mode": "retry"})
+    before = _count("task", 13)
+    assert isinstance(retry.infra.failure(), KeyError)
+    assert _count("task", 13) == before and retry.infra.status() == "failed"
+    done = Task(param=14, infra={"folder": tmp_path})
+    done.process()
+    assert done.infra.failure() is None and done.process.node().failure() is None
+    assert isinstance(task.process.node().failure(), KeyError)  # (a node says it too)
+    mapper = _OddFails(infra={"folder": tmp_path})
+    node = mapper.apply.node([2, 3])
+    with pytest.raises(ValueError):
+        node.result()
+    assert node.status() == "failed"
+    said = node.failure()
+    assert isinstance(said, ValueError) and "odd item 3" in str(said)
+    assert mapper.apply.node([2]).failure() is None
+    with pytest.raises(AttributeError, match=r"failure\(\)"):
+        mapper.infra.failure()
+
+
 def test_job_state_without_a_folder() -> None:
     """Nothing stored: the job's state comes from what it holds (a failure said FINISHED)."""
     failed = Task(param=12, fail=True).infra.job()

@@ -8,7 +8,7 @@ from ..storage.cachedict import keeping_files
 from ..storage.dumping import PAYLOAD_ERRORS
 from . import calls, store
 from .decisions import check_node, collect
-from .errors import NodeFailures, as_bool
+from .errors import JobFailedError, NodeFailures, as_bool
 from .jobs import Job
 from .node import TASK_KEY, Node, reading_only
 from .planning import Plan
@@ -196,6 +196,44 @@ def _status(node: Node) -> str:
         for r in records
     )
     return "failed" if failed else "not submitted"
+
+
+def failure(node: Node) -> BaseException | None:
+    """Why ``status(node)`` is "failed" (None when it is not): the error a call in mode
+    cached raises, without computing or submitting anything (a task's cached error, or how
+    its job ended: cancelled, killed, timed out; a map's first item error, or its items a
+    job ended without writing)."""
+    check_node(node)
+    with keeping_files():
+        if node.kind == "task":
+            return calls.task_failure(node)
+        if _status(node) != "failed":
+            return None
+        return _map_failure(node)
+
+
+def _map_failure(node: Node) -> BaseException:
+    from . import registry
+    from .errors import items_not_computed, retry_hint
+    from .executors import recorded_handle
+
+    uids = store.map_item_uids(node)
+    cached = first_item_error(node, uids)
+    if cached is not None:
+        return cached
+    damaged = node.cache.damaged(uids)
+    if damaged:
+        try:
+            node.cache[damaged[0]]
+        except Exception as error:
+            return error
+    missing = node.cache.missing(uids)
+    what = items_not_computed(missing, node.uid)
+    records = [r for r in registry.read_all(node.folder) if not registry.wrote_outcome(r)]
+    if not records:
+        return JobFailedError(f"{what}: their job ended without writing them", missing)
+    how = retry_hint(recorded_handle(records[-1]).ended_how(), items=True)
+    return JobFailedError(f"{what}: {how}", missing)
 
 
 def job(node: Node) -> Job:

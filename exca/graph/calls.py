@@ -86,14 +86,36 @@ def _check_node_code(node: Node) -> None:
         check_code(node.cache, func, node.uid)
 
 
-def task_status(node: Node) -> tp.Literal["not submitted", "running", "completed", "failed"]:
+Status = tp.Literal["not submitted", "running", "completed", "failed"]
+
+
+def task_status(node: Node) -> Status:
     """State of a task node's computation, from its cache and its recorded job. Reads
     only: it frees no file of an ended writer (reclaim.py), as a plan does not."""
     with keeping_files():
-        return _task_status(node)
+        return _task_status(node)[0]
 
 
-def _task_status(node: Node) -> tp.Literal["not submitted", "running", "completed", "failed"]:
+def task_failure(node: Node) -> BaseException | None:
+    """Why ``task_status`` says "failed" (None otherwise): the error a call in mode cached
+    raises (a cached error, how its job ended...), read only: nothing computed or sent."""
+    with keeping_files():
+        why = _task_status(node)[1]
+        return None if why is None else why()
+
+
+def _raised(read: tp.Callable[[], tp.Any]) -> BaseException:
+    """The error ``read`` raises (a cached error re-raised by a read of the result)."""
+    try:
+        read()
+    except Exception as error:
+        return error
+    return RuntimeError("no error")  # (replaced meanwhile: a result is cached now)
+
+
+def _task_status(node: Node) -> tuple[Status, tp.Callable[[], BaseException] | None]:
+    """The status, and for "failed" a function building the error saying why (built only
+    when asked: status() is called in polling loops)."""
     state = store.task_state(node, refresh=True)
     if state == "done" and node.cache.payload_present(TASK_KEY) is False:
         # (its file removed outside exca: a call raises, a plan says fail; or replaced since
@@ -101,41 +123,61 @@ def _task_status(node: Node) -> tp.Literal["not submitted", "running", "complete
         node.cache.refresh()
         state = store.task_state(node)
         if state == "done" and node.cache.payload_present(TASK_KEY) is False:
-            return "failed"
+            return "failed", lambda: _raised(lambda: store.task_result(node))
     if node.force_state.get("job") is not None:  # (this instance's force went to a job)
         from .decisions import forcing_job
 
         own = forcing_job(node)
         if own is not None:  # running (what is cached meanwhile is an earlier job's), or
             # ended without computing: the force did not happen (see Job.result)
-            return "running" if own[1] else "failed"
+            if own[1]:
+                return "running", None
+            return "failed", lambda: _forced_failure(node, own[0])
     if state == "done":
         if not any(n.pending_force for n in node.closure):
             try:  # (as a call does: a result of other class defaults is not this one's)
                 node.check_defaults()
-            except RuntimeError:
-                return "failed"
-        return "completed"
+            except RuntimeError as error:
+                refused: BaseException = error  # (``error`` is unbound after the block)
+                return "failed", lambda: refused
+        return "completed", None
     if state == "error":
-        return "failed"
+        return "failed", lambda: _raised(lambda: store.task_result(node))
     record = registry.latest(node.folder)
     if record is not None and record.cluster == "debug":
         record = None  # (run by its submitting process, like cluster=None: claims tell)
     if record is not None and registry.is_active(record):
-        return "running"
+        return "running", None
     if record is not None and record.cluster == "slurm" and registry.is_active(record):
-        return "running"  # (a second look: squeue can miss a job for an instant)
+        return "running", None  # (a second look: squeue can miss a job for an instant)
     # computed by a worker: here or in another process (no job needed); a removal's hold
     # computes nothing: the folder is as the removal found it, until it is gone
     if being_computed(node, holds=False):
-        return "running"
+        return "running", None
     if record is None or registry.wrote_outcome(record):
-        return "not submitted"  # (an outcome removed since, e.g. by an interrupted force)
+        return "not submitted", None  # (an outcome removed since, e.g. by an interrupted force)
     from .executors import ended_by_method_interrupt
 
     if ended_by_method_interrupt(record):  # (not its failure: the next call computes it)
-        return "not submitted"
-    return "failed"
+        return "not submitted", None
+    return "failed", lambda: _lost_job_failure(node, record)
+
+
+def _lost_job_failure(node: Node, record: registry.JobRecord) -> BaseException:
+    """The error of a call after its job ended without writing its result (cancelled,
+    killed, timed out), as the call says it."""
+    from .errors import retry_hint
+    from .executors import recorded_handle
+
+    how = recorded_handle(record).ended_how()
+    return JobFailedError(f"{node.uid} not computed: {retry_hint(how)}")
+
+
+def _forced_failure(node: Node, record: registry.JobRecord) -> BaseException:
+    from .executors import recorded_handle
+    from .jobs import force_failure
+
+    return force_failure(node, recorded_handle(record))
 
 
 def being_computed(node: Node, holds: bool = True) -> bool:

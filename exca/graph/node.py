@@ -614,6 +614,12 @@ class Node:
 
         return status(self)
 
+    def failure(self) -> BaseException | None:
+        """Why ``status()`` is "failed" (None otherwise): see ``exca.graph.api.failure``."""
+        from .api import failure
+
+        return failure(self)
+
     def job(self) -> tp.Any:
         from .api import job
 

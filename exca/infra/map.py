@@ -473,6 +473,9 @@ class MapInfra(BaseInfra, SubmititMixin):
     def status(self) -> tp.NoReturn:
         self._per_item("status()", "call its .status()")
 
+    def failure(self) -> tp.NoReturn:
+        self._per_item("failure()", "call its .failure()")
+
     def clear_job(self) -> tp.NoReturn:
         self._per_item("clear_job()", "call its .clear() (it removes those items' outputs)")
 

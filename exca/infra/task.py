@@ -523,6 +523,13 @@ class TaskInfra(BaseInfra, SubmititMixin):
         self._refuse_inputs("status()", "call its .status()")
         return calls.task_status(self._node())
 
+    def failure(self) -> BaseException | None:
+        """Why ``status()`` is "failed" (None when it is not): the error a call raises (the
+        method's cached error, or how its job ended: cancelled, killed, timed out...), as
+        ``exca list`` says it. Reads only, in any mode: nothing is computed or submitted."""
+        self._refuse_inputs("failure()", "call its .failure()")
+        return calls.task_failure(self._node())
+
     def clear_job(self) -> None:
         """Cancel a running job and remove the result (or the cached error), with the job
         records (``jobs/``), the ``submitit`` link, ``code`` and ``config.yaml``; uid.yaml and
