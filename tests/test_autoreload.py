@@ -343,3 +343,38 @@ def test_autoreload_2_keeps_the_state_of_modules_exca_does_not_use(
         assert plain.STATE is state
     finally:
         sys.modules.pop("plain_module", None)
+
+
+def test_autoreload_of_a_class_imported_by_name_warns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Inner's module edited (a new field y, x's default 1 -> 2) and reloaded, Outer's
+    (``from reloaded_inner import Inner``) not: Outer's validation and defaults were built
+    by the old Inner, which autoreload cannot redo in place: Outer() kept x=1 (computed
+    and cached so), Outer(inner={"y": 3}) was refused as extra, silently. It is said."""
+    (tmp_path / "reloaded_inner.py").write_text(INNER)
+    (tmp_path / "reloaded_outer.py").write_text(OUTER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    inner_module = importlib.import_module("reloaded_inner")
+    outer_module = importlib.import_module("reloaded_outer")
+    try:
+        Outer = outer_module.Outer
+        (tmp_path / "reloaded_inner.py").write_text(INNER + "\n# a comment\n")
+        with caplog.at_level("WARNING", logger="exca"):
+            autoreload.superreload(inner_module, old_objects=OLD)
+        assert "autoreload" not in caplog.text  # (Inner itself unchanged: nothing said)
+        edited = INNER.replace("x: int = 1", "x: int = 2\n    y: int = 0")
+        (tmp_path / "reloaded_inner.py").write_text(edited)
+        with caplog.at_level("WARNING", logger="exca"):
+            autoreload.superreload(inner_module, old_objects=OLD)
+        assert Outer().inner.x == 1  # (the limit: the class body made that default)
+        with pytest.raises(pydantic.ValidationError, match="y"):
+            Outer(inner={"y": 3})
+        said = caplog.text
+        assert "reloaded reloaded_inner.Inner, which reloaded_outer.Outer holds" in said
+        assert "reload reloaded_outer too" in said
+        assert said.count("%autoreload") == 1
+    finally:
+        for name in ("reloaded_inner", "reloaded_outer"):
+            sys.modules.pop(name, None)
+        OLD.clear()

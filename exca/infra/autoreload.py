@@ -5,6 +5,7 @@ methods, with their class default infra and options; the freeze guard of their c
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 import types
 import typing as tp
@@ -13,6 +14,8 @@ import pydantic
 
 from . import freezing, identity
 from .method import OWNERS, InfraMethod
+
+logger = logging.getLogger("exca")
 
 
 def follow() -> None:
@@ -35,6 +38,7 @@ def follow() -> None:
         # never a match, the update is the next rule's)
         if isinstance(old, type) and isinstance(new, type):
             identity.classes_changed()
+            _warn_stale_holders(old, new)
         return False
 
     def infra_methods(old: tp.Any, new: tp.Any) -> bool:
@@ -168,3 +172,48 @@ def _classes_in(annotations: list[tp.Any]) -> tp.Iterator[type]:
         origin = tp.get_origin(annotation)
         if origin is not None:
             stack.append(origin)
+
+
+def _warn_stale_holders(old: type, new: type) -> None:
+    """A model of a reloaded module held by the fields of a model of another module (or
+    a notebook cell) that was not reloaded (``from inner import Inner``): that model's
+    validation was built from the old class and its defaults were made by it, so it keeps
+    them (its default still the old values, the new fields refused as extra, new instances
+    refused). Nothing in place can rebuild what its module's body made: say so."""
+    if not issubclass(old, pydantic.BaseModel) or not issubclass(new, pydantic.BaseModel):
+        return
+    if _definition(old) == _definition(new):  # (another part of its module edited)
+        return
+    for holder in sorted(_classes_exca_uses(), key=lambda c: (c.__module__, c.__qualname__)):
+        if holder.__module__ == old.__module__ or not issubclass(holder, pydantic.BaseModel):
+            continue
+        annotations = [field.annotation for field in holder.model_fields.values()]
+        if old in set(_classes_in(annotations)):
+            where = (
+                "run the cell defining it again"
+                if holder.__module__ == "__main__"
+                else f"reload {holder.__module__} too (importlib.reload), or restart the kernel"
+            )
+            logger.warning(
+                "%%autoreload reloaded %s.%s, which %s.%s holds in its fields: unless its "
+                "module is reloaded too, it keeps the old %s (its field defaults and their "
+                "validation: new fields refused, edited defaults not seen), and so do its "
+                "configs' uids and results: %s",
+                old.__module__,
+                old.__qualname__,
+                holder.__module__,
+                holder.__qualname__,
+                old.__name__,
+                where,
+            )
+
+
+def _definition(cls: type[pydantic.BaseModel]) -> tp.Any:
+    """What a model's holders were built from: its fields' annotations and defaults."""
+    try:
+        return {
+            name: (repr(field.annotation), repr(field.default), repr(field.default_factory))
+            for name, field in cls.model_fields.items()
+        } | {"#config": repr(cls.model_config)}
+    except Exception:  # (a field whose repr fails: taken as changed)
+        return object()
