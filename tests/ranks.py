@@ -63,6 +63,21 @@ class RankedTask(pydantic.BaseModel):
         return f"rank {rank} of {count}"
 
 
+class RankedFailing(pydantic.BaseModel):
+    """Rank ``failing_rank`` raises once every rank met (the others return)."""
+
+    meeting: str
+    failing_rank: int = 1
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def train(self) -> str:
+        rank, count = _meet_every_rank(Path(self.meeting), "train")
+        if rank == self.failing_rank:
+            raise ValueError(f"rank {rank} went another way")
+        return f"rank {rank} of {count}"
+
+
 class RankedMap(pydantic.BaseModel):
     """Item 13 raises (on every rank, or on rank 0 only), after the call met the other
     ranks. ``returns_list``: the method returns a list (each call meets the other ranks

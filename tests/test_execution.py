@@ -3991,6 +3991,30 @@ def test_every_rank_of_a_multi_task_local_job_runs_the_method(tmp_path: Path) ->
 
 
 @pytest.mark.timeout(180)
+def test_a_multi_task_job_whose_other_rank_raises_fails_naming_it(tmp_path: Path) -> None:
+    """tasks_per_node=2, rank 1 raising where rank 0 returns: rank 0's result was cached
+    and returned, the error only in rank 1's log. The call raises, naming the rank and its
+    log; the error is cached (the next call raises it, no job)."""
+    from ranks import RankedFailing
+
+    infra = {"folder": tmp_path / "cache", "cluster": "local", "tasks_per_node": 2}
+    task = RankedFailing(meeting=str(tmp_path / "meeting"), infra=infra)
+    with pytest.raises(RuntimeError, match=r"Rank 1 of 2 raised ValueError: rank 1 went") as info:
+        task.train()  # (it returned rank 0's result, "rank 0 of 2")
+    assert type(info.value).__name__ == "RankFailed"
+    log = re.search(r"its log: (\S+_1_log\.err)\)", str(info.value))
+    assert log is not None, info.value
+    assert "rank 1 went another way" in Path(log.group(1)).read_text()
+    assert task.infra.status() == "failed"
+    again = RankedFailing(meeting=str(tmp_path / "meeting"), infra=infra)
+    with pytest.raises(RuntimeError, match="Rank 1 of 2"):
+        again.train()
+    assert len(calls(tmp_path / "meeting" / "calls.txt")) == 2  # (one job, two ranks)
+    fine = RankedFailing(meeting=str(tmp_path / "meeting"), failing_rank=5, infra=infra)
+    assert fine.train() == "rank 0 of 2"  # (every rank returned: rank 0's result)
+
+
+@pytest.mark.timeout(180)
 def test_a_jobs_result_file_and_its_ranks_calls_take_the_caches_permissions(
     tmp_path: Path,
 ) -> None:

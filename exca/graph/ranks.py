@@ -63,6 +63,7 @@ class Announcer:
         self.permissions = permissions
         self.thread = threading.get_ident()  # (the job's: its nested calls are announced)
         self.depth = 0  # (nested calls of that thread in progress)
+        self.task_call: int | None = None  # (the number of the unit's task call, announced)
         # (the starts of those whose bracket is not written yet: a nested call announcing
         # no call inside is one message, see led)
         self.pending: list[dict[str, tp.Any]] = []
@@ -173,6 +174,8 @@ def announce(node_uid: str, uids: list[str] | None, shared: bool = True) -> Call
     elif announcer.node_uid != node_uid:
         return None
     index = announcer.write({"uids": uids, "node": node_uid})
+    if uids is None and not announcer.depth:
+        announcer.task_call = index  # (the other ranks report how theirs ended: see others)
     if uids is not None and len(uids) > 1:
         return Call(announcer.folder / f"{index}{_AT}", announcer.permissions)
     return None
@@ -239,6 +242,102 @@ def raise_rank_zero_error(info: dict[str, str], what: str) -> tp.NoReturn:
         error = RankZeroFailed(f"{info['type']}: {info['message']}")
     error.add_note(f"exca: raised by rank 0's call of {what} (this rank followed it)")
     raise error
+
+
+_OUTCOME = ".rank"  # (after a call's number, then a rank: how that rank's call ended)
+_FOLLOWER = "rank-"  # (then a rank: the process of a rank following rank 0's calls)
+
+
+class RankFailed(RuntimeError):
+    """Another rank than 0 of a multi-task job raised in (or died during) the unit's task
+    call, which rank 0 made without error: its result is not that of the job's ranks."""
+
+
+def check_other_ranks(node_uid: str) -> None:
+    """Rank 0, its unit's task call made without error: wait for the other ranks to end
+    that call too, and raise RankFailed naming the first that raised (or died), with its
+    log: its result is not cached (a rank's error was only in that rank's log, and rank
+    0's result was cached as the job's). A rank still running it is waited for (its
+    collectives meet the others: the ranks end their calls together)."""
+    if not _ANNOUNCER or threading.get_ident() != _ANNOUNCER[0].thread:
+        return
+    announcer = _ANNOUNCER[0]
+    index = announcer.task_call
+    if announcer.node_uid != node_uid or announcer.depth or index is None:
+        return
+    announcer.task_call = None
+    since, tasks = time.monotonic(), job_rank()[1]
+    for rank in range(1, tasks):
+        outcome = _poll_rank(announcer.folder, index, rank, since)
+        error = outcome.get("error")
+        if error is not None:
+            said = f"raised {error['type']}: {error['message']}"
+        elif outcome.get("gone"):
+            said = f"did not end its call: {outcome['gone']}"
+        else:
+            continue
+        raise RankFailed(
+            f"Rank {rank} of {tasks} {said} (its log: {outcome.get('log') or rank_log(rank)})"
+            "; rank 0's call ended without error, but its result is not cached: every rank "
+            "of a multi-task job must succeed"
+        )
+
+
+def _poll_rank(folder: Path, index: int, rank: int, since: float) -> dict[str, tp.Any]:
+    """How ``rank`` ended call ``index`` (waited for); an error when it died before."""
+    path = folder / f"{index}{_OUTCOME}{rank}.json"
+    delay = 0.01
+    checked = time.monotonic()
+    while True:
+        try:
+            found: dict[str, tp.Any] = json.loads(path.read_text(encoding="utf8"))
+            return found
+        except FileNotFoundError:
+            pass
+        time.sleep(delay)
+        delay = min(delay * 1.5, POLL_MAX_S)
+        if time.monotonic() - checked > 1.0:
+            checked = time.monotonic()
+            gone = _follower_gone(folder, rank, since)
+            if gone is not None and not path.exists():
+                return {"gone": gone}
+
+
+def rank_log(rank: int) -> str:
+    """The log (stderr) of a rank of this job."""
+    import submitit
+    from submitit.core.utils import JobPaths
+
+    try:
+        env = submitit.JobEnvironment()
+        return str(JobPaths(env.paths.folder, job_id=env.job_id, task_id=rank).stderr)
+    except Exception:
+        return "unknown"
+
+
+def _follower_gone(folder: Path, rank: int, since: float) -> str | None:
+    """Why ``rank`` will not report (it died: killed, out of memory...), or None."""
+    try:
+        info = json.loads((folder / f"{_FOLLOWER}{rank}.json").read_text(encoding="utf8"))
+    except (FileNotFoundError, ValueError):
+        if time.monotonic() - since > STARTUP_S:
+            return f"it did not start following rank 0's calls in {STARTUP_S:.0f} s"
+        return None
+    if process.is_alive(info["host"], info["pid"], info.get("start")) is False:
+        return f"it ended (pid {info['pid']}, killed?) before ending this call"
+    return None
+
+
+def report_outcome(call: Followed, error: BaseException | None) -> None:
+    """Another rank than 0 ended the unit's task call (``error``: what it raised): rank
+    0 waits for this before caching its result (see check_other_ranks)."""
+    index = call.at.name[: -len(_AT)]
+    rank = job_rank()[0]
+    data: dict[str, tp.Any] = {"error": None, "log": None}
+    if error is not None:
+        data["error"] = {"type": type(error).__name__, "message": str(error)[:2_000]}
+        data["log"] = rank_log(rank)
+    _write_json(call.at.parent / f"{index}{_OUTCOME}{rank}.json", data)
 
 
 def end() -> None:
@@ -459,6 +558,10 @@ def announced(permissions: int | None = None) -> tp.Iterator[Followed]:
     this rank stops following: then it is done with them, see ``_done``)."""
     _CURSOR[:] = [cursor := _Cursor()]
     ACTIVE[:] = [True]
+    me = {"host": process.hostname(), "pid": os.getpid(), "start": process.self_start_time()}
+    with contextlib.suppress(OSError):  # (rank 0 tells a rank that died: see _follower_gone)
+        make_folder(cursor.folder, permissions)
+        _write_json(cursor.folder / f"{_FOLLOWER}{job_rank()[0]}.json", me, permissions)
     try:
         yield from cursor.calls("end")
     finally:

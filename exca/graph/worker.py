@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import typing as tp
 from pathlib import Path
 
@@ -346,6 +347,7 @@ def _follow_rank_zero(unit: Unit) -> Report:
     node = unit.node
     by_uid = dict(zip(unit.uids or (), unit.items or ()))
     for call in ranks.announced(getattr(node.cache, "permissions", None)):
+        failure: Exception | None = None
         try:
             if call.uids is None:
                 node.function(**_inputs(node))
@@ -353,10 +355,15 @@ def _follow_rank_zero(unit: Unit) -> Report:
                 _follow_items(node, call, [by_uid[uid] for uid in call.uids])
         except ranks.LeadGone:
             raise
-        except Exception as error:  # (rank 0 caches the outcome: its own)
+        except Exception as error:  # (rank 0 caches the outcome: a task's fails then)
+            failure = error
             logger.warning(
-                "%s raised on this rank (rank 0's outcome is cached): %r", node.uid, error
+                "%s raised on this rank (rank 0 caches the outcome; a task's is this error): %s",
+                node.uid,
+                "".join(traceback.format_exception(error)).rstrip(),
             )
+        if call.uids is None and call.node in (None, node.uid):
+            ranks.report_outcome(call, failure)  # (rank 0 waits for it: see ranks.py)
     return Report()
 
 
@@ -927,6 +934,7 @@ def _compute_task(node: Node) -> Report:
         meta = _provenance(node)
         ranks.announce(node.uid, None)  # (a task computed here has a folder)
         value = node.function(**inputs)
+        ranks.check_other_ranks(node.uid)  # (a rank that raised: its error is cached)
     except SystemExit as exiting:  # (nothing cached: the next call computes it)
         if meta is not None and not _JOB_UNIT and not getattr(exiting, _EXIT_NOTED, False):
             # (in this process it propagates as it is, cluster None or debug, named as a
