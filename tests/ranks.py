@@ -64,15 +64,19 @@ class RankedTask(pydantic.BaseModel):
 
 
 class RankedFailing(pydantic.BaseModel):
-    """Rank ``failing_rank`` raises once every rank met (the others return)."""
+    """Rank ``failing_rank`` raises once every rank met (the others return); ``dies``:
+    it is killed instead (out of memory, say)."""
 
     meeting: str
     failing_rank: int = 1
+    dies: bool = False
     infra: exca.TaskInfra = exca.TaskInfra(version="1")
 
     @infra.apply
     def train(self) -> str:
         rank, count = _meet_every_rank(Path(self.meeting), "train")
+        if rank == self.failing_rank and self.dies:
+            os.kill(os.getpid(), signal.SIGKILL)
         if rank == self.failing_rank:
             raise ValueError(f"rank {rank} went another way")
         return f"rank {rank} of {count}"

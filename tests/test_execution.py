@@ -4015,6 +4015,20 @@ def test_a_multi_task_job_whose_other_rank_raises_fails_naming_it(tmp_path: Path
 
 
 @pytest.mark.timeout(180)
+def test_a_multi_task_job_whose_other_rank_dies_fails_naming_it(
+    tmp_path: Path, short_result_wait: None
+) -> None:
+    """Rank 1 killed during the call while rank 0 returned: rank 0's result was cached."""
+    from ranks import RankedFailing
+
+    infra = {"folder": tmp_path / "cache", "cluster": "local", "tasks_per_node": 2}
+    task = RankedFailing(meeting=str(tmp_path / "meeting"), dies=True, infra=infra)
+    with pytest.raises(RuntimeError, match=r"Rank 1 of 2 did not end its call: it ended \(pid"):
+        task.train()
+    assert task.infra.status() == "failed"
+
+
+@pytest.mark.timeout(180)
 def test_a_jobs_result_file_and_its_ranks_calls_take_the_caches_permissions(
     tmp_path: Path,
 ) -> None:

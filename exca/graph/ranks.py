@@ -317,14 +317,19 @@ def rank_log(rank: int) -> str:
 
 def _follower_gone(folder: Path, rank: int, since: float) -> str | None:
     """Why ``rank`` will not report (it died: killed, out of memory...), or None."""
+    path = folder / f"{_FOLLOWER}{rank}.json"
     try:
-        info = json.loads((folder / f"{_FOLLOWER}{rank}.json").read_text(encoding="utf8"))
+        info = json.loads(path.read_text(encoding="utf8"))
+        age = time.time() - path.stat().st_mtime
     except (FileNotFoundError, ValueError):
         if time.monotonic() - since > STARTUP_S:
             return f"it did not start following rank 0's calls in {STARTUP_S:.0f} s"
         return None
-    if process.is_alive(info["host"], info["pid"], info.get("start")) is False:
+    alive = process.is_alive(info["host"], info["pid"], info.get("start"))
+    if alive is False:
         return f"it ended (pid {info['pid']}, killed?) before ending this call"
+    if alive is None and age > max(2 * claims.heartbeat_seconds(), LEAD_STALE_S):
+        return f"it (on {info['host']}) stopped refreshing {path} (killed?)"
     return None
 
 
@@ -559,12 +564,15 @@ def announced(permissions: int | None = None) -> tp.Iterator[Followed]:
     _CURSOR[:] = [cursor := _Cursor()]
     ACTIVE[:] = [True]
     me = {"host": process.hostname(), "pid": os.getpid(), "start": process.self_start_time()}
+    mine = cursor.folder / f"{_FOLLOWER}{job_rank()[0]}.json"
     with contextlib.suppress(OSError):  # (rank 0 tells a rank that died: see _follower_gone)
         make_folder(cursor.folder, permissions)
-        _write_json(cursor.folder / f"{_FOLLOWER}{job_rank()[0]}.json", me, permissions)
+        _write_json(mine, me, permissions)
+        claims.keep_fresh(mine)  # (on another host: its mtime says it lives)
     try:
         yield from cursor.calls("end")
     finally:
+        claims.stop_refreshing(mine)
         _CURSOR.clear()
         ACTIVE.clear()
         _done(cursor.folder, permissions)
