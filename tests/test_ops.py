@@ -6445,6 +6445,49 @@ def test_logs_of_a_map_job_ended_by_its_method_count_the_items_it_cached(
     note = out.splitlines()[1]
     assert said in note and note.endswith("the next call computes the items it left)"), out
     assert "nothing was cached" not in out, out
+    # (`exca list` said "(killed, out of memory, cancelled...?)" for the method's interrupt)
+    assert main(["list", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert said in out and "killed, out of memory" not in out, out
+
+
+def test_list_of_a_map_call_interrupted_where_it_was_made_says_it_did_not_finish(
+    tmp_path: Path,
+) -> None:
+    """A map's call (no job) whose method raised KeyboardInterrupt at item 2: `exca list`
+    said "success  2 item(s)", as for a call that finished. It says how the call ended and
+    what it had cached; once the items left are computed, "success" again."""
+    mapper = ExitsAtItem(interrupt=True, infra={"folder": tmp_path})
+    with pytest.raises(KeyboardInterrupt):
+        list(mapper.run([0, 1, 2, 3]))
+    (info,) = exca.ops.inspect(tmp_path)
+    assert (info.status, info.entries) == ("partial", 2), info
+    said = "ended on KeyboardInterrupt at item '2', having cached 2 of its 4 item(s)"
+    assert info.error is not None and said in info.error, info.error
+    assert said in cli("list", tmp_path, "--status", "partial", check=True).stdout
+    view = CacheDict(folder=info.folder)
+    with view.write():  # (the items left, as a later call writes them)
+        for item in ("2", "3"):
+            view[item] = int(item)
+    (info,) = exca.ops.inspect(tmp_path)
+    assert (info.status, info.error) == ("success", None), info
+
+
+def test_list_of_a_map_call_killed_where_it_was_made_says_it_did_not_finish(
+    tmp_path: Path,
+) -> None:
+    """A map's call (no job) whose process was killed (SIGKILL) at item 2: `exca list` said
+    "success  2 item(s)". It says the call died, from the claim its process left."""
+    code = (
+        "import test_ops; "
+        f"list(test_ops.KilledHalfway(infra={{'folder': {str(tmp_path)!r}}}).run(range(5)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=WAIT_S)
+    assert result.returncode == -9, result
+    (info,) = exca.ops.inspect(tmp_path)
+    assert (info.status, info.entries) == ("partial", 2), info
+    said = "died (killed?) while computing 5 item(s), having cached 2 of them"
+    assert info.error is not None and said in info.error, info.error
 
 
 class Interrupts(pydantic.BaseModel):

@@ -229,6 +229,47 @@ def items_of(folder: Path, record: JobRecord) -> list[str] | None:
     return [str(u) for u in uids] if isinstance(uids, list) else None
 
 
+# --- calls interrupted in a process (no job) ------------------------------------------------
+# A map's call interrupted where it was made (Ctrl-C, a KeyboardInterrupt or sys.exit of its
+# method) keeps the items it computed: without a note its folder read as a success. The
+# note names the call's items; `exca list` counts those not cached since.
+INTERRUPTED_SUFFIX = ".interrupted"
+
+
+def note_interrupted(
+    folder: Path, uids: list[str], how: str, item: str | None, permissions: int | None = None
+) -> None:
+    """Note that a call of this process computing ``uids`` ended on ``how`` (at ``item``).
+    Never raises: a note that cannot be written is not worth hiding the interrupt."""
+    with contextlib.suppress(OSError):
+        jobs = folder / JOBS_DIR
+        ensure_folder(jobs, permissions)
+        host = process.hostname()
+        name = f"inline-{host}-{os.getpid()}-{time.time_ns()}"
+        tmp = jobs / f".{name}.tmp"
+        data = {"how": how, "item": item, "pid": os.getpid(), "host": host}
+        tmp.write_bytes(orjson.dumps({**data, "keys": uids, "time": time.time()}))
+        if permissions is not None:
+            chmod(tmp, permissions)
+        os.replace(tmp, jobs / (name + INTERRUPTED_SUFFIX))
+
+
+def interrupted_calls(folder: Path) -> list[dict[str, tp.Any]]:
+    """The notes of note_interrupted, oldest first (unreadable ones skipped)."""
+    try:
+        entries = list(os.scandir(os.path.join(folder, JOBS_DIR)))
+    except OSError:
+        return []
+    out = []
+    for entry in entries:
+        if entry.name.endswith(INTERRUPTED_SUFFIX):
+            with contextlib.suppress(OSError, orjson.JSONDecodeError):
+                note = orjson.loads(Path(entry.path).read_bytes())
+                if isinstance(note, dict) and isinstance(note.get("keys"), list):
+                    out.append(note)
+    return sorted(out, key=lambda n: n.get("time", 0))
+
+
 # --- submissions in progress -----------------------------------------------------------------
 # A Slurm submission is recorded once sbatch returned: a submitter killed in between (SIGKILL,
 # an OOM kill, a closed terminal) left its jobs queued with no record, and the next run

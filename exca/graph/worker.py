@@ -1245,6 +1245,15 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
         # outermost map's of this process for nested calls, as for INTERRUPTED_ITEM)
         done = report.computed + report.errors
         setattr(interrupt, CACHED_ITEMS, (done, len(unit.uids or ())))
+        if not _JOB_UNIT and unit.node.folder is not None and unit.uids:
+            # (a call where it was made: nothing else tells `exca list` it did not finish)
+            how = type(interrupt).__name__
+            if isinstance(interrupt, SystemExit):
+                how = f"sys.exit({interrupt.code!r})"
+            item = getattr(interrupt, INTERRUPTED_ITEM, None)
+            registry.note_interrupted(
+                unit.node.folder, list(unit.uids), how, item, unit.node.cache.permissions
+            )
         raise
 
 

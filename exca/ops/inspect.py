@@ -467,7 +467,43 @@ def describe(
         left = _items_left_by_dead_jobs(folder, records, set(entries), queued)
         if left is not None:  # (a killed chunk job: "success" hid the items it never wrote)
             info.status, info.error = "partial", left
+    # (a dead job's words come first: its items are the same)
+    stopped = info.status in ("success", "partial", "empty") and info.error is None
+    if kind in ("map", "empty") and stopped:
+        left = _items_left_by_calls(folder, set(entries))
+        if left is not None:  # (a call stopped part-way where it was made)
+            info.status, info.error = "partial", left
     return info
+
+
+def _items_left_by_calls(folder: Path, cached: set[str]) -> str | None:
+    """What ``exca list`` says of a map's calls made without a job that stopped before
+    caching all of their items: interrupted (a note of the call, see
+    registry.note_interrupted) or killed (the claim its dead process left). None: none."""
+    said = []
+    for note in registry.interrupted_calls(folder):
+        keys = [str(k) for k in note["keys"]]
+        absent = sum(1 for k in keys if k not in cached)
+        if absent:
+            at = f" at item {note['item']!r}" if note.get("item") is not None else ""
+            where = f"pid {note.get('pid')} on {note.get('host')}"
+            said.append(
+                f"a call ({where}) ended on {note.get('how')}{at}, having cached "
+                f"{len(keys) - absent} of its {len(keys)} item(s)"
+            )
+    claims = Claims(folder)
+    for claim in claims._all_files():
+        if claim.hold or claim.unreadable or claim.owner.job_id or TASK_KEY in claim.keys:
+            continue  # (a removal's hold; a job's claim: its record tells; a task's)
+        absent = sum(1 for k in claim.keys if k not in cached)
+        if absent and claim.is_dead(claims.heartbeat):
+            said.append(
+                f"a call ({claim.owner.describe()}) died (killed?) while computing "
+                f"{len(claim.keys)} item(s), having cached {len(claim.keys) - absent} of them"
+            )
+    if not said:
+        return None
+    return "; ".join(said) + "; a call computes the items left"
 
 
 def _items_left_by_dead_jobs(
@@ -507,7 +543,7 @@ def _local_ending(record: tp.Any) -> str | None:
     if record.cluster != "local":
         return None
     from ..graph import executors
-    from ..graph.errors import exit_said
+    from ..graph.errors import exit_said, interrupt_said
     from ..graph.registry import killed_words
 
     try:
@@ -517,6 +553,9 @@ def _local_ending(record: tp.Any) -> str | None:
         cancelled = executors._cancelled_local_job(record.job_id, stderr)
         if cancelled is not None and " was cancelled " in cancelled:
             return "it was cancelled (interrupted by SIGINT, which job.cancel() sends)"
+        said = interrupt_said(cancelled) if cancelled is not None else None
+        if said is not None:  # (the method's own KeyboardInterrupt, at an item)
+            return said.partition("; its log: ")[0]
         tail = executors.read_tail(stderr)
         signal_name = executors.local_signal_in_log(tail)
     except OSError:
