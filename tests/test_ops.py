@@ -40,7 +40,7 @@ import exca.graph
 import exca.ops
 import exca.storage.process
 from exca.graph import registry
-from exca.graph.errors import JobFailedError
+from exca.graph.errors import JobFailedError, NodeFailures
 from exca.ops import clean
 from exca.ops.inspect import human_size, node_folders, step_selects
 from exca.storage.cachedict import CacheDict
@@ -1253,6 +1253,31 @@ def test_explain_a_config_whose_folder_holds_no_result(tmp_path: Path) -> None:
     (explanation,) = exca.ops.explain(Train(seed=2, infra={"folder": root}).fit.node())
     assert explanation.nearest is None and explanation.diff == []
     assert "its folder exists but holds no result" in str(explanation)
+
+
+def test_explain_of_a_node_that_never_started_says_so(tmp_path: Path) -> None:
+    """A pipeline node never computed (its run stopped at its failed input; the input's
+    error cleared since), its folder made by that run: explain guessed "(interrupted, or
+    cleared?)". It says what its folder tells: it never started, and its input's state;
+    the input's own folder: its result was removed; a task interrupted in process: so."""
+    root = tmp_path / "cache"
+    failing = Train(fail=True, infra={"folder": root})
+    evaluate = Evaluate(infra={"folder": root}).score.node(failing.fit.node())
+    with pytest.raises(NodeFailures):
+        exca.graph.run(evaluate)
+    failing.infra.clear_job()
+    (upstream, below) = exca.ops.explain(evaluate)
+    assert "interrupted, or cleared" not in below.reason, below
+    assert below.reason.startswith(
+        "missing: its folder exists but holds no result (it never started: nothing was "
+        "computed in it; its input 'model' ("
+    ), below.reason
+    assert upstream.reason.endswith("(what was cached in it was removed since)"), upstream
+    interrupted = Interrupts(infra={"folder": root})
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run()
+    (explanation,) = exca.ops.explain(interrupted.run.node())
+    assert explanation.reason.endswith("ended without a result: interrupted)"), explanation
 
 
 def test_explain_new_items_of_a_map_whose_folder_holds_errors_only(tmp_path: Path) -> None:

@@ -329,6 +329,36 @@ def _own_values(config: dict[str, tp.Any]) -> dict[str, tp.Any]:
     return {k: v for k, v in _flat(config).items() if k != "infra.version"}
 
 
+def _why_empty(folder: Path) -> str:
+    """What the files of a node folder holding no result tell of how it got so (it said
+    "interrupted, or cleared?" of a node that never started, e.g. below a failure)."""
+    from ..graph import registry
+    from ..storage.claims import CLAIMS_DIR, Claims
+    from ..storage.index import INDEX_SUFFIX
+    from .inspect import upstream_problems
+
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        names = []
+    if any(name.endswith(INDEX_SUFFIX) for name in names):  # (something was written)
+        return "what was cached in it was removed since"
+    claims = Claims(folder)
+    dead = [c for c in claims._all_files() if not c.hold and c.is_dead(claims.heartbeat)]
+    if dead:
+        return f"its computation ({dead[0].owner.describe()}) died before writing it"
+    if registry.read_all(folder):  # (a job ended without writing: its plan reason says so)
+        return "its job ended without writing it"
+    if CLAIMS_DIR in names:  # (claimed, and given back without a result: an interrupt
+        # caches nothing, an error would be cached)
+        return "its computation started and ended without a result: interrupted"
+    said = "it never started: nothing was computed in it"
+    problems = upstream_problems(folder)
+    if problems:  # (e.g. a run that stopped at its failed input)
+        said += "; " + "; ".join(text for text, _ in problems)
+    return said
+
+
 def _has_results(folder: Path) -> bool:
     return _result_count(folder) > 0
 
@@ -407,14 +437,15 @@ def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Exp
         # (a map's folder holding other items, even errors only, is in use: its counts tell)
         if node.folder is not None and node.folder.is_dir():
             if node.kind == "task" and not _has_results(node.folder):
+                what = "result"
+            elif node.kind == "map" and not inspecting_view(node.folder).entries_info():
+                what = "item"
+            else:
+                what = ""
+            if what:
+                why = _why_empty(node.folder)
                 explanation.reason = (
-                    f"{entry.reason}: its folder exists but holds no result (interrupted, or "
-                    "cleared?)"
-                )
-                return explanation
-            if node.kind == "map" and not inspecting_view(node.folder).entries_info():
-                explanation.reason += (
-                    ": its folder exists but holds no item (interrupted, or cleared?)"
+                    f"{entry.reason}: its folder exists but holds no {what} ({why})"
                 )
                 return explanation
         folder, explanation.diff, explanation.equally_near = nearest_cached(node, inputs)
