@@ -1483,6 +1483,25 @@ def test_explain_read_only_compares_with_the_nearest_cached_config(
     )
 
 
+def test_explain_of_missing_items_beside_cached_item_errors_is_a_plain_sentence(
+    tmp_path: Path,
+) -> None:
+    """A map with items missing and others failed before: explain said "1/3 missing, and 1
+    cached item error(s) (mode='retry' recomputes them) (not computed for this config yet,
+    or not finished: its other items are cached)". It names the items of each kind and
+    what computes them."""
+    root = tmp_path / "cache"
+    with pytest.raises(ValueError, match="negative item -1"):
+        list(Squares(infra={"folder": root}).square([1, -1]))
+    (explanation,) = exca.ops.explain(Squares(infra={"folder": root}).square.node([1, -1, 2]))
+    assert explanation.summary() == (
+        "1 of its 3 item(s) not computed for this config yet, or not finished ('2'): a call "
+        "computes them; 1 item(s) failed when computed before ('-1'): their errors are "
+        "cached, a call raises them and mode='retry' computes them again; the other 1 "
+        "item(s) are cached"
+    ), explanation.summary()
+
+
 def test_explain_a_partly_cached_map_names_no_other_config(tmp_path: Path) -> None:
     """Items missing from a map whose config has other items cached are new items, or items
     a run did not finish (it said "new items" after a Ctrl-C): explain says so, and does not

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..confdict import ConfDict
 from ..graph.decisions import FORCED_ITEMS_LATER, NodeRun
-from ..graph.errors import JobFailedError
+from ..graph.errors import JobFailedError, named_items
 from ..graph.node import INPUTS_PREFIX, Group, Node, Value
 from ..graph.planning import Plan, PlanEntry
 from ..infra.task import INPUTS_FILE
@@ -329,6 +329,24 @@ def _own_values(config: dict[str, tp.Any]) -> dict[str, tp.Any]:
     return {k: v for k, v in _flat(config).items() if k != "infra.version"}
 
 
+def _missing_and_failed(uids: tp.Sequence[str], todo: tp.Sequence[str], folder: Path) -> str:
+    """A map's reason when some of its items are missing and others failed before (it
+    was "1/3 missing, and 1 cached item error(s) (mode='retry' recomputes them) (not
+    computed for this config yet, or not finished: its other items are cached)")."""
+    wanted = list(dict.fromkeys(uids))
+    missing = list(dict.fromkeys(todo))
+    absent = set(missing)
+    failed = inspecting_view(folder).error_keys([u for u in wanted if u not in absent])
+    cached = len(wanted) - len(missing) - len(failed)
+    said = (
+        f"{len(missing)} of its {len(wanted)} item(s) not computed for this config yet, or "
+        f"not finished ({named_items(missing)}): a call computes them; {len(failed)} item(s) "
+        f"failed when computed before ({named_items(failed)}): their errors are cached, a "
+        "call raises them and mode='retry' computes them again"
+    )
+    return said + (f"; the other {cached} item(s) are cached" if cached else "")
+
+
 def _why_empty(folder: Path) -> str:
     """What the files of a node folder holding no result tell of how it got so (it said
     "interrupted, or cleared?" of a node that never started, e.g. below a failure)."""
@@ -417,6 +435,10 @@ def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Exp
             # some items are cached for this very config: the others were never computed
             # for it, or not finished (a run interrupted, a job that died), not a config
             # that differs from another one ("new items" misled after a Ctrl-C)
+            if run.item_errors and node.folder is not None:  # (and some failed: said
+                # plainly, with their names, rather than as two notes in parentheses)
+                explanation.reason = _missing_and_failed(run.uids, run.todo or (), node.folder)
+                return explanation
             explanation.reason += (
                 " (not computed for this config yet, or not finished: its other items are cached)"
             )
