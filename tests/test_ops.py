@@ -6495,6 +6495,46 @@ def test_logs_of_a_map_job_ended_by_its_method_count_the_items_it_cached(
     assert said in out and "killed, out of memory" not in out, out
 
 
+class CallsInterruptedMap(pydantic.BaseModel):
+    """A task whose method calls a map (no job of its own) that raises KeyboardInterrupt
+    at item 2."""
+
+    maps: str  # (the map's folder)
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        return sum(ExitsAtItem(interrupt=True, infra={"folder": self.maps}).run([0, 1, 2, 3]))
+
+
+def test_a_task_job_whose_inline_map_was_interrupted_speaks_of_the_task(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A task's local job whose method called a map that was interrupted at item 2: the
+    job's note (quoted by the call) carried the map's item count, "(the job had cached 2
+    of its 4 item(s))", and `exca logs` noted "the next call computes the items it left",
+    a map job's words. They speak of the task now, naming the map; the map's own folder
+    is listed as not finished (its call ran in that job, without a job of its own)."""
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    task = CallsInterruptedMap(maps=str(maps), infra={"folder": tmp_path, "cluster": "local"})
+    with pytest.raises(JobFailedError) as info:
+        task.run()
+    first = str(info.value).partition("\n")[0]
+    said = f"{exca.graph.errors.RAISED_INTERRUPT} in a map it called (test_ops.ExitsAtItem.run,1/"
+    assert said in first and "at item '2'" in first, first
+    assert "the job had cached" not in first, first
+    from exca.ops.cli import main
+
+    capsys.readouterr()
+    assert main(["logs", str(task.infra.uid_folder())]) == 0
+    note = capsys.readouterr().out.splitlines()[1]
+    assert "nothing was cached for the task; the next call computes it" in note, note
+    assert "items it left" not in note and "in a map it called (" in note, note
+    (listed,) = exca.ops.inspect(maps)
+    assert listed.status == "partial" and "having cached 2 of its 4 item(s)" in str(listed.error)
+
+
 def test_list_of_a_map_call_interrupted_where_it_was_made_says_it_did_not_finish(
     tmp_path: Path,
 ) -> None:

@@ -39,6 +39,8 @@ INTERRUPTED_ITEM = "exca_item"
 # ... and how many of its job's items the map's unit had cached then, of how many (what a
 # job's log says of it: its outputs written before are kept, see worker._compute_from)
 CACHED_ITEMS = "exca_cached_items"
+# ... and the map (its label or uid): a task's job names it, the map its method called
+INTERRUPTED_MAP = "exca_map"
 
 
 # what a job's log says of a SystemExit the method raised (sys.exit), after "SystemExit(code)"
@@ -68,6 +70,17 @@ def interrupted_at(error: BaseException) -> str:
 
 
 CACHED_SAID = "(the job had cached "
+
+
+def task_interrupted_at(error: BaseException) -> str:
+    """Where a task's method was when it raised ``error``: in a map it called, at an item
+    (a task's job note speaks of the task, not of that map's items: see interrupted_at),
+    or "" (in the method itself)."""
+    item = getattr(error, INTERRUPTED_ITEM, None)
+    if item is None:
+        return ""
+    where = getattr(error, INTERRUPTED_MAP, None)
+    return f" in a map it called ({where}), at item {item!r}" if where else f" at item {item!r}"
 
 
 def interrupt_said(log: str) -> str | None:

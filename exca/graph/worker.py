@@ -36,12 +36,14 @@ from .errors import (
     CACHED_ITEMS,
     EXITED_IN_METHOD,
     INTERRUPTED_ITEM,
+    INTERRUPTED_MAP,
     RAISED_INTERRUPT,
     UpstreamFailed,
     interrupted_at,
     item_cycle_error,
     read_only_error,
     self_call_error,
+    task_interrupted_at,
 )
 from .node import INPUTS_PREFIX, TASK_KEY, Group, Node, Value
 
@@ -283,6 +285,8 @@ def run_job_unit(unit: Unit) -> Report:
         jobprocess.start(getattr(unit.node.cache, "permissions", None))
         callers.adopt(unit.callers)
     jobprocess.known_sources(unit.sources)
+    # (a task's note speaks of the task: a map its method called is named, not counted)
+    where = interrupted_at if unit.node.kind == "map" else task_interrupted_at
     try:
         jobprocess.prepare(unit.node)
     except jobprocess.ClassChangedError:
@@ -308,8 +312,7 @@ def run_job_unit(unit: Unit) -> Report:
             with contextlib.suppress(Exception):  # (a stderr closed by the method: unsaid)
                 print(
                     f"exca: {unit.node.uid}: the job ends without its result: "
-                    f"SystemExit({exiting.code!r}){EXITED_IN_METHOD}"
-                    f"{interrupted_at(exiting)}",
+                    f"SystemExit({exiting.code!r}){EXITED_IN_METHOD}{where(exiting)}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -326,7 +329,7 @@ def run_job_unit(unit: Unit) -> Report:
                 # caller does, see executors.interrupt_said)
                 print(
                     f"exca: {unit.node.uid}: the job ends without its result: {RAISED_INTERRUPT}"
-                    f"{interrupted_at(interrupt)}",
+                    f"{where(interrupt)}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -1245,7 +1248,8 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
         # outermost map's of this process for nested calls, as for INTERRUPTED_ITEM)
         done = report.computed + report.errors
         setattr(interrupt, CACHED_ITEMS, (done, len(unit.uids or ())))
-        if not _JOB_UNIT and unit.node.folder is not None and unit.uids:
+        # (not the map of this job: its record tells; a map a task's job called: noted)
+        if unit.node.uid not in _JOB_UNIT and unit.node.folder is not None and unit.uids:
             # (a call where it was made: nothing else tells `exca list` it did not finish)
             how = type(interrupt).__name__
             if isinstance(interrupt, SystemExit):
@@ -1929,6 +1933,7 @@ def _compute_from(
             # (the item it interrupted, named by a pool's caller and a job's log: see
             # INTERRUPTED_ITEM; the outermost map's of this process, for nested calls)
             setattr(interrupt, INTERRUPTED_ITEM, uids[position])
+            setattr(interrupt, INTERRUPTED_MAP, node.label or node.uid)
             if not _JOB_UNIT:
                 # (in this process, it propagates as it is: cluster None, debug; not in a
                 # job, whose log must end with the interrupt, see errors.interrupt_said)

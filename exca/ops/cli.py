@@ -887,10 +887,11 @@ def _ended_by_method(job_id: str, log: str) -> str | None:
     said = interrupted or exited
     if said is None:
         return None
-    if " while computing item " not in said:  # (a task's job)
+    if " while computing item " not in said:  # (a task's job: where its method was)
         if interrupted is not None:
             return (
-                f"job {job_id}'s method raised KeyboardInterrupt: nothing was cached; the "
+                f"job {job_id}'s method raised KeyboardInterrupt"
+                f"{said[len(RAISED_INTERRUPT) :]}: nothing was cached for the task; the "
                 "next call computes it"
             )
         return (
