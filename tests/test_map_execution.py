@@ -13,6 +13,7 @@ import logging
 import os
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import traceback
@@ -2907,6 +2908,47 @@ def test_items_of_other_code_of_a_main_map_warn(tmp_path: Path) -> None:
     assert pooled.stdout.split() == ["60", "70"]
     assert warning not in run("yield item * 10", "6,7").stderr
     assert warning in run("yield item * 100", "6,7").stderr
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_items_of_other_code_read_by_a_later_call_warn(tmp_path: Path, when: str) -> None:
+    """A process checked the items of a folder once per code (codeprint._ITEMS_CHECKED),
+    those its first call read: an item of other code (another notebook's namesake class)
+    read by a later call was used without the warning a fresh process gives, whether it
+    was written before that first call (``before``) or by another process since
+    (``after``). Items not checked yet are checked, and all of them again once the
+    folder's index holds what was not there at the last check."""
+    cache = tmp_path / "cache"
+    other = tmp_path / "other.py"
+    other.write_text(NOTEBOOK_MAP_SCRIPT.format(body="yield item * 100"))
+    main = """
+        def main() -> None:
+            import subprocess
+            other = [sys.executable, sys.argv[2], sys.argv[1], "none", "3", "call"]
+            obj = Embedder(infra={"folder": sys.argv[1]})
+            if sys.argv[3] == "before":
+                subprocess.run(other, check=True)
+            print(*obj.embed([1, 2]), flush=True)
+            print(*obj.embed([1, 2]), flush=True)  # (checked: once)
+            if sys.argv[3] == "after":
+                subprocess.run(other, check=True)
+            print("then", *Embedder(infra={"folder": sys.argv[1]}).embed([1, 2, 3]), flush=True)
+
+
+        if __name__ == "__main__" and sys.argv[2].endswith(".py"):
+            main()
+        elif __name__ == "__main__":"""
+    script = tmp_path / "notebook.py"
+    script.write_text(
+        NOTEBOOK_MAP_SCRIPT.format(body="yield item * 10").replace(
+            'if __name__ == "__main__":', textwrap.dedent(main)
+        )
+    )
+    command = [sys.executable, str(script), str(cache), str(other), when]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout.split("then")[1].split() == ["10", "20", "300"], done.stdout
+    warning = "reusing a result computed by other code of Embedder.embed"
+    assert done.stderr.count(warning) == 1, done.stderr
 
 
 @pytest.mark.parametrize("cluster", ["threadpool", "debug"])

@@ -4145,7 +4145,7 @@ def test_a_run_reusing_what_other_code_of_a_notebook_computed_warns_in_the_sessi
     from exca.storage import saidonce
 
     monkeypatch.setattr(saidonce, "_SAID", set())
-    monkeypatch.setattr(codeprint, "_ITEMS_CHECKED", set())
+    monkeypatch.setattr(codeprint, "_ITEMS_CHECKED", {})
 
     def cell(edit: str, prepare: str = "") -> dict[str, tp.Any]:
         source = NOTEBOOK_GRAPH_CELL.format(edit=edit)

@@ -24,9 +24,11 @@ from ..storage.index import meta_of
 logger = logging.getLogger("exca")
 CODE_KEY = "code"  # in the #meta of a task entry, or of a map item
 _DIGESTS: dict[tp.Any, str] = {}  # code object -> digest (memoized: the hit path asks)
-# (cache folder, current digest) whose reused map items were checked: once per process (a
-# scan per call doubled the cost of a warm map call)
-_ITEMS_CHECKED: set[tuple[str, str]] = set()
+# (cache folder, current digest) -> how far its index files were read when its reused map
+# items were checked, and which items: a later call of the same code checks only items not
+# looked at yet, unless a writer (another process, other code) appended since (a scan per
+# call doubled the cost of a warm map call)
+_ITEMS_CHECKED: dict[tuple[str, str], tuple[frozenset[tuple[str, int]] | None, frozenset[str]]] = {}
 _BYTECODE = importlib.util.MAGIC_NUMBER[:2].hex()  # (the interpreter's bytecode version)
 # on a generated method (with_infra's build): the user's function whose code it runs
 CODE_OF_ATTR = "__exca_code_of__"
@@ -133,7 +135,7 @@ def edited_result(
     if uids is None:
         entry = cache.entry(key)
         metas: tp.Iterable[tp.Any] = [entry.info.get("#meta")] if entry is not None else []
-    elif cache.folder is not None and (str(cache.folder), digest(func)) in _ITEMS_CHECKED:
+    elif not _unchecked(cache, digest(func), uids):
         return None  # (check_items read them in this process: all of this code)
     else:
         metas = (meta_of(info) for info in cache.records(uids) if info is not None)
@@ -183,16 +185,20 @@ def check_items(
 ) -> None:
     """``check`` for the items of a map that a call reuses: the first call reusing items of
     a folder checks them (stopping at the first item made by other code), later calls of
-    the same code in this process do not."""
+    the same code in this process only the items not checked yet, unless something was
+    written in the folder since (then all of theirs)."""
     current = digest(func)
     if current is None or cache.folder is None:
         return
-    checked = (str(cache.folder), current)
-    if checked in _ITEMS_CHECKED or saidonce.said(_edited_key(where.partition("/")[0], current)):
+    if saidonce.said(_edited_key(where.partition("/")[0], current)):
+        return
+    positions = cache.index_positions()
+    todo = _unchecked(cache, current, uids, positions)
+    if not todo:
         return
     python = current.partition("-")[0]
     last: tp.Any = None
-    for info in cache.records(uids):
+    for info in cache.records(todo):
         meta = meta_of(info) if info is not None else None
         # (the items of one writer share their code: one look for a run of equal ones)
         if meta is last or meta == last:
@@ -204,4 +210,26 @@ def check_items(
         if same_python and recorded != current:
             check(meta, func, where)
             return
-    _ITEMS_CHECKED.add(checked)
+    key = (str(cache.folder), current)
+    known = _ITEMS_CHECKED.get(key)
+    before = known[1] if known is not None and known[0] == positions else frozenset()
+    _ITEMS_CHECKED[key] = (positions, before.union(todo))
+
+
+def _unchecked(
+    cache: tp.Any,
+    current: str | None,
+    uids: tp.Iterable[str],
+    positions: frozenset[tuple[str, int]] | None = None,
+) -> list[str]:
+    """Those of ``uids`` that check_items has not found of this code: all of them once a
+    writer appended to the folder's index since its last check (items another process
+    wrote later may be of other code)."""
+    uids = list(uids)
+    known = _ITEMS_CHECKED.get((str(cache.folder), current or ""))
+    if known is None:
+        return uids
+    if known[0] != (cache.index_positions() if positions is None else positions):
+        return uids
+    checked = known[1]
+    return [u for u in uids if u not in checked]

@@ -351,6 +351,12 @@ class CacheDict(tp.Generic[X]):
             reader.removed_keys = set()  # (see drop_stale_ram)
         return reader
 
+    def index_positions(self) -> frozenset[tuple[str, int]] | None:
+        """How far each index file of the folder was read (see IndexReader.positions), as
+        of the last read; None in RAM only."""
+        reader = self._reader
+        return None if reader is None else reader.positions()
+
     def listed_names(self) -> set[str] | None:
         """Every file and folder name the last read found in the folder (None: not read
         yet, or in RAM only): what else the folder holds, known without a syscall."""

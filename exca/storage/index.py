@@ -266,6 +266,11 @@ class IndexReader:
     def file_names(self) -> list[str]:
         return list(self._files)
 
+    def positions(self) -> frozenset[tuple[str, int]]:
+        """Each index file read, with how far (bytes): the same set after a refresh means
+        that no writer appended nor removed anything meanwhile."""
+        return frozenset((name, state.offset) for name, state in self._files.items())
+
     def _forget_file(self, name: str) -> None:
         state = self._files.pop(name)
         for key in state.keys:
