@@ -361,8 +361,7 @@ def _why_empty(folder: Path) -> str:
         names = []
     if any(name.endswith(INDEX_SUFFIX) for name in names):  # (something was written)
         return "what was cached in it was removed since"
-    claims = Claims(folder)
-    dead = [c for c in claims._all_files() if not c.hold and c.is_dead(claims.heartbeat)]
+    dead = [c for c in Claims(folder).dead() if not c.hold]
     if dead:
         return f"its computation ({dead[0].owner.describe()}) died before writing it"
     if registry.read_all(folder):  # (a job ended without writing: its plan reason says so)

@@ -491,12 +491,11 @@ def _items_left_by_calls(folder: Path, cached: set[str]) -> str | None:
                 f"a call ({where}) ended on {note.get('how')}{at}, having cached "
                 f"{len(keys) - absent} of its {len(keys)} item(s)"
             )
-    claims = Claims(folder)
-    for claim in claims._all_files():
+    for claim in Claims(folder).dead():
         if claim.hold or claim.unreadable or claim.owner.job_id or TASK_KEY in claim.keys:
             continue  # (a removal's hold; a job's claim: its record tells; a task's)
         absent = sum(1 for k in claim.keys if k not in cached)
-        if absent and claim.is_dead(claims.heartbeat):
+        if absent:
             said.append(
                 f"a call ({claim.owner.describe()}) died (killed?) while computing "
                 f"{len(claim.keys)} item(s), having cached {len(claim.keys) - absent} of them"

@@ -276,6 +276,10 @@ class Claims:
         """Claim files of live owners (dead ones are ignored, not removed)."""
         return [c for c in self._all_files() if not c.is_dead(self.heartbeat, self.job_alive)]
 
+    def dead(self) -> list[ClaimFile]:
+        """Claim files of dead owners, still there (what a killed worker was computing)."""
+        return [c for c in self._all_files() if c.is_dead(self.heartbeat, self.job_alive)]
+
     def prune_dead(self) -> int:
         """Remove the claim files of dead owners; returns how many."""
         dead = [c for c in self._all_files() if c.is_dead(self.heartbeat, self.job_alive)]
