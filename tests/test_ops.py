@@ -6557,6 +6557,41 @@ def test_list_of_a_map_call_interrupted_where_it_was_made_says_it_did_not_finish
     assert (info.status, info.error) == ("success", None), info
 
 
+class InterruptsAtItemWhileFlagged(pydantic.BaseModel):
+    """A map whose method raises KeyboardInterrupt at item 2 while the file ``flag`` exists."""
+
+    flag: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def run(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            if item == 2 and Path(self.flag).exists():
+                raise KeyboardInterrupt
+            yield item
+
+
+def test_the_note_of_an_interrupted_map_call_goes_once_its_items_are_computed(
+    tmp_path: Path,
+) -> None:
+    """The note an interrupted map call leaves (jobs/*.interrupted, read by `exca list`)
+    stayed for ever once its items were computed: a later call finishing them removes it."""
+    flag = tmp_path / "flag"
+    flag.touch()
+    mapper = InterruptsAtItemWhileFlagged(flag=str(flag), infra={"folder": tmp_path / "cache"})
+    with pytest.raises(KeyboardInterrupt):
+        list(mapper.run([0, 1, 2, 3]))
+    folder = mapper.infra.uid_folder()
+    assert folder is not None and len(list((folder / "jobs").glob("*.interrupted"))) == 1
+    assert list(mapper.run([0, 1])) == [0, 1]  # (cached: nothing computed, the note stays)
+    assert len(list((folder / "jobs").glob("*.interrupted"))) == 1
+    flag.unlink()
+    assert list(mapper.run([0, 1, 2, 3])) == [0, 1, 2, 3]
+    assert not list((folder / "jobs").glob("*.interrupted"))
+    ((listed,)) = exca.ops.inspect(tmp_path / "cache")
+    assert (listed.status, listed.error) == ("success", None), listed
+
+
 def test_list_of_a_map_call_killed_where_it_was_made_says_it_did_not_finish(
     tmp_path: Path,
 ) -> None:

@@ -255,7 +255,8 @@ def note_interrupted(
 
 
 def interrupted_calls(folder: Path) -> list[dict[str, tp.Any]]:
-    """The notes of note_interrupted, oldest first (unreadable ones skipped)."""
+    """The notes of note_interrupted, oldest first (unreadable ones skipped), each with
+    its file's ``path``."""
     try:
         entries = list(os.scandir(os.path.join(folder, JOBS_DIR)))
     except OSError:
@@ -266,8 +267,17 @@ def interrupted_calls(folder: Path) -> list[dict[str, tp.Any]]:
             with contextlib.suppress(OSError, orjson.JSONDecodeError):
                 note = orjson.loads(Path(entry.path).read_bytes())
                 if isinstance(note, dict) and isinstance(note.get("keys"), list):
-                    out.append(note)
+                    out.append({**note, "path": entry.path})
     return sorted(out, key=lambda n: n.get("time", 0))
+
+
+def drop_finished_interruptions(folder: Path, missing: tp.Callable[[list[str]], list[str]]) -> None:
+    """Remove the notes of interrupted calls whose items are all cached now (``missing``:
+    those of some keys not cached): nothing is left of them to say."""
+    for note in interrupted_calls(folder):
+        if not missing([str(k) for k in note["keys"]]):
+            with contextlib.suppress(OSError):
+                os.remove(note["path"])
 
 
 # --- submissions in progress -----------------------------------------------------------------

@@ -1242,7 +1242,10 @@ def _unpicklable_part(value: tp.Any, depth: int = 6) -> str:
 def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
     report = Report()
     try:
-        return _run_map_unit(unit, progress, report)
+        _run_map_unit(unit, progress, report)
+        if unit.node.folder is not None:  # (notes of calls interrupted before: done now?)
+            registry.drop_finished_interruptions(unit.node.folder, unit.node.cache.missing)
+        return report
     except (KeyboardInterrupt, SystemExit) as interrupt:
         # (what it computed before is written and kept: its job's log says how many, the
         # outermost map's of this process for nested calls, as for INTERRUPTED_ITEM)
