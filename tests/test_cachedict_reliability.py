@@ -819,3 +819,45 @@ with cache.write():
     monkeypatch.setattr(os, "open", as_another_user)
     fresh: CacheDict[tp.Any] = CacheDict(folder)
     assert list(fresh.keys()) == ["a"] and fresh["a"] == {"x": 1}
+
+
+@pytest.mark.parametrize("what", ["inline", "array", "many"])
+def test_a_full_disk_names_the_folder_and_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str
+) -> None:
+    """Writes on a full disk: the error was a bare "[Errno 28] No space left on device"
+    (a value inline in its index line: no word of the folder; others "while storing" it,
+    but not what to do). It now names the folder and says to free space; what was
+    written before still reads back, nothing of the failed entry does, and once space is
+    back the same write works."""
+    import errno
+
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path)
+    with cd.write():
+        cd["before"] = np.arange(3)
+
+    def full(fd: int, data: tp.Any) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def store(cache: CacheDict[tp.Any]) -> None:
+        with cache.write():
+            if what == "inline":
+                cache["new"] = 12
+            elif what == "array":
+                cache["new"] = np.arange(1000)
+            else:
+                cache.set_many([("new", np.arange(1000)), ("other", 3)])
+
+    monkeypatch.setattr(os, "write", full)
+    monkeypatch.setattr(os, "writev", full)
+    with pytest.raises(OSError, match="No space left") as info:
+        store(CacheDict(tmp_path))
+    monkeypatch.undo()
+    notes = getattr(info.value, "__notes__", [])
+    said = [n for n in notes if str(tmp_path) in n and "free space there" in n]
+    assert said, notes
+    reread: CacheDict[tp.Any] = CacheDict(tmp_path)
+    assert sorted(reread) == ["before"]
+    np.testing.assert_array_equal(reread["before"], np.arange(3))
+    store(reread)  # (space is back)
+    assert "new" in CacheDict(tmp_path)

@@ -717,3 +717,31 @@ def test_keys_given_back_are_taken_back_in_order_until_one_another_holds(
     assert claims.holders(["a", "b", "c"]).keys() == {"b", "c"}
     claim.release()
     assert _claim_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("how", ["claim", "claim_one"])
+def test_a_full_disk_while_claiming_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A claim on a full disk: its empty lock file (or temporary claim file) stayed in
+    claims/, and the bare "No space left on device" said nothing of where. Now nothing is
+    left, the error names the folder and says what to do, and once space is back the
+    claim is taken."""
+    import errno
+
+    claims = Claims(tmp_path)
+    with claims.claim(["warm-up"]):  # (claims/ exists: only writes fail now)
+        pass
+
+    def full(fd: int, data: tp.Any) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError, match="No space left") as info:
+        claims.claim(["a"]) if how == "claim" else claims.claim_one("a")
+    monkeypatch.undo()
+    notes = getattr(info.value, "__notes__", [])
+    assert any(str(tmp_path) in n and "free space there" in n for n in notes), notes
+    assert _claim_files(tmp_path) == []
+    with claims.claim(["a"]) as claim:
+        assert claim.mine == ["a"]

@@ -3889,3 +3889,28 @@ def test_make_folder_of_a_path_with_a_trailing_slash(tmp_path: Path) -> None:
         os.umask(previous)
     for name in ("a", "a/b", "c"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o777, name
+
+
+def test_a_full_disk_before_the_first_call_names_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk full when a config's folder gets its yaml files: the bare "[Errno 28] No
+    space left on device" named no folder (a temporary yaml file was left in it). Now the
+    error names the folder and says what to do, nothing is left there but folders, and
+    once space is back the call computes."""
+    import errno
+
+    task = Task(param=17, infra={"folder": tmp_path})
+
+    def full(fd: int, data: tp.Any) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError, match="No space left") as info:
+        task.process()
+    monkeypatch.undo()
+    notes = getattr(info.value, "__notes__", [])
+    folder = task.infra.uid_folder()
+    assert any(str(folder) in n and "free space there" in n for n in notes), notes
+    assert [p.name for p in folder.iterdir() if p.is_file()] == []
+    assert task.process() == 170 and task.infra.status() == "completed"

@@ -33,7 +33,7 @@ from .dumping import (
     mark_if_damaged,
     record_problem,
 )
-from .files import ensure_folder, parse_permissions
+from .files import ensure_folder, note_no_space, parse_permissions
 from .formats import (
     DATA_DIR,
     LEGACY_WRITERS,
@@ -899,6 +899,7 @@ class CacheDict(tp.Generic[X]):
             info = ctx.dump_entry(key, value, self.cache_type)
         except Exception as error:  # (name the key: the format's message may not)
             _add_note(error, f"while storing {key!r} in {self.folder}")
+            note_no_space(error, self.folder)
             raise
         stored = None
         if meta is not None:  # (bytes in memory, see index.META: written as they are)
@@ -956,6 +957,10 @@ class CacheDict(tp.Generic[X]):
                     reader._shadow(key, entry)
                 entries[key] = entry
                 state.keys.add(key)
+        except OSError as error:  # (its index line: a bare "No space left on device")
+            _add_note(error, f"while storing {key!r} in {self.folder}")
+            note_no_space(error, self.folder)
+            raise
         finally:
             lock.release()
         if retry:
@@ -1009,8 +1014,12 @@ class CacheDict(tp.Generic[X]):
         """Write many entries at once (inside ``write()``): their payloads, then all their
         index lines in one append. A crash leaves none or a prefix of them, never a wrong one.
         ``owned``: nothing else references the values (RAM may keep them without a copy)."""
-        with gcpause.paused():
-            self._set_many(pairs, meta, skip_existing, owned)
+        try:
+            with gcpause.paused():
+                self._set_many(pairs, meta, skip_existing, owned)
+        except OSError as error:  # (its payloads' or index lines' write: what to do)
+            note_no_space(error, self.folder)
+            raise
 
     def _set_many(
         self,

@@ -34,7 +34,16 @@ from pathlib import Path
 import orjson
 
 from . import interrupts, process
-from .files import await_chmod, chmod_folder, fchmod, folder_mode, make_folder, repair, write_new
+from .files import (
+    await_chmod,
+    chmod_folder,
+    fchmod,
+    folder_mode,
+    make_folder,
+    note_no_space,
+    repair,
+    write_new,
+)
 from .keytext import check_utf8
 
 CLAIMS_DIR = "claims"
@@ -443,6 +452,17 @@ class Claims:
         name = process.unique_name()
         tmp = f"{dirname}/{name}.tmp"
         try:
+            self._write_tmp(tmp, data)
+        except OSError as error:  # (a full disk: said with what to do)
+            note_no_space(error, self.dir.parent)
+            raise
+        path = f"{dirname}/{name}{suffix}"
+        os.replace(tmp, path)
+        return Path(path)
+
+    def _write_tmp(self, tmp: str, data: bytes) -> None:
+        dirname = os.fspath(self.dir)
+        try:
             write_new(tmp, data, self.permissions)
         except FileNotFoundError:
             make_folder(dirname, self.permissions)
@@ -454,9 +474,6 @@ class Claims:
         else:
             if self.permissions is not None:  # (a claims folder left by a kill: files.repair)
                 repair(dirname, self.permissions)
-        path = f"{dirname}/{name}{suffix}"
-        os.replace(tmp, path)
-        return Path(path)
 
     @contextlib.contextmanager
     def _folder_lock(
@@ -529,6 +546,11 @@ class Claims:
                 if self.permissions is not None:  # (read by the others: see _break_if_stale)
                     fchmod(fd, lock, self.permissions)
                 os.write(fd, token)
+            except OSError as error:  # (a full disk: no empty lock left, what to do said)
+                with contextlib.suppress(OSError):
+                    os.remove(lock)
+                note_no_space(error, self.dir.parent)
+                raise
             finally:
                 os.close(fd)
             if self.permissions is not None:  # (a claims folder left by a kill: files.repair)

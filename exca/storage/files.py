@@ -4,6 +4,7 @@ several users write to; None leaves the umask's)."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -23,8 +24,32 @@ def write_new(path: str, data: bytes, permissions: int | None = None) -> None:
         written = os.write(fd, data)
         if written != len(data):
             finish_write(fd, [data], written)
-    finally:
+    except BaseException:  # (a full disk: no empty or partial file left for good)
         os.close(fd)
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+        raise
+    os.close(fd)
+
+
+# what a write meets on a full disk, over a quota or over a file size limit
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def note_no_space(error: BaseException, folder: str | os.PathLike[str] | None) -> None:
+    """Say what to do on an error of a write that found no space for ``folder`` (its
+    message, "[Errno 28] No space left on device", names no file, nor what to do)."""
+    if not isinstance(error, OSError) or error.errno not in NO_SPACE:
+        return
+    note = (
+        f"no space left for {folder} (a full disk, a quota or a file size limit): free "
+        "space there, or use a folder on another disk, then try again (what failed to be "
+        "written is not read back as an entry)"
+    )
+    if note not in getattr(error, "__notes__", ()):
+        error.add_note(note)
 
 
 def finish_write(fd: int, buffers: list[tp.Any], written: int) -> None:
