@@ -320,6 +320,66 @@ def test_a_sys_exit_of_the_method_is_never_cached(tmp_path: Path, cluster: str |
     assert calls(log) == ["called"] * 3
 
 
+class _SpaceNeeded:
+    """A result whose storing fails with ENOSPC while the file ``flag`` exists (as on a
+    full disk); it reads back as the number 7."""
+
+    def __init__(self, flag: str) -> None:
+        self.flag = flag
+
+    def __reduce__(self) -> tp.Any:
+        if Path(self.flag).exists():
+            import errno
+
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return (int, (7,))
+
+
+class FillsTheDisk(pydantic.BaseModel):
+    flag: str
+    log: str
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> tp.Any:
+        append(self.log, "called")
+        return _SpaceNeeded(self.flag)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("cluster", CLUSTERS)
+def test_a_result_a_full_disk_could_not_store_is_computed_by_the_next_call(
+    tmp_path: Path, cluster: str | None
+) -> None:
+    """A disk full when the result is stored: inline nothing was cached (the next call
+    computed it), but a local job was recorded as failed: once space was freed, every
+    call raised "local job ... failed: OSError: [Errno 28] No space left on device (use
+    mode='retry' to recompute)", a debug job too. A full disk is no property of the
+    config: on every cluster nothing is cached, the error names the folder and says what
+    to do, and the next call (in the default mode) computes it."""
+    flag, log = tmp_path / "full", tmp_path / "calls.txt"
+    flag.touch()
+
+    def task() -> FillsTheDisk:
+        infra = {"folder": tmp_path / "cache", "cluster": cluster}
+        return FillsTheDisk(flag=str(flag), log=str(log), infra=infra)
+
+    for attempt in (1, 2):  # (the second call computes it again: nothing was cached)
+        with pytest.raises(OSError if cluster is None else JobFailedError) as info:
+            task().process()
+        said = "\n".join([str(info.value), *getattr(info.value, "__notes__", [])])
+        assert "No space left on device" in said, said
+        assert str(task().infra.uid_folder()) in said, said
+        assert "free space" in said, said
+        assert "mode='retry'" not in said, said
+        assert task().infra.status() == "not submitted"
+        assert calls(log) == ["called"] * attempt
+    flag.unlink()  # (space freed)
+    assert task().process() == 7  # (mode cached: computed)
+    assert task().infra.status() == "completed"
+    assert calls(log) == ["called"] * 3
+
+
 def _wait_for(predicate: tp.Callable[[], bool], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -22,7 +22,7 @@ from .errors import (
     failed_upstreams,
     legacy_cache,
     legacy_not_renamed,
-    method_interrupted,
+    not_cached,
     read_only_error,
     retry_hint,
 )
@@ -879,7 +879,7 @@ class Graph:
             if run.node.kind == "map":
                 say_items_left(run, how)
                 continue
-            if method_interrupted(how):  # (not its failure: computed, see INTERRUPT_HINT)
+            if not_cached(how):  # (not its failure: computed, see INTERRUPT_HINT)
                 # (a plan, explain, a read-only call: read only, they move nothing)
                 if not self.dry_run and run.node.mode != "read-only":
                     registry.set_refused(run.node.folder, record.job_id)  # (as the job does)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 import typing as tp
 from pathlib import Path
@@ -41,6 +42,49 @@ INTERRUPTED_ITEM = "exca_item"
 CACHED_ITEMS = "exca_cached_items"
 # ... and the map (its label or uid): a task's job names it, the map its method called
 INTERRUPTED_MAP = "exca_map"
+
+# the errno of an OSError of the storage or of the machine, not of a computation: a full
+# disk or quota, a file size limit, permissions, a read-only file system, I/O, a network
+# file system gone, too many open files, no memory
+ENVIRONMENT_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EFBIG,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.EIO,
+        errno.ESTALE,
+        errno.ENOTCONN,
+        errno.ETIMEDOUT,
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.ENOMEM,
+    }
+)
+# ... met by a task's job storing its outcome: never cached as the config's failure (as
+# inline, where that OSError propagates): the job sets its record aside, as for a
+# KeyboardInterrupt, and the next call computes it, in any mode
+STORAGE_HINT = (
+    "not a failure of the config, nothing is cached: once its cache folder has space (or "
+    "write access) again, the next call computes it"
+)
+_ERRNO_RAISED = re.compile(r"\b\w*Error: \[Errno (\d+)\]")
+
+
+def storage_failed(how: str) -> bool:
+    """Whether a job's ending (``Handle.ended_how``, its first line) is an OSError of its
+    environment (see ENVIRONMENT_ERRNOS) the job raised: met storing the outcome (the
+    method's own errors are cached, as its outcome); not cached, see STORAGE_HINT."""
+    match = _ERRNO_RAISED.search(how.partition("\n")[0])
+    return match is not None and int(match.group(1)) in ENVIRONMENT_ERRNOS
+
+
+def not_cached(how: str) -> bool:
+    """Whether a job's ending is none of the config's failures, the next call computing
+    it: its method's KeyboardInterrupt or sys.exit, or what its storage raised."""
+    return method_interrupted(how) or storage_failed(how)
 
 
 # what a job's log says of a SystemExit the method raised (sys.exit), after "SystemExit(code)"
@@ -171,6 +215,8 @@ def retry_hint(how: str, items: bool = False, retrying: bool = False) -> str:
         hint = ITEMS_HINT
     elif method_interrupted(how):
         hint = INTERRUPT_HINT
+    elif storage_failed(how):
+        hint = STORAGE_HINT
     else:
         hint = RETRIED_HINT if retrying else RETRY_HINT
     return f"{said} ({hint}){quote}{log_end}"

@@ -871,8 +871,9 @@ def _raised_in_job(error: BaseException) -> str:
         first = next((i for i, line in enumerate(lines) if line[:1] not in ("", " ")), None)
         if first is not None:
             text = "\n".join(lines[first:]).strip()
-    if not text:
-        text = f"{type(error).__name__}: {report.strip()}"
+    if not text:  # (a live exception, a debug job's: with its notes, as in a traceback)
+        notes = "".join(f"\n{n}" for n in getattr(error, "__notes__", ()) if isinstance(n, str))
+        text = f"{type(error).__name__}: {report.strip()}{notes}"
     if len(text) > _RAISED_MAX:
         text = text[:_RAISED_MAX] + " [...]"
     return text

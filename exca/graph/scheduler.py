@@ -39,7 +39,7 @@ from .errors import (
     class_changed,
     failed_upstreams,
     items_not_computed,
-    method_interrupted,
+    not_cached,
     pool_interrupt,
     read_only_error,
     retried_error,
@@ -1221,10 +1221,9 @@ class Scheduler:
                 or not h.finished_ok()
             )
         }
-        # (or whose method raised KeyboardInterrupt: not cached either, see INTERRUPT_HINT)
-        refusing = [
-            job_id for job_id, how in hows.items() if class_changed(how) or method_interrupted(how)
-        ]
+        # (or whose method raised KeyboardInterrupt: not cached either, see INTERRUPT_HINT;
+        # nor a full disk met storing its result, see STORAGE_HINT)
+        refusing = [job_id for job_id, how in hows.items() if class_changed(how) or not_cached(how)]
         if not refusing:
             return False
         refused = hows[refusing[0]]
@@ -1270,7 +1269,8 @@ class Scheduler:
         run.state = "failed"
         run.error = JobFailedError(
             f"{run.node.uid}: job {', '.join(sorted(ids))} was withdrawn before writing its "
-            "result: its record was removed (clear_job, or its submitter was interrupted). "
+            "result: its record was removed (clear_job, its submitter was interrupted, or "
+            "it met a full disk or a folder it cannot write to, and could not say so). "
             "Nothing is cached: the next call computes it"
         )
         return True
@@ -1627,7 +1627,7 @@ def _waited_job_ending(run: NodeRun, handles: list[executors.Handle]) -> str | N
     if not ended or not registry.recorded(folder, ended[-1].job_id):
         return None
     how = ended[-1].ended_how()
-    return None if method_interrupted(how) else how
+    return None if not_cached(how) else how
 
 
 def _say_waited_job_ended(run: NodeRun, waited: list[executors.Handle]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import errno
 import functools
 import itertools
 import logging
@@ -34,6 +33,7 @@ from ..storage.modules import imported
 from . import callers, codeprint, jobpickle, jobprocess, ranks, registry, store
 from .errors import (
     CACHED_ITEMS,
+    ENVIRONMENT_ERRNOS,
     EXITED_IN_METHOD,
     INTERRUPTED_ITEM,
     INTERRUPTED_MAP,
@@ -322,6 +322,10 @@ def run_job_unit(unit: Unit) -> Report:
                 with contextlib.suppress(Exception):
                     registry.set_refused(unit.node.folder, _job_id() or "")
         raise
+    except OSError as error:
+        if unit.node.kind == "task" and error.errno in ENVIRONMENT_ERRNOS:
+            _set_aside_unless_cached(unit.node)
+        raise
     except KeyboardInterrupt as interrupt:  # (no SIGINT received: raised by the method)
         if not _TOLD_TO_STOP:
             with contextlib.suppress(Exception):
@@ -339,6 +343,17 @@ def run_job_unit(unit: Unit) -> Report:
                 with contextlib.suppress(Exception):
                     registry.set_refused(unit.node.folder, _job_id() or "")
         raise
+
+
+def _set_aside_unless_cached(node: Node) -> None:
+    """A task's job raising an OSError of its environment (a full disk...): met storing its
+    outcome, which is then not cached (as inline): not the config's failure, its record is
+    set aside (see errors.STORAGE_HINT) and the next call computes it. Unless the method
+    raised it, then cached as its error (its record stays: its failure)."""
+    with contextlib.suppress(Exception):  # (a job ending anyway: its error says why)
+        node.cache.refresh()
+        if TASK_KEY not in node.cache:
+            registry.set_refused(node.folder, _job_id() or "")
 
 
 def _follow_rank_zero(unit: Unit) -> Report:
@@ -2129,7 +2144,7 @@ def _store_one_by_one(
         try:
             cache.set_many([(uid, output)], meta=meta, skip_existing=True)
         except Exception as error:
-            if isinstance(error, OSError) and error.errno in _ENVIRONMENT_ERRORS:
+            if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS:
                 raise  # (not the output's fault: nothing cached)
             failed += 1
             _cache_unstorable(
@@ -2150,28 +2165,6 @@ def _store_one_by_one(
             failed - ITEM_ERRORS_LOGGED,
             node.label or node.uid,
         )
-
-
-# disk full, quota, file size limit, permissions, read-only, I/O, a network file system
-# gone, too many open files, no memory: the folder's or the machine's fault, not an
-# output's (an output's: a format refusing the value, usually with no errno)
-_ENVIRONMENT_ERRORS = frozenset(
-    {
-        errno.ENOSPC,
-        errno.EDQUOT,
-        errno.EFBIG,
-        errno.EACCES,
-        errno.EPERM,
-        errno.EROFS,
-        errno.EIO,
-        errno.ESTALE,
-        errno.ENOTCONN,
-        errno.ETIMEDOUT,
-        errno.EMFILE,
-        errno.ENFILE,
-        errno.ENOMEM,
-    }
-)
 
 
 def _cache_unstorable(
