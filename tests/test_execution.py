@@ -495,6 +495,44 @@ def test_killed_local_job_fails(killed_job: Path, short_result_wait: None) -> No
     assert len(calls(killed_job / "calls.txt")) == 1
 
 
+class DiesQuietly(pydantic.BaseModel):
+    """Its process ends at once, writing nothing (as a job meeting a full disk may)."""
+
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        os._exit(1)
+
+
+@pytest.mark.timeout(120)
+def test_a_local_job_dead_on_a_full_disk_says_so(
+    tmp_path: Path, short_result_wait: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local job dead without a word while the disk of its log folder is full (it could
+    write neither its log nor its result) was said to have died "killed, out of memory,
+    or sys.exit/os._exit in the method", nothing of the disk. Now its error says that
+    the disk is full, and what to do. (The disk is seen full here: statvfs says so.)"""
+    real = os.statvfs
+
+    def full(path: tp.Any) -> os.statvfs_result:
+        fields = list(real(path))
+        fields[3] = fields[4] = 0  # (f_bfree, f_bavail)
+        return os.statvfs_result(fields)
+
+    task = DiesQuietly(infra={"folder": tmp_path, "cluster": "local"})
+    monkeypatch.setattr(os, "statvfs", full)
+    with pytest.raises(JobFailedError, match="its process died") as info:
+        task.process()
+    said = str(info.value)
+    assert "the disk of its log folder" in said and "is full (0 bytes left)" in said, said
+    assert "free space, then call again" in said, said
+    monkeypatch.undo()
+    with pytest.raises(JobFailedError) as again:  # (not full: not said)
+        DiesQuietly(infra={"folder": tmp_path, "cluster": "local", "mode": "retry"}).process()
+    assert "its process died" in str(again.value) and "is full" not in str(again.value)
+
+
 def _snapshot(root: Path) -> dict[str, tuple[int, int, int, int]]:
     """Every file and folder under root: its mode, size, modification time and inode."""
     return {

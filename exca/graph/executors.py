@@ -203,10 +203,31 @@ def _make_log_folder(logs: str, permissions: int | None, step: Path | None = Non
 _DIED = "its process died (killed, out of memory, or sys.exit/os._exit in the method)"
 
 
+# free bytes under which a disk is said full (a job writing there may have died of it)
+NO_SPACE_BYTES = 1 << 20
+
+
+def _no_space_said(folder: Path) -> str:
+    """What a job's death says of a full disk of its log folder (where its result file
+    goes too: a job that could write neither died saying nothing), else ""."""
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return ""
+    free = stats.f_bavail * stats.f_frsize
+    if free >= NO_SPACE_BYTES:
+        return ""
+    return (
+        f"; the disk of its log folder {folder} is full ({free} bytes left): the job could "
+        "not write its log nor its result there (free space, then call again)"
+    )
+
+
 def _local_death(job_id: str, stderr: Path) -> str:
     """How a local job that wrote no result file ended, with the end of its log (the
     signal that killed its process, as its controller wrote it there)."""
     said = f"local job {job_id} ended without writing its result: {_DIED}"
+    said += _no_space_said(stderr.parent)
     try:
         text = read_tail(stderr)
     except OSError:  # (no log)
