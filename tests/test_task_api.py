@@ -3164,6 +3164,63 @@ def test_a_cache_folder_that_cannot_be_written_is_named(tmp_path: Path) -> None:
     assert "CALLS []" in proc.stdout  # refused before computing
 
 
+class Listing(pydantic.BaseModel):
+    """A result large enough for its own file under data/."""
+
+    size: int = 100_000
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> list[int]:
+        CALLS.append(("listing", self.size))
+        return list(range(self.size))
+
+
+UNREADABLE_SCRIPT = """
+import sys
+
+from test_task_api import CALLS, Listing
+
+try:
+    Listing(infra={"folder": sys.argv[1]}).process()
+except OSError as error:
+    print("ERROR", type(error).__name__, error, *getattr(error, "__notes__", []), sep="\\n")
+print("CALLS", CALLS)
+"""
+
+
+def test_a_result_file_this_process_may_not_read_says_so(tmp_path: Path) -> None:
+    """A cached result whose file this process may not read (another user's, made with
+    a umask of 077, or chmodded): the PermissionError's note said "if its file was
+    changed outside exca, mode='force' computes it again", hours of computing where a
+    chmod does. Now it says that the file is intact and how to give read access; nothing
+    is computed."""
+    import shutil
+    import subprocess
+    import sys
+
+    assert len(Listing(infra={"folder": tmp_path}).process()) == 100_000
+    (payload,) = tmp_path.rglob("data/*.pkl")
+    payload.chmod(0)
+    script = [sys.executable, "-c", UNREADABLE_SCRIPT, str(tmp_path)]
+    if os.geteuid() == 0:  # (root reads any file: without that capability, as a user)
+        if not shutil.which("setpriv"):
+            pytest.skip("root without setpriv: no way to make a file unreadable")
+        caps = "-dac_override,-dac_read_search"
+        script = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *script]
+    paths = [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    proc = subprocess.run(script, capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    said = proc.stdout
+    assert "PermissionError" in said and str(payload) in said, said
+    assert "chmod a+r" in said and "computing it again is not needed" in said, said
+    assert "mode='force'" not in said, said
+    assert "CALLS []" in said, said
+    payload.chmod(0o644)
+    assert len(Listing(infra={"folder": tmp_path}).process()) == 100_000
+
+
 def test_a_cache_folder_that_cannot_be_made_is_named() -> None:
     """A folder that cannot be created there (under /proc): the same named error (it was
     a bare FileNotFoundError), before computing."""

@@ -188,6 +188,8 @@ def read_outcome(cache: CacheDict[tp.Any]) -> tp.Any:
     except Exception as error:
         if class_not_found(error):
             error.add_note(f"exca: the cached result in {cache.folder} {CLASS_NOT_FOUND}")
+        elif isinstance(error, PermissionError):
+            pass  # (intact: its note says what to do, see cachedict.UNREADABLE_NOTE)
         elif is_damaged_payload(error):
             error.add_note(
                 f"exca: the cached result in {cache.folder} cannot be read (its file was "

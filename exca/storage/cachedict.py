@@ -124,6 +124,13 @@ def _check_key_and_meta(key: str, meta: dict[str, tp.Any] | None) -> None:
             ) from None
 
 
+# what a cached value's file this process may not read says (its owner's umask, a chmod)
+UNREADABLE_NOTE = (
+    "this process may not read that file (its permissions): its owner can give read "
+    "access (chmod a+r); the value is intact, computing it again is not needed"
+)
+
+
 def _add_note(error: BaseException, note: str) -> None:
     if note not in getattr(error, "__notes__", ()):
         error.add_note(note)
@@ -692,7 +699,11 @@ class CacheDict(tp.Generic[X]):
         """Mark a loading error that comes of a payload removed or cut short: a missing file
         of this folder, or a payload shorter than written (never by the error's message: a
         value's own unpickling code raises the same ones; a stream that no longer parses
-        is marked by its format's loader)."""
+        is marked by its format's loader). A payload this process may not read (another
+        user's, mode 0o600) is intact: what to do is said (not to compute it again)."""
+        if isinstance(error, PermissionError):
+            _add_note(error, UNREADABLE_NOTE)
+            return
         mark_if_damaged(error, self.folder)
         if (
             self.folder is not None
