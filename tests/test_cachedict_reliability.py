@@ -861,3 +861,34 @@ def test_a_full_disk_names_the_folder_and_says_what_to_do(
     np.testing.assert_array_equal(reread["before"], np.arange(3))
     store(reread)  # (space is back)
     assert "new" in CacheDict(tmp_path)
+
+
+def test_a_folder_it_may_not_write_to_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing into a cache folder this process may not write to (a read-only mount,
+    another user's folder): the bare "Read-only file system: '.../<session>-info.jsonl'"
+    said nothing of what to do. It now does, naming the folder; what is there still
+    reads."""
+    import errno
+
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path)
+    with cd.write():
+        cd["before"] = 1
+    open_ = os.open
+
+    def read_only(path: tp.Any, flags: int, *args: tp.Any, **kwargs: tp.Any) -> int:
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return open_(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    for value in (2, np.arange(1000)):  # (inline in its index line, or in data/)
+        with pytest.raises(OSError, match="Read-only file system") as info:
+            other: CacheDict[tp.Any] = CacheDict(tmp_path)
+            with other.write():
+                other["new"] = value
+        notes = getattr(info.value, "__notes__", [])
+        said = f"this process cannot write into {tmp_path} (Read-only file system)"
+        assert any(n.startswith(said) for n in notes), notes
+        assert CacheDict(tmp_path)["before"] == 1

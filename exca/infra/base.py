@@ -32,7 +32,7 @@ from .. import uidformat
 from ..confdict import ConfDict
 from ..graph.node import RESTORES_FILES
 from ..storage import saidonce
-from ..storage.files import note_no_space, parse_permissions
+from ..storage.files import note_write_error, parse_permissions
 from . import freezing, identity, uidfolder
 from .resources import UNSET_VARIABLE, expand_path_text
 
@@ -629,7 +629,7 @@ class BaseInfra(pydantic.BaseModel):
             if error.errno not in denied or (
                 error.errno == errno.ENOENT and os.path.isdir(self.folder)
             ):
-                note_no_space(error, folder)  # (its yaml files: a full disk says nothing)
+                note_write_error(error, folder)  # (its yaml files: a full disk says nothing)
                 raise
             raise type(error)(
                 error.errno,

@@ -33,7 +33,7 @@ from .dumping import (
     mark_if_damaged,
     record_problem,
 )
-from .files import ensure_folder, note_no_space, parse_permissions
+from .files import ensure_folder, note_write_error, parse_permissions
 from .formats import (
     DATA_DIR,
     LEGACY_WRITERS,
@@ -910,7 +910,7 @@ class CacheDict(tp.Generic[X]):
             info = ctx.dump_entry(key, value, self.cache_type)
         except Exception as error:  # (name the key: the format's message may not)
             _add_note(error, f"while storing {key!r} in {self.folder}")
-            note_no_space(error, self.folder)
+            note_write_error(error, self.folder)
             raise
         stored = None
         if meta is not None:  # (bytes in memory, see index.META: written as they are)
@@ -928,6 +928,10 @@ class CacheDict(tp.Generic[X]):
                 ctx.discard_files()  # (no line names them)
                 self._put_anew(key, value, meta)
                 return
+            except OSError as error:  # (a folder this process may not write to)
+                _add_note(error, f"while storing {key!r} in {self.folder}")
+                note_write_error(error, self.folder)
+                raise
         state = writer.read_state
         if state is None:
             state = writer.read_state = reader.own_file(writer.name, writer.inode)
@@ -970,7 +974,7 @@ class CacheDict(tp.Generic[X]):
                 state.keys.add(key)
         except OSError as error:  # (its index line: a bare "No space left on device")
             _add_note(error, f"while storing {key!r} in {self.folder}")
-            note_no_space(error, self.folder)
+            note_write_error(error, self.folder)
             raise
         finally:
             lock.release()
@@ -1029,7 +1033,7 @@ class CacheDict(tp.Generic[X]):
             with gcpause.paused():
                 self._set_many(pairs, meta, skip_existing, owned)
         except OSError as error:  # (its payloads' or index lines' write: what to do)
-            note_no_space(error, self.folder)
+            note_write_error(error, self.folder)
             raise
 
     def _set_many(

@@ -40,7 +40,7 @@ from .files import (
     fchmod,
     folder_mode,
     make_folder,
-    note_no_space,
+    note_write_error,
     repair,
     write_new,
 )
@@ -454,7 +454,7 @@ class Claims:
         try:
             self._write_tmp(tmp, data)
         except OSError as error:  # (a full disk: said with what to do)
-            note_no_space(error, self.dir.parent)
+            note_write_error(error, self.dir.parent)
             raise
         path = f"{dirname}/{name}{suffix}"
         os.replace(tmp, path)
@@ -549,7 +549,7 @@ class Claims:
             except OSError as error:  # (a full disk: no empty lock left, what to do said)
                 with contextlib.suppress(OSError):
                     os.remove(lock)
-                note_no_space(error, self.dir.parent)
+                note_write_error(error, self.dir.parent)
                 raise
             finally:
                 os.close(fd)

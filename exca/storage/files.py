@@ -36,18 +36,29 @@ def write_new(path: str, data: bytes, permissions: int | None = None) -> None:
 
 # what a write meets on a full disk, over a quota or over a file size limit
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# ... and in a folder this process may not write to (another user's, a read-only mount)
+DENIED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 
-def note_no_space(error: BaseException, folder: str | os.PathLike[str] | None) -> None:
-    """Say what to do on an error of a write that found no space for ``folder`` (its
-    message, "[Errno 28] No space left on device", names no file, nor what to do)."""
-    if not isinstance(error, OSError) or error.errno not in NO_SPACE:
+def note_write_error(error: BaseException, folder: str | os.PathLike[str] | None) -> None:
+    """Say what to do on an error of a write that found no space for ``folder``, or no
+    right to write there (its message, "[Errno 28] No space left on device", names no
+    file, nor what to do)."""
+    if not isinstance(error, OSError):
         return
-    note = (
-        f"no space left for {folder} (a full disk, a quota or a file size limit): free "
-        "space there, or use a folder on another disk, then try again (what failed to be "
-        "written is not read back as an entry)"
-    )
+    if error.errno in NO_SPACE:
+        note = (
+            f"no space left for {folder} (a full disk, a quota or a file size limit): free "
+            "space there, or use a folder on another disk, then try again (what failed to "
+            "be written is not read back as an entry)"
+        )
+    elif error.errno in DENIED:
+        note = (
+            f"this process cannot write into {folder} ({error.strerror}): use a folder it "
+            "can write to (what is there can still be read)"
+        )
+    else:
+        return
     if note not in getattr(error, "__notes__", ()):
         error.add_note(note)
 
