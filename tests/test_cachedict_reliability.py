@@ -892,3 +892,31 @@ def test_a_folder_it_may_not_write_to_says_what_to_do(
         said = f"this process cannot write into {tmp_path} (Read-only file system)"
         assert any(n.startswith(said) for n in notes), notes
         assert CacheDict(tmp_path)["before"] == 1
+
+
+def test_an_index_line_cut_by_a_full_disk_is_said_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk cutting an index line short (its first bytes written, then ENOSPC):
+    the entries before and after it read back, and readers skipping the fragment said "a
+    writer was probably killed while writing it", while none was: they now say a full
+    disk may be why."""
+    import errno
+
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path)
+    real_write = os.write
+
+    def half(fd: int, data: tp.Any) -> int:
+        real_write(fd, bytes(data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with cd.write():
+        cd["before"] = 1
+        monkeypatch.setattr(os, "write", half)
+        with pytest.raises(OSError, match="No space left"):
+            cd["cut"] = 2
+        monkeypatch.undo()
+        cd["after"] = 3
+    with pytest.warns(RuntimeWarning, match="or its disk was full"):
+        reread = dict(CacheDict(tmp_path).items())
+    assert reread == {"before": 1, "after": 3}

@@ -707,7 +707,8 @@ def _written_here(name: str, reader: IndexReader) -> bool:
 def _warn_bad_line(path: Path, offset: int, line: bytes) -> None:
     warnings.warn(
         f"Skipping an unreadable index line at byte {offset} of {path} "
-        f"(a writer was probably killed while writing it): {line[:120]!r}",
+        f"(a writer was killed while writing it, or its disk was full; that entry is not "
+        f"read, the others are): {line[:120]!r}",
         RuntimeWarning,
         stacklevel=5,
     )
