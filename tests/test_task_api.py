@@ -2034,6 +2034,12 @@ def test_folder_that_is_a_file_or_relative(tmp_path: Path, monkeypatch: pytest.M
         with pytest.raises(pydantic.ValidationError, match="is a file"):
             infra(folder=tmp_path / "afile")
     assert (tmp_path / "afile").read_text() == "precious"
+    # a device (no regular file, no folder either): refused when the config is created
+    # too, not at its first call ("Not a directory")
+    if os.path.exists(os.devnull):
+        for infra in (TaskInfra, MapInfra):
+            with pytest.raises(pydantic.ValidationError, match="is a file"):
+                infra(folder=os.devnull)
     monkeypatch.chdir(tmp_path)
     assert TaskInfra(folder="cache").folder == tmp_path / "cache"  # (jobs may run elsewhere)
 

@@ -205,7 +205,7 @@ class BaseInfra(pydantic.BaseModel):
     def _absolute_folder(cls, value: Path | None) -> Path | None:
         if value is None or isinstance(value, _UnresolvedFolder):
             return value
-        if value.is_file():
+        if value.exists() and not value.is_dir():  # (a device too: /dev/null)
             raise ValueError(f"folder={str(value)!r} is a file: give the cache a folder")
         # jobs may run elsewhere (a workdir snapshot is their current folder)
         return value if value.is_absolute() else value.absolute()
