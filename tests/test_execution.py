@@ -495,6 +495,35 @@ def test_killed_local_job_fails(killed_job: Path, short_result_wait: None) -> No
     assert len(calls(killed_job / "calls.txt")) == 1
 
 
+@pytest.mark.timeout(120)
+def test_a_submission_on_a_full_disk_names_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job whose pickle cannot be written (its log folder's disk full): the bare "[Errno
+    28] No space left on device", from deep inside submitit, said nothing of where nor of
+    what to do. Now it names the log folder and says to free space; nothing was
+    submitted, and once space is back the call computes."""
+    import errno
+
+    import submitit.core.utils
+
+    def full(obj: tp.Any, filename: tp.Any) -> None:
+        Path(filename).write_bytes(b"")  # (opened, as submitit does, then the disk is full)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    task = make(tmp_path, "local", x=4)
+    monkeypatch.setattr(submitit.core.utils, "cloudpickle_dump", full)
+    with pytest.raises(OSError, match="No space left") as info:
+        task.process()
+    monkeypatch.undo()
+    notes = getattr(info.value, "__notes__", [])
+    logs = task.infra.uid_folder().parent / "logs"
+    assert any(str(logs) in n and "free space there" in n for n in notes), notes
+    assert task.infra.status() == "not submitted" and not list(logs.rglob("*.pkl"))
+    assert make(tmp_path, "local", x=4).process() == 8
+    assert len(calls(tmp_path / "calls.txt")) == 1
+
+
 class DiesQuietly(pydantic.BaseModel):
     """Its process ends at once, writing nothing (as a job meeting a full disk may)."""
 

@@ -23,7 +23,7 @@ import types
 import typing as tp
 from pathlib import Path
 
-from ..storage.files import make_folder
+from ..storage.files import NO_SPACE, make_folder, note_write_error
 from ..storage.process import hostname, process_start_time
 from . import callers
 from .errors import (
@@ -2152,6 +2152,17 @@ def submit_array(
             "the method, from a path). It was not submitted"
         )
         raise (_sent_nothing(too_large) if not jobs else too_large) from error
+    except OSError as error:  # (a full disk: the job's pickle is not written, not sent)
+        if error.errno not in NO_SPACE:
+            raise
+        for job in jobs:  # (what went out before: never half a submission)
+            with contextlib.suppress(Exception):
+                job.cancel(check=False)
+        _remove_empty_pickles(logs)
+        note_write_error(error, logs.split("%j")[0].rstrip("/"))
+        if not jobs:
+            _sent_nothing(error)
+        raise
     except (TypeError, AttributeError, pickle.PicklingError) as error:
         if "pickle" not in str(error):
             raise
