@@ -6,7 +6,7 @@ import logging
 import typing as tp
 
 from ..storage.cachederror import CachedError
-from ..storage.cachedict import CacheDict, MissingKey
+from ..storage.cachedict import UNREADABLE_NOTE, CacheDict, MissingKey
 from ..storage.dumping import PAYLOAD_ERRORS, is_damaged_payload, mark_if_damaged
 from ..storage.index import Entry
 from . import codeprint
@@ -188,8 +188,8 @@ def read_outcome(cache: CacheDict[tp.Any]) -> tp.Any:
     except Exception as error:
         if class_not_found(error):
             error.add_note(f"exca: the cached result in {cache.folder} {CLASS_NOT_FOUND}")
-        elif isinstance(error, PermissionError):
-            pass  # (intact: its note says what to do, see cachedict.UNREADABLE_NOTE)
+        elif UNREADABLE_NOTE in getattr(error, "__notes__", ()):
+            pass  # (intact, a file of the cache: its note says what to do)
         elif is_damaged_payload(error):
             error.add_note(
                 f"exca: the cached result in {cache.folder} cannot be read (its file was "

@@ -701,7 +701,7 @@ class CacheDict(tp.Generic[X]):
         value's own unpickling code raises the same ones; a stream that no longer parses
         is marked by its format's loader). A payload this process may not read (another
         user's, mode 0o600) is intact: what to do is said (not to compute it again)."""
-        if isinstance(error, PermissionError):
+        if isinstance(error, PermissionError) and self._holds(error.filename):
             _add_note(error, UNREADABLE_NOTE)
             return
         mark_if_damaged(error, self.folder)
@@ -712,6 +712,12 @@ class CacheDict(tp.Generic[X]):
             and presence.damaged(self.folder, [(key, entry)])
         ):
             mark_damaged(error)
+
+    def _holds(self, path: tp.Any) -> bool:
+        """Whether a path is of this cache's folder (not a file a value's own code opened)."""
+        if self.folder is None or not isinstance(path, str | os.PathLike):
+            return False
+        return os.path.abspath(path).startswith(os.path.join(os.path.abspath(self.folder), ""))
 
     def _raise_if_damaged_record(self, key: str, entry: Record, error: Exception) -> None:
         """Reading an entry failed: if its index line lacks fields, or holds fields of the
