@@ -3227,6 +3227,35 @@ def test_a_result_file_this_process_may_not_read_says_so(tmp_path: Path) -> None
     assert len(Listing(infra={"folder": tmp_path}).process()) == 100_000
 
 
+def _reopen(path: str) -> tp.Any:
+    raise PermissionError(13, "Permission denied", path)  # (a file of the value's own)
+
+
+class _Handle:
+    """A value whose unpickling opens a file of its own (outside the cache)."""
+
+    def __reduce__(self) -> tp.Any:
+        return (_reopen, ("/nonexistent/secret.key",))
+
+
+class Reopening(pydantic.BaseModel):
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> tp.Any:
+        return _Handle()
+
+
+def test_a_permission_error_of_the_values_own_file_is_not_said_intact(tmp_path: Path) -> None:
+    """A PermissionError raised by a value's own unpickling code (a file of its own): not
+    the cache's file, so not said "intact, its owner can give read access"."""
+    with pytest.raises(PermissionError) as info:  # (a call returns what the cache reads)
+        Reopening(infra={"folder": tmp_path}).process()
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert "computing it again is not needed" not in notes, notes
+    assert "mode='force' computes it again" in notes, notes
+
+
 def test_a_cache_folder_that_cannot_be_made_is_named() -> None:
     """A folder that cannot be created there (under /proc): the same named error (it was
     a bare FileNotFoundError), before computing."""
