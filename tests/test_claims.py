@@ -745,3 +745,35 @@ def test_a_full_disk_while_claiming_leaves_nothing_behind(
     assert _claim_files(tmp_path) == []
     with claims.claim(["a"]) as claim:
         assert claim.mine == ["a"]
+
+
+def test_a_claim_file_that_cannot_be_removed_is_removed_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim released while its folder cannot be written (remounted read-only, say):
+    its removal raised, masking the call's own error, and the file of this live process
+    stayed, so the other processes of this host waited for its keys as long as it lived
+    (and this thread's next claims took them for an enclosing call's). Now the release
+    warns, this process takes its keys for free, and removes the file once it can."""
+    import errno
+
+    claims = Claims(tmp_path)
+    claim = claims.claim(["a"])
+    remove = os.remove
+
+    def read_only(path: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> None:
+        if str(path).endswith(".claim"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        remove(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "remove", read_only)
+    claim.release()  # (no error: the call's own is the one to see)
+    assert len(_claim_files(tmp_path)) == 1
+    again = claims.claim(["a"])
+    assert again.mine == ["a"] and not again.reentered
+    monkeypatch.undo()
+    again.release()
+    deadline = time.monotonic() + 10
+    while _claim_files(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _claim_files(tmp_path) == []

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import random
 import threading
@@ -53,6 +54,9 @@ WAIT_SUFFIX = ".waits"  # a claim holder waiting for other keys (see Claims.post
 BACKOFF_S = 0.005  # at most this long a random pause after two claimers met
 HEARTBEAT_ENV = "EXCA_CLAIM_HEARTBEAT_S"
 DEFAULT_HEARTBEAT_S = 30.0
+# how often a claim file that could not be removed at its release is tried again
+RELEASE_RETRY_S = 1.0
+logger = logging.getLogger("exca")
 LOCK_STALE_S = 60.0  # the folder lock is held for milliseconds: a minute means its owner died
 EMPTY_LOCK_STALE_S = 2.0  # (written right after its creation: empty after 2 s, it stays so)
 BREAKING_SUFFIX = ".breaking"  # a waiter breaking the stale lock (see _remove_if_unchanged)
@@ -186,10 +190,23 @@ class Claim:
     def release(self) -> None:
         if self.path is not None:
             with interrupts.deferred():  # (a Ctrl-C in there left the file behind)
-                _HEARTBEAT.remove(self.path)
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(self.path)
-                self.path = None
+                path, self.path = self.path, None
+                _HEARTBEAT.remove(path)
+                try:
+                    os.remove(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as error:  # (its folder became read-only meanwhile...)
+                    # left, the file of this live process made the other processes of
+                    # this host wait for its keys as long as it lived, and this thread's
+                    # next claims take them for an enclosing call's: removed once it can
+                    _HEARTBEAT.leave(path)
+                    logger.warning(
+                        "Could not remove the claim file %s (%s): this process removes it "
+                        "as soon as it can (its keys are no longer computed here)",
+                        path,
+                        error,
+                    )
 
     def give_back(self, keys: tp.Collection[str], claims: Claims) -> None:
         """Release some of the keys only (not started: another worker may take them); the
@@ -426,11 +443,12 @@ class Claims:
     def _all_files(self, skip: Path | None = None) -> list[ClaimFile]:
         """The readable claim files (``skip``: one not to read, e.g. one's own)."""
         skipped = None if skip is None else os.fspath(skip)
+        released = _HEARTBEAT.released  # (this process's, not removed yet: no claims)
         try:
             names = [
                 e.path
                 for e in os.scandir(self.dir)
-                if e.name.endswith(CLAIM_SUFFIX) and e.path != skipped
+                if e.name.endswith(CLAIM_SUFFIX) and e.path != skipped and e.path not in released
             ]
         except FileNotFoundError:
             return []
@@ -825,6 +843,9 @@ class _Heartbeat:
 
     def __init__(self) -> None:
         self._paths: dict[Path, float] = {}
+        # claim files released whose removal failed (see Claim.release): removed later
+        self.released: frozenset[str] = frozenset()
+        self._wake = threading.Event()  # (a file left: its retries start now, not a period later)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = 0
@@ -832,34 +853,54 @@ class _Heartbeat:
     def add(self, path: Path, period: float) -> None:
         with self._lock:
             self._paths[path] = period
-            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-                self._pid = os.getpid()
-                self._thread = threading.Thread(
-                    target=self._run, name="exca-heartbeat", daemon=True
-                )
-                self._thread.start()
+            self._start()
+
+    def _start(self) -> None:
+        if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._run, name="exca-heartbeat", daemon=True)
+            self._thread.start()
 
     def remove(self, path: Path) -> None:
         with self._lock:
             self._paths.pop(path, None)
 
+    def leave(self, path: Path) -> None:
+        """A released claim file that could not be removed: tried again until it is."""
+        with self._lock:
+            self.released = self.released | {os.fspath(path)}
+            self._start()
+        self._wake.set()
+
     def _run(self) -> None:
         while True:
             with self._lock:
                 paths = dict(self._paths)
-            period = min(paths.values(), default=DEFAULT_HEARTBEAT_S)
-            time.sleep(max(period / 3, 0.05))
+            periods = [*paths.values(), *([3 * RELEASE_RETRY_S] if self.released else [])]
+            self._wake.wait(max(min(periods, default=DEFAULT_HEARTBEAT_S) / 3, 0.05))
+            self._wake.clear()
             for path in paths:
                 # (any OSError: a transient NFS error, ESTALE or EIO, stopped the thread for
                 # good, and every claim of the process looked dead two periods later)
                 with contextlib.suppress(OSError):
                     os.utime(path)
+            for left in self.released:
+                try:
+                    os.remove(left)
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    continue  # (still not writable)
+                with self._lock:
+                    self.released = self.released - {left}
 
     def reset_in_child(self) -> None:
         """After a fork: the claims are the parent's (it keeps them fresh), and the lock may
         have been held by a thread that does not exist in the child."""
         self._lock = threading.Lock()
         self._paths = {}
+        self.released = frozenset()
+        self._wake = threading.Event()
         self._thread = None
 
 
