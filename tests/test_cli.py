@@ -224,7 +224,7 @@ def test_logs_note_a_method_interrupt_before_its_record_is_set_aside(
         slow.run()
     folder = slow.infra.uid_folder()
     assert folder is not None
-    said = "method raised KeyboardInterrupt: nothing was cached; the next call computes it"
+    said = "method raised KeyboardInterrupt: nothing was cached for the task; the next call computes it"
     status, out, _ = run(capsys, "logs", folder)
     assert status == 0 and said in out, out  # (set aside by the job)
     (aside,) = (folder / "jobs").glob("*.refused")
