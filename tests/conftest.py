@@ -63,6 +63,21 @@ def _claim_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EXCA_CLAIM_HEARTBEAT_S", os.environ.get("EXCA_CLAIM_HEARTBEAT_S", "2"))
 
 
+# Slurm tests: a wait on jobs looks at them at least every 0.5 s (exca's default backs off to
+# 2 s, not to load users' clusters): a job ending 0.1 s after a look was seen up to 1.9 s
+# late, ~1 s on average, for each of the ~900 waits of the Slurm tests (they run in turn).
+# (squeue and sacct keep their own rates: a look mostly reads files.)
+SLURM_TEST_POLL_MAX_S = 0.5
+
+
+@pytest.fixture(autouse=True)
+def _quick_job_polls(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("slurm") is not None:
+        import exca.graph.scheduler
+
+        monkeypatch.setattr(exca.graph.scheduler, "POLL_MAX", SLURM_TEST_POLL_MAX_S)
+
+
 @pytest.hookimpl(tryfirst=True)  # (before xdist's, which reads the groups)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     add_slurm_fixture(items)  # noqa: F405

@@ -247,12 +247,14 @@ class Job:
         # (in a computation of map items or of a task: a cycle through the job is refused)
         job_wait = JobWait(self.node.uid)
         waits = self._computes() if job_wait.wanted() else {}
-        delay = 0.05
+        from . import scheduler  # (its poll bounds: one knob for every wait on jobs)
+
+        delay = scheduler.POLL_START
         try:
             while not self.done():
                 job_wait(waits)
                 time.sleep(delay)
-                delay = min(delay * 1.5, 2.0)
+                delay = min(delay * 1.5, scheduler.POLL_MAX)
         finally:
             job_wait.end()
 
