@@ -935,6 +935,20 @@ def test_an_array_over_max_pickle_size_is_refused_before_anything_is_written(
 
 
 # --- failures -------------------------------------------------------------------------------
+@pytest.mark.timeout(120)
+def test_every_rank_of_a_srun_job_until_its_time_limit_is_submitted(
+    job_until_the_time_limit: tp.Callable[[], PastTheWarningJob],
+) -> None:
+    """Sends the job that test_every_rank_of_a_srun_job_runs_until_its_time_limit (after
+    the clear_job tests below) waits for, so that its minute and a half overlaps the tests
+    in between: 2 ranks on one CPU, a 1-minute limit warned 1 s before."""
+    _, job, _ = job_until_the_time_limit()
+    assert job.job_id.isdigit(), job.job_id
+    script = Path(job.submitit_job.paths.submission_file).read_text()
+    assert "#SBATCH --ntasks-per-node=2\n" in script and "#SBATCH --overcommit\n" in script
+    assert "#SBATCH --time=1\n" in script
+
+
 @pytest.mark.timeout(240)
 def test_slurm_failure_then_retry(tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster) -> None:
     (ctl / "fail").touch()
@@ -1356,6 +1370,29 @@ def test_clear_job_while_the_result_is_being_written_leaves_nothing_cached(
     wait_until(lambda: not list((folder / "claims").glob("*.claim")))  # the worker ended
     assert "its outcome is not stored" in (job.stderr() or "")
     assert SlowToStore(ctl=str(ctl), infra=settings).infra.status() == "not submitted"
+
+
+@pytest.mark.timeout(300)
+def test_every_rank_of_a_srun_job_runs_until_its_time_limit(
+    job_until_the_time_limit: tp.Callable[[], PastTheWarningJob], quick_queue_looks: None
+) -> None:
+    """tasks_per_node=2: at Slurm's early warning, rank 0 failed ("reached its time limit",
+    ~15 s into a 1-minute job) while rank 1 ran on, its work thrown away (a probe). Every
+    rank now runs until Slurm stops the job at its limit, and the error says it timed out.
+    (Its job, sent by test_every_rank_of_a_srun_job_until_its_time_limit_is_submitted,
+    ran meanwhile.)"""
+    obj, job, ctl = job_until_the_time_limit()
+    with pytest.raises(JobFailedError, match=r"timed out \(state TIMEOUT\)"):
+        obj.run()
+    assert sorted(lines(ctl / "calls.txt")) == ["start rank=0", "start rank=1"]
+    rank_zero = Path(job.submitit_job.paths.stderr)  # (<job id>_0_log.err)
+    for log in (rank_zero, rank_zero.with_name(rank_zero.name.replace("_0_", "_1_"))):
+        assert "time limit is near" in log.read_text()  # (on each rank, then ran on)
+    # (Slurm sends it up to 60 s early: at submitit's 90 s it came as the job started,
+    # which killed a task whose python could not ignore it yet; now near the minute's end)
+    script = Path(job.submitit_job.paths.submission_file).read_text()
+    assert "#SBATCH --signal=USR2@1\n" in script
+    assert obj.infra.status() == "failed"
 
 
 @pytest.mark.timeout(300)
@@ -2039,7 +2076,7 @@ def job_past_the_warning(
     executors.slurm_signal_delay_s). test_a_srun_job_past_..._is_submitted sends it early;
     the tests between it and that test run meanwhile, on the cluster's other CPU: each
     needs one at a time (the tests holding both, such as
-    test_every_rank_of_a_srun_job_runs_until_its_time_limit or
+    test_every_rank_of_a_multi_task_slurm_job_runs_the_method or
     test_a_retry_job_array_right_after_scancel_submits_again, come before or after)."""
     sent: list[PastTheWarningJob] = []
 
@@ -2064,34 +2101,45 @@ def job_past_the_warning(
         subprocess.run(["scancel", sent[0][1].job_id], check=False, timeout=30)
 
 
-@pytest.mark.timeout(300)
-def test_every_rank_of_a_srun_job_runs_until_its_time_limit(
-    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, quick_queue_looks: None
-) -> None:
-    """tasks_per_node=2: at Slurm's early warning, rank 0 failed ("reached its time limit",
-    ~15 s into a 1-minute job) while rank 1 ran on, its work thrown away (a probe). Every
-    rank now runs until Slurm stops the job at its limit, and the error says it timed out."""
-    if slurm_cluster.cpus_per_node < 2:
-        pytest.skip("needs a node of 2 CPUs")
-    (ctl / "block").touch()
-    infra = {
-        "folder": tmp_path / "cache",
-        "cluster": "slurm",
-        **resources(slurm_cluster, timeout_min=1, tasks_per_node=2, slurm_use_srun=True),
-    }
-    obj = PastTheWarning(ctl=str(ctl), infra=infra)
-    job = obj.infra.job()
-    with pytest.raises(JobFailedError, match=r"timed out \(state TIMEOUT\)"):
-        obj.run()
-    assert sorted(lines(ctl / "calls.txt")) == ["start rank=0", "start rank=1"]
-    rank_zero = Path(job.submitit_job.paths.stderr)  # (<job id>_0_log.err)
-    for log in (rank_zero, rank_zero.with_name(rank_zero.name.replace("_0_", "_1_"))):
-        assert "time limit is near" in log.read_text()  # (on each rank, then ran on)
-    # (Slurm sends it up to 60 s early: at submitit's 90 s it came as the job started,
-    # which killed a task whose python could not ignore it yet; now near the minute's end)
-    script = Path(job.submitit_job.paths.submission_file).read_text()
-    assert "#SBATCH --signal=USR2@1\n" in script
-    assert obj.infra.status() == "failed"
+@pytest.fixture(scope="module")
+def job_until_the_time_limit(
+    tmp_path_factory: pytest.TempPathFactory, slurm_cluster: SlurmCluster
+) -> tp.Iterator[tp.Callable[[], PastTheWarningJob]]:
+    """The job of test_every_rank_of_a_srun_job_runs_until_its_time_limit, sent by the
+    first test of the module calling this (in its Slurm turn): 2 ranks (srun) blocked
+    until Slurm stops them at their 1-minute limit, 65 to 95 s after the start (Slurm
+    looks at time limits every 30 s, then waits KillWait). Overcommitted on one CPU
+    (--overcommit: 2 tasks, 1 CPU), so that the tests between
+    test_every_rank_of_a_srun_job_until_its_time_limit_is_submitted and that test run
+    meanwhile on the cluster's other CPU (each needs one at a time: the "failures"
+    section and the clear_job tests after it); it held both CPUs, and the Slurm tests, which run in turn, waited for
+    it (~90 s)."""
+    sent: list[PastTheWarningJob] = []
+
+    def send() -> PastTheWarningJob:
+        if not sent:
+            tmp_path = tmp_path_factory.mktemp("until_the_time_limit")
+            ctl = tmp_path / "ctl"
+            ctl.mkdir()
+            (ctl / "block").touch()
+            extra = {"slurm_additional_parameters": {"overcommit": True}}
+            infra = {
+                "folder": tmp_path / "cache",
+                "cluster": "slurm",
+                **resources(
+                    slurm_cluster, timeout_min=1, tasks_per_node=2, slurm_use_srun=True, **extra
+                ),
+            }
+            obj = PastTheWarning(ctl=str(ctl), infra=infra)
+            sent.append((obj, obj.infra.job(), ctl))
+        return sent[0]
+
+    yield send
+    if sent:  # (never left running when the test that waits for it did not run)
+        import subprocess
+
+        (sent[0][2] / "block").unlink(missing_ok=True)
+        subprocess.run(["scancel", sent[0][1].job_id], check=False, timeout=30)
 
 
 @pytest.mark.timeout(120)
