@@ -318,19 +318,32 @@ def rank_log(rank: int) -> str:
 def _follower_gone(folder: Path, rank: int, since: float) -> str | None:
     """Why ``rank`` will not report (it died: killed, out of memory...), or None."""
     path = folder / f"{_FOLLOWER}{rank}.json"
+    how, info = _how_gone(path, since)
+    if how == "silent":
+        return f"it did not start following rank 0's calls in {STARTUP_S:.0f} s"
+    if how == "ended":
+        return f"it ended (pid {info['pid']}, killed?) before ending this call"
+    if how == "stale":
+        return f"it (on {info['host']}) stopped refreshing {path} (killed?)"
+    return None
+
+
+def _how_gone(path: Path, since: float) -> tuple[str | None, dict[str, tp.Any]]:
+    """How the rank whose process file (refreshed, see claims) is ``path`` is gone:
+    "silent" (no file ``STARTUP_S`` after ``since``), "ended" (its process is dead),
+    "stale" (on another host, no refresh for two heartbeats), or None (alive, or not
+    started yet); with the file's content."""
     try:
         info = json.loads(path.read_text(encoding="utf8"))
         age = time.time() - path.stat().st_mtime
     except (FileNotFoundError, ValueError):
-        if time.monotonic() - since > STARTUP_S:
-            return f"it did not start following rank 0's calls in {STARTUP_S:.0f} s"
-        return None
+        return ("silent" if time.monotonic() - since > STARTUP_S else None), {}
     alive = process.is_alive(info["host"], info["pid"], info.get("start"))
     if alive is False:
-        return f"it ended (pid {info['pid']}, killed?) before ending this call"
+        return "ended", info
     if alive is None and age > max(2 * claims.heartbeat_seconds(), LEAD_STALE_S):
-        return f"it (on {info['host']}) stopped refreshing {path} (killed?)"
-    return None
+        return "stale", info
+    return None, info
 
 
 def report_outcome(call: Followed, error: BaseException | None) -> None:
@@ -375,17 +388,12 @@ def _done(folder: Path, permissions: int | None) -> None:
 def _lead_gone(folder: Path, since: float) -> str | None:
     """Why rank 0 will announce nothing more (it died: killed, out of memory...), or None."""
     lead = folder / LEAD_FILE
-    try:
-        info = json.loads(lead.read_text(encoding="utf8"))
-        age = time.time() - lead.stat().st_mtime
-    except (FileNotFoundError, ValueError):
-        if time.monotonic() - since > STARTUP_S:
-            return f"rank 0 announced nothing in {STARTUP_S:.0f} s"
-        return None
-    alive = process.is_alive(info["host"], info["pid"], info.get("start"))
-    if alive is False:
+    how, info = _how_gone(lead, since)
+    if how == "silent":
+        return f"rank 0 announced nothing in {STARTUP_S:.0f} s"
+    if how == "ended":
         return f"rank 0 (pid {info['pid']}) ended without finishing its calls (killed?)"
-    if alive is None and age > max(2 * claims.heartbeat_seconds(), LEAD_STALE_S):
+    if how == "stale":
         return f"rank 0 (on {info['host']}) stopped refreshing {lead} (killed?)"
     return None
 
