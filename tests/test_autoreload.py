@@ -187,8 +187,25 @@ class Outer(pydantic.BaseModel):
 """
 
 
-def test_autoreload_of_a_class_held_by_another_modules_defaults(
+@pytest.fixture
+def inner_and_outer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tp.Iterator[tuple[tp.Any, tp.Any]]:
+    """The modules reloaded_inner (INNER) and reloaded_outer (OUTER, holding Inner), in
+    tmp_path, imported; forgotten afterwards (with autoreload's record of old objects)."""
+    (tmp_path / "reloaded_inner.py").write_text(INNER)
+    (tmp_path / "reloaded_outer.py").write_text(OUTER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        yield importlib.import_module("reloaded_inner"), importlib.import_module("reloaded_outer")
+    finally:
+        for name in ("reloaded_inner", "reloaded_outer"):
+            sys.modules.pop(name, None)
+        OLD.clear()
+
+
+def test_autoreload_of_a_class_held_by_another_modules_defaults(
+    tmp_path: Path, inner_and_outer: tuple[tp.Any, tp.Any]
 ) -> None:
     """Only Inner's module edited (Inner's default x 1 -> 2) and reloaded: Outer, in
     another module (or a notebook), kept the exports of its field defaults made with
@@ -196,31 +213,22 @@ def test_autoreload_of_a_class_held_by_another_modules_defaults(
     Outer's default [Inner(x=1)]: it took the "default" folder, computed by Outer()
     before, and returned its result (1 for 2); and Outer(), unchanged, was no longer
     "default" (computed again under another uid)."""
-    (tmp_path / "reloaded_inner.py").write_text(INNER)
-    (tmp_path / "reloaded_outer.py").write_text(OUTER)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    inner_module = importlib.import_module("reloaded_inner")
-    outer_module = importlib.import_module("reloaded_outer")
-    try:
-        Outer, folder = outer_module.Outer, tmp_path / "cache"
-        assert Outer(infra={"folder": folder}).total() == 101
-        # (uids of values differing from the defaults: their exports are compared)
-        assert "items=({x=3})" in Outer(items=[{"x": 3}]).infra.uid()
-        assert "inner.x=3" in Outer(inner={"x": 3}).infra.uid()
-        (tmp_path / "reloaded_inner.py").write_text(INNER.replace("x: int = 1", "x: int = 2"))
-        autoreload.superreload(inner_module, old_objects=OLD)
-        outer = Outer(items=[{"x": 2}], infra={"folder": folder})
-        assert outer.infra.uid() != Outer().infra.uid()
-        assert outer.total() == 102
-        assert len(outer_module.CALLS) == 2
-        default = Outer(infra={"folder": folder})
-        assert default.infra.uid().endswith("/default")  # (its values are Outer's defaults)
-        assert default.total() == 101
-        assert len(outer_module.CALLS) == 2  # (read from the cache)
-    finally:
-        for name in ("reloaded_inner", "reloaded_outer"):
-            sys.modules.pop(name, None)
-        OLD.clear()
+    inner_module, outer_module = inner_and_outer
+    Outer, folder = outer_module.Outer, tmp_path / "cache"
+    assert Outer(infra={"folder": folder}).total() == 101
+    # (uids of values differing from the defaults: their exports are compared)
+    assert "items=({x=3})" in Outer(items=[{"x": 3}]).infra.uid()
+    assert "inner.x=3" in Outer(inner={"x": 3}).infra.uid()
+    (tmp_path / "reloaded_inner.py").write_text(INNER.replace("x: int = 1", "x: int = 2"))
+    autoreload.superreload(inner_module, old_objects=OLD)
+    outer = Outer(items=[{"x": 2}], infra={"folder": folder})
+    assert outer.infra.uid() != Outer().infra.uid()
+    assert outer.total() == 102
+    assert len(outer_module.CALLS) == 2
+    default = Outer(infra={"folder": folder})
+    assert default.infra.uid().endswith("/default")  # (its values are Outer's defaults)
+    assert default.total() == 101
+    assert len(outer_module.CALLS) == 2  # (read from the cache)
 
 
 def test_autoreload_2_of_an_edited_field_default(module: tp.Any, tmp_path: Path) -> None:
@@ -268,26 +276,18 @@ def _edit(path: Path, text: str) -> None:
 
 
 def test_autoreload_2_of_a_default_of_a_class_a_config_holds(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, inner_and_outer: tuple[tp.Any, tp.Any]
 ) -> None:
     """Inner (no infra, in a module of its own) edited (x 1 -> 2) under %autoreload 2:
     a class whose defaults exca's uids depend on (Outer's fields hold it), reloaded in
     full, not by the deduper (which left Inner().x at 1)."""
-    (tmp_path / "reloaded_inner.py").write_text(INNER)
-    (tmp_path / "reloaded_outer.py").write_text(OUTER)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    inner_module = importlib.import_module("reloaded_inner")
-    outer_module = importlib.import_module("reloaded_outer")
-    try:
-        reloader = _deduper_reloader()
-        _edit(tmp_path / "reloaded_inner.py", INNER.replace("x: int = 1", "x: int = 2"))
-        reloader.check()
-        assert inner_module.Inner().x == 2
-        Outer = outer_module.Outer
-        assert Outer(items=[{"x": 2}]).infra.uid() != Outer().infra.uid()
-    finally:
-        for name in ("reloaded_inner", "reloaded_outer"):
-            sys.modules.pop(name, None)
+    inner_module, outer_module = inner_and_outer
+    reloader = _deduper_reloader()
+    _edit(tmp_path / "reloaded_inner.py", INNER.replace("x: int = 1", "x: int = 2"))
+    reloader.check()
+    assert inner_module.Inner().x == 2
+    Outer = outer_module.Outer
+    assert Outer(items=[{"x": 2}]).infra.uid() != Outer().infra.uid()
 
 
 PLAIN = """
@@ -346,35 +346,26 @@ def test_autoreload_2_keeps_the_state_of_modules_exca_does_not_use(
 
 
 def test_autoreload_of_a_class_imported_by_name_warns(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, inner_and_outer: tuple[tp.Any, tp.Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Inner's module edited (a new field y, x's default 1 -> 2) and reloaded, Outer's
     (``from reloaded_inner import Inner``) not: Outer's validation and defaults were built
     by the old Inner, which autoreload cannot redo in place: Outer() kept x=1 (computed
     and cached so), Outer(inner={"y": 3}) was refused as extra, silently. It is said."""
-    (tmp_path / "reloaded_inner.py").write_text(INNER)
-    (tmp_path / "reloaded_outer.py").write_text(OUTER)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    inner_module = importlib.import_module("reloaded_inner")
-    outer_module = importlib.import_module("reloaded_outer")
-    try:
-        Outer = outer_module.Outer
-        (tmp_path / "reloaded_inner.py").write_text(INNER + "\n# a comment\n")
-        with caplog.at_level("WARNING", logger="exca"):
-            autoreload.superreload(inner_module, old_objects=OLD)
-        assert "autoreload" not in caplog.text  # (Inner itself unchanged: nothing said)
-        edited = INNER.replace("x: int = 1", "x: int = 2\n    y: int = 0")
-        (tmp_path / "reloaded_inner.py").write_text(edited)
-        with caplog.at_level("WARNING", logger="exca"):
-            autoreload.superreload(inner_module, old_objects=OLD)
-        assert Outer().inner.x == 1  # (the limit: the class body made that default)
-        with pytest.raises(pydantic.ValidationError, match="y"):
-            Outer(inner={"y": 3})
-        said = caplog.text
-        assert "reloaded reloaded_inner.Inner, which reloaded_outer.Outer holds" in said
-        assert "reload reloaded_outer too" in said
-        assert said.count("%autoreload") == 1
-    finally:
-        for name in ("reloaded_inner", "reloaded_outer"):
-            sys.modules.pop(name, None)
-        OLD.clear()
+    inner_module, outer_module = inner_and_outer
+    Outer = outer_module.Outer
+    (tmp_path / "reloaded_inner.py").write_text(INNER + "\n# a comment\n")
+    with caplog.at_level("WARNING", logger="exca"):
+        autoreload.superreload(inner_module, old_objects=OLD)
+    assert "autoreload" not in caplog.text  # (Inner itself unchanged: nothing said)
+    edited = INNER.replace("x: int = 1", "x: int = 2\n    y: int = 0")
+    (tmp_path / "reloaded_inner.py").write_text(edited)
+    with caplog.at_level("WARNING", logger="exca"):
+        autoreload.superreload(inner_module, old_objects=OLD)
+    assert Outer().inner.x == 1  # (the limit: the class body made that default)
+    with pytest.raises(pydantic.ValidationError, match="y"):
+        Outer(inner={"y": 3})
+    said = caplog.text
+    assert "reloaded reloaded_inner.Inner, which reloaded_outer.Outer holds" in said
+    assert "reload reloaded_outer too" in said
+    assert said.count("%autoreload") == 1
