@@ -2333,57 +2333,6 @@ def test_retry_callers_following_a_job_cancelled_meanwhile_compute_it_again_once
 
 
 @pytest.mark.timeout(300)
-def test_a_srun_job_runs_past_slurms_time_limit_warning(
-    job_past_the_warning: tp.Callable[[], PastTheWarningJob],
-) -> None:
-    """With slurm_use_srun=True the job step gets Slurm's warning (submitit's --signal,
-    USR2, 90 s before the time limit, up to 60 s earlier still): submitit's handler raised
-    in the method, and a 1-minute job failed after ~18 s, "reached its time limit" (a
-    probe). Without srun the method runs until Slurm's limit: with srun too now, the
-    warning is only logged. (Its job, sent by
-    test_a_srun_job_past_its_time_limit_warning_is_submitted, ran meanwhile.)"""
-    obj, job, ctl = job_past_the_warning()
-    assert obj.run() == "rank 0"
-    assert lines(ctl / "calls.txt") == ["start rank=0", "end rank=0"]
-    log = job.stderr() or ""
-    assert "signal SIGUSR2: this job's time limit is near" in log
-
-
-@pytest.mark.timeout(300)
-def test_a_retry_job_array_right_after_scancel_submits_again(
-    tmp_path: Path,
-    ctl: Path,
-    slurm_cluster: SlurmCluster,
-    short_result_wait: None,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """A job array in mode retry right after scancel of the array before (its running
-    element still listed, COMPLETING) followed that element: "computed elsewhere
-    (running as job N_0): not submitted again", then calls raised "was cancelled". It
-    is now submitted again (the completed element is not)."""
-    import subprocess
-
-    (ctl / "block").touch()
-    settings = {"folder": tmp_path / "cache", "cluster": "slurm", **resources(slurm_cluster)}
-    base = BlocksOne(ctl=str(ctl), infra=settings)
-    with base.infra.job_array() as array:
-        array.extend(base.infra.clone_obj(x=x) for x in (1, 2))
-    wait_until(lambda: "1" in lines(ctl / "calls.txt"))  # x=1 runs, blocked
-    wait_until(lambda: array[1].infra.status() == "completed")
-    (record,) = records(array[0].infra.uid_folder())
-    subprocess.run(["scancel", record["job_id"].split("_")[0]], check=True, timeout=30)
-    retry = BlocksOne(ctl=str(ctl), infra={**settings, "mode": "retry"})
-    with caplog.at_level("INFO", logger="exca"), retry.infra.job_array() as again:
-        again.extend(retry.infra.clone_obj(x=x) for x in (1, 2))
-    assert "not submitted again" not in caplog.text
-    assert len(records(again[0].infra.uid_folder())) == 2  # submitted again
-    wait_until_worker_killed(array[0], record["job_id"])
-    (ctl / "block").unlink()  # (its first job, killed, never returns)
-    assert [t.process() for t in again] == [1, 2]
-    assert collections.Counter(lines(ctl / "calls.txt")) == {"1": 2, "2": 1}
-
-
-@pytest.mark.timeout(300)
 def test_a_retry_job_cancelled_through_itself_is_not_sent_again(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
 ) -> None:
@@ -2441,3 +2390,54 @@ def test_a_retry_right_after_a_requeue_follows_the_requeued_job(
         subprocess.run(["scancel", job.job_id], check=False, timeout=30)
     assert lines(ctl / "calls.txt") == ["7", "7"]
     assert len(records(retry.infra.uid_folder())) == 1
+
+
+@pytest.mark.timeout(300)
+def test_a_srun_job_runs_past_slurms_time_limit_warning(
+    job_past_the_warning: tp.Callable[[], PastTheWarningJob],
+) -> None:
+    """With slurm_use_srun=True the job step gets Slurm's warning (submitit's --signal,
+    USR2, 90 s before the time limit, up to 60 s earlier still): submitit's handler raised
+    in the method, and a 1-minute job failed after ~18 s, "reached its time limit" (a
+    probe). Without srun the method runs until Slurm's limit: with srun too now, the
+    warning is only logged. (Its job, sent by
+    test_a_srun_job_past_its_time_limit_warning_is_submitted, ran meanwhile.)"""
+    obj, job, ctl = job_past_the_warning()
+    assert obj.run() == "rank 0"
+    assert lines(ctl / "calls.txt") == ["start rank=0", "end rank=0"]
+    log = job.stderr() or ""
+    assert "signal SIGUSR2: this job's time limit is near" in log
+
+
+@pytest.mark.timeout(300)
+def test_a_retry_job_array_right_after_scancel_submits_again(
+    tmp_path: Path,
+    ctl: Path,
+    slurm_cluster: SlurmCluster,
+    short_result_wait: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A job array in mode retry right after scancel of the array before (its running
+    element still listed, COMPLETING) followed that element: "computed elsewhere
+    (running as job N_0): not submitted again", then calls raised "was cancelled". It
+    is now submitted again (the completed element is not)."""
+    import subprocess
+
+    (ctl / "block").touch()
+    settings = {"folder": tmp_path / "cache", "cluster": "slurm", **resources(slurm_cluster)}
+    base = BlocksOne(ctl=str(ctl), infra=settings)
+    with base.infra.job_array() as array:
+        array.extend(base.infra.clone_obj(x=x) for x in (1, 2))
+    wait_until(lambda: "1" in lines(ctl / "calls.txt"))  # x=1 runs, blocked
+    wait_until(lambda: array[1].infra.status() == "completed")
+    (record,) = records(array[0].infra.uid_folder())
+    subprocess.run(["scancel", record["job_id"].split("_")[0]], check=True, timeout=30)
+    retry = BlocksOne(ctl=str(ctl), infra={**settings, "mode": "retry"})
+    with caplog.at_level("INFO", logger="exca"), retry.infra.job_array() as again:
+        again.extend(retry.infra.clone_obj(x=x) for x in (1, 2))
+    assert "not submitted again" not in caplog.text
+    assert len(records(again[0].infra.uid_folder())) == 2  # submitted again
+    wait_until_worker_killed(array[0], record["job_id"])
+    (ctl / "block").unlink()  # (its first job, killed, never returns)
+    assert [t.process() for t in again] == [1, 2]
+    assert collections.Counter(lines(ctl / "calls.txt")) == {"1": 2, "2": 1}
