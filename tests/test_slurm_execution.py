@@ -2078,27 +2078,8 @@ def job_past_the_warning(
     needs one at a time (the tests holding both, such as
     test_every_rank_of_a_multi_task_slurm_job_runs_the_method or
     test_a_retry_job_array_right_after_scancel_submits_again, come before or after)."""
-    sent: list[PastTheWarningJob] = []
-
-    def send() -> PastTheWarningJob:
-        if not sent:
-            tmp_path = tmp_path_factory.mktemp("past_the_warning")
-            ctl = tmp_path / "ctl"
-            ctl.mkdir()
-            infra = {
-                "folder": tmp_path / "cache",
-                "cluster": "slurm",
-                **resources(slurm_cluster, timeout_min=2, slurm_use_srun=True),
-            }
-            obj = PastTheWarning(ctl=str(ctl), infra=infra)
-            sent.append((obj, obj.infra.job(), ctl))
-        return sent[0]
-
-    yield send
-    if sent:  # (never left running when the test that waits for it did not run)
-        import subprocess
-
-        subprocess.run(["scancel", sent[0][1].job_id], check=False, timeout=30)
+    settings = resources(slurm_cluster, timeout_min=2, slurm_use_srun=True)
+    yield from _one_job_in_the_background(tmp_path_factory, "past_the_warning", settings)
 
 
 @pytest.fixture(scope="module")
@@ -2112,30 +2093,43 @@ def job_until_the_time_limit(
     (--overcommit: 2 tasks, 1 CPU), so that the tests between
     test_every_rank_of_a_srun_job_until_its_time_limit_is_submitted and that test run
     meanwhile on the cluster's other CPU (each needs one at a time: the "failures"
-    section and the clear_job tests after it); it held both CPUs, and the Slurm tests, which run in turn, waited for
-    it (~90 s)."""
+    section and the clear_job tests after it); it held both CPUs, and the Slurm tests,
+    which run in turn, waited for it (~90 s)."""
+    extra = {"slurm_additional_parameters": {"overcommit": True}}
+    settings = resources(
+        slurm_cluster, timeout_min=1, tasks_per_node=2, slurm_use_srun=True, **extra
+    )
+    yield from _one_job_in_the_background(
+        tmp_path_factory, "until_the_time_limit", settings, block=True
+    )
+
+
+def _one_job_in_the_background(
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    settings: dict[str, tp.Any],
+    block: bool = False,
+) -> tp.Iterator[tp.Callable[[], PastTheWarningJob]]:
+    """A module fixture's body: a function sending one PastTheWarning job with these Slurm
+    ``settings`` (the first call; ``block``: its method waits on ctl/block until the end)
+    and giving it; cancelled at the end (never left running when the test that waits for
+    it did not run)."""
     sent: list[PastTheWarningJob] = []
 
     def send() -> PastTheWarningJob:
         if not sent:
-            tmp_path = tmp_path_factory.mktemp("until_the_time_limit")
+            tmp_path = tmp_path_factory.mktemp(name)
             ctl = tmp_path / "ctl"
             ctl.mkdir()
-            (ctl / "block").touch()
-            extra = {"slurm_additional_parameters": {"overcommit": True}}
-            infra = {
-                "folder": tmp_path / "cache",
-                "cluster": "slurm",
-                **resources(
-                    slurm_cluster, timeout_min=1, tasks_per_node=2, slurm_use_srun=True, **extra
-                ),
-            }
+            if block:
+                (ctl / "block").touch()
+            infra = {"folder": tmp_path / "cache", "cluster": "slurm", **settings}
             obj = PastTheWarning(ctl=str(ctl), infra=infra)
             sent.append((obj, obj.infra.job(), ctl))
         return sent[0]
 
     yield send
-    if sent:  # (never left running when the test that waits for it did not run)
+    if sent:
         import subprocess
 
         (sent[0][2] / "block").unlink(missing_ok=True)
