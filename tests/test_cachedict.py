@@ -171,6 +171,15 @@ def test_folder_none_requires_keep_in_ram() -> None:
         CacheDict(None, keep_in_ram=False)
 
 
+def test_a_folder_name_too_long_is_refused_naming_it(tmp_path: Path) -> None:
+    """(It raised a bare OSError "File name too long" at the first write.)"""
+    with pytest.raises(ValueError, match=r"folder: the name 'yyy.*' \(300 bytes\) is longer"):
+        CacheDict(tmp_path / ("y" * 300) / "sub")
+    with pytest.raises(ValueError, match=r"\(256 bytes\)"):  # (bytes, not characters)
+        CacheDict(tmp_path / ("é" * 128))
+    assert CacheDict(tmp_path / ("y" * 255)).folder == tmp_path / ("y" * 255)
+
+
 def test_unknown_cache_type(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="Nope"):
         CacheDict(tmp_path, cache_type="Nope")

@@ -3279,6 +3279,32 @@ def test_a_cache_folder_under_a_file_is_named(tmp_path: Path) -> None:
     assert before == CALLS
 
 
+def test_a_cache_folder_that_is_a_dangling_symlink_says_so(tmp_path: Path) -> None:
+    """A folder that is a symlink to a folder not there (a scratch disk unmounted, a link
+    made on another machine): the error said only "No such file or directory"."""
+    (tmp_path / "cache").symlink_to(tmp_path / "unmounted")
+    before = list(CALLS)
+    with pytest.raises(FileNotFoundError, match=r"it is a symlink to .*unmounted, not there"):
+        Task(param=3, infra={"folder": tmp_path / "cache"}).process()
+    assert before == CALLS
+
+
+def test_names_too_long_for_a_file_system_are_refused_naming_what_to_shorten(
+    tmp_path: Path,
+) -> None:
+    """A folder or a version making a name longer than 255 bytes raised a bare OSError
+    "File name too long" at the first call, from a read of an internal file."""
+    with pytest.raises(pydantic.ValidationError, match=r"folder: the name 'xxx.*\(300 bytes\)"):
+        TaskInfra(folder=tmp_path / ("x" * 300))
+    before = list(CALLS)
+    task = Task(param=3, infra={"folder": tmp_path, "version": "v" * 300})
+    with pytest.raises(ValueError, match=r"shorter infra.version \(300 characters\)"):
+        task.process()
+    assert before == CALLS and not list(tmp_path.iterdir())
+    # without a folder, nothing is named after it: the version is fine
+    assert Task(param=3, infra={"version": "v" * 300}).process() is not None
+
+
 def test_a_property_above_apply_is_explained() -> None:
     class Propertied(pydantic.BaseModel):
         infra: TaskInfra = TaskInfra(version="1")

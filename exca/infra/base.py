@@ -32,7 +32,7 @@ from .. import uidformat
 from ..confdict import ConfDict
 from ..graph.node import RESTORES_FILES
 from ..storage import saidonce
-from ..storage.files import note_write_error, parse_permissions
+from ..storage.files import NAME_MAX, name_too_long, note_write_error, parse_permissions
 from . import freezing, identity, uidfolder
 from .resources import UNSET_VARIABLE, expand_path_text
 
@@ -205,6 +205,12 @@ class BaseInfra(pydantic.BaseModel):
     def _absolute_folder(cls, value: Path | None) -> Path | None:
         if value is None or isinstance(value, _UnresolvedFolder):
             return value
+        too_long = name_too_long(value)
+        if too_long:  # (else exists() raises "File name too long", naming no field)
+            raise ValueError(
+                f"folder: the name {too_long} is longer than the {NAME_MAX} bytes file "
+                "systems allow in a name: give the cache a folder with shorter names"
+            )
         if value.exists() and not value.is_dir():  # (a device too: /dev/null)
             raise ValueError(f"folder={str(value)!r} is a file: give the cache a folder")
         # jobs may run elsewhere (a workdir snapshot is their current folder)
@@ -494,9 +500,20 @@ class BaseInfra(pydantic.BaseModel):
         template = _TEMPLATES.get(type(self)) or _uid_template(type(self))
         before, _, after = template.partition("{uid}")
         values = {"method": self._method().step_name(self._owner()), "version": self.version}
+        around = (before.format(**values), after.format(**values))
+        too_long = name_too_long(around[0])
+        if too_long:
+            if self.folder is not None:  # (no folder: no file is named after it)
+                raise ValueError(
+                    f"The cache folder name {too_long} is "
+                    f"longer than the {NAME_MAX} bytes file systems allow in a name (it "
+                    "is <module>.<Class>.<method>,<version>): use a shorter infra.version "
+                    f"({len(self.version)} characters) or class name"
+                )
+            return around  # (not remembered: a folder set later is checked)
         if len(_UID_AROUND) >= 10_000:
             _UID_AROUND.clear()
-        around = _UID_AROUND[key] = (before.format(**values), after.format(**values))
+        _UID_AROUND[key] = around
         return around
 
     def uid_folder(self, create: bool = False) -> Path | None:
@@ -631,10 +648,13 @@ class BaseInfra(pydantic.BaseModel):
             ):
                 note_write_error(error, folder)  # (its yaml files: a full disk says nothing)
                 raise
+            strerror = error.strerror or str(error)
+            if error.errno == errno.ENOENT and os.path.islink(self.folder):
+                strerror += f" (it is a symlink to {os.readlink(self.folder)}, not there)"
             raise type(error)(
                 error.errno,
                 f"Cannot write into the cache folder {self.folder} (infra.folder) for "
-                f"{self.uid()}: {error.strerror}. Use a folder you can write to, or "
+                f"{self.uid()}: {strerror}. Use a folder you can write to, or "
                 "mode='read-only' to only read what is cached there",
                 error.filename,
             ) from error

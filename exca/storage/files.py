@@ -63,6 +63,23 @@ def note_write_error(error: BaseException, folder: str | os.PathLike[str] | None
         error.add_note(note)
 
 
+NAME_MAX = 255  # bytes per file name on common file systems (ext4, xfs, tmpfs, NFS)
+
+
+def name_too_long(path: str | os.PathLike[str] | None) -> str:
+    """The first part of ``path`` longer than a file name may be (shortened to show,
+    with its size), or ""."""
+    raw = os.fsencode(path or "")
+    if len(raw) <= NAME_MAX:  # (the common case: no part can be too long)
+        return ""
+    for part in raw.split(os.fsencode(os.sep)):
+        if len(part) > NAME_MAX:
+            name = os.fsdecode(part)
+            shown = name if len(name) <= 60 else f"{name[:40]}...{name[-12:]}"
+            return f"{shown!r} ({len(part)} bytes)"
+    return ""
+
+
 def finish_write(fd: int, buffers: list[tp.Any], written: int) -> None:
     """After a short write (a signal, or Linux's ~2 GiB limit per call) of ``written``
     bytes of the buffers: write the rest, byte-exactly, without copying."""
