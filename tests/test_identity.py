@@ -4455,3 +4455,41 @@ def test_a_forced_sub_config_held_by_a_dataclass_does_not_slow_every_call(
     assert [config.process() for _ in range(3)] == [3] * 3
     assert not through  # (read through the fast path)
     assert not (tmp_path / f"{__name__}._HeldData.prepare,1").exists()  # (never run)
+
+
+class _NanHolder(pydantic.BaseModel):
+    model_config = FORBID
+    ceiling: float = float("nan")
+
+
+class _NanDefaults(pydantic.BaseModel):
+    model_config = FORBID
+    xs: list[float] = [float("nan"), 1.0]
+    by_name: dict[str, float] = {"a": float("nan")}
+    holder: _NanHolder = _NanHolder()
+    top: float = float("nan")
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        CALLS.append("_NanDefaults")
+        return 1
+
+
+def test_nan_in_defaults_gives_the_same_uid_read_back(tmp_path: Path) -> None:
+    """A default holding a nan (in a list, a dict, a sub-model) was pruned from the uid
+    only while the value held that very nan object (Python compares container items by
+    identity first): the config rebuilt from its config.yaml by iter_cached (fresh nans)
+    named another folder, was listed read-only and missed its cached result."""
+    obj = _NanDefaults(infra={"folder": tmp_path})
+    assert obj.infra.uid().rpartition("/")[2].startswith("top=nan-")  # (kept, as before)
+    same = _NanDefaults(
+        xs=[float("nan"), 1.0], by_name={"a": float("nan")}, holder={"ceiling": float("nan")}
+    )
+    assert same.infra.uid() == obj.infra.uid()
+    assert _NanDefaults(xs=[float("inf"), 1.0]).infra.uid() != obj.infra.uid()
+    obj.process()
+    listed = list(obj.infra.iter_cached())
+    assert [(c.infra.uid(), c.infra.mode) for c in listed] == [(obj.infra.uid(), "cached")]
+    before = _calls("_NanDefaults")
+    assert listed[0].process() == 1 and _calls("_NanDefaults") == before

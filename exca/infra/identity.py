@@ -53,6 +53,7 @@ class _FieldFacts:
         "model_cls",
         "models",
         "name",
+        "nan_default",
         "plain",
         "required",
     )
@@ -91,6 +92,8 @@ class _FieldFacts:
         # whether the annotation names a dataclass (then in ``contained``): an instance of
         # a subclass of it is dumped by the annotated class's schema (its fields lost)
         self.dataclasses = dataclasses
+        # whether the default holds a nan inside a container or a model (see _nan_equal)
+        self.nan_default = default is not _NO_DEFAULT and _holds_nan(default)
 
 
 class _ClassFacts:
@@ -1029,8 +1032,10 @@ class _Exporter:
                     # left out: exactly when both exports, with defaults pruned, are equal
                     if not field.required and type(field.default) is type(value):
                         reference = _default_export(field, self.uid)
-                        if pruned == reference and _same_bools(pruned, reference):
-                            continue  # (_uid_equal, inlined)
+                        if (pruned == reference and _same_bools(pruned, reference)) or (
+                            field.nan_default and _nan_equal(pruned, reference)
+                        ):
+                            continue  # (_default_equal, inlined)
                     out[name] = _with_class(pruned, value) if foreign else pruned
                 else:
                     exporter = _Exporter(self.uid, False)
@@ -1046,7 +1051,7 @@ class _Exporter:
                     and not field.required
                     and name not in keep
                     and type(value) is type(field.default)
-                    and _uid_equal(exported, field.default_json)  # (classes inside: never)
+                    and _default_equal(exported, field.default_json, field)  # (classes: never)
                 ):
                     out[name] = exported
                 continue
@@ -1056,7 +1061,7 @@ class _Exporter:
                 and name not in keep
                 and (
                     # (an OrderedDict's order counts: not its dump)
-                    _uid_equal(value, field.default)
+                    _default_equal(value, field.default, field)
                     if isinstance(value, collections.OrderedDict)
                     else _equals_default(value, dval, field)
                 )
@@ -1114,13 +1119,13 @@ class _Exporter:
             return _names_a_class(exported)
         if not (_names_a_class(exported) or _names_a_class(reference)):
             return False
-        return not _uid_equal(exported, reference)
+        return not _default_equal(exported, reference, field)
 
     def _default_export_is(self, exported: tp.Any, field: _FieldFacts, owner: type) -> bool:
         """Whether a field's export is that of its default (both without the init=False
         fields of their dataclasses: a memo filled in one of them is no difference)."""
         reference = self._default_export(field, owner)
-        return reference is not _NO_DEFAULT and _uid_equal(exported, reference)
+        return reference is not _NO_DEFAULT and _default_equal(exported, reference, field)
 
     def _default_export(self, field: _FieldFacts, owner: type) -> tp.Any:
         """The export of a field's default, with defaults pruned (``_NO_DEFAULT``: none,
@@ -1166,7 +1171,7 @@ class _Exporter:
                 default = field.default
                 ddump = default.model_dump(mode="json", warnings=False, by_alias=False)
                 reference = _Exporter(self.uid, True).model(default, ddump, field.keep, drop)
-                if _uid_equal(exported, reference):
+                if _default_equal(exported, reference, field):
                     return
             if self.uid and _subclass_of(type(value), field.models):
                 exported = _with_class(exported, value)
@@ -1180,7 +1185,7 @@ class _Exporter:
                 reference = exporter.value(
                     field.default, default_json, field.keep, contained, type(model)
                 )
-                if _uid_equal(exported, _without(reference, drop)):
+                if _default_equal(exported, _without(reference, drop), field):
                     return
         out[name] = exported
 
@@ -2256,9 +2261,69 @@ def _equals_default(value: tp.Any, dval: tp.Any, field: _FieldFacts) -> bool:
     if dval == field.default_json:
         return _same_bools(dval, field.default_json)
     try:
-        return bool(value == field.default) and _same_bools(value, field.default)
+        if bool(value == field.default) and _same_bools(value, field.default):
+            return True
     except Exception:  # (a dataclass holding an array memo: its == fails)
         return False
+    return field.nan_default and _nan_equal(dval, field.default_json)
+
+
+def _default_equal(exported: tp.Any, reference: tp.Any, field: _FieldFacts) -> bool:
+    """``_uid_equal`` of an export and its field's default export (nan equal to nan
+    inside them: see ``_nan_equal``)."""
+    if _uid_equal(exported, reference):
+        return True
+    return field.nan_default and _nan_equal(exported, reference)
+
+
+_NAN = float("nan")  # (the one nan of _nan_canonical: equal to itself in containers)
+
+
+def _holds_nan(value: tp.Any, depth: int = 0) -> bool:
+    """Whether a default holds a float nan inside a container or a model (at any depth)."""
+    if type(value) is float:
+        return depth > 0 and value != value
+    if depth > 50:  # (a deep or self-holding value: not worth it)
+        return False
+    if isinstance(value, pydantic.BaseModel):
+        subs: tp.Iterable[tp.Any] = [
+            *value.__dict__.values(),
+            *(value.__pydantic_extra__ or {}).values(),
+        ]
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        subs = [getattr(value, f.name, None) for f in dataclasses.fields(value)]
+    elif isinstance(value, dict):
+        subs = [*value, *value.values()]
+    elif isinstance(value, list | tuple | set | frozenset):
+        subs = value
+    else:
+        return False
+    return any(_holds_nan(sub, depth + 1) for sub in subs)
+
+
+def _nan_canonical(value: tp.Any) -> tp.Any:
+    """A value (an export, a json dump, plain containers) with every float nan in it
+    replaced by the one ``_NAN`` object."""
+    if type(value) is float:
+        return _NAN if value != value else value
+    if isinstance(value, dict):  # (an OrderedDict's order counts in ==: kept one)
+        kind: type = collections.OrderedDict if isinstance(value, collections.OrderedDict) else dict
+        return kind((_nan_canonical(k), _nan_canonical(v)) for k, v in value.items())
+    for kind in (list, tuple, set, frozenset):
+        if isinstance(value, kind):
+            return kind(_nan_canonical(sub) for sub in value)
+    return value
+
+
+def _nan_equal(a: tp.Any, b: tp.Any) -> bool:
+    """``_uid_equal`` with a nan equal to a nan inside containers. Python compares the
+    items of containers by identity first: a default holding a nan ([nan], a sub-model
+    whose field is nan) was pruned when the value held that same nan object, and not
+    when it held another nan (given, or read back from a yaml file: config.yaml rebuilt
+    by ``iter_cached`` named another uid than the live config). Both render "nan" in a
+    uid: they are equal. A top-level nan field stays unequal to its default (Python's
+    ``nan != nan``, never identity): always in the uid, as before."""
+    return _uid_equal(_nan_canonical(a), _nan_canonical(b))
 
 
 def _uid_equal(a: tp.Any, b: tp.Any) -> bool:
