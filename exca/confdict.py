@@ -609,7 +609,13 @@ def _dumper_class(libyaml: bool = True) -> tp.Any:
                 return dumper.represent_float(float(data))
         if isinstance(data, str):
             return dumper.represent_str(str(data))
-        return dumper.represent_undefined(data)
+        # (PyYAML's own error, "cannot represent an object", said neither which type nor
+        # what to do; a Decimal or a Fraction has no yaml form that reads back as itself)
+        raise TypeError(
+            f"ConfDict.to_yaml cannot write a value of type {type(data).__name__} "
+            f"({data!r:.80}): convert it first to a str, int, float, list or dict (a model's "
+            "export writes a Decimal as its str, e.g. through ConfDict.from_model)"
+        )
 
     Dumper.add_representer(ConfDict, mapping)
     Dumper.add_representer(collections.OrderedDict, mapping)

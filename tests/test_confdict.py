@@ -2,6 +2,7 @@
 
 import collections
 import dataclasses
+import decimal
 import io
 import subprocess
 import sys
@@ -329,6 +330,16 @@ def test_sets_in_yaml_are_sorted_and_frozensets_written() -> None:
     assert cd.to_yaml() == expected
     assert ConfDict.yaml_of(dict(cd)) == expected
     assert ConfDict.from_yaml(expected) == cd  # read back as sets, equal
+
+
+def test_yaml_of_a_decimal_says_what_to_do() -> None:
+    """A Decimal in a ConfDict (to_uid renders it as a float) made to_yaml raise PyYAML's
+    "cannot represent an object", naming neither the type nor a way out."""
+    cd = ConfDict({"price": decimal.Decimal("2.50")})
+    assert cd.to_uid().startswith("price=2.50-")
+    with pytest.raises(TypeError, match=r"type Decimal \(Decimal\('2.50'\)\): convert it"):
+        cd.to_yaml()
+    assert ConfDict({"price": "2.50"}).to_yaml() == "price: '2.50'\n"
 
 
 def test_ordereddict_yaml() -> None:
