@@ -3909,7 +3909,8 @@ class _Generic(pydantic.BaseModel, tp.Generic[_NetVar]):
 
 
 class _Loose(pydantic.BaseModel):
-    """Annotations naming no class of the value: their uids stay as they were."""
+    """Annotations naming no class of the value: their uids stay as they were (a model in
+    a field admitting anything is refused: see test_a_model_where_anything_goes_is_refused)."""
 
     model_config = FORBID
     anything: tp.Any = None
@@ -3923,16 +3924,47 @@ class _Loose(pydantic.BaseModel):
         return 1
 
 
+class _Named(pydantic.BaseModel):
+    """_Loose's anything and many, annotated with the class they hold."""
+
+    model_config = FORBID
+    anything: _ConvNet | None = None
+    many: list[_ConvNet] = []
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
 def test_classes_enter_uids_only_for_subclasses_of_the_annotated_class() -> None:
     """(a review: tp.Any, TypeVar-bound generics, ... gained `_class`, changing the uids
     of caches where no subclass is involved)"""
     loose = _Loose(
-        anything=_ConvNet(kernel=5),
-        many=[_ConvNet(kernel=5)],
         generic=_Generic[_ConvNet](net=_ConvNet(kernel=5)),
         bound=_Generic(net=_ConvNet(kernel=5)),
     )
     assert "_class" not in str(_cfg(loose))
+
+
+def test_a_model_where_anything_goes_is_refused() -> None:
+    """A model in a tp.Any field (or list[tp.Any]...) entered its uid by its values off
+    its class's defaults, without its class: _ConvNet() and _TransNet() both gave
+    `anything={}`, one uid, one cache folder (one's result returned for the other).
+    Refused at the first uid; annotated with its class, the uid is the one it had."""
+    for values in (
+        {"anything": _ConvNet()},
+        {"many": [1, _TransNet(heads=4)]},
+        {"anything": {"nets": [_ConvNet(kernel=5)]}},
+    ):
+        with pytest.raises(RuntimeError, match=r"_Loose\.\w+ holds a pydantic model.*Annotate"):
+            _Loose(**values).infra.uid()  # type: ignore[arg-type]
+    named = _Named(anything=_ConvNet(kernel=5), many=[_ConvNet(kernel=5)])
+    assert _cfg(named) == {"anything": {"kernel": 5}, "many": [{"kernel": 5}]}
+    # where the values are named: in a set (with the model's defaults), a DiscriminatedModel
+    loose = _Loose(anything=frozenset({_Frozen()}), many=[{"net": {"kernel": 5}}])
+    assert loose.infra.uid() != _Loose().infra.uid()
+    assert _Loose(anything=_Named()).infra.config(uid=False)["anything"]["many"] == []
 
 
 class _SlowSerializer(pydantic.BaseModel):

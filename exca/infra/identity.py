@@ -44,6 +44,7 @@ class _FieldFacts:
     # (plain classes, not dataclasses: creating a dataclass costs ~1-3 ms of `import exca`)
     __slots__ = (
         "ambiguous",
+        "anything",
         "contained",
         "dataclasses",
         "default",
@@ -94,6 +95,7 @@ class _FieldFacts:
         self.dataclasses = dataclasses
         # whether the default holds a nan inside a container or a model (see _nan_equal)
         self.nan_default = default is not _NO_DEFAULT and _holds_nan(default)
+        self.anything = False  # the annotation admits anything (Any, object), names no model
 
 
 class _ClassFacts:
@@ -394,7 +396,7 @@ def _field_facts(cls: type, name: str, field: pydantic.fields.FieldInfo) -> _Fie
     # then (as pydantic's exclude_defaults does), never the dumps
     compare_json = not required and not _has_serializer(cls, name, field)
     dataclass_types = annotated_dataclasses(annotation)
-    return _FieldFacts(
+    facts = _FieldFacts(
         name=name,
         required=required,
         default=default,
@@ -408,6 +410,49 @@ def _field_facts(cls: type, name: str, field: pydantic.fields.FieldInfo) -> _Fie
         contained=(*contained, *dataclass_types),
         dataclasses=bool(dataclass_types),
     )
+    facts.anything = not facts.contained and _admits_anything(annotation)
+    return facts
+
+
+def _admits_anything(annotation: tp.Any, depth: int = 0) -> bool:
+    """Whether an annotation holds ``tp.Any`` or ``object`` (at any depth: ``list[tp.Any]``),
+    where a value's class is named by nothing (a TypeVar, ``Self``: not looked at)."""
+    if annotation is tp.Any or annotation is object:
+        return True
+    if depth > 8 or isinstance(annotation, type) or tp.get_origin(annotation) is tp.Literal:
+        return False
+    return any(_admits_anything(arg, depth + 1) for arg in tp.get_args(annotation))
+
+
+def _check_no_unnamed_model(value: tp.Any, cls: type, name: str, depth: int = 0) -> None:
+    """Refuse a model held where the annotation admits anything (``tp.Any``, ``object``,
+    ``list[tp.Any]``...): its uid export names its values that are not at its class's
+    defaults, and not its class, so ``A()`` and ``B()`` (both ``{}``), or ``A(x=1)`` and
+    ``B(x=1)`` whose other defaults differ, shared a uid (one's result returned for the
+    other). A class that names itself in its export (DiscriminatedModel, an override
+    hook) is fine. Models in a set or a dataclass keep their defaults in a uid (their
+    values are named): not looked into."""
+    if type(value) in _NO_BOOLS or type(value) is bool or depth > 50:
+        return
+    if isinstance(value, pydantic.BaseModel):
+        if _with_class({}, value) == {}:
+            return  # (its export names it, or is its own)
+        kind = type(value).__name__
+        raise RuntimeError(
+            f"Field {cls.__name__}.{name} holds a pydantic model ({kind}) where its annotation "
+            f"admits anything (tp.Any, object): a uid names that model's values that are not "
+            f"at its class's defaults, and not its class, so {kind}() and another class at "
+            "its defaults would share a uid (and a cache folder). Annotate the field with "
+            f"the model class (e.g. {name}: {kind} | None; its uid stays the same), or with a "
+            "discriminated union of the classes it may hold (or exca.helpers."
+            "DiscriminatedModel), or keep the field out of the uid (_exclude_from_cls_uid)"
+        )
+    if isinstance(value, dict):
+        value = value.values()
+    elif not isinstance(value, list | tuple):
+        return
+    for sub in value:
+        _check_no_unnamed_model(sub, cls, name, depth + 1)
 
 
 def class_facts(cls: type[pydantic.BaseModel]) -> _ClassFacts:
@@ -1012,6 +1057,8 @@ class _Exporter:
                 out[name] = dval
                 continue
             value = values.get(name)
+            if self.uid and field.anything:
+                _check_no_unnamed_model(value, facts.cls, name)
             if isinstance(value, pydantic.BaseModel):
                 if self.uid and dropped_from_parent(value):
                     continue
