@@ -443,6 +443,11 @@ class ConfDict(dict[str, tp.Any]):
         # (libyaml's C parser when PyYAML has it: ~6x faster on a big config; the same
         # constructor and resolver as safe_load, so the same values and types)
         data = yaml.load(yaml_text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        return cls._from_loaded(data, yaml_text)
+
+    @classmethod
+    def _from_loaded(cls, data: tp.Any, yaml_text: tp.Any) -> ConfDict:
+        """``from_yaml`` of yaml already loaded: ``data`` (``yaml_text``: its text)."""
         if not isinstance(data, dict):
             text = str(yaml_text).strip()
             if isinstance(data, str) and "\n" not in text and text.endswith((".yaml", ".yml")):

@@ -8266,3 +8266,19 @@ def test_read_only_nodes_rename_no_legacy_upstream_folder(tmp_path: Path) -> Non
     assert folder.is_dir() and not legacy.exists()  # (the default mode adopts it)
     assert folder.stat().st_ino == before[str(legacy.relative_to(root))][3]  # (renamed)
     assert up.infra.status() == "completed"
+
+
+def test_cli_config_from_a_pipe_is_read_once(tmp_path: Path) -> None:
+    """A --config file was read twice (a probe for an empty file, then the config): one
+    from a pipe (``--config <(make_config)``) was empty the second time, and the command
+    failed with "not a yaml mapping ... got NoneType" (a slow file was paid twice)."""
+    cfg = f"infra:\n  folder: {tmp_path}\nseed: 3\n"
+    read, write = os.pipe()
+    os.write(write, cfg.encode())
+    os.close(write)
+    try:
+        result = cli("explain", f"{__name__}:Train.fit", "--config", f"/dev/fd/{read}")
+    finally:
+        os.close(read)
+    assert result.returncode == 0, result.stderr
+    assert "seed" in result.stdout or "Nothing to compute" in result.stdout, result.stdout

@@ -272,9 +272,13 @@ def _target_node(target: str, config: str | list[str] | None, overrides: list[st
     # (--config given several times: merged in order, each onto what the ones before set)
     for file in [config] if isinstance(config, str) else config or []:
         try:
+            # (read and parsed once: a pipe, --config <(make_config), reads empty the
+            # second time, and a slow file or a big config is paid once)
+            text = Path(file).read_text(encoding="utf8")
+            data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
             # (a file that is empty or only comments gives no values, as an empty mapping)
-            if yaml.safe_load(Path(file).read_text(encoding="utf8")) is not None:
-                cfg.update(ConfDict.from_yaml(Path(file)))
+            if data is not None:
+                cfg.update(ConfDict._from_loaded(data, text))
         except (yaml.YAMLError, TypeError, UnicodeDecodeError) as error:
             raise ValueError(
                 f"--config {file}: not a yaml mapping of config values ({error})"
