@@ -8282,3 +8282,36 @@ def test_cli_config_from_a_pipe_is_read_once(tmp_path: Path) -> None:
         os.close(read)
     assert result.returncode == 0, result.stderr
     assert "seed" in result.stdout or "Nothing to compute" in result.stdout, result.stdout
+
+
+def test_the_note_of_an_interrupted_big_map_call_is_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The note of an interrupted map call listed every item uid of the call: for a map
+    of millions of items, a JSON of tens of MB, written on Ctrl-C. Past NOTED_KEYS items
+    it holds their count, how many were cached, the first uids and a digest of all."""
+    flag = tmp_path / "flag"
+    flag.touch()
+    mapper = InterruptsAtItemWhileFlagged(flag=str(flag), infra={"folder": tmp_path / "cache"})
+    with pytest.raises(KeyboardInterrupt):
+        list(mapper.run(list(range(100_000))))
+    folder = mapper.infra.uid_folder()
+    assert folder is not None
+    (note,) = (folder / "jobs").glob("*.interrupted")
+    assert note.stat().st_size < 20_000  # (every uid: ~0.7 MB)
+    (listed,) = exca.ops.inspect(tmp_path / "cache")
+    said = (
+        "ended on KeyboardInterrupt at item '2', having cached 2 of its 100000 item(s) then "
+        "(998 of its first 1000 not cached now)"
+    )
+    assert listed.status == "partial" and said in str(listed.error), listed.error
+    # with fewer noted uids: the note goes once a call of the same items finishes them
+    monkeypatch.setattr(exca.graph.registry, "NOTED_KEYS", 2)
+    with pytest.raises(KeyboardInterrupt):
+        list(mapper.run([0, 1, 2, 3]))
+    assert len(list((folder / "jobs").glob("*.interrupted"))) == 2
+    flag.unlink()
+    assert list(mapper.run([0, 1, 2])) == [0, 1, 2]  # (other items: its note stays)
+    assert len(list((folder / "jobs").glob("*.interrupted"))) == 2
+    assert list(mapper.run([3, 2, 1, 0])) == [3, 2, 1, 0]
+    assert [n.name for n in (folder / "jobs").glob("*.interrupted")] == [note.name]

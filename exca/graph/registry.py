@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import hashlib
 import logging
 import os
 import re
@@ -232,22 +233,40 @@ def items_of(folder: Path, record: JobRecord) -> list[str] | None:
 # --- calls interrupted in a process (no job) ------------------------------------------------
 # A map's call interrupted where it was made (Ctrl-C, a KeyboardInterrupt or sys.exit of its
 # method) keeps the items it computed: without a note its folder read as a success. The
-# note names the call's items; `exca list` counts those not cached since.
+# note names the call's items; `exca list` counts those not cached since. A call of more
+# than NOTED_KEYS items (a map of millions: a note of every uid was tens of MB, written on
+# Ctrl-C) notes how many it had and had cached, its first NOTED_KEYS uids, and a digest of
+# them all (a later call of the same items that finishes them removes the note).
 INTERRUPTED_SUFFIX = ".interrupted"
+NOTED_KEYS = 1000
+
+
+def uids_digest(uids: tp.Sequence[str]) -> str:
+    """A digest of a set of item uids (their order aside)."""
+    return hashlib.md5("\n".join(sorted(uids)).encode("utf8", "surrogatepass")).hexdigest()
 
 
 def note_interrupted(
-    folder: Path, uids: list[str], how: str, item: str | None, permissions: int | None = None
+    folder: Path,
+    uids: list[str],
+    how: str,
+    item: str | None,
+    permissions: int | None = None,
+    cached: int | None = None,
 ) -> None:
-    """Note that a call of this process computing ``uids`` ended on ``how`` (at ``item``).
-    Never raises: a note that cannot be written is not worth hiding the interrupt."""
+    """Note that a call of this process computing ``uids`` ended on ``how`` (at ``item``;
+    ``cached``: how many of them were cached then). Never raises: a note that cannot be
+    written is not worth hiding the interrupt."""
     with contextlib.suppress(OSError):
         jobs = folder / JOBS_DIR
         ensure_folder(jobs, permissions)
         host = process.hostname()
         name = f"inline-{host}-{os.getpid()}-{time.time_ns()}"
         tmp = jobs / f".{name}.tmp"
-        data = {"how": how, "item": item, "pid": os.getpid(), "host": host}
+        data: dict[str, tp.Any] = {"how": how, "item": item, "pid": os.getpid(), "host": host}
+        if len(uids) > NOTED_KEYS:  # (see NOTED_KEYS)
+            data.update(count=len(uids), cached=cached, digest=uids_digest(uids))
+            uids = uids[:NOTED_KEYS]
         tmp.write_bytes(orjson.dumps({**data, "keys": uids, "time": time.time()}))
         if permissions is not None:
             chmod(tmp, permissions)
@@ -271,13 +290,24 @@ def interrupted_calls(folder: Path) -> list[dict[str, tp.Any]]:
     return sorted(out, key=lambda n: n.get("time", 0))
 
 
-def drop_finished_interruptions(folder: Path, missing: tp.Callable[[list[str]], list[str]]) -> None:
+def drop_finished_interruptions(
+    folder: Path, missing: tp.Callable[[list[str]], list[str]], uids: tp.Sequence[str] = ()
+) -> None:
     """Remove the notes of interrupted calls whose items are all cached now (``missing``:
-    those of some keys not cached): nothing is left of them to say."""
+    those of some keys not cached): nothing is left of them to say. A note of a big call
+    (not every uid in it) goes when ``uids``, a call's items all cached, are its items."""
+    digest: str | None = None
     for note in interrupted_calls(folder):
-        if not missing([str(k) for k in note["keys"]]):
-            with contextlib.suppress(OSError):
-                os.remove(note["path"])
+        if "digest" in note:
+            if note.get("count") != len(uids):
+                continue
+            digest = uids_digest(uids) if digest is None else digest
+            if digest != note["digest"]:
+                continue
+        elif missing([str(k) for k in note["keys"]]):
+            continue
+        with contextlib.suppress(OSError):
+            os.remove(note["path"])
 
 
 # --- submissions in progress -----------------------------------------------------------------

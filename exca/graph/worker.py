@@ -1259,7 +1259,9 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
     try:
         _run_map_unit(unit, progress, report)
         if unit.node.folder is not None:  # (notes of calls interrupted before: done now?)
-            registry.drop_finished_interruptions(unit.node.folder, unit.node.cache.missing)
+            registry.drop_finished_interruptions(
+                unit.node.folder, unit.node.cache.missing, unit.uids or ()
+            )
         return report
     except (KeyboardInterrupt, SystemExit) as interrupt:
         # (what it computed before is written and kept: its job's log says how many, the
@@ -1273,8 +1275,9 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
             if isinstance(interrupt, SystemExit):
                 how = f"sys.exit({interrupt.code!r})"
             item = getattr(interrupt, INTERRUPTED_ITEM, None)
+            cached = report.reused + report.waited + done
             registry.note_interrupted(
-                unit.node.folder, list(unit.uids), how, item, unit.node.cache.permissions
+                unit.node.folder, list(unit.uids), how, item, unit.node.cache.permissions, cached
             )
         raise
 

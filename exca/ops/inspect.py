@@ -484,9 +484,18 @@ def _items_left_by_calls(folder: Path, cached: set[str]) -> str | None:
     for note in registry.interrupted_calls(folder):
         keys = [str(k) for k in note["keys"]]
         absent = sum(1 for k in keys if k not in cached)
-        if absent:
-            at = f" at item {note['item']!r}" if note.get("item") is not None else ""
-            where = f"pid {note.get('pid')} on {note.get('host')}"
+        at = f" at item {note['item']!r}" if note.get("item") is not None else ""
+        where = f"pid {note.get('pid')} on {note.get('host')}"
+        if "digest" in note:  # (a big call: not all of its uids noted, see NOTED_KEYS)
+            count, then = note.get("count"), note.get("cached")
+            how_far = f"having cached {then} of its {count} item(s) then"
+            if then is None:
+                how_far = f"computing {count} item(s)"
+            said.append(
+                f"a call ({where}) ended on {note.get('how')}{at}, {how_far} ({absent} of "
+                f"its first {len(keys)} not cached now)"
+            )
+        elif absent:
             said.append(
                 f"a call ({where}) ended on {note.get('how')}{at}, having cached "
                 f"{len(keys) - absent} of its {len(keys)} item(s)"
