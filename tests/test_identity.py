@@ -4525,3 +4525,48 @@ def test_nan_in_defaults_gives_the_same_uid_read_back(tmp_path: Path) -> None:
     assert [(c.infra.uid(), c.infra.mode) for c in listed] == [(obj.infra.uid(), "cached")]
     before = _calls("_NanDefaults")
     assert listed[0].process() == 1 and _calls("_NanDefaults") == before
+
+
+class _NoisyFailing(pydantic.BaseModel):
+    """Raises while the file ``flag`` exists (its error cached)."""
+
+    model_config = FORBID
+    flag: str
+    noise: float = 0.0
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def load(self) -> float:
+        CALLS.append("_NoisyFailing")
+        if Path(self.flag).exists():
+            raise ValueError("flagged")
+        return self.noise
+
+
+@pytest.mark.parametrize("mode", ["retry", "force"])
+def test_a_call_computing_again_does_not_say_it_reuses_results(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: str
+) -> None:
+    """A call in mode retry over a cached error (or force) computes again, reusing nothing:
+    with a field renamed since (jitter -> noise, another default) it warned "Reusing the
+    results in ... computed with jitter=0.5" all the same, and told to bump the version."""
+    from exca.storage import saidonce
+
+    flag = tmp_path / "flag"
+    flag.touch()
+    with pytest.raises(ValueError, match="flagged"):
+        _NoisyFailing(flag=str(flag), infra={"folder": tmp_path / "cache"}).load()
+    flag.unlink()
+    obj = _NoisyFailing(flag=str(flag), infra={"folder": tmp_path / "cache", "mode": mode})
+    folder = obj.infra.uid_folder()
+    assert folder is not None
+    _as_when_noise_was_jitter(folder / "full-uid.yaml")
+    infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
+    saidonce._SAID.clear()
+    before = _calls("_NoisyFailing")
+    with caplog.at_level(logging.WARNING, logger="exca"):
+        assert obj.load() == 0.0
+        assert _NoisyFailing(flag=str(flag), infra={"folder": tmp_path / "cache"}).load() == 0.0
+    assert _calls("_NoisyFailing") == before + 1
+    assert "Reusing the results" not in caplog.text, caplog.text
+    assert "noise: 0.0" in (folder / "full-uid.yaml").read_text()  # (its own defaults)

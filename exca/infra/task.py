@@ -605,6 +605,8 @@ class TaskInfra(BaseInfra, SubmititMixin):
         return any(self._has_result(Path(sub)) for sub in subs)
 
     def _reuses(self, folder: Path) -> bool:
+        if self.mode == "force":  # (computed again: what it replaces is not reused)
+            return False
         kind = inspecting_view(folder).entry_type(TASK_KEY)  # (a peek: see _has_result)
         return kind is not None and not (kind == "Error" and self.mode == "retry")
 

@@ -179,7 +179,11 @@ def prepare(
     versions: list[str] = []
     if existing_full is not None:
         versions = _check_defaults(folder, existing_full, uid_config, full_uid_config, sub_configs)
-        _record_added_fields(folder, existing_full, full_uid_config, sub_configs, permissions)
+        # (a call computing anew, e.g. a task in mode retry over its cached error, reuses
+        # nothing: "Reusing the results..." was said of what it replaces; recorded all the
+        # same, as what the folder holds now is taken to be)
+        tell = reuses is None or reuses()
+        _record_added_fields(folder, existing_full, full_uid_config, sub_configs, permissions, tell)
         if versions and reuses is not None and reuses():
             _warn_versions(folder, versions)
     config_text = read_text(folder / CONFIG_FILE)  # (unparsable: removed and rewritten)
@@ -254,16 +258,18 @@ def _record_added_fields(
     full_uid_config: ConfDict,
     sub_configs: tp.Callable[[], Structure] | None,
     permissions: int | None,
+    tell: bool = True,
 ) -> None:
     """Once results are reused under the defaults of fields added to the classes since
     they were computed, full-uid.yaml says so: a later change of such a default is then
     caught as any other (without this, it never was). What the file holds stays as is
     (sub-configs' versions, fields removed since). Never raises: a cache shared read-only
-    only misses the record."""
+    only misses the record. ``tell``: warn of fields maybe renamed (results reused)."""
     merged, added = _added(existing, full_uid_config, sub_configs)
     if not added:
         return
-    _tell_swaps(folder, existing, full_uid_config, sub_configs)
+    if tell:
+        _tell_swaps(folder, existing, full_uid_config, sub_configs)
     text = ConfDict(merged).to_yaml()
     if ConfDict(merged).flat() == _normalized(full_uid_config):
         text = full_uid_config.to_yaml()  # (the very text of the config: later reads are quick)
