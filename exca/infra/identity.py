@@ -452,7 +452,11 @@ def _check_no_unnamed_model(value: tp.Any, cls: type, name: str, depth: int = 0)
     elif not isinstance(value, list | tuple):
         return
     for sub in value:
-        _check_no_unnamed_model(sub, cls, name, depth + 1)
+        if type(sub) not in _PLAIN_ITEMS:  # (a long list of numbers: one test each)
+            _check_no_unnamed_model(sub, cls, name, depth + 1)
+
+
+_PLAIN_ITEMS = frozenset({str, int, float, bool, type(None)})
 
 
 def class_facts(cls: type[pydantic.BaseModel]) -> _ClassFacts:
