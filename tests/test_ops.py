@@ -8315,3 +8315,25 @@ def test_the_note_of_an_interrupted_big_map_call_is_bounded(
     assert len(list((folder / "jobs").glob("*.interrupted"))) == 2
     assert list(mapper.run([3, 2, 1, 0])) == [3, 2, 1, 0]
     assert [n.name for n in (folder / "jobs").glob("*.interrupted")] == [note.name]
+
+
+class WithNans(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    floor: float = float("nan")
+    scales: list[float] = [1.0]
+    seed: int = 1
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        return self.seed
+
+
+def test_explain_takes_nan_for_nan(tmp_path: Path) -> None:
+    """`exca explain` compared a config with the nearest cached one by Python's !=: a nan
+    read back from full-uid.yaml is another object than the config's, so every nan field
+    was listed as changed, "floor nan → nan" (and the nearest config could be missed)."""
+    WithNans(scales=[float("nan")], infra={"folder": tmp_path}).run()
+    node = WithNans(scales=[float("nan")], seed=2, infra={"folder": tmp_path}).run.node()
+    (explanation,) = exca.ops.explain(node)
+    assert explanation.diff == [("seed", 1, 2)]

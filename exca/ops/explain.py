@@ -20,6 +20,7 @@ from ..graph.node import INPUTS_PREFIX, Group, Node, Value
 from ..graph.planning import Plan, PlanEntry
 from ..infra.task import INPUTS_FILE
 from ..infra.uidfolder import FULL_UID_FILE, UID_FILE, read_yaml
+from ..infra.uidfolder import _same as same_value
 from ..storage.cachedict import inspecting_view, keeping_files
 from .inspect import group_entries, input_folders, without_links_to_siblings
 
@@ -177,7 +178,8 @@ def nearest_cached(
                 diff = [
                     (key, cached.get(key, _MISSING), wanting.get(key, _MISSING))
                     for key in sorted(set(cached) | set(wanting))
-                    if cached.get(key, _MISSING) != wanting.get(key, _MISSING)
+                    # (nan equal to nan: one read back from yaml is another object)
+                    if not same_value(cached.get(key, _MISSING), wanting.get(key, _MISSING))
                     and key != "infra.version"
                 ]
                 if other_version != version:
