@@ -115,6 +115,15 @@ def _expected(specs: list[Spec]) -> list[tp.Any]:
     return out
 
 
+def _items(specs: list[Spec]) -> list[list[int]]:
+    """The items of each map node (empty for tasks)."""
+    values = _expected(specs)
+    return [
+        (values[s.items] if isinstance(s.items, int) else s.items) if s.kind == "map" else []
+        for s in specs
+    ]
+
+
 @dataclasses.dataclass
 class Spec:
     """How to build one node of the random DAG."""
@@ -124,7 +133,7 @@ class Spec:
     tag: str = ""  # tasks: a value input telling nodes of one config apart
     a: tp.Any = None  # index, list of indices, dict of indices, or None
     b: tp.Any = None
-    items: tp.Any = None  # maps: a list of ints, or the index of a task feeding them
+    items: tp.Any = None  # maps: a list of ints, or the index of a node feeding them
     cluster: str | None = None
 
 
@@ -146,6 +155,10 @@ def _random_specs(
                 map_configs.append(config)
             if tasks and rng.random() < 0.5:
                 items: tp.Any = rng.choice(tasks)
+            elif len(tasks) < len(specs) and rng.random() < 0.2:  # the outputs of a map
+                items = rng.choice([i for i, s in enumerate(specs) if s.kind == "map"])
+            elif rng.random() < 0.1:  # an item given twice
+                items = rng.choices(range(9), k=rng.randint(2, 5))
             else:
                 items = sorted(rng.sample(range(9), rng.randint(1, 5)))
             cluster = where.setdefault(config, rng.choice(clusters["map"]))
@@ -290,10 +303,10 @@ def check_seed(
     ancestors = sorted(_ancestors(nodes, chosen))
     modes: dict[int, str] = {}
     choice = rng.random()
-    if choice < 0.4:
+    if choice < 0.4 or choice > 0.9:
         for index in rng.sample(ancestors, min(len(ancestors), rng.randint(1, 2))):
             modes[index] = "force"
-    elif choice < 0.8:
+    if choice > 0.4:  # (both modes, some of the time)
         picked = rng.sample(ancestors, min(len(ancestors), len(ancestors) // 5))
         retried = [i for i in failing if rng.random() < 0.7]
         chosen += retried  # (targets: their cached errors are looked at)
@@ -334,16 +347,19 @@ def check_seed(
     failed = {f"{c['name']}:{c['tag']}" for c in calls if c["kind"] == "task-failed"}
     failed_items = {(c["name"], c["item"]) for c in calls if c["kind"] == "map-failed"}
     stopped: set[str] = set()
+    expected = _items(specs)
+    computing = {e.uid for e in plan.entries if e.action == "compute"}
     for index, node in enumerate(nodes):
         spec = specs[index]
+        if node.uid not in computing:
+            continue  # (cached, failing or not needed: a run does not change it)
         if (
             any(u.uid in stopped for u in node.upstream)
             or (spec.kind == "task" and f"{spec.config}:{spec.tag}" in failed)
             or (
                 spec.kind == "map"
                 and any(
-                    name == spec.config and (isinstance(spec.items, int) or item in spec.items)
-                    for name, item in failed_items
+                    name == spec.config and item in expected[index] for name, item in failed_items
                 )
             )
         ):
