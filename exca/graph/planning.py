@@ -117,10 +117,17 @@ class Plan:
             order = self.graph.order
             self.entries = [self._entry(runs[key]) for key in order]
             self._shared: dict[str, int] = {}  # map items another node of the run computes
+            self._overlaps: dict[str, int] = {}  # ... that are sent to this node's work too
             self.arrays = self._pack(order)
         by_uid = {e.uid: e for e in self.entries}
         for uid, count in self._shared.items():
             by_uid[uid].items = f"{by_uid[uid].items}, {count} by another node of this run"
+        for uid, count in self._overlaps.items():
+            by_uid[
+                uid
+            ].items = (
+                f"{by_uid[uid].items}, {count} also in another node of this run (computed once)"
+            )
         for array in self.arrays:
             for uid in array.nodes:
                 by_uid[uid].array = array.index
@@ -360,6 +367,9 @@ class Plan:
         groups: dict[tuple[int, str, bool], PlannedArray] = {}
         # (map nodes of one config launched together: each item goes to one node's jobs)
         taken: dict[tuple[int, str, str], set[str]] = {}
+        # (... otherwise, on another cluster or later: sent to both, computed once, the
+        # second waiting for the first's claims, or finding them cached)
+        planned: dict[str, set[str]] = {}
         for key in order:
             run = runs[key]
             if key not in wave or not run.needs_work or _waits(run) or run.check_only:
@@ -377,6 +387,11 @@ class Plan:
                     todo = len(own)
                     if todo < len(run.todo or ()):
                         self._shared[node.uid] = len(run.todo or ()) - todo
+                    before = planned.setdefault(str(node.folder), set())
+                    again = sum(u in before for u in own)
+                    if again:
+                        self._overlaps[node.uid] = again
+                    before.update(own)
                 if cluster in SUBMITIT_CLUSTERS:
                     limit = _max_jobs(node)
                     chunks = (
