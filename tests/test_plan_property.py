@@ -47,12 +47,31 @@ def _flat(value: tp.Any) -> list[int]:
     return [x for v in value for x in _flat(v)]
 
 
+class PData(pydantic.BaseModel):
+    """A sub-config of tasks: its method is chained (a node computed before its parent).
+    Fails while the file ``fail-<name>`` exists in ``flags``."""
+
+    name: str
+    flags: str
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("flags",)
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def prepare(self) -> list[int]:
+        _log(self.flags, {"kind": "data", "name": self.name})
+        if (Path(self.flags) / f"fail-{self.name}").exists():
+            _log(self.flags, {"kind": "data-failed", "name": self.name})
+            raise ValueError(f"{self.name} fails")
+        return data_value(self.name)
+
+
 class PTask(pydantic.BaseModel):
     """A task node: a few small ints from its name and inputs (items of maps below it).
     Fails while the file ``fail-<name>`` exists in ``flags``."""
 
     name: str
     flags: str
+    data: PData | None = None
     _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("flags",)
     infra: exca.TaskInfra = exca.TaskInfra(version="1")
 
@@ -62,7 +81,8 @@ class PTask(pydantic.BaseModel):
         if (Path(self.flags) / f"fail-{self.name}").exists():
             _log(self.flags, {"kind": "task-failed", "name": self.name, "tag": tag})
             raise ValueError(f"{self.name} fails")
-        return task_value(self.name, a, b)
+        extra = self.data.prepare() if self.data is not None else None
+        return task_value(self.name, a, b, extra)
 
 
 class PMap(pydantic.BaseModel):
@@ -84,9 +104,13 @@ class PMap(pydantic.BaseModel):
             yield map_value(self.name, item)
 
 
-def task_value(name: str, a: tp.Any, b: tp.Any) -> list[int]:
-    total = sum(_flat(a)) + sum(_flat(b)) + sum(map(ord, name))
+def task_value(name: str, a: tp.Any, b: tp.Any, extra: tp.Any = None) -> list[int]:
+    total = sum(_flat(a)) + sum(_flat(b)) + sum(_flat(extra)) + sum(map(ord, name))
     return sorted({(total + k * 3) % 9 for k in range(3)})
+
+
+def data_value(name: str) -> list[int]:
+    return [ord(name[-1]) % 7, 1]
 
 
 def map_value(name: str, item: int) -> int:
@@ -108,7 +132,8 @@ def _expected(specs: list[Spec]) -> list[tp.Any]:
 
     for spec in specs:
         if spec.kind == "task":
-            out.append(task_value(spec.config, value(spec.a), value(spec.b)))
+            extra = None if spec.data is None else data_value(spec.data)
+            out.append(task_value(spec.config, value(spec.a), value(spec.b), extra))
         else:
             items = out[spec.items] if isinstance(spec.items, int) else spec.items
             out.append([map_value(spec.config, i) for i in items])
@@ -135,6 +160,7 @@ class Spec:
     b: tp.Any = None
     items: tp.Any = None  # maps: a list of ints, or the index of a node feeding them
     cluster: str | None = None
+    data: str | None = None  # tasks: the name of their sub-config (a chained node)
 
 
 def _random_specs(
@@ -143,7 +169,10 @@ def _random_specs(
     specs: list[Spec] = []
     task_configs: list[str] = []
     map_configs: list[str] = []
-    where: dict[str, str | None] = {}  # a config's cluster (one per config: one node, one infra)
+    where: dict[str, str | None] = {}
+    datas: dict[
+        str, str | None
+    ] = {}  # a task config's sub-config  # a config's cluster (one per config: one node, one infra)
     for index in range(count):
         tasks = [i for i, s in enumerate(specs) if s.kind == "task"]
         if specs and rng.random() < 0.3:
@@ -187,12 +216,25 @@ def _random_specs(
             return {f"k{i}": p for i, p in enumerate(picked)}
 
         cluster = where.setdefault(config, rng.choice(clusters["task"]))
-        specs.append(Spec("task", config, f"n{index}", source(), source(), cluster=cluster))
+        data = datas.setdefault(config, rng.choice([None, None, None, *DATAS]))
+        spec = Spec("task", config, f"n{index}", source(), source(), cluster=cluster, data=data)
+        specs.append(spec)
     return specs
 
 
+DATAS = ("d0", "d1", "d2")
+
+
+def _data(name: str, flags: Path, cache: Path, mode: str = "cached") -> PData:
+    return PData(name=name, flags=str(flags), infra={"folder": cache, "mode": mode})
+
+
 def _build(
-    specs: list[Spec], flags: Path, cache: Path, modes: dict[int, str]
+    specs: list[Spec],
+    flags: Path,
+    cache: Path,
+    modes: dict[int, str],
+    data_modes: dict[str, str] | None = None,
 ) -> list[exca.graph.Node]:
     nodes: list[exca.graph.Node] = []
 
@@ -208,7 +250,10 @@ def _build(
     for index, spec in enumerate(specs):
         infra = {"folder": cache, "mode": modes.get(index, "cached"), "cluster": spec.cluster}
         if spec.kind == "task":
-            task = PTask(name=spec.config, flags=str(flags), infra=infra)
+            data = None
+            if spec.data is not None:
+                data = _data(spec.data, flags, cache, (data_modes or {}).get(spec.data, "cached"))
+            task = PTask(name=spec.config, flags=str(flags), data=data, infra=infra)
             nodes.append(task.run.node(tag=spec.tag, a=ref(spec.a), b=ref(spec.b)))
         else:
             mapper = PMap(name=spec.config, flags=str(flags), infra=infra)
@@ -226,7 +271,8 @@ def _ancestors(nodes: list[exca.graph.Node], chosen: list[int]) -> set[int]:
         i = todo.pop()
         if i not in out:
             out.add(i)
-            todo.extend(index[u.uid] for u in nodes[i].upstream)
+            # (a sub-config's chained node is not one of them)
+            todo.extend(index[u.uid] for u in nodes[i].upstream if u.uid in index)
     return out
 
 
@@ -249,6 +295,8 @@ def _counted(calls: list[dict[str, tp.Any]]) -> tuple[dict[str, int], dict[str, 
     for call in calls:
         if call["kind"].endswith("failed"):
             continue
+        if call["kind"] == "data":
+            continue  # (counted apart)
         if call["kind"] == "task":
             key = f"{call['name']}:{call['tag']}"
             tasks[key] = tasks.get(key, 0) + 1
@@ -277,6 +325,9 @@ def check_seed(
         if rng.random() < 0.06:
             name = spec.config if spec.kind == "task" else f"{spec.config}-{rng.randrange(9)}"
             (flags / f"fail-{name}").touch()
+    for data in DATAS:
+        if rng.random() < 0.15:
+            (flags / f"fail-{data}").touch()
     failing: list[int] = []  # nodes holding a cached error
     for index in rng.sample(range(len(nodes)), len(nodes) // 4):
         spec = specs[index]
@@ -315,7 +366,8 @@ def check_seed(
             modes[index] = "retry"
     same = {i: [j for j, n in enumerate(nodes) if n.uid == nodes[i].uid] for i in modes}
     modes = {j: mode for i, mode in modes.items() for j in same[i]}  # (one node, one mode)
-    nodes = _build(specs, flags, cache, modes)
+    data_modes = {d: rng.choice(["cached"] * 6 + ["force", "retry"]) for d in DATAS}
+    nodes = _build(specs, flags, cache, modes, data_modes)
     targets = [nodes[i] for i in chosen]
     # --- what the plan says, then what the run does
     plan = exca.graph.plan(*targets)
@@ -323,7 +375,11 @@ def check_seed(
     planned_items: dict[str, int] = {}
     unknown: set[str] = set()  # maps whose items are known at run time
     by_uid = {n.uid: (i, n) for i, n in enumerate(nodes)}
+    datas = {_data(d, flags, cache).prepare.node().uid: d for d in DATAS}
+    planned_datas = [datas[e.uid] for e in plan.entries if e.action == "compute" and e.uid in datas]
     for entry in plan.entries:
+        if entry.uid in datas:
+            continue
         index, node = by_uid[entry.uid]
         spec = specs[index]
         if entry.action != "compute":
@@ -347,7 +403,8 @@ def check_seed(
     # a node failing in this run (not known to the plan) stops what is below it
     failed = {f"{c['name']}:{c['tag']}" for c in calls if c["kind"] == "task-failed"}
     failed_items = {(c["name"], c["item"]) for c in calls if c["kind"] == "map-failed"}
-    stopped: set[str] = set()
+    failed_datas = {c["name"] for c in calls if c["kind"] == "data-failed"}
+    stopped = {u for u, d in datas.items() if d in failed_datas and d in planned_datas}
     expected = _items(specs)
     computing = {e.uid for e in plan.entries if e.action == "compute"}
     for index, node in enumerate(nodes):
@@ -366,6 +423,8 @@ def check_seed(
         ):
             stopped.add(node.uid)
     for entry in plan.entries:
+        if entry.uid in datas:
+            continue
         index, node = by_uid[entry.uid]
         spec = specs[index]
         if spec.kind == "task" and any(u.uid in stopped for u in node.upstream):
@@ -373,6 +432,7 @@ def check_seed(
         if spec.kind == "map" and any(u.uid in stopped for u in node.upstream):
             unknown.add(spec.config)
     assert tasks == planned_tasks, context
+    assert sorted(c["name"] for c in calls if c["kind"] == "data") == sorted(planned_datas), context
     known = {k: v for k, v in items.items() if k not in unknown}
     planned = {k: v for k, v in planned_items.items() if k not in unknown and v}
     assert known == planned, context
