@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import threading
+import time
 import typing as tp
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import pytest
 
 import exca
 import exca.graph
+import exca.ops
 from exca.graph.errors import NodeFailures
 from exca.graph.worker import UpstreamFailed
 
@@ -490,3 +493,60 @@ def test_the_plan_counts_items_shared_by_map_nodes_on_two_clusters_once(
     exca.graph.run(first, second)
     assert sorted(c["item"] for c in _calls(flags)) == [1, 2, 3, 4]
     assert second.result() == [map_value("m", i) for i in (2, 3, 4)]
+
+
+# --- changes between the plan and the run ---------------------------------------------------
+class Gated(pydantic.BaseModel):
+    """A task that waits while the file ``gate-<name>`` exists in ``flags`` (after
+    touching ``started-<name>``)."""
+
+    name: str
+    flags: str
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("flags",)
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self, a: tp.Any = None, b: tp.Any = None) -> str:
+        _log(self.flags, {"kind": "task", "name": self.name, "tag": ""})
+        (Path(self.flags) / f"started-{self.name}").touch()
+        end = time.monotonic() + 60
+        while (Path(self.flags) / f"gate-{self.name}").exists() and time.monotonic() < end:
+            time.sleep(0.02)
+        return f"{self.name}({a},{b})"
+
+
+def test_a_result_removed_while_the_run_goes_fails_its_reader_naming_it(tmp_path: Path) -> None:
+    """A cached upstream removed (``exca clean``, ``clear()``) after the run decided to
+    reuse it: its reader fails naming it (no wrong result), and the plan and ``explain``
+    afterwards said only "its upstream failed last time", not which one, nor why."""
+    flags = tmp_path / "flags"
+    flags.mkdir()
+
+    def gated(name: str, **inputs: tp.Any) -> exca.graph.Node:
+        return Gated(name=name, flags=str(flags), infra={"folder": tmp_path}).run.node(**inputs)
+
+    assert gated("x").result() == "x(None,None)"
+    reader = gated("y", a=gated("x"), b=gated("w"))
+    (flags / "gate-w").touch()
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            exca.graph.run(reader)
+        except UpstreamFailed as error:
+            failures.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not (flags / "started-w").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    gated("x").clear()  # (the run decided to reuse it)
+    (flags / "gate-w").unlink()
+    thread.join(timeout=60)
+    assert len(failures) == 1 and f"upstream {gated('x').uid} is missing" in str(failures[0])
+    assert [c["name"] for c in _calls(flags)] == ["x", "w"]
+    said = f"its upstream failed last time (upstream {gated('x').uid} is missing)"
+    removed, below = (e.summary() for e in exca.ops.explain(reader))
+    assert "removed since" in removed and below == said
+    assert reader.result() == "y(x(None,None),w(None,None))"  # computed again, from x's new

@@ -11,7 +11,7 @@ import math
 import typing as tp
 
 from ..storage import gcpause
-from ..storage.cachederror import record_line
+from ..storage.cachederror import record_line, shorten
 from ..storage.dumping import is_damaged_payload
 from . import callers, codeprint, executors, registry, store
 from .errors import (
@@ -301,6 +301,18 @@ def upstream_failed(node: Node) -> bool:
     return store.cache_upstream_failed(node.cache)
 
 
+def _upstream_failure_said(node: Node) -> str:
+    """What a task's cached UpstreamFailed says of its upstream, e.g. " (upstream X is
+    missing)": which node it was (removed by ``exca clean`` meanwhile, say), when its
+    own state no longer tells (its error gone, its result computed since)."""
+    entry = node.cache.entry(TASK_KEY)
+    message = " ".join(str(entry.info.get("m") or "").split()) if entry is not None else ""
+    _, found, why = message.partition(" did not run: ")
+    if not found or why in ("", "its upstream failed"):
+        return ""
+    return f" ({shorten(why, 150)})"
+
+
 class Graph:
     """The nodes some targets need, their edges, and the decision for each node."""
 
@@ -525,7 +537,8 @@ class Graph:
             run.action, run.reason = "wait", f"forced: {registry.as_jobs([own[0].job_id])}"
             run.handles = [executors.recorded_handle(own[0])]
         elif state == "error" and upstream_failed(node) and not read_only:
-            run.action, run.reason = "retry", "its upstream failed last time"
+            run.action = "retry"
+            run.reason = f"its upstream failed last time{_upstream_failure_said(node)}"
         elif state == "error":
             run.holds_error = True
             if node.mode == "retry":
