@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
+import signal
 import threading
 import time
 import typing as tp
@@ -507,7 +509,7 @@ class Gated(pydantic.BaseModel):
 
     @infra.apply
     def run(self, a: tp.Any = None, b: tp.Any = None) -> str:
-        _log(self.flags, {"kind": "task", "name": self.name, "tag": ""})
+        _log(self.flags, {"kind": "task", "name": self.name, "tag": "", "pid": os.getpid()})
         (Path(self.flags) / f"started-{self.name}").touch()
         end = time.monotonic() + 60
         while (Path(self.flags) / f"gate-{self.name}").exists() and time.monotonic() < end:
@@ -550,3 +552,87 @@ def test_a_result_removed_while_the_run_goes_fails_its_reader_naming_it(tmp_path
     removed, below = (e.summary() for e in exca.ops.explain(reader))
     assert "removed since" in removed and below == said
     assert reader.result() == "y(x(None,None),w(None,None))"  # computed again, from x's new
+
+
+# --- Ctrl-C during a run ------------------------------------------------------------------------
+class GatedMap(pydantic.BaseModel):
+    """A map whose item waits while the file ``gate-<name>-<item>`` exists in ``flags``
+    (after touching ``started-<name>-<item>``)."""
+
+    name: str
+    flags: str
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("flags",)
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def run(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            _log(self.flags, {"kind": "map", "name": self.name, "item": item})
+            (Path(self.flags) / f"started-{self.name}-{item}").touch()
+            end = time.monotonic() + 60
+            gate = Path(self.flags) / f"gate-{self.name}-{item}"
+            while gate.exists() and time.monotonic() < end:
+                time.sleep(0.02)
+            yield item * 10
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] != "Z"  # (a zombie has ended)
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_while_inline_work_and_a_local_job_run_then_a_rerun_computes_what_is_missing(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C in the main thread while a map computes inline (two of its items done) and a
+    local job runs: the job is cancelled (its process ends), nothing is cached wrong, and
+    the rerun computes only what is missing: the interrupted item, the ones after it, the
+    cancelled task, then the task below them."""
+    flags = tmp_path / "flags"
+    flags.mkdir()
+
+    def target() -> exca.graph.Node:
+        infra = {"folder": tmp_path / "cache"}
+        job = Gated(name="j", flags=str(flags), infra={**infra, "cluster": "local"}).run.node()
+        mapped = GatedMap(name="m", flags=str(flags), infra=infra).run.node([1, 2, 3, 4])
+        return Gated(name="d", flags=str(flags), infra=infra).run.node(a=mapped, b=job)
+
+    (flags / "gate-j").touch()
+    (flags / "gate-m-3").touch()
+
+    def interrupt() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(
+            (flags / f"started-{n}").exists() for n in ("j", "m-3")
+        ):
+            time.sleep(0.02)
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        exca.graph.run(target())
+    before = _calls(flags)
+    assert [(c["name"], c.get("item")) for c in before if c["name"] == "m"] == [
+        ("m", 1),
+        ("m", 2),
+        ("m", 3),
+    ]
+    (job_call,) = [c for c in before if c["name"] == "j"]
+    deadline = time.monotonic() + 30
+    while _alive(job_call["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(job_call["pid"])  # (cancelled: not left computing beside the rerun)
+    (flags / "gate-j").unlink()
+    (flags / "gate-m-3").unlink()
+    plan = exca.graph.plan(target())
+    assert [(e.status, e.items) for e in plan.entries if e.kind == "map"] == [
+        ("missing", "2/4 missing")
+    ]
+    assert target().result() == "d([10, 20, 30, 40],j(None,None))"
+    again = [(c["name"], c.get("item")) for c in _calls(flags)[len(before) :]]
+    assert sorted(again, key=str) == [("d", None), ("j", None), ("m", 3), ("m", 4)]
