@@ -354,7 +354,7 @@ def check_seed(
     # some nodes computed again alone (forced): what was computed from them is stale
     tasks = [i for i, s in enumerate(specs) if s.kind == "task"]
     for index in rng.sample(tasks, min(len(tasks), rng.randint(0, 2))):
-        _run(_build(specs, flags, cache, {index: "force"})[index])
+        _run(_build(specs[: index + 1], flags, cache, {index: "force"})[index])
     # --- modes, targets
     used = {u.uid for n in nodes for u in n.upstream}
     sinks = [i for i, n in enumerate(nodes) if n.uid not in used]
