@@ -691,6 +691,35 @@ def test_a_wait_record_keeps_the_keys_of_a_folder_named_by_two_paths(tmp_path: P
         Claims.end_wait(record)
 
 
+def test_a_live_claim_copied_with_its_folder_holds_nothing_in_the_copy(
+    tmp_path: Path,
+) -> None:
+    """A cache copied while a worker of this host computed in it: the copy of its claim
+    made the copy's callers wait for that worker's whole computation (which writes into
+    the original), then compute anyway (a probe). In the copy it is dead; in the original,
+    and through a symlink to it, it still holds its keys."""
+    original, copy, link = tmp_path / "original", tmp_path / "copy", tmp_path / "link"
+    original.mkdir()
+    link.symlink_to(original, target_is_directory=True)
+    with Claims(original).claim(["a", "b"]), Claims(original / "task").claim_one("result"):
+        shutil.copytree(original, copy)
+        me = Owner.current()
+        for folder in (original, link):
+            assert Claims(folder).holders(["a", "b"]) == {"a": me, "b": me}
+            assert Claims(folder / "task").holders(["result"]) == {"result": me}
+        assert Claims(copy).holders(["a", "b"]) == {}
+        assert Claims(copy / "task").holders(["result"]) == {}
+        taken: list[list[str]] = []
+        thread = threading.Thread(  # (another thread: not a re-entry)
+            target=lambda: taken.extend(
+                [Claims(copy).claim(["a"]).mine, Claims(copy / "task").claim_one("result").mine]
+            )
+        )
+        thread.start()
+        thread.join(timeout=10)
+        assert taken == [["a"], ["result"]]
+
+
 def test_keys_given_back_are_taken_back_in_order_until_one_another_holds(
     tmp_path: Path,
 ) -> None:

@@ -959,6 +959,36 @@ def test_a_cache_copied_while_its_job_runs_computes_on_its_own(tmp_path: Path) -
     assert make(tmp_path, None, x=4, infra={"folder": copy}).process() == 8
 
 
+@pytest.mark.timeout(60)
+def test_a_cache_copied_while_a_call_computes_does_not_wait_for_it(tmp_path: Path) -> None:
+    """A cache copied while a call of this machine computed into it: the copy's status
+    said "running" and its call waited for that whole computation (it writes into the
+    original), then computed anyway (a probe: a training's hours). It computes at once."""
+    log = tmp_path / "calls.txt"
+    block = tmp_path / "block-flag"
+    block.touch()
+    out: list[int] = []
+
+    def call(**infra: tp.Any) -> None:
+        out.append(make(tmp_path, None, x=6, block_flag=str(block), infra=infra).process())
+
+    first = threading.Thread(target=call)
+    first.start()
+    _wait_for(lambda: len(calls(log)) == 1)  # computing (blocked)
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "cache", copy, symlinks=True)
+    copied = make(tmp_path, None, x=6, block_flag=str(block), infra={"folder": copy})
+    assert copied.infra.status() == "not submitted"
+    assert make(tmp_path, None, x=6, block_flag=str(block)).infra.status() == "running"
+    second = threading.Thread(target=call, kwargs={"folder": copy})
+    second.start()
+    _wait_for(lambda: len(calls(log)) == 2, timeout=10)  # (not after the first one)
+    block.unlink()
+    first.join(timeout=30)
+    second.join(timeout=30)
+    assert out == [12, 12]
+
+
 @pytest.mark.timeout(120)
 def test_clear_job_cancels_a_running_local_job(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]

@@ -44,6 +44,7 @@ from exca.graph.errors import JobFailedError, NodeFailures
 from exca.ops import clean
 from exca.ops.inspect import human_size, node_folders, step_selects
 from exca.storage.cachedict import CacheDict
+from exca.storage.claims import Claims
 
 WAIT_S = 60.0  # bound on any wait (never reached when things work)
 INDEX_GLOB = "*-info.jsonl"
@@ -1253,6 +1254,20 @@ def test_explain_a_config_whose_folder_holds_no_result(tmp_path: Path) -> None:
     (explanation,) = exca.ops.explain(Train(seed=2, infra={"folder": root}).fit.node())
     assert explanation.nearest is None and explanation.diff == []
     assert "its folder exists but holds no result" in str(explanation)
+
+
+def test_explain_of_a_task_copied_while_it_computed_says_so(tmp_path: Path) -> None:
+    """A cache copied while a call of this machine computed a task: explain of the copy
+    now takes that call's claim for none (the call writes into the original), and said
+    the computation "died before writing it", of a call still alive."""
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    folder = folder_of(Train(seed=3, infra={"folder": original}))
+    folder.mkdir(parents=True)
+    with Claims(folder).claim_one("result"):  # (as that call holds it)
+        shutil.copytree(original, copy)
+        (explanation,) = exca.ops.explain(Train(seed=3, infra={"folder": copy}).fit.node())
+    said = f"the cache was copied while its computation (pid {os.getpid()} on"
+    assert said in str(explanation) and "died" not in str(explanation), str(explanation)
 
 
 def test_explain_of_a_node_that_never_started_says_so(tmp_path: Path) -> None:
@@ -6607,6 +6622,26 @@ def test_list_of_a_map_call_killed_where_it_was_made_says_it_did_not_finish(
     assert (info.status, info.entries) == ("partial", 2), info
     said = "died (killed?) while computing 5 item(s), having cached 2 of them"
     assert info.error is not None and said in info.error, info.error
+
+
+def test_list_of_a_map_copied_while_a_call_computed_it_says_so(tmp_path: Path) -> None:
+    """A map's cache copied while a call of this machine computed its items: `exca list`
+    of the copy said "computing" (the copied claim), though that call writes into the
+    original; nothing computes them in the copy. It says what the copy holds."""
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    squares = Squares(infra={"folder": original})
+    assert list(squares.square([0, 1])) == [0, 1]
+    folder = squares.square.node([0, 1]).folder
+    assert folder is not None
+    with Claims(folder).claim(["2", "3"]):  # (as that call holds them)
+        shutil.copytree(original, copy)
+        (listed,) = exca.ops.inspect(original)
+        assert listed.status == "computing", listed
+        (info,) = exca.ops.inspect(copy)
+    assert (info.status, info.entries) == ("partial", 2), info
+    said = f"copied while a call (pid {os.getpid()}"
+    assert info.error is not None and said in info.error, info.error
+    assert "computed 2 item(s) into the original, 0 of them cached here" in info.error
 
 
 class Interrupts(pydantic.BaseModel):

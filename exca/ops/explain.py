@@ -364,6 +364,13 @@ def _why_empty(folder: Path) -> str:
     if any(name.endswith(INDEX_SUFFIX) for name in names):  # (something was written)
         return "what was cached in it was removed since"
     dead = [c for c in Claims(folder).dead() if not c.hold]
+    copied = [c for c in dead if c.copied]
+    if copied and len(copied) == len(dead):
+        return (
+            f"the cache was copied while its computation ({copied[0].owner.describe()}) "
+            "ran in the original: that one writes its result there, not here"
+        )
+    dead = [c for c in dead if not c.copied]
     if dead:
         return f"its computation ({dead[0].owner.describe()}) died before writing it"
     if registry.read_all(folder):  # (a job ended without writing: its plan reason says so)

@@ -504,7 +504,12 @@ def _items_left_by_calls(folder: Path, cached: set[str]) -> str | None:
         if claim.hold or claim.unreadable or claim.owner.job_id or TASK_KEY in claim.keys:
             continue  # (a removal's hold; a job's claim: its record tells; a task's)
         absent = sum(1 for k in claim.keys if k not in cached)
-        if absent:
+        if absent and claim.copied:  # (its call computes into the original: alive)
+            said.append(
+                f"copied while a call ({claim.owner.describe()}) computed {len(claim.keys)} "
+                f"item(s) into the original, {len(claim.keys) - absent} of them cached here"
+            )
+        elif absent:
             said.append(
                 f"a call ({claim.owner.describe()}) died (killed?) while computing "
                 f"{len(claim.keys)} item(s), having cached {len(claim.keys) - absent} of them"

@@ -17,6 +17,9 @@ renamed into place):
 - a claim records host, pid, process start time, thread and Slurm job id; a daemon thread
   refreshes its mtime (heartbeat). A claim is dead when its process is gone (same host:
   checked at once) or its heartbeat is older than two periods (other hosts);
+- a claim also records where it was written (its folder's inode and real path): a claim
+  of this host found in another folder (the cache copied while it computed) is dead
+  there, as its owner computes into the original (see ``ClaimFile.copied``);
 - keys already claimed by the same thread are re-entered, not waited for.
 """
 
@@ -149,6 +152,9 @@ class ClaimFile(tp.NamedTuple):
     # a FolderHold's (a removal keeping new claims out: a claim, but no computation)
     hold: bool = False
     unreadable: bool = False  # (its owner and keys told by its name only: see Claims._read)
+    # written in another folder (see _Where.differs): the cache was copied while its
+    # owner computed, and the owner writes into the original, not here
+    copied: bool = False
 
     def is_dead(self, heartbeat: float, job_alive: JobAlive | None = None) -> bool:
         if self.unreadable:  # (its name tells its process: gone on this host, or its
@@ -156,6 +162,8 @@ class ClaimFile(tp.NamedTuple):
             name = self.path.name[: -len(CLAIM_SUFFIX)]
             return process.session_ended(name, self.mtime, 2 * heartbeat)
         alive = process.is_alive(self.owner.host, self.owner.pid, self.owner.start)
+        if alive is not None and self.copied:  # (of this host, whose paths it names)
+            return True
         if alive is None:  # another host: only its heartbeat tells
             return time.time() - self.mtime > 2 * heartbeat
         if alive and job_alive is not None and self.owner.job_id:
@@ -284,15 +292,16 @@ class Claims:
         self.permissions = permissions  # of the claims folder, when created here
 
     # --- reading ------------------------------------------------------------------------
-    def _read(self, path: Path) -> ClaimFile | None:
+    def _read(self, path: Path, here: _Where) -> ClaimFile | None:
         try:
             data = path.read_bytes()
             mtime = os.stat(path).st_mtime
             record = orjson.loads(data)
             owner = Owner(**record["owner"])
-            return ClaimFile(
-                path, owner, frozenset(record["keys"]), mtime, bool(record.get("hold"))
-            )
+            keys, hold = frozenset(record["keys"]), bool(record.get("hold"))
+            written = record.get("where")  # (none: a hold's, or an older exca's)
+            copied = written is not None and here.differs(written)
+            return ClaimFile(path, owner, keys, mtime, hold, copied=copied)
         except (FileNotFoundError, orjson.JSONDecodeError, KeyError, TypeError):
             return None  # being written (renamed in place) or removed: not a live claim
         except PermissionError:
@@ -452,12 +461,18 @@ class Claims:
             ]
         except FileNotFoundError:
             return []
-        return [c for c in (self._read(Path(p)) for p in names) if c is not None]
+        here = _Where(self.folder)
+        return [c for c in (self._read(Path(p), here) for p in names) if c is not None]
 
     def _write(self, me: Owner, keys: list[str]) -> Path:
         """A new claim file (a unique name), complete when it appears."""
+        where = _Where(self.folder).record()
+        if where[0] is None:  # (its first claim: the folder is made with its claims folder)
+            with contextlib.suppress(OSError):  # (as _write_tmp would, which then says why)
+                make_folder(os.fspath(self.dir), self.permissions)
+                where = _Where(self.folder).record()
         try:
-            data = orjson.dumps({"owner": me._asdict(), "keys": keys})
+            data = orjson.dumps({"owner": me._asdict(), "keys": keys, "where": where})
         except TypeError:
             _refuse_keys_not_utf8(keys)
             raise
@@ -669,6 +684,39 @@ class FolderHold:
         """Remove what ``put`` wrote in a folder (or where it was moved since)."""
         _discard(self.claim_file(folder))
         _unlock(folder / CLAIMS_DIR / LOCK_NAME, self._token)
+
+
+class _Where:
+    """The folder whose keys claim files name, looked at once, when first asked."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._seen: list[tp.Any] | None = None
+
+    def record(self) -> list[tp.Any]:
+        """[inode, real path] of the folder (inode None: it cannot be looked at)."""
+        if self._seen is None:
+            try:
+                inode: int | None = os.stat(self.folder).st_ino
+            except OSError:
+                inode = None
+            self._seen = [inode, os.path.realpath(self.folder)]
+        return self._seen
+
+    def differs(self, written: tp.Any) -> bool:
+        """Whether a claim file written in ``written`` (a ``record()``) is in another
+        folder now: a copy, whose inode and real path both differ. A real path alone
+        differs for the same folder mounted twice, or named through a moved symlink; an
+        inode alone, on a filesystem whose inode numbers are not stable (some FUSE ones):
+        neither is a copy."""
+        try:
+            inode, real = written
+        except (TypeError, ValueError):
+            return False  # (not understood: as if not recorded)
+        here_inode, here_real = self.record()
+        if inode is None or here_inode is None:
+            return False
+        return bool(inode != here_inode and real != here_real)
 
 
 def folder_key(folder: str | os.PathLike[str]) -> tuple[int, int] | str:
