@@ -677,8 +677,8 @@ class SubmititHandle(Handle):
                 how = self._exited_in_method() or how
             if not how and state.startswith("UNKNOWN"):
                 how = (
-                    "neither the queue nor the accounting (sacct) knows it: cancelled before "
-                    "it started?"
+                    "the queue no longer lists it and the accounting (sacct) has no end for "
+                    "it: cancelled before it started?"
                 )
             detail = f": {how}" if how else ""
             # (ended before python ran, e.g. a slurm_setup line failing: its log says why)

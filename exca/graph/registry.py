@@ -947,6 +947,11 @@ def _endings(job_ids: tp.Sequence[str], unknown: bool = False) -> dict[str, tupl
     for job, rows in runs.items():
         # (its last run says how it ended)
         _, state, code, nodes = rows[-1]
+        if state.split(" ")[0].rstrip("+") not in FINAL_STATES:
+            # (sacct lags behind the queue: an array element cancelled while pending
+            # stays in its array's grouped PENDING row for seconds; the job asked about
+            # has ended, so that row tells nothing of how: "ended with state PENDING")
+            continue
         if nodes.strip() != NO_NODE:
             how = _exit_words(code.strip())
         elif any(r[3].strip() != NO_NODE for r in rows[:-1]):
