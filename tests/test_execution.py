@@ -4186,6 +4186,24 @@ def test_a_multi_task_job_whose_other_rank_dies_fails_naming_it(
 
 
 @pytest.mark.timeout(180)
+def test_a_multi_task_job_whose_other_rank_dies_as_it_starts_fails_soon(
+    tmp_path: Path, short_result_wait: None
+) -> None:
+    """Rank 1 killed as it starts (loading its work), before it follows rank 0's calls:
+    rank 0, its call made, waited STARTUP_S (600 s) for the process file rank 1 never
+    wrote before saying anything. Rank 1's process gone from the host tells it (a local
+    job's ranks all run here)."""
+    from rank_dies_early import RankOneDiesEarly
+
+    infra = {"folder": tmp_path / "cache", "cluster": "local", "tasks_per_node": 2}
+    task = RankOneDiesEarly(infra=infra)
+    said = r"Rank 1 of 2 did not end its call: its process ended before it started following"
+    with pytest.raises(RuntimeError, match=said):
+        task.train()
+    assert task.infra.status() == "failed"
+
+
+@pytest.mark.timeout(180)
 def test_a_jobs_result_file_and_its_ranks_calls_take_the_caches_permissions(
     tmp_path: Path,
 ) -> None:

@@ -318,9 +318,11 @@ def rank_log(rank: int) -> str:
 def _follower_gone(folder: Path, rank: int, since: float) -> str | None:
     """Why ``rank`` will not report (it died: killed, out of memory...), or None."""
     path = folder / f"{_FOLLOWER}{rank}.json"
-    how, info = _how_gone(path, since)
+    how, info = _how_gone(path, since, rank)
     if how == "silent":
         return f"it did not start following rank 0's calls in {STARTUP_S:.0f} s"
+    if how == "vanished":
+        return "its process ended before it started following rank 0's calls (killed?)"
     if how == "ended":
         return f"it ended (pid {info['pid']}, killed?) before ending this call"
     if how == "stale":
@@ -328,8 +330,9 @@ def _follower_gone(folder: Path, rank: int, since: float) -> str | None:
     return None
 
 
-def _how_gone(path: Path, since: float) -> tuple[str | None, dict[str, tp.Any]]:
-    """How the rank whose process file (refreshed, see claims) is ``path`` is gone:
+def _how_gone(path: Path, since: float, rank: int) -> tuple[str | None, dict[str, tp.Any]]:
+    """How ``rank``, whose process file (refreshed, see claims) is ``path``, is gone:
+    "vanished" (no file, and its process is not on this host: killed as it started),
     "silent" (no file ``STARTUP_S`` after ``since``), "ended" (its process is dead),
     "stale" (on another host, no refresh for two heartbeats), or None (alive, or not
     started yet); with the file's content."""
@@ -337,13 +340,98 @@ def _how_gone(path: Path, since: float) -> tuple[str | None, dict[str, tp.Any]]:
         info = json.loads(path.read_text(encoding="utf8"))
         age = time.time() - path.stat().st_mtime
     except (FileNotFoundError, ValueError):
+        if _vanished(path, rank):
+            return "vanished", {}
         return ("silent" if time.monotonic() - since > STARTUP_S else None), {}
+    _UNSEEN.pop(path, None)
     alive = process.is_alive(info["host"], info["pid"], info.get("start"))
     if alive is False:
         return "ended", info
     if alive is None and age > max(2 * claims.heartbeat_seconds(), LEAD_STALE_S):
         return "stale", info
     return None, info
+
+
+UNSEEN_S = 1.0  # a rank's process not on its host in two looks this far apart: gone
+_UNSEEN: dict[Path, float] = {}  # a rank's process file -> when its process was first unseen
+
+
+def _vanished(path: Path, rank: int) -> bool:
+    """Whether the process of ``rank`` (which wrote no ``path`` yet) is gone from this
+    host, where the job launched it with this one (not there in two looks UNSEEN_S
+    apart, the file still missing after the second): killed as it started (before it
+    wrote its file, a wait for it lasted STARTUP_S). False when this host cannot tell."""
+    markers = _rank_markers(rank)
+    if markers is None or _process_with(markers) is not False:
+        _UNSEEN.pop(path, None)
+        return False
+    first = _UNSEEN.setdefault(path, time.monotonic())
+    return time.monotonic() - first >= UNSEEN_S and not path.exists()
+
+
+def _rank_markers(rank: int) -> dict[str, str] | None:
+    """The variables the job launching ``rank`` set in its environment (and its children
+    inherit), or None when this host cannot see its process: it runs on another node, or
+    this process runs out of sight of the Slurm step's (a container's own pids)."""
+    env = os.environ
+    executor = env.get("SUBMITIT_EXECUTOR")
+    if executor == "local" and "SUBMITIT_LOCAL_JOB_ID" in env:
+        return {
+            "SUBMITIT_LOCAL_JOB_ID": env["SUBMITIT_LOCAL_JOB_ID"],
+            "SUBMITIT_LOCAL_GLOBALID": str(rank),
+        }
+    if executor != "slurm" or "SLURM_STEP_ID" not in env or "SLURM_JOB_ID" not in env:
+        return None  # (no step: a job without srun has one task)
+    if str(rank) not in env.get("SLURM_GTIDS", "").split(",") or not _under_slurmstepd():
+        return None
+    return {
+        "SLURM_JOB_ID": env["SLURM_JOB_ID"],
+        "SLURM_STEP_ID": env["SLURM_STEP_ID"],
+        "SLURM_PROCID": str(rank),
+    }
+
+
+@functools.cache
+def _under_slurmstepd() -> bool:
+    """Whether an ancestor of this process is slurmstepd: the processes it launched for the
+    step's other tasks are then seen from here (not in a pid namespace of this one's)."""
+    pid = os.getppid()
+    for _ in range(20):
+        if pid <= 1:
+            return False
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            return False
+        name = stat[stat.find(b"(") + 1 : stat.rfind(b")")]
+        if name == b"slurmstepd":
+            return True
+        pid = int(stat[stat.rfind(b")") + 2 :].split()[1])
+    return False
+
+
+def _process_with(markers: dict[str, str]) -> bool | None:
+    """Whether a process of this user on this host has these environment variables (as
+    it started: a rank's process, or one it started), or None when /proc cannot say."""
+    wanted = {f"{k}={v}".encode() for k, v in markers.items()}
+    first = next(iter(wanted))
+    uid = os.getuid()
+    try:
+        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                data = handle.read()  # (empty for a zombie: it runs nothing)
+        except OSError:  # (ended meanwhile)
+            continue
+        if first in data and wanted <= set(data.split(b"\0")):
+            return True
+    return False
 
 
 def report_outcome(call: Followed, error: BaseException | None) -> None:
@@ -388,9 +476,11 @@ def _done(folder: Path, permissions: int | None) -> None:
 def _lead_gone(folder: Path, since: float) -> str | None:
     """Why rank 0 will announce nothing more (it died: killed, out of memory...), or None."""
     lead = folder / LEAD_FILE
-    how, info = _how_gone(lead, since)
+    how, info = _how_gone(lead, since, 0)
     if how == "silent":
         return f"rank 0 announced nothing in {STARTUP_S:.0f} s"
+    if how == "vanished":
+        return "rank 0's process ended before it announced anything (killed?)"
     if how == "ended":
         return f"rank 0 (pid {info['pid']}) ended without finishing its calls (killed?)"
     if how == "stale":
