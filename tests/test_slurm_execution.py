@@ -2099,6 +2099,30 @@ def test_every_rank_of_a_multi_task_slurm_job_runs_the_method(
     assert sorted(lines(meeting / "calls.txt"))[:2] == ["infer rank=0", "infer rank=1"]
 
 
+@pytest.mark.timeout(300)
+def test_a_multi_task_slurm_job_whose_rank_one_dies_as_it_starts_fails_soon(
+    tmp_path: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    """tasks_per_node=2 with srun, rank 1 killed as it starts (loading its work), before
+    it follows rank 0's calls: rank 0, its call made, waited STARTUP_S (600 s) for the
+    process file rank 1 never wrote. Rank 1's process gone from the node (where
+    slurmstepd started both tasks, SLURM_GTIDS) tells it."""
+    if slurm_cluster.cpus_per_node < 2:
+        pytest.skip("needs a node of 2 CPUs")
+    from rank_dies_early import RankOneDiesEarly
+
+    infra = {
+        "folder": tmp_path / "cache",
+        "cluster": "slurm",
+        **resources(slurm_cluster, tasks_per_node=2, slurm_use_srun=True),
+    }
+    task = RankOneDiesEarly(infra=infra)
+    said = r"Rank 1 of 2 did not end its call: its process ended before it started following"
+    with pytest.raises(RuntimeError, match=said):
+        task.train()
+    assert task.infra.status() == "failed"
+
+
 class PastTheWarning(pydantic.BaseModel):
     """Each rank notes its start and end in <ctl>/calls.txt. It runs until its own log
     shows Slurm's time-limit warning (SIGUSR2, logged by submitit or exca), then 3 s more
