@@ -600,6 +600,38 @@ def test_an_array_element_cancelled_while_pending_is_not_said_pending(
 
 
 @pytest.mark.timeout(240)
+def test_an_element_that_ran_is_not_said_cancelled_before_it_started_while_sacct_lags(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running array element cancelled while sacct still listed it RUNNING: `exca list`
+    said it "ended with state UNKNOWN ...: cancelled before it started?" (its row, not
+    final, not read), though it ran and wrote a log; before that, "ended with state
+    RUNNING ...: its process exited with code 0 (did the method call sys.exit...?)"."""
+    import subprocess
+
+    (ctl / "block").touch()
+    settings = {"folder": tmp_path / "cache", "cluster": "slurm", **resources(slurm_cluster)}
+    base = BlocksOne(ctl=str(ctl), infra=settings)
+    with base.infra.job_array() as array:
+        array.extend(base.infra.clone_obj(x=x) for x in (1, 2))
+    running = array[0].infra.job()
+    sacct = LaggingSacct(monkeypatch)
+    try:
+        wait_until(lambda: "1" in lines(ctl / "calls.txt"))  # (x=1 runs, blocked)
+        wait_until(lambda: registry.sacct_states([running.job_id])[running.job_id] == "RUNNING")
+        sacct.freeze(running.job_id)
+    finally:
+        subprocess.run(["scancel", running.job_id], check=False, timeout=30)
+    wait_until(lambda: not registry.queued_jobs([running.job_id]))
+    wait_until_worker_killed(array[0], running.job_id)
+    listed = {i.folder: i.error for i in exca.ops.inspect(tmp_path / "cache")}
+    said = listed[array[0].infra.uid_folder()] or ""
+    assert sacct.served  # (the lag held: exca asked sacct while it lagged)
+    assert f"job {running.job_id}" in said and "its log" in said, said
+    assert "before it started" not in said and "exited with code" not in said, said
+
+
+@pytest.mark.timeout(240)
 def test_the_state_of_a_cancelled_job_stays_cancelled(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
 ) -> None:

@@ -676,14 +676,18 @@ class SubmititHandle(Handle):
             else:  # (e.g. sys.exit(0) in the method: no result, sacct says no code)
                 how = self._exited_in_method() or how
             if not how and state.startswith("UNKNOWN"):
-                how = (
-                    "the queue no longer lists it and the accounting (sacct) has no end for "
-                    "it: cancelled before it started?"
-                )
+                how = "the queue no longer lists it and the accounting (sacct) has no end for it"
+                # (a job that wrote a log ran: sacct lags behind its end, its log says more)
+                how += ": cancelled before it started?" if not self._wrote_log() else " yet"
             detail = f": {how}" if how else ""
             # (ended before python ran, e.g. a slurm_setup line failing: its log says why)
             detail += self._log_said(tail=True)
         return f"job {self.job_id} ended with state {state} without writing its result{detail}"
+
+    def _wrote_log(self) -> bool:
+        with contextlib.suppress(Exception):
+            return Path(self.job.paths.stderr).exists()
+        return False
 
     def _never_started(self, how: str | None) -> bool:
         """Whether Slurm never gave the ended job a node (cancelled while pending):
@@ -691,9 +695,8 @@ class SubmititHandle(Handle):
         look read with the state."""
         from .registry import NEVER_STARTED, NO_NODE
 
-        with contextlib.suppress(Exception):
-            if Path(self.job.paths.stderr).exists():
-                return False  # (it ran, e.g. then requeued and cancelled while pending)
+        if self._wrote_log():
+            return False  # (it ran, e.g. then requeued and cancelled while pending)
         if how is not None:
             return how == NEVER_STARTED
         try:
