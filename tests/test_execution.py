@@ -524,6 +524,35 @@ def test_a_submission_on_a_full_disk_names_the_folder(
     assert len(calls(tmp_path / "calls.txt")) == 1
 
 
+@pytest.mark.timeout(120)
+def test_a_submission_on_a_full_disk_leaves_no_partial_pickle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's pickle cut where the disk filled up (on a 2 MB tmpfs: 4096 of its 13771
+    bytes written): only an empty one was removed, the partial one stayed in the log
+    folder, under a random name nothing reads. Nothing is left; once space is back the
+    call computes."""
+    import errno
+
+    import cloudpickle
+    import submitit.core.utils
+
+    def full(obj: tp.Any, filename: tp.Any) -> None:
+        data = cloudpickle.dumps(obj)
+        Path(filename).write_bytes(data[: len(data) // 2])  # (then the disk is full)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    task = make(tmp_path, "local", x=5)
+    monkeypatch.setattr(submitit.core.utils, "cloudpickle_dump", full)
+    with pytest.raises(OSError, match="No space left"):
+        task.process()
+    monkeypatch.undo()
+    logs = task.infra.uid_folder().parent / "logs"
+    assert task.infra.status() == "not submitted" and not list(logs.rglob("*.pkl"))
+    assert make(tmp_path, "local", x=5).process() == 10
+    assert len(calls(tmp_path / "calls.txt")) == 1
+
+
 class DiesQuietly(pydantic.BaseModel):
     """Its process ends at once, writing nothing (as a job meeting a full disk may)."""
 

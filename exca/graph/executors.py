@@ -2064,6 +2064,7 @@ def submit_array(
         execution.workdir.activate() if execution.workdir is not None else contextlib.nullcontext()
     )
     jobs: list[tp.Any] = []
+    began = time.time()  # (a pickle left half-written since then is this submission's)
     _SUBMITTING.started = [] if cluster == "local" else None
     try:
         if cluster == "slurm" and len(units) > 1:  # (pickling errors: told below)
@@ -2144,7 +2145,7 @@ def submit_array(
         for job in jobs:  # (what went out before: never half a submission)
             with contextlib.suppress(Exception):
                 job.cancel(check=False)
-        _remove_empty_pickles(logs)
+        _remove_partial_pickles(logs, began)
         # (submitit's words say "update executor.max_pickle_size_gb": an exca user sets
         # the infra's field)
         estimate = str(error).split(" of objects")[0].removeprefix("Submitting an estimated ")
@@ -2161,7 +2162,7 @@ def submit_array(
         for job in jobs:  # (what went out before: never half a submission)
             with contextlib.suppress(Exception):
                 job.cancel(check=False)
-        _remove_empty_pickles(logs)
+        _remove_partial_pickles(logs, began)
         note_write_error(error, logs.split("%j")[0].rstrip("/"))
         if not jobs:
             _sent_nothing(error)
@@ -2172,7 +2173,7 @@ def submit_array(
         for job in jobs:  # (what went out before: never half a submission)
             with contextlib.suppress(Exception):
                 job.cancel(check=False)
-        _remove_empty_pickles(logs)
+        _remove_partial_pickles(logs, began)
         unpicklable = unpicklable_error(units, error, "a job")
         raise (_sent_nothing(unpicklable) if not jobs else unpicklable) from error
     finally:
@@ -2252,13 +2253,32 @@ def _check_array_pickles(function: tp.Any, units: list[Unit], limit_gb: float) -
         )
 
 
-def _remove_empty_pickles(logs: str) -> None:
-    """submitit opens a job's pickle before dumping into it: a failed dump leaves it empty."""
+def _remove_partial_pickles(logs: str, since: float) -> None:
+    """submitit opens a job's pickle before dumping into it: a failed dump leaves it empty,
+    or cut where the disk filled up (a 2 MB tmpfs kept 4096 of 13771 bytes), named by a
+    random id that nothing reads. Those written since ``since`` that end before their
+    STOP opcode are removed (checked without unpickling: nothing is imported)."""
     folder = Path(logs.split("%j")[0]) if "%j" in logs else Path(logs)
     for path in folder.glob("*.pkl") if folder.is_dir() else []:
         with contextlib.suppress(OSError):
-            if path.stat().st_size == 0:
+            stat = path.stat()
+            if stat.st_size == 0 or (stat.st_mtime >= since - 1 and _cut_short(path)):
                 path.unlink()
+
+
+def _cut_short(path: Path) -> bool:
+    """Whether a pickle file ends before its STOP opcode (a dump cut by a full disk)."""
+    import pickletools
+
+    try:
+        with open(path, "rb") as handle:
+            for _ in pickletools.genops(handle):
+                pass
+    except (ValueError, EOFError):  # ("pickle exhausted before seeing STOP")
+        return True
+    except Exception:  # (anything else: not ours to judge)
+        return False
+    return False
 
 
 def _remove_template_folder(logs: str) -> None:
