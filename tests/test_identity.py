@@ -973,6 +973,46 @@ def test_dotted_keys_of_dicts_of_plain_values_are_read_back(tmp_path: Path) -> N
     assert [c.infra.uid() for c in config.infra.iter_cached()] == [config.infra.uid()]
 
 
+class _DottedOptim(DiscriminatedModel):
+    pass
+
+
+class _DottedAdam(_DottedOptim):
+    lr_mult: dict[str, float] = {}
+
+
+class _DottedFamily(pydantic.BaseModel):
+    optim: _DottedOptim
+    optims: list[_DottedOptim] = []
+    epochs: int = 1
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return self.epochs
+
+
+def test_dotted_keys_in_a_member_of_a_discriminated_family_are_read_back(
+    tmp_path: Path,
+) -> None:
+    """A field typed as a DiscriminatedModel base whose member holds the dict of dotted
+    keys (optim: Optim = Adam(lr_mult={"encoder.layer1": 0.1})): the base's fields hold
+    none, so the keys were left split: clone_obj() raised a ValidationError and
+    iter_cached() skipped the folder."""
+    config = _DottedFamily(
+        optim=_DottedAdam(lr_mult={"encoder.layer1": 0.1}),
+        optims=[_DottedAdam(lr_mult={"a.b": 0.5}), _DottedOptim()],
+        infra={"folder": tmp_path},
+    )
+    config.process()
+    clone = config.infra.clone_obj({"epochs": 2})
+    assert isinstance(clone.optim, _DottedAdam)
+    assert clone.optim.lr_mult == {"encoder.layer1": 0.1}
+    assert [type(o) for o in clone.optims] == [_DottedAdam, _DottedOptim]
+    assert clone.optims[0].lr_mult == {"a.b": 0.5}  # type: ignore[attr-defined]
+    assert [c.optim for c in config.infra.iter_cached()] == [config.optim]
+
+
 def test_dotted_extra_keys_naming_a_field_are_refused(tmp_path: Path) -> None:
     """An extra key "optim.lr" left the field optim at its default, yet had the uid of
     optim={"lr": 0.5} (read as a path): the two configs shared one cache folder, the

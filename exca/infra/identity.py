@@ -1851,7 +1851,7 @@ def with_dotted_keys(cls: type[pydantic.BaseModel], data: dict[str, tp.Any]) -> 
 
 # What to do with a value to join its dotted keys back, from its annotation (compiled once
 # per model class): ("flat",) a dict of plain values; ("model", cls) a sub-config;
-# ("dict", spec) / ("list", spec) the values / items of a container, each by ``spec``.
+# ("family", base) a DiscriminatedModel, by the member its key names; ("dict", spec) / ("list", spec) the values / items of a container, each by ``spec``.
 _Spec = tuple[tp.Any, ...]
 _PLANS: dict[type, dict[str, _Spec]] = {}
 # (a class updated in place, by %autoreload: what holds it may need another plan)
@@ -1882,6 +1882,10 @@ def _spec(hint: tp.Any, depth: int) -> _Spec | None:
     if depth > _MAX_DEPTH:
         return None
     if isinstance(hint, type) and issubclass(hint, pydantic.BaseModel):
+        if getattr(hint, "_exca_discriminator_key", None) is not None:
+            # (a DiscriminatedModel: the member its key names, maybe defined later, may
+            # hold such dicts where the base holds none)
+            return ("family", hint)
         return ("model", hint) if _model_plan(hint) or hint in _PLANNING else None
     origin = tp.get_origin(hint)
     args = tp.get_args(hint)
@@ -1948,11 +1952,21 @@ def _planned(spec: _Spec, value: tp.Any, depth: int) -> tp.Any:
         return _flattened(value) if isinstance(value, dict) else value
     if kind == "model":
         return _planned_model(_model_plan(spec[1]), value, depth)
+    if kind == "family":
+        return _planned_model(_model_plan(_member(spec[1], value)), value, depth)
     if kind == "dict" and isinstance(value, dict):
         return _mapped(value, lambda _, sub: _planned(spec[1], sub, depth + 1))
     if kind == "list" and isinstance(value, list):
         return _mapped(value, lambda _, sub: _planned(spec[1], sub, depth + 1))
     return value
+
+
+def _member(base: tp.Any, value: tp.Any) -> type[pydantic.BaseModel]:
+    """The class of a DiscriminatedModel's family that exported ``value`` names under its
+    key (the base when it names none, as validation builds it)."""
+    name = value.get(base._exca_discriminator_key) if isinstance(value, dict) else None
+    found = base._exca_family().get(name) if isinstance(name, str) else None
+    return tp.cast(type[pydantic.BaseModel], found if found is not None else base)
 
 
 def _flattened(value: dict[str, tp.Any]) -> dict[str, tp.Any]:
