@@ -1013,6 +1013,47 @@ def test_dotted_keys_in_a_member_of_a_discriminated_family_are_read_back(
     assert [c.optim for c in config.infra.iter_cached()] == [config.optim]
 
 
+class _DottedA(pydantic.BaseModel):
+    model_config = FORBID
+    kind: tp.Literal["a"] = "a"
+    lr_mult: dict[str, float] = {}
+
+
+class _DottedB(pydantic.BaseModel):
+    model_config = FORBID
+    kind: tp.Literal["b"] = "b"
+    lr_mult: dict[str, tp.Any] = {}  # (may hold dicts: left as read)
+
+
+class _DottedUnion(pydantic.BaseModel):
+    optim: _DottedA | _DottedB = pydantic.Field(discriminator="kind")
+    maybe: list[tp.Annotated[_DottedA | _DottedB, pydantic.Field(discriminator="kind")]] = []
+    epochs: int = 1
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return self.epochs
+
+
+def test_dotted_keys_in_a_member_of_a_union_of_models_are_read_back(tmp_path: Path) -> None:
+    """A field holding a union of models (A | B, with a discriminator) whose member
+    holds the dict of dotted keys: its keys were left split (a union: which member?), so
+    clone_obj() raised a ValidationError and iter_cached() skipped the folder. Each value
+    is read by the member its tag names."""
+    config = _DottedUnion(
+        optim=_DottedA(lr_mult={"encoder.layer1": 0.1}),
+        maybe=[_DottedB(), _DottedA(lr_mult={"a.b": 0.5})],
+        infra={"folder": tmp_path},
+    )
+    config.process()
+    clone = config.infra.clone_obj({"epochs": 2})
+    assert clone.optim == config.optim and clone.maybe == config.maybe
+    assert [c.optim for c in config.infra.iter_cached()] == [config.optim]
+    other = _DottedUnion(optim=_DottedB(lr_mult={"k.v": 1}), infra={"folder": tmp_path})
+    assert other.infra.clone_obj().optim == _DottedB(lr_mult={"k": {"v": 1}})
+
+
 def test_dotted_extra_keys_naming_a_field_are_refused(tmp_path: Path) -> None:
     """An extra key "optim.lr" left the field optim at its default, yet had the uid of
     optim={"lr": 0.5} (read as a path): the two configs shared one cache folder, the

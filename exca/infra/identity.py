@@ -1851,7 +1851,8 @@ def with_dotted_keys(cls: type[pydantic.BaseModel], data: dict[str, tp.Any]) -> 
 
 # What to do with a value to join its dotted keys back, from its annotation (compiled once
 # per model class): ("flat",) a dict of plain values; ("model", cls) a sub-config;
-# ("family", base) a DiscriminatedModel, by the member its key names; ("dict", spec) / ("list", spec) the values / items of a container, each by ``spec``.
+# ("family", base) a DiscriminatedModel, by the member its key names; ("union", ((cls,
+# spec), ...)) a union of models, by the members a value fits; ("dict", spec) / ("list", spec) the values / items of a container, each by ``spec``.
 _Spec = tuple[tp.Any, ...]
 _PLANS: dict[type, dict[str, _Spec]] = {}
 # (a class updated in place, by %autoreload: what holds it may need another plan)
@@ -1891,7 +1892,9 @@ def _spec(hint: tp.Any, depth: int) -> _Spec | None:
     args = tp.get_args(hint)
     if origin is tp.Union or origin is types.UnionType:
         members = [a for a in args if a is not type(None)]
-        return _spec(members[0], depth + 1) if len(members) == 1 else None  # (else: which?)
+        if len(members) == 1:
+            return _spec(members[0], depth + 1)
+        return _union_spec([_unannotated(m) for m in members], depth)
     if not isinstance(origin, type):
         return None
     if issubclass(origin, collections.abc.Mapping) and len(args) == 2:
@@ -1903,6 +1906,29 @@ def _spec(hint: tp.Any, depth: int) -> _Spec | None:
         inner = _spec(args[0], depth + 1)
         return None if inner is None else ("list", inner)
     return None
+
+
+def _union_spec(members: list[tp.Any], depth: int) -> _Spec | None:
+    """A union of models (``A | B``, maybe with a discriminator field): each value read
+    by the members it fits. Unions of other types: which member a dict is for is unknown."""
+    if not all(isinstance(m, type) and issubclass(m, pydantic.BaseModel) for m in members):
+        return None
+    specs = tuple((m, _spec(m, depth + 1)) for m in members)
+    return ("union", specs) if any(spec is not None for _, spec in specs) else None
+
+
+def _fits(cls: type[pydantic.BaseModel], value: dict[str, tp.Any]) -> bool:
+    """Whether an exported model ``value`` may be of ``cls``: its keys are fields of it
+    (or it allows extras) and its values of Literal fields (a tag) are allowed ones."""
+    fields = cls.model_fields
+    if cls.model_config.get("extra") != "allow" and not set(value) <= set(fields):
+        return False
+    for name, field in fields.items():
+        hint = _unannotated(field.annotation)
+        tagged = name in value and tp.get_origin(hint) is tp.Literal
+        if tagged and value[name] not in tp.get_args(hint):
+            return False
+    return True
 
 
 def _unannotated(hint: tp.Any) -> tp.Any:
@@ -1954,6 +1980,14 @@ def _planned(spec: _Spec, value: tp.Any, depth: int) -> tp.Any:
         return _planned_model(_model_plan(spec[1]), value, depth)
     if kind == "family":
         return _planned_model(_model_plan(_member(spec[1], value)), value, depth)
+    if kind == "union" and isinstance(value, dict):
+        # (joined only when every member it fits joins it the same way)
+        outs = [
+            value if sub is None else _planned(sub, value, depth)
+            for cls, sub in spec[1]
+            if _fits(cls, value)
+        ]
+        return outs[0] if outs and all(out == outs[0] for out in outs) else value
     if kind == "dict" and isinstance(value, dict):
         return _mapped(value, lambda _, sub: _planned(spec[1], sub, depth + 1))
     if kind == "list" and isinstance(value, list):
