@@ -894,6 +894,29 @@ def test_a_folder_it_may_not_write_to_says_what_to_do(
         assert CacheDict(tmp_path)["before"] == 1
 
 
+@pytest.mark.parametrize("many", [False, True])
+def test_a_cache_folder_it_may_not_make_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, many: bool
+) -> None:
+    """A cache folder not made yet whose mkdir is refused (a read-only mount, a full disk):
+    set_many said what to do, a put said the bare "[Errno 30] Read-only file system"."""
+    import errno
+
+    def refused(path: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(os, "mkdir", refused)
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path / "cache")
+    with pytest.raises(OSError, match="Read-only file system") as info, cd.write():
+        if many:
+            cd.set_many([("a", 1)])
+        else:
+            cd["a"] = 1
+    notes = getattr(info.value, "__notes__", [])
+    said = f"this process cannot write into {tmp_path / 'cache'} (Read-only file system)"
+    assert any(n.startswith(said) for n in notes), notes
+
+
 def test_an_index_line_cut_by_a_full_disk_is_said_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -865,7 +865,11 @@ class CacheDict(tp.Generic[X]):
             session[0].close()
         # new thread state, or after a fork: a new session
         assert self.folder is not None
-        ensure_folder(self.folder, self.permissions, levels=0)  # (maybe the user's)
+        try:
+            ensure_folder(self.folder, self.permissions, levels=0)  # (maybe the user's)
+        except OSError as error:  # (a folder it may not make: said with what to do)
+            note_write_error(error, self.folder)
+            raise
         writer = IndexWriter(self.folder, self.permissions)
         ctx = DumpContext(
             self.folder,
