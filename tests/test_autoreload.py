@@ -369,3 +369,26 @@ def test_autoreload_of_a_class_imported_by_name_warns(
     assert "reloaded reloaded_inner.Inner, which reloaded_outer.Outer holds" in said
     assert "reload reloaded_outer too" in said
     assert said.count("%autoreload") == 1
+
+
+def test_autoreload_of_an_unchanged_class_with_a_default_factory_says_nothing(
+    tmp_path: Path, inner_and_outer: tuple[tp.Any, tp.Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A held class reloaded unchanged is not warned of: one with a lambda (or any
+    function defined in its module) as a field's default_factory was, as its repr names
+    the function's address, new at each reload."""
+    inner_module, _ = inner_and_outer
+    factory = "\n    tags: list[int] = pydantic.Field(default_factory=lambda: [1])\n"
+    (tmp_path / "reloaded_inner.py").write_text(INNER + factory)
+    autoreload.superreload(inner_module, old_objects=OLD)  # (the field added: said)
+    (tmp_path / "reloaded_inner.py").write_text("# a comment\n" + INNER + factory)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="exca"):
+        autoreload.superreload(inner_module, old_objects=OLD)
+    assert "autoreload" not in caplog.text
+    edited = factory.replace("[1]", "[2]")  # (the factory's code edited: said)
+    (tmp_path / "reloaded_inner.py").write_text(INNER + edited)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="exca"):
+        autoreload.superreload(inner_module, old_objects=OLD)
+    assert "reloaded reloaded_inner.Inner, which reloaded_outer.Outer holds" in caplog.text

@@ -212,8 +212,26 @@ def _definition(cls: type[pydantic.BaseModel]) -> tp.Any:
     """What a model's holders were built from: its fields' annotations and defaults."""
     try:
         return {
-            name: (repr(field.annotation), repr(field.default), repr(field.default_factory))
+            name: (repr(field.annotation), repr(field.default), _stable(field.default_factory))
             for name, field in cls.model_fields.items()
         } | {"#config": repr(cls.model_config)}
     except Exception:  # (a field whose repr fails: taken as changed)
         return object()
+
+
+def _stable(value: tp.Any) -> tp.Any:
+    """What a default factory is, the same in each reload of its unchanged module: a
+    function (a lambda...) by its name and code (its repr names its address, new at
+    each reload: an unchanged class was said changed)."""
+    code = getattr(value, "__code__", None)
+    if not isinstance(code, types.CodeType):
+        return repr(value)
+    return (getattr(value, "__qualname__", ""), _code_key(code))
+
+
+def _code_key(code: types.CodeType) -> tuple[tp.Any, ...]:
+    """A code object's bytecode, names and constants (nested code alike), not its lines."""
+    consts = tuple(
+        _code_key(c) if isinstance(c, types.CodeType) else repr(c) for c in code.co_consts
+    )
+    return (code.co_code, code.co_names, consts)
