@@ -380,6 +380,34 @@ def test_a_result_a_full_disk_could_not_store_is_computed_by_the_next_call(
     assert calls(log) == ["called"] * 3
 
 
+@pytest.mark.timeout(180)
+def test_a_full_disk_job_whose_record_stayed_is_no_failure_for_status(tmp_path: Path) -> None:
+    """A local job that met a full disk (or a read-only folder) storing its result sets its
+    record aside; on a read-only folder it cannot, and the record stays. The next call
+    computes it all the same (no failure of the config), but status() said "failed",
+    failure() gave the disk's error and exca list an "error": they say what the call does."""
+    flag, log = tmp_path / "full", tmp_path / "calls.txt"
+    flag.touch()
+
+    def task() -> FillsTheDisk:
+        infra = {"folder": tmp_path / "cache", "cluster": "local"}
+        return FillsTheDisk(flag=str(flag), log=str(log), infra=infra)
+
+    with pytest.raises(JobFailedError, match="No space left on device"):
+        task().process()
+    jobs = task().infra.uid_folder() / "jobs"
+    for refused in jobs.glob("*.refused"):  # (as a job that could not set it aside)
+        refused.rename(refused.with_suffix(".json"))
+    assert list(jobs.glob("*.json"))
+    assert task().infra.status() == "not submitted"
+    assert task().infra.failure() is None
+    (listed,) = exca.ops.inspect(tmp_path / "cache")
+    assert listed.error is None and listed.status != "error", listed
+    flag.unlink()  # (space freed)
+    assert task().process() == 7
+    assert calls(log) == ["called"] * 2
+
+
 def _wait_for(predicate: tp.Callable[[], bool], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

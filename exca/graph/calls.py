@@ -156,9 +156,9 @@ def _task_status(node: Node) -> tuple[Status, tp.Callable[[], BaseException] | N
         return "running", None
     if record is None or registry.wrote_outcome(record):
         return "not submitted", None  # (an outcome removed since, e.g. by an interrupted force)
-    from .executors import ended_by_method_interrupt
+    from .executors import ended_not_cached
 
-    if ended_by_method_interrupt(record):  # (not its failure: the next call computes it)
+    if ended_not_cached(record):  # (not its failure: the next call computes it)
         return "not submitted", None
     return "failed", lambda: _lost_job_failure(node, record)
 

@@ -81,6 +81,12 @@ def storage_failed(how: str) -> bool:
     return match is not None and int(match.group(1)) in ENVIRONMENT_ERRNOS
 
 
+def storage_failed_in_log(log: str) -> bool:
+    """Whether a job's log shows an OSError of its environment raised (a look before its
+    ending is read, see storage_failed)."""
+    return any(int(m.group(1)) in ENVIRONMENT_ERRNOS for m in _ERRNO_RAISED.finditer(log))
+
+
 def not_cached(how: str) -> bool:
     """Whether a job's ending is none of the config's failures, the next call computing
     it: its method's KeyboardInterrupt or sys.exit, or what its storage raised."""

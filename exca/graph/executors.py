@@ -32,6 +32,8 @@ from .errors import (
     interrupt_said,
     method_ended_in_log,
     method_interrupted,
+    not_cached,
+    storage_failed_in_log,
 )
 from .node import CLAIM_JOB_ID, DEFAULT_MAX_JOBS, TASK_KEY, Execution
 from .worker import Report, Unit, UnloadedUnit, run_job_unit, run_stoppable, run_unit
@@ -1358,13 +1360,34 @@ def ended_by_method_interrupt(record: tp.Any, known: tuple[str, str] | None = No
     first (the job notes the interrupt there, see worker.run_job_unit): the ending of any
     other job, a Slurm one's asked of sacct, is not looked up (``known``: as
     ``registry.slurm_endings`` gave it)."""
+    return _ended_so(record, known, method_ended_in_log, method_interrupted)
+
+
+def ended_not_cached(record: tp.Any) -> bool:
+    """``ended_by_method_interrupt``, or a task's job that met a full disk or a folder it
+    could not write storing its result (``errors.storage_failed``), its record not set
+    aside (on a read-only folder it could not be): no failure either, the next call
+    computes it (decisions.Graph._check_registry): status() and ``exca list`` say so."""
+    return _ended_so(
+        record, None, lambda log: method_ended_in_log(log) or storage_failed_in_log(log), not_cached
+    )
+
+
+def _ended_so(
+    record: tp.Any,
+    known: tuple[str, str] | None,
+    in_log: tp.Callable[[str], bool],
+    ending: tp.Callable[[str], bool],
+) -> bool:
+    """Whether a recorded job's log tail passes ``in_log`` (a quick look) and its ending
+    (``Handle.ended_how``) ``ending``."""
     try:
-        if not method_ended_in_log(read_tail(Path(record.stderr), 64 * 1024)):
+        if not in_log(read_tail(Path(record.stderr), 64 * 1024)):
             return False
     except OSError:  # (no log: not noted)
         return False
     try:
-        return method_interrupted(recorded_handle(record).ended_how(known))
+        return ending(recorded_handle(record).ended_how(known))
     except Exception:  # (its ending unknown: as before, a failure)
         return False
 

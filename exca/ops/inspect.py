@@ -454,11 +454,12 @@ def describe(
         died = (
             not record.foreign and record.cluster != "debug" and not registry.wrote_outcome(record)
         )
-        if died:  # (not ended by its method's KeyboardInterrupt: no failure, the next
-            # call computes it, as status() says; its record is set aside then)
-            from ..graph.executors import ended_by_method_interrupt
+        if died:  # (not ended by its method's KeyboardInterrupt, nor by a full disk met
+            # storing its result: no failure, the next call computes it, as status() says;
+            # its record is set aside then)
+            from ..graph.executors import ended_not_cached
 
-            died = not ended_by_method_interrupt(record)
+            died = not ended_not_cached(record)
         if died:
             info.status = "error"
             info.error = f"job {record.job_id} {_DIED}"  # (see _describe_dead_jobs)
