@@ -27,8 +27,9 @@ _DIGESTS: dict[tp.Any, str] = {}  # code object -> digest (memoized: the hit pat
 # (cache folder, current digest) -> how far its index files were read when its reused map
 # items were checked, and which items: a later call of the same code checks only items not
 # looked at yet, unless a writer (another process, other code) appended since (a scan per
-# call doubled the cost of a warm map call)
-_ITEMS_CHECKED: dict[tuple[str, str], tuple[frozenset[tuple[str, int]] | None, frozenset[str]]] = {}
+# call doubled the cost of a warm map call). The set of items grows in place: a new one per
+# call made a loop reading items one by one quadratic (3.5 ms per call at 40k items)
+_ITEMS_CHECKED: dict[tuple[str, str], tuple[frozenset[tuple[str, int]] | None, set[str]]] = {}
 _BYTECODE = importlib.util.MAGIC_NUMBER[:2].hex()  # (the interpreter's bytecode version)
 # on a generated method (with_infra's build): the user's function whose code it runs
 CODE_OF_ATTR = "__exca_code_of__"
@@ -212,8 +213,10 @@ def check_items(
             return
     key = (str(cache.folder), current)
     known = _ITEMS_CHECKED.get(key)
-    before = known[1] if known is not None and known[0] == positions else frozenset()
-    _ITEMS_CHECKED[key] = (positions, before.union(todo))
+    if known is not None and known[0] == positions:
+        known[1].update(todo)  # (in place: the cost of this call's items only)
+    else:
+        _ITEMS_CHECKED[key] = (positions, set(todo))
 
 
 def _unchecked(
