@@ -408,6 +408,39 @@ def test_a_full_disk_job_whose_record_stayed_is_no_failure_for_status(tmp_path: 
     assert calls(log) == ["called"] * 2
 
 
+class FillsTheDiskItems(pydantic.BaseModel):
+    flag: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: tp.Iterable[int]) -> tp.Iterator[tp.Any]:
+        for _ in items:
+            yield _SpaceNeeded(self.flag)
+
+
+@pytest.mark.timeout(180)
+def test_a_map_job_dead_on_a_full_disk_is_no_failure_for_status(tmp_path: Path) -> None:
+    """A local map job that met a full disk storing its items: the next call computes
+    them, and exca list said nothing of a failure, but the node's status() said "failed"
+    (a job whose method raised KeyboardInterrupt is no failure for it, a full disk was)."""
+    flag = tmp_path / "full"
+    flag.touch()
+
+    def mapped() -> FillsTheDiskItems:
+        infra = {"folder": tmp_path / "cache", "cluster": "local"}
+        return FillsTheDiskItems(flag=str(flag), infra=infra)
+
+    with pytest.raises(JobFailedError, match="No space left on device"):
+        mapped().process([1, 2])
+    node = mapped().process.node([1, 2])
+    assert node.status() == "not submitted"
+    assert node.failure() is None
+    (listed,) = exca.ops.inspect(tmp_path / "cache")
+    assert listed.error is None and listed.status != "error", listed
+    flag.unlink()  # (space freed)
+    assert list(mapped().process([1, 2])) == [7, 7]
+
+
 def _wait_for(predicate: tp.Callable[[], bool], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

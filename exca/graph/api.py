@@ -181,18 +181,19 @@ def _status(node: Node) -> str:
         return "running"
     # items a job was sent and did not write: it failed; a job that ran to its end wrote
     # them, removed since (a clear() while it ran): missing, as they were never computed;
-    # a job whose method raised KeyboardInterrupt is no failure (the next call computes
-    # them: see errors.INTERRUPT_HINT), as for a task (calls.task_status); nor is a debug
+    # a job whose method raised KeyboardInterrupt, or that met a full disk storing them,
+    # is no failure (the next call computes them: see errors.INTERRUPT_HINT and
+    # STORAGE_HINT), as for a task (calls.task_status); nor is a debug
     # job, run by its submitting process as with cluster None (ended so, that process
     # was interrupted: nothing is cached)
-    from .executors import ended_by_method_interrupt
+    from .executors import ended_not_cached
 
     left = set(missing)
     failed = any(
         computes(r, left)
         and r.cluster != "debug"
         and not registry.wrote_outcome(r)
-        and not ended_by_method_interrupt(r)
+        and not ended_not_cached(r)
         for r in records
     )
     return "failed" if failed else "not submitted"

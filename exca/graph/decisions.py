@@ -145,7 +145,7 @@ def _read_only_items_left(
         and todo.intersection(registry.items_of(folder, r) or todo)
         and not registry.is_active(r, queued)
         and not registry.wrote_outcome(r)
-        and not executors.ended_by_method_interrupt(r)  # (no failure: INTERRUPT_HINT)
+        and not executors.ended_not_cached(r)  # (no failure: INTERRUPT_HINT, STORAGE_HINT)
     ]
     return left[-1] if left else None
 

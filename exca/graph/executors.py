@@ -31,7 +31,6 @@ from .errors import (
     exit_said,
     interrupt_said,
     method_ended_in_log,
-    method_interrupted,
     not_cached,
     storage_failed_in_log,
 )
@@ -1351,23 +1350,16 @@ def recorded_handle(record: tp.Any) -> Handle:
     return SubmititHandle(submitit_job(record), record.cluster)
 
 
-def ended_by_method_interrupt(record: tp.Any, known: tuple[str, str] | None = None) -> bool:
-    """Whether a recorded job that ended without its outcome ended on a KeyboardInterrupt
-    its method raised, or a sys.exit it called (``errors.method_interrupted`` of its
-    ending, as the next call reads it: it computes the task again, see
-    decisions.Graph._check_registry), its record not set aside yet (by the job, or by
-    that call): status() and ``exca list`` say what that call does. Its log is looked at
-    first (the job notes the interrupt there, see worker.run_job_unit): the ending of any
-    other job, a Slurm one's asked of sacct, is not looked up (``known``: as
-    ``registry.slurm_endings`` gave it)."""
-    return _ended_so(record, known, method_ended_in_log, method_interrupted)
-
-
 def ended_not_cached(record: tp.Any) -> bool:
-    """``ended_by_method_interrupt``, or a task's job that met a full disk or a folder it
-    could not write storing its result (``errors.storage_failed``), its record not set
-    aside (on a read-only folder it could not be): no failure either, the next call
-    computes it (decisions.Graph._check_registry): status() and ``exca list`` say so."""
+    """Whether a recorded job that ended without its outcome ended on a KeyboardInterrupt
+    its method raised, a sys.exit it called, or a full disk or a folder it could not
+    write met storing its outcome (``errors.not_cached`` of its ending, as the next call
+    reads it: it computes the task, or the items, again, see
+    decisions.Graph._check_registry), its record not set aside yet (by the job, or by that
+    call; on a read-only folder it cannot be): status() and ``exca list`` say what that
+    call does. Its log is looked at first (the job notes the interrupt there, see
+    worker.run_job_unit; an OSError's traceback ends it): the ending of any other job, a
+    Slurm one's asked of sacct, is not looked up."""
     return _ended_so(
         record, None, lambda log: method_ended_in_log(log) or storage_failed_in_log(log), not_cached
     )
