@@ -441,6 +441,38 @@ def test_a_map_job_dead_on_a_full_disk_is_no_failure_for_status(tmp_path: Path) 
     assert list(mapped().process([1, 2])) == [7, 7]
 
 
+def test_a_job_record_on_a_full_disk_leaves_nothing_and_says_what_to_do(tmp_path: Path) -> None:
+    """A job record (or an item list, a submission marker, an interrupted call's note)
+    written on a full disk (here over a file size limit): the bare "[Errno 27] File too
+    large" named no file, and its partial temporary file stayed in jobs/ for good. Now
+    nothing is left and the error names the node folder and what to do."""
+    import resource
+
+    from exca.graph import registry
+
+    folder = tmp_path / "node"
+    record = registry.JobRecord(job_id="123", cluster="local", logs="x" * 200, submitted=1.0)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # (over the limit: EFBIG)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64, hard))
+    try:
+        with pytest.raises(OSError) as info:
+            registry.write(folder, record, link=False)
+        with pytest.raises(OSError):
+            registry.write_items(folder, "124", [f"item-{i}" for i in range(20)])
+        registry.note_interrupted(
+            folder, [f"item-{i}" for i in range(20)], "KeyboardInterrupt", None
+        )
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert os.listdir(folder / "jobs") == []
+    notes = getattr(info.value, "__notes__", [])
+    assert any(f"no space left for {folder}" in n and "free space" in n for n in notes), notes
+    registry.write(folder, record, link=False)  # (space is back)
+    assert [r.job_id for r in registry.read_all(folder)] == ["123"]
+
+
 def _wait_for(predicate: tp.Callable[[], bool], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

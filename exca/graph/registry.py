@@ -22,7 +22,7 @@ from pathlib import Path
 import orjson
 
 from ..storage import claims, process, saidonce
-from ..storage.files import chmod, ensure_folder
+from ..storage.files import ensure_folder, note_write_error, write_new
 from .errors import NEVER_STARTS
 from .node import INPUTS_PREFIX
 
@@ -118,18 +118,28 @@ def write(
     jobs = folder / JOBS_DIR
     ensure_folder(jobs, permissions)
     name = record.job_id.replace("/", "-")
-    tmp = jobs / f".{name}.{os.urandom(3).hex()}.tmp"
     written = {
         k: v
         for k, v in dataclasses.asdict(record).items()
         if k not in ("node_folder", "foreign", "refused")
     }
-    tmp.write_bytes(orjson.dumps(written))
-    if permissions is not None:
-        chmod(tmp, permissions)
-    os.replace(tmp, jobs / f"{name}.json")
+    _write_file(jobs, f"{name}.json", orjson.dumps(written), permissions)
     if link:
         globals()["link"](folder, LINK_NAME, link_target(folder, record.logs))
+
+
+def _write_file(jobs: Path, name: str, data: bytes, permissions: int | None) -> None:
+    """Write ``jobs/name`` atomically (a temporary file renamed into place). On a full
+    disk, or in a folder this process may not write to, nothing is left behind and the
+    error says what to do (a bare "[Errno 28] No space left on device" named no file, and
+    its partial temporary file stayed)."""
+    tmp = os.fspath(jobs / f".{name}.{os.urandom(3).hex()}.tmp")
+    try:
+        write_new(tmp, data, permissions)
+    except OSError as error:
+        note_write_error(error, jobs.parent)
+        raise
+    os.replace(tmp, jobs / name)
 
 
 def link_target(folder: Path, logs: str) -> str:
@@ -210,11 +220,7 @@ def write_items(folder: Path, job_id: str, uids: list[str], permissions: int | N
     jobs = folder / JOBS_DIR
     ensure_folder(jobs, permissions)
     name = job_id.replace("/", "-")
-    tmp = jobs / f".{name}.{os.urandom(3).hex()}.tmp"
-    tmp.write_bytes(orjson.dumps(uids))
-    if permissions is not None:
-        chmod(tmp, permissions)
-    os.replace(tmp, jobs / (name + ITEMS_SUFFIX))
+    _write_file(jobs, name + ITEMS_SUFFIX, orjson.dumps(uids), permissions)
 
 
 def items_of(folder: Path, record: JobRecord) -> list[str] | None:
@@ -262,15 +268,12 @@ def note_interrupted(
         ensure_folder(jobs, permissions)
         host = process.hostname()
         name = f"inline-{host}-{os.getpid()}-{time.time_ns()}"
-        tmp = jobs / f".{name}.tmp"
         data: dict[str, tp.Any] = {"how": how, "item": item, "pid": os.getpid(), "host": host}
         if len(uids) > NOTED_KEYS:  # (see NOTED_KEYS)
             data.update(count=len(uids), cached=cached, digest=uids_digest(uids))
             uids = uids[:NOTED_KEYS]
-        tmp.write_bytes(orjson.dumps({**data, "keys": uids, "time": time.time()}))
-        if permissions is not None:
-            chmod(tmp, permissions)
-        os.replace(tmp, jobs / (name + INTERRUPTED_SUFFIX))
+        text = orjson.dumps({**data, "keys": uids, "time": time.time()})
+        _write_file(jobs, name + INTERRUPTED_SUFFIX, text, permissions)
 
 
 def interrupted_calls(folder: Path) -> list[dict[str, tp.Any]]:
@@ -351,11 +354,9 @@ def mark(folder: Path, marker: Marker, permissions: int | None = None) -> None:
     """Note a submission about to be made for a node folder (atomic)."""
     jobs = folder / JOBS_DIR
     ensure_folder(jobs, permissions)
-    tmp = jobs / f".{marker.token}.{os.urandom(3).hex()}.tmp"
-    tmp.write_bytes(orjson.dumps(dataclasses.asdict(marker)))
-    if permissions is not None:
-        chmod(tmp, permissions)
-    os.replace(tmp, jobs / (marker.token + MARK_SUFFIX))
+    _write_file(
+        jobs, marker.token + MARK_SUFFIX, orjson.dumps(dataclasses.asdict(marker)), permissions
+    )
 
 
 def unmark(folder: Path, token: str) -> None:
