@@ -441,6 +441,44 @@ def test_a_map_job_dead_on_a_full_disk_is_no_failure_for_status(tmp_path: Path) 
     assert list(mapped().process([1, 2])) == [7, 7]
 
 
+class DiesOrStops(pydantic.BaseModel):
+    """A map whose job dies at item 1 (os._exit) and is interrupted at item 3."""
+
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: tp.Iterable[int]) -> tp.Iterator[int]:
+        for item in items:
+            if item == 1:
+                os._exit(3)
+            if item == 3:
+                raise KeyboardInterrupt
+            yield item
+
+
+@pytest.mark.timeout(180)
+def test_a_map_failure_names_the_job_that_failed(tmp_path: Path) -> None:
+    """A map's items left by a job that died, then by a later job whose method raised
+    KeyboardInterrupt (no failure): status() said "failed" for the first, but failure()
+    quoted the last job without its outcome, the interrupted one ("the next call
+    computes them"). It names the job status() found failed."""
+
+    def mapped() -> DiesOrStops:
+        return DiesOrStops(infra={"folder": tmp_path / "cache", "cluster": "local"})
+
+    with pytest.raises(JobFailedError, match="its process died") as died:
+        mapped().process([1, 2])
+    with pytest.raises(JobFailedError, match="KeyboardInterrupt"):
+        mapped().process([3])
+    node = mapped().process.node([1, 2, 3])
+    assert node.status() == "failed"
+    failure = node.failure()
+    assert isinstance(failure, JobFailedError)
+    job = str(died.value).split("local job ")[1].split(" ")[0]
+    assert f"local job {job} ended without writing its result: its process died" in str(failure)
+    assert "KeyboardInterrupt" not in str(failure)
+
+
 def test_a_job_record_on_a_full_disk_leaves_nothing_and_says_what_to_do(tmp_path: Path) -> None:
     """A job record (or an item list, a submission marker, an interrupted call's note)
     written on a full disk (here over a file size limit): the bare "[Errno 27] File too

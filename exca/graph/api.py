@@ -149,17 +149,8 @@ def _status(node: Node) -> str:
     except Exception:  # (items made by an upstream node not computed yet)
         uids = None
 
-    def computes(record: registry.JobRecord, keys: set[str] | None) -> bool:
-        # (the folder's jobs compute the items of every call of its config: only those
-        # sent some of these items count; items from an upstream node: noted by the job
-        # when it started; a record of an older version lists none)
-        if keys is None or node.folder is None:
-            return True
-        sent = registry.items_of(node.folder, record)
-        return sent is None or not keys.isdisjoint(sent)
-
     wanted = None if uids is None else set(uids)
-    records = [r for r in registry.read_all(node.folder) if computes(r, wanted)]
+    records = [r for r in registry.read_all(node.folder) if _computes(node, r, wanted)]
     slurm = [r.job_id for r in records if r.cluster == "slurm"]
     queued = registry.queued_jobs(slurm) if slurm else set()
     if any(registry.still_running(r, queued) for r in records):
@@ -179,24 +170,44 @@ def _status(node: Node) -> str:
         return "completed"
     if calls.keys_being_computed(node, missing):  # (by a worker without a job)
         return "running"
-    # items a job was sent and did not write: it failed; a job that ran to its end wrote
-    # them, removed since (a clear() while it ran): missing, as they were never computed;
-    # a job whose method raised KeyboardInterrupt, or that met a full disk storing them,
-    # is no failure (the next call computes them: see errors.INTERRUPT_HINT and
-    # STORAGE_HINT), as for a task (calls.task_status); nor is a debug
-    # job, run by its submitting process as with cluster None (ended so, that process
-    # was interrupted: nothing is cached)
+    # items a job was sent and did not write: it failed (see _failed_jobs)
+    failed = next(_failed_jobs(node, records, missing), None) is not None
+    return "failed" if failed else "not submitted"
+
+
+def _computes(node: Node, record: tp.Any, keys: set[str] | None) -> bool:
+    """Whether a job of a map's folder was sent some of ``keys`` (the folder's jobs
+    compute the items of every call of its config: only those count; items from an
+    upstream node: noted by the job when it started; a record of an older version lists
+    none)."""
+    from . import registry
+
+    if keys is None or node.folder is None:
+        return True
+    sent = registry.items_of(node.folder, record)
+    return sent is None or not keys.isdisjoint(sent)
+
+
+def _failed_jobs(node: Node, records: list[tp.Any], missing: list[str]) -> tp.Iterator[tp.Any]:
+    """The jobs that left some of a map's ``missing`` items: sent them and did not write
+    them (lazily: each may read a log). A job that ran to its end wrote them, removed
+    since (a clear() while it ran): missing, as never computed; a job whose method raised
+    KeyboardInterrupt, or that met a full disk storing them, is no failure (the next call
+    computes them: see errors.INTERRUPT_HINT and STORAGE_HINT), as for a task
+    (calls.task_status); nor is a debug job, run by its submitting process as with
+    cluster None (ended so, that process was interrupted: nothing is cached)."""
+    from . import registry
     from .executors import ended_not_cached
 
     left = set(missing)
-    failed = any(
-        computes(r, left)
-        and r.cluster != "debug"
-        and not registry.wrote_outcome(r)
-        and not ended_not_cached(r)
-        for r in records
-    )
-    return "failed" if failed else "not submitted"
+    for record in records:
+        if (
+            _computes(node, record, left)
+            and record.cluster != "debug"
+            and not registry.wrote_outcome(record)
+            and not ended_not_cached(record)
+        ):
+            yield record
 
 
 def failure(node: Node) -> BaseException | None:
@@ -230,7 +241,8 @@ def _map_failure(node: Node) -> BaseException:
             return error
     missing = node.cache.missing(uids)
     what = items_not_computed(missing, node.uid)
-    records = [r for r in registry.read_all(node.folder) if not registry.wrote_outcome(r)]
+    # (the last of the jobs status() found failed: not a later one, interrupted, say)
+    records = list(_failed_jobs(node, registry.read_all(node.folder), missing))
     if not records:
         return JobFailedError(f"{what}: their job ended without writing them", missing)
     how = retry_hint(recorded_handle(records[-1]).ended_how(), items=True)
