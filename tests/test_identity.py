@@ -4651,3 +4651,72 @@ def test_a_call_computing_again_does_not_say_it_reuses_results(
     assert _calls("_NoisyFailing") == before + 1
     assert "Reusing the results" not in caplog.text, caplog.text
     assert "noise: 0.0" in (folder / "full-uid.yaml").read_text()  # (its own defaults)
+
+
+# --- the uid dump of sub-models kept in uids by a few scalar fields (an infra's version) ---
+class _Settings(pydantic.BaseModel):
+    """Kept in uids by two scalar fields only, as an infra by its version."""
+
+    model_config = FORBID
+    _exca_uid_fields: tp.ClassVar[tuple[str, ...]] = ("level", "name")
+    level: int = 1
+    name: str = "a"
+    path: str = "/somewhere"
+    flag: bool = False
+
+
+class _LooseSettings(_Settings):
+    model_config = pydantic.ConfigDict(extra="allow")
+
+
+class _SerializedSettings(_Settings):
+    @pydantic.field_serializer("name")
+    def _upper(self, value: str) -> str:
+        return value.upper()
+
+
+class _MoreSettings(_Settings):
+    _exca_uid_fields: tp.ClassVar[tuple[str, ...]] = ("level", "name", "flag")
+
+
+class _WithSettings(pydantic.BaseModel):
+    model_config = FORBID
+    x: int = 0
+    settings: _Settings = _Settings()
+    loose: _LooseSettings = _LooseSettings()
+    serialized: _SerializedSettings = _SerializedSettings()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return self.x
+
+
+def test_sub_models_kept_by_scalar_fields_export_as_pydantic_dumps_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A uid leaves such sub-models out of pydantic's dump and reads their kept fields
+    from the instance (quicker): the exports are those of pydantic's dump, for values
+    the shortcut takes and for those it leaves to pydantic (another class, extras,
+    values of another type, a serializer)."""
+    assert identity.class_facts(_WithSettings).uid_dump_plan is not None
+    makers: list[tp.Callable[[], _WithSettings]] = [
+        lambda: _WithSettings(),
+        lambda: _WithSettings(x=3, infra={"version": "2", "folder": "/tmp/a"}),
+        lambda: _WithSettings(settings={"level": 2, "path": "/elsewhere", "flag": True}),
+        lambda: _WithSettings(settings=_MoreSettings(flag=True)),  # (a subclass: its own dump)
+        lambda: _WithSettings(settings=_Settings.model_construct(level="2", name="a")),
+        lambda: _WithSettings(loose=_LooseSettings(level=3, other=5)),
+        lambda: _WithSettings(serialized={"name": "b"}),
+    ]
+    exports = [identity.export_with_keys(make(), True, True) for make in makers]
+    uids = [make().infra.uid() for make in makers]
+    monkeypatch.setattr(identity, "_filled", lambda model, fills: None)  # (pydantic's dump)
+    assert [identity.export_with_keys(make(), True, True) for make in makers] == exports
+    assert [make().infra.uid() for make in makers] == uids
+    assert exports[0] == ({}, True)
+    assert exports[1][0] == {"x": 3, "infra": {"version": "2"}}
+    assert exports[2][0] == {"settings": {"level": 2}}
+    assert exports[3][0]["settings"]["flag"] is True
+    assert exports[5][0]["loose"] == {"level": 3, "other": 5}
+    assert exports[6][0]["serialized"] == {"name": "B"}

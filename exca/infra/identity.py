@@ -158,6 +158,35 @@ class _ClassFacts:
         return spec or None
 
     @functools.cached_property
+    def uid_dump_plan(self) -> tuple[tp.Any, tuple[_Fill, ...]] | None:
+        """A cheaper uid dump, or None: the sub-models of ``uid_dump_exclude`` whose kept
+        fields are plain scalars (an infra's version) left out of the dump whole, their
+        dumps made from their values (``_filled``). Pydantic takes ~1.5 us to read the
+        exclude spec and ~3 us to dump an infra's 24 fields, a third of a first uid.
+        Returns the pydantic ``exclude`` spec to use then, and those sub-models."""
+        spec = self.uid_dump_exclude
+        cls = self.cls
+        if spec is None or self.has_serializer or cls.__pydantic_root_model__:
+            return None
+        if cls.model_config.get("json_encoders"):  # (may apply to what a sub-model holds)
+            return None
+        fills = []
+        for name, excluded in spec.items():
+            fill = _fill_of(cls, name, excluded)
+            if fill is not None:
+                fills.append(fill)
+        if not fills:
+            return None
+        names = {fill[0] for fill in fills}
+        # (a set when every entry is left out whole: pydantic reads it quicker)
+        fast: tp.Any = (
+            names
+            if names == set(spec)
+            else {key: True if key in names else value for key, value in spec.items()}
+        )
+        return fast, tuple(fills)
+
+    @functools.cached_property
     def ambiguous(self) -> dict[str, str]:
         """Why fields cannot enter a uid (see ``_ambiguity``), by name."""
         return {f.name: f.ambiguous for f in self.fields_in_uid if f.ambiguous is not None}
@@ -340,6 +369,69 @@ def _has_serializer(cls: type, name: str, field: pydantic.fields.FieldInfo) -> b
     decorators = getattr(cls, "__pydantic_decorators__", None)
     serializers = decorators.field_serializers.values() if decorators is not None else ()
     return any(name in d.info.fields or "*" in d.info.fields for d in serializers)
+
+
+# a sub-model whose uid dump is made from its values: (field name, its class, (name, type)
+# of each field it keeps in uids)
+_Fill = tuple[str, type[pydantic.BaseModel], tuple[tuple[str, type], ...]]
+_FILL_TYPES = frozenset({str, int, bool})  # (dumped as themselves in json mode)
+
+
+def _fill_of(cls: type, name: str, excluded: tp.Any) -> _Fill | None:
+    """The fill of field ``name`` (see ``_ClassFacts.uid_dump_plan``), or None when its
+    dump may be other than its kept fields' values: a field annotated with one model
+    class whose kept fields are plain str/int/bool fields, with no serializer, alias-free
+    exclusion, computed field or constraint anywhere."""
+    field = cls.__pydantic_fields__[name]  # type: ignore[attr-defined]
+    sub = field.annotation
+    if not isinstance(excluded, set) or not _dumped_as_is(cls, name, field, sub):
+        return None
+    if not (isinstance(sub, type) and issubclass(sub, pydantic.BaseModel)):
+        return None
+    if sub.__pydantic_root_model__ or sub.model_computed_fields:
+        return None
+    if sub.__pydantic_decorators__.model_serializers or sub.model_config.get("json_encoders"):
+        return None
+    kept = []
+    for sub_name, sub_field in sub.__pydantic_fields__.items():
+        if sub_name in excluded:
+            continue
+        kind = sub_field.annotation
+        if kind not in _FILL_TYPES or not _dumped_as_is(sub, sub_name, sub_field, kind):
+            return None
+        kept.append((sub_name, kind))
+    return name, sub, tuple(kept)
+
+
+def _dumped_as_is(cls: type, name: str, field: pydantic.fields.FieldInfo, kind: tp.Any) -> bool:
+    """Whether a field is in its model's dump, dumped by its annotation's own serializer."""
+    return (
+        isinstance(kind, type)
+        and not field.metadata
+        and not field.exclude
+        and getattr(field, "exclude_if", None) is None
+        and not _has_serializer(cls, name, field)
+    )
+
+
+def _filled(model: pydantic.BaseModel, fills: tuple[_Fill, ...]) -> dict[str, tp.Any] | None:
+    """The uid dumps of the sub-models of ``fills``, as pydantic would make them (None:
+    a value that is not what the plan expects, pydantic dumps then)."""
+    values = model.__dict__
+    out = {}
+    for name, cls, kept in fills:
+        sub: tp.Any = values.get(name)
+        if type(sub) is not cls or sub.__pydantic_extra__:
+            return None
+        held = sub.__dict__
+        dump = {}
+        for sub_name, kind in kept:
+            value = held.get(sub_name, _NO_DEFAULT)
+            if type(value) is not kind:
+                return None
+            dump[sub_name] = value
+        out[name] = dump
+    return out
 
 
 def _json_default(default: tp.Any) -> tp.Any:
@@ -605,9 +697,18 @@ def export_with_keys(
 ) -> tuple[dict[str, tp.Any], bool]:
     """``export_model``, and whether every key of the export is a field name (then no key
     holds a "." that a ConfDict would split: ``ConfDict.uid_of`` needs no check)."""
-    spec = class_facts(type(model)).uid_dump_exclude if uid else None
+    spec = fills = None
+    if uid:
+        facts = class_facts(type(model))
+        spec, plan = facts.uid_dump_exclude, facts.uid_dump_plan
+        if plan is not None:
+            fills = _filled(model, plan[1])
+            if fills is not None:
+                spec = plan[0]
     drop = _exclusion_tree(exclude)
     dumped = json_dump(model, spec, _exclusion_tree(optional) if not uid else drop, skipped)
+    if fills is not None:
+        dumped.update(fills)
     exporter = _Exporter(uid=uid, exclude_defaults=exclude_defaults)
     out = exporter.model(model, dumped, keep=(), drop=drop)
     if not isinstance(out, dict):
