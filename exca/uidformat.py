@@ -254,6 +254,7 @@ class _UidMakerV3:
         items = []
         render = self.render
         str_memo, int_memo, float_memo = _STR_RENDERS, _INT_RENDERS, _FLOAT_RENDERS
+        clean_memo = _CLEAN_KEYS
         clean_keys = True
         for key, sub in value.items():
             if type(key) is not str:
@@ -278,8 +279,8 @@ class _UidMakerV3:
             elif kind is float:
                 rendered = float_memo.get(sub) or _float_v3_memo(sub)
             else:
-                rendered = render(sub)
-            if clean_keys and key not in _CLEAN_KEYS:
+                rendered = self._render_dict(sub) if kind is dict else render(sub)
+            if clean_keys and key not in clean_memo:
                 clean_keys = _clean_key(key)
             display = rendered[0]
             # ordered by (len(display + key), key): short first, NOT alphabetical
@@ -296,15 +297,17 @@ class _UidMakerV3:
         return "{" + display + "}", "dict:{" + hashed + "}"
 
     def _render_seq(self, value: tp.Iterable[tp.Any]) -> tuple[str, str]:
-        render = self.render
-        rendered = [render(item) for item in value]
-        if isinstance(value, set | frozenset):
+        render, floats = self.render, _FLOAT_RENDERS
+        # (a float's memo looked up here: two calls less per item)
+        rendered = [(type(item) is float and floats.get(item)) or render(item) for item in value]
+        if type(value) is not tuple and isinstance(value, set | frozenset):
             rendered.sort()  # by display; ties (e.g. ":" and ";" both clean to "") by hash
         if rendered:
             displays, hashes = zip(*rendered)
         else:
             displays = hashes = ()
-        return "(" + _clean_v3(",".join(displays)) + ")", "seq:(" + ",".join(hashes) + ")"
+        # (displays are clean, and so is "," between them: only the cut)
+        return "(" + _cut_v3(",".join(displays)) + ")", "seq:(" + ",".join(hashes) + ")"
 
     def _render_other(self, value: tp.Any) -> _Rendered:
         if isinstance(value, enum.Enum):  # by value, as a model's export writes it
