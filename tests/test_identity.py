@@ -4048,6 +4048,23 @@ def test_a_model_where_anything_goes_is_refused() -> None:
     assert _Loose(anything=_Named()).infra.config(uid=False)["anything"]["many"] == []
 
 
+class _InNoUid(pydantic.BaseModel):
+    """A model keeping itself out of its parent's uid (a runtime helper's settings)."""
+
+    model_config = FORBID
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = (".",)
+    level: int = 1
+
+
+def test_a_model_in_no_uid_where_anything_goes_is_taken() -> None:
+    """(a review: the refusal of a model in a tp.Any field also refused one excluding
+    itself from its parent's uid ("."), which enters no uid: its config worked before)"""
+    assert _Loose(anything=_InNoUid(level=3)).infra.uid() == _Loose().infra.uid()
+    in_dict = _Loose(anything={"log": _InNoUid(level=3)})
+    assert in_dict.infra.uid() == _Loose(anything={}).infra.uid()
+    assert _Loose(many=[1, _InNoUid()]).infra.uid() == _Loose(many=[1]).infra.uid()
+
+
 class _SlowSerializer(pydantic.BaseModel):
     model_config = FORBID
     path: str = "a"

@@ -551,8 +551,8 @@ def _check_no_unnamed_model(value: tp.Any, cls: type, name: str, depth: int = 0)
     if type(value) in _NO_BOOLS or type(value) is bool or depth > 50:
         return
     if isinstance(value, pydantic.BaseModel):
-        if _with_class({}, value) == {}:
-            return  # (its export names it, or is its own)
+        if _with_class({}, value) == {} or dropped_from_parent(value):
+            return  # (its export names it, or is its own; or it is in no uid: "." excluded)
         kind = type(value).__name__
         raise RuntimeError(
             f"Field {cls.__name__}.{name} holds a pydantic model ({kind}) where its annotation "
