@@ -4065,6 +4065,31 @@ def test_a_model_in_no_uid_where_anything_goes_is_taken() -> None:
     assert _Loose(many=[1, _InNoUid()]).infra.uid() == _Loose(many=[1]).infra.uid()
 
 
+class _HalfNamed(pydantic.BaseModel):
+    """Fields naming a class beside tp.Any."""
+
+    model_config = FORBID
+    net: _ConvNet | tp.Any = None
+    nets: list[_ConvNet | tp.Any] = []
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
+def test_a_model_of_another_class_where_a_class_or_anything_goes_is_refused() -> None:
+    """(a review: the refusal of a model in a tp.Any field skipped fields naming a class
+    beside tp.Any: _TransNet() and _Frozen() in `net: _ConvNet | tp.Any` both gave
+    `net={}`, one uid, one cache folder)"""
+    for values in ({"net": _TransNet()}, {"nets": [_Frozen()]}):
+        with pytest.raises(RuntimeError, match=r"_HalfNamed\.\w+ holds a pydantic model"):
+            _HalfNamed(**values).infra.uid()  # type: ignore[arg-type]
+    # the class it names (or a subclass: its class named) keeps the uid it had
+    named = _HalfNamed(net=_ConvNet(kernel=5), nets=[_ConvNet()])
+    assert _cfg(named) == {"net": {"kernel": 5}, "nets": [{}]}
+
+
 class _SlowSerializer(pydantic.BaseModel):
     model_config = FORBID
     path: str = "a"

@@ -96,7 +96,7 @@ class _FieldFacts:
         self.dataclasses = dataclasses
         # whether the default holds a nan inside a container or a model (see _nan_equal)
         self.nan_default = default is not _NO_DEFAULT and _holds_nan(default)
-        self.anything = False  # the annotation admits anything (Any, object), names no model
+        self.anything = False  # the annotation admits anything (Any, object) somewhere
         # whether the default is an int, str or float equal to its json dump (same type):
         # then a value that is its own dump (the same object) is the default exactly when
         # the dumps are equal
@@ -526,7 +526,8 @@ def _field_facts(cls: type, name: str, field: pydantic.fields.FieldInfo) -> _Fie
         contained=(*contained, *dataclass_types),
         dataclasses=bool(dataclass_types),
     )
-    facts.anything = not facts.contained and _admits_anything(annotation)
+    # (also beside a class it names, ``Net | tp.Any``: a model of another class is unnamed)
+    facts.anything = _admits_anything(annotation)
     return facts
 
 
@@ -540,18 +541,21 @@ def _admits_anything(annotation: tp.Any, depth: int = 0) -> bool:
     return any(_admits_anything(arg, depth + 1) for arg in tp.get_args(annotation))
 
 
-def _check_no_unnamed_model(value: tp.Any, cls: type, name: str, depth: int = 0) -> None:
+def _check_no_unnamed_model(
+    value: tp.Any, cls: type, name: str, named: tuple[type, ...] = (), depth: int = 0
+) -> None:
     """Refuse a model held where the annotation admits anything (``tp.Any``, ``object``,
     ``list[tp.Any]``...): its uid export names its values that are not at its class's
     defaults, and not its class, so ``A()`` and ``B()`` (both ``{}``), or ``A(x=1)`` and
     ``B(x=1)`` whose other defaults differ, shared a uid (one's result returned for the
     other). A class that names itself in its export (DiscriminatedModel, an override
-    hook) is fine. Models in a set or a dataclass keep their defaults in a uid (their
-    values are named): not looked into."""
+    hook) is fine, and so is a model of a class the annotation names beside (``named``:
+    ``Net | tp.Any``; a subclass of it names its class). Models in a set or a dataclass
+    keep their defaults in a uid (their values are named): not looked into."""
     if type(value) in _NO_BOOLS or type(value) is bool or depth > 50:
         return
     if isinstance(value, pydantic.BaseModel):
-        if _with_class({}, value) == {} or dropped_from_parent(value):
+        if isinstance(value, named) or _with_class({}, value) == {} or dropped_from_parent(value):
             return  # (its export names it, or is its own; or it is in no uid: "." excluded)
         kind = type(value).__name__
         raise RuntimeError(
@@ -569,7 +573,7 @@ def _check_no_unnamed_model(value: tp.Any, cls: type, name: str, depth: int = 0)
         return
     for sub in value:
         if type(sub) not in _PLAIN_ITEMS:  # (a long list of numbers: one test each)
-            _check_no_unnamed_model(sub, cls, name, depth + 1)
+            _check_no_unnamed_model(sub, cls, name, named, depth + 1)
 
 
 _PLAIN_ITEMS = frozenset({str, int, float, bool, type(None)})
@@ -1201,7 +1205,8 @@ class _Exporter:
                 continue
             value = values.get(name)
             if self.uid and field.anything:
-                _check_no_unnamed_model(value, facts.cls, name)
+                named = tuple(m for m in (*field.models, *field.contained) if isinstance(m, type))
+                _check_no_unnamed_model(value, facts.cls, name, named)
             if isinstance(value, pydantic.BaseModel):
                 if self.uid and dropped_from_parent(value):
                     continue
