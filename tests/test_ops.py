@@ -8337,7 +8337,7 @@ def test_the_note_of_an_interrupted_big_map_call_is_bounded(
     (listed,) = exca.ops.inspect(tmp_path / "cache")
     said = (
         "ended on KeyboardInterrupt at item '2', having cached 2 of its 100000 item(s) then "
-        "(998 of its first 1000 not cached now)"
+        "(1000 of the first 1000 of the 99998 it left not cached now)"
     )
     assert listed.status == "partial" and said in str(listed.error), listed.error
     # with fewer noted uids: the note goes once a call of the same items finishes them
@@ -8372,3 +8372,39 @@ def test_explain_takes_nan_for_nan(tmp_path: Path) -> None:
     node = WithNans(scales=[float("nan")], seed=2, infra={"folder": tmp_path}).run.node()
     (explanation,) = exca.ops.explain(node)
     assert explanation.diff == [("seed", 1, 2)]
+
+
+def test_the_note_of_an_interrupted_big_map_call_goes_once_its_items_are_computed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(a review: the note of a call past NOTED_KEYS items went only when a later call's
+    items were all the call's; a rerun computes only the items it left, so the note stayed
+    for ever and `exca list` said the finished folder "partial")"""
+    monkeypatch.setattr(exca.graph.registry, "NOTED_KEYS", 5)
+    flag = tmp_path / "flag"
+    flag.touch()
+    mapper = InterruptsAtItemWhileFlagged(flag=str(flag), infra={"folder": tmp_path / "a"})
+    with pytest.raises(KeyboardInterrupt):
+        list(mapper.run(list(range(10))))  # (8 items left: more than noted)
+    folder = mapper.infra.uid_folder()
+    assert folder is not None and len(list((folder / "jobs").glob("*.interrupted"))) == 1
+    flag.unlink()
+    assert list(mapper.run(list(range(10)))) == list(range(10))
+    assert not list((folder / "jobs").glob("*.interrupted"))
+    (listed,) = exca.ops.inspect(tmp_path / "a")
+    assert (listed.status, listed.error) == ("success", None), listed
+    # at most NOTED_KEYS items left: all noted, any call caching them removes the note
+    monkeypatch.setattr(exca.graph.registry, "NOTED_KEYS", 9)
+    flag.touch()
+    mapper = InterruptsAtItemWhileFlagged(flag=str(flag), infra={"folder": tmp_path / "b"})
+    with pytest.raises(KeyboardInterrupt):
+        list(mapper.run(list(range(10))))
+    (listed,) = exca.ops.inspect(tmp_path / "b")
+    said = "having cached 2 of its 10 item(s) then (8 of the 8 it left not cached now)"
+    assert listed.status == "partial" and said in str(listed.error), listed.error
+    flag.unlink()
+    assert list(mapper.run(list(range(12)))) == list(range(12))
+    folder = mapper.infra.uid_folder()
+    assert folder is not None and not list((folder / "jobs").glob("*.interrupted"))
+    (listed,) = exca.ops.inspect(tmp_path / "b")
+    assert (listed.status, listed.error) == ("success", None), listed

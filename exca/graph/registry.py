@@ -241,8 +241,10 @@ def items_of(folder: Path, record: JobRecord) -> list[str] | None:
 # method) keeps the items it computed: without a note its folder read as a success. The
 # note names the call's items; `exca list` counts those not cached since. A call of more
 # than NOTED_KEYS items (a map of millions: a note of every uid was tens of MB, written on
-# Ctrl-C) notes how many it had and had cached, its first NOTED_KEYS uids, and a digest of
-# them all (a later call of the same items that finishes them removes the note).
+# Ctrl-C) notes how many it had and had cached, and the items it left (not cached when it
+# ended): all of them when they are at most NOTED_KEYS (any later call that caches them
+# removes the note), else the first NOTED_KEYS and a digest of them all (a later call of
+# those very items, as a rerun of the call computes, removes it).
 INTERRUPTED_SUFFIX = ".interrupted"
 NOTED_KEYS = 1000
 
@@ -259,10 +261,12 @@ def note_interrupted(
     item: str | None,
     permissions: int | None = None,
     cached: int | None = None,
+    left: list[str] | None = None,
 ) -> None:
     """Note that a call of this process computing ``uids`` ended on ``how`` (at ``item``;
-    ``cached``: how many of them were cached then). Never raises: a note that cannot be
-    written is not worth hiding the interrupt."""
+    ``cached``: how many of them were cached then; ``left``: those not cached then, None:
+    not known). Never raises: a note that cannot be written is not worth hiding the
+    interrupt."""
     with contextlib.suppress(OSError):
         jobs = folder / JOBS_DIR
         ensure_folder(jobs, permissions)
@@ -270,8 +274,11 @@ def note_interrupted(
         name = f"inline-{host}-{os.getpid()}-{time.time_ns()}"
         data: dict[str, tp.Any] = {"how": how, "item": item, "pid": os.getpid(), "host": host}
         if len(uids) > NOTED_KEYS:  # (see NOTED_KEYS)
-            data.update(count=len(uids), cached=cached, digest=uids_digest(uids))
-            uids = uids[:NOTED_KEYS]
+            # (the items it left: a later call caching them all can tell, see
+            # drop_finished_interruptions; a call's first uids are the first it computed)
+            rest = uids if left is None else left
+            data.update(count=len(uids), cached=cached, digest=uids_digest(rest), left=len(rest))
+            uids = rest[:NOTED_KEYS]
         text = orjson.dumps({**data, "keys": uids, "time": time.time()})
         _write_file(jobs, name + INTERRUPTED_SUFFIX, text, permissions)
 
@@ -293,16 +300,23 @@ def interrupted_calls(folder: Path) -> list[dict[str, tp.Any]]:
     return sorted(out, key=lambda n: n.get("time", 0))
 
 
+def noted_all_left(note: dict[str, tp.Any]) -> bool:
+    """Whether a note of ``note_interrupted`` names every item its call left not cached
+    (a note of an older exca's big call names its first items, and says no "left")."""
+    return "digest" not in note or note.get("left", note.get("count", 0)) <= len(note["keys"])
+
+
 def drop_finished_interruptions(
     folder: Path, missing: tp.Callable[[list[str]], list[str]], uids: tp.Sequence[str] = ()
 ) -> None:
     """Remove the notes of interrupted calls whose items are all cached now (``missing``:
     those of some keys not cached): nothing is left of them to say. A note of a big call
-    (not every uid in it) goes when ``uids``, a call's items all cached, are its items."""
+    naming only some of the items it left goes when ``uids``, a call's items all cached,
+    are those items."""
     digest: str | None = None
     for note in interrupted_calls(folder):
-        if "digest" in note:
-            if note.get("count") != len(uids):
+        if "digest" in note and not noted_all_left(note):
+            if note.get("left", note.get("count")) != len(uids):
                 continue
             digest = uids_digest(uids) if digest is None else digest
             if digest != note["digest"]:

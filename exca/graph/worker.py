@@ -1276,8 +1276,17 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
                 how = f"sys.exit({interrupt.code!r})"
             item = getattr(interrupt, INTERRUPTED_ITEM, None)
             cached = report.reused + report.waited + done
+            left = None  # (the items not cached now: what a later call has to finish)
+            with contextlib.suppress(Exception):
+                left = unit.node.cache.missing(list(unit.uids))
             registry.note_interrupted(
-                unit.node.folder, list(unit.uids), how, item, unit.node.cache.permissions, cached
+                unit.node.folder,
+                list(unit.uids),
+                how,
+                item,
+                unit.node.cache.permissions,
+                cached,
+                left,
             )
         raise
 

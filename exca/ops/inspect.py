@@ -487,15 +487,20 @@ def _items_left_by_calls(folder: Path, cached: set[str]) -> str | None:
         absent = sum(1 for k in keys if k not in cached)
         at = f" at item {note['item']!r}" if note.get("item") is not None else ""
         where = f"pid {note.get('pid')} on {note.get('host')}"
-        if "digest" in note:  # (a big call: not all of its uids noted, see NOTED_KEYS)
+        if "digest" in note:  # (a big call: the items it left noted, see NOTED_KEYS)
             count, then = note.get("count"), note.get("cached")
             how_far = f"having cached {then} of its {count} item(s) then"
             if then is None:
                 how_far = f"computing {count} item(s)"
-            said.append(
-                f"a call ({where}) ended on {note.get('how')}{at}, {how_far} ({absent} of "
-                f"its first {len(keys)} not cached now)"
-            )
+            if "left" not in note:  # (an older note: the call's first items)
+                now = f"{absent} of its first {len(keys)} not cached now"
+            elif registry.noted_all_left(note):
+                if not absent:
+                    continue  # (every item it left is cached now)
+                now = f"{absent} of the {len(keys)} it left not cached now"
+            else:
+                now = f"{absent} of the first {len(keys)} of the {note['left']} it left not cached now"
+            said.append(f"a call ({where}) ended on {note.get('how')}{at}, {how_far} ({now})")
         elif absent:
             said.append(
                 f"a call ({where}) ended on {note.get('how')}{at}, having cached "
