@@ -4082,9 +4082,13 @@ def test_a_model_of_another_class_where_a_class_or_anything_goes_is_refused() ->
     """(a review: the refusal of a model in a tp.Any field skipped fields naming a class
     beside tp.Any: _TransNet() and _Frozen() in `net: _ConvNet | tp.Any` both gave
     `net={}`, one uid, one cache folder)"""
-    for values in ({"net": _TransNet()}, {"nets": [_Frozen()]}):
-        with pytest.raises(RuntimeError, match=r"_HalfNamed\.\w+ holds a pydantic model"):
+    for values, example in (
+        ({"net": _TransNet()}, "net: _TransNet | None;"),
+        ({"nets": [_Frozen()]}, "nets: list[_Frozen] or dict[str, _Frozen];"),  # (a container)
+    ):
+        with pytest.raises(RuntimeError, match=r"_HalfNamed\.\w+ holds a pydantic model") as info:
             _HalfNamed(**values).infra.uid()  # type: ignore[arg-type]
+        assert f"(e.g. {example} its uid stays the same)" in str(info.value)
     # the class it names (or a subclass: its class named) keeps the uid it had
     named = _HalfNamed(net=_ConvNet(kernel=5), nets=[_ConvNet()])
     assert _cfg(named) == {"net": {"kernel": 5}, "nets": [{}]}

@@ -558,12 +558,14 @@ def _check_no_unnamed_model(
         if isinstance(value, named) or _with_class({}, value) == {} or dropped_from_parent(value):
             return  # (its export names it, or is its own; or it is in no uid: "." excluded)
         kind = type(value).__name__
+        # (held in a list or dict of the field: the annotation of a container of them)
+        example = f"{kind} | None" if depth == 0 else f"list[{kind}] or dict[str, {kind}]"
         raise RuntimeError(
             f"Field {cls.__name__}.{name} holds a pydantic model ({kind}) where its annotation "
             f"admits anything (tp.Any, object): a uid names that model's values that are not "
             f"at its class's defaults, and not its class, so {kind}() and another class at "
             "its defaults would share a uid (and a cache folder). Annotate the field with "
-            f"the model class (e.g. {name}: {kind} | None; its uid stays the same), or with a "
+            f"the model class (e.g. {name}: {example}; its uid stays the same), or with a "
             "discriminated union of the classes it may hold (or exca.helpers."
             "DiscriminatedModel), or keep the field out of the uid (_exclude_from_cls_uid)"
         )
