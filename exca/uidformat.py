@@ -229,6 +229,22 @@ def _clean_key(key: str) -> bool:
     return False
 
 
+class _DictKinds(dict[type, bool]):
+    """type -> whether its values are dicts whose single-key chains collapse (any dict but
+    an OrderedDict), filled on first sight: cheaper than two isinstance calls per value."""
+
+    def __missing__(self, kind: type) -> bool:
+        if len(self) >= _MEMO_MAX:
+            self.clear()
+        found = self[kind] = issubclass(kind, dict) and not issubclass(
+            kind, collections.OrderedDict
+        )
+        return found
+
+
+_COLLAPSIBLE = _DictKinds()
+
+
 class _UidMakerV3:
     """Renders values in the v3 format (see module docstring) as (display, typed hash)."""
 
@@ -254,7 +270,7 @@ class _UidMakerV3:
         items = []
         render = self.render
         str_memo, int_memo, float_memo = _STR_RENDERS, _INT_RENDERS, _FLOAT_RENDERS
-        clean_memo = _CLEAN_KEYS
+        clean_memo, collapsible = _CLEAN_KEYS, _COLLAPSIBLE
         clean_keys = True
         for key, sub in value.items():
             if type(key) is not str:
@@ -263,14 +279,10 @@ class _UidMakerV3:
             if kind is not str and kind is not int and kind is not float:
                 # chains of single-key dicts collapse into dotted keys (the loop of
                 # collapse(), inlined: a call per value costs ~5% of a uid)
-                while (
-                    isinstance(sub, dict)
-                    and len(sub) == 1
-                    and not isinstance(sub, collections.OrderedDict)
-                ):
+                while collapsible[kind] and len(sub) == 1:
                     ((subkey, sub),) = sub.items()
                     key = f"{key}.{subkey}"
-                kind = type(sub)
+                    kind = type(sub)
             # (memo lookups inlined: this loop is the hot path of every uid)
             if kind is str:
                 rendered = str_memo.get(sub) or _str_v3(sub)
@@ -282,15 +294,14 @@ class _UidMakerV3:
                 rendered = self._render_dict(sub) if kind is dict else render(sub)
             if clean_keys and key not in clean_memo:
                 clean_keys = _clean_key(key)
-            display = rendered[0]
-            # ordered by (len(display + key), key): short first, NOT alphabetical
-            items.append((len(display) + len(key), key, display, rendered[1]))
+            display = f"{key}={rendered[0]}"
+            # ordered by (len(value display + key), key): short first, NOT alphabetical
+            items.append((len(display), key, display, f"{key}={rendered[1]}"))
+        if not items:
+            return "{}", "dict:{}"
         if not ordered:
             items.sort()
-        displays, hashes = [], []  # (one loop: cheaper than two comprehensions)
-        for _, key, item_display, item_hash in items:
-            displays.append(f"{key}={item_display}")
-            hashes.append(f"{key}={item_hash}")
+        _, _, displays, hashes = zip(*items)  # (no Python code per item)
         display, hashed = ",".join(displays), ",".join(hashes)
         # (keys and values clean: only the cut)
         display = _cut_v3(display) if clean_keys else _clean_v3(display)
