@@ -291,7 +291,8 @@ class _UidMakerV3:
             elif kind is float:
                 rendered = float_memo.get(sub) or _float_v3_memo(sub)
             else:
-                rendered = self._render_dict(sub) if kind is dict else render(sub)
+                # (a dict of many keys: rendered without the dispatch call)
+                rendered = self._render_dict(sub) if collapsible[kind] else render(sub)
             if clean_keys and key not in clean_memo:
                 clean_keys = _clean_key(key)
             display = f"{key}={rendered[0]}"
