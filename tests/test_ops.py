@@ -6644,6 +6644,34 @@ def test_list_of_a_map_copied_while_a_call_computed_it_says_so(tmp_path: Path) -
     assert "computed 2 item(s) into the original, 0 of them cached here" in info.error
 
 
+def test_list_of_a_task_copied_while_its_local_job_computed_it_says_so(tmp_path: Path) -> None:
+    """A cache copied (cp -a) while a local job computed a task into the original: `exca
+    list` of the copy showed "job N (ended)" of a job still running in the original,
+    where explain said "copied from ..., where job N computes it now". It says so too,
+    then that the job computed it since, once it did."""
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    flag = tmp_path / "hold"
+    flag.touch()
+    job = Slow(flag=str(flag), infra={"folder": original, "cluster": "local"}).infra.job()
+    try:
+        wait_until(lambda: "slow task started" in (job.stdout() or ""), "the job runs")
+        subprocess.run(["cp", "-a", str(original), str(copy)], check=True)
+        (info,) = exca.ops.inspect(copy)
+        out = cli("list", copy, check=True).stdout
+    finally:
+        flag.unlink()
+    there = folder_of(Slow(flag=str(flag), infra={"folder": original}))
+    said = f"its folder was copied from {there}, where job {job.job_id} computes it now"
+    assert (info.status, info.job_state, info.error) == ("empty", "running", None), info
+    assert info.note is not None and said in info.note, info.note
+    assert f"job {job.job_id} (running)" in out and said in out, out
+    assert job.result() == "released"
+    (info,) = exca.ops.inspect(copy)
+    assert (info.status, info.job_state) == ("empty", "ended"), info
+    said = f"where job {job.job_id} computed it since"
+    assert info.note is not None and said in info.note, info.note
+
+
 class Interrupts(pydantic.BaseModel):
     """A task whose method raises KeyboardInterrupt itself (no signal: nobody cancels)."""
 

@@ -638,7 +638,13 @@ def _copied_job(run: NodeRun) -> str | None:
     foreign = [r for r in registry.read_all(node.folder, copied=True) if r.foreign]
     if not foreign:
         return None
-    record = foreign[-1]
+    return copied_job_said(foreign[-1])[1]
+
+
+def copied_job_said(record: registry.JobRecord) -> tuple[bool, str]:
+    """How the job of a copied (or moved) folder's record (a foreign one, see
+    ``registry.read_all``) is, or ended, in the original folder it writes into: (whether
+    it still runs there, what the plan and `exca list` of the copy say of it)."""
     # (as read in the original folder, where it writes, when that is still there: its
     # logs there end as it ended, not where the copy caught them)
     there = Path(record.folder)
@@ -647,12 +653,13 @@ def _copied_job(run: NodeRun) -> str | None:
     )
     copied = f"its folder was copied from {record.folder}, where"
     if registry.still_running(own):
-        return f"{copied} job {record.job_id} computes it now (not waited for: it writes there)"
+        now = f"{copied} job {record.job_id} computes it now (not waited for: it writes there)"
+        return True, now
     if registry.wrote_outcome(own):
-        return f"{copied} job {record.job_id} computed it since"
+        return False, f"{copied} job {record.job_id} computed it since"
     known = registry.slurm_endings([record.job_id]) if record.cluster == "slurm" else {}
     how = ending_line(executors.recorded_handle(own).ended_how(known.get(record.job_id)))
-    return f"{copied} {how}; not a failure of this folder"
+    return False, f"{copied} {how}; not a failure of this folder"
 
 
 def _waits(run: NodeRun) -> bool:

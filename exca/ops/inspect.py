@@ -464,6 +464,8 @@ def describe(
             info.status = "error"
             info.error = f"job {record.job_id} {_DIED}"  # (see _describe_dead_jobs)
             info.error += _LOG_SHOWS if record.stderr.exists() else _NO_LOG
+        elif record.foreign:  # (as a plan of the copy says it: that job's state there)
+            _say_copied_job(info, record)
     elif kind == "map" and info.status in ("success", "partial"):
         left = _items_left_by_dead_jobs(folder, records, set(entries), queued)
         if left is not None:  # (a killed chunk job: "success" hid the items it never wrote)
@@ -475,6 +477,17 @@ def describe(
         if left is not None:  # (a call stopped part-way where it was made)
             info.status, info.error = "partial", left
     return info
+
+
+def _say_copied_job(info: NodeInfo, record: registry.JobRecord) -> None:
+    """A folder copied (or moved) while the job of its last record computed into the
+    original: the job's state is its state there (it said "ended" of a job still running
+    there), and the note says what ``explain`` of the copy says."""
+    from ..graph.planning import copied_job_said
+
+    running, said = copied_job_said(record)
+    info.job_state = "running" if running else "ended"
+    info.note = f"{info.note}; {said}" if info.note else said
 
 
 def _items_left_by_calls(folder: Path, cached: set[str]) -> str | None:
