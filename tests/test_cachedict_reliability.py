@@ -917,6 +917,40 @@ def test_a_cache_folder_it_may_not_make_says_what_to_do(
     assert any(n.startswith(said) for n in notes), notes
 
 
+def test_a_full_disk_at_the_first_index_line_leaves_no_empty_index_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer whose first index line met a full disk (a job's submitter caching how
+    its job ended, on a 2 MB tmpfs) left its empty ``*-info.jsonl`` in the node folder
+    for good: no clean removes it (orphans reads no index file; compact merges two or
+    more). The writer removes the file it made, holding nothing; the same writer writes
+    once space is back, and what it wrote reads back."""
+    import errno
+
+    def full(fd: int, data: tp.Any) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path)
+    with cd.write():
+        monkeypatch.setattr(os, "write", full)
+        with pytest.raises(OSError, match="No space left"):
+            cd["first"] = 1
+        monkeypatch.undo()
+        assert list(tmp_path.glob("*-info.jsonl")) == []
+        cd["second"] = 2  # (space is back)
+        assert "second" in cd
+    assert len(list(tmp_path.glob("*-info.jsonl"))) == 1
+    assert dict(CacheDict(tmp_path).items()) == {"second": 2}
+    with cd.write():  # (a file holding lines stays when a later line fails)
+        monkeypatch.setattr(os, "write", full)
+        with pytest.raises(OSError, match="No space left"):
+            cd["third"] = 3
+        monkeypatch.undo()
+        cd["fourth"] = 4
+    assert len(list(tmp_path.glob("*-info.jsonl"))) == 1
+    assert dict(CacheDict(tmp_path).items()) == {"second": 2, "fourth": 4}
+
+
 def test_an_index_line_cut_by_a_full_disk_is_said_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

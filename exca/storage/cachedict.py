@@ -972,7 +972,7 @@ class CacheDict(tp.Generic[X]):
                     if written != len(line):
                         writer.finish_short_write(line, written)
                 except BaseException:
-                    writer.recover()
+                    writer.failed_append()
                     raise
                 writer.size = offset + len(line)
             if resumed and writer.unlinked():

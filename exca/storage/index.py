@@ -840,7 +840,7 @@ class IndexWriter:
             if written != len(out):
                 self.finish_short_write(out, written)
         except BaseException:
-            self.recover()
+            self.failed_append()
             raise
         self.size, self.torn = offset + len(data), False
         return offset
@@ -858,6 +858,29 @@ class IndexWriter:
             return
         self.size = size
         self.torn = size > 0 and last != b"\n"
+
+    def failed_append(self) -> None:
+        """After an append failed: its state read again (see recover); a file it holds
+        nothing of (its first line, on a full disk) is removed (see discard_empty)."""
+        self.recover()
+        if self.size == 0:
+            self.discard_empty()
+
+    def discard_empty(self) -> None:
+        """Remove this session's index file while it holds nothing (its first append
+        failed: a full disk left it empty, in the node folder for good, as no clean
+        removes it). No line of it was ever read: a later append makes it anew."""
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        path = self.folder / self.name
+        with contextlib.suppress(OSError):
+            stat = os.stat(path)
+            if stat.st_ino == self.inode and stat.st_size == 0:  # (its own file, still empty)
+                os.unlink(path)
+        self.inode, self.size, self.torn = 0, 0, False
+        self.read_state = None  # (a new file, a new inode: the reader's state anew)
 
     def finish_short_write(self, data: bytes, written: int) -> None:
         """After a short write of ``data`` (``written`` bytes of it): write the rest (rare),
