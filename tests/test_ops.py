@@ -3679,6 +3679,36 @@ def test_clean_orphans(tmp_path: Path) -> None:
     assert cli("clean", root, "orphans", check=True).stdout.strip() == "Nothing to remove."
 
 
+def test_clean_orphans_removes_the_sbatch_script_of_a_failed_submission(tmp_path: Path) -> None:
+    """submitit writes a Slurm job's script as logs/<user>/.submission_file_<hex>.sh, then
+    moves it into the job's folder, leaving a link: a submission that failed (sbatch
+    refused it; a full disk left it empty) left the file there for good, which no clean
+    removed (its pickle went). `clean orphans` removes it once old, not a sent one's link."""
+    root = tmp_path / "cache"
+    Train(seed=1, infra={"folder": root}).fit()
+    logs = folder_of(Train(seed=1, infra={"folder": root})).parent / "logs" / "someone"
+    (logs / "123").mkdir(parents=True)
+    failed = logs / f".submission_file_{'a' * 32}.sh"
+    failed.touch()  # (empty: the disk was full)
+    sent = logs / "123" / "123_submission.sh"
+    sent.write_text("#!/bin/bash")
+    link = logs / f".submission_file_{'b' * 32}.sh"
+    link.symlink_to(sent)
+    other = logs / ".submission_file_notours.sh"  # (not submitit's name: left alone)
+    other.touch()
+    old = time.time() - 2 * 3600
+    for path in (failed, sent, other):
+        os.utime(path, (old, old))
+    os.utime(link, (old, old), follow_symlinks=False)
+    assert clean.orphans(root, min_age_hours=3).removals == []  # (younger than asked)
+    plan = clean.orphans(root)
+    assert [(r.path, r.reason) for r in plan.removals] == [
+        (failed, "sbatch script of a submission that failed (never sent)")
+    ]
+    plan.execute()
+    assert not failed.exists() and link.is_symlink() and sent.exists() and other.exists()
+
+
 class Named(pydantic.BaseModel):
     """A map whose item uids are the items (strings), outputs pickled to one file each."""
 

@@ -2044,12 +2044,16 @@ def test_an_option_sbatch_refuses_names_the_config(
     from exca.ops import clean
 
     (left,) = (tmp_path / "cache").rglob("*.pkl")
+    (script,) = left.parent.glob(".submission_file_*.sh")  # (and its sbatch script)
+    assert not script.is_symlink()
     assert clean.orphans(tmp_path / "cache").removals == []  # (a submission may take a while)
     then = time.time() - 7200
-    os.utime(left, (then, then))
+    for path in (left, script):
+        os.utime(path, (then, then))
     removals = clean.orphans(tmp_path / "cache").removals
-    assert [(r.path, r.reason) for r in removals] == [
-        (left, "pickle of a submission that failed (never sent)")
+    assert sorted((r.path, r.reason) for r in removals) == [
+        (script, "sbatch script of a submission that failed (never sent)"),
+        (left, "pickle of a submission that failed (never sent)"),
     ]
 
 

@@ -1418,7 +1418,7 @@ def _referenced(info: tp.Any, out: set[str]) -> None:
 
 def orphans(root: Path | str, min_age_hours: float = 1.0, step: str | None = None) -> CleanPlan:
     """Leftovers no entry reads: unreferenced payload files, temporary files of killed
-    writers, claims of dead owners, empty index files, pickles of failed submissions.
+    writers, claims of dead owners, pickles and sbatch scripts of failed submissions.
     ``step``: only in these steps (see ``selected_steps``)."""
     if not min_age_hours >= 0:  # (a negative age removed the files of writers at work)
         raise ValueError(f"min_age_hours={min_age_hours}: give a number of hours >= 0")
@@ -1564,11 +1564,16 @@ def _add_templates(plan: CleanPlan, templates: tp.Iterable[Path], limit: float) 
 # moves it into the job's own folder once sbatch answered: one left there (older than a
 # submission takes) belongs to a submission that failed (sbatch refused it, Ctrl-C)
 _UNSENT_PICKLE = re.compile(r"[0-9a-f]{32}\.pkl")
+# submitit writes a Slurm job's sbatch script there as .submission_file_<uuid hex>.sh,
+# then moves it into the job's folder once sbatch answered, leaving a link to it: a file
+# (not a link) left there is of a submission that failed (sbatch refused it; a full disk
+# left it empty)
+_UNSENT_SCRIPT = re.compile(r"\.submission_file_[0-9a-f]{32}\.sh")
 
 
 def _unsent_pickles(root: Path, limit: float, steps: set[str] | None) -> list[Removal]:
-    """The pickles of submissions that never went out, in the default log folders
-    (``<step>/logs/<user>/``), older than ``limit``."""
+    """The pickles and sbatch scripts of submissions that never went out, in the default
+    log folders (``<step>/logs/<user>/``), older than ``limit``."""
     out = []
     for step in _scan(root):
         if "," not in step.name or not _is_dir(step):  # (a loop of links: none)
@@ -1577,11 +1582,18 @@ def _unsent_pickles(root: Path, limit: float, steps: set[str] | None) -> list[Re
             continue
         for user in _scan(Path(step.path) / "logs"):
             for entry in _scan(Path(user.path)) if _is_dir(user) else []:
-                if not _UNSENT_PICKLE.fullmatch(entry.name):
+                if _UNSENT_PICKLE.fullmatch(entry.name):
+                    reason = "pickle of a submission that failed (never sent)"
+                elif _UNSENT_SCRIPT.fullmatch(entry.name):
+                    reason = "sbatch script of a submission that failed (never sent)"
+                else:
                     continue
                 stat = _stat(entry)
-                if stat is not None and stat.st_mtime < limit and entry.is_file():
-                    reason = "pickle of a submission that failed (never sent)"
+                if (
+                    stat is not None
+                    and stat.st_mtime < limit
+                    and entry.is_file(follow_symlinks=False)
+                ):
                     size, stamp = stat.st_blocks * 512, _stamp(entry, stat)
                     out.append(Removal(Path(entry.path), size, reason, stamp=stamp))
     return out
