@@ -600,6 +600,58 @@ def test_an_array_element_cancelled_while_pending_is_not_said_pending(
 
 
 @pytest.mark.timeout(240)
+def test_a_plain_job_cancelled_while_pending_is_worded_as_an_array_element(
+    tmp_path: Path,
+    ctl: Path,
+    slurm_cluster: SlurmCluster,
+    short_result_wait: None,
+    quick_queue_looks: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A plain (non-array) job cancelled while pending, while sacct lags (~3 s here): its
+    call, status() and failure() said "cancelled before it started?", but `exca list` a
+    generic "ended without writing its result" line, where an array element's is worded
+    as the call (sacct's PENDING row of a job gone from the queue tells nothing of how it
+    ended). Listed as the call says it; once sacct caught up, "cancelled before it
+    started" everywhere."""
+    import subprocess
+
+    later = {"begin": "now+600"}  # (pending until cancelled)
+    settings = {"folder": tmp_path / "cache", "cluster": "slurm", **resources(slurm_cluster)}
+    config = BlocksOne(ctl=str(ctl), x=2, infra={**settings, "slurm_additional_parameters": later})
+    job = config.infra.job()
+    assert "_" not in job.job_id  # (a plain job)
+    sacct = LaggingSacct(monkeypatch)
+    try:
+        submitit_job = job.handle.job  # type: ignore[union-attr]
+
+        def read_pending() -> bool:
+            submitit_job.watcher.update()
+            return str(submitit_job.state) == "PENDING"
+
+        wait_until(read_pending)  # (sacct lists it pending)
+        sacct.freeze(job.job_id)
+        subprocess.run(["scancel", job.job_id], check=True, timeout=30)
+        with pytest.raises(JobFailedError, match=re.escape(job.job_id)) as info:
+            job.result()
+        lagging = [str(info.value), *said_for(config)]
+        assert sacct.served  # (the lag held: exca asked sacct while it lagged)
+        sacct.frozen = False
+        wait_until(lambda: registry.sacct_states([job.job_id])[job.job_id] != "PENDING")
+        settled = said_for(config)
+    finally:
+        subprocess.run(["scancel", job.job_id], check=False, timeout=30)
+    for status, *words in (lagging[1:], settled):
+        assert status == "failed"
+        for text in words + lagging[:1]:
+            assert "PENDING" not in text and "cancelled before it started" in text, text
+            assert "killed, out of memory, cancelled...?" not in text, text  # (generic)
+    said = "the queue no longer lists it and the accounting (sacct) has no end for it"
+    assert said in lagging[3], lagging[3]  # (exca list, as of an array element)
+    assert lines(ctl / "calls.txt") == []
+
+
+@pytest.mark.timeout(240)
 def test_an_element_that_ran_is_not_said_cancelled_before_it_started_while_sacct_lags(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -944,7 +944,9 @@ def slurm_endings(job_ids: tp.Sequence[str], unknown: bool = False) -> dict[str,
     """State and exit (``slurm_exit``'s words) of ended Slurm jobs, with ONE ``sacct``
     call (a plan describing many dead jobs would otherwise make two calls per job).
     With ``unknown``: ("UNKNOWN", "") for an array element sacct does not list while it
-    lists its array (an element cancelled while pending, on some clusters)."""
+    lists its array (an element cancelled while pending, on some clusters), and for a job
+    it lists as not ended yet (it lags behind the queue, for seconds, after an scancel):
+    the caller knows it ended."""
     return _endings(job_ids, unknown) if job_ids else {}
 
 
@@ -979,7 +981,10 @@ def _endings(job_ids: tp.Sequence[str], unknown: bool = False) -> dict[str, tupl
     if unknown:
         arrays = {j.split("_")[0] for j in runs}
         for job in job_ids:
-            if job not in found and "_" in job and job.split("_")[0] in arrays:
+            # (a plain job sacct lists, not ended yet while it lags: as an element, its
+            # row tells nothing of how it ended; one sacct does not list: no answer)
+            lags = job in runs or ("_" in job and job.split("_")[0] in arrays)
+            if job not in found and lags:
                 found[job] = ("UNKNOWN", "")  # (as SubmititHandle.ended_how then says)
     return {j: found[j] for j in job_ids if j in found}
 
