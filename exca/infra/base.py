@@ -32,7 +32,12 @@ from .. import uidformat
 from ..confdict import ConfDict
 from ..graph.node import RESTORES_FILES
 from ..storage import saidonce
-from ..storage.files import NAME_MAX, name_too_long, note_write_error, parse_permissions
+from ..storage.files import (
+    check_name_lengths,
+    name_too_long,
+    note_write_error,
+    parse_permissions,
+)
 from . import freezing, identity, uidfolder
 from .resources import UNSET_VARIABLE, expand_path_text
 
@@ -205,12 +210,8 @@ class BaseInfra(pydantic.BaseModel):
     def _absolute_folder(cls, value: Path | None) -> Path | None:
         if value is None or isinstance(value, _UnresolvedFolder):
             return value
-        too_long = name_too_long(value)
-        if too_long:  # (else exists() raises "File name too long", naming no field)
-            raise ValueError(
-                f"folder: the name {too_long} is longer than the {NAME_MAX} bytes file "
-                "systems allow in a name: give the cache a folder with shorter names"
-            )
+        # (before exists(), which raises "File name too long", naming no field)
+        check_name_lengths(value, "folder", "give the cache a folder with shorter names")
         if value.exists() and not value.is_dir():  # (a device too: /dev/null)
             raise ValueError(f"folder={str(value)!r} is a file: give the cache a folder")
         # jobs may run elsewhere (a workdir snapshot is their current folder)
@@ -501,14 +502,12 @@ class BaseInfra(pydantic.BaseModel):
         before, _, after = template.partition("{uid}")
         values = {"method": self._method().step_name(self._owner()), "version": self.version}
         around = (before.format(**values), after.format(**values))
-        too_long = name_too_long(around[0])
-        if too_long:
+        if name_too_long(around[0]):
             if self.folder is not None:  # (no folder: no file is named after it)
-                raise ValueError(
-                    f"The cache folder name {too_long} is "
-                    f"longer than the {NAME_MAX} bytes file systems allow in a name (it "
-                    "is <module>.<Class>.<method>,<version>): use a shorter infra.version "
-                    f"({len(self.version)} characters) or class name"
+                check_name_lengths(
+                    around[0],
+                    "The cache step folder <module>.<Class>.<method>,<version>",
+                    f"use a shorter infra.version ({len(self.version)} characters) or class name",
                 )
             return around  # (not remembered: a folder set later is checked)
         if len(_UID_AROUND) >= 10_000:

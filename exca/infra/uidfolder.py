@@ -345,8 +345,12 @@ def _swapped(
     if isinstance(cached, dict) and isinstance(current, dict) and key not in plain:
         gone = {k: v for k, v in cached.items() if k not in current}
         new = {k: v for k, v in current.items() if k not in cached}
-        changed_new = {k: v for k, v in new.items() if not any(_same(v, o) for o in gone.values())}
-        changed_gone = {k: v for k, v in gone.items() if not any(_same(v, n) for n in new.values())}
+        changed_new = {
+            k: v for k, v in new.items() if not any(same_value(v, o) for o in gone.values())
+        }
+        changed_gone = {
+            k: v for k, v in gone.items() if not any(same_value(v, n) for n in new.values())
+        }
         # (a rename at the same value beside one at another value is told: only the latter)
         if changed_gone and changed_new:
             yield key, changed_gone, changed_new
@@ -368,12 +372,12 @@ def _dict_lists(cached: tp.Any, current: tp.Any) -> bool:
     )
 
 
-def _same(a: tp.Any, b: tp.Any) -> bool:
+def same_value(a: tp.Any, b: tp.Any) -> bool:
     """Equal values, nan equal to nan, at any depth (a sub-config field renamed as is)."""
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
     return not isinstance(a, (dict, list)) and not isinstance(b, (dict, list)) and not _differ(a, b)
 
 

@@ -19,8 +19,7 @@ from ..graph.errors import JobFailedError, named_items
 from ..graph.node import INPUTS_PREFIX, Group, Node, Value
 from ..graph.planning import Plan, PlanEntry
 from ..infra.task import INPUTS_FILE
-from ..infra.uidfolder import FULL_UID_FILE, UID_FILE, read_yaml
-from ..infra.uidfolder import _same as same_value
+from ..infra.uidfolder import FULL_UID_FILE, UID_FILE, read_yaml, same_value
 from ..storage.cachedict import inspecting_view, keeping_files
 from .inspect import group_entries, input_folders, without_links_to_siblings
 

@@ -33,7 +33,7 @@ from .dumping import (
     mark_if_damaged,
     record_problem,
 )
-from .files import NAME_MAX, ensure_folder, name_too_long, note_write_error, parse_permissions
+from .files import check_name_lengths, ensure_folder, note_write_error, parse_permissions
 from .formats import (
     DATA_DIR,
     LEGACY_WRITERS,
@@ -230,12 +230,7 @@ class CacheDict(tp.Generic[X]):
             folder = folder if type(folder) is PATH_TYPE else Path(folder)
             if not folder.is_absolute():  # (the cwd may change: a relative path would not hold)
                 folder = folder.absolute()
-            too_long = name_too_long(folder)
-            if too_long:  # (else a bare "File name too long" at the first write or read)
-                raise ValueError(
-                    f"CacheDict folder: the name {too_long} is longer than the {NAME_MAX} "
-                    "bytes file systems allow in a name: use a folder with shorter names"
-                )
+            check_name_lengths(folder, "CacheDict folder", "use a folder with shorter names")
         self.folder = folder
         self.keep_in_ram = keep_in_ram
         if cache_type is not None:

@@ -80,6 +80,17 @@ def name_too_long(path: str | os.PathLike[str] | None) -> str:
     return ""
 
 
+def check_name_lengths(path: str | os.PathLike[str], what: str, advice: str) -> None:
+    """ValueError when a part of ``path`` is too long a file name (else a bare "File name
+    too long" at its first use), naming ``what`` it is and what to do (``advice``)."""
+    too_long = name_too_long(path)
+    if too_long:
+        raise ValueError(
+            f"{what}: the name {too_long} is longer than the {NAME_MAX} bytes file systems "
+            f"allow in a name: {advice}"
+        )
+
+
 def finish_write(fd: int, buffers: list[tp.Any], written: int) -> None:
     """After a short write (a signal, or Linux's ~2 GiB limit per call) of ``written``
     bytes of the buffers: write the rest, byte-exactly, without copying."""
