@@ -113,3 +113,39 @@ def test_doc_block(
     code = compile(fence.source, str(fence.source_path), "exec", dont_inherit=True)
     exec(code, namespace)
     os.chdir(ROOT)
+
+
+def _exca_imports(path: Path) -> set[str]:
+    """The exca modules a file imports, lazy imports inside functions included."""
+    import ast
+
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+                base = f"{base}.{node.module}" if node.module else base
+            else:
+                base = node.module or ""
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return {name for name in found if name == "exca" or name.startswith("exca.")}
+
+
+@pytest.mark.parametrize(
+    "layer,forbidden",
+    [("storage", ("graph", "infra", "ops", "helpers")), ("graph", ("infra", "ops", "helpers"))],
+)
+def test_imports_go_one_way(layer: str, forbidden: tuple[str, ...]) -> None:
+    """README: 'Imports go one way: infra -> graph -> storage' (storage knows no graph,
+    the graph layer knows infras only through nodes)."""
+    wrong = {
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in sorted((ROOT / "exca" / layer).rglob("*.py"))
+        for name in _exca_imports(path)
+        if any(name == f"exca.{f}" or name.startswith(f"exca.{f}.") for f in forbidden)
+    }
+    assert not wrong, sorted(wrong)

@@ -28,6 +28,12 @@ RESTORES_FILES: contextvars.ContextVar[bool] = contextvars.ContextVar(
 )
 
 
+# False while a read-only command builds nodes (exca plan/explain/check) or read-only
+# targets are read: a config found under its legacy (v2) name is then reported, not
+# renamed (defined here, though infra reads it: the graph layer imports no infra module)
+LEGACY_RENAMES: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "exca_legacy_renames", default=True
+)
 # True while a call of read-only targets runs (see reading_only)
 _READING_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "exca_reading_only", default=False
@@ -53,8 +59,6 @@ def reading_only(targets: tp.Sequence[Node]) -> tp.Iterator[None]:
     if not targets or not all(n.mode == "read-only" for n in targets):
         yield
         return
-    from ..infra.base import LEGACY_RENAMES  # (infra imports this module)
-
     token = _READING_ONLY.set(True)
     restores = RESTORES_FILES.set(False)
     renames = LEGACY_RENAMES.set(False)  # (a legacy-named upstream cache: see decisions)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
-import contextvars
 import copy
 import dataclasses
 import enum
@@ -30,7 +29,7 @@ import pydantic_core
 
 from .. import uidformat
 from ..confdict import ConfDict
-from ..graph.node import RESTORES_FILES
+from ..graph.node import LEGACY_RENAMES, RESTORES_FILES
 from ..storage import saidonce
 from ..storage.files import (
     check_name_lengths,
@@ -57,11 +56,6 @@ _RAM_LOCKS_GUARD = threading.Lock()
 # _Runtime's containers, made on first use
 _CONTAINERS = frozenset(
     ("force_state", "models", "inputs_caches", "inputs_force", "inputs_checked", "inputs_ram")
-)
-# False while a read-only command builds nodes (exca plan/explain/check): a config found
-# under its legacy (v2) name is then reported, not renamed
-LEGACY_RENAMES: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "exca_legacy_renames", default=True
 )
 
 

@@ -1335,7 +1335,7 @@ def _main(argv: list[str] | None) -> int:
         if args.json and why:  # (why nothing matched: a typo? said beside the [])
             print(f"exca: note: {why}", file=sys.stderr)
     elif args.command in ("plan", "explain", "check"):
-        from ..infra.base import LEGACY_RENAMES
+        from ..graph.node import LEGACY_RENAMES
 
         token = LEGACY_RENAMES.set(False)  # (these commands only read)
         try:
