@@ -2016,6 +2016,7 @@ def test_each_pool_map_gets_its_own_max_jobs(
     for the second (max_jobs=1, e.g. to bound its memory): its chunks run one at a time,
     and the first map's run several at once (an 8-core machine)."""
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
     _CROWD.clear()
     infra = {"folder": tmp_path / "cache", "cluster": "threadpool"}
     wide = Crowd(tag="wide", infra={**infra, "max_jobs": 4}).apply.node(list(range(12)))
@@ -3426,3 +3427,19 @@ def test_a_map_cleared_while_its_job_ran_is_not_failed(tmp_path: Path) -> None:
     assert (entry.status, entry.action) == ("missing", "compute")
     assert node.result() == [[0], [1], [2]]
     assert node.status() == "completed"
+
+
+def test_pool_workers_follow_the_cpus_this_process_may_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Slurm job of 4 CPUs on a 64-core node: a threadpool or processpool map runs on
+    min(missing, cpus - 1, max_jobs) workers, the CPUs being those this process may use
+    (as for local jobs), not the machine's: 3 workers, whose 3 chunks each make 9 elements
+    for 100 items (it planned 63 workers, 100 chunks of one item, on the 4 CPUs)."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    for cluster in ("threadpool", "processpool"):
+        log = str(tmp_path / f"{cluster}.log")
+        mapper = Mapper(log=log, infra={"folder": tmp_path / cluster, "cluster": cluster})
+        plan = exca.graph.plan(mapper.process.node(list(range(100))))
+        assert [array.elements for array in plan.arrays] == [9], (cluster, str(plan))

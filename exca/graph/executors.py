@@ -1658,8 +1658,9 @@ class Pools:
 
     @staticmethod
     def workers(count: int, max_jobs: int | None) -> int:
-        cpus = os.cpu_count() or 2
-        limit = max(1, cpus - 1)
+        # (the CPUs this process may use: in a Slurm job of 4 CPUs on a 64-core node, 3
+        # workers, not 63 crowding those 4)
+        limit = max(1, usable_cpus() - 1)
         if max_jobs:
             limit = min(limit, max_jobs)
         return max(1, min(count, limit))
