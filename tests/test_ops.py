@@ -6210,6 +6210,33 @@ def test_clean_never_touches_a_folder_being_computed(
     assert proc.poll() is None
 
 
+def test_a_clean_of_a_new_folder_before_its_yaml_files_leaves_the_call_computing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`clean node` of a task's folder just made, before its yaml files are all written
+    (nothing claimed there yet: idle, rightly removed): the call failed with
+    FileNotFoundError (its config.yaml in the removed folder)."""
+    from exca.infra import uidfolder
+
+    task = Train(seed=3, infra={"folder": tmp_path / "cache"})
+    folder = folder_of(task)
+    real = uidfolder.write_atomic
+    removed: list[int] = []
+
+    def write_atomic(path: Path | str, text: str, permissions: int | None) -> None:
+        if str(path).endswith(uidfolder.CONFIG_FILE) and not removed:
+            removed.append(clean.remove_nodes([folder]).execute())  # (a cleaning meanwhile)
+        real(path, text, permissions)
+
+    monkeypatch.setattr(uidfolder, "write_atomic", write_atomic)
+    assert task.fit() == 4.0
+    assert removed and removed[0] > 0  # (it did remove the folder)
+    monkeypatch.undo()
+    (info,) = exca.ops.inspect(tmp_path / "cache")
+    assert (info.folder, info.status) == (folder, "success")
+    assert Train(seed=3, infra={"folder": tmp_path / "cache", "mode": "read-only"}).fit() == 4.0
+
+
 def test_a_removal_kept_at_execute_is_told(
     busy_task: tuple[Path, Path, subprocess.Popen[str]], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -145,6 +145,7 @@ _UNRESTORABLE: set[str] = set()  # folders whose missing yaml files could not be
 # config folders whose yaml files a hit with inputs saw (looked at once per process)
 _YAML_SEEN: set[str] = set()
 _YAML_FILES = (uidfolder.UID_FILE, uidfolder.FULL_UID_FILE, uidfolder.CONFIG_FILE)
+_PREPARE_ATTEMPTS = 5  # (a folder removed that often meanwhile: the error is raised)
 
 
 def _remember_checked_defaults(
@@ -621,16 +622,7 @@ class BaseInfra(pydantic.BaseModel):
         ):
             return
         try:
-            settled = uidfolder.prepare(
-                Path(folder),
-                uid_config=self._uid_config(),
-                full_uid_config=self.config(uid=True, exclude_defaults=False),
-                config=lambda: self.config(uid=False, exclude_defaults=False),
-                permissions=self.permissions,
-                sub_configs=self._sub_configs,
-                reuses=functools.partial(self._prepare_reuses, Path(folder)),
-                create=create,
-            )
+            settled = self._prepare_uid_folder(Path(folder), create)
         except (PermissionError, OSError) as error:
             # (ENOENT: a folder that cannot be made there, e.g. under /proc; not a uid
             # folder removed meanwhile, by a clean say, under a cache folder that is there)
@@ -655,6 +647,30 @@ class BaseInfra(pydantic.BaseModel):
         runtime.full_uid_current = settled
         if settled:  # (else the versions are told where a result is reused)
             _remember_checked_defaults(folder, type(self._owner()), runtime.uid_export)
+
+    def _prepare_uid_folder(self, folder: Path, create: bool) -> bool:
+        """uidfolder.prepare, made again when the folder vanished under it: an idle folder
+        (no claim yet) may be removed by a clean between its mkdir and its yaml files,
+        which is no error of this call (it computes it anew, as after the removal)."""
+        for attempt in range(_PREPARE_ATTEMPTS):
+            try:
+                return uidfolder.prepare(
+                    folder,
+                    uid_config=self._uid_config(),
+                    full_uid_config=self.config(uid=True, exclude_defaults=False),
+                    config=lambda: self.config(uid=False, exclude_defaults=False),
+                    permissions=self.permissions,
+                    sub_configs=self._sub_configs,
+                    reuses=functools.partial(self._prepare_reuses, folder),
+                    create=create,
+                )
+            except FileNotFoundError:
+                root = self.folder  # (missing: no cache there, said by the caller)
+                if not create or root is None or not os.path.isdir(root):
+                    raise
+                if attempt == _PREPARE_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")  # (the last attempt returns or raises)
 
     def _force_pending(self) -> bool:
         """Whether this infra, or one of the sub-configs' infras, still has to apply
