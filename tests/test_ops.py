@@ -6237,6 +6237,55 @@ def test_a_clean_of_a_new_folder_before_its_yaml_files_leaves_the_call_computing
     assert Train(seed=3, infra={"folder": tmp_path / "cache", "mode": "read-only"}).fit() == 4.0
 
 
+def test_a_clean_while_a_task_writes_its_claim_leaves_the_call_computing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`clean node` renaming a task's folder away between the write of the call's claim
+    file and its rename into place (nothing claimed there yet: idle, rightly removed):
+    the call failed with FileNotFoundError (the claim's file, gone with the folder)."""
+    task = Train(seed=4, infra={"folder": tmp_path / "cache"})
+    folder = folder_of(task)
+    real = Claims._write_tmp
+    removed: list[int] = []
+
+    def write_tmp(self: Claims, tmp: str, data: bytes) -> None:
+        real(self, tmp, data)
+        if self.folder == folder and not removed:
+            removed.append(clean.remove_nodes([folder]).execute())  # (a cleaning meanwhile)
+
+    monkeypatch.setattr(Claims, "_write_tmp", write_tmp)
+    assert task.fit() == 5.0
+    assert removed and removed[0] > 0  # (it did remove the folder)
+    monkeypatch.undo()
+    assert Train(seed=4, infra={"folder": tmp_path / "cache", "mode": "read-only"}).fit() == 5.0
+    (info,) = exca.ops.inspect(tmp_path / "cache")
+    assert (info.folder, info.status) == (folder, "success")
+
+
+def test_a_clean_before_a_map_claims_its_items_leaves_the_items_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`clean node` of a map's folder after the call prepared it, before it claimed its
+    items (idle: rightly removed): the claim made the folder again, without its yaml
+    files, and the items computed there were not listed (`exca list`)."""
+    squares = Squares(infra={"folder": tmp_path / "cache"})
+    folder = folder_of(squares)
+    real = Claims.claim
+    removed: list[int] = []
+
+    def claim(self: Claims, keys: tp.Sequence[str], window: tp.Any = None) -> tp.Any:
+        if self.folder == folder and not removed:
+            removed.append(clean.remove_nodes([folder]).execute())  # (a cleaning meanwhile)
+        return real(self, keys, window)
+
+    monkeypatch.setattr(Claims, "claim", claim)
+    assert list(squares.square([2, 3])) == [4, 9]
+    assert removed and removed[0] > 0  # (it did remove the folder)
+    monkeypatch.undo()
+    (info,) = exca.ops.inspect(tmp_path / "cache")
+    assert (info.folder, info.kind, info.entries, info.note) == (folder, "map", 2, None)
+
+
 def test_a_removal_kept_at_execute_is_told(
     busy_task: tuple[Path, Path, subprocess.Popen[str]], caplog: pytest.LogCaptureFixture
 ) -> None:

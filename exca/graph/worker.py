@@ -832,6 +832,7 @@ def _compute_claimed(
     node: Node, unit: Unit, forced: bool, reusable_error: tp.Callable[[], bool], claims: Claims
 ) -> Report:
     """Compute a task whose claim this worker holds (unless done meanwhile)."""
+    _prepared_again(node)
     state = store.task_state(node, refresh=True)
     retrying = unit.action == "retry" or node.mode == "retry"
     if state == "done" and not forced and not (retrying and store.result_damaged(node)):
@@ -848,6 +849,21 @@ def _compute_claimed(
     if forced:  # (before the claim goes: a thread of this instance waiting for it)
         node.force_state["done"] = True
     return report
+
+
+# what a node folder holds from its preparation on: a config's folder, a call's with inputs
+_PREPARED_FILES = ("uid.yaml", "inputs.yaml")
+
+
+def _prepared_again(node: Node) -> None:
+    """The yaml files of a node folder a clean removed after the scheduler prepared it
+    (idle then: rightly removed), made again by the claim just taken there: written back
+    before the result (else ``exca list`` did not show the entry)."""
+    folder = node.folder
+    if folder is None or node.prepare is None:
+        return
+    if not any(os.path.exists(f"{folder}/{name}") for name in _PREPARED_FILES):
+        node.prepare()
 
 
 def _task_done(node: Node, forced: bool) -> tp.Callable[[list[str]], list[str]]:
@@ -1319,6 +1335,7 @@ def _run_map_unit(unit: Unit, progress: ProgressCallback | None, report: Report)
             def compute(claim: Claim = claim, action: str = action, left: list[str] = left) -> None:
                 mine = claim.mine
                 if mine:
+                    _prepared_again(node)
                     with node.cache.frozen_cache_folder():  # (one read: what others wrote)
                         node.cache.refresh()
                         mine = _map_todo(node, mine, action, forced_by)

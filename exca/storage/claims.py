@@ -55,6 +55,7 @@ LOCK_NAME = ".lock"
 CLAIM_SUFFIX = ".claim"
 WAIT_SUFFIX = ".waits"  # a claim holder waiting for other keys (see Claims.post_wait)
 BACKOFF_S = 0.005  # at most this long a random pause after two claimers met
+_PUBLISH_ATTEMPTS = 5  # (a folder removed that often while a claim is written: raised)
 HEARTBEAT_ENV = "EXCA_CLAIM_HEARTBEAT_S"
 DEFAULT_HEARTBEAT_S = 30.0
 # how often a claim file that could not be removed at its release is tried again
@@ -484,14 +485,21 @@ class Claims:
         dirname = os.fspath(self.dir)
         name = process.unique_name()
         tmp = f"{dirname}/{name}.tmp"
-        try:
-            self._write_tmp(tmp, data)
-        except OSError as error:  # (a full disk: said with what to do)
-            note_write_error(error, self.dir.parent)
-            raise
         path = f"{dirname}/{name}{suffix}"
-        os.replace(tmp, path)
-        return Path(path)
+        for attempt in range(_PUBLISH_ATTEMPTS):
+            try:
+                self._write_tmp(tmp, data)
+                os.replace(tmp, path)
+                return Path(path)
+            except FileNotFoundError:
+                # (the folder removed meanwhile, with the file written so far: a clean of
+                # it while nothing was claimed there; made again, as for a first claim)
+                if attempt == _PUBLISH_ATTEMPTS - 1:
+                    raise
+            except OSError as error:  # (a full disk: said with what to do)
+                note_write_error(error, self.dir.parent)
+                raise
+        raise AssertionError("unreachable")  # (the last attempt returns or raises)
 
     def _write_tmp(self, tmp: str, data: bytes) -> None:
         dirname = os.fspath(self.dir)
