@@ -977,3 +977,31 @@ def test_an_index_line_cut_by_a_full_disk_is_said_so(
     with pytest.warns(RuntimeWarning, match="or its disk was full"):
         reread = dict(CacheDict(tmp_path).items())
     assert reread == {"before": 1, "after": 3}
+
+
+def test_a_folder_it_may_not_read_is_named_with_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CacheDict (a map's folder) of a shared cache that another user made private: the
+    bare "Permission denied: '<folder>'" said neither whose it was nor what to do (real
+    users, a probe; this test runs as root, whom modes do not stop)."""
+    import errno
+
+    folder = tmp_path / "cd"
+    cd: CacheDict[tp.Any] = CacheDict(folder)
+    with cd.write():
+        cd["a"] = 1
+    scandir = os.scandir
+
+    def refused(path: tp.Any = ".") -> tp.Any:
+        if str(path) == str(folder):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refused)
+    with pytest.raises(PermissionError) as info:
+        "a" in CacheDict(folder)  # noqa: B015
+    monkeypatch.undo()
+    (note,) = getattr(info.value, "__notes__", [])
+    assert note.startswith(f"this process may not read {folder} (owner uid {os.getuid()}, ")
+    assert "or use a cache folder of your own" in note

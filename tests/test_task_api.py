@@ -4032,3 +4032,37 @@ def test_a_full_disk_before_the_first_call_names_the_folder(
     assert any(str(folder) in n and "free space there" in n for n in notes), notes
     assert [p.name for p in folder.iterdir() if p.is_file()] == []
     assert task.process() == 170 and task.infra.status() == "completed"
+
+
+def test_a_step_folder_another_user_kept_private_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shared cache whose step folder another user made private (permissions=None under
+    umask 0o077): a new config's call failed with a bare "Permission denied:
+    '.../<uid>/full-uid.yaml'", a file that does not exist, saying neither which folder
+    refused it nor what to do (real users, a probe). (This test runs as root, whom modes
+    do not stop: the refusals are those a user meets there.)"""
+    import errno
+    import os
+
+    Task(param=1, infra={"folder": tmp_path}).process()
+    step = Task(param=2, infra={"folder": tmp_path}).infra.uid_folder().parent  # type: ignore
+    open_, access = os.open, os.access
+
+    def refused(path: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> int:
+        if str(path).startswith(f"{step}/"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return open_(path, *args, **kwargs)
+
+    def may_enter(path: tp.Any, mode: int, *args: tp.Any, **kwargs: tp.Any) -> bool:
+        return str(path) != str(step) and access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refused)
+    monkeypatch.setattr(os, "access", may_enter)
+    with pytest.raises(PermissionError) as info:
+        Task(param=2, infra={"folder": tmp_path}).process()
+    monkeypatch.undo()
+    (note,) = getattr(info.value, "__notes__", [])
+    owner = f"owner uid {os.getuid()}, mode {oct(step.stat().st_mode & 0o7777)}"
+    assert note.startswith(f"this process may not read {step} ({owner}): another user's")
+    assert "Ask its owner to open it (chmod -R a+rwX" in note

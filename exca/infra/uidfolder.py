@@ -25,7 +25,7 @@ from ..graph.node import INPUTS_PREFIX
 from ..plainyaml import load as plain_load
 from ..plainyaml import pyyaml
 from ..storage import saidonce
-from ..storage.files import chmod, make_folder, write_new
+from ..storage.files import chmod, make_folder, note_read_error, write_new
 
 logger = logging.getLogger("exca")
 UID_FILE = "uid.yaml"
@@ -222,6 +222,9 @@ def verify_defaults(
         data = _read_small(path)
     except (FileNotFoundError, NotADirectoryError):  # (a folder under a file: none either)
         return False
+    except PermissionError as error:  # (said with the folder refusing it, and what to do)
+        note_read_error(error, path)
+        raise
     text = data.decode("utf8", errors="surrogateescape")  # (no UTF-8: unreadable, see read_text)
     if text == (full_uid_text() if full_uid_text is not None else full_uid_config().to_yaml()):
         if _VERSION_CHANGES:  # (recomputed since, maybe by another process)

@@ -63,6 +63,42 @@ def note_write_error(error: BaseException, folder: str | os.PathLike[str] | None
         error.add_note(note)
 
 
+def blocking_folder(path: str | os.PathLike[str]) -> str:
+    """The folder that keeps this process from ``path``: its first ancestor it may not
+    enter, else the deepest existing folder of the path (which it may not list)."""
+    path = os.path.abspath(path)
+    parts = path.split(os.sep)
+    for end in range(2, len(parts) + 1):
+        folder = os.sep.join(parts[:end])
+        if not os.path.isdir(folder):  # (stat needs only the ancestors' search right)
+            return os.path.dirname(folder)
+        if not os.access(folder, os.X_OK) and folder != path:
+            return folder
+    return path
+
+
+def note_read_error(error: BaseException, path: str | os.PathLike[str]) -> None:
+    """Say which folder a read of ``path`` was refused by, whose, and what to do (its
+    message named a file under that folder, maybe one that does not exist: a shared
+    cache's folder that another user made without the cache's permissions)."""
+    if not isinstance(error, OSError) or error.errno not in (errno.EACCES, errno.EPERM):
+        return
+    folder = blocking_folder(path)
+    try:
+        status = os.stat(folder)
+        whose = f" (owner uid {status.st_uid}, mode {oct(status.st_mode & 0o7777)})"
+    except OSError:
+        whose = ""
+    note = (
+        f"this process may not read {folder}{whose}: another user's folder in a shared "
+        "cache, made without the cache's permissions (permissions=None, a strict umask)? "
+        "Ask its owner to open it (chmod -R a+rwX, or g+rwX for a group), or use a cache "
+        "folder of your own"
+    )
+    if note not in getattr(error, "__notes__", ()):
+        error.add_note(note)
+
+
 NAME_MAX = 255  # bytes per file name on common file systems (ext4, xfs, tmpfs, NFS)
 
 

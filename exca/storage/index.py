@@ -29,7 +29,7 @@ from pathlib import Path
 import orjson
 
 from . import gcpause, process, saidonce
-from .files import chmod, finish_write
+from .files import chmod, finish_write, note_read_error
 
 INDEX_SUFFIX = "-info.jsonl"
 logger = logging.getLogger("exca")
@@ -252,6 +252,9 @@ class IndexReader:
                 except (FileNotFoundError, NotADirectoryError):  # (under a file: absent too)
                     listing, self.listed = [], set()
                     self.absent = True
+                except PermissionError as error:  # (said with whose folder, what to do)
+                    note_read_error(error, self._dir)
+                    raise
                 known = self._files
                 if not known.keys() >= set(listing):  # new files: are they ours?
                     listing = [n for n in listing if n in known or _written_here(n, self)]
