@@ -4066,3 +4066,33 @@ def test_a_step_folder_another_user_kept_private_is_named(
     owner = f"owner uid {os.getuid()}, mode {oct(step.stat().st_mode & 0o7777)}"
     assert note.startswith(f"this process may not read {step} ({owner}): another user's")
     assert "Ask its owner to open it (chmod -R a+rwX" in note
+
+
+def test_a_step_folder_another_user_made_read_only_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shared cache whose step folder another user made without the cache's permissions
+    (0o755): a new config's call said "Cannot write into the cache folder <root>", a
+    root this user may write to, not naming the folder that refused it (real users, a
+    probe; this test runs as root, whom modes do not stop)."""
+    import errno
+    import os
+
+    Task(param=1, infra={"folder": tmp_path}).process()
+    step = Task(param=2, infra={"folder": tmp_path}).infra.uid_folder().parent  # type: ignore
+    mkdir = os.mkdir
+
+    def refused(path: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> None:
+        if str(path).startswith(f"{step}/"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", refused)
+    before = _count("task", 2)
+    with pytest.raises(PermissionError) as info:
+        Task(param=2, infra={"folder": tmp_path}).process()
+    monkeypatch.undo()
+    owner = f"owner uid {os.getuid()}, mode {oct(step.stat().st_mode & 0o7777)}"
+    assert f"Cannot write into the cache folder {tmp_path} (infra.folder)" in str(info.value)
+    assert f": Permission denied in {step} ({owner}), another user's folder" in str(info.value)
+    assert _count("task", 2) == before  # (refused before computing)

@@ -36,6 +36,7 @@ from ..storage.files import (
     name_too_long,
     note_write_error,
     parse_permissions,
+    whose,
 )
 from . import freezing, identity, uidfolder
 from .resources import UNSET_VARIABLE, expand_path_text
@@ -154,6 +155,12 @@ def _remember_checked_defaults(
     if len(_DEFAULTS_CHECKED) >= 10_000:
         _DEFAULTS_CHECKED.clear()  # (a bounded memo)
     _DEFAULTS_CHECKED[folder] = (owner_cls, export, recorded)
+
+
+def _strictly_in(path: str, folder: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a folder under ``folder`` (not it)."""
+    top = os.path.abspath(folder)
+    return bool(path) and os.path.abspath(path).startswith(top.rstrip(os.sep) + os.sep)
 
 
 class BaseInfra(pydantic.BaseModel):
@@ -636,6 +643,13 @@ class BaseInfra(pydantic.BaseModel):
             strerror = error.strerror or str(error)
             if error.errno == errno.ENOENT and os.path.islink(self.folder):
                 strerror += f" (it is a symlink to {os.readlink(self.folder)}, not there)"
+            refused = os.path.dirname(error.filename or "")
+            if error.errno in (errno.EACCES, errno.EPERM) and _strictly_in(refused, self.folder):
+                # (the root is writable: another user's folder in it refused the write)
+                strerror += (
+                    f" in {refused}{whose(refused)}, another user's folder made "
+                    "without the cache's permissions? (its owner may open it: chmod -R a+rwX)"
+                )
             raise type(error)(
                 error.errno,
                 f"Cannot write into the cache folder {self.folder} (infra.folder) for "

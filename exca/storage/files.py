@@ -77,6 +77,16 @@ def blocking_folder(path: str | os.PathLike[str]) -> str:
     return path
 
 
+def whose(folder: str | os.PathLike[str]) -> str:
+    """What to say of a folder's owner and mode: ' (owner uid N, mode 0oM)', '' when it
+    cannot be looked at."""
+    try:
+        status = os.stat(folder)
+    except OSError:
+        return ""
+    return f" (owner uid {status.st_uid}, mode {oct(status.st_mode & 0o7777)})"
+
+
 def note_read_error(error: BaseException, path: str | os.PathLike[str]) -> None:
     """Say which folder a read of ``path`` was refused by, whose, and what to do (its
     message named a file under that folder, maybe one that does not exist: a shared
@@ -84,13 +94,8 @@ def note_read_error(error: BaseException, path: str | os.PathLike[str]) -> None:
     if not isinstance(error, OSError) or error.errno not in (errno.EACCES, errno.EPERM):
         return
     folder = blocking_folder(path)
-    try:
-        status = os.stat(folder)
-        whose = f" (owner uid {status.st_uid}, mode {oct(status.st_mode & 0o7777)})"
-    except OSError:
-        whose = ""
     note = (
-        f"this process may not read {folder}{whose}: another user's folder in a shared "
+        f"this process may not read {folder}{whose(folder)}: another user's folder in a shared "
         "cache, made without the cache's permissions (permissions=None, a strict umask)? "
         "Ask its owner to open it (chmod -R a+rwX, or g+rwX for a group), or use a cache "
         "folder of your own"
