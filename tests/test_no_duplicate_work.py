@@ -280,6 +280,29 @@ def test_a_forced_call_while_another_process_computes_computes_again(
     assert calls[0].split()[1] != calls[1].split()[1]  # (two processes)
 
 
+@pytest.mark.timeout(120)
+def test_clear_job_while_another_process_computes_says_it_cannot_stop_it(
+    tmp_path: Path, ctl: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """clear_job() while another process computes the config inline: nothing to cancel,
+    and the result that process stores when it ends is cached after the clear; it said
+    nothing of that (a user clearing an outdated result found it back, a probe). It now
+    warns, naming that process; the computing caller gets its result, computed once."""
+    computing = Caller(tmp_path, _spec(tmp_path, ctl, "task", 1, x=31))
+    try:
+        wait_until(lambda: bool(lines(ctl / "calls.txt")))  # (it computes: blocked)
+        task = build(_spec(tmp_path, ctl, "task", 1, x=31))
+        with caplog.at_level("WARNING", logger="exca"):
+            task.infra.clear_job()
+        said = f"pid {computing.proc.pid} on {process_info.hostname()} computes it now"
+        assert said in caplog.text and "call clear_job() again then" in caplog.text
+        (ctl / "release").touch()
+        assert computing.results() == [62]
+    finally:
+        computing.kill()
+    assert task.process() == 62 and len(lines(ctl / "calls.txt")) == 1
+
+
 @pytest.mark.timeout(60)
 def test_task_threads_in_this_process(tmp_path: Path, ctl: Path) -> None:
     """Two threads of the test process itself, on two instances of one config."""

@@ -200,6 +200,17 @@ def removal_holder(node: Node) -> str | None:
     return claims[0].owner.describe()
 
 
+def computer(node: Node) -> str | None:
+    """Who computes a task's result now (a live claim of it, not a removal's hold), or
+    None."""
+    from ..storage.claims import CLAIMS_DIR, Claims
+
+    if node.folder is None or not os.path.isdir(os.path.join(node.folder, CLAIMS_DIR)):
+        return None
+    claims = [c for c in Claims(node.folder).current() if TASK_KEY in c.keys and not c.hold]
+    return claims[0].owner.describe() if claims else None
+
+
 def claimed_here(node: Node, keys: tp.Iterable[str] | None) -> bool:
     """Whether this very thread holds a claim on some of these keys of a node (an
     enclosing call computes them right now; ``None``: on any key)."""

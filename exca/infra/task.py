@@ -563,6 +563,15 @@ class TaskInfra(BaseInfra, SubmititMixin):
                         cancelled = True
             if cancelled:  # (its claim, until its process ends: status() said "running")
                 _wait_while_computed(node, CANCEL_WAIT_S)
+            busy = None if cancelled else calls.computer(node)
+            if busy is not None:  # (a call computing it inline: no job to cancel)
+                logger.warning(
+                    "clear_job() of %s: %s computes it now, which clear_job() cannot stop "
+                    "(no job of it to cancel): its result is stored when it ends; call "
+                    "clear_job() again then",
+                    node.uid,
+                    busy,
+                )
         node.cache.refresh()  # (the result may have been rewritten since this instance read it)
         if TASK_KEY in node.cache:
             del node.cache[TASK_KEY]
