@@ -6286,6 +6286,34 @@ def test_a_clean_before_a_map_claims_its_items_leaves_the_items_listed(
     assert (info.folder, info.kind, info.entries, info.note) == (folder, "map", 2, None)
 
 
+def test_a_write_landing_in_a_folder_being_deleted_is_deleted_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write into a node folder that looked the folder up just before `clean node`
+    renamed it away lands in the renamed folder (the rename moves the folder, not a
+    lookup already made), maybe after the deletion listed it: the removal failed with
+    "Directory not empty", said "remove it by hand" and counted nothing as freed (a
+    probe: a task's config.yaml, written while its idle folder was removed)."""
+    task = Train(seed=5, infra={"folder": tmp_path / "cache"})
+    task.fit()
+    folder = folder_of(task)
+    rmdir = os.rmdir
+    landed: list[str] = []
+
+    def late_write(path: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> None:
+        if clean.REMOVING_PREFIX in str(path) and not kwargs.get("dir_fd") and not landed:
+            landed.append(str(path))
+            Path(path, "config.yaml").write_text("late\n")  # (after it was emptied)
+        rmdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rmdir", late_write)
+    plan = clean.remove_nodes([folder])
+    assert plan.execute() == plan.size > 0
+    monkeypatch.undo()
+    assert landed and plan.failed == [] and not Path(landed[0]).exists()
+    assert sorted(p.name for p in folder.parent.iterdir()) == []
+
+
 def test_a_removal_kept_at_execute_is_told(
     busy_task: tuple[Path, Path, subprocess.Popen[str]], caplog: pytest.LogCaptureFixture
 ) -> None:

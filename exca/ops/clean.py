@@ -465,21 +465,34 @@ def _check_deletable(folder: Path) -> None:
             )
 
 
+DELETE_PASSES = 3  # (over a removed tree: writes still landing in it, see _delete_tree)
+
+
 def _delete_tree(folder: Path, size: int) -> None:
     """Delete a tree renamed away (``size`` bytes); what cannot be deleted is said
     (_Incomplete: its entries are out of the cache, what is left still takes space)."""
     failures: list[str] = []
+    late: list[str] = []  # (folders a write landed in after they were listed)
 
     def failed(_: tp.Any, path: str, error: tp.Any) -> None:
         value = error[1] if isinstance(error, tuple) else error
         if isinstance(value, FileNotFoundError):  # (deleted meanwhile: another cleaning
             return  # of the same leftover, say; nothing of it is left there)
+        if isinstance(value, OSError) and value.errno == errno.ENOTEMPTY:
+            late.append(path)
         failures.append(f"{path}: {value}")
 
     # (onerror gives (type, value, traceback); its successor onexc, Python 3.12, the value)
     hook = "onexc" if sys.version_info >= (3, 12) else "onerror"
     options: dict[str, tp.Any] = {hook: failed}
-    shutil.rmtree(folder, **options)
+    for _ in range(DELETE_PASSES):
+        failures.clear()
+        late.clear()
+        shutil.rmtree(folder, **options)
+        # (a write into the folder that looked it up before the rename lands in it after:
+        # the rename moves the folder, not a lookup already made; deleted by a new pass)
+        if not failures or len(late) != len(failures):
+            break
     if failures:
         left, _ = disk_usage(folder, recursive_into_inputs=True) if folder.exists() else (0, 0.0)
         raise _Incomplete(
