@@ -533,12 +533,41 @@ def _field_facts(cls: type, name: str, field: pydantic.fields.FieldInfo) -> _Fie
 
 def _admits_anything(annotation: tp.Any, depth: int = 0) -> bool:
     """Whether an annotation holds ``tp.Any`` or ``object`` (at any depth: ``list[tp.Any]``),
-    where a value's class is named by nothing (a TypeVar, ``Self``: not looked at)."""
+    where a value's class is named by nothing: also a container without item types
+    (``list``, ``dict``, ``tp.Sequence``: pydantic reads them as of ``tp.Any``) and a type
+    variable without bound nor constraints (a generic model used bare); ``Self``: not
+    looked at."""
     if annotation is tp.Any or annotation is object:
         return True
-    if depth > 8 or isinstance(annotation, type) or tp.get_origin(annotation) is tp.Literal:
+    if isinstance(annotation, tp.TypeVar):
+        if annotation.__constraints__:
+            return any(_admits_anything(arg, depth + 1) for arg in annotation.__constraints__)
+        bound = annotation.__bound__
+        return bound is None or _admits_anything(bound, depth + 1)
+    if isinstance(annotation, type):
+        return annotation in _UNTYPED_CONTAINERS
+    if depth > 8 or tp.get_origin(annotation) is tp.Literal:
         return False
-    return any(_admits_anything(arg, depth + 1) for arg in tp.get_args(annotation))
+    args = tp.get_args(annotation)
+    if not args and tp.get_origin(annotation) in _UNTYPED_CONTAINERS:
+        return True  # (tp.List, tp.Dict: no item type)
+    return any(_admits_anything(arg, depth + 1) for arg in args)
+
+
+# containers whose items' classes a bare annotation names not (sets: see _check_no_unnamed_model)
+_UNTYPED_CONTAINERS = frozenset(
+    {
+        list,
+        tuple,
+        dict,
+        collections.abc.Sequence,
+        collections.abc.MutableSequence,
+        collections.abc.Mapping,
+        collections.abc.MutableMapping,
+        collections.abc.Iterable,
+        collections.abc.Collection,
+    }
+)
 
 
 def _check_no_unnamed_model(
@@ -562,7 +591,7 @@ def _check_no_unnamed_model(
         example = f"{kind} | None" if depth == 0 else f"list[{kind}] or dict[str, {kind}]"
         raise RuntimeError(
             f"Field {cls.__name__}.{name} holds a pydantic model ({kind}) where its annotation "
-            f"admits anything (tp.Any, object): a uid names that model's values that are not "
+            f"admits anything (tp.Any, object, a bare list or dict, a TypeVar): a uid names that model's values that are not "
             f"at its class's defaults, and not its class, so {kind}() and another class at "
             "its defaults would share a uid (and a cache folder). Annotate the field with "
             f"the model class (e.g. {name}: {example}; its uid stays the same), or with a "
