@@ -4137,6 +4137,32 @@ def test_a_model_in_a_bare_container_or_type_variable_is_refused() -> None:
     assert "_class" not in str(_cfg(_Loose(bound=_Generic(net=_ConvNet(kernel=5)))))
 
 
+class _Open(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="allow")
+    x: int = 0
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
+class _OpenToNets(_Open):
+    __pydantic_extra__: dict[str, _Net] = pydantic.Field(init=False)  # type: ignore[assignment]
+
+
+def test_a_model_given_beyond_the_fields_is_refused() -> None:
+    """(a review: the refusal of models where anything goes missed the values of an
+    extra="allow" model, which no annotation names: _ConvNet() and _TransNet() given as
+    `net` both gave `net={}`, one uid, one cache folder)"""
+    for value in (_ConvNet(), [_TransNet()], {"a": _ConvNet(kernel=5)}):
+        with pytest.raises(RuntimeError, match=r"_Open\.net \(given beyond the fields"):
+            _Open(net=value).infra.uid()
+    assert _cfg(_Open(net={"kernel": 5}, n=[1])) == {"net": {"kernel": 5}, "n": [1]}
+    # extras annotated with a class: its models are taken, as in a field naming it
+    assert _cfg(_OpenToNets(net=_Net(layers=5))) == {"net": {"layers": 5}}
+
+
 class _SlowSerializer(pydantic.BaseModel):
     model_config = FORBID
     path: str = "a"

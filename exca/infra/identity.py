@@ -571,7 +571,12 @@ _UNTYPED_CONTAINERS = frozenset(
 
 
 def _check_no_unnamed_model(
-    value: tp.Any, cls: type, name: str, named: tuple[type, ...] = (), depth: int = 0
+    value: tp.Any,
+    cls: type,
+    name: str,
+    named: tuple[type, ...] = (),
+    depth: int = 0,
+    where: str = "",
 ) -> None:
     """Refuse a model held where the annotation admits anything (``tp.Any``, ``object``,
     ``list[tp.Any]``...): its uid export names its values that are not at its class's
@@ -590,7 +595,7 @@ def _check_no_unnamed_model(
         # (held in a list or dict of the field: the annotation of a container of them)
         example = f"{kind} | None" if depth == 0 else f"list[{kind}] or dict[str, {kind}]"
         raise RuntimeError(
-            f"Field {cls.__name__}.{name} holds a pydantic model ({kind}) where its annotation "
+            f"Field {cls.__name__}.{name}{where} holds a pydantic model ({kind}) where its annotation "
             f"admits anything (tp.Any, object, a bare list or dict, a TypeVar): a uid names that model's values that are not "
             f"at its class's defaults, and not its class, so {kind}() and another class at "
             "its defaults would share a uid (and a cache folder). Annotate the field with "
@@ -604,10 +609,31 @@ def _check_no_unnamed_model(
         return
     for sub in value:
         if type(sub) not in _PLAIN_ITEMS:  # (a long list of numbers: one test each)
-            _check_no_unnamed_model(sub, cls, name, named, depth + 1)
+            _check_no_unnamed_model(sub, cls, name, named, depth + 1, where)
 
 
 _PLAIN_ITEMS = frozenset({str, int, float, bool, type(None)})
+
+
+def _check_extra(model: pydantic.BaseModel, key: str, value: tp.Any) -> None:
+    """_check_no_unnamed_model for a value given beyond the fields (``extra="allow"``),
+    which no annotation names unless ``__pydantic_extra__`` is annotated."""
+    anything, named = _extra_annotation(type(model))
+    if anything:
+        where = " (given beyond the fields, extra='allow': no annotation)"
+        _check_no_unnamed_model(value, type(model), key, named, where=where)
+
+
+@functools.lru_cache(maxsize=1024)
+def _extra_annotation(cls: type) -> tuple[bool, tuple[type, ...]]:
+    """Whether the extras of a class admit anything, and the classes they name."""
+    try:
+        hint = tp.get_type_hints(cls).get("__pydantic_extra__")
+    except Exception:  # (unresolvable names: as if not annotated)
+        hint = None
+    if hint is None:
+        return True, ()
+    return _admits_anything(hint), tuple(annotated_models(hint))
 
 
 def class_facts(cls: type[pydantic.BaseModel]) -> _ClassFacts:
@@ -1321,6 +1347,8 @@ class _Exporter:
                 _check_dotted_extras(model, extra, excluded)
             for key, sub in extra.items():
                 if key in dumped and key not in excluded:
+                    if self.uid and type(sub) not in _PLAIN_ITEMS:
+                        _check_extra(model, key, sub)
                     if drop is not None and key in drop:
                         if drop[key] is not None:
                             out[key] = _without(self.value(sub, dumped[key]), drop[key])
