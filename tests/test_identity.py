@@ -4163,6 +4163,45 @@ def test_a_model_given_beyond_the_fields_is_refused() -> None:
     assert _cfg(_OpenToNets(net=_Net(layers=5))) == {"net": {"layers": 5}}
 
 
+class _Tagged(pydantic.BaseModel):
+    """Dumps itself as a string: its serializer names it (no defaults pruned)."""
+
+    model_config = FORBID
+    size: int = 1
+
+    @pydantic.model_serializer
+    def _tag(self) -> str:
+        return f"tag{self.size}"
+
+
+class _AnyRoot(pydantic.RootModel[tp.Any]):
+    pass
+
+
+class _HoldsRoot(pydantic.BaseModel):
+    model_config = FORBID
+    root: _AnyRoot | None = None
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
+def test_where_anything_goes_a_model_exported_whole_is_taken_a_root_looked_into() -> None:
+    """(a review: the refusal of models where anything goes refused a model whose
+    model_serializer dumps it whole (a string), and a RootModel of a number, whose uids
+    were `anything=tag1` and `anything=5` before: nothing of them was pruned away; and it
+    let a model through inside a RootModel[tp.Any], exported as its root, without class)"""
+    assert _cfg(_Loose(anything=_Tagged())) == {"anything": "tag1"}
+    assert _cfg(_Loose(many=[_Tagged(size=2)])) == {"many": ["tag2"]}
+    assert _cfg(_Loose(anything=_AnyRoot(5))) == {"anything": 5}
+    assert _cfg(_HoldsRoot(root=_AnyRoot([5]))) == {"root": [5]}
+    for config in (_Loose(anything=_AnyRoot(_ConvNet())), _HoldsRoot(root=_AnyRoot(_ConvNet()))):
+        with pytest.raises(RuntimeError, match=r"holds a pydantic model \(_ConvNet\)"):
+            config.infra.uid()
+
+
 class _SlowSerializer(pydantic.BaseModel):
     model_config = FORBID
     path: str = "a"

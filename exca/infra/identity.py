@@ -591,6 +591,12 @@ def _check_no_unnamed_model(
     if isinstance(value, pydantic.BaseModel):
         if isinstance(value, named) or _with_class({}, value) == {} or dropped_from_parent(value):
             return  # (its export names it, or is its own; or it is in no uid: "." excluded)
+        if value.__pydantic_root_model__:  # (exported as its root: what that holds counts)
+            root = tp.cast(tp.Any, value).root
+            _check_no_unnamed_model(root, cls, name, named, depth + 1, where)
+            return
+        if _dumped_whole(value):
+            return  # (its serializer's dump, defaults included, is its uid: as it chose)
         kind = type(value).__name__
         # (held in a list or dict of the field: the annotation of a container of them)
         example = f"{kind} | None" if depth == 0 else f"list[{kind}] or dict[str, {kind}]"
@@ -613,6 +619,22 @@ def _check_no_unnamed_model(
 
 
 _PLAIN_ITEMS = frozenset({str, int, float, bool, type(None)})
+
+
+def _dumped_whole(model: pydantic.BaseModel) -> bool:
+    """Whether a model's uid is its model_serializer's dump as it is (not a dict of its
+    fields: see _renamed), never pruned of its defaults (its serializer names it)."""
+    facts = class_facts(type(model))
+    if not facts.has_serializer:
+        return False
+    return _renamed(json_dump(model), facts, True, _exclusions(model, facts))
+
+
+@functools.lru_cache(maxsize=1024)
+def _root_annotation(cls: type) -> tuple[bool, tuple[type, ...]]:
+    """Whether the root of a RootModel class admits anything, and the classes it names."""
+    hint = cls.__pydantic_fields__["root"].annotation  # type: ignore[attr-defined]
+    return _admits_anything(hint), tuple(annotated_models(hint))
 
 
 def _check_extra(model: pydantic.BaseModel, key: str, value: tp.Any) -> None:
@@ -1187,7 +1209,12 @@ class _Exporter:
         if model.__pydantic_root_model__:  # (not isinstance: importing RootModel costs 1 ms)
             # its value is its root, as pydantic dumps it (and it cannot set `extra`: it
             # has no named fields a typo could miss)
-            return self.value(tp.cast(tp.Any, model).root, dumped, keep)
+            root = tp.cast(tp.Any, model).root
+            if self.uid and type(root) not in _PLAIN_ITEMS:
+                anything, named = _root_annotation(type(model))
+                if anything:  # (RootModel[tp.Any]: as a field admitting anything)
+                    _check_no_unnamed_model(root, type(model), "root", named)
+            return self.value(root, dumped, keep)
         facts = class_facts(type(model))
         out: dict[str, tp.Any] = {}
         # (a class none of the checks below concern, the common case: ~0.2 us a model)
