@@ -4202,6 +4202,28 @@ def test_where_anything_goes_a_model_exported_whole_is_taken_a_root_looked_into(
             config.infra.uid()
 
 
+class _PartlyCached(pydantic.BaseModel):
+    model_config = FORBID
+    parts: dict[str, tp.Any] = {}
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply(exclude_from_cache_uid=("parts.log",))
+    def process(self) -> int:
+        return 1
+
+
+def test_a_model_where_anything_goes_is_refused_beside_a_cache_uid_exclusion() -> None:
+    """(a review: a field with a path kept out of the cache uid was exported apart, where
+    the refusal of models where anything goes did not look: {"net": _ConvNet()} and
+    {"net": _TransNet()} both gave `parts.net={}`, one uid, one cache folder)"""
+    for net in (_ConvNet(), _TransNet()):
+        with pytest.raises(RuntimeError, match=r"_PartlyCached\.parts holds a pydantic model"):
+            _PartlyCached(parts={"net": net, "log": 1}).infra.uid()
+    # a model at the path kept out is in no uid: taken
+    config = _PartlyCached(parts={"log": _ConvNet(), "n": 2})
+    assert config.infra.uid() == _PartlyCached(parts={"n": 2}).infra.uid()
+
+
 class _SlowSerializer(pydantic.BaseModel):
     model_config = FORBID
     path: str = "a"

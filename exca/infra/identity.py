@@ -621,6 +621,12 @@ def _check_no_unnamed_model(
 _PLAIN_ITEMS = frozenset({str, int, float, bool, type(None)})
 
 
+def _check_field(value: tp.Any, field: _FieldFacts, cls: type) -> None:
+    """_check_no_unnamed_model for the value of a field admitting anything."""
+    named = tuple(m for m in (*field.models, *field.contained) if isinstance(m, type))
+    _check_no_unnamed_model(value, cls, field.name, named)
+
+
 def _dumped_whole(model: pydantic.BaseModel) -> bool:
     """Whether a model's uid is its model_serializer's dump as it is (not a dict of its
     fields: see _renamed), never pruned of its defaults (its serializer names it)."""
@@ -1289,8 +1295,7 @@ class _Exporter:
                 continue
             value = values.get(name)
             if self.uid and field.anything:
-                named = tuple(m for m in (*field.models, *field.contained) if isinstance(m, type))
-                _check_no_unnamed_model(value, facts.cls, name, named)
+                _check_field(value, field, facts.cls)
             if isinstance(value, pydantic.BaseModel):
                 if self.uid and dropped_from_parent(value):
                     continue
@@ -1441,6 +1446,9 @@ class _Exporter:
         them out too (values differing only there are at their default)."""
         name = field.name
         value = model.__dict__.get(name)
+        if self.uid and field.anything:  # (what the exclusions leave of it enters the uid)
+            kept = value if isinstance(value, pydantic.BaseModel) else _without(value, drop)
+            _check_field(kept, field, type(model))
         prune = self.exclude_defaults and not field.required
         if isinstance(value, pydantic.BaseModel):
             if self.uid and dropped_from_parent(value):
