@@ -4363,6 +4363,33 @@ def test_a_multi_task_job_whose_other_rank_dies_as_it_starts_fails_soon(
     assert task.infra.status() == "failed"
 
 
+def test_a_rank_not_seen_where_proc_hides_environments_is_not_said_dead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(a review: the early-death check took a process whose environment it may not read
+    (a security module, a sandbox's /proc) for one that ended: every rank not started
+    following yet was "its process ended before it started following rank 0's calls",
+    rank 0 raised RankFailed for ranks alive)"""
+    from exca.graph import ranks
+
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
+    monkeypatch.setenv("SUBMITIT_LOCAL_JOB_ID", f"no-such-job-{os.getpid()}")
+    monkeypatch.setattr(ranks, "UNSEEN_S", 0.0)
+    since = time.monotonic()
+    # (a rank of a job no process here belongs to: gone, as for a rank killed early)
+    assert "its process ended before" in str(ranks._follower_gone(tmp_path, 1, since))
+    real_open = open
+
+    def hidden(path: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        if str(path).endswith("/environ"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(ranks, "open", hidden, raising=False)
+    ranks._UNSEEN.clear()
+    assert ranks._follower_gone(tmp_path, 2, since) is None  # (cannot tell: waited for)
+
+
 @pytest.mark.timeout(180)
 def test_a_jobs_result_file_and_its_ranks_calls_take_the_caches_permissions(
     tmp_path: Path,

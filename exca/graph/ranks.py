@@ -413,25 +413,30 @@ def _under_slurmstepd() -> bool:
 
 def _process_with(markers: dict[str, str]) -> bool | None:
     """Whether a process of this user on this host has these environment variables (as
-    it started: a rank's process, or one it started), or None when /proc cannot say."""
+    it started: a rank's process, or one it started), or None when /proc cannot say: it
+    does not show this very process's environment (a security module, a sandbox's /proc,
+    another pid namespace's /proc), nor would it show a rank's, launched as this one is:
+    a rank absent from it may be alive."""
     wanted = {f"{k}={v}".encode() for k, v in markers.items()}
     first = next(iter(wanted))
-    uid = os.getuid()
+    uid, me = os.getuid(), str(os.getpid())
     try:
         pids = [name for name in os.listdir("/proc") if name.isdigit()]
     except OSError:
         return None
+    seen_me = False
     for pid in pids:
         try:
             if os.stat(f"/proc/{pid}").st_uid != uid:
                 continue
             with open(f"/proc/{pid}/environ", "rb") as handle:
                 data = handle.read()  # (empty for a zombie: it runs nothing)
-        except OSError:  # (ended meanwhile)
+        except OSError:  # (ended meanwhile; or not dumpable: not launched as a rank is)
             continue
+        seen_me = seen_me or pid == me
         if first in data and wanted <= set(data.split(b"\0")):
             return True
-    return False
+    return False if seen_me else None
 
 
 def report_outcome(call: Followed, error: BaseException | None) -> None:
