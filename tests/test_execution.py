@@ -684,6 +684,39 @@ def test_a_submission_on_a_full_disk_leaves_no_partial_pickle(
     assert len(calls(tmp_path / "calls.txt")) == 1
 
 
+@pytest.mark.timeout(120)
+def test_a_failed_submission_leaves_the_pickles_another_submitter_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(a review: a submission whose dump failed (a full disk, an unpicklable config)
+    removed every empty or cut pickle written since it began in the step's log folder,
+    which another process submitting jobs of that step meanwhile shares: its pickles,
+    empty or partial while it dumps them, went, and its job could not be loaded)"""
+    import errno
+
+    import cloudpickle
+    import submitit.core.utils
+
+    others: list[Path] = []
+
+    def full(obj: tp.Any, filename: tp.Any) -> None:
+        data = cloudpickle.dumps(obj)
+        folder = Path(filename).parent  # (another submitter's, being written meanwhile)
+        others.extend([folder / f"{'ab' * 16}.pkl", folder / f"{'cd' * 16}.pkl"])
+        others[0].write_bytes(data[: len(data) // 3])
+        others[1].write_bytes(b"")
+        Path(filename).write_bytes(data[: len(data) // 2])  # (then the disk is full)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    task = make(tmp_path, "local", x=6)
+    monkeypatch.setattr(submitit.core.utils, "cloudpickle_dump", full)
+    with pytest.raises(OSError, match="No space left"):
+        task.process()
+    monkeypatch.undo()
+    logs = task.infra.uid_folder().parent / "logs"
+    assert sorted(logs.rglob("*.pkl")) == sorted(others)  # (its own went)
+
+
 class DiesQuietly(pydantic.BaseModel):
     """Its process ends at once, writing nothing (as a job meeting a full disk may)."""
 

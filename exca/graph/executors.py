@@ -2161,7 +2161,7 @@ def submit_array(
         for job in jobs:  # (what went out before: never half a submission)
             with contextlib.suppress(Exception):
                 job.cancel(check=False)
-        _remove_partial_pickles(logs, began)
+        _remove_partial_pickles(logs, began, error)
         # (submitit's words say "update executor.max_pickle_size_gb": an exca user sets
         # the infra's field)
         estimate = str(error).split(" of objects")[0].removeprefix("Submitting an estimated ")
@@ -2178,7 +2178,7 @@ def submit_array(
         for job in jobs:  # (what went out before: never half a submission)
             with contextlib.suppress(Exception):
                 job.cancel(check=False)
-        _remove_partial_pickles(logs, began)
+        _remove_partial_pickles(logs, began, error)
         note_write_error(error, logs.split("%j")[0].rstrip("/"))
         if not jobs:
             _sent_nothing(error)
@@ -2189,7 +2189,7 @@ def submit_array(
         for job in jobs:  # (what went out before: never half a submission)
             with contextlib.suppress(Exception):
                 job.cancel(check=False)
-        _remove_partial_pickles(logs, began)
+        _remove_partial_pickles(logs, began, error)
         unpicklable = unpicklable_error(units, error, "a job")
         raise (_sent_nothing(unpicklable) if not jobs else unpicklable) from error
     finally:
@@ -2269,17 +2269,38 @@ def _check_array_pickles(function: tp.Any, units: list[Unit], limit_gb: float) -
         )
 
 
-def _remove_partial_pickles(logs: str, since: float) -> None:
+def _remove_partial_pickles(logs: str, since: float, error: BaseException) -> None:
     """submitit opens a job's pickle before dumping into it: a failed dump leaves it empty,
     or cut where the disk filled up (a 2 MB tmpfs kept 4096 of 13771 bytes), named by a
-    random id that nothing reads. Those written since ``since`` that end before their
-    STOP opcode are removed (checked without unpickling: nothing is imported)."""
+    random id that nothing reads. The one the dump that raised ``error`` was writing (its
+    traceback names it), written since ``since``, is removed when empty or ending before
+    its STOP opcode (checked without unpickling: nothing is imported). Not another's:
+    another process submitting jobs of the same step meanwhile writes its pickles in
+    the same folder, empty or partial while it dumps them, and needs them once sent."""
     folder = Path(logs.split("%j")[0]) if "%j" in logs else Path(logs)
-    for path in folder.glob("*.pkl") if folder.is_dir() else []:
+    ours = _pickles_named(error)
+    for path in folder.glob("*.pkl") if ours and folder.is_dir() else []:
+        if path.name not in ours:
+            continue
         with contextlib.suppress(OSError):
             stat = path.stat()
             if stat.st_size == 0 or (stat.st_mtime >= since - 1 and _cut_short(path)):
                 path.unlink()
+
+
+def _pickles_named(error: BaseException) -> set[str]:
+    """The names of the pickle files the frames ``error`` went through were writing (the
+    locals of submitit's dump: ``<random hex>.pkl``)."""
+    names = set()
+    trace = error.__traceback__
+    while trace is not None:
+        for value in trace.tb_frame.f_locals.values():
+            if isinstance(value, str | os.PathLike):
+                name = os.path.basename(os.fspath(value))
+                if isinstance(name, str) and name.endswith(".pkl"):
+                    names.add(name)
+        trace = trace.tb_next
+    return names
 
 
 def _cut_short(path: Path) -> bool:
