@@ -570,13 +570,16 @@ _UNTYPED_CONTAINERS = frozenset(
 )
 
 
+_ANYTHING = "where its annotation admits anything (tp.Any, object, a bare list or dict, a TypeVar)"
+
+
 def _check_no_unnamed_model(
     value: tp.Any,
     cls: type,
     name: str,
     named: tuple[type, ...] = (),
     depth: int = 0,
-    where: str = "",
+    where: str = _ANYTHING,
 ) -> None:
     """Refuse a model held where the annotation admits anything (``tp.Any``, ``object``,
     ``list[tp.Any]``...): its uid export names its values that are not at its class's
@@ -601,8 +604,8 @@ def _check_no_unnamed_model(
         # (held in a list or dict of the field: the annotation of a container of them)
         example = f"{kind} | None" if depth == 0 else f"list[{kind}] or dict[str, {kind}]"
         raise RuntimeError(
-            f"Field {cls.__name__}.{name}{where} holds a pydantic model ({kind}) where its annotation "
-            f"admits anything (tp.Any, object, a bare list or dict, a TypeVar): a uid names that model's values that are not "
+            f"Field {cls.__name__}.{name} holds a pydantic model ({kind}) {where}: a uid names "
+            "that model's values that are not "
             f"at its class's defaults, and not its class, so {kind}() and another class at "
             "its defaults would share a uid (and a cache folder). Annotate the field with "
             f"the model class (e.g. {name}: {example}; its uid stays the same), or with a "
@@ -648,7 +651,7 @@ def _check_extra(model: pydantic.BaseModel, key: str, value: tp.Any) -> None:
     which no annotation names unless ``__pydantic_extra__`` is annotated."""
     anything, named = _extra_annotation(type(model))
     if anything:
-        where = " (given beyond the fields, extra='allow': no annotation)"
+        where = "given beyond the fields (extra='allow'), where no annotation names its class"
         _check_no_unnamed_model(value, type(model), key, named, where=where)
 
 
