@@ -4110,6 +4110,7 @@ class _Untyped(pydantic.BaseModel):
     table: dict = {}  # type: ignore[type-arg]
     pair: tuple = ()  # type: ignore[type-arg]
     seq: tp.List = []  # type: ignore[type-arg]  # noqa: UP006
+    ordered: collections.OrderedDict = collections.OrderedDict()  # type: ignore[type-arg]
     box: _ModelBox | None = None  # type: ignore[type-arg]
     infra: TaskInfra = TaskInfra(version="1")
 
@@ -4127,6 +4128,7 @@ def test_a_model_in_a_bare_container_or_type_variable_is_refused() -> None:
         {"table": {"a": _TransNet()}},
         {"pair": (_ConvNet(),)},
         {"seq": [_ConvNet()]},
+        {"ordered": collections.OrderedDict(a=_ConvNet())},
         {"box": _ModelBox(item=_ConvNet())},
     ):
         with pytest.raises(RuntimeError, match=r"\.\w+ holds a pydantic model.*a bare list"):

@@ -560,6 +560,7 @@ _UNTYPED_CONTAINERS = frozenset(
         list,
         tuple,
         dict,
+        collections.OrderedDict,
         collections.abc.Sequence,
         collections.abc.MutableSequence,
         collections.abc.Mapping,
