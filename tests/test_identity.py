@@ -4228,6 +4228,23 @@ def test_a_model_where_anything_goes_is_refused_beside_a_cache_uid_exclusion() -
     assert config.infra.uid() == _PartlyCached(parts={"n": 2}).infra.uid()
 
 
+def test_a_named_class_in_a_container_held_where_anything_goes_is_refused() -> None:
+    """(a review: a model of the class a field names beside tp.Any was taken anywhere in
+    the value, also in a list or dict held by the tp.Any, where nothing names it: [_ConvNet()]
+    in `net: _ConvNet | tp.Any` and the plain [{}] both gave `net=({})`, one uid)"""
+    assert _cfg(_HalfNamed(net=[{}])) == {"net": [{}]}  # (a plain value: its uid as before)
+    for values in ({"net": [_ConvNet()]}, {"nets": [{"a": _ConvNet(kernel=5)}]}):
+        with pytest.raises(RuntimeError, match=r"holds a pydantic model \(_ConvNet\)"):
+            _HalfNamed(**values).infra.uid()  # type: ignore[arg-type]
+    # where the annotation names it (or a subclass, which names its class): taken
+    config = _HalfNamed(net=_ConvNet(kernel=5), nets=[_ConvNet(), {"a": _SubConv()}])
+    assert _cfg(config)["nets"][1]["a"]["_class"].endswith("_SubConv")
+
+
+class _SubConv(_ConvNet):
+    pass
+
+
 class _SlowSerializer(pydantic.BaseModel):
     model_config = FORBID
     path: str = "a"

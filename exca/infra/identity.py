@@ -578,6 +578,7 @@ def _check_no_unnamed_model(
     value: tp.Any,
     cls: type,
     name: str,
+    here: tp.Any,
     named: tuple[type, ...] = (),
     depth: int = 0,
     where: str = _ANYTHING,
@@ -587,17 +588,25 @@ def _check_no_unnamed_model(
     defaults, and not its class, so ``A()`` and ``B()`` (both ``{}``), or ``A(x=1)`` and
     ``B(x=1)`` whose other defaults differ, shared a uid (one's result returned for the
     other). A class that names itself in its export (DiscriminatedModel, an override
-    hook) is fine, and so is a model of a class the annotation names beside (``named``:
-    ``Net | tp.Any``; a subclass of it names its class). Models in a set or a dataclass
-    keep their defaults in a uid (their values are named): not looked into."""
+    hook) is fine, and so is a model of a class the annotation names at its place
+    (``here``, the annotation there, None where nothing is named: ``Net | tp.Any``, not
+    ``Net`` in a dict held there, which a plain dict of its values would share a uid with)
+    or a strict subclass of a class it names anywhere (``named``: its uid names its
+    class). Models in a set or a dataclass keep their defaults in a uid (their values are
+    named): not looked into."""
     if type(value) in _NO_BOOLS or type(value) is bool or depth > 50:
         return
     if isinstance(value, pydantic.BaseModel):
-        if isinstance(value, named) or _with_class({}, value) == {} or dropped_from_parent(value):
-            return  # (its export names it, or is its own; or it is in no uid: "." excluded)
+        if (
+            isinstance(value, _models_at(here))
+            or _subclass_of(type(value), named)
+            or _with_class({}, value) == {}
+            or dropped_from_parent(value)
+        ):
+            return  # (its place or its export names it; or it is in no uid: "." excluded)
         if value.__pydantic_root_model__:  # (exported as its root: what that holds counts)
             root = tp.cast(tp.Any, value).root
-            _check_no_unnamed_model(root, cls, name, named, depth + 1, where)
+            _check_no_unnamed_model(root, cls, name, None, named, depth + 1, where)
             return
         if _dumped_whole(value):
             return  # (its serializer's dump, defaults included, is its uid: as it chose)
@@ -614,12 +623,79 @@ def _check_no_unnamed_model(
             "DiscriminatedModel), or keep the field out of the uid (_exclude_from_cls_uid)"
         )
     if isinstance(value, dict):
-        value = value.values()
-    elif not isinstance(value, list | tuple):
+        items: tp.Iterable[tp.Any] = value.values()
+    elif isinstance(value, list | tuple):
+        items = value
+    else:
         return
-    for sub in value:
+    inner = _items_annotation(here, value)
+    for sub in items:
         if type(sub) not in _PLAIN_ITEMS:  # (a long list of numbers: one test each)
-            _check_no_unnamed_model(sub, cls, name, named, depth + 1, where)
+            _check_no_unnamed_model(sub, cls, name, inner, named, depth + 1, where)
+
+
+def _members(here: tp.Any) -> tuple[tp.Any, ...]:
+    """The members of a union annotation (itself if none), ``Annotated`` unwrapped."""
+    while tp.get_origin(here) is tp.Annotated:
+        here = tp.get_args(here)[0]
+    if tp.get_origin(here) in (tp.Union, types.UnionType):
+        return tuple(m for member in tp.get_args(here) for m in _members(member))
+    return (here,)
+
+
+def _models_at(here: tp.Any) -> tuple[type, ...]:
+    """The model classes an annotation names at its top (``Net | tp.Any``: Net)."""
+    if here is None:
+        return ()
+    return tuple(
+        m for m in _members(here) if isinstance(m, type) and issubclass(m, pydantic.BaseModel)
+    )
+
+
+_MAPPINGS = frozenset(
+    {dict, collections.OrderedDict, collections.abc.Mapping, collections.abc.MutableMapping}
+)
+_SEQUENCES = frozenset({list, tuple, collections.abc.Sequence, collections.abc.MutableSequence})
+
+
+def _items_annotation(here: tp.Any, value: tp.Any) -> tp.Any:
+    """The annotation of the items of a dict, list or tuple held where ``here`` is
+    annotated (a union of those its container members give them), or None where none
+    names them (the container is held by a tp.Any: its items are named by nothing)."""
+    if here is None or here is tp.Any or here is object:
+        return None
+    mapping = isinstance(value, dict)
+    try:
+        return _ITEMS_ANNOTATIONS[here, mapping]
+    except KeyError:
+        pass
+    except TypeError:  # (an unhashable annotation: not remembered)
+        return _items_of(here, mapping)
+    if len(_ITEMS_ANNOTATIONS) >= 10_000:
+        _ITEMS_ANNOTATIONS.clear()
+    found = _ITEMS_ANNOTATIONS[here, mapping] = _items_of(here, mapping)
+    return found
+
+
+_ITEMS_ANNOTATIONS: dict[tuple[tp.Any, bool], tp.Any] = {}
+
+
+def _items_of(here: tp.Any, mapping: bool) -> tp.Any:
+    """_items_annotation, computed (``mapping``: of a dict's values, else of a list's)."""
+    found: list[tp.Any] = []
+    for member in _members(here):
+        origin = tp.get_origin(member) or member
+        args = tp.get_args(member)
+        if mapping and origin in _MAPPINGS:
+            found.append(args[1] if len(args) == 2 else tp.Any)
+        elif not mapping and origin in _SEQUENCES:
+            if origin is tuple and len(args) != 1 and not (len(args) == 2 and args[1] is ...):
+                found.extend(args)  # (tuple[A, B]: either; tuple[()]: none)
+            elif args:
+                found.append(args[0])
+    if not found or any(f is tp.Any or f is object for f in found):
+        return None  # (items anything may be: named by nothing)
+    return found[0] if len(found) == 1 else tp.Union[tuple(found)]  # noqa: UP007
 
 
 _PLAIN_ITEMS = frozenset({str, int, float, bool, type(None)})
@@ -628,7 +704,10 @@ _PLAIN_ITEMS = frozenset({str, int, float, bool, type(None)})
 def _check_field(value: tp.Any, field: _FieldFacts, cls: type) -> None:
     """_check_no_unnamed_model for the value of a field admitting anything."""
     named = tuple(m for m in (*field.models, *field.contained) if isinstance(m, type))
-    _check_no_unnamed_model(value, cls, field.name, named)
+    if type(value) in _PLAIN_ITEMS:
+        return  # (the common case: nothing to look into)
+    here = cls.__pydantic_fields__[field.name].annotation  # type: ignore[attr-defined]
+    _check_no_unnamed_model(value, cls, field.name, here, named)
 
 
 def _dumped_whole(model: pydantic.BaseModel) -> bool:
@@ -641,31 +720,34 @@ def _dumped_whole(model: pydantic.BaseModel) -> bool:
 
 
 @functools.lru_cache(maxsize=1024)
-def _root_annotation(cls: type) -> tuple[bool, tuple[type, ...]]:
-    """Whether the root of a RootModel class admits anything, and the classes it names."""
+def _root_annotation(cls: type) -> tuple[bool, tp.Any, tuple[type, ...]]:
+    """Whether the root of a RootModel class admits anything, its annotation and the
+    classes it names."""
     hint = cls.__pydantic_fields__["root"].annotation  # type: ignore[attr-defined]
-    return _admits_anything(hint), tuple(annotated_models(hint))
+    return _admits_anything(hint), hint, tuple(annotated_models(hint))
 
 
 def _check_extra(model: pydantic.BaseModel, key: str, value: tp.Any) -> None:
     """_check_no_unnamed_model for a value given beyond the fields (``extra="allow"``),
     which no annotation names unless ``__pydantic_extra__`` is annotated."""
-    anything, named = _extra_annotation(type(model))
+    anything, here, named = _extra_annotation(type(model))
     if anything:
         where = "given beyond the fields (extra='allow'), where no annotation names its class"
-        _check_no_unnamed_model(value, type(model), key, named, where=where)
+        _check_no_unnamed_model(value, type(model), key, here, named, where=where)
 
 
 @functools.lru_cache(maxsize=1024)
-def _extra_annotation(cls: type) -> tuple[bool, tuple[type, ...]]:
-    """Whether the extras of a class admit anything, and the classes they name."""
+def _extra_annotation(cls: type) -> tuple[bool, tp.Any, tuple[type, ...]]:
+    """Whether the extras of a class admit anything, the annotation of each (None: not
+    annotated) and the classes they name."""
     try:
         hint = tp.get_type_hints(cls).get("__pydantic_extra__")
     except Exception:  # (unresolvable names: as if not annotated)
         hint = None
     if hint is None:
-        return True, ()
-    return _admits_anything(hint), tuple(annotated_models(hint))
+        return True, None, ()
+    value = _items_annotation(hint, {})  # (dict[str, X]: X)
+    return _admits_anything(hint), value, tuple(annotated_models(hint))
 
 
 def class_facts(cls: type[pydantic.BaseModel]) -> _ClassFacts:
@@ -1221,9 +1303,9 @@ class _Exporter:
             # has no named fields a typo could miss)
             root = tp.cast(tp.Any, model).root
             if self.uid and type(root) not in _PLAIN_ITEMS:
-                anything, named = _root_annotation(type(model))
+                anything, here, named = _root_annotation(type(model))
                 if anything:  # (RootModel[tp.Any]: as a field admitting anything)
-                    _check_no_unnamed_model(root, type(model), "root", named)
+                    _check_no_unnamed_model(root, type(model), "root", here, named)
             return self.value(root, dumped, keep)
         facts = class_facts(type(model))
         out: dict[str, tp.Any] = {}
