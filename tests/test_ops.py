@@ -7290,6 +7290,28 @@ def test_logs_of_a_local_task_from_a_fresh_process(tmp_path: Path) -> None:
     assert data["traceback"].endswith("ValueError: cannot fit seed=10")
 
 
+def test_list_of_a_node_fed_by_a_list_of_nodes_names_its_failed_input(tmp_path: Path) -> None:
+    """(seen last session: a task fed by a list of nodes, ``[ok, failing]``, one of which
+    failed, was listed "empty" without "not computed: its input ... failed": its inputs.yaml
+    names the list's uid, ``[uid,uid]``, looked up as one node folder) Each node of a list
+    (or dict) of inputs is looked at, named by its index (key)."""
+    root = tmp_path / "cache"
+    ok = Train(seed=31, infra={"folder": root}).fit.node()
+    failing = Train(seed=32, fail=True, infra={"folder": root}).fit.node()
+    total = Total(infra={"folder": root}).total.node([ok, failing])
+    keyed = Total(scale=3, infra={"folder": root}).total.node({"a": ok, "b": failing})
+    with pytest.raises(Exception, match="cannot fit seed=32"):
+        exca.graph.run(total, keyed)
+    said = f"its input 'values'[1] ({failing.uid}) failed (ValueError: cannot fit seed=32)"
+    listed = cli("list", root, check=True).stdout.splitlines()
+    (line,) = [line for line in listed if "default/inputs-" in line]
+    assert line.split()[0] == "empty" and f"(not computed: {said})" in line, line
+    assert total.folder is not None
+    assert f"not computed: {said}: `exca logs {failing.folder}`" in cli("logs", total.folder).stdout
+    (info,) = exca.ops.inspect(root, step="*Total*", where=["scale=3"])
+    assert info.note == "not computed: " + said.replace("[1]", "['b']")
+
+
 def test_logs_of_a_task_that_failed_in_a_job_names_its_error(tmp_path: Path) -> None:
     """`exca logs FOLDER` of a task whose local job raised showed its stdout alone, ending
     with submitit's "Submitted job triggered an exception": neither the error nor where

@@ -625,24 +625,58 @@ def _upstream_nodes(
     root = registry.root_of(folder)
     out = []
     for name, uid in inputs.items():
-        step, _, rest = str(uid).partition("/")  # (a value's uid, or a group: not a node)
-        if "," not in step or not rest or rest.startswith("/"):
-            continue
-        path = root / uid
-        if path.name.startswith("items-"):  # (a map node: its items' digest)
-            path, rest = path.parent, rest.rpartition("/")[0]
-        info = infos.get(path) if infos is not None else None
-        if info is None:
-            if not path.is_dir() or not is_node_folder(path):
+        # (a list or dict of inputs, ``[uid,uid]``: each of its nodes, its index or key
+        # named; its uid as a path named no folder, so no note told a member failed)
+        members = group_members(str(uid), lambda u: _is_node(root, u))
+        named = [(None, str(uid))] if members is None else members
+        for index, (key, member) in enumerate(named):
+            found = _described_node(root, member, infos)
+            if found is None:
                 continue
-            try:
-                info = describe(step, rest, path)
-            except (PermissionError, IsADirectoryError):  # (skipped by inspect, warned)
-                continue
-            if infos is not None:
-                infos[path] = info
-        out.append((f"input {str(name)!r}", str(uid), path, info))
+            label = f"input {str(name)!r}"
+            if members is not None:
+                label += f"[{index}]" if key is None else f"[{key!r}]"
+            out.append((label, member, *found))
     return out + chained_nodes
+
+
+def _node_path(root: Path, uid: str) -> tuple[Path, str, str] | None:
+    """Where the node ``uid`` of a cache root would be, with its step and config uid
+    (None: a value's uid, or a group's)."""
+    step, _, rest = uid.partition("/")  # (a value's uid, or a group: not a node)
+    if "," not in step or not rest or rest.startswith("/") or uid[:1] in ("[", "{"):
+        return None
+    path = root / uid
+    if path.name.startswith("items-"):  # (a map node: its items' digest)
+        path, rest = path.parent, rest.rpartition("/")[0]
+    return path, step, rest
+
+
+def _is_node(root: Path, uid: str) -> bool:
+    where = _node_path(root, uid)
+    return where is not None and where[0].is_dir() and is_node_folder(where[0])
+
+
+def _described_node(
+    root: Path, uid: str, infos: dict[Path, NodeInfo] | None
+) -> tuple[Path, NodeInfo] | None:
+    """(folder, NodeInfo) of the node ``uid`` of a cache root (``infos``: see
+    upstream_problems), None if it is not one."""
+    where = _node_path(root, uid)
+    if where is None:
+        return None
+    path, step, rest = where
+    info = infos.get(path) if infos is not None else None
+    if info is None:
+        if not path.is_dir() or not is_node_folder(path):
+            return None
+        try:
+            info = describe(step, rest, path)
+        except (PermissionError, IsADirectoryError):  # (skipped by inspect, warned)
+            return None
+        if infos is not None:
+            infos[path] = info
+    return path, info
 
 
 class _ChainedIndex:
