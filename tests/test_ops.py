@@ -8517,11 +8517,11 @@ def test_the_note_of_an_interrupted_big_map_call_is_bounded(
     folder = mapper.infra.uid_folder()
     assert folder is not None
     (note,) = (folder / "jobs").glob("*.interrupted")
-    assert note.stat().st_size < 20_000  # (every uid: ~0.7 MB)
+    assert note.stat().st_size < 20_000  # (every uid: ~0.7 MB; their hashes beside: 0.8)
     (listed,) = exca.ops.inspect(tmp_path / "cache")
     said = (
         "ended on KeyboardInterrupt at item '2', having cached 2 of its 100000 item(s) then "
-        "(1000 of the first 1000 of the 99998 it left not cached now)"
+        "(99998 of the 99998 it left not cached now)"
     )
     assert listed.status == "partial" and said in str(listed.error), listed.error
     # with fewer noted uids: the note goes once a call of the same items finishes them
@@ -8534,6 +8534,36 @@ def test_the_note_of_an_interrupted_big_map_call_is_bounded(
     assert len(list((folder / "jobs").glob("*.interrupted"))) == 2
     assert list(mapper.run([3, 2, 1, 0])) == [3, 2, 1, 0]
     assert [n.name for n in (folder / "jobs").glob("*.interrupted")] == [note.name]
+
+
+def test_the_note_of_an_interrupted_big_map_call_goes_once_other_calls_compute_its_items(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(seen last session: the note of a call past NOTED_KEYS items went only when a later
+    call's items were exactly those it left: finished by a call of more items, or by
+    several calls of some, the folder stayed "partial" for good) The note goes once every
+    item it left is cached, and not before; `exca list` counts those left."""
+    monkeypatch.setattr(exca.graph.registry, "NOTED_KEYS", 5)
+    flag = tmp_path / "flag"
+    flag.touch()
+    mapper = InterruptsAtItemWhileFlagged(flag=str(flag), infra={"folder": tmp_path / "a"})
+    with pytest.raises(KeyboardInterrupt):
+        list(mapper.run(list(range(20))))  # (18 items left: more than noted)
+    folder = mapper.infra.uid_folder()
+    assert folder is not None
+    flag.unlink()
+    assert list(mapper.run(list(range(10)))) == list(range(10))  # (some of them)
+    (listed,) = exca.ops.inspect(tmp_path / "a")
+    said = "having cached 2 of its 20 item(s) then (10 of the 18 it left not cached now)"
+    assert listed.status == "partial" and said in str(listed.error), listed.error
+    assert len(list((folder / "jobs").glob("*.interrupted"))) == 1
+    assert list(mapper.run(list(range(10, 19)))) == list(range(10, 19))  # (all but one)
+    (listed,) = exca.ops.inspect(tmp_path / "a")
+    assert "(1 of the 18 it left not cached now)" in str(listed.error), listed.error
+    assert list(mapper.run(list(range(15, 30)))) == list(range(15, 30))  # (a superset)
+    assert not list((folder / "jobs").iterdir())  # (the note and its hashes)
+    (listed,) = exca.ops.inspect(tmp_path / "a")
+    assert (listed.status, listed.error) == ("success", None), listed
 
 
 class WithNans(pydantic.BaseModel):

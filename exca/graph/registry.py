@@ -243,15 +243,46 @@ def items_of(folder: Path, record: JobRecord) -> list[str] | None:
 # than NOTED_KEYS items (a map of millions: a note of every uid was tens of MB, written on
 # Ctrl-C) notes how many it had and had cached, and the items it left (not cached when it
 # ended): all of them when they are at most NOTED_KEYS (any later call that caches them
-# removes the note), else the first NOTED_KEYS and a digest of them all (a later call of
-# those very items, as a rerun of the call computes, removes it).
+# removes the note), else the first NOTED_KEYS and a digest of them all, and beside the
+# note (<note>.left) an 8-byte hash of each item it left (a later call caching some of
+# them takes them out of it, the note goes once none is left: a rerun of the call, a call
+# of more items or several calls of some; `exca list` counts those not cached).
 INTERRUPTED_SUFFIX = ".interrupted"
+LEFT_SUFFIX = ".left"
 NOTED_KEYS = 1000
 
 
 def uids_digest(uids: tp.Sequence[str]) -> str:
     """A digest of a set of item uids (their order aside)."""
     return hashlib.md5("\n".join(sorted(uids)).encode("utf8", "surrogatepass")).hexdigest()
+
+
+def uid_hashes(uids: tp.Iterable[str]) -> tp.Any:
+    """The sorted distinct 8-byte hashes of item uids (a numpy array, little-endian: the
+    file beside a big note; ~0.5 us a uid)."""
+    import numpy as np
+
+    md5 = hashlib.md5
+    raw = b"".join(md5(u.encode("utf8", "surrogatepass")).digest()[:8] for u in uids)
+    return np.unique(np.frombuffer(raw, dtype="<u8"))
+
+
+def left_hashes(note: dict[str, tp.Any]) -> tp.Any:
+    """The hashes of the items a big call's note still names as left (see NOTED_KEYS), as
+    uid_hashes; None: the note has none (a small note, an older exca's, or its file lost:
+    then only the noted uids and the digest tell)."""
+    import numpy as np
+
+    if not note.get("hashed"):
+        return None
+    try:
+        with open(note["path"] + LEFT_SUFFIX, "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    if len(raw) % 8:  # (not one that this module wrote: unsound to read)
+        return None
+    return np.frombuffer(raw, dtype="<u8")
 
 
 def note_interrupted(
@@ -278,9 +309,13 @@ def note_interrupted(
             # drop_finished_interruptions; a call's first uids are the first it computed)
             rest = uids if left is None else left
             data.update(count=len(uids), cached=cached, digest=uids_digest(rest), left=len(rest))
-            uids = rest[:NOTED_KEYS]
+            data["hashed"] = len(rest) > NOTED_KEYS
+            uids, hashes = rest[:NOTED_KEYS], rest
         text = orjson.dumps({**data, "keys": uids, "time": time.time()})
         _write_file(jobs, name + INTERRUPTED_SUFFIX, text, permissions)
+        if data.get("hashed"):  # (after the note: a note never outlives its file)
+            raw = uid_hashes(hashes).tobytes()
+            _write_file(jobs, name + INTERRUPTED_SUFFIX + LEFT_SUFFIX, raw, permissions)
 
 
 def interrupted_calls(folder: Path) -> list[dict[str, tp.Any]]:
@@ -311,20 +346,49 @@ def drop_finished_interruptions(
 ) -> None:
     """Remove the notes of interrupted calls whose items are all cached now (``missing``:
     those of some keys not cached): nothing is left of them to say. A note of a big call
-    naming only some of the items it left goes when ``uids``, a call's items all cached,
-    are those items."""
+    naming only some of the items it left takes ``uids``, a call's items all cached, out
+    of the hashes of those items, and goes once none is left (a note without them: when
+    ``uids`` are those items)."""
     digest: str | None = None
+    cached: tp.Any = None  # (the hashes of uids: computed once, for the first big note)
     for note in interrupted_calls(folder):
         if "digest" in note and not noted_all_left(note):
-            if note.get("left", note.get("count")) != len(uids):
-                continue
-            digest = uids_digest(uids) if digest is None else digest
-            if digest != note["digest"]:
-                continue
+            left = left_hashes(note)
+            if left is not None:
+                if not uids:
+                    continue
+                cached = uid_hashes(uids) if cached is None else cached
+                if not _took_out(note, left, cached):
+                    continue  # (items it left are still missing, or unknown)
+            else:
+                if note.get("left", note.get("count")) != len(uids):
+                    continue
+                digest = uids_digest(uids) if digest is None else digest
+                if digest != note["digest"]:
+                    continue
         elif missing([str(k) for k in note["keys"]]):
             continue
+        with contextlib.suppress(OSError):  # (its hashes first: no file outlives its note)
+            os.remove(note["path"] + LEFT_SUFFIX)
         with contextlib.suppress(OSError):
             os.remove(note["path"])
+
+
+def _took_out(note: dict[str, tp.Any], left: tp.Any, cached: tp.Any) -> bool:
+    """Take the hashes of items cached now out of a big note's file: whether none is
+    left. (Two calls doing so at once may put back what the other took out: the note
+    then stays longer, never goes while items it left are missing.)"""
+    import numpy as np
+
+    rest = left[~np.isin(left, cached, assume_unique=True)]
+    if not len(rest):
+        return True
+    if len(rest) < len(left):
+        path = Path(note["path"] + LEFT_SUFFIX)
+        with contextlib.suppress(OSError):  # (the mode it had: a shared cache's)
+            mode = os.stat(path).st_mode & 0o7777
+            _write_file(path.parent, path.name, rest.tobytes(), mode)
+    return False
 
 
 # --- submissions in progress -----------------------------------------------------------------

@@ -495,6 +495,7 @@ def _items_left_by_calls(folder: Path, cached: set[str]) -> str | None:
     caching all of their items: interrupted (a note of the call, see
     registry.note_interrupted) or killed (the claim its dead process left). None: none."""
     said = []
+    hashed: tp.Any = None  # (the hashes of the cached uids: for a big call's note)
     for note in registry.interrupted_calls(folder):
         keys = [str(k) for k in note["keys"]]
         absent = sum(1 for k in keys if k not in cached)
@@ -505,7 +506,14 @@ def _items_left_by_calls(folder: Path, cached: set[str]) -> str | None:
             how_far = f"having cached {then} of its {count} item(s) then"
             if then is None:
                 how_far = f"computing {count} item(s)"
-            if "left" not in note:  # (an older note: the call's first items)
+            left = registry.left_hashes(note)
+            if left is not None:  # (every item it left, hashed: those not cached counted)
+                hashed = registry.uid_hashes(cached) if hashed is None else hashed
+                absent = _not_in(left, hashed)
+                if not absent:
+                    continue  # (every item it left is cached now)
+                now = f"{absent} of the {note.get('left')} it left not cached now"
+            elif "left" not in note:  # (an older note: the call's first items)
                 now = f"{absent} of its first {len(keys)} not cached now"
             elif registry.noted_all_left(note):
                 if not absent:
@@ -536,6 +544,13 @@ def _items_left_by_calls(folder: Path, cached: set[str]) -> str | None:
     if not said:
         return None
     return "; ".join(said) + "; a call computes the items left"
+
+
+def _not_in(hashes: tp.Any, among: tp.Any) -> int:
+    """How many of some sorted distinct uid hashes are not among others (numpy arrays)."""
+    import numpy as np
+
+    return int(np.count_nonzero(~np.isin(hashes, among, assume_unique=True)))
 
 
 def _items_left_by_dead_jobs(
