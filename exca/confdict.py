@@ -514,6 +514,10 @@ class ConfDict(dict[str, tp.Any]):
         return out
 
 
+# (its keys are split on "."; what a uid need not check: see uidformat.DOTLESS_DICTS)
+uidformat.DOTLESS_DICTS.add(ConfDict)
+
+
 def _mergeable(value: tp.Any) -> tp.TypeGuard[dict[str, tp.Any]]:
     """A dict value merges into what is there (an OrderedDict replaces: its order counts)."""
     return isinstance(value, dict) and not isinstance(value, collections.OrderedDict)

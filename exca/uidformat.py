@@ -245,6 +245,21 @@ class _DictKinds(dict[type, bool]):
 _COLLAPSIBLE = _DictKinds()
 
 
+# dict classes whose keys never hold a dot (ConfDict, which splits them: added there): a
+# collapsed key cannot be another key of theirs
+DOTLESS_DICTS: set[type] = set()
+
+
+class _SameKeyTwice(ValueError):
+    """A dict giving one key twice once chains collapse (``{"a.b": 1, "a": {"b": 2}}``):
+    both values were named (``a.b=1,a.b=2``, the uid of ``{"a.b": 2, "a": {"b": 1}}``
+    too), where a ConfDict, and the v2 format, keep the last."""
+
+
+def _twice(items: list[tuple[tp.Any, ...]], key: str) -> bool:
+    return sum(1 for item in items if item[1] == key) > 1
+
+
 class _UidMakerV3:
     """Renders values in the v3 format (see module docstring) as (display, typed hash)."""
 
@@ -272,6 +287,7 @@ class _UidMakerV3:
         str_memo, int_memo, float_memo = _STR_RENDERS, _INT_RENDERS, _FLOAT_RENDERS
         clean_memo, collapsible = _CLEAN_KEYS, _COLLAPSIBLE
         clean_keys = True
+        renamed = False  # (a key collapsed: it may be another key's text)
         for key, sub in value.items():
             if type(key) is not str:
                 key = str(key)
@@ -281,7 +297,7 @@ class _UidMakerV3:
                 # collapse(), inlined: a call per value costs ~5% of a uid)
                 while collapsible[kind] and len(sub) == 1:
                     ((subkey, sub),) = sub.items()
-                    key = f"{key}.{subkey}"
+                    key, renamed = f"{key}.{subkey}", True
                     kind = type(sub)
             # (memo lookups inlined: this loop is the hot path of every uid)
             if kind is str:
@@ -300,6 +316,15 @@ class _UidMakerV3:
             items.append((len(display), key, display, f"{key}={rendered[1]}"))
         if not items:
             return "{}", "dict:{}"
+        # (an OrderedDict keeps its order: its values are told apart by their places; a
+        # ConfDict splits its keys: none holds a dot, none can be another collapsed)
+        if (
+            renamed
+            and not ordered
+            and type(value) not in DOTLESS_DICTS
+            and len({item[1] for item in items}) < len(items)
+        ):
+            raise _SameKeyTwice(next(k for k in (i[1] for i in items) if _twice(items, k)))
         if not ordered:
             items.sort()
         _, _, displays, hashes = zip(*items)  # (no Python code per item)
@@ -441,7 +466,10 @@ def to_uid(data: tp.Any, version: int | None = None, empty: str = "") -> str:
     cleans to nothing, "λ", is not the empty config)."""
     version = uid_version(version)
     # v3 collapses single-key chains while rendering; v2 on a collapsed copy
-    rendered = _MAKERS[version].render(data if version == 3 else collapse(data))
+    try:
+        rendered = _MAKERS[version].render(data if version == 3 else collapse(data))
+    except _SameKeyTwice as error:
+        return _merged_uid(data, str(error), empty)
     display = rendered[0]
     if not display or display in ("{}", "()", "[]"):
         if not empty:
@@ -454,6 +482,28 @@ def to_uid(data: tp.Any, version: int | None = None, empty: str = "") -> str:
     except UnicodeEncodeError:
         raise ValueError(_not_utf8(data)) from None
     return f"{display}-{digest}"
+
+
+def _merged_uid(data: tp.Any, key: str, empty: str) -> str:
+    """The uid of a dict giving a key twice (see _SameKeyTwice): its ConfDict's, which
+    keeps the last value (as the v2 format does); refused where no ConfDict can be
+    made of it (a list holding such a dict, a key a ConfDict cannot take)."""
+    from .confdict import ConfDict  # (the error path only: confdict imports this module)
+
+    said = (
+        f"The key {key!r} is given twice in a dict once nested single-key dicts read as "
+        "dotted keys (e.g. {'a.b': 1, 'a': {'b': 2}}): give it once"
+    )
+    if not isinstance(data, dict) or isinstance(data, ConfDict):
+        raise ValueError(said + " (a ConfDict keeps the last)")
+    try:
+        merged = ConfDict(data)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{said} ({error})") from None
+    try:
+        return to_uid(merged, version=3, empty=empty)
+    except _SameKeyTwice:  # (inside an OrderedDict, kept as is by a ConfDict)
+        raise ValueError(said) from None
 
 
 def _not_utf8(data: tp.Any, path: str = "") -> str:

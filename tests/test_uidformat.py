@@ -488,3 +488,23 @@ def test_text_that_is_not_unicode_is_a_clear_error() -> None:
         ConfDict({"a": {"b": ["x", "y\udcff"]}}).to_uid()
     with pytest.raises(ValueError, match=r"'k' .* is not valid unicode"):
         ConfDict({"k": "\udcff"}).to_uid(version=2)
+
+
+def test_a_key_given_twice_keeps_the_last_as_a_confdict_does() -> None:
+    """(seen last session: `to_uid({"a.b": 1, "a": {"b": 2}})` named both values,
+    `a.b=1,a.b=2`, also the uid of `{"a.b": 2, "a": {"b": 1}}`, where a ConfDict and the
+    v2 format keep the last) Its uid is its ConfDict's; refused where no ConfDict can be
+    made; other dotted keys keep the uids they had."""
+    first, second = {"a.b": 1, "a": {"b": 2}}, {"a.b": 2, "a": {"b": 1}}
+    assert to_uid(first) == ConfDict(first).to_uid() == "a.b=2-be5fe505"
+    assert to_uid(second) == ConfDict(second).to_uid() == "a.b=1-c628d77f"
+    nested = {"x": 3, "k": {"a": {"b": 2}, "a.b": 1}}
+    assert to_uid(nested) == ConfDict(nested).to_uid()
+    assert to_uid(first, version=2) == ConfDict(first).to_uid(version=2)
+    with pytest.raises(ValueError, match=r"The key 'a\.b' is given twice .*give it once"):
+        to_uid([first])  # (a list: no ConfDict)
+    # (unchanged: no key given twice; an OrderedDict keeps its order, its values apart)
+    assert to_uid({"a.b": 1, "a": {"c": 2}}) == "a.b=1,a.c=2-36a1beb6"
+    assert to_uid({"a": 1, "a.b": 2}) == "a=1,a.b=2-9e3690dd"
+    ordered = {"o": collections.OrderedDict([("a.b", 1), ("a", {"b": 2})])}
+    assert to_uid(ordered) == "o={a.b=1,a.b=2}-254b9734"
