@@ -10,6 +10,7 @@ import collections
 import dataclasses
 import enum
 import io
+import re
 import typing as tp
 from pathlib import Path, PurePath
 
@@ -66,6 +67,22 @@ def _yaml_text(collapsed: tp.Any) -> str:
         dumper = _dumper_class(libyaml=not _has_empty_key(collapsed))
         text = yaml.dump(collapsed, Dumper=dumper, sort_keys=False, allow_unicode=False)
     return text
+
+
+def _surrogate_said(text: str) -> str:
+    """What to say of yaml text holding a lone surrogate (not valid unicode)."""
+    found = re.search("[\ud800-\udfff]", text)
+    if found is None:  # (not expected: libyaml refused it for that)
+        return "The yaml text is not valid unicode (lone surrogates)"
+    line = text.count("\n", 0, found.start()) + 1
+    start = text.rfind("\n", 0, found.start()) + 1
+    end = text.find("\n", found.start())
+    shown = text[start : end if end >= 0 else len(text)]
+    return (
+        f"The yaml text holds {found.group()!r}, a lone surrogate (not valid unicode), at "
+        f"line {line}, column {found.start() - start + 1}: {shown!r} (e.g. a file name decoded "
+        "by os.listdir). Make it valid text, e.g. os.fsencode(name).decode('utf8', 'replace')"
+    )
 
 
 def _has_empty_key(value: tp.Any) -> bool:
@@ -419,11 +436,17 @@ class ConfDict(dict[str, tp.Any]):
         no key that it would split or merge (see ``uid_of``)."""
         if not plain_keys and not _plain_keys(data):
             return cls(data).to_yaml()
-        return _yaml_text(uidformat.collapse(data))
+        try:
+            return _yaml_text(uidformat.collapse(data))
+        except UnicodeEncodeError:
+            raise ValueError(uidformat.not_utf8(data, use="be written as yaml")) from None
 
     def to_yaml(self, filepath: Path | str | None = None) -> str:
         """YAML text with chains of single-key dicts collapsed (``a.b.c: 1``)."""
-        text = _yaml_text(uidformat.collapse(self))
+        try:
+            text = _yaml_text(uidformat.collapse(self))
+        except UnicodeEncodeError:  # (libyaml's bare "surrogates not allowed" named nothing)
+            raise ValueError(uidformat.not_utf8(self, use="be written as yaml")) from None
         if filepath is not None:
             Path(filepath).write_text(text, encoding="utf8")
         return text
@@ -442,7 +465,10 @@ class ConfDict(dict[str, tp.Any]):
             yaml_text = yaml_text.read()
         # (libyaml's C parser when PyYAML has it: ~6x faster on a big config; the same
         # constructor and resolver as safe_load, so the same values and types)
-        data = yaml.load(yaml_text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        try:
+            data = yaml.load(yaml_text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        except UnicodeEncodeError:  # (libyaml's bare "surrogates not allowed" named nothing)
+            raise ValueError(_surrogate_said(str(yaml_text))) from None
         return cls._from_loaded(data, yaml_text)
 
     @classmethod

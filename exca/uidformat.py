@@ -480,7 +480,7 @@ def to_uid(data: tp.Any, version: int | None = None, empty: str = "") -> str:
     try:
         digest = _small_md5(rendered[1].encode("utf8")).hexdigest()[:8]
     except UnicodeEncodeError:
-        raise ValueError(_not_utf8(data)) from None
+        raise ValueError(not_utf8(data)) from None
     return f"{display}-{digest}"
 
 
@@ -506,8 +506,9 @@ def _merged_uid(data: tp.Any, key: str, empty: str) -> str:
         raise ValueError(said) from None
 
 
-def _not_utf8(data: tp.Any, path: str = "") -> str:
-    """What to say of a config holding text that is not valid unicode (lone surrogates)."""
+def not_utf8(data: tp.Any, path: str = "", use: str = "be part of a uid") -> str:
+    """What to say of a config holding text that is not valid unicode (lone surrogates)
+    (``use``: what such text cannot do)."""
     from .storage.formats import _utf8 as utf8_text  # (the error path only)
 
     items: tp.Iterable[tuple[tp.Any, tp.Any]] = ()
@@ -517,14 +518,14 @@ def _not_utf8(data: tp.Any, path: str = "") -> str:
         items = enumerate(data)
     for key, value in items:
         where = f"{path}.{key}" if path else str(key)
-        for text in (key, value):
+        for text, what in ((key, "key"), (value, "value")):
             if isinstance(text, str | PurePath) and not utf8_text(str(text)):
                 return (
-                    f"The value of {where!r} ({text!r}) is not valid unicode (lone surrogates, "
-                    "e.g. a file name decoded by os.listdir): it cannot be part of a uid. Make "
-                    "it valid text, e.g. os.fsencode(name).decode('utf8', 'replace')"
+                    f"The {what} of {where!r} ({text!r}) is not valid unicode (lone surrogates, "
+                    f"e.g. a file name decoded by os.listdir): it cannot {use}. Make it valid "
+                    "text, e.g. os.fsencode(name).decode('utf8', 'replace')"
                 )
-        found = _not_utf8(value, where)
+        found = not_utf8(value, where, use)
         if found:
             return found
     return "" if path else "The config holds text that is not valid unicode (lone surrogates)"

@@ -756,3 +756,16 @@ def test_from_args_sets_the_empty_key_of_a_dict_as_flat_writes_it() -> None:
     assert list(cfg.flat()) == ["weights.", "weights.en"]
     cfg.update(ConfDict.from_args(["--weights.=5"]))
     assert cfg == {"weights": {"": "5", "en": 2.0}}
+
+
+def test_yaml_of_text_that_is_not_unicode_is_a_clear_error() -> None:
+    """(seen last session: a lone surrogate, e.g. a file name decoded by os.listdir, raised
+    libyaml's bare UnicodeEncodeError "surrogates not allowed", naming neither the key
+    nor the value) A ValueError names them (where the text is)."""
+    with pytest.raises(ValueError, match=r"line 2, column 5: 'a: x\\ud800y'"):
+        ConfDict.from_yaml("b: 1\na: x\ud800y")
+    with pytest.raises(ValueError, match=r"value of 'a\.0' \('x\\udcff'\) .* written as yaml"):
+        ConfDict({"a": ["x\udcff"]}).to_yaml()
+    with pytest.raises(ValueError, match=r"key of 'k\\ud800' .* written as yaml"):
+        ConfDict.yaml_of({"k\ud800": {"x": 1, "y": 2}})
+    assert ConfDict.from_yaml(ConfDict({"a": ["é"]}).to_yaml()) == {"a": ["é"]}
