@@ -717,6 +717,62 @@ def test_a_failed_submission_leaves_the_pickles_another_submitter_writes(
     assert sorted(logs.rglob("*.pkl")) == sorted(others)  # (its own went)
 
 
+class FillsItsDisk(pydantic.BaseModel):
+    """Fills the disk holding ``path`` (a small tmpfs), then raises."""
+
+    path: str
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        with open(self.path, "wb") as f:
+            for size in (65536, 4096, 1):  # (to its last byte)
+                with contextlib.suppress(OSError):
+                    while True:
+                        f.write(b"x" * size)
+                        f.flush()
+        raise ValueError("the disk is full")
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> tp.Iterator[Path]:
+    """A 2 MB tmpfs (root only: skipped otherwise), unmounted at the end."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip() or mounted.returncode}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.mark.timeout(120)
+def test_a_job_on_a_full_disk_leaves_no_litter_in_its_log_folder(
+    tmp_path: Path, small_tmpfs: Path
+) -> None:
+    """(seen last session: a job whose log folder's disk filled up left an empty
+    ``*_result.pkl.save_tmp`` (submitit's result, not written) and an empty ``*_log.err``
+    there, which only `exca clean logs` removed) Both go once the job is seen ended; a
+    log holding text stays."""
+    task = FillsItsDisk(
+        path=str(small_tmpfs / "filler"),
+        infra={"folder": tmp_path / "cache", "cluster": "local", "logs": str(small_tmpfs / "%j")},
+    )
+    with pytest.raises(OSError, match="No space left"):  # (its file could not be closed)
+        task.process()
+    files = {p.name: p.stat().st_size for p in small_tmpfs.rglob("*") if p.is_file()}
+    (stdout,) = [name for name in files if name.endswith("_log.out")]
+    assert files[stdout] > 0  # (written before the disk was full)
+    assert not [n for n in files if n.endswith(".save_tmp") or n.endswith("_log.err")], files
+
+
 class DiesQuietly(pydantic.BaseModel):
     """Its process ends at once, writing nothing (as a job meeting a full disk may)."""
 

@@ -198,6 +198,23 @@ def _make_log_folder(logs: str, permissions: int | None, step: Path | None = Non
             make_folder(made, permissions, levels=levels)
 
 
+def remove_write_litter(job: tp.Any) -> None:
+    """Once a job ended: the result file submitit failed to write (a full disk: its
+    ``*_result.pkl.save_tmp``, empty or cut, which nothing reads, and on which a rerun
+    under the same id, a requeued Slurm job, failed), and with it the job's stderr log
+    if empty (nothing could be written on that disk either). Only `exca clean logs`
+    removed them, with the whole log folder."""
+    try:
+        result = str(job.paths.result_pickle)
+        stderr = str(job.paths.stderr)
+        os.remove(result + ".save_tmp")
+    except Exception:  # (none: the common case)
+        return
+    with contextlib.suppress(OSError):
+        if os.path.getsize(stderr) == 0:
+            os.remove(stderr)
+
+
 # --- handles -------------------------------------------------------------------------------
 # how a local job ended when it wrote no result file (submitit's local controller ends
 # normally whatever happened to the worker)
@@ -519,6 +536,8 @@ class SubmititHandle(Handle):
             if self._done and self._template is not None:
                 _template_job_done(self._template)
                 self._template = None
+            if self._done and self.cluster != "debug":
+                remove_write_litter(self.job)
         return self._done
 
     def _submitit_done(self) -> bool:
@@ -788,7 +807,13 @@ class RecordedLocalHandle(Handle):
     def done(self) -> bool:
         from .registry import is_active
 
-        return not is_active(self.record)
+        if self.__dict__.get("_done"):
+            return True
+        self._done = not is_active(self.record)
+        if self._done and self.cluster != "debug":
+            with contextlib.suppress(Exception):  # (a record naming no readable job)
+                remove_write_litter(self.submitit_job)
+        return self._done
 
     def finished_ok(self) -> bool:
         from .registry import wrote_outcome
