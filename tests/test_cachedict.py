@@ -225,6 +225,31 @@ def test_ram_only_mode() -> None:
     assert len(cd) == 0
 
 
+def test_len_counts_without_listing_every_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """len() is what keys() lists (RAM copies of entries deleted elsewhere included),
+    counted without building the list of keys: a loop checking len() at each write was
+    quadratic in the number of entries."""
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path / "cache", keep_in_ram=True)
+    with cd.write():
+        for i in range(30):
+            cd[f"k{i}"] = i
+    # (written numbers stay in its RAM, and outlive their deletion by another view)
+    other: CacheDict[tp.Any] = CacheDict(tmp_path / "cache")
+    with other.write():
+        del other["k0"]
+        del other["k1"]
+    listed = [len(cd.keys()), len(other.keys()), len(CacheDict(None, keep_in_ram=True).keys())]
+    assert listed == [30, 28, 0]
+
+    def listing(self: CacheDict[tp.Any]) -> list[str]:
+        raise AssertionError("len() built the list of every key")
+
+    monkeypatch.setattr(CacheDict, "keys", listing)
+    assert [len(cd), len(other), len(CacheDict(None, keep_in_ram=True))] == listed
+
+
 def test_keep_in_ram(tmp_path: Path) -> None:
     cd: CacheDict[tp.Any] = CacheDict(tmp_path / "cache", keep_in_ram=True)
     value = {"x": 1}

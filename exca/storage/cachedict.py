@@ -775,7 +775,16 @@ class CacheDict(tp.Generic[X]):
             yield key, value
 
     def __len__(self) -> int:
-        return len(self.keys())
+        # counted as keys() lists, without building the list: a loop checking len() per
+        # write or read was quadratic in the number of entries
+        self.refresh()
+        if self._reader is None:
+            return len(self._ram)
+        entries = self._reader.entries
+        count = len(entries)
+        if self._ram and self._reader.removals:
+            count += len(self._ram.keys() - entries.keys())
+        return count
 
     def __bool__(self) -> bool:
         if self._ram:
