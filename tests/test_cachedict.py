@@ -2400,6 +2400,36 @@ def test_forced_writes_are_freed_after_a_compaction_too(tmp_path: Path) -> None:
     assert sorted(CacheDict(folder).keys()) == ["x", "y", "z"]
 
 
+def test_index_files_of_this_process_cost_no_proc_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader checking whether the writers of the index files it read ended asks /proc
+    about other processes only: its own process is alive (a read per file of its own
+    writers at each refresh made a loop of new instances over one folder slower still)."""
+    import time
+
+    from exca.storage import process
+
+    pid = os.getpid()
+    started = process.start_epoch(pid)
+    assert started is not None and process.self_start_time() is not None
+    earlier = f"{process.hostname()}-{pid}-{pid}-{int((started - 60) * 1e6):x}-abcdef"
+    writers = [CacheDict(tmp_path / "cache") for _ in range(3)]
+    for i, writer in enumerate(writers):
+        with writer.write():
+            writer[f"k{i}"] = i
+    reads: list[int] = []
+    real = process.process_start_time
+    monkeypatch.setattr(process, "process_start_time", lambda p: reads.append(p) or real(p))
+    reader = CacheDict(tmp_path / "cache")
+    for _ in range(2):  # (the second read checks the writers of the files read unchanged)
+        assert sorted(reader.keys()) == ["k0", "k1", "k2"]
+    assert reads == []
+    assert not process.session_ended(process.unique_name(), time.time(), 3600.0)
+    assert process.session_ended(earlier, time.time(), 3600.0)  # (its pid, reused: ended)
+    assert reads == []
+
+
 def test_a_writer_session_whose_pid_was_reused_has_ended() -> None:
     import time
 

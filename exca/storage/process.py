@@ -71,6 +71,11 @@ def self_start_time() -> int | None:
     return _SELF[pid]
 
 
+def _self_start_epoch() -> float | None:
+    ticks = self_start_time()
+    return None if ticks is None else _boot_time() + ticks / os.sysconf("SC_CLK_TCK")
+
+
 def is_alive(host: str, pid: int, start_time: int | None) -> bool | None:
     """True/False for a process on this host; None when it runs on another host (unknown)."""
     if host != hostname():
@@ -88,7 +93,10 @@ def session_ended(session: str, last_write: float, grace: float) -> bool:
     ``grace`` seconds (``last_write``: its file's mtime)."""
     parts = session.split("-")
     if len(parts) >= 5 and parts[-4].isdigit() and "-".join(parts[:-4]) == hostname():
-        started = start_epoch(int(parts[-4]))
+        pid = int(parts[-4])
+        # (a session of this process: its start is known once; a /proc read per index
+        # file of its own writers made each refresh of a folder it writes cost one each)
+        started = _self_start_epoch() if pid == os.getpid() else start_epoch(pid)
         if started is None:
             return True
         try:
