@@ -352,7 +352,10 @@ def _how_gone(path: Path, since: float, rank: int) -> tuple[str | None, dict[str
     return None, info
 
 
-UNSEEN_S = 1.0  # a rank's process not on its host in two looks this far apart: gone
+# a rank's process not on its host in two looks this far apart: gone (not less: a task
+# shows its job's variables only once its program starts, after Slurm's TaskProlog,
+# which may take some seconds longer for one task than for another)
+UNSEEN_S = 5.0
 _UNSEEN: dict[Path, float] = {}  # a rank's process file -> when its process was first unseen
 
 
