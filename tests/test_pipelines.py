@@ -1011,6 +1011,47 @@ def test_same_uid_with_different_infra_is_an_error(
     assert events(env.log) == []
 
 
+def test_two_classes_of_one_name_in_a_graph_are_refused(env: Env) -> None:
+    # (a script defining a class twice: both nodes have one uid, and the graph computed the
+    # first only, handing its result to the readers of both)
+    class Part(pydantic.BaseModel):
+        infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+        @infra.apply
+        def value(self) -> int:
+            return 3
+
+    first = Part
+
+    class Part(pydantic.BaseModel):  # type: ignore[no-redef]
+        infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+        @infra.apply
+        def value(self) -> int:
+            return 4
+
+    a, b = first(infra=env.infra()).value.node(), Part(infra=env.infra()).value.node()
+    assert a.uid == b.uid
+    top = env.step("top").run.node(a, b)
+    for call in (exca.graph.plan, exca.graph.run):
+        with pytest.raises(ValueError, match="run different code") as info:
+            call(top)
+        assert a.uid in str(info.value) and "Rename one of the classes" in str(info.value)
+    assert events(env.log) == [] and not env.folder.exists()  # refused before anything ran
+    same = []
+    for _ in range(2):  # (one class statement run twice: the same code, one node)
+
+        class Again(pydantic.BaseModel):
+            infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+            @infra.apply
+            def value(self) -> int:
+                return 5
+
+        same.append(Again(infra=env.infra()).value.node())
+    assert env.step("top").run.node(*same).result() == "top(5,5)"
+
+
 def test_graph_is_frozen(env: Env) -> None:
     a = env.step("a").run.node()
     b, c = env.step("b").run.node(a), env.step("c").run.node(a)

@@ -244,12 +244,31 @@ def collect(
                     f"({node.mode}, {node.execution.describe()}): give them the same infra "
                     "settings (mode, cluster, resources, workdir)"
                 )
-            if known is not node and aliases is not None:
-                aliases.setdefault(node.key, []).append(node)
+            if known is not node:
+                _check_same_code(known, node)
+                if aliases is not None:
+                    aliases.setdefault(node.key, []).append(node)
             continue
         nodes[node.key] = node
         stack.extend(reversed(node.upstream))
     return nodes
+
+
+def _check_same_code(known: Node, node: Node) -> None:
+    """ValueError for two nodes of one uid whose methods are other code: two classes of one
+    name (a class defined twice in a script, say). A graph holds a uid once: it would
+    compute one of them and hand its result to the readers of both."""
+    funcs = [getattr(getattr(n.function, "method", None), "func", None) for n in (known, node)]
+    codes = [getattr(f, "__code__", None) for f in funcs]
+    if None in codes or codes[0] == codes[1]:  # (a class redefined unchanged: same work)
+        return
+    where = " and ".join(f"{c.co_filename}:{c.co_firstlineno}" for c in codes)  # type: ignore
+    raise ValueError(
+        f"Two nodes with uid {node.uid} run different code (its method is defined at "
+        f"{where}): two classes of the same name? A graph computes a uid once, so one of "
+        "them would get the other's result. Rename one of the classes, or give it "
+        "another infra version"
+    )
 
 
 def unreachable_inputs(node: Node, detached: bool) -> str | None:
