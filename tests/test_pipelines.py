@@ -758,6 +758,23 @@ def test_a_plan_names_what_feeds_each_call_with_inputs(env: Env) -> None:
     assert ", lr2: Step.run,1/" in described and ", +1 more}, b=None" in described, described
 
 
+def test_a_plan_names_the_node_feeding_each_map(env: Env) -> None:
+    """The evaluation maps of a sweep, each fed by one training, were all
+    <step>/default/items-<digest>, "items known at run time" in a plan: which training
+    feeds each one is said as for a call's inputs (a probe)."""
+    trainings = [env.numbers(count=n).make.node() for n in (2, 3)]
+    squares = [env.square().apply.node(t) for t in trainings]
+    plan = exca.graph.plan(*squares)
+    entries = _by_uid(plan)
+    for training, square in zip(trainings, squares):
+        shown = f"items=Numbers.make,1/{training.uid.split('/', 1)[1]}"
+        assert entries[square.uid].inputs == shown
+        assert f"items known at run time (inputs: {shown})" in str(plan), str(plan)
+        assert entries[square.uid].input_uids == {"items": training.uid}
+    listed = env.square().apply.node([1, 2])  # (items given as values: their count says it)
+    assert _by_uid(exca.graph.plan(listed))[listed.uid].inputs is None
+
+
 def test_a_plan_cuts_no_input_that_a_cut_would_not_shorten(env: Env) -> None:
     """The evaluations of a sweep fed as a dict to its aggregation were each cut in their
     middle in the plan's reason, `Step.run,1/name=eval- [...] -<digest>/inputs-<digest>`:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import inspect
 import json
 import re
 import typing as tp
@@ -58,7 +59,8 @@ class PlanEntry:
     folder: str | None = None
     problems: list[str] = dataclasses.field(default_factory=list)  # a run would not submit
     # a call with inputs: what feeds it, e.g. "w=Train.fit,1/lr=0.20-3d9814eb" (its uid
-    # says inputs-<digest> only: the evaluations of a sweep looked all alike)
+    # says inputs-<digest> only: the evaluations of a sweep looked all alike); a map fed by
+    # a node: that node, named as its method's items parameter (its uid: items-<digest>)
     inputs: str | None = None
     # ... the same for scripts, whole: each input's name mapped to the uid of what feeds it
     # (a node's uid, as in ``uid`` and ``upstream``, or a value's uid), or to a list (a
@@ -213,8 +215,8 @@ class Plan:
             job_id=job_id,
             folder=None if node.folder is None else str(node.folder),
             problems=problems,
-            inputs=describe_inputs(node) if node.inputs else None,
-            input_uids=input_uids(node) if node.inputs else None,
+            inputs=describe_inputs(node) if fed(node) else None,
+            input_uids=input_uids(node) if fed(node) else None,
         )
 
     def _unpicklable(self, runs: dict[Key, NodeRun]) -> dict[Key, str]:
@@ -699,9 +701,19 @@ def plan(*targets: Node, wait: bool = True) -> Plan:
 INPUT_SHOWN = 80  # characters of each input of a call in a plan's table
 
 
+def fed(node: Node) -> tuple[tuple[str, tp.Any], ...]:
+    """What feeds a node, by name: a call's inputs, or the node giving a map its items
+    (named as its method's parameter: the evaluation maps of a sweep looked all alike)."""
+    if node.kind == "map" and isinstance(node.items, Node):
+        func = codeprint.method_function(node.function)
+        names = list(inspect.signature(func).parameters)[1:2] if func is not None else []
+        return ((names[0] if names else "items", node.items),)
+    return node.inputs
+
+
 def describe_inputs(node: Node) -> str:
-    """What feeds a call with inputs, short: each input's name and its node (step without
-    its module, and config uid), value, or list of them."""
+    """What feeds a call with inputs (or a map its items), short: each input's name and its
+    node (step without its module, and config uid), value, or list of them."""
 
     def short(source: tp.Any) -> str:
         if isinstance(source, Node):
@@ -730,7 +742,7 @@ def describe_inputs(node: Node) -> str:
             return text  # (its entries are cut one by one)
         return shortened(text, INPUT_SHOWN)
 
-    return ", ".join(f"{name}={bounded(source)}" for name, source in node.inputs)
+    return ", ".join(f"{name}={bounded(source)}" for name, source in fed(node))
 
 
 def input_uids(node: Node) -> dict[str, tp.Any]:
@@ -744,7 +756,7 @@ def input_uids(node: Node) -> dict[str, tp.Any]:
             return [s.uid for s in source.sources]
         return str(source.uid)
 
-    return {name: uids(source) for name, source in node.inputs}
+    return {name: uids(source) for name, source in fed(node)}
 
 
 def _root_of(folder: str, uid: str) -> str:
