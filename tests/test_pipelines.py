@@ -865,6 +865,19 @@ def test_a_detached_map_element_refuses_items_that_are_not_a_list(env: Env) -> N
     assert "items known at run time" in reason
 
 
+def test_the_progress_total_counts_the_items_of_maps_fed_by_nodes(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run of a map of known items and of maps fed by nodes: the bar's total held the
+    first map's items only, the others' were counted past it ("2/2", then "5it": no total
+    left); each map's items are added to the total once they are known."""
+    known = env.square().apply.node([1, 2])
+    fed = env.square(power=3).apply.node(env.numbers(count=3).make.node())
+    exca.graph.run(known, fed, progress=True)
+    err = capsys.readouterr().err
+    assert "5/5" in err and "exca: 5it [" not in err, err  # (not "...1985it/s": a rate)
+
+
 def test_the_plan_of_no_target_says_so() -> None:
     """plan(*[]) (a sweep filtered to nothing) printed "Plan: 0 node(s): " and the header
     of an empty table (a probe)."""

@@ -138,6 +138,7 @@ class Scheduler:
         self._targets, self._item_uids = targets, item_uids
         self.progress_requested = progress
         self._requeued: list[NodeRun] = []
+        self._counted: set[Key] = set()  # the maps whose items the progress total holds
         self._follow_ups: dict[Key, int] = {}  # withdrawn jobs seen, per node
         self._recorded: set[str] = set()  # ids of the jobs whose record this run wrote
         self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
@@ -343,6 +344,7 @@ class Scheduler:
             for r in work
         )
         progress = Progress(total, desc="exca", requested=self.progress_requested)
+        self._counted = {r.node.key for r in work if r.node.kind == "map" and r.uids is not None}
         pools = executors.Pools(progress.update)  # (a threadpool's items, as they are written)
         pending = {r.node.key: r for r in work}
         running: dict[Key, NodeRun] = {}
@@ -687,7 +689,14 @@ class Scheduler:
                 run.state, run.error = "failed", error
                 self._settled.append(run.node.key)
                 continue
-            if run.node.kind == "map" and run.uids is not None and progress.total == 0:
+            # (items known only now, fed by a node: counted now, or the bar went past its
+            # total and lost it, "20it" after "4/4")
+            if (
+                run.node.kind == "map"
+                and run.uids is not None
+                and run.node.key not in self._counted
+            ):
+                self._counted.add(run.node.key)
                 progress.add_total(len(run.todo or []))
             if not units:
                 continue
