@@ -118,7 +118,9 @@ class Total(pydantic.BaseModel):
     infra: exca.TaskInfra = exca.TaskInfra(version="1")
 
     @infra.apply
-    def total(self, values: list[int]) -> int:
+    # (tp.Any: tests of a failed input feed it a Train.fit node, a float never read, which
+    # a list[int] annotation refuses when the node is built)
+    def total(self, values: tp.Any) -> int:
         return self.scale * sum(values)
 
 

@@ -775,6 +775,45 @@ def test_a_plan_names_the_node_feeding_each_map(env: Env) -> None:
     assert _by_uid(exca.graph.plan(listed))[listed.uid].inputs is None
 
 
+def test_an_input_fed_another_kind_of_value_than_annotated_is_refused_when_built(
+    env: Env,
+) -> None:
+    """A task whose list parameter is fed a node annotated to return a dict (or a map's
+    list of outputs, or a dict of nodes, where a number is annotated): the run computed
+    the upstream nodes, then failed in the method; refused when the node is built, naming
+    the input, both annotations and the node feeding it."""
+
+    class Report(pydantic.BaseModel):
+        infra: exca.TaskInfra = exca.TaskInfra(version="1")
+        mean_infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+        @infra.apply
+        def scores(self) -> dict[str, float]:
+            return {"a": 1.0}
+
+        @mean_infra.apply
+        def mean(self, values: list[float], scale: float = 1.0) -> float:
+            return scale * sum(values) / len(values)
+
+    report = Report(infra=env.infra(), mean_infra=env.infra())
+    scores = report.scores.node()
+    with pytest.raises(TypeError, match=r"Report.mean: its input 'values', annotated") as info:
+        report.mean.node(scores)
+    said = str(info.value)
+    assert "list[float]" in said and f"output of {scores.uid}, annotated dict[str, float]" in said
+    assert "a list, or fix the annotation" in said
+    squares = env.square().apply.node([1, 2])
+    with pytest.raises(TypeError, match="'scale', annotated float, gets the list of the"):
+        report.mean.node([1.0], scale=squares)
+    with pytest.raises(TypeError, match=r"'values', annotated list.*gets a dict of nodes"):
+        report.mean.node({"a": scores})
+    assert events(env.log) == [] and not env.folder.exists()
+    # what fits, or is not said by the annotations, is accepted
+    assert report.mean.node(squares).result() == 2.5  # (a map's outputs: a list)
+    assert report.mean.node([env.numbers(count=2).make.node()]).uid  # (a list of nodes)
+    assert env.step("any").run.node(scores).uid  # (tp.Any)
+
+
 def test_a_plan_cuts_no_input_that_a_cut_would_not_shorten(env: Env) -> None:
     """The evaluations of a sweep fed as a dict to its aggregation were each cut in their
     middle in the plan's reason, `Step.run,1/name=eval- [...] -<digest>/inputs-<digest>`:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pydantic
 
 from ..confdict import ConfDict
-from ..graph import calls, ranks, registry
+from ..graph import calls, ranks, registry, wiring
 from ..graph.jobs import Job
 from ..graph.node import INPUTS_PREFIX, TASK_KEY, Group, Input, Node, Value, container_cycle
 from ..storage.cachedict import CacheDict, inspecting_view
@@ -280,7 +280,9 @@ class BoundTask:
     def node(self, *args: tp.Any, **kwargs: tp.Any) -> Node:
         """The graph node of this call (nothing runs): inputs may be nodes or values (it
         keeps a copy of the values: changing them afterwards does not change the node)."""
-        return self._node(args, kwargs, snapshot=True)
+        node = self._node(args, kwargs, snapshot=True)
+        wiring.check_inputs(self.method.func, node.inputs)  # (a dict fed for a list...)
+        return node
 
     def _node(self, args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any], snapshot: bool) -> Node:
         infra = tp.cast(TaskInfra, self.method.infra_of(self.obj))
