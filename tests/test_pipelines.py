@@ -890,7 +890,14 @@ def test_a_detached_map_element_refuses_items_that_are_not_a_list(env: Env) -> N
     refuses it with the plan's words, computing nothing."""
     from exca.graph import worker
 
-    source = env.step("text").run.node()
+    class Text(pydantic.BaseModel):
+        infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+        @infra.apply
+        def run(self) -> tp.Any:  # (annotated "-> str", the node is refused when built)
+            return "text(None,None)"
+
+    source = Text(infra=env.infra()).run.node()
     squares = env.square().apply.node(source)
     reason = {e.uid: e.reason for e in exca.graph.plan(squares).entries}[squares.uid]
     assert source.result() == "text(None,None)"
@@ -915,6 +922,24 @@ def test_the_progress_total_counts_the_items_of_maps_fed_by_nodes(
     exca.graph.run(known, fed, progress=True)
     err = capsys.readouterr().err
     assert "5/5" in err and "exca: 5it [" not in err, err  # (not "...1985it/s": a rate)
+
+
+def test_a_map_fed_by_a_task_annotated_to_return_no_list_is_refused_when_built(
+    env: Env,
+) -> None:
+    """A map fed by a task whose output is a number (a text, a dict, None) by its return
+    annotation: refused when the node is built, naming both (a run computed the task
+    first, then failed on its output)."""
+    number = Train(data=env.data(), log=env.log, infra=env.infra()).fit.node()  # -> int
+    with pytest.raises(TypeError, match=r"whose method returns int .*a map needs a list") as info:
+        env.square().apply.node(number)
+    assert number.uid in str(info.value) and "Square.apply" in str(info.value)
+    assert events(env.log) == [] and not env.folder.exists()
+    text = env.step("text").run.node()  # -> str: its characters are no items
+    with pytest.raises(TypeError, match="whose method returns str"):
+        env.square().apply.node(text)
+    listed = env.numbers().make.node()  # -> list[int]
+    assert env.square().apply.node(listed).result() == [0, 1, 4, 9]
 
 
 def test_the_plan_of_no_target_says_so() -> None:
@@ -1767,7 +1792,17 @@ def test_the_job_of_a_map_whose_upstream_fails(env: Env) -> None:
     error (repr, done() and state raised that the items could not be read; a review)."""
     flag = env.tmp / "fail"
     flag.touch()
-    job = env.square().apply.node(env.step("src", fail_flag=str(flag)).run.node()).job()
+
+    class Source(pydantic.BaseModel):
+        infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+        @infra.apply
+        def make(self) -> list[int]:  # (Step.run is "-> str": refused as a map's items)
+            if flag.exists():
+                raise ValueError("src fails on purpose")
+            return [1, 2]
+
+    job = env.square().apply.node(Source(infra=env.infra()).make.node()).job()
     assert job.done() and job.state == "FAILED" and "state=FAILED" in repr(job)
     with pytest.raises(ValueError, match="src fails on purpose"):
         job.result()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pydantic
 
-from ..graph import calls, codeprint, ranks, store
+from ..graph import calls, codeprint, ranks, store, wiring
 from ..graph.node import DEFAULT_MAX_JOBS, Node
 from ..storage.cachedict import CacheDict, MissingKey
 from ..storage.dumping import PAYLOAD_ERRORS
@@ -291,6 +291,24 @@ def _refuse_node_items(method: InfraMethod, items: tp.Sequence[tp.Any]) -> None:
         )
 
 
+def _refuse_unlisted_output(map_uid: str, source: Node) -> None:
+    """TypeError, before anything runs, for a map fed by a task whose return annotation
+    says that its output is no list of items (a number, a text, a dict, None): the run
+    would fail only once that task was computed (``store.check_items_output``)."""
+    if source.kind != "task":
+        return
+    hint = wiring.hints(codeprint.method_function(source.function)).get("return")
+    said = wiring.kind(hint)
+    if said in ("number", "text", "mapping") or hint is type(None):
+        shown = getattr(hint, "__name__", None) if not tp.get_args(hint) else None
+        raise TypeError(
+            f"The items of {map_uid} would come from {source.uid}, whose method returns "
+            f"{shown or hint} (its annotation): a map needs a list of items. Feed the map "
+            "a node returning a list"
+            + (" (a dict: return list(d.values()))" if said == "mapping" else "")
+        )
+
+
 def as_items(items: tp.Any, name: str) -> list[tp.Any]:
     """The items of a map call as a list (a string is refused: its characters would be
     the items)."""
@@ -543,6 +561,8 @@ class MapInfra(BaseInfra, SubmititMixin):
     ) -> Node:
         if not isinstance(items, Node):
             _refuse_node_items(self._method(), items)
+        else:
+            _refuse_unlisted_output(self.uid(), items)
         runtime = self._runtime()
         base: Node | None = runtime.node
         if base is None:
