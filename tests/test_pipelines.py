@@ -3089,6 +3089,38 @@ def test_a_node_below_several_failures_names_them_all(env: Env) -> None:
     assert evals["e5"].uid in said and evals["e6"].uid not in said, said
 
 
+def test_a_node_not_computed_names_the_inputs_its_failed_upstream_feeds(env: Env) -> None:
+    """An aggregation of a dict of evaluation maps, each fed by one training, one of which
+    failed: the aggregation's error named the failed map by its uid, ".../items-<digest>",
+    like every other, and so did the map's: which entry of the sweep it was could not be
+    told. Each says which of its inputs the failed node feeds (a probe)."""
+    flag = env.tmp / "fail"
+    flag.touch()
+    trainings = [env.numbers(count=n).make.node() for n in (2, 3)]
+    bad = env.step("bad", fail_flag=str(flag)).run.node()
+    evals = {f"n{i}": env.square().apply.node(t) for i, t in enumerate(trainings)}
+    aggregate = env.step("aggregate").run.node({**evals, "bad": bad}, b=bad)
+
+    class Listing(pydantic.BaseModel):
+        infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+        @infra.apply
+        def make(self) -> list[int]:
+            raise ValueError("no list")
+
+    mapped = env.square().apply.node(Listing(infra=env.infra()).make.node())
+    with pytest.raises(NodeFailures) as info:
+        exca.graph.run(aggregate)
+    said = str(info.value.failures[aggregate.uid])
+    assert f"was not computed (its inputs a['bad'], b): upstream {bad.uid} failed" in said, said
+    # a map whose items come from a failed node
+    source = tp.cast(exca.graph.Node, mapped.items)
+    with pytest.raises(NodeFailures) as info:
+        exca.graph.run(mapped)
+    said = str(info.value.failures[mapped.uid])
+    assert f"was not computed (its items): upstream {source.uid} failed" in said, said
+
+
 class FlakySquare(pydantic.BaseModel):
     """A map whose item 2 raises while the file ``fail_flag`` exists."""
 

@@ -38,6 +38,7 @@ from .errors import (
     NodeFailures,
     class_changed,
     failed_upstreams,
+    first_named,
     items_not_computed,
     not_cached,
     pool_interrupt,
@@ -50,6 +51,7 @@ from .node import (
     POOL_CLUSTERS,
     SUBMITIT_CLUSTERS,
     TASK_KEY,
+    Group,
     Node,
     reading_only,
     restoring_files,
@@ -506,7 +508,8 @@ class Scheduler:
             if error is not None:
                 return error
         uids = [f.node.uid for f in failed]
-        return UpstreamFailed(f"{run.node.uid} was not computed: {failed_upstreams(uids)}")
+        through = _through(run.node, uids)
+        return UpstreamFailed(f"{run.node.uid} was not computed{through}: {failed_upstreams(uids)}")
 
     # --- launching ---------------------------------------------------------------------------
     def units(self, run: NodeRun) -> list[Unit]:
@@ -1448,6 +1451,31 @@ def _raised_said(error: BaseException | None) -> str:
     if error is None:
         return ""
     return f"{error}\n{type(error).__name__}: {error}"
+
+
+def _through(node: Node, uids: tp.Sequence[str]) -> str:
+    """`` (its input scores['lr=0.1'])``: which of a node's inputs the failed upstream
+    nodes feed (an aggregation named the failed evaluation by its uid only, which said
+    nothing of the entry of its dict it was); "" when none is one (a sub-config's task)."""
+    failed = set(uids)
+    names: list[str] = []
+    if node.kind == "map" and isinstance(node.items, Node) and node.items.uid in failed:
+        names.append("items")
+    for name, source in node.inputs:
+        if isinstance(source, Node) and source.uid in failed:
+            names.append(name)
+        elif isinstance(source, Group):
+            keys = source.keys or range(len(source.sources))
+            names += [
+                f"{name}[{key!r}]"
+                for key, member in zip(keys, source.sources)
+                if isinstance(member, Node) and member.uid in failed
+            ]
+    if not names:
+        return ""
+    if names == ["items"]:
+        return " (its items)"
+    return f" (its input{'s' if len(names) > 1 else ''} {first_named(names)})"
 
 
 class _Loop:
