@@ -1572,6 +1572,20 @@ def test_explain_a_partly_cached_map_names_no_other_config(tmp_path: Path) -> No
     assert "old_module.Squares.square,1: the class's module was renamed" in moved.summary()
 
 
+def test_explain_says_what_feeds_each_node_as_the_plan_does(tmp_path: Path) -> None:
+    """The evaluation maps of a sweep, each fed by one training, were explained as
+    <step>/default/items-<digest>, "items known at run time", all alike: each explanation
+    says what feeds it, as the plan does (a probe)."""
+    root = tmp_path / "cache"
+    sources = [Source(infra={"folder": root}).make.node()]
+    maps = [Squares(infra={"folder": root}).square.node(s) for s in sources]
+    explained = {e.uid: e for e in exca.ops.explain(*maps)}
+    for source, node in zip(sources, maps):
+        text = str(explained[node.uid])
+        assert f"\n    inputs: items=Source.make,1/{source.uid.split('/', 1)[1]}" in text, text
+    assert explained[sources[0].uid].inputs is None  # (fed by nothing)
+
+
 class Labelled(pydantic.BaseModel):
     name: str = "x"
     infra: exca.TaskInfra = exca.TaskInfra(version="1")

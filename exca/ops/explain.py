@@ -46,6 +46,9 @@ class Explanation:
     # folder name comes from its values only: a class or method renamed, or moved?)
     same_config_in: list[str] = dataclasses.field(default_factory=list)
     root: str | None = None  # the node's cache root (named in the migration command)
+    # what feeds a call with inputs (or a map its items), as the plan says it: the
+    # evaluations of a sweep, all <step>/default/items-<digest>, looked alike
+    inputs: str | None = None
 
     def _migration(self, steps: list[str]) -> str:
         """How to migrate the cache when a single former step is of another class with
@@ -116,6 +119,8 @@ class Explanation:
             text += f"\n    nearest cached: {self.nearest}"
             if self.equally_near:
                 text += f" (and {self.equally_near} other cached config(s) as near)"
+        if self.inputs:
+            text += f"\n    inputs: {self.inputs}"
         return text
 
     def to_dict(self) -> dict[str, tp.Any]:
@@ -424,7 +429,9 @@ def explain(*targets: Node, plan: Plan | None = None) -> list[Explanation]:
 
 def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Explanation:
     node = run.node
-    explanation = Explanation(entry.uid, entry.status, entry.action, entry.reason)
+    explanation = Explanation(
+        entry.uid, entry.status, entry.action, entry.reason, inputs=entry.inputs
+    )
     if entry.reason.endswith(FORCED_ITEMS_LATER) and node.folder is not None:
         # (forced, items known at run time: how many of its cached items may be redone)
         cached = _result_count(node.folder)
