@@ -841,6 +841,11 @@ def test_inputs_without_a_uid_get_a_hint(env: Env) -> None:
     with pytest.raises(TypeError, match="a config is given as a field of the config") as info:
         step.run.node(data)
     assert "Data value" in str(info.value) and "obj.model_dump()" in str(info.value)
+    # which call and input it is (a probe: the error named the value only)
+    config_uid = step.run.node().uid.split("/inputs-")[0]
+    assert str(info.value).startswith(f"{config_uid}: its input 'a': Cannot use Data value")
+    with pytest.raises(TypeError, match=r"^test_pipelines.Step.run,1/name=hinted.*: its input 'b'"):
+        step.run.node(1, [env.step("up").run.node(), object()])
     assert env.starts("hinted") == 0
 
 

@@ -132,8 +132,13 @@ class TaskMethod(InfraMethod):
                 raise TypeError(f"{self.func.__qualname__}: a dict of nodes needs str keys")
             try:
                 out.append(self._input(name, value, snapshot))
-            except (RecursionError, TypeError):  # (walking a cycle, or what it made of it)
+            except (RecursionError, TypeError) as error:  # (walking a cycle, or what it made of it)
                 cycle = container_cycle(value)
+                if cycle is None and isinstance(error, TypeError):  # (a value without a uid:
+                    # which call and input it is, or a sweep's error named none of them)
+                    raise TypeError(
+                        f"{where or self.func.__qualname__}: its input {name!r}: {error}"
+                    ) from None
                 if cycle is None:  # (e.g. nested deeper than Python's recursion limit)
                     raise
                 inner, outer = cycle
