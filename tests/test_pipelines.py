@@ -1136,6 +1136,7 @@ def test_two_classes_of_one_name_in_a_graph_are_refused(env: Env) -> None:
         with pytest.raises(ValueError, match="run different code") as info:
             call(top)
         assert a.uid in str(info.value) and "Rename one of the classes" in str(info.value)
+        assert "in a notebook: build the nodes made from its former definition" in str(info.value)
     assert events(env.log) == [] and not env.folder.exists()  # refused before anything ran
     same = []
     for _ in range(2):  # (one class statement run twice: the same code, one node)

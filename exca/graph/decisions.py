@@ -267,7 +267,8 @@ def _check_same_code(known: Node, node: Node) -> None:
         f"Two nodes with uid {node.uid} run different code (its method is defined at "
         f"{where}): two classes of the same name? A graph computes a uid once, so one of "
         "them would get the other's result. Rename one of the classes, or give it "
-        "another infra version"
+        "another infra version (a class edited and defined again, in a notebook: build "
+        "the nodes made from its former definition again)"
     )
 
 
