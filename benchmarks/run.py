@@ -1,7 +1,7 @@
 """Run every benchmark and write the results table into benchmarks/README.md and the raw
 numbers into benchmarks/results.json.
 
-    python benchmarks/run.py            # everything (~10 minutes on 2 cores)
+    python benchmarks/run.py            # everything (~7 minutes on 2 cores)
     python benchmarks/run.py --quick    # small sizes, for developing the harness
     python benchmarks/run.py --only bench_map bench_graph   # some modules (others kept)
 
