@@ -23,6 +23,7 @@ import pytest
 
 from exca import cachedict
 from exca.cachedict import CacheDict, DumpContext
+from exca.storage import cachedict as storage_cachedict
 from exca.storage import index as index_module
 from exca.storage.dumping import PAYLOAD_ERRORS, DamagedRecord, is_damaged_payload
 from exca.storage.formats import CachedError
@@ -38,6 +39,12 @@ def index_lines(folder: Path) -> list[bytes]:
 
 def all_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def new_sessions() -> None:
+    """The next instance to write starts a writer session of its own (instances of one
+    folder in one thread otherwise take up one session): tests of several index files."""
+    storage_cachedict._SHARED.sessions.clear()
 
 
 def data_files(folder: Path) -> list[str]:
@@ -981,8 +988,10 @@ def test_rewrite_deleted_key_any_read_order(
         with first.write():
             first["k"] = {"v": 1}
             first["other"] = {"v": 0}
+        new_sessions()
         deleter: CacheDict[tp.Any] = CacheDict(sub)
         del deleter["k"]
+        new_sessions()
         rewriter: CacheDict[tp.Any] = CacheDict(sub, cache_type=cache_type)
         with rewriter.write():
             rewriter["k"] = {"v": 2}
@@ -1048,6 +1057,7 @@ def test_index_files_with_deletions_read_in_bulk_as_line_by_line(
     folder = tmp_path / "cache"
     expected: dict[str, tp.Any] = {}
     for session in range(6):  # (one index file each)
+        new_sessions()
         cd: CacheDict[tp.Any] = CacheDict(folder, cache_type="Pickle")
         with cd.write():
             for step in range(60):
@@ -1740,10 +1750,10 @@ def test_pickle_gives_a_fresh_view(tmp_path: Path) -> None:
         loaded = clone["a"]
         assert loaded == value and loaded is not value  # reloaded: no RAM content copied
     for i, clone in enumerate(clones):
-        with clone.write():  # writable in its own session
+        with clone.write():  # writable (in the thread's session of the folder)
             clone[f"from-clone-{i}"] = 1
     assert sorted(CacheDict(folder).keys()) == ["a", "from-clone-0", "from-clone-1"]
-    assert len(index_files(folder)) == 3
+    assert len(index_files(folder)) == 1
     ram: CacheDict[tp.Any] = CacheDict(None, keep_in_ram=True)
     ram["a"] = 1
     clone = pickle.loads(pickle.dumps(ram))
@@ -2896,3 +2906,184 @@ def test_metadata_equal_in_python_but_not_in_json_reads_back_as_written(tmp_path
         for number, meta in enumerate(metas):
             read = cache.entry(f"k{number}").info["#meta"]  # type: ignore[union-attr]
             assert json.dumps(read) == json.dumps(meta), (number, read)
+
+
+# --- one writer session per folder and thread -----------------------------------------------
+def _read_in_a_new_process(folder: Path) -> dict[str, tp.Any]:
+    out = subprocess.run(
+        [sys.executable, "-c", _READER, str(folder)], capture_output=True, check=True
+    )
+    return tp.cast(dict[str, tp.Any], pickle.loads(out.stdout))
+
+
+def test_new_instances_of_a_folder_in_a_loop_write_one_index_file(tmp_path: Path) -> None:
+    """A new instance per call (each reading, then writing one item, with arrays and
+    pickles) takes up the thread's session of the folder: one index file, not one per
+    instance (each of which every later read opened and checked: quadratic)."""
+    folder = tmp_path / "cache"
+    expected: dict[str, tp.Any] = {}
+    for number in range(50):
+        cd: CacheDict[tp.Any] = CacheDict(folder)
+        assert sorted(cd.keys()) == sorted(expected)  # (each sees what the others wrote)
+        value: tp.Any = np.full(3, number) if number % 2 else {"n": number}
+        with cd.write():
+            cd[f"k{number}"] = expected[f"k{number}"] = value
+        if number % 10 == 3:  # (a deletion, through the same session)
+            del cd[f"k{number - 3}"]
+            del expected[f"k{number - 3}"]
+    assert len(index_files(folder)) == 1
+    loaded = _read_in_a_new_process(folder)
+    assert sorted(loaded) == sorted(expected)
+    for key, value in expected.items():
+        _assert_equal(loaded[key], value)
+
+
+def test_instances_taking_turns_on_one_session_see_each_other_s_entries(
+    tmp_path: Path,
+) -> None:
+    """Two instances writing in turns through one session: each reads the other's entries
+    (its reader does not skip them as its own), a key both wrote unaware of the other is
+    two copies (as with two files), and one deletion leaves the other copy."""
+    first: CacheDict[int] = CacheDict(tmp_path)
+    second: CacheDict[int] = CacheDict(tmp_path)
+    assert "same" not in first and "same" not in second  # (both read the folder now)
+    for step in range(3):
+        with first.write():
+            first[f"first{step}"] = step
+        with second.write():
+            second[f"second{step}"] = step
+    with first.write():
+        first["same"] = 1
+    with second.write():
+        second["same"] = 2  # (unaware of the first's: a second copy)
+    assert len(index_files(tmp_path)) == 1
+    wanted = sorted([f"first{s}" for s in range(3)] + [f"second{s}" for s in range(3)])
+    for cd in (first, second, CacheDict(tmp_path)):
+        assert sorted(k for k in cd if k != "same") == wanted
+        assert [cd[f"second{s}"] for s in range(3)] == [0, 1, 2]
+        assert len([c for c in cd.live_copies() if c["#key"] == "same"]) == 2
+    (deleted, kept) = first.copy_places(["same"])["same"]
+    assert first.delete_at({"same": [deleted]}) == ["same"]  # (one copy: the other stays)
+    assert CacheDict(tmp_path).entry("same").id == kept  # type: ignore[union-attr]
+    assert len([c for c in CacheDict(tmp_path).live_copies() if c["#key"] == "same"]) == 1
+
+
+def test_instances_with_open_write_contexts_at_once_write_their_own_sessions(
+    tmp_path: Path,
+) -> None:
+    """Two instances of a folder inside write() contexts at once in one thread (generators
+    taking turns, a call inside another's context) do not share a session; the next
+    instance takes up one of them."""
+
+    def writer(name: str) -> tp.Iterator[None]:
+        cd: CacheDict[str] = CacheDict(tmp_path)
+        with cd.write():
+            for step in range(3):
+                cd[f"{name}{step}"] = f"{name}{step}"
+                yield
+
+    both = [writer("a"), writer("b")]
+    for _ in range(3):
+        for gen in both:
+            next(gen)
+    for gen in both:
+        assert next(gen, "done") == "done"
+    assert len(index_files(tmp_path)) == 2
+    later: CacheDict[str] = CacheDict(tmp_path)
+    with later.write():
+        later["c"] = "c"
+    assert len(index_files(tmp_path)) == 2
+    # instances that shared a session, in contexts opened at once before either writes
+    first: CacheDict[str] = CacheDict(tmp_path)
+    second: CacheDict[str] = CacheDict(tmp_path)
+    for cd, key in ((first, "d"), (second, "e")):
+        with cd.write():
+            cd[key] = key
+    assert len(index_files(tmp_path)) == 2
+    with first.write(), second.write():
+        for step in range(2):
+            first[f"f{step}"] = f"f{step}"
+            second[f"g{step}"] = f"g{step}"
+    assert len(index_files(tmp_path)) == 3
+    fresh = _read_in_a_new_process(tmp_path)
+    keys = [*(f"{n}{s}" for n in "abfg" for s in range(3 if n in "ab" else 2)), *"cde"]
+    assert fresh == {k: k for k in keys}
+    assert sorted(first.keys()) == sorted(second.keys()) == sorted(keys)
+
+
+def test_a_clear_by_one_instance_then_a_write_by_another(tmp_path: Path) -> None:
+    """A clear() by one instance removes the session it shared with another: the other
+    writes in a new one (never the removed file's name again), read back right."""
+    first: CacheDict[int] = CacheDict(tmp_path)
+    second: CacheDict[int] = CacheDict(tmp_path)
+    with first.write():
+        first["a"] = 1
+    with second.write():
+        second["b"] = 2
+    (old,) = index_files(tmp_path)
+    first.clear()
+    with second.write():
+        second["c"] = 3
+    (new,) = index_files(tmp_path)
+    assert new != old
+    with first.write():
+        first["d"] = 4
+    assert index_files(tmp_path) == [new]
+    assert _read_in_a_new_process(tmp_path) == {"c": 3, "d": 4}
+    assert dict(second.items()) == dict(first.items()) == {"c": 3, "d": 4}
+
+
+def test_threads_write_their_own_sessions(tmp_path: Path) -> None:
+    """Instances in a thread share the thread's session of a folder, never another
+    thread's (a thread ended, and one started later, maybe under the same id)."""
+
+    def calls(name: str) -> None:
+        for step in range(5):
+            cd: CacheDict[int] = CacheDict(tmp_path)
+            with cd.write():
+                cd[f"{name}{step}"] = step
+
+    for name in "ab":
+        thread = threading.Thread(target=calls, args=(name,))
+        thread.start()
+        thread.join()
+    calls("c")
+    assert len(index_files(tmp_path)) == 3
+    assert len(_read_in_a_new_process(tmp_path)) == 15
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_writes_its_own_session(tmp_path: Path) -> None:
+    """A child forked after this thread wrote a folder does not take up the parent's
+    session (two processes appending to one file would break its offsets)."""
+    cd: CacheDict[int] = CacheDict(tmp_path)
+    with cd.write():
+        cd["parent0"] = 0
+    pid = os.fork()
+    if pid == 0:  # (the child: its own exit code tells)
+        code = 1
+        try:
+            child: CacheDict[int] = CacheDict(tmp_path)
+            with child.write():
+                child["child"] = 1
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    later: CacheDict[int] = CacheDict(tmp_path)
+    with later.write():
+        later["parent1"] = 2
+    assert len(index_files(tmp_path)) == 2
+    assert _read_in_a_new_process(tmp_path) == {"parent0": 0, "child": 1, "parent1": 2}
+
+
+def test_the_sessions_kept_per_thread_are_bounded(tmp_path: Path) -> None:
+    """A thread writing many folders keeps a bounded number of sessions (no open file)."""
+    for number in range(storage_cachedict._SHARED_KEPT + 5):
+        cd: CacheDict[int] = CacheDict(tmp_path / str(number))
+        with cd.write():
+            cd["k"] = number
+    sessions = storage_cachedict._SHARED.sessions
+    assert len(sessions) == storage_cachedict._SHARED_KEPT
+    assert all(writer.fd is None for writer, _, _ in sessions.values())

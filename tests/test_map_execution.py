@@ -105,6 +105,28 @@ def test_only_missing_items_are_computed(tmp_path: Path, cluster: str | None) ->
     assert counts(log) == {1: 1, 2: 1, 3: 1, 4: 1, 5: 1}
 
 
+def test_a_new_instance_per_call_writes_one_index_file(tmp_path: Path) -> None:
+    """``for f in files: Mapper(...).process([f])``: each call's new instance takes up the
+    thread's writer session of the folder, so the folder holds one index file, not one per
+    call (every later read opened them all: quadratic); everything reads back, here and
+    in a new process, and nothing is computed twice."""
+    log = tmp_path / "calls.txt"
+    for item in range(50):
+        assert list(make(tmp_path, None).process([item])) == [10 * item]
+    folder = make(tmp_path, None).infra.uid_folder()
+    assert folder is not None and len(list(folder.glob("*-info.jsonl"))) == 1
+    code = (
+        "import sys; from exca.cachedict import CacheDict; cd = CacheDict(sys.argv[1]); "
+        "print(sorted((int(k), cd[k]) for k in cd.keys()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(folder)], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == repr([(i, 10 * i) for i in range(50)])
+    assert list(make(tmp_path, None).process(range(50))) == [10 * i for i in range(50)]
+    assert counts(log) == dict.fromkeys(range(50), 1)
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("cluster", CLUSTERS)
 def test_item_errors(tmp_path: Path, cluster: str | None) -> None:

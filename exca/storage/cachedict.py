@@ -2,7 +2,8 @@
 
 Writes go through ``with cd.write(): cd[key] = value``; each thread of each process
 writes its own index and data files (see ``index.py``), so writers never share a file and
-need no lock. Reads are incremental. A key is any string; it never becomes a path.
+need no lock (the instances of a folder in one thread take up one session in turns).
+Reads are incremental. A key is any string; it never becomes a path.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import shutil
 import threading
 import typing as tp
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from time import monotonic as _monotonic
 
@@ -52,6 +54,7 @@ from .index import (
     INDEX_SUFFIX,
     META,
     Entry,
+    FileState,
     IndexReader,
     IndexWriter,
     Record,
@@ -190,6 +193,38 @@ def _not_json_record(info: dict[str, tp.Any]) -> bool:
     return False
 
 
+def _own_state(writer: IndexWriter, reader: IndexReader) -> FileState:
+    """The state, in this reader, of the index file this writer appends to (an instance
+    writing through a session another instance of the folder took up first has its own)."""
+    state = writer.read_state = reader.own_file(writer.name, writer.inode)
+    writer.read_owner = reader
+    return state
+
+
+def _skip_own_lines(state: FileState, writer: IndexWriter, before: int) -> None:
+    """After an append to a writer's file from ``before``: its reader need not read it back.
+    Not when the reader stopped short of ``before``: the lines in between, another
+    instance's through the same session, are read at its next refresh (with these)."""
+    if state.offset == before or not writer.shared:
+        state.offset = writer.size
+
+
+class _SharedSessions(threading.local):
+    """This thread's last writer session per folder (and options), which an instance of
+    the folder takes up when no write() context of another uses it: a loop making a new
+    instance per call writes one index file, not one per instance (each of which every
+    reader opens and checks at each read: quadratic). Holds no open file: a session's
+    files are closed at the end of each write() context."""
+
+    def __init__(self) -> None:
+        self.sessions: OrderedDict[tuple[tp.Any, ...], tuple[IndexWriter, DumpContext, int]]
+        self.sessions = OrderedDict()
+
+
+_SHARED = _SharedSessions()
+_SHARED_KEPT = 256  # folders remembered per thread (the least recently used go)
+
+
 def _after_fork() -> None:
     global _FORK_GENERATION  # writer sessions of the parent must not be reused by a child
     _FORK_GENERATION += 1
@@ -253,6 +288,8 @@ class CacheDict(tp.Generic[X]):
         self._loader_context: DumpContext | None = None
         self._local = _ThreadState()
         self._clears = 0  # clear() calls: a thread's writer session of before is not reused
+        # (what a writer session shared with other instances of the folder must agree on)
+        self._share_key = (str(folder), permissions, tuple(sorted(self.options.replace.items())))
         self._read_once = False
         self._ram_errors = 0  # cached errors held in RAM (values_of must check them)
 
@@ -334,11 +371,11 @@ class CacheDict(tp.Generic[X]):
         try:
             if writer.fd is None:
                 writer.open()
-            state = writer.read_state or reader.own_file(writer.name, writer.inode)
-            writer.read_state = state
+            state = _own_state(writer, reader)
             with reader.locked():  # (see put)
+                before = writer.size
                 writer.append(b"".join(lines))
-                state.offset = writer.size
+                _skip_own_lines(state, writer, before)
                 for key, target in targets:
                     reader.apply_tombstone(key, target)
                 state.aim_at(target[0] for _, target in targets)
@@ -798,7 +835,8 @@ class CacheDict(tp.Generic[X]):
         return bool(self._local.writing)
 
     def view(self) -> CacheDict[X]:
-        """Another instance on the same folder (own RAM, own writer sessions)."""
+        """Another instance on the same folder (own RAM; its writes go through the thread's
+        writer session of the folder while no open write() context of another uses it)."""
         new = type(self).__new__(type(self))
         new.__setstate__(self.__getstate__())
         return new
@@ -817,11 +855,18 @@ class CacheDict(tp.Generic[X]):
             session[0].still_there() and session[1].shared_files_there()
         ):
             local.session = None  # cleared or removed since: a new session, a new name
+            self._unshare(session[0])
+        elif session is not None and session[0].holder and session[2] == _FORK_GENERATION:
+            # (taken up since by another instance of the folder, whose write() context is
+            # still open: an interleaved generator, a nested call; this one writes its own)
+            local.session = None
         # (set right before the try: a Ctrl-C during the checks above left the thread
         # "inside a write() context" for good)
         context = [True]  # (this context's own: thread ids are reused by new threads)
         local.writing, local.writing_generation = context, _FORK_GENERATION
         try:
+            if local.session is not None and local.session[2] == _FORK_GENERATION:
+                local.session[0].holder = context
             yield
         finally:
             if local.writing is not context:
@@ -836,6 +881,7 @@ class CacheDict(tp.Generic[X]):
                     with interrupts.deferred():  # (a Ctrl-C there left a session half closed)
                         session[1].close_shared()
                         session[0].close()
+                context.clear()  # (its session may be taken up by another instance now)
 
     @contextlib.contextmanager
     def writer(self) -> tp.Iterator[CacheDict[X]]:
@@ -855,34 +901,80 @@ class CacheDict(tp.Generic[X]):
             # (its files were removed by a clear() of another thread: a new session)
             session[1].close_files()
             session[0].close()
+            self._unshare(session[0])
             session = local.session = None
         if session is not None and session[2] == _FORK_GENERATION:
             writer = session[0]
-            # (a closed writer reopens its file by name: not once that file was removed,
-            # e.g. merged away by a compaction, as offsets would start again at 0)
-            there = writer.fd is not None or writer.still_there()
-            if not restart and there and not writer.gone_while_idle():
-                return writer, session[1]
-            # its index file was merged away by a compaction while it was idle: what it
-            # appended there would be lost (a new session, a new name)
-            session[1].close_shared()
-            session[0].close()
-        # new thread state, or after a fork: a new session
+            held = writer.holder
+            if held and held is not local.writing:
+                # (taken up since by another instance, inside its write() context: left
+                # to it, this one writes its own)
+                local.session = None
+            else:
+                # (a closed writer reopens its file by name: not once that file was removed,
+                # e.g. merged away by a compaction, as offsets would start again at 0)
+                there = writer.fd is not None or writer.still_there()
+                if not restart and there and not writer.gone_while_idle():
+                    return writer, session[1]
+                # its index file was merged away by a compaction while it was idle: what it
+                # appended there would be lost (a new session, a new name)
+                session[1].close_shared()
+                session[0].close()
+                self._unshare(writer)
+        # new thread state, or after a fork: the thread's session of the folder, else a new one
         assert self.folder is not None
         try:
             ensure_folder(self.folder, self.permissions, levels=0)  # (maybe the user's)
         except OSError as error:  # (a folder it may not make: said with what to do)
             note_write_error(error, self.folder)
             raise
-        writer = IndexWriter(self.folder, self.permissions)
-        ctx = DumpContext(
-            self.folder,
-            options=self.options,
-            permissions=self.permissions,
-            session_name=writer.session,
-        )
+        shared = self._shared_session()
+        if shared is not None:
+            writer, ctx = shared
+        else:
+            writer = IndexWriter(self.folder, self.permissions)
+            ctx = DumpContext(
+                self.folder,
+                options=self.options,
+                permissions=self.permissions,
+                session_name=writer.session,
+            )
+            sessions = _SHARED.sessions
+            sessions[self._share_key] = (writer, ctx, _FORK_GENERATION)
+            sessions.move_to_end(self._share_key)
+            if len(sessions) > _SHARED_KEPT:
+                sessions.popitem(last=False)
+        if local.writing:
+            writer.holder = local.writing
         local.session = (writer, ctx, _FORK_GENERATION, self._clears)
         return writer, ctx
+
+    def _shared_session(self) -> tuple[IndexWriter, DumpContext] | None:
+        """This thread's session of the folder, if no write() context uses it now and its
+        files are still there (else a new one: names are never reused)."""
+        sessions = _SHARED.sessions
+        found = sessions.get(self._share_key)
+        if found is None:
+            return None
+        writer, ctx, generation = found
+        if writer.holder or writer.fd is not None:
+            return None  # (in use: another instance's write() context, interleaved)
+        if generation != _FORK_GENERATION or not (
+            writer.still_there() and ctx.shared_files_there()
+        ):
+            del sessions[self._share_key]  # (the parent's, or removed since: a clean)
+            return None
+        sessions.move_to_end(self._share_key)
+        writer.shared = True
+        return writer, ctx
+
+    def _unshare(self, writer: IndexWriter) -> None:
+        """This thread's session of the folder is not to be taken up anymore (its files
+        were removed, or merged away)."""
+        sessions = _SHARED.sessions
+        found = sessions.get(self._share_key)
+        if found is not None and found[0] is writer:
+            del sessions[self._share_key]
 
     def put(self, key: str, value: X, meta: dict[str, tp.Any] | None = None) -> None:
         """``cd[key] = value``, optionally recording JSON metadata in the entry's index line
@@ -953,8 +1045,8 @@ class CacheDict(tp.Generic[X]):
                 note_write_error(error, self.folder)
                 raise
         state = writer.read_state
-        if state is None:
-            state = writer.read_state = reader.own_file(writer.name, writer.inode)
+        if state is None or writer.read_owner is not reader:
+            state = _own_state(writer, reader)
         if "v" in info and type(info["v"]) is orjson.Fragment:  # pre-serialized inline value
             info = _reloaded(line, stored)
         elif type(stored) is bytes:
@@ -966,7 +1058,7 @@ class CacheDict(tp.Generic[X]):
         lock = reader._lock if reader._lock_fork == _FORKS[0] else reader.locked()
         lock.acquire()  # (not `with`: twice as costly on this path)
         try:
-            fd = writer.fd
+            fd, before = writer.fd, writer.size
             if writer.torn or resumed or fd is None:
                 offset = writer.append(line)
             else:  # (IndexWriter.append inlined: the hot path of every write)
@@ -985,7 +1077,8 @@ class CacheDict(tp.Generic[X]):
                 retry = True
             else:
                 retry = False
-                state.offset = writer.size
+                if state.offset == before or not writer.shared:
+                    state.offset = writer.size
                 info[IN], info[AT] = writer.name, offset
                 entry = info
                 if key in entries:  # written meanwhile by another thread: both copies known
@@ -1140,10 +1233,11 @@ class CacheDict(tp.Generic[X]):
                 self._set_many(values, meta, skip_existing, owned)
                 return
         state = writer.read_state
-        if state is None:
-            state = writer.read_state = reader.own_file(writer.name, writer.inode)
+        if state is None or writer.read_owner is not reader:
+            state = _own_state(writer, reader)
         name, fragment, keys = writer.name, orjson.Fragment, state.keys
         with reader.locked():  # (see put)
+            before = writer.size
             offset = writer.append(b"".join(lines))
             freed = resumed and writer.unlinked()
             for info, line in () if freed else zip(records, lines):
@@ -1160,7 +1254,7 @@ class CacheDict(tp.Generic[X]):
                 keys.add(key)
                 offset += len(line)
             if not freed:
-                state.offset = writer.size
+                _skip_own_lines(state, writer, before)
         if freed:  # (see put: the lines went nowhere)
             self._session(restart=True)
             self._set_many(values, meta, skip_existing, owned)
@@ -1287,15 +1381,15 @@ class CacheDict(tp.Generic[X]):
                 self._session(restart=True)
                 self._tombstone(key, copies)
                 return
-        state = writer.read_state or self._reader.own_file(writer.name, writer.inode)
-        writer.read_state = state
+        state = _own_state(writer, self._reader)
         # (as a reader of this file would note: a file whose tombstones aim elsewhere is
         # kept while they may apply, e.g. in a child forked after this process ended)
         state.aim_at(c.file for c in copies)
         try:
             with self._reader.locked():  # (see put)
+                before = writer.size
                 writer.append(lines)
-                state.offset = writer.size
+                _skip_own_lines(state, writer, before)
                 for copy in copies:
                     self._reader.apply_tombstone(key, copy.id)
         finally:
@@ -1325,6 +1419,7 @@ class CacheDict(tp.Generic[X]):
         shutil.rmtree(self.folder / DATA_DIR, ignore_errors=True)
         self._clears += 1  # (other threads' sessions wrote into removed files: see _session)
         session, self._local.session = self._local.session, None
+        _SHARED.sessions.pop(self._share_key, None)  # (its files were removed above)
         if session is not None and session[2] == _FORK_GENERATION:
             # (inside write(): its files, removed above, would stay open until the process ends)
             session[1].close_files()

@@ -298,8 +298,17 @@ class IndexReader:
     def _shadow(self, key: str, new: Record) -> None:
         """Remember the current entry of a key about to be replaced by another live entry."""
         old = self.entries.get(key)
-        if old is not None and place(old) != place(new):
-            self._shadowed.setdefault(key, []).append(old)
+        if old is None or place(old) == place(new):
+            return
+        shadows = self._shadowed.get(key)
+        if shadows is None:
+            self._shadowed[key] = [old]
+            return
+        here = place(new)
+        # (a line of the reader's own session read again: see cachedict._skip_own_lines)
+        if any(place(s) == here for s in shadows):
+            shadows[:] = [s for s in shadows if place(s) != here]
+        shadows.append(old)
 
     def _read_file(self, name: str) -> bool:
         """Read what was appended to one file; False if the file vanished."""
@@ -420,7 +429,17 @@ class IndexReader:
                 self.entries[key] = entry
             state.keys.update(k for k, _ in pairs)
         else:
-            self.entries.update(zip(keys, records))
+            entries = self.entries
+            known = len(entries)
+            entries.update(zip(keys, records))
+            if len(entries) - known != len(keys):
+                # a key twice in these lines (instances of one thread sharing a session,
+                # each unaware of the other's entry): both copies known, as in two files
+                for key in keys:
+                    entries.pop(key, None)
+                for key, entry in zip(keys, records):
+                    self._shadow(key, entry)
+                    entries[key] = entry
             state.keys.update(keys)
         return True
 
@@ -763,7 +782,8 @@ class SessionFilesGone(FileNotFoundError):
 
 
 class IndexWriter:
-    """The index file of one writer session (a process x thread x CacheDict instance)."""
+    """The index file of one writer session (a process x thread, shared by the CacheDict
+    instances of its folder in that thread while no write() context of another holds it)."""
 
     def __init__(self, folder: Path, permissions: int | None) -> None:
         self.folder = folder
@@ -774,6 +794,13 @@ class IndexWriter:
         self.inode = 0
         self.size = 0
         self.read_state: FileState | None = None  # the reader's state of this file
+        self.read_owner: IndexReader | None = None  # (whose reader: see CacheDict._session)
+        # taken up by more than one CacheDict of the folder (one thread): a reader's state
+        # of this file skips to its end only past lines that reader knows of
+        self.shared = False
+        # the write() context (a one-element list, emptied when it ends) that uses this
+        # session now: no other instance takes the session up meanwhile
+        self.holder: list[bool] | None = None
         # a failed append left part of a line (no newline): the next append ends it first
         self.torn = False
         self.next_check = 0.0  # (monotonic time of the next gone_while_idle check)
@@ -883,7 +910,7 @@ class IndexWriter:
             if stat.st_ino == self.inode and stat.st_size == 0:  # (its own file, still empty)
                 os.unlink(path)
         self.inode, self.size, self.torn = 0, 0, False
-        self.read_state = None  # (a new file, a new inode: the reader's state anew)
+        self.read_state = self.read_owner = None  # (a new file, a new inode: read anew)
 
     def finish_short_write(self, data: bytes, written: int) -> None:
         """After a short write of ``data`` (``written`` bytes of it): write the rest (rare),
@@ -893,5 +920,7 @@ class IndexWriter:
 
     def close(self) -> None:
         fd, self.fd = self.fd, None  # (first: see SharedFile.close)
+        # (a session kept for other instances must not keep a reader, with its entries)
+        self.read_state = self.read_owner = None
         if fd is not None:
             os.close(fd)
