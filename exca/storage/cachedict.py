@@ -289,7 +289,8 @@ class CacheDict(tp.Generic[X]):
         self._local = _ThreadState()
         self._clears = 0  # clear() calls: a thread's writer session of before is not reused
         # (what a writer session shared with other instances of the folder must agree on)
-        self._share_key = (str(folder), permissions, tuple(sorted(self.options.replace.items())))
+        replace = self.options.replace
+        self._share_key = (folder, permissions, tuple(sorted(replace.items())) if replace else ())
         self._read_once = False
         self._ram_errors = 0  # cached errors held in RAM (values_of must check them)
 
