@@ -3087,3 +3087,23 @@ def test_the_sessions_kept_per_thread_are_bounded(tmp_path: Path) -> None:
     sessions = storage_cachedict._SHARED.sessions
     assert len(sessions) == storage_cachedict._SHARED_KEPT
     assert all(writer.fd is None for writer, _, _ in sessions.values())
+
+
+def test_a_session_whose_data_file_was_removed_is_not_taken_up(tmp_path: Path) -> None:
+    """A session whose shared data file was removed (a clean, by hand) is not taken up by
+    the next instance: that file made again from offset 0 would give an older entry the
+    new entry's bytes; a new session writes instead, and the older entry says its payload
+    is missing."""
+    first: CacheDict[tp.Any] = CacheDict(tmp_path)
+    with first.write():
+        first["old"] = np.arange(8.0)
+    for path in (tmp_path / "data").iterdir():
+        path.unlink()
+    second: CacheDict[tp.Any] = CacheDict(tmp_path)
+    with second.write():
+        second["new"] = np.full(8, 7.0)
+    assert len(index_files(tmp_path)) == 2
+    fresh: CacheDict[tp.Any] = CacheDict(tmp_path)
+    np.testing.assert_array_equal(fresh["new"], np.full(8, 7.0))
+    with pytest.raises(FileNotFoundError):
+        fresh["old"]
