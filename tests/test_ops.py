@@ -6146,8 +6146,10 @@ def test_compact_never_hides_entries_from_a_concurrent_reader(tmp_path: Path) ->
         # 30 writer sessions of a process that has ended, 2,000 entries each
         run_python(
             f"""
+            from exca.storage import cachedict
             from exca.storage.cachedict import CacheDict
             for session in range(30):
+                cachedict._SHARED.sessions.clear()  # (a session of its own: 30 index files)
                 cache = CacheDict({str(folder)!r})
                 with cache.write():
                     cache.set_many((f"s{{session}}-{{i}}", i) for i in range(2000))
