@@ -287,7 +287,9 @@ def test_clear_job_while_another_process_computes_says_it_cannot_stop_it(
     """clear_job() while another process computes the config inline: nothing to cancel,
     and the result that process stores when it ends is cached after the clear; it said
     nothing of that (a user clearing an outdated result found it back, a probe). It now
-    warns, naming that process; the computing caller gets its result, computed once."""
+    warns, naming that process; the computing caller gets its result, computed once, and
+    writes back the config.yaml the clear removed (without it `exca list` and
+    iter_cached() missed the entry until the next call)."""
     computing = Caller(tmp_path, _spec(tmp_path, ctl, "task", 1, x=31))
     try:
         wait_until(lambda: bool(lines(ctl / "calls.txt")))  # (it computes: blocked)
@@ -296,10 +298,14 @@ def test_clear_job_while_another_process_computes_says_it_cannot_stop_it(
             task.infra.clear_job()
         said = f"pid {computing.proc.pid} on {process_info.hostname()} computes it now"
         assert said in caplog.text and "call clear_job() again then" in caplog.text
+        folder = task.infra.uid_folder()
+        assert folder is not None and not (folder / "config.yaml").exists()
         (ctl / "release").touch()
         assert computing.results() == [62]
     finally:
         computing.kill()
+    assert (folder / "config.yaml").exists()
+    assert [cached.x for cached in task.infra.iter_cached()] == [31]
     assert task.process() == 62 and len(lines(ctl / "calls.txt")) == 1
 
 

@@ -866,6 +866,23 @@ def _prepared_again(node: Node) -> None:
         node.prepare()
 
 
+def _written_back(node: Node) -> None:
+    """_prepared_again once the outcome is stored, for config.yaml too (clear_job()
+    removes it, not uid.yaml); a file it cannot write is no failure of the task."""
+    folder = node.folder
+    if folder is None or node.prepare is None:
+        return
+    if os.path.exists(f"{folder}/{_CONFIG_FILE}") or os.path.exists(f"{folder}/inputs.yaml"):
+        return  # (a call with inputs: its config's files are its config folder's)
+    try:
+        node.prepare()
+    except OSError as error:
+        logger.warning("%s: could not write its yaml files back: %s", node.uid, error)
+
+
+_CONFIG_FILE = "config.yaml"
+
+
 def _task_done(node: Node, forced: bool) -> tp.Callable[[list[str]], list[str]]:
     def done(keys: list[str]) -> list[str]:
         return keys if store.task_state(node, refresh=True) != "missing" else []
@@ -1032,7 +1049,10 @@ _EXIT_NOTED = "exca_exit_noted"  # (a SystemExit a task's method raised, noted a
 
 def _stored(node: Node) -> None:
     """A task's outcome was stored: its node records what it was computed with (a
-    file it cannot write is no failure of the task)."""
+    file it cannot write is no failure of the task), and its folder's yaml files that a
+    clear_job() or a clean of another process removed while it computed are written
+    back (without config.yaml, ``exca list`` and iter_cached() missed the entry)."""
+    _written_back(node)
     if node.after_store is not None:
         try:
             node.after_store()
