@@ -94,6 +94,13 @@ def test_uid_golden_and_hand_computed() -> None:
     assert Basic().infra.uid() == f"{MODULE}.Basic.process,1/default"
 
 
+class Labelled(pydantic.BaseModel):
+    """A hashable model holding a set (a set of them: sets at two depths)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+    tags: frozenset[str] = frozenset()
+
+
 class Tagged(pydantic.BaseModel):
     """Sets are dumped in hash order, which changes between processes for strings."""
 
@@ -101,6 +108,7 @@ class Tagged(pydantic.BaseModel):
     tags: set[str] = set()
     anything: tp.Any = None
     groups: set[frozenset[str]] = {frozenset({"alpha", "beta", "gamma", "delta"})}
+    labelled: frozenset[Labelled] = frozenset()  # (a model in a set: its class named here)
     infra: TaskInfra = TaskInfra()
 
     @infra.apply
@@ -110,13 +118,6 @@ class Tagged(pydantic.BaseModel):
 
 TAGS = {"alpha", "beta", "gamma", "delta", "epsilon", "zeta"}
 GROUPS = {frozenset({"gamma", "alpha", "beta"}), frozenset({"epsilon", "delta"})}
-
-
-class Labelled(pydantic.BaseModel):
-    """A hashable model holding a set (a set of them: sets at two depths)."""
-
-    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
-    tags: frozenset[str] = frozenset()
 
 
 @dataclasses.dataclass
@@ -149,7 +150,7 @@ def test_uid_stable_across_processes() -> None:
         "print(t.Whatever(param1=13).infra.uid()); "
         "print(t.Tagged(tags=t.TAGS, anything=frozenset(t.TAGS)).infra.uid()); "
         "print(t.Tagged(groups=t.GROUPS, anything=[t.GROUPS]).infra.uid()); "
-        "print(t.Tagged(anything=frozenset({t.Labelled(tags=frozenset(t.TAGS))})).infra.uid()); "
+        "print(t.Tagged(labelled=frozenset({t.Labelled(tags=frozenset(t.TAGS))})).infra.uid()); "
         "print(repr(t.Tagged().infra.config(uid=True, exclude_defaults=False).to_yaml())); "
         "print(t.TaggedSpec(spec=t.SpecTags(t.TAGS, [frozenset(t.TAGS)])).infra.uid()); "
         "print(t.TaggedSpec(spec=t.SpecTagsMore(more=t.TAGS)).infra.uid())"
@@ -167,7 +168,7 @@ def test_uid_stable_across_processes() -> None:
         Whatever(param1=13).infra.uid().replace(MODULE, "test_identity"),
         Tagged(tags=TAGS, anything=frozenset(TAGS)).infra.uid().replace(MODULE, "test_identity"),
         Tagged(groups=GROUPS, anything=[GROUPS]).infra.uid().replace(MODULE, "test_identity"),
-        Tagged(anything=frozenset({Labelled(tags=frozenset(TAGS))}))
+        Tagged(labelled=frozenset({Labelled(tags=frozenset(TAGS))}))
         .infra.uid()
         .replace(MODULE, "test_identity"),
         repr(Tagged().infra.config(uid=True, exclude_defaults=False).to_yaml()),
@@ -4042,10 +4043,97 @@ def test_a_model_where_anything_goes_is_refused() -> None:
             _Loose(**values).infra.uid()  # type: ignore[arg-type]
     named = _Named(anything=_ConvNet(kernel=5), many=[_ConvNet(kernel=5)])
     assert _cfg(named) == {"anything": {"kernel": 5}, "many": [{"kernel": 5}]}
-    # where the values are named: in a set (with the model's defaults), a DiscriminatedModel
-    loose = _Loose(anything=frozenset({_Frozen()}), many=[{"net": {"kernel": 5}}])
+    # in a set too (its defaults are named there, not its class): refused, see
+    # test_a_model_in_a_set_or_a_dataclass_field_naming_not_its_class_is_refused
+    loose = _Loose(anything=frozenset({1}), many=[{"net": {"kernel": 5}}])
     assert loose.infra.uid() != _Loose().infra.uid()
     assert _Loose(anything=_Named()).infra.config(uid=False)["anything"]["many"] == []
+
+
+class _SameFields(pydantic.BaseModel):
+    """_Frozen's fields and defaults, another class."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+    layers: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class _AnyBox:
+    held: tp.Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _UnionBox:
+    held: _Frozen | _SameFields | None = None
+    log: list[_Frozen | _InNoUid] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class _NamedBox:
+    held: _Frozen | None = None
+    many: list[_Frozen] = dataclasses.field(default_factory=list)
+
+
+class _Holders(pydantic.BaseModel):
+    """Sets and dataclasses holding models, annotated with or without their classes."""
+
+    model_config = FORBID
+    loose_set: set[tp.Any] = set()
+    bare_set: frozenset = frozenset()  # type: ignore[type-arg]
+    base_set: set[pydantic.BaseModel] = set()
+    bases: list[pydantic.BaseModel] = []
+    named_set: frozenset[_Frozen] = frozenset()
+    box: _AnyBox = _AnyBox()
+    union_box: _UnionBox = _UnionBox()
+    named_box: _NamedBox = _NamedBox()
+    anything: tp.Any = None
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
+def test_a_model_in_a_set_or_a_dataclass_field_naming_not_its_class_is_refused() -> None:
+    """A model in a set (set[tp.Any], a bare frozenset, set[pydantic.BaseModel]), in a
+    list[pydantic.BaseModel], or in a dataclass field typed tp.Any (or an undiscriminated
+    union) entered its uid by its values, not its class: _Frozen() and _SameFields() (same
+    fields) gave one uid, one cache folder. Refused, naming the field and the place; a
+    class the annotation names keeps the uid it had."""
+    cases = {
+        "loose_set": lambda m: {m},
+        "bare_set": lambda m: frozenset({m}),
+        "base_set": lambda m: {m},
+        "bases": lambda m: [m],
+        "box": lambda m: _AnyBox(m),
+        "union_box": lambda m: _UnionBox(m),
+        "anything": lambda m: _AnyBox([m]),
+    }
+    places = {
+        "loose_set": "in a set whose annotation names not its class",
+        "bare_set": "in a set whose annotation names not its class",
+        "base_set": "in a set whose annotation names not its class",
+        "bases": "where its annotation names pydantic.BaseModel",
+        "box": "in the field _AnyBox.held of a dataclass",
+        "union_box": "_UnionBox.held of a dataclass annotated .* union of several models",
+        "anything": "in the field _AnyBox.held of a dataclass",
+    }
+    for name, make in cases.items():
+        for model in (_Frozen(), _SameFields()):
+            with pytest.raises(RuntimeError, match=rf"_Holders\.{name} holds a .*{places[name]}"):
+                _Holders(**{name: make(model)}).infra.uid()
+    # where the annotation names the class: taken, uids as they were
+    named = _Holders(
+        named_set=frozenset({_Frozen(layers=2)}),
+        named_box=_NamedBox(_Frozen(), [_FrozenConv()]),
+        union_box=_UnionBox(log=[_Frozen(layers=3), _InNoUid()]),  # (one counts in uids)
+        box=_AnyBox(5),
+    )
+    uid = named.infra.uid().replace(MODULE, "test_identity")
+    assert uid.endswith(
+        "/box.held=5,named_set=({layers=2}),union_box={held=None,log=({layers=3})},"
+        "named_box={held.layers=1,many=({kernel=3,layers=1,_clas...30-fddf928a"
+    ), uid
 
 
 class _InNoUid(pydantic.BaseModel):

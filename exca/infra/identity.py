@@ -527,7 +527,7 @@ def _field_facts(cls: type, name: str, field: pydantic.fields.FieldInfo) -> _Fie
         dataclasses=bool(dataclass_types),
     )
     # (also beside a class it names, ``Net | tp.Any``: a model of another class is unnamed)
-    facts.anything = _admits_anything(annotation)
+    facts.anything = _admits_anything(annotation) or _hides_classes(annotation)
     return facts
 
 
@@ -554,6 +554,26 @@ def _admits_anything(annotation: tp.Any, depth: int = 0) -> bool:
     return any(_admits_anything(arg, depth + 1) for arg in args)
 
 
+def _hides_classes(annotation: tp.Any, depth: int = 0) -> bool:
+    """Whether an annotation holds a set, a dataclass or ``pydantic.BaseModel`` inside a
+    container: places where a model's uid export names its values, not its class (a set
+    and a dataclass keep its defaults, but two classes with the same values share them),
+    looked into by _check_no_unnamed_model."""
+    if annotation is pydantic.BaseModel:
+        return depth > 0  # (a field annotated so is refused: see _ambiguity)
+    if isinstance(annotation, type):
+        return annotation in _SETS or dataclasses.is_dataclass(annotation)
+    if depth > 8 or tp.get_origin(annotation) is tp.Literal:
+        return False
+    origin = tp.get_origin(annotation)
+    if origin in _SETS or (isinstance(origin, type) and dataclasses.is_dataclass(origin)):
+        return True
+    return any(_hides_classes(arg, depth + 1) for arg in tp.get_args(annotation))
+
+
+_SETS = frozenset({set, frozenset, collections.abc.Set, collections.abc.MutableSet, tp.AbstractSet})
+
+
 # containers whose items' classes a bare annotation names not (sets: see _check_no_unnamed_model)
 _UNTYPED_CONTAINERS = frozenset(
     {
@@ -572,6 +592,7 @@ _UNTYPED_CONTAINERS = frozenset(
 
 
 _ANYTHING = "where its annotation admits anything (tp.Any, object, a bare list or dict, a TypeVar)"
+_IN_SET = "in a set whose annotation names not its class (a set holds its models by their values)"
 
 
 def _check_no_unnamed_model(
@@ -592,18 +613,32 @@ def _check_no_unnamed_model(
     (``here``, the annotation there, None where nothing is named: ``Net | tp.Any``, not
     ``Net`` in a dict held there, which a plain dict of its values would share a uid with)
     or a strict subclass of a class it names anywhere (``named``: its uid names its
-    class). Models in a set or a dataclass keep their defaults in a uid (their values are
-    named): not looked into."""
+    class). Models in a set or a dataclass keep their defaults in a uid, but not their
+    class either: looked into the same way (a dataclass's fields by their annotations;
+    ``pydantic.BaseModel`` names no class)."""
     if type(value) in _NO_BOOLS or type(value) is bool or depth > 50:
         return
     if isinstance(value, pydantic.BaseModel):
+        if dropped_from_parent(value):
+            return  # (in no uid: "." excluded)
+        at = _models_at(here)
+        # (classes that keep themselves out of uids ("."): not told apart by a uid)
+        counted = [m for m in at if class_facts(m).drops_itself is not True]
+        if depth and len(counted) > 1 and _undiscriminated_union(here, top=False):
+            # (a dataclass field's union: a model field's is refused by _ambiguity)
+            raise RuntimeError(
+                f"Field {cls.__name__}.{name} holds a pydantic model ({type(value).__name__}) "
+                f"{where}, a union of several models ({', '.join(m.__name__ for m in counted)}) "
+                "without a discriminator: the uid would be ambiguous (two configs differing "
+                "only by the class of that model would share a cache folder). Discriminate "
+                "the union, e.g. tp.Annotated[A | B, pydantic.Field(discriminator='name')]"
+            )
         if (
-            isinstance(value, _models_at(here))
+            isinstance(value, at)
             or _subclass_of(type(value), named)
             or _with_class({}, value) == {}
-            or dropped_from_parent(value)
         ):
-            return  # (its place or its export names it; or it is in no uid: "." excluded)
+            return  # (its place or its export names it)
         if value.__pydantic_root_model__:  # (exported as its root: what that holds counts)
             root = tp.cast(tp.Any, value).root
             _check_no_unnamed_model(root, cls, name, None, named, depth + 1, where)
@@ -611,14 +646,27 @@ def _check_no_unnamed_model(
         if _dumped_whole(value):
             return  # (its serializer's dump, defaults included, is its uid: as it chose)
         kind = type(value).__name__
+        if where == _ANYTHING and pydantic.BaseModel in _members(here):
+            where = "where its annotation names pydantic.BaseModel, which names no class"
         # (held in a list or dict of the field: the annotation of a container of them)
         example = f"{kind} | None" if depth == 0 else f"list[{kind}] or dict[str, {kind}]"
+        if where == _IN_SET:
+            example = f"set[{kind}]"
+        whole = where == _IN_SET or where.startswith(_IN_DATACLASS)  # (defaults kept)
+        what = (
+            "values (defaults included)" if whole else "values that are not at its class's defaults"
+        )
+        same = "with the same values" if whole else "at its defaults"
+        annotate = (
+            "Annotate that dataclass field with the model class"
+            if where.startswith(_IN_DATACLASS)
+            else f"Annotate the field with the model class (e.g. {name}: {example}"
+            "; its uid stays the same)"
+        )
         raise RuntimeError(
             f"Field {cls.__name__}.{name} holds a pydantic model ({kind}) {where}: a uid names "
-            "that model's values that are not "
-            f"at its class's defaults, and not its class, so {kind}() and another class at "
-            "its defaults would share a uid (and a cache folder). Annotate the field with "
-            f"the model class (e.g. {name}: {example}; its uid stays the same), or with a "
+            f"that model's {what}, and not its class, so {kind}() and another class {same} "
+            f"would share a uid (and a cache folder). {annotate}, or with a "
             "discriminated union of the classes it may hold (or exca.helpers."
             "DiscriminatedModel), or keep the field out of the uid (_exclude_from_cls_uid)"
         )
@@ -626,12 +674,46 @@ def _check_no_unnamed_model(
         items: tp.Iterable[tp.Any] = value.values()
     elif isinstance(value, list | tuple):
         items = value
+    elif isinstance(value, set | frozenset):
+        where = _IN_SET
+        items = value
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        _check_dataclass(value, cls, name, depth)
+        return
     else:
         return
     inner = _items_annotation(here, value)
     for sub in items:
         if type(sub) not in _PLAIN_ITEMS:  # (a long list of numbers: one test each)
             _check_no_unnamed_model(sub, cls, name, inner, named, depth + 1, where)
+
+
+_IN_DATACLASS = "in the field "
+
+
+def _check_dataclass(value: tp.Any, cls: type, name: str, depth: int) -> None:
+    """_check_no_unnamed_model for the fields of a dataclass instance, each by its own
+    annotation (the model classes it names: its strict subclasses get their class in a
+    uid). Not looked into: a dataclass dumped by a serializer of its own, and fields
+    whose annotation holds a type variable (what a generic dataclass was given names
+    their classes)."""
+    kind = type(value)
+    if custom_schema(kind):
+        return
+    hints = _dataclass_facts(kind, cls).hints
+    for key, hint in hints.items():
+        sub = getattr(value, key, None)
+        if type(sub) in _PLAIN_ITEMS or _typevar_in(hint):
+            continue
+        where = f"{_IN_DATACLASS}{kind.__name__}.{key} of a dataclass"
+        if hint is not tp.Any and hint is not object:
+            where += f" annotated {_type_name(hint)}"
+        named = annotated_models(hint)
+        _check_no_unnamed_model(sub, cls, name, hint, named, depth + 1, where)
+
+
+def _type_name(hint: tp.Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "tp.")
 
 
 def _members(here: tp.Any) -> tuple[tp.Any, ...]:
@@ -648,7 +730,9 @@ def _models_at(here: tp.Any) -> tuple[type, ...]:
     if here is None:
         return ()
     return tuple(
-        m for m in _members(here) if isinstance(m, type) and issubclass(m, pydantic.BaseModel)
+        m
+        for m in _members(here)
+        if isinstance(m, type) and issubclass(m, pydantic.BaseModel) and m is not pydantic.BaseModel
     )
 
 
@@ -664,7 +748,7 @@ def _items_annotation(here: tp.Any, value: tp.Any) -> tp.Any:
     names them (the container is held by a tp.Any: its items are named by nothing)."""
     if here is None or here is tp.Any or here is object:
         return None
-    mapping = isinstance(value, dict)
+    mapping = 1 if isinstance(value, dict) else 2 if isinstance(value, set | frozenset) else 0
     try:
         return _ITEMS_ANNOTATIONS[here, mapping]
     except KeyError:
@@ -677,18 +761,21 @@ def _items_annotation(here: tp.Any, value: tp.Any) -> tp.Any:
     return found
 
 
-_ITEMS_ANNOTATIONS: dict[tuple[tp.Any, bool], tp.Any] = {}
+_ITEMS_ANNOTATIONS: dict[tuple[tp.Any, int], tp.Any] = {}
 
 
-def _items_of(here: tp.Any, mapping: bool) -> tp.Any:
-    """_items_annotation, computed (``mapping``: of a dict's values, else of a list's)."""
+def _items_of(here: tp.Any, mapping: int) -> tp.Any:
+    """_items_annotation, computed (``mapping``: 1 of a dict's values, 2 of a set's items,
+    0 of a list's)."""
     found: list[tp.Any] = []
     for member in _members(here):
         origin = tp.get_origin(member) or member
         args = tp.get_args(member)
-        if mapping and origin in _MAPPINGS:
+        if mapping == 1 and origin in _MAPPINGS:
             found.append(args[1] if len(args) == 2 else tp.Any)
-        elif not mapping and origin in _SEQUENCES:
+        elif mapping == 2 and origin in _SETS:
+            found.append(args[0] if args else tp.Any)
+        elif mapping == 0 and origin in _SEQUENCES:
             if origin is tuple and len(args) != 1 and not (len(args) == 2 and args[1] is ...):
                 found.extend(args)  # (tuple[A, B]: either; tuple[()]: none)
             elif args:
@@ -724,7 +811,8 @@ def _root_annotation(cls: type) -> tuple[bool, tp.Any, tuple[type, ...]]:
     """Whether the root of a RootModel class admits anything, its annotation and the
     classes it names."""
     hint = cls.__pydantic_fields__["root"].annotation  # type: ignore[attr-defined]
-    return _admits_anything(hint), hint, tuple(annotated_models(hint))
+    anything = _admits_anything(hint) or _hides_classes(hint)
+    return anything, hint, tuple(annotated_models(hint))
 
 
 def _check_extra(model: pydantic.BaseModel, key: str, value: tp.Any) -> None:
@@ -747,7 +835,7 @@ def _extra_annotation(cls: type) -> tuple[bool, tp.Any, tuple[type, ...]]:
     if hint is None:
         return True, None, ()
     value = _items_annotation(hint, {})  # (dict[str, X]: X)
-    return _admits_anything(hint), value, tuple(annotated_models(hint))
+    return _admits_anything(hint) or _hides_classes(hint), value, tuple(annotated_models(hint))
 
 
 def class_facts(cls: type[pydantic.BaseModel]) -> _ClassFacts:
