@@ -256,6 +256,32 @@ class _SameKeyTwice(ValueError):
     too), where a ConfDict, and the v2 format, keep the last."""
 
 
+class KeysAlike(ValueError):
+    """Two keys of a dict, of different types, whose texts are the same (``1`` and
+    ``"1"``): a uid names keys by their text, so ``{1: "x", "1": "y"}`` and
+    ``{1: "y", "1": "x"}`` would share it."""
+
+    def __init__(self, first: tp.Any, second: tp.Any, where: str = "") -> None:
+        self.keys = (first, second)
+        place = f" of {where}" if where else ""
+        super().__init__(
+            f"The dict keys {first!r} ({type(first).__name__}) and {second!r} "
+            f"({type(second).__name__}){place} are written alike in a uid "
+            f"({str(second)!r}): two configs swapping their values would share a uid (and "
+            "a cache folder). Use keys of one type (e.g. all str)"
+        )
+
+
+def _keys_alike(value: dict[tp.Any, tp.Any]) -> None:
+    """Raise KeysAlike for two keys of a dict written alike (see _render_dict)."""
+    seen: dict[str, tp.Any] = {}
+    for key in value:
+        text = str(key)
+        if text in seen:
+            raise KeysAlike(seen[text], key)
+        seen[text] = key
+
+
 def _twice(items: list[tuple[tp.Any, ...]], key: str) -> bool:
     return sum(1 for item in items if item[1] == key) > 1
 
@@ -288,9 +314,10 @@ class _UidMakerV3:
         clean_memo, collapsible = _CLEAN_KEYS, _COLLAPSIBLE
         clean_keys = True
         renamed = False  # (a key collapsed: it may be another key's text)
+        typed = False  # (a key that is not a str: its text may be another key's)
         for key, sub in value.items():
             if type(key) is not str:
-                key = str(key)
+                key, typed = str(key), True
             kind = type(sub)
             if kind is not str and kind is not int and kind is not float:
                 # chains of single-key dicts collapse into dotted keys (the loop of
@@ -316,6 +343,8 @@ class _UidMakerV3:
             items.append((len(display), key, display, f"{key}={rendered[1]}"))
         if not items:
             return "{}", "dict:{}"
+        if typed and len({str(key) for key in value}) < len(value):
+            _keys_alike(value)
         # (an OrderedDict keeps its order: its values are told apart by their places; a
         # ConfDict splits its keys: none holds a dot, none can be another collapsed)
         if (

@@ -4136,6 +4136,28 @@ def test_a_model_in_a_set_or_a_dataclass_field_naming_not_its_class_is_refused()
     ), uid
 
 
+class _IntKeys(pydantic.BaseModel):
+    model_config = FORBID
+    table: dict[tp.Any, str] = {}
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
+def test_dict_keys_written_alike_are_refused_naming_the_field() -> None:
+    """{1: "x", "1": "y"} was dumped as {"1": "y"} (one value lost): the uid of
+    {"1": "y"}, and {1: "y", "1": "x"} had the uid of {"1": "x"}. Refused, naming the
+    field and both keys; keys of one type keep their uids."""
+    for table in ({1: "x", "1": "y"}, {"1": "y", 1: "x"}, {True: "a", "true": "b"}):
+        with pytest.raises(ValueError, match=r"keys .* of field _IntKeys\.table are written alike"):
+            _IntKeys(table=table).infra.uid()
+    uid = _IntKeys(table={1: "y", 2: "x"}).infra.uid()
+    assert uid.endswith("/table={1=y,2=x}-6ad3c521"), uid
+    assert _IntKeys(table={"1": "y"}).infra.uid() == _IntKeys(table={1: "y"}).infra.uid()
+
+
 class _InNoUid(pydantic.BaseModel):
     """A model keeping itself out of its parent's uid (a runtime helper's settings)."""
 

@@ -508,3 +508,13 @@ def test_a_key_given_twice_keeps_the_last_as_a_confdict_does() -> None:
     assert to_uid({"a": 1, "a.b": 2}) == "a=1,a.b=2-9e3690dd"
     ordered = {"o": collections.OrderedDict([("a.b", 1), ("a", {"b": 2})])}
     assert to_uid(ordered) == "o={a.b=1,a.b=2}-254b9734"
+
+
+def test_dict_keys_of_several_types_written_alike_are_refused() -> None:
+    """{1: "x", "1": "y"} and {1: "y", "1": "x"} were both 'd={1=x,1=y}-89037336' (keys
+    are written by their text, in the display and the hash): refused, naming both keys.
+    Keys of several types written differently keep their uids."""
+    for data in ({"d": {1: "x", "1": "y"}}, {"d": {1: "y", "1": "x"}}, {None: 1, "None": 2}):
+        with pytest.raises(ValueError, match=r"The dict keys .* are written alike"):
+            to_uid(data)
+    assert to_uid({"d": {1: "x", "2": "y"}}) == "d={1=x,2=y}-12e76edf"

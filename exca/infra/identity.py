@@ -1505,7 +1505,10 @@ class _Exporter:
                 continue
             if field.dataclasses and _lost_by_dump(value, field.contained, facts.cls):
                 # (the dump followed the annotated class: dumped whole below, with its class)
-                exported = self.value(value, dval, field.keep, field.contained, facts.cls)
+                try:
+                    exported = self.value(value, dval, field.keep, field.contained, facts.cls)
+                except uidformat.KeysAlike as error:
+                    raise _placed(error, facts.cls, name) from None
                 if not (
                     prune
                     and not field.required
@@ -1531,7 +1534,10 @@ class _Exporter:
             ):
                 continue
             drops = len(self.drops)
-            exported = self.value(value, dval, field.keep, field.contained, facts.cls)
+            try:
+                exported = self.value(value, dval, field.keep, field.contained, facts.cls)
+            except uidformat.KeysAlike as error:
+                raise _placed(error, facts.cls, name) from None
             if (
                 prune
                 and not field.required
@@ -1642,7 +1648,11 @@ class _Exporter:
                 exported = _with_class(exported, value)
         else:
             contained = field.contained
-            exported = _without(self.value(value, dval, field.keep, contained, type(model)), drop)
+            try:
+                exported = self.value(value, dval, field.keep, contained, type(model))
+            except uidformat.KeysAlike as error:
+                raise _placed(error, type(model), name) from None
+            exported = _without(exported, drop)
             default_json = field.default_json
             if prune and default_json is not _NO_DEFAULT:
                 # the default exported as the value is (sub-models with defaults pruned)
@@ -1689,6 +1699,8 @@ class _Exporter:
             if len(dval) == len(value):
                 keys = list(dval)
             else:
+                if self.uid:  # (keys the dump wrote alike: one value was lost)
+                    _dumped_alike(value)
                 keys = [k if type(k) is str else str(k) for k in value]
             items = {}
             for skey, sub in zip(keys, value.values()):
@@ -1810,6 +1822,28 @@ class _Exporter:
         if self.uid and declared and _subclass_of(type(item), declared):
             return _with_class(dval, item)
         return dval
+
+
+def _dumped_alike(value: dict[tp.Any, tp.Any]) -> None:
+    """Raise KeysAlike for two keys of a dict that its json dump writes alike (``1`` and
+    ``"1"``: the dump keeps one value, the other config with the same kept value would
+    share the uid)."""
+    seen: dict[str, tp.Any] = {}
+    for key in value:
+        try:
+            text = str(next(iter(pydantic_core.to_jsonable_python({key: None}))))
+        except Exception:  # (a key json cannot write: as the uid format writes it)
+            text = str(key)
+        if text in seen:
+            raise uidformat.KeysAlike(seen[text], key)
+        seen[text] = key
+
+
+def _placed(error: uidformat.KeysAlike, cls: type, name: str) -> uidformat.KeysAlike:
+    """KeysAlike naming the field whose value holds the dict (the innermost one)."""
+    if "field " in str(error).split(" are written", 1)[0]:
+        return error
+    return uidformat.KeysAlike(*error.keys, where=f"field {cls.__name__}.{name}")
 
 
 def _holds_subclass(model: pydantic.BaseModel) -> bool:
