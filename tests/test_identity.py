@@ -1166,16 +1166,19 @@ class ParamsOrdered(pydantic.BaseModel):
 
 def test_dict_keys_naming_the_same_path_are_refused() -> None:
     """ "enc.bias" is read as a path: next to "enc", one value would hide the other in the
-    uid, and {"enc": 1, ...} and {"enc": 2, ...} would share one cache folder."""
+    uid, and {"enc": 1, ...} and {"enc": 2, ...} would share one cache folder. The
+    refusal names the field holding the dict (it said "of a config")."""
     for weights in ({"enc": 1.0, "enc.bias": 3.0}, {"enc.bias": 3.0, "enc": 2.0}):
-        with pytest.raises(ValueError, match=r"'enc' and 'enc\.bias' of a config both name"):
+        with pytest.raises(
+            ValueError, match=r"'enc' and 'enc\.bias' of field Weights\.weights both name"
+        ):
             Weights(weights=weights).infra.uid()
     # "enc" holding a dict: "enc.bias" merged into it, and the uid was that of the config
     # nesting both ({"enc": {"w": 1, "bias": 2}}): the other's cached result came back
     nested = Params(params={"enc": {"w": 1, "bias": 2}})
     with pytest.raises(ValueError, match=r"both name values inside 'enc'.* Use one form"):
         Params(params={"enc": {"w": 1}, "enc.bias": 2}).infra.uid()
-    with pytest.raises(ValueError, match=r"'a\.b' and 'a\.b\.c' of a config both name"):
+    with pytest.raises(ValueError, match=r"'a\.b' and 'a\.b\.c' of field Params\.params both name"):
         Params(params={"a.b": {"x": 1}, "a.b.c": 2}).infra.uid()  # (as {"a": {"b": ...}})
     # an OrderedDict's keys are kept as they are (not merged): no twin, accepted
     ordered = collections.OrderedDict([("enc", {"w": 1}), ("enc.bias", 2)])

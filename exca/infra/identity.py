@@ -1507,7 +1507,7 @@ class _Exporter:
                 # (the dump followed the annotated class: dumped whole below, with its class)
                 try:
                     exported = self.value(value, dval, field.keep, field.contained, facts.cls)
-                except uidformat.KeysAlike as error:
+                except (uidformat.KeysAlike, _DottedKeys) as error:
                     raise _placed(error, facts.cls, name) from None
                 if not (
                     prune
@@ -1536,7 +1536,7 @@ class _Exporter:
             drops = len(self.drops)
             try:
                 exported = self.value(value, dval, field.keep, field.contained, facts.cls)
-            except uidformat.KeysAlike as error:
+            except (uidformat.KeysAlike, _DottedKeys) as error:
                 raise _placed(error, facts.cls, name) from None
             if (
                 prune
@@ -1650,7 +1650,7 @@ class _Exporter:
             contained = field.contained
             try:
                 exported = self.value(value, dval, field.keep, contained, type(model))
-            except uidformat.KeysAlike as error:
+            except (uidformat.KeysAlike, _DottedKeys) as error:
                 raise _placed(error, type(model), name) from None
             exported = _without(exported, drop)
             default_json = field.default_json
@@ -1839,11 +1839,21 @@ def _dumped_alike(value: dict[tp.Any, tp.Any]) -> None:
         seen[text] = key
 
 
-def _placed(error: uidformat.KeysAlike, cls: type, name: str) -> uidformat.KeysAlike:
-    """KeysAlike naming the field whose value holds the dict (the innermost one)."""
+def _placed(
+    error: uidformat.KeysAlike | _DottedKeys, cls: type, name: str
+) -> uidformat.KeysAlike | _DottedKeys:
+    """The error naming the field whose value holds the dict (the innermost one)."""
+    field = f"field {cls.__name__}.{name}"
+    if isinstance(error, _DottedKeys):
+        text = str(error)
+        return (
+            error
+            if _DottedKeys.PLACE not in text
+            else _DottedKeys(text.replace(_DottedKeys.PLACE, f"of {field}", 1))
+        )
     if "field " in str(error).split(" are written", 1)[0]:
         return error
-    return uidformat.KeysAlike(*error.keys, where=f"field {cls.__name__}.{name}")
+    return uidformat.KeysAlike(*error.keys, where=field)
 
 
 def _holds_subclass(model: pydantic.BaseModel) -> bool:
@@ -2706,6 +2716,13 @@ def _with_class(exported: tp.Any, model: pydantic.BaseModel) -> tp.Any:
     return {CLASS_KEY: f"{cls.__module__}.{cls.__qualname__}", **exported}
 
 
+class _DottedKeys(ValueError):
+    """Two keys of a dict naming one path (see _check_dotted_keys): its message says
+    ``of a config`` (PLACE) until the field holding the dict is known."""
+
+    PLACE = "of a config"
+
+
 def _check_dotted_keys(items: dict[str, tp.Any], ordered: bool) -> None:
     """Configs read a "." in a key as a path (``{"enc.bias": 3}`` is ``bias`` inside
     ``enc``): in a uid, a value under a key that is also the path of another key's value
@@ -2718,7 +2735,7 @@ def _check_dotted_keys(items: dict[str, tp.Any], ordered: bool) -> None:
                 if prefix not in items:
                     continue
                 # ({"enc": {"w": 1}, "enc.bias": 2} reads as {"enc": {"w": 1, "bias": 2}})
-                raise ValueError(
+                raise _DottedKeys(
                     f"The dict keys {prefix!r} and {key!r} of a config both name values "
                     f"inside {prefix!r}: exca's configs read '.' in a key as a path "
                     f"separator, so this config would share its uid (and cache folder) with "
@@ -2729,7 +2746,7 @@ def _check_dotted_keys(items: dict[str, tp.Any], ordered: bool) -> None:
     paths = sorted(_leaf_paths(items, ()))
     for short, long in itertools.pairwise(paths):
         if long[: len(short)] == short:
-            raise ValueError(
+            raise _DottedKeys(
                 f"The dict keys {'.'.join(short)!r} and {'.'.join(long)!r} of a config name "
                 f"the same value: exca's configs read '.' in a key as a path separator, so "
                 f"one would hide the other in the uid (two different configs, one cache "
