@@ -489,15 +489,19 @@ def set_order(value: tp.Any) -> _Rendered:
     return _MAKERS[3].render(value)
 
 
-def to_uid(data: tp.Any, version: int | None = None, empty: str = "") -> str:
+def to_uid(data: tp.Any, version: int | None = None, empty: str = "", merge: bool = True) -> str:
     """The uid string of a (nested) dict of config values ("" when empty). ``empty``: the
     text standing for an empty display, followed by the digest (a value whose display
-    cleans to nothing, "λ", is not the empty config)."""
+    cleans to nothing, "λ", is not the empty config). ``merge=False``: a dict giving a
+    key twice once chains collapse is refused (ValueError), not read as its ConfDict
+    (which keeps the last: right for a config, not for a plain value)."""
     version = uid_version(version)
     # v3 collapses single-key chains while rendering; v2 on a collapsed copy
     try:
         rendered = _MAKERS[version].render(data if version == 3 else collapse(data))
     except _SameKeyTwice as error:
+        if not merge:
+            raise ValueError(_twice_said(str(error)) + ": both values are inputs") from None
         return _merged_uid(data, str(error), empty)
     display = rendered[0]
     if not display or display in ("{}", "()", "[]"):
@@ -519,10 +523,7 @@ def _merged_uid(data: tp.Any, key: str, empty: str) -> str:
     made of it (a list holding such a dict, a key a ConfDict cannot take)."""
     from .confdict import ConfDict  # (the error path only: confdict imports this module)
 
-    said = (
-        f"The key {key!r} is given twice in a dict once nested single-key dicts read as "
-        "dotted keys (e.g. {'a.b': 1, 'a': {'b': 2}}): give it once"
-    )
+    said = _twice_said(key)
     if not isinstance(data, dict) or isinstance(data, ConfDict):
         raise ValueError(said + " (a ConfDict keeps the last)")
     try:
@@ -533,6 +534,13 @@ def _merged_uid(data: tp.Any, key: str, empty: str) -> str:
         return to_uid(merged, version=3, empty=empty)
     except _SameKeyTwice:  # (inside an OrderedDict, kept as is by a ConfDict)
         raise ValueError(said) from None
+
+
+def _twice_said(key: str) -> str:
+    return (
+        f"The key {key!r} is given twice in a dict once nested single-key dicts read as "
+        "dotted keys (e.g. {'a.b': 1, 'a': {'b': 2}}): give it once"
+    )
 
 
 def not_utf8(data: tp.Any, path: str = "", use: str = "be part of a uid") -> str:

@@ -699,6 +699,16 @@ def test_inputs_whose_dict_keys_differ_only_by_type_are_different_inputs(env: En
         assert Value.of(value).uid == to_uid(value, empty="empty")
 
 
+def test_inputs_whose_dict_names_a_key_twice_are_refused() -> None:
+    """{"a.b": 1, "a": {"b": 2}} and {"a.b": 5, "a": {"b": 2}} had one uid ('a.b=2', the
+    merge of a ConfDict, keeping the last): two inputs, one result. Refused, naming the
+    key; a dotted key and another one inside its first part still differ."""
+    for value in ({"a.b": 1, "a": {"b": 2}}, [{"a": {"b": 2}, "a.b": 5}]):
+        with pytest.raises(ValueError, match=r"The key 'a\.b' is given twice"):
+            Value.of(value)
+    assert Value.of({"a": 1, "a.b": 2}).uid != Value.of({"a.b": 2}).uid
+
+
 class _Select(pydantic.BaseModel):
     infra: exca.TaskInfra = exca.TaskInfra(version="1")
 

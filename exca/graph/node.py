@@ -208,7 +208,9 @@ class Value:
             value = _snapshot(value)
 
         try:
-            uid = to_uid(value, empty="empty")  # ("λ", "", [] are different inputs)
+            # ("λ", "", [] are different inputs; {"a.b": 1, "a": {"b": 2}} is refused: a
+            # ConfDict's merge, keeping the last, gave {"a.b": 5, ...} the same uid)
+            uid = to_uid(value, empty="empty", merge=False)
             keys = _typed_keys(value, "")
         except TypeError:
             if _holds_node(value):  # a node nested deeper than a list or dict of nodes
