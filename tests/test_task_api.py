@@ -2253,6 +2253,35 @@ def test_permissions_applied(tmp_path: Path) -> None:
     assert folder.stat().st_mode & 0o777 == 0o750
 
 
+def test_a_folder_gone_before_its_chmod_is_no_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`exca clean` makes (or repairs the mode of) the claims folder of each folder it
+    cleans, with the cache's permissions (files.chmod_folder, files.repair): a folder a
+    concurrent clean or clear removed meanwhile logged "Could not chmod ...: No such file
+    or directory", an alarming warning for nothing. A path that is gone needs no chmod:
+    nothing is said; a chmod refused still warns."""
+    from exca.storage import files
+
+    folder = tmp_path / "uid-folder"
+    folder.mkdir(mode=0o700)
+    seen = os.stat(folder)  # (listed by the clean, then removed by another process)
+    folder.rmdir()
+    with caplog.at_level(logging.WARNING, logger="exca"):
+        files.repair(folder, 0o777, status=seen)
+        files.chmod_folder(folder, 0o777)
+    assert "Could not chmod" not in caplog.text
+    folder.mkdir(mode=0o700)
+
+    def refused(path: tp.Any, mode: int) -> None:
+        raise PermissionError(1, "Operation not permitted", str(path))
+
+    monkeypatch.setattr(files.os, "chmod", refused)
+    with caplog.at_level(logging.WARNING, logger="exca"):
+        files.repair(folder, 0o777)
+    assert f"Could not chmod {folder} to 0o777: [Errno 1] Operation not permitted" in caplog.text
+
+
 def test_permissions_keep_the_setgid_bit_of_a_groups_cache(tmp_path: Path) -> None:
     """A group's cache (its folder setgid: what is made there takes its group) with
     permissions=0o770: chmod 0o770 cleared the setgid bit each new folder inherits, and

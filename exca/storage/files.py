@@ -194,9 +194,12 @@ def parse_permissions(value: tp.Any) -> int | None:
 
 
 def chmod(path: str | os.PathLike[str], permissions: int) -> None:
-    """chmod that only logs a warning when it fails (e.g. a file of another user)."""
+    """chmod that only logs a warning when it fails (e.g. a file of another user); a path
+    gone meanwhile (a folder a concurrent clean or clear removed) needs none: nothing said."""
     try:
         os.chmod(path, permissions)
+    except FileNotFoundError:
+        pass
     except OSError as e:
         logger.warning("Could not chmod %s to %s: %s", path, oct(permissions), e)
 
