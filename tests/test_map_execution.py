@@ -3465,3 +3465,49 @@ def test_pool_workers_follow_the_cpus_this_process_may_use(
         mapper = Mapper(log=log, infra={"folder": tmp_path / cluster, "cluster": cluster})
         plan = exca.graph.plan(mapper.process.node(list(range(100))))
         assert [array.elements for array in plan.arrays] == [9], (cluster, str(plan))
+
+
+class _Refused(pydantic.BaseModel):
+    """A map and a task on Slurm, whose sbatch (a stand-in) refuses every job."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+    tag: int = 0
+    infra: exca.MapInfra = exca.MapInfra(version="1", cluster="slurm", min_samples_per_job=1)
+    task: exca.TaskInfra = exca.TaskInfra(version="1", cluster="slurm")
+
+    @infra.apply(item_uid=str)
+    def double(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            yield 2 * item
+
+    @task.apply
+    def run(self) -> int:
+        return self.tag
+
+
+def test_a_refused_submission_leaves_no_pickle_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sbatch refused a map's array (an invalid partition, say): submitit's pickles of its
+    jobs (complete, named by a random id: moved into a job's folder only once sent) and
+    its sbatch script stayed in the map's log folder for good (`exca clean orphans` looks
+    for them in a step's log folder only, where a task's go, and then only after an hour).
+    Nothing was queued, no job reads them: they are removed at once, as the error is
+    raised; the task's single job too."""
+    bin_folder = tmp_path / "bin"
+    bin_folder.mkdir()
+    sbatch = bin_folder / "sbatch"
+    sbatch.write_text(
+        "#!/bin/sh\necho 'sbatch: error: Batch job submission failed: Invalid partition "
+        "name specified' >&2\nexit 1\n"
+    )
+    sbatch.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_folder}{os.pathsep}{os.environ['PATH']}")
+    root = tmp_path / "cache"
+    refused = _Refused(infra={"folder": root}, task={"folder": root})
+    with pytest.raises(Exception, match=r"slurm refused the job\(s\) of .* and 2 more"):
+        refused.double([1, 2, 3])
+    with pytest.raises(Exception, match=r"slurm refused the job\(s\) of .*Invalid partition"):
+        refused.run()
+    left = [p.name for p in root.rglob("*") if p.is_file() and "logs" in p.parts]
+    assert left == [], left

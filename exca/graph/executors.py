@@ -2173,12 +2173,15 @@ def submit_array(
         # queued the job and not answered)
         cause = error.__cause__
         if (
-            not jobs
-            and isinstance(cause, subprocess.CalledProcessError)
+            isinstance(cause, subprocess.CalledProcessError)
             and cause.returncode > 0
             and not _MAYBE_QUEUED.search(str(error))
         ):
-            _sent_nothing(refused)
+            # (the refused part's pickles and sbatch script: no job ever reads them; in a
+            # map's node folder no clean looked for them, they stayed for good)
+            _remove_unsent_files(error)
+            if not jobs:
+                _sent_nothing(refused)
         raise refused from error
     except RuntimeError as error:
         if "executor.max_pickle_size_gb" not in str(error):  # (submitit's: not our array's)
@@ -2311,6 +2314,34 @@ def _remove_partial_pickles(logs: str, since: float, error: BaseException) -> No
             stat = path.stat()
             if stat.st_size == 0 or (stat.st_mtime >= since - 1 and _cut_short(path)):
                 path.unlink()
+
+
+# the files submitit writes for a submission before sbatch answers, named by a random id:
+# its pickles (moved into the job's folder once sent) and its sbatch script
+_UNSENT_FILE = re.compile(r"(?:[0-9a-f]{32}\.pkl|\.submission_file_[0-9a-f]{32}\.sh)")
+
+
+def _remove_unsent_files(error: BaseException) -> None:
+    """Remove the pickles and the sbatch script of a submission sbatch refused (it exited
+    with an error: nothing was queued, no job will read them), those the frames ``error``
+    went through were handling (submitit's locals: ``pickle_path``, ``pickle_paths`` of
+    an array, ``submission_file_path``). Not another's: another process submitting jobs
+    of the same step meanwhile writes its own in the same folder, and needs them."""
+    trace = error.__traceback__
+    paths: set[str] = set()
+    while trace is not None:
+        for value in trace.tb_frame.f_locals.values():
+            values = value if isinstance(value, list | tuple) else (value,)
+            for item in values[:100_000]:
+                if isinstance(item, str | os.PathLike):
+                    path = os.fspath(item)
+                    if isinstance(path, str) and _UNSENT_FILE.fullmatch(os.path.basename(path)):
+                        paths.add(path)
+        trace = trace.tb_next
+    for path in paths:
+        with contextlib.suppress(OSError):
+            if not os.path.islink(path):
+                os.remove(path)
 
 
 def _pickles_named(error: BaseException) -> set[str]:
