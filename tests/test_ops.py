@@ -3725,6 +3725,29 @@ def test_clean_orphans_removes_the_sbatch_script_of_a_failed_submission(tmp_path
     assert not failed.exists() and link.is_symlink() and sent.exists() and other.exists()
 
 
+def test_clean_orphans_removes_unsent_pickles_in_a_maps_log_folder(tmp_path: Path) -> None:
+    """A map's jobs log into its node folder (logs/<user>/), a task's into its step's:
+    `clean orphans` looked for the pickles and sbatch scripts of submissions that never
+    went out (a submitter killed while sbatch ran) in the step's only, and left a map's
+    for good. Both are looked at now, once old."""
+    root = tmp_path / "cache"
+    Squares(infra={"folder": root}).square([1])
+    logs = folder_of(Squares(infra={"folder": root})) / "logs" / "someone"
+    logs.mkdir(parents=True)
+    pickle_file, script = logs / f"{'c' * 32}.pkl", logs / f".submission_file_{'d' * 32}.sh"
+    for path in (pickle_file, script):
+        path.write_bytes(b"x")
+        os.utime(path, (time.time() - 2 * 3600,) * 2)
+    plan = clean.orphans(root)
+    assert sorted((r.path, r.reason) for r in plan.removals) == [
+        (script, "sbatch script of a submission that failed (never sent)"),
+        (pickle_file, "pickle of a submission that failed (never sent)"),
+    ]
+    plan.execute()
+    assert not pickle_file.exists() and not script.exists()
+    assert Squares(infra={"folder": root}).square([1]) is not None
+
+
 class Named(pydantic.BaseModel):
     """A map whose item uids are the items (strings), outputs pickled to one file each."""
 

@@ -1447,6 +1447,7 @@ def orphans(root: Path | str, min_age_hours: float = 1.0, step: str | None = Non
         if busy_reason(folder, look=plan.look) is not None:
             continue
         templates += _templates_under(folder)
+        plan.removals += _unsent_in(folder / "logs", limit)  # (a map's: in its node folder)
         try:
             plan.removals += _orphans_in(folder, limit)
         except PermissionError as error:  # (a shared cache: another user's private files)
@@ -1593,22 +1594,26 @@ def _unsent_pickles(root: Path, limit: float, steps: set[str] | None) -> list[Re
             continue
         if steps is not None and step.name not in steps:
             continue
-        for user in _scan(Path(step.path) / "logs"):
-            for entry in _scan(Path(user.path)) if _is_dir(user) else []:
-                if _UNSENT_PICKLE.fullmatch(entry.name):
-                    reason = "pickle of a submission that failed (never sent)"
-                elif _UNSENT_SCRIPT.fullmatch(entry.name):
-                    reason = "sbatch script of a submission that failed (never sent)"
-                else:
-                    continue
-                stat = _stat(entry)
-                if (
-                    stat is not None
-                    and stat.st_mtime < limit
-                    and entry.is_file(follow_symlinks=False)
-                ):
-                    size, stamp = stat.st_blocks * 512, _stamp(entry, stat)
-                    out.append(Removal(Path(entry.path), size, reason, stamp=stamp))
+        out += _unsent_in(Path(step.path) / "logs", limit)
+    return out
+
+
+def _unsent_in(logs: Path, limit: float) -> list[Removal]:
+    """The pickles and sbatch scripts of submissions that never went out in a default log
+    folder (``<logs>/<user>/``: a step's, or a map's node folder's), older than ``limit``."""
+    out = []
+    for user in _scan(logs):
+        for entry in _scan(Path(user.path)) if _is_dir(user) else []:
+            if _UNSENT_PICKLE.fullmatch(entry.name):
+                reason = "pickle of a submission that failed (never sent)"
+            elif _UNSENT_SCRIPT.fullmatch(entry.name):
+                reason = "sbatch script of a submission that failed (never sent)"
+            else:
+                continue
+            stat = _stat(entry)
+            if stat is not None and stat.st_mtime < limit and entry.is_file(follow_symlinks=False):
+                size, stamp = stat.st_blocks * 512, _stamp(entry, stat)
+                out.append(Removal(Path(entry.path), size, reason, stamp=stamp))
     return out
 
 
