@@ -527,7 +527,9 @@ def _field_facts(cls: type, name: str, field: pydantic.fields.FieldInfo) -> _Fie
         dataclasses=bool(dataclass_types),
     )
     # (also beside a class it names, ``Net | tp.Any``: a model of another class is unnamed)
-    facts.anything = _admits_anything(annotation) or _hides_classes(annotation)
+    facts.anything = _admits_anything(annotation) or (
+        not facts.plain and _hides_classes(annotation)  # (set[str]: no model there)
+    )
     return facts
 
 
@@ -698,18 +700,37 @@ def _check_dataclass(value: tp.Any, cls: type, name: str, depth: int) -> None:
     whose annotation holds a type variable (what a generic dataclass was given names
     their classes)."""
     kind = type(value)
-    if custom_schema(kind):
-        return
-    hints = _dataclass_facts(kind, cls).hints
-    for key, hint in hints.items():
+    places = _DATACLASS_PLACES.get((kind, cls))
+    if places is None:
+        places = _dataclass_places(kind, cls)
+    for key, hint, named, where in places:
         sub = getattr(value, key, None)
-        if type(sub) in _PLAIN_ITEMS or _typevar_in(hint):
-            continue
-        where = f"{_IN_DATACLASS}{kind.__name__}.{key} of a dataclass"
-        if hint is not tp.Any and hint is not object:
-            where += f" annotated {_type_name(hint)}"
-        named = annotated_models(hint)
-        _check_no_unnamed_model(sub, cls, name, hint, named, depth + 1, where)
+        if type(sub) not in _PLAIN_ITEMS:
+            _check_no_unnamed_model(sub, cls, name, hint, named, depth + 1, where)
+
+
+# (dataclass, model class holding it) -> its fields that may hold a model (see below)
+_DATACLASS_PLACES: dict[tuple[type, type], list[tuple[str, tp.Any, tp.Any, str]]] = {}
+
+
+def _dataclass_places(kind: type, cls: type) -> list[tuple[str, tp.Any, tp.Any, str]]:
+    """(name, annotation, model classes it names, how a refusal says its place) of the
+    fields of a dataclass _check_dataclass looks into (memoized): none for a dataclass
+    dumped by a serializer of its own; not those that hold only plain values, nor those
+    whose annotation holds a type variable."""
+    places = []
+    if not custom_schema(kind):
+        for key, hint in _dataclass_facts(kind, cls).hints.items():
+            if _plain_annotation(hint) or _typevar_in(hint):
+                continue
+            where = f"{_IN_DATACLASS}{kind.__name__}.{key} of a dataclass"
+            if hint is not tp.Any and hint is not object:
+                where += f" annotated {_type_name(hint)}"
+            places.append((key, hint, annotated_models(hint), where))
+    if len(_DATACLASS_PLACES) >= 10_000:
+        _DATACLASS_PLACES.clear()
+    _DATACLASS_PLACES[kind, cls] = places
+    return places
 
 
 def _type_name(hint: tp.Any) -> str:
@@ -2045,6 +2066,7 @@ _SCHEMA_CLASSES: dict[type, dict[str, type]] = {}
 def _forget_dataclasses(cls: type) -> None:
     """(%autoreload: a class updated in place, maybe a dataclass: all forgotten, rare)"""
     for memo in (
+        _DATACLASS_PLACES,
         _DATACLASS_FACTS,
         _LOCAL_FACTS,
         _BOUND_FACTS,
