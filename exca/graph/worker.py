@@ -876,7 +876,7 @@ def _written_back(node: Node) -> None:
         return  # (a call with inputs: its config's files are its config folder's)
     try:
         node.prepare()
-    except OSError as error:
+    except Exception as error:  # (its outcome is stored: not failed by a file beside it)
         logger.warning("%s: could not write its yaml files back: %s", node.uid, error)
 
 
