@@ -1,6 +1,7 @@
 """exca: turn a pydantic config into a cached, distributable, composable computation."""
 
 import logging
+import typing as tp
 
 from . import cachedict
 from .confdict import ConfDict
@@ -18,6 +19,13 @@ if not logger.handlers:
     _handler.addFilter(lambda record: not logging.getLogger().handlers)
     logger.addHandler(_handler)
     logger.setLevel(logging.INFO)
+
+if tp.TYPE_CHECKING:  # (loaded lazily by __getattr__ below; seen by type checkers)
+    from . import graph as graph
+    from . import helpers
+    from . import ops as ops
+    from . import slurm as slurm
+    from . import workdir as workdir
 
 __all__ = ["ConfDict", "MapInfra", "TaskInfra", "__version__", "cachedict", "helpers"]
 

@@ -11,6 +11,14 @@ import typing as tp
 
 from .node import Execution, Node, Value
 
+if tp.TYPE_CHECKING:  # (loaded lazily by __getattr__ below; seen by type checkers)
+    from .api import clear as clear
+    from .api import graph, plan, run
+    from .api import job as job
+    from .api import result as result
+    from .api import status as status
+    from .planning import Plan
+
 __all__ = ["Execution", "Node", "Plan", "Value", "graph", "plan", "run"]
 
 
