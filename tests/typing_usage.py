@@ -11,6 +11,7 @@ from __future__ import annotations
 import typing as tp
 from pathlib import Path
 
+import numpy as np
 import pydantic
 
 import exca
@@ -57,3 +58,65 @@ def modules(folder: Path) -> None:
     tp.reveal_type(exca.ConfDict.from_args(["--lr=0.1"]))
     # revealed: exca.infra.workdir.WorkDir
     tp.reveal_type(WorkDir(copied=["exca"]))
+
+
+class Trainer(pydantic.BaseModel):
+    l2: float = 1.0
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply(exclude_from_cache_uid=("l2",))
+    def fit(self, features: list[np.ndarray], scale: float = 1.0) -> dict[str, float]:
+        return {"loss": float(np.stack(features).sum()) * scale * self.l2}
+
+
+def task(folder: Path) -> None:
+    exp = Experiment(lr=0.1, infra=exca.TaskInfra(folder=folder))
+    # revealed: float
+    tp.reveal_type(exp.train())
+    exp.train(3)  # type: ignore[call-arg]
+    trainer = Trainer(infra=exca.TaskInfra(folder=folder))
+    # revealed: dict[str, float]
+    tp.reveal_type(trainer.fit([np.zeros(2)], scale=2.0))
+    trainer.fit([np.zeros(2)], scal=2.0)  # type: ignore[call-arg]
+
+
+class Embedder(pydantic.BaseModel):
+    dim: int = 8
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def embed(self, items: tp.Iterable[int]) -> tp.Iterator[np.ndarray]:
+        for item in items:
+            yield np.full(self.dim, item)
+
+
+def map_items(folder: Path) -> None:
+    embedder = Embedder(infra=exca.MapInfra(folder=folder))
+    # revealed: typing.Iterator[numpy.ndarray[tuple[Any, ...], numpy.dtype[Any]]]
+    tp.reveal_type(embedder.embed([1, 2, 3]))
+    embedder.embed(items=range(3))
+    embedder.embed(["a"])  # type: ignore[list-item]
+    # revealed: str
+    tp.reveal_type(embedder.infra.item_uid(3))
+
+
+def pipeline(folder: Path) -> None:
+    exp = Experiment(infra=exca.TaskInfra(folder=folder))
+    embedder = Embedder(infra=exca.MapInfra(folder=folder))
+    trainer = Trainer(infra=exca.TaskInfra(folder=folder))
+    features = embedder.embed.node([1, 2])
+    model = trainer.fit.node(features, scale=2.0)
+    # revealed: float
+    tp.reveal_type(exp.train.node().result())
+    # revealed: list[numpy.ndarray[tuple[Any, ...], numpy.dtype[Any]]]
+    tp.reveal_type(features.result())
+    # revealed: dict[str, float]
+    tp.reveal_type(model.result())
+    # revealed: dict[str, float]
+    tp.reveal_type(exca.graph.result(model))
+    targets: dict[str, exca.graph.Node] = {"model": model, "train": exp.train.node()}
+    exca.graph.run(*targets.values())
+    # revealed: str
+    tp.reveal_type(model.status())
+    # revealed: BaseException | None
+    tp.reveal_type(model.failure())

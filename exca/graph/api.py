@@ -10,7 +10,7 @@ from . import calls, store
 from .decisions import check_node, collect
 from .errors import JobFailedError, NodeFailures, as_bool
 from .jobs import Job
-from .node import TASK_KEY, Node, reading_only
+from .node import TASK_KEY, Node, Out, reading_only
 from .planning import Plan
 from .scheduler import Scheduler
 from .store import first_item_error
@@ -105,7 +105,7 @@ def graph(*targets: Node) -> nx.DiGraph:
     return nx.freeze(dag)
 
 
-def result(node: Node) -> tp.Any:
+def result(node: Node[Out]) -> Out:
     """The output of a node (computing what is missing): a task's result, or a map's
     outputs in item order."""
     check_node(node)

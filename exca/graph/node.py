@@ -382,8 +382,16 @@ class Group:
 Input = tuple[str, "Node | Value | Group"]  # (parameter name, what feeds it)
 
 
+if tp.TYPE_CHECKING:  # (a default: a bare `Node` annotation is a Node[Any])
+    from typing_extensions import TypeVar
+
+    Out = TypeVar("Out", default=tp.Any)
+else:
+    Out = tp.TypeVar("Out")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
-class Node:
+class Node(tp.Generic[Out]):
     """One cached computation (see module docstring).
 
     Task nodes call ``function(*input values)``; map nodes call ``function(items)`` and
@@ -605,11 +613,12 @@ class Node:
     def name(self) -> str:
         return self.label or self.uid
 
-    def with_mode(self, mode: Mode) -> Node:
+    def with_mode(self, mode: Mode) -> Node[Out]:
         return dataclasses.replace(self, mode=mode)
 
-    # conveniences (see exca.graph.api)
-    def result(self) -> tp.Any:
+    # conveniences (see exca.graph.api); Out, for a type checker: what result() returns
+    # (a task's result, or a map's list of outputs)
+    def result(self) -> Out:
         """The output of this node, computing what is missing (upstream first)."""
         from .api import result
 

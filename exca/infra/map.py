@@ -27,6 +27,12 @@ from .resources import SubmititMixin
 from .task import MethodCall, chained_nodes
 
 logger = logging.getLogger("exca")
+# (what a user's type checker sees of a decorated method: the config type, the items
+# parameter and the output type; obj.method(items) is an Iterator of those outputs)
+S = tp.TypeVar("S")
+P = tp.ParamSpec("P")
+O = tp.TypeVar("O")  # noqa: E741
+O_co = tp.TypeVar("O_co", covariant=True)
 # (lower case: a string annotation, under `from __future__ import annotations`, may say
 # "List[int]" or "tp.Tuple[...]")
 _SEQUENCE_HINTS = ("list", "tuple", "sequence", "iterable", "iterator", "collection")
@@ -111,8 +117,15 @@ class ItemUid:
         return uids
 
 
-class MapMethod(InfraMethod):
-    def __init__(self, infra: BaseInfra, func: tp.Callable[..., tp.Any], **options: tp.Any) -> None:
+class MapMethod(InfraMethod, tp.Generic[S, P, O]):
+    """``@infra.apply(item_uid=...)`` of a MapInfra: ``obj.method`` is a ``BoundMap``."""
+
+    def __init__(
+        self,
+        infra: BaseInfra,
+        func: tp.Callable[tp.Concatenate[S, P], tp.Iterable[O]],
+        **options: tp.Any,
+    ) -> None:
         check_plain_method(func)
         params = list(inspect.signature(func).parameters.values())
         positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -157,23 +170,31 @@ class MapMethod(InfraMethod):
         self.param_name = params[1].name
         self.item_uid = ItemUid(item_uid, max_length)
 
-    def bound(self, obj: tp.Any) -> BoundMap:
+    if tp.TYPE_CHECKING:  # (InfraMethod.__get__ at runtime: these say what it returns)
+
+        @tp.overload
+        def __get__(self, obj: None, objtype: tp.Any = None) -> MapMethod[S, P, O]: ...
+        @tp.overload
+        def __get__(self, obj: S, objtype: tp.Any = None) -> BoundMap[P, O]: ...
+        def __get__(self, obj: tp.Any, objtype: tp.Any = None) -> tp.Any: ...
+
+    def bound(self, obj: tp.Any) -> BoundMap[P, O]:
         return BoundMap(self, obj)
 
 
-class BoundMap:
+class BoundMap(tp.Generic[P, O_co]):
     """``obj.method``: ``obj.method(items)`` computes every missing item, then returns a lazy
     iterator over the outputs in input order (duplicates repeated)."""
 
     __slots__ = ("method", "obj")
 
-    def __init__(self, method: MapMethod, obj: pydantic.BaseModel) -> None:
+    def __init__(self, method: MapMethod[tp.Any, P, O_co], obj: pydantic.BaseModel) -> None:
         self.method = method
         self.obj = obj
 
     __reduce__ = reduce_bound
 
-    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Iterator[tp.Any]:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> tp.Iterator[O_co]:
         method = self.method
         if method.shadowed and method.overridden_on(self.obj):  # (super().method(items))
             return iter(method.func(self.obj, *args, **kwargs))
@@ -266,7 +287,7 @@ class BoundMap:
         codeprint.check_items(node.cache, uids, method.func, node.uid)
         return _refilled(infra, items, uids, node.cache.values_of(uids, where=node.uid))
 
-    def node(self, items: tp.Iterable[tp.Any] | Node) -> Node:
+    def node(self, items: tp.Iterable[tp.Any] | Node) -> Node[list[O_co]]:
         """The graph node of this map over items (a list, or an upstream node producing the
         list); nothing runs. It shares its per-item cache with eager calls. It keeps a copy
         of the list: adding or removing items afterwards does not change the node."""
@@ -412,14 +433,14 @@ class MapInfra(BaseInfra, SubmititMixin):
 
     def apply(
         self,
-        method: tp.Any = None,
+        method: None = None,  # (refused: `@infra.apply` without arguments has no item_uid)
         *,
         item_uid: tp.Callable[[tp.Any], str] | None = None,
         item_uid_max_length: int | None = 256,
         exclude_from_cache_uid: tp.Any = (),
         cache_type: str | None = None,
         chain_subconfigs: bool = True,
-    ) -> tp.Callable[[tp.Callable[..., tp.Any]], MapMethod]:
+    ) -> tp.Callable[[tp.Callable[tp.Concatenate[S, P], tp.Iterable[O]]], MapMethod[S, P, O]]:
         """Decorate a map method; ``item_uid(item) -> str`` names each item's cache entry.
         ``chain_subconfigs=False`` stops sub-configs' task methods from being computed first
         (see the pipelines docs)."""
@@ -430,7 +451,9 @@ class MapInfra(BaseInfra, SubmititMixin):
         if item_uid is None:
             raise TypeError("MapInfra.apply requires item_uid (a function item -> unique str)")
 
-        def decorate(func: tp.Callable[..., tp.Any]) -> MapMethod:
+        def decorate(
+            func: tp.Callable[tp.Concatenate[S, P], tp.Iterable[O]],
+        ) -> MapMethod[S, P, O]:
             return MapMethod(
                 self,
                 func,

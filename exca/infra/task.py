@@ -27,7 +27,12 @@ from .method import InfraMethod, check_plain_method, reduce_bound
 from .resources import SubmititMixin
 
 logger = logging.getLogger("exca")
-C = tp.TypeVar("C", bound=tp.Callable[..., tp.Any])
+# (what a user's type checker sees of a decorated method: the config type, the inputs'
+# parameters and the result; obj.method(...) keeps the method's signature and result type)
+S = tp.TypeVar("S")
+P = tp.ParamSpec("P")
+R = tp.TypeVar("R")
+R_co = tp.TypeVar("R_co", covariant=True)
 INPUTS_FILE = uidfolder.INPUTS_FILE
 
 
@@ -85,8 +90,12 @@ class MethodCall:
         return f"MethodCall({self.method.func.__qualname__})"
 
 
-class TaskMethod(InfraMethod):
-    def __init__(self, infra: BaseInfra, func: tp.Callable[..., tp.Any], **options: tp.Any) -> None:
+class TaskMethod(InfraMethod, tp.Generic[S, P, R]):
+    """``@infra.apply`` of a TaskInfra: ``obj.method`` is a ``BoundTask``."""
+
+    def __init__(
+        self, infra: BaseInfra, func: tp.Callable[tp.Concatenate[S, P], R], **options: tp.Any
+    ) -> None:
         check_plain_method(func)
         if inspect.isgeneratorfunction(func):  # (its outputs would be a generator: unstorable)
             raise TypeError(
@@ -98,7 +107,15 @@ class TaskMethod(InfraMethod):
         _check_named_parameters(func, self.signature)
         super().__init__(infra, func, **options)
 
-    def bound(self, obj: tp.Any) -> BoundTask:
+    if tp.TYPE_CHECKING:  # (InfraMethod.__get__ at runtime: these say what it returns)
+
+        @tp.overload
+        def __get__(self, obj: None, objtype: tp.Any = None) -> TaskMethod[S, P, R]: ...
+        @tp.overload
+        def __get__(self, obj: S, objtype: tp.Any = None) -> BoundTask[P, R]: ...
+        def __get__(self, obj: tp.Any, objtype: tp.Any = None) -> tp.Any: ...
+
+    def bound(self, obj: tp.Any) -> BoundTask[P, R]:
         return BoundTask(self, obj)
 
     def inputs(
@@ -196,19 +213,19 @@ def _source(value: tp.Any, snapshot: bool) -> Node | Value:
     return value if isinstance(value, Node) else Value.of(value, snapshot)
 
 
-class BoundTask:
+class BoundTask(tp.Generic[P, R_co]):
     """``obj.method``: calling it returns the cached result (computing it if needed);
     ``obj.method.node(...)`` is the lazy graph node of that call."""
 
     __slots__ = ("method", "obj")
 
-    def __init__(self, method: TaskMethod, obj: pydantic.BaseModel) -> None:
+    def __init__(self, method: TaskMethod[tp.Any, P, R_co], obj: pydantic.BaseModel) -> None:
         self.method = method
         self.obj = obj
 
     __reduce__ = reduce_bound
 
-    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co:
         if self.method.shadowed and self.method.overridden_on(self.obj):  # (super().method())
             return self.method.func(self.obj, *args, **kwargs)
         if ranks.ACTIVE:  # (in a multi-task job: a nested call is followed, see ranks.py)
@@ -282,10 +299,10 @@ class BoundTask:
             runtime.ram = value
         return value
 
-    def node(self, *args: tp.Any, **kwargs: tp.Any) -> Node:
+    def node(self, *args: tp.Any, **kwargs: tp.Any) -> Node[R_co]:
         """The graph node of this call (nothing runs): inputs may be nodes or values (it
         keeps a copy of the values: changing them afterwards does not change the node)."""
-        node = self._node(args, kwargs, snapshot=True)
+        node: Node[R_co] = self._node(args, kwargs, snapshot=True)
         wiring.check_inputs(self.method.func, node.inputs)  # (a dict fed for a list...)
         return node
 
@@ -327,9 +344,25 @@ class TaskInfra(BaseInfra, SubmititMixin):
 
     cluster: tp.Literal["auto", "local", "slurm", "debug"] | None = None
 
+    @tp.overload
     def apply(
         self,
-        method: C | None = None,
+        method: tp.Callable[tp.Concatenate[S, P], R],
+        *,
+        exclude_from_cache_uid: tp.Any = None,
+        chain_subconfigs: bool = True,
+    ) -> TaskMethod[S, P, R]: ...
+    @tp.overload
+    def apply(
+        self,
+        method: None = None,
+        *,
+        exclude_from_cache_uid: tp.Any = None,
+        chain_subconfigs: bool = True,
+    ) -> tp.Callable[[tp.Callable[tp.Concatenate[S, P], R]], TaskMethod[S, P, R]]: ...
+    def apply(
+        self,
+        method: tp.Callable[..., tp.Any] | None = None,
         *,
         exclude_from_cache_uid: tp.Any = None,
         chain_subconfigs: bool = True,
@@ -340,7 +373,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
         its own sub-folder. ``chain_subconfigs=False`` stops sub-configs' task methods from
         being computed first (see the pipelines docs)."""
 
-        def decorate(func: C) -> TaskMethod:
+        def decorate(func: tp.Callable[..., tp.Any]) -> TaskMethod[tp.Any, ..., tp.Any]:
             return TaskMethod(
                 self,
                 func,
