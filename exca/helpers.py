@@ -29,6 +29,9 @@ if tp.TYPE_CHECKING:
 
 logger = logging.getLogger("exca")
 _CONFIG_CACHE_SIZE = 1024
+# (with_infra keeps the decorated function's parameters and return type for type checkers)
+P = tp.ParamSpec("P")
+R = tp.TypeVar("R")
 
 
 class FuncConfig(pydantic.BaseModel):
@@ -36,6 +39,8 @@ class FuncConfig(pydantic.BaseModel):
     one field per parameter, an ``infra`` field, and ``build()``, the cached call."""
 
     model_config = pydantic.ConfigDict(extra="forbid")
+    if tp.TYPE_CHECKING:  # (a field of each generated model, not of this base)
+        infra: TaskInfra
 
     def build(self) -> tp.Any:  # replaced by the cached call in each generated model
         raise NotImplementedError
@@ -186,10 +191,10 @@ def to_config(func: tp.Callable[..., tp.Any], **kwargs: tp.Any) -> FuncConfig:
 _MEMO_TYPES = frozenset({str, int, float, bool, type(None)})
 
 
-class FunctionWithInfra:
+class FunctionWithInfra(tp.Generic[P, R]):
     """A function whose calls are cached (see ``with_infra``). Call it with keywords only."""
 
-    def __init__(self, func: tp.Callable[..., tp.Any], **infra: tp.Any) -> None:
+    def __init__(self, func: tp.Callable[P, R], **infra: tp.Any) -> None:
         from .infra.task import TaskInfra
 
         TaskInfra(**infra)  # (a typo or a bad value: refused now, not at the first call)
@@ -210,7 +215,7 @@ class FunctionWithInfra:
         """The config (pydantic model instance) of a call."""
         return to_config(self.func, **kwargs, infra=self.infra)
 
-    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         if args:
             raise RuntimeError(
                 f"{self.func.__qualname__} has an infra: call it with keyword arguments only"
@@ -360,7 +365,7 @@ def _same_value(a: tp.Any, b: tp.Any) -> bool:
         return False
 
 
-def _from_script(func: bytes, infra: dict[str, tp.Any]) -> FunctionWithInfra:
+def _from_script(func: bytes, infra: dict[str, tp.Any]) -> FunctionWithInfra[..., tp.Any]:
     """A function of a script, pickled by value (as cloudpickle does for its classes)."""
     import cloudpickle
 
@@ -382,10 +387,11 @@ def _lookup(module: str, qualname: str) -> tp.Any:
     return obj
 
 
-def with_infra(**infra: tp.Any) -> tp.Callable[[tp.Callable[..., tp.Any]], FunctionWithInfra]:
-    """Cache a function's calls: ``@with_infra(folder=...)`` then ``f(a=1, b=2)``."""
+def with_infra(**infra: tp.Any) -> tp.Callable[[tp.Callable[P, R]], FunctionWithInfra[P, R]]:
+    """Cache a function's calls: ``@with_infra(folder=...)`` then ``f(a=1, b=2)`` (a type
+    checker sees the function's own parameters and return type)."""
 
-    def decorate(func: tp.Callable[..., tp.Any]) -> FunctionWithInfra:
+    def decorate(func: tp.Callable[P, R]) -> FunctionWithInfra[P, R]:
         return FunctionWithInfra(func, **infra)
 
     return decorate

@@ -120,3 +120,17 @@ def pipeline(folder: Path) -> None:
     tp.reveal_type(model.status())
     # revealed: BaseException | None
     tp.reveal_type(model.failure())
+
+
+@exca.helpers.with_infra(folder="/tmp/cache")
+def noise(rows: int, cols: int) -> list[float]:
+    return [0.0] * rows * cols
+
+
+def helpers() -> None:
+    # revealed: list[float]
+    tp.reveal_type(noise(rows=2, cols=3))
+    noise(rows=2, colls=3)  # type: ignore[call-arg]
+    # revealed: str
+    tp.reveal_type(noise.config(rows=2, cols=3).infra.uid())
+    exca.helpers.validate_kwargs(noise, {"rows": 1})
