@@ -15,6 +15,7 @@ import numpy as np
 import pydantic
 
 import exca
+from exca import cachedict
 from exca.workdir import WorkDir
 
 
@@ -134,3 +135,20 @@ def helpers() -> None:
     # revealed: str
     tp.reveal_type(noise.config(rows=2, cols=3).infra.uid())
     exca.helpers.validate_kwargs(noise, {"rows": 1})
+
+
+def cache_dict(folder: Path) -> None:
+    cache: cachedict.CacheDict[np.ndarray] = cachedict.CacheDict(folder=folder)
+    with cache.write():
+        cache["weights"] = np.zeros(3)
+    # revealed: numpy.ndarray[tuple[Any, ...], numpy.dtype[Any]]
+    tp.reveal_type(cache["weights"])
+    # revealed: numpy.ndarray[tuple[Any, ...], numpy.dtype[Any]] | None
+    tp.reveal_type(cache.get("weights"))
+    # revealed: numpy.ndarray[tuple[Any, ...], numpy.dtype[Any]] | int
+    tp.reveal_type(cache.get("weights", 0))
+    # revealed: list[str]
+    tp.reveal_type(cache.keys())
+    anything = cachedict.CacheDict(folder=folder)  # (as the docs write it: any value)
+    # revealed: exca.storage.cachedict.CacheDict[Any]
+    tp.reveal_type(anything)

@@ -83,7 +83,13 @@ def _inline(info: dict[str, tp.Any]) -> bool:
     return "v" in info or (kind == "Result" and "p" in info)
 
 
-X = tp.TypeVar("X")
+if tp.TYPE_CHECKING:  # (a default: `CacheDict(folder)` is a CacheDict[Any] for a checker)
+    from typing_extensions import TypeVar
+
+    X = TypeVar("X", default=tp.Any)
+else:
+    X = tp.TypeVar("X")
+D = tp.TypeVar("D")  # (get's default)
 _CUT_SHORT_TYPES = (ValueError, EOFError, pickle.UnpicklingError)  # (a payload cut short)
 
 
@@ -776,6 +782,10 @@ class CacheDict(tp.Generic[X]):
             "cache, mode='retry' or mode='force' computes it again"
         ) from error
 
+    @tp.overload
+    def get(self, key: str) -> X | None: ...
+    @tp.overload
+    def get(self, key: str, default: D) -> X | D: ...
     def get(self, key: str, default: tp.Any = None) -> tp.Any:
         try:
             return self[key]
