@@ -152,3 +152,9 @@ def cache_dict(folder: Path) -> None:
     anything = cachedict.CacheDict(folder=folder)  # (as the docs write it: any value)
     # revealed: exca.storage.cachedict.CacheDict[Any]
     tp.reveal_type(anything)
+
+
+def cached_configs(folder: Path) -> None:
+    exp = Experiment(infra=exca.TaskInfra(folder=folder))
+    for config in exp.infra.iter_cached():  # (instances of the owner class)
+        print(config.infra.uid())

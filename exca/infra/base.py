@@ -1109,7 +1109,9 @@ class BaseInfra(pydantic.BaseModel):
         _collect_infras(self._owner(), "", out)
         return out
 
-    def iter_cached(self) -> tp.Iterator[pydantic.BaseModel]:
+    # (Any, as clone_obj's: instances of the owner's class, which the infra field's type
+    # does not know; BaseModel made the documented `config.infra.uid()` a type error)
+    def iter_cached(self) -> tp.Iterator[tp.Any]:
         """Configs of this method/version whose folder holds a result or a cached error
         (rebuilt from its config.yaml; each has that folder's root as its infra.folder)."""
         if self.folder is None:
