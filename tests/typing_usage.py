@@ -115,6 +115,10 @@ def pipeline(folder: Path) -> None:
     tp.reveal_type(model.result())
     # revealed: dict[str, float]
     tp.reveal_type(exca.graph.result(model))
+    # revealed: dict[str, float]
+    tp.reveal_type(model.job().result())
+    # revealed: list[numpy.ndarray[tuple[Any, ...], numpy.dtype[Any]]]
+    tp.reveal_type(features.job().result())
     targets: dict[str, exca.graph.Node] = {"model": model, "train": exp.train.node()}
     exca.graph.run(*targets.values())
     # revealed: str

@@ -249,10 +249,11 @@ def _map_failure(node: Node) -> BaseException:
     return JobFailedError(f"{what}: {how}", missing)
 
 
-def job(node: Node) -> Job:
+def job(node: Node[Out]) -> Job[Out]:
     """A task's job, or the jobs of a map's missing items (submitted now, not waited for)."""
     check_node(node)
-    return calls.task_job(node) if node.kind == "task" else calls.map_job(node)
+    found: Job[tp.Any] = calls.task_job(node) if node.kind == "task" else calls.map_job(node)
+    return found
 
 
 def clear(node: Node) -> None:

@@ -18,7 +18,7 @@ from .errors import (
     items_not_computed,
     retry_hint,
 )
-from .node import CLAIM_JOB_ID, TASK_KEY, Node
+from .node import CLAIM_JOB_ID, TASK_KEY, Node, Out
 
 if tp.TYPE_CHECKING:
     from .executors import Handle
@@ -73,8 +73,9 @@ def force_failure(node: Node, handle: Handle) -> JobFailedError:
     return JobFailedError(force_not_done(node.uid, handle.ended_how(), earlier, upstream))
 
 
-class Job:
-    """The job computing a task node (or a finished/cached one)."""
+class Job(tp.Generic[Out]):
+    """The job computing a task node (or a finished/cached one). ``Out``, for a type
+    checker: what ``result()`` returns, as its node's."""
 
     # mode retry, following a job it did not submit (another call's): once that job ended
     # without a result, or with an error of a computation started before ``asked_at``,
@@ -83,14 +84,16 @@ class Job:
     asked_at = 0.0
     cancelled_here = False  # (its cancel() was called)
 
-    def __init__(self, node: Node, handle: Handle | None = None, *, replaces: bool = False) -> None:
+    def __init__(
+        self, node: Node[Out], handle: Handle | None = None, *, replaces: bool = False
+    ) -> None:
         self.node = node
         self.handle = handle
         # a forced job: what is cached before it ends is the outcome it replaces (an
         # earlier job may still write one after it was submitted)
         self.replaces = replaces and handle is not None
 
-    def __copy__(self) -> Job:  # (not a pickling round trip, as __reduce__ would make it)
+    def __copy__(self) -> Job[Out]:  # (not a pickling round trip, as __reduce__ would make it)
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
         return new
@@ -278,7 +281,7 @@ class Job:
             keys = self.handle.keys if self.handle.keys is not None else [TASK_KEY]
             callers.refuse_waiting_on_claims(self.node.uid, self.node.folder, keys)
 
-    def result(self) -> tp.Any:
+    def result(self) -> Out:
         """Wait for the job, then the node's result (re-raises a cached or job error)."""
         self.wait()
         if self.retry_if_lost:  # (cluster None: its retry computes it here, now)
@@ -325,7 +328,7 @@ class Job:
 
         return recorded_handle(record)
 
-    def results(self) -> list[tp.Any]:
+    def results(self) -> list[Out]:
         return [self.result()]
 
     def exception(self) -> BaseException | None:
@@ -366,7 +369,7 @@ class Job:
 LocalJob = Job
 
 
-class MapJob(Job):
+class MapJob(Job[list[tp.Any]]):
     """The jobs computing the missing items of a map node (its chunks, sent as one array;
     none when every item was cached): done once every item is cached; its result is the
     outputs in item order (an item's cached error raises, as ``node.result()`` does)."""

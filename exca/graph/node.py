@@ -385,6 +385,8 @@ Input = tuple[str, "Node | Value | Group"]  # (parameter name, what feeds it)
 if tp.TYPE_CHECKING:  # (a default: a bare `Node` annotation is a Node[Any])
     from typing_extensions import TypeVar
 
+    from .jobs import Job
+
     Out = TypeVar("Out", default=tp.Any)
 else:
     Out = tp.TypeVar("Out")
@@ -635,7 +637,7 @@ class Node(tp.Generic[Out]):
 
         return failure(self)
 
-    def job(self) -> tp.Any:
+    def job(self) -> Job[Out]:
         from .api import job
 
         return job(self)
