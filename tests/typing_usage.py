@@ -91,6 +91,15 @@ class Embedder(pydantic.BaseModel):
             yield np.full(self.dim, item)
 
 
+class Squares(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)  # (as the docs: a list, called with any iterable)
+    def run(self, items: list[int]) -> tp.Iterator[dict[str, tp.Any]]:
+        for item in items:
+            yield {"square": item**2}
+
+
 def map_items(folder: Path) -> None:
     embedder = Embedder(infra=exca.MapInfra(folder=folder))
     # revealed: typing.Iterator[numpy.ndarray[tuple[Any, ...], numpy.dtype[Any]]]
@@ -99,6 +108,14 @@ def map_items(folder: Path) -> None:
     embedder.embed(["a"])  # type: ignore[list-item]
     # revealed: str
     tp.reveal_type(embedder.infra.item_uid(3))
+    squares = Squares(infra=exca.MapInfra(folder=folder))
+    # revealed: typing.Iterator[dict[str, Any]]
+    tp.reveal_type(squares.run(range(13)))
+    # revealed: typing.Iterator[dict[str, Any]]
+    tp.reveal_type(squares.run(items=(i for i in range(3))))
+    squares.run(items=["a"])  # type: ignore[list-item]
+    # revealed: list[dict[str, Any]]
+    tp.reveal_type(squares.run.node([1, 2]).result())
 
 
 def pipeline(folder: Path) -> None:

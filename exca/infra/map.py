@@ -27,10 +27,11 @@ from .resources import SubmititMixin
 from .task import MethodCall, chained_nodes
 
 logger = logging.getLogger("exca")
-# (what a user's type checker sees of a decorated method: the config type, the items
-# parameter and the output type; obj.method(items) is an Iterator of those outputs)
+# (what a user's type checker sees of a decorated method: the config type, the type of
+# one item and of one output; obj.method(items) takes any iterable of such items, as a
+# call does, and is an Iterator of those outputs)
 S = tp.TypeVar("S")
-P = tp.ParamSpec("P")
+I = tp.TypeVar("I")  # noqa: E741
 O = tp.TypeVar("O")  # noqa: E741
 O_co = tp.TypeVar("O_co", covariant=True)
 # (lower case: a string annotation, under `from __future__ import annotations`, may say
@@ -117,13 +118,13 @@ class ItemUid:
         return uids
 
 
-class MapMethod(InfraMethod, tp.Generic[S, P, O]):
+class MapMethod(InfraMethod, tp.Generic[S, I, O]):
     """``@infra.apply(item_uid=...)`` of a MapInfra: ``obj.method`` is a ``BoundMap``."""
 
     def __init__(
         self,
         infra: BaseInfra,
-        func: tp.Callable[tp.Concatenate[S, P], tp.Iterable[O]],
+        func: tp.Callable[[S, tp.Any], tp.Iterable[O]],
         **options: tp.Any,
     ) -> None:
         check_plain_method(func)
@@ -173,28 +174,32 @@ class MapMethod(InfraMethod, tp.Generic[S, P, O]):
     if tp.TYPE_CHECKING:  # (InfraMethod.__get__ at runtime: these say what it returns)
 
         @tp.overload
-        def __get__(self, obj: None, objtype: tp.Any = None) -> MapMethod[S, P, O]: ...
+        def __get__(self, obj: None, objtype: tp.Any = None) -> MapMethod[S, I, O]: ...
         @tp.overload
-        def __get__(self, obj: S, objtype: tp.Any = None) -> BoundMap[P, O]: ...
+        def __get__(self, obj: S, objtype: tp.Any = None) -> BoundMap[I, O]: ...
         def __get__(self, obj: tp.Any, objtype: tp.Any = None) -> tp.Any: ...
 
-    def bound(self, obj: tp.Any) -> BoundMap[P, O]:
+    def bound(self, obj: tp.Any) -> BoundMap[I, O]:
         return BoundMap(self, obj)
 
 
-class BoundMap(tp.Generic[P, O_co]):
+class BoundMap(tp.Generic[I, O_co]):
     """``obj.method``: ``obj.method(items)`` computes every missing item, then returns a lazy
     iterator over the outputs in input order (duplicates repeated)."""
 
     __slots__ = ("method", "obj")
 
-    def __init__(self, method: MapMethod[tp.Any, P, O_co], obj: pydantic.BaseModel) -> None:
+    def __init__(self, method: MapMethod[tp.Any, I, O_co], obj: pydantic.BaseModel) -> None:
         self.method = method
         self.obj = obj
 
     __reduce__ = reduce_bound
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> tp.Iterator[O_co]:
+    @tp.overload
+    def __call__(self, items: tp.Iterable[I] | Node, /) -> tp.Iterator[O_co]: ...
+    @tp.overload  # (by the name of the method's parameter, which a checker cannot see)
+    def __call__(self, **items: tp.Iterable[I] | Node) -> tp.Iterator[O_co]: ...
+    def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Iterator[O_co]:
         method = self.method
         if method.shadowed and method.overridden_on(self.obj):  # (super().method(items))
             return iter(method.func(self.obj, *args, **kwargs))
@@ -287,7 +292,7 @@ class BoundMap(tp.Generic[P, O_co]):
         codeprint.check_items(node.cache, uids, method.func, node.uid)
         return _refilled(infra, items, uids, node.cache.values_of(uids, where=node.uid))
 
-    def node(self, items: tp.Iterable[tp.Any] | Node) -> Node[list[O_co]]:
+    def node(self, items: tp.Iterable[I] | Node) -> Node[list[O_co]]:
         """The graph node of this map over items (a list, or an upstream node producing the
         list); nothing runs. It shares its per-item cache with eager calls. It keeps a copy
         of the list: adding or removing items afterwards does not change the node."""
@@ -417,6 +422,28 @@ def _refilling(
         values = node.cache.values_of(uids[position:], where=node.uid)
 
 
+if tp.TYPE_CHECKING:
+
+    class MapDecorator(tp.Protocol):
+        """What ``@infra.apply(item_uid=...)`` is for a type checker: the item type is
+        read from the items parameter's annotation (a list, tuple, Sequence, Iterable or
+        Iterator of items, as the runtime check asks; no catch-all: with one, an output
+        type holding Any, e.g. np.ndarray, made mypy type the method Any)."""
+
+        @tp.overload
+        def __call__(
+            self, func: tp.Callable[[S, list[I]], tp.Iterable[O]], /
+        ) -> MapMethod[S, I, O]: ...
+        @tp.overload
+        def __call__(
+            self, func: tp.Callable[[S, tuple[I, ...]], tp.Iterable[O]], /
+        ) -> MapMethod[S, I, O]: ...
+        @tp.overload
+        def __call__(
+            self, func: tp.Callable[[S, tp.Iterator[I]], tp.Iterable[O]], /
+        ) -> MapMethod[S, I, O]: ...
+
+
 class MapInfra(BaseInfra, SubmititMixin):
     """Per-item cache of a method ``(self, items) -> Iterator[output]``:
     ``@infra.apply(item_uid=str)``. A call computes the missing items (in this process, a
@@ -440,7 +467,7 @@ class MapInfra(BaseInfra, SubmititMixin):
         exclude_from_cache_uid: tp.Any = (),
         cache_type: str | None = None,
         chain_subconfigs: bool = True,
-    ) -> tp.Callable[[tp.Callable[tp.Concatenate[S, P], tp.Iterable[O]]], MapMethod[S, P, O]]:
+    ) -> MapDecorator:
         """Decorate a map method; ``item_uid(item) -> str`` names each item's cache entry.
         ``chain_subconfigs=False`` stops sub-configs' task methods from being computed first
         (see the pipelines docs)."""
@@ -451,9 +478,7 @@ class MapInfra(BaseInfra, SubmititMixin):
         if item_uid is None:
             raise TypeError("MapInfra.apply requires item_uid (a function item -> unique str)")
 
-        def decorate(
-            func: tp.Callable[tp.Concatenate[S, P], tp.Iterable[O]],
-        ) -> MapMethod[S, P, O]:
+        def decorate(func: tp.Callable[[S, tp.Any], tp.Iterable[O]]) -> MapMethod[S, tp.Any, O]:
             return MapMethod(
                 self,
                 func,
@@ -464,7 +489,7 @@ class MapInfra(BaseInfra, SubmititMixin):
                 chain_subconfigs=chain_subconfigs,
             )
 
-        return decorate
+        return tp.cast("MapDecorator", decorate)
 
     def _check_settings(self) -> None:
         super()._check_settings()
