@@ -1586,6 +1586,60 @@ def test_explain_says_what_feeds_each_node_as_the_plan_does(tmp_path: Path) -> N
     assert explained[sources[0].uid].inputs is None  # (fed by nothing)
 
 
+SCORED: list[int] = []  # the items CountedScores computed (this process)
+
+
+class CountedScores(pydantic.BaseModel):
+    """A map whose items come from an upstream task (a training's checkpoints, say)."""
+
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def score(self, checkpoints: list[int]) -> tp.Iterator[int]:
+        for item in checkpoints:
+            SCORED.append(item)
+            yield -item
+
+
+def test_explain_names_the_upstream_change_that_changed_a_maps_items(tmp_path: Path) -> None:
+    """A map fed by a task whose config changed (a retrained model feeding its evaluation)
+    was explained as "items known at run time (3 item(s) are cached for this config)", and
+    what it fed as `inputs.values.items 'items-8d3c…' → 'items-51e0…'`: neither said which
+    upstream changed, nor how. Both compare the upstream with the one that fed the cached
+    items (their provenance names it): `items.n 3 → 4` (a probe)."""
+    root = tmp_path / "cache"
+
+    def pipeline(n: int) -> tuple[exca.graph.Node, exca.graph.Node, exca.graph.Node]:
+        source = Source(n=n, infra={"folder": root}).make.node()
+        scores = CountedScores(infra={"folder": root}).score.node(source)
+        return source, scores, Total(infra={"folder": root}).total.node(scores)
+
+    exca.graph.run(pipeline(3)[2])
+    SCORED.clear()
+    source, scores, total = pipeline(4)
+    explained = {e.uid: e for e in exca.ops.explain(total)}
+    why = explained[scores.uid]
+    assert why.diff == [("items.n", 3, 4)]
+    assert why.items_from == pipeline(3)[0].uid
+    assert why.summary() == (
+        "items known at run time, from an upstream new to this config: items.n 3 → 4 against "
+        "the nearest one that fed its cached items (3 item(s) are cached for this config: only "
+        "the missing ones are computed)"
+    )
+    assert f"nearest cached: the items from {pipeline(3)[0].uid}" in str(why)
+    assert explained[total.uid].diff == [("inputs.values.items.n", 3, 4)]
+    # the upstream computed, the items known: the new ones named, with the change
+    exca.graph.run(source)
+    (why,) = [e for e in exca.ops.explain(total) if e.uid == scores.uid]
+    assert why.summary() == (
+        "1/4 missing, new ones, from an upstream new to this config: items.n 3 → 4 against "
+        "the nearest one that fed its cached items"
+    )
+    # what runs: the new item only (the others are cached for this config)
+    exca.graph.run(total)
+    assert total.result() == -12 and SCORED == [3]
+
+
 class Labelled(pydantic.BaseModel):
     name: str = "x"
     infra: exca.TaskInfra = exca.TaskInfra(version="1")

@@ -7,6 +7,7 @@ with the nearest cached config of the same method (any version):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
 import shlex
@@ -18,9 +19,11 @@ from ..graph.decisions import FORCED_ITEMS_LATER, NodeRun
 from ..graph.errors import JobFailedError, named_items
 from ..graph.node import INPUTS_PREFIX, Group, Node, Value
 from ..graph.planning import Plan, PlanEntry
+from ..graph.worker import MAP_REF
 from ..infra.task import INPUTS_FILE
 from ..infra.uidfolder import FULL_UID_FILE, UID_FILE, read_yaml, same_value
 from ..storage.cachedict import inspecting_view, keeping_files
+from ..storage.index import meta_of
 from .inspect import group_entries, input_folders, without_links_to_siblings
 
 _MISSING: tp.Any = "<absent>"
@@ -49,6 +52,9 @@ class Explanation:
     # what feeds a call with inputs (or a map its items), as the plan says it: the
     # evaluations of a sweep, all <step>/default/items-<digest>, looked alike
     inputs: str | None = None
+    # a map fed by a node: the node that fed the cached items of its config nearest to
+    # its own (``diff`` then says how they differ: ``items.lr 0.2 → 0.3``)
+    items_from: str | None = None
 
     def _migration(self, steps: list[str]) -> str:
         """How to migrate the cache when a single former step is of another class with
@@ -119,6 +125,8 @@ class Explanation:
             text += f"\n    nearest cached: {self.nearest}"
             if self.equally_near:
                 text += f" (and {self.equally_near} other cached config(s) as near)"
+        if self.items_from is not None:
+            text += f"\n    nearest cached: the items from {self.items_from}"
         if self.inputs:
             text += f"\n    inputs: {self.inputs}"
         return text
@@ -224,6 +232,47 @@ class _InputConfigs:
         self.own: dict[tuple[str, str], dict[str, tp.Any]] = {}  # wanted nodes, by key
         self.files: dict[Path, tp.Any] = {}  # yaml files read (explaining a sweep of n
         self.results: dict[Path, bool] = {}  # calls read each sibling's n times)
+        self.fed: dict[tuple[Path, str], list[str]] = {}  # map folders' feeders
+
+    def feeders(self, root: Path, path: str, depth: int = 0) -> list[str]:
+        """The uids of the nodes that fed the items cached in the map folder ``root/path``
+        (their provenance: a task's uid; a map's folder, its uid rebuilt from what fed
+        that map), each once, in the order first met."""
+        key = (root, path)
+        if key in self.fed:
+            return self.fed[key]
+        self.fed[key] = []  # (a cycle, which provenance has not)
+        out: dict[str, None] = {}
+        try:
+            cache = inspecting_view(root / path)
+            records = cache.records(cache.keys())
+            last: tp.Any = None
+            for record in records:
+                meta = None if record is None else meta_of(record)
+                if meta is last:  # (a run of items of one writer shares it)
+                    continue
+                last = meta
+                up = meta.get("up") if isinstance(meta, dict) else None
+                for uid, ref in (up or {}).items() if isinstance(up, dict) else ():
+                    if ref != MAP_REF:
+                        out[str(uid)] = None
+                    elif depth < _INPUT_DEPTH:  # (a map feeding it: its uid by its feeders)
+                        for source in self.feeders(root, str(uid), depth + 1):
+                            out[f"{uid}/{_ITEMS_PREFIX}{_digest('from:' + source)}"] = None
+        except Exception:  # (unreadable: no feeder known from there)
+            pass
+        self.fed[key] = list(out)
+        return self.fed[key]
+
+    def items_source(self, root: Path, uid: str) -> str | None:
+        """The uid of the node that fed the map node ``uid`` (<step>/<config>/items-<digest>)
+        its items, when its config's cached items record it (None: items given as a list,
+        or not found)."""
+        path, _, items = uid.rpartition("/")
+        for source in self.feeders(root, path):
+            if _ITEMS_PREFIX + _digest("from:" + source) == items:
+                return source
+        return None
 
     def yaml(self, path: Path) -> tp.Any:
         """A yaml file's content (None: missing or unreadable), read once."""
@@ -260,6 +309,14 @@ class _InputConfigs:
                 elif inputs or given:
                     want["inputs"] = wanted.inputs_uid or _MISSING
                     had["inputs"] = inputs or _MISSING
+                source = None
+                if isinstance(wanted.items, Node) and depth < _INPUT_DEPTH:
+                    source = self.items_source(Path(wanted.root), recorded)
+                if source is not None:  # (a map fed by a node: by that node's config)
+                    del want["items"], had["items"]
+                    sub = self.compare(wanted.items, source, depth + 1)
+                    want.update(_prefixed("items", sub[0]))
+                    had.update(_prefixed("items", sub[1]))
                 return want, had
         if isinstance(wanted, Group) and isinstance(recorded, str) and depth < _INPUT_DEPTH:
             entries = group_entries(recorded, wanted.keys is not None)
@@ -319,6 +376,11 @@ class _InputConfigs:
                     out["items"] = rest[0]
         self.read[root, uid] = out
         return out
+
+
+def _digest(text: str) -> str:
+    """The digest of a node's ``items-``/``inputs-`` folder name (see node.items_uid)."""
+    return hashlib.md5(text.encode("utf8", "surrogatepass")).hexdigest()[:8]
 
 
 def _entry_order(name: str) -> tuple[int, str]:
@@ -453,6 +515,9 @@ def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Exp
                 # plainly, with their names, rather than as two notes in parentheses)
                 explanation.reason = _missing_and_failed(run.uids, run.todo or (), node.folder)
                 return explanation
+            if _items_changed(explanation, node, inputs):
+                explanation.reason = f"{entry.reason}, new ones{explanation.reason}"
+                return explanation
             explanation.reason += (
                 " (not computed for this config yet, or not finished: its other items are cached)"
             )
@@ -467,7 +532,10 @@ def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Exp
                     if node.mode == "read-only"
                     else "only the missing ones are computed"
                 )
-                explanation.reason += f" ({cached} item(s) are cached for this config: {then})"
+                said = f" ({cached} item(s) are cached for this config: {then})"
+                if _items_changed(explanation, node, inputs):
+                    said = explanation.reason + said
+                explanation.reason = entry.reason + said
                 return explanation
         # its own folder, left without a result: no other config's differences to show
         # (a map's folder holding other items, even errors only, is in use: its counts tell)
@@ -484,6 +552,10 @@ def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Exp
                     f"{entry.reason}: its folder exists but holds no {what} ({why})"
                 )
                 return explanation
+        if node.kind == "map" and _items_changed(explanation, node, inputs):
+            # (its config's folder holds the items of other upstreams: not another config)
+            explanation.reason = entry.reason + explanation.reason
+            return explanation
         folder, explanation.diff, explanation.equally_near = nearest_cached(node, inputs)
         explanation.nearest = None if folder is None else str(folder)
         if folder is None:
@@ -494,6 +566,42 @@ def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Exp
         elif not explanation.diff:
             explanation.legacy = node.legacy_name is not None and folder.name == node.legacy_name()
     return explanation
+
+
+def _items_changed(explanation: Explanation, node: Node, inputs: _InputConfigs) -> bool:
+    """For a map fed by a node other than those that fed its config's cached items: sets
+    the explanation's ``items_from`` (the nearest of those) and ``diff`` (``items.lr 0.2 →
+    0.3``), and its reason to what follows the plan's (False: not so, nothing set). A map
+    fed by a retrained model said "items known at run time" only: not which training
+    changed, nor how."""
+    source = node.items
+    if not isinstance(source, Node) or node.root is None or source.uid_config is None:
+        return False
+    fed = inputs.feeders(Path(node.root), node.path)
+    if not fed or source.uid in fed:
+        return False
+    method = source.step.partition(",")[0]
+    alike = [uid for uid in fed if uid.partition(",")[0] == method] or fed
+    best: tuple[int, str, list[tuple[str, tp.Any, tp.Any]]] | None = None
+    for uid in alike:
+        want, had = inputs.compare(source, uid)
+        want, had = _prefixed("items", want), _prefixed("items", had)
+        diff = [
+            (key, had.get(key, _MISSING), want.get(key, _MISSING))
+            for key in sorted(set(want) | set(had))
+            if not same_value(had.get(key, _MISSING), want.get(key, _MISSING))
+        ]
+        if best is None or len(diff) < best[0]:
+            best = (len(diff), uid, diff)
+    if best is None or not best[2]:
+        return False
+    explanation.items_from, explanation.diff = best[1], best[2]
+    changes = ", ".join(f"{k} {_show(a)} → {_show(b)}" for k, a, b in best[2])
+    explanation.reason = (
+        f", from an upstream new to this config: {changes} against the nearest one that fed "
+        "its cached items"
+    )
+    return True
 
 
 def namesakes(node: Node) -> list[str]:
