@@ -1640,6 +1640,28 @@ def test_explain_names_the_upstream_change_that_changed_a_maps_items(tmp_path: P
     assert total.result() == -12 and SCORED == [3]
 
 
+def test_explain_of_a_map_forced_by_its_upstream_counts_the_items_that_upstream_fed(
+    tmp_path: Path,
+) -> None:
+    """A map fed by a forced task said "the cached ones are computed again too (4 item(s)
+    are cached for this config)": all of its config's items, while only those of this
+    upstream's output are (a probe)."""
+    root = tmp_path / "cache"
+    for n in (3, 4):  # (n=4 computes its one new item: 3)
+        source = Source(n=n, infra={"folder": root}).make.node()
+        exca.graph.run(CountedScores(infra={"folder": root}).score.node(source))
+    SCORED.clear()
+    forced = Source(n=3, infra={"folder": root, "mode": "force"}).make.node()
+    scores = CountedScores(infra={"folder": root}).score.node(forced)
+    (why,) = [e for e in exca.ops.explain(scores) if e.uid == scores.uid]
+    assert why.summary() == (
+        "forced by upstream: items known at run time, the cached ones are computed again too "
+        "(4 item(s) are cached for this config, 3 of them computed from this upstream before)"
+    )
+    exca.graph.run(scores)
+    assert SCORED == [0, 1, 2]
+
+
 class Labelled(pydantic.BaseModel):
     name: str = "x"
     infra: exca.TaskInfra = exca.TaskInfra(version="1")

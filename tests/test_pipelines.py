@@ -1933,7 +1933,9 @@ def test_plan_of_a_map_forced_by_upstream_with_items_known_at_run_time(env: Env)
         "forced by upstream: items known at run time, the cached ones are computed again too"
     )
     (explained,) = [e for e in exca.ops.explain(forced) if e.uid == forced.uid]
-    assert explained.summary() == entry.reason + " (3 item(s) are cached for this config)"
+    assert explained.summary() == entry.reason + (
+        " (3 item(s) are cached for this config, 3 of them computed from this upstream before)"
+    )
     exca.graph.run(forced)
     assert len([n for n in started(env.log) if n.startswith("square")]) == 6  # 3, then 3 again
     # the map in mode force itself: said so

@@ -232,37 +232,41 @@ class _InputConfigs:
         self.own: dict[tuple[str, str], dict[str, tp.Any]] = {}  # wanted nodes, by key
         self.files: dict[Path, tp.Any] = {}  # yaml files read (explaining a sweep of n
         self.results: dict[Path, bool] = {}  # calls read each sibling's n times)
-        self.fed: dict[tuple[Path, str], list[str]] = {}  # map folders' feeders
+        self.fed: dict[tuple[Path, str], dict[str, int]] = {}  # map folders' feeders
 
-    def feeders(self, root: Path, path: str, depth: int = 0) -> list[str]:
+    def feeders(self, root: Path, path: str, depth: int = 0) -> dict[str, int]:
         """The uids of the nodes that fed the items cached in the map folder ``root/path``
         (their provenance: a task's uid; a map's folder, its uid rebuilt from what fed
-        that map), each once, in the order first met."""
+        that map), in the order first met, each with how many of the items it fed (0 for
+        a map's: its items' provenance does not say which of them)."""
         key = (root, path)
         if key in self.fed:
             return self.fed[key]
-        self.fed[key] = []  # (a cycle, which provenance has not)
-        out: dict[str, None] = {}
+        self.fed[key] = {}  # (a cycle, which provenance has not)
+        out: dict[str, int] = {}
         try:
             cache = inspecting_view(root / path)
-            records = cache.records(cache.keys())
             last: tp.Any = None
-            for record in records:
+            direct: list[str] = []
+            for record in cache.records(cache.keys()):
                 meta = None if record is None else meta_of(record)
-                if meta is last:  # (a run of items of one writer shares it)
-                    continue
-                last = meta
-                up = meta.get("up") if isinstance(meta, dict) else None
-                for uid, ref in (up or {}).items() if isinstance(up, dict) else ():
-                    if ref != MAP_REF:
-                        out[str(uid)] = None
-                    elif depth < _INPUT_DEPTH:  # (a map feeding it: its uid by its feeders)
-                        for source in self.feeders(root, str(uid), depth + 1):
-                            out[f"{uid}/{_ITEMS_PREFIX}{_digest('from:' + source)}"] = None
+                if meta is not last:  # (a run of items of one writer shares it)
+                    last, direct = meta, []
+                    up = meta.get("up") if isinstance(meta, dict) else None
+                    for uid, ref in up.items() if isinstance(up, dict) else ():
+                        if ref != MAP_REF:
+                            direct.append(str(uid))
+                        elif depth < _INPUT_DEPTH:  # (a map feeding it: by its feeders)
+                            for source in self.feeders(root, str(uid), depth + 1):
+                                out.setdefault(
+                                    f"{uid}/{_ITEMS_PREFIX}{_digest('from:' + source)}", 0
+                                )
+                for uid in direct:
+                    out[uid] = out.get(uid, 0) + 1
         except Exception:  # (unreadable: no feeder known from there)
             pass
-        self.fed[key] = list(out)
-        return self.fed[key]
+        self.fed[key] = out
+        return out
 
     def items_source(self, root: Path, uid: str) -> str | None:
         """The uid of the node that fed the map node ``uid`` (<step>/<config>/items-<digest>)
@@ -498,7 +502,13 @@ def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Exp
         # (forced, items known at run time: how many of its cached items may be redone)
         cached = _result_count(node.folder)
         if cached:
-            explanation.reason += f" ({cached} item(s) are cached for this config)"
+            explanation.reason += f" ({cached} item(s) are cached for this config"
+            source = node.items
+            if isinstance(source, Node) and node.root is not None:
+                # (those its upstream fed before: likely the ones computed again, not all)
+                fed = inputs.feeders(Path(node.root), node.path).get(source.uid, 0)
+                explanation.reason += f", {fed} of them computed from this upstream before"
+            explanation.reason += ")"
         return explanation
     # (read-only: the same comparison, what a call computing it would compute)
     # (a read-only map's items left missing by a job that ended: its reason says how)
