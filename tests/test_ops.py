@@ -1662,6 +1662,46 @@ def test_explain_of_a_map_forced_by_its_upstream_counts_the_items_that_upstream_
     assert SCORED == [0, 1, 2]
 
 
+class CountedSquares(pydantic.BaseModel):
+    offset: int = 0
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def square(self, items: list[int]) -> tp.Iterator[int]:
+        for x in items:
+            SCORED.append(x)
+            yield x * x + self.offset
+
+
+def test_explain_of_cleared_map_items_names_no_other_config(tmp_path: Path) -> None:
+    """The items of a map node cleared (node.clear()) while its config holds other items
+    were explained as another config's: "2/2 missing: config differs from the nearest
+    cached one: offset 1 → 0", a change nobody made; only some of them: "not computed for
+    this config yet, or not finished". Their removal is in the index: said so (a probe)."""
+    root = tmp_path / "cache"
+    for offset in (0, 1):
+        CountedSquares(offset=offset, infra={"folder": root}).square([1, 2, 3])
+    CountedSquares(infra={"folder": root}).square.node([1, 2]).clear()
+    SCORED.clear()
+    cleared = CountedSquares(infra={"folder": root}).square.node([1, 2])
+    (why,) = exca.ops.explain(cleared)
+    assert why.nearest is None and why.diff == []
+    removed = "'1', '2': computed before, then removed (node.clear(), exca clean, or a forced run "
+    assert why.summary() == (
+        f"2/2 missing ({removed}cut short); 1 other item(s) are cached for this config)"
+    )
+    (why,) = exca.ops.explain(CountedSquares(infra={"folder": root}).square.node([1, 2, 3]))
+    assert why.summary() == f"2/3 missing ({removed}cut short); its other items are cached)"
+    # new items of a config holding others: not another config either
+    (why,) = exca.ops.explain(CountedSquares(infra={"folder": root}).square.node([7]))
+    assert why.nearest is None and why.summary() == (
+        "1/1 missing (not computed for this config yet, or not finished; 1 other item(s) are "
+        "cached for this config)"
+    )
+    exca.graph.run(CountedSquares(infra={"folder": root}).square.node([1, 2, 3]))
+    assert SCORED == [1, 2]
+
+
 class Labelled(pydantic.BaseModel):
     name: str = "x"
     infra: exca.TaskInfra = exca.TaskInfra(version="1")

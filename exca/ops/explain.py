@@ -528,8 +528,12 @@ def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Exp
             if _items_changed(explanation, node, inputs):
                 explanation.reason = f"{entry.reason}, new ones{explanation.reason}"
                 return explanation
+            removed = _removed_items(node.folder, run.todo or ())
             explanation.reason += (
-                " (not computed for this config yet, or not finished: its other items are cached)"
+                f" ({_removed_said(removed, run.todo or ())}; its other items are cached)"
+                if removed
+                else " (not computed for this config yet, or not finished: its other items "
+                "are cached)"
             )
             return explanation
         if run.uids is None and node.kind == "map" and node.folder is not None:
@@ -566,6 +570,16 @@ def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Exp
             # (its config's folder holds the items of other upstreams: not another config)
             explanation.reason = entry.reason + explanation.reason
             return explanation
+        if node.kind == "map" and run.uids is not None and node.folder is not None:
+            cached = _result_count(node.folder)
+            if cached:  # (its config is cached, for other items: not another config)
+                removed = _removed_items(node.folder, run.todo or ())
+                explanation.reason += (
+                    f" ({_removed_said(removed, run.todo or ())}"
+                    if removed
+                    else " (not computed for this config yet, or not finished"
+                ) + f"; {cached} other item(s) are cached for this config)"
+                return explanation
         folder, explanation.diff, explanation.equally_near = nearest_cached(node, inputs)
         explanation.nearest = None if folder is None else str(folder)
         if folder is None:
@@ -576,6 +590,44 @@ def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Exp
         elif not explanation.diff:
             explanation.legacy = node.legacy_name is not None and folder.name == node.legacy_name()
     return explanation
+
+
+def _removed_items(folder: Path | None, keys: tp.Sequence[str]) -> list[str]:
+    """Which of these missing items were cached in the folder and removed since: their
+    index files hold a removal of theirs (node.clear(), exca clean; a compaction drops it)."""
+    import orjson
+
+    from ..storage.index import INDEX_SUFFIX
+
+    wanted = set(keys)
+    if folder is None or not wanted:
+        return []
+    gone: set[str] = set()
+    try:
+        names = [n for n in os.listdir(folder) if n.endswith(INDEX_SUFFIX)]
+        for name in names:
+            with open(folder / name, "rb") as file:
+                for line in file:
+                    if b'"#del"' in line:  # (a removal's line: {"#del": key, "#of": ...})
+                        try:
+                            key = orjson.loads(line).get("#del")
+                        except (orjson.JSONDecodeError, AttributeError):
+                            continue
+                        if key in wanted:
+                            gone.add(key)
+    except OSError:  # (a file compacted away meanwhile: what was read)
+        pass
+    return [k for k in dict.fromkeys(keys) if k in gone]
+
+
+def _removed_said(removed: list[str], todo: tp.Sequence[str]) -> str:
+    """Missing items computed before: removed since, not new items nor another config (a
+    map node cleared was explained as a config that differs from another one)."""
+    count = "" if len(removed) == len(set(todo)) else f"{len(removed)} of them, "
+    return (
+        f"{count}{named_items(removed)}: computed before, then removed (node.clear(), "
+        "exca clean, or a forced run cut short)"
+    )
 
 
 def _items_changed(explanation: Explanation, node: Node, inputs: _InputConfigs) -> bool:
