@@ -22,7 +22,7 @@ from ..graph.planning import Plan, PlanEntry
 from ..graph.worker import MAP_REF
 from ..infra.task import INPUTS_FILE
 from ..infra.uidfolder import FULL_UID_FILE, UID_FILE, read_yaml, same_value
-from ..storage.cachedict import inspecting_view, keeping_files
+from ..storage.cachedict import CacheDict, inspecting_view, keeping_files
 from ..storage.index import meta_of
 from .inspect import group_entries, input_folders, without_links_to_siblings
 
@@ -233,6 +233,13 @@ class _InputConfigs:
         self.files: dict[Path, tp.Any] = {}  # yaml files read (explaining a sweep of n
         self.results: dict[Path, bool] = {}  # calls read each sibling's n times)
         self.fed: dict[tuple[Path, str], dict[str, int]] = {}  # map folders' feeders
+        self.views: dict[Path, CacheDict[tp.Any]] = {}  # (a map's index read once)
+
+    def view(self, folder: Path) -> CacheDict[tp.Any]:
+        """An inspecting view of a node folder, one per folder (its index read once)."""
+        if folder not in self.views:
+            self.views[folder] = inspecting_view(folder)
+        return self.views[folder]
 
     def feeders(self, root: Path, path: str, depth: int = 0) -> dict[str, int]:
         """The uids of the nodes that fed the items cached in the map folder ``root/path``
@@ -245,7 +252,7 @@ class _InputConfigs:
         self.fed[key] = {}  # (a cycle, which provenance has not)
         out: dict[str, int] = {}
         try:
-            cache = inspecting_view(root / path)
+            cache = self.view(root / path)
             last: tp.Any = None
             direct: list[str] = []
             for record in cache.records(cache.keys()):
@@ -286,7 +293,7 @@ class _InputConfigs:
 
     def has_results(self, folder: Path) -> bool:
         if folder not in self.results:
-            self.results[folder] = _has_results(folder)
+            self.results[folder] = _result_count(self.view(folder)) > 0
         return self.results[folder]
 
     def compare(
@@ -455,13 +462,8 @@ def _why_empty(folder: Path) -> str:
     return said
 
 
-def _has_results(folder: Path) -> bool:
-    return _result_count(folder) > 0
-
-
-def _result_count(folder: Path) -> int:
+def _result_count(cache: CacheDict[tp.Any]) -> int:
     """How many entries of a node folder hold a result (not a cached error)."""
-    cache = inspecting_view(folder)
     keys = cache.keys()  # (not entries_info: a copy of each record, see index.META)
     return len(keys) - len(cache.error_keys(keys))
 
@@ -500,7 +502,7 @@ def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Exp
     )
     if entry.reason.endswith(FORCED_ITEMS_LATER) and node.folder is not None:
         # (forced, items known at run time: how many of its cached items may be redone)
-        cached = _result_count(node.folder)
+        cached = _result_count(inputs.view(node.folder))
         if cached:
             explanation.reason += f" ({cached} item(s) are cached for this config"
             source = node.items
@@ -539,7 +541,7 @@ def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Exp
         if run.uids is None and node.kind == "map" and node.folder is not None:
             # items known at run time: the items of this config already cached are reused
             # then, whichever they are (not a config that differs from another one)
-            cached = _result_count(node.folder)
+            cached = _result_count(inputs.view(node.folder))
             if cached:
                 then = (
                     "a missing one fails"
@@ -554,7 +556,7 @@ def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Exp
         # its own folder, left without a result: no other config's differences to show
         # (a map's folder holding other items, even errors only, is in use: its counts tell)
         if node.folder is not None and node.folder.is_dir():
-            if node.kind == "task" and not _has_results(node.folder):
+            if node.kind == "task" and not inputs.has_results(node.folder):
                 what = "result"
             elif node.kind == "map" and not inspecting_view(node.folder).entries_info():
                 what = "item"
@@ -571,7 +573,7 @@ def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Exp
             explanation.reason = entry.reason + explanation.reason
             return explanation
         if node.kind == "map" and run.uids is not None and node.folder is not None:
-            cached = _result_count(node.folder)
+            cached = _result_count(inputs.view(node.folder))
             if cached:  # (its config is cached, for other items: not another config)
                 removed = _removed_items(node.folder, run.todo or ())
                 explanation.reason += (
