@@ -1640,6 +1640,38 @@ def test_explain_names_the_upstream_change_that_changed_a_maps_items(tmp_path: P
     assert total.result() == -12 and SCORED == [3]
 
 
+class Checkpoints(pydantic.BaseModel):
+    """A training of a sweep: its checkpoints are the items of its evaluation map."""
+
+    lr: float = 0.1
+    depth: int = 2
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def fit(self) -> list[int]:
+        return [int(self.lr * 100) + self.depth]
+
+
+def test_explain_of_a_sweeps_evaluation_names_the_change_its_training_names(
+    tmp_path: Path,
+) -> None:
+    """Of equally near trainings, the evaluation of a new one was compared with the first
+    met in its config's items (`items.lr 0.1 → 0.3`) while the training itself was
+    compared with the first by folder name (`lr 0.2 → 0.3`): both now the first by name."""
+    root = tmp_path / "cache"
+
+    def evaluation(lr: float, depth: int) -> tuple[exca.graph.Node, exca.graph.Node]:
+        train = Checkpoints(lr=lr, depth=depth, infra={"folder": root}).fit.node()
+        return train, CountedScores(infra={"folder": root}).score.node(train)
+
+    exca.graph.run(*(evaluation(lr, d)[1] for lr in (0.1, 0.2) for d in (2, 3)))
+    train, scores = evaluation(0.3, 3)
+    explained = {e.uid: e for e in exca.ops.explain(scores)}
+    assert explained[train.uid].diff == [("lr", 0.2, 0.3)]
+    assert explained[scores.uid].diff == [("items.lr", 0.2, 0.3)]
+    assert explained[scores.uid].items_from == evaluation(0.2, 3)[0].uid
+
+
 def test_explain_of_a_map_forced_by_its_upstream_counts_the_items_that_upstream_fed(
     tmp_path: Path,
 ) -> None:

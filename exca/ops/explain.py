@@ -645,7 +645,8 @@ def _items_changed(explanation: Explanation, node: Node, inputs: _InputConfigs) 
     if not fed or source.uid in fed:
         return False
     method = source.step.partition(",")[0]
-    alike = [uid for uid in fed if uid.partition(",")[0] == method] or fed
+    # (sorted: of equally near ones, the first by name, as nearest_cached picks them)
+    alike = sorted([uid for uid in fed if uid.partition(",")[0] == method] or fed)
     best: tuple[int, str, list[tuple[str, tp.Any, tp.Any]]] | None = None
     for uid in alike:
         want, had = inputs.compare(source, uid)
