@@ -4396,3 +4396,34 @@ def test_a_plan_says_what_it_reuses_was_computed_by_other_code_of_a_notebook(
     assert reasons["Data.prepare,1"].startswith("cached, " + said.format("Data.prepare"))
     assert reasons["Square.run,1"].startswith("cached, " + said.format("Square.run"))
     assert "bump the infra's version" in reasons["Square.run,1"]
+
+
+def test_a_plan_of_a_map_with_new_items_says_its_cached_ones_are_of_other_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A notebook's map edited in its cell, then called with one more item: the plan said
+    "1/3 missing" only (explain: "not computed for this config yet"), while the run reuses
+    the two cached items, of the old code (its call warns): the plan's reason says so, as
+    for a map reusing all of its items, and explain keeps it (a probe)."""
+    from exca.graph import codeprint
+
+    monkeypatch.setattr(codeprint, "_ITEMS_CHECKED", {})
+
+    def square(edit: str) -> tp.Any:
+        source = NOTEBOOK_GRAPH_CELL.format(edit=edit)
+        namespace: dict[str, tp.Any] = {"__name__": "__main__"}  # (a notebook's classes)
+        exec(compile(source, "<cell>", "exec", dont_inherit=True), namespace)
+        return namespace["Square"](infra={"folder": tmp_path})
+
+    exca.graph.run(square("").run.node([1, 2]))
+    node = square(" + 100").run.node([1, 2, 3])
+    (entry,) = exca.graph.plan(node).entries
+    said = "; its cached items were computed by other code of Square.run (edited since, or a"
+    assert entry.reason.startswith("1/3 missing" + said), entry.reason
+    (why,) = exca.ops.explain(node)
+    assert why.summary().startswith(
+        "1/3 missing (not computed for this config yet, or not finished: its other items are "
+        "cached)" + said
+    )
+    exca.graph.run(node)  # (what runs: the new item, by the new code; the others reused)
+    assert node.result() == [1, 4, 109]

@@ -30,6 +30,8 @@ from .decisions import (
 from .errors import as_bool, ending_line, shortened
 from .node import POOL_CLUSTERS, SUBMITIT_CLUSTERS, TASK_KEY, Group, Node, single_item_here
 
+# a map computing some items whose cached ones other code computed (see codeprint)
+EDITED_ITEMS = "; its cached items were "
 STATUS_ORDER = ("running", "missing", "forced", "cached error", "stale", "cached", "not needed")
 _MERMAID_STYLE = {
     "cached": "fill:#d4f4d4,stroke:#2e7d32",
@@ -168,6 +170,19 @@ class Plan:
             copied = _copied_job(run)
             if copied is not None:
                 reason = f"{reason} ({copied})"
+        elif node.kind == "map" and run.action == "compute" and run.uids is not None:
+            # (the items it reuses, as a cached map's: the call warns of other code)
+            todo = set(run.todo or ())
+            reused = [u for u in dict.fromkeys(run.uids) if u not in todo]
+            edited = (
+                codeprint.edited_result(
+                    node.cache, codeprint.method_function(node.function), TASK_KEY, reused
+                )
+                if reused
+                else None
+            )
+            if edited:
+                reason = f"{reason}{EDITED_ITEMS}{edited}"
         items = None
         if node.kind == "map" and run.action != "not-needed":
             if run.uids is None:  # (failing: its items could not be read, the reason says why)

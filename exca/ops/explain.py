@@ -18,7 +18,7 @@ from ..confdict import ConfDict
 from ..graph.decisions import FORCED_ITEMS_LATER, NodeRun
 from ..graph.errors import JobFailedError, named_items
 from ..graph.node import INPUTS_PREFIX, Group, Node, Value
-from ..graph.planning import Plan, PlanEntry
+from ..graph.planning import EDITED_ITEMS, Plan, PlanEntry
 from ..graph.worker import MAP_REF
 from ..infra.task import INPUTS_FILE
 from ..infra.uidfolder import FULL_UID_FILE, UID_FILE, read_yaml, same_value
@@ -491,7 +491,13 @@ def explain(*targets: Node, plan: Plan | None = None) -> list[Explanation]:
         for entry in plan.entries:
             if entry.action in ("reuse", "skip") and entry.status != "stale":
                 continue
-            out.append(_explain_entry(entry, runs[entry.uid], inputs))
+            note = ""  # (said last: after what explain adds to the plan's reason)
+            if EDITED_ITEMS in entry.reason:
+                reason, _, edited = entry.reason.partition(EDITED_ITEMS)
+                entry, note = dataclasses.replace(entry, reason=reason), EDITED_ITEMS + edited
+            explanation = _explain_entry(entry, runs[entry.uid], inputs)
+            explanation.reason += note
+            out.append(explanation)
     return out
 
 
