@@ -1702,6 +1702,8 @@ class CountedSquares(pydantic.BaseModel):
     def square(self, items: list[int]) -> tp.Iterator[int]:
         for x in items:
             SCORED.append(x)
+            if x < 0:
+                raise ValueError(f"negative item {x}")
             yield x * x + self.offset
 
 
@@ -1732,6 +1734,37 @@ def test_explain_of_cleared_map_items_names_no_other_config(tmp_path: Path) -> N
     )
     exca.graph.run(CountedSquares(infra={"folder": root}).square.node([1, 2, 3]))
     assert SCORED == [1, 2]
+
+
+def test_plan_counts_a_target_map_raising_its_cached_item_errors_as_failing(
+    tmp_path: Path,
+) -> None:
+    """A map target with a new item and an item whose error is cached (mode cached): the
+    plan's header said "1 missing" and no failure, while the run computes the new item,
+    then raises the cached error. It is counted among those that would fail (a probe)."""
+    root = tmp_path / "cache"
+    with pytest.raises(ValueError, match="negative item -1"):
+        list(CountedSquares(infra={"folder": root}).square([1, -1]))
+    SCORED.clear()
+    node = CountedSquares(infra={"folder": root}).square.node([1, -1, 2])
+    plan = exca.graph.plan(node)
+    assert (
+        str(plan).splitlines()[0] == "Plan: 1 node(s): 1 missing; 1 would fail (see their reason)"
+    )
+    (entry,) = plan.entries
+    assert (entry.action, entry.fails_after) == ("compute", True)
+    assert plan.to_dict()["nodes"][0]["fails_after"] is True
+    with pytest.raises(ValueError, match="negative item -1"):
+        exca.graph.run(node)
+    assert SCORED == [2]  # (the new item computed, then the cached error raised)
+    # in mode retry: computed again, not counted as failing beforehand
+    retried = CountedSquares(infra={"folder": root, "mode": "retry"}).square.node([1, -1, 2])
+    assert "would fail" not in str(exca.graph.plan(retried)).splitlines()[0]
+    # not a target: what reads it fails, counted already
+    total = Total(infra={"folder": root}).total.node(node)
+    plan = exca.graph.plan(total)
+    assert [e.fails_after for e in plan.entries] == [False, False]
+    assert str(plan).splitlines()[0].endswith("; 1 would fail (see their reason)")
 
 
 class Labelled(pydantic.BaseModel):

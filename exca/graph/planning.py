@@ -68,6 +68,9 @@ class PlanEntry:
     # (a node's uid, as in ``uid`` and ``upstream``, or a value's uid), or to a list (a
     # dict, by key) of them (the display text above cuts them: "..., +4 more}")
     input_uids: dict[str, tp.Any] | None = None
+    # a target map that computes its missing items, then raises one of its cached item
+    # errors (mode cached): counted among those that would fail
+    fails_after: bool = False
 
     def to_dict(self) -> dict[str, tp.Any]:
         out = dataclasses.asdict(self)
@@ -232,6 +235,7 @@ class Plan:
             problems=problems,
             inputs=describe_inputs(node) if fed(node) else None,
             input_uids=input_uids(node) if fed(node) else None,
+            fails_after=run.action == "compute" and run.item_errors > 0 and self._is_target(node),
         )
 
     def _unpicklable(self, runs: dict[Key, NodeRun]) -> dict[Key, str]:
@@ -485,7 +489,7 @@ class Plan:
             f"{n} {s}"
             for s, n in sorted(self.counts().items(), key=lambda x: STATUS_ORDER.index(x[0]))
         )
-        failing = sum(e.action == "fail" for e in self.entries)
+        failing = sum(e.action == "fail" or e.fails_after for e in self.entries)
         counts += f"; {failing} would fail (see their reason)" if failing else ""
         lines = [f"Plan: {len(self.entries)} node(s): {counts}"]
         headers = ("status", "action", "node", "where", "reason")
