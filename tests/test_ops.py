@@ -1767,6 +1767,22 @@ def test_plan_counts_a_target_map_raising_its_cached_item_errors_as_failing(
     assert str(plan).splitlines()[0].endswith("; 1 would fail (see their reason)")
 
 
+def test_plan_of_a_map_retrying_its_cached_item_errors_names_them(tmp_path: Path) -> None:
+    """A map in mode retry: its plan said "retry of 2 cached error(s)", not which items a
+    run computes again (its failure names them); it names them now (a probe)."""
+    root = tmp_path / "cache"
+    with pytest.raises(ValueError, match="negative item -1"):
+        list(CountedSquares(infra={"folder": root}).square([1, -1, -2]))
+    SCORED.clear()
+    node = CountedSquares(infra={"folder": root, "mode": "retry"}).square.node([1, -1, -2, 3])
+    (entry,) = exca.graph.plan(node).entries
+    assert entry.reason == "retry of 2 cached error(s) ('-1', '-2') and 1 missing"
+    with pytest.raises(ValueError, match="negative item -1"):
+        exca.graph.run(node)
+    # (a failing item is computed again alone, to tell it from the others of its call)
+    assert set(SCORED) == {-2, -1, 3} and SCORED.count(3) == 1
+
+
 class Labelled(pydantic.BaseModel):
     name: str = "x"
     infra: exca.TaskInfra = exca.TaskInfra(version="1")

@@ -22,6 +22,7 @@ from .errors import (
     failed_upstreams,
     legacy_cache,
     legacy_not_renamed,
+    named_items,
     not_cached,
     read_only_error,
     retry_hint,
@@ -718,12 +719,14 @@ class Graph:
                 if self.checks_payloads and self._damaged_items(run, uids, missing):
                     return
             if errors:
-                cached_errors = node.cache.count_errors(errors)  # (the others: damaged)
+                erred = node.cache.error_keys(errors)  # (the others: damaged)
+                cached_errors = len(erred)
                 run.holds_error = cached_errors > 0
                 wanted = set(missing) | set(errors)
                 run.todo = [u for u in dict.fromkeys(uids) if u in wanted]
                 run.action = "retry"
-                parts = [f"{cached_errors} cached error(s)"] if cached_errors else []
+                # (named: which items a retry computes again, as a failure names them)
+                parts = [f"{cached_errors} cached error(s) ({named_items(erred)})"] if erred else []
                 if len(errors) > cached_errors:
                     parts.append(
                         f"{len(errors) - cached_errors} whose payload file was removed or "
