@@ -1558,7 +1558,12 @@ def test_explain_a_partly_cached_map_names_no_other_config(tmp_path: Path) -> No
         )
         if "Squares" in e.uid
     ]
-    assert checked.summary().endswith("(2 item(s) are cached for this config: a missing one fails)")
+    # (said once: it said "(a missing item fails) (2 item(s) are cached for this config: a
+    # missing one fails)")
+    assert checked.summary() == (
+        "read-only: items known at run time (a missing item fails) (2 item(s) are cached for "
+        "this config)"
+    )
     # no config of this method cached, items known at run time, but one of a class of the
     # same name in another module: a moved module, said as for a task (it was not)
     step = next(root.glob("*Squares.square,1"))

@@ -550,11 +550,11 @@ def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Exp
             cached = _result_count(inputs.view(node.folder))
             if cached:
                 then = (
-                    "a missing one fails"
+                    ""  # (the plan's reason says "a missing item fails" already)
                     if node.mode == "read-only"
-                    else "only the missing ones are computed"
+                    else ": only the missing ones are computed"
                 )
-                said = f" ({cached} item(s) are cached for this config: {then})"
+                said = f" ({cached} item(s) are cached for this config{then})"
                 if _items_changed(explanation, node, inputs):
                     said = explanation.reason + said
                 explanation.reason = entry.reason + said
