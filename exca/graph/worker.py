@@ -1401,6 +1401,8 @@ def _run_map_unit(unit: Unit, progress: ProgressCallback | None, report: Report)
                 _compute_items(node, again, by_uid, "compute", report, progress)
             finally:
                 redoing.difference_update(again)
+                if not redoing:  # (as by_folder: no key left per folder)
+                    _drop_if_same(_UNWRITTEN.redoing, str(node.folder), redoing)
         if not claim.busy:
             break
         busy = list(claim.busy)
@@ -1668,6 +1670,12 @@ class _Unwritten(threading.local):
 
 
 _UNWRITTEN = _Unwritten()
+
+
+def _drop_if_same(store: dict[str, tp.Any], key: str, value: object) -> None:
+    """Remove ``store[key]`` if it is still ``value`` (emptied by its last user)."""
+    if store.get(key) is value:
+        del store[key]
 
 
 class _InFlight:
@@ -2014,6 +2022,8 @@ def _compute_from(
         raise
     finally:
         unwritten.remove(flush)
+        if not unwritten:  # (a key per map folder ever computed, kept, grew for good)
+            _drop_if_same(_UNWRITTEN.by_folder, str(node.folder), unwritten)
         if in_flight is not None:
             in_flight.at = in_flight.halt = in_flight.flush = in_flight.calling = None
         ended()
