@@ -30,6 +30,9 @@ _DIGESTS: dict[tp.Any, str] = {}  # code object -> digest (memoized: the hit pat
 # call doubled the cost of a warm map call). The set of items grows in place: a new one per
 # call made a loop reading items one by one quadratic (3.5 ms per call at 40k items)
 _ITEMS_CHECKED: dict[tuple[str, str], tuple[frozenset[tuple[str, int]] | None, set[str]]] = {}
+# (bounded: a sweep making a map config per call added a folder each; one forgotten only
+# has its items of a later call checked again)
+_ITEMS_CHECKED_FOLDERS = 256
 _BYTECODE = importlib.util.MAGIC_NUMBER[:2].hex()  # (the interpreter's bytecode version)
 # on a generated method (with_infra's build): the user's function whose code it runs
 CODE_OF_ATTR = "__exca_code_of__"
@@ -212,11 +215,14 @@ def check_items(
             check(meta, func, where)
             return
     key = (str(cache.folder), current)
-    known = _ITEMS_CHECKED.get(key)
+    known = _ITEMS_CHECKED.pop(key, None)  # (put back last: the least recently checked go)
     if known is not None and known[0] == positions:
         known[1].update(todo)  # (in place: the cost of this call's items only)
     else:
-        _ITEMS_CHECKED[key] = (positions, set(todo))
+        known = (positions, set(todo))
+        while len(_ITEMS_CHECKED) >= _ITEMS_CHECKED_FOLDERS:
+            _ITEMS_CHECKED.pop(next(iter(_ITEMS_CHECKED), ("", "")), None)
+    _ITEMS_CHECKED[key] = known
 
 
 def _unchecked(
