@@ -5,6 +5,7 @@ store after many calls (not memory: counts say what grows, without timing noise)
 
 from __future__ import annotations
 
+import types
 import typing as tp
 from pathlib import Path
 
@@ -39,6 +40,7 @@ def test_map_calls_of_many_configs_leave_no_entry_per_folder(tmp_path: Path) -> 
 
 
 NOTEBOOK_CELL = """
+import types
 import typing as tp
 import pydantic
 import pytest
@@ -83,3 +85,39 @@ def test_item_checks_of_notebook_maps_keep_a_bounded_number_of_folders(
     last = (str(obj.infra.uid_folder()), codeprint.digest(type(obj).scale))
     assert codeprint._ITEMS_CHECKED[last][1] == {"1", "2"}  # (the most recent are kept)
 
+
+def test_slurm_liveness_memo_does_not_keep_every_job_it_looked_at(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # (a server reading a cache that Slurm jobs fill looks at each job's claim: the memo
+    # of the answers, good for 2 s, kept one entry per job id ever asked)
+    import shutil
+
+    from exca.graph import registry
+
+    clock = [1000.0]
+    monkeypatch.setattr(registry, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    monkeypatch.setattr(registry, "queued_jobs", lambda ids: {i for i in ids if int(i) % 2})
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(registry, "_ALIVE_CACHE", {})
+    for job in range(3000):
+        clock[0] += 0.01  # (2 s: 200 looks)
+        assert registry.slurm_job_alive(str(job)) is bool(job % 2)
+    assert len(registry._ALIVE_CACHE) <= 1000
+    assert registry.slurm_job_alive("2999") is True  # (still memoized: 2 s not passed)
+
+
+def test_slurm_arrays_said_waited_for_are_not_kept_for_good(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from exca.graph import scheduler
+
+    clock = [1000.0]
+    monkeypatch.setattr(scheduler, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(scheduler, "_ARRAYS_WAITED", {})
+    for array in range(3000):
+        clock[0] += 1.0  # (600 s: 600 waits)
+        run = types.SimpleNamespace(handles=[types.SimpleNamespace(job_id=f"{array}_0")])
+        assert not scheduler._array_wait_said(tp.cast(tp.Any, run))
+        assert scheduler._array_wait_said(tp.cast(tp.Any, run))  # (said a moment ago)
+    assert len(scheduler._ARRAYS_WAITED) <= 1000

@@ -948,6 +948,7 @@ def left_queue(job_id: str) -> bool:
 
 
 _ALIVE_CACHE: dict[str, tuple[float, bool]] = {}
+_ALIVE_CACHE_PRUNED_AT = 1000  # (entries: the expired ones go then)
 
 
 def slurm_job_alive(job_id: str) -> bool | None:
@@ -961,6 +962,10 @@ def slurm_job_alive(job_id: str) -> bool | None:
     if shutil.which("squeue") is None:
         return None
     alive = job_id in queued_jobs([job_id])
+    if len(_ALIVE_CACHE) >= _ALIVE_CACHE_PRUNED_AT:  # (a key per job ever looked at, else)
+        for key, (when, _) in list(_ALIVE_CACHE.items()):
+            if now - when >= 2.0:
+                _ALIVE_CACHE.pop(key, None)
     _ALIVE_CACHE[job_id] = (now, alive)
     return alive
 

@@ -1634,6 +1634,7 @@ def _job_ids(runs: list[NodeRun]) -> list[str]:
 # the calls of a loop reading an array's results one by one say it once, not per config
 _ARRAYS_WAITED: dict[str, float] = {}
 _ARRAY_WAIT_SAID_S = 600.0
+_ARRAYS_WAITED_PRUNED_AT = 1000  # (arrays: those said long ago go then)
 
 
 def _array_wait_said(run: NodeRun) -> bool:
@@ -1646,6 +1647,10 @@ def _array_wait_said(run: NodeRun) -> bool:
     said = all(
         now - _ARRAYS_WAITED.get(a, -_ARRAY_WAIT_SAID_S) < _ARRAY_WAIT_SAID_S for a in arrays
     )
+    if len(_ARRAYS_WAITED) >= _ARRAYS_WAITED_PRUNED_AT:  # (an array per wait ever, else)
+        for array, when in list(_ARRAYS_WAITED.items()):
+            if now - when >= _ARRAY_WAIT_SAID_S:
+                _ARRAYS_WAITED.pop(array, None)
     _ARRAYS_WAITED.update(dict.fromkeys(arrays, now))
     return said
 
