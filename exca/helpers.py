@@ -20,7 +20,7 @@ import pydantic
 
 from .confdict import ConfDict
 from .graph import codeprint
-from .infra import TaskInfra
+from .infra import TaskInfra, identity
 from .infra.discriminated import DiscriminatedModel
 from .infra.uidfolder import CONFIG_FILE, UID_FILE, read_yaml
 
@@ -116,9 +116,30 @@ def _as_keywords(
     return f": {func.__name__}({given})"
 
 
-@functools.cache
+# function -> its model (a function defined again, e.g. a notebook cell run again, makes a
+# model of the same name: the old one is forgotten then, see identity.seen_class)
+_MODELS: dict[tp.Callable[..., tp.Any], type[FuncConfig]] = {}
+
+
+def _forget_model(cls: type) -> None:
+    if cls in identity.REPLACED:  # (not a class %autoreload updates: its function lives on)
+        func = _FUNC_OF.pop(cls, None)
+        if func is not None and _MODELS.get(func) is cls:
+            del _MODELS[func]
+
+
+identity.CLASS_FORGETTERS.append(_forget_model)
+
+
 def to_config_model(func: tp.Callable[..., tp.Any]) -> type[FuncConfig]:
     """A pydantic model ``<func>_FuncConfig`` whose ``build()`` is the cached call of func."""
+    model = _MODELS.get(func)
+    if model is None:
+        model = _MODELS.setdefault(func, _config_model(func))
+    return model
+
+
+def _config_model(func: tp.Callable[..., tp.Any]) -> type[FuncConfig]:
     annotations: dict[str, tp.Any] = {}
     namespace: dict[str, tp.Any] = {}
     _check_parameters(func)

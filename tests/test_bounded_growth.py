@@ -5,8 +5,10 @@ store after many calls (not memory: counts say what grows, without timing noise)
 
 from __future__ import annotations
 
+import gc
 import types
 import typing as tp
+import weakref
 from pathlib import Path
 
 import pydantic
@@ -14,6 +16,7 @@ import pytest
 
 import exca
 from exca.graph import worker
+from exca.infra import identity
 
 
 class Scaled(pydantic.BaseModel):
@@ -121,3 +124,67 @@ def test_slurm_arrays_said_waited_for_are_not_kept_for_good(
         assert not scheduler._array_wait_said(tp.cast(tp.Any, run))
         assert scheduler._array_wait_said(tp.cast(tp.Any, run))  # (said a moment ago)
     assert len(scheduler._ARRAYS_WAITED) <= 1000
+
+
+TASK_CELL = """
+import pydantic
+import exca
+
+
+class Trained(pydantic.BaseModel):
+    lr: float = 0.1
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def fit(self) -> float:
+        return self.lr * {factor}
+"""
+
+FUNCTION_CELL = """
+from exca import helpers
+
+
+def make(folder):
+    @helpers.with_infra(folder=folder)
+    def add(a: int, b: int = 2) -> int:
+        return a + b + {factor}
+
+    return add
+"""
+
+
+def test_a_notebook_class_defined_again_is_not_kept_alive(tmp_path: Path) -> None:
+    # a cell run again defines its classes again: exca's memos per class kept each old
+    # class alive for good (with its schema, validators, methods: ~20 kB a run)
+    alive = []
+    for factor in range(1, 6):
+        cls = notebook_class(TASK_CELL.format(factor=factor), "Trained")
+        assert cls(lr=factor, infra={"folder": tmp_path / str(factor)}).fit() == factor * factor
+        alive.append(weakref.ref(cls))
+    del cls
+    gc.collect()
+    assert [ref() is not None for ref in alive] == [False] * 4 + [True]
+
+
+def test_a_notebook_function_with_infra_defined_again_is_not_kept_alive(tmp_path: Path) -> None:
+    # (the cell run again as it was: each run's function and generated model were kept)
+    alive = []
+    for _ in range(5):
+        add = notebook_class(FUNCTION_CELL.format(factor=1), "make")(tmp_path)
+        assert add(a=1) == 4
+        alive.append(weakref.ref(add.func))
+    del add
+    gc.collect()
+    assert [ref() is not None for ref in alive] == [False] * 4 + [True]
+
+
+def test_namesake_classes_used_in_turns_keep_working(tmp_path: Path) -> None:
+    # (a factory making a class per call: an older one used again does not evict the
+    # newer one, and both compute and read back their own results)
+    first = notebook_class(TASK_CELL.format(factor=1), "Trained")
+    second = notebook_class(TASK_CELL.format(factor=2), "Trained")
+    for _ in range(3):
+        assert first(lr=1.0, infra={"folder": tmp_path / "a"}).fit() == 1.0
+        assert second(lr=1.0, infra={"folder": tmp_path / "b"}).fit() == 2.0
+    assert first(lr=3.0, infra={"folder": tmp_path / "a"}).fit() == 3.0
+    assert identity._BY_NAME[("__main__", "Trained")]() is second

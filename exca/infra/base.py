@@ -1268,6 +1268,10 @@ identity.CLASS_FORGETTERS.extend(
     [lambda cls: _TEMPLATES.pop(cls, None), lambda cls: _container_fields.cache_clear()]
 )
 _UID_AROUND: dict[tuple[tp.Any, ...], tuple[str, str]] = {}
+# (its keys hold the owner class: a forgotten class is not kept alive by them)
+identity.CLASS_FORGETTERS.append(
+    lambda cls: [_UID_AROUND.pop(k, None) for k in [k for k in _UID_AROUND if k[2] is cls]]
+)
 
 
 # exported configs use field names, not aliases (pydantic >= 2.11 can validate them as such)

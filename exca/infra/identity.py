@@ -20,6 +20,7 @@ import re
 import sys
 import types
 import typing as tp
+import weakref
 from pathlib import PurePath
 
 import pydantic
@@ -865,6 +866,7 @@ def class_facts(cls: type[pydantic.BaseModel]) -> _ClassFacts:
         if not AUTORELOADING[0] or facts.fields_of is cls.__pydantic_fields__:
             return facts
         forget_class(cls)  # (updated in place since, e.g. by IPython's %autoreload)
+    seen_class(cls)
     static: frozenset[str] | None = frozenset()
     raw = _declared_exclusions(cls)
     if callable(raw) or isinstance(raw, classmethod | staticmethod):
@@ -890,6 +892,28 @@ CLASS_FORGETTERS: list[tp.Callable[[type], object]] = []
 # whether IPython's autoreload (which updates classes in place) was taught (autoreload.py):
 # until then, the memos of a class are not checked (a cost on every uid)
 AUTORELOADING = [False]
+
+
+# the last class of each name (module, qualified name) whose facts were taken: a class
+# defined again under its name (a notebook cell run again, a factory function's class)
+# has the memos of the class it replaces forgotten. (Kept, each run of a cell kept its
+# class alive for good, with all that hangs on it: ~20 kB a run.)
+_BY_NAME: dict[tuple[str, str], weakref.ref[type]] = {}
+# (classes forgotten for a newer namesake: used again, they do not evict the newer one)
+REPLACED: weakref.WeakSet[type] = weakref.WeakSet()
+
+
+def seen_class(cls: type) -> None:
+    """Note a class whose facts are taken now; forget the one it replaces by name."""
+    name = (cls.__module__, cls.__qualname__)
+    previous = _BY_NAME.get(name)
+    old = previous() if previous is not None else None
+    if old is cls or (old is not None and cls in REPLACED):
+        return
+    _BY_NAME[name] = weakref.ref(cls)
+    if old is not None:
+        REPLACED.add(old)
+        forget_class(old)
 
 
 def forget_class(cls: type) -> None:

@@ -279,6 +279,7 @@ def owner_facts(cls: type[pydantic.BaseModel]) -> _OwnerFacts:
     facts = _FACTS.get(cls)
     if facts is not None:
         return facts
+    identity.seen_class(cls)
     from .base import BaseInfra
 
     applied: dict[str, InfraMethod] = {}
