@@ -287,6 +287,7 @@ class FunctionWithInfra(tp.Generic[P, R]):
 # and the plain values of the module globals it read then
 _DEFINITIONS: dict[tuple[str, str, str, str], tuple[tp.Callable[..., tp.Any], dict[str, tp.Any]]]
 _DEFINITIONS = {}
+_DEFINITIONS_KEPT = 1024
 _PLAIN_TYPES = frozenset({int, float, str, bool, bytes, type(None)})
 
 
@@ -303,6 +304,9 @@ def _check_one_definition_per_folder(
     key = (str(Path(folder).absolute()), func.__module__, _qualified(func), version)
     previous, read_before = _DEFINITIONS.get(key, (None, {}))
     read_now = _plain_globals(func)
+    _DEFINITIONS.pop(key, None)  # (put back last: the least recently decorated go)
+    while len(_DEFINITIONS) >= _DEFINITIONS_KEPT:  # (a loop decorating per folder: bounded)
+        _DEFINITIONS.pop(next(iter(_DEFINITIONS), key), None)
     _DEFINITIONS[key] = (func, read_now)
     if previous is None or previous is func:
         return

@@ -178,6 +178,21 @@ def test_a_notebook_function_with_infra_defined_again_is_not_kept_alive(tmp_path
     assert [ref() is not None for ref in alive] == [False] * 4 + [True]
 
 
+def test_with_infra_definitions_on_many_folders_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (one entry per cache folder a function was decorated with, to warn of a namesake
+    # of other code sharing it: a loop decorating a function per folder kept them all)
+    from exca import helpers
+
+    monkeypatch.setattr(helpers, "_DEFINITIONS", {})
+    monkeypatch.setattr(helpers, "_DEFINITIONS_KEPT", 8, raising=False)
+    for index in range(30):
+        add = notebook_class(FUNCTION_CELL.format(factor=1), "make")(tmp_path / str(index))
+        assert add(a=index) == index + 3
+    assert len(helpers._DEFINITIONS) == 8
+
+
 def test_namesake_classes_used_in_turns_keep_working(tmp_path: Path) -> None:
     # (a factory making a class per call: an older one used again does not evict the
     # newer one, and both compute and read back their own results)
