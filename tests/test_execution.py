@@ -4452,6 +4452,25 @@ def test_a_multi_task_job_whose_other_rank_dies_as_it_starts_fails_soon(
     assert task.infra.status() == "failed"
 
 
+def test_a_slurm_job_step_ends_when_one_of_its_tasks_dies(tmp_path: Path) -> None:
+    """srun let the other tasks of a step run on when one died (Slurm's KillOnBadExit=0 by
+    default, measured on the real cluster): a rank of a multi-task job killed (out of
+    memory...), the others waited for it in their collectives, or, on another node, for
+    its process file to go stale (600 s). The sbatch script asks srun to end the step."""
+    from exca.graph import executors
+    from exca.graph.node import Execution
+
+    def script(**params: tp.Any) -> str:
+        execution = Execution(cluster="slurm", params=tuple(params.items()))
+        executor = executors.submitit_executor(execution, str(tmp_path / "logs" / "%j"))
+        return str(executor._executor._make_submission_file_text("python run.py", "u"))
+
+    ranked = script(tasks_per_node=2, slurm_use_srun=True)
+    srun = [line for line in ranked.splitlines() if line.startswith("srun ")]
+    assert len(srun) == 1 and " --kill-on-bad-exit=1 " in srun[0], ranked
+    assert "--kill-on-bad-exit" not in script(slurm_use_srun=False)  # (no step: no srun)
+
+
 def test_a_rank_not_seen_where_proc_hides_environments_is_not_said_dead(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

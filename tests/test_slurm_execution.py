@@ -2205,10 +2205,45 @@ def test_a_multi_task_slurm_job_whose_rank_one_dies_as_it_starts_fails_soon(
         **resources(slurm_cluster, tasks_per_node=2, slurm_use_srun=True),
     }
     task = RankOneDiesEarly(infra=infra)
-    said = r"Rank 1 of 2 did not end its call: its process ended before it started following"
-    with pytest.raises(RuntimeError, match=said):
+    # (srun ends the step at once: rank 0 is ended too, see the test after this one)
+    said = r"its process died \(killed by SIGKILL(?s:.*)srun: error: \S+: task 1: Killed"
+    with pytest.raises(JobFailedError, match=said):
         task.train()
     assert task.infra.status() == "failed"
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("dies", [0, 1])
+def test_a_multi_node_slurm_job_ends_once_one_of_its_ranks_died(
+    tmp_path: Path, slurm_cluster: SlurmCluster, short_result_wait: None, dies: int
+) -> None:
+    """A rank of a multi-node job killed (out of memory...): srun let the other ranks run
+    on, waiting for it in their collectives, or for its process file, out of their host's
+    sight: rank 0 waited STARTUP_S (600 s) for rank 1 killed as it started, rank 1 waited
+    for rank 0's lead file to go stale (600 s) once rank 0 was killed during the call.
+    srun now ends the step: the job fails at once (the rank waiting for the dead one,
+    here 25 s, is ended).
+    (Each rank takes the other for one of another host; its waits are 40 s, not 600 s.)"""
+    if slurm_cluster.cpus_per_node < 2:
+        pytest.skip("needs a node of 2 CPUs")
+    from rank_deaths import RankDies
+
+    log = tmp_path / "log.txt"
+    infra = {
+        "folder": tmp_path / "cache",
+        "cluster": "slurm",
+        **resources(slurm_cluster, tasks_per_node=2, slurm_use_srun=True),
+    }
+    when = "loading" if dies else "call"  # (rank 1 before it follows; rank 0 mid-call)
+    task = RankDies(
+        log=str(log), dies=dies, when=when, sleep_s=25, other_hosts=True, startup_s=40, infra=infra
+    )
+    said = rf"its process died \(killed by SIGKILL(?s:.*)srun: error: \S+: task {dies}: Killed"
+    with pytest.raises(JobFailedError, match=said):
+        task.train()
+    assert task.infra.status() == "failed"
+    assert "start rank=0" in lines(log)
+    assert not [line for line in lines(log) if line.startswith("end")]  # (ended by srun)
 
 
 class PastTheWarning(pydantic.BaseModel):

@@ -1794,6 +1794,12 @@ class Pools:
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # the time limit of a local job whose timeout_min is None
 
 
+# srun ends the whole step once a task of it died or failed (exited non-zero): else, a
+# rank of a multi-task job killed (out of memory...), the others ran on, waiting for it in
+# their collectives, or, on another node, for its process file to go stale (10 minutes),
+# before the job ended. A rank other than 0 exits 0 even when its method raised (rank 0
+# caches the outcome: see ranks.py), and rank 0 exits non-zero only once it is done.
+SRUN_KILL_ON_BAD_EXIT = "--kill-on-bad-exit=1"
 SLURM_SIGNAL_DELAY_S = 90  # submitit's --signal=USR2@90: its time-limit warning
 SLURM_WARNING_SLACK_S = 60  # Slurm may send it this much earlier still
 SLURM_STARTUP_S = 30  # the warning never comes sooner after the job's start
@@ -1862,6 +1868,8 @@ def submitit_executor(execution: Execution, logs: str) -> tp.Any:
         )
     if cluster == "slurm":
         params["slurm_signal_delay_s"] = slurm_signal_delay_s(_time_limit_min(params))
+        if params.get("slurm_use_srun", True):  # (submitit's default)
+            params["slurm_srun_args"] = [SRUN_KILL_ON_BAD_EXIT]
     executor.update_parameters(**params)
     if execution.max_pickle_size_gb is not None:
         executor._executor.max_pickle_size_gb = execution.max_pickle_size_gb  # type: ignore[attr-defined]
