@@ -4471,6 +4471,27 @@ def test_a_slurm_job_step_ends_when_one_of_its_tasks_dies(tmp_path: Path) -> Non
     assert "--kill-on-bad-exit" not in script(slurm_use_srun=False)  # (no step: no srun)
 
 
+def test_the_rank_whose_death_ended_a_slurm_step_is_named() -> None:
+    """A multi-task job's step ended by srun (a task died: --kill-on-bad-exit) said "its
+    process died (killed by SIGKILL...)" with rank 0's log, whichever rank died first:
+    srun's first report in that log names it, and how it ended."""
+    from exca.graph.registry import first_task_ended
+
+    died = "srun: error: vm: task 1: Killed\nslurmstepd-vm: error: *** STEP 5.0 CANCELLED\n"
+    died += "submitit WARNING - Bypassing signal SIGTERM\nsrun: error: vm: task 0: Killed\n"
+    assert first_task_ended(died) == (
+        1,
+        "its process died (killed by SIGKILL: out of memory, or killed by hand)",
+    )
+    rank_zero = "srun: error: vm: task 0: Segmentation fault\nsrun: error: n2: tasks 1-3: Killed"
+    assert first_task_ended(rank_zero) == (0, "its process died (killed by SIGSEGV)")
+    exited = "srun: error: n7: task 3: Exited with exit code 2\n"
+    assert first_task_ended(exited) == (3, "its process exited with code 2")
+    # (a job of one task, or rank 0 alone: the job's own words say it)
+    assert first_task_ended("srun: error: vm: task 0: Killed\n") is None
+    assert first_task_ended("bash: line 1: 17603 Killed sleep 30\n") is None
+
+
 def test_a_rank_not_seen_where_proc_hides_environments_is_not_said_dead(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -688,7 +688,8 @@ class SubmititHandle(Handle):
             )
             if code.isdigit() and int(code) != 0:
                 how = (
-                    self._killed_said(int(code))
+                    self._rank_ended_said()
+                    or self._killed_said(int(code))
                     or self._raised_interrupt()
                     or self._exited_in_method()
                     or how
@@ -736,6 +737,27 @@ class SubmititHandle(Handle):
         except Exception:  # (no log)
             return None
         return None if name is None else killed_words(name)
+
+    def _rank_ended_said(self) -> str | None:
+        """Which rank of a multi-task job ended first, and how, as srun's report in rank 0's
+        log says (srun then ended the others: their deaths, rank 0's too, followed), or
+        None. Said as the job's own death, it named rank 0 and its log only."""
+        from submitit.core.utils import JobPaths
+
+        from .registry import first_task_ended
+
+        try:
+            found = first_task_ended(read_tail(Path(self.job.paths.stderr)))
+        except Exception:  # (no log)
+            return None
+        if found is None:
+            return None
+        rank, how = found
+        log = JobPaths(self.job.paths.folder, job_id=self.job_id, task_id=rank).stderr
+        return (
+            f"rank {rank} ended first: {how} (its log: {log}); srun then ended the job's "
+            "other ranks"
+        )
 
     def _raised_interrupt(self) -> str | None:
         """That the method raised KeyboardInterrupt, as the job's log notes (worker.py:

@@ -1124,6 +1124,30 @@ def signal_in_log(text: str, exit_code: int) -> str | None:
     return name if exit_code in (number, 128 + number) else None
 
 
+# srun's report of a task of its step that ended badly ("srun: error: node: task 1:
+# Killed", "... tasks 0-1: Exited with exit code 1"): the first one names the rank that
+# ended the step (srun runs with --kill-on-bad-exit: the others' came after, as it ended them)
+_TASK_REPORT = re.compile(
+    r"^srun: error: [^:\n]+: tasks? (\d+)[\d,-]*: (Exited with exit code (\d+)|\w[\w ]*)$",
+    re.MULTILINE,
+)
+
+
+def first_task_ended(text: str) -> tuple[int, str] | None:
+    """The rank (task) srun reported first as ended badly in a job's log of a multi-task
+    step, with how in words ("its process died (killed by SIGKILL...)"), or None: no such
+    report, or only of task 0 (a job of one task, or rank 0 died alone: the job's words
+    say it)."""
+    found = _TASK_REPORT.findall(text)
+    if not found or all(task == "0" for task, _, _ in found):
+        return None
+    task, words, code = found[0]
+    if code:
+        return int(task), f"{EXITED_WITH_CODE} {code}"
+    name = _BASH_SIGNALS.get(words.strip())
+    return int(task), (killed_words(name) if name else f"its process ended ({words.strip()})")
+
+
 def sacct_states(job_ids: tp.Sequence[str]) -> dict[str, str]:
     """States of Slurm jobs with ONE ``sacct`` call (array elements included)."""
     if not job_ids:
