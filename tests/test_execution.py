@@ -4429,9 +4429,36 @@ def test_a_multi_task_job_whose_other_rank_dies_fails_naming_it(
 
     infra = {"folder": tmp_path / "cache", "cluster": "local", "tasks_per_node": 2}
     task = RankedFailing(meeting=str(tmp_path / "meeting"), dies=True, infra=infra)
-    with pytest.raises(RuntimeError, match=r"Rank 1 of 2 did not end its call: it ended \(pid"):
+    # (rank 0 tells it, or, still waiting for rank 1 after 2 s, is stopped: see the next tests)
+    said = r"Rank 1 of 2 did not end its call: it ended \(pid|rank 1 ended first: its process died"
+    with pytest.raises(RuntimeError, match=said):
         task.train()
     assert task.infra.status() == "failed"
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("dies", [0, 1])
+def test_a_multi_task_local_job_ends_once_one_of_its_ranks_died(
+    tmp_path: Path, short_result_wait: None, dies: int
+) -> None:
+    """A rank of a multi-task local job killed in its call (out of memory...): the other
+    ran its method to its end (60 s here; distributed code waiting for the dead rank in a
+    collective: until the job's time limit, a week), then failed. The controller stops
+    the others (as srun does on Slurm): the job fails at once, naming the rank that died
+    first and its log."""
+    from rank_deaths import RankDies
+
+    log = tmp_path / "log.txt"
+    infra = {"folder": tmp_path / "cache", "cluster": "local", "tasks_per_node": 2}
+    task = RankDies(log=str(log), dies=dies, sleep_s=60, infra=infra)
+    if dies:
+        said = r"rank 1 ended first: its process died \(killed by SIGKILL.* \(its log: \S+_1_log\.err\)"
+    else:  # (rank 0's own log says it)
+        said = r"its process died \(killed by SIGKILL.*its log: \S+_0_log\.err"
+    with pytest.raises(JobFailedError, match=said):
+        task.train()
+    assert task.infra.status() == "failed"
+    assert sorted(calls(log)) == ["start rank=0", "start rank=1"]  # (no end: stopped)
 
 
 @pytest.mark.timeout(180)
@@ -4446,7 +4473,11 @@ def test_a_multi_task_job_whose_other_rank_dies_as_it_starts_fails_soon(
 
     infra = {"folder": tmp_path / "cache", "cluster": "local", "tasks_per_node": 2}
     task = RankOneDiesEarly(infra=infra)
-    said = r"Rank 1 of 2 did not end its call: its process ended before it started following"
+    # (rank 0 tells it, after UNSEEN_S, or the controller stopped it before: it waited)
+    said = (
+        r"Rank 1 of 2 did not end its call: its process ended before it started following"
+        r"|rank 1 ended first: its process died \(killed by SIGKILL"
+    )
     with pytest.raises(RuntimeError, match=said):
         task.train()
     assert task.infra.status() == "failed"

@@ -251,7 +251,11 @@ def _local_death(job_id: str, stderr: Path) -> str:
     except OSError:  # (no log)
         return said
     signal_name = local_signal_in_log(text)
-    if signal_name is not None:
+    rank_ended = _rank_ended_locally(text, stderr, job_id)
+    if rank_ended is not None:  # (this rank was stopped: another one ended first)
+        said = f"local job {job_id} ended without writing its result: {rank_ended}"
+        text = text.rstrip().rpartition("\n")[0]  # (the note: said above)
+    elif signal_name is not None:
         from .registry import killed_words
 
         said = f"local job {job_id} ended without writing its result: {killed_words(signal_name)}"
@@ -262,6 +266,29 @@ def _local_death(job_id: str, stderr: Path) -> str:
     # (its end quoted as a Slurm job's: after the first line, which a plan's reason
     # and `exca list` say alone; it was glued to it, up to 1500 characters)
     return f"{said}; its log: {stderr}" + (f"{LOG_QUOTE}{end}" if end else " (empty)")
+
+
+def _rank_ended_locally(text: str, stderr: Path, job_id: str) -> str | None:
+    """Which rank of a multi-task local job ended first, and how, as the note its
+    controller ended this rank's log with says (it then stopped this one: RANK_ENDED), or
+    None."""
+    from submitit.core.utils import JobPaths
+
+    from .registry import EXITED_WITH_CODE, killed_words
+
+    last = text.rstrip().rpartition("\n")[2]
+    found = re.fullmatch(re.escape(RANK_ENDED) + r"(\d+) ended first \((.+)\)", last)
+    if found is None:
+        return None
+    rank, ended = int(found.group(1)), found.group(2)
+    if ended.startswith("exit code "):
+        how = f"{EXITED_WITH_CODE} {ended[len('exit code ') :]}"
+    else:
+        how = killed_words(ended)
+    log = JobPaths(stderr.parent, job_id=job_id, task_id=rank).stderr
+    return (
+        f"rank {rank} ended first: {how} (its log: {log}); the job's other ranks were then stopped"
+    )
 
 
 # the line a local job's controller writes to its log when the job's process was killed
@@ -1935,31 +1962,76 @@ class _NewSessionSubprocess:
 
 # submitit's local controller (`python -m submitit.local._local FOLDER`), which also writes
 # to the log of a task killed by a signal how it ended: the controller forgets its
-# tasks' exit codes, and a job killed by the out-of-memory killer was said only "died"
+# tasks' exit codes, and a job killed by the out-of-memory killer was said only "died".
+# And, as srun with --kill-on-bad-exit (see SRUN_KILL_ON_BAD_EXIT), a task of a multi-task
+# job that ended badly (killed, or a non-zero exit) ends the others: they ran on, waiting
+# for it in their collectives (until the job's time limit, a week), or ran their method to
+# its end for nothing. They get LOCAL_RANK_GRACE_S to end on their own (rank 0 exits
+# non-zero once done with a failure: the others end right after), then SIGTERM, then
+# SIGKILL; the log of each ends with a note naming the rank that ended first (RANK_ENDED).
 _CONTROLLER = "submitit.local._local"
+LOCAL_RANK_GRACE_S = 2.0
+RANK_ENDED = "exca: this rank was stopped: rank "  # (then "<rank> ended first (<how>)")
 _RECORDING_CONTROLLER = f"""
-import runpy, signal, sys
+import runpy, signal, sys, threading, time
 from pathlib import Path
 
-def recorded(codes, logs):
-    for code, log in zip(codes, logs):
+def how(code):
+    if code >= 0:
+        return f"exit code {{code}}"
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {{-code}}"
+
+def recorded(codes, logs, stopped):
+    for rank, (code, log) in enumerate(zip(codes, logs)):
         # (SIGINT: a job cancelled, or a Ctrl-C, which its log's KeyboardInterrupt says)
-        if code is not None and code < 0 and -code != signal.SIGINT:
-            try:
-                name = signal.Signals(-code).name
-            except ValueError:
-                name = f"signal {{-code}}"
-            log.write(f"\\n{KILLED_BY_SIGNAL}{{name}} (signal {{-code}})\\n")
+        if rank in stopped:
+            log.write(f"\\n{RANK_ENDED}{{stopped[rank]}}\\n")
             log.flush()
+        elif code is not None and code < 0 and -code != signal.SIGINT:
+            log.write(f"\\n{KILLED_BY_SIGNAL}{{how(code)}} (signal {{-code}})\\n")
+            log.flush()
+
+def ended_with(tasks, stopped):
+    while True:
+        codes = [t.poll() for t in tasks]
+        if all(c is not None for c in codes):
+            return
+        bad = next((k for k, c in enumerate(codes) if c not in (None, 0)), None)
+        if bad is not None:
+            break
+        time.sleep(0.1)
+    end = time.monotonic() + {LOCAL_RANK_GRACE_S}
+    while time.monotonic() < end and any(t.poll() is None for t in tasks):
+        time.sleep(0.05)
+    live = [k for k, t in enumerate(tasks) if t.poll() is None]
+    for k in live:
+        stopped[k] = f"{{bad}} ended first ({{how(codes[bad])}})"
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for k in live:
+            if tasks[k].poll() is None:
+                tasks[k].send_signal(sig)
+        end = time.monotonic() + {LOCAL_RANK_GRACE_S}
+        while time.monotonic() < end and any(tasks[k].poll() is None for k in live):
+            time.sleep(0.05)
 
 try:
     from submitit.local import local
 
     class Controller(local.Controller):  # (exca: see executors._RECORDING_CONTROLLER)
         def wait(self, *args, **kwargs):
+            stopped = {{}}
+            watcher = threading.Thread(target=ended_with, args=(list(self.tasks), stopped))
+            watcher.daemon = True
+            if len(self.tasks) > 1:
+                watcher.start()
             codes = super().wait(*args, **kwargs)
             try:  # (submitit's internals as of 1.5: never what makes a job fail)
-                recorded(codes, self.stderrs)
+                if watcher.is_alive():  # (every task ended: it is done too)
+                    watcher.join()
+                recorded(codes, self.stderrs, stopped)
             except Exception:
                 pass
             return codes
