@@ -1,13 +1,15 @@
 """A multi-task job one of whose ranks is killed (SIGKILL: out of memory, say) at a
 chosen point: ``loading`` (as it loads its work, before rank 0 announces anything or
-another rank follows), or ``call`` (in the method, once every rank is in it). The other
-ranks sleep ``sleep_s`` in the method (as distributed code waits in a collective for the
-dead rank) before returning. Each rank notes its start and end of the method in ``log``."""
+another rank follows), or ``call`` (in the method, once every rank is in it); ``exit``:
+it calls sys.exit(0) in the method instead. The other ranks sleep ``sleep_s`` in the
+method (as distributed code waits in a collective for the dead rank) before returning.
+Each rank notes its start and end of the method in ``log``."""
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 import typing as tp
 from pathlib import Path
@@ -72,6 +74,8 @@ class RankDies(pydantic.BaseModel):
         time.sleep(1.0)  # (every rank in the call)
         if self.when == "call" and rank == self.dies:
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.when == "exit" and rank == self.dies:
+            sys.exit(0)  # (no death Slurm or a local job's controller sees: exit code 0)
         time.sleep(self.sleep_s)
         append(Path(self.log), f"end rank={rank}")
         return f"rank {rank}"

@@ -4483,6 +4483,26 @@ def test_a_multi_task_job_whose_other_rank_dies_as_it_starts_fails_soon(
     assert task.infra.status() == "failed"
 
 
+@pytest.mark.timeout(180)
+def test_a_multi_node_job_whose_other_rank_exits_in_its_call_fails_soon(
+    tmp_path: Path, short_result_wait: None
+) -> None:
+    """Rank 1 of a multi-node job calling sys.exit(0) in its call (no death srun or a
+    local controller sees: its exit code is 0): rank 0, whose host cannot see rank 1's
+    process, waited for rank 1's process file to go stale (LEAD_STALE_S, 600 s) before
+    saying anything. Rank 1 left rank 0's calls (its "done" mark): rank 0 tells it at
+    once. (Each rank takes the other for one of another host; its waits are 40 s here.)"""
+    from rank_deaths import RankDies
+
+    infra = {"folder": tmp_path / "cache", "cluster": "local", "tasks_per_node": 2}
+    log = tmp_path / "log.txt"
+    task = RankDies(log=str(log), dies=1, when="exit", other_hosts=True, startup_s=40, infra=infra)
+    said = r"Rank 1 of 2 did not end its call: it stopped following rank 0's calls before it"
+    with pytest.raises(RuntimeError, match=said):
+        task.train()
+    assert task.infra.status() == "failed"
+
+
 def test_a_slurm_job_step_ends_when_one_of_its_tasks_dies(tmp_path: Path) -> None:
     """srun let the other tasks of a step run on when one died (Slurm's KillOnBadExit=0 by
     default, measured on the real cluster): a rank of a multi-task job killed (out of

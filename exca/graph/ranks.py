@@ -317,6 +317,8 @@ def rank_log(rank: int) -> str:
 
 def _follower_gone(folder: Path, rank: int, since: float) -> str | None:
     """Why ``rank`` will not report (it died: killed, out of memory...), or None."""
+    if (folder / f"{_DONE}{rank}").exists():  # (it left: on another host, else seen stale)
+        return "it stopped following rank 0's calls before it ended this one (sys.exit?)"
     path = folder / f"{_FOLLOWER}{rank}.json"
     how, info = _how_gone(path, since, rank)
     if how == "silent":
