@@ -43,6 +43,10 @@ _CALLS_DIR = "rank-calls"
 
 
 LEAD_FILE = "lead.json"  # rank 0's process, its mtime refreshed (see claims.keep_fresh)
+# (a rank that dies, or exits non-zero, ends the whole job: srun runs with
+# --kill-on-bad-exit, a local job's controller does the same, see executors. These waits
+# are for what neither sees: a rank alive but silent, on a host whose processes are out
+# of sight; a rank that left with exit code 0 is told by its done mark, see _follower_gone)
 STARTUP_S = 600.0  # the other ranks wait this long for rank 0 to start announcing
 # rank 0 on another host is taken for dead when its lead file is this stale: long, since a
 # single step holding the GIL (a big unpickle...) stops its heartbeat thread meanwhile
