@@ -44,11 +44,13 @@ class _FieldFacts:
 
     # (plain classes, not dataclasses: creating a dataclass costs ~1-3 ms of `import exca`)
     __slots__ = (
+        "_annotation",
+        "_contained",
+        "_dataclasses",
+        "_named_models",
         "_nan_default",
         "ambiguous",
         "anything",
-        "contained",
-        "dataclasses",
         "default",
         "default_json",
         "dump_exclude",
@@ -73,8 +75,8 @@ class _FieldFacts:
         dump_exclude: tp.Any,
         ambiguous: str | None = None,
         models: tuple[type, ...] = (),
-        contained: tuple[type, ...] = (),
-        dataclasses: bool = False,
+        named_models: tuple[type, ...] = (),
+        annotation: tp.Any = None,
     ) -> None:
         self.name = name
         self.required = required
@@ -91,10 +93,10 @@ class _FieldFacts:
         # the model classes the annotation names at its top level, and anywhere in it (in
         # lists, dicts...): an instance of another class (a subclass) gets its class in uids
         self.models = models
-        self.contained = contained
-        # whether the annotation names a dataclass (then in ``contained``): an instance of
-        # a subclass of it is dumped by the annotated class's schema (its fields lost)
-        self.dataclasses = dataclasses
+        self._named_models = named_models  # (``contained`` without the dataclasses)
+        self._annotation = annotation
+        self._contained: tuple[tp.Any, ...] | None = None  # (see contained)
+        self._dataclasses = False
         self._nan_default: bool | None = None  # (see nan_default)
         self.anything = False  # the annotation admits anything (Any, object) somewhere
         # whether the default is an int, str or float equal to its json dump (same type):
@@ -105,6 +107,24 @@ class _FieldFacts:
             and type(default_json) is type(default)
             and default_json == default
         )
+
+    @property
+    def contained(self) -> tuple[tp.Any, ...]:
+        """The models and dataclasses the annotation names anywhere (found when first
+        asked: a cache hit of a plain config never does, and a pydantic class lacking an
+        attribute, as ``is_dataclass`` asks, costs two AttributeErrors)."""
+        contained = self._contained
+        if contained is None:
+            found = annotated_dataclasses(self._annotation)
+            self._dataclasses = bool(found)
+            contained = self._contained = (*self._named_models, *found)
+        return contained
+
+    @property
+    def dataclasses(self) -> bool:
+        """Whether the annotation names a dataclass (then in ``contained``): an instance of
+        a subclass of it is dumped by the annotated class's schema (its fields lost)."""
+        return bool(self.contained) and self._dataclasses
 
     @property
     def nan_default(self) -> bool:
@@ -522,7 +542,6 @@ def _field_facts(cls: type, name: str, field: pydantic.fields.FieldInfo) -> _Fie
     # a serializer may map another value onto the default's json: compare python values
     # then (as pydantic's exclude_defaults does), never the dumps
     compare_json = not required and not _has_serializer(cls, name, field)
-    dataclass_types = annotated_dataclasses(annotation)
     facts = _FieldFacts(
         name=name,
         required=required,
@@ -534,8 +553,8 @@ def _field_facts(cls: type, name: str, field: pydantic.fields.FieldInfo) -> _Fie
         dump_exclude=dump_exclude,
         ambiguous=ambiguous,
         models=tuple(models),
-        contained=(*contained, *dataclass_types),
-        dataclasses=bool(dataclass_types),
+        named_models=contained,
+        annotation=annotation,
     )
     # (also beside a class it names, ``Net | tp.Any``: a model of another class is unnamed)
     facts.anything = _admits_anything(annotation) or (
