@@ -27,6 +27,7 @@ import pydantic
 import pydantic_core
 
 from .. import uidformat
+from ..graph.node import memoized  # (cached_property without its lock)
 
 MODEL_UID_FIELDS_ATTR = "_exca_uid_fields"  # ClassVar: only these fields enter a uid ("." = none)
 OVERRIDE_HOOK = "_exca_uid_dict_override"
@@ -162,7 +163,7 @@ class _ClassFacts:
         # (the class's fields when computed: %autoreload updates a class in place)
         self.fields_of = cls.__pydantic_fields__
 
-    @functools.cached_property
+    @memoized
     def dump_keys(self) -> frozenset[str | None]:
         """Keys a serializer's dump may hold without renaming anything: the fields, the
         computed fields, a DiscriminatedModel's key."""
@@ -170,11 +171,11 @@ class _ClassFacts:
         added = getattr(cls, "_exca_discriminator_key", None)
         return frozenset((*cls.model_fields, *cls.model_computed_fields, added))
 
-    @functools.cached_property
+    @memoized
     def fields(self) -> tuple[_FieldFacts, ...]:
         return tuple(_field_facts(self.cls, n, f) for n, f in self.cls.__pydantic_fields__.items())
 
-    @functools.cached_property
+    @memoized
     def fields_in_uid(self) -> tuple[_FieldFacts, ...]:
         """The fields a uid export looks at (all but those the class keeps out of uids;
         an infra's other fields are never analysed for uids)."""
@@ -187,7 +188,7 @@ class _ClassFacts:
             if n in keep
         )
 
-    @functools.cached_property
+    @memoized
     def uid_dump_exclude(self) -> dict[str, tp.Any] | None:
         """What a uid export need not dump: the fields a sub-model class keeps out of uids
         (an infra's settings), as a pydantic ``exclude`` spec (None: dump everything)."""
@@ -197,7 +198,7 @@ class _ClassFacts:
                 spec[field.name] = field.dump_exclude
         return spec or None
 
-    @functools.cached_property
+    @memoized
     def uid_dump_plan(self) -> tuple[tp.Any, tuple[_Fill, ...]] | None:
         """A cheaper uid dump, or None: the sub-models of ``uid_dump_exclude`` whose kept
         fields are plain scalars (an infra's version) left out of the dump whole, their
@@ -226,12 +227,12 @@ class _ClassFacts:
         )
         return fast, tuple(fills)
 
-    @functools.cached_property
+    @memoized
     def ambiguous(self) -> dict[str, str]:
         """Why fields cannot enter a uid (see ``_ambiguity``), by name."""
         return {f.name: f.ambiguous for f in self.fields_in_uid if f.ambiguous is not None}
 
-    @functools.cached_property
+    @memoized
     def plain_exclusions(self) -> frozenset[str] | None:
         """The exclusions of the class when a uid export of its instances needs no check
         nor hook (extra set, no uid override or prefix hook, no serializer, no ambiguous
@@ -246,7 +247,7 @@ class _ClassFacts:
             return None
         return self.static_exclusions
 
-    @functools.cached_property
+    @memoized
     def drops_itself(self) -> bool | None:
         """Whether the class excludes itself ("."), when that does not depend on the
         instance (None: it does)."""
