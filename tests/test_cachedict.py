@@ -3,6 +3,7 @@
 import collections
 import copy
 import enum
+import gc
 import io
 import itertools
 import logging
@@ -1088,8 +1089,10 @@ def test_index_files_with_deletions_read_in_bulk_as_line_by_line(
 
         monkeypatch.setattr(index_module.os, "scandir", ordered)
         monkeypatch.setattr(index_module.IndexReader, "_parse_mixed", counted)
+        index_module.unshare(folder)  # (a new reader parses every file)
         bulk = dict(CacheDict(folder).items())
         monkeypatch.setattr(index_module.IndexReader, "_parse_mixed", lambda *a: False)
+        index_module.unshare(folder)
         by_line = dict(CacheDict(folder).items())
         monkeypatch.undo()
         assert bulk == by_line == expected, order
@@ -1098,6 +1101,7 @@ def test_index_files_with_deletions_read_in_bulk_as_line_by_line(
     # a deletion and its entry in different pieces, lines longer than a piece
     for piece in (50, 100, 300, 1000):
         monkeypatch.setattr(index_module, "PARSE_BYTES", piece)
+        index_module.unshare(folder)
         assert dict(CacheDict(folder).items()) == expected, piece
 
 
@@ -1960,7 +1964,11 @@ def test_an_entry_of_a_format_not_registered_here(tmp_path: Path) -> None:
     with cd.write():
         cd["a"] = "text"
     (index,) = tmp_path.glob("*-info.jsonl")
-    index.write_text(index.read_text().replace('"Text"', '"Gone"'))  # (written elsewhere)
+    # (as written elsewhere: another writer's file, this one's gone; a file changed in
+    # place, same inode and size, is not read again by the instances of this process)
+    other = tmp_path / (index_module.process.unique_name() + index_module.INDEX_SUFFIX)
+    other.write_text(index.read_text().replace('"Text"', '"Gone"'))
+    index.unlink()
     fresh: CacheDict[tp.Any] = CacheDict(tmp_path)
     with pytest.raises(ValueError, match=r"'a' was written with the format 'Gone'.*import"):
         fresh["a"]
@@ -3107,3 +3115,177 @@ def test_a_session_whose_data_file_was_removed_is_not_taken_up(tmp_path: Path) -
     np.testing.assert_array_equal(fresh["new"], np.full(8, 7.0))
     with pytest.raises(FileNotFoundError):
         fresh["old"]
+
+
+# --- new instances of a folder this process read: from a copy of its last reader --------------
+def _parsed_bytes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The bytes of index lines each read parses, from now on (one number per call)."""
+    parse_span = index_module.IndexReader._parse_span
+    parsed: list[int] = []
+
+    def counted(self: tp.Any, name: str, state: tp.Any, data: bytes, end: int) -> None:
+        parsed.append(end + 1)
+        parse_span(self, name, state, data, end)
+
+    monkeypatch.setattr(index_module.IndexReader, "_parse_span", counted)
+    return parsed
+
+
+def _in_another_process(folder: Path, code: str) -> None:
+    """Run ``code`` in another process (``cache`` is a CacheDict of ``folder``)."""
+    header = "import sys\nfrom exca.cachedict import CacheDict\ncache = CacheDict(sys.argv[1])\n"
+    subprocess.run([sys.executable, "-c", header + code, str(folder)], check=True)
+
+
+def test_a_new_instance_parses_only_what_was_appended_since_the_last_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new instance of a folder this process read (a new config per call) started by
+    parsing every index file again: ~14 ms per instance at 1,600 entries."""
+    cd: CacheDict[int] = CacheDict(tmp_path)
+    with cd.write():
+        cd.set_many([(f"k{i}", i) for i in range(300)], meta={"code": "x"})
+    assert len(cd) == 300
+    del cd  # (a loop drops each instance: its reader is kept, within bounds)
+    gc.collect()
+    _in_another_process(tmp_path, "with cache.write():\n    cache['new'] = -1")
+    parsed = _parsed_bytes(monkeypatch)
+    for _ in range(3):
+        fresh: CacheDict[int] = CacheDict(tmp_path)
+        assert fresh["k7"] == 7 and fresh["new"] == -1 and len(fresh) == 301
+        assert fresh.entry("k7").info["#meta"] == {"code": "x"}  # type: ignore[union-attr]
+    new_line = sum(len(line) + 1 for line in index_lines(tmp_path) if b'"new"' in line)
+    assert parsed == [new_line]  # (read once, by the first new instance)
+
+
+def test_a_new_instance_does_not_see_entries_another_process_deleted_or_replaced(
+    tmp_path: Path,
+) -> None:
+    cd: CacheDict[str] = CacheDict(tmp_path, keep_in_ram=True)
+    with cd.write():
+        cd.set_many([(f"k{i}", f"v{i}") for i in range(10)])
+    assert cd["k5"] == "v5" and len(cd) == 10
+    _in_another_process(
+        tmp_path,
+        "with cache.write():\n    del cache['k3']\n    del cache['k5']\n    cache['k5'] = 'new'",
+    )
+    fresh: CacheDict[str] = CacheDict(tmp_path, keep_in_ram=True)
+    assert "k3" not in fresh and fresh["k5"] == "new"
+    assert sorted(fresh.keys()) == sorted(f"k{i}" for i in range(10) if i != 3)
+    # the first instance's RAM copy is its own: dropped as stale once it reads again
+    assert cd["k5"] == "v5"
+    cd.refresh()
+    cd.drop_stale_ram()
+    assert cd["k5"] == "new" and "k3" not in cd
+
+
+def test_a_folder_deleted_and_made_again_is_read_anew_by_a_new_instance(tmp_path: Path) -> None:
+    """Same path, same keys, other values (another process wrote them): never the old ones."""
+    import shutil
+
+    folder = tmp_path / "cache"
+    cd: CacheDict[str] = CacheDict(folder)
+    with cd.write():
+        cd.set_many([("a", "old"), ("b", "old")])
+    assert dict(cd.items()) == {"a": "old", "b": "old"}
+    shutil.rmtree(folder)
+    _in_another_process(
+        folder, "with cache.write():\n    cache['a'] = 'new'\n    cache['c'] = 'new'"
+    )
+    assert dict(CacheDict(folder).items()) == {"a": "new", "c": "new"}
+
+
+def test_an_index_file_cut_back_in_place_is_read_again_by_a_new_instance(tmp_path: Path) -> None:
+    """An index file of the same inode, shorter than read (a partial restore): read again
+    from its start, its later lines are gone."""
+    cd: CacheDict[int] = CacheDict(tmp_path)
+    with cd.write():
+        cd["a"] = 1
+    (index,) = index_files(tmp_path)
+    size = index.stat().st_size
+    with cd.write():
+        cd["b"] = 2
+    assert sorted(CacheDict(tmp_path).keys()) == ["a", "b"]
+    os.truncate(index, size)
+    assert CacheDict(tmp_path).keys() == ["a"]
+
+
+def test_a_clear_or_a_removal_elsewhere_is_seen_by_a_new_instance(tmp_path: Path) -> None:
+    cd: CacheDict[int] = CacheDict(tmp_path)
+    with cd.write():
+        cd["a"] = 1
+    assert "a" in cd
+    _in_another_process(tmp_path, "cache.clear()\nwith cache.write():\n    cache['b'] = 2")
+    assert CacheDict(tmp_path).keys() == ["b"]
+    # an index file removed by hand (or a clean) takes its entries with it
+    new_sessions()
+    other: CacheDict[int] = CacheDict(tmp_path)
+    with other.write():
+        other["c"] = 3
+    assert sorted(CacheDict(tmp_path).keys()) == ["b", "c"]
+    written = [p for p in index_files(tmp_path) if b'"c"' in p.read_bytes()]
+    written[0].unlink()
+    assert CacheDict(tmp_path).keys() == ["b"]
+    # a clear() by an instance of this process
+    CacheDict(tmp_path).clear()
+    assert CacheDict(tmp_path).keys() == [] and cd.keys() == []
+
+
+def test_the_readers_kept_for_new_instances_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(index_module, "_KEPT_ENTRIES", 50)
+    monkeypatch.setattr(index_module, "_KEPT_FOLDERS", 4)
+    for i in range(10):
+        cd: CacheDict[int] = CacheDict(tmp_path / str(i))
+        with cd.write():
+            cd.set_many([(str(k), k) for k in range(i * 5)])
+        assert len(CacheDict(tmp_path / str(i))) == i * 5
+    kept = index_module._KEPT_READERS
+    assert len(kept) <= 4 and sum(len(r.entries) for r in kept.values()) <= 50
+    big: CacheDict[int] = CacheDict(tmp_path / "big")
+    with big.write():
+        big.set_many([(str(k), k) for k in range(60)])  # (more than kept, since its read)
+    assert len(CacheDict(tmp_path / "small")) == 0
+    assert str(tmp_path / "big") not in kept  # (shared while held)
+    assert index_module._shared_reader(str(tmp_path / "big")) is big._reader
+
+
+def test_new_instances_in_threads_read_what_a_writer_thread_wrote(tmp_path: Path) -> None:
+    """Threads making new instances of a folder while another writes to it: every key
+    found holds its value, none is lost."""
+    count = 150
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        cd: CacheDict[int] = CacheDict(tmp_path)
+        try:
+            for i in range(count):
+                with cd.write():
+                    cd[f"k{i}"] = i
+                if i % 10 == 3:
+                    with cd.write():
+                        del cd[f"k{i - 1}"]
+        finally:
+            done.set()
+
+    def read() -> None:
+        try:
+            while not done.is_set():
+                fresh: CacheDict[int] = CacheDict(tmp_path)
+                for key in fresh:
+                    assert fresh.get(key, int(key[1:])) == int(key[1:]), key
+        except BaseException as error:  # (raised in the test's thread)
+            errors.append(error)
+
+    threads = [threading.Thread(target=write)] + [threading.Thread(target=read) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    expected = {f"k{i}" for i in range(count)} - {f"k{i - 1}" for i in range(count) if i % 10 == 3}
+    assert set(CacheDict(tmp_path).keys()) == expected
+    index_module.unshare(tmp_path)  # (and as a reader parsing it all sees it)
+    assert set(CacheDict(tmp_path).keys()) == expected

@@ -21,6 +21,7 @@ import pytest
 from racing import race
 
 from exca.cachedict import CacheDict
+from exca.storage import index as index_module
 
 # shared by the test process and the writer subprocesses (exec'd in both)
 VALUES_SRC = """
@@ -309,6 +310,10 @@ def test_garbage_line_at_the_end(tmp_path: Path) -> None:
     _check_expected(reader)
     with cd.write():  # the folder stays writable
         cd["after"] = {"a": 1}
+    with warnings.catch_warnings():  # (a new instance starts where this process's last
+        warnings.simplefilter("error")  # reader stopped: that line was said already)
+        assert CacheDict(folder)["after"] == {"a": 1}
+    index_module.unshare(folder)  # (a reader of another process reads it, and says so)
     with pytest.warns(RuntimeWarning):
         assert CacheDict(folder)["after"] == {"a": 1}
 
@@ -974,6 +979,7 @@ def test_an_index_line_cut_by_a_full_disk_is_said_so(
             cd["cut"] = 2
         monkeypatch.undo()
         cd["after"] = 3
+    index_module.unshare(tmp_path)  # (a reader of another process: it reads every line)
     with pytest.warns(RuntimeWarning, match="or its disk was full"):
         reread = dict(CacheDict(tmp_path).items())
     assert reread == {"before": 1, "after": 3}

@@ -64,6 +64,7 @@ from .index import (
     place,
     places,
     stored_meta,
+    unshare,
     written_record,
 )
 from .keytext import check_utf8
@@ -1435,6 +1436,7 @@ class CacheDict(tp.Generic[X]):
             # (inside write(): its files, removed above, would stay open until the process ends)
             session[1].close_files()
             session[0].close()
+        unshare(self.folder)  # (new readers must not start from what the removed files held)
         self._reader = self._new_reader()
         self._loader_context = None
         self._read_once = False
