@@ -3289,3 +3289,22 @@ def test_new_instances_in_threads_read_what_a_writer_thread_wrote(tmp_path: Path
     assert set(CacheDict(tmp_path).keys()) == expected
     index_module.unshare(tmp_path)  # (and as a reader parsing it all sees it)
     assert set(CacheDict(tmp_path).keys()) == expected
+
+
+def test_relying_on_the_last_read_skips_rereads_until_the_next_refresh(tmp_path: Path) -> None:
+    cd: CacheDict[int] = CacheDict(tmp_path)
+    with cd.write():
+        cd["a"] = 1
+    assert "a" in cd
+    _in_another_process(tmp_path, "with cache.write():\n    cache['b'] = 2")
+    with cd.relying_on_last_read():
+        cd.reread()
+        assert "b" not in cd and cd.missing(["a", "b"]) == ["b"]  # (as read just now)
+        cd.refresh()  # (an explicit read: misses read again from then on)
+        _in_another_process(tmp_path, "with cache.write():\n    cache['c'] = 3")
+        assert cd["b"] == 2 and cd["c"] == 3
+    _in_another_process(tmp_path, "with cache.write():\n    cache['d'] = 4")
+    assert cd["d"] == 4  # (outside: a miss reads again)
+    fresh: CacheDict[int] = CacheDict(tmp_path / "new")
+    with fresh.relying_on_last_read():  # (never read: its first read reads)
+        assert "x" not in fresh and fresh.keys() == []

@@ -127,6 +127,40 @@ def test_a_new_instance_per_call_writes_one_index_file(tmp_path: Path) -> None:
     assert counts(log) == dict.fromkeys(range(50), 1)
 
 
+def test_a_small_map_call_lists_its_folder_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One new item: the call's look-up, then the worker's read once it holds the claim
+    (what another process wrote meanwhile); the scheduler's decision, the worker's check
+    before claiming and the end of the run listed it again (5 listings: on NFS each is a
+    round trip). One cached item: one listing."""
+    log = tmp_path / "calls.txt"
+    assert list(make(tmp_path, None).process([1, 2])) == [10, 20]
+    folder = make(tmp_path, None).infra.uid_folder()
+    assert folder is not None
+    listings: list[str] = []
+    scandir = os.scandir
+
+    def counted(path: tp.Any = ".") -> tp.Any:
+        if os.fspath(path) == str(folder):
+            listings.append(str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", counted)
+    assert list(make(tmp_path, None).process([3])) == [30]
+    assert len(listings) == 2
+    listings.clear()
+    assert list(make(tmp_path, None).process([2])) == [20]
+    assert len(listings) == 1
+    mapper = make(tmp_path, None)  # (an instance that read before: its call reads again)
+    assert list(mapper.process([1])) == [10]
+    listings.clear()
+    assert list(mapper.process([4, 1])) == [40, 10]
+    assert len(listings) == 2
+    monkeypatch.undo()
+    assert counts(log) == {1: 1, 2: 1, 3: 1, 4: 1}
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("cluster", CLUSTERS)
 def test_item_errors(tmp_path: Path, cluster: str | None) -> None:

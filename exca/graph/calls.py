@@ -486,7 +486,11 @@ def map_items(node: Node, uids: list[str], missing: list[str] | None = None) -> 
         return
     from .scheduler import Scheduler
 
-    Scheduler([node], item_uids={node.key: uids}).run(root_cause=True)
+    # (missing: read just now through this node's cache; the scheduler's decision and its
+    # worker's look-up before claiming rely on that read, the claim's refresh reads again)
+    reading = node.cache.relying_on_last_read() if missing is not None else contextlib.nullcontext()
+    with reading:
+        Scheduler([node], item_uids={node.key: uids}).run(root_cause=True)
 
 
 def map_jobs_pending(node: Node, uids: list[str]) -> bool:

@@ -997,8 +997,10 @@ class Scheduler:
     def _finish(self, run: NodeRun, progress: Progress) -> None:
         node = run.node
         inline = all(isinstance(h, executors.DoneHandle) for h in run.handles)
-        if not inline or node.kind != "task":
-            node.cache.refresh()  # (an inline task wrote through this very cache, or read it fresh)
+        if not inline:
+            # (inline, a task or a map wrote through this very cache, after reading it
+            # fresh: a map's items missing from it are read again below, on that miss)
+            node.cache.refresh()
         if node.kind == "task":
             if not inline:
                 progress.update(1)

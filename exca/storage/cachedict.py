@@ -107,6 +107,7 @@ class _ThreadState(threading.local):
     writing_generation = -1  # the fork generation whose write() context set `writing`
     frozen = 0  # >0: a miss refreshes at most once (bulk checks)
     refreshed_while_frozen = False
+    relying = False  # inside relying_on_last_read(), before the next refresh()
     # (writer, its dump context, the fork generation it belongs to): one thread-local
     # lookup on the hot path instead of three
     session: tuple[IndexWriter, DumpContext, int, int] | None = None
@@ -338,6 +339,7 @@ class CacheDict(tp.Generic[X]):
         """Read what other writers added since the last read."""
         reader = self._reader
         if reader is not None:
+            self._local.relying = False  # (read now: later misses may read again)
             reader.refresh()
             self._read_once = True
             if self._local.frozen:  # (the one re-read a frozen context allows: done)
@@ -394,8 +396,25 @@ class CacheDict(tp.Generic[X]):
     def reread(self) -> None:
         """``refresh()`` if this view read the folder before (else its first read comes
         anyway): for a long-lived view, what other processes wrote, forced or deleted."""
+        local = self._local
+        if local.relying:  # (read just now: see relying_on_last_read)
+            local.refreshed_while_frozen = True
+            return
         if self._read_once:
             self.refresh()
+
+    @contextlib.contextmanager
+    def relying_on_last_read(self) -> tp.Iterator[None]:
+        """The caller read the folder just now (this thread, e.g. a map call's look-up of
+        its items): until the next ``refresh()`` in this block, ``reread()`` and a miss
+        rely on that read instead of listing the folder again (what is computed next
+        refreshes before computing anything: see the worker's claims)."""
+        local = self._local
+        outer, local.relying = local.relying, self._read_once
+        try:
+            yield
+        finally:
+            local.relying = outer
 
     def _new_reader(self) -> IndexReader:
         assert self.folder is not None
@@ -461,6 +480,8 @@ class CacheDict(tp.Generic[X]):
         if self._reader is None:
             return False
         local = self._local
+        if local.relying:  # (read just now: see relying_on_last_read)
+            return False
         if local.frozen:
             if local.refreshed_while_frozen:
                 return False
