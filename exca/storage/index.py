@@ -254,6 +254,17 @@ def unshare(folder: Path | str) -> None:
         _KEPT_READERS.pop(folder, None)
 
 
+def _unshare_all() -> None:
+    """New readers read every folder from nothing (a command of the command line, run
+    as in a new process: it warns again of the unreadable lines it meets)."""
+    with _SHARED_LOCK:
+        _SHARED_READERS.clear()
+        _KEPT_READERS.clear()
+
+
+saidonce.FORGET_CHECKS.append(_unshare_all)
+
+
 def _shared_reader(folder: str) -> IndexReader | None:
     with _SHARED_LOCK:
         return _SHARED_READERS.get(folder)
