@@ -2429,36 +2429,37 @@ def _remove_unsent_files(error: BaseException) -> None:
     went through were handling (submitit's locals: ``pickle_path``, ``pickle_paths`` of
     an array, ``submission_file_path``). Not another's: another process submitting jobs
     of the same step meanwhile writes its own in the same folder, and needs them."""
-    trace = error.__traceback__
-    paths: set[str] = set()
-    while trace is not None:
-        for value in trace.tb_frame.f_locals.values():
-            values = value if isinstance(value, list | tuple) else (value,)
-            for item in values[:100_000]:
-                if isinstance(item, str | os.PathLike):
-                    path = os.fspath(item)
-                    if isinstance(path, str) and _UNSENT_FILE.fullmatch(os.path.basename(path)):
-                        paths.add(path)
-        trace = trace.tb_next
+    paths = {
+        path
+        for path in _paths_in_frames(error, within_lists=True)
+        if _UNSENT_FILE.fullmatch(os.path.basename(path))
+    }
     for path in paths:
         with contextlib.suppress(OSError):
             if not os.path.islink(path):
                 os.remove(path)
 
 
-def _pickles_named(error: BaseException) -> set[str]:
-    """The names of the pickle files the frames ``error`` went through were writing (the
-    locals of submitit's dump: ``<random hex>.pkl``)."""
-    names = set()
+def _paths_in_frames(error: BaseException, within_lists: bool = False) -> tp.Iterator[str]:
+    """The paths held by the locals of the frames ``error`` went through (and by their
+    lists and tuples, ``within_lists``: an array's ``pickle_paths``)."""
     trace = error.__traceback__
     while trace is not None:
         for value in trace.tb_frame.f_locals.values():
-            if isinstance(value, str | os.PathLike):
-                name = os.path.basename(os.fspath(value))
-                if isinstance(name, str) and name.endswith(".pkl"):
-                    names.add(name)
+            values = value if within_lists and isinstance(value, list | tuple) else (value,)
+            for item in values[:100_000]:
+                if isinstance(item, str | os.PathLike):
+                    path = os.fspath(item)
+                    if isinstance(path, str):
+                        yield path
         trace = trace.tb_next
-    return names
+
+
+def _pickles_named(error: BaseException) -> set[str]:
+    """The names of the pickle files the frames ``error`` went through were writing (the
+    locals of submitit's dump: ``<random hex>.pkl``)."""
+    names = (os.path.basename(path) for path in _paths_in_frames(error))
+    return {name for name in names if name.endswith(".pkl")}
 
 
 def _cut_short(path: Path) -> bool:
