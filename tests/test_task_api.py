@@ -1837,6 +1837,26 @@ def test_plan_tells_a_reuse_under_other_sub_config_versions(tmp_path: Path) -> N
     assert reasons(scaled(2)) == ["cached"]
 
 
+def test_plan_tells_a_map_reused_under_other_sub_config_versions(tmp_path: Path) -> None:
+    """A map whose items were computed when a sub-config had another class version: the
+    call warned, but its plan said only "cached" (a task's plan says what changed). A
+    researcher bumping the version of a training held by a per-item evaluation saw
+    nothing in the plan table."""
+    from exca.infra import base as infra_base
+
+    mapped = HeldMap(infra={"folder": tmp_path})
+    assert list(mapped.apply([1, 2])) == [1, 2]
+    folder = mapped.infra.uid_folder()
+    assert folder is not None
+    full = folder / "full-uid.yaml"  # (as written by the class of Task at version "0")
+    full.write_text(full.read_text().replace("  infra.version: '1'", "  infra.version: '0'"))
+    infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
+    node = HeldMap(infra={"folder": tmp_path}).apply.node([1, 2])
+    (entry,) = [e for e in exca.graph.plan(node).entries if e.status == "cached"]
+    note = "computed with other sub-config versions (task.infra.version '0' -> '1')"
+    assert entry.reason.startswith(f"cached, {note}"), entry.reason
+
+
 def test_iter_cached(tmp_path: Path) -> None:
     for layers in (1, 2):
         assert Outer(model={"layers": layers}, infra={"folder": tmp_path}).train() > 0

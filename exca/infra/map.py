@@ -637,6 +637,9 @@ class MapInfra(BaseInfra, SubmititMixin):
                     min_items_per_job=self.min_samples_per_job,
                 ),
                 label=uid,
+                # (a plan says "cached, computed with other sub-config versions" of a map
+                # too, as of a task: the warning alone was easy to miss)
+                reuse_note=self._reuse_note if self.folder is not None else None,
                 **self._node_folder_hooks(cache),
                 item_uid=method.item_uid,
                 forbid_single_item=self.forbid_single_item_computation,
