@@ -1857,6 +1857,31 @@ def test_plan_tells_a_map_reused_under_other_sub_config_versions(tmp_path: Path)
     assert entry.reason.startswith(f"cached, {note}"), entry.reason
 
 
+def test_plan_tells_an_upstream_not_needed_computed_under_other_sub_config_versions(
+    tmp_path: Path,
+) -> None:
+    """A pipeline whose cached target was computed from a node cached when its sub-config
+    had another class version (a version bumped since): the run reuses the target and
+    warns of that node, but the plan table said only "not needed" for it."""
+    from exca.infra import base as infra_base
+
+    held = Held(infra={"folder": tmp_path})
+    target = Scaled(infra={"folder": tmp_path}).scale.node(held.total.node())
+    assert target.result() == 20
+    folder = held.infra.uid_folder()
+    assert folder is not None
+    full = folder / "full-uid.yaml"  # (as written by the class of Task at version "0")
+    full.write_text(full.read_text().replace("  infra.version: '1'", "  infra.version: '0'"))
+    infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
+    held = Held(infra={"folder": tmp_path})
+    target = Scaled(infra={"folder": tmp_path}).scale.node(held.total.node())
+    plan = exca.graph.plan(target)
+    assert plan.counts() == {"cached": 1, "not needed": 1}
+    (entry,) = [e for e in plan.entries if e.status == "not needed"]
+    note = "computed with other sub-config versions (task.infra.version '0' -> '1')"
+    assert entry.reason.startswith(f"not needed, {note}"), entry.reason
+
+
 def test_iter_cached(tmp_path: Path) -> None:
     for layers in (1, 2):
         assert Outer(model={"layers": layers}, infra={"folder": tmp_path}).train() > 0

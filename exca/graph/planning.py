@@ -169,6 +169,13 @@ class Plan:
                 )
                 if edited:
                     reason = f"{reason}, {edited}"
+        elif status == "not needed" and node.reuse_note is not None:
+            # (a cached target's check walked its upstream: one computed with other
+            # sub-config versions is what a bumped version left behind it, said in the
+            # table, not only in the log)
+            note = node.reuse_note()
+            if note:
+                reason = f"{reason}, {note}"
         elif status == "missing" and run.reason in ("missing", READ_ONLY_MISSING):
             copied = _copied_job(run)
             if copied is not None:
