@@ -1785,6 +1785,30 @@ def test_sub_config_version_warning_only_where_a_result_is_reused(
         assert list(other.apply([5])) == [5] and not warned()  # (nothing reused)
 
 
+def test_a_forced_map_does_not_warn_of_reusing_other_sub_config_versions(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A map in mode force computes its items again, reusing none: it warned (twice)
+    "Reusing the cache ..., computed when sub-configs had other class versions", as a
+    forced task does not. A cached call still warns."""
+    from exca.infra import base as infra_base
+
+    mapped = HeldMap(infra={"folder": tmp_path})
+    assert list(mapped.apply([1, 2])) == [1, 2]
+    folder = mapped.infra.uid_folder()
+    assert folder is not None
+    full = folder / "full-uid.yaml"  # (as written by the class of Task at version "0")
+    full.write_text(full.read_text().replace("  infra.version: '1'", "  infra.version: '0'"))
+    with caplog.at_level("WARNING", logger="exca"):
+        infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
+        forced = HeldMap(infra={"folder": tmp_path, "mode": "force"})
+        assert list(forced.apply([1, 2])) == [1, 2]
+        assert "other class versions" not in caplog.text
+        infra_base._DEFAULTS_CHECKED.clear()
+        assert list(HeldMap(infra={"folder": tmp_path}).apply([1, 2])) == [1, 2]
+        assert "other class versions" in caplog.text  # (reused: told)
+
+
 def test_plan_tells_a_reuse_under_other_sub_config_versions(tmp_path: Path) -> None:
     """A result computed when a sub-config had another class version is reused (that
     version is not part of the uid): the plan said only "cached" (the warning went to the

@@ -496,16 +496,21 @@ class MapInfra(BaseInfra, SubmititMixin):
         self._check_resources(self.folder)
 
     def _prepare_reuses(self, folder: Path) -> bool:
-        # (items cached before, read by the call about to compute the missing ones)
-        try:
-            return any(e.name.endswith(INDEX_SUFFIX) for e in os.scandir(folder))
-        except FileNotFoundError:
-            return False
+        # (items cached before, read by the call about to compute the missing ones; a
+        # forced call computes its items again: it reuses none, and warned twice that it
+        # was "Reusing the cache" computed under other sub-config versions)
+        return self.mode != "force" and self._has_result(folder)
+
+    def _reuses(self, folder: Path) -> bool:
+        return self._prepare_reuses(folder)
 
     def _has_result(self, folder: Path) -> bool:
         # A folder without any item index is being made (its creator writes the yaml
         # files next, before any item): its missing yaml files were not removed by hand
-        return self._prepare_reuses(folder)
+        try:
+            return any(e.name.endswith(INDEX_SUFFIX) for e in os.scandir(folder))
+        except FileNotFoundError:
+            return False
 
     def _holds_results(self, folder: Path) -> bool:
         return True  # (iter_cached lists every map folder with a uid.yaml, items or not)
