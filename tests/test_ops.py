@@ -2797,6 +2797,30 @@ def test_explain_stale_with_nodes_built_before(tmp_path: Path) -> None:
 
 
 # --- clean -------------------------------------------------------------------------------------
+def test_clean_without_downstream_says_what_computed_from_them_stays(tmp_path: Path) -> None:
+    """Cleaning some trainings left the aggregation computed from them cached, without a
+    word: the next run reused it and computed nothing (a researcher cleaning a bad
+    learning rate saw a plan with nothing to compute). The preview, and the removal, now
+    name what stays and that --downstream removes it too."""
+    root = tmp_path / "cache"
+    source, downstream = _pipeline(root)
+    assert downstream.result() == 12
+    assert source.folder is not None and downstream.folder is not None
+    shown = str(downstream.folder.relative_to(root))
+    for args in ([], ["--yes"]):
+        text = cli("clean", root, "node", source.folder, *args, check=True).stdout
+        assert f"Left: 1 node folder(s) computed from these ({shown})" in text, text
+        assert "--downstream removes them too" in text
+        if not args:
+            assert "preview" in text
+    assert not source.folder.exists() and downstream.folder.exists()
+    plan = exca.graph.plan(_pipeline(root)[1])
+    assert plan.counts() == {"cached": 1, "not needed": 1}  # (what the line warns of)
+    Source(n=4, infra={"folder": root}).make()
+    text = cli("clean", root, "node", source.folder, "--downstream", check=True).stdout
+    assert "Left:" not in text  # (removed with them)
+
+
 def test_clean_previews_remove_nothing(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     source, downstream = _pipeline(root)

@@ -1064,6 +1064,25 @@ def old_versions(root: Path | str, step: str | None = None, downstream: bool = F
     return plan
 
 
+def downstream_left(plan: CleanPlan, root: Path | str) -> list[Path]:
+    """The node folders computed from what a plan removes whole that it leaves (made
+    without ``downstream``): they stay cached, and a run reuses them rather than
+    computing again what the plan removes (an aggregation of removed trainings)."""
+    removed = []
+    for removal in plan.removals:
+        path = removal.path
+        if removal.keys is not None or path.is_symlink():
+            continue
+        with contextlib.suppress(OSError):
+            if is_node_folder(path):
+                removed.append(path)
+    if not removed:
+        return []
+    whole, some_items = computed_from(Path(os.path.abspath(root)), removed)
+    listed = {r.path.resolve() for r in plan.removals}
+    return [f for f in [*whole, *some_items] if f.resolve() not in listed]
+
+
 def _add_downstream(plan: CleanPlan, root: Path, reason: str) -> None:
     """Add to a plan what was computed from the node folders it removes whole (not what
     it keeps: e.g. a config of an old version a link points to)."""

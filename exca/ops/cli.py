@@ -644,6 +644,24 @@ def _clean_json(
     }
 
 
+def _downstream_left(plan: CleanPlan, root: str) -> str:
+    """The line saying what a removal without --downstream leaves that was computed from
+    it ("" when nothing was): cleaned trainings whose aggregation stays cached are not
+    computed again by the next run, which reuses that aggregation."""
+    from . import clean
+
+    left = clean.downstream_left(plan, root)
+    if not left:
+        return ""
+    first = os.path.relpath(left[0], os.path.abspath(root))
+    more = f" and {len(left) - 1} more" if len(left) > 1 else ""
+    return (
+        f"\nLeft: {len(left)} node folder(s) computed from these ({first}{more}): they stay "
+        "cached, and a run that reuses them does not compute these again; --downstream "
+        "removes them too"
+    )
+
+
 def _clean_outcome(plan: CleanPlan, freed: int) -> str:
     """What ``clean --yes`` did, after the preview it prints: how many of the items listed
     "to remove" were removed, and how many were kept (in use since the preview, each
@@ -1426,6 +1444,9 @@ def _main(argv: list[str] | None) -> int:
         said = ""  # (nothing found: a root given wrong? said)
         if not removal.removals and not removal.kept:
             said = _no_cache(Path(args.root), args.json)
+        left = ""  # (what was computed from them stays, reused by the next run: said)
+        if args.what in ("node", "versions") and not args.downstream and not args.json:
+            left = _downstream_left(removal, args.root)
         recent = ""  # (`clean logs`: what it left as too recent, said under the preview)
         if args.what == "logs" and (removal.recent or removal.starting) and not said:
             recent = "\n" + _recent_logs(removal, days)
@@ -1435,14 +1456,16 @@ def _main(argv: list[str] | None) -> int:
             _print(
                 _clean_json(args.what, False, removal, freed=freed),
                 args.json,
-                f"{removal} {said}" if said else f"{removal}\n{done}".strip() + recent,
+                f"{removal} {said}" if said else f"{removal}\n{done}".strip() + left + recent,
             )
             if removal.failed:
                 return 1
         else:
             hint = "\n(preview: run again with --yes to remove)" if removal.removals else ""
             hint = f" {said}" if said else hint
-            _print(_clean_json(args.what, True, removal), args.json, f"{removal}{hint}{recent}")
+            _print(
+                _clean_json(args.what, True, removal), args.json, f"{removal}{left}{hint}{recent}"
+            )
     elif args.command == "logs":
         from .clean import is_node_folder
         from .inspect import input_folders
