@@ -854,3 +854,55 @@ def test_rename_class_then_provenance_finds_the_renamed_upstream(tmp_path: Path)
     stale = [e for e in plan.entries if e.status == "stale"]
     assert len(stale) == 2, plan.entries
     assert all(f"stale: upstream {new}.prepare,1/default recomputed" in e.reason for e in stale)
+
+
+MAPS_MODULE = """
+import typing as tp
+import pydantic
+import exca
+
+
+class Square(pydantic.BaseModel):
+    k: int = 1
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def run(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            yield item * self.k
+"""
+
+
+class Gather(pydantic.BaseModel):
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def total(self, parts: dict[str, list[int]]) -> int:
+        return sum(sum(p) for p in parts.values())
+
+
+def test_rename_class_of_maps_feeding_a_dict_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task fed a dict of two map nodes (one evaluation per trained model, gathered):
+    its inputs.yaml reads several ways (a step name holds a comma) and the record that
+    tells them apart was not used for maps: the rename left it, and the gathering task
+    computed again under the new names."""
+    for name in ("mapsold", "mapsnew"):
+        (tmp_path / f"{name}.py").write_text(MAPS_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    root = tmp_path / "cache"
+
+    def target(module: str) -> exca.graph.Node:
+        cls = importlib.import_module(module).Square
+        parts = {
+            key: cls(k=k, infra={"folder": root}).run.node([1, 2])
+            for key, k in (("a", 1), ("b", 2))
+        }
+        return Gather(infra={"folder": root}).total.node(parts)
+
+    assert target("mapsold").result() == 9
+    done = helpers.rename_class(root, "mapsold.Square", "mapsnew.Square", dryrun=False)
+    assert len(done.rewrites) == 1 and not done.left
+    plan = exca.graph.plan(target("mapsnew"))
+    assert plan.counts() == {"cached": 1, "not needed": 2}

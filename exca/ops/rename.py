@@ -433,9 +433,12 @@ def _required(readings: dict[str, Readings], recorded: set[str]) -> dict[str, se
 
 
 def _recorded_tasks(folder: Path) -> set[str] | None:
-    """The uids of the upstream tasks the result of a task's ``inputs-*`` folder was
-    computed from (its provenance), None if unknown: no result, or fed by a map (whose
-    provenance adds what fed the map: not an input of its own)."""
+    """The uids of the upstream nodes the result of a task's ``inputs-*`` folder was
+    computed from (its provenance), None if unknown (no result). A map is recorded by its
+    config's uid: given as ``<uid>/items-``, the shape of the input naming it (its items'
+    digest follows), so that its span is found (a dict of two maps was read several ways,
+    and left: the task computed again after the rename). What fed a map is recorded too,
+    though no input of the task: a uid no span has the shape of is passed over."""
     from ..graph.node import TASK_KEY
     from ..graph.worker import MAP_REF
     from ..storage.cachedict import inspecting_view
@@ -449,9 +452,9 @@ def _recorded_tasks(folder: Path) -> set[str] | None:
         return None
     meta = meta_of(records[TASK_KEY])
     up = meta.get("up") if isinstance(meta, dict) else None
-    if not isinstance(up, dict) or MAP_REF in up.values():
+    if not isinstance(up, dict):
         return None
-    return {str(uid) for uid in up}
+    return {f"{uid}/{_ITEMS}" if ref == MAP_REF else str(uid) for uid, ref in up.items()}
 
 
 def rename_class(folder: str | Path, old: str, new: str, dryrun: bool = True) -> Renaming:
