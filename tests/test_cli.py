@@ -43,6 +43,20 @@ def run(capsys: pytest.CaptureFixture[str], *args: tp.Any) -> tuple[int, str, st
     return status, out, err
 
 
+def test_run_is_refused_saying_how_to_run_the_target(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`exca run TARGET`, what a researcher tries after `exca plan TARGET`, ended in
+    argparse's "invalid choice: 'run'" (a SystemExit); it now says that the command line
+    computes nothing and gives the python line that runs that TARGET."""
+    status, out, err = run(capsys, "run", "mypipe:targets")
+    assert status == 2 and out == ""
+    assert err.startswith("exca: error: ValueError: exca has no command 'run'"), err
+    assert 'python -c "import exca, mypipe; exca.graph.run(mypipe.targets())"' in err
+    status, _, err = run(capsys, "run", "myexp:Train.fit", "epochs=2")
+    assert status == 2 and "import myexp; myexp.Train(...).fit()" in err, err
+
+
 def test_list_step_matching_no_step_is_an_error_naming_the_steps(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1118,6 +1118,24 @@ class _Once(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def _no_run_command(command: str, target: list[str]) -> str:
+    """Why `exca run TARGET` is refused, and how to run TARGET (argparse said only
+    "invalid choice: 'run'")."""
+    module, _, name = (target[0] if target else "").partition(":")
+    if module and name and "." not in name:  # (a function returning the targets)
+        how = f'python -c "import exca, {module}; exca.graph.run({module}.{name}())"'
+    elif module and name:
+        cls, _, method = name.rpartition(".")
+        how = f'python -c "import {module}; {module}.{cls}(...).{method}()"'
+    else:
+        how = "exca.graph.run(*nodes), or a call of the decorated method"
+    return (
+        f"exca has no command {command!r}: the command line plans (plan, explain, check) "
+        f"and looks after caches (list, clean, rename, logs), it computes nothing. Run from "
+        f"Python: {how} (`exca plan` with the same TARGET shows what that would compute)"
+    )
+
+
 def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="exca",
@@ -1286,6 +1304,9 @@ def _main(argv: list[str] | None) -> int:
     p_logs.add_argument("--stderr", action="store_true", help="stderr instead of stdout")
     p_logs.add_argument("--json", action="store_true", help="machine-readable output")
 
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] in (["run"], ["compute"]):  # (what one tries after `exca plan TARGET`)
+        raise ValueError(_no_run_command(given[0], given[1:2]))
     # overrides are the arguments left: _target_node explains the misformed ones
     args, rest = parser.parse_known_args(argv)
     if rest and args.command not in ("plan", "explain", "check"):
