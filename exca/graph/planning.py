@@ -375,10 +375,17 @@ class Plan:
         executor and resources (maps: one element per chunk of missing items)."""
         runs = self.graph.runs
         upstream = self.graph.upstream
+        # (each run asked once, not once per edge: 10,000 nodes)
+        waiting = {key for key, run in runs.items() if _waits(run)}
+        sent = {
+            key
+            for key, run in runs.items()
+            if run.needs_work and key not in waiting and not run.check_only
+        }
         wave: dict[Key, int] = {}
         for key in order:
             ups = [wave[u] + 1 for u in upstream[key] if u in wave]
-            if runs[key].needs_work and not _waits(runs[key]) and not runs[key].check_only:
+            if key in sent:
                 wave[key] = max(ups, default=0)
             elif ups:
                 wave[key] = max(ups) - 1
@@ -388,8 +395,8 @@ class Plan:
         from .executors import on_slurm
 
         behind: set[Key] = set()
-        for key in order:
-            if any(_waits(runs[u]) or u in behind for u in upstream[key]):
+        for key in order if waiting else ():  # (nothing waited for: nothing behind)
+            if any(u in waiting or u in behind for u in upstream[key]):
                 behind.add(key)
         behind = {k for k in behind if not on_slurm(runs[k].node)}
         groups: dict[tuple[int, str, bool], PlannedArray] = {}
@@ -399,9 +406,9 @@ class Plan:
         # second waiting for the first's claims, or finding them cached)
         planned: dict[str, set[str]] = {}
         for key in order:
-            run = runs[key]
-            if key not in wave or not run.needs_work or _waits(run) or run.check_only:
+            if key not in sent:  # (then in wave too)
                 continue
+            run = runs[key]
             node = run.node
             cluster = node.execution.cluster
             elements = 1

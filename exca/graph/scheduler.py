@@ -623,7 +623,7 @@ class Scheduler:
                 own.append(uid)
         if borrowed:
             self._borrowed.append((run, key, borrowed))
-            run.borrowed.update(borrowed)
+            run.borrowed = run.borrowed | set(borrowed)  # (a new set: see NodeRun)
             if run.action == "force":  # (replaced by the other node's jobs? see _finish)
                 run.replaced.update(store.output_places(run.node.cache, borrowed))
         return own

@@ -429,7 +429,7 @@ class CacheDict(tp.Generic[X]):
         reader = self._reader
         return None if reader is None else reader.positions()
 
-    def listed_names(self) -> set[str] | None:
+    def listed_names(self) -> set[str] | frozenset[str] | None:
         """Every file and folder name the last read found in the folder (None: not read
         yet, or in RAM only): what else the folder holds, known without a syscall."""
         reader = self._reader
