@@ -640,3 +640,35 @@ def test_ctrl_c_while_inline_work_and_a_local_job_run_then_a_rerun_computes_what
     assert target().result() == "d([10, 20, 30, 40],j(None,None))"
     again = [(c["name"], c.get("item")) for c in _calls(flags)[len(before) :]]
     assert sorted(again, key=str) == [("d", None), ("j", None), ("m", 3), ("m", 4)]
+
+
+def test_the_topological_order_is_the_standard_librarys() -> None:
+    """Plans list their nodes in graphlib's static order (decisions.static_order makes it
+    without graphlib on graphs with no cycle): random DAGs, nodes given only as upstream,
+    and graphs with a cycle (None: graphlib then names it)."""
+    import graphlib
+
+    from exca.graph.decisions import static_order
+
+    rng = random.Random(0)
+    cycles = 0
+    for _ in range(1000):
+        nodes = [("root", f"n{i}") for i in range(rng.randint(0, 30))]
+        rng.shuffle(nodes)
+        graph = {
+            key: list(dict.fromkeys(rng.sample(nodes[:i], rng.randint(0, min(i, 4)))))
+            for i, key in enumerate(nodes)
+        }
+        keys = list(graph)
+        rng.shuffle(keys)  # (some nodes only named as upstream)
+        graph = {k: graph[k] for k in keys if rng.random() < 0.8 or not graph[k]}
+        assert static_order(graph) == list(graphlib.TopologicalSorter(graph).static_order())
+        if len(graph) > 2:
+            a, b = rng.sample(list(graph), 2)
+            graph[a], graph[b] = [*graph[a], b], [*graph[b], a]
+            try:
+                expected = list(graphlib.TopologicalSorter(graph).static_order())
+            except graphlib.CycleError:
+                expected, cycles = None, cycles + 1
+            assert static_order(graph) == expected
+    assert cycles > 100

@@ -338,6 +338,33 @@ def _upstream_failure_said(node: Node) -> str:
     return f" ({shorten(why, 150)})"
 
 
+def static_order(upstream: dict[Key, list[Key]]) -> list[Key] | None:
+    """``list(graphlib.TopologicalSorter(upstream).static_order())``, the same order, in
+    one pass without its cycle search and node objects (~1.5% of a 10,000-node plan);
+    None for a graph with a cycle."""
+    waiting: dict[Key, int] = {}  # how many upstream nodes each one waits for
+    downstream: dict[Key, list[Key]] = {}
+    for key, ups in upstream.items():  # (the sorter's order of first sight: each node,
+        if key not in waiting:  # then its upstream nodes)
+            waiting[key], downstream[key] = 0, []
+        waiting[key] += len(ups)
+        for up in ups:
+            if up not in waiting:
+                waiting[up], downstream[up] = 0, []
+            downstream[up].append(key)
+    ready = [key for key, count in waiting.items() if count == 0]
+    order: list[Key] = []
+    while ready:  # (as the sorter's waves: each node done, in order, frees its successors)
+        order += ready
+        wave, ready = ready, []
+        for key in wave:
+            for down in downstream[key]:
+                waiting[down] -= 1
+                if not waiting[down]:
+                    ready.append(down)
+    return order if len(order) == len(waiting) else None
+
+
 class Graph:
     """The nodes some targets need, their edges, and the decision for each node."""
 
@@ -407,8 +434,11 @@ class Graph:
                 if key in ups:
                     raise ValueError(f"The graph has a cycle: {[self.nodes[key].uid]}")
             return list(self.nodes)
+        order = static_order(self.upstream)
+        if order is not None:
+            return order
         sorter = graphlib.TopologicalSorter(self.upstream)
-        try:
+        try:  # (a cycle: the standard library names it)
             return list(sorter.static_order())
         except graphlib.CycleError as error:
             cycle = error.args[1]
