@@ -240,6 +240,8 @@ def collect(
     while stack:
         node = stack.pop()
         known = nodes.get(node.key)
+        if known is node:  # (met again through another path: a diamond)
+            continue
         if known is not None:
             same = known.mode == node.mode and known.execution.runs_like(node.execution)
             if known is not node and not same:

@@ -597,7 +597,7 @@ class Node(tp.Generic[Out]):
         """Deduplication key: equal keys are the same node."""
         return (str(self.root), self.uid)
 
-    @property
+    @memoized
     def upstream(self) -> tuple[Node, ...]:
         """Every node that must be done before this one (inputs, map items, chained)."""
         nodes: list[Node] = []
