@@ -319,13 +319,6 @@ class _UidMakerV3:
             if type(key) is not str:
                 key, typed = str(key), True
             kind = type(sub)
-            if kind is not str and kind is not int and kind is not float:
-                # chains of single-key dicts collapse into dotted keys (the loop of
-                # collapse(), inlined: a call per value costs ~5% of a uid)
-                while collapsible[kind] and len(sub) == 1:
-                    ((subkey, sub),) = sub.items()
-                    key, renamed = f"{key}.{subkey}", True
-                    kind = type(sub)
             # (memo lookups inlined: this loop is the hot path of every uid)
             if kind is str:
                 rendered = str_memo.get(sub) or _str_v3(sub)
@@ -334,15 +327,25 @@ class _UidMakerV3:
             elif kind is float:
                 rendered = float_memo.get(sub) or _float_v3_memo(sub)
             else:
+                # chains of single-key dicts collapse into dotted keys (the loop of
+                # collapse(), inlined: a call per value costs ~5% of a uid)
+                while collapsible[kind] and len(sub) == 1:
+                    ((subkey, sub),) = sub.items()
+                    key, renamed = f"{key}.{subkey}", True
+                    kind = type(sub)
                 # (a dict of many keys: rendered without the dispatch call)
                 rendered = self._render_dict(sub) if collapsible[kind] else render(sub)
-            if clean_keys and key not in clean_memo:
-                clean_keys = _clean_key(key)
             display = f"{key}={rendered[0]}"
             # ordered by (len(value display + key), key): short first, NOT alphabetical
             items.append((len(display), key, display, f"{key}={rendered[1]}"))
         if not items:
             return "{}", "dict:{}"
+        # (whether every key is clean: one set check when the keys are the dict's own)
+        if renamed or typed or not clean_memo.issuperset(value):
+            for item in items:
+                if item[1] not in clean_memo and not _clean_key(item[1]):
+                    clean_keys = False
+                    break
         if typed and len({str(key) for key in value}) < len(value):
             _keys_alike(value)
         # (an OrderedDict keeps its order: its values are told apart by their places; a
@@ -360,7 +363,7 @@ class _UidMakerV3:
         display, hashed = ",".join(displays), ",".join(hashes)
         # (keys and values clean: only the cut)
         display = _cut_v3(display) if clean_keys else _clean_v3(display)
-        return "{" + display + "}", "dict:{" + hashed + "}"
+        return f"{{{display}}}", f"dict:{{{hashed}}}"
 
     def _render_seq(self, value: tp.Iterable[tp.Any]) -> tuple[str, str]:
         render, floats = self.render, _FLOAT_RENDERS

@@ -454,12 +454,11 @@ class BaseInfra(pydantic.BaseModel):
         )
         return ConfDict(out)
 
-    def _config_uid(self) -> str:
+    def _config_uid(self, runtime: _Runtime, owner: pydantic.BaseModel) -> str:
         """``config(uid=True, exclude_defaults=True).to_uid()``, with fewer copies."""
         exclude = self._cache_exclusions()
-        owner = self._owner()
         out, plain = identity.export_with_keys(owner, True, True, exclude)
-        self._runtime().uid_export = out  # (the config is frozen from then on)
+        runtime.uid_export = out  # (the config is frozen from then on)
         return ConfDict.uid_of(out, plain_keys=plain)
 
     def _full_uid_yaml(self) -> str:
@@ -490,8 +489,8 @@ class BaseInfra(pydantic.BaseModel):
                     self._check_disk()
                 runtime.assigned = False
             owner = self._owner()
-            cfg_uid = self._config_uid() or "default"
-            key = (type(self), self._method(), type(owner), self.version)
+            cfg_uid = self._config_uid(runtime, owner) or "default"
+            key = (type(self), runtime.method, type(owner), self.version)  # (checked)
             around = _UID_AROUND.get(key) or self._uid_around(key)
             runtime.uid = around[0] + cfg_uid + around[1]
             runtime.models = freezing.freeze(owner)

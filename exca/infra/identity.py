@@ -1067,7 +1067,7 @@ def export_with_keys(
             fills = _filled(model, plan[1])
             if fills is not None:
                 spec = plan[0]
-    drop = _exclusion_tree(exclude)
+    drop = _exclusion_tree(exclude) if exclude else None  # (none: the common case)
     dumped = json_dump(model, spec, _exclusion_tree(optional) if not uid else drop, skipped)
     if fills is not None:
         dumped.update(fills)
