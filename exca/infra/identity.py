@@ -1470,7 +1470,9 @@ class _Exporter:
                 if anything:  # (RootModel[tp.Any]: as a field admitting anything)
                     _check_no_unnamed_model(root, type(model), "root", here, named)
             return self.value(root, dumped, keep)
-        facts = class_facts(type(model))
+        facts = _FACTS.get(type(model))  # (class_facts inlined: a call per model)
+        if facts is None or AUTORELOADING[0]:
+            facts = class_facts(type(model))
         out: dict[str, tp.Any] = {}
         # (a class none of the checks below concern, the common case: ~0.2 us a model)
         plain = facts.plain_exclusions if self.uid else None
@@ -1546,8 +1548,13 @@ class _Exporter:
             if self.uid and field.anything:
                 _check_field(value, field, facts.cls)
             if isinstance(value, pydantic.BaseModel):
-                if self.uid and dropped_from_parent(value):
-                    continue
+                if self.uid:  # (dropped_from_parent, inlined: a call per sub-model)
+                    sub_facts = _FACTS.get(type(value))
+                    itself = None if sub_facts is None else sub_facts.drops_itself
+                    if itself is None or AUTORELOADING[0]:
+                        itself = dropped_from_parent(value)
+                    if itself:
+                        continue
                 foreign = False  # (a subclass of the class the annotation names)
                 if type(value) is not field.model_cls:
                     if field.model_cls is not None or _member_subclass(value, field):
