@@ -13,6 +13,7 @@ import threading
 import time
 import typing as tp
 from pathlib import Path
+from unittest import mock
 
 import orjson
 import pytest
@@ -806,3 +807,29 @@ def test_a_claim_file_that_cannot_be_removed_is_removed_later(
     while _claim_files(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _claim_files(tmp_path) == []
+
+
+def test_a_folder_lock_whose_removal_failed_is_removed_later(tmp_path: Path) -> None:
+    """Giving the folder lock back, its removal failed once (EIO, ESTALE of a network
+    filesystem): the lock of this live process was never stale, so every later batch
+    claim of the folder, this process's too, waited for good. The heartbeat removes it."""
+    claims = Claims(tmp_path)
+    real_remove = os.remove
+    failed: list[str] = []
+
+    def remove_failing_once(path: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> None:
+        if os.fspath(path).endswith(os.sep + ".lock") and not failed:
+            failed.append(os.fspath(path))
+            raise OSError(5, "Input/output error", os.fspath(path))
+        real_remove(path, *args, **kwargs)
+
+    with mock.patch.object(os, "remove", remove_failing_once):
+        claims.claim(["a"]).release()
+    assert failed, "the lock was never removed"
+    second: list[Claim] = []
+    thread = threading.Thread(target=lambda: second.append(claims.claim(["b"])), daemon=True)
+    thread.start()
+    thread.join(30)  # (bound on a wait that never ends without the fix)
+    assert second, "a batch claim waited for a lock its live owner gave back"
+    assert second[0].mine == ["b"]
+    second[0].release()

@@ -886,7 +886,19 @@ def _read(path: Path) -> bytes | None:
 def _unlock(lock: Path, token: bytes) -> None:
     with contextlib.suppress(FileNotFoundError):
         if _read(lock) == token:  # never remove a lock someone else took over
-            os.remove(lock)
+            try:
+                os.remove(lock)
+            except FileNotFoundError:
+                raise
+            except OSError as error:
+                # (left, the lock of this live process is never stale: every claimer of
+                # the folder, this process too, waited for it as long as it lived)
+                _HEARTBEAT.leave_lock(lock, token)
+                logger.warning(
+                    "Could not remove the lock %s (%s): this process removes it as soon as it can",
+                    lock,
+                    error,
+                )
 
 
 def _discard(path: Path | str) -> None:
@@ -901,6 +913,8 @@ class _Heartbeat:
         self._paths: dict[Path, float] = {}
         # claim files released whose removal failed (see Claim.release): removed later
         self.released: frozenset[str] = frozenset()
+        # folder locks given back whose removal failed, with their token (see _unlock)
+        self.left_locks: dict[Path, bytes] = {}
         self._wake = threading.Event()  # (a file left: its retries start now, not a period later)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -928,11 +942,32 @@ class _Heartbeat:
             self._start()
         self._wake.set()
 
+    def leave_lock(self, lock: Path, token: bytes) -> None:
+        """A folder lock given back that could not be removed: tried again until it is
+        (while it still holds this token: never one taken over since)."""
+        with self._lock:
+            self.left_locks = {**self.left_locks, lock: token}
+            self._start()
+        self._wake.set()
+
+    def _remove_left_locks(self) -> None:
+        for lock, token in self.left_locks.items():
+            try:
+                if _read(lock) == token:
+                    os.remove(lock)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue  # (still not removable)
+            with self._lock:
+                self.left_locks = {k: v for k, v in self.left_locks.items() if k != lock}
+
     def _run(self) -> None:
         while True:
             with self._lock:
                 paths = dict(self._paths)
-            periods = [*paths.values(), *([3 * RELEASE_RETRY_S] if self.released else [])]
+            retry = self.released or self.left_locks
+            periods = [*paths.values(), *([3 * RELEASE_RETRY_S] if retry else [])]
             self._wake.wait(max(min(periods, default=DEFAULT_HEARTBEAT_S) / 3, 0.05))
             self._wake.clear()
             for path in paths:
@@ -949,6 +984,7 @@ class _Heartbeat:
                     continue  # (still not writable)
                 with self._lock:
                     self.released = self.released - {left}
+            self._remove_left_locks()
 
     def reset_in_child(self) -> None:
         """After a fork: the claims are the parent's (it keeps them fresh), and the lock may
@@ -956,6 +992,7 @@ class _Heartbeat:
         self._lock = threading.Lock()
         self._paths = {}
         self.released = frozenset()
+        self.left_locks = {}
         self._wake = threading.Event()
         self._thread = None
 
