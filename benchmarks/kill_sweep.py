@@ -1,0 +1,567 @@
+"""Fault-injection sweep: a kill at any instant never leaves a cache entry that reads back
+wrong (DESIGN "Storage": crash safety).
+
+For each operation (a task's first call, a map's call with new items inline and in a
+process pool, ``mode="force"`` on a task and a map, ``clear_job()``, ``exca clean node``,
+a pipeline run, ``with_infra``) the sweep counts the file-system steps the operation takes
+in the calling thread (``open`` for writing, ``os.open`` for writing, ``os.write``,
+``os.replace``, ``os.rename``, ``os.link``, ``os.symlink``, ``os.mkdir``/``makedirs``,
+``os.unlink``/``remove``/``rmdir``, ``os.truncate``/``ftruncate``, ``pickle.dump``), then,
+for every N, runs the operation again in a forked child stopped at its N-th step:
+
+- ``kill``: SIGKILL before the step (an ``os.write`` of more than
+  4 KiB writes half its bytes first);
+- ``int``: SIGINT sent to the process just before the step (Ctrl-C: its handler raises
+  ``KeyboardInterrupt`` there, unless exca holds it back);
+- ``exc``: ``OSError(EIO)`` raised by the step (a big ``os.write`` writes half first).
+
+Then a fresh forked process (the parent imported exca and touched no cache) checks: every
+entry that ``status()``, ``exca list`` (``exca.ops.inspect``) or ``iter_cached`` call done
+reads back right without being computed again, every value read is a right one, and a
+call computes what is missing. After ``int``/``exc`` the child itself checks too (the same
+process goes on after the error).
+
+Run: ``PYTHONPATH=. python benchmarks/kill_sweep.py [--ops task_first,...] [--kinds kill]``
+(about 0.3 s per run; a few minutes for all). Prints the failures and the counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import builtins
+import errno
+import io
+import json
+import os
+import pickle
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import typing as tp
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import kill_models as km
+import numpy as np
+
+import exca
+import exca.helpers
+import exca.ops
+from exca.cachedict import CacheDict
+from exca.ops.cli import main as cli_main
+
+TORN_MIN_BYTES = 4096
+RUN_TIMEOUT_S = 60.0  # a run or a check taking longer hangs (each takes < 2 s)
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT
+PATCHED: list[tuple[tp.Any, str]] = [
+    (os, "replace"),
+    (os, "rename"),
+    (os, "link"),
+    (os, "symlink"),
+    (os, "mkdir"),
+    (os, "makedirs"),
+    (os, "unlink"),
+    (os, "remove"),
+    (os, "rmdir"),
+    (os, "truncate"),
+    (os, "ftruncate"),
+    (os, "write"),
+    (os, "open"),
+    (builtins, "open"),
+    (io, "open"),
+    (pickle, "dump"),
+]
+
+
+class Injector:
+    """Counts the steps of the main thread of this process; fires at step ``n`` (0: never,
+    a dry run listing them)."""
+
+    def __init__(self, n: int, kind: str, workers: bool = False) -> None:
+        # (workers: count in the processes forked from this one instead, each from the
+        # count at its fork: a process pool's workers)
+        self.n, self.kind, self.count, self.workers = n, kind, 0, workers
+        self.trace: list[str] = []
+        self.fired: str | None = None
+        self.pid, self.thread = os.getpid(), threading.main_thread().ident
+        self.originals: dict[tuple[int, str], tp.Any] = {}
+        self.active = False
+
+    def install(self) -> None:
+        for module, name in PATCHED:
+            original = getattr(module, name)
+            self.originals[(id(module), name)] = (module, original)
+            setattr(module, name, self._wrap(name, original))
+        self.active = True
+
+    def uninstall(self) -> None:
+        self.active = False
+        for (_, name), (module, original) in self.originals.items():
+            setattr(module, name, original)
+
+    def _counts(self, name: str, args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any]) -> bool:
+        if not self.active or (os.getpid() != self.pid) != self.workers:
+            return False
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        if name == "open" and args and isinstance(args[0], (str, Path, bytes)):
+            if len(args) > 1 and isinstance(args[1], int):  # os.open(path, flags)
+                return bool(args[1] & WRITE_FLAGS)
+            mode = args[1] if len(args) > 1 else kwargs.get("mode", "r")
+            return any(c in str(mode) for c in "wax+")
+        return True
+
+    def _wrap(self, name: str, original: tp.Callable[..., tp.Any]) -> tp.Callable[..., tp.Any]:
+        def step(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+            if not self._counts(name, args, kwargs):
+                return original(*args, **kwargs)
+            self.count += 1
+            what = f"{name}({_short(args[0]) if args else ''})"
+            if self.n == 0 and self.workers:
+                with km._raw_open(km.ROOT[0].parent / "worker-trace.log", "a") as handle:
+                    handle.write(f"{os.getpid()} {self.count} {what}\n")
+            elif self.n == 0:
+                self.trace.append(what)
+            elif self.count == self.n:
+                self.fired = what
+                self._fire(name, original, args)
+            return original(*args, **kwargs)
+
+        return step
+
+    def _fire(
+        self, name: str, original: tp.Callable[..., tp.Any], args: tuple[tp.Any, ...]
+    ) -> None:
+        if name == "write" and self.kind in ("kill", "exc") and len(args) == 2:
+            data = bytes(args[1])
+            # a torn write: half of it lands (of a big write only: the kernel completes a
+            # small one before a SIGKILL; a torn lock token makes the waiters wait a minute)
+            if len(data) > TORN_MIN_BYTES:
+                original(args[0], data[: len(data) // 2])
+        if self.kind == "kill":
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.kind == "int":  # (a real SIGINT: its handler, or exca's holding it back)
+            os.kill(os.getpid(), signal.SIGINT)
+            return
+        raise OSError(errno.EIO, f"injected at {name}")
+
+
+def _short(value: tp.Any) -> str:
+    text = str(value)
+    return text if len(text) < 70 else "..." + text[-67:]
+
+
+# --- operations ---------------------------------------------------------------------------
+def task(root: Path, mode: str = "cached", fail: bool = False) -> km.Task:
+    return km.Task(x=3, fail=fail, infra={"folder": root, "mode": mode})
+
+
+def squares(
+    root: Path, cluster: str | None = None, mode: str = "cached", fail: int = -1
+) -> km.Squares:
+    infra: dict[str, tp.Any] = {"folder": root, "mode": mode, "cluster": cluster}
+    if cluster is not None:
+        infra["max_jobs"] = 2
+    return km.Squares(offset=7, fail=fail, infra=infra)
+
+
+FAILING_ITEM = 4
+
+
+def _expect_error(call: tp.Callable[[], tp.Any], message: str) -> None:
+    try:
+        call()
+    except ValueError as e:
+        if message not in str(e):
+            raise
+    else:
+        raise AssertionError(f"no error, expected {message!r}")
+
+
+def _setup_errors(root: Path) -> None:
+    _expect_error(lambda: task(root, fail=True).compute(), "cannot compute")
+    _expect_error(lambda: list(squares(root, fail=FAILING_ITEM).square(ITEMS)), "cannot square")
+    set_generation(root, 2)
+
+
+def _run_errors_first(root: Path) -> None:
+    _expect_error(lambda: task(root, fail=True).compute(), "cannot compute")
+    _expect_error(lambda: list(squares(root, fail=FAILING_ITEM).square(ITEMS)), "cannot square")
+
+
+def _run_retry(root: Path) -> None:
+    task(root, "retry", fail=True).compute()
+    list(squares(root, mode="retry", fail=FAILING_ITEM).square(ITEMS))
+
+
+ITEMS = list(range(6))
+
+
+def pipeline_node(root: Path) -> exca.graph.Node:
+    source = km.Source(n=4, infra={"folder": root})
+    return km.Total(scale=3, infra={"folder": root}).total.node(source.make.node())
+
+
+def set_generation(root: Path, gen: int) -> None:
+    (root / "gen.txt").write_text(str(gen))
+
+
+class Op(tp.NamedTuple):
+    setup: tp.Callable[[Path], None]
+    run: tp.Callable[[Path], tp.Any]
+
+
+def _nothing(root: Path) -> None:
+    pass
+
+
+def _setup_task(root: Path) -> None:
+    task(root).compute()
+    set_generation(root, 2)
+
+
+def _setup_map(root: Path) -> None:
+    list(squares(root).square(ITEMS[:2]))
+    set_generation(root, 2)
+
+
+def _setup_both(root: Path) -> None:
+    _setup_task(root)
+    _setup_map(root)
+
+
+def _run_clean(root: Path) -> None:
+    folders = [str(task(root).infra.uid_folder()), str(squares(root).infra.uid_folder())]
+    code = cli_main(["clean", str(root), "node", *folders, "--yes"])
+    if code:
+        raise RuntimeError(f"exca clean exited with {code}")
+
+
+def _run_pipeline(root: Path) -> None:
+    exca.graph.run(pipeline_node(root))
+
+
+OPS: dict[str, Op] = {
+    "task_first": Op(_nothing, lambda r: check_value(task(r).compute(), [task_value(1)])),
+    "map_inline": Op(_setup_map, lambda r: list(squares(r).square(ITEMS))),
+    "map_pool": Op(_setup_map, lambda r: list(squares(r, "processpool").square(ITEMS))),
+    "task_force": Op(_setup_task, lambda r: task(r, "force").compute()),
+    "map_force": Op(_setup_map, lambda r: list(squares(r, mode="force").square(ITEMS[:3]))),
+    "clear_job": Op(_setup_task, lambda r: task(r).infra.clear_job()),
+    "clean_node": Op(_setup_both, _run_clean),
+    "pipeline": Op(_nothing, _run_pipeline),
+    "with_infra": Op(_nothing, lambda r: km.with_infra_function(r)(rows=2, cols=3)),
+    "errors_first": Op(_nothing, lambda r: _run_errors_first(r)),
+    "retry": Op(_setup_errors, _run_retry),
+}
+
+
+# --- checks ---------------------------------------------------------------------------------
+def task_value(gen: int) -> dict[str, tp.Any]:
+    return km.task_value(3, gen)
+
+
+def same(a: tp.Any, b: tp.Any) -> bool:
+    if isinstance(b, np.ndarray):
+        return isinstance(a, np.ndarray) and a.shape == b.shape and bool(np.array_equal(a, b))
+    if isinstance(b, dict):
+        return isinstance(a, dict) and set(a) == set(b) and all(same(a[k], b[k]) for k in b)
+    return type(a) is type(b) and a == b
+
+
+def check_value(value: tp.Any, allowed: list[tp.Any]) -> None:
+    if not any(same(value, a) for a in allowed):
+        raise AssertionError(f"wrong value: {_short(repr(value))}")
+
+
+def calls(root: Path) -> list[str]:
+    path = root / "calls.log"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def check_task(root: Path, problems: list[str]) -> None:
+    obj = task(root)
+    status = obj.infra.status()
+    listed: dict[tp.Any, str] = {i.folder: i.status for i in exca.ops.inspect(root)}
+    iterated = [c.x for c in obj.infra.iter_cached()]
+    before = len(calls(root))
+    check_value(obj.compute(), [task_value(1), task_value(2)])
+    recomputed = len(calls(root)) > before
+    folder = obj.infra.uid_folder()
+    if recomputed and status == "completed":
+        problems.append("task: status() said completed, yet the call computed again")
+    if recomputed and listed.get(folder) == "success":
+        problems.append("task: exca list said success, yet the call computed again")
+    if recomputed and iterated:
+        problems.append("task: iter_cached yielded it, yet the call computed again")
+    if obj.infra.status() != "completed":
+        problems.append(f"task: status {obj.infra.status()!r} after a call")
+
+
+def check_map(root: Path, problems: list[str], items: list[int] = ITEMS) -> None:
+    obj = squares(root)
+    folder = obj.infra.uid_folder()
+    listed: dict[tp.Any, tp.Any] = {i.folder: i for i in exca.ops.inspect(root)}
+    cached: set[str] = set()
+    if folder is not None and folder.exists():
+        cd: CacheDict[tp.Any] = CacheDict(folder)
+        for key in list(cd.keys()):
+            x = int(key)
+            check_value(cd[key], [km.item_value(x, 7, g) for g in (1, 2)])
+            cached.add(key)
+    info = listed.get(folder)
+    if info is not None and info.entries != len(cached):
+        problems.append(f"map: exca list says {info.entries} entries, {len(cached)} read")
+    before = len(calls(root))
+    values = list(obj.square(items))
+    for x, value in zip(items, values):
+        check_value(value, [km.item_value(x, 7, g) for g in (1, 2)])
+    again = [line for line in calls(root)[before:] if line.startswith("item")]
+    for line in again:
+        key = line.split("x=")[1].split()[0]
+        if key in cached:
+            problems.append(f"map: item {key} was readable in the cache, yet computed again")
+
+
+def check_pipeline(root: Path, problems: list[str]) -> None:
+    node = pipeline_node(root)
+    status = node.status()
+    listed: dict[tp.Any, str] = {i.folder: i.status for i in exca.ops.inspect(root)}
+    before = len(calls(root))
+    check_value(node.result(), [km.total_value(3, 4)])
+    recomputed = [c for c in calls(root)[before:] if c.startswith("total")]
+    if recomputed and (status == "completed" or listed.get(node.folder) == "success"):
+        problems.append(f"pipeline: total said {status}/{listed.get(node.folder)}, recomputed")
+    source = km.Source(n=4, infra={"folder": root})
+    check_value(source.make(), [list(range(4))])
+
+
+def check_with_infra(root: Path, problems: list[str]) -> None:
+    listed: dict[tp.Any, str] = {i.folder: i.status for i in exca.ops.inspect(root)}
+    before = len(calls(root))
+    check_value(km.with_infra_function(root)(rows=2, cols=3), [km.noise_value(2, 3)])
+    recomputed = len(calls(root)) > before
+    if recomputed and "success" in listed.values():
+        problems.append("with_infra: exca list said success, yet the call computed again")
+
+
+def check_errors(root: Path, problems: list[str]) -> None:
+    """Generation 1: a cached error or a computation raising it again; 2 (retry): values."""
+    gen = km.generation()
+    obj = task(root, fail=True)
+    status = obj.infra.status()
+    before = len(calls(root))
+    if gen == 1:
+        _expect_error(obj.compute, "cannot compute")
+    else:
+        outcome: list[tp.Any] = []
+        try:
+            outcome.append(obj.compute())
+        except ValueError as e:  # (its cached error, left by a retry killed before)
+            if "cannot compute" not in str(e):
+                raise
+        if outcome:
+            check_value(outcome[0], [task_value(2)])
+    recomputed = len(calls(root)) > before
+    if recomputed and status in ("completed", "failed"):
+        problems.append(f"task: status() said {status}, yet the call computed again")
+    mapped = squares(root, fail=FAILING_ITEM)
+    folder = mapped.infra.uid_folder()
+    readable: set[int] = set()
+    if folder is not None and folder.exists():
+        cd: CacheDict[tp.Any] = CacheDict(folder)
+        for key in list(cd.keys()):
+            try:
+                value = cd[key]
+            except ValueError as e:  # (a cached error)
+                if int(key) != FAILING_ITEM or "cannot square" not in str(e):
+                    raise
+            else:
+                if type(value).__name__ == "CachedError":  # (how a CacheDict gives one)
+                    if int(key) != FAILING_ITEM or "cannot square" not in repr(value):
+                        raise AssertionError(f"wrong cached error: {value!r}")
+                else:
+                    check_value(value, [km.item_value(int(key), 7, g) for g in (1, 2)])
+            readable.add(int(key))
+    before = len(calls(root))
+    try:
+        values = list(mapped.square(ITEMS))
+    except ValueError as e:
+        if "cannot square" not in str(e):
+            raise
+    else:
+        for x, value in zip(ITEMS, values):
+            check_value(value, [km.item_value(x, 7, g) for g in (1, 2)])
+    for line in calls(root)[before:]:
+        x = int(line.split("x=")[1].split()[0])
+        if x in readable:
+            problems.append(f"map: item {x} was readable in the cache, yet computed again")
+
+
+CHECKS: dict[str, tp.Callable[[Path, list[str]], None]] = {
+    "errors_first": check_errors,
+    "retry": check_errors,
+    "task_first": check_task,
+    "map_inline": check_map,
+    "map_pool": check_map,
+    "task_force": check_task,
+    "map_force": check_map,
+    "clear_job": check_task,
+    "clean_node": lambda r, p: (check_task(r, p), check_map(r, p)),  # type: ignore
+    "pipeline": check_pipeline,
+    "with_infra": check_with_infra,
+}
+
+
+def run_check(op: str, root: Path) -> list[str]:
+    problems: list[str] = []
+    try:
+        CHECKS[op](root, problems)
+    except BaseException as e:
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        problems.append(
+            f"check raised {type(e).__name__}: {_short(str(e))} ({where.filename}:{where.lineno})"
+        )
+    return problems
+
+
+# --- processes ----------------------------------------------------------------------------
+def forked(target: tp.Callable[[], dict[str, tp.Any]], log: Path) -> dict[str, tp.Any]:
+    """target() in a forked child; its return value (json) or how it died."""
+    out = log.with_suffix(".json")
+    pid = os.fork()
+    if pid == 0:
+        os.setpgid(0, 0)  # (its own group: a hung run is stopped with its pool's workers)
+        code = 0
+        try:
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            result = target()
+            out.write_text(json.dumps(result))
+        except BaseException:
+            traceback.print_exc()
+            code = 3
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return {"hung": RUN_TIMEOUT_S}
+        time.sleep(0.01)
+    if out.exists():
+        return json.loads(out.read_text())
+    return {"died": os.waitstatus_to_exitcode(status)}
+
+
+def one_run(op: str, n: int, kind: str, root: Path, workers: bool = False) -> dict[str, tp.Any]:
+    def child() -> dict[str, tp.Any]:
+        km.ROOT[:] = [root]
+        OPS[op].setup(root)
+        injector = Injector(n, kind, workers)
+        injector.install()
+        error = None
+        try:
+            OPS[op].run(root)
+        except BaseException as e:
+            error = f"{type(e).__name__}: {_short(str(e))}"
+        finally:
+            injector.uninstall()
+        same_process = run_check(op, root) if error is not None else []
+        return {
+            "count": injector.count,
+            "trace": injector.trace,
+            "fired": injector.fired,
+            "error": error,
+            "same_process": same_process,
+        }
+
+    def checker() -> dict[str, tp.Any]:
+        km.ROOT[:] = [root]
+        return {"problems": run_check(op, root)}
+
+    ran = forked(child, root.parent / "child.log")
+    checked = forked(checker, root.parent / "checker.log")
+    return {"run": ran, "check": checked}
+
+
+def fresh_root(base: Path, name: str) -> Path:
+    where = base / name
+    shutil.rmtree(where, ignore_errors=True)
+    (where / "cache").mkdir(parents=True)
+    return where / "cache"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--ops", default=",".join(OPS))
+    parser.add_argument("--kinds", default="kill,int,exc")
+    parser.add_argument("--only", type=int, default=0, help="this step only (with --ops one)")
+    parser.add_argument("--trace", action="store_true", help="print the steps of each op")
+    parser.add_argument(
+        "--workers", action="store_true", help="inject in the pool's workers (map_pool)"
+    )
+    args = parser.parse_args(argv)
+    base = Path(tempfile.mkdtemp(prefix="kill_sweep-"))
+    failures = 0
+    total = 0
+    start = time.time()
+    for op in args.ops.split(","):
+        dry_root = fresh_root(base, f"{op}-dry")
+        dry = one_run(op, 0, "kill", dry_root, args.workers)
+        if "count" not in dry["run"] or dry["check"].get("problems"):
+            print(f"{op}: dry run failed: {dry}")
+            failures += 1
+            continue
+        steps = dry["run"]["count"]
+        if args.workers:  # (the steps of the busiest worker)
+            lines = (dry_root.parent / "worker-trace.log").read_text().splitlines()
+            dry["run"]["trace"] = [line.split(" ", 2)[2] for line in lines]
+            steps = max(int(line.split()[1]) for line in lines)
+        if args.trace:
+            for i, what in enumerate(dry["run"]["trace"], 1):
+                print(f"  {op} {i:3d} {what}")
+        counted = 0
+        for n in [args.only] if args.only else range(1, steps + 1):
+            for kind in args.kinds.split(","):
+                root = fresh_root(base, f"{op}-{n}-{kind}")
+                result = one_run(op, n, kind, root, args.workers)
+                counted += 1
+                run, check = result["run"], result["check"]
+                problems = list(check.get("problems", [f"checker died: {check}"]))
+                if "hung" in run:
+                    problems.append(f"the operation hung ({RUN_TIMEOUT_S:.0f} s)")
+                problems += [f"(same process) {p}" for p in run.get("same_process", [])]
+                if (
+                    kind == "kill"
+                    and not args.workers
+                    and "died" in run
+                    and run["died"] != -signal.SIGKILL
+                ):
+                    problems.append(f"child ended with {run['died']}")
+                if problems:
+                    failures += 1
+                    fired = run.get("fired") or (dry["run"]["trace"][n - 1] + "?")
+                    print(f"FAIL {op} n={n} {kind} at {fired}: {problems} [{root}]")
+                else:
+                    shutil.rmtree(root.parent, ignore_errors=True)
+        total += counted
+        print(f"{op}: {steps} steps x {args.kinds}: {counted} runs", flush=True)
+    print(f"{total} runs, {failures} failing, {time.time() - start:.0f} s (kept in {base})")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
