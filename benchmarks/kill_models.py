@@ -8,6 +8,7 @@ what was recomputed.
 """
 
 import builtins
+import os
 import typing as tp
 from pathlib import Path
 
@@ -20,13 +21,20 @@ _raw_open = builtins.open
 ROOT: list[Path] = []  # set by the sweep: the cache root of the run
 
 
+def root() -> Path:
+    """The cache root of the run (in a job's process: from the environment)."""
+    if not ROOT:
+        ROOT.append(Path(os.environ["KILL_SWEEP_ROOT"]))
+    return ROOT[0]
+
+
 def generation() -> int:
-    path = ROOT[0] / "gen.txt"
+    path = root() / "gen.txt"
     return int(path.read_text()) if path.exists() else 1
 
 
 def note_call(what: str) -> None:
-    with _raw_open(ROOT[0] / "calls.log", "a") as handle:
+    with _raw_open(root() / "calls.log", "a") as handle:
         handle.write(what + "\n")
 
 
@@ -103,3 +111,15 @@ def with_infra_function(root: Path) -> tp.Callable[..., np.ndarray]:
 
 def noise_value(rows: int, cols: int) -> np.ndarray:
     return np.arange(rows * cols * 100, dtype=np.float32).reshape(rows, cols * 100)
+
+
+class OldSource(pydantic.BaseModel):
+    """Source before a rename (``exca rename ROOT kill_models.OldSource kill_models.Source``)."""
+
+    n: int = 3
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def make(self) -> list[int]:
+        note_call(f"source n={self.n}")
+        return list(range(self.n))

@@ -45,6 +45,10 @@ import typing as tp
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+# (the jobs of cluster="local" import kill_models too)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in [str(Path(__file__).parent), os.environ.get("PYTHONPATH")] if p
+)
 
 import kill_models as km
 import numpy as np
@@ -82,10 +86,13 @@ class Injector:
     """Counts the steps of the main thread of this process; fires at step ``n`` (0: never,
     a dry run listing them)."""
 
-    def __init__(self, n: int, kind: str, workers: bool = False) -> None:
-        # (workers: count in the processes forked from this one instead, each from the
-        # count at its fork: a process pool's workers)
-        self.n, self.kind, self.count, self.workers = n, kind, 0, workers
+    def __init__(self, n: int, kind: str, where: str = "main") -> None:
+        # (where: "main", the main thread of this process; "workers", the main threads of
+        # the processes forked from this one, each from the count at its fork: a process
+        # pool's workers; "threads", the other threads of this one but the heartbeat's,
+        # all counted together: a thread pool's)
+        self.n, self.kind, self.count, self.where = n, kind, 0, where
+        self.lock = threading.Lock()
         self.trace: list[str] = []
         self.fired: str | None = None
         self.pid, self.thread = os.getpid(), threading.main_thread().ident
@@ -105,9 +112,13 @@ class Injector:
             setattr(module, name, original)
 
     def _counts(self, name: str, args: tuple[tp.Any, ...], kwargs: dict[str, tp.Any]) -> bool:
-        if not self.active or (os.getpid() != self.pid) != self.workers:
+        if not self.active or (os.getpid() != self.pid) != (self.where == "workers"):
             return False
-        if threading.current_thread() is not threading.main_thread():
+        thread = threading.current_thread()
+        if self.where == "threads":  # (a thread pool's: not the heartbeat's)
+            if thread is threading.main_thread() or thread.name == "exca-heartbeat":
+                return False
+        elif thread is not threading.main_thread():
             return False
         if name == "open" and args and isinstance(args[0], (str, Path, bytes)):
             if len(args) > 1 and isinstance(args[1], int):  # os.open(path, flags)
@@ -120,14 +131,16 @@ class Injector:
         def step(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
             if not self._counts(name, args, kwargs):
                 return original(*args, **kwargs)
-            self.count += 1
+            with self.lock:
+                self.count += 1
+                count = self.count
             what = f"{name}({_short(args[0]) if args else ''})"
-            if self.n == 0 and self.workers:
+            if self.n == 0 and self.where == "workers":
                 with km._raw_open(km.ROOT[0].parent / "worker-trace.log", "a") as handle:
-                    handle.write(f"{os.getpid()} {self.count} {what}\n")
+                    handle.write(f"{os.getpid()} {count} {what}\n")
             elif self.n == 0:
                 self.trace.append(what)
-            elif self.count == self.n:
+            elif count == self.n:
                 self.fired = what
                 self._fire(name, original, args)
             return original(*args, **kwargs)
@@ -143,6 +156,8 @@ class Injector:
             # small one before a SIGKILL; a torn lock token makes the waiters wait a minute)
             if len(data) > TORN_MIN_BYTES:
                 original(args[0], data[: len(data) // 2])
+        if self.kind == "int" and self.where == "threads":  # (a signal goes to the main one)
+            raise KeyboardInterrupt(f"injected at {name}")
         if self.kind == "kill":
             sys.stdout.flush()
             os.kill(os.getpid(), signal.SIGKILL)
@@ -160,6 +175,10 @@ def _short(value: tp.Any) -> str:
 # --- operations ---------------------------------------------------------------------------
 def task(root: Path, mode: str = "cached", fail: bool = False) -> km.Task:
     return km.Task(x=3, fail=fail, infra={"folder": root, "mode": mode})
+
+
+def local_task(root: Path) -> km.Task:
+    return km.Task(x=3, infra={"folder": root, "cluster": "local"})
 
 
 def squares(
@@ -243,6 +262,39 @@ def _run_clean(root: Path) -> None:
         raise RuntimeError(f"exca clean exited with {code}")
 
 
+def _setup_renamed(root: Path) -> None:
+    source = km.OldSource(n=4, infra={"folder": root})
+    total = km.Total(scale=3, infra={"folder": root}).total.node(source.make.node())
+    exca.graph.run(total)
+
+
+def _run_rename(root: Path) -> None:
+    code = cli_main(["rename", str(root), "kill_models.OldSource", "kill_models.Source", "--yes"])
+    if code:
+        raise RuntimeError(f"exca rename exited with {code}")
+
+
+def _setup_versions(root: Path) -> None:
+    task(root).compute()
+    km.Task(x=3, infra={"folder": root, "version": "2"}).compute()
+
+
+def _run_clean_versions(root: Path) -> None:
+    code = cli_main(["clean", str(root), "versions", "--yes"])
+    if code:
+        raise RuntimeError(f"exca clean versions exited with {code}")
+
+
+def check_versions(root: Path, problems: list[str]) -> None:
+    check_task(root, problems)
+    newer = km.Task(x=3, infra={"folder": root, "version": "2"})
+    status = newer.infra.status()
+    before = len(calls(root))
+    check_value(newer.compute(), [task_value(1)])
+    if len(calls(root)) > before and status == "completed":
+        problems.append("version 2: status() said completed, yet the call computed again")
+
+
 def _run_pipeline(root: Path) -> None:
     exca.graph.run(pipeline_node(root))
 
@@ -251,6 +303,8 @@ OPS: dict[str, Op] = {
     "task_first": Op(_nothing, lambda r: check_value(task(r).compute(), [task_value(1)])),
     "map_inline": Op(_setup_map, lambda r: list(squares(r).square(ITEMS))),
     "map_pool": Op(_setup_map, lambda r: list(squares(r, "processpool").square(ITEMS))),
+    "map_threads": Op(_setup_map, lambda r: list(squares(r, "threadpool").square(ITEMS))),
+    "task_local": Op(_nothing, lambda r: check_value(local_task(r).compute(), [task_value(1)])),
     "task_force": Op(_setup_task, lambda r: task(r, "force").compute()),
     "map_force": Op(_setup_map, lambda r: list(squares(r, mode="force").square(ITEMS[:3]))),
     "clear_job": Op(_setup_task, lambda r: task(r).infra.clear_job()),
@@ -259,6 +313,8 @@ OPS: dict[str, Op] = {
     "with_infra": Op(_nothing, lambda r: km.with_infra_function(r)(rows=2, cols=3)),
     "errors_first": Op(_nothing, lambda r: _run_errors_first(r)),
     "retry": Op(_setup_errors, _run_retry),
+    "rename": Op(_setup_renamed, _run_rename),
+    "clean_versions": Op(_setup_versions, _run_clean_versions),
 }
 
 
@@ -410,11 +466,15 @@ CHECKS: dict[str, tp.Callable[[Path, list[str]], None]] = {
     "task_first": check_task,
     "map_inline": check_map,
     "map_pool": check_map,
+    "map_threads": check_map,
+    "task_local": check_task,
     "task_force": check_task,
     "map_force": check_map,
     "clear_job": check_task,
     "clean_node": lambda r, p: (check_task(r, p), check_map(r, p)),  # type: ignore
     "pipeline": check_pipeline,
+    "rename": check_pipeline,
+    "clean_versions": check_versions,
     "with_infra": check_with_infra,
 }
 
@@ -466,11 +526,27 @@ def forked(target: tp.Callable[[], dict[str, tp.Any]], log: Path) -> dict[str, t
     return {"died": os.waitstatus_to_exitcode(status)}
 
 
-def one_run(op: str, n: int, kind: str, root: Path, workers: bool = False) -> dict[str, tp.Any]:
+def clean_orphans(root: Path) -> list[str]:
+    """What a kill left, two hours later, cleaned by ``exca clean orphans --yes``."""
+    past = time.time() - 7200
+    for path in root.rglob("*"):
+        if path.name not in ("calls.log", "gen.txt") and not path.is_symlink():
+            os.utime(path, (past, past))
+    try:
+        code = cli_main(["clean", str(root), "orphans", "--yes"])
+    except BaseException as e:
+        return [f"exca clean orphans raised {type(e).__name__}: {_short(str(e))}"]
+    return [f"exca clean orphans exited with {code}"] if code else []
+
+
+def one_run(
+    op: str, n: int, kind: str, root: Path, where: str = "main", orphans: bool = False
+) -> dict[str, tp.Any]:
     def child() -> dict[str, tp.Any]:
         km.ROOT[:] = [root]
+        os.environ["KILL_SWEEP_ROOT"] = str(root)
         OPS[op].setup(root)
-        injector = Injector(n, kind, workers)
+        injector = Injector(n, kind, where)
         injector.install()
         error = None
         try:
@@ -490,7 +566,9 @@ def one_run(op: str, n: int, kind: str, root: Path, workers: bool = False) -> di
 
     def checker() -> dict[str, tp.Any]:
         km.ROOT[:] = [root]
-        return {"problems": run_check(op, root)}
+        os.environ["KILL_SWEEP_ROOT"] = str(root)
+        problems = clean_orphans(root) if orphans else []
+        return {"problems": problems + run_check(op, root)}
 
     ran = forked(child, root.parent / "child.log")
     checked = forked(checker, root.parent / "checker.log")
@@ -509,9 +587,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops", default=",".join(OPS))
     parser.add_argument("--kinds", default="kill,int,exc")
     parser.add_argument("--only", type=int, default=0, help="this step only (with --ops one)")
+    parser.add_argument("--keep", action="store_true", help="keep the folders of every run")
     parser.add_argument("--trace", action="store_true", help="print the steps of each op")
     parser.add_argument(
-        "--workers", action="store_true", help="inject in the pool's workers (map_pool)"
+        "--orphans",
+        action="store_true",
+        help="check after an `exca clean orphans --yes` of what the run left, aged 2 hours",
+    )
+    parser.add_argument(
+        "--where",
+        default="main",
+        choices=["main", "workers", "threads"],
+        help="inject in the main thread, a process pool's workers or the other threads",
     )
     args = parser.parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="kill_sweep-"))
@@ -520,13 +607,13 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     for op in args.ops.split(","):
         dry_root = fresh_root(base, f"{op}-dry")
-        dry = one_run(op, 0, "kill", dry_root, args.workers)
+        dry = one_run(op, 0, "kill", dry_root, args.where)
         if "count" not in dry["run"] or dry["check"].get("problems"):
             print(f"{op}: dry run failed: {dry}")
             failures += 1
             continue
         steps = dry["run"]["count"]
-        if args.workers:  # (the steps of the busiest worker)
+        if args.where == "workers":  # (the steps of the busiest worker)
             lines = (dry_root.parent / "worker-trace.log").read_text().splitlines()
             dry["run"]["trace"] = [line.split(" ", 2)[2] for line in lines]
             steps = max(int(line.split()[1]) for line in lines)
@@ -534,19 +621,24 @@ def main(argv: list[str] | None = None) -> int:
             for i, what in enumerate(dry["run"]["trace"], 1):
                 print(f"  {op} {i:3d} {what}")
         counted = 0
+        outcomes: dict[str, int] = {}  # (how the runs ended: killed, an error, ok)
         for n in [args.only] if args.only else range(1, steps + 1):
             for kind in args.kinds.split(","):
                 root = fresh_root(base, f"{op}-{n}-{kind}")
-                result = one_run(op, n, kind, root, args.workers)
+                result = one_run(op, n, kind, root, args.where, args.orphans)
                 counted += 1
                 run, check = result["run"], result["check"]
+                outcome = "hung" if "hung" in run else "killed" if "died" in run else "ok"
+                if run.get("error"):
+                    outcome = run["error"].split(":")[0]
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
                 problems = list(check.get("problems", [f"checker died: {check}"]))
                 if "hung" in run:
                     problems.append(f"the operation hung ({RUN_TIMEOUT_S:.0f} s)")
                 problems += [f"(same process) {p}" for p in run.get("same_process", [])]
                 if (
                     kind == "kill"
-                    and not args.workers
+                    and args.where != "workers"
                     and "died" in run
                     and run["died"] != -signal.SIGKILL
                 ):
@@ -555,10 +647,10 @@ def main(argv: list[str] | None = None) -> int:
                     failures += 1
                     fired = run.get("fired") or (dry["run"]["trace"][n - 1] + "?")
                     print(f"FAIL {op} n={n} {kind} at {fired}: {problems} [{root}]")
-                else:
+                elif not args.keep:
                     shutil.rmtree(root.parent, ignore_errors=True)
         total += counted
-        print(f"{op}: {steps} steps x {args.kinds}: {counted} runs", flush=True)
+        print(f"{op}: {steps} steps x {args.kinds}: {counted} runs {outcomes}", flush=True)
     print(f"{total} runs, {failures} failing, {time.time() - start:.0f} s (kept in {base})")
     return 1 if failures else 0
 
