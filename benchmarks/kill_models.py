@@ -123,3 +123,17 @@ class OldSource(pydantic.BaseModel):
     def make(self) -> list[int]:
         note_call(f"source n={self.n}")
         return list(range(self.n))
+
+
+class GenSource(pydantic.BaseModel):
+    """An upstream whose value is its generation's: a downstream total tells which one it
+    was computed from."""
+
+    n: int = 4
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def make(self) -> list[int]:
+        gen = generation()
+        note_call(f"gensource gen={gen}")
+        return [gen] * self.n

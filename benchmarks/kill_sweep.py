@@ -295,6 +295,32 @@ def check_versions(root: Path, problems: list[str]) -> None:
         problems.append("version 2: status() said completed, yet the call computed again")
 
 
+def forced_pipeline(root: Path, mode: str = "cached") -> exca.graph.Node:
+    source = km.GenSource(infra={"folder": root, "mode": mode})
+    return km.Total(scale=5, infra={"folder": root}).total.node(source.make.node())
+
+
+def _setup_forced_pipeline(root: Path) -> None:
+    exca.graph.run(forced_pipeline(root))
+    set_generation(root, 2)
+
+
+def check_forced_pipeline(root: Path, problems: list[str]) -> None:
+    """The total read is computed from the source read, or a plan says it is stale."""
+    node = forced_pipeline(root)
+    source = km.GenSource(infra={"folder": root})
+    source_node = source.make.node()
+    gen = source.make()[0]
+    plan = exca.graph.plan(node, source_node)
+    statuses = {entry.uid: entry.status for entry in plan.entries}
+    total = node.result()["total"]
+    if total != 5 * 4 * gen and statuses.get(node.uid) != "stale":
+        problems.append(
+            f"total {total} computed from another source than {[gen] * 4}, yet the plan "
+            f"says {statuses.get(node.uid)!r}"
+        )
+
+
 def _run_pipeline(root: Path) -> None:
     exca.graph.run(pipeline_node(root))
 
@@ -313,6 +339,9 @@ OPS: dict[str, Op] = {
     "with_infra": Op(_nothing, lambda r: km.with_infra_function(r)(rows=2, cols=3)),
     "errors_first": Op(_nothing, lambda r: _run_errors_first(r)),
     "retry": Op(_setup_errors, _run_retry),
+    "pipeline_force": Op(
+        _setup_forced_pipeline, lambda r: exca.graph.run(forced_pipeline(r, "force"))
+    ),
     "rename": Op(_setup_renamed, _run_rename),
     "clean_versions": Op(_setup_versions, _run_clean_versions),
 }
@@ -474,6 +503,7 @@ CHECKS: dict[str, tp.Callable[[Path, list[str]], None]] = {
     "clean_node": lambda r, p: (check_task(r, p), check_map(r, p)),  # type: ignore
     "pipeline": check_pipeline,
     "rename": check_pipeline,
+    "pipeline_force": check_forced_pipeline,
     "clean_versions": check_versions,
     "with_infra": check_with_infra,
 }
@@ -540,12 +570,19 @@ def clean_orphans(root: Path) -> list[str]:
 
 
 def one_run(
-    op: str, n: int, kind: str, root: Path, where: str = "main", orphans: bool = False
+    op: str,
+    n: int,
+    kind: str,
+    root: Path,
+    where: str = "main",
+    orphans: bool = False,
+    twice: bool = False,
 ) -> dict[str, tp.Any]:
-    def child() -> dict[str, tp.Any]:
+    def child(setup: bool = True) -> dict[str, tp.Any]:
         km.ROOT[:] = [root]
         os.environ["KILL_SWEEP_ROOT"] = str(root)
-        OPS[op].setup(root)
+        if setup:
+            OPS[op].setup(root)
         injector = Injector(n, kind, where)
         injector.install()
         error = None
@@ -571,6 +608,11 @@ def one_run(
         return {"problems": problems + run_check(op, root)}
 
     ran = forked(child, root.parent / "child.log")
+    if twice:  # (the same operation again, on what the first left, stopped at its N-th step)
+        again = forked(lambda: child(setup=False), root.parent / "child2.log")
+        ran["same_process"] = ran.get("same_process", []) + again.get("same_process", [])
+        if "hung" in again:
+            ran["hung"] = again["hung"]
     checked = forked(checker, root.parent / "checker.log")
     return {"run": ran, "check": checked}
 
@@ -587,6 +629,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops", default=",".join(OPS))
     parser.add_argument("--kinds", default="kill,int,exc")
     parser.add_argument("--only", type=int, default=0, help="this step only (with --ops one)")
+    parser.add_argument(
+        "--twice", action="store_true", help="run the operation again, stopped at the same step"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the folders of every run")
     parser.add_argument("--trace", action="store_true", help="print the steps of each op")
     parser.add_argument(
@@ -622,16 +667,19 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {op} {i:3d} {what}")
         counted = 0
         outcomes: dict[str, int] = {}  # (how the runs ended: killed, an error, ok)
+        swallowed: list[str] = []  # (the steps whose OSError the operation went past)
         for n in [args.only] if args.only else range(1, steps + 1):
             for kind in args.kinds.split(","):
                 root = fresh_root(base, f"{op}-{n}-{kind}")
-                result = one_run(op, n, kind, root, args.where, args.orphans)
+                result = one_run(op, n, kind, root, args.where, args.orphans, args.twice)
                 counted += 1
                 run, check = result["run"], result["check"]
                 outcome = "hung" if "hung" in run else "killed" if "died" in run else "ok"
                 if run.get("error"):
                     outcome = run["error"].split(":")[0]
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
+                if kind == "exc" and outcome == "ok" and run.get("fired"):
+                    swallowed.append(f"{n}:{run['fired']}")
                 problems = list(check.get("problems", [f"checker died: {check}"]))
                 if "hung" in run:
                     problems.append(f"the operation hung ({RUN_TIMEOUT_S:.0f} s)")
@@ -651,6 +699,8 @@ def main(argv: list[str] | None = None) -> int:
                     shutil.rmtree(root.parent, ignore_errors=True)
         total += counted
         print(f"{op}: {steps} steps x {args.kinds}: {counted} runs {outcomes}", flush=True)
+        if swallowed and args.trace:
+            print(f"  {op}: OSError gone past at {swallowed}")
     print(f"{total} runs, {failures} failing, {time.time() - start:.0f} s (kept in {base})")
     return 1 if failures else 0
 
