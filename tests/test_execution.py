@@ -24,6 +24,7 @@ import threading
 import time
 import typing as tp
 from pathlib import Path
+from unittest import mock
 
 import pydantic
 import pytest
@@ -1480,6 +1481,7 @@ signal.signal(signal.SIGINT, lambda *_: None)  # (a KeyboardInterrupt lost in an
 time.sleep({lost})  # (still starting: a loaded machine)
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from pathlib import Path
+from unittest import mock
 from submitit.local.local import Controller
 Controller(Path(sys.argv[1])).run()
 """
@@ -1895,6 +1897,7 @@ def test_status_is_running_while_computed_without_a_job(tmp_path: Path) -> None:
 _HOLDER = """
 import os, sys, time
 from pathlib import Path
+from unittest import mock
 from exca.ops import clean
 folder, go = Path(sys.argv[1]), Path(sys.argv[2])
 rename = os.rename
@@ -3070,6 +3073,7 @@ GATED_EDITED_MODULE = """
 import os
 import time
 from pathlib import Path
+from unittest import mock
 
 import pydantic
 
@@ -3985,6 +3989,7 @@ def test_a_ctrl_c_signal_during_a_local_array_submission_stops_every_job(
 TERMINAL_DRIVER = """
 import sys
 from pathlib import Path
+from unittest import mock
 import test_execution as t
 
 tmp, block = Path(sys.argv[1]), sys.argv[2]
@@ -4036,6 +4041,7 @@ def _start_driver(
 PIPED_DRIVER = """
 import sys
 from pathlib import Path
+from unittest import mock
 import test_execution as t
 
 t.make(Path(sys.argv[1]), "local", x=8, block_flag=sys.argv[2]).infra.job()
@@ -5032,3 +5038,35 @@ def test_a_job_of_a_notebook_cell_shows_its_lines_in_its_traceback(tmp_path: Pat
     shown = "".join(traceback.format_exception(info.value))
     assert "return helper(self.x)" in shown, shown  # (the method's line)
     assert 'raise ValueError(f"bad {y}")' in shown, shown  # (its helper's)
+
+
+def test_a_force_that_cannot_remove_the_old_result_fails_instead_of_returning_it(
+    tmp_path: Path,
+) -> None:
+    """mode=force whose removal of the old result failed (an OSError writing its
+    tombstone: EIO, a full disk) returned that old result as the forced one, computing
+    nothing and saying nothing. It raises that error now; the old result stays readable,
+    and a later force computes."""
+    offset = tmp_path / "offset.txt"
+    assert make(tmp_path, None, x=3, offset_file=str(offset)).process() == 6
+    offset.write_text("100")  # (a recomputation gives 106)
+    forced = make(tmp_path, None, x=3, offset_file=str(offset), infra={"mode": "force"})
+    real = CacheDict._tombstone
+    failed: list[str] = []
+
+    def tombstone_failing_once(self: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        if not failed:
+            failed.append("tombstone")
+            raise OSError(5, "Input/output error (injected)")
+        return real(self, *args, **kwargs)
+
+    with (
+        mock.patch.object(CacheDict, "_tombstone", tombstone_failing_once),
+        pytest.raises(OSError, match="injected"),
+    ):
+        forced.process()
+    assert failed and len(calls(tmp_path / "calls.txt")) == 1  # (nothing computed)
+    assert make(tmp_path, None, x=3, offset_file=str(offset)).process() == 6  # (kept)
+    again = make(tmp_path, None, x=3, offset_file=str(offset), infra={"mode": "force"})
+    assert again.process() == 106
+    assert make(tmp_path, None, x=3, offset_file=str(offset)).process() == 106

@@ -1025,6 +1025,10 @@ class Scheduler:
                 self._requeued.append(run)  # waited for someone else's job: now retry/force
                 return
             if state == "done":
+                failed = self._force_failed(run)
+                if failed is not None:  # (the result there is the one it was to replace)
+                    run.state, run.error = "failed", failed
+                    return
                 run.state = "done"
                 if run.action == "force":
                     node.force_state["done"] = True
@@ -1366,6 +1370,20 @@ class Scheduler:
             return False
         self._requeue(run, newer, "being computed by another worker (its claim is live)")
         return True
+
+    @staticmethod
+    def _force_failed(run: NodeRun) -> BaseException | None:
+        """The error of a forced task computed here (inline or in a pool) that raised
+        before its computation was done, e.g. an OSError removing the old result: that old
+        result, still in the cache, was read as the forced one, without a word."""
+        if run.action != "force" or run.node.force_state.get("done"):
+            return None
+        for handle in run.handles:
+            if isinstance(handle, executors.DoneHandle | executors.FutureHandle):
+                error = handle.error()
+                if error is not None:
+                    return error
+        return None
 
     @staticmethod
     def _lost(run: NodeRun, missing: list[str] | None = None) -> BaseException:
