@@ -60,6 +60,7 @@ from exca.cachedict import CacheDict
 from exca.ops.cli import main as cli_main
 
 TORN_MIN_BYTES = 4096
+THEN_KILL_AT = [0]  # (--then-kill: the step where a run is killed after its fault)
 RUN_TIMEOUT_S = 60.0  # a run or a check taking longer hangs (each takes < 2 s)
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT
 PATCHED: list[tuple[tp.Any, str]] = [
@@ -143,6 +144,8 @@ class Injector:
             elif count == self.n:
                 self.fired = what
                 self._fire(name, original, args)
+            elif count == THEN_KILL_AT[0]:  # (a second fault: a kill after an OSError)
+                os.kill(os.getpid(), signal.SIGKILL)
             return original(*args, **kwargs)
 
         return step
@@ -632,6 +635,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--twice", action="store_true", help="run the operation again, stopped at the same step"
     )
+    parser.add_argument(
+        "--then-kill", type=int, default=0, help="kill each run at this step too, after N"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the folders of every run")
     parser.add_argument("--trace", action="store_true", help="print the steps of each op")
     parser.add_argument(
@@ -646,6 +652,7 @@ def main(argv: list[str] | None = None) -> int:
         help="inject in the main thread, a process pool's workers or the other threads",
     )
     args = parser.parse_args(argv)
+    THEN_KILL_AT[0] = args.then_kill
     base = Path(tempfile.mkdtemp(prefix="kill_sweep-"))
     failures = 0
     total = 0
