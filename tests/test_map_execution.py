@@ -956,6 +956,50 @@ def test_a_batch_error_is_cached_for_its_own_item_only(tmp_path: Path, cluster: 
     assert [k for k, info in infos.items() if info["#type"] == "Error"] == ["6"]
 
 
+class OneByOne(pydantic.BaseModel):
+    """item -> 10 * item, one item at a time (an expensive computation per item): an item
+    listed in `bad` raises. Appends each item it starts to `log`."""
+
+    log: str
+    bad: tuple[int, ...] = ()
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("bad",)  # (a fix: same outputs)
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            append(self.log, str(item))
+            if item in self.bad:
+                raise ValueError(f"bad item {item}")
+            yield 10 * item
+
+
+@pytest.mark.parametrize("cluster", [None, "local"])
+def test_a_failing_item_read_one_by_one_is_computed_once(
+    tmp_path: Path, cluster: str | None
+) -> None:
+    """A method reading its items one by one that raised for one was called again on
+    that item alone (to tell whether the error was a later item's, read in its batch):
+    the user's expensive failing item ran twice. The method had read no item after it:
+    the error is that item's, computed once; the others are computed once and cached."""
+    log = tmp_path / "calls.txt"
+    infra = {"folder": tmp_path / "cache", "cluster": cluster, "max_jobs": 1}
+    with pytest.raises(ValueError, match="bad item 3") as info:
+        list(OneByOne(log=str(log), bad=(3,), infra=infra).process([1, 2, 3, 4, 5]))
+    assert "item '3'" in error_text(info.value)
+    assert counts(log) == {1: 1, 2: 1, 3: 1, 4: 1, 5: 1}
+    mapper = OneByOne(log=str(log), bad=(3,), infra=infra)
+    assert list(mapper.process([5, 4, 2, 1])) == [50, 40, 20, 10]  # (cached)
+    with pytest.raises(ValueError, match="bad item 3"):  # (cached: not computed again)
+        list(mapper.process([3]))
+    infos = mapper.infra.cache_dict.entries_info()
+    assert [k for k, i in infos.items() if i["#type"] == "Error"] == ["3"]
+    assert counts(log) == {1: 1, 2: 1, 3: 1, 4: 1, 5: 1}
+    retry = OneByOne(log=str(log), infra={**infra, "mode": "retry"})
+    assert list(retry.process([1, 2, 3, 4, 5])) == [10, 20, 30, 40, 50]
+    assert counts(log) == {1: 1, 2: 1, 3: 2, 4: 1, 5: 1}
+
+
 class Listing(pydantic.BaseModel):
     """item -> 10 * item, returned as a list (no generator): an item listed in `bad`
     raises, so the whole call raises before any output. Appends each item it starts to
@@ -1515,7 +1559,7 @@ def test_a_long_lived_instance_sees_what_other_instances_did(
     fixer = make(tmp_path, None, infra={"mode": "retry"}, **kwargs)
     assert list(fixer.process([1, 2, 3])) == [10, 20, 30]
     assert list(seen.process([1, 2, 3])) == [10, 20, 30]
-    assert counts(tmp_path / "calls.txt") == {1: 1, 2: 3, 3: 1}  # (2: once more alone)
+    assert counts(tmp_path / "calls.txt") == {1: 1, 2: 2, 3: 1}  # (2: failed, then fixed)
     if not keep_in_ram:  # (RAM keeps what it read: documented)
         del make(tmp_path, None, **kwargs).infra.cache_dict["3"]
         assert list(seen.process([3, 1])) == [30, 10]
@@ -3223,8 +3267,8 @@ def test_an_item_error_records_when_its_computation_started(tmp_path: Path) -> N
     cache = make(tmp_path, None, fail_dir=str(fail_dir)).infra.cache_dict
     started = cache.entry("2").info["#meta"]["t"]  # type: ignore[union-attr]
     assert before - 0.01 <= started <= time.time()
-    # an error of a batch is confirmed by computing its item alone: its time is that one's
-    # (the batch's start made a retry asked meanwhile compute it once more; a review)
+    # an error of a batch: its time is when its item started, read by the method, not
+    # the batch's start (which made a retry asked meanwhile compute it once more; a review)
     (fail_dir / "3").touch()
     block = tmp_path / "block"
     block.touch()
@@ -3232,9 +3276,9 @@ def test_an_item_error_records_when_its_computation_started(tmp_path: Path) -> N
     threading.Timer(0.5, block.unlink).start()
     blocked = make(tmp_path, None, fail_dir=str(fail_dir), block_flag=str(block))
     with pytest.raises(ValueError, match="bad item 3"):
-        list(blocked.process([0, 3]))  # (item 0 waits 0.5 s, then 3 fails, then alone)
-    alone = blocked.infra.cache_dict.entry("3").info["#meta"]["t"]  # type: ignore[union-attr]
-    assert alone >= before + 0.5
+        list(blocked.process([0, 3]))  # (item 0 waits 0.5 s, then 3 fails)
+    failed = blocked.infra.cache_dict.entry("3").info["#meta"]["t"]  # type: ignore[union-attr]
+    assert failed >= before + 0.5
 
 
 @pytest.mark.timeout(180)

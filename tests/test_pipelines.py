@@ -3171,15 +3171,15 @@ def test_a_failed_map_item_then_retry(env: Env) -> None:
         target().result()
     with pytest.raises(UpstreamFailed, match="item 2 fails on purpose"):
         target().result()  # cached mode: the item's error is read again, nothing runs
-    # (the failed item is computed once more, alone: is the error its own?)
-    assert started(env.log) == ["square1", "square2", "square2", "square3"]
+    # (the failed item is computed once: its method read no later item)
+    assert started(env.log) == ["square1", "square2", "square3"]
     entry = _by_uid(exca.graph.plan(target()))[target().uid]  # the plan says so
     assert entry.action == "fail" and "1 cached item error(s)" in entry.reason
     flag.unlink()
     assert target("retry").result() == "total([1;4;9],None)"
-    assert started(env.log)[4:] == ["square2", "total"]  # only the failed item, and the task
+    assert started(env.log)[3:] == ["square2", "total"]  # only the failed item, and the task
     assert target().result() == "total([1;4;9],None)"
-    assert len(started(env.log)) == 6
+    assert len(started(env.log)) == 5
 
 
 def test_a_map_item_error_below_is_told_the_same_on_every_run(env: Env) -> None:
@@ -3228,7 +3228,7 @@ def test_the_plan_of_a_map_with_a_cached_item_error_and_a_new_item(env: Env) -> 
     assert entry.action == "fail" and "1 cached item error(s)" in entry.reason
     with pytest.raises(UpstreamFailed, match="item 2 fails on purpose"):
         node.result()
-    assert started(env.log) == ["square1", "square2", "square2", "square3"]  # (3 computed)
+    assert started(env.log) == ["square1", "square2", "square3"]  # (3 computed)
     assert "total" not in started(env.log)
 
 
@@ -3262,12 +3262,12 @@ def test_running_a_map_target_holding_cached_item_errors_raises(env: Env) -> Non
         with pytest.raises(ValueError, match="item 2 fails on purpose") as info:
             exca.graph.run(squares())
         assert "'2'" in str(info.value) + "".join(getattr(info.value, "__notes__", []))
-    # (the failed item was computed once more, alone: is the error its own?)
-    assert started(env.log) == ["square1", "square2", "square2"]
+    # (the failed item is computed once: its method read no later item)
+    assert started(env.log) == ["square1", "square2"]
     other = FlakySquare(log=env.log, fail_flag=str(flag), infra=env.infra()).apply.node([3])
     with pytest.raises(ValueError, match="item 2 fails on purpose"):
         exca.graph.run(squares(), other)  # (the other targets are computed all the same)
-    assert started(env.log)[3:] == ["square3"]
+    assert started(env.log)[2:] == ["square3"]
     # the plan says so; with another failing target, both failures are named
     (entry,) = exca.graph.plan(squares()).entries
     assert (entry.status, entry.action) == ("cached error", "fail")
@@ -3323,7 +3323,7 @@ def test_a_map_retried_by_another_instance_of_its_config_is_read_as_retried(env:
     retried, cubes = graph("retry")
     exca.graph.run(retried, cubes)
     assert list(cubes.result()) == [1, 64]
-    assert env.starts("square2") == 3  # (alone once more at the first run, then retried)
+    assert env.starts("square2") == 2  # (once at the first run, then retried)
     # the long-lived instance sees the retry: its plan, its result
     assert exca.graph.plan(old).entries[0].status == "cached"
     assert list(old.result()) == [1, 4]

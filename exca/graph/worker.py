@@ -1800,6 +1800,62 @@ class _Failures:
 _HALVES = -1  # (_compute_from: the method raised as it was called, on several items)
 
 
+class _Watched(list[tp.Any]):
+    """The items a map method is called on, telling how far it read them: a method
+    reading them once, one by one (``for item in items``), that raised had read no later
+    item, so the error is the last item's. Any other reading (an index, a slice, len, a
+    second loop...) makes it unknown: the item is then computed alone (see _compute_from).
+    A list still, for the method; pickled as a plain list."""
+
+    __slots__ = ("other", "read", "read_at")
+
+    def __init__(self, items: list[tp.Any]) -> None:
+        super().__init__(items)
+        self.read = 0  # items given by the first loop over them
+        self.other = False  # read some other way (later items possibly)
+        # (when the last one was: its computation's start, recorded with its error)
+        self.read_at = 0.0
+
+    def only_read_to(self, index: int) -> bool:
+        """Whether the method read items only one by one, up to this one (included)."""
+        return not self.other and self.read == index + 1
+
+    def __iter__(self) -> tp.Iterator[tp.Any]:
+        if self.read or self.other:
+            self.other = True
+            return super().__iter__()
+        return self._one_by_one()
+
+    def _one_by_one(self) -> tp.Iterator[tp.Any]:
+        for item in super().__iter__():
+            self.read += 1
+            self.read_at = time.time()
+            yield item
+
+    def _other(name: str) -> tp.Any:  # type: ignore[misc]  # (builds the methods below)
+        method = getattr(list, name)
+
+        def read_otherwise(self: _Watched, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+            self.other = True
+            return method(self, *args, **kwargs)
+
+        read_otherwise.__name__ = name
+        return read_otherwise
+
+    for _name in (
+        "__getitem__", "__len__", "__contains__", "__reversed__", "__add__", "__mul__",
+        "__rmul__", "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "index",
+        "count", "copy", "pop", "sort", "reverse",
+    ):  # fmt: skip
+        locals()[_name] = _other(_name)
+    del _name, _other
+    __hash__ = None  # (a list: unhashable)
+
+    def __reduce__(self) -> tuple[tp.Any, ...]:
+        self.other = True
+        return (list, (list(super().__iter__()),))
+
+
 def _compute_from(
     node: Node,
     cache: CacheDict[tp.Any],
@@ -1905,11 +1961,13 @@ def _compute_from(
     # (names bound locally: this loop runs once per item)
     count, immutable, monotonic, append = end, _IMMUTABLE, time.monotonic, batch.append
     called = False  # (whether the method returned: a list's items are all computed then)
+    watched = _Watched([])  # (the items as the method got them: how far it read them)
     try:
         # (announced first: the other ranks make the call too, and a method computing its
         # items as it is called, returning a list, meets them)
         call = ranks.announce(node.uid, uids[start:end], node.folder is not None)
-        outputs = _outputs(node, items)
+        watched = _Watched(items)
+        outputs = _outputs(node, watched)
         called = True
         if in_flight is not None:
             # (not before: a method running as it is called computes its items then, and
@@ -1971,7 +2029,9 @@ def _compute_from(
             raise  # (computed again for a nested call: the enclosing one caches its error)
         if not called and end - start > 1:  # (no output yet: whose error? see _HALVES)
             return _HALVES
-        if end - start > 1:  # (the method had other items: is it this one's error?)
+        if end - start > 1 and not watched.only_read_to(position - start):
+            # (the method had other items, maybe read with this one: is it this one's
+            # error? Not asked when it read no later item: computed once, not twice)
             error_meta = {**error_meta, "t": time.time()}  # (the error is alone's, if any)
             alone = _compute_alone(node, cache, uid, all_items[position], meta, report, progress)
             if alone is None:  # (it computed alone: the error was a later item's?)
@@ -1982,6 +2042,8 @@ def _compute_from(
             # error of the batch, showed twice in the cached traceback)
             _drop_context(alone, error)
             error = alone
+        elif end - start > 1:  # (its computation started as the method read it)
+            error_meta = {**error_meta, "t": watched.read_at}
         signature = (type(error).__name__, str(error))
         failures.batch_errors.pop(signature, None)  # (this item's: said below)
         failures.repeats = failures.repeats + 1 if signature == failures.last else 1
