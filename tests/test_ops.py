@@ -1741,6 +1741,37 @@ def test_explain_of_cleared_map_items_names_no_other_config(tmp_path: Path) -> N
     assert SCORED == [1, 2]
 
 
+def test_explain_of_a_removed_node_folder_says_it_was_removed(tmp_path: Path) -> None:
+    """A task whose folder was removed (clean.remove_nodes, exca clean) was explained as
+    another config: "config differs from the nearest cached one: seed 1 → 0", a change
+    nobody made (maps' cleared items said "computed before, then removed"). The removal
+    is recorded in the step folder: explain says so, for a map's folder too."""
+    root = tmp_path / "cache"
+    for seed in (0, 1):
+        Train(seed=seed, infra={"folder": root}).fit()
+    CountedSquares(infra={"folder": root}).square([1, 2])
+    CountedSquares(offset=1, infra={"folder": root}).square([1, 2])
+    task = Train(infra={"folder": root}).fit.node()
+    squares = CountedSquares(infra={"folder": root}).square.node([1, 2])
+    clean.remove_nodes([task, squares]).execute()
+    assert task.folder is not None and not task.folder.exists()
+    for node in (task, squares):
+        (why,) = exca.ops.explain(node)
+        assert why.nearest is None and why.diff == [], why
+        assert "computed before, then its folder was removed on " in why.summary(), why
+        assert "exca.ops.clean.remove_nodes: requested)" in why.summary(), why
+    # computed again, and what a removal of old versions empties still goes whole
+    assert Train(infra={"folder": root}).fit() == 1.0
+    (why,) = exca.ops.explain(Train(seed=2, infra={"folder": root}).fit.node())
+    assert why.summary() == "config differs from the nearest cached one: seed 0 → 2"
+    assert clean.remove_nodes(task).execute() > 0
+    old = Train(infra={"folder": root, "version": "2"})
+    old.fit()
+    assert (task.folder.parent / clean.REMOVALS_FILE).exists()
+    clean.old_versions(root).execute()
+    assert not task.folder.parent.exists() and old.fit.node().folder.exists()
+
+
 def test_plan_counts_a_target_map_raising_its_cached_item_errors_as_failing(
     tmp_path: Path,
 ) -> None:
@@ -6578,7 +6609,8 @@ def test_a_write_landing_in_a_folder_being_deleted_is_deleted_too(
     assert plan.execute() == plan.size > 0
     monkeypatch.undo()
     assert landed and plan.failed == [] and not Path(landed[0]).exists()
-    assert sorted(p.name for p in folder.parent.iterdir()) == []
+    # (what is left: the record of the removal, for explain)
+    assert sorted(p.name for p in folder.parent.iterdir()) == [clean.REMOVALS_FILE]
 
 
 def test_a_removal_kept_at_execute_is_told(
@@ -8312,7 +8344,8 @@ def test_a_compaction_makes_no_folder_removed_meanwhile(
     monkeypatch.setattr(clean, "compactable", then_removed)
     assert clean.compact(folder, grace_seconds=0) == (0, 0)
     assert not folder.exists()
-    assert [p.name for p in folder.parent.iterdir()] == []
+    # (what is left: the record of the removal, for explain)
+    assert [p.name for p in folder.parent.iterdir()] == [clean.REMOVALS_FILE]
 
 
 def test_a_removal_leaves_no_claim_where_a_link_of_the_folder_points(tmp_path: Path) -> None:

@@ -64,6 +64,59 @@ from .logs import JOB_FOLDER
 logger = logging.getLogger("exca")
 
 
+# In a step folder: the config folders removed from it (a line each, name, reason and
+# time, the last REMOVALS_KEPT): explain says such a config was computed, then removed,
+# not that it differs from the nearest cached one. Written by removals only, read by
+# explain only (never on the path of a cached result).
+REMOVALS_FILE = ".exca-removed"
+REMOVALS_KEPT = 1000
+
+
+def record_removal(folder: Path, reason: str) -> None:
+    """Note in its step folder that this config folder was removed (best effort: an
+    advisory record, a removal racing another may drop the other's line)."""
+    parent = folder.parent
+    if "," not in parent.name:  # (an inputs-* node, in its config's folder: not recorded)
+        return
+    record = parent / REMOVALS_FILE
+    try:
+        lines = record.read_bytes().splitlines()
+    except OSError:
+        lines = []
+    mine = orjson.dumps({"name": folder.name, "reason": reason, "t": round(time.time())})
+    kept = [line for line in lines if _removed_name(line) not in (None, folder.name)]
+    text = b"\n".join([*kept[-(REMOVALS_KEPT - 1) :], mine]) + b"\n"
+    temporary = parent / f"{REMOVALS_FILE}.tmp-{process.unique_name()}"
+    try:
+        temporary.write_bytes(text)
+        os.replace(temporary, record)
+    except OSError as error:  # (a read-only step folder...: nothing recorded)
+        logger.debug("Could not record the removal of %s: %s", folder, error)
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+
+
+def _removed_name(line: bytes) -> str | None:
+    try:
+        name = orjson.loads(line).get("name")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+def removal_of(folder: Path) -> dict[str, tp.Any] | None:
+    """The record of this config folder's last removal (name, reason, t), if any."""
+    try:
+        lines = (folder.parent / REMOVALS_FILE).read_bytes().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if _removed_name(line) == folder.name:
+            found: dict[str, tp.Any] = orjson.loads(line)
+            return found
+    return None
+
+
 @dataclasses.dataclass
 class Removal:
     path: Path
@@ -182,6 +235,8 @@ class CleanPlan:
                 self.failed.append((removal.path, why))
         for folder in self.emptied:
             with contextlib.suppress(OSError):  # (not empty: something kept, or new, there)
+                if os.listdir(folder) == [REMOVALS_FILE]:  # (the removals of its configs)
+                    (folder / REMOVALS_FILE).unlink()
                 folder.rmdir()
         if self.skipped:
             logger.warning(
@@ -268,7 +323,10 @@ def _remove(
     if used is not None:
         raise _InUse(used)
     if path.is_dir():
+        node = is_node_folder(path)
         remove_node_folder(path, removal.size, checked=True, look=look)
+        if node:
+            record_removal(path, removal.reason)
     else:
         try:
             path.unlink()

@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import shlex
+import time
 import typing as tp
 from pathlib import Path
 
@@ -588,6 +589,10 @@ def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Exp
                     else " (not computed for this config yet, or not finished"
                 ) + f"; {cached} other item(s) are cached for this config)"
                 return explanation
+        how = _removed_folder(node)
+        if how is not None:  # (not another config: this one, computed, then removed)
+            explanation.reason = f"{entry.reason}: {how}"
+            return explanation
         folder, explanation.diff, explanation.equally_near = nearest_cached(node, inputs)
         explanation.nearest = None if folder is None else str(folder)
         if folder is None:
@@ -598,6 +603,26 @@ def _explain_entry(entry: PlanEntry, run: NodeRun, inputs: _InputConfigs) -> Exp
         elif not explanation.diff:
             explanation.legacy = node.legacy_name is not None and folder.name == node.legacy_name()
     return explanation
+
+
+def _removed_folder(node: Node) -> str | None:
+    """How the node's folder, gone, was removed, if a removal recorded it (see
+    clean.record_removal): a removed config was explained as one that differs from the
+    nearest cached one."""
+    from .clean import removal_of
+
+    if node.folder is None or node.folder.exists():
+        return None
+    record = removal_of(node.folder)
+    if record is None:
+        return None
+    when = ""
+    if isinstance(record.get("t"), int | float):
+        when = time.strftime(" on %Y-%m-%d %H:%M", time.localtime(record["t"]))
+    return (
+        f"computed before, then its folder was removed{when} (exca clean, or "
+        f"exca.ops.clean.remove_nodes: {record.get('reason', '?')})"
+    )
 
 
 def _removed_items(folder: Path | None, keys: tp.Sequence[str]) -> list[str]:
