@@ -624,6 +624,12 @@ _UNTYPED_CONTAINERS = frozenset(
 )
 
 
+class UnnamedModel(RuntimeError):
+    """A model held where no annotation names its class (see _check_no_unnamed_model):
+    refused wherever it is, also in a model held by a dataclass (whose other refusals
+    fall back to its dump, see _held_export)."""
+
+
 _ANYTHING = "where its annotation admits anything (tp.Any, object, a bare list or dict, a TypeVar)"
 _IN_SET = "in a set whose annotation names not its class (a set holds its models by their values)"
 
@@ -659,7 +665,7 @@ def _check_no_unnamed_model(
         counted = [m for m in at if class_facts(m).drops_itself is not True]
         if depth and len(counted) > 1 and _undiscriminated_union(here, top=False):
             # (a dataclass field's union: a model field's is refused by _ambiguity)
-            raise RuntimeError(
+            raise UnnamedModel(
                 f"Field {cls.__name__}.{name} holds a pydantic model ({type(value).__name__}) "
                 f"{where}, a union of several models ({', '.join(m.__name__ for m in counted)}) "
                 "without a discriminator: the uid would be ambiguous (two configs differing "
@@ -696,7 +702,7 @@ def _check_no_unnamed_model(
             else f"Annotate the field with the model class (e.g. {name}: {example}"
             "; its uid stays the same)"
         )
-        raise RuntimeError(
+        raise UnnamedModel(
             f"Field {cls.__name__}.{name} holds a pydantic model ({kind}) {where}: a uid names "
             f"that model's {what}, and not its class, so {kind}() and another class {same} "
             f"would share a uid (and a cache folder). {annotate}, or with a "
@@ -711,7 +717,7 @@ def _check_no_unnamed_model(
         where = _IN_SET
         items = value
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        _check_dataclass(value, cls, name, depth)
+        _check_dataclass(value, cls, name, depth, here)
         return
     else:
         return
@@ -724,20 +730,32 @@ def _check_no_unnamed_model(
 _IN_DATACLASS = "in the field "
 
 
-def _check_dataclass(value: tp.Any, cls: type, name: str, depth: int) -> None:
+def _check_dataclass(value: tp.Any, cls: type, name: str, depth: int, here: tp.Any) -> None:
     """_check_no_unnamed_model for the fields of a dataclass instance, each by its own
     annotation (the model classes it names: its strict subclasses get their class in a
-    uid). Not looked into: a dataclass dumped by a serializer of its own, and fields
-    whose annotation holds a type variable (what a generic dataclass was given names
-    their classes)."""
+    uid); in a generic dataclass, a type variable is what the annotation where it is held
+    (``here``) gives it (``Box[Net]``), else ``Any``, as its export has it (a model in a
+    bare ``Box`` names no class: ``Box(A())`` and ``Box(B())`` shared a uid). Not looked
+    into: a dataclass dumped by a serializer of its own."""
     kind = type(value)
     places = _DATACLASS_PLACES.get((kind, cls))
     if places is None:
         places = _dataclass_places(kind, cls)
     for key, hint, named, where in places:
         sub = getattr(value, key, None)
-        if type(sub) not in _PLAIN_ITEMS:
-            _check_no_unnamed_model(sub, cls, name, hint, named, depth + 1, where)
+        if type(sub) in _PLAIN_ITEMS:
+            continue
+        if hint is _GENERIC:  # (resolved where it is held: see _bound_facts)
+            hint = _bound_facts(kind, annotated_dataclasses(here), cls).hints[key]
+            if _plain_annotation(hint):
+                continue
+            named = annotated_models(hint)
+            if hint is not tp.Any and hint is not object:
+                where += f" annotated {_type_name(hint)}"
+        _check_no_unnamed_model(sub, cls, name, hint, named, depth + 1, where)
+
+
+_GENERIC: tp.Any = object()  # (a dataclass field whose annotation holds a type variable)
 
 
 # (dataclass, model class holding it) -> its fields that may hold a model (see below)
@@ -747,14 +765,17 @@ _DATACLASS_PLACES: dict[tuple[type, type], list[tuple[str, tp.Any, tp.Any, str]]
 def _dataclass_places(kind: type, cls: type) -> list[tuple[str, tp.Any, tp.Any, str]]:
     """(name, annotation, model classes it names, how a refusal says its place) of the
     fields of a dataclass _check_dataclass looks into (memoized): none for a dataclass
-    dumped by a serializer of its own; not those that hold only plain values, nor those
-    whose annotation holds a type variable."""
-    places = []
+    dumped by a serializer of its own; not those that hold only plain values. Those whose
+    annotation holds a type variable: _GENERIC (resolved where the dataclass is held)."""
+    places: list[tuple[str, tp.Any, tp.Any, str]] = []
     if not custom_schema(kind):
         for key, hint in _dataclass_facts(kind, cls).hints.items():
-            if _plain_annotation(hint) or _typevar_in(hint):
-                continue
             where = f"{_IN_DATACLASS}{kind.__name__}.{key} of a dataclass"
+            if _typevar_in(hint):
+                places.append((key, _GENERIC, (), where))
+                continue
+            if _plain_annotation(hint):
+                continue
             if hint is not tp.Any and hint is not object:
                 where += f" annotated {_type_name(hint)}"
             places.append((key, hint, annotated_models(hint), where))
@@ -847,6 +868,23 @@ def _check_field(value: tp.Any, field: _FieldFacts, cls: type) -> None:
         return  # (the common case: nothing to look into)
     here = cls.__pydantic_fields__[field.name].annotation  # type: ignore[attr-defined]
     _check_no_unnamed_model(value, cls, field.name, here, named)
+
+
+def _check_held_fields(model: pydantic.BaseModel, depth: int = 0) -> None:
+    """_check_no_unnamed_model for the fields of a model whose dump is its uid (refused
+    as a sub-config, held by a dataclass: see _held_export), and of the models its
+    fields hold (their checks, as sub-configs, were not made either)."""
+    fields = type(model).__pydantic_fields__
+    for key, value in model.__dict__.items():
+        if type(value) in _PLAIN_ITEMS or key not in fields:
+            continue
+        hint = fields[key].annotation
+        if _admits_anything(hint) or _hides_classes(hint):
+            _check_no_unnamed_model(value, type(model), key, hint, annotated_models(hint))
+        if depth < 50:
+            subs = [value] if isinstance(value, pydantic.BaseModel) else _models_in(value)
+            for sub in subs:
+                _check_held_fields(sub, depth + 1)
 
 
 def _dumped_whole(model: pydantic.BaseModel) -> bool:
@@ -1873,9 +1911,14 @@ class _Exporter:
             dumped = json_dump(model)
         try:
             exported = _Exporter(self.uid, False).model(model, dumped, keep=())
+        except UnnamedModel:
+            raise  # (not a refusal of this model: of what it holds, a uid naming no class)
         except RuntimeError:
             # (a model refused as a sub-config: no 'extra' key, a field no uid can be
-            # defined from...: held by a dataclass, its dump was its uid, and stays so)
+            # defined from...: held by a dataclass, its dump was its uid, and stays so;
+            # a model in it where no annotation names its class is refused still)
+            if self.uid:
+                _check_held_fields(model)
             return _sets_ordered(model, as_dumped, True, self.drops)
         if type(exported) is not dict or (self.uid and class_facts(type(model)).has_override):
             return exported  # (a uid hook's dict is the uid: its keys are not the fields)
