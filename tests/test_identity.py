@@ -4233,6 +4233,36 @@ def test_dict_keys_written_alike_are_refused_naming_the_field() -> None:
             _IntKeys(table=table).infra.uid()
     uid = _IntKeys(table={1: "y", 2: "x"}).infra.uid()
     assert uid.endswith("/table={1=y,2=x}-6ad3c521"), uid
+
+
+class _IntKeysKeptOut(pydantic.BaseModel):
+    model_config = FORBID
+    table: dict[tp.Any, str] = {}
+    notes: dict[tp.Any, str] = {}
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("notes",)
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def process(self) -> int:
+        return len(self.notes)
+
+
+def test_config_without_uid_refuses_dict_keys_written_alike(tmp_path: Path) -> None:
+    """config(uid=False) of {1: "x", "1": "y"} (which the uid refuses) gave {"1": "y"}:
+    a value silently lost. Refused too, naming the field; such a dict in a field kept out
+    of the uid (its uid works, the task runs) is left out of it, as a value with no json
+    form is, not written half into config.yaml."""
+    for kwargs in ({"uid": False}, {"uid": False, "exclude_defaults": True}):
+        with pytest.raises(ValueError, match=r"keys 1 \(int\) and '1' \(str\) of field _IntKeys\."):
+            _IntKeys(table={1: "x", "1": "y"}).infra.config(**kwargs)
+    assert _IntKeys(table={1: "y", 2: "x"}).infra.config(uid=False)["table"] == {"1": "y", "2": "x"}
+    kept = _IntKeysKeptOut(notes={1: "x", "1": "y"}, infra={"folder": tmp_path})
+    assert kept.process() == 2
+    assert "notes" not in kept.infra.config(uid=False)
+    config = (tmp_path / kept.infra.uid() / "config.yaml").read_text("utf8")
+    assert "notes" not in config and "table" in config
+    with pytest.raises(ValueError, match=r"of field _IntKeysKeptOut\.table are written alike"):
+        _IntKeysKeptOut(table={1: "x", "1": "y"}).infra.config(uid=False)
     assert _IntKeys(table={"1": "y"}).infra.uid() == _IntKeys(table={1: "y"}).infra.uid()
 
 

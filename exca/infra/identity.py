@@ -1097,6 +1097,7 @@ def export_with_keys(
 ) -> tuple[dict[str, tp.Any], bool]:
     """``export_model``, and whether every key of the export is a field name (then no key
     holds a "." that a ConfDict would split: ``ConfDict.uid_of`` needs no check)."""
+    optional = tuple(optional)  # (read twice)
     spec = fills = None
     if uid:
         facts = class_facts(type(model))
@@ -1110,6 +1111,8 @@ def export_with_keys(
     if fills is not None:
         dumped.update(fills)
     exporter = _Exporter(uid=uid, exclude_defaults=exclude_defaults)
+    if not uid:
+        exporter.kept_out = frozenset(optional)
     out = exporter.model(model, dumped, keep=(), drop=drop)
     if not isinstance(out, dict):
         raise TypeError(
@@ -1499,6 +1502,21 @@ class _Exporter:
         self.field_keys_only = True
         # one item per dataclass whose init=False fields were left out (see _sets_ordered)
         self.drops: list[int] = []
+        # (the top model's fields kept out of uids in a uid=False export: see _alike)
+        self.kept_out: tp.Container[str] = ()
+
+    def _alike(
+        self, error: uidformat.KeysAlike | _DottedKeys, model: pydantic.BaseModel, name: str
+    ) -> None:
+        """A field holding a dict whose keys its dump writes alike (``1`` and ``"1"``: one
+        value lost): refused, naming the field, as the uid refuses it (a uid=False export
+        kept one value only). Of a field kept out of uids, in a uid=False export (its
+        uid was made): left out, as a value with no json form is."""
+        if not self.uid and isinstance(error, uidformat.KeysAlike):
+            facts = class_facts(type(model))
+            if name in self.kept_out or name in _exclusions(model, facts):
+                return
+        raise _placed(error, type(model), name) from None
 
     def model(
         self,
@@ -1637,7 +1655,8 @@ class _Exporter:
                 try:
                     exported = self.value(value, dval, field.keep, field.contained, facts.cls)
                 except (uidformat.KeysAlike, _DottedKeys) as error:
-                    raise _placed(error, facts.cls, name) from None
+                    self._alike(error, model, name)
+                    continue
                 if not (
                     prune
                     and not field.required
@@ -1666,7 +1685,8 @@ class _Exporter:
             try:
                 exported = self.value(value, dval, field.keep, field.contained, facts.cls)
             except (uidformat.KeysAlike, _DottedKeys) as error:
-                raise _placed(error, facts.cls, name) from None
+                self._alike(error, model, name)
+                continue
             if (
                 prune
                 and not field.required
@@ -1780,7 +1800,8 @@ class _Exporter:
             try:
                 exported = self.value(value, dval, field.keep, contained, type(model))
             except (uidformat.KeysAlike, _DottedKeys) as error:
-                raise _placed(error, type(model), name) from None
+                self._alike(error, model, name)
+                return
             exported = _without(exported, drop)
             default_json = field.default_json
             if prune and default_json is not _NO_DEFAULT:
@@ -1828,8 +1849,7 @@ class _Exporter:
             if len(dval) == len(value):
                 keys = list(dval)
             else:
-                if self.uid:  # (keys the dump wrote alike: one value was lost)
-                    _dumped_alike(value)
+                _dumped_alike(value)  # (keys the dump wrote alike: one value was lost)
                 keys = [k if type(k) is str else str(k) for k in value]
             items = {}
             for skey, sub in zip(keys, value.values()):
