@@ -1078,6 +1078,52 @@ def test_a_method_returning_a_list_caches_the_error_of_its_failing_item_only(
     assert lines(calls)[-1] == "call 3"
 
 
+class ListingOnce(pydantic.BaseModel):
+    """Listing, reading its items in one loop only (no "call" line: reading them to
+    write it is another loop)."""
+
+    log: str
+    bad: tuple[int, ...] = ()
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("bad",)  # (a fix: same outputs)
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> list[int]:
+        outputs = []
+        for item in items:
+            append(self.log, str(item))
+            if item in self.bad:
+                raise ValueError(f"bad item {item}")
+            outputs.append(10 * item)
+        return outputs
+
+
+@pytest.mark.parametrize("cluster", [None, "local"])
+def test_a_method_returning_a_list_read_one_by_one_computes_its_failing_item_once(
+    tmp_path: Path, cluster: str | None
+) -> None:
+    """A method returning a list that raised for an item was called on each half of its
+    items down to that item (computed 4 times out of 8 items, 6 times out of 64): which
+    item raised was unknown. When it read its items one by one, it read no item after
+    the one that raised: that item's error is cached at once, the items before it
+    (computed for nothing: no list returned) are called again, then those after it."""
+    log = tmp_path / "calls.txt"
+    infra = {"folder": tmp_path / "cache", "cluster": cluster, "max_jobs": 1}
+    items = list(range(1, 9))
+    with pytest.raises(ValueError, match="bad item 3") as info:
+        list(ListingOnce(log=str(log), bad=(3, 6), infra=infra).process(items))
+    assert "item '3'" in error_text(info.value)
+    # ([1..8] raises at 3: [1, 2] again; [4..8] raises at 6: [4, 5] again; [7, 8])
+    assert counts(log) == {1: 2, 2: 2, 3: 1, 4: 2, 5: 2, 6: 1, 7: 1, 8: 1}
+    mapper = ListingOnce(log=str(log), infra=infra)
+    assert list(mapper.process([8, 7, 5, 4, 2, 1])) == [80, 70, 50, 40, 20, 10]  # (cached)
+    infos = mapper.infra.cache_dict.entries_info()
+    assert sorted(k for k, i in infos.items() if i["#type"] == "Error") == ["3", "6"]
+    retry = ListingOnce(log=str(log), infra={**infra, "mode": "retry"})
+    assert list(retry.process(items)) == [10 * i for i in items]
+    assert counts(log) == {1: 2, 2: 2, 3: 2, 4: 2, 5: 2, 6: 2, 7: 1, 8: 1}
+
+
 def test_a_method_returning_a_list_with_several_failing_items(tmp_path: Path) -> None:
     """Two failing items of a list-returning method: each one's error is cached, with
     its own message; the other items are computed and cached."""

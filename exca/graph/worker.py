@@ -1600,6 +1600,9 @@ def _compute_items(
                     ranges += [(middle, end), (start, middle)]
                 elif position < end:
                     ranges.append((position, end))
+                if failures.redo is not None:  # (called first: they come first)
+                    ranges.append(failures.redo)
+                    failures.redo = None
             for (kind, message), first in list(failures.batch_errors.items())[:3]:
                 logger.warning(
                     "%s raised (%s: %s) on a batch from item %r, and no item raised it again "
@@ -1794,6 +1797,9 @@ class _Failures:
         # first item; an item that raises it again later is at fault (then forgotten)
         self.batch_errors: dict[tuple[str, str], str] = {}
         self.logged = 0  # item errors logged one by one (the first ITEM_ERRORS_LOGGED)
+        # (items a method returning a list computed for nothing before the one that
+        # raised: their range, called again before those after it; see _compute_from)
+        self.redo: tuple[int, int] | None = None
         self.unlogged = 0  # ... and the others, counted in one line at the end of the unit
 
 
@@ -1831,6 +1837,7 @@ class _Watched(list[tp.Any]):
             self.read += 1
             self.read_at = time.time()
             yield item
+        self.other = True  # (read to its end: an error after that is of no item known)
 
     def _other(name: str) -> tp.Any:  # type: ignore[misc]  # (builds the methods below)
         method = getattr(list, name)
@@ -2024,12 +2031,19 @@ def _compute_from(
             raise
         if _reached_time_limit(error) or _closed_output(error):
             raise  # (the job's time is up, or stdout closed: not this item's error)
+        if not called and end - start > 1:  # (no output yet: whose error? see _HALVES)
+            if not watched.read or watched.other:
+                return _HALVES
+            # (it read its items one by one, and raised at one: that one's error; those
+            # before it, computed for nothing (no list returned), are called again)
+            position = start + watched.read - 1
+            if position > start:
+                failures.redo = (start, position)
         uid = uids[position]
         if uid in _UNWRITTEN.redoing.get(str(node.folder), ()):
+            failures.redo = None
             raise  # (computed again for a nested call: the enclosing one caches its error)
-        if not called and end - start > 1:  # (no output yet: whose error? see _HALVES)
-            return _HALVES
-        if end - start > 1 and not watched.only_read_to(position - start):
+        if end - start > 1 and called and not watched.only_read_to(position - start):
             # (the method had other items, maybe read with this one: is it this one's
             # error? Not asked when it read no later item: computed once, not twice)
             error_meta = {**error_meta, "t": time.time()}  # (the error is alone's, if any)
