@@ -967,10 +967,11 @@ class OneByOne(pydantic.BaseModel):
 
     @infra.apply(item_uid=str)
     def process(self, items: list[int]) -> tp.Iterator[int]:
-        for item in items:
+        total = len(items)  # (a progress bar's: no item read)
+        for done, item in enumerate(items, 1):
             append(self.log, str(item))
             if item in self.bad:
-                raise ValueError(f"bad item {item}")
+                raise ValueError(f"bad item {item} ({done}/{total})")
             yield 10 * item
 
 

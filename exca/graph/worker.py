@@ -1809,8 +1809,9 @@ _HALVES = -1  # (_compute_from: the method raised as it was called, on several i
 class _Watched(list[tp.Any]):
     """The items a map method is called on, telling how far it read them: a method
     reading them once, one by one (``for item in items``), that raised had read no later
-    item, so the error is the last item's. Any other reading (an index, a slice, len, a
-    second loop...) makes it unknown: the item is then computed alone (see _compute_from).
+    item, so the error is the last item's. Any other reading (an index, a slice, a second
+    loop...) makes it unknown: the item is then computed alone (see _compute_from); len
+    tells no item (a progress bar's total).
     A list still, for the method; pickled as a plain list."""
 
     __slots__ = ("other", "read", "read_at")
@@ -1850,7 +1851,7 @@ class _Watched(list[tp.Any]):
         return read_otherwise
 
     for _name in (
-        "__getitem__", "__len__", "__contains__", "__reversed__", "__add__", "__mul__",
+        "__getitem__", "__contains__", "__reversed__", "__add__", "__mul__",
         "__rmul__", "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "index",
         "count", "copy", "pop", "sort", "reverse",
     ):  # fmt: skip
