@@ -388,6 +388,19 @@ def test_rename_class_command_line(
     assert "no step folder of pipemod.Data" in capsys.readouterr().err
 
 
+def test_rename_class_removes_a_step_folder_recording_removed_configs(project: Project) -> None:
+    """A step folder from which a config was removed holds the record of that removal
+    (.exca-removed, read by explain): a migration moving its other configs out left it,
+    with that file only, under the old name."""
+    from exca.ops import clean
+
+    old = project.root / "pipemod.Data.prepare,1"
+    clean.record_removal(old / "seed=9-0123abcd", "requested")
+    assert (old / clean.REMOVALS_FILE).exists()
+    done = helpers.rename_class(project.root, "pipemod.Data", "pipemod.Dataset", dryrun=False)
+    assert done.left == [] and not old.exists()
+
+
 def _job_logs(step: Path, job: str) -> None:
     """The log folder a job of this step writes (logs/<user>/<job id>/...)."""
     folder = step / "logs" / "someone" / job

@@ -96,6 +96,14 @@ def record_removal(folder: Path, reason: str) -> None:
             temporary.unlink()
 
 
+def remove_emptied_step(folder: Path) -> None:
+    """rmdir of a step folder its configs left (OSError when something else is there):
+    the record of their removals goes with it."""
+    if os.listdir(folder) == [REMOVALS_FILE]:
+        (folder / REMOVALS_FILE).unlink()
+    folder.rmdir()
+
+
 def _removed_name(line: bytes) -> str | None:
     try:
         name = orjson.loads(line).get("name")
@@ -235,9 +243,7 @@ class CleanPlan:
                 self.failed.append((removal.path, why))
         for folder in self.emptied:
             with contextlib.suppress(OSError):  # (not empty: something kept, or new, there)
-                if os.listdir(folder) == [REMOVALS_FILE]:  # (the removals of its configs)
-                    (folder / REMOVALS_FILE).unlink()
-                folder.rmdir()
+                remove_emptied_step(folder)
         if self.skipped:
             logger.warning(
                 "Kept %d item(s), in use since the preview:\n%s",

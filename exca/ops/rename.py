@@ -586,8 +586,10 @@ def rename_class(folder: str | Path, old: str, new: str, dryrun: bool = True) ->
             busy_steps.add(source.parent)
     for step in old_steps:
         if not dryrun:
+            from .clean import remove_emptied_step
+
             try:
-                os.rmdir(step)  # (emptied: what is left of it, e.g. a busy config, stays)
+                remove_emptied_step(step)  # (emptied: what is left, e.g. a busy config, stays)
             except OSError:
                 pass
     # (downstream first: see _Migration._depends)
