@@ -3,8 +3,8 @@
 # for exca's tests (Debian 12, slurm-wlm 22.05, as root, no systemd needed).
 #
 # What it does, in order:
-#   1. apt-installs what is missing: slurm-wlm, munge (+ slurmdbd, mariadb-server for
-#      accounting);
+#   1. apt-installs what is missing: slurm-wlm, munge, tini (+ slurmdbd, mariadb-server
+#      for accounting);
 #   2. starts munged, mariadbd, slurmdbd, slurmctld and slurmd as background daemons
 #      (each `setsid`-detached, logs in /var/log/slurm/<name>.out), records each pid in
 #      /run/slurm-ci/<name>.pid;
@@ -55,6 +55,13 @@
 #     with kill_on_invalid_dep=yes.
 #   - With `srun` on PATH, submitit.AutoExecutor picks Slurm even when the daemons are
 #     down: check the controller (`scontrol ping`), not the binaries.
+#   - slurmd runs under `tini -s` (a subreaper): the processes of a job Slurm kills
+#     (scancel, time limit) end as zombies of whoever adopts them. Adopted by this
+#     machine's init, which reaps them up to ~1.5 s late, they kept each cancelled job
+#     COMPLETING, its CPU held, ~3.7 s (proctrack/pgid looks at the process group again
+#     1 s, then 2 s later while a zombie is left); adopted and reaped at once by tini,
+#     ~1.2 s. $PIDDIR/slurmd.pid records slurmd itself (tini ends with it); a slurmd of ours
+#     running without tini (an earlier version of this script) is restarted once.
 #   - Job ids keep growing across restarts (state in /var/spool/slurmctld and the DB).
 #   - A session whose processes were killed leaves stale pid files behind: they are
 #     detected (pid gone, or its command name differs) and replaced.
@@ -84,7 +91,7 @@ if ! flock -n 9; then
 fi
 
 # ---------------------------------------------------------------- install
-pkgs=(slurm-wlm munge)
+pkgs=(slurm-wlm munge tini)
 [ "$ACCOUNTING" = 1 ] && pkgs+=(slurmdbd mariadb-server)
 missing=()
 for p in "${pkgs[@]}"; do
@@ -127,14 +134,28 @@ foreign() {
   return 1
 }
 
+# child_named PID COMM -> the pid of PID's child whose command name is COMM (none: "")
+child_named() {
+  local c
+  for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+    [ "$(cat "/proc/$c/comm" 2>/dev/null)" = "$2" ] && { echo "$c"; return 0; }
+  done
+  echo ""
+}
+
 # launch NAME COMM CMD... : start CMD (a foreground daemon) detached, record its pid.
+# CMD may be a wrapper (tini) that runs the daemon as its child: the child is recorded.
 # fd 9 (the lock) is closed for the daemon, else it would hold the lock forever.
 launch() {
   local name=$1 comm=$2; shift 2
   setsid "$@" </dev/null >>"$LOGDIR/$name.out" 2>&1 9>&- &
-  local pid=$!
+  local pid=$! child
   echo "$pid" >"$PIDDIR/$name.pid"
   sleep 0.3
+  if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" != "$comm" ]; then
+    child=$(child_named "$pid" "$comm")
+    [ -z "$child" ] || { pid=$child; echo "$pid" >"$PIDDIR/$name.pid"; }
+  fi
   if ! alive "$name" "$comm"; then
     rm -f "$PIDDIR/$name.pid"
     tail -n 20 "$LOGDIR/$name.out" >&2 || true
@@ -330,12 +351,17 @@ else
 fi
 wait_for "slurmctld" bash -c 'scontrol ping | grep -q UP'
 
+# (under tini, a subreaper: see Gotchas)
+if alive slurmd slurmd && [ "$(cat "/proc/$(awk '{print $4}' "/proc/$(cat "$PIDDIR/slurmd.pid")/stat")/comm" 2>/dev/null)" != tini ]; then
+  log "restarting slurmd under tini (it reaps the processes of the jobs Slurm kills)"
+  stop_ours slurmd slurmd
+fi
 if alive slurmd slurmd; then
   log "slurmd already running (pid $(cat $PIDDIR/slurmd.pid))"
 elif foreign slurmd; then
   log "a slurmd not started by this script is running; using it"
 else
-  launch slurmd slurmd /usr/sbin/slurmd -D -N "$NODE"
+  launch slurmd slurmd tini -s -- /usr/sbin/slurmd -D -N "$NODE"
 fi
 
 # ---------------------------------------------------------------- wait for idle node
