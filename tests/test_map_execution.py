@@ -22,7 +22,6 @@ import typing as tp
 import weakref
 from pathlib import Path
 
-import numpy as np
 import pydantic
 import pytest
 from filelog import append, lines, wait_until
@@ -30,6 +29,11 @@ from filelog import append, lines, wait_until
 import exca
 import exca.cachedict
 import exca.graph.scheduler
+
+if tp.TYPE_CHECKING:
+    import numpy as np
+else:
+    from lazy_numpy import np  # (imported at its first use: most jobs never use it)
 
 CLUSTERS = [None, "threadpool", "processpool", "local", "debug"]
 

@@ -25,11 +25,10 @@ import time
 import typing as tp
 from pathlib import Path
 
-import networkx as nx
-import numpy as np
 import pydantic
 import pytest
 from filelog import wait_until
+from lazy_numpy import is_array
 
 import exca
 import exca.graph
@@ -45,6 +44,11 @@ from exca.graph.node import Value
 from exca.graph.planning import describe_inputs
 from exca.graph.worker import UpstreamFailed
 from exca.uidformat import to_uid
+
+if tp.TYPE_CHECKING:
+    import numpy as np
+else:
+    from lazy_numpy import np  # (imported at its first use: most jobs never use it)
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -109,9 +113,7 @@ class Step(pydantic.BaseModel):
 
     @infra.apply
     def run(self, a: tp.Any = None, b: tp.Any = None) -> str:
-        shown = {
-            k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in (("a", a), ("b", b))
-        }
+        shown = {k: (v.tolist() if is_array(v) else v) for k, v in (("a", a), ("b", b))}
         append(
             self.log,
             {"name": self.name, "event": "start", "t": time.time(), "pid": os.getpid(), **shown},
@@ -134,7 +136,7 @@ class Step(pydantic.BaseModel):
 
 
 def _show(value: tp.Any) -> str:
-    if isinstance(value, np.ndarray):
+    if is_array(value):
         return "array" + "-".join(str(v) for v in value.tolist())
     if isinstance(value, list):
         return "[" + ";".join(str(v) for v in value) + "]"
@@ -1163,6 +1165,8 @@ def test_two_classes_of_one_name_in_a_graph_are_refused(env: Env) -> None:
 
 
 def test_graph_is_frozen(env: Env) -> None:
+    import networkx as nx
+
     a = env.step("a").run.node()
     b, c = env.step("b").run.node(a), env.step("c").run.node(a)
     d = env.step("d").run.node(b, c)
