@@ -3329,3 +3329,81 @@ def test_the_kept_readers_are_dropped_at_exit(tmp_path: Path) -> None:
         [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "0"
+
+
+def test_a_reader_keeps_each_repeated_value_of_its_entries_once(tmp_path: Path) -> None:
+    """What a reader keeps to know what is cached: each index line parsed gave its own
+    copies of the format's name, the data file's name, the dtype and the shape (~270 of
+    ~735 bytes per entry: a map of a million arrays held ~0.7 GB for its index). They are
+    one object each now, and the shape a tuple (a record holding a list stayed tracked
+    by the cyclic collector, walked at every full collection). Deterministic: the bytes
+    are those tracemalloc counts for a fixed build, read by a fresh reader."""
+    import tracemalloc
+
+    folder = tmp_path / "cache"
+    number = 3000
+    cd: CacheDict[tp.Any] = CacheDict(folder)
+    with cd.write():
+        for i in range(number):
+            cd[f"key{i}"] = np.full(64, i, dtype=np.float64)
+    index_module.unshare(folder)  # (as in a fresh process: every line parsed)
+    reader = index_module.IndexReader(folder)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        reader.refresh()
+        gc.collect()
+        per_entry = (tracemalloc.get_traced_memory()[0] - before) / number
+    finally:
+        tracemalloc.stop()
+    records = list(reader.entries.values())
+    assert len(records) == number
+    for field in ("#type", "f", "d", "s"):
+        assert len({id(r[field]) for r in records}) == 1, field
+    assert records[5]["s"] == (64,) and records[5]["d"] == "<f8"
+    assert per_entry < 550, per_entry  # (~470 now; ~750 with a copy of each value)
+    assert not [r for r in records if gc.is_tracked(r)]
+    new = CacheDict(folder)
+    assert new["key7"][3] == 7 and len(new) == number
+
+
+def test_a_reader_shares_only_the_values_every_line_of_a_chunk_holds(tmp_path: Path) -> None:
+    """The values shared between records are those all lines of a parsed chunk write
+    alike: a line naming another data file, another dtype or shape (or a shape written
+    1.0, damaged) keeps its own, and so does a chunk with escapes or metadata."""
+    folder = tmp_path / "cache"
+    folder.mkdir()
+
+    def line(key: str, file: str = "data/a.data", shape: tp.Any = (4,), **more: tp.Any) -> dict:
+        fields = {"#key": key, "#type": "MemmapArray", "f": file, "o": 0, "d": "<f8"}
+        return {**fields, "s": list(shape), **more}
+
+    lines = [
+        line("k0"),
+        line("k1"),
+        line("k2", file="data/b.data"),
+        line("k3", shape=(4.0,)),
+        line("k4", d="<f4"),
+        line("k5", shape=(2, 2)),
+    ]
+    name = "host-1-1-0123456789abc-abcdef-info.jsonl"
+    (folder / name).write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
+    index_module.unshare(folder)
+    reader = index_module.IndexReader(folder)
+    reader.refresh()
+    got = {k: index_module.line_fields(r) for k, r in reader.entries.items()}
+    assert {k: orjson.loads(orjson.dumps(v)) for k, v in got.items()} == {
+        x["#key"]: x for x in lines
+    }
+    assert type(got["k3"]["s"][0]) is float  # (damaged as written: not read as 4)
+    records = reader.entries
+    assert records["k0"]["#type"] is records["k5"]["#type"]  # (all alike: shared)
+    assert records["k0"]["f"] is not records["k1"]["f"]  # (b.data in one line)
+    # the same lines, one with an escaped key: shared, checked record by record
+    escaped = [*lines[:2], line('k"6'), line("k7")]
+    name = "host-1-1-0123456789abd-abcdef-info.jsonl"
+    (folder / name).write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in escaped))
+    reader.refresh()
+    assert reader.entries['k"6']["f"] is reader.entries["k7"]["f"] == "data/a.data"
+    assert reader.entries["k7"]["s"] == (4,)
