@@ -56,7 +56,9 @@ IDLE_CHECK_SECONDS = 60.0
 FORMER_PLACES = "#was"
 FORMER_PLACES_BYTES = b'"#was"'
 META_BYTES = b'"#meta"'
-PARSE_BYTES = 4 << 20  # index lines parsed at a time
+# index lines parsed at a time (~2k lines): the memory a parse holds meanwhile stays the
+# process's (freed blocks among the entries kept); 4 MB left ~300 bytes per entry read
+PARSE_BYTES = 256 << 10
 # index bytes from which a read pauses the cyclic collector (gcpause): ~100 entries and
 # more; fewer make no burst of allocations worth a pause (whose first use costs ~12 µs of
 # a process's first cache hit)
@@ -565,8 +567,8 @@ class IndexReader:
 
     def _parse_span(self, name: str, state: FileState, data: bytes, end: int) -> None:
         """Parse the complete lines of what was read of a file (``data[:end]``)."""
-        # (parsed a few MB at a time: orjson's transient memory for one big document is
-        # ~2 kB per entry, more than the entries it makes)
+        # (parsed PARSE_BYTES at a time: orjson's transient memory for one big document
+        # is ~2 kB per entry, more than the entries it makes)
         start = 0
         while start < end:
             cut = (
