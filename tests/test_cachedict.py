@@ -3407,3 +3407,28 @@ def test_a_reader_shares_only_the_values_every_line_of_a_chunk_holds(tmp_path: P
     reader.refresh()
     assert reader.entries['k"6']["f"] is reader.entries["k7"]["f"] == "data/a.data"
     assert reader.entries["k7"]["s"] == (4,)
+
+
+def test_a_dict_value_written_like_an_array_record_reads_back_as_itself(tmp_path: Path) -> None:
+    """A value stored inline (a small dict) holding the very fields of its neighbour's array
+    record, data file name included, is read back as that dict by a new process: the
+    fields a reader shares between the lines of a chunk are looked for at their top level,
+    not in a value that writes them alike."""
+    folder = tmp_path / "cache"
+    cache: CacheDict[tp.Any] = CacheDict(folder=folder)
+    with cache.write():
+        cache["array"] = np.arange(3.0)
+    (index_file,) = folder.glob("*-info.jsonl")
+    array_record = orjson.loads(index_file.read_bytes().splitlines()[0])
+    lookalike = {key: array_record[key] for key in ("#type", "f", "d", "s")}
+    with cache.write():  # (the same writer's file: one chunk for a new reader)
+        cache["lookalike"] = lookalike
+    code = (
+        "import sys, numpy as np; from exca.cachedict import CacheDict\n"
+        "cache = CacheDict(folder=sys.argv[1])\n"
+        "print(repr(cache['lookalike'])); print(cache['array'].tolist())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(folder)], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.splitlines() == [repr(lookalike), "[0.0, 1.0, 2.0]"]

@@ -220,8 +220,11 @@ def _common_fields(records: list[Record], name: str, chunk: bytes | None = None)
         for field, value in first.items()
         if (type(value) is str and field != "#key") or (array and field == "s")
     ]
-    # (no escape, no nested metadata: a run found in a line is that line's own fields)
-    if chunk is not None and (b"\\" in chunk or META_BYTES in chunk):
+    # (no escape, no nested object (metadata, a dict value stored inline): a run found in
+    # a line is then that line's own fields, not a value's that looks like them)
+    if chunk is not None and (
+        b"\\" in chunk or META_BYTES in chunk or chunk.count(b"{") != len(records)
+    ):
         chunk = None
     held: Record = {}
     if chunk is None:
