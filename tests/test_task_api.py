@@ -1881,6 +1881,49 @@ def test_plan_tells_a_map_reused_under_other_sub_config_versions(tmp_path: Path)
     assert entry.reason.startswith(f"cached, {note}"), entry.reason
 
 
+def test_a_plan_does_not_warn_of_other_sub_config_versions_the_call_after_does(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plan reuses nothing, but logged "Reusing the cache in ..., computed when
+    sub-configs had other class versions" for each such node (its table says it in the
+    node's reason): silent now; the call after it, which reuses the result (read-only
+    too), warns once."""
+    from exca.infra import base as infra_base
+
+    def warnings() -> int:
+        count = caplog.text.count("other class versions")
+        caplog.clear()
+        return count
+
+    for mode in ("cached", "read-only"):
+        folder_of = tmp_path / mode
+        assert Held(infra={"folder": folder_of}).total() == 10
+        mapped = HeldMap(infra={"folder": folder_of})
+        assert list(mapped.apply([1, 2])) == [1, 2]
+        for infra in (Held(infra={"folder": folder_of}).infra, mapped.infra):
+            folder = infra.uid_folder()
+            assert folder is not None
+            full = folder / "full-uid.yaml"  # (as written by the class of Task at "0")
+            full.write_text(
+                full.read_text().replace("  infra.version: '1'", "  infra.version: '0'")
+            )
+        infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
+        with caplog.at_level("WARNING", logger="exca"):
+            held = Held(infra={"folder": folder_of, "mode": mode})
+            node = HeldMap(infra={"folder": folder_of, "mode": mode}).apply.node([1, 2])
+            for _ in range(2):
+                entries = exca.graph.plan(held.total.node(), node).entries
+                assert ["other sub-config versions" in e.reason for e in entries] == [True] * 2
+                assert warnings() == 0, mode
+            assert Held(infra={"folder": folder_of, "mode": mode}).total() == 10
+            assert warnings() == 1, mode
+            assert list(node.result()) == [1, 2]
+            assert warnings() == 1, mode
+            assert Held(infra={"folder": folder_of, "mode": mode}).total() == 10
+            assert list(node.result()) == [1, 2]
+            assert warnings() == 0, mode  # (once per process)
+
+
 def test_plan_tells_an_upstream_not_needed_computed_under_other_sub_config_versions(
     tmp_path: Path,
 ) -> None:

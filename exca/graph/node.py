@@ -40,6 +40,11 @@ _READING_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar(
 )
 
 
+def reads_only() -> bool:
+    """Whether a call of read-only targets runs (it reuses results, writing nothing)."""
+    return _READING_ONLY.get()
+
+
 @contextlib.contextmanager
 def restoring_files() -> tp.Iterator[None]:
     token = RESTORES_FILES.set(not _READING_ONLY.get())
@@ -107,8 +112,16 @@ def is_new_snapshot(folder: tp.Any) -> bool:
 
 
 # (in a node's __dict__: it and its upstream passed; "read": in a plan or status(), which
-# record nothing: a call reusing them checks again, once, see BaseInfra._check_defaults)
+# record nothing: a call reusing them checks again, once, see BaseInfra._check_defaults;
+# "reused": by a read-only call, which records nothing either)
 _DEFAULTS_OK = "_defaults_ok"
+
+
+def _passed(passed: bool | str | None, mark: bool | str) -> bool:
+    """Whether a node's defaults check that passed (``passed``) is enough for a check
+    that marks ``mark``: a plan takes any, a read-only call a call's (a plan's told
+    nothing: changed sub-configs' versions are said by the call), a reusing call its own."""
+    return passed is True or (bool(passed) and mark == "read") or passed == mark
 
 
 DEFAULT_MAX_JOBS = 128  # a map's default bound on its jobs (for clusters: executors.max_jobs)
@@ -501,10 +514,13 @@ class Node(tp.Generic[Out]):
         seen: set[tuple[str, str]] = set()
         stack: list[Node] = [self]
         restores = RESTORES_FILES.get()
+        # (what this check marks: a read-only call reuses results as a call does, but
+        # records nothing; after a plan, it warns of changed sub-configs' versions)
+        mark = True if restores else "reused" if _READING_ONLY.get() else "read"
         while stack:
             node = stack.pop()
             passed = node.__dict__.get(_DEFAULTS_OK)
-            if node.key in seen or passed is True or (passed and not restores):
+            if node.key in seen or _passed(passed, mark):
                 continue
             seen.add(node.key)
             todo.append(node)
@@ -531,7 +547,7 @@ class Node(tp.Generic[Out]):
                     node.restore_files()
         if settled:  # (else checked again next time: another process may compute one)
             for node in todo:
-                node.__dict__[_DEFAULTS_OK] = True if restores else "read"
+                node.__dict__[_DEFAULTS_OK] = mark
 
     @memoized
     def inputs_uid(self) -> str | None:

@@ -29,7 +29,7 @@ import pydantic_core
 
 from .. import uidformat
 from ..confdict import ConfDict
-from ..graph.node import LEGACY_RENAMES, RESTORES_FILES
+from ..graph.node import LEGACY_RENAMES, RESTORES_FILES, reads_only
 from ..storage import saidonce
 from ..storage.files import (
     check_name_lengths,
@@ -789,6 +789,31 @@ class BaseInfra(pydantic.BaseModel):
         result_folder: Path | None = None,
         prepare: tp.Callable[[], None] | None = None,
     ) -> bool:
+        """See ``_check_defaults_once``; a call reusing the result then warns of the
+        sub-configs' version changes that only a plan found (it checks nothing again)."""
+        settled = self._check_defaults_once(restore, result_folder, prepare)
+        if uidfolder.any_untold_versions() and self.folder is not None and self._tells(restore):
+            folder = os.path.join(self.folder, self._runtime().uid or self.uid())
+            result = Path(folder) if result_folder is None else result_folder
+            if result_folder is not None and os.path.exists(
+                result_folder / uidfolder.FULL_UID_FILE
+            ):
+                folder = str(result_folder)  # (its own record, as the check reads it)
+            if self._reuses(result):
+                uidfolder.tell_untold_versions(folder)
+        return settled
+
+    def _tells(self, restore: bool) -> bool:
+        """Whether this check is a call's that reuses the result (a read-only one too),
+        not a plan's, status()'s or explain's: it warns of sub-configs' version changes."""
+        return self._restores(restore) or reads_only()
+
+    def _check_defaults_once(
+        self,
+        restore: bool = False,
+        result_folder: Path | None = None,
+        prepare: tp.Callable[[], None] | None = None,
+    ) -> bool:
         """Before reusing cached results (once per instance, nothing written): they were
         computed with the class defaults of now (RuntimeError if a default changed).
         Whether that is settled (False: no full-uid.yaml yet, to check again later).
@@ -844,6 +869,7 @@ class BaseInfra(pydantic.BaseModel):
                 record=record,
                 permissions=self.permissions,
                 unrecorded=unrecorded,
+                tell=self._tells(restore),
             )
             if checked is not False and result_folder is None:
                 # (its full-uid.yaml was read, so its folder is there: no legacy-named cache

@@ -35,6 +35,9 @@ INPUTS_FILE = "inputs.yaml"  # (in the sub-folder of a call with inputs: which t
 # Sub-configs' version changes found when reusing a folder (its path -> what changed):
 # the warning is logged once per folder and process; plans show it on each reuse
 _VERSION_CHANGES: dict[str, str] = {}
+# ...found by a plan, status() or explain, which reuse nothing: not logged then (a plan
+# of many nodes logged one warning each, its table says it), but by the call reusing them
+_UNTOLD: set[str] = set()
 
 
 def read_text(path: Path) -> str | None:
@@ -207,6 +210,7 @@ def verify_defaults(
     record: bool = False,
     permissions: int | None = None,
     unrecorded: set[str] | None = None,
+    tell: bool = True,
 ) -> bool | None:
     """Before cached results are reused: the class defaults they were computed with are
     the defaults of now (``full-uid.yaml``, when there is one: returns whether there was
@@ -216,7 +220,8 @@ def verify_defaults(
     and nothing to reuse, not settled). ``record``: a call about to reuse the result
     records in full-uid.yaml the defaults of fields added since (plans only read: the
     folder is then added to ``unrecorded`` if there are such fields, for a call to check
-    again)."""
+    again). ``tell``: a call reusing the result, which warns of changed versions (a plan
+    only records them, see ``tell_untold_versions``)."""
     path = os.path.join(folder, FULL_UID_FILE)  # (str paths, bytes: a hit's path is short)
     try:
         data = _read_small(path)
@@ -251,7 +256,7 @@ def verify_defaults(
     if versions:
         if reused is not None and not reused():
             return None  # (nothing reused: nothing to tell yet)
-        _warn_versions(Path(folder), versions)
+        _warn_versions(Path(folder), versions, tell)
     return True
 
 
@@ -501,18 +506,46 @@ def version_changes(folder: Path | str) -> str | None:
 def forget_version_changes(folder: Path | str) -> None:
     """The folder's full-uid.yaml now says the current versions (results stored anew)."""
     _VERSION_CHANGES.pop(str(Path(folder)), None)
+    _UNTOLD.discard(str(Path(folder)))
 
 
-def _warn_versions(folder: Path, changed_versions: list[str]) -> None:
+def any_untold_versions() -> bool:
+    """Whether a plan found sub-configs' versions changed that no call has told yet."""
+    return bool(_UNTOLD)
+
+
+def tell_untold_versions(folder: Path | str) -> None:
+    """A call reuses the result of ``folder``, whose sub-configs' version changes only a
+    plan found (its check is not done again): warned now, once."""
+    key = str(Path(folder))
+    if key not in _UNTOLD:
+        return
+    _UNTOLD.discard(key)
+    changes = _VERSION_CHANGES.get(key)
+    if changes is not None:
+        _log_versions(key, changes)
+
+
+def _warn_versions(folder: Path, changed_versions: list[str], tell: bool = True) -> None:
     if len(_VERSION_CHANGES) >= 10_000:
         _VERSION_CHANGES.clear()  # (a bounded memo)
-    _VERSION_CHANGES[str(Path(folder))] = ", ".join(changed_versions)
+        _UNTOLD.clear()
+    key = str(Path(folder))
+    _VERSION_CHANGES[key] = ", ".join(changed_versions)
+    if not tell:
+        _UNTOLD.add(key)
+        return
+    _UNTOLD.discard(key)
+    _log_versions(key, _VERSION_CHANGES[key])
+
+
+def _log_versions(folder: str, changes: str) -> None:
     logger.warning(
         "Reusing the cache in %s, computed when sub-configs had other class versions "
         "(%s): a sub-config's version is not part of this config's uid. If these "
         "results depend on what changed, bump this class's infra version too",
         folder,
-        ", ".join(changed_versions),
+        changes,
     )
 
 
