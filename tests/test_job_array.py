@@ -623,6 +623,43 @@ def test_an_interrupted_array_submission_names_the_jobs_left_queued(
     assert "Job array interrupted: job(s) 4242, submitted before the interruption" in caplog.text
 
 
+@pytest.mark.timeout(120)
+def test_ctrl_c_waiting_for_one_job_of_an_array_says_the_others_keep_running(
+    tmp_path: Path, ctl: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ctrl-C while a call waits for one local job of a job_array(): the message named
+    that job only ("keep running"), not the array's other jobs, which nothing cancels
+    either: they are named too, and they do run to their end."""
+    import signal
+
+    (ctl / "block").touch()
+    base = Square(ctl=str(ctl), infra={"folder": tmp_path / "cache", "cluster": "local"})
+    tasks = [base.infra.clone_obj(x=x) for x in range(4)]
+    with base.infra.job_array() as array:
+        array.extend(tasks)
+    ids = [t.infra.job().job_id for t in tasks]
+
+    def interrupt_once_waiting() -> None:
+        wait_until(lambda: sum(calls(ctl).values()) == 4)  # (all running)
+        time.sleep(0.5)  # (the call waits for its job)
+        signal.raise_signal(signal.SIGINT)  # (the user's Ctrl-C)
+
+    thread = threading.Thread(target=interrupt_once_waiting)
+    thread.start()
+    with caplog.at_level(logging.WARNING, logger="exca"), pytest.raises(KeyboardInterrupt):
+        tasks[0].process()
+    thread.join()
+    assert f"Interrupted: job(s) {ids[0]} keep running" in caplog.text
+    others = ", ".join(sorted(ids[1:]))
+    told = f"the 3 other job(s) of the same job_array(), not ended yet, keep running too: {others}"
+    assert told in caplog.text
+    assert [t.infra.status() for t in tasks] == ["running"] * 4  # (what it says)
+    (ctl / "block").unlink()
+    wait_until(lambda: all(t.infra.status() == "completed" for t in tasks))
+    assert [t.process() for t in tasks] == [0, 1, 4, 9]
+    assert calls(ctl) == {0: 1, 1: 1, 2: 1, 3: 1}  # (none cancelled, none computed again)
+
+
 class _Fit(pydantic.BaseModel):
     lr: float = 0.1
     infra: exca.TaskInfra = exca.TaskInfra(version="1")

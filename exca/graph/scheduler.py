@@ -9,7 +9,9 @@ branches finish and stay cached; one final error lists every failed node.
 
 from __future__ import annotations
 
+import atexit
 import collections
+import contextlib
 import logging
 import os
 import random
@@ -1755,9 +1757,42 @@ def _still_cancelling() -> None:
     )
 
 
+# job id -> the jobs of the job_array() that submitted it in this process: a call waiting
+# for one of them and interrupted named that one only, not the others, running on too
+_ARRAY_JOBS: dict[str, list[executors.Handle]] = {}
+_ARRAY_JOBS_BOUND = 100_000
+# (let go before the interpreter tears its modules down: a submitit LocalJob deleted then
+# printed "Exception ignored in: <function LocalJob.__del__ ...>" at each exit)
+atexit.register(_ARRAY_JOBS.clear)
+
+
+def note_array_jobs(handles: list[executors.Handle]) -> None:
+    """Remember the jobs one job_array() submitted (see ``_array_siblings``)."""
+    jobs = [h for h in handles if h.job_id and not h.job_id.startswith("#")]
+    if len(jobs) < 2:
+        return
+    if len(_ARRAY_JOBS) + len(jobs) > _ARRAY_JOBS_BOUND:
+        _ARRAY_JOBS.clear()  # (a bounded memo)
+    _ARRAY_JOBS.update(dict.fromkeys((h.job_id for h in jobs), jobs))
+
+
+def _array_siblings(ids: list[str]) -> list[str]:
+    """The ids of the other jobs not ended yet of the arrays these jobs belong to."""
+    siblings: set[str] = set()
+    for handle in {id(h): h for i in ids for h in _ARRAY_JOBS.get(i, ())}.values():
+        if handle.job_id in ids:
+            continue
+        with contextlib.suppress(Exception):  # (a look: an ended one is left out)
+            if handle.cluster == "local" and handle.done():
+                continue
+        siblings.add(handle.job_id)
+    return sorted(siblings)
+
+
 def _log_interruption(cancelled: list[NodeRun], followed: list[NodeRun]) -> None:
     """Say which jobs Ctrl-C cancels (those this call submitted) and which keep running
-    (submitted earlier, by another call: a new call follows them again)."""
+    (submitted earlier, by another call: a new call follows them again; so do the other
+    jobs of their job_array(), which nothing cancels)."""
     if ids := _job_ids(cancelled):
         logger.warning("Interrupted: cancelling the job(s) this call submitted: %s", ", ".join(ids))
     pools = sorted({h.job_id.strip("#") for r in cancelled for h in r.handles if h.job_id})
@@ -1770,6 +1805,14 @@ def _log_interruption(cancelled: list[NodeRun], followed: list[NodeRun]) -> None
             ", ".join(ids),
             _how_to_stop(followed),
         )
+        if siblings := _array_siblings(ids):
+            logger.warning(
+                "Interrupted: the %d other job(s) of the same job_array(), not ended yet, "
+                "keep running too: %s%s",
+                len(siblings),
+                ", ".join(siblings[:10]),
+                " ..." if len(siblings) > 10 else "",  # (an array of thousands)
+            )
 
 
 def _how_to_stop(runs: list[NodeRun]) -> str:

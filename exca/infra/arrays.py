@@ -8,7 +8,7 @@ import typing as tp
 from pathlib import Path
 
 from ..graph import store
-from ..graph.scheduler import Scheduler
+from ..graph.scheduler import Scheduler, note_array_jobs
 
 if tp.TYPE_CHECKING:
     from .task import TaskInfra
@@ -104,6 +104,8 @@ def submit_array(
     except KeyboardInterrupt:
         _log_interrupted(scheduler)
         raise
+    # (a call waiting for one of them, interrupted, says the others run on too)
+    note_array_jobs([h for node in nodes for h in handles.get(node.key) or ()])
     for node in nodes:  # (else, until its job starts, a task shows its old outcome)
         if handles.get(node.key):  # (not submitted, e.g. its sub-config failed: kept)
             store.drop_outcome(node.cache, outdated[node.key])
