@@ -29,3 +29,10 @@ class RankOneDiesEarly(pydantic.BaseModel):
     @infra.apply
     def train(self) -> int:
         return 2 * self.x
+
+
+# what the task's call raises, whichever of rank 0 or the job's controller tells it first
+RANK_ONE_DIED_EARLY = (
+    r"Rank 1 of 2 did not end its call: its process ended before it started following"
+    r"|rank 1 ended first: its process died \(killed by SIGKILL"
+)
