@@ -1685,6 +1685,13 @@ def test_yaml_files_of_a_call_with_inputs_are_written_again(tmp_path: Path) -> N
     assert found == [(f"{MODULE}.Scaled.scale,1", "success")]
 
 
+def _as_written_with_task_version_0(folder: Path) -> None:
+    """Rewrite the folder's full-uid.yaml as written when the class of Task (a sub-config
+    of the folder's config) was at version "0"."""
+    full = folder / "full-uid.yaml"
+    full.write_text(full.read_text().replace("  infra.version: '1'", "  infra.version: '0'"))
+
+
 def test_sub_config_version_warning_only_where_a_result_is_reused(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -1696,9 +1703,7 @@ def test_sub_config_version_warning_only_where_a_result_is_reused(
     from exca.infra import base as infra_base
 
     def older_version(folder: Path) -> None:  # (as written by the class at version "0")
-        full = folder / "full-uid.yaml"
-        text = full.read_text()
-        full.write_text(text.replace("  infra.version: '1'", "  infra.version: '0'"))
+        _as_written_with_task_version_0(folder)
         infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
 
     def warned() -> bool:
@@ -1797,8 +1802,7 @@ def test_a_forced_map_does_not_warn_of_reusing_other_sub_config_versions(
     assert list(mapped.apply([1, 2])) == [1, 2]
     folder = mapped.infra.uid_folder()
     assert folder is not None
-    full = folder / "full-uid.yaml"  # (as written by the class of Task at version "0")
-    full.write_text(full.read_text().replace("  infra.version: '1'", "  infra.version: '0'"))
+    _as_written_with_task_version_0(folder)
     with caplog.at_level("WARNING", logger="exca"):
         infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
         forced = HeldMap(infra={"folder": tmp_path, "mode": "force"})
@@ -1817,8 +1821,7 @@ def test_plan_tells_a_reuse_under_other_sub_config_versions(tmp_path: Path) -> N
     from exca.infra import base as infra_base
 
     def older_version(folder: Path) -> None:  # (as written by the class at version "0")
-        full = folder / "full-uid.yaml"
-        full.write_text(full.read_text().replace("  infra.version: '1'", "  infra.version: '0'"))
+        _as_written_with_task_version_0(folder)
         infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
 
     def reasons(*nodes: tp.Any) -> list[str]:
@@ -1872,8 +1875,7 @@ def test_plan_tells_a_map_reused_under_other_sub_config_versions(tmp_path: Path)
     assert list(mapped.apply([1, 2])) == [1, 2]
     folder = mapped.infra.uid_folder()
     assert folder is not None
-    full = folder / "full-uid.yaml"  # (as written by the class of Task at version "0")
-    full.write_text(full.read_text().replace("  infra.version: '1'", "  infra.version: '0'"))
+    _as_written_with_task_version_0(folder)
     infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
     node = HeldMap(infra={"folder": tmp_path}).apply.node([1, 2])
     (entry,) = [e for e in exca.graph.plan(node).entries if e.status == "cached"]
@@ -1903,10 +1905,7 @@ def test_a_plan_does_not_warn_of_other_sub_config_versions_the_call_after_does(
         for infra in (Held(infra={"folder": folder_of}).infra, mapped.infra):
             folder = infra.uid_folder()
             assert folder is not None
-            full = folder / "full-uid.yaml"  # (as written by the class of Task at "0")
-            full.write_text(
-                full.read_text().replace("  infra.version: '1'", "  infra.version: '0'")
-            )
+            _as_written_with_task_version_0(folder)
         infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
         with caplog.at_level("WARNING", logger="exca"):
             held = Held(infra={"folder": folder_of, "mode": mode})
@@ -1937,8 +1936,7 @@ def test_plan_tells_an_upstream_not_needed_computed_under_other_sub_config_versi
     assert target.result() == 20
     folder = held.infra.uid_folder()
     assert folder is not None
-    full = folder / "full-uid.yaml"  # (as written by the class of Task at version "0")
-    full.write_text(full.read_text().replace("  infra.version: '1'", "  infra.version: '0'"))
+    _as_written_with_task_version_0(folder)
     infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
     held = Held(infra={"folder": tmp_path})
     target = Scaled(infra={"folder": tmp_path}).scale.node(held.total.node())
