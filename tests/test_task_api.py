@@ -2334,6 +2334,18 @@ def test_an_unknown_cluster_says_what_it_can_be() -> None:
         task.infra.cluster = "locall"  # type: ignore[assignment]
 
 
+@pytest.mark.parametrize("text", ["None", "null", "none"])
+def test_a_cluster_given_as_the_text_none_says_it_is_text(text: str) -> None:
+    """`python train.py --infra.cluster=None` (ConfDict.from_args keeps values strings)
+    was told "use None (compute in this process)": what the user had typed."""
+    args = ConfDict.from_args([f"--infra.cluster={text}"])
+    with pytest.raises(pydantic.ValidationError) as info:
+        Task(**args)
+    message = str(info.value)
+    assert f"cluster='{text}' is not a cluster (the text '{text}', not None: " in message
+    assert "read them as yaml" in message and "docs/confdict.md" in message
+
+
 def test_permissions_parsing() -> None:
     assert TaskInfra().permissions == 0o777
     assert TaskInfra(permissions="a+rwx").permissions == 0o777  # type: ignore[arg-type]

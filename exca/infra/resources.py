@@ -128,6 +128,14 @@ class SubmititMixin(pydantic.BaseModel):
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         if value in ("threadpool", "processpool"):
             hint = f" for a {cls.__name__} (a MapInfra's pool: it computes items)"
+        if value.strip().lower() in ("none", "null", "~", ""):
+            # (a command line's values stay text, ConfDict.from_args: a user typing None
+            # there was told "use None", which no text can be)
+            hint = (
+                f" (the text {value!r}, not None: the values of a command line stay "
+                "strings with ConfDict.from_args; read them as yaml, see "
+                "docs/confdict.md, or leave infra.cluster out)"
+            )
         listed = ", ".join(repr(n) for n in names)
         raise ValueError(
             f"cluster={value!r} is not a cluster{hint}: use None (compute in this process) or "
