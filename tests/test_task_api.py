@@ -2346,6 +2346,27 @@ def test_a_cluster_given_as_the_text_none_says_it_is_text(text: str) -> None:
     assert "read them as yaml" in message and "docs/confdict.md" in message
 
 
+def test_a_map_folder_whose_parent_is_missing_says_which_and_what_to_do(tmp_path: Path) -> None:
+    """A MapInfra under a missing folder said "its parent does not exist", neither which
+    one (the folder may be several levels deep) nor what to do, where a TaskInfra given the
+    same folder makes the missing parents."""
+
+    class Square(pydantic.BaseModel):
+        infra: MapInfra = MapInfra()
+
+        @infra.apply(item_uid=str)
+        def run(self, items: list[int]) -> tp.Iterator[int]:
+            yield from (item**2 for item in items)
+
+    folder = tmp_path / "missing" / "cache"
+    with pytest.raises(pydantic.ValidationError) as info:
+        Square(infra={"folder": folder})
+    message = str(info.value)
+    assert f"its parent {tmp_path / 'missing'} does not exist" in message
+    assert f"mkdir -p {tmp_path / 'missing'}" in message
+    assert TaskInfra(folder=folder).folder == folder  # (makes them when it computes)
+
+
 def test_permissions_parsing() -> None:
     assert TaskInfra().permissions == 0o777
     assert TaskInfra(permissions="a+rwx").permissions == 0o777  # type: ignore[arg-type]

@@ -517,8 +517,13 @@ class MapInfra(BaseInfra, SubmititMixin):
 
     def _check_disk(self) -> None:
         if self.folder is not None and not Path(self.folder).parent.exists():
+            # (a TaskInfra makes missing parents: say why this one did not, and what to do)
+            parent = Path(self.folder).parent
             raise ValueError(
-                f"MapInfra folder {self.folder} cannot be created: its parent does not exist"
+                f"MapInfra folder {self.folder} cannot be created: its parent {parent} does "
+                "not exist (a MapInfra makes its own folder only, not missing parents as a "
+                f"TaskInfra does): create it first (mkdir -p {parent}), or fix a typo in the "
+                "path"
             )
 
     def executor(self) -> tp.Any:
