@@ -5,6 +5,7 @@ failed. Commands run in this process through ``main`` (its exit status is return
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -386,6 +387,56 @@ def test_each_plan_command_says_a_field_renamed_with_another_default(
         assert status == 0 and "cached" in out, (out, err)
         assert caplog.text.count(shown) == 1, caplog.text
     assert "rounds" in (folder / "full-uid.yaml").read_text()  # (a plan writes nothing)
+
+
+def test_plan_of_a_script_s_class_says_its_results_are_under_main(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python myscript.py` caches the classes the script defines as __main__'s; `exca
+    plan myscript:Train.fit` (the module imported) looked for myscript.Train.fit,1 and
+    said "missing", silently. It now warns that __main__.Train.fit,1 holds them, and what
+    to do."""
+    script = tmp_path / "exca_cli_script.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import pydantic
+            import exca
+
+            class Train(pydantic.BaseModel):
+                epochs: int = 3
+                infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+                @infra.apply
+                def fit(self) -> int:
+                    return self.epochs
+
+            if __name__ == "__main__":
+                Train(infra={"folder": "cache"}).fit()
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(exca.__file__).parents[1])}
+    subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, check=True)
+    assert (tmp_path / "cache" / "__main__.Train.fit,1" / "default").is_dir()
+    monkeypatch.chdir(tmp_path)
+    try:
+        for command in ("plan", "explain"):
+            status, out, err = run(
+                capsys, command, "exca_cli_script:Train.fit", "infra.folder=cache"
+            )
+            assert status == 0, (command, out, err)
+            assert "exca_cli_script.Train.fit,1 does not exist, but __main__.Train.fit,1" in err
+            rename = f"exca rename {tmp_path / 'cache'} __main__.Train exca_cli_script.Train"
+            assert rename in err, err
+        status, out, err = run(
+            capsys, "rename", "cache", "__main__.Train", "exca_cli_script.Train", "--yes"
+        )
+        assert status == 0, (out, err)
+        status, out, err = run(capsys, "plan", "exca_cli_script:Train.fit", "infra.folder=cache")
+        assert "cached" in out and "__main__" not in err, (out, err)  # (as it said)
+    finally:  # (a module of this test's folder: not left to later tests)
+        sys.modules.pop("exca_cli_script", None)
 
 
 def test_a_command_leaves_sys_path_as_it_was(

@@ -1047,6 +1047,35 @@ def _with_mode(nodes: list[tp.Any], mode: str) -> list[tp.Any]:
     return [n if n.key in feeding else n.with_mode(mode) for n in nodes]
 
 
+def _script_steps(target: str, nodes: tp.Iterable[tp.Any]) -> list[str]:
+    """What to say of TARGET's classes found only under ``__main__``: ``python train.py``
+    caches the classes that the script defines as ``__main__``'s, where TARGET
+    ``train:Train.fit`` (its module imported) looks for ``train.Train.fit,1``: the plan
+    said "missing" of results that are there."""
+    module = target.split(":", 1)[0]
+    said: set[str] = set()
+    out = []
+    for node in nodes:
+        if node.root is None or not node.step.startswith(module + "."):
+            continue
+        script_step = "__main__" + node.step[len(module) :]
+        if node.step in said or (node.root / node.step).exists():
+            continue
+        if not (node.root / script_step).is_dir():
+            continue
+        said.add(node.step)
+        cls = node.step[len(module) + 1 :].split(",", 1)[0].rsplit(".", 1)[0]
+        out.append(
+            f"{node.root / node.step} does not exist, but {script_step} does: what "
+            f"`python {module.replace('.', '/')}.py` computed (the classes of a script that "
+            f"is run are __main__'s; TARGET {target} imports them as {module}'s, whose "
+            "results go to other folders). Define the classes in a module that the script "
+            f"imports, and keep their results with `exca rename {node.root} __main__.{cls} "
+            f"{module}.{cls} --yes`"
+        )
+    return out
+
+
 def _read_only_command(args: argparse.Namespace) -> int:
     """plan, explain and check."""
     from ..graph.planning import Plan
@@ -1062,6 +1091,8 @@ def _read_only_command(args: argparse.Namespace) -> int:
                 f"exca: warning: cache folder {root} does not exist (yet): nothing is cached there",
                 file=sys.stderr,
             )
+        for warning in _script_steps(args.target, plan.graph.nodes.values()):
+            print(f"exca: warning: {warning}", file=sys.stderr)
     if args.command == "plan":
         if args.mermaid:  # (first: a path it cannot write is an error naming the option)
             try:
