@@ -5,6 +5,10 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import typing as tp
@@ -718,3 +722,41 @@ def test_retry_array_while_the_failed_worker_still_holds_its_claim(
     wait_until(lambda: calls(ctl) == {1: 2})
     wait_until(lambda: again[0].infra.status() == "completed")
     assert again[0].process() == 1
+
+
+def test_a_script_waiting_for_its_local_array_leaves_no_template_folder(tmp_path: Path) -> None:
+    """A script sending a local job_array() and then calling its configs (a sweep,
+    examples/job_array.py) left submitit's empty literal ``%j`` folder beside the jobs' log
+    folders at its exit: the calls wait on the cache, not on the submission's handles, the
+    only ones that dropped it. The process now drops it as it exits, its jobs started."""
+    script = tmp_path / "sweep.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import pydantic
+            import exca
+
+            class Train(pydantic.BaseModel):
+                x: int = 0
+                infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+                @infra.apply
+                def fit(self) -> int:
+                    return 10 * self.x
+
+            if __name__ == "__main__":
+                base = Train(infra={{"folder": {str(tmp_path / "cache")!r}, "cluster": "local"}})
+                with base.infra.job_array() as array:
+                    array.extend(base.infra.clone_obj(x=x) for x in (1, 2, 3))
+                print([train.fit() for train in array])
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(exca.__file__).parents[1])}
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "[10, 20, 30]", out.stderr
+    (logs,) = (tmp_path / "cache").glob("*/logs/*")  # .../logs/<user>
+    names = sorted(p.name for p in logs.iterdir())
+    assert len(names) == 3 and all(n.isdigit() for n in names), names  # no "%j"

@@ -560,8 +560,11 @@ class SubmititHandle(Handle):
                 self._done = not self._runs_elsewhere()
             else:
                 self._done = self._submitit_done() or self._left_slurm_queue()
-            if self._done and self._template is not None:
-                _template_job_done(self._template)
+            if self._done and self.cluster == "local":
+                # (by job id: a handle loaded from the job's record, as a call after a
+                # job_array() waits with, tells it too; the submission's own may never be
+                # asked, and its %j folder was left)
+                _template_job_done(self.job_id)
                 self._template = None
             if self._done and self.cluster != "debug":
                 remove_write_litter(self.job)
@@ -2331,7 +2334,10 @@ def submit_array(
         # every job of the submission ended, not before
         template = logs
         with _TEMPLATES_LOCK:
-            _TEMPLATES[template] = _TEMPLATES.get(template, 0) + len(jobs)
+            _TEMPLATES.setdefault(template, {}).update(
+                {str(j.job_id): _local_job_start(str(j.job_id)) for j in jobs}
+            )
+        _drop_templates_at_exit()
     elif cluster != "local":  # (a sole local job drops it itself, once started)
         _remove_template_folder(logs)
     if jobs:
@@ -2356,18 +2362,66 @@ def submit_array(
     return [SubmititHandle(job, cluster, template) for job in jobs]
 
 
-_TEMPLATES: dict[str, int] = {}  # local jobs not yet seen ended, per log-folder template
+# per log-folder template, the local jobs of its submissions not yet seen ended: their
+# ids (pids), with their process's start time
+_TEMPLATES: dict[str, dict[str, int | None]] = {}
 _TEMPLATES_LOCK = threading.Lock()
+_TEMPLATES_OWNER: list[int] = []  # the pid that registered the exit check (not a fork's)
 
 
-def _template_job_done(template: str) -> None:
+def _drop_templates_at_exit() -> None:
+    if not _TEMPLATES_OWNER:
+        _TEMPLATES_OWNER.append(os.getpid())
+        import atexit
+
+        atexit.register(_drop_ended_templates)
+
+
+def _drop_ended_templates() -> None:
+    """At exit: the templates none of whose jobs can make them again, though no handle of
+    theirs was asked (the calls after a job_array() wait on the cache: its %j folder was
+    left behind). A job that ended, or whose controller opened its log file (after making
+    the template), will not; one still starting may."""
+    if [os.getpid()] != _TEMPLATES_OWNER:  # (a fork's copy of the pending jobs)
+        return
     with _TEMPLATES_LOCK:
-        left = _TEMPLATES.get(template, 1) - 1
-        if left > 0:
-            _TEMPLATES[template] = left
-            return
-        _TEMPLATES.pop(template, None)
-    _remove_template_folder(template)
+        pending = {template: dict(jobs) for template, jobs in _TEMPLATES.items()}
+    for template, jobs in pending.items():
+        if all(_past_its_start(template, i, start) for i, start in jobs.items()):
+            with _TEMPLATES_LOCK:
+                _TEMPLATES.pop(template, None)
+            _remove_template_folder(template)
+
+
+def _past_its_start(template: str, job_id: str, start: int | None) -> bool:
+    if _local_job_start(job_id) != start:  # (ended)
+        return True
+    from submitit.core.utils import JobPaths
+
+    with contextlib.suppress(Exception):
+        return JobPaths(template, job_id, 0).stdout.exists()
+    return False
+
+
+def _local_job_start(job_id: str) -> int | None:
+    """The start time of a local job's process (its id is its pid), None once ended."""
+    return process_start_time(int(job_id)) if job_id.isdigit() else None
+
+
+def _template_job_done(job_id: str) -> None:
+    """A local job was seen ended (by any handle of it in this process): the log-folder
+    template of its submission goes once each of its jobs was (a job seen twice counts
+    once)."""
+    emptied = []
+    with _TEMPLATES_LOCK:
+        for template, ids in list(_TEMPLATES.items()):
+            if job_id in ids:
+                del ids[job_id]
+                if not ids:
+                    del _TEMPLATES[template]
+                    emptied.append(template)
+    for template in emptied:
+        _remove_template_folder(template)
 
 
 class _CountingSink:
