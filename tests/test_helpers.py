@@ -923,6 +923,24 @@ def test_discriminated_forgotten_key_hint() -> None:
     assert "discriminator" in message and "Dog" in message
 
 
+def test_discriminated_key_switched_by_a_merge_says_to_replace() -> None:
+    """A yaml config holding a Bird, then a command line's --star.type=Dog merged onto it
+    (ConfDict.update): pydantic said only "star.wingspan: Extra inputs are not permitted",
+    not that the merge kept Bird's fields, nor what to do (docs/confdict.md: replace)."""
+    config = ConfDict.from_yaml("star:\n  type: Bird\n  wingspan: 1.5\n")
+    config.update(ConfDict.from_args(["--star.type=Dog"]))
+    with pytest.raises(pydantic.ValidationError) as info:
+        Zoo(**config)
+    message = str(info.value)
+    assert "fields ['wingspan'] belong to ['Bird'], not to type='Dog'" in message
+    assert "--<field>.=replace==true --<field>.type=Dog" in message
+    config.update(ConfDict.from_args(["--star.=replace==true", "--star.type=Dog"]))
+    assert Zoo(**config).star == Dog()  # (as it says)
+    with pytest.raises(pydantic.ValidationError) as info:  # a typo: no such hint
+        Zoo(star={"type": "Dog", "barks": "wuff"})
+    assert "replace" not in str(info.value) and "barks" in str(info.value)
+
+
 def test_discriminated_field_named_like_key() -> None:
     with pytest.raises(RuntimeError, match="type"):
 

@@ -89,9 +89,10 @@ class DiscriminatedModel(pydantic.BaseModel):
         if isinstance(value, dict) and key in value:
             sub = cls._exca_lookup(value[key])
             data = {k: v for k, v in value.items() if k != key}
-            if sub is cls:
-                return handler(data)
-            return sub.model_validate(data)
+            try:
+                return handler(data) if sub is cls else sub.model_validate(data)
+            except pydantic.ValidationError as error:
+                raise cls._exca_switched(sub, data, error) from None
         try:
             return handler(value)
         except pydantic.ValidationError as error:
@@ -109,6 +110,32 @@ class DiscriminatedModel(pydantic.BaseModel):
                         f"{key}={elsewhere[0]!r}?"
                     ) from None
             raise
+
+    @classmethod
+    def _exca_switched(
+        cls, sub: type[DiscriminatedModel], data: dict[str, tp.Any], error: Exception
+    ) -> Exception:
+        """The error of a dict naming a class but holding fields of other classes of the
+        family only: likely the old class's, kept by a merge that switched the key (a
+        yaml config holding a Mlp, then --net.type=Conv): pydantic's "Extra inputs are
+        not permitted" did not say so."""
+        key = cls._exca_discriminator_key
+        extra = sorted(set(data) - set(sub.model_fields))
+        owners = [
+            name
+            for name, other in cls._exca_family().items()
+            if other is not sub and extra and set(extra) <= set(other.model_fields)
+        ]
+        if not owners:
+            return error
+        return ValueError(
+            f"{error}\nSummary: fields {extra} belong to {owners}, not to "
+            f"{key}={sub.__name__!r}: a merge that switches the {key} (ConfDict.update, a "
+            f"command line's --<field>.{key}={sub.__name__} onto a config holding another "
+            "class) keeps the old class's fields; replace the sub-config whole "
+            f"(--<field>.=replace==true --<field>.{key}={sub.__name__}, see "
+            "docs/confdict.md)"
+        )
 
     @pydantic.model_serializer(mode="wrap")
     def _exca_serialize(self, handler: tp.Any, info: pydantic.SerializationInfo) -> tp.Any:
