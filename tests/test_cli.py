@@ -220,6 +220,10 @@ def test_logs_of_a_job_cancelled_by_a_ctrl_c_of_its_submitter(
     shown = json.loads(out)
     assert status == 0 and shown["job_id"] == job_id and "KeyboardInterrupt" in shown["text"]
     assert shown["path"] == str(log.with_name(f"{job_id}_0_log.err"))
+    # explain said only "interrupted": it names the job, and where its log is
+    status, out, _ = run(capsys, "explain", f"{__name__}:Slow.run", f"infra.folder={root}")
+    assert status == 0 and f"its job {job_id} ended without a result" in out, out
+    assert f"`exca logs {folder}` shows its log" in out
     # the link removed (by hand): the error says where such logs are
     (folder / "submitit").unlink()
     status, out, _ = run(capsys, "logs", folder)

@@ -434,6 +434,7 @@ def _why_empty(folder: Path) -> str:
     from ..storage.claims import CLAIMS_DIR, Claims
     from ..storage.index import INDEX_SUFFIX
     from .inspect import upstream_problems
+    from .logs import unrecorded_job
 
     try:
         names = os.listdir(folder)
@@ -453,6 +454,13 @@ def _why_empty(folder: Path) -> str:
         return f"its computation ({dead[0].owner.describe()}) died before writing it"
     if registry.read_all(folder):  # (a job ended without writing: its plan reason says so)
         return "its job ended without writing it"
+    job = unrecorded_job(folder)
+    if job is not None:  # (it said "interrupted" only: a job ran, and its log is there)
+        return (
+            f"its job {job.job_id} ended without a result (no record names it any more: "
+            "the call that submitted it cancelled it, e.g. on Ctrl-C, or node.clear() "
+            f"dropped it); `exca logs {folder}` shows its log"
+        )
     if CLAIMS_DIR in names:  # (claimed, and given back without a result: an interrupt
         # caches nothing, an error would be cached)
         return "its computation started and ended without a result: interrupted"
