@@ -1862,6 +1862,86 @@ def test_ctrl_c_stops_a_map_called_in_a_pool_thread_with_a_pool_of_its_own(
     assert {int(key) for key in cached} == started  # (what it computed is kept)
 
 
+def _submit_failing_once_started(
+    monkeypatch: pytest.MonkeyPatch, cluster: str, started: tp.Callable[[], bool]
+) -> None:
+    """The pool's second submission raises OSError(ENOSPC) in the caller (as a write to
+    its pipe can), once the first unit's worker has started computing its items."""
+    import concurrent.futures
+    import errno
+
+    executor = (
+        concurrent.futures.ProcessPoolExecutor
+        if cluster == "processpool"
+        else concurrent.futures.ThreadPoolExecutor
+    )
+    submit, submitted = executor.submit, [0]
+
+    def failing(self: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        submitted[0] += 1
+        if submitted[0] == 2:
+            wait_until(started, timeout=30)
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+        return submit(self, *args, **kwargs)
+
+    monkeypatch.setattr(executor, "submit", failing)
+
+
+def _pool_workers_alive() -> list[str]:
+    import multiprocessing
+
+    threads = [t.name for t in threading.enumerate() if t.name.startswith("exca_")]
+    return threads + [p.name for p in multiprocessing.active_children()]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cluster", ["threadpool", "processpool"])
+def test_an_error_of_the_caller_stops_its_pool_before_it_is_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cluster: str
+) -> None:
+    """An OSError raised in the calling process while it fed its pool (a full disk): the
+    pool's workers went on with the items already sent to them, writing in the folder
+    after the error reached the user (who may delete it, or call again at once). They now
+    stop at their next item, what they computed written, before the error is raised."""
+    log = tmp_path / "calls.txt"
+    _submit_failing_once_started(monkeypatch, cluster, lambda: bool(lines(log)))
+    infra = {"folder": tmp_path / "cache", "cluster": cluster, "max_jobs": 2}
+    with pytest.raises(OSError, match="injected"):
+        list(Paced(log=str(log), infra=infra).process(range(24)))
+    assert not _pool_workers_alive()  # (they went on with their 12 items)
+    started = set(counts(log))
+    assert 0 < len(started) < 12
+    cached = Paced(log=str(log), infra={"folder": tmp_path / "cache"}).infra.cache_dict
+    assert {int(key) for key in cached} == started  # (what it computed is kept)
+    monkeypatch.undo()
+    assert list(Paced(log=str(log), infra=infra).process(range(24))) == [2 * i for i in range(24)]
+    assert counts(log) == dict.fromkeys(range(24), 1)
+
+
+@pytest.mark.timeout(60)
+def test_an_error_of_the_caller_ends_a_pool_process_stuck_in_the_method(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pool process that does not reach its next item (the method waits, or computes
+    for long) is terminated after a short grace, before the caller's error is raised: it
+    ran on and wrote its items later."""
+    log, gate = tmp_path / "calls.txt", tmp_path / "gate"
+    gate.touch()
+    started = Path(f"{gate}.started")
+    monkeypatch.setattr(exca.graph.executors, "STOP_WAIT_S", 0.2)
+    _submit_failing_once_started(monkeypatch, "processpool", lambda: bool(lines(started)))
+    infra = {"folder": tmp_path / "cache", "cluster": "processpool", "max_jobs": 2}
+    with pytest.raises(OSError, match="injected"):
+        list(Gated(log=str(log), gate=str(gate), infra=infra).process(range(4)))
+    (worker,) = {int(pid) for pid in lines(started)}
+    assert not _alive(worker)
+    gate.unlink()  # (a worker still going would now compute its items)
+    assert not log.exists()
+    monkeypatch.undo()
+    gated = Gated(log=str(log), gate=str(gate), infra=infra)
+    assert list(gated.process(range(4))) == [0, 1, 2, 3]
+
+
 class Filled(pydantic.BaseModel):
     infra: exca.MapInfra = exca.MapInfra(version="1")
 

@@ -50,7 +50,7 @@ def submit_all(scheduler: Scheduler) -> None:
     pools = executors.Pools()
     progress = Progress(0, desc="exca", requested=False)
     submitted: list[tuple[NodeRun, executors.Handle]] = []
-    interrupted = False
+    failed = False
     try:
         remaining = [r.node.key for r in work]  # (topological)
         while remaining:
@@ -70,7 +70,7 @@ def submit_all(scheduler: Scheduler) -> None:
             done = {*now, *here}
             remaining = [k for k in remaining if k not in done]
     except BaseException as error:
-        interrupted = isinstance(error, KeyboardInterrupt)
+        failed = True
         for run, handle in submitted:  # never leave half a submission behind
             handle.cancel()
             registry.forget(run.node.folder, handle.job_id)
@@ -84,7 +84,9 @@ def submit_all(scheduler: Scheduler) -> None:
             )
         raise
     finally:
-        pools.shutdown(cancel=interrupted)  # (Ctrl-C: their workers stop at their next item)
+        # (Ctrl-C, an error here: their workers stop at their next item, not writing
+        # after the error reached the user)
+        pools.shutdown(cancel=failed)
         scheduler.graph.share_force_states()
     # what failed here (or was decided to fail: a cached error), raised as a waiting run
     # would, once everything else is submitted (the submitted jobs stay)

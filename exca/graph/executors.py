@@ -1643,13 +1643,18 @@ class _Isolation:
         inner.add_done_callback(functools.partial(_settle, outcome, pool=pool))
         self.running = (pool, inner)
 
-    def shutdown(self) -> None:
+    def shutdown(self) -> list[tp.Any]:
+        """Drop the queued units; the processes of the one running (to be stopped)."""
         for _, outcome in self.queue:
             outcome.cancel()
         self.queue.clear()
+        processes: list[tp.Any] = []
         if self.running is not None:
-            self.running[0].shutdown(wait=False, cancel_futures=True)
+            pool = self.running[0]
+            processes = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
             self.running = None
+        return processes
 
 
 def _settle(
@@ -1814,10 +1819,12 @@ class Pools:
             self._items_seen = written
 
     def shutdown(self, cancel: bool = False) -> None:
-        """``cancel`` (Ctrl-C): drop queued work and stop the process pools' workers now
-        (they would finish the work already sent to them, and the interpreter would wait
-        for them at exit; what they wrote is complete, what they did not is not indexed)."""
-        self._isolation.shutdown()
+        """``cancel`` (Ctrl-C, or the call failing in this process, e.g. an OSError): drop
+        queued work and stop the pools' workers before returning (they would finish the
+        work already sent to them, writing in the folder after the call raised, and the
+        interpreter would wait for them at exit; what they wrote is complete, what they did
+        not is not indexed)."""
+        isolated = self._isolation.shutdown()
         if cancel:
             self._stop.set()
             if self._process_stop is not None:
@@ -1827,20 +1834,54 @@ class Pools:
             (pool, list((getattr(pool, "_processes", None) or {}).values()))
             for pool, _ in self._pools.values()
         ]
+        threads = [
+            thread
+            for pool, _ in [*self._retired, *current]
+            for thread in list(getattr(pool, "_threads", None) or ())
+            if thread is not threading.current_thread()
+        ]
         for pool, _ in [*self._retired, *current]:
             pool.shutdown(wait=not cancel, cancel_futures=cancel)
         if cancel:
-            # (they write what they computed, then end; a Ctrl-C reaching this process
-            # alone, e.g. a notebook's interrupt, lost their unwritten outputs)
             processes = [p for _, group in [*self._retired, *current] for p in group]
-            deadline = time.monotonic() + STOP_WAIT_S
-            while any(p.is_alive() for p in processes) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            for process in processes:
-                with contextlib.suppress(Exception):
-                    process.terminate()
+            _stop_workers([*processes, *isolated], threads)
         self._pools.clear()
         self._retired.clear()
+
+
+STOP_KILL_WAIT_S = 1.0  # how long a pool process told to terminate gets before SIGKILL
+
+
+def _stop_workers(processes: list[tp.Any], threads: list[threading.Thread]) -> None:
+    """Wait for pool workers told to stop (at their next item: they write what they
+    computed, then end; a Ctrl-C reaching this process alone, e.g. a notebook's
+    interrupt, lost their unwritten outputs), at most STOP_WAIT_S; then the processes
+    still in user code are terminated and reaped, so that none writes in the folder once
+    the caller's error reaches the user (who may delete the folder or call again at
+    once). A thread cannot be ended: one still running is named in a warning."""
+    deadline = time.monotonic() + STOP_WAIT_S
+    while time.monotonic() < deadline and (
+        any(p.is_alive() for p in processes) or any(t.is_alive() for t in threads)
+    ):
+        time.sleep(0.02)
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.terminate()
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.join(STOP_KILL_WAIT_S)
+            if process.is_alive():  # (SIGTERM handled or ignored by the user's code)
+                process.kill()
+                process.join(STOP_KILL_WAIT_S)
+    if stuck := [t.name for t in threads if t.is_alive()]:
+        logger.warning(
+            "%d thread(s) of this call's threadpool did not stop within %.0f s (in the "
+            "method's code; a thread cannot be ended): they may still write their current "
+            "item(s) in the cache folder: %s",
+            len(stuck),
+            STOP_WAIT_S,
+            ", ".join(stuck),
+        )
 
 
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # the time limit of a local job whose timeout_min is None

@@ -333,6 +333,9 @@ class Scheduler:
         except KeyboardInterrupt:
             _stop_local_jobs(work, pools)
             raise
+        except BaseException:
+            _stop_pools(work, pools)
+            raise
         self.finish_done(running, progress)  # the inline ones ran already
         pools.shutdown()
         self.graph.share_force_states()
@@ -395,6 +398,11 @@ class Scheduler:
             # third one stops the wait, e.g. for a Slurm controller that does not answer:
             # a job whose cancellation it stopped keeps its record)
             _cancel(cancelled, pools)
+            raise
+        except BaseException:
+            # (failing in this process, e.g. an OSError writing: its pools' workers went
+            # on writing items after the error reached the user)
+            _stop_pools(list(running.values()), pools)
             raise
         finally:
             self._loop = None
@@ -1748,6 +1756,25 @@ def _cancel(runs: list[NodeRun], pools: executors.Pools, only_local: bool = Fals
                     registry.forget(run.node.folder, handle.job_id)
         pools.shutdown(cancel=True)
         _release_dead_claims(runs)
+
+
+def _stop_pools(runs: list[NodeRun], pools: executors.Pools) -> None:
+    """A call failing in this process (not a Ctrl-C: its jobs elsewhere stay, a new call
+    follows them): the work of its pools stops before the error is raised (see
+    Pools.shutdown), and the claims of the pool processes terminated are dropped (a call
+    at once waited for them)."""
+    from ..storage.claims import Claims
+
+    with interrupts.deferred(escape=_still_cancelling):
+        pools.shutdown(cancel=True)
+        pooled = {
+            r.node.folder
+            for r in runs
+            if r.node.folder is not None and any(h.cluster in POOL_CLUSTERS for h in r.handles)
+        }
+        for folder in pooled:
+            with contextlib.suppress(OSError):  # (the error raised says more)
+                Claims(folder).prune_dead()
 
 
 def _still_cancelling() -> None:
