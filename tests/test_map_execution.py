@@ -1942,6 +1942,42 @@ def test_an_error_of_the_caller_ends_a_pool_process_stuck_in_the_method(
     assert list(gated.process(range(4))) == [0, 1, 2, 3]
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cluster", [None, "processpool"])
+def test_a_full_disk_storing_items_says_how_many_computed_items_are_not_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cluster: str | None
+) -> None:
+    """The write of the items' data failing (disk full): the call raises, as a task's
+    does, but its error said only "No space left on device" and where, not that the
+    items it computed were lost (a task's names its result); it now says how many."""
+    import errno
+
+    import exca.storage.dumping
+
+    def full(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    context = exca.storage.dumping.DumpContext
+    monkeypatch.setattr(context, "dump_entries", full)  # (in the pool's process too: forked)
+    monkeypatch.setattr(context, "dump_entry", full)
+    mapper = make(tmp_path, cluster, infra={"max_jobs": 1})
+    with pytest.raises(OSError, match="No space left") as info:
+        list(mapper.process([1, 2, 3]))
+    text = error_text(info.value)
+    folder = mapper.infra.uid_folder()
+    if cluster is None:  # (one unit)
+        assert f"in {folder}: it and the 2 other item(s) computed with it could not be " in text
+    else:  # (3 units of 1 item: each raised, the first to end is said)
+        said = f" in {folder}: it could not be stored, computed but "
+        assert any(f"while storing item '{item}'{said}" in text for item in (1, 2, 3)), text
+        assert f"in all, 3 item(s) computed by this call could not be stored in {folder}," in text
+    assert not mapper.infra.cache_dict.keys()
+    monkeypatch.undo()
+    assert list(make(tmp_path, cluster).process([1, 2, 3])) == [10, 20, 30]
+    assert counts(tmp_path / "calls.txt") == {1: 2, 2: 2, 3: 2}  # (computed again)
+    assert set(make(tmp_path, None).infra.cache_dict.keys()) == {"1", "2", "3"}
+
+
 class Filled(pydantic.BaseModel):
     infra: exca.MapInfra = exca.MapInfra(version="1")
 

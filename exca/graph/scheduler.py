@@ -62,6 +62,7 @@ from .node import (
 from .progress import Progress
 from .worker import (
     STOP,
+    UNSTORED,
     Action,
     JobWait,
     Unit,
@@ -1424,6 +1425,7 @@ class Scheduler:
                     # sys.exit in a pool's thread must not end the caller's script silently)
                     return pool_interrupt(error, what, pool, missing)
                 if error is not None:
+                    _note_all_unstored(error, run)
                     return error
                 continue
             if error is None and handle.finished_ok():
@@ -1756,6 +1758,19 @@ def _cancel(runs: list[NodeRun], pools: executors.Pools, only_local: bool = Fals
                     registry.forget(run.node.folder, handle.job_id)
         pools.shutdown(cancel=True)
         _release_dead_claims(runs)
+
+
+def _note_all_unstored(error: BaseException, run: NodeRun) -> None:
+    """The storage error of one unit of a map (a full disk) names the items it could not
+    store; the others' errors, not raised, were not said: the call's total is added."""
+    here = (executors.DoneHandle, executors.FutureHandle)  # (errors already in hand)
+    counts = [getattr(h.error(), UNSTORED, 0) for h in run.handles if isinstance(h, here)]
+    total = sum(counts)
+    if getattr(error, UNSTORED, 0) and total > getattr(error, UNSTORED):
+        error.add_note(
+            f"in all, {total} item(s) computed by this call could not be stored in "
+            f"{run.node.folder}, none of them is cached"
+        )
 
 
 def _stop_pools(runs: list[NodeRun], pools: executors.Pools) -> None:

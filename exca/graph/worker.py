@@ -2276,12 +2276,14 @@ def _store_one_by_one(
     """Write a batch item by item: an output the cache cannot store (an object array as
     NumpyArray...) becomes that item's cached error; the other outputs are kept."""
     failed = 0
-    for uid, output in batch:
+    for done, (uid, output) in enumerate(batch):
         try:
             cache.set_many([(uid, output)], meta=meta, skip_existing=True)
         except Exception as error:
             if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS:
-                raise  # (not the output's fault: nothing cached)
+                # (not the output's fault: nothing cached)
+                _note_unstored(error, cache, uid, len(batch) - done)
+                raise
             failed += 1
             _cache_unstorable(
                 node,
@@ -2301,6 +2303,22 @@ def _store_one_by_one(
             failed - ITEM_ERRORS_LOGGED,
             node.label or node.uid,
         )
+
+
+UNSTORED = "exca_unstored"  # (on such an error: how many computed items it left uncached)
+
+
+def _note_unstored(error: BaseException, cache: CacheDict[tp.Any], uid: str, count: int) -> None:
+    """Say, on the storage error that stops a map, what it cost: the items computed that
+    are not cached (a task's error names its result, see _compute_task; a map's said only
+    "No space left on device", leaving the user to guess whether the values were kept).
+    The count rides on the error too: a call whose units all failed so adds them up."""
+    setattr(error, UNSTORED, count)
+    what = f"it and the {count - 1} other item(s) computed with it" if count > 1 else "it"
+    error.add_note(
+        f"while storing item {uid!r} in {cache.folder}: {what} could not be stored, computed "
+        "but not cached (the next call computes them again)"
+    )
 
 
 def _cache_unstorable(
