@@ -163,6 +163,14 @@ def _strictly_in(path: str, folder: str | os.PathLike[str]) -> bool:
     return bool(path) and os.path.abspath(path).startswith(top.rstrip(os.sep) + os.sep)
 
 
+def _record_folder(folder: str, result_folder: Path | None) -> str:
+    """The folder whose full-uid.yaml records what a result was computed with: the result's
+    sub-folder (a call with inputs), if it has its own, else the config's ``folder``."""
+    if result_folder is not None and os.path.exists(result_folder / uidfolder.FULL_UID_FILE):
+        return str(result_folder)
+    return folder
+
+
 class BaseInfra(pydantic.BaseModel):
     """Shared settings of TaskInfra and MapInfra (see their docstrings)."""
 
@@ -793,15 +801,16 @@ class BaseInfra(pydantic.BaseModel):
         sub-configs' version changes that only a plan found (it checks nothing again)."""
         settled = self._check_defaults_once(restore, result_folder, prepare)
         if uidfolder.any_untold_versions() and self.folder is not None and self._tells(restore):
-            folder = os.path.join(self.folder, self._runtime().uid or self.uid())
+            folder = self._config_folder()
             result = Path(folder) if result_folder is None else result_folder
-            if result_folder is not None and os.path.exists(
-                result_folder / uidfolder.FULL_UID_FILE
-            ):
-                folder = str(result_folder)  # (its own record, as the check reads it)
             if self._reuses(result):
-                uidfolder.tell_untold_versions(folder)
+                uidfolder.tell_untold_versions(_record_folder(folder, result_folder))
         return settled
+
+    def _config_folder(self) -> str:
+        """The folder of this config in the cache (the infra has a folder)."""
+        assert self.folder is not None
+        return os.path.join(self.folder, self._runtime().uid or self.uid())
 
     def _tells(self, restore: bool) -> bool:
         """Whether this check is a call's that reuses the result (a read-only one too),
@@ -837,17 +846,14 @@ class BaseInfra(pydantic.BaseModel):
         )
         if inputs_checked is not None and (inputs_checked or not record):
             return True  # (a sub-folder's result is checked on its own)
-        folder = os.path.join(self.folder, runtime.uid or self.uid())
+        folder = self._config_folder()
 
         def result() -> Path:  # (the folder holding the result; a Path only if asked)
             return Path(folder) if result_folder is None else result_folder
 
-        verified = folder
-        if result_folder is not None:
-            if restores and prepare is not None:
-                self._restore_inputs_file(folder, result_folder, prepare)
-            if os.path.exists(result_folder / uidfolder.FULL_UID_FILE):
-                verified = str(result_folder)
+        if result_folder is not None and restores and prepare is not None:
+            self._restore_inputs_file(folder, result_folder, prepare)
+        verified = _record_folder(folder, result_folder)  # (once restored)
         owner_cls = type(self._owner())
         known = _DEFAULTS_CHECKED.get(verified)
         # (once per folder, class and config: the export of two configs whose uids collide
@@ -901,9 +907,7 @@ class BaseInfra(pydantic.BaseModel):
         assert self.folder is not None
         if not uidfolder.any_version_changes():
             return None
-        folder = os.path.join(self.folder, self.uid())
-        if result_folder is not None and (result_folder / uidfolder.FULL_UID_FILE).exists():
-            folder = str(result_folder)  # (its own record, as _check_defaults reads it)
+        folder = _record_folder(self._config_folder(), result_folder)
         changed = uidfolder.version_changes(folder)
         if changed is None:
             return None
