@@ -1919,6 +1919,35 @@ def test_an_error_of_the_caller_stops_its_pool_before_it_is_raised(
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("cluster", ["threadpool", "processpool"])
+def test_a_pool_failing_to_shut_down_at_the_end_of_a_call_is_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cluster: str
+) -> None:
+    """The shutdown of the pool once its work is done raising (an OSError writing to wake
+    its manager): the call raises it, and its workers are gone (they were left waiting)."""
+    import concurrent.futures
+    import errno
+
+    executor = (
+        concurrent.futures.ProcessPoolExecutor
+        if cluster == "processpool"
+        else concurrent.futures.ThreadPoolExecutor
+    )
+    shutdown = executor.shutdown
+
+    def failing(self: tp.Any, wait: bool = True, **kwargs: tp.Any) -> None:
+        if wait:
+            raise OSError(errno.EIO, "Input/output error (injected)")
+        shutdown(self, wait=wait, **kwargs)
+
+    monkeypatch.setattr(executor, "shutdown", failing)
+    infra = {"folder": tmp_path / "cache", "cluster": cluster, "max_jobs": 2}
+    with pytest.raises(OSError, match="injected"):
+        list(Paced(log=str(tmp_path / "calls.txt"), infra=infra).process(range(4)))
+    assert not _pool_workers_alive()
+
+
+@pytest.mark.timeout(60)
 def test_an_error_of_the_caller_ends_a_pool_process_stuck_in_the_method(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

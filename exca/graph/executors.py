@@ -1841,7 +1841,17 @@ class Pools:
             if thread is not threading.current_thread()
         ]
         for pool, _ in [*self._retired, *current]:
-            pool.shutdown(wait=not cancel, cancel_futures=cancel)
+            if cancel:
+                with contextlib.suppress(Exception):  # (its workers are stopped below)
+                    pool.shutdown(wait=False, cancel_futures=True)
+                continue
+            try:
+                pool.shutdown(wait=True)
+            except BaseException:
+                # (e.g. an OSError writing to wake its manager: the workers, idle or not,
+                # were left running after the call raised)
+                self.shutdown(cancel=True)
+                raise
         if cancel:
             processes = [p for _, group in [*self._retired, *current] for p in group]
             _stop_workers([*processes, *isolated], threads)
