@@ -833,3 +833,39 @@ def test_a_folder_lock_whose_removal_failed_is_removed_later(tmp_path: Path) -> 
     assert second, "a batch claim waited for a lock its live owner gave back"
     assert second[0].mine == ["b"]
     second[0].release()
+
+
+def test_an_interrupt_in_a_pool_thread_giving_the_lock_back_leaves_nothing_held(
+    tmp_path: Path,
+) -> None:
+    """A KeyboardInterrupt raised in a thread (where Ctrl-C is not held back, e.g. a
+    threadpool's) as a batch claim gave the folder lock back: the lock and the claim file
+    just written stayed, both of this live process, never stale; the next claim of the
+    folder, a call of this very process too, waited for good. The claim file goes at once,
+    the lock with the heartbeat, and the keys are claimed again."""
+    claims = Claims(tmp_path)
+    real_remove = os.remove
+    raised: list[BaseException] = []
+
+    def remove_interrupted_once(path: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> None:
+        if os.fspath(path).endswith(os.sep + ".lock") and not raised:
+            raised.append(KeyboardInterrupt("raised in the thread"))
+            raise raised[0]
+        real_remove(path, *args, **kwargs)
+
+    def first() -> None:
+        with contextlib.suppress(KeyboardInterrupt):
+            claims.claim(["a", "b"])
+
+    with mock.patch.object(os, "remove", remove_interrupted_once):
+        thread = threading.Thread(target=first, daemon=True)
+        thread.start()
+        thread.join(30)
+    assert raised and [f for f in _claim_files(tmp_path) if f.endswith(".claim")] == []
+    second: list[Claim] = []
+    thread = threading.Thread(target=lambda: second.append(claims.claim(["a", "b"])), daemon=True)
+    thread.start()
+    thread.join(30)  # (bound on a wait that never ends without the fix)
+    assert second, "a batch claim waited for a lock its live owner gave back"
+    assert second[0].mine == ["a", "b"]
+    second[0].release()

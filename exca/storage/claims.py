@@ -394,6 +394,20 @@ class Claims:
         return self._claim(keys, window)
 
     def _claim(self, keys: tp.Sequence[str], window: interrupts.deferred) -> Claim:
+        written: list[Path] = []
+        try:
+            return self._claim_locked(keys, window, written)
+        except BaseException:
+            # (never handed back, e.g. a KeyboardInterrupt raised in a pool's thread as the
+            # lock was given back, where Ctrl-C is not held back: its file, kept by nobody,
+            # held its keys for this live process, and the next call waited for itself)
+            for path in written:
+                _discard(path)
+            raise
+
+    def _claim_locked(
+        self, keys: tp.Sequence[str], window: interrupts.deferred, written: list[Path]
+    ) -> Claim:
         me = Owner.current()
         asked = frozenset(keys)
         with self._folder_lock(me, window):
@@ -416,6 +430,7 @@ class Claims:
                 else:
                     busy[key] = owner
             path = self._write(me, mine) if mine else None
+            written.extend([path] if path is not None else [])
             result = Claim(self.folder, mine, busy, reentered, path)
             window.on_interrupt(result.release)
         if path is not None:
@@ -899,6 +914,12 @@ def _unlock(lock: Path, token: bytes) -> None:
                     lock,
                     error,
                 )
+            except BaseException:
+                # (interrupted there: a KeyboardInterrupt raised in a pool's thread, where
+                # Ctrl-C is not held back; left, the lock of this live process stopped
+                # every claimer of the folder, this process's next call too, for good)
+                _HEARTBEAT.leave_lock(lock, token)
+                raise
 
 
 def _discard(path: Path | str) -> None:
