@@ -3251,6 +3251,41 @@ def test_the_readers_kept_for_new_instances_are_bounded(
     assert index_module._shared_reader(str(tmp_path / "big")) is big._reader
 
 
+def test_a_new_reader_stats_no_index_file_the_listing_says_is_regular(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new instance reading a folder learns that its index files are regular files from
+    the folder's listing (a plan reads thousands of folders): no stat of each."""
+    cd: CacheDict[int] = CacheDict(tmp_path)
+    with cd.write():
+        cd["a"] = 1
+    stats: list[str] = []
+    real_stat = os.stat
+
+    def counting_stat(path: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> os.stat_result:
+        stats.append(os.fspath(path))
+        return real_stat(path, *args, **kwargs)
+
+    index_module.unshare(tmp_path)  # (read from nothing, not from the writer's copy)
+    monkeypatch.setattr(os, "stat", counting_stat)
+    assert CacheDict(tmp_path)["a"] == 1
+    assert [p for p in stats if p.endswith(index_module.INDEX_SUFFIX)] == []
+
+
+def test_a_reader_of_an_absent_folder_is_not_shared(tmp_path: Path) -> None:
+    """A reader that found no folder leaves nothing for new instances to copy (they start
+    from nothing as well): no weak reference kept per absent folder read, e.g. by a plan
+    of thousands of new nodes; a folder made later is read whole."""
+    folder = tmp_path / "absent"
+    assert "k" not in CacheDict(folder)
+    assert index_module._shared_reader(str(folder)) is None
+    assert str(folder) not in index_module._KEPT_READERS
+    writer: CacheDict[int] = CacheDict(folder)
+    with writer.write():
+        writer["k"] = 3
+    assert CacheDict(folder)["k"] == 3
+
+
 def test_new_instances_in_threads_read_what_a_writer_thread_wrote(tmp_path: Path) -> None:
     """Threads making new instances of a folder while another writes to it: every key
     found holds its value, none is lost."""

@@ -310,12 +310,17 @@ def _share(reader: IndexReader) -> None:
     """Make a reader the one new readers of its folder copy."""
     folder = reader._dir
     with _SHARED_LOCK:
-        _SHARED_READERS[folder] = reader
         kept = _KEPT_READERS
         kept.pop(folder, None)
-        kept[folder] = reader
-        if len(kept) > _KEPT_FOLDERS:
-            kept.popitem(last=False)
+        if reader.absent and not (reader.entries or reader.removals or reader.moved_from):
+            # (no folder: a new reader starts from nothing, as from a copy of this one;
+            # no weak reference nor kept reader for each of a plan's thousands of new nodes)
+            _SHARED_READERS.pop(folder, None)
+        else:
+            _SHARED_READERS[folder] = reader
+            kept[folder] = reader
+            if len(kept) > _KEPT_FOLDERS:
+                kept.popitem(last=False)
         total = 0  # (counted now: a reader kept may have grown since, by its writes)
         for name, other in reversed(list(kept.items())):
             total += len(other.entries)
@@ -446,20 +451,26 @@ class IndexReader:
         with self.locked():
             for _ in range(10):
                 try:
-                    self.listed = {e.name for e in os.scandir(self._dir)}
+                    # (the entries kept: their file type tells a new index file is a
+                    # regular one without a stat of its own)
+                    found = list(os.scandir(self._dir))
+                    self.listed = {e.name for e in found}
                     listing = [n for n in self.listed if n.endswith(INDEX_SUFFIX)]
                     self.absent = False
                 except (FileNotFoundError, NotADirectoryError):  # (under a file: absent too)
                     # (one shared empty set: one object fewer per absent folder for the
                     # collector to walk, e.g. after a plan of thousands of new nodes)
-                    listing, self.listed = [], _NO_NAMES
+                    found, listing, self.listed = [], [], _NO_NAMES
                     self.absent = True
                 except PermissionError as error:  # (said with whose folder, what to do)
                     note_read_error(error, self._dir)
                     raise
                 known = self._files
                 if not known.keys() >= set(listing):  # new files: are they ours?
-                    listing = [n for n in listing if n in known or _written_here(n, self)]
+                    by_name = {e.name: e for e in found}
+                    listing = [
+                        n for n in listing if n in known or _written_here(n, self, by_name[n])
+                    ]
                 for name in set(self._files).difference(listing):
                     self._forget_file(name)  # compacted or cleared by someone else
                 vanished = [name for name in listing if not self._read_file(name)]
@@ -916,8 +927,12 @@ def _check_final(path: str, state: FileState, size: int) -> None:
     state.final = current.st_size == size and current.st_ino == state.inode
 
 
-def _written_here(name: str, reader: IndexReader) -> bool:
+def _written_here(name: str, reader: IndexReader, entry: os.DirEntry[str] | None = None) -> bool:
     if _OUR_INDEX_NAME.fullmatch(name):
+        # (a listing that says "regular file" needs no stat: a plan reads thousands of
+        # new folders; a symlink or an unknown type is stat'ed, as before)
+        if entry is not None and entry.is_file(follow_symlinks=False):
+            return True
         return _regular_file(reader._dir, name)
     if saidonce.first(("foreign index", reader._dir)):  # (once per folder and process)
         logger.warning(
