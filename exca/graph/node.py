@@ -606,7 +606,18 @@ class Node(tp.Generic[Out]):
 
     @memoized
     def folder(self) -> Path | None:
-        return None if self.root is None else self.root / self.path
+        root = self.root
+        if root is None:
+            return None
+        # (the cache's own Path when it is this folder, as for most tasks: no new Path to
+        # parse, ~3 µs, for each of a plan's thousands of nodes; a root "/" or a path not
+        # in normal form never matches the text of a Path)
+        held = self.cache.folder
+        if held is not None:
+            base = str(root)
+            if not base.endswith("/") and str(held) == f"{base}/{self.path}":
+                return held
+        return root / self.path
 
     @memoized
     def key(self) -> tuple[str, str]:
