@@ -44,6 +44,13 @@ def _shared_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 _NP: tp.Any = None
+_NDARRAY: tp.Any = None
+
+
+def _ndarray() -> tp.Any:
+    global _NDARRAY
+    _NDARRAY = (_NP or _numpy()).ndarray
+    return _NDARRAY
 
 
 def _numpy() -> tp.Any:
@@ -92,7 +99,7 @@ class MemmapArray:
         if (
             shared is None
             or shared.pending is not None
-            or type(array) is not (_NP or _numpy()).ndarray
+            or type(array) is not (_NDARRAY or _ndarray())
             or not array.flags.c_contiguous
         ):
             return None

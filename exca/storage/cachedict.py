@@ -1051,8 +1051,14 @@ class CacheDict(tp.Generic[X]):
         if not key.isascii() or meta is not None:
             _check_key_and_meta(key, meta)  # (before any payload is written)
         # payload first (complete when dump_entry returns), then its index line
+        cache_type = self.cache_type
+        fast = ctx.fast_entry.get(type(value)) if cache_type is None else None
         try:
-            info = ctx.dump_entry(key, value, self.cache_type)
+            # (the arrays' fast path called here: None when it does not apply)
+            info = None if fast is None else fast[1](ctx, key, fast[0], value)
+            if info is None:
+                fast = None
+                info = ctx.dump_entry(key, value, cache_type)
         except Exception as error:  # (name the key: the format's message may not)
             _add_note(error, f"while storing {key!r} in {self.folder}")
             note_write_error(error, self.folder)
@@ -1080,7 +1086,9 @@ class CacheDict(tp.Generic[X]):
         state = writer.read_state
         if state is None or writer.read_owner is not reader:
             state = _own_state(writer, reader)
-        if "v" in info and type(info["v"]) is orjson.Fragment:  # pre-serialized inline value
+        if fast is not None and stored is None:
+            pass  # (an array's record: no inline value, no metadata)
+        elif "v" in info and type(info["v"]) is orjson.Fragment:  # pre-serialized inline value
             info = _reloaded(line, stored)
         elif type(stored) is bytes:
             info[META] = stored
@@ -1095,15 +1103,15 @@ class CacheDict(tp.Generic[X]):
             if writer.torn or resumed or fd is None:
                 offset = writer.append(line)
             else:  # (IndexWriter.append inlined: the hot path of every write)
-                offset = writer.size
+                offset, size = before, len(line)
                 try:
                     written = os.write(fd, line)
-                    if written != len(line):
+                    if written != size:
                         writer.finish_short_write(line, written)
                 except BaseException:
                     writer.failed_append()
                     raise
-                writer.size = offset + len(line)
+                writer.size = offset + size
             if resumed and writer.unlinked():
                 # freed while the payload was written (the file was idle for long): the
                 # line went nowhere; this entry and the next ones go to a new session
@@ -1128,7 +1136,7 @@ class CacheDict(tp.Generic[X]):
             self._put_anew(key, value, meta)
             return
         if self.keep_in_ram:
-            kept = _ram_copy(value, False, self.cache_type)
+            kept = _ram_copy(value, False, cache_type)
             if kept is not _NOT_KEPT:
                 self._ram[key] = kept
 
