@@ -1834,9 +1834,9 @@ class _Watched(list[tp.Any]):
         return self._one_by_one()
 
     def _one_by_one(self) -> tp.Iterator[tp.Any]:
-        for item in super().__iter__():
-            self.read += 1
-            self.read_at = time.time()
+        clock = time.time
+        for self.read, item in enumerate(super().__iter__(), 1):  # (read: items given)
+            self.read_at = clock()
             yield item
         self.other = True  # (read to its end: an error after that is of no item known)
 
@@ -1968,6 +1968,7 @@ def _compute_from(
         in_flight.halt, in_flight.flush, in_flight.calling = halt, flush, calling
     # (names bound locally: this loop runs once per item)
     count, immutable, monotonic, append = end, _IMMUTABLE, time.monotonic, batch.append
+    snapshot, flush_items = SNAPSHOT_BYTES, FLUSH_ITEMS
     called = False  # (whether the method returned: a list's items are all computed then)
     watched = _Watched([])  # (the items as the method got them: how far it read them)
     try:
@@ -1996,12 +1997,12 @@ def _compute_from(
                     node, cache, uids, start, end, position - len(batch), report, "more", error_meta
                 )
             kind = type(output)
-            if kind in immutable:
-                append((uids[position], output))
-            elif kind is ndarray and (in_memory or output.nbytes <= SNAPSHOT_BYTES):
+            if kind is ndarray and (in_memory or output.nbytes <= snapshot):
                 # (a copy: a method may refill one buffer, or keep a way to reach it, a
                 # weak reference or memory of its own that the array only views)
                 append((uids[position], output.copy()))
+            elif kind in immutable:
+                append((uids[position], output))
             else:
                 append((uids[position], output))
                 # (written before the method resumes; without a folder, RAM keeps objects)
@@ -2014,7 +2015,7 @@ def _compute_from(
             position += 1
             if position == stop and not resumed():
                 break
-            if len(batch) >= FLUSH_ITEMS or monotonic() - last_flush > FLUSH_SECONDS:
+            if len(batch) >= flush_items or monotonic() - last_flush > FLUSH_SECONDS:
                 flush()
         if position == stop:  # (the rest was given up: not computed by this method call)
             flush()

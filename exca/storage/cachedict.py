@@ -1292,9 +1292,9 @@ class CacheDict(tp.Generic[X]):
                 if key in entries:  # written meanwhile by another thread: both copies known
                     reader._shadow(key, entry)
                 entries[key] = entry
-                keys.add(key)
                 offset += len(line)
             if not freed:
+                keys.update(batch)  # (the keys of the records)
                 _skip_own_lines(state, writer, before)
         if freed:  # (see put: the lines went nowhere)
             self._session(restart=True)

@@ -421,7 +421,9 @@ class Claims:
                     continue
                 for key in claim.keys & asked:  # (an unreadable claim: all of them)
                     held[key] = claim.owner
-            for key in dict.fromkeys(keys):
+            if not held:  # (the common case: no loop per key)
+                mine = list(dict.fromkeys(keys))
+            for key in dict.fromkeys(keys) if held else ():
                 owner = held.get(key)
                 if owner is None:
                     mine.append(key)

@@ -19,6 +19,7 @@ import hashlib
 import io
 import logging
 import mmap
+import operator
 import os
 import pickle
 import pickletools
@@ -34,6 +35,7 @@ from .index import _FORKS
 from .sharedfile import SharedFile
 
 logger = logging.getLogger("exca")
+_SECOND = operator.itemgetter(1)  # (the value of a (key, value) pair)
 
 
 class DamagedPayload(OSError):
@@ -435,8 +437,10 @@ class DumpContext:
         at once (``__dump_records__``: whole records) are dumped together."""
         out: list[dict[str, tp.Any]] = []
         start = 0
+        # (the values' types, listed in C: a run of one type is found without a loop)
+        kinds = list(map(type, map(_SECOND, pairs)))
         while start < len(pairs):
-            kind = type(pairs[start][1])
+            kind = kinds[start]
             name, handler, itself = self._dispatch(kind, cache_type)
             many = None if itself else getattr(handler, "__dump_records__", None)
             if many is None:
@@ -449,7 +453,9 @@ class DumpContext:
                 start += 1
                 continue
             stop = start + 1
-            while stop < len(pairs) and type(pairs[stop][1]) is kind:
+            if start == 0 and kinds.count(kind) == len(kinds):
+                stop = len(kinds)  # (all of one type: the common case)
+            while stop < len(pairs) and kinds[stop] is kind:
                 stop += 1
             out.extend(many(self, pairs[start:stop], name))  # (whole records)
             start = stop
