@@ -93,6 +93,7 @@ def child_read_dicts_raw(folder: str) -> dict[str, float]:
 # --- writers ------------------------------------------------------------------------------------
 def write_cd(folder: Path, pairs: list[tuple[str, tp.Any]], batched: bool = False) -> float:
     cd: CacheDict[tp.Any] = CacheDict(folder)
+    common.settle()
     start = time.perf_counter()
     with cd.write():
         if batched:
@@ -104,6 +105,7 @@ def write_cd(folder: Path, pairs: list[tuple[str, tp.Any]], batched: bool = Fals
 
 
 def write_raw_arrays(folder: Path, pairs: list[tuple[str, np.ndarray]]) -> float:
+    common.settle()
     start = time.perf_counter()
     offset = 0
     with open(folder / "data.bin", "ab") as data, open(folder / "index.jsonl", "ab") as index:
@@ -127,6 +129,7 @@ def write_raw_arrays(folder: Path, pairs: list[tuple[str, np.ndarray]]) -> float
 
 
 def write_raw_dicts(folder: Path, pairs: list[tuple[str, tp.Any]]) -> float:
+    common.settle()
     start = time.perf_counter()
     with open(folder / "index.jsonl", "ab") as index:
         for key, value in pairs:

@@ -103,10 +103,12 @@ def bench_map(ctx: common.Context) -> None:
         try:
             # new items, this process
             obj = models.mapper(folder, param=rep)
+            common.settle()
             start = time.perf_counter()
             out = list(obj.process(items))
             new.append(number / (time.perf_counter() - start))
             assert len(out) == number
+            common.settle()
             new_floor.append(number / common.timed(raw_map, raw, items))
             # warm: same instance, second call
             start = time.perf_counter()
@@ -202,10 +204,12 @@ def bench_processpool(ctx: common.Context) -> None:
         folder, raw = common.fresh_dir("pool9"), common.fresh_dir("rawpool9")
         try:
             obj = models.mapper(folder, param=rep, cluster="processpool")
+            common.settle()
             start = time.perf_counter()
             out = list(obj.process(items))
             values.append(number / (time.perf_counter() - start))
             assert len(out) == number
+            common.settle()
             floors.append(number / common.timed(raw_map, raw, items, 2))
         finally:
             common.remove(folder)

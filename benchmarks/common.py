@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import shutil
@@ -143,6 +144,15 @@ def per_call(
             func(i)
         out.append((time.perf_counter() - start) / number)
     return out
+
+
+def settle() -> None:
+    """A full collection of the cyclic GC before an in-process timed section that
+    allocates much (10k entries): it then pays only the collections its own allocations
+    trigger, not a full one (20-30 ms in a benchmark process) owed to what an earlier
+    step (another row, a floor) left behind. Not before short sections (a warm call of a
+    few ms): the collection's walk of every object leaves the CPU caches cold."""
+    gc.collect()
 
 
 def timed(func: tp.Callable[..., tp.Any], *args: tp.Any) -> float:
