@@ -1795,11 +1795,12 @@ def test_a_forced_map_does_not_warn_of_reusing_other_sub_config_versions(
 ) -> None:
     """A map in mode force computes its items again, reusing none: it warned (twice)
     "Reusing the cache ..., computed when sub-configs had other class versions", as a
-    forced task does not. A cached call still warns."""
+    forced task does not. A cached call still warns (item 3, not forced, is of the older
+    versions)."""
     from exca.infra import base as infra_base
 
     mapped = HeldMap(infra={"folder": tmp_path})
-    assert list(mapped.apply([1, 2])) == [1, 2]
+    assert list(mapped.apply([1, 2, 3])) == [1, 2, 3]
     folder = mapped.infra.uid_folder()
     assert folder is not None
     _as_written_with_task_version_0(folder)
@@ -1811,6 +1812,41 @@ def test_a_forced_map_does_not_warn_of_reusing_other_sub_config_versions(
         infra_base._DEFAULTS_CHECKED.clear()
         assert list(HeldMap(infra={"folder": tmp_path}).apply([1, 2])) == [1, 2]
         assert "other class versions" in caplog.text  # (reused: told)
+
+
+def test_a_map_stops_warning_of_other_sub_config_versions_once_every_item_is_recomputed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A map's items share one full-uid.yaml, which was never rewritten: reusing its items
+    warned "computed when sub-configs had other class versions" for good, even once every
+    item was forced again. It is rewritten once each item was computed under today's
+    versions (in one call or several); while one is not, the warning stays."""
+    from exca.infra import base as infra_base
+
+    def warned(items: list[int]) -> bool:
+        infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
+        caplog.clear()
+        assert list(HeldMap(infra={"folder": tmp_path}).apply(items)) == items
+        return "other class versions" in caplog.text
+
+    def forced(items: list[int]) -> None:
+        infra_base._DEFAULTS_CHECKED.clear()
+        assert list(HeldMap(infra={"folder": tmp_path, "mode": "force"}).apply(items)) == items
+
+    mapped = HeldMap(infra={"folder": tmp_path})
+    assert list(mapped.apply([1, 2, 3])) == [1, 2, 3]
+    folder = mapped.infra.uid_folder()
+    assert folder is not None
+    _as_written_with_task_version_0(folder)
+    with caplog.at_level("WARNING", logger="exca"):
+        forced([1, 2])
+        assert warned([1, 2, 3])  # (item 3 is still of version 0)
+        assert warned([1])  # (the folder's record is one: it says so of any item)
+        assert warned([1, 4])  # (a new item, of today's versions: 3 still is not)
+        assert "'0'" in (folder / "full-uid.yaml").read_text()
+        forced([3])
+        assert not warned([1, 2, 3, 4])
+        assert "'0'" not in (folder / "full-uid.yaml").read_text()
 
 
 def test_plan_tells_a_reuse_under_other_sub_config_versions(tmp_path: Path) -> None:

@@ -441,7 +441,11 @@ class Node(tp.Generic[Out]):
     # versions changed since the result was computed; they are not part of its uid)
     reuse_note: tp.Callable[[], str | None] | None = None
     # after a task's outcome is stored (in the worker): records what it was computed with
+    # (a map's: once each of its items was computed under today's sub-config versions)
     after_store: tp.Callable[[], None] | None = None
+    # maps: a digest of today's sub-configs' versions when its folder's full-uid.yaml
+    # records others (None else): each item computed is marked with it
+    versions_mark: tp.Callable[[], str | None] | None = None
     # when its cached results are reused (by a call, not a plan): writes back the yaml
     # files that the last read of its folder did not list (removed by hand)
     restore_files: tp.Callable[[], None] | None = None

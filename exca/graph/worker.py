@@ -1294,6 +1294,8 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
     report = Report()
     try:
         _run_map_unit(unit, progress, report)
+        if report.computed or report.errors:
+            _renew_versions(unit.node)
         if unit.node.folder is not None:  # (notes of calls interrupted before: done now?)
             registry.drop_finished_interruptions(
                 unit.node.folder, unit.node.cache.missing, unit.uids or ()
@@ -1325,6 +1327,49 @@ def _run_map(unit: Unit, progress: ProgressCallback | None) -> Report:
                 left,
             )
         raise
+
+
+_UNSEEN = object()
+VERSIONS_KEY = "sv"  # (an item's meta: the sub-config versions it was computed with)
+
+
+def _versions_mark(node: Node) -> str | None:
+    """``node.versions_mark()``; None when it cannot be made (e.g. in a job, an infra of a
+    class of __main__ that does not find its method): its items are then not marked, and
+    the folder's full-uid.yaml is not renewed (its warning stays, as before)."""
+    if node.versions_mark is None:
+        return None
+    try:
+        return node.versions_mark()
+    except Exception as error:  # (a record of versions is no reason to fail the items)
+        logger.debug("%s: no sub-config versions mark: %s", node.uid, error)
+        return None
+
+
+def _renew_versions(node: Node) -> None:
+    """A map's items share their folder's full-uid.yaml: when it records other sub-config
+    versions, it is rewritten with today's only once every item there was computed under
+    them (marked so, see _compute_from), e.g. all forced again; until then reusing them
+    warns. A scan of the folder's records, only while the versions differ."""
+    if node.after_store is None:
+        return
+    mark = _versions_mark(node)
+    if mark is None:
+        return
+    cache = node.cache
+    keys = cache.keys()  # (read anew: what other processes wrote too)
+    last: tp.Any = _UNSEEN
+    for info in cache.records(keys):
+        meta = meta_of(info) if info is not None else None
+        if meta is last:  # (a run of items of one writer shares its meta)
+            continue
+        last = meta
+        if not isinstance(meta, dict) or meta.get(VERSIONS_KEY) != mark:
+            return
+    try:
+        node.after_store()
+    except OSError as error:  # (a cache shared read-only: the warning stays)
+        logger.warning("%s: could not record its sub-config versions: %s", node.uid, error)
 
 
 def _run_map_unit(unit: Unit, progress: ProgressCallback | None, report: Report) -> Report:
@@ -1893,6 +1938,9 @@ def _compute_from(
     code = codeprint.digest(codeprint.method_function(node.function))
     if code is not None:  # (a method of __main__: see codeprint)
         meta = {**(meta or {}), codeprint.CODE_KEY: code}
+    mark = _versions_mark(node)
+    if mark is not None:  # (its folder records other sub-config versions)
+        meta = {**(meta or {}), VERSIONS_KEY: mark}
     error_meta = {**error_meta, **(meta or {})}
     position = start
     stop = -1  # (given up by a nested call: the method stops after the item at stop - 1)

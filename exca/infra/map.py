@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import functools
 import hashlib
 import inspect
 import logging
@@ -21,6 +22,7 @@ from ..storage.cachedict import CacheDict, MissingKey
 from ..storage.dumping import PAYLOAD_ERRORS
 from ..storage.index import INDEX_SUFFIX
 from ..storage.keytext import check_utf8
+from . import uidfolder
 from .base import BaseInfra
 from .method import InfraMethod, check_plain_method, reduce_bound
 from .resources import SubmititMixin
@@ -504,6 +506,18 @@ class MapInfra(BaseInfra, SubmititMixin):
     def _reuses(self, folder: Path) -> bool:
         return self._prepare_reuses(folder)
 
+    def _versions_mark(self) -> str | None:
+        """What the items computed now are marked with when the folder's full-uid.yaml
+        records other sub-config versions (see uidfolder.versions_mark)."""
+        if self.folder is None or self._runtime().full_uid_current:
+            return None  # (this instance found the folder's file current: no file read)
+        return uidfolder.versions_mark(
+            os.path.join(self.folder, self.uid()),
+            functools.partial(self.config, uid=True, exclude_defaults=False),
+            self._full_uid_yaml,
+            self._sub_configs,
+        )
+
     def _has_result(self, folder: Path) -> bool:
         # A folder without any item index is being made (its creator writes the yaml
         # files next, before any item): its missing yaml files were not removed by hand
@@ -650,6 +664,10 @@ class MapInfra(BaseInfra, SubmititMixin):
                 # (a plan says "cached, computed with other sub-config versions" of a map
                 # too, as of a task: the warning alone was easy to miss)
                 reuse_note=self._reuse_note if self.folder is not None else None,
+                # (its items share one full-uid.yaml: renewed once each is of today's
+                # sub-config versions, see worker._renew_versions)
+                versions_mark=self._versions_mark if self.folder is not None else None,
+                after_store=self._record_versions if self.folder is not None else None,
                 **self._node_folder_hooks(cache),
                 item_uid=method.item_uid,
                 forbid_single_item=self.forbid_single_item_computation,

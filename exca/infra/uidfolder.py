@@ -15,6 +15,7 @@ defaults of fields added since, for a call reusing them).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import typing as tp
@@ -489,6 +490,33 @@ def _check_defaults(
             f"{key}={cached!r} in {folder / FULL_UID_FILE} ({why})"
         )
     return changed_versions
+
+
+def versions_mark(
+    folder: Path | str,
+    full_uid_config: tp.Callable[[], ConfDict],
+    full_uid_text: tp.Callable[[], str],
+    sub_configs: tp.Callable[[], Structure],
+) -> str | None:
+    """When ``folder``'s full-uid.yaml records other sub-configs' versions than those of
+    now: a digest of today's versions (a map marks the items it computes with it: once
+    every item is marked, the file may say today's versions), else None. Never raises
+    (the folder's checks are ``prepare``'s)."""
+    text = read_text(Path(folder) / FULL_UID_FILE)
+    if text is None or text == full_uid_text():
+        return None
+    existing = _load(text)
+    if existing is None:
+        return None
+    structure = sub_configs()
+    if not structure.versions:
+        return None
+    flat = _normalized(full_uid_config())
+    changes = _changes(_nested(existing), _nested(flat), structure.plain)
+    if not any(key in structure.versions for key, *_ in changes):
+        return None
+    today = ",".join(f"{key}={flat.get(key)!r}" for key in sorted(structure.versions))
+    return hashlib.md5(today.encode("utf8")).hexdigest()[:8]
 
 
 def any_version_changes() -> bool:
