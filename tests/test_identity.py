@@ -1662,9 +1662,10 @@ def test_a_plan_says_a_field_renamed_with_another_default_before_the_reuse(
 ) -> None:
     """A field renamed with another default was said only by the call recording the
     reuse: a plan (``exca plan``) said "cached" and nothing of it, the user learnt it once
-    the work ran, and a read-only call never. The plan says it (writing nothing); the
-    reuse after it in the process then says nothing more (once), and records the field's
-    default; a read-only call says it too."""
+    the work ran, and a read-only call never. The plan says it in its table (writing
+    nothing, logging nothing: a plan of many nodes is silent, as for other sub-config
+    versions); the reuse after it says it once, and records the field's default; a
+    read-only call says it too, after a plan as well."""
     import exca
     from exca.storage import saidonce
 
@@ -1679,22 +1680,34 @@ def test_a_plan_says_a_field_renamed_with_another_default_before_the_reuse(
     saidonce._SAID.clear()
     shown = "jitter=0.5, which is no field now, and before noise (default 0.0) was added"
     with caplog.at_level(logging.WARNING, logger="exca"):
-        assert "cached" in str(exca.graph.plan(Noisy(infra={"folder": tmp_path}).load.node()))
-        assert caplog.text.count(shown) == 1, caplog.text
+        for _ in range(2):  # (the second plan: the check is not done again)
+            (entry,) = exca.graph.plan(Noisy(infra={"folder": tmp_path}).load.node()).entries
+            assert entry.status == "cached" and shown in entry.reason, entry.reason
+        assert shown not in caplog.text  # (the table says it: the plan is silent)
         assert full.read_text() == older  # (a plan writes nothing)
+        assert Noisy(infra={"folder": tmp_path}).load() == [0, 1, 2]
+        assert caplog.text.count(shown) == 1, caplog.text  # (the reuse says it)
         caplog.clear()
         assert Noisy(infra={"folder": tmp_path}).load() == [0, 1, 2]
+        (entry,) = exca.graph.plan(Noisy(infra={"folder": tmp_path}).load.node()).entries
     assert shown not in caplog.text  # (said once)
+    assert entry.reason == "cached", entry.reason  # (recorded since: nothing to say)
     assert "noise: 0.0" in full.read_text()  # (recorded by the reuse)
-    # a read-only call reuses them too (recording nothing): it said nothing at all
-    full.write_text(older)
-    infra_base._DEFAULTS_CHECKED.clear()
-    saidonce._SAID.clear()
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="exca"):
-        assert Noisy(infra={"folder": tmp_path, "mode": "read-only"}).load() == [0, 1, 2]
-    assert caplog.text.count(shown) == 1, caplog.text
-    assert full.read_text() == older
+    # a read-only call reuses them too (recording nothing): it said nothing at all; it
+    # says it, after a plan too
+    for plan_first in (False, True):
+        full.write_text(older)
+        infra_base._DEFAULTS_CHECKED.clear()
+        saidonce._SAID.clear()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="exca"):
+            read_only = Noisy(infra={"folder": tmp_path, "mode": "read-only"})
+            if plan_first:
+                exca.graph.plan(read_only.load.node())
+                assert shown not in caplog.text
+            assert read_only.load() == [0, 1, 2]
+        assert caplog.text.count(shown) == 1, caplog.text
+        assert full.read_text() == older
 
 
 class Relabelled(pydantic.BaseModel):

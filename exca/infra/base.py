@@ -800,11 +800,14 @@ class BaseInfra(pydantic.BaseModel):
         """See ``_check_defaults_once``; a call reusing the result then warns of the
         sub-configs' version changes that only a plan found (it checks nothing again)."""
         settled = self._check_defaults_once(restore, result_folder, prepare)
-        if uidfolder.any_untold_versions() and self.folder is not None and self._tells(restore):
+        untold = uidfolder.any_untold_versions() or uidfolder.any_untold_swaps()
+        if untold and self.folder is not None and self._tells(restore):
             folder = self._config_folder()
             result = Path(folder) if result_folder is None else result_folder
             if self._reuses(result):
-                uidfolder.tell_untold_versions(_record_folder(folder, result_folder))
+                record = _record_folder(folder, result_folder)
+                uidfolder.tell_untold_versions(record)
+                uidfolder.tell_untold_swaps(record)  # (fields maybe renamed, as these)
         return settled
 
     def _config_folder(self) -> str:
@@ -905,21 +908,24 @@ class BaseInfra(pydantic.BaseModel):
         result was computed (found by ``_check_defaults``, which reads the full-uid.yaml of
         the result's folder, or of its config folder)."""
         assert self.folder is not None
-        if not uidfolder.any_version_changes():
+        if not uidfolder.any_version_changes() and not uidfolder.any_swaps():
             return None
         folder = _record_folder(self._config_folder(), result_folder)
+        # (fields maybe renamed: said here, not logged by the plan, see verify_defaults)
+        swaps = uidfolder.swaps_note(folder)
         changed = uidfolder.version_changes(folder)
         if changed is None:
-            return None
+            return swaps
         # (computed again since, maybe by another process: its record says today's versions)
         current = uidfolder.read_text(Path(folder) / uidfolder.FULL_UID_FILE)
         if current == self._full_uid_yaml():
             uidfolder.forget_version_changes(folder)
             return None
-        return (
+        note = (
             f"computed with other sub-config versions ({changed}): bump this class's infra "
             "version to compute it again"
         )
+        return note if swaps is None else f"{note}, {swaps}"
 
     def _prepare_reuses(self, folder: Path) -> bool:
         """Whether a call about to compute in ``folder`` also reuses what it holds (a

@@ -39,6 +39,10 @@ _VERSION_CHANGES: dict[str, str] = {}
 # ...found by a plan, status() or explain, which reuse nothing: not logged then (a plan
 # of many nodes logged one warning each, its table says it), but by the call reusing them
 _UNTOLD: set[str] = set()
+# ...and fields maybe renamed (removed beside one added at another value) that a plan
+# found (folder -> (path, removed, added) of each), for its table and the call after it
+_SWAPS: dict[str, list[tuple[str, dict[str, tp.Any], dict[str, tp.Any]]]] = {}
+_UNTOLD_SWAPS: set[str] = set()
 
 
 def read_text(path: Path) -> str | None:
@@ -233,7 +237,7 @@ def verify_defaults(
         raise
     text = data.decode("utf8", errors="surrogateescape")  # (no UTF-8: unreadable, see read_text)
     if text == (full_uid_text() if full_uid_text is not None else full_uid_config().to_yaml()):
-        if _VERSION_CHANGES:  # (recomputed since, maybe by another process)
+        if _VERSION_CHANGES or _SWAPS:  # (recomputed since, maybe by another process)
             forget_version_changes(folder)
         return True
     full = full_uid_config()
@@ -251,9 +255,9 @@ def verify_defaults(
     elif not record and _added(existing, full, sub_configs)[1]:
         if unrecorded is not None:
             unrecorded.add(folder)
-        # (a plan, status() or a read-only call: said before the reuse that records them,
-        # which said it alone: a plan showed "cached" only, a read-only call nothing)
-        _tell_swaps(Path(folder), existing, full, sub_configs)
+        # (a read-only call: said before the reuse, which records nothing; a plan, status()
+        # or explain: noted for its table, told by the call reusing the results)
+        _note_swaps(Path(folder), existing, full, sub_configs, tell)
     if versions:
         if reused is not None and not reused():
             return None  # (nothing reused: nothing to tell yet)
@@ -279,6 +283,8 @@ def _record_added_fields(
         return
     if tell:
         _tell_swaps(folder, existing, full_uid_config, sub_configs)
+    _SWAPS.pop(str(folder), None)  # (recorded now: a plan's note of them no longer holds)
+    _UNTOLD_SWAPS.discard(str(folder))
     text = ConfDict(merged).to_yaml()
     if ConfDict(merged).flat() == _normalized(full_uid_config):
         text = full_uid_config.to_yaml()  # (the very text of the config: later reads are quick)
@@ -296,10 +302,80 @@ def _tell_swaps(
 ) -> None:
     """Warn of the fields removed since the results of ``folder`` were computed beside
     fields added at another value (maybe renamed with another default), once per step."""
+    _UNTOLD_SWAPS.discard(str(folder))  # (told: nothing left for a later call to tell)
+    for path, gone, new in _swaps_of(existing, full_uid_config, sub_configs):
+        _warn_swapped(folder, path, gone, new)
+
+
+def _swaps_of(
+    existing: dict[str, tp.Any],
+    full_uid_config: ConfDict,
+    sub_configs: tp.Callable[[], Structure] | None,
+) -> list[tuple[str, dict[str, tp.Any], dict[str, tp.Any]]]:
     plain = sub_configs().plain if sub_configs is not None else set()
     cached, current = _nested(existing), _nested(_normalized(full_uid_config))
-    for path, gone, new in _swapped(cached, current, plain):
+    return list(_swapped(cached, current, plain))
+
+
+def _note_swaps(
+    folder: Path,
+    existing: dict[str, tp.Any],
+    full_uid_config: ConfDict,
+    sub_configs: tp.Callable[[], Structure] | None,
+    tell: bool,
+) -> None:
+    """What ``_tell_swaps`` warns of, found by a check that records nothing: kept for the
+    tables of later plans (``swaps_note``; their check is not done again); warned of if
+    ``tell`` (a read-only call), else by the call reusing the results (a plan's, status()'s
+    or explain's: ``tell_untold_swaps``)."""
+    swaps = _swaps_of(existing, full_uid_config, sub_configs)
+    if not swaps:
+        return
+    if len(_SWAPS) >= 10_000:
+        _SWAPS.clear()  # (bounded memos)
+        _UNTOLD_SWAPS.clear()
+    key = str(folder)
+    _SWAPS[key] = swaps
+    if not tell:
+        _UNTOLD_SWAPS.add(key)
+        return
+    _UNTOLD_SWAPS.discard(key)
+    for path, gone, new in swaps:
         _warn_swapped(folder, path, gone, new)
+
+
+def any_swaps() -> bool:
+    """Whether a check of this process found fields maybe renamed (``_note_swaps``)."""
+    return bool(_SWAPS)
+
+
+def any_untold_swaps() -> bool:
+    """...that only a plan, status() or explain found: no call has told them yet."""
+    return bool(_UNTOLD_SWAPS)
+
+
+def swaps_note(folder: Path | str) -> str | None:
+    """What a plan says next to "cached" of fields maybe renamed since the results of
+    ``folder`` were computed (a plan of this process found them), None if none."""
+    swaps = _SWAPS.get(str(Path(folder))) if _SWAPS else None
+    if not swaps:
+        return None
+    return "; ".join(
+        f"computed with {_swap_text(path, gone, new)}: taken as computed with that "
+        "default (if it is the removed field renamed, bump the infra version)"
+        for path, gone, new in swaps
+    )
+
+
+def tell_untold_swaps(folder: Path | str) -> None:
+    """A call reuses the results of ``folder``, whose fields maybe renamed only a plan
+    found (its check is not done again): warned now (once per step, as any)."""
+    key = str(Path(folder))
+    if key not in _UNTOLD_SWAPS:
+        return
+    _UNTOLD_SWAPS.discard(key)
+    for path, gone, new in _SWAPS.get(key, ()):
+        _warn_swapped(Path(folder), path, gone, new)
 
 
 def _added(
@@ -396,22 +472,31 @@ def _step_folder(folder: Path) -> Path:
     return folder.parent.parent if folder.name.startswith(INPUTS_PREFIX) else folder.parent
 
 
-def _warn_swapped(folder: Path, path: str, gone: dict[str, tp.Any], new: dict[str, tp.Any]) -> None:
+def _swap_parts(path: str, gone: dict[str, tp.Any], new: dict[str, tp.Any]) -> tuple[str, str]:
     where = f"{path}." if path else ""
     removed = ", ".join(f"{where}{k}={v!r}" for k, v in gone.items())
     added = ", ".join(f"{where}{k} (default {v!r})" for k, v in new.items())
+    return removed, added
+
+
+def _swap_text(path: str, gone: dict[str, tp.Any], new: dict[str, tp.Any]) -> str:
+    removed, added = _swap_parts(path, gone, new)
+    return f"{removed}, which is no field now, and before {added} was added"
+
+
+def _warn_swapped(folder: Path, path: str, gone: dict[str, tp.Any], new: dict[str, tp.Any]) -> None:
+    removed, added = _swap_parts(path, gone, new)
     # (a sweep's folders: one warning, not 1000)
     if not saidonce.first(("field renamed", str(_step_folder(folder)), removed, added)):
         return
     logger.warning(
-        "Reusing the results in %s, computed with %s, which is no field now, and before %s "
-        "was added: they are taken as computed with that default (a call reusing them "
-        "records it in %s). If it is the removed field renamed, with another default, these "
-        "results hold the old value: bump the infra version (or remove the folder) to "
-        "compute them again (said once per step folder in this process)",
+        "Reusing the results in %s, computed with %s: they are taken as computed with "
+        "that default (a call reusing them records it in %s). If it is the removed field "
+        "renamed, with another default, these results hold the old value: bump the infra "
+        "version (or remove the folder) to compute them again (said once per step folder "
+        "in this process)",
         folder,
-        removed,
-        added,
+        _swap_text(path, gone, new),
         FULL_UID_FILE,
     )
 
@@ -535,6 +620,8 @@ def forget_version_changes(folder: Path | str) -> None:
     """The folder's full-uid.yaml now says the current versions (results stored anew)."""
     _VERSION_CHANGES.pop(str(Path(folder)), None)
     _UNTOLD.discard(str(Path(folder)))
+    _SWAPS.pop(str(Path(folder)), None)  # (and fields it lacked: recorded too)
+    _UNTOLD_SWAPS.discard(str(Path(folder)))
 
 
 def any_untold_versions() -> bool:
