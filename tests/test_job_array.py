@@ -664,6 +664,71 @@ def test_ctrl_c_waiting_for_one_job_of_an_array_says_the_others_keep_running(
     assert calls(ctl) == {0: 1, 1: 1, 2: 1, 3: 1}  # (none cancelled, none computed again)
 
 
+@pytest.mark.timeout(120)
+def test_ctrl_c_in_another_process_waiting_for_one_job_of_an_array_names_the_others(
+    tmp_path: Path, ctl: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As above, from another process (same configs): it knows the job it follows from
+    its record only, and named that one alone, while the submitter names the array's
+    other jobs. It now names them too, from their records (the same run of the same
+    process, in the step's other configs), those not ended yet; they do run on."""
+    import signal
+
+    from exca.graph import scheduler
+
+    (ctl / "block").touch()
+    base = Square(ctl=str(ctl), infra={"folder": tmp_path / "cache", "cluster": "local"})
+    tasks = [base.infra.clone_obj(x=x) for x in range(4)]
+    with base.infra.job_array() as array:
+        array.extend(tasks)
+    ids = [t.infra.job().job_id for t in tasks]
+    scheduler._ARRAY_JOBS.clear()  # (what another process knows: not this memo)
+    wait_until(lambda: sum(calls(ctl).values()) == 4)  # (all running)
+
+    def interrupt_once_waiting() -> None:
+        time.sleep(0.5)  # (the call waits for its job)
+        signal.raise_signal(signal.SIGINT)  # (the user's Ctrl-C)
+
+    thread = threading.Thread(target=interrupt_once_waiting)
+    thread.start()
+    other = Square(ctl=str(ctl), x=0, infra={"folder": tmp_path / "cache", "cluster": "local"})
+    with caplog.at_level(logging.WARNING, logger="exca"), pytest.raises(KeyboardInterrupt):
+        other.process()
+    thread.join()
+    assert f"Interrupted: job(s) {ids[0]} keep running" in caplog.text
+    others = ", ".join(sorted(ids[1:]))
+    told = (
+        "the 3 other local job(s) submitted along with them by another call (a "
+        f"job_array()?), not ended yet, keep running too: {others}"
+    )
+    assert told in caplog.text, caplog.text
+    (ctl / "block").unlink()
+    wait_until(lambda: all(t.infra.status() == "completed" for t in tasks))
+    assert [t.process() for t in tasks] == [0, 1, 4, 9]
+    assert calls(ctl) == {0: 1, 1: 1, 2: 1, 3: 1}  # (none cancelled, none computed again)
+
+
+def test_ctrl_c_following_a_slurm_array_element_of_another_process_names_its_array(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Slurm array element's id (``123_4``) names its array: interrupted while following
+    one another process submitted, the call said only "job(s) 123_4 keep running"; it now
+    names the array, whose other elements run on too, and the scancel stopping them all."""
+    from exca.graph import scheduler
+
+    with caplog.at_level(logging.WARNING, logger="exca"):
+        scheduler._log_foreign_siblings([], ["123_4", "77"])
+    told = (
+        "job(s) 123_4 are elements of Slurm job array(s) 123, submitted by another call: "
+        "the array's other jobs keep running too (scancel 123 stops all of them)"
+    )
+    assert told in caplog.text, caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="exca"):
+        scheduler._log_foreign_siblings([], ["77"])  # (no array: nothing more to say)
+    assert not caplog.text
+
+
 class _Fit(pydantic.BaseModel):
     lr: float = 0.1
     infra: exca.TaskInfra = exca.TaskInfra(version="1")

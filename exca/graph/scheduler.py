@@ -18,6 +18,7 @@ import random
 import threading
 import time
 import typing as tp
+from pathlib import Path
 
 from ..storage import interrupts, process
 from . import callers, executors, registry, store, submitting
@@ -1855,6 +1856,60 @@ def _log_interruption(cancelled: list[NodeRun], followed: list[NodeRun]) -> None
                 ", ".join(siblings[:10]),
                 " ..." if len(siblings) > 10 else "",  # (an array of thousands)
             )
+        else:  # (another process submitted them: what its records and the ids tell)
+            _log_foreign_siblings(followed, ids)
+
+
+def _log_foreign_siblings(followed: list[NodeRun], ids: list[str]) -> None:
+    """Ctrl-C while following jobs another process submitted (a job_array() of it, say):
+    this process knows none of their other jobs, and named the followed ones only. A
+    Slurm array element (``123_4``) names its array, which one scancel stops; the local
+    jobs submitted along with them (recorded under the same run in the configs of the
+    same step) are named, those not ended yet."""
+    arrays = sorted({i.partition("_")[0] for i in ids if "_" in i})
+    if arrays:
+        logger.warning(
+            "Interrupted: job(s) %s are elements of Slurm job array(s) %s, submitted by "
+            "another call: the array's other jobs keep running too (scancel %s stops all "
+            "of them)",
+            ", ".join(i for i in ids if "_" in i),
+            ", ".join(arrays),
+            " ".join(arrays),
+        )
+    siblings = _recorded_siblings(followed, set(ids))
+    if siblings:
+        logger.warning(
+            "Interrupted: the %d other local job(s) submitted along with them by another "
+            "call (a job_array()?), not ended yet, keep running too: %s%s",
+            len(siblings),
+            ", ".join(siblings[:10]),
+            " ..." if len(siblings) > 10 else "",
+        )
+
+
+def _recorded_siblings(followed: list[NodeRun], ids: set[str]) -> list[str]:
+    """The local jobs not ended yet recorded under the run of a followed local job (by
+    the same process) in the config folders of its step (a scan of their job records:
+    at an interruption only)."""
+    found: set[str] = set()
+    steps: set[tuple[str, str, int, str]] = set()
+    for run in followed:
+        if run.node.folder is None:
+            continue
+        for record in registry.read_all(run.node.folder):
+            if record.job_id in ids and record.cluster == "local" and record.run:
+                step = os.path.dirname(os.path.abspath(run.node.folder))
+                steps.add((step, record.run, record.pid, record.host))
+    for step, run_id, pid, host in steps:
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(step):
+                if not entry.is_dir():
+                    continue
+                for record in registry.read_all(Path(entry.path)):
+                    same = (record.run, record.pid, record.host) == (run_id, pid, host)
+                    if same and record.job_id not in ids and registry.is_active(record):
+                        found.add(record.job_id)
+    return sorted(found)
 
 
 def _how_to_stop(runs: list[NodeRun]) -> str:
