@@ -7005,6 +7005,76 @@ def test_list_of_a_map_call_interrupted_where_it_was_made_says_it_did_not_finish
     assert (info.status, info.error) == ("success", None), info
 
 
+class Interruptible(pydantic.BaseModel):
+    """Touches <ctl>/started; raises KeyboardInterrupt while <ctl>/raise exists; blocks
+    while <ctl>/block exists."""
+
+    ctl: str
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        ctl = Path(self.ctl)
+        (ctl / "started").touch()
+        if (ctl / "raise").exists():
+            raise KeyboardInterrupt
+        while (ctl / "block").exists():
+            time.sleep(0.02)
+        return 1
+
+
+@pytest.mark.timeout(120)
+def test_list_says_a_task_interrupted_by_ctrl_c_not_a_bare_empty(tmp_path: Path) -> None:
+    """A task whose call was interrupted (its method's KeyboardInterrupt, where it was
+    called; or Ctrl-C cancelling its local job, whose record then goes) was listed as a
+    bare "empty", as one never run. `exca list` says when and how it was interrupted
+    (still "empty": nothing is cached); once computed, that note goes."""
+    import signal
+
+    ctl = tmp_path / "ctl"
+    ctl.mkdir()
+    (ctl / "raise").touch()
+    inline = Interruptible(ctl=str(ctl), infra={"folder": tmp_path / "inline"})
+    with pytest.raises(KeyboardInterrupt):
+        inline.run()
+    (info,) = exca.ops.inspect(tmp_path / "inline")
+    assert info.status == "empty" and info.error is not None, info
+    assert (
+        info.error.startswith("interrupted at ")
+        and "(KeyboardInterrupt, a call of pid" in info.error
+    )
+    assert "interrupted at " in cli("list", tmp_path / "inline", check=True).stdout
+    (ctl / "raise").unlink()
+    assert Interruptible(ctl=str(ctl), infra={"folder": tmp_path / "inline"}).run() == 1
+    (info,) = exca.ops.inspect(tmp_path / "inline")
+    assert (info.status, info.error) == ("success", None), info
+    assert not list((tmp_path / "inline").rglob("*.interrupted"))  # (the note went)
+    # a local job cancelled by Ctrl-C
+    (ctl / "started").unlink()
+    (ctl / "block").touch()
+    local = Interruptible(ctl=str(ctl), infra={"folder": tmp_path / "local", "cluster": "local"})
+
+    def interrupt_once_started() -> None:
+        wait_until(lambda: (ctl / "started").exists(), "the job to start")
+        time.sleep(0.3)  # (the call waits for its job)
+        signal.raise_signal(signal.SIGINT)  # (the user's Ctrl-C)
+
+    thread = threading.Thread(target=interrupt_once_started)
+    thread.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            local.run()
+    finally:
+        thread.join()
+        (ctl / "block").unlink()
+    (info,) = exca.ops.inspect(tmp_path / "local")
+    assert info.status == "empty" and info.error is not None, info
+    assert (
+        info.error.startswith("interrupted at ")
+        and "(Ctrl-C, which cancelled its job " in info.error
+    )
+
+
 class InterruptsAtItemWhileFlagged(pydantic.BaseModel):
     """A map whose method raises KeyboardInterrupt at item 2 while the file ``flag`` exists."""
 
@@ -7260,7 +7330,8 @@ def test_a_keyboardinterrupt_of_the_method_in_this_process_lists_no_error(
     job().result() leaves its record (a call withdraws the job it submitted), which `exca
     list` read as a job that died: "error ... job DEBUG_N ended without writing its result
     (killed, out of memory, cancelled...?)", where status() said "not submitted" (and
-    cluster None lists "empty"). It lists "empty" now."""
+    cluster None lists "empty"). It lists "empty" now, saying when the call was
+    interrupted (unless the debug job's record, kept, tells of its job)."""
     root = tmp_path / "cache"
     flag = tmp_path / "flag"
     flag.touch()
@@ -7270,7 +7341,12 @@ def test_a_keyboardinterrupt_of_the_method_in_this_process_lists_no_error(
         task.run() if call == "call" else task.infra.job().result()
     assert task.infra.status() == "not submitted"
     (listed,) = exca.ops.inspect(root)
-    assert listed.status == "empty" and listed.error is None, listed
+    assert listed.status == "empty", listed
+    if (cluster, call) == ("debug", "job"):
+        assert listed.error is None, listed
+    else:
+        said = listed.error or ""
+        assert said.startswith("interrupted at ") and "(KeyboardInterrupt, a call" in said, said
     assert exca.ops.inspect(root, status="error") == []
     out = cli("list", root, check=True).stdout
     assert " error " not in out and "ended without writing" not in out, out

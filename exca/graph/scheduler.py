@@ -1756,6 +1756,8 @@ def _cancel(runs: list[NodeRun], pools: executors.Pools, only_local: bool = Fals
             for handle in run.handles:
                 if not only_local or handle.cluster == "local":
                     handle.cancel()
+                    if handle.cluster != "debug":  # (in this process: its call notes it)
+                        _note_cancelled(run.node, handle.job_id)
                     registry.forget(run.node.folder, handle.job_id)
         pools.shutdown(cancel=True)
         _release_dead_claims(runs)
@@ -1791,6 +1793,21 @@ def _stop_pools(runs: list[NodeRun], pools: executors.Pools) -> None:
         for folder in pooled:
             with contextlib.suppress(OSError):  # (the error raised says more)
                 Claims(folder).prune_dead()
+
+
+def _note_cancelled(node: Node, job_id: str) -> None:
+    """The record of a job cancelled by Ctrl-C goes (the next call submits it again): a
+    note says what happened to it instead (else ``exca list`` showed a bare "empty")."""
+    folder = node.folder
+    if folder is None or not job_id or job_id.startswith("#"):
+        return
+    keys: list[str] | None = [TASK_KEY]
+    if node.kind == "map":
+        record = next((r for r in registry.read_all(folder) if r.job_id == job_id), None)
+        keys = None if record is None else registry.items_of(folder, record)
+    if keys:
+        how = f"Ctrl-C, which cancelled its job {job_id}"
+        registry.note_interrupted(folder, keys, how, None, node.cache.permissions)
 
 
 def _still_cancelling() -> None:

@@ -986,6 +986,12 @@ def _compute_task(node: Node) -> Report:
         ranks.announce(node.uid, None)  # (a task computed here has a folder)
         value = node.function(**inputs)
         ranks.check_other_ranks(node.uid)  # (a rank that raised: its error is cached)
+    except KeyboardInterrupt:
+        if node.folder is not None and not _JOB_UNIT:  # (a job's record and log tell)
+            # (nothing cached: else `exca list` showed a bare "empty")
+            how = "KeyboardInterrupt" if meta is not None else "KeyboardInterrupt (before it ran)"
+            registry.note_interrupted(node.folder, [TASK_KEY], how, None, node.cache.permissions)
+        raise
     except SystemExit as exiting:  # (nothing cached: the next call computes it)
         if meta is not None and not _JOB_UNIT and not getattr(exiting, _EXIT_NOTED, False):
             # (in this process it propagates as it is, cluster None or debug, named as a
@@ -1053,6 +1059,8 @@ def _stored(node: Node) -> None:
     clear_job() or a clean of another process removed while it computed are written
     back (without config.yaml, ``exca list`` and iter_cached() missed the entry)."""
     _written_back(node)
+    if node.folder is not None:  # (a note of a call interrupted before: done now)
+        registry.drop_finished_interruptions(node.folder, node.cache.missing)
     if node.after_store is not None:
         try:
             node.after_store()

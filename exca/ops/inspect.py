@@ -472,7 +472,9 @@ def describe(
             info.status, info.error = "partial", left
     # (a dead job's words come first: its items are the same)
     stopped = info.status in ("success", "partial", "empty") and info.error is None
-    if kind in ("map", "empty") and stopped:
+    if kind == "empty" and stopped and info.job_state is None:
+        info.error = _task_interrupted(folder)  # (a task's call or job stopped by Ctrl-C)
+    if kind in ("map", "empty") and stopped and info.error is None:
         left = _items_left_by_calls(folder, set(entries))
         if left is not None:  # (a call stopped part-way where it was made)
             info.status, info.error = "partial", left
@@ -490,6 +492,19 @@ def _say_copied_job(info: NodeInfo, record: registry.JobRecord) -> None:
     info.note = f"{info.note}; {said}" if info.note else said
 
 
+def _task_interrupted(folder: Path) -> str | None:
+    """What ``exca list`` says of a task folder holding nothing whose last call was
+    interrupted (its KeyboardInterrupt, or Ctrl-C cancelling its job, whose record then
+    goes: a note of the call, see registry.note_interrupted). None: no such note."""
+    notes = [n for n in registry.interrupted_calls(folder) if n["keys"] == [TASK_KEY]]
+    if not notes:
+        return None
+    note = notes[-1]
+    when = _iso(note.get("time") or 0.0) or "?"
+    where = f"pid {note.get('pid')} on {note.get('host')}"
+    return f"interrupted at {when} ({note.get('how')}, a call of {where}); a call computes it"
+
+
 def _items_left_by_calls(folder: Path, cached: set[str]) -> str | None:
     """What ``exca list`` says of a map's calls made without a job that stopped before
     caching all of their items: interrupted (a note of the call, see
@@ -498,6 +513,8 @@ def _items_left_by_calls(folder: Path, cached: set[str]) -> str | None:
     hashed: tp.Any = None  # (the hashes of the cached uids: for a big call's note)
     for note in registry.interrupted_calls(folder):
         keys = [str(k) for k in note["keys"]]
+        if keys == [TASK_KEY]:
+            continue  # (a task's: see _task_interrupted)
         absent = sum(1 for k in keys if k not in cached)
         at = f" at item {note['item']!r}" if note.get("item") is not None else ""
         where = f"pid {note.get('pid')} on {note.get('host')}"
