@@ -1123,6 +1123,50 @@ class Ensemble(pydantic.BaseModel):
         return sum(models) + sum(named.values())
 
 
+class Sweep(pydantic.BaseModel):
+    runs: dict[str, float] = {}
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def total(self) -> float:
+        return sum(self.runs.values())
+
+
+def test_where_names_dict_keys_holding_equal_signs_and_dots(tmp_path: Path) -> None:
+    """A dict key holding "=" (``{"lr=0.1,steps=50": ...}``), in a config or in a dict of
+    inputs, could not be named by ``--where``: a condition was split at its first "=",
+    so its key was ``runs.lr`` (nothing: no match), and a dict of inputs read each key
+    up to its first "=" (its members "not told apart": an error). The first "=" whose key
+    names something splits the condition now, and such a dict's members are read whole.
+    Keys with dots were named already; no uid changes."""
+    root = tmp_path / "cache"
+    one = Sweep(runs={"lr=0.1,steps=50": 1.0, "v1.2": 2.0}, infra={"folder": root})
+    two = Sweep(runs={"lr=0.1": 3.0, "steps=50": 1.0}, infra={"folder": root})
+    assert (one.total(), two.total()) == (3.0, 4.0)
+    assert one.infra.uid().endswith("/runs={v1.2=2,lr=0.1,steps=50=1}-ef2ab3c0")
+
+    def found(*where: str, step: str = "Sweep") -> set[Path]:
+        return {i.folder for i in exca.ops.inspect(root, step=step, where=list(where))}
+
+    folders = [t.infra.uid_folder() for t in (one, two)]
+    assert found("runs.lr=0.1,steps=50=1.0") == found("runs.v1.2=2") == {folders[0]}
+    assert found("runs.lr=0.1=3") == found("runs.steps=50=1") == {folders[1]}
+    assert found("runs.lr=0.1=1") == set()
+    # in a dict of inputs
+    trained = [Train(optim={"lr": lr}, infra={"folder": root}).fit.node() for lr in (0.01, 0.02)]
+    ensemble = Ensemble(infra={"folder": root})
+    both = ensemble.vote.node([trained[0]], {"lr=0.1,steps=50": trained[0], "v1.2": trained[1]})
+    swapped = ensemble.vote.node([trained[0]], {"lr=0.1": trained[1], "steps=50": trained[0]})
+    both.result(), swapped.result()
+    assert found("named.lr=0.1,steps=50.lr=0.01", step="Ensemble") == {both.folder}
+    assert found("named.v1.2.optim.lr=0.02", step="Ensemble") == {both.folder}
+    assert found("named.lr=0.1.lr=0.02", "named.steps=50.lr=0.01", step="Ensemble") == {
+        swapped.folder
+    }
+    listed = cli("list", root, "--where", "named.lr=0.1,steps=50.lr=0.01", check=True).stdout
+    assert "named={lr=0.1,steps=50: Train.fit,1/default, v1.2: " in listed, listed
+
+
 def test_where_reaches_into_lists_and_dicts_of_inputs(tmp_path: Path) -> None:
     """``--where`` could not reach into an input that is a list or dict of nodes (an error:
     "its members are not reached"), and a path naming nothing in a config (a list index or

@@ -1074,10 +1074,14 @@ def _may_hold(text: str, key: str) -> bool:
 
 def keys_no_config_has(infos: list[NodeInfo], where: tp.Sequence[str]) -> list[str]:
     """The keys of ``key=value`` conditions that no config of ``infos`` holds (a typo?)."""
-    keys = [_parse_condition(c)[0] for c in where]
+    conditions = [_parse_condition(c) for c in where]
     upstreams = _Upstreams({info.folder: info for info in infos})
     views = [where_view(i, upstreams) for i in infos]
-    return [key for key in keys if not any(_keys_named(view, key) for view in views)]
+    return [
+        key
+        for key, value in conditions
+        if not any(_keys_named(view, _resplit(view, key, value)[0]) for view in views)
+    ]
 
 
 def input_path_problems(infos: list[NodeInfo], key: str) -> tuple[list[str], list[str]]:
@@ -1318,15 +1322,26 @@ def group_members(uid: str, exists: tp.Callable[[str], bool] | None = None) -> _
     ends.append(len(text))
     most = 8  # (splits kept: more is hopeless)
 
-    def reading(member: str) -> tuple[str | None, str] | None:
-        key: str | None = None
-        if keyed:
-            key, equal, member = member.partition("=")
-            if not equal:
-                return None
-        if _NODE_UID.fullmatch(member) or _VALUE_UID.fullmatch(member):
-            return key, member
-        return None
+    def readings(member: str) -> list[tuple[str | None, str]]:
+        if not keyed:
+            uid = _NODE_UID.fullmatch(member) or _VALUE_UID.fullmatch(member)
+            return [(None, member)] if uid else []
+        # (a key holding "=" itself, {"lr=0.1,steps=50": node}: each "=" after which a
+        # node's uid comes is a reading (read up to its first "=" only, as "lr", the
+        # dict was one whose members the uid did not tell apart), else the first after
+        # which a value's does, as before (a value's uid may hold "=" too; a node's
+        # ends as a value's: "<key>=<step>/lr" then "0.02-<digest>")
+        nodes: list[tuple[str | None, str]] = []
+        values: list[tuple[str | None, str]] = []
+        position = member.find("=")
+        while position >= 0:
+            rest = member[position + 1 :]
+            if _NODE_UID.fullmatch(rest):
+                nodes.append((member[:position], rest))
+            elif _VALUE_UID.fullmatch(rest):
+                values.append((member[:position], rest))
+            position = member.find("=", position + 1)
+        return nodes or values[:1]
 
     # the ways text[start:] splits into members (up to ``most``), from the last start to
     # the first (a recursion went as deep as the members: a list of ~1000 nodes raised
@@ -1343,8 +1358,9 @@ def group_members(uid: str, exists: tp.Callable[[str], bool] | None = None) -> _
         for end in ends[first:]:
             if len(splits) >= most or base < 0 or text.count("/", base, end) > 2:
                 break
-            read = reading(text[start:end])
-            if read is not None:
+            for read in readings(text[start:end]):
+                if len(splits) >= most:
+                    break
                 if end == len(text):
                     splits.append((read, -1, 0))
                 else:
@@ -1552,6 +1568,7 @@ def _matches(
 
     if view is None:
         view = _where_view(config)
+    key, value = _resplit(view, key, value)
     candidates = _keys_named(view, key)
     if len(candidates) > 1:
         where = f" of {step}" if step else ""
@@ -1583,6 +1600,22 @@ def _matches(
         # the uid shows lr=0.30, and lr=0.3 is what was meant)
         return math.isclose(held, expected, rel_tol=1e-9)
     return bool(held == expected) or str(held) == value
+
+
+def _resplit(view: _WhereView, key: str, value: str) -> tuple[str, str]:
+    """A condition is split at its first "=": a key holding "=" itself (a dict key,
+    ``runs.lr=0.1,steps=50``, of a config or of a dict of inputs) named nothing then. When
+    that key names nothing in ``view``, the first later "=" whose key names something
+    splits it (the condition as given, else)."""
+    if "=" not in value or _keys_named(view, key):
+        return key, value
+    head, rest = key, value
+    while "=" in rest:
+        part, _, rest = rest.partition("=")
+        head = f"{head}={part}"
+        if _keys_named(view, head):
+            return head, rest
+    return key, value
 
 
 def _is_float(value: tp.Any) -> bool:
