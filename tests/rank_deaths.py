@@ -1,7 +1,8 @@
 """A multi-task job one of whose ranks is killed (SIGKILL: out of memory, say) at a
 chosen point: ``loading`` (as it loads its work, before rank 0 announces anything or
 another rank follows), or ``call`` (in the method, once every rank is in it); ``exit``:
-it calls sys.exit(0) in the method instead. The other ranks sleep ``sleep_s`` in the
+it calls sys.exit(0) in the method instead; ``os_exit``: os._exit(0) (no finally, no atexit:
+what a library ending its process at once does). The other ranks sleep ``sleep_s`` in the
 method (as distributed code waits in a collective for the dead rank) before returning.
 Each rank notes its start and end of the method in ``log``."""
 
@@ -76,6 +77,8 @@ class RankDies(pydantic.BaseModel):
             os.kill(os.getpid(), signal.SIGKILL)
         if self.when == "exit" and rank == self.dies:
             sys.exit(0)  # (no death Slurm or a local job's controller sees: exit code 0)
+        if self.when == "os_exit" and rank == self.dies:
+            os._exit(0)  # (the same, skipping every finally and atexit of the process)
         time.sleep(self.sleep_s)
         append(Path(self.log), f"end rank={rank}")
         return f"rank {rank}"

@@ -4514,6 +4514,35 @@ def test_a_multi_node_job_whose_other_rank_exits_in_its_call_fails_soon(
     assert task.infra.status() == "failed"
 
 
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("dies", [0, 1])
+def test_a_multi_node_job_whose_rank_calls_os_exit_is_told_ended_soon(
+    tmp_path: Path, short_result_wait: None, dies: int
+) -> None:
+    """A rank of a multi-node job calling os._exit(0) in its call (no finally, no done
+    mark, no death srun or a local controller sees): the rank waiting for it, whose host
+    cannot see its process, waited for its process file to go stale (LEAD_STALE_S, 600 s)
+    and then said "stopped refreshing". Its watcher writes its ended mark: told at once.
+    (Each rank takes the other for one of another host; its waits are 40 s here.)"""
+    from rank_deaths import RankDies
+
+    infra = {"folder": tmp_path / "cache", "cluster": "local", "tasks_per_node": 2}
+    log = tmp_path / "log.txt"
+    task = RankDies(
+        log=str(log), dies=dies, when="os_exit", other_hosts=True, startup_s=40, infra=infra
+    )
+    with pytest.raises(RuntimeError) as raised:  # (rank 0's RankFailed; the job's failure)
+        task.train()
+    assert task.infra.status() == "failed"
+    if dies:  # (rank 0 tells it)
+        said = r"Rank 1 of 2 did not end its call: it ended \(pid \d+ on \S+, os._exit, killed\?\)"
+        assert re.search(said, str(raised.value)), raised.value
+    else:  # (rank 1 stops following, its log says why)
+        (rank_one,) = (tmp_path / "cache").rglob("*_1_log.err")
+        said = r"rank 0 \(pid \d+ on \S+\) ended without finishing its calls \(os._exit, killed\?\)"
+        assert re.search(said, rank_one.read_text()), rank_one.read_text()[-2000:]
+
+
 def test_a_slurm_job_step_ends_when_one_of_its_tasks_dies(tmp_path: Path) -> None:
     """srun let the other tasks of a step run on when one died (Slurm's KillOnBadExit=0 by
     default, measured on the real cluster): a rank of a multi-task job killed (out of

@@ -2234,6 +2234,35 @@ def test_a_multi_node_slurm_job_ends_once_one_of_its_ranks_died(
     assert not [line for line in lines(log) if line.startswith("end")]  # (ended by srun)
 
 
+@pytest.mark.timeout(300)
+def test_a_multi_node_slurm_job_whose_rank_zero_calls_os_exit_ends_soon(
+    tmp_path: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    """Rank 0 of a multi-node job calling os._exit(0) in its call (exit code 0: srun lets
+    the step run; no finally: nothing announced): rank 1, whose node cannot see rank 0's
+    process, waited for rank 0's lead file to go stale (LEAD_STALE_S, 600 s), then said
+    "stopped refreshing". Rank 0's watcher (a process of its own, left by slurmstepd
+    while the step runs) writes its ended mark: rank 1 stops at once and says so.
+    (Each rank takes the other for one of another host; its waits are 40 s, not 600 s.)"""
+    if slurm_cluster.cpus_per_node < 2:
+        pytest.skip("needs a node of 2 CPUs")
+    from rank_deaths import RankDies
+
+    infra = {
+        "folder": tmp_path / "cache",
+        "cluster": "slurm",
+        **resources(slurm_cluster, tasks_per_node=2, slurm_use_srun=True),
+    }
+    log = tmp_path / "log.txt"
+    task = RankDies(log=str(log), when="os_exit", other_hosts=True, startup_s=40, infra=infra)
+    with pytest.raises(JobFailedError):
+        task.train()
+    assert task.infra.status() == "failed"
+    (rank_one,) = (tmp_path / "cache").rglob("*_1_log.err")
+    said = r"rank 0 \(pid \d+ on \S+\) ended without finishing its calls \(os._exit, killed\?\)"
+    assert re.search(said, rank_one.read_text()), rank_one.read_text()[-2000:]
+
+
 class PastTheWarning(pydantic.BaseModel):
     """Each rank notes its start and end in <ctl>/calls.txt. It runs until its own log
     shows Slurm's time-limit warning (SIGUSR2, logged by submitit or exca), then 3 s more

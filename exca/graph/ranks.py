@@ -35,6 +35,9 @@ from pathlib import Path
 from ..storage import claims, process
 from ..storage.files import make_folder, write_new
 
+if tp.TYPE_CHECKING:
+    import subprocess
+
 logger = logging.getLogger("exca")
 POLL_MAX_S = 0.5  # (another rank's next call: its collectives would wait for it anyway)
 ITEM_POLL_MAX_S = 0.05  # (rank 0 going on to the next item of a call: waited for per item,
@@ -46,7 +49,8 @@ LEAD_FILE = "lead.json"  # rank 0's process, its mtime refreshed (see claims.kee
 # (a rank that dies, or exits non-zero, ends the whole job: srun runs with
 # --kill-on-bad-exit, a local job's controller does the same, see executors. These waits
 # are for what neither sees: a rank alive but silent, on a host whose processes are out
-# of sight; a rank that left with exit code 0 is told by its done mark, see _follower_gone)
+# of sight; a rank that left with exit code 0 is told by its done mark, see _follower_gone,
+# or, ended without it (os._exit), by its watcher's ended mark, see _watch_exit)
 STARTUP_S = 600.0  # the other ranks wait this long for rank 0 to start announcing
 # rank 0 on another host is taken for dead when its lead file is this stale: long, since a
 # single step holding the GIL (a big unpickle...) stops its heartbeat thread meanwhile
@@ -76,6 +80,7 @@ class Announcer:
         me = {"host": process.hostname(), "pid": os.getpid(), "start": process.self_start_time()}
         _write_json(lead, me, permissions)
         claims.keep_fresh(lead)  # (a rank 0 killed stops refreshing it: the others stop)
+        _watch_exit(lead, permissions)  # (its ended mark: the others stop at once)
 
     def write(self, message: dict[str, tp.Any]) -> int:
         if self.pending:  # (the brackets this message is inside start first)
@@ -119,6 +124,61 @@ class Call:
         if self.stopped is None or done < self.stopped:
             self.stopped = done
             _write_json(self.path, {"stop": done}, self.permissions)
+
+
+# A rank's process that ends without saying so (os._exit in the method, killed...) is seen
+# ended from its host only: on another host the others waited for its process file to go
+# stale (LEAD_STALE_S). A small process it starts writes its "ended" mark for it: it
+# lives on its own (no GIL shared with a busy rank), sees its parent gone within a second
+# (or its pipe closed) and writes the mark, unless the rank told it it was done first.
+_WATCHER = """
+import os, select, sys
+mark, parent, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+while os.getppid() == parent:
+    if select.select([0], [], [], 1.0)[0]:
+        if os.read(0, 1):
+            sys.exit(0)
+        break
+try:
+    fd = os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    if mode >= 0:
+        os.fchmod(fd, mode)
+    os.close(fd)
+except OSError:
+    pass
+"""
+_ENDED = ".ended"  # (after a process file's stem: that process ended, see _WATCHER)
+_WATCHERS: dict[Path, subprocess.Popen[bytes]] = {}  # a process file -> the watcher of its process
+
+
+def _watch_exit(path: Path, permissions: int | None) -> None:
+    """Have ``path``'s ended mark written once this process ends, unless ``_unwatch``
+    told first that it is done (no mark: when a watcher cannot start, its file's
+    staleness tells it, as before)."""
+    import subprocess
+    import sys
+
+    mark = path.with_name(path.stem + _ENDED)
+    mode = -1 if permissions is None else permissions
+    command = [sys.executable, "-S", "-I", "-c", _WATCHER, str(mark), str(os.getpid()), str(mode)]
+    with contextlib.suppress(OSError):
+        _WATCHERS[path] = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True
+        )
+
+
+def _unwatch(path: Path) -> None:
+    """This process is done with ``path``: its watcher ends without writing its mark."""
+    watcher = _WATCHERS.pop(path, None)
+    if watcher is not None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            watcher.stdin.write(b"d")  # type: ignore[union-attr]
+            watcher.stdin.close()  # type: ignore[union-attr]
+
+
+def _ended(path: Path) -> bool:
+    """Whether the process of the process file ``path`` ended (its watcher's mark)."""
+    return path.with_name(path.stem + _ENDED).exists()
 
 
 def _write_json(path: Path, data: dict[str, tp.Any], permissions: int | None = None) -> None:
@@ -330,7 +390,7 @@ def _follower_gone(folder: Path, rank: int, since: float) -> str | None:
     if how == "vanished":
         return "its process ended before it started following rank 0's calls (killed?)"
     if how == "ended":
-        return f"it ended (pid {info['pid']}, killed?) before ending this call"
+        return f"it ended (pid {info['pid']} on {info['host']}, os._exit, killed?) before ending this call"
     if how == "stale":
         return f"it (on {info['host']}) stopped refreshing {path} (killed?)"
     return None
@@ -350,6 +410,8 @@ def _how_gone(path: Path, since: float, rank: int) -> tuple[str | None, dict[str
             return "vanished", {}
         return ("silent" if time.monotonic() - since > STARTUP_S else None), {}
     _UNSEEN.pop(path, None)
+    if _ended(path):  # (on another host too)
+        return "ended", info
     alive = process.is_alive(info["host"], info["pid"], info.get("start"))
     if alive is False:
         return "ended", info
@@ -466,6 +528,7 @@ def end() -> None:
         announcer = _ANNOUNCER.pop()
         announcer.write({"end": True})
         claims.stop_refreshing(announcer.folder / LEAD_FILE)
+        _unwatch(announcer.folder / LEAD_FILE)
         ACTIVE.clear()
         _done(announcer.folder, announcer.permissions)
 
@@ -496,7 +559,10 @@ def _lead_gone(folder: Path, since: float) -> str | None:
     if how == "vanished":
         return "rank 0's process ended before it announced anything (killed?)"
     if how == "ended":
-        return f"rank 0 (pid {info['pid']}) ended without finishing its calls (killed?)"
+        return (
+            f"rank 0 (pid {info['pid']} on {info['host']}) ended without finishing its "
+            "calls (os._exit, killed?)"
+        )
     if how == "stale":
         return f"rank 0 (on {info['host']}) stopped refreshing {lead} (killed?)"
     return None
@@ -665,6 +731,7 @@ def _forget_in_child() -> None:
     _ANNOUNCER.clear()
     _CURSOR.clear()
     ACTIVE.clear()
+    _WATCHERS.clear()  # (they watch the parent: this process ends without telling them)
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
@@ -681,10 +748,12 @@ def announced(permissions: int | None = None) -> tp.Iterator[Followed]:
         make_folder(cursor.folder, permissions)
         _write_json(mine, me, permissions)
         claims.keep_fresh(mine)  # (on another host: its mtime says it lives)
+        _watch_exit(mine, permissions)  # (its ended mark: rank 0 stops waiting at once)
     try:
         yield from cursor.calls("end")
     finally:
         claims.stop_refreshing(mine)
+        _unwatch(mine)
         _CURSOR.clear()
         ACTIVE.clear()
         _done(cursor.folder, permissions)
