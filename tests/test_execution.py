@@ -3878,6 +3878,31 @@ def test_an_array_of_several_configs_is_named_by_their_step(
     assert len(names) == 1 and names[0].startswith("Counted.process,1/x=4")
 
 
+def test_an_array_of_several_steps_is_named_by_each_of_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's array holding configs of two steps (same resources: one array) was named
+    after the first step alone: squeue said "Counted.process,1" of the other step's jobs
+    too (a pipeline's map chunks were "Train.fit,1"). It is named by each step, once."""
+    from exca.graph import executors
+
+    names: list[str | None] = []
+    real = executors.submitit_executor
+
+    def recording(execution: tp.Any, logs: str) -> tp.Any:
+        names.append(execution.job_name)
+        return real(execution, logs)
+
+    monkeypatch.setattr(executors, "submitit_executor", recording)
+    infra = {"folder": tmp_path / "cache", "cluster": "local"}
+    listed = [Listed(x=x, log=str(tmp_path / "listed.txt"), infra=infra) for x in (1, 2)]
+    nodes = [make(tmp_path, "local", x=x).process.node() for x in (1, 2)]
+    nodes += [obj.process.node() for obj in listed]
+    exca.graph.run(*nodes, progress=False)
+    assert [n.result() for n in nodes] == [2, 4, [1, 1], [2, 2]]
+    assert names == ["Counted.process,1+Listed.process,1"]
+
+
 @pytest.mark.timeout(120)
 def test_a_third_ctrl_c_stops_waiting_for_the_cancellation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture

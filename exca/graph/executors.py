@@ -2196,6 +2196,26 @@ def submission_hides_environ() -> bool:
         return any(k.startswith(_HIDDEN_PREFIXES) or k in _HIDDEN_NAMES for k in os.environ)
 
 
+def _array_job_name(units: list[Unit], name: str | None) -> str | None:
+    """The name of an array of units: the first node's (its default names one config);
+    for several configs, their steps', each once (a pipeline's array may hold several
+    steps of equal resources: named after the first alone, squeue said "Train.fit,1" of
+    a map's chunks too)."""
+    first = units[0].node if units else None
+    if first is None or not name or not name.endswith("/" + first.config_uid):
+        return name  # (a name the user gave: kept)
+    if all(u.node.uid == first.uid for u in units):
+        return name
+    steps: list[str] = []
+    for unit in units:
+        own = unit.node.execution.job_name or unit.node.step
+        suffix = "/" + unit.node.config_uid
+        step = own[: -len(suffix)] if own.endswith(suffix) else own
+        if step not in steps:
+            steps.append(step)
+    return "+".join(steps)
+
+
 def submit_array(
     units: list[Unit],
     execution: Execution,
@@ -2214,15 +2234,9 @@ def submit_array(
     first = units[0].node if units else None
     step = None if first is None or first.root is None else first.root / first.step
     _make_log_folder(logs, permissions, step)
-    name = execution.job_name
-    if (
-        first is not None
-        and name
-        and name.endswith("/" + first.config_uid)
-        and any(u.node.uid != first.uid for u in units)
-    ):
-        # (several configs: named by their step, not by the first one's uid)
-        execution = dataclasses.replace(execution, job_name=name[: -len(first.config_uid) - 1])
+    name = _array_job_name(units, execution.job_name)
+    if name != execution.job_name:
+        execution = dataclasses.replace(execution, job_name=name)
     executor = submitit_executor(execution, logs)
     cluster = executor.cluster
     if cluster in ("local", "slurm"):  # (another process: a notebook's lines are sent)
