@@ -3903,6 +3903,25 @@ def test_an_array_of_several_steps_is_named_by_each_of_them(
     assert names == ["Counted.process,1+Listed.process,1"]
 
 
+def test_a_node_whose_logs_are_set_is_not_sent_in_another_nodes_array(tmp_path: Path) -> None:
+    """Nodes of equal resources went out as one array whatever their ``logs``: every job
+    wrote its logs where the first node's went, the ``logs`` set on the other ignored
+    (a pipeline's map chunks logged into a task's step folder). A node whose logs are
+    set goes out in an array of its own; nodes of the default still share one (an array
+    has one log folder: the first node's)."""
+    mine = tmp_path / "my-logs"
+    infra = {"folder": tmp_path / "cache", "cluster": "local"}
+    log = str(tmp_path / "listed.txt")
+    own = Listed(x=2, log=log, infra={**infra, "logs": str(mine / "%j")}).process.node()
+    shared = [make(tmp_path, "local").process.node(), Listed(log=log, infra=infra).process.node()]
+    exca.graph.run(*shared, own, progress=False)
+    assert [n.result() for n in (*shared, own)] == [2, [1, 1], [2, 2]]
+    record = exca.graph.registry.latest(own.folder)
+    assert record is not None and Path(record.logs).parent == mine, record.logs
+    records = [exca.graph.registry.latest(n.folder) for n in shared]
+    assert len({Path(r.logs).parent for r in records if r is not None}) == 1  # (one array)
+
+
 @pytest.mark.timeout(120)
 def test_a_third_ctrl_c_stops_waiting_for_the_cancellation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture

@@ -134,6 +134,7 @@ class Execution:
     cluster: str | None = None
     params: tuple[tuple[str, tp.Any], ...] = ()  # submitit parameters (name, value)
     logs: str | None = None  # submitit log folder, with %j
+    logs_setting: str | None = None  # (the infra's logs as given, {folder} not filled in)
     max_jobs: int | None = None  # maps: at most this many jobs/chunks (see executors.max_jobs)
     min_items_per_job: int = 1
     conda_env: str | None = None
@@ -153,7 +154,10 @@ class Execution:
             workdir = (repr(workdir.model_copy(update={"folder": None})), None)
             if folder is not None and not is_new_snapshot(folder):
                 workdir = (workdir[0], str(folder))  # a folder the user chose
-        return repr((self.cluster, self.params, self.conda_env, self.max_pickle_size_gb, workdir))
+        # (the logs setting as given: nodes of the default, or of one naming {folder}, share
+        # an array, in the first node's folder; one set otherwise keeps its own folder)
+        settings = (self.cluster, self.params, self.conda_env, self.max_pickle_size_gb)
+        return repr((*settings, workdir, self.logs_setting))
 
     def runs_like(self, other: Execution) -> bool:
         """Same settings, the new snapshot folder of each instance's workdir aside (two

@@ -272,6 +272,7 @@ class SubmititMixin(pydantic.BaseModel):
             cluster=self.cluster,
             params=self._submitit_params(),
             logs=logs.replace("{folder}", str(logs_folder)),
+            logs_setting=str(self.logs),
             logs_problem=logs_problem,
             max_jobs=max_jobs,
             min_items_per_job=min_items_per_job,
