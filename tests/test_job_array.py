@@ -504,6 +504,23 @@ def test_a_failing_sub_config_fails_only_its_tasks(
         tasks[1].infra.job().result()
 
 
+def test_an_array_waiting_for_its_configs_sub_config_job_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The configs' sub-config computed first in a job of its own: leaving the block
+    waited for that job (queued and run: on a busy cluster, hours) without a word, where
+    the block "does not wait". It says what it waits for, and how not to."""
+    local = {"folder": tmp_path, "cluster": "local"}
+    base = Consumer(source={"n": 5, "infra": local}, infra=local)
+    with caplog.at_level("INFO", logger="exca"), base.infra.job_array() as array:
+        array.extend(base.infra.clone_obj(x=x) for x in (1, 2))
+    said = [r.getMessage() for r in caplog.records if "Computing first" in r.getMessage()]
+    assert len(said) == 1, said
+    assert f"(1 node(s), e.g. {base.source.infra.uid()} on local)" in said[0]
+    assert "cluster=None" in said[0]
+    assert [t.infra.job().result() for t in array] == [105, 205]
+
+
 class Sized(pydantic.BaseModel):
     x: int = 0
     size: int = 32

@@ -74,6 +74,7 @@ from .worker import (
 )
 
 logger = logging.getLogger("exca")
+_HERE = (None, "debug", *POOL_CLUSTERS)  # (clusters computing in this process or its pools)
 # (its own generator: the user's `random` state stays as it was, cached or not; seeded
 # again in a forked child: processes forked from one driver shuffle differently, as
 # `random` does. Not SystemRandom: 2.5x slower to shuffle a million items)
@@ -300,6 +301,24 @@ class Scheduler:
         with reading_only(self._targets):
             return self._submit(parallelism, keep_going)
 
+    def _say_waiting_first(self, order: list[Key]) -> None:
+        """Say that a submission (a job array's block, a job()) waits for the jobs of
+        what its work needs first: on a busy queue, as long as they queue and run (it was
+        silent, and the block looked stuck)."""
+        sent = [k for k in order if self.graph.nodes[k].execution.cluster not in _HERE]
+        if not sent:
+            return
+        first = self.graph.nodes[sent[0]]
+        logger.info(
+            "Computing first what the work to submit needs (%d node(s), e.g. %s on %s), "
+            "then submitting it: this waits for their job(s) to queue and run (compute "
+            "them beforehand, or give their infra cluster=None, for a submission that "
+            "returns at once)",
+            len(sent),
+            first.uid,
+            first.execution.cluster,
+        )
+
     def _submit(
         self, parallelism: int | None, keep_going: bool
     ) -> dict[Key, list[executors.Handle]]:
@@ -312,6 +331,7 @@ class Scheduler:
             # a job can start only once what it needs exists (e.g. the task of a sub-config
             # it calls): that is computed first, waiting for it, then the job goes out
             order = [k for k in self.graph.order if k in needed]
+            self._say_waiting_first(order)
             # (forced by an upstream node computed now: still forced once that is done)
             forced = {r.node.key for r in work if r.action == "force"} - needed
             upstream = Scheduler([self.graph.nodes[k] for k in order], self._item_uids)
