@@ -729,6 +729,51 @@ def test_a_queued_chunk_job_is_seen_after_a_later_job_ended(tmp_path: Path) -> N
         _scancel(record.job_id)
 
 
+class BlockingOpsMap(pydantic.BaseModel):
+    """Item 6 waits while the file ``block`` exists (WAIT_S at most)."""
+
+    block: str = ""
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def run(self, items: list[int]) -> tp.Iterator[int]:
+        for item in items:
+            end = time.monotonic() + WAIT_S
+            while item == 6 and Path(self.block).exists() and time.monotonic() < end:
+                time.sleep(0.1)
+            yield item
+
+
+@pytest.mark.timeout(QUEUE_S + 3 * WAIT_S)
+def test_list_says_how_a_maps_chunk_job_ended(tmp_path: Path) -> None:
+    """A map's chunk job on Slurm that ended without writing its items while another
+    chunk wrote its own (cancelled here; a time limit the same): `exca list` said
+    "(killed, out of memory, cancelled...?)" where the call's error said how, from
+    sacct. It says it too."""
+    root, block = tmp_path / "cache", tmp_path / "block"
+    block.touch()
+    infra = {"folder": root, "cluster": "slurm", "max_jobs": 2}
+    mapped = BlockingOpsMap(block=str(block), infra=infra)
+    exca.graph.run(mapped.run.node([5, 6]), wait=False)
+    (blocked,) = [r for r in registry.read_all(mapped.infra.uid_folder()) if r.keys == ["6"]]
+    try:
+        wait_until(lambda: exca.ops.inspect(root)[0].entries == 1, "item 5 is written", QUEUE_S)
+    finally:
+        subprocess.run(["scancel", blocked.job_id], capture_output=True, timeout=30, check=False)
+        try:  # (item 6 blocked until then: not computed)
+            wait_until(lambda: not _queue_state(blocked.job_id), "the cancelled job ends")
+        finally:
+            block.unlink()
+
+    def said() -> str:
+        (info,) = exca.ops.inspect(root)
+        return str(info.error)
+
+    cancelled = f"job {blocked.job_id} was cancelled (state CANCELLED"
+    wait_until(lambda: cancelled in said(), "sacct knows it")  # (it lags, for seconds)
+    assert "without writing 1 of 1 item(s)" in said() and "killed, out of memory" not in said()
+
+
 @pytest.mark.timeout(QUEUE_S + 2 * WAIT_S)
 def test_clean_versions_removes_the_logs_of_an_old_versions_slurm_array(tmp_path: Path) -> None:
     """An array's logs folder holds submitit's `.submission_file_<hex>.sh` link besides the

@@ -591,6 +591,7 @@ def _items_left_by_dead_jobs(
     jobs = ", ".join(r.job_id for r in dead)
     said = f"job {jobs} ended" if len(dead) == 1 else f"jobs {jobs} ended"
     how = _local_ending(dead[0]) if len(dead) == 1 else None
+    how = how if how is not None else _slurm_endings(dead)
     if how is not None:  # (the words of the call's error)
         return f"{said} without writing {missing} of {total} item(s): {how}; a call computes them again"
     logs = _LOG_SHOWS if any(r.stderr.exists() for r in dead) else _NO_LOG
@@ -598,6 +599,26 @@ def _items_left_by_dead_jobs(
         f"{said} without writing {missing} of {total} item(s) (killed, out of memory, "
         f"cancelled...?){logs}; a call computes them again"
     )
+
+
+def _slurm_endings(dead: list[tp.Any]) -> str | None:
+    """How Slurm chunk jobs that ended without writing all of their items ended, as the
+    call's error says it (one sacct call: "job 12_0 timed out (state TIMEOUT)...; and so
+    in 1 other job: 12_1"; it said "killed, out of memory, cancelled...?"), or None (not
+    all on Slurm, or sacct does not tell)."""
+    if any(r.cluster != "slurm" for r in dead):
+        return None
+    from ..graph import executors
+    from ..graph.errors import ending_line, same_endings
+
+    try:
+        endings = registry.slurm_endings([r.job_id for r in dead], unknown=True)
+        if any(r.job_id not in endings for r in dead):
+            return None
+        hows = [(r.job_id, executors.recorded_handle(r).ended_how(endings[r.job_id])) for r in dead]
+    except Exception:  # (the generic words stay)
+        return None
+    return "; ".join(ending_line(how) for how in same_endings(hows))
 
 
 def _local_ending(record: tp.Any) -> str | None:
