@@ -3853,12 +3853,8 @@ def test_a_second_ctrl_c_while_jobs_are_cancelled_waits_for_the_cancellation(
     assert [n.result() for n in nodes] == [42, 44]  # computed again, not "cancelled"
 
 
-def test_an_array_of_several_configs_is_named_by_their_step(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Every element of an array a run sent carried the first config's uid as its job
-    name (squeue showed x=1's uid for x=2 and x=3): an array of several configs is named
-    by their step; a job of one config keeps its uid."""
+def _job_names_submitted(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
+    """The job name of each submitit executor the test's runs make, in order."""
     from exca.graph import executors
 
     names: list[str | None] = []
@@ -3869,6 +3865,16 @@ def test_an_array_of_several_configs_is_named_by_their_step(
         return real(execution, logs)
 
     monkeypatch.setattr(executors, "submitit_executor", recording)
+    return names
+
+
+def test_an_array_of_several_configs_is_named_by_their_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every element of an array a run sent carried the first config's uid as its job
+    name (squeue showed x=1's uid for x=2 and x=3): an array of several configs is named
+    by their step; a job of one config keeps its uid."""
+    names = _job_names_submitted(monkeypatch)
     nodes = [make(tmp_path, "local", x=x).process.node() for x in (1, 2, 3)]
     exca.graph.run(*nodes, progress=False)
     assert [n.result() for n in nodes] == [2, 4, 6]
@@ -3884,16 +3890,7 @@ def test_an_array_of_several_steps_is_named_by_each_of_them(
     """A run's array holding configs of two steps (same resources: one array) was named
     after the first step alone: squeue said "Counted.process,1" of the other step's jobs
     too (a pipeline's map chunks were "Train.fit,1"). It is named by each step, once."""
-    from exca.graph import executors
-
-    names: list[str | None] = []
-    real = executors.submitit_executor
-
-    def recording(execution: tp.Any, logs: str) -> tp.Any:
-        names.append(execution.job_name)
-        return real(execution, logs)
-
-    monkeypatch.setattr(executors, "submitit_executor", recording)
+    names = _job_names_submitted(monkeypatch)
     infra = {"folder": tmp_path / "cache", "cluster": "local"}
     listed = [Listed(x=x, log=str(tmp_path / "listed.txt"), infra=infra) for x in (1, 2)]
     nodes = [make(tmp_path, "local", x=x).process.node() for x in (1, 2)]
