@@ -3366,7 +3366,9 @@ def test_the_kept_readers_are_dropped_at_exit(tmp_path: Path) -> None:
     assert out.stdout.strip() == "0"
 
 
-def test_a_reader_keeps_each_repeated_value_of_its_entries_once(tmp_path: Path) -> None:
+def test_a_reader_keeps_each_repeated_value_of_its_entries_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """What a reader keeps to know what is cached: each index line parsed gave its own
     copies of the format's name, the data file's name, the dtype and the shape (~270 of
     ~735 bytes per entry: a map of a million arrays held ~0.7 GB for its index). They are
@@ -3383,6 +3385,7 @@ def test_a_reader_keeps_each_repeated_value_of_its_entries_once(tmp_path: Path) 
             cd[f"key{i}"] = np.full(64, i, dtype=np.float64)
     index_module.unshare(folder)  # (as in a fresh process: every line parsed)
     reader = index_module.IndexReader(folder)
+    monkeypatch.setattr(index_module, "PACKED_FROM", 0)  # (as a reader of a big cache)
     gc.collect()
     tracemalloc.start()
     try:
@@ -3392,18 +3395,23 @@ def test_a_reader_keeps_each_repeated_value_of_its_entries_once(tmp_path: Path) 
         per_entry = (tracemalloc.get_traced_memory()[0] - before) / number
     finally:
         tracemalloc.stop()
-    records = list(reader.entries.values())
+    records = list(map(index_module.record_of, reader.entries.values()))
     assert len(records) == number
     for field in ("#type", "f", "d", "s"):
         assert len({id(r[field]) for r in records}) == 1, field
     assert records[5]["s"] == (64,) and records[5]["d"] == "<f8"
-    assert per_entry < 550, per_entry  # (~470 now; ~750 with a copy of each value)
-    assert not [r for r in records if gc.is_tracked(r)]
+    # (~270 now, packed; ~470 with a dict per entry, ~750 with a copy of each value)
+    assert per_entry < 330, per_entry
+    for _ in range(3):  # (a tuple is untracked once what it holds is: a level at a time)
+        gc.collect()
+    assert not [r for r in reader.entries.values() if gc.is_tracked(r)]
     new = CacheDict(folder)
     assert new["key7"][3] == 7 and len(new) == number
 
 
-def test_a_reader_shares_only_the_values_every_line_of_a_chunk_holds(tmp_path: Path) -> None:
+def test_a_reader_shares_only_the_values_every_line_of_a_chunk_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The values shared between records are those all lines of a parsed chunk write
     alike: a line naming another data file, another dtype or shape (or a shape written
     1.0, damaged) keeps its own, and so does a chunk with escapes or metadata."""
@@ -3425,6 +3433,7 @@ def test_a_reader_shares_only_the_values_every_line_of_a_chunk_holds(tmp_path: P
     name = "host-1-1-0123456789abc-abcdef-info.jsonl"
     (folder / name).write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
     index_module.unshare(folder)
+    monkeypatch.setattr(index_module, "PACKED_FROM", 0)  # (packed, as in a big cache)
     reader = index_module.IndexReader(folder)
     reader.refresh()
     got = {k: index_module.line_fields(r) for k, r in reader.entries.items()}
@@ -3432,7 +3441,7 @@ def test_a_reader_shares_only_the_values_every_line_of_a_chunk_holds(tmp_path: P
         x["#key"]: x for x in lines
     }
     assert type(got["k3"]["s"][0]) is float  # (damaged as written: not read as 4)
-    records = reader.entries
+    records = {k: index_module.record_of(r) for k, r in reader.entries.items()}
     assert records["k0"]["#type"] is records["k5"]["#type"]  # (all alike: shared)
     assert records["k0"]["f"] is not records["k1"]["f"]  # (b.data in one line)
     # the same lines, one with an escaped key: shared, checked record by record
@@ -3440,8 +3449,9 @@ def test_a_reader_shares_only_the_values_every_line_of_a_chunk_holds(tmp_path: P
     name = "host-1-1-0123456789abd-abcdef-info.jsonl"
     (folder / name).write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in escaped))
     reader.refresh()
-    assert reader.entries['k"6']["f"] is reader.entries["k7"]["f"] == "data/a.data"
-    assert reader.entries["k7"]["s"] == (4,)
+    records = {k: index_module.record_of(r) for k, r in reader.entries.items()}
+    assert records['k"6']["f"] is records["k7"]["f"] == "data/a.data"
+    assert records["k7"]["s"] == (4,)
 
 
 def test_a_dict_value_written_like_an_array_record_reads_back_as_itself(tmp_path: Path) -> None:
@@ -3467,3 +3477,44 @@ def test_a_dict_value_written_like_an_array_record_reads_back_as_itself(tmp_path
         [sys.executable, "-c", code, str(folder)], capture_output=True, text=True, check=True
     )
     assert out.stdout.splitlines() == [repr(lookalike), "[0.0, 1.0, 2.0]"]
+
+
+_TRACED_PER_ENTRY = """
+import gc, sys, tracemalloc
+from exca.cachedict import CacheDict
+from exca.storage import index
+index.PACKED_FROM = 0  # (as past the first entries of a big cache)
+gc.collect()
+tracemalloc.start()
+cache = CacheDict(folder=sys.argv[1])
+count = len(cache.keys())
+gc.collect()
+print(count, tracemalloc.get_traced_memory()[0] // count)
+print(index.meta_of(cache.records([sys.argv[2]]).__next__()), cache[sys.argv[2]].tolist())
+"""
+
+
+@pytest.mark.parametrize("meta", [None])
+def test_a_new_reader_keeps_a_batch_of_arrays_in_little_memory(
+    tmp_path: Path, meta: dict[str, str] | None
+) -> None:
+    """A new process reading the index of a writer's batch of arrays (a map's items, with
+    the metadata maps of ``__main__`` methods write) keeps each entry past the first
+    ``index.PACKED_FROM`` in ~270 bytes, not ~470 (a dict per entry): a map of millions of
+    items is read on small machines."""
+    folder = tmp_path / "cache"
+    cache: CacheDict[tp.Any] = CacheDict(folder=folder)
+    number = 20000
+    with cache.write():
+        cache.set_many(((f"item{i}", np.full(2, float(i))) for i in range(number)), meta=meta)
+    code = _TRACED_PER_ENTRY
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(folder), "item123"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    count, per_entry = map(int, out.stdout.splitlines()[0].split())
+    assert count == number
+    assert out.stdout.splitlines()[1] == f"{meta} [123.0, 123.0]"
+    assert per_entry < 330, per_entry

@@ -41,8 +41,10 @@ from ..storage.index import (
     FORMER_PLACES_BYTES,
     IN,
     INDEX_SUFFIX,
+    file_of,
     index_files_bytes,
     line_fields,
+    record_of,
     tombstone_lines,
 )
 from ..storage.reclaim import MIN_IDLE_SECONDS
@@ -2135,8 +2137,9 @@ def compact(
         reader = cache._reader
         assert reader is not None
         lines = []
-        for entry in reader.entries.values():
-            if entry[IN] in merged:
+        for stored in reader.entries.values():
+            if file_of(stored) in merged:
+                entry = record_of(stored)
                 # where it was, for deletions aimed there by writers who read the old file
                 record = line_fields(entry)
                 places = list(record.get(FORMER_PLACES) or ())

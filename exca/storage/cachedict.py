@@ -59,10 +59,14 @@ from .index import (
     IndexWriter,
     Record,
     SessionFilesGone,
+    Stored,
     index_files_bytes,
     line_fields,
     place,
     places,
+    record_at,
+    record_of,
+    records_of,
     stored_meta,
     unshare,
     written_record,
@@ -458,14 +462,14 @@ class CacheDict(tp.Generic[X]):
         if type(self._ram.pop(key, None)) is CachedError:  # (once, when threads race here)
             self._ram_errors -= 1
 
-    def _entries(self) -> dict[str, Record]:
+    def _entries(self) -> dict[str, Stored]:
         if self._reader is None:
             return {}
         if not self._read_once:
             self.refresh()
         return self._reader.entries
 
-    def _entries_read(self) -> tuple[dict[str, Record], bool]:
+    def _entries_read(self) -> tuple[dict[str, Stored], bool]:
         """The entries, and whether this call read the folder (a view's first read: then a
         miss needs no second read)."""
         if self._reader is None:
@@ -552,7 +556,8 @@ class CacheDict(tp.Generic[X]):
         # after a clear() meanwhile: these entries are then gone)
         inline, keep = not self.options.replace, self.keep_in_ram
         for key in keys:
-            info = entries.get(key) if inline and key not in ram else None
+            stored = entries.get(key) if inline and key not in ram else None
+            info = record_of(stored) if isinstance(stored, tuple) else stored  # (see Packed)
             if info is not None and self._reader is not reader:
                 info = None
             if info is not None and "v" in info and "p" not in info and _inline(info):
@@ -580,7 +585,7 @@ class CacheDict(tp.Generic[X]):
     def _replaced_error(self, key: str, error: X) -> X:
         """A cached error held in RAM whose entry was replaced on disk since (recomputed by
         another process with mode="retry"): the new value."""
-        entry = self._entries().get(key)
+        entry = record_at(self._entries(), key)
         if entry is None or entry["#type"] == "Error":
             return error
         self._forget_ram(key)
@@ -595,10 +600,10 @@ class CacheDict(tp.Generic[X]):
         ram = self._ram
         # (the first key to load tells at once a map of other values: no pass over all)
         first = next((entries[k] for k in keys if k not in ram and k in entries), None)
-        if first is None or first["#type"] != "MemmapArray":
+        if first is None or record_of(first)["#type"] != "MemmapArray":
             return False
         todo = [k for k in dict.fromkeys(keys) if k not in ram and k in entries]
-        infos = [entries[k] for k in todo]
+        infos = records_of(list(map(entries.__getitem__, todo)))
         if not infos or self.options.replace:
             return False  # (nothing to load: numpy is not even needed)
         if not all(info["#type"] == "MemmapArray" for info in infos):
@@ -624,7 +629,7 @@ class CacheDict(tp.Generic[X]):
         for key in dict.fromkeys(keys):
             entry = entries.get(key)
             if entry is not None:
-                if entry["#type"] == "Error":
+                if record_of(entry)["#type"] == "Error":
                     out.append(key)
             elif type(self._ram.get(key)) is CachedError:
                 out.append(key)
@@ -636,9 +641,9 @@ class CacheDict(tp.Generic[X]):
         if refresh:
             self.refresh()
         entries, first_read = self._entries_read()
-        entry = entries.get(key)
+        entry = record_at(entries, key)
         if entry is None and not (refresh or first_read) and self._refresh_on_miss():
-            entry = entries.get(key)
+            entry = record_at(entries, key)
         if entry is not None:
             return str(entry["#type"])
         if key in self._ram:
@@ -675,7 +680,11 @@ class CacheDict(tp.Generic[X]):
         the folder is read at most once), lazily: what a bulk look at many keys wants
         (as kept in memory: its ``#meta`` is read with ``index.meta_of``)."""
         entries, _ = self._entries_read()
-        return map(entries.get, keys)
+        found = map(entries.get, keys)
+        # (a reader of fewer entries than index.PACKED_FROM holds records only)
+        if self._reader is None or not self._reader.packed:
+            return tp.cast(tp.Iterator[Record | None], found)
+        return (None if stored is None else record_of(stored) for stored in found)
 
     def known(self, key: str) -> bool:
         """Whether this instance saw ``key`` in the cache when it last read the folder (or
@@ -700,7 +709,7 @@ class CacheDict(tp.Generic[X]):
         if self.folder is None:
             return []
         entries = self._entries()
-        infos = ((k, entries[k]) for k in dict.fromkeys(keys) if k in entries)
+        infos = ((k, record_of(entries[k])) for k in dict.fromkeys(keys) if k in entries)
         return presence.damaged(self.folder, infos)
 
     def __getitem__(self, key: str) -> X:
@@ -708,12 +717,14 @@ class CacheDict(tp.Generic[X]):
         if key in ram:
             return ram[key]
         entries, first_read = self._entries_read()
-        entry = entries.get(key)
+        entry = entries.get(key)  # (a record or packed: see index.Packed)
         if entry is None:
             if not first_read and self._refresh_on_miss():
                 entry = entries.get(key)
             if entry is None:
                 raise MissingKey(key)
+        if type(entry) is not dict:  # (the check inline: one call fewer per read)
+            entry = record_of(entry)
         try:
             info = entry
             if _inline(info) and not self.options.replace:
@@ -741,7 +752,7 @@ class CacheDict(tp.Generic[X]):
         deleted, a KeyError, never as a missing file)."""
         for _ in range(LOAD_ATTEMPTS):
             self.refresh()
-            current = self._entries().get(key)
+            current = record_at(self._entries(), key)
             if current is None:
                 raise MissingKey(key) from None
             try:

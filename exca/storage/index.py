@@ -46,6 +46,16 @@ EntryId = tuple[str, int]  # (index file name, byte offset of the line)
 # and a collection came at every call or two.
 IN, AT = "#in", "#at"
 Record = dict[str, tp.Any]  # an entry's record: its line's fields, plus IN and AT
+# An entry as a reader keeps it (IndexReader.entries): a Record, or for the lines of a
+# parse chunk that share their other fields (a writer's batch), a Packed tuple
+# ``(key, the values of the fields that differ between lines..., offset, template)``; the
+# template, shared by the chunk, is ``(index file name, the names of those values: "#key"
+# first, AT last, every field of the line in its order: (name, shared value or None)
+# pairs, then IN and AT)``. A record cost ~270 bytes, plus its own copy of the offsets;
+# a tuple of numbers and strings ~70, and the collector untracks it (no dict inside:
+# CPython keeps a tuple holding any dict tracked). ``record_of`` makes the Record.
+Packed = tuple[tp.Any, ...]
+Stored = Record | Packed
 # a writer idle for longer checks that its index file is still there before appending
 # (compaction and the freeing of lifeless files take files idle for twice as long; the
 # check costs one fstat)
@@ -63,6 +73,11 @@ PARSE_BYTES = 256 << 10
 # more; fewer make no burst of allocations worth a pause (whose first use costs ~12 µs of
 # a process's first cache hit)
 PAUSE_BYTES = 64 << 10
+# entries a reader holds from which it keeps those of the chunks it parses packed (see
+# Packed: ~190 bytes fewer each, but each read of one makes its record anew, ~5k
+# instructions): the index of a map of millions of items fits small machines, and reads
+# of a smaller cache (a record ~470 bytes: 10 MB at this count) are not slowed
+PACKED_FROM = 20_000
 
 
 # An entry's metadata (``put(..., meta=...)``: the code that computed a result of
@@ -92,8 +107,9 @@ def stored_meta(meta: tp.Any) -> tp.Any:
     return orjson.dumps(meta) if isinstance(meta, dict | list) else meta
 
 
-def written_record(record: Record) -> Record:
+def written_record(stored: Stored) -> Record:
     """A record as its line has it (its metadata as written), for whoever reads it."""
+    record = record_of(stored)
     meta = record.get(META)
     if type(meta) is not bytes:
         return record
@@ -119,22 +135,81 @@ def _store_metas(records: list[Record]) -> None:
         records[index] = dict(zip(record, record.values()))
 
 
-def place(record: Record) -> EntryId:
+def record_of(stored: Stored) -> Record:
+    """The record of a stored entry (a new dict for a packed one: see Packed)."""
+    if isinstance(stored, dict):
+        return stored
+    template = stored[-1]
+    base = _BASES.get(id(template))
+    if base is None or base[0] is not template:
+        base = _base_of(template)
+    out = base[1].copy()  # (a dict's copy is a copy of its table: ~10x cheaper than a build)
+    out.update(zip(template[1], stored))  # (the template at the end is left out)
+    return out
+
+
+# the template of Packed entries -> a dict of its fields (by id: hashing a template walks
+# it); bounded (a template dropped meanwhile, its id reused, is told by the identity)
+_BASES: dict[int, tuple[tuple[tp.Any, ...], Record]] = {}
+
+
+def _base_of(template: tuple[tp.Any, ...]) -> tuple[tuple[tp.Any, ...], Record]:
+    if len(_BASES) >= 4096:
+        _BASES.clear()
+    base = _BASES[id(template)] = (template, dict(template[2]))
+    return base
+
+
+def records_of(stored: list[Stored]) -> list[Record]:
+    """The records of many stored entries (in C when they share one template: a map's
+    items, each a Python call of record_of otherwise)."""
+    kinds = set(map(type, stored))
+    if kinds == {dict}:
+        return tp.cast(list[Record], stored)
+    if kinds == {tuple}:
+        templates = list(map(operator.itemgetter(-1), stored))
+        if len(set(map(id, templates))) == 1:
+            template = templates[0]
+            base = _BASES.get(id(template))
+            if base is None or base[0] is not template:
+                base = _base_of(template)
+            out = list(map(dict.copy, itertools.repeat(base[1], len(stored))))
+            _consume(map(dict.update, out, map(zip, itertools.repeat(template[1]), stored)))
+            return out
+    return list(map(record_of, stored))
+
+
+def record_at(entries: dict[str, Stored], key: str) -> Record | None:
+    """The record of a key in a reader's entries (None: absent)."""
+    stored = entries.get(key)
+    return stored if stored is None or isinstance(stored, dict) else record_of(stored)
+
+
+def file_of(stored: Stored) -> str:
+    """The index file that holds an entry's line."""
+    return str(stored[IN] if isinstance(stored, dict) else stored[-1][0])
+
+
+def place(record: Stored) -> EntryId:
     """Where an entry's line is."""
-    return (record[IN], record[AT])
+    if isinstance(record, dict):
+        return (record[IN], record[AT])
+    return (record[-1][0], record[-2])
 
 
-def line_fields(record: Record) -> dict[str, tp.Any]:
+def line_fields(record: Stored) -> dict[str, tp.Any]:
     """What an entry's line holds (its record without where it is), for orjson.dumps."""
-    out = {k: v for k, v in record.items() if k != IN and k != AT}
+    out = {k: v for k, v in record_of(record).items() if k != IN and k != AT}
     if type(out.get(META)) is bytes:  # (written again as it was: see META)
         out[META] = orjson.Fragment(out[META])
     return out
 
 
-def places(entry: Record) -> list[EntryId]:
+def places(entry: Stored) -> list[EntryId]:
     """Where an entry is, then where it was before compactions (tombstones name either)."""
     here = place(entry)
+    if not isinstance(entry, dict):  # (lines a compaction moved are not packed)
+        return [here]
     former = entry.get(FORMER_PLACES)
     if not former:
         return [here]
@@ -161,7 +236,8 @@ class Entry(tp.NamedTuple):
         return (self.file, self.offset)
 
     @classmethod
-    def of(cls, record: Record) -> Entry:
+    def of(cls, stored: Stored) -> Entry:
+        record = record_of(stored)
         return cls(record[IN], record[AT], written_record(record))
 
 
@@ -283,6 +359,57 @@ def _shared_shape(value: list[tp.Any]) -> tuple[tp.Any, ...]:
     return shared
 
 
+def _packed(
+    name: str, records: list[Record], lines: list[bytes], joined: bytes, offset: int
+) -> list[Packed] | None:
+    """The packed entries (see Packed) of a chunk's parsed entry lines that hold the same
+    fields, sharing all but their key and a few others (a writer's batch), or None (then
+    kept as records)."""
+    first = records[0]
+    count = len(records)
+    if next(iter(first)) != "#key" or set(map(len, records)) != {len(first)}:
+        return None
+    shared: Record = {}
+    try:
+        for field, value in first.items():
+            if field == "#key":
+                continue
+            if field == META and isinstance(value, dict | list):
+                return None  # (records: each holds its bytes, see _store_metas)
+            if _shareable(field, value, first):
+                values = list(map(operator.itemgetter(field), records))
+                if values.count(value) == count and (
+                    type(value) is str
+                    or {int}.issuperset(map(type, itertools.chain.from_iterable(values)))
+                ):
+                    shared[field] = _shared_value(field, value)
+        # (every line holds the first one's fields, and no other: as many, all found)
+        names = [field for field in first if field not in shared]
+        columns = [list(map(operator.itemgetter(field), records)) for field in names]
+    except (KeyError, TypeError):
+        return None
+    if not shared:
+        return None
+    base = (*((field, shared.get(field)) for field in first), (IN, name), (AT, None))
+    template = (name, (*names, AT), base)
+    offsets = itertools.accumulate(map(_PLUS_NEWLINE, map(len, lines)), initial=offset)
+    return list(zip(*columns, offsets, itertools.repeat(template)))
+
+
+def _shareable(field: str, value: tp.Any, record: Record) -> bool:
+    """Whether a field may be shared by a chunk's lines (see _packed): a string, an
+    array's shape (as written: one tuple per shape)."""
+    if type(value) is str:
+        return True
+    return field == "s" and type(value) is list and record.get("#type") == "MemmapArray"
+
+
+def _shared_value(field: str, value: tp.Any) -> tp.Any:
+    if type(value) is str:
+        return sys.intern(value)
+    return _shared_shape(value) if field == "s" else value
+
+
 _FORKS = [0]  # forks of this process so far (see IndexReader.locked)
 
 
@@ -375,13 +502,14 @@ class IndexReader:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._dir = os.fspath(folder)  # plain strings on the hot path (no Path parsing)
-        self.entries: dict[str, Record] = {}
+        self.entries: dict[str, Stored] = {}
         self._files: dict[str, FileState] = {}
         self._deleted: set[EntryId] = set()
         # other live entries of a key whose current entry came from a later-read line:
         # a tombstone of the current one promotes one of them (file read order is arbitrary)
-        self._shadowed: dict[str, list[Record]] = {}
+        self._shadowed: dict[str, list[Stored]] = {}
         self.removals = 0  # entries removed by tombstones (RAM copies may outlive them)
+        self.packed = False  # whether some entries are packed (see PACKED_FROM)
         # the keys of those entries, when a view asks (see CacheDict.drop_stale_ram)
         self.removed_keys: set[str] | None = None
         self.absent = False  # whether the last refresh found no folder at all
@@ -442,6 +570,7 @@ class IndexReader:
             self._deleted = set(source._deleted)
             self._shadowed = {key: list(shadows) for key, shadows in source._shadowed.items()}
             self.removals = source.removals
+            self.packed = source.packed
             # (lifeless files checked again now, as a reader parsing them all would)
             self.emptied = source.emptied | source.deferred.keys() | source.awaiting_deleter
             self.moved_from = set(source.moved_from)
@@ -492,9 +621,9 @@ class IndexReader:
         for key in state.keys:
             shadows = self._shadowed.get(key)
             if shadows:
-                shadows[:] = [s for s in shadows if s[IN] != name]
+                shadows[:] = [s for s in shadows if file_of(s) != name]
             entry = self.entries.get(key)
-            if entry is not None and entry[IN] == name:
+            if entry is not None and file_of(entry) == name:
                 self._drop_entry(key)
                 if shadows:
                     self.entries[key] = shadows.pop()
@@ -508,7 +637,7 @@ class IndexReader:
         if self.removed_keys is not None:
             self.removed_keys.add(key)
 
-    def _shadow(self, key: str, new: Record) -> None:
+    def _shadow(self, key: str, new: Stored) -> None:
         """Remember the current entry of a key about to be replaced by another live entry."""
         old = self.entries.get(key)
         if old is None or place(old) == place(new):
@@ -624,6 +753,13 @@ class IndexReader:
             return self._parse_mixed(name, state, lines, records, moved)
         except TypeError:
             return False
+        packed = None
+        if not moved and len(self.entries) >= PACKED_FROM:
+            packed = _packed(name, records, lines, joined, state.offset)
+        if packed is not None:
+            self.packed = True
+            self._add_parsed(name, state, keys, packed)
+            return True
         if moved:
             for record in records:
                 if FORMER_PLACES in record:
@@ -633,6 +769,13 @@ class IndexReader:
         _consume(map(operator.setitem, records, itertools.repeat(AT), offsets))
         if META_BYTES in joined:
             _store_metas(records)
+        self._add_parsed(name, state, keys, records)
+        return True
+
+    def _add_parsed(
+        self, name: str, state: FileState, keys: list[str], records: list[tp.Any]
+    ) -> None:
+        """Make the entries of a parsed chunk of a file current (see _parse_bulk)."""
         if self._deleted or (self.entries and not self.entries.keys().isdisjoint(keys)):
             pairs = [(k, e) for k, e in zip(keys, records) if not self._is_deleted(e)]
             if len(pairs) < len(keys):
@@ -654,7 +797,6 @@ class IndexReader:
                     self._shadow(key, entry)
                     entries[key] = entry
             state.keys.update(keys)
-        return True
 
     def _parse_mixed(
         self,
@@ -758,7 +900,7 @@ class IndexReader:
                     continue
             _warn_bad_line(self.folder / name, offset, line)
 
-    def _is_deleted(self, entry: Record) -> bool:
+    def _is_deleted(self, entry: Stored) -> bool:
         deleted = self._deleted
         if not deleted:
             return False
@@ -773,12 +915,12 @@ class IndexReader:
             shadows = self._shadowed.get(key)
             if shadows:
                 kept = [s for s in shadows if target not in places(s)]
-                self.emptied.update(s[IN] for s in shadows if target in places(s))
+                self.emptied.update(file_of(s) for s in shadows if target in places(s))
                 shadows[:] = kept
             entry = self.entries.get(key)
             if entry is not None and target in places(entry):
                 self._drop_entry(key)
-                self.emptied.add(entry[IN])
+                self.emptied.add(file_of(entry))
                 if shadows:  # another live copy of the key was read earlier
                     self.entries[key] = shadows.pop()
             if shadows is not None and not shadows:
@@ -790,7 +932,7 @@ class IndexReader:
             current = self.entries.get(key)
             if current is None:
                 return []
-            return [current, *self._shadowed.get(key, [])]
+            return [record_of(current), *map(record_of, self._shadowed.get(key, []))]
 
     def lifeless_files(self, with_live_aims: bool = False) -> list[tuple[str, int, int, set[str]]]:
         """``(name, inode, bytes read, other files its tombstones aim at)`` of the files
@@ -839,9 +981,9 @@ class IndexReader:
 
     def _lives_in(self, name: str, key: str) -> bool:
         entry = self.entries.get(key)
-        if entry is not None and entry[IN] == name:
+        if entry is not None and file_of(entry) == name:
             return True
-        return any(s[IN] == name for s in self._shadowed.get(key, ()))
+        return any(file_of(s) == name for s in self._shadowed.get(key, ()))
 
     def defer(self, name: str, seconds: float) -> None:
         """Check a lifeless file again in that many seconds, not at every read."""
