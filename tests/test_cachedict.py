@@ -3494,7 +3494,7 @@ print(index.meta_of(cache.records([sys.argv[2]]).__next__()), cache[sys.argv[2]]
 """
 
 
-@pytest.mark.parametrize("meta", [None])
+@pytest.mark.parametrize("meta", [None, {"code": "a70d-d1700591"}])
 def test_a_new_reader_keeps_a_batch_of_arrays_in_little_memory(
     tmp_path: Path, meta: dict[str, str] | None
 ) -> None:

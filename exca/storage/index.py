@@ -375,8 +375,11 @@ def _packed(
             if field == "#key":
                 continue
             if field == META and isinstance(value, dict | list):
-                return None  # (records: each holds its bytes, see _store_metas)
-            if _shareable(field, value, first):
+                data = _shared_meta(value, joined, count)
+                if data is None:  # (each line's own: kept as its bytes, see _store_metas)
+                    return None
+                shared[META] = data
+            elif _shareable(field, value, first):
                 values = list(map(operator.itemgetter(field), records))
                 if values.count(value) == count and (
                     type(value) is str
@@ -394,6 +397,17 @@ def _packed(
     template = (name, (*names, AT), base)
     offsets = itertools.accumulate(map(_PLUS_NEWLINE, map(len, lines)), initial=offset)
     return list(zip(*columns, offsets, itertools.repeat(template)))
+
+
+def _shared_meta(meta: tp.Any, joined: bytes, count: int) -> bytes | None:
+    """The bytes of the metadata every line of a chunk writes alike (see META), or None.
+    (Equal bytes, not equal values: {"n": 1} == {"n": True}; found in the chunk's bytes,
+    once per line, when nothing else is nested: a run found is then each line's own.)"""
+    data = orjson.dumps(meta)
+    run = b'"#meta":' + data
+    if b"\\" in joined or joined.count(b"{") != count * (1 + data.count(b"{")):
+        return None
+    return data if joined.count(run) == count else None
 
 
 def _shareable(field: str, value: tp.Any, record: Record) -> bool:
@@ -754,7 +768,9 @@ class IndexReader:
         except TypeError:
             return False
         packed = None
-        if not moved and len(self.entries) >= PACKED_FROM:
+        # (a chunk with metadata is packed from the start: records each holding its own
+        # bytes of it cost more to make, see _store_metas)
+        if not moved and (len(self.entries) >= PACKED_FROM or META_BYTES in joined):
             packed = _packed(name, records, lines, joined, state.offset)
         if packed is not None:
             self.packed = True
