@@ -1685,6 +1685,17 @@ def test_yaml_files_of_a_call_with_inputs_are_written_again(tmp_path: Path) -> N
     assert found == [(f"{MODULE}.Scaled.scale,1", "success")]
 
 
+def _held_map_as_computed_with_task_version_0(root: Path, items: list[int]) -> Path:
+    """The folder of a HeldMap whose ``items`` were computed when the held Task class was
+    at version 0."""
+    mapped = HeldMap(infra={"folder": root})
+    assert list(mapped.apply(items)) == items
+    folder = mapped.infra.uid_folder()
+    assert folder is not None
+    _as_written_with_task_version_0(folder)
+    return folder
+
+
 def _as_written_with_task_version_0(folder: Path) -> None:
     """Rewrite the folder's full-uid.yaml as written when the class of Task (a sub-config
     of the folder's config) was at version "0"."""
@@ -1799,11 +1810,7 @@ def test_a_forced_map_does_not_warn_of_reusing_other_sub_config_versions(
     versions)."""
     from exca.infra import base as infra_base
 
-    mapped = HeldMap(infra={"folder": tmp_path})
-    assert list(mapped.apply([1, 2, 3])) == [1, 2, 3]
-    folder = mapped.infra.uid_folder()
-    assert folder is not None
-    _as_written_with_task_version_0(folder)
+    _held_map_as_computed_with_task_version_0(tmp_path, [1, 2, 3])
     with caplog.at_level("WARNING", logger="exca"):
         infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
         forced = HeldMap(infra={"folder": tmp_path, "mode": "force"})
@@ -1833,11 +1840,7 @@ def test_a_map_stops_warning_of_other_sub_config_versions_once_every_item_is_rec
         infra_base._DEFAULTS_CHECKED.clear()
         assert list(HeldMap(infra={"folder": tmp_path, "mode": "force"}).apply(items)) == items
 
-    mapped = HeldMap(infra={"folder": tmp_path})
-    assert list(mapped.apply([1, 2, 3])) == [1, 2, 3]
-    folder = mapped.infra.uid_folder()
-    assert folder is not None
-    _as_written_with_task_version_0(folder)
+    folder = _held_map_as_computed_with_task_version_0(tmp_path, [1, 2, 3])
     with caplog.at_level("WARNING", logger="exca"):
         forced([1, 2])
         assert warned([1, 2, 3])  # (item 3 is still of version 0)
@@ -1907,11 +1910,7 @@ def test_plan_tells_a_map_reused_under_other_sub_config_versions(tmp_path: Path)
     nothing in the plan table."""
     from exca.infra import base as infra_base
 
-    mapped = HeldMap(infra={"folder": tmp_path})
-    assert list(mapped.apply([1, 2])) == [1, 2]
-    folder = mapped.infra.uid_folder()
-    assert folder is not None
-    _as_written_with_task_version_0(folder)
+    _held_map_as_computed_with_task_version_0(tmp_path, [1, 2])
     infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
     node = HeldMap(infra={"folder": tmp_path}).apply.node([1, 2])
     (entry,) = [e for e in exca.graph.plan(node).entries if e.status == "cached"]
