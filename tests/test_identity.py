@@ -794,6 +794,41 @@ def test_submodel_without_extra_is_refused() -> None:
         HoldsNoExtra(sub={"x": 2}).infra.uid()
 
 
+class _IgnoresExtra(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="ignore")
+    x: int = 1
+
+
+class _ForbidsExtra(NoExtra):  # (the way out for a class one cannot edit)
+    model_config = FORBID
+
+
+class _HoldsSettled(pydantic.BaseModel):
+    ignores: _IgnoresExtra = _IgnoresExtra()
+    forbids: _ForbidsExtra = _ForbidsExtra()
+    infra: TaskInfra = TaskInfra()
+
+    @infra.apply
+    def process(self) -> int:
+        return 1
+
+
+def test_the_refusal_of_a_submodel_without_extra_says_which_settings_are_accepted() -> None:
+    """The error said extra='forbid' was 'strongly advised', naming the bare class: not
+    that it is required, that extra='ignore' is accepted too, nor what to do with a
+    library's class. It names the class with its module and offers each way out, and
+    each way out is accepted."""
+    with pytest.raises(RuntimeError) as info:
+        HoldsNoExtra(sub={"x": 2}).infra.uid()
+    message = str(info.value)
+    assert f"{__name__}.NoExtra has no 'extra' key" in message
+    assert "extra='forbid'" in message and "extra='ignore'" in message
+    assert "subclass" in message
+    settled = _HoldsSettled(ignores={"x": 2, "typo": 3}, forbids={"x": 4})
+    uid = settled.infra.uid()
+    assert "ignores.x=2" in uid and "forbids.x=4" in uid and "typo" not in uid
+
+
 class _Lr(pydantic.BaseModel):
     model_config = FORBID
     lr: float = 0.01

@@ -1546,12 +1546,7 @@ class _Exporter:
         else:
             if self.uid:
                 if not facts.has_extra_config:
-                    raise RuntimeError(
-                        f"{type(model).__name__} has no 'extra' key in its model_config: it is "
-                        "strongly advised to forbid extra parameters (model_config = "
-                        "pydantic.ConfigDict(extra='forbid')) so that a typo cannot silently "
-                        "change a uid"
-                    )
+                    raise RuntimeError(_no_extra_message(type(model)))
                 if facts.has_override:
                     self.field_keys_only = False
                     return dict(getattr(model, OVERRIDE_HOOK)())
@@ -1991,6 +1986,20 @@ def _dumped_alike(value: dict[tp.Any, tp.Any]) -> None:
         if text in seen:
             raise uidformat.KeysAlike(seen[text], key)
         seen[text] = key
+
+
+def _no_extra_message(cls: type) -> str:
+    """Why a model of a config without an 'extra' key is refused, and the settings that
+    are accepted: a user only read "strongly advised", and neither that extra='ignore'
+    works nor what to do with a class of a library."""
+    return (
+        f"{cls.__module__}.{cls.__qualname__} has no 'extra' key in its model_config: it is "
+        "strongly advised to forbid extra parameters (model_config = "
+        "pydantic.ConfigDict(extra='forbid')) so that a typo cannot silently change a uid. "
+        "Every model of a config must set it: extra='forbid', or extra='ignore' to keep "
+        "pydantic's default (unknown keys dropped); for a class you cannot edit (a "
+        "library's), use a subclass of it that sets it"
+    )
 
 
 def _placed(
