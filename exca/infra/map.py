@@ -558,18 +558,26 @@ class MapInfra(BaseInfra, SubmititMixin):
 
     # TaskInfra's per-config calls: a map has one computation per item (its node's)
     def job(self) -> tp.NoReturn:
+        """Not for a map (an AttributeError): ``obj.method.node(items).job()`` sends the
+        missing items of those items."""
         self._per_item("job()", "call its .job() (it sends the missing items)")
 
     def status(self) -> tp.NoReturn:
+        """Not for a map (an AttributeError): ``obj.method.node(items).status()``."""
         self._per_item("status()", "call its .status()")
 
     def failure(self) -> tp.NoReturn:
+        """Not for a map (an AttributeError): ``obj.method.node(items).failure()``."""
         self._per_item("failure()", "call its .failure()")
 
     def clear_job(self) -> tp.NoReturn:
+        """Not for a map (an AttributeError): ``obj.method.node(items).clear()`` removes
+        those items' outputs."""
         self._per_item("clear_job()", "call its .clear() (it removes those items' outputs)")
 
     def job_array(self, *args: tp.Any, **kwargs: tp.Any) -> tp.NoReturn:
+        """Not for a map (an AttributeError): a call, or ``exca.graph.run`` of its node,
+        sends its missing items as one job array (``max_jobs``)."""
         self._per_item(
             "job_array()", "run it: its missing items go out as one job array (max_jobs)"
         )
