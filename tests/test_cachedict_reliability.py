@@ -1011,3 +1011,26 @@ def test_a_folder_it_may_not_read_is_named_with_what_to_do(
     (note,) = getattr(info.value, "__notes__", [])
     assert note.startswith(f"this process may not read {folder} (owner uid {os.getuid()}, ")
     assert "or use a cache folder of your own" in note
+
+
+@pytest.mark.parametrize("value", [{"x": 1}, np.arange(3)])
+def test_a_batch_written_after_the_folder_was_removed_is_said_lost(
+    tmp_path: Path, value: tp.Any
+) -> None:
+    """The folder removed (rm -rf) under a writer busy in a write() context: its next
+    batch's index lines went into the unlinked index file, without a word, and the
+    entries were never found. It raises a FileNotFoundError naming the folder; a later
+    write works, in a new session of the folder made anew."""
+    import shutil
+
+    folder = tmp_path / "cache"
+    cache: CacheDict[tp.Any] = CacheDict(folder)
+    with cache.write():
+        cache.set_many([("before", value)])
+        shutil.rmtree(folder)
+        with pytest.raises(FileNotFoundError, match="cache folder disappeared") as raised:
+            cache.set_many([("lost", value)])
+        assert raised.value.filename == str(folder)
+        cache.set_many([("after", value)])
+    assert sorted(CacheDict(folder).keys()) == ["after"]
+    assert not [path for path in folder.rglob("*") if "lost" in path.name]  # (no payload)

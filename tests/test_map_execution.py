@@ -778,6 +778,52 @@ def test_a_deleted_cache_folder_gets_its_yaml_files_back(tmp_path: Path) -> None
     assert {"uid.yaml", "full-uid.yaml", "config.yaml"} <= {p.name for p in folder.iterdir()}
 
 
+class SelfRemoving(pydantic.BaseModel):
+    """Logs each item it computes; removes its own cache folder (an `rm -rf` in another
+    shell) while computing the second item of a call, once (while the file `once`
+    exists, replaced by the file `removed` naming that item)."""
+
+    log: str
+    once: str
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def process(self, items: list[int]) -> tp.Iterator[dict[str, int]]:
+        import shutil
+
+        for position, item in enumerate(items):
+            append(self.log, str(item))
+            if position == 1 and Path(self.once).exists():
+                Path(self.once).unlink()
+                shutil.rmtree(tp.cast(Path, self.infra.uid_folder()))
+                Path(self.once).with_name("removed").write_text(str(item))
+            yield {"v": item}  # (a dict: written as soon as it is yielded)
+
+
+@pytest.mark.parametrize("cluster", [None, "threadpool", "processpool"])
+def test_a_cache_folder_removed_during_a_call_fails_it_and_caches_no_item_error(
+    tmp_path: Path, cluster: str | None
+) -> None:
+    """The folder removed while the method computed (after it had written an output):
+    the outputs written after went into an unlinked index file, and the call returned
+    them from RAM (inline; the next call computed them again) or raised "not computed:
+    the worker ended without writing it" (pools). It fails naming the folder and that it
+    disappeared; nothing cached says an item failed: the next call computes them."""
+    once = tmp_path / "once"
+    once.touch()
+    # (the pools' 4 items go in 3 chunks: one has 2 items, and removes the folder)
+    infra = {"folder": tmp_path / "cache", "cluster": cluster, "max_jobs": 1}
+    mapper = SelfRemoving(log=str(tmp_path / "log"), once=str(once), infra=infra)
+    folder = mapper.infra.uid_folder()
+    with pytest.raises(FileNotFoundError, match="cache folder disappeared") as raised:
+        list(mapper.process([0, 1, 2, 3]))
+    assert raised.value.filename == str(folder)
+    again = SelfRemoving(log=str(tmp_path / "log"), once=str(once), infra=infra)
+    assert list(again.process([0, 1, 2, 3])) == [{"v": i} for i in range(4)]
+    removed_at = int((tmp_path / "removed").read_text())
+    assert counts(tmp_path / "log")[removed_at] == 2  # (computed, not stored: again)
+
+
 @pytest.mark.timeout(60)
 def test_items_recomputed_by_another_process_right_after_are_waited_for(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -21,6 +21,7 @@ import typing as tp
 from pathlib import Path
 
 from ..storage import interrupts, process
+from ..storage.index import CacheFolderRemoved, folder_marker
 from . import callers, executors, registry, store, submitting
 from .calls import being_computed, claimed_here, keys_being_computed
 from .decisions import (
@@ -278,11 +279,28 @@ class Scheduler:
                 work = self.start()
             callers.refuse_waiting_on_caller_jobs(work)  # (a wait that would never end)
             if work:
+                markers = {n.key: folder_marker(n.folder) for n in self._targets}
                 try:
                     self._execute(work)
                 finally:
                     self.graph.share_force_states()
+                self._say_removed_folders(markers)
         self._raise_failures(root_cause)
+
+    def _say_removed_folders(self, markers: dict[tp.Any, int | None]) -> None:
+        """A target that failed while its folder was removed (an ``rm -rf``, ``exca
+        clean`` in another shell): its error says so (items its workers had written,
+        gone with the folder, were said "not computed: the worker ended without writing
+        it")."""
+        for node in self._targets:
+            run = self.runs.get(node.key)
+            if run is None or run.state != "failed" or isinstance(run.error, CacheFolderRemoved):
+                continue
+            before = markers.get(node.key)
+            if before is not None and folder_marker(node.folder) != before:
+                removed = CacheFolderRemoved.at(str(node.folder), f"{node.uid} was computed")
+                removed.__cause__ = run.error
+                run.error = removed
 
     def run_detached(self) -> None:
         """Submit every missing node at once and return (see ``detached.py``)."""

@@ -28,7 +28,7 @@ from ..storage.cachederror import CachedError
 from ..storage.cachedict import CacheDict
 from ..storage.claims import Claim, Claims, Owner, folder_key, unreadable_wait
 from ..storage.dumping import is_damaged_payload
-from ..storage.index import meta_of
+from ..storage.index import CacheFolderRemoved, meta_of
 from ..storage.modules import imported
 from . import callers, codeprint, jobpickle, jobprocess, ranks, registry, store
 from .errors import (
@@ -323,7 +323,9 @@ def run_job_unit(unit: Unit) -> Report:
                     registry.set_refused(unit.node.folder, _job_id() or "")
         raise
     except OSError as error:
-        if unit.node.kind == "task" and error.errno in ENVIRONMENT_ERRNOS:
+        if unit.node.kind == "task" and (
+            error.errno in ENVIRONMENT_ERRNOS or isinstance(error, CacheFolderRemoved)
+        ):
             _set_aside_unless_cached(unit.node)
         raise
     except KeyboardInterrupt as interrupt:  # (no SIGINT received: raised by the method)
@@ -2006,6 +2008,10 @@ def _compute_from(
         if batch:
             try:
                 cache.set_many(batch, meta=meta, skip_existing=True, owned=True)
+            except CacheFolderRemoved as error:  # (not the outputs' fault: none is cached)
+                _note_unstored(error, cache, batch[0][0], len(batch))
+                batch.clear()  # (lost: never written again, in a folder made anew)
+                raise
             except Exception:  # an output that cannot be stored: only its item fails
                 _store_one_by_one(node, cache, batch, meta, report, error_meta)
             else:
@@ -2084,6 +2090,8 @@ def _compute_from(
             flush()
     except Exception as error:
         ended()  # (before this item is computed alone: another call, which they follow)
+        if isinstance(error, CacheFolderRemoved):
+            raise  # (no item's error: the call fails, nothing is cached for the items)
         flush()
         if position >= end or isinstance(error, NotIterableOutputs):
             raise
@@ -2337,8 +2345,9 @@ def _store_one_by_one(
         try:
             cache.set_many([(uid, output)], meta=meta, skip_existing=True)
         except Exception as error:
-            if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS:
-                # (not the output's fault: nothing cached)
+            if isinstance(error, OSError) and (
+                error.errno in ENVIRONMENT_ERRNOS or isinstance(error, CacheFolderRemoved)
+            ):  # (not the output's fault: nothing cached)
                 _note_unstored(error, cache, uid, len(batch) - done)
                 raise
             failed += 1

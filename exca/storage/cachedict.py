@@ -53,6 +53,7 @@ from .index import (
     IN,
     INDEX_SUFFIX,
     META,
+    CacheFolderRemoved,
     Entry,
     FileState,
     IndexReader,
@@ -993,6 +994,22 @@ class CacheDict(tp.Generic[X]):
         local.session = (writer, ctx, _FORK_GENERATION, self._clears)
         return writer, ctx
 
+    def _end_removed_session(self, writer: IndexWriter, lost: int) -> tp.NoReturn:
+        """After lines went nowhere, the index file of a session busy writing removed (a
+        user's ``rm -rf`` of the folder): CacheFolderRemoved. Written again in a new
+        session, the entries would be cached in a folder made anew where the user just
+        removed everything (and the items a map's worker had written before, gone with
+        it, were said "not computed", a failure to store them cached as theirs)."""
+        local = self._local
+        if local.session is not None and local.session[0] is writer:
+            local.session[1].discard_files()  # (payloads of these entries: unnamed)
+            local.session[1].close_files()
+            writer.close()
+            self._unshare(writer)
+            local.session = None  # (a later write starts a new session, a new folder)
+        assert self.folder is not None
+        raise CacheFolderRemoved.at(self.folder, f"{lost} entry(ies) were written to it")
+
     def _shared_session(self) -> tuple[IndexWriter, DumpContext] | None:
         """This thread's session of the folder, if no write() context uses it now and its
         files are still there (else a new one: names are never reused)."""
@@ -1291,7 +1308,8 @@ class CacheDict(tp.Generic[X]):
         with reader.locked():  # (see put)
             before = writer.size
             offset = writer.append(b"".join(lines))
-            freed = resumed and writer.unlinked()
+            # (one fstat per batch: also a folder removed under a busy writer)
+            freed = writer.unlinked()
             for info, line in () if freed else zip(records, lines):
                 if "v" in info and type(info["v"]) is fragment:  # pre-serialized inline value
                     info = _reloaded(line, stored)
@@ -1308,6 +1326,8 @@ class CacheDict(tp.Generic[X]):
                 keys.update(batch)  # (the keys of the records)
                 _skip_own_lines(state, writer, before)
         if freed:  # (see put: the lines went nowhere)
+            if not resumed:  # (written to within the minute: no reclaim's doing)
+                self._end_removed_session(writer, len(lines))
             self._session(restart=True)
             self._set_many(values, meta, skip_existing, owned)
             return

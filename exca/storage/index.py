@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import errno
 import functools
 import itertools
 import logging
@@ -1157,6 +1158,37 @@ def tombstone_lines(data: bytes) -> tp.Iterator[tuple[bytes, str]]:
 
 class SessionFilesGone(FileNotFoundError):
     """A writer session's files were removed while it was idle: a new session writes."""
+
+
+class CacheFolderRemoved(FileNotFoundError):
+    """The cache folder (or the files of a session writing there) was removed by someone
+    else (an ``rm -rf``, ``exca clean`` in another shell) while that session wrote to it:
+    what it wrote since is lost. Never an entry's failure: nothing is stored for it, the
+    next call computes it again. (Not a reclaim's doing: it frees no file written to in
+    the last two minutes, see reclaim.MIN_IDLE_SECONDS.)"""
+
+    @classmethod
+    def at(cls, folder: Path | str, during: str) -> CacheFolderRemoved:
+        """``during``: what was going on, e.g. "3 entries were written to it"."""
+        return cls(
+            errno.ENOENT,
+            f"The cache folder disappeared while {during} (removed by an `rm -rf`, or "
+            "`exca clean` in another shell?): what was computed is not cached, and nothing "
+            "cached says it failed (the next call computes it again)",
+            str(folder),
+        )
+
+
+def folder_marker(folder: str | os.PathLike[str] | None) -> int | None:
+    """The inode of a cache folder's uid.yaml (None without one): a folder removed and made
+    again by a write has none, or another one (the folder's own inode is given again at
+    once to the folder made anew)."""
+    if folder is None:
+        return None
+    try:
+        return os.stat(os.path.join(folder, "uid.yaml")).st_ino
+    except OSError:
+        return None
 
 
 class IndexWriter:
