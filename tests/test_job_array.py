@@ -644,6 +644,26 @@ def test_an_interrupted_array_submission_names_the_jobs_left_queued(
     assert "Job array interrupted: job(s) 4242, submitted before the interruption" in caplog.text
 
 
+def _blocked_local_array(tmp_path: Path, ctl: Path) -> tuple[list[Square], list[str]]:
+    """Four tasks sent as one local job_array(), each blocked until the flag `ctl/block`
+    goes; the tasks and their job ids."""
+    (ctl / "block").touch()
+    base = Square(ctl=str(ctl), infra={"folder": tmp_path / "cache", "cluster": "local"})
+    tasks = [base.infra.clone_obj(x=x) for x in range(4)]
+    with base.infra.job_array() as array:
+        array.extend(tasks)
+    return tasks, [t.infra.job().job_id for t in tasks]
+
+
+def _unblock_and_check_each_ran_once(ctl: Path, tasks: list[Square]) -> None:
+    """The array's jobs let go: each ends with its result, none cancelled, none computed
+    again."""
+    (ctl / "block").unlink()
+    wait_until(lambda: all(t.infra.status() == "completed" for t in tasks))
+    assert [t.process() for t in tasks] == [0, 1, 4, 9]
+    assert calls(ctl) == {0: 1, 1: 1, 2: 1, 3: 1}
+
+
 @pytest.mark.timeout(120)
 def test_ctrl_c_waiting_for_one_job_of_an_array_says_the_others_keep_running(
     tmp_path: Path, ctl: Path, caplog: pytest.LogCaptureFixture
@@ -653,12 +673,7 @@ def test_ctrl_c_waiting_for_one_job_of_an_array_says_the_others_keep_running(
     either: they are named too, and they do run to their end."""
     import signal
 
-    (ctl / "block").touch()
-    base = Square(ctl=str(ctl), infra={"folder": tmp_path / "cache", "cluster": "local"})
-    tasks = [base.infra.clone_obj(x=x) for x in range(4)]
-    with base.infra.job_array() as array:
-        array.extend(tasks)
-    ids = [t.infra.job().job_id for t in tasks]
+    tasks, ids = _blocked_local_array(tmp_path, ctl)
 
     def interrupt_once_waiting() -> None:
         wait_until(lambda: sum(calls(ctl).values()) == 4)  # (all running)
@@ -675,10 +690,7 @@ def test_ctrl_c_waiting_for_one_job_of_an_array_says_the_others_keep_running(
     told = f"the 3 other job(s) of the same job_array(), not ended yet, keep running too: {others}"
     assert told in caplog.text
     assert [t.infra.status() for t in tasks] == ["running"] * 4  # (what it says)
-    (ctl / "block").unlink()
-    wait_until(lambda: all(t.infra.status() == "completed" for t in tasks))
-    assert [t.process() for t in tasks] == [0, 1, 4, 9]
-    assert calls(ctl) == {0: 1, 1: 1, 2: 1, 3: 1}  # (none cancelled, none computed again)
+    _unblock_and_check_each_ran_once(ctl, tasks)
 
 
 @pytest.mark.timeout(120)
@@ -693,12 +705,7 @@ def test_ctrl_c_in_another_process_waiting_for_one_job_of_an_array_names_the_oth
 
     from exca.graph import scheduler
 
-    (ctl / "block").touch()
-    base = Square(ctl=str(ctl), infra={"folder": tmp_path / "cache", "cluster": "local"})
-    tasks = [base.infra.clone_obj(x=x) for x in range(4)]
-    with base.infra.job_array() as array:
-        array.extend(tasks)
-    ids = [t.infra.job().job_id for t in tasks]
+    tasks, ids = _blocked_local_array(tmp_path, ctl)
     scheduler._ARRAY_JOBS.clear()  # (what another process knows: not this memo)
     wait_until(lambda: sum(calls(ctl).values()) == 4)  # (all running)
 
@@ -719,10 +726,7 @@ def test_ctrl_c_in_another_process_waiting_for_one_job_of_an_array_names_the_oth
         f"job_array()?), not ended yet, keep running too: {others}"
     )
     assert told in caplog.text, caplog.text
-    (ctl / "block").unlink()
-    wait_until(lambda: all(t.infra.status() == "completed" for t in tasks))
-    assert [t.process() for t in tasks] == [0, 1, 4, 9]
-    assert calls(ctl) == {0: 1, 1: 1, 2: 1, 3: 1}  # (none cancelled, none computed again)
+    _unblock_and_check_each_ran_once(ctl, tasks)
 
 
 def test_ctrl_c_following_a_slurm_array_element_of_another_process_names_its_array(
