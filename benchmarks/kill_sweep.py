@@ -3,11 +3,14 @@ wrong (DESIGN "Storage": crash safety).
 
 For each operation (a task's first call, a map's call with new items inline and in a
 process pool, ``mode="force"`` on a task and a map, ``clear_job()``, ``exca clean node``,
-a pipeline run, ``with_infra``) the sweep counts the file-system steps the operation takes
-in the calling thread (``open`` for writing, ``os.open`` for writing, ``os.write``,
-``os.replace``, ``os.rename``, ``os.link``, ``os.symlink``, ``os.mkdir``/``makedirs``,
-``os.unlink``/``remove``/``rmdir``, ``os.truncate``/``ftruncate``, ``pickle.dump``), then,
-for every N, runs the operation again in a forked child stopped at its N-th step:
+a pipeline run, ``with_infra``; ``exca clean compact``, ``orphans``, ``clean.garbage``, a
+map whose index chunks are read packed, a local ``job_array()``, a threadpool map whose
+caller fails feeding it, CacheDict ``set_many`` and other ``cache_type``s: see OPS) the
+sweep counts the file-system steps the operation takes in the calling thread (``open`` for
+writing, ``os.open`` for writing, ``os.write``, ``os.replace``, ``os.rename``, ``os.link``,
+``os.symlink``, ``os.mkdir``/``makedirs``, ``os.unlink``/``remove``/``rmdir``,
+``os.truncate``/``ftruncate``, ``pickle.dump``), then, for every N, runs the operation
+again in a forked child stopped at its N-th step:
 
 - ``kill``: SIGKILL before the step (an ``os.write`` of more than
   4 KiB writes half its bytes first);
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import builtins
+import contextlib
 import errno
 import io
 import json
@@ -56,6 +60,7 @@ import numpy as np
 import exca
 import exca.helpers
 import exca.ops
+import exca.ops.clean
 from exca.cachedict import CacheDict
 from exca.ops.cli import main as cli_main
 
@@ -258,11 +263,21 @@ def _setup_both(root: Path) -> None:
     _setup_map(root)
 
 
+def cli(args: list[str]) -> None:
+    """``exca ARGS`` (exca.ops.cli.main); its exit status and what it printed on stderr
+    in the error raised when it fails."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli_main(args)
+    sys.stderr.write(err.getvalue())
+    if code:
+        said = err.getvalue().strip()
+        raise RuntimeError(f"exca {' '.join(args[:1] + args[2:3])} exited with {code}: {said}")
+
+
 def _run_clean(root: Path) -> None:
     folders = [str(task(root).infra.uid_folder()), str(squares(root).infra.uid_folder())]
-    code = cli_main(["clean", str(root), "node", *folders, "--yes"])
-    if code:
-        raise RuntimeError(f"exca clean exited with {code}")
+    cli(["clean", str(root), "node", *folders, "--yes"])
 
 
 def _setup_renamed(root: Path) -> None:
@@ -272,9 +287,7 @@ def _setup_renamed(root: Path) -> None:
 
 
 def _run_rename(root: Path) -> None:
-    code = cli_main(["rename", str(root), "kill_models.OldSource", "kill_models.Source", "--yes"])
-    if code:
-        raise RuntimeError(f"exca rename exited with {code}")
+    cli(["rename", str(root), "kill_models.OldSource", "kill_models.Source", "--yes"])
 
 
 def _setup_versions(root: Path) -> None:
@@ -283,9 +296,7 @@ def _setup_versions(root: Path) -> None:
 
 
 def _run_clean_versions(root: Path) -> None:
-    code = cli_main(["clean", str(root), "versions", "--yes"])
-    if code:
-        raise RuntimeError(f"exca clean versions exited with {code}")
+    cli(["clean", str(root), "versions", "--yes"])
 
 
 def check_versions(root: Path, problems: list[str]) -> None:
@@ -328,6 +339,263 @@ def _run_pipeline(root: Path) -> None:
     exca.graph.run(pipeline_node(root))
 
 
+# --- the operations added after the first sweep: compaction, cleanings, packed indexes,
+# job arrays, a pool stopped by its caller's error, CacheDict writes of other formats
+def in_child(do: tp.Callable[[], tp.Any]) -> None:
+    """do() in a forked process that then ends: a writer session of a dead process."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            do()
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status):
+        raise RuntimeError(f"a setup child failed ({os.waitstatus_to_exitcode(status)})")
+
+
+def age(root: Path, hours: float = 2.0) -> None:
+    """Every file of the cache written ``hours`` ago (what orphans and compact wait for)."""
+    past = time.time() - hours * 3600
+    for path in root.rglob("*"):
+        if path.name not in ("calls.log", "gen.txt") and not path.is_symlink():
+            os.utime(path, (past, past))
+
+
+DELETED = "1"  # (deleted by a writer of the compacted map: it must stay deleted)
+
+
+def _setup_compact(root: Path) -> None:
+    in_child(lambda: list(squares(root).square(ITEMS[:3])))
+    in_child(lambda: list(squares(root).square(ITEMS[3:])))
+    folder = squares(root).infra.uid_folder()
+
+    def delete() -> None:
+        cd: CacheDict[tp.Any] = CacheDict(folder)
+        with cd.write():
+            del cd[DELETED]
+
+    in_child(delete)
+    set_generation(root, 2)
+    in_child(lambda: list(squares(root, mode="force").square([2])))
+    age(root)
+
+
+def _run_compact(root: Path) -> None:
+    cli(["clean", str(root), "compact", "--yes"])
+
+
+def check_compact(root: Path, problems: list[str]) -> None:
+    """Every entry of the merged files as it was: the deleted one gone, the forced one new."""
+    folder = squares(root).infra.uid_folder()
+    cd: CacheDict[tp.Any] = CacheDict(folder)
+    keys = set(cd.keys())
+    expected = {str(x) for x in ITEMS} - {DELETED}
+    if keys - {DELETED} != expected:
+        problems.append(f"compact: keys {sorted(keys)}, expected {sorted(expected)}")
+    # (the deleted item computed again is of generation 2: one of 1 came back)
+    for key in sorted(keys & {DELETED, "2"}):
+        if not same(cd[key], km.item_value(int(key), 7, 2)):
+            problems.append(f"compact: item {key} reads a value deleted before the merge")
+    check_map(root, problems)
+
+
+def _setup_garbage(root: Path) -> None:
+    _run_pipeline(root)
+    _setup_both(root)
+
+
+def _run_garbage(root: Path) -> None:
+    plan = exca.ops.clean.garbage(root, pipeline_node(root))
+    plan.execute()
+    if plan.failed:
+        raise RuntimeError(f"clean.garbage failed to remove {plan.failed}")
+
+
+def check_garbage(root: Path, problems: list[str]) -> None:
+    """The pipeline's nodes are kept whole (never computed again); the others read right."""
+    before = len(calls(root))
+    check_pipeline(root, problems)
+    again = [c for c in calls(root)[before:] if c.startswith(("total", "source"))]
+    if again:
+        problems.append(f"garbage: kept nodes computed again: {again}")
+    check_task(root, problems)
+    check_map(root, problems)
+
+
+def killed_at_index(do: tp.Callable[[], tp.Any]) -> tp.Callable[[], tp.Any]:
+    """``do`` killed as it opens an index file: its payloads and claims are left behind."""
+
+    def killed() -> None:
+        original = os.open
+
+        def opening(path: tp.Any, flags: int, *args: tp.Any, **kwargs: tp.Any) -> int:
+            if str(path).endswith("-info.jsonl") and flags & WRITE_FLAGS:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(path, flags, *args, **kwargs)
+
+        os.open = opening  # type: ignore[assignment]
+        do()
+
+    return killed
+
+
+def _setup_orphans(root: Path) -> None:
+    """Payloads no entry reads (of a task and of map items whose writers were killed),
+    claims of dead owners, among entries written by finished writers and forced ones."""
+    _setup_both(root)
+    in_child(lambda: task(root, "force").compute())
+    in_child(lambda: list(squares(root, mode="force").square(ITEMS[:2])))
+    in_child(lambda: list(squares(root).square(ITEMS)))
+    for do in (
+        lambda: km.Task(x=9, infra={"folder": root}).compute(),
+        lambda: list(squares(root).square([6, 7])),
+    ):
+        try:
+            in_child(killed_at_index(do))
+        except RuntimeError:
+            pass  # (killed, as meant)
+    age(root)
+
+
+def _run_orphans(root: Path) -> None:
+    cli(["clean", str(root), "orphans", "--yes"])
+
+
+def check_no_recompute(root: Path, problems: list[str]) -> None:
+    """What was cached before the operation reads back without being computed again."""
+    before = len(calls(root))
+    check_task(root, problems)
+    check_map(root, problems)
+    again = calls(root)[before:]
+    if again:
+        problems.append(f"computed again, though nothing was to be removed: {again}")
+
+
+def packed(do: tp.Callable[[Path], tp.Any]) -> tp.Callable[[Path], tp.Any]:
+    """``do`` with every index chunk read packed (see exca/storage/index.py PACKED_FROM)."""
+
+    def packing(root: Path, *args: tp.Any) -> tp.Any:
+        from exca.storage import index
+
+        index.PACKED_FROM = 0
+        return do(root, *args)
+
+    return packing
+
+
+def _run_map_packed(root: Path) -> None:
+    list(squares(root).square(ITEMS))
+    list(squares(root, mode="force").square(ITEMS[:3]))
+
+
+ARRAY_XS = [3, 4, 5]
+
+
+def _run_job_array(root: Path) -> None:
+    with local_task(root).infra.job_array() as tasks:
+        tasks.extend(km.Task(x=x, infra={"folder": root, "cluster": "local"}) for x in ARRAY_XS)
+
+
+def check_job_array(root: Path, problems: list[str]) -> None:
+    for x in ARRAY_XS:
+        obj = km.Task(x=x, infra={"folder": root})
+        status = obj.infra.status()
+        before = len(calls(root))
+        check_value(obj.compute(), [km.task_value(x, 1)])
+        if len(calls(root)) > before and status == "completed":
+            problems.append(f"task x={x}: status() said completed, yet computed again")
+
+
+def _run_pool_stopped(root: Path) -> None:
+    """A threadpool map whose caller fails feeding its pool (its second submission)."""
+    import concurrent.futures
+
+    executor = concurrent.futures.ThreadPoolExecutor
+    submit, submitted = executor.submit, [0]
+
+    def failing(self: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        submitted[0] += 1
+        if submitted[0] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device (injected in submit)")
+        return submit(self, *args, **kwargs)
+
+    executor.submit = failing  # type: ignore[method-assign]
+    try:
+        list(squares(root, "threadpool").square(ITEMS))
+    except OSError as error:
+        if "injected in submit" not in str(error):
+            raise
+    finally:
+        executor.submit = submit  # type: ignore[method-assign]
+
+
+def cd_values(kind: str) -> dict[str, tp.Any]:
+    """The values written by the CacheDict operations, per cache_type (None: chosen)."""
+    if kind in ("NumpyArray", "MemmapArray"):
+        return {f"a{i}": np.arange(1000, dtype=np.float32) * i for i in range(4)}
+    if kind == "Json":
+        return {f"j{i}": {"i": i, "name": f"n{i}", "xs": [1.5, i]} for i in range(4)}
+    if kind == "AutoPickle":
+        return {f"p{i}": {"i": i, "arr": np.full(3000, i, dtype=np.int64)} for i in range(4)}
+    return {
+        **{f"a{i}": np.full(60, i, dtype=np.int64) for i in range(4)},
+        **{f"d{i}": {"i": i, "text": "x" * 5000 * (i % 2)} for i in range(4)},
+    }
+
+
+CD_TYPES = ["NumpyArray", "Json", "AutoPickle"]
+
+
+def cd_of(root: Path, kind: str | None) -> CacheDict[tp.Any]:
+    return CacheDict(root / f"cd-{kind}", cache_type=kind)
+
+
+def _setup_set_many(root: Path) -> None:
+    cd = cd_of(root, None)
+    with cd.write():
+        cd.set_many(list(cd_values("default").items())[:2])
+
+
+def _run_set_many(root: Path) -> None:
+    cd = cd_of(root, None)
+    with cd.write():
+        cd.set_many(list(cd_values("default").items())[2:])
+
+
+def _run_cd_types(root: Path) -> None:
+    for kind in CD_TYPES:
+        cd = cd_of(root, kind)
+        with cd.write():
+            for key, value in cd_values(kind).items():
+                cd[key] = value
+
+
+def check_cd(root: Path, problems: list[str], kinds: list[str | None], kept: int = 0) -> None:
+    """Each entry readable reads its value, in a new CacheDict and in ``exca``'s view of
+    it; the first ``kept`` ones (written before the operation) are there."""
+    for kind in kinds:
+        values = cd_values(kind or "default")
+        cd = cd_of(root, kind)
+        keys = list(cd.keys())
+        for key in keys:
+            if key not in values:
+                problems.append(f"{kind}: an unknown key {key!r}")
+            elif not same(cd[key], values[key]):
+                problems.append(f"{kind}: {key!r} reads {_short(repr(cd[key]))}")
+        lost = [k for k in list(values)[:kept] if k not in keys]
+        if lost:
+            problems.append(f"{kind}: entries written before the operation lost: {lost}")
+        with cd.write():  # (what is missing can be written)
+            cd.set_many((k, v) for k, v in values.items() if k not in cd)
+        again = cd_of(root, kind)
+        if set(again.keys()) != set(values):
+            problems.append(f"{kind}: keys after writing the missing: {sorted(again.keys())}")
+
+
 OPS: dict[str, Op] = {
     "task_first": Op(_nothing, lambda r: check_value(task(r).compute(), [task_value(1)])),
     "map_inline": Op(_setup_map, lambda r: list(squares(r).square(ITEMS))),
@@ -347,6 +615,14 @@ OPS: dict[str, Op] = {
     ),
     "rename": Op(_setup_renamed, _run_rename),
     "clean_versions": Op(_setup_versions, _run_clean_versions),
+    "compact": Op(_setup_compact, _run_compact),
+    "clean_garbage": Op(_setup_garbage, _run_garbage),
+    "clean_orphans": Op(_setup_orphans, _run_orphans),
+    "map_packed": Op(packed(_setup_map), packed(_run_map_packed)),
+    "job_array": Op(_nothing, _run_job_array),
+    "pool_stopped": Op(_setup_map, _run_pool_stopped),
+    "set_many": Op(_setup_set_many, _run_set_many),
+    "cd_types": Op(_nothing, _run_cd_types),
 }
 
 
@@ -509,6 +785,14 @@ CHECKS: dict[str, tp.Callable[[Path, list[str]], None]] = {
     "pipeline_force": check_forced_pipeline,
     "clean_versions": check_versions,
     "with_infra": check_with_infra,
+    "compact": check_compact,
+    "clean_garbage": check_garbage,
+    "clean_orphans": check_no_recompute,
+    "map_packed": packed(check_map),
+    "job_array": check_job_array,
+    "pool_stopped": check_map,
+    "set_many": lambda r, p: check_cd(r, p, [None], kept=2),
+    "cd_types": lambda r, p: check_cd(r, p, list(CD_TYPES)),
 }
 
 
