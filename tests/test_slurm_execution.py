@@ -2255,7 +2255,9 @@ def test_a_multi_node_slurm_job_whose_rank_zero_calls_os_exit_ends_soon(
     }
     log = tmp_path / "log.txt"
     task = RankDies(log=str(log), when="os_exit", other_hosts=True, startup_s=40, infra=infra)
-    with pytest.raises(JobFailedError):
+    # (srun reported rank 1, which stopped then: its error said "rank 1 ended first")
+    said = r"rank 0 ended first: its process exited with code 0 in its call.* rank 1 then stopped"
+    with pytest.raises(JobFailedError, match=said):
         task.train()
     assert task.infra.status() == "failed"
     (rank_one,) = (tmp_path / "cache").rglob("*_1_log.err")

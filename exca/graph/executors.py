@@ -774,16 +774,28 @@ class SubmititHandle(Handle):
         None. Said as the job's own death, it named rank 0 and its log only."""
         from submitit.core.utils import JobPaths
 
-        from .registry import first_task_ended
+        from .ranks import lead_gone_in_log
+        from .registry import first_task_ended, rank_zero_reported
 
         try:
-            found = first_task_ended(read_tail(Path(self.job.paths.stderr)))
+            text = read_tail(Path(self.job.paths.stderr))
         except Exception:  # (no log)
             return None
+        found = first_task_ended(text)
         if found is None:
             return None
         rank, how = found
         log = JobPaths(self.job.paths.folder, job_id=self.job_id, task_id=rank).stderr
+        gone = None
+        if rank and not rank_zero_reported(text):  # (rank 0 ended with code 0, unseen)
+            with contextlib.suppress(OSError):
+                gone = lead_gone_in_log(read_tail(Path(log)))
+        if gone is not None:  # (that rank stopped because rank 0 had ended: say so)
+            return (
+                "rank 0 ended first: its process exited with code 0 in its call, without a "
+                "result nor an error (os._exit(0) in the method?); "
+                f"rank {rank} then stopped ({gone}; its log: {log}), and srun ended the job"
+            )
         return (
             f"rank {rank} ended first: {how} (its log: {log}); srun then ended the job's "
             "other ranks"

@@ -26,6 +26,7 @@ import functools
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -572,6 +573,16 @@ class LeadGone(RuntimeError):
     """Rank 0 died: the other ranks stop (not an error of the method's call)."""
 
 
+LEAD_GONE = "This rank stops following rank 0's calls: "  # (then why: _lead_gone's words)
+
+
+def lead_gone_in_log(text: str) -> str | None:
+    """Why a rank other than 0 stopped (rank 0 ended first), as the LeadGone its log ends
+    with says, or None: it stopped for another reason."""
+    found = re.findall(re.escape(LEAD_GONE) + r"(.+)", text)
+    return found[-1].strip() if found else None
+
+
 _AT = ".at.json"  # (after a call's number: how far rank 0 went in it, see Call)
 _T = tp.TypeVar("_T")
 
@@ -619,7 +630,7 @@ def _poll(
                 value = ready()  # (written just before it ended?)
                 if value is not None:
                     return value
-                raise LeadGone(f"This rank stops following rank 0's calls: {gone}")
+                raise LeadGone(f"{LEAD_GONE}{gone}")
 
 
 def _present(path: Path) -> bool | None:

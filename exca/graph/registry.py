@@ -1133,6 +1133,12 @@ _TASK_REPORT = re.compile(
 )
 
 
+def rank_zero_reported(text: str) -> bool:
+    """Whether srun reported task 0 as ended badly in a job's log (a task ending with
+    exit code 0, as os._exit(0) in the method does, is never reported)."""
+    return any(task == "0" for task, _, _ in _TASK_REPORT.findall(text))
+
+
 def first_task_ended(text: str) -> tuple[int, str] | None:
     """The rank (task) srun reported first as ended badly in a job's log of a multi-task
     step, with how in words ("its process died (killed by SIGKILL...)"), or None: no such
