@@ -1526,7 +1526,9 @@ def test_every_rank_of_a_srun_job_runs_until_its_time_limit(
     (Its job, sent by test_every_rank_of_a_srun_job_until_its_time_limit_is_submitted,
     ran meanwhile.)"""
     obj, job, ctl = job_until_the_time_limit()
-    with pytest.raises(JobFailedError, match=r"timed out \(state TIMEOUT\)"):
+    # (the limit is said, and that a retry needs more: it said "timed out" only)
+    said = r"timed out at its time limit \(timeout_min=1: give its infra a larger one\) \(state TIMEOUT\)"
+    with pytest.raises(JobFailedError, match=said):
         obj.run()
     assert sorted(lines(ctl / "calls.txt")) == ["start rank=0", "start rank=1"]
     rank_zero = Path(job.submitit_job.paths.stderr)  # (<job id>_0_log.err)

@@ -689,6 +689,8 @@ class SubmititHandle(Handle):
             if state.startswith(key):
                 if key == "CANCELLED" and self._never_started(how):
                     return f"job {self.job_id} was cancelled before it started (state {state})"
+                if key == "TIMEOUT":
+                    text += self._time_limit_said()
                 return f"job {self.job_id} {text} (state {state}){self._log_said()}"
         error = self.error()
         unloaded = _unloaded_said(self.job_id, error, self.job.paths.stderr)
@@ -823,6 +825,23 @@ class SubmititHandle(Handle):
             return exit_said(read_tail(Path(self.job.paths.stderr), 64 * 1024))
         except Exception:  # (no log)
             return None
+
+    def _time_limit_said(self) -> str:
+        """The time limit a Slurm job ran into, as its sbatch script set it, and what to
+        change (a retry alone would time out again), or "" (no script found)."""
+        from submitit.core.utils import JobPaths
+
+        array = self.job_id.split("_")[0]  # (an array has one script, in its own folder)
+        template = getattr(self.job.paths, "_folder", None)
+        try:
+            script = JobPaths(template, job_id=array).submission_file.read_text()
+        except Exception:  # (not a slurm job's handle, or its script was removed)
+            return ""
+        found = re.search(r"^#SBATCH --time=(\d+)$", script, re.MULTILINE)
+        if found is None:
+            return ""
+        minutes = found.group(1)
+        return f" at its time limit (timeout_min={minutes}: give its infra a larger one)"
 
     def _log_said(self, tail: bool = False) -> str:
         """Where the job's stderr log is (and, with ``tail``, its last lines): "" when
