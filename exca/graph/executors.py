@@ -832,7 +832,9 @@ class SubmititHandle(Handle):
         from submitit.core.utils import JobPaths
 
         array = self.job_id.split("_")[0]  # (an array has one script, in its own folder)
-        template = getattr(self.job.paths, "_folder", None)
+        template = getattr(self.job.paths, "_folder", None)  # (the folder with its %j)
+        if not isinstance(template, Path):
+            return ""
         try:
             script = JobPaths(template, job_id=array).submission_file.read_text()
         except Exception:  # (not a slurm job's handle, or its script was removed)
