@@ -5144,3 +5144,24 @@ def test_a_force_that_cannot_remove_the_old_result_fails_instead_of_returning_it
     again = make(tmp_path, None, x=3, offset_file=str(offset), infra={"mode": "force"})
     assert again.process() == 106
     assert make(tmp_path, None, x=3, offset_file=str(offset)).process() == 106
+
+
+def test_a_timed_out_slurm_job_read_back_from_its_record_names_its_time_limit(
+    tmp_path: Path,
+) -> None:
+    """An array element that timed out, described by a later process (its submitit job
+    rebuilt from its record, its log folder <logs>/<array>_<index>): the time limit is read
+    from the array's sbatch script, in <logs>/<array>; the element's own folder has none."""
+    import submitit
+
+    from exca.graph.executors import SubmititHandle
+
+    logs = tmp_path / "logs"
+    (logs / "84").mkdir(parents=True)
+    (logs / "84" / "84_submission.sh").write_text("#!/bin/bash\n#SBATCH --time=7\nsrun ...\n")
+    job = submitit.SlurmJob(folder=logs / "84_2", job_id="84_2")  # (as registry.submitit_job)
+    how = SubmititHandle(job, "slurm").ended_how(known=("TIMEOUT", ""))
+    assert (
+        how
+        == "job 84_2 timed out at its time limit (timeout_min=7: give its infra a larger one) (state TIMEOUT)"
+    )

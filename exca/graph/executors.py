@@ -829,18 +829,14 @@ class SubmititHandle(Handle):
     def _time_limit_said(self) -> str:
         """The time limit a Slurm job ran into, as its sbatch script set it, and what to
         change (a retry alone would time out again), or "" (no script found)."""
-        from submitit.core.utils import JobPaths
-
-        array = self.job_id.split("_")[0]  # (an array has one script, in its own folder)
-        template = getattr(self.job.paths, "_folder", None)  # (the folder with its %j)
-        if not isinstance(template, Path):
-            return ""
-        try:
-            script = JobPaths(template, job_id=array).submission_file.read_text()
+        array = self.job_id.split("_")[0]
+        try:  # (each job's logs in a folder named by its id; an array's one script in its own)
+            folder = Path(self.job.paths.folder)
+            script = (folder.parent / array / f"{array}_submission.sh").read_text()
         except Exception:  # (not a slurm job's handle, or its script was removed)
             return ""
         found = re.search(r"^#SBATCH --time=(\d+)$", script, re.MULTILINE)
-        if found is None:
+        if found is None or folder.name != self.job_id:
             return ""
         minutes = found.group(1)
         return f" at its time limit (timeout_min={minutes}: give its infra a larger one)"
