@@ -260,19 +260,25 @@ def keys_being_computed(
     }
 
 
-def task_result(node: Node) -> tp.Any:
+def task_result(node: Node, missed: bool = False) -> tp.Any:
     """The result of a task node: from the cache when it can be reused, else computed
-    (or waited for: this instance's forcing job, while it runs, see decisions)."""
+    (or waited for: this instance's forcing job, while it runs, see decisions).
+    ``missed``: the caller just found it not reusable (a call's fast path): not looked
+    for again before the plan (which looks again, a moment later)."""
     if node.mode != "read-only":  # (the common case: no context to enter)
-        return _task_result(node)
+        return _task_result(node, missed)
     with reading_only([node]):  # (a read-only node's upstream nodes: read only)
-        return _task_result(node)
+        return _task_result(node, missed)
 
 
-def _task_result(node: Node) -> tp.Any:
-    if not any(n.pending_force for n in node.closure) and node.force_state.get("job") is None:
+def _task_result(node: Node, missed: bool = False) -> tp.Any:
+    reusing = not any(n.pending_force for n in node.closure) and node.force_state.get("job") is None
+    if reusing:
         with restoring_files():  # (as a call does: made with today's class defaults?)
-            node.check_defaults()
+            # (its upstream's too, named with this node if one fails; its own was just
+            # made when the call's fast path ``missed`` its result)
+            node.check_defaults(upstream_only=missed)
+    if reusing and not missed:
         try:
             value = reuse(node.cache, node.mode, node.uid)
         except Exception as error:

@@ -513,14 +513,15 @@ class Node(tp.Generic[Out]):
                 stack.extend(node.upstream)
         return tuple(seen.values())
 
-    def check_defaults(self) -> None:
+    def check_defaults(self, upstream_only: bool = False) -> None:
         """Before a cached result is reused: raise if this node, or a node it was computed
         from, was cached with other class defaults than today's (an upstream's changed
-        default leaves every uid as it was, and its old output behind this result)."""
+        default leaves every uid as it was, and its old output behind this result).
+        ``upstream_only``: this node's own check was just made (by a call's fast path)."""
         # (each node once: a node and its upstream that passed are not walked again)
         todo: list[Node] = []
-        seen: set[tuple[str, str]] = set()
-        stack: list[Node] = [self]
+        seen: set[tuple[str, str]] = {self.key} if upstream_only else set()
+        stack: list[Node] = list(self.upstream) if upstream_only else [self]
         restores = RESTORES_FILES.get()
         # (what this check marks: a read-only call reuses results as a call does, but
         # records nothing; after a plan, it warns of changed sub-configs' versions)

@@ -805,7 +805,10 @@ def _run_task(unit: Unit) -> Report:
         return unit.action == "compute"
 
     while True:
-        state = store.task_state(node)
+        # (a miss relies on this thread's last read of the folder, e.g. the plan's a moment
+        # ago, without listing it again: the claim is followed by a fresh look anyway)
+        with cache.relying_on_last_read():
+            state = store.task_state(node)
         if state == "done" and not forced and not (retrying and store.result_damaged(node)):
             return Report(reused=1)
         if state == "error" and reusable_error():

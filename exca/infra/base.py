@@ -79,6 +79,7 @@ class _Runtime:
     # once (it records there the defaults of fields added since, see verify_defaults)
     defaults_read = False
     legacy_checked = False  # its cache looked for under its legacy (v2) name (a run renames)
+    legacy_renamed = False  # ...and found, renamed to its v3 name
     # whether the config holds a list, dict, set or array (changed in place, a frozen
     # config names other values than its uid): None until a cached read asks
     holds_mutables: bool | None = None
@@ -587,6 +588,7 @@ class BaseInfra(pydantic.BaseModel):
             return
         from .. import helpers
 
+        self._runtime().legacy_renamed = True
         logger.warning(
             "The cache of %s has its legacy (v2) name %s: renaming the v2-named folders of "
             "%s to v3 names (exca.helpers.update_uids)",

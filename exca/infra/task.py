@@ -263,6 +263,7 @@ class BoundTask(tp.Generic[P, R_co]):
                 return infra._kept_result(node)
             return calls.task_result(node)
         forcing_job = runtime.force_state.get("job")  # (its forcing job may still run)
+        missed = False  # (the fast path below found no result to reuse)
         if infra.folder is not None and not forcing_job and not infra._force_pending():
             # fast path: one memoized uid and one index check, no node, no scheduler
             if runtime.ram is not _MISSING:
@@ -275,8 +276,8 @@ class BoundTask(tp.Generic[P, R_co]):
             # for a legacy-named cache to rename to it, see _adopt_legacy)
             settled = infra._check_defaults(restore=True)
             cache = infra._cache()
-            if not settled:  # (no full-uid.yaml: maybe a legacy folder, renamed just now)
-                infra._check_defaults(restore=True)
+            if not settled and runtime.legacy_renamed:  # (no full-uid.yaml: a legacy
+                infra._check_defaults(restore=True)  # folder renamed just now has one)
             try:
                 value = calls.reuse(cache, infra.mode, runtime.uid or infra.uid())
             except Exception as error:
@@ -290,11 +291,12 @@ class BoundTask(tp.Generic[P, R_co]):
                 if infra.keep_in_ram:
                     runtime.ram = value
                 return value
+            missed = True
         if infra.folder is None and infra.keep_in_ram:
             with runtime.ram_lock():  # (the other threads then read what the first computed)
                 value = calls.task_result(infra._node())
         else:
-            value = calls.task_result(infra._node())
+            value = calls.task_result(infra._node(), missed)
         if infra.keep_in_ram:
             runtime.ram = value
         return value
