@@ -149,7 +149,7 @@ class Scheduler:
         self._counted: set[Key] = set()  # the maps whose items the progress total holds
         self._follow_ups: dict[Key, int] = {}  # withdrawn jobs seen, per node
         self._recorded: set[str] = set()  # ids of the jobs whose record this run wrote
-        self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
+        self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{process.random_hex(3)}"
         # a task another worker computes (live claim) is waited for, not submitted: only
         # when this scheduler waits and can submit once that worker ends without a result
         # (job() submits: the job waits for the claim, then computes if needed)

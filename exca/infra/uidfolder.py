@@ -25,7 +25,7 @@ from ..confdict import ConfDict
 from ..graph.node import INPUTS_PREFIX
 from ..plainyaml import load as plain_load
 from ..plainyaml import pyyaml
-from ..storage import saidonce
+from ..storage import process, saidonce
 from ..storage.files import chmod, make_folder, note_read_error, write_new
 
 logger = logging.getLogger("exca")
@@ -124,7 +124,7 @@ def write_atomic(path: Path | str, text: str, permissions: int | None) -> None:
     the old file or the new one, never a part)."""
     path = os.fspath(path)
     parent, name = os.path.split(path)
-    tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}-{os.urandom(3).hex()}")
+    tmp = os.path.join(parent, f".{name}.tmp-{process.pid()}-{process.random_hex(3)}")
     write_new(tmp, text.encode("utf8"))
     if permissions is not None:
         chmod(tmp, permissions)

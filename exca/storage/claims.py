@@ -98,7 +98,7 @@ class Owner(tp.NamedTuple):  # (named tuples, not dataclasses: cheaper to import
     def current(cls) -> Owner:
         return cls(
             host=process.hostname(),
-            pid=os.getpid(),
+            pid=process.pid(),
             start=process.self_start_time(),
             thread=threading.get_native_id(),
             job_id=slurm_job_id(),
@@ -949,8 +949,8 @@ class _Heartbeat:
             self._start()
 
     def _start(self) -> None:
-        if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-            self._pid = os.getpid()
+        if self._thread is None or self._pid != process.pid() or not self._thread.is_alive():
+            self._pid = process.pid()
             self._thread = threading.Thread(target=self._run, name="exca-heartbeat", daemon=True)
             self._thread.start()
 
