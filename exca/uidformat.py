@@ -333,8 +333,18 @@ class _UidMakerV3:
                     ((subkey, sub),) = sub.items()
                     key, renamed = f"{key}.{subkey}", True
                     kind = type(sub)
-                # (a dict of many keys: rendered without the dispatch call)
-                rendered = self._render_dict(sub) if collapsible[kind] else render(sub)
+                # (the value at the end of a chain: its memo looked up here too, and a
+                # dict of many keys rendered without the dispatch call)
+                if kind is str:
+                    rendered = str_memo.get(sub) or _str_v3(sub)
+                elif kind is int:
+                    rendered = int_memo.get(sub) or _int_v3(sub)
+                elif kind is float:
+                    rendered = float_memo.get(sub) or _float_v3_memo(sub)
+                elif collapsible[kind]:
+                    rendered = self._render_dict(sub)
+                else:
+                    rendered = render(sub)
             display = f"{key}={rendered[0]}"
             # ordered by (len(value display + key), key): short first, NOT alphabetical
             items.append((len(display), key, display, f"{key}={rendered[1]}"))

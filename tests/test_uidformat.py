@@ -175,6 +175,23 @@ def test_ordereddict_keeps_order_and_is_not_collapsed() -> None:
     assert to_uid({"bbbbb": 1, "a": 2}) == to_uid({"a": 2, "bbbbb": 1})
 
 
+def test_chains_ending_in_each_kind_of_value() -> None:
+    """A chain of single-key dicts collapses whatever value ends it (uids of 2026-12-07)."""
+    data = {
+        "a": {"b": "x y"},
+        "c": {"d": {"e": 7}},
+        "f": {"g": 0.25},
+        "h": {"i": True},
+        "j": {"k": None},
+        "l": {"m": [1, "z"]},
+        "n": {"o": {"p": 1, "q": 2.0}},
+        "r": {"s": collections.OrderedDict(b=1, a=2)},
+    }
+    expected = "a.b=x-y,c.d.e=7,f.g=0.25,h.i=True,j.k=None,l.m=(1,z),n.o={p=1,q=2},r.s={b=1,a=2}"
+    assert to_uid(data) == expected + "-1c926bb4"
+    assert ConfDict(data).to_uid() == expected + "-1c926bb4"
+
+
 def test_collapse() -> None:
     assert uidformat.collapse({"a": {"b": {"c": 1}}, "d": [{"e": {"f": 2}}]}) == {
         "a.b.c": 1,
