@@ -2216,6 +2216,27 @@ def test_a_child_forked_inside_write_opens_its_own_context(tmp_path: Path) -> No
     assert dict(CacheDict(tmp_path).items()) == {"parent": 1, "child": 2}
 
 
+@pytest.mark.parametrize("folder", [True, False])
+def test_writing_a_key_again_says_how_to_replace_it(tmp_path: Path, folder: bool) -> None:
+    """The refusal of a key written twice read "Key 'k' is already in the cache (no
+    overwrite)" (set_many's, with a folder: not even that): nothing said what to do. It
+    says to delete the key first, and doing so replaces the value."""
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path if folder else None, keep_in_ram=True)
+    with cd.write():
+        cd["k"] = 1
+        for write in (lambda: cd.__setitem__("k", 2), lambda: cd.set_many([("k", 2)])):
+            with pytest.raises(ValueError) as info:
+                write()
+            assert "'k' is already in the cache" in str(info.value)
+            assert "delete it first (del cache['k'])" in str(info.value)
+        del cd["k"]
+        cd["k"] = 3
+    assert CacheDict(tmp_path if folder else None, keep_in_ram=True).get("k") == (
+        3 if folder else None
+    )
+    assert cd["k"] == 3
+
+
 def test_ram_only_cachedict_enforces_the_write_rules() -> None:
     """As with a folder: no overwrite (ValueError), str keys only (TypeError)."""
     cd: CacheDict[tp.Any] = CacheDict(None, keep_in_ram=True)

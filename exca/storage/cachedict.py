@@ -147,6 +147,16 @@ UNREADABLE_NOTE = (
 )
 
 
+def _written_once(key: str, folder: Path | None) -> ValueError:
+    """A key is written once: the refusal says how to replace it (a user read only "no
+    overwrite")."""
+    where = "" if folder is None else f" {folder}"
+    return ValueError(
+        f"Key {key!r} is already in the cache{where} (no overwrite): a key is written once; "
+        f"to replace its value, delete it first (del cache[{key!r}]), then write it"
+    )
+
+
 def _add_note(error: BaseException, note: str) -> None:
     if note not in getattr(error, "__notes__", ()):
         error.add_note(note)
@@ -1045,7 +1055,7 @@ class CacheDict(tp.Generic[X]):
         reader = self._reader
         if reader is None:  # RAM only: the same rules as with a folder
             if key in self._ram:
-                raise ValueError(f"Key {key!r} is already in the cache (no overwrite)")
+                raise _written_once(key, None)
             self._ram[key] = value
             self._ram_errors += type(value) is CachedError
             return
@@ -1056,7 +1066,7 @@ class CacheDict(tp.Generic[X]):
             )
         entries = reader.entries if self._read_once else self._entries()  # (a new view: read)
         if (key in entries or key in self._ram) and self._present(key):
-            raise ValueError(f"Key {key!r} is already in the cache {self.folder} (no overwrite)")
+            raise _written_once(key, self.folder)
         if type(value) is CachedError and self.keep_in_ram:
             self._ram_errors += 1
         session = local.session
@@ -1267,7 +1277,7 @@ class CacheDict(tp.Generic[X]):
                     if present:
                         if skip_existing:
                             continue  # written meanwhile (e.g. by a re-entrant call)
-                        raise ValueError(f"Key {key!r} is already in the cache {self.folder}")
+                        raise _written_once(key, self.folder)
                 batch[key] = value
                 if type(value) is CachedError:
                     errors += 1
@@ -1356,7 +1366,7 @@ class CacheDict(tp.Generic[X]):
             if key in ram or key in batch:
                 if skip_existing:
                     continue
-                raise ValueError(f"Key {key!r} is already in the cache (no overwrite)")
+                raise _written_once(key, None)
             batch[key] = value
         self._ram_errors += sum(type(v) is CachedError for v in batch.values())
         ram.update(batch)
