@@ -294,7 +294,11 @@ class Scheduler:
         it")."""
         for node in self._targets:
             run = self.runs.get(node.key)
-            if run is None or run.state != "failed" or isinstance(run.error, CacheFolderRemoved):
+            # (only "not computed": a method's error stays; a removal by `exca clean` is
+            # said with who removed it, see removed_by)
+            if run is None or run.state != "failed" or run.removed_by:
+                continue
+            if not isinstance(run.error, JobFailedError):
                 continue
             before = markers.get(node.key)
             if before is not None and folder_marker(node.folder) != before:
