@@ -617,8 +617,34 @@ def test_a_local_array_of_more_jobs_than_cpus_warns(
     with caplog.at_level(logging.INFO, logger="exca"), base.infra.job_array() as array:
         array.extend(configs)
     assert slept == []
-    assert "3 local jobs started at once on this machine (2 CPUs)" in caplog.text
+    assert "3 local jobs computing at once on this machine (2 CPUs)" in caplog.text
     assert [config.infra.job().result() for config in configs] == [0, 1, 4]
+
+
+@pytest.mark.timeout(120)
+def test_a_local_array_computes_at_most_max_workers_configs_at_once(
+    tmp_path: Path, ctl: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """job_array(max_workers=2) of 4 configs with cluster="local": the 4 jobs computed at
+    once (a 40-config sweep, 40 processes computing on a 2-core laptop): max_workers was
+    Slurm's throttle only. Now 2 compute while the others wait for one of them to end; the
+    results are the same, each computed once."""
+    (ctl / "block").touch()
+    array_base = base(tmp_path, ctl, "local")
+    tasks = [array_base.infra.clone_obj(x=x) for x in range(4)]
+    with (
+        caplog.at_level(logging.WARNING, logger="exca"),
+        array_base.infra.job_array(max_workers=2) as array,
+    ):
+        array.extend(tasks)
+    stderrs = [Path(t.infra.job().paths.stderr) for t in tasks]
+    wait_until(lambda: all(path.exists() for path in stderrs))  # (every job's process started)
+    wait_until(lambda: sum(calls(ctl).values()) == 2)
+    time.sleep(1.0)  # (the 2 others, were they computing, would have started meanwhile)
+    assert sum(calls(ctl).values()) == 2
+    assert [t.infra.status() for t in tasks] == ["running"] * 4
+    _unblock_and_check_each_ran_once(ctl, tasks)
+    assert "local jobs computing at once" not in caplog.text  # (2 jobs, 2 CPUs)
 
 
 def test_an_interrupted_array_submission_names_the_jobs_left_queued(

@@ -2296,6 +2296,11 @@ def submit_array(
         function = run_unit if sys.stdin.isatty() else run_unit_quietly
     elif cluster == "local" and len(units) == 1:
         function = run_sole_local_unit
+    elif cluster == "local" and parallelism is not None and parallelism < len(units):
+        # (a job_array's max_workers: its local jobs, all started at once, take turns)
+        from .localslots import new_slots_file, run_in_slot
+
+        function = functools.partial(run_in_slot, new_slots_file(), parallelism, function)
     if cluster == "debug" and execution.workdir is not None:
         # a debug job runs in this process when its result is asked for, after the
         # submission's workdir context ended: it enters the snapshot itself
@@ -2445,12 +2450,14 @@ def submit_array(
             logs.split("%j")[0],
         )
     cpus = usable_cpus()
-    if cluster == "local" and len(jobs) > cpus:  # (each is a process of this machine)
+    running = min(len(jobs), parallelism or len(jobs))
+    if cluster == "local" and running > cpus:  # (each is a process of this machine)
         logger.warning(
-            "%d local jobs started at once on this machine (%d CPUs): each is a process of "
-            "its own; for many small tasks, cluster=None (one after the other, in this "
-            "process) is faster",
-            len(jobs),
+            "%d local jobs computing at once on this machine (%d CPUs): each is a process "
+            "of its own (job_array(max_workers=...) caps how many compute at once, a map's "
+            "max_jobs how many jobs it makes); for many small tasks, cluster=None (one "
+            "after the other, in this process) is faster",
+            running,
             cpus,
         )
     return [SubmititHandle(job, cluster, template) for job in jobs]
