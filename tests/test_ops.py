@@ -5976,6 +5976,42 @@ def test_compact_many_writer_sessions(tmp_path: Path) -> None:
     ]
 
 
+def test_compact_on_a_full_disk_says_nothing_was_merged_nor_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk while `exca clean ROOT compact --yes` wrote the merged index file: it
+    said only "OSError: [Errno 28] No space left on device" (not even which file), and
+    left the part written behind. It now says that the folder's index files were not
+    merged and that nothing cached was lost, and leaves no partial file."""
+    import errno
+
+    root = tmp_path / "cache"
+    _many_writer_sessions(root, 3)
+    folder = folder_of(Ranges(infra={"folder": root}))
+    age_index_files(folder)
+    before = {key: value for key, value in CacheDict(folder).items()}
+    files_before = sorted(os.listdir(folder))
+    write_bytes = Path.write_bytes
+
+    def full_disk(self: Path, data: tp.Any) -> int:
+        if self.name.endswith(".tmp"):  # (the merged file: half of it, then a full disk)
+            write_bytes(self, bytes(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    result = cli("clean", root, "compact", "--yes")
+    assert result.returncode == 2
+    assert f"the index files of {folder} were not merged" in result.stderr, result.stderr
+    assert "nothing cached was lost" in result.stderr
+    assert "no space left for" in result.stderr  # (and what to do)
+    assert sorted(os.listdir(folder)) == files_before  # (no partial merged file left)
+    assert {key: value for key, value in CacheDict(folder).items()} == before
+    monkeypatch.undo()  # (space freed: merged then)
+    assert "merged 3 index file(s)" in cli("clean", root, "compact", "--yes", check=True).stdout
+    assert {key: value for key, value in CacheDict(folder).items()} == before
+
+
 def test_previews_of_a_root_given_relative_name_full_folders(tmp_path: Path) -> None:
     """`exca clean cache compact` (the root given relative) previewed 'cache/...: N index
     file(s)' where the other previews (node, logs...) name full folders: it names them

@@ -33,7 +33,7 @@ from ..storage import process
 from ..storage.cachedict import CacheDict, inspecting_view
 from ..storage.claims import CLAIMS_DIR, Claims, FolderHold
 from ..storage.dumping import DATA_DIR
-from ..storage.files import folder_mode
+from ..storage.files import folder_mode, note_write_error
 from ..storage.index import (
     _OUR_INDEX_NAME,
     AT,
@@ -2107,6 +2107,9 @@ def _writer_dead(name: str, mtime: float, grace: float) -> bool:
 KEPT_PLACES = 2
 
 
+MERGED_NOTE = "the merged index files were replaced by"
+
+
 def compact(
     folder: Path | str, grace_seconds: float = 3600.0, look: registry.QueueLook | None = None
 ) -> tuple[int, int]:
@@ -2120,6 +2123,20 @@ def compact(
     ):  # (no lock taken, nor claims/ made, for nothing)
         return 0, 0  # (checked again below, under the folder's lock)
     folder = Path(folder)
+    try:
+        return _compact(folder, grace_seconds)
+    except OSError as error:  # (a full disk, a quota: said with what it means here)
+        if any(n.startswith(MERGED_NOTE) for n in getattr(error, "__notes__", ())):
+            raise
+        note_write_error(error, folder)
+        error.add_note(
+            f"the index files of {folder} were not merged: they are as they were, every "
+            "entry is still read from them (nothing cached was lost)"
+        )
+        raise
+
+
+def _compact(folder: Path, grace_seconds: float) -> tuple[int, int]:
     claims = Claims(folder, permissions=folder_mode(folder))  # (the cache's: unknown here)
     # (a folder removed meanwhile, maybe while this waited for a removal's hold of it:
     # not made again, nothing to merge there)
@@ -2149,23 +2166,37 @@ def compact(
         lines += _tombstones_still_needed(folder, merged)
         target = folder / (process.unique_name() + INDEX_SUFFIX)
         tmp = target.with_name("." + target.name + ".tmp")
-        tmp.write_bytes(b"\n".join(lines) + b"\n" if lines else b"")
-        with contextlib.suppress(OSError):  # (what the merged files allowed: a shared cache)
-            mode = 0
-            for index_file in files:
-                mode |= stat.S_IMODE(index_file.stat().st_mode)
-            os.chmod(tmp, mode)
-        # (the last write of the entries it holds, not of the merging: `exca list` shows a
-        # node's last write, the newest mtime of its index files)
-        last_write = max(index_file.stat().st_mtime_ns for index_file in files)
-        os.utime(tmp, ns=(time.time_ns(), last_write))
-        os.replace(tmp, target)
+        try:
+            tmp.write_bytes(b"\n".join(lines) + b"\n" if lines else b"")
+            with contextlib.suppress(OSError):  # (what the merged files allowed: shared)
+                mode = 0
+                for index_file in files:
+                    mode |= stat.S_IMODE(index_file.stat().st_mode)
+                os.chmod(tmp, mode)
+            # (the last write of the entries it holds, not of the merging: `exca list`
+            # shows a node's last write, the newest mtime of its index files)
+            last_write = max(index_file.stat().st_mtime_ns for index_file in files)
+            os.utime(tmp, ns=(time.time_ns(), last_write))
+            os.replace(tmp, target)
+        except BaseException:  # (a full disk: its part written is not left behind)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         for index_file in files:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 # (the size when listed, before it was read: a torn last line counts too)
                 if os.stat(index_file.path).st_size != index_file.stat().st_size:
                     continue  # appended to since (a writer idle, not dead): kept
                 os.remove(index_file.path)
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                error.add_note(
+                    f"{MERGED_NOTE} {target.name}, but {index_file.name} and the ones after it "
+                    "were left: their entries are read once (nothing cached was lost); a "
+                    "later compaction removes them"
+                )
+                raise
     return len(files), len(lines)
 
 

@@ -1033,6 +1033,8 @@ def main(argv: list[str] | None = None) -> int:
         ):
             raise
         print(f"exca: error: {type(error).__name__}: {error}", file=sys.stderr)
+        for note in getattr(error, "__notes__", ()):  # (what it means: a full disk...)
+            print(f"exca: note: {note}", file=sys.stderr)
         return 2
 
 
