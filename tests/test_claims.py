@@ -777,6 +777,37 @@ def test_a_full_disk_while_claiming_leaves_nothing_behind(
         assert claim.mine == ["a"]
 
 
+@pytest.mark.parametrize("made", ["lock", "claims folder"])
+def test_a_full_disk_making_the_claims_lock_says_where_and_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, made: str
+) -> None:
+    """A full disk (no inode, a quota) as a claim made the folder's lock file, or the
+    claims folder itself: the bare "[Errno 28] No space left on device" reached the user
+    of a map or a task, naming no folder. It now names it and says what to do."""
+    import errno
+
+    claims = Claims(tmp_path)
+    if made == "lock":
+        with claims.claim(["warm-up"]):  # (claims/ exists: the lock's creation fails)
+            pass
+    os_open, os_mkdir = os.open, os.mkdir
+
+    def no_inode(path: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        if Path(path).name == (".lock" if made == "lock" else "claims"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return (os_open if made == "lock" else os_mkdir)(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open" if made == "lock" else "mkdir", no_inode)
+    with pytest.raises(OSError, match="No space left") as info:
+        claims.claim(["a"])
+    monkeypatch.undo()
+    notes = getattr(info.value, "__notes__", [])
+    assert any(str(tmp_path) in n and "free space there" in n for n in notes), notes
+    assert not (tmp_path / "claims").exists() or _claim_files(tmp_path) == []
+    with claims.claim(["a"]) as claim:
+        assert claim.mine == ["a"]
+
+
 def test_a_claim_file_that_cannot_be_removed_is_removed_later(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -589,6 +589,7 @@ class Claims:
                 except OSError as error:
                     if error.errno in _UNWRITABLE:
                         raise _unwritable(self.dir, error) from error
+                    note_write_error(error, self.dir.parent)  # (a full disk: what to do)
                     raise
                 continue
             except FileExistsError:
@@ -599,6 +600,7 @@ class Claims:
                     continue
                 if error.errno in _UNWRITABLE:
                     raise _unwritable(self.dir, error) from error
+                note_write_error(error, self.dir.parent)  # (a full disk: what to do)
                 raise
             try:
                 if self.permissions is not None:  # (read by the others: see _break_if_stale)
