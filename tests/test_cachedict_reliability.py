@@ -826,6 +826,40 @@ with cache.write():
     assert list(fresh.keys()) == ["a"] and fresh["a"] == {"x": 1}
 
 
+@pytest.mark.parametrize("how", ["del", "delete_many"])
+def test_a_deletion_on_a_full_disk_says_the_entry_is_still_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A deletion (a forced task's or map item's old entry, clear_job, del) whose line
+    could not be written on a full disk raised a bare "[Errno 28] No space left on
+    device": not which folder, nor whether the entry was gone. It now says the deletion
+    was not written and the entry is still there (it reads back), and what to do."""
+    import errno
+
+    cd: CacheDict[tp.Any] = CacheDict(tmp_path)
+    with cd.write():
+        cd["kept"] = {"a": 1}
+    deleter: CacheDict[tp.Any] = CacheDict(tmp_path)
+
+    def full(fd: int, data: tp.Any) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError, match="No space left") as info:
+        if how == "del":
+            del deleter["kept"]
+        else:
+            deleter.delete_many(["kept"])
+    monkeypatch.undo()
+    notes = getattr(info.value, "__notes__", [])
+    said = [n for n in notes if str(tmp_path) in n and "'kept' was not written" in n]
+    assert said and "the entry is still there" in said[0] and "free space" in said[0], notes
+    assert CacheDict(tmp_path)["kept"] == {"a": 1}
+    assert deleter["kept"] == {"a": 1}
+    del deleter["kept"]  # (space is back)
+    assert "kept" not in CacheDict(tmp_path)
+
+
 @pytest.mark.parametrize("what", ["inline", "array", "many"])
 def test_a_full_disk_names_the_folder_and_says_what_to_do(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str

@@ -35,7 +35,13 @@ from .dumping import (
     mark_if_damaged,
     record_problem,
 )
-from .files import check_name_lengths, ensure_folder, note_write_error, parse_permissions
+from .files import (
+    NO_SPACE,
+    check_name_lengths,
+    ensure_folder,
+    note_write_error,
+    parse_permissions,
+)
 from .formats import (
     DATA_DIR,
     LEGACY_WRITERS,
@@ -1451,6 +1457,20 @@ class CacheDict(tp.Generic[X]):
 
     def _tombstone(self, key: str, copies: list[Entry]) -> None:
         """Write the deletion of these copies of a key, then remove their payloads."""
+        try:
+            self._write_tombstone(key, copies)
+        except OSError as error:  # (a full disk: the bare errno said nothing of the entry)
+            if error.errno in NO_SPACE:
+                error.add_note(
+                    f"no space left for {self.folder} (a full disk, a quota or a file size "
+                    f"limit): the deletion of {key!r} was not written, the entry is still "
+                    "there as it was; free space there, then try again"
+                )
+            else:
+                note_write_error(error, self.folder)
+            raise
+
+    def _write_tombstone(self, key: str, copies: list[Entry]) -> None:
         writer, ctx = self._session()
         assert self._reader is not None
         lines = b"".join(
@@ -1461,7 +1481,7 @@ class CacheDict(tp.Generic[X]):
                 writer.open()
             except SessionFilesGone:  # (freed just now: see put)
                 self._session(restart=True)
-                self._tombstone(key, copies)
+                self._write_tombstone(key, copies)
                 return
         state = _own_state(writer, self._reader)
         # (as a reader of this file would note: a file whose tombstones aim elsewhere is
