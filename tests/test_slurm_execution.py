@@ -1352,7 +1352,8 @@ def test_plan_says_whether_a_job_is_pending_or_running(
         return entry.reason
 
     try:
-        assert reason() == f"pending as job {job.job_id}"
+        # (a later begin, as a job Slurm requeued has: said, the queue's reason BeginTime)
+        assert reason().startswith(f"pending as job {job.job_id} (waits for its begin time")
         assert job.state == "PENDING" and "state=PENDING" in repr(job)
         subprocess.run(["scontrol", "update", f"jobid={job.job_id}", "starttime=now"], check=True)
         wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
@@ -2581,7 +2582,11 @@ def test_a_retry_job_cancelled_through_itself_is_not_sent_again(
 
 @pytest.mark.timeout(300)
 def test_a_retry_right_after_a_requeue_follows_the_requeued_job(
-    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+    tmp_path: Path,
+    ctl: Path,
+    slurm_cluster: SlurmCluster,
+    short_result_wait: None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A running job requeued (scontrol requeue here; a preemption, a node failure) is
     listed COMPLETING while Slurm stops its run, as a cancelled one is, then runs again
@@ -2604,6 +2609,13 @@ def test_a_retry_right_after_a_requeue_follows_the_requeued_job(
         assert again.job_id == job.job_id
         assert len(records(retry.infra.uid_folder())) == 1
         wait_until(lambda: registry.queue_state(job.job_id) == "PENDING")
+        # (the plan and a wait say why it is pending: they said "pending as job N" only)
+        (entry,) = exca.graph.plan(retry.process.node()).entries
+        assert f"pending as job {job.job_id} (waits for its begin time" in entry.reason
+        with caplog.at_level("WARNING", logger="exca"):
+            assert not again.done()
+        told = f"Waiting for job {job.job_id}, which waits for its begin time (squeue's"
+        assert [r for r in caplog.records if r.getMessage().startswith(told)], caplog.text
         # (a requeued job waits 2 minutes before it may start again: not here)
         update = ["scontrol", "update", f"jobid={job.job_id}", "StartTime=now"]
         subprocess.run(update, check=True, timeout=30)

@@ -748,6 +748,25 @@ _HELD: dict[str, str] = {}  # pending jobs squeue said last Slurm holds -> its r
 HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin", "job requeued in held state"})
 
 
+_DEFERRED: set[str] = set()  # pending jobs squeue said last wait for their begin time
+
+# squeue's reason (%r) of a pending job that may not start before its begin time: Slurm
+# gives one to a job it requeues (preempted, its node failed, `scontrol requeue`), about
+# two minutes on; a wait for it showed only "pending" (or `sbatch --begin`)
+DEFERRED_REASON = "BeginTime"
+DEFERRED_WORDS = (
+    "waits for its begin time (squeue's reason: BeginTime): a job Slurm requeued "
+    "(preempted, its node failed, `scontrol requeue`) may not start again for about 2 "
+    "minutes, nor one given a later `begin`"
+)
+
+
+def deferred(job_id: str) -> bool:
+    """Whether squeue said, in its last call listing this pending job, that it waits for
+    its begin time (a job Slurm requeued; no new call)."""
+    return job_id in _DEFERRED
+
+
 def held(job_id: str) -> str | None:
     """The reason squeue gave, in its last call listing this pending job, why Slurm holds
     it (JobHeldUser, JobHeldAdmin; None: not held; no new call)."""
@@ -764,26 +783,29 @@ def held_words(job_id: str, reason: str) -> str:
     )
 
 
-_HELD_TOLD: dict[str, str] = {}  # array (or job) id -> the job of it a waiting call told held
+# array (or job) id -> the job of it a waiting call told held (or deferred), and why
+_HELD_TOLD: dict[str, tuple[str, str]] = {}
 
 
 def tell_held(job_id: str) -> None:
     """Warn, once per job (or array) while it stays held, that a job a call waits for is
-    held by Slurm: the call waits on (it may be released), silently it seemed to hang."""
+    held by Slurm: the call waits on (it may be released), silently it seemed to hang.
+    So for a job waiting for its begin time (requeued by Slurm): told again if held."""
     base = job_id.split("_")[0]
     reason = held(job_id)
+    if reason is None and deferred(job_id):
+        reason = DEFERRED_REASON
     if reason is None:
-        if _HELD_TOLD.get(base) == job_id:  # (released: told again if held again)
+        if _HELD_TOLD.get(base, ("", ""))[0] == job_id:  # (released: told again if held again)
             _HELD_TOLD.pop(base, None)
         return
-    if base in _HELD_TOLD:
+    if _HELD_TOLD.get(base, ("", ""))[1] == reason:
         return
     if len(_HELD_TOLD) > 1000:
         _HELD_TOLD.clear()
-    _HELD_TOLD[base] = job_id
-    logger.warning(
-        "Waiting for job %s, which %s; the wait goes on", job_id, held_words(job_id, reason)
-    )
+    _HELD_TOLD[base] = (job_id, reason)
+    words = DEFERRED_WORDS if reason == DEFERRED_REASON else held_words(job_id, reason)
+    logger.warning("Waiting for job %s, which %s; the wait goes on", job_id, words)
 
 
 def queue_state(job_id: str) -> str | None:
@@ -833,6 +855,8 @@ def as_jobs(job_ids: tp.Sequence[str]) -> str:
         reasons = ", ".join(sorted(set(holds.values())))
         listed = ",".join(held_ids[:5]) + (",..." if len(held_ids) > 5 else "")
         said += f" (held: {reasons}; `scontrol release {listed}` lets it start)"
+    elif pending and any(j in _DEFERRED for j in job_ids):
+        said += f" ({DEFERRED_WORDS})"
     return (
         f"{'pending' if pending else 'running'} as job{'(s)' if len(job_ids) > 1 else ''} "
         f"{shown}{said}"
@@ -878,6 +902,7 @@ def _squeue(bases: list[str]) -> tuple[set[str], set[str]] | None:
         _STATES.clear()
         _NEVER.clear()
         _HELD.clear()
+        _DEFERRED.clear()
     asked = set(bases)
     # (list(): a copy made at once, another thread may call squeue meanwhile: a waiting
     # run submits while its inline work runs, user threads wait for jobs)
@@ -885,6 +910,7 @@ def _squeue(bases: list[str]) -> tuple[set[str], set[str]] | None:
         for job in [j for j in list(said) if j.split("_")[0] in asked]:
             said.pop(job, None)  # (what this call says replaces it: a job gone from the
             # queue has no state, a released job no hold)
+    _DEFERRED.difference_update([j for j in list(_DEFERRED) if j.split("_")[0] in asked])
     for line in result.stdout.splitlines():
         job, _, rest = line.partition("|")
         state, _, rest = rest.partition("|")
@@ -894,6 +920,7 @@ def _squeue(bases: list[str]) -> tuple[set[str], set[str]] | None:
             continue
         never = state == "PENDING" and reason in NEVER_STARTS_REASONS
         hold = state == "PENDING" and reason in HELD_REASONS
+        later = state == "PENDING" and reason == DEFERRED_REASON
         if "_[" in job:  # (grouped elements: 12_[3-5%2], in case -r is not honoured)
             root, _, ranges = job.partition("_[")
             expanded = [f"{root}_{i}" for i in _expand(ranges.rstrip("]").split("%")[0])]
@@ -903,11 +930,15 @@ def _squeue(bases: list[str]) -> tuple[set[str], set[str]] | None:
                 _NEVER.update(dict.fromkeys(expanded, reason))
             if hold:
                 _HELD.update(dict.fromkeys(expanded, reason))
+            if later:
+                _DEFERRED.update(expanded)
         else:
             if never:
                 _NEVER[job] = reason
             if hold:
                 _HELD[job] = reason
+            if later:
+                _DEFERRED.add(job)
             listed.add(job)
             _STATES[job] = state
             own = raw.strip()
