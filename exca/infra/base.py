@@ -548,7 +548,7 @@ class BaseInfra(pydantic.BaseModel):
         if folder is not None and not os.path.isdir(folder):
             token = LEGACY_RENAMES.set(renames)
             try:
-                self._adopt_v2_folder(Path(folder))
+                self._adopt_v2_folder(folder)
             finally:
                 LEGACY_RENAMES.reset(token)
         # (a read-only config never renames: told once, its mode cannot change)
@@ -563,18 +563,19 @@ class BaseInfra(pydantic.BaseModel):
         except Exception:
             return None
 
-    def _adopt_v2_folder(self, folder: Path) -> None:
-        if uidformat.environ_value(uidformat.UID_VERSION_ENV) == "2" or not os.path.isdir(
-            folder.parent
-        ):
+    def _adopt_v2_folder(self, path: str) -> None:
+        # (str paths until a legacy folder is found: each new config of a call looks)
+        parent, name = os.path.split(path)
+        if uidformat.environ_value(uidformat.UID_VERSION_ENV) == "2" or not os.path.isdir(parent):
             return  # (v2 names asked for, or no folder of this method at all)
         legacy = self._legacy_name()
         if (
             legacy is None
-            or legacy == folder.name
-            or not (folder.parent / legacy / uidfolder.UID_FILE).is_file()
+            or legacy == name
+            or not os.path.isfile(os.path.join(parent, legacy, uidfolder.UID_FILE))
         ):
             return
+        folder = Path(path)
         if not LEGACY_RENAMES.get():  # (a read-only command, or mode read-only)
             logger.warning(
                 "The cache of %s has its legacy (v2) name %s, which a read-only command or "
