@@ -58,6 +58,16 @@ def test_run_is_refused_saying_how_to_run_the_target(
     assert status == 2 and "import myexp; myexp.Train(...).fit()" in err, err
 
 
+def test_a_bare_exca_lists_the_commands_and_what_each_does(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, out, err = run(capsys)
+    assert status == 2
+    assert "required" not in err  # (argparse said only "the following arguments are required")
+    for does in ["what a cache holds", "what running a config would do", "free space"]:
+        assert does in out
+
+
 def test_list_step_matching_no_step_is_an_error_naming_the_steps(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1338,6 +1338,9 @@ def _main(argv: list[str] | None) -> int:
     p_logs.add_argument("--json", action="store_true", help="machine-readable output")
 
     given = sys.argv[1:] if argv is None else argv
+    if not given:  # (a bare `exca`: the commands and what each does, not argparse's complaint)
+        parser.print_help()
+        return 2
     if given[:1] in (["run"], ["compute"]):  # (what one tries after `exca plan TARGET`)
         raise ValueError(_no_run_command(given[0], given[1:2]))
     # overrides are the arguments left: _target_node explains the misformed ones
