@@ -888,7 +888,7 @@ class BaseInfra(pydantic.BaseModel):
                 # to look for, see _adopt_legacy)
                 runtime.legacy_checked = True
             if checked is False and not (
-                restores and self._restore_files(folder, result(), prepare)
+                restores and self._restore_files(folder, result_folder, prepare)
             ):
                 return False  # no full-uid.yaml (yet): another process may write one later
             if checked is None:
@@ -989,10 +989,10 @@ class BaseInfra(pydantic.BaseModel):
         return restore or RESTORES_FILES.get()
 
     def _restore_files(
-        self, folder: str, result: Path, prepare: tp.Callable[[], None] | None = None
+        self, folder: str, result: Path | None = None, prepare: tp.Callable[[], None] | None = None
     ) -> bool:
-        """The yaml files of a config folder holding results (``result``: it, or its
-        sub-folder holding the result of a call with inputs), removed by hand (else
+        """The yaml files of a config folder holding results (``result``: it, the default,
+        or its sub-folder holding the result of a call with inputs), removed by hand (else
         ``exca list``, inspect and iter_cached miss its results): written again (by
         ``prepare`` for a sub-folder's result), in the folders that are there (a clean may
         have just removed them: not made again). Not in mode read-only. Never raises (the
@@ -1000,7 +1000,7 @@ class BaseInfra(pydantic.BaseModel):
         once, and not tried again in this process. Whether they were written."""
         if self.mode == "read-only" or folder in _UNRESTORABLE or not os.path.isdir(folder):
             return False
-        if not self._has_result(result):
+        if not self._has_result(Path(folder) if result is None else result):
             return False  # (being made: its creator writes them)
         # (its creator writes them before any result: found now, they were being written
         # when looked for, by another thread or process; prepare checks them)
@@ -1029,7 +1029,7 @@ class BaseInfra(pydantic.BaseModel):
             return
         assert self.folder is not None
         folder = os.path.join(self.folder, self.uid())
-        self._restore_files(folder, Path(folder))
+        self._restore_files(folder)
 
     def _node_folder_hooks(self, cache: CacheDict[tp.Any]) -> dict[str, tp.Any]:
         """The fields a task's and a map's node share: how they prepare, adopt and check

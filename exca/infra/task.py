@@ -426,16 +426,18 @@ class TaskInfra(BaseInfra, SubmititMixin):
             cache: CacheDict[tp.Any] = CacheDict(None, keep_in_ram=True)  # recomputed per call
         else:
             cache = self._cache(adopt=False)  # (a dry run builds nodes too: see Node)
+        # (the validated folder is a Path already: Path(path) parses it again, ~5 µs)
+        root = self.folder if isinstance(self.folder, Path | None) else Path(self.folder)
         node = Node(
             kind="task",
             step=step,
             config_uid=config_uid,
-            root=None if self.folder is None else Path(self.folder),
+            root=root,
             function=MethodCall(owner, method),
             cache=cache,
             mode=mode,
             execution=self._execution(
-                logs_folder=None if self.folder is None else Path(self.folder) / step,
+                logs_folder=None if root is None else root / step,
                 job_name=self._default_job_name(uid),
                 workdir_folder=self._workdir_folder(step),
             ),

@@ -286,7 +286,7 @@ class Claims:
         job_alive: JobAlive | None = None,
         permissions: int | None = None,
     ) -> None:
-        self.folder = Path(folder)
+        self.folder = folder if isinstance(folder, Path) else Path(folder)  # (not parsed again)
         self.dir = self.folder / CLAIMS_DIR
         self.heartbeat = heartbeat if heartbeat is not None else heartbeat_seconds()
         self.job_alive = job_alive
