@@ -1064,7 +1064,10 @@ def _stored(node: Node) -> None:
     clear_job() or a clean of another process removed while it computed are written
     back (without config.yaml, ``exca list`` and iter_cached() missed the entry)."""
     _written_back(node)
-    if node.folder is not None:  # (a note of a call interrupted before: done now)
+    # (a note of a call interrupted before: done now; notes are in the folder's jobs/,
+    # which the listing made before the store, under this worker's claim, shows)
+    listed = node.cache.listed_names()
+    if node.folder is not None and (listed is None or registry.JOBS_DIR in listed):
         registry.drop_finished_interruptions(node.folder, node.cache.missing)
     if node.after_store is not None:
         try:
