@@ -4582,6 +4582,10 @@ def test_a_multi_node_job_whose_rank_calls_os_exit_is_told_ended_soon(
         (rank_one,) = (tmp_path / "cache").rglob("*_1_log.err")
         said = r"rank 0 \(pid \d+ on \S+\) ended without finishing its calls \(os._exit, killed\?\)"
         assert re.search(said, rank_one.read_text()), rank_one.read_text()[-2000:]
+        # (and the job's error says it: it said "its process died (killed, out of
+        # memory, or sys.exit/os._exit in the method)", with rank 0's empty log)
+        said = rf"rank 0 ended first: its process exited in its call.* rank 1 then stopped \({said}; its log: {re.escape(str(rank_one))}\)"
+        assert re.search(said, str(raised.value)), raised.value
 
 
 def test_a_slurm_job_step_ends_when_one_of_its_tasks_dies(tmp_path: Path) -> None:

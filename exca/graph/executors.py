@@ -262,10 +262,40 @@ def _local_death(job_id: str, stderr: Path) -> str:
         text = text.rstrip().rpartition("\n")[0]  # (the log's own end: said above)
     elif (exited := exit_said(text)) is not None:  # (the method's sys.exit: not a death)
         said = f"local job {job_id} ended without writing its result: {exited}"
+    elif (gone := _rank_zero_gone_locally(stderr, job_id)) is not None:
+        said = f"local job {job_id} ended without writing its result: {gone}"
     end = log_tail(text)
     # (its end quoted as a Slurm job's: after the first line, which a plan's reason
     # and `exca list` say alone; it was glued to it, up to 1500 characters)
     return f"{said}; its log: {stderr}" + (f"{LOG_QUOTE}{end}" if end else " (empty)")
+
+
+def rank_zero_gone_words(rank: int, gone: str, log: Path) -> str:
+    """How a multi-task job ended when rank 0 ended first without an error (its exit code
+    0 reported by neither srun nor a local controller) and ``rank`` then stopped, as
+    its log says (``gone``: ranks.LEAD_GONE's why)."""
+    return (
+        "rank 0 ended first: its process exited in its call, without a result nor an "
+        f"error (os._exit(0) in the method?); rank {rank} then stopped ({gone}; its log: "
+        f"{log})"
+    )
+
+
+def _rank_zero_gone_locally(stderr: Path, job_id: str) -> str | None:
+    """That rank 0 of a multi-task local job ended first without an error, as the log of
+    another rank that stopped then says (``rank_zero_gone_words``), or None."""
+    from .ranks import lead_gone_in_log
+
+    logs = sorted(stderr.parent.glob(f"{job_id}_*_log.err"))
+    for log in logs:
+        rank = log.name[len(job_id) + 1 :].partition("_")[0]
+        if not rank.isdigit() or rank == "0":
+            continue
+        with contextlib.suppress(OSError):
+            gone = lead_gone_in_log(read_tail(log))
+            if gone is not None:
+                return rank_zero_gone_words(int(rank), gone, log)
+    return None
 
 
 def _rank_ended_locally(text: str, stderr: Path, job_id: str) -> str | None:
@@ -793,11 +823,7 @@ class SubmititHandle(Handle):
             with contextlib.suppress(OSError):
                 gone = lead_gone_in_log(read_tail(Path(log)))
         if gone is not None:  # (that rank stopped because rank 0 had ended: say so)
-            return (
-                "rank 0 ended first: its process exited with code 0 in its call, without a "
-                "result nor an error (os._exit(0) in the method?); "
-                f"rank {rank} then stopped ({gone}; its log: {log}), and srun ended the job"
-            )
+            return rank_zero_gone_words(rank, gone, log) + ", and srun ended the job"
         return (
             f"rank {rank} ended first: {how} (its log: {log}); srun then ended the job's "
             "other ranks"
