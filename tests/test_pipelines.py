@@ -43,6 +43,7 @@ from exca.graph.errors import NodeFailures
 from exca.graph.node import Value
 from exca.graph.planning import describe_inputs
 from exca.graph.worker import UpstreamFailed
+from exca.ops.inspect import describe_recorded_inputs
 from exca.uidformat import to_uid
 
 if tp.TYPE_CHECKING:
@@ -837,6 +838,22 @@ def test_a_plan_cuts_no_input_that_a_cut_would_not_shorten(env: Env) -> None:
     for key, evaluation in evaluations.items():
         shown = f"Step.run,1/{evaluation.uid.split('/', 1)[1]}"
         assert 40 < len(shown) <= 47 and f"{key}: {shown}" in described, described
+
+
+def test_a_plan_says_a_list_of_long_inputs_by_whole_entries(env: Env) -> None:
+    """The features of a sweep's subjects fed as a list to each training were cut in the
+    middle of the whole list: `[Step.run,1/name=features-of-a-subj [...] ct-number-2-<digest>,
+    +1 more]`, neither entry readable. As many entries as fit are now said whole, then
+    how many more (`exca list` says the recorded inputs the same way)."""
+    features = [env.step(f"features-of-a-subject-number-{k}").run.node() for k in range(3)]
+    trained = env.step("train").run.node(features)
+    described = describe_inputs(trained)
+    first = f"Step.run,1/{features[0].uid.split('/', 1)[1]}"
+    assert described == f"a=[{first}, +2 more], b=None", described
+    trained.result()
+    (recorded,) = [i.inputs for i in exca.ops.inspect(env.folder) if i.uid.startswith("name=train")]
+    assert recorded is not None
+    assert describe_recorded_inputs({"a": recorded["a"]}) == f"a=[{first}, +2 more]"
 
 
 def test_inputs_without_a_uid_get_a_hint(env: Env) -> None:

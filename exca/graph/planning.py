@@ -732,6 +732,27 @@ def plan(*targets: Node, wait: bool = True) -> Plan:
 INPUT_SHOWN = 80  # characters of each input of a call in a plan's table
 
 
+def listed_inputs(texts: tp.Sequence[str], total: int) -> str:
+    """A list of ``total`` inputs, short, from its first entries' ``texts``: those that fit
+    whole in INPUT_SHOWN characters (the first one at least, cut in its middle when it
+    alone is too long), then how many more. (The whole list cut in its middle read
+    "[Features.embed,2/infra.version=2-3c4536 [...] sion=2-3c45369e/items-16c1992f, +1
+    more]": neither entry could be told.)"""
+    shown = list(texts[:1])
+    for text in texts[1:]:
+        more = total - len(shown) - 1
+        tail = f", +{more} more" if more else ""
+        if len("[" + ", ".join([*shown, text]) + tail + "]") > INPUT_SHOWN:
+            break
+        shown.append(text)
+    more = total - len(shown)
+    tail = f", +{more} more" if more else ""
+    body = ", ".join(shown)
+    if len(shown) == 1:
+        body = shortened(body, INPUT_SHOWN - len(tail) - 2)
+    return "[" + body + tail + "]"
+
+
 def fed(node: Node) -> tuple[tuple[str, tp.Any], ...]:
     """What feeds a node, by name: a call's inputs, or the node giving a map its items
     (named as its method's parameter: the evaluation maps of a sweep looked all alike)."""
@@ -762,14 +783,14 @@ def describe_inputs(node: Node) -> str:
                     for key, text in zip(source.keys, shown)
                 ]
                 return "{" + ", ".join(shown) + (f", +{more} more" if more else "") + "}"
-            return "[" + ", ".join(shown) + (f", +{more} more" if more else "") + "]"
+            return listed_inputs(shown, len(source.sources))
         uid = str(source.uid)  # (a value: its display, and its digest when cut)
         display = re.sub(r"-[0-9a-f]{8}$", "", uid)
         return display if len(display) <= INPUT_SHOWN else shortened(uid, INPUT_SHOWN)
 
     def bounded(source: tp.Any) -> str:
         text = short(source)
-        if isinstance(source, Group) and source.keys is not None:
+        if isinstance(source, Group):
             return text  # (its entries are cut one by one)
         return shortened(text, INPUT_SHOWN)
 

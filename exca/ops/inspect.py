@@ -23,7 +23,7 @@ from ..confdict import ConfDict
 from ..graph import registry, store
 from ..graph.errors import shortened
 from ..graph.node import INPUTS_PREFIX, TASK_KEY
-from ..graph.planning import INPUT_SHOWN
+from ..graph.planning import INPUT_SHOWN, listed_inputs
 from ..infra.uidfolder import (
     CONFIG_FILE,
     FULL_UID_FILE,
@@ -1719,7 +1719,7 @@ def describe_recorded_inputs(inputs: dict[str, str]) -> str:
         more = len(entries) - len(texts)
         tail = f", +{more} more" if more else ""
         if keyed is None:
-            shown.append(f"{name}={shortened('[' + ', '.join(texts) + tail + ']', INPUT_SHOWN)}")
+            shown.append(f"{name}={listed_inputs(texts, len(entries))}")
             continue
         half = INPUT_SHOWN // 2  # (each entry cut on its own, as the plan does)
         pairs = [f"{shortened(k, half)}: {shortened(t, half)}" for k, t in zip(entries, texts)]
