@@ -365,6 +365,39 @@ def test_rename_class_killed_then_run_again(
         sys.modules.pop("pipemod", None)
 
 
+def test_rename_class_stopped_by_a_full_disk_says_what_it_left(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration stopped half-way by a full disk (the third folder rename): it raised the
+    bare "[Errno 28] No space left on device", nothing of the cache's state. It now says
+    it stopped after how many renames, that nothing cached was lost and to run it again,
+    which finishes it (nothing computes)."""
+    import errno
+
+    old, new = "pipemod.Data", "pipemod.Dataset"
+    project.write(data="Dataset")
+    rename, count = os.rename, [0]
+
+    def full_at_third(*args: tp.Any, **kwargs: tp.Any) -> None:
+        count[0] += 1
+        if count[0] == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        rename(*args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", full_at_third)
+    with pytest.raises(OSError, match="No space left") as info:
+        helpers.rename_class(project.root, old, new, dryrun=False)
+    monkeypatch.undo()
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert f"rename {old} -> {new} stopped there, after 2 folder rename(s)" in notes, notes
+    assert "nothing cached was lost" in notes and "run it again" in notes
+    assert "free space there" in notes
+    done = helpers.rename_class(project.root, old, new, dryrun=False)
+    assert done.left == []
+    assert project.run("run") == EXPECTED
+    assert project.calls() == []
+
+
 def test_rename_class_command_line(
     project: Project, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:

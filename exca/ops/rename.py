@@ -564,59 +564,60 @@ def rename_class(folder: str | Path, old: str, new: str, dryrun: bool = True) ->
     from ..graph import registry
 
     look = registry.QueueLook()  # (the Slurm queue, asked once for a preview's checks)
-    for source, target in configs:
-        if source.name in _NOT_NODES and used is None:
-            from .clean import _used_by_jobs
+    with _stopped_said(renaming, old, new):
+        for source, target in configs:
+            if source.name in _NOT_NODES and used is None:
+                from .clean import _used_by_jobs
 
-            used = _used_by_jobs(root, look)
-        why = None
-        if source.name in _NOT_NODES and source.parent in busy_steps:
-            why = "a config folder of its step was left: run again once it is done"
-        elif source.name in _NOT_NODES and used:
-            from .clean import _used_by
+                used = _used_by_jobs(root, look)
+            why = None
+            if source.name in _NOT_NODES and source.parent in busy_steps:
+                why = "a config folder of its step was left: run again once it is done"
+            elif source.name in _NOT_NODES and used:
+                from .clean import _used_by
 
-            why = _used_by(source, used)
-        if why is not None:
-            renaming.left.append((source, why))
-            moved_configs.pop(source)
-        elif _move(source, target, renaming) if not dryrun else _free(source, renaming, look):
-            renaming.moves.append((source, target))
-        else:
-            moved_configs.pop(source)
-            busy_steps.add(source.parent)
-    for step in old_steps:
-        if not dryrun:
-            from .clean import remove_emptied_step
+                why = _used_by(source, used)
+            if why is not None:
+                renaming.left.append((source, why))
+                moved_configs.pop(source)
+            elif _move(source, target, renaming) if not dryrun else _free(source, renaming, look):
+                renaming.moves.append((source, target))
+            else:
+                moved_configs.pop(source)
+                busy_steps.add(source.parent)
+        for step in old_steps:
+            if not dryrun:
+                from .clean import remove_emptied_step
 
-            try:
-                remove_emptied_step(step)  # (emptied: what is left, e.g. a busy config, stays)
-            except OSError:
-                pass
-    # (downstream first: see _Migration._depends)
-    inputs_moves.sort(key=lambda move: -len(plan.upstream.get(id(move[0]), ())))
-    for found, target, new_inputs in inputs_moves:
-        source = now_at(found.folder)
-        target = now_at(target)
-        if source != target:
-            if not (
-                _move(source, target, renaming) if not dryrun else _free(source, renaming, look)
-            ):
-                continue
-            renaming.moves.append((source, target))
-        yaml_path = target / INPUTS_FILE
-        if not dryrun:
-            from ..confdict import ConfDict
+                try:
+                    remove_emptied_step(step)  # (emptied: what is left, e.g. a busy config, stays)
+                except OSError:
+                    pass
+        # (downstream first: see _Migration._depends)
+        inputs_moves.sort(key=lambda move: -len(plan.upstream.get(id(move[0]), ())))
+        for found, target, new_inputs in inputs_moves:
+            source = now_at(found.folder)
+            target = now_at(target)
+            if source != target:
+                if not (
+                    _move(source, target, renaming) if not dryrun else _free(source, renaming, look)
+                ):
+                    continue
+                renaming.moves.append((source, target))
+            yaml_path = target / INPUTS_FILE
+            if not dryrun:
+                from ..confdict import ConfDict
 
-            write_atomic(yaml_path, ConfDict(new_inputs).to_yaml(), _permissions(yaml_path))
-        renaming.rewrites.append(yaml_path)
-    # the links of node folders to a code snapshot or job logs that moved (absolute,
-    # or relative from a step folder to another's), made to point there again
-    for link, text in _links(plan, renaming.moves, dryrun):
-        if not dryrun:
-            from ..graph import registry
+                write_atomic(yaml_path, ConfDict(new_inputs).to_yaml(), _permissions(yaml_path))
+            renaming.rewrites.append(yaml_path)
+        # the links of node folders to a code snapshot or job logs that moved (absolute,
+        # or relative from a step folder to another's), made to point there again
+        for link, text in _links(plan, renaming.moves, dryrun):
+            if not dryrun:
+                from ..graph import registry
 
-            registry.link(link.parent, link.name, text)
-        renaming.links.append((link, text))
+                registry.link(link.parent, link.name, text)
+            renaming.links.append((link, text))
     for a, b in renaming.moves:
         logger.debug("%s %s -> %s", "Would rename" if dryrun else "Renamed", a, b)
     # (one line: the returned Renaming, which `exca rename` prints, lists them all)
@@ -633,6 +634,26 @@ def rename_class(folder: str | Path, old: str, new: str, dryrun: bool = True) ->
         len(renaming.left),
     )
     return renaming
+
+
+@contextlib.contextmanager
+def _stopped_said(renaming: Renaming, old: str, new: str) -> tp.Iterator[None]:
+    """An OSError (a full disk, a folder another user owns...) stopping a migration
+    half-way: said with what it left (the bare "[Errno 28] No space left on device" told
+    nothing of the cache) and what to do."""
+    try:
+        yield
+    except OSError as error:
+        if not renaming.dryrun:
+            from ..storage.files import note_write_error
+
+            note_write_error(error, renaming.root)
+            error.add_note(
+                f"rename {old} -> {new} stopped there, after {len(renaming.moves)} folder "
+                "rename(s): each folder holds its own results, under the old name or the "
+                "new one (nothing cached was lost); run it again to finish it"
+            )
+        raise
 
 
 _LINKS = ("code", LINK_NAME)  # (a node folder's links: its job's code snapshot and logs)
