@@ -219,6 +219,42 @@ def test_item_errors(tmp_path: Path, cluster: str | None) -> None:
     assert counts(log) == retried
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cluster", [None, "threadpool"])
+def test_a_retry_stopped_by_a_full_disk_raises_that_not_the_old_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cluster: str | None
+) -> None:
+    """mode="retry" on a full disk (the claim of the failed items could not be made):
+    the call raised the old cached error, "bad item 2 ... (mode='retry' computes it
+    again)", as if it had been retried and failed again; the disk was never mentioned.
+    It now raises the full disk's error; the cached error stays, retried once there is
+    space."""
+    import errno
+
+    fail_dir = tmp_path / "fail"
+    fail_dir.mkdir()
+    (fail_dir / "2").touch()
+    with pytest.raises(ValueError, match="bad item 2"):
+        list(make(tmp_path, cluster, fail_dir=str(fail_dir)).process([1, 2, 3]))
+    (fail_dir / "2").unlink()
+    os_open = os.open
+
+    def no_inode(path: tp.Any, flags: int, *args: tp.Any, **kwargs: tp.Any) -> int:
+        if Path(path).name == ".lock":  # (the claims folder's lock: a new file)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return os_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", no_inode)
+    retry = make(tmp_path, cluster, fail_dir=str(fail_dir), infra={"mode": "retry"})
+    with pytest.raises(OSError, match="No space left") as info:
+        list(retry.process([1, 2, 3]))
+    assert "free space there" in error_text(info.value)
+    monkeypatch.undo()
+    assert counts(tmp_path / "calls.txt") == {1: 1, 2: 1, 3: 1}
+    assert list(retry.process([1, 2, 3])) == [10, 20, 30]
+    assert counts(tmp_path / "calls.txt") == {1: 1, 2: 2, 3: 1}
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("cluster", [None, "processpool", "local"])
 @pytest.mark.parametrize("miscount", ["short", "extra"])

@@ -1142,6 +1142,11 @@ class Scheduler:
         if not inline and node.execution.cluster not in POOL_CLUSTERS:
             progress.update(len(todo) - len(missing))
         # (a pool's items were counted as they were written)
+        if not missing and run.action == "retry":
+            failed = _retry_not_done(run, todo)
+            if failed is not None:
+                run.state, run.error = "failed", failed
+                return
         if not missing:
             run.state = "done"
             if run.action == "force":
@@ -1816,6 +1821,21 @@ def _note_all_unstored(error: BaseException, run: NodeRun) -> None:
             f"in all, {total} item(s) computed by this call could not be stored in "
             f"{run.node.folder}, none of them is cached"
         )
+
+
+def _retry_not_done(run: NodeRun, todo: list[str]) -> BaseException | None:
+    """The error of a map's unit run here (inline, in a pool) that failed before it
+    computed its cached errors again (e.g. a full disk as it claimed them): they are
+    still there, so nothing is missing, and the call raised the old cached error as if
+    it had been retried, saying nothing of this one."""
+    if not run.node.cache.error_keys(todo):
+        return None
+    for handle in run.handles:
+        if isinstance(handle, executors.DoneHandle | executors.FutureHandle):
+            error = handle.error()
+            if isinstance(error, Exception):
+                return error
+    return None
 
 
 def _stop_pools(runs: list[NodeRun], pools: executors.Pools) -> None:
