@@ -16,7 +16,10 @@ again in a forked child stopped at its N-th step:
   4 KiB writes half its bytes first);
 - ``int``: SIGINT sent to the process just before the step (Ctrl-C: its handler raises
   ``KeyboardInterrupt`` there, unless exca holds it back);
-- ``exc``: ``OSError(EIO)`` raised by the step (a big ``os.write`` writes half first).
+- ``exc``: ``OSError(EIO)`` raised by the step (a big ``os.write`` writes half first);
+- ``nospc``: ``OSError(ENOSPC)`` the same way (a full disk, a quota), at the steps that
+  write (a removal goes on): the error raised must say more than the kernel's "No space
+  left on device" (what was not stored, what to do).
 
 Then a fresh forked process (the parent imported exca and touched no cache) checks: every
 entry that ``status()``, ``exca list`` (``exca.ops.inspect``) or ``iter_cached`` call done
@@ -65,6 +68,8 @@ from exca.cachedict import CacheDict
 from exca.ops.cli import main as cli_main
 
 TORN_MIN_BYTES = 4096
+NO_SPACE = "No space left on device"
+REMOVING = ("unlink", "remove", "rmdir")
 THEN_KILL_AT = [0]  # (--then-kill: the step where a run is killed after its fault)
 RUN_TIMEOUT_S = 60.0  # a run or a check taking longer hangs (each takes < 2 s)
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT
@@ -158,7 +163,7 @@ class Injector:
     def _fire(
         self, name: str, original: tp.Callable[..., tp.Any], args: tuple[tp.Any, ...]
     ) -> None:
-        if name == "write" and self.kind in ("kill", "exc") and len(args) == 2:
+        if name == "write" and self.kind in ("kill", "exc", "nospc") and len(args) == 2:
             data = bytes(args[1])
             # a torn write: half of it lands (of a big write only: the kernel completes a
             # small one before a SIGKILL; a torn lock token makes the waiters wait a minute)
@@ -172,6 +177,11 @@ class Injector:
         if self.kind == "int":  # (a real SIGINT: its handler, or exca's holding it back)
             os.kill(os.getpid(), signal.SIGINT)
             return
+        if self.kind == "nospc" and name in REMOVING:  # (a full disk lets files go)
+            self.fired = None
+            return
+        if self.kind == "nospc":  # (as the kernel says it: exca must say more)
+            raise OSError(errno.ENOSPC, NO_SPACE)
         raise OSError(errno.EIO, f"injected at {name}")
 
 
@@ -856,6 +866,17 @@ def clean_orphans(root: Path) -> list[str]:
     return [f"exca clean orphans exited with {code}"] if code else []
 
 
+def says_space(error: BaseException) -> bool:
+    """Whether an error (its message, notes and causes) says more of a full disk than the
+    kernel's "No space left on device": what was not stored, what to do."""
+    texts: list[str] = []
+    seen: BaseException | None = error
+    while seen is not None and len(texts) < 20:
+        texts += [str(seen), *getattr(seen, "__notes__", ())]
+        seen = seen.__cause__ or seen.__context__
+    return "space" in " ".join(texts).replace(NO_SPACE, "").lower()
+
+
 def one_run(
     op: str,
     n: int,
@@ -872,11 +893,12 @@ def one_run(
             OPS[op].setup(root)
         injector = Injector(n, kind, where)
         injector.install()
-        error = None
+        error, said_space = None, False
         try:
             OPS[op].run(root)
         except BaseException as e:
             error = f"{type(e).__name__}: {_short(str(e))}"
+            said_space = says_space(e)
         finally:
             injector.uninstall()
         same_process = run_check(op, root) if error is not None else []
@@ -885,6 +907,7 @@ def one_run(
             "trace": injector.trace,
             "fired": injector.fired,
             "error": error,
+            "said_space": said_space,
             "same_process": same_process,
         }
 
@@ -975,6 +998,8 @@ def main(argv: list[str] | None = None) -> int:
                 if "hung" in run:
                     problems.append(f"the operation hung ({RUN_TIMEOUT_S:.0f} s)")
                 problems += [f"(same process) {p}" for p in run.get("same_process", [])]
+                if kind == "nospc" and run.get("error") and not run.get("said_space"):
+                    problems.append(f"a full disk said as bare as the kernel: {run['error']}")
                 if (
                     kind == "kill"
                     and args.where != "workers"
