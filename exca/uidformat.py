@@ -216,6 +216,28 @@ def _float_v3_memo(value: float) -> _Rendered:
     return _FLOAT_RENDERS.get(value) or _memo(_FLOAT_RENDERS, value, _float_v3(value))
 
 
+_DictItem = tuple[int, str, str, str]  # (len(display), key, "key=display", "key=hash")
+# the items of str/int/float values in dicts, by (key, value): configs repeat the same
+# keys with the same values. (Equal values of these types render alike: a str equals no
+# number, and a float equal to an int is integral, rendered as that int. Not so for
+# bool, True == 1: bools are not kept here.)
+_LEAF_ITEMS: dict[tuple[str, tp.Any], _DictItem] = {}
+_LEAF_ITEM_MAX_TEXT = 256  # (longer items are not kept: the memo stays small)
+_LEAF_RENDERS: dict[type, tp.Callable[[tp.Any], _Rendered]] = {}  # filled below
+
+
+def _leaf_item(key: str, value: tp.Any, kind: type) -> _DictItem:
+    """The sort-and-join item of ``key=value`` in a dict (memoized in _LEAF_ITEMS)."""
+    rendered = _LEAF_RENDERS[kind](value)
+    display = f"{key}={rendered[0]}"
+    item = (len(display), key, display, f"{key}={rendered[1]}")
+    if len(item[3]) <= _LEAF_ITEM_MAX_TEXT:
+        if len(_LEAF_ITEMS) >= _MEMO_MAX:
+            _LEAF_ITEMS.clear()
+        _LEAF_ITEMS[key, value] = item
+    return item
+
+
 def _clean_key(key: str) -> bool:
     """Whether a dict key is unchanged by cleaning (then a display made of it and of
     cleaned values needs no cleaning again, only the length cut)."""
@@ -227,6 +249,9 @@ def _clean_key(key: str) -> bool:
         _CLEAN_KEYS.add(key)
         return True
     return False
+
+
+_LEAF_RENDERS.update({str: _str_v3, int: _int_v3, float: _float_v3_memo})
 
 
 class _DictKinds(dict[type, bool]):
@@ -308,10 +333,9 @@ class _UidMakerV3:
 
     def _render_dict(self, value: dict[tp.Any, tp.Any]) -> _Rendered:
         ordered = isinstance(value, collections.OrderedDict)
-        items = []
-        render = self.render
-        str_memo, int_memo, float_memo = _STR_RENDERS, _INT_RENDERS, _FLOAT_RENDERS
-        clean_memo, collapsible = _CLEAN_KEYS, _COLLAPSIBLE
+        items: list[_DictItem] = []
+        append, render = items.append, self.render
+        item_memo, clean_memo, collapsible = _LEAF_ITEMS, _CLEAN_KEYS, _COLLAPSIBLE
         clean_keys = True
         renamed = False  # (a key collapsed: it may be another key's text)
         typed = False  # (a key that is not a str: its text may be another key's)
@@ -320,34 +344,23 @@ class _UidMakerV3:
                 key, typed = str(key), True
             kind = type(sub)
             # (memo lookups inlined: this loop is the hot path of every uid)
-            if kind is str:
-                rendered = str_memo.get(sub) or _str_v3(sub)
-            elif kind is int:
-                rendered = int_memo.get(sub) or _int_v3(sub)
-            elif kind is float:
-                rendered = float_memo.get(sub) or _float_v3_memo(sub)
-            else:
-                # chains of single-key dicts collapse into dotted keys (the loop of
-                # collapse(), inlined: a call per value costs ~5% of a uid)
-                while collapsible[kind] and len(sub) == 1:
-                    ((subkey, sub),) = sub.items()
-                    key, renamed = f"{key}.{subkey}", True
-                    kind = type(sub)
-                # (the value at the end of a chain: its memo looked up here too, and a
-                # dict of many keys rendered without the dispatch call)
-                if kind is str:
-                    rendered = str_memo.get(sub) or _str_v3(sub)
-                elif kind is int:
-                    rendered = int_memo.get(sub) or _int_v3(sub)
-                elif kind is float:
-                    rendered = float_memo.get(sub) or _float_v3_memo(sub)
-                elif collapsible[kind]:
-                    rendered = self._render_dict(sub)
-                else:
-                    rendered = render(sub)
+            if kind is str or kind is int or kind is float:
+                append(item_memo.get((key, sub)) or _leaf_item(key, sub, kind))
+                continue
+            # chains of single-key dicts collapse into dotted keys (the loop of
+            # collapse(), inlined: a call per value costs ~5% of a uid)
+            while collapsible[kind] and len(sub) == 1:
+                ((subkey, sub),) = sub.items()
+                key, renamed = f"{key}.{subkey}", True
+                kind = type(sub)
+            if kind is str or kind is int or kind is float:  # (the value ending a chain)
+                append(item_memo.get((key, sub)) or _leaf_item(key, sub, kind))
+                continue
+            # (a dict of many keys: rendered without the dispatch call)
+            rendered = self._render_dict(sub) if collapsible[kind] else render(sub)
             display = f"{key}={rendered[0]}"
             # ordered by (len(value display + key), key): short first, NOT alphabetical
-            items.append((len(display), key, display, f"{key}={rendered[1]}"))
+            append((len(display), key, display, f"{key}={rendered[1]}"))
         if not items:
             return "{}", "dict:{}"
         # (whether every key is clean: one set check when the keys are the dict's own)

@@ -192,6 +192,41 @@ def test_chains_ending_in_each_kind_of_value() -> None:
     assert ConfDict(data).to_uid() == expected + "-1c926bb4"
 
 
+# uids of {"a": value} and {"k": {"a": value}} (2026-12-07, before the items memo)
+EQUAL_VALUES_OF_SEVERAL_TYPES = [
+    (1, "a=1-49f4cfa0", "k.a=1-5cc3c020"),
+    (True, "a=True-d5f2536f", "k.a=True-77f7acb5"),
+    (1.0, "a=1-49f4cfa0", "k.a=1-5cc3c020"),
+    ("1", "a=1-3f88643c", "k.a=1-0a1fbe6d"),
+    (0.0, "a=0-feb2985e", "k.a=0-5b44378b"),
+    (-0.0, "a=0-feb2985e", "k.a=0-5b44378b"),
+    (False, "a=False-c728afb9", "k.a=False-17d5772c"),
+    ("True", "a=True-c5532e28", "k.a=True-3289323c"),
+    (0.5, "a=0.50-1ca528f7", "k.a=0.50-ff665974"),
+]
+
+
+def test_memoized_items_keep_the_type_of_equal_values() -> None:
+    """1, 1.0, True and "1" are equal or alike: a memo of rendered items must not give
+    one the other's uid, in whatever order they come (twice: the second from the memo)."""
+    for _ in range(2):
+        for cases in (EQUAL_VALUES_OF_SEVERAL_TYPES, EQUAL_VALUES_OF_SEVERAL_TYPES[::-1]):
+            for value, flat, chained in cases:
+                assert to_uid({"a": value}) == flat, value
+                assert to_uid({"k": {"a": value}}) == chained, value
+                assert ConfDict({"k.a": value}).to_uid() == chained, value
+
+
+def test_memoized_items_stay_bounded() -> None:
+    """The rendered items are memoized for repeated configs, not kept without end."""
+    for index in range(uidformat._MEMO_MAX + 10):
+        assert to_uid({"key": index, "other": {"x": float(index) + 0.5}}).startswith(
+            f"key={index},other.x="
+        )
+    assert len(uidformat._LEAF_ITEMS) <= uidformat._MEMO_MAX
+    assert to_uid({"key": 3, "other": {"x": 3.5}}) == to_uid({"other.x": 3.5, "key": 3})
+
+
 def test_collapse() -> None:
     assert uidformat.collapse({"a": {"b": {"c": 1}}, "d": [{"e": {"f": 2}}]}) == {
         "a.b.c": 1,
