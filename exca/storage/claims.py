@@ -723,11 +723,7 @@ class _Where:
     def record(self) -> list[tp.Any]:
         """[inode, real path] of the folder (inode None: it cannot be looked at)."""
         if self._seen is None:
-            try:
-                inode: int | None = os.stat(self.folder).st_ino
-            except OSError:
-                inode = None
-            self._seen = [inode, os.path.realpath(self.folder)]
+            self._seen = _inode_and_real_path(self.folder)
         return self._seen
 
     def differs(self, written: tp.Any) -> bool:
@@ -744,6 +740,35 @@ class _Where:
         if inode is None or here_inode is None:
             return False
         return bool(inode != here_inode and real != here_real)
+
+
+_O_PATH = getattr(os, "O_PATH", 0)  # (Linux: a handle on the folder, opened for nothing)
+
+
+def _inode_and_real_path(folder: Path) -> list[tp.Any]:
+    """[inode, os.path.realpath(folder)]: the real path the kernel gives an open handle of
+    the folder (its /proc/self/fd link), 4 system calls, where realpath makes one per
+    component of the path (6 for /tmp/cache/<step>/<uid>), and ~150 Python lines."""
+    if _O_PATH:
+        try:
+            fd = os.open(folder, _O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            try:
+                inode = os.fstat(fd).st_ino
+                real = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:  # (no /proc mounted: as below)
+                real = ""
+            finally:
+                os.close(fd)
+            if real.startswith("/") and not real.endswith(" (deleted)"):
+                return [inode, real]
+    try:
+        found: int | None = os.stat(folder).st_ino
+    except OSError:
+        found = None
+    return [found, os.path.realpath(folder)]
 
 
 def folder_key(folder: str | os.PathLike[str]) -> tuple[int, int] | str:
