@@ -720,6 +720,42 @@ def test_ctrl_c_waiting_for_one_job_of_an_array_says_the_others_keep_running(
 
 
 @pytest.mark.timeout(120)
+def test_another_error_stopping_a_wait_for_an_array_job_says_it_keeps_running(
+    tmp_path: Path, ctl: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error raised in the caller while a call waits for a local job (a signal
+    handler's: an alarm's TimeoutError, a SIGTERM's sys.exit), not a Ctrl-C: the job runs
+    on, as before, but nothing said so; the error now says it (its note and the log), and
+    the job does end with its result, computed once."""
+    import signal
+
+    tasks, ids = _blocked_local_array(tmp_path, ctl)
+
+    def give_up(*_: tp.Any) -> None:
+        raise TimeoutError("the caller gave up")
+
+    def stop_the_wait() -> None:
+        wait_until(lambda: sum(calls(ctl).values()) == 4)  # (all running)
+        time.sleep(0.5)  # (the call waits for its job)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, give_up)
+    thread = threading.Thread(target=stop_the_wait)
+    try:
+        thread.start()
+        with caplog.at_level(logging.WARNING, logger="exca"), pytest.raises(TimeoutError) as raised:
+            tasks[0].process()
+        thread.join()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    said = f"job(s) {ids[0]} keep running: this error stops no job"
+    assert any(said in note for note in raised.value.__notes__)
+    assert said in caplog.text
+    assert [t.infra.status() for t in tasks] == ["running"] * 4  # (what it says)
+    _unblock_and_check_each_ran_once(ctl, tasks)
+
+
+@pytest.mark.timeout(120)
 def test_ctrl_c_in_another_process_waiting_for_one_job_of_an_array_names_the_others(
     tmp_path: Path, ctl: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -443,10 +443,12 @@ class Scheduler:
             # a job whose cancellation it stopped keeps its record)
             _cancel(cancelled, pools)
             raise
-        except BaseException:
+        except BaseException as error:
             # (failing in this process, e.g. an OSError writing: its pools' workers went
             # on writing items after the error reached the user)
-            _stop_pools(list(running.values()), pools)
+            runs = list(running.values())
+            _stop_pools(runs, pools)
+            _say_jobs_left_running(error, runs)
             raise
         finally:
             self._loop = None
@@ -1836,6 +1838,39 @@ def _retry_not_done(run: NodeRun, todo: list[str]) -> BaseException | None:
             if isinstance(error, Exception):
                 return error
     return None
+
+
+def _say_jobs_left_running(error: BaseException, runs: list[NodeRun]) -> None:
+    """A wait stopped by another error than Ctrl-C (raised by a signal handler of the
+    caller: an alarm's TimeoutError, a SIGTERM's sys.exit; or met by exca): the jobs it
+    waited for, its own included, run on (their results are cached, the next call
+    follows them), as they did before without a word; said now, on the error (what an
+    except clause sees) and in the log (a SystemExit's notes are never shown). Only a
+    Ctrl-C cancels the jobs a call submitted."""
+    ids = sorted({h.job_id for run in runs for h in run.handles if _may_run(h)})
+    if not ids:
+        return
+    said = (
+        f"job(s) {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''} keep running: "
+        f"this error stops no job (only a Ctrl-C cancels those a call submitted); their "
+        f"results are cached, calling again waits for them, {_how_to_stop(runs)} stops them"
+    )
+    logger.warning("Stopped waiting (%s): %s", type(error).__name__, said)
+    if isinstance(error, Exception):
+        error.add_note(f"exca: {said}")
+
+
+def _may_run(handle: executors.Handle) -> bool:
+    """Whether a handle is a job that may still run (a local one is looked at: its
+    process; a Slurm one is not asked, which is a command)."""
+    if not handle.job_id or handle.cluster not in ("local", "slurm"):
+        return False
+    if handle.cluster == "slurm":
+        return True
+    try:
+        return not handle.done()
+    except Exception:  # (the error being raised says more)
+        return True
 
 
 def _stop_pools(runs: list[NodeRun], pools: executors.Pools) -> None:
