@@ -10,7 +10,10 @@ import textwrap
 import typing as tp
 from pathlib import Path
 
+import pydantic
 import pytest
+
+import exca
 
 SCRIPT = textwrap.dedent(
     """
@@ -393,3 +396,67 @@ def test_a_processpool_map_counts_its_items_as_they_are_written(
     looker.join()
     assert shown and shown[0] >= 1, shown  # (the items its chunk wrote before it)
     assert bars[-1].n == 30  # (counted once)
+
+
+class Prepared(pydantic.BaseModel):
+    n: int = 3
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def prepare(self) -> int:
+        return self.n
+
+
+class Trained(pydantic.BaseModel):
+    data: Prepared = Prepared()
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def fit(self) -> int:
+        return self.data.prepare() * 2
+
+
+class Unrelated(pydantic.BaseModel):
+    x: int = 0
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> int:
+        return self.x
+
+
+def test_a_sub_config_version_change_found_elsewhere_costs_other_hits_no_listing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a plan of this process found a cached result computed with other sub-config
+    versions (not told yet: a call reusing it warns), every cache hit of every other
+    folder looked at its own result again (one more folder listing per call: 2 instead of
+    1, strace: 4 getdents64 instead of 2). Only the folders where it was found pay now."""
+    from exca.infra import base as infra_base
+
+    folder = tmp_path / "cache"
+    trained = Trained(data={"infra": {"folder": folder}}, infra={"folder": folder})
+    trained.fit()
+    full = tp.cast(Path, trained.infra.uid_folder()) / "full-uid.yaml"
+    # (as written when the class Prepared was at version "0", by another process)
+    full.write_text(full.read_text().replace("  infra.version: '1'", "  infra.version: '0'"))
+    infra_base._DEFAULTS_CHECKED.clear()
+    others = [Unrelated(x=x, infra={"folder": folder}) for x in range(10)]
+    assert [o.run() for o in others] == list(range(10))  # (computed; once-per-instance checks)
+    listed: list[str] = []
+    scandir = os.scandir
+
+    def counted(path: tp.Any = ".") -> tp.Any:
+        listed.append(str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", counted)
+    assert [o.run() for o in others] == list(range(10))
+    before = len(listed)
+    again = Trained(data={"infra": {"folder": folder}}, infra={"folder": folder})
+    entries = exca.graph.plan(again.fit.node()).entries
+    [entry] = [e for e in entries if ".Trained.fit," in e.uid]
+    assert "other sub-config versions" in entry.reason  # (found, not told yet)
+    listed.clear()
+    assert [o.run() for o in others] == list(range(10))
+    assert len(listed) == before

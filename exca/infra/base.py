@@ -807,7 +807,8 @@ class BaseInfra(pydantic.BaseModel):
         if untold and self.folder is not None and self._tells(restore):
             folder = self._config_folder()
             result = Path(folder) if result_folder is None else result_folder
-            if self._reuses(result):
+            # (this folder's: another's change costs this call no look at its result)
+            if uidfolder.untold_at({folder, result}) and self._reuses(result):
                 record = _record_folder(folder, result_folder)
                 uidfolder.tell_untold_versions(record)
                 uidfolder.tell_untold_swaps(record)  # (fields maybe renamed, as these)
@@ -913,7 +914,10 @@ class BaseInfra(pydantic.BaseModel):
         assert self.folder is not None
         if not uidfolder.any_version_changes() and not uidfolder.any_swaps():
             return None
-        folder = _record_folder(self._config_folder(), result_folder)
+        config_folder = self._config_folder()
+        if not uidfolder.noted_at({config_folder, result_folder or config_folder}):
+            return None  # (found at other folders: nothing to look up for this one)
+        folder = _record_folder(config_folder, result_folder)
         # (fields maybe renamed: said here, not logged by the plan, see verify_defaults)
         swaps = uidfolder.swaps_note(folder)
         changed = uidfolder.version_changes(folder)

@@ -624,6 +624,20 @@ def forget_version_changes(folder: Path | str) -> None:
     _UNTOLD_SWAPS.discard(str(Path(folder)))
 
 
+def untold_at(folders: tp.Iterable[Path | str]) -> bool:
+    """Whether a plan found, at one of these folders, sub-configs' versions or fields
+    changed that no call has told yet (set look-ups, no disk: a call of another folder
+    pays nothing for them)."""
+    return any((key := str(Path(folder))) in _UNTOLD or key in _UNTOLD_SWAPS for folder in folders)
+
+
+def noted_at(folders: tp.Iterable[Path | str]) -> bool:
+    """Whether version changes or swapped fields were found at one of these folders."""
+    return any(
+        (key := str(Path(folder))) in _VERSION_CHANGES or key in _SWAPS for folder in folders
+    )
+
+
 def any_untold_versions() -> bool:
     """Whether a plan found sub-configs' versions changed that no call has told yet."""
     return bool(_UNTOLD)
