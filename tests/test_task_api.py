@@ -1703,6 +1703,42 @@ def _as_written_with_task_version_0(folder: Path) -> None:
     full.write_text(full.read_text().replace("  infra.version: '1'", "  infra.version: '0'"))
 
 
+class Totalled(pydantic.BaseModel):
+    """Held, without counting its calls in CALLS (which later tests count)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+    task: Task = Task()
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def total(self) -> int:
+        return self.task.param * 10
+
+
+def test_the_sub_config_version_warning_counts_the_steps_old_results_and_names_the_clean(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ "Reusing the cache ..., computed when sub-configs had other class versions" said
+    nothing of how many results of the step are of those versions, nor how to remove them:
+    a user could not tell whether bumping the version then cleaning was worth it. It
+    counts them (once per step in a process) and gives the exact `exca clean` command."""
+    from exca.infra import base as infra_base
+    from exca.infra import oldresults
+
+    held = [Totalled(task=Task(param=p), infra={"folder": tmp_path}) for p in (1, 2, 3)]
+    assert [h.total() for h in held] == [10, 20, 30]
+    for h in held[:2]:  # (two of the three computed when Task's class was at version 0)
+        _as_written_with_task_version_0(tp.cast(Path, h.infra.uid_folder()))
+    infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
+    oldresults._COUNTED.clear()
+    with caplog.at_level("WARNING", logger="exca"):
+        assert Totalled(task=Task(param=1), infra={"folder": tmp_path}).total() == 10
+    step = tp.cast(Path, held[0].infra.uid_folder()).parent
+    assert "other class versions" in caplog.text
+    assert f"2 of the 3 config(s) of {step.name} were computed with other versions" in caplog.text
+    assert f"`exca clean {tmp_path} versions --step {step.name}`" in caplog.text
+
+
 def test_sub_config_version_warning_only_where_a_result_is_reused(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -43,6 +43,22 @@ _UNTOLD: set[str] = set()
 # found (folder -> (path, removed, added) of each), for its table and the call after it
 _SWAPS: dict[str, list[tuple[str, dict[str, tp.Any], dict[str, tp.Any]]]] = {}
 _UNTOLD_SWAPS: set[str] = set()
+# ...and the changed versions' keys with their values of today (folder -> {key: value}):
+# the warning counts the step's configs computed with other ones (see oldresults)
+_VERSIONS_NOW: dict[str, dict[str, tp.Any]] = {}
+
+
+class VersionChange(str):
+    """``data.infra.version '1' -> '2'``, with the dotted key and today's value."""
+
+    key: str
+    current: tp.Any
+
+    @classmethod
+    def of(cls, key: str, cached: tp.Any, current: tp.Any) -> VersionChange:
+        change = cls(f"{key} {cached!r} -> {current!r}")
+        change.key, change.current = key, current
+        return change
 
 
 def read_text(path: Path) -> str | None:
@@ -538,7 +554,7 @@ def _check_defaults(
     normalized through yaml (only here: when the texts differ)."""
     structure = sub_configs() if sub_configs is not None else Structure(set(), set())
     uid_tree = _nested(ConfDict(_normalized(uid_config)))
-    changed_versions = []
+    changed_versions: list[str] = []
     for key, parts, current, cached in _changes(
         _nested(existing), _nested(_normalized(full_uid_config)), structure.plain
     ):
@@ -549,7 +565,7 @@ def _check_defaults(
                 "folder name (their uids collide); remove the folder if the cache is obsolete"
             )
         if key in structure.versions:
-            changed_versions.append(f"{key} {cached!r} -> {current!r}")
+            changed_versions.append(VersionChange.of(key, cached, current))
             continue
         # (removing the file reads the cached results as those of the new default: said
         # as such, after the safe ways; "to ignore" read as a harmless way out)
@@ -619,6 +635,7 @@ def version_changes(folder: Path | str) -> str | None:
 def forget_version_changes(folder: Path | str) -> None:
     """The folder's full-uid.yaml now says the current versions (results stored anew)."""
     _VERSION_CHANGES.pop(str(Path(folder)), None)
+    _VERSIONS_NOW.pop(str(Path(folder)), None)
     _UNTOLD.discard(str(Path(folder)))
     _SWAPS.pop(str(Path(folder)), None)  # (and fields it lacked: recorded too)
     _UNTOLD_SWAPS.discard(str(Path(folder)))
@@ -658,9 +675,13 @@ def tell_untold_versions(folder: Path | str) -> None:
 def _warn_versions(folder: Path, changed_versions: list[str], tell: bool = True) -> None:
     if len(_VERSION_CHANGES) >= 10_000:
         _VERSION_CHANGES.clear()  # (a bounded memo)
+        _VERSIONS_NOW.clear()
         _UNTOLD.clear()
     key = str(Path(folder))
     _VERSION_CHANGES[key] = ", ".join(changed_versions)
+    _VERSIONS_NOW[key] = {
+        c.key: c.current for c in changed_versions if isinstance(c, VersionChange)
+    }
     if not tell:
         _UNTOLD.add(key)
         return
@@ -669,12 +690,15 @@ def _warn_versions(folder: Path, changed_versions: list[str], tell: bool = True)
 
 
 def _log_versions(folder: str, changes: str) -> None:
+    from .oldresults import said
+
     logger.warning(
         "Reusing the cache in %s, computed when sub-configs had other class versions "
         "(%s): a sub-config's version is not part of this config's uid. If these "
-        "results depend on what changed, bump this class's infra version too",
+        "results depend on what changed, bump this class's infra version too%s",
         folder,
         changes,
+        said(folder, _VERSIONS_NOW.get(folder, {}), _load),
     )
 
 
