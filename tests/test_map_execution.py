@@ -3872,3 +3872,18 @@ def test_a_refused_submission_leaves_no_pickle_behind(
         refused.run()
     left = [p.name for p in root.rglob("*") if p.is_file() and "logs" in p.parts]
     assert left == [], left
+
+
+def test_how_to_stop_a_map_s_jobs_names_no_clear_job() -> None:
+    """The ways said to stop jobs that keep running (after an error or a Ctrl-C that does
+    not cancel them) named clear_job() for a map's jobs too, which MapInfra has not."""
+    from exca.graph.scheduler import _how_to_stop
+
+    def run(kind: str, cluster: str) -> tp.Any:
+        handle = types.SimpleNamespace(cluster=cluster)
+        return types.SimpleNamespace(node=types.SimpleNamespace(kind=kind), handles=[handle])
+
+    assert _how_to_stop([run("map", "local")]).startswith("kill -9 <job id>")
+    assert _how_to_stop([run("map", "slurm")]) == "scancel"
+    assert _how_to_stop([run("task", "slurm")]) == "clear_job() or scancel"
+    assert "clear_job()" in _how_to_stop([run("map", "slurm"), run("task", "local")])

@@ -2030,7 +2030,8 @@ def _how_to_stop(runs: list[NodeRun]) -> str:
     """What stops the jobs of these runs, for their clusters (scancel knows no local job:
     its id is the pid of its controller process)."""
     clusters = {h.cluster for run in runs for h in run.handles}
-    ways = ["clear_job()"]
+    # (a map has no clear_job(): its jobs are stopped from the shell only)
+    ways = ["clear_job()"] if any(run.node.kind == "task" for run in runs) else []
     if "slurm" in clusters:
         ways.append("scancel")
     if "local" in clusters:
