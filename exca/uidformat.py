@@ -336,7 +336,6 @@ class _UidMakerV3:
         items: list[_DictItem] = []
         append, render = items.append, self.render
         item_memo, clean_memo, collapsible = _LEAF_ITEMS, _CLEAN_KEYS, _COLLAPSIBLE
-        clean_keys = True
         renamed = False  # (a key collapsed: it may be another key's text)
         typed = False  # (a key that is not a str: its text may be another key's)
         for key, sub in value.items():
@@ -363,12 +362,9 @@ class _UidMakerV3:
             append((len(display), key, display, f"{key}={rendered[1]}"))
         if not items:
             return "{}", "dict:{}"
-        # (whether every key is clean: one set check when the keys are the dict's own)
-        if renamed or typed or not clean_memo.issuperset(value):
-            for item in items:
-                if item[1] not in clean_memo and not _clean_key(item[1]):
-                    clean_keys = False
-                    break
+        if not ordered:
+            items.sort()
+        _, keys, displays, hashes = zip(*items)  # (no Python code per item)
         if typed and len({str(key) for key in value}) < len(value):
             _keys_alike(value)
         # (an OrderedDict keeps its order: its values are told apart by their places; a
@@ -377,12 +373,11 @@ class _UidMakerV3:
             renamed
             and not ordered
             and type(value) not in DOTLESS_DICTS
-            and len({item[1] for item in items}) < len(items)
+            and len(set(keys)) < len(keys)
         ):
-            raise _SameKeyTwice(next(k for k in (i[1] for i in items) if _twice(items, k)))
-        if not ordered:
-            items.sort()
-        _, _, displays, hashes = zip(*items)  # (no Python code per item)
+            raise _SameKeyTwice(next(k for k in keys if _twice(items, k)))
+        # (whether every key is clean: one set check when all are known)
+        clean_keys = clean_memo.issuperset(keys) or all(map(_clean_key, keys))
         display, hashed = ",".join(displays), ",".join(hashes)
         # (keys and values clean: only the cut)
         display = _cut_v3(display) if clean_keys else _clean_v3(display)
