@@ -376,6 +376,32 @@ def test_task_inputs_from_nodes_and_values(env: Env) -> None:
     assert sorted(c.name for c in combine.infra.iter_cached()) == ["a", "combine"]
 
 
+def test_a_full_disk_writing_a_calls_inputs_yaml_names_its_folder(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inputs.yaml of a call with inputs (its own sub-folder) not written on a full
+    disk: the bare "[Errno 28] No space left on device" named no folder nor what to do."""
+    import errno
+
+    a = env.step("a").run.node()
+    node = env.step("combine").run.node(a, 7)
+    os_open = os.open
+
+    def full(path: tp.Any, flags: int, *args: tp.Any, **kwargs: tp.Any) -> int:
+        if Path(path).name.startswith(".inputs.yaml.tmp"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return os_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", full)
+    with pytest.raises(OSError, match="No space left") as info:
+        exca.graph.run(node)
+    monkeypatch.undo()
+    notes = getattr(info.value, "__notes__", [])
+    said = [n for n in notes if f"{env.folder}/" in n and "free space there" in n]
+    assert said and "/inputs-" in said[0], notes  # (the first call's, a's)
+    assert node.result() == "combine(a(None,None),7)"  # (space back)
+
+
 def test_each_input_tuple_has_its_own_folder(env: Env) -> None:
     step = env.step("s")
     uid_folder = Path(step.infra.uid_folder())  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ from ..graph import calls, ranks, registry, wiring
 from ..graph.jobs import Job
 from ..graph.node import INPUTS_PREFIX, TASK_KEY, Group, Input, Node, Value, container_cycle
 from ..storage.cachedict import CacheDict, inspecting_view
+from ..storage.files import note_write_error
 from . import freezing, uidfolder
 from .base import _MISSING, BaseInfra
 from .method import InfraMethod, check_plain_method, reduce_bound
@@ -526,10 +527,14 @@ class TaskInfra(BaseInfra, SubmititMixin):
         written back into the folders that are there, FileNotFoundError else)."""
         self._prepare_folder(recheck=not create, create=create)
         if not (folder / INPUTS_FILE).exists():
-            if create:
-                uidfolder.make_folder(folder, self.permissions)
-            described = ConfDict({name: source.uid for name, source in inputs})
-            uidfolder.write_atomic(folder / INPUTS_FILE, described.to_yaml(), self.permissions)
+            try:
+                if create:
+                    uidfolder.make_folder(folder, self.permissions)
+                described = ConfDict({name: source.uid for name, source in inputs})
+                uidfolder.write_atomic(folder / INPUTS_FILE, described.to_yaml(), self.permissions)
+            except OSError as error:  # (a full disk: the bare errno named no folder)
+                note_write_error(error, folder)
+                raise
 
     def _default_job_name(self, uid: str) -> str:
         cls = type(self._owner()).__name__
