@@ -462,6 +462,34 @@ def test_node_failures_name_the_cause_at_the_end_of_a_job_trace() -> None:
     assert len(str(error)) < 400
 
 
+def test_node_failures_of_a_full_disk_say_which_folder_and_what_to_do(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pipeline whose upstream node met a full disk (its claim not written): the error
+    listing the failed nodes said "OSError: [Errno 28] No space left on device" and left
+    out the note naming the folder and what to do. It now keeps it."""
+    import errno
+
+    numbers = env.numbers()
+    target = env.step("sum").run.node(numbers.make.node())
+    os_open = os.open
+
+    def full(path: tp.Any, flags: int, *args: tp.Any, **kwargs: tp.Any) -> int:
+        if Path(path).parent.name == "claims" and Path(path).name.endswith(".tmp"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return os_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", full)
+    with pytest.raises(NodeFailures) as info:
+        exca.graph.run(target)
+    monkeypatch.undo()
+    said = str(info.value)
+    folder = numbers.infra.uid_folder()
+    assert f"OSError: [Errno 28] No space left on device\n    (no space left for {folder}" in said
+    assert "free space there" in said
+    assert target.result() == "sum([0;1;2;3],None)"
+
+
 def test_defaults_of_a_chain_are_checked_once_per_node(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,6 +8,7 @@ import typing as tp
 from pathlib import Path
 
 from ..storage.cachederror import CachedError, ComputationError
+from ..storage.files import WRITE_NOTE_STARTS
 
 
 class UpstreamFailed(RuntimeError):
@@ -445,6 +446,10 @@ class NodeFailures(RuntimeError):
             # (a cached error of a notebook's method fixed since: the one line seen of it)
             edited = [n for n in getattr(error, "__notes__", ()) if n.startswith(EDITED_NOTE)]
             lines.append(line + (f" ({edited[0][len('exca: ') :]})" if edited else ""))
+            # (a full disk, an unwritable folder: which one, and what to do)
+            said = [n for n in getattr(error, "__notes__", ()) if n.startswith(WRITE_NOTE_STARTS)]
+            if said:
+                lines.append(f"    ({said[0]})")
             others = alike.get(uid)
             if others:
                 lines.append(f"    and so in {len(others)} other node(s): {first_named(others)}")

@@ -40,6 +40,11 @@ NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 DENIED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 
+# how the notes of note_write_error begin (a summary of many errors keeps them: the bare
+# errno says nothing of the folder, nor what to do)
+WRITE_NOTE_STARTS = ("no space left for ", "this process cannot write into ")
+
+
 def note_write_error(error: BaseException, folder: str | os.PathLike[str] | None) -> None:
     """Say what to do on an error of a write that found no space for ``folder``, or no
     right to write there (its message, "[Errno 28] No space left on device", names no
