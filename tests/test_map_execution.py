@@ -220,6 +220,29 @@ def test_item_errors(tmp_path: Path, cluster: str | None) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_a_process_pool_without_shared_memory_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/dev/shm full as a processpool map started its pool (its semaphores live there):
+    the bare "[Errno 28] No space left on device" read as if the cache's disk was full.
+    It now says where space is missing and what to use instead."""
+    import errno
+    import multiprocessing
+
+    def no_shared_memory(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(multiprocessing.get_context("fork"), "Event", no_shared_memory)
+    mapper = make(tmp_path, "processpool")
+    with pytest.raises(OSError, match="No space left") as info:
+        list(mapper.process([1, 2, 3]))
+    assert "shared memory of this machine (/dev/shm)" in error_text(info.value)
+    assert "cluster='threadpool' or None" in error_text(info.value)
+    monkeypatch.undo()
+    assert list(mapper.process([1, 2, 3])) == [10, 20, 30]
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("cluster", [None, "threadpool"])
 def test_a_retry_stopped_by_a_full_disk_raises_that_not_the_old_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cluster: str | None

@@ -1736,6 +1736,14 @@ def _settle(
         outcome.set_result(inner.result())
 
 
+# a process pool's semaphores and shared counters live in shared memory (/dev/shm)
+SHARED_MEMORY_FULL = (
+    "cluster='processpool' could not start its pool: no space left in the shared memory of "
+    "this machine (/dev/shm), where its semaphores live; free some there, or use "
+    "cluster='threadpool' or None (nothing was computed, what is cached is as it was)"
+)
+
+
 def _process_pool(
     workers: int, stop: tp.Any = None, items: tp.Any = None
 ) -> concurrent.futures.ProcessPoolExecutor:
@@ -1824,13 +1832,18 @@ class Pools:
                         "cluster=None or 'threadpool' in there, or call with one item at "
                         "a time (a single missing item is computed here)"
                     )
-                if self._process_stop is None:
-                    context = multiprocessing.get_context("fork")
-                    self._process_stop = context.Event()
-                    if self._on_items is not None:
-                        self._process_items = context.Value("q", 0)
-                        self._isolation.items = self._process_items
-                pool = _process_pool(workers, self._process_stop, self._process_items)
+                try:
+                    if self._process_stop is None:
+                        context = multiprocessing.get_context("fork")
+                        self._process_stop = context.Event()
+                        if self._on_items is not None:
+                            self._process_items = context.Value("q", 0)
+                            self._isolation.items = self._process_items
+                    pool = _process_pool(workers, self._process_stop, self._process_items)
+                except OSError as error:  # (the bare errno: as if the cache's disk was full)
+                    if error.errno in NO_SPACE:
+                        error.add_note(SHARED_MEMORY_FULL)
+                    raise
             else:
                 pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="exca")
             self._pools[key] = (pool, workers)
