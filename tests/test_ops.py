@@ -3059,6 +3059,38 @@ class Pair(pydantic.BaseModel):
         return [self.a, self.b]
 
 
+@pytest.mark.parametrize("what", ["node", "versions"])
+def test_clean_frees_space_on_a_full_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str
+) -> None:
+    """`exca clean ... --yes` on a full disk (when space is most wanted): the hold it puts
+    on a node folder (a lock and a claim file: new files) could not be written, so every
+    folder was "left as it was: OSError: [Errno 28] No space left on device", exit 1,
+    nothing freed. The folder is now only checked there (as one it may not write into),
+    and removed."""
+    import errno
+
+    root = tmp_path / "cache"
+    old = Pair(a=1, b=2, infra={"folder": root, "version": "1"})
+    assert old.make() == [1, 2]
+    assert Pair(a=1, b=2, infra={"folder": root, "version": "2"}).make() == [1, 2]
+    folder = folder_of(old)
+    os_open = os.open
+
+    def full(path: tp.Any, flags: int, *args: tp.Any, **kwargs: tp.Any) -> int:
+        if Path(path).parent.name == "claims" and flags & os.O_CREAT:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return os_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", full)
+    given = [str(folder)] if what == "node" else []
+    result = cli("clean", root, what, *given, "--yes")
+    monkeypatch.undo()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not folder.exists()
+    assert Pair(a=1, b=2, infra={"folder": root, "version": "2"}).infra.status() == "completed"
+
+
 def test_clean_node_downstream_of_a_uid_with_commas(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     source = Pair(a=1, b=2, infra={"folder": root}).make.node()

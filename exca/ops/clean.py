@@ -33,7 +33,7 @@ from ..storage import process
 from ..storage.cachedict import CacheDict, inspecting_view
 from ..storage.claims import CLAIMS_DIR, Claims, FolderHold
 from ..storage.dumping import DATA_DIR
-from ..storage.files import folder_mode, note_write_error
+from ..storage.files import NO_SPACE, folder_mode, note_write_error
 from ..storage.index import (
     _OUR_INDEX_NAME,
     AT,
@@ -500,8 +500,10 @@ def held(folder: Path, look: registry.QueueLook | None = None) -> tp.Iterator[Ho
                 hold.busy = _busy_with_inputs(folder, own, look)
                 if hold.busy is not None:
                     break
-        except OSError as error:  # (another user's folder, which this one may still rename)
-            if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+        # (another user's folder, which this one may still rename; a full disk, where a
+        # hold cannot be written: the cleaning that frees space is then checked only)
+        except OSError as error:
+            if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, *NO_SPACE):
                 raise
             _take_away(keeper, folder, folder, done)
             done.clear()
