@@ -18,8 +18,8 @@ again in a forked child stopped at its N-th step:
   ``KeyboardInterrupt`` there, unless exca holds it back);
 - ``exc``: ``OSError(EIO)`` raised by the step (a big ``os.write`` writes half first);
 - ``nospc``: ``OSError(ENOSPC)`` the same way (a full disk, a quota), at the steps that
-  write (a removal goes on): the error raised must say more than the kernel's "No space
-  left on device" (what was not stored, what to do).
+  write to a file or make one (a removal, a write to a pipe go on): the error raised must
+  say more than the kernel's "No space left on device" (what was not stored, what to do).
 
 Then a fresh forked process (the parent imported exca and touched no cache) checks: every
 entry that ``status()``, ``exca list`` (``exca.ops.inspect``) or ``iter_cached`` call done
@@ -43,6 +43,7 @@ import os
 import pickle
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -177,12 +178,23 @@ class Injector:
         if self.kind == "int":  # (a real SIGINT: its handler, or exca's holding it back)
             os.kill(os.getpid(), signal.SIGINT)
             return
-        if self.kind == "nospc" and name in REMOVING:  # (a full disk lets files go)
-            self.fired = None
+        if self.kind == "nospc" and (name in REMOVING or _to_a_pipe(name, args)):
+            self.fired = None  # (a full disk lets files go; a pipe never says ENOSPC)
             return
         if self.kind == "nospc":  # (as the kernel says it: exca must say more)
             raise OSError(errno.ENOSPC, NO_SPACE)
         raise OSError(errno.EIO, f"injected at {name}")
+
+
+def _to_a_pipe(name: str, args: tuple[tp.Any, ...]) -> bool:
+    """A write to a pipe or a socket (a process pool's wakeup pipe...), not to a file."""
+    if name != "write" or not args or not isinstance(args[0], int):
+        return False
+    try:
+        mode = os.fstat(args[0]).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 def _short(value: tp.Any) -> str:
