@@ -366,6 +366,60 @@ def test_memmap_arrays_of_mixed_sizes_stay_aligned(tmp_path: Path) -> None:
         np.testing.assert_array_equal(loaded, array)
 
 
+def _batches_of_arrays() -> list[list[np.ndarray]]:
+    """Batches of arrays alike (one dtype, one shape, C-contiguous, a multiple of 64
+    bytes: queued at once) and batches where one array breaks that (one by one)."""
+    rng = np.random.default_rng(0)
+
+    def alike(
+        count: int, shape: tuple[int, ...] = (64,), dtype: tp.Any = np.float64
+    ) -> list[np.ndarray]:
+        return [rng.random(shape).astype(dtype) for _ in range(count)]
+
+    strided = np.arange(128.0)[::2]  # (64,) float64, not contiguous
+    fortran = np.asfortranarray(rng.random((8, 16)))
+    return [
+        [np.zeros(1), np.zeros(1, np.float32)],  # (dtypes seen once: known after)
+        alike(300),
+        alike(5, (2, 4, 8), np.float32),
+        [*alike(9), strided, *alike(3)],
+        [*alike(4, (8, 16)), fortran, *alike(2, (8, 16))],
+        alike(4) + alike(3, (64,), np.float32) + alike(2),  # (a dtype breaks the run)
+        alike(4) + alike(3, (32,)) + alike(2),  # (a shape breaks the run)
+        alike(6, (3,), np.float32),  # 12 bytes: padded one by one
+        [*alike(2), np.array(1.5), *alike(2)],  # a 0-d array
+        alike(40, (1024,)),  # (over the queue's size limit, shrunk by the test)
+        alike(10, (1024,)),
+    ]
+
+
+def test_memmap_arrays_written_in_batches_stay_aligned_and_read_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """set_many of arrays (what a map writes its outputs with), alike or not: each starts
+    at a 64-byte boundary and reads back equal in a new reader, whichever path took it."""
+    from exca.storage import arrays as arrays_module
+    from exca.storage import sharedfile
+
+    monkeypatch.setattr(arrays_module, "BUFFER_FLUSH_BYTES", 100_000)
+    monkeypatch.setattr(sharedfile, "BUFFER_FLUSH_BYTES", 100_000)
+    written: dict[str, np.ndarray] = {}
+    cd: CacheDict[np.ndarray] = CacheDict(tmp_path)
+    with cd.write():
+        for number, batch in enumerate(_batches_of_arrays()):
+            pairs = [(f"b{number}-{i}", array) for i, array in enumerate(batch)]
+            cd.set_many(pairs)
+            written.update(pairs)
+    fresh: CacheDict[np.ndarray] = CacheDict(tmp_path)
+    assert len(fresh) == len(written)
+    for key, array in written.items():
+        entry = fresh.entry(key)
+        assert entry is not None and entry.info["o"] % 64 == 0, entry
+        loaded = fresh[key]
+        assert loaded.dtype == array.dtype and loaded.shape == array.shape, key
+        np.testing.assert_array_equal(loaded, array)
+
+
 def test_memmap_array_alias(tmp_path: Path) -> None:
     cd: CacheDict[np.ndarray] = CacheDict(tmp_path, cache_type="MemmapArrayFile")
     with cd.write():

@@ -8,6 +8,7 @@ import base64
 import math
 import os
 import typing as tp
+from operator import attrgetter, itemgetter
 from pathlib import Path
 
 import orjson
@@ -24,7 +25,7 @@ from .dumping import (
 )
 from .files import finish_write
 from .modules import imported
-from .sharedfile import ALIGNMENT, BUFFER_FLUSH_BYTES
+from .sharedfile import ALIGNMENT, BUFFER_FLUSH_BYTES, SharedFile
 
 _DTYPE_STR: dict[tp.Any, str] = {}
 # One shared tuple per array shape in index records. A record (dict) holding only atomic
@@ -131,11 +132,15 @@ class MemmapArray:
     def __dump_records__(
         cls, ctx: DumpContext, pairs: list[tuple[str, tp.Any]], name: str
     ) -> list[dict[str, tp.Any]]:
-        """The whole index records (``#key``, ``#type``, then the fields) of many entries:
-        the same as one ``__dump_info__`` per value, with less per-value overhead."""
+        """The whole index records (``#key``, ``#type``, then the fields) of many entries
+        (values of one type: a run of dump_entries): the same as one ``__dump_info__`` per
+        value, with less per-value overhead."""
         np = _NP or _numpy()
         shared = ctx._shared.get(".data") or ctx.shared_file(".data")
         file = shared.name
+        alike = _alike_records(np, shared, pairs, name)
+        if alike is not None:  # (the common case: a map's outputs, one dtype and shape)
+            return alike
         append = shared.append_array
         ndarray = np.ndarray
         out: list[dict[str, tp.Any]] = []
@@ -345,6 +350,52 @@ def load_memmap_runs(ctx: DumpContext, infos: list[dict[str, tp.Any]]) -> list[t
         out.extend(view)
         start = stop
     return out
+
+
+def _alike_records(
+    np: tp.Any, shared: SharedFile, pairs: list[tuple[str, tp.Any]], name: str
+) -> list[dict[str, tp.Any]] | None:
+    """The records of a batch of C-contiguous ndarrays of one known dtype and one shape
+    whose size keeps the next one aligned (no padding between them), queued at once. None
+    (nothing queued): they go one by one. The checks run in C (map), not as ~60 bytecodes
+    per value."""
+    pending, size, count = shared.pending, shared.size, len(pairs)
+    if pending is None or size % ALIGNMENT or not count:
+        return None
+    values = list(map(_SECOND, pairs))
+    first = values[0]
+    if type(first) is not np.ndarray or not first.ndim:  # (0-d: no buffer os.write takes)
+        return None
+    nbytes, dtype, shape = first.nbytes, first.dtype, first.shape
+    dtype_str = _DTYPE_STR.get(dtype)
+    total = nbytes * count
+    if (
+        dtype_str is None
+        or nbytes % ALIGNMENT
+        or shared.pending_bytes + total > BUFFER_FLUSH_BYTES
+        # (one type per run: dump_entries splits runs by exact type)
+        or list(map(_DTYPE_OF, values)).count(dtype) != count
+        or list(map(_SHAPE_OF, values)).count(shape) != count
+        or not all(map(_C_CONTIGUOUS, values))
+    ):
+        return None
+    pending.extend(values)
+    shared.size, shared.pending_bytes = size + total, shared.pending_bytes + total
+    shape = _SHAPES.get(shape) or _shared_shape(shape)
+    # (copies of one record: a copy clones its table, cheaper than a dict display)
+    template = {"#key": "", "#type": name, "f": shared.name, "o": 0, "d": dtype_str, "s": shape}
+    out = []
+    for (key, _), offset in zip(pairs, range(size, size + total, nbytes)):
+        record = template.copy()
+        record["#key"], record["o"] = key, offset
+        out.append(record)
+    return out
+
+
+_SECOND = itemgetter(1)
+_DTYPE_OF = attrgetter("dtype")
+_SHAPE_OF = attrgetter("shape")
+_C_CONTIGUOUS = attrgetter("flags.c_contiguous")
 
 
 def _c_strides(shape: list[int], itemsize: int) -> list[int]:
