@@ -3091,6 +3091,35 @@ def test_clean_frees_space_on_a_full_disk(
     assert Pair(a=1, b=2, infra={"folder": root, "version": "2"}).infra.status() == "completed"
 
 
+def test_clean_whose_rename_away_meets_a_full_disk_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node folder is renamed away before it is deleted; on a full disk that rename can
+    fail (a new directory entry), and `exca clean` said only "left as it was: OSError:
+    [Errno 28] No space left on device". It now says why and what to do."""
+    import errno
+
+    root = tmp_path / "cache"
+    old = Pair(a=1, b=2, infra={"folder": root, "version": "1"})
+    assert old.make() == [1, 2]
+    folder = folder_of(old)
+    os_rename = os.rename
+
+    def full(source: tp.Any, target: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> None:
+        if Path(source) == folder:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        os_rename(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", full)
+    plan = clean.remove_nodes([old.make.node()])
+    plan.execute()
+    monkeypatch.undo()
+    assert [path for path, _ in plan.failed] == [folder]
+    why = plan.failed[0][1]
+    assert "No space left on device" in why and "free some" in why, why
+    assert old.infra.status() == "completed"  # (nothing lost)
+
+
 def test_clean_node_downstream_of_a_uid_with_commas(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     source = Pair(a=1, b=2, infra={"folder": root}).make.node()

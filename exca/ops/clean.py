@@ -242,6 +242,12 @@ class CleanPlan:
                 self.failed.append((removal.path, str(error)))
             except OSError as error:
                 why = f"left as it was: {type(error).__name__}: {error}"
+                if error.errno in NO_SPACE:  # (renaming it away needs a new directory entry)
+                    why += (
+                        " (the disk or quota is full: renaming the folder away before "
+                        "deleting it needs a little room; free some, e.g. remove another "
+                        "folder with rm -rf, then run the same command again)"
+                    )
                 self.failed.append((removal.path, why))
         for folder in self.emptied:
             with contextlib.suppress(OSError):  # (not empty: something kept, or new, there)
