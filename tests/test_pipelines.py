@@ -460,6 +460,13 @@ def test_node_failures_name_the_cause_at_the_end_of_a_job_trace() -> None:
     error = NodeFailures({"a,1/x": FileNotFoundError(long)})
     assert str(error).endswith("mode='retry' fixes it") and " [...] " in str(error)
     assert len(str(error)) < 400
+    # the cut falls between words, not inside them ("process exited w [...] n ended")
+    words = [f"word{i:03d}" for i in range(100)]
+    error = NodeFailures({"a,1/x": RuntimeError(" ".join(words))})
+    kept = str(error).splitlines()[-1].split(": ", 2)[-1]
+    before, after = kept.split(" [...] ")
+    assert set(before.split() + after.split()) <= set(words), kept
+    assert before.split()[0] == "word000" and after.split()[-1] == "word099"
 
 
 def test_node_failures_of_a_full_disk_say_which_folder_and_what_to_do(

@@ -490,8 +490,23 @@ def _summary(message: str, limit: int = 300) -> str:
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     if not lines:
         return ""
-    first = shortened(lines[0], limit)
-    return first if len(lines) == 1 else f"{first} ... {shortened(lines[-1], limit)}"
+    first = _between_words(lines[0], limit)
+    return first if len(lines) == 1 else f"{first} ... {_between_words(lines[-1], limit)}"
+
+
+def _between_words(line: str, limit: int) -> str:
+    """``shortened``, its cut moved to the nearest spaces (within 40 characters): a
+    message cut inside its words ("process exited w [...] n ended") read as typos."""
+    cut = shortened(line, limit)
+    if cut == line:
+        return cut
+    half = limit // 2
+    left, right = line[:half], line[-half:]
+    if (space := left.rfind(" ", half - 40)) > 0:
+        left = left[:space]
+    if (space := right.find(" ", 0, 40)) >= 0:
+        right = right[space + 1 :]
+    return f"{left}{_CUT}{right}"
 
 
 def shortened(line: str, limit: int) -> str:
