@@ -783,9 +783,10 @@ class Graph:
                 else:
                     run.action, run.reason = "compute", f"{len(missing)}/{total} missing"
                     # (its cached item errors stay: its outputs cannot be read after it)
-                    absent = set(missing)
-                    _check_reused_code(node, [u for u in uids if u not in absent])
-                    failed = node.cache.count_errors([u for u in uids if u not in absent])
+                    absent = set(missing)  # (every item missing: nothing reused)
+                    reused = [u for u in uids if u not in absent] if len(absent) < total else []
+                    _check_reused_code(node, reused)
+                    failed = node.cache.count_errors(reused)
                     if failed:
                         run.item_errors = failed
                         run.reason += (
