@@ -915,6 +915,8 @@ def test_a_plan_says_a_list_of_long_inputs_by_whole_entries(env: Env) -> None:
     (recorded,) = [i.inputs for i in exca.ops.inspect(env.folder) if i.uid.startswith("name=train")]
     assert recorded is not None
     assert describe_recorded_inputs({"a": recorded["a"]}) == f"a=[{first}, +2 more]"
+    # a value input in the plan's words too (`exca list` said `b=None-adaaae33`)
+    assert describe_recorded_inputs(recorded) == described
 
 
 def test_inputs_without_a_uid_get_a_hint(env: Env) -> None:

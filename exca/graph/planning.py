@@ -753,6 +753,12 @@ def listed_inputs(texts: tp.Sequence[str], total: int) -> str:
     return "[" + body + tail + "]"
 
 
+def value_text(uid: str) -> str:
+    """A value input, short: its display, and its digest only when the display is cut."""
+    display = re.sub(r"-[0-9a-f]{8}$", "", uid)
+    return display if len(display) <= INPUT_SHOWN else shortened(uid, INPUT_SHOWN)
+
+
 def fed(node: Node) -> tuple[tuple[str, tp.Any], ...]:
     """What feeds a node, by name: a call's inputs, or the node giving a map its items
     (named as its method's parameter: the evaluation maps of a sweep looked all alike)."""
@@ -784,9 +790,7 @@ def describe_inputs(node: Node) -> str:
                 ]
                 return "{" + ", ".join(shown) + (f", +{more} more" if more else "") + "}"
             return listed_inputs(shown, len(source.sources))
-        uid = str(source.uid)  # (a value: its display, and its digest when cut)
-        display = re.sub(r"-[0-9a-f]{8}$", "", uid)
-        return display if len(display) <= INPUT_SHOWN else shortened(uid, INPUT_SHOWN)
+        return value_text(str(source.uid))
 
     def bounded(source: tp.Any) -> str:
         text = short(source)

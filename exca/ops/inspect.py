@@ -23,7 +23,7 @@ from ..confdict import ConfDict
 from ..graph import registry, store
 from ..graph.errors import shortened
 from ..graph.node import INPUTS_PREFIX, TASK_KEY
-from ..graph.planning import INPUT_SHOWN, listed_inputs
+from ..graph.planning import INPUT_SHOWN, listed_inputs, value_text
 from ..infra.uidfolder import (
     CONFIG_FILE,
     FULL_UID_FILE,
@@ -1712,8 +1712,9 @@ def describe_recorded_inputs(inputs: dict[str, str]) -> str:
         listed = group_entries(uid, False) or group_entries(uid, False, values=True)
         keyed = group_entries(uid, True) or group_entries(uid, True, values=True)
         entries = keyed if keyed is not None else listed
-        if entries is None:  # (a node or a value: as recorded)
-            shown.append(f"{name}={shortened(_without_module(uid), INPUT_SHOWN)}")
+        if entries is None:  # (a node, or a value: in the plan's words, no digest)
+            text = _without_module(uid) if "/" in uid else value_text(uid)
+            shown.append(f"{name}={shortened(text, INPUT_SHOWN)}")
             continue
         texts = [_without_module(entry) for entry in list(entries.values())[:2]]
         more = len(entries) - len(texts)
