@@ -16,7 +16,7 @@ import typing as tp
 from pathlib import Path
 
 import pydantic
-from filelog import append
+from filelog import append, lines
 
 import exca
 
@@ -47,6 +47,14 @@ def _own_host(rank: int) -> None:
     os.environ["SLURM_GTIDS"] = str(rank)
 
 
+def _wait_for_line(path: Path, line: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if line in lines(path):
+            return
+        time.sleep(0.05)
+
+
 class RankDies(pydantic.BaseModel):
     log: str
     dies: int = 0  # the rank killed
@@ -65,7 +73,10 @@ class RankDies(pydantic.BaseModel):
             from exca.graph import ranks
 
             ranks.STARTUP_S = ranks.LEAD_STALE_S = self.startup_s
-        if self.when == "loading" and _job_rank() == self.dies:
+        if self.when == "loading" and rank == self.dies:
+            if rank:  # (rank 0 in its call first: on a slow machine srun ended the step
+                # before rank 0 got there, and the test saw no rank it ended)
+                _wait_for_line(Path(self.log), "start rank=0", timeout_s=60)
             os.kill(os.getpid(), signal.SIGKILL)
 
     @infra.apply
