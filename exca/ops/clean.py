@@ -245,7 +245,7 @@ class CleanPlan:
                 if error.errno in NO_SPACE:  # (renaming it away needs a new directory entry)
                     why += (
                         " (the disk or quota is full: renaming the folder away before "
-                        "deleting it needs a little room; free some, e.g. remove another "
+                        "deleting it needs a little space; free some, e.g. remove another "
                         "folder with rm -rf, then run the same command again)"
                     )
                 self.failed.append((removal.path, why))
