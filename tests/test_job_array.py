@@ -6,6 +6,7 @@ import collections
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -690,6 +691,20 @@ def _unblock_and_check_each_ran_once(ctl: Path, tasks: list[Square]) -> None:
     assert calls(ctl) == {0: 1, 1: 1, 2: 1, 3: 1}
 
 
+def _signal_once_all_run(ctl: Path, signum: int) -> threading.Thread:
+    """A thread that sends ``signum`` to this process once the four jobs of
+    ``_blocked_local_array`` run and the call has had time to wait for its own."""
+
+    def send() -> None:
+        wait_until(lambda: sum(calls(ctl).values()) == 4)  # (all running)
+        time.sleep(0.5)  # (the call waits for its job)
+        signal.raise_signal(signum)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    return thread
+
+
 @pytest.mark.timeout(120)
 def test_ctrl_c_waiting_for_one_job_of_an_array_says_the_others_keep_running(
     tmp_path: Path, ctl: Path, caplog: pytest.LogCaptureFixture
@@ -701,13 +716,7 @@ def test_ctrl_c_waiting_for_one_job_of_an_array_says_the_others_keep_running(
 
     tasks, ids = _blocked_local_array(tmp_path, ctl)
 
-    def interrupt_once_waiting() -> None:
-        wait_until(lambda: sum(calls(ctl).values()) == 4)  # (all running)
-        time.sleep(0.5)  # (the call waits for its job)
-        signal.raise_signal(signal.SIGINT)  # (the user's Ctrl-C)
-
-    thread = threading.Thread(target=interrupt_once_waiting)
-    thread.start()
+    thread = _signal_once_all_run(ctl, signal.SIGINT)  # (the user's Ctrl-C)
     with caplog.at_level(logging.WARNING, logger="exca"), pytest.raises(KeyboardInterrupt):
         tasks[0].process()
     thread.join()
@@ -734,15 +743,9 @@ def test_another_error_stopping_a_wait_for_an_array_job_says_it_keeps_running(
     def give_up(*_: tp.Any) -> None:
         raise TimeoutError("the caller gave up")
 
-    def stop_the_wait() -> None:
-        wait_until(lambda: sum(calls(ctl).values()) == 4)  # (all running)
-        time.sleep(0.5)  # (the call waits for its job)
-        os.kill(os.getpid(), signal.SIGUSR1)
-
     previous = signal.signal(signal.SIGUSR1, give_up)
-    thread = threading.Thread(target=stop_the_wait)
     try:
-        thread.start()
+        thread = _signal_once_all_run(ctl, signal.SIGUSR1)
         with caplog.at_level(logging.WARNING, logger="exca"), pytest.raises(TimeoutError) as raised:
             tasks[0].process()
         thread.join()
