@@ -1721,22 +1721,27 @@ def test_the_sub_config_version_warning_counts_the_steps_old_results_and_names_t
     """ "Reusing the cache ..., computed when sub-configs had other class versions" said
     nothing of how many results of the step are of those versions, nor how to remove them:
     a user could not tell whether bumping the version then cleaning was worth it. It
-    counts them (once per step in a process) and gives the exact `exca clean` command."""
-    from exca.infra import base as infra_base
-    from exca.infra import oldresults
+    counts them and gives the exact `exca clean` command, once per step in a process: a
+    sweep reusing 1000 configs of a step said it 1000 times."""
+    from exca.storage import saidonce
 
-    held = [Totalled(task=Task(param=p), infra={"folder": tmp_path}) for p in (1, 2, 3)]
-    assert [h.total() for h in held] == [10, 20, 30]
-    for h in held[:2]:  # (two of the three computed when Task's class was at version 0)
+    held = [Totalled(task=Task(param=p), infra={"folder": tmp_path}) for p in (1, 2, 3, 4)]
+    assert [h.total() for h in held] == [10, 20, 30, 40]
+    for h in held[:3]:  # (three of the four computed when Task's class was at version 0)
         _as_written_with_task_version_0(tp.cast(Path, h.infra.uid_folder()))
-    infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
-    oldresults._COUNTED.clear()
+    saidonce.forget()  # (as in a new process)
     with caplog.at_level("WARNING", logger="exca"):
-        assert Totalled(task=Task(param=1), infra={"folder": tmp_path}).total() == 10
+        sweep = [Totalled(task=Task(param=p), infra={"folder": tmp_path}) for p in (1, 2, 3, 4)]
+        assert [h.total() for h in sweep] == [10, 20, 30, 40]
     step = tp.cast(Path, held[0].infra.uid_folder()).parent
-    assert "other class versions" in caplog.text
-    assert f"2 of the 3 config(s) of {step.name} were computed with other versions" in caplog.text
+    assert caplog.text.count("other class versions") == 1, caplog.text
+    assert f"3 of the 4 config(s) of {step.name} were computed with other versions" in caplog.text
     assert f"`exca clean {tmp_path} versions --step {step.name}`" in caplog.text
+    caplog.clear()
+    saidonce.forget()  # (a new process: said again)
+    with caplog.at_level("WARNING", logger="exca"):
+        assert Totalled(task=Task(param=2), infra={"folder": tmp_path}).total() == 20
+    assert caplog.text.count("other class versions") == 1, caplog.text
 
 
 def test_sub_config_version_warning_only_where_a_result_is_reused(
@@ -1747,11 +1752,11 @@ def test_sub_config_version_warning_only_where_a_result_is_reused(
     call with new inputs warned "Reusing the cache" while it computed); a stored result
     records the versions it ran with (the warning came back on every run), its own when
     in a sub-folder: the other sub-folders' results, of older versions, still warn."""
-    from exca.infra import base as infra_base
+    from exca.storage import saidonce
 
     def older_version(folder: Path) -> None:  # (as written by the class at version "0")
         _as_written_with_task_version_0(folder)
-        infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
+        saidonce.forget()  # (as in a new process)
 
     def warned() -> bool:
         found = "other class versions" in caplog.text
@@ -1763,7 +1768,7 @@ def test_sub_config_version_warning_only_where_a_result_is_reused(
         return obj.scale.node(Task(param=param, infra={"folder": tmp_path}).process.node()).result()
 
     def new_process() -> None:
-        infra_base._DEFAULTS_CHECKED.clear()
+        saidonce.forget()
 
     folder = Scaled(infra={"folder": tmp_path}).infra.uid_folder()
     assert folder is not None
@@ -1865,9 +1870,10 @@ def test_a_map_stops_warning_of_other_sub_config_versions_once_every_item_is_rec
     item was forced again. It is rewritten once each item was computed under today's
     versions (in one call or several); while one is not, the warning stays."""
     from exca.infra import base as infra_base
+    from exca.storage import saidonce
 
     def warned(items: list[int]) -> bool:
-        infra_base._DEFAULTS_CHECKED.clear()  # (as in a new process)
+        saidonce.forget()  # (as in a new process)
         caplog.clear()
         assert list(HeldMap(infra={"folder": tmp_path}).apply(items)) == items
         return "other class versions" in caplog.text

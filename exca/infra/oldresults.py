@@ -2,10 +2,10 @@
 warning "Reusing the cache ... other class versions" adds, so that a user can tell
 whether bumping the class's version, then ``exca clean ROOT versions``, is worth it.
 
-One look per step and process (the warning is said once per config folder: a sweep
-reusing 1000 configs would otherwise read 1000 x 1000 files): each config folder's
-full-uid.yaml is read, no payload. Sizes are not summed here (a map's data/ may hold
-100k files): the clean command's preview lists them.
+One look per step and process (the warning is said once per step and changed versions,
+see uidfolder._log_versions): each config folder's full-uid.yaml is read, no payload.
+Sizes are not summed here (a map's data/ may hold 100k files): the clean command's
+preview lists them.
 """
 
 from __future__ import annotations
@@ -16,9 +16,6 @@ import typing as tp
 from pathlib import Path
 
 from ..confdict import ConfDict
-
-# (step folder, the changed keys with their current values) -> (old, all) config folders
-_COUNTED: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[int, int]] = {}
 
 
 def step_folder(folder: Path) -> Path | None:
@@ -39,17 +36,14 @@ def said(folder: str, current: dict[str, tp.Any], load: tp.Callable[[str], tp.An
     step = step_folder(Path(folder))
     if step is None or not current:
         return ""
-    key = (str(step), tuple(sorted((k, repr(v)) for k, v in current.items())))
-    counted = _COUNTED.get(key)
-    if counted is None:
-        counted = _COUNTED[key] = _count(step, current, load)
-    old, total = counted
+    old, total = _count(step, current, load)
     if not old:
         return ""
     root = shlex.quote(str(step.parent))
     return (
         f" ({old} of the {total} config(s) of {step.name} were computed with other versions "
-        f"of these sub-configs; once a bumped version has results, `exca clean {root} "
+        "of these sub-configs, whose reuse is not warned of again in this process; once a "
+        f"bumped version has results, `exca clean {root} "
         f"versions --step {shlex.quote(step.name)}` previews the removal of the old "
         "version's results, with their sizes, and removes them with --yes)"
     )

@@ -690,15 +690,22 @@ def _warn_versions(folder: Path, changed_versions: list[str], tell: bool = True)
 
 
 def _log_versions(folder: str, changes: str) -> None:
-    from .oldresults import said
+    from .oldresults import said, step_folder
 
+    current = _VERSIONS_NOW.get(folder, {})
+    # (once per step and changed versions: a sweep of 1000 configs reused said it 1000
+    # times; its count tells how many configs it concerns)
+    step = step_folder(Path(folder))
+    now = tuple(sorted((k, repr(v)) for k, v in current.items())) or changes
+    if not saidonce.first(("other class versions", str(step or folder), now)):
+        return
     logger.warning(
         "Reusing the cache in %s, computed when sub-configs had other class versions "
         "(%s): a sub-config's version is not part of this config's uid. If these "
         "results depend on what changed, bump this class's infra version too%s",
         folder,
         changes,
-        said(folder, _VERSIONS_NOW.get(folder, {}), _load),
+        said(folder, current, _load),
     )
 
 

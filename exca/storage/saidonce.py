@@ -48,6 +48,15 @@ def mark(keys: tp.Iterable[tuple[tp.Hashable, ...]]) -> None:
         _SAID.update(keys)
 
 
+def forget() -> None:
+    """As in a new process: everything is said again, the checks of FORGET_CHECKS run
+    again (for tests, and a long-lived process that wants to hear it all again)."""
+    with _LOCK:
+        _SAID.clear()
+    for check in FORGET_CHECKS:
+        check()
+
+
 @contextlib.contextmanager
 def afresh() -> tp.Iterator[None]:
     """Everything is said again within the block (a command of the command line), as in
