@@ -384,6 +384,9 @@ def test_failing_leaf_stops_only_its_dependents_then_retry(env: Env, sbatch: Sba
         assert plan[node.uid].action == "fail"
         assert leaves[2].uid in plan[node.uid].reason
     assert plan[middles[0].uid].status == "cached"
+    # the job of m1 said which job of its upstream failed
+    said = exca.ops.logs(middles[1])[-1].stderr()
+    assert f"upstream {leaves[2].uid} (job {job_id(leaves[2])}) holds an error" in said
     # cached mode: the error is raised again, nothing is submitted
     with pytest.raises(NodeFailures) as info:
         exca.graph.run(top)
@@ -413,6 +416,24 @@ def test_failing_leaf_stops_only_its_dependents_then_retry(env: Env, sbatch: Sba
         "m1": 1,
         "top": 1,
     }
+
+
+def test_a_job_below_a_cancelled_upstream_job_says_how_it_ended(env: Env, sbatch: Sbatch) -> None:
+    """a -> b detached; a's job cancelled (scancel) while it runs: b's job starts anyway
+    (afterany) and failed saying only "upstream a is missing". Its error (what `exca logs`
+    and its stderr show) names a's job, how it ended, and what computes it again."""
+    block = env.tmp / "block"
+    block.touch()
+    a = env.step("a", block_flag=str(block), infra=slurm()).run.node()
+    b = env.step("b", infra=slurm()).run.node(a)
+    exca.graph.run(b, wait=False)
+    wait_for(lambda: started(env.log) == ["a"], timeout=120)  # (running: sacct says CANCELLED)
+    subprocess.run(["scancel", job_id(a)], check=True, timeout=30)
+    wait_until_ended([job_id(b)])
+    said = exca.ops.logs(b)[-1].stderr().strip().splitlines()[-1]
+    assert f"upstream {a.uid} has no result: job {job_id(a)} was cancelled (state CANCELLED" in said
+    assert said.endswith("mode='retry' on that upstream config's own infra computes it again")
+    assert started(env.log) == ["a"]  # (b computed nothing)
 
 
 @pytest.mark.parametrize("wait", [False, True])

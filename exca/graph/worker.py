@@ -39,9 +39,12 @@ from .errors import (
     INTERRUPTED_MAP,
     RAISED_INTERRUPT,
     UpstreamFailed,
+    ending_line,
     interrupted_at,
     item_cycle_error,
+    not_cached,
     read_only_error,
+    retry_hint,
     self_call_error,
     task_interrupted_at,
 )
@@ -492,12 +495,45 @@ def check_upstream(node: Node) -> None:
         state = _upstream_state(source)
         if state != "done":
             why = (state == "missing" and _recomputed_meanwhile(source)) or (
-                f"upstream {source.uid} holds an error (exca.ops.explain or its call shows "
-                f"it){UPSTREAM_RETRY_COMPUTES} it again"
+                f"upstream {source.uid}{_its_job(source)} holds an error (exca.ops.explain "
+                f"or its call shows it){UPSTREAM_RETRY_COMPUTES} it again"
                 if state == "error"
-                else f"upstream {source.uid} is missing"
+                else _missing_upstream_said(source)
             )
             raise UpstreamFailed(f"{node.uid} did not run: {why}")
+
+
+def _its_job(source: Node) -> str:
+    """The last job recorded for an upstream node, as " (job N)" ("" when none)."""
+    record = registry.latest(source.folder)
+    return "" if record is None else f" (job {record.job_id})"
+
+
+def _missing_upstream_said(source: Node) -> str:
+    """Why an upstream task holds no result, e.g. in a Slurm job started after its job
+    (a detached run's afterany): how that job ended (cancelled, timed out, died), not only
+    "missing", with what computes it again."""
+    from .decisions import UPSTREAM_RETRY_COMPUTES
+    from .executors import recorded_handle  # (it imports this module)
+
+    missing = f"upstream {source.uid} is missing"
+    record = registry.latest(source.folder)
+    if record is None or record.cluster != "slurm":
+        return missing
+    if registry.confirmed_queued([record.job_id]) != set():
+        return missing  # (still queued or running, or squeue not answering: no ending)
+    try:
+        known = registry.slurm_endings([record.job_id], unknown=True).get(record.job_id)
+        how = recorded_handle(record).ended_how(known)
+    except Exception:  # (its ending unknown: said as before)
+        return missing
+    if not_cached(how):  # (not a failure of its own: the next run computes it)
+        remedy = "; the next run computes it again"
+    elif retry_hint(how) != how:
+        remedy = f"{UPSTREAM_RETRY_COMPUTES} it again"
+    else:  # (its own words say what to do)
+        remedy = ""
+    return f"upstream {source.uid} has no result: {ending_line(how)}{remedy}"
 
 
 def _in_slurm_job() -> bool:
