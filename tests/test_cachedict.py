@@ -2438,7 +2438,8 @@ def test_an_entry_written_while_its_writers_files_are_freed_is_kept(
         del CacheDict(folder)["a"]
         _idle(folder, 7200)
         if context.startswith("open"):
-            writer._local.session[0].next_check = 0.0  # (as 2 hours later: checks again)
+            session = writer._local.session[0]
+            session.next_check = session.idle_check = 0.0  # (as 2 hours later: checks again)
             if context == "open-set_many":
                 writer.set_many([("c", _FreesWhilePickled(folder)), ("d", 4)])
             else:

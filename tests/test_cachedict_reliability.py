@@ -1068,3 +1068,40 @@ def test_a_batch_written_after_the_folder_was_removed_is_said_lost(
         cache.set_many([("after", value)])
     assert sorted(CacheDict(folder).keys()) == ["after"]
     assert not [path for path in folder.rglob("*") if "lost" in path.name]  # (no payload)
+
+
+@pytest.mark.parametrize("value", [{"x": 1}, 3, np.arange(3)])
+def test_a_write_after_the_folder_was_removed_is_said_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: tp.Any
+) -> None:
+    """The folder removed (rm -rf) under a writer busy in a write() context: ``cd[k] = v``
+    went on appending to the unlinked index file for up to a minute, without a word, and
+    the entries were never found. A write after the removal raises the FileNotFoundError
+    naming the folder (at its writer's next check, BUSY_CHECK_SECONDS after the last one,
+    at the latest when the write() block ends); a later write works, in the folder made
+    anew."""
+    import shutil
+
+    from exca.storage import index
+
+    folder = tmp_path / "cache"
+    cache: CacheDict[tp.Any] = CacheDict(folder)
+    # the block ends soon after the removal: said then
+    removed = pytest.raises(FileNotFoundError, match="cache folder disappeared")
+    with removed as raised, cache.write():
+        cache["before"] = value
+        shutil.rmtree(folder)
+        cache["lost"] = value
+    assert raised.value.filename == str(folder)
+    assert not folder.exists() and "lost" not in cache
+    # the writer's check is due (as BUSY_CHECK_SECONDS later): said by the write itself
+    monkeypatch.setattr(index, "BUSY_CHECK_SECONDS", 0.0)
+    with cache.write():
+        cache["first"] = value
+        shutil.rmtree(folder)
+        with pytest.raises(FileNotFoundError, match="cache folder disappeared") as raised:
+            cache["lost"] = value
+        assert raised.value.filename == str(folder)
+        cache["after"] = value
+    assert sorted(CacheDict(folder).keys()) == ["after"]
+    assert not [path for path in folder.rglob("*") if "lost" in path.name]  # (no payload)

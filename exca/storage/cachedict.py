@@ -925,10 +925,12 @@ class CacheDict(tp.Generic[X]):
         # "inside a write() context" for good)
         context = [True]  # (this context's own: thread ids are reused by new threads)
         local.writing, local.writing_generation = context, _FORK_GENERATION
+        ended = False  # (the block ran through: a removal of the folder is said then)
         try:
             if local.session is not None and local.session[2] == _FORK_GENERATION:
                 local.session[0].holder = context
             yield
+            ended = True
         finally:
             if local.writing is not context:
                 # a generator holding the context, closed by another thread (g.close(), the
@@ -938,11 +940,23 @@ class CacheDict(tp.Generic[X]):
             else:
                 local.writing, local.writing_generation = outer
                 session = local.session
+                removed = None  # (the folder, removed while the block wrote: its last
+                # lines, since the writer's last check, went nowhere)
                 if session is not None and session[2] == _FORK_GENERATION:  # (not the parent's)
+                    writer = session[0]
                     with interrupts.deferred():  # (a Ctrl-C there left a session half closed)
-                        session[1].close_shared()
-                        session[0].close()
+                        if (
+                            ended
+                            and writer.fd is not None
+                            and writer.removed_while_busy(_monotonic())
+                        ):
+                            removed = writer
+                        else:
+                            session[1].close_shared()
+                            writer.close()
                 context.clear()  # (its session may be taken up by another instance now)
+                if removed is not None:
+                    self._end_removed_session(removed)
 
     @contextlib.contextmanager
     def writer(self) -> tp.Iterator[CacheDict[X]]:
@@ -1010,7 +1024,7 @@ class CacheDict(tp.Generic[X]):
         local.session = (writer, ctx, _FORK_GENERATION, self._clears)
         return writer, ctx
 
-    def _end_removed_session(self, writer: IndexWriter, lost: int) -> tp.NoReturn:
+    def _end_removed_session(self, writer: IndexWriter, lost: int | None = None) -> tp.NoReturn:
         """After lines went nowhere, the index file of a session busy writing removed (a
         user's ``rm -rf`` of the folder): CacheFolderRemoved. Written again in a new
         session, the entries would be cached in a folder made anew where the user just
@@ -1023,8 +1037,11 @@ class CacheDict(tp.Generic[X]):
             writer.close()
             self._unshare(writer)
             local.session = None  # (a later write starts a new session, a new folder)
+        with contextlib.suppress(OSError):
+            self.refresh()  # (its entries, written into the removed files, are not listed)
         assert self.folder is not None
-        raise CacheFolderRemoved.at(self.folder, f"{lost} entry(ies) were written to it")
+        written = "entries were" if lost is None else f"{lost} entry(ies) were"
+        raise CacheFolderRemoved.at(self.folder, f"{written} written to it")
 
     def _shared_session(self) -> tuple[IndexWriter, DumpContext] | None:
         """This thread's session of the folder, if no write() context uses it now and its
@@ -1089,9 +1106,12 @@ class CacheDict(tp.Generic[X]):
                 if not (writer.still_there() and ctx.shared_files_there()):
                     writer, ctx = self._session(restart=True)
             elif started >= writer.next_check:
-                resumed = True
-                if writer.gone_while_idle():
-                    writer, ctx = self._session(restart=True)
+                if writer.removed_while_busy(started):  # (its lines went nowhere since)
+                    self._end_removed_session(writer)
+                if started >= writer.idle_check:
+                    resumed = True
+                    if writer.gone_while_idle():
+                        writer, ctx = self._session(restart=True)
         if not key.isascii() or meta is not None:
             _check_key_and_meta(key, meta)  # (before any payload is written)
         # payload first (complete when dump_entry returns), then its index line
@@ -1251,7 +1271,7 @@ class CacheDict(tp.Generic[X]):
         session = local.session
         resumed = session is not None and (  # (as in put: its files may be freed meanwhile)
             (session[0].fd is None and bool(session[0].inode))
-            or _monotonic() >= session[0].next_check
+            or _monotonic() >= session[0].idle_check
         )
         writer, ctx = self._session()
         entries = reader.entries if self._read_once else self._entries()  # (a new view: read)

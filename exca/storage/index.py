@@ -61,6 +61,10 @@ Stored = Record | Packed
 # (compaction and the freeing of lifeless files take files idle for twice as long; the
 # check costs one fstat)
 IDLE_CHECK_SECONDS = 60.0
+# a writer busy writing checks this often that its index file was not removed under it
+# (an `rm -rf` of the folder: its appends went to an unlinked file, silently lost); one
+# fstat, in a branch the hot path of `cd[k] = v` already takes once the time is up
+BUSY_CHECK_SECONDS = 0.1
 # compaction moves entries into a new index file; each moved line keeps where it was
 # ("file:offset" strings): a deletion written meanwhile, aimed at the old place, still
 # finds the entry
@@ -1213,7 +1217,9 @@ class IndexWriter:
         self.holder: list[bool] | None = None
         # a failed append left part of a line (no newline): the next append ends it first
         self.torn = False
-        self.next_check = 0.0  # (monotonic time of the next gone_while_idle check)
+        # (monotonic times of the next removed_while_busy check, of the next
+        # gone_while_idle one)
+        self.next_check = self.idle_check = 0.0
 
     def gone_while_idle(self) -> bool:
         """At most once a minute (compaction merges only files idle for an hour): whether
@@ -1222,15 +1228,30 @@ class IndexWriter:
         if self.fd is None:
             return False
         now = time.monotonic()
-        if now < self.next_check:
+        if now < self.idle_check:
             return False
-        self.next_check = now + IDLE_CHECK_SECONDS
+        self.idle_check = now + IDLE_CHECK_SECONDS
         try:
             if os.fstat(self.fd).st_nlink == 0:
                 return True
         except OSError:
             return True
         return not self.still_there()
+
+    def removed_while_busy(self, now: float) -> bool:
+        """Whether this session's open index file was removed although written to less
+        than a minute ago (one fstat): not a compaction's nor a freeing's doing, which take
+        only files idle for longer, but an ``rm -rf`` of the folder, ``exca clean`` in
+        another shell. ``now``: the monotonic time (the next check is due
+        BUSY_CHECK_SECONDS later)."""
+        self.next_check = now + BUSY_CHECK_SECONDS
+        if self.fd is None:
+            return False
+        try:
+            stat = os.fstat(self.fd)
+        except OSError:
+            return False  # (said by the write itself)
+        return stat.st_nlink == 0 and time.time() - stat.st_mtime < IDLE_CHECK_SECONDS
 
     def unlinked(self) -> bool:
         """Whether the open index file was removed (one fstat)."""
@@ -1262,7 +1283,8 @@ class IndexWriter:
                 if not self.inode:
                     raise
                 raise SessionFilesGone(f"{path} was removed since this session wrote it") from None
-            self.next_check = time.monotonic() + IDLE_CHECK_SECONDS  # (it is there now)
+            now = time.monotonic()  # (it is there now)
+            self.next_check, self.idle_check = now + BUSY_CHECK_SECONDS, now + IDLE_CHECK_SECONDS
             stat = os.fstat(self.fd)
             self.inode, self.size = stat.st_ino, stat.st_size
             if self.size == 0 and self.permissions is not None:
