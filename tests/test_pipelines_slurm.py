@@ -436,6 +436,34 @@ def test_a_job_below_a_cancelled_upstream_job_says_how_it_ended(env: Env, sbatch
     assert started(env.log) == ["a"]  # (b computed nothing)
 
 
+def test_detached_chains_go_on_element_by_element(env: Env, sbatch: Sbatch) -> None:
+    """Two chains a_i -> b_i, detached: b0 waited for the whole array of the a's (afterany),
+    a1 still running. Now b_i waits for a_i only (aftercorr); a1 failing still starts b1
+    once the a's ended, and b1 says its upstream failed (aftercorr alone: never)."""
+    block, fail = env.tmp / "block", env.tmp / "fail"
+    block.touch()
+    fail.touch()
+    a = [env.step("a0", infra=slurm()).run.node()]
+    a.append(env.step("a1", block_flag=str(block), fail_flag=str(fail), infra=slurm()).run.node())
+    b = [env.step(f"b{i}", infra=slurm()).run.node(a[i]) for i in range(2)]
+    exca.graph.run(*b, wait=False)
+    try:
+        wait_for(lambda: "b0" in started(env.log), timeout=120)  # (a1 blocked meanwhile)
+    finally:
+        block.unlink()
+    calls = sbatch.calls()
+    (array,) = {job_id(n).split("_")[0] for n in a}
+    assert [Sbatch.option(c, "array") for c in calls] == ["0-1%2", "0-1%2"]
+    # (quoted by submitit: '?' is special to a shell)
+    assert Sbatch.option(calls[1], "dependency") == f"'aftercorr:{array}?afterany:{array}'"
+    wait_until_ended([job_id(b[1])])
+    assert b[0].result() == "b0(a0(None,None),None)"
+    assert sorted(started(env.log)) == ["a0", "a1", "b0"]  # (b1 computed nothing)
+    assert f"upstream {a[1].uid} (job {job_id(a[1])}) holds an error" in (
+        exca.ops.logs(b[1])[-1].stderr()
+    )
+
+
 @pytest.mark.parametrize("wait", [False, True])
 def test_one_array_per_level(
     env: Env, sbatch: Sbatch, wait: bool, monkeypatch: pytest.MonkeyPatch

@@ -3,10 +3,13 @@
 Each array depends (``afterany``) on the jobs of its upstream nodes: an array has one
 dependency list for all its elements, so ``afterok`` would let one failed element cancel
 unrelated work; instead each element checks at start that its own upstream results exist
-(else it records "upstream failed" and exits). Dependencies on jobs that already ended
-are dropped; a submission that fails half way cancels what it had submitted. Workers
-write their results into the cache; job ids go to the job registry, so a later plan shows
-them running and a later run waits for them instead of resubmitting.
+(else it records "upstream failed" and exits). An array whose element i needs element i
+of one upstream array only (chains) waits per element: ``aftercorr`` (element i done), or
+else ``afterany`` (that array ended: element i's upstream failed). Dependencies on jobs
+that already ended are dropped; a submission that fails half way cancels what it had
+submitted. Workers write their results into the cache; job ids go to the job registry,
+so a later plan shows them running and a later run waits for them instead of
+resubmitting.
 """
 
 from __future__ import annotations
@@ -122,7 +125,7 @@ def _submit_wave(
         for unit in _units(scheduler, run):
             groups.setdefault(run.array_key, []).append((run, unit))
     for members in groups.values():
-        submitted.extend(_submit(scheduler, members))
+        submitted.extend(_submit(scheduler, members, submitted))
 
 
 def _check_nothing_here_waits_for_jobs(scheduler: Scheduler, work: list[NodeRun]) -> None:
@@ -196,7 +199,9 @@ def _run_here(
 
 
 def _submit(
-    scheduler: Scheduler, members: list[tuple[NodeRun, Unit]]
+    scheduler: Scheduler,
+    members: list[tuple[NodeRun, Unit]],
+    submitted: list[tuple[NodeRun, executors.Handle]],
 ) -> list[tuple[NodeRun, executors.Handle]]:
     deps = sorted({d for run, _ in members for d in _dependencies(scheduler, run.node.key)})
     first = members[0][0].node
@@ -228,6 +233,7 @@ def _submit(
                 dependencies=deps,
                 permissions=first.cache.permissions,
                 token=None if marked is None else marked[0],
+                corresponding=_one_to_one(scheduler, members, submitted),
             )
         except Exception as error:  # (sbatch refused it: no job to adopt later)
             submitting.unmark_if_unsent(marked, error)
@@ -243,6 +249,29 @@ def _submit(
         # a forced task no longer reads as its old result (after the records: see launch)
         store.drop_outcomes(outdated)
     return out
+
+
+def _one_to_one(
+    scheduler: Scheduler,
+    members: list[tuple[NodeRun, Unit]],
+    submitted: list[tuple[NodeRun, executors.Handle]],
+) -> bool:
+    """Whether element i of the array of ``members`` needs at most element i of one array
+    this run submitted, of as many elements (chains of nodes, level by level): then it may
+    start once that element is done, not once the whole array is."""
+    if len(members) < 2:
+        return False
+    bases: set[str] = set()
+    needs: list[set[str]] = []
+    for run, _ in members:
+        ids = set(_dependencies(scheduler, run.node.key))
+        bases.update(i.split("_")[0] for i in ids)
+        needs.append(ids)
+    if len(bases) != 1:
+        return False
+    (base,) = bases
+    size = sum(1 for _, handle in submitted if handle.job_id.split("_")[0] == base)
+    return size == len(members) and all(ids <= {f"{base}_{i}"} for i, ids in enumerate(needs))
 
 
 def _force_applied(node: Node, unit: Unit, job_id: str) -> None:

@@ -144,6 +144,17 @@ def _wait_for(executor: tp.Any, given: tp.Any, job_ids: str) -> None:
     executor._executor.update_parameters(additional_parameters=params)
 
 
+def _run_after_corresponding(executor: tp.Any, array_id: str) -> None:
+    """Make element i of the next array submission start once element i of ``array_id``
+    completed, or else once that whole array ended (an element whose upstream failed
+    then starts, as with afterany, and says so: Slurm's aftercorr alone waits for ever).
+    Slurm reads each job id of a '?' (any of) dependency as a choice of its own: one
+    array only."""
+    params = _additional(executor)
+    params["dependency"] = f"aftercorr:{array_id}?afterany:{array_id}"
+    executor._executor.update_parameters(additional_parameters=params)
+
+
 def _comment(executor: tp.Any, given: tp.Any, mark: str) -> None:
     """Make the next submission of a submitit Slurm executor carry ``mark`` in its
     comment (after the user's own comment, if any)."""
@@ -2292,9 +2303,13 @@ def submit_array(
     dependencies: tp.Sequence[str] = (),
     permissions: int | None = None,
     token: str | None = None,
+    corresponding: bool = False,
 ) -> list[SubmititHandle]:
     """Submit units as one submitit array (split at Slurm's MaxArraySize). ``token``: the
-    submission's marker (see registry.Marker), given to Slurm in each job's comment."""
+    submission's marker (see registry.Marker), given to Slurm in each job's comment.
+    ``corresponding``: ``dependencies`` are elements of one array of as many elements,
+    element i of this one needing element i of that one only (it may start once that
+    element is done, not once the whole array is)."""
     import submitit
 
     from .registry import submission_comment
@@ -2325,7 +2340,15 @@ def submit_array(
 
             # ended jobs cannot be waited for; an array id waits for all its elements
             alive = sorted({j.split("_")[0] for j in queued_jobs(list(dependencies))})
-            if alive:  # (with the user's own dependency, if any: it was replaced)
+            one_to_one = (
+                corresponding
+                and len(alive) == 1
+                and 1 < len(units) <= max(1, max_array_size())  # (not split: same indices)
+                and not _additional(executor).get("dependency")  # (no mix of ',' and '?')
+            )
+            if one_to_one:
+                _run_after_corresponding(executor, alive[0])
+            elif alive:  # (with the user's own dependency, if any: it was replaced)
                 _run_after(executor, ":".join(alive))
         executor._executor.update_parameters(**extra)
     # (MaxArraySize 0: Slurm has arrays disabled, every unit goes as a plain job)
