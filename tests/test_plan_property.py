@@ -317,14 +317,21 @@ FAST = {"task": (None,), "map": (None, None, "threadpool")}
 
 
 def check_seed(
-    seed: int, tmp_path: Path, clusters: dict[str, tp.Sequence[str | None]] = FAST
+    seed: int,
+    tmp_path: Path,
+    clusters: dict[str, tp.Sequence[str | None]] = FAST,
+    prepare_inline: bool = False,
 ) -> None:
+    """``prepare_inline``: the random cached state is made without jobs nor processes (a
+    node's cluster is no part of its uid: the same folders get the same results and
+    errors); the run whose plan is checked uses the clusters."""
     rng = random.Random(seed)
     flags = tmp_path / "flags"
     flags.mkdir()
     cache = tmp_path / "cache"
     specs = _random_specs(rng, rng.randint(20, 60), clusters)
-    nodes = _build(specs, flags, cache, {})
+    prepared = [dataclasses.replace(s, cluster=None) for s in specs] if prepare_inline else specs
+    nodes = _build(prepared, flags, cache, {})
     # --- a random cached state: some nodes computed, some failing, maps partly cached
     for spec in specs:
         if rng.random() < 0.06:
@@ -354,7 +361,7 @@ def check_seed(
     # some nodes computed again alone (forced): what was computed from them is stale
     tasks = [i for i, s in enumerate(specs) if s.kind == "task"]
     for index in rng.sample(tasks, min(len(tasks), rng.randint(0, 2))):
-        _run(_build(specs[: index + 1], flags, cache, {index: "force"})[index])
+        _run(_build(prepared[: index + 1], flags, cache, {index: "force"})[index])
     # --- modes, targets
     used = {u.uid for n in nodes for u in n.upstream}
     sinks = [i for i, n in enumerate(nodes) if n.uid not in used]
@@ -475,7 +482,7 @@ def test_the_plan_says_what_the_run_computes_in_jobs_and_processes(
     seed: int, tmp_path: Path
 ) -> None:
     clusters = {"task": (None, "local"), "map": (None, "processpool", "local")}
-    check_seed(seed, tmp_path, clusters)
+    check_seed(seed, tmp_path, clusters, prepare_inline=True)
 
 
 @pytest.mark.parametrize("clusters", [(None, "threadpool"), ("threadpool", "processpool")])
