@@ -69,14 +69,27 @@ def _claim_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
 # Measured, job.result() returned 0.26 s (mean) after the job's end with 0.5 s, 0.13 s with
 # 0.2 s. (squeue and sacct keep their own rates: a look mostly reads files.)
 SLURM_TEST_POLL_MAX_S = 0.2
+# A wait notices a job that left the queue without its result (cancelled, killed) in two
+# looks at squeue, QUEUE_LOOK_S apart (5 s: one squeue per array, not to load users'
+# clusters): 1 s here. And submitit then waits 15 s for the result pickle such a job never
+# wrote, each time exca asks how it ended: 1 s is enough on this machine's disk.
+SLURM_TEST_QUEUE_LOOK_S = 1.0
+SLURM_TEST_RESULTS_TIMEOUT_S = 1
 
 
 @pytest.fixture(autouse=True)
 def _quick_job_polls(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     if request.node.get_closest_marker("slurm") is not None:
+        import submitit.core.core
+
+        import exca.graph.registry
         import exca.graph.scheduler
 
         monkeypatch.setattr(exca.graph.scheduler, "POLL_MAX", SLURM_TEST_POLL_MAX_S)
+        monkeypatch.setattr(exca.graph.registry, "QUEUE_LOOK_S", SLURM_TEST_QUEUE_LOOK_S)
+        monkeypatch.setattr(
+            submitit.core.core.Job, "_results_timeout_s", SLURM_TEST_RESULTS_TIMEOUT_S
+        )
 
 
 @pytest.hookimpl(tryfirst=True)  # (before xdist's, which reads the groups)
