@@ -3120,6 +3120,48 @@ def test_clean_whose_rename_away_meets_a_full_disk_says_what_to_do(
     assert old.infra.status() == "completed"  # (nothing lost)
 
 
+@pytest.mark.parametrize("what", ["node", "versions"])
+@pytest.mark.parametrize("errno_name", ["ENOSPC", "EPERM"])
+def test_clean_on_the_command_line_says_in_its_error_what_it_could_not_remove(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str, errno_name: str
+) -> None:
+    """`exca clean ROOT node|versions ... --yes` that could not remove a folder (a full
+    disk, a folder refusing the rename: an immutable attribute, a read-only mount) exited
+    with 1, its error saying nothing: the folder and the reason went through the logger
+    only ("see the warning above", which a script capturing the command's output, or
+    --json, never saw). Its error now names each folder, why, and what to do."""
+    import errno
+
+    root = tmp_path / "cache"
+    old = Pair(a=1, b=2, infra={"folder": root, "version": "1"})
+    assert old.make() == [1, 2]
+    assert Pair(a=1, b=2, infra={"folder": root, "version": "2"}).make() == [1, 2]
+    folder = folder_of(old)
+    os_rename, code = os.rename, getattr(errno, errno_name)
+
+    def refused(source: tp.Any, target: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> None:
+        if Path(source) == folder:
+            raise OSError(code, os.strerror(code))
+        os_rename(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", refused)
+    given = [str(folder)] if what == "node" else []
+    result = cli("clean", root, what, *given, "--yes")
+    monkeypatch.undo()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Removed 0 of 1 item(s), 0 B freed; 1 could not be removed (said below)" in result.stdout
+    error = result.stderr
+    assert error.startswith("exca: error: could not remove 1 of 1 item(s):\n"), error
+    assert f"  - {folder}: left as it was: " in error
+    if errno_name == "ENOSPC":
+        assert "the disk or quota is full" in error and "free some" in error, error
+    else:  # (as root, or with permissions that allow it: something else refuses)
+        allowed = os.geteuid() == 0 or os.access(folder.parent, os.W_OK | os.X_OK)
+        assert ("chattr -i" if allowed else "ask its owner") in error, error
+    assert "run the same command again" in error
+    assert old.infra.status() == "completed"  # (nothing lost)
+
+
 def test_clean_node_downstream_of_a_uid_with_commas(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     source = Pair(a=1, b=2, infra={"folder": root}).make.node()

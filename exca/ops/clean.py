@@ -220,11 +220,13 @@ class CleanPlan:
             "kept": [{"path": str(p), "why": why} for p, why in self.kept],
         }
 
-    def execute(self) -> int:
+    def execute(self, warn: bool = True) -> int:
         """Remove everything listed (node folders: renamed away first); return bytes freed.
         What cannot be removed (e.g. another user's folder) is left whole, listed in
         ``failed`` and warned about; what started being computed or used since the preview
-        is kept, listed in ``skipped`` and warned about; the rest is removed. The Slurm
+        is kept, listed in ``skipped`` and warned about (``warn=False``: not warned, the
+        caller says them: the command line, in its outcome and its error); the rest is
+        removed. The Slurm
         queue is not asked again about the jobs the preview asked about (``look``): one
         queued then is taken as queued still (what it uses is kept), one ended then as
         ended; a job recorded since is asked about (one call for those of a root)."""
@@ -252,13 +254,13 @@ class CleanPlan:
         for folder in self.emptied:
             with contextlib.suppress(OSError):  # (not empty: something kept, or new, there)
                 remove_emptied_step(folder)
-        if self.skipped:
+        if self.skipped and warn:
             logger.warning(
                 "Kept %d item(s), in use since the preview:\n%s",
                 len(self.skipped),
                 "\n".join(f"  - {path}: {why}" for path, why in self.skipped),
             )
-        if self.failed:
+        if self.failed and warn:
             logger.warning(
                 "Could not remove %d item(s):\n%s",
                 len(self.failed),
@@ -456,8 +458,19 @@ def remove_node_folder(
                 f"{folder.parent} is sticky (like /tmp): only the owner of {folder.name} "
                 f"(uid {os.stat(folder).st_uid}) may move or remove it"
             )
-        else:
-            why = f"renaming it needs write access to {folder.parent}"
+        elif not (
+            os.geteuid() == 0 or (parent.st_uid == os.geteuid() and parent.st_mode & stat.S_IWUSR)
+        ) and not os.access(folder.parent, os.W_OK | os.X_OK):
+            why = (
+                f"renaming it needs write access to {folder.parent} (owner uid "
+                f"{parent.st_uid}): ask its owner, or run the clean as them"
+            )
+        else:  # (root, or the permissions allow it: something else refuses)
+            why = (
+                f"{folder.parent} refuses the rename although its permissions allow it: "
+                "an immutable or append-only attribute (`lsattr -d` shows it, `chattr -i` "
+                "removes it), or a read-only mount?"
+            )
         raise PermissionError(error.errno, f"{error.strerror}: {why}") from None
     _delete_tree(trash, size)
 

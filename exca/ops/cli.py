@@ -674,12 +674,22 @@ def _clean_outcome(plan: CleanPlan, freed: int) -> str:
     removed = total - len(plan.skipped) - len(plan.failed)
     count = f"{removed}" if removed == total else f"{removed} of {total}"
     done = f"Removed {count} item(s), {human_size(freed)} freed"
-    if plan.failed:  # (each named by the warning above)
-        done += f"; {len(plan.failed)} could not be removed: see the warning above"
+    if plan.failed:  # (each named by the error, see _clean_failures)
+        done += f"; {len(plan.failed)} could not be removed (said below)"
     if not plan.skipped:
         return done + "."
     kept = "".join(f"\n  - {path}  ({why})" for path, why in plan.skipped)
     return f"{done}; {len(plan.skipped)} kept, in use since the preview:{kept}"
+
+
+def _clean_failures(plan: CleanPlan) -> str:
+    """The error of ``clean --yes`` that could not remove some items: each, and why (with
+    what to do: the disk to free, the owner to ask...)."""
+    items = "".join(f"\n  - {path}: {why}" for path, why in plan.failed)
+    return (
+        f"could not remove {len(plan.failed)} of {len(plan.removals)} item(s):{items}\n"
+        "Once that is fixed, run the same command again: it lists only what is left"
+    )
 
 
 def _listed(
@@ -1508,7 +1518,7 @@ def _main(argv: list[str] | None) -> int:
         if args.what == "logs" and (removal.recent or removal.starting) and not said:
             recent = "\n" + _recent_logs(removal, days)
         if args.yes:
-            freed = removal.execute()
+            freed = removal.execute(warn=False)  # (said here: the outcome, the error)
             done = _clean_outcome(removal, freed)
             _print(
                 _clean_json(args.what, False, removal, freed=freed),
@@ -1516,6 +1526,7 @@ def _main(argv: list[str] | None) -> int:
                 f"{removal} {said}" if said else f"{removal}\n{done}".strip() + left + recent,
             )
             if removal.failed:
+                print(f"exca: error: {_clean_failures(removal)}", file=sys.stderr)
                 return 1
         else:
             hint = "\n(preview: run again with --yes to remove)" if removal.removals else ""
