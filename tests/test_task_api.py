@@ -2931,9 +2931,12 @@ def test_map_apply_rules() -> None:
         MapInfra().apply(item_uid=str)(three)
     with pytest.raises(TypeError, match=r"must have the signature \(self, items\)"):
         MapInfra().apply(item_uid=str)(one)
-    with pytest.raises(TypeError):
+    # (an unannotated items said "got <class 'inspect._empty'>": it says there is none,
+    # and shows the signature to write)
+    unannotated_error = r"got no annotation\), e.g. def unannotated\(self, items: list\[str\]\)"
+    with pytest.raises(TypeError, match=unannotated_error):
         MapInfra().apply(item_uid=str)(unannotated)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"got 'int'\), e.g. def wrong_hint"):
         MapInfra().apply(item_uid=str)(wrong_hint)
     # (strings: annotations under `from __future__ import annotations`, as written)
     texts = ("tp.List[int]", "List[int]", "Tuple[int, ...]", "tp.Sequence[int]", "list[int]")

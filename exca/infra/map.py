@@ -148,9 +148,12 @@ class MapMethod(InfraMethod, tp.Generic[S, I, O]):
         if annotation is inspect.Parameter.empty or not any(
             h in text.lower() for h in _SEQUENCE_HINTS
         ):
+            got = "no annotation" if annotation is inspect.Parameter.empty else repr(annotation)
+            name = params[1].name
             raise TypeError(
                 f"The items parameter of {func.__qualname__} must be annotated as a list, tuple, "
-                f"Sequence or Iterable (got {annotation!r})"
+                f"Sequence or Iterable (got {got}), e.g. def {func.__name__}(self, "
+                f"{name}: list[str])"
             )
         item_uid, max_length = options.get("item_uid"), options.get("item_uid_max_length", 256)
         if not callable(item_uid):
