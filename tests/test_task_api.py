@@ -554,6 +554,19 @@ def test_clone_obj_takes_field_aliases() -> None:
     assert task.infra.clone_obj(batch_size=4).batch_size == 4  # field names still work
 
 
+def test_clone_obj_with_a_misspelled_key_says_the_close_field_names() -> None:
+    """A sweep of clone_obj changes with a typo in a key (``optim.learning_rat``) was
+    refused with pydantic's "Extra inputs are not permitted" only; the command line's
+    overrides say the close field names (did you mean ...?): clone_obj says them too."""
+    task = _Aliased()
+    with pytest.raises(pydantic.ValidationError) as info:
+        task.infra.clone_obj({"optim.learning_rat": 0.3})
+    notes = getattr(info.value, "__notes__", [])
+    assert notes == [
+        "optim.learning_rat: _Optim has no field 'learning_rat': did you mean 'learning_rate'?"
+    ], notes
+
+
 class Layered(pydantic.BaseModel):
     layers: list[int] = [64]
     params: dict[str, float] = {}

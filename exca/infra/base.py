@@ -1153,7 +1153,14 @@ class BaseInfra(pydantic.BaseModel):
             if not any("." in part for part in path):
                 cfg[".".join(path)] = _value_at(owner, path)
         cfg.update(changes)
-        return _from_config(type(owner), _with_subclass_instances(owner, cfg))
+        try:
+            return _from_config(type(owner), _with_subclass_instances(owner, cfg))
+        except pydantic.ValidationError as error:  # (a typo of a key: the close field names)
+            from .typos import unknown_keys
+
+            for note in unknown_keys(type(owner), error):
+                error.add_note(note)
+            raise
 
     def obj_infras(self) -> dict[str, BaseInfra]:
         """Every infra in the owner's config tree, by dotted name."""

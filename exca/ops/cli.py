@@ -324,7 +324,9 @@ def _target_node(target: str, config: str | list[str] | None, overrides: list[st
             if e["type"] in ("string_type", "literal_error", "enum", "path_type")
         }
         quoted = [f"'{k}=\"{v}\"'" for k, v in retyped.items() if k in invalid]
-        notes = _infra_settings_given(cls, error) + _unknown_keys(cls, error)
+        from ..infra.typos import unknown_keys
+
+        notes = _infra_settings_given(cls, error) + unknown_keys(cls, error)
         if quoted:
             notes.append(f"overrides are read as yaml; for a string, quote it: {', '.join(quoted)}")
         text = _as_overrides(str(error), cls, method)
@@ -378,62 +380,6 @@ def _infra_settings_given(cls: type, error: tp.Any) -> list[str]:
             written = " or ".join(f"{name}.{key}=VALUE" for name in infras)
             notes.append(f"{key} is a setting of the infra, not of the config: write {written}")
     return notes
-
-
-def _unknown_keys(cls: type, error: tp.Any) -> list[str]:
-    """What to say of each key the config refused as unknown (a typo: ``epoch=4``,
-    ``optim.lrr=0.1``): the model that has no such field, the close field names, and its
-    fields (a key that is a setting of the infra: see _infra_settings_given)."""
-    import difflib
-
-    from ..infra.base import BaseInfra
-
-    notes = []
-    for e in error.errors():
-        if e["type"] != "extra_forbidden" or not e["loc"]:
-            continue
-        *path, key = (str(part) for part in e["loc"])
-        model = _model_at(cls, path)
-        if model is None:
-            continue
-        fields = list(model.model_fields)
-        if not path and any(
-            isinstance(f.default, BaseInfra) and key in type(f.default).model_fields
-            for f in model.model_fields.values()
-        ):
-            continue  # (said by _infra_settings_given)
-        close = difflib.get_close_matches(key, fields, n=3, cutoff=0.6)
-        said = f"{'.'.join(map(str, e['loc']))}: {model.__name__} has no field {key!r}"
-        if close:
-            said += f": did you mean {' or '.join(map(repr, close))}?"
-        else:
-            shown = ", ".join(sorted(fields)[:20]) + (", ..." if len(fields) > 20 else "")
-            said += f"; its fields: {shown}"
-        notes.append(said)
-    return notes
-
-
-def _model_at(cls: type, path: list[str]) -> tp.Any:
-    """The model class a pydantic error's location leads to from ``cls`` (list indices
-    and dict keys skipped, a union's member named by the location), or None when it
-    cannot tell."""
-    from ..infra import identity
-
-    if not path:
-        return cls
-    field = getattr(cls, "model_fields", {}).get(path[0])
-    if field is None:
-        return None
-    rest = path[1:]
-    found = []
-    for model in identity.annotated_models(field.annotation):
-        if rest and rest[0] == model.__name__:  # (a union's member, as pydantic names it)
-            return _model_at(model, rest[1:])
-        found.append(_model_at(model, rest))  # (an optional or single model field)
-        if rest:  # (or an index of a list, a key of a dict, of them)
-            found.append(_model_at(model, rest[1:]))
-    found = [f for f in found if f is not None]
-    return found[0] if len(set(found)) == 1 else None
 
 
 _MISSING: tp.Any = object()

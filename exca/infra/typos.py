@@ -1,0 +1,64 @@
+"""What to say of the keys a config refused as unknown (a typo: ``epoch=4``,
+``optim.lrr=0.1``): the model that has no such field and its close field names. Read
+only once a validation failed (the command line's overrides, ``clone_obj``'s changes)."""
+
+from __future__ import annotations
+
+import typing as tp
+
+
+def unknown_keys(cls: type, error: tp.Any) -> list[str]:
+    """What to say of each key the config refused as unknown (a typo: ``epoch=4``,
+    ``optim.lrr=0.1``): the model that has no such field, the close field names, and its
+    fields (a key that is a setting of the infra: not said here, the command line says
+    how to give it)."""
+    import difflib
+
+    from .base import BaseInfra
+
+    notes = []
+    for e in error.errors():
+        if e["type"] != "extra_forbidden" or not e["loc"]:
+            continue
+        *path, key = (str(part) for part in e["loc"])
+        model = model_at(cls, path)
+        if model is None:
+            continue
+        fields = list(model.model_fields)
+        if not path and any(
+            isinstance(f.default, BaseInfra) and key in type(f.default).model_fields
+            for f in model.model_fields.values()
+        ):
+            continue  # (said by the command line: infra.KEY=VALUE)
+        close = difflib.get_close_matches(key, fields, n=3, cutoff=0.6)
+        said = f"{'.'.join(map(str, e['loc']))}: {model.__name__} has no field {key!r}"
+        if close:
+            said += f": did you mean {' or '.join(map(repr, close))}?"
+        else:
+            shown = ", ".join(sorted(fields)[:20]) + (", ..." if len(fields) > 20 else "")
+            said += f"; its fields: {shown}"
+        notes.append(said)
+    return notes
+
+
+def model_at(cls: type, path: list[str]) -> tp.Any:
+    """The model class a pydantic error's location leads to from ``cls`` (list indices
+    and dict keys skipped, a union's member named by the location), or None when it
+    cannot tell."""
+    from . import identity
+
+    if not path:
+        return cls
+    field = getattr(cls, "model_fields", {}).get(path[0])
+    if field is None:
+        return None
+    rest = path[1:]
+    found = []
+    for model in identity.annotated_models(field.annotation):
+        if rest and rest[0] == model.__name__:  # (a union's member, as pydantic names it)
+            return model_at(model, rest[1:])
+        found.append(model_at(model, rest))  # (an optional or single model field)
+        if rest:  # (or an index of a list, a key of a dict, of them)
+            found.append(model_at(model, rest[1:]))
+    found = [f for f in found if f is not None]
+    return found[0] if len(set(found)) == 1 else None
