@@ -5,7 +5,7 @@ import typing as tp
 
 from . import cachedict
 from .confdict import ConfDict
-from .infra import MapInfra, TaskInfra
+from .infra import TaskInfra
 
 __version__ = "0.1.0"
 
@@ -26,6 +26,7 @@ if tp.TYPE_CHECKING:  # (loaded lazily by __getattr__ below; seen by type checke
     from . import ops as ops
     from . import slurm as slurm
     from . import workdir as workdir
+    from .infra import MapInfra
 
 __all__ = ["ConfDict", "MapInfra", "TaskInfra", "__version__", "cachedict", "helpers"]
 
@@ -36,4 +37,8 @@ def __getattr__(name: str) -> object:
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")
+    if name == "MapInfra":  # (built on first use: see exca.infra)
+        from .infra import MapInfra
+
+        return MapInfra
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

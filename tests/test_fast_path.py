@@ -460,3 +460,18 @@ def test_a_sub_config_version_change_found_elsewhere_costs_other_hits_no_listing
     listed.clear()
     assert [o.run() for o in others] == list(range(10))
     assert len(listed) == before
+
+
+def _modules_after_import_exca(*names: str) -> str:
+    code = f"import sys, exca; print(sorted(m for m in {names!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_import_exca_leaves_out_what_a_task_does_not_need() -> None:
+    # (each job process and `python -m exca` command pays `import exca`; MapInfra's module
+    # and model are built on first use, e.g. `exca.MapInfra` or `from exca import MapInfra`)
+    assert _modules_after_import_exca("exca.infra.map") == "[]"
+    assert exca.MapInfra is exca.infra.MapInfra
+    assert exca.MapInfra.__module__ == "exca.infra.map"
