@@ -22,7 +22,6 @@ import mmap
 import operator
 import os
 import pickle
-import pickletools
 import sys
 import threading
 import typing as tp
@@ -136,6 +135,8 @@ def well_formed_pickle(stream: tp.BinaryIO) -> bool:
     """Whether a stream is a valid pickle program up to its STOP: its opcodes, and the
     marks, stack and memo they use (pickletools.dis runs none of the code the stream
     names; genops alone read an overwritten MARK or memo index as fine)."""
+    import pickletools  # (~4M instructions to import: only a failed read needs it)
+
     try:
         pickletools.dis(stream, out=io.StringIO())
     except Exception:  # (opcode unknown, no MARK, memo key never stored, exhausted...)
