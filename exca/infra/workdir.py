@@ -14,7 +14,6 @@ import importlib.util
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import sysconfig
 import typing as tp
@@ -211,6 +210,8 @@ class WorkDir(pydantic.BaseModel):
 
     def _commit_lines(self) -> list[str]:
         """``<source>: <commit>`` per copied name (RuntimeError if one is not committed)."""
+        import subprocess  # (only log_commit needs it: kept out of `import exca`)
+
         lines = []
         for name in self.copied:
             source = self.resolve(name)
