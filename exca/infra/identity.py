@@ -181,12 +181,11 @@ class _ClassFacts:
         an infra's other fields are never analysed for uids)."""
         if self.uid_fields is None:
             return self.fields
-        keep = self.uid_fields
-        return tuple(
-            _field_facts(self.cls, n, f)
-            for n, f in self.cls.__pydantic_fields__.items()
-            if n in keep
-        )
+        fields = self.cls.__pydantic_fields__
+        names: tp.Iterable[str] = self.uid_fields & fields.keys()
+        if len(names) > 1:  # (in field order; an infra keeps one: its 25 fields not walked)
+            names = [n for n in fields if n in names]
+        return tuple(_field_facts(self.cls, n, fields[n]) for n in names)
 
     @memoized
     def uid_dump_exclude(self) -> dict[str, tp.Any] | None:
