@@ -182,7 +182,7 @@ class _ClassFacts:
         if self.uid_fields is None:
             return self.fields
         fields = self.cls.__pydantic_fields__
-        names: tp.Iterable[str] = self.uid_fields & fields.keys()
+        names: tp.Collection[str] = self.uid_fields & fields.keys()
         if len(names) > 1:  # (in field order; an infra keeps one: its 25 fields not walked)
             names = [n for n in fields if n in names]
         return tuple(_field_facts(self.cls, n, fields[n]) for n in names)
