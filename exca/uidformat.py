@@ -14,6 +14,7 @@ import decimal
 import enum
 import fractions
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -261,13 +262,56 @@ class _DictKinds(dict[type, bool]):
     def __missing__(self, kind: type) -> bool:
         if len(self) >= _MEMO_MAX:
             self.clear()
+            _PLAIN_DICTS.clear()
         found = self[kind] = issubclass(kind, dict) and not issubclass(
             kind, collections.OrderedDict
         )
+        if found and all(getattr(kind, name) is getattr(dict, name) for name in _DICT_READS):
+            _PLAIN_DICTS.add(kind)
         return found
 
 
 _COLLAPSIBLE = _DictKinds()
+# the collapsible dict types read as dict's own (what _snapshot reads), filled above
+_PLAIN_DICTS: set[type] = set()
+_DICT_READS = ("items", "values", "keys", "__iter__", "__len__")
+
+# Renderings of whole dicts of leaves (or of single-key dicts of leaves: a ConfDict of
+# dotted keys), by a snapshot of their content: configs repeat the same sub-configs, and
+# a snapshot costs a few C-level passes where rendering runs Python code for each item.
+_DICT_RENDERS: dict[tuple[tp.Any, ...], _Rendered] = {}
+_DICT_MEMO_MAX = 4096  # entries, each of at most:
+_DICT_MEMO_ITEMS = 64
+_DICT_MEMO_TEXT = 4096  # characters of hash
+_STR_KIND = {str}
+_LEAF_KINDS = frozenset({str, int, float})  # (equal values of these types render alike)
+
+
+def _snapshot(value: dict[tp.Any, tp.Any]) -> tuple[tp.Any, ...] | None:
+    """A hashable copy of a plain dict whose keys are all str and whose values are all
+    str/int/float, or all single-key dicts of a str key and such a value; else None.
+    (Exact types only: a bool, a str subclass or a numpy number may equal a value it
+    does not render as.)"""
+    if len(value) > _DICT_MEMO_ITEMS:
+        return None
+    values = value.values()
+    kinds = set(map(type, values))
+    if kinds <= _LEAF_KINDS:
+        keys = tuple(value)
+        return (keys, tuple(values)) if _STR_KIND.issuperset(map(type, keys)) else None
+    # (none empty and as many keys inside as dicts: one key in each)
+    if not kinds <= _PLAIN_DICTS or not all(values):
+        return None
+    subkeys = tuple(itertools.chain.from_iterable(values))
+    if len(subkeys) != len(value):
+        return None
+    keys = tuple(value)
+    leaves = tuple(itertools.chain.from_iterable(map(dict.values, values)))
+    if _STR_KIND.issuperset(map(type, keys + subkeys)) and _LEAF_KINDS.issuperset(
+        map(type, leaves)
+    ):
+        return (keys, subkeys, leaves)  # (3 parts: never equal to a snapshot of leaves)
+    return None
 
 
 # dict classes whose keys never hold a dot (ConfDict, which splits them: added there): a
@@ -332,6 +376,19 @@ class _UidMakerV3:
         return self._render_other(value)
 
     def _render_dict(self, value: dict[tp.Any, tp.Any]) -> _Rendered:
+        snapshot = _snapshot(value) if type(value) in _PLAIN_DICTS else None
+        if snapshot is None:
+            return self._render_items(value)
+        found = _DICT_RENDERS.get(snapshot)
+        if found is None:
+            found = self._render_items(value)
+            if len(found[1]) <= _DICT_MEMO_TEXT:
+                if len(_DICT_RENDERS) >= _DICT_MEMO_MAX:
+                    _DICT_RENDERS.clear()
+                _DICT_RENDERS[snapshot] = found
+        return found
+
+    def _render_items(self, value: dict[tp.Any, tp.Any]) -> _Rendered:
         ordered = isinstance(value, collections.OrderedDict)
         items: list[_DictItem] = []
         append, render = items.append, self.render

@@ -227,6 +227,53 @@ def test_memoized_items_stay_bounded() -> None:
     assert to_uid({"key": 3, "other": {"x": 3.5}}) == to_uid({"other.x": 3.5, "key": 3})
 
 
+class _OtherKey(str):
+    """A key equal to "a" written otherwise in a uid."""
+
+    def __str__(self) -> str:
+        return "other"
+
+
+# uids of {"a": v, "b": 2}, {"x": {"a": v}, "y": {"b": 2}} and a ConfDict of k.x.a, k.y.b
+# (2026-12-07, before whole dicts were memoized)
+EQUAL_VALUES_IN_DICTS = [
+    (1, "a=1,b=2-2a6b467f", "x.a=1,y.b=2-d14dc2fa", "k={x.a=1,y.b=2}-c02a6b9d"),
+    (True, "b=2,a=True-66006cd9", "y.b=2,x.a=True-ee674e3f", "k={y.b=2,x.a=True}-55ca6cc2"),
+    (1.0, "a=1,b=2-2a6b467f", "x.a=1,y.b=2-d14dc2fa", "k={x.a=1,y.b=2}-c02a6b9d"),
+    (np.int64(1), "a=1,b=2-2a6b467f", "x.a=1,y.b=2-d14dc2fa", "k={x.a=1,y.b=2}-c02a6b9d"),
+    ("1", "a=1,b=2-ba9cf760", "x.a=1,y.b=2-feabce0b", "k={x.a=1,y.b=2}-1b979002"),
+    (0.5, "b=2,a=0.50-31c4e2c8", "y.b=2,x.a=0.50-2f43cd5d", "k={y.b=2,x.a=0.50}-0c9124ed"),
+    (None, "b=2,a=None-ffab836b", "y.b=2,x.a=None-f52a3d19", "k={y.b=2,x.a=None}-ed2aae4a"),
+]
+
+
+def test_memoized_dicts_keep_the_types_of_equal_keys_and_values() -> None:
+    """Whole dicts of leaves (and of single-key dicts of leaves) are memoized by their
+    content: equal content of other types (True == 1, a str subclass key == "a") keeps
+    its own uid, in whatever order they come (twice: the second from the memo)."""
+    for _ in range(2):
+        for cases in (EQUAL_VALUES_IN_DICTS, EQUAL_VALUES_IN_DICTS[::-1]):
+            for value, flat, chained, nested in cases:
+                assert to_uid({"a": value, "b": 2}) == flat, value
+                assert to_uid({"x": {"a": value}, "y": {"b": 2}}) == chained, value
+                assert ConfDict({"k.x.a": value, "k.y.b": 2}).to_uid() == nested, value
+        for keys, expected in [
+            (("a", "x"), ("a=1,b=2-2a6b467f", "x.a=1,y.b=2-d14dc2fa")),
+            ((_OtherKey("a"), "x"), ("b=2,other=1-e9cefb2b", "y.b=2,x.other=1-f73def2a")),
+            (("a", _OtherKey("x")), ("a=1,b=2-2a6b467f", "y.b=2,other.a=1-bb38deec")),
+        ]:
+            assert to_uid({keys[0]: 1, "b": 2}) == expected[0]
+            assert to_uid({keys[1]: {keys[0]: 1}, "y": {"b": 2}}) == expected[1]
+
+
+def test_memoized_dicts_stay_bounded() -> None:
+    """Whole dicts are memoized for repeated configs, not kept without end."""
+    for index in range(uidformat._DICT_MEMO_MAX + 10):
+        assert to_uid({"a": {"key": index, "other": 0.5}}).startswith(f"a={{key={index},")
+    assert len(uidformat._DICT_RENDERS) <= uidformat._DICT_MEMO_MAX
+    assert to_uid({"a": {"key": 3, "other": 0.5}}) == to_uid({"a": {"other": 0.5, "key": 3}})
+
+
 def test_collapse() -> None:
     assert uidformat.collapse({"a": {"b": {"c": 1}}, "d": [{"e": {"f": 2}}]}) == {
         "a.b.c": 1,
