@@ -77,12 +77,14 @@ def _count_fields(cls: tp.Any) -> int:
     return count
 
 
-def _confdict_input() -> dict[str, tp.Any]:
+def _confdict_input(shift: int = 0) -> dict[str, tp.Any]:
+    """``shift``: another set of values (same keys and types), never rendered before."""
     out: dict[str, tp.Any] = {}
     for i in range(200):
         key = f"block{i // 10}.layer{i % 10}.param"
         kind = i % 3
-        out[key] = i if kind == 0 else (i * 0.37 if kind == 1 else f"name{i}")
+        v = i + 1000 * shift
+        out[key] = v if kind == 0 else (v * 0.37 if kind == 1 else f"name{v}")
     return out
 
 
@@ -110,6 +112,14 @@ def bench_confdict(ctx: common.Context) -> None:
         for cd in fresh:
             cd.to_uid()
         fresh_uid.append((time.perf_counter() - start) / number)
+    # values no uid rendered before each call (a memo of earlier renders cannot help)
+    new_values_uid = []
+    for r in range(ctx.repeat):
+        unseen = [exca.ConfDict(_confdict_input(1 + r * number + n)) for n in range(number)]
+        start = time.perf_counter()
+        for cd in unseen:
+            cd.to_uid()
+        new_values_uid.append((time.perf_counter() - start) / number)
     floor = common.per_call(floor_uid, number, ctx.repeat)
     floor_flat = common.per_call(floor_uid_flat, number, ctx.repeat)
     build = common.per_call(lambda i: exca.ConfDict(flat), max(number // 5, 20), ctx.repeat)
@@ -123,11 +133,14 @@ def bench_confdict(ctx: common.Context) -> None:
         floor_label="json.dumps(sort_keys) + md5",
         notes=(
             f"new ConfDict each call: {common.fmt_value(common.stats(fresh_uid)['median'], 's')}; "
+            "values never seen before each call: "
+            f"{common.fmt_value(common.stats(new_values_uid)['median'], 's')}; "
             f"floor on the flat dict: {common.fmt_value(common.stats(floor_flat)['median'], 's')}; "
             f"building ConfDict(flat): {common.fmt_value(common.stats(build)['median'], 's')}"
         ),
         extra={
             "new_confdict_each_call_s": common.stats(fresh_uid),
+            "new_values_each_call_s": common.stats(new_values_uid),
             "floor_flat_s": common.stats(floor_flat),
             "build_confdict_s": common.stats(build),
         },
