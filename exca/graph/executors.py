@@ -392,6 +392,10 @@ class Handle:
         (its failure is not cached: an ``scontrol update`` of its dependency may start it)."""
         return False
 
+    def never_ran(self) -> bool:
+        """Whether the job is known not to have run (yet, or ever, once it left the queue)."""
+        return False
+
     @property
     def submitit_job(self) -> tp.Any:
         return None
@@ -653,6 +657,15 @@ class SubmititHandle(Handle):
     def never_starts(self) -> bool:
         return self.__dict__.get("_never_starts") is not None
 
+    def never_ran(self) -> bool:
+        """A Slurm job that wrote neither its result nor its log, which Slurm opens as the job
+        starts: it has not run (gone from the queue, it never will: cancelled while pending)."""
+        if self.cluster != "slurm" or self._wrote_log():
+            return False
+        with contextlib.suppress(Exception):
+            return not self.job.paths.result_pickle.exists()
+        return False
+
     def _runs_elsewhere(self) -> bool:
         """Whether the local job of a handle loaded in another process still runs (on
         another host: taken for ended, as a recorded local job of another host is)."""
@@ -718,6 +731,10 @@ class SubmititHandle(Handle):
                     # while pending, whose row left the array's. Not an end: not said)
                     settled = _settled_sacct_state(self.job_id)
                     state = settled if settled is not None and _final(settled) else "UNKNOWN"
+        if state.startswith("UNKNOWN") and not self.never_starts() and self.never_ran():
+            # (scancel of a pending array element leaves no record of it, in squeue or
+            # sacct: it left the queue without a log, which Slurm opens as a job starts)
+            return f"job {self.job_id} was cancelled before it started ({GONE_UNSTARTED})"
         kinds = {
             "CANCELLED": "was cancelled",
             "TIMEOUT": "timed out",
@@ -993,6 +1010,9 @@ _CONTROLLER_DOWN = re.compile(r"Unable to contact slurm controller", re.I)
 # sbatch's errors after which the controller may have queued the job all the same
 _MAYBE_QUEUED = re.compile(r"timed out|time out|timeout", re.I)
 
+
+# how a Slurm job that left the queue without running is known to have been cancelled
+GONE_UNSTARTED = "it left Slurm's queue without running: no log, no end in the accounting"
 
 SACCT_SETTLING = (0.25, 0.5, 1.0, 1.5)  # seconds between looks at a job sacct does not know
 

@@ -193,7 +193,13 @@ class Job(tp.Generic[Out]):
         else FAILED."""
         state = getattr(self.handle, "state", None)
         seen = str(state()) if callable(state) else ""
-        return seen if seen.startswith(_FAILED_STATES) else "FAILED"
+        if seen.startswith(_FAILED_STATES):
+            return seen
+        handle = self.handle
+        if handle is not None and not handle.never_starts() and handle.never_ran():
+            # (a pending array element cancelled: Slurm keeps no state of it, sacct no row)
+            return "CANCELLED"
+        return "FAILED"
 
     def _ended_without_outcome(self) -> bool:
         """Whether this job is a Slurm job that ended without writing an outcome (cancelled,
@@ -231,6 +237,8 @@ class Job(tp.Generic[Out]):
         if self.cluster != "slurm":
             return "RUNNING"
         state = registry.queue_state(self.job_id)
+        if state is None and self.handle is not None and self.handle.never_ran():
+            return "PENDING"  # (not listed, e.g. just cancelled, but it never started)
         return state if state in ("PENDING", "SUSPENDED") else "RUNNING"
 
     def done(self) -> bool:
