@@ -452,36 +452,35 @@ def test_detached_chains_go_on_element_by_element(env: Env, sbatch: Sbatch) -> N
 def test_one_array_per_level(
     env: Env, sbatch: Sbatch, wait: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """14 nodes on 3 levels with one resource set: 3 submissions, one array each, whether
+    """8 nodes on 3 levels with one resource set: 3 submissions, one array each, whether
     the run waits (a level goes out once the level below ended) or not (afterany). The
-    targets are on two levels (tops, and middles feeding no top)."""
+    targets are on two levels (tops, and a middle feeding no top). (4 leaves, 2 middles
+    of 2 leaves each, 2 tops of the first middle: every level has 2 nodes or more; it had
+    14 nodes, 2 CPUs of jobs for ~20 s.)"""
     # (a level's ready nodes wait at most HOLD_BACK_MAX_S for the rest of the level: on a
     # loaded machine the leaves on the test cluster's 2 CPUs took longer than its 30 s,
     # and the middles went out as they became ready)
     monkeypatch.setattr(exca.graph.scheduler, "HOLD_BACK_MAX_S", 600.0)
-    groups = 2  # (each: 4 leaves, 2 middles of 2 leaves each, a top of the first middle)
-    leaves = [env.step(f"l{i}", infra=slurm()).run.node(i) for i in range(4 * groups)]
+    leaves = [env.step(f"l{i}", infra=slurm()).run.node(i) for i in range(4)]
     middles = [
         env.step(f"m{i}", infra=slurm()).run.node(leaves[2 * i], leaves[2 * i + 1])
-        for i in range(2 * groups)
+        for i in range(2)
     ]
-    tops = [env.step(f"t{i}", infra=slurm()).run.node(middles[2 * i]) for i in range(groups)]
-    targets = [*tops, *(middles[2 * i + 1] for i in range(groups))]
+    tops = [env.step(f"t{i}", infra=slurm()).run.node(middles[0]) for i in range(2)]
+    targets = [*tops, middles[1]]
     plan = exca.graph.plan(*targets)
-    assert len(plan.entries) == 14
-    assert [(a.wave, a.elements) for a in plan.arrays] == [(0, 8), (1, 4), (2, 2)]
+    assert len(plan.entries) == 8
+    assert [(a.wave, a.elements) for a in plan.arrays] == [(0, 4), (1, 2), (2, 2)]
     exca.graph.run(*targets, wait=wait)
     calls = sbatch.calls()
-    assert [Sbatch.option(c, "array") for c in calls] == ["0-7%8", "0-3%4", "0-1%2"]
+    assert [Sbatch.option(c, "array") for c in calls] == ["0-3%4", "0-1%2", "0-1%2"]
     if wait:  # run() returned: everything it was asked for is computed
         assert [exca.graph.status(t) for t in targets] == ["completed"] * len(targets)
     assert len({j.split("_")[0] for j in recorded_jobs(env.folder)}) == 3
-    assert len(recorded_jobs(env.folder)) == 14
-    for i, top in enumerate(tops):
-        k = 2 * i
-        middle = f"m{k}(l{2 * k}({2 * k},None),l{2 * k + 1}({2 * k + 1},None))"
-        assert top.result() == f"t{i}({middle},None)"
-    assert len(started(env.log)) == 14
+    assert len(recorded_jobs(env.folder)) == 8
+    middle = "m0(l0(0,None),l1(1,None))"
+    assert [top.result() for top in tops] == [f"t{i}({middle},None)" for i in range(2)]
+    assert len(started(env.log)) == 8
     assert sbatch.count() == 3
 
 
