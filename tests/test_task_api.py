@@ -567,6 +567,29 @@ def test_clone_obj_with_a_misspelled_key_says_the_close_field_names() -> None:
     ], notes
 
 
+def test_a_misspelled_infra_field_from_python_says_the_close_names() -> None:
+    """``Train(infra={"fodler": ...})`` was refused with pydantic's bare "infra.fodler
+    Extra inputs are not permitted", while the command line named the close fields. The
+    error (still a ValidationError, same type and location) says them and where the
+    fields are listed; the other lines of the error are unchanged."""
+    with pytest.raises(pydantic.ValidationError) as info:
+        Layered(infra={"fodler": "/tmp/x", "cluster": "bad"})
+    lines = {e["loc"]: e for e in info.value.errors()}
+    assert lines[("infra", "fodler")]["type"] == "extra_forbidden"
+    said = "TaskInfra has no field 'fodler': did you mean 'folder'? (its fields: "
+    assert said in str(info.value) and "docs/taskinfra.md" in str(info.value)
+    assert lines[("infra", "cluster")]["msg"].startswith("Value error, cluster='bad'")
+    with pytest.raises(pydantic.ValidationError, match="did you mean 'gpus_per_node'"):
+        Layered(infra={"gpus": 1})
+    with pytest.raises(pydantic.ValidationError) as info:
+        LayeredMap(infra={"max_job": 2})
+    assert info.value.errors()[0]["type"] == "extra_forbidden"
+    assert "MapInfra has no field 'max_job': did you mean 'max_jobs'?" in str(info.value)
+    config = Layered()
+    with pytest.raises(pydantic.ValidationError, match="did you mean 'mode'"):
+        config.infra.mdoe = "force"  # type: ignore[attr-defined]
+
+
 class Layered(pydantic.BaseModel):
     layers: list[int] = [64]
     params: dict[str, float] = {}

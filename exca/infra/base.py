@@ -262,6 +262,19 @@ class BaseInfra(pydantic.BaseModel):
             )
         return value
 
+    @pydantic.model_validator(mode="wrap")
+    @classmethod
+    def _name_unknown_settings(cls, value: tp.Any, handler: tp.Any) -> tp.Any:
+        # (a typo, infra={"fodler": ...}: pydantic's "Extra inputs are not permitted" said
+        # nothing of the settings there are; type and location are kept, as callers and
+        # _without_removed_fields read them)
+        try:
+            return handler(value)
+        except pydantic.ValidationError as error:
+            from .typos import naming_settings
+
+            raise naming_settings(cls, error) from None
+
     @pydantic.field_validator("permissions", mode="before")
     @classmethod
     def _parse_permissions(cls, value: tp.Any) -> tp.Any:

@@ -22,7 +22,7 @@ def unknown_keys(cls: type, error: tp.Any) -> list[str]:
             continue
         *path, key = (str(part) for part in e["loc"])
         model = model_at(cls, path)
-        if model is None:
+        if model is None or issubclass(model, BaseInfra):  # (an infra's error says it)
             continue
         fields = list(model.model_fields)
         if not path and any(
@@ -62,3 +62,46 @@ def model_at(cls: type, path: list[str]) -> tp.Any:
             found.append(model_at(model, rest[1:]))
     found = [f for f in found if f is not None]
     return found[0] if len(set(found)) == 1 else None
+
+
+def naming_settings(cls: type, error: tp.Any) -> tp.Any:
+    """``error`` (an infra's ValidationError) whose unknown keys of ``cls`` itself also say
+    the close setting names and where they are listed (same type and location: a caller
+    reading ``errors()`` sees the same), or ``error`` itself when it has none or cannot
+    be rebuilt."""
+    import difflib
+
+    import pydantic
+    import pydantic_core
+
+    lines = error.errors()
+    if not any(_unknown(e) for e in lines):
+        return error
+    fields = sorted(cls.model_fields)  # type: ignore[attr-defined]
+    base = next(c for c in cls.__mro__ if c.__module__.startswith("exca."))
+    where = f"exca.{base.__name__}.model_fields, docs/{base.__name__.lower()}.md"
+    for line in lines:
+        if not _unknown(line):
+            continue
+        key = str(line["loc"][0])
+        said = f"{line['msg']}: {cls.__name__} has no field {key!r}"
+        # ('gpus' names gpus_per_node, 'slurm' every slurm_*; 0.7: 'fodler' is close to
+        # 'folder', not to 'mode')
+        close = [f for f in fields if f.startswith(key + "_")]
+        close = close or difflib.get_close_matches(key, fields, n=3, cutoff=0.7)
+        if close:
+            said += f": did you mean {' or '.join(map(repr, close))}? (its fields: {where})"
+        else:
+            said += f"; its fields: {', '.join(fields)} ({where})"
+        template = said.replace("{", "{{").replace("}", "}}")
+        line["type"] = pydantic_core.PydanticCustomError(line["type"], template)
+    try:
+        return pydantic.ValidationError.from_exception_data(error.title, lines)
+    except Exception:  # (an error pydantic cannot rebuild from its dict: said as it was)
+        return error
+
+
+def _unknown(line: tp.Any) -> bool:
+    """Whether a line of a ValidationError refuses a key of the model itself (given to
+    its constructor, or assigned)."""
+    return line["type"] in ("extra_forbidden", "no_such_attribute") and len(line["loc"]) == 1
