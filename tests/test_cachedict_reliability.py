@@ -1047,6 +1047,34 @@ def test_a_folder_it_may_not_read_is_named_with_what_to_do(
     assert "or use a cache folder of your own" in note
 
 
+# (said to a CacheDict's user, who may know no infra: what was removed, what is lost)
+_REMOVED = "The folder of this CacheDict was removed while .* write them again"
+
+
+def test_a_folder_cleared_by_another_cachedict_is_said_to_a_cachedict_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer whose folder another CacheDict cleared (or an ``rm -rf``) was told that
+    "what was computed is not cached ... the next call computes it again (`exca clean` in
+    another shell?)": words of an infra's caller, not of a CacheDict's. It now says the
+    folder of the CacheDict was removed, that these entries are not stored, and to write
+    them again; an infra's caller keeps its words (test_map_execution.py)."""
+    from exca.storage import index
+
+    monkeypatch.setattr(index, "BUSY_CHECK_SECONDS", 0.0)  # (the writer checks each write)
+    folder = tmp_path / "cache"
+    cache: CacheDict[tp.Any] = CacheDict(folder)
+    with cache.write():
+        cache["before"] = 1
+        CacheDict(folder).clear()
+        with pytest.raises(FileNotFoundError, match=_REMOVED) as raised:
+            cache["lost"] = 2
+        assert "clear() by another CacheDict" in str(raised.value)
+        assert "call" not in str(raised.value) and "exca clean" not in str(raised.value)
+        cache["after"] = 3
+    assert sorted(CacheDict(folder).keys()) == ["after"]
+
+
 @pytest.mark.parametrize("value", [{"x": 1}, np.arange(3)])
 def test_a_batch_written_after_the_folder_was_removed_is_said_lost(
     tmp_path: Path, value: tp.Any
@@ -1062,7 +1090,7 @@ def test_a_batch_written_after_the_folder_was_removed_is_said_lost(
     with cache.write():
         cache.set_many([("before", value)])
         shutil.rmtree(folder)
-        with pytest.raises(FileNotFoundError, match="cache folder disappeared") as raised:
+        with pytest.raises(FileNotFoundError, match=_REMOVED) as raised:
             cache.set_many([("lost", value)])
         assert raised.value.filename == str(folder)
         cache.set_many([("after", value)])
@@ -1087,7 +1115,7 @@ def test_a_write_after_the_folder_was_removed_is_said_lost(
     folder = tmp_path / "cache"
     cache: CacheDict[tp.Any] = CacheDict(folder)
     # the block ends soon after the removal: said then
-    removed = pytest.raises(FileNotFoundError, match="cache folder disappeared")
+    removed = pytest.raises(FileNotFoundError, match=_REMOVED)
     with removed as raised, cache.write():
         cache["before"] = value
         shutil.rmtree(folder)
@@ -1099,7 +1127,7 @@ def test_a_write_after_the_folder_was_removed_is_said_lost(
     with cache.write():
         cache["first"] = value
         shutil.rmtree(folder)
-        with pytest.raises(FileNotFoundError, match="cache folder disappeared") as raised:
+        with pytest.raises(FileNotFoundError, match=_REMOVED) as raised:
             cache["lost"] = value
         assert raised.value.filename == str(folder)
         cache["after"] = value

@@ -633,6 +633,7 @@ class MapInfra(BaseInfra, SubmititMixin):
                     permissions=self.permissions,
                     frees_files=self.mode != "read-only",  # (read-only writes nothing)
                 )
+                runtime.cache._holds_results = True
             except ValueError as error:  # (an unknown cache_type: say whose)
                 name = getattr(method.func, "__qualname__", repr(method.func))
                 raise ValueError(f"@infra.apply of {name}: {error}") from None

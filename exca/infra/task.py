@@ -410,6 +410,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
                     permissions=self.permissions,
                     frees_files=self.mode != "read-only",  # (read-only writes nothing)
                 )
+                runtime.cache._holds_results = True
         cache: CacheDict[tp.Any] = runtime.cache
         return cache
 

@@ -322,6 +322,9 @@ class CacheDict(tp.Generic[X]):
         self._share_key = (folder, permissions, tuple(sorted(replace.items())) if replace else ())
         self._read_once = False
         self._ram_errors = 0  # cached errors held in RAM (values_of must check them)
+        # whether an infra's method stores its results here (a removal of the folder is
+        # then said to its caller, who may not know the CacheDict)
+        self._holds_results = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.folder)!r}, keep_in_ram={self.keep_in_ram})"
@@ -344,11 +347,14 @@ class CacheDict(tp.Generic[X]):
             "permissions": self.permissions,
             "options": self.options.replace,
             "frees_files": self._frees_files,
+            "holds_results": self._holds_results,
         }
 
     def __setstate__(self, state: dict[str, tp.Any]) -> None:
         options = DumpOptions(state.pop("options", None))
+        holds_results = state.pop("holds_results", False)
         self.__init__(**state, options=options)  # type: ignore[misc]
+        self._holds_results = holds_results
 
     def __deepcopy__(self, memo: dict[int, tp.Any]) -> CacheDict[X]:
         new = type(self).__new__(type(self))
@@ -1041,7 +1047,9 @@ class CacheDict(tp.Generic[X]):
             self.refresh()  # (its entries, written into the removed files, are not listed)
         assert self.folder is not None
         written = "entries were" if lost is None else f"{lost} entry(ies) were"
-        raise CacheFolderRemoved.at(self.folder, f"{written} written to it")
+        if self._holds_results:
+            raise CacheFolderRemoved.at(self.folder, f"{written} written to it")
+        raise CacheFolderRemoved.of_cachedict(self.folder, written)
 
     def _shared_session(self) -> tuple[IndexWriter, DumpContext] | None:
         """This thread's session of the folder, if no write() context uses it now and its

@@ -1172,8 +1172,23 @@ class CacheFolderRemoved(FileNotFoundError):
     the last two minutes, see reclaim.MIN_IDLE_SECONDS.)"""
 
     @classmethod
+    def of_cachedict(cls, folder: Path | str, written: str) -> CacheFolderRemoved:
+        """Said to a user of a CacheDict, who may know no infra (a removal of the folder
+        while ``written``, e.g. "3 entry(ies) were")."""
+        return cls(
+            errno.ENOENT,
+            f"The folder of this CacheDict was removed while {written} written to it (an "
+            "`rm -rf`, or clear() by another CacheDict of the folder, in this process or "
+            "another?): these entries are not stored (nor written to a folder made anew, "
+            "which would hide the removal), and those written before went with the folder. "
+            "To store them, write them again: the next write makes the folder anew",
+            str(folder),
+        )
+
+    @classmethod
     def at(cls, folder: Path | str, during: str) -> CacheFolderRemoved:
-        """``during``: what was going on, e.g. "3 entries were written to it"."""
+        """Said to a caller of an infra's method, whose results the folder held
+        (``during``: what was going on, e.g. "3 entries were written to it")."""
         return cls(
             errno.ENOENT,
             f"The cache folder disappeared while {during} (removed by an `rm -rf`, or "
