@@ -941,6 +941,23 @@ def test_discriminated_key_switched_by_a_merge_says_to_replace() -> None:
     assert "replace" not in str(info.value) and "barks" in str(info.value)
 
 
+def test_discriminated_typo_says_the_close_field_names() -> None:
+    """A typo in a DiscriminatedModel sub-config (exca validates it: the key picks the
+    class) got pydantic's bare "star.barks  Extra inputs are not permitted": the class
+    chosen and its close fields now said, the error's type and location unchanged (the
+    command line adds no second note)."""
+    for star, said in [
+        ({"type": "Dog", "barks": "wuff"}, "Dog has no field 'barks': did you mean 'bark'?"),
+        ({"type": "Bird", "wingspam": 1.0}, "Bird has no field 'wingspam': did you mean "),
+        ({"legz": 3}, "Animal has no field 'legz': did you mean 'legs'?"),
+    ]:
+        with pytest.raises(pydantic.ValidationError) as info:
+            Zoo(star=star)
+        (line,) = info.value.errors()
+        assert line["type"] == "extra_forbidden" and line["loc"][0] == "star", line
+        assert said in str(info.value), (star, str(info.value))
+
+
 def test_discriminated_field_named_like_key() -> None:
     with pytest.raises(RuntimeError, match="type"):
 

@@ -109,7 +109,9 @@ class DiscriminatedModel(pydantic.BaseModel):
                         f"{elsewhere}: did you forget the discriminator "
                         f"{key}={elsewhere[0]!r}?"
                     ) from None
-            raise
+            from .typos import naming_settings
+
+            raise naming_settings(cls, error) from None
 
     @classmethod
     def _exca_switched(
@@ -126,8 +128,10 @@ class DiscriminatedModel(pydantic.BaseModel):
             for name, other in cls._exca_family().items()
             if other is not sub and extra and set(extra) <= set(other.model_fields)
         ]
-        if not owners:
-            return error
+        if not owners:  # (a typo: the close field names)
+            from .typos import naming_settings
+
+            return tp.cast(Exception, naming_settings(sub, error))
         return ValueError(
             f"{error}\nSummary: fields {extra} belong to {owners}, not to "
             f"{key}={sub.__name__!r}: a merge that switches the {key} (ConfDict.update, a "

@@ -18,8 +18,8 @@ def unknown_keys(cls: type, error: tp.Any) -> list[str]:
 
     notes = []
     for e in error.errors():
-        if e["type"] != "extra_forbidden" or not e["loc"]:
-            continue
+        if e["type"] != "extra_forbidden" or not e["loc"] or "has no field" in e["msg"]:
+            continue  # (the last: said by the error itself, see naming_settings)
         *path, key = (str(part) for part in e["loc"])
         model = model_at(cls, path)
         if model is None or issubclass(model, BaseInfra):  # (an infra's error says it)
@@ -65,21 +65,26 @@ def model_at(cls: type, path: list[str]) -> tp.Any:
 
 
 def naming_settings(cls: type, error: tp.Any) -> tp.Any:
-    """``error`` (an infra's ValidationError) whose unknown keys of ``cls`` itself also say
-    the close setting names and where they are listed (same type and location: a caller
-    reading ``errors()`` sees the same), or ``error`` itself when it has none or cannot
-    be rebuilt."""
+    """``error`` (a ValidationError of an infra, or of a model whose validation exca does,
+    a DiscriminatedModel) whose unknown keys of ``cls`` itself also say the close field
+    names (and, for an infra, where they are listed): same type and location, a caller
+    reading ``errors()`` sees the same. ``error`` itself when it has none or cannot be
+    rebuilt."""
     import difflib
 
     import pydantic
     import pydantic_core
 
+    from .base import BaseInfra
+
     lines = error.errors()
     if not any(_unknown(e) for e in lines):
         return error
     fields = sorted(cls.model_fields)  # type: ignore[attr-defined]
-    base = next(c for c in cls.__mro__ if c.__module__.startswith("exca."))
-    where = f"exca.{base.__name__}.model_fields, docs/{base.__name__.lower()}.md"
+    where = f"{cls.__name__}.model_fields"
+    if issubclass(cls, BaseInfra):
+        base = next(c for c in cls.__mro__ if c.__module__.startswith("exca."))
+        where = f"exca.{base.__name__}.model_fields, docs/{base.__name__.lower()}.md"
     for line in lines:
         if not _unknown(line):
             continue
@@ -104,4 +109,8 @@ def naming_settings(cls: type, error: tp.Any) -> tp.Any:
 def _unknown(line: tp.Any) -> bool:
     """Whether a line of a ValidationError refuses a key of the model itself (given to
     its constructor, or assigned)."""
-    return line["type"] in ("extra_forbidden", "no_such_attribute") and len(line["loc"]) == 1
+    return (
+        line["type"] in ("extra_forbidden", "no_such_attribute")
+        and len(line["loc"]) == 1
+        and "has no field" not in line["msg"]  # (said already, by a nested validation)
+    )
