@@ -58,6 +58,32 @@ def test_run_is_refused_saying_how_to_run_the_target(
     assert status == 2 and "import myexp; myexp.Train(...).fit()" in err, err
 
 
+def test_a_usage_error_is_one_line_naming_the_bad_value(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An option given wrong (twice, an unknown choice, an unknown option, an override
+    given to `list`) printed argparse's usage block of every option first, the error on
+    its last line. It is one line, naming the bad value, with where the options are
+    listed (exit status 2, as before)."""
+    cases = {
+        ("list", ".", "--step", "a", "--step", "b"): "exca list: error: argument --step: "
+        "given twice ('a', then 'b'): give it once (see `exca list --help`)",
+        ("list", ".", "--status", "bad"): "exca list: error: argument --status: invalid "
+        "choice: 'bad'",
+        ("list", ".", "--bogus"): "exca list: error: unrecognized arguments: --bogus (see",
+        ("list", ".", "seed=1"): "unrecognized arguments: seed=1: only plan, explain and "
+        "check take key=value overrides",
+        ("frob",): "exca: error: argument command: invalid choice: 'frob'",
+    }
+    for argv, said in cases.items():
+        with pytest.raises(SystemExit) as stop:
+            main(list(argv))
+        assert stop.value.code == 2, argv
+        err = capsys.readouterr().err
+        assert "usage:" not in err and len(err.splitlines()) == 1, (argv, err)
+        assert said in err, (argv, err)
+
+
 def test_a_bare_exca_lists_the_commands_and_what_each_does(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -1086,6 +1086,15 @@ def _read_only_command(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors read as exca's other errors: one line naming
+    the bad value, and where the options are listed (argparse printed its usage block
+    first, several lines of options the user did not get wrong)."""
+
+    def error(self, message: str) -> tp.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 class _Once(argparse.Action):
     """An option taking one value, refused when given twice: argparse kept the last value
     silently (`--step A --step B` listed B's step only)."""
@@ -1126,7 +1135,7 @@ def _no_run_command(command: str, target: list[str]) -> str:
 
 
 def _main(argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="exca",
         description=(__doc__ or "").replace("``", ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -1302,7 +1311,10 @@ def _main(argv: list[str] | None) -> int:
     # overrides are the arguments left: _target_node explains the misformed ones
     args, rest = parser.parse_known_args(argv)
     if rest and args.command not in ("plan", "explain", "check"):
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        overrides = [r for r in rest if "=" in r and not r.startswith("-")]
+        why = ": only plan, explain and check take key=value overrides" if overrides else ""
+        # (said by the command's parser: its options are what `--help` should list)
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(rest)}{why}")
     args.overrides = rest
     from .inspect import not_a_folder
 
