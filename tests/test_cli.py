@@ -84,6 +84,21 @@ def test_a_usage_error_is_one_line_naming_the_bad_value(
         assert said in err, (argv, err)
 
 
+def test_where_giving_a_key_two_values_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--where epochs=3 --where epochs=4`: every condition must hold, so nothing could
+    match; `list` said "No cached node matches" (exit 0), as of an empty answer. Refused
+    naming both; the same value twice is one condition."""
+    Train(infra={"folder": tmp_path}).fit()
+    for command in (["list", tmp_path], ["clean", tmp_path, "node"]):
+        status, out, err = run(capsys, *command, "--where", "epochs=3", "--where", "epochs=4")
+        assert status == 2 and out == "", (command, out)
+        assert "--where epochs=3 and --where epochs=4: every condition must hold" in err, err
+    status, out, _ = run(capsys, "list", tmp_path, "--where", "epochs=3", "--where", "epochs=3")
+    assert status == 0 and "(1 config(s))" in out, out
+
+
 def test_a_bare_exca_lists_the_commands_and_what_each_does(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -924,6 +924,7 @@ def inspect(
     if root.name in ("", ".."):  # (".": the folder's own name tells what it is)
         root = root.resolve()
     conditions = [_parse_condition(c) for c in where]
+    _refuse_contradictions(conditions)
     # (given a step, config or inputs folder instead of a root: that part of the root)
     only_step, only_config, only_inputs = None, None, None
     # (absolute: the folders above a relative one, "epochs=5-..." given from its step
@@ -1557,6 +1558,24 @@ def _parse_condition(text: str) -> tuple[str, str]:
             f"Cannot parse condition {text!r}: expected key=value (e.g. optim.lr=0.01)"
         )
     return key.strip(), value.strip()
+
+
+def _refuse_contradictions(conditions: list[tuple[str, str]]) -> None:
+    """A key given two values (``--where lr=0.1 --where lr=0.2``): every condition must
+    hold, so nothing could match; a listing that said "No cached node matches" read as
+    an empty cache. (A value holding "=" is left alone: the key may be split elsewhere,
+    see _resplit.)"""
+    seen: dict[str, str] = {}
+    for key, value in conditions:
+        if "=" in value:
+            continue
+        before = seen.setdefault(key, value)
+        if before != value:
+            raise ValueError(
+                f"--where {key}={before} and --where {key}={value}: every condition must "
+                f"hold, and a config has one value of {key}: give one (list each value in "
+                "its own command)"
+            )
 
 
 # unquoted, these name None (yaml's words, and Python's, as uids display None)
