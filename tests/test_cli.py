@@ -99,6 +99,19 @@ def test_where_giving_a_key_two_values_is_refused(
     assert status == 0 and "(1 config(s))" in out, out
 
 
+def test_where_on_a_misspelled_key_says_the_close_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--where epoch=3` (the field is epochs) said "No config has a key 'epoch'" and no
+    more: the close keys of the configs are now said (a dotted key keeps its hint of
+    what its start holds)."""
+    Train(infra={"folder": tmp_path}).fit()
+    status, out, _ = run(capsys, "list", tmp_path, "--where", "epoch=3")
+    assert status == 0 and "For 'epoch': did you mean 'epochs'?" in out, out
+    status, out, _ = run(capsys, "list", tmp_path, "--where", "zzz=3")
+    assert status == 0 and "No config has a key 'zzz'" in out and "did you" not in out, out
+
+
 def test_a_bare_exca_lists_the_commands_and_what_each_does(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

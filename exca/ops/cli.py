@@ -656,6 +656,7 @@ def _listed(
     if look is None:
         look = registry.QueueLook()
     from .inspect import (
+        close_keys,
         input_path_problems,
         inspect,
         keys_in_list_items,
@@ -714,8 +715,11 @@ def _listed(
             text += f" {key!r} is in list items: give its indices, e.g. {inside[0]}."
         else:
             held = path_hint(every, key)  # (a wrong index or dict key: what there is)
+            close = [] if held else close_keys(every, key)
             if held:
                 text += f" For {key!r}: {held}."
+            elif close:
+                text += f" For {key!r}: did you mean {' or '.join(map(repr, close))}?"
     if hints:  # (the steps with inputs: where a key may start with an input's name)
         names = "; ".join(dict.fromkeys(hints))
         text += f" A key may start with the name of an input, to reach into its config: {names}."

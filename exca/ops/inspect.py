@@ -1210,6 +1210,18 @@ def keys_in_list_items(infos: list[NodeInfo], key: str) -> list[str]:
     )
 
 
+def close_keys(infos: list[NodeInfo], key: str) -> list[str]:
+    """For a ``--where`` key that no config of ``infos`` holds (a typo: ``lrr``): the
+    close keys of the configs, or their close ends (as ``lr`` names ``optim.lr``)."""
+    import difflib
+
+    names: set[str] = set()
+    for info in infos:  # (the views keys_no_config_has made: kept on each info)
+        names.update(where_view(info).values)
+    ends = {name.split(".", i)[-1] for name in names for i in range(name.count(".") + 1)}
+    return difflib.get_close_matches(key, sorted(ends - {""}), n=3, cutoff=0.7)
+
+
 def path_hint(infos: list[NodeInfo], key: str) -> str | None:
     """For a dotted ``key`` that no config of ``infos`` holds (see keys_no_config_has):
     what the configs hold at its longest start that some config has (``layers.5.size``:
