@@ -40,7 +40,7 @@ SUBMITTER = textwrap.dedent(
     import json, os, signal, sys
 
     import exca.graph.executors, exca.graph.scheduler
-    import test_slurm_execution as t
+    import slurm_jobs as t
 
     spec = json.loads(sys.argv[1])
 
@@ -404,7 +404,7 @@ def test_a_job_queued_by_an_sbatch_that_timed_out_is_cancelled_by_a_rerun(
     (real_dir / "sbatch").chmod(0o755)
     infra = settings(tmp_path, slurm_cluster, held=True)
     code = (
-        "import json, sys\nimport test_slurm_execution as t\n"
+        "import json, sys\nimport slurm_jobs as t\n"
         "spec = json.loads(sys.argv[1])\n"
         "t.SlurmTask(x=4, ctl=spec['ctl'], infra=spec['infra']).infra.job()\n"
     )

@@ -12,17 +12,32 @@ import functools
 import json
 import os
 import re
-import signal
 import threading
 import time
 import typing as tp
 from pathlib import Path
 
 import filelog
-import pydantic
 import pytest
-from filelog import append, lines
+from filelog import lines
 from racing import Background
+from slurm_jobs import (  # (the configs the jobs run: see slurm_jobs)
+    BlocksEach,
+    BlocksOne,
+    Heavy,
+    Lingering,
+    LingeringMap,
+    PastTheWarning,
+    SlowToStore,
+    SlurmArrays,
+    SlurmCallsItself,
+    SlurmEnv,
+    SlurmMap,
+    SlurmParent,
+    SlurmPing,
+    SlurmPong,
+    SlurmTask,
+)
 
 import exca
 from exca.graph import executors, registry
@@ -33,45 +48,6 @@ pytestmark = pytest.mark.slurm
 
 WAIT_S = 120.0  # bound on waits for Slurm (never reached when things work)
 wait_until = functools.partial(filelog.wait_until, timeout=WAIT_S, poll=0.2)
-
-
-class SlurmTask(pydantic.BaseModel):
-    """x -> 3 * x; raises ValueError while <ctl>/fail exists, kills itself (SIGKILL) while
-    <ctl>/kill exists. The first call (only) blocks while <ctl>/block exists
-    (recomputations do not block)."""
-
-    x: int = 1
-    ctl: str
-    infra: exca.TaskInfra = exca.TaskInfra(version="1")
-
-    @infra.apply
-    def process(self) -> int:
-        ctl = Path(self.ctl)
-        append(ctl / "calls.txt", str(self.x))
-        print(f"slurm task x={self.x}", flush=True)
-        first = len(lines(ctl / "calls.txt")) == 1
-        while first and (ctl / "block").exists():
-            time.sleep(0.1)
-        if (ctl / "fail").exists():
-            raise ValueError(f"bad x={self.x}")
-        if (ctl / "kill").exists():
-            os.kill(os.getpid(), signal.SIGKILL)
-        if (ctl / "interrupt").exists():
-            raise KeyboardInterrupt  # (by the method: no signal)
-        return 3 * self.x
-
-
-class SlurmMap(pydantic.BaseModel):
-    ctl: str
-    infra: exca.MapInfra = exca.MapInfra(version="1")
-
-    @infra.apply(item_uid=str)
-    def process(self, items: list[int]) -> tp.Iterator[int]:
-        append(Path(self.ctl) / "calls.txt", " ".join(str(i) for i in items))
-        for item in items:
-            if item == 2 and (Path(self.ctl) / "interrupt").exists():
-                raise KeyboardInterrupt  # (by the method: no signal)
-            yield item + 1
 
 
 @pytest.fixture
@@ -189,14 +165,6 @@ def test_slurm_task(tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster) -> N
     assert found.uid_config["x"] == 7
 
 
-class SlurmCallsItself(pydantic.BaseModel):
-    infra: exca.TaskInfra = exca.TaskInfra(version="1")
-
-    @infra.apply
-    def process(self) -> int:
-        return self.process() + 1  # (a user's bug)
-
-
 @pytest.mark.timeout(240)
 def test_a_method_calling_itself_in_its_slurm_job_is_refused(
     tmp_path: Path, slurm_cluster: SlurmCluster
@@ -209,26 +177,6 @@ def test_a_method_calling_itself_in_its_slurm_job_is_refused(
         obj.process()
     assert obj.infra.status() == "failed"
     assert len(records(obj.infra.uid_folder())) == 1  # (no job submitted from the job)
-
-
-class SlurmPing(pydantic.BaseModel):
-    """Calls SlurmPong in its job, whose job calls SlurmPing again (a user's bug)."""
-
-    pong_infra: dict[str, tp.Any]
-    infra: exca.TaskInfra = exca.TaskInfra(version="1")
-
-    @infra.apply
-    def process(self) -> int:
-        return SlurmPong(ping=self.model_dump(), infra=self.pong_infra).process()
-
-
-class SlurmPong(pydantic.BaseModel):
-    ping: dict[str, tp.Any]  # (a SlurmPing field would make it an upstream node)
-    infra: exca.TaskInfra = exca.TaskInfra(version="1")
-
-    @infra.apply
-    def process(self) -> int:
-        return SlurmPing(**self.ping).process() + 1
 
 
 @pytest.mark.timeout(240)
@@ -281,20 +229,6 @@ def test_slurm_map_is_one_array(tmp_path: Path, ctl: Path, slurm_cluster: SlurmC
     assert job.result() == [1, 1001, 1002] and job.state == "COMPLETED"
     later = [i for line in lines(ctl / "calls.txt")[4:] for i in line.split()]
     assert sorted(later) == ["1000", "1001"]  # (item 0 was cached)
-
-
-class SlurmArrays(pydantic.BaseModel):
-    """item -> 1000 times (item + offset) as an array; offset is not part of the uid."""
-
-    offset: int = 0
-    infra: exca.MapInfra = exca.MapInfra(version="1")
-
-    @infra.apply(item_uid=str, exclude_from_cache_uid=("offset",))
-    def process(self, items: list[int]) -> tp.Iterator[tp.Any]:
-        import numpy as np
-
-        for item in items:
-            yield np.full(1000, float(item + self.offset))
 
 
 @pytest.mark.timeout(300)
@@ -378,35 +312,6 @@ def test_slurm_job_array(tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster)
     assert collections.Counter(lines(ctl / "calls.txt")) == dict.fromkeys("01234", 1)
     (base_id,) = bases
     wait_until(lambda: len([j for j in sacct_states([base_id]) if "_" in j]) == 3)
-
-
-class BlocksOne(pydantic.BaseModel):
-    """x=1 blocks while <ctl>/block exists; other configs return at once."""
-
-    x: int = 0
-    ctl: str
-    infra: exca.TaskInfra = exca.TaskInfra(version="1")
-
-    @infra.apply
-    def process(self) -> int:
-        append(Path(self.ctl) / "calls.txt", str(self.x))
-        while self.x == 1 and (Path(self.ctl) / "block").exists():
-            time.sleep(0.1)
-        return self.x
-
-
-class BlocksEach(pydantic.BaseModel):
-    """Each config blocks while <ctl>/block-<x> exists."""
-
-    x: int = 0
-    ctl: str
-    infra: exca.TaskInfra = exca.TaskInfra(version="1")
-
-    @infra.apply
-    def process(self) -> int:
-        while (Path(self.ctl) / f"block-{self.x}").exists():
-            time.sleep(0.1)
-        return self.x
 
 
 @pytest.mark.timeout(240)
@@ -1053,19 +958,6 @@ def test_a_suspended_job_is_not_done(
         subprocess.run(["scancel", job.job_id], check=False, timeout=30)
 
 
-class Heavy(pydantic.BaseModel):
-    """A config carrying 2 MB of data (kept out of its uid)."""
-
-    x: int = 1
-    payload: str = ""
-    infra: exca.TaskInfra = exca.TaskInfra(version="1")
-    _exclude_from_cls_uid = ("payload",)
-
-    @infra.apply
-    def process(self) -> int:
-        return self.x + len(self.payload)
-
-
 @pytest.mark.timeout(120)
 def test_an_array_over_max_pickle_size_is_refused_before_anything_is_written(
     tmp_path: Path, slurm_cluster: SlurmCluster
@@ -1477,29 +1369,6 @@ def test_a_job_cleared_that_ends_after_its_sigterm_stores_nothing(
     assert lines(ctl / "calls.txt") == ["5", "5"]
 
 
-class GatedPickle:
-    """A result whose pickling waits while the file ``gate`` exists (a big result being
-    written), saying so in ``log``."""
-
-    def __init__(self, gate: str, log: str) -> None:
-        self.gate, self.log = gate, log
-
-    def __reduce__(self) -> tuple[tp.Any, ...]:
-        append(Path(self.log), "pickling")
-        while Path(self.gate).exists():
-            time.sleep(0.05)
-        return (GatedPickle, (self.gate, self.log))
-
-
-class SlowToStore(pydantic.BaseModel):
-    ctl: str
-    infra: exca.TaskInfra = exca.TaskInfra(version="1")
-
-    @infra.apply
-    def process(self) -> GatedPickle:
-        return GatedPickle(str(Path(self.ctl) / "block"), str(Path(self.ctl) / "calls.txt"))
-
-
 @pytest.mark.timeout(300)
 def test_clear_job_while_the_result_is_being_written_leaves_nothing_cached(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch
@@ -1570,23 +1439,6 @@ def test_slurm_forced_job_while_an_earlier_job_runs(
     assert lines(ctl / "calls.txt") == ["4", "4"]
     assert first.result() == 12 and forced.process() == 12
     assert lines(ctl / "calls.txt") == ["4", "4"]
-
-
-class Lingering(pydantic.BaseModel):
-    """process() -> 2 * x; its process lives on `linger` seconds after the result."""
-
-    x: int = 1
-    ctl: str
-    linger: float = 5.0
-    infra: exca.TaskInfra = exca.TaskInfra(version="1")
-
-    _exclude_from_cls_uid = ("linger",)
-
-    @infra.apply
-    def process(self) -> int:
-        append(Path(self.ctl) / "calls.txt", str(self.x))
-        threading.Thread(target=time.sleep, args=(self.linger,)).start()  # (non-daemon)
-        return 2 * self.x
 
 
 @pytest.mark.timeout(300)
@@ -1785,7 +1637,7 @@ def test_a_result_computed_after_a_cancelled_forced_job_counts_as_the_forced_one
     early.mkdir()
     (early / "block").touch()  # (its first call blocks while this file exists)
     script = (
-        "import test_slurm_execution as t\n"
+        "import slurm_jobs as t\n"
         f"t.SlurmTask(x=6, ctl={str(early)!r}, infra={{'folder': {str(tmp_path / 'cache2')!r}}})"
         ".process()\n"
     )
@@ -1804,15 +1656,6 @@ def test_a_result_computed_after_a_cancelled_forced_job_counts_as_the_forced_one
     with pytest.raises(JobFailedError, match="of a computation without a job, started before"):
         forced.process()
     assert forced.infra.status() == "failed"
-
-
-class SlurmParent(pydantic.BaseModel):
-    sub: SlurmTask
-    infra: exca.TaskInfra = exca.TaskInfra(version="1")
-
-    @infra.apply
-    def process(self) -> int:
-        return self.sub.process() + 1000
 
 
 @pytest.mark.timeout(300)
@@ -2138,15 +1981,6 @@ def test_a_submission_sbatch_refuses_leaves_no_marker(
     assert not (ctl / "calls.txt").exists()
 
 
-class SlurmEnv(pydantic.BaseModel):
-    names: tuple[str, ...]
-    infra: exca.TaskInfra = exca.TaskInfra(version="1")
-
-    @infra.apply
-    def read(self) -> dict[str, str | None]:
-        return {name: os.environ.get(name) for name in self.names}
-
-
 @pytest.mark.timeout(240)
 def test_a_hyphenated_sbatch_option_replaces_the_field(
     tmp_path: Path, slurm_cluster: SlurmCluster
@@ -2276,30 +2110,6 @@ def test_a_multi_node_slurm_job_whose_rank_zero_calls_os_exit_ends_soon(
     (rank_one,) = (tmp_path / "cache").rglob("*_1_log.err")
     said = r"rank 0 \(pid \d+ on \S+\) ended without finishing its calls \(os._exit, killed\?\)"
     assert re.search(said, rank_one.read_text()), rank_one.read_text()[-2000:]
-
-
-class PastTheWarning(pydantic.BaseModel):
-    """Each rank notes its start and end in <ctl>/calls.txt. It runs until its own log
-    shows Slurm's time-limit warning (SIGUSR2, logged by submitit or exca), then 3 s more
-    (100 s at most); forever while <ctl>/block exists."""
-
-    ctl: str
-    infra: exca.TaskInfra = exca.TaskInfra(version="1")
-
-    @infra.apply
-    def run(self) -> str:
-        import submitit
-
-        env = submitit.JobEnvironment()
-        ctl, log = Path(self.ctl), Path(env.paths.stderr)
-        append(ctl / "calls.txt", f"start rank={env.global_rank}")
-        end = time.monotonic() + 100
-        while time.monotonic() < end or (ctl / "block").exists():
-            if "SIGUSR2" in log.read_text():
-                end = min(end, time.monotonic() + 3)
-            time.sleep(0.5)
-        append(ctl / "calls.txt", f"end rank={env.global_rank}")
-        return f"rank {env.global_rank}"
 
 
 PastTheWarningJob = tuple[PastTheWarning, tp.Any, Path]  # (config, its job, its ctl)
@@ -2457,20 +2267,6 @@ def test_a_preempted_job_whose_requeue_command_is_killed_is_not_cached_as_failed
     subprocess.run(update, check=True, timeout=30)
     assert job.result() == 21
     assert lines(ctl / "calls.txt") == ["7", "7"]
-
-
-class LingeringMap(pydantic.BaseModel):
-    """Its job's process stays a few seconds after writing its result (an exit handler):
-    Slurm lists the job as running, then completing, meanwhile."""
-
-    infra: exca.MapInfra = exca.MapInfra(version="1")
-
-    @infra.apply(item_uid=str)
-    def process(self, items: list[int]) -> tp.Iterator[int]:
-        import atexit
-
-        atexit.register(time.sleep, 8)
-        yield from items
 
 
 @pytest.mark.timeout(300)
