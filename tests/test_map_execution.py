@@ -2,6 +2,8 @@
 
 The mapped method appends one line per item it computes to a file named in its config, so
 tests count the real per-item calls wherever they ran (threads, processes, local jobs).
+Mapper, which most jobs compute, is in jobmodels_map_execution.py: a job imports its
+config's module, a light one.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 import pydantic
 import pytest
 from filelog import append, lines, wait_until
+from jobmodels_map_execution import Mapper
 
 import exca
 import exca.cachedict
@@ -43,45 +46,6 @@ def counts(path: str | Path) -> collections.Counter[int]:
     path = Path(path)
     lines = path.read_text("utf8").splitlines() if path.exists() else []
     return collections.Counter(int(line) for line in lines)
-
-
-class Mapper(pydantic.BaseModel):
-    """item -> 10 * item; an item raises ValueError while the file <fail_dir>/<item> exists.
-    With `short`, the method yields one output less than it got items (the last item's);
-    with `extra`, one more (the first item's output twice); item 0 waits while the file
-    `block_flag` exists, item 2 while `slow_flag` exists."""
-
-    log: str
-    fail_dir: str = ""
-    block_flag: str = ""
-    slow_flag: str = ""
-    short: bool = False
-    extra: bool = False
-    raised: str = "ValueError"  # (or "KeyError", "KeyboardInterrupt", "SystemExit")
-    factor_file: str = ""  # a file holding the factor (10 without it)
-    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("factor_file",)
-    infra: exca.MapInfra = exca.MapInfra(version="1")
-
-    @infra.apply(item_uid=str)
-    def process(self, items: list[int]) -> tp.Iterator[int]:
-        todo = items[:-1] if self.short else items
-        factor = int(Path(self.factor_file).read_text()) if self.factor_file else 10
-        for item in todo:
-            append(self.log, str(item))
-            while item == 0 and self.block_flag and Path(self.block_flag).exists():
-                time.sleep(0.05)
-            while item == 2 and self.slow_flag and Path(self.slow_flag).exists():
-                time.sleep(0.05)
-            if self.fail_dir and (Path(self.fail_dir) / str(item)).exists():
-                raised = {
-                    "KeyError": KeyError,
-                    "KeyboardInterrupt": KeyboardInterrupt,
-                    "SystemExit": SystemExit,  # (sys.exit("bad item 2"))
-                }
-                raise raised.get(self.raised, ValueError)(f"bad item {item}")
-            yield factor * item
-            if self.extra and item == items[0]:
-                yield 10 * item
 
 
 def make(tmp_path: Path, cluster: str | None, **kwargs: tp.Any) -> Mapper:
