@@ -2,7 +2,8 @@
 
 Classes are defined at module level so that local (subprocess) jobs can import them
 (tests/ is on PYTHONPATH for jobs, see conftest). Every method appends a line to a file
-given in its config, so tests count the real calls, wherever they ran.
+given in its config, so tests count the real calls, wherever they ran. The configs most
+jobs compute are in jobmodels_execution.py: a job imports their module, a light one.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from unittest import mock
 import pydantic
 import pytest
 from filelog import append, wait_until
+from jobmodels_execution import Counted, Listed
 from racing import Background, race
 
 import exca
@@ -42,45 +44,6 @@ CLUSTERS = [None, "local", "debug"]
 def calls(path: str | Path) -> list[str]:
     path = Path(path)
     return path.read_text("utf8").splitlines() if path.exists() else []
-
-
-class Counted(pydantic.BaseModel):
-    """process() -> 2 * x; raises ValueError while the file `fail_flag` exists, blocks while
-    the file `block_flag` exists."""
-
-    x: int = 1
-    log: str
-    fail_flag: str = ""
-    block_flag: str = ""
-    linger: float = 0.0  # after a failure, the process lives on this long (winding down)
-    offset_file: str = ""  # a number added to the result (a recomputation then differs)
-    infra: exca.TaskInfra = exca.TaskInfra(version="1")
-
-    @infra.apply
-    def process(self) -> int:
-        append(self.log, f"x={self.x} pid={os.getpid()}")
-        offset = Path(self.offset_file) if self.offset_file else None
-        print(f"computing x={self.x}", flush=True)
-        while self.block_flag and Path(self.block_flag).exists():
-            time.sleep(0.05)
-        if self.fail_flag and Path(self.fail_flag).exists():
-            if self.linger:  # a non-daemon thread: the process ends after it
-                threading.Thread(target=time.sleep, args=(self.linger,)).start()
-            raise ValueError(f"bad x={self.x}")
-        return 2 * self.x + (int(offset.read_text()) if offset and offset.exists() else 0)
-
-
-class Listed(pydantic.BaseModel):
-    """Returns a fresh list (identity shows whether a value came from RAM)."""
-
-    x: int = 1
-    log: str
-    infra: exca.TaskInfra = exca.TaskInfra(version="1")
-
-    @infra.apply
-    def process(self) -> list[int]:
-        append(self.log, f"x={self.x}")
-        return [self.x, self.x]
 
 
 @pytest.fixture(autouse=True)
