@@ -5,6 +5,8 @@ many nodes (order, force, failures, retry, read-only, concurrency) and Ctrl-C.
 Classes are defined at module level so that local (subprocess) jobs can import them
 (tests/ is on PYTHONPATH for jobs, see conftest). Every decorated method appends one line
 to the file named by its ``log`` field, so tests count the real calls wherever they ran.
+The configs of ``Env``, which most jobs compute, are in jobmodels_pipelines.py: a job
+imports its config's module, a light one.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 import pydantic
 import pytest
 from filelog import wait_until
-from lazy_numpy import is_array
+from jobmodels_pipelines import Numbers, Square, Step, _show, append
 
 import exca
 import exca.graph
@@ -53,12 +55,6 @@ else:
 
 
 # --- helpers ----------------------------------------------------------------------------------
-def append(path: str, record: dict[str, tp.Any]) -> None:
-    """One JSON line per event; O_APPEND small writes are atomic across processes."""
-    with open(path, "a", encoding="utf8") as handle:
-        handle.write(json.dumps(record) + "\n")
-
-
 def events(log: str | Path, event: str | None = None) -> list[dict[str, tp.Any]]:
     path = Path(log)
     if not path.exists():
@@ -97,82 +93,6 @@ def snapshot(root: Path) -> dict[str, tuple[tp.Any, ...]]:
 
 
 # --- configs ------------------------------------------------------------------------------------
-class Step(pydantic.BaseModel):
-    """A task node of a DAG: ``run(a, b) -> "<name>(<a>,<b>)"``, logging what it saw.
-
-    Raises while the file ``fail_flag`` exists; blocks while ``block_flag`` exists; waits
-    (at most 60 s) until the file ``partner`` exists, after creating ``signal_file``."""
-
-    name: str
-    log: str
-    fail_flag: str = ""
-    block_flag: str = ""
-    signal_file: str = ""
-    partner: str = ""
-    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("log",)
-    infra: exca.TaskInfra = exca.TaskInfra(version="1")
-
-    @infra.apply
-    def run(self, a: tp.Any = None, b: tp.Any = None) -> str:
-        shown = {k: (v.tolist() if is_array(v) else v) for k, v in (("a", a), ("b", b))}
-        append(
-            self.log,
-            {"name": self.name, "event": "start", "t": time.time(), "pid": os.getpid(), **shown},
-        )
-        if self.signal_file:
-            Path(self.signal_file).touch()
-        if self.partner:
-            end = time.time() + 60
-            while not Path(self.partner).exists():
-                if time.time() > end:
-                    raise TimeoutError(f"{self.name}: {self.partner} never appeared")
-                time.sleep(0.02)
-        while self.block_flag and Path(self.block_flag).exists():
-            time.sleep(0.05)
-        if self.fail_flag and Path(self.fail_flag).exists():
-            raise ValueError(f"{self.name} fails on purpose")
-        out = f"{self.name}({_show(a)},{_show(b)})"
-        append(self.log, {"name": self.name, "event": "end", "t": time.time()})
-        return out
-
-
-def _show(value: tp.Any) -> str:
-    if is_array(value):
-        return "array" + "-".join(str(v) for v in value.tolist())
-    if isinstance(value, list):
-        return "[" + ";".join(str(v) for v in value) + "]"
-    return str(value)
-
-
-class Numbers(pydantic.BaseModel):
-    """A no-input task: ``make() -> [0, ..., count - 1]``."""
-
-    count: int = 4
-    log: str
-    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("log",)
-    infra: exca.TaskInfra = exca.TaskInfra(version="1")
-
-    @infra.apply
-    def make(self) -> list[int]:
-        append(self.log, {"name": f"numbers{self.count}", "event": "start"})
-        return list(range(self.count))
-
-
-class Square(pydantic.BaseModel):
-    """A map: ``item -> item ** power``, one log line per computed item."""
-
-    power: int = 2
-    log: str
-    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("log",)
-    infra: exca.MapInfra = exca.MapInfra(version="1")
-
-    @infra.apply(item_uid=str)
-    def apply(self, items: list[int]) -> tp.Iterator[int]:
-        for item in items:
-            append(self.log, {"name": f"square{item}", "event": "start", "item": item})
-            yield item**self.power
-
-
 # sub-config chaining
 class Data(pydantic.BaseModel):
     kind: tp.Literal["plain"] = "plain"
@@ -936,7 +856,9 @@ def test_inputs_without_a_uid_get_a_hint(env: Env) -> None:
     # which call and input it is (a probe: the error named the value only)
     config_uid = step.run.node().uid.split("/inputs-")[0]
     assert str(info.value).startswith(f"{config_uid}: its input 'a': Cannot use Data value")
-    with pytest.raises(TypeError, match=r"^test_pipelines.Step.run,1/name=hinted.*: its input 'b'"):
+    with pytest.raises(
+        TypeError, match=r"^jobmodels_pipelines.Step.run,1/name=hinted.*: its input 'b'"
+    ):
         step.run.node(1, [env.step("up").run.node(), object()])
     assert env.starts("hinted") == 0
 
