@@ -293,10 +293,15 @@ def _task_result(node: Node, missed: bool = False) -> tp.Any:
             return value
     from .scheduler import Scheduler
 
-    for _ in range(READ_ATTEMPTS):
+    for attempt in range(READ_ATTEMPTS):
         forcing = [n for n in node.closure if n.pending_force]
         if forcing:  # threads of one forced instance: one forces, the others then reuse
             with _force_lock(forcing[0]):  # (a job's submission is not a claim: 3 jobs)
+                Scheduler([node]).run(root_cause=True)
+        elif missed and not attempt:
+            # (the fast path read its folder just now: the plan relies on that read, the
+            # worker's claim reads it again before computing)
+            with node.cache.relying_on_last_read():
                 Scheduler([node]).run(root_cause=True)
         else:
             Scheduler([node]).run(root_cause=True)

@@ -558,8 +558,9 @@ class Graph:
 
     def _decide_task(self, run: NodeRun, forced: bool) -> None:
         node = run.node
-        # refresh: nodes may be long-lived, see what others wrote since
-        state = store.task_state(node, refresh=True)
+        # refresh: nodes may be long-lived, see what others wrote since (unless the call
+        # just read it: its fast path's miss, see calls.task_result)
+        state = store.task_state(node, refresh=not node.cache.read_just_now)
         run.folder_absent = node.cache.folder_absent and node.cache.folder == node.folder
         read_only = node.mode == "read-only"  # (never computes, even below a forced node)
         own = forcing_job(node)  # (this instance's forcing job, running or ended)

@@ -463,6 +463,12 @@ class CacheDict(tp.Generic[X]):
         return None if reader is None else reader.listed
 
     @property
+    def read_just_now(self) -> bool:
+        """Whether this thread is inside ``relying_on_last_read()`` with no refresh since
+        (a look-up then needs no listing of its own)."""
+        return bool(self._local.relying)
+
+    @property
     def folder_absent(self) -> bool:
         """Whether the last read of the folder found no folder at all."""
         return self._reader is not None and self._reader.absent
