@@ -2633,11 +2633,11 @@ os.umask(0o022)
 from exca.storage import files
 from test_task_api import ArrayTask
 calls, chmod_folder = [], files.chmod_folder
-def killed(path, permissions):
+def killed(path, permissions, *parent_mode):
     calls.append(path)
     if len(calls) == {killed_at}:
         os._exit(3)
-    chmod_folder(path, permissions)
+    chmod_folder(path, permissions, *parent_mode)
 files.chmod_folder = killed
 ArrayTask(x=5, infra={{"folder": {str(root)!r}}}).process()
 """
@@ -2782,9 +2782,9 @@ from exca.storage import files
 chmod_folder = files.chmod_folder
 
 
-def slow_chmod_folder(path: tp.Any, permissions: int) -> None:
+def slow_chmod_folder(path: tp.Any, permissions: int, *parent_mode: tp.Any) -> None:
     time.sleep(0.005)  # (a loaded machine, a network file system: a wider window)
-    chmod_folder(path, permissions)
+    chmod_folder(path, permissions, *parent_mode)
 
 
 files.chmod_folder = slow_chmod_folder
@@ -4219,11 +4219,11 @@ def test_folder_made_while_another_thread_repairs_it_ends_with_the_permissions(
     chmod, chmod_folder = files.chmod, files.chmod_folder
     maker = threading.get_ident()
 
-    def slow_chmod_folder(path: tp.Any, permissions: int) -> None:
+    def slow_chmod_folder(path: tp.Any, permissions: int, *parent_mode: tp.Any) -> None:
         if threading.get_ident() == maker:
             made.set()
             seen.wait(10)  # (the other thread has stat'ed the folder)
-        chmod_folder(path, permissions)
+        chmod_folder(path, permissions, *parent_mode)
         if threading.get_ident() == maker:
             chmodded.set()
 

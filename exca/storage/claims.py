@@ -484,28 +484,35 @@ class Claims:
 
     def _write(self, me: Owner, keys: list[str]) -> Path:
         """A new claim file (a unique name), complete when it appears."""
-        where = _Where(self.folder).record()
+        here = _Where(self.folder)
+        where = here.record()
+        made = False
         if where[0] is None:  # (its first claim: the folder is made with its claims folder)
             with contextlib.suppress(OSError):  # (as _write_tmp would, which then says why)
                 make_folder(os.fspath(self.dir), self.permissions)
                 where = _Where(self.folder).record()
+        elif here.no_subfolder:  # (a new folder's first claim: no write tried first, to
+            # fail for want of its claims folder)
+            with contextlib.suppress(OSError):  # (as above)
+                made = make_folder(os.fspath(self.dir), self.permissions, parent_mode=here.mode)
         try:
             data = orjson.dumps({"owner": me._asdict(), "keys": keys, "where": where})
         except TypeError:
             _refuse_keys_not_utf8(keys)
             raise
-        return self._publish(data, CLAIM_SUFFIX)
+        return self._publish(data, CLAIM_SUFFIX, made)
 
-    def _publish(self, data: bytes, suffix: str) -> Path:
+    def _publish(self, data: bytes, suffix: str, made: bool = False) -> Path:
         """A new file of the claims folder (a unique name ending with ``suffix``, the
-        cache's permissions), complete when it appears."""
+        cache's permissions), complete when it appears (``made``: that folder was just
+        made here, with them)."""
         dirname = os.fspath(self.dir)
         name = process.unique_name()
         tmp = f"{dirname}/{name}.tmp"
         path = f"{dirname}/{name}{suffix}"
         for attempt in range(_PUBLISH_ATTEMPTS):
             try:
-                self._write_tmp(tmp, data)
+                self._write_tmp(tmp, data, made and not attempt)
                 os.replace(tmp, path)
                 return Path(path)
             except FileNotFoundError:
@@ -518,7 +525,7 @@ class Claims:
                 raise
         raise AssertionError("unreachable")  # (the last attempt returns or raises)
 
-    def _write_tmp(self, tmp: str, data: bytes) -> None:
+    def _write_tmp(self, tmp: str, data: bytes, made: bool = False) -> None:
         dirname = os.fspath(self.dir)
         try:
             write_new(tmp, data, self.permissions)
@@ -530,8 +537,8 @@ class Claims:
                 raise
             write_new(tmp, data, self.permissions)
         else:
-            if self.permissions is not None:  # (a claims folder left by a kill: files.repair)
-                repair(dirname, self.permissions)
+            if self.permissions is not None and not made:  # (a claims folder left by a
+                repair(dirname, self.permissions)  # kill: files.repair)
 
     @contextlib.contextmanager
     def _folder_lock(
@@ -719,11 +726,17 @@ class _Where:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._seen: list[tp.Any] | None = None
+        # the folder had no subfolder when looked at (its link count, 2: a new folder,
+        # without claims folder; unknown, e.g. btrfs's 1: False), and its mode
+        self.no_subfolder = False
+        self.mode: int | None = None
 
     def record(self) -> list[tp.Any]:
         """[inode, real path] of the folder (inode None: it cannot be looked at)."""
         if self._seen is None:
-            self._seen = _inode_and_real_path(self.folder)
+            self._seen, status = _inode_and_real_path(self.folder)
+            if status is not None:
+                self.no_subfolder, self.mode = status.st_nlink == 2, status.st_mode
         return self._seen
 
     def differs(self, written: tp.Any) -> bool:
@@ -745,10 +758,11 @@ class _Where:
 _O_PATH = getattr(os, "O_PATH", 0)  # (Linux: a handle on the folder, opened for nothing)
 
 
-def _inode_and_real_path(folder: Path) -> list[tp.Any]:
-    """[inode, os.path.realpath(folder)]: the real path the kernel gives an open handle of
-    the folder (its /proc/self/fd link), 4 system calls, where realpath makes one per
-    component of the path (6 for /tmp/cache/<step>/<uid>), and ~150 Python lines."""
+def _inode_and_real_path(folder: Path) -> tuple[list[tp.Any], os.stat_result | None]:
+    """[inode, os.path.realpath(folder)], and the folder's status (None: it cannot be
+    looked at): the real path the kernel gives an open handle of the folder (its
+    /proc/self/fd link), 4 system calls, where realpath makes one per component of the
+    path (6 for /tmp/cache/<step>/<uid>), and ~150 Python lines."""
     if _O_PATH:
         try:
             fd = os.open(folder, _O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -756,19 +770,19 @@ def _inode_and_real_path(folder: Path) -> list[tp.Any]:
             fd = -1
         if fd >= 0:
             try:
-                inode = os.fstat(fd).st_ino
+                status = os.fstat(fd)
                 real = os.readlink(f"/proc/self/fd/{fd}")
             except OSError:  # (no /proc mounted: as below)
                 real = ""
             finally:
                 os.close(fd)
             if real.startswith("/") and not real.endswith(" (deleted)"):
-                return [inode, real]
+                return [status.st_ino, real], status
     try:
-        found: int | None = os.stat(folder).st_ino
+        status = os.stat(folder)
     except OSError:
-        found = None
-    return [found, os.path.realpath(folder)]
+        return [None, os.path.realpath(folder)], None
+    return [status.st_ino, os.path.realpath(folder)], status
 
 
 def folder_key(folder: str | os.PathLike[str]) -> tuple[int, int] | str:

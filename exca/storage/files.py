@@ -230,9 +230,15 @@ def folder_mode(folder: str | os.PathLike[str]) -> int | None:
         return None
 
 
-def make_folder(folder: str | os.PathLike[str], permissions: int | None, levels: int = 1) -> bool:
+def make_folder(
+    folder: str | os.PathLike[str],
+    permissions: int | None,
+    levels: int = 1,
+    parent_mode: int | None = None,
+) -> bool:
     """mkdir -p, applying permissions to the folders it creates; True when it created
-    ``folder`` itself (then it was empty a moment ago).
+    ``folder`` itself (then it was empty a moment ago). ``parent_mode``: the mode of its
+    parent, just looked at (see ``chmod_folder``).
 
     Missing folders are made from the top down, each given its permissions before
     anything is made in it: a process killed between a mkdir and its chmod leaves that
@@ -260,6 +266,7 @@ def make_folder(folder: str | os.PathLike[str], permissions: int | None, levels:
                 repair(os.path.dirname(folder), permissions)
         return False
     except FileNotFoundError:  # parents missing: create them first, from the top
+        parent_mode = None  # (its parent is made again below)
         missing = []
         current = os.path.dirname(folder)
         while current and not os.path.exists(current):  # ("": the top of a relative path)
@@ -282,9 +289,16 @@ def make_folder(folder: str | os.PathLike[str], permissions: int | None, levels:
             return False
     else:
         if permissions is not None and levels > 1:  # (its parent: maybe left by a kill)
-            repair(os.path.dirname(folder), permissions)
+            parent = os.path.dirname(folder)
+            try:
+                status = os.stat(parent)
+            except OSError:
+                pass
+            else:
+                repair(parent, permissions, status=status)
+                parent_mode = status.st_mode
     if permissions is not None:
-        chmod_folder(folder, permissions)
+        chmod_folder(folder, permissions, parent_mode)
     return True
 
 
@@ -423,12 +437,19 @@ def await_chmod(folder: str | os.PathLike[str], status: os.stat_result | None = 
     return False
 
 
-def chmod_folder(folder: str | os.PathLike[str], permissions: int) -> None:
+def chmod_folder(
+    folder: str | os.PathLike[str], permissions: int, parent_mode: int | None = None
+) -> None:
     """``chmod`` of a folder keeping its setgid bit (a new folder inherits it from its
     parent, in a group's cache): without it, the files made there take their maker's own
-    group, which the other users of the cache may not read."""
-    try:
-        inherited = os.stat(folder).st_mode & stat.S_ISGID
-    except OSError:
-        inherited = 0
+    group, which the other users of the cache may not read. ``parent_mode``: of the
+    folder's parent, looked at just before its mkdir (its setgid bit is the one the new
+    folder inherited: no stat of it)."""
+    if parent_mode is not None:
+        inherited = parent_mode & stat.S_ISGID
+    else:
+        try:
+            inherited = os.stat(folder).st_mode & stat.S_ISGID
+        except OSError:
+            inherited = 0
     chmod(folder, permissions | inherited)
