@@ -501,7 +501,8 @@ def map_items(node: Node, uids: list[str], missing: list[str] | None = None) -> 
     # worker's look-up before claiming rely on that read, the claim's refresh reads again)
     reading = node.cache.relying_on_last_read() if missing is not None else contextlib.nullcontext()
     with reading:
-        Scheduler([node], item_uids={node.key: uids}).run(root_cause=True)
+        known = None if missing is None else {node.key: missing}
+        Scheduler([node], item_uids={node.key: uids}, item_missing=known).run(root_cause=True)
 
 
 def map_jobs_pending(node: Node, uids: list[str]) -> bool:

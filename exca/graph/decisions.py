@@ -377,6 +377,7 @@ class Graph:
         forced: tp.Collection[Key] = (),
         checks_payloads: bool = False,
         dry_run: bool = False,
+        item_missing: dict[Key, list[str]] | None = None,
     ) -> None:
         """``forced``: nodes forced whatever their upstream's state now (forced by an
         upstream node that was forced, and computed, since). ``checks_payloads``: whether
@@ -384,13 +385,16 @@ class Graph:
         a plan does (a stat per data file, ~0.5 us per item); a run finds a damaged item
         when it reads it, and says what to do then. ``dry_run``: a plan's (it removes
         nothing, see ``_damaged_source``, and sets no job record aside, see
-        ``_check_registry``)."""
+        ``_check_registry``). ``item_missing``: of the ``item_uids`` of a map, those its
+        caller found missing on the read this thread still relies on (its cache's
+        ``read_just_now``): not looked up again."""
         with gcpause.paused():
             self.targets = list(targets)
             self.forced_before = set(forced)
             self.aliases: dict[Key, list[Node]] = {}  # other instances of the same nodes
             self.nodes = collect(self.targets, self.aliases)
             self.item_uids = item_uids or {}
+            self.item_missing = item_missing or {}
             self.upstream: dict[Key, list[Key]] = {
                 # (a node given twice, or two equal nodes, is one edge)
                 k: list(dict.fromkeys(n.key for n in node.upstream))
@@ -641,6 +645,14 @@ class Graph:
                 return
         self.decide_items(run, uids, forced)
 
+    def _missing(self, node: Node, uids: list[str]) -> list[str]:
+        """The items of a map missing from its cache (as its caller found them just now,
+        when it did, on the read its thread relies on)."""
+        known = self.item_missing.get(node.key)
+        if known is not None and uids is self.item_uids.get(node.key) and node.cache.read_just_now:
+            return list(known)
+        return node.cache.missing(uids)
+
     def _damaged_source(self, node: Node, error: BaseException) -> bool:
         """Whether the items of a map could not be read because its upstream node, in mode
         retry, holds a result (a task) or items (a map) whose payload no longer decodes
@@ -752,7 +764,7 @@ class Graph:
                 missing, errors = store.item_states(node, uids)
                 errors += self._still_undecodable(node, uids, {*missing, *errors})
             else:
-                missing, errors = node.cache.missing(uids), []
+                missing, errors = self._missing(node, uids), []
                 if self.checks_payloads and self._damaged_items(run, uids, missing):
                     return
             if errors:

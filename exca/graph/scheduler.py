@@ -135,10 +135,13 @@ class Scheduler:
         targets: tp.Sequence[Node],
         item_uids: dict[Key, list[str]] | None = None,
         progress: bool | None = None,
+        item_missing: dict[Key, list[str]] | None = None,
     ) -> None:
+        """``item_missing``: of ``item_uids``, those the caller found missing on the read its
+        thread relies on (see decisions.Graph)."""
         # (before deciding: a computation started since then answers this run's request)
         self.asked_at = time.time()
-        self.graph = Graph(targets, item_uids)
+        self.graph = Graph(targets, item_uids, item_missing=item_missing)
         with reading_only(targets):  # (a plan only warns of legacy names, and so does
             for node in self.graph.nodes.values():  # a call of read-only targets)
                 if node.adopt_legacy is not None:

@@ -1431,7 +1431,12 @@ def _run_map_unit(unit: Unit, progress: ProgressCallback | None, report: Report)
     forced_by = unit.forced_by
     if forced_by:
         node = _shared_force_state(node, forced_by)
-    todo = _map_todo(node, list(by_uid), unit.action, forced_by)
+    if unit.action == "compute" and not forced_by and node.cache.read_just_now:
+        # (the plan found these missing a moment ago, on the read this thread still relies
+        # on: not looked up again; the claim's refresh looks again before computing)
+        todo = list(by_uid)
+    else:
+        todo = _map_todo(node, list(by_uid), unit.action, forced_by)
     report.reused = len(by_uid) - len(todo)
     if node.folder is None:
         _compute_items(node, todo, by_uid, unit.action, report, progress, forced_by)
