@@ -1302,8 +1302,6 @@ class CacheDict(tp.Generic[X]):
             for key, value in pairs:
                 if type(key) is not str and not isinstance(key, str):
                     raise TypeError(f"CacheDict keys must be str, got {key!r}")
-                if not key.isascii():
-                    _check_key_and_meta(key, None)
                 if key in entries or key in ram or key in batch:
                     if key in batch:
                         present = True
@@ -1321,6 +1319,9 @@ class CacheDict(tp.Generic[X]):
                 batch[key] = value
                 if type(value) is CachedError:
                     errors += 1
+            if not "".join(batch).isascii():  # (one C-level pass for the batch's keys)
+                for key in batch:
+                    _check_key_and_meta(key, None)
             values = list(batch.items())
             records = ctx.dump_entries(values, self.cache_type)
             stored = None
