@@ -162,6 +162,8 @@ class _ClassFacts:
         self.has_serializer = has_serializer
         # (the class's fields when computed: %autoreload updates a class in place)
         self.fields_of = cls.__pydantic_fields__
+        # uid exports made without ``uid_dump_plan`` so far (see export_with_keys)
+        self.unplanned_exports = 0
 
     @memoized
     def dump_keys(self) -> frozenset[str | None]:
@@ -258,6 +260,8 @@ class _ClassFacts:
 
 
 _FACTS: dict[type, _ClassFacts] = {}
+# uid exports of a class made before its ``uid_dump_plan`` (see export_with_keys)
+_UNPLANNED_EXPORTS = 2
 
 
 class _KeepAll:
@@ -1100,7 +1104,15 @@ def export_with_keys(
     spec = fills = None
     if uid:
         facts = class_facts(type(model))
-        spec, plan = facts.uid_dump_exclude, facts.uid_dump_plan
+        spec = facts.uid_dump_exclude
+        # (the plan only pays once made: a process's first cache hit makes two exports, its
+        # uid's and its full-uid.yaml's, which pydantic dumps quicker than the plan's
+        # analysis, run cold then, takes: ~60k instructions)
+        if facts.unplanned_exports < _UNPLANNED_EXPORTS:
+            facts.unplanned_exports += 1
+            plan = None
+        else:
+            plan = facts.uid_dump_plan
         if plan is not None:
             fills = _filled(model, plan[1])
             if fills is not None:
