@@ -1826,15 +1826,6 @@ def _uid_template(cls: type) -> str:
     return template
 
 
-def precompute_facts(cls: type[BaseInfra]) -> None:
-    """Compute at import what uids need of an infra class of exca's own: its fields kept
-    out of uids (read by the export of any config holding such an infra) and its uid
-    template. The same in every process, they cost a process's first uid ~150k
-    instructions there (code run for the first time), ~50 us at import here."""
-    _ = identity.class_facts(cls).fields_in_uid  # (memoized)
-    _uid_template(cls)
-
-
 def _collect_infras(value: tp.Any, prefix: str, out: dict[str, BaseInfra]) -> None:
     if isinstance(value, BaseInfra):
         out[prefix] = value

@@ -23,7 +23,7 @@ from ..storage.dumping import PAYLOAD_ERRORS
 from ..storage.index import INDEX_SUFFIX
 from ..storage.keytext import check_utf8
 from . import uidfolder
-from .base import BaseInfra, precompute_facts
+from .base import BaseInfra
 from .method import InfraMethod, check_plain_method, reduce_bound
 from .resources import SubmititMixin
 from .task import MethodCall, chained_nodes
@@ -702,6 +702,3 @@ class MapInfra(BaseInfra, SubmititMixin):
             execution = dataclasses.replace(base.execution, workdir=workdir)
             return dataclasses.replace(base, items=items, item_uids=uids, execution=execution)
         return dataclasses.replace(base, items=items, item_uids=uids)
-
-
-precompute_facts(MapInfra)  # (not in a process's first uid: see precompute_facts)

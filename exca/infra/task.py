@@ -23,7 +23,7 @@ from ..graph.node import INPUTS_PREFIX, TASK_KEY, Group, Input, Node, Value, con
 from ..storage.cachedict import CacheDict, inspecting_view
 from ..storage.files import note_write_error
 from . import freezing, uidfolder
-from .base import _MISSING, BaseInfra, precompute_facts
+from .base import _MISSING, BaseInfra
 from .method import InfraMethod, check_plain_method, reduce_bound
 from .resources import SubmititMixin
 
@@ -694,6 +694,3 @@ class TaskInfra(BaseInfra, SubmititMixin):
         from . import arrays
 
         arrays.submit_array(self, tasks, max_workers, allow_empty, allow_repeated_tasks)
-
-
-precompute_facts(TaskInfra)  # (not in a process's first uid: see precompute_facts)
