@@ -6732,8 +6732,8 @@ def test_a_clean_while_a_task_writes_its_claim_leaves_the_call_computing_it(
     real = Claims._write_tmp
     removed: list[int] = []
 
-    def write_tmp(self: Claims, tmp: str, data: bytes) -> None:
-        real(self, tmp, data)
+    def write_tmp(self: Claims, tmp: str, data: bytes, *made: bool) -> None:
+        real(self, tmp, data, *made)
         if self.folder == folder and not removed:
             removed.append(clean.remove_nodes([folder]).execute())  # (a cleaning meanwhile)
 
