@@ -396,6 +396,11 @@ class Handle:
         """Whether the job is known not to have run (yet, or ever, once it left the queue)."""
         return False
 
+    def cancelled_unstarted(self) -> bool:
+        """Whether the job, gone from the queue, was cancelled before it started: it never
+        ran, and it is not one Slurm keeps queued without ever starting it."""
+        return not self.never_starts() and self.never_ran()
+
     @property
     def submitit_job(self) -> tp.Any:
         return None
@@ -731,7 +736,7 @@ class SubmititHandle(Handle):
                     # while pending, whose row left the array's. Not an end: not said)
                     settled = _settled_sacct_state(self.job_id)
                     state = settled if settled is not None and _final(settled) else "UNKNOWN"
-        if state.startswith("UNKNOWN") and not self.never_starts() and self.never_ran():
+        if state.startswith("UNKNOWN") and self.cancelled_unstarted():
             # (scancel of a pending array element leaves no record of it, in squeue or
             # sacct: it left the queue without a log, which Slurm opens as a job starts)
             return f"job {self.job_id} was cancelled before it started ({GONE_UNSTARTED})"

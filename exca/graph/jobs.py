@@ -196,7 +196,7 @@ class Job(tp.Generic[Out]):
         if seen.startswith(_FAILED_STATES):
             return seen
         handle = self.handle
-        if handle is not None and not handle.never_starts() and handle.never_ran():
+        if handle is not None and handle.cancelled_unstarted():
             # (a pending array element cancelled: Slurm keeps no state of it, sacct no row)
             return "CANCELLED"
         return "FAILED"
