@@ -18,6 +18,7 @@ import inspect
 import logging
 import operator
 import os
+import stat
 import sys
 import threading
 import types
@@ -227,7 +228,7 @@ class BaseInfra(pydantic.BaseModel):
             return value
         # (before exists(), which raises "File name too long", naming no field)
         check_name_lengths(value, "folder", "give the cache a folder with shorter names")
-        if value.exists() and not value.is_dir():  # (a device too: /dev/null)
+        if _is_there_but_no_folder(value):  # (a device too: /dev/null)
             raise ValueError(f"folder={str(value)!r} is a file: give the cache a folder")
         # jobs may run elsewhere (a workdir snapshot is their current folder)
         return value if value.is_absolute() else value.absolute()
@@ -1844,3 +1845,15 @@ def _collect_infras(value: tp.Any, prefix: str, out: dict[str, BaseInfra]) -> No
     elif isinstance(value, list | tuple):
         for index, sub in enumerate(value):
             _collect_infras(sub, f"{prefix}.{index}" if prefix else str(index), out)
+
+
+def _is_there_but_no_folder(path: Path) -> bool:
+    """``path.exists() and not path.is_dir()`` in one stat (each infra given a folder
+    checks it)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        if error.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EBADF):
+            return False  # (as Path.exists: nothing there, or not reachable as a path)
+        raise
+    return not stat.S_ISDIR(mode)
