@@ -133,6 +133,30 @@ def test_local_job_details(tmp_path: Path) -> None:
     assert stdout2 is not None and "computing x=7" in stdout2
 
 
+@pytest.mark.timeout(120)
+def test_a_local_job_whose_controller_starts_before_its_submitter_made_its_folder_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, short_result_wait: None
+) -> None:
+    """submitit makes a local job's log folder (``.../<pid>``) in the submitting process,
+    after starting the job's controller, which opens its log there: a submitter slow to
+    get there (a loaded machine, another thread holding the GIL) and the controller died
+    on FileNotFoundError, the job ended without a result (a flaky test, a lost job). Here
+    the submitter waits until the controller got past opening its log (or died)."""
+    import submitit.local.local
+
+    submit = submitit.local.local.LocalExecutor._submit_command
+
+    def late(self: tp.Any, command: str) -> tp.Any:
+        job = submit(self, command)  # (the controller started: the folder is made after)
+        _wait_for(lambda: job._process.poll() is not None or job.paths.stdout.exists())
+        return job
+
+    monkeypatch.setattr(submitit.local.local.LocalExecutor, "_submit_command", late)
+    task = make(tmp_path, "local", x=8)
+    assert task.infra.job().result() == 16
+    assert len(calls(tmp_path / "calls.txt")) == 1
+
+
 # --- errors -------------------------------------------------------------------------------
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("cluster", CLUSTERS)

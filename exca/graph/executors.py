@@ -2127,6 +2127,9 @@ class _NewSessionSubprocess:
 # its end for nothing. They get LOCAL_RANK_GRACE_S to end on their own (rank 0 exits
 # non-zero once done with a failure: the others end right after), then SIGTERM, then
 # SIGKILL; the log of each ends with a note naming the rank that ended first (RANK_ENDED).
+# And it makes the job's folder before opening its log there: submitit's submitter makes
+# it only after starting the controller, which died on FileNotFoundError when it got there
+# first (a loaded machine: the job ended without a result, nothing in its log).
 _CONTROLLER = "submitit.local._local"
 LOCAL_RANK_GRACE_S = 2.0
 RANK_ENDED = "exca: this rank was stopped: rank "  # (then "<rank> ended first (<how>)")
@@ -2179,6 +2182,11 @@ try:
     from submitit.local import local
 
     class Controller(local.Controller):  # (exca: see executors._RECORDING_CONTROLLER)
+        def start_tasks(self):
+            # (the job's folder, which the submitter makes only once this process started)
+            local.utils.JobPaths(self.folder, self.pid).folder.mkdir(parents=True, exist_ok=True)
+            super().start_tasks()
+
         def wait(self, *args, **kwargs):
             stopped = {{}}
             watcher = threading.Thread(target=ended_with, args=(list(self.tasks), stopped))
