@@ -915,6 +915,21 @@ def test_discriminated_unknown_name() -> None:
         assert option in message
 
 
+def test_discriminated_misspelled_name_says_the_close_ones() -> None:
+    """A typo in the class name ('dog', 'Brid') said only "Unknown Animal type='dog'" and
+    the options: the name meant is said first (case ignored), with the options still."""
+    for given, said in [
+        ("dog", "Unknown Animal type='dog': did you mean 'Dog'? Options are "),
+        ({"type": "Brid"}, "Unknown Animal type='Brid': did you mean 'Bird'? Options are "),
+        ({"type": "Cat"}, "Unknown Animal type='Cat'; options are "),
+    ]:
+        with pytest.raises(ValueError) as info:
+            Zoo(star=given)
+        assert said + "['Animal', 'Bird', 'Dog']" in str(info.value), str(info.value)
+    with pytest.raises(ValueError, match="Unknown Shape kind='sqare': did you mean 'Square'"):
+        Shape(kind="sqare")  # type: ignore[call-arg]
+
+
 def test_discriminated_forgotten_key_hint() -> None:
     with pytest.raises(ValueError) as info:
         Zoo(star={"bark": "wuff"})

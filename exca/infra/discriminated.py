@@ -74,10 +74,15 @@ class DiscriminatedModel(pydantic.BaseModel):
         family = cls._exca_family()
         found = family.get(name) if isinstance(name, str) else None
         if found is None:
-            raise ValueError(
-                f"Unknown {cls.__name__} {cls._exca_discriminator_key}={name!r}; "
-                f"options are {sorted(family)}"
-            )
+            from .typos import close_names  # (on an error only)
+
+            close = close_names(name, family) if isinstance(name, str) else []
+            said = f"Unknown {cls.__name__} {cls._exca_discriminator_key}={name!r}"
+            if close:
+                said += f": did you mean {' or '.join(map(repr, close))}? Options"
+            else:
+                said += "; options"
+            raise ValueError(f"{said} are {sorted(family)}")
         return found
 
     @pydantic.model_validator(mode="wrap")

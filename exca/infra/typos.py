@@ -41,6 +41,20 @@ def unknown_keys(cls: type, error: tp.Any) -> list[str]:
     return notes
 
 
+def close_names(given: str, names: tp.Iterable[str], cutoff: float = 0.6) -> list[str]:
+    """The names ``given`` likely meant: those equal to it but for case ('Sgd' for
+    'SGD'), else the close ones (difflib, case ignored), at most 3."""
+    import difflib
+
+    by_lower: dict[str, list[str]] = {}
+    for name in sorted(names):
+        by_lower.setdefault(name.lower(), []).append(name)
+    if given.lower() in by_lower:
+        return by_lower[given.lower()]
+    close = difflib.get_close_matches(given.lower(), list(by_lower), n=3, cutoff=cutoff)
+    return [name for lower in close for name in by_lower[lower]][:3]
+
+
 def model_at(cls: type, path: list[str]) -> tp.Any:
     """The model class a pydantic error's location leads to from ``cls`` (list indices
     and dict keys skipped, a union's member named by the location), or None when it
