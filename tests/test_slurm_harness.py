@@ -18,7 +18,13 @@ from pathlib import Path
 import pytest
 import submitit
 
-from slurm_cluster import SlurmCluster, sacct_states, slurm_available, squeue_ids
+from slurm_cluster import (
+    SlurmCluster,
+    end_jobs_logging_in,
+    sacct_states,
+    slurm_available,
+    squeue_ids,
+)
 
 pytestmark = pytest.mark.slurm
 
@@ -108,6 +114,23 @@ def test_cancelled_job_leaves_squeue_and_shows_in_sacct(
     while job.job_id in squeue_ids() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert job.job_id not in squeue_ids()
+
+
+def test_the_jobs_a_test_left_are_ended_and_only_they(tmp_path: Path) -> None:
+    """After each Slurm test, its jobs still queued (their log in its tmp_path) are ended
+    and waited for (they held the cluster's CPUs while the next tests ran); another
+    folder's jobs (a module fixture's) go on."""
+    mine, other = tmp_path / "test", tmp_path.parent / f"{tmp_path.name}-other"
+    ids = []
+    for folder, state in ((mine, "--hold"), (mine, "--begin=now"), (other, "--hold")):
+        folder.mkdir(exist_ok=True)
+        run = ["sbatch", "--parsable", state, "-o", f"{folder}/%A_%a.out", "--wrap=sleep 60"]
+        ids.append(subprocess.run(run, capture_output=True, text=True, check=True).stdout.strip())
+    try:
+        assert sorted(end_jobs_logging_in(mine)) == sorted(ids[:2])
+        assert set(ids) & squeue_ids() == {ids[2]}
+    finally:
+        subprocess.run(["scancel", *ids], check=False, timeout=30)
 
 
 def test_sacct_states_of_nothing_is_empty() -> None:
