@@ -1,4 +1,5 @@
-"""The configs of tests/test_pipelines.py that most of its jobs compute (``Env``'s).
+"""The configs of tests/test_pipelines.py that most of its jobs compute (``Env``'s), and
+test_pipelines_slurm's map (``SlurmSquare``).
 
 Kept apart from the test module so that a job's process, which imports the module of the
 config it unpickles, imports only exca and this file, not test_pipelines (pytest, its 4500
@@ -99,3 +100,25 @@ class Square(pydantic.BaseModel):
         for item in items:
             append(self.log, {"name": f"square{item}", "event": "start", "item": item})
             yield item**self.power
+
+
+class SlurmSquare(pydantic.BaseModel):
+    """A map ``item -> item ** 2`` that logs the Slurm job computing each item (blocks
+    while the file ``block_flag`` exists)."""
+
+    log: str
+    block_flag: str = ""
+    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("log",)
+    infra: exca.MapInfra = exca.MapInfra(version="1")
+
+    @infra.apply(item_uid=str)
+    def apply(self, items: list[int]) -> tp.Iterator[int]:
+        job = f"{os.environ.get('SLURM_ARRAY_JOB_ID')}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
+        while self.block_flag and Path(self.block_flag).exists():
+            time.sleep(0.05)
+        for item in items:
+            with open(self.log, "a", encoding="utf8") as handle:
+                handle.write(
+                    json.dumps({"name": f"square{item}", "event": "start", "job": job}) + "\n"
+                )
+            yield item**2

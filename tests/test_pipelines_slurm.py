@@ -23,8 +23,8 @@ import time
 import typing as tp
 from pathlib import Path
 
-import pydantic
 import pytest
+from jobmodels_pipelines import SlurmSquare
 from test_pipelines import Env, _by_uid, events, started, wait_for
 
 import exca
@@ -40,28 +40,6 @@ pytestmark = [pytest.mark.slurm, pytest.mark.timeout(180)]
 
 def slurm(**extra: tp.Any) -> dict[str, tp.Any]:
     return {"cluster": "slurm", "cpus_per_task": 1, "timeout_min": 3, **extra}
-
-
-class SlurmSquare(pydantic.BaseModel):
-    """A map ``item -> item ** 2`` that logs the Slurm job computing each item (blocks
-    while the file ``block_flag`` exists)."""
-
-    log: str
-    block_flag: str = ""
-    _exclude_from_cls_uid: tp.ClassVar[tuple[str, ...]] = ("log",)
-    infra: exca.MapInfra = exca.MapInfra(version="1")
-
-    @infra.apply(item_uid=str)
-    def apply(self, items: list[int]) -> tp.Iterator[int]:
-        job = f"{os.environ.get('SLURM_ARRAY_JOB_ID')}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
-        while self.block_flag and Path(self.block_flag).exists():
-            time.sleep(0.05)
-        for item in items:
-            with open(self.log, "a", encoding="utf8") as handle:
-                handle.write(
-                    json.dumps({"name": f"square{item}", "event": "start", "job": job}) + "\n"
-                )
-            yield item**2
 
 
 # --- fixtures ---------------------------------------------------------------------------------
