@@ -122,9 +122,16 @@ def job_id(node: exca.graph.Node) -> str:
     return str(found[0]["job_id"])
 
 
+SQUEUE_POLL_S = 0.2  # (a squeue every 0.05 s, as wait_for looks at files: ~160 in a test)
+
+
 def wait_until_ended(ids: tp.Iterable[str], timeout: float = 150) -> None:
     bases = {j.split("_")[0] for j in ids}
-    wait_for(lambda: not bases & {j.split("_")[0] for j in squeue_ids()}, timeout=timeout)
+    end = time.monotonic() + timeout
+    while bases & {j.split("_")[0] for j in squeue_ids()}:
+        if time.monotonic() > end:
+            raise TimeoutError(f"jobs {sorted(bases)} still queued after {timeout}s")
+        time.sleep(SQUEUE_POLL_S)
 
 
 def build_dag(
