@@ -42,7 +42,7 @@ from slurm_jobs import (  # (the configs the jobs run: see slurm_jobs)
 import exca
 from exca.graph import executors, registry
 from exca.graph.errors import JobFailedError, NodeFailures
-from slurm_cluster import SlurmCluster, sacct_states
+from slurm_cluster import SlurmCluster, sacct_states, squeue_ids
 
 pytestmark = pytest.mark.slurm
 
@@ -895,6 +895,35 @@ def test_pending_elements_past_squeues_cut_are_still_queued(
     finally:
         subprocess.run(["scancel", jobs[0].job_id.split("_")[0]], check=False, timeout=30)
         (ctl / "block").unlink()
+
+
+def test_a_wait_for_an_element_cancelled_while_pending_ends_at_the_first_squeue_look(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wait for an array element cancelled while pending (no log; sacct keeps no row of
+    it) took it for ended only once two squeue looks, QUEUE_LOOK_S (5 s) apart, missed
+    it: it now ends at the first look, sacct saying the array no longer has it. The
+    element still pending is still waited for."""
+    import subprocess
+
+    (ctl / "block").touch()
+    settings = {"folder": tmp_path / "cache", "cluster": "slurm", **resources(slurm_cluster)}
+    base = BlocksOne(ctl=str(ctl), infra=settings)
+    with base.infra.job_array(max_workers=1) as array:
+        array.extend(base.infra.clone_obj(x=x) for x in range(1, 4))
+    jobs = [config.infra.job() for config in array]
+    wait_until(lambda: "1" in lines(ctl / "calls.txt"))  # x=1 runs: the others wait
+    cancelled, pending = jobs[1], jobs[2]
+    subprocess.run(["scancel", cancelled.job_id], check=True, timeout=30)
+    wait_until(lambda: cancelled.job_id not in squeue_ids())
+    looks: list[list[str]] = []
+    look = registry._squeue
+    monkeypatch.setattr(registry, "_squeue", lambda bases: looks.append(bases) or look(bases))
+    # (a look of before the scancel forgotten; none after the next one in this test)
+    monkeypatch.setattr(registry, "_QUEUE_LOOKS", {})
+    monkeypatch.setattr(registry, "QUEUE_LOOK_S", 3600.0)
+    assert cancelled.done() and len(looks) == 1
+    assert not pending.done() and not jobs[0].done() and len(looks) == 1
 
 
 @pytest.mark.timeout(240)

@@ -649,7 +649,7 @@ class SubmititHandle(Handle):
             return False
         from .registry import left_queue, never_starts, tell_held
 
-        if left_queue(self.job_id):
+        if left_queue(self.job_id, self._gone_unstarted):
             return True
         # (a job pending for a reason Slurm never gets over, DependencyNeverSatisfied:
         # waited for, its call waited for ever; it ends the wait, described as such)
@@ -658,6 +658,15 @@ class SubmititHandle(Handle):
             # (held: it may be released, so the wait goes on; told, as it never ends else)
             tell_held(self.job_id)
         return self._never_starts is not None
+
+    def _gone_unstarted(self) -> bool:
+        """Whether a job squeue no longer lists (one look) ended for good before it
+        started: it opened no log (Slurm does as the job starts: a job that ran, then
+        was requeued, has one) and sacct knows no node it got. Such a job, cancelled
+        while pending, then ends its wait at the first look, not QUEUE_LOOK_S later."""
+        from .registry import never_got_a_node
+
+        return not self._wrote_log() and never_got_a_node(self.job_id)
 
     def never_starts(self) -> bool:
         return self.__dict__.get("_never_starts") is not None

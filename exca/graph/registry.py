@@ -953,11 +953,12 @@ _QUEUE_LOOKS: dict[str, tuple[float, set[str] | None]] = {}  # array id -> (when
 _MISSED: dict[str, float] = {}  # job id -> when the look that first did not list it was
 
 
-def left_queue(job_id: str) -> bool:
+def left_queue(job_id: str, gone_at_first_miss: tp.Callable[[], bool] | None = None) -> bool:
     """Whether squeue, asked about this job's array at most every QUEUE_LOOK_S (one call
     for all the jobs of an array waited for), no longer lists this job: in two looks in
-    a row (a job ended is not taken back; a miss for an instant must not end a wait).
-    False when it does not answer."""
+    a row (a job ended is not taken back; a miss for an instant must not end a wait), or
+    in one when ``gone_at_first_miss()`` then says it ended for good. False when squeue
+    does not answer."""
     base = job_id.split("_")[0]
     now = time.monotonic()
     looked = _QUEUE_LOOKS.get(base)
@@ -974,8 +975,10 @@ def left_queue(job_id: str) -> bool:
         return False
     if len(_MISSED) > 10_000:
         _MISSED.clear()
-    first = _MISSED.setdefault(job_id, when)
-    return first < when
+    if job_id not in _MISSED:
+        _MISSED[job_id] = when
+        return gone_at_first_miss is not None and gone_at_first_miss()
+    return _MISSED[job_id] < when
 
 
 _ALIVE_CACHE: dict[str, tuple[float, bool]] = {}
@@ -1040,6 +1043,23 @@ def slurm_exit(job_id: str) -> str:
     return found[job_id][1] if job_id in found else ""
 
 
+def never_got_a_node(job_id: str) -> bool:
+    """Whether sacct gives this job no run with a node: it lists none of its own (an array
+    element cancelled while pending has none; its array's grouped PENDING row may list
+    it for long after, on this Slurm version), or only runs that never got one. False
+    for a job that got a node, e.g. one whose launch failed, then requeued (squeue may
+    miss it for an instant, with no log written). One sacct call per array and squeue
+    look (the elements of a whole pending array cancelled ask)."""
+    base = job_id.split("_")[0]
+    look = _QUEUE_LOOKS.get(base, (0.0, None))[0]
+    asked = _SACCT_AT_LOOK.get(base)
+    if asked is None or asked[0] != look:
+        if len(_SACCT_AT_LOOK) > 1000:
+            _SACCT_AT_LOOK.clear()
+        asked = _SACCT_AT_LOOK[base] = (look, _sacct(_ENDINGS_FIELDS, [base], runs=True))
+    return all(row[3].strip() == NO_NODE for row in asked[1] if row[0] == job_id)
+
+
 def slurm_endings(job_ids: tp.Sequence[str], unknown: bool = False) -> dict[str, tuple[str, str]]:
     """State and exit (``slurm_exit``'s words) of ended Slurm jobs, with ONE ``sacct``
     call (a plan describing many dead jobs would otherwise make two calls per job).
@@ -1050,9 +1070,13 @@ def slurm_endings(job_ids: tp.Sequence[str], unknown: bool = False) -> dict[str,
     return _endings(job_ids, unknown) if job_ids else {}
 
 
+_SACCT_AT_LOOK: dict[str, tuple[float, list[list[str]]]] = {}  # array -> (squeue look, rows)
+_ENDINGS_FIELDS = "JobID,State,ExitCode,NodeList"
+
+
 def _endings(job_ids: tp.Sequence[str], unknown: bool = False) -> dict[str, tuple[str, str]]:
     runs: dict[str, list[list[str]]] = {}
-    for row in _sacct("JobID,State,ExitCode,NodeList", job_ids, runs=True):
+    for row in _sacct(_ENDINGS_FIELDS, job_ids, runs=True):
         runs.setdefault(row[0], []).append(row)
     for job in [j for j in runs if "_[" in j]:
         # (pending elements grouped, 12_[3-5%2]: e.g. the array cancelled while they were
