@@ -3,7 +3,8 @@ and check, on real cache folders built by running exca (no Slurm here, see
 test_ops_slurm.py).
 
 Classes are defined at module level: local jobs, helper processes and the command line
-import them as ``test_ops`` (tests/ is on PYTHONPATH, see conftest). Every wait is bounded.
+import them as ``test_ops`` (tests/ is on PYTHONPATH, see conftest); those most of them
+compute (Train, Squares, Source...) as ``jobmodels_ops``. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import pydantic
 import pytest
 import yaml
 from fake_squeue import counting_squeue
+from jobmodels_ops import Optim, Ranges, Slow, SlowMap, Source, Squares, Total, Train
 
 import exca
 import exca.graph
@@ -47,97 +49,12 @@ from exca.storage.cachedict import CacheDict
 from exca.storage.claims import Claims
 
 WAIT_S = 60.0  # bound on any wait (never reached when things work)
+# the module of the configs most jobs and helper processes compute: a light one (see it)
+MODELS = "jobmodels_ops"
 INDEX_GLOB = "*-info.jsonl"
 
 
 # --- configs ---------------------------------------------------------------------------------
-class Optim(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid")
-    lr: float = 0.01
-    momentum: float = 0.9
-
-
-class Train(pydantic.BaseModel):
-    """A task with a nested config; prints to stdout and stderr; fails on request."""
-
-    optim: Optim = Optim()
-    seed: int = 0
-    fail: bool = False
-    infra: exca.TaskInfra = exca.TaskInfra(version="1")
-
-    @infra.apply
-    def fit(self) -> float:
-        print(f"fitting seed={self.seed} lr={self.optim.lr}", flush=True)
-        print(f"warning from seed={self.seed}", file=sys.stderr, flush=True)
-        if self.fail:
-            raise ValueError(f"cannot fit seed={self.seed}")
-        return self.optim.lr * 100 + self.seed
-
-
-class Squares(pydantic.BaseModel):
-    """A map: x -> x * x + offset; a negative item raises (a cached item error)."""
-
-    offset: int = 0
-    infra: exca.MapInfra = exca.MapInfra(version="1")
-
-    @infra.apply(item_uid=str)
-    def square(self, items: list[int]) -> tp.Iterator[int]:
-        for x in items:
-            if x < 0:
-                raise ValueError(f"negative item {x}")
-            yield x * x + self.offset
-
-
-class Ranges(pydantic.BaseModel):
-    """A map whose outputs are large enough to go to shared data files (not inline)."""
-
-    width: int = 200
-    infra: exca.MapInfra = exca.MapInfra(version="1")
-
-    @infra.apply(item_uid=str)
-    def expand(self, items: list[int]) -> tp.Iterator[list[int]]:
-        for x in items:
-            yield list(range(x, x + self.width))
-
-
-class Source(pydantic.BaseModel):
-    """Upstream task of a pipeline (its list result is stored as a payload file)."""
-
-    n: int = 3
-    infra: exca.TaskInfra = exca.TaskInfra(version="1")
-
-    @infra.apply
-    def make(self) -> list[int]:
-        return list(range(self.n))
-
-
-class Total(pydantic.BaseModel):
-    """Downstream task with an input (cached in <uid>/inputs-<digest>)."""
-
-    scale: int = 2
-    infra: exca.TaskInfra = exca.TaskInfra(version="1")
-
-    @infra.apply
-    # (tp.Any: tests of a failed input feed it a Train.fit node, a float never read, which
-    # a list[int] annotation refuses when the node is built)
-    def total(self, values: tp.Any) -> int:
-        return self.scale * sum(values)
-
-
-class Slow(pydantic.BaseModel):
-    """Blocks while the file `flag` exists (at most `limit_s` seconds)."""
-
-    flag: str
-    limit_s: float = WAIT_S
-    infra: exca.TaskInfra = exca.TaskInfra(version="1")
-
-    @infra.apply
-    def wait_for_flag(self) -> str:
-        print("slow task started", flush=True)
-        end = time.time() + self.limit_s
-        while os.path.exists(self.flag) and time.time() < end:
-            time.sleep(0.02)
-        return "released"
 
 
 class SlowWithInput(pydantic.BaseModel):
@@ -153,20 +70,6 @@ class SlowWithInput(pydantic.BaseModel):
         while os.path.exists(self.flag) and time.time() < end:
             time.sleep(0.02)
         return value
-
-
-class SlowMap(pydantic.BaseModel):
-    """A map (x -> x) blocking while the file `flag` exists."""
-
-    flag: str
-    infra: exca.MapInfra = exca.MapInfra(version="1")
-
-    @infra.apply(item_uid=str)
-    def values(self, items: list[int]) -> tp.Iterator[int]:
-        end = time.time() + WAIT_S
-        while os.path.exists(self.flag) and time.time() < end:
-            time.sleep(0.02)
-        yield from items
 
 
 class Chatty(pydantic.BaseModel):
@@ -482,7 +385,7 @@ def grouped_lines(text: str) -> dict[str, list[str]]:
     return groups
 
 
-TRAIN_STEP = f"{__name__}.Train.fit,1"
+TRAIN_STEP = f"{MODELS}.Train.fit,1"
 
 
 # --- a cache with some of everything ----------------------------------------------------------
@@ -544,7 +447,7 @@ def test_inspect_python_api(cache: dict[str, tp.Any]) -> None:
     assert "fitting seed=4" in stdout.read_text()
     assert "warning from seed=4" in Path(train[job.name].stderr or "").read_text()
     # maps: entry counts, errors included
-    maps = by_uid(exca.ops.inspect(root, step=f"{__name__}.Squares.square,1"))
+    maps = by_uid(exca.ops.inspect(root, step=f"{MODELS}.Squares.square,1"))
     good, partial = maps[folder_of(cache["squares"]).name], maps[folder_of(cache["partial"]).name]
     assert (good.kind, good.status, good.entries, good.errors) == ("map", "success", 4, 0)
     assert (partial.kind, partial.status, partial.entries, partial.errors) == (
@@ -619,9 +522,9 @@ def test_list_cli_table_grouped_by_step(cache: dict[str, tp.Any]) -> None:
     groups = grouped_lines(result.stdout)
     steps = {
         TRAIN_STEP,
-        f"{__name__}.Squares.square,1",
-        f"{__name__}.Source.make,1",
-        f"{__name__}.Total.total,1",
+        f"{MODELS}.Squares.square,1",
+        f"{MODELS}.Source.make,1",
+        f"{MODELS}.Total.total,1",
     }
     assert set(groups) == steps, result.stdout
     for key, status in (
@@ -639,7 +542,7 @@ def test_list_cli_table_grouped_by_step(cache: dict[str, tp.Any]) -> None:
     job_line = next(r for r in groups[TRAIN_STEP] if folder_of(cache["job"]).name in r)
     job_id = exca.ops.inspect(root, where=["seed=4"])[0].job_id
     assert f"job {job_id}" in job_line
-    squares = groups[f"{__name__}.Squares.square,1"]
+    squares = groups[f"{MODELS}.Squares.square,1"]
     (partial,) = [r for r in squares if r.startswith("partial")]
     assert "3 item(s), 1 error(s)" in partial
     (good,) = [r for r in squares if r.startswith("success")]
@@ -725,8 +628,8 @@ def test_list_cli_filters_and_json(cache: dict[str, tp.Any]) -> None:
         else:
             assert row["modified"] is None
     # --step
-    steps = {r["step"] for r in listed("--step", f"{__name__}.Squares.*")}
-    assert steps == {f"{__name__}.Squares.square,1"}
+    steps = {r["step"] for r in listed("--step", f"{MODELS}.Squares.*")}
+    assert steps == {f"{MODELS}.Squares.square,1"}
     assert {r["step"] for r in listed("--step", "Train")} == {TRAIN_STEP}
     # a --step selecting no step is an error naming those there (as clean's --step is)
     typo = cli("list", root, "--step", "Trian")
@@ -769,8 +672,8 @@ def busy_task(tmp_path: Path) -> tp.Iterator[tuple[Path, Path, subprocess.Popen[
     Train(infra={"folder": root}).fit()  # something else in the cache
     proc = python(
         f"""
-        import test_ops
-        print(test_ops.Slow(flag={str(flag)!r}, infra={{"folder": {str(root)!r}}}).wait_for_flag())
+        import jobmodels_ops
+        print(jobmodels_ops.Slow(flag={str(flag)!r}, infra={{"folder": {str(root)!r}}}).wait_for_flag())
         """
     )
     folder = folder_of(Slow(flag=str(flag), infra={"folder": root}))
@@ -800,7 +703,7 @@ def test_inspect_shows_computing(busy_task: tuple[Path, Path, subprocess.Popen[s
     rows = json.loads(cli("list", root, "--status", "computing", "--json", check=True).stdout)
     assert [r["folder"] for r in rows] == [str(folder)]
     table = cli("list", root, check=True).stdout
-    (line,) = grouped_lines(table)[f"{__name__}.Slow.wait_for_flag,1"]
+    (line,) = grouped_lines(table)[f"{MODELS}.Slow.wait_for_flag,1"]
     assert line.startswith("computing")
 
 
@@ -812,11 +715,11 @@ def test_listing_while_another_process_writes(tmp_path: Path) -> None:
     started = tmp_path / "started"
     proc = python(
         f"""
-        import os, test_ops
+        import os, jobmodels_ops
         count = 0
         while not os.path.exists({str(stop)!r}) and count < 3000:
             items = list(range(count * 4, count * 4 + 4))
-            assert list(test_ops.Squares(infra={{"folder": {str(root)!r}}}).square(items)) == [x * x for x in items]
+            assert list(jobmodels_ops.Squares(infra={{"folder": {str(root)!r}}}).square(items)) == [x * x for x in items]
             count += 1
             if count == 1:
                 open({str(started)!r}, "w").close()
@@ -1205,7 +1108,7 @@ def test_where_reaches_into_lists_and_dicts_of_inputs(tmp_path: Path) -> None:
         (
             "models.0.lrr=1",
             "the input 'models.0' of test_ops.Ensemble.vote,1 (a "
-            "test_ops.Train.fit,1 node) holds no key 'lrr': its keys are ",
+            "jobmodels_ops.Train.fit,1 node) holds no key 'lrr': its keys are ",
         ),
         (
             "models=1",
@@ -1366,7 +1269,7 @@ def test_explain_never_computed(tmp_path: Path) -> None:
     assert "never computed" in explanation.summary()
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({"infra": {"folder": str(root)}}))
-    result = cli("explain", f"{__name__}:Train.fit", "--config", cfg, "seed=5", check=True)
+    result = cli("explain", f"{MODELS}:Train.fit", "--config", cfg, "seed=5", check=True)
     assert "never computed" in result.stdout
 
 
@@ -1405,12 +1308,12 @@ def test_explain_never_computed_names_the_step_holding_the_same_config(
     Train(seed=3, infra={"folder": root}).fit()
     Train(infra={"folder": root}).fit()
     (why,) = exca.ops.explain(Learner(seed=3, infra={"folder": root}).fit.node())
-    assert why.nearest is None and why.same_config_in == [f"{__name__}.Train.fit,1"]
+    assert why.nearest is None and why.same_config_in == [f"{MODELS}.Train.fit,1"]
     assert why.summary() == (
         "never computed (no cached config of this method); the same config folder, "
-        f"{Path(why.uid).name}, is cached under {__name__}.Train.fit,1: a class or method "
+        f"{Path(why.uid).name}, is cached under {MODELS}.Train.fit,1: a class or method "
         "renamed, or moved to another module? (if the class was renamed and nothing else "
-        f"changed: exca rename {shlex.quote(str(root))} {__name__}.Train {__name__}.Learner)"
+        f"changed: exca rename {shlex.quote(str(root))} {MODELS}.Train {__name__}.Learner)"
     )
     # not for the default config (every class has one), nor for a config cached nowhere
     for other in (Learner(infra={"folder": root}), Learner(seed=4, infra={"folder": root})):
@@ -1484,13 +1387,13 @@ def test_explain_config_diff_against_nearest(tmp_path: Path) -> None:
     # from the command line: yaml config + dotted overrides
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({"infra": {"folder": str(root)}, "seed": 1}))
-    result = cli("explain", f"{__name__}:Train.fit", "--config", cfg, "optim.lr=0.02", check=True)
+    result = cli("explain", f"{MODELS}:Train.fit", "--config", cfg, "optim.lr=0.02", check=True)
     assert "optim.lr 0.01 → 0.02" in result.stdout
     assert str(folder_of(cached["near"])) in result.stdout
     rows = json.loads(
         cli(
             "explain",
-            f"{__name__}:Train.fit",
+            f"{MODELS}:Train.fit",
             "--config",
             cfg,
             "optim.lr=0.02",
@@ -1500,7 +1403,7 @@ def test_explain_config_diff_against_nearest(tmp_path: Path) -> None:
     )
     assert [r["diff"] for r in rows] == [[["optim.lr", 0.01, 0.02]]]
     # a cached config: nothing to explain
-    result = cli("explain", f"{__name__}:Train.fit", "--config", cfg, check=True)
+    result = cli("explain", f"{MODELS}:Train.fit", "--config", cfg, check=True)
     assert "Nothing to compute" in result.stdout
     assert exca.ops.explain(Train(seed=1, infra=infra).fit.node()) == []
 
@@ -1516,7 +1419,7 @@ def test_explain_read_only_compares_with_the_nearest_cached_config(
 
     root = tmp_path / "cache"
     Train(seed=1, infra={"folder": root}).fit()
-    target = [f"{__name__}:Train.fit", f"infra.folder={root}", "seed=2"]
+    target = [f"{MODELS}:Train.fit", f"infra.folder={root}", "seed=2"]
     assert main(["explain", *target, "--mode", "read-only"]) == 0
     out = capsys.readouterr().out
     said = "why: read-only and missing: config differs from the nearest cached one: seed 1 → 2"
@@ -1879,7 +1782,7 @@ def test_cli_config_file_that_cannot_be_read_is_named(tmp_path: Path) -> None:
     binary, missing = tmp_path / "binary.yaml", tmp_path / "missing.yaml"
     binary.write_bytes(b"\xff\xfe")
     for path, why in ((binary, "not a yaml mapping"), (missing, "cannot read it (No such")):
-        result = cli("explain", f"{__name__}:Train.fit", "--config", path)
+        result = cli("explain", f"{MODELS}:Train.fit", "--config", path)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert f"exca: error: ValueError: --config {path}: {why}" in result.stderr, result.stderr
 
@@ -1956,7 +1859,7 @@ def test_cli_config_given_twice_merges_the_files_in_order(
     base, exp = tmp_path / "base.yaml", tmp_path / "exp.yaml"
     base.write_text(yaml.safe_dump({"seed": 4, "optim": {"lr": 0.5}}))
     exp.write_text(yaml.safe_dump({"optim": {"momentum": 0.1}, "seed": 5}))
-    target = [f"{__name__}:Train.fit", f"infra.folder={tmp_path / 'cache'}", "--json"]
+    target = [f"{MODELS}:Train.fit", f"infra.folder={tmp_path / 'cache'}", "--json"]
     for seed, overrides in ((5, []), (6, ["seed=6"])):  # (the overrides go last)
         files = ["--config", str(base), "--config", str(exp)]
         assert main(["plan", *target, *files, *overrides]) == 0
@@ -2083,14 +1986,14 @@ def test_cli_bad_input_gets_a_message_not_a_traceback(
     broken = tmp_path / "broken.yaml"
     broken.write_text("a: [1\n")
     cases = {
-        ("plan", f"{__name__}:Squares.square", f"infra.folder={root}"): "from Python",
-        ("plan", f"{__name__}:Total.total", f"infra.folder={root}"): "from Python",
-        ("plan", f"{__name__}:Train.fit", "optim.lr=[1"): "optim.lr=[1",
-        ("plan", f"{__name__}:Train.fit", "--config", str(listed)): "list.yaml",
-        ("plan", f"{__name__}:Train.fit", "--config", str(broken)): "broken.yaml",
+        ("plan", f"{MODELS}:Squares.square", f"infra.folder={root}"): "from Python",
+        ("plan", f"{MODELS}:Total.total", f"infra.folder={root}"): "from Python",
+        ("plan", f"{MODELS}:Train.fit", "optim.lr=[1"): "optim.lr=[1",
+        ("plan", f"{MODELS}:Train.fit", "--config", str(listed)): "list.yaml",
+        ("plan", f"{MODELS}:Train.fit", "--config", str(broken)): "broken.yaml",
         ("plan", "no_colon.Train.fit"): "TARGET must look like",
-        ("plan", f"{__name__}:Train.fit", "=3"): "override '=3': expected key=value",
-        ("plan", f"{__name__}:Train.fitt"): "no method 'fitt' (check TARGET); decorated methods "
+        ("plan", f"{MODELS}:Train.fit", "=3"): "override '=3': expected key=value",
+        ("plan", f"{MODELS}:Train.fitt"): "no method 'fitt' (check TARGET); decorated methods "
         "of Train: fit",
         ("list", str(tmp_path / "nope")): "no such folder",
         ("list", str(listed)): "list.yaml: not a folder (give a cache folder)",
@@ -2104,7 +2007,7 @@ def test_cli_bad_input_gets_a_message_not_a_traceback(
         err = capsys.readouterr().err
         assert "exca: error:" in err and message in err, (argv, err)
     # a typo in a key: pydantic names it; no hint about quoting strings (it misled)
-    assert main(["plan", f"{__name__}:Train.fit", "optim.lrr=0.3"]) == 2
+    assert main(["plan", f"{MODELS}:Train.fit", "optim.lrr=0.3"]) == 2
     err = capsys.readouterr().err
     assert "optim.lrr" in err and "Extra inputs are not permitted" in err and "quote" not in err
     with pytest.raises(SystemExit) as exit_info:
@@ -2114,14 +2017,14 @@ def test_cli_bad_input_gets_a_message_not_a_traceback(
     # a --config file may replace a sub-config ("=replace=", as confdict.md shows)
     replacing = tmp_path / "replace.yaml"
     replacing.write_text(f"infra:\n  folder: {root}\noptim:\n  =replace=: true\n  lr: 0.5\n")
-    assert main(["plan", f"{__name__}:Train.fit", "--config", str(replacing)]) == 0
+    assert main(["plan", f"{MODELS}:Train.fit", "--config", str(replacing)]) == 0
     assert "optim.lr=0.50" in capsys.readouterr().out
     # a --where value that is not yaml is compared as text (no error)
     assert main(["list", str(root), "--where", "optim.lr=[1"]) == 0
     assert "No cached node" in capsys.readouterr().out
     # the step as `exca list` prints it (with its version) selects the method
     Train(infra={"folder": root, "version": "2"}).fit()
-    assert main(["clean", str(root), "versions", "--step", f"{__name__}.Train.fit,2"]) == 0
+    assert main(["clean", str(root), "versions", "--step", f"{MODELS}.Train.fit,2"]) == 0
     assert "Train.fit,1" in capsys.readouterr().out
 
 
@@ -2396,11 +2299,11 @@ def test_cli_target_naming_a_function_returning_nodes(
             "'--folder' (in '--folder=x') is not an option of this command: see --help"
         ),
         # a setting of the infra given as the config's: what to write instead
-        (f"{__name__}:Train.fit", "--folder=x"): (
+        (f"{MODELS}:Train.fit", "--folder=x"): (
             "folder is a setting of the infra, not of the config: write infra.folder=VALUE"
         ),
-        (f"{__name__}:Train.fit", "cluster=local"): "write infra.cluster=VALUE",
-        (f"{__name__}:Train", "seed=3"): "Train is a class: name its decorated method",
+        (f"{MODELS}:Train.fit", "cluster=local"): "write infra.cluster=VALUE",
+        (f"{MODELS}:Train", "seed=3"): "Train is a class: name its decorated method",
         (f"{__name__}:",): "TARGET must look like",
     }
     for argv, message in cases.items():
@@ -2484,7 +2387,7 @@ def test_cli_a_cluster_without_folder_says_the_override_to_give(
     from exca.ops.cli import main
 
     cases = {
-        (f"{__name__}:Train.fit", "infra.cluster=local"): "give infra.folder=PATH",
+        (f"{MODELS}:Train.fit", "infra.cluster=local"): "give infra.folder=PATH",
         (f"{__name__}:OwnInfraName.run", "stage.cluster=local"): "give stage.folder=PATH",
         (f"{__name__}:OwnInfraName.run", "stage.workdir.copied=[.]"): "give stage.folder=PATH",
     }
@@ -2590,7 +2493,7 @@ def test_cli_misformed_overrides_get_the_key_value_message(
     from exca.ops.cli import main
 
     root = tmp_path / "cache"
-    target = f"{__name__}:Train.fit"
+    target = f"{MODELS}:Train.fit"
     for bad in (["optim.lr"], ["--optim.lr", "0.3"], ["--seed"]):
         assert main(["plan", target, f"infra.folder={root}", *bad]) == 2, bad
         err = capsys.readouterr().err
@@ -2625,7 +2528,7 @@ def test_cli_plan_and_explain_warn_of_a_missing_cache_folder(
     missing = tmp_path / "no_cache"
     for command in ("plan", "explain"):
         for extra in ([], ["--json"]):
-            argv = [command, f"{__name__}:Train.fit", f"infra.folder={missing}", *extra]
+            argv = [command, f"{MODELS}:Train.fit", f"infra.folder={missing}", *extra]
             assert main(argv) == 0, argv
             out, err = capsys.readouterr()
             assert f"cache folder {missing} does not exist" in err, err
@@ -2634,7 +2537,7 @@ def test_cli_plan_and_explain_warn_of_a_missing_cache_folder(
     assert not missing.exists()  # (still a dry run)
     root = tmp_path / "cache"
     Train(infra={"folder": root}).fit()
-    assert main(["plan", f"{__name__}:Train.fit", f"infra.folder={root}"]) == 0
+    assert main(["plan", f"{MODELS}:Train.fit", f"infra.folder={root}"]) == 0
     assert "does not exist" not in capsys.readouterr().err
 
 
@@ -2803,7 +2706,7 @@ def test_explain_version_change(tmp_path: Path) -> None:
     assert "version '1' → '2'" in explanation.summary()
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({"infra": {"folder": str(root), "version": "2"}, "seed": 1}))
-    result = cli("explain", f"{__name__}:Train.fit", "--config", cfg, check=True)
+    result = cli("explain", f"{MODELS}:Train.fit", "--config", cfg, check=True)
     assert "version '1' → '2'" in result.stdout
 
 
@@ -2819,7 +2722,7 @@ def test_explain_cached_error_and_forced(tmp_path: Path) -> None:
     assert explanation.summary() == told
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({"infra": {"folder": str(root)}}))
-    result = cli("explain", f"{__name__}:Train.fit", "--config", cfg, "fail=true", check=True)
+    result = cli("explain", f"{MODELS}:Train.fit", "--config", cfg, "fail=true", check=True)
     assert told in result.stdout
     # forced
     Train(seed=2, infra={"folder": root}).fit()
@@ -2829,7 +2732,7 @@ def test_explain_cached_error_and_forced(tmp_path: Path) -> None:
     assert "mode=force" in explanation.summary()
     result = cli(
         "explain",
-        f"{__name__}:Train.fit",
+        f"{MODELS}:Train.fit",
         "--config",
         cfg,
         "seed=2",
@@ -2851,8 +2754,8 @@ def test_explain_stale_upstream(tmp_path: Path) -> None:
     # one run (another process) force-recomputes the upstream task only
     run_python(
         f"""
-        import test_ops
-        test_ops.Source(n=4, infra={{"folder": {str(root)!r}, "mode": "force"}}).make()
+        import jobmodels_ops
+        jobmodels_ops.Source(n=4, infra={{"folder": {str(root)!r}, "mode": "force"}}).make()
         """
     )
     entry = CacheDict(source.folder).entry("result")
@@ -3211,7 +3114,7 @@ def test_commands_suggested_by_clean_can_be_pasted_into_a_shell(tmp_path: Path) 
     assert [c[:3] for c in commands] == [["exca", "list", str(root)]] + [
         ["exca", "clean", str(root)]
     ] * 2, commands
-    assert commands[0][3:] == ["--step", f"{__name__}.Train.fit,5"]
+    assert commands[0][3:] == ["--step", f"{MODELS}.Train.fit,5"]
     node = folder_of(Train(seed=1, infra={"folder": root, "version": "5"}))
     odd = node.with_name("optim={lr=0.02,momentum=0.5}-(0.80,0.90)")
     node.rename(odd)
@@ -3231,17 +3134,17 @@ def test_clean_versions_says_when_the_newest_was_set_by_configs(tmp_path: Path) 
     assert clean.old_versions(root).removals == []
     assert Train(seed=1, infra={"folder": root, "version": "5"}).fit() == 2
     (removal,) = clean.old_versions(root).removals
-    assert removal.path.parent.name == f"{__name__}.Train.fit,1"
+    assert removal.path.parent.name == f"{MODELS}.Train.fit,1"
     assert "newest is 5, set by its configs, not by the class: if that was a try" in (
         removal.reason
     )
-    assert f"(`exca list {root} --step {__name__}.Train.fit,5`, then `exca clean {root} " in (
+    assert f"(`exca list {root} --step {MODELS}.Train.fit,5`, then `exca clean {root} " in (
         removal.reason
     )
     # --step as `exca list` prints a step: that version only (not every version)
-    assert clean.selected_steps(root, f"{__name__}.Train.fit,1") == {f"{__name__}.Train.fit,1"}
+    assert clean.selected_steps(root, f"{MODELS}.Train.fit,1") == {f"{MODELS}.Train.fit,1"}
     # the try's configs removed (its job logs left): the class's version is the newest
-    tried = root / f"{__name__}.Train.fit,5"
+    tried = root / f"{MODELS}.Train.fit,5"
     (config,) = [p for p in tried.iterdir() if (p / "uid.yaml").exists()]
     clean.remove_nodes(config).execute()
     (tried / "logs" / "root").mkdir(parents=True)
@@ -3259,7 +3162,7 @@ def test_clean_versions_keeps_versions_that_are_not_numbers(tmp_path: Path) -> N
     numbered version old: `exca clean versions --yes` removed the real results. Only
     numbered versions are compared now; the others are kept, and the preview says why."""
     root = tmp_path / "cache"
-    step = f"{__name__}.Train.fit"
+    step = f"{MODELS}.Train.fit"
     objs = {v: Train(seed=1, infra={"folder": root, "version": v}) for v in ("1", "2", "3")}
     objs["debug"] = Train(seed=1, infra={"folder": root, "version": "debug"})
     for obj in objs.values():
@@ -3300,7 +3203,7 @@ def test_a_version_holding_a_comma_is_read_back_whole(tmp_path: Path) -> None:
     """The folder <method>,<version> was split at its last ',': version "2024,1" was read
     as "1" (and "2024,2" as "2": the first one looked old)."""
     root = tmp_path / "cache"
-    step = f"{__name__}.Train.fit"
+    step = f"{MODELS}.Train.fit"
     for version in ("2024,1", "2024,2"):
         Train(seed=1, infra={"folder": root, "version": version}).fit()
     plan = clean.old_versions(root)
@@ -3313,7 +3216,7 @@ def test_a_version_holding_a_comma_is_read_back_whole(tmp_path: Path) -> None:
 def test_clean_versions_compares_dotted_numbers(tmp_path: Path) -> None:
     """1.9 < 1.10 (numbers, not text), "v2" is 2, and "2.0" is "2": neither is older."""
     root = tmp_path / "cache"
-    step = f"{__name__}.Train.fit"
+    step = f"{MODELS}.Train.fit"
     objs = {v: Train(seed=1, infra={"folder": root, "version": v}) for v in ("1.9", "1.10")}
     objs["v1"] = Train(seed=1, infra={"folder": root, "version": "v1"})
     for obj in objs.values():
@@ -3519,7 +3422,7 @@ def test_clean_old_versions(tmp_path: Path) -> None:
     assert clean.old_versions(root, step="Squares").removals == []
     # a step as `exca list` prints it, with or without its module, or a glob naming one
     # version: every version of that method
-    for step in (f"{__name__}.Train.fit,1", "Train.fit,1", "*fit,2", "Train"):
+    for step in (f"{MODELS}.Train.fit,1", "Train.fit,1", "*fit,2", "Train"):
         assert {r.path for r in clean.old_versions(root, step=step).removals} == old, step
     with pytest.raises(ValueError, match="matches no step"):  # (no such method)
         clean.old_versions(root, step="Trains.fit,1")
@@ -3532,8 +3435,8 @@ def test_clean_old_versions(tmp_path: Path) -> None:
     assert not any(p.parent.exists() for p in old)
     remaining = exca.ops.inspect(root)
     assert {(i.step, i.status) for i in remaining} == {
-        (f"{__name__}.Train.fit,10", "success"),
-        (f"{__name__}.Squares.square,1", "success"),
+        (f"{MODELS}.Train.fit,10", "success"),
+        (f"{MODELS}.Squares.square,1", "success"),
     }
     node = Train(seed=1, infra={"folder": root, "version": "10"}).fit.node()
     assert exca.graph.plan(node).entries[0].status == "cached"
@@ -3579,8 +3482,8 @@ def test_clean_versions_keeps_the_older_versions_when_the_newest_holds_no_succes
     plan = clean.old_versions(root)
     assert plan.removals == []
     kept = {path.name: why for path, why in plan.kept}
-    assert set(kept) == {f"{__name__}.Train.fit,2", f"{__name__}.Train.fit,3"}
-    assert "holds no successful result" in kept[f"{__name__}.Train.fit,2"]
+    assert set(kept) == {f"{MODELS}.Train.fit,2", f"{MODELS}.Train.fit,3"}
+    assert "holds no successful result" in kept[f"{MODELS}.Train.fit,2"]
     result = cli("clean", root, "versions", "--yes", check=True)
     assert "holds no successful result" in result.stdout
     assert folder_of(in_use).exists()
@@ -3625,7 +3528,7 @@ def test_clean_versions_refuses_a_step_naming_methods_of_several_modules(
     root = tmp_path / "cache"
     for version in ("1", "2"):
         Train(seed=1, infra={"folder": root, "version": version}).fit()
-    ours = f"{__name__}.Train.fit"
+    ours = f"{MODELS}.Train.fit"
     for other in ("other.Train.fit", f"x.{ours}"):  # the same method in other modules
         for version in ("1", "2"):
             shutil.copytree(root / f"{ours},{version}", root / f"{other},{version}")
@@ -3648,7 +3551,7 @@ def test_clean_versions_says_when_the_step_matches_nothing(tmp_path: Path) -> No
     result = cli("clean", root, "versions", "--step", "Trian.fit")
     assert result.returncode == 2, result
     assert "--step 'Trian.fit' matches no step of the root: " in result.stderr
-    assert f"{__name__}.Train.fit,1, {__name__}.Train.fit,2" in result.stderr
+    assert f"{MODELS}.Train.fit,1, {MODELS}.Train.fit,2" in result.stderr
     assert len(clean.old_versions(root, step="Train.fit").removals) == 1
 
 
@@ -3658,7 +3561,7 @@ def test_a_step_with_its_version_selects_that_version_only(tmp_path: Path) -> No
     root = tmp_path / "cache"
     for version in ("1", "10", "1.5"):
         assert Train(seed=3, infra={"folder": root, "cluster": "local", "version": version}).fit()
-    step = f"{__name__}.Train.fit,1"
+    step = f"{MODELS}.Train.fit,1"
     listed = json.loads(cli("list", root, "--step", step, "--json", check=True).stdout)
     assert {r["step"] for r in listed} == {step}
     assert clean.selected_steps(root, "Train.fit,1") == {step}  # (module left out)
@@ -3670,7 +3573,7 @@ def test_a_step_with_its_version_selects_that_version_only(tmp_path: Path) -> No
     assert step_selects(",1", "mod.Train.fit,1") and not step_selects(",1", "mod.Train.fit,10")
     cli("clean", root, "logs", "--days", "0", "--step", step, "--yes", check=True)
     kept = sorted({p.parts[len(root.parts)] for p in root.glob("*/logs/**/*") if p.is_file()})
-    assert kept == [f"{__name__}.Train.fit,1.5", f"{__name__}.Train.fit,10"]
+    assert kept == [f"{MODELS}.Train.fit,1.5", f"{MODELS}.Train.fit,10"]
 
 
 def test_clean_orphans_logs_and_compact_of_some_steps(tmp_path: Path) -> None:
@@ -4641,7 +4544,7 @@ def test_options_taking_one_value_given_twice_are_refused(
     root = tmp_path / "cache"
     Train(seed=1, infra={"folder": root}).fit()
     folder = folder_of(Train(seed=1, infra={"folder": root}))
-    target = f"{__name__}:Train.fit"
+    target = f"{MODELS}:Train.fit"
     cases = [
         ["list", root, "--step", "Train", "--step", "Squares"],
         ["list", root, "--status", "success", "--status", "error"],
@@ -4707,9 +4610,9 @@ def test_clean_removes_the_log_folder_template_its_submitter_left(tmp_path: Path
     flag.touch()
     submitter = python(
         f"""
-        import test_ops
+        import jobmodels_ops
         infra = {{"folder": {str(root)!r}, "cluster": "local", "max_jobs": 2}}
-        mapper = test_ops.SlowMap(flag={str(flag)!r}, infra={{**infra, "min_samples_per_job": 1}})
+        mapper = jobmodels_ops.SlowMap(flag={str(flag)!r}, infra={{**infra, "min_samples_per_job": 1}})
         print(list(mapper.values([1, 2, 3, 4])))
         """
     )
@@ -4950,7 +4853,9 @@ def test_a_damaged_uid_yaml_is_noted_and_a_damaged_full_uid_yaml_written_again(
 
     def call(mode: str = "cached") -> str:  # (prints "fitting" when it computes)
         infra = {"folder": str(root), "mode": mode}
-        return run_python(f"import test_ops\nprint(test_ops.Train(seed=1, infra={infra!r}).fit())")
+        return run_python(
+            f"import jobmodels_ops\nprint(jobmodels_ops.Train(seed=1, infra={infra!r}).fit())"
+        )
 
     (folder / "uid.yaml").unlink()  # (as the note says)
     assert call() == "2.0\n"  # (not computed)
@@ -4972,21 +4877,23 @@ def test_a_damaged_full_uid_yaml_is_written_again_after_a_read_in_the_same_proce
     process: a call reusing the result after it writes the file again, as in a new
     process (else it was left damaged, and the check of class defaults off there)."""
     root = tmp_path / "cache"
-    run_python(f"import test_ops\ntest_ops.Train(seed=1, infra={{'folder': {str(root)!r}}}).fit()")
+    run_python(
+        f"import jobmodels_ops\njobmodels_ops.Train(seed=1, infra={{'folder': {str(root)!r}}}).fit()"
+    )
     folder = folder_of(Train(seed=1, infra={"folder": root}))
     good = (folder / "full-uid.yaml").read_text()
     (folder / "full-uid.yaml").write_bytes(b"\xff\xfe seed: 1\n")
     reads = {
-        "plan": "print(exca.graph.plan(test_ops.Train(**kwargs).fit.node()))",
-        "status": "print(test_ops.Train(**kwargs).infra.status())",
-        "read-only": "print(test_ops.Train(seed=1, infra={**infra, 'mode': 'read-only'}).fit())",
+        "plan": "print(exca.graph.plan(jobmodels_ops.Train(**kwargs).fit.node()))",
+        "status": "print(jobmodels_ops.Train(**kwargs).infra.status())",
+        "read-only": "print(jobmodels_ops.Train(seed=1, infra={**infra, 'mode': 'read-only'}).fit())",
     }
     infra = {"folder": str(root)}
     out = run_python(
-        "import exca, test_ops\n"
+        "import exca, jobmodels_ops\n"
         f"infra = {infra!r}\nkwargs = dict(seed=1, infra=infra)\n"
         f"{reads[first]}\n"
-        "print('call', test_ops.Train(**kwargs).fit())\n"
+        "print('call', jobmodels_ops.Train(**kwargs).fit())\n"
     )
     assert out.splitlines()[-1] == "call 2.0" and "fitting" not in out  # (not computed)
     assert (folder / "full-uid.yaml").read_text() == good
@@ -5478,8 +5385,8 @@ def test_clean_node_where_removes_the_configs_list_where_shows(tmp_path: Path) -
         ("versions", "--where", "seed=1"): "--where does not apply",
         # (a --step matching nothing is an error, as for the other clean commands)
         ("node", "--where", "seed=1", "--step", "Typo", "--yes"): (
-            f"--step 'Typo' matches no step of the root: {__name__}.Squares.square,1, "
-            f"{__name__}.Train.fit,1"
+            f"--step 'Typo' matches no step of the root: {MODELS}.Squares.square,1, "
+            f"{MODELS}.Train.fit,1"
         ),
     }.items():
         refused = cli("clean", root, *argv)
@@ -5507,7 +5414,7 @@ def test_symlink_loops_are_named(
     (root / "y").symlink_to("a/sub")  # (into the loop, through a folder of it)
     (step / "x").symlink_to("y")  # (in the step folder of the old version)
     (step / "y").symlink_to("x")
-    loop = [root / f"{__name__}.Train.fit,{v}" for v in (7, 8)]
+    loop = [root / f"{MODELS}.Train.fit,{v}" for v in (7, 8)]
     loop[0].symlink_to(loop[1].name)
     loop[1].symlink_to(loop[0].name)
     for argv, named in {
@@ -5536,7 +5443,7 @@ def test_symlink_loops_are_named(
     listed = cli("list", root, check=True)
     assert listed.stdout.count("success") == 2
     assert any(f"Skipping {link}: a symlink loop" in listed.stderr for link in loop)
-    assert main(["explain", f"{__name__}:Train.fit", f"infra.folder={root}", "seed=3"]) == 0
+    assert main(["explain", f"{MODELS}:Train.fit", f"infra.folder={root}", "seed=3"]) == 0
     assert "nearest cached" in capsys.readouterr().out
     assert {f for f in (*loop, step / "x", step / "y", root / "a") if f.is_symlink()} == {
         *loop,
@@ -5978,14 +5885,14 @@ def _many_writer_sessions(root: Path, processes: int) -> None:
     """`processes` separate processes (forked by a helper) each write a few map items."""
     run_python(
         f"""
-        import os, test_ops
+        import os, jobmodels_ops
         pids = []
         for i in range({processes}):
             pid = os.fork()
             if pid == 0:
                 try:
                     items = [3 * i, 3 * i + 1, 3 * i + 2]
-                    list(test_ops.Ranges(infra={{"folder": {str(root)!r}}}).expand(items))
+                    list(jobmodels_ops.Ranges(infra={{"folder": {str(root)!r}}}).expand(items))
                 finally:
                     os._exit(0)
             pids.append(pid)
@@ -6529,9 +6436,9 @@ def test_compaction_does_not_make_results_stale(tmp_path: Path) -> None:
     # (their index files can be merged)
     for code in ("", "'mode': 'force'"):
         run_python(
-            "import test_ops, exca.graph\n"
-            f"source = test_ops.Source(n=4, infra={{'folder': {str(root)!r}, {code}}}).make.node()\n"
-            f"total = test_ops.Total(infra={{'folder': {str(root)!r}, {code}}}).total.node(source)\n"
+            "import jobmodels_ops, exca.graph\n"
+            f"source = jobmodels_ops.Source(n=4, infra={{'folder': {str(root)!r}, {code}}}).make.node()\n"
+            f"total = jobmodels_ops.Total(infra={{'folder': {str(root)!r}, {code}}}).total.node(source)\n"
             "print(exca.graph.run(total))"
         )
     source, down = _pipeline(root)
@@ -8043,7 +7950,7 @@ def test_list_says_lists_and_dicts_of_inputs_as_the_plan_does(tmp_path: Path) ->
     (line,) = [line for line in planned if "Ensemble.vote" in line]
     fed = line[line.index("(inputs: ") :]
     assert "models=[Train.fit,1/seed=1-" in fed and ", +1 more]" in fed, fed
-    assert "named={best: Train.fit,1/seed=1-" in fed and "test_ops." not in fed, fed
+    assert "named={best: Train.fit,1/seed=1-" in fed and f"{MODELS}." not in fed, fed
     node.result()
     out = cli("list", root, "--step", "Ensemble", check=True).stdout
     assert out.rstrip().endswith(fed), (out, fed)
@@ -8051,7 +7958,7 @@ def test_list_says_lists_and_dicts_of_inputs_as_the_plan_does(tmp_path: Path) ->
 
 def test_list_says_a_list_mixing_nodes_and_values_without_modules(tmp_path: Path) -> None:
     """A list input mixing a node and a value was listed as inputs.yaml records it
-    (``models=[test_ops.Train.fit,1/seed=1-...,2.50-...]``: the module kept, no spaces),
+    (``models=[jobmodels_ops.Train.fit,1/seed=1-...,2.50-...]``: the module kept, no spaces),
     unlike a list of nodes only: its nodes are now said without their module, as the plan
     says them, its values by their uid (as a value input is listed)."""
     root = tmp_path / "cache"
@@ -8061,7 +7968,7 @@ def test_list_says_a_list_mixing_nodes_and_values_without_modules(tmp_path: Path
     out = cli("list", root, "--step", "Ensemble", check=True).stdout
     (line,) = [line for line in out.splitlines() if "(inputs: " in line]
     assert "models=[Train.fit,1/seed=1-" in line and ", 2.50-" in line, line
-    assert "named={best: Train.fit,1/seed=2-" in line and "test_ops." not in line, line
+    assert "named={best: Train.fit,1/seed=2-" in line and f"{MODELS}." not in line, line
 
 
 def test_list_of_a_node_whose_detached_job_found_its_input_failed(tmp_path: Path) -> None:
@@ -8258,11 +8165,11 @@ def test_check_without_slurm_says_nothing_was_checked(tmp_path: Path) -> None:
     cpus_per_task=1000 on cluster local (only Slurm resources are checked)."""
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({"infra": {"folder": str(tmp_path / "cache"), "cluster": None}}))
-    result = cli("check", f"{__name__}:Train.fit", "--config", cfg, "seed=3")
+    result = cli("check", f"{MODELS}:Train.fit", "--config", cfg, "seed=3")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().startswith("No node goes to Slurm")
     rows = json.loads(
-        cli("check", f"{__name__}:Train.fit", "--config", cfg, "--json", check=True).stdout
+        cli("check", f"{MODELS}:Train.fit", "--config", cfg, "--json", check=True).stdout
     )
     assert rows == []
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
@@ -8428,8 +8335,8 @@ def test_inspection_and_previews_free_nothing(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     for mode in ("cached", "force"):
         run_python(
-            "import test_ops\n"
-            f"test_ops.Source(n=5, infra={{'folder': {str(root)!r}, 'mode': {mode!r}}}).make()"
+            "import jobmodels_ops\n"
+            f"jobmodels_ops.Source(n=5, infra={{'folder': {str(root)!r}, 'mode': {mode!r}}}).make()"
         )
     folder = Source(n=5, infra={"folder": root}).infra.uid_folder()
     assert folder is not None
@@ -8992,9 +8899,9 @@ def test_read_only_nodes_write_nothing_in_their_upstream_folders(tmp_path: Path)
     for mode in ("cached", "force"):
         run_python(
             f"""
-            import test_ops
+            import jobmodels_ops, test_ops
             infra = {{"folder": {str(root)!r}, "mode": {mode!r}}}
-            up = test_ops.Source(infra=infra)
+            up = jobmodels_ops.Source(infra=infra)
             if {mode!r} == "cached":
                 test_ops.ForcedMap(infra=infra).process.node(up.make.node()).result()
                 test_ops.ForcedSum(infra=infra).total.node(up.make.node()).result()
@@ -9063,7 +8970,7 @@ def test_cli_config_from_a_pipe_is_read_once(tmp_path: Path) -> None:
     os.write(write, cfg.encode())
     os.close(write)
     try:
-        result = cli("explain", f"{__name__}:Train.fit", "--config", f"/dev/fd/{read}")
+        result = cli("explain", f"{MODELS}:Train.fit", "--config", f"/dev/fd/{read}")
     finally:
         os.close(read)
     assert result.returncode == 0, result.stderr
