@@ -549,7 +549,9 @@ class CacheDict(tp.Generic[X]):
         """The keys (in order, deduplicated) that are not in the cache: one folder read."""
         entries, first_read = self._entries_read()
         # filter first, then deduplicate what is left (usually few keys)
-        out = list(dict.fromkeys(itertools.filterfalse(entries.__contains__, keys)))
+        # (a folder's first items: nothing indexed, so nothing to filter out)
+        kept = itertools.filterfalse(entries.__contains__, keys) if entries else keys
+        out = list(dict.fromkeys(kept))
         if out and self._ram:
             out = list(itertools.filterfalse(self._ram.__contains__, out))
         if out and not first_read and self._refresh_on_miss():
