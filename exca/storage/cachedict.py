@@ -201,6 +201,24 @@ def _is_ndarray_type(kind: type) -> bool:
 _NOT_KEPT: tp.Any = object()
 
 
+def _new_batch(
+    pairs: list[tuple[str, tp.Any]], entries: dict[str, tp.Any], ram: dict[str, tp.Any]
+) -> tuple[dict[str, tp.Any], str | None]:
+    """The batch of ``set_many``'s pairs and its keys joined, when every key is a str,
+    given once, and neither indexed nor in RAM (the common case, checked in C: no
+    bytecodes per entry); else ``({}, None)``: the caller checks the keys one by one."""
+    try:
+        batch = dict(pairs)
+        joined = "".join(batch)  # (a TypeError for a key that is no str)
+    except (TypeError, ValueError):  # (said by the loop, naming the key)
+        return {}, None
+    if len(batch) != len(pairs) or not entries.keys().isdisjoint(batch):
+        return {}, None
+    if ram and not ram.keys().isdisjoint(batch):
+        return {}, None
+    return batch, joined
+
+
 def _reloaded(line: bytes, stored: tp.Any) -> Record:
     """The record of an entry's line (its inline value as read back), its metadata as
     ``stored`` (see index.META): parsed without it when it is a dict's or a list's bytes
@@ -1301,7 +1319,12 @@ class CacheDict(tp.Generic[X]):
             _check_key_and_meta("", meta)  # (before any payload is written)
         ctx.start_batch()
         try:
-            for key, value in pairs:
+            given = pairs if type(pairs) is list else list(pairs)
+            batch, joined = _new_batch(given, entries, ram)
+            if joined is not None:  # (else some key is not new, or no str: one by one)
+                given = []
+                errors = list(map(type, batch.values())).count(CachedError)
+            for key, value in given:
                 if type(key) is not str and not isinstance(key, str):
                     raise TypeError(f"CacheDict keys must be str, got {key!r}")
                 if key in entries or key in ram or key in batch:
@@ -1321,7 +1344,9 @@ class CacheDict(tp.Generic[X]):
                 batch[key] = value
                 if type(value) is CachedError:
                     errors += 1
-            if not "".join(batch).isascii():  # (one C-level pass for the batch's keys)
+            if joined is None:
+                joined = "".join(batch)
+            if not joined.isascii():  # (one C-level pass for the batch's keys)
                 for key in batch:
                     _check_key_and_meta(key, None)
             values = list(batch.items())
