@@ -2430,7 +2430,6 @@ def test_cli_config_typo_names_the_fields_there(
     from exca.ops.cli import main
 
     cases = {
-        "epoch=4": "epoch: Typoed has no field 'epoch': did you mean 'epochs'?",
         "optim.lrr=0.1": "optim.lrr: Optim has no field 'lrr': did you mean 'lr'?",
         "optim.zzz=0.1": "optim.zzz: Optim has no field 'zzz'; its fields: lr, momentum",
         "layers.0.lrr=0.1": "layers.0.lrr: Optim has no field 'lrr': did you mean 'lr'?",
@@ -2443,6 +2442,10 @@ def test_cli_config_typo_names_the_fields_there(
         assert main(argv) == 2, override
         err = capsys.readouterr().err
         assert "exca: error:" in err and f"({message}" in err, (override, err)
+    # a key of the config itself: its error says the close names, once
+    assert main(["plan", f"{__name__}:Typoed.run", f"infra.folder={tmp_path}", "epoch=4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("Typoed has no field 'epoch': did you mean 'epochs'?") == 1, err
     # a key of the infra: its own error says the close names, once
     assert main(["plan", f"{__name__}:Typoed.run", "infra.clustr=local"]) == 2
     err = capsys.readouterr().err

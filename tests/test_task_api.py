@@ -590,6 +590,32 @@ def test_a_misspelled_infra_field_from_python_says_the_close_names() -> None:
         config.infra.mdoe = "force"  # type: ignore[attr-defined]
 
 
+def test_a_misspelled_field_of_a_config_from_python_says_the_close_names() -> None:
+    """``Layered(Layers=[32])`` (a config holding an infra: exca makes it refuse unknown
+    keys) got pydantic's bare "Extra inputs are not permitted", while a typo in its infra
+    named the close fields. It names them too (case ignored); the error keeps its type and
+    location, a nested infra's typo line keeps what it says, and a plain model is
+    untouched."""
+    with pytest.raises(pydantic.ValidationError) as info:
+        Layered(Layers=[32], infra={"fodler": "/tmp/x"})  # type: ignore[call-arg]
+    lines = {e["loc"]: e for e in info.value.errors()}
+    assert lines[("Layers",)]["type"] == "extra_forbidden"
+    said = str(info.value)
+    assert "Layered has no field 'Layers': did you mean 'layers'? (its fields: " in said, said
+    assert "TaskInfra has no field 'fodler': did you mean 'folder'?" in said, said
+    with pytest.raises(pydantic.ValidationError) as info:
+        Layered.model_validate({"xyz": 1})
+    assert "Layered has no field 'xyz'; its fields: infra, layers, params" in str(info.value)
+
+    class Plain(pydantic.BaseModel):  # (no infra: pydantic's error, as it was)
+        model_config = pydantic.ConfigDict(extra="forbid")
+        layers: int = 1
+
+    with pytest.raises(pydantic.ValidationError) as info:
+        Plain(Layers=2)  # type: ignore[call-arg]
+    assert "has no field" not in str(info.value)
+
+
 class Layered(pydantic.BaseModel):
     layers: list[int] = [64]
     params: dict[str, float] = {}

@@ -375,6 +375,9 @@ def install_owner_hooks(cls: type[pydantic.BaseModel]) -> None:
         return
     setattr(cls, _HOOKED, True)
     _hook_post_init(cls)
+    # (pydantic collects the class's validators after __set_name__, which calls this)
+    wrap: tp.Any = pydantic.model_validator(mode="wrap")
+    setattr(cls, _NAMING, wrap(classmethod(_name_unknown_fields)))
     if hasattr(pydantic.BaseModel, "__pydantic_on_complete__"):
         # recent pydantic versions replace model_post_init *after* __set_name__ when the
         # class has private attributes: hook it again once the class is complete
@@ -430,6 +433,21 @@ def install_owner_hooks(cls: type[pydantic.BaseModel]) -> None:
     for hook in (__setstate__, __copy__, __deepcopy__, copy_model):
         hook.__qualname__ = f"{cls.__qualname__}.{hook.__name__}"
         setattr(cls, hook.__name__, hook)
+
+
+_NAMING = "_exca_name_unknown_fields"  # (the owner's validator naming its typos' close fields)
+
+
+def _name_unknown_fields(cls: type[pydantic.BaseModel], value: tp.Any, handler: tp.Any) -> tp.Any:
+    """An owner's validation, its typos said as an infra's are (``Experiment(lR=0.1)``:
+    pydantic's bare "Extra inputs are not permitted" said no field name): "Experiment has
+    no field 'lR': did you mean 'lr'?", the error's type and location unchanged."""
+    try:
+        return handler(value)
+    except pydantic.ValidationError as error:
+        from .typos import naming_settings  # (on an error only)
+
+        raise naming_settings(cls, error) from None
 
 
 _LINKS_FLAG = "_exca_links_infras"  # set on model_post_init hooks (kept by functools.wraps)

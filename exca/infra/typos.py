@@ -79,13 +79,11 @@ def model_at(cls: type, path: list[str]) -> tp.Any:
 
 
 def naming_settings(cls: type, error: tp.Any) -> tp.Any:
-    """``error`` (a ValidationError of an infra, or of a model whose validation exca does,
-    a DiscriminatedModel) whose unknown keys of ``cls`` itself also say the close field
-    names (and, for an infra, where they are listed): same type and location, a caller
-    reading ``errors()`` sees the same. ``error`` itself when it has none or cannot be
-    rebuilt."""
-    import difflib
-
+    """``error`` (a ValidationError of an infra, of a model holding one, or of a model
+    whose validation exca does, a DiscriminatedModel) whose unknown keys of ``cls`` itself
+    also say the close field names (and, for an infra, where they are listed): same type
+    and location, a caller reading ``errors()`` sees the same. ``error`` itself when it
+    has none or cannot be rebuilt."""
     import pydantic
     import pydantic_core
 
@@ -101,23 +99,38 @@ def naming_settings(cls: type, error: tp.Any) -> tp.Any:
         where = f"exca.{base.__name__}.model_fields, docs/{base.__name__.lower()}.md"
     for line in lines:
         if not _unknown(line):
+            if "has no field" in line["msg"]:  # (said by a nested one: kept as it said it)
+                line["type"] = pydantic_core.PydanticCustomError(line["type"], line["msg"])
             continue
         key = str(line["loc"][0])
-        said = f"{line['msg']}: {cls.__name__} has no field {key!r}"
         # ('gpus' names gpus_per_node, 'slurm' every slurm_*; 0.7: 'fodler' is close to
-        # 'folder', not to 'mode')
+        # 'folder', not to 'mode'; 'lR' names 'lr')
         close = [f for f in fields if f.startswith(key + "_")]
-        close = close or difflib.get_close_matches(key, fields, n=3, cutoff=0.7)
+        close = close or close_names(key, fields, cutoff=0.7)
+        if not close and not issubclass(cls, BaseInfra) and _infras_with(cls, key):
+            continue  # (folder=...: a setting of its infra, which the command line says how to give)
+        said = f"{line['msg']}: {cls.__name__} has no field {key!r}"
         if close:
             said += f": did you mean {' or '.join(map(repr, close))}? (its fields: {where})"
         else:
             said += f"; its fields: {', '.join(fields)} ({where})"
-        template = said.replace("{", "{{").replace("}", "}}")
-        line["type"] = pydantic_core.PydanticCustomError(line["type"], template)
+        # (no context given: the message is said as it is, braces too)
+        line["type"] = pydantic_core.PydanticCustomError(line["type"], said)
     try:
         return pydantic.ValidationError.from_exception_data(error.title, lines)
     except Exception:  # (an error pydantic cannot rebuild from its dict: said as it was)
         return error
+
+
+def _infras_with(cls: type, key: str) -> list[str]:
+    """The fields of ``cls`` holding an infra that has a field ``key``."""
+    from .base import BaseInfra
+
+    return [
+        name
+        for name, field in cls.model_fields.items()  # type: ignore[attr-defined]
+        if isinstance(field.default, BaseInfra) and key in type(field.default).model_fields
+    ]
 
 
 def _unknown(line: tp.Any) -> bool:
