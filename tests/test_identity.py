@@ -179,8 +179,11 @@ def test_uid_stable_across_processes() -> None:
     ]
     assert out == here
     # numbers in a set inside a dataclass: the same order in every process, kept as it
-    # was (those uids did not change from process to process: their caches stay theirs)
-    numbers = TaggedSpec(spec=SpecTags(nested=[frozenset({33, 10, 2})])).infra.uid()
+    # was (those uids did not change from process to process: their caches stay theirs).
+    # (Built from a list: a set display of constants is a frozenset constant, which the
+    # bytecode file of this module stores sorted, so its order, 33 2 10 then, would depend
+    # on whether the module was compiled or read from a .pyc)
+    numbers = TaggedSpec(spec=SpecTags(nested=[frozenset([33, 10, 2])])).infra.uid()
     assert numbers.endswith("/spec={tags=(),nested=((33,10,2))}-e3a1fe07"), numbers
     assert "groups=((alpha,beta,gamma),(delta,epsilon))" in here[3]
     assert "tags=(alpha,beta,delta,epsilon,gamma,zeta)" in here[2]
