@@ -166,6 +166,40 @@ def test_slurm_task(tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster) -> N
 
 
 @pytest.mark.timeout(240)
+def test_a_job_whose_log_folder_is_missing_when_it_starts_says_so(
+    tmp_path: Path,
+    ctl: Path,
+    slurm_cluster: SlurmCluster,
+    monkeypatch: pytest.MonkeyPatch,
+    short_result_wait: None,
+) -> None:
+    """Slurm cannot start a job whose log folder (`--output`'s, made by submitit once
+    sbatch returned) is not there (made late, or not on the node's filesystem): sacct's
+    ExitCode 0:53, which was said "its process died (killed by signal 53)". Here the
+    folder is made only once Slurm failed the job."""
+    import submitit.core.utils
+
+    make = submitit.core.utils.JobPaths.move_temporary_file
+
+    def made_once_the_job_failed(paths: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> None:
+        job_id = str(paths.job_id)
+        wait_until(lambda: sacct_states([job_id]).get(job_id) == "FAILED")
+        make(paths, *args, **kwargs)
+
+    monkeypatch.setattr(
+        submitit.core.utils.JobPaths, "move_temporary_file", made_once_the_job_failed
+    )
+    obj = task(tmp_path, ctl, slurm_cluster, x=5)
+    with pytest.raises(JobFailedError) as failed:
+        obj.process()
+    said = str(failed.value)
+    assert "could not open the job's log file (exit code 0:53)" in said, said
+    assert "signal 53" not in said
+    assert f"({tmp_path / 'cache'}" in said  # (its log folder named)
+    assert lines(ctl / "calls.txt") == []  # (the method never ran)
+
+
+@pytest.mark.timeout(240)
 def test_a_method_calling_itself_in_its_slurm_job_is_refused(
     tmp_path: Path, slurm_cluster: SlurmCluster
 ) -> None:

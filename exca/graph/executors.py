@@ -783,7 +783,7 @@ class SubmititHandle(Handle):
             return _local_death(self.job_id, self.job.paths.stderr)
         detail = ""
         if self.cluster == "slurm":
-            from .registry import EXITED_WITH_CODE, slurm_exit
+            from .registry import EXITED_WITH_CODE, LOG_NOT_OPENED, slurm_exit
 
             if how is None:
                 how = slurm_exit(self.job_id)
@@ -800,6 +800,8 @@ class SubmititHandle(Handle):
                 )
             else:  # (e.g. sys.exit(0) in the method: no result, sacct says no code)
                 how = self._exited_in_method() or how
+            if how == LOG_NOT_OPENED:  # (the folder a user can check on a compute node)
+                how += f" ({Path(self.job.paths.stderr).parent})"
             if not how and state.startswith("UNKNOWN"):
                 how = "the queue no longer lists it and the accounting (sacct) has no end for it"
                 # (a job that wrote a log ran: sacct lags behind its end, its log says more)

@@ -1113,10 +1113,21 @@ def _endings(job_ids: tp.Sequence[str], unknown: bool = False) -> dict[str, tupl
     return {j: found[j] for j in job_ids if j in found}
 
 
+# sacct's ExitCode of a batch job Slurm could not launch because it could not open the
+# job's output file (`--output`): said "killed by signal 53" before, naming no cause
+LOG_NOT_OPENED_CODE = "0:53"
+LOG_NOT_OPENED = (
+    "Slurm could not start it: it could not open the job's log file (exit code 0:53), "
+    "its folder missing on the node or not writable there"
+)
+
+
 def _exit_words(exit_code: str) -> str:
     """sacct's ExitCode (``code:signal``) in words ("" when it says nothing useful)."""
     import signal
 
+    if exit_code == LOG_NOT_OPENED_CODE:
+        return LOG_NOT_OPENED
     code, _, sig = exit_code.partition(":")
     number = int(sig) if sig.isdigit() and int(sig) else None
     if number is None and code.isdigit() and int(code) > 128:
