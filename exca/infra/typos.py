@@ -25,10 +25,7 @@ def unknown_keys(cls: type, error: tp.Any) -> list[str]:
         if model is None or issubclass(model, BaseInfra):  # (an infra's error says it)
             continue
         fields = list(model.model_fields)
-        if not path and any(
-            isinstance(f.default, BaseInfra) and key in type(f.default).model_fields
-            for f in model.model_fields.values()
-        ):
+        if not path and _infras_with(model, key):
             continue  # (said by the command line: infra.KEY=VALUE)
         close = difflib.get_close_matches(key, fields, n=3, cutoff=0.6)
         said = f"{'.'.join(map(str, e['loc']))}: {model.__name__} has no field {key!r}"
