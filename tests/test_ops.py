@@ -5778,6 +5778,33 @@ def test_clean_logs_keeps_the_files_of_a_running_job_with_a_reused_pid(tmp_path:
     assert [(p, "running" in why) for p, why in plan.kept] == [(shared, True)]
 
 
+@pytest.mark.parametrize("layout", ["own folder", "shared folder"])
+def test_clean_logs_keeps_the_logs_of_a_new_job_reusing_an_old_jobs_pid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str
+) -> None:
+    """Local job ids are pids: a new local job may get the pid of an old ended one, and
+    write into the old one's log folder (`.../logs/<user>/<pid>/`) or files. `clean logs
+    --days 0` removed them while the new job ran: in the moment before its record is
+    written (the old record said "ended"), and when the new job started between the
+    preview and the removal (`--yes` after the preview was read). A live process of the
+    pid keeps them, in the preview and again at the removal."""
+    root = tmp_path / "cache"
+    Train(seed=1, infra={"folder": root}).fit()
+    old = folder_of(Train(seed=1, infra={"folder": root}))
+    pid = str(os.getpid())  # (this process stands for the new job: the pid is reused)
+    logs = old.parent / "logs" / "someone" / pid if layout == "own folder" else tmp_path / "x"
+    _fake_job(old, pid, logs, 40, cluster="local", start=1)  # (another process's start)
+    plan = clean.logs(root, older_than_days=0)  # the new job runs, not recorded yet
+    assert plan.removals == [] and [(p, pid in why) for p, why in plan.kept] == [(logs, True)]
+    with monkeypatch.context() as patch:  # the preview, before the new job started
+        patch.setattr(exca.storage.process, "process_start_time", lambda pid: None)
+        plan = clean.logs(root, older_than_days=0)
+    assert [r.path for r in plan.removals] == [logs]
+    assert plan.execute(warn=False) == 0  # the removal, once it runs
+    assert sorted(p.name for p in logs.iterdir()) == [f"{pid}_0_log.out", f"{pid}_submitted.pkl"]
+    assert [(p, "runs here since the preview" in why) for p, why in plan.skipped] == [(logs, True)]
+
+
 def _records(folder: Path) -> list[dict[str, tp.Any]]:
     return [json.loads(p.read_text()) for p in sorted((folder / "jobs").glob("*.json"))]
 

@@ -140,6 +140,9 @@ class Removal:
     template: bool = False  # submitit's empty log-folder template (see _idle_template)
     # (inode, mtime in ns, size) of a leftover as previewed: one written again since is kept
     stamp: tuple[int, int, int] | None = None
+    # job logs: the ids that are pids of this host (local jobs); kept if a process of one
+    # runs when removed (a new job reusing the pid writes there: the same folder or names)
+    pids: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -289,6 +292,11 @@ def _remove(
 ) -> int:
     """Remove one item of a plan (unless in use since the preview); the bytes freed."""
     path = removal.path
+    reused = _running_pid(removal.pids)
+    if reused is not None:
+        raise _InUse(
+            f"a process {reused} runs here since the preview, maybe a new job reusing that id"
+        )
     if removal.template:  # (checked again: a submission may have started since the preview)
         if not path.exists():
             return 0
@@ -1852,7 +1860,8 @@ def _add_unrecorded_logs(
                 f"logs of job {path.name}, which no record names (cancelled by a Ctrl-C, "
                 "cleared, or its node removed)"
             )
-            plan.removals.append(Removal(path, size, reason))
+            pids = (path.name,) if path.name.isdigit() else ()
+            plan.removals.append(Removal(path, size, reason, pids=pids))
     return {p.parent / TEMPLATE for p in found}
 
 
@@ -1947,9 +1956,27 @@ def _add_whole_logs_folder(
     if _newest_write(folder) > limit:
         plan.recent.append(folder)  # (written until recently: a job queued long ago)
         return
+    pids = _local_pids(records)
+    reused = _running_pid(pids)
+    if reused is not None:  # (its record not written yet: being submitted)
+        plan.kept.append((folder, f"a process {reused} runs here, maybe a new job reusing that id"))
+        return
     size, _ = disk_usage(folder)
     shown = ", ".join(sorted({r.job_id for r in records}))
-    plan.removals.append(Removal(folder, size, f"logs of job {shown}, ended"))
+    plan.removals.append(Removal(folder, size, f"logs of job {shown}, ended", pids=pids))
+
+
+def _local_pids(records: tp.Iterable[registry.JobRecord]) -> tuple[str, ...]:
+    """The ids of these jobs that are pids of this host (local jobs run here)."""
+    here = process.hostname()
+    ids = {r.job_id for r in records if r.cluster == "local" and r.host in ("", here)}
+    return tuple(sorted(i for i in ids if i.isdigit()))
+
+
+def _running_pid(pids: tp.Iterable[str]) -> str | None:
+    """One of these pids whose process runs now (its job, or a later process reusing
+    the pid: maybe a new job of that id, writing into the same log folder), or None."""
+    return next((p for p in pids if process.process_start_time(int(p)) is not None), None)
 
 
 def _is_active(record: registry.JobRecord, look: registry.QueueLook) -> bool:
@@ -1972,8 +1999,17 @@ def _add_job_files(
     by_job: dict[str, list[str]] = {}  # (an array's shared files: under the array's id)
     for name, (job_id, _) in files.items():
         by_job.setdefault(job_id, []).append(name)
-    # (any record's: a local job id is a pid, which a later job may have again)
-    busy = sorted({r.job_id for _, r in records if r.job_id in by_job and _is_active(r, plan.look)})
+    # (any record's: a local job id is a pid, which a later job may have again, recorded
+    # or still being submitted)
+    local = set(_local_pids(r for _, r in records))
+    busy = sorted(
+        {
+            r.job_id
+            for _, r in records
+            if r.job_id in by_job
+            and (_is_active(r, plan.look) or (r.job_id in local and _running_pid([r.job_id])))
+        }
+    )
     going: list[str] = []
     for selected, record in records:
         names = by_job.get(record.job_id)
@@ -2001,7 +2037,8 @@ def _add_job_files(
         return
     size = sum(files[n][1].st_blocks * 512 for n in gone)  # (disk space, as du counts it)
     reason = f"log files of job {', '.join(going)}, ended (only theirs: the folder holds others)"
-    plan.removals.append(Removal(folder, size, reason, files=sorted(gone)))
+    pids = tuple(sorted(local.intersection(going)))
+    plan.removals.append(Removal(folder, size, reason, files=sorted(gone), pids=pids))
 
 
 def _job_files(folder: Path, job_ids: list[str]) -> dict[str, tuple[str, os.stat_result]]:
