@@ -616,6 +616,22 @@ def test_a_misspelled_field_of_a_config_from_python_says_the_close_names() -> No
     assert "has no field" not in str(info.value)
 
 
+def test_a_setting_of_the_infra_given_to_the_config_from_python_says_where_it_goes() -> None:
+    """``Layered(folder=...)`` (a setting of its infra given at the top) got pydantic's
+    bare "Extra inputs are not permitted", while the command line says where it goes
+    (``infra.folder=VALUE``). It says how to give it from Python; type and location kept."""
+    with pytest.raises(pydantic.ValidationError) as info:
+        Layered(folder="/tmp/x", cluster="local")  # type: ignore[call-arg]
+    assert [(e["loc"], e["type"]) for e in info.value.errors()] == [
+        (("folder",), "extra_forbidden"),
+        (("cluster",), "extra_forbidden"),
+    ]
+    said = str(info.value)
+    for key in ("folder", "cluster"):
+        hint = f"Layered has no field {key!r}: {key} is a setting of its infra: "
+        assert said.count(hint + f"Layered(infra={{{key!r}: ...}})") == 1, said
+
+
 class Layered(pydantic.BaseModel):
     layers: list[int] = [64]
     params: dict[str, float] = {}

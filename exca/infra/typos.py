@@ -25,7 +25,7 @@ def unknown_keys(cls: type, error: tp.Any) -> list[str]:
         if model is None or issubclass(model, BaseInfra):  # (an infra's error says it)
             continue
         fields = list(model.model_fields)
-        if not path and _infras_with(model, key):
+        if not path and infras_with(model, key):
             continue  # (said by the command line: infra.KEY=VALUE)
         close = difflib.get_close_matches(key, fields, n=3, cutoff=0.6)
         said = f"{'.'.join(map(str, e['loc']))}: {model.__name__} has no field {key!r}"
@@ -104,10 +104,11 @@ def naming_settings(cls: type, error: tp.Any) -> tp.Any:
         # 'folder', not to 'mode'; 'lR' names 'lr')
         close = [f for f in fields if f.startswith(key + "_")]
         close = close or close_names(key, fields, cutoff=0.7)
-        if not close and not issubclass(cls, BaseInfra) and _infras_with(cls, key):
-            continue  # (folder=...: a setting of its infra, which the command line says how to give)
+        infras = [] if close or issubclass(cls, BaseInfra) else infras_with(cls, key)
         said = f"{line['msg']}: {cls.__name__} has no field {key!r}"
-        if close:
+        if infras:  # (folder=...: a setting of its infra; the command line says its own way)
+            said = line["msg"] + infra_setting_said(cls, key, infras)
+        elif close:
             said += f": did you mean {' or '.join(map(repr, close))}? (its fields: {where})"
         else:
             said += f"; its fields: {', '.join(fields)} ({where})"
@@ -119,7 +120,14 @@ def naming_settings(cls: type, error: tp.Any) -> tp.Any:
         return error
 
 
-def _infras_with(cls: type, key: str) -> list[str]:
+def infra_setting_said(cls: type, key: str, infras: list[str]) -> str:
+    """What pydantic's error of an unknown key of ``cls`` that is a setting of its infra
+    fields ``infras`` goes on with: how a python caller gives it."""
+    given = " or ".join(f"{cls.__name__}({name}={{{key!r}: ...}})" for name in infras)
+    return f": {cls.__name__} has no field {key!r}: {key} is a setting of its infra: {given}"
+
+
+def infras_with(cls: type, key: str) -> list[str]:
     """The fields of ``cls`` holding an infra that has a field ``key``."""
     from .base import BaseInfra
 

@@ -329,7 +329,7 @@ def _target_node(target: str, config: str | list[str] | None, overrides: list[st
         notes = _infra_settings_given(cls, error) + unknown_keys(cls, error)
         if quoted:
             notes.append(f"overrides are read as yaml; for a string, quote it: {', '.join(quoted)}")
-        text = _as_overrides(str(error), cls, method)
+        text = _without_python_hints(_as_overrides(str(error), cls, method), cls, error)
         if not notes and text == str(error):
             raise
         raise ValueError("\n".join([text, *(f"({n})" for n in notes)])) from None
@@ -363,23 +363,35 @@ def _as_overrides(text: str, cls: type, method: str) -> str:
 def _infra_settings_given(cls: type, error: tp.Any) -> list[str]:
     """What to write for each key the class refused that is a setting of its infra
     (``--folder=x`` or ``folder=x`` for ``infra.folder=x``)."""
-    from ..infra.base import BaseInfra
-
     notes = []
-    fields = getattr(cls, "model_fields", {})
-    for e in error.errors():
-        if e["type"] != "extra_forbidden" or len(e["loc"]) != 1:
-            continue
-        key = str(e["loc"][0])
-        infras = [
-            name
-            for name, field in fields.items()
-            if isinstance(field.default, BaseInfra) and key in type(field.default).model_fields
-        ]
-        if infras:
-            written = " or ".join(f"{name}.{key}=VALUE" for name in infras)
-            notes.append(f"{key} is a setting of the infra, not of the config: write {written}")
+    for key, infras in _infra_settings_in(cls, error):
+        written = " or ".join(f"{name}.{key}=VALUE" for name in infras)
+        notes.append(f"{key} is a setting of the infra, not of the config: write {written}")
     return notes
+
+
+def _without_python_hints(text: str, cls: type, error: tp.Any) -> str:
+    """The error without how a python caller gives a setting of the infra (the command
+    line says its own way, once: _infra_settings_given)."""
+    from ..infra.typos import infra_setting_said
+
+    for key, infras in _infra_settings_in(cls, error):
+        text = text.replace(infra_setting_said(cls, key, infras), "")
+    return text
+
+
+def _infra_settings_in(cls: type, error: tp.Any) -> list[tuple[str, list[str]]]:
+    """The keys the class refused that are settings of its infra fields, with those."""
+    from ..infra.typos import infras_with
+
+    found = []
+    for e in error.errors():
+        if e["type"] == "extra_forbidden" and len(e["loc"]) == 1:
+            key = str(e["loc"][0])
+            infras = infras_with(cls, key)
+            if infras:
+                found.append((key, infras))
+    return found
 
 
 _MISSING: tp.Any = object()
