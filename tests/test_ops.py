@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+import pickle
 import re
 import shlex
 import shutil
@@ -5803,6 +5804,45 @@ def test_clean_logs_keeps_the_logs_of_a_new_job_reusing_an_old_jobs_pid(
     assert plan.execute(warn=False) == 0  # the removal, once it runs
     assert sorted(p.name for p in logs.iterdir()) == [f"{pid}_0_log.out", f"{pid}_submitted.pkl"]
     assert [(p, "runs here since the preview" in why) for p, why in plan.skipped] == [(logs, True)]
+
+
+@pytest.mark.timeout(120)
+def test_a_local_job_reusing_an_old_jobs_pid_is_not_taken_for_ended_by_its_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Local job ids are pids: a new local job whose pid an old job had gets the old one's
+    log folder (`<step>/logs/<user>/<pid>/`), holding the old one's result file. Read as
+    the new job's, it said the job ended well while it ran (`exca list` said success;
+    another caller following it took it for ended). A result file older than the job's
+    process is an older job's: it goes when the new job is recorded."""
+    from exca.graph import executors
+
+    root, flag = tmp_path / "cache", tmp_path / "hold"
+    flag.touch()
+    task = Slow(flag=str(flag), infra={"folder": root, "cluster": "local"})
+    logs = folder_of(task).parent / "logs"
+    popen = executors._NewSessionSubprocess.Popen
+
+    def reused_pid(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        process = popen(*args, **kwargs)  # (an old job of this pid left its result)
+        for user in logs.iterdir():
+            old = user / str(process.pid) / f"{process.pid}_0_result.pkl"
+            old.parent.mkdir(exist_ok=True)
+            old.write_bytes(pickle.dumps(("success", None)))
+            _age(old, 40)
+        return process
+
+    monkeypatch.setattr(executors._NewSessionSubprocess, "Popen", staticmethod(reused_pid))
+    job = task.infra.job()
+    try:
+        wait_until(lambda: "slow task started" in (job.stdout() or ""), "the job runs")
+        (record,) = registry.read_all(folder_of(task))
+        assert registry.still_running(record)
+        assert exca.ops.inspect(root)[0].status == "running"
+    finally:
+        flag.unlink()
+    assert job.result() == "released"
+    assert exca.ops.inspect(root)[0].status == "success"
 
 
 def _records(folder: Path) -> list[dict[str, tp.Any]]:

@@ -616,6 +616,21 @@ def wrote_outcome(record: JobRecord) -> bool:
     return isinstance(outcome, tuple) and bool(outcome) and outcome[0] == "success"
 
 
+def drop_older_results(logs: Path, pid: int) -> None:
+    """Remove the result files of an older local job of this id from a new one's log
+    folder: local job ids are pids, which are reused, and the default layout
+    (``<logs>/<user>/%j``) then gives the new job the old one's folder, whose result file
+    said the new job had ended (well) while it ran. Those written before its process
+    started are the older job's."""
+    started = process.start_epoch(pid)
+    if started is None:  # (ended already: its own result, if any, is the newest)
+        return
+    for path in logs.glob(f"{pid}_*_result.pkl"):
+        with contextlib.suppress(OSError):  # (gone meanwhile; not ours to remove: left)
+            if path.stat().st_mtime < started - LOCAL_START_SLACK:
+                path.unlink()
+
+
 # the states of a job squeue may list that are final: every other one may still run (or
 # be released and run: STOPPED, SPECIAL_EXIT, REQUEUE_HOLD, RESV_DEL_HOLD, SIGNALING...)
 FINAL_STATES = frozenset(
