@@ -34,6 +34,7 @@ from .errors import (
     not_cached,
     storage_failed_in_log,
 )
+from .localcontroller import KILLED_BY_SIGNAL, LOCAL_RANK_GRACE_S, RANK_ENDED, REQUEUE_EXIT_CODE
 from .node import CLAIM_JOB_ID, DEFAULT_MAX_JOBS, TASK_KEY, Execution
 from .worker import Report, Unit, UnloadedUnit, run_job_unit, run_stoppable, run_unit
 
@@ -330,11 +331,6 @@ def _rank_ended_locally(text: str, stderr: Path, job_id: str) -> str | None:
     return (
         f"rank {rank} ended first: {how} (its log: {log}); the job's other ranks were then stopped"
     )
-
-
-# the line a local job's controller writes to its log when the job's process was killed
-# by a signal (see _RECORDING_CONTROLLER), followed by the signal's name
-KILLED_BY_SIGNAL = "exca: the job's process was killed by "
 
 
 def _signal_name(number: int) -> str:
@@ -2129,8 +2125,9 @@ class _NewSessionSubprocess:
         return process
 
 
-# submitit's local controller (`python -m submitit.local._local FOLDER`), which also writes
-# to the log of a task killed by a signal how it ended: the controller forgets its
+# submitit's local controller (`python -m submitit.local._local FOLDER`) subclassed, for a
+# submitit whose protocol localcontroller.py may not follow (see _own_controller_fits). It
+# also writes to the log of a task killed by a signal how it ended: the controller forgets its
 # tasks' exit codes, and a job killed by the out-of-memory killer was said only "died".
 # And, as srun with --kill-on-bad-exit (see SRUN_KILL_ON_BAD_EXIT), a task of a multi-task
 # job that ended badly (killed, or a non-zero exit) ends the others: they ran on, waiting
@@ -2142,8 +2139,6 @@ class _NewSessionSubprocess:
 # it only after starting the controller, which died on FileNotFoundError when it got there
 # first (a loaded machine: the job ended without a result, nothing in its log).
 _CONTROLLER = "submitit.local._local"
-LOCAL_RANK_GRACE_S = 2.0
-RANK_ENDED = "exca: this rank was stopped: rank "  # (then "<rank> ended first (<how>)")
 _RECORDING_CONTROLLER = f"""
 import runpy, signal, sys, threading, time
 from pathlib import Path
@@ -2221,11 +2216,51 @@ else:
 
 
 def _recording_controller(command: tp.Any) -> tp.Any:
-    """The command of submitit's local controller, made the one of _RECORDING_CONTROLLER
-    (any other command unchanged)."""
+    """The command of submitit's local controller, made exca's own (localcontroller.py:
+    standard modules only, run without site-packages: -S), or _RECORDING_CONTROLLER's for
+    a submitit it may not follow (any other command unchanged)."""
     if isinstance(command, list) and command[1:3] == ["-m", _CONTROLLER]:
+        if _own_controller_fits():
+            # (-P: no script folder, nor cwd, in its sys.path to shadow a standard module)
+            return [command[0], "-S", "-P", _OWN_CONTROLLER, *command[3:]]
         return [command[0], "-c", _RECORDING_CONTROLLER, *command[3:]]
     return command  # (with setup lines, a shell's: exca gives local jobs none)
+
+
+_OWN_CONTROLLER = str(Path(__file__).with_name("localcontroller.py"))
+
+
+@functools.cache
+def _own_controller_fits() -> bool:
+    """Whether localcontroller.py follows the installed submitit's local protocol (coded
+    against 1.5: its environment variables, log paths and requeue exit code)."""
+    try:
+        import submitit
+        from submitit.core import utils
+        from submitit.local import local
+
+        paths = utils.JobPaths("/f/%j", job_id="1", task_id=2)
+        return (
+            submitit.__version__.startswith("1.5.")
+            and local.LOCAL_REQUEUE_RETURN_CODE == REQUEUE_EXIT_CODE
+            and local.LocalJobEnvironment._env == _SUBMITIT_LOCAL_ENV
+            and (str(paths.stdout), str(paths.stderr)) == ("/f/1/1_2_log.out", "/f/1/1_2_log.err")
+            and hasattr(os, "posix_spawnp")
+            and os.path.isfile(_OWN_CONTROLLER)
+        )
+    except Exception:  # (submitit's internals moved: not the one localcontroller follows)
+        return False
+
+
+# the variables submitit's worker reads in a local task (LocalJobEnvironment._env)
+_SUBMITIT_LOCAL_ENV = {
+    "job_id": "SUBMITIT_LOCAL_JOB_ID",
+    "num_tasks": "SUBMITIT_LOCAL_NTASKS",
+    "num_nodes": "SUBMITIT_LOCAL_JOB_NUM_NODES",
+    "node": "SUBMITIT_LOCAL_NODEID",
+    "global_rank": "SUBMITIT_LOCAL_GLOBALID",
+    "local_rank": "SUBMITIT_LOCAL_LOCALID",
+}
 
 
 class _Submitting(threading.local):
