@@ -39,7 +39,7 @@ SUBMITTER = textwrap.dedent(
     """\
     import json, os, signal, sys
 
-    import exca.graph.executors, exca.graph.scheduler
+    import exca.graph.executors, exca.graph.scheduler, exca.graph.slurmhold
     import slurm_jobs as t
 
     spec = json.loads(sys.argv[1])
@@ -51,6 +51,8 @@ SUBMITTER = textwrap.dedent(
         exca.graph.executors.max_array_size = lambda: spec["max_array_size"]
     if spec["kill"] == "after-sbatch":  # (sbatch returned: the first job record is next)
         exca.graph.scheduler.Scheduler.record = killed
+    elif spec["kill"] == "before-release":  # (the jobs' folders made: exca releases them next)
+        exca.graph.slurmhold.release = killed
     else:  # (the submission is noted: sbatch is next)
         exca.graph.executors.submit_array = killed
     if spec["kind"] == "array":
@@ -157,6 +159,18 @@ def queued(job_ids: list[str]) -> list[str]:
     return sorted(out.split(), key=job_order)
 
 
+def reasons(job_ids: list[str]) -> dict[str, str]:
+    """squeue's reason for each job (array element) of these ids it lists."""
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-o", "%i|%r", "-j", ",".join(job_ids)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    return dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
+
+
 def job_order(job_id: str) -> list[int]:
     return [int(p) for p in job_id.split("_")]
 
@@ -221,6 +235,37 @@ def test_a_rerun_follows_the_array_of_a_submitter_killed_after_sbatch(
     with base.infra.job_array() as again:
         again.extend(base.infra.clone_obj(x=x) for x in (1, 2, 3))
     assert sbatch.count() == count and calls(ctl) == {"1": 1, "2": 1, "3": 1}
+
+
+def test_a_rerun_releases_the_jobs_exca_held_when_their_submitter_was_killed(
+    tmp_path: Path,
+    ctl: Path,
+    slurm_cluster: SlurmCluster,
+    sbatch: Sbatch,
+    to_cancel: list[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """exca sends jobs held and releases them once submitit made their log folders: a
+    submitter killed in between leaves them held, which nothing would release. The
+    rerun follows them (nothing is submitted again), releases them, says so, and they
+    compute."""
+    infra = settings(tmp_path, slurm_cluster, held=False)
+    killed_submitter("array", "before-release", ctl, infra, [1, 2, 3])
+    to_cancel.extend(sbatch.jobs())
+    first = queued(sbatch.jobs())
+    assert set(reasons(first).values()) == {"JobHeldUser"} and len(first) == 3
+    configs = [SlurmTask(x=x, ctl=str(ctl), infra=infra) for x in (1, 2, 3)]
+    base = SlurmTask(ctl=str(ctl), infra=infra)
+    with base.infra.job_array() as array:
+        array.extend(base.infra.clone_obj(x=x) for x in (1, 2, 3))
+    to_cancel.extend(sbatch.jobs())
+    assert sbatch.count() == 1  # nothing submitted again
+    said = f"Released jobs {', '.join(first)}: exca held them until their log folders were made"
+    assert said in caplog.text, caplog.text
+    wait_until(lambda: "JobHeldUser" not in reasons(first).values(), timeout=WAIT_S)
+    assert [c.infra.job().result() for c in configs] == [3, 6, 9]
+    assert calls(ctl) == {"1": 1, "2": 1, "3": 1}
+    assert not any(markers(c.infra.uid_folder()) for c in configs)
 
 
 @pytest.mark.parametrize("unknown", ["in-environment", "in-marker"])
@@ -326,6 +371,7 @@ def test_a_rerun_follows_the_job_of_a_task_whose_submitter_was_killed(
     assert job.job_id == first and sbatch.count() == 1
     said = f"Following job {first} instead of submitting again: queued, submitted by a process"
     assert said in caplog.text, caplog.text
+    assert reasons([first]) == {first: "JobHeldUser"}  # (the user's hold: kept)
     assert not markers(config.infra.uid_folder())
     release([first])
     assert job.result() == 12 and config.process() == 12

@@ -165,6 +165,102 @@ def test_slurm_task(tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster) -> N
     assert found.uid_config["x"] == 7
 
 
+def squeue_reason(job_id: str) -> str | None:
+    """squeue's reason for a job (an array element: ``<array>_<index>``) still queued."""
+    import subprocess
+
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-o", "%i|%r", "-j", job_id.split("_")[0]],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    ).stdout
+    reasons = dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
+    return reasons.get(job_id)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("kind", ["task", "array"])
+def test_a_job_whose_log_folder_is_made_late_computes(
+    tmp_path: Path,
+    ctl: Path,
+    slurm_cluster: SlurmCluster,
+    monkeypatch: pytest.MonkeyPatch,
+    short_result_wait: None,
+    kind: str,
+) -> None:
+    """submitit makes a job's folder, where Slurm opens its log file, only once sbatch
+    answered with its id (one element after another for an array): Slurm could start
+    the job before, failed it at once (sacct's ExitCode 0:53), and the call raised
+    "Slurm could not start it: it could not open the job's log file". Here each folder
+    is made only once Slurm failed its job, or holds it: the jobs are sent held and
+    released once their folders exist, and compute."""
+    import submitit.core.utils
+
+    make = submitit.core.utils.JobPaths.move_temporary_file
+
+    def made_once_failed_or_held(paths: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> None:
+        job_id = str(paths.job_id)
+        if kind == "task" or "_" in job_id:  # (an array's own folder holds no log)
+            wait_until(
+                lambda: (
+                    squeue_reason(job_id) == "JobHeldUser"
+                    or sacct_states([job_id]).get(job_id) == "FAILED"
+                )
+            )
+        make(paths, *args, **kwargs)
+
+    monkeypatch.setattr(
+        submitit.core.utils.JobPaths, "move_temporary_file", made_once_failed_or_held
+    )
+    if kind == "task":
+        assert task(tmp_path, ctl, slurm_cluster, x=5).process() == 15
+        assert lines(ctl / "calls.txt") == ["5"]
+        return
+    base = task(tmp_path, ctl, slurm_cluster)
+    with base.infra.job_array() as array:
+        array.extend(base.infra.clone_obj(x=x) for x in (5, 6))
+    assert [task(tmp_path, ctl, slurm_cluster, x=x).process() for x in (5, 6)] == [15, 18]
+    assert sorted(lines(ctl / "calls.txt")) == ["5", "6"]
+
+
+@pytest.mark.timeout(240)
+def test_jobs_that_cannot_be_released_are_cancelled(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs exca held until their folders existed, which `scontrol release` then fails to
+    release (tried 3 times), would wait held for good: they are cancelled, the error says
+    what failed, and the next call submits them again."""
+    import shutil
+    import subprocess
+
+    real = shutil.which("scontrol")
+    shim, tries = tmp_path / "shim", tmp_path / "tries"
+    shim.mkdir()
+    (shim / "scontrol").write_text(
+        f"#!/bin/sh\nif [ \"$1\" = release ]; then echo $2 >> '{tries}'; "
+        "echo 'slurm_suspend error: Unexpected message received' >&2; exit 1; fi\n"
+        f"exec '{real}' \"$@\"\n"
+    )
+    (shim / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim}{os.pathsep}{os.environ['PATH']}")
+    obj = task(tmp_path, ctl, slurm_cluster, x=8)
+    with pytest.raises(RuntimeError, match="scontrol release") as failed:
+        obj.process()
+    (job_id,) = set(lines(tries))
+    assert lines(tries) == [job_id] * 3
+    said = str(failed.value)
+    assert "Unexpected message received" in said and "were cancelled" in said, said
+    left = subprocess.run(
+        ["squeue", "-h", "-o", "%i", "-j", job_id], capture_output=True, text=True, timeout=30
+    )
+    assert left.stdout.strip() == ""  # (cancelled)
+    monkeypatch.undo()
+    assert task(tmp_path, ctl, slurm_cluster, x=8).process() == 24
+    assert lines(ctl / "calls.txt") == ["8"]
+
+
 @pytest.mark.timeout(240)
 def test_a_job_whose_log_folder_is_missing_when_it_starts_says_so(
     tmp_path: Path,
@@ -173,22 +269,21 @@ def test_a_job_whose_log_folder_is_missing_when_it_starts_says_so(
     monkeypatch: pytest.MonkeyPatch,
     short_result_wait: None,
 ) -> None:
-    """Slurm cannot start a job whose log folder (`--output`'s, made by submitit once
-    sbatch returned) is not there (made late, or not on the node's filesystem): sacct's
-    ExitCode 0:53, which was said "its process died (killed by signal 53)". Here the
-    folder is made only once Slurm failed the job."""
-    import submitit.core.utils
+    """Slurm cannot start a job whose log folder (`--output`'s) is not there on the node
+    (a cache on a login node's /tmp, say): sacct's ExitCode 0:53, which was said "its
+    process died (killed by signal 53)". Here the job's folder is moved away before exca
+    releases the job."""
+    from exca.graph import slurmhold
 
-    make = submitit.core.utils.JobPaths.move_temporary_file
+    release = slurmhold.release
 
-    def made_once_the_job_failed(paths: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> None:
-        job_id = str(paths.job_id)
-        wait_until(lambda: sacct_states([job_id]).get(job_id) == "FAILED")
-        make(paths, *args, **kwargs)
+    def folder_gone_then_released(job_ids: tp.Sequence[str], *args: tp.Any) -> None:
+        for job_id in job_ids:
+            for folder in (tmp_path / "cache").rglob(job_id):
+                folder.rename(folder.with_name(f"{job_id}-moved"))
+        release(job_ids, *args)
 
-    monkeypatch.setattr(
-        submitit.core.utils.JobPaths, "move_temporary_file", made_once_the_job_failed
-    )
+    monkeypatch.setattr(slurmhold, "release", folder_gone_then_released)
     obj = task(tmp_path, ctl, slurm_cluster, x=5)
     with pytest.raises(JobFailedError) as failed:
         obj.process()
@@ -1317,8 +1412,10 @@ def test_plan_says_whether_a_job_is_pending_or_running(
         return entry.reason
 
     try:
-        # (a later begin, as a job Slurm requeued has: said, the queue's reason BeginTime)
-        assert reason().startswith(f"pending as job {job.job_id} (waits for its begin time")
+        # (a later begin, as a job Slurm requeued has: said, the queue's reason BeginTime,
+        # which Slurm gives it at its next scheduling pass once exca released it)
+        said = f"pending as job {job.job_id} (waits for its begin time"
+        wait_until(lambda: reason().startswith(said))
         assert job.state == "PENDING" and "state=PENDING" in repr(job)
         subprocess.run(["scontrol", "update", f"jobid={job.job_id}", "starttime=now"], check=True)
         wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..storage.files import NO_SPACE, make_folder, note_write_error
 from ..storage.process import hostname, process_start_time
-from . import callers
+from . import callers, slurmhold
 from .errors import (
     LOG_QUOTE,
     exit_said,
@@ -2430,6 +2430,12 @@ def submit_array(
             elif alive:  # (with the user's own dependency, if any: it was replaced)
                 _run_after(executor, ":".join(alive))
         executor._executor.update_parameters(**extra)
+    # (held until submitit made the jobs' folders: see slurmhold)
+    hold = cluster == "slurm" and slurmhold.exca_holds(cluster, _additional(executor))
+    if hold:
+        params = _additional(executor)
+        params[slurmhold.HOLD_OPTION] = True
+        executor._executor.update_parameters(additional_parameters=params)
     # (MaxArraySize 0: Slurm has arrays disabled, every unit goes as a plain job)
     size = max(1, max_array_size()) if cluster == "slurm" else len(units) or 1
     function: tp.Callable[[Unit], tp.Any] = run_job_unit  # (in the job's own process)
@@ -2487,6 +2493,8 @@ def submit_array(
                     with executor.batch():
                         part_jobs = [executor.submit(function, unit) for unit in part]
                     jobs.extend(part_jobs)
+                if hold:  # (every folder made: they may start)
+                    slurmhold.release([str(job.job_id) for job in jobs])
     except KeyboardInterrupt:  # (never half a submission)
         if cluster == "local":  # (every controller started, returned as a job or not)
             for process in _SUBMITTING.started or ():
@@ -2497,6 +2505,14 @@ def submit_array(
                 with contextlib.suppress(Exception):
                     job.cancel(check=False)
         raise
+    except slurmhold.NotReleased as error:
+        # (held: none started; one it failed to cancel, a later run adopts and releases)
+        slurmhold.cancel([str(job.job_id) for job in jobs])
+        raise type(error)(
+            f"{error}. The job(s) of {units[0].node.uid}"
+            + (f" and {len(units) - 1} more" if len(units) > 1 else "")
+            + " were cancelled: is the Slurm controller up? `sinfo` tells"
+        ) from error
     except submitit.core.utils.FailedJobError as error:
         for job in jobs:  # (what went out before: never half a submission)
             with contextlib.suppress(Exception):

@@ -420,6 +420,7 @@ class Marker:
     # starting at position p is exca:<token>:<p>, its element i is position p + i
     units: list[tuple[int, list[str] | None]]
     code: str | None = None  # the workdir snapshot the jobs run
+    held: bool = False  # sent held by exca, released once their folders exist (slurmhold)
 
 
 def submission_comment(token: str, start: int) -> str:
@@ -484,7 +485,7 @@ def marked_jobs(users: tp.Sequence[str]) -> dict[str, dict[int, str]] | None:
     position in the submission -> job id (an array element's ``<array>_<index>``). None
     when squeue does not answer."""
     who = [] if "" in users else ["-u", ",".join(sorted(set(users)))]
-    result = _squeue_call([*who, "-o", "%i|%T|%k"])
+    result = _squeue_call([*who, "-o", "%i|%T|%r|%k"])
     if result is None:
         return None
     if who and "Invalid user" in result.stderr:  # (a name this host does not know: squeue
@@ -494,9 +495,11 @@ def marked_jobs(users: tp.Sequence[str]) -> dict[str, dict[int, str]] | None:
     found: dict[str, dict[int, str]] = {}
     for line in result.stdout.splitlines():
         job, _, rest = line.partition("|")
-        state, _, comment = rest.partition("|")
+        state, _, rest = rest.partition("|")
+        reason, _, comment = rest.partition("|")
         matches = list(_COMMENT.finditer(comment))  # (exca's goes last, after the user's)
-        if not matches or state.strip() in FINAL_STATES:
+        state, reason = state.strip(), reason.strip()
+        if not matches or state in FINAL_STATES:
             continue
         match = matches[-1]
         base, _, index = job.strip().partition("_")
@@ -507,7 +510,11 @@ def marked_jobs(users: tp.Sequence[str]) -> dict[str, dict[int, str]] | None:
         start, own = int(match.group(2)), found.setdefault(match.group(1), {})
         for i in indexes:
             own[start + i] = f"{base}_{i}" if index else base
-            _STATES[own[start + i]] = state.strip()  # (as_jobs says "pending as job ...")
+            _STATES[own[start + i]] = state  # (as_jobs says "pending as job ...")
+            if state == "PENDING" and reason in HELD_REASONS:  # (see held())
+                _HELD[own[start + i]] = reason
+            else:
+                _HELD.pop(own[start + i], None)
     return found
 
 
@@ -786,6 +793,12 @@ def held(job_id: str) -> str | None:
     """The reason squeue gave, in its last call listing this pending job, why Slurm holds
     it (JobHeldUser, JobHeldAdmin; None: not held; no new call)."""
     return _HELD.get(job_id)
+
+
+def released(job_ids: tp.Iterable[str]) -> None:
+    """Forget that squeue said these jobs held: exca released them since."""
+    for job_id in job_ids:
+        _HELD.pop(job_id, None)
 
 
 def held_words(job_id: str, reason: str) -> str:

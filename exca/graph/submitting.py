@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..storage import interrupts, process
 from ..storage.claims import Claim, Claims
-from . import callers, executors, registry, store
+from . import callers, executors, registry, slurmhold, store
 from .calls import being_computed, refuse_self_call, removal_holder
 from .decisions import wait_for_map_jobs
 from .node import TASK_KEY
@@ -226,6 +226,8 @@ def mark(
     if executors.resolve_cluster(execution.cluster) != "slurm":
         return None  # (local and debug jobs die with their submitter)
     token = os.urandom(8).hex()
+    extra = dict(execution.params).get("slurm_additional_parameters")
+    held = slurmhold.exca_holds("slurm", extra)  # (as submit_array sends them)
     # (the name of the uid sbatch submits as: getpass's comes from $LOGNAME/$USER first,
     # which `su` or a container may leave naming someone else, and squeue listed none of
     # the jobs)
@@ -254,6 +256,7 @@ def mark(
             folder=os.path.abspath(folder),
             units=own,
             code=None if code is None else str(code),
+            held=held,
         )
         try:
             registry.mark(folder, marker, permissions=nodes[folder].cache.permissions)
@@ -314,6 +317,7 @@ def adopt(runs: list[NodeRun]) -> set[str]:
     adopted: dict[str, str] = {}  # job id -> node uid
     unusable: dict[str, str] = {}
     submitters: set[str] = set()
+    unreleased: set[str] = set()  # (held by exca until their folders were made)
     for folder, (run, markers) in found.items():
         for marker in markers:
             jobs = queued.get(marker.token, {})
@@ -326,6 +330,8 @@ def adopt(runs: list[NodeRun]) -> set[str]:
                 if fate == "followed":
                     adopted[job_id] = run.node.uid
                     submitters.add(f"pid {marker.pid} on {marker.host}")
+                    if marker.held and registry.held(job_id) == slurmhold.HELD_BY_SBATCH:
+                        unreleased.add(job_id)
                 elif fate == "cancelled":
                     unusable[job_id] = run.node.uid
             if all(fate != "unrecorded" for _, fate in fates):  # (else kept: said, retried)
@@ -346,7 +352,27 @@ def adopt(runs: list[NodeRun]) -> set[str]:
             ", ".join(sorted(submitters)),
             ", ".join(uids[:5]) + (f" and {len(uids) - 5} more" if len(uids) > 5 else ""),
         )
+    if unreleased:
+        _release_adopted(unreleased)
     return set(adopted)
+
+
+def _release_adopted(job_ids: set[str]) -> None:
+    """Release the jobs of a killed submitter that exca held until their folders were
+    made (they exist: the jobs' pickles are there), and say so. Each by its own id:
+    another element of their array may lack its pickle (it is adopted, or cancelled, by
+    the run of its own config)."""
+    try:
+        slurmhold.release(sorted(job_ids), whole_arrays=False)
+    except slurmhold.NotReleased as error:  # (the wait says they are held, and how to start them)
+        logger.warning("%s; their submitter was killed before it released them", error)
+        return
+    registry.released(job_ids)  # (a plan, or the run's reasons, no longer say them held)
+    logger.warning(
+        "Released %s: exca held them until their log folders were made, and their "
+        "submitter was killed before it released them",
+        _jobs_of(dict.fromkeys(job_ids, "")),
+    )
 
 
 def _jobs_of(jobs: tp.Mapping[str, str]) -> str:
