@@ -236,11 +236,20 @@ def test_resources_given_as_sbatch_options_are_checked(tmp_path: Path) -> None:
 
 
 # --- check before submitting ---------------------------------------------------------------------
-def test_impossible_resources_one_error_nothing_submitted(tmp_path: Path) -> None:
+def test_impossible_resources_one_error_nothing_submitted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = tmp_path / "cache"
     expected = _expected_problems()
     start = time.time()
     before = _jobs_named("ImpossibleOps", start)
+    sent = tmp_path / "sbatch-calls"  # (every sbatch call: none is to be made)
+    (tmp_path / "shim").mkdir()
+    (tmp_path / "shim" / "sbatch").write_text(
+        f"#!/bin/sh\necho \"$@\" >> '{sent}'\nexec '{shutil.which('sbatch')}' \"$@\"\n"
+    )
+    (tmp_path / "shim" / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'shim'}{os.pathsep}{os.environ['PATH']}")
     task = ImpossibleOpsTask(infra={"folder": root, **IMPOSSIBLE})
     with pytest.raises(ResourceError) as info:
         task.run()
@@ -258,15 +267,14 @@ def test_impossible_resources_one_error_nothing_submitted(tmp_path: Path) -> Non
     with pytest.raises(ResourceError) as info:
         list(mapper.run([1, 2, 3, 4, 5]))
     assert len(str(info.value).splitlines()) == 1 + len(expected)
-    # nothing reached Slurm, nothing was recorded
-    time.sleep(2)  # sacct learns of a job asynchronously
+    # nothing reached Slurm (no sbatch call), nothing was recorded
     # a job array of 3 configs with these resources: each problem listed once
     with pytest.raises(ResourceError) as info, task.infra.job_array() as array:
         array.extend(ImpossibleOpsTask(x=x, infra={"folder": root}) for x in (4, 5, 6))
     lines = str(info.value).splitlines()[1:]
     assert len(lines) == len(expected), info.value
     assert all("(and 2 more with these resources)" in line for line in lines)
-    assert _jobs_named("ImpossibleOps", start) == before
+    assert not sent.exists() and _jobs_named("ImpossibleOps", start) == before
     recorded = [*root.rglob("jobs"), *root.rglob("*_submitted.pkl")] if root.exists() else []
     assert recorded == []
     assert not root.exists() or exca.ops.inspect(root, status="running") == []

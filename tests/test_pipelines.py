@@ -68,12 +68,14 @@ def started(log: str | Path) -> list[str]:
     return [e["name"] for e in events(log, "start")]
 
 
-def wait_for(condition: tp.Callable[[], tp.Any], timeout: float = 60.0) -> None:
+def wait_for(condition: tp.Callable[[], tp.Any], timeout: float = 60.0, poll: float = 0.05) -> None:
+    """Wait until ``condition()`` (asked every ``poll`` seconds: a condition that asks
+    squeue or sacct, as a status() does, takes a longer one)."""
     end = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > end:
             raise TimeoutError(f"condition not met within {timeout}s")
-        time.sleep(0.05)
+        time.sleep(poll)
 
 
 def snapshot(root: Path) -> dict[str, tuple[tp.Any, ...]]:

@@ -580,7 +580,11 @@ def _retried_middle_node(env: Env, sbatch: Sbatch, wait: bool) -> None:
     old_c = job_id(c)
     subprocess.run(["scontrol", "hold", old_c], check=True, capture_output=True)
     block.unlink()  # b runs and fails
-    wait_for(lambda: "b" in started(env.log) and c.upstream[0].status() == "failed", timeout=120)
+
+    def b_failed() -> bool:
+        return "b" in started(env.log) and c.upstream[0].status() == "failed"
+
+    wait_for(b_failed, timeout=120, poll=SQUEUE_POLL_S)
     fail.unlink()
     block.touch()  # the new b job runs a while
     retried = build("retry")
@@ -589,7 +593,7 @@ def _retried_middle_node(env: Env, sbatch: Sbatch, wait: bool) -> None:
     assert f"job {old_c} predates the new computation of upstream" in entry.reason
 
     def release_old_c_then_unblock_b() -> None:
-        time.sleep(1.0)
+        wait_for(lambda: sbatch.count() >= 4, timeout=120)  # (the retry's b: c decided)
         subprocess.run(["scontrol", "release", old_c], check=True, capture_output=True)
         wait_until_ended([old_c])  # it started before the new b result exists
         if not wait:  # c's new job is queued, its old one cached "upstream failed":
@@ -764,7 +768,7 @@ def test_ready_work_is_held_back_for_a_bounded_time(
     running = threading.Thread(target=lambda: exca.graph.run(below, after))
     running.start()
     try:
-        wait_for(lambda: after.status() == "completed", timeout=120)
+        wait_for(lambda: after.status() == "completed", timeout=120, poll=SQUEUE_POLL_S)
         assert slow.status() == "running" and below.status() == "not submitted"
     finally:
         block.unlink()

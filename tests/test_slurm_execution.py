@@ -95,6 +95,22 @@ def quick_queue_looks(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
+def squeue_looks(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The looks at the queue waits make (the job ids each asked squeue about), in
+    order: a test waits for the next ones rather than for their period."""
+    looks: list[list[str]] = []
+    look = registry._squeue
+    monkeypatch.setattr(registry, "_squeue", lambda bases: looks.append(bases) or look(bases))
+    return looks
+
+
+def more_looks(looks: list[list[str]], count: int) -> tp.Callable[[], bool]:
+    """Whether ``count`` looks at the queue were made since this was asked."""
+    seen = len(looks)
+    return lambda: len(looks) >= seen + count
+
+
+@pytest.fixture
 def short_result_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     """submitit waits 15 s for the result pickle of a job that has none, each time exca asks
     how a dead job ended; 1 s is enough on a local disk."""
@@ -859,6 +875,7 @@ def test_a_held_job_is_said_held_and_still_waited_for(
     slurm_cluster: SlurmCluster,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
+    squeue_looks: list[list[str]],
 ) -> None:
     """A job held in the queue (scontrol hold) made a call waiting for it wait for ever,
     saying only "waiting for it"; the plan said "pending as job N", exca list "(pending)"
@@ -895,7 +912,8 @@ def test_a_held_job_is_said_held_and_still_waited_for(
         with caplog.at_level("WARNING", logger="exca"):
             waiting.start()
             wait_until(lambda: _held_warnings(caplog, job.job_id))
-            time.sleep(2.0)  # (the queue looked at again and again: no second warning)
+            # (the queue looked at again and again: no second warning)
+            wait_until(more_looks(squeue_looks, 5))
             assert waiting.is_alive()  # (the wait goes on)
             subprocess.run(["scontrol", "release", job.job_id], check=True, timeout=30)
             start = ["scontrol", "update", f"jobid={job.job_id}", "StartTime=now"]
@@ -1057,7 +1075,11 @@ def test_a_wait_for_an_element_cancelled_while_pending_ends_at_the_first_squeue_
 
 @pytest.mark.timeout(240)
 def test_a_stopped_job_is_not_done(
-    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, quick_queue_looks: None
+    tmp_path: Path,
+    ctl: Path,
+    slurm_cluster: SlurmCluster,
+    quick_queue_looks: None,
+    squeue_looks: list[list[str]],
 ) -> None:
     """A job stopped by Slurm (scancel --signal=STOP --full), which squeue lists as
     STOPPED, can go on (SIGCONT): a wait taking it for ended failed it, "ended with
@@ -1072,7 +1094,8 @@ def test_a_stopped_job_is_not_done(
         wait_until(lambda: "1" in lines(ctl / "calls.txt"))
         subprocess.run(["scancel", "--signal=STOP", "--full", job.job_id], check=True, timeout=30)
         wait_until(lambda: registry.queue_state(job.job_id) == "STOPPED")
-        time.sleep(2 * registry.QUEUE_LOOK_S + 1)  # (two looks of a wait)
+        two_looks = more_looks(squeue_looks, 2)  # (of the waits below, done() asked again)
+        wait_until(lambda: job.done() or two_looks())
         assert not job.done() and config.infra.status() == "running"
         subprocess.run(["scancel", "--signal=CONT", "--full", job.job_id], check=True, timeout=30)
         (ctl / "block").unlink()
@@ -1083,7 +1106,11 @@ def test_a_stopped_job_is_not_done(
 
 @pytest.mark.timeout(240)
 def test_a_suspended_job_is_not_done(
-    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, quick_queue_looks: None
+    tmp_path: Path,
+    ctl: Path,
+    slurm_cluster: SlurmCluster,
+    quick_queue_looks: None,
+    squeue_looks: list[list[str]],
 ) -> None:
     """submitit takes a job sacct says SUSPENDED (scontrol suspend) for ended: its
     done() said True, its state FAILED, and its result() raised "ended with state
@@ -1104,8 +1131,9 @@ def test_a_suspended_job_is_not_done(
         assert config.infra.status() == "running"
         outcome: list[tp.Any] = []
         waiting = threading.Thread(target=lambda: outcome.append(job.exception()))
+        two_looks = more_looks(squeue_looks, 2)
         waiting.start()
-        time.sleep(2 * registry.QUEUE_LOOK_S + 1)  # (a wait looks at squeue twice)
+        wait_until(lambda: not waiting.is_alive() or two_looks())  # (its wait looked twice)
         assert waiting.is_alive() and not job.done()  # (still waiting)
         subprocess.run(["scontrol", "resume", job.job_id], check=True, timeout=30)
         (ctl / "block").unlink()
