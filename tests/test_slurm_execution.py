@@ -242,6 +242,26 @@ def test_a_job_whose_log_folder_is_made_late_computes(
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.parametrize("option", ["hold", "hol"])
+def test_a_job_the_user_holds_is_not_released(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, option: str
+) -> None:
+    """exca sends its jobs held and releases them once their folders exist: not a job
+    whose slurm_additional_parameters hold it (``hol``: sbatch takes a start of an
+    option), which waits for the user's `scontrol release`."""
+    import subprocess
+
+    obj = task(tmp_path, ctl, slurm_cluster, x=9, slurm_additional_parameters={option: True})
+    job = obj.infra.job()
+    try:
+        assert squeue_reason(job.job_id) == "JobHeldUser"
+        subprocess.run(["scontrol", "release", job.job_id], check=True, timeout=30)
+        assert job.result() == 27
+    finally:
+        subprocess.run(["scancel", job.job_id], check=False, timeout=30)
+
+
+@pytest.mark.timeout(240)
 def test_jobs_that_cannot_be_released_are_cancelled(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
