@@ -6,6 +6,7 @@ themselves are in test_execution, test_job_array, test_map_execution."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -145,6 +146,23 @@ def test_a_task_at_its_time_limit_is_warned_then_interrupted_then_killed(
     pid, *said = log(tmp_path, controller, kind="out").split()
     assert said == ["warned", "interrupted"]
     wait_until(lambda: ended(int(pid)), timeout=10)
+
+
+@pytest.mark.timeout(60)
+def test_a_ctrl_c_while_the_tasks_are_stopped_still_kills_them(tmp_path: Path) -> None:
+    """A task still running a second after the SIGINT of its time limit is killed, even
+    when the controller is interrupted meanwhile (submitit's controller then left it
+    running: its KeyboardInterrupt came before the SIGKILL; own=False fails here)."""
+    controller = start(tmp_path, _WARNED_THEN_STUBBORN, timeout_s=1)
+    wait_until(lambda: "interrupted" in log(tmp_path, controller, kind="out"), timeout=30)
+    controller.send_signal(signal.SIGINT)
+    assert controller.wait(timeout=30) == -signal.SIGINT
+    pid = int(log(tmp_path, controller, kind="out").split()[0])
+    try:
+        wait_until(lambda: ended(pid), timeout=10)
+    finally:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 _INTERRUPTIBLE = "import time; print('started', flush=True); time.sleep(50)"

@@ -216,8 +216,9 @@ class Controller:
     def stop_tasks(self) -> None:
         """SIGINT to the tasks still running, SIGKILL a second later to those still
         running then (submitit's kill_tasks); their logs closed."""
-        # (a second Ctrl-C meanwhile would leave them running)
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # (a Ctrl-C meanwhile, held until they are stopped: it left them running; not
+        # ignored: exca's cancel kills at once a job that ignores SIGINT)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
         try:
             self._forward(signal.SIGINT)
             if any(task.poll() is None for task in self.tasks):
@@ -230,8 +231,7 @@ class Controller:
                 os.close(descriptor)
             self.files = []
         finally:
-            if previous is not None:  # (None: a handler not set from python, kept)
-                signal.signal(signal.SIGINT, previous)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 class RankEnder:
