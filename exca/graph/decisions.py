@@ -749,7 +749,6 @@ class Graph:
         forced = forced or partial
         run.uids = uids
         run.item_errors = 0  # (decided again after a wait: counted anew)
-        total = len(set(uids))
         done = state.get("uids") if node.pending_force or partial else None
         if forced and done:  # forced by its own mode: once per item uid and instance
             absent = set(node.cache.missing(uids))
@@ -786,6 +785,8 @@ class Graph:
                 run.reason = "retry of " + " and ".join(parts)
             elif missing:
                 run.todo = missing
+                # (missing holds each uid once: as many as the uids, all are distinct)
+                total = len(uids) if len(missing) == len(uids) else len(set(uids))
                 if node.mode == "read-only":
                     run.action = "fail"
                     shown = ", ".join(repr(u) for u in missing[:3])
@@ -796,8 +797,10 @@ class Graph:
                 else:
                     run.action, run.reason = "compute", f"{len(missing)}/{total} missing"
                     # (its cached item errors stay: its outputs cannot be read after it)
-                    absent = set(missing)  # (every item missing: nothing reused)
-                    reused = [u for u in uids if u not in absent] if len(absent) < total else []
+                    reused = []  # (every item missing: nothing reused, no set built)
+                    if len(missing) < total:
+                        absent = set(missing)
+                        reused = [u for u in uids if u not in absent]
                     _check_reused_code(node, reused)
                     failed = node.cache.count_errors(reused)
                     if failed:
@@ -813,7 +816,12 @@ class Graph:
                     run.reason = (
                         f"cached, with {failed} item error(s) (mode='retry' recomputes them)"
                     )
-        if run.needs_work and node.forbid_single_item and total == 1 and len(run.todo) == 1:
+        if (
+            run.needs_work
+            and node.forbid_single_item
+            and len(run.todo) == 1
+            and len(set(uids)) == 1
+        ):
             run.action = "fail"
             run.reason = (
                 "single item computation is forbidden (forbid_single_item_computation): "
