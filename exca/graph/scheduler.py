@@ -587,7 +587,6 @@ class Scheduler:
                 return []
         action = tp.cast(Action, run.action)
         todo = list(run.todo or [])
-        by_uid = self._items_by_uid(run)
         cluster = node.execution.cluster
         if cluster in POOL_CLUSTERS or cluster in SUBMITIT_CLUSTERS:
             todo = self._take_items(run, todo)
@@ -601,6 +600,7 @@ class Scheduler:
             todo = _shuffled(todo, chunks)
         else:
             chunks = [(0, len(todo))] if todo else []
+        items = self._items_of(run, todo)
         shipped = node.shipped()
         # (shared items: forced once; what a node of the folder computes in this run is
         # marked too: a forced node of it then does not compute it again)
@@ -614,7 +614,7 @@ class Scheduler:
             Unit(
                 shipped,
                 action,
-                items=[by_uid[u] for u in todo[a:b]],
+                items=items[a:b],
                 uids=todo[a:b],
                 forced_by=forced_by,
                 asked_at=self.asked_at,
@@ -711,15 +711,20 @@ class Scheduler:
         self._borrowed.clear()
 
     @staticmethod
-    def _items_by_uid(run: NodeRun) -> dict[str, tp.Any]:
+    def _items_of(run: NodeRun, todo: list[str]) -> list[tp.Any]:
+        """The items of these uids of a map node, in their order."""
         items = run.node.items
         if isinstance(items, Node):
             from .worker import load_output
 
             items = load_output(items)
         assert run.uids is not None and items is not None
+        items = list(items)
+        if len(items) == len(todo) and todo == run.uids:
+            return items  # (all of them, each once, in order: a first call; no dict built)
         # items with one uid: the first one is computed (the others read its output)
-        return dict(zip(reversed(run.uids), reversed(list(items))))
+        by_uid = dict(zip(reversed(run.uids), reversed(items)))
+        return [by_uid[u] for u in todo]
 
     def launch(
         self,

@@ -1428,6 +1428,7 @@ def _run_map_unit(unit: Unit, progress: ProgressCallback | None, report: Report)
     node = unit.node
     assert unit.items is not None and unit.uids is not None
     by_uid = dict(zip(unit.uids, unit.items))
+    given = (unit.uids, unit.items)
     forced_by = unit.forced_by
     if forced_by:
         node = _shared_force_state(node, forced_by)
@@ -1439,7 +1440,7 @@ def _run_map_unit(unit: Unit, progress: ProgressCallback | None, report: Report)
         todo = _map_todo(node, list(by_uid), unit.action, forced_by)
     report.reused = len(by_uid) - len(todo)
     if node.folder is None:
-        _compute_items(node, todo, by_uid, unit.action, report, progress, forced_by)
+        _compute_items(node, todo, by_uid, unit.action, report, progress, forced_by, given=given)
         return report
     claims = Claims(
         node.folder, job_alive=registry.slurm_job_alive, permissions=node.cache.permissions
@@ -1464,7 +1465,15 @@ def _run_map_unit(unit: Unit, progress: ProgressCallback | None, report: Report)
                     in_flight = _InFlight(claims, claim, mine, node.uid)
                     left.extend(
                         _compute_items(
-                            node, mine, by_uid, action, report, progress, forced_by, in_flight
+                            node,
+                            mine,
+                            by_uid,
+                            action,
+                            report,
+                            progress,
+                            forced_by,
+                            in_flight,
+                            given,
                         )
                     )
 
@@ -1651,9 +1660,10 @@ def _compute_items(
     progress: ProgressCallback | None,
     forced_by: str = "",
     in_flight: _InFlight | None = None,
+    given: tuple[list[str], list[tp.Any]] | None = None,
 ) -> list[str]:
     """Compute these items; returns those given up meanwhile (see _InFlight), not
-    computed here."""
+    computed here. ``given``: the unit's uids and items, as by_uid was made of them."""
     if not uids:
         return []
     if in_flight is not None:
@@ -1668,7 +1678,10 @@ def _compute_items(
         failures = _Failures()
         # (built once: after each item error the method is called again on the rest, a
         # slice of it; rebuilt each time, n items with k errors cost n*k dict lookups)
-        items = [by_uid[u] for u in uids]
+        if given is not None and len(given[1]) == len(uids) and given[0] == uids:
+            items = given[1]  # (all of the unit's, each once, in order: no look-up each)
+        else:
+            items = [by_uid[u] for u in uids]
         # (the ranges of items left to call the method on, the next one last: a method
         # that raised as it was called, before any output (one returning a list), is
         # called on each half of its items in turn, down to the item that raises alone)
