@@ -877,6 +877,21 @@ def test_map_nodes_of_different_item_lists_have_different_uids(env: Env) -> None
     assert uids[1].endswith("/items-" + hashlib.md5(b"1|2").hexdigest()[:8])
 
 
+def test_map_nodes_with_an_empty_item_uid_keep_their_digest(env: Env) -> None:
+    """A list holding an empty item uid, wherever it is, is digested as its JSON (as it
+    always was: found in the joined text now, not by comparing every uid with "")."""
+    import hashlib
+    import json
+
+    square = env.square()
+    for items in (["", "a"], ["a", ""], ["a", "", "b"], [""], ["", ""]):
+        text = "\x00" + json.dumps(items)
+        digest = hashlib.md5(text.encode()).hexdigest()[:8]
+        assert square.apply.node(items).uid.endswith("/items-" + digest), items
+    plain = hashlib.md5(b"a|b").hexdigest()[:8]
+    assert square.apply.node(["a", "b"]).uid.endswith("/items-" + plain)
+
+
 def test_a_dict_of_nodes_is_one_input(env: Env) -> None:
     """The method receives the dict of their outputs; a node nested deeper, or a list of
     nodes as a map's items, is a clear error (not a uid made of the node's repr)."""

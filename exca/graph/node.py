@@ -597,7 +597,8 @@ class Node(tp.Generic[Out]):
             text = "|".join(uids)
             if (
                 (uids and text.count("|") != len(uids) - 1)  # a uid holds "|"
-                or "" in uids
+                # (an empty uid, found in the text: no uid holds "|" then; no compare each)
+                or (uids and (not text or "||" in text or text[0] == "|" or text[-1] == "|"))
                 or "\x00" in text
                 or text.startswith("from:")
             ):  # the joined text is ambiguous: ["a|b"] and ["a", "b"] have the same
