@@ -1453,7 +1453,7 @@ def _run_map_unit(unit: Unit, progress: ProgressCallback | None, report: Report)
         left: list[str] = []  # (given up while computing: claimed again below)
         # (Ctrl-C held back while claiming and releasing: else the claim file stayed)
         with interrupts.deferred(hold=False) as window:
-            claim = claims.claim(todo, window)
+            claim = claims.claim(todo, window, distinct=True)  # (each uid once: see above)
 
             def compute(claim: Claim = claim, action: str = action, left: list[str] = left) -> None:
                 mine = claim.mine

@@ -383,20 +383,28 @@ class Claims:
         return out
 
     # --- claiming -------------------------------------------------------------------------
-    def claim(self, keys: tp.Sequence[str], window: interrupts.deferred | None = None) -> Claim:
+    def claim(
+        self,
+        keys: tp.Sequence[str],
+        window: interrupts.deferred | None = None,
+        distinct: bool = False,
+    ) -> Claim:
         """Claim every key that no live other holds (one claim file for all of them).
         Ctrl-C is held back from taking the folder's lock on (a Ctrl-C in there left files
         behind); ``window``: the caller's, which then holds it back until the claim is
-        guarded (else this call raises it, the claim given back)."""
+        guarded (else this call raises it, the claim given back). ``distinct``: the
+        caller's keys are each given once (not deduplicated again)."""
         if window is None:
             with interrupts.deferred(hold=False) as own:
-                return self._claim(keys, own)
-        return self._claim(keys, window)
+                return self._claim(keys, own, distinct)
+        return self._claim(keys, window, distinct)
 
-    def _claim(self, keys: tp.Sequence[str], window: interrupts.deferred) -> Claim:
+    def _claim(
+        self, keys: tp.Sequence[str], window: interrupts.deferred, distinct: bool = False
+    ) -> Claim:
         written: list[Path] = []
         try:
-            return self._claim_locked(keys, window, written)
+            return self._claim_locked(keys, window, written, distinct)
         except BaseException:
             # (never handed back, e.g. a KeyboardInterrupt raised in a pool's thread as the
             # lock was given back, where Ctrl-C is not held back: its file, kept by nobody,
@@ -406,10 +414,14 @@ class Claims:
             raise
 
     def _claim_locked(
-        self, keys: tp.Sequence[str], window: interrupts.deferred, written: list[Path]
+        self,
+        keys: tp.Sequence[str],
+        window: interrupts.deferred,
+        written: list[Path],
+        distinct: bool = False,
     ) -> Claim:
         me = Owner.current()
-        asked = frozenset(keys)
+        asked: frozenset[str] | None = None  # (made once a live claim is found: else none)
         with self._folder_lock(me, window):
             mine: list[str] = []
             busy: dict[str, Owner] = {}
@@ -419,10 +431,12 @@ class Claims:
                 if claim.is_dead(self.heartbeat, self.job_alive):
                     _discard(claim.path)  # we hold the folder lock: nobody else removes it
                     continue
+                if asked is None:
+                    asked = frozenset(keys)
                 for key in claim.keys & asked:  # (an unreadable claim: all of them)
                     held[key] = claim.owner
             if not held:  # (the common case: no loop per key)
-                mine = list(dict.fromkeys(keys))
+                mine = list(keys) if distinct else list(dict.fromkeys(keys))
             for key in dict.fromkeys(keys) if held else ():
                 owner = held.get(key)
                 if owner is None:
