@@ -1461,7 +1461,8 @@ def _run_map_unit(unit: Unit, progress: ProgressCallback | None, report: Report)
                     _prepared_again(node)
                     with node.cache.frozen_cache_folder():  # (one read: what others wrote)
                         node.cache.refresh()
-                        mine = _map_todo(node, mine, action, forced_by)
+                        # (mine: the claim's keys, each once)
+                        mine = _map_todo(node, mine, action, forced_by, distinct=True)
                     in_flight = _InFlight(claims, claim, mine, node.uid)
                     left.extend(
                         _compute_items(
@@ -1578,7 +1579,10 @@ def _shared_force_state(node: Node, run: str) -> Node:
     return shared
 
 
-def _map_todo(node: Node, uids: list[str], action: str, forced_by: str = "") -> list[str]:
+def _map_todo(
+    node: Node, uids: list[str], action: str, forced_by: str = "", distinct: bool = False
+) -> list[str]:
+    """The uids of a unit still to compute (``distinct``: given each once)."""
     if action == "force":
         if not forced_by:
             return uids
@@ -1587,7 +1591,7 @@ def _map_todo(node: Node, uids: list[str], action: str, forced_by: str = "") -> 
             return [u for u in uids if not store.forced_by(node.cache.entry(u), runs)]
     if action != "retry":  # (the present items' records and data files: retry's only)
         with node.cache.frozen_cache_folder():
-            return node.cache.missing(uids)
+            return node.cache.missing(uids, distinct=distinct)
     missing, errors = store.item_states(node, uids)
     wanted = set(missing) | set(errors)
     return [u for u in uids if u in wanted]

@@ -563,13 +563,14 @@ class CacheDict(tp.Generic[X]):
             return False
         return self._refresh_on_miss() and key in entries
 
-    def missing(self, keys: tp.Iterable[str]) -> list[str]:
-        """The keys (in order, deduplicated) that are not in the cache: one folder read."""
+    def missing(self, keys: tp.Iterable[str], distinct: bool = False) -> list[str]:
+        """The keys (in order, deduplicated) that are not in the cache: one folder read.
+        ``distinct``: the keys are each given once (not deduplicated again)."""
         entries, first_read = self._entries_read()
         # filter first, then deduplicate what is left (usually few keys)
         # (a folder's first items: nothing indexed, so nothing to filter out)
         kept = itertools.filterfalse(entries.__contains__, keys) if entries else keys
-        out = list(dict.fromkeys(kept))
+        out = list(kept) if distinct else list(dict.fromkeys(kept))
         if out and self._ram:
             out = list(itertools.filterfalse(self._ram.__contains__, out))
         if out and not first_read and self._refresh_on_miss():
