@@ -6739,10 +6739,10 @@ def test_a_clean_before_a_map_claims_its_items_leaves_the_items_listed(
     real = Claims.claim
     removed: list[int] = []
 
-    def claim(self: Claims, keys: tp.Sequence[str], window: tp.Any = None) -> tp.Any:
+    def claim(self: Claims, keys: tp.Sequence[str], *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         if self.folder == folder and not removed:
             removed.append(clean.remove_nodes([folder]).execute())  # (a cleaning meanwhile)
-        return real(self, keys, window)
+        return real(self, keys, *args, **kwargs)
 
     monkeypatch.setattr(Claims, "claim", claim)
     assert list(squares.square([2, 3])) == [4, 9]
