@@ -600,14 +600,34 @@ def test_a_local_array_of_more_jobs_than_cpus_warns(
     assert [config.infra.job().result() for config in configs] == [0, 1, 4]
 
 
+def _slot_locks(path: Path, slots: int) -> tuple[int, int]:
+    """How many processes hold a slot of a throttled local array's slots file, and how many
+    wait for one (their lock on the byte after the slots, see localslots), from /proc/locks."""
+    inode = f":{path.stat().st_ino}"
+    held = waiting = 0
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()  # (n: POSIX ADVISORY READ|WRITE pid dev:inode start end)
+        if len(fields) >= 8 and fields[1] == "POSIX" and fields[5].endswith(inode):
+            if fields[6] == str(slots):
+                waiting += 1
+            elif int(fields[6]) < slots:
+                held += 1
+    return held, waiting
+
+
 @pytest.mark.timeout(120)
+@pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="no /proc/locks to see the slots")
 def test_a_local_array_computes_at_most_max_workers_configs_at_once(
-    tmp_path: Path, ctl: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, ctl: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """job_array(max_workers=2) of 4 configs with cluster="local": the 4 jobs computed at
     once (a 40-config sweep, 40 processes computing on a 2-core laptop): max_workers was
     Slurm's throttle only. Now 2 compute while the others wait for one of them to end; the
     results are the same, each computed once."""
+    from exca.graph import localslots
+
+    slots = tmp_path / "slots"  # (the array's slots file, where its jobs' locks are seen)
+    monkeypatch.setattr(localslots, "new_slots_file", lambda: str(slots))
     (ctl / "block").touch()
     array_base = base(tmp_path, ctl, "local")
     tasks = [array_base.infra.clone_obj(x=x) for x in range(4)]
@@ -619,7 +639,8 @@ def test_a_local_array_computes_at_most_max_workers_configs_at_once(
     stderrs = [Path(t.infra.job().paths.stderr) for t in tasks]
     wait_until(lambda: all(path.exists() for path in stderrs))  # (every job's process started)
     wait_until(lambda: sum(calls(ctl).values()) == 2)
-    time.sleep(1.0)  # (the 2 others, were they computing, would have started meanwhile)
+    # (the 2 others wait for a slot the 2 computing hold)
+    wait_until(lambda: slots.exists() and _slot_locks(slots, 2) == (2, 2))
     assert sum(calls(ctl).values()) == 2
     assert [t.infra.status() for t in tasks] == ["running"] * 4
     _unblock_and_check_each_ran_once(ctl, tasks)
@@ -669,13 +690,28 @@ def _unblock_and_check_each_ran_once(ctl: Path, tasks: list[Square]) -> None:
     assert calls(ctl) == {0: 1, 1: 1, 2: 1, 3: 1}
 
 
-def _signal_once_all_run(ctl: Path, signum: int) -> threading.Thread:
+def _waiting_for_jobs(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """An event set once a call of this process waits for its jobs to end."""
+    from exca.graph import scheduler
+
+    waiting = threading.Event()
+    wait_some = scheduler.Scheduler._wait_some
+
+    def wait_some_noted(self: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        waiting.set()
+        return wait_some(self, *args, **kwargs)
+
+    monkeypatch.setattr(scheduler.Scheduler, "_wait_some", wait_some_noted)
+    return waiting
+
+
+def _signal_once_all_run(ctl: Path, signum: int, waiting: threading.Event) -> threading.Thread:
     """A thread that sends ``signum`` to this process once the four jobs of
-    ``_blocked_local_array`` run and the call has had time to wait for its own."""
+    ``_blocked_local_array`` run and the call waits for its own (``waiting``)."""
 
     def send() -> None:
         wait_until(lambda: sum(calls(ctl).values()) == 4)  # (all running)
-        time.sleep(0.5)  # (the call waits for its job)
+        wait_until(waiting.is_set)
         signal.raise_signal(signum)
 
     thread = threading.Thread(target=send)
@@ -685,7 +721,7 @@ def _signal_once_all_run(ctl: Path, signum: int) -> threading.Thread:
 
 @pytest.mark.timeout(120)
 def test_ctrl_c_waiting_for_one_job_of_an_array_says_the_others_keep_running(
-    tmp_path: Path, ctl: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, ctl: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ctrl-C while a call waits for one local job of a job_array(): the message named
     that job only ("keep running"), not the array's other jobs, which nothing cancels
@@ -694,7 +730,8 @@ def test_ctrl_c_waiting_for_one_job_of_an_array_says_the_others_keep_running(
 
     tasks, ids = _blocked_local_array(tmp_path, ctl)
 
-    thread = _signal_once_all_run(ctl, signal.SIGINT)  # (the user's Ctrl-C)
+    waiting = _waiting_for_jobs(monkeypatch)
+    thread = _signal_once_all_run(ctl, signal.SIGINT, waiting)  # (the user's Ctrl-C)
     with caplog.at_level(logging.WARNING, logger="exca"), pytest.raises(KeyboardInterrupt):
         tasks[0].process()
     thread.join()
@@ -708,7 +745,7 @@ def test_ctrl_c_waiting_for_one_job_of_an_array_says_the_others_keep_running(
 
 @pytest.mark.timeout(120)
 def test_another_error_stopping_a_wait_for_an_array_job_says_it_keeps_running(
-    tmp_path: Path, ctl: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, ctl: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An error raised in the caller while a call waits for a local job (a signal
     handler's: an alarm's TimeoutError, a SIGTERM's sys.exit), not a Ctrl-C: the job runs
@@ -723,7 +760,7 @@ def test_another_error_stopping_a_wait_for_an_array_job_says_it_keeps_running(
 
     previous = signal.signal(signal.SIGUSR1, give_up)
     try:
-        thread = _signal_once_all_run(ctl, signal.SIGUSR1)
+        thread = _signal_once_all_run(ctl, signal.SIGUSR1, _waiting_for_jobs(monkeypatch))
         with caplog.at_level(logging.WARNING, logger="exca"), pytest.raises(TimeoutError) as raised:
             tasks[0].process()
         thread.join()
@@ -738,7 +775,7 @@ def test_another_error_stopping_a_wait_for_an_array_job_says_it_keeps_running(
 
 @pytest.mark.timeout(120)
 def test_ctrl_c_in_another_process_waiting_for_one_job_of_an_array_names_the_others(
-    tmp_path: Path, ctl: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, ctl: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """As above, from another process (same configs): it knows the job it follows from
     its record only, and named that one alone, while the submitter names the array's
@@ -752,8 +789,10 @@ def test_ctrl_c_in_another_process_waiting_for_one_job_of_an_array_names_the_oth
     scheduler._ARRAY_JOBS.clear()  # (what another process knows: not this memo)
     wait_until(lambda: sum(calls(ctl).values()) == 4)  # (all running)
 
+    waiting = _waiting_for_jobs(monkeypatch)
+
     def interrupt_once_waiting() -> None:
-        time.sleep(0.5)  # (the call waits for its job)
+        wait_until(waiting.is_set)  # (the call waits for its job)
         signal.raise_signal(signal.SIGINT)  # (the user's Ctrl-C)
 
     thread = threading.Thread(target=interrupt_once_waiting)
