@@ -32,6 +32,7 @@ import pytest
 from filelog import append, wait_until
 from jobmodels_execution import Counted, Listed
 from racing import Background, race
+from waiting import waiting_for_jobs
 
 import exca
 import exca.graph.executors
@@ -3731,7 +3732,7 @@ def test_a_key_error_loading_a_result_is_raised_as_it_is(tmp_path: Path) -> None
 
 @pytest.mark.timeout(120)
 def test_ctrl_c_while_waiting_says_which_jobs_it_cancels_and_which_keep_running(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ctrl-C while a call waited for a job submitted earlier (by job() or a job array)
     logged "cancelling the jobs this run submitted" though it cancelled nothing: the job
@@ -3743,11 +3744,12 @@ def test_ctrl_c_while_waiting_says_which_jobs_it_cancels_and_which_keep_running(
 
     def interrupt_once_computing() -> None:
         _wait_for(lambda: len(calls(log)) >= 1)
-        time.sleep(0.3)  # (the call is in its wait loop)
+        _wait_for(waiting.is_set)  # (the call is in its wait loop)
         _thread.interrupt_main()
 
     # a job submitted earlier: the interrupted call leaves it running
     earlier = make(tmp_path, "local", x=6, block_flag=str(block)).infra.job()
+    waiting = waiting_for_jobs(monkeypatch)  # (by the call interrupted)
     thread = threading.Thread(target=interrupt_once_computing)
     thread.start()
     with caplog.at_level("WARNING", logger="exca"), pytest.raises(KeyboardInterrupt):
@@ -3811,9 +3813,11 @@ def _interrupted_run(
 
     monkeypatch.setattr(executors.SubmititHandle, "cancel", cancel_interrupted)
 
+    waiting = waiting_for_jobs(monkeypatch)
+
     def interrupt_once_computing() -> None:
         _wait_for(lambda: len(calls(log)) == len(xs))
-        time.sleep(0.3)  # (the run waits for its jobs)
+        _wait_for(waiting.is_set)  # (the run waits for its jobs)
         _thread.interrupt_main()
 
     thread = threading.Thread(target=interrupt_once_computing)

@@ -19,6 +19,7 @@ import pydantic
 import pytest
 from filelog import wait_until
 from jobmodels_job_array import Square
+from waiting import waiting_for_jobs
 
 import exca
 
@@ -690,21 +691,6 @@ def _unblock_and_check_each_ran_once(ctl: Path, tasks: list[Square]) -> None:
     assert calls(ctl) == {0: 1, 1: 1, 2: 1, 3: 1}
 
 
-def _waiting_for_jobs(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
-    """An event set once a call of this process waits for its jobs to end."""
-    from exca.graph import scheduler
-
-    waiting = threading.Event()
-    wait_some = scheduler.Scheduler._wait_some
-
-    def wait_some_noted(self: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
-        waiting.set()
-        return wait_some(self, *args, **kwargs)
-
-    monkeypatch.setattr(scheduler.Scheduler, "_wait_some", wait_some_noted)
-    return waiting
-
-
 def _signal_once_all_run(ctl: Path, signum: int, waiting: threading.Event) -> threading.Thread:
     """A thread that sends ``signum`` to this process once the four jobs of
     ``_blocked_local_array`` run and the call waits for its own (``waiting``)."""
@@ -730,7 +716,7 @@ def test_ctrl_c_waiting_for_one_job_of_an_array_says_the_others_keep_running(
 
     tasks, ids = _blocked_local_array(tmp_path, ctl)
 
-    waiting = _waiting_for_jobs(monkeypatch)
+    waiting = waiting_for_jobs(monkeypatch)
     thread = _signal_once_all_run(ctl, signal.SIGINT, waiting)  # (the user's Ctrl-C)
     with caplog.at_level(logging.WARNING, logger="exca"), pytest.raises(KeyboardInterrupt):
         tasks[0].process()
@@ -760,7 +746,7 @@ def test_another_error_stopping_a_wait_for_an_array_job_says_it_keeps_running(
 
     previous = signal.signal(signal.SIGUSR1, give_up)
     try:
-        thread = _signal_once_all_run(ctl, signal.SIGUSR1, _waiting_for_jobs(monkeypatch))
+        thread = _signal_once_all_run(ctl, signal.SIGUSR1, waiting_for_jobs(monkeypatch))
         with caplog.at_level(logging.WARNING, logger="exca"), pytest.raises(TimeoutError) as raised:
             tasks[0].process()
         thread.join()
@@ -789,7 +775,7 @@ def test_ctrl_c_in_another_process_waiting_for_one_job_of_an_array_names_the_oth
     scheduler._ARRAY_JOBS.clear()  # (what another process knows: not this memo)
     wait_until(lambda: sum(calls(ctl).values()) == 4)  # (all running)
 
-    waiting = _waiting_for_jobs(monkeypatch)
+    waiting = waiting_for_jobs(monkeypatch)
 
     def interrupt_once_waiting() -> None:
         wait_until(waiting.is_set)  # (the call waits for its job)

@@ -37,6 +37,7 @@ import pytest
 import yaml
 from fake_squeue import counting_squeue
 from jobmodels_ops import Optim, Ranges, Slow, SlowMap, Source, Squares, Total, Train
+from waiting import waiting_for_jobs
 
 import exca
 import exca.graph
@@ -7277,7 +7278,9 @@ class Interruptible(pydantic.BaseModel):
 
 
 @pytest.mark.timeout(120)
-def test_list_says_a_task_interrupted_by_ctrl_c_not_a_bare_empty(tmp_path: Path) -> None:
+def test_list_says_a_task_interrupted_by_ctrl_c_not_a_bare_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A task whose call was interrupted (its method's KeyboardInterrupt, where it was
     called; or Ctrl-C cancelling its local job, whose record then goes) was listed as a
     bare "empty", as one never run. `exca list` says when and how it was interrupted
@@ -7307,9 +7310,11 @@ def test_list_says_a_task_interrupted_by_ctrl_c_not_a_bare_empty(tmp_path: Path)
     (ctl / "block").touch()
     local = Interruptible(ctl=str(ctl), infra={"folder": tmp_path / "local", "cluster": "local"})
 
+    waiting = waiting_for_jobs(monkeypatch)
+
     def interrupt_once_started() -> None:
         wait_until(lambda: (ctl / "started").exists(), "the job to start")
-        time.sleep(0.3)  # (the call waits for its job)
+        wait_until(waiting.is_set, "the call to wait for its job")
         signal.raise_signal(signal.SIGINT)  # (the user's Ctrl-C)
 
     thread = threading.Thread(target=interrupt_once_started)
