@@ -73,6 +73,7 @@ class _Runtime:
     method: InfraMethod | None = None
     uid: str | None = None
     uid_export: tp.Any = None  # config(uid=True, exclude_defaults=True) as uid() exported it
+    uid_export_plain = False  # ...and whether its keys are all field names (see yaml_of)
     checked = False  # uid folder yaml files checked/written
     full_uid_current = False  # ...and its full-uid.yaml was this config's (versions too)
     defaults_checked = False  # full-uid.yaml checked before reusing cached results
@@ -486,11 +487,27 @@ class BaseInfra(pydantic.BaseModel):
         exclude = self._cache_exclusions()
         out, plain = identity.export_with_keys(owner, True, True, exclude)
         runtime.uid_export = out  # (the config is frozen from then on)
+        runtime.uid_export_plain = plain
         return ConfDict.uid_of(out, plain_keys=plain)
+
+    def _uid_yaml(self) -> str:
+        """``_uid_config().to_yaml()``, from the export uid() made, with no ConfDict."""
+        self.uid()
+        runtime = self._runtime()
+        out = runtime.uid_export
+        if out is None:
+            return self._uid_config().to_yaml()
+        return ConfDict.yaml_of(out, plain_keys=runtime.uid_export_plain)
 
     def _full_uid_yaml(self) -> str:
         """``config(uid=True, exclude_defaults=False).to_yaml()``, with fewer copies."""
         out, plain = identity.export_with_keys(self._owner(), True, False, self._cache_exclusions())
+        return ConfDict.yaml_of(out, plain_keys=plain)
+
+    def _config_yaml(self) -> str:
+        """``config(uid=False, exclude_defaults=False).to_yaml()``, with fewer copies."""
+        optional = self._cache_exclusions()  # (see config: no json form needed for those)
+        out, plain = identity.export_with_keys(self._owner(), False, False, (), optional)
         return ConfDict.yaml_of(out, plain_keys=plain)
 
     def _uid_config(self) -> ConfDict:
@@ -704,13 +721,18 @@ class BaseInfra(pydantic.BaseModel):
             try:
                 return uidfolder.prepare(
                     folder,
-                    uid_config=self._uid_config(),
-                    full_uid_config=self.config(uid=True, exclude_defaults=False),
-                    config=lambda: self.config(uid=False, exclude_defaults=False),
+                    uid_config=functools.cache(self._uid_config),
+                    full_uid_config=functools.cache(
+                        functools.partial(self.config, uid=True, exclude_defaults=False)
+                    ),
+                    config=functools.partial(self.config, uid=False, exclude_defaults=False),
                     permissions=self.permissions,
                     sub_configs=self._sub_configs,
                     reuses=functools.partial(self._prepare_reuses, folder),
                     create=create,
+                    texts=uidfolder.ConfigTexts(
+                        self._uid_yaml, self._full_uid_yaml, self._config_yaml
+                    ),
                 )
             except FileNotFoundError:
                 root = self.folder  # (missing: no cache there, said by the caller)

@@ -162,27 +162,46 @@ def _check_or_write(path: Path, text: str, permissions: int | None) -> dict[str,
 REFERENCE_RESULT = "job.pkl"  # where the reference exca keeps a task's result (not read)
 
 
+class ConfigTexts(tp.NamedTuple):
+    """The yaml texts of a uid folder's files, each made on demand (a new folder needs
+    only these: no ConfDict built)."""
+
+    uid: tp.Callable[[], str]
+    full_uid: tp.Callable[[], str]
+    config: tp.Callable[[], str]
+
+
 def prepare(
     folder: Path,
-    uid_config: ConfDict,
-    full_uid_config: ConfDict,
+    uid_config: tp.Callable[[], ConfDict],
+    full_uid_config: tp.Callable[[], ConfDict],
     config: tp.Callable[[], ConfDict],
     permissions: int | None,
     sub_configs: tp.Callable[[], Structure] | None = None,
     reuses: tp.Callable[[], bool] | None = None,
     create: bool = True,
+    texts: ConfigTexts | None = None,
 ) -> bool:
     """Create the folder, check the existing yaml files, write the missing ones
     (``sub_configs``: see ``_check_defaults``). Whether full-uid.yaml is the config's
     (False: its sub-configs' versions differ, told here if ``reuses()``: what the folder
     holds is reused by this call, e.g. a map's other items; else where it is reused).
-    ``create=False``: the folder is not made (FileNotFoundError when it is gone)."""
+    ``create=False``: the folder is not made (FileNotFoundError when it is gone).
+    ``texts``: the configs' ``to_yaml()``, maybe made faster (the configs themselves are
+    only made for an existing folder's checks: memoize them)."""
+    if texts is None:
+        texts = ConfigTexts(
+            lambda: uid_config().to_yaml(),
+            lambda: full_uid_config().to_yaml(),
+            lambda: config().to_yaml(),
+        )
+    uid_text, full_uid_text = texts.uid(), texts.full_uid()  # (an export error: no folder)
     if create and make_folder(folder, permissions, levels=2):  # (and its step folder)
         # created by this call: no file to check yet (a concurrent creator of the same
         # folder writes the same texts, each file replaced whole)
-        for name, cfg in ((UID_FILE, uid_config), (FULL_UID_FILE, full_uid_config)):
-            write_atomic(f"{folder}/{name}", cfg.to_yaml(), permissions)
-        write_atomic(f"{folder}/{CONFIG_FILE}", config().to_yaml(), permissions)
+        write_atomic(f"{folder}/{UID_FILE}", uid_text, permissions)
+        write_atomic(f"{folder}/{FULL_UID_FILE}", full_uid_text, permissions)
+        write_atomic(f"{folder}/{CONFIG_FILE}", texts.config(), permissions)
         return True
     if os.path.exists(f"{folder}/{REFERENCE_RESULT}"):
         logger.warning(
@@ -191,30 +210,31 @@ def prepare(
             folder,
             REFERENCE_RESULT,
         )
-    existing = _check_or_write(folder / UID_FILE, uid_config.to_yaml(), permissions)
-    if existing is not None and ConfDict(existing).flat() != _normalized(uid_config):
+    existing = _check_or_write(folder / UID_FILE, uid_text, permissions)
+    if existing is not None and ConfDict(existing).flat() != _normalized(uid_config()):
         raise RuntimeError(
             f"Inconsistent uid config in {folder}:\n"
             f"existing {UID_FILE}:\n{ConfDict(existing).to_yaml()}"
-            f"current config:\n{uid_config.to_yaml()}"
+            f"current config:\n{uid_text}"
             "Two configs map to the same folder name; remove the folder if the cache is obsolete"
         )
-    existing_full = _check_or_write(folder / FULL_UID_FILE, full_uid_config.to_yaml(), permissions)
+    existing_full = _check_or_write(folder / FULL_UID_FILE, full_uid_text, permissions)
     versions: list[str] = []
     if existing_full is not None:
-        versions = _check_defaults(folder, existing_full, uid_config, full_uid_config, sub_configs)
+        full = full_uid_config()
+        versions = _check_defaults(folder, existing_full, uid_config(), full, sub_configs)
         # (a call computing anew, e.g. a task in mode retry over its cached error, reuses
         # nothing: "Reusing the results..." was said of what it replaces; recorded all the
         # same, as what the folder holds now is taken to be)
         tell = reuses is None or reuses()
-        _record_added_fields(folder, existing_full, full_uid_config, sub_configs, permissions, tell)
+        _record_added_fields(folder, existing_full, full, sub_configs, permissions, tell)
         if versions and reuses is not None and reuses():
             _warn_versions(folder, versions)
     config_text = read_text(folder / CONFIG_FILE)  # (unparsable: removed and rewritten)
     if config_text is None:
-        write_atomic(folder / CONFIG_FILE, config().to_yaml(), permissions)
+        write_atomic(folder / CONFIG_FILE, texts.config(), permissions)
         return not versions
-    current = config().to_yaml()
+    current = texts.config()
     # (the same text is readable: parsing it would import PyYAML, ~20 ms of a first call)
     if config_text != current and read_yaml(folder / CONFIG_FILE, config_text, True) is None:
         write_atomic(folder / CONFIG_FILE, current, permissions)
