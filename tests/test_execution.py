@@ -54,6 +54,12 @@ def _unblock(tmp_path: Path) -> tp.Iterator[None]:
     (tmp_path / "block-flag").unlink(missing_ok=True)
 
 
+def _computing_process_gone(log: Path) -> bool:
+    """Whether the process that logged the last computation (``pid=``) ended."""
+    pid = int(calls(log)[-1].rsplit("pid=", 1)[1])
+    return exca.storage.process.process_start_time(pid) is None
+
+
 def make(tmp_path: Path, cluster: str | None, **kwargs: tp.Any) -> Counted:
     infra = {"folder": tmp_path / "cache", "cluster": cluster, **kwargs.pop("infra", {})}
     return Counted(log=str(tmp_path / "calls.txt"), infra=infra, **kwargs)
@@ -1253,7 +1259,7 @@ def test_clear_job_cancels_a_running_local_job(
     _wait_for(lambda: exca.storage.process.process_start_time(int(job.job_id)) is None)
     # the job's process was stopped (it is gone, or a zombie)...
     block.unlink()
-    time.sleep(0.5)
+    _wait_for(lambda: _computing_process_gone(log))  # (stopped, or computed and wrote)
     assert other.infra.status() == "not submitted"  # ...before writing the cleared result
     assert make(tmp_path, None, x=5).infra.status() == "not submitted"
     assert "KeyboardInterrupt" not in capfd.readouterr().err
@@ -1389,7 +1395,7 @@ def test_a_local_job_ignoring_sigint_is_stopped_too(tmp_path: Path, how: str) ->
     other.infra.clear_job() if how == "clear_job" else job.cancel()
     _wait_for(lambda: exca.storage.process.process_start_time(int(job.job_id)) is None)
     block.unlink()
-    time.sleep(0.5)
+    _wait_for(lambda: _computing_process_gone(log))  # (stopped, or computed and wrote)
     assert other.infra.status() == ("not submitted" if how == "clear_job" else "failed")
     with pytest.raises(exca.graph.errors.JobFailedError):
         job.result()
