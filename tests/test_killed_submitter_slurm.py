@@ -147,28 +147,26 @@ def markers(folder: Path | None) -> list[Path]:
     return sorted((folder / "jobs").glob("*.submitting"))
 
 
-def queued(job_ids: list[str]) -> list[str]:
-    """The jobs (array elements) of these ids that squeue lists."""
-    out = subprocess.run(
-        ["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(job_ids)],
+def squeue_lines(job_ids: list[str], fields: str) -> list[str]:
+    """squeue's lines (format ``fields``) for the jobs (array elements) of these ids."""
+    return subprocess.run(
+        ["squeue", "-h", "-r", "-o", fields, "-j", ",".join(job_ids)],
         capture_output=True,
         text=True,
         timeout=30,
         check=True,
-    ).stdout
-    return sorted(out.split(), key=job_order)
+    ).stdout.splitlines()
+
+
+def queued(job_ids: list[str]) -> list[str]:
+    """The jobs (array elements) of these ids that squeue lists."""
+    return sorted((line.strip() for line in squeue_lines(job_ids, "%i")), key=job_order)
 
 
 def reasons(job_ids: list[str]) -> dict[str, str]:
     """squeue's reason for each job (array element) of these ids it lists."""
-    out = subprocess.run(
-        ["squeue", "-h", "-r", "-o", "%i|%r", "-j", ",".join(job_ids)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
-    return dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
+    lines = squeue_lines(job_ids, "%i|%r")
+    return dict(line.split("|", 1) for line in lines if "|" in line)
 
 
 def job_order(job_id: str) -> list[int]:
