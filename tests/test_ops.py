@@ -5847,6 +5847,66 @@ def test_a_local_job_reusing_an_old_jobs_pid_is_not_taken_for_ended_by_its_resul
     assert exca.ops.inspect(root)[0].status == "success"
 
 
+@pytest.mark.timeout(120)
+def test_a_local_job_reusing_an_old_jobs_pid_and_the_old_job_each_read_their_own_logs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new local job whose pid an old ended job had writes into the old one's log
+    folder: it appended to the old job's log files (its logs showed the old job's lines),
+    and the old job's record, pointing at that folder, then read the new job's logs and
+    result. The old job's files now go aside when the new job starts, where its record
+    finds them."""
+    from exca.graph import executors
+
+    root, flag = tmp_path / "cache", tmp_path / "hold"
+    flag.touch()
+    task = Slow(flag=str(flag), infra={"folder": root, "cluster": "local"})
+    old_task = Slow(flag=str(tmp_path / "other"), infra={"folder": root})
+    old_folder = folder_of(old_task)
+    logs = folder_of(task).parent / "logs"
+    popen = executors._NewSessionSubprocess.Popen
+
+    def reused_pid(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        process = popen(*args, **kwargs)  # (an old ended job of this pid left its logs)
+        (user,) = logs.iterdir()
+        old = user / str(process.pid)
+        old.mkdir(exist_ok=True)
+        files = {"0_log.out": b"old job's stdout\n", "0_log.err": b"old job's stderr\n"}
+        files["0_result.pkl"] = pickle.dumps(("success", None))
+        for name, content in files.items():
+            (old / f"{process.pid}_{name}").write_bytes(content)
+            _age(old / f"{process.pid}_{name}", 40)
+        record = registry.JobRecord(
+            job_id=str(process.pid),
+            cluster="local",
+            logs=str(old),
+            submitted=time.time() - 40 * 86400,
+            host=exca.storage.process.hostname(),
+            folder=str(old_folder),
+            start=1,  # (long before the new job's process)
+        )
+        registry.write(old_folder, record, link=False)
+        return process
+
+    monkeypatch.setattr(executors._NewSessionSubprocess, "Popen", staticmethod(reused_pid))
+    job = task.infra.job()
+    try:
+        wait_until(lambda: "slow task started" in (job.stdout() or ""), "the job runs")
+        assert "old job" not in (job.stdout() or "") + (job.stderr() or "")
+    finally:
+        flag.unlink()
+    assert job.result() == "released"
+    (new,) = exca.ops.logs(folder_of(task))
+    assert "old job" not in new.stdout() + new.stderr()
+    assert "slow task started" in new.stdout()
+    (old_logs,) = exca.ops.logs(old_folder)
+    assert (old_logs.stdout(), old_logs.stderr()) == ("old job's stdout\n", "old job's stderr\n")
+    (old_record,) = registry.read_all(old_folder)
+    assert not registry.is_active(old_record)
+    with open(registry.submitit_job(old_record).paths.result_pickle, "rb") as handle:
+        assert pickle.load(handle) == ("success", None)  # (not the new job's "released")
+
+
 def _records(folder: Path) -> list[dict[str, tp.Any]]:
     return [json.loads(p.read_text()) for p in sorted((folder / "jobs").glob("*.json"))]
 

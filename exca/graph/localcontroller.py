@@ -4,7 +4,8 @@ instead, see executors._recording_controller). It starts the job's tasks and fol
 as submitit's own controller (1.5) does, reading the same environment variables
 (SUBMITIT_LOCAL_*, set by submitit's start_controller) and giving each task the ones
 submitit's worker reads, writing the same log files; with exca's additions: the job's
-folder made first, a task killed by a signal noted at the end of its log
+folder made first, the files an older job of its id (a pid, reused) left there set aside
+(OLDER_JOB_PREFIX), a task killed by a signal noted at the end of its log
 (KILLED_BY_SIGNAL), and a multi-task job's ranks ended once one of them ends badly
 (RANK_ENDED).
 
@@ -30,6 +31,12 @@ RANK_ENDED = "exca: this rank was stopped: rank "
 # seconds the other ranks get to end on their own once one ended badly (rank 0 exits
 # non-zero once done with a failure: the others end right after), then after SIGTERM
 LOCAL_RANK_GRACE_S = 2.0
+
+# a local job's id is a pid, which is reused: a new job then gets the log folder of an
+# older one (<logs>/<user>/%j). The older one's logs and results go aside when the new one
+# starts, into <folder>/<this><boot time>-<start ticks of the new job's process>, where
+# the older job's record finds them (registry.JobRecord.own_logs_folder)
+OLDER_JOB_PREFIX = "older-job-before-"
 
 # submitit's protocol (submitit/local/local.py, 1.5)
 REQUEUE_EXIT_CODE = 144  # (LOCAL_REQUEUE_RETURN_CODE: a task asks to be started again)
@@ -66,6 +73,60 @@ def ended_how(code: int) -> str:
         if name.startswith("SIG") and not name.startswith("SIG_") and isinstance(number, int):
             names.setdefault(number, name)
     return names.get(-code, f"signal {-code}")
+
+
+def start_ticks(pid: int) -> int | None:
+    """When a process started, in clock ticks since boot (None: gone, or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+        # (the command name, field 2, may hold spaces and parentheses)
+        return int(stat[stat.rfind(b")") + 2 :].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def boot_time() -> int | None:
+    try:
+        with open("/proc/stat", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"btime "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+# the files of a job in its folder that an older job's could be mistaken for
+JOB_FILES = ("_log.out", "_log.err", "_result.pkl")
+
+
+def set_aside(
+    folder: str, job_id: str, before: float | None = None, kinds: tuple[str, ...] = JOB_FILES
+) -> None:
+    """Move the files of an older job of this id (of ``kinds``: their name's ends) out of
+    a new one's folder (all of them, or those last written before the epoch ``before``)
+    into the sub-folder named after the new job's start: the new job appended to the older
+    one's logs, and the older one's record then read the new one's logs and result."""
+    ticks, booted = start_ticks(int(job_id)), boot_time()
+    if ticks is None or booted is None:  # (not Linux, or the job ended: left as they are)
+        return
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    aside = os.path.join(folder, f"{OLDER_JOB_PREFIX}{booted}-{ticks}")
+    for name in names:
+        if not name.startswith(job_id + "_") or not name.endswith(kinds):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            if before is not None and os.stat(path).st_mtime >= before:
+                continue
+            os.makedirs(aside, exist_ok=True)
+            os.rename(path, os.path.join(aside, name))
+        except OSError:  # (moved meanwhile by the other of submitter and controller)
+            pass
 
 
 class Task:
@@ -118,6 +179,9 @@ class Controller:
         self.warning_signal: int | None = getattr(signal, name, None)
         self.tasks: list[Task] = []
         self.files: list[int] = []
+        # (the folders whose older files went aside: after that, and in a requeue, the
+        # files there are this job's own, appended to)
+        self.cleared: set[str] = set()
         signal.signal(signal.SIGTERM, self._forward)
 
     def _forward(self, signum: int, frame: object = None) -> None:
@@ -142,6 +206,9 @@ class Controller:
             # started, which died on FileNotFoundError when it got there first
             folder = job_path(self.folder, self.job_id, rank)
             os.makedirs(folder, exist_ok=True)
+            if folder not in self.cleared:
+                set_aside(folder, self.job_id)
+                self.cleared.add(folder)
             stdout = self._open(os.path.join(folder, f"{self.job_id}_{rank}_log.out"))
             stderr = stdout
             if not self.stderr_to_stdout:

@@ -24,6 +24,7 @@ import orjson
 from ..storage import claims, process, saidonce
 from ..storage.files import ensure_folder, note_write_error, write_new
 from .errors import NEVER_STARTS
+from .localcontroller import OLDER_JOB_PREFIX, set_aside
 from .node import INPUTS_PREFIX
 
 JOBS_DIR = "jobs"
@@ -83,6 +84,36 @@ class JobRecord:
                     return moved
         return found
 
+    def own_logs_folder(self) -> Path:
+        """The folder of this job's own log and result files: ``logs_folder()``, or for a
+        local job whose id (a pid) a later job reused there, the sub-folder where that
+        job's controller set this one's files aside (named after its start)."""
+        folder = self.logs_folder()
+        if self.cluster != "local":
+            return folder
+        try:
+            names = [n for n in os.listdir(folder) if n.startswith(OLDER_JOB_PREFIX)]
+        except OSError:
+            return folder
+        later = [(self._started_after(name), name) for name in names]
+        firsts = sorted((start, name) for start, name in later if start is not None)
+        return folder / firsts[0][1] if firsts else folder
+
+    def _started_after(self, aside: str) -> float | None:
+        """When the job that set files aside in ``aside`` started (epoch seconds) if after
+        this one, else None."""
+        try:
+            booted, ticks = map(int, aside[len(OLDER_JOB_PREFIX) :].split("-"))
+        except ValueError:
+            return None
+        tick = os.sysconf("SC_CLK_TCK")
+        started = booted + ticks / tick
+        # (of the same boot as this job, start ticks order the two exactly; else the
+        # wall clock: this job started before it was recorded)
+        if self.start is not None and abs(booted + self.start / tick - self.submitted) < 60:
+            return started if ticks > self.start else None
+        return started if started > self.submitted else None
+
     def _logs_in_cache(self) -> Path:
         recorded = Path(self.logs)
         if self.node_folder is None:
@@ -105,7 +136,7 @@ class JobRecord:
 
 
 def _log_file(record: JobRecord, kind: str) -> Path:
-    folder = record.logs_folder()
+    folder = record.own_logs_folder()
     # submitit names logs <job_id>_<task>_log.out
     candidates = sorted(folder.glob(f"{record.job_id}_*_log.{kind}"))
     return candidates[0] if candidates else folder / f"{record.job_id}_0_log.{kind}"
@@ -604,7 +635,7 @@ def submitit_job(record: JobRecord) -> tp.Any:
         return submitit.SlurmJob(folder=record.logs_folder(), job_id=record.job_id)
     from submitit.local.local import LocalJob
 
-    return LocalJob(folder=record.logs_folder(), job_id=record.job_id)
+    return LocalJob(folder=record.own_logs_folder(), job_id=record.job_id)
 
 
 def wrote_outcome(record: JobRecord) -> bool:
@@ -623,19 +654,17 @@ def wrote_outcome(record: JobRecord) -> bool:
     return isinstance(outcome, tuple) and bool(outcome) and outcome[0] == "success"
 
 
-def drop_older_results(logs: Path, pid: int) -> None:
-    """Remove the result files of an older local job of this id from a new one's log
-    folder: local job ids are pids, which are reused, and the default layout
-    (``<logs>/<user>/%j``) then gives the new job the old one's folder, whose result file
-    said the new job had ended (well) while it ran. Those written before its process
-    started are the older job's."""
+def set_aside_older_results(logs: Path, pid: int) -> None:
+    """Move the results of an older local job of this id out of a new one's log
+    folder, where its record finds them (own_logs_folder): local job ids are pids, which
+    are reused, and the default layout (``<logs>/<user>/%j``) then gives the new job the
+    old one's folder, whose result file said the new job had ended (well) while it ran.
+    Those written before its process started are the older job's. Not its logs: the
+    controller may have them open already; it sets them aside itself before that."""
     started = process.start_epoch(pid)
     if started is None:  # (ended already: its own result, if any, is the newest)
         return
-    for path in logs.glob(f"{pid}_*_result.pkl"):
-        with contextlib.suppress(OSError):  # (gone meanwhile; not ours to remove: left)
-            if path.stat().st_mtime < started - LOCAL_START_SLACK:
-                path.unlink()
+    set_aside(str(logs), str(pid), before=started - LOCAL_START_SLACK, kinds=("_result.pkl",))
 
 
 # the states of a job squeue may list that are final: every other one may still run (or

@@ -984,7 +984,7 @@ class Scheduler:
             start=process_start_time(int(handle.job_id)) if local else None,
         )
         if local:  # (before its record: no reader takes an older job's result for its)
-            registry.drop_older_results(Path(job.paths.folder), int(handle.job_id))
+            registry.set_aside_older_results(Path(job.paths.folder), int(handle.job_id))
         try:
             registry.write(
                 folder, record, link=unit.uids is None, permissions=node.cache.permissions
