@@ -43,7 +43,7 @@ import exca
 import exca.graph
 import exca.ops
 import exca.storage.process
-from exca.graph import registry
+from exca.graph import localcontroller, registry
 from exca.graph.errors import JobFailedError, NodeFailures
 from exca.ops import clean
 from exca.ops.inspect import human_size, node_folders, step_selects
@@ -5806,6 +5806,31 @@ def test_clean_logs_keeps_the_logs_of_a_new_job_reusing_an_old_jobs_pid(
     assert plan.execute(warn=False) == 0  # the removal, once it runs
     assert sorted(p.name for p in logs.iterdir()) == [f"{pid}_0_log.out", f"{pid}_submitted.pkl"]
     assert [(p, "runs here since the preview" in why) for p, why in plan.skipped] == [(logs, True)]
+
+
+def test_clean_logs_removes_a_job_folder_with_an_older_jobs_files_set_aside(
+    tmp_path: Path,
+) -> None:
+    """A local job whose pid an older job had set that job's files aside in a sub-folder
+    of its log folder (`<pid>/older-job-before-*/`): `clean logs` took the folder for one
+    shared with files of others, removed the jobs' files one by one and left the
+    sub-folder, and the folder, for good. Once both jobs ended, the folder goes whole."""
+    root = tmp_path / "cache"
+    Train(seed=1, infra={"folder": root}).fit()
+    node = folder_of(Train(seed=1, infra={"folder": root}))
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # (its pid: a job's that ended)
+    pid = str(ended.pid)
+    logs = node.parent / "logs" / "someone" / pid
+    _fake_job(node, pid, logs, 40, cluster="local", start=1)
+    aside = logs / f"{localcontroller.OLDER_JOB_PREFIX}0-1"
+    aside.mkdir()
+    (aside / f"{pid}_0_log.out").write_text("the older job's log")
+    _age(aside / f"{pid}_0_log.out", 40)
+    plan = clean.logs(root, older_than_days=30)
+    assert [(r.path, r.files) for r in plan.removals] == [(logs, None)]
+    plan.execute(warn=False)
+    assert not logs.exists()
 
 
 @pytest.mark.timeout(120)

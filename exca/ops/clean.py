@@ -27,6 +27,7 @@ from pathlib import Path
 import orjson
 
 from ..graph import registry, store
+from ..graph.localcontroller import OLDER_JOB_PREFIX
 from ..graph.node import TASK_KEY, Node
 from ..infra.uidfolder import UID_FILE, read_yaml
 from ..storage import process
@@ -1790,7 +1791,10 @@ def logs(root: Path | str, older_than_days: float = 30.0, step: str | None = Non
         ids = sorted({r.job_id for _, r in records})
         files = _job_files(logs_folder, ids)
         own = logs_folder.name in {i.split("_")[0] for i in ids} | set(ids)
-        if own and len(files) == len(_scan(logs_folder)) and all(s for s, _ in records):
+        # (with the files of older jobs of its id, a pid, that a later one set aside)
+        entries = _scan(logs_folder)
+        theirs = len(files) + sum(e.name.startswith(OLDER_JOB_PREFIX) for e in entries)
+        if own and theirs == len(entries) and all(s for s, _ in records):
             # a folder of its own (the default ".../%j"), holding only its jobs' files
             _add_whole_logs_folder(plan, logs_folder, [r for _, r in records], limit)
         else:
