@@ -29,6 +29,7 @@ from unittest import mock
 
 import pydantic
 import pytest
+from controller_starts import hook_controller_starts
 from filelog import append, wait_until
 from jobmodels_execution import Counted, Listed
 from racing import Background, race
@@ -1499,16 +1500,12 @@ def test_a_cancelled_job_whose_controller_lost_the_interrupt_is_said_cancelled(
     """A controller that lost the interrupt and was still starting a second later: its
     task, started after the follow-up looked, was killed without an interrupt, and the
     job was said "interrupted (killed)" (found by review)."""
-    from submitit.local import local
 
-    real = local.subprocess.Popen
+    def losing(cmd: list[str]) -> list[str]:
+        assert cmd[1:3] == ["-m", "submitit.local._local"]
+        return [cmd[0], "-c", _STARTS_SLOWLY_LOSING_THE_INTERRUPT.format(lost=lost), *cmd[3:]]
 
-    def popen(cmd: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
-        if isinstance(cmd, list) and cmd[1:3] == ["-m", "submitit.local._local"]:
-            cmd = [cmd[0], "-c", _STARTS_SLOWLY_LOSING_THE_INTERRUPT.format(lost=lost), *cmd[3:]]
-        return real(cmd, *args, **kwargs)
-
-    monkeypatch.setattr(local.subprocess, "Popen", popen)
+    controllers = hook_controller_starts(monkeypatch, command=losing)
     block = tmp_path / "block-flag"
     block.touch()
     task = make(tmp_path, "local", x=7, block_flag=str(block))
@@ -1516,6 +1513,7 @@ def test_a_cancelled_job_whose_controller_lost_the_interrupt_is_said_cancelled(
     time.sleep(0.2)
     job.cancel()
     job.handle.job._process.wait(timeout=30)
+    assert controllers == [int(job.job_id)]  # (the controller losing the interrupt)
     _wait_for(lambda: task.infra.status() == "failed", timeout=30)
     with pytest.raises(exca.graph.errors.JobFailedError, match=r"local job \d+ was cancelled"):
         job.result()

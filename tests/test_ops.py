@@ -35,6 +35,7 @@ from unittest import mock
 import pydantic
 import pytest
 import yaml
+from controller_starts import hook_controller_starts
 from fake_squeue import counting_squeue
 from jobmodels_ops import Optim, Ranges, Slow, SlowMap, Source, Squares, Total, Train
 from waiting import waiting_for_jobs
@@ -5842,25 +5843,21 @@ def test_a_local_job_reusing_an_old_jobs_pid_is_not_taken_for_ended_by_its_resul
     the new job's, it said the job ended well while it ran (`exca list` said success;
     another caller following it took it for ended). A result file older than the job's
     process is an older job's: it goes when the new job is recorded."""
-    from exca.graph import executors
-
     root, flag = tmp_path / "cache", tmp_path / "hold"
     flag.touch()
     task = Slow(flag=str(flag), infra={"folder": root, "cluster": "local"})
     logs = folder_of(task).parent / "logs"
-    popen = executors._NewSessionSubprocess.Popen
 
-    def reused_pid(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
-        process = popen(*args, **kwargs)  # (an old job of this pid left its result)
-        for user in logs.iterdir():
-            old = user / str(process.pid) / f"{process.pid}_0_result.pkl"
-            old.parent.mkdir(exist_ok=True)
-            old.write_bytes(pickle.dumps(("success", None)))
-            _age(old, 40)
-        return process
+    def reused_pid(process: subprocess.Popen[bytes]) -> None:
+        (user,) = logs.iterdir()  # (an old job of this pid left its result)
+        old = user / str(process.pid) / f"{process.pid}_0_result.pkl"
+        old.parent.mkdir(exist_ok=True)
+        old.write_bytes(pickle.dumps(("success", None)))
+        _age(old, 40)
 
-    monkeypatch.setattr(executors._NewSessionSubprocess, "Popen", staticmethod(reused_pid))
+    controllers = hook_controller_starts(monkeypatch, started=reused_pid)
     job = task.infra.job()
+    assert controllers == [int(job.job_id)]  # (its pid was an old job's)
     try:
         wait_until(lambda: "slow task started" in (job.stdout() or ""), "the job runs")
         (record,) = registry.read_all(folder_of(task))
@@ -5881,19 +5878,15 @@ def test_a_local_job_reusing_an_old_jobs_pid_and_the_old_job_each_read_their_own
     and the old job's record, pointing at that folder, then read the new job's logs and
     result. The old job's files now go aside when the new job starts, where its record
     finds them."""
-    from exca.graph import executors
-
     root, flag = tmp_path / "cache", tmp_path / "hold"
     flag.touch()
     task = Slow(flag=str(flag), infra={"folder": root, "cluster": "local"})
     old_task = Slow(flag=str(tmp_path / "other"), infra={"folder": root})
     old_folder = folder_of(old_task)
     logs = folder_of(task).parent / "logs"
-    popen = executors._NewSessionSubprocess.Popen
 
-    def reused_pid(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
-        process = popen(*args, **kwargs)  # (an old ended job of this pid left its logs)
-        (user,) = logs.iterdir()
+    def reused_pid(process: subprocess.Popen[bytes]) -> None:
+        (user,) = logs.iterdir()  # (an old ended job of this pid left its logs)
         old = user / str(process.pid)
         old.mkdir(exist_ok=True)
         files = {"0_log.out": b"old job's stdout\n", "0_log.err": b"old job's stderr\n"}
@@ -5911,10 +5904,10 @@ def test_a_local_job_reusing_an_old_jobs_pid_and_the_old_job_each_read_their_own
             start=1,  # (long before the new job's process)
         )
         registry.write(old_folder, record, link=False)
-        return process
 
-    monkeypatch.setattr(executors._NewSessionSubprocess, "Popen", staticmethod(reused_pid))
+    controllers = hook_controller_starts(monkeypatch, started=reused_pid)
     job = task.infra.job()
+    assert controllers == [int(job.job_id)]  # (its pid was the old job's)
     try:
         wait_until(lambda: "slow task started" in (job.stdout() or ""), "the job runs")
         assert "old job" not in (job.stdout() or "") + (job.stderr() or "")
