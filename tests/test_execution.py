@@ -33,7 +33,7 @@ from controller_starts import hook_controller_starts
 from filelog import append, wait_until
 from jobmodels_execution import Counted, Listed
 from racing import Background, race
-from waiting import waiting_for_jobs
+from waiting import waiting_for_jobs, waits_for_others
 
 import exca
 import exca.graph.executors
@@ -3382,9 +3382,12 @@ def test_force_recomputes_once_per_instance(tmp_path: Path, cluster: str | None)
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("cluster", [None, "local"])
-def test_threads_of_one_forced_instance_force_it_once(tmp_path: Path, cluster: str | None) -> None:
+def test_threads_of_one_forced_instance_force_it_once(
+    tmp_path: Path, cluster: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Three threads call one forced instance at once: one computation (with local jobs,
     each thread submitted its own job: 3 computations)."""
+    waits = waits_for_others(monkeypatch)
     log = tmp_path / "calls.txt"
     assert make(tmp_path, cluster, x=6).process() == 12
     block = tmp_path / "block-flag"
@@ -3395,7 +3398,8 @@ def test_threads_of_one_forced_instance_force_it_once(tmp_path: Path, cluster: s
     for thread in threads:
         thread.start()
     _wait_for(lambda: len(calls(log)) == 2)  # (the forced computation started)
-    time.sleep(1.0)  # (the other threads are waiting, not submitting)
+    # (the other threads are waiting for it, not submitting)
+    _wait_for(lambda: waits.count("lock", "claim") == 2 or len(calls(log)) > 2)
     block.unlink()
     for thread in threads:
         thread.join(timeout=60)
@@ -4117,10 +4121,11 @@ def test_a_script_submitting_local_jobs_does_not_hold_its_output_pipe(tmp_path: 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("cluster", [None, "local"])
 def test_a_retry_while_another_call_computes_computes_again_after_it(
-    tmp_path: Path, cluster: str | None
+    tmp_path: Path, cluster: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """mode=retry while another call computes (code from before the fix, say) and then
     fails: the retry re-raised that error, computed before it asked. It computes again."""
+    waits = waits_for_others(monkeypatch)
     log, block, fail = tmp_path / "calls.txt", tmp_path / "block-flag", tmp_path / "fail"
     block.touch()
     fail.touch()
@@ -4135,7 +4140,8 @@ def test_a_retry_while_another_call_computes_computes_again_after_it(
     retry_errors: list[BaseException] = []
     retrying = threading.Thread(target=lambda: _catch(retried.process, retry_errors))
     retrying.start()
-    time.sleep(0.5)  # (the retry waits for the first computation)
+    # (the retry waits for the first computation: its claim, or its job)
+    waits.until(retrying, kinds=("claim", "lock") if cluster is None else ())
     block.unlink()
     thread.join(timeout=60)
     retrying.join(timeout=60)
@@ -4199,6 +4205,7 @@ def test_a_retry_asked_just_before_another_retry_computes_follows_it(
     """B asks (mode retry) 0.5 ms before A's computation starts (A had asked a bit
     earlier): B must follow A's computation, not compute again."""
     log, block, fail = _error_of_x4_cached_then_blocking(tmp_path)
+    waits = waits_for_others(monkeypatch)
     from exca.graph import scheduler, worker
 
     starts: list[float] = []
@@ -4231,7 +4238,7 @@ def test_a_retry_asked_just_before_another_retry_computes_follows_it(
     _wait_for(lambda: len(calls(log)) == 2)  # A computes
     b = threading.Thread(target=lambda: _catch(retry(), errors))
     b.start()
-    time.sleep(1.0)  # B waits for A's claim
+    waits.until(b, kinds=("claim",))  # B waits for A's claim
     block.unlink()
     a.join(timeout=60)
     b.join(timeout=60)
@@ -4240,10 +4247,13 @@ def test_a_retry_asked_just_before_another_retry_computes_follows_it(
 
 
 @pytest.mark.timeout(120)
-def test_concurrent_retries_of_a_cached_error_compute_it_once(tmp_path: Path) -> None:
+def test_concurrent_retries_of_a_cached_error_compute_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Three calls in mode retry at the same time, of a config whose error is cached: one
     computes (a job), the others follow it; each recomputed in turn, failing again."""
     log, block, fail = _error_of_x4_cached_then_blocking(tmp_path)
+    waits = waits_for_others(monkeypatch)
     errors: list[BaseException] = []
     threads = [
         threading.Thread(
@@ -4264,7 +4274,7 @@ def test_concurrent_retries_of_a_cached_error_compute_it_once(tmp_path: Path) ->
     for thread in threads:
         thread.start()
     _wait_for(lambda: len(calls(log)) == 2)  # the retry computes
-    time.sleep(0.5)
+    waits.until(*threads)  # (the others follow it: waiting for its job, not submitting)
     block.unlink()
     for thread in threads:
         thread.join(timeout=60)
