@@ -30,6 +30,7 @@ import orjson
 import pydantic
 import pytest
 from filelog import append, lines
+from waiting import waits_for_others
 
 import exca
 from exca.graph import registry
@@ -310,8 +311,11 @@ def test_clear_job_while_another_process_computes_says_it_cannot_stop_it(
 
 
 @pytest.mark.timeout(60)
-def test_task_threads_in_this_process(tmp_path: Path, ctl: Path) -> None:
+def test_task_threads_in_this_process(
+    tmp_path: Path, ctl: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two threads of the test process itself, on two instances of one config."""
+    waits = waits_for_others(monkeypatch)
     out: list[tp.Any] = []
 
     def call() -> None:
@@ -321,7 +325,7 @@ def test_task_threads_in_this_process(tmp_path: Path, ctl: Path) -> None:
     threads[0].start()
     wait_until(lambda: bool(lines(ctl / "calls.txt")))
     threads[1].start()
-    time.sleep(0.5)
+    waits.until(threads[1], kinds=("claim",))  # (for the first one's claim)
     (ctl / "release").touch()
     for thread in threads:
         thread.join(timeout=WAIT_S)
@@ -332,7 +336,11 @@ def test_task_threads_in_this_process(tmp_path: Path, ctl: Path) -> None:
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("call", ["run", "job", "job_array"])
 def test_no_job_for_a_task_another_worker_computes(
-    tmp_path: Path, ctl: Path, call: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    ctl: Path,
+    call: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A config computed inline by another caller (its claim is live) and asked for with
     cluster="local": a call or an array submits no job (it would only wait for the claim
@@ -342,6 +350,7 @@ def test_no_job_for_a_task_another_worker_computes(
     would hold its allocation only to wait, a GPU for as long as the other computes); its
     cancel() says that it cannot stop the other worker (it did nothing, silently)."""
     folder = tmp_path / "cache"
+    waits = waits_for_others(monkeypatch)
     inline: list[int] = []
     first = threading.Thread(
         target=lambda: inline.append(Slow(ctl=str(ctl), infra={"folder": folder}).process())
@@ -355,7 +364,7 @@ def test_no_job_for_a_task_another_worker_computes(
     if call == "run":
         waiter = threading.Thread(target=lambda: results.append(other.process()))
         waiter.start()
-        time.sleep(1.0)  # (it decides meanwhile: a submission would show in jobs/)
+        waits.until(waiter)  # (decided: a submission would show in jobs/)
     elif call == "job":
         job = other.infra.job()
         assert job.job_id == "#claim#" and job.state == "RUNNING" and not job.done()
@@ -383,9 +392,12 @@ def test_no_job_for_a_task_another_worker_computes(
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("inputs", (False, True))
-def test_task_kept_in_ram_only_threads_of_one_instance(ctl: Path, inputs: bool) -> None:
+def test_task_kept_in_ram_only_threads_of_one_instance(
+    ctl: Path, inputs: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No folder (keep_in_ram only): no claim on disk, yet threads calling one instance
     compute it once (each computed it; with inputs, each call computed it anyway)."""
+    waits = waits_for_others(monkeypatch)
     call: tp.Callable[[], int]
     if inputs:
         with_inputs = SlowInputs(ctl=str(ctl), infra={"keep_in_ram": True})
@@ -398,7 +410,7 @@ def test_task_kept_in_ram_only_threads_of_one_instance(ctl: Path, inputs: bool) 
     wait_until(lambda: bool(lines(ctl / "calls.txt")))
     for thread in threads[1:]:
         thread.start()
-    time.sleep(0.5)
+    waits.until(*threads[1:], kinds=("lock",))  # (for the first one's computation)
     (ctl / "release").touch()
     for thread in threads:
         thread.join(timeout=WAIT_S)
@@ -469,10 +481,11 @@ def test_a_pool_map_forced_while_another_process_forces_it(tmp_path: Path, ctl: 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("cluster", [None, "threadpool"])
 def test_map_forced_from_two_threads_of_one_instance(
-    tmp_path: Path, ctl: Path, cluster: str | None
+    tmp_path: Path, ctl: Path, cluster: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """mode=force applies once per instance: a second thread of the instance calling it
     while the first forces the items waits and reads them (it forced them again)."""
+    waits = waits_for_others(monkeypatch)
     mapper = SlowMap(
         ctl=str(ctl), infra={"folder": tmp_path / "cache", "mode": "force", "cluster": cluster}
     )
@@ -486,7 +499,9 @@ def test_map_forced_from_two_threads_of_one_instance(
     threads[0].start()
     wait_until(lambda: bool(lines(ctl / "calls.txt")))  # (the first one computes, blocked)
     threads[1].start()
-    time.sleep(0.5)  # (the second one asks meanwhile)
+    # (the second one asks meanwhile: waits for the first one's force, or for its items'
+    # claims, in a thread of its pool)
+    filelog.wait_until(lambda: waits.count("lock", "claim") > 0 or not threads[1].is_alive())
     (ctl / "release").touch()
     for thread in threads:
         thread.join(timeout=WAIT_S)
