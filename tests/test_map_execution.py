@@ -28,6 +28,7 @@ import pydantic
 import pytest
 from filelog import append, lines, wait_until
 from jobmodels_map_execution import Mapper
+from waiting import waits_for_others
 
 import exca
 import exca.cachedict
@@ -3400,10 +3401,13 @@ def test_the_job_of_a_map_node_gives_its_outputs(tmp_path: Path, cluster: str | 
 
 
 @pytest.mark.timeout(180)
-def test_a_call_waits_for_a_job_retrying_cached_item_errors(tmp_path: Path) -> None:
+def test_a_call_waits_for_a_job_retrying_cached_item_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A job sent to retry a map's cached item errors (e.g. by a detached run, or a node's
     job()) is waited for by a call in mode cached, which then gives the outputs: it
     raised the old error at once (the plan said the map was cached, with errors; a probe)."""
+    waits = waits_for_others(monkeypatch)
     fail_dir, slow = tmp_path / "fail", tmp_path / "slow"
     fail_dir.mkdir()
     (fail_dir / "2").touch()
@@ -3423,7 +3427,7 @@ def test_a_call_waits_for_a_job_retrying_cached_item_errors(tmp_path: Path) -> N
     outputs: list[tp.Any] = []
     thread = threading.Thread(target=lambda: outputs.append(list(mapper().process([2, 5]))))
     thread.start()
-    time.sleep(1)
+    waits.until(thread)
     assert thread.is_alive() and not outputs  # (waiting for the job)
     slow.unlink()
     thread.join(timeout=120)
@@ -3466,10 +3470,11 @@ def test_the_retry_job_of_a_map_node_asked_while_a_job_of_its_items_runs(
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("raised", ["ValueError", "KeyError"])
 def test_a_cached_job_or_call_follows_a_job_retrying_cached_errors(
-    tmp_path: Path, raised: str
+    tmp_path: Path, raised: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While a job retries a map's cached item error: job() in mode cached said FAILED and
     gave the old error at once; a call did so when the error was a KeyError (a review)."""
+    waits = waits_for_others(monkeypatch)
     fail_dir, slow = tmp_path / "fail", tmp_path / "slow"
     fail_dir.mkdir()
     (fail_dir / "2").touch()
@@ -3489,7 +3494,7 @@ def test_a_cached_job_or_call_follows_a_job_retrying_cached_errors(
     outputs: list[tp.Any] = []
     thread = threading.Thread(target=lambda: outputs.append(list(mapper().process([2, 5]))))
     thread.start()
-    time.sleep(1)
+    waits.until(thread)
     assert thread.is_alive() and not outputs  # (waiting for the retry job)
     slow.unlink()
     thread.join(timeout=120)
@@ -3498,10 +3503,13 @@ def test_a_cached_job_or_call_follows_a_job_retrying_cached_errors(
 
 
 @pytest.mark.timeout(180)
-def test_a_forced_instance_reads_what_its_own_forcing_job_writes(tmp_path: Path) -> None:
+def test_a_forced_instance_reads_what_its_own_forcing_job_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """node.job() of a forced instance, then a call of that instance while the job runs:
     it read the outputs the force was replacing, and a second job() said COMPLETED and
     raised a bare KeyError (a review). Both follow the forcing job."""
+    waits = waits_for_others(monkeypatch)
     slow, factor = tmp_path / "slow", tmp_path / "factor"
     assert list(make(tmp_path, "local", slow_flag=str(slow)).process([1, 2])) == [10, 20]
     factor.write_text("100")  # (item -> 100 * item from now on)
@@ -3513,7 +3521,7 @@ def test_a_forced_instance_reads_what_its_own_forcing_job_writes(tmp_path: Path)
     outputs: list[tp.Any] = []
     thread = threading.Thread(target=lambda: outputs.append(list(forced.process([1, 2]))))
     thread.start()
-    time.sleep(1)
+    waits.until(thread)
     again = forced.process.node([1, 2]).job()
     assert thread.is_alive() and not outputs and not again.done()
     slow.unlink()
@@ -3578,9 +3586,12 @@ def test_a_cached_item_error_is_raised_at_once_while_its_job_runs_on(
 
 
 @pytest.mark.timeout(120)
-def test_a_call_waits_for_a_job_retrying_an_error_cached_without_a_time(tmp_path: Path) -> None:
+def test_a_call_waits_for_a_job_retrying_an_error_cached_without_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Item errors cached by an older exca have no start time: a call in mode cached raised
     such an error at once while a job retried it (a review); it waits for that job."""
+    waits = waits_for_others(monkeypatch)
     fail_dir, slow = tmp_path / "fail", tmp_path / "slow"
     fail_dir.mkdir()
     (fail_dir / "2").touch()
@@ -3603,7 +3614,7 @@ def test_a_call_waits_for_a_job_retrying_an_error_cached_without_a_time(tmp_path
     outputs: list[tp.Any] = []
     thread = threading.Thread(target=lambda: outputs.append(list(mapper().process([2]))))
     thread.start()
-    time.sleep(1)
+    waits.until(thread)
     assert thread.is_alive() and not outputs  # (waiting for the job)
     slow.unlink()
     thread.join(timeout=60)
