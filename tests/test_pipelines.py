@@ -31,6 +31,7 @@ import pydantic
 import pytest
 from filelog import wait_until
 from jobmodels_pipelines import Numbers, Square, Step, _show, append
+from waiting import waits_for_others
 
 import exca
 import exca.graph
@@ -2964,7 +2965,9 @@ class Shared(pydantic.BaseModel):
 
 
 @pytest.mark.timeout(120)
-def test_a_job_whose_upstream_another_process_forces_waits_for_it(env: Env) -> None:
+def test_a_job_whose_upstream_another_process_forces_waits_for_it(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A node's job starts (its run found the upstream done) while another process forces
     that upstream on a cluster: the old result was dropped when the forcing job went out.
     The job failed with "upstream ... is missing" (an upstream failure that did not
@@ -2973,6 +2976,7 @@ def test_a_job_whose_upstream_another_process_forces_waits_for_it(env: Env) -> N
     from exca.graph.worker import Unit, run_unit
 
     block = str(env.tmp / "block")
+    waits = waits_for_others(monkeypatch)
     assert Shared(block_flag=block, log=env.log, infra=env.infra()).make() == "shared"
     down = env.step("down").run.node(
         Shared(block_flag=block, log=env.log, infra=env.infra()).make.node()
@@ -2985,7 +2989,7 @@ def test_a_job_whose_upstream_another_process_forces_waits_for_it(env: Env) -> N
     thread = threading.Thread(target=lambda: outcome.append(run_unit(Unit(down))))
     thread.start()
     wait_for(lambda: env.starts("shared") == 2)  # (the forcing job computes)
-    time.sleep(0.5)
+    waits.until(thread)  # (for the forcing job)
     assert thread.is_alive() and env.starts("down") == 0  # waiting, not failed
     Path(block).unlink()
     assert job.result() == "shared"

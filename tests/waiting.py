@@ -30,11 +30,14 @@ class Waits:
     """The threads of this process seen waiting for work done elsewhere, by what they
     waited for: "claim" (a claim another worker holds, in a folder), "jobs" (the
     scheduler's wait loop: jobs or pool units), "lock" (another thread of the same
-    instance computing or forcing it: a lock in this process)."""
+    instance computing or forcing it: a lock in this process), "upstream" (a worker
+    whose upstream task's result another worker or job computes again)."""
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
-        self.threads: dict[str, set[int]] = {"claim": set(), "jobs": set(), "lock": set()}
+        self.threads: dict[str, set[int]] = {
+            kind: set() for kind in ("claim", "jobs", "lock", "upstream")
+        }
 
     def note(self, kind: str) -> None:
         with self._guard:
@@ -77,7 +80,7 @@ def waits_for_others(monkeypatch: pytest.MonkeyPatch) -> Waits:
     """Notes which threads of this process wait for work done elsewhere (see Waits): for
     tests starting a call that must wait for another one, instead of sleeping a while
     (long enough to decide? on a loaded machine, not always)."""
-    from exca.graph import calls, scheduler
+    from exca.graph import calls, scheduler, worker
     from exca.infra import base
     from exca.storage import claims
 
@@ -86,6 +89,7 @@ def waits_for_others(monkeypatch: pytest.MonkeyPatch) -> Waits:
     claims_wait = claims.Claims.wait
     ram_lock = base._Runtime.ram_lock
     force_lock = calls._force_lock
+    recomputed_elsewhere = worker._recomputed_elsewhere
 
     def wait_some_noted(self: tp.Any, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         waits.note("jobs")
@@ -101,7 +105,14 @@ def waits_for_others(monkeypatch: pytest.MonkeyPatch) -> Waits:
 
         return claims_wait(self, *args, on_wait=noted, **kw)
 
+    def recomputed_elsewhere_noted(source: tp.Any) -> bool:
+        elsewhere = recomputed_elsewhere(source)
+        if elsewhere:  # (worker._upstream_state waits for it)
+            waits.note("upstream")
+        return elsewhere
+
     monkeypatch.setattr(scheduler.Scheduler, "_wait_some", wait_some_noted)
+    monkeypatch.setattr(worker, "_recomputed_elsewhere", recomputed_elsewhere_noted)
     monkeypatch.setattr(claims.Claims, "wait", claims_wait_noted)
     monkeypatch.setattr(
         base._Runtime, "ram_lock", lambda self, *a: _NotedLock(ram_lock(self, *a), waits)
