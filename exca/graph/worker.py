@@ -7,12 +7,14 @@ computes, writes results or errors into the node's cache, and releases its claim
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import dataclasses
 import functools
 import itertools
 import logging
+import operator
 import os
 import re
 import subprocess
@@ -1922,6 +1924,7 @@ class _Failures:
         self.unlogged = 0  # ... and the others, counted in one line at the end of the unit
 
 
+_FIRST = operator.itemgetter(0)
 _HALVES = -1  # (_compute_from: the method raised as it was called, on several items)
 
 
@@ -1933,14 +1936,25 @@ class _Watched(list[tp.Any]):
     tells no item (a progress bar's total).
     A list still, for the method; pickled as a plain list."""
 
-    __slots__ = ("other", "read", "read_at")
+    __slots__ = ("_reading", "_times", "other")
 
     def __init__(self, items: list[tp.Any]) -> None:
         super().__init__(items)
-        self.read = 0  # items given by the first loop over them
         self.other = False  # read some other way (later items possibly)
-        # (when the last one was: its computation's start, recorded with its error)
-        self.read_at = 0.0
+        self._reading: tp.Iterator[tp.Any] | None = None  # (the first loop's list iterator)
+        # (when the last item was given: its computation's start, recorded with its error)
+        self._times: collections.deque[float] = collections.deque(maxlen=1)
+
+    @property
+    def read(self) -> int:
+        """The items given by the first loop over them."""
+        if self._reading is None:
+            return 0
+        return len(self) - operator.length_hint(self._reading)  # (its index)
+
+    @property
+    def read_at(self) -> float:
+        return self._times[0] if self._times else 0.0
 
     def only_read_to(self, index: int) -> bool:
         """Whether the method read items only one by one, up to this one (included)."""
@@ -1950,14 +1964,15 @@ class _Watched(list[tp.Any]):
         if self.read or self.other:
             self.other = True
             return super().__iter__()
-        return self._one_by_one()
+        # (iterators chained in C, no bytecode per item: each item taken from the list
+        # iterator, whose index tells how many were read, then the time appended)
+        reading = self._reading = super().__iter__()
+        stamped = map(self._times.append, itertools.starmap(time.time, itertools.repeat(())))
+        return itertools.chain(map(_FIRST, zip(reading, stamped)), self._ended())
 
-    def _one_by_one(self) -> tp.Iterator[tp.Any]:
-        clock = time.time
-        for self.read, item in enumerate(super().__iter__(), 1):  # (read: items given)
-            self.read_at = clock()
-            yield item
+    def _ended(self) -> tp.Iterator[tp.Any]:
         self.other = True  # (read to its end: an error after that is of no item known)
+        yield from ()
 
     def _other(name: str) -> tp.Any:  # type: ignore[misc]  # (builds the methods below)
         method = getattr(list, name)
