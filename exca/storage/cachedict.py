@@ -1384,6 +1384,8 @@ class CacheDict(tp.Generic[X]):
         if state is None or writer.read_owner is not reader:
             state = _own_state(writer, reader)
         name, fragment, keys = writer.name, orjson.Fragment, state.keys
+        # (loop invariants as locals: the loop below runs once per entry)
+        meta_bytes, in_, at, length = type(stored) is bytes, IN, AT, len
         with reader.locked():  # (see put)
             before = writer.size
             offset = writer.append(b"".join(lines))
@@ -1392,15 +1394,15 @@ class CacheDict(tp.Generic[X]):
             for info, line in () if freed else zip(records, lines):
                 if "v" in info and type(info["v"]) is fragment:  # pre-serialized inline value
                     info = _reloaded(line, stored)
-                elif type(stored) is bytes:  # (one object for the batch)
+                elif meta_bytes:  # (one object for the batch)
                     info[META] = stored
                 key = info["#key"]
-                info[IN], info[AT] = name, offset
-                entry = info
+                info[in_] = name
+                info[at] = offset
                 if key in entries:  # written meanwhile by another thread: both copies known
-                    reader._shadow(key, entry)
-                entries[key] = entry
-                offset += len(line)
+                    reader._shadow(key, info)
+                entries[key] = info
+                offset += length(line)
             if not freed:
                 keys.update(batch)  # (the keys of the records)
                 _skip_own_lines(state, writer, before)
@@ -1416,8 +1418,9 @@ class CacheDict(tp.Generic[X]):
             # (_ram_copy inlined for the common case: small arrays the caller gave away)
             ndarray = _NDARRAY[0] if owned and cache_type in (None, "MemmapArray") else None
             kept: tp.Any
+            most = RAM_ARRAY_BYTES
             for key, kept in values:
-                if type(kept) is ndarray and kept.nbytes <= RAM_ARRAY_BYTES:
+                if type(kept) is ndarray and kept.nbytes <= most:
                     kept.setflags(False)  # (write=False, positional: 3x cheaper)
                     ram[key] = kept
                     continue
