@@ -2034,7 +2034,7 @@ def _compute_from(
     position = start
     stop = -1  # (given up by a nested call: the method stops after the item at stop - 1)
     batch: list[tuple[str, tp.Any]] = []
-    last_flush = time.monotonic()
+    flush_by = time.monotonic() + FLUSH_SECONDS  # (the batch is written by then at the latest)
     call: ranks.Call | None = None  # (rank 0 of a multi-task job: the other ranks follow)
 
     def at() -> int:
@@ -2083,7 +2083,7 @@ def _compute_from(
             call.stop(position - start)
 
     def flush() -> None:
-        nonlocal last_flush
+        nonlocal flush_by
         if batch:
             try:
                 cache.set_many(batch, meta=meta, skip_existing=True, owned=True)
@@ -2098,7 +2098,7 @@ def _compute_from(
             if progress is not None:
                 progress(len(batch))
             batch.clear()
-        last_flush = time.monotonic()
+        flush_by = time.monotonic() + FLUSH_SECONDS
 
     numpy = imported("numpy")
     ndarray = numpy.ndarray if numpy is not None else None
@@ -2156,7 +2156,7 @@ def _compute_from(
             position += 1
             if position == stop and not resumed():
                 break
-            if len(batch) >= flush_items or monotonic() - last_flush > FLUSH_SECONDS:
+            if len(batch) >= flush_items or monotonic() > flush_by:
                 flush()
         if position == stop:  # (the rest was given up: not computed by this method call)
             flush()
