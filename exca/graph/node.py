@@ -497,21 +497,26 @@ class Node(tp.Generic[Out]):
         slim = copy.copy(self)
         state = vars(slim)
         state.update(items=None, item_uids=None)
-        for derived in ("listed_item_uids", "closure"):  # (they hold the items too)
-            state.pop(derived, None)
+        state.pop("listed_item_uids", None)  # (it holds the items too)
         return slim
 
-    @memoized
+    @property
     def closure(self) -> tuple[Node, ...]:
         """This node and every node upstream of it."""
-        seen: dict[tuple[str, str], Node] = {}
-        stack: list[Node] = [self]
+        return (self, *self._upstream_closure)
+
+    @memoized
+    def _upstream_closure(self) -> tuple[Node, ...]:
+        # (memoized without this node itself: a node holding itself is a reference cycle,
+        # freed only by the cyclic collector, with its items, once a call drops it)
+        seen: dict[tuple[str, str], Node] = {self.key: self}
+        stack: list[Node] = list(self.upstream)
         while stack:
             node = stack.pop()
             if node.key not in seen:
                 seen[node.key] = node
                 stack.extend(node.upstream)
-        return tuple(seen.values())
+        return tuple(seen.values())[1:]
 
     def check_defaults(self, upstream_only: bool = False) -> None:
         """Before a cached result is reused: raise if this node, or a node it was computed

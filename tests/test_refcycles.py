@@ -1,0 +1,50 @@
+"""What a call leaves behind is freed by reference counting alone: objects in reference
+cycles wait for the cyclic collector (memory held between its passes, longer pauses)."""
+
+from __future__ import annotations
+
+import gc
+import typing as tp
+from pathlib import Path
+
+import pydantic
+
+import exca
+from exca.graph.node import Node
+
+
+class Doubles(pydantic.BaseModel):
+    infra: exca.MapInfra = exca.MapInfra()
+
+    @infra.apply(item_uid=str)
+    def double(self, items: tp.Sequence[int]) -> tp.Iterator[int]:
+        for x in items:
+            yield 2 * x
+
+
+def _cyclic_garbage(action: tp.Callable[[], object]) -> list[object]:
+    """The objects that ``action`` left in reference cycles (the collector off meanwhile)."""
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        action()
+        gc.collect()
+        return list(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
+def test_a_map_call_leaves_no_node_in_a_cycle(tmp_path: Path) -> None:
+    obj = Doubles(infra={"folder": tmp_path})
+    assert list(obj.double([1, 2])) == [2, 4]  # (the instance's own state is made)
+
+    def calls() -> None:
+        for start in range(3, 30, 3):  # (new items each time: a node per call)
+            assert list(obj.double([start, start + 1])) == [2 * start, 2 * start + 2]
+
+    garbage = _cyclic_garbage(calls)
+    nodes = [x for x in garbage if isinstance(x, Node)]
+    assert not nodes, f"{len(nodes)} nodes of calls in cycles ({len(garbage)} objects)"
