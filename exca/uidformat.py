@@ -14,7 +14,6 @@ import decimal
 import enum
 import fractions
 import hashlib
-import itertools
 import logging
 import os
 import re
@@ -299,14 +298,16 @@ def _snapshot(value: dict[tp.Any, tp.Any]) -> tuple[tp.Any, ...] | None:
     if kinds <= _LEAF_KINDS:
         keys = tuple(value)
         return (keys, tuple(values)) if _STR_KIND.issuperset(map(type, keys)) else None
-    # (none empty and as many keys inside as dicts: one key in each)
-    if not kinds <= _PLAIN_DICTS or not all(values):
+    # (as many keys inside as dicts, and none empty: one key in each; counted first, a
+    # dict of bigger dicts is told without listing their keys)
+    if not kinds <= _PLAIN_DICTS or sum(map(len, values)) != len(value):
         return None
-    subkeys = tuple(itertools.chain.from_iterable(values))
-    if len(subkeys) != len(value):
+    try:
+        subkeys = next(zip(*values))  # (the first key of each: its only one)
+    except StopIteration:  # (an empty dict among them)
         return None
     keys = tuple(value)
-    leaves = tuple(itertools.chain.from_iterable(map(dict.values, values)))
+    leaves = tuple(map(dict.__getitem__, values, subkeys))
     if _STR_KIND.issuperset(map(type, keys + subkeys)) and _LEAF_KINDS.issuperset(
         map(type, leaves)
     ):

@@ -274,6 +274,16 @@ def test_memoized_dicts_stay_bounded() -> None:
     assert to_uid({"a": {"key": 3, "other": 0.5}}) == to_uid({"a": {"other": 0.5, "key": 3}})
 
 
+def test_memoized_dicts_of_an_empty_and_a_two_key_dict_are_not_chains() -> None:
+    """Sub-dicts holding as many keys in all as there are sub-dicts (one empty, one of
+    two keys) are not a dict of single-key chains (twice: the second from the memo)."""
+    for _ in range(2):
+        assert to_uid({"a": {}, "b": {"x": 1, "y": 2}}) == "a={},b={x=1,y=2}-116f4978"
+        assert to_uid({"a": {"x": 1, "y": 2}, "b": {}}) == "b={},a={x=1,y=2}-e6e97ff0"
+        assert to_uid({"a": {}, "b": {"q": 1}}) == "a={},b.q=1-10927f4d"
+        assert ConfDict({"a": {"p": 1}, "b": {"q": "z"}}).to_uid() == "a.p=1,b.q=z-1f7fc642"
+
+
 def test_collapse() -> None:
     assert uidformat.collapse({"a": {"b": {"c": 1}}, "d": [{"e": {"f": 2}}]}) == {
         "a.b.c": 1,
