@@ -633,3 +633,21 @@ def test_dict_keys_of_several_types_written_alike_are_refused() -> None:
         with pytest.raises(ValueError, match=r"The dict keys .* are written alike"):
             to_uid(data)
     assert to_uid({"d": {1: "x", "2": "y"}}) == "d={1=x,2=y}-12e76edf"
+
+
+def test_memoized_uids_follow_a_confdict_changed_after_its_uid() -> None:
+    """A uid asked again after a nested value changed is the new content's, and the
+    memoized digests stay bounded."""
+    flat = {f"block{i // 10}.layer{i % 10}.param": i * 0.5 for i in range(40)}
+    config = ConfDict(flat)
+    first = config.to_uid()
+    assert config.to_uid() == first
+    config["block2.layer3.param"] = "changed"
+    changed = config.to_uid()
+    assert changed != first
+    assert changed == ConfDict({**flat, "block2.layer3.param": "changed"}).to_uid()
+    config["block2"]["layer3"]["param"] = 11.5  # (through the nested ConfDict)
+    assert config.to_uid() == first
+    for index in range(uidformat._DIGEST_MEMO_MAX + 10):
+        assert to_uid({"a": index, "b": 0.5}).startswith(f"a={index},")
+    assert len(uidformat._DIGESTS) <= uidformat._DIGEST_MEMO_MAX
