@@ -2348,8 +2348,9 @@ def test_item_uids_holding_a_memory_address_are_warned_about(
     """item_uid=str on objects without a __str__: their uid changes every run (nothing
     is ever reused, the cache grows): said once."""
     mapper = Sizes(infra={"folder": tmp_path})
+    first = [Thing(1), Thing(2)]  # (kept alive: a new Thing at a freed one's address has its uid)
     with caplog.at_level(logging.WARNING, logger="exca"):
-        assert list(mapper.process([Thing(1), Thing(2)])) == [1, 2]
+        assert list(mapper.process(first)) == [1, 2]
         assert list(mapper.process([Thing(3)])) == [3]
     warned = [r for r in caplog.records if "memory address" in r.getMessage()]
     assert len(warned) == 1 and "Thing object at 0x" in warned[0].getMessage()
