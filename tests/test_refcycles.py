@@ -48,3 +48,30 @@ def test_a_map_call_leaves_no_node_in_a_cycle(tmp_path: Path) -> None:
     garbage = _cyclic_garbage(calls)
     nodes = [x for x in garbage if isinstance(x, Node)]
     assert not nodes, f"{len(nodes)} nodes of calls in cycles ({len(garbage)} objects)"
+
+
+_N_ITEMS = 257  # (a length no other list of the run has)
+
+
+class UidLists(pydantic.BaseModel):
+    """Counts, while its method runs, the lists of the call's uids alive then."""
+
+    infra: exca.MapInfra = exca.MapInfra()
+
+    @infra.apply(item_uid=str)
+    def count(self, items: tp.Sequence[int]) -> tp.Iterator[int]:
+        lists = [
+            o
+            for o in gc.get_objects()
+            if type(o) is list and len(o) == _N_ITEMS and type(o[0]) is str
+        ]
+        for _ in items:
+            yield len(lists)
+
+
+def test_a_map_call_computes_with_few_copies_of_its_uids(tmp_path: Path) -> None:
+    """Each list of n uids alive while the items are computed is walked again by each pass
+    of the cyclic collector over the young objects: the call's uids and those missing (here
+    all of them, one list) are shared by the scheduler, the claim and the worker, not copied."""
+    counts = list(UidLists(infra={"folder": tmp_path}).count(list(range(_N_ITEMS))))
+    assert counts == [2] * _N_ITEMS

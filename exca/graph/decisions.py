@@ -387,7 +387,8 @@ class Graph:
         nothing, see ``_damaged_source``, and sets no job record aside, see
         ``_check_registry``). ``item_missing``: of the ``item_uids`` of a map, those its
         caller found missing on the read this thread still relies on (its cache's
-        ``read_just_now``): not looked up again."""
+        ``read_just_now``): not looked up again, and kept as they are (the caller hands
+        the lists over: changes them no more)."""
         with gcpause.paused():
             self.targets = list(targets)
             self.forced_before = set(forced)
@@ -650,7 +651,7 @@ class Graph:
         when it did, on the read its thread relies on)."""
         known = self.item_missing.get(node.key)
         if known is not None and uids is self.item_uids.get(node.key) and node.cache.read_just_now:
-            return list(known)
+            return known  # (handed over by the caller: not copied, see item_missing)
         return node.cache.missing(uids)
 
     def _damaged_source(self, node: Node, error: BaseException) -> bool:

@@ -83,6 +83,13 @@ _SHUFFLER = random.Random()
 os.register_at_fork(after_in_child=_SHUFFLER.seed)
 
 
+def _chunk(values: list[tp.Any], start: int, stop: int) -> list[tp.Any]:
+    """values[start:stop], not copied when that is all of them (a unit of all the items:
+    one list of n fewer for the cyclic GC to walk while they are computed). Nobody
+    changes a unit's lists, nor the lists they are taken from."""
+    return values if start == 0 and stop == len(values) else values[start:stop]
+
+
 def _shuffled(todo: list[str], chunks: list[tuple[int, int]]) -> list[str]:
     """The items for these chunks: random ones in each chunk (overlapping runs start on
     different items), in the call's order within it. A job then computes its items in
@@ -586,7 +593,7 @@ class Scheduler:
             if not run.needs_work:
                 return []
         action = tp.cast(Action, run.action)
-        todo = list(run.todo or [])
+        todo = run.todo or []  # (only read: a single chunk's unit shares it, see below)
         cluster = node.execution.cluster
         if cluster in POOL_CLUSTERS or cluster in SUBMITIT_CLUSTERS:
             todo = self._take_items(run, todo)
@@ -614,8 +621,8 @@ class Scheduler:
             Unit(
                 shipped,
                 action,
-                items=items[a:b],
-                uids=todo[a:b],
+                items=_chunk(items, a, b),
+                uids=_chunk(todo, a, b),
                 forced_by=forced_by,
                 asked_at=self.asked_at,
             )

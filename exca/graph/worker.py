@@ -1437,7 +1437,8 @@ def _run_map_unit(unit: Unit, progress: ProgressCallback | None, report: Report)
     if unit.action == "compute" and not forced_by and node.cache.read_just_now:
         # (the plan found these missing a moment ago, on the read this thread still relies
         # on: not looked up again; the claim's refresh looks again before computing)
-        todo = list(by_uid)
+        # (each uid once: the unit's own list, not a copy the GC walks too)
+        todo = unit.uids if len(by_uid) == len(unit.uids) else list(by_uid)
     else:
         todo = _map_todo(node, list(by_uid), unit.action, forced_by)
     report.reused = len(by_uid) - len(todo)
@@ -1464,7 +1465,9 @@ def _run_map_unit(unit: Unit, progress: ProgressCallback | None, report: Report)
                     with node.cache.frozen_cache_folder():  # (one read: what others wrote)
                         node.cache.refresh()
                         # (mine: the claim's keys, each once)
-                        mine = _map_todo(node, mine, action, forced_by, distinct=True)
+                        mine = _kept_if_all(
+                            mine, _map_todo(node, mine, action, forced_by, distinct=True)
+                        )
                     in_flight = _InFlight(claims, claim, mine, node.uid)
                     left.extend(
                         _compute_items(
@@ -1542,6 +1545,12 @@ def _run_map_unit(unit: Unit, progress: ProgressCallback | None, report: Report)
         elif action != "retry":
             action = "compute"  # what others computed meanwhile is fresh
     return report
+
+
+def _kept_if_all(uids: list[str], kept: list[str]) -> list[str]:
+    """``kept``, a filtered copy of ``uids``: ``uids`` itself when nothing was filtered out
+    (the usual case; one list of n uids fewer for the cyclic GC to walk meanwhile)."""
+    return uids if len(kept) == len(uids) else kept
 
 
 _FORCE_STATES: dict[tuple[str, str], dict[str, tp.Any]] = {}  # (run, node uid): see below

@@ -393,7 +393,8 @@ class Claims:
         Ctrl-C is held back from taking the folder's lock on (a Ctrl-C in there left files
         behind); ``window``: the caller's, which then holds it back until the claim is
         guarded (else this call raises it, the claim given back). ``distinct``: the
-        caller's keys are each given once (not deduplicated again)."""
+        caller's keys are each given once (not deduplicated again; a list then becomes the
+        claim's ``mine`` as it is, when nobody else holds any: the caller changes it no more)."""
         if window is None:
             with interrupts.deferred(hold=False) as own:
                 return self._claim(keys, own, distinct)
@@ -436,7 +437,12 @@ class Claims:
                 for key in claim.keys & asked:  # (an unreadable claim: all of them)
                     held[key] = claim.owner
             if not held:  # (the common case: no loop per key)
-                mine = list(keys) if distinct else list(dict.fromkeys(keys))
+                # (a distinct list is shared, not copied: one list of n uids fewer for
+                # the cyclic GC to walk while the unit computes)
+                if distinct:
+                    mine = keys if type(keys) is list else list(keys)
+                else:
+                    mine = list(dict.fromkeys(keys))
             for key in dict.fromkeys(keys) if held else ():
                 owner = held.get(key)
                 if owner is None:
