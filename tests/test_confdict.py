@@ -53,6 +53,59 @@ def test_dotted_get_set_in() -> None:
     assert cd["a.b.c"] == {"e": 3}
 
 
+def _shape(value: tp.Any) -> tp.Any:
+    """A value with the type of each container and the order of each dict's keys."""
+    if isinstance(value, dict):
+        return (type(value).__name__, [(k, _shape(v)) for k, v in value.items()])
+    if isinstance(value, list | tuple):
+        return (type(value).__name__, [_shape(v) for v in value])
+    return (type(value).__name__, value)
+
+
+@pytest.mark.parametrize(
+    "flat,nested",
+    [  # dotted keys with leaf values, over every kind of parent (the constructor's fast path)
+        (
+            {"b.x": 1, "a.y": "s", "b.z": 0.5, "b.x.w": None},
+            {"b": {"x": {"w": None}, "z": 0.5}, "a": {"y": "s"}},
+        ),
+        ({"a": 1, "a.b": True}, {"a": {"b": True}}),  # a dotted key over a leaf replaces it
+        ({"a.b": 1, "a": {"c": 2}, "a.d": 3}, {"a": {"b": 1, "c": 2, "d": 3}}),
+        ({"a": [1, {"x": 1}], "a.0": 5, "a.1.x": 2, "a.1.y": 3}, {"a": [5, {"x": 2, "y": 3}]}),
+        ({"t": (1, {"x": 1}), "t.0": 5, "t.1.x": 2}, {"t": (5, {"x": 2})}),
+        ({"o": collections.OrderedDict(x=1), "o.y": 2}, {"o": collections.OrderedDict(x=1, y=2)}),
+        (
+            {"a..b": 1, ".a": 2, "c.": 3},  # empty parts: keys ""
+            {"a": {"": {"b": 1}}, "": {"a": 2}, "c": {"": 3}},
+        ),
+        (
+            {"m.a": 1, "m.=replace=": True, "m.b": 2, "n.a": 1},
+            {"m": {"a": 1, "b": 2}, "n": {"a": 1}},
+        ),
+        ({"a.b": 1, "a.c": 2, "a.b.d": None}, {"a": {"b": {"d": None}, "c": 2}}),
+    ],
+)
+def test_dotted_leaves_build_as_nested(
+    flat: dict[tp.Any, tp.Any], nested: dict[str, tp.Any]
+) -> None:
+    cd = ConfDict(flat)
+    expected = ConfDict(nested)
+    assert _shape(cd) == _shape(expected)
+    assert cd.to_uid() == expected.to_uid()
+    assert cd.to_yaml() == expected.to_yaml()
+
+
+def test_dotted_leaves_bad_keys_fail_as_before() -> None:
+    with pytest.raises(TypeError, match=r"keys must be strings, got 2 \(int\)"):
+        ConfDict({"a.b": 1, 2: 3})
+    with pytest.raises(IndexError, match=r"Index 3 of key 'a\.3' is out of range"):
+        ConfDict({"a": [1], "a.3": 1})
+    with pytest.raises(TypeError, match=r"Cannot index a list with 'x' in key 'a\.x'"):
+        ConfDict({"a": [1], "a.x": 1})
+    with pytest.raises(TypeError, match=r"Cannot index a list with 'x' in key 'a\.x\.y'"):
+        ConfDict({"a": [1], "a.x.y": 1})
+
+
 def test_del_and_pop_prune_empty_parents() -> None:
     cd = ConfDict({"a.b.c": 1, "a.b.d": 2, "x": 0})
     del cd["a.b.c"]
