@@ -299,6 +299,8 @@ class ConfDict(dict[str, tp.Any]):
         return True
 
     def __setitem__(self, key: str, value: tp.Any) -> None:
+        if type(key) is str and type(value) in _LEAF_TYPES and _set_leaf(self, key, value):
+            return  # (the common case of from_args and of dotted updates)
         self._check_key(key)
         parent, last = self._parent(key, create=True) if "." in key else (self, key)
         if isinstance(parent, list | tuple):

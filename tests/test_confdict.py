@@ -106,6 +106,35 @@ def test_dotted_leaves_bad_keys_fail_as_before() -> None:
         ConfDict({"a": [1], "a.x.y": 1})
 
 
+def test_dotted_leaf_writes_into_every_kind_of_parent() -> None:
+    cd = ConfDict({"a": 1, "l": [1, {"x": 1}], "t": (1, {"x": 1}), "n": {"k": 0}})
+    cd["o"] = collections.OrderedDict(x=1)
+    cd["a.b"] = True  # over a leaf: replaces it
+    cd["l.0"] = 5
+    cd["l.1.y"] = "s"
+    cd["t.1.x"] = 2
+    cd["o.y"] = 2
+    cd["n.k"] = None
+    cd["n.m.p"] = 0.5
+    cd["..z"] = 1  # empty parts: keys ""
+    expected = {
+        "a": {"b": True},
+        "l": [5, {"x": 1, "y": "s"}],
+        "t": (1, {"x": 2}),
+        "n": {"k": None, "m": {"p": 0.5}},
+        "o": collections.OrderedDict(x=1, y=2),
+        "": {"": {"z": 1}},
+    }
+    assert _shape(cd) == _shape(ConfDict(expected))
+    with pytest.raises(TypeError, match=r"keys must be strings, got 2 \(int\)"):
+        cd[2] = 1  # type: ignore[index]
+    with pytest.raises(IndexError, match=r"Index 5 of key 'l\.5' is out of range"):
+        cd["l.5"] = 1
+    with pytest.raises(TypeError, match=r"Cannot index a list with 'x' in key 'l\.x'"):
+        cd["l.x"] = 1
+    assert _shape(cd) == _shape(ConfDict(expected))  # (nothing changed by the failures)
+
+
 def test_del_and_pop_prune_empty_parents() -> None:
     cd = ConfDict({"a.b.c": 1, "a.b.d": 2, "x": 0})
     del cd["a.b.c"]
