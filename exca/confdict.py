@@ -151,11 +151,13 @@ def _flag_set(flag: tp.Any) -> bool:
             return True
         if text in ("", "false", "0", "no", "off"):
             return False
-        raise ValueError(
-            f"{ConfDict.OVERRIDE} is {flag!r}: give true (replace the sub-config) or false "
-            "(merge into it)"
-        )
-    return bool(flag)
+    elif flag is None or isinstance(flag, int):  # (bool, and YAML's 0/1)
+        return bool(flag)
+    # (a dict or list there was read as true: the sub-config cleared, the dict's keys lost)
+    raise ValueError(
+        f"{ConfDict.OVERRIDE} is {flag!r}: give true (replace the sub-config) or false "
+        "(merge into it)"
+    )
 
 
 class _NotAnIndex(TypeError):

@@ -569,6 +569,18 @@ def test_a_replace_marker_neither_true_nor_false_is_refused() -> None:
     assert base == {"model": {"kind": "mlp"}}
 
 
+@pytest.mark.parametrize("flag", [{"d": 4}, ["d"], 0.5])
+def test_a_replace_marker_that_is_a_dict_or_list_is_refused(flag: tp.Any) -> None:
+    """A dict given as the marker's value (meant as the new sub-config) was read as true:
+    the sub-config cleared and the dict's keys lost, silently."""
+    base = ConfDict({"a": {"b": 1, "c": 2}})
+    with pytest.raises(ValueError, match="=replace= is"):
+        base.update({"a": {"=replace=": flag}})
+    assert base == {"a": {"b": 1, "c": 2}}
+    base.update({"a": {"=replace=": 1, "d": 4}})
+    assert base == {"a": {"d": 4}}
+
+
 def test_a_missing_dotted_key_is_named_whole() -> None:
     cd = ConfDict({"a": {"b": 1}})
     with pytest.raises(KeyError) as missing:
