@@ -980,9 +980,7 @@ def test_a_job_requeued_held_while_running_is_said_held(
             wait_until(lambda: _held_warnings(caplog, job.job_id))
             assert waiting.is_alive()
             subprocess.run(["scontrol", "release", job.job_id], check=True, timeout=30)
-            # (a requeued job waits 2 minutes before it may start again: not here)
-            update = ["scontrol", "update", f"jobid={job.job_id}", "StartTime=now"]
-            subprocess.run(update, check=True, timeout=30)
+            _start_requeued(job.job_id)
             waiting.join(timeout=300)
         assert out == [129]  # (its second run: not blocked)
         (said,) = _held_warnings(caplog, job.job_id)
@@ -1894,6 +1892,19 @@ def test_a_job_forced_by_its_sub_config_and_cancelled_names_what_was_forced(
     assert "new instance in mode='force'" not in said
 
 
+def _start_requeued(job_id: str, scontrol: str = "scontrol") -> None:
+    """Let a requeued job (PENDING now) start again at once: Slurm makes it wait 2 minutes.
+    Not in the second its previous run was killed: slurmd refuses a launch whose credential
+    is of that second (revoked up to it): the job ended FAILED, exit code 1 ("Killing
+    non-startable batch job: Job credential revoked"), and never ran again."""
+    import subprocess
+
+    requeued_by = int(time.time())  # (the kill came before the job was seen pending)
+    wait_until(lambda: int(time.time()) > requeued_by)
+    update = [scontrol, "update", f"jobid={job_id}", "StartTime=now"]
+    subprocess.run(update, check=True, timeout=30)
+
+
 def _requeued_while_running(tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster) -> tp.Any:
     """The job of a task (x=9) requeued while it ran (its method blocked), once pending
     again."""
@@ -2437,8 +2448,7 @@ def test_a_srun_job_signalled_long_before_its_time_limit_is_still_requeued(
     wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
     subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True, timeout=30)
     wait_until(lambda: registry.queue_state(job.job_id) == "PENDING")  # requeued
-    update = ["scontrol", "update", f"jobid={job.job_id}", "StartTime=now"]
-    subprocess.run(update, check=True, timeout=30)
+    _start_requeued(job.job_id)
     assert job.result() == 18  # (its second run does not block)
     assert lines(ctl / "calls.txt") == ["6", "6"]
     assert "time limit is near" not in (job.stderr() or "")
@@ -2471,8 +2481,7 @@ def test_a_preempted_job_whose_requeue_command_is_killed_is_not_cached_as_failed
     wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
     subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True, timeout=30)
     wait_until(lambda: registry.queue_state(job.job_id) == "PENDING")  # requeued
-    update = [real, "update", f"jobid={job.job_id}", "StartTime=now"]
-    subprocess.run(update, check=True, timeout=30)
+    _start_requeued(job.job_id, scontrol=real)
     assert job.result() == 21
     assert lines(ctl / "calls.txt") == ["7", "7"]
 
@@ -2630,9 +2639,7 @@ def test_a_retry_right_after_a_requeue_follows_the_requeued_job(
             assert not again.done()
         told = f"Waiting for job {job.job_id}, which waits for its begin time (squeue's"
         assert [r for r in caplog.records if r.getMessage().startswith(told)], caplog.text
-        # (a requeued job waits 2 minutes before it may start again: not here)
-        update = ["scontrol", "update", f"jobid={job.job_id}", "StartTime=now"]
-        subprocess.run(update, check=True, timeout=30)
+        _start_requeued(job.job_id)
         assert again.result() == 21  # (its second run: not blocked)
     finally:
         subprocess.run(["scancel", job.job_id], check=False, timeout=30)
