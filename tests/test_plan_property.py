@@ -615,18 +615,23 @@ def test_ctrl_c_while_inline_work_and_a_local_job_run_then_a_rerun_computes_what
     (flags / "gate-j").touch()
     (flags / "gate-m-3").touch()
 
+    not_started: list[str] = []
+
     def interrupt() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not all(
             (flags / f"started-{n}").exists() for n in ("j", "m-3")
         ):
             time.sleep(0.02)
+        # (sent anyway, the run ends; said below: the Ctrl-C came before what it was for)
+        not_started.extend(n for n in ("j", "m-3") if not (flags / f"started-{n}").exists())
         time.sleep(0.2)
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=interrupt, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
         exca.graph.run(target())
+    assert not_started == [], "not started in 60 s (the Ctrl-C came before them)"
     before = _calls(flags)
     assert [(c["name"], c.get("item")) for c in before if c["name"] == "m"] == [
         ("m", 1),
