@@ -221,8 +221,6 @@ class ConfDict(dict[str, tp.Any]):
                     dict.clear(self)  # a flat replace marker: update() orders the keys
                     self.update(mapping)
                     return
-                if type(value) in _LEAF_TYPES and type(key) is str and _set_leaf(self, key, value):
-                    continue
                 self[key] = value  # dotted keys (and repeats) merge into what is there
             elif type(value) is dict:
                 dict.__setitem__(self, key, ConfDict(value))
