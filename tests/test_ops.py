@@ -2444,7 +2444,9 @@ def test_cli_config_typo_names_the_fields_there(
         argv = ["plan", f"{__name__}:Typoed.run", f"infra.folder={tmp_path}", override]
         assert main(argv) == 2, override
         err = capsys.readouterr().err
-        assert "exca: error:" in err and f"({message}" in err, (override, err)
+        where, said = message.split(": ", 1)  # (said once, in the error's line of that key)
+        assert "exca: error:" in err and f"\n{where}\n" in err, (override, err)
+        assert err.count(said) == 1, (override, err)
     # a key of the config itself: its error says the close names, once
     assert main(["plan", f"{__name__}:Typoed.run", f"infra.folder={tmp_path}", "epoch=4"]) == 2
     err = capsys.readouterr().err

@@ -557,14 +557,15 @@ def test_clone_obj_takes_field_aliases() -> None:
 def test_clone_obj_with_a_misspelled_key_says_the_close_field_names() -> None:
     """A sweep of clone_obj changes with a typo in a key (``optim.learning_rat``) was
     refused with pydantic's "Extra inputs are not permitted" only; the command line's
-    overrides say the close field names (did you mean ...?): clone_obj says them too."""
+    overrides say the close field names (did you mean ...?): clone_obj says them too, once
+    (in the error's line of that key, as a config built from python does)."""
     task = _Aliased()
     with pytest.raises(pydantic.ValidationError) as info:
         task.infra.clone_obj({"optim.learning_rat": 0.3})
-    notes = getattr(info.value, "__notes__", [])
-    assert notes == [
-        "optim.learning_rat: _Optim has no field 'learning_rat': did you mean 'learning_rate'?"
-    ], notes
+    said = str(info.value) + "".join(getattr(info.value, "__notes__", []))
+    assert [e["loc"] for e in info.value.errors()] == [("optim", "learning_rat")]
+    wanted = "_Optim has no field 'learning_rat': did you mean 'learning_rate'?"
+    assert said.count(wanted) == 1, said
 
 
 def test_a_misspelled_infra_field_from_python_says_the_close_names() -> None:
@@ -614,6 +615,43 @@ def test_a_misspelled_field_of_a_config_from_python_says_the_close_names() -> No
     with pytest.raises(pydantic.ValidationError) as info:
         Plain(Layers=2)  # type: ignore[call-arg]
     assert "has no field" not in str(info.value)
+
+
+class _Optim(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    lr: float = 0.1
+    momentum: float = 0.0
+
+
+class _Trainer(pydantic.BaseModel):
+    optim: _Optim = _Optim()
+    stages: list[_Optim] = []
+    infra: TaskInfra = TaskInfra(version="1")
+
+    @infra.apply
+    def train(self) -> float:
+        return self.optim.lr
+
+
+def test_a_misspelled_field_of_a_sub_config_says_the_close_names_of_that_sub_config() -> None:
+    """``_Trainer(optim={"lrr": 0.2})`` (a typo in a sub-config of a config holding an
+    infra) got pydantic's bare "Extra inputs are not permitted" while a typo of the config
+    itself named the close fields. It names the sub-config's close fields, also in a list
+    of sub-configs; type, location and the other errors kept."""
+    with pytest.raises(pydantic.ValidationError) as info:
+        _Trainer(optim={"lrr": 0.2}, stages=[{"lr": 1}, {"momentun": 0.9}])  # type: ignore[arg-type]
+    lines = {e["loc"]: e for e in info.value.errors()}
+    assert set(lines) == {("optim", "lrr"), ("stages", 1, "momentun")}, lines
+    assert {e["type"] for e in lines.values()} == {"extra_forbidden"}
+    said = str(info.value)
+    assert "_Optim has no field 'lrr': did you mean 'lr'? (its fields: _Optim.model_fields)" in said
+    assert "_Optim has no field 'momentun': did you mean 'momentum'?" in said, said
+    with pytest.raises(pydantic.ValidationError) as info:
+        _Trainer(optim={"xyz": 1, "lr": "fast"})  # type: ignore[arg-type]
+    said = str(info.value)
+    assert "_Optim has no field 'xyz'; its fields: lr, momentum (_Optim.model_fields)" in said
+    assert "valid number" in said  # (the other error, as pydantic said it)
+    assert _Trainer(optim={"lr": 0.5}).train() == 0.5  # type: ignore[arg-type]
 
 
 def test_a_setting_of_the_infra_given_to_the_config_from_python_says_where_it_goes() -> None:

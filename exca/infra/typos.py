@@ -87,27 +87,29 @@ def naming_settings(cls: type, error: tp.Any) -> tp.Any:
     from .base import BaseInfra
 
     lines = error.errors()
-    if not any(_unknown(e) for e in lines):
+    refused = [(line, _refused_by(cls, line)) for line in lines]
+    if not any(model is not None for _, model in refused):
         return error
-    fields = sorted(cls.model_fields)  # type: ignore[attr-defined]
-    where = f"{cls.__name__}.model_fields"
-    if issubclass(cls, BaseInfra):
-        base = next(c for c in cls.__mro__ if c.__module__.startswith("exca."))
-        where = f"exca.{base.__name__}.model_fields, docs/{base.__name__.lower()}.md"
-    for line in lines:
-        if not _unknown(line):
+    for line, model in refused:
+        if model is None:
             if "has no field" in line["msg"]:  # (said by a nested one: kept as it said it)
                 line["type"] = pydantic_core.PydanticCustomError(line["type"], line["msg"])
             continue
-        key = str(line["loc"][0])
+        key = str(line["loc"][-1])
+        fields = sorted(model.model_fields)
+        where = f"{model.__name__}.model_fields"
+        if issubclass(model, BaseInfra):
+            base = next(c for c in model.__mro__ if c.__module__.startswith("exca."))
+            where = f"exca.{base.__name__}.model_fields, docs/{base.__name__.lower()}.md"
         # ('gpus' names gpus_per_node, 'slurm' every slurm_*; 0.7: 'fodler' is close to
         # 'folder', not to 'mode'; 'lR' names 'lr')
         close = [f for f in fields if f.startswith(key + "_")]
         close = close or close_names(key, fields, cutoff=0.7)
-        infras = [] if close or issubclass(cls, BaseInfra) else infras_with(cls, key)
-        said = f"{line['msg']}: {cls.__name__} has no field {key!r}"
+        top = len(line["loc"]) == 1
+        infras = [] if close or not top or issubclass(model, BaseInfra) else infras_with(model, key)
+        said = f"{line['msg']}: {model.__name__} has no field {key!r}"
         if infras:  # (folder=...: a setting of its infra; the command line says its own way)
-            said = line["msg"] + infra_setting_said(cls, key, infras)
+            said = line["msg"] + infra_setting_said(model, key, infras)
         elif close:
             said += f": did you mean {' or '.join(map(repr, close))}? (its fields: {where})"
         else:
@@ -138,11 +140,18 @@ def infras_with(cls: type, key: str) -> list[str]:
     ]
 
 
-def _unknown(line: tp.Any) -> bool:
-    """Whether a line of a ValidationError refuses a key of the model itself (given to
-    its constructor, or assigned)."""
-    return (
-        line["type"] in ("extra_forbidden", "no_such_attribute")
-        and len(line["loc"]) == 1
-        and "has no field" not in line["msg"]  # (said already, by a nested validation)
-    )
+def _refused_by(cls: type, line: tp.Any) -> tp.Any:
+    """The model class whose unknown key a line of ``cls``'s ValidationError refuses (a
+    key given to its constructor or assigned, ``cls`` itself; or a key of a sub-config,
+    ``Experiment(optim={"lrr": 0.1})``: the sub-config's class), or None (another error,
+    one said already by a nested validation, or a location that leads to no one model)."""
+    if line["type"] not in ("extra_forbidden", "no_such_attribute") or not line["loc"]:
+        return None
+    if "has no field" in line["msg"]:  # (said already, by a nested validation)
+        return None
+    if len(line["loc"]) == 1:
+        return cls
+    if line["type"] != "extra_forbidden":
+        return None
+    model = model_at(cls, [str(part) for part in line["loc"][:-1]])
+    return model if isinstance(getattr(model, "model_fields", None), dict) else None
