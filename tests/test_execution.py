@@ -1643,6 +1643,44 @@ def test_a_cancelled_local_job_is_said_cancelled(
     assert "Traceback" not in str(info.value)
 
 
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (Linux's /proc)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) >> (signum - 1) & 1)
+
+
+@pytest.mark.timeout(120)
+def test_a_local_job_cancelled_while_its_controller_starts_prints_no_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """cancel() (or a Ctrl-C, which cancels) right after a local submission, while the
+    job's controller was still starting (python's own start, its imports): it printed a
+    KeyboardInterrupt traceback in the submitter's terminal, the controller's inherited
+    stderr (22 of 36 cancellations 2-24 ms after job() returned). Here the controller's
+    process is held before it runs a line, until the cancellation's SIGINT was sent."""
+    held: list[int] = []
+
+    def hold(process: tp.Any) -> None:  # (its stdin, kept open here: it waits)
+        held.append(os.dup(process.stdin.fileno()))
+        # (once python set its SIGINT handler: earlier, SIGINT's default action ends it)
+        _wait_for(lambda: _catches(process.pid, signal.SIGINT), timeout=30)
+
+    controllers = hook_controller_starts(monkeypatch, started=hold)
+    task = make(tmp_path, "local", x=7)
+    job = task.infra.job()
+    job.cancel()  # (its SIGINT: the controller has not run a line yet)
+    os.close(held.pop())  # (it starts)
+    controller = job.handle.job._process
+    assert controller.wait(timeout=30) == -signal.SIGINT
+    assert controllers == [controller.pid]  # (the hook held it)
+    with pytest.raises(JobFailedError, match=r"local job \d+ was cancelled"):
+        job.result()
+    assert task.infra.status() == "failed"
+    assert calls(tmp_path / "calls.txt") == []  # (its task never started)
+    assert "KeyboardInterrupt" not in capfd.readouterr().err
+
+
 class SlowToExit(pydantic.BaseModel):
     """Blocks while the file `block_flag` exists; its process then takes 5 s to exit."""
 

@@ -2118,11 +2118,32 @@ class _NewSessionSubprocess:
         # failure, e.g. a module shadowing submitit)
         for stream in ("stdin", "stdout"):
             kwargs.setdefault(stream, subprocess.DEVNULL)
-        process = subprocess.Popen(*args, **kwargs)
-        started = getattr(_SUBMITTING, "started", None)
-        if started is not None:
-            started.append(process)
+        with _sigint_held_by(args[0] if args else None):
+            process = subprocess.Popen(*args, **kwargs)
+            started = getattr(_SUBMITTING, "started", None)
+            if started is not None:
+                started.append(process)
         return process
+
+
+@contextlib.contextmanager
+def _sigint_held_by(command: tp.Any) -> tp.Iterator[None]:
+    """SIGINT blocked in this thread while it starts exca's own controller (``command``):
+    the controller inherits the mask and unblocks SIGINT once it can end on it quietly.
+    A cancellation's SIGINT while it was still starting (python's own start, its imports)
+    printed a KeyboardInterrupt traceback in this process's terminal (its inherited
+    stderr); it is now held, then ends the controller silently. (This thread's mask is
+    restored once the process is recorded: a Ctrl-C it held is raised then.)"""
+    if not (isinstance(command, list) and _OWN_CONTROLLER in command):
+        yield  # (another controller, e.g. submitit's, would leave SIGINT blocked in its tasks)
+        return
+    import signal
+
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 # submitit's local controller (`python -m submitit.local._local FOLDER`) subclassed, for a

@@ -339,6 +339,10 @@ def main(argv: list[str]) -> None:
     if len(argv) != 2:
         raise SystemExit(f"usage: {argv[0]} <submitit log folder>")
     try:
+        # (exca starts this process with SIGINT blocked, see executors._sigint_held_by: a
+        # cancellation while python started printed its KeyboardInterrupt traceback in the
+        # submitter's terminal; held until here, it is raised now, within this try)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
         Controller(argv[1]).run()
     except KeyboardInterrupt:  # (cancelled before its tasks started, or a Ctrl-C)
         # ended by SIGINT as python does, without a traceback in the submitter's terminal
