@@ -763,6 +763,21 @@ def test_an_element_that_ran_is_not_said_cancelled_before_it_started_while_sacct
     assert "before it started" not in said and "exited with code" not in said, said
 
 
+@pytest.mark.timeout(120)
+def test_every_rank_of_a_srun_job_until_its_time_limit_is_submitted(
+    job_until_the_time_limit: tp.Callable[[], PastTheWarningJob],
+) -> None:
+    """Sends the job that test_every_rank_of_a_srun_job_runs_until_its_time_limit (after
+    the queue-state, failures and clear_job tests below) waits for, so that its minute and
+    a half overlaps the tests in between: 2 ranks on one CPU, a 1-minute limit warned 1 s
+    before. (Sent after the failures section only, that test still waited ~35 s for it.)"""
+    _, job, _ = job_until_the_time_limit()
+    assert job.job_id.isdigit(), job.job_id
+    script = Path(job.submitit_job.paths.submission_file).read_text()
+    assert "#SBATCH --ntasks-per-node=2\n" in script and "#SBATCH --overcommit\n" in script
+    assert "#SBATCH --time=1\n" in script
+
+
 @pytest.mark.timeout(240)
 def test_the_state_of_a_cancelled_job_stays_cancelled(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
@@ -1185,20 +1200,6 @@ def test_an_array_over_max_pickle_size_is_refused_before_anything_is_written(
 
 
 # --- failures -------------------------------------------------------------------------------
-@pytest.mark.timeout(120)
-def test_every_rank_of_a_srun_job_until_its_time_limit_is_submitted(
-    job_until_the_time_limit: tp.Callable[[], PastTheWarningJob],
-) -> None:
-    """Sends the job that test_every_rank_of_a_srun_job_runs_until_its_time_limit (after
-    the clear_job tests below) waits for, so that its minute and a half overlaps the tests
-    in between: 2 ranks on one CPU, a 1-minute limit warned 1 s before."""
-    _, job, _ = job_until_the_time_limit()
-    assert job.job_id.isdigit(), job.job_id
-    script = Path(job.submitit_job.paths.submission_file).read_text()
-    assert "#SBATCH --ntasks-per-node=2\n" in script and "#SBATCH --overcommit\n" in script
-    assert "#SBATCH --time=1\n" in script
-
-
 @pytest.mark.timeout(240)
 def test_slurm_failure_then_retry(tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster) -> None:
     (ctl / "fail").touch()
@@ -2360,9 +2361,11 @@ def job_until_the_time_limit(
     looks at time limits every 30 s, then waits KillWait). Overcommitted on one CPU
     (--overcommit: 2 tasks, 1 CPU), so that the tests between
     test_every_rank_of_a_srun_job_until_its_time_limit_is_submitted and that test run
-    meanwhile on the cluster's other CPU (each needs one at a time: the "failures"
-    section and the clear_job tests after it); it held both CPUs, and the Slurm tests,
-    which run in turn, waited for it (~90 s)."""
+    meanwhile on the cluster's other CPU (each needs one at a time: the queue-state tests
+    from test_the_state_of_a_cancelled_job_stays_cancelled on, whose jobs are pending,
+    held, or arrays of max_workers=1, then the "failures" section and the clear_job tests
+    after it); it held both CPUs, and the Slurm tests, which run in turn, waited for it
+    (~90 s)."""
     extra = {"slurm_additional_parameters": {"overcommit": True}}
     settings = resources(
         slurm_cluster, timeout_min=1, tasks_per_node=2, slurm_use_srun=True, **extra
