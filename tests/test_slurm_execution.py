@@ -1629,6 +1629,441 @@ def test_every_rank_of_a_srun_job_runs_until_its_time_limit(
 
 
 @pytest.mark.timeout(300)
+def test_slurm_forced_job_array_holds_back_only_the_config_with_a_running_job(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """In a forced job array, the config whose earlier job runs starts after that job,
+    in an array of its own: the other configs do not wait for it (they shared its
+    dependency)."""
+    (ctl / "block").touch()
+    first = task(tmp_path, ctl, slurm_cluster, x=4).infra.job()
+    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
+    base = task(tmp_path, ctl, slurm_cluster, x=4, mode="force")
+    with base.infra.job_array() as array:
+        array.extend(base.infra.clone_obj({"x": x}) for x in (4, 5))
+    wait_until(lambda: array[1].infra.status() == "completed", timeout=120)
+    assert (ctl / "block").exists() and not first.done()  # (x=5 did not wait for it)
+    # the same with a detached run
+    nodes = [task(tmp_path, ctl, slurm_cluster, x=x, mode="force").process.node() for x in (4, 6)]
+    exca.graph.run(*nodes, wait=False)
+    wait_until(lambda: nodes[1].status() == "completed", timeout=120)
+    assert (ctl / "block").exists() and not first.done()
+    (ctl / "block").unlink()
+    assert [t.process() for t in array] == [12, 15]
+    assert nodes[0].result() == 12 and nodes[1].result() == 18
+    assert sorted(lines(ctl / "calls.txt")) == ["4", "4", "4", "5", "6"]
+
+
+@pytest.mark.timeout(300)
+def test_slurm_configs_forced_over_one_earlier_array_share_one_array(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """Configs forced while the elements of one earlier array wait in the queue start
+    after their earlier jobs: they went out as one sbatch per config (an array per job
+    to start after). A dependency names the earlier array, whole: they now share one
+    new array (a probe: forcing a sweep sent an sbatch per config)."""
+    import subprocess
+
+    pending = {"slurm_additional_parameters": {"begin": "now+600"}}  # (held in the queue)
+    held = task(tmp_path, ctl, slurm_cluster, x=0, **pending)
+    with held.infra.job_array() as first:
+        first.extend(held.infra.clone_obj({"x": x}) for x in (4, 5, 6))
+    first_ids = {r["job_id"] for t in first for r in records(t.infra.uid_folder())}
+    (first_array,) = {i.split("_")[0] for i in first_ids}
+    try:
+        forced = task(tmp_path, ctl, slurm_cluster, x=0, mode="force")
+        with forced.infra.job_array() as again:
+            again.extend(forced.infra.clone_obj({"x": x}) for x in (4, 5, 6))
+        new_ids = {r["job_id"] for t in again for r in records(t.infra.uid_folder())}
+        new_ids -= first_ids
+        assert len(new_ids) == 3
+        assert len({i.split("_")[0] for i in new_ids}) == 1, new_ids  # one sbatch
+        subprocess.run(["scontrol", "update", f"jobid={first_array}", "starttime=now"], check=True)
+        wait_until(lambda: len(lines(ctl / "calls.txt")) >= 3, timeout=120)  # (the earlier)
+        # a call waits for its forcing job: what the earlier array wrote meanwhile (the new
+        # one starts after it) is not the forced result (it was returned: a test run)
+        assert [t.process() for t in again] == [12, 15, 18]
+        assert sorted(lines(ctl / "calls.txt")) == ["4", "4", "5", "5", "6", "6"]
+    finally:  # (never left in the queue, to start in 10 minutes)
+        subprocess.run(["scancel", first_array], check=False)
+
+
+@pytest.mark.timeout(300)
+def test_slurm_scancel_while_waiting_then_retry(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    """The caller is blocked in the call when the job is cancelled with scancel."""
+    import subprocess
+    import threading
+
+    (ctl / "block").touch()
+    obj = task(tmp_path, ctl, slurm_cluster, x=6)
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            obj.process()
+        except BaseException as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
+    (record,) = records(obj.infra.uid_folder())
+    subprocess.run(["scancel", record["job_id"]], check=True, timeout=30)
+    thread.join(timeout=WAIT_S)
+    assert not thread.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], JobFailedError), errors
+    assert "cancel" in str(errors[0]).lower()
+    assert task(tmp_path, ctl, slurm_cluster, x=6).infra.status() == "failed"
+    wait_until_worker_killed(obj, record["job_id"])
+    retry = task(tmp_path, ctl, slurm_cluster, x=6, mode="retry")
+    assert retry.process() == 18
+    assert lines(ctl / "calls.txt") == ["6", "6"]
+    assert len(records(retry.infra.uid_folder())) == 2
+
+
+@pytest.mark.timeout(300)
+def test_slurm_retry_after_cancel(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    (ctl / "block").touch()
+    obj = task(tmp_path, ctl, slurm_cluster, x=8)
+    job = obj.infra.job()
+    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
+    job.cancel()
+    wait_until(lambda: sacct_states([job.job_id]).get(job.job_id) == "CANCELLED")
+    wait_until_worker_killed(obj, job.job_id)
+    with pytest.raises(JobFailedError):
+        task(tmp_path, ctl, slurm_cluster, x=8).process()
+    retry = task(tmp_path, ctl, slurm_cluster, x=8, mode="retry", timeout_min=2)
+    assert retry.process() == 24
+    assert lines(ctl / "calls.txt") == ["8", "8"]
+
+
+@pytest.mark.timeout(120)
+def test_running_array_element_is_alive_by_its_own_job_id(
+    tmp_path: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """A claim made inside an array element records its SLURM_JOB_ID (its own job id),
+    which squeue prints as <array>_<index>: it must still be seen alive (else another
+    worker takes the claim over and computes the same work twice)."""
+    import subprocess
+
+    from exca.graph import registry
+
+    array = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--array=0-1",
+            f"--output={tmp_path}/%A_%a.out",
+            "--wrap=sleep 60",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.strip()
+    try:
+
+        def own_ids() -> list[str]:
+            out = subprocess.run(
+                ["squeue", "-h", "-o", "%i|%T|%A", "-j", array],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout.split()
+            return [line.split("|")[2] for line in out if line.split("|")[1] == "RUNNING"]
+
+        filelog.wait_until(lambda: len(own_ids()) == 2, timeout=60)
+        ids = own_ids()
+        assert array in ids  # one element has the array's own id, the other a new one
+        (other,) = [i for i in ids if i != array]
+        registry._ALIVE_CACHE.clear()
+        assert registry.slurm_job_alive(other) is True
+        assert registry.queued_jobs([other, f"{array}_1", f"{array}_7"]) == {other, f"{array}_1"}
+    finally:
+        subprocess.run(["scancel", array], check=False, timeout=30)
+    filelog.wait_until(lambda: not registry.queued_jobs([other]), timeout=60)
+
+
+@pytest.mark.timeout(120)
+def test_an_option_sbatch_refuses_names_the_config(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """sbatch's own error named neither the config nor where the option came from."""
+    import submitit
+
+    obj = task(
+        tmp_path, ctl, slurm_cluster, x=2, slurm_additional_parameters={"gres": "gpu:volta:1"}
+    )
+    with pytest.raises(submitit.core.utils.FailedJobError) as info:
+        obj.process()
+    message = str(info.value)
+    assert "slurm refused the job(s) of" in message and obj.infra.uid() in message
+    assert "gres" in message and "slurm_additional_parameters" in message
+    assert obj.infra.status() == "not submitted"
+    assert not (ctl / "calls.txt").exists()
+    # nothing was queued: the refused submission's pickle and sbatch script are removed
+    assert list((tmp_path / "cache").rglob("*.pkl")) == []
+    assert list((tmp_path / "cache").rglob(".submission_file_*.sh")) == []
+
+
+@pytest.mark.timeout(120)
+def test_a_submission_sbatch_refuses_leaves_no_marker(
+    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """The marker of a submission (jobs/<token>.submitting, written before sbatch for a
+    later run to adopt jobs whose submitter was killed before recording them) stayed in
+    the node folders after sbatch refused the submission: no command removed it (`clean
+    orphans` neither), only a later submission of the same node (a probe). Now it goes
+    when sbatch refused it, for a call, a map's array and a detached run alike."""
+    import submitit
+
+    bad = {"slurm_additional_parameters": {"gres": "gpu:volta:1"}}
+    root = tmp_path / "cache"
+    obj = task(tmp_path, ctl, slurm_cluster, x=2, **bad)
+    with pytest.raises(submitit.core.utils.FailedJobError, match="refused"):
+        obj.process()
+    settings = {"folder": root, "cluster": "slurm", **resources(slurm_cluster), **bad}
+    mapped = SlurmMap(ctl=str(ctl), infra=settings)
+    with pytest.raises(submitit.core.utils.FailedJobError, match="refused"):
+        list(mapped.process([1, 2]))
+    detached = task(tmp_path, ctl, slurm_cluster, x=3, **bad)
+    with pytest.raises(submitit.core.utils.FailedJobError, match="refused"):
+        exca.graph.run(detached.process.node(), wait=False)
+    assert len(list(root.glob("*/*/jobs"))) == 3  # (where the markers were)
+    assert sorted(root.rglob("*.submitting")) == []
+    assert not (ctl / "calls.txt").exists()
+
+
+@pytest.mark.timeout(240)
+def test_a_hyphenated_sbatch_option_replaces_the_field(
+    tmp_path: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """{"cpus-per-task": 2} with cpus_per_task=1: submitit wrote both --cpus-per-task=2 and
+    the field's --cpus-per-task=1 (last: sbatch took it), while the check assumed 2."""
+    if slurm_cluster.cpus_per_node < 2:
+        pytest.skip("needs a node of 2 CPUs")
+    settings = {"folder": tmp_path / "cache", "cluster": "slurm", **resources(slurm_cluster)}
+    obj = SlurmEnv(
+        names=("SLURM_CPUS_PER_TASK",),
+        infra={**settings, "slurm_additional_parameters": {"cpus-per-task": 2}},
+    )
+    assert settings["cpus_per_task"] == 1
+    assert obj.read() == {"SLURM_CPUS_PER_TASK": "2"}
+
+
+@pytest.mark.timeout(300)
+def test_every_rank_of_a_multi_task_slurm_job_runs_the_method(
+    tmp_path: Path, slurm_cluster: SlurmCluster
+) -> None:
+    """tasks_per_node=2 with srun: rank 1 waited for rank 0's claim instead of running the
+    method, and rank 0 waited for rank 1 to meet it (distributed training's rendezvous):
+    the job failed after its wait (a probe). Every rank runs it; rank 0's result is stored."""
+    if slurm_cluster.cpus_per_node < 2:
+        pytest.skip("needs a node of 2 CPUs")
+    from ranks import RankedMap, RankedTask
+
+    meeting = tmp_path / "meeting"
+    infra = {
+        "folder": tmp_path / "cache",
+        "cluster": "slurm",
+        **resources(slurm_cluster, tasks_per_node=2, slurm_use_srun=True),
+    }
+    assert RankedTask(meeting=str(meeting), infra=infra).train() == "rank 0 of 2"
+    assert sorted(lines(meeting / "calls.txt")) == ["train rank=0", "train rank=1"]
+    mapped = RankedMap(meeting=str(meeting), infra={**infra, "max_jobs": 1})
+    assert list(mapped.infer([1, 2])) == ["1 by rank 0 of 2", "2 by rank 0 of 2"]
+    assert sorted(lines(meeting / "calls.txt"))[:2] == ["infer rank=0", "infer rank=1"]
+
+
+@pytest.mark.timeout(300)
+def test_a_multi_task_slurm_job_whose_rank_one_dies_as_it_starts_fails_soon(
+    tmp_path: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    """tasks_per_node=2 with srun, rank 1 killed as it starts (loading its work), before
+    it follows rank 0's calls: rank 0, its call made, waited STARTUP_S (600 s) for the
+    process file rank 1 never wrote. Rank 1's process gone from the node (where
+    slurmstepd started both tasks, SLURM_GTIDS) tells it."""
+    if slurm_cluster.cpus_per_node < 2:
+        pytest.skip("needs a node of 2 CPUs")
+    from rank_dies_early import RANK_ONE_DIED_EARLY, RankOneDiesEarly
+
+    infra = {
+        "folder": tmp_path / "cache",
+        "cluster": "slurm",
+        **resources(slurm_cluster, tasks_per_node=2, slurm_use_srun=True),
+    }
+    task = RankOneDiesEarly(infra=infra)
+    # (srun ends the step at once, see the test after this one: rank 0, waiting for rank 1,
+    # is ended too, unless it told rank 1 gone, after UNSEEN_S, within Slurm's KillWait)
+    with pytest.raises(RuntimeError, match=RANK_ONE_DIED_EARLY):
+        task.train()
+    assert task.infra.status() == "failed"
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("dies", [0, 1])
+def test_a_multi_node_slurm_job_ends_once_one_of_its_ranks_died(
+    tmp_path: Path, slurm_cluster: SlurmCluster, short_result_wait: None, dies: int
+) -> None:
+    """A rank of a multi-node job killed (out of memory...): srun let the other ranks run
+    on, waiting for it in their collectives, or for its process file, out of their host's
+    sight: rank 0 waited STARTUP_S (600 s) for rank 1 killed as it started, rank 1 waited
+    for rank 0's lead file to go stale (600 s) once rank 0 was killed during the call.
+    srun now ends the step: the job fails at once (the rank waiting for the dead one,
+    here 25 s, is ended), and its error names the rank that died first and its log.
+    (Each rank takes the other for one of another host; its waits are 40 s, not 600 s.)"""
+    if slurm_cluster.cpus_per_node < 2:
+        pytest.skip("needs a node of 2 CPUs")
+    from rank_deaths import RankDies
+
+    log = tmp_path / "log.txt"
+    infra = {
+        "folder": tmp_path / "cache",
+        "cluster": "slurm",
+        **resources(slurm_cluster, tasks_per_node=2, slurm_use_srun=True),
+    }
+    when = "loading" if dies else "call"  # (rank 1 before it follows; rank 0 mid-call)
+    task = RankDies(
+        log=str(log), dies=dies, when=when, sleep_s=25, other_hosts=True, startup_s=40, infra=infra
+    )
+    said = rf"rank {dies} ended first: its process died \(killed by SIGKILL.* \(its log: \S+_{dies}_log\.err\)"
+    with pytest.raises(JobFailedError, match=said):
+        task.train()
+    assert task.infra.status() == "failed"
+    assert "start rank=0" in lines(log)
+    assert not [line for line in lines(log) if line.startswith("end")]  # (ended by srun)
+
+
+@pytest.mark.timeout(300)
+def test_a_multi_node_slurm_job_whose_rank_zero_calls_os_exit_ends_soon(
+    tmp_path: Path, slurm_cluster: SlurmCluster, short_result_wait: None
+) -> None:
+    """Rank 0 of a multi-node job calling os._exit(0) in its call (exit code 0: srun lets
+    the step run; no finally: nothing announced): rank 1, whose node cannot see rank 0's
+    process, waited for rank 0's lead file to go stale (LEAD_STALE_S, 600 s), then said
+    "stopped refreshing". Rank 0's watcher (a process of its own, left by slurmstepd
+    while the step runs) writes its ended mark: rank 1 stops at once and says so.
+    (Each rank takes the other for one of another host; its waits are 40 s, not 600 s.)"""
+    if slurm_cluster.cpus_per_node < 2:
+        pytest.skip("needs a node of 2 CPUs")
+    from rank_deaths import RankDies
+
+    infra = {
+        "folder": tmp_path / "cache",
+        "cluster": "slurm",
+        **resources(slurm_cluster, tasks_per_node=2, slurm_use_srun=True),
+    }
+    log = tmp_path / "log.txt"
+    task = RankDies(log=str(log), when="os_exit", other_hosts=True, startup_s=40, infra=infra)
+    # (srun reported rank 1, which stopped then: its error said "rank 1 ended first")
+    said = r"rank 0 ended first: its process exited in its call, without a result.* rank 1 then stopped"
+    with pytest.raises(JobFailedError, match=said):
+        task.train()
+    assert task.infra.status() == "failed"
+    (rank_one,) = (tmp_path / "cache").rglob("*_1_log.err")
+    said = r"rank 0 \(pid \d+ on \S+\) ended without finishing its calls \(os._exit, killed\?\)"
+    assert re.search(said, rank_one.read_text()), rank_one.read_text()[-2000:]
+
+
+PastTheWarningJob = tuple[PastTheWarning, tp.Any, Path]  # (config, its job, its ctl)
+
+
+@pytest.fixture(scope="module")
+def job_past_the_warning(
+    tmp_path_factory: pytest.TempPathFactory, slurm_cluster: SlurmCluster
+) -> tp.Iterator[tp.Callable[[], PastTheWarningJob]]:
+    """The job of test_a_srun_job_runs_past_slurms_time_limit_warning, sent by the first
+    test of the module calling this (in its body: in its Slurm turn): a job of 2 minutes
+    on one CPU, which runs until Slurm's warning, 60 to 90 s after its start (USR2@30: see
+    executors.slurm_signal_delay_s). test_a_srun_job_past_..._is_submitted sends it early;
+    the tests between it and that test run meanwhile, on the cluster's other CPU: each
+    needs one at a time (the forced-job tests from test_slurm_forced_job_while_an_earlier_
+    job_runs on, whose later jobs wait for the earlier one, then the requeue and retry
+    tests). The tests holding both, such as
+    test_every_rank_of_a_multi_task_slurm_job_runs_the_method,
+    test_slurm_forced_job_array_holds_back_only_the_config_with_a_running_job or
+    test_status_of_a_map_whose_job_wrote_everything_is_completed (2 elements, each living
+    8 s after its result), come before or after."""
+    settings = resources(slurm_cluster, timeout_min=2, slurm_use_srun=True)
+    yield from _one_job_in_the_background(tmp_path_factory, "past_the_warning", settings)
+
+
+@pytest.fixture(scope="module")
+def job_until_the_time_limit(
+    tmp_path_factory: pytest.TempPathFactory, slurm_cluster: SlurmCluster
+) -> tp.Iterator[tp.Callable[[], PastTheWarningJob]]:
+    """The job of test_every_rank_of_a_srun_job_runs_until_its_time_limit, sent by the
+    first test of the module calling this (in its Slurm turn): 2 ranks (srun) blocked
+    until Slurm stops them at their 1-minute limit, 65 to 95 s after the start (Slurm
+    looks at time limits every 30 s, then waits KillWait). Overcommitted on one CPU
+    (--overcommit: 2 tasks, 1 CPU), so that the tests between
+    test_every_rank_of_a_srun_job_until_its_time_limit_is_submitted and that test run
+    meanwhile on the cluster's other CPU (each needs one at a time: the queue-state tests
+    from test_the_state_of_a_cancelled_job_stays_cancelled on, whose jobs are pending,
+    held, or arrays of max_workers=1, then the "failures" section and the clear_job tests
+    after it); it held both CPUs, and the Slurm tests, which run in turn, waited for it
+    (~90 s)."""
+    extra = {"slurm_additional_parameters": {"overcommit": True}}
+    settings = resources(
+        slurm_cluster, timeout_min=1, tasks_per_node=2, slurm_use_srun=True, **extra
+    )
+    yield from _one_job_in_the_background(
+        tmp_path_factory, "until_the_time_limit", settings, block=True
+    )
+
+
+def _one_job_in_the_background(
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    settings: dict[str, tp.Any],
+    block: bool = False,
+) -> tp.Iterator[tp.Callable[[], PastTheWarningJob]]:
+    """A module fixture's body: a function sending one PastTheWarning job with these Slurm
+    ``settings`` (the first call; ``block``: its method waits on ctl/block until the end)
+    and giving it; cancelled at the end (never left running when the test that waits for
+    it did not run)."""
+    sent: list[PastTheWarningJob] = []
+
+    def send() -> PastTheWarningJob:
+        if not sent:
+            tmp_path = tmp_path_factory.mktemp(name)
+            ctl = tmp_path / "ctl"
+            ctl.mkdir()
+            if block:
+                (ctl / "block").touch()
+            infra = {"folder": tmp_path / "cache", "cluster": "slurm", **settings}
+            obj = PastTheWarning(ctl=str(ctl), infra=infra)
+            sent.append((obj, obj.infra.job(), ctl))
+        return sent[0]
+
+    yield send
+    if sent:
+        import subprocess
+
+        (sent[0][2] / "block").unlink(missing_ok=True)
+        subprocess.run(["scancel", sent[0][1].job_id], check=False, timeout=30)
+
+
+@pytest.mark.timeout(120)
+def test_a_srun_job_past_its_time_limit_warning_is_submitted(
+    job_past_the_warning: tp.Callable[[], PastTheWarningJob],
+) -> None:
+    """Sends the job that test_a_srun_job_runs_past_slurms_time_limit_warning (after the
+    forced-job, requeue and retry tests below) waits for, so that its minute and a half
+    overlaps the tests in between: a 2-minute job is warned 30 s before its limit (Slurm
+    sends it up to 60 s earlier still: 30 s after the job's start at the soonest). (Sent
+    after the forced-job tests, that test still waited ~30 s for it.)"""
+    _, job, _ = job_past_the_warning()
+    assert job.job_id.isdigit(), job.job_id
+    script = Path(job.submitit_job.paths.submission_file).read_text()
+    assert "#SBATCH --time=2\n" in script and "#SBATCH --signal=USR2@30\n" in script
+
+
+@pytest.mark.timeout(300)
 def test_slurm_forced_job_while_an_earlier_job_runs(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
 ) -> None:
@@ -1991,436 +2426,6 @@ def test_a_detached_forced_job_cancelled_before_it_started_is_not_its_result(
     assert forced.infra.status() == "failed" and lines(ctl / "calls.txt") == ["5"]
 
 
-@pytest.mark.timeout(300)
-def test_slurm_forced_job_array_holds_back_only_the_config_with_a_running_job(
-    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
-) -> None:
-    """In a forced job array, the config whose earlier job runs starts after that job,
-    in an array of its own: the other configs do not wait for it (they shared its
-    dependency)."""
-    (ctl / "block").touch()
-    first = task(tmp_path, ctl, slurm_cluster, x=4).infra.job()
-    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
-    base = task(tmp_path, ctl, slurm_cluster, x=4, mode="force")
-    with base.infra.job_array() as array:
-        array.extend(base.infra.clone_obj({"x": x}) for x in (4, 5))
-    wait_until(lambda: array[1].infra.status() == "completed", timeout=120)
-    assert (ctl / "block").exists() and not first.done()  # (x=5 did not wait for it)
-    # the same with a detached run
-    nodes = [task(tmp_path, ctl, slurm_cluster, x=x, mode="force").process.node() for x in (4, 6)]
-    exca.graph.run(*nodes, wait=False)
-    wait_until(lambda: nodes[1].status() == "completed", timeout=120)
-    assert (ctl / "block").exists() and not first.done()
-    (ctl / "block").unlink()
-    assert [t.process() for t in array] == [12, 15]
-    assert nodes[0].result() == 12 and nodes[1].result() == 18
-    assert sorted(lines(ctl / "calls.txt")) == ["4", "4", "4", "5", "6"]
-
-
-@pytest.mark.timeout(300)
-def test_slurm_configs_forced_over_one_earlier_array_share_one_array(
-    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
-) -> None:
-    """Configs forced while the elements of one earlier array wait in the queue start
-    after their earlier jobs: they went out as one sbatch per config (an array per job
-    to start after). A dependency names the earlier array, whole: they now share one
-    new array (a probe: forcing a sweep sent an sbatch per config)."""
-    import subprocess
-
-    pending = {"slurm_additional_parameters": {"begin": "now+600"}}  # (held in the queue)
-    held = task(tmp_path, ctl, slurm_cluster, x=0, **pending)
-    with held.infra.job_array() as first:
-        first.extend(held.infra.clone_obj({"x": x}) for x in (4, 5, 6))
-    first_ids = {r["job_id"] for t in first for r in records(t.infra.uid_folder())}
-    (first_array,) = {i.split("_")[0] for i in first_ids}
-    try:
-        forced = task(tmp_path, ctl, slurm_cluster, x=0, mode="force")
-        with forced.infra.job_array() as again:
-            again.extend(forced.infra.clone_obj({"x": x}) for x in (4, 5, 6))
-        new_ids = {r["job_id"] for t in again for r in records(t.infra.uid_folder())}
-        new_ids -= first_ids
-        assert len(new_ids) == 3
-        assert len({i.split("_")[0] for i in new_ids}) == 1, new_ids  # one sbatch
-        subprocess.run(["scontrol", "update", f"jobid={first_array}", "starttime=now"], check=True)
-        wait_until(lambda: len(lines(ctl / "calls.txt")) >= 3, timeout=120)  # (the earlier)
-        # a call waits for its forcing job: what the earlier array wrote meanwhile (the new
-        # one starts after it) is not the forced result (it was returned: a test run)
-        assert [t.process() for t in again] == [12, 15, 18]
-        assert sorted(lines(ctl / "calls.txt")) == ["4", "4", "5", "5", "6", "6"]
-    finally:  # (never left in the queue, to start in 10 minutes)
-        subprocess.run(["scancel", first_array], check=False)
-
-
-@pytest.mark.timeout(300)
-def test_slurm_scancel_while_waiting_then_retry(
-    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
-) -> None:
-    """The caller is blocked in the call when the job is cancelled with scancel."""
-    import subprocess
-    import threading
-
-    (ctl / "block").touch()
-    obj = task(tmp_path, ctl, slurm_cluster, x=6)
-    errors: list[BaseException] = []
-
-    def call() -> None:
-        try:
-            obj.process()
-        except BaseException as error:
-            errors.append(error)
-
-    thread = threading.Thread(target=call)
-    thread.start()
-    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
-    (record,) = records(obj.infra.uid_folder())
-    subprocess.run(["scancel", record["job_id"]], check=True, timeout=30)
-    thread.join(timeout=WAIT_S)
-    assert not thread.is_alive()
-    assert len(errors) == 1 and isinstance(errors[0], JobFailedError), errors
-    assert "cancel" in str(errors[0]).lower()
-    assert task(tmp_path, ctl, slurm_cluster, x=6).infra.status() == "failed"
-    wait_until_worker_killed(obj, record["job_id"])
-    retry = task(tmp_path, ctl, slurm_cluster, x=6, mode="retry")
-    assert retry.process() == 18
-    assert lines(ctl / "calls.txt") == ["6", "6"]
-    assert len(records(retry.infra.uid_folder())) == 2
-
-
-@pytest.mark.timeout(300)
-def test_slurm_retry_after_cancel(
-    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, short_result_wait: None
-) -> None:
-    (ctl / "block").touch()
-    obj = task(tmp_path, ctl, slurm_cluster, x=8)
-    job = obj.infra.job()
-    wait_until(lambda: bool(lines(ctl / "calls.txt")))  # running
-    job.cancel()
-    wait_until(lambda: sacct_states([job.job_id]).get(job.job_id) == "CANCELLED")
-    wait_until_worker_killed(obj, job.job_id)
-    with pytest.raises(JobFailedError):
-        task(tmp_path, ctl, slurm_cluster, x=8).process()
-    retry = task(tmp_path, ctl, slurm_cluster, x=8, mode="retry", timeout_min=2)
-    assert retry.process() == 24
-    assert lines(ctl / "calls.txt") == ["8", "8"]
-
-
-@pytest.mark.timeout(120)
-def test_running_array_element_is_alive_by_its_own_job_id(
-    tmp_path: Path, slurm_cluster: SlurmCluster
-) -> None:
-    """A claim made inside an array element records its SLURM_JOB_ID (its own job id),
-    which squeue prints as <array>_<index>: it must still be seen alive (else another
-    worker takes the claim over and computes the same work twice)."""
-    import subprocess
-
-    from exca.graph import registry
-
-    array = subprocess.run(
-        [
-            "sbatch",
-            "--parsable",
-            "--array=0-1",
-            f"--output={tmp_path}/%A_%a.out",
-            "--wrap=sleep 60",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    ).stdout.strip()
-    try:
-
-        def own_ids() -> list[str]:
-            out = subprocess.run(
-                ["squeue", "-h", "-o", "%i|%T|%A", "-j", array],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            ).stdout.split()
-            return [line.split("|")[2] for line in out if line.split("|")[1] == "RUNNING"]
-
-        filelog.wait_until(lambda: len(own_ids()) == 2, timeout=60)
-        ids = own_ids()
-        assert array in ids  # one element has the array's own id, the other a new one
-        (other,) = [i for i in ids if i != array]
-        registry._ALIVE_CACHE.clear()
-        assert registry.slurm_job_alive(other) is True
-        assert registry.queued_jobs([other, f"{array}_1", f"{array}_7"]) == {other, f"{array}_1"}
-    finally:
-        subprocess.run(["scancel", array], check=False, timeout=30)
-    filelog.wait_until(lambda: not registry.queued_jobs([other]), timeout=60)
-
-
-@pytest.mark.timeout(120)
-def test_an_option_sbatch_refuses_names_the_config(
-    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
-) -> None:
-    """sbatch's own error named neither the config nor where the option came from."""
-    import submitit
-
-    obj = task(
-        tmp_path, ctl, slurm_cluster, x=2, slurm_additional_parameters={"gres": "gpu:volta:1"}
-    )
-    with pytest.raises(submitit.core.utils.FailedJobError) as info:
-        obj.process()
-    message = str(info.value)
-    assert "slurm refused the job(s) of" in message and obj.infra.uid() in message
-    assert "gres" in message and "slurm_additional_parameters" in message
-    assert obj.infra.status() == "not submitted"
-    assert not (ctl / "calls.txt").exists()
-    # nothing was queued: the refused submission's pickle and sbatch script are removed
-    assert list((tmp_path / "cache").rglob("*.pkl")) == []
-    assert list((tmp_path / "cache").rglob(".submission_file_*.sh")) == []
-
-
-@pytest.mark.timeout(120)
-def test_a_submission_sbatch_refuses_leaves_no_marker(
-    tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster
-) -> None:
-    """The marker of a submission (jobs/<token>.submitting, written before sbatch for a
-    later run to adopt jobs whose submitter was killed before recording them) stayed in
-    the node folders after sbatch refused the submission: no command removed it (`clean
-    orphans` neither), only a later submission of the same node (a probe). Now it goes
-    when sbatch refused it, for a call, a map's array and a detached run alike."""
-    import submitit
-
-    bad = {"slurm_additional_parameters": {"gres": "gpu:volta:1"}}
-    root = tmp_path / "cache"
-    obj = task(tmp_path, ctl, slurm_cluster, x=2, **bad)
-    with pytest.raises(submitit.core.utils.FailedJobError, match="refused"):
-        obj.process()
-    settings = {"folder": root, "cluster": "slurm", **resources(slurm_cluster), **bad}
-    mapped = SlurmMap(ctl=str(ctl), infra=settings)
-    with pytest.raises(submitit.core.utils.FailedJobError, match="refused"):
-        list(mapped.process([1, 2]))
-    detached = task(tmp_path, ctl, slurm_cluster, x=3, **bad)
-    with pytest.raises(submitit.core.utils.FailedJobError, match="refused"):
-        exca.graph.run(detached.process.node(), wait=False)
-    assert len(list(root.glob("*/*/jobs"))) == 3  # (where the markers were)
-    assert sorted(root.rglob("*.submitting")) == []
-    assert not (ctl / "calls.txt").exists()
-
-
-@pytest.mark.timeout(240)
-def test_a_hyphenated_sbatch_option_replaces_the_field(
-    tmp_path: Path, slurm_cluster: SlurmCluster
-) -> None:
-    """{"cpus-per-task": 2} with cpus_per_task=1: submitit wrote both --cpus-per-task=2 and
-    the field's --cpus-per-task=1 (last: sbatch took it), while the check assumed 2."""
-    if slurm_cluster.cpus_per_node < 2:
-        pytest.skip("needs a node of 2 CPUs")
-    settings = {"folder": tmp_path / "cache", "cluster": "slurm", **resources(slurm_cluster)}
-    obj = SlurmEnv(
-        names=("SLURM_CPUS_PER_TASK",),
-        infra={**settings, "slurm_additional_parameters": {"cpus-per-task": 2}},
-    )
-    assert settings["cpus_per_task"] == 1
-    assert obj.read() == {"SLURM_CPUS_PER_TASK": "2"}
-
-
-@pytest.mark.timeout(300)
-def test_every_rank_of_a_multi_task_slurm_job_runs_the_method(
-    tmp_path: Path, slurm_cluster: SlurmCluster
-) -> None:
-    """tasks_per_node=2 with srun: rank 1 waited for rank 0's claim instead of running the
-    method, and rank 0 waited for rank 1 to meet it (distributed training's rendezvous):
-    the job failed after its wait (a probe). Every rank runs it; rank 0's result is stored."""
-    if slurm_cluster.cpus_per_node < 2:
-        pytest.skip("needs a node of 2 CPUs")
-    from ranks import RankedMap, RankedTask
-
-    meeting = tmp_path / "meeting"
-    infra = {
-        "folder": tmp_path / "cache",
-        "cluster": "slurm",
-        **resources(slurm_cluster, tasks_per_node=2, slurm_use_srun=True),
-    }
-    assert RankedTask(meeting=str(meeting), infra=infra).train() == "rank 0 of 2"
-    assert sorted(lines(meeting / "calls.txt")) == ["train rank=0", "train rank=1"]
-    mapped = RankedMap(meeting=str(meeting), infra={**infra, "max_jobs": 1})
-    assert list(mapped.infer([1, 2])) == ["1 by rank 0 of 2", "2 by rank 0 of 2"]
-    assert sorted(lines(meeting / "calls.txt"))[:2] == ["infer rank=0", "infer rank=1"]
-
-
-@pytest.mark.timeout(300)
-def test_a_multi_task_slurm_job_whose_rank_one_dies_as_it_starts_fails_soon(
-    tmp_path: Path, slurm_cluster: SlurmCluster, short_result_wait: None
-) -> None:
-    """tasks_per_node=2 with srun, rank 1 killed as it starts (loading its work), before
-    it follows rank 0's calls: rank 0, its call made, waited STARTUP_S (600 s) for the
-    process file rank 1 never wrote. Rank 1's process gone from the node (where
-    slurmstepd started both tasks, SLURM_GTIDS) tells it."""
-    if slurm_cluster.cpus_per_node < 2:
-        pytest.skip("needs a node of 2 CPUs")
-    from rank_dies_early import RANK_ONE_DIED_EARLY, RankOneDiesEarly
-
-    infra = {
-        "folder": tmp_path / "cache",
-        "cluster": "slurm",
-        **resources(slurm_cluster, tasks_per_node=2, slurm_use_srun=True),
-    }
-    task = RankOneDiesEarly(infra=infra)
-    # (srun ends the step at once, see the test after this one: rank 0, waiting for rank 1,
-    # is ended too, unless it told rank 1 gone, after UNSEEN_S, within Slurm's KillWait)
-    with pytest.raises(RuntimeError, match=RANK_ONE_DIED_EARLY):
-        task.train()
-    assert task.infra.status() == "failed"
-
-
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize("dies", [0, 1])
-def test_a_multi_node_slurm_job_ends_once_one_of_its_ranks_died(
-    tmp_path: Path, slurm_cluster: SlurmCluster, short_result_wait: None, dies: int
-) -> None:
-    """A rank of a multi-node job killed (out of memory...): srun let the other ranks run
-    on, waiting for it in their collectives, or for its process file, out of their host's
-    sight: rank 0 waited STARTUP_S (600 s) for rank 1 killed as it started, rank 1 waited
-    for rank 0's lead file to go stale (600 s) once rank 0 was killed during the call.
-    srun now ends the step: the job fails at once (the rank waiting for the dead one,
-    here 25 s, is ended), and its error names the rank that died first and its log.
-    (Each rank takes the other for one of another host; its waits are 40 s, not 600 s.)"""
-    if slurm_cluster.cpus_per_node < 2:
-        pytest.skip("needs a node of 2 CPUs")
-    from rank_deaths import RankDies
-
-    log = tmp_path / "log.txt"
-    infra = {
-        "folder": tmp_path / "cache",
-        "cluster": "slurm",
-        **resources(slurm_cluster, tasks_per_node=2, slurm_use_srun=True),
-    }
-    when = "loading" if dies else "call"  # (rank 1 before it follows; rank 0 mid-call)
-    task = RankDies(
-        log=str(log), dies=dies, when=when, sleep_s=25, other_hosts=True, startup_s=40, infra=infra
-    )
-    said = rf"rank {dies} ended first: its process died \(killed by SIGKILL.* \(its log: \S+_{dies}_log\.err\)"
-    with pytest.raises(JobFailedError, match=said):
-        task.train()
-    assert task.infra.status() == "failed"
-    assert "start rank=0" in lines(log)
-    assert not [line for line in lines(log) if line.startswith("end")]  # (ended by srun)
-
-
-@pytest.mark.timeout(300)
-def test_a_multi_node_slurm_job_whose_rank_zero_calls_os_exit_ends_soon(
-    tmp_path: Path, slurm_cluster: SlurmCluster, short_result_wait: None
-) -> None:
-    """Rank 0 of a multi-node job calling os._exit(0) in its call (exit code 0: srun lets
-    the step run; no finally: nothing announced): rank 1, whose node cannot see rank 0's
-    process, waited for rank 0's lead file to go stale (LEAD_STALE_S, 600 s), then said
-    "stopped refreshing". Rank 0's watcher (a process of its own, left by slurmstepd
-    while the step runs) writes its ended mark: rank 1 stops at once and says so.
-    (Each rank takes the other for one of another host; its waits are 40 s, not 600 s.)"""
-    if slurm_cluster.cpus_per_node < 2:
-        pytest.skip("needs a node of 2 CPUs")
-    from rank_deaths import RankDies
-
-    infra = {
-        "folder": tmp_path / "cache",
-        "cluster": "slurm",
-        **resources(slurm_cluster, tasks_per_node=2, slurm_use_srun=True),
-    }
-    log = tmp_path / "log.txt"
-    task = RankDies(log=str(log), when="os_exit", other_hosts=True, startup_s=40, infra=infra)
-    # (srun reported rank 1, which stopped then: its error said "rank 1 ended first")
-    said = r"rank 0 ended first: its process exited in its call, without a result.* rank 1 then stopped"
-    with pytest.raises(JobFailedError, match=said):
-        task.train()
-    assert task.infra.status() == "failed"
-    (rank_one,) = (tmp_path / "cache").rglob("*_1_log.err")
-    said = r"rank 0 \(pid \d+ on \S+\) ended without finishing its calls \(os._exit, killed\?\)"
-    assert re.search(said, rank_one.read_text()), rank_one.read_text()[-2000:]
-
-
-PastTheWarningJob = tuple[PastTheWarning, tp.Any, Path]  # (config, its job, its ctl)
-
-
-@pytest.fixture(scope="module")
-def job_past_the_warning(
-    tmp_path_factory: pytest.TempPathFactory, slurm_cluster: SlurmCluster
-) -> tp.Iterator[tp.Callable[[], PastTheWarningJob]]:
-    """The job of test_a_srun_job_runs_past_slurms_time_limit_warning, sent by the first
-    test of the module calling this (in its body: in its Slurm turn): a job of 2 minutes
-    on one CPU, which runs until Slurm's warning, 60 to 90 s after its start (USR2@30: see
-    executors.slurm_signal_delay_s). test_a_srun_job_past_..._is_submitted sends it early;
-    the tests between it and that test run meanwhile, on the cluster's other CPU: each
-    needs one at a time (the tests holding both, such as
-    test_every_rank_of_a_multi_task_slurm_job_runs_the_method or
-    test_a_retry_job_array_right_after_scancel_submits_again, come before or after)."""
-    settings = resources(slurm_cluster, timeout_min=2, slurm_use_srun=True)
-    yield from _one_job_in_the_background(tmp_path_factory, "past_the_warning", settings)
-
-
-@pytest.fixture(scope="module")
-def job_until_the_time_limit(
-    tmp_path_factory: pytest.TempPathFactory, slurm_cluster: SlurmCluster
-) -> tp.Iterator[tp.Callable[[], PastTheWarningJob]]:
-    """The job of test_every_rank_of_a_srun_job_runs_until_its_time_limit, sent by the
-    first test of the module calling this (in its Slurm turn): 2 ranks (srun) blocked
-    until Slurm stops them at their 1-minute limit, 65 to 95 s after the start (Slurm
-    looks at time limits every 30 s, then waits KillWait). Overcommitted on one CPU
-    (--overcommit: 2 tasks, 1 CPU), so that the tests between
-    test_every_rank_of_a_srun_job_until_its_time_limit_is_submitted and that test run
-    meanwhile on the cluster's other CPU (each needs one at a time: the queue-state tests
-    from test_the_state_of_a_cancelled_job_stays_cancelled on, whose jobs are pending,
-    held, or arrays of max_workers=1, then the "failures" section and the clear_job tests
-    after it); it held both CPUs, and the Slurm tests, which run in turn, waited for it
-    (~90 s)."""
-    extra = {"slurm_additional_parameters": {"overcommit": True}}
-    settings = resources(
-        slurm_cluster, timeout_min=1, tasks_per_node=2, slurm_use_srun=True, **extra
-    )
-    yield from _one_job_in_the_background(
-        tmp_path_factory, "until_the_time_limit", settings, block=True
-    )
-
-
-def _one_job_in_the_background(
-    tmp_path_factory: pytest.TempPathFactory,
-    name: str,
-    settings: dict[str, tp.Any],
-    block: bool = False,
-) -> tp.Iterator[tp.Callable[[], PastTheWarningJob]]:
-    """A module fixture's body: a function sending one PastTheWarning job with these Slurm
-    ``settings`` (the first call; ``block``: its method waits on ctl/block until the end)
-    and giving it; cancelled at the end (never left running when the test that waits for
-    it did not run)."""
-    sent: list[PastTheWarningJob] = []
-
-    def send() -> PastTheWarningJob:
-        if not sent:
-            tmp_path = tmp_path_factory.mktemp(name)
-            ctl = tmp_path / "ctl"
-            ctl.mkdir()
-            if block:
-                (ctl / "block").touch()
-            infra = {"folder": tmp_path / "cache", "cluster": "slurm", **settings}
-            obj = PastTheWarning(ctl=str(ctl), infra=infra)
-            sent.append((obj, obj.infra.job(), ctl))
-        return sent[0]
-
-    yield send
-    if sent:
-        import subprocess
-
-        (sent[0][2] / "block").unlink(missing_ok=True)
-        subprocess.run(["scancel", sent[0][1].job_id], check=False, timeout=30)
-
-
-@pytest.mark.timeout(120)
-def test_a_srun_job_past_its_time_limit_warning_is_submitted(
-    job_past_the_warning: tp.Callable[[], PastTheWarningJob],
-) -> None:
-    """Sends the job that test_a_srun_job_runs_past_slurms_time_limit_warning (a few
-    tests below) waits for, so that its minute and a half overlaps the tests in between:
-    a 2-minute job is warned 30 s before its limit (Slurm sends it up to 60 s earlier
-    still: 30 s after the job's start at the soonest)."""
-    _, job, _ = job_past_the_warning()
-    assert job.job_id.isdigit(), job.job_id
-    script = Path(job.submitit_job.paths.submission_file).read_text()
-    assert "#SBATCH --time=2\n" in script and "#SBATCH --signal=USR2@30\n" in script
-
-
 @pytest.mark.parametrize("time_limit", ["1", "0:01:00"])
 def test_a_time_in_slurm_additional_parameters_sets_the_warning_delay(
     tmp_path: Path, ctl: Path, slurm_cluster: SlurmCluster, time_limit: str
@@ -2487,20 +2492,6 @@ def test_a_preempted_job_whose_requeue_command_is_killed_is_not_cached_as_failed
     _start_requeued(job.job_id, scontrol=real)
     assert job.result() == 21
     assert lines(ctl / "calls.txt") == ["7", "7"]
-
-
-@pytest.mark.timeout(300)
-def test_status_of_a_map_whose_job_wrote_everything_is_completed(tmp_path: Path) -> None:
-    """Right after the call returned, status() said "running" (and `exca list` too) while
-    Slurm still listed the job that had written every output."""
-    mapper = LingeringMap(infra={"folder": tmp_path, "cluster": "slurm"})
-    assert list(mapper.process([1, 2])) == [1, 2]
-    node = mapper.process.node([1, 2])
-    job_id = exca.ops.logs(node)[-1].job_id
-    assert job_id in registry.queued_jobs([job_id])  # (still listed: the case)
-    assert node.status() == "completed"
-    (info,) = exca.ops.inspect(tmp_path)
-    assert (info.status, info.job_state) == ("success", "ended")
 
 
 @pytest.mark.timeout(300)
@@ -2665,6 +2656,20 @@ def test_a_srun_job_runs_past_slurms_time_limit_warning(
     assert lines(ctl / "calls.txt") == ["start rank=0", "end rank=0"]
     log = job.stderr() or ""
     assert "signal SIGUSR2: this job's time limit is near" in log
+
+
+@pytest.mark.timeout(300)
+def test_status_of_a_map_whose_job_wrote_everything_is_completed(tmp_path: Path) -> None:
+    """Right after the call returned, status() said "running" (and `exca list` too) while
+    Slurm still listed the job that had written every output."""
+    mapper = LingeringMap(infra={"folder": tmp_path, "cluster": "slurm"})
+    assert list(mapper.process([1, 2])) == [1, 2]
+    node = mapper.process.node([1, 2])
+    job_id = exca.ops.logs(node)[-1].job_id
+    assert job_id in registry.queued_jobs([job_id])  # (still listed: the case)
+    assert node.status() == "completed"
+    (info,) = exca.ops.inspect(tmp_path)
+    assert (info.status, info.job_state) == ("success", "ended")
 
 
 @pytest.mark.timeout(300)
