@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import typing as tp
+import weakref
 from pathlib import Path
 
 import pydantic
@@ -75,3 +76,93 @@ def test_a_map_call_computes_with_few_copies_of_its_uids(tmp_path: Path) -> None
     all of them, one list) are shared by the scheduler, the claim and the worker, not copied."""
     counts = list(UidLists(infra={"folder": tmp_path}).count(list(range(_N_ITEMS))))
     assert counts == [2] * _N_ITEMS
+
+
+class Exp(pydantic.BaseModel):
+    lr: float = 0.1
+    infra: exca.TaskInfra = exca.TaskInfra(version="1")
+
+    @infra.apply
+    def run(self) -> float:
+        return 2 * self.lr
+
+
+def _freed_at_del(make: tp.Callable[[], pydantic.BaseModel], call: str) -> list[object]:
+    """Makes an instance, calls it once, drops it: asserts it was freed at ``del`` (the
+    collector off: by reference counting); the objects left in cycles."""
+
+    def action() -> None:
+        obj = make()
+        getattr(obj, call)()
+        ref = weakref.ref(obj)
+        del obj
+        assert ref() is None, "the instance outlived its last reference (a cycle)"
+
+    return _cyclic_garbage(action)
+
+
+def test_a_task_instance_is_freed_when_dropped_after_its_first_call(tmp_path: Path) -> None:
+    """(It held its infra, whose runtime, node and callbacks held it back: all it had
+    loaded stayed until a full collection, after hundreds of instances.)"""
+    Exp(lr=0, infra={"folder": tmp_path}).run()  # (the folder's state is made)
+    assert not _freed_at_del(lambda: Exp(lr=1, infra={"folder": tmp_path}), "run")
+    assert not _freed_at_del(lambda: Exp(lr=2, infra={"keep_in_ram": True}), "run")
+    assert not _freed_at_del(lambda: Exp(lr=3), "run")
+    assert Exp(lr=1, infra={"folder": tmp_path}).infra.status() == "completed"
+
+
+def test_a_map_instance_is_freed_when_dropped_after_a_call(tmp_path: Path) -> None:
+    assert list(Doubles(infra={"folder": tmp_path}).double([0])) == [0]
+
+    def action() -> None:
+        obj = Doubles(infra={"folder": tmp_path})
+        assert list(obj.double([1, 2])) == [2, 4]
+        ref = weakref.ref(obj)
+        del obj
+        assert ref() is None, "the instance outlived its last reference (a cycle)"
+
+    assert not _cyclic_garbage(action)
+
+
+def test_an_infra_of_a_dropped_owner_still_works(tmp_path: Path) -> None:
+    """``Exp(lr=1).infra.job()``: the owner is dropped as soon as its infra is read."""
+    gc.disable()  # (what keeps the owner must not be a cycle waiting for the collector)
+    try:
+        folder = {"folder": tmp_path}
+        assert Exp(lr=1, infra=folder).infra.status() == "not submitted"
+        assert (
+            Exp(lr=1, infra=folder).infra.uid_folder() == Exp(lr=1, infra=folder).infra.uid_folder()
+        )
+        job = Exp(lr=1, infra=folder).infra.job()
+        gc.collect()
+        assert job.result() == 2
+        assert Exp(lr=1, infra=folder).infra.status() == "completed"
+        Exp(lr=1, infra=folder).infra.clear_job()
+        assert Exp(lr=1, infra=folder).infra.status() == "not submitted"
+        infra = Exp(lr=3, infra=folder).infra
+        gc.collect()
+        assert infra.job().result() == 6 and infra.status() == "completed"
+        exp = Exp(lr=4, infra=folder)
+        job = exp.infra.job()
+        del exp
+        gc.collect()
+        assert job.result() == 8
+        node = Exp(lr=7, infra=folder).run.node()  # (a pipeline's step)
+        items = Doubles(infra=folder).double.node([5, 6])
+        gc.collect()
+        assert node.result() == 14 and list(items.result()) == [10, 12]
+    finally:
+        gc.enable()
+
+
+def test_an_owner_class_own_del_is_still_called(tmp_path: Path) -> None:
+    dropped: list[float] = []
+
+    class Logged(Exp):
+        def __del__(self) -> None:
+            dropped.append(self.lr)
+
+    obj = Logged(lr=5, infra={"folder": tmp_path})
+    assert obj.run() == 10
+    del obj
+    assert dropped == [5]

@@ -23,6 +23,7 @@ import sys
 import threading
 import types
 import typing as tp
+import weakref
 from pathlib import Path
 
 import pydantic
@@ -68,7 +69,11 @@ class _Runtime:
     a runtime is created for every config instance, most of which never compute.
     """
 
-    owner: pydantic.BaseModel | None = None
+    # the owner instance, held weakly (it holds this infra: a strong link back made a
+    # reference cycle, freed only by a full GC, see method.release_owner), or strongly
+    # once pinned (a temporary owner dropped while its infra is still in use)
+    owner_ref: tp.Callable[[], pydantic.BaseModel | None] = staticmethod(lambda: None)
+    pinned: pydantic.BaseModel | None = None
     name = ""
     method: InfraMethod | None = None
     uid: str | None = None
@@ -100,7 +105,8 @@ class _Runtime:
     assigned = False
     mutable_fields: tuple[str, ...] = ()
     force_state: dict[str, tp.Any]  # shared with this instance's nodes (see Node)
-    models: list[pydantic.BaseModel]  # the config tree, walked when frozen
+    # the config tree, walked when frozen, but the owner and this infra (no cycle)
+    models: list[pydantic.BaseModel]
     forcing: tuple[tp.Any, ...] | None = None  # its infras in mode force (_force_pending)
     inputs_caches: dict[tp.Any, tp.Any]  # CacheDicts of input sub-folders
     inputs_force: dict[str, dict[str, tp.Any]]  # force_state of each inputs node (mode=force)
@@ -108,6 +114,15 @@ class _Runtime:
     # record, see defaults_read)
     inputs_checked: dict[Path, bool]
     inputs_ram: dict[Path, tp.Any]  # keep_in_ram: results of calls with inputs, by folder
+
+    @property
+    def owner(self) -> pydantic.BaseModel | None:
+        pinned = self.pinned
+        return pinned if pinned is not None else self.owner_ref()
+
+    @owner.setter
+    def owner(self, owner: pydantic.BaseModel) -> None:
+        self.owner_ref = weakref.ref(owner)
 
     def ram_lock(self, inputs: str | None = None) -> threading.RLock:
         """Held while this instance computes a result kept in RAM only (no folder, hence
@@ -353,7 +368,7 @@ class BaseInfra(pydantic.BaseModel):
         runtime = _Runtime()
         if unpickled is not None and unpickled.owner is None and "force_state" in vars(unpickled):
             runtime.force_state = unpickled.force_state
-        runtime.owner = owner
+        runtime.owner_ref = weakref.ref(owner)
         runtime.name = name
         default_runtime = default._runtime()
         runtime.method = default_runtime.method
@@ -382,7 +397,7 @@ class BaseInfra(pydantic.BaseModel):
             default_runtime.settings_checked = True
         new = self._bare_copy(default_runtime.mutable_fields)
         runtime = _Runtime()
-        runtime.owner = owner
+        runtime.owner_ref = weakref.ref(owner)
         runtime.name = name
         runtime.method = default_runtime.method
         _SET_RUNTIME(new, runtime)
@@ -537,7 +552,7 @@ class BaseInfra(pydantic.BaseModel):
             key = (type(self), runtime.method, type(owner), self.version)  # (checked)
             around = _UID_AROUND.get(key) or self._uid_around(key)
             runtime.uid = around[0] + cfg_uid + around[1]
-            runtime.models = freezing.freeze(owner)
+            runtime.models = [m for m in freezing.freeze(owner) if m is not owner and m is not self]
         return runtime.uid
 
     def _uid_around(self, key: tuple[tp.Any, ...]) -> tuple[str, str]:
@@ -750,7 +765,9 @@ class BaseInfra(pydantic.BaseModel):
         forcing = runtime.forcing
         if forcing is None:  # (once: modes are frozen with the config)
             forcing = ()
-            if any(isinstance(m, BaseInfra) and m.mode == "force" for m in runtime.models):
+            if self.mode == "force" or any(
+                isinstance(m, BaseInfra) and m.mode == "force" for m in runtime.models
+            ):
                 # those of the sub-configs that run before it only: not the infras of
                 # models held by dataclasses (frozen with it, not chained: never forced)
                 owner = self._owner()
@@ -762,6 +779,10 @@ class BaseInfra(pydantic.BaseModel):
             runtime.forcing = forcing
         return any(not infra._runtime().force_state.get("done", False) for infra in forcing)
 
+    def _config_models(self) -> list[pydantic.BaseModel]:
+        """The models of the frozen config tree: the owner, this infra, the rest."""
+        return [self._owner(), self, *self._runtime().models]
+
     def _check_unchanged_before_reading(self) -> None:
         """``_check_unchanged`` for a cached read, where the config holds containers that
         can change in place (the read returned the old values' result); free otherwise."""
@@ -771,7 +792,9 @@ class BaseInfra(pydantic.BaseModel):
         mutables = runtime.holds_mutables
         if mutables is None:
             mutables = runtime.holds_mutables = any(
-                _mutable(value) for model in runtime.models for value in model.__dict__.values()
+                _mutable(value)
+                for model in self._config_models()
+                for value in model.__dict__.values()
             )
         if mutables:
             self._check_unchanged()
@@ -780,7 +803,7 @@ class BaseInfra(pydantic.BaseModel):
         # (the first read, or a field set since: the export compared, then their fields)
         if frozen is None or ((frozen.values or frozen.described) and frozen.changed()):
             held: list[tp.Any] = []
-            for model in runtime.models:
+            for model in self._config_models():
                 for value in model.__dict__.values():
                     _frozen_dataclasses(value, held)
             if held:
@@ -837,7 +860,7 @@ class BaseInfra(pydantic.BaseModel):
             f"The config of {self.uid()} was changed in place after its uid was computed "
             f"({shown}): its result would be cached under the uid of the old values. "
             "Build a new config instead, e.g. infra.clone_obj({...}) with the new values"
-            + _one_pass_iterators(runtime.models)
+            + _one_pass_iterators(self._config_models())
         )
 
     def _check_defaults(

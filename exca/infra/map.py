@@ -656,12 +656,13 @@ class MapInfra(BaseInfra, SubmititMixin):
             step, _, config_uid = uid.rpartition("/")
             folder = self.uid_folder()
             cache = self._items_cache(adopt=False)  # (a dry run builds nodes too)
+            memoized = self.folder is not None or self.keep_in_ram
             base = Node(
                 kind="map",
                 step=step,
                 config_uid=config_uid,
                 root=None if self.folder is None else Path(self.folder),
-                function=MethodCall(owner, method),
+                function=MethodCall(owner, method, weak=memoized),
                 cache=cache,
                 mode=self.mode,
                 force_state=runtime.force_state,
@@ -689,7 +690,7 @@ class MapInfra(BaseInfra, SubmititMixin):
                 if method.options.get("chain_subconfigs", True)
                 else (),
             )
-            if self.folder is not None or self.keep_in_ram:
+            if memoized:
                 runtime.node = base
         if self.workdir is not None and self.workdir.folder is None and self.folder is not None:
             # each call that submits copies the code as it is now (the copy is made only

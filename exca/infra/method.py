@@ -316,7 +316,71 @@ def owner_facts(cls: type[pydantic.BaseModel]) -> _OwnerFacts:
             if isinstance(value, InfraMethod) and applied.get(value.infra_name, value) is not value:
                 value.shadowed = True
     facts = _FACTS[cls] = _OwnerFacts(tuple(infras), applied)
+    if infras:
+        _hook_del(cls)
     return facts
+
+
+_RELEASES = "_exca_releases_infras"  # set on release_owner and the __del__ wrappers
+
+
+def _hook_del(cls: type[pydantic.BaseModel]) -> None:
+    """Make an owner class's instances release their infras when dropped (a subclass
+    defining its own ``__del__``, found here at its first instance, gets it chained)."""
+    own = getattr(cls, "__del__", None)
+    if getattr(own, _RELEASES, False):
+        return
+    if own is None:  # (the common case: no wrapper, a call less per instance freed)
+        cls.__del__ = release_owner  # type: ignore[attr-defined]
+        return
+
+    def __del__(self: pydantic.BaseModel) -> None:
+        try:
+            release_owner(self)
+        finally:
+            own(self)
+
+    setattr(__del__, _RELEASES, True)
+    __del__.__qualname__ = f"{cls.__qualname__}.__del__"
+    cls.__del__ = __del__  # type: ignore[attr-defined]
+
+
+def release_owner(obj: pydantic.BaseModel) -> None:
+    """An owner instance being freed (``__del__``). Its infras hold it weakly (a strong
+    link back made a reference cycle: the instance, and all it loaded, lived until a
+    full garbage collection). An infra, or its memoized node, still used elsewhere (a
+    temporary owner: ``Exp(lr=1).infra.job()``, a node being computed) pins it again
+    strongly (a resurrection: the pair is then freed by the garbage collector, as
+    before); else the node is dropped, its callbacks of the infra with it (no cycle is
+    left: the infra is freed with the instance, by reference counting)."""
+    facts = _FACTS.get(type(obj))
+    if facts is None:
+        return
+    for name, private, _ in facts.infras:
+        store = obj.__pydantic_private__ if private else obj.__dict__
+        infra = None if store is None else store.get(name)
+        runtime = getattr(infra, "_rt", None)
+        if runtime is None or runtime.pinned is not None:
+            continue
+        # (None: a dead reference, freed by the garbage collector, which clears them first)
+        if runtime.owner_ref() not in (obj, None):
+            continue
+        if runtime.forcing:
+            runtime.forcing = None  # (may hold this infra: recomputed when needed)
+        node = runtime.node
+        if node is not None:
+            # (references: the runtime's, ``node`` and the argument; its function: the
+            # node's field and the argument)
+            if sys.getrefcount(node) > 3 or sys.getrefcount(node.function) > 2:
+                runtime.pinned = obj
+                continue
+            runtime.node = node = None
+        # (references: the owner's field, ``infra`` and the argument)
+        if sys.getrefcount(infra) > 3:
+            runtime.pinned = obj
+
+
+setattr(release_owner, _RELEASES, True)
 
 
 def _declared_below(cls: type, name: str, applying: type) -> bool:

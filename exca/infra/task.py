@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 import typing as tp
+import weakref
 from pathlib import Path
 
 import pydantic
@@ -80,9 +81,24 @@ def chained_nodes(owner: pydantic.BaseModel) -> tuple[Node, ...]:
 class MethodCall:
     """``method(owner, *args)``, picklable (the method is found again by its class and name)."""
 
-    def __init__(self, owner: pydantic.BaseModel, method: InfraMethod) -> None:
-        self.owner = owner
+    def __init__(self, owner: pydantic.BaseModel, method: InfraMethod, weak: bool = False) -> None:
+        # (``weak``: in a node memoized on the owner's infra, which a strong link back
+        # would make a reference cycle; the owner is pinned while the node is used
+        # elsewhere, see method.release_owner)
+        self._owner: tp.Callable[[], pydantic.BaseModel | None] = (
+            weakref.ref(owner) if weak else lambda: owner
+        )
         self.method = method
+
+    @property
+    def owner(self) -> pydantic.BaseModel:
+        owner = self._owner()
+        if owner is None:  # (cannot be: its owner is pinned while the node is used)
+            raise RuntimeError(f"{self!r}: its config instance was garbage-collected")
+        return owner
+
+    def __reduce__(self) -> tuple[tp.Any, ...]:
+        return (MethodCall, (self.owner, self.method))
 
     def __call__(self, *args: tp.Any, **kwargs: tp.Any) -> tp.Any:
         return self.method.func(self.owner, *args, **kwargs)
@@ -424,7 +440,8 @@ class TaskInfra(BaseInfra, SubmititMixin):
         uid = self.uid()
         step, _, config_uid = uid.rpartition("/")
         mode = self.mode
-        if self.folder is None and not self.keep_in_ram:
+        memoized = self.folder is not None or self.keep_in_ram
+        if not memoized:
             cache: CacheDict[tp.Any] = CacheDict(None, keep_in_ram=True)  # recomputed per call
         else:
             cache = self._cache(adopt=False)  # (a dry run builds nodes too: see Node)
@@ -435,7 +452,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
             step=step,
             config_uid=config_uid,
             root=root,
-            function=MethodCall(owner, method),
+            function=MethodCall(owner, method, weak=memoized),
             cache=cache,
             mode=mode,
             execution=self._execution(
@@ -450,7 +467,7 @@ class TaskInfra(BaseInfra, SubmititMixin):
             force_state=runtime.force_state,
             chained=chained_nodes(owner) if method.options.get("chain_subconfigs", True) else (),
         )
-        if self.folder is not None or self.keep_in_ram:
+        if memoized:
             runtime.node = node
         return node
 
