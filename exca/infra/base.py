@@ -120,10 +120,6 @@ class _Runtime:
         pinned = self.pinned
         return pinned if pinned is not None else self.owner_ref()
 
-    @owner.setter
-    def owner(self, owner: pydantic.BaseModel) -> None:
-        self.owner_ref = weakref.ref(owner)
-
     def ram_lock(self, inputs: str | None = None) -> threading.RLock:
         """Held while this instance computes a result kept in RAM only (no folder, hence
         no claim): threads calling it at once compute it once (``inputs``: the key of a

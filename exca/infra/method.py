@@ -362,8 +362,10 @@ def release_owner(obj: pydantic.BaseModel) -> None:
         runtime = getattr(infra, "_rt", None)
         if runtime is None or runtime.pinned is not None:
             continue
-        # (None: a dead reference, freed by the garbage collector, which clears them first)
-        if runtime.owner_ref() not in (obj, None):
+        # (None: a dead reference, freed by the garbage collector, which clears them first;
+        # compared by identity: an equal config is another owner)
+        held = runtime.owner_ref()
+        if held is not obj and held is not None:
             continue
         if runtime.forcing:
             runtime.forcing = None  # (may hold this infra: recomputed when needed)
